@@ -1,0 +1,253 @@
+"""`bridge.yaml`: the structs it decodes into, and the loader that names file:line:key on every error."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from bridge.durations import parse_duration
+from bridge.errors import ConfigError, ErrorList, Located
+from bridge.yamlfile import Document, env_expander, load_yaml_file
+
+DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Every config table: unknown keys are errors."""
+
+
+class ServerConfig(Base):
+    host: str = "0.0.0.0"  # noqa: S104 - a server meant to receive webhooks listens on all interfaces
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 1_048_576
+    public_url: str | None = None
+    shutdown_grace_seconds: Annotated[float, Meta(ge=0)] = 10.0
+
+
+class StoreConfig(Base):
+    url: str = "sqlite:///var/ticketbridge.db"
+    group_commit_max: Annotated[int, Meta(ge=1, le=10_000)] = 512
+
+
+class AdminConfig(Base):
+    token: str = ""
+
+
+class LogConfig(Base):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class BasicAuth(Base):
+    username: str
+    password: str
+
+
+class AuthConfig(Base):
+    basic: BasicAuth | None = None
+    bearer: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.basic is None) == (self.bearer is None):
+            raise ValueError("give exactly one of `basic: {username, password}` or `bearer: TOKEN`")
+
+
+class SourceConfig(Base):
+    """The options every source takes; each handler kind extends it with its own."""
+
+    kind: str
+    dedup: str | None = None
+    dedup_window: str = "7d"
+    reject_invalid: bool = False
+    auth: AuthConfig | None = None
+
+    def __post_init__(self) -> None:
+        parse_duration(self.dedup_window)
+
+
+class RateLimit(Base):
+    requests: Annotated[int, Meta(ge=1)]
+    per_seconds: Annotated[float, Meta(gt=0)] = 1.0
+
+
+class RetryConfig(Base):
+    schedule: list[str | float] = msgspec.field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE))
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    max_retry_after: str | float = "1h"
+
+    def __post_init__(self) -> None:
+        for item in self.schedule:
+            parse_duration(item)
+        parse_duration(self.max_retry_after)
+
+    def delays(self) -> list[float]:
+        return [parse_duration(item) for item in self.schedule]
+
+
+class DestinationConfig(Base):
+    """The options every destination takes; each vendor extends it with its own."""
+
+    vendor: str
+    base_url: str | None = None
+    sandbox: bool = False
+    rate_limit: RateLimit | None = None
+    max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 4
+    timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+
+    def __post_init__(self) -> None:
+        if not self.sandbox and not self.base_url:
+            raise ValueError("`base_url` is required unless `sandbox: true`")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"`base_url` {self.base_url!r} must start with http:// or https://")
+
+
+class _RawConfig(Base):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    mappings: str | None = None
+    vars: dict[str, Any] = {}
+    sources: dict[str, dict[str, Any]] = {}
+    destinations: dict[str, dict[str, Any]] = {}
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    scheme: Literal["sqlite", "postgresql"]
+    path: Path | None
+    dsn: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """The loaded, checked configuration."""
+
+    file: Path | None
+    base_dir: Path
+    server: ServerConfig
+    store: StoreConfig
+    store_url: StoreURL
+    admin: AdminConfig
+    log: LogConfig
+    mappings_dir: Path
+    vars: dict[str, Any]
+    sources: dict[str, SourceConfig]
+    destinations: dict[str, DestinationConfig]
+    document: Document | None = None
+
+
+def parse_store_url(url: str, base_dir: Path) -> StoreURL:
+    """`sqlite:///rel.db` (relative to the config's folder), `sqlite:////abs.db`, `postgresql://…`."""
+    if url.startswith("sqlite:///"):
+        rest = url[len("sqlite:///"):]
+        if not rest or rest == "/":
+            raise ValueError(f"store url {url!r} names no file: write sqlite:///var/ticketbridge.db")
+        path = Path(rest) if rest.startswith("/") else base_dir / rest
+        return StoreURL("sqlite", path, url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return StoreURL("postgresql", None, url)
+    raise ValueError(
+        f"store url {url!r} is not supported: write sqlite:///relative.db, sqlite:////abs/path.db "
+        "or postgresql://user@host:5432/db"
+    )
+
+
+def shipped_default_file() -> Path:
+    return Path(__file__).parent / "defaults" / "bridge.yaml"
+
+
+def shipped_mappings_dir() -> Path:
+    """The example mappings: inside the installed package, or at the top of a source checkout."""
+    installed = Path(__file__).parent / "defaults" / "mappings"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "mappings"
+
+
+def resolve_config_path(explicit: str | None, cwd: Path | None = None) -> Path | None:
+    """The config to load: the one given, else ./bridge.yaml, else None (the shipped default)."""
+    if explicit:
+        return Path(explicit)
+    candidate = (cwd or Path.cwd()) / "bridge.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Config:
+    """Load `path`, or the shipped default when it is None. Raises ErrorList naming every problem."""
+    env = os.environ if environ is None else environ
+    shipped = path is None
+    file = shipped_default_file() if shipped else path
+    assert file is not None
+    doc = load_yaml_file(file, env_expander(env, str(file)))
+    if doc.data is None:
+        doc.data = {}
+    if not isinstance(doc.data, dict):
+        raise ErrorList([doc.error((), "the config must be a table of keys (server, store, sources, …)")])
+    base_dir = (cwd or Path.cwd()) if shipped else file.resolve().parent
+    errors: list[Located] = []
+    try:
+        raw = doc.convert(doc.data, _RawConfig)
+    except Located as exc:
+        raise ErrorList([exc]) from None
+
+    try:
+        store_url = parse_store_url(raw.store.url, base_dir)
+    except ValueError as exc:
+        errors.append(doc.error(("store", "url"), str(exc)))
+        store_url = StoreURL("sqlite", base_dir / "var" / "ticketbridge.db", "")
+
+    from bridge.vendors.registry import vendor_options  # noqa: PLC0415 - vendors import config
+    from handlers.registry import source_options  # noqa: PLC0415 - handlers import config
+
+    sources: dict[str, SourceConfig] = {}
+    for name, table in raw.sources.items():
+        opts = _typed_entry(doc, ("sources", name), table, "kind", source_options, errors)
+        if opts is not None:
+            sources[name] = opts
+    destinations: dict[str, DestinationConfig] = {}
+    for name, table in raw.destinations.items():
+        dest = _typed_entry(doc, ("destinations", name), table, "vendor", vendor_options, errors)
+        if dest is not None:
+            destinations[name] = dest
+    if errors:
+        raise ErrorList(errors)
+    if raw.mappings is not None:
+        mappings_dir = Path(raw.mappings) if Path(raw.mappings).is_absolute() else base_dir / raw.mappings
+    else:
+        mappings_dir = shipped_mappings_dir() if shipped else base_dir / "mappings"
+    return Config(
+        file=None if shipped else file, base_dir=base_dir, server=raw.server, store=raw.store,
+        store_url=store_url, admin=raw.admin, log=raw.log, mappings_dir=mappings_dir, vars=raw.vars,
+        sources=sources, destinations=destinations, document=doc,
+    )
+
+
+def _typed_entry(
+    doc: Document, path: tuple[str, str], table: Any, tag: str,
+    lookup: Any, errors: list[Located],
+) -> Any:
+    if not isinstance(table, dict):
+        errors.append(doc.error(path, f"expected a table with `{tag}:`, got {type(table).__name__}"))
+        return None
+    if tag not in table:
+        errors.append(doc.error(path, f"missing required key {tag!r}"))
+        return None
+    name = table[tag]
+    try:
+        typ = lookup(name)
+    except KeyError as exc:
+        errors.append(doc.error((*path, tag), str(exc.args[0])))
+        return None
+    try:
+        return doc.convert(table, typ, path)
+    except Located as exc:
+        errors.append(exc)
+        return None

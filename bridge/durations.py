@@ -1,0 +1,33 @@
+"""Human durations in config: `250ms`, `5s`, `5m`, `2h`, `1d`, or a bare number of seconds."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds in `value`; `1h30m` is allowed. Raises ValueError naming the bad value."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration: write 5s, 5m, 2h or a number of seconds")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{value!r} is not a duration: it must not be negative")
+        return float(value)
+    text = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        try:
+            return parse_duration(float(text))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration: write 250ms, 5s, 5m, 2h, 1d or a number of seconds"
+            ) from None
+    return total

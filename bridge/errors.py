@@ -1,0 +1,79 @@
+"""The exception tree: one root, and errors that say where and what went wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class BridgeError(Exception):
+    """A ticketbridge error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class Located(BridgeError):
+    """An error tied to a place in a file: `file:line:col: path: message`."""
+
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None,
+        col: int | None = None, path: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.col = col
+        self.path = path
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.col is not None:
+                    where += f":{self.col}"
+            where += ": "
+        path = f"{self.path}: " if self.path else ""
+        return f"{where}{path}{self.message}"
+
+
+class ConfigError(Located, ValueError):
+    """The configuration is not valid."""
+
+
+class MappingError(Located, ValueError):
+    """A mapping is not valid, or could not render an event."""
+
+
+class ErrorList(BridgeError):
+    """Several located errors, reported together so that one run shows them all."""
+
+    def __init__(self, errors: Iterable[Located]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(e.render() for e in self.errors))
+
+
+class StoreUnavailable(BridgeError):
+    """The store cannot be reached or cannot commit; nothing was stored."""
+
+
+class StoreLocked(BridgeError):
+    """Another ticketbridge process holds this SQLite store."""
+
+
+class NotFound(BridgeError, KeyError):
+    """No such record."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class Rejected(BridgeError):
+    """An inbound request refused with an HTTP status; `check` names the check that failed."""
+
+    def __init__(self, status: int, message: str, check: str | None = None) -> None:
+        self.status = status
+        self.check = check
+        super().__init__(message)

@@ -1,0 +1,46 @@
+"""The canonical event every handler produces and every mapping reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from bridge.ids import new_id
+
+Channel = Literal["email", "form", "chat", "webhook"]
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One inbound request (or one message of it), verified and normalised."""
+
+    id: str
+    source: str
+    kind: str
+    channel: Channel
+    received_at: datetime
+    dedup_key: str | None = None
+    payload: dict[str, Any]
+    headers: dict[str, str] = {}
+    meta: dict[str, Any] = {}
+    spam: bool = False
+
+    @classmethod
+    def new(
+        cls, *, source: str, kind: str, channel: Channel, payload: dict[str, Any],
+        headers: dict[str, str] | None = None, meta: dict[str, Any] | None = None,
+        dedup_key: str | None = None, spam: bool = False,
+    ) -> Event:
+        return cls(
+            id=new_id("evt"), source=source, kind=kind, channel=channel,
+            received_at=datetime.now(UTC), dedup_key=dedup_key, payload=payload,
+            headers=headers or {}, meta=meta or {}, spam=spam,
+        )
+
+    def context(self) -> dict[str, Any]:
+        """The event's own fields as mappings see them under `event`."""
+        return {
+            "id": self.id, "source": self.source, "kind": self.kind, "channel": self.channel,
+            "received_at": self.received_at.isoformat(), "dedup_key": self.dedup_key, "meta": self.meta,
+        }

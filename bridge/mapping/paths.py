@@ -1,0 +1,107 @@
+"""Dotted paths (`payload.items[0].name`, `payload["odd.key"]`) compiled to direct look-ups."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+ROOTS: Final = frozenset({"payload", "headers", "event", "vars", "ticket"})
+
+
+class _Missing:
+    """Marks a key that is absent, as distinct from one that holds null."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+
+_TOKEN = re.compile(r"""\.?([A-Za-z_$@][\w$@-]*)|\[(-?\d+)\]|\[\s*(["'])(.*?)\3\s*\]""")
+
+
+class PathSyntaxError(ValueError):
+    """A path that cannot be parsed."""
+
+
+class Path:
+    """A compiled path; `get` returns the value or MISSING, `missing_at` names the first absent part."""
+
+    __slots__ = ("keys", "text")
+
+    def __init__(self, text: str, keys: tuple[str | int, ...]) -> None:
+        self.text = text
+        self.keys = keys
+
+    def get(self, root: Any) -> Any:
+        value = root
+        for key in self.keys:
+            if isinstance(key, str):
+                if isinstance(value, Mapping):
+                    if key not in value:
+                        return MISSING
+                    value = value[key]
+                else:
+                    return MISSING
+            elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+                try:
+                    value = value[key]
+                except IndexError:
+                    return MISSING
+            else:
+                return MISSING
+        return value
+
+    def missing_at(self, root: Any) -> str:
+        """The prefix of this path that is absent (or not a container) in `root`."""
+        value = root
+        shown = ""
+        for key in self.keys:
+            shown += f"[{key}]" if isinstance(key, int) else (f".{key}" if shown else key)
+            nxt = Path(shown, (key,)).get(value)
+            if nxt is MISSING:
+                return shown
+            value = nxt
+        return shown
+
+    def __repr__(self) -> str:
+        return f"Path({self.text!r})"
+
+
+def compile_path(text: str, roots: frozenset[str] = ROOTS) -> Path:
+    """Parse `text`; its first part must be one of `roots`. Raises PathSyntaxError saying what is wrong."""
+    src = text.strip()
+    keys: list[str | int] = []
+    pos = 0
+    while pos < len(src):
+        m = _TOKEN.match(src, pos)
+        if not m or (pos == 0 and src.startswith(".")):
+            raise PathSyntaxError(
+                f"bad path {text!r} at character {pos + 1}: write parts like payload.items[0].name "
+                'or payload["key.with.dots"]'
+            )
+        if m.group(1) is not None:
+            keys.append(m.group(1))
+        elif m.group(2) is not None:
+            keys.append(int(m.group(2)))
+        else:
+            keys.append(m.group(4))
+        pos = m.end()
+    if not keys:
+        raise PathSyntaxError("empty path: write something like payload.email")
+    if not isinstance(keys[0], str) or keys[0] not in roots:
+        raise PathSyntaxError(
+            f"path {text!r} must start with one of {', '.join(sorted(roots))} (e.g. payload.{keys[0]})"
+        )
+    return Path(src, tuple(keys))

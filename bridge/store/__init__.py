@@ -1,0 +1,17 @@
+"""Durable storage of events, deliveries and attempts."""
+
+from __future__ import annotations
+
+from bridge.config import Config
+from bridge.store.base import Store
+
+
+def open_store(config: Config) -> Store:
+    """The store the config's `store.url` names (not yet opened)."""
+    url = config.store_url
+    if url.scheme == "sqlite":
+        from bridge.store.sqlite import SqliteStore  # noqa: PLC0415 - keep optional backends lazy
+
+        assert url.path is not None
+        return SqliteStore(url.path, group_commit_max=config.store.group_commit_max)
+    raise NotImplementedError(f"store {url.dsn!r}: the PostgreSQL store is not built yet; use sqlite:///…")

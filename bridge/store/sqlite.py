@@ -1,0 +1,493 @@
+"""The embedded SQLite store: WAL, durable commits, and group commit on one writer thread.
+
+Every write is a function queued to the writer thread. The thread takes all that is queued (up to
+`group_commit_max`), runs each in its own savepoint inside one transaction, commits once (one fsync
+for the whole group) and only then resolves the callers' futures. Reads use a second connection.
+One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
+lets start-up hand every delivery left in flight straight back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from bridge.errors import NotFound, StoreLocked, StoreUnavailable
+from bridge.events import Event
+from bridge.store.base import (
+    AcceptResult,
+    AttemptResult,
+    AttemptRow,
+    ClaimBatch,
+    Claimed,
+    DeliveryDetail,
+    DeliveryFilter,
+    DeliveryRow,
+    NewDelivery,
+    Store,
+)
+
+log = structlog.get_logger("ticketbridge.store")
+
+_encode = msgspec.json.Encoder().encode
+_decode_event = msgspec.json.Decoder(Event).decode
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+
+_ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
+                "next_attempt_at, created_at, updated_at, last_error, ticket_id")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _row(r: tuple[Any, ...]) -> DeliveryRow:
+    return DeliveryRow(
+        id=r[0], event_id=r[1], source=r[2], mapping=r[3], mapping_version=r[4], destination=r[5],
+        action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
+        updated_at_ms=r[12], last_error=r[13], ticket_id=r[14],
+    )
+
+
+class _Op:
+    __slots__ = ("durable", "fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], durable: bool) -> None:
+        self.fn = fn
+        self.future = future
+        self.durable = durable
+
+
+_STOP = object()
+
+
+class SqliteStore(Store):
+    """`owner=True` for the serving process (takes the lock, recovers in-flight work); False for CLI use."""
+
+    def __init__(self, path: Path, *, group_commit_max: int = 512, owner: bool = True) -> None:
+        self.path = path
+        self.group_commit_max = group_commit_max
+        self.owner = owner
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._closed = True
+        self.batches = 0
+        self.batched_ops = 0
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open_sync)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run_writer, name="ticketbridge-sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _open_sync(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.owner:
+                self._take_lock()
+            writer = self._connect()
+            mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreUnavailable(f"{self.path}: SQLite would not switch to WAL mode (got {mode!r})")
+            writer.execute("PRAGMA synchronous = FULL")
+            self._migrate(writer)
+            if self.owner:
+                moved = writer.execute(
+                    "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
+                    "next_attempt_at = MIN(next_attempt_at, ?) WHERE status = 'in_flight'", (now_ms(),),
+                ).rowcount
+                if moved:
+                    log.warning("store.recovered_in_flight", count=moved, path=str(self.path))
+            self._writer = writer
+            self._reader = self._connect()
+        except sqlite3.Error as exc:
+            self._drop_lock()
+            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+        except BaseException:
+            self._drop_lock()
+            raise
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(
+                f"{self.path} is in use by another ticketbridge process (pid {holder}); an SQLite store "
+                "serves one process: stop the other one, or use PostgreSQL to run several"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _drop_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                     "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+        done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        folder = resources.files("bridge.store.sql.sqlite")
+        scripts = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
+        for name, script in scripts:
+            version = int(name.split("_", 1)[0])
+            if version in done:
+                continue
+            sql = script.read_text(encoding="utf-8")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in sql.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_ms()))
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("store.migrated", version=version, name=name)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                conn.close()
+        self._writer = self._reader = None
+        self._drop_lock()
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    def _run_writer(self) -> None:
+        conn = self._writer
+        assert conn is not None
+        full = True
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Op] = [first]
+            stop_after = False
+            while len(batch) < self.group_commit_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop_after = True
+                    break
+                batch.append(item)
+            durable = any(op.durable for op in batch)
+            results: list[tuple[bool, Any]] = []
+            try:
+                if durable != full:
+                    # In WAL mode a NORMAL commit is atomic but may be lost on power failure; only
+                    # lease-taking batches use it, and losing a lease just makes the work due again.
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    full = durable
+                conn.execute("BEGIN IMMEDIATE")
+                single = len(batch) == 1
+                for op in batch:
+                    if single:
+                        results.append((True, op.fn(conn)))
+                        continue
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((True, op.fn(conn)))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((False, exc))
+                conn.execute("COMMIT")
+            except Exception as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                failure = exc if not isinstance(exc, sqlite3.Error) else StoreUnavailable(f"sqlite: {exc}")
+                if isinstance(exc, sqlite3.Error):
+                    log.error("store.commit_failed", error=str(exc), batch=len(batch))
+                results = [(False, failure)] * len(batch)
+            self.batches += 1
+            self.batched_ops += len(batch)
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(_resolve, batch, results)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+            if stop_after:
+                return
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True) -> Any:
+        if self._closed or self._loop is None:
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put(_Op(fn, future, durable))
+        return await future
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._closed or self._reader is None:
+            raise StoreUnavailable("the store is closed")
+        reader = self._reader
+
+        def run() -> Any:
+            with self._read_lock:
+                try:
+                    return fn(reader)
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+        return await asyncio.to_thread(run)
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+        data = _encode(event)
+        received = int(event.received_at.timestamp() * 1000)
+        window_ms = int(dedup_window_s * 1000)
+        created = now_ms()
+        rows = [
+            (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
+             None if d.body is None else _encode(d.body), _encode(d.options), created, created, created,
+             d.error)
+            for d in deliveries
+        ]
+
+        def op(conn: sqlite3.Connection) -> AcceptResult:
+            if event.dedup_key is not None:
+                seen = conn.execute("SELECT event_id, expires_at FROM dedup_keys WHERE source = ? AND key = ?",
+                                    (event.source, event.dedup_key)).fetchone()
+                if seen is not None and seen[1] > created:
+                    return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
+                conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
+                             (event.source, event.dedup_key, event.id, created + window_ms))
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (event.id, event.source, event.kind, event.channel, received, event.dedup_key,
+                          int(event.spam), data))
+            if rows:
+                conn.executemany(
+                    "INSERT INTO deliveries (id, event_id, source, mapping, mapping_version, destination, action, "
+                    "status, body, options, next_attempt_at, created_at, updated_at, last_error) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
+
+        result: AcceptResult = await self._write(op)
+        return result
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        def op(conn: sqlite3.Connection) -> ClaimBatch:
+            now = now_ms()
+            got = conn.execute(
+                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ? "
+                "WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND destination = ? "
+                "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) "
+                "RETURNING id, event_id, mapping, destination, action, body, options, tries, attempts, "
+                "next_attempt_at",
+                (owner, now + int(lease_s * 1000), now, destination, now, limit),
+            ).fetchall()
+            if got:
+                got.sort(key=lambda r: (r[9], r[0]))
+                return ClaimBatch(items=[
+                    Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
+                            body=_decode_dict(r[5]) if r[5] is not None else {}, options=_decode_dict(r[6]),
+                            tries=r[7], attempts=r[8])
+                    for r in got
+                ])
+            nxt = conn.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
+                               "AND destination = ?", (destination,)).fetchone()[0]
+            return ClaimBatch(items=[], next_due_ms=nxt)
+
+        batch: ClaimBatch = await self._write(op, durable=False)
+        return batch
+
+    async def record(self, result: AttemptResult) -> None:
+        r = result
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            updated = conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = tries + 1, "
+                "next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
+                "updated_at = ?, last_error = ?, ticket_id = COALESCE(?, ticket_id) "
+                "WHERE id = ? AND status = 'in_flight' RETURNING attempts",
+                (r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.delivery_id),
+            ).fetchone()
+            if updated is None:
+                found = conn.execute("SELECT attempts + 1 FROM deliveries WHERE id = ?", (r.delivery_id,)).fetchone()
+                if found is None:
+                    raise NotFound(f"no delivery {r.delivery_id}")
+                n = found[0]
+                conn.execute("UPDATE deliveries SET attempts = ? WHERE id = ?", (n, r.delivery_id))
+                log.warning("store.record_without_lease", delivery_id=r.delivery_id)
+            else:
+                n = updated[0]
+            conn.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt,
+                          r.classification, r.error))
+
+        await self._write(op)
+
+    async def release(self, delivery_ids: list[str]) -> None:
+        if not delivery_ids:
+            return
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            conn.executemany(
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
+                "next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE id = ? AND status = 'in_flight'",
+                [(now, now, i) for i in delivery_ids])
+
+        await self._write(op)
+
+    async def release_expired(self) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            now = now_ms()
+            count: int = conn.execute(
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ? "
+                "WHERE status = 'in_flight' AND lease_until < ?", (now, now)).rowcount
+            return count
+
+        count: int = await self._write(op)
+        return count
+
+    # -- inspection and replay ------------------------------------------------------------------
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
+        where, args = [], []
+        for column, value in (("status", flt.status), ("destination", flt.destination),
+                              ("source", flt.source), ("mapping", flt.mapping)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if flt.before_id is not None:
+            where.append("id < ?")
+            args.append(flt.before_id)
+        sql = f"SELECT {_ROW_COLUMNS} FROM deliveries"  # noqa: S608 - columns are constants, values bound
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(str(flt.limit))
+
+        def run(conn: sqlite3.Connection) -> list[DeliveryRow]:
+            return [_row(r) for r in conn.execute(sql, args)]
+
+        rows: list[DeliveryRow] = await self._read(run)
+        return rows
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
+        def run(conn: sqlite3.Connection) -> DeliveryDetail:
+            r = conn.execute(f"SELECT {_ROW_COLUMNS}, body, options FROM deliveries WHERE id = ?",  # noqa: S608
+                             (delivery_id,)).fetchone()
+            if r is None:
+                raise NotFound(f"no delivery {delivery_id!r}")
+            event = conn.execute("SELECT data FROM events WHERE id = ?", (r[1],)).fetchone()
+            attempts = [
+                AttemptRow(n=a[0], started_at_ms=a[1], duration_ms=a[2], http_status=a[3], response_excerpt=a[4],
+                           classification=a[5], error=a[6])
+                for a in conn.execute("SELECT n, started_at, duration_ms, http_status, response_excerpt, "
+                                      "classification, error FROM attempts WHERE delivery_id = ? ORDER BY n",
+                                      (delivery_id,))
+            ]
+            return DeliveryDetail(delivery=_row(r[:15]), body=_decode_dict(r[15]) if r[15] is not None else None,
+                                  options=_decode_dict(r[16]), event=_decode_event(event[0]), attempts=attempts)
+
+        detail: DeliveryDetail = await self._read(run)
+        return detail
+
+    async def get_event(self, event_id: str) -> Event:
+        def run(conn: sqlite3.Connection) -> Event:
+            row = conn.execute("SELECT data FROM events WHERE id = ?", (event_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no event {event_id!r}")
+            return _decode_event(row[0])
+
+        event: Event = await self._read(run)
+        return event
+
+    async def replay(
+        self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
+    ) -> list[str]:
+        new = bodies or {}
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            now = now_ms()
+            moved = []
+            for i in delivery_ids:
+                if i in new:
+                    body, version = new[i]
+                    row = conn.execute(
+                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
+                        "last_error = NULL, body = ?, mapping_version = ? "
+                        "WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
+                        (now, now, _encode(body), version, i)).fetchone()
+                else:
+                    row = conn.execute(
+                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
+                        "last_error = NULL WHERE id = ? AND status IN ('succeeded', 'dead') AND body IS NOT NULL "
+                        "RETURNING id", (now, now, i)).fetchone()
+                if row is not None:
+                    moved.append(i)
+            return moved
+
+        moved: list[str] = await self._write(op)
+        return moved
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for dest, status, n in conn.execute(
+                    "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
+                out.setdefault(dest, {})[status] = n
+            return out
+
+        counts: dict[str, dict[str, int]] = await self._read(run)
+        return counts
+
+
+def _resolve(batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
+    for op, (ok, value) in zip(batch, results, strict=True):
+        if op.future.done():
+            continue
+        if ok:
+            op.future.set_result(value)
+        else:
+            op.future.set_exception(value)

@@ -1,0 +1,95 @@
+"""The adapter interface and the response classification every vendor shares."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from bridge.config import DestinationConfig
+
+Classification = Literal["success", "retry", "permanent", "auth"]
+
+
+class VendorRequest(msgspec.Struct, kw_only=True):
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """What a response means for the delivery."""
+
+    classification: Classification
+    ticket_id: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class Adapter(ABC):
+    """One vendor's requests and answers, as plain code without I/O."""
+
+    vendor: ClassVar[str]
+    Options: ClassVar[type[DestinationConfig]]
+    actions: ClassVar[frozenset[str]]
+
+    def __init__(self, name: str, config: DestinationConfig, base_url: str) -> None:
+        self.name = name
+        self.config = config
+        self.base_url = base_url.rstrip("/")
+
+    @abstractmethod
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+        """The HTTP request for `action`; raises MappingError when the fields cannot be sent."""
+
+    @abstractmethod
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        """success, retry, permanent or auth, with the vendor's ticket id or error."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
+    """The classification an HTTP status alone decides, or None when the body must be read."""
+    if status in (408, 425, 429) or status >= 500:
+        return Outcome(classification="retry", error=f"HTTP {status}",
+                       retry_after=parse_retry_after(headers.get("Retry-After")))
+    if status in (401, 403):
+        return Outcome(classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
+    return None
+
+
+def decode_json(body: bytes) -> Any:
+    """The body as JSON, or None when it is not JSON."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def excerpt(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return text + ("…" if len(body) > limit else "")

@@ -1,0 +1,20 @@
+"""Vendor name → adapter class; the config and mapping loaders look vendors up here."""
+
+from __future__ import annotations
+
+from bridge.config import DestinationConfig
+from bridge.vendors.base import Adapter
+from bridge.vendors.kapture import KaptureAdapter
+
+ADAPTERS: dict[str, type[Adapter]] = {cls.vendor: cls for cls in (KaptureAdapter,)}
+
+
+def adapter_class(vendor: str) -> type[Adapter]:
+    try:
+        return ADAPTERS[vendor]
+    except KeyError:
+        raise KeyError(f"unknown vendor {vendor!r}; known vendors: {', '.join(sorted(ADAPTERS))}") from None
+
+
+def vendor_options(vendor: str) -> type[DestinationConfig]:
+    return adapter_class(vendor).Options

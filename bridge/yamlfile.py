@@ -1,0 +1,197 @@
+"""YAML loading that remembers where every value came from, so errors can name file:line:col."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import yaml
+
+from bridge.errors import ConfigError, Located
+
+Key = str | int
+T = TypeVar("T")
+KeyPath = tuple[Key, ...]
+
+_SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def format_path(path: KeyPath) -> str:
+    """`sources.website-contact.hmac` / `fields["LeadDetail.Email"]` / `tests[0].input`."""
+    out = ""
+    for key in path:
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif _SIMPLE_KEY.match(key):
+            out += f".{key}" if out else key
+        else:
+            out += f"[{key!r}]".replace("'", '"')
+    return out
+
+
+@dataclass
+class Document:
+    """A parsed YAML file: the plain data, and the position of each key path in it."""
+
+    file: str
+    data: Any
+    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: KeyPath) -> tuple[int | None, int | None]:
+        """The line and column of `path`, or of its nearest known parent."""
+        for end in range(len(path), -1, -1):
+            pos = self.positions.get(path[:end])
+            if pos is not None:
+                return pos
+        return None, None
+
+    def error(self, path: KeyPath, message: str, cls: type[Located] = ConfigError) -> Located:
+        line, col = self.where(path)
+        return cls(message, file=self.file, line=line, col=col, path=format_path(path) or None)
+
+    def convert(
+        self, data: Any, typ: type[T], path: KeyPath = (), cls: type[Located] = ConfigError,
+    ) -> T:
+        """`msgspec.convert` whose errors name the file, line and full key path."""
+        try:
+            return msgspec.convert(data, typ, strict=False)
+        except msgspec.ValidationError as exc:
+            raise self._translate(exc, path, cls) from None
+
+    def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located]) -> Located:
+        message = str(exc)
+        sub: KeyPath = ()
+        m = re.search(r" - at `\$(.*)`$", message)
+        if m:
+            message = message[: m.start()]
+            sub = _parse_msgspec_path(m.group(1))
+        unknown = re.match(r"Object contains unknown field `(.+)`", message)
+        if unknown:
+            sub = (*sub, unknown.group(1))
+            message = f"unknown key {unknown.group(1)!r}"
+        missing = re.match(r"Object missing required field `(.+)`", message)
+        if missing:
+            message = f"missing required key {missing.group(1)!r}"
+        return self.error((*base, *sub), message, cls)
+
+
+def _parse_msgspec_path(text: str) -> KeyPath:
+    out: list[Key] = []
+    for m in re.finditer(r"\.([^.\[]+)|\[(\d+)\]", text):
+        out.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+    return tuple(out)
+
+
+class _Builder:
+    def __init__(self, file: str, scalar_hook: Callable[[Any, KeyPath, yaml.Node], Any] | None) -> None:
+        self.file = file
+        self.hook = scalar_hook
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.positions: dict[KeyPath, tuple[int, int]] = {}
+        self.errors: list[Located] = []
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise ConfigError("YAML merge keys (<<) are not supported", file=self.file,
+                                      line=key_node.start_mark.line + 1, col=key_node.start_mark.column + 1)
+                key = self.constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool) and key is not None:
+                    raise ConfigError(f"a key must be a scalar, not {type(key).__name__}", file=self.file,
+                                      line=key_node.start_mark.line + 1, col=key_node.start_mark.column + 1)
+                key = str(key) if not isinstance(key, str) else key
+                if key in out:
+                    raise ConfigError(
+                        f"duplicate key {key!r} (first at line {self.positions[(*path, key)][0]})",
+                        file=self.file, line=key_node.start_mark.line + 1, col=key_node.start_mark.column + 1,
+                        path=format_path(path) or None,
+                    )
+                self.positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                out[key] = self.build(value_node, (*path, key))
+                self.positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        value = self.constructor.construct_object(node, deep=True)
+        if self.hook is not None:
+            value = self.hook(value, path, node)
+        return value
+
+
+def load_yaml(
+    text: str, file: str, scalar_hook: Callable[[Any, KeyPath, yaml.Node], Any] | None = None,
+) -> Document:
+    """Parse one YAML document; a syntax error becomes a `ConfigError` at its line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise ConfigError(
+            f"YAML syntax error: {exc.problem}" + (f" ({exc.context})" if exc.context else ""),
+            file=file, line=mark.line + 1 if mark else None, col=mark.column + 1 if mark else None,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", file=file) from None
+    if node is None:
+        return Document(file, None)
+    builder = _Builder(file, scalar_hook)
+    data = builder.build(node, ())
+    return Document(file, data, builder.positions)
+
+
+def load_yaml_file(
+    path: Path, scalar_hook: Callable[[Any, KeyPath, yaml.Node], Any] | None = None,
+) -> Document:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)) from None
+    return load_yaml(text, str(path), scalar_hook)
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{([^}]*)\}?")
+
+
+def env_expander(environ: Mapping[str, str], file: str) -> Callable[[Any, KeyPath, yaml.Node], Any]:
+    """A scalar hook expanding `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset)."""
+
+    def expand(value: Any, path: KeyPath, node: yaml.Node) -> Any:
+        if not isinstance(value, str) or "$" not in value:
+            return value
+
+        def repl(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name = m.group(1)
+            if name is None:
+                raise ConfigError(
+                    f"bad variable reference {m.group(0)!r}: write ${{NAME}} or ${{NAME:-default}}",
+                    file=file, line=node.start_mark.line + 1, col=node.start_mark.column + 1,
+                    path=format_path(path) or None,
+                )
+            op, default = m.group(2), m.group(3)
+            current = environ.get(name)
+            if op == ":-" and not current:
+                return default or ""
+            if op == "-" and current is None:
+                return default or ""
+            if current is None:
+                raise ConfigError(
+                    f"environment variable {name} is not set (give a default with ${{{name}:-…}})",
+                    file=file, line=node.start_mark.line + 1, col=node.start_mark.column + 1,
+                    path=format_path(path) or None,
+                )
+            return current
+
+        return _VAR.sub(repl, value)
+
+    return expand

@@ -1,0 +1,1 @@
+"""Inbound providers: each turns a raw HTTP request into verified, normalised events."""

@@ -1,0 +1,77 @@
+"""Checks any source may carry: basic auth, bearer tokens, and a generic HMAC over the raw body."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from typing import Literal
+
+from aiohttp import web
+
+from bridge.config import AuthConfig, Base
+from bridge.errors import Rejected
+
+Algorithm = Literal["sha1", "sha256", "sha512"]
+
+
+class HmacConfig(Base):
+    secret: str
+    header: str = "X-Signature"
+    algorithm: Algorithm = "sha256"
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("`secret` is empty: set it from the environment, e.g. secret: ${PARTNER_SECRET}")
+
+
+def check_auth(auth: AuthConfig | None, request: web.Request) -> None:
+    """Raise Rejected(401) unless the request carries the configured credentials."""
+    if auth is None:
+        return
+    header = request.headers.get("Authorization", "")
+    if auth.basic is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic" or not value:
+            raise Rejected(401, "basic auth required", check="basic_auth")
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Rejected(401, "basic auth header is not valid base64", check="basic_auth") from None
+        ok_user = hmac.compare_digest(user.encode(), auth.basic.username.encode())
+        ok_password = hmac.compare_digest(password.encode(), auth.basic.password.encode())
+        if not (ok_user and ok_password):
+            raise Rejected(401, "wrong username or password", check="basic_auth")
+    elif auth.bearer is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise Rejected(401, "bearer token required", check="bearer")
+        if not hmac.compare_digest(value.strip().encode(), auth.bearer.encode()):
+            raise Rejected(401, "wrong bearer token", check="bearer")
+
+
+def hmac_digest(secret: bytes, message: bytes, algorithm: Algorithm) -> bytes:
+    return hmac.new(secret, message, getattr(hashlib, algorithm)).digest()
+
+
+def signature_matches(expected: bytes, given: str, encoding: Literal["hex", "base64"]) -> bool:
+    """Constant-time comparison of a raw digest against its hex or base64 text."""
+    if encoding == "hex":
+        return hmac.compare_digest(expected.hex(), given.strip().lower())
+    return hmac.compare_digest(base64.b64encode(expected).decode(), given.strip())
+
+
+def check_hmac(cfg: HmacConfig, request: web.Request, body: bytes) -> None:
+    given = request.headers.get(cfg.header)
+    if not given:
+        raise Rejected(401, f"signature header {cfg.header} is missing", check="hmac")
+    if cfg.prefix:
+        if not given.startswith(cfg.prefix):
+            raise Rejected(401, f"signature header {cfg.header} does not start with {cfg.prefix!r}", check="hmac")
+        given = given[len(cfg.prefix):]
+    expected = hmac_digest(cfg.secret.encode(), body, cfg.algorithm)
+    if not signature_matches(expected, given, cfg.encoding):
+        raise Rejected(401, f"signature in {cfg.header} does not match the body", check="hmac")

@@ -1,0 +1,65 @@
+"""Web forms posted by browsers (urlencoded or multipart) or by scripts (JSON)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from handlers.base import Handler, Inbound, decode_json_object
+from handlers.formdata import parse_multipart, parse_urlencoded
+
+URLENCODED = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+
+
+class FormOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    redirect: str | None = None
+    cors_origins: list[str] = []
+    honeypot: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.redirect is not None and not self.redirect.startswith(("http://", "https://", "/")):
+            raise ValueError(f"`redirect` {self.redirect!r} must be an absolute URL or a path starting with /")
+        for origin in self.cors_origins:
+            if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
+                raise ValueError(f"cors origin {origin!r} must look like https://example.com (no path), or be *")
+
+
+class FormHandler(Handler):
+    kind: ClassVar[str] = "form"
+    channel = "form"
+    Options: ClassVar[type[SourceConfig]] = FormOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART, "application/json"})
+
+    @property
+    def form(self) -> FormOptions:
+        assert isinstance(self.options, FormOptions)
+        return self.options
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        ctype = request.content_type
+        if ctype == URLENCODED:
+            payload = parse_urlencoded(body, request.charset)
+        elif ctype == MULTIPART:
+            payload = parse_multipart(body, request.headers.get("Content-Type", ""))
+        else:
+            payload = decode_json_object(body)
+        spam = False
+        if self.form.honeypot is not None:
+            trap = payload.get(self.form.honeypot)
+            spam = trap not in (None, "", [])
+        return [Inbound(payload=payload, spam=spam)]
+
+    def allowed_origin(self, origin: str) -> bool:
+        return "*" in self.form.cors_origins or origin in self.form.cors_origins
+
+    def redirect_to(self, request: web.Request) -> str | None:
+        if self.form.redirect is None or request.content_type not in (URLENCODED, MULTIPART):
+            return None
+        accept = request.headers.get("Accept", "")
+        if "text/html" not in accept and "*/*" not in accept and accept:
+            return None
+        return self.form.redirect
