@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from bridge.durations import parse_duration
-from bridge.errors import ConfigError, ErrorList, Located
+from bridge.errors import ErrorList, Located
 from bridge.yamlfile import Document, env_expander, load_yaml_file
 
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
@@ -115,8 +115,8 @@ class _RawConfig(Base):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     mappings: str | None = None
     vars: dict[str, Any] = {}
-    sources: dict[str, dict[str, Any]] = {}
-    destinations: dict[str, dict[str, Any]] = {}
+    sources: dict[str, Any] = {}
+    destinations: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
     shipped = path is None
     file = shipped_default_file() if shipped else path
     assert file is not None
-    doc = load_yaml_file(file, env_expander(env, str(file)))
+    try:
+        doc = load_yaml_file(file, env_expander(env, str(file)))
+    except Located as exc:
+        raise ErrorList([exc]) from None
     if doc.data is None:
         doc.data = {}
     if not isinstance(doc.data, dict):
@@ -209,12 +212,12 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
 
     sources: dict[str, SourceConfig] = {}
     for name, table in raw.sources.items():
-        opts = _typed_entry(doc, ("sources", name), table, "kind", source_options, errors)
+        opts = _typed_entry(doc, ("sources", name), table, "kind", source_options, errors=errors)
         if opts is not None:
             sources[name] = opts
     destinations: dict[str, DestinationConfig] = {}
     for name, table in raw.destinations.items():
-        dest = _typed_entry(doc, ("destinations", name), table, "vendor", vendor_options, errors)
+        dest = _typed_entry(doc, ("destinations", name), table, "vendor", vendor_options, errors=errors)
         if dest is not None:
             destinations[name] = dest
     if errors:
@@ -231,8 +234,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
 
 
 def _typed_entry(
-    doc: Document, path: tuple[str, str], table: Any, tag: str,
-    lookup: Any, errors: list[Located],
+    doc: Document, path: tuple[str, str], table: Any, tag: str, lookup: Any, *, errors: list[Located],
 ) -> Any:
     if not isinstance(table, dict):
         errors.append(doc.error(path, f"expected a table with `{tag}:`, got {type(table).__name__}"))
@@ -241,6 +243,9 @@ def _typed_entry(
         errors.append(doc.error(path, f"missing required key {tag!r}"))
         return None
     name = table[tag]
+    if not isinstance(name, str):
+        errors.append(doc.error((*path, tag), f"`{tag}` must be a name, got {type(name).__name__}"))
+        return None
     try:
         typ = lookup(name)
     except KeyError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -13,8 +14,8 @@ def parse_duration(value: str | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration: write 5s, 5m, 2h or a number of seconds")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"{value!r} is not a duration: it must not be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value!r} is not a duration: it must be a finite number, not negative")
         return float(value)
     text = value.strip().replace(" ", "")
     pos, total = 0, 0.0

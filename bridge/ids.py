@@ -22,7 +22,7 @@ def _encode(value: int, length: int) -> str:
 
 def new_ulid() -> str:
     """A 26-character id that sorts by creation time, monotonic within this process."""
-    global _last_ms, _last_rand  # noqa: PLW0603 - process-wide monotonic state, guarded by the lock
+    global _last_ms, _last_rand
     with _lock:
         now = time.time_ns() // 1_000_000
         if now <= _last_ms:

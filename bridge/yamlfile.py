@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ def format_path(path: KeyPath) -> str:
         elif _SIMPLE_KEY.match(key):
             out += f".{key}" if out else key
         else:
-            out += f"[{key!r}]".replace("'", '"')
+            out += f"[{json.dumps(key, ensure_ascii=False)}]"
     return out
 
 
@@ -81,7 +82,9 @@ class Document:
 
 def _parse_msgspec_path(text: str) -> KeyPath:
     out: list[Key] = []
-    for m in re.finditer(r"\.([^.\[]+)|\[(\d+)\]", text):
+    for m in re.finditer(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]", text):
+        if m.group(1) is None and m.group(2) is None:
+            break  # `[...]`: msgspec does not say which dict key; stop at the last known parent
         out.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
     return tuple(out)
 
@@ -94,6 +97,15 @@ class _Builder:
         self.positions: dict[KeyPath, tuple[int, int]] = {}
         self.errors: list[Located] = []
 
+    def construct(self, node: yaml.Node) -> Any:
+        """The scalar's value; an unknown tag or a bad tagged value (`!!int x`) is an error at its place."""
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
+            raise ConfigError(f"cannot read value {node.tag!r}: {problem}", file=self.file,
+                              line=node.start_mark.line + 1, col=node.start_mark.column + 1) from None
+
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
@@ -102,7 +114,7 @@ class _Builder:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     raise ConfigError("YAML merge keys (<<) are not supported", file=self.file,
                                       line=key_node.start_mark.line + 1, col=key_node.start_mark.column + 1)
-                key = self.constructor.construct_object(key_node, deep=True)
+                key = self.construct(key_node)
                 if not isinstance(key, str | int | float | bool) and key is not None:
                     raise ConfigError(f"a key must be a scalar, not {type(key).__name__}", file=self.file,
                                       line=key_node.start_mark.line + 1, col=key_node.start_mark.column + 1)
@@ -119,7 +131,7 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        value = self.constructor.construct_object(node, deep=True)
+        value = self.construct(node)
         if self.hook is not None:
             value = self.hook(value, path, node)
         return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from typing import Literal
@@ -39,7 +38,7 @@ def check_auth(auth: AuthConfig | None, request: web.Request) -> None:
             raise Rejected(401, "basic auth required", check="basic_auth")
         try:
             user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text
             raise Rejected(401, "basic auth header is not valid base64", check="basic_auth") from None
         ok_user = hmac.compare_digest(user.encode(), auth.basic.username.encode())
         ok_password = hmac.compare_digest(password.encode(), auth.basic.password.encode())
@@ -49,7 +48,7 @@ def check_auth(auth: AuthConfig | None, request: web.Request) -> None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value:
             raise Rejected(401, "bearer token required", check="bearer")
-        if not hmac.compare_digest(value.strip().encode(), auth.bearer.encode()):
+        if not hmac.compare_digest(_utf8(value.strip()), auth.bearer.encode()):
             raise Rejected(401, "wrong bearer token", check="bearer")
 
 
@@ -60,8 +59,13 @@ def hmac_digest(secret: bytes, message: bytes, algorithm: Algorithm) -> bytes:
 def signature_matches(expected: bytes, given: str, encoding: Literal["hex", "base64"]) -> bool:
     """Constant-time comparison of a raw digest against its hex or base64 text."""
     if encoding == "hex":
-        return hmac.compare_digest(expected.hex(), given.strip().lower())
-    return hmac.compare_digest(base64.b64encode(expected).decode(), given.strip())
+        return hmac.compare_digest(expected.hex().encode(), _utf8(given.strip().lower()))
+    return hmac.compare_digest(base64.b64encode(expected), _utf8(given.strip()))
+
+
+def _utf8(header_value: str) -> bytes:
+    """A header value as bytes; bytes aiohttp could not decode (surrogates) become `?` and never match."""
+    return header_value.encode("utf-8", "replace")
 
 
 def check_hmac(cfg: HmacConfig, request: web.Request, body: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import msgspec
 from aiohttp import web
 
 from bridge.config import SourceConfig
@@ -16,7 +17,7 @@ MULTIPART = "multipart/form-data"
 
 class FormOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     redirect: str | None = None
-    cors_origins: list[str] = []
+    cors_origins: list[str] = msgspec.field(default_factory=list)
     honeypot: str | None = None
 
     def __post_init__(self) -> None:

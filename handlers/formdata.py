@@ -30,7 +30,11 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=10_000)
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=10_000,
+                          encoding=charset or "utf-8", errors="strict")
+    except UnicodeDecodeError as exc:  # a percent-escape that is not valid text in the charset
+        raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}",
+                       check="form") from None
     except ValueError as exc:
         raise Rejected(400, f"malformed form body: {exc}", check="form") from None
     for key, value in pairs:

@@ -29,6 +29,7 @@ class _Missing:
 MISSING: Final = _Missing()
 
 _TOKEN = re.compile(r"""\.?([A-Za-z_$@][\w$@-]*)|\[(-?\d+)\]|\[\s*(["'])(.*?)\3\s*\]""")
+_BARE = re.compile(r"[A-Za-z_$@][\w$@-]*")
 
 
 class PathSyntaxError(ValueError):
@@ -68,7 +69,12 @@ class Path:
         value = root
         shown = ""
         for key in self.keys:
-            shown += f"[{key}]" if isinstance(key, int) else (f".{key}" if shown else key)
+            if isinstance(key, int):
+                shown += f"[{key}]"
+            elif not _BARE.fullmatch(key):
+                shown += f'["{key}"]'
+            else:
+                shown += f".{key}" if shown else key
             nxt = Path(shown, (key,)).get(value)
             if nxt is MISSING:
                 return shown
@@ -86,7 +92,8 @@ def compile_path(text: str, roots: frozenset[str] = ROOTS) -> Path:
     pos = 0
     while pos < len(src):
         m = _TOKEN.match(src, pos)
-        if not m or (pos == 0 and src.startswith(".")):
+        # A bare name takes a dot before it everywhere but at the start: `items[0]name` is a typo.
+        if not m or (m.group(1) is not None and (pos == 0) == (src[pos] == ".")):
             raise PathSyntaxError(
                 f"bad path {text!r} at character {pos + 1}: write parts like payload.items[0].name "
                 'or payload["key.with.dots"]'

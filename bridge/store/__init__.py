@@ -6,12 +6,12 @@ from bridge.config import Config
 from bridge.store.base import Store
 
 
-def open_store(config: Config) -> Store:
-    """The store the config's `store.url` names (not yet opened)."""
+def open_store(config: Config, *, owner: bool = True) -> Store:
+    """The store the config's `store.url` names (not yet opened); `owner=False` for CLI inspection."""
     url = config.store_url
     if url.scheme == "sqlite":
         from bridge.store.sqlite import SqliteStore  # noqa: PLC0415 - keep optional backends lazy
 
         assert url.path is not None
-        return SqliteStore(url.path, group_commit_max=config.store.group_commit_max)
+        return SqliteStore(url.path, group_commit_max=config.store.group_commit_max, owner=owner)
     raise NotImplementedError(f"store {url.dsn!r}: the PostgreSQL store is not built yet; use sqlite:///…")

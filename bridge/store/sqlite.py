@@ -214,36 +214,7 @@ class SqliteStore(Store):
                     stop_after = True
                     break
                 batch.append(item)
-            durable = any(op.durable for op in batch)
-            results: list[tuple[bool, Any]] = []
-            try:
-                if durable != full:
-                    # In WAL mode a NORMAL commit is atomic but may be lost on power failure; only
-                    # lease-taking batches use it, and losing a lease just makes the work due again.
-                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-                    full = durable
-                conn.execute("BEGIN IMMEDIATE")
-                single = len(batch) == 1
-                for op in batch:
-                    if single:
-                        results.append((True, op.fn(conn)))
-                        continue
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        results.append((True, op.fn(conn)))
-                        conn.execute("RELEASE op")
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        results.append((False, exc))
-                conn.execute("COMMIT")
-            except Exception as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                failure = exc if not isinstance(exc, sqlite3.Error) else StoreUnavailable(f"sqlite: {exc}")
-                if isinstance(exc, sqlite3.Error):
-                    log.error("store.commit_failed", error=str(exc), batch=len(batch))
-                results = [(False, failure)] * len(batch)
+            full, results = self._commit(conn, batch, full)
             self.batches += 1
             self.batched_ops += len(batch)
             assert self._loop is not None
@@ -253,6 +224,40 @@ class SqliteStore(Store):
                 return
             if stop_after:
                 return
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op], full: bool) -> tuple[bool, list[tuple[bool, Any]]]:
+        """Run a group of writes in one transaction: each in a savepoint, one commit for all."""
+        durable = any(op.durable for op in batch)
+        results: list[tuple[bool, Any]] = []
+        try:
+            if durable != full:
+                # In WAL mode a NORMAL commit is atomic but may be lost on power failure; only
+                # lease-taking batches use it, and losing a lease just makes the work due again.
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                full = durable
+            conn.execute("BEGIN IMMEDIATE")
+            if len(batch) == 1:
+                results.append((True, batch[0].fn(conn)))
+            else:
+                for op in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((True, op.fn(conn)))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((False, StoreUnavailable(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error)
+                                        else exc))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = StoreUnavailable(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error) else exc
+            if isinstance(exc, sqlite3.Error):
+                log.error("store.commit_failed", error=str(exc), batch=len(batch))
+            results = [(False, failure)] * len(batch)
+        return full, results
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True) -> Any:
         if self._closed or self._loop is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -39,10 +39,16 @@ class Adapter(ABC):
     Options: ClassVar[type[DestinationConfig]]
     actions: ClassVar[frozenset[str]]
 
-    def __init__(self, name: str, config: DestinationConfig, base_url: str) -> None:
+    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> None:
         self.name = name
         self.config = config
-        self.base_url = base_url.rstrip("/")
+        self._base_url = base_url
+
+    @property
+    def base_url(self) -> str:
+        """The vendor's base URL; a callable for sandboxes, whose address is known once the server listens."""
+        url = self._base_url if isinstance(self._base_url, str) else self._base_url()
+        return url.rstrip("/")
 
     @abstractmethod
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:

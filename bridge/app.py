@@ -1,0 +1,123 @@
+"""Server assembly: routes, and one cleanup context per resource (store, HTTP client, delivery),
+opened in order and closed in reverse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from bridge import __version__
+from bridge.config import Config
+from bridge.delivery.dispatcher import Destination, Dispatcher
+from bridge.delivery.ratelimit import make_limiter
+from bridge.delivery.retry import RetryPolicy
+from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
+from bridge.mapping.mappingset import MappingSet, load_mapping_folder
+from bridge.runtime import Runtime, Source
+from bridge.simulators.kapture import KaptureSimulator
+from bridge.store import open_store
+from bridge.store.base import Store
+from bridge.vendors.registry import adapter_class
+from handlers.registry import build_handler
+
+log = structlog.get_logger("ticketbridge.app")
+SIMULATORS: dict[str, Callable[[], KaptureSimulator]] = {"kapture": KaptureSimulator}
+
+
+def destination_actions(config: Config) -> dict[str, frozenset[str]]:
+    return {name: adapter_class(d.vendor).actions for name, d in config.destinations.items()}
+
+
+def load_mappings(config: Config) -> MappingSet:
+    """The config's mapping folder, loaded and checked; raises ErrorList."""
+    return load_mapping_folder(config.mappings_dir, sources=set(config.sources),
+                               destinations=destination_actions(config))
+
+
+def build_runtime(config: Config, mappings: MappingSet | None = None) -> Runtime:
+    sources = {name: Source.build(name, build_handler(name, opts, config.server))
+               for name, opts in config.sources.items()}
+    return Runtime(config=config, sources=sources, mappings=mappings or load_mappings(config))
+
+
+def build_destinations(rt: Runtime) -> dict[str, Destination]:
+    out = {}
+    for name, cfg in rt.config.destinations.items():
+        cls = adapter_class(cfg.vendor)
+        vendor = cfg.vendor
+        base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url and not cfg.sandbox \
+            else (lambda v=vendor: rt.sandbox_url(v))
+        out[name] = Destination(name=name, config=cfg, adapter=cls(name, cfg, base_url),
+                                policy=RetryPolicy.from_config(cfg.retry), limiter=make_limiter(cfg.rate_limit))
+    return out
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    if rt.store is None:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ready", "mappings": rt.mappings.version})
+
+
+def build_app(config: Config, *, store: Store | None = None, workers: bool = True,
+              mappings: MappingSet | None = None) -> web.Application:
+    """The whole server. Raises ErrorList at once when the mappings do not load."""
+    rt = build_runtime(config, mappings)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[RUNTIME] = rt
+    app.router.add_post("/hooks/{source}", hook_post)
+    app.router.add_get("/hooks/{source}", hook_get)
+    app.router.add_route("OPTIONS", "/hooks/{source}", hook_options)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    sandboxes = {d.vendor for d in config.destinations.values() if d.sandbox}
+    for vendor in sorted(sandboxes):
+        factory = SIMULATORS.get(vendor)
+        if factory is None:
+            raise ValueError(f"no simulator for vendor {vendor!r}")
+        sim = factory()
+        rt.simulators[vendor] = sim
+        app.add_subapp(f"/sandbox/{vendor}/", sim.app())
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        opened = store or open_store(config)
+        await opened.open()
+        rt.store = opened
+        log.info("store.opened", url=config.store_url.scheme, path=str(config.store_url.path or ""))
+        try:
+            yield
+        finally:
+            rt.store = None
+            await opened.close()
+            log.info("store.closed")
+
+    async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
+        if not workers:
+            yield
+            return
+        assert rt.store is not None
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300),
+            headers={"User-Agent": f"ticketbridge/{__version__}"},
+        )
+        dispatcher = Dispatcher(rt.store, session, build_destinations(rt))
+        dispatcher.start()
+        rt.dispatcher = dispatcher
+        try:
+            yield
+        finally:
+            await dispatcher.stop(config.server.shutdown_grace_seconds)
+            rt.dispatcher = None
+            await session.close()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(delivery_ctx)
+    return app

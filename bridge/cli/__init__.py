@@ -1,0 +1,38 @@
+"""The `ticketbridge` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from bridge import __version__
+from bridge.cli import check, deliveries, serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketbridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ticketbridge {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file (default: ./bridge.yaml, else the shipped default)")
+    serve.add_parsers(sub, common)
+    check.add_parsers(sub, common)
+    deliveries.add_parsers(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

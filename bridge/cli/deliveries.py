@@ -1,0 +1,184 @@
+"""`ticketbridge deliveries list|show` and `ticketbridge replay`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from bridge.cli.common import config_from
+from bridge.config import Config
+from bridge.errors import NotFound, StoreLocked, StoreUnavailable
+from bridge.store import open_store
+from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
+
+REPLAY_CHUNK = 500
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    d = sub.add_parser("deliveries", help="list and inspect deliveries")
+    dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lst = dsub.add_parser("list", parents=[common], help="list deliveries, newest first")
+    lst.add_argument("--status", choices=STATUSES)
+    lst.add_argument("--destination")
+    lst.add_argument("--source")
+    lst.add_argument("--mapping")
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--before", help="page: only deliveries older than this id")
+    lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    lst.set_defaults(run=run_list)
+    show = dsub.add_parser("show", parents=[common], help="one delivery: its event, body and attempts")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=run_show)
+    r = sub.add_parser("replay", parents=[common], help="send deliveries again (by id, or every dead one of a filter)")
+    r.add_argument("ids", nargs="*", help="delivery ids")
+    r.add_argument("--destination", help="replay the deliveries of this destination")
+    r.add_argument("--status", choices=("dead", "succeeded"), default="dead",
+                   help="with --destination: which deliveries (default: dead)")
+    r.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    r.set_defaults(run=run_replay)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _with_store(args: argparse.Namespace, body: Any) -> int:
+    config = config_from(args)
+    if config is None:
+        return 2
+
+    async def run(config: Config) -> int:
+        store = open_store(config, owner=False)
+        try:
+            await store.open()
+        except (StoreUnavailable, StoreLocked) as exc:
+            print(f"cannot open the store: {exc}", file=sys.stderr)
+            return 2
+        try:
+            code: int = await body(store)
+            return code
+        finally:
+            await store.close()
+
+    return asyncio.run(run(config))
+
+
+def _table(rows: list[DeliveryRow]) -> str:
+    head = ("ID", "STATUS", "DESTINATION", "MAPPING", "TRIES", "TICKET", "UPDATED", "LAST ERROR")
+    cells = [head] + [
+        (r.id, r.status, r.destination, r.mapping, str(r.attempts), r.ticket_id or "-", _when(r.updated_at_ms),
+         (r.last_error or "")[:60]) for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(head) - 1)) + "  " + c[-1] for c in cells)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    async def body(store: Store) -> int:
+        rows = await store.list_deliveries(DeliveryFilter(
+            status=args.status, destination=args.destination, source=args.source, mapping=args.mapping,
+            limit=args.limit, before_id=args.before))
+        if args.json:
+            for r in rows:
+                sys.stdout.write(msgspec.json.encode(r).decode() + "\n")
+        elif rows:
+            print(_table(rows))
+        else:
+            print("no deliveries match", file=sys.stderr)
+        return 0
+
+    return _with_store(args, body)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    async def body(store: Store) -> int:
+        try:
+            detail = await store.get_delivery(args.id)
+        except NotFound as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        if args.json:
+            sys.stdout.write(msgspec.json.encode(detail).decode() + "\n")
+            return 0
+        d = detail.delivery
+        print(f"delivery  {d.id}  {d.status}\n"
+              f"event     {d.event_id}  source={d.source} received={detail.event.received_at.isoformat()}\n"
+              f"mapping   {d.mapping} (version {d.mapping_version}) -> {d.destination} {d.action}\n"
+              f"ticket    {d.ticket_id or '-'}\n"
+              f"attempts  {d.attempts}",
+              f"; next due {_when(d.next_attempt_at_ms)}" if d.status == "pending" else "",
+              sep="")
+        if d.last_error:
+            print(f"error     {d.last_error}")
+        print("body:")
+        print(msgspec.json.format(msgspec.json.encode(detail.body), indent=2).decode())
+        print("payload:")
+        print(msgspec.json.format(msgspec.json.encode(detail.event.payload), indent=2).decode())
+        for a in detail.attempts:
+            print(f"  #{a.n} {_when(a.started_at_ms)} {a.duration_ms:.0f}ms HTTP {a.http_status or '-'} "
+                  f"{a.classification}" + (f": {a.error}" if a.error else ""))
+            if a.response_excerpt:
+                print(f"     {a.response_excerpt[:200]}")
+        return 0
+
+    return _with_store(args, body)
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    if not sys.stderr.isatty() or total < REPLAY_CHUNK:
+        return
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = done / max(time.monotonic() - started, 1e-6)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  {rate:.0f}/s")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    if bool(args.ids) == bool(args.destination):
+        print("replay takes delivery ids, or --destination NAME (with --status), not both", file=sys.stderr)
+        return 2
+
+    async def body(store: Store) -> int:
+        ids: list[str] = list(args.ids)
+        if args.destination:
+            before: str | None = None
+            while True:
+                rows = await store.list_deliveries(DeliveryFilter(
+                    status=args.status, destination=args.destination, limit=5000, before_id=before))
+                ids.extend(r.id for r in rows)
+                if len(rows) < 5000:
+                    break
+                before = rows[-1].id
+        if args.dry_run:
+            for i in ids:
+                print(i)
+            print(f"{len(ids)} deliveries would be replayed", file=sys.stderr)
+            return 0
+        moved: list[str] = []
+        started = time.monotonic()
+        for start in range(0, len(ids), REPLAY_CHUNK):
+            moved.extend(await store.replay(ids[start:start + REPLAY_CHUNK]))
+            _progress(min(start + REPLAY_CHUNK, len(ids)), len(ids), started)
+        skipped = sorted(set(ids) - set(moved))
+        for i in skipped:
+            try:
+                d = await store.get_delivery(i)
+                why = (f"it is {d.delivery.status}" if d.delivery.status in ("pending", "in_flight")
+                       else "it never rendered (fix the mapping, then replay with --rerender)")
+            except NotFound:
+                why = "no such delivery"
+            print(f"{i}: not replayed: {why}", file=sys.stderr)
+        print(f"replayed {len(moved)} of {len(ids)} deliveries; a running server sends them within seconds")
+        return 0 if not skipped else 1
+
+    return _with_store(args, body)

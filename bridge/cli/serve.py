@@ -1,0 +1,110 @@
+"""`ticketbridge serve` and `ticketbridge sandbox`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bridge.app import build_app
+from bridge.cli.common import config_from, print_errors
+from bridge.config import Config
+from bridge.errors import BridgeError
+from bridge.intake import RUNTIME
+from bridge.logs import configure_logging
+from bridge.simulators.kapture import KaptureSimulator
+
+log = structlog.get_logger("ticketbridge.server")
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("serve", parents=[common], help="run the server and its delivery workers")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.port")
+    p.add_argument("--no-workers", action="store_true", help="take requests only; deliver nothing")
+    p.set_defaults(run=run_serve)
+    s = sub.add_parser("sandbox", help="run the vendor simulators on their own (for tests and demos)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=9090)
+    s.set_defaults(run=run_sandbox)
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104 - mapping a wildcard bind
+
+
+async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT); then stop taking requests and drain deliveries."""
+    app = build_app(config, workers=workers)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=max(1.0, config.server.shutdown_grace_seconds))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True, backlog=1024)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        rt = app[RUNTIME]
+        rt.self_url = f"http://{_loopback(str(host))}:{port}"
+        if ":" in _loopback(str(host)):
+            rt.self_url = f"http://[{host}]:{port}"
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("server.started", url=rt.self_url, sources=sorted(rt.sources), mappings=sorted(rt.mappings.mappings),
+                 mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators))
+        await stop.wait()
+        log.info("server.stopping")
+    finally:
+        await runner.cleanup()
+        log.info("server.stopped")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    if config is None:
+        return 2
+    if args.host or args.port is not None:
+        import msgspec  # noqa: PLC0415
+
+        server = msgspec.structs.replace(config.server, host=args.host or config.server.host,
+                                         port=config.server.port if args.port is None else args.port)
+        config = type(config)(**{**config.__dict__, "server": server})
+    configure_logging(config.log.level, config.log.format)
+    try:
+        asyncio.run(serve(config, workers=not args.no_workers))
+    except BridgeError as exc:
+        print_errors(exc)
+        return 2
+    except OSError as exc:
+        print(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _sandbox(host: str, port: int) -> None:
+    app = web.Application()
+    app.add_subapp("/kapture/", KaptureSimulator().app())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("sandbox.started", url=f"http://{host}:{port}", vendors=["kapture"])
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    configure_logging()
+    asyncio.run(_sandbox(args.host, args.port))
+    return 0

@@ -1,0 +1,223 @@
+"""The delivery loop: one lane per destination, so a slow or failing vendor never delays another.
+
+A lane claims due deliveries (up to its free in-flight slots), waits for the rate limiter, sends,
+and records the attempt. When nothing is due it sleeps until the next due time, or until intake
+wakes it: new work is sent at once, without polling. A slow poll remains as the fallback for work
+added by other processes (the CLI's replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+
+from bridge.config import DestinationConfig
+from bridge.delivery.ratelimit import Limiter, make_limiter
+from bridge.delivery.retry import RetryPolicy
+from bridge.delivery.sender import Sent, send_once
+from bridge.errors import BridgeError, StoreUnavailable
+from bridge.store.base import AttemptResult, Claimed, Store
+from bridge.vendors.base import Adapter
+
+log = structlog.get_logger("ticketbridge.delivery")
+
+POLL_SECONDS = 2.0
+STORE_RETRY_SECONDS = 1.0
+CLAIM_BATCH = 64
+
+
+@dataclass
+class Destination:
+    """A destination as the delivery loop runs it."""
+
+    name: str
+    config: DestinationConfig
+    adapter: Adapter
+    policy: RetryPolicy
+    limiter: Limiter = field(default_factory=lambda: make_limiter(None))
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.config.timeout_seconds * 2 + 60
+
+
+class Lane:
+    def __init__(self, dispatcher: Dispatcher, dest: Destination) -> None:
+        self.dispatcher = dispatcher
+        self.dest = dest
+        self.wake = asyncio.Event()
+        self.slot_freed = asyncio.Event()
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.log = log.bind(destination=dest.name)
+
+    async def run(self) -> None:
+        d = self.dispatcher
+        while not d.stopping:
+            free = self.dest.config.max_in_flight - len(self.inflight)
+            if free <= 0:
+                self.slot_freed.clear()
+                await self._wait(self.slot_freed, None)
+                continue
+            self.wake.clear()
+            try:
+                batch = await d.store.claim(self.dest.name, min(free, CLAIM_BATCH), d.owner, self.dest.lease_seconds)
+            except StoreUnavailable as exc:
+                self.log.error("delivery.claim_failed", error=str(exc))
+                await self._wait(self.wake, STORE_RETRY_SECONDS)
+                continue
+            if not batch.items:
+                timeout = POLL_SECONDS
+                if batch.next_due_ms is not None:
+                    timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - time.time()))
+                await self._wait(self.wake, timeout)
+                continue
+            for index, item in enumerate(batch.items):
+                delay = self.dest.limiter.reserve()
+                if delay > 0:
+                    await self._wait(d.stop_event, delay)
+                if d.stopping:
+                    await d.release([i.id for i in batch.items[index:]])
+                    return
+                task = asyncio.create_task(self._deliver(item), name=f"deliver {item.id}")
+                self.inflight[item.id] = task
+                task.add_done_callback(functools.partial(self._done, item.id))
+
+    def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
+        self.inflight.pop(delivery_id, None)
+        self.slot_freed.set()
+
+    async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
+        stop = self.dispatcher.stop_event
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _deliver(self, item: Claimed) -> None:
+        d = self.dispatcher
+        blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
+        try:
+            sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds)
+        except asyncio.CancelledError:
+            d.cancelled.append(item.id)
+            raise
+        result = self._decide(item, sent, blog)
+        for attempt in range(5):
+            try:
+                await d.store.record(result)
+                return
+            except StoreUnavailable as exc:
+                blog.error("delivery.record_failed", error=str(exc), try_=attempt + 1)
+                await asyncio.sleep(STORE_RETRY_SECONDS * (attempt + 1))
+            except BridgeError as exc:
+                blog.error("delivery.record_failed", error=str(exc))
+                return
+        blog.error("delivery.record_abandoned", note="the lease will expire and the delivery will be sent again")
+
+    def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
+        outcome = sent.outcome
+        tries = item.tries + 1
+        result = AttemptResult(
+            delivery_id=item.id, started_at_ms=sent.started_at_ms, duration_ms=round(sent.duration_ms, 3),
+            http_status=sent.http_status, response_excerpt=sent.excerpt,
+            classification=outcome.classification, error=outcome.error, next_status="dead",
+        )
+        if outcome.classification == "success":
+            blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
+                      duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1)
+            return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, next_status="succeeded")
+        if sent.http_status == 429:
+            pause = outcome.retry_after if outcome.retry_after is not None else self.dest.limiter.window
+            self.dest.limiter.pause(min(pause, self.dest.policy.max_retry_after))
+            blog.warning("delivery.rate_limited", pause_s=round(pause, 3))
+        decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)
+        if decision.action == "retry":
+            due = int((time.time() + decision.delay_s) * 1000)
+            blog.warning("delivery.retry_scheduled", error=outcome.error, status=sent.http_status, attempt=tries,
+                         retry_in_s=round(decision.delay_s, 1))
+            return msgspec.structs.replace(result, next_status="pending", next_attempt_at_ms=due)
+        if outcome.classification == "auth":
+            blog.error("delivery.auth_failed", error=outcome.error, status=sent.http_status,
+                       hint="check the destination's credentials; this delivery is dead until replayed")
+            return result
+        blog.error("delivery.dead", error=outcome.error, status=sent.http_status, reason=decision.reason)
+        if outcome.classification == "retry":
+            return msgspec.structs.replace(result, error=f"{outcome.error} ({decision.reason})")
+        return result
+
+
+class Dispatcher:
+    """Runs every destination's lane; `notify` wakes lanes with new work."""
+
+    def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination]) -> None:
+        self.store = store
+        self.session = session
+        self.destinations = destinations
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = False
+        self.stop_event = asyncio.Event()
+        self.lanes: dict[str, Lane] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.cancelled: list[str] = []
+
+    def start(self) -> None:
+        for name, dest in self.destinations.items():
+            lane = Lane(self, dest)
+            self.lanes[name] = lane
+            self.tasks.append(asyncio.create_task(self._supervise(lane), name=f"lane {name}"))
+
+    async def _supervise(self, lane: Lane) -> None:
+        while not self.stopping:
+            try:
+                await lane.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                lane.log.exception("delivery.lane_crashed")
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+
+    def notify(self, destinations: set[str]) -> None:
+        for name in destinations:
+            lane = self.lanes.get(name)
+            if lane is not None:
+                lane.wake.set()
+
+    async def release(self, ids: list[str]) -> None:
+        if ids:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release(ids)
+
+    def in_flight(self) -> int:
+        return sum(len(lane.inflight) for lane in self.lanes.values())
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let sends in flight finish within `grace_s`; give the rest back."""
+        self.stopping = True
+        self.stop_event.set()
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=max(1.0, grace_s))
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        pending = [t for lane in self.lanes.values() for t in lane.inflight.values()]
+        if pending:
+            log.info("delivery.draining", in_flight=len(pending), grace_s=grace_s)
+            _, still = await asyncio.wait(pending, timeout=grace_s)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+            if self.cancelled:
+                log.warning("delivery.released_at_shutdown", count=len(self.cancelled))
+                await self.release(self.cancelled)

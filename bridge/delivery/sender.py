@@ -1,0 +1,65 @@
+"""One delivery attempt: build the vendor request, send it, classify the answer. Never raises for the
+vendor's faults: every failure becomes an Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from bridge.errors import MappingError
+from bridge.store.base import Claimed
+from bridge.vendors.base import Adapter, Outcome
+
+MAX_RESPONSE_BYTES = 256 * 1024
+EXCERPT_CHARS = 2000
+
+
+@dataclass
+class Sent:
+    outcome: Outcome
+    started_at_ms: int
+    duration_ms: float
+    http_status: int | None
+    excerpt: str | None
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float) -> Sent:
+    started_ms = time.time_ns() // 1_000_000
+    t0 = time.perf_counter()
+    status: int | None = None
+    excerpt: str | None = None
+    try:
+        request = adapter.build_request(item.action, item.body, item.options)
+    except MappingError as exc:
+        return Sent(Outcome(classification="permanent", error=f"not sent: {exc}"), started_ms, 0.0, None, None)
+    try:
+        async with session.request(
+            request.method, request.url, headers=request.headers, data=request.body,
+            timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False,
+        ) as response:
+            body = await _read_bounded(response, MAX_RESPONSE_BYTES)
+            status = response.status
+            excerpt = body[:EXCERPT_CHARS].decode("utf-8", "replace")
+            outcome = adapter.classify(item.action, response.status, response.headers, body)
+    except TimeoutError:
+        outcome = Outcome(classification="retry", error=f"timed out after {timeout_s:g}s")
+    except aiohttp.ClientError as exc:
+        outcome = Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        outcome = Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
+    duration = (time.perf_counter() - t0) * 1000
+    return Sent(outcome, started_ms, duration, status, excerpt)

@@ -1,0 +1,168 @@
+"""`/hooks/{source}`: verify, parse, render and store durably, then answer, as DESIGN's table says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from bridge.errors import Rejected, StoreUnavailable
+from bridge.events import Event
+from bridge.mapping.paths import MISSING
+from bridge.routing import plan_deliveries
+from bridge.runtime import Runtime, Source
+from bridge.store.base import AcceptResult, NewDelivery
+from handlers.auth import check_auth
+from handlers.base import Inbound
+
+log = structlog.get_logger("ticketbridge.intake")
+RUNTIME = web.AppKey("runtime", Runtime)
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_encode(data), status=status, content_type="application/json", headers=headers)
+
+
+def _cors(source: Source, request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    if origin and source.handler.allowed_origin(origin):
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {}
+
+
+def _source(request: web.Request) -> tuple[Runtime, Source] | web.Response:
+    rt = request.app[RUNTIME]
+    name = request.match_info["source"]
+    source = rt.sources.get(name)
+    if source is None:
+        rt.count("intake.unknown_source")
+        return _json({"accepted": False, "error": f"unknown source {name!r}"}, 404)
+    return rt, source
+
+
+def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) -> web.Response:
+    rt.count(f"intake.rejected.{exc.status}")
+    log.warning("intake.rejected", source=source.name, status=exc.status, check=exc.check, reason=str(exc),
+                remote=request.remote)
+    body: dict[str, Any] = {"accepted": False, "error": str(exc)}
+    if exc.check:
+        body["check"] = exc.check
+    return _json(body, exc.status, _cors(source, request))
+
+
+def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
+    if source.dedup_path is None:
+        return inbound.dedup_key
+    value = source.dedup_path.get({"payload": inbound.payload, "headers": headers})
+    if value is MISSING or value is None or value == "":
+        return inbound.dedup_key
+    return str(value)
+
+
+async def hook_post(request: web.Request) -> web.StreamResponse:
+    found = _source(request)
+    if isinstance(found, web.Response):
+        return found
+    rt, source = found
+    handler = source.handler
+    try:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
+                           check="size") from None
+        check_auth(handler.options.auth, request)
+        handler.verify(request, body)
+        handler.check_content_type(request)
+        inbounds = handler.parse(request, body)
+    except Rejected as exc:
+        return _reject(rt, source, exc, request)
+
+    headers = handler.kept_headers(request)
+    meta = {"remote": request.remote, "user_agent": request.headers.get("User-Agent")}
+    planned: list[tuple[Event, list[NewDelivery]]] = []
+    invalid: list[str] = []
+    mappings = rt.mappings
+    for inbound in inbounds:
+        event = Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
+                          headers=headers, meta=meta, dedup_key=_dedup_key(source, inbound, headers),
+                          spam=inbound.spam)
+        deliveries, errors = plan_deliveries(mappings, event, rt.config.vars)
+        invalid.extend(errors)
+        planned.append((event, deliveries))
+    if invalid and handler.options.reject_invalid:
+        rt.count("intake.rejected.422")
+        log.info("intake.invalid", source=source.name, errors=invalid)
+        return _json({"accepted": False, "error": "the submission is missing required fields",
+                      "errors": invalid}, 422, _cors(source, request))
+
+    store = rt.store
+    results: list[AcceptResult] = []
+    try:
+        if store is None:
+            raise StoreUnavailable("the store is not open")
+        for event, deliveries in planned:
+            result = await store.accept(event, deliveries, source.dedup_window_s)
+            results.append(result)
+            if not result.duplicate and rt.dispatcher is not None:
+                rt.dispatcher.notify({d.destination for d in deliveries if d.status == "pending"})
+    except StoreUnavailable as exc:
+        rt.count("intake.store_unavailable")
+        log.error("intake.store_unavailable", source=source.name, error=str(exc))
+        return _json({"accepted": False, "error": "the store is unavailable; nothing was stored, try again"}, 503,
+                     {"Retry-After": "5", **_cors(source, request)})
+
+    for (event, _deliveries), result in zip(planned, results, strict=True):
+        rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted")
+        log.info("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
+                 event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
+
+    cors = _cors(source, request)
+    target = handler.redirect_to(request)
+    if target is not None:
+        raise web.HTTPSeeOther(location=target, headers=cors)
+    if len(results) == 1:
+        r = results[0]
+        if r.duplicate:
+            return _json({"accepted": True, "duplicate": True, "event_id": r.event_id}, 200, cors)
+        return _json({"accepted": True, "event_id": r.event_id, "deliveries": r.deliveries}, 202, cors)
+    fresh = [r for r in results if not r.duplicate]
+    return _json({
+        "accepted": True,
+        "events": [{"event_id": r.event_id, "duplicate": r.duplicate, "deliveries": r.deliveries} for r in results],
+        "deliveries": sum(r.deliveries for r in fresh),
+    }, 202 if fresh or not results else 200, cors)
+
+
+async def hook_get(request: web.Request) -> web.StreamResponse:
+    found = _source(request)
+    if isinstance(found, web.Response):
+        return found
+    rt, source = found
+    try:
+        answer = await source.handler.handshake(request)
+    except Rejected as exc:
+        return _reject(rt, source, exc, request)
+    if answer is None:
+        return _json({"accepted": False, "error": "this source takes POST requests"}, 405, {"Allow": "POST"})
+    return answer
+
+
+async def hook_options(request: web.Request) -> web.StreamResponse:
+    found = _source(request)
+    if isinstance(found, web.Response):
+        return found
+    _rt, source = found
+    origin = request.headers.get("Origin", "")
+    if not origin or not source.handler.allowed_origin(origin):
+        return _json({"error": f"origin {origin or '(none)'} may not post to this source"}, 403)
+    asked = request.headers.get("Access-Control-Request-Headers", "Content-Type")
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+        "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": asked,
+        "Access-Control-Max-Age": "86400",
+    })

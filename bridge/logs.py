@@ -1,0 +1,65 @@
+"""structlog set-up: JSON lines, stable event names, and emails and phone numbers masked."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+_PHONE = re.compile(r"(?<![\w.-])(\+?)(\d[\d ().-]{6,}\d)(?![\w-])")
+# Ids and timestamps are digits too; values under these keys are not personal data.
+_SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "event_id", "delivery_id", "id",
+                        "version", "status", "duration_ms", "count", "path"})
+
+
+def _mask_phone(m: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", m.group(2))
+    if not 8 <= len(digits) <= 15:
+        return m.group(0)
+    return m.group(1) + "*" * (len(digits) - 2) + digits[-2:]
+
+
+def mask_text(text: str) -> str:
+    """`asha@example.com` → `a***@example.com`; `+91 98765 43210` → `+**********10`."""
+    if "@" in text:
+        text = _EMAIL.sub(r"\1***@\2", text)
+    return _PHONE.sub(_mask_phone, text)
+
+
+def _mask_value(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if depth < 3 and isinstance(value, dict):
+        return {k: v if k in _SAFE_KEYS else _mask_value(v, depth + 1) for k, v in value.items()}
+    if depth < 3 and isinstance(value, list | tuple):
+        return [_mask_value(v, depth + 1) for v in value]
+    return value
+
+
+def mask_personal_data(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if key not in _SAFE_KEYS and not key.endswith("_id"):
+            event_dict[key] = _mask_value(value)
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            mask_personal_data,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=True,
+    )

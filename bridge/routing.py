@@ -1,0 +1,53 @@
+"""From an event to its deliveries: match each mapping of the source, render it, and turn a render
+failure into a dead delivery that names its reason, so a bad mapping never fails intake."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from bridge.errors import MappingError
+from bridge.events import Event
+from bridge.ids import new_id
+from bridge.mapping.mappingset import MappingSet
+from bridge.store.base import NewDelivery
+
+log = structlog.get_logger("ticketbridge.routing")
+
+
+def render_context(event: Event, vars_: dict[str, Any]) -> dict[str, Any]:
+    return {"payload": event.payload, "headers": event.headers, "event": event.context(), "vars": vars_}
+
+
+def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -> tuple[list[NewDelivery], list[str]]:
+    """The deliveries for `event`, and the render errors among them (each also a dead delivery)."""
+    if event.spam:
+        return [], []
+    candidates = mappings.for_source(event.source)
+    if not candidates:
+        return [], []
+    ctx = render_context(event, vars_)
+    deliveries: list[NewDelivery] = []
+    errors: list[str] = []
+    for mapping in candidates:
+        body: dict[str, Any] | None = None
+        error: str | None = None
+        try:
+            if not mapping.matches(ctx):
+                continue
+            body = mapping.render(ctx)
+        except MappingError as exc:
+            error = str(exc) if exc.path else f"{mapping.name}: {exc}"
+        except Exception as exc:  # a bug in a filter must cost one delivery, not the request
+            log.exception("routing.render_crashed", mapping=mapping.name, event_id=event.id)
+            error = f"{mapping.name}: internal error while rendering: {type(exc).__name__}: {exc}"
+        if error is not None:
+            errors.append(error)
+            log.warning("routing.render_failed", mapping=mapping.name, event_id=event.id, error=error)
+        deliveries.append(NewDelivery(
+            id=new_id("dlv"), mapping=mapping.name, mapping_version=mapping.version,
+            destination=mapping.destination, action=mapping.action, body=body, options=mapping.options,
+            status="dead" if error is not None else "pending", error=error,
+        ))
+    return deliveries, errors

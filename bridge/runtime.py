@@ -1,0 +1,50 @@
+"""What the running server holds: config, store, the mapping set in force, handlers and the dispatcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.config import Config
+from bridge.delivery.dispatcher import Dispatcher
+from bridge.durations import parse_duration
+from bridge.mapping.mappingset import MappingSet
+from bridge.mapping.paths import Path, compile_path
+from bridge.store.base import Store
+from handlers.base import Handler
+
+
+@dataclass
+class Source:
+    """A configured source, ready to take requests."""
+
+    name: str
+    handler: Handler
+    dedup_path: Path | None
+    dedup_window_s: float
+
+    @classmethod
+    def build(cls, name: str, handler: Handler) -> Source:
+        opts = handler.options
+        path = compile_path(opts.dedup, frozenset({"payload", "headers"})) if opts.dedup else None
+        return cls(name, handler, path, parse_duration(opts.dedup_window))
+
+
+@dataclass
+class Runtime:
+    config: Config
+    sources: dict[str, Source]
+    mappings: MappingSet
+    store: Store | None = None
+    dispatcher: Dispatcher | None = None
+    self_url: str | None = None
+    simulators: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def sandbox_url(self, vendor: str) -> str:
+        if self.self_url is None:
+            raise RuntimeError("the server's own address is not known yet; sandbox destinations need it")
+        return f"{self.self_url.rstrip('/')}/sandbox/{vendor}"

@@ -1,0 +1,1 @@
+"""Vendor simulators: in-process stand-ins for sandbox destinations, tests and benchmarks."""

@@ -1,0 +1,70 @@
+"""Fault knobs shared by the simulators: latency, failing statuses, hangs and dropped connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What the next requests suffer. Counts go down as requests use them; -1 means every request."""
+
+    latency_ms: float = 0
+    fail_count: int = 0
+    fail_status: int = 503
+    retry_after: str | None = None
+    hang_count: int = 0
+    hang_seconds: float = 120
+    drop_count: int = 0
+
+    @staticmethod
+    def _take(count: int) -> tuple[bool, int]:
+        if count == 0:
+            return False, 0
+        return True, count if count < 0 else count - 1
+
+
+async def apply_faults(faults: Faults, request: web.Request) -> web.StreamResponse | None:
+    """A fault response to answer with (or a dropped connection), or None to serve normally."""
+    if faults.latency_ms:
+        await asyncio.sleep(faults.latency_ms / 1000)
+    hit, faults.drop_count = Faults._take(faults.drop_count)
+    if hit:
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=500)
+    hit, faults.hang_count = Faults._take(faults.hang_count)
+    if hit:
+        await asyncio.sleep(faults.hang_seconds)
+    hit, faults.fail_count = Faults._take(faults.fail_count)
+    if hit:
+        headers = {"Retry-After": faults.retry_after} if faults.retry_after else None
+        return web.json_response({"status": "failed", "message": "simulated outage"},
+                                 status=faults.fail_status, headers=headers)
+    return None
+
+
+def fault_routes(get: Callable[[], Faults], put: Callable[[Faults], None]) -> list[web.RouteDef]:
+    """`GET|PUT|DELETE /_faults`: read, set or clear the knobs."""
+
+    async def show(request: web.Request) -> web.Response:
+        return web.json_response(msgspec.to_builtins(get()))
+
+    async def change(request: web.Request) -> web.Response:
+        try:
+            faults = msgspec.json.decode(await request.read(), type=Faults)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        put(faults)
+        return web.json_response(msgspec.to_builtins(faults))
+
+    async def clear(request: web.Request) -> web.Response:
+        put(Faults())
+        return web.json_response(msgspec.to_builtins(Faults()))
+
+    return [web.get("/_faults", show), web.put("/_faults", change), web.delete("/_faults", clear)]
