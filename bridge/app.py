@@ -99,6 +99,26 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
             await opened.close()
             log.info("store.closed")
 
+    async def sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Each sandbox also listens on its own loopback port, opened before the delivery loop and
+        # closed after it, so that sends in flight at shutdown still reach it while the main site
+        # has stopped taking requests.
+        runners = []
+        try:
+            for vendor, sim in rt.simulators.items():
+                runner = web.AppRunner(sim.app(), access_log=None)
+                await runner.setup()
+                runners.append(runner)
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                host, port = runner.addresses[0][:2]
+                rt.sandbox_urls[vendor] = f"http://{host}:{port}"
+            yield
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()
+            rt.sandbox_urls.clear()
+
     async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
         if not workers:
             yield
@@ -119,5 +139,6 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
             await session.close()
 
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(sandbox_ctx)
     app.cleanup_ctx.append(delivery_ctx)
     return app

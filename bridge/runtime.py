@@ -37,14 +37,16 @@ class Runtime:
     mappings: MappingSet
     store: Store | None = None
     dispatcher: Dispatcher | None = None
-    self_url: str | None = None
     simulators: dict[str, Any] = field(default_factory=dict)
+    sandbox_urls: dict[str, str] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def sandbox_url(self, vendor: str) -> str:
-        if self.self_url is None:
-            raise RuntimeError("the server's own address is not known yet; sandbox destinations need it")
-        return f"{self.self_url.rstrip('/')}/sandbox/{vendor}"
+        """Where the sandbox simulator of `vendor` listens (its own loopback port, open while deliveries run)."""
+        try:
+            return self.sandbox_urls[vendor]
+        except KeyError:
+            raise RuntimeError(f"the {vendor} sandbox is not running") from None

@@ -79,7 +79,7 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or Rejected(400) with the parser's reason."""
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
         raise Rejected(400, f"malformed JSON: {exc}", check="json") from None
     if not isinstance(value, dict):
         raise Rejected(400, f"expected a JSON object, got a JSON {type(value).__name__}", check="json")

@@ -49,14 +49,12 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
         await site.start()
         host, port = runner.addresses[0][:2]
         rt = app[RUNTIME]
-        rt.self_url = f"http://{_loopback(str(host))}:{port}"
-        if ":" in _loopback(str(host)):
-            rt.self_url = f"http://[{host}]:{port}"
+        url = f"http://{_loopback(str(host))}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("server.started", url=rt.self_url, sources=sorted(rt.sources), mappings=sorted(rt.mappings.mappings),
+        log.info("server.started", url=url, sources=sorted(rt.sources), mappings=sorted(rt.mappings.mappings),
                  mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators))
         await stop.wait()
         log.info("server.stopping")

@@ -4,6 +4,7 @@ runs only where a field is a template."""
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ def compile_transform(text: str) -> Callable[[Any], Any]:
                 f"bad arguments in {text!r}: arguments must be literals (numbers, 'strings', true/false)"
             ) from None
         args = tuple(parsed)
+    try:
+        inspect.signature(fn).bind(None, *args)
+    except TypeError as exc:
+        raise CompileError(f"bad arguments in {text!r}: {exc}") from None
     if not args:
         return fn
     return lambda value: fn(value, *args)
@@ -79,7 +84,7 @@ def compile_field(name: str, raw: Any) -> FieldFn:
     """Compile one field, as written in the mapping file, into a function of the render context."""
     if isinstance(raw, str):
         if is_template(raw):
-            return _template_field(name, raw, FieldSpec(template=raw))
+            return _template_field(name, raw, FieldSpec(template=raw), at=())
         return lambda ctx: raw
     if raw is None or isinstance(raw, bool | int | float):
         return lambda ctx: raw
@@ -134,12 +139,11 @@ def _constant_container(raw: list[Any]) -> FieldFn:
     return lambda ctx: msgspec.json.decode(frozen)
 
 
-def _template_field(name: str, text: str, spec: FieldSpec) -> FieldFn:
+def _template_field(name: str, text: str, spec: FieldSpec, at: tuple[str, ...] = ("template",)) -> FieldFn:
     try:
         template = ENV.from_string(text)
     except TemplateSyntaxError as exc:
-        raise CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}",
-                           ("template",) if isinstance(spec.template, str) and spec.from_ is None else ()) from None
+        raise CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}", at) from None
     render = template.render
 
     def source(ctx: Context) -> tuple[Any, str]:
@@ -147,7 +151,8 @@ def _template_field(name: str, text: str, spec: FieldSpec) -> FieldFn:
             out = render(ctx)
         except UndefinedError as exc:
             return MISSING, f"template: {exc.message}"
-        except (SecurityError, TemplateRuntimeError, OverflowError, TypeError, ValueError, ArithmeticError) as exc:
+        except (SecurityError, TemplateRuntimeError, OverflowError, TypeError, ValueError, ArithmeticError,
+                LookupError, RecursionError) as exc:
             raise RenderError(f"template failed: {exc}", path=name) from None
         if len(out) > MAX_RENDERED_CHARS:
             raise RenderError(f"template output is {len(out)} characters, over {MAX_RENDERED_CHARS}", path=name)
@@ -235,7 +240,8 @@ class CompiledMapping:
             return bool(self.when(ctx))
         except UndefinedError as exc:
             raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
-        except (SecurityError, TemplateRuntimeError, TypeError, ValueError, ArithmeticError) as exc:
+        except (SecurityError, TemplateRuntimeError, TypeError, ValueError, ArithmeticError, LookupError,
+                RecursionError) as exc:
             raise RenderError(f"when: {exc}", path=self.name) from None
 
     def render(self, ctx: Context) -> dict[str, Any]:
@@ -249,7 +255,8 @@ class CompiledMapping:
 
 def compile_when(text: str) -> Callable[..., Any]:
     try:
-        expr = ENV.compile_expression(text)
+        # Keep StrictUndefined strict: a bare `payload.urgent` that is undefined must fail, not read as false.
+        expr = ENV.compile_expression(text, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise CompileError(f"expression syntax error: {exc.message}") from None
     return lambda ctx: expr(**ctx)

@@ -1,0 +1,269 @@
+"""The inbound HTTP contract, one test per row of DESIGN.md's answer table, through the whole app."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.errors import StoreUnavailable
+from bridge.events import Event
+from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
+from bridge.store.sqlite import SqliteStore
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+
+CONFIG = """
+server: {max_body_bytes: 4096}
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  contact:
+    kind: form
+    redirect: "https://example.com/thanks"
+    cors_origins: ["https://example.com"]
+    honeypot: website
+  strict:
+    kind: form
+    reject_invalid: true
+  partner:
+    kind: json
+    dedup: payload.id
+    hmac: {secret: "${PARTNER_SECRET}", header: X-Signature, algorithm: sha256, encoding: hex, prefix: "sha256="}
+  private:
+    kind: json
+    auth: {basic: {username: ops, password: "${PRIVATE_PASSWORD}"}}
+destinations:
+  kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms, 50ms]}}
+"""
+
+MAPPINGS = {
+    "contact": """
+        source: [contact, strict]
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: "Enquiry: {{ payload.subject }}"
+          email_id: {from: payload.email, required: true, transform: [strip, lower]}
+          source_ref: "{{ event.id }}"
+    """,
+    "partner": """
+        source: [partner, private]
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: {from: payload.title, required: true}
+          source_ref: "{{ payload.id }}"
+    """,
+}
+
+ENV = {"PARTNER_SECRET": "s3cret", "PRIVATE_PASSWORD": "pw"}
+
+
+@pytest.fixture
+async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+    return await bridge_client(write_config(CONFIG, MAPPINGS, ENV))
+
+
+def sign(body: bytes, secret: str = "s3cret") -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def all_deliveries(client: Any) -> list[Any]:
+    store = runtime(client).store
+    assert store is not None
+    return await store.list_deliveries(DeliveryFilter(limit=1000))
+
+
+async def test_form_post_is_stored_and_answered_202(client: Any) -> None:
+    """A form post is committed with its delivery before the 202, which carries the event id."""
+    resp = await client.post("/hooks/contact", data={"email": " A@B.com ", "subject": "Router down"},
+                             headers={"Accept": "application/json"})
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["accepted"] is True and body["deliveries"] == 1
+    store = runtime(client).store
+    event = await store.get_event(body["event_id"])
+    assert event.payload == {"email": " A@B.com ", "subject": "Router down"}
+    sim = runtime(client).simulators["kapture"]
+    await eventually(lambda: len(sim.tickets) == 1)
+    assert sim.tickets[0]["fields"] == {"title": "Enquiry: Router down", "email_id": "a@b.com",
+                                        "source_ref": body["event_id"]}
+
+
+async def test_browser_form_post_with_redirect_gets_303(client: Any) -> None:
+    """A browser's form post to a source with `redirect` is sent there with 303 once stored."""
+    resp = await client.post("/hooks/contact", data={"email": "a@b.com", "subject": "x"},
+                             headers={"Accept": "text/html,application/xhtml+xml"}, allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"] == "https://example.com/thanks"
+    assert len(await all_deliveries(client)) == 1
+
+
+async def test_repeated_form_keys_become_lists(client: Any) -> None:
+    """Repeated keys in a form body become a list in the payload."""
+    resp = await client.post("/hooks/contact", data=[("email", "a@b.com"), ("subject", "x"), ("topic", "a"),
+                                                     ("topic", "b")], headers={"Accept": "application/json"})
+    event = await runtime(client).store.get_event((await resp.json())["event_id"])
+    assert event.payload["topic"] == ["a", "b"]
+
+
+async def test_same_dedup_key_is_answered_200_duplicate(client: Any) -> None:
+    """The same dedup key again is answered 200 with the first event's id, and sent only once."""
+    body = json.dumps({"id": "p-1", "title": "Outage"}).encode()
+    headers = {"Content-Type": "application/json", "X-Signature": sign(body)}
+    first = await client.post("/hooks/partner", data=body, headers=headers)
+    second = await client.post("/hooks/partner", data=body, headers=headers)
+    assert first.status == 202
+    assert second.status == 200
+    first_id = (await first.json())["event_id"]
+    assert await second.json() == {"accepted": True, "duplicate": True, "event_id": first_id}
+    assert len(await all_deliveries(client)) == 1
+
+
+async def test_unknown_source_is_404(client: Any) -> None:
+    """A source that is not configured is answered 404."""
+    resp = await client.post("/hooks/nope", json={"a": 1})
+    assert resp.status == 404
+    assert "unknown source 'nope'" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize(("headers", "reason"), [
+    ({}, "missing"),
+    ({"X-Signature": "sha256=" + "0" * 64}, "does not match"),
+    ({"X-Signature": "deadbeef"}, "does not start with"),
+])
+async def test_bad_signature_is_401_and_stores_nothing(client: Any, headers: dict[str, str], reason: str) -> None:
+    """A missing or wrong HMAC signature is refused with 401 naming the check, and nothing is stored."""
+    resp = await client.post("/hooks/partner", data=b'{"id": "x", "title": "t"}',
+                             headers={"Content-Type": "application/json", **headers})
+    assert resp.status == 401
+    body = await resp.json()
+    assert body["check"] == "hmac" and reason in body["error"]
+    assert await all_deliveries(client) == []
+
+
+async def test_basic_auth_is_checked(client: Any) -> None:
+    """A source with basic auth refuses wrong credentials with 401 and takes the right ones."""
+    wrong = await client.post("/hooks/private", json={"id": "1", "title": "t"}, headers=_basic("ops", "nope"))
+    assert wrong.status == 401 and (await wrong.json())["check"] == "basic_auth"
+    right = await client.post("/hooks/private", json={"id": "1", "title": "t"}, headers=_basic("ops", "pw"))
+    assert right.status == 202
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_body_over_the_limit_is_413(client: Any) -> None:
+    """A body over max_body_bytes is refused with 413 and not stored."""
+    resp = await client.post("/hooks/contact", data={"email": "a@b.com", "subject": "x" * 5000})
+    assert resp.status == 413
+    assert await all_deliveries(client) == []
+
+
+async def test_content_type_not_taken_is_415(client: Any) -> None:
+    """A content type the source does not take is refused with 415, naming what it takes."""
+    body = b"hello"
+    resp = await client.post("/hooks/partner", data=body,
+                             headers={"Content-Type": "text/plain", "X-Signature": sign(body)})
+    assert resp.status == 415
+    assert "application/json" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize(("source", "content_type", "body", "reason"), [
+    ("partner", "application/json", b'{"id": ', "malformed JSON"),
+    ("partner", "application/json", b"[1, 2]", "expected a JSON object"),
+    ("contact", "multipart/form-data", b"--x\r\n", "boundary"),
+])
+async def test_malformed_body_is_400(client: Any, source: str, content_type: str, body: bytes, reason: str) -> None:
+    """A body its parser cannot read is refused with 400 and the parser's reason."""
+    resp = await client.post(f"/hooks/{source}", data=body, headers={"Content-Type": content_type,
+                                                                     "X-Signature": sign(body)})
+    assert resp.status == 400
+    assert reason in (await resp.json())["error"]
+
+
+async def test_missing_required_field_with_reject_invalid_is_422(client: Any) -> None:
+    """With reject_invalid, a form missing a required field is refused with 422 and the field errors."""
+    resp = await client.post("/hooks/strict", data={"subject": "x"})
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["errors"] == ["email_id: required (payload.email is missing)"]
+    assert await all_deliveries(client) == []
+
+
+async def test_missing_required_field_without_reject_invalid_is_a_dead_delivery(client: Any) -> None:
+    """Without reject_invalid, an event a mapping cannot render is accepted and its delivery is dead with the reason."""
+    resp = await client.post("/hooks/contact", data={"subject": "x"}, headers={"Accept": "application/json"})
+    assert resp.status == 202
+    [delivery] = await all_deliveries(client)
+    assert delivery.status == "dead"
+    assert delivery.last_error == "email_id: required (payload.email is missing)"
+
+
+class FailingStore(SqliteStore):
+    """An SQLite store whose disk has failed: every accept raises StoreUnavailable."""
+
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+        raise StoreUnavailable("disk I/O error")
+
+
+async def test_store_unavailable_is_503(write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """When the store cannot commit, the answer is 503 with Retry-After, never a 2xx."""
+    client = await bridge_client(write_config(CONFIG, MAPPINGS, ENV), store=FailingStore(tmp_path / "f.db"))
+    resp = await client.post("/hooks/contact", data={"email": "a@b.com", "subject": "x"})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert (await resp.json())["accepted"] is False
+
+
+async def test_filled_honeypot_looks_accepted_but_is_never_delivered(client: Any) -> None:
+    """A filled honeypot is answered like a success and stored as spam, with no delivery."""
+    resp = await client.post("/hooks/contact", data={"email": "a@b.com", "subject": "x", "website": "spam.biz"},
+                             headers={"Accept": "application/json"})
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["deliveries"] == 0
+    event = await runtime(client).store.get_event(body["event_id"])
+    assert event.spam is True
+    assert await all_deliveries(client) == []
+
+
+async def test_cors_preflight_and_post_for_allowed_origin(client: Any) -> None:
+    """An allowed origin gets a preflight answer and Access-Control-Allow-Origin on the post."""
+    pre = await client.options("/hooks/contact", headers={"Origin": "https://example.com",
+                                                          "Access-Control-Request-Method": "POST",
+                                                          "Access-Control-Request-Headers": "content-type"})
+    assert pre.status == 204
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://example.com"
+    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    post = await client.post("/hooks/contact", json={"email": "a@b.com", "subject": "x"},
+                             headers={"Origin": "https://example.com"})
+    assert post.status == 202
+    assert post.headers["Access-Control-Allow-Origin"] == "https://example.com"
+
+
+async def test_cors_preflight_for_other_origin_is_refused(client: Any) -> None:
+    """An origin not in cors_origins gets 403 on preflight and no CORS header on a post."""
+    pre = await client.options("/hooks/contact", headers={"Origin": "https://evil.example"})
+    assert pre.status == 403
+    post = await client.post("/hooks/contact", json={"email": "a@b.com", "subject": "x"},
+                             headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in post.headers
+
+
+async def test_get_on_a_source_without_handshake_is_405(client: Any) -> None:
+    """A GET to a source whose provider has no handshake is answered 405."""
+    resp = await client.get("/hooks/contact")
+    assert resp.status == 405
+
+
+async def test_health_endpoints(client: Any) -> None:
+    """/healthz answers while the process lives; /readyz once the store is open."""
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["status"] == "ready"

@@ -1,0 +1,458 @@
+"""The behaviour every Store backend must show; a backend's test module subclasses `StoreContract` and
+provides a `store` fixture yielding an opened store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import EllipsisType
+from typing import Any, Literal
+
+import pytest
+
+from bridge.errors import NotFound, StoreUnavailable
+from bridge.events import Event
+from bridge.ids import new_id
+from bridge.store.base import (
+    AttemptResult,
+    DeliveryFilter,
+    DeliveryRow,
+    NewDelivery,
+    Store,
+)
+
+WEEK = 7 * 86400.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def make_event(source: str = "website-contact", dedup_key: str | None = None, **payload: Any) -> Event:
+    return Event.new(source=source, kind="form", channel="form", payload=payload or {"subject": "Router down"},
+                     headers={"user-agent": "curl/8"}, meta={"remote": "127.0.0.1"}, dedup_key=dedup_key)
+
+
+def make_delivery(
+    destination: str = "kapture-support", mapping: str = "contact-to-kapture",
+    body: dict[str, Any] | EllipsisType | None = ..., delivery_id: str | None = None, **kw: Any,
+) -> NewDelivery:
+    return NewDelivery(id=delivery_id or new_id("dlv"), mapping=mapping, mapping_version="v1", destination=destination,
+                       action="create_ticket", body={"title": "Router down"} if body is ... else body, **kw)
+
+
+def result(
+    delivery_id: str, next_status: Literal["succeeded", "pending", "dead"], *, http_status: int | None = 200,
+    classification: str = "success", error: str | None = None, ticket_id: str | None = None, next_attempt_at_ms: int | None = None,
+) -> AttemptResult:
+    return AttemptResult(
+        delivery_id=delivery_id, started_at_ms=now_ms(), duration_ms=12.5, http_status=http_status,
+        response_excerpt='{"status": "success"}', classification=classification, error=error, ticket_id=ticket_id,
+        next_status=next_status, next_attempt_at_ms=next_attempt_at_ms,
+    )
+
+
+async def accept_one(store: Store, *deliveries: NewDelivery, event: Event | None = None) -> tuple[Event, list[str]]:
+    ev = event or make_event()
+    ds = list(deliveries) or [make_delivery()]
+    res = await store.accept(ev, ds, WEEK)
+    assert res.duplicate is False
+    return ev, [d.id for d in ds]
+
+
+async def row(store: Store, delivery_id: str) -> DeliveryRow:
+    return (await store.get_delivery(delivery_id)).delivery
+
+
+class StoreContract:
+    """Store semantics shared by every backend."""
+
+    # -- accept -----------------------------------------------------------------------------------
+
+    async def test_accept_stores_the_event_and_its_deliveries(self, store: Store) -> None:
+        """accept stores the event and every delivery, pending and due now, and reports how many."""
+        event = make_event(dedup_key="k-1")
+        first, second = make_delivery(), make_delivery(destination="lsq", mapping="contact-to-lsq")
+        before = now_ms()
+        res = await store.accept(event, [first, second], WEEK)
+        assert (res.event_id, res.duplicate, res.deliveries) == (event.id, False, 2)
+        assert await store.get_event(event.id) == event
+        rows = {r.id: r for r in await store.list_deliveries(DeliveryFilter())}
+        assert set(rows) == {first.id, second.id}
+        lsq = rows[second.id]
+        assert (lsq.event_id, lsq.source, lsq.mapping, lsq.mapping_version, lsq.destination, lsq.action) == (
+            event.id, "website-contact", "contact-to-lsq", "v1", "lsq", "create_ticket")
+        assert (lsq.status, lsq.attempts, lsq.tries, lsq.last_error, lsq.ticket_id) == ("pending", 0, 0, None, None)
+        assert before <= lsq.next_attempt_at_ms <= now_ms()
+        assert before <= lsq.created_at_ms <= lsq.updated_at_ms <= now_ms()
+
+    async def test_accept_keeps_body_and_options(self, store: Store) -> None:
+        """A delivery's body and options come back exactly as given."""
+        body = {"title": "Réseau", "n": 1, "nested": {"list": [1, None, True]}}
+        delivery = make_delivery(body=body, options={"queue": "billing"})
+        await accept_one(store, delivery)
+        detail = await store.get_delivery(delivery.id)
+        assert detail.body == body
+        assert detail.options == {"queue": "billing"}
+
+    async def test_accept_without_deliveries_stores_the_event(self, store: Store) -> None:
+        """An event no mapping takes is still stored, with zero deliveries."""
+        event = make_event()
+        res = await store.accept(event, [], WEEK)
+        assert (res.event_id, res.duplicate, res.deliveries) == (event.id, False, 0)
+        assert await store.get_event(event.id) == event
+
+    async def test_accept_stores_dead_deliveries_with_their_error(self, store: Store) -> None:
+        """A delivery that could not render is stored dead, bodiless, with its error, and never claimed."""
+        dead = make_delivery(body=None, status="dead", error="email_id: required (payload.email is missing)")
+        await accept_one(store, dead)
+        detail = await store.get_delivery(dead.id)
+        assert detail.delivery.status == "dead"
+        assert detail.delivery.last_error == "email_id: required (payload.email is missing)"
+        assert detail.body is None
+        assert (await store.claim("kapture-support", 10, "w1", 30)).items == []
+
+    async def test_accept_is_atomic(self, store: Store) -> None:
+        """When one delivery cannot be stored, neither the event nor any delivery nor its dedup key is kept."""
+        good = make_delivery()
+        clash = make_delivery(delivery_id=good.id)
+        event = make_event(dedup_key="atomic")
+        with pytest.raises(StoreUnavailable):
+            await store.accept(event, [good, clash], WEEK)
+        with pytest.raises(NotFound):
+            await store.get_event(event.id)
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        again = make_event(dedup_key="atomic")
+        assert (await store.accept(again, [make_delivery()], WEEK)).duplicate is False
+
+    # -- dedup ------------------------------------------------------------------------------------
+
+    async def test_duplicate_within_window_returns_the_first_event(self, store: Store) -> None:
+        """The same dedup key within the window is a duplicate naming the first event; nothing new is stored."""
+        first = make_event(dedup_key="msg-1")
+        await accept_one(store, make_delivery(), event=first)
+        second = make_event(dedup_key="msg-1", subject="again")
+        res = await store.accept(second, [make_delivery(), make_delivery()], WEEK)
+        assert (res.event_id, res.duplicate, res.deliveries) == (first.id, True, 0)
+        with pytest.raises(NotFound):
+            await store.get_event(second.id)
+        assert len(await store.list_deliveries(DeliveryFilter())) == 1
+
+    async def test_dedup_keys_are_per_source(self, store: Store) -> None:
+        """The same key from another source is not a duplicate."""
+        await accept_one(store, event=make_event(source="a", dedup_key="k"))
+        res = await store.accept(make_event(source="b", dedup_key="k"), [make_delivery()], WEEK)
+        assert res.duplicate is False
+
+    async def test_events_without_dedup_key_are_never_duplicates(self, store: Store) -> None:
+        """Without a dedup key every event is accepted."""
+        for _ in range(3):
+            await accept_one(store)
+        assert len(await store.list_deliveries(DeliveryFilter())) == 3
+
+    async def test_dedup_window_expires(self, store: Store) -> None:
+        """After the window, the same key is accepted again, and later duplicates name the newer event."""
+        first = make_event(dedup_key="k")
+        assert (await store.accept(first, [make_delivery()], 0.05)).duplicate is False
+        assert (await store.accept(make_event(dedup_key="k"), [], 0.05)).event_id == first.id
+        await asyncio.sleep(0.1)
+        second = make_event(dedup_key="k")
+        res = await store.accept(second, [make_delivery()], WEEK)
+        assert (res.event_id, res.duplicate, res.deliveries) == (second.id, False, 1)
+        third = await store.accept(make_event(dedup_key="k"), [make_delivery()], WEEK)
+        assert (third.event_id, third.duplicate) == (second.id, True)
+        assert len(await store.list_deliveries(DeliveryFilter())) == 2
+
+    # -- claim ------------------------------------------------------------------------------------
+
+    async def test_claim_leases_due_deliveries_of_its_destination_only(self, store: Store) -> None:
+        """claim takes only its destination's deliveries and returns what a sender needs."""
+        event, (kap,) = await accept_one(store, make_delivery(options={"queue": "q"}))
+        await accept_one(store, make_delivery(destination="lsq"))
+        batch = await store.claim("kapture-support", 10, "worker-1", 30)
+        assert [c.id for c in batch.items] == [kap]
+        claimed = batch.items[0]
+        assert (claimed.event_id, claimed.mapping, claimed.destination, claimed.action) == (
+            event.id, "contact-to-kapture", "kapture-support", "create_ticket")
+        assert (claimed.body, claimed.options, claimed.tries, claimed.attempts) == (
+            {"title": "Router down"}, {"queue": "q"}, 0, 0)
+        assert batch.next_due_ms is None
+        assert (await row(store, kap)).status == "in_flight"
+        assert (await row(store, (await store.list_deliveries(DeliveryFilter(destination="lsq")))[0].id)).status \
+            == "pending"
+
+    async def test_claimed_deliveries_are_not_claimed_again(self, store: Store) -> None:
+        """A leased delivery is not handed to another claim."""
+        await accept_one(store, make_delivery(), make_delivery())
+        first = await store.claim("kapture-support", 10, "w1", 30)
+        assert len(first.items) == 2
+        second = await store.claim("kapture-support", 10, "w2", 30)
+        assert second.items == []
+        assert second.next_due_ms is None
+
+    async def test_claim_respects_the_limit(self, store: Store) -> None:
+        """claim takes at most `limit` deliveries, and later claims take the rest."""
+        await accept_one(store, *[make_delivery() for _ in range(5)])
+        sizes = [len((await store.claim("kapture-support", 2, "w", 30)).items) for _ in range(4)]
+        assert sizes == [2, 2, 1, 0]
+
+    async def test_claim_takes_deliveries_in_due_order(self, store: Store) -> None:
+        """Deliveries are claimed earliest-due first."""
+        _, ids = await accept_one(store, make_delivery(), make_delivery(), make_delivery())
+        await store.claim("kapture-support", 10, "w", 30)
+        now = now_ms()
+        due = {ids[0]: now - 1000, ids[1]: now - 3000, ids[2]: now - 2000}
+        for i, at in due.items():
+            await store.record(result(i, "pending", http_status=503, classification="retry", next_attempt_at_ms=at))
+        batch = await store.claim("kapture-support", 2, "w", 30)
+        assert [c.id for c in batch.items] == [ids[1], ids[2]]
+        assert [c.id for c in (await store.claim("kapture-support", 2, "w", 30)).items] == [ids[0]]
+
+    async def test_claim_says_when_the_next_delivery_is_due(self, store: Store) -> None:
+        """With nothing due, claim returns no items and the earliest future due time of its destination."""
+        _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
+        await accept_one(store, make_delivery(destination="lsq"))
+        await store.claim("kapture-support", 10, "w", 30)
+        later = now_ms() + 60_000
+        await store.record(result(a, "pending", classification="retry", next_attempt_at_ms=later + 5000))
+        await store.record(result(b, "pending", classification="retry", next_attempt_at_ms=later))
+        batch = await store.claim("kapture-support", 10, "w", 30)
+        assert batch.items == []
+        assert batch.next_due_ms == later
+
+    async def test_claim_with_nothing_pending(self, store: Store) -> None:
+        """With no pending deliveries at all, claim returns nothing and no due time."""
+        batch = await store.claim("kapture-support", 10, "w", 30)
+        assert (batch.items, batch.next_due_ms) == ([], None)
+
+    # -- record -----------------------------------------------------------------------------------
+
+    async def test_record_success(self, store: Store) -> None:
+        """A successful attempt marks the delivery succeeded, stores the ticket id and the attempt."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        attempt = result(d, "succeeded", ticket_id="713516551148")
+        await store.record(attempt)
+        detail = await store.get_delivery(d)
+        assert (detail.delivery.status, detail.delivery.ticket_id, detail.delivery.attempts, detail.delivery.tries) \
+            == ("succeeded", "713516551148", 1, 1)
+        assert detail.delivery.last_error is None
+        assert len(detail.attempts) == 1
+        a = detail.attempts[0]
+        assert (a.n, a.started_at_ms, a.duration_ms, a.http_status, a.response_excerpt, a.classification, a.error) \
+            == (1, attempt.started_at_ms, 12.5, 200, '{"status": "success"}', "success", None)
+        assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+
+    async def test_record_retry_later(self, store: Store) -> None:
+        """A retryable attempt makes the delivery pending again, due at the given time, with its error."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        later = now_ms() + 60_000
+        await store.record(result(d, "pending", http_status=503, classification="retry", error="HTTP 503",
+                                  next_attempt_at_ms=later))
+        r = await row(store, d)
+        assert (r.status, r.next_attempt_at_ms, r.last_error, r.attempts, r.tries) == (
+            "pending", later, "HTTP 503", 1, 1)
+        assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+
+    async def test_record_dead(self, store: Store) -> None:
+        """A permanent failure marks the delivery dead with its error, and it is not claimed again."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "dead", http_status=200, classification="permanent",
+                                  error="kapture: HTTP 200: title is missing"))
+        r = await row(store, d)
+        assert (r.status, r.last_error, r.attempts) == ("dead", "kapture: HTTP 200: title is missing", 1)
+        assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+
+    async def test_attempts_are_numbered_and_counted(self, store: Store) -> None:
+        """Each attempt is kept, numbered 1..n, and the delivery's tries and attempts count them."""
+        _, (d,) = await accept_one(store)
+        for n in range(3):
+            batch = await store.claim("kapture-support", 1, "w", 30)
+            assert [(c.id, c.tries, c.attempts) for c in batch.items] == [(d, n, n)]
+            await store.record(result(d, "pending", http_status=500 + n, classification="retry",
+                                      error=f"HTTP {500 + n}", next_attempt_at_ms=now_ms() - 1))
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "dead", http_status=None, classification="retry", error="timed out"))
+        detail = await store.get_delivery(d)
+        assert [(a.n, a.http_status, a.error) for a in detail.attempts] == [
+            (1, 500, "HTTP 500"), (2, 501, "HTTP 501"), (3, 502, "HTTP 502"), (4, None, "timed out")]
+        assert (detail.delivery.attempts, detail.delivery.tries, detail.delivery.status) == (4, 4, "dead")
+
+    async def test_record_for_an_unknown_delivery_is_not_found(self, store: Store) -> None:
+        """Recording an attempt of a delivery that does not exist raises NotFound."""
+        with pytest.raises(NotFound):
+            await store.record(result("dlv_missing", "succeeded"))
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    async def test_release_gives_deliveries_back_due_now(self, store: Store) -> None:
+        """release makes leased deliveries pending and claimable at once, without counting an attempt."""
+        _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.release([a])
+        ra = await row(store, a)
+        assert (ra.status, ra.attempts, ra.tries) == ("pending", 0, 0)
+        assert ra.next_attempt_at_ms <= now_ms()
+        assert (await row(store, b)).status == "in_flight"
+        assert [c.id for c in (await store.claim("kapture-support", 10, "w2", 30)).items] == [a]
+
+    async def test_release_of_nothing_or_of_settled_deliveries_changes_nothing(self, store: Store) -> None:
+        """release ignores an empty list, and deliveries that are not in flight."""
+        _, (d,) = await accept_one(store)
+        await store.release([])
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "succeeded", ticket_id="1"))
+        await store.release([d, "dlv_unknown"])
+        assert (await row(store, d)).status == "succeeded"
+
+    async def test_release_expired_returns_leases_that_ran_out(self, store: Store) -> None:
+        """release_expired gives back every delivery whose lease has expired, and says how many."""
+        _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
+        await accept_one(store, make_delivery(destination="lsq"))
+        await store.claim("kapture-support", 10, "crashed-worker", 0)
+        await store.claim("lsq", 10, "live-worker", 60)
+        await asyncio.sleep(0.02)
+        assert await store.release_expired() == 2
+        assert {(await row(store, a)).status, (await row(store, b)).status} == {"pending"}
+        assert (await store.list_deliveries(DeliveryFilter(destination="lsq")))[0].status == "in_flight"
+        assert {c.id for c in (await store.claim("kapture-support", 10, "w", 30)).items} == {a, b}
+        assert await store.release_expired() == 0
+
+    async def test_release_expired_leaves_live_leases(self, store: Store) -> None:
+        """Leases that have not run out are kept."""
+        await accept_one(store)
+        await store.claim("kapture-support", 10, "w", 60)
+        assert await store.release_expired() == 0
+        assert (await store.list_deliveries(DeliveryFilter()))[0].status == "in_flight"
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    async def test_list_filters_by_status_destination_source_and_mapping(self, store: Store) -> None:
+        """list_deliveries narrows by status, destination, source and mapping, together."""
+        _, (k1, k2) = await accept_one(store, make_delivery(), make_delivery())
+        _, (l1,) = await accept_one(store, make_delivery(destination="lsq", mapping="partner-to-lsq"),
+                                    event=make_event(source="partner-api"))
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(k1, "dead", classification="permanent", error="bad"))
+
+        async def ids(**kw: Any) -> set[str]:
+            return {r.id for r in await store.list_deliveries(DeliveryFilter(**kw))}
+
+        assert await ids() == {k1, k2, l1}
+        assert await ids(status="dead") == {k1}
+        assert await ids(status="pending") == {k2, l1}
+        assert await ids(destination="lsq") == {l1}
+        assert await ids(source="partner-api") == {l1}
+        assert await ids(mapping="contact-to-kapture") == {k1, k2}
+        assert await ids(status="pending", destination="kapture-support") == {k2}
+        assert await ids(status="succeeded") == set()
+
+    async def test_list_pages_newest_first_with_before_id(self, store: Store) -> None:
+        """list_deliveries returns newest first, `limit` at a time, continuing below `before_id`."""
+        ids = []
+        for _ in range(5):
+            _, (d,) = await accept_one(store)
+            ids.append(d)
+        newest_first = sorted(ids, reverse=True)
+        page1 = await store.list_deliveries(DeliveryFilter(limit=2))
+        assert [r.id for r in page1] == newest_first[:2]
+        page2 = await store.list_deliveries(DeliveryFilter(limit=2, before_id=page1[-1].id))
+        assert [r.id for r in page2] == newest_first[2:4]
+        page3 = await store.list_deliveries(DeliveryFilter(limit=2, before_id=page2[-1].id))
+        assert [r.id for r in page3] == newest_first[4:]
+        assert await store.list_deliveries(DeliveryFilter(limit=2, before_id=page3[-1].id)) == []
+
+    async def test_get_delivery_returns_body_event_and_attempts(self, store: Store) -> None:
+        """get_delivery returns the row, its body and options, its event, and its attempts in order."""
+        event, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "succeeded", ticket_id="9"))
+        detail = await store.get_delivery(d)
+        assert detail.delivery.id == d
+        assert detail.body == {"title": "Router down"}
+        assert detail.options == {}
+        assert detail.event == event
+        assert [a.n for a in detail.attempts] == [1]
+
+    async def test_get_delivery_unknown_is_not_found(self, store: Store) -> None:
+        """An unknown delivery id raises NotFound (a KeyError too)."""
+        with pytest.raises(NotFound):
+            await store.get_delivery("dlv_nope")
+        with pytest.raises(KeyError):
+            await store.get_delivery("dlv_nope")
+
+    async def test_get_event_unknown_is_not_found(self, store: Store) -> None:
+        """An unknown event id raises NotFound."""
+        with pytest.raises(NotFound):
+            await store.get_event("evt_nope")
+
+    async def test_event_round_trips_exactly(self, store: Store) -> None:
+        """A stored event reads back equal, time zone, headers, meta and payload types included."""
+        event = make_event(dedup_key="d", n=1, f=1.5, none=None, nested={"l": [1, "x"]}, flag=True)
+        await store.accept(event, [], WEEK)
+        got = await store.get_event(event.id)
+        assert got == event
+        assert got.received_at.utcoffset() is not None
+
+    async def test_counts_by_destination_and_status(self, store: Store) -> None:
+        """counts gives, per destination, the number of deliveries in each status present."""
+        assert await store.counts() == {}
+        _, (a, _b, _c) = await accept_one(store, make_delivery(), make_delivery(), make_delivery())
+        await accept_one(store, make_delivery(destination="lsq"))
+        await store.claim("kapture-support", 2, "w", 30)
+        await store.record(result(a, "succeeded"))
+        assert await store.counts() == {
+            "kapture-support": {"succeeded": 1, "in_flight": 1, "pending": 1},
+            "lsq": {"pending": 1},
+        }
+
+    # -- replay -----------------------------------------------------------------------------------
+
+    async def test_replay_moves_dead_and_succeeded_back_to_pending(self, store: Store) -> None:
+        """replay makes dead and succeeded deliveries pending and due now, tries reset, attempts kept."""
+        _, (dead, done) = await accept_one(store, make_delivery(), make_delivery())
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(result(dead, "dead", classification="permanent", error="bad field"))
+        await store.record(result(done, "succeeded", ticket_id="T1"))
+        moved = await store.replay([dead, done])
+        assert sorted(moved) == sorted([dead, done])
+        for d in (dead, done):
+            r = await row(store, d)
+            assert (r.status, r.tries, r.attempts, r.last_error) == ("pending", 0, 1, None)
+            assert r.next_attempt_at_ms <= now_ms()
+        batch = await store.claim("kapture-support", 10, "w", 30)
+        assert {(c.id, c.tries, c.attempts) for c in batch.items} == {(dead, 0, 1), (done, 0, 1)}
+        await store.record(result(dead, "succeeded"))
+        assert [a.n for a in (await store.get_delivery(dead)).attempts] == [1, 2]
+
+    async def test_replay_leaves_pending_and_in_flight_alone(self, store: Store) -> None:
+        """Only dead or succeeded deliveries move; others, and unknown ids, are left out of the answer."""
+        _, (pending, leased) = await accept_one(store, make_delivery(), make_delivery(destination="lsq"))
+        await store.claim("lsq", 10, "w", 30)
+        assert await store.replay([pending, leased, "dlv_unknown"]) == []
+        assert (await row(store, leased)).status == "in_flight"
+
+    async def test_replay_refuses_dead_without_body_unless_given_one(self, store: Store) -> None:
+        """A delivery that never rendered cannot be replayed as it is, but can with a new body."""
+        bodiless = make_delivery(body=None, status="dead", error="email_id: required (payload.email is missing)")
+        await accept_one(store, bodiless)
+        assert await store.replay([bodiless.id]) == []
+        assert (await row(store, bodiless.id)).status == "dead"
+        new_body = {"title": "fixed", "email_id": "a@b.io"}
+        assert await store.replay([bodiless.id], {bodiless.id: (new_body, "v2")}) == [bodiless.id]
+        detail = await store.get_delivery(bodiless.id)
+        assert (detail.delivery.status, detail.delivery.mapping_version, detail.body) == ("pending", "v2", new_body)
+        assert [c.body for c in (await store.claim("kapture-support", 10, "w", 30)).items] == [new_body]
+
+    async def test_replay_with_bodies_replaces_only_those_given(self, store: Store) -> None:
+        """With `bodies`, the named deliveries get the new body and mapping version; the others keep theirs."""
+        _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
+        await store.claim("kapture-support", 10, "w", 30)
+        for d in (a, b):
+            await store.record(result(d, "dead", classification="permanent", error="x"))
+        assert sorted(await store.replay([a, b], {a: ({"title": "new"}, "v9")})) == sorted([a, b])
+        da, db = await store.get_delivery(a), await store.get_delivery(b)
+        assert (da.body, da.delivery.mapping_version) == ({"title": "new"}, "v9")
+        assert (db.body, db.delivery.mapping_version) == ({"title": "Router down"}, "v1")

@@ -1,0 +1,228 @@
+"""bridge/delivery/ratelimit.py: per-destination rate limits that are never exceeded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_left, bisect_right
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.config import RateLimit
+from bridge.delivery.ratelimit import SlidingWindowLimiter, Unlimited, acquire, make_limiter
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def max_in_any_window(slots: list[float], width: float) -> int:
+    """The most slots that fall in one closed window `[t, t + width]`, over every start `t`."""
+    ordered = sorted(slots)
+    return max(bisect_right(ordered, t + width) - bisect_left(ordered, t) for t in ordered)
+
+
+def reserve_slots(limiter: SlidingWindowLimiter, clock: FakeClock, n: int) -> list[float]:
+    """Reserve `n` slots at the clock's current time; returns the absolute send times."""
+    return [clock.now + limiter.reserve() for _ in range(n)]
+
+
+def test_helper_counts_windows() -> None:
+    """The window counter used below sees a burst that a naive limiter would let through."""
+    assert max_in_any_window([0.0, 1.0, 2.0, 5.0], 5.0) == 4
+    assert max_in_any_window([0.0, 1.0, 2.0, 5.01], 5.0) == 3
+
+
+def test_first_requests_go_at_once() -> None:
+    """Up to `requests` reservations in an empty window need no wait."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(25, 5.0, clock=clock)
+    assert [limiter.reserve() for _ in range(25)] == [0.0] * 25
+
+
+def test_next_request_waits_a_full_window_plus_margin() -> None:
+    """The request after a full window waits until the oldest send is a window (plus margin) old."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 5.0, margin=0.02, clock=clock)
+    reserve_slots(limiter, clock, 3)
+    assert limiter.reserve() == pytest.approx(5.1)
+    assert limiter.window == pytest.approx(5.1)
+
+
+def test_burst_after_backlog_never_exceeds_the_limit() -> None:
+    """500 reservations at once with 25 per 5 s never put more than 25 sends in any 5 s window."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(25, 5.0, clock=clock)
+    slots = reserve_slots(limiter, clock, 500)
+    assert max_in_any_window(slots, 5.0) == 25
+    # Not slower than it must be: 20 windows of 25, the last starting 19 windows after the first.
+    assert slots[-1] - slots[0] == pytest.approx(19 * 5.0 * 1.02)
+
+
+def test_burst_after_backlog_with_real_waits_never_exceeds_the_limit() -> None:
+    """A lane that sleeps until each slot and then reserves the next stays under the limit too."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(25, 5.0, clock=clock)
+    sends = []
+    for _ in range(500):
+        delay = limiter.reserve()
+        clock.advance(delay)
+        sends.append(clock.now)
+    assert max_in_any_window(sends, 5.0) == 25
+    assert sends[-1] - sends[0] == pytest.approx(19 * 5.0 * 1.02)
+
+
+def test_delays_grow_in_order() -> None:
+    """Reservations made at the same moment get non-decreasing delays, one window step per batch."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, clock=clock)
+    delays = [limiter.reserve() for _ in range(7)]
+    assert delays == sorted(delays)
+    assert delays == pytest.approx([0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0])
+
+
+def test_slots_free_up_as_time_passes() -> None:
+    """After a whole window has passed, a full limiter grants slots at once again."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 2.0, clock=clock)
+    reserve_slots(limiter, clock, 3)
+    clock.advance(2.5)
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.reserve() > 0
+
+
+def test_pause_delays_the_next_slot() -> None:
+    """After pause(s), the next reservation waits s seconds even though the window has room."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(100, 1.0, clock=clock)
+    assert limiter.reserve() == 0.0
+    limiter.pause(7.0)
+    assert limiter.reserve() == pytest.approx(7.0)
+    clock.advance(3.0)
+    assert limiter.reserve() == pytest.approx(4.0)
+    clock.advance(4.0)
+    assert limiter.reserve() == 0.0
+
+
+def test_shorter_pause_does_not_shorten_a_longer_one() -> None:
+    """A second, shorter pause leaves the longer pause in force."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(10, 1.0, clock=clock)
+    limiter.pause(30.0)
+    limiter.pause(1.0)
+    assert limiter.reserve() == pytest.approx(30.0)
+
+
+def test_pause_counts_toward_the_window() -> None:
+    """Slots granted after a pause still respect the window: a pause cannot cause a burst over the limit."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(5, 5.0, clock=clock)
+    slots = reserve_slots(limiter, clock, 5)
+    limiter.pause(1.0)
+    slots += reserve_slots(limiter, clock, 20)
+    assert max_in_any_window(slots, 5.0) <= 5
+    assert min(slots[5:]) >= clock.now + 1.0
+
+
+@pytest.mark.parametrize(("requests", "per_seconds"), [(0, 1.0), (-1, 1.0), (1, 0.0), (1, -5.0)])
+def test_rejects_bad_limits(requests: int, per_seconds: float) -> None:
+    """A limit without at least one request per positive window is refused."""
+    with pytest.raises(ValueError, match="requests >= 1 and per_seconds > 0"):
+        SlidingWindowLimiter(requests, per_seconds)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    requests=st.integers(min_value=1, max_value=12),
+    per_seconds=st.floats(min_value=0.05, max_value=30.0),
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=10.0),  # how far the clock moves first
+            st.integers(min_value=1, max_value=30),  # how many reservations then
+            st.one_of(st.none(), st.floats(min_value=0.0, max_value=20.0)),  # an optional pause
+        ),
+        min_size=1, max_size=25,
+    ),
+)
+def test_window_guarantee_holds_for_any_arrivals(
+    requests: int, per_seconds: float, steps: list[tuple[float, int, float | None]],
+) -> None:
+    """Whatever the arrival pattern and pauses, no window of per_seconds holds more than `requests` slots."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(requests, per_seconds, clock=clock)
+    slots: list[float] = []
+    for gap, count, pause in steps:
+        clock.advance(gap)
+        if pause is not None:
+            limiter.pause(pause)
+            paused_until = clock.now + pause
+        else:
+            paused_until = clock.now
+        new = reserve_slots(limiter, clock, count)
+        assert all(delay >= clock.now for delay in new)
+        assert all(slot >= paused_until - 1e-9 for slot in new)
+        slots += new
+    assert slots == sorted(slots)
+    assert max_in_any_window(slots, per_seconds) <= requests
+
+
+def test_unlimited_never_waits() -> None:
+    """Unlimited grants every slot at once."""
+    assert [Unlimited().reserve() for _ in range(1000)] == [0.0] * 1000
+
+
+def test_unlimited_honours_pause() -> None:
+    """Unlimited still honours a pause after a 429, and forgets it once it has passed."""
+    clock = FakeClock()
+    limiter = Unlimited(clock=clock)
+    limiter.pause(10.0)
+    limiter.pause(2.0)
+    assert limiter.reserve() == pytest.approx(10.0)
+    clock.advance(4.0)
+    assert limiter.reserve() == pytest.approx(6.0)
+    clock.advance(6.0)
+    assert limiter.reserve() == 0.0
+    assert limiter.window == 1.0
+
+
+def test_make_limiter_without_rate_is_unlimited() -> None:
+    """No `rate_limit` in the config gives an Unlimited limiter."""
+    assert isinstance(make_limiter(None), Unlimited)
+
+
+def test_make_limiter_with_rate_is_a_sliding_window() -> None:
+    """A `rate_limit` gives a sliding window with its requests and period."""
+    limiter = make_limiter(RateLimit(requests=25, per_seconds=5.0))
+    assert isinstance(limiter, SlidingWindowLimiter)
+    assert limiter.requests == 25
+    assert limiter.per_seconds == 5.0
+    assert limiter.window >= 5.0
+    assert [limiter.reserve() for _ in range(25)] == [0.0] * 25
+    assert limiter.reserve() > 4.0
+
+
+async def test_acquire_sleeps_for_the_reserved_delay() -> None:
+    """acquire() waits out the reservation's delay before returning."""
+    limiter = SlidingWindowLimiter(1, 0.2, margin=0.0)
+    await acquire(limiter)
+    started = time.monotonic()
+    await asyncio.wait_for(acquire(limiter), timeout=5.0)
+    assert time.monotonic() - started >= 0.15
+
+
+async def test_acquire_does_not_sleep_when_free() -> None:
+    """acquire() on a free limiter returns without waiting."""
+    started = time.monotonic()
+    await asyncio.wait_for(acquire(Unlimited()), timeout=5.0)
+    assert time.monotonic() - started < 1.0

@@ -1,0 +1,335 @@
+"""Loading a folder of mapping files: checks, every error at once with its place, versions, look-ups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import load_config
+from bridge.errors import ErrorList, MappingError
+from bridge.mapping.compiler import RenderError
+from bridge.mapping.mappingset import MappingSet, load_mapping_folder, mapping_files
+from bridge.mapping.testing import run_tests
+from bridge.vendors.registry import adapter_class
+
+SOURCES = {"website-contact", "partner-api"}
+DESTINATIONS = {
+    "kapture-support": frozenset({"create_ticket"}),
+    "lsq": frozenset({"create_ticket", "update_ticket"}),
+}
+
+CONTACT = """\
+source: website-contact
+destination: kapture-support
+action: create_ticket
+fields:
+  title: "Website enquiry: {{ payload.subject }}"
+  email_id: {from: payload.email, required: true, transform: [strip, lower]}
+"""
+
+PARTNER = """\
+name: partner-tickets
+source: [partner-api, website-contact]
+destination: lsq
+action: update_ticket
+fields:
+  Title: {from: payload.title}
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(folder: Path) -> MappingSet:
+    return load_mapping_folder(folder, sources=SOURCES, destinations=DESTINATIONS)
+
+
+def errors_of(folder: Path) -> list[str]:
+    with pytest.raises(ErrorList) as info:
+        load(folder)
+    for err in info.value.errors:
+        assert isinstance(err, MappingError)
+    return [e.render() for e in info.value.errors]
+
+
+def ctx(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"payload": payload, "headers": {}, "event": {"id": "evt_1"}, "vars": {}}
+
+
+def test_loads_every_mapping_file(tmp_path: Path) -> None:
+    """Each YAML file becomes one compiled mapping, named by `name:` or else by the file's stem."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    write(tmp_path, "partner.yml", PARTNER)
+    mappings = load(tmp_path)
+    assert sorted(mappings.mappings) == ["contact", "partner-tickets"]
+    contact = mappings.mappings["contact"]
+    assert contact.file == str(tmp_path / "contact.yaml")
+    assert contact.sources == ("website-contact",)
+    assert (contact.destination, contact.action) == ("kapture-support", "create_ticket")
+    assert contact.render(ctx({"subject": "Router", "email": " A@B.io "})) == {
+        "title": "Website enquiry: Router", "email_id": "a@b.io",
+    }
+    assert mappings.mappings["partner-tickets"].sources == ("partner-api", "website-contact")
+
+
+def test_by_source_lists_each_sources_mappings_in_name_order(tmp_path: Path) -> None:
+    """`by_source`/`for_source` give every mapping that takes a source, sorted by name."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    write(tmp_path, "partner.yaml", PARTNER)
+    mappings = load(tmp_path)
+    assert [m.name for m in mappings.for_source("website-contact")] == ["contact", "partner-tickets"]
+    assert [m.name for m in mappings.for_source("partner-api")] == ["partner-tickets"]
+    assert set(mappings.by_source) == {"website-contact", "partner-api"}
+    assert mappings.for_source("unknown") == []
+
+
+def test_only_visible_yaml_files_are_read(tmp_path: Path) -> None:
+    """Files that are not .yaml/.yml, hidden files and sub-folders are ignored."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    write(tmp_path, "notes.txt", "not: yaml: at: all: [")
+    write(tmp_path, ".hidden.yaml", "broken: [")
+    write(tmp_path, "contact.yaml.bak", "broken: [")
+    (tmp_path / "sub.yaml").mkdir()
+    write(tmp_path / "sub.yaml", "inner.yaml", "broken: [")
+    assert mapping_files(tmp_path) == [tmp_path / "contact.yaml"]
+    assert list(load(tmp_path).mappings) == ["contact"]
+
+
+def test_empty_folder_gives_an_empty_set(tmp_path: Path) -> None:
+    """A folder with no mapping files loads as an empty set."""
+    mappings = load(tmp_path)
+    assert mappings.mappings == {}
+    assert mappings.by_source == {}
+
+
+def test_missing_folder_is_an_error(tmp_path: Path) -> None:
+    """A mappings folder that does not exist is reported, naming it."""
+    assert errors_of(tmp_path / "nope") == [f"{tmp_path / 'nope'}: the mappings folder does not exist"]
+
+
+def test_every_error_of_a_file_is_reported_at_once_with_its_place(tmp_path: Path) -> None:
+    """One load reports every problem of a file, each as file:line:col: key path: message."""
+    path = write(tmp_path, "broken.yaml", """\
+name: broken
+source: [website-contact, nowhere]
+when: "payload.x =="
+destination: kapture-support
+action: delete_everything
+fields:
+  title: "{{ payload.subject "
+  email_id: {from: payload..email, required: true}
+  phone: {from: payload.phone, transform: [strip, slugify]}
+  prio: {from: payload.p, requried: true}
+  ok: fine
+""")
+    f = str(path)
+    assert errors_of(tmp_path) == [
+        f"{f}:2:27: source[1]: unknown source 'nowhere'; configured sources: partner-api, website-contact",
+        f"{f}:5:1: action: destination 'kapture-support' has no action 'delete_everything'; it takes: create_ticket",
+        f"{f}:3:1: when: expression syntax error: unexpected 'end of template'",
+        f"{f}:7:3: fields.title: template syntax error at template line 1: unexpected end of template, "
+        "expected 'end of print statement'.",
+        f"{f}:8:14: fields.email_id.from: bad path 'payload..email' at character 8: write parts like "
+        'payload.items[0].name or payload["key.with.dots"]',
+        f"{f}:9:3: fields.phone: unknown filter 'slugify'; known filters: first, join, lower, strip, title, "
+        "truncate, upper",
+        f"{f}:10:27: fields.prio.requried: unknown key 'requried': a field table takes from, template, value, "
+        "required, default, on_missing, map, transform",
+    ]
+
+
+def test_errors_of_every_file_are_reported_together(tmp_path: Path) -> None:
+    """A broken file does not hide the errors of the next one, and good files do not hide either."""
+    write(tmp_path, "a.yaml", CONTACT.replace("website-contact", "web"))
+    write(tmp_path, "b.yaml", CONTACT)
+    write(tmp_path, "c.yaml", CONTACT.replace("kapture-support", "zendesk"))
+    errors = errors_of(tmp_path)
+    assert len(errors) == 2
+    assert errors[0].startswith(f"{tmp_path / 'a.yaml'}:1:1: source: unknown source 'web'; ")
+    assert errors[1] == (f"{tmp_path / 'c.yaml'}:2:1: destination: unknown destination 'zendesk'; "
+                         "configured destinations: kapture-support, lsq")
+
+
+def test_unknown_source_lists_the_configured_ones(tmp_path: Path) -> None:
+    """An unknown single source is reported at `source`, listing the configured sources."""
+    write(tmp_path, "m.yaml", CONTACT.replace("source: website-contact", "source: web"))
+    assert errors_of(tmp_path) == [
+        f"{tmp_path / 'm.yaml'}:1:1: source: unknown source 'web'; configured sources: partner-api, website-contact"
+    ]
+
+
+def test_unknown_source_with_no_sources_configured(tmp_path: Path) -> None:
+    """With no sources configured, the error says so."""
+    write(tmp_path, "m.yaml", CONTACT)
+    with pytest.raises(ErrorList, match=r"configured sources: \(none\)"):
+        load_mapping_folder(tmp_path, sources=set(), destinations=DESTINATIONS)
+
+
+def test_unknown_action_lists_the_destinations_actions(tmp_path: Path) -> None:
+    """An action the destination's vendor does not have is reported at `action`, listing the actions."""
+    write(tmp_path, "m.yaml", PARTNER.replace("update_ticket", "close_ticket"))
+    assert errors_of(tmp_path) == [
+        f"{tmp_path / 'm.yaml'}:4:1: action: destination 'lsq' has no action 'close_ticket'; "
+        "it takes: create_ticket, update_ticket"
+    ]
+
+
+def test_duplicate_names_are_errors(tmp_path: Path) -> None:
+    """Two files with the same mapping name are refused, naming the file that had it first."""
+    write(tmp_path, "a.yaml", PARTNER)
+    write(tmp_path, "b.yaml", PARTNER)
+    assert errors_of(tmp_path) == [
+        f"{tmp_path / 'b.yaml'}:1:1: name: mapping name 'partner-tickets' is already used by {tmp_path / 'a.yaml'}"
+    ]
+
+
+def test_duplicate_default_names_from_yaml_and_yml(tmp_path: Path) -> None:
+    """`x.yaml` and `x.yml` both default to the name `x`, which is a duplicate."""
+    write(tmp_path, "x.yaml", CONTACT)
+    write(tmp_path, "x.yml", CONTACT)
+    with pytest.raises(ErrorList, match="mapping name 'x' is already used by"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("source: [website-contact\n", ":2:1: YAML syntax error: "),
+        ("- a\n- b\n", ":1:1: a mapping file must be a table with source, destination, action and fields"),
+        ("", ": a mapping file must be a table with source, destination, action and fields"),
+        (CONTACT.replace("action: create_ticket\n", ""), ":1:1: missing required key 'action'"),
+        (CONTACT + "colour: blue\n", ":7:1: colour: unknown key 'colour'"),
+        (CONTACT.replace(CONTACT[CONTACT.index("fields:"):], "fields: {}\n"),
+         ":4:1: fields: a mapping needs at least one field"),
+        (CONTACT.replace("source: website-contact", "source: 5"), ":1:1: source: Expected `str | array`"),
+    ],
+)
+def test_malformed_files_are_reported_with_their_place(tmp_path: Path, text: str, expected: str) -> None:
+    """YAML syntax errors, non-tables, missing or unknown keys and empty fields are reported with their place."""
+    path = write(tmp_path, "m.yaml", text)
+    errors = errors_of(tmp_path)
+    assert len(errors) == 1
+    assert errors[0].startswith(str(path) + expected)
+
+
+def test_non_utf8_file_is_reported(tmp_path: Path) -> None:
+    """A file that is not UTF-8 is reported instead of crashing the load."""
+    (tmp_path / "m.yaml").write_bytes(b"source: caf\xe9\n")
+    assert errors_of(tmp_path) == [
+        f"{tmp_path / 'm.yaml'}: not UTF-8 text (invalid continuation byte at byte 11)"
+    ]
+
+
+def test_errors_render_as_an_error_list_message(tmp_path: Path) -> None:
+    """The ErrorList's message is every error on its own line."""
+    write(tmp_path, "a.yaml", CONTACT.replace("website-contact", "web"))
+    write(tmp_path, "b.yaml", CONTACT.replace("kapture-support", "zendesk"))
+    with pytest.raises(ErrorList) as info:
+        load(tmp_path)
+    assert str(info.value).splitlines() == [e.render() for e in info.value.errors]
+    assert len(info.value.errors) == 2
+
+
+def test_version_is_stable_and_follows_content(tmp_path: Path) -> None:
+    """Loading unchanged files gives the same versions; changing one file changes its and the set's version."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    write(tmp_path, "partner.yaml", PARTNER)
+    first, again = load(tmp_path), load(tmp_path)
+    assert first.version == again.version
+    assert len(first.version) == 12
+    assert int(first.version, 16) >= 0
+    assert first.mappings["contact"].version == again.mappings["contact"].version
+
+    write(tmp_path, "contact.yaml", CONTACT.replace("Website enquiry", "Web enquiry"))
+    changed = load(tmp_path)
+    assert changed.version != first.version
+    assert changed.mappings["contact"].version != first.mappings["contact"].version
+    assert changed.mappings["partner-tickets"].version == first.mappings["partner-tickets"].version
+
+
+def test_a_whitespace_change_is_a_new_version(tmp_path: Path) -> None:
+    """The version hashes the file's bytes, so even a comment makes a new version."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    before = load(tmp_path).version
+    write(tmp_path, "contact.yaml", "# edited\n" + CONTACT)
+    assert load(tmp_path).version != before
+
+
+def test_adding_a_mapping_changes_the_set_version(tmp_path: Path) -> None:
+    """Adding a file changes the set's version."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    before = load(tmp_path).version
+    write(tmp_path, "partner.yaml", PARTNER)
+    assert load(tmp_path).version != before
+
+
+def test_the_set_records_when_it_was_loaded(tmp_path: Path) -> None:
+    """A loaded set carries an aware UTC load time."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    loaded_at = load(tmp_path).loaded_at
+    assert loaded_at.utcoffset() is not None
+    assert loaded_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+
+
+def test_when_is_compiled_into_the_mapping(tmp_path: Path) -> None:
+    """A mapping's `when` is kept as text and compiled into `matches`."""
+    write(tmp_path, "m.yaml", "when: \"payload.category != 'spam'\"\n" + CONTACT)
+    mapping = load(tmp_path).mappings["m"]
+    assert mapping.when_text == "payload.category != 'spam'"
+    assert mapping.matches(ctx({"category": "sales"})) is True
+    assert mapping.matches(ctx({"category": "spam"})) is False
+
+
+def test_options_are_kept(tmp_path: Path) -> None:
+    """A mapping's vendor options are passed through as written."""
+    write(tmp_path, "m.yaml", CONTACT + "options: {queue: billing}\n")
+    assert load(tmp_path).mappings["m"].options == {"queue": "billing"}
+
+
+# -- the shipped mappings -----------------------------------------------------------------------
+
+
+def _shipped() -> tuple[MappingSet, dict[str, Any]]:
+    config = load_config(None, {})
+    destinations = {name: adapter_class(d.vendor).actions for name, d in config.destinations.items()}
+    mappings = load_mapping_folder(config.mappings_dir, sources=set(config.sources), destinations=destinations)
+    return mappings, config.vars
+
+
+def test_shipped_mappings_load_against_the_shipped_config() -> None:
+    """The example mappings load, check and compile against the shipped default config."""
+    mappings, _ = _shipped()
+    assert sorted(mappings.mappings) == ["contact-to-kapture", "partner-to-kapture"]
+    assert [m.name for m in mappings.for_source("website-contact")] == ["contact-to-kapture"]
+    assert [m.name for m in mappings.for_source("partner-api")] == ["partner-to-kapture"]
+
+
+def test_shipped_mappings_pass_their_own_tests() -> None:
+    """Each shipped mapping's `tests:` pass when run as `ticketbridge test` runs them."""
+    mappings, config_vars = _shipped()
+    results = run_tests(mappings, config_vars)
+    assert [(r.mapping, r.name, r.message) for r in results if not r.passed] == []
+    assert len(results) == sum(len(m.spec.tests) for m in mappings.mappings.values()) == 3
+
+
+def test_shipped_contact_mapping_names_the_missing_email() -> None:
+    """The shipped contact mapping refuses a form without email with the documented message."""
+    mappings, config_vars = _shipped()
+    contact = mappings.mappings["contact-to-kapture"]
+    context = {"payload": {"subject": "x"}, "headers": {}, "event": {"id": "evt_1"}, "vars": config_vars}
+    with pytest.raises(RenderError) as info:
+        contact.render(context)
+    assert str(info.value) == "email_id: required (payload.email is missing)"
+
+
+def test_shipped_contact_mapping_skips_spam() -> None:
+    """The shipped contact mapping's `when` skips spam and takes forms without a category."""
+    mappings, _ = _shipped()
+    contact = mappings.mappings["contact-to-kapture"]
+    assert contact.matches(ctx({"category": "spam"})) is False
+    assert contact.matches(ctx({})) is True

@@ -1,0 +1,591 @@
+"""bridge/config.py: loading `bridge.yaml`, with every error naming file, line and key path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.config import (
+    Config,
+    DestinationConfig,
+    SourceConfig,
+    StoreURL,
+    load_config,
+    parse_store_url,
+    resolve_config_path,
+    shipped_mappings_dir,
+)
+from bridge.errors import ErrorList, Located
+from bridge.vendors.kapture import KaptureOptions
+from handlers.form import FormOptions
+from handlers.json_hook import JsonOptions
+
+
+def write(folder: Path, text: str, name: str = "bridge.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    return load_config(write(tmp_path, text), environ or {})
+
+
+def errors_of(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[Located]:
+    path = write(tmp_path, text)
+    with pytest.raises(ErrorList) as info:
+        load_config(path, environ or {})
+    for err in info.value.errors:
+        assert isinstance(err, Located)
+        assert err.file == str(path)
+    return info.value.errors
+
+
+def only_error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Located:
+    errors = errors_of(tmp_path, text, environ)
+    assert len(errors) == 1, [e.render() for e in errors]
+    return errors[0]
+
+
+FULL = """\
+server: {host: 0.0.0.0, port: 8080, max_body_bytes: 1048576}
+store:  {url: "sqlite:///var/ticketbridge.db"}
+admin:  {token: "${BRIDGE_ADMIN_TOKEN:-}"}
+mappings: mappings/
+vars:   {brand: Acme}
+
+sources:
+  website-contact: {kind: form, redirect: "https://example.com/thanks", cors_origins: ["https://example.com"], honeypot: website}
+  partner-api:     {kind: json, hmac: {secret: "${PARTNER_SECRET}", header: X-Signature, algorithm: sha256, encoding: hex}, dedup: payload.id}
+  private:         {kind: json, auth: {bearer: "${PRIVATE_TOKEN}"}}
+
+destinations:
+  kapture-support:
+    vendor: kapture
+    base_url: "https://acme.kapturecrm.com"
+    token: "${KAPTURE_TOKEN}"
+    rate_limit: {requests: 10, per_seconds: 1}
+    max_in_flight: 4
+    timeout_seconds: 30
+    retry: {schedule: [5s, 5m, 30m, 2h, 5h, 10h, 10h], jitter: 0.2}
+  demo-kapture: {vendor: kapture, sandbox: true}
+"""  # noqa: E501 - the design's example, kept as written
+
+FULL_ENV = {"PARTNER_SECRET": "p-secret", "PRIVATE_TOKEN": "tok", "KAPTURE_TOKEN": "k-token"}
+
+
+# -- a whole file ------------------------------------------------------------------------------------
+
+
+def test_the_design_example_loads(tmp_path: Path) -> None:
+    """The design's example (for the kinds and vendors that exist) loads into typed options."""
+    cfg = load(tmp_path, FULL, FULL_ENV)
+    assert cfg.file == tmp_path / "bridge.yaml"
+    assert cfg.base_dir == tmp_path.resolve()
+    assert cfg.server.port == 8080
+    assert cfg.admin.token == ""
+    assert cfg.vars == {"brand": "Acme"}
+
+    web = cfg.sources["website-contact"]
+    assert isinstance(web, FormOptions)
+    assert (web.kind, web.redirect, web.cors_origins, web.honeypot) == (
+        "form", "https://example.com/thanks", ["https://example.com"], "website")
+    partner = cfg.sources["partner-api"]
+    assert isinstance(partner, JsonOptions)
+    assert partner.hmac is not None
+    assert (partner.hmac.secret, partner.hmac.header, partner.dedup) == ("p-secret", "X-Signature", "payload.id")
+    private = cfg.sources["private"]
+    assert private.auth is not None
+    assert private.auth.bearer == "tok"
+
+    kapture = cfg.destinations["kapture-support"]
+    assert isinstance(kapture, KaptureOptions)
+    assert (kapture.token, kapture.base_url, kapture.max_in_flight) == (
+        "k-token", "https://acme.kapturecrm.com", 4)
+    assert kapture.rate_limit is not None
+    assert (kapture.rate_limit.requests, kapture.rate_limit.per_seconds) == (10, 1.0)
+    assert kapture.retry.delays() == [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    assert cfg.destinations["demo-kapture"].sandbox is True
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    """An empty file is a valid config: defaults everywhere, no sources, no destinations."""
+    cfg = load(tmp_path, "")
+    assert cfg.server.port == 8080
+    assert cfg.server.max_body_bytes == 1_048_576
+    assert cfg.sources == {}
+    assert cfg.destinations == {}
+    assert cfg.store_url.scheme == "sqlite"
+    assert cfg.store_url.path == tmp_path.resolve() / "var" / "ticketbridge.db"
+    assert cfg.mappings_dir == tmp_path.resolve() / "mappings"
+
+
+def test_top_level_must_be_a_table(tmp_path: Path) -> None:
+    """A file whose top level is a list is an error at line 1."""
+    err = only_error(tmp_path, "- a\n- b\n")
+    assert err.line == 1
+    assert "must be a table" in err.message
+
+
+def test_all_errors_are_reported_together(tmp_path: Path) -> None:
+    """Problems in several sources and destinations are all reported in one ErrorList."""
+    errors = errors_of(tmp_path, """\
+        store: {url: "mysql://x"}
+        sources:
+          a: {kind: nope}
+          b: {kind: form, colour: red}
+        destinations:
+          c: {vendor: kapture}
+        """)
+    assert sorted(e.path or "" for e in errors) == ["destinations.c", "sources.a.kind", "sources.b.colour",
+                                                     "store.url"]
+
+
+def test_error_list_renders_every_error(tmp_path: Path) -> None:
+    """The ErrorList's text has one `file:line:col: path: message` line per error."""
+    path = write(tmp_path, "sources:\n  a: {kind: nope}\n  b: {kind: nope}\n")
+    with pytest.raises(ErrorList) as info:
+        load_config(path, {})
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}:2:")
+    assert lines[1].startswith(f"{path}:3:")
+
+
+# -- environment -------------------------------------------------------------------------------------
+
+
+def test_environment_values_are_typed_by_the_schema(tmp_path: Path) -> None:
+    """`port: ${PORT}` takes the variable's text and the schema turns it into an int."""
+    cfg = load(tmp_path, "server: {port: '${PORT:-8080}'}\n", {"PORT": "9090"})
+    assert cfg.server.port == 9090
+
+
+def test_environment_default_applies(tmp_path: Path) -> None:
+    """With the variable unset, the `:-` default is used."""
+    assert load(tmp_path, "server: {port: '${PORT:-8181}'}\n").server.port == 8181
+
+
+def test_unset_variable_is_an_error_list_naming_file_line_and_path(tmp_path: Path) -> None:
+    """An unset variable without a default comes back as an ErrorList entry with file, line and key path."""
+    err = only_error(tmp_path, """\
+        sources:
+          partner:
+            kind: json
+            hmac: {secret: "${PARTNER_SECRET}"}
+        """)
+    assert err.line == 4
+    assert err.path == "sources.partner.hmac.secret"
+    assert "PARTNER_SECRET" in err.message
+
+
+def test_only_the_given_environ_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit `environ` replaces the process environment entirely."""
+    monkeypatch.setenv("TB_TEST_TOKEN", "from-os")
+    err = only_error(tmp_path, "admin: {token: '${TB_TEST_TOKEN}'}\n", {})
+    assert err.path == "admin.token"
+    cfg = load(tmp_path, "admin: {token: '${TB_TEST_TOKEN}'}\n", {"TB_TEST_TOKEN": "given"})
+    assert cfg.admin.token == "given"
+
+
+def test_process_environment_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `environ`, variables come from the process environment."""
+    monkeypatch.setenv("TB_TEST_TOKEN", "from-os")
+    cfg = load_config(write(tmp_path, "admin: {token: '${TB_TEST_TOKEN}'}\n"))
+    assert cfg.admin.token == "from-os"
+
+
+# -- file-level failures -----------------------------------------------------------------------------
+
+
+def test_syntax_error_is_an_error_list_with_its_line(tmp_path: Path) -> None:
+    """A YAML syntax error comes back as an ErrorList entry at the parser's line."""
+    err = only_error(tmp_path, "server:\n  port: 8080\n bad: indent\n")
+    assert err.line == 3
+    assert "YAML syntax error" in err.message
+
+
+def test_duplicate_key_is_an_error_list(tmp_path: Path) -> None:
+    """A duplicate key comes back as an ErrorList entry at the repeated key."""
+    err = only_error(tmp_path, "sources:\n  a: {kind: form}\n  a: {kind: json}\n")
+    assert (err.line, err.path) == (3, "sources")
+    assert "duplicate key 'a'" in err.message
+
+
+def test_missing_file_is_an_error_list(tmp_path: Path) -> None:
+    """A config file that does not exist comes back as an ErrorList naming it."""
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ErrorList) as info:
+        load_config(path, {})
+    assert [e.file for e in info.value.errors] == [str(path)]
+
+
+# -- unknown keys ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "path"),
+    [
+        ("server:\n  port: 1\nsevrer: {}\n", 3, "sevrer"),
+        ("server:\n  port: 1\n  hots: x\n", 3, "server.hots"),
+        ("store:\n  url: sqlite:///x.db\n  pool: 5\n", 3, "store.pool"),
+        ("admin:\n  tokne: x\n", 2, "admin.tokne"),
+        ("log:\n  lvl: debug\n", 2, "log.lvl"),
+        ("sources:\n  web:\n    kind: form\n    colour: red\n", 4, "sources.web.colour"),
+        ("sources:\n  web:\n    kind: form\n    auth:\n      bearer: t\n      realm: x\n", 6, "sources.web.auth.realm"),
+        ("sources:\n  web:\n    kind: form\n    auth:\n      basic: {username: u, password: p, pin: 1}\n", 5,
+         "sources.web.auth.basic.pin"),
+        ("sources:\n  api:\n    kind: json\n    hmac:\n      secret: s\n      algo: sha1\n", 6,
+         "sources.api.hmac.algo"),
+        ("destinations:\n  k:\n    vendor: kapture\n    sandbox: true\n    colour: red\n", 5,
+         "destinations.k.colour"),
+        ("destinations:\n  k:\n    vendor: kapture\n    sandbox: true\n    retry:\n      tries: 3\n", 6,
+         "destinations.k.retry.tries"),
+        ("destinations:\n  k:\n    vendor: kapture\n    sandbox: true\n    rate_limit: {requests: 1, burst: 2}\n",
+         5, "destinations.k.rate_limit.burst"),
+    ],
+)
+def test_unknown_key_names_file_line_and_path(tmp_path: Path, text: str, line: int, path: str) -> None:
+    """An unknown key anywhere is an error naming the file, the key's line and its full key path."""
+    err = only_error(tmp_path, text)
+    assert err.line == line
+    assert err.path == path
+    assert err.message == f"unknown key {path.rsplit('.', 1)[-1]!r}"
+
+
+def test_unknown_key_in_a_form_source_is_an_error(tmp_path: Path) -> None:
+    """A form source rejects an option that belongs to another kind (here json's `hmac`)."""
+    err = only_error(tmp_path, "sources:\n  web:\n    kind: form\n    hmac: {secret: s}\n")
+    assert (err.line, err.path) == (4, "sources.web.hmac")
+
+
+# -- sources and destinations ------------------------------------------------------------------------
+
+
+def test_unknown_source_kind_lists_the_known_ones(tmp_path: Path) -> None:
+    """An unknown `kind` is an error at that key listing the kinds that exist."""
+    err = only_error(tmp_path, "sources:\n  web:\n    honeypot: x\n    kind: wufoo\n")
+    assert (err.line, err.path) == (4, "sources.web.kind")
+    assert "unknown source kind 'wufoo'" in err.message
+    assert "form" in err.message
+    assert "json" in err.message
+
+
+def test_unknown_vendor_lists_the_known_ones(tmp_path: Path) -> None:
+    """An unknown `vendor` is an error at that key listing the vendors that exist."""
+    err = only_error(tmp_path, "destinations:\n  zd:\n    vendor: zendesk\n    base_url: https://x\n")
+    assert (err.line, err.path) == (3, "destinations.zd.vendor")
+    assert "unknown vendor 'zendesk'" in err.message
+    assert "kapture" in err.message
+
+
+def test_source_without_kind(tmp_path: Path) -> None:
+    """A source with no `kind` is an error on that source."""
+    err = only_error(tmp_path, "sources:\n  web:\n    honeypot: x\n")
+    assert (err.line, err.path) == (2, "sources.web")
+    assert "kind" in err.message
+
+
+def test_destination_without_vendor(tmp_path: Path) -> None:
+    """A destination with no `vendor` is an error on that destination."""
+    err = only_error(tmp_path, "destinations:\n  k:\n    sandbox: true\n")
+    assert (err.line, err.path) == (2, "destinations.k")
+    assert "vendor" in err.message
+
+
+@pytest.mark.parametrize("value", ["form", "null", "[form]"])
+def test_source_that_is_not_a_table_is_named(tmp_path: Path, value: str) -> None:
+    """A source whose value is not a table is an error naming that source, not its parent."""
+    err = only_error(tmp_path, f"sources:\n  other: {{kind: form}}\n  web: {value}\n")
+    assert (err.line, err.path) == (3, "sources.web")
+
+
+def test_destination_that_is_not_a_table_is_named(tmp_path: Path) -> None:
+    """A destination whose value is not a table is an error naming that destination."""
+    err = only_error(tmp_path, "destinations:\n  k: kapture\n")
+    assert (err.line, err.path) == (2, "destinations.k")
+
+
+@pytest.mark.parametrize("value", ["[form]", "{name: form}", "5"])
+def test_kind_that_is_not_a_name_is_an_error(tmp_path: Path, value: str) -> None:
+    """A `kind` that is a list, table or number is a located error, not a crash."""
+    err = only_error(tmp_path, f"sources:\n  web:\n    kind: {value}\n")
+    assert (err.line, err.path) == (3, "sources.web.kind")
+
+
+def test_sources_must_be_a_table(tmp_path: Path) -> None:
+    """`sources:` given as a list is an error on `sources`."""
+    err = only_error(tmp_path, "sources:\n  - kind: form\n")
+    assert (err.line, err.path) == (1, "sources")
+
+
+def test_source_option_types_are_checked(tmp_path: Path) -> None:
+    """A wrongly typed option is reported at its key with its path."""
+    err = only_error(tmp_path, "sources:\n  web:\n    kind: form\n    reject_invalid: maybe\n")
+    assert (err.line, err.path) == (4, "sources.web.reject_invalid")
+
+
+def test_dedup_window_must_be_a_duration(tmp_path: Path) -> None:
+    """A source's `dedup_window` that is not a duration is an error on that source."""
+    err = only_error(tmp_path, "sources:\n  web:\n    kind: form\n    dedup_window: forever\n")
+    assert err.path == "sources.web"
+    assert "'forever' is not a duration" in err.message
+
+
+@pytest.mark.parametrize(
+    "auth",
+    ["{}", "{bearer: t, basic: {username: u, password: p}}"],
+)
+def test_auth_takes_exactly_one_scheme(tmp_path: Path, auth: str) -> None:
+    """`auth` with neither or both of basic and bearer is an error on `auth`."""
+    err = only_error(tmp_path, f"sources:\n  web:\n    kind: form\n    auth: {auth}\n")
+    assert (err.line, err.path) == (4, "sources.web.auth")
+    assert "exactly one" in err.message
+
+
+def test_basic_auth_needs_both_fields(tmp_path: Path) -> None:
+    """Basic auth without a password is a missing-key error on `basic`."""
+    err = only_error(tmp_path, "sources:\n  web:\n    kind: form\n    auth:\n      basic: {username: u}\n")
+    assert err.path == "sources.web.auth.basic"
+    assert err.message == "missing required key 'password'"
+
+
+def test_base_url_required_unless_sandbox(tmp_path: Path) -> None:
+    """A non-sandbox destination without `base_url` is an error naming it."""
+    err = only_error(tmp_path, "destinations:\n  k:\n    vendor: kapture\n    token: t\n")
+    assert (err.line, err.path) == (2, "destinations.k")
+    assert "base_url" in err.message
+
+
+def test_sandbox_needs_neither_base_url_nor_token(tmp_path: Path) -> None:
+    """A sandbox destination loads without `base_url` or `token`."""
+    cfg = load(tmp_path, "destinations:\n  demo: {vendor: kapture, sandbox: true}\n")
+    dest = cfg.destinations["demo"]
+    assert isinstance(dest, DestinationConfig)
+    assert (dest.sandbox, dest.base_url) == (True, None)
+
+
+@pytest.mark.parametrize("url", ["acme.kapturecrm.com", "ftp://acme.example", "//acme.example"])
+def test_base_url_must_be_http(tmp_path: Path, url: str) -> None:
+    """A `base_url` that is not http(s) is an error naming the value."""
+    err = only_error(tmp_path, f"destinations:\n  k: {{vendor: kapture, token: t, base_url: '{url}'}}\n")
+    assert err.path == "destinations.k"
+    assert url in err.message
+
+
+@pytest.mark.parametrize("token_line", ["", "    token: ''\n", "    token: '${KAPTURE_TOKEN:-}'\n"])
+def test_kapture_token_required_unless_sandbox(tmp_path: Path, token_line: str) -> None:
+    """A real Kapture destination without a (non-empty) token is an error naming `token`."""
+    text = "destinations:\n  k:\n    vendor: kapture\n    base_url: https://acme.kapturecrm.com\n" + token_line
+    err = only_error(tmp_path, text)
+    assert err.path == "destinations.k"
+    assert "token" in err.message
+
+
+def test_retry_schedule_durations_are_checked(tmp_path: Path) -> None:
+    """A retry schedule entry that is not a duration is an error on `retry` naming the bad entry."""
+    err = only_error(tmp_path, """\
+        destinations:
+          k:
+            vendor: kapture
+            sandbox: true
+            retry:
+              schedule: [5s, soon, 1h]
+        """)
+    assert (err.line, err.path) == (5, "destinations.k.retry")
+    assert "'soon' is not a duration" in err.message
+
+
+def test_retry_schedule_accepts_numbers_and_text(tmp_path: Path) -> None:
+    """Schedule entries may be durations or plain numbers of seconds."""
+    cfg = load(tmp_path, "destinations:\n  k: {vendor: kapture, sandbox: true, retry: {schedule: [1.5, 2m, 250ms]}}\n")
+    assert cfg.destinations["k"].retry.delays() == [1.5, 120.0, 0.25]
+
+
+def test_default_retry_schedule(tmp_path: Path) -> None:
+    """Without `retry`, the design's schedule 5s, 5m, 30m, 2h, 5h, 10h, 10h applies."""
+    cfg = load(tmp_path, "destinations:\n  k: {vendor: kapture, sandbox: true}\n")
+    assert cfg.destinations["k"].retry.delays() == [5, 300, 1800, 7200, 18000, 36000, 36000]
+
+
+@pytest.mark.parametrize(
+    ("retry", "path"),
+    [
+        ("{max_retry_after: later}", "destinations.k.retry"),
+        ("{jitter: 1.5}", "destinations.k.retry.jitter"),
+        ("{schedule: [-5]}", "destinations.k.retry"),
+    ],
+)
+def test_retry_options_are_checked(tmp_path: Path, retry: str, path: str) -> None:
+    """Bad `max_retry_after`, out-of-range jitter and negative delays are errors under `retry`."""
+    err = only_error(tmp_path, f"destinations:\n  k: {{vendor: kapture, sandbox: true, retry: {retry}}}\n")
+    assert err.path == path
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("server: {port: 70000}\n", "server.port"),
+        ("server: {port: http}\n", "server.port"),
+        ("server: {max_body_bytes: 10}\n", "server.max_body_bytes"),
+        ("log: {level: verbose}\n", "log.level"),
+        ("destinations:\n  k: {vendor: kapture, sandbox: true, max_in_flight: 0}\n", "destinations.k.max_in_flight"),
+        ("destinations:\n  k: {vendor: kapture, sandbox: true, rate_limit: {requests: 0}}\n",
+         "destinations.k.rate_limit.requests"),
+        ("destinations:\n  k: {vendor: kapture, sandbox: true, timeout_seconds: 0}\n",
+         "destinations.k.timeout_seconds"),
+    ],
+)
+def test_value_constraints(tmp_path: Path, text: str, path: str) -> None:
+    """Out-of-range or wrongly typed values are errors at their key path."""
+    assert only_error(tmp_path, text).path == path
+
+
+# -- store URLs --------------------------------------------------------------------------------------
+
+
+def test_sqlite_relative_url_is_relative_to_the_config_folder(tmp_path: Path) -> None:
+    """`sqlite:///data/x.db` is resolved against the config file's folder, not the working directory."""
+    folder = tmp_path / "etc" / "bridge"
+    path = write(folder, "store: {url: 'sqlite:///data/x.db'}\n")
+    cfg = load_config(path, {}, cwd=tmp_path / "elsewhere")
+    assert cfg.store_url == StoreURL("sqlite", folder.resolve() / "data" / "x.db", "sqlite:///data/x.db")
+
+
+def test_sqlite_absolute_url(tmp_path: Path) -> None:
+    """`sqlite:////abs/path.db` names an absolute path."""
+    db = tmp_path / "abs" / "x.db"
+    cfg = load(tmp_path / "conf", f"store: {{url: 'sqlite:///{db}'}}\n")
+    assert cfg.store_url.scheme == "sqlite"
+    assert cfg.store_url.path == db
+    assert cfg.store_url.path.is_absolute()
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://user:pass@db.internal:5432/bridge", "postgresql://user@host/db", "postgres://u@h/d"],
+)
+def test_postgresql_url(tmp_path: Path, url: str) -> None:
+    """A PostgreSQL URL is kept whole as the DSN, with no file path."""
+    cfg = load(tmp_path, f"store: {{url: '{url}'}}\n")
+    assert cfg.store_url == StoreURL("postgresql", None, url)
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "sqlite://relative.db", "x.db", "sqlite:///", "sqlite:////", ""])
+def test_bad_store_url_is_an_error_at_store_url(tmp_path: Path, url: str) -> None:
+    """An unsupported or empty store URL is an error at `store.url` naming the value."""
+    err = only_error(tmp_path, f"server: {{port: 1}}\nstore:\n  url: '{url}'\n")
+    assert (err.line, err.path) == (3, "store.url")
+    assert repr(url) in err.message
+
+
+def test_store_url_from_the_environment(tmp_path: Path) -> None:
+    """The store URL may come from the environment, secrets included."""
+    cfg = load(tmp_path, "store: {url: '${DATABASE_URL}'}\n", {"DATABASE_URL": "postgresql://u:s3cret@h/db"})
+    assert cfg.store_url.dsn == "postgresql://u:s3cret@h/db"
+
+
+def test_parse_store_url_directly(tmp_path: Path) -> None:
+    """`parse_store_url` resolves relative SQLite paths against the folder it is given."""
+    assert parse_store_url("sqlite:///a/b.db", tmp_path).path == tmp_path / "a" / "b.db"
+    assert parse_store_url("sqlite:////a/b.db", tmp_path).path == Path("/a/b.db")
+    with pytest.raises(ValueError, match="not supported"):
+        parse_store_url("redis://x", tmp_path)
+
+
+# -- mappings folder ---------------------------------------------------------------------------------
+
+
+def test_relative_mappings_folder(tmp_path: Path) -> None:
+    """A relative `mappings` folder is relative to the config file's folder."""
+    cfg = load_config(write(tmp_path / "conf", "mappings: maps/\n"), {}, cwd=tmp_path)
+    assert cfg.mappings_dir == (tmp_path / "conf").resolve() / "maps"
+
+
+def test_absolute_mappings_folder(tmp_path: Path) -> None:
+    """An absolute `mappings` folder is used as it is."""
+    target = tmp_path / "shared-maps"
+    cfg = load(tmp_path / "conf", f"mappings: '{target}'\n")
+    assert cfg.mappings_dir == target
+
+
+# -- the shipped default -----------------------------------------------------------------------------
+
+
+def test_shipped_default_loads(tmp_path: Path) -> None:
+    """With no file, the shipped default loads with an empty environment."""
+    cfg = load_config(None, {}, cwd=tmp_path)
+    assert cfg.file is None
+    assert cfg.base_dir == tmp_path
+    assert cfg.admin.token == ""
+    assert cfg.server.port == 8080
+    assert cfg.mappings_dir == shipped_mappings_dir()
+
+
+def test_shipped_default_has_the_contact_form_and_demo_kapture() -> None:
+    """The shipped default has the website-contact form source and the demo-kapture sandbox destination."""
+    cfg = load_config(None, {})
+    web = cfg.sources["website-contact"]
+    assert isinstance(web, SourceConfig)
+    assert web.kind == "form"
+    assert isinstance(web, FormOptions)
+    assert web.honeypot is not None
+    demo = cfg.destinations["demo-kapture"]
+    assert demo.vendor == "kapture"
+    assert demo.sandbox is True
+
+
+def test_shipped_default_store_is_under_the_working_directory(tmp_path: Path) -> None:
+    """The shipped default keeps its SQLite file under ./var of the working directory."""
+    cfg = load_config(None, {}, cwd=tmp_path)
+    assert cfg.store_url.scheme == "sqlite"
+    assert cfg.store_url.path == tmp_path / "var" / "ticketbridge.db"
+
+
+def test_shipped_default_takes_port_and_admin_token_from_the_environment() -> None:
+    """The shipped default reads PORT and BRIDGE_ADMIN_TOKEN from the environment it is given."""
+    cfg = load_config(None, {"PORT": "9999", "BRIDGE_ADMIN_TOKEN": "adm"})
+    assert cfg.server.port == 9999
+    assert cfg.admin.token == "adm"
+
+
+def test_shipped_mappings_folder_exists() -> None:
+    """The shipped mappings folder the default points at is a real folder."""
+    assert shipped_mappings_dir().is_dir()
+
+
+# -- resolve_config_path -----------------------------------------------------------------------------
+
+
+def test_resolve_explicit_path_wins(tmp_path: Path) -> None:
+    """An explicitly given path is used, even when ./bridge.yaml exists and even if it does not exist."""
+    write(tmp_path, "")
+    assert resolve_config_path("/etc/tb/other.yaml", cwd=tmp_path) == Path("/etc/tb/other.yaml")
+
+
+def test_resolve_finds_bridge_yaml_in_cwd(tmp_path: Path) -> None:
+    """Without an explicit path, ./bridge.yaml in the working directory is used."""
+    path = write(tmp_path, "")
+    assert resolve_config_path(None, cwd=tmp_path) == path
+
+
+def test_resolve_falls_back_to_the_shipped_default(tmp_path: Path) -> None:
+    """With no explicit path and no ./bridge.yaml, the answer is None (the shipped default)."""
+    assert resolve_config_path(None, cwd=tmp_path) is None
+
+
+def test_resolve_ignores_a_bridge_yaml_folder(tmp_path: Path) -> None:
+    """A folder named bridge.yaml is not a config file."""
+    (tmp_path / "bridge.yaml").mkdir()
+    assert resolve_config_path(None, cwd=tmp_path) is None
+
+
+def test_resolve_uses_the_process_cwd_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `cwd`, the process's working directory is searched."""
+    path = write(tmp_path, "")
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_config_path(None)
+    assert resolved is not None
+    assert resolved.resolve() == path.resolve()

@@ -1,0 +1,179 @@
+"""The shared adapter pieces: Retry-After parsing, status classification, JSON decoding and excerpts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict
+
+from bridge.config import DestinationConfig
+from bridge.vendors.base import (
+    Adapter,
+    Outcome,
+    VendorRequest,
+    classify_status,
+    decode_json,
+    excerpt,
+    parse_retry_after,
+)
+
+NOW = datetime(2024, 4, 19, 14, 19, 11, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("120", 120.0), ("0", 0.0), (" 5 ", 5.0), ("1.5", 1.5), ("-3", 0.0)],
+)
+def test_retry_after_delta_seconds(value: str, expected: float) -> None:
+    """A number of seconds is read as such, and never below zero."""
+    assert parse_retry_after(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "soon", "Fri, 99 Foo 2024 25:61:00 GMT", "12 apples"])
+def test_retry_after_absent_or_unreadable_is_none(value: str | None) -> None:
+    """No header, or one that is neither seconds nor an HTTP date, gives None."""
+    assert parse_retry_after(value, now=NOW) is None
+
+
+def test_retry_after_http_date_is_seconds_from_now() -> None:
+    """An HTTP date is turned into the seconds between now and then."""
+    assert parse_retry_after("Fri, 19 Apr 2024 14:21:11 GMT", now=NOW) == 120.0
+
+
+def test_retry_after_http_date_in_the_past_is_zero() -> None:
+    """An HTTP date already past means retry now, not a negative wait."""
+    assert parse_retry_after("Fri, 19 Apr 2024 14:00:00 GMT", now=NOW) == 0.0
+
+
+def test_retry_after_http_date_without_zone_is_utc() -> None:
+    """An HTTP date with a `-0000` zone (no zone information) is read as UTC."""
+    assert parse_retry_after("Fri, 19 Apr 2024 14:19:41 -0000", now=NOW) == 30.0
+
+
+def test_retry_after_http_date_with_offset() -> None:
+    """An HTTP date with a numeric offset is converted to UTC first."""
+    assert parse_retry_after("Fri, 19 Apr 2024 16:20:11 +0200", now=NOW) == 60.0
+
+
+def test_retry_after_uses_the_clock_by_default() -> None:
+    """Without `now`, an HTTP date is measured from the current time."""
+    in_a_minute = format_datetime(datetime.fromtimestamp(datetime.now(UTC).timestamp() + 60, UTC), usegmt=True)
+    seconds = parse_retry_after(in_a_minute)
+    assert seconds is not None
+    assert 50.0 <= seconds <= 60.0
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 599])
+def test_retryable_statuses(status: int) -> None:
+    """Timeouts, 425, 429 and every 5xx are retried, with the status as the error."""
+    outcome = classify_status(status, {})
+    assert outcome == Outcome(classification="retry", error=f"HTTP {status}", retry_after=None)
+
+
+def test_retry_carries_retry_after() -> None:
+    """A retryable answer carries its Retry-After as seconds."""
+    outcome = classify_status(429, {"Retry-After": "7"})
+    assert outcome is not None
+    assert outcome.retry_after == 7.0
+
+
+def test_retry_after_header_name_is_case_insensitive_with_http_headers() -> None:
+    """With aiohttp's case-insensitive headers, a lower-case `retry-after` is honoured."""
+    headers: Mapping[str, str] = CIMultiDict({"retry-after": "9"})
+    outcome = classify_status(503, headers)
+    assert outcome is not None
+    assert outcome.retry_after == 9.0
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_statuses(status: int) -> None:
+    """401 and 403 mean the vendor refused the credentials."""
+    outcome = classify_status(status, {"Retry-After": "5"})
+    assert outcome == Outcome(classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 301, 400, 404, 409, 422])
+def test_other_statuses_leave_it_to_the_body(status: int) -> None:
+    """Success and other client errors are decided by the vendor's body, so the status alone says nothing."""
+    assert classify_status(status, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [(b'{"a": 1}', {"a": 1}), (b"[1, 2]", [1, 2]), (b'"x"', "x"), (b"null", None), (b" 3 ", 3)],
+)
+def test_decode_json_reads_json(body: bytes, expected: Any) -> None:
+    """Any JSON document is decoded."""
+    assert decode_json(body) == expected
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>502 Bad Gateway</html>", b"{", b"\xff\xfe", b"OK"])
+def test_decode_json_returns_none_for_non_json(body: bytes) -> None:
+    """A body that is not JSON gives None instead of raising."""
+    assert decode_json(body) is None
+
+
+def test_excerpt_keeps_short_bodies() -> None:
+    """A body within the limit is returned whole."""
+    assert excerpt(b"title is missing") == "title is missing"
+    assert excerpt(b"x" * 200) == "x" * 200
+
+
+def test_excerpt_bounds_long_bodies() -> None:
+    """A body over the limit is cut and marked with an ellipsis."""
+    assert excerpt(b"x" * 201) == "x" * 200 + "…"
+    assert excerpt(b"abcdef", limit=3) == "abc…"
+
+
+def test_excerpt_never_fails_on_bad_bytes() -> None:
+    """Invalid UTF-8, or a character cut at the limit, is replaced rather than raising."""
+    assert excerpt(b"\xffok") == "\ufffdok"
+    assert excerpt("é".encode() * 3, limit=3) == "é\ufffd…"
+
+
+def test_outcome_defaults() -> None:
+    """An Outcome carries only its classification unless told more."""
+    outcome = Outcome(classification="success")
+    assert (outcome.ticket_id, outcome.error, outcome.retry_after) == (None, None, None)
+
+
+class _Echo(Adapter):
+    vendor = "echo"
+    Options = DestinationConfig
+    actions = frozenset({"create_ticket"})
+
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+        return VendorRequest(method="POST", url=self.base_url + "/t", headers={}, body=b"")
+
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        return Outcome(classification="success")
+
+
+def test_adapter_base_url_drops_trailing_slashes() -> None:
+    """The base URL is kept without trailing slashes, so paths join cleanly."""
+    adapter = _Echo("e", DestinationConfig(vendor="echo", base_url="https://x.example"), "https://x.example//")
+    assert adapter.base_url == "https://x.example"
+    assert adapter.build_request("create_ticket", {}, {}).url == "https://x.example/t"
+
+
+def test_adapter_base_url_may_be_resolved_late() -> None:
+    """A callable base URL is asked each time, for sandboxes whose address is known only once serving."""
+    address = ["http://127.0.0.1:1/"]
+    adapter = _Echo("e", DestinationConfig(vendor="echo", sandbox=True), lambda: address[0])
+    assert adapter.base_url == "http://127.0.0.1:1"
+    address[0] = "http://127.0.0.1:2"
+    assert adapter.base_url == "http://127.0.0.1:2"
+
+
+def test_adapter_is_abstract() -> None:
+    """An adapter must implement build_request and classify."""
+
+    class Partial(Adapter):
+        vendor = "partial"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Partial("p", DestinationConfig(vendor="partial", sandbox=True), "http://x")  # type: ignore[abstract]

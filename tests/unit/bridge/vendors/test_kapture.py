@@ -1,0 +1,287 @@
+"""The Kapture adapter: the create-ticket request, and how each kind of answer is classified."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from bridge.errors import MappingError
+from bridge.vendors.base import Outcome
+from bridge.vendors.kapture import (
+    CREATE_PATH,
+    SANDBOX_TOKEN,
+    KaptureAdapter,
+    KaptureOptions,
+    ticket_id_of,
+)
+from bridge.vendors.registry import adapter_class, vendor_options
+
+BASE = "https://acme.kapturecrm.com"
+
+# The documented success answer, trimmed to the parts the adapter may read.
+SUCCESS: dict[str, Any] = {
+    "ticket": {"id": 530348198, "ticketId": "713516551148", "status": "P", "taskTitle": "TEST 1"},
+    "Additional_details": {},
+    "title": "TEST 1",
+    "customer_id": 0,
+    "ticket_id": "713516551148",
+    "Ticket Id": "713516551148",
+    "ticket_url": "https://devapi.kapturecrm.com/employee/view-task-detail.html?detail=5/530348198/713516551148",
+    "status": "success",
+}
+
+
+def adapter(token: str = "s3cret", base_url: str = BASE, sandbox: bool = False) -> KaptureAdapter:
+    options = KaptureOptions(vendor="kapture", base_url=None if sandbox else base_url, token=token, sandbox=sandbox)
+    return KaptureAdapter("kapture-support", options, base_url)
+
+
+def classify(status: int, body: Any, headers: dict[str, str] | None = None) -> Outcome:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return adapter().classify("create_ticket", status, headers or {}, raw)
+
+
+# -- the request --------------------------------------------------------------------------------
+
+
+def test_request_posts_to_the_create_ticket_url() -> None:
+    """A create_ticket request is a POST to the documented path under the base URL."""
+    request = adapter().build_request("create_ticket", {"title": "Router down"}, {})
+    assert request.method == "POST"
+    assert request.url == "https://acme.kapturecrm.com/add-ticket-from-other-source.html/v.2.0"
+    assert request.url == BASE + CREATE_PATH
+
+
+def test_request_url_ignores_a_trailing_slash_on_the_base_url() -> None:
+    """A base URL written with a trailing slash does not make a double slash."""
+    request = adapter(base_url=BASE + "/").build_request("create_ticket", {"title": "t"}, {})
+    assert request.url == BASE + CREATE_PATH
+
+
+def test_request_headers_carry_basic_token_and_json() -> None:
+    """The token goes in `Authorization: Basic <token>` and the body is declared JSON."""
+    request = adapter(token="abc123").build_request("create_ticket", {"title": "t"}, {})
+    assert request.headers == {"Authorization": "Basic abc123", "Content-Type": "application/json"}
+
+
+def test_request_body_is_an_array_of_one_object_with_the_fields_in_order() -> None:
+    """The body is a JSON array holding one object: the rendered fields, in their order, unicode intact."""
+    fields = {"title": "Réseau en panne", "ticket_details": "No internet", "due_date": "", "email_id": "a@b.io",
+              "extra": {"n": 1}}
+    body = adapter().build_request("create_ticket", fields, {}).body
+    assert isinstance(body, bytes)
+    decoded = json.loads(body)
+    assert decoded == [fields]
+    assert list(decoded[0]) == list(fields)
+    assert "Réseau".encode() in body
+
+
+def test_request_does_not_change_the_fields() -> None:
+    """Building the request leaves the rendered fields as they were."""
+    fields = {"title": "t", "email_id": "a@b.io"}
+    adapter().build_request("create_ticket", fields, {})
+    assert fields == {"title": "t", "email_id": "a@b.io"}
+
+
+@pytest.mark.parametrize("fields", [{}, {"title": None}, {"title": ""}, {"title": "   "}, {"ticket_details": "x"}])
+def test_missing_title_is_a_mapping_error(fields: dict[str, Any]) -> None:
+    """Kapture needs a non-empty title, so a body without one is refused before sending, naming `title`."""
+    with pytest.raises(MappingError) as info:
+        adapter().build_request("create_ticket", fields, {})
+    assert info.value.path == "title"
+    assert str(info.value) == "title: kapture create_ticket needs a non-empty `title`"
+
+
+def test_unknown_action_is_a_mapping_error() -> None:
+    """An action Kapture does not have is refused."""
+    with pytest.raises(MappingError, match="kapture has no action 'update_ticket'"):
+        adapter().build_request("update_ticket", {"title": "t"}, {})
+
+
+def test_sandbox_uses_the_simulator_token() -> None:
+    """A sandbox destination without a token sends the built-in simulator's key."""
+    sandboxed = adapter(token="", base_url="http://127.0.0.1:8080/sandbox/kapture", sandbox=True)
+    request = sandboxed.build_request("create_ticket", {"title": "t"}, {})
+    assert request.headers["Authorization"] == f"Basic {SANDBOX_TOKEN}"
+    assert request.url == "http://127.0.0.1:8080/sandbox/kapture" + CREATE_PATH
+
+
+def test_sandbox_with_a_token_sends_that_token() -> None:
+    """A sandbox destination that has a token sends it."""
+    assert adapter(token="mine", sandbox=True).token == "mine"
+
+
+def test_options_require_a_token_unless_sandbox() -> None:
+    """A real Kapture destination must have a token; a sandbox need not."""
+    with pytest.raises(msgspec.ValidationError, match="`token` is required"):
+        msgspec.convert({"vendor": "kapture", "base_url": BASE}, KaptureOptions)
+    assert msgspec.convert({"vendor": "kapture", "sandbox": True}, KaptureOptions).token == ""
+
+
+def test_options_refuse_unknown_keys() -> None:
+    """A misspelt Kapture option is an error."""
+    with pytest.raises(msgspec.ValidationError, match="unknown field `tokn`"):
+        msgspec.convert({"vendor": "kapture", "base_url": BASE, "token": "t", "tokn": "x"}, KaptureOptions)
+
+
+def test_registry_knows_kapture() -> None:
+    """The registry maps `kapture` to this adapter, its options and its one action."""
+    assert adapter_class("kapture") is KaptureAdapter
+    assert vendor_options("kapture") is KaptureOptions
+    assert KaptureAdapter.actions == frozenset({"create_ticket"})
+    with pytest.raises(KeyError, match="unknown vendor 'zendesk'; known vendors: kapture"):
+        adapter_class("zendesk")
+
+
+# -- classification -----------------------------------------------------------------------------
+
+
+def test_success_carries_the_ticket_id() -> None:
+    """The documented success answer is a success with its `ticket_id`."""
+    assert classify(200, SUCCESS) == Outcome(classification="success", ticket_id="713516551148")
+
+
+@pytest.mark.parametrize("status", [200, 201])
+def test_minimal_success(status: int) -> None:
+    """Any 2xx with `status: success` is a success, even without a ticket id."""
+    assert classify(status, {"status": "success"}) == Outcome(classification="success", ticket_id=None)
+
+
+def test_success_inside_a_one_item_array() -> None:
+    """An answer wrapped in a one-item array is read like the bare object."""
+    assert classify(200, [SUCCESS]) == Outcome(classification="success", ticket_id="713516551148")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"Status": "Success", "ticket_id": "42"},
+        {"STATUS": "SUCCESS", "ticket_id": "42"},
+        {"status": "success", "ticket_id": 42},
+    ],
+)
+def test_status_key_and_value_are_case_insensitive(body: dict[str, Any]) -> None:
+    """`status`/`Status` and `success`/`Success` are read case-insensitively; a numeric id becomes text."""
+    assert classify(200, body) == Outcome(classification="success", ticket_id="42")
+
+
+def test_failed_body_with_http_200_is_permanent() -> None:
+    """`status: failed` is a failure whatever the HTTP code, carrying Kapture's message."""
+    outcome = classify(200, {"message": "title is missing", "status": "failed"})
+    assert outcome == Outcome(classification="permanent", error="kapture: HTTP 200: title is missing")
+
+
+def test_capitalised_failed_body_is_permanent() -> None:
+    """Older pages' capitalised `Status`/`Message` keys are read too."""
+    outcome = classify(200, {"Message": "No Data found/ticket_id is missing", "Status": "failed"})
+    assert outcome == Outcome(classification="permanent",
+                              error="kapture: HTTP 200: No Data found/ticket_id is missing")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [({"status": "pending"}, "status 'pending'"), ({"result": "ok"}, "status None"), ({}, "status None")],
+)
+def test_anything_but_success_is_permanent(body: dict[str, Any], reason: str) -> None:
+    """A body whose status is anything but success (or absent) is a failure."""
+    assert classify(200, body) == Outcome(classification="permanent", error=f"kapture: HTTP 200: {reason}")
+
+
+@pytest.mark.parametrize("status", [400, 404, 422, 301])
+def test_success_body_with_a_non_2xx_status_is_permanent(status: int) -> None:
+    """A success body under a non-2xx status is not trusted as a success."""
+    assert classify(status, {"status": "success", "ticket_id": "1"}).classification == "permanent"
+
+
+@pytest.mark.parametrize("status", [200, 400, 401, 500])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": "Invalid Auth Key", "status": "failed"},
+        {"Message": "Invalid Auth Key", "Status": "failed"},
+        {"message": "invalid auth key"},
+        [{"message": "Invalid Auth Key", "status": "failed"}],
+    ],
+)
+def test_invalid_auth_key_is_auth_whatever_the_status(status: int, body: Any) -> None:
+    """Kapture's "Invalid Auth Key" is an auth failure even under HTTP 200 or 5xx, keeping its message."""
+    outcome = classify(status, body)
+    assert outcome.classification == "auth"
+    assert outcome.error is not None
+    assert outcome.error.lower() == "kapture: invalid auth key"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
+def test_server_errors_and_throttling_are_retried(status: int) -> None:
+    """5xx, 429 and 408 are retried."""
+    outcome = classify(status, b"<html>busy</html>")
+    assert outcome == Outcome(classification="retry", error=f"HTTP {status}", retry_after=None)
+
+
+def test_retry_keeps_kapture_message() -> None:
+    """A retried answer with a Kapture message carries it in the error."""
+    outcome = classify(503, {"status": "failed", "message": "try later"})
+    assert outcome == Outcome(classification="retry", error="HTTP 503: try later", retry_after=None)
+
+
+def test_retry_after_seconds_is_honoured() -> None:
+    """A Retry-After in seconds is passed on."""
+    assert classify(429, b"", {"Retry-After": "30"}).retry_after == 30.0
+
+
+def test_retry_after_http_date_is_honoured() -> None:
+    """A Retry-After HTTP date far ahead is turned into a large positive number of seconds."""
+    retry_after = classify(503, b"", {"Retry-After": "Fri, 31 Dec 2100 23:59:59 GMT"}).retry_after
+    assert retry_after is not None
+    assert retry_after > 365 * 24 * 3600
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_statuses(status: int) -> None:
+    """401 and 403 are auth failures even with a body that is not JSON."""
+    assert classify(status, b"Unauthorized") == Outcome(
+        classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
+
+
+@pytest.mark.parametrize("body", [b"OK", b"", b"<html>ok</html>", b"[1, 2]", b"[]", b'"success"', b"null"])
+def test_non_json_object_under_200_is_permanent(body: bytes) -> None:
+    """A 200 whose body is not a JSON object cannot be trusted as a ticket, so it is a failure."""
+    outcome = classify(200, body)
+    assert outcome.classification == "permanent"
+    assert outcome.error is not None
+    assert outcome.error.startswith("kapture: HTTP 200 with a body that is not a JSON object: ")
+    assert outcome.error.endswith(body.decode())
+
+
+def test_permanent_error_excerpt_is_bounded() -> None:
+    """A huge non-JSON body appears in the error only as a bounded excerpt."""
+    outcome = classify(200, b"x" * 10_000)
+    assert outcome.error is not None
+    assert len(outcome.error) < 300
+    assert outcome.error.endswith("…")
+
+
+# -- ticket ids ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (SUCCESS, "713516551148"),
+        ({"ticket_id": "1", "Ticket Id": "2", "ticket": {"ticketId": "3"}}, "1"),
+        ({"Ticket Id": "2", "ticket": {"ticketId": "3"}}, "2"),
+        ({"ticket": {"ticketId": "3", "id": 9}}, "3"),
+        ({"ticket_id": "", "Ticket Id": None, "ticket": {"ticketId": "3"}}, "3"),
+        ({"ticket_id": 713516551148}, "713516551148"),
+        ({"ticket": {"id": 530348198}}, None),
+        ({"ticket": {"ticketId": ""}}, None),
+        ({"ticket": "713"}, None),
+        ({}, None),
+    ],
+)
+def test_ticket_id_fallbacks(body: dict[str, Any], expected: str | None) -> None:
+    """The id is `ticket_id`, else `Ticket Id`, else `ticket.ticketId`; the numeric task id is not used."""
+    assert ticket_id_of(body) == expected

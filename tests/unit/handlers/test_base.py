@@ -1,0 +1,166 @@
+"""handlers/base.py: the handler interface's shared behaviour."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from aiohttp.web import Request
+
+from bridge.config import ServerConfig, SourceConfig
+from bridge.errors import Rejected
+from handlers.base import KEEP_HEADERS, Handler, Inbound, decode_json_object
+
+
+class Plain(Handler):
+    """A handler with no content-type restriction and no overrides."""
+
+    kind: ClassVar[str] = "plain"
+    channel = "webhook"
+    Options: ClassVar[type[SourceConfig]] = SourceConfig
+
+    def parse(self, request: Request, body: bytes) -> list[Inbound]:
+        return [Inbound(payload={"raw": body.decode()})]
+
+
+class JsonOnly(Plain):
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+
+class TextOnly(Plain):
+    content_types: ClassVar[frozenset[str]] = frozenset({"text/plain", "text/csv"})
+
+
+def make(cls: type[Plain]) -> Plain:
+    return cls("src", SourceConfig(kind="plain"), ServerConfig())
+
+
+def request(content_type: str | None = None, **headers: str) -> Request:
+    all_headers = {k.replace("_", "-"): v for k, v in headers.items()}
+    if content_type is not None:
+        all_headers["Content-Type"] = content_type
+    return make_mocked_request("POST", "/hooks/src", headers=all_headers)
+
+
+def rejected_415(h: Handler, req: Request) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        h.check_content_type(req)
+    assert (info.value.status, info.value.check) == (415, "content_type")
+    return info.value
+
+
+# -- check_content_type -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/json", "image/png"])
+def test_no_content_types_takes_anything(ctype: str | None) -> None:
+    """A handler that lists no content types takes any body."""
+    make(Plain).check_content_type(request(ctype))
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
+     "application/vnd.api+json", "application/cloudevents+json; charset=utf-8", "application/problem+json"],
+)
+def test_json_handler_takes_json_and_plus_json(ctype: str) -> None:
+    """`application/json` is matched without parameters or case, and `…+json` types count as JSON."""
+    make(JsonOnly).check_content_type(request(ctype))
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/xml", "application/jsonp", "text/json+xml"])
+def test_json_handler_refuses_other_types(ctype: str) -> None:
+    """Other types, including look-alikes of JSON, are a 415 naming the type and what is taken."""
+    err = rejected_415(make(JsonOnly), request(ctype))
+    assert repr(ctype) in str(err)
+    assert "application/json" in str(err)
+
+
+def test_missing_content_type_is_reported_as_none() -> None:
+    """A request with no Content-Type is a 415 that says `none` rather than aiohttp's default."""
+    err = rejected_415(make(JsonOnly), request(None))
+    assert "'none'" in str(err)
+    assert "octet-stream" not in str(err)
+
+
+def test_plus_json_only_counts_where_json_is_taken() -> None:
+    """A `+json` type is not taken by a handler that does not take JSON."""
+    rejected_415(make(TextOnly), request("application/vnd.api+json"))
+
+
+def test_415_lists_every_accepted_type_sorted() -> None:
+    """The 415 message lists the accepted types in a stable order."""
+    err = rejected_415(make(TextOnly), request("application/json"))
+    assert "send one of: text/csv, text/plain" in str(err)
+
+
+# -- kept headers -----------------------------------------------------------------------------------
+
+
+def test_kept_headers_are_the_listed_few_lower_cased() -> None:
+    """Only the listed headers are kept, under lower-case names; credentials and cookies are dropped."""
+    req = request("application/json", User_Agent="curl/8", X_Request_ID="r-1", Referer="https://x/",
+                  Authorization="Bearer secret", Cookie="sid=1", X_Signature="abc")
+    assert make(Plain).kept_headers(req) == {
+        "content-type": "application/json", "user-agent": "curl/8", "x-request-id": "r-1", "referer": "https://x/",
+    }
+
+
+def test_default_kept_headers_exclude_secrets() -> None:
+    """The default header list never includes credential-bearing headers."""
+    assert {h.lower() for h in KEEP_HEADERS}.isdisjoint({"authorization", "cookie", "x-signature", "x-api-key"})
+    assert all(h == h.lower() for h in KEEP_HEADERS)
+
+
+# -- defaults of the interface ----------------------------------------------------------------------
+
+
+async def test_default_hooks() -> None:
+    """By default there is no handshake, no signature check, no CORS origin and no redirect."""
+    h = make(Plain)
+    req = request("application/json", Origin="https://example.com", Accept="text/html")
+    assert await h.handshake(req) is None
+    h.verify(req, b"anything")
+    assert h.allowed_origin("https://example.com") is False
+    assert h.redirect_to(req) is None
+
+
+def test_handler_keeps_its_name_and_options() -> None:
+    """A handler remembers its source name, options and server settings."""
+    opts, server = SourceConfig(kind="plain"), ServerConfig(port=1234)
+    h = Plain("my-source", opts, server)
+    assert (h.name, h.options, h.server) == ("my-source", opts, server)
+
+
+def test_inbound_defaults() -> None:
+    """An Inbound has no dedup key and is not spam unless said."""
+    inbound = Inbound(payload={"a": 1})
+    assert (inbound.dedup_key, inbound.spam) == (None, False)
+
+
+# -- decode_json_object -----------------------------------------------------------------------------
+
+
+def test_decode_json_object() -> None:
+    """A JSON object decodes to a dict with nested values intact."""
+    assert decode_json_object(b'{"a": [1, {"b": null}], "c": "\\u00e9"}') == {"a": [1, {"b": None}], "c": "é"}
+
+
+@pytest.mark.parametrize(("body", "kind"), [(b"[]", "list"), (b"1.5", "float"), (b"true", "bool")])
+def test_decode_json_non_object(body: bytes, kind: str) -> None:
+    """A JSON value that is not an object is a 400 naming what it is."""
+    with pytest.raises(Rejected) as info:
+        decode_json_object(body)
+    assert (info.value.status, info.value.check) == (400, "json")
+    assert f"got a JSON {kind}" in str(info.value)
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"not json", b"\xff\xfe{}", b'{"a": "\xff"}', b'{"\xc3": 1}'])
+def test_decode_json_malformed(body: bytes) -> None:
+    """A body that is not JSON (or not UTF-8 inside a string) is a 400 carrying the parser's reason."""
+    with pytest.raises(Rejected) as info:
+        decode_json_object(body)
+    assert (info.value.status, info.value.check) == (400, "json")
+    assert str(info.value).startswith("malformed JSON: ")
+    assert len(str(info.value)) > len("malformed JSON: ")

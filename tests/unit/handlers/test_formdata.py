@@ -1,0 +1,239 @@
+"""handlers/formdata.py: urlencoded and multipart bodies parsed from raw bytes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from aiohttp import FormData
+
+from bridge.errors import Rejected
+from handlers.formdata import parse_multipart, parse_urlencoded
+
+BOUNDARY = "----tbBoundary7MA4YWxk"
+CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def part(name: str, content: bytes, *, filename: str | None = None, content_type: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    head = f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n"
+    if content_type is not None:
+        head += f"Content-Type: {content_type}\r\n"
+    return head.encode() + b"\r\n" + content + b"\r\n"
+
+
+def multipart(*parts: bytes) -> bytes:
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def form_rejected(body: bytes, charset: str | None = None) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        parse_urlencoded(body, charset)
+    assert (info.value.status, info.value.check) == (400, "form")
+    return info.value
+
+
+def multipart_rejected(body: bytes, ctype: str = CTYPE) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        parse_multipart(body, ctype)
+    assert (info.value.status, info.value.check) == (400, "form")
+    return info.value
+
+
+# -- urlencoded --------------------------------------------------------------------------------------
+
+
+def test_urlencoded_simple_fields() -> None:
+    """Each key maps to its decoded value, with `+` and `%20` as spaces."""
+    body = b"name=Asha+Rao&email=asha%40example.com&subject=Router%20down"
+    assert parse_urlencoded(body) == {"name": "Asha Rao", "email": "asha@example.com", "subject": "Router down"}
+
+
+def test_urlencoded_repeated_keys_become_lists_in_order() -> None:
+    """A key that repeats becomes a list of its values in body order; single keys stay scalars."""
+    body = b"topic=billing&name=A&topic=outage&topic=other"
+    assert parse_urlencoded(body) == {"topic": ["billing", "outage", "other"], "name": "A"}
+
+
+def test_urlencoded_blank_values_are_kept() -> None:
+    """Blank values are kept as empty strings, also inside repeated keys."""
+    assert parse_urlencoded(b"a=&b=x&a=y&c=") == {"a": ["", "y"], "b": "x", "c": ""}
+
+
+def test_urlencoded_empty_body() -> None:
+    """An empty body is an empty form."""
+    assert parse_urlencoded(b"") == {}
+
+
+def test_urlencoded_utf8_escapes() -> None:
+    """Percent-escaped UTF-8 (what browsers send) decodes to text, keys included."""
+    assert parse_urlencoded(b"na%C3%AFve=Jos%C3%A9+%E2%9C%93") == {"naïve": "José ✓"}
+
+
+def test_urlencoded_declared_charset_applies_to_escapes() -> None:
+    """With a declared charset, percent-escapes are decoded in that charset."""
+    assert parse_urlencoded(b"name=Jos%E9", "iso-8859-1") == {"name": "José"}
+
+
+def test_urlencoded_declared_charset_applies_to_raw_bytes() -> None:
+    """Raw (unescaped) bytes are decoded in the declared charset too."""
+    assert parse_urlencoded(b"name=Jos\xe9", "iso-8859-1") == {"name": "José"}
+
+
+@pytest.mark.parametrize(("body", "charset"), [(b"name=Jos\xe9", None), (b"name=Jos\xe9", "utf-8")])
+def test_urlencoded_invalid_utf8_bytes_are_rejected(body: bytes, charset: str | None) -> None:
+    """Raw bytes that are not valid in the charset are a 400 naming the charset."""
+    assert "not valid utf-8 text" in str(form_rejected(body, charset))
+
+
+@pytest.mark.parametrize("body", [b"name=Jos%E9", b"name=%FF%FE", b"%C3=x"])
+def test_urlencoded_invalid_utf8_escapes_are_rejected(body: bytes) -> None:
+    """Percent-escapes that are not valid UTF-8 are a 400, not silently replaced with U+FFFD."""
+    assert "not valid utf-8 text" in str(form_rejected(body))
+
+
+def test_urlencoded_unknown_charset_is_rejected() -> None:
+    """An unknown declared charset is a 400 naming it."""
+    assert "x-no-such-charset" in str(form_rejected(b"a=1", "x-no-such-charset"))
+
+
+@pytest.mark.parametrize("body", [b"just some text", b"a=1&b", b"a=1&&b=2"])
+def test_urlencoded_malformed_is_rejected(body: bytes) -> None:
+    """A body with fields that are not `key=value` is a 400 with the parser's reason."""
+    assert "malformed form body" in str(form_rejected(body))
+
+
+def test_urlencoded_too_many_fields_is_rejected() -> None:
+    """More than 10,000 fields is a 400 rather than unbounded work."""
+    body = b"&".join(b"f%d=1" % i for i in range(10_001))
+    form_rejected(body)
+    assert len(parse_urlencoded(b"&".join(b"f%d=1" % i for i in range(10_000)))) == 10_000
+
+
+# -- multipart ---------------------------------------------------------------------------------------
+
+FILE_BYTES = bytes(range(256)) + b"\r\n\r\n--not-the-boundary\r\n" + b"\n\r\x00" + bytes(range(255, -1, -1))
+
+
+def test_multipart_text_and_file_parts() -> None:
+    """Text parts become values; file parts become their name, type, size and SHA-256, never the bytes."""
+    body = multipart(
+        part("name", b"Asha"),
+        part("message", b"line one\r\nline two"),
+        part("attachment", FILE_BYTES, filename="dump.bin", content_type="application/octet-stream"),
+    )
+    assert parse_multipart(body, CTYPE) == {
+        "name": "Asha",
+        "message": "line one\r\nline two",
+        "attachment": {
+            "filename": "dump.bin",
+            "content_type": "application/octet-stream",
+            "size": len(FILE_BYTES),
+            "sha256": hashlib.sha256(FILE_BYTES).hexdigest(),
+        },
+    }
+
+
+def test_multipart_repeated_names_become_lists() -> None:
+    """Repeated text or file part names become lists in body order."""
+    body = multipart(
+        part("topic", b"billing"),
+        part("file", b"one", filename="a.txt", content_type="text/plain"),
+        part("topic", b"outage"),
+        part("file", b"two!", filename="b.txt", content_type="text/plain"),
+    )
+    out = parse_multipart(body, CTYPE)
+    assert out["topic"] == ["billing", "outage"]
+    assert [(f["filename"], f["size"], f["sha256"]) for f in out["file"]] == [
+        ("a.txt", 3, hashlib.sha256(b"one").hexdigest()),
+        ("b.txt", 4, hashlib.sha256(b"two!").hexdigest()),
+    ]
+
+
+def test_multipart_blank_and_utf8_text() -> None:
+    """An empty text part is an empty string; text parts are UTF-8 by default."""
+    body = multipart(part("empty", b""), part("name", "José ✓".encode()))
+    assert parse_multipart(body, CTYPE) == {"empty": "", "name": "José ✓"}
+
+
+def test_multipart_part_charset_is_honoured() -> None:
+    """A text part declaring its charset is decoded in it."""
+    body = multipart(part("name", b"Jos\xe9", content_type="text/plain; charset=iso-8859-1"))
+    assert parse_multipart(body, CTYPE) == {"name": "José"}
+
+
+def test_multipart_non_ascii_file_name() -> None:
+    """A file name sent as raw UTF-8 (as browsers do) is kept as text."""
+    body = multipart(part("cv", b"%PDF-1.7", filename="résumé.pdf", content_type="application/pdf"))
+    assert parse_multipart(body, CTYPE)["cv"]["filename"] == "résumé.pdf"
+
+
+def test_multipart_empty_file() -> None:
+    """An empty file part has size 0 and the SHA-256 of no bytes."""
+    body = multipart(part("f", b"", filename="empty.txt", content_type="text/plain"))
+    assert parse_multipart(body, CTYPE)["f"] == {
+        "filename": "empty.txt", "content_type": "text/plain", "size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+
+
+def test_multipart_quoted_boundary() -> None:
+    """A quoted boundary parameter works like a bare one."""
+    body = multipart(part("a", b"1"))
+    assert parse_multipart(body, f'multipart/form-data; boundary="{BOUNDARY}"') == {"a": "1"}
+
+
+async def test_multipart_as_aiohttp_writes_it() -> None:
+    """A body produced by aiohttp's own FormData encoder parses to the same fields and file metadata."""
+    form = FormData()
+    form.add_field("name", "Asha")
+    form.add_field("upload", FILE_BYTES, filename="x.bin", content_type="application/octet-stream")
+    payload = form()
+    body = await payload.as_bytes()
+    out = parse_multipart(body, payload.headers["Content-Type"])
+    assert out["name"] == "Asha"
+    assert out["upload"]["size"] == len(FILE_BYTES)
+    assert out["upload"]["sha256"] == hashlib.sha256(FILE_BYTES).hexdigest()
+
+
+@pytest.mark.parametrize("ctype", ["multipart/form-data", "multipart/form-data; charset=utf-8", ""])
+def test_multipart_without_boundary_is_rejected(ctype: str) -> None:
+    """A multipart Content-Type without a boundary is a 400 saying so."""
+    assert "without a boundary" in str(multipart_rejected(multipart(part("a", b"1")), ctype))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not multipart at all",
+        multipart(part("a", b"1"))[:-len(f"--{BOUNDARY}--\r\n")],
+        part("a", b"1")[:20],
+        multipart(part("a", b"1")).replace(BOUNDARY.encode(), b"other-boundary"),
+    ],
+)
+def test_multipart_malformed_is_rejected(body: bytes) -> None:
+    """An empty, truncated, unterminated or wrongly delimited body is a 400 naming the defect."""
+    assert "malformed multipart body" in str(multipart_rejected(body))
+
+
+def test_multipart_part_without_name_is_rejected() -> None:
+    """A part whose Content-Disposition has no name is a 400."""
+    body = f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode()
+    assert "without a name" in str(multipart_rejected(body))
+
+
+def test_multipart_part_without_disposition_is_rejected() -> None:
+    """A part with no Content-Disposition at all is a 400."""
+    body = f"--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode()
+    assert "without a name" in str(multipart_rejected(body))
+
+
+def test_multipart_text_part_not_in_its_charset_is_rejected() -> None:
+    """A text part whose bytes are not valid in its charset is a 400 naming the field."""
+    err = multipart_rejected(multipart(part("ok", b"fine"), part("bad", b"\xff\xfe")))
+    assert "'bad' is not valid utf-8" in str(err)
+
+
+def test_multipart_unknown_part_charset_is_rejected() -> None:
+    """A text part declaring an unknown charset is a 400 naming the field."""
+    err = multipart_rejected(multipart(part("x", b"abc", content_type="text/plain; charset=x-nope")))
+    assert "'x'" in str(err)
