@@ -22,7 +22,8 @@ class FormOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.redirect is not None and not self.redirect.startswith(("http://", "https://", "/")):
+        if self.redirect is not None and (not self.redirect.startswith(("http://", "https://", "/"))
+                                          or self.redirect.startswith("//")):
             raise ValueError(f"`redirect` {self.redirect!r} must be an absolute URL or a path starting with /")
         for origin in self.cors_origins:
             if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):

@@ -29,6 +29,7 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     except (UnicodeDecodeError, LookupError) as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
+    text = "&".join(part for part in text.split("&") if part)  # clients leave stray '&'s; they carry no field
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=10_000,
                           encoding=charset or "utf-8", errors="strict")

@@ -117,6 +117,8 @@ class Lane:
         for attempt in range(5):
             try:
                 await d.store.record(result)
+                if result.next_status == "pending":
+                    self.wake.set()  # the lane may be asleep until a later due time, or the poll
                 return
             except StoreUnavailable as exc:
                 blog.error("delivery.record_failed", error=str(exc), try_=attempt + 1)

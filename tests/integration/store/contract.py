@@ -43,7 +43,8 @@ def make_delivery(
 
 def result(
     delivery_id: str, next_status: Literal["succeeded", "pending", "dead"], *, http_status: int | None = 200,
-    classification: str = "success", error: str | None = None, ticket_id: str | None = None, next_attempt_at_ms: int | None = None,
+    classification: str = "success", error: str | None = None, ticket_id: str | None = None,
+    next_attempt_at_ms: int | None = None,
 ) -> AttemptResult:
     return AttemptResult(
         delivery_id=delivery_id, started_at_ms=now_ms(), duration_ms=12.5, http_status=http_status,
@@ -64,6 +65,7 @@ async def row(store: Store, delivery_id: str) -> DeliveryRow:
     return (await store.get_delivery(delivery_id)).delivery
 
 
+@pytest.mark.integration
 class StoreContract:
     """Store semantics shared by every backend."""
 

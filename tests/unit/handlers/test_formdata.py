@@ -97,7 +97,13 @@ def test_urlencoded_unknown_charset_is_rejected() -> None:
     assert "x-no-such-charset" in str(form_rejected(b"a=1", "x-no-such-charset"))
 
 
-@pytest.mark.parametrize("body", [b"just some text", b"a=1&b", b"a=1&&b=2"])
+@pytest.mark.parametrize("body", [b"a=1&&b=2", b"a=1&b=2&", b"&a=1&b=2"])
+def test_urlencoded_stray_ampersands_are_tolerated(body: bytes) -> None:
+    """Empty segments between '&'s carry no field and do not make the body malformed."""
+    assert parse_urlencoded(body) == {"a": "1", "b": "2"}
+
+
+@pytest.mark.parametrize("body", [b"just some text", b"a=1&b"])
 def test_urlencoded_malformed_is_rejected(body: bytes) -> None:
     """A body with fields that are not `key=value` is a 400 with the parser's reason."""
     assert "malformed form body" in str(form_rejected(body))

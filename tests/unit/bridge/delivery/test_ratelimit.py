@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left, bisect_right
+from itertools import pairwise
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import RateLimit
 from bridge.delivery.ratelimit import SlidingWindowLimiter, Unlimited, acquire, make_limiter
+
+EPS = 1e-9
 
 
 class FakeClock:
@@ -142,7 +145,8 @@ def test_rejects_bad_limits(requests: int, per_seconds: float) -> None:
         SlidingWindowLimiter(requests, per_seconds)
 
 
-@settings(max_examples=150, deadline=None, database=None)
+# too_slow: a loaded CI machine must not fail the test for its own slowness; nothing is stored in the repo.
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     requests=st.integers(min_value=1, max_value=12),
     per_seconds=st.floats(min_value=0.05, max_value=30.0),
@@ -170,10 +174,11 @@ def test_window_guarantee_holds_for_any_arrivals(
         else:
             paused_until = clock.now
         new = reserve_slots(limiter, clock, count)
-        assert all(delay >= clock.now for delay in new)
-        assert all(slot >= paused_until - 1e-9 for slot in new)
+        assert all(slot >= clock.now for slot in new)
+        assert all(slot >= paused_until - EPS for slot in new)
         slots += new
-    assert slots == sorted(slots)
+    # `now + delay` may be one float ulp off the slot the limiter stored; order is checked to that precision.
+    assert all(later >= earlier - EPS for earlier, later in pairwise(slots))
     assert max_in_any_window(slots, per_seconds) <= requests
 
 

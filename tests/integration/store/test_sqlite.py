@@ -1,0 +1,272 @@
+"""The SQLite store: the shared contract, plus WAL, the owner lock, recovery, durability and group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridge.errors import NotFound, StoreLocked, StoreUnavailable
+from bridge.store.base import DeliveryFilter
+from bridge.store.sqlite import SqliteStore
+from tests.integration.store.contract import (
+    WEEK,
+    StoreContract,
+    accept_one,
+    make_delivery,
+    make_event,
+    now_ms,
+    result,
+    row,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "s.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+class TestSqliteStoreContract(StoreContract):
+    """The SQLite store passes the contract every backend shares."""
+
+
+def query(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection, as a slow disk would, so that writes queue up."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+
+
+async def test_runs_in_wal_mode(store: SqliteStore, tmp_path: Path) -> None:
+    """The database file is in WAL mode once the store is open."""
+    assert query(tmp_path / "s.db", "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_creates_the_parent_folder(tmp_path: Path) -> None:
+    """Opening a store in a folder that does not exist yet creates the folder."""
+    path = tmp_path / "var" / "deep" / "s.db"
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        await accept_one(s)
+    finally:
+        await s.close()
+    assert path.is_file()
+
+
+async def test_second_owner_is_refused(store: SqliteStore, tmp_path: Path) -> None:
+    """A second owning store on the same file is refused with StoreLocked naming the holder's pid."""
+    second = SqliteStore(tmp_path / "s.db")
+    with pytest.raises(StoreLocked, match=rf"in use by another ticketbridge process \(pid {os.getpid()}\)"):
+        await second.open()
+    await second.close()
+    assert len(await store.list_deliveries(DeliveryFilter())) == 0
+
+
+async def test_lock_is_given_up_on_close(tmp_path: Path) -> None:
+    """Once the owner closes, another owner may open the same file."""
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    await first.open()
+    refused = SqliteStore(path)
+    with pytest.raises(StoreLocked):
+        await refused.open()
+    await first.close()
+    second = SqliteStore(path)
+    await second.open()
+    await second.close()
+
+
+async def test_non_owner_opens_beside_the_owner(store: SqliteStore, tmp_path: Path) -> None:
+    """A non-owning store (CLI use) opens beside the owner and sees its data."""
+    _, (d,) = await accept_one(store)
+    viewer = SqliteStore(tmp_path / "s.db", owner=False)
+    await viewer.open()
+    try:
+        assert [r.id for r in await viewer.list_deliveries(DeliveryFilter())] == [d]
+    finally:
+        await viewer.close()
+
+
+async def test_in_flight_deliveries_are_given_back_on_reopen(tmp_path: Path) -> None:
+    """Deliveries left in flight by a stopped owner are pending and due at once when the store reopens."""
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    await first.open()
+    _, (leased, later) = await accept_one(first, make_delivery(), make_delivery())
+    await first.claim("kapture-support", 10, "w", 3600)
+    await first.record(result(later, "pending", classification="retry", next_attempt_at_ms=now_ms() + 3_600_000))
+    await first.claim("kapture-support", 10, "w", 3600)
+    await first.close()
+
+    second = SqliteStore(path)
+    with capture_logs() as logs:
+        await second.open()
+    try:
+        r = await row(second, leased)
+        assert (r.status, r.attempts) == ("pending", 0)
+        assert r.next_attempt_at_ms <= now_ms()
+        assert (await row(second, later)).status == "pending"
+        assert [c.id for c in (await second.claim("kapture-support", 10, "w2", 30)).items] == [leased]
+    finally:
+        await second.close()
+    recovered = [e for e in logs if e["event"] == "store.recovered_in_flight"]
+    assert len(recovered) == 1
+    assert recovered[0]["count"] == 1
+
+
+async def test_non_owner_does_not_take_in_flight_work(store: SqliteStore, tmp_path: Path) -> None:
+    """A non-owning store leaves the owner's in-flight deliveries alone."""
+    _, (d,) = await accept_one(store)
+    await store.claim("kapture-support", 1, "w", 3600)
+    viewer = SqliteStore(tmp_path / "s.db", owner=False)
+    await viewer.open()
+    await viewer.close()
+    assert (await row(store, d)).status == "in_flight"
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    """Everything committed is there after the store is closed and opened again."""
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    await first.open()
+    event = make_event(dedup_key="k")
+    _, (d,) = await accept_one(first, make_delivery(options={"q": 1}), event=event)
+    await first.claim("kapture-support", 1, "w", 30)
+    await first.record(result(d, "succeeded", ticket_id="T-1"))
+    before = await first.get_delivery(d)
+    await first.close()
+
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await second.get_delivery(d) == before
+        assert await second.get_event(event.id) == event
+        dup = await second.accept(make_event(dedup_key="k"), [make_delivery()], WEEK)
+        assert (dup.duplicate, dup.event_id) == (True, event.id)
+    finally:
+        await second.close()
+
+
+async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
+    """Each migration script runs and is recorded once, however often the store opens."""
+    path = tmp_path / "s.db"
+    for _ in range(3):
+        s = SqliteStore(path)
+        await s.open()
+        await s.close()
+    rows = query(path, "SELECT version, name FROM schema_migrations ORDER BY version")
+    assert rows == [(1, "0001_init.sql")]
+    tables = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"events", "dedup_keys", "deliveries", "attempts", "schema_migrations"} <= tables
+
+
+async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    """A corrupt file gives StoreUnavailable, and the failed open does not keep the lock."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not an SQLite database, not even close" * 100)
+    broken = SqliteStore(path)
+    with pytest.raises(StoreUnavailable, match=r"s\.db: file is not a database"):
+        await broken.open()
+    path.unlink()
+    fresh = SqliteStore(path)
+    await fresh.open()
+    await fresh.close()
+
+
+async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
+    """Reads and writes on a closed store raise StoreUnavailable; closing twice is harmless."""
+    s = SqliteStore(tmp_path / "s.db")
+    await s.open()
+    await s.close()
+    await s.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await s.accept(make_event(), [], WEEK)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await s.list_deliveries(DeliveryFilter())
+
+
+async def test_concurrent_accepts_of_one_dedup_key_store_one_event(store: SqliteStore, tmp_path: Path) -> None:
+    """Many simultaneous accepts with the same dedup key store exactly one event; the rest name it."""
+    events = [make_event(dedup_key="same") for _ in range(20)]
+    results = await asyncio.gather(*(store.accept(e, [make_delivery()], WEEK) for e in events))
+    originals = [r for r in results if not r.duplicate]
+    assert len(originals) == 1
+    first = originals[0].event_id
+    assert {r.event_id for r in results} == {first}
+    assert sum(r.deliveries for r in results) == 1
+    assert query(tmp_path / "s.db", "SELECT id FROM events") == [(first,)]
+    assert len(await store.list_deliveries(DeliveryFilter())) == 1
+
+
+async def test_concurrent_accepts_share_commits(store: SqliteStore, tmp_path: Path) -> None:
+    """Accepts that arrive while a commit is under way are committed together, in fewer transactions."""
+    batches, ops = store.batches, store.batched_ops
+    with write_locked(tmp_path / "s.db"):
+        tasks = [asyncio.create_task(store.accept(make_event(), [make_delivery()], WEEK)) for _ in range(100)]
+        await asyncio.sleep(0.2)
+        assert not any(t.done() for t in tasks)
+    results = await asyncio.gather(*tasks)
+    assert all(not r.duplicate and r.deliveries == 1 for r in results)
+    assert store.batched_ops - ops == 100
+    assert 1 <= store.batches - batches <= 2
+    assert query(tmp_path / "s.db", "SELECT COUNT(*) FROM deliveries") == [(100,)]
+
+
+async def test_group_commit_respects_its_maximum(tmp_path: Path) -> None:
+    """A group never holds more than `group_commit_max` writes."""
+    path = tmp_path / "s.db"
+    s = SqliteStore(path, group_commit_max=10)
+    await s.open()
+    try:
+        batches = s.batches
+        with write_locked(path):
+            tasks = [asyncio.create_task(s.accept(make_event(), [make_delivery()], WEEK)) for _ in range(50)]
+            await asyncio.sleep(0.2)
+        await asyncio.gather(*tasks)
+        assert 5 <= s.batches - batches <= 6
+    finally:
+        await s.close()
+
+
+async def test_a_failing_write_does_not_fail_its_group(store: SqliteStore, tmp_path: Path) -> None:
+    """In a group, a write that fails is rolled back alone, as StoreUnavailable; the others commit."""
+    good1, good2, bad = make_event(), make_event(), make_event()
+    clash = make_delivery()
+    with write_locked(tmp_path / "s.db"):
+        tasks = [
+            asyncio.create_task(store.accept(good1, [make_delivery()], WEEK)),
+            asyncio.create_task(store.accept(bad, [clash, make_delivery(delivery_id=clash.id)], WEEK)),
+            asyncio.create_task(store.accept(good2, [make_delivery()], WEEK)),
+        ]
+        await asyncio.sleep(0.2)
+    r1, r_bad, r2 = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(r_bad, StoreUnavailable)
+    assert not isinstance(r1, BaseException)
+    assert not isinstance(r2, BaseException)
+    assert (r1.event_id, r2.event_id) == (good1.id, good2.id)
+    assert await store.get_event(good1.id) == good1
+    assert await store.get_event(good2.id) == good2
+    with pytest.raises(NotFound):
+        await store.get_event(bad.id)
+    assert len(await store.list_deliveries(DeliveryFilter())) == 2

@@ -1,0 +1,297 @@
+"""bridge/delivery/sender.py: one attempt, with every vendor fault turned into an Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from aioresponses import aioresponses
+from yarl import URL
+
+from bridge.delivery import sender
+from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
+from bridge.store.base import Claimed
+from bridge.vendors.base import Outcome
+from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
+
+BASE = "http://kapture.test"
+URL_CREATE = BASE + CREATE_PATH
+
+
+class MockResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 omits the `stream_writer` that aiohttp 3.14 requires (aioresponses#289)."""
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+def mock_post(m: aioresponses, url: str | re.Pattern[str] = URL_CREATE, **kwargs: Any) -> None:
+    m.post(url, response_class=MockResponse, **kwargs)
+
+
+class RecordingKapture(KaptureAdapter):
+    """The real Kapture adapter, remembering what it was asked to classify."""
+
+    def __init__(self, base_url: str = BASE) -> None:
+        opts = KaptureOptions(vendor="kapture", base_url=BASE, token="t")
+        super().__init__("kapture", opts, base_url)
+        self.classified: list[tuple[int, bytes]] = []
+
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        self.classified.append((status, body))
+        return super().classify(action, status, headers, body)
+
+
+def claimed(body: dict[str, Any] | None = None, action: str = "create_ticket") -> Claimed:
+    return Claimed(
+        id="dlv_1", event_id="evt_1", mapping="contact-to-kapture", destination="kapture", action=action,
+        body={"title": "Router down", "email_id": "asha@example.com"} if body is None else body,
+        options={}, tries=0, attempts=0,
+    )
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def adapter() -> RecordingKapture:
+    return RecordingKapture()
+
+
+def sent_requests(mock: aioresponses) -> list[Any]:
+    return [call for calls in mock.requests.values() for call in calls]
+
+
+async def test_success_takes_classification_and_ticket_id_from_the_adapter(
+    session: aiohttp.ClientSession, adapter: RecordingKapture,
+) -> None:
+    """A vendor success is classified by the adapter, with its ticket id, status and the body as excerpt."""
+    with aioresponses() as m:
+        mock_post(m, status=200, payload={"status": "success", "ticket_id": "T-42"})
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert sent.outcome == Outcome(classification="success", ticket_id="T-42")
+    assert sent.http_status == 200
+    assert sent.excerpt is not None
+    assert msgspec.json.decode(sent.excerpt) == {"status": "success", "ticket_id": "T-42"}
+    assert len(adapter.classified) == 1
+    assert sent.duration_ms >= 0.0
+    assert sent.started_at_ms > 1_600_000_000_000
+
+
+async def test_sends_the_request_the_adapter_builds(
+    session: aiohttp.ClientSession, adapter: RecordingKapture,
+) -> None:
+    """The request goes out with the adapter's method, URL, headers and body, without following redirects."""
+    with aioresponses() as m:
+        mock_post(m, status=200, payload={"status": "success", "ticket_id": "T-1"})
+        await send_once(session, adapter, claimed(), 5.0)
+        call = m.requests[("POST", URL(URL_CREATE))][0]
+    assert call.kwargs["headers"]["Authorization"] == "Basic t"
+    assert call.kwargs["headers"]["Content-Type"] == "application/json"
+    assert msgspec.json.decode(call.kwargs["data"]) == [{"title": "Router down", "email_id": "asha@example.com"}]
+    assert call.kwargs["allow_redirects"] is False
+    assert call.kwargs["timeout"].total == 5.0
+
+
+async def test_body_level_failure_is_permanent_whatever_the_status(
+    session: aiohttp.ClientSession, adapter: RecordingKapture,
+) -> None:
+    """Kapture's `{"status": "failed"}` with HTTP 200 is the adapter's permanent failure, not a success."""
+    with aioresponses() as m:
+        mock_post(m, status=200, payload={"status": "failed", "message": "unknown subject"})
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert sent.outcome.classification == "permanent"
+    assert sent.outcome.error is not None
+    assert "unknown subject" in sent.outcome.error
+    assert sent.http_status == 200
+
+
+async def test_server_error_is_retry_with_retry_after(
+    session: aiohttp.ClientSession, adapter: RecordingKapture,
+) -> None:
+    """A 503 with Retry-After is a retry carrying the vendor's wait."""
+    with aioresponses() as m:
+        mock_post(m, status=503, body="down for maintenance", headers={"Retry-After": "30"})
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert sent.outcome.classification == "retry"
+    assert sent.outcome.retry_after == 30.0
+    assert sent.http_status == 503
+    assert sent.excerpt == "down for maintenance"
+
+
+async def test_redirect_is_not_followed(session: aiohttp.ClientSession, adapter: RecordingKapture) -> None:
+    """A 302 is classified as it is: the body is never re-sent to the Location."""
+    with aioresponses() as m:
+        mock_post(m, status=302, body="", headers={"Location": BASE + "/login"})
+        m.get(BASE + "/login", response_class=MockResponse, status=200,
+              payload={"status": "success", "ticket_id": "T-9"})
+        sent = await send_once(session, adapter, claimed(), 5.0)
+        assert list(m.requests) == [("POST", URL(URL_CREATE))]
+    assert sent.http_status == 302
+    assert sent.outcome.classification != "success"
+
+
+@pytest.mark.parametrize("exc", [TimeoutError(), aiohttp.ServerTimeoutError("read timed out")])
+async def test_timeout_is_retry_timed_out(
+    session: aiohttp.ClientSession, adapter: RecordingKapture, exc: Exception,
+) -> None:
+    """A timeout is a retry whose error says it timed out and after how long, with no status."""
+    with aioresponses() as m:
+        mock_post(m, exception=exc)
+        sent = await send_once(session, adapter, claimed(), 2.5)
+    assert sent.outcome.classification == "retry"
+    assert sent.outcome.error == "timed out after 2.5s"
+    assert sent.http_status is None
+    assert sent.excerpt is None
+    assert adapter.classified == []
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        aiohttp.ClientConnectionError("Connection refused"),
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("truncated"),
+        ConnectionResetError("reset by peer"),
+        OSError("network unreachable"),
+        asyncio.IncompleteReadError(b"abc", 10),
+    ],
+)
+async def test_connection_error_is_retry(
+    session: aiohttp.ClientSession, adapter: RecordingKapture, exc: Exception,
+) -> None:
+    """Connection failures are retries whose error names the exception type, never raised."""
+    with aioresponses() as m:
+        mock_post(m, exception=exc)
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert sent.outcome.classification == "retry"
+    assert sent.outcome.error is not None
+    assert sent.outcome.error.startswith(f"connection failed: {type(exc).__name__}")
+    assert sent.http_status is None
+
+
+async def test_unmocked_host_is_a_connection_failure(
+    session: aiohttp.ClientSession, adapter: RecordingKapture,
+) -> None:
+    """With nothing listening, the attempt is a retry rather than an exception."""
+    with aioresponses():
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert sent.outcome.classification == "retry"
+    assert sent.outcome.error is not None
+    assert "Connection refused" in sent.outcome.error
+
+
+@pytest.mark.parametrize(
+    ("body", "action", "message"),
+    [
+        ({"email_id": "a@b.c"}, "create_ticket", "title"),
+        ({"title": "   "}, "create_ticket", "title"),
+        ({"title": "x"}, "close_ticket", "no action 'close_ticket'"),
+    ],
+)
+async def test_mapping_error_is_permanent_without_sending(
+    session: aiohttp.ClientSession, adapter: RecordingKapture, body: dict[str, Any], action: str, message: str,
+) -> None:
+    """When the adapter cannot build the request, nothing is sent and the attempt is permanent."""
+    with aioresponses() as m:
+        mock_post(m, re.compile(".*"), status=200, payload={"status": "success"}, repeat=True)
+        sent = await send_once(session, adapter, claimed(body, action), 5.0)
+        assert sent_requests(m) == []
+    assert sent.outcome.classification == "permanent"
+    assert sent.outcome.error is not None
+    assert sent.outcome.error.startswith("not sent: ")
+    assert message in sent.outcome.error
+    assert sent.http_status is None
+    assert sent.excerpt is None
+    assert sent.duration_ms == 0.0
+
+
+async def test_response_body_is_bounded(
+    session: aiohttp.ClientSession, adapter: RecordingKapture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A response longer than the bound reaches the adapter cut at the bound, and the excerpt is shorter still."""
+    # aioresponses cannot feed a body over 128 KiB; a lower bound exercises the same code (a real server test below).
+    monkeypatch.setattr(sender, "MAX_RESPONSE_BYTES", 3000)
+    with aioresponses() as m:
+        mock_post(m, status=500, body=b"x" * 100_000)
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert [len(body) for _, body in adapter.classified] == [3000]
+    assert sent.excerpt == "x" * EXCERPT_CHARS
+    assert sent.outcome.classification == "retry"
+
+
+async def test_response_body_is_bounded_on_a_real_connection(
+    session: aiohttp.ClientSession, adapter: RecordingKapture, aiohttp_server: Any,
+) -> None:
+    """Against a real server sending 4 MiB, only MAX_RESPONSE_BYTES are read and classified."""
+    app = web.Application()
+
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(status=500, body=b"y" * (4 * 1024 * 1024))
+
+    app.router.add_post(CREATE_PATH, huge)
+    server = await aiohttp_server(app)
+    real = RecordingKapture(str(server.make_url("")))
+    sent = await send_once(session, real, claimed(), 10.0)
+    assert [len(body) for _, body in real.classified] == [MAX_RESPONSE_BYTES]
+    assert sent.outcome.classification == "retry"
+    assert sent.http_status == 500
+    assert sent.excerpt == "y" * EXCERPT_CHARS
+
+
+async def test_slow_vendor_times_out_on_a_real_connection(
+    session: aiohttp.ClientSession, aiohttp_server: Any,
+) -> None:
+    """A vendor that does not answer within timeout_s gives a retry "timed out", not a hang or an exception."""
+    release = asyncio.Event()
+    app = web.Application()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    app.router.add_post(CREATE_PATH, hang)
+    server = await aiohttp_server(app)
+    real = RecordingKapture(str(server.make_url("")))
+    try:
+        sent = await asyncio.wait_for(send_once(session, real, claimed(), 0.2), timeout=10.0)
+    finally:
+        release.set()
+    assert sent.outcome.classification == "retry"
+    assert sent.outcome.error == "timed out after 0.2s"
+    assert sent.http_status is None
+    assert sent.duration_ms >= 150
+    assert real.classified == []
+
+
+async def test_small_body_is_read_whole(session: aiohttp.ClientSession, adapter: RecordingKapture) -> None:
+    """A body under the bound reaches the adapter whole, and its excerpt is the body itself."""
+    body = b'{"status": "success", "ticket_id": "T-7"}' + b" " * 1000
+    with aioresponses() as m:
+        mock_post(m, status=200, body=body)
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert adapter.classified == [(200, body)]
+    assert sent.excerpt == body.decode()
+    assert sent.outcome.ticket_id == "T-7"
+
+
+async def test_excerpt_survives_invalid_utf8(session: aiohttp.ClientSession, adapter: RecordingKapture) -> None:
+    """A body that is not UTF-8 still gives a text excerpt, with replacement characters."""
+    with aioresponses() as m:
+        mock_post(m, status=502, body=b"\xff\xfebad gateway")
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert sent.excerpt is not None
+    assert sent.excerpt.endswith("bad gateway")
+    assert "\ufffd" in sent.excerpt
+    assert sent.outcome.classification == "retry"
