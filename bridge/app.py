@@ -66,51 +66,40 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "mappings": rt.mappings.version})
 
 
-def build_app(config: Config, *, store: Store | None = None, workers: bool = True,
-              mappings: MappingSet | None = None) -> web.Application:
-    """The whole server. Raises ErrorList at once when the mappings do not load."""
-    rt = build_runtime(config, mappings)
-    app = web.Application(client_max_size=config.server.max_body_bytes)
-    app[RUNTIME] = rt
-    app.router.add_post("/hooks/{source}", hook_post)
-    app.router.add_get("/hooks/{source}", hook_get)
-    app.router.add_route("OPTIONS", "/hooks/{source}", hook_options)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
-    sandboxes = {d.vendor for d in config.destinations.values() if d.sandbox}
-    for vendor in sorted(sandboxes):
-        factory = SIMULATORS.get(vendor)
-        if factory is None:
-            raise ValueError(f"no simulator for vendor {vendor!r}")
-        sim = factory()
-        rt.simulators[vendor] = sim
-        app.add_subapp(f"/sandbox/{vendor}/", sim.app())
 
-    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        opened = store or open_store(config)
+def store_context(rt: Runtime, store: Store | None) -> CleanupCtx:
+    """Open the store first and close it last."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        opened = store or open_store(rt.config)
         await opened.open()
         rt.store = opened
-        log.info("store.opened", url=config.store_url.scheme, path=str(config.store_url.path or ""))
+        log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
         try:
             yield
         finally:
             rt.store = None
             await opened.close()
-            log.info("store.closed")
+            log.info("store.closed", commits=getattr(opened, "batches", None),
+                     writes=getattr(opened, "batched_ops", None))
 
-    async def sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Each sandbox also listens on its own loopback port, opened before the delivery loop and
-        # closed after it, so that sends in flight at shutdown still reach it while the main site
-        # has stopped taking requests.
+    return ctx
+
+
+def sandbox_context(rt: Runtime) -> CleanupCtx:
+    """Each sandbox also listens on its own loopback port, opened before the delivery loop and closed
+    after it, so that sends in flight at shutdown still reach it once the main site has stopped."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
         runners = []
         try:
             for vendor, sim in rt.simulators.items():
                 runner = web.AppRunner(sim.app(), access_log=None)
                 await runner.setup()
                 runners.append(runner)
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
+                await web.TCPSite(runner, "127.0.0.1", 0).start()
                 host, port = runner.addresses[0][:2]
                 rt.sandbox_urls[vendor] = f"http://{host}:{port}"
             yield
@@ -119,10 +108,13 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
                 await runner.cleanup()
             rt.sandbox_urls.clear()
 
-    async def delivery_ctx(app: web.Application) -> AsyncIterator[None]:
-        if not workers:
-            yield
-            return
+    return ctx
+
+
+def delivery_context(rt: Runtime) -> CleanupCtx:
+    """The HTTP client and the dispatcher; on shutdown, sends in flight get the grace period."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert rt.store is not None
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300),
@@ -134,11 +126,33 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         try:
             yield
         finally:
-            await dispatcher.stop(config.server.shutdown_grace_seconds)
+            await dispatcher.stop(rt.config.server.shutdown_grace_seconds)
             rt.dispatcher = None
             await session.close()
 
-    app.cleanup_ctx.append(store_ctx)
-    app.cleanup_ctx.append(sandbox_ctx)
-    app.cleanup_ctx.append(delivery_ctx)
+    return ctx
+
+
+def build_app(config: Config, *, store: Store | None = None, workers: bool = True,
+              mappings: MappingSet | None = None) -> web.Application:
+    """The whole server. Raises ErrorList at once when the mappings do not load."""
+    rt = build_runtime(config, mappings)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[RUNTIME] = rt
+    app.router.add_post("/hooks/{source}", hook_post)
+    app.router.add_get("/hooks/{source}", hook_get)
+    app.router.add_route("OPTIONS", "/hooks/{source}", hook_options)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    for vendor in sorted({d.vendor for d in config.destinations.values() if d.sandbox}):
+        factory = SIMULATORS.get(vendor)
+        if factory is None:
+            raise ValueError(f"no simulator for vendor {vendor!r}")
+        sim = factory()
+        rt.simulators[vendor] = sim
+        app.add_subapp(f"/sandbox/{vendor}/", sim.app())
+    app.cleanup_ctx.append(store_context(rt, store))
+    app.cleanup_ctx.append(sandbox_context(rt))
+    if workers:
+        app.cleanup_ctx.append(delivery_context(rt))
     return app

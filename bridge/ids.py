@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
@@ -10,14 +11,24 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
+# Seeded once from the OS, not per id: os.urandom costs tens of microseconds on some VMs, and these ids
+# need uniqueness, not secrecy. A forked child reseeds so that it cannot repeat its parent's sequence.
+_rng = random.Random(os.urandom(32))  # noqa: S311 - ids need uniqueness, not secrecy
+
+
+def _reseed() -> None:
+    _rng.seed(os.urandom(32))
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as two characters
 
 
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """`value` as `length` base32 characters (length even), most significant first."""
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(5 * length - 10, -1, -10)])
 
 
 def new_ulid() -> str:
@@ -29,9 +40,9 @@ def new_ulid() -> str:
             now = _last_ms
             rand = (_last_rand + 1) & ((1 << 80) - 1)
         else:
-            rand = int.from_bytes(os.urandom(10), "big")
+            rand = _rng.getrandbits(80)
         _last_ms, _last_rand = now, rand
-    return _encode(now, 10) + _encode(rand, 16)
+    return _encode((now << 80) | rand, 26)
 
 
 def new_id(prefix: str) -> str:

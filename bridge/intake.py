@@ -118,7 +118,7 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
 
     for (event, _deliveries), result in zip(planned, results, strict=True):
         rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted")
-        log.info("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
+        log.debug("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
                  event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
 
     cors = _cors(source, request)

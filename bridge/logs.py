@@ -8,6 +8,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import msgspec
 import structlog
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
@@ -17,9 +18,12 @@ _SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "e
                         "version", "status", "duration_ms", "count", "path"})
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
+
+
 def _mask_phone(m: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", m.group(2))
-    if not 8 <= len(digits) <= 15:
+    if not 8 <= len(digits) <= 15 or _DATE.fullmatch(m.group(2)):
         return m.group(0)
     return m.group(1) + "*" * (len(digits) - 2) + digits[-2:]
 
@@ -31,25 +35,51 @@ def mask_text(text: str) -> str:
     return _PHONE.sub(_mask_phone, text)
 
 
+def _is_safe_key(key: Any) -> bool:
+    return key in _SAFE_KEYS or (isinstance(key, str) and key.endswith("_id"))
+
+
 def _mask_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return mask_text(value)
     if depth < 3 and isinstance(value, dict):
-        return {k: v if k in _SAFE_KEYS else _mask_value(v, depth + 1) for k, v in value.items()}
+        return {k: v if _is_safe_key(k) else _mask_value(v, depth + 1) for k, v in value.items()}
     if depth < 3 and isinstance(value, list | tuple):
         return [_mask_value(v, depth + 1) for v in value]
+    if isinstance(value, dict | list | tuple):
+        return mask_text(str(value))  # too deep to walk: logged as masked text, never as it is
     return value
 
 
 def mask_personal_data(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
-        if key not in _SAFE_KEYS and not key.endswith("_id"):
+        if not _is_safe_key(key):
             event_dict[key] = _mask_value(value)
     return event_dict
 
 
+_json = msgspec.json.Encoder(enc_hook=str)
+
+
+def render_json_bytes(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> bytes:
+    """One JSON line, encoded by msgspec (a per-request log line must stay cheap)."""
+    return _json.encode(event_dict)
+
+
+def render_json_text(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> str:
+    return _json.encode(event_dict).decode()
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    out = stream or sys.stdout
+    binary = getattr(out, "buffer", None)
+    factory: Any
+    if fmt == "json" and binary is not None:
+        renderer: Any = render_json_bytes
+        factory = structlog.BytesLoggerFactory(binary)
+    else:
+        renderer = render_json_text if fmt == "json" else structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(out)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -60,6 +90,6 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from typing import Any
@@ -54,6 +55,10 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Everything allocated at start-up lives as long as the process: keep it out of the cyclic
+        # collector's way, and collect the young generation less often (requests allocate a lot).
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         log.info("server.started", url=url, sources=sorted(rt.sources), mappings=sorted(rt.mappings.mappings),
                  mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators))
         await stop.wait()

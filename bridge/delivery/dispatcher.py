@@ -106,13 +106,18 @@ class Lane:
                 w.cancel()
 
     async def _deliver(self, item: Claimed) -> None:
+        try:
+            await self._send_and_record(item)
+        except asyncio.CancelledError:
+            # Cancelled at shutdown: give it back. If its result was already committed, the release
+            # finds it no longer in flight and changes nothing.
+            self.dispatcher.cancelled.append(item.id)
+            raise
+
+    async def _send_and_record(self, item: Claimed) -> None:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
-        try:
-            sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds)
-        except asyncio.CancelledError:
-            d.cancelled.append(item.id)
-            raise
+        sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds)
         result = self._decide(item, sent, blog)
         for attempt in range(5):
             try:

@@ -15,6 +15,7 @@ from jinja2 import TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError, TemplateRuntimeError
 
 from bridge.errors import MappingError
+from bridge.mapping.fastpath import compile_fast, compile_fast_expression
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.model import FieldSpec, MappingSpec
 from bridge.mapping.paths import MISSING, PathSyntaxError, compile_path
@@ -145,8 +146,11 @@ def _template_field(name: str, text: str, spec: FieldSpec, at: tuple[str, ...] =
     except TemplateSyntaxError as exc:
         raise CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}", at) from None
     render = template.render
+    fast = compile_fast(text)
 
     def source(ctx: Context) -> tuple[Any, str]:
+        if fast is not None:
+            return fast(ctx)
         try:
             out = render(ctx)
         except UndefinedError as exc:
@@ -255,8 +259,11 @@ class CompiledMapping:
 
 def compile_when(text: str) -> Callable[..., Any]:
     try:
-        # Keep StrictUndefined strict: a bare `payload.urgent` that is undefined must fail, not read as false.
+        # undefined_to_none=False: a bare undefined name must fail (StrictUndefined), not read as false.
         expr = ENV.compile_expression(text, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise CompileError(f"expression syntax error: {exc.message}") from None
+    fast = compile_fast_expression(text)
+    if fast is not None:
+        return fast
     return lambda ctx: expr(**ctx)

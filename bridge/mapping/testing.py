@@ -52,8 +52,12 @@ def run_test(mapping: CompiledMapping, index: int, test: MappingTest, vars_: dic
         res.expected = test.expect_error
         res.actual = str(exc)
         return res
+    except Exception as exc:  # a bug in a filter fails this test, not the whole run (as in routing)
+        res.message = f"internal error while rendering: {type(exc).__name__}: {exc}"
+        return res
     if test.expect_error is not None:
-        res.message = f"expected an error containing {test.expect_error!r}, but it rendered"
+        res.message = (f"expected an error containing {test.expect_error!r}, but it rendered" if matched
+                       else f"expected an error containing {test.expect_error!r}, but `when` skipped the input")
         res.expected, res.actual = test.expect_error, body
         return res
     if test.expect_skip:

@@ -37,7 +37,8 @@ def config(destination: str, grace: float = 5.0) -> str:
     """
 
 
-SANDBOX = "{vendor: kapture, sandbox: true, timeout_seconds: 0.5, retry: {schedule: [50ms, 50ms, 50ms, 50ms], jitter: 0}}"
+SANDBOX = ("{vendor: kapture, sandbox: true, timeout_seconds: 0.5, "
+           "retry: {schedule: [50ms, 50ms, 50ms, 50ms], jitter: 0}}")
 
 
 async def post(client: Any, ident: str) -> str:

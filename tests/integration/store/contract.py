@@ -203,12 +203,12 @@ class StoreContract:
         _, ids = await accept_one(store, make_delivery(), make_delivery(), make_delivery())
         await store.claim("kapture-support", 10, "w", 30)
         now = now_ms()
-        due = {ids[0]: now - 1000, ids[1]: now - 3000, ids[2]: now - 2000}
+        due = {ids[0]: now - 2000, ids[1]: now - 1000, ids[2]: now - 3000}
         for i, at in due.items():
             await store.record(result(i, "pending", http_status=503, classification="retry", next_attempt_at_ms=at))
         batch = await store.claim("kapture-support", 2, "w", 30)
-        assert [c.id for c in batch.items] == [ids[1], ids[2]]
-        assert [c.id for c in (await store.claim("kapture-support", 2, "w", 30)).items] == [ids[0]]
+        assert [c.id for c in batch.items] == [ids[2], ids[0]]
+        assert [c.id for c in (await store.claim("kapture-support", 2, "w", 30)).items] == [ids[1]]
 
     async def test_claim_says_when_the_next_delivery_is_due(self, store: Store) -> None:
         """With nothing due, claim returns no items and the earliest future due time of its destination."""
@@ -434,6 +434,12 @@ class StoreContract:
         _, (pending, leased) = await accept_one(store, make_delivery(), make_delivery(destination="lsq"))
         await store.claim("lsq", 10, "w", 30)
         assert await store.replay([pending, leased, "dlv_unknown"]) == []
+        assert (await row(store, leased)).status == "in_flight"
+        new = ({"title": "new"}, "v2")
+        assert await store.replay([pending, leased, "dlv_unknown"], {pending: new, leased: new}) == []
+        for d in (pending, leased):
+            detail = await store.get_delivery(d)
+            assert (detail.body, detail.delivery.mapping_version) == ({"title": "Router down"}, "v1")
         assert (await row(store, leased)).status == "in_flight"
 
     async def test_replay_refuses_dead_without_body_unless_given_one(self, store: Store) -> None:

@@ -8,7 +8,6 @@ CREATE TABLE events (
     spam        INTEGER NOT NULL DEFAULT 0,
     data        BLOB NOT NULL
 );
-CREATE INDEX events_source ON events (source, id);
 
 CREATE TABLE dedup_keys (
     source     TEXT NOT NULL,
@@ -41,8 +40,8 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE status = 'in_flight';
-CREATE INDEX deliveries_status ON deliveries (status, destination, id);
-CREATE INDEX deliveries_event ON deliveries (event_id);
+-- The dead-letter list; other listings walk the primary key (ids sort by time) or deliveries_due.
+CREATE INDEX deliveries_dead ON deliveries (destination, id) WHERE status = 'dead';
 
 CREATE TABLE attempts (
     delivery_id      TEXT NOT NULL REFERENCES deliveries (id),

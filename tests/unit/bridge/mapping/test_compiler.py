@@ -118,9 +118,25 @@ def test_template_table_form_renders_like_a_string() -> None:
 
 
 def test_undefined_in_a_template_is_a_render_error() -> None:
-    """StrictUndefined: an undefined name fails the render, naming the field."""
-    with pytest.raises(RenderError, match=r"^title: template: 'dict object' has no attribute 'subject'$"):
+    """An undefined path in a plain-path template fails the render, naming the field and the missing path."""
+    with pytest.raises(RenderError, match=r"^title: template: payload.subject is missing$"):
         render("Re: {{ payload.subject }}", {}, name="title")
+
+
+def test_undefined_in_a_jinja_template_is_a_render_error() -> None:
+    """StrictUndefined: an undefined name in a template that needs Jinja fails the render with Jinja's reason."""
+    with pytest.raises(RenderError, match=r"^title: template: 'dict object' has no attribute 'subject'$"):
+        render("Re: {{ payload.subject | length }}", {}, name="title")
+
+
+@pytest.mark.parametrize("text", ["{{ payload.a }}", "x {{ payload.b[1] }} y {{ payload.c.d }}", "{{ payload.n }}",
+                                  "{{ payload.none }}/{{ payload.flag }}", "{{ payload.items }}"])
+def test_plain_path_templates_render_as_jinja_would(text: str) -> None:
+    """The direct look-up of a plain-path template gives exactly what Jinja renders."""
+    from bridge.mapping.templates import ENV
+
+    payload = {"a": "A", "b": [1, 2.5], "c": {"d": "D"}, "n": 7, "none": None, "flag": True, "items": "key"}
+    assert render(text, payload) == ENV.from_string(text).render(payload=payload)
 
 
 def test_undefined_top_level_name_is_a_render_error() -> None:
@@ -217,7 +233,7 @@ def test_template_with_default_uses_it_when_undefined() -> None:
 
 def test_required_template_names_the_undefined_part() -> None:
     """A required template that hits an undefined name fails with `required` and the Jinja reason."""
-    with pytest.raises(RenderError, match=r"^f: required \(template: 'dict object' has no attribute 'x'\)$"):
+    with pytest.raises(RenderError, match=r"^f: required \(template: payload.x is missing\)$"):
         render({"template": "{{ payload.x }}", "required": True})
 
 
@@ -591,7 +607,7 @@ def test_when_can_test_definedness() -> None:
 def test_when_with_an_undefined_name_is_a_render_error(when: str) -> None:
     """An undefined name in `when` fails with a hint to use `is defined`, rather than silently deciding."""
     mapping = compiled({"t": "x"}, when=when)
-    expected = r"^m: when: 'dict object' has no attribute '\w+' \(test with `is defined`\)$"
+    expected = r"^m: when: payload\.\w+ is undefined \(test with `is defined`\)$"
     with pytest.raises(RenderError, match=expected):
         mapping.matches(ctx({}))
 

@@ -1,0 +1,229 @@
+"""Simple templates and `when` expressions compiled to direct calls instead of run through Jinja.
+
+Every Jinja call builds a new context; most mapping templates are a path or two with a filter, and
+most `when`s a comparison or two. Those are read from Jinja's own parse tree (so the grammar is
+Jinja's) and turned into path look-ups, the same filter functions Jinja would call, and Python's
+operators, which are what Jinja's compiled code uses. A missing path behaves as StrictUndefined
+does: it may be tested (`is defined`) or defaulted, and anything else fails. Whatever else a
+template or expression uses is left to Jinja.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from jinja2 import UndefinedError, nodes
+
+from bridge.mapping.filters import FILTERS
+from bridge.mapping.paths import MISSING, ROOTS, Path
+from bridge.mapping.templates import ENV
+
+Source = Callable[[dict[str, Any]], tuple[Any, str]]
+
+# Jinja resolves `x.items` (or `s.upper`) to the method, not a key: such names stay with Jinja.
+_ATTRIBUTE_NAMES = frozenset(dir(dict)) | frozenset(dir(str)) | frozenset(dir(list))
+_DEFAULT = object()
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _path(node: nodes.Node) -> Path:
+    keys: list[str | int] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            if node.attr in _ATTRIBUTE_NAMES:
+                raise _Unsupported
+            keys.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                and type(node.arg.value) in (str, int):
+            keys.append(node.arg.value)
+            node = node.node
+        elif isinstance(node, nodes.Name) and node.name in ROOTS:
+            keys.append(node.name)
+            break
+        else:
+            raise _Unsupported
+    keys.reverse()
+    return Path(".".join(str(k) for k in keys), tuple(keys))
+
+
+def _const(node: nodes.Node) -> Any:
+    if not isinstance(node, nodes.Const):
+        raise _Unsupported
+    return node.value
+
+
+def _expression(node: nodes.Node) -> tuple[Path, list[tuple[Any, tuple[Any, ...]]]]:
+    chain: list[tuple[Any, tuple[Any, ...]]] = []
+    while isinstance(node, nodes.Filter):
+        if node.node is None or node.dyn_args is not None or node.dyn_kwargs is not None:
+            raise _Unsupported
+        args = tuple(_const(a) for a in node.args)
+        kwargs: dict[str, Any] = {str(kw.key): _const(kw.value) for kw in node.kwargs}
+        if node.name in ("default", "d"):
+            if set(kwargs) - {"default_value", "boolean"} or len(args) > 2:
+                raise _Unsupported
+            value = kwargs.get("default_value", args[0] if args else "")
+            boolean = kwargs.get("boolean", args[1] if len(args) > 1 else False)
+            chain.append((_DEFAULT, (value, bool(boolean))))
+        elif node.name in FILTERS and not kwargs:
+            chain.append((FILTERS[node.name], args))
+        else:
+            raise _Unsupported
+        node = node.node
+    chain.reverse()
+    return _path(node), chain
+
+
+def compile_fast(text: str) -> Source | None:
+    """A direct renderer for `text`, or None when the template needs Jinja."""
+    try:
+        tree = ENV.parse(text)
+    except Exception:  # the Jinja path reports syntax errors with their line
+        return None
+    pieces: list[str | tuple[Path, list[tuple[Any, tuple[Any, ...]]]]] = []
+    try:
+        for stmt in tree.body:
+            if not isinstance(stmt, nodes.Output):
+                raise _Unsupported
+            for item in stmt.nodes:
+                if isinstance(item, nodes.TemplateData):
+                    pieces.append(item.data)
+                else:
+                    pieces.append(_expression(item))
+    except _Unsupported:
+        return None
+    if not any(not isinstance(p, str) for p in pieces):
+        return None
+
+    def render(ctx: dict[str, Any]) -> tuple[Any, str]:
+        out: list[str] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+                continue
+            path, chain = piece
+            value = path.get(ctx)
+            for fn, args in chain:
+                if fn is _DEFAULT:
+                    if value is MISSING or (args[1] and not value):
+                        value = args[0]
+                elif value is MISSING:
+                    break
+                else:
+                    value = fn(value, *args)
+            if value is MISSING:
+                return MISSING, f"template: {path.missing_at(ctx)} is missing"
+            out.append(value if isinstance(value, str) else str(value))
+        return "".join(out), ""
+
+    return render
+
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "lteq": operator.le, "gt": operator.gt,
+    "gteq": operator.ge, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
+}
+Expr = Callable[[dict[str, Any]], Any]
+
+
+class _Missing(UndefinedError):
+    """A missing path used where StrictUndefined would fail."""
+
+
+def _value(fn: Expr, label: str) -> Expr:
+    def need(ctx: dict[str, Any]) -> Any:
+        value = fn(ctx)
+        if value is MISSING:
+            raise _Missing(f"{label} is undefined")
+        return value
+
+    return need
+
+
+def _filtered(node: nodes.Node) -> tuple[Expr, str]:
+    path, chain = _expression(node)
+
+    def run(ctx: dict[str, Any]) -> Any:
+        value = path.get(ctx)
+        for fn, args in chain:
+            if fn is _DEFAULT:
+                if value is MISSING or (args[1] and not value):
+                    value = args[0]
+            elif value is MISSING:
+                return MISSING
+            else:
+                value = fn(value, *args)
+        return value
+
+    return run, path.text
+
+
+def _expr(node: nodes.Node) -> Expr:
+    """A function of the context; raises _Missing where StrictUndefined would raise."""
+    if isinstance(node, nodes.Const):
+        value = node.value
+        return lambda ctx: value
+    if isinstance(node, nodes.List | nodes.Tuple):
+        items = [_expr(item) for item in node.items]
+        return lambda ctx: [item(ctx) for item in items]
+    if isinstance(node, nodes.Test):
+        if node.name not in ("defined", "undefined", "none") or node.args or node.kwargs or node.dyn_args \
+                or node.dyn_kwargs:
+            raise _Unsupported
+        inner, label = _filtered(node.node)
+        if node.name == "defined":
+            return lambda ctx: inner(ctx) is not MISSING
+        if node.name == "undefined":
+            return lambda ctx: inner(ctx) is MISSING
+        need = _value(inner, label)
+        return lambda ctx: need(ctx) is None
+    if isinstance(node, nodes.Not):
+        inner = _expr(node.node)
+        return lambda ctx: not inner(ctx)
+    if isinstance(node, nodes.And):
+        left, right = _expr(node.left), _expr(node.right)
+        return lambda ctx: left(ctx) and right(ctx)
+    if isinstance(node, nodes.Or):
+        left, right = _expr(node.left), _expr(node.right)
+        return lambda ctx: left(ctx) or right(ctx)
+    if isinstance(node, nodes.Compare):
+        first = _expr(node.expr)
+        steps = []
+        for step in node.ops:
+            if step.op not in _COMPARE:
+                raise _Unsupported
+            steps.append((_COMPARE[step.op], _expr(step.expr)))
+
+        def compare(ctx: dict[str, Any]) -> bool:
+            left = first(ctx)
+            for op, right_fn in steps:
+                right = right_fn(ctx)
+                if not op(left, right):
+                    return False
+                left = right
+            return True
+
+        return compare
+    fn, label = _filtered(node)
+    return _value(fn, label)
+
+
+def compile_fast_expression(text: str) -> Expr | None:
+    """A direct evaluator for the expression `text`, or None when it needs Jinja. The evaluator raises
+    jinja2's UndefinedError where Jinja with StrictUndefined would."""
+    try:
+        expr = ENV.parse(f"{{{{ {text} }}}}")
+        [output] = expr.body
+        assert isinstance(output, nodes.Output)
+        [node] = output.nodes
+        return _expr(node)
+    except (_Unsupported, ValueError, AssertionError):
+        return None
+    except Exception:  # the Jinja path reports syntax errors
+        return None

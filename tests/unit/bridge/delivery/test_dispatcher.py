@@ -1,0 +1,698 @@
+"""bridge/delivery/dispatcher.py: lanes that claim, send and record, each destination on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, cast
+
+import aiohttp
+import msgspec
+import pytest
+import structlog
+from aioresponses import CallbackResult, aioresponses
+from yarl import URL
+
+from bridge.config import RateLimit, RetryConfig
+from bridge.delivery import dispatcher as dispatcher_module
+from bridge.delivery.dispatcher import Destination, Dispatcher
+from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited, make_limiter
+from bridge.delivery.retry import RetryPolicy
+from bridge.errors import StoreUnavailable
+from bridge.store.base import AttemptResult, ClaimBatch, Claimed, Store
+from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
+
+FAST = "http://kapture.test"
+SLOW = "http://slow.test"
+OK_BODY = {"status": "success", "ticket_id": "T-1"}
+
+
+class MockResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 omits the `stream_writer` that aiohttp 3.14 requires (aioresponses#289)."""
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+def mock_vendor(m: aioresponses, base: str = FAST, **kwargs: Any) -> None:
+    """Every POST to the Kapture create path of `base` answers as `kwargs` say."""
+    kwargs.setdefault("status", 200)
+    if "body" not in kwargs and "exception" not in kwargs:
+        kwargs.setdefault("payload", OK_BODY)
+    m.post(base + CREATE_PATH, response_class=MockResponse, repeat=True, **kwargs)
+
+
+def requests_to(m: aioresponses, base: str = FAST) -> int:
+    return len(m.requests.get(("POST", URL(base + CREATE_PATH)), []))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Row:
+    item: Claimed
+    status: str = "pending"
+    due_ms: int = 0
+
+
+@dataclass
+class FakeStore:
+    """The three calls the dispatcher makes (claim, record, release), in memory, with what they were given."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+    records: list[AttemptResult] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    claims: list[tuple[str, int, str, float]] = field(default_factory=list)
+    claim_errors: list[Exception] = field(default_factory=list)
+    record_errors: list[Exception] = field(default_factory=list)
+    ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def add(self, destination: str, body: dict[str, Any] | None = None, *, tries: int = 0,
+            due_ms: int | None = None) -> str:
+        delivery_id = f"dlv_{next(self.ids):03d}"
+        item = Claimed(
+            id=delivery_id, event_id=f"evt_{delivery_id}", mapping="contact-to-kapture", destination=destination,
+            action="create_ticket", body=body if body is not None else {"title": f"ticket {delivery_id}"},
+            options={}, tries=tries, attempts=tries,
+        )
+        self.rows[delivery_id] = Row(item, due_ms=now_ms() if due_ms is None else due_ms)
+        return delivery_id
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        self.claims.append((destination, limit, owner, lease_s))
+        if self.claim_errors:
+            raise self.claim_errors.pop(0)
+        now = now_ms()
+        pending = sorted((r for r in self.rows.values() if r.item.destination == destination
+                          and r.status == "pending"), key=lambda r: (r.due_ms, r.item.id))
+        due = [r for r in pending if r.due_ms <= now][:limit]
+        for row in due:
+            row.status = "in_flight"
+        if due:
+            return ClaimBatch(items=[msgspec.structs.replace(r.item) for r in due])
+        return ClaimBatch(items=[], next_due_ms=pending[0].due_ms if pending else None)
+
+    async def record(self, result: AttemptResult) -> None:
+        if self.record_errors:
+            raise self.record_errors.pop(0)
+        self.records.append(result)
+        row = self.rows[result.delivery_id]
+        row.status = result.next_status
+        if result.next_attempt_at_ms is not None:
+            row.due_ms = result.next_attempt_at_ms
+        row.item = msgspec.structs.replace(row.item, tries=row.item.tries + 1, attempts=row.item.attempts + 1)
+
+    async def release(self, delivery_ids: list[str]) -> None:
+        self.released.extend(delivery_ids)
+        for delivery_id in delivery_ids:
+            row = self.rows[delivery_id]
+            row.status = "pending"
+            row.due_ms = now_ms()
+
+    def recorded(self, delivery_id: str) -> list[AttemptResult]:
+        return [r for r in self.records if r.delivery_id == delivery_id]
+
+
+class RecordingLimiter:
+    """A limiter that never waits and remembers every pause."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def reserve(self) -> float:
+        return 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    @property
+    def window(self) -> float:
+        return 2.5
+
+
+def destination(
+    name: str = "kapture", base_url: str = FAST, *, max_in_flight: int = 4, schedule: list[str | float] | None = None,
+    max_retry_after: str = "1h", rate_limit: RateLimit | None = None, limiter: Limiter | None = None,
+) -> Destination:
+    """A Destination built the way bridge.app.build_destinations builds one."""
+    cfg = KaptureOptions(
+        vendor="kapture", base_url=base_url, token="t", max_in_flight=max_in_flight, timeout_seconds=5.0,
+        rate_limit=rate_limit,
+        retry=RetryConfig(schedule=schedule if schedule is not None else ["30s", "5m"], jitter=0,
+                          max_retry_after=max_retry_after),
+    )
+    return Destination(name=name, config=cfg, adapter=KaptureAdapter(name, cfg, base_url),
+                       policy=RetryPolicy.from_config(cfg.retry),
+                       limiter=limiter if limiter is not None else make_limiter(cfg.rate_limit))
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until `check()` is true; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.005)
+
+
+@asynccontextmanager
+async def running(store: FakeStore, *dests: Destination, grace: float = 0.0) -> AsyncIterator[Dispatcher]:
+    """A started dispatcher over a real ClientSession, stopped and closed on the way out."""
+    async with aiohttp.ClientSession() as session:
+        d = Dispatcher(cast(Store, store), session, {dest.name: dest for dest in dests})
+        d.start()
+        try:
+            yield d
+        finally:
+            if not d.stopping:
+                await d.stop(grace)
+
+
+def gate() -> tuple[asyncio.Event, Callable[..., Awaitable[None]], list[int]]:
+    """A vendor callback that holds every request until the event is set; counts requests at once in flight."""
+    release = asyncio.Event()
+    in_flight = [0, 0]  # now, most ever
+
+    async def hold(url: URL, **kwargs: Any) -> None:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight[1], in_flight[0])
+        try:
+            await release.wait()
+        finally:
+            in_flight[0] -= 1
+
+    return release, hold, in_flight
+
+
+async def test_lane_sends_claimed_deliveries_and_records_success_with_ticket_id() -> None:
+    """Each due delivery is sent once and recorded as succeeded with the vendor's ticket id."""
+    store = FakeStore()
+    ids = [store.add("kapture") for _ in range(3)]
+    with aioresponses() as m:
+        mock_vendor(m, payload={"status": "success", "ticket_id": "T-77"})
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 3)
+        sent = m.requests[("POST", URL(FAST + CREATE_PATH))]
+    assert sorted(r.delivery_id for r in store.records) == ids
+    for result in store.records:
+        assert result.next_status == "succeeded"
+        assert result.classification == "success"
+        assert result.ticket_id == "T-77"
+        assert result.http_status == 200
+        assert result.error is None
+        assert result.next_attempt_at_ms is None
+        assert result.response_excerpt is not None
+        assert "T-77" in result.response_excerpt
+    assert sorted(msgspec.json.decode(c.kwargs["data"])[0]["title"] for c in sent) == [f"ticket {i}" for i in ids]
+    assert store.released == []
+
+
+async def test_lane_claims_for_its_destination_with_a_lease() -> None:
+    """A lane claims only its own destination's work, with the lease derived from the timeout."""
+    store = FakeStore()
+    store.add("other")
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()) as d:
+            await eventually(lambda: len(store.claims) >= 1)
+    name, limit, owner, lease_s = store.claims[0]
+    assert name == "kapture"
+    assert limit == 4
+    assert owner == d.owner
+    assert lease_s == 5.0 * 2 + 60
+    assert store.records == []
+
+
+async def test_retry_outcome_records_pending_with_next_attempt_in_the_future() -> None:
+    """A 503 is recorded as pending, due after the schedule's first delay, and is not re-sent at once."""
+    store = FakeStore()
+    delivery_id = store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m, status=503, body="busy")
+        before = now_ms()
+        async with running(store, destination(schedule=["30s", "5m"])):
+            await eventually(lambda: len(store.records) == 1)
+            await asyncio.sleep(0.05)
+        after = now_ms()
+        assert requests_to(m) == 1
+    [result] = store.records
+    assert result.delivery_id == delivery_id
+    assert result.next_status == "pending"
+    assert result.classification == "retry"
+    assert result.http_status == 503
+    assert result.error == "HTTP 503"
+    assert result.next_attempt_at_ms is not None
+    assert before + 30_000 <= result.next_attempt_at_ms <= after + 30_000
+
+
+async def test_retry_after_pushes_the_next_attempt_out() -> None:
+    """A Retry-After longer than the scheduled delay sets the next attempt time."""
+    store = FakeStore()
+    store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m, status=503, body="busy", headers={"Retry-After": "120"})
+        before = now_ms()
+        async with running(store, destination(schedule=["30s"])):
+            await eventually(lambda: len(store.records) == 1)
+        after = now_ms()
+    [result] = store.records
+    assert result.next_attempt_at_ms is not None
+    assert before + 120_000 <= result.next_attempt_at_ms <= after + 120_000
+
+
+async def test_spent_schedule_is_dead_with_the_reason() -> None:
+    """A retryable failure after every scheduled retry is recorded dead, its error naming both causes."""
+    store = FakeStore()
+    store.add("kapture", tries=2)
+    with aioresponses() as m:
+        mock_vendor(m, status=500, body="oops")
+        async with running(store, destination(schedule=["30s", "5m"])):
+            await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert result.next_status == "dead"
+    assert result.classification == "retry"
+    assert result.next_attempt_at_ms is None
+    assert result.error is not None
+    assert result.error.startswith("HTTP 500")
+    assert "gave up after 3 attempts" in result.error
+
+
+async def test_retries_follow_the_schedule_until_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a schedule of two immediate retries, a failing vendor is tried three times, then the delivery is dead."""
+    monkeypatch.setattr(dispatcher_module, "POLL_SECONDS", 30.0)
+    store = FakeStore()
+    delivery_id = store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m, status=503, body="busy")
+        async with running(store, destination(schedule=[0, 0])):
+            await eventually(lambda: len(store.records) == 3)
+            await asyncio.sleep(0.1)
+        assert requests_to(m) == 3
+    assert [r.next_status for r in store.recorded(delivery_id)] == ["pending", "pending", "dead"]
+    assert store.rows[delivery_id].status == "dead"
+
+
+async def test_retry_is_sent_when_due_without_waiting_for_the_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry due 0.3 s after a failure is sent about then, not at the next poll."""
+    monkeypatch.setattr(dispatcher_module, "POLL_SECONDS", 30.0)
+    store = FakeStore()
+    store.add("kapture")
+    sent_at: list[float] = []
+
+    def answer(url: URL, **kwargs: Any) -> CallbackResult:
+        sent_at.append(time.monotonic())
+        if len(sent_at) == 1:
+            return CallbackResult(status=503, body="busy", response_class=MockResponse)
+        return CallbackResult(status=200, payload=OK_BODY, response_class=MockResponse)
+
+    with aioresponses() as m:
+        m.post(FAST + CREATE_PATH, callback=answer, repeat=True)
+        async with running(store, destination(schedule=[0.3])):
+            await eventually(lambda: len(store.records) == 2)
+    assert [r.next_status for r in store.records] == ["pending", "succeeded"]
+    assert 0.25 <= sent_at[1] - sent_at[0] < 3.0
+
+
+async def test_auth_failure_is_dead_without_retry() -> None:
+    """A 401 is recorded dead at once, sent only once, and logged loudly as an auth failure."""
+    store = FakeStore()
+    store.add("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        mock_vendor(m, status=401, body="")
+        async with running(store, destination(schedule=["0s", "0s"])):
+            await eventually(lambda: len(store.records) == 1)
+            await asyncio.sleep(0.05)
+        assert requests_to(m) == 1
+    [result] = store.records
+    assert result.next_status == "dead"
+    assert result.classification == "auth"
+    assert result.next_attempt_at_ms is None
+    assert result.error is not None
+    assert "credentials" in result.error
+    [entry] = [e for e in logs if e["event"] == "delivery.auth_failed"]
+    assert entry["log_level"] == "error"
+    assert entry["destination"] == "kapture"
+
+
+async def test_body_level_auth_failure_is_dead() -> None:
+    """Kapture's "Invalid Auth Key" in a 200 answer is an auth failure, dead without retry."""
+    store = FakeStore()
+    store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m, payload={"status": "failed", "message": "Invalid Auth Key"})
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert (result.next_status, result.classification) == ("dead", "auth")
+
+
+async def test_permanent_failure_is_dead_at_once() -> None:
+    """A body-level rejection is dead on the first try and keeps the vendor's message."""
+    store = FakeStore()
+    store.add("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        mock_vendor(m, payload={"status": "failed", "message": "unknown subject"})
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert result.next_status == "dead"
+    assert result.classification == "permanent"
+    assert result.error is not None
+    assert "unknown subject" in result.error
+    assert "gave up" not in result.error
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["delivery.dead"]
+
+
+async def test_unbuildable_request_is_dead_without_sending() -> None:
+    """A delivery the adapter cannot turn into a request is dead, and nothing reaches the vendor."""
+    store = FakeStore()
+    store.add("kapture", body={"email_id": "a@b.c"})
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 0
+    [result] = store.records
+    assert result.next_status == "dead"
+    assert result.http_status is None
+    assert result.error is not None
+    assert result.error.startswith("not sent: ")
+
+
+@pytest.mark.parametrize(
+    ("headers", "max_retry_after", "pause"),
+    [({"Retry-After": "7"}, "1h", 7.0), ({}, "1h", 2.5), ({"Retry-After": "86400"}, "10m", 600.0)],
+)
+async def test_429_pauses_the_destinations_limiter(headers: dict[str, str], max_retry_after: str, pause: float) -> None:
+    """A 429 pauses the limiter for Retry-After (capped), or for one window without it."""
+    store = FakeStore()
+    store.add("kapture")
+    limiter = RecordingLimiter()
+    with aioresponses() as m:
+        mock_vendor(m, status=429, body="slow down", headers=headers)
+        async with running(store, destination(limiter=limiter, max_retry_after=max_retry_after)):
+            await eventually(lambda: len(store.records) == 1)
+    assert limiter.pauses == [pause]
+    assert store.records[0].next_status == "pending"
+
+
+async def test_other_failures_do_not_pause_the_limiter() -> None:
+    """A 503 schedules a retry but leaves the rate limiter alone."""
+    store = FakeStore()
+    store.add("kapture")
+    limiter = RecordingLimiter()
+    with aioresponses() as m:
+        mock_vendor(m, status=503, body="busy", headers={"Retry-After": "7"})
+        async with running(store, destination(limiter=limiter)):
+            await eventually(lambda: len(store.records) == 1)
+    assert limiter.pauses == []
+
+
+async def test_429_holds_back_the_next_send() -> None:
+    """After a 429 with Retry-After, the next delivery of that destination waits out the pause."""
+    store = FakeStore()
+    store.add("kapture")
+    sent_at: list[float] = []
+
+    def answer(url: URL, **kwargs: Any) -> CallbackResult:
+        sent_at.append(time.monotonic())
+        if len(sent_at) == 1:
+            return CallbackResult(status=429, body="slow down", headers={"Retry-After": "0.4"},
+                                  response_class=MockResponse)
+        return CallbackResult(status=200, payload=OK_BODY, response_class=MockResponse)
+
+    with aioresponses() as m:
+        m.post(FAST + CREATE_PATH, callback=answer, repeat=True)
+        async with running(store, destination(limiter=Unlimited())) as d:
+            await eventually(lambda: len(store.records) == 1)
+            store.add("kapture")
+            d.notify({"kapture"})
+            await eventually(lambda: len(store.records) == 2)
+    assert [r.classification for r in store.records] == ["retry", "success"]
+    assert sent_at[1] - sent_at[0] >= 0.35
+
+
+async def test_notify_wakes_an_idle_lane_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New work after notify() is sent within a fraction of a second, without waiting for the poll."""
+    monkeypatch.setattr(dispatcher_module, "POLL_SECONDS", 30.0)
+    store = FakeStore()
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()) as d:
+            await eventually(lambda: len(store.claims) == 1)
+            await asyncio.sleep(0.05)
+            store.add("kapture")
+            started = time.monotonic()
+            d.notify({"kapture", "no-such-destination"})
+            await eventually(lambda: len(store.records) == 1)
+            elapsed = time.monotonic() - started
+    assert elapsed < 1.0
+    assert store.records[0].next_status == "succeeded"
+
+
+async def test_without_notify_an_idle_lane_waits_for_the_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without notify(), work added to an idle lane is not picked up before the poll interval."""
+    monkeypatch.setattr(dispatcher_module, "POLL_SECONDS", 30.0)
+    store = FakeStore()
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()) as d:
+            await eventually(lambda: len(store.claims) == 1)
+            store.add("kapture")
+            await asyncio.sleep(0.3)
+            assert store.records == []
+            assert len(store.claims) == 1
+            d.notify({"kapture"})
+            await eventually(lambda: len(store.records) == 1)
+
+
+async def test_idle_lane_wakes_when_the_next_delivery_is_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane with only future work sleeps until that work is due, not for a whole poll interval."""
+    monkeypatch.setattr(dispatcher_module, "POLL_SECONDS", 30.0)
+    store = FakeStore()
+    store.add("kapture", due_ms=now_ms() + 300)
+    with aioresponses() as m:
+        mock_vendor(m)
+        started = time.monotonic()
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+            elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 3.0
+
+
+async def test_max_in_flight_caps_concurrent_sends() -> None:
+    """With max_in_flight 3 and ten deliveries due, never more than three sends are in flight at once."""
+    store = FakeStore()
+    for _ in range(10):
+        store.add("kapture")
+    release, hold, in_flight = gate()
+    with aioresponses() as m:
+        mock_vendor(m, callback=hold)
+        async with running(store, destination(max_in_flight=3)) as d:
+            await eventually(lambda: in_flight[0] == 3)
+            await asyncio.sleep(0.1)
+            assert in_flight[0] == 3
+            assert d.in_flight() == 3
+            assert all(limit <= 3 for _, limit, _, _ in store.claims)
+            release.set()
+            await eventually(lambda: len(store.records) == 10)
+    assert in_flight[1] == 3
+    assert all(r.next_status == "succeeded" for r in store.records)
+
+
+async def test_rate_limit_spaces_sends() -> None:
+    """A destination limited to 2 requests per 0.3 s sends a backlog of 5 in at least two further windows."""
+    store = FakeStore()
+    for _ in range(5):
+        store.add("kapture")
+    sent_at: list[float] = []
+
+    def stamp(url: URL, **kwargs: Any) -> None:
+        sent_at.append(time.monotonic())
+
+    with aioresponses() as m:
+        mock_vendor(m, callback=stamp)
+        limiter = SlidingWindowLimiter(2, 0.3)
+        async with running(store, destination(max_in_flight=10, limiter=limiter)):
+            await eventually(lambda: len(store.records) == 5)
+    assert len(sent_at) == 5
+    # The limiter spaces reservations by 0.306 s; sends may lag their slot a little, never lead it by much.
+    assert sent_at[2] - sent_at[0] >= 0.2
+    assert sent_at[4] - sent_at[2] >= 0.2
+
+
+async def test_stop_lets_in_flight_sends_finish_within_the_grace() -> None:
+    """A send that completes inside the grace period is recorded, and nothing is released."""
+    store = FakeStore()
+    store.add("kapture")
+    release, hold, in_flight = gate()
+    with aioresponses() as m:
+        mock_vendor(m, callback=hold)
+        async with running(store, destination()) as d:
+            await eventually(lambda: in_flight[0] == 1)
+            asyncio.get_running_loop().call_later(0.1, release.set)
+            started = time.monotonic()
+            await asyncio.wait_for(d.stop(5.0), timeout=10.0)
+            elapsed = time.monotonic() - started
+    assert elapsed < 3.0
+    assert [r.next_status for r in store.records] == ["succeeded"]
+    assert store.released == []
+    assert d.in_flight() == 0
+
+
+async def test_stop_releases_sends_cancelled_after_the_grace() -> None:
+    """A send still hanging when the grace runs out is cancelled and its delivery released, not recorded."""
+    store = FakeStore()
+    quick = store.add("kapture")
+    stuck = store.add("kapture")
+    _, hold, in_flight = gate()
+
+    async def maybe_hold(url: URL, **kwargs: Any) -> None:
+        if msgspec.json.decode(kwargs["data"])[0]["title"] != f"ticket {quick}":
+            await hold(url, **kwargs)
+
+    with aioresponses() as m:
+        mock_vendor(m, callback=maybe_hold)
+        async with running(store, destination()) as d:
+            await eventually(lambda: in_flight[0] == 1 and len(store.records) == 1)
+            started = time.monotonic()
+            await asyncio.wait_for(d.stop(0.2), timeout=10.0)
+            elapsed = time.monotonic() - started
+    assert 0.15 <= elapsed < 3.0
+    assert [r.delivery_id for r in store.records] == [quick]
+    assert store.released == [stuck]
+    assert in_flight[0] == 0
+    assert d.cancelled == [stuck]
+
+
+async def test_stop_releases_work_still_waiting_for_the_rate_limit() -> None:
+    """Deliveries claimed but still waiting for a rate-limit slot at stop are given back."""
+    store = FakeStore()
+    ids = [store.add("kapture") for _ in range(3)]
+    with aioresponses() as m:
+        mock_vendor(m)
+        limiter = SlidingWindowLimiter(1, 60.0)
+        async with running(store, destination(limiter=limiter)) as d:
+            await eventually(lambda: len(store.records) == 1)
+            await asyncio.wait_for(d.stop(1.0), timeout=10.0)
+        assert requests_to(m) == 1
+    assert [r.delivery_id for r in store.records] == ids[:1]
+    assert sorted(store.released) == ids[1:]
+
+
+async def test_stop_ends_claiming() -> None:
+    """After stop() returns, the lanes make no further claims."""
+    store = FakeStore()
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()) as d:
+            await eventually(lambda: len(store.claims) == 1)
+            await d.stop(0.0)
+            claims = len(store.claims)
+            store.add("kapture")
+            d.notify({"kapture"})
+            await asyncio.sleep(0.1)
+    assert len(store.claims) == claims
+    assert store.records == []
+    assert all(task.done() for task in d.tasks)
+
+
+async def test_hanging_vendor_does_not_delay_another_destination() -> None:
+    """While one destination's vendor hangs on every request, another destination's work is sent promptly."""
+    store = FakeStore()
+    slow_ids = [store.add("slow") for _ in range(6)]
+    fast_ids = [store.add("fast") for _ in range(5)]
+    _, hold, in_flight = gate()
+    with aioresponses() as m:
+        mock_vendor(m, SLOW, callback=hold)
+        mock_vendor(m, FAST)
+        async with running(store, destination("slow", SLOW, max_in_flight=2), destination("fast", FAST)) as d:
+            await eventually(lambda: in_flight[0] == 2)
+            started = time.monotonic()
+            await eventually(lambda: len(store.records) == 5)
+            elapsed = time.monotonic() - started
+            assert in_flight[0] == 2
+            await d.stop(0.05)
+    assert elapsed < 1.0
+    assert sorted(r.delivery_id for r in store.records) == fast_ids
+    assert len(store.released) == 2
+    assert set(store.released) <= set(slow_ids)
+
+
+async def test_lane_retries_a_claim_after_the_store_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StoreUnavailable on claim is logged and the lane tries again, then sends."""
+    monkeypatch.setattr(dispatcher_module, "STORE_RETRY_SECONDS", 0.01)
+    store = FakeStore(claim_errors=[StoreUnavailable("disk full")])
+    store.add("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    assert [e["error"] for e in logs if e["event"] == "delivery.claim_failed"] == ["disk full"]
+
+
+async def test_lane_restarts_after_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error in a lane is logged and the lane starts again, so its destination keeps sending."""
+    monkeypatch.setattr(dispatcher_module, "STORE_RETRY_SECONDS", 0.01)
+    store = FakeStore(claim_errors=[RuntimeError("bug")])
+    store.add("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    assert [e["event"] for e in logs if e["event"] == "delivery.lane_crashed"] == ["delivery.lane_crashed"]
+
+
+async def test_record_is_retried_when_the_store_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StoreUnavailable while recording an attempt is retried, so the outcome is not lost."""
+    monkeypatch.setattr(dispatcher_module, "STORE_RETRY_SECONDS", 0.01)
+    store = FakeStore(record_errors=[StoreUnavailable("locked"), StoreUnavailable("locked")])
+    store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 1
+    assert store.records[0].next_status == "succeeded"
+
+
+async def test_timeout_is_recorded_as_a_retry() -> None:
+    """A vendor timeout is recorded as pending with the timeout named in the error."""
+    store = FakeStore()
+    store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m, exception=TimeoutError())
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert result.next_status == "pending"
+    assert result.error == "timed out after 5s"
+    assert result.http_status is None
+
+
+def test_destination_lease_outlives_the_timeout() -> None:
+    """A destination's lease is twice its timeout plus a minute, so a slow send keeps its lease."""
+    assert destination().lease_seconds == 70.0
+
+
+def test_destination_defaults_to_unlimited() -> None:
+    """A Destination built without a limiter sends without a rate limit."""
+    d = destination()
+    bare = Destination(name=d.name, config=d.config, adapter=d.adapter, policy=d.policy)
+    assert isinstance(bare.limiter, Unlimited)
+
+
+def test_destination_from_config_rate_limit() -> None:
+    """A destination with a rate_limit gets a sliding-window limiter, as build_destinations makes it."""
+    d = destination(rate_limit=RateLimit(requests=25, per_seconds=5))
+    assert isinstance(d.limiter, SlidingWindowLimiter)
+    assert d.policy.delays == (30.0, 300.0)
+

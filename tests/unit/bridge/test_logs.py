@@ -1,0 +1,219 @@
+"""bridge/logs.py: JSON lines, stable event names, and emails and phone numbers masked."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from bridge.logs import configure_logging, mask_personal_data, mask_text
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    """configure_logging changes structlog's global config; put the defaults back afterwards."""
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
+def digits(text: str) -> str:
+    return re.sub(r"\D", "", text)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("asha@example.com", "a***@example.com"),
+        ("Asha.Rao+tickets@mail.example.co.in", "A***@mail.example.co.in"),
+        ("write to b_s-1@sub-domain.example.org today", "write to b***@sub-domain.example.org today"),
+        ("x@example.io, y.z@example.io", "x***@example.io, y***@example.io"),
+    ],
+)
+def test_masks_emails(text: str, masked: str) -> None:
+    """An email keeps its first character and its domain; the rest of the local part is hidden."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("+91 98765 43210", "+**********10"),
+        ("+919876543210", "+**********10"),
+        ("9876543210", "********10"),
+        ("555-123-4567", "********67"),
+        ("555.123.4567", "********67"),
+        ("+44 20 7946 0958", "+**********58"),
+        ("+1 (555) 123-4567", "+*********67"),
+        ("12345678", "******78"),
+    ],
+)
+def test_masks_phone_numbers(text: str, masked: str) -> None:
+    """A phone number keeps only its last two digits (and a leading +), whatever its separators."""
+    assert mask_text(text) == masked
+
+
+def test_masks_phone_in_parentheses_format() -> None:
+    """`(555) 123-4567` shows no digit but the last two."""
+    out = mask_text("call (555) 123-4567 now")
+    assert digits(out) == "67"
+    assert out.startswith("call ")
+    assert out.endswith(" now")
+
+
+def test_masks_every_phone_in_a_sentence() -> None:
+    """Several phone numbers in one text are each masked, the words around them kept."""
+    out = mask_text("call 98765-43210, or +91 98765 43211.")
+    assert out == "call ********10, or +**********11."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1234567",  # too short to be a phone
+        "order 12345",
+        "1234567890123456",  # longer than any phone number (E.164 allows 15 digits)
+        "evt_01HZY3K4M5N6P7Q8R9S0T1V2W3",
+        "2026-11-23T17:34:05.123456Z",
+        "http://127.0.0.1:38080/hooks/x",
+        "HTTP 503: try again",
+        "v1.2.3",
+        "no personal data here",
+        "",
+    ],
+)
+def test_leaves_other_text_alone(text: str) -> None:
+    """Short numbers, ids, ISO timestamps, URLs and plain words are not mistaken for personal data."""
+    assert mask_text(text) == text
+
+
+def test_masks_inside_longer_text() -> None:
+    """Personal data inside an error message is masked and the message kept."""
+    text = "kapture: HTTP 400: customer asha@example.com with phone +91 98765 43210 is unknown"
+    assert mask_text(text) == "kapture: HTTP 400: customer a***@example.com with phone +**********10 is unknown"
+
+
+def run_processor(**event_dict: Any) -> dict[str, Any]:
+    return dict(mask_personal_data(None, "info", event_dict))
+
+
+def test_processor_masks_string_values() -> None:
+    """Every string value of an event is masked, including inside lists and nested dicts."""
+    out = run_processor(event="intake.invalid", error="asha@example.com", errors=["+91 98765 43210", "x"],
+                        meta={"contact": {"email": "bo@example.org"}})
+    assert out["error"] == "a***@example.com"
+    assert out["errors"] == ["+**********10", "x"]
+    assert out["meta"] == {"contact": {"email": "b***@example.org"}}
+
+
+@pytest.mark.parametrize("key", ["event_id", "delivery_id", "ticket_id", "lead_id", "customer_id", "id"])
+def test_processor_leaves_ids_alone(key: str) -> None:
+    """Values under id keys (`*_id`) are not personal data, even when they are long runs of digits."""
+    assert run_processor(event="delivery.sent", **{key: "713516551148"})[key] == "713516551148"
+
+
+@pytest.mark.parametrize("key", ["timestamp", "event", "level", "status", "duration_ms", "count", "version"])
+def test_processor_leaves_bookkeeping_keys_alone(key: str) -> None:
+    """Timestamps, levels, statuses and counts keep their value even when it looks like a phone number."""
+    assert run_processor(**{key: "2026-11-23 17:34:05"})[key] == "2026-11-23 17:34:05"
+
+
+def test_processor_leaves_numbers_alone() -> None:
+    """Integers and floats pass through untouched, however many digits they have."""
+    out = run_processor(event="delivery.sent", attempt=3, started_at_ms=1795000000000, phone=9876543210,
+                        ratio=0.5, flag=True, nothing=None)
+    assert out == {"event": "delivery.sent", "attempt": 3, "started_at_ms": 1795000000000, "phone": 9876543210,
+                   "ratio": 0.5, "flag": True, "nothing": None}
+
+
+def test_processor_masks_exception_text() -> None:
+    """A rendered traceback is masked like any other string."""
+    out = run_processor(event="routing.render_crashed", exception="ValueError: bad email asha@example.com")
+    assert out["exception"] == "ValueError: bad email a***@example.com"
+
+
+def test_configure_logging_writes_json_lines(restore_structlog: None) -> None:
+    """Each log call becomes one JSON line with the event name, level, UTC timestamp and masked values."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    log = structlog.get_logger("ticketbridge.test").bind(delivery_id="dlv_1")
+    log.info("delivery.sent", ticket_id="713516551148", email="asha@example.com", attempt=2)
+    log.warning("delivery.retry_scheduled", error="phone +91 98765 43210 rejected")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["event"] == "delivery.sent"
+    assert first["level"] == "info"
+    assert first["delivery_id"] == "dlv_1"
+    assert first["ticket_id"] == "713516551148"
+    assert first["email"] == "a***@example.com"
+    assert first["attempt"] == 2
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", first["timestamp"])
+    assert second["event"] == "delivery.retry_scheduled"
+    assert second["level"] == "warning"
+    assert second["error"] == "phone +**********10 rejected"
+
+
+def test_configure_logging_filters_by_level(restore_structlog: None) -> None:
+    """Below the configured level nothing is written."""
+    stream = io.StringIO()
+    configure_logging("warning", "json", stream)
+    log = structlog.get_logger("ticketbridge.test")
+    log.debug("x.debug")
+    log.info("x.info")
+    log.error("x.error")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["x.error"]
+
+
+def test_configure_logging_renders_exceptions_masked(restore_structlog: None) -> None:
+    """log.exception writes the traceback into the JSON line, with personal data in it masked."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    log = structlog.get_logger("ticketbridge.test")
+    try:
+        raise ValueError("no ticket for asha@example.com")
+    except ValueError:
+        log.exception("routing.render_crashed", mapping="m")
+    [entry] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert entry["event"] == "routing.render_crashed"
+    assert entry["level"] == "error"
+    assert "ValueError: no ticket for a***@example.com" in entry["exception"]
+    assert "asha@" not in stream.getvalue()
+
+
+def test_configure_logging_console_format(restore_structlog: None) -> None:
+    """The console format writes readable lines, masked too."""
+    stream = io.StringIO()
+    configure_logging("debug", "console", stream)
+    structlog.get_logger("ticketbridge.test").debug("store.opened", email="asha@example.com")
+    out = stream.getvalue()
+    assert "store.opened" in out
+    assert "a***@example.com" in out
+    assert "asha@" not in out
+
+
+def test_processor_leaves_nested_ids_alone() -> None:
+    """An `*_id` key is left alone inside a nested dict just as at the top level."""
+    out = run_processor(event="delivery.sent", vendor={"lead_id": "98765432", "phone": "98765432"})
+    assert out["vendor"] == {"lead_id": "98765432", "phone": "******32"}
+
+
+def test_processor_masks_values_nested_past_its_depth() -> None:
+    """Personal data nested deeper than the processor walks is still masked, never logged as it is."""
+    out = run_processor(event="intake.invalid", payload={"a": {"b": {"c": {"email": "asha@example.com"}}}},
+                        rows=[[[["+91 98765 43210"]]]])
+    assert "asha@" not in str(out)
+    assert "a***@example.com" in str(out)
+    assert "98765" not in str(out)
+
+
+@pytest.mark.parametrize("text", ["2024-01-15", "15/01/2024", "15.01.2024", "deadline 2024-01-15, ok"])
+def test_dates_are_not_masked_as_phone_numbers(text: str) -> None:
+    """A calendar date is not personal data and stays readable in logs."""
+    assert mask_text(text) == text

@@ -1,0 +1,241 @@
+"""bridge/routing.py: from an event to its deliveries, a render failure costing one dead delivery."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import pytest
+import structlog
+
+from bridge.events import Event
+from bridge.mapping.compiler import CompiledMapping
+from bridge.mapping.filters import FILTERS
+from bridge.mapping.mappingset import MappingSet, compile_document
+from bridge.routing import plan_deliveries, render_context
+from bridge.yamlfile import load_yaml
+
+SOURCES = {"website-contact", "partner-api"}
+DESTINATIONS = {"kapture-support": frozenset({"create_ticket"})}
+
+CONTACT = """\
+name: contact-to-kapture
+source: website-contact
+when: "payload.category is not defined or payload.category != 'spam'"
+destination: kapture-support
+action: create_ticket
+options: {queue: support}
+fields:
+  title: "Website enquiry: {{ payload.subject }}"
+  email_id: {from: payload.email, required: true, transform: [strip, lower]}
+  team: "{{ vars.team }}"
+"""
+
+
+def compile_mapping(text: str, stem: str = "m", version: str = "v1") -> CompiledMapping:
+    doc = load_yaml(textwrap.dedent(text), f"{stem}.yaml")
+    mapping, errors = compile_document(doc, stem, version, SOURCES, DESTINATIONS)
+    assert errors == []
+    assert mapping is not None
+    return mapping
+
+
+def mapping_set(*texts: str) -> MappingSet:
+    return MappingSet.build([compile_mapping(t, f"m{i}", f"v{i}") for i, t in enumerate(texts)])
+
+
+def event(payload: dict[str, Any], *, source: str = "website-contact", spam: bool = False,
+          headers: dict[str, str] | None = None) -> Event:
+    return Event.new(source=source, kind="form", channel="form", payload=payload, headers=headers, spam=spam)
+
+
+GOOD = {"subject": "Router down", "email": " Asha@Example.com "}
+VARS = {"team": "noc"}
+
+
+def test_pending_delivery_with_rendered_body() -> None:
+    """A matching mapping gives one pending delivery carrying the rendered body and the mapping's identity."""
+    mappings = mapping_set(CONTACT)
+    deliveries, errors = plan_deliveries(mappings, event(GOOD), VARS)
+    assert errors == []
+    [d] = deliveries
+    assert d.status == "pending"
+    assert d.error is None
+    assert d.body == {"title": "Website enquiry: Router down", "email_id": "asha@example.com", "team": "noc"}
+    assert d.mapping == "contact-to-kapture"
+    assert d.mapping_version == "v0"
+    assert d.destination == "kapture-support"
+    assert d.action == "create_ticket"
+    assert d.options == {"queue": "support"}
+    assert d.id.startswith("dlv_")
+
+
+def test_each_delivery_gets_its_own_id() -> None:
+    """Two events through the same mapping give deliveries with different ids."""
+    mappings = mapping_set(CONTACT)
+    first, _ = plan_deliveries(mappings, event(GOOD), VARS)
+    second, _ = plan_deliveries(mappings, event(GOOD), VARS)
+    assert first[0].id != second[0].id
+
+
+def test_when_false_gives_no_delivery() -> None:
+    """An event the mapping's `when` rejects gives no delivery and no error."""
+    mappings = mapping_set(CONTACT)
+    assert plan_deliveries(mappings, event({**GOOD, "category": "spam"}), VARS) == ([], [])
+
+
+def test_render_error_gives_a_dead_delivery_naming_the_field() -> None:
+    """A required field that is missing gives a dead delivery whose error names the field and why."""
+    mappings = mapping_set(CONTACT)
+    with structlog.testing.capture_logs() as logs:
+        deliveries, errors = plan_deliveries(mappings, event({"subject": "x"}), VARS)
+    [d] = deliveries
+    assert d.status == "dead"
+    assert d.body is None
+    assert d.error is not None
+    assert d.error.startswith("email_id: ")
+    assert "payload.email is missing" in d.error
+    assert errors == [d.error]
+    assert d.mapping == "contact-to-kapture"
+    assert d.destination == "kapture-support"
+    [entry] = [e for e in logs if e["event"] == "routing.render_failed"]
+    assert entry["mapping"] == "contact-to-kapture"
+    assert entry["error"] == d.error
+
+
+def test_map_error_names_the_field_and_value() -> None:
+    """A value missing from a field's map is a dead delivery naming the field and the value."""
+    mappings = mapping_set("""\
+        source: website-contact
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: x
+          priority: {from: payload.priority, map: {high: P1, low: P3}}
+        """)
+    [d], errors = plan_deliveries(mappings, event({"priority": "urgent"}), {})
+    assert d.status == "dead"
+    assert d.error is not None
+    assert d.error.startswith("priority: ")
+    assert "'urgent'" in d.error
+    assert errors == [d.error]
+
+
+def test_when_error_gives_a_dead_delivery_naming_the_mapping() -> None:
+    """A `when` that fails on this event gives a dead delivery whose error names the mapping."""
+    mappings = mapping_set("""\
+        name: counted
+        source: website-contact
+        when: "payload.count > 3"
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: x
+        """)
+    [d], errors = plan_deliveries(mappings, event({"count": "many"}), {})
+    assert d.status == "dead"
+    assert d.error is not None
+    assert d.error.startswith("counted: when: ")
+    assert errors == [d.error]
+
+
+@pytest.fixture
+def exploding_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter with a bug in it: it raises something no render step expects."""
+
+    def explode(value: Any) -> Any:
+        raise RuntimeError("filter bug")
+
+    monkeypatch.setitem(FILTERS, "explode", explode)
+
+
+@pytest.mark.usefixtures("exploding_filter")
+def test_unexpected_exception_in_a_filter_gives_a_dead_delivery() -> None:
+    """A filter that crashes costs its delivery, which is dead with the error, instead of raising."""
+    mappings = mapping_set("""\
+        name: buggy
+        source: website-contact
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: {from: payload.subject, transform: [explode]}
+        """)
+    with structlog.testing.capture_logs() as logs:
+        [d], errors = plan_deliveries(mappings, event(GOOD), {})
+    assert d.status == "dead"
+    assert d.body is None
+    assert d.error == "buggy: internal error while rendering: RuntimeError: filter bug"
+    assert errors == [d.error]
+    [crash] = [e for e in logs if e["event"] == "routing.render_crashed"]
+    assert crash["log_level"] == "error"
+    assert crash["mapping"] == "buggy"
+
+
+@pytest.mark.usefixtures("exploding_filter")
+def test_crash_in_one_mapping_does_not_cost_the_others() -> None:
+    """When one mapping of a source crashes, the source's other mappings still give pending deliveries."""
+    mappings = mapping_set(CONTACT, """\
+        name: buggy
+        source: website-contact
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: {from: payload.subject, transform: [explode]}
+        """)
+    deliveries, errors = plan_deliveries(mappings, event(GOOD), VARS)
+    assert [(d.mapping, d.status) for d in deliveries] == [("buggy", "dead"), ("contact-to-kapture", "pending")]
+    assert len(errors) == 1
+
+
+def test_spam_events_get_no_deliveries() -> None:
+    """An event flagged as spam is stored but routed nowhere, with no errors."""
+    mappings = mapping_set(CONTACT)
+    assert plan_deliveries(mappings, event(GOOD, spam=True), VARS) == ([], [])
+
+
+def test_spam_events_are_not_even_rendered() -> None:
+    """A spam event that would fail to render gives no dead delivery either."""
+    mappings = mapping_set(CONTACT)
+    assert plan_deliveries(mappings, event({}, spam=True), VARS) == ([], [])
+
+
+def test_source_without_mappings_gets_no_deliveries() -> None:
+    """An event from a source no mapping takes gives no deliveries."""
+    mappings = mapping_set(CONTACT)
+    assert plan_deliveries(mappings, event(GOOD, source="partner-api"), VARS) == ([], [])
+
+
+def test_every_mapping_of_the_source_gets_a_delivery() -> None:
+    """Each mapping that takes the event's source and matches gives its own delivery."""
+    mappings = mapping_set(CONTACT, """\
+        name: also
+        source: [partner-api, website-contact]
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: "{{ payload.subject }}"
+        """)
+    deliveries, errors = plan_deliveries(mappings, event(GOOD), VARS)
+    assert errors == []
+    assert sorted(d.mapping for d in deliveries) == ["also", "contact-to-kapture"]
+    assert all(d.status == "pending" for d in deliveries)
+    [also] = [d for d in deliveries if d.mapping == "also"]
+    assert also.body == {"title": "Router down"}
+
+
+def test_render_context_exposes_payload_headers_event_and_vars() -> None:
+    """Mappings see the payload, the kept headers, the event's own fields and the config vars."""
+    mappings = mapping_set("""\
+        source: website-contact
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: "{{ event.source }}/{{ event.channel }}/{{ headers['x-form'] }}/{{ vars.team }}/{{ payload.a }}"
+          ref: "{{ event.id }}"
+        """)
+    ev = event({"a": 1}, headers={"x-form": "contact"})
+    [d], _ = plan_deliveries(mappings, ev, VARS)
+    assert d.body == {"title": "website-contact/form/contact/noc/1", "ref": ev.id}
+    ctx = render_context(ev, VARS)
+    assert set(ctx) == {"payload", "headers", "event", "vars"}
+    assert ctx["event"]["received_at"] == ev.received_at.isoformat()
