@@ -17,14 +17,13 @@ from bridge.delivery.retry import RetryPolicy
 from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, load_mapping_folder
 from bridge.runtime import Runtime, Source
-from bridge.simulators.kapture import KaptureSimulator
+from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Store
 from bridge.vendors.registry import adapter_class
 from handlers.registry import build_handler
 
 log = structlog.get_logger("ticketbridge.app")
-SIMULATORS: dict[str, Callable[[], KaptureSimulator]] = {"kapture": KaptureSimulator}
 
 
 def destination_actions(config: Config) -> dict[str, frozenset[str]]:
@@ -145,7 +144,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     for vendor in sorted({d.vendor for d in config.destinations.values() if d.sandbox}):
-        factory = SIMULATORS.get(vendor)
+        factory = simulator_registry().get(vendor)
         if factory is None:
             raise ValueError(f"no simulator for vendor {vendor!r}")
         sim = factory()

@@ -18,7 +18,7 @@ from bridge.config import Config
 from bridge.errors import BridgeError
 from bridge.intake import RUNTIME
 from bridge.logs import configure_logging
-from bridge.simulators.kapture import KaptureSimulator
+from bridge.simulators import registry as simulator_registry
 
 log = structlog.get_logger("ticketbridge.server")
 
@@ -92,7 +92,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 async def _sandbox(host: str, port: int) -> None:
     app = web.Application()
-    app.add_subapp("/kapture/", KaptureSimulator().app())
+    vendors = sorted(simulator_registry())
+    for vendor in vendors:
+        app.add_subapp(f"/{vendor}/", simulator_registry()[vendor]().app())
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
@@ -100,7 +102,7 @@ async def _sandbox(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("sandbox.started", url=f"http://{host}:{port}", vendors=["kapture"])
+    log.info("sandbox.started", url=f"http://{host}:{port}", vendors=vendors)
     try:
         await stop.wait()
     finally:

@@ -11,7 +11,7 @@ import aiohttp
 
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
-from bridge.vendors.base import Adapter, Outcome
+from bridge.vendors.base import Adapter, Outcome, VendorUnavailable
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
@@ -42,10 +42,22 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     t0 = time.perf_counter()
     status: int | None = None
     excerpt: str | None = None
+    async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            return resp.status, await _read_bounded(resp, MAX_RESPONSE_BYTES)
+
     try:
-        request = adapter.build_request(item.action, item.body, item.options)
+        fields = await adapter.prepare(item.action, item.body, fetch)
+        request = adapter.build_request(item.action, fields, item.options)
     except MappingError as exc:
         return Sent(Outcome(classification="permanent", error=f"not sent: {exc}"), started_ms, 0.0, None, None)
+    except VendorUnavailable as exc:
+        duration = (time.perf_counter() - t0) * 1000
+        return Sent(Outcome(classification="retry", error=f"not sent: {exc}"), started_ms, duration, None, None)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        duration = (time.perf_counter() - t0) * 1000
+        return Sent(Outcome(classification="retry", error=f"not sent: a look-up failed: {type(exc).__name__}: {exc}"),
+                    started_ms, duration, None, None)
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,

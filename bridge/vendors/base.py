@@ -5,15 +5,22 @@ from __future__ import annotations
 import email.utils
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 import msgspec
 
 from bridge.config import DestinationConfig
+from bridge.errors import BridgeError
 
 Classification = Literal["success", "retry", "permanent", "auth"]
+# GET a vendor URL: (url, headers) -> (status, body); the delivery loop supplies one bound to its session.
+Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
+
+
+class VendorUnavailable(BridgeError):
+    """A look-up the request needs could not be made now; the delivery is retried."""
 
 
 class VendorRequest(msgspec.Struct, kw_only=True):
@@ -49,6 +56,18 @@ class Adapter(ABC):
         """The vendor's base URL; a callable for sandboxes, whose address is known once the server listens."""
         url = self._base_url if isinstance(self._base_url, str) else self._base_url()
         return url.rstrip("/")
+
+    @classmethod
+    def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
+        """Problems visible in a mapping before any event: e.g. a field the action always needs. One
+        message per problem, naming the field; empty when there is nothing to say."""
+        return []
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Fetch) -> dict[str, Any]:
+        """Resolve what needs the vendor's help before the request is built (look-ups such as subject
+        names to ids), through `fetch`. Raise MappingError for a permanent problem, VendorUnavailable
+        to retry later. The default needs nothing."""
+        return fields
 
     @abstractmethod
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:

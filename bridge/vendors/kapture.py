@@ -45,6 +45,12 @@ class KaptureAdapter(Adapter):
     Options: ClassVar[type[DestinationConfig]] = KaptureOptions
     actions: ClassVar[frozenset[str]] = frozenset({"create_ticket"})
 
+    @classmethod
+    def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
+        if action == "create_ticket" and "title" not in fields:
+            return ["title: kapture create_ticket needs a `title` field"]
+        return []
+
     @property
     def token(self) -> str:
         assert isinstance(self.config, KaptureOptions)
