@@ -1,0 +1,173 @@
+"""The `ticketbridge` verbs ops use on deliveries, against a real SQLite store file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import main
+from bridge.config import load_config
+from bridge.events import Event
+from bridge.store.base import AttemptResult, NewDelivery
+from bridge.store.sqlite import SqliteStore
+
+CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  partner: {kind: json}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+  other: {vendor: kapture, sandbox: true}
+"""
+MAPPING = """
+source: partner
+destination: kapture
+action: create_ticket
+fields:
+  title: {from: payload.title, required: true}
+"""
+
+
+def delivery(ident: str, destination: str = "kapture", body: dict[str, str] | None = None,
+             status: str = "pending") -> NewDelivery:
+    return NewDelivery(id=ident, mapping="partner", mapping_version="v1", destination=destination,
+                       action="create_ticket", body=body, status=status,  # type: ignore[arg-type]
+                       error=None if body is not None else "title: required (payload.title is missing)")
+
+
+async def seed(db: Path) -> None:
+    """One delivery succeeded, one dead after a 500, one dead unrendered, one pending elsewhere."""
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        for ident, dest, body, status in [
+            ("dlv_1", "kapture", {"title": "ok"}, "pending"),
+            ("dlv_2", "kapture", {"title": "down"}, "pending"),
+            ("dlv_3", "kapture", None, "dead"),
+            ("dlv_4", "other", {"title": "later"}, "pending"),
+        ]:
+            event = Event.new(source="partner", kind="json", channel="webhook", payload={"title": ident})
+            await store.accept(event, [delivery(ident, dest, body, status)], 0)
+        await store.claim("kapture", 10, "test", 60)
+        await store.record(AttemptResult(delivery_id="dlv_1", started_at_ms=1, duration_ms=3.0, http_status=200,
+                                         response_excerpt='{"status": "success"}', classification="success",
+                                         error=None, ticket_id="713516551148", next_status="succeeded"))
+        await store.record(AttemptResult(delivery_id="dlv_2", started_at_ms=2, duration_ms=4.0, http_status=500,
+                                         response_excerpt="oops", classification="retry", error="HTTP 500",
+                                         next_status="dead"))
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    (tmp_path / "bridge.yaml").write_text(CONFIG)
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "partner.yaml").write_text(MAPPING)
+    cfg = load_config(tmp_path / "bridge.yaml", {})
+    assert cfg.store_url.path is not None
+    asyncio.run(seed(cfg.store_url.path))
+    return tmp_path / "bridge.yaml"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_shows_every_delivery_newest_first(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`deliveries list` prints a table of deliveries, newest first, with status, ticket and last error."""
+    code, out, _ = run(capsys, "deliveries", "list", "-c", str(config_file))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "STATUS", "DESTINATION"]
+    assert [line.split()[0] for line in lines[1:]] == ["dlv_4", "dlv_3", "dlv_2", "dlv_1"]
+    assert "713516551148" in lines[4]
+    assert "HTTP 500" in lines[3]
+
+
+def test_list_filters_by_status_and_destination(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--status and --destination narrow the list; --json gives one object per line."""
+    code, out, _ = run(capsys, "deliveries", "list", "-c", str(config_file), "--status", "dead",
+                       "--destination", "kapture", "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in rows] == ["dlv_3", "dlv_2"]
+    assert all(r["status"] == "dead" for r in rows)
+
+
+def test_show_prints_event_body_and_attempts(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`deliveries show` prints the delivery, its rendered body, the event's payload and every attempt."""
+    code, out, _ = run(capsys, "deliveries", "show", "dlv_2", "-c", str(config_file))
+    assert code == 0
+    assert "dlv_2  dead" in out
+    assert '"title": "down"' in out
+    assert "#1" in out
+    assert "HTTP 500 retry: HTTP 500" in out
+
+
+def test_show_of_an_unknown_id_fails_clearly(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown delivery id exits 1 and says so."""
+    code, _, err = run(capsys, "deliveries", "show", "dlv_nope", "-c", str(config_file))
+    assert code == 1
+    assert "no delivery 'dlv_nope'" in err
+
+
+def test_replay_by_id_makes_dead_work_pending(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Replaying a dead delivery by id makes it pending again; a pending one is refused with its reason."""
+    code, out, _ = run(capsys, "replay", "dlv_2", "-c", str(config_file))
+    assert code == 0
+    assert "replayed 1 of 1" in out
+    code, out, _ = run(capsys, "deliveries", "list", "-c", str(config_file), "--status", "pending", "--json")
+    assert {json.loads(line)["id"] for line in out.splitlines()} == {"dlv_2", "dlv_4"}
+    code, _, err = run(capsys, "replay", "dlv_4", "-c", str(config_file))
+    assert code == 1
+    assert "dlv_4: not replayed: it is pending" in err
+
+
+def test_replay_by_destination_takes_its_dead_deliveries(config_file: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--destination replays that destination's dead deliveries; one that never rendered is named as such."""
+    code, out, _ = run(capsys, "replay", "--destination", "kapture", "--dry-run", "-c", str(config_file))
+    assert code == 0
+    assert out.split() == ["dlv_3", "dlv_2"]
+    code, out, err = run(capsys, "replay", "--destination", "kapture", "-c", str(config_file))
+    assert code == 1
+    assert "replayed 1 of 2" in out
+    assert "dlv_3: not replayed: it never rendered" in err
+
+
+def test_replay_needs_ids_or_a_destination(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Giving both ids and --destination (or neither) is a usage error."""
+    assert run(capsys, "replay", "dlv_1", "--destination", "kapture", "-c", str(config_file))[0] == 2
+    assert run(capsys, "replay", "-c", str(config_file))[0] == 2
+
+
+def test_a_bad_config_is_reported_with_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every verb reports config errors with file, line and key path, and exits non-zero."""
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(textwrap.dedent("""
+        store: {url: "sqlite:///var/bridge.db"}
+        sources:
+          partner: {kind: jsonn}
+        destinations:
+          kapture: {vendor: kapture, sandbox: true, max_in_flight: 0}
+    """))
+    code, _, err = run(capsys, "deliveries", "list", "-c", str(cfg))
+    assert code == 2
+    assert f"{cfg}:4:" in err and "unknown source kind 'jsonn'" in err
+    assert f"{cfg}:6:" in err and "max_in_flight" in err
+    code, _, err = run(capsys, "serve", "-c", str(cfg))
+    assert code == 2
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A -c path that does not exist is named in the error."""
+    code, _, err = run(capsys, "deliveries", "list", "-c", str(tmp_path / "nope.yaml"))
+    assert code == 2
+    assert "nope.yaml: no such config file" in err
