@@ -3,6 +3,7 @@ opened in order and closed in reverse."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -14,6 +15,7 @@ from bridge.config import Config
 from bridge.delivery.dispatcher import Destination, Dispatcher
 from bridge.delivery.ratelimit import make_limiter
 from bridge.delivery.retry import RetryPolicy
+from bridge.errors import StoreUnavailable
 from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, load_mapping_folder
 from bridge.runtime import Runtime, Source
@@ -119,17 +121,43 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300),
             headers={"User-Agent": f"ticketbridge/{__version__}"},
         )
-        dispatcher = Dispatcher(rt.store, session, build_destinations(rt))
+        store = rt.store
+        dispatcher = Dispatcher(store, session, build_destinations(rt))
         dispatcher.start()
         rt.dispatcher = dispatcher
+
+        def announced(destination: str) -> None:
+            dispatcher.notify(set(dispatcher.lanes) if destination == "*" else {destination})
+
+        await store.subscribe(announced)
+        reaper = asyncio.create_task(reap_expired_leases(store), name="lease reaper")
         try:
             yield
         finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
             await dispatcher.stop(rt.config.server.shutdown_grace_seconds)
             rt.dispatcher = None
             await session.close()
 
     return ctx
+
+
+REAP_SECONDS = 10.0
+
+
+async def reap_expired_leases(store: Store) -> None:
+    """Give back deliveries whose lease ran out: a process that died while sending them (shared stores)."""
+    while True:
+        await asyncio.sleep(REAP_SECONDS)
+        try:
+            released = await store.release_expired()
+        except StoreUnavailable as exc:
+            log.warning("delivery.reap_failed", error=str(exc))
+            continue
+        if released:
+            log.warning("delivery.leases_expired", count=released,
+                        note="their sender stopped answering; they are due again")
 
 
 def build_app(config: Config, *, store: Store | None = None, workers: bool = True,

@@ -14,4 +14,7 @@ def open_store(config: Config, *, owner: bool = True) -> Store:
 
         assert url.path is not None
         return SqliteStore(url.path, group_commit_max=config.store.group_commit_max, owner=owner)
-    raise NotImplementedError(f"store {url.dsn!r}: the PostgreSQL store is not built yet; use sqlite:///…")
+    from bridge.store.postgres import PostgresStore, split_schema  # noqa: PLC0415
+
+    dsn, schema = split_schema(url.dsn)
+    return PostgresStore(dsn, schema=schema)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -159,6 +160,10 @@ class Store(ABC):
     ) -> list[str]:
         """Make succeeded or dead deliveries pending again, due now, their schedule restarted; with
         `bodies` (id → (body, mapping version)) replace what they send. Returns the ids moved."""
+
+    async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
+        """Call `callback(destination)` when another process adds work for `destination` ("*": perhaps any).
+        A store that serves one process needs nothing here: intake wakes the lanes itself."""
 
     @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:

@@ -24,7 +24,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import structlog
 
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
@@ -33,7 +32,6 @@ from bridge.store.base import (
     STATUSES,
     AcceptResult,
     AttemptResult,
-    AttemptRow,
     ClaimBatch,
     Claimed,
     DeliveryDetail,
@@ -42,29 +40,13 @@ from bridge.store.base import (
     NewDelivery,
     Store,
 )
+from bridge.store.rows import ATTEMPT_COLUMNS, ROW_COLUMNS, attempt_row, delivery_row, now_ms
+from bridge.store.rows import decode_dict as _decode_dict
+from bridge.store.rows import decode_event as _decode_event
+from bridge.store.rows import encode as _encode
 
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
-
-_encode = msgspec.json.Encoder().encode
-_decode_event = msgspec.json.Decoder(Event).decode
-_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
-
-_ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
-                "next_attempt_at, created_at, updated_at, last_error, ticket_id")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _row(r: tuple[Any, ...]) -> DeliveryRow:
-    return DeliveryRow(
-        id=r[0], event_id=r[1], source=r[2], mapping=r[3], mapping_version=r[4], destination=r[5],
-        action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
-        updated_at_ms=r[12], last_error=r[13], ticket_id=r[14],
-    )
-
 
 class _Op:
     __slots__ = ("durable", "fn", "future")
@@ -437,33 +419,30 @@ class SqliteStore(Store):
         if flt.before_id is not None:
             where.append("id < ?")
             args.append(flt.before_id)
-        sql = f"SELECT {_ROW_COLUMNS} FROM deliveries"  # noqa: S608 - columns are constants, values bound
+        sql = f"SELECT {ROW_COLUMNS} FROM deliveries"  # noqa: S608 - columns are constants, values bound
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(str(flt.limit))
 
         def run(conn: sqlite3.Connection) -> list[DeliveryRow]:
-            return [_row(r) for r in conn.execute(sql, args)]
+            return [delivery_row(r) for r in conn.execute(sql, args)]
 
         rows: list[DeliveryRow] = await self._read(run)
         return rows
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
         def run(conn: sqlite3.Connection) -> DeliveryDetail:
-            r = conn.execute(f"SELECT {_ROW_COLUMNS}, body, options FROM deliveries WHERE id = ?",  # noqa: S608
+            r = conn.execute(f"SELECT {ROW_COLUMNS}, body, options FROM deliveries WHERE id = ?",  # noqa: S608
                              (delivery_id,)).fetchone()
             if r is None:
                 raise NotFound(f"no delivery {delivery_id!r}")
             event = conn.execute("SELECT data FROM events WHERE id = ?", (r[1],)).fetchone()
-            attempts = [
-                AttemptRow(n=a[0], started_at_ms=a[1], duration_ms=a[2], http_status=a[3], response_excerpt=a[4],
-                           classification=a[5], error=a[6])
-                for a in conn.execute("SELECT n, started_at, duration_ms, http_status, response_excerpt, "
-                                      "classification, error FROM attempts WHERE delivery_id = ? ORDER BY n",
-                                      (delivery_id,))
-            ]
-            return DeliveryDetail(delivery=_row(r[:15]), body=_decode_dict(r[15]) if r[15] is not None else None,
+            attempts = [attempt_row(a) for a in conn.execute(
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY n",  # noqa: S608
+                (delivery_id,))]
+            return DeliveryDetail(delivery=delivery_row(r[:15]),
+                                  body=_decode_dict(r[15]) if r[15] is not None else None,
                                   options=_decode_dict(r[16]), event=_decode_event(event[0]), attempts=attempts)
 
         detail: DeliveryDetail = await self._read(run)

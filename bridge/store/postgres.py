@@ -1,0 +1,379 @@
+"""The PostgreSQL store, for several ticketbridge processes sharing one queue.
+
+Each accept is one transaction; PostgreSQL groups the commits of concurrent transactions itself.
+Claims take due rows with `FOR UPDATE SKIP LOCKED`, so processes never take the same delivery, and
+lease them: a process that dies leaves leases that run out, and `release_expired` (run by every
+process's dispatcher) gives that work to the others. New work is announced with NOTIFY inside the
+accepting transaction, so every process's idle lane wakes once it is committed; polling remains the
+fallback, and the listening connection reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import structlog
+
+from bridge.errors import NotFound, StoreUnavailable
+from bridge.events import Event
+from bridge.store.base import (
+    STATUSES,
+    AcceptResult,
+    AttemptResult,
+    ClaimBatch,
+    Claimed,
+    DeliveryDetail,
+    DeliveryFilter,
+    DeliveryRow,
+    NewDelivery,
+    Store,
+)
+from bridge.store.rows import (
+    ATTEMPT_COLUMNS,
+    ROW_COLUMNS,
+    attempt_row,
+    decode_dict,
+    decode_event,
+    delivery_row,
+    encode,
+    now_ms,
+)
+
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover - reported when a postgresql:// store is opened
+    asyncpg = None
+
+log = structlog.get_logger("ticketbridge.store")
+CHANNEL = "ticketbridge_work"
+LISTEN_CHECK_SECONDS = 5.0
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+T = TypeVar("T")
+
+
+def split_schema(dsn: str) -> tuple[str, str | None]:
+    """`postgresql://…?schema=name` → (the DSN without it, name): ticketbridge's tables in their own schema."""
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    if schema is not None and not _SCHEMA.match(schema):
+        raise ValueError(f"schema {schema!r} in the store url must be a lower-case identifier, e.g. ticketbridge")
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresStore(Store):
+    def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: Any = None
+        self._listener: Any = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._callbacks: list[Callable[[str], None]] = []
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if asyncpg is None:
+            raise StoreUnavailable(
+                "a postgresql:// store needs the asyncpg package: pip install 'ticketbridge[postgres]'")
+        settings = {"application_name": "ticketbridge"}
+        try:
+            if self.schema is not None:
+                conn = await asyncpg.connect(self.dsn)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                finally:
+                    await conn.close()
+                settings["search_path"] = self.schema
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
+                                                   server_settings=settings)
+            await self._migrate()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self.close()
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+    async def _migrate(self) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Processes starting together migrate one at a time.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ticketbridge.migrate'))")
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                               "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+            done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            folder = resources.files("bridge.store.sql.postgres")
+            for name in sorted(f.name for f in folder.iterdir() if f.name.endswith(".sql")):
+                version = int(name.split("_", 1)[0])
+                if version in done:
+                    continue
+                await conn.execute(folder.joinpath(name).read_text(encoding="utf-8"))
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, now_ms())
+                log.info("store.migrated", version=version, name=name)
+
+    async def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            await asyncio.gather(self._listen_task, return_exceptions=True)
+            self._listen_task = None
+        await self._drop_listener()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+
+    async def _run(self, fn: Callable[[Any], Awaitable[T]], *, transaction: bool = True) -> T:
+        """Run `fn(connection)`, in a transaction; driver and connection errors become StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._pool.acquire() as conn:
+                if not transaction:
+                    return await fn(conn)
+                async with conn.transaction():
+                    return await fn(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+    # -- wake-ups across processes ----------------------------------------------------------------
+
+    async def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._callbacks.append(callback)
+        if self._listen_task is None:
+            await self._listen()
+            self._listen_task = asyncio.create_task(self._keep_listening(), name="postgres listen")
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, destination: str) -> None:
+        for callback in self._callbacks:
+            callback(destination)
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "ticketbridge-listen"})
+        await conn.add_listener(CHANNEL, self._notified)
+        self._listener = conn
+
+    async def _drop_listener(self) -> None:
+        if self._listener is not None:
+            conn, self._listener = self._listener, None
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+    async def _keep_listening(self) -> None:
+        while True:
+            await asyncio.sleep(LISTEN_CHECK_SECONDS)
+            if self._listener is not None and not self._listener.is_closed():
+                continue
+            await self._drop_listener()
+            try:
+                await self._listen()
+                log.info("store.listen_reconnected")
+                for callback in self._callbacks:  # whatever was announced meanwhile was missed
+                    callback("*")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("store.listen_failed", error=str(exc))
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+        data = encode(event)
+        received = int(event.received_at.timestamp() * 1000)
+        created = now_ms()
+        rows = [
+            (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
+             None if d.body is None else encode(d.body), encode(d.options), created, created, created, d.error)
+            for d in deliveries
+        ]
+        wake = sorted({d.destination for d in deliveries if d.status == "pending"})
+
+        async def op(conn: Any) -> AcceptResult:
+            if event.dedup_key is not None:
+                # A concurrent insert of the same key waits for this row's transaction, then sees it.
+                fresh = await conn.fetchval(
+                    "INSERT INTO dedup_keys AS d VALUES ($1, $2, $3, $4) ON CONFLICT (source, key) DO UPDATE "
+                    "SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at WHERE d.expires_at <= $5 "
+                    "RETURNING event_id",
+                    event.source, event.dedup_key, event.id, created + int(dedup_window_s * 1000), created)
+                if fresh is None:
+                    first = await conn.fetchval("SELECT event_id FROM dedup_keys WHERE source = $1 AND key = $2",
+                                                event.source, event.dedup_key)
+                    return AcceptResult(event_id=first, duplicate=True, deliveries=0)
+            await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", event.id, event.source,
+                               event.kind, event.channel, received, event.dedup_key, event.spam, data)
+            if rows:
+                await conn.executemany(
+                    "INSERT INTO deliveries (id, event_id, source, mapping, mapping_version, destination, action, "
+                    "status, body, options, next_attempt_at, created_at, updated_at, last_error) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", rows)
+            for destination in wake:
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
+            return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
+
+        return await self._run(op)
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        async def op(conn: Any) -> ClaimBatch:
+            now = now_ms()
+            got = await conn.fetch(
+                "UPDATE deliveries d SET status = 'in_flight', lease_owner = $1, lease_until = $2, updated_at = $3 "
+                "FROM (SELECT id FROM deliveries WHERE status = 'pending' AND destination = $4 "
+                "AND next_attempt_at <= $3 ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) due "
+                "WHERE d.id = due.id RETURNING d.id, d.event_id, d.mapping, d.destination, d.action, d.body, "
+                "d.options, d.tries, d.attempts, d.next_attempt_at",
+                owner, now + int(lease_s * 1000), now, destination, limit)
+            if got:
+                got = sorted(got, key=lambda r: (r[9], r[0]))
+                return ClaimBatch(items=[
+                    Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
+                            body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]),
+                            tries=r[7], attempts=r[8])
+                    for r in got
+                ])
+            nxt = await conn.fetchval("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
+                                      "AND destination = $1", destination)
+            return ClaimBatch(items=[], next_due_ms=nxt)
+
+        return await self._run(op)
+
+    async def record(self, result: AttemptResult) -> None:
+        r = result
+
+        async def op(conn: Any) -> None:
+            n = await conn.fetchval(
+                "UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
+                "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
+                "updated_at = $3, last_error = $4, ticket_id = COALESCE($5, ticket_id) "
+                "WHERE id = $6 AND status = 'in_flight' RETURNING attempts",
+                r.next_status, r.next_attempt_at_ms, now_ms(), r.error, r.ticket_id, r.delivery_id)
+            if n is None:
+                n = await conn.fetchval("UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 "
+                                        "RETURNING attempts", r.delivery_id)
+                if n is None:
+                    raise NotFound(f"no delivery {r.delivery_id}")
+                log.warning("store.record_without_lease", delivery_id=r.delivery_id)
+            await conn.execute("INSERT INTO attempts VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", r.delivery_id, n,
+                               r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
+                               r.error)
+
+        await self._run(op)
+
+    async def release(self, delivery_ids: list[str]) -> None:
+        if not delivery_ids:
+            return
+
+        async def op(conn: Any) -> None:
+            now = now_ms()
+            await conn.execute(
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
+                "next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1 "
+                "WHERE id = ANY($2::text[]) AND status = 'in_flight'", now, delivery_ids)
+
+        await self._run(op)
+
+    async def release_expired(self) -> int:
+        async def op(conn: Any) -> int:
+            now = now_ms()
+            released = await conn.fetch(
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
+                "WHERE status = 'in_flight' AND lease_until < $1 RETURNING destination", now)
+            for destination in sorted({r[0] for r in released}):
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
+            return len(released)
+
+        return await self._run(op)
+
+    # -- inspection and replay ------------------------------------------------------------------
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if flt.status is not None:
+            if flt.status not in STATUSES:
+                raise ValueError(f"unknown delivery status {flt.status!r}; known: {', '.join(STATUSES)}")
+            where.append(f"status = '{flt.status}'")  # a literal, so the partial indexes apply
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if flt.before_id is not None:
+            args.append(flt.before_id)
+            where.append(f"id < ${len(args)}")
+        sql = f"SELECT {ROW_COLUMNS} FROM deliveries"  # noqa: S608 - columns are constants, values bound
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        args.append(flt.limit)
+        sql += f" ORDER BY id DESC LIMIT ${len(args)}"
+
+        async def op(conn: Any) -> list[DeliveryRow]:
+            return [delivery_row(r) for r in await conn.fetch(sql, *args)]
+
+        return await self._run(op, transaction=False)
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
+        async def op(conn: Any) -> DeliveryDetail:
+            r = await conn.fetchrow(f"SELECT {ROW_COLUMNS}, body, options FROM deliveries WHERE id = $1",  # noqa: S608
+                                    delivery_id)
+            if r is None:
+                raise NotFound(f"no delivery {delivery_id!r}")
+            event = await conn.fetchval("SELECT data FROM events WHERE id = $1", r[1])
+            attempts = [attempt_row(a) for a in await conn.fetch(
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = $1 ORDER BY n",  # noqa: S608
+                delivery_id)]
+            return DeliveryDetail(delivery=delivery_row(r), body=decode_dict(r[15]) if r[15] is not None else None,
+                                  options=decode_dict(r[16]), event=decode_event(event), attempts=attempts)
+
+        return await self._run(op)
+
+    async def get_event(self, event_id: str) -> Event:
+        async def op(conn: Any) -> Event:
+            data = await conn.fetchval("SELECT data FROM events WHERE id = $1", event_id)
+            if data is None:
+                raise NotFound(f"no event {event_id!r}")
+            return decode_event(data)
+
+        return await self._run(op, transaction=False)
+
+    async def replay(
+        self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
+    ) -> list[str]:
+        new = bodies or {}
+
+        async def op(conn: Any) -> list[str]:
+            now = now_ms()
+            moved: list[str] = []
+            for i in delivery_ids:
+                if i in new:
+                    body, version = new[i]
+                    got = await conn.fetchrow(
+                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1, "
+                        "last_error = NULL, body = $2, mapping_version = $3 "
+                        "WHERE id = $4 AND status IN ('succeeded', 'dead') RETURNING destination",
+                        now, encode(body), version, i)
+                else:
+                    got = await conn.fetchrow(
+                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1, "
+                        "last_error = NULL WHERE id = $2 AND status IN ('succeeded', 'dead') AND body IS NOT NULL "
+                        "RETURNING destination", now, i)
+                if got is not None:
+                    moved.append(i)
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, got[0])
+            return moved
+
+        return await self._run(op)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async def op(conn: Any) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for dest, status, n in await conn.fetch(
+                    "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
+                out.setdefault(dest, {})[status] = n
+            return out
+
+        return await self._run(op, transaction=False)

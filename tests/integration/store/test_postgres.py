@@ -1,0 +1,125 @@
+"""The PostgreSQL store: the shared contract, plus what several processes sharing one queue rely on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from bridge.errors import StoreUnavailable
+from bridge.store.postgres import PostgresStore, split_schema
+from tests.integration.store.contract import WEEK, StoreContract, accept_one, make_delivery, make_event
+
+pytestmark = pytest.mark.integration
+
+DSN = os.environ.get("TICKETBRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _reachable() -> None:
+    try:
+        conn = await asyncpg.connect(DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL at {DSN} is not reachable ({exc}); start it with "
+                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, "
+                    "or point TICKETBRIDGE_TEST_PG at another server")
+    await conn.close()
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    """A fresh schema for one test, dropped after it."""
+    await _reachable()
+    name = f"tb_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def store(schema: str) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(DSN, schema=schema)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+class TestPostgresStoreContract(StoreContract):
+    """Every behaviour of the store contract holds on PostgreSQL."""
+
+
+async def test_two_processes_never_claim_the_same_delivery(schema: str) -> None:
+    """Two stores on one database claiming concurrently share the work without overlap."""
+    a, b = PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)
+    await a.open()
+    await b.open()
+    try:
+        for _ in range(40):
+            await accept_one(a)
+        claimed_a: list[str] = []
+        claimed_b: list[str] = []
+
+        async def drain(store: PostgresStore, into: list[str], owner: str) -> None:
+            while batch := (await store.claim("kapture-support", 3, owner, 60)).items:
+                into.extend(c.id for c in batch)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(drain(a, claimed_a, "a"), drain(b, claimed_b, "b"))
+        assert len(claimed_a) + len(claimed_b) == 40
+        assert not set(claimed_a) & set(claimed_b)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_concurrent_duplicates_from_two_processes_store_one_event(schema: str) -> None:
+    """The same dedup key accepted at once by two processes is stored once; the other is told it is a duplicate."""
+    a, b = PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)
+    await a.open()
+    await b.open()
+    try:
+        results = await asyncio.gather(*(
+            store.accept(make_event(dedup_key="msg-1"), [make_delivery()], WEEK) for store in (a, b, a, b)))
+        fresh = [r for r in results if not r.duplicate]
+        assert len(fresh) == 1
+        assert {r.event_id for r in results} == {fresh[0].event_id}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_new_work_is_announced_to_other_processes(schema: str) -> None:
+    """A delivery accepted by one process wakes the subscribers of another, naming its destination."""
+    a, b = PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)
+    await a.open()
+    await b.open()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        await b.subscribe(heard.put_nowait)
+        await accept_one(a, make_delivery(destination="lsq"))
+        assert await asyncio.wait_for(heard.get(), 5) == "lsq"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_unreachable_database_is_store_unavailable() -> None:
+    """A server that cannot be reached is reported as StoreUnavailable, naming PostgreSQL."""
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/none")
+    with pytest.raises(StoreUnavailable, match="postgresql"):
+        await store.open()
+
+
+def test_schema_is_taken_from_the_url() -> None:
+    """`?schema=` selects a schema and is removed from the DSN; a bad name is refused."""
+    assert split_schema("postgresql://u@h/db?schema=bridge&sslmode=disable") == (
+        "postgresql://u@h/db?sslmode=disable", "bridge")
+    assert split_schema("postgresql://u@h/db") == ("postgresql://u@h/db", None)
+    with pytest.raises(ValueError, match="lower-case identifier"):
+        split_schema("postgresql://u@h/db?schema=Robert'); DROP")

@@ -1,0 +1,107 @@
+"""Two ticketbridge processes sharing one PostgreSQL queue: all work is done, none of it twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.integration.processes import free_port, spawn, stop, wait_http
+from tests.integration.store.test_postgres import DSN
+
+pytestmark = pytest.mark.integration
+
+MAPPING = """
+source: partner
+destination: kapture
+action: create_ticket
+fields:
+  title: "Partner ticket {{ payload.id }}"
+  source_ref: "{{ payload.id }}"
+"""
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    name = f"tb_cluster_{uuid.uuid4().hex[:12]}"
+    yield name
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def write_config(folder: Path, name: str, port: int, sandbox_port: int, schema: str) -> Path:
+    (folder / "mappings").mkdir(exist_ok=True)
+    (folder / "mappings" / "partner.yaml").write_text(MAPPING)
+    cfg = folder / f"{name}.yaml"
+    cfg.write_text(f"""
+server: {{host: 127.0.0.1, port: {port}, shutdown_grace_seconds: 2}}
+store: {{url: "{DSN}?schema={schema}"}}
+log: {{level: warning}}
+sources:
+  partner: {{kind: json, dedup: payload.id}}
+destinations:
+  kapture:
+    vendor: kapture
+    base_url: "http://127.0.0.1:{sandbox_port}/kapture"
+    token: sandbox-token
+    max_in_flight: 4
+""")
+    return cfg
+
+
+async def test_two_processes_share_the_work_without_sending_twice(tmp_path: Path, schema: str) -> None:
+    """Events posted to either of two processes on one database are each delivered exactly once."""
+    sandbox_port = free_port()
+    ports = [free_port(), free_port()]
+    log = tmp_path / "processes.log"
+    sandbox = spawn(["sandbox", "--port", str(sandbox_port)], log)
+    servers = []
+    try:
+        await wait_http(f"http://127.0.0.1:{sandbox_port}/kapture/tickets", sandbox)
+        for i, port in enumerate(ports):
+            cfg = write_config(tmp_path, f"node{i}", port, sandbox_port, schema)
+            servers.append(spawn(["serve", "-c", str(cfg)], log))
+        for port, proc in zip(ports, servers, strict=True):
+            await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        async with aiohttp.ClientSession() as session:
+            async def post(i: int) -> int:
+                # The same event to both processes (a provider retrying on another node) is stored once.
+                async with session.post(f"http://127.0.0.1:{ports[i % 2]}/hooks/partner", json={"id": f"e-{i}"}) as r:
+                    first = r.status
+                async with session.post(f"http://127.0.0.1:{ports[(i + 1) % 2]}/hooks/partner",
+                                        json={"id": f"e-{i}"}) as r:
+                    assert r.status == 200
+                return first
+
+            assert set(await asyncio.gather(*(post(i) for i in range(200)))) == {202}
+            tickets: list[dict[str, object]] = []
+            for _ in range(300):
+                async with session.get(f"http://127.0.0.1:{sandbox_port}/kapture/tickets") as r:
+                    tickets = (await r.json())["tickets"]
+                if len(tickets) >= 200:
+                    break
+                await asyncio.sleep(0.05)
+        refs = Counter(t["fields"]["source_ref"] for t in tickets)  # type: ignore[index]
+        assert set(refs) == {f"e-{i}" for i in range(200)}
+        assert max(refs.values()) == 1
+        conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
+        try:
+            done = await conn.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'")
+            events = await conn.fetchval("SELECT COUNT(*) FROM events")
+        finally:
+            await conn.close()
+        assert (done, events) == (200, 200)
+    finally:
+        for proc in [*servers, sandbox]:
+            with contextlib.suppress(ProcessLookupError):
+                stop(proc)
