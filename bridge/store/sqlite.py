@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -47,6 +48,7 @@ from bridge.store.rows import encode as _encode
 
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
+SMALL_GROUP = 8
 
 class _Op:
     __slots__ = ("durable", "fn", "future")
@@ -67,6 +69,8 @@ class SqliteStore(Store):
         self._pending: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._full = True
+        self._commits: queue.SimpleQueue[tuple[sqlite3.Connection, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._committer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -82,6 +86,8 @@ class SqliteStore(Store):
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open_sync)
         self._closed = False
+        self._committer = threading.Thread(target=self._commit_worker, name="sqlite-commit", daemon=True)
+        self._committer.start()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -171,6 +177,10 @@ class SqliteStore(Store):
         self._closed = True
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._committer is not None:
+            self._commits.put(None)
+            await asyncio.to_thread(self._committer.join)
+            self._committer = None
         for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()
@@ -191,12 +201,35 @@ class SqliteStore(Store):
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the requests of this turn of the loop join the group
         while self._pending:
+            if len(self._pending) < SMALL_GROUP:
+                await asyncio.sleep(0)  # a small group: one more turn lets writes completing now join it
             batch = self._pending[: self.group_commit_max]
             del self._pending[: len(batch)]
             results = await self._commit(batch)
             self.batches += 1
             self.batched_ops += len(batch)
             _resolve(batch, results)
+
+    def _commit_worker(self) -> None:
+        """The thread that runs COMMIT (the fsync), so that the event loop never waits on the disk."""
+        while (item := self._commits.get()) is not None:
+            conn, future = item
+            error: BaseException | None = None
+            try:
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                error = exc
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(_settle, future, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    async def _commit_off_loop(self, conn: sqlite3.Connection) -> None:
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._commits.put((conn, future))
+        await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-commit
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting asynchronously (up to BUSY_SECONDS) while another process writes."""
@@ -234,7 +267,7 @@ class SqliteStore(Store):
                     await self._begin(conn)
                     straight = self._run_isolated(conn, batch)
                 results = straight
-            await asyncio.to_thread(conn.execute, "COMMIT")
+            await self._commit_off_loop(conn)
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -496,6 +529,15 @@ class SqliteStore(Store):
 
         counts: dict[str, dict[str, int]] = await self._read(run)
         return counts
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def _resolve(batch: list[_Op], results: list[tuple[bool, Any]]) -> None:

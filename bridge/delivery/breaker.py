@@ -1,0 +1,69 @@
+"""A circuit breaker per destination: stop sending to a vendor that is down, and probe until it is back.
+
+Without one, a down vendor with a backlog is sent every due delivery, each failing in turn: the bridge
+spends its CPU on refused connections, and each delivery burns its retries (or, on bad credentials,
+goes dead) for a fault that is the destination's, not the delivery's. After `threshold` consecutive
+destination-level failures the breaker opens: the lane claims nothing for a cooldown that doubles on
+each failed probe (up to `max_cooldown`), then sends a single probe; the first success closes it.
+Deliveries held back meanwhile keep their schedule and their tries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+State = Literal["closed", "open", "half_open"]
+# Failures that say the destination is unwell, rather than that one delivery's body is wrong.
+DESTINATION_FAILURES = frozenset({"retry", "auth"})
+
+
+@dataclass
+class Breaker:
+    threshold: int = 5
+    base_cooldown: float = 1.0
+    max_cooldown: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    state: State = "closed"
+    failures: int = 0
+    opened: int = 0
+    until: float = 0.0
+    probing: bool = field(default=False)
+
+    def allowance(self) -> tuple[float, int | None]:
+        """(seconds to wait before claiming, or 0; how many to claim: None for any, 1 for a probe)."""
+        if self.state == "closed":
+            return 0.0, None
+        now = self.clock()
+        if self.state == "open" and now < self.until:
+            return self.until - now, None
+        self.state = "half_open"
+        if self.probing:
+            return max(self.base_cooldown / 10, 0.05), None  # a probe is out: wait for its answer
+        return 0.0, 1
+
+    def probe_sent(self) -> None:
+        if self.state == "half_open":
+            self.probing = True
+
+    def record(self, classification: str) -> Literal["opened", "closed", None]:
+        """Feed an attempt's classification; says when the breaker opened or closed."""
+        if classification == "success":
+            was_open = self.state != "closed"
+            self.state, self.failures, self.opened, self.probing = "closed", 0, 0, False
+            return "closed" if was_open else None
+        if classification not in DESTINATION_FAILURES:
+            return None  # the vendor answered; this delivery's body was the problem
+        self.failures += 1
+        if self.state == "half_open" or (self.state == "closed" and self.failures >= self.threshold):
+            self.opened += 1
+            cooldown = min(self.base_cooldown * 2 ** (self.opened - 1), self.max_cooldown)
+            self.state, self.until, self.probing = "open", self.clock() + cooldown, False
+            return "opened"
+        return None
+
+    @property
+    def cooldown(self) -> float:
+        return max(0.0, self.until - self.clock())

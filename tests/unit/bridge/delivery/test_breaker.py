@@ -1,0 +1,96 @@
+"""The per-destination circuit breaker, driven by a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.delivery.breaker import Breaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_a_closed_breaker_allows_any_claim(clock: Clock) -> None:
+    """With no failures the lane claims as usual."""
+    assert Breaker(clock=clock).allowance() == (0.0, None)
+
+
+def test_it_opens_after_the_threshold_of_consecutive_failures(clock: Clock) -> None:
+    """Four failures keep it closed; the fifth opens it for the base cooldown."""
+    b = Breaker(threshold=5, base_cooldown=2, clock=clock)
+    assert [b.record("retry") for _ in range(4)] == [None] * 4
+    assert b.record("retry") == "opened"
+    assert b.allowance() == (2.0, None)
+
+
+def test_a_success_resets_the_count(clock: Clock) -> None:
+    """Failures must be consecutive: a success in between starts the count again."""
+    b = Breaker(threshold=3, clock=clock)
+    b.record("retry")
+    b.record("retry")
+    b.record("success")
+    b.record("retry")
+    b.record("retry")
+    assert b.state == "closed"
+
+
+def test_permanent_failures_do_not_count(clock: Clock) -> None:
+    """A vendor rejecting one delivery's body says nothing about the destination."""
+    b = Breaker(threshold=2, clock=clock)
+    for _ in range(5):
+        assert b.record("permanent") is None
+    assert b.state == "closed"
+
+
+def test_auth_failures_open_it(clock: Clock) -> None:
+    """Bad credentials fail every delivery alike, so they open the breaker too."""
+    b = Breaker(threshold=2, clock=clock)
+    b.record("auth")
+    assert b.record("auth") == "opened"
+
+
+def test_after_the_cooldown_one_probe_is_allowed(clock: Clock) -> None:
+    """Once the cooldown passes the lane may claim one delivery, and no more while it is out."""
+    b = Breaker(threshold=1, base_cooldown=1, clock=clock)
+    b.record("retry")
+    clock.now += 1.0
+    assert b.allowance() == (0.0, 1)
+    b.probe_sent()
+    wait, limit = b.allowance()
+    assert wait > 0
+    assert limit is None
+
+
+def test_a_successful_probe_closes_it(clock: Clock) -> None:
+    """The first success after opening closes the breaker and says so."""
+    b = Breaker(threshold=1, clock=clock)
+    b.record("retry")
+    clock.now += 5
+    b.allowance()
+    b.probe_sent()
+    assert b.record("success") == "closed"
+    assert b.allowance() == (0.0, None)
+
+
+def test_a_failed_probe_doubles_the_cooldown_up_to_the_cap(clock: Clock) -> None:
+    """Each failed probe opens it again for twice as long, never longer than max_cooldown."""
+    b = Breaker(threshold=1, base_cooldown=1, max_cooldown=5, clock=clock)
+    cooldowns = []
+    b.record("retry")
+    for _ in range(5):
+        cooldowns.append(b.cooldown)
+        clock.now = b.until
+        b.allowance()
+        b.probe_sent()
+        assert b.record("retry") == "opened"
+    assert cooldowns == [1, 2, 4, 5, 5]
