@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -71,6 +71,13 @@ class SourceConfig(Base):
         parse_duration(self.dedup_window)
 
 
+class AttachmentsConfig(Base):
+    """Where email attachments are kept (content addressed by sha256), and the largest one kept."""
+
+    dir: str = "var/attachments"
+    max_bytes: Annotated[int, Meta(ge=0)] = 10_485_760
+
+
 class RateLimit(Base):
     requests: Annotated[int, Meta(ge=1)]
     per_seconds: Annotated[float, Meta(gt=0)] = 1.0
@@ -113,6 +120,7 @@ class _RawConfig(Base):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    attachments: AttachmentsConfig = msgspec.field(default_factory=AttachmentsConfig)
     mappings: str | None = None
     vars: dict[str, Any] = {}
     sources: dict[str, Any] = {}
@@ -142,6 +150,13 @@ class Config:
     sources: dict[str, SourceConfig]
     destinations: dict[str, DestinationConfig]
     document: Document | None = None
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+
+    @property
+    def attachments_dir(self) -> Path:
+        """The attachments folder; a relative `dir` is relative to the config's folder."""
+        folder = Path(self.attachments.dir)
+        return folder if folder.is_absolute() else self.base_dir / folder
 
 
 def parse_store_url(url: str, base_dir: Path) -> StoreURL:
@@ -229,7 +244,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
     return Config(
         file=None if shipped else file, base_dir=base_dir, server=raw.server, store=raw.store,
         store_url=store_url, admin=raw.admin, log=raw.log, mappings_dir=mappings_dir, vars=raw.vars,
-        sources=sources, destinations=destinations, document=doc,
+        sources=sources, destinations=destinations, document=doc, attachments=raw.attachments,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -14,8 +15,9 @@ from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
 from bridge.runtime import Runtime, Source
 from bridge.store.base import AcceptResult, NewDelivery
+from handlers.attachments import save_attachments
 from handlers.auth import check_auth
-from handlers.base import Inbound
+from handlers.base import Inbound, Intercepted
 
 log = structlog.get_logger("ticketbridge.intake")
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -54,6 +56,32 @@ def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) ->
     return _json(body, exc.status, _cors(source, request))
 
 
+def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamResponse:
+    """A handshake answered, or a notification ignored: counted and logged, nothing stored."""
+    if early.outcome == "handshake":
+        rt.count("intake.handshake")
+        log.info("intake.handshake", source=source.name, reason=early.reason)
+    else:
+        rt.count("intake.ignored")
+        log.info("intake.ignored", source=source.name, reason=early.reason)
+    return early.response
+
+
+async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]) -> web.Response | None:
+    """Write the requests' attachment content before the event is stored; a 503 when the disk fails."""
+    files = [item for inbound in inbounds for item in inbound.attachments]
+    if not files:
+        return None
+    try:
+        await asyncio.to_thread(save_attachments, files, rt.config.attachments_dir, rt.config.attachments.max_bytes)
+    except OSError as exc:
+        rt.count("intake.attachments_unavailable")
+        log.error("intake.attachments_unavailable", source=source.name, error=str(exc))
+        return _json({"accepted": False, "error": "attachments could not be written; nothing was stored, try again"},
+                     503, {"Retry-After": "5"})
+    return None
+
+
 def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
     if source.dedup_path is None:
         return inbound.dedup_key
@@ -78,9 +106,13 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
         check_auth(handler.options.auth, request)
         handler.verify(request, body)
         handler.check_content_type(request)
+        if (early := await handler.intercept(request, body)) is not None:
+            return _intercepted(rt, source, early)
         inbounds = handler.parse(request, body)
     except Rejected as exc:
         return _reject(rt, source, exc, request)
+    if (unsaved := await _save_attachments(rt, source, inbounds)) is not None:
+        return unsaved
 
     headers = handler.kept_headers(request)
     meta = {"remote": request.remote, "user_agent": request.headers.get("User-Agent")}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -11,8 +14,14 @@ from aiohttp import web
 from bridge.config import ServerConfig, SourceConfig
 from bridge.errors import Rejected
 from bridge.events import Channel
+from handlers.attachments import Attachment
 
 KEEP_HEADERS = ("content-type", "user-agent", "referer", "origin", "x-request-id", "x-forwarded-for")
+
+Clock = Callable[[], float]
+"""Seconds since the epoch; handlers read time only through one, so tests can set it."""
+
+T = TypeVar("T")
 
 
 class Inbound(msgspec.Struct, kw_only=True):
@@ -21,6 +30,49 @@ class Inbound(msgspec.Struct, kw_only=True):
     payload: dict[str, Any]
     dedup_key: str | None = None
     spam: bool = False
+    attachments: list[Attachment] = []
+    """Files whose metadata dicts sit in `payload`; intake writes their content before the event is stored."""
+
+
+@dataclass(frozen=True)
+class Intercepted:
+    """A POST answered without storing an event: a provider's handshake, or a notification the source ignores."""
+
+    response: web.StreamResponse
+    outcome: Literal["handshake", "ignored"]
+    reason: str
+
+
+def ignored(reason: str) -> Intercepted:
+    """Answer 200 so the provider stops retrying, and store nothing."""
+    body = msgspec.json.encode({"accepted": True, "ignored": reason})
+    return Intercepted(web.Response(body=body, status=200, content_type="application/json"), "ignored", reason)
+
+
+def handshake_answer(response: web.StreamResponse, reason: str) -> Intercepted:
+    """Answer a provider's handshake made by POST (Slack, SNS): counted as a handshake, nothing stored."""
+    return Intercepted(response, "handshake", reason)
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: optional nested objects are read without ceremony."""
+    return value if isinstance(value, dict) else {}
+
+
+_SLOTS: dict[str, Any] = {}
+
+
+def per_request(request: web.Request, key: str, make: Callable[[], T]) -> T:
+    """`make()` once per request: verify, intercept and parse share one parse of the body."""
+    slot = _SLOTS.get(key)
+    if slot is None:
+        # aiohttp ≥ 3.13 wants typed request keys; older versions take plain strings.
+        request_key = getattr(web, "RequestKey", None)
+        slot = _SLOTS[key] = request_key(f"ticketbridge.{key}", object) if request_key else f"ticketbridge.{key}"
+    if slot not in request:
+        request[slot] = make()
+    value: T = request[slot]
+    return value
 
 
 class Handler(ABC):
@@ -36,6 +88,7 @@ class Handler(ABC):
         self.name = name
         self.options = options
         self.server = server
+        self.clock: Clock = time.time
 
     async def handshake(self, request: web.Request) -> web.StreamResponse | None:
         """Answer a provider's GET verification handshake; None when the provider has none."""
@@ -43,6 +96,12 @@ class Handler(ABC):
 
     def verify(self, request: web.Request, body: bytes) -> None:  # noqa: B027 - optional hook
         """Check the signature on the raw bytes; raise Rejected(401) naming the failed check."""
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        """Run after `verify`, before `parse`: answer a POST that must not become an event (a handshake, a
+        notification this source ignores), or finish a check that needs I/O, raising Rejected.
+        None lets the request go on to `parse`."""
+        return None
 
     @abstractmethod
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

@@ -6,13 +6,14 @@ import hashlib
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from bridge.errors import Rejected
 
 
-def _add(out: dict[str, Any], key: str, value: Any) -> None:
+def add_value(out: dict[str, Any], key: str, value: Any) -> None:
+    """Set `out[key]`; a key set again becomes the list of its values, in order."""
     if key in out:
         current = out[key]
         if isinstance(current, list):
@@ -39,12 +40,22 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     except ValueError as exc:
         raise Rejected(400, f"malformed form body: {exc}", check="form") from None
     for key, value in pairs:
-        _add(out, key, value)
+        add_value(out, key, value)
     return out
 
 
-def parse_multipart(body: bytes, content_type_header: str) -> dict[str, Any]:
-    """Text parts become values; file parts become {filename, content_type, size, sha256}."""
+class Part(NamedTuple):
+    """One part of a multipart body, its content as raw bytes."""
+
+    name: str
+    filename: str | None
+    content_type: str
+    charset: str | None
+    data: bytes
+
+
+def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
+    """The parts of a multipart/form-data body, in order; Rejected(400) when it cannot be read."""
     if "boundary=" not in content_type_header:
         raise Rejected(400, "multipart body without a boundary in its Content-Type", check="form")
     message = BytesParser(policy=HTTP).parsebytes(
@@ -53,22 +64,34 @@ def parse_multipart(body: bytes, content_type_header: str) -> dict[str, Any]:
     if not message.is_multipart() or message.defects:
         reason = ", ".join(type(d).__name__ for d in message.defects) or "no parts"
         raise Rejected(400, f"malformed multipart body: {reason}", check="form")
-    out: dict[str, Any] = {}
+    parts = []
     for part in message.iter_parts():
         assert isinstance(part, Message)
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             raise Rejected(400, "multipart part without a name in its Content-Disposition", check="form")
         raw = part.get_payload(decode=True)
-        data = raw if isinstance(raw, bytes) else b""
-        filename = part.get_filename()
-        if filename is not None:
-            _add(out, name, {"filename": filename, "content_type": part.get_content_type(), "size": len(data),
-                             "sha256": hashlib.sha256(data).hexdigest()})
+        parts.append(Part(name, part.get_filename(), part.get_content_type(), part.get_content_charset(),
+                          raw if isinstance(raw, bytes) else b""))
+    return parts
+
+
+def decode_part(part: Part, charset: str | None = None) -> str:
+    """A text part as str, in `charset` (else the part's own, else UTF-8); Rejected(400) when it is not."""
+    use = charset or part.charset or "utf-8"
+    try:
+        return part.data.decode(use)
+    except (UnicodeDecodeError, LookupError):
+        raise Rejected(400, f"multipart field {part.name!r} is not valid {use} text", check="form") from None
+
+
+def parse_multipart(body: bytes, content_type_header: str) -> dict[str, Any]:
+    """Text parts become values; file parts become {filename, content_type, size, sha256}."""
+    out: dict[str, Any] = {}
+    for part in multipart_parts(body, content_type_header):
+        if part.filename is not None:
+            add_value(out, part.name, {"filename": part.filename, "content_type": part.content_type,
+                                  "size": len(part.data), "sha256": hashlib.sha256(part.data).hexdigest()})
             continue
-        charset = part.get_content_charset() or "utf-8"
-        try:
-            _add(out, name, data.decode(charset))
-        except (UnicodeDecodeError, LookupError):
-            raise Rejected(400, f"multipart field {name!r} is not valid {charset} text", check="form") from None
+        add_value(out, part.name, decode_part(part))
     return out

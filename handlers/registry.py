@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from bridge.config import ServerConfig, SourceConfig
 from handlers.base import Handler
+from handlers.cloudmailin import CloudmailinHandler
 from handlers.form import FormHandler
+from handlers.intercom import IntercomHandler
+from handlers.jotform import JotformHandler
 from handlers.json_hook import JsonHandler
+from handlers.mailgun import MailgunHandler
+from handlers.postmark import PostmarkHandler
+from handlers.sendgrid import SendgridHandler
+from handlers.ses import SesHandler
+from handlers.slack import SlackHandler
+from handlers.standard_webhooks import StandardWebhooksHandler
+from handlers.tally import TallyHandler
+from handlers.telegram import TelegramHandler
+from handlers.twilio import TwilioHandler
+from handlers.typeform import TypeformHandler
+from handlers.webflow import WebflowHandler
+from handlers.whatsapp import WhatsappHandler
 
-HANDLERS: dict[str, type[Handler]] = {cls.kind: cls for cls in (FormHandler, JsonHandler)}
+HANDLERS: dict[str, type[Handler]] = {cls.kind: cls for cls in (
+    FormHandler, JsonHandler,
+    MailgunHandler, SendgridHandler, PostmarkHandler, SesHandler, CloudmailinHandler,
+    TypeformHandler, TallyHandler, WebflowHandler, JotformHandler,
+    TwilioHandler, WhatsappHandler, SlackHandler, TelegramHandler, IntercomHandler,
+    StandardWebhooksHandler,
+)}
 
 
 def handler_class(kind: str) -> type[Handler]:

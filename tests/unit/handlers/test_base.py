@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from aiohttp.web import Request
+from aiohttp.web import Request, Response
 
 from bridge.config import ServerConfig, SourceConfig
 from bridge.errors import Rejected
-from handlers.base import KEEP_HEADERS, Handler, Inbound, decode_json_object
+from handlers.base import (
+    KEEP_HEADERS,
+    Handler,
+    Inbound,
+    decode_json_object,
+    handshake_answer,
+    ignored,
+    obj,
+    per_request,
+)
 
 
 class Plain(Handler):
@@ -164,3 +174,55 @@ def test_decode_json_malformed(body: bytes) -> None:
     assert (info.value.status, info.value.check) == (400, "json")
     assert str(info.value).startswith("malformed JSON: ")
     assert len(str(info.value)) > len("malformed JSON: ")
+
+
+# -- the interception hook and its helpers ----------------------------------------------------------
+
+
+async def test_intercept_lets_requests_through_by_default() -> None:
+    """A handler that does not override `intercept` sends every request on to `parse`."""
+    assert await make(Plain).intercept(request("application/json"), b"{}") is None
+
+
+def test_ignored_answers_200_and_names_the_reason() -> None:
+    """An ignored notification is answered 200 with the reason, so the provider stops retrying."""
+    early = ignored("a bot's message")
+    assert (early.outcome, early.reason, early.response.status) == ("ignored", "a bot's message", 200)
+    assert isinstance(early.response, Response)
+    assert early.response.body == b'{"accepted":true,"ignored":"a bot\'s message"}'
+
+
+def test_handshake_answer_keeps_the_providers_response() -> None:
+    """A handshake made by POST is answered with the provider's own response, counted as a handshake."""
+    answer = Response(text="challenge")
+    early = handshake_answer(answer, "Slack url_verification")
+    assert (early.outcome, early.response) == ("handshake", answer)
+
+
+def test_per_request_makes_once_per_request() -> None:
+    """A value computed for a request is reused by later calls on it, and not shared with another request."""
+    calls: list[int] = []
+
+    def make_value() -> int:
+        calls.append(1)
+        return len(calls)
+
+    first, second = request(), request()
+    assert per_request(first, "n", make_value) == 1
+    assert per_request(first, "n", make_value) == 1
+    assert per_request(second, "n", make_value) == 2
+
+
+def test_obj_reads_optional_objects() -> None:
+    """`obj` gives a JSON object back and an empty one for anything else."""
+    assert obj({"a": 1}) == {"a": 1}
+    assert obj(None) == {} and obj([1]) == {} and obj("x") == {}
+
+
+def test_handlers_read_time_through_a_settable_clock() -> None:
+    """Each handler has its own clock, the wall clock by default, which a test can replace."""
+    h = make(Plain)
+    assert abs(h.clock() - time.time()) < 5
+    h.clock = lambda: 42.0
+    assert h.clock() == 42.0
+    assert make(Plain).clock() != 42.0

@@ -56,6 +56,24 @@ def test_build_handler_unknown_kind() -> None:
         build_handler("x", SourceConfig(kind="nope"), ServerConfig())
 
 
+# The least each kind needs: its secrets (DESIGN's "Source options by kind").
+REQUIRED: dict[str, dict[str, typing.Any]] = {
+    "mailgun": {"signing_key": "k"}, "ses": {"topic_arns": ["arn:aws:sns:us-east-1:123456789012:t"]},
+    "typeform": {"secret": "s"}, "tally": {"secret": "s"}, "webflow": {"secret": "s"}, "jotform": {"secret": "s"},
+    "intercom": {"secret": "s"}, "twilio": {"auth_token": "t"}, "whatsapp": {"app_secret": "a", "verify_token": "v"},
+    "slack": {"signing_secret": "s"}, "telegram": {"secret_token": "t"},
+    "standard-webhooks": {"secret": "whsec_c2VjcmV0"},
+}
+
+PROVIDERS = {"mailgun", "sendgrid", "postmark", "ses", "cloudmailin", "typeform", "tally", "webflow", "jotform",
+             "twilio", "whatsapp", "slack", "telegram", "intercom", "standard-webhooks"}
+
+
+def test_every_provider_of_the_issue_is_registered() -> None:
+    """Each email, form, chat and generic provider has a handler, besides `form` and `json`."""
+    assert set(HANDLERS) == PROVIDERS | {"form", "json"}
+
+
 @pytest.mark.parametrize("kind", sorted(HANDLERS))
 def test_every_registered_handler_is_consistent(kind: str) -> None:
     """Each registered class is a Handler filed under its own kind, on a known channel, with SourceConfig options."""
@@ -64,4 +82,18 @@ def test_every_registered_handler_is_consistent(kind: str) -> None:
     assert cls.kind == kind
     assert cls.channel in typing.get_args(Channel)
     assert issubclass(cls.Options, SourceConfig)
-    assert msgspec.convert({"kind": kind}, cls.Options).kind == kind
+    assert msgspec.convert({"kind": kind, **REQUIRED.get(kind, {})}, cls.Options).kind == kind
+
+
+@pytest.mark.parametrize("kind", sorted(REQUIRED))
+def test_secrets_are_required(kind: str) -> None:
+    """A kind that verifies with a secret refuses a config without it."""
+    with pytest.raises(msgspec.ValidationError, match="missing required field"):
+        msgspec.convert({"kind": kind}, HANDLERS[kind].Options)
+
+
+@pytest.mark.parametrize("kind", sorted(HANDLERS))
+def test_options_of_another_kind_are_refused(kind: str) -> None:
+    """Each kind validates its own options: another kind's option is an unknown key."""
+    with pytest.raises(msgspec.ValidationError, match="unknown field `redirect_to_nowhere`"):
+        msgspec.convert({"kind": kind, **REQUIRED.get(kind, {}), "redirect_to_nowhere": 1}, HANDLERS[kind].Options)

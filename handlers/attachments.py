@@ -1,0 +1,87 @@
+"""Attachment files: metadata in the event's payload, content on disk, addressed by its sha256."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bridge.errors import Rejected
+
+
+class Attachment(msgspec.Struct, kw_only=True):
+    """One file a request carries: `meta` is the very dict placed in the payload, `content` its bytes
+    (None when the provider sent only a link or nothing at all)."""
+
+    meta: dict[str, Any]
+    content: bytes | None = None
+
+
+def attachment(name: str | None, content_type: str | None, content: bytes) -> Attachment:
+    """An attachment whose metadata (name, content_type, size, sha256) is computed from its content."""
+    meta = {"name": name or "", "content_type": (content_type or "application/octet-stream").lower(),
+            "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    return Attachment(meta=meta, content=content)
+
+
+def remote_attachment(name: str | None, content_type: str | None, size: int | None, reason: str,
+                      **extra: Any) -> Attachment:
+    """A file the provider did not send the content of: recorded, never silently dropped."""
+    meta = {"name": name or "", "content_type": (content_type or "application/octet-stream").lower(),
+            "size": size, "sha256": None, "stored": False, "reason": reason, **extra}
+    return Attachment(meta=meta, content=None)
+
+
+def decode_base64(text: Any, what: str) -> bytes:
+    """Base64 content from a JSON body (line breaks allowed), or Rejected(400) naming the field."""
+    if not isinstance(text, str):
+        raise Rejected(400, f"{what} is not a base64 string", check="attachment")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected(400, f"{what} is not valid base64", check="attachment") from None
+
+
+def content_path(folder: Path, sha256: str) -> Path:
+    """Where the content with this digest lives: `folder/ab/abcdef…`."""
+    return folder / sha256[:2] / sha256
+
+
+def save_attachments(attachments: list[Attachment], folder: Path, max_bytes: int) -> None:
+    """Write each attachment's content under `folder` (at most once per digest) and mark its metadata
+    `stored: true`; content over `max_bytes` is marked `stored: false` with the reason. Raises OSError
+    when the disk fails, so that intake answers 503 and the provider retries."""
+    for item in attachments:
+        if item.content is None:
+            item.meta.setdefault("stored", False)
+            item.meta.setdefault("reason", "the provider sent no content")
+            continue
+        size = len(item.content)
+        if size > max_bytes:
+            item.meta["stored"] = False
+            item.meta["reason"] = f"{size} bytes is over the attachment cap of {max_bytes} bytes"
+            continue
+        target = content_path(folder, item.meta["sha256"])
+        if not target.exists():
+            _write_atomically(target, item.content)
+        item.meta["stored"] = True
+
+
+def _write_atomically(target: Path, content: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,77 @@
+"""Cloudmailin, JSON (normalised) format: envelope, headers, plain, html, reply_plain and attachments
+(base64 content, or a link when Cloudmailin stores them). Protect the source with `auth` (basic auth)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.attachments import Attachment, attachment, decode_base64, remote_attachment
+from handlers.base import Handler, Inbound, decode_json_object, obj
+from handlers.email import Headers, email_payload, message_id
+
+
+class CloudmailinOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class CloudmailinHandler(Handler):
+    kind: ClassVar[str] = "cloudmailin"
+    channel = "email"
+    Options: ClassVar[type[SourceConfig]] = CloudmailinOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        data = decode_json_object(body)
+        raw_headers = data.get("headers")
+        # Cloudmailin names headers in lower case with underscores (`message_id`); repeated ones are lists.
+        headers = Headers.from_mapping(raw_headers, underscores=True) if isinstance(raw_headers, dict) else Headers()
+        envelope = obj(data.get("envelope"))
+        files, kept = self._attachments(data.get("attachments"))
+        provider = dict(data)
+        if "attachments" in data:
+            provider["attachments"] = kept
+        payload = email_payload(
+            from_=headers.get("From") or envelope.get("from"),
+            to=headers.get_all("To") or envelope.get("to"),
+            cc=headers.get_all("Cc"),
+            subject=headers.get("Subject"),
+            text=_text(data.get("plain")),
+            html=_text(data.get("html")),
+            stripped_text=_text(data.get("reply_plain")),
+            message_id_=headers.get("Message-Id"),
+            in_reply_to=headers.get("In-Reply-To"),
+            references=headers.get_all("References"),
+            attachments=files,
+            provider=provider,
+        )
+        return [Inbound(payload=payload, dedup_key=message_id(headers.get("Message-Id")), attachments=files)]
+
+    @staticmethod
+    def _attachments(raw: Any) -> tuple[list[Attachment], list[Any]]:
+        if raw is None:
+            return [], []
+        if not isinstance(raw, list):
+            raise Rejected(400, "`attachments` is not a list", check="json")
+        files: list[Attachment] = []
+        kept: list[Any] = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                raise Rejected(400, f"`attachments[{i}]` is not an object", check="json")
+            name, ctype = item.get("file_name"), item.get("content_type")
+            if item.get("content") is not None:
+                files.append(attachment(name, ctype, decode_base64(item["content"], f"`attachments[{i}].content`")))
+            else:
+                size = item.get("size")
+                files.append(remote_attachment(
+                    name, ctype, int(size) if isinstance(size, int | str) and str(size).isdigit() else None,
+                    "held by Cloudmailin's attachment store", url=item.get("url")))
+            kept.append({k: v for k, v in item.items() if k != "content"})
+        return files, kept
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

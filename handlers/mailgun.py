@@ -1,0 +1,116 @@
+"""Mailgun routes: inbound mail posted as a form, signed with an HMAC of its timestamp and token."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.attachments import Attachment, attachment
+from handlers.base import Handler, Inbound, per_request
+from handlers.email import Headers, email_payload, message_id
+from handlers.formdata import add_value, decode_part, multipart_parts, parse_urlencoded
+from handlers.signing import TimedOptions, check_timestamp, hex_hmac_sha256, require, same
+
+URLENCODED = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+
+
+class MailgunOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
+    signing_key: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.signing_key, "signing_key", "MAILGUN_SIGNING_KEY")
+
+
+class MailgunForm(msgspec.Struct):
+    fields: dict[str, Any]
+    files: list[Attachment]
+
+
+def _one(value: Any) -> str | None:
+    """A form value that should be single; the first when a client repeated it."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+class MailgunHandler(Handler):
+    kind: ClassVar[str] = "mailgun"
+    channel = "email"
+    Options: ClassVar[type[SourceConfig]] = MailgunOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART})
+
+    @property
+    def mailgun(self) -> MailgunOptions:
+        assert isinstance(self.options, MailgunOptions)
+        return self.options
+
+    def _form(self, request: web.Request, body: bytes) -> MailgunForm:
+        def read() -> MailgunForm:
+            if request.content_type == MULTIPART:
+                fields: dict[str, Any] = {}
+                files = []
+                for part in multipart_parts(body, request.headers.get("Content-Type", "")):
+                    if part.filename is not None:
+                        files.append(attachment(part.filename, part.content_type, part.data))
+                    else:
+                        add_value(fields, part.name, decode_part(part))
+                return MailgunForm(fields, files)
+            return MailgunForm(parse_urlencoded(body, request.charset), [])
+
+        return per_request(request, "mailgun", read)
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        # Mailgun signs fields of the body, so the form is read first; the signature is still checked before
+        # anything of it is used.
+        self.check_content_type(request)
+        fields = self._form(request, body).fields
+        timestamp, token, signature = (_one(fields.get(k)) for k in ("timestamp", "token", "signature"))
+        if not token or not signature:
+            raise Rejected(401, "the form has no Mailgun `token` and `signature`", check="signature")
+        check_timestamp(timestamp, self.clock(), self.mailgun.tolerance_s, header="field `timestamp`")
+        assert timestamp is not None
+        expected = hex_hmac_sha256(self.mailgun.signing_key.encode(), (timestamp + token).encode())
+        if not same(expected, signature.lower()):
+            raise Rejected(401, "Mailgun `signature` does not match timestamp and token", check="signature")
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        form = self._form(request, body)
+        fields = form.fields
+        headers = self._headers(fields)
+        payload = email_payload(
+            from_=headers.get("From") or _one(fields.get("from")) or _one(fields.get("sender")),
+            to=headers.get_all("To") or _one(fields.get("recipient")),
+            cc=headers.get_all("Cc"),
+            subject=_one(fields.get("subject")) or headers.get("Subject"),
+            text=_one(fields.get("body-plain")),
+            html=_one(fields.get("body-html")),
+            stripped_text=_one(fields.get("stripped-text")),
+            message_id_=headers.get("Message-Id"),
+            in_reply_to=headers.get("In-Reply-To"),
+            references=headers.get_all("References"),
+            attachments=form.files,
+            provider=fields,
+        )
+        dedup = message_id(headers.get("Message-Id")) or _one(fields.get("token"))
+        return [Inbound(payload=payload, dedup_key=dedup, attachments=form.files)]
+
+    @staticmethod
+    def _headers(fields: dict[str, Any]) -> Headers:
+        """The message's headers: `message-headers` (a JSON list of pairs), else the header-named fields."""
+        raw = _one(fields.get("message-headers"))
+        if raw:
+            try:
+                pairs = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                raise Rejected(400, "field `message-headers` is not JSON", check="form") from None
+            if isinstance(pairs, list):
+                return Headers((str(p[0]), str(p[1])) for p in pairs
+                               if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str))
+        names = ("From", "To", "Cc", "Subject", "Message-Id", "In-Reply-To", "References", "Date")
+        return Headers((n, v) for n in names if (v := _one(fields.get(n))) is not None)

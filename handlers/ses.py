@@ -1,0 +1,175 @@
+"""Amazon SES receiving, delivered by an SNS action to an HTTPS subscription: the SNS envelope is verified
+(signature, certificate host, topic allow-list, age), subscriptions are confirmed, and each `Received`
+notification becomes one email event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.durations import parse_duration
+from bridge.errors import Rejected
+from handlers.attachments import decode_base64
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, handshake_answer, ignored, obj, per_request
+from handlers.email import Headers, MimeContent, email_payload, parse_mime
+from handlers.sns import CertificateCache, Fetcher, FetchError, https_get, is_sns_url, verify_signature
+
+log = structlog.get_logger("ticketbridge.handlers.ses")
+
+FUTURE_SKEW_S = 300.0
+
+
+class SesOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    topic_arns: list[str]
+    max_age: str = "1h"
+    """How old a message's signed Timestamp may be; SNS retries a failed delivery with the same one."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.topic_arns:
+            raise ValueError("`topic_arns` is empty: list the SNS topics whose messages this source takes")
+        for arn in self.topic_arns:
+            if not arn.startswith(("arn:aws:sns:", "arn:aws-cn:sns:", "arn:aws-us-gov:sns:")):
+                raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)")
+        parse_duration(self.max_age)
+
+
+def _timestamp(value: Any) -> datetime:
+    try:
+        stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise Rejected(401, f"SNS Timestamp {value!r} is not an ISO 8601 time", check="timestamp") from None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+class SesHandler(Handler):
+    kind: ClassVar[str] = "ses"
+    channel = "email"
+    Options: ClassVar[type[SourceConfig]] = SesOptions
+    # SNS posts JSON labelled text/plain.
+    content_types: ClassVar[frozenset[str]] = frozenset({"text/plain", "application/json"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch: Fetcher = https_get
+        self.certificates = CertificateCache()
+
+    @property
+    def ses(self) -> SesOptions:
+        assert isinstance(self.options, SesOptions)
+        return self.options
+
+    def _message(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "sns", lambda: decode_json_object(body))
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        """The checks that need no I/O; the signature itself is checked in `intercept`."""
+        self.check_content_type(request)
+        message = self._message(request, body)
+        if message.get("TopicArn") not in self.ses.topic_arns:
+            raise Rejected(401, f"SNS topic {message.get('TopicArn')!r} is not in this source's topic_arns",
+                           check="topic_arn")
+        cert_url = message.get("SigningCertURL") or message.get("SigningCertUrl")
+        if not isinstance(cert_url, str) or not is_sns_url(cert_url, pem=True):
+            raise Rejected(401, "SigningCertURL is not an https .pem URL on an SNS host (sns.<region>.amazonaws.com)",
+                           check="certificate")
+        sent = _timestamp(message.get("Timestamp")).timestamp()
+        now = self.clock()
+        if now - sent > parse_duration(self.ses.max_age):
+            raise Rejected(401, f"SNS Timestamp is {now - sent:.0f}s old; the limit is {self.ses.max_age}",
+                           check="timestamp")
+        if sent - now > FUTURE_SKEW_S:
+            raise Rejected(401, f"SNS Timestamp is {sent - now:.0f}s in the future", check="timestamp")
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        message = self._message(request, body)
+        cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
+        cert = await self.certificates.get(cert_url, self.fetch)
+        verify_signature(message, cert, datetime.fromtimestamp(self.clock(), UTC))
+        kind = message.get("Type")
+        if kind == "SubscriptionConfirmation":
+            return await self._confirm(message)
+        if kind == "UnsubscribeConfirmation":
+            log.warning("ses.unsubscribed", source=self.name, topic=message.get("TopicArn"))
+            return ignored("SNS unsubscribe confirmation")
+        notification = self._notification(request, message)
+        if notification is None:
+            return ignored("the SNS message is not an SES notification")
+        if notification.get("notificationType") != "Received":
+            return ignored(f"SES {notification.get('notificationType')!r} notification")
+        return None
+
+    async def _confirm(self, message: dict[str, Any]) -> Intercepted:
+        url = message.get("SubscribeURL")
+        if not isinstance(url, str) or not is_sns_url(url):
+            raise Rejected(401, "SubscribeURL is not an https URL on an SNS host", check="subscribe_url")
+        try:
+            await self.fetch(url)
+        except FetchError as exc:
+            raise Rejected(503, f"could not confirm the SNS subscription ({exc}); try again",
+                           check="subscribe_url") from None
+        topic = message.get("TopicArn")
+        log.info("ses.subscribed", source=self.name, topic=topic)
+        body = msgspec.json.encode({"accepted": True, "subscribed": topic})
+        return handshake_answer(web.Response(body=body, content_type="application/json"), "SNS subscription confirmed")
+
+    def _notification(self, request: web.Request, message: dict[str, Any]) -> dict[str, Any] | None:
+        def decode() -> dict[str, Any] | None:
+            try:
+                value = msgspec.json.decode(str(message.get("Message") or ""))
+            except msgspec.DecodeError:
+                return None
+            return value if isinstance(value, dict) else None
+
+        return per_request(request, "ses", decode)
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        message = self._message(request, body)
+        notification = self._notification(request, message) or {}
+        mail = obj(notification.get("mail"))
+        receipt = obj(notification.get("receipt"))
+        common = obj(mail.get("commonHeaders"))
+        raw_headers = mail.get("headers")
+        headers = Headers((str(h["name"]), str(h["value"])) for h in raw_headers
+                          if isinstance(h, dict) and isinstance(h.get("name"), str) and "value" in h) \
+            if isinstance(raw_headers, list) else Headers()
+        mime = self._content(notification, receipt)
+        if mime is not None and not raw_headers:
+            headers = mime.headers
+        files = mime.attachments if mime is not None else []
+        payload = email_payload(
+            from_=common.get("from") or headers.get("From"),
+            to=common.get("to") or headers.get_all("To"),
+            cc=common.get("cc") or headers.get_all("Cc"),
+            subject=common.get("subject") if isinstance(common.get("subject"), str) else headers.get("Subject"),
+            text=mime.text if mime else None,
+            html=mime.html if mime else None,
+            stripped_text=None,
+            message_id_=common.get("messageId") or headers.get("Message-ID"),
+            in_reply_to=headers.get("In-Reply-To"),
+            references=headers.get_all("References"),
+            attachments=files,
+            provider={
+                "sns": {k: message[k] for k in ("MessageId", "TopicArn", "Subject", "Timestamp") if k in message},
+                **{k: v for k, v in notification.items() if k != "content"},  # the raw MIME is parsed, not kept
+            },
+        )
+        verdicts = (receipt.get("spamVerdict"), receipt.get("virusVerdict"))
+        spam = any(isinstance(v, dict) and v.get("status") == "FAIL" for v in verdicts)
+        return [Inbound(payload=payload, dedup_key=str(message.get("MessageId")), spam=spam, attachments=files)]
+
+    @staticmethod
+    def _content(notification: dict[str, Any], receipt: dict[str, Any]) -> MimeContent | None:
+        """The raw message an SNS action carries (`content`); other actions (S3, Lambda) carry none."""
+        content = notification.get("content")
+        if not isinstance(content, str):
+            return None
+        action = obj(receipt.get("action"))
+        if str(action.get("encoding", "")).upper() == "BASE64":
+            return parse_mime(decode_base64(content, "SES `content`"))
+        return parse_mime(content.encode("utf-8", "surrogateescape"))

@@ -1,0 +1,60 @@
+"""Pieces the providers' signature schemes share: secrets in options, timestamp windows, digests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Literal
+
+from bridge.config import SourceConfig
+from bridge.durations import parse_duration
+from bridge.errors import Rejected
+
+
+def require(value: str, key: str, env: str) -> None:
+    """Refuse an empty secret in the config (an unset environment variable expands to one)."""
+    if not value:
+        raise ValueError(f"`{key}` is empty: set it from the environment, e.g. {key}: ${{{env}}}")
+
+
+class TimedOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    """Options of a provider that signs a timestamp: how far it may be from our clock."""
+
+    tolerance: str = "5m"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_duration(self.tolerance)
+
+    @property
+    def tolerance_s(self) -> float:
+        return parse_duration(self.tolerance)
+
+
+def check_timestamp(value: str | None, now: float, tolerance_s: float, *, header: str,
+                    unit: Literal["s", "ms"] = "s") -> int:
+    """The signed timestamp as an int, or Rejected(401) when it is missing, malformed, or further than
+    `tolerance_s` from `now` either way (a stale replay, or a clock far ahead)."""
+    if not value:
+        raise Rejected(401, f"timestamp {header} is missing", check="timestamp")
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        raise Rejected(401, f"timestamp {header} is not a whole number of {'milli' if unit == 'ms' else ''}seconds",
+                       check="timestamp")
+    stamp = int(text)
+    seconds = stamp / 1000 if unit == "ms" else float(stamp)
+    if abs(now - seconds) > tolerance_s:
+        age = "old" if seconds < now else "in the future"
+        raise Rejected(401, f"timestamp {header} is {abs(now - seconds):.0f}s {age}; the limit is "
+                            f"{tolerance_s:.0f}s", check="timestamp")
+    return stamp
+
+
+def hex_hmac_sha256(secret: bytes, message: bytes) -> str:
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def same(expected: str | bytes, given: str) -> bool:
+    """Constant-time equality of an expected signature and the text a client sent (never raises)."""
+    want = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(want, given.strip().encode("utf-8", "replace"))

@@ -1,0 +1,100 @@
+"""Slack Events API: the v0 signature (hex HMAC-SHA256 of `v0:timestamp:body`) within the tolerance,
+the `url_verification` handshake, messages as chat events; bot messages and other events are ignored,
+and Slack's retries are de-duplicated by `event_id`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.base import (
+    KEEP_HEADERS,
+    Handler,
+    Inbound,
+    Intercepted,
+    decode_json_object,
+    handshake_answer,
+    ignored,
+    obj,
+    per_request,
+)
+from handlers.chat import chat_payload
+from handlers.signing import TimedOptions, check_timestamp, hex_hmac_sha256, require, same
+
+TAKEN_EVENTS = frozenset({"message", "app_mention"})
+# Message subtypes a person produces; the rest (edits, deletions, joins, bots) are not new messages.
+PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
+
+
+class SlackOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
+    signing_secret: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.signing_secret, "signing_secret", "SLACK_SIGNING_SECRET")
+
+
+class SlackHandler(Handler):
+    kind: ClassVar[str] = "slack"
+    channel = "chat"
+    Options: ClassVar[type[SourceConfig]] = SlackOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+    keep_headers: ClassVar[tuple[str, ...]] = (*KEEP_HEADERS, "x-slack-retry-num", "x-slack-retry-reason")
+
+    @property
+    def slack(self) -> SlackOptions:
+        assert isinstance(self.options, SlackOptions)
+        return self.options
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        given = request.headers.get("X-Slack-Signature", "")
+        if not given:
+            raise Rejected(401, "signature header X-Slack-Signature is missing", check="signature")
+        raw_ts = request.headers.get("X-Slack-Request-Timestamp")
+        check_timestamp(raw_ts, self.clock(), self.slack.tolerance_s, header="X-Slack-Request-Timestamp")
+        assert raw_ts is not None
+        base = b"v0:" + raw_ts.strip().encode() + b":" + body
+        expected = "v0=" + hex_hmac_sha256(self.slack.signing_secret.encode(), base)
+        if not same(expected, given.lower()):
+            raise Rejected(401, "signature in X-Slack-Signature does not match timestamp and body",
+                           check="signature")
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        data = per_request(request, "json", lambda: decode_json_object(body))
+        kind = data.get("type")
+        if kind == "url_verification":
+            answer = web.Response(body=msgspec.json.encode({"challenge": data.get("challenge")}),
+                                  content_type="application/json")
+            return handshake_answer(answer, "Slack url_verification")
+        if kind != "event_callback":
+            return ignored(f"Slack payload type {kind!r}")
+        event = data.get("event")
+        if not isinstance(event, dict):
+            raise Rejected(400, "event_callback without an `event` object", check="json")
+        if event.get("type") not in TAKEN_EVENTS:
+            return ignored(f"Slack event {event.get('type')!r}")
+        if event.get("bot_id") or event.get("subtype") == "bot_message" or event.get("bot_profile"):
+            return ignored("a bot's message")
+        if event.get("subtype") not in PERSON_SUBTYPES:
+            return ignored(f"Slack message subtype {event.get('subtype')!r}")
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        data = per_request(request, "json", lambda: decode_json_object(body))
+        event: dict[str, Any] = data["event"]
+        profile = obj(event.get("user_profile"))
+        channel, thread = event.get("channel"), event.get("thread_ts")
+        files = [{k: f.get(k) for k in ("id", "name", "mimetype", "url_private") if k in f}
+                 for f in event.get("files") or [] if isinstance(f, dict)]
+        payload = chat_payload(
+            from_=event.get("user"), from_name=profile.get("real_name") or profile.get("display_name"),
+            to=channel, text=event.get("text"),
+            conversation_id=f"{channel}/{thread}" if channel and thread else channel,
+            message_id=event.get("client_msg_id") or event.get("ts"), media=files, provider=data,
+        )
+        event_id = data.get("event_id")
+        return [Inbound(payload=payload, dedup_key=str(event_id) if event_id else None)]

@@ -1,0 +1,169 @@
+"""Amazon SNS over HTTPS: the message envelope, its RSA signature (SignatureVersion 1: SHA1, 2: SHA256),
+and the signing certificate, fetched only from an SNS host over HTTPS and cached."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from bridge.errors import Rejected
+
+Fetcher = Callable[[str], Awaitable[bytes]]
+"""GET an https URL and return its body; raises FetchError."""
+
+SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+MAX_FETCH_BYTES = 65_536
+
+# The keys signed, in order, for each message type (absent keys are skipped: Subject is optional).
+SIGNED_KEYS = {
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
+    "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
+}
+
+
+class FetchError(Exception):
+    """A GET that did not return 200; `status` is the HTTP status, None when nothing answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def https_get(url: str) -> bytes:
+    """The default fetcher: one short-lived session per call. Calls are rare (certificates are cached, and
+    subscriptions are confirmed once), so no session outlives a request and none needs closing at shutdown."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                session.get(url, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise FetchError(f"HTTP {resp.status}", resp.status)
+            data = await resp.content.read(MAX_FETCH_BYTES + 1)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise FetchError(f"{type(exc).__name__}: {exc}") from None
+    if len(data) > MAX_FETCH_BYTES:
+        raise FetchError(f"more than {MAX_FETCH_BYTES} bytes")
+    return data
+
+
+def is_sns_url(url: str, *, pem: bool = False) -> bool:
+    """Whether `url` is https on an SNS host (sns.<region>.amazonaws.com or .com.cn), with no user or port."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme != "https" or parts.username is not None or port not in (None, 443):
+        return False
+    if not SNS_HOST.fullmatch(parts.hostname or ""):
+        return False
+    return not pem or parts.path.endswith(".pem")
+
+
+def string_to_sign(message: Mapping[str, Any]) -> bytes:
+    """The canonical `Key\\nValue\\n` text SNS signs for this message's type."""
+    keys = SIGNED_KEYS.get(str(message.get("Type")))
+    if keys is None:
+        raise Rejected(401, f"unknown SNS message Type {message.get('Type')!r}", check="signature")
+    out = []
+    for key in keys:
+        value = message.get(key)
+        if value is None:
+            if key == "Subject":
+                continue
+            raise Rejected(401, f"SNS message has no {key}", check="signature")
+        out.append(f"{key}\n{value}\n")
+    return "".join(out).encode()
+
+
+class CertificateCache:
+    """Signing certificates by URL: fetched once (concurrent requests share one fetch), kept for a bounded
+    number of URLs. SNS rotates certificates by publishing them under new URLs."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[x509.Certificate]] = {}
+        self.fetches = 0
+
+    async def get(self, url: str, fetch: Fetcher) -> x509.Certificate:
+        cert = self._certs.get(url)
+        if cert is not None:
+            self._certs.move_to_end(url)
+            return cert
+        pending = self._pending.get(url)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[x509.Certificate] = asyncio.get_running_loop().create_future()
+        self._pending[url] = future
+        try:
+            cert = await self._load(url, fetch)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, and no "never retrieved" warning when none wait
+            raise
+        finally:
+            del self._pending[url]
+        future.set_result(cert)
+        self._certs[url] = cert
+        while len(self._certs) > self.limit:
+            self._certs.popitem(last=False)
+        return cert
+
+    async def _load(self, url: str, fetch: Fetcher) -> x509.Certificate:
+        self.fetches += 1
+        try:
+            pem = await fetch(url)
+        except FetchError as exc:
+            if exc.status is not None and 400 <= exc.status < 500:
+                raise Rejected(401, f"the signing certificate could not be fetched ({exc})",
+                               check="certificate") from None
+            raise Rejected(503, f"the signing certificate could not be fetched ({exc}); try again",
+                           check="certificate") from None
+        try:
+            return x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            raise Rejected(401, "SigningCertURL does not hold a PEM certificate", check="certificate") from None
+
+
+def verify_signature(message: Mapping[str, Any], cert: x509.Certificate, now: datetime) -> None:
+    """Check the message's RSA signature with the certificate's key; Rejected(401) naming what failed."""
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise Rejected(401, "the signing certificate is not valid at this time", check="certificate")
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise Rejected(401, "the signing certificate has no RSA key", check="certificate")
+    version = str(message.get("SignatureVersion"))
+    algorithm: hashes.HashAlgorithm
+    if version == "1":
+        algorithm = hashes.SHA1()  # noqa: S303 - SNS SignatureVersion 1 is defined as SHA1withRSA
+    elif version == "2":
+        algorithm = hashes.SHA256()
+    else:
+        raise Rejected(401, f"unsupported SNS SignatureVersion {message.get('SignatureVersion')!r}",
+                       check="signature")
+    try:
+        signature = base64.b64decode(str(message.get("Signature") or ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected(401, "SNS Signature is not base64", check="signature") from None
+    try:
+        key.verify(signature, string_to_sign(message), padding.PKCS1v15(), algorithm)
+    except InvalidSignature:
+        raise Rejected(401, "SNS Signature does not match the message", check="signature") from None

@@ -1,0 +1,74 @@
+"""Standard Webhooks (standardwebhooks.com): `webhook-signature` holds one or more `v1,<base64>` HMAC-SHA256
+signatures of `id.timestamp.body` (several while a secret is rotated), keyed by the `whsec_` secret."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from typing import ClassVar
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.base import Handler, Inbound, decode_json_object
+from handlers.signing import TimedOptions, check_timestamp, require
+
+PREFIX = "whsec_"
+
+
+class StandardWebhooksOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
+    secret: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.secret, "secret", "WEBHOOK_SECRET")
+        key_of(self.secret)
+
+    @property
+    def key(self) -> bytes:
+        return key_of(self.secret)
+
+
+def key_of(secret: str) -> bytes:
+    """The signing key: the base64 after `whsec_` (the prefix is optional)."""
+    text = secret.removeprefix(PREFIX)
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("`secret` is not base64 after its whsec_ prefix") from None
+    if not key:
+        raise ValueError("`secret` holds no key after its whsec_ prefix")
+    return key
+
+
+class StandardWebhooksHandler(Handler):
+    kind: ClassVar[str] = "standard-webhooks"
+    channel = "webhook"
+    Options: ClassVar[type[SourceConfig]] = StandardWebhooksOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        assert isinstance(self.options, StandardWebhooksOptions)
+        msg_id = request.headers.get("webhook-id", "")
+        raw_ts = request.headers.get("webhook-timestamp")
+        given = request.headers.get("webhook-signature", "")
+        if not msg_id or not given:
+            raise Rejected(401, "headers webhook-id and webhook-signature are required", check="signature")
+        check_timestamp(raw_ts, self.clock(), self.options.tolerance_s, header="webhook-timestamp")
+        assert raw_ts is not None
+        signed = msg_id.encode("utf-8", "replace") + b"." + raw_ts.strip().encode() + b"." + body
+        expected = base64.b64encode(hmac.new(self.options.key, signed, hashlib.sha256).digest())
+        ok = False
+        for candidate in given.split():
+            version, _, value = candidate.partition(",")
+            if version == "v1":
+                ok |= hmac.compare_digest(expected, value.encode("utf-8", "replace"))
+        if not ok:
+            raise Rejected(401, "no v1 signature in webhook-signature matches id, timestamp and body",
+                           check="signature")
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        return [Inbound(payload=decode_json_object(body), dedup_key=request.headers.get("webhook-id") or None)]

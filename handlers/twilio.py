@@ -1,0 +1,131 @@
+"""Twilio Messaging (SMS, WhatsApp): `X-Twilio-Signature`, base64 HMAC-SHA1 of the URL Twilio called plus
+each POST parameter's name and value, sorted by name. Behind a proxy the URL we see is not the one Twilio
+signed, so it comes from `public_url` (else server.public_url + the path, else the request itself)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.base import Handler, Inbound, Intercepted, ignored, per_request
+from handlers.chat import chat_payload
+from handlers.formdata import parse_urlencoded
+from handlers.signing import require, same
+
+HEADER = "X-Twilio-Signature"
+URLENCODED = "application/x-www-form-urlencoded"
+CHANNEL_PREFIXES = ("whatsapp:", "messenger:", "rcs:", "sms:")
+
+
+class TwilioOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    auth_token: str
+    public_url: str | None = None
+    """The webhook URL exactly as configured in Twilio (scheme, host, path and query)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.auth_token, "auth_token", "TWILIO_AUTH_TOKEN")
+        if self.public_url is not None and not self.public_url.startswith(("https://", "http://")):
+            raise ValueError(f"`public_url` {self.public_url!r} must be the full URL Twilio calls, https://…")
+
+
+def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> bytes:
+    """Twilio's algorithm: the URL, then each name+value, names sorted, a name's values sorted too."""
+    data = url
+    for name in sorted({n for n, _ in params}):
+        for value in sorted(v for n, v in params if n == name):
+            data += name + value
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest())
+
+
+def url_variants(url: str) -> list[str]:
+    """The URL with and without its default port: Twilio signs either form, depending on the product."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        return [url]
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = userinfo + "@" if userinfo else ""
+    bare = urlunsplit(parts._replace(netloc=prefix + host))
+    with_port = urlunsplit(parts._replace(netloc=f"{prefix}{host}:{port or default}"))
+    return [url] + [u for u in (bare, with_port) if u != url]
+
+
+def _address(value: Any) -> str | None:
+    """`whatsapp:+14155550100` → `+14155550100`."""
+    if not isinstance(value, str):
+        return None
+    if value.lower().startswith(CHANNEL_PREFIXES):
+        return value.split(":", 1)[1]
+    return value
+
+
+class TwilioHandler(Handler):
+    kind: ClassVar[str] = "twilio"
+    channel = "chat"
+    Options: ClassVar[type[SourceConfig]] = TwilioOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED})
+
+    @property
+    def twilio(self) -> TwilioOptions:
+        assert isinstance(self.options, TwilioOptions)
+        return self.options
+
+    def signed_url(self, request: web.Request) -> str:
+        if self.twilio.public_url:
+            return self.twilio.public_url
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/") + request.path_qs
+        return str(request.url)
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        self.check_content_type(request)
+        given = request.headers.get(HEADER, "")
+        if not given:
+            raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
+        try:
+            params = parse_qsl(body.decode(request.charset or "utf-8"), keep_blank_values=True)
+        except (UnicodeDecodeError, LookupError):
+            raise Rejected(400, "form body is not valid text", check="form") from None
+        ok = False
+        for url in url_variants(self.signed_url(request)):
+            ok |= same(signature(self.twilio.auth_token, url, params), given)
+        if not ok:
+            raise Rejected(401, f"signature in {HEADER} does not match the URL and parameters (is public_url the "
+                                "URL configured in Twilio?)", check="signature")
+
+    def _form(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "twilio", lambda: parse_urlencoded(body, request.charset))
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        form = self._form(request, body)
+        if "MessageStatus" in form:
+            return ignored(f"Twilio status callback ({form.get('MessageStatus')})")
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        form = self._form(request, body)
+        media = []
+        count = form.get("NumMedia")
+        for i in range(min(int(count), 10) if isinstance(count, str) and count.isdigit() else 0):
+            url = form.get(f"MediaUrl{i}")
+            if isinstance(url, str):
+                media.append({"url": url, "content_type": form.get(f"MediaContentType{i}")})
+        sender = form.get("From") if isinstance(form.get("From"), str) else None
+        payload = chat_payload(
+            from_=_address(sender), from_name=form.get("ProfileName"), to=_address(form.get("To")),
+            text=form.get("Body"), conversation_id=form.get("ConversationSid") or sender,
+            message_id=form.get("MessageSid") or form.get("SmsMessageSid"), media=media, provider=form,
+        )
+        sid = payload["message_id"]
+        return [Inbound(payload=payload, dedup_key=sid)]

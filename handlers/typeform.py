@@ -1,0 +1,85 @@
+"""Typeform webhooks: `Typeform-Signature: sha256=` base64 HMAC-SHA256 of the body; answers by label or ref."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, obj, per_request
+from handlers.hosted_form import SignedFormOptions, flatten
+from handlers.signing import same
+
+HEADER = "Typeform-Signature"
+
+
+class TypeformOptions(SignedFormOptions, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+def answer_value(answer: dict[str, Any]) -> Any:
+    """The value of one answer, by its `type`: a choice gives its label, choices the list of labels."""
+    kind = answer.get("type")
+    value = answer.get(kind) if isinstance(kind, str) else None
+    if kind == "choice" and isinstance(value, dict):
+        return value.get("label", value.get("other"))
+    if kind == "choices" and isinstance(value, dict):
+        labels = list(value.get("labels") or [])
+        if value.get("other"):
+            labels.append(value["other"])
+        return labels
+    if kind == "payment" and isinstance(value, dict):
+        return value
+    return value
+
+
+class TypeformHandler(Handler):
+    kind: ClassVar[str] = "typeform"
+    channel = "form"
+    Options: ClassVar[type[SourceConfig]] = TypeformOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    @property
+    def typeform(self) -> TypeformOptions:
+        assert isinstance(self.options, TypeformOptions)
+        return self.options
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        given = request.headers.get(HEADER, "")
+        if not given:
+            raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
+        digest = hmac.new(self.typeform.secret.encode(), body, hashlib.sha256).digest()
+        if not same(b"sha256=" + base64.b64encode(digest), given):
+            raise Rejected(401, f"signature in {HEADER} does not match the body", check="signature")
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        data = per_request(request, "json", lambda: decode_json_object(body))
+        if data.get("event_type", "form_response") != "form_response":
+            return ignored(f"Typeform event {data.get('event_type')!r}")  # partial responses come again, whole
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        data = per_request(request, "json", lambda: decode_json_object(body))
+        response = data.get("form_response")
+        if not isinstance(response, dict):
+            raise Rejected(400, "no `form_response` object in the body", check="json")
+        definition = obj(response.get("definition"))
+        titles = {f.get("id"): f.get("title") for f in definition.get("fields") or [] if isinstance(f, dict)}
+        answers: list[tuple[str, Any]] = []
+        for answer in response.get("answers") or []:
+            if not isinstance(answer, dict):
+                continue
+            field = obj(answer.get("field"))
+            ref, title = field.get("ref"), titles.get(field.get("id"))
+            key = title if self.typeform.field_names == "label" and title else ref or field.get("id")
+            answers.append((str(key), answer_value(answer)))
+        hidden = response.get("hidden")
+        if isinstance(hidden, dict):
+            answers.extend((str(k), v) for k, v in hidden.items())
+        event_id = data.get("event_id") or response.get("token")
+        return [Inbound(payload=flatten(answers, data), dedup_key=str(event_id) if event_id else None)]

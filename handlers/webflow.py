@@ -1,0 +1,62 @@
+"""Webflow form submissions: `x-webflow-signature`, hex HMAC-SHA256 of `timestamp:body`, the timestamp in
+milliseconds within the tolerance. Other trigger types are answered 200 and ignored."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, per_request
+from handlers.hosted_form import flatten
+from handlers.signing import TimedOptions, check_timestamp, hex_hmac_sha256, require, same
+
+
+class WebflowOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
+    secret: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.secret, "secret", "WEBFLOW_CLIENT_SECRET")
+
+
+class WebflowHandler(Handler):
+    kind: ClassVar[str] = "webflow"
+    channel = "form"
+    Options: ClassVar[type[SourceConfig]] = WebflowOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    @property
+    def webflow(self) -> WebflowOptions:
+        assert isinstance(self.options, WebflowOptions)
+        return self.options
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        signature = request.headers.get("x-webflow-signature", "")
+        if not signature:
+            raise Rejected(401, "signature header x-webflow-signature is missing", check="signature")
+        raw_ts = request.headers.get("x-webflow-timestamp")
+        check_timestamp(raw_ts, self.clock(), self.webflow.tolerance_s, header="x-webflow-timestamp", unit="ms")
+        assert raw_ts is not None
+        expected = hex_hmac_sha256(self.webflow.secret.encode(), raw_ts.strip().encode() + b":" + body)
+        if not same(expected, signature.lower()):
+            raise Rejected(401, "signature in x-webflow-signature does not match timestamp and body",
+                           check="signature")
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        data = per_request(request, "json", lambda: decode_json_object(body))
+        if data.get("triggerType") != "form_submission":
+            return ignored(f"Webflow trigger {data.get('triggerType')!r}")
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        data = per_request(request, "json", lambda: decode_json_object(body))
+        inner = data.get("payload")
+        if not isinstance(inner, dict) or not isinstance(inner.get("data"), dict):
+            raise Rejected(400, "no `payload.data` object in the body", check="json")
+        fields: dict[str, Any] = inner["data"]
+        answers = [(str(k), v) for k, v in fields.items()]
+        submission = inner.get("id")
+        return [Inbound(payload=flatten(answers, data), dedup_key=str(submission) if submission else None)]

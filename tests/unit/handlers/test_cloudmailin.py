@@ -1,0 +1,42 @@
+"""handlers/cloudmailin.py: Cloudmailin's JSON (normalised) format."""
+
+from __future__ import annotations
+
+from handlers.cloudmailin import CloudmailinHandler
+from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, post, without_provider
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_kind_and_channel() -> None:
+    """Cloudmailin is kind `cloudmailin` on the `email` channel."""
+    assert (CloudmailinHandler.kind, CloudmailinHandler.channel) == ("cloudmailin", "email")
+
+
+def test_normalised_json_gives_the_email_shape() -> None:
+    """Headers, plain, html and reply_plain map to the email shape; content attachments carry their bytes."""
+    [inbound] = build("cloudmailin").parse(post(JSON), compact(load("cloudmailin/normalized.json")))
+    payload = without_provider(inbound.payload)
+    photo, _invoice = payload.pop("attachments")
+    assert payload == {k: v for k, v in ASHA_EMAIL.items() if k != "attachments"}
+    assert photo == ASHA_EMAIL["attachments"][0]
+    assert inbound.attachments[0].content == JPEG
+    assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
+    assert "content" not in inbound.payload["provider"]["attachments"][0]
+
+
+def test_linked_attachment_is_recorded_as_not_stored() -> None:
+    """An attachment held in Cloudmailin's store is listed with its link, stored false and the reason."""
+    [inbound] = build("cloudmailin").parse(post(JSON), compact(load("cloudmailin/normalized.json")))
+    invoice = inbound.payload["attachments"][1]
+    assert invoice == {"name": "invoice.pdf", "content_type": "application/pdf", "size": 48213, "sha256": None,
+                       "stored": False, "reason": "held by Cloudmailin's attachment store",
+                       "url": "https://attachments.cloudmailin.example/ab12/invoice.pdf"}
+
+
+def test_envelope_fills_in_for_missing_headers() -> None:
+    """Without From/To headers, the envelope's sender and recipient are used."""
+    data = load("cloudmailin/normalized.json")
+    del data["headers"]["from"], data["headers"]["to"]
+    [inbound] = build("cloudmailin").parse(post(JSON), compact(data))
+    assert (inbound.payload["from"], inbound.payload["to"]) == ("asha.rao@example.com", ["support@acme.test"])

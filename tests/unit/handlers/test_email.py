@@ -1,0 +1,185 @@
+"""handlers/email.py: addresses, message ids, the reply without its quoted history, MIME, the email shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from handlers.attachments import attachment
+from handlers.email import (
+    Headers,
+    address_list,
+    decode_words,
+    email_payload,
+    message_id,
+    message_ids,
+    parse_mime,
+    sender,
+    strip_reply,
+)
+from tests.fixtures.providers import ASHA_TEXT, JPEG, JPEG_SHA256, raw
+
+# -- addresses ---------------------------------------------------------------------------------------
+
+
+def test_address_list_gives_bare_lower_case_addresses_once() -> None:
+    """Display names go, addresses are lower-cased, and an address given twice is listed once, in order."""
+    assert address_list('"Rao, Asha" <Asha@Example.com>, b@x.org', ["B@X.org", "c@y.net"]) == [
+        "asha@example.com", "b@x.org", "c@y.net"]
+
+
+@pytest.mark.parametrize("value", [None, "", [], "undisclosed-recipients:;", "not an address"])
+def test_address_list_without_addresses_is_empty(value: object) -> None:
+    """Nothing, an empty group or text without an @ gives an empty list."""
+    assert address_list(value) == []  # type: ignore[arg-type]
+
+
+def test_sender_splits_name_and_address() -> None:
+    """The From value gives its display name and its bare, lower-cased address."""
+    assert sender('"Rao, Asha" <ASHA@example.com>') == ("Rao, Asha", "asha@example.com")
+    assert sender("asha@example.com") == (None, "asha@example.com")
+    assert sender(["Asha <a@x.org>", "b@y.org"]) == ("Asha", "a@x.org")
+    assert sender(None) == (None, None)
+
+
+def test_encoded_words_are_decoded() -> None:
+    """RFC 2047 encoded words in names and subjects are decoded; broken ones are left as they are."""
+    assert decode_words("=?utf-8?q?J=C3=B3zef?= <j@x.org>") == "Józef <j@x.org>"
+    assert sender("=?utf-8?b?w4lsb2RpZQ==?= <E@x.org>") == ("Élodie", "e@x.org")
+    assert decode_words("=?bogus-charset?q?x?=") == "=?bogus-charset?q?x?="
+
+
+# -- message ids ---------------------------------------------------------------------------------------
+
+
+def test_message_ids_are_bracketed_and_ordered() -> None:
+    """Ids in a References value (folded or not) come out as `<id>`, once each, in order."""
+    assert message_ids("<a@b>\r\n <c@d> <a@b>") == ["<a@b>", "<c@d>"]
+    assert message_ids(["<a@b>", "<e@f>"]) == ["<a@b>", "<e@f>"]
+
+
+def test_message_id_without_brackets_gets_them() -> None:
+    """A provider that strips the brackets gives the same id as one that keeps them."""
+    assert message_id("abc@mail.example.com") == message_id("<abc@mail.example.com>") == "<abc@mail.example.com>"
+    assert message_id(None) is None
+    assert message_id("") is None
+
+
+# -- strip_reply ------------------------------------------------------------------------------------------
+
+
+def test_strip_reply_cuts_the_gmail_attribution_and_quote() -> None:
+    """Everything from a wrapped "On … wrote:" line on is history."""
+    assert strip_reply(ASHA_TEXT) == "Hi,\n\nMy router is down again since this morning.\n\nThanks,\nAsha"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Yes, it works now.\n\n-- \nAsha Rao\nAcme Ltd", "Yes, it works now."),
+    ("Fixed.\n\nSent from my iPhone", "Fixed."),
+    ("Fixed.\r\n\r\nGet Outlook for Android", "Fixed."),
+    ("Done\n\n-----Original Message-----\nFrom: Support\nSent: Monday\nHello", "Done"),
+    ("Done\n\n________________________________\nFrom: Support <s@acme.test>\nSent: Monday\nSubject: x", "Done"),
+    ("Done\n\nFrom: Support <s@acme.test>\nSent: Monday, 3 June 2024 10:00\nTo: Asha\nSubject: Re: x\n\nHi",
+     "Done"),
+    ("Merci\n\nLe lun. 3 juin 2024 à 10:00, Support <s@acme.test> a écrit :\n> Bonjour", "Merci"),
+    ("Danke\n\nAm Mo., 3. Juni 2024 um 10:00 Uhr schrieb Support <s@acme.test>:\n> Hallo", "Danke"),
+])
+def test_strip_reply_knows_common_markers(text: str, expected: str) -> None:
+    """Signature delimiters, mobile footers, Outlook header blocks and other languages' attributions end the reply."""
+    assert strip_reply(text) == expected
+
+
+def test_strip_reply_keeps_interleaved_answers_without_the_quotes() -> None:
+    """An inline reply keeps its own lines and loses the quoted ones."""
+    assert strip_reply("> Is it on?\nYes.\n\n> Is it blinking?\nNo.") == "Yes.\n\nNo."
+
+
+@pytest.mark.parametrize("text", [
+    "On Monday the router died.\nIt blinks red.",
+    "From: my phone, the router page shows nothing",
+    "Use -- to separate options",
+])
+def test_strip_reply_leaves_ordinary_text_alone(text: str) -> None:
+    """Text that only looks like a marker at first glance is kept whole."""
+    assert strip_reply(text) == text
+
+
+def test_strip_reply_of_nothing_is_empty() -> None:
+    """No text gives an empty reply, not an error."""
+    assert strip_reply(None) == ""
+    assert strip_reply("") == ""
+
+
+# -- headers and MIME ---------------------------------------------------------------------------------
+
+
+def test_headers_from_a_raw_block() -> None:
+    """A header block's names are case-insensitive, folded lines are joined and encoded words decoded."""
+    headers = Headers.from_block("Message-ID: <x@y>\r\nSubject: =?utf-8?q?Caf=C3=A9?=\r\nReceived: a\r\n"
+                                 "Received: b\r\nTo: a@b,\r\n c@d\r\n")
+    assert headers.get("message-id") == "<x@y>"
+    assert headers.get("SUBJECT") == "Café"
+    assert headers.get_all("received") == ["a", "b"]
+    assert address_list(headers.get_all("To")) == ["a@b", "c@d"]
+    assert headers.get("cc") is None
+
+
+def test_headers_from_a_mapping_with_underscores() -> None:
+    """Cloudmailin-style `message_id` keys and list values become ordinary headers."""
+    headers = Headers.from_mapping({"message_id": "<x@y>", "received": ["a", "b"], "n": 1}, underscores=True)
+    assert headers.get("Message-Id") == "<x@y>"
+    assert headers.get_all("Received") == ["a", "b"]
+    assert headers.get("n") == "1"
+
+
+def test_parse_mime_reads_bodies_and_attachments() -> None:
+    """A raw multipart message gives its headers, plain and HTML bodies and the attachment with its content."""
+    mime = parse_mime(raw("ses/message.eml"))
+    assert mime.headers.get("Message-ID") == "<CAF=asha.1@mail.example.com>"
+    assert (mime.text or "").replace("\r\n", "\n") == ASHA_TEXT
+    assert mime.html is not None and mime.html.startswith("<div>Hi,")
+    [photo] = mime.attachments
+    assert photo.content == JPEG
+    assert photo.meta == {"name": "router.jpg", "content_type": "image/jpeg", "size": len(JPEG),
+                          "sha256": JPEG_SHA256}
+
+
+def test_parse_mime_single_part_latin1() -> None:
+    """A single-part message in another charset is decoded with it, and has no attachments."""
+    mime = parse_mime(b"Subject: x\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nCaf\xe9\r\n")
+    assert mime.text == "Café\r\n"
+    assert mime.html is None
+    assert mime.attachments == []
+
+
+# -- the payload ----------------------------------------------------------------------------------------
+
+
+def payload(**changes: object) -> dict[str, object]:
+    args: dict[str, object] = {
+        "from_": "Asha <asha@x.org>", "to": "s@acme.test", "cc": None, "subject": "Hi", "text": "a\r\nb",
+        "html": None, "stripped_text": None, "message_id_": "<m@x>", "in_reply_to": None, "references": None,
+        "attachments": [], "provider": {"raw": 1},
+    }
+    args.update(changes)
+    return email_payload(**args)  # type: ignore[arg-type]
+
+
+def test_email_payload_has_the_designed_keys_in_order() -> None:
+    """Every provider's payload has exactly DESIGN's email keys."""
+    assert list(payload()) == ["from", "from_name", "to", "cc", "subject", "text", "html", "stripped_text",
+                               "message_id", "in_reply_to", "references", "attachments", "provider"]
+
+
+def test_email_payload_prefers_the_providers_stripped_reply() -> None:
+    """A stripped reply the provider gives wins; a blank one falls back to our own stripping."""
+    assert payload(text="new\n\nOn Mon, X <x@y> wrote:\n> old", stripped_text="theirs")["stripped_text"] == "theirs"
+    assert payload(text="new\n\nOn Mon, X <x@y> wrote:\n> old", stripped_text="  ")["stripped_text"] == "new"
+
+
+def test_email_payload_normalises_line_ends_and_lists_attachment_metadata() -> None:
+    """CRLF becomes LF, and attachments are listed by their metadata only."""
+    item = attachment("a.txt", "text/plain", b"abc")
+    out = payload(attachments=[item])
+    assert out["text"] == "a\nb"
+    assert out["attachments"] == [item.meta]
+    assert "content" not in item.meta

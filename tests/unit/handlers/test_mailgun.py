@@ -1,0 +1,128 @@
+"""handlers/mailgun.py: Mailgun routes, signed with HMAC-SHA256(signing key, timestamp + token)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import msgspec
+import pytest
+
+from bridge.errors import Rejected
+from handlers.mailgun import MailgunHandler, MailgunOptions
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    JPEG,
+    NOW,
+    build,
+    mailgun_fields,
+    mailgun_multipart,
+    post,
+    without_provider,
+)
+
+KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def handler() -> MailgunHandler:
+    h: MailgunHandler = build("mailgun", signing_key=KEY)
+    return h
+
+
+def rejected(fields: dict[str, str]) -> Rejected:
+    body = urlencode(fields).encode()
+    with pytest.raises(Rejected) as info:
+        handler().verify(post(URLENCODED), body)
+    assert info.value.status == 401
+    return info.value
+
+
+def test_kind_and_channel() -> None:
+    """Mailgun is kind `mailgun` on the `email` channel."""
+    assert (MailgunHandler.kind, MailgunHandler.channel) == ("mailgun", "email")
+
+
+def test_signed_urlencoded_post_verifies_and_parses() -> None:
+    """A route post signed with the signing key verifies and normalises to the email shape."""
+    body = urlencode(mailgun_fields(KEY)).encode()
+    h, req = handler(), post(URLENCODED)
+    h.verify(req, body)
+    [inbound] = h.parse(req, body)
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "attachments": []}
+    assert inbound.payload["provider"]["recipient"] == "support@acme.test"
+
+
+def test_multipart_post_carries_the_attachment() -> None:
+    """With attachments (multipart), each file's content travels with its metadata."""
+    body, ctype = mailgun_multipart(KEY)
+    h, req = handler(), post({"Content-Type": ctype})
+    h.verify(req, body)
+    [inbound] = h.parse(req, body)
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    [item] = inbound.attachments
+    assert item.content == JPEG
+    assert item.meta is inbound.payload["attachments"][0]
+    assert "attachment-1" not in inbound.payload["provider"]
+
+
+def test_dedup_key_is_the_message_id_else_the_token() -> None:
+    """The Message-Id header names the event; without one, Mailgun's token does."""
+    body = urlencode(mailgun_fields(KEY)).encode()
+    assert handler().parse(post(URLENCODED), body)[0].dedup_key == "<CAF=asha.1@mail.example.com>"
+    fields = {k: v for k, v in mailgun_fields(KEY, token="tok-1").items()
+              if k not in ("message-headers", "Message-Id")}
+    assert handler().parse(post(URLENCODED), urlencode(fields).encode())[0].dedup_key == "tok-1"
+
+
+@pytest.mark.parametrize("key", ["key-other", KEY + "x"])
+def test_signature_with_another_key_is_401(key: str) -> None:
+    """A signature made with another key is refused by the signature check."""
+    err = rejected(mailgun_fields(key))
+    assert err.check == "signature"
+
+
+def test_tampered_token_is_401() -> None:
+    """Changing the token after signing breaks the signature."""
+    fields = mailgun_fields(KEY)
+    fields["token"] = fields["token"][:-1] + "1"
+    assert rejected(fields).check == "signature"
+
+
+@pytest.mark.parametrize("missing", ["signature", "token", "timestamp"])
+def test_missing_signature_fields_are_401(missing: str) -> None:
+    """A post without its token, signature or timestamp is refused."""
+    fields = mailgun_fields(KEY)
+    del fields[missing]
+    assert rejected(fields).check in ("signature", "timestamp")
+
+
+@pytest.mark.parametrize("offset", [-301, 301])
+def test_stale_or_future_timestamp_is_401(offset: int) -> None:
+    """A correctly signed post whose timestamp is over 5 minutes away is refused as a replay."""
+    err = rejected(mailgun_fields(KEY, timestamp=NOW + offset))
+    assert err.check == "timestamp"
+
+
+def test_tolerance_is_configurable() -> None:
+    """With `tolerance: 1h`, a post 10 minutes old is taken."""
+    h: MailgunHandler = build("mailgun", signing_key=KEY, tolerance="1h")
+    h.verify(post(URLENCODED), urlencode(mailgun_fields(KEY, timestamp=NOW - 600)).encode())
+
+
+def test_json_is_415_before_anything_is_read() -> None:
+    """A body that is not a form is refused by content type, not mistaken for a bad signature."""
+    with pytest.raises(Rejected) as info:
+        handler().verify(post({"Content-Type": "application/json"}), b"{}")
+    assert info.value.status == 415
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ({}, "missing required field `signing_key`"),
+    ({"signing_key": ""}, "`signing_key` is empty"),
+    ({"signing_key": "k", "secret": "x"}, "unknown field `secret`"),
+    ({"signing_key": "k", "tolerance": "later"}, "not a duration"),
+])
+def test_invalid_options(options: dict[str, str], reason: str) -> None:
+    """A missing or empty signing key, a bad tolerance or another kind's option is refused."""
+    with pytest.raises(msgspec.ValidationError, match=reason):
+        msgspec.convert({"kind": "mailgun", **options}, MailgunOptions)

@@ -1,0 +1,81 @@
+"""handlers/sendgrid.py: SendGrid Inbound Parse, parsed and raw."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from bridge.config import AuthConfig, BasicAuth
+from bridge.errors import Rejected
+from handlers.auth import check_auth
+from handlers.sendgrid import SendgridHandler, SendgridOptions
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    JPEG,
+    basic,
+    build,
+    load,
+    multipart,
+    post,
+    raw,
+    sendgrid_multipart,
+    without_provider,
+)
+
+
+def test_kind_and_channel() -> None:
+    """SendGrid is kind `sendgrid` on the `email` channel, taking multipart only."""
+    assert (SendgridHandler.kind, SendgridHandler.channel) == ("sendgrid", "email")
+    assert SendgridHandler.content_types == frozenset({"multipart/form-data"})
+
+
+def test_parsed_post_normalises_to_the_email_shape() -> None:
+    """A parsed Inbound Parse post gives the email shape, the attachment's content and the raw fields."""
+    body, ctype = sendgrid_multipart()
+    [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert inbound.attachments[0].content == JPEG
+    assert inbound.payload["provider"]["spam_score"] == "0.1"
+    assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
+
+
+def test_raw_post_parses_the_mime_message() -> None:
+    """With "POST the raw, full MIME message", the `email` field is parsed into the same shape."""
+    fields = {k: v for k, v in load("sendgrid/parse.json").items()
+              if k in ("to", "from", "subject", "envelope", "dkim", "SPF", "spam_score", "charsets")}
+    body, ctype = multipart({**fields, "email": raw("ses/message.eml").decode()})
+    [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert "email" not in inbound.payload["provider"]
+
+
+def test_fields_are_decoded_with_the_charsets_field() -> None:
+    """A text field is decoded in the charset the `charsets` field names for it."""
+    body, ctype = multipart({"charsets": '{"subject": "iso-8859-1"}', "from": "a@b.c", "subject": "x"})
+    body = body.replace(b"\r\n\r\nx\r\n", b"\r\n\r\nCaf\xe9\r\n")
+    [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
+    assert inbound.payload["subject"] == "Café"
+
+
+def test_attachment_name_falls_back_to_attachment_info() -> None:
+    """A file part without a filename takes its name from `attachment-info`."""
+    body, ctype = multipart({"from": "a@b.c", "attachment-info": '{"attachment1": {"filename": "log.txt"}}'},
+                            [("attachment1", "", "text/plain", b"log")])
+    [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
+    assert inbound.payload["attachments"][0]["name"] == "log.txt"
+
+
+def test_parse_is_protected_by_basic_auth() -> None:
+    """Parse has no signature: a source with `auth` refuses a post without the credentials."""
+    auth = AuthConfig(basic=BasicAuth(username="sendgrid", password="pw"))
+    check_auth(auth, post({"Authorization": basic("sendgrid", "pw")}))
+    with pytest.raises(Rejected) as info:
+        check_auth(auth, post({"Authorization": basic("sendgrid", "guess")}))
+    assert (info.value.status, info.value.check) == (401, "basic_auth")
+
+
+def test_options_take_only_the_common_ones() -> None:
+    """SendGrid has no options of its own."""
+    msgspec.convert({"kind": "sendgrid", "auth": {"bearer": "t"}}, SendgridOptions)
+    with pytest.raises(msgspec.ValidationError, match="unknown field `secret`"):
+        msgspec.convert({"kind": "sendgrid", "secret": "s"}, SendgridOptions)

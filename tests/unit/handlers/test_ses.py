@@ -1,0 +1,215 @@
+"""handlers/ses.py: SES receiving over SNS: envelope checks, signature, subscriptions, notifications."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from bridge.errors import Rejected
+from handlers.ses import SesHandler, SesOptions
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    CERT_URL,
+    JPEG,
+    NOW,
+    TOPIC,
+    FakeSns,
+    build,
+    compact,
+    iso,
+    load,
+    post,
+    ses_notification,
+    sns_sign,
+    without_provider,
+)
+
+SNS = {"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": "Notification"}
+
+
+def handler(fake: FakeSns | None = None, **options: Any) -> SesHandler:
+    h: SesHandler = build("ses", topic_arns=[TOPIC], **options)
+    h.fetch = fake or FakeSns()
+    return h
+
+
+async def run(h: SesHandler, message: dict[str, Any]) -> Any:
+    """verify, then intercept, then (when not intercepted) parse, as intake does."""
+    body, req = compact(message), post(SNS)
+    h.verify(req, body)
+    early = await h.intercept(req, body)
+    return early if early is not None else h.parse(req, body)
+
+
+def test_kind_and_channel() -> None:
+    """SES is kind `ses` on the `email` channel, taking SNS's text/plain JSON."""
+    assert (SesHandler.kind, SesHandler.channel) == ("ses", "email")
+    assert "text/plain" in SesHandler.content_types
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+async def test_signed_notification_becomes_one_email(version: str) -> None:
+    """A Received notification signed with SNS's key (either version) gives the email shape, from the raw MIME."""
+    fake = FakeSns()
+    [inbound] = await run(handler(fake), ses_notification(version))
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert inbound.attachments[0].content == JPEG
+    assert inbound.dedup_key == "d6f4c2a0-3f2b-5b9a-9e4d-2a1c0b7e6f11"
+    assert inbound.spam is False
+    assert fake.fetched == [CERT_URL]
+
+
+async def test_provider_keeps_the_notification_without_the_raw_message() -> None:
+    """The SES notification is kept under provider (with the SNS ids), but not the raw MIME again."""
+    [inbound] = await run(handler(), ses_notification())
+    provider = inbound.payload["provider"]
+    assert provider["sns"]["TopicArn"] == TOPIC
+    assert provider["receipt"]["spfVerdict"] == {"status": "PASS"}
+    assert "content" not in provider
+
+
+async def test_base64_content_is_decoded() -> None:
+    """With the SNS action's BASE64 encoding, the content is decoded before parsing."""
+    import base64
+
+    received = load("ses/received.json")
+    received["content"] = base64.b64encode(received["content"].encode()).decode()
+    received["receipt"]["action"]["encoding"] = "BASE64"
+    [inbound] = await run(handler(), ses_notification(Message=json.dumps(received)))
+    assert inbound.payload["text"] == ASHA_EMAIL["text"]
+
+
+async def test_notification_without_content_uses_the_headers() -> None:
+    """A notification from an S3 action (no content) still gives addresses, subject and ids."""
+    received = load("ses/received.json")
+    del received["content"]
+    [inbound] = await run(handler(), ses_notification(Message=json.dumps(received)))
+    payload = inbound.payload
+    assert (payload["from"], payload["subject"], payload["in_reply_to"]) == (
+        "asha.rao@example.com", "Re: Router down [#1042]", "<ticket-1042@acme.test>")
+    assert (payload["text"], payload["attachments"]) == (None, [])
+
+
+async def test_failed_spam_verdict_marks_spam() -> None:
+    """A notification SES judged spam or virus is stored as spam (never delivered)."""
+    received = load("ses/received.json")
+    received["receipt"]["virusVerdict"] = {"status": "FAIL"}
+    [inbound] = await run(handler(), ses_notification(Message=json.dumps(received)))
+    assert inbound.spam is True
+
+
+async def test_subscription_is_confirmed_from_the_sns_host() -> None:
+    """A signed SubscriptionConfirmation is confirmed by fetching its SubscribeURL, and answered 200."""
+    fake = FakeSns()
+    message = sns_sign({**load("ses/sns_subscription.json"), "Timestamp": iso(NOW - 5)}, "2")
+    early = await run(handler(fake), message)
+    assert (early.outcome, early.response.status) == ("handshake", 200)
+    assert fake.fetched == [CERT_URL, message["SubscribeURL"]]
+
+
+async def test_subscription_url_off_the_sns_host_is_refused() -> None:
+    """A SubscribeURL that is not on an SNS host is never fetched."""
+    fake = FakeSns()
+    message = sns_sign({**load("ses/sns_subscription.json"), "Timestamp": iso(NOW),
+                        "SubscribeURL": "https://evil.example/?Action=ConfirmSubscription"}, "2")
+    with pytest.raises(Rejected) as info:
+        await run(handler(fake), message)
+    assert (info.value.status, info.value.check) == (401, "subscribe_url")
+    assert fake.fetched == [CERT_URL]
+
+
+async def test_failed_confirmation_is_503() -> None:
+    """When the confirmation cannot be fetched, the answer is 503 so SNS sends it again."""
+    fake = FakeSns()
+    message = sns_sign({**load("ses/sns_subscription.json"), "Timestamp": iso(NOW)}, "2")
+    h = handler(fake)
+
+    async def flaky(url: str) -> bytes:
+        if "ConfirmSubscription" in url:
+            from handlers.sns import FetchError
+
+            raise FetchError("HTTP 500", 500)
+        return await fake(url)
+
+    h.fetch = flaky
+    with pytest.raises(Rejected) as info:
+        await run(h, message)
+    assert info.value.status == 503
+
+
+@pytest.mark.parametrize(("notification_type", "reason"), [("Bounce", "'Bounce'"), ("Complaint", "'Complaint'")])
+async def test_other_ses_notifications_are_ignored(notification_type: str, reason: str) -> None:
+    """Signed SES notifications other than Received are answered 200 and ignored."""
+    message = ses_notification(Message=json.dumps({"notificationType": notification_type}))
+    early = await run(handler(), message)
+    assert early.outcome == "ignored" and reason in early.reason
+
+
+async def test_unsubscribe_confirmation_is_ignored() -> None:
+    """A signed UnsubscribeConfirmation is answered 200 and ignored."""
+    message = sns_sign({**load("ses/sns_subscription.json"), "Type": "UnsubscribeConfirmation",
+                        "Timestamp": iso(NOW)}, "2")
+    assert (await run(handler(), message)).outcome == "ignored"
+
+
+async def test_forged_signature_is_401_and_confirms_nothing() -> None:
+    """A message whose signature does not match is refused, and its SubscribeURL is never fetched."""
+    fake = FakeSns()
+    message = {**sns_sign({**load("ses/sns_subscription.json"), "Timestamp": iso(NOW)}, "2"), "Token": "forged"}
+    with pytest.raises(Rejected) as info:
+        await run(handler(fake), message)
+    assert (info.value.status, info.value.check) == (401, "signature")
+    assert fake.fetched == [CERT_URL]
+
+
+def rejected_by_verify(message: dict[str, Any], **options: Any) -> Rejected:
+    fake = FakeSns()
+    with pytest.raises(Rejected) as info:
+        handler(fake, **options).verify(post(SNS), compact(message))
+    assert info.value.status == 401
+    assert fake.fetched == []  # refused before any certificate is fetched
+    return info.value
+
+
+def test_topic_not_allowed_is_401() -> None:
+    """A message from a topic not in topic_arns is refused before any fetch."""
+    err = rejected_by_verify(ses_notification(TopicArn="arn:aws:sns:us-east-1:999999999999:other"))
+    assert err.check == "topic_arn"
+
+
+@pytest.mark.parametrize("url", ["https://evil.example/cert.pem", "http://sns.us-east-1.amazonaws.com/c.pem",
+                                 "https://sns.us-east-1.amazonaws.com/c.txt"])
+def test_certificate_off_the_sns_host_is_401(url: str) -> None:
+    """A SigningCertURL that is not an https .pem on an SNS host is refused and never fetched."""
+    assert rejected_by_verify(ses_notification(SigningCertURL=url)).check == "certificate"
+
+
+def test_stale_message_is_401() -> None:
+    """A message older than max_age (default 1 hour) is refused."""
+    assert rejected_by_verify(ses_notification(timestamp=NOW - 3601)).check == "timestamp"
+    handler().verify(post(SNS), compact(ses_notification(timestamp=NOW - 3500)))
+
+
+def test_future_message_is_401() -> None:
+    """A message stamped more than 5 minutes ahead is refused."""
+    assert rejected_by_verify(ses_notification(timestamp=NOW + 301)).check == "timestamp"
+
+
+def test_max_age_is_configurable() -> None:
+    """`max_age` narrows the window."""
+    assert rejected_by_verify(ses_notification(timestamp=NOW - 120), max_age="1m").check == "timestamp"
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ({}, "missing required field `topic_arns`"),
+    ({"topic_arns": []}, "`topic_arns` is empty"),
+    ({"topic_arns": ["acme-inbound"]}, "is not an SNS topic ARN"),
+    ({"topic_arns": [TOPIC], "max_age": "old"}, "not a duration"),
+])
+def test_invalid_options(options: dict[str, Any], reason: str) -> None:
+    """topic_arns is required, non-empty and made of SNS ARNs; max_age is a duration."""
+    with pytest.raises(msgspec.ValidationError, match=reason):
+        msgspec.convert({"kind": "ses", **options}, SesOptions)

@@ -1,0 +1,168 @@
+"""handlers/sns.py: the SNS host rule, the canonical string, the certificate cache and RSA verification."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bridge.errors import Rejected
+from handlers.sns import CertificateCache, FetchError, is_sns_url, string_to_sign, verify_signature
+from tests.fixtures.providers import CERT_URL, NOW, FakeSns, load, sns_key, sns_sign
+
+WHEN = datetime.fromtimestamp(NOW, UTC)
+
+
+@pytest.mark.parametrize("url", [
+    CERT_URL,
+    "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1.amazonaws.com:443/x.pem",
+])
+def test_sns_hosts_are_taken(url: str) -> None:
+    """https URLs on sns.<region>.amazonaws.com(.cn) are SNS URLs."""
+    assert is_sns_url(url, pem=True)
+
+
+@pytest.mark.parametrize("url", [
+    "http://sns.us-east-1.amazonaws.com/x.pem",
+    "https://sns.us-east-1.amazonaws.com.evil.example/x.pem",
+    "https://evil.example/sns.us-east-1.amazonaws.com/x.pem",
+    "https://sns.us-east-1.amazonaws.com@evil.example/x.pem",
+    "https://user@sns.us-east-1.amazonaws.com/x.pem",
+    "https://sns.us-east-1.amazonaws.com:8443/x.pem",
+    "https://s3.amazonaws.com/x.pem",
+    "https://sns.us-east-1.amazonaws.com/x.txt",
+    "https://sns.us-east-1.amazonaws.com:bad/x.pem",
+    "not a url",
+])
+def test_other_urls_are_refused(url: str) -> None:
+    """Plain http, look-alike hosts, user info, other ports, non-.pem paths and junk are not SNS URLs."""
+    assert not is_sns_url(url, pem=True)
+
+
+def test_string_to_sign_for_a_notification() -> None:
+    """A notification signs Message, MessageId, Subject (when present), Timestamp, TopicArn and Type."""
+    message = {"Type": "Notification", "MessageId": "m", "TopicArn": "t", "Message": "hi\nthere",
+               "Timestamp": "ts", "Signature": "ignored", "UnsubscribeURL": "ignored"}
+    assert string_to_sign(message) == (b"Message\nhi\nthere\nMessageId\nm\nTimestamp\nts\nTopicArn\nt\n"
+                                       b"Type\nNotification\n")
+    assert b"Subject\ns\n" in string_to_sign({**message, "Subject": "s"})
+
+
+def test_string_to_sign_for_a_subscription() -> None:
+    """A subscription confirmation signs its SubscribeURL and Token too."""
+    text = string_to_sign(load("ses/sns_subscription.json"))
+    assert text.startswith(b"Message\nYou have chosen")
+    assert b"\nSubscribeURL\nhttps://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription" in text
+    assert b"\nToken\n2336412f" in text
+
+
+@pytest.mark.parametrize("message", [{"Type": "Other"}, {"Type": "Notification", "Message": "m"}])
+def test_unknown_type_or_missing_key_is_401(message: dict[str, str]) -> None:
+    """An unknown Type, or a signed key missing, fails the signature check."""
+    with pytest.raises(Rejected) as info:
+        string_to_sign(message)
+    assert (info.value.status, info.value.check) == (401, "signature")
+
+
+def certificate() -> x509.Certificate:
+    return x509.load_pem_x509_certificate(sns_key()[1])
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_both_signature_versions_verify(version: str) -> None:
+    """SignatureVersion 1 (SHA1withRSA) and 2 (SHA256withRSA) both verify with the certificate's key."""
+    message = sns_sign(load("ses/sns_subscription.json"), version)
+    verify_signature(message, certificate(), WHEN)
+
+
+def test_version_mismatch_fails() -> None:
+    """A SHA1 signature labelled as version 2 does not verify."""
+    message = {**sns_sign(load("ses/sns_subscription.json"), "1"), "SignatureVersion": "2"}
+    with pytest.raises(Rejected, match="does not match"):
+        verify_signature(message, certificate(), WHEN)
+
+
+def test_other_key_fails() -> None:
+    """A message signed by another key does not verify with SNS's certificate."""
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    message = sns_sign(load("ses/sns_subscription.json"), "2", key=other)
+    with pytest.raises(Rejected) as info:
+        verify_signature(message, certificate(), WHEN)
+    assert info.value.check == "signature"
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"SignatureVersion": "3"}, "unsupported SNS SignatureVersion"),
+    ({"Signature": "***"}, "not base64"),
+    ({"Message": "changed"}, "does not match"),
+])
+def test_bad_signatures_are_401(change: dict[str, str], reason: str) -> None:
+    """An unknown version, a signature that is not base64, or a changed message is refused."""
+    message = {**sns_sign(load("ses/sns_subscription.json"), "2"), **change}
+    with pytest.raises(Rejected, match=reason):
+        verify_signature(message, certificate(), WHEN)
+
+
+def test_expired_certificate_fails() -> None:
+    """A certificate outside its validity period is refused."""
+    message = sns_sign(load("ses/sns_subscription.json"), "2")
+    with pytest.raises(Rejected) as info:
+        verify_signature(message, certificate(), WHEN + timedelta(days=3650))
+    assert info.value.check == "certificate"
+
+
+async def test_certificate_is_fetched_once_even_when_asked_concurrently() -> None:
+    """Concurrent look-ups of one URL share one fetch, and later ones come from the cache."""
+    fake, cache = FakeSns(), CertificateCache()
+
+    async def slow(url: str) -> bytes:
+        await asyncio.sleep(0)
+        return await fake(url)
+
+    certs = await asyncio.gather(*(cache.get(CERT_URL, slow) for _ in range(5)))
+    await cache.get(CERT_URL, slow)
+    assert fake.fetched == [CERT_URL]
+    assert all(c == certs[0] for c in certs)
+
+
+async def test_cache_is_bounded() -> None:
+    """Only the most recently used URLs stay cached."""
+    fake, cache = FakeSns(), CertificateCache(limit=2)
+    for i in range(3):
+        await cache.get(f"https://sns.us-east-1.amazonaws.com/{i}.pem", fake)
+    await cache.get("https://sns.us-east-1.amazonaws.com/0.pem", fake)
+    assert len(fake.fetched) == 4
+
+
+@pytest.mark.parametrize(("status", "expected"), [(404, 401), (500, 503), (None, 503)])
+async def test_fetch_failures(status: int | None, expected: int) -> None:
+    """A 4xx for the certificate is a 401 (a forged URL); a 5xx or no answer is a 503 so SNS retries."""
+
+    async def failing(url: str) -> bytes:
+        raise FetchError("nope", status)
+
+    with pytest.raises(Rejected) as info:
+        await CertificateCache().get(CERT_URL, failing)
+    assert (info.value.status, info.value.check) == (expected, "certificate")
+
+
+async def test_a_failed_fetch_is_not_cached() -> None:
+    """After a failed fetch, the next request fetches again."""
+    fake, cache = FakeSns(status=500), CertificateCache()
+    with pytest.raises(Rejected):
+        await cache.get(CERT_URL, fake)
+    fake.status = 200
+    await cache.get(CERT_URL, fake)
+    assert fake.fetched == [CERT_URL, CERT_URL]
+
+
+async def test_not_a_pem_is_401() -> None:
+    """A URL that does not serve a PEM certificate is refused."""
+    with pytest.raises(Rejected) as info:
+        await CertificateCache().get(CERT_URL, FakeSns(pem=b"<html>"))
+    assert (info.value.status, info.value.check) == (401, "certificate")

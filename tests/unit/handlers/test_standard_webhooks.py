@@ -1,0 +1,72 @@
+"""handlers/standard_webhooks.py: webhook-id/timestamp/signature, several signatures for rotation."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from bridge.errors import Rejected
+from handlers.standard_webhooks import StandardWebhooksHandler, StandardWebhooksOptions
+from tests.fixtures.providers import NOW, build, compact, load, post, standard_webhooks_headers
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+BODY = compact(load("standard_webhooks/invoice_paid.json"))
+
+
+def test_kind_and_channel() -> None:
+    """Standard Webhooks is kind `standard-webhooks` on the generic `webhook` channel."""
+    assert (StandardWebhooksHandler.kind, StandardWebhooksHandler.channel) == ("standard-webhooks", "webhook")
+
+
+def test_signature_matches_the_specs_example() -> None:
+    """The spec's published example (secret, id, timestamp, body) verifies."""
+    h = build("standard-webhooks", secret=SECRET)
+    h.clock = lambda: 1614265330.0
+    h.verify(post({"webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330",
+                   "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}),
+             b'{"test": 2432232314}')
+
+
+def test_signed_event_is_kept_whole() -> None:
+    """A signed event's JSON is the payload, de-duplicated by webhook-id."""
+    h, req = build("standard-webhooks", secret=SECRET), post(standard_webhooks_headers(SECRET, BODY))
+    h.verify(req, BODY)
+    [inbound] = h.parse(req, BODY)
+    assert inbound.payload == load("standard_webhooks/invoice_paid.json")
+    assert inbound.dedup_key == "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
+
+
+def test_any_of_several_signatures_may_match() -> None:
+    """During a secret rotation, one matching v1 signature among several is enough; other versions are skipped."""
+    headers = standard_webhooks_headers(SECRET, BODY, extra=("v1a,abc", "v1,bm90IHRoZSByaWdodCBvbmU="))
+    build("standard-webhooks", secret=SECRET).verify(post(headers), BODY)
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    standard_webhooks_headers("whsec_b3RoZXItc2VjcmV0", BODY),
+    {**standard_webhooks_headers(SECRET, BODY), "webhook-id": "msg_other"},
+    {**standard_webhooks_headers(SECRET, BODY), "webhook-signature": "v2," + "a" * 44},
+])
+def test_missing_or_wrong_signature_is_401(headers: dict[str, str]) -> None:
+    """No headers, another secret, another id or only unknown versions is refused."""
+    with pytest.raises(Rejected) as info:
+        build("standard-webhooks", secret=SECRET).verify(post(headers), BODY)
+    assert info.value.status == 401
+
+
+@pytest.mark.parametrize("offset", [-301, 301])
+def test_stale_timestamp_is_401(offset: int) -> None:
+    """A correctly signed event stamped over 5 minutes away is refused."""
+    with pytest.raises(Rejected) as info:
+        build("standard-webhooks", secret=SECRET).verify(
+            post(standard_webhooks_headers(SECRET, BODY, timestamp=NOW + offset)), BODY)
+    assert (info.value.status, info.value.check) == (401, "timestamp")
+
+
+@pytest.mark.parametrize(("secret", "reason"), [("", "`secret` is empty"), ("whsec_!!!", "not base64"),
+                                                ("whsec_", "holds no key")])
+def test_invalid_secret(secret: str, reason: str) -> None:
+    """An empty secret or one that is not base64 after whsec_ is refused at config time."""
+    with pytest.raises(msgspec.ValidationError, match=reason):
+        msgspec.convert({"kind": "standard-webhooks", "secret": secret}, StandardWebhooksOptions)
