@@ -9,8 +9,8 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
