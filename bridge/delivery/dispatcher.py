@@ -117,7 +117,8 @@ class Lane:
     async def _send_and_record(self, item: Claimed) -> None:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
-        sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds)
+        sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
+                               on_send=self.dest.limiter.sent)
         result = self._decide(item, sent, blog)
         for attempt in range(5):
             try:
@@ -142,8 +143,9 @@ class Lane:
             classification=outcome.classification, error=outcome.error, next_status="dead",
         )
         if outcome.classification == "success":
+            key = {"ticket_key": outcome.ticket_key} if outcome.ticket_key else {}
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
-                      duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1)
+                      duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, next_status="succeeded")
         if sent.http_status == 429:
             pause = outcome.retry_after if outcome.retry_after is not None else self.dest.limiter.window

@@ -1,8 +1,12 @@
 """Per-destination rate limits that are never exceeded, not even in a burst after a backlog.
 
 A sliding log of the last N send times: a send is allowed once the N-th most recent one is a full
-window (plus a small safety margin for network jitter) behind it. Unlike a token bucket or GCRA,
-this caps every window of `per_seconds`, which is how vendors count ("25 in 5 seconds").
+window (plus a safety margin for network jitter) behind it. Unlike a token bucket or GCRA, this caps
+every window of `per_seconds`, which is how vendors count ("25 in 5 seconds").
+
+The log holds when sends really started, not when they were planned: a send that starts late (a busy
+event loop, or the 25th of a burst of 25 leaving after the other 24) would otherwise let the next
+window's sends reach the vendor less than a window after it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ class Limiter(Protocol):
     def reserve(self) -> float:
         """Take the next send slot; returns how many seconds to wait before using it."""
 
+    def sent(self) -> None:
+        """A reserved slot is being used now: the request starts (call it just before sending)."""
+
     def pause(self, seconds: float) -> None:
         """Allow no send for `seconds` (after a 429)."""
 
@@ -37,6 +44,9 @@ class Unlimited:
     def reserve(self) -> float:
         return max(0.0, self._paused_until - self._clock())
 
+    def sent(self) -> None:
+        pass
+
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
@@ -46,15 +56,18 @@ class Unlimited:
 
 
 class SlidingWindowLimiter:
-    def __init__(self, requests: int, per_seconds: float, *, margin: float = 0.02,
+    """`margin` is a share of the window, `min_margin_s` its floor: jitter is seconds, not a share."""
+
+    def __init__(self, requests: int, per_seconds: float, *, margin: float = 0.02, min_margin_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if requests < 1 or per_seconds <= 0:
             raise ValueError("a rate limit needs requests >= 1 and per_seconds > 0")
         self.requests = requests
         self.per_seconds = per_seconds
-        self._window = per_seconds * (1 + margin)
+        self._window = per_seconds + max(per_seconds * margin, min_margin_s)
         self._clock = clock
         self._sends: deque[float] = deque(maxlen=requests)
+        self._pending = 0  # the newest `_pending` entries are reserved slots whose send has not started
         self._paused_until = 0.0
 
     @property
@@ -69,7 +82,17 @@ class SlidingWindowLimiter:
         if self._sends and at < self._sends[-1]:
             at = self._sends[-1]
         self._sends.append(at)
+        self._pending = min(self._pending + 1, len(self._sends))
         return at - now
+
+    def sent(self) -> None:
+        if not self._pending:
+            return
+        now = self._clock()
+        # Every slot not yet used starts now at the earliest; moving them all keeps the log in order.
+        for i in range(len(self._sends) - self._pending, len(self._sends)):
+            self._sends[i] = max(self._sends[i], now)
+        self._pending -= 1
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
@@ -82,6 +105,8 @@ def make_limiter(rate: RateLimit | None) -> Limiter:
 
 
 async def acquire(limiter: Limiter) -> None:
+    """Wait for the next slot and mark it used: for callers that send as soon as it returns."""
     delay = limiter.reserve()
     if delay > 0:
         await asyncio.sleep(delay)
+    limiter.sent()

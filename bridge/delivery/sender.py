@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
-from bridge.vendors.base import Adapter, Outcome, VendorUnavailable
+from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorUnavailable
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
+# What a request can fail with before the vendor answers: each is a retry.
+TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
+
+
+def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
+    """The retry a timeout or a connection failure stands for, its error naming which."""
+    if isinstance(exc, TimeoutError):
+        return Outcome(classification="retry", error=f"timed out after {timeout_s:g}s")
+    return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -37,7 +47,9 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)[:limit]
 
 
-async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float) -> Sent:
+async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
+                    on_send: Callable[[], None] | None = None) -> Sent:
+    """`on_send` is called just before the request goes out (the rate limiter notes the time)."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     status: int | None = None
@@ -54,10 +66,15 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     except VendorUnavailable as exc:
         duration = (time.perf_counter() - t0) * 1000
         return Sent(Outcome(classification="retry", error=f"not sent: {exc}"), started_ms, duration, None, None)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except VendorAuthFailed as exc:
+        duration = (time.perf_counter() - t0) * 1000
+        return Sent(Outcome(classification="auth", error=f"not sent: {exc}"), started_ms, duration, None, None)
+    except TRANSPORT_ERRORS as exc:
         duration = (time.perf_counter() - t0) * 1000
         return Sent(Outcome(classification="retry", error=f"not sent: a look-up failed: {type(exc).__name__}: {exc}"),
                     started_ms, duration, None, None)
+    if on_send is not None:
+        on_send()
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,
@@ -67,11 +84,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
             status = response.status
             excerpt = body[:EXCERPT_CHARS].decode("utf-8", "replace")
             outcome = adapter.classify(item.action, response.status, response.headers, body)
-    except TimeoutError:
-        outcome = Outcome(classification="retry", error=f"timed out after {timeout_s:g}s")
-    except aiohttp.ClientError as exc:
-        outcome = Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        outcome = Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
+    except TRANSPORT_ERRORS as exc:
+        outcome = transport_failure(exc, timeout_s)
     duration = (time.perf_counter() - t0) * 1000
     return Sent(outcome, started_ms, duration, status, excerpt)

@@ -22,6 +22,11 @@ class Simulator(Protocol):
 
 
 def registry() -> dict[str, Callable[[], Simulator]]:
-    from bridge.simulators.kapture import KaptureSimulator  # noqa: PLC0415 - simulators import vendors
+    # Imported here: the simulators import the vendors, which the config loader imports.
+    from bridge.simulators.http import HttpSimulator  # noqa: PLC0415
+    from bridge.simulators.kapture import KaptureSimulator  # noqa: PLC0415
+    from bridge.simulators.leadsquared import LeadSquaredSimulator  # noqa: PLC0415
+    from bridge.simulators.netgroot import NetgrootSimulator  # noqa: PLC0415
 
-    return {"kapture": KaptureSimulator}
+    return {"kapture": KaptureSimulator, "leadsquared": LeadSquaredSimulator, "netgroot": NetgrootSimulator,
+            "http": HttpSimulator}

@@ -12,8 +12,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """What the next requests suffer. Counts go down as requests use them; -1 means every request."""
+    """What the next requests suffer. Counts go down as requests use them; -1 means every request.
+    The first `after` requests are served normally (a failure in the middle of a run)."""
 
+    after: int = 0
     latency_ms: float = 0
     fail_count: int = 0
     fail_status: int = 503
@@ -29,8 +31,16 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return True, count if count < 0 else count - 1
 
 
-async def apply_faults(faults: Faults, request: web.Request) -> web.StreamResponse | None:
-    """A fault response to answer with (or a dropped connection), or None to serve normally."""
+OUTAGE_BODY = {"status": "failed", "message": "simulated outage"}
+
+
+async def apply_faults(faults: Faults, request: web.Request,
+                       body: object = OUTAGE_BODY) -> web.StreamResponse | None:
+    """A fault response to answer with (`body`, in the vendor's shape, with the failing status), or a
+    dropped connection, or None to serve normally."""
+    if faults.after > 0:
+        faults.after -= 1
+        return None
     if faults.latency_ms:
         await asyncio.sleep(faults.latency_ms / 1000)
     hit, faults.drop_count = Faults._take(faults.drop_count)
@@ -44,8 +54,7 @@ async def apply_faults(faults: Faults, request: web.Request) -> web.StreamRespon
     hit, faults.fail_count = Faults._take(faults.fail_count)
     if hit:
         headers = {"Retry-After": faults.retry_after} if faults.retry_after else None
-        return web.json_response({"status": "failed", "message": "simulated outage"},
-                                 status=faults.fail_status, headers=headers)
+        return web.json_response(body, status=faults.fail_status, headers=headers)
     return None
 
 

@@ -1,69 +1,185 @@
-"""A Kapture CRM stand-in: the documented create-ticket successes and failures, and a listing of what
-it created. Serves `sandbox: true` destinations in-process, and tests and benchmarks standalone."""
+"""A Kapture CRM stand-in: the documented create, update and pull-by-date successes and failures, and a
+listing of what it holds. Serves `sandbox: true` destinations in-process, and tests and benchmarks standalone.
+
+Failures come as `{"message": …, "status": "failed"}` with HTTP 200 (`failure_http_status` changes that),
+with the documented messages where Kapture documents one. Pull reads `end_date` as inclusive (one day is
+start_date = end_date, the documented body) unless `end_date_inclusive=False` (the curl example's reading);
+a range over 24 hours fails. With `pagination_enabled`, `limit` numbers pages of `page_size` tickets.
+"""
 
 from __future__ import annotations
 
 import itertools
-import time
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from bridge.simulators.faults import Faults, apply_faults, fault_routes
-from bridge.vendors.kapture import CREATE_PATH, SANDBOX_TOKEN
+from bridge.simulators.received import RequestLog
+from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
+
+STAMP = "%Y-%m-%d %H:%M:%S"  # how tickets keep their creation time (as the create answer writes it)
+PULL_STAMP = "%d-%m-%Y %H:%M"  # how the pull answer writes times
+SUB_STATUS_NAMES = {"US": "Unattended", "P": "Pending", "PS": "Pending", "CL": "Closed", "RS": "Resolved"}
+# Messages Kapture documents; the others below are this simulator's own wording.
+INVALID_AUTH = "Invalid Auth Key"
+INVALID_JSON = "Invalid Json."
+TITLE_MISSING = "title is missing"
+NO_TICKET = "No Data found/ticket_id is missing"
+BAD_CALLBACK = "Invalid Format.callback_date should be yyyy-MM-dd hh:mm:ss."
+BAD_DATE = "Date should be in YYYY-MM-DD format."
+OVER_24_HOURS = "At one hit we can pull a data of max 24 hours."
 
 
 class KaptureSimulator:
-    def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200) -> None:
+    def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
+                 end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
+                 clock: Callable[[], datetime] = datetime.now) -> None:
         self.tokens = tokens if tokens is not None else {SANDBOX_TOKEN}
         self.failure_http_status = failure_http_status
+        self.end_date_inclusive = end_date_inclusive
+        self.pagination_enabled = pagination_enabled
+        self.page_size = page_size
+        self.clock = clock
         self.tickets: list[dict[str, Any]] = []
+        self.pulls: list[dict[str, Any]] = []
         self.requests = 0
         self.faults = Faults()
+        self.received = RequestLog()
         self._ids = itertools.count(530348198)
 
     def _failed(self, message: str) -> web.Response:
         return web.json_response({"message": message, "status": "failed"}, status=self.failure_http_status)
 
-    async def create(self, request: web.Request) -> web.StreamResponse:
+    async def _open(self, request: web.Request) -> web.StreamResponse | dict[str, Any]:
+        """The request's one object, or the answer that refuses it (a fault, a bad key, bad JSON)."""
         self.requests += 1
         faulted = await apply_faults(self.faults, request)
         if faulted is not None:
             return faulted
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme != "Basic" or token not in self.tokens:
-            return self._failed("Invalid Auth Key")
+            return self._failed(INVALID_AUTH)
         try:
             body = await request.json()
         except ValueError:
-            return self._failed("Invalid Json.")
+            return self._failed(INVALID_JSON)
+        if isinstance(body, dict):
+            body = [body]
         if not isinstance(body, list) or not body or not all(isinstance(item, dict) for item in body):
-            return self._failed("Invalid Json.")
-        item = body[0]
-        title = item.get("title")
-        if not isinstance(title, str) or not title.strip():
-            return self._failed("title is missing")
+            return self._failed(INVALID_JSON)
+        item: dict[str, Any] = body[0]
+        return item
+
+    def seed(self, title: str, created: datetime, **fields: Any) -> dict[str, Any]:
+        """Add a ticket as if created at `created` (for pull tests and demos)."""
         task_id = next(self._ids)
         ticket_id = str(713516551148 + task_id - 530348198)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        record = {"id": task_id, "ticketId": ticket_id, "taskTitle": title, "detail": item.get("ticket_details", ""),
-                  "email": item.get("email_id", ""), "date": stamp, "status": "P", "substatus": "US",
-                  "fields": item}
+        record = {"id": task_id, "ticketId": ticket_id, "taskTitle": title, "detail": fields.get("ticket_details", ""),
+                  "email": fields.get("email_id", ""), "date": created.strftime(STAMP), "status": "P",
+                  "substatus": "US", "fields": {"title": title, **fields}, "comments": []}
         self.tickets.append(record)
+        return record
+
+    def _ticket_json(self, t: dict[str, Any]) -> dict[str, Any]:
+        return {"id": t["id"], "ticketId": t["ticketId"], "taskTitle": t["taskTitle"], "status": t["status"],
+                "statusName": "Pending", "substatus": t["substatus"],
+                "substatusName": SUB_STATUS_NAMES.get(t["substatus"], t["substatus"]), "date": t["date"],
+                "queueKey": t.get("queue", ""), "ticketURL": f"/employee/view-task-detail.html?detail=5/{t['id']}/"
+                                                            f"{t['ticketId']}"}
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        item = await self._open(request)
+        if not isinstance(item, dict):
+            return item
+        title = item.get("title")
+        if not isinstance(title, str) or not title.strip():
+            return self._failed(TITLE_MISSING)
+        record = self.seed(title, self.clock(), **{k: v for k, v in item.items() if k != "title"})
         return web.json_response({
-            "ticket": {"id": task_id, "ticketId": ticket_id, "taskTitle": title, "status": "P",
-                       "statusName": "Pending", "substatus": "US", "substatusName": "Unattended", "date": stamp,
-                       "ticketURL": f"/employee/view-task-detail.html?detail=5/{task_id}/{ticket_id}"},
-            "Additional_details": {}, "due_date": item.get("due_date", ""), "title": title, "customer_id": 0,
-            "ticket_id": ticket_id, "Ticket Id": ticket_id, "status": "success",
+            "ticket": self._ticket_json(record), "Additional_details": {}, "due_date": item.get("due_date", ""),
+            "title": title, "customer_id": 0, "ticket_id": record["ticketId"], "Ticket Id": record["ticketId"],
+            "status": "success",
         })
+
+    async def update(self, request: web.Request) -> web.StreamResponse:
+        item = await self._open(request)
+        if not isinstance(item, dict):
+            return item
+        ticket_id = str(item.get("ticket_id") or "")
+        found = next((t for t in self.tickets if ticket_id and t["ticketId"] == ticket_id), None)
+        if found is None:
+            return self._failed(NO_TICKET)
+        callback = item.get("callback_time") or ""
+        try:
+            if callback:
+                datetime.strptime(str(callback), CALLBACK_FORMAT)
+        except ValueError:
+            return self._failed(BAD_CALLBACK)
+        sub_status = item.get("sub_status")
+        if not isinstance(sub_status, str) or not sub_status.strip():
+            return self._failed("sub_status is missing")
+        found["substatus"] = sub_status
+        for key in ("queue", "disposition"):
+            if item.get(key):
+                found[key] = item[key]
+        if callback:
+            found["callback_time"] = callback
+        if item.get("comment"):
+            found["comments"].append(item["comment"])
+        return web.json_response({"ticket": self._ticket_json(found), "Additional_details": {},
+                                  "message": "Status and Comment have been updated.\n", "status": "success"})
+
+    def _range(self, item: dict[str, Any]) -> tuple[date, date] | str:
+        """The days a pull covers (start, end inclusive), or the failure message."""
+        try:
+            start = datetime.strptime(str(item.get("start_date")), "%Y-%m-%d").date()
+            end = datetime.strptime(str(item.get("end_date")), "%Y-%m-%d").date()
+        except ValueError:
+            return BAD_DATE
+        if end < start:
+            return "end_date is before start_date."
+        span = (end - start).days + (1 if self.end_date_inclusive else 0)
+        if span > 1:
+            return OVER_24_HOURS
+        return start, start + timedelta(days=span - 1)  # an empty range when span is 0
+
+    def _pull_json(self, t: dict[str, Any]) -> dict[str, Any]:
+        stamp = datetime.strptime(t["date"], STAMP).strftime(PULL_STAMP)
+        return {"date": stamp, "status": "Pending", "taskId": t["id"], "ticketId": t["ticketId"],
+                "taskTitle": t["taskTitle"], "detail": t["detail"], "substatusKey": t["substatus"],
+                "substatus": SUB_STATUS_NAMES.get(t["substatus"], t["substatus"]), "email": t["email"],
+                "phone": "", "queueKey": t.get("queue", ""), "disposition": t.get("disposition", ""),
+                "callBack": t.get("callback_time", ""), "attachments": [], "additional_info": {}}
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        item = await self._open(request)
+        if not isinstance(item, dict):
+            return item
+        self.pulls.append(dict(item))
+        days = self._range(item)
+        if isinstance(days, str):
+            return self._failed(days)
+        start, last = days
+        found = [t for t in self.tickets if start <= datetime.strptime(t["date"], STAMP).date() <= last]
+        total: int | None = None
+        if self.pagination_enabled:
+            page = item.get("limit")
+            if not isinstance(page, int) or isinstance(page, bool) or page < 1:
+                return self._failed("limit is missing.")
+            total = len(found)
+            found = found[(page - 1) * self.page_size: page * self.page_size]
+        return web.json_response({"totalCount": total, "message": [self._pull_json(t) for t in found],
+                                  "status": "success"})
 
     async def listing(self, request: web.Request) -> web.Response:
         return web.json_response({"count": len(self.tickets), "requests": self.requests, "tickets": self.tickets})
 
     async def reset(self, request: web.Request) -> web.Response:
         self.tickets.clear()
+        self.pulls.clear()
         self.requests = 0
         return web.json_response({"count": 0})
 
@@ -72,11 +188,15 @@ class KaptureSimulator:
 
     def app(self) -> web.Application:
         app = web.Application()
+        rec = self.received.recorded
         app.add_routes([
-            web.post(CREATE_PATH, self.create),
+            web.post(CREATE_PATH, rec(self.create)),
+            web.post(UPDATE_PATH, rec(self.update)),
+            web.post(PULL_PATH, rec(self.pull)),
             web.get("/tickets", self.listing),
             web.get("/", self.listing),
             web.delete("/tickets", self.reset),
+            *self.received.routes(),
             *fault_routes(lambda: self.faults, self._set_faults),
         ])
         return app

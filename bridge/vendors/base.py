@@ -23,6 +23,10 @@ class VendorUnavailable(BridgeError):
     """A look-up the request needs could not be made now; the delivery is retried."""
 
 
+class VendorAuthFailed(BridgeError):
+    """The vendor refused the destination's credentials during a look-up; the delivery is dead (auth)."""
+
+
 class VendorRequest(msgspec.Struct, kw_only=True):
     method: str
     url: str
@@ -37,6 +41,8 @@ class Outcome(msgspec.Struct, kw_only=True):
     ticket_id: str | None = None
     error: str | None = None
     retry_after: float | None = None
+    # A second, human-facing reference some vendors give beside the id (LeadSquared's `Key`, e.g. "#034").
+    ticket_key: str | None = None
 
 
 class Adapter(ABC):
@@ -113,6 +119,13 @@ def decode_json(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         return None
+
+
+def text_or_none(value: Any) -> str | None:
+    """A vendor's id or message as text; None for null, empty text, or a table or list."""
+    if value is None or isinstance(value, dict | list) or value == "":
+        return None
+    return str(value)
 
 
 def excerpt(body: bytes, limit: int = 200) -> str:

@@ -1,9 +1,10 @@
-"""Kapture CRM: tickets created from other sources, one JSON array per request."""
+"""Kapture CRM: tickets created and updated from other sources, one JSON array per request."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -12,11 +13,21 @@ from bridge.errors import MappingError
 from bridge.vendors.base import Adapter, Outcome, VendorRequest, classify_status, decode_json, excerpt
 
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
+UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
+PULL_PATH = "/select-ticket-between-start-and-end-dates.html/v.2.0"
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the built-in simulator's well-known demo key, not a secret
+# Kapture's `yyyy-MM-dd HH:mm:ss`, as strptime writes it.
+CALLBACK_FORMAT = "%Y-%m-%d %H:%M:%S"
+CALLBACK_EXAMPLE = "2024-04-19 14:19:11"
+PATHS = {"create_ticket": CREATE_PATH, "update_ticket": UPDATE_PATH}
+REQUIRED = {"create_ticket": ("title",), "update_ticket": ("ticket_id", "sub_status")}
 
 
 class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     token: str = ""
+    # How the pull API reads `end_date` (its page shows both): `same_day` asks for one day as
+    # start_date = end_date (the documented body), `next_day` as end_date = the day after (the curl example).
+    pull_end_date: Literal["same_day", "next_day"] = "same_day"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,53 +51,91 @@ def ticket_id_of(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[Outcome, Any]:
+    """The classification every Kapture call shares, and the decoded answer (a one-item array unwrapped).
+
+    `status`/`Status` and its value are read case-insensitively; anything but `success` is a failure,
+    whatever the HTTP code; "Invalid Auth Key" is an auth failure even inside an HTTP 200."""
+    parsed = decode_json(body)
+    if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
+        parsed = parsed[0]
+    data = _lower_keys(parsed) if isinstance(parsed, dict) else None
+    raw_message = data.get("message") if data else None
+    message = raw_message if isinstance(raw_message, str) else ""
+    if "invalid auth key" in message.lower():
+        return Outcome(classification="auth", error=f"kapture: {message}"), parsed
+    by_status = classify_status(status, headers)
+    if by_status is not None:
+        if message:
+            by_status.error = f"{by_status.error}: {message}"
+        return by_status, parsed
+    if data is None:
+        return Outcome(classification="permanent",
+                       error=f"kapture: HTTP {status} with a body that is not a JSON object: {excerpt(body)}"), parsed
+    state = str(data.get("status") or "").lower()
+    if state == "success" and 200 <= status < 300:
+        return Outcome(classification="success"), parsed
+    reason = message or f"status {data.get('status')!r}"
+    return Outcome(classification="permanent", error=f"kapture: HTTP {status}: {reason}"), parsed
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_callback_time(value: Any) -> None:
+    """Refuse a `callback_time` Kapture would reject ("Invalid Format."), before it is sent."""
+    if _blank(value):
+        return  # the documented body sends "" for no callback
+    if isinstance(value, str):
+        try:
+            datetime.strptime(value, CALLBACK_FORMAT)
+            return
+        except ValueError:
+            pass
+    raise MappingError(f"{value!r} is not a date and time in Kapture's format yyyy-MM-dd HH:mm:ss "
+                       f"(e.g. {CALLBACK_EXAMPLE!r})", path="callback_time")
+
+
 class KaptureAdapter(Adapter):
     vendor: ClassVar[str] = "kapture"
     Options: ClassVar[type[DestinationConfig]] = KaptureOptions
-    actions: ClassVar[frozenset[str]] = frozenset({"create_ticket"})
+    actions: ClassVar[frozenset[str]] = frozenset(PATHS)
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
-        if action == "create_ticket" and "title" not in fields:
-            return ["title: kapture create_ticket needs a `title` field"]
-        return []
+        return [f"{name}: kapture {action} needs a `{name}` field"
+                for name in REQUIRED.get(action, ()) if name not in fields]
+
+    @property
+    def options(self) -> KaptureOptions:
+        assert isinstance(self.config, KaptureOptions)
+        return self.config
 
     @property
     def token(self) -> str:
-        assert isinstance(self.config, KaptureOptions)
-        return self.config.token or (SANDBOX_TOKEN if self.config.sandbox else "")
+        return self.options.token or (SANDBOX_TOKEN if self.options.sandbox else "")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Basic {self.token}", "Content-Type": "application/json"}
 
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
-        if action != "create_ticket":
-            raise MappingError(f"kapture has no action {action!r}")
-        title = fields.get("title")
-        if title is None or (isinstance(title, str) and not title.strip()):
-            raise MappingError("kapture create_ticket needs a non-empty `title`", path="title")
-        return VendorRequest(
-            method="POST", url=self.base_url + CREATE_PATH,
-            headers={"Authorization": f"Basic {self.token}", "Content-Type": "application/json"},
-            body=msgspec.json.encode([fields]),
-        )
+        path = PATHS.get(action)
+        if path is None:
+            raise MappingError(f"kapture has no action {action!r}; it takes: {', '.join(sorted(PATHS))}")
+        for name in REQUIRED[action]:
+            if _blank(fields.get(name)):
+                raise MappingError(f"kapture {action} needs a non-empty `{name}`", path=name)
+        item = fields
+        if action == "update_ticket":
+            check_callback_time(fields.get("callback_time"))
+            item = {**fields, "ticket_id": str(fields["ticket_id"])}  # documented as a string
+        return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers,
+                             body=msgspec.json.encode([item]))
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
-        parsed = decode_json(body)
-        if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
-            parsed = parsed[0]
-        data = _lower_keys(parsed) if isinstance(parsed, dict) else None
-        message = str(data.get("message") or "") if data else ""
-        if data is not None and "invalid auth key" in message.lower():
-            return Outcome(classification="auth", error=f"kapture: {message}")
-        by_status = classify_status(status, headers)
-        if by_status is not None:
-            if message:
-                by_status.error = f"{by_status.error}: {message}"
-            return by_status
-        if data is None:
-            return Outcome(classification="permanent",
-                           error=f"kapture: HTTP {status} with a body that is not a JSON object: {excerpt(body)}")
-        state = str(data.get("status") or "").lower()
-        if state == "success" and 200 <= status < 300:
-            assert isinstance(parsed, dict)
-            return Outcome(classification="success", ticket_id=ticket_id_of(parsed))
-        reason = message or f"status {data.get('status')!r}"
-        return Outcome(classification="permanent", error=f"kapture: HTTP {status}: {reason}")
+        outcome, parsed = read_answer(status, headers, body)
+        if outcome.classification == "success" and isinstance(parsed, dict):
+            outcome.ticket_id = ticket_id_of(parsed)
+        return outcome

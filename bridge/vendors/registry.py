@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from bridge.config import DestinationConfig
 from bridge.vendors.base import Adapter
+from bridge.vendors.http import HttpAdapter
 from bridge.vendors.kapture import KaptureAdapter
+from bridge.vendors.leadsquared import LeadSquaredAdapter
+from bridge.vendors.netgroot import NetgrootAdapter
 
-ADAPTERS: dict[str, type[Adapter]] = {cls.vendor: cls for cls in (KaptureAdapter,)}
+ADAPTERS: dict[str, type[Adapter]] = {
+    cls.vendor: cls for cls in (KaptureAdapter, LeadSquaredAdapter, NetgrootAdapter, HttpAdapter)
+}
 
 
 def adapter_class(vendor: str) -> type[Adapter]:

@@ -130,6 +130,9 @@ class RecordingLimiter:
     def reserve(self) -> float:
         return 0.0
 
+    def sent(self) -> None:
+        pass
+
     def pause(self, seconds: float) -> None:
         self.pauses.append(seconds)
 
@@ -696,3 +699,34 @@ def test_destination_from_config_rate_limit() -> None:
     assert isinstance(d.limiter, SlidingWindowLimiter)
     assert d.policy.delays == (30.0, 300.0)
 
+
+
+class CountingLimiter(RecordingLimiter):
+    """A limiter that never waits and counts the sends it is told about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reserved = 0
+        self.started = 0
+
+    def reserve(self) -> float:
+        self.reserved += 1
+        return 0.0
+
+    def sent(self) -> None:
+        self.started += 1
+
+
+async def test_each_send_marks_its_rate_limit_slot_used() -> None:
+    """Every request that goes out tells the destination's limiter when it started; unsent ones do not."""
+    store = FakeStore()
+    for _ in range(3):
+        store.add("kapture")
+    store.add("kapture", body={"email_id": "no title: never sent"})
+    limiter = CountingLimiter()
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination(limiter=limiter)):
+            await eventually(lambda: len(store.records) == 4)
+        assert requests_to(m) == 3
+    assert (limiter.reserved, limiter.started) == (4, 3)

@@ -89,7 +89,7 @@ def test_burst_after_backlog_with_real_waits_never_exceeds_the_limit() -> None:
 def test_delays_grow_in_order() -> None:
     """Reservations made at the same moment get non-decreasing delays, one window step per batch."""
     clock = FakeClock()
-    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, clock=clock)
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
     delays = [limiter.reserve() for _ in range(7)]
     assert delays == sorted(delays)
     assert delays == pytest.approx([0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0])
@@ -180,6 +180,80 @@ def test_window_guarantee_holds_for_any_arrivals(
     # `now + delay` may be one float ulp off the slot the limiter stored; order is checked to that precision.
     assert all(later >= earlier - EPS for earlier, later in pairwise(slots))
     assert max_in_any_window(slots, per_seconds) <= requests
+
+
+def test_margin_has_a_floor_in_seconds() -> None:
+    """A short window gets at least 50 ms of margin: network jitter is seconds, not a share of the window."""
+    assert SlidingWindowLimiter(25, 0.5).window == pytest.approx(0.55)
+    assert SlidingWindowLimiter(25, 5.0).window == pytest.approx(5.1)
+    assert SlidingWindowLimiter(25, 0.5, min_margin_s=0.0).window == pytest.approx(0.51)
+
+
+def test_a_late_send_counts_from_when_it_started() -> None:
+    """Slots used late move the window: the next one waits a full window after the late sends, not the plan."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    assert [limiter.reserve(), limiter.reserve()] == [0.0, 0.0]
+    clock.advance(0.3)  # both sends start 0.3 s after their slot (a busy event loop)
+    limiter.sent()
+    limiter.sent()
+    assert limiter.reserve() == pytest.approx(1.0)
+
+
+def test_without_sent_the_plan_is_trusted() -> None:
+    """Reservations never marked sent keep their planned time (the limiter cannot know better)."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    limiter.reserve()
+    limiter.reserve()
+    clock.advance(0.3)
+    assert limiter.reserve() == pytest.approx(0.7)
+
+
+def test_sent_never_moves_a_slot_earlier() -> None:
+    """A send marked before its slot leaves the slot where it was, and extra sent() calls change nothing."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(1, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    limiter.reserve()
+    assert limiter.reserve() == pytest.approx(1.0)
+    limiter.sent()
+    limiter.sent()
+    limiter.sent()
+    assert limiter.reserve() == pytest.approx(2.0)
+
+
+def test_a_late_send_pushes_the_slots_reserved_after_it() -> None:
+    """When the oldest reserved slot is used late, the later ones, not yet used, cannot be earlier than it."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    clock.advance(0.5)
+    limiter.sent()  # only the first has started; the other two will start later still
+    assert limiter.reserve() == pytest.approx(1.0)
+
+
+# too_slow: as above.
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.integers(min_value=1, max_value=12),
+    per_seconds=st.floats(min_value=0.05, max_value=30.0),
+    steps=st.lists(st.tuples(st.floats(min_value=0.0, max_value=10.0), st.floats(min_value=0.0, max_value=3.0)),
+                   min_size=1, max_size=80),
+)
+def test_actual_send_times_keep_the_guarantee_whatever_the_lateness(
+    requests: int, per_seconds: float, steps: list[tuple[float, float]],
+) -> None:
+    """Sends that each start any time after their slot, and before the next slot is reserved, never put more
+    than `requests` actual starts in one window (the planned slots alone would)."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(requests, per_seconds, margin=0.0, min_margin_s=0.0, clock=clock)
+    started: list[float] = []
+    for idle, lag in steps:
+        clock.advance(idle)
+        clock.advance(limiter.reserve() + lag)
+        limiter.sent()
+        started.append(clock.now)
+    assert max_in_any_window(started, per_seconds - EPS) <= requests
 
 
 def test_unlimited_never_waits() -> None:

@@ -18,7 +18,7 @@ from yarl import URL
 from bridge.delivery import sender
 from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
 from bridge.store.base import Claimed
-from bridge.vendors.base import Outcome
+from bridge.vendors.base import Outcome, VendorAuthFailed
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
 BASE = "http://kapture.test"
@@ -295,3 +295,46 @@ async def test_excerpt_survives_invalid_utf8(session: aiohttp.ClientSession, ada
     assert sent.excerpt.endswith("bad gateway")
     assert "\ufffd" in sent.excerpt
     assert sent.outcome.classification == "retry"
+
+
+async def test_on_send_is_called_just_before_the_request(session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """The rate limiter's hook runs once per attempt, before the request reaches the vendor."""
+    calls: list[str] = []
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append("vendor")
+        return web.json_response({"status": "success", "ticket_id": "T-1"})
+
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    real = RecordingKapture(str(server.make_url("")))
+    sent = await send_once(session, real, claimed(), 5.0, on_send=lambda: calls.append("on_send"))
+    assert sent.outcome.classification == "success"
+    assert calls == ["on_send", "vendor"]
+
+
+async def test_on_send_is_not_called_when_nothing_is_sent(session: aiohttp.ClientSession,
+                                                          adapter: RecordingKapture) -> None:
+    """A request the adapter refuses to build sends nothing, so it uses no rate-limit slot."""
+    calls: list[int] = []
+    sent = await send_once(session, adapter, claimed({"email_id": "a@b.c"}), 5.0, on_send=lambda: calls.append(1))
+    assert sent.outcome.classification == "permanent"
+    assert calls == []
+
+
+class LookupRefused(RecordingKapture):
+    """A Kapture adapter whose pre-request look-up finds the credentials refused."""
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        raise VendorAuthFailed("getSubjects: HTTP 401: the token was refused")
+
+
+async def test_refused_credentials_in_a_look_up_are_auth_without_sending(session: aiohttp.ClientSession) -> None:
+    """A look-up refused for bad credentials makes the attempt `auth` (dead, not retried), and nothing is sent."""
+    calls: list[int] = []
+    sent = await send_once(session, LookupRefused(), claimed(), 5.0, on_send=lambda: calls.append(1))
+    assert sent.outcome == Outcome(classification="auth",
+                                   error="not sent: getSubjects: HTTP 401: the token was refused")
+    assert sent.http_status is None
+    assert calls == []

@@ -304,9 +304,9 @@ def _shipped() -> tuple[MappingSet, dict[str, Any]]:
 def test_shipped_mappings_load_against_the_shipped_config() -> None:
     """The example mappings load, check and compile against the shipped default config."""
     mappings, _ = _shipped()
-    assert sorted(mappings.mappings) == ["contact-to-kapture", "partner-to-kapture"]
+    assert {"contact-to-kapture", "partner-to-kapture"} <= set(mappings.mappings)
     assert [m.name for m in mappings.for_source("website-contact")] == ["contact-to-kapture"]
-    assert [m.name for m in mappings.for_source("partner-api")] == ["partner-to-kapture"]
+    assert "partner-to-kapture" in [m.name for m in mappings.for_source("partner-api")]
 
 
 def test_shipped_mappings_pass_their_own_tests() -> None:
@@ -314,7 +314,7 @@ def test_shipped_mappings_pass_their_own_tests() -> None:
     mappings, config_vars = _shipped()
     results = run_tests(mappings, config_vars)
     assert [(r.mapping, r.name, r.message) for r in results if not r.passed] == []
-    assert len(results) == sum(len(m.spec.tests) for m in mappings.mappings.values()) == 3
+    assert len(results) == sum(len(m.spec.tests) for m in mappings.mappings.values())
 
 
 def test_shipped_contact_mapping_names_the_missing_email() -> None:

@@ -13,6 +13,7 @@ from bridge.vendors.base import Outcome
 from bridge.vendors.kapture import (
     CREATE_PATH,
     SANDBOX_TOKEN,
+    UPDATE_PATH,
     KaptureAdapter,
     KaptureOptions,
     ticket_id_of,
@@ -97,8 +98,9 @@ def test_missing_title_is_a_mapping_error(fields: dict[str, Any]) -> None:
 
 def test_unknown_action_is_a_mapping_error() -> None:
     """An action Kapture does not have is refused."""
-    with pytest.raises(MappingError, match="kapture has no action 'update_ticket'"):
-        adapter().build_request("update_ticket", {"title": "t"}, {})
+    with pytest.raises(MappingError, match="kapture has no action 'close_ticket'; it takes: create_ticket, "
+                                           "update_ticket"):
+        adapter().build_request("close_ticket", {"title": "t"}, {})
 
 
 def test_sandbox_uses_the_simulator_token() -> None:
@@ -128,11 +130,12 @@ def test_options_refuse_unknown_keys() -> None:
 
 
 def test_registry_knows_kapture() -> None:
-    """The registry maps `kapture` to this adapter, its options and its one action."""
+    """The registry maps `kapture` to this adapter, its options and its two actions."""
     assert adapter_class("kapture") is KaptureAdapter
     assert vendor_options("kapture") is KaptureOptions
-    assert KaptureAdapter.actions == frozenset({"create_ticket"})
-    with pytest.raises(KeyError, match="unknown vendor 'zendesk'; known vendors: kapture"):
+    assert KaptureAdapter.actions == frozenset({"create_ticket", "update_ticket"})
+    with pytest.raises(KeyError, match="unknown vendor 'zendesk'; known vendors: http, kapture, leadsquared, "
+                                       "netgroot"):
         adapter_class("zendesk")
 
 
@@ -285,3 +288,107 @@ def test_permanent_error_excerpt_is_bounded() -> None:
 def test_ticket_id_fallbacks(body: dict[str, Any], expected: str | None) -> None:
     """The id is `ticket_id`, else `Ticket Id`, else `ticket.ticketId`; the numeric task id is not used."""
     assert ticket_id_of(body) == expected
+
+
+# -- update_ticket ------------------------------------------------------------------------------
+
+UPDATE = {"comment": "Replaced the router", "ticket_id": "713516551148", "callback_time": "2024-04-22 14:31:33",
+          "sub_status": "PS", "queue": "L2", "disposition": "Resolved"}
+
+
+def test_update_posts_an_array_of_one_object_to_the_update_url() -> None:
+    """update_ticket is a POST of the fields, in order, as a one-item array to the documented update path."""
+    request = adapter(token="abc").build_request("update_ticket", UPDATE, {})
+    assert request.method == "POST"
+    assert request.url == BASE + UPDATE_PATH
+    assert request.headers == {"Authorization": "Basic abc", "Content-Type": "application/json"}
+    decoded = json.loads(request.body)
+    assert decoded == [UPDATE]
+    assert list(decoded[0]) == list(UPDATE)
+
+
+def test_update_sends_a_numeric_ticket_id_as_text() -> None:
+    """Kapture documents ticket_id as a string, so a number rendered from a payload is sent as text."""
+    body = adapter().build_request("update_ticket", {"ticket_id": 713516551148, "sub_status": "CL"}, {}).body
+    assert json.loads(body) == [{"ticket_id": "713516551148", "sub_status": "CL"}]
+
+
+@pytest.mark.parametrize("missing", ["ticket_id", "sub_status"])
+@pytest.mark.parametrize("value", [None, "", "  ", "absent"])
+def test_update_needs_ticket_id_and_sub_status(missing: str, value: Any) -> None:
+    """Without a ticket_id or sub_status the update is refused before sending, naming the field."""
+    fields = {k: v for k, v in UPDATE.items() if k != missing}
+    if value != "absent":
+        fields[missing] = value
+    with pytest.raises(MappingError) as info:
+        adapter().build_request("update_ticket", fields, {})
+    assert info.value.path == missing
+    assert str(info.value) == f"{missing}: kapture update_ticket needs a non-empty `{missing}`"
+
+
+@pytest.mark.parametrize("value", ["19/04/2024 14:19", "2024-04-22", "2024-04-22T14:31:33", "2024-13-01 00:00:00",
+                                   "2024-04-22 14:31", 1713516551, "tomorrow"])
+def test_update_refuses_a_callback_time_in_another_format(value: Any) -> None:
+    """A callback_time not in yyyy-MM-dd HH:mm:ss is a mapping error naming the value and the right format."""
+    with pytest.raises(MappingError) as info:
+        adapter().build_request("update_ticket", {**UPDATE, "callback_time": value}, {})
+    assert info.value.path == "callback_time"
+    assert str(info.value) == (f"callback_time: {value!r} is not a date and time in Kapture's format "
+                               "yyyy-MM-dd HH:mm:ss (e.g. '2024-04-19 14:19:11')")
+
+
+@pytest.mark.parametrize("value", ["", None, "2024-02-29 23:59:59"])
+def test_update_takes_an_empty_or_well_formed_callback_time(value: Any) -> None:
+    """An empty callback_time (the documented "no callback") or a correct one is sent as given."""
+    body = adapter().build_request("update_ticket", {**UPDATE, "callback_time": value}, {}).body
+    assert json.loads(body)[0]["callback_time"] == value
+
+
+def test_update_success_carries_the_ticket_id_from_the_ticket() -> None:
+    """The documented update answer has no top-level ticket_id; the id is read from `ticket.ticketId`."""
+    body = {"ticket": {"id": 530348198, "ticketId": "713516551148", "substatus": "PS"}, "Additional_details": {},
+            "message": "Status and Comment have been updated.\n", "status": "success"}
+    outcome = adapter().classify("update_ticket", 200, {}, json.dumps(body).encode())
+    assert outcome == Outcome(classification="success", ticket_id="713516551148")
+
+
+@pytest.mark.parametrize(("message", "classification"), [
+    ("No Data found/ticket_id is missing", "permanent"),
+    ("Invalid Format.callback_date should be yyyy-MM-dd hh:mm:ss.", "permanent"),
+    ("Invalid Auth Key", "auth"),
+])
+def test_update_failures(message: str, classification: str) -> None:
+    """The update page's documented failures, inside HTTP 200, are permanent (or auth for the key)."""
+    outcome = adapter().classify("update_ticket", 200, {}, json.dumps({"message": message, "status": "failed"})
+                                 .encode())
+    assert outcome.classification == classification
+    assert outcome.error is not None
+    assert message in outcome.error
+
+
+def test_a_ticket_titled_like_an_auth_failure_is_not_one() -> None:
+    """Only a text `message` is read for "Invalid Auth Key"; a list of tickets that mentions it is a success."""
+    body = {"message": [{"taskTitle": "Invalid Auth Key"}], "status": "success"}
+    assert adapter().classify("update_ticket", 200, {}, json.dumps(body).encode()).classification == "success"
+
+
+@pytest.mark.parametrize(("action", "fields", "problems"), [
+    ("create_ticket", ["title", "email_id"], []),
+    ("create_ticket", ["email_id"], ["title: kapture create_ticket needs a `title` field"]),
+    ("update_ticket", ["ticket_id", "sub_status", "comment"], []),
+    ("update_ticket", ["comment"], ["ticket_id: kapture update_ticket needs a `ticket_id` field",
+                                    "sub_status: kapture update_ticket needs a `sub_status` field"]),
+])
+def test_static_check_names_the_fields_an_action_always_needs(action: str, fields: list[str],
+                                                                problems: list[str]) -> None:
+    """A mapping without a field its action always needs is reported before any event, naming the field."""
+    assert KaptureAdapter.static_check(action, fields, {}) == problems
+
+
+def test_pull_end_date_option_takes_two_readings_only() -> None:
+    """`pull_end_date` is `same_day` by default, may be `next_day`, and refuses anything else."""
+    assert KaptureOptions(vendor="kapture", sandbox=True).pull_end_date == "same_day"
+    assert msgspec.convert({"vendor": "kapture", "sandbox": True, "pull_end_date": "next_day"},
+                           KaptureOptions).pull_end_date == "next_day"
+    with pytest.raises(msgspec.ValidationError, match="pull_end_date"):
+        msgspec.convert({"vendor": "kapture", "sandbox": True, "pull_end_date": "inclusive"}, KaptureOptions)

@@ -1,0 +1,272 @@
+"""`ticketbridge kapture pull`: the tickets a Kapture destination created between two dates, one API call
+per 24-hour window (more when paging), written once each as JSON lines.
+
+With `--out FILE`, each finished day is recorded in `FILE.progress`; after a failed window the same
+command resumes from it, and tickets already in FILE are not written again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import msgspec
+
+from bridge import __version__
+from bridge.cli.common import config_from
+from bridge.cli.serve import _loopback
+from bridge.config import Config
+from bridge.delivery.ratelimit import Limiter, acquire, make_limiter
+from bridge.delivery.sender import TRANSPORT_ERRORS, transport_failure
+from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
+from bridge.vendors.kapture_pull import (
+    PullPage,
+    day_windows,
+    parse_day,
+    parse_pull,
+    pull_request,
+    ticket_day,
+    ticket_key,
+)
+
+MAX_BACKOFF_S = 60.0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    k = sub.add_parser("kapture", help="Kapture CRM tools")
+    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ksub.add_parser("pull", parents=[common], help="pull the tickets created between two dates, one call "
+                                                        "per 24-hour window, as JSON lines")
+    p.add_argument("--destination", required=True, help="a kapture destination of the config")
+    p.add_argument("--from", dest="start", required=True, metavar="DATE", help="first day, YYYY-MM-DD")
+    p.add_argument("--to", dest="end", required=True, metavar="DATE", help="last day (included), YYYY-MM-DD")
+    p.add_argument("--out", metavar="FILE.jsonl", help="write here (resumable) instead of stdout")
+    p.add_argument("--paged", action="store_true", help="ask page by page with `limit` (accounts with "
+                                                         "pagination enabled)")
+    p.add_argument("--max-pages", type=int, default=1000, help="per day, a guard against endless paging")
+    p.add_argument("--retries", type=int, default=3, help="tries again per call after a timeout, 429 or 5xx")
+    p.set_defaults(run=run_pull)
+
+
+class PullFailed(Exception):
+    """A window that could not be pulled; the message names the day and the vendor's answer."""
+
+
+@dataclass
+class Puller:
+    """The I/O of a pull: calls (rate-limited, retried when the failure is passing) and paging."""
+
+    session: aiohttp.ClientSession
+    adapter: KaptureAdapter
+    limiter: Limiter
+    paged: bool = False
+    max_pages: int = 1000
+    retries: int = 3
+    backoff_s: float = 1.0
+    calls: int = 0
+
+    async def _call(self, day: date, page: int | None) -> PullPage:
+        request = pull_request(self.adapter, day, page)
+        timeout_s = self.adapter.config.timeout_seconds
+        for attempt in range(self.retries + 1):
+            await acquire(self.limiter)
+            self.calls += 1
+            try:
+                async with self.session.request(request.method, request.url, headers=request.headers,
+                                                data=request.body, allow_redirects=False,
+                                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                    answer = parse_pull(resp.status, resp.headers, await resp.read())
+                    status: int | None = resp.status
+            except TRANSPORT_ERRORS as exc:
+                answer, status = PullPage(outcome=transport_failure(exc, timeout_s)), None
+            outcome = answer.outcome
+            if outcome.classification == "success":
+                return answer
+            if outcome.classification != "retry" or attempt == self.retries:
+                tries = f" (after {attempt + 1} tries)" if outcome.classification == "retry" else ""
+                raise PullFailed(f"{day.isoformat()}{f' page {page}' if page else ''}: "
+                                 f"{outcome.classification}: {outcome.error}{tries}")
+            wait = min(MAX_BACKOFF_S, max(self.backoff_s * 2 ** attempt, outcome.retry_after or 0.0))
+            if status == 429:
+                self.limiter.pause(max(wait, self.limiter.window))
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def day(self, day: date) -> list[dict[str, Any]]:
+        """Every ticket created on `day`, each once, in the order the API gave them."""
+        kept: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
+        received = 0
+        page = 1 if self.paged else None
+        while True:
+            answer = await self._call(day, page)
+            received += len(answer.tickets)
+            new = 0
+            for ticket in answer.tickets:
+                key = ticket_key(ticket) or msgspec.json.encode(ticket).decode()
+                if key in seen:
+                    continue
+                seen.add(key)
+                new += 1
+                created = ticket_day(ticket)
+                if created is None or created == day:  # with end_date the day after, the API gives two days
+                    kept[key] = ticket
+            if page is None or new == 0 or (answer.total is not None and received >= answer.total):
+                return list(kept.values())
+            if page >= self.max_pages:
+                raise PullFailed(f"{day.isoformat()}: still more tickets after {self.max_pages} pages "
+                                 "(raise --max-pages)")
+            page += 1
+
+
+@dataclass
+class Output:
+    """Where tickets go: stdout, or a file whose `.progress` twin records the finished days."""
+
+    out: IO[str]
+    progress: Path | None = None
+    query: dict[str, Any] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)
+    written: set[str] = field(default_factory=set)
+
+    @classmethod
+    def open(cls, path: str | None, query: dict[str, Any]) -> Output:
+        """Raises ValueError when FILE holds an unfinished pull of another query."""
+        if path is None:
+            return cls(sys.stdout, query=query)
+        target = Path(path)
+        progress = target.with_name(target.name + ".progress")
+        if not progress.exists():
+            out = target.open("w", encoding="utf-8")
+            result = cls(out, progress, query)
+            result._save()
+            return result
+        state = msgspec.json.decode(progress.read_bytes())
+        if state.get("query") != query:
+            raise ValueError(f"{progress} belongs to an unfinished pull ({state.get('query')}); run that again "
+                             f"to finish it, or delete {target} and {progress}")
+        written = set()
+        if target.exists():
+            for line in target.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    ticket = msgspec.json.decode(line)
+                    written.add(ticket_key(ticket) or line)
+        return cls(target.open("a", encoding="utf-8"), progress, query, list(state.get("done", [])), written)
+
+    def _save(self) -> None:
+        assert self.progress is not None
+        tmp = self.progress.with_name(self.progress.name + ".tmp")
+        tmp.write_bytes(msgspec.json.encode({"query": self.query, "done": self.done}))
+        os.replace(tmp, self.progress)
+
+    def write_day(self, day: date, tickets: list[dict[str, Any]]) -> int:
+        """Write the day's tickets not yet written, then mark the day done; returns how many were new."""
+        new = 0
+        for ticket in tickets:
+            line = msgspec.json.encode(ticket).decode()
+            key = ticket_key(ticket) or line
+            if key not in self.written:
+                self.written.add(key)
+                self.out.write(line + "\n")
+                new += 1
+        self.out.flush()
+        self.done.append(day.isoformat())
+        if self.progress is not None:
+            os.fsync(self.out.fileno())
+            self._save()
+        return new
+
+    def finish(self) -> None:
+        """Every day is written: the pull needs no resuming."""
+        if self.progress is not None:
+            self.progress.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.out.close()
+
+
+def progress_bar(done: int, total: int, tickets: int) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = int(width * done / total) if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} days  {tickets} tickets")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def pull_range(puller: Puller, days: list[date], output: Output,
+                     on_day: Callable[[int, int, int], None] = progress_bar) -> int:
+    """Pull each day not yet done into `output`; returns the number of tickets written by this run."""
+    written = 0
+    for n, day in enumerate(days, 1):
+        if day.isoformat() not in output.done:
+            written += output.write_day(day, await puller.day(day))
+        on_day(n, len(days), len(output.written))
+    return written
+
+
+def _adapter(config: Config, name: str) -> KaptureAdapter:
+    """The destination's adapter; ValueError naming the choices when it is not a kapture destination."""
+    dest = config.destinations.get(name)
+    choices = ", ".join(sorted(n for n, d in config.destinations.items() if d.vendor == "kapture")) or "(none)"
+    if dest is None:
+        raise ValueError(f"--destination: no destination {name!r}; kapture destinations: {choices}")
+    if not isinstance(dest, KaptureOptions):
+        raise ValueError(f"--destination: {name!r} is a {dest.vendor} destination, not kapture; "
+                         f"kapture destinations: {choices}")
+    if dest.sandbox:  # the sandbox lives in the running server
+        base = f"http://{_loopback(config.server.host)}:{config.server.port}/sandbox/kapture"
+    else:
+        assert dest.base_url is not None
+        base = dest.base_url
+    return KaptureAdapter(name, dest, base)
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    if config is None:
+        return 2
+    try:
+        adapter = _adapter(config, args.destination)
+        start, end = parse_day(args.start, "--from"), parse_day(args.end, "--to")
+        days = day_windows(start, end)
+        query = {"destination": args.destination, "from": start.isoformat(), "to": end.isoformat()}
+        output = Output.open(args.out, query)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        async with aiohttp.ClientSession(headers={"User-Agent": f"ticketbridge/{__version__}"}) as session:
+            puller = Puller(session, adapter, make_limiter(adapter.config.rate_limit), paged=args.paged,
+                            max_pages=args.max_pages, retries=args.retries)
+            resumed = len(output.done)
+            try:
+                written = await pull_range(puller, days, output)
+            except PullFailed as exc:
+                progress_bar(len(output.done), len(days), len(output.written))
+                again = ("run the same command again to resume" if args.out else
+                         f"continue with --from {days[len(output.done)].isoformat()}")
+                print(f"pull failed on {exc}; {len(output.done)} of {len(days)} days done; {again}", file=sys.stderr)
+                return 1
+        output.finish()
+        note = f", resumed after {resumed} days" if resumed else ""
+        print(f"pulled {written} tickets over {len(days)} days in {puller.calls} calls{note}"
+              + (f" into {args.out}" if args.out else ""), file=sys.stderr)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        output.close()

@@ -1,0 +1,174 @@
+"""A generic JSON HTTP API, configured rather than coded: for the next vendor a customer brings.
+
+The body is the rendered fields as one JSON object. The destination says the method, the path (with
+`{field}` placeholders filled from the rendered fields), the headers (secrets through `${VAR}`), which
+statuses mean success, optionally a body path that must hold a value, and where the ticket id is.
+A mapping's `options:` may override `method` and `path`, so one destination serves several actions.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
+
+import msgspec
+
+from bridge.config import DestinationConfig
+from bridge.errors import MappingError
+from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
+from bridge.vendors.base import (
+    Adapter,
+    Outcome,
+    VendorRequest,
+    classify_status,
+    decode_json,
+    excerpt,
+    text_or_none,
+)
+
+Method = Literal["POST", "PUT", "PATCH"]
+METHODS = ("POST", "PUT", "PATCH")
+MAPPING_OPTIONS = ("method", "path")
+
+
+def body_path(text: str) -> Path:
+    """A path into a JSON answer (`data.ticket_id`, `items[0].id`); ValueError when it cannot be read."""
+    src = text.strip()
+    try:
+        return compile_path(("body" if src.startswith("[") else "body.") + src, frozenset({"body"}))
+    except PathSyntaxError:
+        raise ValueError(f"bad body path {text!r}: write parts like data.ticket_id or items[0].id") from None
+
+
+def template_parts(template: str) -> list[tuple[str, str | None]]:
+    """A path template as (literal text, placeholder name or None) pairs; ValueError for a malformed one."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"bad path template {template!r}: {exc}; write e.g. /tickets/{{ticket_id}}") from None
+    for _, name, spec, conversion in parsed:
+        if name is not None and (not name.isidentifier() or spec or conversion):
+            raise ValueError(f"bad placeholder in path {template!r}: write {{field_name}}, naming a rendered "
+                             "field (letters, digits and _), with no format or conversion")
+    return [(literal, name) for literal, name, _, _ in parsed]
+
+
+def placeholders(template: str) -> list[str]:
+    """The `{name}` placeholders of a path template."""
+    return [name for _, name in template_parts(template) if name is not None]
+
+
+def _check_path(template: str) -> None:
+    if not template.startswith("/"):
+        raise ValueError(f"`path` {template!r} must start with /, e.g. /api/tickets")
+    placeholders(template)
+
+
+class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
+    method: Method = "POST"
+    path: str = "/"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    success_statuses: list[int] = msgspec.field(default_factory=lambda: [200, 201, 202, 204])
+    success_path: str | None = None
+    success_value: str | int | float | bool | None = True
+    ticket_id_path: str | None = None
+    error_path: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_path(self.path)
+        for key, value in (("success_path", self.success_path), ("ticket_id_path", self.ticket_id_path),
+                           ("error_path", self.error_path)):
+            if value is not None:
+                try:
+                    body_path(value)
+                except ValueError as exc:
+                    raise ValueError(f"`{key}`: {exc}") from None
+        if not self.success_statuses or any(not 100 <= s <= 599 for s in self.success_statuses):
+            raise ValueError(f"`success_statuses` {self.success_statuses} must list HTTP statuses, e.g. [200, 201]")
+
+
+class HttpAdapter(Adapter):
+    vendor: ClassVar[str] = "http"
+    Options: ClassVar[type[DestinationConfig]] = HttpOptions
+    actions: ClassVar[frozenset[str]] = frozenset({"create_ticket", "update_ticket"})
+
+    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> None:
+        super().__init__(name, config, base_url)
+        o = self.options
+        self._success = body_path(o.success_path) if o.success_path else None
+        self._ticket_id = body_path(o.ticket_id_path) if o.ticket_id_path else None
+        self._error = body_path(o.error_path) if o.error_path else None
+
+    @classmethod
+    def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
+        problems = [f"options.{key}: unknown http option; a mapping may set: {', '.join(MAPPING_OPTIONS)}"
+                    for key in options if key not in MAPPING_OPTIONS]
+        method = options.get("method")
+        if method is not None and method not in METHODS:
+            problems.append(f"options.method: {method!r} is not one of {', '.join(METHODS)}")
+        path = options.get("path")
+        if path is not None:
+            try:
+                _check_path(str(path))
+                problems.extend(f"options.path: placeholder {{{name}}} is not a field of this mapping"
+                                for name in placeholders(str(path)) if name not in fields)
+            except ValueError as exc:
+                problems.append(f"options.path: {exc}")
+        return problems
+
+    @property
+    def options(self) -> HttpOptions:
+        assert isinstance(self.config, HttpOptions)
+        return self.config
+
+    def _url(self, template: str, fields: Mapping[str, Any]) -> str:
+        out = [self.base_url]
+        try:
+            parts = template_parts(template)
+        except ValueError as exc:
+            raise MappingError(str(exc), path="options.path") from None
+        for literal, name in parts:
+            out.append(literal)
+            if name is not None:
+                value = fields.get(name)
+                if value is None or value == "" or isinstance(value, dict | list | bool):
+                    raise MappingError(f"the path {template!r} needs this field as text, got {value!r}", path=name)
+                out.append(quote(str(value), safe=""))
+        return "".join(out)
+
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+        if action not in self.actions:
+            raise MappingError(f"http has no action {action!r}; it takes: {', '.join(sorted(self.actions))}")
+        method = str(options.get("method", self.options.method))
+        if method not in METHODS:
+            raise MappingError(f"{method!r} is not one of {', '.join(METHODS)}", path="options.method")
+        headers = {"Content-Type": "application/json", **self.options.headers}
+        return VendorRequest(method=method, url=self._url(str(options.get("path", self.options.path)), fields),
+                             headers=headers, body=msgspec.json.encode(fields))
+
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        parsed = decode_json(body)
+        root = {"body": parsed}
+        said = text_or_none(self._error.get(root)) if self._error is not None else None
+        detail = said or excerpt(body)
+        if status in self.options.success_statuses:
+            if self._success is not None:
+                got = self._success.get(root)
+                if got is MISSING or got != self.options.success_value:
+                    shown = "nothing" if got is MISSING else repr(got)
+                    return Outcome(classification="permanent",
+                                   error=f"http: HTTP {status} but {self.options.success_path} is {shown}, "
+                                         f"not {self.options.success_value!r}: {detail}")
+            ticket_id = None
+            if self._ticket_id is not None:
+                value = self._ticket_id.get(root)
+                ticket_id = None if value is MISSING else text_or_none(value)
+            return Outcome(classification="success", ticket_id=ticket_id)
+        by_status = classify_status(status, headers)
+        if by_status is not None:
+            by_status.error = f"http: {by_status.error}: {detail}"
+            return by_status
+        return Outcome(classification="permanent", error=f"http: HTTP {status}: {detail}")

@@ -1,0 +1,242 @@
+"""`ticketbridge kapture pull` against the Kapture simulator: one call per 24-hour window (more when paging),
+every ticket written once, and a clean resume after a failed window."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections import Counter
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.cli import main
+from bridge.cli.kapture import Output, Puller, PullFailed, progress_bar, pull_range
+from bridge.delivery.ratelimit import Unlimited
+from bridge.simulators.faults import Faults
+from bridge.simulators.kapture import KaptureSimulator
+from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
+
+pytestmark = pytest.mark.integration
+
+# Tickets per day: the 18th and 22nd lie outside the pulled range; the 20th has none.
+PER_DAY = {18: 2, 19: 5, 20: 0, 21: 3, 22: 1}
+RANGE = ["--from", "2024-04-19", "--to", "2024-04-21"]
+
+
+def seeded(**kwargs: Any) -> KaptureSimulator:
+    sim = KaptureSimulator(**kwargs)
+    for day, count in PER_DAY.items():
+        for n in range(count):
+            sim.seed(f"ticket {day}.{n}", datetime(2024, 4, day, 1 + n * 5, 30))
+    return sim
+
+
+def expected_titles() -> list[str]:
+    return [f"ticket {day}.{n}" for day in (19, 20, 21) for n in range(PER_DAY[day])]
+
+
+async def serve(aiohttp_server: Any, sim: KaptureSimulator, tmp_path: Path, extra: str = "") -> Path:
+    server = await aiohttp_server(sim.app())
+    config = tmp_path / "bridge.yaml"
+    config.write_text(f"""
+destinations:
+  kapture: {{vendor: kapture, base_url: "{server.make_url('')}", token: sandbox-token{extra}}}
+  lsq: {{vendor: leadsquared, sandbox: true}}
+""")
+    (tmp_path / "mappings").mkdir(exist_ok=True)
+    return config
+
+
+async def pull(config: Path, *args: str) -> int:
+    """Run the CLI in a worker thread (it runs its own event loop) while the simulator serves on this one."""
+    return await asyncio.to_thread(main, ["kapture", "pull", "-c", str(config), "--destination", "kapture", *args])
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def within_24_hours(pulls: list[dict[str, Any]]) -> bool:
+    return all(p["start_date"] == p["end_date"] for p in pulls)
+
+
+async def test_three_days_are_three_calls_each_within_24_hours(aiohttp_server: Any, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Pulling three days makes one call per day, each for one day only, and writes each of its tickets once."""
+    sim = seeded()
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "tickets.jsonl"
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    assert [(p["start_date"], p["end_date"]) for p in sim.pulls] == [
+        ("2024-04-19", "2024-04-19"), ("2024-04-20", "2024-04-20"), ("2024-04-21", "2024-04-21")]
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+    assert not (tmp_path / "tickets.jsonl.progress").exists()
+    assert capsys.readouterr().err.strip() == f"pulled 8 tickets over 3 days in 3 calls into {out}"
+
+
+async def test_without_out_the_tickets_go_to_stdout(aiohttp_server: Any, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """With no --out, each ticket is one JSON line on stdout."""
+    config = await serve(aiohttp_server, seeded(), tmp_path)
+    assert await pull(config, *RANGE) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [t["taskTitle"] for t in printed] == expected_titles()
+
+
+async def test_paging_asks_page_by_page_until_the_total(aiohttp_server: Any, tmp_path: Path) -> None:
+    """With --paged, a day is asked page by page (`limit` 1, 2, …) until totalCount is reached, each page one day."""
+    sim = seeded(pagination_enabled=True, page_size=2)
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "t.jsonl"
+    assert await pull(config, *RANGE, "--paged", "--out", str(out)) == 0
+    assert [(p["start_date"][-2:], p["limit"]) for p in sim.pulls] == [
+        ("19", 1), ("19", 2), ("19", 3), ("20", 1), ("21", 1), ("21", 2)]
+    assert within_24_hours(sim.pulls)
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+
+
+async def test_paging_against_an_account_without_pagination_stops(aiohttp_server: Any, tmp_path: Path) -> None:
+    """If the API ignores `limit` and repeats the whole day, paging stops at the first page with nothing new."""
+    sim = seeded()
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "t.jsonl"
+    assert await pull(config, *RANGE, "--paged", "--out", str(out)) == 0
+    assert Counter(p["start_date"] for p in sim.pulls) == {"2024-04-19": 2, "2024-04-21": 2, "2024-04-20": 1}
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+
+
+async def test_next_day_end_dates_keep_each_day_to_itself(aiohttp_server: Any, tmp_path: Path) -> None:
+    """For an API that reads end_date as exclusive, each call asks start to the next day, and each ticket is once."""
+    sim = seeded(end_date_inclusive=False)
+    config = await serve(aiohttp_server, sim, tmp_path, ", pull_end_date: next_day")
+    out = tmp_path / "t.jsonl"
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    assert [(p["start_date"], p["end_date"]) for p in sim.pulls] == [
+        ("2024-04-19", "2024-04-20"), ("2024-04-20", "2024-04-21"), ("2024-04-21", "2024-04-22")]
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+
+
+async def test_a_failed_window_resumes_cleanly(aiohttp_server: Any, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """When a day fails, the days before it are kept; the same command later pulls only what is left, each ticket
+    once."""
+    sim = seeded()
+    sim.faults = Faults(after=1, fail_count=-1, fail_status=500)  # the first day comes, then the vendor fails
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "t.jsonl"
+    progress = tmp_path / "t.jsonl.progress"
+    assert await pull(config, *RANGE, "--out", str(out), "--retries", "0") == 1
+    err = capsys.readouterr().err
+    assert "pull failed on 2024-04-20: retry: HTTP 500: simulated outage (after 1 tries); 1 of 3 days done; " \
+           "run the same command again to resume" in err
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()[:5]
+    assert json.loads(progress.read_text())["done"] == ["2024-04-19"]
+
+    sim.faults = Faults()
+    sim.pulls.clear()
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    assert [p["start_date"] for p in sim.pulls] == ["2024-04-20", "2024-04-21"]
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+    assert not progress.exists()
+    assert "resumed after 1 days" in capsys.readouterr().err
+
+
+async def test_a_day_written_but_not_marked_done_is_not_written_twice(aiohttp_server: Any, tmp_path: Path) -> None:
+    """If the run stopped after writing a day but before marking it done, resuming pulls it again but writes
+    none of its tickets twice."""
+    sim = seeded()
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "t.jsonl"
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    query = {"destination": "kapture", "from": "2024-04-19", "to": "2024-04-21"}
+    (tmp_path / "t.jsonl.progress").write_text(json.dumps({"query": query, "done": ["2024-04-19"]}))
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    titles = [t["taskTitle"] for t in lines(out)]
+    assert titles == expected_titles()
+
+
+async def test_an_unfinished_pull_of_another_range_is_not_mixed_in(aiohttp_server: Any, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An output file holding an unfinished pull of another range is refused rather than appended to."""
+    config = await serve(aiohttp_server, seeded(), tmp_path)
+    out = tmp_path / "t.jsonl"
+    (tmp_path / "t.jsonl.progress").write_text(json.dumps({"query": {"destination": "kapture", "from": "2024-01-01",
+                                                                     "to": "2024-01-02"}, "done": []}))
+    assert await pull(config, *RANGE, "--out", str(out)) == 2
+    assert "belongs to an unfinished pull" in capsys.readouterr().err
+
+
+async def test_a_bad_key_stops_at_once(aiohttp_server: Any, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """"Invalid Auth Key" ends the pull on the first call, without retries, saying so."""
+    sim = seeded(tokens={"other"})
+    config = await serve(aiohttp_server, sim, tmp_path)
+    assert await pull(config, *RANGE, "--out", str(tmp_path / "t.jsonl")) == 1
+    assert len(sim.pulls) == 0
+    assert sim.requests == 1
+    assert "pull failed on 2024-04-19: auth: kapture: Invalid Auth Key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--destination", "nope", *RANGE], "--destination: no destination 'nope'; kapture destinations: kapture"),
+    (["--destination", "lsq", *RANGE], "--destination: 'lsq' is a leadsquared destination, not kapture"),
+    (["--destination", "kapture", "--from", "19-04-2024", "--to", "2024-04-21"], "--from '19-04-2024' is not a date"),
+    (["--destination", "kapture", "--from", "2024-04-21", "--to", "2024-04-19"],
+     "--to 2024-04-19 is before --from 2024-04-21"),
+])
+async def test_bad_arguments_are_refused(aiohttp_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         args: list[str], message: str) -> None:
+    """A destination that is not Kapture, or dates that are not a range, exit 2 naming the problem."""
+    config = await serve(aiohttp_server, seeded(), tmp_path)
+    code = await asyncio.to_thread(main, ["kapture", "pull", "-c", str(config), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("status", "least_wait"), [(503, 0.0), (429, 1.0)])
+async def test_a_passing_failure_is_retried_within_the_window(aiohttp_server: Any, status: int,
+                                                              least_wait: float) -> None:
+    """A 503 or 429 on a day's call is tried again (after a 429, no sooner than the limiter's window), and the
+    day still comes whole."""
+    sim = seeded()
+    sim.faults = Faults(fail_count=1, fail_status=status)
+    server = await aiohttp_server(sim.app())
+    adapter = KaptureAdapter("k", KaptureOptions(vendor="kapture", sandbox=True), str(server.make_url("")))
+    async with aiohttp.ClientSession() as session:
+        puller = Puller(session, adapter, Unlimited(), retries=3, backoff_s=0.01)
+        tickets = await puller.day(date(2024, 4, 19))
+    assert len(tickets) == 5
+    assert puller.calls == 2
+    first, second = sim.received.times()
+    assert second - first >= least_wait
+
+
+async def test_a_window_that_never_ends_paging_is_refused(aiohttp_server: Any) -> None:
+    """An API that keeps giving new tickets page after page stops at --max-pages with a clear error."""
+    sim = seeded(pagination_enabled=True, page_size=1)
+    server = await aiohttp_server(sim.app())
+    adapter = KaptureAdapter("k", KaptureOptions(vendor="kapture", sandbox=True), str(server.make_url("")))
+    async with aiohttp.ClientSession() as session:
+        puller = Puller(session, adapter, Unlimited(), paged=True, max_pages=3)
+        with pytest.raises(PullFailed, match="2024-04-19: still more tickets after 3 pages"):
+            await pull_range(puller, [date(2024, 4, 19)], Output(io.StringIO()), on_day=lambda *_: None)
+
+
+def test_progress_bar_draws_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, the bar shows days done of all and tickets so far, ending the line when complete."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    progress_bar(1, 3, 5)
+    progress_bar(3, 3, 8)
+    assert screen.getvalue() == ("\r[##########....................] 1/3 days  5 tickets"
+                                 "\r[##############################] 3/3 days  8 tickets\n")

@@ -1,0 +1,153 @@
+"""The generic http vendor: a request configured by the destination, and answers judged by its rules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from bridge.config import load_config
+from bridge.errors import ErrorList, MappingError
+from bridge.vendors.base import Outcome
+from bridge.vendors.http import HttpAdapter, HttpOptions, body_path, placeholders
+from bridge.vendors.registry import adapter_class
+
+BASE = "https://api.partner.example"
+
+
+def adapter(**kwargs: Any) -> HttpAdapter:
+    opts = msgspec.convert({"vendor": "http", "base_url": BASE, **kwargs}, HttpOptions)
+    return HttpAdapter("partner", opts, BASE)
+
+
+def classify(status: int, body: Any, **kwargs: Any) -> Outcome:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return adapter(**kwargs).classify("create_ticket", status, {}, raw)
+
+
+def test_registry_knows_http() -> None:
+    """`http` names the generic adapter, which creates and updates tickets."""
+    assert adapter_class("http") is HttpAdapter
+    assert HttpAdapter.actions == frozenset({"create_ticket", "update_ticket"})
+
+
+def test_request_is_the_fields_as_json_with_the_configured_method_path_and_headers() -> None:
+    """The body is the rendered fields as one JSON object, sent as configured, JSON declared unless overridden."""
+    made = adapter(method="PUT", path="/v1/tickets", headers={"Authorization": "Bearer s3cret"})
+    request = made.build_request("create_ticket", {"title": "Réseau", "n": 1}, {})
+    assert (request.method, request.url) == ("PUT", BASE + "/v1/tickets")
+    assert request.headers == {"Content-Type": "application/json", "Authorization": "Bearer s3cret"}
+    assert json.loads(request.body) == {"title": "Réseau", "n": 1}
+
+
+def test_headers_take_secrets_from_the_environment(tmp_path: Any) -> None:
+    """A header written `${VAR}` in bridge.yaml carries the environment's value."""
+    (tmp_path / "bridge.yaml").write_text(
+        'destinations:\n  partner: {vendor: http, base_url: "https://x.example", headers: {X-Api-Key: "${KEY}"}}\n')
+    config = load_config(tmp_path / "bridge.yaml", {"KEY": "from-env"})
+    dest = config.destinations["partner"]
+    assert isinstance(dest, HttpOptions)
+    assert dest.headers == {"X-Api-Key": "from-env"}
+
+
+def test_path_placeholders_are_filled_from_fields_and_quoted() -> None:
+    """`{name}` in the path takes the rendered field, URL-quoted, and the field stays in the body."""
+    request = adapter(path="/tickets/{ticket_id}/notes").build_request(
+        "update_ticket", {"ticket_id": "A/B 1", "note": "x"}, {})
+    assert request.url == BASE + "/tickets/A%2FB%201/notes"
+    assert json.loads(request.body) == {"ticket_id": "A/B 1", "note": "x"}
+
+
+def test_mapping_options_override_method_and_path() -> None:
+    """A mapping's options may set method and path, so one destination serves create and update."""
+    request = adapter().build_request("update_ticket", {"id": 7}, {"method": "PATCH", "path": "/t/{id}"})
+    assert (request.method, request.url) == ("PATCH", BASE + "/t/7")
+
+
+@pytest.mark.parametrize("value", [None, "", {"a": 1}, True])
+def test_a_placeholder_without_a_usable_field_is_a_mapping_error(value: Any) -> None:
+    """A path placeholder whose field is missing, empty or not text is refused before sending, naming it."""
+    fields = {} if value is None else {"ticket_id": value}
+    with pytest.raises(MappingError) as info:
+        adapter(path="/t/{ticket_id}").build_request("update_ticket", fields, {})
+    assert info.value.path == "ticket_id"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"path": "tickets"}, "`path` 'tickets' must start with /"),
+    ({"path": "/t/{a.b}"}, "bad placeholder in path '/t/{a.b}'"),
+    ({"path": "/t/{id!r}"}, "bad placeholder"),
+    ({"path": "/t/{"}, "bad path template"),
+    ({"method": "GET"}, "method"),
+    ({"success_path": "data..id"}, "`success_path`: bad body path 'data..id'"),
+    ({"ticket_id_path": ""}, "`ticket_id_path`: bad body path ''"),
+    ({"success_statuses": []}, "`success_statuses` [] must list HTTP statuses"),
+    ({"success_statuses": [20]}, "must list HTTP statuses"),
+])
+def test_options_are_checked_with_a_clear_error(table: dict[str, Any], message: str) -> None:
+    """A bad path, method, body path or status list is refused when the config loads, saying what is wrong."""
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert({"vendor": "http", "base_url": BASE, **table}, HttpOptions)
+    assert message in str(info.value)
+
+
+def test_config_errors_name_the_file_and_key(tmp_path: Any) -> None:
+    """A bad http destination is reported with the file and the destination's key path."""
+    (tmp_path / "bridge.yaml").write_text('destinations:\n  partner: {vendor: http, base_url: "https://x", '
+                                          'path: "nope"}\n')
+    with pytest.raises(ErrorList, match=r"bridge.yaml:2:.*destinations.partner.*must start with /"):
+        load_config(tmp_path / "bridge.yaml", {})
+
+
+@pytest.mark.parametrize(("fields", "options", "problems"), [
+    (["id"], {"path": "/t/{id}", "method": "PATCH"}, []),
+    (["title"], {"path": "/t/{id}"}, ["options.path: placeholder {id} is not a field of this mapping"]),
+    (["title"], {"verb": "POST"}, ["options.verb: unknown http option; a mapping may set: method, path"]),
+    (["title"], {"method": "DELETE"}, ["options.method: 'DELETE' is not one of POST, PUT, PATCH"]),
+    (["title"], {"path": "t"}, ["options.path: `path` 't' must start with /, e.g. /api/tickets"]),
+])
+def test_static_check(fields: list[str], options: dict[str, Any], problems: list[str]) -> None:
+    """Mapping options are checked when the mappings load: known keys, a method, placeholders that are fields."""
+    assert HttpAdapter.static_check("create_ticket", fields, options) == problems
+
+
+def test_body_paths() -> None:
+    """Body paths are dotted with indexes, relative to the answer; placeholders are listed in order."""
+    assert body_path("data.items[1].id").get({"body": {"data": {"items": [{}, {"id": 5}]}}}) == 5
+    assert body_path("[0].id").get({"body": [{"id": "x"}]}) == "x"
+    assert placeholders("/a/{x}/b/{y}") == ["x", "y"]
+
+
+def test_any_success_status_is_a_success_with_the_ticket_id_from_its_path() -> None:
+    """A success status is a success; the ticket id is read from ticket_id_path as text."""
+    outcome = classify(201, {"data": {"ticket": {"id": 42}}}, ticket_id_path="data.ticket.id")
+    assert outcome == Outcome(classification="success", ticket_id="42")
+    assert classify(204, b"") == Outcome(classification="success", ticket_id=None)
+
+
+def test_success_path_must_hold_the_value() -> None:
+    """With success_path, a success status whose body does not hold success_value there is permanent."""
+    rules = {"success_path": "ok", "success_value": "yes", "error_path": "error.message"}
+    assert classify(200, {"ok": "yes"}, **rules).classification == "success"
+    outcome = classify(200, {"ok": "no", "error": {"message": "duplicate"}}, **rules)
+    assert outcome == Outcome(classification="permanent", error="http: HTTP 200 but ok is 'no', not 'yes': duplicate")
+    missing = classify(200, b"<html>", success_path="ok")
+    assert missing.error == "http: HTTP 200 but ok is nothing, not True: <html>"
+
+
+@pytest.mark.parametrize(("status", "classification"), [(401, "auth"), (403, "auth"), (429, "retry"),
+                                                        (500, "retry"), (408, "retry"), (400, "permanent"),
+                                                        (404, "permanent"), (302, "permanent")])
+def test_other_statuses(status: int, classification: str) -> None:
+    """Statuses outside the success list: 401/403 auth, 408/429/5xx retry, anything else permanent."""
+    outcome = classify(status, {"error": "nope"}, error_path="error")
+    assert outcome.classification == classification
+    assert outcome.error is not None
+    assert outcome.error.endswith("nope")
+
+
+def test_success_statuses_can_be_narrowed() -> None:
+    """With success_statuses [201], a 200 is not a success."""
+    assert classify(200, {}, success_statuses=[201]).classification == "permanent"

@@ -1,0 +1,308 @@
+"""The Netgroot ISP CRM adapter: subjects by name through a cached look-up, the create request, and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import msgspec
+import pytest
+import structlog
+
+from bridge.errors import MappingError
+from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable
+from bridge.vendors.netgroot import (
+    CREATE_PATH,
+    SUBJECTS_PATH,
+    UNKNOWN_REFRESH_MIN_SECONDS,
+    NetgrootAdapter,
+    NetgrootOptions,
+    SubjectCache,
+    parse_subjects,
+)
+from bridge.vendors.registry import adapter_class
+
+BASE = "https://crm.example-isp.net"
+SUBJECTS = {"success": True, "data": [{"subject_id": 1, "name": "Technical Support"},
+                                      {"subject_id": 2, "name": "Billing Issue"}]}
+DEFAULTS = {"type_id": 1, "status_id": 1, "priority_id": 2, "group_id": 3}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeVendor:
+    """A getSubjects endpoint for `fetch`: answers in turn from `answers` (the last one repeats)."""
+
+    def __init__(self, *answers: tuple[int, Any]) -> None:
+        self.answers = list(answers) or [(200, SUBJECTS)]
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    async def fetch(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        self.calls.append((url, headers))
+        status, body = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        await asyncio.sleep(0)
+        return status, body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+def adapter(clock: FakeClock | None = None, **kwargs: Any) -> NetgrootAdapter:
+    opts = msgspec.convert({"vendor": "netgroot", "base_url": BASE, "token": "tok", **DEFAULTS, **kwargs},
+                           NetgrootOptions)
+    made = NetgrootAdapter("isp-crm", opts, BASE)
+    if clock is not None:
+        made.subjects.clock = clock
+    return made
+
+
+def build(fields: dict[str, Any], **kwargs: Any) -> Any:
+    return json.loads(adapter(**kwargs).build_request("create_ticket", fields, {}).body)
+
+
+def classify(status: int, body: Any) -> Outcome:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return adapter().classify("create_ticket", status, {}, raw)
+
+
+# -- options and the request --------------------------------------------------------------------
+
+
+def test_registry_and_options() -> None:
+    """`netgroot` names this adapter; a real destination needs a token, and id defaults are whole numbers."""
+    assert adapter_class("netgroot") is NetgrootAdapter
+    with pytest.raises(msgspec.ValidationError, match="`token` is required"):
+        msgspec.convert({"vendor": "netgroot", "base_url": BASE}, NetgrootOptions)
+    with pytest.raises(msgspec.ValidationError, match="type_id"):
+        msgspec.convert({"vendor": "netgroot", "sandbox": True, "type_id": "one"}, NetgrootOptions)
+    with pytest.raises(msgspec.ValidationError, match="subjects_ttl"):
+        msgspec.convert({"vendor": "netgroot", "sandbox": True, "subjects_ttl": "soon"}, NetgrootOptions)
+
+
+def test_request_has_the_six_fields_as_integers_and_text_with_bearer_auth() -> None:
+    """CreateTicket is a JSON POST with Bearer auth and the six required fields, ids as integers."""
+    request = adapter().build_request("create_ticket", {"subject_id": "2", "message": "Internet down",
+                                                        "priority_id": 1}, {})
+    assert (request.method, request.url) == ("POST", BASE + CREATE_PATH)
+    assert request.headers == {"Authorization": "Bearer tok", "Content-Type": "application/json"}
+    assert json.loads(request.body) == {"subject_id": 2, "type_id": 1, "status_id": 1, "priority_id": 1,
+                                        "group_id": 3, "message": "Internet down"}
+
+
+def test_other_fields_are_sent_after_the_six() -> None:
+    """Fields beyond the six are passed through as rendered, after them."""
+    body = build({"subject_id": 1, "message": "m", "username": "asha"})
+    assert list(body) == ["subject_id", "type_id", "status_id", "priority_id", "group_id", "message", "username"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("subject_id", "two"), ("type_id", 1.5), ("group_id", True),
+                                               ("priority_id", "-1"), ("status_id", [1])])
+def test_an_id_that_is_not_a_whole_number_is_refused(field: str, value: Any) -> None:
+    """An id field that is not an integer (or digits) is a mapping error naming the field and the value."""
+    with pytest.raises(MappingError) as info:
+        build({"subject_id": 1, "message": "m", field: value})
+    assert str(info.value) == f"{field}: {value!r} is not an integer id: the ISP CRM takes a whole number here"
+
+
+def test_an_id_with_no_default_and_no_field_is_refused() -> None:
+    """Without a default on the destination, a missing id names where it may be set."""
+    opts = msgspec.convert({"vendor": "netgroot", "base_url": BASE, "token": "t"}, NetgrootOptions)
+    with pytest.raises(MappingError) as info:
+        NetgrootAdapter("isp-crm", opts, BASE).build_request("create_ticket", {"subject_id": 1, "message": "m"}, {})
+    assert str(info.value) == "type_id: required: set it in the mapping, or as `type_id` on the destination 'isp-crm'"
+
+
+@pytest.mark.parametrize("message", [None, "", "  ", {"text": "x"}])
+def test_message_must_be_text(message: Any) -> None:
+    """An empty or non-text message is refused before sending."""
+    with pytest.raises(MappingError, match="message: required text"):
+        build({"subject_id": 1, "message": message})
+
+
+def test_an_unresolved_subject_name_is_never_sent() -> None:
+    """build_request refuses a `subject` name that prepare has not turned into an id."""
+    with pytest.raises(MappingError, match="subject: the subject name was not resolved"):
+        build({"subject": "Billing Issue", "message": "m"})
+    with pytest.raises(MappingError, match="subject_id: netgroot needs"):
+        build({"message": "m"})
+
+
+@pytest.mark.parametrize(("fields", "problems"), [
+    (["subject", "message"], []),
+    (["subject_id", "message"], []),
+    (["subject", "subject_id", "message"], ["subject: give either `subject` (a name) or `subject_id`, not both"]),
+    (["message"], ["subject: netgroot create_ticket needs `subject` (a name) or `subject_id`"]),
+    (["subject"], ["message: netgroot create_ticket needs a `message` field"]),
+])
+def test_static_check(fields: list[str], problems: list[str]) -> None:
+    """A mapping must give the subject one way, and a message."""
+    assert NetgrootAdapter.static_check("create_ticket", fields, {}) == problems
+
+
+# -- classification -----------------------------------------------------------------------------
+
+
+def test_success_carries_data_ticket_id() -> None:
+    """The documented success gives `data.ticket_id` as the ticket id."""
+    body = {"success": True, "message": "Ticket created successfully", "data": {"ticket_id": 101, "status": "Open"}}
+    assert classify(200, body) == Outcome(classification="success", ticket_id="101")
+
+
+@pytest.mark.parametrize(("status", "message"), [(404, "Subscriber not found"), (400, "Invalid request data"),
+                                                 (200, "Ticket not created")])
+def test_documented_failures_are_permanent(status: int, message: str) -> None:
+    """404, 400 and `success: false` (whatever the status) are permanent, with the vendor's message."""
+    assert classify(status, {"success": False, "message": message}) == Outcome(
+        classification="permanent", error=f"netgroot: HTTP {status}: {message}")
+
+
+@pytest.mark.parametrize("status", [401, 200])
+def test_unauthorized_is_auth(status: int) -> None:
+    """401, or a `success: false` body saying Unauthorized, is an auth failure."""
+    outcome = classify(status, {"success": False, "message": "Unauthorized"})
+    assert outcome.classification == "auth"
+    assert outcome.error == f"netgroot: HTTP {status}: Unauthorized: check the token"
+
+
+def test_server_errors_are_retried() -> None:
+    """A 5xx is retried."""
+    assert classify(503, b"maintenance").classification == "retry"
+
+
+# -- subjects -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "body", "error"), [
+    (401, {"success": False, "message": "Unauthorized"}, VendorAuthFailed),
+    (403, b"", VendorAuthFailed),
+    (503, b"down", VendorUnavailable),
+    (429, b"", VendorUnavailable),
+    (404, b"Not Found", MappingError),
+    (200, {"success": False}, MappingError),
+    (200, b"<html>", MappingError),
+])
+def test_a_failed_subject_look_up_says_how(status: int, body: Any, error: type[Exception]) -> None:
+    """Refused credentials are auth, passing failures retry later, anything else is permanent."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(error):
+        parse_subjects(status, raw)
+
+
+def test_subjects_are_read_tolerantly() -> None:
+    """Items with `id` or `subject_name` are read too; malformed items are skipped."""
+    body = {"success": True, "data": [{"id": 7, "subject_name": "Relocation"}, {"subject_id": "x", "name": "Bad"},
+                                      "junk", {"subject_id": 1, "name": " Technical   Support "}]}
+    assert parse_subjects(200, json.dumps(body).encode()) == {
+        "relocation": (7, "Relocation"), "technical support": (1, " Technical   Support ")}
+
+
+async def test_prepare_resolves_a_name_to_its_id() -> None:
+    """A `subject` name becomes `subject_id`, looked up with the Bearer token, case and spaces aside."""
+    vendor = FakeVendor()
+    made = adapter()
+    fields = await made.prepare("create_ticket", {"message": "m", "subject": " billing  ISSUE"}, vendor.fetch)
+    assert fields == {"subject_id": 2, "message": "m"}
+    assert vendor.calls == [(BASE + SUBJECTS_PATH, {"Authorization": "Bearer tok"})]
+
+
+async def test_prepare_leaves_a_subject_id_alone() -> None:
+    """A mapping that gives `subject_id` needs no look-up."""
+    vendor = FakeVendor()
+    assert await adapter().prepare("create_ticket", {"subject_id": 9, "message": "m"}, vendor.fetch) == {
+        "subject_id": 9, "message": "m"}
+    assert vendor.calls == []
+
+
+async def test_subjects_are_cached_until_the_ttl() -> None:
+    """Look-ups within the TTL reuse the list; after it, the list is fetched again and the refresh logged."""
+    clock = FakeClock()
+    vendor = FakeVendor()
+    made = adapter(clock, subjects_ttl="10m")
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(5):
+            await made.prepare("create_ticket", {"subject": "Billing Issue", "message": "m"}, vendor.fetch)
+        clock.now += 599
+        await made.prepare("create_ticket", {"subject": "Billing Issue", "message": "m"}, vendor.fetch)
+        assert len(vendor.calls) == 1
+        clock.now += 1
+        await made.prepare("create_ticket", {"subject": "Billing Issue", "message": "m"}, vendor.fetch)
+    assert len(vendor.calls) == 2
+    assert [(e["event"], e["reason"], e["count"], e["destination"]) for e in logs] == [
+        ("vendor.subjects_refreshed", "first use", 2, "isp-crm"),
+        ("vendor.subjects_refreshed", "expired", 2, "isp-crm")]
+
+
+async def test_an_unknown_name_refreshes_once_then_is_permanent_listing_the_names() -> None:
+    """A name not in the cached list fetches it once more; still unknown, the error lists the known names."""
+    clock = FakeClock()
+    vendor = FakeVendor()
+    made = adapter(clock)
+    await made.prepare("create_ticket", {"subject": "Billing Issue", "message": "m"}, vendor.fetch)
+    clock.now += UNKNOWN_REFRESH_MIN_SECONDS
+    with pytest.raises(MappingError) as info:
+        await made.prepare("create_ticket", {"subject": "Router", "message": "m"}, vendor.fetch)
+    assert len(vendor.calls) == 2
+    assert str(info.value) == "subject: unknown subject 'Router'; the ISP CRM knows: 'Technical Support', " \
+                              "'Billing Issue'"
+
+
+async def test_a_name_added_at_the_vendor_is_found_by_the_refresh() -> None:
+    """A subject created at the vendor after the list was cached is found by the refresh an unknown name makes."""
+    clock = FakeClock()
+    added = {"success": True, "data": [*SUBJECTS["data"], {"subject_id": 5, "name": "Router"}]}
+    vendor = FakeVendor((200, SUBJECTS), (200, added))
+    made = adapter(clock)
+    await made.prepare("create_ticket", {"subject": "Billing Issue", "message": "m"}, vendor.fetch)
+    clock.now += 60
+    fields = await made.prepare("create_ticket", {"subject": "Router", "message": "m"}, vendor.fetch)
+    assert fields["subject_id"] == 5
+
+
+async def test_unknown_names_in_a_burst_cost_one_refresh() -> None:
+    """Right after a fetch, an unknown name is refused without fetching again, so bad events cannot flood the API."""
+    vendor = FakeVendor()
+    made = adapter(FakeClock())
+    for _ in range(20):
+        with pytest.raises(MappingError, match="unknown subject 'Nope'"):
+            await made.prepare("create_ticket", {"subject": "Nope", "message": "m"}, vendor.fetch)
+    assert len(vendor.calls) == 1
+
+
+async def test_concurrent_look_ups_share_one_fetch() -> None:
+    """Many deliveries resolving names at once on a cold cache make one getSubjects call."""
+    vendor = FakeVendor()
+    made = adapter(FakeClock())
+    results = await asyncio.gather(*(made.prepare("create_ticket", {"subject": "Technical Support", "message": "m"},
+                                                  vendor.fetch) for _ in range(10)))
+    assert {r["subject_id"] for r in results} == {1}
+    assert len(vendor.calls) == 1
+
+
+async def test_a_failed_refresh_keeps_nothing_and_tries_again() -> None:
+    """After a look-up that could not be made, the next delivery fetches the list again."""
+    vendor = FakeVendor((503, b"down"), (200, SUBJECTS))
+    made = adapter(FakeClock())
+    with pytest.raises(VendorUnavailable):
+        await made.prepare("create_ticket", {"subject": "Billing Issue", "message": "m"}, vendor.fetch)
+    fields = await made.prepare("create_ticket", {"subject": "Billing Issue", "message": "m"}, vendor.fetch)
+    assert fields["subject_id"] == 2
+    assert len(vendor.calls) == 2
+
+
+@pytest.mark.parametrize("name", [None, "", "  ", ["Billing"]])
+async def test_a_blank_subject_name_is_refused(name: Any) -> None:
+    """An empty or non-text subject name is refused without a look-up."""
+    vendor = FakeVendor()
+    with pytest.raises(MappingError, match="is not a subject name"):
+        await adapter().prepare("create_ticket", {"subject": name, "message": "m"}, vendor.fetch)
+    assert vendor.calls == []
+
+
+def test_cache_starts_empty() -> None:
+    """A new cache holds no subjects and has fetched nothing."""
+    cache = SubjectCache(60)
+    assert (cache.subjects, cache.fetched_at, cache.fetches) == ({}, None, 0)
