@@ -4,38 +4,63 @@ opened in order and closed in reverse."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import aiohttp
+import msgspec
 import structlog
 from aiohttp import web
 
 from bridge import __version__
-from bridge.config import Config
+from bridge.admin import add_routes as add_admin_routes
+from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Destination, Dispatcher
 from bridge.delivery.ratelimit import make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.errors import StoreUnavailable
+from bridge.errors import MappingError, StoreUnavailable
 from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
-from bridge.mapping.mappingset import MappingSet, load_mapping_folder
+from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder
+from bridge.reload import MappingReloader, reload_context
 from bridge.runtime import Runtime, Source
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Store
+from bridge.vendors.base import Adapter
 from bridge.vendors.registry import adapter_class
 from handlers.registry import build_handler
 
 log = structlog.get_logger("ticketbridge.app")
 
 
-def destination_actions(config: Config) -> dict[str, frozenset[str]]:
-    return {name: adapter_class(d.vendor).actions for name, d in config.destinations.items()}
+def _vendor_body(name: str, cfg: DestinationConfig, cls: type[Adapter]) -> Callable[..., Any]:
+    """The body the vendor is sent for a mapping's fields, as JSON data (for mapping tests and `render`)."""
+    adapter = cls(name, cfg, cfg.base_url or "http://sandbox.invalid")
+
+    def body(action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> Any:
+        request = adapter.build_request(action, fields, options)
+        try:
+            return msgspec.json.decode(request.body)
+        except msgspec.DecodeError:
+            raise MappingError(f"the {cfg.vendor} body is not JSON: {request.body[:200]!r}") from None
+
+    return body
+
+
+def destination_targets(config: Config) -> dict[str, Target]:
+    """What the mapping loader checks each destination's mappings against: the vendor's actions and
+    static rules, and how it wraps fields into the body it is sent."""
+    out = {}
+    for name, d in config.destinations.items():
+        cls = adapter_class(d.vendor)
+        out[name] = Target(cls.actions, cls.static_check, _vendor_body(name, d, cls))
+    return out
 
 
 def load_mappings(config: Config) -> MappingSet:
     """The config's mapping folder, loaded and checked; raises ErrorList."""
     return load_mapping_folder(config.mappings_dir, sources=set(config.sources),
-                               destinations=destination_actions(config))
+                               destinations=destination_targets(config), vars_=config.vars)
 
 
 def build_runtime(config: Config, mappings: MappingSet | None = None) -> Runtime:
@@ -171,6 +196,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     app.router.add_route("OPTIONS", "/hooks/{source}", hook_options)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_admin_routes(app)
     for vendor in sorted({d.vendor for d in config.destinations.values() if d.sandbox}):
         factory = simulator_registry().get(vendor)
         if factory is None:
@@ -179,6 +205,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         rt.simulators[vendor] = sim
         app.add_subapp(f"/sandbox/{vendor}/", sim.app())
     app.cleanup_ctx.append(store_context(rt, store))
+    app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))
     if workers:
         app.cleanup_ctx.append(delivery_context(rt))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.config import Config
 from bridge.delivery.dispatcher import Dispatcher
@@ -12,6 +13,9 @@ from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import Path, compile_path
 from bridge.store.base import Store
 from handlers.base import Handler
+
+if TYPE_CHECKING:
+    from bridge.reload import MappingReloader
 
 
 @dataclass
@@ -31,6 +35,18 @@ class Source:
 
 
 @dataclass
+class MappingStatus:
+    """How hot reload is going: what the admin API shows beside the set in force."""
+
+    reloads: int = 0
+    failures: int = 0
+    last_attempt_at: datetime | None = None
+    last_result: Literal["ok", "failed"] | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+
+@dataclass
 class Runtime:
     config: Config
     sources: dict[str, Source]
@@ -40,6 +56,8 @@ class Runtime:
     simulators: dict[str, Any] = field(default_factory=dict)
     sandbox_urls: dict[str, str] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    mapping_status: MappingStatus = field(default_factory=MappingStatus)
+    reloader: MappingReloader | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

@@ -34,6 +34,26 @@ def format_path(path: KeyPath) -> str:
     return out
 
 
+def format_mapping_path(mapping: str, path: KeyPath) -> str:
+    """Where in a mapping an error is, as `mapping.field`: `contact.LeadDetail.EmailAddress.transform[1]`,
+    `contact.source[1]`, `contact.tests[0].expect`. A field's name is shown as written, dots and all."""
+    if len(path) >= 2 and path[0] == "fields":
+        head, rest = f"{mapping}.{path[1]}", path[2:]
+    else:
+        head, rest = mapping, path
+    for key in rest:
+        if isinstance(key, int):
+            head += f"[{key}]"
+        elif _SIMPLE_KEY.match(key):
+            head += f".{key}"
+        else:
+            head += f"[{json.dumps(key, ensure_ascii=False)}]"
+    return head
+
+
+PathFormat = Callable[[KeyPath], str]
+
+
 @dataclass
 class Document:
     """A parsed YAML file: the plain data, and the position of each key path in it."""
@@ -50,20 +70,23 @@ class Document:
                 return pos
         return None, None
 
-    def error(self, path: KeyPath, message: str, cls: type[Located] = ConfigError) -> Located:
+    def error(self, path: KeyPath, message: str, cls: type[Located] = ConfigError,
+              fmt: PathFormat = format_path) -> Located:
         line, col = self.where(path)
-        return cls(message, file=self.file, line=line, col=col, path=format_path(path) or None)
+        return cls(message, file=self.file, line=line, col=col, path=fmt(path) or None)
 
     def convert(
         self, data: Any, typ: type[T], path: KeyPath = (), cls: type[Located] = ConfigError,
+        fmt: PathFormat = format_path,
     ) -> T:
         """`msgspec.convert` whose errors name the file, line and full key path."""
         try:
             return msgspec.convert(data, typ, strict=False)
         except msgspec.ValidationError as exc:
-            raise self._translate(exc, path, cls) from None
+            raise self._translate(exc, path, cls, fmt) from None
 
-    def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located]) -> Located:
+    def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
+                   fmt: PathFormat = format_path) -> Located:
         message = str(exc)
         sub: KeyPath = ()
         m = re.search(r" - at `\$(.*)`$", message)
@@ -77,7 +100,7 @@ class Document:
         missing = re.match(r"Object missing required field `(.+)`", message)
         if missing:
             message = f"missing required key {missing.group(1)!r}"
-        return self.error((*base, *sub), message, cls)
+        return self.error((*base, *sub), message, cls, fmt)
 
 
 def _parse_msgspec_path(text: str) -> KeyPath:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import __version__
-from bridge.cli import check, deliveries, kapture, serve
+from bridge.cli import check, deliveries, kapture, mapping_tools, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parsers(sub, common)
     check.add_parsers(sub, common)
     deliveries.add_parsers(sub, common)
+    mapping_tools.add_parsers(sub, common)
     kapture.add_parsers(sub, common)
     return parser
 

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from bridge.app import load_mappings
-from bridge.cli.common import config_from, print_errors
-from bridge.errors import ErrorList
-from bridge.mapping.testing import run_tests
+from bridge.cli.common import config_from
+from bridge.cli.mapping_tools import load_report
+from bridge.mapping.mappingset import MappingSet
+from bridge.mapping.testing import describe_failure, run_tests
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -21,18 +21,24 @@ def run_check(args: argparse.Namespace) -> int:
     config = config_from(args)
     if config is None:
         return 1
-    try:
-        mappings = load_mappings(config)
-    except ErrorList as exc:
-        print_errors(exc)
+    if not config.mappings_dir.is_dir():
+        print(f"{config.mappings_dir}: the mappings folder does not exist", file=sys.stderr)
         return 1
+    report = load_report(config)
+    for error in report.errors:
+        print(error.render(), file=sys.stderr)
+    mappings = MappingSet.build(report.mappings)
     results = run_tests(mappings, config.vars)
     failed = [r for r in results if not r.passed]
     for r in failed:
-        print(f"{r.file}: {r.mapping}: {r.name}: {r.message}", file=sys.stderr)
-        if r.expected is not None or r.actual is not None:
-            print(f"  expected: {r.expected!r}\n  actual:   {r.actual!r}", file=sys.stderr)
-    print(f"config ok: {len(config.sources)} sources, {len(config.destinations)} destinations; "
-          f"{len(mappings.mappings)} mappings (version {mappings.version}); "
-          f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+        print(describe_failure(r), file=sys.stderr)
+    for m in sorted(report.mappings, key=lambda m: m.name):
+        if not m.spec.tests:
+            print(f"{m.file}: {m.name}: warning: this mapping has no tests", file=sys.stderr)
+    problems = len(report.errors) + len(failed)
+    files = f"{len(report.mappings)} mappings" + (f", {len(report.broken)} broken files" if report.broken else "")
+    print(f"config ok: {len(config.sources)} sources, {len(config.destinations)} destinations; {files}"
+          + (f" (version {mappings.version})" if not report.broken else "")
+          + f"; {len(results) - len(failed)} passed, {len(failed)} failed"
+          + (f"; {len(report.errors)} mapping errors" if report.errors else ""))
+    return 1 if problems else 0

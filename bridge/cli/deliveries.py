@@ -11,9 +11,12 @@ from typing import Any
 
 import msgspec
 
-from bridge.cli.common import config_from
+from bridge.app import load_mappings
+from bridge.cli.common import config_from, print_errors
 from bridge.config import Config
-from bridge.errors import NotFound, StoreLocked, StoreUnavailable
+from bridge.errors import ErrorList, MappingError, NotFound, StoreLocked, StoreUnavailable
+from bridge.mapping.mappingset import MappingSet
+from bridge.routing import render_context
 from bridge.store import open_store
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
 
@@ -42,6 +45,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--status", choices=("dead", "succeeded"), default="dead",
                    help="with --destination: which deliveries (default: dead)")
     r.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    r.add_argument("--rerender", action="store_true",
+                   help="render each delivery's event again with the current mappings before sending it")
     r.set_defaults(run=run_replay)
 
 
@@ -143,10 +148,54 @@ def _progress(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
+async def _rerender(store: Store, ids: list[str], mappings: MappingSet, vars_: dict[str, Any],
+                    ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str]]:
+    """New bodies (and the mapping version they came from) for `ids`, and why the others cannot have one."""
+    bodies: dict[str, tuple[dict[str, Any], str]] = {}
+    refused: dict[str, str] = {}
+    for i in ids:
+        try:
+            detail = await store.get_delivery(i)
+        except NotFound:
+            refused[i] = "no such delivery"
+            continue
+        d = detail.delivery
+        mapping = mappings.mappings.get(d.mapping)
+        if mapping is None:
+            refused[i] = f"mapping {d.mapping!r} is not among the current mappings"
+            continue
+        if (mapping.destination, mapping.action) != (d.destination, d.action):
+            refused[i] = (f"mapping {d.mapping!r} now feeds {mapping.destination} {mapping.action}, but this "
+                          f"delivery goes to {d.destination} {d.action}; replay it without --rerender")
+            continue
+        ctx = render_context(detail.event, vars_)
+        try:
+            if not mapping.matches(ctx):
+                refused[i] = f"the current {d.mapping!r} skips its event (when: {mapping.when_text})"
+                continue
+            bodies[i] = (mapping.render(ctx), mapping.version)
+        except MappingError as exc:
+            refused[i] = f"it does not render with the current mapping: {exc}"
+    return bodies, refused
+
+
 def run_replay(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.destination):
         print("replay takes delivery ids, or --destination NAME (with --status), not both", file=sys.stderr)
         return 2
+    mappings: MappingSet | None = None
+    vars_: dict[str, Any] = {}
+    if args.rerender:
+        config = config_from(args)
+        if config is None:
+            return 2
+        try:
+            mappings = load_mappings(config)
+        except ErrorList as exc:
+            print_errors(exc)
+            print("fix the mappings (ticketbridge check) before replaying with --rerender", file=sys.stderr)
+            return 2
+        vars_ = config.vars
 
     async def body(store: Store) -> int:
         ids: list[str] = list(args.ids)
@@ -165,12 +214,22 @@ def run_replay(args: argparse.Namespace) -> int:
             print(f"{len(ids)} deliveries would be replayed", file=sys.stderr)
             return 0
         moved: list[str] = []
+        refused: dict[str, str] = {}
         started = time.monotonic()
         for start in range(0, len(ids), REPLAY_CHUNK):
-            moved.extend(await store.replay(ids[start:start + REPLAY_CHUNK]))
+            chunk = ids[start:start + REPLAY_CHUNK]
+            if mappings is None:
+                moved.extend(await store.replay(chunk))
+            else:
+                bodies, not_rendered = await _rerender(store, chunk, mappings, vars_)
+                refused.update(not_rendered)
+                moved.extend(await store.replay([i for i in chunk if i in bodies], bodies))
             _progress(min(start + REPLAY_CHUNK, len(ids)), len(ids), started)
         skipped = sorted(set(ids) - set(moved))
         for i in skipped:
+            if i in refused:
+                print(f"{i}: not replayed: {refused[i]}", file=sys.stderr)
+                continue
             try:
                 d = await store.get_delivery(i)
                 why = (f"it is {d.delivery.status}" if d.delivery.status in ("pending", "in_flight")
@@ -178,7 +237,9 @@ def run_replay(args: argparse.Namespace) -> int:
             except NotFound:
                 why = "no such delivery"
             print(f"{i}: not replayed: {why}", file=sys.stderr)
-        print(f"replayed {len(moved)} of {len(ids)} deliveries; a running server sends them within seconds")
+        rerendered = f" (re-rendered with mappings version {mappings.version})" if mappings is not None else ""
+        print(f"replayed {len(moved)} of {len(ids)} deliveries{rerendered}; a running server sends them within "
+              "seconds")
         return 0 if not skipped else 1
 
     return _with_store(args, body)

@@ -1,269 +1,213 @@
 """Mapping fields compiled to closures: constants and plain paths become direct look-ups, and Jinja
-runs only where a field is a template."""
+runs only where a field is a template. Each field also compiles an `explain`, which walks the same
+steps recording what each did, for `render --explain`.
+
+This module shapes a field (constant, list, object or table) and checks it; sources.py reads values,
+modifiers.py applies defaults, transforms, maps and `required`, compiled.py holds whole mappings.
+"""
 
 from __future__ import annotations
 
-import ast
-import inspect
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
 
 import msgspec
-from jinja2 import TemplateSyntaxError, UndefinedError
-from jinja2.exceptions import SecurityError, TemplateRuntimeError
 
-from bridge.errors import MappingError
-from bridge.mapping.fastpath import compile_fast, compile_fast_expression
-from bridge.mapping.filters import FILTERS
-from bridge.mapping.model import FieldSpec, MappingSpec
-from bridge.mapping.paths import MISSING, PathSyntaxError, compile_path
-from bridge.mapping.templates import ENV, is_template
+from bridge.mapping.base import At, CompiledField, CompileError, Context, FieldFn, RenderError, Source, Step, copier
+from bridge.mapping.compiled import CompiledMapping, compile_when
+from bridge.mapping.model import FIELD_KEYS, FieldSpec
+from bridge.mapping.modifiers import finish
+from bridge.mapping.sources import jmespath_source, path_source, template_field
+from bridge.mapping.templates import MAX_RENDERED_CHARS, is_template
+from bridge.mapping.trace import OMIT, FieldTrace
+from bridge.mapping.transforms import compile_transform
 
-
-class _Omit:
-    def __repr__(self) -> str:
-        return "OMIT"
+__all__ = ["MAX_RENDERED_CHARS", "OMIT", "CompileError", "CompiledField", "CompiledMapping", "Context",
+           "RenderError", "compile_field", "compile_transform", "compile_when"]
 
 
-OMIT: Final = _Omit()
-MAX_RENDERED_CHARS = 1_000_000
-
-Context = dict[str, Any]
-FieldFn = Callable[[Context], Any]
-
-
-class RenderError(MappingError):
-    """An event that a mapping cannot turn into a vendor body."""
-
-
-class CompileError(ValueError):
-    """A field that cannot be compiled; the loader adds file, line and path."""
-
-    def __init__(self, message: str, subpath: tuple[str | int, ...] = ()) -> None:
-        super().__init__(message)
-        self.subpath = subpath
+def compile_field(name: str, raw: Any, vars_: Mapping[str, Any] | None = None) -> CompiledField:
+    """Compile one field, as written in the mapping file, into functions of the render context. With
+    `vars_` (the config's vars), references to vars that are not set are compile errors too."""
+    problems: list[CompileError] = []
+    compiled = _field(name, raw, (), problems, vars_)
+    if problems:
+        raise CompileError.collect(problems)
+    assert compiled is not None
+    return compiled
 
 
-_CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$", re.S)
-
-
-def compile_transform(text: str) -> Callable[[Any], Any]:
-    """`strip`, `truncate(100)`, `join(", ")`: a filter name and literal arguments."""
-    m = _CALL.match(text)
-    if not m:
-        raise CompileError(f"bad transform {text!r}: write a filter name, optionally with arguments: truncate(100)")
-    name, args_text = m.group(1), m.group(2)
-    fn = FILTERS.get(name)
-    if fn is None:
-        raise CompileError(f"unknown filter {name!r}; known filters: {', '.join(sorted(FILTERS))}")
-    args: tuple[Any, ...] = ()
-    if args_text and args_text.strip():
-        try:
-            parsed = ast.literal_eval(f"({args_text},)")
-        except (ValueError, SyntaxError):
-            raise CompileError(
-                f"bad arguments in {text!r}: arguments must be literals (numbers, 'strings', true/false)"
-            ) from None
-        args = tuple(parsed)
-    try:
-        inspect.signature(fn).bind(None, *args)
-    except TypeError as exc:
-        raise CompileError(f"bad arguments in {text!r}: {exc}") from None
-    if not args:
-        return fn
-    return lambda value: fn(value, *args)
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def compile_field(name: str, raw: Any) -> FieldFn:
-    """Compile one field, as written in the mapping file, into a function of the render context."""
+def _field(name: str, raw: Any, at: At, problems: list[CompileError], vars_: Mapping[str, Any] | None,
+           ) -> CompiledField | None:
     if isinstance(raw, str):
         if is_template(raw):
-            return _template_field(name, raw, FieldSpec(template=raw), at=())
-        return lambda ctx: raw
-    if raw is None or isinstance(raw, bool | int | float):
-        return lambda ctx: raw
+            return template_field(name, raw, FieldSpec(template=raw), at, problems, vars_=vars_)
+        return _constant(name, raw, "constant")
+    if raw is None or isinstance(raw, bool | int | float | date):
+        return _constant(name, raw, "constant")
     if isinstance(raw, list):
-        return _constant_container(raw)
-    if not isinstance(raw, dict):
-        raise CompileError(f"a field must be a string, number, boolean, null or a table, not {type(raw).__name__}")
-    try:
-        spec = msgspec.convert(raw, FieldSpec)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        m = re.search(r"unknown field `(.+?)`", msg)
-        if m:
-            raise CompileError(
-                f"unknown key {m.group(1)!r}: a field table takes from, template, value, required, "
-                "default, on_missing, map, transform", (m.group(1),),
-            ) from None
-        raise CompileError(msg.replace(" - at `$", " at `")) from None
-    found = spec.sources()
-    if len(found) != 1:
-        raise CompileError(
-            "a field table needs exactly one of `from`, `template`, `value`"
-            + (f" (it has {', '.join(found)})" if found else "")
-        )
-    if spec.on_missing == "default" and spec.default is msgspec.UNSET:
-        raise CompileError("on_missing: default needs a `default:` value")
-    if spec.value is not msgspec.UNSET:
-        if spec.transform or spec.map:
-            raise CompileError("`value` is a constant: transform and map do not apply to it")
-        value = spec.value
-        return lambda ctx: value
-    if spec.template is not None:
-        return _template_field(name, spec.template, spec)
-    assert spec.from_ is not None
-    try:
-        path = compile_path(spec.from_)
-    except PathSyntaxError as exc:
-        raise CompileError(str(exc), ("from",)) from None
-    getter = path.get
-
-    def source(ctx: Context) -> tuple[Any, str]:
-        value = getter(ctx)
-        if value is MISSING:
-            return MISSING, f"{path.missing_at(ctx)} is missing"
-        return value, ""
-
-    return _finish(name, source, spec)
+        return _list_field(name, raw, at, problems, vars_)
+    if isinstance(raw, dict):
+        return _table_field(name, raw, at, problems, vars_)
+    problems.append(CompileError(
+        f"a field must be a string, number, boolean, null, a list or a table, not {type(raw).__name__}", at))
+    return None
 
 
-def _constant_container(raw: list[Any]) -> FieldFn:
-    frozen = msgspec.json.encode(raw)
-    return lambda ctx: msgspec.json.decode(frozen)
+def _constant(name: str, value: Any, source: str) -> CompiledField:
+    get = copier(value)
+    render: FieldFn = (lambda ctx: value) if get() is value else (lambda ctx: get())
+
+    def explain(ctx: Context) -> FieldTrace:
+        v = get()
+        return FieldTrace(name, source, raw=v, value=v)
+
+    return CompiledField(name, render, explain, constant=True)
 
 
-def _template_field(name: str, text: str, spec: FieldSpec, at: tuple[str, ...] = ("template",)) -> FieldFn:
-    try:
-        template = ENV.from_string(text)
-    except TemplateSyntaxError as exc:
-        raise CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}", at) from None
-    render = template.render
-    fast = compile_fast(text)
+def _list_field(name: str, raw: list[Any], at: At, problems: list[CompileError],
+                vars_: Mapping[str, Any] | None) -> CompiledField | None:
+    items = [_field(f"{name}[{i}]", item, (*at, i), problems, vars_) for i, item in enumerate(raw)]
+    if any(item is None for item in items):
+        return None
+    members = [item for item in items if item is not None]
+    if all(item.constant for item in members):
+        return _constant(name, [item.render({}) for item in members], "constant list")
+    renders = [item.render for item in members]
 
-    def source(ctx: Context) -> tuple[Any, str]:
-        if fast is not None:
-            return fast(ctx)
-        try:
-            out = render(ctx)
-        except UndefinedError as exc:
-            return MISSING, f"template: {exc.message}"
-        except (SecurityError, TemplateRuntimeError, OverflowError, TypeError, ValueError, ArithmeticError,
-                LookupError, RecursionError) as exc:
-            raise RenderError(f"template failed: {exc}", path=name) from None
-        if len(out) > MAX_RENDERED_CHARS:
-            raise RenderError(f"template output is {len(out)} characters, over {MAX_RENDERED_CHARS}", path=name)
-        return out, ""
-
-    if spec.template is not None and not (spec.required or spec.transform or spec.map or spec.on_missing
-                                          or spec.default is not msgspec.UNSET):
-        def plain(ctx: Context) -> Any:
-            value, why = source(ctx)
-            if value is MISSING:
-                raise RenderError(why, path=name)
-            return value
-
-        return plain
-    return _finish(name, source, spec)
-
-
-def _finish(name: str, source: Callable[[Context], tuple[Any, str]], spec: FieldSpec) -> FieldFn:
-    steps = [compile_transform(t) for t in (spec.transform or [])]
-    table = spec.map
-    folded = {str(k).casefold(): v for k, v in table.items()} if table else None
-    default = spec.default
-    has_default = default is not msgspec.UNSET
-    required = spec.required
-    on_missing = spec.on_missing or ("default" if has_default else "error" if required else "null")
-
-    def missing(why: str) -> Any:
-        if on_missing == "default":
-            return default
-        if on_missing == "omit":
-            return OMIT
-        if on_missing == "null":
-            return None
-        raise RenderError(f"required ({why})" if required else f"missing ({why})", path=name)
-
-    def run(ctx: Context) -> Any:
-        value, why = source(ctx)
-        if value is MISSING:
-            return missing(why)
-        for step in steps:
-            try:
-                value = step(value)
-            except (TypeError, ValueError, ArithmeticError) as exc:
-                raise RenderError(f"transform failed on {_describe(value)}: {exc}", path=name) from None
-        if table is not None:
-            key = str(value) if not isinstance(value, str) else value
-            if key in table:
-                value = table[key]
-            elif folded is not None and key.casefold() in folded:
-                value = folded[key.casefold()]
-            elif has_default:
-                value = default
-            else:
-                raise RenderError(
-                    f"{_describe(value)} is not in the map (known: {', '.join(map(str, table))}) "
-                    "and the field has no default", path=name)
-        if required and (value is None or value == ""):
-            raise RenderError(f"required ({'is null' if value is None else 'is empty'} after transforms)",
-                              path=name)
-        return value
-
-    return run
-
-
-@dataclass
-class CompiledMapping:
-    """A mapping ready to render: `matches` then `render`, both pure functions of the context."""
-
-    name: str
-    file: str
-    version: str
-    sources: tuple[str, ...]
-    destination: str
-    action: str
-    options: dict[str, Any]
-    spec: MappingSpec
-    fields: list[tuple[str, FieldFn]] = field(default_factory=list)
-    when: Callable[..., Any] | None = None
-    when_text: str | None = None
-
-    def matches(self, ctx: Context) -> bool:
-        if self.when is None:
-            return True
-        try:
-            return bool(self.when(ctx))
-        except UndefinedError as exc:
-            raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
-        except (SecurityError, TemplateRuntimeError, TypeError, ValueError, ArithmeticError, LookupError,
-                RecursionError) as exc:
-            raise RenderError(f"when: {exc}", path=self.name) from None
-
-    def render(self, ctx: Context) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, fn in self.fields:
+    def render(ctx: Context) -> Any:
+        out = []
+        for fn in renders:
             value = fn(ctx)
             if value is not OMIT:
-                out[name] = value
+                out.append(value)
         return out
 
+    def explain(ctx: Context) -> FieldTrace:
+        trace = FieldTrace(name, f"list of {len(members)} items",
+                           children=[item.explain(ctx) for item in members])
+        _gather(trace, [c.value for c in trace.children if c.value is not OMIT])
+        return trace
 
-def compile_when(text: str) -> Callable[..., Any]:
+    return CompiledField(name, render, explain)
+
+
+def _gather(trace: FieldTrace, value: Any) -> None:
+    failed = next((c for c in trace.children if c.error is not None), None)
+    if failed is not None:
+        trace.error = failed.error
+    else:
+        trace.value = value
+
+
+def _object_field(name: str, members_raw: dict[str, Any], at: At, problems: list[CompileError],
+                  vars_: Mapping[str, Any] | None) -> CompiledField | None:
+    compiled = [(key, _field(f"{name}.{key}", raw, (*at, key), problems, vars_)) for key, raw in members_raw.items()]
+    members = [(key, item) for key, item in compiled if item is not None]
+    if len(members) != len(compiled):
+        return None
+    if all(item.constant for _, item in members):
+        return _constant(name, {key: item.render({}) for key, item in members}, "constant table")
+    plan = [(key, item.render) for key, item in members]
+
+    def render(ctx: Context) -> Any:
+        out = {}
+        for key, fn in plan:
+            value = fn(ctx)
+            if value is not OMIT:
+                out[key] = value
+        return out
+
+    def explain(ctx: Context) -> FieldTrace:
+        trace = FieldTrace(name, f"object of {len(members)} fields",
+                           children=[item.explain(ctx) for _, item in members])
+        _gather(trace, {key: c.value for (key, _), c in zip(members, trace.children, strict=True)
+                        if c.value is not OMIT})
+        return trace
+
+    return CompiledField(name, render, explain)
+
+
+def _spec_error(exc: msgspec.ValidationError, at: At) -> CompileError:
+    message = str(exc)
+    m = re.search(r" - at `\$(.*)`$", message)
+    sub: list[str | int] = []
+    if m:
+        message = message[: m.start()]
+        for part in re.finditer(r"\.([^.\[]+)|\[(\d+)\]", m.group(1)):
+            sub.append(part.group(1) if part.group(1) is not None else int(part.group(2)))
+    return CompileError(message, (*at, *sub))
+
+
+def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileError],
+                 vars_: Mapping[str, Any] | None) -> CompiledField | None:
+    before = len(problems)
+    for key in raw:
+        if key not in FIELD_KEYS:
+            problems.append(CompileError(f"unknown key {key!r}: a field table takes {', '.join(FIELD_KEYS)}",
+                                         (*at, key)))
     try:
-        # undefined_to_none=False: a bare undefined name must fail (StrictUndefined), not read as false.
-        expr = ENV.compile_expression(text, undefined_to_none=False)
-    except TemplateSyntaxError as exc:
-        raise CompileError(f"expression syntax error: {exc.message}") from None
-    fast = compile_fast_expression(text)
-    if fast is not None:
-        return fast
-    return lambda ctx: expr(**ctx)
+        spec = msgspec.convert({k: v for k, v in raw.items() if k in FIELD_KEYS}, FieldSpec)
+    except msgspec.ValidationError as exc:
+        problems.append(_spec_error(exc, at))
+        return None
+    found = spec.sources()
+    if len(found) != 1:
+        problems.append(CompileError(
+            "a field table needs exactly one of `from`, `jmespath`, `template`, `value`, `object`"
+            + (f" (it has {', '.join(found)})" if found else ""), at))
+        return None
+    has_default = spec.default is not msgspec.UNSET
+    if spec.on_missing == "default" and not has_default:
+        problems.append(CompileError("on_missing: default needs a `default:` value", (*at, "on_missing")))
+    if spec.map_default is not msgspec.UNSET and spec.map is None:
+        problems.append(CompileError("map_default is the value for entries not in `map`, and there is no map",
+                                     (*at, "map_default")))
+    steps: list[Step] = []
+    for i, text in enumerate(spec.transform or []):
+        try:
+            steps.append((text.strip(), compile_transform(text)))
+        except CompileError as exc:
+            problems.append(CompileError(str(exc), (*at, "transform", i)))
+
+    kind = found[0]
+    if kind == "value":
+        if spec.transform or spec.map:
+            problems.append(CompileError("`value` is a constant: transform and map do not apply to it", at))
+        elif spec.required and spec.value in (None, ""):
+            problems.append(CompileError("required, but its `value` is always empty: it can never be filled", at))
+        return None if len(problems) > before else _constant(name, spec.value, "value")
+    if kind == "object":
+        if spec.modifiers():
+            problems.append(CompileError(
+                f"`object` builds a nested table: put {', '.join(spec.modifiers())} on its members", at))
+        assert spec.object is not None
+        built = _object_field(name, spec.object, (*at, "object"), problems, vars_)
+        return None if len(problems) > before else built
+    if kind == "template":
+        assert spec.template is not None
+        built = template_field(name, spec.template, spec, (*at, "template"), problems, vars_=vars_, steps=steps)
+        return None if len(problems) > before else built
+
+    source: Source | None = None
+    described = ""
+    if kind == "from":
+        assert spec.from_ is not None
+        source, described = path_source(spec, (*at, "from"), problems, vars_)
+    else:
+        assert spec.jmespath is not None
+        source, described = jmespath_source(name, spec.jmespath, (*at, "jmespath"), problems)
+    _check_fillable(spec, at, problems)
+    if len(problems) > before or source is None:
+        return None
+    return finish(name, source, described, steps, spec)
+
+
+def _check_fillable(spec: FieldSpec, at: At, problems: list[CompileError]) -> None:
+    if not spec.required or spec.default is not msgspec.UNSET or spec.map_default is not msgspec.UNSET:
+        return
+    if spec.map and all(v is None or v == "" for v in spec.map.values()):
+        problems.append(CompileError("required, but every entry of its map is empty and there is no default: "
+                                     "it can never be filled", (*at, "map")))

@@ -111,7 +111,7 @@ def compile_fast(text: str) -> Source | None:
             value = path.get(ctx)
             for fn, args in chain:
                 if fn is _DEFAULT:
-                    if value is MISSING or (args[1] and not value):
+                    if value is MISSING or value is None or (args[1] and not value):
                         value = args[0]
                 elif value is MISSING:
                     break
@@ -153,7 +153,7 @@ def _filtered(node: nodes.Node) -> tuple[Expr, str]:
         value = path.get(ctx)
         for fn, args in chain:
             if fn is _DEFAULT:
-                if value is MISSING or (args[1] and not value):
+                if value is MISSING or value is None or (args[1] and not value):
                     value = args[0]
             elif value is MISSING:
                 return MISSING

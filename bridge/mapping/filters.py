@@ -1,15 +1,32 @@
-"""The filter registry shared by `transform:` lists and Jinja templates."""
+"""The filter registry shared by `transform:` lists and Jinja templates.
+
+A filter takes the value first, then literal arguments. String filters pass other types through
+unchanged; conversions (`int`, `float`, `bool`, `date`, `phone_e164`) keep a null as null. A filter that
+cannot convert its value raises ValueError or TypeError, which the engine reports as a render error
+naming the field and the value. Inside a Jinja template a filter may also receive an Undefined, which
+it hands back untouched so that StrictUndefined reports it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import phonenumbers
+from jinja2 import Undefined
+
+from bridge.mapping.dates import check_date_args, date
+from bridge.mapping.text import html_to_text, strip_quoted
+
 Filter = Callable[..., Any]
 
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _absent(value: Any) -> bool:
+    return value is None or isinstance(value, Undefined)
 
 
 def strip(value: Any, chars: str | None = None) -> Any:
@@ -34,10 +51,21 @@ def truncate(value: Any, length: int = 255, end: str = "") -> Any:
     return value[: max(0, length - len(end))] + end
 
 
+def replace(value: Any, old: str, new: str) -> Any:
+    return value.replace(old, new) if isinstance(value, str) else value
+
+
 def join(value: Any, sep: str = ", ") -> Any:
     if isinstance(value, list | tuple):
         return sep.join(_text(v) for v in value)
     return value
+
+
+def split(value: Any, sep: str | None = ",") -> Any:
+    """`"a, b,,c"` → `["a", "b", "c"]`: parts stripped, empty parts dropped."""
+    if not isinstance(value, str):
+        return value
+    return [part.strip() for part in value.split(sep) if part.strip()]
 
 
 def first(value: Any) -> Any:
@@ -46,12 +74,111 @@ def first(value: Any) -> Any:
     return value
 
 
+def default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
+    """`default_value` when the value is missing or null; with `boolean`, also when it is empty or false.
+    (Unlike Jinja's own `default`, a null counts as absent: a JSON null should not print as "None".)"""
+    if _absent(value) or (boolean and not value):
+        return default_value
+    return value
+
+
+def to_int(value: Any) -> Any:
+    if _absent(value) or isinstance(value, bool):
+        return int(value) if isinstance(value, bool) else value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{value!r} is not a whole number")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)  # "12.0" is 12; "abc" raises ValueError naming it
+            if not number.is_integer():
+                raise ValueError(f"{value!r} is not a whole number") from None
+            return int(number)
+    raise TypeError(f"cannot make an integer of a {type(value).__name__}")
+
+
+def to_float(value: Any) -> Any:
+    if _absent(value):
+        return value
+    if isinstance(value, bool | int | float):
+        return float(value)
+    if isinstance(value, str):
+        return float(value.strip())
+    raise TypeError(f"cannot make a number of a {type(value).__name__}")
+
+
+_TRUE = frozenset({"true", "yes", "y", "on", "1", "checked"})
+_FALSE = frozenset({"false", "no", "n", "off", "0", ""})
+
+
+def to_bool(value: Any) -> Any:
+    """true/yes/on/1 and false/no/off/0/"" (any case); numbers by their truth."""
+    if _absent(value) or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"{value!r} is not a yes/no value (true, false, yes, no, on, off, 1, 0)")
+    raise TypeError(f"cannot make a boolean of a {type(value).__name__}")
+
+
+def phone_e164(value: Any, region: str | None = None) -> Any:
+    """`+919876543210` from a number as people write it; `region` (IN, GB, US…) for numbers without `+`."""
+    if _absent(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"a phone number must be text, not {type(value).__name__}")
+    text = str(value).strip()
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"{text!r} is not a phone number ({exc._msg})") from None
+    # "possible" (the length fits the country) rather than "valid": new number ranges reach the
+    # library's metadata late, and a real customer's number must not be refused for that.
+    if not phonenumbers.is_possible_number(number):
+        where = f" for region {region}" if region else ""
+        raise ValueError(f"{text!r} is not a possible phone number{where}")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _check_phone_args(region: str | None = None) -> None:
+    if region is not None and region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown region {region!r}: use a two-letter country code such as IN, GB or US")
+
+
 FILTERS: dict[str, Filter] = {
     "strip": strip,
     "lower": lower,
     "upper": upper,
     "title": title,
     "truncate": truncate,
+    "replace": replace,
     "join": join,
+    "split": split,
     "first": first,
+    "default": default,
+    "int": to_int,
+    "float": to_float,
+    "bool": to_bool,
+    "date": date,
+    "phone_e164": phone_e164,
+    "html_to_text": html_to_text,
+    "strip_quoted": strip_quoted,
+}
+
+# Argument checks run when a mapping compiles, so a bad literal is a load error, not a failed event.
+ARGUMENT_CHECKS: dict[str, Callable[..., None]] = {
+    "date": check_date_args,
+    "phone_e164": _check_phone_args,
 }

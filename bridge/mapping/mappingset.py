@@ -1,19 +1,56 @@
-"""Loading a folder of mapping files into one checked, compiled, versioned set."""
+"""Loading a folder of mapping files into one checked, compiled, versioned set.
+
+Every problem of every file is reported at once, each as `file:line:col: mapping.field: message`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
 
 from bridge.errors import ErrorList, Located, MappingError
-from bridge.mapping.compiler import CompiledMapping, CompileError, compile_field, compile_when
-from bridge.mapping.model import MappingSpec
-from bridge.yamlfile import Document, load_yaml
+from bridge.mapping.compiler import CompiledField, CompiledMapping, CompileError, compile_field, compile_when
+from bridge.mapping.model import MAPPING_KEYS, REQUIRED_MAPPING_KEYS, MappingSpec, MappingTest
+from bridge.yamlfile import Document, KeyPath, format_mapping_path, load_yaml
 
 MAPPING_SUFFIXES = (".yaml", ".yml")
+StaticCheck = Callable[[str, list[str], Mapping[str, Any]], list[str]]
+VendorBody = Callable[[str, dict[str, Any], Mapping[str, Any]], Any]
+
+
+class VendorRules(Protocol):
+    """What the loader needs of a destination's vendor (an adapter class fits)."""
+
+    actions: frozenset[str]
+
+    def static_check(self, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """A configured destination as the loader sees it: its actions, the vendor's static rules, and how
+    the vendor wraps fields into the body it is sent (for mapping tests and `render`)."""
+
+    actions: frozenset[str]
+    static_check: StaticCheck | None = None
+    vendor_body: VendorBody | None = None
+
+    @classmethod
+    def of(cls, given: Target | VendorRules | frozenset[str]) -> Target:
+        if isinstance(given, Target):
+            return given
+        if isinstance(given, frozenset):
+            return cls(given)
+        return cls(frozenset(given.actions), given.static_check)
+
+
+Destinations = Mapping[str, Any]  # name -> Target, an adapter class, or a frozenset of action names
 
 
 @dataclass(frozen=True)
@@ -40,6 +77,15 @@ class MappingSet:
         return self.by_source.get(source, [])
 
 
+@dataclass
+class LoadResult:
+    """What a load found: the mappings that compiled, every error, and the files that had errors."""
+
+    mappings: list[CompiledMapping] = field(default_factory=list)
+    errors: list[Located] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+
 def mapping_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
@@ -47,84 +93,176 @@ def mapping_files(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def load_mapping_folder(
-    folder: Path, *, sources: set[str], destinations: Mapping[str, frozenset[str]],
-) -> MappingSet:
-    """Load every mapping file under `folder`; raise ErrorList with every error of every file."""
-    if not folder.is_dir():
-        raise ErrorList([MappingError("the mappings folder does not exist", file=str(folder))])
-    errors: list[Located] = []
-    compiled: list[CompiledMapping] = []
+def load_mapping_files(
+    paths: Iterable[Path], *, sources: set[str], destinations: Destinations, vars_: Mapping[str, Any] | None = None,
+) -> LoadResult:
+    """Load and check each file, keeping going past broken ones."""
+    result = LoadResult()
+    targets = {name: Target.of(t) for name, t in destinations.items()}
     seen: dict[str, str] = {}
-    for path in mapping_files(folder):
+    for path in paths:
         try:
             text = path.read_bytes()
             doc = load_yaml(text.decode("utf-8"), str(path))
         except Located as exc:
-            errors.append(MappingError(exc.message, file=exc.file, line=exc.line, col=exc.col, path=exc.path))
+            result.errors.append(MappingError(exc.message, file=exc.file, line=exc.line, col=exc.col, path=exc.path))
+            result.broken.append(str(path))
             continue
         except UnicodeDecodeError as exc:
-            errors.append(MappingError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)))
+            result.errors.append(MappingError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)))
+            result.broken.append(str(path))
+            continue
+        except OSError as exc:
+            result.errors.append(MappingError(f"cannot read: {exc.strerror}", file=str(path)))
+            result.broken.append(str(path))
             continue
         version = hashlib.sha256(text).hexdigest()[:12]
-        mapping, file_errors = compile_document(doc, path.stem, version, sources, destinations)
-        errors.extend(file_errors)
-        if mapping is None:
+        mapping, file_errors = compile_document(doc, path.stem, version, sources, targets, vars_=vars_)
+        if mapping is not None and mapping.name in seen:
+            file_errors.append(_Checker(doc, mapping.name).error(
+                ("name",), f"mapping name {mapping.name!r} is already used by {seen[mapping.name]}"))
+        if file_errors:
+            result.errors.extend(file_errors)
+            result.broken.append(str(path))
             continue
-        if mapping.name in seen:
-            errors.append(doc.error(("name",), f"mapping name {mapping.name!r} is already used by "
-                                               f"{seen[mapping.name]}", MappingError))
-            continue
+        assert mapping is not None
         seen[mapping.name] = str(path)
-        compiled.append(mapping)
-    if errors:
-        raise ErrorList(errors)
-    return MappingSet.build(compiled)
+        result.mappings.append(mapping)
+    return result
+
+
+def load_mapping_folder(
+    folder: Path, *, sources: set[str], destinations: Destinations, vars_: Mapping[str, Any] | None = None,
+) -> MappingSet:
+    """Load every mapping file under `folder`; raise ErrorList with every error of every file."""
+    if not folder.is_dir():
+        raise ErrorList([MappingError("the mappings folder does not exist", file=str(folder))])
+    result = load_mapping_files(mapping_files(folder), sources=sources, destinations=destinations, vars_=vars_)
+    if result.errors:
+        raise ErrorList(result.errors)
+    return MappingSet.build(result.mappings)
+
+
+class _Checker:
+    """Errors of one file, placed at their line and named `mapping.field`."""
+
+    def __init__(self, doc: Document, name: str) -> None:
+        self.doc = doc
+        self.name = name
+        self.errors: list[Located] = []
+
+    def fmt(self, path: KeyPath) -> str:
+        return format_mapping_path(self.name, path)
+
+    def error(self, path: KeyPath, message: str) -> Located:
+        return self.doc.error(path, message, MappingError, self.fmt)
+
+    def add(self, path: KeyPath, message: str) -> None:
+        self.errors.append(self.error(path, message))
+
+    def convert(self, data: Any, typ: Any, path: KeyPath) -> Any:
+        try:
+            return self.doc.convert(data, typ, path, MappingError, self.fmt)
+        except Located as exc:
+            self.errors.append(exc)
+            return msgspec.UNSET
 
 
 def compile_document(
-    doc: Document, stem: str, version: str, sources: set[str], destinations: Mapping[str, frozenset[str]],
+    doc: Document, stem: str, version: str, sources: set[str], destinations: Destinations, *,
+    vars_: Mapping[str, Any] | None = None,
 ) -> tuple[CompiledMapping | None, list[Located]]:
     """Check and compile one parsed mapping file, collecting every error rather than the first."""
-    errors: list[Located] = []
-    if not isinstance(doc.data, dict):
-        return None, [doc.error((), "a mapping file must be a table with source, destination, action "
-                                    "and fields", MappingError)]
-    try:
-        spec = doc.convert(doc.data, MappingSpec, (), MappingError)
-    except Located as exc:
-        return None, [exc]
+    data = doc.data
+    raw_name = data.get("name") if isinstance(data, dict) else None
+    check = _Checker(doc, raw_name if isinstance(raw_name, str) and raw_name else stem)
+    if not isinstance(data, dict):
+        check.add((), "a mapping file must be a table with source, destination, action and fields")
+        return None, check.errors
+    for key in data:
+        if key not in MAPPING_KEYS:
+            check.add((key,), f"unknown key {key!r}; a mapping takes {', '.join(MAPPING_KEYS)}")
+    for key in REQUIRED_MAPPING_KEYS:
+        if key not in data:
+            check.add((), f"missing required key {key!r}")
+    types = {f.encode_name: f.type for f in msgspec.structs.fields(MappingSpec)}
+    typed = {key: check.convert(value, types[key], (key,)) for key, value in data.items() if key in types}
+    if check.errors:
+        return None, check.errors
+    spec = MappingSpec(**typed)
     name = spec.name or stem
+    targets = {n: Target.of(t) for n, t in destinations.items()}
+
     for i, src in enumerate(spec.source_names()):
         if src not in sources:
-            at = ("source",) if isinstance(spec.source, str) else ("source", i)
-            errors.append(doc.error(at, f"unknown source {src!r}; configured sources: "
-                                        f"{', '.join(sorted(sources)) or '(none)'}", MappingError))
-    actions = destinations.get(spec.destination)
-    if actions is None:
-        errors.append(doc.error(("destination",), f"unknown destination {spec.destination!r}; configured "
-                                f"destinations: {', '.join(sorted(destinations)) or '(none)'}", MappingError))
-    elif spec.action not in actions:
-        errors.append(doc.error(("action",), f"destination {spec.destination!r} has no action {spec.action!r}; "
-                                f"it takes: {', '.join(sorted(actions))}", MappingError))
+            check.add(("source",) if isinstance(spec.source, str) else ("source", i),
+                      f"unknown source {src!r}; configured sources: {', '.join(sorted(sources)) or '(none)'}")
+    target = targets.get(spec.destination)
+    if target is None:
+        check.add(("destination",), f"unknown destination {spec.destination!r}; configured destinations: "
+                                    f"{', '.join(sorted(targets)) or '(none)'}")
+    elif spec.action not in target.actions:
+        check.add(("action",), f"destination {spec.destination!r} has no action {spec.action!r}; "
+                               f"it takes: {', '.join(sorted(target.actions))}")
     when = None
     if spec.when is not None:
         try:
-            when = compile_when(spec.when)
+            when = compile_when(spec.when, vars_)
         except CompileError as exc:
-            errors.append(doc.error(("when",), str(exc), MappingError))
-    fields = []
+            for err in exc.errors:
+                check.add(("when",), str(err))
+    fields: list[CompiledField] = []
     if not spec.fields:
-        errors.append(doc.error(("fields",), "a mapping needs at least one field", MappingError))
+        check.add(("fields",), "a mapping needs at least one field")
     for field_name, raw in spec.fields.items():
         try:
-            fields.append((field_name, compile_field(field_name, raw)))
+            fields.append(compile_field(field_name, raw, vars_))
         except CompileError as exc:
-            errors.append(doc.error(("fields", field_name, *exc.subpath), str(exc), MappingError))
-    if errors:
-        return None, errors
+            for err in exc.errors:
+                check.add(("fields", field_name, *err.subpath), str(err))
+    if target is not None and target.static_check is not None and spec.action in target.actions:
+        for problem in target.static_check(spec.action, list(spec.fields), spec.options):
+            check.add(*_vendor_problem(problem, spec))
+    tests = _check_tests(check, spec)
+    if check.errors:
+        return None, check.errors
+    vendor_body = None
+    if target is not None and target.vendor_body is not None:
+        build, action, options = target.vendor_body, spec.action, spec.options
+
+        def vendor_body(fields: dict[str, Any]) -> Any:
+            return build(action, fields, options)
+
+    spec.tests = tests
     return CompiledMapping(
         name=name, file=doc.file, version=version, sources=tuple(spec.source_names()),
         destination=spec.destination, action=spec.action, options=spec.options, spec=spec,
-        fields=fields, when=when, when_text=spec.when,
+        fields=fields, when=when, when_text=spec.when, vendor_body=vendor_body,
+        test_lines=[doc.where(("tests", i))[0] for i in range(len(tests))],
     ), []
+
+
+def _vendor_problem(problem: str, spec: MappingSpec) -> tuple[KeyPath, str]:
+    """A vendor's `field: message` placed at that field (or at `fields:` when the field is absent)."""
+    head, sep, message = problem.partition(": ")
+    if not sep:
+        return ("fields",), problem
+    if head == "fields" or " " in head:
+        return ("fields",), message if head == "fields" else problem
+    if head == "options" or (head.startswith("options.") and head not in spec.fields):
+        return tuple(head.split(".")), message
+    return ("fields", head), message  # where the field is, or `fields:` when it is absent
+
+
+def _check_tests(check: _Checker, spec: MappingSpec) -> list[MappingTest]:
+    tests: list[MappingTest] = []
+    for i, raw in enumerate(spec.tests):
+        test = check.convert(raw, MappingTest, ("tests", i))
+        if test is msgspec.UNSET:
+            continue
+        given = test.expectations()
+        if len(given) != 1:
+            check.add(("tests", i), "a test needs exactly one of expect, expect_contains, expect_error, expect_skip"
+                      + (f" (it has {', '.join(given)})" if given else ""))
+        tests.append(test)
+    return tests

@@ -7,37 +7,67 @@ from typing import Any, Literal
 import msgspec
 
 OnMissing = Literal["omit", "null", "default", "error"]
+SOURCE_KEYS = ("from", "jmespath", "template", "value", "object")
 
 
 class FieldSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"from_": "from"}):
-    """A field written as a table: one source (`from`, `template`, `value`) and its modifiers."""
+    """A field written as a table: one source (`from`, `jmespath`, `template`, `value`, `object`) and
+    its modifiers."""
 
     from_: str | None = None
+    jmespath: str | None = None
     template: str | None = None
     value: Any = msgspec.UNSET
+    object: dict[str, Any] | None = None
     required: bool = False
     default: Any = msgspec.UNSET
     on_missing: OnMissing | None = None
     map: dict[str, Any] | None = None
+    map_default: Any = msgspec.UNSET
     transform: list[str] | None = None
 
     def sources(self) -> list[str]:
-        named = [("from", self.from_), ("template", self.template)]
-        found = [name for name, v in named if v is not None]
-        if self.value is not msgspec.UNSET:
-            found.append("value")
-        return found
+        given = {"from": self.from_ is not None, "jmespath": self.jmespath is not None,
+                 "template": self.template is not None, "value": self.value is not msgspec.UNSET,
+                 "object": self.object is not None}
+        return [name for name in SOURCE_KEYS if given[name]]
+
+    def modifiers(self) -> list[str]:
+        """The modifiers given, by their names in the file."""
+        out = [name for name in ("required", "on_missing", "map", "transform") if getattr(self, name)]
+        out += [name for name in ("default", "map_default") if getattr(self, name) is not msgspec.UNSET]
+        return out
+
+
+FIELD_KEYS = ("from", "jmespath", "template", "value", "object", "required", "default", "on_missing", "map",
+              "map_default", "transform")
+
+
+class TestInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a mapping test renders: the event's payload, and optionally its headers, event fields, vars
+    (over the config's) and, for follow-ups, the ticket."""
+
+    payload: dict[str, Any] = {}
+    headers: dict[str, Any] = {}
+    event: dict[str, Any] = {}
+    vars: dict[str, Any] = {}
+    ticket: dict[str, Any] | None = None
 
 
 class MappingTest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A test written beside a mapping: an input and what it must render to."""
+    """A test written beside a mapping: an input and exactly one expectation."""
 
     name: str | None = None
-    input: dict[str, Any]
+    input: TestInput
     expect: Any = msgspec.UNSET
     expect_contains: dict[str, Any] | None = None
     expect_error: str | None = None
     expect_skip: bool = False
+
+    def expectations(self) -> list[str]:
+        found = ["expect"] if self.expect is not msgspec.UNSET else []
+        found += [name for name in ("expect_contains", "expect_error") if getattr(self, name) is not None]
+        return found + (["expect_skip"] if self.expect_skip else [])
 
 
 class MappingSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -51,7 +81,11 @@ class MappingSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     action: str
     options: dict[str, Any] = {}
     fields: dict[str, Any]
-    tests: list[MappingTest] = []
+    tests: list[Any] = []
 
     def source_names(self) -> list[str]:
         return [self.source] if isinstance(self.source, str) else list(self.source)
+
+
+MAPPING_KEYS = ("name", "description", "source", "when", "destination", "action", "options", "fields", "tests")
+REQUIRED_MAPPING_KEYS = ("source", "destination", "action", "fields")

@@ -48,6 +48,11 @@ class Path:
     def get(self, root: Any) -> Any:
         value = root
         for key in self.keys:
+            if type(value) is dict and type(key) is str:  # JSON's case, without the ABC checks below
+                value = value.get(key, MISSING)
+                if value is MISSING:
+                    return MISSING
+                continue
             if isinstance(key, str):
                 if isinstance(value, Mapping):
                     if key not in value:

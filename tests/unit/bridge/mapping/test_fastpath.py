@@ -28,6 +28,9 @@ FAST = [
     "{{ payload.empty | default('fallback', true) }}",
     "{{ payload.empty | d('fallback') }}",
     "{{ payload['c']['d'] }}",
+    "{{ payload.s | replace('Mixed', 'One') | split(' ') | join('+') }}",
+    "{{ payload.n | float }}/{{ payload.flag | int }}",
+    "{{ payload.none | default('was null') }}",
 ]
 SLOW = [
     "{{ payload.items }}",
@@ -130,3 +133,19 @@ def test_fast_expressions_fail_where_strict_jinja_fails(text: str) -> None:
 def test_expressions_needing_jinja_are_declined(text: str) -> None:
     """Arithmetic, unknown filters, method calls and globals are left to Jinja."""
     assert compile_fast_expression(text) is None
+
+
+@pytest.mark.parametrize("value", ["abc", "12.5", [1], {"a": 1}])
+def test_a_failing_filter_fails_the_same_way_on_both_paths(value: Any) -> None:
+    """A filter that refuses its value gives the same render error whether the fast path or Jinja runs it."""
+    from bridge.mapping.compiler import RenderError, compile_field
+
+    context = {"payload": {"v": value}, "headers": {}, "event": {}, "vars": {}}
+    assert compile_fast("{{ payload.v | int }}") is not None
+    assert compile_fast("{{ payload.v | int }}{{ '' }}") is None
+    with pytest.raises(RenderError) as fast:
+        compile_field("f", "{{ payload.v | int }}")(context)
+    with pytest.raises(RenderError) as slow:
+        compile_field("f", "{{ payload.v | int }}{{ '' }}")(context)
+    assert str(fast.value) == str(slow.value)
+    assert str(fast.value).startswith("f: template failed: ")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+import msgspec
 import pytest
 
+from bridge.errors import MappingError
 from bridge.mapping import testing as mapping_testing
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
-from bridge.mapping.mappingset import MappingSet, compile_document
-from bridge.mapping.model import MappingTest
+from bridge.mapping.mappingset import MappingSet, Target, compile_document
+from bridge.mapping.model import MappingTest, TestInput
 from bridge.yamlfile import load_yaml
 
 SOURCES = {"website-contact", "partner-api"}
@@ -44,7 +46,7 @@ def compile_mapping(text: str, stem: str = "contact") -> CompiledMapping:
 
 def run(test: dict[str, Any], text: str = HEADER, vars_: dict[str, Any] | None = None) -> Any:
     mapping = compile_mapping(text)
-    spec = MappingTest(**test)
+    spec = msgspec.convert(test, MappingTest)
     return mapping_testing.run_test(mapping, 0, spec, VARS if vars_ is None else vars_)
 
 
@@ -155,7 +157,7 @@ def test_skipped_input_fails_a_test_expecting_a_body() -> None:
 def test_test_without_a_name_is_numbered() -> None:
     """An unnamed test is called `test N`, counting from one."""
     mapping = compile_mapping(HEADER)
-    res = mapping_testing.run_test(mapping, 2, MappingTest(input=GOOD_INPUT), VARS)
+    res = mapping_testing.run_test(mapping, 2, msgspec.convert({"input": GOOD_INPUT}, MappingTest), VARS)
     assert res.name == "test 3"
     assert res.passed
 
@@ -169,8 +171,8 @@ def test_test_vars_override_config_vars() -> None:
 def test_test_context_defaults() -> None:
     """A test's event looks like a real one: id, the mapping's first source, a fixed time; input overrides it."""
     mapping = compile_mapping(HEADER)
-    ctx = mapping_testing.test_context(
-        MappingTest(input={"payload": {"a": 1}, "event": {"kind": "form"}, "ticket": {"id": "T-1"}}), mapping, VARS)
+    given = TestInput(payload={"a": 1}, event={"kind": "form"}, ticket={"id": "T-1"})
+    ctx = mapping_testing.context_for(given, mapping, VARS)
     assert ctx["payload"] == {"a": 1}
     assert ctx["headers"] == {}
     assert ctx["vars"] == VARS
@@ -256,7 +258,97 @@ def test_shipped_example_mappings_pass_their_tests() -> None:
     assert [(r.mapping, r.name, r.message) for r in results if not r.passed] == []
 
 
-def mapping_folder() -> Any:
-    from bridge.config import shipped_mappings_dir
+# -- the vendor's body, diffs and places --------------------------------------------------------
 
-    return shipped_mappings_dir()
+
+def compile_with_envelope(text: str) -> CompiledMapping:
+    """A mapping whose destination wraps the fields as {"Fields": [{SchemaName, Value}…], "TypeId": "1"}."""
+
+    def envelope(action: str, fields: dict[str, Any], options: Any) -> Any:
+        if not fields.get("title"):
+            raise MappingError("the vendor needs a non-empty title", path="title")
+        return {"TypeId": "1", "Fields": [{"SchemaName": k, "Value": v} for k, v in fields.items()]}
+
+    doc = load_yaml(textwrap.dedent(text), "mappings/contact.yaml")
+    mapping, errors = compile_document(doc, "contact", "v1", SOURCES, {
+        "kapture-support": Target(frozenset({"create_ticket"}), vendor_body=envelope)})
+    assert errors == [] and mapping is not None
+    return mapping
+
+
+ENVELOPE = {"Fields": [{"SchemaName": "title", "Value": "Website enquiry: Router down"},
+                       {"SchemaName": "email_id", "Value": "asha@example.com"},
+                       {"SchemaName": "team", "Value": "noc"}], "TypeId": "1"}
+
+
+def test_expect_matches_the_vendors_exact_body_in_any_key_order() -> None:
+    """`expect` may be the exact body the vendor is sent (its envelope), key order ignored."""
+    mapping = compile_with_envelope(HEADER)
+    reordered = {"TypeId": "1", "Fields": [dict(reversed(list(f.items()))) for f in ENVELOPE["Fields"]]}
+    assert mapping_testing.run_test(mapping, 0, msgspec.convert({"input": GOOD_INPUT, "expect": reordered},
+                                                                MappingTest), VARS).passed
+
+
+def test_expect_may_also_be_the_bare_fields() -> None:
+    """For brevity `expect` may give the fields before the vendor's envelope."""
+    mapping = compile_with_envelope(HEADER)
+    test = msgspec.convert({"input": GOOD_INPUT, "expect": GOOD_BODY}, MappingTest)
+    assert mapping_testing.run_test(mapping, 0, test, VARS).passed
+
+
+def test_a_wrong_envelope_fails_against_the_vendor_body() -> None:
+    """An expected envelope that differs fails, showing the vendor body it was compared with."""
+    mapping = compile_with_envelope(HEADER)
+    wrong = {**ENVELOPE, "TypeId": "2"}
+    res = mapping_testing.run_test(mapping, 0, msgspec.convert({"input": GOOD_INPUT, "expect": wrong}, MappingTest),
+                                   VARS)
+    assert not res.passed
+    assert res.actual == ENVELOPE
+
+
+def test_expect_error_sees_the_vendors_refusal() -> None:
+    """An error the vendor's adapter raises for the fields counts for `expect_error`."""
+    mapping = compile_with_envelope(HEADER.replace('title: "Website enquiry: {{ payload.subject }}"',
+                                                   'title: {from: payload.subject, default: ""}'))
+    test = msgspec.convert({"input": {"payload": {"email": "a@b.io"}}, "expect_error": "needs a non-empty title"},
+                           MappingTest)
+    assert mapping_testing.run_test(mapping, 0, test, VARS).passed
+
+
+def test_json_equality_tells_true_from_one() -> None:
+    """A body is compared as JSON: true is not 1 and "1" is not 1, but 1 equals 1.0."""
+    assert not mapping_testing.same({"a": True}, {"a": 1})
+    assert not mapping_testing.same(["1"], [1])
+    assert mapping_testing.same({"a": 1, "b": [1.0]}, {"b": [1], "a": 1})
+
+
+def test_a_failure_is_described_with_its_line_and_a_diff() -> None:
+    """A failed test names its file and line, the mapping and the test, and shows a unified diff."""
+    mapping = compile_mapping(MAPPING_A)
+    results = mapping_testing.run_tests(MappingSet.build([mapping]), VARS)
+    assert [r.line for r in results] == [11, 14]
+    text = mapping_testing.describe_failure(results[1])
+    assert text.splitlines() == [
+        "FAIL mappings/contact.yaml:14: contact: wrong",
+        "  the rendered body differs",
+        "  --- expected",
+        "  +++ actual",
+        "  @@ -1,3 +1,5 @@",
+        "   {",
+        '  -  "title": "nope"',
+        '  +  "email_id": "a@b.co",',
+        '  +  "team": "noc",',
+        '  +  "title": "Website enquiry: x"',
+        "   }",
+    ]
+
+
+def test_an_error_failure_is_described_with_the_error() -> None:
+    """A test failing on an error shows what was expected and the error that came instead."""
+    res = run({"name": "oops", "input": {"payload": {"subject": "x"}}, "expect_error": "title: missing"})
+    assert mapping_testing.describe_failure(res).splitlines() == [
+        "FAIL mappings/contact.yaml: contact: oops",
+        "  error: email_id: required (payload.email is missing)",
+        "  expected: 'title: missing'",
+        "  actual:   'email_id: required (payload.email is missing)'",
+    ]

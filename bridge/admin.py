@@ -1,0 +1,60 @@
+"""The admin API: `GET /admin/mappings`, behind `admin.token` (a bearer token), and off while it is empty."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from bridge.intake import RUNTIME
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def refuse(request: web.Request, token: str) -> web.Response | None:
+    """The answer to a request without the admin token (404 while the API is off), or None to go on."""
+    if not token:
+        return web.json_response({"error": "the admin API is off: set admin.token in the config"}, status=404)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return web.json_response({"error": "this needs the admin token: Authorization: Bearer <admin.token>"},
+                                 status=401, headers={"WWW-Authenticate": 'Bearer realm="ticketbridge admin"'})
+    return None
+
+
+async def mappings_status(request: web.Request) -> web.Response:
+    """The mapping set in force (names, version hash, load time) and how hot reload is going."""
+    rt = request.app[RUNTIME]
+    refused = refuse(request, rt.config.admin.token)
+    if refused is not None:
+        return refused
+    current = rt.mappings
+    status = rt.mapping_status
+    body: dict[str, Any] = {
+        "version": current.version,
+        "loaded_at": _iso(current.loaded_at),
+        "folder": str(rt.config.mappings_dir),
+        "mappings": [
+            {"name": m.name, "file": m.file, "version": m.version, "sources": list(m.sources),
+             "destination": m.destination, "action": m.action, "tests": len(m.spec.tests)}
+            for m in sorted(current.mappings.values(), key=lambda m: m.name)
+        ],
+        "reload": {
+            "watching": rt.reloader is not None,
+            "reloads": status.reloads,
+            "failures": status.failures,
+            "last_attempt_at": _iso(status.last_attempt_at),
+            "last_result": status.last_result,
+            "last_error": status.last_error,
+            "last_error_at": _iso(status.last_error_at),
+        },
+    }
+    return web.json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/mappings", mappings_status)

@@ -1,0 +1,71 @@
+"""What the compiler's parts share: the errors, the compiled field, and small helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from jinja2.exceptions import SecurityError, TemplateRuntimeError
+
+from bridge.errors import MappingError
+from bridge.mapping.trace import FieldTrace
+
+Context = dict[str, Any]
+FieldFn = Callable[[Context], Any]
+# A source gives (value, "") or (MISSING, why); `why` is anything whose str() says what is missing,
+# so that a path need not be described unless someone reads the description.
+Source = Callable[[Context], tuple[Any, object]]
+Step = tuple[str, Callable[[Any], Any]]
+At = tuple[str | int, ...]
+
+# What a filter may raise on a value it cannot take; anything else is a bug, and crashes loudly.
+FILTER_ERRORS = (TypeError, ValueError, ArithmeticError, LookupError, RecursionError)
+TEMPLATE_ERRORS = (SecurityError, TemplateRuntimeError, *FILTER_ERRORS)
+
+
+class RenderError(MappingError):
+    """An event that a mapping cannot turn into a vendor body."""
+
+
+class CompileError(ValueError):
+    """A field that cannot be compiled; the loader adds file, line and path. `errors` holds every problem
+    found in the field (this one first), each with its sub-path."""
+
+    def __init__(self, message: str, subpath: tuple[str | int, ...] = (),
+                 errors: list[CompileError] | None = None) -> None:
+        super().__init__(message)
+        self.subpath = subpath
+        self.errors = errors or [self]
+
+    @classmethod
+    def collect(cls, problems: list[CompileError]) -> CompileError:
+        return cls(str(problems[0]), problems[0].subpath, problems)
+
+
+@dataclass(eq=False)
+class CompiledField:
+    """One field: `render` for the hot path, `explain` for people; `constant` when it never varies."""
+
+    name: str
+    render: FieldFn
+    explain: Callable[[Context], FieldTrace]
+    constant: bool = False
+
+    def __call__(self, ctx: Context) -> Any:
+        return self.render(ctx)
+
+
+def describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def copier(value: Any) -> Callable[[], Any]:
+    """A function giving `value`, or a fresh copy of it when it is a list or table (so that no render can
+    change what the next one starts from)."""
+    if isinstance(value, list | dict):
+        frozen = msgspec.json.encode(value)
+        return lambda: msgspec.json.decode(frozen)
+    return lambda: value

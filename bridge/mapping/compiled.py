@@ -1,0 +1,101 @@
+"""A whole mapping compiled: `matches` (its `when`), `render`, the vendor's `body`, and `explain`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, UndefinedError
+
+from bridge.errors import MappingError
+from bridge.mapping.base import TEMPLATE_ERRORS, CompiledField, CompileError, Context, RenderError
+from bridge.mapping.fastpath import compile_fast_expression
+from bridge.mapping.model import MappingSpec
+from bridge.mapping.templatecheck import check_template
+from bridge.mapping.templates import ENV, bounded
+from bridge.mapping.trace import OMIT, MappingTrace
+
+
+@dataclass
+class CompiledMapping:
+    """A mapping ready to render: `matches` then `render`, both pure functions of the context."""
+
+    name: str
+    file: str
+    version: str
+    sources: tuple[str, ...]
+    destination: str
+    action: str
+    options: dict[str, Any]
+    spec: MappingSpec
+    fields: list[CompiledField] = field(default_factory=list)
+    when: Callable[..., Any] | None = None
+    when_text: str | None = None
+    vendor_body: Callable[[dict[str, Any]], Any] | None = None
+    test_lines: list[int | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._plan = [(f.name, f.render) for f in self.fields]
+
+    def matches(self, ctx: Context) -> bool:
+        if self.when is None:
+            return True
+        try:
+            return bool(self.when(ctx))
+        except UndefinedError as exc:
+            raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
+        except TEMPLATE_ERRORS as exc:
+            raise RenderError(f"when: {exc}", path=self.name) from None
+
+    def render(self, ctx: Context) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, fn in self._plan:
+            value = fn(ctx)
+            if value is not OMIT:
+                out[name] = value
+        return out
+
+    def body(self, fields: dict[str, Any]) -> Any:
+        """What the vendor is sent for these fields (its envelope), or the fields when the destination
+        cannot say. Raises MappingError when the vendor would refuse them."""
+        return fields if self.vendor_body is None else self.vendor_body(fields)
+
+    def explain(self, ctx: Context) -> MappingTrace:
+        """The render of `ctx`, field by field; never raises a MappingError (it is recorded instead)."""
+        trace = MappingTrace(self.name, self.version, self.destination, self.action, when=self.when_text)
+        try:
+            trace.matched = self.matches(ctx)
+        except MappingError as exc:
+            trace.error = str(exc)
+            return trace
+        if not trace.matched:
+            return trace
+        trace.fields = [f.explain(ctx) for f in self.fields]
+        failed = next((t for t in trace.fields if t.error is not None), None)
+        if failed is not None:
+            trace.error = failed.error
+            return trace
+        trace.body = {t.name: t.value for t in trace.fields if t.value is not OMIT}
+        try:
+            trace.vendor_body = self.body(trace.body)
+        except MappingError as exc:
+            trace.error = str(exc) if exc.path else f"{self.destination}: {exc}"
+        return trace
+
+
+def compile_when(text: str, vars_: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """`when`, compiled: the fast path where it can, else Jinja under the time budget."""
+    try:
+        # undefined_to_none=False: a bare undefined name must fail (StrictUndefined), not read as false.
+        expr = ENV.compile_expression(text, undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        raise CompileError(f"expression syntax error: {exc.message}") from None
+    messages = check_template(f"{{{{ {text} }}}}", vars_, kind="expression")
+    if messages:
+        raise CompileError.collect([CompileError(m) for m in messages])
+    fast = compile_fast_expression(text)
+    if fast is not None:
+        return fast
+    run = bounded(expr)
+    return lambda ctx: run(**ctx)

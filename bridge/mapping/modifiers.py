@@ -1,0 +1,128 @@
+"""A field's modifiers: what stands in for a missing value, the transforms, the map and `required`; and the
+same steps again, recorded, for `explain`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from bridge.mapping.base import FILTER_ERRORS, CompiledField, Context, RenderError, Source, Step, copier, describe
+from bridge.mapping.model import FieldSpec
+from bridge.mapping.paths import MISSING
+from bridge.mapping.trace import OMIT, FieldTrace
+
+
+class Modifiers:
+    """A field's modifiers: what stands in for a missing value, the transforms, the map, `required`."""
+
+    def __init__(self, name: str, spec: FieldSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self.table = spec.map
+        self.folded = {str(k).casefold(): v for k, v in spec.map.items()} if spec.map else {}
+        self.default_of = copier(spec.default)
+        has_default = spec.default is not msgspec.UNSET
+        self.map_fallback = "map_default" if spec.map_default is not msgspec.UNSET else "default" if has_default \
+            else None
+        self.map_default_of = copier(spec.map_default if spec.map_default is not msgspec.UNSET else spec.default)
+        self.required = spec.required
+        self.on_missing = spec.on_missing or ("default" if has_default else "error" if spec.required else "null")
+
+    def missing(self, why: object) -> Any:
+        if self.on_missing == "default":
+            return self.default_of()
+        if self.on_missing == "omit":
+            return OMIT
+        if self.on_missing == "null":
+            return None
+        raise RenderError(f"required ({why})" if self.required else f"missing ({why})", path=self.name)
+
+    def apply(self, value: Any, label: str, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return fn(value)
+        except FILTER_ERRORS as exc:
+            raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=self.name) from None
+
+    def look_up(self, value: Any) -> tuple[Any, bool]:
+        """The map's entry for `value` (an exact key, else one that differs only in case), and whether the
+        map's default stood in."""
+        table = self.table
+        assert table is not None
+        key = value if isinstance(value, str) else str(value)
+        if key in table:
+            found = table[key]
+        elif key.casefold() in self.folded:
+            found = self.folded[key.casefold()]
+        elif self.map_fallback is not None:
+            return self.map_default_of(), True
+        else:
+            raise RenderError(f"{describe(value)} is not in the map (known: {', '.join(map(str, table))}) "
+                              "and the field has no default", path=self.name)
+        return (msgspec.json.decode(msgspec.json.encode(found)) if isinstance(found, list | dict) else found), False
+
+    def check_required(self, value: Any) -> Any:
+        if self.required and (value is None or value == ""):
+            raise RenderError(f"required ({'is null' if value is None else 'is empty'} after transforms)",
+                              path=self.name)
+        return value
+
+
+def finish(name: str, source: Source, described: str, steps: list[Step], spec: FieldSpec) -> CompiledField:
+    mods = Modifiers(name, spec)
+    missing, look_up, check_required = mods.missing, mods.look_up, mods.check_required
+    mapped = mods.table is not None
+    required = mods.required
+
+    def run(ctx: Context) -> Any:
+        value, why = source(ctx)
+        if value is MISSING:
+            return missing(why)
+        for label, fn in steps:
+            try:
+                value = fn(value)
+            except FILTER_ERRORS as exc:
+                raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=name) from None
+        if mapped:
+            value = look_up(value)[0]
+        if required:
+            check_required(value)
+        return value
+
+    return CompiledField(name, run, _explainer(mods, source, described, steps))
+
+
+def _explainer(mods: Modifiers, source: Source, described: str, steps: list[Step],
+               ) -> Callable[[Context], FieldTrace]:
+    """`run`'s steps again, each one recorded."""
+
+    def explain(ctx: Context) -> FieldTrace:
+        trace = FieldTrace(mods.name, described)
+        try:
+            value, why = source(ctx)
+            trace.raw, trace.why_missing = value, str(why)
+            if value is MISSING:
+                trace.value = mods.missing(trace.why_missing)
+                trace.fallback = {"default": "default", "omit": "omit", "null": "null"}[mods.on_missing]
+                implied = "" if mods.spec.on_missing else ", implied by `default:`" if mods.on_missing == "default" \
+                    else ", the field being optional"
+                trace.reason = f"{trace.why_missing} (on_missing: {mods.on_missing}{implied})"
+                return trace
+            for label, fn in steps:
+                value = mods.apply(value, label, fn)
+                trace.steps.append((label, value))
+            if mods.table is not None:
+                found, fell_back = mods.look_up(value)
+                if fell_back:
+                    trace.mapped = f"{describe(value)} is not in the map"
+                    trace.fallback, trace.reason = mods.map_fallback or "", f"{describe(value)} is not in the map"
+                else:
+                    trace.mapped = f"{describe(value)} -> {describe(found)}"
+                value = found
+            trace.value = mods.check_required(value)
+        except RenderError as exc:
+            trace.error = str(exc)
+        return trace
+
+    return explain

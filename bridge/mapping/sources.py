@@ -1,0 +1,151 @@
+"""Where a field's value comes from: a path, a JMESPath expression, or a template (fast path or Jinja)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jmespath
+import msgspec
+from jinja2 import TemplateSyntaxError, UndefinedError
+from jmespath.exceptions import JMESPathError
+
+from bridge.mapping.base import (
+    FILTER_ERRORS,
+    TEMPLATE_ERRORS,
+    At,
+    CompiledField,
+    CompileError,
+    Context,
+    RenderError,
+    Source,
+    Step,
+)
+from bridge.mapping.fastpath import compile_fast
+from bridge.mapping.model import FieldSpec
+from bridge.mapping.modifiers import finish
+from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
+from bridge.mapping.templatecheck import check_template
+from bridge.mapping.templates import ENV, MAX_RENDERED_CHARS, render_bounded
+from bridge.mapping.trace import FieldTrace
+
+
+class Absent:
+    """Why a path's value is missing, worked out only when it is read (most missing values are defaulted)."""
+
+    __slots__ = ("ctx", "path")
+
+    def __init__(self, path: Path, ctx: Context) -> None:
+        self.path = path
+        self.ctx = ctx
+
+    def __str__(self) -> str:
+        return f"{self.path.missing_at(self.ctx)} is missing"
+
+
+def path_source(spec: FieldSpec, at: At, problems: list[CompileError], vars_: Mapping[str, Any] | None,
+                ) -> tuple[Source | None, str]:
+    """`from:` as a source: the value at the path, or MISSING naming the first absent part."""
+    assert spec.from_ is not None
+    try:
+        path = compile_path(spec.from_)
+    except PathSyntaxError as exc:
+        problems.append(CompileError(str(exc), at))
+        return None, ""
+    if (vars_ is not None and spec.required and spec.default is msgspec.UNSET and len(path.keys) > 1
+            and path.keys[0] == "vars" and path.keys[1] not in vars_):
+        problems.append(CompileError(
+            f"required, but vars.{path.keys[1]} is not set in the config, so it can never be filled "
+            f"(the config's vars: {', '.join(sorted(vars_)) or '(none)'})", at))
+    getter = path.get
+
+    def source(ctx: Context) -> tuple[Any, object]:
+        value = getter(ctx)
+        if value is MISSING:
+            return MISSING, Absent(path, ctx)
+        return value, ""
+
+    return source, f"from {path.text}"
+
+
+def jmespath_source(name: str, text: str, at: At, problems: list[CompileError]) -> tuple[Source | None, str]:
+    """`jmespath:` as a source; a null result counts as missing."""
+    try:
+        expr = jmespath.compile(text)
+    except JMESPathError as exc:
+        token = getattr(exc, "token_value", None)
+        reason = (getattr(exc, "message", None)  # the lexer's own words: "Unknown token $"
+                  or ("the expression ends too early" if type(exc).__name__ == "IncompleteExpressionError" else None)
+                  or (f"{getattr(exc, 'msg', 'invalid')} {token!r}" if token is not None else None)
+                  or str(exc).splitlines()[0])
+        position = getattr(exc, "lex_position", getattr(exc, "lexer_position", None))
+        where = f" at character {position + 1}" if isinstance(position, int) else ""
+        problems.append(CompileError(f"bad jmespath expression {text!r}{where}: {reason}", at))
+        return None, ""
+    search = expr.search
+
+    def source(ctx: Context) -> tuple[Any, str]:
+        try:
+            value = search(ctx)
+        except (JMESPathError, *FILTER_ERRORS) as exc:
+            raise RenderError(f"jmespath {text!r} failed: {exc}", path=name) from None
+        # JMESPath cannot tell an absent key from a null: both count as missing.
+        if value is None:
+            return MISSING, f"jmespath {text!r} found nothing"
+        return value, ""
+
+    return source, f"jmespath {text}"
+
+
+def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list[CompileError], *,
+                   vars_: Mapping[str, Any] | None, steps: list[Step] | None = None) -> CompiledField | None:
+    """A template field: the fast path where Jinja's parse tree allows it, else Jinja, bounded. Without
+    modifiers, an undefined name fails the render; with them, it is a missing value like any other."""
+    guarded = spec.default is not msgspec.UNSET or spec.on_missing in ("omit", "null")
+    messages = check_template(text, None if guarded else vars_)
+    if messages:
+        problems.extend(CompileError(message, at) for message in messages)
+        return None
+    try:
+        template = ENV.from_string(text)
+    except TemplateSyntaxError as exc:
+        problems.append(CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}", at))
+        return None
+    fast = compile_fast(text)
+
+    def source(ctx: Context) -> tuple[Any, str]:
+        try:
+            if fast is not None:
+                out, why = fast(ctx)
+                if out is MISSING:
+                    return MISSING, why
+            else:
+                out = render_bounded(template, ctx)
+        except UndefinedError as exc:
+            return MISSING, f"template: {exc.message}"
+        except TEMPLATE_ERRORS as exc:
+            raise RenderError(f"template failed: {exc}", path=name) from None
+        if len(out) > MAX_RENDERED_CHARS:
+            raise RenderError(f"template output is {len(out)} characters, over {MAX_RENDERED_CHARS}", path=name)
+        return out, ""
+
+    described = f"template {text!r}"
+    if not spec.modifiers():
+        def plain(ctx: Context) -> Any:
+            value, why = source(ctx)
+            if value is MISSING:
+                raise RenderError(str(why), path=name)
+            return value
+
+        def explain_plain(ctx: Context) -> FieldTrace:
+            trace = FieldTrace(name, described)
+            try:
+                trace.raw, why = source(ctx)
+                trace.why_missing = str(why)
+                trace.value = plain(ctx)
+            except RenderError as exc:
+                trace.error = str(exc)
+            return trace
+
+        return CompiledField(name, plain, explain_plain)
+    return finish(name, source, described, steps or [], spec)

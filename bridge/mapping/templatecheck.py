@@ -1,0 +1,78 @@
+"""What can be known about a template before any event: syntax, names, filters and their arguments, and
+vars that the config does not set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, meta, nodes
+
+from bridge.mapping.filters import ARGUMENT_CHECKS, FILTERS
+from bridge.mapping.templates import ENV, GLOBAL_NAMES, ROOT_NAMES
+
+
+def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "template") -> list[str]:
+    """Every problem of `text`, as messages; empty when it is fine. With `vars_`, a `vars.X` used
+    without `default` or an `is defined` test must be set in the config."""
+    try:
+        tree = ENV.parse(text)
+    except TemplateSyntaxError as exc:
+        return [f"template syntax error at template line {exc.lineno}: {exc.message}"]
+    problems: list[str] = []
+    for node in tree.find_all(nodes.Filter):
+        if node.name not in ENV.filters:
+            problems.append(f"unknown filter {node.name!r} in the {kind}; known filters: "
+                            f"{', '.join(sorted(FILTERS))} and Jinja's built-ins (length, list, …)")
+            continue
+        check = ARGUMENT_CHECKS.get(node.name)
+        if check is None or node.kwargs or node.dyn_args or node.dyn_kwargs \
+                or not all(isinstance(a, nodes.Const) for a in node.args):
+            continue
+        try:
+            check(*[a.value for a in node.args if isinstance(a, nodes.Const)])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"bad arguments to the {node.name} filter: {exc}")
+    if problems:
+        return problems  # the name analysis below compiles the template, which needs known filters
+    try:
+        names = meta.find_undeclared_variables(tree)
+    except TemplateSyntaxError as exc:  # an unknown test (`is foo`), found as the template compiles
+        return [f"template syntax error at template line {exc.lineno}: {exc.message}"]
+    # Jinja declares `self` (the template's blocks) implicitly; mappings have no blocks to call.
+    if any(n.name == "self" and n.ctx == "load" for n in tree.find_all(nodes.Name)):
+        names = {*names, "self"}
+    for name in sorted(names - ROOT_NAMES - GLOBAL_NAMES):
+        problems.append(f"unknown name {name!r} in the {kind}: it sees {', '.join(sorted(ROOT_NAMES))} "
+                        "and range()")
+    if vars_ is not None:
+        refs = list(_var_refs(tree))
+        # A var tested or defaulted anywhere in the template is one its author knows may be absent.
+        guarded = {key for key, shielded in refs if shielded}
+        for key in dict.fromkeys(key for key, shielded in refs if not shielded and key not in guarded):
+            if key not in vars_:
+                problems.append(f"vars.{key} is not set in the config, so the {kind} would always fail "
+                                f"(the config's vars: {', '.join(sorted(vars_)) or '(none)'}); "
+                                f"set it, or write `vars.{key} | default(…)`")
+    return problems
+
+
+def _var_key(node: nodes.Node) -> str | None:
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == "vars":
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == "vars" \
+            and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
+
+
+def _var_refs(node: nodes.Node, guarded: bool = False) -> Iterator[tuple[str, bool]]:
+    """Each `vars.X` reference, and whether it sits under a `default` filter or inside a test (`is defined`)."""
+    key = _var_key(node)
+    if key is not None:
+        yield key, guarded
+        return
+    for child in node.iter_child_nodes():
+        shielded = guarded or isinstance(node, nodes.Test) or (
+            isinstance(node, nodes.Filter) and node.name in ("default", "d") and child is node.node)
+        yield from _var_refs(child, shielded)

@@ -1,0 +1,70 @@
+"""`GET /admin/mappings`: off while admin.token is empty, refused without the token, and with it, the set
+in force and how hot reload is going."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from tests.conftest import AppClient, ConfigFactory, runtime
+
+CONFIG = """
+store: {{url: "sqlite:///var/bridge.db"}}
+admin: {{token: "{token}"}}
+sources:
+  partner: {{kind: json}}
+destinations:
+  kapture: {{vendor: kapture, sandbox: true}}
+"""
+MAPPINGS = {
+    "partner": """
+        source: partner
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.title }}"
+        tests:
+          - input: {payload: {title: x}}
+            expect: {title: x}
+    """,
+}
+
+
+async def test_the_admin_api_is_off_while_the_token_is_empty(write_config: ConfigFactory,
+                                                              bridge_client: AppClient) -> None:
+    """With no admin.token, the admin API answers 404 and says how to turn it on, whatever is sent."""
+    client = await bridge_client(write_config(CONFIG.format(token=""), MAPPINGS), workers=False)
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer anything"}):
+        resp = await client.get("/admin/mappings", headers=headers)
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "the admin API is off: set admin.token in the config"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic c2VjcmV0", "Bearer", "secret", "Bearer secret2"])
+async def test_the_admin_api_refuses_requests_without_the_token(write_config: ConfigFactory,
+                                                                 bridge_client: AppClient, header: str | None) -> None:
+    """Without `Authorization: Bearer <admin.token>`, the answer is 401 with a bearer challenge and no data."""
+    client = await bridge_client(write_config(CONFIG.format(token="secret"), MAPPINGS), workers=False)
+    resp = await client.get("/admin/mappings", headers={"Authorization": header} if header else {})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="ticketbridge admin"'
+    assert "mappings" not in await resp.json()
+
+
+async def test_the_admin_api_shows_the_set_in_force(write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """With the token: the mapping names and versions, the set's version hash and load time, and reload status."""
+    client = await bridge_client(write_config(CONFIG.format(token="secret"), MAPPINGS), workers=False)
+    rt = runtime(client)
+    resp = await client.get("/admin/mappings", headers={"Authorization": "Bearer secret"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["version"] == rt.mappings.version
+    assert datetime.fromisoformat(body["loaded_at"]) == rt.mappings.loaded_at
+    assert body["folder"] == str(rt.config.mappings_dir)
+    [partner] = body["mappings"]
+    assert partner == {"name": "partner", "file": str(rt.config.mappings_dir / "partner.yaml"),
+                       "version": rt.mappings.mappings["partner"].version, "sources": ["partner"],
+                       "destination": "kapture", "action": "create_ticket", "tests": 1}
+    assert body["reload"] == {"watching": True, "reloads": 0, "failures": 0, "last_attempt_at": None,
+                              "last_result": None, "last_error": None, "last_error_at": None}

@@ -1,0 +1,242 @@
+"""The ops workflow on the command line: `check`, `test`, `render [--explain]` and `replay --rerender`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import main
+from bridge.config import load_config
+from bridge.events import Event
+from bridge.store import open_store
+from bridge.store.base import NewDelivery
+
+CONFIG = """\
+store: {url: "sqlite:///var/bridge.db"}
+vars: {brand: Acme}
+sources:
+  partner: {kind: json}
+  web: {kind: form}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+
+PARTNER = """\
+source: partner
+destination: kapture
+action: create_ticket
+fields:
+  title: {from: payload.title, required: true, transform: [strip]}
+  priority: {from: payload.priority, map: {high: P1, low: P3}, default: P2}
+  source_ref: "{{ payload.id }}"
+tests:
+  - name: a partner ticket
+    input: {payload: {id: p-1, title: " Outage ", priority: high}}
+    expect: [{title: Outage, priority: P1, source_ref: p-1}]
+  - name: no title
+    input: {payload: {id: p-2}}
+    expect_error: "title: required (payload.title is missing)"
+"""
+
+
+def setup(tmp_path: Path, mappings: dict[str, str]) -> str:
+    (tmp_path / "bridge.yaml").write_text(CONFIG)
+    folder = tmp_path / "mappings"
+    folder.mkdir(exist_ok=True)
+    for name, text in mappings.items():
+        (folder / f"{name}.yaml").write_text(textwrap.dedent(text))
+    return str(tmp_path / "bridge.yaml")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- check ----------------------------------------------------------------------------------------
+
+
+def test_check_prints_every_error_with_its_place_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` on a folder with broken mappings prints each error as file:line:col: mapping.field and exits 1."""
+    cfg = setup(tmp_path, {
+        "partner": PARTNER,
+        "broken": """\
+            source: [partner, nowhere]
+            destination: kapture
+            action: create_ticket
+            fields:
+              ticket_details: {from: payload.x, transform: [strip, shout]}
+              when: "{{ payload.date | date('iso', 'Mars/Base') }}"
+            """,
+        "typo": PARTNER.replace("required: true", "requird: true"),
+    })
+    code, out, err = run(capsys, "check", "-c", cfg)
+    broken, typo = tmp_path / "mappings" / "broken.yaml", tmp_path / "mappings" / "typo.yaml"
+    assert code == 1
+    assert err.splitlines()[:5] == [
+        f"{broken}:1:19: broken.source[1]: unknown source 'nowhere'; configured sources: partner, web",
+        f"{broken}:5:56: broken.ticket_details.transform[1]: unknown filter 'shout'; known filters: bool, date, "
+        "default, first, float, html_to_text, int, join, lower, phone_e164, replace, split, strip, strip_quoted, "
+        "title, truncate, upper",
+        f"{broken}:6:3: broken.when: bad arguments to the date filter: unknown time zone 'Mars/Base': use an IANA "
+        "name such as UTC or Asia/Kolkata",
+        f"{broken}:4:1: broken.title: kapture create_ticket needs a `title` field",
+        f"{typo}:5:32: typo.title.requird: unknown key 'requird': a field table takes from, jmespath, template, "
+        "value, object, required, default, on_missing, map, map_default, transform",
+    ]
+    assert out.strip().endswith("2 passed, 0 failed; 5 mapping errors")
+
+
+def test_check_on_the_shipped_default_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check` with no config runs the shipped default and its example mappings, and exits 0."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "check")
+    assert code == 0, err
+    assert " 0 failed" in out
+    assert "warning" not in err
+
+
+def test_check_fails_on_a_failing_mapping_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mapping that loads but fails its own test makes `check` fail, with the diff."""
+    cfg = setup(tmp_path, {"partner": PARTNER.replace("priority: P1, ", "priority: P9, ")})
+    code, _, err = run(capsys, "check", "-c", cfg)
+    assert code == 1
+    assert f"FAIL {tmp_path / 'mappings' / 'partner.yaml'}:9: partner: a partner ticket" in err
+    assert '  -    "priority": "P9",' in err.splitlines()
+
+
+# -- test -----------------------------------------------------------------------------------------
+
+
+def test_test_shows_a_diff_per_failure_and_ends_with_the_counts(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`test` shows each failure as a diff and ends with `N passed, M failed`, exiting 1 on a failure."""
+    cfg = setup(tmp_path, {"partner": PARTNER.replace("title: Outage,", "title: outage,")})
+    code, out, _ = run(capsys, "test", "-c", cfg)
+    lines = out.splitlines()
+    assert code == 1
+    assert lines[0] == f"FAIL {tmp_path / 'mappings' / 'partner.yaml'}:9: partner: a partner ticket"
+    assert '  -    "title": "outage"' in lines
+    assert '  +    "title": "Outage"' in lines
+    assert lines[-1] == "1 passed, 1 failed"
+
+
+def test_test_takes_files_and_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`test PATH…` runs the tests of the files named (or in the folders named); a broken file counts as failed."""
+    cfg = setup(tmp_path, {"partner": PARTNER, "other": PARTNER.replace("source_ref", "ref").replace(
+        "expect: [{title: Outage, priority: P1, source_ref: p-1}]", "expect_contains: {ref: p-1}")})
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "bad.yaml").write_text("source: partner\n")
+    code, out, _ = run(capsys, "test", "-c", cfg, str(tmp_path / "mappings" / "partner.yaml"))
+    assert (code, out.splitlines()[-1]) == (0, "2 passed, 0 failed")
+    code, out, _ = run(capsys, "test", "-c", cfg, str(tmp_path / "mappings"), str(tmp_path / "extra"),
+                       str(tmp_path / "missing.yaml"))
+    lines = out.splitlines()
+    assert code == 1
+    assert f"{tmp_path / 'missing.yaml'}: no such mapping file or folder" in lines
+    assert f"{tmp_path / 'extra' / 'bad.yaml'}:1:1: bad: missing required key 'destination'" in lines
+    assert lines[-1] == "4 passed, 2 failed"
+
+
+# -- render ---------------------------------------------------------------------------------------
+
+
+def write_input(tmp_path: Path, data: object, name: str = "input.json") -> str:
+    (tmp_path / name).write_text(json.dumps(data))
+    return str(tmp_path / name)
+
+
+def test_render_prints_the_vendor_body_alone_on_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`render` prints the body the vendor is sent (Kapture's array) as JSON, and nothing else, on stdout."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    given = write_input(tmp_path, {"payload": {"id": "p-9", "title": "Slow", "priority": "LOW"}})
+    code, out, err = run(capsys, "render", "partner", "-c", cfg, "--input", given)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == [{"title": "Slow", "priority": "P3", "source_ref": "p-9"}]
+    code, out, _ = run(capsys, "render", str(tmp_path / "mappings" / "partner.yaml"), "-c", cfg, "--fields",
+                       "--payload", write_input(tmp_path, {"id": "p-9", "title": "Slow"}, "payload.json"))
+    assert code == 0
+    assert json.loads(out) == {"title": "Slow", "priority": "P2", "source_ref": "p-9"}
+
+
+def test_render_explain_shows_a_default_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--explain` shows per field its path, raw value, transforms and, for a default used, that it was and why."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    given = write_input(tmp_path, {"payload": {"id": "p-9", "title": " Slow "}})
+    code, out, err = run(capsys, "render", "partner", "-c", cfg, "--input", given, "--explain")
+    assert code == 0
+    assert json.loads(out) == [{"title": "Slow", "priority": "P2", "source_ref": "p-9"}]
+    assert err.splitlines()[1:10] == [
+        "  title  <- from payload.title",
+        "      raw:      ' Slow '",
+        "      strip     -> 'Slow'",
+        "      value:    'Slow'",
+        "  priority  <- from payload.priority",
+        "      raw:      (missing)  (payload.priority is missing)",
+        "      default:  'P2' used, because payload.priority is missing (on_missing: default, implied by `default:`)",
+        "      value:    'P2'",
+        "  source_ref  <- template '{{ payload.id }}'",
+    ]
+
+
+def test_render_reports_a_render_error_and_unknown_mappings(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A render that fails exits 1 with the field's error; an unknown mapping exits 2 listing the known ones."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    given = write_input(tmp_path, {"payload": {"id": "p-9"}})
+    assert run(capsys, "render", "partner", "-c", cfg, "--input", given) == (
+        1, "", "title: required (payload.title is missing)\n")
+    assert run(capsys, "render", "nope", "-c", cfg, "--input", given) == (
+        2, "", f"no mapping named 'nope' in {tmp_path / 'mappings'}; known: partner\n")
+    bad = write_input(tmp_path, {"payload": {}, "extra": 1}, "bad.json")
+    code, _, err = run(capsys, "render", "partner", "-c", cfg, "--input", bad)
+    assert code == 2
+    assert "unknown field `extra`" in err
+
+
+# -- replay --rerender ----------------------------------------------------------------------------
+
+
+def test_replay_rerender_renders_dead_deliveries_with_the_current_mapping(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A delivery that never rendered is re-rendered with the fixed mapping and queued, with its new version."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    config = load_config(Path(cfg), {})
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"id": "p-5", "title": "Fixed"})
+    dead = NewDelivery(id="dlv_dead", mapping="partner", mapping_version="old", destination="kapture",
+                       action="create_ticket", body=None, status="dead", error="title: template failed")
+    gone = NewDelivery(id="dlv_gone", mapping="retired", mapping_version="old", destination="kapture",
+                       action="create_ticket", body=None, status="dead", error="x")
+
+    async def seed() -> None:
+        store = open_store(config)
+        await store.open()
+        await store.accept(event, [dead, gone], 0)
+        await store.close()
+
+    asyncio.run(seed())
+    code, _, err = run(capsys, "replay", "dlv_dead", "dlv_gone", "-c", cfg)
+    assert code == 1
+    assert "dlv_dead: not replayed: it never rendered (fix the mapping, then replay with --rerender)" in err
+    code, out, err = run(capsys, "replay", "dlv_dead", "dlv_gone", "--rerender", "-c", cfg)
+    assert code == 1
+    assert err == "dlv_gone: not replayed: mapping 'retired' is not among the current mappings\n"
+    assert out.startswith("replayed 1 of 2 deliveries (re-rendered with mappings version ")
+
+    async def read() -> tuple[str, str, object]:
+        store = open_store(config, owner=False)
+        await store.open()
+        detail = await store.get_delivery("dlv_dead")
+        await store.close()
+        return detail.delivery.status, detail.delivery.mapping_version, detail.body
+
+    status, version, body = asyncio.run(read())
+    assert status == "pending"
+    assert version != "old" and len(version) == 12
+    assert body == {"title": "Fixed", "priority": "P2", "source_ref": "p-5"}

@@ -1,0 +1,195 @@
+"""Hot reload on a running server: an edit changes the next event's render within two seconds; a bad edit
+changes nothing and is shown by the admin API; SIGHUP forces a reload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from bridge.store.base import DeliveryFilter
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+
+TOKEN = "admin-secret"
+CONFIG = f"""
+store: {{url: "sqlite:///var/bridge.db"}}
+admin: {{token: {TOKEN}}}
+sources:
+  partner: {{kind: json}}
+destinations:
+  kapture: {{vendor: kapture, sandbox: true}}
+"""
+
+PARTNER = """
+    source: partner
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "Partner: {{ payload.title }}"
+      source_ref: "{{ payload.id }}"
+    tests:
+      - input: {payload: {id: p-1, title: x}}
+        expect_contains: {title: "Partner: x"}
+"""
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def write_mapping(folder: Path, name: str, text: str) -> None:
+    """Write as an editor saving in place would."""
+    (folder / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+
+
+async def titles(client: Any) -> list[str]:
+    store = runtime(client).store
+    rows = await store.list_deliveries(DeliveryFilter(limit=100))
+    out = []
+    for row in reversed(rows):
+        body = (await store.get_delivery(row.id)).body
+        out.append(body["title"] if body else f"(dead: {row.last_error})")
+    return out
+
+
+async def post(client: Any, ident: str) -> None:
+    resp = await client.post("/hooks/partner", json={"id": ident, "title": "Router down"})
+    assert resp.status == 202, await resp.text()
+
+
+async def test_an_edit_changes_what_the_next_event_renders_to_within_two_seconds(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """After a mapping file is edited on a running server, events render with the new version within 2 s."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    before = rt.mappings.version
+    await post(client, "a")
+    write_mapping(tmp_path / "mappings", "partner", PARTNER.replace("Partner: ", "Partner ticket: "))
+    edited = time.monotonic()
+    await eventually(lambda: rt.mappings.version != before, timeout=2.0)
+    took = time.monotonic() - edited
+    await post(client, "b")
+    assert await titles(client) == ["Partner: Router down", "Partner ticket: Router down"]
+    assert took < 2.0
+    rows = await rt.store.list_deliveries(DeliveryFilter(limit=10))  # type: ignore[union-attr]
+    assert rows[0].mapping_version == rt.mappings.mappings["partner"].version != rows[1].mapping_version
+
+
+async def test_a_broken_edit_changes_nothing_and_the_admin_api_shows_why(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """Saving a broken mapping leaves the last good set in force; the error is logged, counted and shown."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    good = rt.mappings
+    path = tmp_path / "mappings" / "partner.yaml"
+    with capture_logs() as logs:
+        write_mapping(tmp_path / "mappings", "partner", PARTNER.replace("{{ payload.title }}", "{{ payload.title "))
+        await eventually(lambda: rt.mapping_status.failures == 1, timeout=2.0)
+    assert rt.mappings is good
+    await post(client, "c")
+    assert await titles(client) == ["Partner: Router down"]
+    failed = [e for e in logs if e["event"] == "mappings.reload_failed"]
+    assert len(failed) == 1
+    assert failed[0]["log_level"] == "error"
+    assert f"{path}:6:3: partner.title: template syntax error" in failed[0]["error"]
+    assert failed[0]["kept_version"] == good.version
+    assert rt.counters["mappings.reload_failed"] == 1
+
+    resp = await client.get("/admin/mappings", headers=AUTH)
+    assert resp.status == 200
+    status = await resp.json()
+    assert status["version"] == good.version
+    assert [m["name"] for m in status["mappings"]] == ["partner"]
+    assert status["reload"]["failures"] == 1
+    assert status["reload"]["last_result"] == "failed"
+    assert status["reload"]["last_error"].startswith(f"{path}:6:3: partner.title: template syntax error")
+
+    # Fixing the file brings the same content back: nothing to swap, and the watch reports it healthy.
+    write_mapping(tmp_path / "mappings", "partner", PARTNER)
+    await eventually(lambda: rt.mapping_status.last_result == "ok", timeout=2.0)
+    assert rt.mappings is good
+
+
+async def test_an_edit_whose_own_tests_fail_is_refused(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """A change that loads but fails its mapping tests is not swapped in, and its failing test is named."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    good = rt.mappings
+    write_mapping(tmp_path / "mappings", "partner", PARTNER.replace('"Partner: {{', '"Ticket: {{'))
+    await eventually(lambda: rt.mapping_status.failures == 1, timeout=2.0)
+    assert rt.mappings is good
+    error = rt.mapping_status.last_error or ""
+    assert error.startswith("1 mapping tests failed:")
+    assert "partner: test 1: fields differ: title" in error
+
+
+async def test_adding_and_removing_files_is_seen(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """A new mapping file starts taking events, and a removed one stops, each swapped in as a whole set."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    write_mapping(tmp_path / "mappings", "second", PARTNER.replace("Partner: ", "Second: "))
+    await eventually(lambda: "second" in rt.mappings.mappings, timeout=2.0)
+    await post(client, "d")
+    assert sorted(await titles(client)) == ["Partner: Router down", "Second: Router down"]
+    (tmp_path / "mappings" / "partner.yaml").unlink()
+    await eventually(lambda: "partner" not in rt.mappings.mappings, timeout=2.0)
+    assert list(rt.mappings.mappings) == ["second"]
+    assert rt.mapping_status.reloads == 2
+
+
+async def test_sighup_forces_a_reload(write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """SIGHUP reloads at once, even a change the folder watch cannot see (same size and time)."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    before = rt.mappings.version
+    path = tmp_path / "mappings" / "partner.yaml"
+    stat = path.stat()
+    write_mapping(tmp_path / "mappings", "partner", PARTNER.replace("Partner: ", "Partner! "))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    await asyncio.sleep(0.8)  # two settle periods: the watch alone does not notice
+    assert rt.mappings.version == before
+    assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN, None)  # the app's handler
+    os.kill(os.getpid(), signal.SIGHUP)
+    await eventually(lambda: rt.mappings.version != before, timeout=2.0)
+    await post(client, "e")
+    assert await titles(client) == ["Partner! Router down"]
+
+
+async def test_the_watch_stops_with_the_app(write_config: ConfigFactory, aiohttp_client: Any) -> None:
+    """Shutting the app down cancels the watch task and gives SIGHUP back."""
+    from bridge.app import build_app
+
+    app = build_app(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    client = await aiohttp_client(app)
+    assert any(t.get_name() == "mappings-reload" for t in asyncio.all_tasks())
+    await client.close()
+    assert not any(t.get_name() == "mappings-reload" and not t.done() for t in asyncio.all_tasks())
+    assert signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None)
+
+
+async def test_a_crash_while_loading_is_a_failed_reload_and_the_watch_goes_on(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """An unexpected exception inside a load counts as a failed reload; the next edit still reloads."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    reloader = rt.reloader
+    assert reloader is not None
+    load = reloader.load
+
+    def crash() -> Any:
+        raise RuntimeError("disk on fire")
+
+    reloader.load = crash
+    assert await reloader.reload("test") is False
+    assert rt.mapping_status.last_error == "internal error while loading: RuntimeError: disk on fire"
+    reloader.load = load
+    before = rt.mappings.version
+    write_mapping(tmp_path / "mappings", "partner", PARTNER.replace("Partner: ", "After: "))
+    await eventually(lambda: rt.mappings.version != before, timeout=2.0)
+    assert rt.mapping_status.last_result == "ok"

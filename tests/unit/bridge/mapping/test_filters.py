@@ -1,0 +1,140 @@
+"""The filter registry: each filter's behaviour, its errors, and that templates and transforms share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bridge.mapping.compiler import CompileError, RenderError, compile_field, compile_transform
+from bridge.mapping.filters import FILTERS
+from bridge.mapping.templates import ENV
+
+
+def transform(text: str, value: Any) -> Any:
+    return compile_transform(text)(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "expected"),
+    [
+        ("replace('-', ' ')", "a-b-c", "a b c"),
+        ("split", "a, b,,c ", ["a", "b", "c"]),
+        ("split(';')", "x; y", ["x", "y"]),
+        ("split(None)", " x  y ", ["x", "y"]),
+        ("int", "12", 12),
+        ("int", " 1_000 ", 1000),
+        ("int", "12.0", 12),
+        ("int", 7.0, 7),
+        ("int", True, 1),
+        ("float", "2.5", 2.5),
+        ("float", 3, 3.0),
+        ("bool", "Yes", True),
+        ("bool", "off", False),
+        ("bool", "", False),
+        ("bool", 0, False),
+        ("default('x')", None, "x"),
+        ("default('x')", "", ""),
+        ("default('x', true)", "", "x"),
+        ("default('x')", "kept", "kept"),
+        ("first", [], None),
+    ],
+)
+def test_filters_convert_as_documented(text: str, value: Any, expected: Any) -> None:
+    """Each filter turns a typical value into the documented result, type included."""
+    result = transform(text, value)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["int", "float", "bool", "date", "phone_e164('IN')", "strip", "upper", "split"])
+def test_null_passes_through_conversions_and_string_filters(text: str) -> None:
+    """A null stays null through conversions and string filters: only `required` or `default` decide about it."""
+    assert transform(text, None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "message"),
+    [
+        ("int", "12.5", "'12.5' is not a whole number"),
+        ("int", 2.5, "2.5 is not a whole number"),
+        ("int", "abc", "could not convert string to float: 'abc'"),
+        ("int", [1], "cannot make an integer of a list"),
+        ("float", "x", "could not convert string to float"),
+        ("bool", "maybe", "'maybe' is not a yes/no value"),
+        ("bool", {}, "cannot make a boolean of a dict"),
+        ("phone_e164('IN')", "12", "'12' is not a possible phone number for region IN"),
+        ("phone_e164('IN')", "call me", "'call me' is not a phone number"),
+        ("phone_e164", "98765 43210", "'98765 43210' is not a phone number"),
+        ("phone_e164", True, "a phone number must be text, not bool"),
+    ],
+)
+def test_filters_refuse_values_they_cannot_convert(text: str, value: Any, message: str) -> None:
+    """A value a conversion cannot take fails the render naming the transform and the value."""
+    with pytest.raises(RenderError, match=r"^f: transform .* failed on .*: ") as info:
+        compile_field("f", {"from": "payload.v", "transform": [text]})(
+            {"payload": {"v": value}, "headers": {}, "event": {}, "vars": {}})
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "region", "expected"),
+    [("098765 43210", "IN", "+919876543210"), ("+44 20 7946 0958", None, "+442079460958"),
+     ("(415) 555-2671", "US", "+14155552671"), (9876543210, "IN", "+919876543210"),
+     ("+91-98765-43210", "GB", "+919876543210")],
+)
+def test_phone_e164_writes_numbers_in_e164(value: Any, region: str | None, expected: str) -> None:
+    """phone_e164 reads numbers as people write them (the region for those without +) and writes E.164."""
+    assert FILTERS["phone_e164"](value, region) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("phone_e164('XX')", "unknown region 'XX'"),
+        ("date('iso', 'Mars/Olympus')", "unknown time zone 'Mars/Olympus'"),
+        ("date('iso', 'UTC', 'ymd')", "the order must be 'dmy' (day first) or 'mdy' (month first), not 'ymd'"),
+        ("date('')", "the format must be iso, epoch, epoch_ms or a strftime format"),
+    ],
+)
+def test_bad_filter_arguments_are_compile_errors(text: str, message: str) -> None:
+    """Arguments a filter could never work with are refused when the mapping compiles, not per event."""
+    with pytest.raises(CompileError, match=r"^bad arguments in .*: ") as info:
+        compile_transform(text)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{{ payload.p | phone_e164('XX') }}", "bad arguments to the phone_e164 filter: unknown region 'XX'"),
+        ("{{ payload.d | date('iso', 'Nowhere') }}", "bad arguments to the date filter: unknown time zone"),
+        ("{{ payload.s | slugify }}", "unknown filter 'slugify' in the template; known filters: bool, date"),
+    ],
+)
+def test_templates_are_checked_for_filters_and_their_arguments(template: str, message: str) -> None:
+    """A template's unknown filters and bad literal filter arguments are compile errors too."""
+    with pytest.raises(CompileError) as info:
+        compile_field("f", template)
+    assert message in str(info.value)
+
+
+def test_every_registry_filter_is_the_one_templates_call() -> None:
+    """Templates call exactly the registry's functions, so a transform and a template filter agree."""
+    for name, fn in FILTERS.items():
+        assert ENV.filters[name] is fn
+    assert ENV.filters["d"] is FILTERS["default"]
+
+
+@pytest.mark.parametrize("name", ["center", "indent", "wordwrap", "format", "random"])
+def test_unbounded_or_random_jinja_filters_are_removed(name: str) -> None:
+    """Jinja's padding filters (unbounded output) and `random` (not repeatable) are not available."""
+    assert name not in ENV.filters
+
+
+def test_template_default_replaces_null_as_the_transform_does() -> None:
+    """`default` in a template treats a JSON null like an absent value, as the transform does."""
+    ctx = {"payload": {"s": None}, "headers": {}, "event": {}, "vars": {}}
+    assert compile_field("f", "[{{ payload.s | default('none') }}]")(ctx) == "[none]"
+    assert compile_field("f", "[{{ payload.s | d('none') }}]")(ctx) == "[none]"
+    assert ENV.from_string("[{{ payload.s | default('none') }}]").render(ctx) == "[none]"
