@@ -22,12 +22,13 @@ import msgspec
 import structlog
 
 from bridge.config import DestinationConfig
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.ratelimit import Limiter, make_limiter
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sender import Sent, send_once
 from bridge.errors import BridgeError, StoreUnavailable
 from bridge.store.base import AttemptResult, Claimed, Store
-from bridge.vendors.base import Adapter
+from bridge.vendors.base import Adapter, Outcome
 
 log = structlog.get_logger("ticketbridge.delivery")
 
@@ -57,20 +58,27 @@ class Lane:
         self.dest = dest
         self.wake = asyncio.Event()
         self.slot_freed = asyncio.Event()
-        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
+        self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
+        self.breaker = Breaker()
         self.log = log.bind(destination=dest.name)
 
     async def run(self) -> None:
         d = self.dispatcher
         while not d.stopping:
-            free = self.dest.config.max_in_flight - len(self.inflight)
+            self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
+            free = self.dest.config.max_in_flight - len(self.sending)
             if free <= 0:
-                self.slot_freed.clear()
                 await self._wait(self.slot_freed, None)
+                continue
+            pause, cap = self.breaker.allowance()
+            if pause > 0:
+                await self._wait(d.stop_event, pause)  # new work must not wake a lane whose vendor is down
                 continue
             self.wake.clear()
             try:
-                batch = await d.store.claim(self.dest.name, min(free, CLAIM_BATCH), d.owner, self.dest.lease_seconds)
+                batch = await d.store.claim(self.dest.name, min(free, CLAIM_BATCH, cap or CLAIM_BATCH), d.owner,
+                                            self.dest.lease_seconds)
             except StoreUnavailable as exc:
                 self.log.error("delivery.claim_failed", error=str(exc))
                 await self._wait(self.wake, STORE_RETRY_SECONDS)
@@ -88,13 +96,21 @@ class Lane:
                 if d.stopping:
                     await d.release([i.id for i in batch.items[index:]])
                     return
+                if cap == 1:
+                    self.breaker.probe_sent()
+                self.sending.add(item.id)
                 task = asyncio.create_task(self._deliver(item), name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
 
+    def _answered(self, delivery_id: str) -> None:
+        """The vendor's slot is free once its answer is in; recording the attempt does not hold it."""
+        self.sending.discard(delivery_id)
+        self.slot_freed.set()
+
     def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
         self.inflight.pop(delivery_id, None)
-        self.slot_freed.set()
+        self._answered(delivery_id)
 
     async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
         stop = self.dispatcher.stop_event
@@ -117,9 +133,22 @@ class Lane:
     async def _send_and_record(self, item: Claimed) -> None:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
-        sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                               on_send=self.dest.limiter.sent)
+        try:
+            sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
+                                   on_send=self.dest.limiter.sent)
+        except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
+            blog.exception("delivery.crashed")
+            sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
+                        time.time_ns() // 1_000_000, 0.0, None, None)
+        self._answered(item.id)
         result = self._decide(item, sent, blog)
+        change = self.breaker.record(sent.outcome.classification)
+        if change == "opened":
+            self.log.warning("destination.paused", failures=self.breaker.failures,
+                             cooldown_s=round(self.breaker.cooldown, 1), last_error=sent.outcome.error,
+                             note="no delivery is sent until a probe succeeds; pending ones keep their tries")
+        elif change == "closed":
+            self.log.info("destination.resumed")
         for attempt in range(5):
             try:
                 await d.store.record(result)

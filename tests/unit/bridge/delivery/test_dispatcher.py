@@ -20,6 +20,7 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import dispatcher as dispatcher_module
+from bridge.delivery.breaker import Breaker
 from bridge.delivery.dispatcher import Destination, Dispatcher
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
@@ -730,3 +731,77 @@ async def test_each_send_marks_its_rate_limit_slot_used() -> None:
             await eventually(lambda: len(store.records) == 4)
         assert requests_to(m) == 3
     assert (limiter.reserved, limiter.started) == (4, 3)
+
+
+async def test_a_down_vendor_is_probed_not_hammered() -> None:
+    """With the vendor failing, the breaker stops the lane after a few attempts; the backlog keeps its tries."""
+    store = FakeStore()
+    ids = [store.add("kapture") for _ in range(50)]
+    with aioresponses() as m:
+        mock_vendor(m, status=503, body="down")
+        async with running(store, destination(schedule=["10ms"] * 10)) as d:
+            d.lanes["kapture"].breaker = Breaker(threshold=5, base_cooldown=30)
+            await eventually(lambda: d.lanes["kapture"].breaker.state == "open")
+            await asyncio.sleep(0.3)
+            attempted = requests_to(m)
+    assert attempted <= 5 + 4  # the threshold, plus sends already under way when it opened
+    untouched = [i for i in ids if not store.recorded(i)]
+    assert len(untouched) >= 40
+    assert all(store.rows[i].status == "pending" and store.rows[i].item.tries == 0 for i in untouched)
+
+
+async def test_the_breaker_probes_then_resumes_when_the_vendor_is_back() -> None:
+    """After the cooldown one probe goes out; its success resumes the lane and every delivery lands."""
+    store = FakeStore()
+    ids = [store.add("kapture") for _ in range(20)]
+    answers = itertools.count()
+
+    def vendor(url: URL, **kwargs: Any) -> CallbackResult:
+        if next(answers) < 6:
+            return CallbackResult(status=503, body="down", response_class=MockResponse)
+        return CallbackResult(status=200, payload=OK_BODY, response_class=MockResponse)
+
+    with aioresponses() as m, structlog.testing.capture_logs() as logs:
+        mock_vendor(m, callback=vendor)
+        async with running(store, destination(schedule=["10ms"] * 10, max_in_flight=1)) as d:
+            d.lanes["kapture"].breaker = Breaker(threshold=3, base_cooldown=0.05)
+            await eventually(lambda: all(store.rows[i].status == "succeeded" for i in ids))
+    events = [e["event"] for e in logs if e["event"].startswith("destination.")]
+    assert events[0] == "destination.paused"
+    assert events[-1] == "destination.resumed"
+
+
+class SlowRecordStore(FakeStore):
+    """A store whose commits take a while, as fsyncs do."""
+
+    async def record(self, result: AttemptResult) -> None:
+        await asyncio.sleep(0.5)
+        await super().record(result)
+
+
+async def test_the_vendor_slot_is_freed_before_the_attempt_is_recorded() -> None:
+    """max_in_flight caps requests to the vendor, not commits: sends go on while attempts are being recorded."""
+    store = SlowRecordStore()
+    for _ in range(6):
+        store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination(max_in_flight=2)):
+            await eventually(lambda: requests_to(m) == 6, within=0.4)
+            assert store.records == []
+            await eventually(lambda: len(store.records) == 6)
+
+
+async def test_an_unexpected_error_while_sending_is_a_recorded_retry() -> None:
+    """A bug in sending costs the delivery one attempt on its schedule, recorded with the error, never a stuck lease."""
+    store = FakeStore()
+    delivery_id = store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m, exception=RuntimeError("boom"))
+        async with running(store, destination(schedule=["30s"])):
+            await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert result.delivery_id == delivery_id
+    assert result.classification == "retry"
+    assert result.next_status == "pending"
+    assert result.error == "internal error: RuntimeError: boom"
