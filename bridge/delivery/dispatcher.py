@@ -61,6 +61,7 @@ class Lane:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.breaker = Breaker()
+        self.claim_step = max(1, min(CLAIM_BATCH, dest.config.max_in_flight // 4))
         self.log = log.bind(destination=dest.name)
 
     async def run(self) -> None:
@@ -68,7 +69,8 @@ class Lane:
         while not d.stopping:
             self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
             free = self.dest.config.max_in_flight - len(self.sending)
-            if free <= 0:
+            if free <= 0 or (self.sending and free < self.claim_step):
+                # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
                 await self._wait(self.slot_freed, None)
                 continue
             pause, cap = self.breaker.allowance()
