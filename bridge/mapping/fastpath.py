@@ -80,6 +80,20 @@ def _expression(node: nodes.Node) -> tuple[Path, list[tuple[Any, tuple[Any, ...]
     return _path(node), chain
 
 
+def _apply(chain: list[tuple[Any, tuple[Any, ...]]], value: Any) -> Any:
+    """Run a filter chain as Jinja would: `default` replaces a missing (or null) value, and any other
+    filter leaves a missing value missing."""
+    for fn, args in chain:
+        if fn is _DEFAULT:
+            if value is MISSING or value is None or (args[1] and not value):
+                value = args[0]
+        elif value is MISSING:
+            return MISSING
+        else:
+            value = fn(value, *args)
+    return value
+
+
 def compile_fast(text: str) -> Source | None:
     """A direct renderer for `text`, or None when the template needs Jinja."""
     try:
@@ -108,15 +122,7 @@ def compile_fast(text: str) -> Source | None:
                 out.append(piece)
                 continue
             path, chain = piece
-            value = path.get(ctx)
-            for fn, args in chain:
-                if fn is _DEFAULT:
-                    if value is MISSING or value is None or (args[1] and not value):
-                        value = args[0]
-                elif value is MISSING:
-                    break
-                else:
-                    value = fn(value, *args)
+            value = _apply(chain, path.get(ctx))
             if value is MISSING:
                 return MISSING, f"template: {path.missing_at(ctx)} is missing"
             out.append(value if isinstance(value, str) else str(value))
@@ -149,19 +155,7 @@ def _value(fn: Expr, label: str) -> Expr:
 def _filtered(node: nodes.Node) -> tuple[Expr, str]:
     path, chain = _expression(node)
 
-    def run(ctx: dict[str, Any]) -> Any:
-        value = path.get(ctx)
-        for fn, args in chain:
-            if fn is _DEFAULT:
-                if value is MISSING or value is None or (args[1] and not value):
-                    value = args[0]
-            elif value is MISSING:
-                return MISSING
-            else:
-                value = fn(value, *args)
-        return value
-
-    return run, path.text
+    return (lambda ctx: _apply(chain, path.get(ctx))), path.text
 
 
 def _expr(node: nodes.Node) -> Expr:

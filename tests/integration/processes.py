@@ -13,6 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
+DSN = os.environ.get("TICKETBRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -50,3 +52,38 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+PARTNER_MAPPING = """
+source: partner
+destination: kapture
+action: create_ticket
+fields:
+  title: "Partner ticket {{ payload.id }}"
+  source_ref: "{{ payload.id }}"
+"""
+
+
+def write_partner_config(
+    folder: Path, port: int, sandbox_port: int, *, name: str = "bridge", store: str = "sqlite:///var/bridge.db",
+    grace: float = 1.0, max_in_flight: int = 16, dedup: bool = True, retry: str | None = None,
+) -> Path:
+    """A config with one `partner` json source whose events become tickets in a standalone Kapture sandbox."""
+    (folder / "mappings").mkdir(exist_ok=True)
+    (folder / "mappings" / "partner.yaml").write_text(PARTNER_MAPPING)
+    source = "{kind: json, dedup: payload.id}" if dedup else "{kind: json}"
+    cfg = folder / f"{name}.yaml"
+    cfg.write_text(f"""
+server: {{host: 127.0.0.1, port: {port}, shutdown_grace_seconds: {grace}}}
+store: {{url: "{store}"}}
+log: {{level: warning}}
+sources:
+  partner: {source}
+destinations:
+  kapture:
+    vendor: kapture
+    base_url: "http://127.0.0.1:{sandbox_port}/kapture"
+    token: sandbox-token
+    max_in_flight: {max_in_flight}
+""" + (f"    retry: {retry}\n" if retry else ""))
+    return cfg

@@ -10,40 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.processes import free_port, spawn, stop, wait_http
+from tests.integration.processes import free_port, spawn, stop, wait_http, write_partner_config
 
 pytestmark = pytest.mark.integration
-
-MAPPING = """
-source: partner
-destination: kapture
-action: create_ticket
-fields:
-  title: "Partner ticket {{ payload.id }}"
-  source_ref: "{{ payload.id }}"
-"""
-
-
-def write_config(folder: Path, port: int, sandbox_port: int) -> Path:
-    (folder / "mappings").mkdir()
-    (folder / "mappings" / "partner.yaml").write_text(MAPPING)
-    cfg = folder / "bridge.yaml"
-    cfg.write_text(f"""
-server: {{host: 127.0.0.1, port: {port}, shutdown_grace_seconds: 1}}
-store: {{url: "sqlite:///var/bridge.db"}}
-log: {{level: warning}}
-sources:
-  partner: {{kind: json, dedup: payload.id}}
-destinations:
-  kapture:
-    vendor: kapture
-    base_url: "http://127.0.0.1:{sandbox_port}/kapture"
-    token: sandbox-token
-    max_in_flight: 16
-    retry: {{schedule: [100ms, 200ms, 500ms, 1s, 1s, 1s], jitter: 0}}
-""")
-    return cfg
-
 
 async def load(url: str, total: int, concurrency: int, accepted: set[str], stop_at: asyncio.Event) -> None:
     """Post `total` events; remember those answered 2xx; stop early once the server is gone."""
@@ -71,7 +40,8 @@ async def load(url: str, total: int, concurrency: int, accepted: set[str], stop_
 async def test_kill_9_during_load_loses_nothing_accepted(tmp_path: Path) -> None:
     """Events answered 2xx before a kill -9 are all delivered once the server is started again."""
     port, sandbox_port = free_port(), free_port()
-    cfg = write_config(tmp_path, port, sandbox_port)
+    cfg = write_partner_config(tmp_path, port, sandbox_port,
+                               retry="{schedule: [100ms, 200ms, 500ms, 1s, 1s, 1s], jitter: 0}")
     log = tmp_path / "processes.log"
     sandbox = spawn(["sandbox", "--port", str(sandbox_port)], log)
     server = spawn(["serve", "-c", str(cfg)], log)

@@ -11,39 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.processes import free_port, spawn, stop, wait_http
+from tests.integration.processes import free_port, spawn, stop, wait_http, write_partner_config
 
 pytestmark = pytest.mark.integration
-
-MAPPING = """
-source: partner
-destination: kapture
-action: create_ticket
-fields:
-  title: "Partner ticket {{ payload.id }}"
-  source_ref: "{{ payload.id }}"
-"""
-
-
-def write_config(folder: Path, port: int, sandbox_port: int, grace: float) -> Path:
-    (folder / "mappings").mkdir(exist_ok=True)
-    (folder / "mappings" / "partner.yaml").write_text(MAPPING)
-    cfg = folder / "bridge.yaml"
-    cfg.write_text(f"""
-server: {{host: 127.0.0.1, port: {port}, shutdown_grace_seconds: {grace}}}
-store: {{url: "sqlite:///var/bridge.db"}}
-log: {{level: warning}}
-sources:
-  partner: {{kind: json}}
-destinations:
-  kapture:
-    vendor: kapture
-    base_url: "http://127.0.0.1:{sandbox_port}/kapture"
-    token: sandbox-token
-    max_in_flight: 2
-""")
-    return cfg
-
 
 def statuses(folder: Path) -> dict[str, int]:
     with sqlite3.connect(folder / "var" / "bridge.db") as conn:
@@ -52,7 +22,7 @@ def statuses(folder: Path) -> dict[str, int]:
 
 async def run_stop(tmp_path: Path, grace: float, latency_ms: int) -> tuple[dict[str, int], int, Path, int, int]:
     port, sandbox_port = free_port(), free_port()
-    cfg = write_config(tmp_path, port, sandbox_port, grace)
+    cfg = write_partner_config(tmp_path, port, sandbox_port, grace=grace, max_in_flight=2, dedup=False)
     log = tmp_path / "processes.log"
     sandbox = spawn(["sandbox", "--port", str(sandbox_port)], log)
     server = spawn(["serve", "-c", str(cfg)], log)

@@ -4,62 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
-from tests.integration.processes import free_port, spawn, stop, wait_http
-from tests.integration.store.test_postgres import DSN
+from tests.integration.processes import DSN, free_port, spawn, stop, wait_http, write_partner_config
 
 pytestmark = pytest.mark.integration
 
-MAPPING = """
-source: partner
-destination: kapture
-action: create_ticket
-fields:
-  title: "Partner ticket {{ payload.id }}"
-  source_ref: "{{ payload.id }}"
-"""
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"tb_cluster_{uuid.uuid4().hex[:12]}"
-    yield name
-    conn = await asyncpg.connect(DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
-def write_config(folder: Path, name: str, port: int, sandbox_port: int, schema: str) -> Path:
-    (folder / "mappings").mkdir(exist_ok=True)
-    (folder / "mappings" / "partner.yaml").write_text(MAPPING)
-    cfg = folder / f"{name}.yaml"
-    cfg.write_text(f"""
-server: {{host: 127.0.0.1, port: {port}, shutdown_grace_seconds: 2}}
-store: {{url: "{DSN}?schema={schema}"}}
-log: {{level: warning}}
-sources:
-  partner: {{kind: json, dedup: payload.id}}
-destinations:
-  kapture:
-    vendor: kapture
-    base_url: "http://127.0.0.1:{sandbox_port}/kapture"
-    token: sandbox-token
-    max_in_flight: 4
-""")
-    return cfg
-
-
-async def test_two_processes_share_the_work_without_sending_twice(tmp_path: Path, schema: str) -> None:
+async def test_two_processes_share_the_work_without_sending_twice(tmp_path: Path, pg_schema: str) -> None:
     """Events posted to either of two processes on one database are each delivered exactly once."""
     sandbox_port = free_port()
     ports = [free_port(), free_port()]
@@ -69,7 +25,8 @@ async def test_two_processes_share_the_work_without_sending_twice(tmp_path: Path
     try:
         await wait_http(f"http://127.0.0.1:{sandbox_port}/kapture/tickets", sandbox)
         for i, port in enumerate(ports):
-            cfg = write_config(tmp_path, f"node{i}", port, sandbox_port, schema)
+            cfg = write_partner_config(tmp_path, port, sandbox_port, name=f"node{i}", grace=2, max_in_flight=4,
+                                       store=f"{DSN}?schema={pg_schema}")
             servers.append(spawn(["serve", "-c", str(cfg)], log))
         for port, proc in zip(ports, servers, strict=True):
             await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
@@ -94,7 +51,7 @@ async def test_two_processes_share_the_work_without_sending_twice(tmp_path: Path
         refs = Counter(t["fields"]["source_ref"] for t in tickets)  # type: ignore[index]
         assert set(refs) == {f"e-{i}" for i in range(200)}
         assert max(refs.values()) == 1
-        conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
+        conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
         try:
             done = await conn.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'")
             events = await conn.fetchval("SELECT COUNT(*) FROM events")

@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from bridge.errors import StoreUnavailable
 from bridge.store.postgres import PostgresStore, split_schema
+from tests.integration.processes import DSN
 from tests.integration.store.contract import WEEK, StoreContract, accept_one, make_delivery, make_event
 
 pytestmark = pytest.mark.integration
 
-DSN = os.environ.get("TICKETBRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-async def _reachable() -> None:
-    try:
-        conn = await asyncpg.connect(DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL at {DSN} is not reachable ({exc}); start it with "
-                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, "
-                    "or point TICKETBRIDGE_TEST_PG at another server")
-    await conn.close()
-
 
 @pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    """A fresh schema for one test, dropped after it."""
-    await _reachable()
-    name = f"tb_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    conn = await asyncpg.connect(DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def store(schema: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(DSN, schema=schema)
+async def store(pg_schema: str) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(DSN, schema=pg_schema)
     await opened.open()
     yield opened
     await opened.close()
@@ -54,9 +27,9 @@ class TestPostgresStoreContract(StoreContract):
     """Every behaviour of the store contract holds on PostgreSQL."""
 
 
-async def test_two_processes_never_claim_the_same_delivery(schema: str) -> None:
+async def test_two_processes_never_claim_the_same_delivery(pg_schema: str) -> None:
     """Two stores on one database claiming concurrently share the work without overlap."""
-    a, b = PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)
+    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
     await a.open()
     await b.open()
     try:
@@ -78,9 +51,9 @@ async def test_two_processes_never_claim_the_same_delivery(schema: str) -> None:
         await b.close()
 
 
-async def test_concurrent_duplicates_from_two_processes_store_one_event(schema: str) -> None:
+async def test_concurrent_duplicates_from_two_processes_store_one_event(pg_schema: str) -> None:
     """The same dedup key accepted at once by two processes is stored once; the other is told it is a duplicate."""
-    a, b = PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)
+    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
     await a.open()
     await b.open()
     try:
@@ -94,9 +67,9 @@ async def test_concurrent_duplicates_from_two_processes_store_one_event(schema: 
         await b.close()
 
 
-async def test_new_work_is_announced_to_other_processes(schema: str) -> None:
+async def test_new_work_is_announced_to_other_processes(pg_schema: str) -> None:
     """A delivery accepted by one process wakes the subscribers of another, naming its destination."""
-    a, b = PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)
+    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
     await a.open()
     await b.open()
     heard: asyncio.Queue[str] = asyncio.Queue()
