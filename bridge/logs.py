@@ -23,7 +23,7 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
 
 def _mask_phone(m: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", m.group(2))
-    if not 8 <= len(digits) <= 15 or _DATE.fullmatch(m.group(2)):
+    if not 8 <= len(digits) <= 15 or _DATE.match(m.group(2)):
         return m.group(0)
     return m.group(1) + "*" * (len(digits) - 2) + digits[-2:]
 

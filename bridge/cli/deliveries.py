@@ -116,7 +116,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"delivery  {d.id}  {d.status}\n"
               f"event     {d.event_id}  source={d.source} received={detail.event.received_at.isoformat()}\n"
               f"mapping   {d.mapping} (version {d.mapping_version}) -> {d.destination} {d.action}\n"
-              f"ticket    {d.ticket_id or '-'}\n"
+              f"ticket    {d.ticket_id or '-'}{f' ({d.ticket_key})' if d.ticket_key else ''}\n"
               f"attempts  {d.attempts}",
               f"; next due {_when(d.next_attempt_at_ms)}" if d.status == "pending" else "",
               sep="")

@@ -177,7 +177,8 @@ class Lane:
             key = {"ticket_key": outcome.ticket_key} if outcome.ticket_key else {}
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
-            return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, next_status="succeeded")
+            return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
+                                           next_status="succeeded")
         if sent.http_status == 429:
             pause = outcome.retry_after if outcome.retry_after is not None else self.dest.limiter.window
             self.dest.limiter.pause(min(pause, self.dest.policy.max_retry_after))

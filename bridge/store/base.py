@@ -64,6 +64,7 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     classification: str
     error: str | None
     ticket_id: str | None = None
+    ticket_key: str | None = None
     next_status: Literal["succeeded", "pending", "dead"]
     next_attempt_at_ms: int | None = None
 
@@ -84,6 +85,7 @@ class DeliveryRow(msgspec.Struct, kw_only=True):
     updated_at_ms: int
     last_error: str | None
     ticket_id: str | None
+    ticket_key: str | None = None
 
 
 class AttemptRow(msgspec.Struct, kw_only=True):

@@ -37,6 +37,7 @@ from bridge.store.base import (
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     ROW_COLUMNS,
+    ROW_WIDTH,
     attempt_row,
     decode_dict,
     decode_event,
@@ -249,9 +250,9 @@ class PostgresStore(Store):
             n = await conn.fetchval(
                 "UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
-                "updated_at = $3, last_error = $4, ticket_id = COALESCE($5, ticket_id) "
-                "WHERE id = $6 AND status = 'in_flight' RETURNING attempts",
-                r.next_status, r.next_attempt_at_ms, now_ms(), r.error, r.ticket_id, r.delivery_id)
+                "updated_at = $3, last_error = $4, ticket_id = COALESCE($5, ticket_id), "
+                "ticket_key = COALESCE($6, ticket_key) WHERE id = $7 AND status = 'in_flight' RETURNING attempts",
+                r.next_status, r.next_attempt_at_ms, now_ms(), r.error, r.ticket_id, r.ticket_key, r.delivery_id)
             if n is None:
                 n = await conn.fetchval("UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 "
                                         "RETURNING attempts", r.delivery_id)
@@ -326,8 +327,9 @@ class PostgresStore(Store):
             attempts = [attempt_row(a) for a in await conn.fetch(
                 f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = $1 ORDER BY n",  # noqa: S608
                 delivery_id)]
-            return DeliveryDetail(delivery=delivery_row(r), body=decode_dict(r[15]) if r[15] is not None else None,
-                                  options=decode_dict(r[16]), event=decode_event(event), attempts=attempts)
+            body, options = r[ROW_WIDTH], r[ROW_WIDTH + 1]
+            return DeliveryDetail(delivery=delivery_row(r), body=decode_dict(body) if body is not None else None,
+                                  options=decode_dict(options), event=decode_event(event), attempts=attempts)
 
         return await self._run(op)
 

@@ -41,7 +41,7 @@ from bridge.store.base import (
     NewDelivery,
     Store,
 )
-from bridge.store.rows import ATTEMPT_COLUMNS, ROW_COLUMNS, attempt_row, delivery_row, now_ms
+from bridge.store.rows import ATTEMPT_COLUMNS, ROW_COLUMNS, ROW_WIDTH, attempt_row, delivery_row, now_ms
 from bridge.store.rows import decode_dict as _decode_dict
 from bridge.store.rows import decode_event as _decode_event
 from bridge.store.rows import encode as _encode
@@ -392,9 +392,9 @@ class SqliteStore(Store):
             updated = conn.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
-                "updated_at = ?, last_error = ?, ticket_id = COALESCE(?, ticket_id) "
-                "WHERE id = ? AND status = 'in_flight' RETURNING attempts",
-                (r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.delivery_id),
+                "updated_at = ?, last_error = ?, ticket_id = COALESCE(?, ticket_id), "
+                "ticket_key = COALESCE(?, ticket_key) WHERE id = ? AND status = 'in_flight' RETURNING attempts",
+                (r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.delivery_id),
             ).fetchone()
             if updated is None:
                 found = conn.execute("SELECT attempts + 1 FROM deliveries WHERE id = ?", (r.delivery_id,)).fetchone()
@@ -474,9 +474,9 @@ class SqliteStore(Store):
             attempts = [attempt_row(a) for a in conn.execute(
                 f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY n",  # noqa: S608
                 (delivery_id,))]
-            return DeliveryDetail(delivery=delivery_row(r[:15]),
-                                  body=_decode_dict(r[15]) if r[15] is not None else None,
-                                  options=_decode_dict(r[16]), event=_decode_event(event[0]), attempts=attempts)
+            body, options = r[ROW_WIDTH], r[ROW_WIDTH + 1]
+            return DeliveryDetail(delivery=delivery_row(r), body=_decode_dict(body) if body is not None else None,
+                                  options=_decode_dict(options), event=_decode_event(event[0]), attempts=attempts)
 
         detail: DeliveryDetail = await self._read(run)
         return detail

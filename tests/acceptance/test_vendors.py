@@ -177,7 +177,7 @@ async def test_leadsquared_create_succeeds_with_ticket_id_and_key(write_config: 
     [ticket] = sim.tickets
     [sent] = [e for e in logs if e["event"] == "delivery.sent"]
     assert (sent["ticket_id"], sent["ticket_key"]) == (ticket["TicketId"], "#001")
-    assert detail.delivery.ticket_id == ticket["TicketId"]
+    assert (detail.delivery.ticket_id, detail.delivery.ticket_key) == (ticket["TicketId"], "#001")
     assert ticket["Key"] == "#001"
     assert '"Key": "#001"' in (detail.attempts[0].response_excerpt or "")
     assert (ticket["TypeId"], ticket["RelatedTicketTypeId"], ticket["LeadId"]) == ("2", 2, None)

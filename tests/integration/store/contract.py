@@ -8,6 +8,7 @@ import time
 from types import EllipsisType
 from typing import Any, Literal
 
+import msgspec
 import pytest
 
 from bridge.errors import NotFound, StoreUnavailable
@@ -244,6 +245,15 @@ class StoreContract:
         assert (a.n, a.started_at_ms, a.duration_ms, a.http_status, a.response_excerpt, a.classification, a.error) \
             == (1, attempt.started_at_ms, 12.5, 200, '{"status": "success"}', "success", None)
         assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+
+    async def test_record_keeps_the_vendors_ticket_key(self, store: Store) -> None:
+        """A vendor's second ticket reference (LeadSquared's Key) is kept beside the ticket id."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(msgspec.structs.replace(result(d, "succeeded", ticket_id="27e8259d"), ticket_key="#034"))
+        row = (await store.get_delivery(d)).delivery
+        assert (row.ticket_id, row.ticket_key) == ("27e8259d", "#034")
+        assert [(r.id, r.ticket_key) for r in await store.list_deliveries(DeliveryFilter())] == [(d, "#034")]
 
     async def test_record_retry_later(self, store: Store) -> None:
         """A retryable attempt makes the delivery pending again, due at the given time, with its error."""

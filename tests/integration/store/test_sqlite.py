@@ -176,9 +176,27 @@ async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
         await s.open()
         await s.close()
     rows = query(path, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "0001_init.sql")]
+    assert rows == [(1, "0001_init.sql"), (2, "0002_ticket_key.sql")]
     tables = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"events", "dedup_keys", "deliveries", "attempts", "schema_migrations"} <= tables
+
+
+async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
+    """A store file made by the first schema gains the later migrations when it is opened, keeping its rows."""
+    path = tmp_path / "s.db"
+    init = (Path(__file__).parents[3] / "bridge/store/sql/sqlite/0001_init.sql").read_text()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(init + "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                                  "applied_at INTEGER NOT NULL); "
+                                  "INSERT INTO schema_migrations VALUES (1, '0001_init.sql', 0);")
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        _, (d,) = await accept_one(s)
+        assert (await s.get_delivery(d)).delivery.ticket_key is None
+    finally:
+        await s.close()
+    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
 
 
 async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:

@@ -217,3 +217,9 @@ def test_processor_masks_values_nested_past_its_depth() -> None:
 def test_dates_are_not_masked_as_phone_numbers(text: str) -> None:
     """A calendar date is not personal data and stays readable in logs."""
     assert mask_text(text) == text
+
+
+def test_a_date_and_time_is_not_masked_as_a_phone_number() -> None:
+    """`2024-04-19 14:19:11` (Kapture's format) stays readable: the digits run on past the date, but it is one."""
+    assert mask_text("callback_time must look like 2024-04-19 14:19:11") == \
+        "callback_time must look like 2024-04-19 14:19:11"
