@@ -20,7 +20,8 @@ def refuse(request: web.Request, token: str) -> web.Response | None:
     if not token:
         return web.json_response({"error": "the admin API is off: set admin.token in the config"}, status=404)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"),
+                                                             token.encode("utf-8", "replace")):
         return web.json_response({"error": "this needs the admin token: Authorization: Bearer <admin.token>"},
                                  status=401, headers={"WWW-Authenticate": 'Bearer realm="ticketbridge admin"'})
     return None
