@@ -21,6 +21,7 @@ from bridge.delivery.retry import RetryPolicy
 from bridge.errors import MappingError, StoreUnavailable
 from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder
+from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context
 from bridge.runtime import Runtime, Source
 from bridge.simulators import registry as simulator_registry
@@ -147,7 +148,9 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
             headers={"User-Agent": f"ticketbridge/{__version__}"},
         )
         store = rt.store
-        dispatcher = Dispatcher(store, session, build_destinations(rt))
+        dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=lambda destination,
+                                classification: rt.count("delivery.attempt", destination=destination,
+                                                         classification=classification))
         dispatcher.start()
         rt.dispatcher = dispatcher
 
@@ -197,6 +200,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_admin_routes(app)
+    app.router.add_get("/metrics", metrics)
     for vendor in sorted({d.vendor for d in config.destinations.values() if d.sandbox}):
         factory = simulator_registry().get(vendor)
         if factory is None:

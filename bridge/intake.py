@@ -47,7 +47,7 @@ def _source(request: web.Request) -> tuple[Runtime, Source] | web.Response:
 
 
 def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) -> web.Response:
-    rt.count(f"intake.rejected.{exc.status}")
+    rt.count(f"intake.rejected.{exc.status}", source=source.name)
     log.warning("intake.rejected", source=source.name, status=exc.status, check=exc.check, reason=str(exc),
                 remote=request.remote)
     body: dict[str, Any] = {"accepted": False, "error": str(exc)}
@@ -59,10 +59,10 @@ def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) ->
 def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamResponse:
     """A handshake answered, or a notification ignored: counted and logged, nothing stored."""
     if early.outcome == "handshake":
-        rt.count("intake.handshake")
+        rt.count("intake.handshake", source=source.name)
         log.info("intake.handshake", source=source.name, reason=early.reason)
     else:
-        rt.count("intake.ignored")
+        rt.count("intake.ignored", source=source.name)
         log.info("intake.ignored", source=source.name, reason=early.reason)
     return early.response
 
@@ -75,7 +75,7 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
     try:
         await asyncio.to_thread(save_attachments, files, rt.config.attachments_dir, rt.config.attachments.max_bytes)
     except OSError as exc:
-        rt.count("intake.attachments_unavailable")
+        rt.count("intake.attachments_unavailable", source=source.name)
         log.error("intake.attachments_unavailable", source=source.name, error=str(exc))
         return _json({"accepted": False, "error": "attachments could not be written; nothing was stored, try again"},
                      503, {"Retry-After": "5"})
@@ -127,7 +127,7 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
         invalid.extend(errors)
         planned.append((event, deliveries))
     if invalid and handler.options.reject_invalid:
-        rt.count("intake.rejected.422")
+        rt.count("intake.rejected.422", source=source.name)
         log.info("intake.invalid", source=source.name, errors=invalid)
         return _json({"accepted": False, "error": "the submission is missing required fields",
                       "errors": invalid}, 422, _cors(source, request))
@@ -143,13 +143,14 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
             if not result.duplicate and rt.dispatcher is not None:
                 rt.dispatcher.notify({d.destination for d in deliveries if d.status == "pending"})
     except StoreUnavailable as exc:
-        rt.count("intake.store_unavailable")
+        rt.count("intake.store_unavailable", source=source.name)
         log.error("intake.store_unavailable", source=source.name, error=str(exc))
         return _json({"accepted": False, "error": "the store is unavailable; nothing was stored, try again"}, 503,
                      {"Retry-After": "5", **_cors(source, request)})
 
     for (event, _deliveries), result in zip(planned, results, strict=True):
-        rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted")
+        rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted",
+                 source=source.name)
         log.debug("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
                  event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
 

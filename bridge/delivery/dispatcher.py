@@ -14,6 +14,7 @@ import functools
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,8 @@ class Lane:
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
                         time.time_ns() // 1_000_000, 0.0, None, None)
         self._answered(item.id)
+        if d.on_attempt is not None:
+            d.on_attempt(self.dest.name, sent.outcome.classification)
         result = self._decide(item, sent, blog)
         change = self.breaker.record(sent.outcome.classification)
         if change == "opened":
@@ -202,7 +205,9 @@ class Lane:
 class Dispatcher:
     """Runs every destination's lane; `notify` wakes lanes with new work."""
 
-    def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination]) -> None:
+    def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination],
+                 on_attempt: Callable[[str, str], None] | None = None) -> None:
+        self.on_attempt = on_attempt  # (destination, classification), for the metrics
         self.store = store
         self.session = session
         self.destinations = destinations

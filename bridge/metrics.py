@@ -1,0 +1,91 @@
+"""`GET /metrics`: counters and gauges in the Prometheus text format, behind the admin token.
+
+Intake outcomes by source, delivery attempts by destination and classification, destinations paused by
+their circuit breaker, mapping reloads, and the deliveries waiting in the store by destination and
+status (read at most every BACKLOG_SECONDS, so that scrapes never load the store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from bridge import __version__
+from bridge.admin import refuse
+from bridge.errors import StoreUnavailable
+from bridge.intake import RUNTIME
+from bridge.runtime import Runtime
+
+BACKLOG_SECONDS = 10.0
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _line(name: str, labels: dict[str, str], value: float) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}"
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *(_line(name, labels, v) for labels, v in samples)]
+
+
+def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
+    """The exposition text for the runtime's counters and state."""
+    intake, reloads, attempts = [], [], []
+    for (name, labels), value in sorted(rt.labelled.items()):
+        tags = dict(labels)
+        if name.startswith("intake."):
+            intake.append(({"source": tags.get("source", ""), "outcome": name.removeprefix("intake.")}, value))
+        elif name.startswith("mappings.reload"):
+            reloads.append(({"result": "ok" if name == "mappings.reloaded" else "failed"}, value))
+        elif name == "delivery.attempt":
+            attempts.append(({"destination": tags.get("destination", ""),
+                              "classification": tags.get("classification", "")}, value))
+    out = _family("ticketbridge_info", "gauge", "The running version.", [({"version": __version__}, 1)])
+    out += _family("ticketbridge_intake_requests_total", "counter",
+                   "Requests to /hooks by source and outcome (accepted, duplicate, spam, rejected.<status>, ...).",
+                   intake)
+    out += _family("ticketbridge_delivery_attempts_total", "counter",
+                   "Delivery attempts by destination and classification (success, retry, permanent, auth).", attempts)
+    lanes = rt.dispatcher.lanes if rt.dispatcher is not None else {}
+    out += _family("ticketbridge_destination_paused", "gauge",
+                   "1 while a destination's circuit breaker holds its deliveries back.",
+                   [({"destination": name}, 0 if lane.breaker.state == "closed" else 1)
+                    for name, lane in sorted(lanes.items())])
+    out += _family("ticketbridge_mapping_reloads_total", "counter", "Hot reloads of the mappings folder.", reloads)
+    out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
+                   "When the mapping set in force was loaded.", [({"version": rt.mappings.version},
+                                                                 rt.mappings.loaded_at.timestamp())])
+    if backlog is not None:
+        out += _family("ticketbridge_deliveries", "gauge", "Deliveries in the store by destination and status.",
+                       [({"destination": dest, "status": status}, n)
+                        for dest, by in sorted(backlog.items()) for status, n in sorted(by.items())])
+    return "\n".join(out) + "\n"
+
+
+async def _backlog(rt: Runtime) -> dict[str, dict[str, int]] | None:
+    if rt.store is None:
+        return None
+    cached = rt.backlog_cache
+    if cached is not None and time.monotonic() - cached[0] < BACKLOG_SECONDS:
+        return cached[1]
+    try:
+        counts = await rt.store.counts()
+    except StoreUnavailable:
+        return cached[1] if cached else None
+    rt.backlog_cache = (time.monotonic(), counts)
+    return counts
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    refused = refuse(request, rt.config.admin.token)
+    if refused is not None:
+        return refused
+    return web.Response(text=render(rt, await _backlog(rt)), content_type="text/plain",
+                        headers={"X-Content-Type-Options": "nosniff"})
