@@ -128,9 +128,10 @@ class Lane:
         try:
             await self._send_and_record(item)
         except asyncio.CancelledError:
-            # Cancelled at shutdown: give it back. If its result was already committed, the release
-            # finds it no longer in flight and changes nothing.
-            self.dispatcher.cancelled.append(item.id)
+            # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
+            # is being recorded (shielded, below) and must not be undone by a release.
+            if item.id in self.sending:
+                self.dispatcher.cancelled.append(item.id)
             raise
 
     async def _send_and_record(self, item: Claimed) -> None:
@@ -156,7 +157,8 @@ class Lane:
             self.log.info("destination.resumed")
         for attempt in range(5):
             try:
-                await d.store.record(result)
+                # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
+                await asyncio.shield(d.store.record(result))
                 if result.next_status == "pending":
                     self.wake.set()  # the lane may be asleep until a later due time, or the poll
                 return

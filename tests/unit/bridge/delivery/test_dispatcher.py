@@ -805,3 +805,18 @@ async def test_an_unexpected_error_while_sending_is_a_recorded_retry() -> None:
     assert result.classification == "retry"
     assert result.next_status == "pending"
     assert result.error == "internal error: RuntimeError: boom"
+
+
+async def test_a_send_answered_before_the_grace_ends_is_recorded_not_given_back() -> None:
+    """Stopping while a vendor's answer is being recorded keeps that answer: the delivery is not released."""
+    store = SlowRecordStore()
+    delivery_id = store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()) as d:
+            await eventually(lambda: requests_to(m) == 1)
+            await asyncio.sleep(0.05)  # answered; its record (0.5 s) is under way
+            await d.stop(0.05)
+        await eventually(lambda: len(store.records) == 1)
+    assert store.released == []
+    assert store.rows[delivery_id].status == "succeeded"
