@@ -91,7 +91,11 @@ class PostgresStore(Store):
             if self.schema is not None:
                 conn = await asyncpg.connect(self.dsn)
                 try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    # IF NOT EXISTS is not safe against a concurrent create (processes starting together
+                    # both see no schema, one fails on the catalogue's unique index): take turns.
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ticketbridge.schema'))")
+                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
                 settings["search_path"] = self.schema

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.errors import StoreUnavailable
+from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore, split_schema
 from tests.integration.processes import DSN
 from tests.integration.store.contract import WEEK, StoreContract, accept_one, make_delivery, make_event
@@ -96,3 +97,15 @@ def test_schema_is_taken_from_the_url() -> None:
     assert split_schema("postgresql://u@h/db") == ("postgresql://u@h/db", None)
     with pytest.raises(ValueError, match="lower-case identifier"):
         split_schema("postgresql://u@h/db?schema=Robert'); DROP")
+
+
+async def test_processes_starting_together_create_the_schema_once(pg_schema: str) -> None:
+    """Several stores opening a new schema at the same moment all open; none fails on the concurrent create."""
+    stores = [PostgresStore(DSN, schema=pg_schema) for _ in range(6)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        await accept_one(stores[0])
+        assert len(await stores[5].list_deliveries(DeliveryFilter())) == 1
+    finally:
+        for s in stores:
+            await s.close()
