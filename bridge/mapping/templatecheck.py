@@ -9,7 +9,8 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, meta, nodes
 
 from bridge.mapping.filters import ARGUMENT_CHECKS, FILTERS
-from bridge.mapping.templates import ENV, GLOBAL_NAMES, ROOT_NAMES
+from bridge.mapping.paths import ROOTS
+from bridge.mapping.templates import ENV, GLOBAL_NAMES
 
 
 def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "template") -> list[str]:
@@ -42,8 +43,8 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
     # Jinja declares `self` (the template's blocks) implicitly; mappings have no blocks to call.
     if any(n.name == "self" and n.ctx == "load" for n in tree.find_all(nodes.Name)):
         names = {*names, "self"}
-    for name in sorted(names - ROOT_NAMES - GLOBAL_NAMES):
-        problems.append(f"unknown name {name!r} in the {kind}: it sees {', '.join(sorted(ROOT_NAMES))} "
+    for name in sorted(names - ROOTS - GLOBAL_NAMES):
+        problems.append(f"unknown name {name!r} in the {kind}: it sees {', '.join(sorted(ROOTS))} "
                         "and range()")
     if vars_ is not None:
         refs = list(_var_refs(tree))

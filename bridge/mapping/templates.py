@@ -25,7 +25,6 @@ MAX_RANGE = 10_000
 MAX_RENDERED_CHARS = 1_000_000
 MAX_EXPONENT = 1_000
 TIME_BUDGET_S = 0.25
-ROOT_NAMES = frozenset({"payload", "headers", "event", "vars", "ticket"})
 GLOBAL_NAMES = frozenset({"range"})
 _REMOVED_FILTERS = ("center", "indent", "wordwrap", "format", "random", "d")
 
