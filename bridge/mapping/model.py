@@ -39,8 +39,12 @@ class FieldSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename
         return out
 
 
-FIELD_KEYS = ("from", "jmespath", "template", "value", "object", "required", "default", "on_missing", "map",
-              "map_default", "transform")
+def _keys(struct: type[msgspec.Struct], *, required_only: bool = False) -> tuple[str, ...]:
+    """A struct's keys as written in the file, in declaration order (read off the struct, so never stale)."""
+    return tuple(f.encode_name for f in msgspec.structs.fields(struct) if f.required or not required_only)
+
+
+FIELD_KEYS = _keys(FieldSpec)
 
 
 class TestInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -87,5 +91,5 @@ class MappingSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
-MAPPING_KEYS = ("name", "description", "source", "when", "destination", "action", "options", "fields", "tests")
-REQUIRED_MAPPING_KEYS = ("source", "destination", "action", "fields")
+MAPPING_KEYS = _keys(MappingSpec)
+REQUIRED_MAPPING_KEYS = _keys(MappingSpec, required_only=True)
