@@ -13,9 +13,17 @@ from msgspec import Meta
 
 from bridge.durations import parse_duration
 from bridge.errors import ErrorList, Located
-from bridge.yamlfile import Document, env_expander, load_yaml_file
+from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, load_yaml_file
 
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+
+
+def _check_duration(value: str | float, key: KeyPath) -> None:
+    """A duration option checked where it is written, so that its error names its key and line."""
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise KeyValueError(key, str(exc)) from None
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -68,7 +76,7 @@ class SourceConfig(Base):
     auth: AuthConfig | None = None
 
     def __post_init__(self) -> None:
-        parse_duration(self.dedup_window)
+        _check_duration(self.dedup_window, ("dedup_window",))
 
 
 class AttachmentsConfig(Base):
@@ -89,9 +97,9 @@ class RetryConfig(Base):
     max_retry_after: str | float = "1h"
 
     def __post_init__(self) -> None:
-        for item in self.schedule:
-            parse_duration(item)
-        parse_duration(self.max_retry_after)
+        for i, item in enumerate(self.schedule):
+            _check_duration(item, ("schedule", i))
+        _check_duration(self.max_retry_after, ("max_retry_after",))
 
     def delays(self) -> list[float]:
         return [parse_duration(item) for item in self.schedule]

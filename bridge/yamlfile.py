@@ -21,9 +21,9 @@ KeyPath = tuple[Key, ...]
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def format_path(path: KeyPath) -> str:
-    """`sources.website-contact.hmac` / `fields["LeadDetail.Email"]` / `tests[0].input`."""
-    out = ""
+def format_path(path: KeyPath, prefix: str = "") -> str:
+    """`sources.website-contact.hmac` / `fields["LeadDetail.Email"]` / `tests[0].input`, after `prefix`."""
+    out = prefix
     for key in path:
         if isinstance(key, int):
             out += f"[{key}]"
@@ -38,20 +38,20 @@ def format_mapping_path(mapping: str, path: KeyPath) -> str:
     """Where in a mapping an error is, as `mapping.field`: `contact.LeadDetail.EmailAddress.transform[1]`,
     `contact.source[1]`, `contact.tests[0].expect`. A field's name is shown as written, dots and all."""
     if len(path) >= 2 and path[0] == "fields":
-        head, rest = f"{mapping}.{path[1]}", path[2:]
-    else:
-        head, rest = mapping, path
-    for key in rest:
-        if isinstance(key, int):
-            head += f"[{key}]"
-        elif _SIMPLE_KEY.match(key):
-            head += f".{key}"
-        else:
-            head += f"[{json.dumps(key, ensure_ascii=False)}]"
-    return head
+        return format_path(path[2:], f"{mapping}.{path[1]}")
+    return format_path(path, mapping)
 
 
 PathFormat = Callable[[KeyPath], str]
+
+
+class KeyValueError(ValueError):
+    """A struct's own check (`__post_init__`) that is about one of its keys. msgspec reports it at the
+    struct; the loader places it at `key` (a key path inside the struct), line and all."""
+
+    def __init__(self, key: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -87,20 +87,29 @@ class Document:
 
     def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
                    fmt: PathFormat = format_path) -> Located:
-        message = str(exc)
-        sub: KeyPath = ()
-        m = re.search(r" - at `\$(.*)`$", message)
-        if m:
-            message = message[: m.start()]
-            sub = _parse_msgspec_path(m.group(1))
-        unknown = re.match(r"Object contains unknown field `(.+)`", message)
-        if unknown:
-            sub = (*sub, unknown.group(1))
-            message = f"unknown key {unknown.group(1)!r}"
-        missing = re.match(r"Object missing required field `(.+)`", message)
-        if missing:
-            message = f"missing required key {missing.group(1)!r}"
+        message, sub = split_validation_error(exc)
         return self.error((*base, *sub), message, cls, fmt)
+
+
+def split_validation_error(exc: msgspec.ValidationError) -> tuple[str, KeyPath]:
+    """msgspec's message in our words (`unknown key 'x'`, `missing required key 'y'`), and the key path
+    inside the converted value that it is about."""
+    message = str(exc)
+    sub: KeyPath = ()
+    m = re.search(r" - at `\$(.*)`$", message)
+    if m:
+        message = message[: m.start()]
+        sub = _parse_msgspec_path(m.group(1))
+    if isinstance(exc.__cause__, KeyValueError):
+        sub = (*sub, *exc.__cause__.key)
+    unknown = re.match(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        sub = (*sub, unknown.group(1))
+        message = f"unknown key {unknown.group(1)!r}"
+    missing = re.match(r"Object missing required field `(.+)`", message)
+    if missing:
+        message = f"missing required key {missing.group(1)!r}"
+    return message, sub
 
 
 def _parse_msgspec_path(text: str) -> KeyPath:

@@ -8,7 +8,6 @@ modifiers.py applies defaults, transforms, maps and `required`, compiled.py hold
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
@@ -23,6 +22,7 @@ from bridge.mapping.sources import jmespath_source, path_source, template_field
 from bridge.mapping.templates import MAX_RENDERED_CHARS, is_template
 from bridge.mapping.trace import OMIT, FieldTrace
 from bridge.mapping.transforms import compile_transform
+from bridge.yamlfile import split_validation_error
 
 __all__ = ["MAX_RENDERED_CHARS", "OMIT", "CompileError", "CompiledField", "CompiledMapping", "Context",
            "RenderError", "compile_field", "compile_transform", "compile_when"]
@@ -130,17 +130,6 @@ def _object_field(name: str, members_raw: dict[str, Any], at: At, problems: list
     return CompiledField(name, render, explain)
 
 
-def _spec_error(exc: msgspec.ValidationError, at: At) -> CompileError:
-    message = str(exc)
-    m = re.search(r" - at `\$(.*)`$", message)
-    sub: list[str | int] = []
-    if m:
-        message = message[: m.start()]
-        for part in re.finditer(r"\.([^.\[]+)|\[(\d+)\]", m.group(1)):
-            sub.append(part.group(1) if part.group(1) is not None else int(part.group(2)))
-    return CompileError(message, (*at, *sub))
-
-
 def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileError],
                  vars_: Mapping[str, Any] | None) -> CompiledField | None:
     before = len(problems)
@@ -151,7 +140,8 @@ def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileE
     try:
         spec = msgspec.convert({k: v for k, v in raw.items() if k in FIELD_KEYS}, FieldSpec)
     except msgspec.ValidationError as exc:
-        problems.append(_spec_error(exc, at))
+        message, sub = split_validation_error(exc)
+        problems.append(CompileError(message, (*at, *sub)))
         return None
     found = spec.sources()
     if len(found) != 1:

@@ -329,9 +329,9 @@ def test_source_option_types_are_checked(tmp_path: Path) -> None:
 
 
 def test_dedup_window_must_be_a_duration(tmp_path: Path) -> None:
-    """A source's `dedup_window` that is not a duration is an error on that source."""
+    """A source's `dedup_window` that is not a duration is an error at that key, on its line."""
     err = only_error(tmp_path, "sources:\n  web:\n    kind: form\n    dedup_window: forever\n")
-    assert err.path == "sources.web"
+    assert (err.line, err.path) == (4, "sources.web.dedup_window")
     assert "'forever' is not a duration" in err.message
 
 
@@ -386,7 +386,7 @@ def test_kapture_token_required_unless_sandbox(tmp_path: Path, token_line: str) 
 
 
 def test_retry_schedule_durations_are_checked(tmp_path: Path) -> None:
-    """A retry schedule entry that is not a duration is an error on `retry` naming the bad entry."""
+    """A retry schedule entry that is not a duration is an error at that entry, naming its value."""
     err = only_error(tmp_path, """\
         destinations:
           k:
@@ -395,7 +395,7 @@ def test_retry_schedule_durations_are_checked(tmp_path: Path) -> None:
             retry:
               schedule: [5s, soon, 1h]
         """)
-    assert (err.line, err.path) == (5, "destinations.k.retry")
+    assert (err.line, err.path) == (6, "destinations.k.retry.schedule[1]")
     assert "'soon' is not a duration" in err.message
 
 
@@ -414,13 +414,13 @@ def test_default_retry_schedule(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("retry", "path"),
     [
-        ("{max_retry_after: later}", "destinations.k.retry"),
+        ("{max_retry_after: later}", "destinations.k.retry.max_retry_after"),
         ("{jitter: 1.5}", "destinations.k.retry.jitter"),
-        ("{schedule: [-5]}", "destinations.k.retry"),
+        ("{schedule: [-5]}", "destinations.k.retry.schedule[0]"),
     ],
 )
 def test_retry_options_are_checked(tmp_path: Path, retry: str, path: str) -> None:
-    """Bad `max_retry_after`, out-of-range jitter and negative delays are errors under `retry`."""
+    """Bad `max_retry_after`, out-of-range jitter and negative delays are errors at the bad key under `retry`."""
     err = only_error(tmp_path, f"destinations:\n  k: {{vendor: kapture, sandbox: true, retry: {retry}}}\n")
     assert err.path == path
 

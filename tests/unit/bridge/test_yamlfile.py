@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from bridge.errors import ConfigError, MappingError
-from bridge.yamlfile import Document, KeyPath, env_expander, format_path, load_yaml, load_yaml_file
+from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, format_path, load_yaml, load_yaml_file
 
 
 def expand(text: str, environ: dict[str, str], file: str = "bridge.yaml") -> Any:
@@ -420,6 +420,26 @@ def test_convert_post_init_error_is_located() -> None:
     """A ValueError from a struct's own check is reported at that struct with its message."""
     err = convert_error("sources:\n  - kind: form\n    retries: -1\n")
     assert (err.line, err.path, err.message) == (2, "sources[0]", "retries must not be negative")
+
+
+class Window(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    every: list[str] = []
+
+    def __post_init__(self) -> None:
+        for i, item in enumerate(self.every):
+            if not item.endswith("s"):
+                raise KeyValueError(("every", i), f"{item!r} is not a number of seconds")
+
+
+class Windows(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    windows: list[Window]
+
+
+def test_convert_post_init_error_about_one_key_is_placed_at_that_key() -> None:
+    """A struct's own check raising KeyValueError is reported at the key it names, not at the struct."""
+    err = convert_error("windows:\n  - every: [5s,\n      soon]\n", Windows)
+    assert (err.line, err.col, err.path) == (3, 7, "windows[0].every[1]")
+    assert err.message == "'soon' is not a number of seconds"
 
 
 def test_convert_nested_unknown_key() -> None:
