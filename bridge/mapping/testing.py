@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from bridge.errors import MappingError
+from bridge.events import Event
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.model import MappingTest, TestInput
@@ -41,9 +42,8 @@ class TestResult:
 def context_for(given: TestInput, mapping: CompiledMapping, vars_: dict[str, Any]) -> dict[str, Any]:
     """The render context for a test's input: an event that looks like a real one (id, the mapping's first
     source, a fixed time), with the input's payload, headers, event fields and vars over the config's."""
-    event: dict[str, Any] = {"id": "evt_TEST", "source": mapping.sources[0], "kind": "test", "channel": "webhook",
-                             "received_at": datetime(2024, 1, 1, tzinfo=UTC).isoformat(), "dedup_key": None,
-                             "meta": {}}
+    event = Event(id="evt_TEST", source=mapping.sources[0], kind="test", channel="webhook",
+                  received_at=datetime(2024, 1, 1, tzinfo=UTC), payload=given.payload).context()
     event.update(given.event)
     ctx = {"payload": given.payload, "headers": given.headers, "event": event, "vars": {**vars_, **given.vars}}
     if given.ticket is not None:
