@@ -21,7 +21,9 @@ class Modifiers:
         self.name = name
         self.spec = spec
         self.table = spec.map
-        self.folded = {str(k).casefold(): v for k, v in spec.map.items()} if spec.map else {}
+        # Each entry as a copier, so that a list or table entry is handed out fresh to every render.
+        self.entries = {k: copier(v) for k, v in spec.map.items()} if spec.map else {}
+        self.folded = {str(k).casefold(): get for k, get in self.entries.items()}
         self.default_of = copier(spec.default)
         has_default = spec.default is not msgspec.UNSET
         self.map_fallback = "map_default" if spec.map_default is not msgspec.UNSET else "default" if has_default \
@@ -48,19 +50,14 @@ class Modifiers:
     def look_up(self, value: Any) -> tuple[Any, bool]:
         """The map's entry for `value` (an exact key, else one that differs only in case), and whether the
         map's default stood in."""
-        table = self.table
-        assert table is not None
         key = value if isinstance(value, str) else str(value)
-        if key in table:
-            found = table[key]
-        elif key.casefold() in self.folded:
-            found = self.folded[key.casefold()]
-        elif self.map_fallback is not None:
+        get = self.entries.get(key) or self.folded.get(key.casefold())
+        if get is not None:
+            return get(), False
+        if self.map_fallback is not None:
             return self.map_default_of(), True
-        else:
-            raise RenderError(f"{describe(value)} is not in the map (known: {', '.join(map(str, table))}) "
-                              "and the field has no default", path=self.name)
-        return (msgspec.json.decode(msgspec.json.encode(found)) if isinstance(found, list | dict) else found), False
+        raise RenderError(f"{describe(value)} is not in the map (known: {', '.join(self.entries)}) "
+                          "and the field has no default", path=self.name)
 
     def check_required(self, value: Any) -> Any:
         if self.required and (value is None or value == ""):

@@ -63,6 +63,25 @@ def test_constant_list_is_a_fresh_copy_each_render() -> None:
     assert fn(ctx()) == ["web", {"k": "v"}]
 
 
+@pytest.mark.parametrize(
+    ("raw", "payload"),
+    [
+        ({"from": "payload.p", "map": {"a": ["x", {"k": "v"}]}}, {"p": "a"}),
+        ({"from": "payload.p", "map": {"a": ["x", {"k": "v"}]}}, {"p": "A"}),
+        ({"from": "payload.p", "map": {"b": 1}, "map_default": ["x", {"k": "v"}]}, {"p": "a"}),
+        ({"from": "payload.p", "default": ["x", {"k": "v"}]}, {}),
+    ],
+)
+def test_list_map_entries_and_defaults_are_fresh_copies_each_render(raw: dict[str, Any],
+                                                                    payload: dict[str, Any]) -> None:
+    """A map entry, map_default or default that is a list is a new copy each render, so changes do not leak."""
+    fn = compile_field("f", raw)
+    first = fn(ctx(payload))
+    first.append("changed")
+    first[1]["k"] = "changed"
+    assert fn(ctx(payload)) == ["x", {"k": "v"}]
+
+
 @pytest.mark.parametrize("value", [None, "x", 3, {"nested": [1, 2]}, [1]])
 def test_value_key_is_a_constant(value: Any) -> None:
     """`{value: …}` is a constant of any type, null included."""
