@@ -65,10 +65,9 @@ class MappingSet:
     @classmethod
     def build(cls, mappings: list[CompiledMapping]) -> MappingSet:
         digest = hashlib.sha256()
-        for m in sorted(mappings, key=lambda m: m.name):
-            digest.update(f"{m.name}\0{m.version}\0".encode())
         by_source: dict[str, list[CompiledMapping]] = {}
         for m in sorted(mappings, key=lambda m: m.name):
+            digest.update(f"{m.name}\0{m.version}\0".encode())
             for src in m.sources:
                 by_source.setdefault(src, []).append(m)
         return cls({m.name: m for m in mappings}, digest.hexdigest()[:12], datetime.now(UTC), by_source)
@@ -98,7 +97,6 @@ def load_mapping_files(
 ) -> LoadResult:
     """Load and check each file, keeping going past broken ones."""
     result = LoadResult()
-    targets = {name: Target.of(t) for name, t in destinations.items()}
     seen: dict[str, str] = {}
     for path in paths:
         try:
@@ -117,7 +115,7 @@ def load_mapping_files(
             result.broken.append(str(path))
             continue
         version = hashlib.sha256(text).hexdigest()[:12]
-        mapping, file_errors = compile_document(doc, path.stem, version, sources, targets, vars_=vars_)
+        mapping, file_errors = compile_document(doc, path.stem, version, sources, destinations, vars_=vars_)
         if mapping is not None and mapping.name in seen:
             file_errors.append(_Checker(doc, mapping.name).error(
                 ("name",), f"mapping name {mapping.name!r} is already used by {seen[mapping.name]}"))
@@ -168,6 +166,9 @@ class _Checker:
             return msgspec.UNSET
 
 
+_MAPPING_TYPES = {f.encode_name: f.type for f in msgspec.structs.fields(MappingSpec)}
+
+
 def compile_document(
     doc: Document, stem: str, version: str, sources: set[str], destinations: Destinations, *,
     vars_: Mapping[str, Any] | None = None,
@@ -185,22 +186,22 @@ def compile_document(
     for key in REQUIRED_MAPPING_KEYS:
         if key not in data:
             check.add((), f"missing required key {key!r}")
-    types = {f.encode_name: f.type for f in msgspec.structs.fields(MappingSpec)}
-    typed = {key: check.convert(value, types[key], (key,)) for key, value in data.items() if key in types}
+    typed = {key: check.convert(value, _MAPPING_TYPES[key], (key,)) for key, value in data.items()
+             if key in _MAPPING_TYPES}
     if check.errors:
         return None, check.errors
     spec = MappingSpec(**typed)
     name = spec.name or stem
-    targets = {n: Target.of(t) for n, t in destinations.items()}
 
     for i, src in enumerate(spec.source_names()):
         if src not in sources:
             check.add(("source",) if isinstance(spec.source, str) else ("source", i),
                       f"unknown source {src!r}; configured sources: {', '.join(sorted(sources)) or '(none)'}")
-    target = targets.get(spec.destination)
+    given = destinations.get(spec.destination)
+    target = None if given is None else Target.of(given)
     if target is None:
         check.add(("destination",), f"unknown destination {spec.destination!r}; configured destinations: "
-                                    f"{', '.join(sorted(targets)) or '(none)'}")
+                                    f"{', '.join(sorted(destinations)) or '(none)'}")
     elif spec.action not in target.actions:
         check.add(("action",), f"destination {spec.destination!r} has no action {spec.action!r}; "
                                f"it takes: {', '.join(sorted(target.actions))}")
