@@ -145,7 +145,7 @@ def run_render(args: argparse.Namespace) -> int:
         for error in report.errors:
             print(error.render(), file=sys.stderr)
         if not report.errors:
-            known = ", ".join(sorted(m.name for m in load_report(config).mappings)) or "(none)"
+            known = ", ".join(sorted(m.name for m in report.mappings)) or "(none)"
             print(f"no mapping named {args.mapping!r} in {config.mappings_dir}; known: {known}", file=sys.stderr)
         return 2
     ctx = context_for(given, mapping, config.vars)
