@@ -16,8 +16,6 @@ from bridge import __version__
 from bridge.admin import add_routes as add_admin_routes
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Destination, Dispatcher
-from bridge.delivery.ratelimit import make_limiter
-from bridge.delivery.retry import RetryPolicy
 from bridge.errors import MappingError, StoreUnavailable
 from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder
@@ -73,12 +71,10 @@ def build_runtime(config: Config, mappings: MappingSet | None = None) -> Runtime
 def build_destinations(rt: Runtime) -> dict[str, Destination]:
     out = {}
     for name, cfg in rt.config.destinations.items():
-        cls = adapter_class(cfg.vendor)
         vendor = cfg.vendor
         base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url and not cfg.sandbox \
             else (lambda v=vendor: rt.sandbox_url(v))
-        out[name] = Destination(name=name, config=cfg, adapter=cls(name, cfg, base_url),
-                                policy=RetryPolicy.from_config(cfg.retry), limiter=make_limiter(cfg.rate_limit))
+        out[name] = Destination.from_config(name, cfg, base_url)
     return out
 
 

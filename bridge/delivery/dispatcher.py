@@ -30,6 +30,7 @@ from bridge.delivery.sender import Sent, send_once
 from bridge.errors import BridgeError, StoreUnavailable
 from bridge.store.base import AttemptResult, Claimed, Store
 from bridge.vendors.base import Adapter, Outcome
+from bridge.vendors.registry import adapter_class
 
 log = structlog.get_logger("ticketbridge.delivery")
 
@@ -47,6 +48,12 @@ class Destination:
     adapter: Adapter
     policy: RetryPolicy
     limiter: Limiter = field(default_factory=lambda: make_limiter(None))
+
+    @classmethod
+    def from_config(cls, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> Destination:
+        """The destination `config` describes: its vendor's adapter, retry policy and rate limiter."""
+        return cls(name=name, config=config, adapter=adapter_class(config.vendor)(name, config, base_url),
+                   policy=RetryPolicy.from_config(config.retry), limiter=make_limiter(config.rate_limit))
 
     @property
     def lease_seconds(self) -> float:

@@ -22,11 +22,10 @@ from bridge.config import RateLimit, RetryConfig
 from bridge.delivery import dispatcher as dispatcher_module
 from bridge.delivery.breaker import Breaker
 from bridge.delivery.dispatcher import Destination, Dispatcher
-from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited, make_limiter
-from bridge.delivery.retry import RetryPolicy
+from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.errors import StoreUnavailable
 from bridge.store.base import AttemptResult, ClaimBatch, Claimed, Store
-from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
+from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
 
 FAST = "http://kapture.test"
 SLOW = "http://slow.test"
@@ -146,16 +145,17 @@ def destination(
     name: str = "kapture", base_url: str = FAST, *, max_in_flight: int = 4, schedule: list[str | float] | None = None,
     max_retry_after: str = "1h", rate_limit: RateLimit | None = None, limiter: Limiter | None = None,
 ) -> Destination:
-    """A Destination built the way bridge.app.build_destinations builds one."""
+    """A Kapture destination, built by the Destination.from_config that bridge.app.build_destinations calls."""
     cfg = KaptureOptions(
         vendor="kapture", base_url=base_url, token="t", max_in_flight=max_in_flight, timeout_seconds=5.0,
         rate_limit=rate_limit,
         retry=RetryConfig(schedule=schedule if schedule is not None else ["30s", "5m"], jitter=0,
                           max_retry_after=max_retry_after),
     )
-    return Destination(name=name, config=cfg, adapter=KaptureAdapter(name, cfg, base_url),
-                       policy=RetryPolicy.from_config(cfg.retry),
-                       limiter=limiter if limiter is not None else make_limiter(cfg.rate_limit))
+    dest = Destination.from_config(name, cfg, base_url)
+    if limiter is not None:
+        dest.limiter = limiter
+    return dest
 
 
 async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
@@ -695,7 +695,7 @@ def test_destination_defaults_to_unlimited() -> None:
 
 
 def test_destination_from_config_rate_limit() -> None:
-    """A destination with a rate_limit gets a sliding-window limiter, as build_destinations makes it."""
+    """Destination.from_config gives a destination with a rate_limit a sliding-window limiter and its schedule."""
     d = destination(rate_limit=RateLimit(requests=25, per_seconds=5))
     assert isinstance(d.limiter, SlidingWindowLimiter)
     assert d.policy.delays == (30.0, 300.0)
