@@ -23,11 +23,9 @@ import structlog
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
-    STATUSES,
     AcceptResult,
     AttemptResult,
     ClaimBatch,
-    Claimed,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
@@ -36,14 +34,18 @@ from bridge.store.base import (
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
+    NEW_DELIVERY_COLUMNS,
     ROW_COLUMNS,
     ROW_WIDTH,
     attempt_row,
+    claimed_items,
     decode_dict,
     decode_event,
     delivery_row,
     encode,
+    new_delivery_rows,
     now_ms,
+    status_condition,
 )
 
 try:
@@ -189,11 +191,7 @@ class PostgresStore(Store):
         data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         created = now_ms()
-        rows = [
-            (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
-             None if d.body is None else encode(d.body), encode(d.options), created, created, created, d.error)
-            for d in deliveries
-        ]
+        rows = new_delivery_rows(event, deliveries, created)
         wake = sorted({d.destination for d in deliveries if d.status == "pending"})
 
         async def op(conn: Any) -> AcceptResult:
@@ -211,10 +209,8 @@ class PostgresStore(Store):
             await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", event.id, event.source,
                                event.kind, event.channel, received, event.dedup_key, event.spam, data)
             if rows:
-                await conn.executemany(
-                    "INSERT INTO deliveries (id, event_id, source, mapping, mapping_version, destination, action, "
-                    "status, body, options, next_attempt_at, created_at, updated_at, last_error) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", rows)
+                await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
+                                       "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", rows)
             for destination in wake:
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
@@ -234,13 +230,7 @@ class PostgresStore(Store):
                 "d.options, d.tries, d.attempts, d.next_attempt_at",
                 owner, now + int(lease_s * 1000), now, destination, limit)
             if got:
-                got = sorted(got, key=lambda r: (r[9], r[0]))
-                return ClaimBatch(items=[
-                    Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
-                            body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]),
-                            tries=r[7], attempts=r[8])
-                    for r in got
-                ])
+                return ClaimBatch(items=claimed_items(got))
             nxt = await conn.fetchval("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
                                       "AND destination = $1", destination)
             return ClaimBatch(items=[], next_due_ms=nxt)
@@ -300,9 +290,7 @@ class PostgresStore(Store):
         where: list[str] = []
         args: list[Any] = []
         if flt.status is not None:
-            if flt.status not in STATUSES:
-                raise ValueError(f"unknown delivery status {flt.status!r}; known: {', '.join(STATUSES)}")
-            where.append(f"status = '{flt.status}'")  # a literal, so the partial indexes apply
+            where.append(status_condition(flt.status))
         for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
             if value is not None:
                 args.append(value)

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from bridge.events import Event
-from bridge.store.base import AttemptRow, DeliveryRow
+from bridge.store.base import STATUSES, AttemptRow, Claimed, DeliveryRow, DeliveryStatus, NewDelivery
 
 encode = msgspec.json.Encoder().encode
 decode_event = msgspec.json.Decoder(Event).decode
@@ -19,6 +19,8 @@ ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, act
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key")
 ROW_WIDTH = 16
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error"
+NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
+                        "next_attempt_at, created_at, updated_at, last_error")
 
 
 def now_ms() -> int:
@@ -38,3 +40,31 @@ def attempt_row(a: Sequence[Any]) -> AttemptRow:
     """A row selected with ATTEMPT_COLUMNS."""
     return AttemptRow(n=a[0], started_at_ms=a[1], duration_ms=a[2], http_status=a[3], response_excerpt=a[4],
                       classification=a[5], error=a[6])
+
+
+def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int) -> list[tuple[Any, ...]]:
+    """The NEW_DELIVERY_COLUMNS values of `event`'s deliveries, created (and due) at `created_ms`."""
+    return [
+        (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
+         None if d.body is None else encode(d.body), encode(d.options), created_ms, created_ms, created_ms, d.error)
+        for d in deliveries
+    ]
+
+
+def claimed_items(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
+    """Rows a claim returned (id, event_id, mapping, destination, action, body, options, tries, attempts,
+    next_attempt_at), in due order: RETURNING promises no order."""
+    return [
+        Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
+                body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]), tries=r[7],
+                attempts=r[8])
+        for r in sorted(rows, key=lambda r: (r[9], r[0]))
+    ]
+
+
+def status_condition(status: DeliveryStatus) -> str:
+    """`status = '<status>'`, checked: a literal rather than a parameter, so that the database can see the
+    query's condition implies a partial index's (deliveries_dead)."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown delivery status {status!r}; known: {', '.join(STATUSES)}")
+    return f"status = '{status}'"

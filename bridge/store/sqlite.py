@@ -30,21 +30,30 @@ import structlog
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
-    STATUSES,
     AcceptResult,
     AttemptResult,
     ClaimBatch,
-    Claimed,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
     Store,
 )
-from bridge.store.rows import ATTEMPT_COLUMNS, ROW_COLUMNS, ROW_WIDTH, attempt_row, delivery_row, now_ms
-from bridge.store.rows import decode_dict as _decode_dict
-from bridge.store.rows import decode_event as _decode_event
-from bridge.store.rows import encode as _encode
+from bridge.store.rows import (
+    ATTEMPT_COLUMNS,
+    NEW_DELIVERY_COLUMNS,
+    ROW_COLUMNS,
+    ROW_WIDTH,
+    attempt_row,
+    claimed_items,
+    decode_dict,
+    decode_event,
+    delivery_row,
+    encode,
+    new_delivery_rows,
+    now_ms,
+    status_condition,
+)
 
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
@@ -324,16 +333,11 @@ class SqliteStore(Store):
     # -- intake ---------------------------------------------------------------------------------
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
-        data = _encode(event)
+        data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
         created = now_ms()
-        rows = [
-            (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
-             None if d.body is None else _encode(d.body), _encode(d.options), created, created, created,
-             d.error)
-            for d in deliveries
-        ]
+        rows = new_delivery_rows(event, deliveries, created)
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if event.dedup_key is not None:
@@ -347,10 +351,8 @@ class SqliteStore(Store):
                          (event.id, event.source, event.kind, event.channel, received, event.dedup_key,
                           int(event.spam), data))
             if rows:
-                conn.executemany(
-                    "INSERT INTO deliveries (id, event_id, source, mapping, mapping_version, destination, action, "
-                    "status, body, options, next_attempt_at, created_at, updated_at, last_error) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
         result: AcceptResult = await self._write(op)
@@ -370,13 +372,7 @@ class SqliteStore(Store):
                 (owner, now + int(lease_s * 1000), now, destination, now, limit),
             ).fetchall()
             if got:
-                got.sort(key=lambda r: (r[9], r[0]))
-                return ClaimBatch(items=[
-                    Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
-                            body=_decode_dict(r[5]) if r[5] is not None else {}, options=_decode_dict(r[6]),
-                            tries=r[7], attempts=r[8])
-                    for r in got
-                ])
+                return ClaimBatch(items=claimed_items(got))
             nxt = conn.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
                                "AND destination = ?", (destination,)).fetchone()[0]
             return ClaimBatch(items=[], next_due_ms=nxt)
@@ -440,11 +436,7 @@ class SqliteStore(Store):
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
         where, args = [], []
         if flt.status is not None:
-            if flt.status not in STATUSES:
-                raise ValueError(f"unknown delivery status {flt.status!r}; known: {', '.join(STATUSES)}")
-            # A literal, not a parameter: SQLite uses a partial index (deliveries_dead) only when it can
-            # see that the query's condition implies the index's.
-            where.append(f"status = '{flt.status}'")
+            where.append(status_condition(flt.status))
         for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -475,8 +467,8 @@ class SqliteStore(Store):
                 f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY n",  # noqa: S608
                 (delivery_id,))]
             body, options = r[ROW_WIDTH], r[ROW_WIDTH + 1]
-            return DeliveryDetail(delivery=delivery_row(r), body=_decode_dict(body) if body is not None else None,
-                                  options=_decode_dict(options), event=_decode_event(event[0]), attempts=attempts)
+            return DeliveryDetail(delivery=delivery_row(r), body=decode_dict(body) if body is not None else None,
+                                  options=decode_dict(options), event=decode_event(event[0]), attempts=attempts)
 
         detail: DeliveryDetail = await self._read(run)
         return detail
@@ -486,7 +478,7 @@ class SqliteStore(Store):
             row = conn.execute("SELECT data FROM events WHERE id = ?", (event_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no event {event_id!r}")
-            return _decode_event(row[0])
+            return decode_event(row[0])
 
         event: Event = await self._read(run)
         return event
@@ -506,7 +498,7 @@ class SqliteStore(Store):
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
                         "last_error = NULL, body = ?, mapping_version = ? "
                         "WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
-                        (now, now, _encode(body), version, i)).fetchone()
+                        (now, now, encode(body), version, i)).fetchone()
                 else:
                     row = conn.execute(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
