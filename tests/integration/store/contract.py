@@ -361,6 +361,12 @@ class StoreContract:
         assert await ids(status="pending", destination="kapture-support") == {k2}
         assert await ids(status="succeeded") == set()
 
+    async def test_list_refuses_an_unknown_status(self, store: Store) -> None:
+        """A status outside the four is refused by name (it is written into the SQL), never run as a query."""
+        await accept_one(store)
+        with pytest.raises(ValueError, match=r"unknown delivery status \"dead' OR '1'='1\"; known: pending"):
+            await store.list_deliveries(DeliveryFilter(status="dead' OR '1'='1"))  # type: ignore[arg-type]
+
     async def test_list_pages_newest_first_with_before_id(self, store: Store) -> None:
         """list_deliveries returns newest first, `limit` at a time, continuing below `before_id`."""
         ids = []
