@@ -55,17 +55,23 @@ class Runtime:
     dispatcher: Dispatcher | None = None
     simulators: dict[str, Any] = field(default_factory=dict)
     sandbox_urls: dict[str, str] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
     labelled: dict[tuple[str, tuple[tuple[str, str], ...]], int] = field(default_factory=dict)
     backlog_cache: tuple[float, dict[str, dict[str, int]]] | None = None  # for /metrics: (when, counts)
     mapping_status: MappingStatus = field(default_factory=MappingStatus)
     reloader: MappingReloader | None = None
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
-        """Count `name` in total, and by its labels (source, destination, …) for /metrics."""
-        self.counters[name] = self.counters.get(name, 0) + n
+        """Count `name` by its labels (source, destination, …), as /metrics shows it."""
         key = (name, tuple(sorted(labels.items())))
         self.labelled[key] = self.labelled.get(key, 0) + n
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Each name's count summed over its labels."""
+        totals: dict[str, int] = {}
+        for (name, _labels), n in self.labelled.items():
+            totals[name] = totals.get(name, 0) + n
+        return totals
 
     def sandbox_url(self, vendor: str) -> str:
         """Where the sandbox simulator of `vendor` listens (its own loopback port, open while deliveries run)."""
