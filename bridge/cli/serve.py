@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import signal
 import sys
 from typing import Any
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -73,11 +75,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     if args.host or args.port is not None:
-        import msgspec  # noqa: PLC0415
-
         server = msgspec.structs.replace(config.server, host=args.host or config.server.host,
                                          port=config.server.port if args.port is None else args.port)
-        config = type(config)(**{**config.__dict__, "server": server})
+        config = dataclasses.replace(config, server=server)
     configure_logging(config.log.level, config.log.format)
     try:
         asyncio.run(serve(config, workers=not args.no_workers))
