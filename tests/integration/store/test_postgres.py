@@ -24,63 +24,60 @@ async def store(pg_schema: str) -> AsyncIterator[PostgresStore]:
     await opened.close()
 
 
+@pytest.fixture
+async def two(pg_schema: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two opened stores on one database, as two ticketbridge processes would have."""
+    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
 class TestPostgresStoreContract(StoreContract):
     """Every behaviour of the store contract holds on PostgreSQL."""
 
 
-async def test_two_processes_never_claim_the_same_delivery(pg_schema: str) -> None:
+async def test_two_processes_never_claim_the_same_delivery(two: tuple[PostgresStore, PostgresStore]) -> None:
     """Two stores on one database claiming concurrently share the work without overlap."""
-    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
-    await a.open()
-    await b.open()
-    try:
-        for _ in range(40):
-            await accept_one(a)
-        claimed_a: list[str] = []
-        claimed_b: list[str] = []
+    a, b = two
+    for _ in range(40):
+        await accept_one(a)
+    claimed_a: list[str] = []
+    claimed_b: list[str] = []
 
-        async def drain(store: PostgresStore, into: list[str], owner: str) -> None:
-            while batch := (await store.claim("kapture-support", 3, owner, 60)).items:
-                into.extend(c.id for c in batch)
-                await asyncio.sleep(0)
+    async def drain(store: PostgresStore, into: list[str], owner: str) -> None:
+        while batch := (await store.claim("kapture-support", 3, owner, 60)).items:
+            into.extend(c.id for c in batch)
+            await asyncio.sleep(0)
 
-        await asyncio.gather(drain(a, claimed_a, "a"), drain(b, claimed_b, "b"))
-        assert len(claimed_a) + len(claimed_b) == 40
-        assert not set(claimed_a) & set(claimed_b)
-    finally:
-        await a.close()
-        await b.close()
+    await asyncio.gather(drain(a, claimed_a, "a"), drain(b, claimed_b, "b"))
+    assert len(claimed_a) + len(claimed_b) == 40
+    assert not set(claimed_a) & set(claimed_b)
 
 
-async def test_concurrent_duplicates_from_two_processes_store_one_event(pg_schema: str) -> None:
+async def test_concurrent_duplicates_from_two_processes_store_one_event(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
     """The same dedup key accepted at once by two processes is stored once; the other is told it is a duplicate."""
-    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
-    await a.open()
-    await b.open()
-    try:
-        results = await asyncio.gather(*(
-            store.accept(make_event(dedup_key="msg-1"), [make_delivery()], WEEK) for store in (a, b, a, b)))
-        fresh = [r for r in results if not r.duplicate]
-        assert len(fresh) == 1
-        assert {r.event_id for r in results} == {fresh[0].event_id}
-    finally:
-        await a.close()
-        await b.close()
+    a, b = two
+    results = await asyncio.gather(*(
+        store.accept(make_event(dedup_key="msg-1"), [make_delivery()], WEEK) for store in (a, b, a, b)))
+    fresh = [r for r in results if not r.duplicate]
+    assert len(fresh) == 1
+    assert {r.event_id for r in results} == {fresh[0].event_id}
 
 
-async def test_new_work_is_announced_to_other_processes(pg_schema: str) -> None:
+async def test_new_work_is_announced_to_other_processes(two: tuple[PostgresStore, PostgresStore]) -> None:
     """A delivery accepted by one process wakes the subscribers of another, naming its destination."""
-    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
-    await a.open()
-    await b.open()
+    a, b = two
     heard: asyncio.Queue[str] = asyncio.Queue()
-    try:
-        await b.subscribe(heard.put_nowait)
-        await accept_one(a, make_delivery(destination="lsq"))
-        assert await asyncio.wait_for(heard.get(), 5) == "lsq"
-    finally:
-        await a.close()
-        await b.close()
+    await b.subscribe(heard.put_nowait)
+    await accept_one(a, make_delivery(destination="lsq"))
+    assert await asyncio.wait_for(heard.get(), 5) == "lsq"
 
 
 async def test_unreachable_database_is_store_unavailable() -> None:
