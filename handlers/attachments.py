@@ -23,18 +23,25 @@ class Attachment(msgspec.Struct, kw_only=True):
     content: bytes | None = None
 
 
+def _described(name: object, content_type: object) -> dict[str, Any]:
+    """`name` and `content_type` as the payload shows them; a value that is not text (a provider's JSON may
+    hold anything) counts as absent."""
+    return {"name": name if isinstance(name, str) else "",
+            "content_type": content_type.lower() if isinstance(content_type, str) and content_type
+            else "application/octet-stream"}
+
+
 def attachment(name: str | None, content_type: str | None, content: bytes) -> Attachment:
     """An attachment whose metadata (name, content_type, size, sha256) is computed from its content."""
-    meta = {"name": name or "", "content_type": (content_type or "application/octet-stream").lower(),
-            "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    meta = {**_described(name, content_type), "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
     return Attachment(meta=meta, content=content)
 
 
 def remote_attachment(name: str | None, content_type: str | None, size: int | None, reason: str,
                       **extra: Any) -> Attachment:
     """A file the provider did not send the content of: recorded, never silently dropped."""
-    meta = {"name": name or "", "content_type": (content_type or "application/octet-stream").lower(),
-            "size": size, "sha256": None, "stored": False, "reason": reason, **extra}
+    meta = {**_described(name, content_type), "size": size, "sha256": None, "stored": False, "reason": reason,
+            **extra}
     return Attachment(meta=meta, content=None)
 
 

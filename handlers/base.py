@@ -59,6 +59,11 @@ def obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def items(value: Any) -> list[Any]:
+    """`value` if it is a JSON array, else an empty one: optional lists are walked without ceremony."""
+    return value if isinstance(value, list) else []
+
+
 _SLOTS: dict[str, Any] = {}
 
 

@@ -27,12 +27,18 @@ def decode_words(value: str) -> str:
         return value
 
 
-def _address_texts(value: AddressInput) -> list[str]:
-    if value is None:
-        return []
+def _texts(value: object) -> list[str]:
+    """The strings in a header value or a list of them. Providers' JSON is read as it comes: anything else in
+    its place (a number, an object) counts as absent rather than failing the request."""
     if isinstance(value, str):
-        return [decode_words(value)]
-    return [decode_words(v) for v in value if isinstance(v, str)]
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _address_texts(value: AddressInput) -> list[str]:
+    return [decode_words(v) for v in _texts(value)]
 
 
 def address_list(*values: AddressInput) -> list[str]:
@@ -61,11 +67,8 @@ _MSG_ID = re.compile(r"<[^<>\s]+>")
 
 def message_ids(value: str | Iterable[str] | None) -> list[str]:
     """The message ids in a Message-ID, In-Reply-To or References value, each as `<id@host>`."""
-    if value is None:
-        return []
-    texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
     out: list[str] = []
-    for text in texts:
+    for text in _texts(value):
         found = _MSG_ID.findall(text)
         if not found:  # some providers strip the brackets
             found = [f"<{t}>" for t in re.split(r"[\s,]+", text.strip()) if t and "<" not in t and ">" not in t]

@@ -3,9 +3,8 @@ Conversation topics become chat events (the newest part of the conversation); `p
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
+from functools import cached_property
 from html import unescape
 from typing import Any, ClassVar
 
@@ -13,9 +12,10 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, obj, per_request
+from handlers.auth import HmacConfig, check_hmac
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
 from handlers.chat import chat_payload
-from handlers.signing import require, same
+from handlers.signing import require
 
 HEADER = "X-Hub-Signature"
 _TAG = re.compile(r"<[^>]+>")
@@ -55,14 +55,13 @@ class IntercomHandler(Handler):
     Options: ClassVar[type[SourceConfig]] = IntercomOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 
-    def verify(self, request: web.Request, body: bytes) -> None:
+    @cached_property
+    def signature(self) -> HmacConfig:
         assert isinstance(self.options, IntercomOptions)
-        given = request.headers.get(HEADER, "")
-        if not given:
-            raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
-        expected = "sha1=" + hmac.new(self.options.secret.encode(), body, hashlib.sha1).hexdigest()
-        if not same(expected, given.lower()):
-            raise Rejected(401, f"signature in {HEADER} does not match the body", check="signature")
+        return HmacConfig(secret=self.options.secret, header=HEADER, algorithm="sha1", prefix="sha1=")
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        check_hmac(self.signature, request, body, check="signature")
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))
@@ -80,7 +79,7 @@ class IntercomHandler(Handler):
         part = _latest(item) if is_conversation else {}
         author = obj(part.get("author"))
         attachments = [{k: a.get(k) for k in ("name", "url", "content_type", "filesize") if k in a}
-                       for a in part.get("attachments") or [] if isinstance(a, dict)]
+                       for a in items(part.get("attachments")) if isinstance(a, dict)]
         payload = chat_payload(
             from_=author.get("email") or author.get("id"), from_name=author.get("name"),
             to=data.get("app_id"), text=html_text(part.get("body")),

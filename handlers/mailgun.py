@@ -10,10 +10,11 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment
+from handlers.auth import hmac_digest, signature_matches
 from handlers.base import Handler, Inbound, per_request
 from handlers.email import Headers, email_payload, message_id
 from handlers.formdata import add_value, decode_part, multipart_parts, parse_urlencoded
-from handlers.signing import TimedOptions, check_timestamp, hex_hmac_sha256, require, same
+from handlers.signing import TimedOptions, check_timestamp, require
 
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
@@ -75,8 +76,8 @@ class MailgunHandler(Handler):
             raise Rejected(401, "the form has no Mailgun `token` and `signature`", check="signature")
         check_timestamp(timestamp, self.clock(), self.mailgun.tolerance_s, header="field `timestamp`")
         assert timestamp is not None
-        expected = hex_hmac_sha256(self.mailgun.signing_key.encode(), (timestamp + token).encode())
-        if not same(expected, signature.lower()):
+        expected = hmac_digest(self.mailgun.signing_key.encode(), (timestamp + token).encode(), "sha256")
+        if not signature_matches(expected, signature, "hex"):
             raise Rejected(401, "Mailgun `signature` does not match timestamp and token", check="signature")
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

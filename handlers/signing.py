@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Literal
 
@@ -48,10 +47,6 @@ def check_timestamp(value: str | None, now: float, tolerance_s: float, *, header
         raise Rejected(401, f"timestamp {header} is {abs(now - seconds):.0f}s {age}; the limit is "
                             f"{tolerance_s:.0f}s", check="timestamp")
     return stamp
-
-
-def hex_hmac_sha256(secret: bytes, message: bytes) -> str:
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def same(expected: str | bytes, given: str) -> bool:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
+from handlers.auth import hmac_digest, signature_matches
 from handlers.base import (
     KEEP_HEADERS,
     Handler,
@@ -19,15 +20,16 @@ from handlers.base import (
     decode_json_object,
     handshake_answer,
     ignored,
+    items,
     obj,
     per_request,
 )
 from handlers.chat import chat_payload
-from handlers.signing import TimedOptions, check_timestamp, hex_hmac_sha256, require, same
+from handlers.signing import TimedOptions, check_timestamp, require
 
-TAKEN_EVENTS = frozenset({"message", "app_mention"})
+TAKEN_EVENTS = ("message", "app_mention")  # tuples: a body may put any value, even a list, in `type`
 # Message subtypes a person produces; the rest (edits, deletions, joins, bots) are not new messages.
-PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
+PERSON_SUBTYPES = (None, "file_share", "thread_broadcast", "me_message")
 
 
 class SlackOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
@@ -57,9 +59,10 @@ class SlackHandler(Handler):
         raw_ts = request.headers.get("X-Slack-Request-Timestamp")
         check_timestamp(raw_ts, self.clock(), self.slack.tolerance_s, header="X-Slack-Request-Timestamp")
         assert raw_ts is not None
-        base = b"v0:" + raw_ts.strip().encode() + b":" + body
-        expected = "v0=" + hex_hmac_sha256(self.slack.signing_secret.encode(), base)
-        if not same(expected, given.lower()):
+        expected = hmac_digest(self.slack.signing_secret.encode(), b"v0:" + raw_ts.strip().encode() + b":" + body,
+                               "sha256")
+        version, _, value = given.strip().partition("=")
+        if version.lower() != "v0" or not signature_matches(expected, value, "hex"):
             raise Rejected(401, "signature in X-Slack-Signature does not match timestamp and body",
                            check="signature")
 
@@ -89,7 +92,7 @@ class SlackHandler(Handler):
         profile = obj(event.get("user_profile"))
         channel, thread = event.get("channel"), event.get("thread_ts")
         files = [{k: f.get(k) for k in ("id", "name", "mimetype", "url_private") if k in f}
-                 for f in event.get("files") or [] if isinstance(f, dict)]
+                 for f in items(event.get("files")) if isinstance(f, dict)]
         payload = chat_payload(
             from_=event.get("user"), from_name=profile.get("real_name") or profile.get("display_name"),
             to=channel, text=event.get("text"),

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 from typing import ClassVar
 
 from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
+from handlers.auth import hmac_digest, signature_matches
 from handlers.base import Handler, Inbound, decode_json_object
 from handlers.signing import TimedOptions, check_timestamp, require
 
@@ -60,12 +59,12 @@ class StandardWebhooksHandler(Handler):
         check_timestamp(raw_ts, self.clock(), self.options.tolerance_s, header="webhook-timestamp")
         assert raw_ts is not None
         signed = msg_id.encode("utf-8", "replace") + b"." + raw_ts.strip().encode() + b"." + body
-        expected = base64.b64encode(hmac.new(self.options.key, signed, hashlib.sha256).digest())
+        expected = hmac_digest(self.options.key, signed, "sha256")
         ok = False
         for candidate in given.split():
             version, _, value = candidate.partition(",")
             if version == "v1":
-                ok |= hmac.compare_digest(expected, value.encode("utf-8", "replace"))
+                ok |= signature_matches(expected, value, "base64")
         if not ok:
             raise Rejected(401, "no v1 signature in webhook-signature matches id, timestamp and body",
                            check="signature")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+from functools import cached_property
 from typing import Any, ClassVar
 
 from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
+from handlers.auth import HmacConfig, check_hmac
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, per_request
 from handlers.hosted_form import SignedFormOptions, flatten
-from handlers.signing import same
 
 HEADER = "Tally-Signature"
-CHOICE_TYPES = frozenset({"MULTIPLE_CHOICE", "DROPDOWN", "CHECKBOXES", "MULTI_SELECT", "RANKING"})
+# A tuple, not a set: a body may put any value, even an unhashable one, in `type`.
+CHOICE_TYPES = ("MULTIPLE_CHOICE", "DROPDOWN", "CHECKBOXES", "MULTI_SELECT", "RANKING")
 
 
 class TallyOptions(SignedFormOptions, kw_only=True, forbid_unknown_fields=True):
@@ -28,10 +27,12 @@ def field_value(field: dict[str, Any]) -> Any:
     value = field.get("value")
     options = field.get("options")
     if field.get("type") in CHOICE_TYPES and isinstance(options, list):
-        text = {o.get("id"): o.get("text") for o in options if isinstance(o, dict)}
-        if isinstance(value, list):
-            return [text.get(v, v) for v in value]
-        return text.get(value, value)
+        text = {o["id"]: o.get("text") for o in options if isinstance(o, dict) and isinstance(o.get("id"), str)}
+
+        def option(v: Any) -> Any:
+            return text.get(v, v) if isinstance(v, str) else v
+
+        return [option(v) for v in value] if isinstance(value, list) else option(value)
     return value
 
 
@@ -46,13 +47,12 @@ class TallyHandler(Handler):
         assert isinstance(self.options, TallyOptions)
         return self.options
 
+    @cached_property
+    def signature(self) -> HmacConfig:
+        return HmacConfig(secret=self.tally.secret, header=HEADER, encoding="base64")
+
     def verify(self, request: web.Request, body: bytes) -> None:
-        given = request.headers.get(HEADER, "")
-        if not given:
-            raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
-        digest = hmac.new(self.tally.secret.encode(), body, hashlib.sha256).digest()
-        if not same(base64.b64encode(digest), given):
-            raise Rejected(401, f"signature in {HEADER} does not match the body", check="signature")
+        check_hmac(self.signature, request, body, check="signature")
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))

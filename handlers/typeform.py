@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+from functools import cached_property
 from typing import Any, ClassVar
 
 from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, obj, per_request
+from handlers.auth import HmacConfig, check_hmac
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
 from handlers.hosted_form import SignedFormOptions, flatten
-from handlers.signing import same
 
 HEADER = "Typeform-Signature"
 
@@ -29,7 +27,7 @@ def answer_value(answer: dict[str, Any]) -> Any:
     if kind == "choice" and isinstance(value, dict):
         return value.get("label", value.get("other"))
     if kind == "choices" and isinstance(value, dict):
-        labels = list(value.get("labels") or [])
+        labels = list(items(value.get("labels")))
         if value.get("other"):
             labels.append(value["other"])
         return labels
@@ -49,13 +47,12 @@ class TypeformHandler(Handler):
         assert isinstance(self.options, TypeformOptions)
         return self.options
 
+    @cached_property
+    def signature(self) -> HmacConfig:
+        return HmacConfig(secret=self.typeform.secret, header=HEADER, encoding="base64", prefix="sha256=")
+
     def verify(self, request: web.Request, body: bytes) -> None:
-        given = request.headers.get(HEADER, "")
-        if not given:
-            raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
-        digest = hmac.new(self.typeform.secret.encode(), body, hashlib.sha256).digest()
-        if not same(b"sha256=" + base64.b64encode(digest), given):
-            raise Rejected(401, f"signature in {HEADER} does not match the body", check="signature")
+        check_hmac(self.signature, request, body, check="signature")
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))
@@ -69,13 +66,13 @@ class TypeformHandler(Handler):
         if not isinstance(response, dict):
             raise Rejected(400, "no `form_response` object in the body", check="json")
         definition = obj(response.get("definition"))
-        titles = {f.get("id"): f.get("title") for f in definition.get("fields") or [] if isinstance(f, dict)}
+        titles = {str(f.get("id")): f.get("title") for f in items(definition.get("fields")) if isinstance(f, dict)}
         answers: list[tuple[str, Any]] = []
-        for answer in response.get("answers") or []:
+        for answer in items(response.get("answers")):
             if not isinstance(answer, dict):
                 continue
             field = obj(answer.get("field"))
-            ref, title = field.get("ref"), titles.get(field.get("id"))
+            ref, title = field.get("ref"), titles.get(str(field.get("id")))
             key = title if self.typeform.field_names == "label" and title else ref or field.get("id")
             answers.append((str(key), answer_value(answer)))
         hidden = response.get("hidden")

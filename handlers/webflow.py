@@ -9,9 +9,10 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
+from handlers.auth import hmac_digest, signature_matches
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, per_request
 from handlers.hosted_form import flatten
-from handlers.signing import TimedOptions, check_timestamp, hex_hmac_sha256, require, same
+from handlers.signing import TimedOptions, check_timestamp, require
 
 
 class WebflowOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
@@ -40,8 +41,8 @@ class WebflowHandler(Handler):
         raw_ts = request.headers.get("x-webflow-timestamp")
         check_timestamp(raw_ts, self.clock(), self.webflow.tolerance_s, header="x-webflow-timestamp", unit="ms")
         assert raw_ts is not None
-        expected = hex_hmac_sha256(self.webflow.secret.encode(), raw_ts.strip().encode() + b":" + body)
-        if not same(expected, signature.lower()):
+        expected = hmac_digest(self.webflow.secret.encode(), raw_ts.strip().encode() + b":" + body, "sha256")
+        if not signature_matches(expected, signature, "hex"):
             raise Rejected(401, "signature in x-webflow-signature does not match timestamp and body",
                            check="signature")
 

@@ -192,7 +192,7 @@ def test_basic_undecodable_bytes_are_rejected_not_a_crash() -> None:
 def test_bearer_compares_in_constant_time(spy: Spy) -> None:
     """The bearer token is compared with `hmac.compare_digest`."""
     rejected(BEARER, {"Authorization": "Bearer guess"})
-    assert spy.calls == [(b"guess", b"tok-123")]
+    assert spy.calls == [(b"tok-123", b"guess")]
 
 
 # -- HMAC --------------------------------------------------------------------------------------------
@@ -242,6 +242,15 @@ def test_hmac_with_prefix() -> None:
     """With a prefix such as `sha256=`, the signature after the prefix is checked."""
     cfg = HmacConfig(secret="sh", header="X-Hub-Signature-256", prefix="sha256=")
     check_hmac(cfg, request({"X-Hub-Signature-256": "sha256=" + sign("sh", BODY).hex()}), BODY)
+
+
+def test_hmac_check_name_is_the_callers() -> None:
+    """A provider verified with a fixed config (Intercom, Meta) is refused under its own check name."""
+    cfg = HmacConfig(secret="sh", header="X-Hub-Signature", algorithm="sha1", prefix="sha1=")
+    check_hmac(cfg, request({"X-Hub-Signature": "sha1=" + sign("sh", BODY, "sha1").hex()}), BODY, check="signature")
+    with pytest.raises(Rejected) as info:
+        check_hmac(cfg, request({"X-Hub-Signature": "sha1=" + "0" * 40}), BODY, check="signature")
+    assert (info.value.status, info.value.check) == (401, "signature")
 
 
 def test_hmac_missing_prefix_is_rejected() -> None:
