@@ -121,6 +121,16 @@ def decode_json(body: bytes) -> Any:
         return None
 
 
+def lower_keys(body: Mapping[Any, Any]) -> dict[str, Any]:
+    """A JSON object with lower-cased keys, for vendors whose key case varies (`status`/`Status`)."""
+    return {str(k).lower(): v for k, v in body.items()}
+
+
+def blank(value: Any) -> bool:
+    """Whether a rendered value holds nothing to send: None, or text of spaces only."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def text_or_none(value: Any) -> str | None:
     """A vendor's id or message as text; None for null, empty text, or a table or list."""
     if value is None or isinstance(value, dict | list) or value == "":

@@ -10,7 +10,16 @@ import msgspec
 
 from bridge.config import DestinationConfig
 from bridge.errors import MappingError
-from bridge.vendors.base import Adapter, Outcome, VendorRequest, classify_status, decode_json, excerpt
+from bridge.vendors.base import (
+    Adapter,
+    Outcome,
+    VendorRequest,
+    blank,
+    classify_status,
+    decode_json,
+    excerpt,
+    lower_keys,
+)
 
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
@@ -35,10 +44,6 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
             raise ValueError("`token` is required: the key from Kapture's Partner/API configuration")
 
 
-def _lower_keys(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {str(k).lower(): v for k, v in body.items()}
-
-
 def ticket_id_of(body: Mapping[str, Any]) -> str | None:
     """`ticket_id`, else `ticket.ticketId`, else `Ticket Id`."""
     for key in ("ticket_id", "Ticket Id"):
@@ -59,7 +64,7 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[O
     parsed = decode_json(body)
     if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
         parsed = parsed[0]
-    data = _lower_keys(parsed) if isinstance(parsed, dict) else None
+    data = lower_keys(parsed) if isinstance(parsed, dict) else None
     raw_message = data.get("message") if data else None
     message = raw_message if isinstance(raw_message, str) else ""
     if "invalid auth key" in message.lower():
@@ -79,13 +84,9 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[O
     return Outcome(classification="permanent", error=f"kapture: HTTP {status}: {reason}"), parsed
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def check_callback_time(value: Any) -> None:
     """Refuse a `callback_time` Kapture would reject ("Invalid Format."), before it is sent."""
-    if _blank(value):
+    if blank(value):
         return  # the documented body sends "" for no callback
     if isinstance(value, str):
         try:
@@ -125,7 +126,7 @@ class KaptureAdapter(Adapter):
         if path is None:
             raise MappingError(f"kapture has no action {action!r}; it takes: {', '.join(sorted(PATHS))}")
         for name in REQUIRED[action]:
-            if _blank(fields.get(name)):
+            if blank(fields.get(name)):
                 raise MappingError(f"kapture {action} needs a non-empty `{name}`", path=name)
         item = fields
         if action == "update_ticket":

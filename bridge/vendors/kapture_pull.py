@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from bridge.vendors.base import Outcome, VendorRequest
+from bridge.vendors.base import Outcome, VendorRequest, lower_keys
 from bridge.vendors.kapture import PULL_PATH, KaptureAdapter, read_answer
 
 DATE_FORMAT = "%Y-%m-%d"  # the API's YYYY-MM-DD
@@ -61,7 +61,7 @@ def parse_pull(status: int, headers: Mapping[str, str], body: bytes) -> PullPage
     if outcome.classification != "success":
         return PullPage(outcome=outcome)
     assert isinstance(parsed, dict)
-    data = {str(k).lower(): v for k, v in parsed.items()}
+    data = lower_keys(parsed)
     listed = data.get("message")
     if listed is None:
         listed = []

@@ -13,10 +13,11 @@ from bridge.vendors.base import (
     Adapter,
     Outcome,
     VendorRequest,
+    blank,
     classify_status,
     decode_json,
     excerpt,
-    parse_retry_after,
+    lower_keys,
     text_or_none,
 )
 
@@ -56,10 +57,6 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
             self.rate_limit = RateLimit(requests=DEFAULT_REQUESTS, per_seconds=DEFAULT_PER_SECONDS)
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 class LeadSquaredAdapter(Adapter):
     vendor: ClassVar[str] = "leadsquared"
     Options: ClassVar[type[DestinationConfig]] = LeadSquaredOptions
@@ -86,7 +83,7 @@ class LeadSquaredAdapter(Adapter):
 
     def envelope(self, fields: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
         """The ticket body: TypeId, Id, LeadId, Fields (in mapping order) and RelatedTicketTypeId."""
-        if all(_blank(fields.get(name)) for name in LEAD_FIELDS):
+        if all(blank(fields.get(name)) for name in LEAD_FIELDS):
             raise MappingError(f"leadsquared needs one of {', '.join(LEAD_FIELDS)} with a value; "
                                "all are missing or empty", path="LeadDetail.EmailAddress")
         type_id = options.get("TypeId", self.options.type_id)
@@ -95,7 +92,7 @@ class LeadSquaredAdapter(Adapter):
         return {
             "TypeId": str(type_id),
             "Id": None,
-            "LeadId": None if _blank(lead_id) else lead_id,
+            "LeadId": None if blank(lead_id) else lead_id,
             "Fields": [{"SchemaName": name, "Value": value} for name, value in fields.items() if name != "LeadId"],
             "RelatedTicketTypeId": related,
         }
@@ -113,16 +110,13 @@ class LeadSquaredAdapter(Adapter):
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)
-        data = {str(k).lower(): v for k, v in parsed.items()} if isinstance(parsed, dict) else {}
+        data = lower_keys(parsed) if isinstance(parsed, dict) else {}
         state = str(data.get("status") or "").lower()
         reason = (text_or_none(data.get("exceptionmessage")) or text_or_none(data.get("reasonforfailure"))
                   or text_or_none(data.get("message")))
         kind = text_or_none(data.get("exceptiontype"))
         detail = ": ".join(p for p in (kind, reason) if p) or excerpt(body)
-        if status == 429:
-            return Outcome(classification="retry", error=f"leadsquared: HTTP 429: {detail}",
-                           retry_after=parse_retry_after(headers.get("Retry-After")))
-        if status == 401 or (status == 403 and state != "success"):
+        if status in (401, 403):
             return Outcome(classification="auth", error=f"leadsquared: HTTP {status}: the access or secret key "
                                                         f"was refused: {detail}")
         if status >= 500 and state == "error" and kind and any(m in kind.lower() for m in REJECTION_MARKERS):

@@ -21,6 +21,7 @@ from bridge.vendors.base import (
     VendorAuthFailed,
     VendorRequest,
     VendorUnavailable,
+    blank,
     classify_status,
     decode_json,
     excerpt,
@@ -58,10 +59,6 @@ class NetgrootOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=Tru
             raise ValueError(f"`subjects_ttl`: {exc}") from None
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def _fold(name: str) -> str:
     return " ".join(name.split()).casefold()
 
@@ -77,9 +74,10 @@ def as_id(name: str, value: Any) -> int:
 
 def parse_subjects(status: int, body: bytes) -> Subjects:
     """getSubjects' answer as folded name → (id, name); raises for each way the look-up can fail."""
-    if status in (401, 403):
+    by_status = classify_status(status, {})
+    if by_status is not None and by_status.classification == "auth":
         raise VendorAuthFailed(f"netgroot: getSubjects: HTTP {status}: the token was refused: {excerpt(body)}")
-    if status in (408, 425, 429) or status >= 500:
+    if by_status is not None:
         raise VendorUnavailable(f"netgroot: getSubjects: HTTP {status}: {excerpt(body)}")
     parsed = decode_json(body)
     data = parsed.get("data") if isinstance(parsed, dict) else None
@@ -169,7 +167,7 @@ class NetgrootAdapter(Adapter):
         if "subject" not in fields:
             return fields
         name = fields["subject"]
-        if _blank(name) or not isinstance(name, str | int):
+        if blank(name) or not isinstance(name, str | int):
             raise MappingError(f"{name!r} is not a subject name", path="subject")
 
         async def load() -> Subjects:
@@ -184,19 +182,19 @@ class NetgrootAdapter(Adapter):
             raise MappingError(f"netgroot has no action {action!r}; it takes: create_ticket")
         if "subject" in fields:
             raise MappingError("the subject name was not resolved to an id", path="subject")
-        if _blank(fields.get("subject_id")):
+        if blank(fields.get("subject_id")):
             raise MappingError("netgroot needs `subject` (a name) or `subject_id`", path="subject_id")
         body: dict[str, Any] = {"subject_id": as_id("subject_id", fields["subject_id"])}
         for key in ID_FIELDS:
             value = fields.get(key)
-            if _blank(value):
+            if blank(value):
                 value = getattr(self.options, key)
             if value is None:
                 raise MappingError(f"required: set it in the mapping, or as `{key}` on the destination "
                                    f"{self.name!r}", path=key)
             body[key] = as_id(key, value)
         message = fields.get("message")
-        if _blank(message) or isinstance(message, dict | list):
+        if blank(message) or isinstance(message, dict | list):
             raise MappingError(f"required text, got {message!r}", path="message")
         body["message"] = str(message)
         body.update((k, v) for k, v in fields.items() if k not in body)

@@ -15,9 +15,11 @@ from bridge.vendors.base import (
     Adapter,
     Outcome,
     VendorRequest,
+    blank,
     classify_status,
     decode_json,
     excerpt,
+    lower_keys,
     parse_retry_after,
 )
 
@@ -133,6 +135,19 @@ def test_excerpt_never_fails_on_bad_bytes() -> None:
     """Invalid UTF-8, or a character cut at the limit, is replaced rather than raising."""
     assert excerpt(b"\xffok") == "\ufffdok"
     assert excerpt("é".encode() * 3, limit=3) == "é\ufffd…"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, True), ("", True), (" \t\n", True), ("x", False),
+                                               (0, False), (False, False), ([], False), ({}, False)])
+def test_blank_is_none_or_spaces_only(value: Any, expected: bool) -> None:
+    """Only None and text of spaces count as nothing to send; zero, false and empty lists are values."""
+    assert blank(value) is expected
+
+
+def test_lower_keys_folds_the_case_of_keys_only() -> None:
+    """Keys are lower-cased (and made text); values, nested keys included, are left as they are."""
+    assert lower_keys({"Status": "Success", "TicketId": {"Key": 1}, 7: "x"}) == {
+        "status": "Success", "ticketid": {"Key": 1}, "7": "x"}
 
 
 def test_outcome_defaults() -> None:

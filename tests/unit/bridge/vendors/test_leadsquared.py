@@ -190,11 +190,12 @@ def test_rate_limited_is_a_retry_without_retry_after() -> None:
     assert classify(429, body, {"Retry-After": "3"}).retry_after == 3.0
 
 
-def test_bad_keys_are_auth() -> None:
-    """401 means the access or secret key was refused: auth, not retried."""
-    outcome = classify(401, {"Status": "Error", "ExceptionMessage": "Invalid AccessKey or SecretKey"})
+@pytest.mark.parametrize("status", [401, 403])
+def test_bad_keys_are_auth(status: int) -> None:
+    """401 or 403 means the access or secret key was refused: auth, not retried."""
+    outcome = classify(status, {"Status": "Error", "ExceptionMessage": "Invalid AccessKey or SecretKey"})
     assert outcome.classification == "auth"
-    assert outcome.error == ("leadsquared: HTTP 401: the access or secret key was refused: "
+    assert outcome.error == (f"leadsquared: HTTP {status}: the access or secret key was refused: "
                              "Invalid AccessKey or SecretKey")
 
 

@@ -24,8 +24,8 @@ from bridge.vendors.netgroot import (
 from bridge.vendors.registry import adapter_class
 
 BASE = "https://crm.example-isp.net"
-SUBJECTS = {"success": True, "data": [{"subject_id": 1, "name": "Technical Support"},
-                                      {"subject_id": 2, "name": "Billing Issue"}]}
+SUBJECTS: dict[str, Any] = {"success": True, "data": [{"subject_id": 1, "name": "Technical Support"},
+                                                      {"subject_id": 2, "name": "Billing Issue"}]}
 DEFAULTS = {"type_id": 1, "status_id": 1, "priority_id": 2, "group_id": 3}
 
 
@@ -176,20 +176,28 @@ def test_server_errors_are_retried() -> None:
 # -- subjects -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "body", "error"), [
-    (401, {"success": False, "message": "Unauthorized"}, VendorAuthFailed),
-    (403, b"", VendorAuthFailed),
-    (503, b"down", VendorUnavailable),
-    (429, b"", VendorUnavailable),
-    (404, b"Not Found", MappingError),
-    (200, {"success": False}, MappingError),
-    (200, b"<html>", MappingError),
+@pytest.mark.parametrize(("status", "body", "error", "message"), [
+    (401, {"success": False, "message": "Unauthorized"}, VendorAuthFailed,
+     'netgroot: getSubjects: HTTP 401: the token was refused: {"success": false, "message": "Unauthorized"}'),
+    (403, b"", VendorAuthFailed, "netgroot: getSubjects: HTTP 403: the token was refused: "),
+    (503, b"down", VendorUnavailable, "netgroot: getSubjects: HTTP 503: down"),
+    (429, b"", VendorUnavailable, "netgroot: getSubjects: HTTP 429: "),
+    (408, b"", VendorUnavailable, "netgroot: getSubjects: HTTP 408: "),
+    (404, b"Not Found", MappingError,
+     "subject: the subject list could not be read (getSubjects answered HTTP 404: Not Found)"),
+    (200, {"success": False}, MappingError,
+     'subject: the subject list could not be read (getSubjects answered HTTP 200: {"success": false})'),
+    (200, b"<html>", MappingError, "subject: the subject list could not be read (getSubjects answered HTTP 200: "
+                                   "<html>)"),
 ])
-def test_a_failed_subject_look_up_says_how(status: int, body: Any, error: type[Exception]) -> None:
-    """Refused credentials are auth, passing failures retry later, anything else is permanent."""
+def test_a_failed_subject_look_up_says_how(status: int, body: Any, error: type[Exception], message: str) -> None:
+    """Refused credentials are auth, passing failures retry later, anything else is permanent; each says what
+    getSubjects answered."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    with pytest.raises(error):
+    with pytest.raises(error) as info:
         parse_subjects(status, raw)
+    assert type(info.value) is error
+    assert str(info.value) == message
 
 
 def test_subjects_are_read_tolerantly() -> None:
