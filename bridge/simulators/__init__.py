@@ -7,21 +7,11 @@ served by it, and `ticketbridge sandbox` serves every registered one under /{ven
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
-from aiohttp import web
-
-
-class Simulator(Protocol):
-    """What the server and the tests use of a simulator."""
-
-    faults: Any
-
-    def app(self) -> web.Application:
-        """A new aiohttp application serving the vendor's API (each call builds a fresh one)."""
+from bridge.simulators.base import VendorSimulator
 
 
-def registry() -> dict[str, Callable[[], Simulator]]:
+def registry() -> dict[str, Callable[[], VendorSimulator]]:
     # Imported here: the simulators import the vendors, which the config loader imports.
     from bridge.simulators.http import HttpSimulator  # noqa: PLC0415
     from bridge.simulators.kapture import KaptureSimulator  # noqa: PLC0415

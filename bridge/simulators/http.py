@@ -5,21 +5,18 @@ answered `201 {"success": true, "data": {"id": "T-<n>"}}`, so `sandbox: true` ht
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 from aiohttp import web
 
-from bridge.simulators.faults import Faults, apply_faults, fault_routes
-from bridge.simulators.received import RequestLog
+from bridge.simulators.base import VendorSimulator
+from bridge.simulators.faults import Handler, apply_faults
 
 OUTAGE = {"success": False, "error": "simulated outage"}
 
 
-class HttpSimulator:
+class HttpSimulator(VendorSimulator):
     def __init__(self) -> None:
-        self.tickets: list[dict[str, Any]] = []
-        self.faults = Faults()
-        self.received = RequestLog()
+        super().__init__()
         self._ids = itertools.count(1)
 
     async def accept(self, request: web.Request) -> web.StreamResponse:
@@ -34,20 +31,5 @@ class HttpSimulator:
         self.tickets.append({"id": ticket_id, "method": request.method, "path": request.path, "body": body})
         return web.json_response({"success": True, "data": {"id": ticket_id}}, status=201)
 
-    async def listing(self, request: web.Request) -> web.Response:
-        return web.json_response({"count": len(self.tickets), "tickets": self.tickets})
-
-    def _set_faults(self, faults: Faults) -> None:
-        self.faults = faults
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        accept = self.received.recorded(self.accept)
-        app.add_routes([
-            web.get("/tickets", self.listing),
-            web.get("/", self.listing),
-            *self.received.routes(),
-            *fault_routes(lambda: self.faults, self._set_faults),
-            *(web.route(method, "/{tail:.*}", accept) for method in ("POST", "PUT", "PATCH")),
-        ])
-        return app
+    def vendor_routes(self) -> list[tuple[str, str, Handler]]:
+        return [(method, "/{tail:.*}", self.accept) for method in ("POST", "PUT", "PATCH")]

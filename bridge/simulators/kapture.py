@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.simulators.faults import Faults, apply_faults, fault_routes
-from bridge.simulators.received import RequestLog
+from bridge.simulators.base import VendorSimulator
+from bridge.simulators.faults import Handler, apply_faults
 from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
 
 STAMP = "%Y-%m-%d %H:%M:%S"  # how tickets keep their creation time (as the create answer writes it)
@@ -33,21 +33,19 @@ BAD_DATE = "Date should be in YYYY-MM-DD format."
 OVER_24_HOURS = "At one hit we can pull a data of max 24 hours."
 
 
-class KaptureSimulator:
+class KaptureSimulator(VendorSimulator):
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
                  clock: Callable[[], datetime] = datetime.now) -> None:
+        super().__init__()
         self.tokens = tokens if tokens is not None else {SANDBOX_TOKEN}
         self.failure_http_status = failure_http_status
         self.end_date_inclusive = end_date_inclusive
         self.pagination_enabled = pagination_enabled
         self.page_size = page_size
         self.clock = clock
-        self.tickets: list[dict[str, Any]] = []
         self.pulls: list[dict[str, Any]] = []
         self.requests = 0
-        self.faults = Faults()
-        self.received = RequestLog()
         self._ids = itertools.count(530348198)
 
     def _failed(self, message: str) -> web.Response:
@@ -174,29 +172,14 @@ class KaptureSimulator:
         return web.json_response({"totalCount": total, "message": [self._pull_json(t) for t in found],
                                   "status": "success"})
 
-    async def listing(self, request: web.Request) -> web.Response:
-        return web.json_response({"count": len(self.tickets), "requests": self.requests, "tickets": self.tickets})
+    def listed(self) -> dict[str, Any]:
+        return {"count": len(self.tickets), "requests": self.requests, "tickets": self.tickets}
 
-    async def reset(self, request: web.Request) -> web.Response:
-        self.tickets.clear()
+    def clear(self) -> None:
+        super().clear()
         self.pulls.clear()
         self.requests = 0
-        return web.json_response({"count": 0})
 
-    def _set_faults(self, faults: Faults) -> None:
-        self.faults = faults
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        rec = self.received.recorded
-        app.add_routes([
-            web.post(CREATE_PATH, rec(self.create)),
-            web.post(UPDATE_PATH, rec(self.update)),
-            web.post(PULL_PATH, rec(self.pull)),
-            web.get("/tickets", self.listing),
-            web.get("/", self.listing),
-            web.delete("/tickets", self.reset),
-            *self.received.routes(),
-            *fault_routes(lambda: self.faults, self._set_faults),
-        ])
-        return app
+    def vendor_routes(self) -> list[tuple[str, str, Handler]]:
+        return [("POST", CREATE_PATH, self.create), ("POST", UPDATE_PATH, self.update),
+                ("POST", PULL_PATH, self.pull)]

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.simulators.faults import Faults, apply_faults, fault_routes
-from bridge.simulators.received import RequestLog
+from bridge.simulators.base import VendorSimulator
+from bridge.simulators.faults import Handler, apply_faults
 from bridge.vendors.leadsquared import (
     DEFAULT_PER_SECONDS,
     DEFAULT_REQUESTS,
@@ -37,19 +37,17 @@ def _error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"Status": "Error", "ExceptionType": kind, "ExceptionMessage": message}, status=status)
 
 
-class LeadSquaredSimulator:
+class LeadSquaredSimulator(VendorSimulator):
     def __init__(self, *, orgs: set[str] | None = None, keys: dict[str, str] | None = None,
                  limit: int = DEFAULT_REQUESTS, window_seconds: float = DEFAULT_PER_SECONDS,
                  mandatory_fields: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
         self.orgs = orgs if orgs is not None else {SANDBOX_ORG}
         self.keys = keys if keys is not None else {SANDBOX_ACCESS_KEY: SANDBOX_SECRET_KEY}
         self.limit = limit
         self.window_seconds = window_seconds
         self.mandatory_fields = mandatory_fields
         self.clock = clock
-        self.tickets: list[dict[str, Any]] = []
-        self.faults = Faults()
-        self.received = RequestLog(clock)
         self._accepted: deque[float] = deque()
         self._ids = itertools.count(1)
 
@@ -110,25 +108,9 @@ class LeadSquaredSimulator:
                              "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"]})
         return web.json_response(answer)
 
-    async def listing(self, request: web.Request) -> web.Response:
-        return web.json_response({"count": len(self.tickets), "tickets": self.tickets})
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self.tickets.clear()
+    def clear(self) -> None:
+        super().clear()
         self._accepted.clear()
-        return web.json_response({"count": 0})
 
-    def _set_faults(self, faults: Faults) -> None:
-        self.faults = faults
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.add_routes([
-            web.post("/api/tenants/{org}/tickets", self.received.recorded(self.create)),
-            web.get("/tickets", self.listing),
-            web.get("/", self.listing),
-            web.delete("/tickets", self.reset),
-            *self.received.routes(),
-            *fault_routes(lambda: self.faults, self._set_faults),
-        ])
-        return app
+    def vendor_routes(self) -> list[tuple[str, str, Handler]]:
+        return [("POST", "/api/tenants/{org}/tickets", self.create)]

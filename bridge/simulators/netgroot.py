@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.simulators.faults import Faults, apply_faults, fault_routes
-from bridge.simulators.received import RequestLog
+from bridge.simulators.base import VendorSimulator
+from bridge.simulators.faults import Handler, apply_faults
 from bridge.vendors.netgroot import CREATE_PATH, ID_FIELDS, SANDBOX_TOKEN, SUBJECTS_PATH
 
 NO_SUBSCRIBER_TOKEN = "sandbox-no-subscriber"  # noqa: S105 - the simulator's demo key for the 404 case
@@ -25,15 +25,13 @@ def _answer(status: int, message: str) -> web.Response:
     return web.json_response({"success": False, "message": message}, status=status)
 
 
-class NetgrootSimulator:
+class NetgrootSimulator(VendorSimulator):
     def __init__(self, *, tokens: dict[str, int | None] | None = None,
                  subjects: dict[int, str] | None = None) -> None:
+        super().__init__()
         self.tokens = tokens if tokens is not None else {SANDBOX_TOKEN: 1, NO_SUBSCRIBER_TOKEN: None}
         self.subjects = dict(SUBJECTS if subjects is None else subjects)
-        self.tickets: list[dict[str, Any]] = []
         self.subject_requests = 0
-        self.faults = Faults()
-        self.received = RequestLog()
         self._ids = itertools.count(101)
 
     def _token(self, request: web.Request) -> str | None:
@@ -81,26 +79,5 @@ class NetgrootSimulator:
         return web.json_response({"success": True, "message": "Ticket created successfully",
                                   "data": {"ticket_id": ticket_id, "status": "Open"}})
 
-    async def listing(self, request: web.Request) -> web.Response:
-        return web.json_response({"count": len(self.tickets), "tickets": self.tickets})
-
-    async def reset(self, request: web.Request) -> web.Response:
-        self.tickets.clear()
-        return web.json_response({"count": 0})
-
-    def _set_faults(self, faults: Faults) -> None:
-        self.faults = faults
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        rec = self.received.recorded
-        app.add_routes([
-            web.get(SUBJECTS_PATH, rec(self.get_subjects)),
-            web.post(CREATE_PATH, rec(self.create)),
-            web.get("/tickets", self.listing),
-            web.get("/", self.listing),
-            web.delete("/tickets", self.reset),
-            *self.received.routes(),
-            *fault_routes(lambda: self.faults, self._set_faults),
-        ])
-        return app
+    def vendor_routes(self) -> list[tuple[str, str, Handler]]:
+        return [("GET", SUBJECTS_PATH, self.get_subjects), ("POST", CREATE_PATH, self.create)]

@@ -1,0 +1,59 @@
+"""What every vendor simulator serves beside the vendor's own API: the tickets it holds (`GET /tickets`,
+`GET /`, `DELETE /tickets`), what it received (`/_received`) and its fault knobs (`/_faults`)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from bridge.simulators.faults import Faults, Handler, fault_routes
+from bridge.simulators.received import RequestLog
+
+
+class VendorSimulator(ABC):
+    """A simulator's shared state and routes; a vendor's module adds its API through `vendor_routes`."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tickets: list[dict[str, Any]] = []
+        self.faults = Faults()
+        self.received = RequestLog(clock)
+
+    @abstractmethod
+    def vendor_routes(self) -> list[tuple[str, str, Handler]]:
+        """The vendor's API as (method, path, handler); each call is noted in `received`."""
+
+    def listed(self) -> dict[str, Any]:
+        """What `GET /tickets` answers."""
+        return {"count": len(self.tickets), "tickets": self.tickets}
+
+    def clear(self) -> None:
+        """Forget the tickets (and whatever else a simulator counts), for `DELETE /tickets`."""
+        self.tickets.clear()
+
+    async def listing(self, request: web.Request) -> web.Response:
+        return web.json_response(self.listed())
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.clear()
+        return web.json_response({"count": 0})
+
+    def _set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+
+    def app(self) -> web.Application:
+        """A new aiohttp application: the shared routes first, so a catch-all vendor path cannot shadow them."""
+        app = web.Application()
+        app.add_routes([
+            web.get("/tickets", self.listing),
+            web.get("/", self.listing),
+            web.delete("/tickets", self.reset),
+            *self.received.routes(),
+            *fault_routes(lambda: self.faults, self._set_faults),
+            *(web.route(method, path, self.received.recorded(handler))
+              for method, path, handler in self.vendor_routes()),
+        ])
+        return app
