@@ -51,9 +51,25 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE.jsonl", help="write here (resumable) instead of stdout")
     p.add_argument("--paged", action="store_true", help="ask page by page with `limit` (accounts with "
                                                          "pagination enabled)")
-    p.add_argument("--max-pages", type=int, default=1000, help="per day, a guard against endless paging")
-    p.add_argument("--retries", type=int, default=3, help="tries again per call after a timeout, 429 or 5xx")
+    p.add_argument("--max-pages", type=at_least(1), default=1000, help="per day, a guard against endless paging")
+    p.add_argument("--retries", type=at_least(0), default=3, help="tries again per call after a timeout, 429 "
+                                                                    "or 5xx")
     p.set_defaults(run=run_pull)
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than `minimum`, else an error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value: int | None = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return value
+
+    return parse
 
 
 class PullFailed(Exception):
@@ -149,16 +165,28 @@ class Output:
             result = cls(out, progress, query)
             result._save()
             return result
-        state = msgspec.json.decode(progress.read_bytes())
+        start_over = f"delete {target} and {progress} to pull from the start"
+        try:
+            state = msgspec.json.decode(progress.read_bytes(), type=dict[str, Any])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise ValueError(f"{progress} is not a pull's progress (a JSON object); {start_over}") from None
         if state.get("query") != query:
             raise ValueError(f"{progress} belongs to an unfinished pull ({state.get('query')}); run that again "
-                             f"to finish it, or delete {target} and {progress}")
+                             f"to finish it, or {start_over}")
+        text = target.read_text(encoding="utf-8") if target.exists() else ""
+        if text and not text.endswith("\n"):
+            # A line cut short by a stop in the middle of a write: its day is not done, so it is pulled again.
+            text = text[:text.rfind("\n") + 1]
+            with target.open("r+b") as cut:
+                cut.truncate(len(text.encode()))
         written = set()
-        if target.exists():
-            for line in target.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    ticket = msgspec.json.decode(line)
-                    written.add(ticket_key(ticket) or line)
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    ticket = msgspec.json.decode(line, type=dict[str, Any])
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    raise ValueError(f"{target}:{number}: not a JSON line of a pull; {start_over}") from None
+                written.add(ticket_key(ticket) or line)
         return cls(target.open("a", encoding="utf-8"), progress, query, list(state.get("done", [])), written)
 
     def _save(self) -> None:

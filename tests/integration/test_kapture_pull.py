@@ -160,6 +160,39 @@ async def test_a_day_written_but_not_marked_done_is_not_written_twice(aiohttp_se
     assert titles == expected_titles()
 
 
+async def test_a_line_cut_short_by_a_stop_is_dropped_on_resume(aiohttp_server: Any, tmp_path: Path) -> None:
+    """A run stopped in the middle of writing a line leaves it cut short; resuming drops it and writes every
+    ticket once, each on its own line."""
+    config = await serve(aiohttp_server, seeded(), tmp_path)
+    out = tmp_path / "t.jsonl"
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    whole = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(whole[:2]) + whole[2][:15])  # the third line of the 19th cut in the middle
+    query = {"destination": "kapture", "from": "2024-04-19", "to": "2024-04-21"}
+    (tmp_path / "t.jsonl.progress").write_text(json.dumps({"query": query, "done": []}))
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+
+
+@pytest.mark.parametrize(("progress", "lines_written", "message"), [
+    ("not json", "", "t.jsonl.progress is not a pull's progress (a JSON object); delete "),
+    ("[1]", "", "t.jsonl.progress is not a pull's progress (a JSON object); delete "),
+    (None, '{"ticketId": "1"}\nnot json\n', "t.jsonl:2: not a JSON line of a pull; delete "),
+    (None, '{"ticketId": "1"}\n[2]\n', "t.jsonl:2: not a JSON line of a pull; delete "),
+])
+def test_an_unreadable_output_or_progress_is_refused_naming_the_file(tmp_path: Path, progress: str | None,
+                                                                     lines_written: str, message: str) -> None:
+    """A progress file or an output line that cannot be read is an error naming the file (and line), saying how
+    to start over, rather than a traceback."""
+    query = {"destination": "kapture", "from": "2024-04-19", "to": "2024-04-21"}
+    out = tmp_path / "t.jsonl"
+    out.write_text(lines_written)
+    (tmp_path / "t.jsonl.progress").write_text(progress or json.dumps({"query": query, "done": []}))
+    with pytest.raises(ValueError, match="pull from the start") as info:
+        Output.open(str(out), query)
+    assert message in str(info.value)
+
+
 async def test_an_unfinished_pull_of_another_range_is_not_mixed_in(aiohttp_server: Any, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """An output file holding an unfinished pull of another range is refused rather than appended to."""
@@ -195,6 +228,20 @@ async def test_bad_arguments_are_refused(aiohttp_server: Any, tmp_path: Path, ca
     config = await serve(aiohttp_server, seeded(), tmp_path)
     code = await asyncio.to_thread(main, ["kapture", "pull", "-c", str(config), *args])
     assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--retries", "-1"], "argument --retries: '-1' is not a whole number >= 0"),
+    (["--retries", "two"], "argument --retries: 'two' is not a whole number >= 0"),
+    (["--max-pages", "0"], "argument --max-pages: '0' is not a whole number >= 1"),
+])
+def test_bad_counts_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                message: str) -> None:
+    """A negative retry count or no pages at all exits 2 naming the option, the value and the least allowed."""
+    with pytest.raises(SystemExit) as info:
+        main(["kapture", "pull", "-c", str(tmp_path / "bridge.yaml"), "--destination", "kapture", *RANGE, *args])
+    assert info.value.code == 2
     assert message in capsys.readouterr().err
 
 
