@@ -18,7 +18,7 @@ from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, load
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
 
 
-def _check_duration(value: str | float, key: KeyPath) -> None:
+def check_duration(value: str | float, key: KeyPath) -> None:
     """A duration option checked where it is written, so that its error names its key and line."""
     try:
         parse_duration(value)
@@ -76,7 +76,7 @@ class SourceConfig(Base):
     auth: AuthConfig | None = None
 
     def __post_init__(self) -> None:
-        _check_duration(self.dedup_window, ("dedup_window",))
+        check_duration(self.dedup_window, ("dedup_window",))
 
 
 class AttachmentsConfig(Base):
@@ -98,8 +98,8 @@ class RetryConfig(Base):
 
     def __post_init__(self) -> None:
         for i, item in enumerate(self.schedule):
-            _check_duration(item, ("schedule", i))
-        _check_duration(self.max_retry_after, ("max_retry_after",))
+            check_duration(item, ("schedule", i))
+        check_duration(self.max_retry_after, ("max_retry_after",))
 
     def delays(self) -> list[float]:
         return [parse_duration(item) for item in self.schedule]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Literal
 
-from bridge.config import SourceConfig
+from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import Rejected
 
@@ -23,7 +23,7 @@ class TimedOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parse_duration(self.tolerance)
+        check_duration(self.tolerance, ("tolerance",))
 
     @property
     def tolerance_s(self) -> float:

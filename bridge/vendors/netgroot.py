@@ -11,7 +11,7 @@ import msgspec
 import structlog
 from msgspec import Meta
 
-from bridge.config import DestinationConfig
+from bridge.config import DestinationConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import MappingError
 from bridge.vendors.base import (
@@ -53,10 +53,7 @@ class NetgrootOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=Tru
         super().__post_init__()
         if not self.token and not self.sandbox:
             raise ValueError("`token` is required: the ISP CRM's API bearer token")
-        try:
-            parse_duration(self.subjects_ttl)
-        except ValueError as exc:
-            raise ValueError(f"`subjects_ttl`: {exc}") from None
+        check_duration(self.subjects_ttl, ("subjects_ttl",))
 
 
 def _fold(name: str) -> str:

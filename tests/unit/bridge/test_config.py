@@ -335,6 +335,19 @@ def test_dedup_window_must_be_a_duration(tmp_path: Path) -> None:
     assert "'forever' is not a duration" in err.message
 
 
+@pytest.mark.parametrize(("section", "text", "path"), [
+    ("sources", "  mail:\n    kind: mailgun\n    signing_key: k\n    tolerance: forever\n", "sources.mail.tolerance"),
+    ("destinations", "  isp:\n    vendor: netgroot\n    sandbox: true\n    subjects_ttl: forever\n",
+     "destinations.isp.subjects_ttl"),
+])
+def test_provider_and_vendor_durations_are_errors_at_their_key(tmp_path: Path, section: str, text: str,
+                                                               path: str) -> None:
+    """A kind's or vendor's own duration option that is not a duration is reported at that key, on its line."""
+    err = only_error(tmp_path, f"{section}:\n{text}")
+    assert (err.line, err.path) == (5, path)
+    assert "'forever' is not a duration" in err.message
+
+
 @pytest.mark.parametrize(
     "auth",
     ["{}", "{bearer: t, basic: {username: u, password: p}}"],

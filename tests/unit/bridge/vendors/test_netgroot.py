@@ -22,6 +22,7 @@ from bridge.vendors.netgroot import (
     parse_subjects,
 )
 from bridge.vendors.registry import adapter_class
+from bridge.yamlfile import KeyValueError
 
 BASE = "https://crm.example-isp.net"
 SUBJECTS: dict[str, Any] = {"success": True, "data": [{"subject_id": 1, "name": "Technical Support"},
@@ -79,8 +80,10 @@ def test_registry_and_options() -> None:
         msgspec.convert({"vendor": "netgroot", "base_url": BASE}, NetgrootOptions)
     with pytest.raises(msgspec.ValidationError, match="type_id"):
         msgspec.convert({"vendor": "netgroot", "sandbox": True, "type_id": "one"}, NetgrootOptions)
-    with pytest.raises(msgspec.ValidationError, match="subjects_ttl"):
+    with pytest.raises(msgspec.ValidationError, match="'soon' is not a duration") as info:
         msgspec.convert({"vendor": "netgroot", "sandbox": True, "subjects_ttl": "soon"}, NetgrootOptions)
+    assert isinstance(info.value.__cause__, KeyValueError)
+    assert info.value.__cause__.key == ("subjects_ttl",)  # the config loader reports it at that key and line
 
 
 def test_request_has_the_six_fields_as_integers_and_text_with_bearer_auth() -> None:
