@@ -104,8 +104,8 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
             raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
                            check="size") from None
         check_auth(handler.options.auth, request)
-        handler.verify(request, body)
         handler.check_content_type(request)
+        handler.verify(request, body)
         if (early := await handler.intercept(request, body)) is not None:
             return _intercepted(rt, source, early)
         inbounds = handler.parse(request, body)

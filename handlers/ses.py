@@ -11,7 +11,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from bridge.config import SourceConfig
+from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import Rejected
 from handlers.attachments import decode_base64
@@ -36,7 +36,7 @@ class SesOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
         for arn in self.topic_arns:
             if not arn.startswith(("arn:aws:sns:", "arn:aws-cn:sns:", "arn:aws-us-gov:sns:")):
                 raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)")
-        parse_duration(self.max_age)
+        check_duration(self.max_age, ("max_age",))
 
 
 def _timestamp(value: Any) -> datetime:
@@ -69,7 +69,6 @@ class SesHandler(Handler):
 
     def verify(self, request: web.Request, body: bytes) -> None:
         """The checks that need no I/O; the signature itself is checked in `intercept`."""
-        self.check_content_type(request)
         message = self._message(request, body)
         if message.get("TopicArn") not in self.ses.topic_arns:
             raise Rejected(401, f"SNS topic {message.get('TopicArn')!r} is not in this source's topic_arns",

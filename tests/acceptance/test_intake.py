@@ -36,6 +36,9 @@ sources:
   private:
     kind: json
     auth: {basic: {username: ops, password: "${PRIVATE_PASSWORD}"}}
+  mail:
+    kind: mailgun
+    signing_key: "${PARTNER_SECRET}"
 destinations:
   kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms, 50ms]}}
 """
@@ -172,6 +175,14 @@ async def test_content_type_not_taken_is_415(client: Any) -> None:
                              headers={"Content-Type": "text/plain", "X-Signature": sign(body)})
     assert resp.status == 415
     assert "application/json" in (await resp.json())["error"]
+
+
+async def test_content_type_is_checked_before_the_signature(client: Any) -> None:
+    """A provider source given the wrong content type answers 415, before its signature check reads the body."""
+    resp = await client.post("/hooks/mail", json={"signature": "forged"})
+    assert resp.status == 415
+    assert (await resp.json())["check"] == "content_type"
+    assert await all_deliveries(client) == []
 
 
 @pytest.mark.parametrize(("source", "content_type", "body", "reason"), [
