@@ -37,6 +37,7 @@ from bridge.store.base import (
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
+    Nonce,
     Store,
 )
 from bridge.store.rows import (
@@ -58,6 +59,8 @@ from bridge.store.rows import (
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
 SMALL_GROUP = 8
+NONCE_SWEEP = 8
+"""Expired nonces deleted with each one recorded: more than one, so the table shrinks back after a burst."""
 
 class _Op:
     __slots__ = ("durable", "fn", "future")
@@ -332,7 +335,8 @@ class SqliteStore(Store):
 
     # -- intake ---------------------------------------------------------------------------------
 
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
         data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
@@ -345,6 +349,10 @@ class SqliteStore(Store):
                                     (event.source, event.dedup_key)).fetchone()
                 if seen is not None and seen[1] > created:
                     return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
+            # Checked before anything is written, so that a replay leaves the transaction as it found it.
+            if nonce is not None and not _claim_nonce(conn, event.source, nonce, created):
+                return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+            if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
             conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -521,6 +529,21 @@ class SqliteStore(Store):
 
         counts: dict[str, dict[str, int]] = await self._read(run)
         return counts
+
+
+def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:
+    """Record `nonce` for `source` (False, writing nothing, when another request holds it), and delete a
+    few expired ones."""
+    held = conn.execute("SELECT digest, expires_at FROM nonces WHERE source = ? AND nonce = ?",
+                        (source, nonce.value)).fetchone()
+    if held is not None and held[1] > now and held[0] != nonce.digest:
+        return False
+    conn.execute("DELETE FROM nonces WHERE (source, nonce) IN "
+                 "(SELECT source, nonce FROM nonces WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                 (now, NONCE_SWEEP))
+    conn.execute("INSERT OR REPLACE INTO nonces VALUES (?, ?, ?, ?)",
+                 (source, nonce.value, nonce.digest, max(nonce.expires_at_ms, held[1] if held else 0)))
+    return True
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

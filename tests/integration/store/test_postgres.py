@@ -11,7 +11,7 @@ from bridge.errors import StoreUnavailable
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore, split_schema
 from tests.integration.processes import DSN
-from tests.integration.store.contract import WEEK, StoreContract, accept_one, make_delivery, make_event
+from tests.integration.store.contract import WEEK, StoreContract, accept_one, make_delivery, make_event, nonce
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,34 @@ async def test_concurrent_duplicates_from_two_processes_store_one_event(
     fresh = [r for r in results if not r.duplicate]
     assert len(fresh) == 1
     assert {r.event_id for r in results} == {fresh[0].event_id}
+
+
+async def test_a_nonce_used_in_one_process_is_a_replay_in_another(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A nonce recorded through one process refuses another request through the other; the same request
+    (its retry) is still accepted there."""
+    a, b = two
+    assert (await a.accept(make_event(dedup_key="m-1"), [make_delivery()], WEEK, nonce("tok", "body-a"))).replayed \
+        is False
+    replay = await b.accept(make_event(dedup_key="m-2"), [make_delivery()], WEEK, nonce("tok", "body-b"))
+    assert replay.replayed is True
+    retry = await b.accept(make_event(dedup_key="m-3"), [make_delivery()], WEEK, nonce("tok", "body-a"))
+    assert retry.replayed is False
+    assert len(await a.list_deliveries(DeliveryFilter())) == 2
+
+
+async def test_concurrent_uses_of_one_nonce_store_one_request(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Requests with one nonce and different bodies accepted at once by two processes: one is stored, the others
+    are replays, and none of their dedup keys is left behind."""
+    a, b = two
+    results = await asyncio.gather(*(
+        store.accept(make_event(dedup_key=f"m-{i}"), [make_delivery()], WEEK, nonce("tok", f"body-{i}"))
+        for i, store in enumerate((a, b, a, b, a, b))))
+    assert sorted(r.replayed for r in results) == [False] + [True] * 5
+    assert len(await a.list_deliveries(DeliveryFilter())) == 1
+    for i, r in enumerate(results):
+        if r.replayed:
+            again = await b.accept(make_event(dedup_key=f"m-{i}"), [], WEEK)
+            assert again.duplicate is False
 
 
 async def test_new_work_is_announced_to_other_processes(two: tuple[PostgresStore, PostgresStore]) -> None:
