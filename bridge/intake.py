@@ -101,8 +101,8 @@ async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
     tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
     if signed is None:
         return None
-    digest = (await asyncio.to_thread(hashlib.sha256, body) if len(body) > HASH_ON_LOOP_BYTES
-              else hashlib.sha256(body)).hexdigest()
+    hashed = await asyncio.to_thread(hashlib.sha256, body) if len(body) > HASH_ON_LOOP_BYTES else hashlib.sha256(body)
+    digest = hashed.hexdigest()[:32]  # 128 bits: no other body can be made to match, and the row stays small
     return Nonce(value=signed.value, digest=digest,
                  expires_at_ms=now_ms() + int((signed.valid_for_s + NONCE_MARGIN_S) * 1000))
 

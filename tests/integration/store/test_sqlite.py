@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.store.base import DeliveryFilter
-from bridge.store.sqlite import NONCE_SWEEP, SqliteStore
+from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from tests.integration.store.contract import (
     WEEK,
     StoreContract,
@@ -292,11 +292,21 @@ async def test_a_failing_write_does_not_fail_its_group(store: SqliteStore, tmp_p
 
 
 async def test_expired_nonces_are_swept_a_few_at_a_time(store: SqliteStore, tmp_path: Path) -> None:
-    """Each nonce recorded deletes up to NONCE_SWEEP expired ones, oldest first, and never a live one."""
-    now = now_ms()
+    """Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones, oldest first, and never
+    a live one."""
+    now, total = now_ms(), NONCE_SWEEP + 8
     with closing(sqlite3.connect(tmp_path / "s.db", timeout=10)) as conn, conn:
         conn.executemany("INSERT INTO nonces VALUES ('src', ?, 'd', ?)",
-                         [(f"old-{i:02}", now - 100_000 + i) for i in range(20)] + [("live", now + 600_000)])
-    await store.accept(make_event(source="src"), [], WEEK, nonce("fresh"))
-    left = sorted(str(r[0]) for r in query(tmp_path / "s.db", "SELECT nonce FROM nonces"))
-    assert left == ["fresh", "live"] + [f"old-{i:02}" for i in range(NONCE_SWEEP, 20)]
+                         [(f"old-{i:02}", now - 100_000 + i) for i in range(total)] + [("live", now + 600_000)])
+
+    def expired() -> list[str]:
+        return sorted(str(r[0]) for r in query(tmp_path / "s.db", "SELECT nonce FROM nonces WHERE nonce LIKE 'old-%'"))
+
+    await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-0"))
+    assert expired() == [f"old-{i:02}" for i in range(NONCE_SWEEP, total)]
+    for n in range(1, NONCE_SWEEP_EVERY):
+        await store.accept(make_event(source="src"), [], WEEK, nonce(f"fresh-{n}"))
+    assert len(expired()) == 8
+    await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-last"))
+    assert expired() == []
+    assert query(tmp_path / "s.db", "SELECT count(*) FROM nonces") == [(NONCE_SWEEP_EVERY + 2,)]
