@@ -34,7 +34,7 @@ class Nonce(msgspec.Struct, kw_only=True, frozen=True):
 
     value: str
     digest: str
-    """A fingerprint of the request that uses it (the SHA-256 of its body)."""
+    """A fingerprint of the request that uses it (intake: 128 bits of the SHA-256 of its body, in hex)."""
     expires_at_ms: int
 
 
@@ -44,7 +44,6 @@ class AcceptResult(msgspec.Struct, kw_only=True):
     deliveries: int
     replayed: bool = False
     """The nonce was used by another request: nothing was stored (`event_id` is empty)."""
-
 
 
 class Claimed(msgspec.Struct, kw_only=True):
@@ -146,7 +145,7 @@ class Store(ABC):
         With `nonce`: an event that is not a duplicate is stored only while the nonce (per source) is unused,
         expired, or held by the same digest; the nonce is then recorded (or refreshed) in the same transaction,
         so an accept that fails leaves it unused. Held by another digest: nothing is written, and the result
-        is REPLAYED. A duplicate is answered as a duplicate whatever its nonce. Expired nonces are deleted
+        says `replayed`. A duplicate is answered as a duplicate whatever its nonce. Expired nonces are deleted
         a few at a time as new ones are recorded."""
 
     @abstractmethod
