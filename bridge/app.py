@@ -22,6 +22,7 @@ from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder
 from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context
 from bridge.runtime import Runtime, Source
+from bridge.sandbox_access import guard as sandbox_guard
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Store
@@ -203,7 +204,9 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
             raise ValueError(f"no simulator for vendor {vendor!r}")
         sim = factory()
         rt.simulators[vendor] = sim
-        app.add_subapp(f"/sandbox/{vendor}/", sim.app())
+        public = sim.app()
+        public.middlewares.append(sandbox_guard(config.admin.token))
+        app.add_subapp(f"/sandbox/{vendor}/", public)
     app.cleanup_ctx.append(store_context(rt, store))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))

@@ -28,10 +28,22 @@ class NewDelivery(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+class Nonce(msgspec.Struct, kw_only=True, frozen=True):
+    """A value a provider signs once per request (Mailgun's `token`): until `expires_at_ms` it may be used
+    again only by the same request (a retry: the same `digest`), never by another one (a replay)."""
+
+    value: str
+    digest: str
+    """A fingerprint of the request that uses it (intake: 128 bits of the SHA-256 of its body, in hex)."""
+    expires_at_ms: int
+
+
 class AcceptResult(msgspec.Struct, kw_only=True):
     event_id: str
     duplicate: bool
     deliveries: int
+    replayed: bool = False
+    """The nonce was used by another request: nothing was stored (`event_id` is empty)."""
 
 
 class Claimed(msgspec.Struct, kw_only=True):
@@ -126,8 +138,15 @@ class Store(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
-        """Store the event and its deliveries in one transaction, unless its dedup key was seen in the window."""
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
+        """Store the event and its deliveries in one transaction, unless its dedup key was seen in the window.
+
+        With `nonce`: an event that is not a duplicate is stored only while the nonce (per source) is unused,
+        expired, or held by the same digest; the nonce is then recorded (or refreshed) in the same transaction,
+        so an accept that fails leaves it unused. Held by another digest: nothing is written, and the result
+        says `replayed`. A duplicate is answered as a duplicate whatever its nonce. Expired nonces are deleted
+        a few at a time as new ones are recorded."""
 
     @abstractmethod
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:

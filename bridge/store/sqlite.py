@@ -37,6 +37,7 @@ from bridge.store.base import (
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
+    Nonce,
     Store,
 )
 from bridge.store.rows import (
@@ -58,6 +59,10 @@ from bridge.store.rows import (
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
 SMALL_GROUP = 8
+NONCE_SWEEP = 32
+NONCE_SWEEP_EVERY = 16
+"""Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones: two per nonce on average,
+so the table shrinks back after a burst, in one statement rather than sixteen."""
 
 class _Op:
     __slots__ = ("durable", "fn", "future")
@@ -88,6 +93,7 @@ class SqliteStore(Store):
         self._closed = True
         self.batches = 0
         self.batched_ops = 0
+        self._nonces_recorded = 0
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -332,7 +338,8 @@ class SqliteStore(Store):
 
     # -- intake ---------------------------------------------------------------------------------
 
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
         data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
@@ -345,6 +352,14 @@ class SqliteStore(Store):
                                     (event.source, event.dedup_key)).fetchone()
                 if seen is not None and seen[1] > created:
                     return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
+            # Checked before anything is written, so that a replay leaves the transaction as it found it.
+            if nonce is not None:
+                if not _claim_nonce(conn, event.source, nonce, created):
+                    return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+                if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
+                    _sweep_nonces(conn, created)
+                self._nonces_recorded += 1
+            if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
             conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -521,6 +536,23 @@ class SqliteStore(Store):
 
         counts: dict[str, dict[str, int]] = await self._read(run)
         return counts
+
+
+def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:
+    """Record `nonce` for `source`; False, writing nothing, when another request holds it (one statement: an
+    upsert whose update applies only to an expired row or one of the same digest)."""
+    claimed = conn.execute(
+        "INSERT INTO nonces VALUES (?, ?, ?, ?) ON CONFLICT (source, nonce) DO UPDATE SET digest = excluded.digest, "
+        "expires_at = max(expires_at, excluded.expires_at) WHERE expires_at <= ? OR digest = excluded.digest "
+        "RETURNING 1", (source, nonce.value, nonce.digest, nonce.expires_at_ms, now)).fetchone()
+    return claimed is not None
+
+
+def _sweep_nonces(conn: sqlite3.Connection, now: int) -> None:
+    """Delete up to NONCE_SWEEP expired nonces, oldest first."""
+    conn.execute("DELETE FROM nonces WHERE (source, nonce) IN "
+                 "(SELECT source, nonce FROM nonces WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                 (now, NONCE_SWEEP))
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
