@@ -4,11 +4,13 @@ for every route, reads included; deliveries still reach the simulators on their 
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
@@ -35,35 +37,50 @@ Client = TestClient[Any, Any]
 Start = Callable[..., Awaitable[Client]]
 
 
-def outward_address() -> str | None:
-    """An address of this machine that is not loopback (the one its route to the outside uses), if any."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route and its source address
-        except OSError:
-            return None
-        address: str = s.getsockname()[0]
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
+class RemoteClient:
+    """A client whose connection is not from a loopback address: the app on a real server behind a Unix
+    socket, whose peer has no IP address at all (the guard trusts only the transport's peer)."""
+
+    def __init__(self, app: web.Application, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
+        self.app, self.runner, self.session = app, runner, session
+        self.server = self  # what tests.conftest.runtime reads the app from
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.session.get(path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Any:
+        return self.session.put(path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.session.delete(path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.session.post(path, **kw)
 
 
 @pytest.fixture
-def start(write_config: ConfigFactory, aiohttp_client: Any) -> Start:
-    """The whole app on a real server bound to `host`, with `token` as admin.token."""
+async def start(write_config: ConfigFactory, aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Start]:
+    """The whole app on a real server: on loopback TCP, or (remote=True) on a Unix socket, with `token` as
+    admin.token."""
+    opened: list[RemoteClient] = []
 
-    async def run(token: str = "", host: str = "127.0.0.1") -> Client:
+    async def run(token: str = "", remote: bool = False) -> Any:
         app = build_app(write_config(CONFIG.format(token=token), {"web": MAPPING}))
-        client: Client = await aiohttp_client(app, server_kwargs={"host": host})
+        if not remote:
+            return await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
+        runner = web.AppRunner(app)
+        await runner.setup()
+        path = str(tmp_path / f"bridge-{len(opened)}.sock")
+        await web.UnixSite(runner, path).start()
+        session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path), base_url="http://bridge")
+        client = RemoteClient(app, runner, session)
+        opened.append(client)
         return client
 
-    return run
-
-
-@pytest.fixture
-def remote_host() -> str:
-    host = outward_address()
-    if host is None:
-        pytest.skip("this machine has no address other than loopback to connect from")
-    return host
+    yield run
+    for client in opened:
+        await client.session.close()
+        await client.runner.cleanup()
 
 
 async def every_route(client: Client, headers: dict[str, str] | None = None) -> list[int]:
@@ -88,9 +105,9 @@ async def test_clients_on_this_machine_use_the_sandbox_without_a_token(start: St
     assert runtime(client).simulators["kapture"].faults.latency_ms == 1
 
 
-async def test_another_address_is_refused_everything_while_no_token_is_set(start: Start, remote_host: str) -> None:
+async def test_another_address_is_refused_everything_while_no_token_is_set(start: Start) -> None:
     """From a non-loopback address every sandbox route is 403, saying how to open it, and nothing changes."""
-    client = await start(host=remote_host)
+    client = await start(remote=True)
     sim = runtime(client).simulators["kapture"]
     sim.tickets.append({"id": 1, "title": "kept"})
     assert await every_route(client) == [403] * 5
@@ -99,9 +116,9 @@ async def test_another_address_is_refused_everything_while_no_token_is_set(start
     assert (sim.tickets, sim.faults.latency_ms) == ([{"id": 1, "title": "kept"}], 0)
 
 
-async def test_another_address_needs_the_admin_token(start: Start, remote_host: str) -> None:
+async def test_another_address_needs_the_admin_token(start: Start) -> None:
     """With admin.token set, a non-loopback client is 401 without it or with a wrong one, and let through with it."""
-    client = await start(token=ADMIN, host=remote_host)
+    client = await start(token=ADMIN, remote=True)
     assert await every_route(client) == [401] * 5
     assert await every_route(client, {"Authorization": "Bearer wrong"}) == [401] * 5
     right = {"Authorization": f"Bearer {ADMIN}"}
@@ -117,9 +134,9 @@ async def test_a_proxy_on_this_machine_does_not_make_its_clients_local(start: St
         assert await every_route(client, header) == [403] * 5
 
 
-async def test_deliveries_still_reach_the_sandbox_on_its_own_loopback_port(start: Start, remote_host: str) -> None:
-    """The guard is on the public mount only: with the server on a public address, events still become tickets."""
-    client = await start(host=remote_host)
+async def test_deliveries_still_reach_the_sandbox_on_its_own_loopback_port(start: Start) -> None:
+    """The guard is on the public mount only: with clients that are not local, events still become tickets."""
+    client = await start(remote=True)
     resp = await client.post("/hooks/contact", data={"subject": "Router down"})
     assert resp.status == 202
     sim = runtime(client).simulators["kapture"]
