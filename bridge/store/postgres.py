@@ -272,6 +272,18 @@ class PostgresStore(Store):
 
         await self._run(op)
 
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        if not delivery_ids:
+            return 0
+
+        async def op(conn: Any) -> int:
+            rows = await conn.fetch(
+                "UPDATE deliveries SET lease_until = $1 WHERE id = ANY($2::text[]) AND status = 'in_flight' "
+                "AND lease_owner = $3 RETURNING id", now_ms() + int(lease_s * 1000), delivery_ids, owner)
+            return len(rows)
+
+        return await self._run(op)
+
     async def release_expired(self) -> int:
         async def op(conn: Any) -> int:
             now = now_ms()
