@@ -127,6 +127,8 @@ class StoreProblem(msgspec.Struct, frozen=True, kw_only=True):
 class Store(ABC):
     """Durable events, deliveries and attempts. Every method may raise StoreUnavailable."""
 
+    commit_failures: int = 0  # commits that failed, for /metrics
+
     @abstractmethod
     async def open(self) -> None:
         """Connect, migrate and take whatever locks or leases the backend needs."""
