@@ -2,7 +2,8 @@
 
 Intake outcomes by source, delivery attempts by destination and classification, destinations paused by
 their circuit breaker, the store's health and failed commits, mapping reloads, and the deliveries
-waiting in the store by destination and status (read at most every BACKLOG_SECONDS, so that scrapes never load the store).
+waiting in the store by destination and status (read at most every BACKLOG_SECONDS, so that scrapes
+never load the store).
 """
 
 from __future__ import annotations
