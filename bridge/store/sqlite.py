@@ -68,6 +68,7 @@ from bridge.store.rows import (
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
 SMALL_GROUP = 8
+RECOVERY_FREE_BYTES = 1 << 20
 
 class _Op:
     __slots__ = ("durable", "fn", "future")
@@ -264,7 +265,7 @@ class SqliteStore(Store):
         """Why the store's path no longer names the file opened; None while it does."""
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return f"{self.path} was deleted while the store was open"
         except OSError:
             return None  # not a sign of loss by itself; the commit says whether the disk works
@@ -325,6 +326,15 @@ class SqliteStore(Store):
         finally:
             os.close(dir_fd)
         return saved
+
+    def _has_room(self) -> bool:
+        """Whether the disk has RECOVERY_FREE_BYTES free: after a full disk, a small commit can succeed in the
+        space failed ones left in the WAL, so one success alone does not mean the store takes work again."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize >= RECOVERY_FREE_BYTES
 
     def problem(self) -> StoreProblem | None:
         if self._lost is not None:
@@ -399,12 +409,12 @@ class SqliteStore(Store):
                 self.commit_failures += 1
                 if self._failing is None:
                     log.error("store.failing", path=str(self.path), error=str(exc),
-                              note="/readyz answers 503 until a commit succeeds again")
+                              note="/readyz answers 503 until a commit succeeds again with room on the disk")
                 self._failing = str(exc)
                 log.error("store.commit_failed", error=str(exc), batch=len(batch))
             results = [(False, failure)] * len(batch)
         else:
-            if self._failing is not None and conn.total_changes != changes:  # a commit that wrote something
+            if self._failing is not None and conn.total_changes != changes and self._has_room():
                 log.info("store.recovered", path=str(self.path), failed_commits=self.commit_failures)
                 self._failing = None
         return results
