@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import sqlite3
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from structlog.testing import capture_logs
 from bridge.errors import StoreUnavailable
 from bridge.store.base import DeliveryFilter, StoreProblem
 from bridge.store.sqlite import SqliteStore
+from tests.faults import fill, tiny_disk
 from tests.integration.store.contract import WEEK, accept_one, make_delivery, make_event
 
 pytestmark = pytest.mark.integration
@@ -150,40 +149,18 @@ async def test_when_the_data_cannot_be_saved_the_store_stays_up_refusing_work(tm
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs, to fill up (needs root: skipped, saying so, where mounting is not allowed)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill: {done.stderr.decode().strip()}")
-    try:
+def disk(tmp_path: Path) -> Iterator[Path]:
+    with tiny_disk(tmp_path / "tiny") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def fill(folder: Path) -> Path:
-    """Write a file in `folder` until the disk is full."""
-    filler = folder / "filler"
-    with filler.open("wb", buffering=0) as out:
-        while True:
-            try:
-                out.write(b"\0" * 4096)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                return filler
-
-
-async def test_a_full_disk_is_reported_while_commits_fail_and_clears_when_they_succeed(tiny_disk: Path) -> None:
+async def test_a_full_disk_is_reported_while_commits_fail_and_clears_when_they_succeed(disk: Path) -> None:
     """On a full disk commits fail and the store says `failing`; once space is back, check() finds it healthy."""
-    store = SqliteStore(tiny_disk / "s.db")
+    store = SqliteStore(disk / "s.db")
     await store.open()
     try:
         await accept_one(store, make_delivery())
-        filler = fill(tiny_disk)
+        filler = fill(disk)
         with capture_logs() as logs:
             for _ in range(2):
                 with pytest.raises(StoreUnavailable, match="full"):
