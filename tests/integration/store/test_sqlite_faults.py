@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -95,6 +97,27 @@ async def test_every_accept_answered_after_the_deletion_fails_and_every_success_
     assert failed_after.count(True) == 100
     await store.close()
     assert set(ok) <= event_ids(store.path)
+
+
+async def test_the_file_is_checked_per_group_commit_not_per_write(store: SqliteStore,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watching for a deleted file costs two os.stat per group commit (before and after COMMIT), however many
+    writes the group holds."""
+    real_stat = os.stat
+    calls = 0
+
+    def counting(*args: Any, **kwargs: Any) -> os.stat_result:
+        nonlocal calls
+        calls += 1
+        return real_stat(*args, **kwargs)
+
+    groups = store.batches
+    monkeypatch.setattr(os, "stat", counting)
+    await asyncio.gather(*(accept_one(store, make_delivery(), event=make_event(n=i)) for i in range(200)))
+    monkeypatch.undo()
+    groups = store.batches - groups
+    assert groups <= 20
+    assert calls == 2 * groups
 
 
 async def test_a_replaced_file_is_kept_and_the_lost_data_saved_beside_it(store: SqliteStore) -> None:
