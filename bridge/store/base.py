@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
@@ -127,8 +128,18 @@ class DeliveryFilter(msgspec.Struct, kw_only=True):
     before_id: str | None = None
 
 
+class StoreProblem(msgspec.Struct, frozen=True, kw_only=True):
+    """Why the store takes no writes now: `lost` (its file is gone: for good, until a restart) or
+    `failing` (commits fail, e.g. a full disk: until one succeeds again)."""
+
+    kind: Literal["lost", "failing"]
+    reason: str
+
+
 class Store(ABC):
     """Durable events, deliveries and attempts. Every method may raise StoreUnavailable."""
+
+    commit_failures: int = 0  # commits that failed, for /metrics
 
     @abstractmethod
     async def open(self) -> None:
@@ -161,6 +172,11 @@ class Store(ABC):
         """Give leased deliveries back, due now, without counting an attempt."""
 
     @abstractmethod
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        """Push the leases `owner` holds on these deliveries out to `lease_s` from now, so that no reaper
+        gives them back while their sender still holds them; returns how many were extended."""
+
+    @abstractmethod
     async def release_expired(self) -> int:
         """Give back every delivery whose lease has run out; returns how many."""
 
@@ -185,6 +201,20 @@ class Store(ABC):
     async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
         """Call `callback(destination)` when another process adds work for `destination` ("*": perhaps any).
         A store that serves one process needs nothing here: intake wakes the lanes itself."""
+
+    def problem(self) -> StoreProblem | None:
+        """What keeps the store from committing, as last seen; None while its commits succeed."""
+        return None
+
+    async def check(self) -> StoreProblem | None:
+        """`problem()`, checked now where that is cheap (for `/readyz`): a store seen failing is tried again."""
+        return self.problem()
+
+    async def wait_lost(self) -> str:
+        """Return (with what happened) once the store is gone for good and what it held has been saved:
+        the process should stop and be started again. Never returns for a store that cannot be lost."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:

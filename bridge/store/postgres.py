@@ -32,6 +32,7 @@ from bridge.store.base import (
     NewDelivery,
     Nonce,
     Store,
+    StoreProblem,
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
@@ -109,6 +110,8 @@ class PostgresStore(Store):
         self._listen_task: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[str], None]] = []
         self._nonces_recorded = 0
+        self._failing: str | None = None
+        self.commit_failures = 0
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -172,9 +175,30 @@ class PostgresStore(Store):
                 if not transaction:
                     return await fn(conn)
                 async with conn.transaction():
-                    return await fn(conn)
+                    out = await fn(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if transaction:
+                self.commit_failures += 1
+                if self._failing is None:
+                    log.error("store.failing", error=str(exc), note="/readyz answers 503 until a commit succeeds again")
+                self._failing = str(exc)
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+        if self._failing is not None:
+            log.info("store.recovered", failed_commits=self.commit_failures)
+            self._failing = None
+        return out
+
+    def problem(self) -> StoreProblem | None:
+        if self._failing is not None:
+            return StoreProblem(kind="failing", reason=f"commits fail: {self._failing}")
+        return None
+
+    async def check(self) -> StoreProblem | None:
+        """A store seen failing is tried with a write that changes nothing, which clears it once it commits."""
+        if self._failing is not None and self._pool is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._run(_touch)
+        return self.problem()
 
     # -- wake-ups across processes ----------------------------------------------------------------
 
@@ -309,6 +333,18 @@ class PostgresStore(Store):
 
         await self._run(op)
 
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        if not delivery_ids:
+            return 0
+
+        async def op(conn: Any) -> int:
+            rows = await conn.fetch(
+                "UPDATE deliveries SET lease_until = $1 WHERE id = ANY($2::text[]) AND status = 'in_flight' "
+                "AND lease_owner = $3 RETURNING id", now_ms() + int(lease_s * 1000), delivery_ids, owner)
+            return len(rows)
+
+        return await self._run(op)
+
     async def release_expired(self) -> int:
         async def op(conn: Any) -> int:
             now = now_ms()
@@ -408,3 +444,9 @@ class PostgresStore(Store):
             return out
 
         return await self._run(op, transaction=False)
+
+
+async def _touch(conn: Any) -> None:
+    """A write that changes a row without changing anything: it commits only when the server takes writes."""
+    await conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
+                       "WHERE version = (SELECT MAX(version) FROM schema_migrations)")

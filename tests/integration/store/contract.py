@@ -403,6 +403,24 @@ class StoreContract:
         assert await store.release_expired() == 0
         assert (await store.list_deliveries(DeliveryFilter()))[0].status == "in_flight"
 
+    async def test_extend_leases_keeps_the_owners_deliveries_from_the_reaper(self, store: Store) -> None:
+        """extend_leases pushes out the leases the owner holds (lapsed or not), so release_expired leaves them."""
+        _, (a, b, c) = await accept_one(store, make_delivery(), make_delivery(), make_delivery())
+        await store.claim("kapture-support", 2, "me", -1)  # a and b: their leases already ran out
+        await store.claim("kapture-support", 1, "other", -1)
+        assert await store.extend_leases([a, b, c, "dlv_unknown"], "me", 60) == 2
+        assert await store.release_expired() == 1
+        assert [(await row(store, i)).status for i in (a, b, c)] == ["in_flight", "in_flight", "pending"]
+
+    async def test_extend_leases_leaves_settled_deliveries_and_takes_an_empty_list(self, store: Store) -> None:
+        """A recorded delivery is not leased again, and an empty list changes nothing."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "me", 60)
+        await store.record(result(d, "succeeded", ticket_id="1"))
+        assert await store.extend_leases([], "me", 60) == 0
+        assert await store.extend_leases([d], "me", 60) == 0
+        assert (await row(store, d)).status == "succeeded"
+
     # -- inspection -------------------------------------------------------------------------------
 
     async def test_list_filters_by_status_destination_source_and_mapping(self, store: Store) -> None:
