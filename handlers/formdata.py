@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from bridge.errors import Rejected
+from handlers.limits import MAX_FORM_FIELDS, check_count, check_mime_shape, check_parts
 
 
 def add_value(out: dict[str, Any], key: str, value: Any) -> None:
@@ -30,9 +31,11 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     except (UnicodeDecodeError, LookupError) as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
-    text = "&".join(part for part in text.split("&") if part)  # clients leave stray '&'s; they carry no field
+    fields = [part for part in text.split("&") if part]  # clients leave stray '&'s; they carry no field
+    check_count("form fields", len(fields), MAX_FORM_FIELDS)
+    text = "&".join(fields)
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=10_000,
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
                           encoding=charset or "utf-8", errors="strict")
     except UnicodeDecodeError as exc:  # a percent-escape that is not valid text in the charset
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}",
@@ -58,9 +61,11 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     """The parts of a multipart/form-data body, in order; Rejected(400) when it cannot be read."""
     if "boundary=" not in content_type_header:
         raise Rejected(400, "multipart body without a boundary in its Content-Type", check="form")
+    check_mime_shape(body, "the multipart body")
     message = BytesParser(policy=HTTP).parsebytes(
         b"Content-Type: " + content_type_header.encode("latin-1") + b"\r\n\r\n" + body
     )
+    check_parts(message, "the multipart body")
     if not message.is_multipart() or message.defects:
         reason = ", ".join(type(d).__name__ for d in message.defects) or "no parts"
         raise Rejected(400, f"malformed multipart body: {reason}", check="form")
