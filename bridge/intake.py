@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -23,6 +24,7 @@ log = structlog.get_logger("ticketbridge.intake")
 RUNTIME = web.AppKey("runtime", Runtime)
 
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -91,6 +93,22 @@ def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str
     return str(value)
 
 
+OFFLOAD_BYTES = 64 * 1024
+OFFLOAD_MIME_LINES = 32
+
+
+def _offload(body: bytes) -> bool:
+    """Whether to verify and parse in a thread, so the loop keeps answering: a large body, or one with many
+    MIME delimiter lines (a MIME part costs most of a millisecond), raw or inside a JSON string. Small
+    ordinary requests stay on the loop, where they cost less than the hand-off."""
+    return len(body) > OFFLOAD_BYTES or body.count(b"\n--") + body.count(b"\\n--") > OFFLOAD_MIME_LINES
+
+
+async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes) -> T:
+    """`step(request, body)`, in a thread when the body calls for it."""
+    return await asyncio.to_thread(step, request, body) if _offload(body) else step(request, body)
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
@@ -105,10 +123,10 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
                            check="size") from None
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
-        handler.verify(request, body)
+        await _run(handler.verify, request, body)
         if (early := await handler.intercept(request, body)) is not None:
             return _intercepted(rt, source, early)
-        inbounds = handler.parse(request, body)
+        inbounds = await _run(handler.parse, request, body)
     except Rejected as exc:
         return _reject(rt, source, exc, request)
     if (unsaved := await _save_attachments(rt, source, inbounds)) is not None:

@@ -286,9 +286,11 @@ def _part_text(part: EmailMessage) -> str | None:
 def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content."""
     check_mime_shape(raw, "the message")
+    # The shape is checked on a compat32 parse, some ten times cheaper per part than the default policy's,
+    # whose structured parse of each part's headers is what the checks bound.
+    check_parts(BytesParser().parsebytes(raw), "the message")
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
-    check_parts(message, "the message")
     headers = Headers.from_message(message)
     text_part = message.get_body(preferencelist=("plain",))
     html_part = message.get_body(preferencelist=("html",))

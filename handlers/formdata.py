@@ -72,7 +72,7 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     message = BytesParser().parsebytes(
         b"Content-Type: " + content_type_header.encode("latin-1") + b"\r\n\r\n" + body
     )
-    check_parts(message, "the multipart body")
+    check_parts(message, "the multipart body", MAX_FORM_FIELDS)
     if not message.is_multipart() or message.defects:
         reason = ", ".join(type(d).__name__ for d in message.defects) or "no parts"
         raise Rejected(400, f"malformed multipart body: {reason}", check="form")

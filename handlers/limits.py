@@ -23,8 +23,8 @@ MAX_HEADER_BYTES = 256 * 1024
 """Characters in the header block of an email (or of one MIME part)."""
 MAX_CONTENT_HEADER_CHARS = 8 * 1024
 """Characters in one Content-* header of a MIME part: these are parsed structurally, costlier per character."""
-MAX_MIME_PARTS = 1_000
-"""Parts of one MIME body, all sections together."""
+MAX_MIME_PARTS = 250
+"""Parts of one email, all sections together: bodies, attachments, inline images, forwarded messages."""
 MAX_ATTACHMENTS = 100
 """Attachments of one email."""
 MAX_MIME_SECTIONS = 32
@@ -77,11 +77,11 @@ def check_header_block(pairs: list[tuple[str, str]], what: str) -> None:
     check_chars(f"the header block of {what}", sum(len(n) + len(v) + 2 for n, v in pairs), MAX_HEADER_BYTES)
 
 
-def check_parts(message: Message, what: str) -> None:
-    """Check a parsed MIME body before any of its headers is parsed structurally: the number of parts, and
-    each part's header block and Content-* headers."""
+def check_parts(message: Message, what: str, limit: int = MAX_MIME_PARTS) -> None:
+    """Check a parsed MIME body before any of its headers is parsed structurally: the number of parts (at most
+    `limit`), and each part's header block and Content-* headers."""
     parts = list(message.walk())
-    check_count(f"MIME parts in {what}", len(parts) - 1 if len(parts) > 1 else 1, MAX_MIME_PARTS)
+    check_count(f"MIME parts in {what}", len(parts) - 1 if len(parts) > 1 else 1, limit)
     for i, part in enumerate(parts):
         pairs = list(part.raw_items())
         where = what if i == 0 else f"part {i} of {what}"
