@@ -246,3 +246,19 @@ def test_multipart_unknown_part_charset_is_rejected() -> None:
     """A text part declaring an unknown charset is a 400 naming the field."""
     err = multipart_rejected(multipart(part("x", b"abc", content_type="text/plain; charset=x-nope")))
     assert "'x'" in str(err)
+
+
+def test_multipart_with_too_many_parts_is_a_413_before_the_parse() -> None:
+    """More parts than MAX_FORM_FIELDS is refused, naming the count; exactly the cap is parsed."""
+    fields = [part(f"f{i}", b"v") for i in range(MAX_FORM_FIELDS)]
+    assert len(parse_multipart(multipart(*fields), CTYPE)) == MAX_FORM_FIELDS
+    with pytest.raises(Rejected) as info:
+        parse_multipart(multipart(*fields, part("one", b"more")), CTYPE)
+    assert (info.value.status, str(info.value)) == (
+        413, f"too many multipart parts: {MAX_FORM_FIELDS + 1}, at most {MAX_FORM_FIELDS}")
+
+
+def test_multipart_encoded_word_file_name_is_decoded() -> None:
+    """A file name sent as an RFC 2047 encoded word reads as its text."""
+    body = multipart(part("cv", b"%PDF", filename="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?=", content_type="application/pdf"))
+    assert parse_multipart(body, CTYPE)["cv"]["filename"] == "résumé.pdf"
