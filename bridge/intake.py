@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import msgspec
@@ -104,9 +105,16 @@ def _offload(body: bytes) -> bool:
     return len(body) > OFFLOAD_BYTES or body.count(b"\n--") + body.count(b"\\n--") > OFFLOAD_MIME_LINES
 
 
+# One thread for them all: CPU-bound threads take the GIL in turns with the loop, so each more thread parsing
+# at once would delay every other request further; heavy requests queue for the parser instead.
+_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
+
+
 async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes) -> T:
-    """`step(request, body)`, in a thread when the body calls for it."""
-    return await asyncio.to_thread(step, request, body) if _offload(body) else step(request, body)
+    """`step(request, body)`, in the parser thread when the body calls for it."""
+    if not _offload(body):
+        return step(request, body)
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
 
 
 async def hook_post(request: web.Request) -> web.StreamResponse:
