@@ -98,7 +98,7 @@ OFFLOAD_BYTES = 64 * 1024
 OFFLOAD_MIME_LINES = 32
 
 
-def _offload(body: bytes) -> bool:
+def offloaded(body: bytes) -> bool:
     """Whether to verify and parse in a thread, so the loop keeps answering: a large body, or one with many
     MIME delimiter lines (a MIME part costs most of a millisecond), raw or inside a JSON string. Small
     ordinary requests stay on the loop, where they cost less than the hand-off."""
@@ -112,7 +112,7 @@ _PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-par
 
 async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes) -> T:
     """`step(request, body)`, in the parser thread when the body calls for it."""
-    if not _offload(body):
+    if not offloaded(body):
         return step(request, body)
     return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
 
