@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -28,6 +30,7 @@ _encode = msgspec.json.Encoder().encode
 NONCE_MARGIN_S = 60.0
 HASH_ON_LOOP_BYTES = 262_144
 """Bodies larger than this are hashed on a worker thread (hashlib lets go of the GIL), not on the loop."""
+T = TypeVar("T")
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -125,6 +128,29 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
     return results
 
 
+OFFLOAD_BYTES = 64 * 1024
+OFFLOAD_MIME_LINES = 32
+
+
+def offloaded(body: bytes) -> bool:
+    """Whether to verify and parse in a thread, so the loop keeps answering: a large body, or one with many
+    MIME delimiter lines (a MIME part costs most of a millisecond), raw or inside a JSON string. Small
+    ordinary requests stay on the loop, where they cost less than the hand-off."""
+    return len(body) > OFFLOAD_BYTES or body.count(b"\n--") + body.count(b"\\n--") > OFFLOAD_MIME_LINES
+
+
+# One thread for them all: CPU-bound threads take the GIL in turns with the loop, so each more thread parsing
+# at once would delay every other request further; heavy requests queue for the parser instead.
+_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
+
+
+async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes) -> T:
+    """`step(request, body)`, in the parser thread when the body calls for it."""
+    if not offloaded(body):
+        return step(request, body)
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
@@ -139,10 +165,10 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
                            check="size") from None
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
-        handler.verify(request, body)
+        await _run(handler.verify, request, body)
         if (early := await handler.intercept(request, body)) is not None:
             return _intercepted(rt, source, early)
-        inbounds = handler.parse(request, body)
+        inbounds = await _run(handler.parse, request, body)
         signed = handler.nonce(request, body)
     except Rejected as exc:
         return _reject(rt, source, exc, request)
