@@ -1,0 +1,229 @@
+"""The new part of an e-mail reply: what the customer wrote, without the quoted history below, above or
+between it, and without the sign-off a mail app adds.
+
+One pass over the lines, each looked at a bounded number of times (see `reply_markers`), so a body of any
+shape costs time in proportion to its length. The customer's own lines are kept wherever they stand:
+above the quote (top-posting), below it (bottom-posting) or between quoted lines (inline answers).
+
+- A quote block is a run of `>` lines. It is history when an attribution ("On … wrote:") or a separator
+  introduces it, when it has two lines or more, when it opens a paragraph or ends the text. A single
+  `>` line inside a paragraph ("the share is\\n>50% of users") is text unless the message quotes elsewhere.
+- An attribution, separator or header block followed by unquoted text (Outlook's top-posting, HTML mail
+  turned into text) starts history that runs to the end.
+- A forwarded message is kept whole: what was forwarded is the point of the message.
+- A `-- ` line starts a signature that runs to the next quote; an app's footer ("Sent from my iPhone") is
+  dropped when nothing of the customer's follows it.
+- Trailing whitespace is trimmed, runs of blank lines become one, and leading and trailing blank lines go.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+
+from bridge import reply_markers as mk
+
+# A header block is the marker line and the `Key: value` lines under it; no client writes more.
+_HEADER_LINES = 8
+
+
+class _Kind(Enum):
+    TEXT = auto()      # the customer's line
+    FOOTER = auto()    # "Sent from my iPhone": dropped unless the customer's text follows
+    MAYBE = auto()     # a lone `>` line inside a paragraph: a quote only if the message quotes elsewhere
+    CUT = auto()       # where history was dropped
+    KEPT = auto()      # a forwarded message's line, kept as it is
+
+
+def strip_reply(text: str | None) -> str:
+    """The reply the customer wrote, without quoted history, signature or mail-app footer; "" for nothing."""
+    if not text:
+        return ""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    items, quotes_elsewhere = _Scan(lines).run()
+    return _assemble(items, quotes_elsewhere)
+
+
+def _quoted(line: str) -> bool:
+    return line.lstrip().startswith(">")
+
+
+def _quote_shaped(line: str) -> bool:
+    """`> text`, `>> text` or a bare `>`: how clients quote, unlike `>50%` written in prose."""
+    text = line.lstrip()
+    return text.startswith(">") and (len(text) == 1 or text[1] in " \t>")
+
+
+class _Scan:
+    """Walks the lines once, top to bottom, classifying each into the items `_assemble` joins."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.n = len(lines)
+        self.items: list[tuple[_Kind, str]] = []
+        self.quotes = False  # the message quotes somewhere: a lone `>` line is then a quote too
+
+    def run(self) -> tuple[list[tuple[_Kind, str]], bool]:
+        lines, n, items = self.lines, self.n, self.items
+        in_signature = False
+        i = 0
+        while i < n:
+            line = lines[i]
+            if not line:
+                items.append((_Kind.TEXT, ""))
+                i += 1
+            elif _quoted(line):
+                i, was_quote = self._quote_run(i, in_signature)
+                in_signature = in_signature and not was_quote
+            elif mk.forward(line):
+                items.extend((_Kind.KEPT, rest) for rest in lines[i:])
+                break
+            elif (end := self._history(i)) is not None:
+                self.quotes = True
+                in_signature = False
+                items.append((_Kind.CUT, ""))
+                if end >= n:
+                    break
+                i = end
+            elif mk.signature_delimiter(line):
+                in_signature = True
+                items.append((_Kind.CUT, ""))
+                i += 1
+            else:
+                if not in_signature:
+                    items.append((_Kind.FOOTER if mk.footer(line) else _Kind.TEXT, line))
+                i += 1
+        return items, self.quotes
+
+    def _quote_run(self, i: int, in_signature: bool) -> tuple[int, bool]:
+        """Classify the run of `>` lines starting at i: (the index after it, whether it is history)."""
+        lines, n = self.lines, self.n
+        j = i
+        shaped = False
+        while j < n and _quoted(lines[j]):
+            shaped = shaped or _quote_shaped(lines[j])
+            j += 1
+        if not shaped:  # `>50% of users`, `>_<`: prose that happens to start with ">"
+            if not in_signature:
+                self.items.extend((_Kind.TEXT, line) for line in lines[i:j])
+            return j, False
+        opens_paragraph = i == 0 or not lines[i - 1]
+        if j - i >= 2 or opens_paragraph or self._only_blank_from(j):
+            self.quotes = True
+            self.items.append((_Kind.CUT, ""))
+            return j, True
+        if not in_signature:
+            self.items.append((_Kind.MAYBE, lines[i]))
+        return j, False
+
+    def _only_blank_from(self, j: int) -> bool:
+        """Whether nothing but blank lines follows j. Called once per quote run and stops at the first text,
+        which the scan reaches next anyway, so the scan stays linear."""
+        lines = self.lines
+        while j < self.n and not lines[j]:
+            j += 1
+        return j == self.n
+
+    def _history(self, i: int) -> int | None:
+        """If quoted history starts at line i, the index where the customer's text may resume (n when the
+        history runs to the end); else None."""
+        lines, n = self.lines, self.n
+        line = lines[i]
+        strength = mk.STRONG
+        if mk.separator(line) or (mk.rule(line) and i + 1 < n and self._header_block(i + 1)):
+            end = i + 1
+        elif (block := self._header_block(i)) is not None:
+            end = block
+        elif (found := self._attribution(i)) is not None:
+            end, strength = found
+        else:
+            return None
+        end = self._skip_blank(end)
+        if end < n and (block := self._header_block(end)) is not None:  # "-----Original Message-----\nFrom: …"
+            end = self._skip_blank(block)
+        if end < n and _quoted(lines[end]):
+            return self._skip_quote(end)
+        return n if strength == mk.STRONG else None
+
+    def _skip_blank(self, j: int) -> int:
+        while j < self.n and not self.lines[j]:
+            j += 1
+        return j
+
+    def _skip_quote(self, j: int) -> int:
+        """The index after a quote block, blank lines between its `>` lines included."""
+        lines, n = self.lines, self.n
+        end = j
+        while j < n:
+            if _quoted(lines[j]):
+                j += 1
+                end = j
+            elif not lines[j]:
+                j += 1
+            else:
+                break
+        return end
+
+    def _header_block(self, i: int) -> int | None:
+        """If a quoted message's header block (From/Sent/To/Subject in any language, or starting with Date)
+        starts at line i, the index after it; else None."""
+        lines, n = self.lines, self.n
+        first = mk.header_key(lines[i])
+        if first not in ("from", "date"):
+            return None
+        keys = {first}
+        count = 1
+        j = i + 1
+        while j < n and j < i + _HEADER_LINES and lines[j] and not _quoted(lines[j]):
+            key = mk.header_key(lines[j])
+            if key:
+                keys.add(key)
+                count += 1
+            j += 1
+        if count >= 3 or (count == 2 and {"from", "date"} <= keys):
+            return j
+        return None
+
+    def _attribution(self, i: int) -> tuple[int, int] | None:
+        """(index after it, strength) of an attribution over lines i… (up to three lines, as clients wrap
+        them), or None."""
+        lines, n = self.lines, self.n
+        total = 0
+        for k in range(1, 4):
+            j = i + k - 1
+            if j >= n or not lines[j] or _quoted(lines[j]):
+                return None
+            total += len(lines[j]) + 1
+            if total > mk.ATTRIBUTION_MAX:
+                return None
+            if k > 1 and lines[j - 1].endswith((".", "!", "?")):
+                return None  # a sentence ended: the customer's prose, not a wrapped attribution
+            if lines[j].endswith((*mk.COLONS, "-")):
+                candidate = lines[i] if k == 1 else " ".join(part.strip() for part in lines[i:j + 1])
+                strength = mk.attribution(candidate, wrapped=k > 1)
+                if strength:
+                    return j + 1, strength
+        return None
+
+
+def _assemble(items: list[tuple[_Kind, str]], quotes_elsewhere: bool) -> str:
+    """Join the kept lines: footers only when the customer's text follows them, lone `>` lines only when
+    the message does not quote elsewhere, blank lines squeezed."""
+    kept: list[str] = []
+    text_follows = False
+    for kind, line in reversed(items):
+        if kind is _Kind.CUT or (kind is _Kind.MAYBE and quotes_elsewhere):
+            continue
+        if kind is _Kind.FOOTER and not text_follows:
+            continue
+        if kind is _Kind.KEPT:
+            text_follows = False
+        elif line:
+            text_follows = True
+        kept.append(line)
+    out: list[str] = []
+    for line in reversed(kept):
+        if line or (out and out[-1]):
+            out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out)

@@ -1,0 +1,175 @@
+"""What the lines that frame a reply look like, in the languages and clients customers write from: the
+attribution before a quote ("On … wrote:"), separators, header blocks, forwarded-message markers and the
+footers mail apps add ("Sent from my iPhone").
+
+Each test looks at one line, or at most three short lines joined, and at a bounded number of characters,
+so classifying a whole body costs time in proportion to its length whatever the body holds."""
+
+from __future__ import annotations
+
+import re
+
+# Chinese and Japanese clients end an attribution or a header key with a full-width colon.
+COLONS = (":", "\uff1a")
+# An attribution longer than this is prose; mail clients write a date, a name and an address.
+ATTRIBUTION_MAX = 400
+# Separators, forwarded-message markers and footers are short lines; longer ones are prose.
+_MARKER_MAX = 120
+
+# -- attributions -----------------------------------------------------------------------------------------
+
+# Verbs that end an attribution: "On …, Asha <a@b> wrote:", "Le … a écrit :", "… napisał(a):".
+_VERBS_AT_END = (
+    "wrote", "sent", "writes", "schrieb", "schreibt", "a écrit", "escribió", "escreveu", "schreef", "skrev",
+    "написал", "написала", "написал(а)", "пишет", "đã viết", "napisał", "napisała", "napisał(a)",
+    "ha scritto", "scrisse", "napsal", "napsala", "napsal(a)", "kirjoitti", "írta", "yazdı", "写道",
+)
+# Verbs that come before the name: "Am … schrieb Asha <a@b>:", "Den … skrev Asha <a@b>:".
+_VERB_BEFORE_NAME = re.compile(r"(?:^|\s)(?:schrieb|schreef|skrev|kirjoitti)\s")
+# Words an attribution opens with: "On", "Am", "Le", "El", "Em", "Op", "Den", "Il giorno", "W dniu", "Vào".
+_OPENER = re.compile(r"(?:on|am|le|el|em|op|den|il|dnia|dne|på|vào|w dniu|no dia|el día)\s")
+_TIME = re.compile(r"\d{1,2}[:.]\d{2}")
+_ADDRESS = re.compile(r"[(<\[]?[^\s@<>()\[\]]+@[^\s@<>()\[\]]+[)>\]]?")
+
+WEAK, STRONG = 1, 2
+
+
+def attribution(candidate: str, *, wrapped: bool) -> int:
+    """How surely `candidate` (one line, or up to three joined) introduces quoted history: STRONG when it
+    names an address, a dashed frame or an opener with a date; WEAK for "Asha wrote:" alone (history only
+    when a quote follows); 0 when it is not an attribution. `wrapped` lines must open like one."""
+    text = candidate.strip()
+    dashed = text.startswith("-")
+    if dashed:
+        text = text.lstrip("-").lstrip()
+    if dashed and text.endswith("-"):  # Android: "---- Asha wrote ----"
+        text = text.rstrip("-").rstrip()
+    elif text.endswith(COLONS):
+        text = text[:-1].rstrip()
+    else:
+        return 0
+    low = text.lower()
+    opens = bool(_OPENER.match(low)) or low[:1].isdigit()
+    if wrapped and not (opens or dashed):
+        return 0
+    has_verb = _ends_with_verb(low) or bool(_VERB_BEFORE_NAME.search(low[low.rfind(":") + 1:]))
+    if not has_verb:  # date first, no verb: "2014-10-17 11:28 GMT+03:00 Asha <a@b>:"
+        return STRONG if not dashed and _ends_with_address(text) and _TIME.search(text) else 0
+    if dashed or "@" in text or (opens and any(c.isdigit() for c in text)):
+        return STRONG
+    return WEAK
+
+
+def _ends_with_verb(low: str) -> bool:
+    if not low.endswith(_VERBS_AT_END):
+        return False
+    for verb in _VERBS_AT_END:
+        if low.endswith(verb):
+            before = low[:-len(verb)]
+            return not before or not before[-1].isalnum()
+    return False
+
+
+def _ends_with_address(text: str) -> bool:
+    last = text.rsplit(None, 1)[-1] if text.strip() else ""
+    return bool(_ADDRESS.fullmatch(last))
+
+
+# -- separators and header blocks -------------------------------------------------------------------------
+
+_SEPARATOR = re.compile(
+    r"-{2,}\s*(?:original message|reply message|ursprüngliche nachricht|originalnachricht|message d'origine|"
+    r"mensaje original|mensagem original|messaggio originale|oorspronkelijk bericht|opprinnelig melding|"
+    r"oprindelig meddelelse|ursprungligt meddelande|исходное сообщение|исходное письмо|wiadomość oryginalna|"
+    r"původní zpráva|alkuperäinen viesti|eredeti üzenet|tin nhắn gốc)\s*-{2,}",
+)
+_RULE = re.compile(r"_{10,}|-{20,}")
+_HEADER_KEY = re.compile(r"[ \t*]{0,4}([^\W\d_]+(?:[ -][^\W\d_]+)?)[ \t\u00a0*]{0,4}[:：]")
+_FROM_KEYS = frozenset({
+    "from", "de", "von", "van", "da", "från", "fra", "от", "od", "lähettäjä", "feladó", "kimden", "từ",
+    "发件人", "寄件者", "差出人",
+})
+_DATE_KEYS = frozenset({
+    "sent", "date", "envoyé", "gesendet", "datum", "enviado", "enviada", "fecha", "verzonden", "sendt", "dato",
+    "skickat", "отправлено", "дата", "data", "wysłano", "inviato", "odesláno", "lähetetty", "ngày gửi", "ngày",
+    "发送时间", "日期", "送信日時",
+})
+_OTHER_KEYS = frozenset({
+    "to", "subject", "cc", "bcc", "reply-to", "à", "objet", "an", "betreff", "para", "asunto", "assunto", "aan",
+    "onderwerp", "til", "emne", "kopi", "till", "ämne", "kopia", "кому", "тема", "копия", "do", "temat", "dw",
+    "a", "oggetto", "komu", "předmět", "kopie", "vastaanottaja", "aihe", "đến", "chủ đề", "收件人", "主题", "抄送",
+})
+
+
+def separator(line: str) -> bool:
+    """`-----Original Message-----` and its translations, or a help desk's "reply above this line"."""
+    text = line.strip()
+    if len(text) > _MARKER_MAX:
+        return False
+    low = text.lower()
+    return bool(_SEPARATOR.fullmatch(low)) or "reply above this line" in low
+
+
+def rule(line: str) -> bool:
+    """Outlook's line of underscores above a header block."""
+    text = line.strip()
+    return len(text) <= _MARKER_MAX and bool(_RULE.fullmatch(text))
+
+
+def header_key(line: str) -> str | None:
+    """"from", "date" or "other" for a `Key: value` line of a quoted message's header block, else None."""
+    m = _HEADER_KEY.match(line[:40])
+    if not m:
+        return None
+    key = m.group(1).lower()
+    if key in _FROM_KEYS:
+        return "from"
+    if key in _DATE_KEYS:
+        return "date"
+    return "other" if key in _OTHER_KEYS else None
+
+
+# -- forwarded messages ------------------------------------------------------------------------------------
+
+_FORWARD = re.compile(
+    r"-{2,}\s*(?:forwarded message|weitergeleitete nachricht|message transféré|mensaje reenviado|"
+    r"mensagem encaminhada|doorgestuurd bericht|videresendt (?:melding|meddelelse|besked)|"
+    r"vidarebefordrat meddelande|пересылаемое сообщение|przekazana wiadomość|wiadomość przekazana dalej|"
+    r"messaggio inoltrato|přeposlaná zpráva|välitetty viesti|tin nhắn đã chuyển tiếp)\s*-{2,}"
+    r"|(?:begin forwarded message|anfang der weitergeleiteten nachricht|début du message réexpédié|"
+    r"inicio del mensaje reenviado|início da mensagem reencaminhada|begin doorgestuurd bericht|"
+    r"videresendt melding|videresendt meddelelse|vidarebefordrat mejl|начало переадресованного сообщения)\s*:"
+    r"|-{2,}\s*forwarded by .*",
+)
+
+
+def forward(line: str) -> bool:
+    """A marker above a forwarded message: its content is what the customer sends, not history."""
+    text = line.strip()
+    return len(text) <= _MARKER_MAX and bool(_FORWARD.fullmatch(text.lower()))
+
+
+# -- sign-offs ---------------------------------------------------------------------------------------------
+
+_FOOTER = re.compile(
+    r"(?:sent from my|sent from (?:mail|outlook|yahoo mail|gmail|aol|proton ?mail|samsung|windows mail|"
+    r"the all new aol app)|get outlook for|download outlook for|envoyé de mon|envoyé depuis mon|"
+    r"envoyé depuis (?:outlook|yahoo mail)|obtenir outlook pour|enviado desde mi|enviado desde (?:outlook|yahoo)|"
+    r"obtener outlook para|enviado do meu|enviado de meu|enviado do (?:outlook|yahoo)|von meinem|"
+    r"gesendet von (?:meinem|outlook|mail|yahoo)|gesendet mit|verstuurd vanaf mijn|verzonden vanaf mijn|"
+    r"verzonden met|sendt fra min|sendt fra (?:outlook|mail|yahoo)|hent outlook til|hent outlook for|"
+    r"skickat från min|skickat från (?:outlook|e-post|yahoo)|skaffa outlook för|отправлено с|отправлено из|"
+    r"wysłano z|inviato da(?:l mio)?|gửi từ|odesláno z|lähetetty)\b.{1,60}",
+)
+
+
+def footer(line: str) -> bool:
+    """A line a mail app appends: "Sent from my iPhone", "Get Outlook for Android", "Von meinem iPhone
+    gesendet", "Отправлено с iPhone" …"""
+    text = line.strip()
+    return len(text) <= _MARKER_MAX and bool(_FOOTER.fullmatch(text.lower()))
+
+
+def signature_delimiter(line: str) -> bool:
+    """The `-- ` line above a signature (its trailing space is often lost on the way)."""
+    return line.strip() == "--"
