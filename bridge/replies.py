@@ -43,10 +43,6 @@ def strip_reply(text: str | None) -> str:
     return _assemble(items, quotes_elsewhere)
 
 
-def _quoted(line: str) -> bool:
-    return line.lstrip().startswith(">")
-
-
 def _quote_shaped(line: str) -> bool:
     """`> text`, `>> text` or a bare `>`: how clients quote, unlike `>50%` written in prose."""
     text = line.lstrip()
@@ -59,6 +55,7 @@ class _Scan:
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
         self.n = len(lines)
+        self.quoted = [line.lstrip().startswith(">") for line in lines]
         self.items: list[tuple[_Kind, str]] = []
         self.quotes = False  # the message quotes somewhere: a lone `>` line is then a quote too
 
@@ -71,7 +68,7 @@ class _Scan:
             if not line:
                 items.append((_Kind.TEXT, ""))
                 i += 1
-            elif _quoted(line):
+            elif self.quoted[i]:
                 i, was_quote = self._quote_run(i, in_signature)
                 in_signature = in_signature and not was_quote
             elif mk.forward(line):
@@ -99,7 +96,7 @@ class _Scan:
         lines, n = self.lines, self.n
         j = i
         shaped = False
-        while j < n and _quoted(lines[j]):
+        while j < n and self.quoted[j]:
             shaped = shaped or _quote_shaped(lines[j])
             j += 1
         if not shaped:  # `>50% of users`, `>_<`: prose that happens to start with ">"
@@ -140,7 +137,7 @@ class _Scan:
         end = self._skip_blank(end)
         if end < n and (block := self._header_block(end)) is not None:  # "-----Original Message-----\nFrom: …"
             end = self._skip_blank(block)
-        if end < n and _quoted(lines[end]):
+        if end < n and self.quoted[end]:
             return self._skip_quote(end)
         return n if strength == mk.STRONG else None
 
@@ -154,7 +151,7 @@ class _Scan:
         lines, n = self.lines, self.n
         end = j
         while j < n:
-            if _quoted(lines[j]):
+            if self.quoted[j]:
                 j += 1
                 end = j
             elif not lines[j]:
@@ -173,7 +170,7 @@ class _Scan:
         keys = {first}
         count = 1
         j = i + 1
-        while j < n and j < i + _HEADER_LINES and lines[j] and not _quoted(lines[j]):
+        while j < n and j < i + _HEADER_LINES and lines[j] and not self.quoted[j]:
             key = mk.header_key(lines[j])
             if key:
                 keys.add(key)
@@ -187,21 +184,20 @@ class _Scan:
         """(index after it, strength) of an attribution over lines i… (up to three lines, as clients wrap
         them), or None."""
         lines, n = self.lines, self.n
-        total = 0
-        for k in range(1, 4):
-            j = i + k - 1
-            if j >= n or not lines[j] or _quoted(lines[j]):
-                return None
-            total += len(lines[j]) + 1
-            if total > mk.ATTRIBUTION_MAX:
-                return None
-            if k > 1 and lines[j - 1].endswith((".", "!", "?")):
-                return None  # a sentence ended: the customer's prose, not a wrapped attribution
-            if lines[j].endswith((*mk.COLONS, "-")):
-                candidate = lines[i] if k == 1 else " ".join(part.strip() for part in lines[i:j + 1])
-                strength = mk.attribution(candidate, wrapped=k > 1)
-                if strength:
-                    return j + 1, strength
+        if lines[i].endswith((*mk.COLONS, "-")):
+            strength = mk.attribution(lines[i], wrapped=False)
+            return (i + 1, strength) if strength else None
+        if not mk.opens_attribution(lines[i]):
+            return None
+        total = len(lines[i])
+        for j in range(i + 1, min(i + 3, n)):
+            line = lines[j]
+            total += len(line) + 1
+            if not line or self.quoted[j] or total > mk.ATTRIBUTION_MAX or lines[j - 1].endswith((".", "!", "?")):
+                return None  # a blank line, a quote, or a sentence that ended: the customer's prose
+            if line.endswith(mk.COLONS):
+                strength = mk.attribution(" ".join(part.strip() for part in lines[i:j + 1]), wrapped=True)
+                return (j + 1, strength) if strength else None
         return None
 
 

@@ -34,6 +34,12 @@ _ADDRESS = re.compile(r"[(<\[]?[^\s@<>()\[\]]+@[^\s@<>()\[\]]+[)>\]]?")
 WEAK, STRONG = 1, 2
 
 
+def opens_attribution(line: str) -> bool:
+    """Whether a line could be the first of an attribution wrapped over several lines."""
+    text = line.lstrip()
+    return text[:1].isdigit() or text.startswith("-") or bool(_OPENER.match(text[:12].lower()))
+
+
 def attribution(candidate: str, *, wrapped: bool) -> int:
     """How surely `candidate` (one line, or up to three joined) introduces quoted history: STRONG when it
     names an address, a dashed frame or an opener with a date; WEAK for "Asha wrote:" alone (history only
@@ -49,13 +55,16 @@ def attribution(candidate: str, *, wrapped: bool) -> int:
     else:
         return 0
     low = text.lower()
+    has_verb = _ends_with_verb(low) or bool(_VERB_BEFORE_NAME.search(low, low.rfind(":") + 1))
+    has_address = "@" in text
+    if not (has_verb or has_address):
+        return 0
     opens = bool(_OPENER.match(low)) or low[:1].isdigit()
     if wrapped and not (opens or dashed):
         return 0
-    has_verb = _ends_with_verb(low) or bool(_VERB_BEFORE_NAME.search(low[low.rfind(":") + 1:]))
     if not has_verb:  # date first, no verb: "2014-10-17 11:28 GMT+03:00 Asha <a@b>:"
         return STRONG if not dashed and _ends_with_address(text) and _TIME.search(text) else 0
-    if dashed or "@" in text or (opens and any(c.isdigit() for c in text)):
+    if dashed or has_address or (opens and any(c.isdigit() for c in text)):
         return STRONG
     return WEAK
 
@@ -106,19 +115,21 @@ def separator(line: str) -> bool:
     text = line.strip()
     if len(text) > _MARKER_MAX:
         return False
-    low = text.lower()
-    return bool(_SEPARATOR.fullmatch(low)) or "reply above this line" in low
+    if text.startswith("-"):
+        return bool(_SEPARATOR.fullmatch(text.lower()))
+    return "above this line" in text and "reply above this line" in text.lower()
 
 
 def rule(line: str) -> bool:
     """Outlook's line of underscores above a header block."""
     text = line.strip()
-    return len(text) <= _MARKER_MAX and bool(_RULE.fullmatch(text))
+    return text[:1] in ("_", "-") and len(text) <= _MARKER_MAX and bool(_RULE.fullmatch(text))
 
 
 def header_key(line: str) -> str | None:
     """"from", "date" or "other" for a `Key: value` line of a quoted message's header block, else None."""
-    m = _HEADER_KEY.match(line[:40])
+    head = line[:40]
+    m = _HEADER_KEY.match(head) if ":" in head or COLONS[1] in head else None
     if not m:
         return None
     key = m.group(1).lower()
@@ -146,7 +157,9 @@ _FORWARD = re.compile(
 def forward(line: str) -> bool:
     """A marker above a forwarded message: its content is what the customer sends, not history."""
     text = line.strip()
-    return len(text) <= _MARKER_MAX and bool(_FORWARD.fullmatch(text.lower()))
+    if len(text) > _MARKER_MAX or not (text.startswith("-") or text.endswith(COLONS)):
+        return False
+    return bool(_FORWARD.fullmatch(text.lower()))
 
 
 # -- sign-offs ---------------------------------------------------------------------------------------------
@@ -159,7 +172,7 @@ _FOOTER = re.compile(
     r"gesendet von (?:meinem|outlook|mail|yahoo)|gesendet mit|verstuurd vanaf mijn|verzonden vanaf mijn|"
     r"verzonden met|sendt fra min|sendt fra (?:outlook|mail|yahoo)|hent outlook til|hent outlook for|"
     r"skickat från min|skickat från (?:outlook|e-post|yahoo)|skaffa outlook för|отправлено с|отправлено из|"
-    r"wysłano z|inviato da(?:l mio)?|gửi từ|odesláno z|lähetetty)\b.{1,60}",
+    r"wysłano z|inviato da(?:l mio)?|gửi từ|odesláno z|lähetetty)\b.{0,60}",
 )
 
 

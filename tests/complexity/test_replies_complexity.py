@@ -1,0 +1,61 @@
+"""The reply stripper's cost grows linearly with the body, whatever the body holds.
+
+Each hostile body is stripped at n and 8n bytes in one run; linear work costs ~8x, quadratic ~64x. The
+bound is 16x, generous against a busy machine: each size is timed three times and the fastest kept, and
+each timing repeats the call until the small body has taken a few milliseconds, so timer granularity and
+one-off pauses do not decide the ratio."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bridge.replies import strip_reply
+
+N = 16 * 1024
+BOUND = 16.0
+
+
+def fill(unit: str, size: int) -> str:
+    return unit * (size // len(unit) + 1)
+
+
+HOSTILE: dict[str, Callable[[int], str]] = {
+    "attribution opener then repeated schrieb": lambda size: "Am " + fill("schrieb ", size),
+    "attribution opener then repeated wrote": lambda size: "On " + fill("wrote ", size) + ":",
+    "repeated schrieb lines ending in a colon": lambda size: fill("Am 3. Juni schrieb schrieb schrieb\n", size),
+    "repeated quote lines": lambda size: fill("> \n", size),
+    "repeated On x wrote lines": lambda size: fill("On x wrote:\n", size),
+    "repeated On words": lambda size: fill("On ", size),
+    "one huge line": lambda size: "a" * size,
+    "alternating quote and text lines": lambda size: fill("> q\na\n", size),
+    "lone quote lines inside paragraphs": lambda size: fill("x\n> y\n", size),
+    "quote lines between blank runs": lambda size: fill("x\n> y\n\n\n\n\n", size),
+    "short lines ending in a colon": lambda size: fill("a:\n", size),
+    "wrapped attribution starts": lambda size: fill("On 3 Jun 2024 at 10:15 x\ny\nz:\n", size),
+    "header keys without a block": lambda size: fill("From: a\nnote\n", size),
+    "signature delimiters": lambda size: fill("--\n", size),
+    "greater-than prose": lambda size: fill(">5\n", size),
+}
+
+
+def fastest(run: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_stripping_a_hostile_body_costs_time_linear_in_its_length(name: str) -> None:
+    """Stripping a hostile body 8x longer costs at most ~16x the time (quadratic work would cost ~64x)."""
+    small, large = HOSTILE[name](N), HOSTILE[name](8 * N)
+    once = fastest(lambda: strip_reply(small), 1)
+    repeat = max(1, int(0.003 / max(once, 1e-7)))
+    ratio = fastest(lambda: strip_reply(large), repeat) / fastest(lambda: strip_reply(small), repeat)
+    assert ratio <= BOUND, f"{name}: {8 * N} bytes cost {ratio:.1f}x the time of {N} bytes"
