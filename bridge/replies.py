@@ -126,7 +126,7 @@ class _Scan:
         lines, n = self.lines, self.n
         line = lines[i]
         strength = mk.STRONG
-        if mk.separator(line) or (mk.rule(line) and i + 1 < n and self._header_block(i + 1)):
+        if mk.separator(line) or (mk.rule(line) and i + 1 < n and self._header_block(i + 1) is not None):
             end = i + 1
         elif (block := self._header_block(i)) is not None:
             end = block
@@ -169,14 +169,17 @@ class _Scan:
             return None
         keys = {first}
         count = 1
+        address = "@" in lines[i]
         j = i + 1
         while j < n and j < i + _HEADER_LINES and lines[j] and not self.quoted[j]:
             key = mk.header_key(lines[j])
             if key:
                 keys.add(key)
                 count += 1
+                address = address or "@" in lines[j]
             j += 1
-        if count >= 3 or (count == 2 and {"from", "date"} <= keys):
+        # Prose can hold "Date: Friday / From: 9am / To: noon"; a message's header names a subject or an address.
+        if count >= 2 and "from" in keys and ("subject" in keys or address):
             return j
         return None
 

@@ -29,21 +29,24 @@ _VERB_BEFORE_NAME = re.compile(r"(?:^|\s)(?:schrieb|schreef|skrev|kirjoitti)\s")
 # Words an attribution opens with: "On", "Am", "Le", "El", "Em", "Op", "Den", "Il giorno", "W dniu", "Vào".
 _OPENER = re.compile(r"(?:on|am|le|el|em|op|den|il|dnia|dne|på|vào|w dniu|no dia|el día)\s")
 _TIME = re.compile(r"\d{1,2}[:.]\d{2}")
+_YEAR = re.compile(r"(?:19|20)\d\d")
 _ADDRESS = re.compile(r"[(<\[]?[^\s@<>()\[\]]+@[^\s@<>()\[\]]+[)>\]]?")
 
 WEAK, STRONG = 1, 2
 
 
 def opens_attribution(line: str) -> bool:
-    """Whether a line could be the first of an attribution wrapped over several lines."""
+    """Whether a line could be the first of an attribution wrapped over several lines: it opens like one
+    and carries the date ("On Mon, 3 Jun 2024 at 10:15, Acme Support <")."""
     text = line.lstrip()
-    return text[:1].isdigit() or text.startswith("-") or bool(_OPENER.match(text[:12].lower()))
+    opens = text[:1].isdigit() or text.startswith("-") or bool(_OPENER.match(text[:12].lower()))
+    return opens and any(c.isdigit() for c in text)
 
 
 def attribution(candidate: str, *, wrapped: bool) -> int:
     """How surely `candidate` (one line, or up to three joined) introduces quoted history: STRONG when it
-    names an address, a dashed frame or an opener with a date; WEAK for "Asha wrote:" alone (history only
-    when a quote follows); 0 when it is not an attribution. `wrapped` lines must open like one."""
+    is framed in dashes or carries a date with an opener or an address; WEAK for "Asha wrote:" alone
+    (history only when a quote follows); 0 when it is not an attribution. `wrapped` lines must open like one."""
     text = candidate.strip()
     dashed = text.startswith("-")
     if dashed:
@@ -55,28 +58,33 @@ def attribution(candidate: str, *, wrapped: bool) -> int:
     else:
         return 0
     low = text.lower()
-    has_verb = _ends_with_verb(low) or bool(_VERB_BEFORE_NAME.search(low, low.rfind(":") + 1))
     has_address = "@" in text
+    verb = _verb_at_end(low)
+    has_verb = (verb is not None and (verb != "sent" or has_address)) or bool(
+        _VERB_BEFORE_NAME.search(low, low.rfind(":") + 1))
     if not (has_verb or has_address):
         return 0
     opens = bool(_OPENER.match(low)) or low[:1].isdigit()
     if wrapped and not (opens or dashed):
         return 0
-    if not has_verb:  # date first, no verb: "2014-10-17 11:28 GMT+03:00 Asha <a@b>:"
-        return STRONG if not dashed and _ends_with_address(text) and _TIME.search(text) else 0
-    if dashed or has_address or (opens and any(c.isdigit() for c in text)):
+    dated = any(c.isdigit() for c in text)
+    if not has_verb:  # date first, no verb: "2014-10-17 11:28 GMT+03:00 Asha <a@b>:", "пн, 3 июн. 2024 г. …"
+        first = low.split(None, 1)[0]
+        leads = low[:1].isdigit() or (first.endswith(",") and len(first) <= 5)
+        return STRONG if leads and _YEAR.search(text) and _TIME.search(text) and _ends_with_address(text) else 0
+    if dashed or (dated and (opens or has_address)):
         return STRONG
     return WEAK
 
 
-def _ends_with_verb(low: str) -> bool:
+def _verb_at_end(low: str) -> str | None:
     if not low.endswith(_VERBS_AT_END):
-        return False
+        return None
     for verb in _VERBS_AT_END:
         if low.endswith(verb):
             before = low[:-len(verb)]
-            return not before or not before[-1].isalnum()
-    return False
+            return verb if not before or not before[-1].isalnum() else None
+    return None
 
 
 def _ends_with_address(text: str) -> bool:
@@ -99,14 +107,18 @@ _FROM_KEYS = frozenset({
     "发件人", "寄件者", "差出人",
 })
 _DATE_KEYS = frozenset({
-    "sent", "date", "envoyé", "gesendet", "datum", "enviado", "enviada", "fecha", "verzonden", "sendt", "dato",
-    "skickat", "отправлено", "дата", "data", "wysłano", "inviato", "odesláno", "lähetetty", "ngày gửi", "ngày",
-    "发送时间", "日期", "送信日時",
+    "sent", "date", "envoyé", "gesendet", "datum", "enviado", "enviada", "enviado el", "enviado em", "enviada em",
+    "fecha", "verzonden", "sendt", "dato", "skickat", "отправлено", "дата", "data", "wysłano", "inviato",
+    "odesláno", "lähetetty", "đã gửi", "ngày gửi", "ngày", "gönderildi", "tarih", "elküldve", "发送时间", "日期",
+    "送信日時",
+})
+_SUBJECT_KEYS = frozenset({
+    "subject", "objet", "betreff", "asunto", "assunto", "onderwerp", "emne", "ämne", "тема", "temat", "oggetto",
+    "předmět", "aihe", "chủ đề", "konu", "tárgy", "主题", "件名",
 })
 _OTHER_KEYS = frozenset({
-    "to", "subject", "cc", "bcc", "reply-to", "à", "objet", "an", "betreff", "para", "asunto", "assunto", "aan",
-    "onderwerp", "til", "emne", "kopi", "till", "ämne", "kopia", "кому", "тема", "копия", "do", "temat", "dw",
-    "a", "oggetto", "komu", "předmět", "kopie", "vastaanottaja", "aihe", "đến", "chủ đề", "收件人", "主题", "抄送",
+    "to", "cc", "bcc", "reply-to", "à", "an", "para", "aan", "til", "kopi", "till", "kopia", "кому", "копия",
+    "do", "dw", "a", "komu", "kopie", "vastaanottaja", "đến", "kime", "címzett", "收件人", "抄送", "宛先",
 })
 
 
@@ -127,7 +139,8 @@ def rule(line: str) -> bool:
 
 
 def header_key(line: str) -> str | None:
-    """"from", "date" or "other" for a `Key: value` line of a quoted message's header block, else None."""
+    """"from", "date", "subject" or "other" for a `Key: value` line of a quoted message's header block, else
+    None."""
     head = line[:40]
     m = _HEADER_KEY.match(head) if ":" in head or COLONS[1] in head else None
     if not m:
@@ -137,6 +150,8 @@ def header_key(line: str) -> str | None:
         return "from"
     if key in _DATE_KEYS:
         return "date"
+    if key in _SUBJECT_KEYS:
+        return "subject"
     return "other" if key in _OTHER_KEYS else None
 
 
