@@ -22,6 +22,8 @@ from enum import Enum, auto
 
 from bridge import reply_markers as mk
 
+_MARKER_ENDS = (*mk.COLONS, "-")
+_FORWARDED = -1
 # A header block is the marker line and the `Key: value` lines under it; no client writes more.
 _HEADER_LINES = 8
 
@@ -71,25 +73,41 @@ class _Scan:
             elif self.quoted[i]:
                 i, was_quote = self._quote_run(i, in_signature)
                 in_signature = in_signature and not was_quote
-            elif mk.forward(line):
-                items.extend((_Kind.KEPT, rest) for rest in lines[i:])
-                break
-            elif (end := self._history(i)) is not None:
-                self.quotes = True
-                in_signature = False
-                items.append((_Kind.CUT, ""))
-                if end >= n:
-                    break
-                i = end
             elif mk.signature_delimiter(line):
                 in_signature = True
                 items.append((_Kind.CUT, ""))
                 i += 1
-            else:
+            elif self._plain(i) or (found := self._marker(i)) is None:
                 if not in_signature:
                     items.append((_Kind.FOOTER if mk.footer(line) else _Kind.TEXT, line))
                 i += 1
+            elif found == _FORWARDED:
+                items.extend((_Kind.KEPT, rest) for rest in lines[i:])
+                break
+            else:
+                self.quotes = True
+                in_signature = False
+                items.append((_Kind.CUT, ""))
+                if found >= n:
+                    break
+                i = found
         return items, self.quotes
+
+    def _plain(self, i: int) -> bool:
+        """Whether line i cannot be part of a marker, the case of most lines, which then skip the marker
+        tests: markers end with a colon or a dash, start with a dash,
+        an underscore or a header key, or (an attribution wrapped over lines) come before a line ending
+        with a colon."""
+        line, lines, n = self.lines[i], self.lines, self.n
+        head = line[:40]
+        return (
+            not line.endswith(_MARKER_ENDS)
+            and ":" not in head and mk.COLONS[1] not in head
+            and not line.lstrip().startswith(("-", "_"))
+            and not (i + 1 < n and lines[i + 1].endswith(mk.COLONS))
+            and not (i + 2 < n and lines[i + 2].endswith(mk.COLONS))
+            and "above this line" not in line
+        )
 
     def _quote_run(self, i: int, in_signature: bool) -> tuple[int, bool]:
         """Classify the run of `>` lines starting at i: (the index after it, whether it is history)."""
@@ -119,6 +137,11 @@ class _Scan:
         while j < self.n and not lines[j]:
             j += 1
         return j == self.n
+
+    def _marker(self, i: int) -> int | None:
+        """_FORWARDED if a forwarded message starts at line i, the index where the customer's text may resume
+        if quoted history does (n when it runs to the end), else None."""
+        return _FORWARDED if mk.forward(self.lines[i]) else self._history(i)
 
     def _history(self, i: int) -> int | None:
         """If quoted history starts at line i, the index where the customer's text may resume (n when the
@@ -187,7 +210,7 @@ class _Scan:
         """(index after it, strength) of an attribution over lines i… (up to three lines, as clients wrap
         them), or None."""
         lines, n = self.lines, self.n
-        if lines[i].endswith((*mk.COLONS, "-")):
+        if lines[i].endswith(_MARKER_ENDS):
             strength = mk.attribution(lines[i], wrapped=False)
             return (i + 1, strength) if strength else None
         if not mk.opens_attribution(lines[i]):

@@ -29,6 +29,7 @@ _VERB_BEFORE_NAME = re.compile(r"(?:^|\s)(?:schrieb|schreef|skrev|kirjoitti)\s")
 # Words an attribution opens with: "On", "Am", "Le", "El", "Em", "Op", "Den", "Il giorno", "W dniu", "Vào".
 _OPENER = re.compile(r"(?:on|am|le|el|em|op|den|il|dnia|dne|på|vào|w dniu|no dia|el día)\s")
 _TIME = re.compile(r"\d{1,2}[:.]\d{2}")
+_DIGIT = re.compile(r"\d")
 _YEAR = re.compile(r"(?:19|20)\d\d")
 _ADDRESS = re.compile(r"[(<\[]?[^\s@<>()\[\]]+@[^\s@<>()\[\]]+[)>\]]?")
 
@@ -39,8 +40,10 @@ def opens_attribution(line: str) -> bool:
     """Whether a line could be the first of an attribution wrapped over several lines: it opens like one
     and carries the date ("On Mon, 3 Jun 2024 at 10:15, Acme Support <")."""
     text = line.lstrip()
+    if len(text) > ATTRIBUTION_MAX:
+        return False
     opens = text[:1].isdigit() or text.startswith("-") or bool(_OPENER.match(text[:12].lower()))
-    return opens and any(c.isdigit() for c in text)
+    return opens and bool(_DIGIT.search(text))
 
 
 def attribution(candidate: str, *, wrapped: bool) -> int:
@@ -67,7 +70,7 @@ def attribution(candidate: str, *, wrapped: bool) -> int:
     opens = bool(_OPENER.match(low)) or low[:1].isdigit()
     if wrapped and not (opens or dashed):
         return 0
-    dated = any(c.isdigit() for c in text)
+    dated = bool(_DIGIT.search(text))
     if not has_verb:  # date first, no verb: "2014-10-17 11:28 GMT+03:00 Asha <a@b>:", "пн, 3 июн. 2024 г. …"
         first = low.split(None, 1)[0]
         leads = low[:1].isdigit() or (first.endswith(",") and len(first) <= 5)
