@@ -22,10 +22,13 @@ _MARKER_MAX = 120
 _VERBS_AT_END = (
     "wrote", "sent", "writes", "schrieb", "schreibt", "a écrit", "escribió", "escreveu", "schreef", "skrev",
     "написал", "написала", "написал(а)", "пишет", "đã viết", "napisał", "napisała", "napisał(a)",
-    "ha scritto", "scrisse", "napsal", "napsala", "napsal(a)", "kirjoitti", "írta", "yazdı", "写道",
+    "ha scritto", "scrisse", "napsal", "napsala", "napsal(a)", "kirjoitti", "írta", "yazdı", "geschreven",
 )
-# Verbs that come before the name: "Am … schrieb Asha <a@b>:", "Den … skrev Asha <a@b>:".
-_VERB_BEFORE_NAME = re.compile(r"(?:^|\s)(?:schrieb|schreef|skrev|kirjoitti)\s")
+# Chinese and Korean write the verb straight after the date or name: "…10:15写道：", "…>님이 작성:".
+_CJK_VERBS_AT_END = ("写道", "寫道", "작성")
+# Verbs that come before the name or the date: "Am … schrieb Asha <a@b>:", "Den … skrev Asha <a@b>:",
+# "Wiadomość napisana przez Asha <a@b> w dniu …:", "Asha <a@b> ezt írta (időpont: …):".
+_VERB_BEFORE_NAME = re.compile(r"(?:^|\s)(?:schrieb|schreef|skrev|kirjoitti|napisana|írta)\s")
 # Words an attribution opens with: "On", "Am", "Le", "El", "Em", "Op", "Den", "Il giorno", "W dniu", "Vào".
 _OPENER = re.compile(r"(?:on|am|le|el|em|op|den|il|dnia|dne|på|vào|w dniu|no dia|el día)\s")
 _TIME = re.compile(r"\d{1,2}[:.]\d{2}")
@@ -63,8 +66,7 @@ def attribution(candidate: str, *, wrapped: bool) -> int:
     low = text.lower()
     has_address = "@" in text
     verb = _verb_at_end(low)
-    has_verb = (verb is not None and (verb != "sent" or has_address)) or bool(
-        _VERB_BEFORE_NAME.search(low, low.rfind(":") + 1))
+    has_verb = (verb is not None and (verb != "sent" or has_address)) or bool(_VERB_BEFORE_NAME.search(low))
     if not (has_verb or has_address):
         return 0
     opens = bool(_OPENER.match(low)) or low[:1].isdigit()
@@ -81,6 +83,8 @@ def attribution(candidate: str, *, wrapped: bool) -> int:
 
 
 def _verb_at_end(low: str) -> str | None:
+    if low.endswith(_CJK_VERBS_AT_END):
+        return "wrote"
     if not low.endswith(_VERBS_AT_END):
         return None
     for verb in _VERBS_AT_END:
