@@ -12,12 +12,10 @@ from email.parser import BytesParser, Parser
 from email.utils import getaddresses, parseaddr
 from typing import Any, NamedTuple
 
-from bridge.replies import strip_reply
+from bridge.replies import strip_reply  # stripped_text; importers of handlers.email.strip_reply keep working
 from handlers.attachments import Attachment, attachment
 
 AddressInput = str | Iterable[str] | None
-
-__all__ = ["strip_reply"]  # the reply stripper lives in bridge.replies; importers here keep working
 
 
 def decode_words(value: str) -> str:
