@@ -6,8 +6,9 @@ shape costs time in proportion to its length. The customer's own lines are kept 
 above the quote (top-posting), below it (bottom-posting) or between quoted lines (inline answers).
 
 - A quote block is a run of `>` lines. It is history when an attribution ("On … wrote:") or a separator
-  introduces it, when it has two lines or more, when it opens a paragraph or ends the text. A single
-  `>` line inside a paragraph ("the share is\\n>50% of users") is text unless the message quotes elsewhere.
+  introduces it, when it has two lines or more, when it starts or ends the text. A single `>` line between
+  the customer's lines ("the app shows\\n> Session expired\\nafter login") is text unless the message quotes
+  elsewhere (inline answers); lines not written the way clients quote (`>50% of users`) are always text.
 - An attribution, separator or header block followed by unquoted text (Outlook's top-posting, HTML mail
   turned into text) starts history that runs to the end.
 - A forwarded message is kept whole: what was forwarded is the point of the message.
@@ -60,6 +61,7 @@ class _Scan:
         self.quoted = [line.lstrip().startswith(">") for line in lines]
         self.items: list[tuple[_Kind, str]] = []
         self.quotes = False  # the message quotes somewhere: a lone `>` line is then a quote too
+        self.first = next((i for i, line in enumerate(lines) if line), self.n)  # the first non-blank line
 
     def run(self) -> tuple[list[tuple[_Kind, str]], bool]:
         lines, n, items = self.lines, self.n, self.items
@@ -121,8 +123,7 @@ class _Scan:
             if not in_signature:
                 self.items.extend((_Kind.TEXT, line) for line in lines[i:j])
             return j, False
-        opens_paragraph = i == 0 or not lines[i - 1]
-        if j - i >= 2 or opens_paragraph or self._only_blank_from(j):
+        if j - i >= 2 or i <= self.first or self._only_blank_from(j):
             self.quotes = True
             self.items.append((_Kind.CUT, ""))
             return j, True
