@@ -41,6 +41,8 @@ HOSTILE: dict[str, Callable[[int], str]] = {
     "header keys without a block": lambda size: fill("From: a\nnote\n", size),
     "signature delimiters": lambda size: fill("--\n", size),
     "greater-than prose": lambda size: fill(">5\n", size),
+    "undated attributions above blank runs": lambda size: fill("Asha wrote:\n\n\n\n\n\n", size),
+    "attributions with addresses, no quote": lambda size: fill("On 3 Jun 2024 Asha <a@b.c> wrote:\nx\n", size),
 }
 
 
