@@ -11,7 +11,8 @@ above the quote (top-posting), below it (bottom-posting) or between quoted lines
   elsewhere (inline answers); lines not written the way clients quote (`>50% of users`) are always text.
 - An attribution, separator or header block followed by unquoted text (Outlook's top-posting, HTML mail
   turned into text) starts history that runs to the end.
-- A forwarded message is kept whole: what was forwarded is the point of the message.
+- A forwarded message is kept whole: what was forwarded is the point of the message. So is a header block
+  or separator with nothing of the customer's above it: Outlook forwards without a marker.
 - A `-- ` line starts a signature that runs to the next quote; an app's footer ("Sent from my iPhone") is
   dropped when nothing of the customer's follows it.
 - Trailing whitespace is trimmed, runs of blank lines become one, and leading and trailing blank lines go.
@@ -35,6 +36,9 @@ class _Kind(Enum):
     MAYBE = auto()     # a lone `>` line inside a paragraph: a quote only if the message quotes elsewhere
     CUT = auto()       # where history was dropped
     KEPT = auto()      # a forwarded message's line, kept as it is
+
+
+_CUT = (_Kind.CUT, "")
 
 
 def strip_reply(text: str | None) -> str:
@@ -77,19 +81,19 @@ class _Scan:
                 in_signature = in_signature and not was_quote
             elif mk.signature_delimiter(line):
                 in_signature = True
-                items.append((_Kind.CUT, ""))
+                items.append(_CUT)
                 i += 1
             elif self._plain(i) or (found := self._marker(i)) is None:
                 if not in_signature:
                     items.append((_Kind.FOOTER if mk.footer(line) else _Kind.TEXT, line))
                 i += 1
-            elif found == _FORWARDED:
+            elif found == _FORWARDED or (found >= n and self._forwarded_as_is(i)):
                 items.extend((_Kind.KEPT, rest) for rest in lines[i:])
                 break
             else:
                 self.quotes = True
                 in_signature = False
-                items.append((_Kind.CUT, ""))
+                items.append(_CUT)
                 if found >= n:
                     break
                 i = found
@@ -125,7 +129,7 @@ class _Scan:
             return j, False
         if j - i >= 2 or i <= self.first or self._only_blank_from(j):
             self.quotes = True
-            self.items.append((_Kind.CUT, ""))
+            self.items.append(_CUT)
             return j, True
         if not in_signature:
             self.items.append((_Kind.MAYBE, lines[i]))
@@ -144,13 +148,20 @@ class _Scan:
         if quoted history does (n when it runs to the end), else None."""
         return _FORWARDED if mk.forward(self.lines[i]) else self._history(i)
 
+    def _forwarded_as_is(self, i: int) -> bool:
+        """Whether the header block or separator at line i, running to the end with nothing of the
+        customer's above it, is a message forwarded without comment (Outlook forwards this way) rather
+        than history: a reply's history sits below a reply. Called once, before the scan stops."""
+        has_text = any(line and kind is not _Kind.CUT for kind, line in self.items)
+        return not has_text and self._attribution(i) is None
+
     def _history(self, i: int) -> int | None:
         """If quoted history starts at line i, the index where the customer's text may resume (n when the
         history runs to the end); else None."""
         lines, n = self.lines, self.n
         line = lines[i]
         strength = mk.STRONG
-        if mk.separator(line) or (mk.rule(line) and i + 1 < n and self._header_block(i + 1) is not None):
+        if mk.separator(line) or (mk.rule(line) and self._header_block(self._skip_blank(i + 1, limit=2)) is not None):
             end = i + 1
         elif (block := self._header_block(i)) is not None:
             end = block
@@ -165,8 +176,10 @@ class _Scan:
             return self._skip_quote(end)
         return n if strength == mk.STRONG else None
 
-    def _skip_blank(self, j: int) -> int:
-        while j < self.n and not self.lines[j]:
+    def _skip_blank(self, j: int, limit: int | None = None) -> int:
+        """The first non-blank line from j (n if none), looking at no more than `limit` blank lines."""
+        stop = self.n if limit is None else min(self.n, j + limit)
+        while j < stop and not self.lines[j]:
             j += 1
         return j
 
@@ -188,6 +201,8 @@ class _Scan:
         """If a quoted message's header block (From/Sent/To/Subject in any language, or starting with Date)
         starts at line i, the index after it; else None."""
         lines, n = self.lines, self.n
+        if i >= n:
+            return None
         first = mk.header_key(lines[i])
         if first not in ("from", "date"):
             return None
