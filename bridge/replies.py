@@ -100,10 +100,10 @@ class _Scan:
         return items, self.quotes
 
     def _plain(self, i: int) -> bool:
-        """Whether line i cannot be part of a marker, the case of most lines, which then skip the marker
-        tests: markers end with a colon or a dash, start with a dash,
-        an underscore or a header key, or (an attribution wrapped over lines) come before a line ending
-        with a colon."""
+        """Whether line i cannot be part of a marker (most lines), so the marker tests can be skipped. A
+        marker line ends with a colon or a dash, starts with a dash, an underscore or a `Key:`, says "reply
+        above this line", or opens an attribution wrapped onto the next two lines, which then end with a
+        colon."""
         line, lines, n = self.lines[i], self.lines, self.n
         head = line[:40]
         return (
