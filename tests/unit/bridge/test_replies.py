@@ -4,9 +4,12 @@ what an agent should read)."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.mapping.text import strip_quoted
 from bridge.replies import strip_reply
@@ -68,3 +71,31 @@ def test_a_signature_runs_to_the_next_quote() -> None:
     """A `-- ` signature is dropped up to the quote below it; an answer below that quote is kept."""
     text = "Top.\n-- \nAsha\n\nOn Mon, 3 Jun 2024, Support <s@acme.test> wrote:\n> q\n\nBelow."
     assert strip_reply(text) == "Top.\n\nBelow."
+
+
+# Lines a hostile or unlucky body is made of: markers, quotes, footers, prose and their fragments.
+FRAGMENTS = [
+    "", " ", "Thanks,", "Asha", "> quoted", ">", ">> deeper", ">50% of users", "-- ", "--", "Sent from my iPhone",
+    "On Mon, 3 Jun 2024 at 10:15, Acme Support <support@acme.test> wrote:", "On Mon, 3 Jun 2024 at 10:15, Acme",
+    "<support@acme.test> wrote:", "Acme wrote:", "-----Original Message-----", "_" * 32, "From: Acme <a@acme.test>",
+    "Sent: Monday", "Subject: Re: x", "Date: Friday", "---------- Forwarded message ---------",
+    "Begin forwarded message:", "Am 3. Juni 2024 schrieb Acme <a@acme.test>:", "---- Acme wrote ----", "a:", "\t",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=30), max_size=40),
+       st.sampled_from(["\n", "\r\n", "\r"]))
+def test_the_reply_is_made_of_the_bodys_own_lines(parts: list[str], newline: str) -> None:
+    """Any body gives, without error, a reply whose lines are the body's own lines (trailing space trimmed)
+    in their order, with no blank line at either end and none doubled."""
+    body = newline.join(parts)
+    reply = strip_reply(body)
+    assert reply == strip_quoted(body)
+    if not reply:
+        return
+    lines = reply.split("\n")
+    assert lines[0] and lines[-1]
+    assert all(a or b for a, b in pairwise(lines))
+    source = iter(line.rstrip() for line in body.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    assert all(any(line == s for s in source) for line in lines if line)
