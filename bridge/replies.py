@@ -12,7 +12,8 @@ above the quote (top-posting), below it (bottom-posting) or between quoted lines
 - An attribution, separator or header block followed by unquoted text (Outlook's top-posting, HTML mail
   turned into text) starts history that runs to the end.
 - A forwarded message is kept whole: what was forwarded is the point of the message. So is a header block
-  or separator with nothing of the customer's above it: Outlook forwards without a marker.
+  or separator with nothing of the customer's above it, or any when the subject says "FW:": Outlook
+  forwards without a marker.
 - A `-- ` line starts a signature that runs to the next quote; an app's footer ("Sent from my iPhone") is
   dropped when nothing of the customer's follows it.
 - Trailing whitespace is trimmed, runs of blank lines become one, and leading and trailing blank lines go.
@@ -41,12 +42,14 @@ class _Kind(Enum):
 _CUT = (_Kind.CUT, "")
 
 
-def strip_reply(text: str | None) -> str:
-    """The reply the customer wrote, without quoted history, signature or mail-app footer; "" for nothing."""
+def strip_reply(text: str | None, subject: str | None = None) -> str:
+    """The reply the customer wrote, without quoted history, signature or mail-app footer; "" for nothing.
+    With the message's `subject`, a forward ("FW: …", "WG: …") keeps the message Outlook forwarded under
+    its header block, which in the body alone looks like a reply's history."""
     if not text:
         return ""
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    items, quotes_elsewhere = _Scan(lines).run()
+    items, quotes_elsewhere = _Scan(lines, forwarding=mk.forward_subject(subject)).run()
     return _assemble(items, quotes_elsewhere)
 
 
@@ -59,8 +62,9 @@ def _quote_shaped(line: str) -> bool:
 class _Scan:
     """Walks the lines once, top to bottom, classifying each into the items `_assemble` joins."""
 
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, lines: list[str], *, forwarding: bool = False) -> None:
         self.lines = lines
+        self.forwarding = forwarding  # the subject says the message is a forward
         self.n = len(lines)
         self.quoted = [line.lstrip().startswith(">") for line in lines]
         self.items: list[tuple[_Kind, str]] = []
@@ -87,7 +91,7 @@ class _Scan:
                 if not in_signature:
                     items.append((_Kind.FOOTER if mk.footer(line) else _Kind.TEXT, line))
                 i += 1
-            elif found == _FORWARDED or (found >= n and self._forwarded_as_is(i)):
+            elif found == _FORWARDED or self._forwarded_block(i, found):
                 items.extend((_Kind.KEPT, rest) for rest in lines[i:])
                 break
             else:
@@ -148,12 +152,16 @@ class _Scan:
         if quoted history does (n when it runs to the end), else None."""
         return _FORWARDED if mk.forward(self.lines[i]) else self._history(i)
 
-    def _forwarded_as_is(self, i: int) -> bool:
-        """Whether the header block or separator at line i, running to the end with nothing of the
-        customer's above it, is a message forwarded without comment (Outlook forwards this way) rather
-        than history: a reply's history sits below a reply. Called once, before the scan stops."""
-        has_text = any(line and kind is not _Kind.CUT for kind, line in self.items)
-        return not has_text and self._attribution(i) is None
+    def _forwarded_block(self, i: int, found: int) -> bool:
+        """Whether the header block or separator at line i starts a forwarded message rather than history:
+        the subject says the message is a forward, or the block runs to the end with nothing of the
+        customer's above it (Outlook forwards without a marker, and a reply's history sits below a reply).
+        Costs a bounded look at line i, and a look at what was kept only when the scan then stops."""
+        if found < self.n and not self.forwarding:
+            return False
+        if self._attribution(i) is not None:
+            return False
+        return self.forwarding or not any(line and kind is not _Kind.CUT for kind, line in self.items)
 
     def _history(self, i: int) -> int | None:
         """If quoted history starts at line i, the index where the customer's text may resume (n when the

@@ -184,6 +184,16 @@ def forward(line: str) -> bool:
     return bool(_FORWARD.fullmatch(text.lower()))
 
 
+# "FW:", "Fwd:", German "WG:", French "TR:", Spanish "RV:", Portuguese "ENC:", Dutch "Doorst:",
+# Scandinavian "VS:"/"VB:", Polish "PD:", Russian "Пересл:". Only the first prefix counts: "RE: FW:" is a reply.
+_FORWARD_SUBJECT = re.compile(r"\s*(?:fwd?|wg|tr|rv|enc|doorst|vs|vb|pd|пересл)\s*:")
+
+
+def forward_subject(subject: str | None) -> bool:
+    """Whether a subject line says its message is a forward."""
+    return isinstance(subject, str) and bool(_FORWARD_SUBJECT.match(subject[:20].lower()))
+
+
 # -- sign-offs ---------------------------------------------------------------------------------------------
 
 _FOOTER = re.compile(

@@ -184,7 +184,8 @@ def email_payload(
         "subject": decode_words(subject) if isinstance(subject, str) else None,
         "text": body,
         "html": newlines(html),
-        "stripped_text": given.strip() if given and given.strip() else strip_reply(body),
+        "stripped_text": given.strip() if given and given.strip() else strip_reply(
+            body, decode_words(subject) if isinstance(subject, str) else None),
         "message_id": message_id(message_id_),
         "in_reply_to": message_id(in_reply_to),
         "references": message_ids(references),

@@ -69,6 +69,9 @@ def _breaks(m: re.Match[str]) -> str:
     return "\n" * n
 
 
-def strip_quoted(value: Any) -> Any:
-    """The reply alone, without quoted history, signature or mail-app footer (see `bridge.replies`)."""
-    return strip_reply(value) if isinstance(value, str) else value
+def strip_quoted(value: Any, subject: Any = None) -> Any:
+    """The reply alone, without quoted history, signature or mail-app footer (see `bridge.replies`); with
+    the subject (`payload.text | strip_quoted(payload.subject)`), a forward keeps what it forwarded."""
+    if not isinstance(value, str):
+        return value
+    return strip_reply(value, subject if isinstance(subject, str) else None)

@@ -99,3 +99,22 @@ def test_the_reply_is_made_of_the_bodys_own_lines(parts: list[str], newline: str
     assert all(a or b for a, b in pairwise(lines))
     source = iter(line.rstrip() for line in body.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     assert all(any(line == s for s in source) for line in lines if line)
+
+
+OUTLOOK_FORWARD = ("Please look at the message below, I never ordered this.\n\n________________________________\n"
+                   "From: Shop <orders@shop.example>\nSent: Monday, June 3, 2024 10:15 AM\nTo: Sam <sam@example.com>\n"
+                   "Subject: Your order 4471\n\nThank you for your order of 3 routers.")
+
+
+@pytest.mark.parametrize("subject", ["FW: Your order 4471", "Fwd: Your order 4471", "WG: Ihre Bestellung",
+                                     "TR: Votre commande", "RV: Su pedido"])
+def test_a_forward_subject_keeps_what_outlook_forwarded(subject: str) -> None:
+    """With a forward's subject, the header block Outlook forwards under and all below it are kept."""
+    assert strip_reply(OUTLOOK_FORWARD, subject) == OUTLOOK_FORWARD
+    assert strip_quoted(OUTLOOK_FORWARD, subject) == OUTLOOK_FORWARD
+
+
+@pytest.mark.parametrize("subject", [None, "RE: FW: Your order 4471", "Your order 4471", "Fwiw: a question"])
+def test_a_reply_subject_leaves_the_header_block_as_history(subject: str | None) -> None:
+    """Without a forward's subject (a reply to a forward included) the header block is history."""
+    assert strip_reply(OUTLOOK_FORWARD, subject) == "Please look at the message below, I never ordered this."
