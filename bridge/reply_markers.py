@@ -176,10 +176,13 @@ _FORWARD = re.compile(
 )
 
 
+_FORWARD_MIN = len("--forwarded by x")  # no marker above is shorter
+
+
 def forward(line: str) -> bool:
     """A marker above a forwarded message: its content is what the customer sends, not history."""
     text = line.strip()
-    if len(text) > _MARKER_MAX or not (text.startswith("-") or text.endswith(COLONS)):
+    if not _FORWARD_MIN <= len(text) <= _MARKER_MAX or not (text.startswith("-") or text.endswith(COLONS)):
         return False
     return bool(_FORWARD.fullmatch(text.lower()))
 
