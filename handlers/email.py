@@ -14,6 +14,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
+from bridge.replies import strip_reply  # stripped_text; importers of handlers.email.strip_reply keep working
 from handlers.attachments import Attachment, attachment
 from handlers.limits import (
     MAX_ADDRESS_FIELD_CHARS,
@@ -148,65 +149,6 @@ def newlines(text: Any) -> str | None:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-# -- the reply without its quoted history --------------------------------------------------------------
-
-_ATTRIBUTION = r"(On|Le|Am|El|Il|Op|Em|Den|W dniu)\s"
-_WROTE_START = re.compile(_ATTRIBUTION, re.IGNORECASE)
-_WROTE = re.compile(  # German puts the name after the verb: "Am … schrieb Support <s@acme.test>:"
-    _ATTRIBUTION + r".*\b((wrote|a écrit|escribió|ha scritto|schreef|escreveu|skrev|napisał)\s*|schrieb\b.*):",
-    re.IGNORECASE,
-)
-_ORIGINAL = re.compile(r"-{2,}\s*(Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original|"
-                       r"Messaggio originale|Oorspronkelijk bericht)\s*-{2,}", re.IGNORECASE)
-_RULE = re.compile(r"_{10,}")
-_HEADER_FROM = re.compile(r"\*?(From|De|Von|Van|Da|Från)\s*:\*?\s+\S.*", re.IGNORECASE)
-_HEADER_NEXT = re.compile(r"\*?(Sent|Date|To|Subject|Cc|Envoyé|Gesendet|Enviado|Datum|Objet|Betreff|Asunto)\s*:",
-                          re.IGNORECASE)
-_SIGNATURE = re.compile(
-    r"--|-- |Sent from my [\w\s.-]{1,40}|Sent from (Mail|Outlook|Yahoo Mail|Gmail) for [\w\s.-]{1,30}|"
-    r"Get Outlook for [\w\s.-]{1,30}|Envoyé de mon [\w\s.-]{1,40}|Von meinem [\w\s.-]{1,40} gesendet",
-    re.IGNORECASE,
-)
-
-
-def _starts_history(lines: list[str], i: int) -> bool:
-    line = lines[i].strip()
-    if _ORIGINAL.fullmatch(line):
-        return True
-    if _RULE.fullmatch(line):
-        return any(_HEADER_FROM.fullmatch(lines[j].strip()) for j in range(i + 1, min(i + 3, len(lines))))
-    if _HEADER_FROM.fullmatch(line):
-        return any(_HEADER_NEXT.match(lines[j].strip()) for j in range(i + 1, min(i + 5, len(lines))))
-    if _WROTE_START.match(line):
-        # Mail clients wrap a long attribution line; it ends, within three lines, with "wrote:".
-        for k in range(1, 4):
-            if _WROTE.fullmatch(" ".join(part.strip() for part in lines[i:i + k])):
-                return True
-    return False
-
-
-def strip_reply(text: str | None) -> str:
-    """The new part of a reply: cut at the first quoted-history marker ("On … wrote:", an Outlook header
-    block, "-----Original Message-----") or signature delimiter ("-- ", "Sent from my …"), drop the lines
-    quoted with ">", and squeeze the blank lines left behind."""
-    if not text:
-        return ""
-    lines = (newlines(text) or "").split("\n")
-    cut = len(lines)
-    for i, raw in enumerate(lines):
-        if _starts_history(lines, i) or (_SIGNATURE.fullmatch(raw.rstrip("\n")) and i > 0):
-            cut = i
-            break
-    kept: list[str] = []
-    for line in lines[:cut]:
-        if line.lstrip().startswith(">"):
-            continue
-        if not line.strip() and (not kept or not kept[-1].strip()):
-            continue
-        kept.append(line.rstrip())
-    return "\n".join(kept).strip()
-
-
 # -- headers and MIME --------------------------------------------------------------------------------
 
 
@@ -328,7 +270,8 @@ def email_payload(
         "subject": decode_words(subject) if isinstance(subject, str) else None,
         "text": body,
         "html": newlines(html),
-        "stripped_text": given.strip() if given and given.strip() else strip_reply(body),
+        "stripped_text": given.strip() if given and given.strip() else strip_reply(
+            body, decode_words(subject) if isinstance(subject, str) else None),
         "message_id": message_id(message_id_),
         "in_reply_to": message_id(in_reply_to, "In-Reply-To"),
         "references": message_ids(references),

@@ -212,7 +212,6 @@ def test_hostile_counts_cost_little_cpu_and_never_stall_healthz(
     check(run_cases(server, COUNTS), COUNTS)
 
 
-@pytest.mark.xfail(reason="linear once the reply stripper's rewrite (a parallel change) is merged", strict=False)
 def test_hostile_reply_body_costs_little_cpu_and_never_stalls_healthz(
         server: tuple[subprocess.Popen[bytes], str]) -> None:
     """A 64 KB Postmark TextBody of repeated "schrieb " costs under 100 ms of server CPU, and /healthz answers

@@ -105,6 +105,15 @@ def test_strip_reply_leaves_ordinary_text_alone(text: str) -> None:
     assert strip_reply(text) == text
 
 
+def test_email_payload_strips_a_forward_by_its_subject() -> None:
+    """The email payload's stripped_text keeps an Outlook-forwarded message when the (encoded) subject says FW."""
+    body = "FYI\n\nFrom: Shop <o@shop.example>\nSent: Monday\nTo: Sam\nSubject: Order\n\nThanks for your order."
+    common = {"from_": "s@x.org", "to": None, "cc": None, "html": None, "stripped_text": None, "message_id_": None,
+              "in_reply_to": None, "references": None, "attachments": [], "provider": {}}
+    assert email_payload(text=body, subject="=?utf-8?q?FW=3A_Order?=", **common)["stripped_text"] == body
+    assert email_payload(text=body, subject="RE: Order", **common)["stripped_text"] == "FYI"
+
+
 def test_strip_reply_of_nothing_is_empty() -> None:
     """No text gives an empty reply, not an error."""
     assert strip_reply(None) == ""
