@@ -29,6 +29,10 @@ class RenderError(MappingError):
     """An event that a mapping cannot turn into a vendor body."""
 
 
+class LimitExceeded(RenderError):
+    """A render stopped by its time budget or a size limit; the message names the limit and the field."""
+
+
 class CompileError(ValueError):
     """A field that cannot be compiled; the loader adds file, line and path. `errors` holds every problem
     found in the field (this one first), each with its sub-path."""

@@ -9,8 +9,9 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, UndefinedError
 
 from bridge.errors import MappingError
-from bridge.mapping.base import TEMPLATE_ERRORS, CompiledField, CompileError, Context, RenderError
+from bridge.mapping.base import TEMPLATE_ERRORS, CompiledField, CompileError, Context, LimitExceeded, RenderError
 from bridge.mapping.fastpath import compile_fast_expression
+from bridge.mapping.limits import Budget, BudgetExceeded
 from bridge.mapping.model import MappingSpec
 from bridge.mapping.templatecheck import check_template
 from bridge.mapping.templates import ENV, bounded
@@ -42,18 +43,26 @@ class CompiledMapping:
         if self.when is None:
             return True
         try:
-            return bool(self.when(ctx))
+            with Budget():
+                return bool(self.when(ctx))
+        except BudgetExceeded as exc:
+            raise LimitExceeded(f"{exc} in `when`", path=self.name) from None
         except UndefinedError as exc:
             raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
         except TEMPLATE_ERRORS as exc:
             raise RenderError(f"when: {exc}", path=self.name) from None
 
     def render(self, ctx: Context) -> dict[str, Any]:
+        """The fields for `ctx`, all rendered under one time budget."""
         out: dict[str, Any] = {}
-        for name, fn in self._plan:
-            value = fn(ctx)
-            if value is not OMIT:
-                out[name] = value
+        try:
+            with Budget():
+                for name, fn in self._plan:
+                    value = fn(ctx)
+                    if value is not OMIT:
+                        out[name] = value
+        except LimitExceeded as exc:
+            raise LimitExceeded(exc.message, path=f"{self.name}.{exc.path}") from None
         return out
 
     def body(self, fields: dict[str, Any]) -> Any:
