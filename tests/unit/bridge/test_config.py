@@ -602,3 +602,15 @@ def test_resolve_uses_the_process_cwd_by_default(tmp_path: Path, monkeypatch: py
     resolved = resolve_config_path(None)
     assert resolved is not None
     assert resolved.resolve() == path.resolve()
+
+
+def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
+    """`mappings_on_start_error` defaults to last_good and takes fail; `mappings_reload_timeout` is a duration."""
+    default = load(tmp_path, "sources: {}\n")
+    assert (default.mappings_on_start_error, default.mappings_reload_timeout_s) == ("last_good", 30.0)
+    set_ = load(tmp_path, "mappings_on_start_error: fail\nmappings_reload_timeout: 2m\n")
+    assert (set_.mappings_on_start_error, set_.mappings_reload_timeout_s) == ("fail", 120.0)
+    [bad] = errors_of(tmp_path, "mappings_on_start_error: maybe\n")
+    assert (bad.line, "mappings_on_start_error" in str(bad)) == (1, True)
+    [slow] = errors_of(tmp_path, "sources: {}\nmappings_reload_timeout: soon\n")
+    assert slow.line == 2 and "mappings_reload_timeout" in str(slow)
