@@ -230,7 +230,8 @@ class MappingReloader:
             raise ReloadFailed(f"the {what} of the mappings ran past its deadline of {self.timeout_s:g} s "
                                "(mappings_reload_timeout); a mapping test may loop or render too slowly") from None
         except asyncio.CancelledError:
-            self._stop_test.set()  # the server is stopping: the thread stops at its next test
+            self._stop_test.set()  # the server is stopping: the thread stops at its next test, unawaited
+            self._worker.cancel()
             raise
 
     async def reload(self, reason: str) -> bool:
