@@ -56,6 +56,7 @@ class CompiledField:
     render: FieldFn
     explain: Callable[[Context], FieldTrace]
     constant: bool = False
+    jinja: bool = False  # some part of it renders through Jinja (and so needs the time budget)
 
     def __call__(self, ctx: Context) -> Any:
         return self.render(ctx)

@@ -38,13 +38,14 @@ class CompiledMapping:
 
     def __post_init__(self) -> None:
         self._plan = [(f.name, f.render) for f in self.fields]
+        # Only Jinja can loop: a mapping without it renders in linear time and needs no deadline.
+        self._budgeted = any(f.jinja for f in self.fields)
 
     def matches(self, ctx: Context) -> bool:
         if self.when is None:
             return True
         try:
-            with Budget():
-                return bool(self.when(ctx))
+            return bool(self.when(ctx))  # a `when` that needs Jinja runs under its own budget (compile_when)
         except BudgetExceeded as exc:
             raise LimitExceeded(f"{exc} in `when`", path=self.name) from None
         except UndefinedError as exc:
@@ -54,15 +55,20 @@ class CompiledMapping:
 
     def render(self, ctx: Context) -> dict[str, Any]:
         """The fields for `ctx`, all rendered under one time budget."""
-        out: dict[str, Any] = {}
         try:
+            if not self._budgeted:
+                return self._render(ctx)
             with Budget():
-                for name, fn in self._plan:
-                    value = fn(ctx)
-                    if value is not OMIT:
-                        out[name] = value
+                return self._render(ctx)
         except LimitExceeded as exc:
             raise LimitExceeded(exc.message, path=f"{self.name}.{exc.path}") from None
+
+    def _render(self, ctx: Context) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, fn in self._plan:
+            value = fn(ctx)
+            if value is not OMIT:
+                out[name] = value
         return out
 
     def body(self, fields: dict[str, Any]) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
 from jinja2.exceptions import SecurityError
@@ -23,8 +23,9 @@ MAX_INT_DIGITS = 4_300  # Python's own limit for turning an int into text
 MAX_INT_BITS = math.ceil(MAX_INT_DIGITS * math.log2(10))
 TIME_BUDGET_S = 0.25
 
-_deadline: ContextVar[float] = ContextVar("template_deadline", default=float("inf"))
-_budget_ms: ContextVar[float] = ContextVar("template_budget_ms", default=TIME_BUDGET_S * 1000)
+INFINITY = float("inf")
+# (deadline on the monotonic clock, the budget in ms for the message); no deadline outside a render.
+_deadline: ContextVar[tuple[float, float]] = ContextVar("template_deadline", default=(INFINITY, 0.0))
 T = TypeVar("T")
 
 
@@ -33,8 +34,9 @@ class BudgetExceeded(SecurityError, ValueError):
 
 
 def check_time() -> None:
-    if time.monotonic() > _deadline.get():
-        raise BudgetExceeded(f"render budget of {_budget_ms.get():.0f} ms exceeded")
+    deadline, budget_ms = _deadline.get()
+    if time.monotonic() > deadline:
+        raise BudgetExceeded(f"render budget of {budget_ms:.0f} ms exceeded")
 
 
 def too_long(size: int, what: str = "string") -> BudgetExceeded:
@@ -88,19 +90,18 @@ def replaced_size(text: str, old: str, new: str, count: int = -1) -> int:
 class Budget:
     """Sets the deadline for the duration of a `with`, unless an outer one is already running."""
 
-    __slots__ = ("seconds", "tokens")
+    __slots__ = ("token",)
 
-    def __init__(self, seconds: float | None = None) -> None:
-        self.seconds = TIME_BUDGET_S if seconds is None else seconds
-        self.tokens: tuple[Any, Any] | None = None
+    def __init__(self) -> None:
+        self.token: Token[tuple[float, float]] | None = None
 
     def __enter__(self) -> None:
-        if _deadline.get() == float("inf"):
-            self.tokens = (_deadline.set(time.monotonic() + self.seconds), _budget_ms.set(self.seconds * 1000))
+        if _deadline.get()[0] == INFINITY:
+            seconds = TIME_BUDGET_S
+            self.token = _deadline.set((time.monotonic() + seconds, seconds * 1000))
 
     def __exit__(self, *exc: object) -> None:
-        if self.tokens is not None:
-            _deadline.reset(self.tokens[0])
-            _budget_ms.reset(self.tokens[1])
-            self.tokens = None
+        if self.token is not None:
+            _deadline.reset(self.token)
+            self.token = None
 

@@ -151,5 +151,7 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
                 trace.error = str(exc)
             return trace
 
-        return CompiledField(name, plain, explain_plain)
-    return finish(name, source, described, steps or [], spec)
+        return CompiledField(name, plain, explain_plain, jinja=fast is None)
+    field = finish(name, source, described, steps or [], spec)
+    field.jinja = fast is None
+    return field

@@ -49,7 +49,7 @@ def test_the_time_budget_applies_per_render(monkeypatch: pytest.MonkeyPatch) -> 
     field = compile_field("f", "{% for i in range(3) %}{{ payload.s }}{% endfor %}")
     assert field(ctx({"s": "a"})) == "aaa"
     assert field(ctx({"s": "b"})) == "bbb"
-    assert limits._deadline.get() == float("inf")
+    assert limits._deadline.get()[0] == float("inf")
 
 
 def test_when_expressions_run_under_the_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
