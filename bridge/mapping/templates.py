@@ -272,8 +272,13 @@ def make_environment() -> BridgeEnvironment:
 def _bounded_range(*args: Any) -> range:
     check_time()
     r = range(*args)
-    if len(r) > MAX_RANGE:
-        raise OverflowError(f"range of {len(r)} items is over the limit of {MAX_RANGE}")
+    try:
+        size: int | None = len(r)
+    except OverflowError:  # more items than a machine integer holds
+        size = None
+    if size is None or size > MAX_RANGE:
+        count = "over 2**63" if size is None else size
+        raise BudgetExceeded(f"range of {count} items is over the limit of {MAX_RANGE}")
     return r
 
 

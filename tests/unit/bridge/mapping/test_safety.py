@@ -233,6 +233,8 @@ def test_no_string_operation_builds_past_the_size_cap(template: str) -> None:
     ("{{ 'abc'.translate({97: 'x' * 1000}) }}", "str.translate is not available"),
     ("{{ '{:{w}}'.format('x', w=5) }}", "a width or precision taken from an argument is not allowed"),
     ("{{ '%*s' % (5, 'x') }}", "a width taken from an argument"),
+    ("{{ range(20000) | list | length }}", "range of 20000 items is over the limit of 10000"),
+    ("{{ range(0, 10 ** 30, 1) | list | length }}", "over the limit of 10000"),
 ])
 def test_arguments_that_set_how_much_is_built_are_bounded(template: str, message: str) -> None:
     """Counts, indents, translation tables and computed widths cannot make an operation build without bound."""
