@@ -256,3 +256,12 @@ def test_bounded_operations_still_work_within_the_limits() -> None:
                 "{{ ','.join(['a', 'b']) }}{{ 'x'.ljust(3, '.') }}{{ payload.l | map('string') | join('+') }}"
                 "{{ payload.l | sum }}{{ [1, 2, 3] | batch(2) | list | length }}")
     assert compile_field("f", template)(ctx({"l": [3, 1, 3]})) == "1-3-abab[1, 2]1024n=3hi!a,bx..3+1+372"
+
+
+def test_budgeted_loops_keep_jinjas_loop_variables_else_and_recursion() -> None:
+    """A loop read through the budget still has loop.length/last/revindex, `else` and recursive `loop()`."""
+    template = ("{% for x in [1, 2, 3] %}{{ loop.length }}{{ loop.last }}{{ loop.revindex }};{% endfor %}"
+                "{% for x in [] %}{% else %}empty;{% endfor %}"
+                "{% for x in payload.tree recursive %}{{ x.n }}({{ loop(x.c) }}){% endfor %}")
+    tree = [{"n": "a", "c": [{"n": "b", "c": []}]}]
+    assert compile_field("f", template)(ctx({"tree": tree})) == "3False3;3False2;3True1;empty;a(b())"
