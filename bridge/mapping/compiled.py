@@ -47,7 +47,7 @@ class CompiledMapping:
         try:
             return bool(self.when(ctx))  # a `when` that needs Jinja runs under its own budget (compile_when)
         except BudgetExceeded as exc:
-            raise LimitExceeded(f"{exc} in `when`", path=self.name) from None
+            raise LimitExceeded(f"when: {exc}", path=self.name) from None
         except UndefinedError as exc:
             raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
         except TEMPLATE_ERRORS as exc:

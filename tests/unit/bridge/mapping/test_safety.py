@@ -265,3 +265,21 @@ def test_budgeted_loops_keep_jinjas_loop_variables_else_and_recursion() -> None:
                 "{% for x in payload.tree recursive %}{{ x.n }}({{ loop(x.c) }}){% endfor %}")
     tree = [{"n": "a", "c": [{"n": "b", "c": []}]}]
     assert compile_field("f", template)(ctx({"tree": tree})) == "3False3;3False2;3True1;empty;a(b())"
+
+
+def test_a_when_past_the_budget_names_the_mapping_and_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `when` that runs past the budget fails the mapping's match with the limit named."""
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
+    text = textwrap.dedent("""\
+        name: picky
+        source: s
+        when: "range(5000) | map('string') | list | length > 2"
+        destination: d
+        action: create_ticket
+        fields: {t: x}
+        """)
+    mapping, errors = compile_document(load_yaml(text, "picky.yaml"), "picky", "v1", {"s"},
+                                       {"d": frozenset({"create_ticket"})})
+    assert errors == [] and mapping is not None
+    with pytest.raises(MappingError, match=r"^picky: when: render budget of 0 ms exceeded$"):
+        mapping.matches(ctx({}))
