@@ -113,15 +113,17 @@ def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+# Arguments that set how much a filter builds: batch's and slice's counts, tojson's indent.
+_SIZE_ARGUMENTS = {"batch": ("linecount", MAX_RANGE), "slice": ("slices", MAX_RANGE), "tojson": ("indent", 100)}
+
+
 def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Arguments that set how much a filter builds: batch's and slice's counts, tojson's indent."""
-    key = {"batch": "linecount", "slice": "slices", "tojson": "indent"}.get(name)
-    if key is None:
+    if name not in _SIZE_ARGUMENTS:
         return
+    key, limit = _SIZE_ARGUMENTS[name]
     value = args[0] if args else kwargs.get(key)
-    if isinstance(value, int) and value > (MAX_RANGE if name != "tojson" else 100):
-        raise BudgetExceeded(f"{name}: {key} of {value} is over the limit of "
-                             f"{MAX_RANGE if name != 'tojson' else 100}")
+    if isinstance(value, int) and value > limit:
+        raise BudgetExceeded(f"{name}: {key} of {value} is over the limit of {limit}")
 
 
 class BridgeEnvironment(ImmutableSandboxedEnvironment):
