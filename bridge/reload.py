@@ -258,18 +258,19 @@ class MappingReloader:
                 log.error("mappings.reload_failed", reason=reason, folder=str(self.folder),
                           error=str(exc), kept_version=self.rt.mappings.version)
                 return False
+            old = self.rt.mappings
+            if new.version != old.version:
+                self.rt.mappings = new  # swapped before anything else reads the status, or awaits
+                status.reloads += 1
+                self.rt.count("mappings.reloaded")
             status.last_result = "ok"
             status.source, status.folder_error = "folder", None
-            await self.save(new)
-            old = self.rt.mappings
             if new.version == old.version:
                 log.info("mappings.unchanged", reason=reason, version=old.version)
-                return True
-            self.rt.mappings = new
-            status.reloads += 1
-            self.rt.count("mappings.reloaded")
-            log.info("mappings.reloaded", reason=reason, version=new.version, previous=old.version,
-                     mappings=sorted(new.mappings))
+            else:
+                log.info("mappings.reloaded", reason=reason, version=new.version, previous=old.version,
+                         mappings=sorted(new.mappings))
+            await self.save(new)
             return True
 
     async def save(self, mappings: MappingSet) -> None:
