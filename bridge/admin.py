@@ -39,6 +39,17 @@ async def mappings_status(request: web.Request) -> web.Response:
         "version": current.version,
         "loaded_at": _iso(current.loaded_at),
         "folder": str(rt.config.mappings_dir),
+        # "folder", or "last_good": the folder did not load at start and the set kept in the store serves.
+        "source": status.source,
+        "degraded": status.source == "last_good",
+        "folder_error": status.folder_error,
+        "last_good": None if status.stored_version is None else {
+            "version": status.stored_version, "saved_at": _iso(status.stored_at)},
+        "config": {
+            "file": str(rt.config.file) if rt.config.file is not None else None,
+            "restart_needed": status.config_changed_at is not None,
+            "changed_at": _iso(status.config_changed_at),
+        },
         "mappings": [
             {"name": m.name, "file": m.file, "version": m.version, "sources": list(m.sources),
              "destination": m.destination, "action": m.action, "tests": len(m.spec.tests)}

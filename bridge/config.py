@@ -130,9 +130,14 @@ class _RawConfig(Base):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     attachments: AttachmentsConfig = msgspec.field(default_factory=AttachmentsConfig)
     mappings: str | None = None
+    mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
+    mappings_reload_timeout: str | float = "30s"
     vars: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     destinations: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        check_duration(self.mappings_reload_timeout, ("mappings_reload_timeout",))
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,9 @@ class Config:
     destinations: dict[str, DestinationConfig]
     document: Document | None = None
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    # With a broken mappings folder at start: serve the last good set kept in the store, or refuse to start.
+    mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
+    mappings_reload_timeout_s: float = 30.0  # how long a hot reload may load and test before it is failed
 
     @property
     def attachments_dir(self) -> Path:
@@ -253,6 +261,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         file=None if shipped else file, base_dir=base_dir, server=raw.server, store=raw.store,
         store_url=store_url, admin=raw.admin, log=raw.log, mappings_dir=mappings_dir, vars=raw.vars,
         sources=sources, destinations=destinations, document=doc, attachments=raw.attachments,
+        mappings_on_start_error=raw.mappings_on_start_error,
+        mappings_reload_timeout_s=parse_duration(raw.mappings_reload_timeout),
     )
 
 

@@ -32,6 +32,7 @@ from bridge.store.base import (
     NewDelivery,
     Nonce,
     Store,
+    StoredMappingSet,
     StoreProblem,
 )
 from bridge.store.rows import (
@@ -43,6 +44,7 @@ from bridge.store.rows import (
     claimed_items,
     decode_dict,
     decode_event,
+    decode_files,
     delivery_row,
     encode,
     new_delivery_rows,
@@ -442,6 +444,25 @@ class PostgresStore(Store):
                     "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
                 out.setdefault(dest, {})[status] = n
             return out
+
+        return await self._run(op, transaction=False)
+
+    async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
+        data = encode(files)
+
+        async def op(conn: Any) -> None:
+            await conn.execute("INSERT INTO mapping_sets (id, version, files, saved_at) VALUES (1, $1, $2, $3) "
+                               "ON CONFLICT (id) DO UPDATE SET version = excluded.version, files = excluded.files, "
+                               "saved_at = excluded.saved_at", version, data, now_ms())
+
+        await self._run(op)
+
+    async def load_mapping_set(self) -> StoredMappingSet | None:
+        async def op(conn: Any) -> StoredMappingSet | None:
+            row = await conn.fetchrow("SELECT version, files, saved_at FROM mapping_sets WHERE id = 1")
+            if row is None:
+                return None
+            return StoredMappingSet(files=decode_files(row[1]), version=row[0], saved_at_ms=row[2])
 
         return await self._run(op, transaction=False)
 

@@ -75,6 +75,29 @@ async def row(store: Store, delivery_id: str) -> DeliveryRow:
 class StoreContract:
     """Store semantics shared by every backend."""
 
+    # -- the last good mapping set ----------------------------------------------------------------
+
+    async def test_no_mapping_set_is_kept_until_one_is_saved(self, store: Store) -> None:
+        """A new store has no last good mapping set."""
+        assert await store.load_mapping_set() is None
+
+    async def test_the_saved_mapping_set_comes_back_exactly(self, store: Store) -> None:
+        """A saved set comes back with every file's name and text, its version and when it was saved."""
+        files = {"contact.yaml": "name: contact\nfields:\n  title: \"Réseau {{ payload.x }}\"\n", "empty.yml": ""}
+        before = now_ms()
+        await store.save_mapping_set(files, "abc123def456")
+        stored = await store.load_mapping_set()
+        assert stored is not None
+        assert (stored.files, stored.version) == (files, "abc123def456")
+        assert before <= stored.saved_at_ms <= now_ms()
+
+    async def test_saving_a_mapping_set_replaces_the_one_kept(self, store: Store) -> None:
+        """Only the latest saved set is kept: a file absent from it is gone."""
+        await store.save_mapping_set({"a.yaml": "one", "b.yaml": "two"}, "v1")
+        await store.save_mapping_set({"a.yaml": "three"}, "v2")
+        stored = await store.load_mapping_set()
+        assert stored is not None and (stored.files, stored.version) == ({"a.yaml": "three"}, "v2")
+
     # -- accept -----------------------------------------------------------------------------------
 
     async def test_accept_stores_the_event_and_its_deliveries(self, store: Store) -> None:

@@ -169,6 +169,14 @@ async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
         await second.close()
 
 
+def shipped_scripts() -> list[tuple[int, str]]:
+    """(version, name) of each migration script the package ships, in order."""
+    from importlib import resources
+
+    names = sorted(f.name for f in resources.files("bridge.store.sql.sqlite").iterdir() if f.name.endswith(".sql"))
+    return [(int(name.split("_", 1)[0]), name) for name in names]
+
+
 async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
     """Each migration script runs and is recorded once, however often the store opens."""
     path = tmp_path / "s.db"
@@ -177,9 +185,39 @@ async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
         await s.open()
         await s.close()
     rows = query(path, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "0001_init.sql"), (2, "0002_ticket_key.sql"), (3, "0003_nonces.sql")]
+    assert rows == shipped_scripts()
+    assert (4, "0004_mapping_sets.sql") in rows
     tables = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"events", "dedup_keys", "deliveries", "attempts", "nonces", "schema_migrations"} <= tables
+    assert {"events", "dedup_keys", "deliveries", "attempts", "schema_migrations", "mapping_sets"} <= tables
+
+
+async def test_a_migration_numbered_below_the_newest_applied_one_still_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script that arrives after a higher-numbered one was applied (branches merged later) runs at the next open."""
+    import types
+    from importlib import resources
+
+    from bridge.store import sqlite as sqlite_module
+
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    for script in resources.files("bridge.store.sql.sqlite").iterdir():
+        if script.name.endswith(".sql"):
+            (folder / script.name).write_text(script.read_text(encoding="utf-8"), encoding="utf-8")
+    for shipped in folder.glob("0003_*.sql"):
+        shipped.unlink()  # the test plays 0003 arriving late
+    monkeypatch.setattr(sqlite_module, "resources", types.SimpleNamespace(files=lambda _package: folder))
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.close()
+    (folder / "0003_later.sql").write_text("CREATE TABLE later (x INTEGER)", encoding="utf-8")
+    second = SqliteStore(path)
+    await second.open()
+    await second.close()
+    versions = [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert 3 in versions and 4 in versions
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'later'") == [("later",)]
 
 
 async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
@@ -197,7 +235,8 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         assert (await s.get_delivery(d)).delivery.ticket_key is None
     finally:
         await s.close()
-    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3]
+    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [
+        version for version, _ in shipped_scripts()]
 
 
 async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:

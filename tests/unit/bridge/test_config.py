@@ -614,3 +614,15 @@ def test_a_dedup_window_shorter_than_a_signed_request_stays_valid_is_an_error(tm
     err = only_error(tmp_path, f"sources:\n{text}")
     assert (err.line, err.path) == (5, f"sources.{text.split(':', maxsplit=1)[0].strip()}.dedup_window")
     assert says in err.message
+
+
+def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
+    """`mappings_on_start_error` defaults to last_good and takes fail; `mappings_reload_timeout` is a duration."""
+    default = load(tmp_path, "sources: {}\n")
+    assert (default.mappings_on_start_error, default.mappings_reload_timeout_s) == ("last_good", 30.0)
+    set_ = load(tmp_path, "mappings_on_start_error: fail\nmappings_reload_timeout: 2m\n")
+    assert (set_.mappings_on_start_error, set_.mappings_reload_timeout_s) == ("fail", 120.0)
+    [bad] = errors_of(tmp_path, "mappings_on_start_error: maybe\n")
+    assert (bad.line, "mappings_on_start_error" in str(bad)) == (1, True)
+    [slow] = errors_of(tmp_path, "sources: {}\nmappings_reload_timeout: soon\n")
+    assert slow.line == 2 and "mappings_reload_timeout" in str(slow)
