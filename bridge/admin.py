@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.intake import RUNTIME
+from bridge.appkeys import RUNTIME
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -9,6 +9,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from bridge.appkeys import RUNTIME
 from bridge.errors import Rejected, StoreUnavailable
 from bridge.events import Event
 from bridge.mapping.paths import MISSING
@@ -20,7 +21,6 @@ from handlers.auth import check_auth
 from handlers.base import Inbound, Intercepted
 
 log = structlog.get_logger("ticketbridge.intake")
-RUNTIME = web.AppKey("runtime", Runtime)
 
 _encode = msgspec.json.Encoder().encode
 

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
+from bridge.appkeys import RUNTIME
 from bridge.config import Config, load_config
-from bridge.intake import RUNTIME
 from bridge.runtime import Runtime
 
 ConfigFactory = Callable[..., Config]
