@@ -69,7 +69,7 @@ class Lane:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.breaker = Breaker()
-        self.claim_step = max(1, min(CLAIM_BATCH, dest.config.max_in_flight // 4))
+        self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
         self.log = log.bind(destination=dest.name)
 
     async def run(self) -> None:
@@ -87,16 +87,16 @@ class Lane:
                 continue
             self.wake.clear()
             try:
-                batch = await d.store.claim(self.dest.name, min(free, CLAIM_BATCH, cap or CLAIM_BATCH), d.owner,
+                batch = await d.store.claim(self.dest.name, min(free, d.claim_batch, cap or d.claim_batch), d.owner,
                                             self.dest.lease_seconds)
             except StoreUnavailable as exc:
                 self.log.error("delivery.claim_failed", error=str(exc))
-                await self._wait(self.wake, STORE_RETRY_SECONDS)
+                await self._wait(self.wake, d.store_retry_seconds)
                 continue
             if not batch.items:
-                timeout = POLL_SECONDS
+                timeout = d.poll_seconds
                 if batch.next_due_ms is not None:
-                    timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - time.time()))
+                    timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - d.clock()))
                 await self._wait(self.wake, timeout)
                 continue
             for index, item in enumerate(batch.items):
@@ -150,7 +150,7 @@ class Lane:
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
-                        time.time_ns() // 1_000_000, 0.0, None, None)
+                        int(d.clock() * 1000), 0.0, None, None)
         self._answered(item.id)
         if d.on_attempt is not None:
             d.on_attempt(self.dest.name, sent.outcome.classification)
@@ -171,7 +171,7 @@ class Lane:
                 return
             except StoreUnavailable as exc:
                 blog.error("delivery.record_failed", error=str(exc), try_=attempt + 1)
-                await asyncio.sleep(STORE_RETRY_SECONDS * (attempt + 1))
+                await asyncio.sleep(d.store_retry_seconds * (attempt + 1))
             except BridgeError as exc:
                 blog.error("delivery.record_failed", error=str(exc))
                 return
@@ -197,7 +197,7 @@ class Lane:
             blog.warning("delivery.rate_limited", pause_s=round(pause, 3))
         decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)
         if decision.action == "retry":
-            due = int((time.time() + decision.delay_s) * 1000)
+            due = int((self.dispatcher.clock() + decision.delay_s) * 1000)
             blog.warning("delivery.retry_scheduled", error=outcome.error, status=sent.http_status, attempt=tries,
                          retry_in_s=round(decision.delay_s, 1))
             return msgspec.structs.replace(result, next_status="pending", next_attempt_at_ms=due)
@@ -212,10 +212,21 @@ class Lane:
 
 
 class Dispatcher:
-    """Runs every destination's lane; `notify` wakes lanes with new work."""
+    """Runs every destination's lane; `notify` wakes lanes with new work.
+
+    The timings are parameters (the module constants are their defaults): how long an idle lane sleeps
+    before polling the store, how long to wait before trying the store again after it failed, and the most
+    deliveries one claim takes. `clock` is the wall clock (seconds since the epoch) that due times are set by.
+    """
 
     def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination],
-                 on_attempt: Callable[[str, str], None] | None = None) -> None:
+                 on_attempt: Callable[[str, str], None] | None = None, *, poll_seconds: float = POLL_SECONDS,
+                 store_retry_seconds: float = STORE_RETRY_SECONDS, claim_batch: int = CLAIM_BATCH,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.poll_seconds = poll_seconds
+        self.store_retry_seconds = store_retry_seconds
+        self.claim_batch = claim_batch
+        self.clock = clock
         self.on_attempt = on_attempt  # (destination, classification), for the metrics
         self.store = store
         self.session = session
@@ -241,7 +252,7 @@ class Dispatcher:
                 raise
             except Exception:
                 lane.log.exception("delivery.lane_crashed")
-                await asyncio.sleep(STORE_RETRY_SECONDS)
+                await asyncio.sleep(self.store_retry_seconds)
 
     def notify(self, destinations: set[str]) -> None:
         for name in destinations:
