@@ -207,8 +207,7 @@ async def running(store: RecordingStore, *dests: Destination, grace: float = 0.0
     hour unless said otherwise, so that a test sees only what notify and due times wake."""
     async with aiohttp.ClientSession() as session:
         d = Dispatcher(store, session, {dest.name: dest for dest in dests}, poll_seconds=poll_seconds,
-                       store_retry_seconds=store_retry_seconds,
-                       **({"clock": clock.seconds} if clock is not None else {}))
+                       store_retry_seconds=store_retry_seconds, clock=clock.seconds if clock else time.time)
         d.start()
         try:
             yield d
