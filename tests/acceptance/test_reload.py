@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
+from bridge import reload as reload_module
 from bridge.store.base import DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
@@ -142,8 +144,17 @@ async def test_adding_and_removing_files_is_seen(
     assert rt.mapping_status.reloads == 2
 
 
-async def test_sighup_forces_a_reload(write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+async def test_sighup_forces_a_reload(write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGHUP reloads at once, even a change the folder watch cannot see (same size and time)."""
+    looks: list[float] = []
+
+    def counted_snapshot(folder: Path) -> reload_module.Snapshot:
+        looks.append(time.monotonic())
+        return real_snapshot(folder)
+
+    real_snapshot = reload_module.snapshot
+    monkeypatch.setattr(reload_module, "snapshot", counted_snapshot)  # a spy: what the watch looked at, when
     client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
     rt = runtime(client)
     before = rt.mappings.version
@@ -152,7 +163,10 @@ async def test_sighup_forces_a_reload(write_config: ConfigFactory, bridge_client
     write_mapping(tmp_path / "mappings", "partner", PARTNER.replace("Partner: ", "Partner! "))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size
-    await asyncio.sleep(0.8)  # two settle periods: the watch alone does not notice
+    changed_at = time.monotonic()
+    # A change the watch can see is loaded at the first look a settle period (two polls) after the look that
+    # saw it; four looks after the change leave a poll to spare, and this change is still not loaded.
+    await eventually(lambda: len([t for t in looks if t > changed_at]) >= 4)
     assert rt.mappings.version == before
     assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN, None)  # the app's handler
     os.kill(os.getpid(), signal.SIGHUP)

@@ -3,7 +3,6 @@ documented failure is classified right (a failure inside HTTP 200 is no success;
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -69,7 +68,7 @@ async def settle(client: Any, n: int = 1) -> list[DeliveryDetail]:
         return len(found) == n and all(d.delivery.status in ("succeeded", "dead") for d in found)
 
     await eventually(done)
-    await asyncio.sleep(0.2)  # a retry wrongly scheduled would show as another attempt by now
+    # Succeeded and dead are final: no claim hands such a delivery out again, so no attempt can follow.
     return await deliveries(client)
 
 
