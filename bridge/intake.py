@@ -91,6 +91,21 @@ def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str
     return str(value)
 
 
+async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
+    """The request's body, or None when the client went away mid-upload: nothing to store and nobody to
+    answer, so one line is logged, not a traceback. Raises Rejected(413) past the size limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
+                       check="size") from None
+    except ConnectionResetError:
+        rt.count("intake.client_disconnected", source=source.name)
+        log.info("intake.client_disconnected", source=source.name, remote=request.remote,
+                 content_length=request.content_length)
+        return None
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
@@ -98,11 +113,9 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     rt, source = found
     handler = source.handler
     try:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
-                           check="size") from None
+        body = await _read_body(rt, source, request)
+        if body is None:
+            return web.Response(status=400)
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
         handler.verify(request, body)
