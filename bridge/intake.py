@@ -1,4 +1,4 @@
-"""`/hooks/{source}`: verify, parse, render and store durably, then answer, as DESIGN's table says."""
+"""`/hooks/{source}`: verify, parse, render and store durably, then answer (docs/architecture.md, "HTTP answers")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The inbound HTTP contract, one test per row of DESIGN.md's answer table, through the whole app."""
+"""The inbound HTTP contract, one test per row of the answer table in docs/architecture.md, through the whole app."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ destinations:
     timeout_seconds: 30
     retry: {schedule: [5s, 5m, 30m, 2h, 5h, 10h, 10h], jitter: 0.2}
   demo-kapture: {vendor: kapture, sandbox: true}
-"""  # noqa: E501 - the design's example, kept as written
+"""  # noqa: E501 - the example of docs/architecture.md, kept as written
 
 FULL_ENV = {"PARTNER_SECRET": "p-secret", "PRIVATE_TOKEN": "tok", "KAPTURE_TOKEN": "k-token"}
 
@@ -82,8 +82,8 @@ FULL_ENV = {"PARTNER_SECRET": "p-secret", "PRIVATE_TOKEN": "tok", "KAPTURE_TOKEN
 # -- a whole file ------------------------------------------------------------------------------------
 
 
-def test_the_design_example_loads(tmp_path: Path) -> None:
-    """The design's example (for the kinds and vendors that exist) loads into typed options."""
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    """The example config of docs/architecture.md loads into typed options."""
     cfg = load(tmp_path, FULL, FULL_ENV)
     assert cfg.file == tmp_path / "bridge.yaml"
     assert cfg.base_dir == tmp_path.resolve()
@@ -421,7 +421,7 @@ def test_retry_schedule_accepts_numbers_and_text(tmp_path: Path) -> None:
 
 
 def test_default_retry_schedule(tmp_path: Path) -> None:
-    """Without `retry`, the design's schedule 5s, 5m, 30m, 2h, 5h, 10h, 10h applies."""
+    """Without `retry`, the documented schedule 5s, 5m, 30m, 2h, 5h, 10h, 10h applies."""
     cfg = load(tmp_path, "destinations:\n  k: {vendor: kapture, sandbox: true}\n")
     assert cfg.destinations["k"].retry.delays() == [5, 300, 1800, 7200, 18000, 36000, 36000]
 
