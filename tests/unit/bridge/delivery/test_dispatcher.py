@@ -191,7 +191,7 @@ def destination(
     return dest
 
 
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
     """Wait until `check()` is true; fail after `within` seconds."""
     deadline = time.monotonic() + within
     while not check():
