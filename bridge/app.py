@@ -23,6 +23,7 @@ from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder
 from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context
 from bridge.runtime import Runtime, Source
+from bridge.sandbox_access import guard as sandbox_guard
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Store
@@ -84,9 +85,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready while the store commits: a lost store file or failing commits (a full disk) answer 503 with why."""
     rt = request.app[RUNTIME]
     if rt.store is None:
         return web.json_response({"status": "starting"}, status=503)
+    problem = await rt.store.check()
+    if problem is not None:
+        return web.json_response({"status": "unavailable", "store": problem.kind, "reason": problem.reason},
+                                 status=503, headers={"Retry-After": "5"})
     return web.json_response({"status": "ready", "mappings": rt.mappings.version})
 
 
@@ -101,15 +107,28 @@ def store_context(rt: Runtime, store: Store | None) -> CleanupCtx:
         await opened.open()
         rt.store = opened
         log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
+        watcher = asyncio.create_task(stop_when_lost(rt, opened), name="store watcher")
         try:
             yield
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             rt.store = None
             await opened.close()
             log.info("store.closed", commits=getattr(opened, "batches", None),
                      writes=getattr(opened, "batched_ops", None))
 
     return ctx
+
+
+async def stop_when_lost(rt: Runtime, store: Store) -> None:
+    """Once the store is lost for good (and what it held saved), stop the server, which then exits
+    non-zero: its supervisor starts it again on the restored file. Until then intake answers 503."""
+    reason = await store.wait_lost()
+    rt.fatal = f"the store was lost: {reason}"
+    log.error("server.exiting", reason=rt.fatal, note="restart ticketbridge; a supervisor does it by itself")
+    if rt.on_fatal is not None:
+        rt.on_fatal()
 
 
 def sandbox_context(rt: Runtime) -> CleanupCtx:
@@ -155,7 +174,7 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
             dispatcher.notify(set(dispatcher.lanes) if destination == "*" else {destination})
 
         await store.subscribe(announced)
-        reaper = asyncio.create_task(reap_expired_leases(store), name="lease reaper")
+        reaper = asyncio.create_task(reap_expired_leases(store, dispatcher), name="lease reaper")
         try:
             yield
         finally:
@@ -171,11 +190,14 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
 REAP_SECONDS = 10.0
 
 
-async def reap_expired_leases(store: Store) -> None:
-    """Give back deliveries whose lease ran out: a process that died while sending them (shared stores)."""
+async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS) -> None:
+    """Give back deliveries whose lease ran out: a process that died while sending them (shared stores).
+    First the leases of what this process still holds are extended, in the same order on the one store,
+    so that a result waiting to be recorded is never given back to be sent again."""
     while True:
-        await asyncio.sleep(REAP_SECONDS)
+        await asyncio.sleep(every_s)
         try:
+            await dispatcher.keep_leases()
             released = await store.release_expired()
         except StoreUnavailable as exc:
             log.warning("delivery.reap_failed", error=str(exc))
@@ -204,7 +226,9 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
             raise ValueError(f"no simulator for vendor {vendor!r}")
         sim = factory()
         rt.simulators[vendor] = sim
-        app.add_subapp(f"/sandbox/{vendor}/", sim.app())
+        public = sim.app()
+        public.middlewares.append(sandbox_guard(config.admin.token))
+        app.add_subapp(f"/sandbox/{vendor}/", public)
     app.cleanup_ctx.append(store_context(rt, store))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import msgspec
@@ -15,14 +16,18 @@ from bridge.events import Event
 from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
 from bridge.runtime import Runtime, Source
-from bridge.store.base import AcceptResult, NewDelivery
+from bridge.store.base import AcceptResult, NewDelivery, Nonce
+from bridge.store.rows import now_ms
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
-from handlers.base import Inbound, Intercepted
+from handlers.base import Inbound, Intercepted, SignedNonce
 
 log = structlog.get_logger("ticketbridge.intake")
 
 _encode = msgspec.json.Encoder().encode
+NONCE_MARGIN_S = 60.0
+HASH_ON_LOOP_BYTES = 262_144
+"""Bodies larger than this are hashed on a worker thread (hashlib lets go of the GIL), not on the loop."""
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -106,6 +111,35 @@ async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes
         return None
 
 
+async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
+    """The store's record of a signed nonce: this request's digest, kept while the request is within its
+    tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
+    if signed is None:
+        return None
+    hashed = await asyncio.to_thread(hashlib.sha256, body) if len(body) > HASH_ON_LOOP_BYTES else hashlib.sha256(body)
+    digest = hashed.hexdigest()[:32]  # 128 bits: no other body can be made to match, and the row stays small
+    return Nonce(value=signed.value, digest=digest,
+                 expires_at_ms=now_ms() + int((signed.valid_for_s + NONCE_MARGIN_S) * 1000))
+
+
+async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, list[NewDelivery]]],
+                      nonce: Nonce | None) -> list[AcceptResult] | None:
+    """Store each planned event and wake the lanes of its deliveries; None when the store refuses the nonce as
+    replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored)."""
+    store = rt.store
+    if store is None:
+        raise StoreUnavailable("the store is not open")
+    results: list[AcceptResult] = []
+    for event, deliveries in planned:
+        result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+        if result.replayed:
+            return None
+        results.append(result)
+        if not result.duplicate and rt.dispatcher is not None:
+            rt.dispatcher.notify({d.destination for d in deliveries if d.status == "pending"})
+    return results
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
@@ -122,6 +156,7 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
         if (early := await handler.intercept(request, body)) is not None:
             return _intercepted(rt, source, early)
         inbounds = handler.parse(request, body)
+        signed = handler.nonce(request, body)
     except Rejected as exc:
         return _reject(rt, source, exc, request)
     if (unsaved := await _save_attachments(rt, source, inbounds)) is not None:
@@ -145,21 +180,18 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
         return _json({"accepted": False, "error": "the submission is missing required fields",
                       "errors": invalid}, 422, _cors(source, request))
 
-    store = rt.store
-    results: list[AcceptResult] = []
     try:
-        if store is None:
-            raise StoreUnavailable("the store is not open")
-        for event, deliveries in planned:
-            result = await store.accept(event, deliveries, source.dedup_window_s)
-            results.append(result)
-            if not result.duplicate and rt.dispatcher is not None:
-                rt.dispatcher.notify({d.destination for d in deliveries if d.status == "pending"})
+        results = await _accept_all(rt, source, planned, await _nonce(signed, body))
     except StoreUnavailable as exc:
         rt.count("intake.store_unavailable", source=source.name)
         log.error("intake.store_unavailable", source=source.name, error=str(exc))
         return _json({"accepted": False, "error": "the store is unavailable; nothing was stored, try again"}, 503,
                      {"Retry-After": "5", **_cors(source, request)})
+    if results is None:
+        assert signed is not None
+        return _reject(rt, source, Rejected(
+            401, f"{signed.name} was already used by another request within the tolerance window: a signed "
+                 "request cannot be sent again with a different body; nothing was stored", check="replay"), request)
 
     for (event, _deliveries), result in zip(planned, results, strict=True):
         rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted",

@@ -1,8 +1,9 @@
 """`GET /metrics`: counters and gauges in the Prometheus text format, behind the admin token.
 
 Intake outcomes by source, delivery attempts by destination and classification, destinations paused by
-their circuit breaker, mapping reloads, and the deliveries waiting in the store by destination and
-status (read at most every BACKLOG_SECONDS, so that scrapes never load the store).
+their circuit breaker, the store's health and failed commits, mapping reloads, and the deliveries
+waiting in the store by destination and status (read at most every BACKLOG_SECONDS, so that scrapes
+never load the store).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
                    "1 while a destination's circuit breaker holds its deliveries back.",
                    [({"destination": name}, 0 if lane.breaker.state == "closed" else 1)
                     for name, lane in sorted(lanes.items())])
+    if rt.store is not None:
+        problem = rt.store.problem()
+        out += _family("ticketbridge_store_up", "gauge",
+                       "1 while the store commits; 0 with problem=lost (its file is gone: restart) or "
+                       "problem=failing (commits fail, e.g. a full disk).",
+                       [({"problem": problem.kind if problem else ""}, 0 if problem else 1)])
+        out += _family("ticketbridge_store_commit_failures_total", "counter",
+                       "Commits the store could not make.", [({}, rt.store.commit_failures)])
     out += _family("ticketbridge_mapping_reloads_total", "counter", "Hot reloads of the mappings folder.", reloads)
     out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
                    "When the mapping set in force was loaded.", [({"version": rt.mappings.version},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +60,8 @@ class Runtime:
     backlog_cache: tuple[float, dict[str, dict[str, int]]] | None = None  # for /metrics: (when, counts)
     mapping_status: MappingStatus = field(default_factory=MappingStatus)
     reloader: MappingReloader | None = None
+    fatal: str | None = None  # why the server stops by itself (the store was lost): it then exits non-zero
+    on_fatal: Callable[[], None] | None = None  # how to stop it
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Count `name` by its labels (source, destination, …), as /metrics shows it."""

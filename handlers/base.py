@@ -34,6 +34,17 @@ class Inbound(msgspec.Struct, kw_only=True):
     """Files whose metadata dicts sit in `payload`; intake writes their content before the event is stored."""
 
 
+class SignedNonce(msgspec.Struct, kw_only=True, frozen=True):
+    """A value the provider signs once per request without signing the body (Mailgun's `token`): another
+    request carrying it is a replay, refused while the signed timestamp is within the tolerance."""
+
+    value: str
+    name: str
+    """How an answer names it, e.g. "Mailgun `token`"."""
+    valid_for_s: float
+    """How much longer the request's signed timestamp stays within the tolerance."""
+
+
 @dataclass(frozen=True)
 class Intercepted:
     """A POST answered without storing an event: a provider's handshake, or a notification the source ignores."""
@@ -101,6 +112,11 @@ class Handler(ABC):
 
     def verify(self, request: web.Request, body: bytes) -> None:  # noqa: B027 - optional hook
         """Check the signature on the raw bytes; raise Rejected(401) naming the failed check."""
+
+    def nonce(self, request: web.Request, body: bytes) -> SignedNonce | None:
+        """After `verify`: the signed value a replay with another body could reuse, for the store to refuse a
+        second use of; None when the signature covers the body (a new body needs a new signature)."""
+        return None
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         """Run after `verify`, before `parse`: answer a POST that must not become an event (a handshake, a

@@ -11,7 +11,7 @@ from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment
 from handlers.auth import hmac_digest, signature_matches
-from handlers.base import Handler, Inbound, per_request
+from handlers.base import Handler, Inbound, SignedNonce, per_request
 from handlers.email import Headers, email_payload, message_id
 from handlers.formdata import add_value, decode_part, multipart_parts, parse_urlencoded
 from handlers.signing import TimedOptions, check_timestamp, require
@@ -78,6 +78,16 @@ class MailgunHandler(Handler):
         expected = hmac_digest(self.mailgun.signing_key.encode(), (timestamp + token).encode(), "sha256")
         if not signature_matches(expected, signature, "hex"):
             raise Rejected(401, "Mailgun `signature` does not match timestamp and token", check="signature")
+
+    def nonce(self, request: web.Request, body: bytes) -> SignedNonce | None:
+        # The signature covers the timestamp and token only: the token is what a replay would reuse.
+        fields = self._form(request, body).fields
+        timestamp, token = _one(fields.get("timestamp")), _one(fields.get("token"))
+        if not token:
+            return None
+        stamp = check_timestamp(timestamp, self.clock(), self.mailgun.tolerance_s, header="field `timestamp`")
+        left = stamp + self.mailgun.tolerance_s - self.clock()
+        return SignedNonce(value=token, name="Mailgun `token`", valid_for_s=max(0.0, left))
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         form = self._form(request, body)

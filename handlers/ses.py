@@ -17,6 +17,7 @@ from bridge.errors import Rejected
 from handlers.attachments import decode_base64
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, handshake_answer, ignored, obj, per_request
 from handlers.email import Headers, MimeContent, email_payload, parse_mime
+from handlers.signing import check_dedup_covers
 from handlers.sns import CertificateCache, Fetcher, FetchError, https_get, is_sns_url, verify_signature
 
 log = structlog.get_logger("ticketbridge.handlers.ses")
@@ -37,6 +38,8 @@ class SesOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
             if not arn.startswith(("arn:aws:sns:", "arn:aws-cn:sns:", "arn:aws-us-gov:sns:")):
                 raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)")
         check_duration(self.max_age, ("max_age",))
+        check_dedup_covers(self.dedup_window, parse_duration(self.max_age) + FUTURE_SKEW_S,
+                           f"`max_age` {self.max_age}, and {FUTURE_SKEW_S:.0f}s ahead")
 
 
 def _timestamp(value: Any) -> datetime:

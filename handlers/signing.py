@@ -8,6 +8,7 @@ from typing import Literal
 from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import Rejected
+from bridge.yamlfile import KeyValueError
 
 
 def require(value: str, key: str, env: str) -> None:
@@ -24,10 +25,20 @@ class TimedOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_duration(self.tolerance, ("tolerance",))
+        check_dedup_covers(self.dedup_window, 2 * self.tolerance_s, f"`tolerance` {self.tolerance} either way")
 
     @property
     def tolerance_s(self) -> float:
         return parse_duration(self.tolerance)
+
+
+def check_dedup_covers(dedup_window: str, valid_s: float, why: str) -> None:
+    """Refuse a `dedup_window` shorter than the time a signed request stays valid (`valid_s`): an identical
+    replay after the window, still within its timestamp's limit, would be stored again."""
+    if parse_duration(dedup_window) < valid_s:
+        raise KeyValueError(("dedup_window",), f"`dedup_window` {dedup_window} is shorter than the {valid_s:.0f}s a "
+                                               f"signed request stays valid ({why}): the same request sent again "
+                                               f"after it would be stored twice; make it {valid_s:.0f}s or more")
 
 
 def check_timestamp(value: str | None, now: float, tolerance_s: float, *, header: str,

@@ -1,5 +1,6 @@
 """Standard Webhooks (standardwebhooks.com): `webhook-signature` holds one or more `v1,<base64>` HMAC-SHA256
-signatures of `id.timestamp.body` (several while a secret is rotated), keyed by the `whsec_` secret."""
+signatures of `id.timestamp.body` (several while a secret is rotated), keyed by the `whsec_` secret. Senders
+that use Svix send the same under `svix-id`, `svix-timestamp` and `svix-signature`; both are taken."""
 
 from __future__ import annotations
 
@@ -51,12 +52,14 @@ class StandardWebhooksHandler(Handler):
 
     def verify(self, request: web.Request, body: bytes) -> None:
         assert isinstance(self.options, StandardWebhooksOptions)
-        msg_id = request.headers.get("webhook-id", "")
-        raw_ts = request.headers.get("webhook-timestamp")
-        given = request.headers.get("webhook-signature", "")
+        prefix = spelling(request)
+        msg_id = request.headers.get(f"{prefix}-id", "")
+        raw_ts = request.headers.get(f"{prefix}-timestamp")
+        given = request.headers.get(f"{prefix}-signature", "")
         if not msg_id or not given:
-            raise Rejected(401, "headers webhook-id and webhook-signature are required", check="signature")
-        check_timestamp(raw_ts, self.clock(), self.options.tolerance_s, header="webhook-timestamp")
+            raise Rejected(401, "headers webhook-id and webhook-signature (or svix-id and svix-signature) are "
+                                "required", check="signature")
+        check_timestamp(raw_ts, self.clock(), self.options.tolerance_s, header=f"{prefix}-timestamp")
         assert raw_ts is not None
         signed = msg_id.encode("utf-8", "replace") + b"." + raw_ts.strip().encode() + b"." + body
         expected = hmac_digest(self.options.key, signed, "sha256")
@@ -66,8 +69,18 @@ class StandardWebhooksHandler(Handler):
             if version == "v1":
                 ok |= signature_matches(expected, value, "base64")
         if not ok:
-            raise Rejected(401, "no v1 signature in webhook-signature matches id, timestamp and body",
+            raise Rejected(401, f"no v1 signature in {prefix}-signature matches id, timestamp and body",
                            check="signature")
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        return [Inbound(payload=decode_json_object(body), dedup_key=request.headers.get("webhook-id") or None)]
+        msg_id = request.headers.get(f"{spelling(request)}-id")
+        return [Inbound(payload=decode_json_object(body), dedup_key=msg_id or None)]
+
+
+def spelling(request: web.Request) -> str:
+    """`webhook` (the spec's header names), or `svix` for senders that use Svix (Clerk, Resend, …): the same
+    scheme under `svix-id`, `svix-timestamp` and `svix-signature`. The three are read under one spelling."""
+    headers = request.headers
+    if "webhook-id" not in headers and "webhook-signature" not in headers and "svix-id" in headers:
+        return "svix"
+    return "webhook"

@@ -23,6 +23,7 @@ from bridge.logs import configure_logging
 from bridge.simulators import registry as simulator_registry
 
 log = structlog.get_logger("ticketbridge.server")
+EXIT_FATAL = 3  # the server stopped by itself (its store was lost): a supervisor should start it again
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -41,8 +42,9 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104 - mapping a wildcard bind
 
 
-async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT); then stop taking requests and drain deliveries."""
+async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | None = None) -> int:
+    """Run until `stop` is set (or SIGTERM/SIGINT, or a fault it cannot recover from); then stop taking
+    requests and drain deliveries. Returns the exit status: 0, or EXIT_FATAL after such a fault."""
     app = build_app(config, workers=workers)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=max(1.0, config.server.shutdown_grace_seconds))
@@ -54,6 +56,7 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
         rt = app[RUNTIME]
         url = f"http://{_loopback(str(host))}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
         stop = stop or asyncio.Event()
+        rt.on_fatal = stop.set
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -68,6 +71,7 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
     finally:
         await runner.cleanup()
         log.info("server.stopped")
+    return EXIT_FATAL if app[RUNTIME].fatal else 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -80,14 +84,14 @@ def run_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, server=server)
     configure_logging(config.log.level, config.log.format)
     try:
-        asyncio.run(serve(config, workers=not args.no_workers))
+        status = asyncio.run(serve(config, workers=not args.no_workers))
     except BridgeError as exc:
         print_errors(exc)
         return 2
     except OSError as exc:
         print(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
         return 2
-    return 0
+    return status
 
 
 async def _sandbox(host: str, port: int) -> None:

@@ -4,8 +4,10 @@ Without one, a down vendor with a backlog is sent every due delivery, each faili
 spends its CPU on refused connections, and each delivery burns its retries (or, on bad credentials,
 goes dead) for a fault that is the destination's, not the delivery's. After `threshold` consecutive
 destination-level failures the breaker opens: the lane claims nothing for a cooldown that doubles on
-each failed probe (up to `max_cooldown`), then sends a single probe; the first success closes it.
-Deliveries held back meanwhile keep their schedule and their tries.
+each failed probe (up to `max_cooldown`), then sends a single probe. Any answer to the probe ends the
+half-open state: a success or a permanent failure (the vendor is up and answered; that delivery's
+body was the problem) closes it; a retry, a timeout or an auth failure opens it again for a longer
+cooldown. Deliveries held back meanwhile keep their schedule and their tries.
 """
 
 from __future__ import annotations
@@ -55,7 +57,12 @@ class Breaker:
             self.state, self.failures, self.opened, self.probing = "closed", 0, 0, False
             return "closed" if was_open else None
         if classification not in DESTINATION_FAILURES:
-            return None  # the vendor answered; this delivery's body was the problem
+            # The vendor answered; this delivery's body was the problem. While half-open that answer
+            # is the probe's: the vendor is up, so the breaker closes (else the lane waits forever).
+            if self.state != "half_open":
+                return None
+            self.state, self.failures, self.opened, self.probing = "closed", 0, 0, False
+            return "closed"
         self.failures += 1
         if self.state == "half_open" or (self.state == "closed" and self.failures >= self.threshold):
             self.opened += 1

@@ -4,6 +4,13 @@ A lane claims due deliveries (up to its free in-flight slots), waits for the rat
 and records the attempt. When nothing is due it sleeps until the next due time, or until intake
 wakes it: new work is sent at once, without polling. A slow poll remains as the fallback for work
 added by other processes (the CLI's replay).
+
+An attempt whose result the store cannot take (a full disk, a lost file) is held in memory and its
+record retried, with backoff, for as long as the process lives: the vendor has answered, and giving
+the delivery back would send it twice. Its lease is kept meanwhile (`keep_leases`, which the lease
+reaper calls before it reaps). A lane holds at most `max_unrecorded` such results (answered, not
+yet in the store) before it stops claiming, so memory stays bounded. Only a stop that ends the
+process gives them up, each logged as a possible duplicate.
 """
 
 from __future__ import annotations
@@ -37,6 +44,18 @@ log = structlog.get_logger("ticketbridge.delivery")
 POLL_SECONDS = 2.0
 STORE_RETRY_SECONDS = 1.0
 CLAIM_BATCH = 64
+RECORD_RETRY_MAX_SECONDS = 30.0
+MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How long the delivery loop waits, in seconds: after a store failure (doubling, for a record, up to
+    `record_retry_max_s`) and between polls for work added by other processes."""
+
+    store_retry_s: float = STORE_RETRY_SECONDS
+    record_retry_max_s: float = RECORD_RETRY_MAX_SECONDS
+    poll_s: float = POLL_SECONDS
 
 
 @dataclass
@@ -77,7 +96,8 @@ class Lane:
         while not d.stopping:
             self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
             free = self.dest.config.max_in_flight - len(self.sending)
-            if free <= 0 or (self.sending and free < self.claim_step):
+            unrecorded = len(self.inflight) - len(self.sending)  # answered, their results not yet in the store
+            if free <= 0 or (self.sending and free < self.claim_step) or unrecorded >= d.max_unrecorded:
                 # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
                 await self._wait(self.slot_freed, None)
                 continue
@@ -91,10 +111,10 @@ class Lane:
                                             self.dest.lease_seconds)
             except StoreUnavailable as exc:
                 self.log.error("delivery.claim_failed", error=str(exc))
-                await self._wait(self.wake, d.store_retry_seconds)
+                await self._wait(self.wake, d.timings.store_retry_s)
                 continue
             if not batch.items:
-                timeout = d.poll_seconds
+                timeout = d.timings.poll_s
                 if batch.next_due_ms is not None:
                     timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - d.clock()))
                 await self._wait(self.wake, timeout)
@@ -162,20 +182,39 @@ class Lane:
                              note="no delivery is sent until a probe succeeds; pending ones keep their tries")
         elif change == "closed":
             self.log.info("destination.resumed")
-        for attempt in range(5):
-            try:
-                # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
-                await asyncio.shield(d.store.record(result))
+        failures = 0
+        delay = d.timings.store_retry_s
+        error = ""
+        try:
+            while True:
+                try:
+                    # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
+                    await asyncio.shield(d.store.record(result))
+                except StoreUnavailable as exc:
+                    failures += 1
+                    error = str(exc)
+                    if failures == 1:
+                        blog.error("delivery.record_retrying", error=error, classification=result.classification,
+                                   note="the vendor has answered; the result is held in memory and its record "
+                                        "retried until the store takes it")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, d.timings.record_retry_max_s)
+                    continue
+                except BridgeError as exc:
+                    blog.error("delivery.record_rejected", error=str(exc))
+                    return
+                if failures:
+                    blog.warning("delivery.recorded_late", failed_records=failures)
                 if result.next_status == "pending":
                     self.wake.set()  # the lane may be asleep until a later due time, or the poll
                 return
-            except StoreUnavailable as exc:
-                blog.error("delivery.record_failed", error=str(exc), try_=attempt + 1)
-                await asyncio.sleep(d.store_retry_seconds * (attempt + 1))
-            except BridgeError as exc:
-                blog.error("delivery.record_failed", error=str(exc))
-                return
-        blog.error("delivery.record_abandoned", note="the lease will expire and the delivery will be sent again")
+        except asyncio.CancelledError:
+            if failures:
+                blog.error("delivery.record_failed", error=error, classification=result.classification,
+                           ticket_id=result.ticket_id, failed_records=failures,
+                           note="possible duplicate: the delivery was sent and its result, held in memory, is "
+                                "lost with this process; it will be sent again")
+            raise
 
     def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
         outcome = sent.outcome
@@ -214,20 +253,19 @@ class Lane:
 class Dispatcher:
     """Runs every destination's lane; `notify` wakes lanes with new work.
 
-    The timings are parameters (the module constants are their defaults): how long an idle lane sleeps
-    before polling the store, how long to wait before trying the store again after it failed, and the most
-    deliveries one claim takes. `clock` is the wall clock (seconds since the epoch) that due times are set by.
+    Its waits (`timings`), the most deliveries one claim takes (`claim_batch`) and the wall clock due times
+    are set by (`clock`, seconds since the epoch) are parameters, the module constants their defaults.
     """
 
     def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination],
-                 on_attempt: Callable[[str, str], None] | None = None, *, poll_seconds: float = POLL_SECONDS,
-                 store_retry_seconds: float = STORE_RETRY_SECONDS, claim_batch: int = CLAIM_BATCH,
+                 on_attempt: Callable[[str, str], None] | None = None, *, timings: Timings | None = None,
+                 max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
                  clock: Callable[[], float] = time.time) -> None:
-        self.poll_seconds = poll_seconds
-        self.store_retry_seconds = store_retry_seconds
         self.claim_batch = claim_batch
         self.clock = clock
         self.on_attempt = on_attempt  # (destination, classification), for the metrics
+        self.timings = timings or Timings(store_retry_s=STORE_RETRY_SECONDS, poll_s=POLL_SECONDS)
+        self.max_unrecorded = max_unrecorded
         self.store = store
         self.session = session
         self.destinations = destinations
@@ -252,7 +290,7 @@ class Dispatcher:
                 raise
             except Exception:
                 lane.log.exception("delivery.lane_crashed")
-                await asyncio.sleep(self.store_retry_seconds)
+                await asyncio.sleep(self.timings.store_retry_s)
 
     def notify(self, destinations: set[str]) -> None:
         for name in destinations:
@@ -264,6 +302,15 @@ class Dispatcher:
         if ids:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release(ids)
+
+    async def keep_leases(self) -> int:
+        """Extend the lease of every delivery a lane holds (being sent, or its result not yet recorded), so
+        that no reaper gives it back meanwhile; returns how many. Raises StoreUnavailable."""
+        kept = 0
+        for lane in self.lanes.values():
+            if lane.inflight:
+                kept += await self.store.extend_leases(list(lane.inflight), self.owner, lane.dest.lease_seconds)
+        return kept
 
     def in_flight(self) -> int:
         return sum(len(lane.inflight) for lane in self.lanes.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
@@ -28,10 +29,22 @@ class NewDelivery(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+class Nonce(msgspec.Struct, kw_only=True, frozen=True):
+    """A value a provider signs once per request (Mailgun's `token`): until `expires_at_ms` it may be used
+    again only by the same request (a retry: the same `digest`), never by another one (a replay)."""
+
+    value: str
+    digest: str
+    """A fingerprint of the request that uses it (intake: 128 bits of the SHA-256 of its body, in hex)."""
+    expires_at_ms: int
+
+
 class AcceptResult(msgspec.Struct, kw_only=True):
     event_id: str
     duplicate: bool
     deliveries: int
+    replayed: bool = False
+    """The nonce was used by another request: nothing was stored (`event_id` is empty)."""
 
 
 class Claimed(msgspec.Struct, kw_only=True):
@@ -115,8 +128,18 @@ class DeliveryFilter(msgspec.Struct, kw_only=True):
     before_id: str | None = None
 
 
+class StoreProblem(msgspec.Struct, frozen=True, kw_only=True):
+    """Why the store takes no writes now: `lost` (its file is gone: for good, until a restart) or
+    `failing` (commits fail, e.g. a full disk: until one succeeds again)."""
+
+    kind: Literal["lost", "failing"]
+    reason: str
+
+
 class Store(ABC):
     """Durable events, deliveries and attempts. Every method may raise StoreUnavailable."""
+
+    commit_failures: int = 0  # commits that failed, for /metrics
 
     @abstractmethod
     async def open(self) -> None:
@@ -126,8 +149,15 @@ class Store(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
-        """Store the event and its deliveries in one transaction, unless its dedup key was seen in the window."""
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
+        """Store the event and its deliveries in one transaction, unless its dedup key was seen in the window.
+
+        With `nonce`: an event that is not a duplicate is stored only while the nonce (per source) is unused,
+        expired, or held by the same digest; the nonce is then recorded (or refreshed) in the same transaction,
+        so an accept that fails leaves it unused. Held by another digest: nothing is written, and the result
+        says `replayed`. A duplicate is answered as a duplicate whatever its nonce. Expired nonces are deleted
+        a few at a time as new ones are recorded."""
 
     @abstractmethod
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
@@ -140,6 +170,11 @@ class Store(ABC):
     @abstractmethod
     async def release(self, delivery_ids: list[str]) -> None:
         """Give leased deliveries back, due now, without counting an attempt."""
+
+    @abstractmethod
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        """Push the leases `owner` holds on these deliveries out to `lease_s` from now, so that no reaper
+        gives them back while their sender still holds them; returns how many were extended."""
 
     @abstractmethod
     async def release_expired(self) -> int:
@@ -166,6 +201,20 @@ class Store(ABC):
     async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
         """Call `callback(destination)` when another process adds work for `destination` ("*": perhaps any).
         A store that serves one process needs nothing here: intake wakes the lanes itself."""
+
+    def problem(self) -> StoreProblem | None:
+        """What keeps the store from committing, as last seen; None while its commits succeed."""
+        return None
+
+    async def check(self) -> StoreProblem | None:
+        """`problem()`, checked now where that is cheap (for `/readyz`): a store seen failing is tried again."""
+        return self.problem()
+
+    async def wait_lost(self) -> str:
+        """Return (with what happened) once the store is gone for good and what it held has been saved:
+        the process should stop and be started again. Never returns for a store that cannot be lost."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:

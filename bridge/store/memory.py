@@ -26,6 +26,7 @@ from bridge.store.base import (
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
+    Nonce,
     Store,
 )
 from bridge.store.rows import decode_dict, decode_event, encode
@@ -44,6 +45,7 @@ class _Delivery:
     body: bytes | None
     options: bytes
     lease_until_ms: int | None = None
+    lease_owner: str | None = None
     attempts: list[AttemptRow] = field(default_factory=list)
 
 
@@ -56,6 +58,7 @@ class MemoryStore(Store):
         self.events: dict[str, bytes] = {}
         self.dedup: dict[tuple[str, str], tuple[str, int]] = {}  # (source, key) → (event id, expires at)
         self.deliveries: dict[str, _Delivery] = {}
+        self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
 
     async def open(self) -> None:
         self.opened = True
@@ -76,7 +79,8 @@ class MemoryStore(Store):
     def _update(self, d: _Delivery, **changes: Any) -> None:
         d.row = msgspec.structs.replace(d.row, updated_at_ms=self.clock(), **changes)
 
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
         self._check_open()
         now = self.clock()
         key = (event.source, event.dedup_key) if event.dedup_key is not None else None
@@ -84,6 +88,10 @@ class MemoryStore(Store):
             seen = self.dedup.get(key)
             if seen is not None and seen[1] > now:
                 return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
+        if nonce is not None:
+            held = self.nonces.get((event.source, nonce.value))
+            if held is not None and held[1] > now and held[0] != nonce.digest:
+                return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
         ids = [d.id for d in deliveries]
         clash = [i for i in ids if i in self.deliveries] or [i for i in ids if ids.count(i) > 1]
         if event.id in self.events or clash:
@@ -92,6 +100,11 @@ class MemoryStore(Store):
             raise StoreUnavailable(f"memory: id already stored: {clash[0] if clash else event.id}")
         if key is not None:
             self.dedup[key] = (event.id, now + int(dedup_window_s * 1000))
+        if nonce is not None:
+            held = self.nonces.get((event.source, nonce.value))
+            expires = max(held[1], nonce.expires_at_ms) if held is not None else nonce.expires_at_ms
+            self.nonces = {k: v for k, v in self.nonces.items() if v[1] > now}  # expired ones go as new ones come
+            self.nonces[(event.source, nonce.value)] = (nonce.digest, expires)
         self.events[event.id] = encode(event)
         for d in deliveries:
             row = DeliveryRow(
@@ -113,7 +126,7 @@ class MemoryStore(Store):
             return ClaimBatch(items=[], next_due_ms=pending[0].row.next_attempt_at_ms if pending else None)
         for d in due:
             self._update(d, status="in_flight")
-            d.lease_until_ms = now + int(lease_s * 1000)
+            d.lease_until_ms, d.lease_owner = now + int(lease_s * 1000), owner
         return ClaimBatch(items=[
             Claimed(id=d.row.id, event_id=d.row.event_id, mapping=d.row.mapping, destination=d.row.destination,
                     action=d.row.action, body=decode_dict(d.body) if d.body is not None else {},
@@ -149,6 +162,15 @@ class MemoryStore(Store):
             if d is not None and d.row.status == "in_flight":
                 self._update(d, status="pending", next_attempt_at_ms=min(d.row.next_attempt_at_ms, now))
                 d.lease_until_ms = None
+
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        self._check_open()
+        until = self.clock() + int(lease_s * 1000)
+        held = [d for i in delivery_ids if (d := self.deliveries.get(i)) is not None
+                and d.row.status == "in_flight" and d.lease_owner == owner]
+        for d in held:
+            d.lease_until_ms = until
+        return len(held)
 
     async def release_expired(self) -> int:
         self._check_open()

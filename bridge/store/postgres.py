@@ -31,7 +31,9 @@ from bridge.store.base import (
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
+    Nonce,
     Store,
+    StoreProblem,
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
@@ -57,6 +59,10 @@ except ImportError:  # pragma: no cover - reported when a postgresql:// store is
 log = structlog.get_logger("ticketbridge.store")
 CHANNEL = "ticketbridge_work"
 LISTEN_CHECK_SECONDS = 5.0
+NONCE_SWEEP = 32
+NONCE_SWEEP_EVERY = 16
+"""Every NONCE_SWEEP_EVERY-th nonce a process records deletes up to NONCE_SWEEP expired ones: two per nonce on
+average, so the table shrinks back after a burst, in one statement rather than sixteen."""
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
 
@@ -81,6 +87,28 @@ def work_channel(schema: str | None) -> str:
     return name if len(name) < 64 else f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
 
 
+class _Replayed(Exception):
+    """A nonce held by another request: ends the accepting transaction, which rolls back."""
+
+
+async def _claim_nonce(conn: Any, source: str, nonce: Nonce, now: int) -> None:
+    """Record `nonce` for `source`, or raise _Replayed when another request holds it. A concurrent claim of the
+    same nonce waits for this transaction, then sees its row."""
+    claimed = await conn.fetchval(
+        "INSERT INTO nonces AS n VALUES ($1, $2, $3, $4) ON CONFLICT (source, nonce) DO UPDATE "
+        "SET digest = EXCLUDED.digest, expires_at = GREATEST(n.expires_at, EXCLUDED.expires_at) "
+        "WHERE n.expires_at <= $5 OR n.digest = EXCLUDED.digest RETURNING 1",
+        source, nonce.value, nonce.digest, nonce.expires_at_ms, now)
+    if claimed is None:
+        raise _Replayed
+
+
+async def _sweep_nonces(conn: Any, now: int) -> None:
+    """Delete up to NONCE_SWEEP expired nonces, oldest first, skipping rows another transaction holds."""
+    await conn.execute("DELETE FROM nonces WHERE ctid = ANY(ARRAY(SELECT ctid FROM nonces WHERE expires_at <= $1 "
+                       "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))", now, NONCE_SWEEP)
+
+
 class PostgresStore(Store):
     def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10) -> None:
         self.dsn = dsn
@@ -92,6 +120,9 @@ class PostgresStore(Store):
         self._listener: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[str], None]] = []
+        self._nonces_recorded = 0
+        self._failing: str | None = None
+        self.commit_failures = 0
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -155,9 +186,30 @@ class PostgresStore(Store):
                 if not transaction:
                     return await fn(conn)
                 async with conn.transaction():
-                    return await fn(conn)
+                    out = await fn(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if transaction:
+                self.commit_failures += 1
+                if self._failing is None:
+                    log.error("store.failing", error=str(exc), note="/readyz answers 503 until a commit succeeds again")
+                self._failing = str(exc)
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+        if self._failing is not None:
+            log.info("store.recovered", failed_commits=self.commit_failures)
+            self._failing = None
+        return out
+
+    def problem(self) -> StoreProblem | None:
+        if self._failing is not None:
+            return StoreProblem(kind="failing", reason=f"commits fail: {self._failing}")
+        return None
+
+    async def check(self) -> StoreProblem | None:
+        """A store seen failing is tried with a write that changes nothing, which clears it once it commits."""
+        if self._failing is not None and self._pool is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._run(_touch)
+        return self.problem()
 
     # -- wake-ups across processes ----------------------------------------------------------------
 
@@ -198,7 +250,8 @@ class PostgresStore(Store):
 
     # -- intake -----------------------------------------------------------------------------------
 
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
         data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         created = now_ms()
@@ -217,6 +270,11 @@ class PostgresStore(Store):
                     first = await conn.fetchval("SELECT event_id FROM dedup_keys WHERE source = $1 AND key = $2",
                                                 event.source, event.dedup_key)
                     return AcceptResult(event_id=first, duplicate=True, deliveries=0)
+            if nonce is not None:
+                await _claim_nonce(conn, event.source, nonce, created)
+                if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
+                    await _sweep_nonces(conn, created)
+                self._nonces_recorded += 1
             await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", event.id, event.source,
                                event.kind, event.channel, received, event.dedup_key, event.spam, data)
             if rows:
@@ -226,7 +284,10 @@ class PostgresStore(Store):
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
-        return await self._run(op)
+        try:
+            return await self._run(op)
+        except _Replayed:  # raised inside the transaction, so that its dedup key is rolled back with it
+            return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -282,6 +343,18 @@ class PostgresStore(Store):
                 "WHERE id = ANY($2::text[]) AND status = 'in_flight'", now, delivery_ids)
 
         await self._run(op)
+
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        if not delivery_ids:
+            return 0
+
+        async def op(conn: Any) -> int:
+            rows = await conn.fetch(
+                "UPDATE deliveries SET lease_until = $1 WHERE id = ANY($2::text[]) AND status = 'in_flight' "
+                "AND lease_owner = $3 RETURNING id", now_ms() + int(lease_s * 1000), delivery_ids, owner)
+            return len(rows)
+
+        return await self._run(op)
 
     async def release_expired(self) -> int:
         async def op(conn: Any) -> int:
@@ -382,3 +455,9 @@ class PostgresStore(Store):
             return out
 
         return await self._run(op, transaction=False)
+
+
+async def _touch(conn: Any) -> None:
+    """A write that changes a row without changing anything: it commits only when the server takes writes."""
+    await conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
+                       "WHERE version = (SELECT MAX(version) FROM schema_migrations)")

@@ -8,6 +8,15 @@ is on disk. Reads use a second connection on worker threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
 lets start-up hand every delivery left in flight straight back to the queue.
+
+A store file deleted or replaced while open would go on taking commits into an inode nobody can
+reach again, so every group commit checks that the path still names the file it opened (an `os.stat`
+before and after COMMIT, on the commit thread). Once it does not, the store is lost: nothing more is
+committed, every write fails with StoreUnavailable (intake answers 503), and the orphaned database,
+still readable through the open connection, is copied back to its path (or, when another file has
+been put there, beside it as `<name>.lost-<time>`). Only after that copy does `wait_lost` return,
+telling the server to stop so that its supervisor starts it again on the restored file; when the copy
+fails the process stays up, refusing work, since it holds the only copy (its log says where).
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ from bridge.store.base import (
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
+    Nonce,
     Store,
+    StoreProblem,
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
@@ -58,6 +69,12 @@ from bridge.store.rows import (
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
 SMALL_GROUP = 8
+NONCE_SWEEP = 32
+NONCE_SWEEP_EVERY = 16
+"""Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones: two per nonce on average,
+so the table shrinks back after a burst, in one statement rather than sixteen."""
+RECOVERY_FREE_BYTES = 1 << 20
+
 
 class _Op:
     __slots__ = ("durable", "fn", "future")
@@ -88,6 +105,13 @@ class SqliteStore(Store):
         self._closed = True
         self.batches = 0
         self.batched_ops = 0
+        self._nonces_recorded = 0
+        self.commit_failures = 0
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
+        self._lost: str | None = None
+        self._failing: str | None = None
+        self._gone = asyncio.Event()
+        self._gone_reason = ""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -125,6 +149,8 @@ class SqliteStore(Store):
             # The writer runs its statements on the event loop: it must never sleep in SQLite's busy
             # handler. A busy database is retried with an asynchronous wait instead (see _begin).
             writer.execute("PRAGMA busy_timeout = 0")
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
             self._writer = writer
             self._reader = self._connect()
         except sqlite3.Error as exc:
@@ -201,6 +227,8 @@ class SqliteStore(Store):
     async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True) -> Any:
         if self._closed or self._loop is None:
             raise StoreUnavailable("the store is closed")
+        if self._lost is not None:
+            raise StoreUnavailable(self._lost)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append(_Op(fn, future, durable))
         if self._flusher is None or self._flusher.done():
@@ -225,7 +253,13 @@ class SqliteStore(Store):
             conn, future = item
             error: BaseException | None = None
             try:
-                conn.execute("COMMIT")
+                if (gone := self._moved()) is not None:
+                    conn.execute("ROLLBACK")  # not into a file nobody will read again
+                    error = self._lose(conn, gone)
+                else:
+                    conn.execute("COMMIT")
+                    if (gone := self._moved()) is not None:  # deleted while committing: not durable either
+                        error = self._lose(conn, gone)
             except BaseException as exc:
                 error = exc
             assert self._loop is not None
@@ -233,6 +267,100 @@ class SqliteStore(Store):
                 self._loop.call_soon_threadsafe(_settle, future, error)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 return
+
+    def _moved(self) -> str | None:
+        """Why the store's path no longer names the file opened; None while it does."""
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{self.path} was deleted while the store was open"
+        except OSError:
+            return None  # not a sign of loss by itself; the commit says whether the disk works
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"{self.path} was replaced by another file while the store was open"
+        return None
+
+    def _lose(self, conn: sqlite3.Connection, reason: str) -> StoreUnavailable:
+        """Mark the store lost (on the commit thread), save what the orphaned file holds, and say so."""
+        self._lost = f"the store is lost: {reason}; nothing more is stored until ticketbridge is restarted"
+        log.error("store.lost", path=str(self.path), reason=reason,
+                  note="every write is refused (intake answers 503) until a restart; saving the data it held")
+        try:
+            saved = self._salvage(conn)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("store.salvage_failed", path=str(self.path), error=str(exc), orphan=_orphan_fd(self.path),
+                      note="this process holds the only copy of the lost database: copy it from the orphan "
+                           "path before stopping the process; until then every write is refused")
+        else:
+            restored = saved == self.path
+            log.error("store.salvaged", path=str(saved), restored=restored,
+                      note="the lost database was copied back to its path; the server stops so that it is "
+                           "started again on it" if restored else
+                           "another file now stands at the store's path; the lost database was copied beside "
+                           "it; the server stops so that it is started again on the file in place")
+            self._gone_reason = f"{reason}; what it held was saved to {saved}"
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._gone.set)
+        return StoreUnavailable(self._lost)
+
+    def _salvage(self, conn: sqlite3.Connection) -> Path:
+        """Copy the database through its open connection to its path when free, else beside it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.salvage-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        target = sqlite3.connect(tmp)
+        try:
+            conn.backup(target)
+        finally:
+            target.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, self.path)  # exclusive: a file put there meanwhile is never replaced
+            saved = self.path
+        except FileExistsError:
+            saved = self.path.with_name(f"{self.path.name}.lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            os.link(tmp, saved)
+        tmp.unlink()
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return saved
+
+    def _has_room(self) -> bool:
+        """Whether the disk has RECOVERY_FREE_BYTES free: after a full disk, a small commit can succeed in the
+        space failed ones left in the WAL, so one success alone does not mean the store takes work again."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize >= RECOVERY_FREE_BYTES
+
+    def problem(self) -> StoreProblem | None:
+        if self._lost is not None:
+            return StoreProblem(kind="lost", reason=self._lost)
+        if self._failing is not None:
+            return StoreProblem(kind="failing", reason=f"commits fail: {self._failing}")
+        return None
+
+    async def check(self) -> StoreProblem | None:
+        """A store seen failing, or whose path no longer names its file, is tried with a small write
+        (which finds out for sure, on the commit path)."""
+        if self._lost is None and not self._closed and (self._failing is not None or self._moved() is not None):
+            with contextlib.suppress(StoreUnavailable):
+                await self._write(_touch)
+        return self.problem()
+
+    async def wait_lost(self) -> str:
+        await self._gone.wait()
+        return self._gone_reason
 
     async def _commit_off_loop(self, conn: sqlite3.Connection) -> None:
         assert self._loop is not None
@@ -260,7 +388,10 @@ class SqliteStore(Store):
         so that the failure costs that write alone."""
         conn = self._writer
         assert conn is not None
+        if self._lost is not None:
+            return [(False, StoreUnavailable(self._lost))] * len(batch)
         durable = any(op.durable for op in batch)
+        changes = conn.total_changes
         try:
             if durable != self._full:
                 # In WAL mode a NORMAL commit is atomic but may be lost on power failure; only
@@ -282,8 +413,17 @@ class SqliteStore(Store):
                 conn.execute("ROLLBACK")
             failure = StoreUnavailable(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error) else exc
             if isinstance(exc, sqlite3.Error):
+                self.commit_failures += 1
+                if self._failing is None:
+                    log.error("store.failing", path=str(self.path), error=str(exc),
+                              note="/readyz answers 503 until a commit succeeds again with room on the disk")
+                self._failing = str(exc)
                 log.error("store.commit_failed", error=str(exc), batch=len(batch))
             results = [(False, failure)] * len(batch)
+        else:
+            if self._failing is not None and conn.total_changes != changes and self._has_room():
+                log.info("store.recovered", path=str(self.path), failed_commits=self.commit_failures)
+                self._failing = None
         return results
 
     @staticmethod
@@ -332,7 +472,8 @@ class SqliteStore(Store):
 
     # -- intake ---------------------------------------------------------------------------------
 
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
         data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
@@ -345,6 +486,14 @@ class SqliteStore(Store):
                                     (event.source, event.dedup_key)).fetchone()
                 if seen is not None and seen[1] > created:
                     return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
+            # Checked before anything is written, so that a replay leaves the transaction as it found it.
+            if nonce is not None:
+                if not _claim_nonce(conn, event.source, nonce, created):
+                    return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+                if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
+                    _sweep_nonces(conn, created)
+                self._nonces_recorded += 1
+            if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
             conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -419,6 +568,20 @@ class SqliteStore(Store):
                 [(now, now, i) for i in delivery_ids])
 
         await self._write(op)
+
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        if not delivery_ids:
+            return 0
+
+        def op(conn: sqlite3.Connection) -> int:
+            until = now_ms() + int(lease_s * 1000)
+            count: int = conn.executemany(
+                "UPDATE deliveries SET lease_until = ? WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
+                [(until, i, owner) for i in delivery_ids]).rowcount
+            return count
+
+        count: int = await self._write(op, durable=False)
+        return count
 
     async def release_expired(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -521,6 +684,40 @@ class SqliteStore(Store):
 
         counts: dict[str, dict[str, int]] = await self._read(run)
         return counts
+
+
+def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:
+    """Record `nonce` for `source`; False, writing nothing, when another request holds it (one statement: an
+    upsert whose update applies only to an expired row or one of the same digest)."""
+    claimed = conn.execute(
+        "INSERT INTO nonces VALUES (?, ?, ?, ?) ON CONFLICT (source, nonce) DO UPDATE SET digest = excluded.digest, "
+        "expires_at = max(expires_at, excluded.expires_at) WHERE expires_at <= ? OR digest = excluded.digest "
+        "RETURNING 1", (source, nonce.value, nonce.digest, nonce.expires_at_ms, now)).fetchone()
+    return claimed is not None
+
+
+def _sweep_nonces(conn: sqlite3.Connection, now: int) -> None:
+    """Delete up to NONCE_SWEEP expired nonces, oldest first."""
+    conn.execute("DELETE FROM nonces WHERE (source, nonce) IN "
+                 "(SELECT source, nonce FROM nonces WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                 (now, NONCE_SWEEP))
+
+
+def _touch(conn: sqlite3.Connection) -> None:
+    """A write that changes a row without changing anything: it commits only when the disk takes it."""
+    conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
+                 "WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+
+
+def _orphan_fd(path: Path) -> str | None:
+    """Where this process's open descriptor of the deleted `path` can still be read (Linux)."""
+    wanted = f"{path.absolute()} (deleted)"
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == wanted:
+                    return f"/proc/{os.getpid()}/fd/{fd}"
+    return None
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

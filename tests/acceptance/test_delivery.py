@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -186,7 +187,7 @@ async def test_new_work_wakes_an_idle_destination_at_once(write_config: ConfigFa
         return await claim(*args)
 
     rt.store.claim = counted_claim  # type: ignore[method-assign]  # a spy: when the lane looks for work
-    rt.dispatcher.poll_seconds = 3600.0
+    rt.dispatcher.timings = dataclasses.replace(rt.dispatcher.timings, poll_s=3600.0)
     rt.dispatcher.notify({"kapture"})
     await eventually(lambda: claims >= 1)  # the lane looked, found nothing, and now sleeps for the hour
     await post(client, "a")

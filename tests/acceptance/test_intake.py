@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
-from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
+from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery, Nonce
 from bridge.store.sqlite import SqliteStore
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
@@ -224,7 +224,8 @@ async def test_missing_required_field_without_reject_invalid_is_a_dead_delivery(
 class FailingStore(SqliteStore):
     """An SQLite store whose disk has failed: every accept raises StoreUnavailable."""
 
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
         raise StoreUnavailable("disk I/O error")
 
 

@@ -33,6 +33,7 @@ from tests.fixtures.providers import (
     ses_notification,
     slack_headers,
     standard_webhooks_headers,
+    svix_headers,
     tally_signature,
     twilio_request,
     typeform_signature,
@@ -74,6 +75,7 @@ sources:
   telegram: {{kind: telegram, secret_token: "${{TELEGRAM_TOKEN}}"}}
   intercom: {{kind: intercom, secret: "${{INTERCOM_SECRET}}"}}
   partner: {{kind: standard-webhooks, secret: "${{PARTNER_SECRET}}"}}
+  svix: {{kind: standard-webhooks, secret: "${{PARTNER_SECRET}}"}}
 destinations:
   kapture: {{vendor: kapture, sandbox: true, retry: {{schedule: [50ms]}}}}
 """
@@ -104,7 +106,7 @@ MAPPINGS = {
           ticket_details: "{{ payload.text or '' }}"
     """,
     "partner": """
-        source: partner
+        source: [partner, svix]
         destination: kapture
         action: create_ticket
         fields:
@@ -208,6 +210,11 @@ def partner(secret: str = S["PARTNER_SECRET"], timestamp: int = NOW) -> Request:
     return "/hooks/partner", body, standard_webhooks_headers(secret, body, timestamp=timestamp)
 
 
+def svix(secret: str = S["PARTNER_SECRET"], timestamp: int = NOW) -> Request:
+    body = compact(load("standard_webhooks/invoice_paid.json"))
+    return "/hooks/svix", body, svix_headers(secret, body, timestamp=timestamp)
+
+
 @dataclass(frozen=True)
 class Case:
     valid: Callable[[], Request]
@@ -246,6 +253,8 @@ CASES: dict[str, Case] = {
                      {"from": "asha.rao@example.com", "conversation_id": "147"}),
     "partner": Case(partner, lambda: partner("whsec_b3RoZXItc2VjcmV0"), "signature",
                     lambda: partner(timestamp=NOW - 301), {"type": "invoice.paid"}),
+    "svix": Case(svix, lambda: svix("whsec_b3RoZXItc2VjcmV0"), "signature", lambda: svix(timestamp=NOW - 301),
+                 {"type": "invoice.paid"}),
 }
 STALE = sorted(k for k, c in CASES.items() if c.stale is not None)
 

@@ -18,6 +18,7 @@ from bridge.store.base import (
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
+    Nonce,
     Store,
 )
 from tests.conftest import eventually
@@ -60,6 +61,10 @@ async def accept_one(store: Store, *deliveries: NewDelivery, event: Event | None
     res = await store.accept(ev, ds, WEEK)
     assert res.duplicate is False
     return ev, [d.id for d in ds]
+
+
+def nonce(value: str = "tok-1", digest: str = "body-a", ttl_ms: int = 600_000) -> Nonce:
+    return Nonce(value=value, digest=digest, expires_at_ms=now_ms() + ttl_ms)
 
 
 async def row(store: Store, delivery_id: str) -> DeliveryRow:
@@ -170,6 +175,65 @@ class StoreContract:
         third = await store.accept(make_event(dedup_key="k"), [make_delivery()], WEEK)
         assert (third.event_id, third.duplicate) == (second.id, True)
         assert len(await store.list_deliveries(DeliveryFilter())) == 2
+
+    # -- nonces -----------------------------------------------------------------------------------
+
+    async def test_nonce_of_another_request_is_a_replay_and_stores_nothing(self, store: Store) -> None:
+        """A nonce recorded for one request refuses another request (another digest): nothing is written, not
+        even the replay's dedup key, and the result says `replayed`."""
+        await accept_one(store, event=make_event(dedup_key="msg-1"))
+        res = await store.accept(make_event(dedup_key="msg-1"), [make_delivery()], WEEK, nonce("tok-1", "body-a"))
+        assert res.duplicate is True  # without its nonce the first was never recorded: only dedup applies
+        first = make_event(dedup_key="msg-2")
+        assert (await store.accept(first, [make_delivery()], WEEK, nonce("tok-2", "body-a"))).replayed is False
+        replay = make_event(dedup_key="msg-3")
+        res = await store.accept(replay, [make_delivery()], WEEK, nonce("tok-2", "body-b"))
+        assert (res.replayed, res.duplicate, res.deliveries, res.event_id) == (True, False, 0, "")
+        with pytest.raises(NotFound):
+            await store.get_event(replay.id)
+        assert len(await store.list_deliveries(DeliveryFilter())) == 2
+        later = await store.accept(make_event(dedup_key="msg-3"), [make_delivery()], WEEK, nonce("tok-3"))
+        assert (later.duplicate, later.replayed) == (False, False)
+
+    async def test_nonce_of_the_same_request_may_be_used_again(self, store: Store) -> None:
+        """The same nonce with the same digest (each event of one request, or a retry of a request that was
+        partly stored) is accepted, and the table still holds it for other requests."""
+        for key in ("part-1", "part-2"):
+            res = await store.accept(make_event(dedup_key=key), [make_delivery()], WEEK, nonce("tok", "body-a"))
+            assert (res.duplicate, res.replayed) == (False, False)
+        again = await store.accept(make_event(dedup_key="part-1"), [], WEEK, nonce("tok", "body-a"))
+        assert (again.duplicate, again.replayed) == (True, False)
+        other = await store.accept(make_event(), [], WEEK, nonce("tok", "body-b"))
+        assert other.replayed is True
+
+    async def test_a_duplicate_is_a_duplicate_whatever_its_nonce(self, store: Store) -> None:
+        """A provider's retry whose bytes differ (a new multipart boundary) is still the usual duplicate."""
+        first = make_event(dedup_key="msg-1")
+        await store.accept(first, [make_delivery()], WEEK, nonce("tok", "body-a"))
+        res = await store.accept(make_event(dedup_key="msg-1"), [make_delivery()], WEEK, nonce("tok", "body-b"))
+        assert (res.event_id, res.duplicate, res.replayed) == (first.id, True, False)
+
+    async def test_a_failed_accept_leaves_its_nonce_unused(self, store: Store) -> None:
+        """The nonce is recorded in the event's transaction: when the accept fails, the retry is accepted."""
+        good = make_delivery()
+        with pytest.raises(StoreUnavailable):
+            await store.accept(make_event(dedup_key="m"), [good, make_delivery(delivery_id=good.id)], WEEK,
+                               nonce("tok", "body-a"))
+        retry = await store.accept(make_event(dedup_key="m"), [make_delivery()], WEEK, nonce("tok", "body-b"))
+        assert (retry.duplicate, retry.replayed, retry.deliveries) == (False, False, 1)
+
+    async def test_nonces_are_per_source(self, store: Store) -> None:
+        """The same nonce from another source is not a replay."""
+        await store.accept(make_event(source="a"), [], WEEK, nonce("tok", "body-a"))
+        res = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b"))
+        assert res.replayed is False
+
+    async def test_an_expired_nonce_may_be_used_again(self, store: Store) -> None:
+        """Past its expiry a nonce no longer refuses another request, which then holds it."""
+        await store.accept(make_event(), [], WEEK, nonce("tok", "body-a", ttl_ms=-1))
+        res = await store.accept(make_event(), [], WEEK, nonce("tok", "body-b"))
+        assert res.replayed is False
+        assert (await store.accept(make_event(), [], WEEK, nonce("tok", "body-a"))).replayed is True
 
     # -- claim ------------------------------------------------------------------------------------
 
@@ -344,6 +408,24 @@ class StoreContract:
         await store.claim("kapture-support", 10, "w", 60)
         assert await store.release_expired() == 0
         assert (await store.list_deliveries(DeliveryFilter()))[0].status == "in_flight"
+
+    async def test_extend_leases_keeps_the_owners_deliveries_from_the_reaper(self, store: Store) -> None:
+        """extend_leases pushes out the leases the owner holds (lapsed or not), so release_expired leaves them."""
+        _, (a, b, c) = await accept_one(store, make_delivery(), make_delivery(), make_delivery())
+        await store.claim("kapture-support", 2, "me", -1)  # a and b: their leases already ran out
+        await store.claim("kapture-support", 1, "other", -1)
+        assert await store.extend_leases([a, b, c, "dlv_unknown"], "me", 60) == 2
+        assert await store.release_expired() == 1
+        assert [(await row(store, i)).status for i in (a, b, c)] == ["in_flight", "in_flight", "pending"]
+
+    async def test_extend_leases_leaves_settled_deliveries_and_takes_an_empty_list(self, store: Store) -> None:
+        """A recorded delivery is not leased again, and an empty list changes nothing."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "me", 60)
+        await store.record(result(d, "succeeded", ticket_id="1"))
+        assert await store.extend_leases([], "me", 60) == 0
+        assert await store.extend_leases([d], "me", 60) == 0
+        assert (await row(store, d)).status == "succeeded"
 
     # -- inspection -------------------------------------------------------------------------------
 

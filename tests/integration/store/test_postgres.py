@@ -10,9 +10,17 @@ import pytest
 
 from bridge.errors import StoreUnavailable
 from bridge.store.base import DeliveryFilter
-from bridge.store.postgres import PostgresStore, split_schema, work_channel
+from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema, work_channel
 from tests.integration.processes import DSN
-from tests.integration.store.contract import WEEK, StoreContract, accept_one, make_delivery, make_event
+from tests.integration.store.contract import (
+    WEEK,
+    StoreContract,
+    accept_one,
+    make_delivery,
+    make_event,
+    nonce,
+    now_ms,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +78,34 @@ async def test_concurrent_duplicates_from_two_processes_store_one_event(
     fresh = [r for r in results if not r.duplicate]
     assert len(fresh) == 1
     assert {r.event_id for r in results} == {fresh[0].event_id}
+
+
+async def test_a_nonce_used_in_one_process_is_a_replay_in_another(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A nonce recorded through one process refuses another request through the other; the same request
+    (its retry) is still accepted there."""
+    a, b = two
+    assert (await a.accept(make_event(dedup_key="m-1"), [make_delivery()], WEEK, nonce("tok", "body-a"))).replayed \
+        is False
+    replay = await b.accept(make_event(dedup_key="m-2"), [make_delivery()], WEEK, nonce("tok", "body-b"))
+    assert replay.replayed is True
+    retry = await b.accept(make_event(dedup_key="m-3"), [make_delivery()], WEEK, nonce("tok", "body-a"))
+    assert retry.replayed is False
+    assert len(await a.list_deliveries(DeliveryFilter())) == 2
+
+
+async def test_concurrent_uses_of_one_nonce_store_one_request(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Requests with one nonce and different bodies accepted at once by two processes: one is stored, the others
+    are replays, and none of their dedup keys is left behind."""
+    a, b = two
+    results = await asyncio.gather(*(
+        store.accept(make_event(dedup_key=f"m-{i}"), [make_delivery()], WEEK, nonce("tok", f"body-{i}"))
+        for i, store in enumerate((a, b, a, b, a, b))))
+    assert sorted(r.replayed for r in results) == [False] + [True] * 5
+    assert len(await a.list_deliveries(DeliveryFilter())) == 1
+    for i, r in enumerate(results):
+        if r.replayed:
+            again = await b.accept(make_event(dedup_key=f"m-{i}"), [], WEEK)
+            assert again.duplicate is False
 
 
 async def test_new_work_is_announced_to_other_processes(two: tuple[PostgresStore, PostgresStore]) -> None:
@@ -143,3 +179,27 @@ def test_channel_names_fit_postgresqls_limit() -> None:
     long_one, long_two = "a" * 63, "a" * 62 + "b"
     assert len(work_channel(long_one)) < 64
     assert work_channel(long_one) != work_channel(long_two)
+
+
+async def test_expired_nonces_are_swept_a_few_at_a_time(store: PostgresStore, pg_schema: str) -> None:
+    """Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones, oldest first, never a
+    live one."""
+    now, total = now_ms(), NONCE_SWEEP + 8
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.executemany("INSERT INTO nonces VALUES ('src', $1, 'd', $2)",
+                               [(f"old-{i:02}", now - 100_000 + i) for i in range(total)] + [("live", now + 600_000)])
+
+        async def expired() -> list[str]:
+            return sorted(r[0] for r in await conn.fetch("SELECT nonce FROM nonces WHERE nonce LIKE 'old-%'"))
+
+        await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-0"))
+        assert await expired() == [f"old-{i:02}" for i in range(NONCE_SWEEP, total)]
+        for n in range(1, NONCE_SWEEP_EVERY):
+            await store.accept(make_event(source="src"), [], WEEK, nonce(f"fresh-{n}"))
+        assert len(await expired()) == 8
+        await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-last"))
+        assert await expired() == []
+        assert await conn.fetchval("SELECT count(*) FROM nonces") == NONCE_SWEEP_EVERY + 2
+    finally:
+        await conn.close()

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.store.base import DeliveryFilter
-from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from tests.conftest import eventually
 from tests.integration.store.contract import (
     WEEK,
@@ -23,6 +23,7 @@ from tests.integration.store.contract import (
     accept_one,
     make_delivery,
     make_event,
+    nonce,
     now_ms,
     result,
     row,
@@ -194,9 +195,9 @@ async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
         await s.open()
         await s.close()
     rows = query(path, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "0001_init.sql"), (2, "0002_ticket_key.sql")]
+    assert rows == [(1, "0001_init.sql"), (2, "0002_ticket_key.sql"), (3, "0003_nonces.sql")]
     tables = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"events", "dedup_keys", "deliveries", "attempts", "schema_migrations"} <= tables
+    assert {"events", "dedup_keys", "deliveries", "attempts", "nonces", "schema_migrations"} <= tables
 
 
 async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
@@ -214,7 +215,7 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         assert (await s.get_delivery(d)).delivery.ticket_key is None
     finally:
         await s.close()
-    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
+    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3]
 
 
 async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
@@ -303,3 +304,24 @@ async def test_a_failing_write_does_not_fail_its_group(store: SqliteStore, tmp_p
     with pytest.raises(NotFound):
         await store.get_event(bad.id)
     assert len(await store.list_deliveries(DeliveryFilter())) == 2
+
+
+async def test_expired_nonces_are_swept_a_few_at_a_time(store: SqliteStore, tmp_path: Path) -> None:
+    """Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones, oldest first, and never
+    a live one."""
+    now, total = now_ms(), NONCE_SWEEP + 8
+    with closing(sqlite3.connect(tmp_path / "s.db", timeout=10)) as conn, conn:
+        conn.executemany("INSERT INTO nonces VALUES ('src', ?, 'd', ?)",
+                         [(f"old-{i:02}", now - 100_000 + i) for i in range(total)] + [("live", now + 600_000)])
+
+    def expired() -> list[str]:
+        return sorted(str(r[0]) for r in query(tmp_path / "s.db", "SELECT nonce FROM nonces WHERE nonce LIKE 'old-%'"))
+
+    await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-0"))
+    assert expired() == [f"old-{i:02}" for i in range(NONCE_SWEEP, total)]
+    for n in range(1, NONCE_SWEEP_EVERY):
+        await store.accept(make_event(source="src"), [], WEEK, nonce(f"fresh-{n}"))
+    assert len(expired()) == 8
+    await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-last"))
+    assert expired() == []
+    assert query(tmp_path / "s.db", "SELECT count(*) FROM nonces") == [(NONCE_SWEEP_EVERY + 2,)]

@@ -627,3 +627,15 @@ def test_the_config_module_imports_no_registry() -> None:
             "print(sorted(m for m in sys.modules if m.endswith('registry') or m.startswith('handlers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("  mail:\n    kind: mailgun\n    signing_key: k\n    dedup_window: 1m\n", "`tolerance` 5m either way"),
+    ("  ses:\n    kind: ses\n    topic_arns: ['arn:aws:sns:us-east-1:1:t']\n    dedup_window: 30m\n", "`max_age` 1h"),
+])
+def test_a_dedup_window_shorter_than_a_signed_request_stays_valid_is_an_error(tmp_path: Path, text: str,
+                                                                              says: str) -> None:
+    """A signed source whose `dedup_window` ends before its requests' timestamps expire is refused at that key."""
+    err = only_error(tmp_path, f"sources:\n{text}")
+    assert (err.line, err.path) == (5, f"sources.{text.split(':', maxsplit=1)[0].strip()}.dedup_window")
+    assert says in err.message

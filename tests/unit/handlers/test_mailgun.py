@@ -12,6 +12,7 @@ from handlers.mailgun import MailgunHandler, MailgunOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     JPEG,
+    MAILGUN_TOKEN,
     NOW,
     build,
     mailgun_fields,
@@ -130,3 +131,14 @@ def test_invalid_options(options: dict[str, str], reason: str) -> None:
     """A missing or empty signing key, a bad tolerance or another kind's option is refused."""
     with pytest.raises(msgspec.ValidationError, match=reason):
         msgspec.convert({"kind": "mailgun", **options}, MailgunOptions)
+
+
+def test_the_signed_token_is_the_nonce_until_the_timestamp_leaves_the_tolerance() -> None:
+    """The token is what a replay with another body would reuse: it is handed to intake as the nonce, valid for
+    as long as the signed timestamp stays within the tolerance."""
+    body = urlencode(mailgun_fields(KEY, timestamp=NOW - 100)).encode()
+    h, req = handler(), post(URLENCODED)
+    h.verify(req, body)
+    nonce = h.nonce(req, body)
+    assert nonce is not None
+    assert (nonce.value, nonce.name, nonce.valid_for_s) == (MAILGUN_TOKEN, "Mailgun `token`", 200.0)

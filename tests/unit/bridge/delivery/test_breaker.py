@@ -94,3 +94,56 @@ def test_a_failed_probe_doubles_the_cooldown_up_to_the_cap(clock: Clock) -> None
         b.probe_sent()
         assert b.record("retry") == "opened"
     assert cooldowns == [1, 2, 4, 5, 5]
+
+
+def probing(clock: Clock) -> Breaker:
+    """A breaker opened once, its cooldown over, with its probe out."""
+    b = Breaker(threshold=1, base_cooldown=1, max_cooldown=60, clock=clock)
+    b.record("retry")
+    clock.now = b.until
+    assert b.allowance() == (0.0, 1)
+    b.probe_sent()
+    return b
+
+
+def test_a_probe_answered_with_a_permanent_failure_closes_it(clock: Clock) -> None:
+    """A permanent answer to the probe (the vendor is up, the body was wrong) closes the breaker."""
+    b = probing(clock)
+    assert b.record("permanent") == "closed"
+    assert (b.state, b.probing, b.failures) == ("closed", False, 0)
+    assert b.allowance() == (0.0, None)
+
+
+def test_a_probe_answered_with_success_closes_it(clock: Clock) -> None:
+    """A successful probe closes the breaker and lets the lane claim freely."""
+    b = probing(clock)
+    assert b.record("success") == "closed"
+    assert (b.state, b.probing) == ("closed", False)
+    assert b.allowance() == (0.0, None)
+
+
+def test_a_probe_answered_with_an_auth_failure_opens_it_again(clock: Clock) -> None:
+    """Bad credentials on the probe reopen the breaker for a doubled cooldown, the probe no longer out."""
+    b = probing(clock)
+    assert b.record("auth") == "opened"
+    assert (b.state, b.probing) == ("open", False)
+    assert b.allowance() == (2.0, None)
+    clock.now = b.until
+    assert b.allowance() == (0.0, 1)
+
+
+def test_a_probe_that_timed_out_opens_it_again(clock: Clock) -> None:
+    """A timeout (a retry) on the probe reopens the breaker, and a new probe follows the cooldown."""
+    b = probing(clock)
+    assert b.record("retry") == "opened"
+    assert (b.state, b.probing) == ("open", False)
+    clock.now = b.until
+    assert b.allowance() == (0.0, 1)
+
+
+def test_a_permanent_failure_while_closed_changes_nothing(clock: Clock) -> None:
+    """Outside the half-open state a permanent answer neither opens nor resets the breaker."""
+    b = Breaker(threshold=3, clock=clock)
+    b.record("retry")
+    assert b.record("permanent") is None
+    assert (b.state, b.failures) == ("closed", 1)

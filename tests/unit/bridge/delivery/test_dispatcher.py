@@ -19,7 +19,7 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.dispatcher import Destination, Dispatcher
+from bridge.delivery.dispatcher import Destination, Dispatcher, Timings
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
@@ -201,13 +201,14 @@ async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
 
 
 @asynccontextmanager
-async def running(store: RecordingStore, *dests: Destination, grace: float = 0.0, poll_seconds: float = 3600.0,
-                  store_retry_seconds: float = 0.01, clock: FixedClock | None = None) -> AsyncIterator[Dispatcher]:
+async def running(store: RecordingStore, *dests: Destination, grace: float = 0.0, poll_s: float = 3600.0,
+                  clock: FixedClock | None = None) -> AsyncIterator[Dispatcher]:
     """A started dispatcher over a real ClientSession, stopped and closed on the way out. Its poll is an
     hour unless said otherwise, so that a test sees only what notify and due times wake."""
     async with aiohttp.ClientSession() as session:
-        d = Dispatcher(store, session, {dest.name: dest for dest in dests}, poll_seconds=poll_seconds,
-                       store_retry_seconds=store_retry_seconds, clock=clock.seconds if clock else time.time)
+        d = Dispatcher(store, session, {dest.name: dest for dest in dests},
+                       timings=Timings(store_retry_s=0.01, record_retry_max_s=0.04, poll_s=poll_s),
+                       clock=clock.seconds if clock else time.time)
         d.start()
         try:
             yield d
@@ -512,7 +513,7 @@ async def test_the_poll_finds_work_nobody_announced() -> None:
     store = RecordingStore()
     with aioresponses() as m:
         mock_vendor(m)
-        async with running(store, destination(), poll_seconds=0.05):
+        async with running(store, destination(), poll_s=0.05):
             await eventually(lambda: len(store.claims) == 1)
             await store.add("kapture")
             await eventually(lambda: len(store.records) == 1)

@@ -1,0 +1,111 @@
+"""Replays through the whole app: a signed Mailgun token reused with another body is refused with 401 and
+stores nothing, across a restart too; the provider's own retry of the same message stays a 200 duplicate."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.fixtures.providers import NOW, mailgun_fields, multipart
+
+KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  mail: {kind: mailgun, signing_key: "${MAILGUN_KEY}"}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+MAPPING = """
+    source: mail
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.subject }}"
+"""
+
+
+def forged_from(fields: dict[str, str]) -> dict[str, str]:
+    """A captured request's timestamp, token and signature around another message of the attacker's."""
+    out = {k: v for k, v in fields.items() if k != "message-headers"}
+    return {**out, "Message-Id": "<attacker.1@evil.test>", "subject": "Please refund to IBAN XX00",
+            "Subject": "Please refund to IBAN XX00", "body-plain": "Send the refund elsewhere.",
+            "stripped-text": "Send the refund elsewhere."}
+
+
+async def start(write_config: ConfigFactory, bridge_client: AppClient) -> TestClient[Any, Any]:
+    client = await bridge_client(write_config(CONFIG, {"mail": MAPPING}, {"MAILGUN_KEY": KEY}))
+    runtime(client).sources["mail"].handler.clock = lambda: float(NOW + 30)
+    return client
+
+
+async def post(client: TestClient[Any, Any], fields: dict[str, str]) -> Any:
+    body, ctype = multipart(fields)  # a fresh boundary each time, as each of Mailgun's posts has
+    return await client.post("/hooks/mail", data=body, headers={"Content-Type": ctype})
+
+
+def stored(tmp_path: Path) -> list[str]:
+    with sqlite3.connect(f"file:{tmp_path / 'var' / 'bridge.db'}?mode=ro", uri=True) as db:
+        return [str(r[0]) for r in db.execute("SELECT dedup_key FROM events ORDER BY received_at")]
+
+
+async def test_a_token_reused_with_another_body_is_401_and_stores_nothing(
+    write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+) -> None:
+    """The captured token, timestamp and signature around a new message are refused as a replay, naming the
+    check, counted as a 401, and nothing of the new message is stored."""
+    client = await start(write_config, bridge_client)
+    fields = mailgun_fields(KEY)
+    assert (await post(client, fields)).status == 202
+    resp = await post(client, forged_from(fields))
+    assert resp.status == 401
+    answer = await resp.json()
+    assert answer["check"] == "replay"
+    assert "Mailgun `token` was already used" in answer["error"]
+    assert stored(tmp_path) == ["<CAF=asha.1@mail.example.com>"]
+    assert runtime(client).counters["intake.rejected.401"] == 1
+
+
+async def test_the_providers_retry_of_the_same_message_is_a_duplicate(
+    write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+) -> None:
+    """The same message again with the same token, even in bytes that differ (a new multipart boundary), is
+    the usual 200 duplicate naming the first event."""
+    client = await start(write_config, bridge_client)
+    fields = mailgun_fields(KEY)
+    first = await post(client, fields)
+    again = await post(client, fields)
+    assert (first.status, again.status) == (202, 200)
+    assert await again.json() == {"accepted": True, "duplicate": True, "event_id": (await first.json())["event_id"]}
+    assert len(stored(tmp_path)) == 1
+
+
+async def test_the_token_is_remembered_across_a_restart(
+    write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+) -> None:
+    """A server started again on the same SQLite file still refuses the token with another body."""
+    fields = mailgun_fields(KEY)
+    first = await start(write_config, bridge_client)
+    assert (await post(first, fields)).status == 202
+    await first.close()
+    second = await start(write_config, bridge_client)
+    resp = await post(second, forged_from(fields))
+    assert (resp.status, (await resp.json())["check"]) == (401, "replay")
+    assert (await post(second, fields)).status == 200
+    assert len(stored(tmp_path)) == 1
+
+
+async def test_a_new_token_with_a_new_message_is_accepted(
+    write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+) -> None:
+    """Each of Mailgun's posts has its own token: a second message with its own is stored as usual."""
+    client = await start(write_config, bridge_client)
+    fields = mailgun_fields(KEY)
+    assert (await post(client, fields)).status == 202
+    other = forged_from(mailgun_fields(KEY, token="b" * 50))
+    assert (await post(client, other)).status == 202
+    assert len(stored(tmp_path)) == 2

@@ -1,0 +1,143 @@
+"""The simulators on the public port (`/sandbox/{vendor}/…`) over real HTTP: clients on this machine use them
+freely (the README's "Try it"); a client from another address, or through a proxy, needs the admin token
+for every route, reads included; deliveries still reach the simulators on their own loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from bridge.app import build_app
+from bridge.vendors.kapture import CREATE_PATH, SANDBOX_TOKEN
+from tests.conftest import ConfigFactory, eventually, runtime
+
+CONFIG = """
+store: {{url: "sqlite:///var/bridge.db"}}
+admin: {{token: "{token}"}}
+sources:
+  contact: {{kind: form}}
+destinations:
+  kapture: {{vendor: kapture, sandbox: true}}
+"""
+MAPPING = """
+    source: contact
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.subject }}"
+"""
+ADMIN = "adm-7f3c9a"
+Client = TestClient[Any, Any]
+Start = Callable[..., Awaitable[Client]]
+
+
+class RemoteClient:
+    """A client whose connection is not from a loopback address: the app on a real server behind a Unix
+    socket, whose peer has no IP address at all (the guard trusts only the transport's peer)."""
+
+    def __init__(self, app: web.Application, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
+        self.app, self.runner, self.session = app, runner, session
+        self.server = self  # what tests.conftest.runtime reads the app from
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.session.get(path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Any:
+        return self.session.put(path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.session.delete(path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.session.post(path, **kw)
+
+
+@pytest.fixture
+async def start(write_config: ConfigFactory, aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Start]:
+    """The whole app on a real server: on loopback TCP, or (remote=True) on a Unix socket, with `token` as
+    admin.token."""
+    opened: list[RemoteClient] = []
+
+    async def run(token: str = "", remote: bool = False) -> Any:
+        app = build_app(write_config(CONFIG.format(token=token), {"web": MAPPING}))
+        if not remote:
+            return await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
+        runner = web.AppRunner(app)
+        await runner.setup()
+        path = str(tmp_path / f"bridge-{len(opened)}.sock")
+        await web.UnixSite(runner, path).start()
+        session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path), base_url="http://bridge")
+        client = RemoteClient(app, runner, session)
+        opened.append(client)
+        return client
+
+    yield run
+    for client in opened:
+        await client.session.close()
+        await client.runner.cleanup()
+
+
+async def every_route(client: Client, headers: dict[str, str] | None = None) -> list[int]:
+    """The status of each kind of sandbox call: list, received log, faults, wipe, and the vendor's own API."""
+    h = headers or {}
+    calls = [
+        client.get("/sandbox/kapture/tickets", headers=h),
+        client.get("/sandbox/kapture/_received", headers=h),
+        client.put("/sandbox/kapture/_faults", json={"latency_ms": 1}, headers=h),
+        client.delete("/sandbox/kapture/tickets", headers=h),
+        client.post(f"/sandbox/kapture{CREATE_PATH}", json=[{"title": "planted", "email_id": "x@evil.test"}],
+                    headers={"Authorization": f"Basic {SANDBOX_TOKEN}", **h}),
+    ]
+    return [(await c).status for c in calls]
+
+
+async def test_clients_on_this_machine_use_the_sandbox_without_a_token(start: Start) -> None:
+    """With the shipped default (no admin token), a loopback client lists, inspects, sets faults, wipes and
+    creates tickets, as the README's "Try it" does."""
+    client = await start()
+    assert await every_route(client) == [200, 200, 200, 200, 200]
+    assert runtime(client).simulators["kapture"].faults.latency_ms == 1
+
+
+async def test_another_address_is_refused_everything_while_no_token_is_set(start: Start) -> None:
+    """From a non-loopback address every sandbox route is 403, saying how to open it, and nothing changes."""
+    client = await start(remote=True)
+    sim = runtime(client).simulators["kapture"]
+    sim.tickets.append({"id": 1, "title": "kept"})
+    assert await every_route(client) == [403] * 5
+    resp = await client.get("/sandbox/kapture/tickets")
+    assert "admin.token" in (await resp.json())["error"]
+    assert (sim.tickets, sim.faults.latency_ms) == ([{"id": 1, "title": "kept"}], 0)
+
+
+async def test_another_address_needs_the_admin_token(start: Start) -> None:
+    """With admin.token set, a non-loopback client is 401 without it or with a wrong one, and let through with it."""
+    client = await start(token=ADMIN, remote=True)
+    assert await every_route(client) == [401] * 5
+    assert await every_route(client, {"Authorization": "Bearer wrong"}) == [401] * 5
+    right = {"Authorization": f"Bearer {ADMIN}"}
+    assert await every_route(client, right) == [200] * 5
+    assert runtime(client).simulators["kapture"].faults.latency_ms == 1
+
+
+async def test_a_proxy_on_this_machine_does_not_make_its_clients_local(start: Start) -> None:
+    """A loopback connection carrying forwarding headers (a reverse proxy in front) is treated as remote;
+    the headers can only make the decision stricter, never open it."""
+    client = await start()
+    for header in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"}, {"X-Real-IP": "127.0.0.1"}):
+        assert await every_route(client, header) == [403] * 5
+
+
+async def test_deliveries_still_reach_the_sandbox_on_its_own_loopback_port(start: Start) -> None:
+    """The guard is on the public mount only: with clients that are not local, events still become tickets."""
+    client = await start(remote=True)
+    resp = await client.post("/hooks/contact", data={"subject": "Router down"})
+    assert resp.status == 202
+    sim = runtime(client).simulators["kapture"]
+    await eventually(lambda: len(sim.tickets) == 1)

@@ -1,0 +1,182 @@
+"""The deploy kit under deploy/, checked offline with the real tools an operator would use, and its configs
+checked by ticketbridge itself (and run as three processes on the real PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import yaml
+
+from tests.integration.processes import DSN, free_port, spawn, stop, wait_http
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+KUBE = DEPLOY / "kubernetes"
+KUBE_FILES = ["namespace.yaml", "config.yaml", "mappings.yaml", "secret.example.yaml", "deployment.yaml",
+              "service.yaml", "pdb.yaml"]
+ENV = {"BRIDGE_ADMIN_TOKEN": "t" * 24, "POSTGRES_PASSWORD": "p" * 24, "MAILGUN_SIGNING_KEY": "k" * 24,
+       "TICKETBRIDGE_STORE_URL": f"{DSN}?schema=tb_deploy_check"}
+
+
+def tool(name: str) -> str:
+    """The path of a tool .ci/run installs; a missing one fails the test rather than skipping it in CI."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run installs it")
+        pytest.skip(f"{name} is not installed (apt-get install docker-compose prometheus systemd)")
+    return found
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=ROOT,
+                          timeout=120, check=False)
+
+
+def kube_docs() -> dict[str, dict[str, Any]]:
+    return {name: yaml.safe_load((KUBE / name).read_text()) for name in KUBE_FILES}
+
+
+def test_compose_file_validates_with_docker_compose() -> None:
+    """`docker-compose config` accepts deploy/compose.yaml and sees PostgreSQL, three replicas and Prometheus."""
+    done = run(tool("docker-compose"), "-f", "deploy/compose.yaml", "config", env=ENV)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    assert set(services) == {"postgres", "ticketbridge", "balancer", "prometheus"}
+    assert services["ticketbridge"]["deploy"]["replicas"] == 3
+    assert "127.0.0.1:8080:8080" in str(services["balancer"]["ports"])
+
+
+def test_compose_file_refuses_to_start_without_its_secrets() -> None:
+    """Without the admin token and database password set, compose names the missing variable."""
+    env = {k: v for k, v in os.environ.items() if k not in {"BRIDGE_ADMIN_TOKEN", "POSTGRES_PASSWORD"}}
+    done = subprocess.run([tool("docker-compose"), "-f", "deploy/compose.yaml", "config"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120, check=False)
+    assert done.returncode != 0
+    assert "BRIDGE_ADMIN_TOKEN" in done.stderr or "POSTGRES_PASSWORD" in done.stderr
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    """promtool accepts the Prometheus config the compose file mounts."""
+    done = run(tool("promtool"), "check", "config", "--syntax-only", "deploy/prometheus/prometheus.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_kubernetes_manifests_pass_the_schema_check() -> None:
+    """Every manifest validates strictly (unknown fields refused) against the Kubernetes API schemas."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for name, doc in kube_docs().items():
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)  # raises on the first invalid field
+        assert doc["metadata"]["name"].startswith("ticketbridge"), name
+
+
+def test_kubernetes_deployment_waits_longer_than_the_shutdown_grace() -> None:
+    """The pod's termination grace covers the preStop pause plus the server's own shutdown grace, and the
+    probes point at /readyz and /healthz."""
+    docs = kube_docs()
+    spec = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    bridge_cfg = yaml.safe_load(docs["config.yaml"]["data"]["bridge.yaml"])
+    container = spec["containers"][0]
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert spec["terminationGracePeriodSeconds"] > bridge_cfg["server"]["shutdown_grace_seconds"] + pause
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert docs["pdb.yaml"]["spec"]["maxUnavailable"] == 1
+
+
+def test_kubernetes_mappings_configmap_matches_the_mappings_folder() -> None:
+    """The mappings ConfigMap holds exactly the files of mappings/, so the cluster runs what the repo tests."""
+    data = kube_docs()["mappings.yaml"]["data"]
+    files = {p.name: p.read_text() for p in sorted((ROOT / "mappings").glob("*.yaml"))}
+    assert data == files, ("deploy/kubernetes/mappings.yaml is out of date; regenerate it with the command "
+                           "at its top")
+
+
+def test_systemd_unit_is_hardened() -> None:
+    """systemd-analyze rates the unit's sandboxing at 3.0 or less, with its own user, a file limit and a umask."""
+    done = run(tool("systemd-analyze"), "security", "--offline=true", "--no-pager", "deploy/ticketbridge.service")
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout + done.stderr)
+    assert match is not None, done.stdout + done.stderr
+    assert float(match.group(1)) <= 3.0, done.stdout
+    unit = (DEPLOY / "ticketbridge.service").read_text()
+    for line in ("DynamicUser=yes", "LimitNOFILE=65536", "UMask=0077"):
+        assert line in unit.splitlines()
+
+
+def test_dockerfile_installs_the_postgres_extra() -> None:
+    """The image can open a postgresql:// store: it installs the `postgres` extra."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"pip install \"?\.\[postgres\]", text)
+
+
+def config_in_folder(tmp_path: Path, text: str) -> Path:
+    """A deploy config placed beside a copy of the shipped mappings, as the container mounts them."""
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
+@pytest.mark.parametrize("where", ["compose", "kubernetes"])
+def test_deploy_configs_pass_ticketbridge_check(tmp_path: Path, where: str) -> None:
+    """The bridge.yaml each kit ships loads, and the mappings beside it check and pass their tests."""
+    if where == "compose":
+        text = (DEPLOY / "compose" / "bridge.yaml").read_text()
+    else:
+        text = yaml.safe_load((KUBE / "config.yaml").read_text())["data"]["bridge.yaml"]
+    cfg = config_in_folder(tmp_path, text)
+    done = subprocess.run([sys.executable, "-m", "bridge", "check", "-c", str(cfg)], capture_output=True, text=True,
+                          env={**os.environ, **ENV}, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.integration
+async def test_compose_config_runs_three_processes_on_one_postgresql(
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three processes started with the compose config (its store pointed at the test database) share the
+    queue: forms posted to each are all delivered, each once."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    text = (DEPLOY / "compose" / "bridge.yaml").read_text()
+    text, n = re.subn(r"url: postgresql://\S+", f"url: {DSN}?schema={pg_schema}", text)
+    assert n == 1
+    cfg = config_in_folder(tmp_path, text)
+    ports = [free_port() for _ in range(3)]
+    log = tmp_path / "processes.log"
+    procs = [spawn(["serve", "-c", str(cfg), "--host", "127.0.0.1", "--port", str(p)], log) for p in ports]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            await wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+        async with aiohttp.ClientSession() as session:
+            for i in range(30):
+                form = {"name": f"n{i}", "email": f"c{i}@example.com", "subject": f"s{i}", "message": "m"}
+                async with session.post(f"http://127.0.0.1:{ports[i % 3]}/hooks/website-contact", data=form) as r:
+                    assert r.status == 202, await r.text()
+        conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+        try:
+            for _ in range(600):
+                done = await conn.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'")
+                if done >= 30:
+                    break
+                await asyncio.sleep(0.05)
+            attempts = await conn.fetchval("SELECT COUNT(*) FROM attempts")
+        finally:
+            await conn.close()
+        assert (done, attempts) == (30, 30), log.read_text()[-3000:]
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                stop(proc)
