@@ -82,9 +82,10 @@ def test_svix_spelled_example_verifies() -> None:
     """Svix's published example (the same secret, id, timestamp, body and signature) verifies under svix-*."""
     h = build("standard-webhooks", secret=SECRET)
     h.clock = lambda: 1614265330.0
-    h.verify(post({"svix-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "svix-timestamp": "1614265330",
-                   "svix-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}),
-             b'{"test": 2432232314}')
+    headers = {"svix-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "svix-timestamp": "1614265330",
+               "svix-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}
+    assert passes(lambda: h.verify(post(headers), b'{"test": 2432232314}'))
+    assert not passes(lambda: h.verify(post(headers), b'{"test": 2432232315}'))
 
 
 def test_svix_signed_event_is_kept_whole_and_deduplicated_by_svix_id() -> None:
