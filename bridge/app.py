@@ -14,10 +14,11 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.admin import add_routes as add_admin_routes
+from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Destination, Dispatcher
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
-from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
+from bridge.intake import hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context, serve_last_good

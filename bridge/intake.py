@@ -1,4 +1,4 @@
-"""`/hooks/{source}`: verify, parse, render and store durably, then answer, as DESIGN's table says."""
+"""`/hooks/{source}`: verify, parse, render and store durably, then answer (docs/architecture.md, "HTTP answers")."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from bridge.appkeys import RUNTIME
 from bridge.errors import Rejected, StoreUnavailable
 from bridge.events import Event
 from bridge.mapping.paths import MISSING
@@ -24,7 +25,6 @@ from handlers.auth import check_auth
 from handlers.base import Inbound, Intercepted, SignedNonce
 
 log = structlog.get_logger("ticketbridge.intake")
-RUNTIME = web.AppKey("runtime", Runtime)
 
 _encode = msgspec.json.Encoder().encode
 NONCE_MARGIN_S = 60.0
@@ -99,6 +99,21 @@ def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str
     return str(value)
 
 
+async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
+    """The request's body, or None when the client went away mid-upload: nothing to store and nobody to
+    answer, so one line is logged, not a traceback. Raises Rejected(413) past the size limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
+                       check="size") from None
+    except ConnectionResetError:
+        rt.count("intake.client_disconnected", source=source.name)
+        log.info("intake.client_disconnected", source=source.name, remote=request.remote,
+                 content_length=request.content_length)
+        return None
+
+
 async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
     """The store's record of a signed nonce: this request's digest, kept while the request is within its
     tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
@@ -158,11 +173,9 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     rt, source = found
     handler = source.handler
     try:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
-                           check="size") from None
+        body = await _read_body(rt, source, request)
+        if body is None:
+            return web.Response(status=400)
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
         await _run(handler.verify, request, body)

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.admin import refuse
+from bridge.appkeys import RUNTIME
 from bridge.errors import StoreUnavailable
-from bridge.intake import RUNTIME
 from bridge.runtime import Runtime
 
 BACKLOG_SECONDS = 10.0

@@ -257,7 +257,7 @@ def email_payload(
     in_reply_to: str | Iterable[str] | None, references: str | Iterable[str] | None,
     attachments: list[Attachment], provider: dict[str, Any],
 ) -> dict[str, Any]:
-    """The email channel's payload, the same keys for every provider (DESIGN: "The canonical event")."""
+    """The email channel's payload, the same keys for every provider (docs/architecture.md, "The canonical event")."""
     check_count("attachments", len(attachments), MAX_ATTACHMENTS)
     from_name, from_addr = sender(from_)
     body = newlines(text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -79,6 +80,15 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+def work_channel(schema: str | None) -> str:
+    """The NOTIFY channel new work is announced on. Channels are shared by the whole database, so each
+    schema (each separate queue) has its own; PostgreSQL refuses channel names of 64 bytes or more."""
+    if schema is None:
+        return CHANNEL
+    name = f"{CHANNEL}_{schema}"
+    return name if len(name) < 64 else f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
+
+
 class _Replayed(Exception):
     """A nonce held by another request: ends the accepting transaction, which rolls back."""
 
@@ -105,6 +115,7 @@ class PostgresStore(Store):
     def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.channel = work_channel(schema)
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Any = None
@@ -216,7 +227,7 @@ class PostgresStore(Store):
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "ticketbridge-listen"})
-        await conn.add_listener(CHANNEL, self._notified)
+        await conn.add_listener(self.channel, self._notified)
         self._listener = conn
 
     async def _drop_listener(self) -> None:
@@ -272,7 +283,7 @@ class PostgresStore(Store):
                 await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", rows)
             for destination in wake:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
         try:
@@ -354,7 +365,7 @@ class PostgresStore(Store):
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
                 "WHERE status = 'in_flight' AND lease_until < $1 RETURNING destination", now)
             for destination in sorted({r[0] for r in released}):
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return len(released)
 
         return await self._run(op)
@@ -432,7 +443,7 @@ class PostgresStore(Store):
                         "RETURNING destination", now, i)
                 if got is not None:
                     moved.append(i)
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, got[0])
+                    await conn.execute("SELECT pg_notify($1, $2)", self.channel, got[0])
             return moved
 
         return await self._run(op)

@@ -3,7 +3,6 @@ provides a `store` fixture yielding an opened store."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from types import EllipsisType
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from bridge.store.base import (
     Nonce,
     Store,
 )
+from tests.conftest import eventually
 
 WEEK = 7 * 86400.0
 
@@ -184,9 +184,14 @@ class StoreContract:
     async def test_dedup_window_expires(self, store: Store) -> None:
         """After the window, the same key is accepted again, and later duplicates name the newer event."""
         first = make_event(dedup_key="k")
-        assert (await store.accept(first, [make_delivery()], 0.05)).duplicate is False
-        assert (await store.accept(make_event(dedup_key="k"), [], 0.05)).event_id == first.id
-        await asyncio.sleep(0.1)
+        window_s = 1.0
+        started_ms = now_ms()
+        assert (await store.accept(first, [make_delivery()], window_s)).duplicate is False
+        again = await store.accept(make_event(dedup_key="k"), [], window_s)
+        if now_ms() - started_ms < window_s * 1000:  # only a machine stalled for the whole window cannot tell
+            assert (again.event_id, again.duplicate) == (first.id, True)
+        expires_ms = now_ms() + int(window_s * 1000)  # no earlier than the store's own reckoning
+        await eventually(lambda: now_ms() > expires_ms)
         second = make_event(dedup_key="k")
         res = await store.accept(second, [make_delivery()], WEEK)
         assert (res.event_id, res.duplicate, res.deliveries) == (second.id, False, 1)
@@ -411,8 +416,9 @@ class StoreContract:
         _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
         await accept_one(store, make_delivery(destination="lsq"))
         await store.claim("kapture-support", 10, "crashed-worker", 0)
+        leased_until_ms = now_ms()
         await store.claim("lsq", 10, "live-worker", 60)
-        await asyncio.sleep(0.02)
+        await eventually(lambda: now_ms() > leased_until_ms + 1)  # the zero-length lease has run out
         assert await store.release_expired() == 2
         assert {(await row(store, a)).status, (await row(store, b)).status} == {"pending"}
         assert (await store.list_deliveries(DeliveryFilter(destination="lsq")))[0].status == "in_flight"

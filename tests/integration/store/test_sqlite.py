@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.store.base import DeliveryFilter
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
+from tests.conftest import eventually
 from tests.integration.store.contract import (
     WEEK,
     StoreContract,
@@ -28,6 +30,7 @@ from tests.integration.store.contract import (
 )
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -40,6 +43,21 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 class TestSqliteStoreContract(StoreContract):
     """The SQLite store passes the contract every backend shares."""
+
+
+async def handed_over(writes: list[Awaitable[T]]) -> list[asyncio.Task[T]]:
+    """The writes, started as tasks, once every one of them has reached the store's writer (each queues its
+    write before its first await), so that a held lock makes them wait together."""
+    started = 0
+
+    async def run(write: Awaitable[T]) -> T:
+        nonlocal started
+        started += 1
+        return await write
+
+    tasks = [asyncio.create_task(run(w)) for w in writes]
+    await eventually(lambda: started == len(writes))
+    return tasks
 
 
 def query(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -281,8 +299,7 @@ async def test_concurrent_accepts_share_commits(store: SqliteStore, tmp_path: Pa
     """Accepts that arrive while a commit is under way are committed together, in fewer transactions."""
     batches, ops = store.batches, store.batched_ops
     with write_locked(tmp_path / "s.db"):
-        tasks = [asyncio.create_task(store.accept(make_event(), [make_delivery()], WEEK)) for _ in range(100)]
-        await asyncio.sleep(0.2)
+        tasks = await handed_over([store.accept(make_event(), [make_delivery()], WEEK) for _ in range(100)])
         assert not any(t.done() for t in tasks)
     results = await asyncio.gather(*tasks)
     assert all(not r.duplicate and r.deliveries == 1 for r in results)
@@ -299,8 +316,7 @@ async def test_group_commit_respects_its_maximum(tmp_path: Path) -> None:
     try:
         batches = s.batches
         with write_locked(path):
-            tasks = [asyncio.create_task(s.accept(make_event(), [make_delivery()], WEEK)) for _ in range(50)]
-            await asyncio.sleep(0.2)
+            tasks = await handed_over([s.accept(make_event(), [make_delivery()], WEEK) for _ in range(50)])
         await asyncio.gather(*tasks)
         assert 5 <= s.batches - batches <= 6
     finally:
@@ -312,12 +328,11 @@ async def test_a_failing_write_does_not_fail_its_group(store: SqliteStore, tmp_p
     good1, good2, bad = make_event(), make_event(), make_event()
     clash = make_delivery()
     with write_locked(tmp_path / "s.db"):
-        tasks = [
-            asyncio.create_task(store.accept(good1, [make_delivery()], WEEK)),
-            asyncio.create_task(store.accept(bad, [clash, make_delivery(delivery_id=clash.id)], WEEK)),
-            asyncio.create_task(store.accept(good2, [make_delivery()], WEEK)),
-        ]
-        await asyncio.sleep(0.2)
+        tasks = await handed_over([
+            store.accept(good1, [make_delivery()], WEEK),
+            store.accept(bad, [clash, make_delivery(delivery_id=clash.id)], WEEK),
+            store.accept(good2, [make_delivery()], WEEK),
+        ])
     r1, r_bad, r2 = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(r_bad, StoreUnavailable)
     assert not isinstance(r1, BaseException)

@@ -175,8 +175,8 @@ def payload(**changes: object) -> dict[str, object]:
     return email_payload(**args)  # type: ignore[arg-type]
 
 
-def test_email_payload_has_the_designed_keys_in_order() -> None:
-    """Every provider's payload has exactly DESIGN's email keys."""
+def test_email_payload_has_the_documented_keys_in_order() -> None:
+    """Every provider's payload has exactly the email keys of docs/architecture.md, in order."""
     assert list(payload()) == ["from", "from_name", "to", "cc", "subject", "text", "html", "stripped_text",
                                "message_id", "in_reply_to", "references", "attachments", "provider"]
 

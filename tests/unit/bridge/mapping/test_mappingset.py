@@ -13,6 +13,7 @@ from bridge.errors import ErrorList, MappingError
 from bridge.mapping.compiler import RenderError
 from bridge.mapping.mappingset import MappingSet, load_mapping_folder, load_mapping_texts, mapping_files
 from bridge.mapping.testing import run_tests
+from bridge.registries import REGISTRIES
 
 SOURCES = {"website-contact", "partner-api"}
 DESTINATIONS = {
@@ -298,7 +299,7 @@ def test_options_are_kept(tmp_path: Path) -> None:
 
 
 def _shipped() -> tuple[MappingSet, dict[str, Any]]:
-    config = load_config(None, {})
+    config = load_config(None, {}, registries=REGISTRIES)
     return load_mappings(config), config.vars
 
 
