@@ -10,11 +10,13 @@ import structlog
 from aiohttp import web
 
 from bridge.errors import Rejected, StoreUnavailable
+from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
+from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
 from bridge.runtime import Runtime, Source
-from bridge.store.base import AcceptResult, NewDelivery
+from bridge.store.base import AcceptResult, NewDelivery, Store
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
 from handlers.base import Inbound, Intercepted
@@ -26,12 +28,16 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_encode(data), status=status, content_type="application/json", headers=headers)
+    try:
+        body = _encode(data)
+    except UnicodeEncodeError:  # a reason quoting request text that is not UTF-8
+        body = _encode(escape_tree(data)[0])
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
 def _cors(source: Source, request: web.Request) -> dict[str, str]:
     origin = request.headers.get("Origin")
-    if origin and source.handler.allowed_origin(origin):
+    if origin and origin.isascii() and source.handler.allowed_origin(origin):  # an origin is ASCII (RFC 6454)
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {}
 
@@ -54,6 +60,72 @@ def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) ->
     if exc.check:
         body["check"] = exc.check
     return _json(body, exc.status, _cors(source, request))
+
+
+def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exception) -> Rejected:
+    """A handler raised something other than Rejected on this request: a bug in the handler, met on bytes it
+    did not expect. The request is refused with 400 (its bytes would fail the same way on every retry, and a
+    5xx would have the provider resend them for hours), and the traceback is logged at error level and
+    counted, so that the bug is seen and fixed."""
+    rt.count("handler_error", source=source.name)
+    log.exception("intake.handler_failed", source=source.name, error=f"{type(exc).__name__}: {exc}",
+                  remote=request.remote)
+    return Rejected(400, f"the request could not be parsed ({type(exc).__name__}); the error is logged",
+                    check="parse")
+
+
+async def _run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes) -> list[Inbound] | Intercepted:
+    """The handler's checks and parse: the request's events, or the answer to a handshake or an ignored
+    notification. Rejected passes through; any other exception is a handler bug met on these bytes."""
+    handler = source.handler
+    try:
+        check_auth(handler.options.auth, request)
+        handler.check_content_type(request)
+        handler.verify(request, body)
+        if (early := await handler.intercept(request, body)) is not None:
+            return early
+        return handler.parse(request, body)
+    except (Rejected, web.HTTPException):
+        raise
+    except Exception as exc:  # never a 5xx for a request's bytes: see _handler_failed
+        raise _handler_failed(rt, source, request, exc) from None
+
+
+def _kept(rt: Runtime, source: Source, request: web.Request) -> tuple[dict[str, str], dict[str, Any]]:
+    """The headers and request facts stored with the event. Header bytes that are not UTF-8 (read by aiohttp
+    as surrogates, which no store takes) are kept written out as `\\xNN`, and counted: refusing them would
+    refuse a provider's every request. Ordinary ASCII values cost one `isascii` each."""
+    headers = source.handler.kept_headers(request)
+    meta = {"remote": request.remote, "user_agent": request.headers.get("User-Agent")}
+    if escape_values(headers) + escape_values(meta):
+        rt.count("escaped", source=source.name, where="headers")
+        log.info("intake.escaped", source=source.name, where="headers")
+    return headers, meta
+
+
+async def _accept(rt: Runtime, store: Store, source: Source, event: Event, *, deliveries: list[NewDelivery],
+                  mappings: MappingSet) -> tuple[AcceptResult, list[NewDelivery]]:
+    """Store the event and its deliveries; when the store refuses its text (UnicodeEncodeError, raised before
+    anything is written), store it again escaped."""
+    try:
+        return await store.accept(event, deliveries, source.dedup_window_s), deliveries
+    except UnicodeEncodeError:
+        deliveries = _escape_event(rt, source, event, mappings)
+        return await store.accept(event, deliveries, source.dedup_window_s), deliveries
+
+
+def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
+    """Make the event's payload and dedup key storable (the store refused text that is not UTF-8: bytes read
+    with surrogateescape from a MIME header or a multipart name, or a charset that decodes to surrogates), and
+    plan its deliveries again from the escaped payload. Only run when the store refused the event, so ordinary
+    requests never pay for the walk."""
+    event.payload, changed = escape_tree(event.payload)
+    if event.dedup_key is not None:
+        event.dedup_key = escape_text(event.dedup_key)
+    rt.count("escaped", source=source.name, where="payload")
+    log.warning("intake.escaped", source=source.name, event_id=event.id, where="payload", strings=changed)
+    deliveries, _errors = plan_deliveries(mappings, event, rt.config.vars)
+    return deliveries
 
 
 def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamResponse:
@@ -84,11 +156,17 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
 
 def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
     if source.dedup_path is None:
-        return inbound.dedup_key
+        return _storable_key(inbound.dedup_key)
     value = source.dedup_path.get({"payload": inbound.payload, "headers": headers})
     if value is MISSING or value is None or value == "":
-        return inbound.dedup_key
-    return str(value)
+        return _storable_key(inbound.dedup_key)
+    return _storable_key(str(value))
+
+
+def _storable_key(key: str | None) -> str | None:
+    """PostgreSQL's text refuses NUL: a key that holds one (from a provider's JSON `\\u0000`) is kept with it
+    written out, rather than failing the insert on every retry."""
+    return key.replace("\x00", "\\x00") if key is not None and "\x00" in key else key
 
 
 async def hook_post(request: web.Request) -> web.StreamResponse:
@@ -103,19 +181,15 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
         except web.HTTPRequestEntityTooLarge:
             raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
                            check="size") from None
-        check_auth(handler.options.auth, request)
-        handler.check_content_type(request)
-        handler.verify(request, body)
-        if (early := await handler.intercept(request, body)) is not None:
-            return _intercepted(rt, source, early)
-        inbounds = handler.parse(request, body)
+        inbounds = await _run_handler(rt, source, request, body)
+        if isinstance(inbounds, Intercepted):
+            return _intercepted(rt, source, inbounds)
     except Rejected as exc:
         return _reject(rt, source, exc, request)
     if (unsaved := await _save_attachments(rt, source, inbounds)) is not None:
         return unsaved
 
-    headers = handler.kept_headers(request)
-    meta = {"remote": request.remote, "user_agent": request.headers.get("User-Agent")}
+    headers, meta = _kept(rt, source, request)
     planned: list[tuple[Event, list[NewDelivery]]] = []
     invalid: list[str] = []
     mappings = rt.mappings
@@ -137,8 +211,9 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     try:
         if store is None:
             raise StoreUnavailable("the store is not open")
-        for event, deliveries in planned:
-            result = await store.accept(event, deliveries, source.dedup_window_s)
+        for event, planned_deliveries in planned:
+            result, deliveries = await _accept(rt, store, source, event, deliveries=planned_deliveries,
+                                               mappings=mappings)
             results.append(result)
             if not result.duplicate and rt.dispatcher is not None:
                 rt.dispatcher.notify({d.destination for d in deliveries if d.status == "pending"})
@@ -191,9 +266,11 @@ async def hook_options(request: web.Request) -> web.StreamResponse:
         return found
     _rt, source = found
     origin = request.headers.get("Origin", "")
-    if not origin or not source.handler.allowed_origin(origin):
+    if not origin or not origin.isascii() or not source.handler.allowed_origin(origin):
         return _json({"error": f"origin {origin or '(none)'} may not post to this source"}, 403)
     asked = request.headers.get("Access-Control-Request-Headers", "Content-Type")
+    if not asked.isascii():  # header names are ASCII tokens; the answer echoes them
+        return _json({"error": "Access-Control-Request-Headers names a header that is not ASCII"}, 400)
     return web.Response(status=204, headers={
         "Access-Control-Allow-Origin": origin, "Vary": "Origin",
         "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": asked,

@@ -43,6 +43,7 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
             log.exception("routing.render_crashed", mapping=mapping.name, event_id=event.id)
             error = f"{mapping.name}: internal error while rendering: {type(exc).__name__}: {exc}"
         if error is not None:
+            error = error.replace("\x00", "\\x00")  # it may quote the payload; PostgreSQL's text refuses NUL
             errors.append(error)
             log.warning("routing.render_failed", mapping=mapping.name, event_id=event.id, error=error)
         deliveries.append(NewDelivery(

@@ -139,12 +139,23 @@ class Handler(ABC):
         return out
 
 
+def decode_json(data: bytes | str, field: str | None = None, check: str = "json") -> Any:
+    """`data` (the body, or the named `field` of it) parsed as JSON, or Rejected(400, check) with the parser's
+    reason: malformed text, bytes that are not UTF-8, or nesting deeper than the parser takes (it stops at
+    Python's recursion limit, about a thousand levels deep)."""
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
+        raise Rejected(400, f"{field} is not JSON: {exc}" if field else f"malformed JSON: {exc}",
+                       check=check) from None
+    except RecursionError:
+        raise Rejected(400, f"{field or 'the JSON body'} is nested too deeply to be read (about a thousand levels "
+                            "is the limit)", check=check) from None
+
+
 def decode_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or Rejected(400) with the parser's reason."""
-    try:
-        value = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
-        raise Rejected(400, f"malformed JSON: {exc}", check="json") from None
+    value = decode_json(body)
     if not isinstance(value, dict):
         raise Rejected(400, f"expected a JSON object, got a JSON {type(value).__name__}", check="json")
     return value

@@ -4,10 +4,10 @@ quoted history, and raw MIME. One mapping then serves Mailgun, Postmark, SendGri
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from email import policy
 from email.header import decode_header, make_header
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesParser, Parser
 from email.utils import getaddresses, parseaddr
 from typing import Any, NamedTuple
@@ -37,14 +37,20 @@ def _texts(value: object) -> list[str]:
     return []
 
 
-def _address_texts(value: AddressInput) -> list[str]:
-    return [decode_words(v) for v in _texts(value)]
+def _mailboxes(text: str) -> list[tuple[str, str]]:
+    """(display name, address) pairs of one header value. Parsed before encoded words are decoded, as RFC 2047
+    says: a word may decode to a comma, a line break or a whole `Bcc: x@y` and must stay part of its display
+    name. A value that holds an address only once decoded (a sender that encoded it all) is parsed decoded."""
+    pairs = [(" ".join(decode_words(name).split()), addr) for name, addr in getaddresses([text])]
+    if "=?" in text and not any("@" in addr for _name, addr in pairs):
+        pairs = getaddresses([decode_words(text)])
+    return pairs
 
 
 def address_list(*values: AddressInput) -> list[str]:
     """The bare, lower-cased addresses in header values or lists of them, each once, in order."""
     out: list[str] = []
-    for _name, raw in getaddresses([t for v in values for t in _address_texts(v)]):
+    for _name, raw in (pair for v in values for t in _texts(v) for pair in _mailboxes(t)):
         addr = raw.strip().lower()
         if "@" in addr and addr not in out:
             out.append(addr)
@@ -53,11 +59,11 @@ def address_list(*values: AddressInput) -> list[str]:
 
 def sender(value: AddressInput) -> tuple[str | None, str | None]:
     """(display name, bare lower-cased address) of a From value; the first mailbox when there are several."""
-    texts = _address_texts(value)
+    texts = _texts(value)
     if not texts:
         return None, None
-    pairs = getaddresses(texts)
-    name, addr = pairs[0] if pairs else parseaddr(texts[0])
+    pairs = [pair for text in texts for pair in _mailboxes(text)]
+    name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
     addr = addr.strip().lower()
     return (name.strip() or None), (addr if "@" in addr else None)
 
@@ -162,8 +168,7 @@ class Headers:
     @classmethod
     def from_block(cls, block: str) -> Headers:
         """Headers from a raw header block (`Name: value` lines, folded lines joined, encoded words decoded)."""
-        message = Parser(policy=policy.default).parsestr(block, headersonly=True)
-        return cls((name, str(value)) for name, value in message.items())
+        return cls(header_items(Parser(policy=policy.default).parsestr(block, headersonly=True)))
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], underscores: bool = False) -> Headers:
@@ -182,6 +187,23 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         return list(self._fields.get(name.lower(), []))
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def header_items(message: Message) -> Iterator[tuple[str, str]]:
+    """A parsed message's header fields as (name, text), folded lines joined and encoded words decoded. The
+    email package's structured parse is used where it succeeds; on a hostile value it raises (an encoded word
+    that decodes to a line break inside an address is a ValueError, and its parser has others), and then the
+    raw value is kept, unfolded, its encoded words left for the reader (`sender`, `address_list` and the
+    subject decode them where they belong): one odd header never loses the message."""
+    for name, raw in message.raw_items():
+        try:
+            value = str(message.policy.header_fetch_parse(name, raw))
+        except Exception:  # see above: whatever the parser raises, the raw value is read instead
+            value = _FOLD.sub("", str(raw))
+        yield name, value
 
 
 class MimeContent(NamedTuple):
@@ -206,7 +228,7 @@ def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content."""
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
-    headers = Headers((name, str(value)) for name, value in message.items())
+    headers = Headers(header_items(message))
     text_part = message.get_body(preferencelist=("plain",))
     html_part = message.get_body(preferencelist=("html",))
     files = []

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from bridge.errors import Rejected
+from bridge.escaping import escape_text
 
 
 def add_value(out: dict[str, Any], key: str, value: Any) -> None:
@@ -58,9 +59,13 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     """The parts of a multipart/form-data body, in order; Rejected(400) when it cannot be read."""
     if "boundary=" not in content_type_header:
         raise Rejected(400, "multipart body without a boundary in its Content-Type", check="form")
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type_header.encode("latin-1") + b"\r\n\r\n" + body
-    )
+    # aiohttp read the header's bytes as UTF-8, keeping any other byte as a surrogate: this gives them back.
+    sent = content_type_header.encode("utf-8", "surrogateescape")
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + sent + b"\r\n\r\n" + body)
+    boundary = message.get_boundary()
+    if boundary is not None and not boundary.isascii():
+        raise Rejected(400, f"multipart boundary {escape_text(boundary)!r} is not ASCII; RFC 2046 allows only "
+                            "letters, digits and '()+_,-./:=? in it", check="form")
     if not message.is_multipart() or message.defects:
         reason = ", ".join(type(d).__name__ for d in message.defects) or "no parts"
         raise Rejected(400, f"malformed multipart body: {reason}", check="form")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import msgspec
 from aiohttp import web
 
 from bridge.config import SourceConfig
+from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment
-from handlers.base import Handler, Inbound
+from handlers.base import Handler, Inbound, decode_json
 from handlers.email import Headers, email_payload, message_id, parse_mime
 from handlers.formdata import Part, add_value, multipart_parts
 
@@ -26,8 +26,8 @@ def _charsets(parts: list[Part]) -> dict[str, str]:
     for part in parts:
         if part.name == "charsets" and part.filename is None:
             try:
-                value = msgspec.json.decode(part.data)
-            except msgspec.DecodeError:
+                value = decode_json(part.data)
+            except Rejected:  # optional: an unreadable list of charsets counts as none
                 return {}
             if isinstance(value, dict):
                 return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
@@ -67,9 +67,9 @@ class SendgridHandler(Handler):
         raw_info = fields.get("attachment-info")
         if isinstance(raw_info, str):
             try:
-                decoded = msgspec.json.decode(raw_info)
+                decoded = decode_json(raw_info)
                 info = decoded if isinstance(decoded, dict) else {}
-            except msgspec.DecodeError:
+            except Rejected:  # optional, as above
                 info = {}
         for item in files:  # attachment-info names the file when the part's own filename is blank
             if not item.meta["name"]:

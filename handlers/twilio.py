@@ -114,7 +114,9 @@ class TwilioHandler(Handler):
         form = self._form(request, body)
         media = []
         count = form.get("NumMedia")
-        for i in range(min(int(count), 10) if isinstance(count, str) and count.isdigit() else 0):
+        # isascii: "²" and "٣" are digits to isdigit but not to int(); the length keeps int() off huge numbers.
+        for i in range(min(int(count), 10) if isinstance(count, str) and count.isascii() and count.isdigit()
+                       and len(count) <= 4 else 0):
             url = form.get(f"MediaUrl{i}")
             if isinstance(url, str):
                 media.append({"url": url, "content_type": form.get(f"MediaContentType{i}")})

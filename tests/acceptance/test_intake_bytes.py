@@ -1,0 +1,262 @@
+"""Request bytes that once made intake answer 500, each through the whole app over HTTP: now a 4xx naming
+the problem, or (where refusing would lose a provider's real event) stored with the bad text escaped, and
+counted either way in /metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.acceptance.rawhttp import RawClient
+from tests.acceptance.test_metrics import samples
+from tests.acceptance.test_providers import CASES, CONFIG, MAPPINGS, SECRETS, Request, S
+from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.fixtures.providers import (
+    NOW,
+    FakeSns,
+    basic,
+    compact,
+    google_forms_signature,
+    load,
+    mailgun_fields,
+    multipart,
+    slack_headers,
+    standard_webhooks_headers,
+    webflow_headers,
+)
+
+ADMIN = {"Authorization": "Bearer ops-token"}
+KEPT = ("User-Agent", "Referer", "X-Forwarded-For", "Origin", "X-Request-Id")
+
+
+@pytest.fixture
+async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+    config = CONFIG.replace("sources:\n", 'sources:\n  contact: {kind: form, cors_origins: ["*"]}\n') \
+        + 'admin: {token: "ops-token"}\n'
+    c = await bridge_client(write_config(config, MAPPINGS, SECRETS), workers=False)
+    for source in runtime(c).sources.values():
+        source.handler.clock = lambda: float(NOW)
+    runtime(c).sources["ses"].handler.fetch = FakeSns()  # type: ignore[attr-defined]
+    return c
+
+
+@pytest.fixture
+async def raw(client: Any) -> Any:
+    conn = RawClient(client.host, client.port)
+    yield conn
+    await conn.close()
+
+
+async def metrics(client: Any) -> dict[str, float]:
+    resp = await client.get("/metrics", headers=ADMIN)
+    assert resp.status == 200
+    return samples(await resp.text())
+
+
+def rejected(source: str, status: int = 400) -> str:
+    return f'ticketbridge_intake_requests_total{{source="{source}",outcome="rejected.{status}"}}'
+
+
+def stored_rows(tmp_path: Path) -> list[dict[str, Any]]:
+    """Every event's stored JSON, read beside the app (and so checked to be valid UTF-8)."""
+    with sqlite3.connect(f"file:{tmp_path / 'var' / 'bridge.db'}?mode=ro", uri=True) as db:
+        return [json.loads(row[0].decode("utf-8")) for row in db.execute("SELECT data FROM events")]
+
+
+# -- JSON nested past what the parser takes -------------------------------------------------------------
+
+
+def deep(levels: int) -> bytes:
+    return b'{"a":' + b"[" * levels + b"]" * levels + b"}"
+
+
+@pytest.mark.parametrize("levels", [1_000, 100_000])
+async def test_json_nested_past_the_parser_limit_is_400(client: Any, levels: int) -> None:
+    """A signed JSON body nested 1,000 levels or more is refused with 400 naming the nesting, and counted."""
+    body = deep(levels)
+    resp = await client.post("/hooks/google-forms", data=body, headers={
+        "Content-Type": "application/json", "X-Signature": google_forms_signature(S["GOOGLE_FORMS_SECRET"], body)})
+    assert resp.status == 400
+    answer = await resp.json()
+    assert answer["check"] == "json"
+    assert "nested" in answer["error"]
+    assert (await metrics(client))[rejected("google-forms")] == 1
+
+
+async def test_json_nested_inside_a_form_field_is_400(client: Any) -> None:
+    """Jotform's `rawRequest` (JSON inside a form field) nested past the parser's limit is refused with 400."""
+    fields = {**load("jotform/submission.json"), "rawRequest": deep(5_000).decode()}
+    body, ctype = multipart(fields)
+    resp = await client.post(f"/hooks/jotform?secret={S['JOTFORM_SECRET']}", data=body,
+                             headers={"Content-Type": ctype})
+    assert resp.status == 400
+    assert "nested" in (await resp.json())["error"]
+
+
+async def test_mailgun_message_headers_nested_too_deep_is_400(client: Any) -> None:
+    """Mailgun's `message-headers` field (JSON inside a signed form) nested too deep is refused with 400."""
+    fields = {**mailgun_fields(S["MAILGUN_KEY"]), "message-headers": deep(5_000).decode()}
+    body, ctype = multipart(fields)
+    resp = await client.post("/hooks/mailgun", data=body, headers={"Content-Type": ctype})
+    assert resp.status == 400
+    assert "nested" in (await resp.json())["error"]
+
+
+# -- a timestamp with thousands of digits ------------------------------------------------------------------
+
+HUGE = "9" * 5_000
+
+
+def huge_timestamp(source: str) -> Request:
+    data = compact(load({"slack": "slack/message.json", "webflow": "webflow/form_submission.json",
+                         "partner": "standard_webhooks/invoice_paid.json"}.get(source, "slack/message.json")))
+    if source == "slack":
+        return "/hooks/slack", data, {**slack_headers(S["SLACK_SECRET"], data), "X-Slack-Request-Timestamp": HUGE}
+    if source == "webflow":
+        return "/hooks/webflow", data, {**webflow_headers(S["WEBFLOW_SECRET"], data), "x-webflow-timestamp": HUGE}
+    if source == "partner":
+        return "/hooks/partner", data, {**standard_webhooks_headers(S["PARTNER_SECRET"], data),
+                                        "webhook-timestamp": HUGE}
+    body, ctype = multipart({**mailgun_fields(S["MAILGUN_KEY"]), "timestamp": HUGE})
+    return "/hooks/mailgun", body, {"Content-Type": ctype}
+
+
+@pytest.mark.parametrize("source", ["slack", "webflow", "partner", "mailgun"])
+async def test_timestamp_of_thousands_of_digits_is_refused_as_a_bad_timestamp(client: Any, source: str) -> None:
+    """A signed timestamp of 5,000 digits is refused like any other unusable timestamp (401, check
+    `timestamp`), and counted."""
+    path, body, headers = huge_timestamp(source)
+    resp = await client.post(path, data=body, headers=headers)
+    assert resp.status == 401
+    answer = await resp.json()
+    assert answer["check"] == "timestamp"
+    assert "5000 digits" in answer["error"]
+    assert (await metrics(client))[rejected(source, 401)] == 1
+
+
+# -- Cloudmailin's attachment size ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["²", "٣", HUGE, -3, 1.5])
+async def test_cloudmailin_attachment_size_that_is_not_a_byte_count_is_recorded_as_unknown(
+        client: Any, size: Any) -> None:
+    """A remote attachment's `size` that is not a plain count of bytes ("²", Arabic digits, 5,000 digits) is
+    recorded as unknown: the email is stored, not refused."""
+    data = load("cloudmailin/normalized.json")
+    data["attachments"][1]["size"] = size
+    resp = await client.post("/hooks/cloudmailin", data=compact(data), headers={
+        "Content-Type": "application/json", "Authorization": basic("cloudmailin", S["CLOUDMAILIN_PW"])})
+    assert resp.status == 202, await resp.text()
+    event = await runtime(client).store.get_event((await resp.json())["event_id"])
+    assert event.payload["attachments"][1]["size"] is None
+
+
+# -- multipart boundaries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("boundary", ["grenze-€-1", "\u0433\u0440\u0430\u043d\u0438\u0446\u0430", "b\udcff1"])
+async def test_multipart_boundary_that_is_not_ascii_is_400(client: Any, raw: RawClient, boundary: str) -> None:
+    """A multipart body whose boundary is not ASCII (RFC 2046 allows only ASCII) is refused with 400 naming the
+    boundary, whatever bytes the Content-Type carries, and counted."""
+    fields = load("sendgrid/parse.json")
+    ascii_body, ascii_ctype = multipart(fields)
+    real = ascii_ctype.partition("boundary=")[2]
+    wire = boundary.encode("utf-8", "surrogateescape")
+    body = ascii_body.replace(real.encode(), wire)
+    resp = await raw.post("/hooks/sendgrid", body, [
+        ("Content-Type", b"multipart/form-data; boundary=" + wire),
+        ("Authorization", basic("sendgrid", S["SENDGRID_PW"]))])
+    assert resp.status == 400, resp.body
+    assert "boundary" in str(resp.json()["error"])
+    assert (await metrics(client))[rejected("sendgrid")] == 1
+
+
+# -- header bytes that are not UTF-8 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", sorted(CASES))
+async def test_kept_headers_that_are_not_utf8_are_stored_escaped(client: Any, raw: RawClient, source: str,
+                                                                 tmp_path: Path) -> None:
+    """A correctly signed request whose User-Agent, Referer, X-Forwarded-For, Origin and X-Request-Id carry
+    bytes that are not UTF-8 is stored (202), those headers kept with each bad byte written `\\xNN`, and the
+    escaping counted; the stored event is valid UTF-8."""
+    path, body, headers = CASES[source].valid()
+    bad = [(name, b"caf\xe9 " + name.encode() + b" \xff\xfe") for name in KEPT]
+    resp = await raw.post(path, body, [*headers.items(), *bad])
+    assert resp.status == 202, resp.body
+    [row] = stored_rows(tmp_path)
+    for name in KEPT:
+        assert row["headers"][name.lower()] == f"caf\\xe9 {name} \\xff\\xfe"
+    assert row["meta"]["user_agent"] == "caf\\xe9 User-Agent \\xff\\xfe"
+    counted = await metrics(client)
+    assert counted[f'ticketbridge_intake_escaped_total{{source="{source}",where="headers"}}'] == 1
+    assert counted[f'ticketbridge_intake_requests_total{{source="{source}",outcome="accepted"}}'] == 1
+
+
+@pytest.mark.parametrize("source", ["postmark", "telegram", "partner"])
+async def test_content_type_parameter_that_is_not_utf8_is_stored_escaped(client: Any, raw: RawClient, source: str,
+                                                                         tmp_path: Path) -> None:
+    """A JSON request whose Content-Type carries a parameter with bytes that are not UTF-8 is stored, the
+    Content-Type kept escaped."""
+    path, body, headers = CASES[source].valid()
+    headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+    resp = await raw.post(path, body, [*headers.items(), ("Content-Type", b"application/json; note=\xff")])
+    assert resp.status == 202, resp.body
+    [row] = stored_rows(tmp_path)
+    assert row["headers"]["content-type"] == "application/json; note=\\xff"
+
+
+async def test_origin_that_is_not_ascii_is_not_echoed_to_a_browser(client: Any, raw: RawClient,
+                                                                   tmp_path: Path) -> None:
+    """A form open to every origin (`cors_origins: ["*"]`) posted with an Origin that is not ASCII is stored,
+    without an Access-Control-Allow-Origin echoing it (no origin is anything but ASCII); the preflight is
+    refused with 403."""
+    origin = b"https://caf\xc3\xa9-\xff.example"
+    resp = await raw.post("/hooks/contact", b"subject=hi", [
+        ("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "application/json"), ("Origin", origin)])
+    assert resp.status == 202, resp.body
+    assert "access-control-allow-origin" not in resp.headers
+    [row] = stored_rows(tmp_path)
+    assert row["headers"]["origin"] == "https://café-\\xff.example"
+    preflight = await raw.request("OPTIONS", "/hooks/contact", b"", [("Origin", origin)])
+    assert preflight.status == 403
+
+
+# -- RFC 2047 encoded words that decode to line breaks ------------------------------------------------
+
+
+LF_FROM = "=?utf-8?q?Asha=0ARao?= <asha.rao@example.com>"
+CRLF_FROM = "=?utf-8?b?" + base64.b64encode(b"Asha\r\nBcc: x@evil.test").decode() + "?= <asha.rao@example.com>"
+
+
+@pytest.mark.parametrize("sender", [LF_FROM, CRLF_FROM])
+async def test_sendgrid_from_whose_encoded_word_decodes_to_a_line_break_is_stored(client: Any,
+                                                                                  sender: str) -> None:
+    """A SendGrid post whose `headers` block has a From encoded word that decodes to a line break is stored
+    with the sender's address read, not refused."""
+    fields = load("sendgrid/parse.json")
+    fields["headers"] = fields["headers"].replace("From: Asha Rao <Asha.Rao@Example.com>", f"From: {sender}")
+    del fields["from"]
+    body, ctype = multipart(fields)
+    resp = await client.post("/hooks/sendgrid", data=body, headers={
+        "Content-Type": ctype, "Authorization": basic("sendgrid", S["SENDGRID_PW"])})
+    assert resp.status == 202, await resp.text()
+    event = await runtime(client).store.get_event((await resp.json())["event_id"])
+    assert event.payload["from"] == "asha.rao@example.com"
+
+
+async def test_sendgrid_raw_email_whose_from_decodes_to_a_line_break_is_stored(client: Any) -> None:
+    """SendGrid's raw mode (the whole MIME message in `email`) with such a From is stored too."""
+    message = (f"From: {LF_FROM}\r\nTo: support@acme.test\r\nSubject: =?utf-8?q?Router=0Adown?=\r\n"
+               "Message-ID: <lf.1@example.com>\r\n\r\nMy router is down.\r\n")
+    body, ctype = multipart({"email": message, "to": "support@acme.test"})
+    resp = await client.post("/hooks/sendgrid", data=body, headers={
+        "Content-Type": ctype, "Authorization": basic("sendgrid", S["SENDGRID_PW"])})
+    assert resp.status == 202, await resp.text()
+    event = await runtime(client).store.get_event((await resp.json())["event_id"])
+    assert (event.payload["from"], event.payload["message_id"]) == ("asha.rao@example.com", "<lf.1@example.com>")
