@@ -4,6 +4,7 @@ send (it drops what it cannot encode), reach the server exactly as a hostile or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import msgspec
@@ -36,9 +37,10 @@ class RawClient:
 
     async def close(self) -> None:
         if self._conn is not None:
-            self._conn[1].close()
-            await self._conn[1].wait_closed()
-            self._conn = None
+            writer, self._conn = self._conn[1], None
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     async def post(self, path: str, body: bytes, headers: list[Header]) -> Answer:
         """POST `body` with `headers` (written as given; Host and Content-Length are added)."""
@@ -52,8 +54,13 @@ class RawClient:
             self._conn = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._conn
         writer.write(head + body)
-        await writer.drain()
-        answer, keep = await _read_answer(reader)
+        with contextlib.suppress(ConnectionError):  # the server answered (e.g. 400 to a bad header) and closed
+            await writer.drain()
+        try:
+            answer, keep = await _read_answer(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.close()
+            raise
         if not keep:
             await self.close()
         return answer
