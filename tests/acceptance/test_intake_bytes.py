@@ -260,3 +260,70 @@ async def test_sendgrid_raw_email_whose_from_decodes_to_a_line_break_is_stored(c
     assert resp.status == 202, await resp.text()
     event = await runtime(client).store.get_event((await resp.json())["event_id"])
     assert (event.payload["from"], event.payload["message_id"]) == ("asha.rao@example.com", "<lf.1@example.com>")
+
+
+# -- text the store refuses, found inside the payload ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("ctype", "body"), [
+    ("multipart/form-data; boundary=b1",
+     b"--b1\r\nContent-Disposition: form-data; name=\"note\"\r\nContent-Type: text/plain; charset=utf-7\r\n\r\n"
+     b"caf+2AA-\r\n--b1\r\nContent-Disposition: form-data; name=\"subject\"\r\n\r\nhi\r\n--b1--\r\n"),
+    ("application/x-www-form-urlencoded; charset=unicode_escape", b"note=caf\\ud800&subject=hi"),
+])
+async def test_form_text_that_decodes_to_a_lone_surrogate_is_stored_escaped(client: Any, raw: RawClient,
+                                                                             tmp_path: Path, ctype: str,
+                                                                             body: bytes) -> None:
+    """A form field in a charset that decodes to a lone surrogate (malformed UTF-7, unicode_escape), which no
+    store takes, is stored with it written `\\ud800`, and counted as escaped in the payload."""
+    resp = await raw.post("/hooks/contact", body, [("Content-Type", ctype), ("Accept", "application/json")])
+    assert resp.status == 202, resp.body
+    [row] = stored_rows(tmp_path)
+    assert row["payload"] == {"note": "caf\\ud800", "subject": "hi"}
+    counted = await metrics(client)
+    assert counted['ticketbridge_intake_escaped_total{source="contact",where="payload"}'] == 1
+
+
+async def test_raw_email_with_8bit_header_bytes_is_stored(client: Any, tmp_path: Path) -> None:
+    """SendGrid's raw MIME with a Subject and a From name in raw Latin-1 (not encoded words, as some mailers
+    still send) is stored, the bytes read as replacement characters, its sender's address read."""
+    message = (b"From: Jos\xe9 <jose@example.com>\r\nTo: support@acme.test\r\nSubject: Caf\xe9 cr\xe8me\r\n"
+               b"Message-ID: <8bit.1@example.com>\r\n\r\nBonjour\r\n")
+    body = (b"--b1\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n" + message + b"\r\n"
+            b"--b1\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nsupport@acme.test\r\n--b1--\r\n")
+    resp = await client.post("/hooks/sendgrid", data=body, headers={
+        "Content-Type": "multipart/form-data; boundary=b1", "Authorization": basic("sendgrid", S["SENDGRID_PW"])})
+    assert resp.status == 202, await resp.text()
+    [row] = stored_rows(tmp_path)
+    assert row["payload"]["from"] == "jose@example.com"
+    assert row["payload"]["subject"] == "Caf\ufffd cr\ufffdme"
+
+
+# -- a handler that fails unexpectedly ------------------------------------------------------------------
+
+
+async def test_handler_that_fails_unexpectedly_is_a_logged_400(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception other than Rejected from a handler's parse is answered 400 ("could not be parsed"), never
+    5xx; it is logged at error level with its traceback and counted as a handler error and a rejection."""
+    from structlog.testing import capture_logs
+
+    handler = runtime(client).sources["telegram"].handler
+
+    def broken(*_args: Any) -> Any:
+        raise KeyError("chat")
+
+    monkeypatch.setattr(handler, "parse", broken)
+    path, body, headers = CASES["telegram"].valid()
+    with capture_logs() as logs:
+        resp = await client.post(path, data=body, headers=headers)
+    assert resp.status == 400
+    answer = await resp.json()
+    assert (answer["check"], answer["accepted"]) == ("parse", False)
+    assert "could not be parsed (KeyError)" in answer["error"]
+    [failed] = [e for e in logs if e["event"] == "intake.handler_failed"]
+    assert failed["log_level"] == "error"
+    assert failed["exc_info"] is True
+    assert failed["source"] == "telegram"
+    counted = await metrics(client)
+    assert counted['ticketbridge_intake_handler_errors_total{source="telegram"}'] == 1
+    assert counted[rejected("telegram")] == 1

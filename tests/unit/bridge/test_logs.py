@@ -223,3 +223,15 @@ def test_a_date_and_time_is_not_masked_as_a_phone_number() -> None:
     """`2024-04-19 14:19:11` (Kapture's format) stays readable: the digits run on past the date, but it is one."""
     assert mask_text("callback_time must look like 2024-04-19 14:19:11") == \
         "callback_time must look like 2024-04-19 14:19:11"
+
+
+def test_values_that_are_not_utf8_are_logged_escaped(restore_structlog: None) -> None:
+    """A value quoting request bytes that are not UTF-8 (a header read with surrogateescape) is written as
+    `\\xNN` in a valid JSON line, instead of failing the log call and the request with it."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    structlog.get_logger("ticketbridge.test").warning("intake.rejected", reason="agent caf\udce9",
+                                                      detail=ValueError("bad \udcff"))
+    [line] = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert (entry["reason"], entry["detail"]) == ("agent caf\\xe9", "bad \\xff")

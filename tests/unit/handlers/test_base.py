@@ -15,6 +15,7 @@ from handlers.base import (
     KEEP_HEADERS,
     Handler,
     Inbound,
+    decode_json,
     decode_json_object,
     handshake_answer,
     ignored,
@@ -226,3 +227,22 @@ def test_handlers_read_time_through_a_settable_clock() -> None:
     h.clock = lambda: 42.0
     assert h.clock() == 42.0
     assert make(Plain).clock() != 42.0
+
+
+@pytest.mark.parametrize("depth", [1_000, 50_000])
+def test_json_nested_past_the_parser_limit_is_400(depth: int) -> None:
+    """A body nested deeper than the JSON parser takes is a 400 saying so, not a RecursionError."""
+    with pytest.raises(Rejected) as info:
+        decode_json_object(b'{"a":' + b"[" * depth + b"]" * depth + b"}")
+    assert (info.value.status, info.value.check) == (400, "json")
+    assert "nested too deeply" in str(info.value)
+
+
+def test_json_in_a_field_names_the_field() -> None:
+    """JSON carried in a field of the request is refused naming that field, with the check given."""
+    with pytest.raises(Rejected) as info:
+        decode_json("[" * 5000, "field `message-headers`", check="form")
+    assert (info.value.status, info.value.check) == (400, "form")
+    assert str(info.value).startswith("field `message-headers` is nested too deeply")
+    with pytest.raises(Rejected, match=r"^field `x` is not JSON: "):
+        decode_json("{", "field `x`")

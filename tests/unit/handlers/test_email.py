@@ -183,3 +183,27 @@ def test_email_payload_normalises_line_ends_and_lists_attachment_metadata() -> N
     assert out["text"] == "a\nb"
     assert out["attachments"] == [item.meta]
     assert "content" not in item.meta
+
+
+@pytest.mark.parametrize("word", ["=?utf-8?q?Asha=0ARao?=", "=?utf-8?b?QXNoYQ0KUmFv?="])
+def test_header_block_with_an_encoded_word_that_decodes_to_a_line_break(word: str) -> None:
+    """A From whose display name decodes to a line break (the email package's parser raises on it) is kept
+    raw, and still gives its sender, with the name's whitespace made single spaces."""
+    headers = Headers.from_block(f"From: {word} <asha.rao@example.com>\r\nSubject: Hi\r\n")
+    assert headers.get("Subject") == "Hi"
+    assert sender(headers.get("From")) == ("Asha Rao", "asha.rao@example.com")
+
+
+def test_encoded_words_are_decoded_after_addresses_are_parsed() -> None:
+    """An encoded word that decodes to a comma or to `Bcc: x@y` stays inside its display name (RFC 2047):
+    it never splits a mailbox nor adds an address."""
+    comma = "=?utf-8?q?Rao=2C_Asha?= <asha@example.com>"
+    smuggled = "=?utf-8?q?Asha=0D=0ABcc=3A_x=40evil=2Etest?= <asha@example.com>"
+    assert sender(comma) == ("Rao, Asha", "asha@example.com")
+    assert sender(smuggled) == ("Asha Bcc: x@evil.test", "asha@example.com")
+    assert address_list(comma, smuggled, "ops@acme.test") == ["asha@example.com", "ops@acme.test"]
+
+
+def test_address_only_inside_an_encoded_word_is_still_read() -> None:
+    """A sender that encoded the whole mailbox, address included, is still read once decoded."""
+    assert sender("=?utf-8?q?Asha_Rao_=3Casha=40example=2Ecom=3E?=") == ("Asha Rao", "asha@example.com")

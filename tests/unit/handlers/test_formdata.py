@@ -243,3 +243,20 @@ def test_multipart_unknown_part_charset_is_rejected() -> None:
     """A text part declaring an unknown charset is a 400 naming the field."""
     err = multipart_rejected(multipart(part("x", b"abc", content_type="text/plain; charset=x-nope")))
     assert "'x'" in str(err)
+
+
+@pytest.mark.parametrize("boundary", ["grenze-\u20ac", "b\udcff1", "\u0433\u0440"])
+def test_multipart_boundary_that_is_not_ascii_is_400(boundary: str) -> None:
+    """A boundary that is not ASCII (RFC 2046 allows only ASCII) is a 400 naming it, whatever its bytes: text
+    beyond Latin-1, or bytes aiohttp read with surrogateescape."""
+    wire = boundary.encode("utf-8", "surrogateescape")
+    body = multipart(part("a", b"1")).replace(BOUNDARY.encode(), wire)
+    error = multipart_rejected(body, f"multipart/form-data; boundary={boundary}")
+    assert "boundary" in str(error)
+    assert "not ASCII" in str(error)
+
+
+def test_content_type_parameter_that_is_not_utf8_is_read_as_sent() -> None:
+    """A Content-Type with another parameter in bytes that are not UTF-8 still gives the multipart body its
+    ASCII boundary, and the body is parsed."""
+    assert parse_multipart(multipart(part("a", b"1")), f"{CTYPE}; note=caf\udce9") == {"a": "1"}

@@ -144,3 +144,13 @@ def test_invalid_options(options: dict[str, str], reason: str) -> None:
     """The auth token is required and public_url must be a full URL."""
     with pytest.raises(msgspec.ValidationError, match=reason):
         msgspec.convert({"kind": "twilio", **options}, TwilioOptions)
+
+
+@pytest.mark.parametrize("count", ["²", "٣", "9" * 5000, "-1", ""])
+def test_num_media_that_is_not_a_plain_count_lists_no_media(count: str) -> None:
+    """A NumMedia that is not a plain count (a digit to isdigit but not to int, thousands of digits) lists
+    no media instead of failing the message."""
+    params = {**load("twilio/whatsapp_media.json"), "NumMedia": count}
+    body = urlencode(params).encode()
+    [inbound] = handler().parse(post(FORM), body)
+    assert inbound.payload["media"] == []
