@@ -13,6 +13,7 @@ from bridge.config import ServerConfig, SourceConfig
 from bridge.errors import Rejected
 from handlers.base import (
     KEEP_HEADERS,
+    MAX_JSON_DEPTH,
     Handler,
     Inbound,
     decode_json,
@@ -246,3 +247,19 @@ def test_json_in_a_field_names_the_field() -> None:
     assert str(info.value).startswith("field `message-headers` is nested too deeply")
     with pytest.raises(Rejected, match=r"^field `x` is not JSON: "):
         decode_json("{", "field `x`")
+
+
+@pytest.mark.parametrize("depth", [129, 900, 990])
+def test_json_nested_past_the_depth_limit_is_400_even_when_the_parser_reads_it(depth: int) -> None:
+    """Nesting past MAX_JSON_DEPTH is refused even where the parser itself would read it: a value nested just
+    under the parser's own limit would fail the next recursive step (encoding the event) instead."""
+    with pytest.raises(Rejected, match="nested too deeply: more than 128 levels"):
+        decode_json(b"[" * depth + b"]" * depth)
+
+
+def test_json_nested_up_to_the_limit_or_holding_brackets_in_text_is_read() -> None:
+    """128 levels are read, and so are many brackets inside strings, or many shallow objects side by side."""
+    assert decode_json(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) is not None
+    assert decode_json(b'{"a": "' + b"[{" * 500 + b'"}') == {"a": "[{" * 500}
+    assert decode_json(b'"' + b"[" * 500 + b'"') == "[" * 500
+    assert len(decode_json(b"[" + b",".join([b'{"a":[1]}'] * 500) + b"]")) == 500
