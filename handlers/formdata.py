@@ -28,14 +28,14 @@ def add_value(out: dict[str, Any], key: str, value: Any) -> None:
 def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     try:
         text = body.decode(charset or "utf-8")
-    except (UnicodeDecodeError, LookupError) as exc:
+    except (UnicodeError, LookupError) as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
     text = "&".join(part for part in text.split("&") if part)  # clients leave stray '&'s; they carry no field
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=10_000,
                           encoding=charset or "utf-8", errors="strict")
-    except UnicodeDecodeError as exc:  # a percent-escape that is not valid text in the charset
+    except UnicodeError as exc:  # a percent-escape that is not valid text in the charset
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}",
                        check="form") from None
     except ValueError as exc:
@@ -86,7 +86,7 @@ def decode_part(part: Part, charset: str | None = None) -> str:
     use = charset or part.charset or "utf-8"
     try:
         return part.data.decode(use)
-    except (UnicodeDecodeError, LookupError):
+    except (UnicodeError, LookupError):
         raise Rejected(400, f"multipart field {part.name!r} is not valid {use} text", check="form") from None
 
 

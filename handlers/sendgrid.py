@@ -39,7 +39,7 @@ def _text(part: Part, charsets: dict[str, str]) -> str:
         if charset:
             try:
                 return part.data.decode(charset)
-            except (UnicodeDecodeError, LookupError):
+            except (UnicodeError, LookupError):
                 continue
     return part.data.decode("utf-8", "replace")
 

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -338,14 +340,20 @@ ANSWERS: dict[str, dict[int, int]] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def report() -> Iterator[None]:
-    """With FUZZ_EXAMPLES set, print how many requests each source was sent and how it answered."""
+    """With FUZZ_EXAMPLES set: logs below error level are dropped (writing them costs more than the requests),
+    and at the end, how many requests each source was sent and how it answered is printed."""
     started = time.monotonic()
-    yield
     if TOTAL:
-        total = sum(n for by in ANSWERS.values() for n in by.values())
-        print(f"\nfuzz: {total} requests over {len(ANSWERS)} source kinds in {time.monotonic() - started:.0f}s")
-        for kind, by in sorted(ANSWERS.items()):
-            print(f"  {kind}: {sum(by.values())} requests, answers {dict(sorted(by.items()))}")
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    try:
+        yield
+    finally:
+        if TOTAL:
+            structlog.reset_defaults()
+            total = sum(n for by in ANSWERS.values() for n in by.values())
+            print(f"\nfuzz: {total} requests over {len(ANSWERS)} source kinds in {time.monotonic() - started:.0f}s")
+            for kind, by in sorted(ANSWERS.items()):
+                print(f"  {kind}: {sum(by.values())} requests, answers {dict(sorted(by.items()))}")
 
 
 @pytest.fixture

@@ -260,3 +260,12 @@ def test_content_type_parameter_that_is_not_utf8_is_read_as_sent() -> None:
     """A Content-Type with another parameter in bytes that are not UTF-8 still gives the multipart body its
     ASCII boundary, and the body is parsed."""
     assert parse_multipart(multipart(part("a", b"1")), f"{CTYPE}; note=caf\udce9") == {"a": "1"}
+
+
+@pytest.mark.parametrize(("charset", "text"), [("punycode", b"name=x"), ("idna", b"xn--")])
+def test_charset_whose_codec_fails_with_a_plain_unicode_error_is_400(charset: str, text: bytes) -> None:
+    """Codecs such as punycode and idna fail with UnicodeError itself, not UnicodeDecodeError: still a 400
+    naming the charset, in a urlencoded body and in a multipart part."""
+    assert charset in str(form_rejected(text, charset))
+    body = multipart(part("name", text, content_type=f"text/plain; charset={charset}"))
+    assert charset in str(multipart_rejected(body))
