@@ -40,6 +40,8 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
                        check="form") from None
     except ValueError as exc:
         raise Rejected(400, f"malformed form body: {exc}", check="form") from None
+    if charset:  # UTF-7 or unicode_escape may decode to lone surrogates; UTF-8, read strictly, never does
+        pairs = [(escape_text(key), escape_text(value)) for key, value in pairs]
     for key, value in pairs:
         add_value(out, key, value)
     return out
@@ -82,10 +84,12 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
 
 
 def decode_part(part: Part, charset: str | None = None) -> str:
-    """A text part as str, in `charset` (else the part's own, else UTF-8); Rejected(400) when it is not."""
+    """A text part as str, in `charset` (else the part's own, else UTF-8); Rejected(400) when it is not. A
+    charset that decodes to lone surrogates (malformed UTF-7, unicode_escape) has them written out, so that
+    the text can be signed, logged and stored."""
     use = charset or part.charset or "utf-8"
     try:
-        return part.data.decode(use)
+        return escape_text(part.data.decode(use))
     except (UnicodeError, LookupError):
         raise Rejected(400, f"multipart field {part.name!r} is not valid {use} text", check="form") from None
 

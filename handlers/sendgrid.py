@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
+from bridge.escaping import escape_text
 from handlers.attachments import Attachment, attachment
 from handlers.base import Handler, Inbound, decode_json
 from handlers.email import Headers, email_payload, message_id, parse_mime
@@ -38,7 +39,7 @@ def _text(part: Part, charsets: dict[str, str]) -> str:
     for charset in (charsets.get(part.name), part.charset, "utf-8"):
         if charset:
             try:
-                return part.data.decode(charset)
+                return escape_text(part.data.decode(charset))  # see formdata.decode_part
             except (UnicodeError, LookupError):
                 continue
     return part.data.decode("utf-8", "replace")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bridge.store.base import DeliveryFilter
 from tests.acceptance.rawhttp import RawClient
 from tests.acceptance.test_metrics import samples
 from tests.acceptance.test_providers import CASES, CONFIG, MAPPINGS, SECRETS, Request, S
@@ -275,13 +276,33 @@ async def test_form_text_that_decodes_to_a_lone_surrogate_is_stored_escaped(clie
                                                                              tmp_path: Path, ctype: str,
                                                                              body: bytes) -> None:
     """A form field in a charset that decodes to a lone surrogate (malformed UTF-7, unicode_escape), which no
-    store takes, is stored with it written `\\ud800`, and counted as escaped in the payload."""
+    store takes, is stored with it written `\\ud800`."""
     resp = await raw.post("/hooks/contact", body, [("Content-Type", ctype), ("Accept", "application/json")])
     assert resp.status == 202, resp.body
     [row] = stored_rows(tmp_path)
     assert row["payload"] == {"note": "caf\\ud800", "subject": "hi"}
+
+
+async def test_payload_the_store_refuses_is_stored_escaped(client: Any, monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    """When a handler still hands over text no store takes (a lone surrogate, in a value, a key or the dedup
+    key), the event is stored with it written out, its delivery rendered from the escaped text, and the
+    escape counted where="payload"."""
+    from handlers.base import Inbound
+
+    handler = runtime(client).sources["partner"].handler
+    payload = {"type": "invoice.\udcff", "lines": [{"note\ud800": "x"}]}
+    monkeypatch.setattr(handler, "parse", lambda *_args: [Inbound(payload=payload, dedup_key="msg_\udcff")])
+    path, body, headers = CASES["partner"].valid()
+    resp = await client.post(path, data=body, headers=headers)
+    assert resp.status == 202, await resp.text()
+    [row] = stored_rows(tmp_path)
+    assert row["payload"] == {"type": "invoice.\\xff", "lines": [{"note\\ud800": "x"}]}
+    assert row["dedup_key"] == "msg_\\xff"
+    [delivery] = await runtime(client).store.list_deliveries(DeliveryFilter(limit=10))
+    assert (delivery.status, delivery.last_error) == ("pending", None)
     counted = await metrics(client)
-    assert counted['ticketbridge_intake_escaped_total{source="contact",where="payload"}'] == 1
+    assert counted['ticketbridge_intake_escaped_total{source="partner",where="payload"}'] == 1
 
 
 async def test_raw_email_with_8bit_header_bytes_is_stored(client: Any, tmp_path: Path) -> None:
