@@ -218,7 +218,7 @@ class MimeContent(NamedTuple):
 def _part_text(part: EmailMessage) -> str | None:
     try:
         content = part.get_content()
-    except (LookupError, UnicodeError, AssertionError):  # unknown or lying charset
+    except (LookupError, ValueError, AssertionError):  # unknown, lying or NUL-holding charset
         raw = part.get_payload(decode=True)
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
     return content if isinstance(content, str) else None

@@ -28,7 +28,7 @@ def add_value(out: dict[str, Any], key: str, value: Any) -> None:
 def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     try:
         text = body.decode(charset or "utf-8")
-    except (UnicodeError, LookupError) as exc:
+    except (ValueError, LookupError) as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
     text = "&".join(part for part in text.split("&") if part)  # clients leave stray '&'s; they carry no field
@@ -90,7 +90,7 @@ def decode_part(part: Part, charset: str | None = None) -> str:
     use = charset or part.charset or "utf-8"
     try:
         return escape_text(part.data.decode(use))
-    except (UnicodeError, LookupError):
+    except (ValueError, LookupError):
         raise Rejected(400, f"multipart field {part.name!r} is not valid {use} text", check="form") from None
 
 

@@ -40,7 +40,7 @@ def _text(part: Part, charsets: dict[str, str]) -> str:
         if charset:
             try:
                 return escape_text(part.data.decode(charset))  # see formdata.decode_part
-            except (UnicodeError, LookupError):
+            except (ValueError, LookupError):
                 continue
     return part.data.decode("utf-8", "replace")
 

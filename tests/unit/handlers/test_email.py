@@ -207,3 +207,10 @@ def test_encoded_words_are_decoded_after_addresses_are_parsed() -> None:
 def test_address_only_inside_an_encoded_word_is_still_read() -> None:
     """A sender that encoded the whole mailbox, address included, is still read once decoded."""
     assert sender("=?utf-8?q?Asha_Rao_=3Casha=40example=2Ecom=3E?=") == ("Asha Rao", "asha@example.com")
+
+
+def test_mime_part_whose_charset_holds_a_nul_is_read_as_utf8() -> None:
+    """A part whose charset name holds a NUL (the codec lookup raises ValueError, not LookupError) is read as
+    UTF-8 with replacement characters, not a failure of the message."""
+    message = (b"From: a@example.com\r\nContent-Type: text/plain; charset=\"utf\x008\"\r\n\r\ncaf\xc3\xa9 \xff\r\n")
+    assert parse_mime(message).text == "café \ufffd\r\n"

@@ -269,3 +269,9 @@ def test_charset_whose_codec_fails_with_a_plain_unicode_error_is_400(charset: st
     assert charset in str(form_rejected(text, charset))
     body = multipart(part("name", text, content_type=f"text/plain; charset={charset}"))
     assert charset in str(multipart_rejected(body))
+
+
+def test_part_whose_charset_holds_a_nul_is_400() -> None:
+    """A multipart part whose charset name holds a NUL is a 400 naming the field."""
+    body = multipart(part("name", b"x", content_type='text/plain; charset="utf\x008"'))
+    assert "'name'" in str(multipart_rejected(body))
