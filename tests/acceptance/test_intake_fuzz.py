@@ -239,15 +239,33 @@ def set_at(data: Any, path: tuple[Any, ...], value: Any, *, delete: bool = False
     return out
 
 
+def get_at(data: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+def splice(draw: Any, value: str) -> str:
+    """Text with odd text put in, or some cut out, somewhere inside (a raw MIME message, an address list...)."""
+    at = draw(st.integers(0, len(value)))
+    return value[:at] + draw(text) + value[at + draw(st.integers(0, 40)):]
+
+
 def mutate_json(draw: Any, data: Any) -> Any:
-    """`data` with one or a few values replaced or dropped, or all of it wrapped deep."""
+    """`data` with one or a few values replaced, edited inside or dropped, or all of it wrapped deep."""
     for _ in range(draw(st.integers(1, 3))):
         where = list(paths(data))
         choice = draw(st.integers(0, 9))
         if choice == 0 or not where:
             return nested(draw(st.integers(1, 200)), data)
         path = draw(st.sampled_from(where))
-        data = set_at(data, path, None, delete=True) if choice == 1 else set_at(data, path, draw(values))
+        current = get_at(data, path)
+        if choice == 1:
+            data = set_at(data, path, None, delete=True)
+        elif choice <= 4 and isinstance(current, str):
+            data = set_at(data, path, splice(draw, current))
+        else:
+            data = set_at(data, path, draw(values))
     return data
 
 
@@ -263,10 +281,8 @@ def mutate_form(draw: Any, fields: dict[str, str]) -> dict[str, str]:
             fields[draw(text)] = draw(text)
         elif choice == 2:
             fields[name] = expand(json.dumps(draw(values), ensure_ascii=False))
-        elif choice == 3 and name in fields:  # a byte-level change inside the value
-            value = fields[name]
-            at = draw(st.integers(0, len(value)))
-            fields[name] = value[:at] + draw(text) + value[at + draw(st.integers(0, 3)):]
+        elif choice == 3 and name in fields:
+            fields[name] = splice(draw, fields[name])
         else:
             fields[name] = draw(text)
     return fields
