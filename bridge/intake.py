@@ -255,6 +255,10 @@ async def hook_get(request: web.Request) -> web.StreamResponse:
         answer = await source.handler.handshake(request)
     except Rejected as exc:
         return _reject(rt, source, exc, request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # as for POST: see _handler_failed
+        return _reject(rt, source, _handler_failed(rt, source, request, exc), request)
     if answer is None:
         return _json({"accepted": False, "error": "this source takes POST requests"}, 405, {"Allow": "POST"})
     return answer

@@ -348,3 +348,18 @@ async def test_handler_that_fails_unexpectedly_is_a_logged_400(client: Any, monk
     counted = await metrics(client)
     assert counted['ticketbridge_intake_handler_errors_total{source="telegram"}'] == 1
     assert counted[rejected("telegram")] == 1
+
+
+async def test_handshake_that_fails_unexpectedly_is_a_logged_400(client: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GET handshake whose handler fails unexpectedly is answered 400 and counted as a handler error too."""
+    handler = runtime(client).sources["whatsapp"].handler
+
+    async def broken(*_args: Any) -> Any:
+        raise AttributeError("hub")
+
+    monkeypatch.setattr(handler, "handshake", broken)
+    resp = await client.get("/hooks/whatsapp", params={"hub.mode": "subscribe"})
+    assert resp.status == 400
+    assert (await resp.json())["check"] == "parse"
+    assert (await metrics(client))['ticketbridge_intake_handler_errors_total{source="whatsapp"}'] == 1
