@@ -115,10 +115,11 @@ async def _accept(rt: Runtime, store: Store, source: Source, event: Event, *, de
 
 
 def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
-    """Make the event's payload and dedup key storable (the store refused text that is not UTF-8: bytes read
-    with surrogateescape from a MIME header or a multipart name, or a charset that decodes to surrogates), and
-    plan its deliveries again from the escaped payload. Only run when the store refused the event, so ordinary
-    requests never pay for the walk."""
+    """Make the event's payload and dedup key storable, and plan its deliveries again from the escaped payload.
+    The store refused text that is not UTF-8: lone surrogates, such as the 8-bit bytes of a raw MIME header the
+    email package could not parse (kept raw, read with surrogateescape). Parsers escape what they decode
+    themselves; this is the net for what they hand over unchanged. Only run when the store refused the event,
+    so ordinary requests never pay for the walk."""
     event.payload, changed = escape_tree(event.payload)
     if event.dedup_key is not None:
         event.dedup_key = escape_text(event.dedup_key)

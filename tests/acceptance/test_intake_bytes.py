@@ -363,3 +363,20 @@ async def test_handshake_that_fails_unexpectedly_is_a_logged_400(client: Any,
     assert resp.status == 400
     assert (await resp.json())["check"] == "parse"
     assert (await metrics(client))['ticketbridge_intake_handler_errors_total{source="whatsapp"}'] == 1
+
+
+async def test_raw_header_with_8bit_bytes_the_email_parser_refuses_is_stored_escaped(client: Any,
+                                                                                     tmp_path: Path) -> None:
+    """A raw MIME From that the email package cannot parse (an encoded word decoding to a line feed) and whose
+    address holds an 8-bit byte is kept raw, so the byte reaches the payload as a surrogate: the event is
+    stored with it written `\\xNN`, and counted as escaped in the payload."""
+    message = (b"From: =?utf-8?q?Asha=0ARao?= <jos\xe9@example.com>\r\nTo: support@acme.test\r\n"
+               b"Subject: Hi\r\nMessage-ID: <raw.8bit@example.com>\r\n\r\nBonjour\r\n")
+    body = (b"--b1\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\n" + message + b"\r\n--b1--\r\n")
+    resp = await client.post("/hooks/sendgrid", data=body, headers={
+        "Content-Type": "multipart/form-data; boundary=b1", "Authorization": basic("sendgrid", S["SENDGRID_PW"])})
+    assert resp.status == 202, await resp.text()
+    [row] = stored_rows(tmp_path)
+    assert (row["payload"]["from"], row["payload"]["from_name"]) == ("jos\\xe9@example.com", "Asha Rao")
+    counted = await metrics(client)
+    assert counted['ticketbridge_intake_escaped_total{source="sendgrid",where="payload"}'] == 1
