@@ -85,7 +85,11 @@ class TwilioHandler(Handler):
             return self.twilio.public_url
         if self.server.public_url:
             return self.server.public_url.rstrip("/") + request.path_qs
-        return str(request.url)
+        try:
+            return str(request.url)
+        except ValueError:  # yarl refuses the Host header: a port past 65535, a label IDNA cannot encode
+            raise Rejected(400, "the Host header is not a host name; set public_url to the URL Twilio calls",
+                           check="signature") from None
 
     def verify(self, request: web.Request, body: bytes) -> None:
         given = request.headers.get(HEADER, "")
