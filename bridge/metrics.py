@@ -37,11 +37,15 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[s
 
 def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     """The exposition text for the runtime's counters and state."""
-    intake, reloads, attempts = [], [], []
+    intake, reloads, attempts, escaped, handler_errors = [], [], [], [], []
     for (name, labels), value in sorted(rt.labelled.items()):
         tags = dict(labels)
         if name.startswith("intake."):
             intake.append(({"source": tags.get("source", ""), "outcome": name.removeprefix("intake.")}, value))
+        elif name == "escaped":
+            escaped.append(({"source": tags.get("source", ""), "where": tags.get("where", "")}, value))
+        elif name == "handler_error":
+            handler_errors.append(({"source": tags.get("source", "")}, value))
         elif name.startswith("mappings.reload"):
             reloads.append(({"result": "ok" if name == "mappings.reloaded" else "failed"}, value))
         elif name == "delivery.attempt":
@@ -51,6 +55,12 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     out += _family("ticketbridge_intake_requests_total", "counter",
                    "Requests to /hooks by source and outcome (accepted, duplicate, spam, rejected.<status>, ...).",
                    intake)
+    out += _family("ticketbridge_intake_escaped_total", "counter",
+                   "Requests stored with text that was not UTF-8 kept as escapes, by source and where it was "
+                   "(headers, payload).", escaped)
+    out += _family("ticketbridge_intake_handler_errors_total", "counter",
+                   "Requests a handler failed on unexpectedly, answered 400 and logged with the traceback: a bug "
+                   "to report.", handler_errors)
     out += _family("ticketbridge_delivery_attempts_total", "counter",
                    "Delivery attempts by destination and classification (success, retry, permanent, auth).", attempts)
     lanes = rt.dispatcher.lanes if rt.dispatcher is not None else {}

@@ -100,6 +100,10 @@ class MemoryStore(Store):
             # Checked before any change, so that a refused accept leaves nothing behind, as a rolled-back
             # transaction does.
             raise StoreUnavailable(f"memory: id already stored: {clash[0] if clash else event.id}")
+        # Encoded before any change: text that is not UTF-8 raises UnicodeEncodeError here and leaves nothing
+        # behind, as the SQL stores' rolled-back transactions do.
+        event_data = encode(event)
+        encoded = [(None if d.body is None else encode(d.body), encode(d.options)) for d in deliveries]
         if key is not None:
             self.dedup[key] = (event.id, now + int(dedup_window_s * 1000))
         if nonce is not None:
@@ -107,14 +111,14 @@ class MemoryStore(Store):
             expires = max(held[1], nonce.expires_at_ms) if held is not None else nonce.expires_at_ms
             self.nonces = {k: v for k, v in self.nonces.items() if v[1] > now}  # expired ones go as new ones come
             self.nonces[(event.source, nonce.value)] = (nonce.digest, expires)
-        self.events[event.id] = encode(event)
-        for d in deliveries:
+        self.events[event.id] = event_data
+        for d, (body, options) in zip(deliveries, encoded, strict=True):
             row = DeliveryRow(
                 id=d.id, event_id=event.id, source=event.source, mapping=d.mapping, mapping_version=d.mapping_version,
                 destination=d.destination, action=d.action, status=d.status, attempts=0, tries=0,
                 next_attempt_at_ms=now, created_at_ms=now, updated_at_ms=now, last_error=d.error, ticket_id=None,
             )
-            self.deliveries[d.id] = _Delivery(row, None if d.body is None else encode(d.body), encode(d.options))
+            self.deliveries[d.id] = _Delivery(row, body, options)
         return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(deliveries))
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:

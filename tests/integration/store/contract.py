@@ -591,3 +591,17 @@ class StoreContract:
         da, db = await store.get_delivery(a), await store.get_delivery(b)
         assert (da.body, da.delivery.mapping_version) == ({"title": "new"}, "v9")
         assert (db.body, db.delivery.mapping_version) == ({"title": "Router down"}, "v1")
+
+    async def test_accept_refuses_text_that_is_not_utf8_before_writing_anything(self, store: Store) -> None:
+        """An event or delivery body holding a lone surrogate raises UnicodeEncodeError and stores nothing:
+        intake relies on it to store the event again with that text escaped."""
+        bad = [(make_event(note="x\udcff"), make_delivery()), (make_event(dedup_key="k\udcff"), make_delivery()),
+               (make_event(), make_delivery(body={"title": "x\ud800"}))]
+        for event, delivery in bad:
+            with pytest.raises(UnicodeEncodeError):
+                await store.accept(event, [delivery], WEEK)
+            with pytest.raises(NotFound):
+                await store.get_event(event.id)
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        ok, _ = await accept_one(store, event=make_event(dedup_key="k\\xff"))
+        assert (await store.get_event(ok.id)).dedup_key == "k\\xff"
