@@ -86,6 +86,37 @@ class AttachmentsConfig(Base):
     max_bytes: Annotated[int, Meta(ge=0)] = 10_485_760
 
 
+class RetentionConfig(Base):
+    """How long what the store and the attachments folder hold is kept; a null limit keeps that kind forever."""
+
+    enabled: bool = True
+    events: str | float | None = "30d"
+    """Events whose deliveries all succeeded (or that have none), with their deliveries and attempts."""
+    dead: str | float | None = "90d"
+    """Events with a dead delivery, which waits for an operator's replay: by the dead delivery's last change."""
+    attempts: str | float | None = "30d"
+    """Older attempts of kept deliveries (each delivery's latest is kept)."""
+    attachments: str | float | None = "events"
+    """Attachment files no kept event names; `events` (the default): the events limit."""
+    every: str | float = "5m"
+    batch: Annotated[int, Meta(ge=1, le=10_000)] = 500
+
+    def __post_init__(self) -> None:
+        for key in ("events", "dead", "attempts", "every"):
+            value = getattr(self, key)
+            if value is not None:
+                check_duration(value, (key,))
+        if self.attachments is not None and self.attachments != "events":
+            check_duration(self.attachments, ("attachments",))
+
+    def limit(self, kind: Literal["events", "dead", "attempts", "attachments"]) -> float | None:
+        """The age limit of `kind` in seconds; None: kept forever."""
+        if not self.enabled:
+            return None
+        value = self.events if kind == "attachments" and self.attachments == "events" else getattr(self, kind)
+        return None if value is None else parse_duration(value)
+
+
 class RateLimit(Base):
     requests: Annotated[int, Meta(ge=1)]
     per_seconds: Annotated[float, Meta(gt=0)] = 1.0
@@ -129,6 +160,7 @@ class _RawConfig(Base):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     attachments: AttachmentsConfig = msgspec.field(default_factory=AttachmentsConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     mappings: str | None = None
     vars: dict[str, Any] = {}
     sources: dict[str, Any] = {}
@@ -159,6 +191,7 @@ class Config:
     destinations: dict[str, DestinationConfig]
     document: Document | None = None
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def attachments_dir(self) -> Path:
@@ -253,6 +286,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         file=None if shipped else file, base_dir=base_dir, server=raw.server, store=raw.store,
         store_url=store_url, admin=raw.admin, log=raw.log, mappings_dir=mappings_dir, vars=raw.vars,
         sources=sources, destinations=destinations, document=doc, attachments=raw.attachments,
+        retention=raw.retention,
     )
 
 
