@@ -22,7 +22,7 @@ import structlog
 
 from bridge.config import RetentionConfig
 from bridge.errors import StoreUnavailable
-from bridge.store.base import Cutoffs, PurgeCounts, Store
+from bridge.store.base import Cutoffs, PurgeCounts, PurgeMark, Store
 
 log = structlog.get_logger("ticketbridge.retention")
 
@@ -79,7 +79,7 @@ async def purge_store(store: Store, cutoffs: Cutoffs, batch: int, *, pause_s: fl
                       progress: Callable[[PurgeCounts], None] | None = None) -> PurgeCounts:
     """Purge in batches of `batch` until nothing more has aged out; `busy` when another process purges."""
     total = PurgeCounts()
-    after: tuple[int, str] | None = None
+    after: PurgeMark | None = None
     while True:
         got = await store.purge(cutoffs, batch, after=after)
         if got.busy:

@@ -149,6 +149,16 @@ class Cutoffs(msgspec.Struct, frozen=True, kw_only=True):
     """Dedup keys that expired at or before this go (no duplicate can match them any more)."""
 
 
+class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a purge's scans stopped, so that the next batch goes on from there rather than looking again at
+    the old rows kept (pending work, dead deliveries, each delivery's latest attempt)."""
+
+    events: tuple[int, str] | None = None
+    """(received_at, id) of the last event looked at."""
+    attempts: tuple[int, str, int] | None = None
+    """(started_at, delivery_id, n) of the last attempt looked at."""
+
+
 class PurgeCounts(msgspec.Struct, kw_only=True):
     """What one purge call deleted (or, with `dry_run`, would delete)."""
 
@@ -158,8 +168,8 @@ class PurgeCounts(msgspec.Struct, kw_only=True):
     dedup: int = 0
     more: bool = False
     """A kind hit the batch limit: call again (with `after`) for the rest."""
-    after: tuple[int, str] | None = None
-    """Where the scan of events stopped (received_at, id): the next batch starts after it."""
+    after: PurgeMark = PurgeMark()
+    """Where the scans stopped: pass it to the next batch."""
     busy: bool = False
     """Another process holds the purge (shared stores): nothing was done; try again later."""
 
@@ -234,10 +244,11 @@ class Store(ABC):
 
     @abstractmethod
     async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
-                    after: tuple[int, str] | None = None) -> PurgeCounts:
-        """Delete up to `limit` expired events (with their deliveries and attempts), `limit` old attempts and
-        `limit` expired dedup keys, each kind in its own short transaction; the events scanned resume `after` a
-        previous call's position. Never touches pending or in-flight work. With `dry_run`, delete nothing and
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        """Look at the next `limit` events and `limit` attempts older than their cutoffs (oldest first, from
+        `after`, a previous call's position) and delete those that may go (events with their deliveries and
+        attempts), and up to `limit` expired dedup keys; each kind in its own short transaction (SQLite) or
+        one per call (PostgreSQL). Never touches pending or in-flight work. With `dry_run`, delete nothing and
         count everything that would go (no limit). On a shared store one process purges at a time: the others
         get `busy`."""
 

@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import msgspec
 import structlog
 
 from bridge.errors import NotFound, StoreUnavailable
@@ -33,6 +34,7 @@ from bridge.store.base import (
     NewDelivery,
     Nonce,
     PurgeCounts,
+    PurgeMark,
     Store,
     StoreProblem,
 )
@@ -455,28 +457,28 @@ class PostgresStore(Store):
     # -- retention ------------------------------------------------------------------------------
 
     async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
-                    after: tuple[int, str] | None = None) -> PurgeCounts:
+                    after: PurgeMark | None = None) -> PurgeCounts:
         """Each batch takes a transaction-scoped advisory lock first (per schema): one process purges at a
         time, and the others learn it at once (`busy`) rather than queueing behind its deletes."""
         if dry_run:
             return await self._run(lambda conn: _count_purgeable(conn, cutoffs), transaction=False)
+        mark = after or PurgeMark()
 
         async def op(conn: Any) -> PurgeCounts:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || "
                                        "'.ticketbridge.retention'))"):
-                return PurgeCounts(after=after, busy=True)
-            out = PurgeCounts(after=after)
+                return PurgeCounts(after=mark, busy=True)
+            out = PurgeCounts(after=mark)
             if cutoffs.events_ms is not None:
-                got = await _purge_events(conn, cutoffs, limit, after)
+                got = await _purge_events(conn, cutoffs, limit, mark.events)
                 out.add(got)
-                out.more, out.after = got.more, got.after
+                out.more = got.more
+                out.after = msgspec.structs.replace(out.after, events=got.after.events)
             if cutoffs.attempts_ms is not None:
-                trimmed = len(await conn.fetch(
-                    "DELETE FROM attempts WHERE ctid = ANY(ARRAY(SELECT a.ctid FROM attempts a JOIN deliveries d "
-                    "ON d.id = a.delivery_id WHERE a.started_at < $1 AND a.n < d.attempts LIMIT $2)) RETURNING 1",
-                    cutoffs.attempts_ms, limit))
+                trimmed, more, last = await _trim_attempts(conn, cutoffs.attempts_ms, limit, mark.attempts)
                 out.attempts += trimmed
-                out.more = out.more or trimmed >= limit
+                out.more = out.more or more
+                out.after = msgspec.structs.replace(out.after, attempts=last)
             if cutoffs.dedup_ms is not None:
                 out.dedup = len(await conn.fetch(
                     "DELETE FROM dedup_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM dedup_keys WHERE expires_at <= $1 "
@@ -504,6 +506,26 @@ class PostgresStore(Store):
             position = (rows[-1][0], rows[-1][1])
 
 
+async def _trim_attempts(conn: Any, cutoff_ms: int, limit: int, after: tuple[int, str, int] | None,
+                         ) -> tuple[int, bool, tuple[int, str, int] | None]:
+    """Look at the next `limit` attempts older than the cutoff (after `after`, oldest first) and delete those
+    that are not their delivery's latest: (deleted, more to look at, where the scan stopped). Attempts are
+    never changed once written, and a newer one only makes an older one deletable: no lock is needed."""
+    start_at, start_id, start_n = after or (NEVER, "", 0)
+    candidates = await conn.fetch(
+        "SELECT a.started_at, a.delivery_id, a.n, a.n < d.attempts FROM attempts a JOIN deliveries d "
+        "ON d.id = a.delivery_id WHERE a.started_at < $1 AND (a.started_at, a.delivery_id, a.n) > ($2, $3, $4) "
+        "ORDER BY a.started_at, a.delivery_id, a.n LIMIT $5", cutoff_ms, start_at, start_id, start_n, limit)
+    gone = [c for c in candidates if c[3]]
+    deleted = 0
+    if gone:
+        deleted = len(await conn.fetch(
+            "DELETE FROM attempts WHERE (delivery_id, n) IN (SELECT * FROM unnest($1::text[], $2::int[])) "
+            "RETURNING 1", [c[1] for c in gone], [c[2] for c in gone]))
+    last = (candidates[-1][0], candidates[-1][1], candidates[-1][2]) if candidates else after
+    return deleted, len(candidates) >= limit, last
+
+
 async def _purge_events(conn: Any, cutoffs: Cutoffs, limit: int, after: tuple[int, str] | None) -> PurgeCounts:
     """Look at the next `limit` events older than the cutoff (after `after`, oldest first) and delete those whose
     deliveries are all settled long enough. Their deliveries are locked and checked again first, so that a
@@ -514,7 +536,7 @@ async def _purge_events(conn: Any, cutoffs: Cutoffs, limit: int, after: tuple[in
         "SELECT id, received_at FROM events WHERE received_at < $1 AND (received_at, id) > ($2, $3) "
         "ORDER BY received_at, id LIMIT $4", cutoffs.events_ms, start_at, start_id, limit)
     out = PurgeCounts(more=len(candidates) >= limit,
-                      after=(candidates[-1][1], candidates[-1][0]) if candidates else after)
+                      after=PurgeMark(events=(candidates[-1][1], candidates[-1][0]) if candidates else after))
     if not candidates:
         return out
     ids = [c[0] for c in candidates]

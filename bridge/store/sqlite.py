@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
@@ -49,6 +50,7 @@ from bridge.store.base import (
     NewDelivery,
     Nonce,
     PurgeCounts,
+    PurgeMark,
     Store,
     StoreProblem,
 )
@@ -694,25 +696,25 @@ class SqliteStore(Store):
     # -- retention ------------------------------------------------------------------------------
 
     async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
-                    after: tuple[int, str] | None = None) -> PurgeCounts:
+                    after: PurgeMark | None = None) -> PurgeCounts:
         """Each kind is one write of the group commit, so that no purge holds the writer (and the
         intake waiting behind it) for more than one batch."""
         if dry_run:
             counted: PurgeCounts = await self._read(lambda conn: _count_purgeable(conn, cutoffs))
             return counted
-        out = PurgeCounts(after=after)
+        mark = after or PurgeMark()
+        out = PurgeCounts(after=mark)
         if cutoffs.events_ms is not None:
-            got: PurgeCounts = await self._write(lambda conn: _purge_events(conn, cutoffs, limit, after))
+            got: PurgeCounts = await self._write(lambda conn: _purge_events(conn, cutoffs, limit, mark.events))
             out.add(got)
-            out.more, out.after = got.more, got.after
+            out.more = got.more
+            out.after = msgspec.structs.replace(out.after, events=got.after.events)
         if cutoffs.attempts_ms is not None:
-            attempts_ms = cutoffs.attempts_ms
-            trimmed: int = await self._write(lambda conn: conn.execute(
-                "DELETE FROM attempts WHERE (delivery_id, n) IN (SELECT a.delivery_id, a.n FROM attempts a "
-                "JOIN deliveries d ON d.id = a.delivery_id WHERE a.started_at < ? AND a.n < d.attempts LIMIT ?)",
-                (attempts_ms, limit)).rowcount)
-            out.attempts += trimmed
-            out.more = out.more or trimmed >= limit
+            trimmed: tuple[int, bool, tuple[int, str, int] | None] = await self._write(
+                lambda conn: _trim_attempts(conn, cutoffs, limit, mark.attempts))
+            out.attempts += trimmed[0]
+            out.more = out.more or trimmed[1]
+            out.after = msgspec.structs.replace(out.after, attempts=trimmed[2])
         if cutoffs.dedup_ms is not None:
             dedup_ms = cutoffs.dedup_ms
             expired: int = await self._write(lambda conn: conn.execute(
@@ -757,6 +759,23 @@ def _sweep_nonces(conn: sqlite3.Connection, now: int) -> None:
                  (now, NONCE_SWEEP))
 
 
+def _trim_attempts(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
+                   after: tuple[int, str, int] | None) -> tuple[int, bool, tuple[int, str, int] | None]:
+    """Look at the next `limit` attempts older than the cutoff (after `after`, oldest first) and delete those
+    that are not their delivery's latest: (deleted, more to look at, where the scan stopped)."""
+    start_at, start_id, start_n = after or (NEVER, "", 0)
+    candidates = conn.execute(
+        "SELECT a.started_at, a.delivery_id, a.n, a.n < d.attempts FROM attempts a JOIN deliveries d "
+        "ON d.id = a.delivery_id WHERE a.started_at < ?1 AND a.started_at >= ?2 "
+        "AND NOT (a.started_at = ?2 AND (a.delivery_id < ?3 OR (a.delivery_id = ?3 AND a.n <= ?4))) "
+        "ORDER BY a.started_at, a.delivery_id, a.n LIMIT ?5",
+        (cutoffs.attempts_ms, start_at, start_id, start_n, limit)).fetchall()
+    gone = [(c[1], c[2]) for c in candidates if c[3]]
+    deleted = conn.executemany("DELETE FROM attempts WHERE delivery_id = ? AND n = ?", gone).rowcount if gone else 0
+    last = (candidates[-1][0], candidates[-1][1], candidates[-1][2]) if candidates else after
+    return deleted, len(candidates) >= limit, last
+
+
 def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
                   after: tuple[int, str] | None) -> PurgeCounts:
     """Look at the next `limit` events older than the cutoff (after `after`, oldest first) and delete those
@@ -770,7 +789,7 @@ def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
         "ORDER BY e.received_at, e.id LIMIT ?5", (cutoffs.events_ms, dead, start_at, start_id, limit)).fetchall()
     gone = [(c[0],) for c in candidates if not c[2]]
     out = PurgeCounts(more=len(candidates) >= limit,
-                      after=(candidates[-1][1], candidates[-1][0]) if candidates else after)
+                      after=PurgeMark(events=(candidates[-1][1], candidates[-1][0]) if candidates else after))
     if gone:
         out.attempts = conn.executemany("DELETE FROM attempts WHERE delivery_id IN "
                                         "(SELECT id FROM deliveries WHERE event_id = ?)", gone).rowcount

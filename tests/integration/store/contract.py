@@ -693,7 +693,7 @@ class StoreContract:
                 await accept_one(store)  # pending: kept, and in the way of every batch that starts before it
         cutoffs = Cutoffs(events_ms=after_now())
         first = await store.purge(cutoffs, 3)
-        assert first.more and first.after is not None and 1 <= first.events <= 3
+        assert first.more and first.after.events is not None and 1 <= first.events <= 3
         total, after, calls = first.events, first.after, 1
         while True:
             got = await store.purge(cutoffs, 3, after=after)
@@ -705,6 +705,25 @@ class StoreContract:
         assert total == 7 and calls == 4  # 11 events looked at, 3 a batch
         assert not any([await kept(store, e) for e in settled_ids])
         assert len(await store.list_deliveries(DeliveryFilter(status="pending"))) == 4
+
+    async def test_attempt_trimming_goes_in_batches_past_the_attempts_it_keeps(self, store: Store) -> None:
+        """Each delivery's latest attempt stays and is not looked at again: batches of `limit` go past them."""
+        for _ in range(4):
+            await settled_event(store, "dead")  # one attempt each: the latest, kept
+        _, (d,) = await accept_one(store)
+        for _ in range(3):
+            await store.claim("kapture-support", 1, "w", 30)
+            await store.record(result(d, "pending", http_status=500, classification="retry", error="HTTP 500",
+                                      next_attempt_at_ms=now_ms() - 1))
+        cutoffs = Cutoffs(attempts_ms=after_now())
+        deleted, after, calls = 0, None, 0
+        while True:
+            got = await store.purge(cutoffs, 2, after=after)
+            deleted, after, calls = deleted + got.attempts, got.after, calls + 1
+            if not got.more:
+                break
+        assert (deleted, calls) == (2, 4)  # 7 attempts looked at, 2 a batch
+        assert [a.n for a in (await store.get_delivery(d)).attempts] == [3]
 
     async def test_dry_run_counts_what_would_go_and_deletes_nothing(self, store: Store) -> None:
         """A dry run counts every row a purge would delete (no batch limit), and deletes none of them."""
