@@ -108,6 +108,8 @@ class RetentionConfig(Base):
                 check_duration(value, (key,))
         if self.attachments is not None and self.attachments != "events":
             check_duration(self.attachments, ("attachments",))
+        if parse_duration(self.every) == 0:
+            raise KeyValueError(("every",), f"{self.every!r} would sweep without a pause: give a duration, e.g. 5m")
 
     def limit(self, kind: Literal["events", "dead", "attempts", "attachments"]) -> float | None:
         """The age limit of `kind` in seconds; None: kept forever."""

@@ -161,3 +161,13 @@ def test_a_config_that_keeps_everything_asked_for_is_refused(config_file: Path,
     code, _, err = run(capsys, "purge", "--kind", "events", "-c", str(config_file))
     assert code == 2 and "kept forever by the config" in err
     assert len(events(config_file)) == 6
+
+
+def test_a_long_purge_shows_its_progress(config_file: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """While it runs, purge prints a progress line (every 2 s; here after every batch) to stderr."""
+    monkeypatch.setattr("bridge.cli.purge.PROGRESS_SECONDS", 0.0)
+    code, _, err = run(capsys, "purge", "--older-than", "30d", "--batch", "1", "-c", str(config_file))
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("purging: ")]
+    assert len(lines) >= 3 and lines[-1].startswith("purging: 3 events, 2 attempts, 1 dedup keys so far")

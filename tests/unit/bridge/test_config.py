@@ -614,3 +614,20 @@ def test_a_dedup_window_shorter_than_a_signed_request_stays_valid_is_an_error(tm
     err = only_error(tmp_path, f"sources:\n{text}")
     assert (err.line, err.path) == (5, f"sources.{text.split(':', maxsplit=1)[0].strip()}.dedup_window")
     assert says in err.message
+
+
+def test_retention_limits_are_durations_named_where_they_are_written(tmp_path: Path) -> None:
+    """A retention limit that is not a duration, or a sweep interval of zero, is an error naming file, line and key."""
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text("retention:\n  events: 30d\n  dead: soon\n  every: 0s\n")
+    with pytest.raises(ErrorList) as exc:
+        load_config(cfg, {})
+    assert str(exc.value).startswith(f"{cfg}:3:")
+    assert "retention.dead: 'soon' is not a duration" in str(exc.value)
+    cfg.write_text("retention:\n  every: 0s\n")
+    with pytest.raises(ErrorList) as exc:
+        load_config(cfg, {})
+    assert "retention.every: '0s' would sweep without a pause" in str(exc.value)
+    cfg.write_text("retention: {events: null, attachments: 7d}\n")
+    loaded = load_config(cfg, {}).retention
+    assert (loaded.limit("events"), loaded.limit("attachments"), loaded.limit("dead")) == (None, 7 * 86400, 90 * 86400)
