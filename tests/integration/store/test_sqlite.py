@@ -177,7 +177,8 @@ async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
         await s.open()
         await s.close()
     rows = query(path, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "0001_init.sql"), (2, "0002_ticket_key.sql"), (3, "0003_nonces.sql")]
+    assert rows == [(1, "0001_init.sql"), (2, "0002_ticket_key.sql"), (3, "0003_nonces.sql"),
+                    (7, "0007_retention.sql")]
     tables = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"events", "dedup_keys", "deliveries", "attempts", "nonces", "schema_migrations"} <= tables
 
@@ -197,7 +198,7 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         assert (await s.get_delivery(d)).delivery.ticket_key is None
     finally:
         await s.close()
-    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3]
+    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 7]
 
 
 async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:

@@ -141,6 +141,12 @@ class FaultyStore(Store):
     async def counts(self) -> dict[str, dict[str, int]]:
         raise AssertionError("not called by the dispatcher")
 
+    async def purge(self, cutoffs: Any, limit: int, dry_run: bool = False, after: Any = None) -> Any:
+        raise AssertionError("not called by the dispatcher")
+
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        raise AssertionError("not called by the dispatcher")
+
 
 def destination(max_in_flight: int = 4) -> Destination:
     cfg = KaptureOptions(vendor="kapture", base_url=BASE, token="t", max_in_flight=max_in_flight, timeout_seconds=5.0,
