@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from bridge.intake import RUNTIME
+from bridge.appkeys import RUNTIME
+from bridge.bearer import check_bearer
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -19,9 +19,7 @@ def refuse(request: web.Request, token: str) -> web.Response | None:
     """The answer to a request without the admin token (404 while the API is off), or None to go on."""
     if not token:
         return web.json_response({"error": "the admin API is off: set admin.token in the config"}, status=404)
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"),
-                                                             token.encode("utf-8", "replace")):
+    if check_bearer(request.headers.get("Authorization", ""), token) != "ok":
         return web.json_response({"error": "this needs the admin token: Authorization: Bearer <admin.token>"},
                                  status=401, headers={"WWW-Authenticate": 'Bearer realm="ticketbridge admin"'})
     return None
@@ -39,6 +37,17 @@ async def mappings_status(request: web.Request) -> web.Response:
         "version": current.version,
         "loaded_at": _iso(current.loaded_at),
         "folder": str(rt.config.mappings_dir),
+        # "folder", or "last_good": the folder did not load at start and the set kept in the store serves.
+        "source": status.source,
+        "degraded": status.source == "last_good",
+        "folder_error": status.folder_error,
+        "last_good": None if status.stored_version is None else {
+            "version": status.stored_version, "saved_at": _iso(status.stored_at)},
+        "config": {
+            "file": str(rt.config.file) if rt.config.file is not None else None,
+            "restart_needed": status.config_changed_at is not None,
+            "changed_at": _iso(status.config_changed_at),
+        },
         "mappings": [
             {"name": m.name, "file": m.file, "version": m.version, "sources": list(m.sources),
              "destination": m.destination, "action": m.action, "tests": len(m.spec.tests)}

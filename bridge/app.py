@@ -14,13 +14,14 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.admin import add_routes as add_admin_routes
+from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Destination, Dispatcher
-from bridge.errors import MappingError, StoreUnavailable
-from bridge.intake import RUNTIME, hook_get, hook_options, hook_post
-from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder
+from bridge.errors import ErrorList, MappingError, StoreUnavailable
+from bridge.intake import hook_get, hook_options, hook_post
+from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
-from bridge.reload import MappingReloader, reload_context
+from bridge.reload import MappingReloader, reload_context, serve_last_good
 from bridge.retention import run_retention
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
@@ -64,6 +65,12 @@ def load_mappings(config: Config) -> MappingSet:
                                destinations=destination_targets(config), vars_=config.vars)
 
 
+def load_stored_mappings(config: Config, files: dict[str, str]) -> MappingSet:
+    """A stored set of files, compiled as the config's folder would compile them; raises ErrorList."""
+    return load_mapping_texts(config.mappings_dir, files, sources=set(config.sources),
+                              destinations=destination_targets(config), vars_=config.vars)
+
+
 def build_runtime(config: Config, mappings: MappingSet | None = None) -> Runtime:
     sources = {name: Source.build(name, build_handler(name, opts, config.server))
                for name, opts in config.sources.items()}
@@ -99,12 +106,19 @@ async def readyz(request: web.Request) -> web.Response:
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def store_context(rt: Runtime, store: Store | None) -> CleanupCtx:
-    """Open the store first and close it last."""
+def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | None = None) -> CleanupCtx:
+    """Open the store first and close it last. After a start with a broken mappings folder, the last
+    good set kept in the store is put in force before anything else runs (or the start fails)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         opened = store or open_store(rt.config)
         await opened.open()
+        if folder_errors is not None:
+            try:
+                await serve_last_good(rt, opened, folder_errors, lambda files: load_stored_mappings(rt.config, files))
+            except BaseException:
+                await opened.close()
+                raise
         rt.store = opened
         log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
         watcher = asyncio.create_task(stop_when_lost(rt, opened), name="store watcher")
@@ -226,7 +240,17 @@ def retention_context(rt: Runtime) -> CleanupCtx:
 
 def build_app(config: Config, *, store: Store | None = None, workers: bool = True,
               mappings: MappingSet | None = None) -> web.Application:
-    """The whole server. Raises ErrorList at once when the mappings do not load."""
+    """The whole server. When the mappings folder does not load: with `mappings_on_start_error: fail`,
+    raises ErrorList at once; with `last_good`, the app starts with the last good set kept in the store
+    (its start-up raises ErrorList when there is none)."""
+    folder_errors: ErrorList | None = None
+    if mappings is None:
+        try:
+            mappings = load_mappings(config)
+        except ErrorList as exc:
+            if config.mappings_on_start_error == "fail":
+                raise
+            folder_errors, mappings = exc, MappingSet.build([])
     rt = build_runtime(config, mappings)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[RUNTIME] = rt
@@ -246,7 +270,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         public = sim.app()
         public.middlewares.append(sandbox_guard(config.admin.token))
         app.add_subapp(f"/sandbox/{vendor}/", public)
-    app.cleanup_ctx.append(store_context(rt, store))
+    app.cleanup_ctx.append(store_context(rt, store, folder_errors))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))
     if workers:

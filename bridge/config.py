@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -165,9 +165,14 @@ class _RawConfig(Base):
     attachments: AttachmentsConfig = msgspec.field(default_factory=AttachmentsConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     mappings: str | None = None
+    mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
+    mappings_reload_timeout: str | float = "30s"
     vars: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     destinations: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        check_duration(self.mappings_reload_timeout, ("mappings_reload_timeout",))
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,9 @@ class Config:
     document: Document | None = None
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    # With a broken mappings folder at start: serve the last good set kept in the store, or refuse to start.
+    mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
+    mappings_reload_timeout_s: float = 30.0  # how long a hot reload may load and test before it is failed
 
     @property
     def attachments_dir(self) -> Path:
@@ -239,7 +247,19 @@ def resolve_config_path(explicit: str | None, cwd: Path | None = None) -> Path |
     return candidate if candidate.is_file() else None
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Config:
+@dataclass(frozen=True)
+class Registries:
+    """Where `load_config` looks up the options type of a source kind and of a destination vendor.
+
+    Passed in by the caller (bridge/registries.py holds the real ones) because both registries import
+    this module for the option types they extend."""
+
+    source_options: Callable[[str], type[SourceConfig]]
+    vendor_options: Callable[[str], type[DestinationConfig]]
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd: Path | None = None, *,
+                registries: Registries) -> Config:
     """Load `path`, or the shipped default when it is None. Raises ErrorList naming every problem."""
     env = os.environ if environ is None else environ
     shipped = path is None
@@ -266,17 +286,14 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         errors.append(doc.error(("store", "url"), str(exc)))
         store_url = StoreURL("sqlite", base_dir / "var" / "ticketbridge.db", "")
 
-    from bridge.vendors.registry import vendor_options  # noqa: PLC0415 - vendors import config
-    from handlers.registry import source_options  # noqa: PLC0415 - handlers import config
-
     sources: dict[str, SourceConfig] = {}
     for name, table in raw.sources.items():
-        opts = _typed_entry(doc, ("sources", name), table, "kind", source_options, errors=errors)
+        opts = _typed_entry(doc, ("sources", name), table, "kind", registries.source_options, errors=errors)
         if opts is not None:
             sources[name] = opts
     destinations: dict[str, DestinationConfig] = {}
     for name, table in raw.destinations.items():
-        dest = _typed_entry(doc, ("destinations", name), table, "vendor", vendor_options, errors=errors)
+        dest = _typed_entry(doc, ("destinations", name), table, "vendor", registries.vendor_options, errors=errors)
         if dest is not None:
             destinations[name] = dest
     if errors:
@@ -290,6 +307,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         store_url=store_url, admin=raw.admin, log=raw.log, mappings_dir=mappings_dir, vars=raw.vars,
         sources=sources, destinations=destinations, document=doc, attachments=raw.attachments,
         retention=raw.retention,
+        mappings_on_start_error=raw.mappings_on_start_error,
+        mappings_reload_timeout_s=parse_duration(raw.mappings_reload_timeout),
     )
 
 

@@ -1,15 +1,18 @@
-"""`/hooks/{source}`: verify, parse, render and store durably, then answer, as DESIGN's table says."""
+"""`/hooks/{source}`: verify, parse, render and store durably, then answer (docs/architecture.md, "HTTP answers")."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
 from aiohttp import web
 
+from bridge.appkeys import RUNTIME
 from bridge.errors import Rejected, StoreUnavailable
 from bridge.events import Event
 from bridge.mapping.paths import MISSING
@@ -22,12 +25,12 @@ from handlers.auth import check_auth
 from handlers.base import Inbound, Intercepted, SignedNonce
 
 log = structlog.get_logger("ticketbridge.intake")
-RUNTIME = web.AppKey("runtime", Runtime)
 
 _encode = msgspec.json.Encoder().encode
 NONCE_MARGIN_S = 60.0
 HASH_ON_LOOP_BYTES = 262_144
 """Bodies larger than this are hashed on a worker thread (hashlib lets go of the GIL), not on the loop."""
+T = TypeVar("T")
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -96,6 +99,21 @@ def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str
     return str(value)
 
 
+async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
+    """The request's body, or None when the client went away mid-upload: nothing to store and nobody to
+    answer, so one line is logged, not a traceback. Raises Rejected(413) past the size limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
+                       check="size") from None
+    except ConnectionResetError:
+        rt.count("intake.client_disconnected", source=source.name)
+        log.info("intake.client_disconnected", source=source.name, remote=request.remote,
+                 content_length=request.content_length)
+        return None
+
+
 async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
     """The store's record of a signed nonce: this request's digest, kept while the request is within its
     tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
@@ -125,6 +143,29 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
     return results
 
 
+OFFLOAD_BYTES = 64 * 1024
+OFFLOAD_MIME_LINES = 32
+
+
+def offloaded(body: bytes) -> bool:
+    """Whether to verify and parse in a thread, so the loop keeps answering: a large body, or one with many
+    MIME delimiter lines (a MIME part costs most of a millisecond), raw or inside a JSON string. Small
+    ordinary requests stay on the loop, where they cost less than the hand-off."""
+    return len(body) > OFFLOAD_BYTES or body.count(b"\n--") + body.count(b"\\n--") > OFFLOAD_MIME_LINES
+
+
+# One thread for them all: CPU-bound threads take the GIL in turns with the loop, so each more thread parsing
+# at once would delay every other request further; heavy requests queue for the parser instead.
+_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
+
+
+async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes) -> T:
+    """`step(request, body)`, in the parser thread when the body calls for it."""
+    if not offloaded(body):
+        return step(request, body)
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
@@ -132,17 +173,15 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     rt, source = found
     handler = source.handler
     try:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
-                           check="size") from None
+        body = await _read_body(rt, source, request)
+        if body is None:
+            return web.Response(status=400)
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
-        handler.verify(request, body)
+        await _run(handler.verify, request, body)
         if (early := await handler.intercept(request, body)) is not None:
             return _intercepted(rt, source, early)
-        inbounds = handler.parse(request, body)
+        inbounds = await _run(handler.parse, request, body)
         signed = handler.nonce(request, body)
     except Rejected as exc:
         return _reject(rt, source, exc, request)

@@ -1,4 +1,8 @@
-"""structlog set-up: JSON lines, stable event names, and emails and phone numbers masked."""
+"""structlog set-up: JSON lines, stable event names, and emails and phone numbers masked.
+
+Records of the standard library's `logging` (aiohttp's server and access logs, asyncio's errors) go
+through structlog's `ProcessorFormatter`, so they come out as the same lines, masked the same way.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +74,41 @@ def render_json_text(_logger: Any, _name: str, event_dict: MutableMapping[str, A
     return _json.encode(event_dict).decode()
 
 
+STDLIB_HANDLER = "ticketbridge"  # the name of the handler configure_logging puts on the root logger
+
+
+def mask_message(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A stdlib record's message is free text (an exception's, a request line): masked as any value is."""
+    event_dict["event"] = mask_text(str(event_dict.get("event", "")))
+    return event_dict
+
+
+def _route_stdlib(out: TextIO, level: str, renderer: Any) -> None:
+    """Send every stdlib record at `level` or above to `out`, through the same masking and renderer."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            mask_message,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            mask_personal_data,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.name = STDLIB_HANDLER
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.name == STDLIB_HANDLER]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
     binary = getattr(out, "buffer", None)
@@ -93,3 +132,4 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    _route_stdlib(out, level, render_json_text if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False))

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.admin import refuse
+from bridge.appkeys import RUNTIME
 from bridge.errors import StoreUnavailable
-from bridge.intake import RUNTIME
 from bridge.runtime import Runtime
 
 BACKLOG_SECONDS = 10.0
@@ -75,6 +75,12 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
                    "When the mapping set in force was loaded.", [({"version": rt.mappings.version},
                                                                  rt.mappings.loaded_at.timestamp())])
+    out += _family("ticketbridge_mappings_degraded", "gauge",
+                   "1 while the mappings folder does not load and the last good set kept in the store serves.",
+                   [({}, 1 if rt.mapping_status.source == "last_good" else 0)])
+    out += _family("ticketbridge_config_restart_needed", "gauge",
+                   "1 when bridge.yaml has changed since the server started (its changes need a restart).",
+                   [({}, 0 if rt.mapping_status.config_changed_at is None else 1)])
     if backlog is not None:
         out += _family("ticketbridge_deliveries", "gauge", "Deliveries in the store by destination and status.",
                        [({"destination": dest, "status": status}, n)

@@ -6,37 +6,101 @@ SETTLE_S), the whole folder is loaded, checked, compiled and its tests run, off 
 if all of that passes is the new set swapped in, as one assignment, so an event renders with either the
 old set or the new one, never a mix. A bad edit leaves the last good set in force: it is logged
 (`mappings.reload_failed`), counted, and kept for the admin API. SIGHUP forces a reload at once.
-Only the mappings folder is watched: a change to bridge.yaml (sources, destinations, vars) needs a restart.
+
+The load and its tests run in a daemon thread under a deadline (`mappings_reload_timeout`): a reload
+that runs past it is reported as failed, the thread is told to stop at the next test, and shutdown never
+waits for it. Each set that loads and passes its tests is saved in the store as the last good set, which
+`serve` falls back on when it starts with a broken folder (`mappings_on_start_error: last_good`).
+
+A change to bridge.yaml (sources, destinations, vars) needs a restart: the watch notices it and logs
+`config.changed` once per change, and the admin API shows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ErrorList, MappingError, StoreUnavailable
 from bridge.mapping.mappingset import MAPPING_SUFFIXES, MappingSet
-from bridge.mapping.testing import run_tests
+from bridge.mapping.testing import TestResult, run_test
 from bridge.runtime import Runtime
+from bridge.store.base import Store
 
 log = structlog.get_logger("ticketbridge.reload")
 
 POLL_S = 0.2
 SETTLE_S = 0.4
 Snapshot = tuple[tuple[str, int, int], ...]
+T = TypeVar("T")
 
 
 class ReloadFailed(BridgeError):
     """The changed mappings did not load, or their tests failed; the last good set stays."""
+
+
+class Stopped(BridgeError):
+    """A load-and-test told to stop (its deadline passed, or the server is stopping)."""
+
+
+async def in_daemon_thread(fn: Callable[[], T], timeout_s: float, name: str) -> T:
+    """`fn()` in a daemon thread, awaited for at most `timeout_s` (TimeoutError past it). A thread cannot
+    be killed: past the deadline it is left to finish on its own, and, being a daemon, it never holds the
+    process open at exit (the loop's default executor would)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def target() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task as it is
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while this ran: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await asyncio.wait_for(done, timeout_s)
+
+
+def file_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def file_state(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def snapshot(folder: Path) -> Snapshot:
@@ -68,8 +132,14 @@ class MappingReloader:
         self.settle_s = settle_s
         self.folder = rt.config.mappings_dir
         self.seen = snapshot(self.folder)
+        self.timeout_s = rt.config.mappings_reload_timeout_s
         self._forced = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._stop_test = threading.Event()
+        self._worker: asyncio.Future[Any] | None = None
+        self.config_file = rt.config.file
+        self._config_state = file_state(self.config_file)
+        self._config_digest = self._config_at_start = file_digest(self.config_file)
 
     def request(self) -> None:
         """Reload now, whatever the folder looks like (SIGHUP)."""
@@ -81,6 +151,7 @@ class MappingReloader:
         since = 0.0
         while True:
             try:
+                self.check_config()
                 try:
                     await asyncio.wait_for(self._forced.wait(), self.poll_s)
                     self._forced.clear()
@@ -105,16 +176,63 @@ class MappingReloader:
                 log.exception("mappings.watch_crashed", folder=str(self.folder))
                 await asyncio.sleep(self.poll_s)
 
+    def check_config(self) -> None:
+        """Log `config.changed` (once per change) when bridge.yaml differs from the one the server started
+        with: what it sets (sources, destinations, vars) is read only at start."""
+        state = file_state(self.config_file)
+        if state == self._config_state:
+            return
+        self._config_state = state
+        digest = file_digest(self.config_file)
+        if digest == self._config_digest:
+            return  # touched, not changed
+        self._config_digest = digest
+        status = self.rt.mapping_status
+        if digest == self._config_at_start:
+            status.config_changed_at = None
+            log.info("config.restored", file=str(self.config_file), note="the config is as the server started with")
+            return
+        status.config_changed_at = datetime.now(UTC)
+        log.warning("config.changed", file=str(self.config_file),
+                    note="restart needed: the running server keeps the config it started with")
+
     def _load_and_test(self) -> MappingSet:
         try:
             mappings = self.load()
         except BridgeError as exc:
             raise ReloadFailed(str(exc)) from None
-        failed = [r for r in run_tests(mappings, self.rt.config.vars) if not r.passed]
+        failed = [r for r in self.test(mappings) if not r.passed]
         if failed:
             raise ReloadFailed("\n".join([f"{len(failed)} mapping tests failed:"] + [
                 f"{r.where}: {r.mapping}: {r.name}: {r.message}" for r in failed]))
         return mappings
+
+    def test(self, mappings: MappingSet) -> list[TestResult]:
+        """Every test of every mapping, stopping between tests when told to (`Stopped`)."""
+        out = []
+        for mapping in sorted(mappings.mappings.values(), key=lambda m: m.name):
+            for i, test in enumerate(mapping.spec.tests):
+                if self._stop_test.is_set():
+                    raise Stopped
+                out.append(run_test(mapping, i, test, self.rt.config.vars))
+        return out
+
+    async def _off_loop(self, fn: Callable[[], T], what: str) -> T:
+        """`fn` in a daemon thread under the reload deadline; ReloadFailed past it."""
+        if self._worker is not None and not self._worker.done():
+            raise ReloadFailed(f"the previous {what} is still running past its deadline")
+        self._stop_test.clear()
+        self._worker = asyncio.ensure_future(in_daemon_thread(fn, self.timeout_s, f"mappings-{what}"))
+        try:
+            return await asyncio.shield(self._worker)
+        except TimeoutError:
+            self._stop_test.set()
+            raise ReloadFailed(f"the {what} of the mappings ran past its deadline of {self.timeout_s:g} s "
+                               "(mappings_reload_timeout); a mapping test may loop or render too slowly") from None
+        except asyncio.CancelledError:
+            self._stop_test.set()  # the server is stopping: the thread stops at its next test, unawaited
+            self._worker.cancel()
+            raise
 
     async def reload(self, reason: str) -> bool:
         """Load, check, compile and test the folder; swap it in if all passed. True when it did (or
@@ -124,7 +242,7 @@ class MappingReloader:
             status.last_attempt_at = datetime.now(UTC)
             try:
                 try:
-                    new = await asyncio.to_thread(self._load_and_test)
+                    new = await self._off_loop(self._load_and_test, "reload")
                 except ReloadFailed:
                     raise
                 except Exception as exc:  # a bug while loading must not stop the watch, nor pass for success
@@ -134,21 +252,108 @@ class MappingReloader:
                 status.failures += 1
                 status.last_result = "failed"
                 status.last_error, status.last_error_at = str(exc), status.last_attempt_at
+                if status.source == "last_good":
+                    status.folder_error = str(exc)
                 self.rt.count("mappings.reload_failed")
                 log.error("mappings.reload_failed", reason=reason, folder=str(self.folder),
                           error=str(exc), kept_version=self.rt.mappings.version)
                 return False
-            status.last_result = "ok"
             old = self.rt.mappings
+            if new.version != old.version:
+                self.rt.mappings = new  # swapped before anything else reads the status, or awaits
+                status.reloads += 1
+                self.rt.count("mappings.reloaded")
+            status.last_result = "ok"
+            status.source, status.folder_error = "folder", None
             if new.version == old.version:
                 log.info("mappings.unchanged", reason=reason, version=old.version)
-                return True
-            self.rt.mappings = new
-            status.reloads += 1
-            self.rt.count("mappings.reloaded")
-            log.info("mappings.reloaded", reason=reason, version=new.version, previous=old.version,
-                     mappings=sorted(new.mappings))
+            else:
+                log.info("mappings.reloaded", reason=reason, version=new.version, previous=old.version,
+                         mappings=sorted(new.mappings))
+            await self.save(new)
             return True
+
+    async def save(self, mappings: MappingSet) -> None:
+        """Keep `mappings` (loaded, and its tests passed) in the store as the last good set."""
+        store = self.rt.store
+        status = self.rt.mapping_status
+        if store is None or (status.stored_version == mappings.version and status.stored_files == mappings.files):
+            return
+        try:
+            await store.save_mapping_set(mappings.files, mappings.version)
+        except StoreUnavailable as exc:
+            log.warning("mappings.save_failed", version=mappings.version, error=str(exc))
+            return
+        status.stored_version, status.stored_files = mappings.version, dict(mappings.files)
+        status.stored_at = datetime.now(UTC)
+        log.info("mappings.saved", version=mappings.version, files=sorted(mappings.files))
+
+    async def keep_initial(self) -> None:
+        """At start, with the folder's set in force: run its tests, and keep it as the last good set if
+        they pass (a set whose tests fail is served, as before, but never kept)."""
+        try:
+            await self._keep_initial()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("mappings.keep_crashed")
+
+    async def _keep_initial(self) -> None:
+        store = self.rt.store
+        if store is None or self.rt.mapping_status.source != "folder":
+            return
+        try:
+            stored = await store.load_mapping_set()
+        except StoreUnavailable:
+            stored = None
+        status = self.rt.mapping_status
+        if stored is not None:
+            status.stored_version, status.stored_files = stored.version, stored.files
+            status.stored_at = datetime.fromtimestamp(stored.saved_at_ms / 1000, UTC)
+        current = self.rt.mappings
+        if status.stored_version == current.version and status.stored_files == current.files:
+            return
+        async with self._lock:
+            try:
+                failed = [r for r in await self._off_loop(lambda: self.test(current), "start-up test")
+                          if not r.passed]
+            except ReloadFailed as exc:
+                log.warning("mappings.not_saved", version=current.version, error=str(exc))
+                return
+            if failed:
+                log.warning("mappings.not_saved", version=current.version,
+                            error=f"{len(failed)} mapping tests failed, so this set is not kept as the last good one")
+                return
+            if self.rt.mappings is current:
+                await self.save(current)
+
+
+async def serve_last_good(rt: Runtime, store: Store, folder_errors: ErrorList,
+                          compile_files: Callable[[dict[str, str]], MappingSet]) -> None:
+    """After a start with a broken mappings folder: put the last good set kept in `store` in force, and
+    say what is wrong with the folder. Raises ErrorList (the folder's errors) when no set is kept, or
+    when the kept one does not load with this config either."""
+    stored = await store.load_mapping_set()
+    folder = rt.config.mappings_dir
+    if stored is None:
+        raise ErrorList([*folder_errors.errors, MappingError(
+            "no last good mapping set is kept in the store to serve instead (one is kept once a set loads "
+            "and passes its tests); fix the files above", file=str(folder))])
+    try:
+        mappings = compile_files(stored.files)
+    except ErrorList as exc:
+        raise ErrorList([*folder_errors.errors, MappingError(
+            f"the last good mapping set kept in the store (version {stored.version}) does not load with this "
+            f"config either: {exc.errors[0].render()}", file=str(folder))]) from None
+    status = rt.mapping_status
+    rt.mappings = mappings
+    status.source, status.folder_error = "last_good", str(folder_errors)
+    status.stored_version, status.stored_files = stored.version, stored.files
+    status.stored_at = datetime.fromtimestamp(stored.saved_at_ms / 1000, UTC)
+    rt.count("mappings.started_degraded")
+    log.error("mappings.folder_broken", folder=str(folder), errors=[e.render() for e in folder_errors.errors],
+              serving="last_good", version=mappings.version, saved_at=status.stored_at.isoformat(),
+              note="the folder's mappings did not load: serving the last good set kept in the store")
 
 
 def reload_context(reloader: MappingReloader) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -158,6 +363,7 @@ def reload_context(reloader: MappingReloader) -> Callable[[web.Application], Asy
         rt = reloader.rt
         rt.reloader = reloader
         task = asyncio.create_task(reloader.run(), name="mappings-reload")
+        keep = asyncio.create_task(reloader.keep_initial(), name="mappings-keep")
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, reloader.request)
@@ -169,9 +375,11 @@ def reload_context(reloader: MappingReloader) -> Callable[[web.Application], Asy
         finally:
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for t in (keep, task):
+                t.cancel()
+            for t in (keep, task):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             rt.reloader = None
 
     return ctx

@@ -3,6 +3,7 @@ failure into a dead delivery that names its reason, so a bad mapping never fails
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -10,6 +11,7 @@ import structlog
 from bridge.errors import MappingError
 from bridge.events import Event
 from bridge.ids import new_id
+from bridge.mapping.compiled import CompiledMapping
 from bridge.mapping.mappingset import MappingSet
 from bridge.store.base import NewDelivery
 
@@ -18,6 +20,32 @@ log = structlog.get_logger("ticketbridge.routing")
 
 def render_context(event: Event, vars_: dict[str, Any]) -> dict[str, Any]:
     return {"payload": event.payload, "headers": event.headers, "event": event.context(), "vars": vars_}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One mapping applied to one event: skipped (its `when` is false), a body, or the error saying why not."""
+
+    skipped: bool = False
+    body: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def render_event(mapping: CompiledMapping, ctx: dict[str, Any], event_id: str) -> Rendered:
+    """The one way a mapping renders an event, at intake and when a delivery is replayed with --rerender.
+    Never raises: a render failure, or a bug in a filter, becomes the error a dead delivery keeps."""
+    error: str
+    try:
+        if not mapping.matches(ctx):
+            return Rendered(skipped=True)
+        return Rendered(body=mapping.render(ctx))
+    except MappingError as exc:
+        error = str(exc) if exc.path else f"{mapping.name}: {exc}"
+    except Exception as exc:  # a bug in a filter must cost one delivery, not the request
+        log.exception("routing.render_crashed", mapping=mapping.name, event_id=event_id)
+        error = f"{mapping.name}: internal error while rendering: {type(exc).__name__}: {exc}"
+    log.warning("routing.render_failed", mapping=mapping.name, event_id=event_id, error=error)
+    return Rendered(error=error)
 
 
 def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -> tuple[list[NewDelivery], list[str]]:
@@ -31,23 +59,14 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
     deliveries: list[NewDelivery] = []
     errors: list[str] = []
     for mapping in candidates:
-        body: dict[str, Any] | None = None
-        error: str | None = None
-        try:
-            if not mapping.matches(ctx):
-                continue
-            body = mapping.render(ctx)
-        except MappingError as exc:
-            error = str(exc) if exc.path else f"{mapping.name}: {exc}"
-        except Exception as exc:  # a bug in a filter must cost one delivery, not the request
-            log.exception("routing.render_crashed", mapping=mapping.name, event_id=event.id)
-            error = f"{mapping.name}: internal error while rendering: {type(exc).__name__}: {exc}"
-        if error is not None:
-            errors.append(error)
-            log.warning("routing.render_failed", mapping=mapping.name, event_id=event.id, error=error)
+        rendered = render_event(mapping, ctx, event.id)
+        if rendered.skipped:
+            continue
+        if rendered.error is not None:
+            errors.append(rendered.error)
         deliveries.append(NewDelivery(
             id=new_id("dlv"), mapping=mapping.name, mapping_version=mapping.version,
-            destination=mapping.destination, action=mapping.action, body=body, options=mapping.options,
-            status="dead" if error is not None else "pending", error=error,
+            destination=mapping.destination, action=mapping.action, body=rendered.body, options=mapping.options,
+            status="dead" if rendered.error is not None else "pending", error=rendered.error,
         ))
     return deliveries, errors

@@ -45,6 +45,14 @@ class MappingStatus:
     last_result: Literal["ok", "failed"] | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
+    # Where the set in force came from: the folder, or (after a start with a broken folder) the last good
+    # set kept in the store; with the latter, `folder_error` says what is wrong with the folder.
+    source: Literal["folder", "last_good"] = "folder"
+    folder_error: str | None = None
+    stored_version: str | None = None
+    stored_files: dict[str, str] | None = None
+    stored_at: datetime | None = None
+    config_changed_at: datetime | None = None  # bridge.yaml differs from the one the server started with
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Literal
 
 from aiohttp import web
 
+from bridge.bearer import check_bearer
 from bridge.config import AuthConfig, Base
 from bridge.errors import Rejected
 from handlers.signing import same
@@ -46,10 +47,10 @@ def check_auth(auth: AuthConfig | None, request: web.Request) -> None:
         if not (ok_user and ok_password):
             raise Rejected(401, "wrong username or password", check="basic_auth")
     elif auth.bearer is not None:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value:
+        bearer = check_bearer(header, auth.bearer)
+        if bearer == "missing":
             raise Rejected(401, "bearer token required", check="bearer")
-        if not same(auth.bearer, value):
+        if bearer == "wrong":
             raise Rejected(401, "wrong bearer token", check="bearer")
 
 

@@ -75,19 +75,20 @@ def items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-_SLOTS: dict[str, Any] = {}
+# One request key, made at import: aiohttp names a key after the module that makes it by walking the stack,
+# which fails in the worker thread that verifies and parses a large body.
+_request_key = getattr(web, "RequestKey", None)  # aiohttp >= 3.13 wants typed request keys; older take strings
+_PARSED: Any = _request_key("ticketbridge.parsed", dict) if _request_key else "ticketbridge.parsed"
 
 
 def per_request(request: web.Request, key: str, make: Callable[[], T]) -> T:
     """`make()` once per request: verify, intercept and parse share one parse of the body."""
-    slot = _SLOTS.get(key)
-    if slot is None:
-        # aiohttp ≥ 3.13 wants typed request keys; older versions take plain strings.
-        request_key = getattr(web, "RequestKey", None)
-        slot = _SLOTS[key] = request_key(f"ticketbridge.{key}", object) if request_key else f"ticketbridge.{key}"
-    if slot not in request:
-        request[slot] = make()
-    value: T = request[slot]
+    parsed: dict[str, Any] | None = request.get(_PARSED)
+    if parsed is None:
+        parsed = request[_PARSED] = {}
+    if key not in parsed:
+        parsed[key] = make()
+    value: T = parsed[key]
     return value
 
 

@@ -1,4 +1,4 @@
-"""The chat channel's shape, the same keys for every chat provider (DESIGN: "The canonical event")."""
+"""The chat channel's shape, the same keys for every chat provider (docs/architecture.md, "The canonical event")."""
 
 from __future__ import annotations
 

@@ -3,28 +3,69 @@ quoted history, and raw MIME. One mapping then serves Mailgun, Postmark, SendGri
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable, Mapping
 from email import policy
-from email.header import decode_header, make_header
-from email.message import EmailMessage
-from email.parser import BytesParser, Parser
+from email.message import EmailMessage, Message
+from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses, parseaddr
 from typing import Any, NamedTuple
 
+from bridge.errors import Rejected
+from bridge.replies import strip_reply  # stripped_text; importers of handlers.email.strip_reply keep working
 from handlers.attachments import Attachment, attachment
+from handlers.limits import (
+    MAX_ADDRESS_FIELD_CHARS,
+    MAX_ADDRESSES,
+    MAX_ATTACHMENTS,
+    MAX_HEADER_BYTES,
+    MAX_MESSAGE_IDS,
+    check_chars,
+    check_count,
+    check_header_block,
+    check_mime_shape,
+    check_parts,
+)
 
 AddressInput = str | Iterable[str] | None
 
+# RFC 2047: an encoded word holds no whitespace and no "?" inside its parts, so a match ends at the next "?"
+# and the scan stays linear (the standard library's pattern is lazy and rescans to the line's end).
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+
+
+def _decode_word(charset: str, encoding: str, text: str) -> str | None:
+    charset = charset.partition("*")[0]  # RFC 2231 adds a language: utf-8*en
+    try:
+        if encoding in "bB":
+            data = base64.b64decode(text + "=" * (-len(text) % 4))
+        else:
+            data = binascii.a2b_qp(text.encode("ascii"), header=True)
+        return data.decode(charset)
+    except (ValueError, LookupError, UnicodeError):
+        return None
+
 
 def decode_words(value: str) -> str:
-    """A header value with RFC 2047 encoded words (`=?utf-8?q?…?=`) decoded; left as it is if they are broken."""
+    """A header value with RFC 2047 encoded words (`=?utf-8?q?…?=`) decoded; a broken word is left as it is.
+    Whitespace between two encoded words is dropped, as the RFC says."""
     if "=?" not in value:
         return value
-    try:
-        return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeDecodeError):
-        return value
+    out: list[str] = []
+    pos = 0
+    after_word = False
+    for match in _ENCODED_WORD.finditer(value):
+        between = value[pos:match.start()]
+        decoded = _decode_word(*match.groups())
+        if not (after_word and decoded is not None and (not between or between.isspace())):
+            out.append(between)
+        out.append(match.group() if decoded is None else decoded)
+        after_word = decoded is not None
+        pos = match.end()
+    out.append(value[pos:])
+    return "".join(out)
 
 
 def _texts(value: object) -> list[str]:
@@ -37,26 +78,43 @@ def _texts(value: object) -> list[str]:
     return []
 
 
-def _address_texts(value: AddressInput) -> list[str]:
-    return [decode_words(v) for v in _texts(value)]
+def _outside_quotes(text: str) -> str:
+    return "".join(text.split('"')[::2])
 
 
-def address_list(*values: AddressInput) -> list[str]:
-    """The bare, lower-cased addresses in header values or lists of them, each once, in order."""
-    out: list[str] = []
-    for _name, raw in getaddresses([t for v in values for t in _address_texts(v)]):
+def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
+    """(display name, address) pairs of address header values, split before encoded words are decoded (a
+    decoded name may hold a comma or an "@"); Rejected(413/400) over the caps or when it cannot be read."""
+    # An address has its "@" outside quotes: counting those bounds a real list before the (costlier) parse;
+    # the addresses parsed are counted again after it.
+    estimate = sum(_outside_quotes(t).count("@") for t in texts)
+    check_count(f"{field} addresses", estimate, MAX_ADDRESSES)
+    check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_ADDRESS_FIELD_CHARS)
+    try:
+        pairs = getaddresses(texts)
+    except RecursionError:  # comments nested a thousand deep
+        raise Rejected(400, f"{field} is not an address list: comments are nested too deep", check="email") from None
+    return [(decode_words(name), addr) for name, addr in pairs]
+
+
+def address_list(*values: AddressInput, field: str = "email") -> list[str]:
+    """The bare, lower-cased addresses in header values or lists of them, each once, in order. `field` names
+    the header in the 413 when there are more than MAX_ADDRESSES."""
+    seen: dict[str, None] = {}
+    for _name, raw in _mailboxes([t for v in values for t in _texts(v)], field):
         addr = raw.strip().lower()
-        if "@" in addr and addr not in out:
-            out.append(addr)
-    return out
+        if "@" in addr:
+            seen[addr] = None
+    check_count(f"{field} addresses", len(seen), MAX_ADDRESSES)
+    return list(seen)
 
 
 def sender(value: AddressInput) -> tuple[str | None, str | None]:
     """(display name, bare lower-cased address) of a From value; the first mailbox when there are several."""
-    texts = _address_texts(value)
+    texts = _texts(value)
     if not texts:
         return None, None
-    pairs = getaddresses(texts)
+    pairs = _mailboxes(texts, "From")
     name, addr = pairs[0] if pairs else parseaddr(texts[0])
     addr = addr.strip().lower()
     return (name.strip() or None), (addr if "@" in addr else None)
@@ -65,20 +123,22 @@ def sender(value: AddressInput) -> tuple[str | None, str | None]:
 _MSG_ID = re.compile(r"<[^<>\s]+>")
 
 
-def message_ids(value: str | Iterable[str] | None) -> list[str]:
-    """The message ids in a Message-ID, In-Reply-To or References value, each as `<id@host>`."""
-    out: list[str] = []
+def message_ids(value: str | Iterable[str] | None, field: str = "References") -> list[str]:
+    """The message ids in a Message-ID, In-Reply-To or References value, each as `<id@host>`, each once;
+    Rejected(413) past MAX_MESSAGE_IDS, naming `field`."""
+    seen: dict[str, None] = {}
     for text in _texts(value):
         found = _MSG_ID.findall(text)
         if not found:  # some providers strip the brackets
             found = [f"<{t}>" for t in re.split(r"[\s,]+", text.strip()) if t and "<" not in t and ">" not in t]
-        out.extend(f for f in found if f not in out)
-    return out
+        seen.update(dict.fromkeys(found))
+        check_count(f"{field} message ids", len(seen), MAX_MESSAGE_IDS)
+    return list(seen)
 
 
-def message_id(value: str | Iterable[str] | None) -> str | None:
+def message_id(value: str | Iterable[str] | None, field: str = "Message-ID") -> str | None:
     """The first message id in a header value, as `<id@host>`, or None."""
-    ids = message_ids(value)
+    ids = message_ids(value, field)
     return ids[0] if ids else None
 
 
@@ -89,81 +149,44 @@ def newlines(text: Any) -> str | None:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-# -- the reply without its quoted history --------------------------------------------------------------
-
-_ATTRIBUTION = r"(On|Le|Am|El|Il|Op|Em|Den|W dniu)\s"
-_WROTE_START = re.compile(_ATTRIBUTION, re.IGNORECASE)
-_WROTE = re.compile(  # German puts the name after the verb: "Am … schrieb Support <s@acme.test>:"
-    _ATTRIBUTION + r".*\b((wrote|a écrit|escribió|ha scritto|schreef|escreveu|skrev|napisał)\s*|schrieb\b.*):",
-    re.IGNORECASE,
-)
-_ORIGINAL = re.compile(r"-{2,}\s*(Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original|"
-                       r"Messaggio originale|Oorspronkelijk bericht)\s*-{2,}", re.IGNORECASE)
-_RULE = re.compile(r"_{10,}")
-_HEADER_FROM = re.compile(r"\*?(From|De|Von|Van|Da|Från)\s*:\*?\s+\S.*", re.IGNORECASE)
-_HEADER_NEXT = re.compile(r"\*?(Sent|Date|To|Subject|Cc|Envoyé|Gesendet|Enviado|Datum|Objet|Betreff|Asunto)\s*:",
-                          re.IGNORECASE)
-_SIGNATURE = re.compile(
-    r"--|-- |Sent from my [\w\s.-]{1,40}|Sent from (Mail|Outlook|Yahoo Mail|Gmail) for [\w\s.-]{1,30}|"
-    r"Get Outlook for [\w\s.-]{1,30}|Envoyé de mon [\w\s.-]{1,40}|Von meinem [\w\s.-]{1,40} gesendet",
-    re.IGNORECASE,
-)
-
-
-def _starts_history(lines: list[str], i: int) -> bool:
-    line = lines[i].strip()
-    if _ORIGINAL.fullmatch(line):
-        return True
-    if _RULE.fullmatch(line):
-        return any(_HEADER_FROM.fullmatch(lines[j].strip()) for j in range(i + 1, min(i + 3, len(lines))))
-    if _HEADER_FROM.fullmatch(line):
-        return any(_HEADER_NEXT.match(lines[j].strip()) for j in range(i + 1, min(i + 5, len(lines))))
-    if _WROTE_START.match(line):
-        # Mail clients wrap a long attribution line; it ends, within three lines, with "wrote:".
-        for k in range(1, 4):
-            if _WROTE.fullmatch(" ".join(part.strip() for part in lines[i:i + k])):
-                return True
-    return False
-
-
-def strip_reply(text: str | None) -> str:
-    """The new part of a reply: cut at the first quoted-history marker ("On … wrote:", an Outlook header
-    block, "-----Original Message-----") or signature delimiter ("-- ", "Sent from my …"), drop the lines
-    quoted with ">", and squeeze the blank lines left behind."""
-    if not text:
-        return ""
-    lines = (newlines(text) or "").split("\n")
-    cut = len(lines)
-    for i, raw in enumerate(lines):
-        if _starts_history(lines, i) or (_SIGNATURE.fullmatch(raw.rstrip("\n")) and i > 0):
-            cut = i
-            break
-    kept: list[str] = []
-    for line in lines[:cut]:
-        if line.lstrip().startswith(">"):
-            continue
-        if not line.strip() and (not kept or not kept[-1].strip()):
-            continue
-        kept.append(line.rstrip())
-    return "\n".join(kept).strip()
-
-
 # -- headers and MIME --------------------------------------------------------------------------------
 
 
-class Headers:
-    """Header fields by case-insensitive name, keeping repeats in order."""
+ADDRESS_HEADERS = frozenset({"from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to",
+                             "resent-cc", "resent-bcc", "resent-sender"})
+_FOLD = re.compile(r"\r\n|\r|\n")
 
-    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+
+def _header_value(name: str, raw: str) -> str:
+    """A raw header value as text: unfolded, 8-bit bytes read as UTF-8, encoded words decoded except in
+    address headers, whose encoded display names are decoded only once the addresses are split."""
+    value = _FOLD.sub("", raw)
+    if not value.isascii():  # the byte parser keeps 8-bit bytes as surrogates
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value if name.lower() in ADDRESS_HEADERS else decode_words(value)
+
+
+class Headers:
+    """Header fields by case-insensitive name, keeping repeats in order; at most MAX_HEADER_FIELDS of them."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = (), what: str = "the email") -> None:
         self._fields: dict[str, list[str]] = {}
-        for name, value in pairs:
+        listed = list(pairs)
+        check_header_block(listed, what)
+        for name, value in listed:
             self._fields.setdefault(name.lower(), []).append(value)
+
+    @classmethod
+    def from_message(cls, message: Message, what: str = "the email") -> Headers:
+        """The headers of a parsed message, read from their raw text: parsing them structurally costs more than
+        linear time on a long header, and the addresses and ids are read by this module's own parsers."""
+        return cls([(name, _header_value(name, str(value))) for name, value in message.raw_items()], what)
 
     @classmethod
     def from_block(cls, block: str) -> Headers:
         """Headers from a raw header block (`Name: value` lines, folded lines joined, encoded words decoded)."""
-        message = Parser(policy=policy.default).parsestr(block, headersonly=True)
-        return cls((name, str(value)) for name, value in message.items())
+        check_chars("the header block", len(block), MAX_HEADER_BYTES)
+        return cls.from_message(HeaderParser().parsestr(block), "the header block")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], underscores: bool = False) -> Headers:
@@ -204,9 +227,13 @@ def _part_text(part: EmailMessage) -> str | None:
 
 def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content."""
+    check_mime_shape(raw, "the message")
+    # The shape is checked on a compat32 parse, some ten times cheaper per part than the default policy's,
+    # whose structured parse of each part's headers is what the checks bound.
+    check_parts(BytesParser().parsebytes(raw), "the message")
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
-    headers = Headers((name, str(value)) for name, value in message.items())
+    headers = Headers.from_message(message)
     text_part = message.get_body(preferencelist=("plain",))
     html_part = message.get_body(preferencelist=("html",))
     files = []
@@ -230,21 +257,23 @@ def email_payload(
     in_reply_to: str | Iterable[str] | None, references: str | Iterable[str] | None,
     attachments: list[Attachment], provider: dict[str, Any],
 ) -> dict[str, Any]:
-    """The email channel's payload, the same keys for every provider (DESIGN: "The canonical event")."""
+    """The email channel's payload, the same keys for every provider (docs/architecture.md, "The canonical event")."""
+    check_count("attachments", len(attachments), MAX_ATTACHMENTS)
     from_name, from_addr = sender(from_)
     body = newlines(text)
     given = newlines(stripped_text)
     return {
         "from": from_addr,
         "from_name": from_name,
-        "to": address_list(to),
-        "cc": address_list(cc),
+        "to": address_list(to, field="To"),
+        "cc": address_list(cc, field="Cc"),
         "subject": decode_words(subject) if isinstance(subject, str) else None,
         "text": body,
         "html": newlines(html),
-        "stripped_text": given.strip() if given and given.strip() else strip_reply(body),
+        "stripped_text": given.strip() if given and given.strip() else strip_reply(
+            body, decode_words(subject) if isinstance(subject, str) else None),
         "message_id": message_id(message_id_),
-        "in_reply_to": message_id(in_reply_to),
+        "in_reply_to": message_id(in_reply_to, "In-Reply-To"),
         "references": message_ids(references),
         "attachments": [a.meta for a in attachments],
         "provider": provider,

@@ -18,7 +18,7 @@ from handlers.chat import chat_payload
 from handlers.signing import require
 
 HEADER = "X-Hub-Signature"
-_TAG = re.compile(r"<[^>]+>")
+_TAG = re.compile(r"<[^<>]+>")  # not "<[^>]+>": on a run of "<" without ">" that rescans to the end from each one
 _BREAK = re.compile(r"<\s*(br|/p|/div|/li)\s*/?>", re.IGNORECASE)
 
 

@@ -71,12 +71,11 @@ class SendgridHandler(Handler):
                 info = decoded if isinstance(decoded, dict) else {}
             except msgspec.DecodeError:
                 info = {}
-        for item in files:  # attachment-info names the file when the part's own filename is blank
-            if not item.meta["name"]:
-                for entry in info.values():
-                    if isinstance(entry, dict) and entry.get("filename"):
-                        item.meta["name"] = str(entry["filename"])
-                        break
+        # attachment-info names the file when the part's own filename is blank; looked up once, not per file
+        named = next((str(e["filename"]) for e in info.values() if isinstance(e, dict) and e.get("filename")), None)
+        for item in files:
+            if not item.meta["name"] and named is not None:
+                item.meta["name"] = named
 
         if raw_email is not None:  # "POST the raw, full MIME message"
             mime = parse_mime(raw_email)

@@ -37,11 +37,13 @@ class TwilioOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 
 def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> bytes:
     """Twilio's algorithm: the URL, then each name+value, names sorted, a name's values sorted too."""
-    data = url
-    for name in sorted({n for n, _ in params}):
-        for value in sorted(v for n, v in params if n == name):
-            data += name + value
-    return base64.b64encode(hmac_digest(auth_token.encode(), data.encode(), "sha1"))
+    values: dict[str, list[str]] = {}
+    for name, value in params:
+        values.setdefault(name, []).append(value)
+    data = [url]
+    for name in sorted(values):
+        data.extend(name + value for value in sorted(values[name]))
+    return base64.b64encode(hmac_digest(auth_token.encode(), "".join(data).encode(), "sha1"))
 
 
 def url_variants(url: str) -> list[str]:

@@ -14,8 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
+from bridge.appkeys import RUNTIME
 from bridge.config import Config, load_config
-from bridge.intake import RUNTIME
+from bridge.registries import REGISTRIES
 from bridge.runtime import Runtime
 
 ConfigFactory = Callable[..., Config]
@@ -32,7 +33,7 @@ def write_config(tmp_path: Path) -> ConfigFactory:
         folder.mkdir(exist_ok=True)
         for name, text in (mappings or {}).items():
             (folder / f"{name}.yaml").write_text(textwrap.dedent(text))
-        return load_config(tmp_path / "bridge.yaml", environ or {})
+        return load_config(tmp_path / "bridge.yaml", environ or {}, registries=REGISTRIES)
 
     return make
 

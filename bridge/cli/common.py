@@ -7,6 +7,7 @@ import sys
 
 from bridge.config import Config, load_config, resolve_config_path
 from bridge.errors import BridgeError, ErrorList
+from bridge.registries import REGISTRIES
 
 
 def config_from(args: argparse.Namespace) -> Config | None:
@@ -16,7 +17,7 @@ def config_from(args: argparse.Namespace) -> Config | None:
         print(f"{path}: no such config file", file=sys.stderr)
         return None
     try:
-        return load_config(path)
+        return load_config(path, registries=REGISTRIES)
     except ErrorList as exc:
         print_errors(exc)
         return None

@@ -14,9 +14,9 @@ import msgspec
 from bridge.app import load_mappings
 from bridge.cli.common import config_from, print_errors
 from bridge.config import Config
-from bridge.errors import ErrorList, MappingError, NotFound, StoreLocked, StoreUnavailable
+from bridge.errors import ErrorList, NotFound, StoreLocked, StoreUnavailable
 from bridge.mapping.mappingset import MappingSet
-from bridge.routing import render_context
+from bridge.routing import render_context, render_event
 from bridge.store import open_store
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
 
@@ -168,14 +168,13 @@ async def _rerender(store: Store, ids: list[str], mappings: MappingSet, vars_: d
             refused[i] = (f"mapping {d.mapping!r} now feeds {mapping.destination} {mapping.action}, but this "
                           f"delivery goes to {d.destination} {d.action}; replay it without --rerender")
             continue
-        ctx = render_context(detail.event, vars_)
-        try:
-            if not mapping.matches(ctx):
-                refused[i] = f"the current {d.mapping!r} skips its event (when: {mapping.when_text})"
-                continue
-            bodies[i] = (mapping.render(ctx), mapping.version)
-        except MappingError as exc:
-            refused[i] = f"it does not render with the current mapping: {exc}"
+        rendered = render_event(mapping, render_context(detail.event, vars_), detail.event.id)
+        if rendered.skipped:
+            refused[i] = f"the current {d.mapping!r} skips its event (when: {mapping.when_text})"
+        elif rendered.body is None:
+            refused[i] = f"it does not render with the current mapping: {rendered.error}"
+        else:
+            bodies[i] = (rendered.body, mapping.version)
     return bodies, refused
 
 

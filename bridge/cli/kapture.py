@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import aiohttp
 import msgspec
+from aiohttp_retry import RetryClient, RetryOptionsBase
 
 from bridge import __version__
 from bridge.cli.common import config_from
@@ -76,6 +77,32 @@ class PullFailed(Exception):
     """A window that could not be pulled; the message names the day and the vendor's answer."""
 
 
+class PullRetry(RetryOptionsBase):
+    """When a pull call is tried again (through aiohttp-retry): after a timeout, a connection failure or an
+    answer Kapture's rules call passing (a 429, a 5xx), waiting `backoff_s`, doubled per try, up to
+    MAX_BACKOFF_S, and never less than a Retry-After; a 429 also pauses the rate limiter that long."""
+
+    def __init__(self, attempts: int, backoff_s: float, limiter: Limiter) -> None:
+        super().__init__(attempts=attempts, exceptions=set(TRANSPORT_ERRORS), retry_all_server_errors=False,
+                         evaluate_response_callback=self._final)
+        self.backoff_s = backoff_s
+        self.limiter = limiter
+        self.retry_after: float | None = None
+
+    async def _final(self, response: aiohttp.ClientResponse) -> bool:
+        """Whether an answer ends the call (success, or a failure not worth another try)."""
+        outcome = parse_pull(response.status, response.headers, await response.read()).outcome
+        self.retry_after = outcome.retry_after
+        return bool(outcome.classification != "retry")
+
+    def get_timeout(self, attempt: int, response: aiohttp.ClientResponse | None = None) -> float:
+        wait = min(MAX_BACKOFF_S, max(self.backoff_s * 2 ** (attempt - 1),
+                                      (self.retry_after or 0.0) if response is not None else 0.0))
+        if response is not None and response.status == 429:
+            self.limiter.pause(max(wait, self.limiter.window))
+        return float(wait)
+
+
 @dataclass
 class Puller:
     """The I/O of a pull: calls (rate-limited, retried when the failure is passing) and paging."""
@@ -89,32 +116,32 @@ class Puller:
     backoff_s: float = 1.0
     calls: int = 0
 
+    async def request(self, method: str, url: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        """One try of a call, as the retrying client makes it: after the rate limiter's slot, and counted."""
+        await acquire(self.limiter)
+        self.calls += 1
+        return await self.session.request(method, url, **kwargs)
+
     async def _call(self, day: date, page: int | None) -> PullPage:
         request = pull_request(self.adapter, day, page)
         timeout_s = self.adapter.config.timeout_seconds
-        for attempt in range(self.retries + 1):
-            await acquire(self.limiter)
-            self.calls += 1
-            try:
-                async with self.session.request(request.method, request.url, headers=request.headers,
-                                                data=request.body, allow_redirects=False,
-                                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                    answer = parse_pull(resp.status, resp.headers, await resp.read())
-                    status: int | None = resp.status
-            except TRANSPORT_ERRORS as exc:
-                answer, status = PullPage(outcome=transport_failure(exc, timeout_s)), None
-            outcome = answer.outcome
-            if outcome.classification == "success":
-                return answer
-            if outcome.classification != "retry" or attempt == self.retries:
-                tries = f" (after {attempt + 1} tries)" if outcome.classification == "retry" else ""
-                raise PullFailed(f"{day.isoformat()}{f' page {page}' if page else ''}: "
-                                 f"{outcome.classification}: {outcome.error}{tries}")
-            wait = min(MAX_BACKOFF_S, max(self.backoff_s * 2 ** attempt, outcome.retry_after or 0.0))
-            if status == 429:
-                self.limiter.pause(max(wait, self.limiter.window))
-            await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+        retry = PullRetry(self.retries + 1, self.backoff_s, self.limiter)
+        before = self.calls
+        try:
+            # aiohttp-retry calls only `.request` of the session it is given: this Puller's, paced and counted.
+            paced = RetryClient(client_session=cast(aiohttp.ClientSession, self), retry_options=retry)
+            async with paced.request(
+                    request.method, request.url, headers=request.headers, data=request.body,
+                    allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                answer = parse_pull(resp.status, resp.headers, await resp.read())
+        except TRANSPORT_ERRORS as exc:
+            answer = PullPage(outcome=transport_failure(exc, timeout_s))
+        outcome = answer.outcome
+        if outcome.classification == "success":
+            return answer
+        tries = f" (after {self.calls - before} tries)" if outcome.classification == "retry" else ""
+        raise PullFailed(f"{day.isoformat()}{f' page {page}' if page else ''}: "
+                         f"{outcome.classification}: {outcome.error}{tries}")
 
     async def day(self, day: date) -> list[dict[str, Any]]:
         """Every ticket created on `day`, each once, in the order the API gave them."""

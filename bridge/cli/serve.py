@@ -15,10 +15,10 @@ import structlog
 from aiohttp import web
 
 from bridge.app import build_app
+from bridge.appkeys import RUNTIME
 from bridge.cli.common import config_from, print_errors
 from bridge.config import Config
 from bridge.errors import BridgeError
-from bridge.intake import RUNTIME
 from bridge.logs import configure_logging
 from bridge.simulators import registry as simulator_registry
 

@@ -88,7 +88,7 @@ class Lane:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.breaker = Breaker()
-        self.claim_step = max(1, min(CLAIM_BATCH, dest.config.max_in_flight // 4))
+        self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
         self.log = log.bind(destination=dest.name)
 
     async def run(self) -> None:
@@ -107,7 +107,7 @@ class Lane:
                 continue
             self.wake.clear()
             try:
-                batch = await d.store.claim(self.dest.name, min(free, CLAIM_BATCH, cap or CLAIM_BATCH), d.owner,
+                batch = await d.store.claim(self.dest.name, min(free, d.claim_batch, cap or d.claim_batch), d.owner,
                                             self.dest.lease_seconds)
             except StoreUnavailable as exc:
                 self.log.error("delivery.claim_failed", error=str(exc))
@@ -116,7 +116,7 @@ class Lane:
             if not batch.items:
                 timeout = d.timings.poll_s
                 if batch.next_due_ms is not None:
-                    timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - time.time()))
+                    timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - d.clock()))
                 await self._wait(self.wake, timeout)
                 continue
             for index, item in enumerate(batch.items):
@@ -170,7 +170,7 @@ class Lane:
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
-                        time.time_ns() // 1_000_000, 0.0, None, None)
+                        int(d.clock() * 1000), 0.0, None, None)
         self._answered(item.id)
         if d.on_attempt is not None:
             d.on_attempt(self.dest.name, sent.outcome.classification)
@@ -236,7 +236,7 @@ class Lane:
             blog.warning("delivery.rate_limited", pause_s=round(pause, 3))
         decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)
         if decision.action == "retry":
-            due = int((time.time() + decision.delay_s) * 1000)
+            due = int((self.dispatcher.clock() + decision.delay_s) * 1000)
             blog.warning("delivery.retry_scheduled", error=outcome.error, status=sent.http_status, attempt=tries,
                          retry_in_s=round(decision.delay_s, 1))
             return msgspec.structs.replace(result, next_status="pending", next_attempt_at_ms=due)
@@ -251,11 +251,18 @@ class Lane:
 
 
 class Dispatcher:
-    """Runs every destination's lane; `notify` wakes lanes with new work."""
+    """Runs every destination's lane; `notify` wakes lanes with new work.
+
+    Its waits (`timings`), the most deliveries one claim takes (`claim_batch`) and the wall clock due times
+    are set by (`clock`, seconds since the epoch) are parameters, the module constants their defaults.
+    """
 
     def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination],
                  on_attempt: Callable[[str, str], None] | None = None, *, timings: Timings | None = None,
-                 max_unrecorded: int = MAX_UNRECORDED) -> None:
+                 max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.claim_batch = claim_batch
+        self.clock = clock
         self.on_attempt = on_attempt  # (destination, classification), for the metrics
         self.timings = timings or Timings(store_retry_s=STORE_RETRY_SECONDS, poll_s=POLL_SECONDS)
         self.max_unrecorded = max_unrecorded

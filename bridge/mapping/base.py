@@ -29,6 +29,10 @@ class RenderError(MappingError):
     """An event that a mapping cannot turn into a vendor body."""
 
 
+class LimitExceeded(RenderError):
+    """A render stopped by its time budget or a size limit; the message names the limit and the field."""
+
+
 class CompileError(ValueError):
     """A field that cannot be compiled; the loader adds file, line and path. `errors` holds every problem
     found in the field (this one first), each with its sub-path."""
@@ -52,6 +56,7 @@ class CompiledField:
     render: FieldFn
     explain: Callable[[Context], FieldTrace]
     constant: bool = False
+    jinja: bool = False  # some part of it renders through Jinja (and so needs the time budget)
 
     def __call__(self, ctx: Context) -> Any:
         return self.render(ctx)

@@ -9,8 +9,9 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, UndefinedError
 
 from bridge.errors import MappingError
-from bridge.mapping.base import TEMPLATE_ERRORS, CompiledField, CompileError, Context, RenderError
+from bridge.mapping.base import TEMPLATE_ERRORS, CompiledField, CompileError, Context, LimitExceeded, RenderError
 from bridge.mapping.fastpath import compile_fast_expression
+from bridge.mapping.limits import Budget, BudgetExceeded
 from bridge.mapping.model import MappingSpec
 from bridge.mapping.templatecheck import check_template
 from bridge.mapping.templates import ENV, bounded
@@ -37,18 +38,32 @@ class CompiledMapping:
 
     def __post_init__(self) -> None:
         self._plan = [(f.name, f.render) for f in self.fields]
+        # Only Jinja can loop: a mapping without it renders in linear time and needs no deadline.
+        self._budgeted = any(f.jinja for f in self.fields)
 
     def matches(self, ctx: Context) -> bool:
         if self.when is None:
             return True
         try:
-            return bool(self.when(ctx))
+            return bool(self.when(ctx))  # a `when` that needs Jinja runs under its own budget (compile_when)
+        except BudgetExceeded as exc:
+            raise LimitExceeded(f"when: {exc}", path=self.name) from None
         except UndefinedError as exc:
             raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
         except TEMPLATE_ERRORS as exc:
             raise RenderError(f"when: {exc}", path=self.name) from None
 
     def render(self, ctx: Context) -> dict[str, Any]:
+        """The fields for `ctx`, all rendered under one time budget."""
+        try:
+            if not self._budgeted:
+                return self._render(ctx)
+            with Budget():
+                return self._render(ctx)
+        except LimitExceeded as exc:
+            raise LimitExceeded(exc.message, path=f"{self.name}.{exc.path}") from None
+
+    def _render(self, ctx: Context) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, fn in self._plan:
             value = fn(ctx)

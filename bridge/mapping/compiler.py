@@ -91,7 +91,7 @@ def _list_field(name: str, raw: list[Any], at: At, problems: list[CompileError],
         _gather(trace, [c.value for c in trace.children if c.value is not OMIT])
         return trace
 
-    return CompiledField(name, render, explain)
+    return CompiledField(name, render, explain, jinja=any(item.jinja for item in members))
 
 
 def _gather(trace: FieldTrace, value: Any) -> None:
@@ -127,7 +127,7 @@ def _object_field(name: str, members_raw: dict[str, Any], at: At, problems: list
                         if c.value is not OMIT})
         return trace
 
-    return CompiledField(name, render, explain)
+    return CompiledField(name, render, explain, jinja=any(item.jinja for _, item in members))
 
 
 def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileError],

@@ -9,13 +9,14 @@ it hands back untouched so that StrictUndefined reports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import phonenumbers
 from jinja2 import Undefined
 
 from bridge.mapping.dates import check_date_args, date
+from bridge.mapping.limits import MAX_RESULT_CHARS, joined_size, replaced_size, sized_iter, too_long
 from bridge.mapping.text import html_to_text, strip_quoted
 
 Filter = Callable[..., Any]
@@ -52,12 +53,22 @@ def truncate(value: Any, length: int = 255, end: str = "") -> Any:
 
 
 def replace(value: Any, old: str, new: str) -> Any:
-    return value.replace(old, new) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    size = replaced_size(value, old, new)
+    if size > MAX_RESULT_CHARS:
+        raise too_long(size)
+    return value.replace(old, new)
 
 
 def join(value: Any, sep: str = ", ") -> Any:
-    if isinstance(value, list | tuple):
-        return sep.join(_text(v) for v in value)
+    """A list's (or a sequence's, as `map` or `range` give) items as text, with `sep` between them."""
+    if isinstance(value, list | tuple | range | Iterator):
+        parts = [_text(v) for v in sized_iter(value)]
+        size = joined_size(parts, sep)
+        if size > MAX_RESULT_CHARS:
+            raise too_long(size)
+        return sep.join(parts)
     return value
 
 

@@ -61,16 +61,18 @@ class MappingSet:
     version: str
     loaded_at: datetime
     by_source: dict[str, list[CompiledMapping]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> text, as loaded (kept as the last good set)
 
     @classmethod
-    def build(cls, mappings: list[CompiledMapping]) -> MappingSet:
+    def build(cls, mappings: list[CompiledMapping], files: dict[str, str] | None = None) -> MappingSet:
         digest = hashlib.sha256()
         by_source: dict[str, list[CompiledMapping]] = {}
         for m in sorted(mappings, key=lambda m: m.name):
             digest.update(f"{m.name}\0{m.version}\0".encode())
             for src in m.sources:
                 by_source.setdefault(src, []).append(m)
-        return cls({m.name: m for m in mappings}, digest.hexdigest()[:12], datetime.now(UTC), by_source)
+        return cls({m.name: m for m in mappings}, digest.hexdigest()[:12], datetime.now(UTC), by_source,
+                   dict(files or {}))
 
     def for_source(self, source: str) -> list[CompiledMapping]:
         return self.by_source.get(source, [])
@@ -83,6 +85,7 @@ class LoadResult:
     mappings: list[CompiledMapping] = field(default_factory=list)
     errors: list[Located] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> text of each file that loaded
 
 
 def mapping_files(folder: Path) -> list[Path]:
@@ -101,32 +104,55 @@ def load_mapping_files(
     for path in paths:
         try:
             text = path.read_bytes()
-            doc = load_yaml(text.decode("utf-8"), str(path))
-        except Located as exc:
-            result.errors.append(MappingError(exc.message, file=exc.file, line=exc.line, col=exc.col, path=exc.path))
-            result.broken.append(str(path))
-            continue
-        except UnicodeDecodeError as exc:
-            result.errors.append(MappingError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)))
-            result.broken.append(str(path))
-            continue
         except OSError as exc:
             result.errors.append(MappingError(f"cannot read: {exc.strerror}", file=str(path)))
             result.broken.append(str(path))
             continue
-        version = hashlib.sha256(text).hexdigest()[:12]
-        mapping, file_errors = compile_document(doc, path.stem, version, sources, destinations, vars_=vars_)
-        if mapping is not None and mapping.name in seen:
-            file_errors.append(_Checker(doc, mapping.name).error(
-                ("name",), f"mapping name {mapping.name!r} is already used by {seen[mapping.name]}"))
-        if file_errors:
-            result.errors.extend(file_errors)
-            result.broken.append(str(path))
-            continue
-        assert mapping is not None
-        seen[mapping.name] = str(path)
-        result.mappings.append(mapping)
+        _load_one(path, text, result, seen, sources=sources, destinations=destinations, vars_=vars_)
     return result
+
+
+def load_mapping_texts(
+    folder: Path, files: Mapping[str, str], *, sources: set[str], destinations: Destinations,
+    vars_: Mapping[str, Any] | None = None,
+) -> MappingSet:
+    """Compile `files` (file name → text, as a folder held them) exactly as `load_mapping_folder` would
+    compile those files in `folder`; raise ErrorList with every error of every file."""
+    result = LoadResult()
+    seen: dict[str, str] = {}
+    for name in sorted(files):
+        _load_one(folder / name, files[name].encode("utf-8"), result, seen, sources=sources,
+                  destinations=destinations, vars_=vars_)
+    if result.errors:
+        raise ErrorList(result.errors)
+    return MappingSet.build(result.mappings, result.files)
+
+
+def _load_one(path: Path, text: bytes, result: LoadResult, seen: dict[str, str], *, sources: set[str],
+              destinations: Destinations, vars_: Mapping[str, Any] | None) -> None:
+    try:
+        doc = load_yaml(text.decode("utf-8"), str(path))
+    except Located as exc:
+        result.errors.append(MappingError(exc.message, file=exc.file, line=exc.line, col=exc.col, path=exc.path))
+        result.broken.append(str(path))
+        return
+    except UnicodeDecodeError as exc:
+        result.errors.append(MappingError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)))
+        result.broken.append(str(path))
+        return
+    version = hashlib.sha256(text).hexdigest()[:12]
+    mapping, file_errors = compile_document(doc, path.stem, version, sources, destinations, vars_=vars_)
+    if mapping is not None and mapping.name in seen:
+        file_errors.append(_Checker(doc, mapping.name).error(
+            ("name",), f"mapping name {mapping.name!r} is already used by {seen[mapping.name]}"))
+    if file_errors:
+        result.errors.extend(file_errors)
+        result.broken.append(str(path))
+        return
+    assert mapping is not None
+    seen[mapping.name] = str(path)
+    result.mappings.append(mapping)
+    result.files[path.name] = text.decode("utf-8")
 
 
 def load_mapping_folder(
@@ -138,7 +164,7 @@ def load_mapping_folder(
     result = load_mapping_files(mapping_files(folder), sources=sources, destinations=destinations, vars_=vars_)
     if result.errors:
         raise ErrorList(result.errors)
-    return MappingSet.build(result.mappings)
+    return MappingSet.build(result.mappings, result.files)
 
 
 class _Checker:

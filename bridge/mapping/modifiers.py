@@ -8,7 +8,18 @@ from typing import Any
 
 import msgspec
 
-from bridge.mapping.base import FILTER_ERRORS, CompiledField, Context, RenderError, Source, Step, copier, describe
+from bridge.mapping.base import (
+    FILTER_ERRORS,
+    CompiledField,
+    Context,
+    LimitExceeded,
+    RenderError,
+    Source,
+    Step,
+    copier,
+    describe,
+)
+from bridge.mapping.limits import BudgetExceeded
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.paths import MISSING
 from bridge.mapping.trace import OMIT, FieldTrace
@@ -44,6 +55,8 @@ class Modifiers:
     def apply(self, value: Any, label: str, fn: Callable[[Any], Any]) -> Any:
         try:
             return fn(value)
+        except BudgetExceeded as exc:
+            raise LimitExceeded(f"transform {label}: {exc} in field {self.name}", path=self.name) from None
         except FILTER_ERRORS as exc:
             raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=self.name) from None
 

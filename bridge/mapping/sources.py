@@ -17,11 +17,13 @@ from bridge.mapping.base import (
     CompiledField,
     CompileError,
     Context,
+    LimitExceeded,
     RenderError,
     Source,
     Step,
 )
 from bridge.mapping.fastpath import compile_fast
+from bridge.mapping.limits import BudgetExceeded
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.modifiers import finish
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
@@ -123,6 +125,8 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
                 out = render_bounded(template, ctx)
         except UndefinedError as exc:
             return MISSING, f"template: {exc.message}"
+        except BudgetExceeded as exc:
+            raise LimitExceeded(f"{exc} in field {name}", path=name) from None
         except TEMPLATE_ERRORS as exc:
             raise RenderError(f"template failed: {exc}", path=name) from None
         if len(out) > MAX_RENDERED_CHARS:
@@ -147,5 +151,7 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
                 trace.error = str(exc)
             return trace
 
-        return CompiledField(name, plain, explain_plain)
-    return finish(name, source, described, steps or [], spec)
+        return CompiledField(name, plain, explain_plain, jinja=fast is None)
+    field = finish(name, source, described, steps or [], spec)
+    field.jinja = fast is None
+    return field

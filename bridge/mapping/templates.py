@@ -2,78 +2,261 @@
 render bounded in size and time.
 
 Templates see only the render context (payload, headers, event, vars, ticket) and a bounded `range`.
-Bounds, because payloads come from strangers: `range` gives at most MAX_RANGE items; `*` and `**`
-refuse results past the size cap; Jinja's padding filters (center, indent, wordwrap, format) and
-`random` are removed; output is counted as it streams and stops at MAX_RENDERED_CHARS; and a render
-that runs past TIME_BUDGET_S (checked at every attribute, item, call, range and output chunk) stops.
+Bounds, because payloads come from strangers (limits.py holds them):
+- time: the budget is checked at every loop step (the code generator wraps each `for` iterable), every
+  item an iterating filter reads (`join`, `map`, `select`, `sum`, `list`, `sort`, `unique`, `batch`, …),
+  every call, attribute and item look-up, and every output chunk;
+- size: `*`, `+`, `~`, `%`, `join`, `replace`, `str.format` and the padding methods (`ljust`, `zfill`, …)
+  are refused before they would build a string or list past MAX_RESULT_CHARS, and every filter's and
+  method's result is checked after; `range` gives at most MAX_RANGE items; block `set`s and macros are
+  joined under the same cap; output is counted as it streams and stops at MAX_RENDERED_CHARS;
+- arithmetic: `**` and `*` on integers are refused before they build an integer past MAX_INT_DIGITS.
+Jinja's padding filters (center, indent, wordwrap, format) and `random` are removed.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from contextvars import ContextVar
+import functools
+import re
+import string
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from jinja2 import StrictUndefined, Template
-from jinja2.exceptions import SecurityError
+from jinja2 import StrictUndefined, Template, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bridge.mapping.filters import FILTERS
+from bridge.mapping.limits import (
+    MAX_INT_BITS,
+    MAX_INT_DIGITS,
+    MAX_RESULT_CHARS,
+    Budget,
+    BudgetExceeded,
+    budget_iter,
+    check_int,
+    check_size,
+    check_time,
+    joined_size,
+    replaced_size,
+    sized_iter,
+    too_long,
+)
 
 MAX_RANGE = 10_000
-MAX_RENDERED_CHARS = 1_000_000
+MAX_RENDERED_CHARS = MAX_RESULT_CHARS
 MAX_EXPONENT = 1_000
-TIME_BUDGET_S = 0.25
 GLOBAL_NAMES = frozenset({"range"})
 _REMOVED_FILTERS = ("center", "indent", "wordwrap", "format", "random", "d")
+# Filters that read their whole input: it is handed to them through a budget-checking iterator.
+_ITERATING = frozenset({"map", "select", "reject", "selectattr", "rejectattr", "list", "sort", "unique",
+                        "batch", "slice", "groupby", "min", "max"})
+_CONCATENATING = frozenset({"sum"})
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
+_REFUSED_METHODS = frozenset({"translate", "maketrans"})  # a table can map each character to a long text
+_NUMBER = re.compile(r"\d+")
 
-_deadline: ContextVar[float] = ContextVar("template_deadline", default=float("inf"))
-
-
-class BudgetExceeded(SecurityError):
-    """A template went past its size or time budget."""
+__all__ = ["MAX_INT_DIGITS", "MAX_RANGE", "MAX_RENDERED_CHARS", "BudgetExceeded", "bounded", "render_bounded"]
 
 
 def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
-def _check_time() -> None:
-    if time.monotonic() > _deadline.get():
-        raise BudgetExceeded(f"the template ran for over {TIME_BUDGET_S * 1000:.0f} ms")
-
-
 def _sized(value: Any) -> bool:
     return isinstance(value, str | list | tuple | bytes)
 
 
-class BridgeEnvironment(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with size guards on `*` and `**` and the time budget on every access."""
+class BudgetCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with every `for` iterable run through `environment.budget_iter` and every
+    `~` through `environment.tilde`."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    _loop_iterables: set[int] | None = None
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        if self._loop_iterables is None:
+            self._loop_iterables = set()
+        self._loop_iterables.add(id(node.iter))
+        super().visit_For(node, frame)
+
+    def visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> Any:
+        if self._loop_iterables is None or id(node) not in self._loop_iterables:
+            return super().visit(node, *args, **kwargs)
+        self.write("environment.budget_iter(")
+        super().visit(node, *args, **kwargs)
+        self.write(")")
+        return None
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.tilde((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` under the budget: time checked before it runs, its input read through a checking iterator
+    when it iterates, size arguments checked, and its result's size checked after."""
+    skip = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0
+    wrap: Callable[[Iterable[Any]], Iterator[Any]] | None = (
+        budget_iter if name in _ITERATING else sized_iter if name in _CONCATENATING else None)
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        check_time()
+        _check_filter_args(name, args[skip + 1:], kwargs)
+        if wrap is not None and len(args) > skip and not isinstance(args[skip], StrictUndefined):
+            args = (*args[:skip], wrap(args[skip]), *args[skip + 1:])
+        return check_size(fn(*args, **kwargs))
+
+    return guarded
+
+
+# Arguments that set how much a filter builds: batch's and slice's counts, tojson's indent.
+_SIZE_ARGUMENTS = {"batch": ("linecount", MAX_RANGE), "slice": ("slices", MAX_RANGE), "tojson": ("indent", 100)}
+
+
+def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if name not in _SIZE_ARGUMENTS:
+        return
+    key, limit = _SIZE_ARGUMENTS[name]
+    value = args[0] if args else kwargs.get(key)
+    if isinstance(value, int) and value > limit:
+        raise BudgetExceeded(f"{name}: {key} of {value} is over the limit of {limit}")
+
+
+class BridgeEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with the size guards on operators, methods and filters, and the time
+    budget on every loop step, access and call."""
+
+    code_generator_class = BudgetCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    @staticmethod
+    def budget_iter(iterable: Iterable[Any]) -> Iterator[Any]:
+        return budget_iter(iterable)
+
+    @staticmethod
+    def tilde(parts: tuple[Any, ...]) -> str:
+        texts = [p if isinstance(p, str) else str(p) for p in parts]
+        size = sum(len(t) for t in texts)
+        if size > MAX_RESULT_CHARS:
+            raise too_long(size)
+        return "".join(texts)
+
+    @staticmethod
+    def concat(parts: Iterable[str]) -> str:
+        """Joins a block `set`, a macro's or a call block's output: under the same cap."""
+        out = list(sized_iter(parts))
+        return "".join(out)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        check_time()
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if _sized(seq) and isinstance(n, int) and len(seq) * n > MAX_RENDERED_CHARS:
+                if _sized(seq) and isinstance(n, int) and len(seq) * n > MAX_RESULT_CHARS:
                     raise BudgetExceeded(f"repeating {len(seq)} items {n} times is over the limit of "
-                                         f"{MAX_RENDERED_CHARS}")
-        elif operator == "**" and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-            raise BudgetExceeded(f"an exponent of {right} is over the limit of {MAX_EXPONENT}")
-        return super().call_binop(context, operator, left, right)
+                                         f"{MAX_RESULT_CHARS}")
+            if isinstance(left, int) and isinstance(right, int) \
+                    and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
+                raise BudgetExceeded(f"integer result over {MAX_INT_DIGITS} digits")
+        elif operator == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+                raise BudgetExceeded(f"an exponent of {right} is over the limit of {MAX_EXPONENT}")
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1 \
+                    and (left.bit_length() - 1) * right > MAX_INT_BITS:
+                raise BudgetExceeded(f"integer result over {MAX_INT_DIGITS} digits")
+        elif operator == "+":
+            if _sized(left) and _sized(right) and len(left) + len(right) > MAX_RESULT_CHARS:
+                raise too_long(len(left) + len(right), "string" if isinstance(left, str | bytes) else "list")
+        elif operator == "%" and isinstance(left, str | bytes):
+            _check_percent(left, right)
+        return check_int(check_size(super().call_binop(context, operator, left, right)))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        _check_time()
+        check_time()
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        _check_time()
+        check_time()
         return super().getitem(obj, argument)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_time()
-        return super().call(__context, __obj, *args, **kwargs)
+        check_time()
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str | bytes):
+            args = _check_method(owner, __obj.__name__, args, kwargs)
+        return check_size(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map` in the sandbox, with their widths bounded and their result's size
+        foreseen before they run."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+        run = wrapped
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            check_time()
+            _check_format(fmt, (*args, *kwargs.values()))
+            return check_size(run(*args, **kwargs))  # type: ignore[no-any-return]
+
+        return checked
+
+
+def _check_format(fmt: str, values: tuple[Any, ...]) -> None:
+    size = len(fmt) + sum(len(v) if _sized(v) else 24 for v in values)
+    for _text, field, spec, _conv in string.Formatter().parse(fmt):
+        if field is None or not spec:
+            continue
+        if "{" in spec:
+            raise BudgetExceeded("str.format: a width or precision taken from an argument is not allowed")
+        size += sum(int(n) for n in _NUMBER.findall(spec))
+    if size > MAX_RESULT_CHARS:
+        raise too_long(size)
+
+
+def _check_percent(fmt: str | bytes, args: Any) -> None:
+    """`fmt % args`: refused when its widths and arguments could make it longer than the cap."""
+    text = fmt if isinstance(fmt, str) else fmt.decode("latin-1")
+    if "*" in text:
+        raise BudgetExceeded("`%`: a width taken from an argument (`*`) is not allowed")
+    values = args if isinstance(args, tuple) else (args,)
+    size = len(text) + sum(int(n) for n in _NUMBER.findall(text)) \
+        + sum(len(v) if _sized(v) else 24 for v in values)
+    if size > MAX_RESULT_CHARS:
+        raise too_long(size)
+
+
+def _check_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """String methods that build something larger than their input, checked before they run; returns the
+    arguments to call them with (`join`'s iterable, read once under the budget, as a list)."""
+    if name in _REFUSED_METHODS:
+        raise BudgetExceeded(f"str.{name} is not available in templates")
+    if name in _PADDING_METHODS:
+        width = args[0] if args else kwargs.get("width", 0)
+        if isinstance(width, int) and width > MAX_RESULT_CHARS:
+            raise too_long(width)
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        tab = "\t" if isinstance(owner, str) else b"\t"
+        if isinstance(size, int) and len(owner) + owner.count(tab) * size > MAX_RESULT_CHARS:  # type: ignore[arg-type]
+            raise too_long(len(owner) + owner.count(tab) * size)  # type: ignore[arg-type]
+    elif name == "replace" and len(args) >= 2 and isinstance(owner, str) \
+            and isinstance(args[0], str) and isinstance(args[1], str):
+        count = args[2] if len(args) > 2 and isinstance(args[2], int) else -1
+        size = replaced_size(owner, args[0], args[1], count)
+        if size > MAX_RESULT_CHARS:
+            raise too_long(size)
+    elif name == "join" and args:
+        parts = list(sized_iter(args[0]))
+        size = joined_size(parts, owner if isinstance(owner, str) else owner.decode("latin-1"))
+        if size > MAX_RESULT_CHARS:
+            raise too_long(size)
+        return (parts, *args[1:])
+    return args
 
 
 def make_environment() -> BridgeEnvironment:
@@ -82,16 +265,22 @@ def make_environment() -> BridgeEnvironment:
         env.filters.pop(name, None)
     env.filters.update(FILTERS)
     env.filters["d"] = FILTERS["default"]
+    env.filters = {name: _guard_filter(name, fn) for name, fn in env.filters.items()}
     env.globals.clear()
     env.globals.update({"range": _bounded_range})
     return env
 
 
 def _bounded_range(*args: Any) -> range:
-    _check_time()
+    check_time()
     r = range(*args)
-    if len(r) > MAX_RANGE:
-        raise OverflowError(f"range of {len(r)} items is over the limit of {MAX_RANGE}")
+    try:
+        size: int | None = len(r)
+    except OverflowError:  # more items than a machine integer holds
+        size = None
+    if size is None or size > MAX_RANGE:
+        count = "over 2**63" if size is None else size
+        raise BudgetExceeded(f"range of {count} items is over the limit of {MAX_RANGE}")
     return r
 
 
@@ -99,30 +288,24 @@ def bounded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` run under the time budget (for compiled `when` expressions)."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        token = _deadline.set(time.monotonic() + TIME_BUDGET_S)
-        try:
+        with Budget():
             return fn(*args, **kwargs)
-        finally:
-            _deadline.reset(token)
 
     return run
 
 
 def render_bounded(template: Template, ctx: dict[str, Any]) -> str:
-    """Render `template`, counting output as it streams: stops past MAX_RENDERED_CHARS or TIME_BUDGET_S."""
-    token = _deadline.set(time.monotonic() + TIME_BUDGET_S)
-    try:
+    """Render `template`, counting output as it streams: stops past MAX_RENDERED_CHARS or the time budget."""
+    with Budget():
         parts: list[str] = []
         size = 0
         for chunk in template.generate(ctx):
             size += len(chunk)
             if size > MAX_RENDERED_CHARS:
                 raise BudgetExceeded(f"template output is over {MAX_RENDERED_CHARS} characters")
-            _check_time()
+            check_time()
             parts.append(chunk)
         return "".join(parts)
-    finally:
-        _deadline.reset(token)
 
 
 ENV = make_environment()

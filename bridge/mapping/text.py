@@ -8,6 +8,8 @@ from typing import Any
 from bs4 import BeautifulSoup
 from bs4.element import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction, Tag
 
+from bridge.replies import strip_reply
+
 _DROP = ("script", "style", "head", "title", "template", "noscript", "svg")
 _BLOCK = frozenset({
     "address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "fieldset", "figcaption", "figure",
@@ -67,44 +69,9 @@ def _breaks(m: re.Match[str]) -> str:
     return "\n" * n
 
 
-_ON_WROTE = re.compile(r"^\s*(On|Le|Am|El|Il|Op)\b.*\b(wrote|a écrit|schrieb|escribió|ha scritto|schreef)\s*:\s*$",
-                       re.IGNORECASE)
-_ON_START = re.compile(r"^\s*(On|Le|Am|El|Il|Op)\s", re.IGNORECASE)
-_ORIGINAL = re.compile(r"^\s*-{2,}\s*(Original Message|Reply above this line|Forwarded by)\b.*$", re.IGNORECASE)
-_RULE = re.compile(r"^\s*_{10,}\s*$")
-_HEADER = re.compile(r"^\s*\*?(From|Sent|Date|To|Cc|Subject)\s*:\*?\s", re.IGNORECASE)
-_SIGNATURE = re.compile(r"^(-- ?|__)$")
-_MOBILE = re.compile(r"^\s*(Sent from my \w+|Sent from (Mail|Outlook|Yahoo Mail) for|Get Outlook for \w+)",
-                     re.IGNORECASE)
-
-
-def _starts_quote(lines: list[str], i: int) -> bool:
-    line = lines[i]
-    if _ON_WROTE.match(line) or _ORIGINAL.match(line) or _SIGNATURE.match(line) or _MOBILE.match(line):
-        return True
-    if _ON_START.match(line):  # "On Tue, 5 Mar 2024 at 10:00, Asha <a@b.io>" / "wrote:" wrapped over lines
-        joined = " ".join(s.strip() for s in lines[i:i + 3])
-        if _ON_WROTE.match(joined) or re.search(r"\bwrote:\s*$", " ".join(s.strip() for s in lines[i:i + 2])):
-            return True
-    if _RULE.match(line) and i + 1 < len(lines) and _HEADER.match(lines[i + 1]):
-        return True
-    if _HEADER.match(line) and line.lstrip().lower().lstrip("*").startswith("from"):
-        following = [s for s in lines[i + 1:i + 5] if _HEADER.match(s)]
-        return len(following) >= 2  # an Outlook header block: From, Sent/Date, To, Subject
-    return False
-
-
-def strip_quoted(value: Any) -> Any:
-    """The reply alone: the text above the quoted history ("On … wrote:", "----- Original Message -----",
-    an Outlook header block, "> " lines) and above the signature ("-- ", "Sent from my iPhone")."""
+def strip_quoted(value: Any, subject: Any = None) -> Any:
+    """The reply alone, without quoted history, signature or mail-app footer (see `bridge.replies`); with
+    the subject (`payload.text | strip_quoted(payload.subject)`), a forward keeps what it forwarded."""
     if not isinstance(value, str):
         return value
-    lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    kept: list[str] = []
-    for i, line in enumerate(lines):
-        if _starts_quote(lines, i):
-            break
-        if line.lstrip().startswith(">"):
-            continue
-        kept.append(line.rstrip())
-    return "\n".join(kept).strip("\n")
+    return strip_reply(value, subject if isinstance(subject, str) else None)

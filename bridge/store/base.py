@@ -180,6 +180,15 @@ class PurgeCounts(msgspec.Struct, kw_only=True):
         self.dedup += other.dedup
 
 
+class StoredMappingSet(msgspec.Struct, kw_only=True):
+    """The last mapping set that loaded and passed its tests: each file's name and text, the set's
+    version, and when it was saved (ms since the epoch)."""
+
+    files: dict[str, str]
+    version: str
+    saved_at_ms: int
+
+
 class Store(ABC):
     """Durable events, deliveries and attempts. Every method may raise StoreUnavailable."""
 
@@ -277,3 +286,11 @@ class Store(ABC):
     @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:
         """destination → status → number of deliveries."""
+
+    @abstractmethod
+    async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
+        """Keep `files` (file name → text) as the last good mapping set, replacing the one kept before."""
+
+    @abstractmethod
+    async def load_mapping_set(self) -> StoredMappingSet | None:
+        """The last good mapping set saved, or None when none was."""

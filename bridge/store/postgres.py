@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -36,6 +37,7 @@ from bridge.store.base import (
     PurgeCounts,
     PurgeMark,
     Store,
+    StoredMappingSet,
     StoreProblem,
 )
 from bridge.store.rows import (
@@ -50,6 +52,7 @@ from bridge.store.rows import (
     claimed_items,
     decode_dict,
     decode_event,
+    decode_files,
     delivery_row,
     encode,
     kept_condition,
@@ -86,6 +89,15 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+def work_channel(schema: str | None) -> str:
+    """The NOTIFY channel new work is announced on. Channels are shared by the whole database, so each
+    schema (each separate queue) has its own; PostgreSQL refuses channel names of 64 bytes or more."""
+    if schema is None:
+        return CHANNEL
+    name = f"{CHANNEL}_{schema}"
+    return name if len(name) < 64 else f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
+
+
 class _Replayed(Exception):
     """A nonce held by another request: ends the accepting transaction, which rolls back."""
 
@@ -112,6 +124,7 @@ class PostgresStore(Store):
     def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.channel = work_channel(schema)
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Any = None
@@ -223,7 +236,7 @@ class PostgresStore(Store):
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "ticketbridge-listen"})
-        await conn.add_listener(CHANNEL, self._notified)
+        await conn.add_listener(self.channel, self._notified)
         self._listener = conn
 
     async def _drop_listener(self) -> None:
@@ -279,7 +292,7 @@ class PostgresStore(Store):
                 await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", rows)
             for destination in wake:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
         try:
@@ -361,7 +374,7 @@ class PostgresStore(Store):
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
                 "WHERE status = 'in_flight' AND lease_until < $1 RETURNING destination", now)
             for destination in sorted({r[0] for r in released}):
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return len(released)
 
         return await self._run(op)
@@ -439,7 +452,7 @@ class PostgresStore(Store):
                         "RETURNING destination", now, i)
                 if got is not None:
                     moved.append(i)
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, got[0])
+                    await conn.execute("SELECT pg_notify($1, $2)", self.channel, got[0])
             return moved
 
         return await self._run(op)
@@ -451,6 +464,25 @@ class PostgresStore(Store):
                     "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
                 out.setdefault(dest, {})[status] = n
             return out
+
+        return await self._run(op, transaction=False)
+
+    async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
+        data = encode(files)
+
+        async def op(conn: Any) -> None:
+            await conn.execute("INSERT INTO mapping_sets (id, version, files, saved_at) VALUES (1, $1, $2, $3) "
+                               "ON CONFLICT (id) DO UPDATE SET version = excluded.version, files = excluded.files, "
+                               "saved_at = excluded.saved_at", version, data, now_ms())
+
+        await self._run(op)
+
+    async def load_mapping_set(self) -> StoredMappingSet | None:
+        async def op(conn: Any) -> StoredMappingSet | None:
+            row = await conn.fetchrow("SELECT version, files, saved_at FROM mapping_sets WHERE id = 1")
+            if row is None:
+                return None
+            return StoredMappingSet(files=decode_files(row[1]), version=row[0], saved_at_ms=row[2])
 
         return await self._run(op, transaction=False)
 

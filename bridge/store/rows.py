@@ -15,6 +15,7 @@ from bridge.store.base import STATUSES, AttemptRow, Claimed, Cutoffs, DeliveryRo
 encode = msgspec.json.Encoder().encode
 decode_event = msgspec.json.Decoder(Event).decode
 decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
+decode_files = msgspec.json.Decoder(dict[str, str]).decode
 
 ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key")

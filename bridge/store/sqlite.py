@@ -52,6 +52,7 @@ from bridge.store.base import (
     PurgeCounts,
     PurgeMark,
     Store,
+    StoredMappingSet,
     StoreProblem,
 )
 from bridge.store.rows import (
@@ -66,6 +67,7 @@ from bridge.store.rows import (
     claimed_items,
     decode_dict,
     decode_event,
+    decode_files,
     delivery_row,
     encode,
     kept_condition,
@@ -692,6 +694,26 @@ class SqliteStore(Store):
 
         counts: dict[str, dict[str, int]] = await self._read(run)
         return counts
+
+    async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
+        data = encode(files)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO mapping_sets (id, version, files, saved_at) VALUES (1, ?, ?, ?) "
+                         "ON CONFLICT (id) DO UPDATE SET version = excluded.version, files = excluded.files, "
+                         "saved_at = excluded.saved_at", (version, data, now_ms()))
+
+        await self._write(op)
+
+    async def load_mapping_set(self) -> StoredMappingSet | None:
+        def run(conn: sqlite3.Connection) -> StoredMappingSet | None:
+            row = conn.execute("SELECT version, files, saved_at FROM mapping_sets WHERE id = 1").fetchone()
+            if row is None:
+                return None
+            return StoredMappingSet(files=decode_files(row[1]), version=row[0], saved_at_ms=row[2])
+
+        stored: StoredMappingSet | None = await self._read(run)
+        return stored
 
     # -- retention ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import pytest
 from bridge.cli import main
 from bridge.config import load_config
 from bridge.events import Event
+from bridge.registries import REGISTRIES
 from bridge.store.base import AttemptResult, NewDelivery
 from bridge.store.sqlite import SqliteStore
 
@@ -68,7 +69,7 @@ def config_file(tmp_path: Path) -> Path:
     (tmp_path / "bridge.yaml").write_text(CONFIG)
     (tmp_path / "mappings").mkdir()
     (tmp_path / "mappings" / "partner.yaml").write_text(MAPPING)
-    cfg = load_config(tmp_path / "bridge.yaml", {})
+    cfg = load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
     assert cfg.store_url.path is not None
     asyncio.run(seed(cfg.store_url.path))
     return tmp_path / "bridge.yaml"

@@ -12,6 +12,7 @@ import pytest
 from bridge.cli import main
 from bridge.config import load_config
 from bridge.events import Event
+from bridge.registries import REGISTRIES
 from bridge.store import open_store
 from bridge.store.base import NewDelivery
 
@@ -207,7 +208,7 @@ def test_replay_rerender_renders_dead_deliveries_with_the_current_mapping(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A delivery that never rendered is re-rendered with the fixed mapping and queued, with its new version."""
     cfg = setup(tmp_path, {"partner": PARTNER})
-    config = load_config(Path(cfg), {})
+    config = load_config(Path(cfg), {}, registries=REGISTRIES)
     event = Event.new(source="partner", kind="json", channel="webhook", payload={"id": "p-5", "title": "Fixed"})
     dead = NewDelivery(id="dlv_dead", mapping="partner", mapping_version="old", destination="kapture",
                        action="create_ticket", body=None, status="dead", error="title: template failed")

@@ -16,6 +16,7 @@ import pytest
 from bridge.cli import main
 from bridge.config import load_config
 from bridge.events import Event
+from bridge.registries import REGISTRIES
 from bridge.store.base import AttemptResult, NewDelivery
 from bridge.store.sqlite import SqliteStore
 from handlers.attachments import attachment, content_path, save_attachments
@@ -76,7 +77,7 @@ async def seed(db: Path, files: Path) -> None:
 def config_file(tmp_path: Path) -> Path:
     (tmp_path / "bridge.yaml").write_text(CONFIG)
     (tmp_path / "mappings").mkdir()
-    cfg = load_config(tmp_path / "bridge.yaml", {})
+    cfg = load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
     assert cfg.store_url.path is not None
     asyncio.run(seed(cfg.store_url.path, cfg.attachments_dir))
     return tmp_path / "bridge.yaml"

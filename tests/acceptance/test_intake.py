@@ -1,15 +1,20 @@
-"""The inbound HTTP contract, one test per row of DESIGN.md's answer table, through the whole app."""
+"""The inbound HTTP contract, one test per row of the answer table in docs/architecture.md, through the whole app."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
@@ -279,3 +284,36 @@ async def test_health_endpoints(client: Any) -> None:
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200 and (await ready.json())["status"] == "ready"
+
+
+async def test_a_client_gone_mid_upload_is_one_log_line(write_config: ConfigFactory,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A client that sends half a body and hangs up is logged once as intake.client_disconnected, no traceback."""
+    from bridge.cli.serve import serve
+    from tests.integration.processes import free_port
+
+    config = write_config(CONFIG, MAPPINGS, ENV)
+    port = free_port()
+    config = dataclasses.replace(config, server=msgspec.structs.replace(config.server, host="127.0.0.1", port=port))
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        server = asyncio.create_task(serve(config, workers=False, stop=stop))  # the server as `serve` runs it
+        try:
+            await eventually(lambda: any(e["event"] == "server.started" for e in logs))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /hooks/partner HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 100")  # the handler is reading the body now
+            writer.write(b'{"id": "half a bo')
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            await eventually(lambda: any(e["event"] == "intake.client_disconnected" for e in logs))
+        finally:
+            stop.set()
+            await server
+    [gone] = [e for e in logs if e["event"] == "intake.client_disconnected"]
+    assert (gone["source"], gone["content_length"]) == ("partner", 1000)
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == []

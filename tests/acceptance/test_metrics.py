@@ -58,6 +58,12 @@ async def test_metrics_count_intake_attempts_and_the_backlog(write_config: Confi
                                                                     "X-Signature": good})).status == 202
     await eventually(lambda: len(sim.tickets) == 3)
 
+    async def recorded() -> bool:
+        # A ticket exists as soon as the simulator answers; its delivery's status is committed a moment later.
+        return (await runtime(client).store.counts()).get("kapture") == {"succeeded": 3}
+
+    await eventually(recorded)
+
     resp = await client.get("/metrics", headers=AUTH)
     assert resp.status == 200
     assert resp.content_type == "text/plain"

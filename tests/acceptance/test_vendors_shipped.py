@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from bridge.config import load_config
+from bridge.registries import REGISTRIES
 from bridge.store.base import DeliveryFilter
 from tests.conftest import AppClient, eventually, runtime
 
@@ -16,7 +17,7 @@ async def test_each_example_mapping_delivers_to_its_sandbox(bridge_client: AppCl
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A web form, an email, a chat message and a status change each become a ticket (or update) in its sandbox."""
     monkeypatch.chdir(tmp_path)
-    client = await bridge_client(load_config(None, environ={}, cwd=tmp_path))
+    client = await bridge_client(load_config(None, environ={}, cwd=tmp_path, registries=REGISTRIES))
     sims: dict[str, Any] = runtime(client).simulators
     assert set(sims) == {"kapture", "leadsquared", "netgroot"}
 

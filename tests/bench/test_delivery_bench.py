@@ -1,5 +1,5 @@
 """End to end (accept, map, deliver to a local stand-in vendor): sustained rate, idle latency, and memory
-under a large backlog. Each figure is printed; the targets of DESIGN.md are held."""
+under a large backlog. Each figure is printed; the targets listed in docs/architecture.md are held."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
@@ -40,7 +41,7 @@ async def run_stop(tmp_path: Path, grace: float, latency_ms: int) -> tuple[dict[
                         break
                 await asyncio.sleep(0.02)
             server.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
+            await refusing(f"http://127.0.0.1:{port}/healthz")
             with pytest.raises(aiohttp.ClientConnectionError):
                 await session.post(f"http://127.0.0.1:{port}/hooks/partner", json={"id": "late"})
         code = await asyncio.to_thread(server.wait, grace + 10)
@@ -49,6 +50,20 @@ async def run_stop(tmp_path: Path, grace: float, latency_ms: int) -> tuple[dict[
         with contextlib.suppress(ProcessLookupError):
             stop(server)
         stop(sandbox)
+
+
+async def refusing(url: str, timeout: float = 10.0) -> None:
+    """Wait until `url` refuses new connections (the server has stopped listening); GETs store nothing."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    await resp.read()
+            except aiohttp.ClientConnectionError:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} still answered {timeout}s after SIGTERM")
 
 
 async def test_sigterm_lets_sends_in_flight_finish(tmp_path: Path) -> None:

@@ -287,3 +287,17 @@ def test_progress_bar_draws_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> No
     progress_bar(3, 3, 8)
     assert screen.getvalue() == ("\r[##########....................] 1/3 days  5 tickets"
                                  "\r[##############################] 3/3 days  8 tickets\n")
+
+
+async def test_a_failure_that_outlasts_the_retries_names_the_tries(aiohttp_server: Any) -> None:
+    """With --retries 2 and a vendor failing every call, a day is asked three times, then fails saying so."""
+    sim = seeded()
+    sim.faults = Faults(fail_count=-1, fail_status=502)
+    server = await aiohttp_server(sim.app())
+    adapter = KaptureAdapter("k", KaptureOptions(vendor="kapture", sandbox=True), str(server.make_url("")))
+    async with aiohttp.ClientSession() as session:
+        puller = Puller(session, adapter, Unlimited(), retries=2, backoff_s=0.01)
+        with pytest.raises(PullFailed, match=r"^2024-04-19: retry: HTTP 502: .* \(after 3 tries\)$"):
+            await puller.day(date(2024, 4, 19))
+    assert puller.calls == 3
+    assert len(sim.received.times()) == 3

@@ -3,7 +3,6 @@ provides a `store` fixture yielding an opened store."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from types import EllipsisType
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from bridge.store.base import (
     Nonce,
     Store,
 )
+from tests.conftest import eventually
 
 WEEK = 7 * 86400.0
 
@@ -112,6 +112,29 @@ def tick() -> int:
 class StoreContract:
     """Store semantics shared by every backend."""
 
+    # -- the last good mapping set ----------------------------------------------------------------
+
+    async def test_no_mapping_set_is_kept_until_one_is_saved(self, store: Store) -> None:
+        """A new store has no last good mapping set."""
+        assert await store.load_mapping_set() is None
+
+    async def test_the_saved_mapping_set_comes_back_exactly(self, store: Store) -> None:
+        """A saved set comes back with every file's name and text, its version and when it was saved."""
+        files = {"contact.yaml": "name: contact\nfields:\n  title: \"Réseau {{ payload.x }}\"\n", "empty.yml": ""}
+        before = now_ms()
+        await store.save_mapping_set(files, "abc123def456")
+        stored = await store.load_mapping_set()
+        assert stored is not None
+        assert (stored.files, stored.version) == (files, "abc123def456")
+        assert before <= stored.saved_at_ms <= now_ms()
+
+    async def test_saving_a_mapping_set_replaces_the_one_kept(self, store: Store) -> None:
+        """Only the latest saved set is kept: a file absent from it is gone."""
+        await store.save_mapping_set({"a.yaml": "one", "b.yaml": "two"}, "v1")
+        await store.save_mapping_set({"a.yaml": "three"}, "v2")
+        stored = await store.load_mapping_set()
+        assert stored is not None and (stored.files, stored.version) == ({"a.yaml": "three"}, "v2")
+
     # -- accept -----------------------------------------------------------------------------------
 
     async def test_accept_stores_the_event_and_its_deliveries(self, store: Store) -> None:
@@ -198,9 +221,14 @@ class StoreContract:
     async def test_dedup_window_expires(self, store: Store) -> None:
         """After the window, the same key is accepted again, and later duplicates name the newer event."""
         first = make_event(dedup_key="k")
-        assert (await store.accept(first, [make_delivery()], 0.05)).duplicate is False
-        assert (await store.accept(make_event(dedup_key="k"), [], 0.05)).event_id == first.id
-        await asyncio.sleep(0.1)
+        window_s = 1.0
+        started_ms = now_ms()
+        assert (await store.accept(first, [make_delivery()], window_s)).duplicate is False
+        again = await store.accept(make_event(dedup_key="k"), [], window_s)
+        if now_ms() - started_ms < window_s * 1000:  # only a machine stalled for the whole window cannot tell
+            assert (again.event_id, again.duplicate) == (first.id, True)
+        expires_ms = now_ms() + int(window_s * 1000)  # no earlier than the store's own reckoning
+        await eventually(lambda: now_ms() > expires_ms)
         second = make_event(dedup_key="k")
         res = await store.accept(second, [make_delivery()], WEEK)
         assert (res.event_id, res.duplicate, res.deliveries) == (second.id, False, 1)
@@ -425,8 +453,9 @@ class StoreContract:
         _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
         await accept_one(store, make_delivery(destination="lsq"))
         await store.claim("kapture-support", 10, "crashed-worker", 0)
+        leased_until_ms = now_ms()
         await store.claim("lsq", 10, "live-worker", 60)
-        await asyncio.sleep(0.02)
+        await eventually(lambda: now_ms() > leased_until_ms + 1)  # the zero-length lease has run out
         assert await store.release_expired() == 2
         assert {(await row(store, a)).status, (await row(store, b)).status} == {"pending"}
         assert (await store.list_deliveries(DeliveryFilter(destination="lsq")))[0].status == "in_flight"

@@ -11,7 +11,7 @@ import pytest
 from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
 from bridge.store.base import Cutoffs, DeliveryFilter
-from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema
+from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema, work_channel
 from tests.integration.processes import DSN
 from tests.integration.store.contract import (
     WEEK,
@@ -146,6 +146,42 @@ async def test_processes_starting_together_create_the_schema_once(pg_schema: str
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_queue_in_another_schema_is_not_woken(pg_schema: str) -> None:
+    """Two queues in one database (two schemas) announce work on their own channels: neither wakes the other."""
+    other_schema = f"{pg_schema}_other"
+    a, b, other = (PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema),
+                   PostgresStore(DSN, schema=other_schema))
+    for s in (a, b, other):
+        await s.open()
+    try:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        overheard: asyncio.Queue[str] = asyncio.Queue()
+        await b.subscribe(heard.put_nowait)
+        await other.subscribe(overheard.put_nowait)
+        await accept_one(a, make_delivery(destination="lsq"))
+        assert await asyncio.wait_for(heard.get(), 5) == "lsq"
+        # A witness: work of the other queue, committed after, is what its listener hears first.
+        await accept_one(other, make_delivery(destination="own"))
+        assert await asyncio.wait_for(overheard.get(), 5) == "own"
+    finally:
+        for s in (a, b, other):
+            await s.close()
+        conn = await asyncpg.connect(DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{other_schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+def test_channel_names_fit_postgresqls_limit() -> None:
+    """Each schema's channel is named after it, or after its hash when the name would be 64 bytes or more."""
+    assert work_channel(None) == "ticketbridge_work"
+    assert work_channel("tickets") == "ticketbridge_work_tickets"
+    long_one, long_two = "a" * 63, "a" * 62 + "b"
+    assert len(work_channel(long_one)) < 64
+    assert work_channel(long_one) != work_channel(long_two)
 
 
 async def test_expired_nonces_are_swept_a_few_at_a_time(store: PostgresStore, pg_schema: str) -> None:

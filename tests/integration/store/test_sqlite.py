@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.store.base import DeliveryFilter
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
+from tests.conftest import eventually
 from tests.integration.store.contract import (
     WEEK,
     StoreContract,
@@ -28,6 +30,7 @@ from tests.integration.store.contract import (
 )
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -40,6 +43,21 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 class TestSqliteStoreContract(StoreContract):
     """The SQLite store passes the contract every backend shares."""
+
+
+async def handed_over(writes: list[Awaitable[T]]) -> list[asyncio.Task[T]]:
+    """The writes, started as tasks, once every one of them has reached the store's writer (each queues its
+    write before its first await), so that a held lock makes them wait together."""
+    started = 0
+
+    async def run(write: Awaitable[T]) -> T:
+        nonlocal started
+        started += 1
+        return await write
+
+    tasks = [asyncio.create_task(run(w)) for w in writes]
+    await eventually(lambda: started == len(writes))
+    return tasks
 
 
 def query(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -169,6 +187,14 @@ async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
         await second.close()
 
 
+def shipped_scripts() -> list[tuple[int, str]]:
+    """(version, name) of each migration script the package ships, in order."""
+    from importlib import resources
+
+    names = sorted(f.name for f in resources.files("bridge.store.sql.sqlite").iterdir() if f.name.endswith(".sql"))
+    return [(int(name.split("_", 1)[0]), name) for name in names]
+
+
 async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
     """Each migration script runs and is recorded once, however often the store opens."""
     path = tmp_path / "s.db"
@@ -177,10 +203,39 @@ async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
         await s.open()
         await s.close()
     rows = query(path, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "0001_init.sql"), (2, "0002_ticket_key.sql"), (3, "0003_nonces.sql"),
-                    (7, "0007_retention.sql")]
+    assert rows == shipped_scripts()
+    assert (4, "0004_mapping_sets.sql") in rows
     tables = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"events", "dedup_keys", "deliveries", "attempts", "nonces", "schema_migrations"} <= tables
+    assert {"events", "dedup_keys", "deliveries", "attempts", "schema_migrations", "mapping_sets"} <= tables
+
+
+async def test_a_migration_numbered_below_the_newest_applied_one_still_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script that arrives after a higher-numbered one was applied (branches merged later) runs at the next open."""
+    import types
+    from importlib import resources
+
+    from bridge.store import sqlite as sqlite_module
+
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    for script in resources.files("bridge.store.sql.sqlite").iterdir():
+        if script.name.endswith(".sql"):
+            (folder / script.name).write_text(script.read_text(encoding="utf-8"), encoding="utf-8")
+    for shipped in folder.glob("0003_*.sql"):
+        shipped.unlink()  # the test plays 0003 arriving late
+    monkeypatch.setattr(sqlite_module, "resources", types.SimpleNamespace(files=lambda _package: folder))
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.close()
+    (folder / "0003_later.sql").write_text("CREATE TABLE later (x INTEGER)", encoding="utf-8")
+    second = SqliteStore(path)
+    await second.open()
+    await second.close()
+    versions = [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert 3 in versions and 4 in versions
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'later'") == [("later",)]
 
 
 async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
@@ -198,7 +253,8 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         assert (await s.get_delivery(d)).delivery.ticket_key is None
     finally:
         await s.close()
-    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3, 7]
+    assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [
+        version for version, _ in shipped_scripts()]
 
 
 async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
@@ -243,8 +299,7 @@ async def test_concurrent_accepts_share_commits(store: SqliteStore, tmp_path: Pa
     """Accepts that arrive while a commit is under way are committed together, in fewer transactions."""
     batches, ops = store.batches, store.batched_ops
     with write_locked(tmp_path / "s.db"):
-        tasks = [asyncio.create_task(store.accept(make_event(), [make_delivery()], WEEK)) for _ in range(100)]
-        await asyncio.sleep(0.2)
+        tasks = await handed_over([store.accept(make_event(), [make_delivery()], WEEK) for _ in range(100)])
         assert not any(t.done() for t in tasks)
     results = await asyncio.gather(*tasks)
     assert all(not r.duplicate and r.deliveries == 1 for r in results)
@@ -261,8 +316,7 @@ async def test_group_commit_respects_its_maximum(tmp_path: Path) -> None:
     try:
         batches = s.batches
         with write_locked(path):
-            tasks = [asyncio.create_task(s.accept(make_event(), [make_delivery()], WEEK)) for _ in range(50)]
-            await asyncio.sleep(0.2)
+            tasks = await handed_over([s.accept(make_event(), [make_delivery()], WEEK) for _ in range(50)])
         await asyncio.gather(*tasks)
         assert 5 <= s.batches - batches <= 6
     finally:
@@ -274,12 +328,11 @@ async def test_a_failing_write_does_not_fail_its_group(store: SqliteStore, tmp_p
     good1, good2, bad = make_event(), make_event(), make_event()
     clash = make_delivery()
     with write_locked(tmp_path / "s.db"):
-        tasks = [
-            asyncio.create_task(store.accept(good1, [make_delivery()], WEEK)),
-            asyncio.create_task(store.accept(bad, [clash, make_delivery(delivery_id=clash.id)], WEEK)),
-            asyncio.create_task(store.accept(good2, [make_delivery()], WEEK)),
-        ]
-        await asyncio.sleep(0.2)
+        tasks = await handed_over([
+            store.accept(good1, [make_delivery()], WEEK),
+            store.accept(bad, [clash, make_delivery(delivery_id=clash.id)], WEEK),
+            store.accept(good2, [make_delivery()], WEEK),
+        ])
     r1, r_bad, r2 = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(r_bad, StoreUnavailable)
     assert not isinstance(r1, BaseException)

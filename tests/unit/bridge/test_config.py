@@ -10,6 +10,7 @@ import pytest
 from bridge.config import (
     Config,
     DestinationConfig,
+    Registries,
     SourceConfig,
     StoreURL,
     load_config,
@@ -18,6 +19,7 @@ from bridge.config import (
     shipped_mappings_dir,
 )
 from bridge.errors import ErrorList, Located
+from bridge.registries import REGISTRIES
 from bridge.vendors.kapture import KaptureOptions
 from handlers.form import FormOptions
 from handlers.json_hook import JsonOptions
@@ -31,13 +33,13 @@ def write(folder: Path, text: str, name: str = "bridge.yaml") -> Path:
 
 
 def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
-    return load_config(write(tmp_path, text), environ or {})
+    return load_config(write(tmp_path, text), environ or {}, registries=REGISTRIES)
 
 
 def errors_of(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[Located]:
     path = write(tmp_path, text)
     with pytest.raises(ErrorList) as info:
-        load_config(path, environ or {})
+        load_config(path, environ or {}, registries=REGISTRIES)
     for err in info.value.errors:
         assert isinstance(err, Located)
         assert err.file == str(path)
@@ -72,7 +74,7 @@ destinations:
     timeout_seconds: 30
     retry: {schedule: [5s, 5m, 30m, 2h, 5h, 10h, 10h], jitter: 0.2}
   demo-kapture: {vendor: kapture, sandbox: true}
-"""  # noqa: E501 - the design's example, kept as written
+"""  # noqa: E501 - the example of docs/architecture.md, kept as written
 
 FULL_ENV = {"PARTNER_SECRET": "p-secret", "PRIVATE_TOKEN": "tok", "KAPTURE_TOKEN": "k-token"}
 
@@ -80,8 +82,8 @@ FULL_ENV = {"PARTNER_SECRET": "p-secret", "PRIVATE_TOKEN": "tok", "KAPTURE_TOKEN
 # -- a whole file ------------------------------------------------------------------------------------
 
 
-def test_the_design_example_loads(tmp_path: Path) -> None:
-    """The design's example (for the kinds and vendors that exist) loads into typed options."""
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    """The example config of docs/architecture.md loads into typed options."""
     cfg = load(tmp_path, FULL, FULL_ENV)
     assert cfg.file == tmp_path / "bridge.yaml"
     assert cfg.base_dir == tmp_path.resolve()
@@ -148,7 +150,7 @@ def test_error_list_renders_every_error(tmp_path: Path) -> None:
     """The ErrorList's text has one `file:line:col: path: message` line per error."""
     path = write(tmp_path, "sources:\n  a: {kind: nope}\n  b: {kind: nope}\n")
     with pytest.raises(ErrorList) as info:
-        load_config(path, {})
+        load_config(path, {}, registries=REGISTRIES)
     lines = str(info.value).splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{path}:2:")
@@ -194,7 +196,7 @@ def test_only_the_given_environ_is_read(tmp_path: Path, monkeypatch: pytest.Monk
 def test_process_environment_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without `environ`, variables come from the process environment."""
     monkeypatch.setenv("TB_TEST_TOKEN", "from-os")
-    cfg = load_config(write(tmp_path, "admin: {token: '${TB_TEST_TOKEN}'}\n"))
+    cfg = load_config(write(tmp_path, "admin: {token: '${TB_TEST_TOKEN}'}\n"), registries=REGISTRIES)
     assert cfg.admin.token == "from-os"
 
 
@@ -219,7 +221,7 @@ def test_missing_file_is_an_error_list(tmp_path: Path) -> None:
     """A config file that does not exist comes back as an ErrorList naming it."""
     path = tmp_path / "nope.yaml"
     with pytest.raises(ErrorList) as info:
-        load_config(path, {})
+        load_config(path, {}, registries=REGISTRIES)
     assert [e.file for e in info.value.errors] == [str(path)]
 
 
@@ -419,7 +421,7 @@ def test_retry_schedule_accepts_numbers_and_text(tmp_path: Path) -> None:
 
 
 def test_default_retry_schedule(tmp_path: Path) -> None:
-    """Without `retry`, the design's schedule 5s, 5m, 30m, 2h, 5h, 10h, 10h applies."""
+    """Without `retry`, the documented schedule 5s, 5m, 30m, 2h, 5h, 10h, 10h applies."""
     cfg = load(tmp_path, "destinations:\n  k: {vendor: kapture, sandbox: true}\n")
     assert cfg.destinations["k"].retry.delays() == [5, 300, 1800, 7200, 18000, 36000, 36000]
 
@@ -464,7 +466,7 @@ def test_sqlite_relative_url_is_relative_to_the_config_folder(tmp_path: Path) ->
     """`sqlite:///data/x.db` is resolved against the config file's folder, not the working directory."""
     folder = tmp_path / "etc" / "bridge"
     path = write(folder, "store: {url: 'sqlite:///data/x.db'}\n")
-    cfg = load_config(path, {}, cwd=tmp_path / "elsewhere")
+    cfg = load_config(path, {}, cwd=tmp_path / "elsewhere", registries=REGISTRIES)
     assert cfg.store_url == StoreURL("sqlite", folder.resolve() / "data" / "x.db", "sqlite:///data/x.db")
 
 
@@ -513,7 +515,7 @@ def test_parse_store_url_directly(tmp_path: Path) -> None:
 
 def test_relative_mappings_folder(tmp_path: Path) -> None:
     """A relative `mappings` folder is relative to the config file's folder."""
-    cfg = load_config(write(tmp_path / "conf", "mappings: maps/\n"), {}, cwd=tmp_path)
+    cfg = load_config(write(tmp_path / "conf", "mappings: maps/\n"), {}, cwd=tmp_path, registries=REGISTRIES)
     assert cfg.mappings_dir == (tmp_path / "conf").resolve() / "maps"
 
 
@@ -529,7 +531,7 @@ def test_absolute_mappings_folder(tmp_path: Path) -> None:
 
 def test_shipped_default_loads(tmp_path: Path) -> None:
     """With no file, the shipped default loads with an empty environment."""
-    cfg = load_config(None, {}, cwd=tmp_path)
+    cfg = load_config(None, {}, cwd=tmp_path, registries=REGISTRIES)
     assert cfg.file is None
     assert cfg.base_dir == tmp_path
     assert cfg.admin.token == ""
@@ -539,7 +541,7 @@ def test_shipped_default_loads(tmp_path: Path) -> None:
 
 def test_shipped_default_has_the_contact_form_and_demo_kapture() -> None:
     """The shipped default has the website-contact form source and the demo-kapture sandbox destination."""
-    cfg = load_config(None, {})
+    cfg = load_config(None, {}, registries=REGISTRIES)
     web = cfg.sources["website-contact"]
     assert isinstance(web, SourceConfig)
     assert web.kind == "form"
@@ -552,14 +554,14 @@ def test_shipped_default_has_the_contact_form_and_demo_kapture() -> None:
 
 def test_shipped_default_store_is_under_the_working_directory(tmp_path: Path) -> None:
     """The shipped default keeps its SQLite file under ./var of the working directory."""
-    cfg = load_config(None, {}, cwd=tmp_path)
+    cfg = load_config(None, {}, cwd=tmp_path, registries=REGISTRIES)
     assert cfg.store_url.scheme == "sqlite"
     assert cfg.store_url.path == tmp_path / "var" / "ticketbridge.db"
 
 
 def test_shipped_default_takes_port_and_admin_token_from_the_environment() -> None:
     """The shipped default reads PORT and BRIDGE_ADMIN_TOKEN from the environment it is given."""
-    cfg = load_config(None, {"PORT": "9999", "BRIDGE_ADMIN_TOKEN": "adm"})
+    cfg = load_config(None, {"PORT": "9999", "BRIDGE_ADMIN_TOKEN": "adm"}, registries=REGISTRIES)
     assert cfg.server.port == 9999
     assert cfg.admin.token == "adm"
 
@@ -604,6 +606,29 @@ def test_resolve_uses_the_process_cwd_by_default(tmp_path: Path, monkeypatch: py
     assert resolved.resolve() == path.resolve()
 
 
+def test_load_config_looks_kinds_and_vendors_up_in_the_registries_it_is_given(tmp_path: Path) -> None:
+    """`load_config` takes its registries as an argument: a kind they do not know is an error at its key."""
+    only_json = Registries(source_options=lambda kind: {"json": JsonOptions}[kind],
+                           vendor_options=lambda vendor: {"kapture": KaptureOptions}[vendor])
+    path = write(tmp_path, "sources:\n  a: {kind: json}\n  b: {kind: form}\n")
+    with pytest.raises(ErrorList) as info:
+        load_config(path, {}, registries=only_json)
+    [err] = info.value.errors
+    assert isinstance(err, Located)
+    assert (err.line, "form" in str(err)) == (3, True)
+
+
+def test_the_config_module_imports_no_registry() -> None:
+    """bridge.config is imported by the registries, so it must not import them (no hidden cycle)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bridge.config; "
+            "print(sorted(m for m in sys.modules if m.endswith('registry') or m.startswith('handlers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("  mail:\n    kind: mailgun\n    signing_key: k\n    dedup_window: 1m\n", "`tolerance` 5m either way"),
     ("  ses:\n    kind: ses\n    topic_arns: ['arn:aws:sns:us-east-1:1:t']\n    dedup_window: 30m\n", "`max_age` 1h"),
@@ -617,17 +642,22 @@ def test_a_dedup_window_shorter_than_a_signed_request_stays_valid_is_an_error(tm
 
 
 def test_retention_limits_are_durations_named_where_they_are_written(tmp_path: Path) -> None:
-    """A retention limit that is not a duration, or a sweep interval of zero, is an error naming file, line and key."""
-    cfg = tmp_path / "bridge.yaml"
-    cfg.write_text("retention:\n  events: 30d\n  dead: soon\n  every: 0s\n")
-    with pytest.raises(ErrorList) as exc:
-        load_config(cfg, {})
-    assert str(exc.value).startswith(f"{cfg}:3:")
-    assert "retention.dead: 'soon' is not a duration" in str(exc.value)
-    cfg.write_text("retention:\n  every: 0s\n")
-    with pytest.raises(ErrorList) as exc:
-        load_config(cfg, {})
-    assert "retention.every: '0s' would sweep without a pause" in str(exc.value)
-    cfg.write_text("retention: {events: null, attachments: 7d}\n")
-    loaded = load_config(cfg, {}).retention
+    """A retention limit that is not a duration, or a sweep interval of zero, is an error naming its line and key."""
+    [bad] = errors_of(tmp_path, "retention:\n  events: 30d\n  dead: soon\n")
+    assert bad.line == 3 and "retention.dead: 'soon' is not a duration" in str(bad)
+    [busy] = errors_of(tmp_path, "retention:\n  every: 0s\n")
+    assert busy.line == 2 and "retention.every: '0s' would sweep without a pause" in str(busy)
+    loaded = load(tmp_path, "retention: {events: null, attachments: 7d}\n").retention
     assert (loaded.limit("events"), loaded.limit("attachments"), loaded.limit("dead")) == (None, 7 * 86400, 90 * 86400)
+
+
+def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
+    """`mappings_on_start_error` defaults to last_good and takes fail; `mappings_reload_timeout` is a duration."""
+    default = load(tmp_path, "sources: {}\n")
+    assert (default.mappings_on_start_error, default.mappings_reload_timeout_s) == ("last_good", 30.0)
+    set_ = load(tmp_path, "mappings_on_start_error: fail\nmappings_reload_timeout: 2m\n")
+    assert (set_.mappings_on_start_error, set_.mappings_reload_timeout_s) == ("fail", 120.0)
+    [bad] = errors_of(tmp_path, "mappings_on_start_error: maybe\n")
+    assert (bad.line, "mappings_on_start_error" in str(bad)) == (1, True)
+    [slow] = errors_of(tmp_path, "sources: {}\nmappings_reload_timeout: soon\n")
+    assert slow.line == 2 and "mappings_reload_timeout" in str(slow)

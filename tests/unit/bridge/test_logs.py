@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 
-from bridge.logs import configure_logging, mask_personal_data, mask_text
+from bridge.logs import STDLIB_HANDLER, configure_logging, mask_personal_data, mask_text
 
 
 @pytest.fixture
@@ -223,3 +225,42 @@ def test_a_date_and_time_is_not_masked_as_a_phone_number() -> None:
     """`2024-04-19 14:19:11` (Kapture's format) stays readable: the digits run on past the date, but it is one."""
     assert mask_text("callback_time must look like 2024-04-19 14:19:11") == \
         "callback_time must look like 2024-04-19 14:19:11"
+
+
+@pytest.fixture
+def restore_stdlib_logging(restore_structlog: None) -> Iterator[None]:
+    """configure_logging also puts a handler on the root logger and sets its level; undo both afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h.name == STDLIB_HANDLER]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+
+
+async def test_aiohttp_logs_go_through_the_same_masking(restore_stdlib_logging: None, aiohttp_client: Any) -> None:
+    """aiohttp's traceback for a failing handler and its access line are JSON lines with emails and phones masked."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+
+    async def failing(request: web.Request) -> web.Response:
+        raise RuntimeError("cannot reach asha.rao@example.com on +91 98765 43210")
+
+    app = web.Application()
+    app.router.add_get("/fail", failing)
+    client = await aiohttp_client(app)
+    resp = await client.get("/fail", params={"reply_to": "ravi.k@example.org"})
+    assert resp.status == 500
+    await resp.read()
+    await client.close()
+    text = stream.getvalue()
+    for secret in ("asha.rao@", "ravi.k@", "98765 43210", "9876543210"):
+        assert secret not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    [server] = [line for line in lines if line["logger"] == "aiohttp.server"]
+    assert server["level"] == "error"
+    assert "RuntimeError: cannot reach a***@example.com on +**********10" in server["exception"]
+    [access] = [line for line in lines if line["logger"] == "aiohttp.access"]
+    assert "reply_to=r***@example.org" in access["event"]

@@ -12,7 +12,7 @@ from bridge.events import Event
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.mappingset import MappingSet, compile_document
-from bridge.routing import plan_deliveries, render_context
+from bridge.routing import Rendered, plan_deliveries, render_context, render_event
 from bridge.yamlfile import load_yaml
 
 SOURCES = {"website-contact", "partner-api"}
@@ -239,3 +239,27 @@ def test_render_context_exposes_payload_headers_event_and_vars() -> None:
     ctx = render_context(ev, VARS)
     assert set(ctx) == {"payload", "headers", "event", "vars"}
     assert ctx["event"]["received_at"] == ev.received_at.isoformat()
+
+
+@pytest.mark.usefixtures("exploding_filter")
+def test_render_event_is_skipped_a_body_or_an_error_never_a_raise() -> None:
+    """render_event, the one render path of intake and replay --rerender, skips, renders, or names the failure."""
+    contact = compile_mapping(CONTACT)
+    buggy = compile_mapping("""\
+        name: buggy
+        source: website-contact
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: {from: payload.subject, transform: [explode]}
+        """)
+    good = event(GOOD)
+    assert render_event(contact, render_context(event({**GOOD, "category": "spam"}), VARS), "evt_1") \
+        == Rendered(skipped=True)
+    assert render_event(contact, render_context(good, VARS), good.id) == Rendered(body={
+        "title": "Website enquiry: Router down", "email_id": "asha@example.com", "team": "noc"})
+    missing = render_event(contact, render_context(event({"subject": "x"}), VARS), "evt_2")
+    assert (missing.skipped, missing.body) == (False, None)
+    assert missing.error is not None and missing.error.startswith("email_id: required")
+    assert render_event(buggy, render_context(good, VARS), good.id) == Rendered(
+        error="buggy: internal error while rendering: RuntimeError: filter bug")

@@ -21,6 +21,7 @@ from handlers.base import (
     obj,
     per_request,
 )
+from tests.fixtures.providers import passes
 
 
 class Plain(Handler):
@@ -66,7 +67,7 @@ def rejected_415(h: Handler, req: Request) -> Rejected:
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/json", "image/png"])
 def test_no_content_types_takes_anything(ctype: str | None) -> None:
     """A handler that lists no content types takes any body."""
-    make(Plain).check_content_type(request(ctype))
+    assert passes(lambda: make(Plain).check_content_type(request(ctype)))
 
 
 @pytest.mark.parametrize(
@@ -76,7 +77,7 @@ def test_no_content_types_takes_anything(ctype: str | None) -> None:
 )
 def test_json_handler_takes_json_and_plus_json(ctype: str) -> None:
     """`application/json` is matched without parameters or case, and `…+json` types count as JSON."""
-    make(JsonOnly).check_content_type(request(ctype))
+    assert passes(lambda: make(JsonOnly).check_content_type(request(ctype)))
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/xml", "application/jsonp", "text/json+xml"])

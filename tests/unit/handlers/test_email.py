@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.errors import Rejected
 from handlers.attachments import attachment
 from handlers.email import (
     Headers,
@@ -16,6 +17,7 @@ from handlers.email import (
     sender,
     strip_reply,
 )
+from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
 from tests.fixtures.providers import ASHA_TEXT, JPEG, JPEG_SHA256, raw
 
 # -- addresses ---------------------------------------------------------------------------------------
@@ -103,6 +105,15 @@ def test_strip_reply_leaves_ordinary_text_alone(text: str) -> None:
     assert strip_reply(text) == text
 
 
+def test_email_payload_strips_a_forward_by_its_subject() -> None:
+    """The email payload's stripped_text keeps an Outlook-forwarded message when the (encoded) subject says FW."""
+    body = "FYI\n\nFrom: Shop <o@shop.example>\nSent: Monday\nTo: Sam\nSubject: Order\n\nThanks for your order."
+    common = {"from_": "s@x.org", "to": None, "cc": None, "html": None, "stripped_text": None, "message_id_": None,
+              "in_reply_to": None, "references": None, "attachments": [], "provider": {}}
+    assert email_payload(text=body, subject="=?utf-8?q?FW=3A_Order?=", **common)["stripped_text"] == body
+    assert email_payload(text=body, subject="RE: Order", **common)["stripped_text"] == "FYI"
+
+
 def test_strip_reply_of_nothing_is_empty() -> None:
     """No text gives an empty reply, not an error."""
     assert strip_reply(None) == ""
@@ -164,8 +175,8 @@ def payload(**changes: object) -> dict[str, object]:
     return email_payload(**args)  # type: ignore[arg-type]
 
 
-def test_email_payload_has_the_designed_keys_in_order() -> None:
-    """Every provider's payload has exactly DESIGN's email keys."""
+def test_email_payload_has_the_documented_keys_in_order() -> None:
+    """Every provider's payload has exactly the email keys of docs/architecture.md, in order."""
     assert list(payload()) == ["from", "from_name", "to", "cc", "subject", "text", "html", "stripped_text",
                                "message_id", "in_reply_to", "references", "attachments", "provider"]
 
@@ -183,3 +194,89 @@ def test_email_payload_normalises_line_ends_and_lists_attachment_metadata() -> N
     assert out["text"] == "a\nb"
     assert out["attachments"] == [item.meta]
     assert "content" not in item.meta
+
+
+# -- caps and hostile shapes ---------------------------------------------------------------------------------
+
+
+def test_too_many_addresses_is_a_413_naming_the_field() -> None:
+    """More than MAX_ADDRESSES in a field is refused before the list is parsed; exactly the cap passes."""
+    listed = ", ".join(f"u{i}@example.com" for i in range(MAX_ADDRESSES))
+    assert len(address_list(listed, field="To")) == MAX_ADDRESSES
+    with pytest.raises(Rejected) as info:
+        address_list(listed + ", one@more.example", field="Cc")
+    assert (info.value.status, str(info.value)) == (413, f"too many Cc addresses: {MAX_ADDRESSES + 1}, "
+                                                         f"at most {MAX_ADDRESSES}")
+
+
+def test_names_quoting_an_address_do_not_count_against_the_cap() -> None:
+    """Outlook's `"a@b" <a@b>` has two "@" per address; only the one outside the quotes counts."""
+    listed = ", ".join(f'"u{i}@example.com" <u{i}@example.com>' for i in range(MAX_ADDRESSES))
+    assert len(address_list(listed, field="To")) == MAX_ADDRESSES
+
+
+def test_deeply_nested_comments_in_an_address_are_a_400() -> None:
+    """Comments nested thousands deep are refused as unreadable, not a crash."""
+    with pytest.raises(Rejected) as info:
+        address_list("(" * 5000 + "a@b.c", field="To")
+    assert (info.value.status, str(info.value)) == (400, "To is not an address list: comments are nested too deep")
+
+
+def test_an_encoded_name_with_a_comma_stays_one_mailbox() -> None:
+    """An encoded display name that decodes to "Last, First" is decoded after the addresses are split."""
+    assert sender("=?utf-8?Q?M=C3=BCller=2C_Hans?= <H@x.org>") == ("Müller, Hans", "h@x.org")
+    assert address_list("=?utf-8?q?evil=40x.test=2C?= <real@y.test>") == ["real@y.test"]
+
+
+def test_too_many_message_ids_is_a_413_naming_the_field() -> None:
+    """More than MAX_MESSAGE_IDS distinct ids is refused; repeats of one id count once."""
+    assert message_ids("<a@b> " * 5000) == ["<a@b>"]
+    with pytest.raises(Rejected, match=rf"^too many References message ids: {MAX_MESSAGE_IDS + 1}, at most"):
+        message_ids(" ".join(f"<{i}@x>" for i in range(MAX_MESSAGE_IDS + 1)))
+    with pytest.raises(Rejected, match=r"^too many In-Reply-To message ids"):
+        email_payload(from_=None, to=None, cc=None, subject=None, text=None, html=None, stripped_text=None,
+                      message_id_=None, in_reply_to=" ".join(f"<{i}@x>" for i in range(MAX_MESSAGE_IDS + 1)),
+                      references=None, attachments=[], provider={})
+
+
+def test_encoded_words_decode_in_one_pass() -> None:
+    """Adjacent encoded words join, a broken one stays as written, and unterminated ones are left alone."""
+    assert decode_words("=?utf-8?q?a?= =?utf-8?q?b?= c") == "ab c"
+    assert decode_words("=?utf-8*en?q?hi?=") == "hi"
+    assert decode_words("=?a?q?x" * 3) == "=?a?q?x" * 3
+
+
+def test_header_block_is_read_raw_and_capped() -> None:
+    """Raw 8-bit UTF-8 reads as text, address headers keep their encoded names for the address parser, and a
+    block with more than MAX_HEADER_FIELDS fields is a 413."""
+    headers = Headers.from_block("Subject: Caf\xc3\xa9".encode("latin-1").decode("ascii", "surrogateescape")
+                                 + "\r\nFrom: =?utf-8?q?A=2C_B?= <a@b.c>\r\n\r\n")
+    assert headers.get("Subject") == "Café"
+    assert sender(headers.get("From")) == ("A, B", "a@b.c")
+    with pytest.raises(Rejected, match=rf"^too many header fields in the header block: {MAX_HEADER_FIELDS + 1}"):
+        Headers.from_block("X: y\r\n" * (MAX_HEADER_FIELDS + 1))
+
+
+def test_too_many_attachments_is_a_413() -> None:
+    """An email with more than MAX_ATTACHMENTS attachments is refused, naming the count."""
+    files = [attachment("a.txt", "text/plain", b"x")] * (MAX_ATTACHMENTS + 1)
+    with pytest.raises(Rejected, match=rf"^too many attachments: {MAX_ATTACHMENTS + 1}, at most {MAX_ATTACHMENTS}$"):
+        payload(attachments=files)
+
+
+def test_mime_with_too_many_parts_or_a_long_content_header_is_a_413() -> None:
+    """A message over MAX_MIME_PARTS parts, or with a Content-* header over its cap, is refused before the
+    structured parse."""
+    parts = b"".join(b"--B\r\nContent-Type: text/plain\r\n\r\nv\r\n" for _ in range(MAX_MIME_PARTS + 1))
+    with pytest.raises(Rejected, match=rf"^too many MIME parts in the message: {MAX_MIME_PARTS + 1}"):
+        parse_mime(b"Content-Type: multipart/mixed; boundary=B\r\n\r\n" + parts + b"--B--\r\n")
+    long_type = b"Content-Type: text/plain" + b"; p=v" * 2000 + b"\r\n\r\nhi"
+    with pytest.raises(Rejected, match=r"^header Content-Type of the message is 10010 characters, at most 8192$"):
+        parse_mime(long_type)
+
+
+def test_mime_headers_keep_raw_utf8_and_encoded_names() -> None:
+    """A raw message's 8-bit header reads as UTF-8; its From keeps an encoded name with a comma whole."""
+    mime = parse_mime(b"From: =?utf-8?Q?M=C3=BCller=2C_Hans?= <h@x.org>\r\nSubject: Caf\xc3\xa9\r\n\r\nhi\r\n")
+    assert mime.headers.get("Subject") == "Café"
+    assert sender(mime.headers.get("From")) == ("Müller, Hans", "h@x.org")

@@ -9,6 +9,7 @@ from aiohttp import FormData
 
 from bridge.errors import Rejected
 from handlers.formdata import parse_multipart, parse_urlencoded
+from handlers.limits import MAX_FORM_FIELDS
 
 BOUNDARY = "----tbBoundary7MA4YWxk"
 CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -110,10 +111,12 @@ def test_urlencoded_malformed_is_rejected(body: bytes) -> None:
 
 
 def test_urlencoded_too_many_fields_is_rejected() -> None:
-    """More than 10,000 fields is a 400 rather than unbounded work."""
-    body = b"&".join(b"f%d=1" % i for i in range(10_001))
-    form_rejected(body)
-    assert len(parse_urlencoded(b"&".join(b"f%d=1" % i for i in range(10_000)))) == 10_000
+    """More fields than MAX_FORM_FIELDS is a 413 naming the count and the cap, before any field is parsed."""
+    with pytest.raises(Rejected) as info:
+        parse_urlencoded(b"&".join(b"f%d=1" % i for i in range(MAX_FORM_FIELDS + 1)))
+    assert (info.value.status, info.value.check) == (413, "limits")
+    assert str(info.value) == f"too many form fields: {MAX_FORM_FIELDS + 1}, at most {MAX_FORM_FIELDS}"
+    assert len(parse_urlencoded(b"&".join(b"f%d=1" % i for i in range(MAX_FORM_FIELDS)))) == MAX_FORM_FIELDS
 
 
 # -- multipart ---------------------------------------------------------------------------------------
@@ -243,3 +246,19 @@ def test_multipart_unknown_part_charset_is_rejected() -> None:
     """A text part declaring an unknown charset is a 400 naming the field."""
     err = multipart_rejected(multipart(part("x", b"abc", content_type="text/plain; charset=x-nope")))
     assert "'x'" in str(err)
+
+
+def test_multipart_with_too_many_parts_is_a_413_before_the_parse() -> None:
+    """More parts than MAX_FORM_FIELDS is refused, naming the count; exactly the cap is parsed."""
+    fields = [part(f"f{i}", b"v") for i in range(MAX_FORM_FIELDS)]
+    assert len(parse_multipart(multipart(*fields), CTYPE)) == MAX_FORM_FIELDS
+    with pytest.raises(Rejected) as info:
+        parse_multipart(multipart(*fields, part("one", b"more")), CTYPE)
+    assert (info.value.status, str(info.value)) == (
+        413, f"too many multipart parts: {MAX_FORM_FIELDS + 1}, at most {MAX_FORM_FIELDS}")
+
+
+def test_multipart_encoded_word_file_name_is_decoded() -> None:
+    """A file name sent as an RFC 2047 encoded word reads as its text."""
+    body = multipart(part("cv", b"%PDF", filename="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?=", content_type="application/pdf"))
+    assert parse_multipart(body, CTYPE)["cv"]["filename"] == "résumé.pdf"

@@ -17,6 +17,7 @@ from tests.fixtures.providers import (
     build,
     mailgun_fields,
     mailgun_multipart,
+    passes,
     post,
     without_provider,
 )
@@ -105,9 +106,11 @@ def test_stale_or_future_timestamp_is_401(offset: int) -> None:
 
 
 def test_tolerance_is_configurable() -> None:
-    """With `tolerance: 1h`, a post 10 minutes old is taken."""
+    """With `tolerance: 1h`, a post 10 minutes old is taken, and one two hours old is not."""
     h: MailgunHandler = build("mailgun", signing_key=KEY, tolerance="1h")
-    h.verify(post(URLENCODED), urlencode(mailgun_fields(KEY, timestamp=NOW - 600)).encode())
+    assert passes(lambda: h.verify(post(URLENCODED), urlencode(mailgun_fields(KEY, timestamp=NOW - 600)).encode()))
+    assert not passes(lambda: h.verify(post(URLENCODED),
+                                       urlencode(mailgun_fields(KEY, timestamp=NOW - 7200)).encode()))
 
 
 def test_json_is_415() -> None:

@@ -56,7 +56,7 @@ def test_build_handler_unknown_kind() -> None:
         build_handler("x", SourceConfig(kind="nope"), ServerConfig())
 
 
-# The least each kind needs: its secrets (DESIGN's "Source options by kind").
+# The least each kind needs: its secrets (docs/architecture.md, "Source options by kind").
 REQUIRED: dict[str, dict[str, typing.Any]] = {
     "mailgun": {"signing_key": "k"}, "ses": {"topic_arns": ["arn:aws:sns:us-east-1:123456789012:t"]},
     "typeform": {"secret": "s"}, "tally": {"secret": "s"}, "webflow": {"secret": "s"}, "jotform": {"secret": "s"},

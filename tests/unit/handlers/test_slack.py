@@ -9,7 +9,7 @@ import pytest
 
 from bridge.errors import Rejected
 from handlers.slack import SlackHandler
-from tests.fixtures.providers import NOW, build, compact, load, post, slack_headers
+from tests.fixtures.providers import NOW, build, compact, load, passes, post, slack_headers
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 BODY = compact(load("slack/message.json"))
@@ -33,8 +33,10 @@ def test_signature_matches_slacks_documented_example() -> None:
             b"&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c")
     h = handler()
     h.clock = lambda: 1531420618.0
-    h.verify(post({"X-Slack-Request-Timestamp": "1531420618",
-                   "X-Slack-Signature": "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"}), body)
+    headers = {"X-Slack-Request-Timestamp": "1531420618",
+               "X-Slack-Signature": "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"}
+    assert passes(lambda: h.verify(post(headers), body))
+    assert not passes(lambda: h.verify(post(headers), body.replace(b"roadrunner", b"coyote")))
 
 
 async def test_signed_message_becomes_a_chat_event() -> None:

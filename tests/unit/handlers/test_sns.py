@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import Rejected
 from handlers.sns import CertificateCache, FetchError, is_sns_url, string_to_sign, verify_signature
-from tests.fixtures.providers import CERT_URL, NOW, FakeSns, load, sns_key, sns_sign
+from tests.fixtures.providers import CERT_URL, NOW, FakeSns, load, passes, sns_key, sns_sign
 
 WHEN = datetime.fromtimestamp(NOW, UTC)
 
@@ -77,7 +77,8 @@ def certificate() -> x509.Certificate:
 def test_both_signature_versions_verify(version: str) -> None:
     """SignatureVersion 1 (SHA1withRSA) and 2 (SHA256withRSA) both verify with the certificate's key."""
     message = sns_sign(load("ses/sns_subscription.json"), version)
-    verify_signature(message, certificate(), WHEN)
+    assert passes(lambda: verify_signature(message, certificate(), WHEN))
+    assert not passes(lambda: verify_signature({**message, "Token": message["Token"] + "0"}, certificate(), WHEN))
 
 
 def test_version_mismatch_fails() -> None:

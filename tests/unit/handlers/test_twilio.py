@@ -11,7 +11,7 @@ import pytest
 from bridge.config import ServerConfig
 from bridge.errors import Rejected
 from handlers.twilio import TwilioHandler, TwilioOptions, signature, url_variants
-from tests.fixtures.providers import NOW, build, load, post, twilio_request, twilio_signature
+from tests.fixtures.providers import NOW, build, load, passes, post, twilio_request, twilio_signature
 
 TOKEN = "12345678901234567890123456789012"
 PUBLIC = "https://bridge.example.com/hooks/twilio"
@@ -132,7 +132,8 @@ def test_no_timestamp_to_go_stale() -> None:
     body, headers = twilio_request(TOKEN, PUBLIC, "twilio/sms.json")
     h = handler()
     h.clock = lambda: float(NOW + 86_400)
-    h.verify(post(headers), body)
+    assert passes(lambda: h.verify(post(headers), body))
+    assert not passes(lambda: h.verify(post(headers), body + b"&Extra=1"))
 
 
 @pytest.mark.parametrize(("options", "reason"), [

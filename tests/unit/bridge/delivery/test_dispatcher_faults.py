@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,16 +22,10 @@ from bridge.delivery.dispatcher import Destination, Dispatcher, Timings
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
-    AcceptResult,
     AttemptResult,
-    ClaimBatch,
-    Claimed,
-    DeliveryDetail,
-    DeliveryFilter,
-    DeliveryRow,
     NewDelivery,
-    Store,
 )
+from bridge.store.memory import MemoryStore
 from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
 
 BASE = "http://kapture.test"
@@ -49,103 +41,65 @@ class MockResponse(aiohttp.ClientResponse):
         super().__init__(method, url, **kwargs)
 
 
-@dataclass
-class Lease:
-    item: Claimed
-    status: str = "pending"
-    until: float = 0.0
-    due_ms: int = 0
+class FaultyStore(MemoryStore):
+    """The in-memory store, born open, on a clock the test moves (`now`, in seconds); `record` fails while
+    `record_fails` > 0 (-1: always)."""
 
+    def __init__(self, record_fails: int = 0) -> None:
+        super().__init__(clock=lambda: int(self.now * 1000))
+        self.opened = True
+        self.now = 1_000_000.0
+        self.records: list[AttemptResult] = []
+        self.record_calls = 0
+        self.record_fails = record_fails
+        self.released: list[str] = []
+        self.calls: list[str] = []
+        self.ids = itertools.count()
 
-@dataclass
-class FaultyStore(Store):
-    """The delivery calls, in memory, on a lease clock the test moves; `record` fails while `record_fails` > 0
-    (-1: always)."""
-
-    now: float = 0.0
-    rows: dict[str, Lease] = field(default_factory=dict)
-    records: list[AttemptResult] = field(default_factory=list)
-    record_calls: int = 0
-    record_fails: int = 0
-    released: list[str] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)
-    ids: itertools.count[int] = field(default_factory=itertools.count)
-
-    def add(self, n: int = 1) -> list[str]:
+    async def add(self, n: int = 1) -> list[str]:
         out = []
         for _ in range(n):
             delivery_id = f"dlv_{next(self.ids):03d}"
-            self.rows[delivery_id] = Lease(Claimed(
-                id=delivery_id, event_id=f"evt_{delivery_id}", mapping="m", destination="kapture",
-                action="create_ticket", body={"title": f"ticket {delivery_id}"}, options={}, tries=0, attempts=0))
+            event = Event.new(source="website-contact", kind="form", channel="form", payload={})
+            await self.accept(event, [NewDelivery(id=delivery_id, mapping="m", mapping_version="v1",
+                                                  destination="kapture", action="create_ticket",
+                                                  body={"title": f"ticket {delivery_id}"})], 0)
             out.append(delivery_id)
         return out
 
-    async def open(self) -> None:
-        return None
+    def lease_elsewhere(self, delivery_id: str) -> None:
+        """Leave the delivery leased by a process that died, its lease run out."""
+        kept = self.deliveries[delivery_id]
+        kept.row = msgspec.structs.replace(kept.row, status="in_flight")
+        kept.lease_owner, kept.lease_until_ms = "dead-process", self.clock() - 1
 
-    async def close(self) -> None:
-        return None
-
-    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
-        now_ms = time.time_ns() // 1_000_000
-        due = [r for r in self.rows.values() if r.status == "pending" and r.due_ms <= now_ms][:limit]
-        for row in due:
-            row.status, row.until = "in_flight", self.now + lease_s
-        return ClaimBatch(items=[msgspec.structs.replace(r.item) for r in due])
+    def status(self, delivery_id: str) -> str:
+        return self.deliveries[delivery_id].row.status
 
     async def record(self, result: AttemptResult) -> None:
         self.record_calls += 1
         if self.record_fails != 0:
             self.record_fails -= 1
             raise StoreUnavailable("sqlite: database or disk is full")
+        await super().record(result)
         self.records.append(result)
-        row = self.rows[result.delivery_id]
-        row.status, row.due_ms = result.next_status, result.next_attempt_at_ms or row.due_ms
 
     async def release(self, delivery_ids: list[str]) -> None:
         self.released += delivery_ids
-        for i in delivery_ids:
-            self.rows[i].status = "pending"
+        await super().release(delivery_ids)
 
     async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
         self.calls.append("extend")
-        held = [self.rows[i] for i in delivery_ids if self.rows[i].status == "in_flight"]
-        for row in held:
-            row.until = self.now + lease_s
-        return len(held)
+        return await super().extend_leases(delivery_ids, owner, lease_s)
 
     async def release_expired(self) -> int:
         self.calls.append("release_expired")
-        expired = [r for r in self.rows.values() if r.status == "in_flight" and r.until < self.now]
-        for row in expired:
-            row.status = "pending"
-        self.released += [r.item.id for r in expired]
-        return len(expired)
-
-    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float) -> AcceptResult:
-        raise AssertionError("not called by the dispatcher")
-
-    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
-        raise AssertionError("not called by the dispatcher")
-
-    async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
-        raise AssertionError("not called by the dispatcher")
-
-    async def get_event(self, event_id: str) -> Event:
-        raise AssertionError("not called by the dispatcher")
-
-    async def replay(self, delivery_ids: list[str], bodies: Any = None) -> list[str]:
-        raise AssertionError("not called by the dispatcher")
-
-    async def counts(self) -> dict[str, dict[str, int]]:
-        raise AssertionError("not called by the dispatcher")
-
-    async def purge(self, cutoffs: Any, limit: int, dry_run: bool = False, after: Any = None) -> Any:
-        raise AssertionError("not called by the dispatcher")
-
-    async def attachment_refs(self, received_before_ms: int) -> set[str]:
-        raise AssertionError("not called by the dispatcher")
+        now = self.clock()
+        expired = [d.row.id for d in self.deliveries.values() if d.row.status == "in_flight"
+                   and d.lease_until_ms is not None and d.lease_until_ms < now]
+        count = await super().release_expired()
+        self.released += expired
+        return count
 
 
 def destination(max_in_flight: int = 4) -> Destination:
@@ -179,7 +133,8 @@ async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
 async def running(store: FaultyStore, dest: Destination, *, max_unrecorded: int = 256,
                   breaker: Breaker | None = None) -> AsyncIterator[Dispatcher]:
     async with aiohttp.ClientSession() as session:
-        d = Dispatcher(store, session, {dest.name: dest}, timings=FAST, max_unrecorded=max_unrecorded)
+        d = Dispatcher(store, session, {dest.name: dest}, timings=FAST, max_unrecorded=max_unrecorded,
+                       clock=lambda: store.now)
         d.start()
         if breaker is not None:
             d.lanes[dest.name].breaker = breaker  # before the lane's first turn
@@ -198,7 +153,7 @@ async def test_after_a_permanent_probe_result_the_lane_sends_the_next_delivery()
     """A probe answered with a permanent failure (Kapture's `title is missing` in a 200) closes the breaker,
     and the lane goes on to send what is due."""
     store = FaultyStore()
-    first, probe, after = store.add(3)
+    first, probe, after = await store.add(3)
     vendor = answers((503, {"status": "error"}), (200, {"status": "error", "message": "title is missing"}))
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=vendor, repeat=True, response_class=MockResponse)
@@ -216,7 +171,7 @@ async def test_after_a_permanent_probe_result_the_lane_sends_the_next_delivery()
 async def test_a_result_the_store_refuses_is_recorded_once_it_takes_it() -> None:
     """The store failing `record` five times costs no second send: the result is retried from memory."""
     store = FaultyStore(record_fails=5)
-    [delivery_id] = store.add()
+    [delivery_id] = await store.add()
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
         async with running(store, destination()):
@@ -233,7 +188,7 @@ async def test_a_result_given_up_at_shutdown_is_logged_as_a_possible_duplicate()
     """A stop while a result is still held in memory logs delivery.record_failed naming the delivery, and
     does not release it (the send happened)."""
     store = FaultyStore(record_fails=-1)
-    [delivery_id] = store.add()
+    [delivery_id] = await store.add()
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
         async with running(store, destination()) as d:
@@ -250,7 +205,7 @@ async def test_a_result_given_up_at_shutdown_is_logged_as_a_possible_duplicate()
 async def test_a_lane_holds_at_most_max_unrecorded_results_before_it_stops_claiming() -> None:
     """While the store refuses every result, a lane sends no more than it can hold in memory."""
     store = FaultyStore(record_fails=-1)
-    store.add(10)
+    await store.add(10)
     with aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
         async with running(store, destination(max_in_flight=1), max_unrecorded=3) as d:
@@ -263,19 +218,19 @@ async def test_the_reaper_never_gives_back_a_delivery_whose_result_is_held() -> 
     """Leases run out while a result waits for the store: the reaper extends what the dispatcher holds before
     it reaps, so that delivery stays leased and is not sent again."""
     store = FaultyStore(record_fails=-1)
-    [held] = store.add()
+    [held] = await store.add()
     with aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
         async with running(store, destination()) as d:
             await eventually(lambda: store.record_calls >= 1)
             store.now += 10_000  # far past the lease
-            [other] = store.add()  # leased by a process that died: the reaper takes it back
-            store.rows[other].status = "in_flight"
+            [other] = await store.add()  # leased by a process that died: the reaper takes it back
+            store.lease_elsewhere(other)
             reaper = asyncio.create_task(reap_expired_leases(store, d, every_s=0.0))
             await eventually(lambda: store.calls.count("release_expired") >= 3)
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
-            assert store.rows[held].status == "in_flight"
+            assert store.status(held) == "in_flight"
             store.record_fails = 0
             await eventually(lambda: held in {r.delivery_id for r in store.records})
         sent = [msgspec.json.decode(c.kwargs["data"])[0]["title"] for c in m.requests[("POST", URL_CREATE)]]

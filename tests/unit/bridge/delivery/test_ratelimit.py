@@ -300,8 +300,8 @@ async def test_acquire_sleeps_for_the_reserved_delay() -> None:
     assert time.monotonic() - started >= 0.15
 
 
-async def test_acquire_does_not_sleep_when_free() -> None:
-    """acquire() on a free limiter returns without waiting."""
-    started = time.monotonic()
-    await asyncio.wait_for(acquire(Unlimited()), timeout=5.0)
-    assert time.monotonic() - started < 1.0
+def test_acquire_does_not_sleep_when_free() -> None:
+    """acquire() on a free limiter returns without waiting: its coroutine finishes in its first step."""
+    step = acquire(Unlimited())
+    with pytest.raises(StopIteration):
+        step.send(None)

@@ -86,11 +86,13 @@ def test_jitter_stays_within_bounds(tries: int) -> None:
 
 
 def test_default_rand_is_used_when_none_is_given() -> None:
-    """Without a `rand`, delays still fall within the jitter bounds."""
+    """Without a `rand`, delays are spread over the jitter range and stay within its bounds."""
     p = policy(jitter=0.5)
-    for _ in range(200):
-        delay = p.decide(1, "retry").delay_s
-        assert 2.5 <= delay <= 7.5
+    delays = [p.decide(1, "retry").delay_s for _ in range(200)]
+    assert all(2.5 <= delay <= 7.5 for delay in delays)
+    # 200 uniform draws all landing within ±10 % of the delay has a chance of 0.2**200: jitter must spread them.
+    assert min(delays) < 4.5
+    assert max(delays) > 5.5
 
 
 def test_retry_after_raises_the_delay() -> None:

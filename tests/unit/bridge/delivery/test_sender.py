@@ -18,7 +18,7 @@ from yarl import URL
 from bridge.delivery import sender
 from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
 from bridge.store.base import Claimed
-from bridge.vendors.base import Outcome, VendorAuthFailed
+from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
 BASE = "http://kapture.test"
@@ -338,3 +338,61 @@ async def test_refused_credentials_in_a_look_up_are_auth_without_sending(session
                                    error="not sent: getSubjects: HTTP 401: the token was refused")
     assert sent.http_status is None
     assert calls == []
+
+
+class LookingUp(RecordingKapture):
+    """A Kapture adapter that looks a value up with a GET before building its request, as Netgroot does."""
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        status, body = await fetch(self.base_url + "/lookup", {})
+        if status == 401:
+            raise VendorAuthFailed(f"lookup: HTTP {status}")
+        if status != 200:
+            raise VendorUnavailable(f"lookup: HTTP {status}")
+        return {**fields, "title": body.decode()}
+
+
+async def lookup_vendor(aiohttp_server: Any, answers: list[int]) -> tuple[LookingUp, list[str]]:
+    """A vendor whose look-up answers with `answers` in turn (the last one repeats); the log of what it was asked."""
+    asked: list[str] = []
+    app = web.Application()
+
+    async def lookup(request: web.Request) -> web.Response:
+        status = answers[min(len([a for a in asked if a == "lookup"]), len(answers) - 1)]
+        asked.append("lookup")
+        return web.Response(status=status, text="Router down" if status == 200 else "busy")
+
+    async def create(request: web.Request) -> web.Response:
+        asked.append("create")
+        return web.json_response({"status": "success", "ticket_id": "T-1"})
+
+    app.router.add_get("/lookup", lookup)
+    app.router.add_post(CREATE_PATH, create)
+    server = await aiohttp_server(app)
+    return LookingUp(str(server.make_url("")).rstrip("/")), asked
+
+
+async def test_a_look_up_failing_in_passing_is_tried_again_within_the_attempt(
+        session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """A 503 then a 429 from a look-up are retried at once (aiohttp-retry); the third answer lets the send go out."""
+    vendor, asked = await lookup_vendor(aiohttp_server, [503, 429, 200])
+    sent = await send_once(session, vendor, claimed(), 5.0)
+    assert sent.outcome.classification == "success"
+    assert asked == ["lookup", "lookup", "lookup", "create"]
+
+
+async def test_a_look_up_still_failing_ends_the_attempt_as_a_retry(
+        session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """After three failed tries the attempt is a retry on the delivery's schedule, naming the last answer."""
+    vendor, asked = await lookup_vendor(aiohttp_server, [503])
+    sent = await send_once(session, vendor, claimed(), 5.0)
+    assert sent.outcome == Outcome(classification="retry", error="not sent: lookup: HTTP 503")
+    assert asked == ["lookup"] * 3
+
+
+async def test_a_refused_look_up_is_not_tried_again(session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """A 401 from a look-up is final: one try, and the attempt is an auth failure."""
+    vendor, asked = await lookup_vendor(aiohttp_server, [401])
+    sent = await send_once(session, vendor, claimed(), 5.0)
+    assert sent.outcome.classification == "auth"
+    assert asked == ["lookup"]

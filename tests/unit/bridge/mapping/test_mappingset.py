@@ -11,8 +11,9 @@ from bridge.app import load_mappings
 from bridge.config import load_config
 from bridge.errors import ErrorList, MappingError
 from bridge.mapping.compiler import RenderError
-from bridge.mapping.mappingset import MappingSet, load_mapping_folder, mapping_files
+from bridge.mapping.mappingset import MappingSet, load_mapping_folder, load_mapping_texts, mapping_files
 from bridge.mapping.testing import run_tests
+from bridge.registries import REGISTRIES
 
 SOURCES = {"website-contact", "partner-api"}
 DESTINATIONS = {
@@ -298,7 +299,7 @@ def test_options_are_kept(tmp_path: Path) -> None:
 
 
 def _shipped() -> tuple[MappingSet, dict[str, Any]]:
-    config = load_config(None, {})
+    config = load_config(None, {}, registries=REGISTRIES)
     return load_mappings(config), config.vars
 
 
@@ -340,3 +341,19 @@ def test_shipped_contact_mapping_skips_spam() -> None:
     contact = mappings.mappings["contact-to-kapture"]
     assert contact.matches(ctx({"category": "spam"})) is False
     assert contact.matches(ctx({})) is True
+
+
+def test_stored_files_compile_exactly_as_the_folder_did(tmp_path: Path) -> None:
+    """A set loaded from stored texts has the folder's version, mappings, files and error places."""
+    write(tmp_path, "contact.yaml", CONTACT)
+    write(tmp_path, "partner.yml", PARTNER)
+    from_folder = load(tmp_path)
+    assert from_folder.files == {"contact.yaml": CONTACT, "partner.yml": PARTNER}
+    from_texts = load_mapping_texts(tmp_path, from_folder.files, sources=SOURCES, destinations=DESTINATIONS)
+    assert (from_texts.version, sorted(from_texts.mappings), from_texts.files) == (
+        from_folder.version, sorted(from_folder.mappings), from_folder.files)
+    assert from_texts.mappings["contact"].file == str(tmp_path / "contact.yaml")
+    with pytest.raises(ErrorList) as info:
+        load_mapping_texts(tmp_path, {"contact.yaml": CONTACT.replace("subject }}", "subject }")},
+                           sources=SOURCES, destinations=DESTINATIONS)
+    assert info.value.errors[0].render().startswith(f"{tmp_path / 'contact.yaml'}:5:")

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import MappingError
-from bridge.mapping import templates
+from bridge.mapping import limits, templates
 from bridge.mapping.compiler import CompileError, RenderError, compile_field
 from bridge.mapping.mappingset import compile_document
 from bridge.yamlfile import load_yaml
@@ -38,9 +38,9 @@ def test_arithmetic_that_would_allocate_without_bound_is_refused(template: str, 
 
 def test_a_render_past_the_time_budget_stops(monkeypatch: pytest.MonkeyPatch) -> None:
     """A template still running after the time budget stops with a render error, however its loops are built."""
-    monkeypatch.setattr(templates, "TIME_BUDGET_S", 0.0)
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
     loop = "{% for a in range(100) %}{% for b in range(100) %}{% endfor %}{% endfor %}x"
-    with pytest.raises(RenderError, match=r"^f: template failed: the template ran for over 0 ms$"):
+    with pytest.raises(RenderError, match=r"^f: render budget of 0 ms exceeded in field f$"):
         compile_field("f", loop)(ctx({}))
 
 
@@ -49,14 +49,14 @@ def test_the_time_budget_applies_per_render(monkeypatch: pytest.MonkeyPatch) -> 
     field = compile_field("f", "{% for i in range(3) %}{{ payload.s }}{% endfor %}")
     assert field(ctx({"s": "a"})) == "aaa"
     assert field(ctx({"s": "b"})) == "bbb"
-    assert templates._deadline.get() == float("inf")
+    assert limits._deadline.get()[0] == float("inf")
 
 
 def test_when_expressions_run_under_the_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """`when` expressions that need Jinja are bounded by the same time budget."""
     from bridge.mapping.compiler import compile_when
 
-    monkeypatch.setattr(templates, "TIME_BUDGET_S", 0.0)
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
     when = compile_when("range(5) | list | length > 2")
     with pytest.raises(templates.BudgetExceeded):
         when(ctx({}))
@@ -125,3 +125,161 @@ def test_any_payload_renders_or_raises_a_mapping_error(payload: dict[str, Any]) 
             assert list(body)[:2] == ["email", "title"]
     except MappingError:
         pass
+
+
+# -- the budgets hold for every loop, string operation and integer ---------------------------------
+
+def small_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.02)
+
+
+@pytest.mark.parametrize("template", [
+    "{% set r = range(10000) %}{% for a in r %}{% for b in r %}{% for c in r %}{% endfor %}{% endfor %}{% endfor %}x",
+    "{% set items = payload.list %}{% for a in items %}{% for b in items %}{% endfor %}{% endfor %}x",
+    "{% set items = payload.list %}{% set out %}{% for a in items %}{% for b in items %}{{ b }}{% endfor %}"
+    "{% endfor %}{% endset %}x",
+    "{% macro inner(items) %}{% for b in items %}{% endfor %}{% endmacro %}"
+    "{% for a in payload.list %}{% for b in payload.list %}{% endfor %}{% endfor %}",
+    "{% set r = range(10000) %}{% for a in r if a >= 0 %}{% for b in r if b >= 0 %}{% endfor %}{% endfor %}x",
+])
+def test_every_loop_runs_under_the_time_budget(template: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loops over `set` variables, ranges, payload lists, inside block sets and macros all stop at the budget."""
+    small_budget(monkeypatch)
+    with pytest.raises(RenderError, match=r"^f: render budget of 20 ms exceeded in field f$"):
+        compile_field("f", template)(ctx({"list": list(range(10_000))}))
+
+
+@pytest.mark.parametrize("template", [
+    "{{ range(10000) | map('string') | map('string') | map('string') | list | length }}",
+    "{% set r = range(10000) | list %}{% for x in r %}{{ (r | sort | unique | list)[0] }}{% endfor %}",
+    "{% set r = range(10000) | list %}{% for x in r %}{{ r | select('odd') | list | length }}{% endfor %}",
+])
+def test_iterating_filters_check_the_time_budget(template: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filters that read a whole sequence (map, select, sort, unique, list, …) check the budget as they read."""
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
+    with pytest.raises(RenderError, match=r"render budget of 0 ms exceeded in field f$"):
+        compile_field("f", template)(ctx({}))
+
+
+def test_a_mapping_has_one_budget_for_all_its_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget covers the whole render of a mapping, and its error names the mapping, the field and the limit."""
+    small_budget(monkeypatch)
+    text = textwrap.dedent("""\
+        name: slow
+        source: s
+        destination: d
+        action: create_ticket
+        fields:
+          fast: "{{ payload.a }}"
+          spin: "{% for a in payload.list %}{% for b in payload.list %}{% endfor %}{% endfor %}x"
+        """)
+    mapping, errors = compile_document(load_yaml(text, "slow.yaml"), "slow", "v1", {"s"},
+                                       {"d": frozenset({"create_ticket"})})
+    assert errors == [] and mapping is not None
+    with pytest.raises(MappingError) as info:
+        mapping.render(ctx({"a": 1, "list": list(range(10_000))}))
+    assert str(info.value) == "slow.spin: render budget of 20 ms exceeded in field spin"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ (((10**999)**999)**999) }}", "integer result over 4300 digits"),
+    ("{% set x = 2 ** 1000 %}{{ x * x * x * x * x * x * x * x * x * x * x * x * x * x * x }}",
+     "integer result over 4300 digits"),
+    ("{{ 99999 ** 999 }}", "integer result over 4300 digits"),
+])
+def test_huge_integers_are_refused_before_they_are_built(template: str, message: str) -> None:
+    """`**` and `*` on integers stop before building an integer too long to print."""
+    with pytest.raises(RenderError, match=f"{message} in field f$"):
+        compile_field("f", template)(ctx({}))
+
+
+BIG = "{% set s = 'a' * 1000000 %}"
+
+
+@pytest.mark.parametrize("template", [
+    BIG + "{{ s ~ s }}",
+    BIG + "{% set t = s ~ 'b' %}{{ t }}",
+    BIG + "{{ s + s }}",
+    "{{ (([1] * 600000) + ([1] * 600000)) | length }}",
+    BIG + "{{ [s, s] | join }}",
+    BIG + "{{ ([s] * 300) | join('') }}",
+    BIG + "{{ ','.join([s] * 300) }}",
+    BIG + "{{ ''.join(range(300) | map('string') | list) ~ s }}",
+    "{{ payload.t.replace('', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb') }}",
+    "{{ payload.t | replace('', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb') }}",
+    "{{ 'x'.ljust(1000000000) }}",
+    "{{ 'x'.center(1000000000) }}",
+    "{{ 'x'.zfill(1000000000) }}",
+    "{{ 'a\tb'.expandtabs(1000000000) }}",
+    "{{ '{:>1000000000}'.format('x') }}",
+    "{{ '{x:>1000000000}'.format_map({'x': 1}) }}",
+    "{{ '%1000000000s' % 'x' }}",
+    BIG + "{{ '%s%s' % (s, s) }}",
+    BIG + "{% set t %}{% for i in range(5000) %}{{ s }}{% endfor %}{% endset %}{{ t | length }}",
+    BIG + "{% macro m() %}{{ s }}{{ s }}{% endmacro %}{{ m() | length }}",
+    "{{ ([[1] * 100000] * 100) | sum(start=[]) | length }}",
+    BIG + "{{ [s, s] | map('upper') | join }}",
+])
+def test_no_string_operation_builds_past_the_size_cap(template: str) -> None:
+    """`~`, `+`, `join`, `replace`, `%`, `format`, padding, block sets, macros and `sum` stop at the size cap."""
+    with pytest.raises(RenderError, match=r"(string|list) result over 1000000 characters .*in field f$"):
+        compile_field("f", template)(ctx({"t": "a" * 100_000}))
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ [1] | batch(1000000000, 'x') | list }}", "batch: linecount of 1000000000 is over the limit"),
+    ("{{ [1] | slice(1000000000, 'x') | list }}", "slice: slices of 1000000000 is over the limit"),
+    ("{{ payload | tojson(1000000000) }}", "tojson: indent of 1000000000 is over the limit"),
+    ("{{ 'abc'.translate({97: 'x' * 1000}) }}", "str.translate is not available"),
+    ("{{ '{:{w}}'.format('x', w=5) }}", "a width or precision taken from an argument is not allowed"),
+    ("{{ '%*s' % (5, 'x') }}", "a width taken from an argument"),
+    ("{{ range(20000) | list | length }}", "range of 20000 items is over the limit of 10000"),
+    ("{{ range(0, 10 ** 30, 1) | list | length }}", "over the limit of 10000"),
+])
+def test_arguments_that_set_how_much_is_built_are_bounded(template: str, message: str) -> None:
+    """Counts, indents, translation tables and computed widths cannot make an operation build without bound."""
+    with pytest.raises(RenderError, match=message):
+        compile_field("f", template)(ctx({"a": 1}))
+
+
+def test_transforms_are_bounded_too() -> None:
+    """A `transform:` list runs the same size-checked filters, and its error names the field and the limit."""
+    field = compile_field("f", {"from": "payload.t", "transform": ["replace('', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb')"]})
+    with pytest.raises(RenderError, match=r"^f: transform replace.*: string result over 1000000 characters"):
+        field(ctx({"t": "a" * 100_000}))
+
+
+def test_bounded_operations_still_work_within_the_limits() -> None:
+    """The guards change nothing for templates within the limits."""
+    template = ("{% set t %}{% for x in payload.l | sort | unique %}{{ x ~ '-' }}{% endfor %}{% endset %}"
+                "{{ t }}{{ 'ab' * 2 }}{{ [1] + [2] }}{{ 2 ** 10 }}{{ '%s=%d' % ('n', 3) }}{{ '{}!'.format('hi') }}"
+                "{{ ','.join(['a', 'b']) }}{{ 'x'.ljust(3, '.') }}{{ payload.l | map('string') | join('+') }}"
+                "{{ payload.l | sum }}{{ [1, 2, 3] | batch(2) | list | length }}")
+    assert compile_field("f", template)(ctx({"l": [3, 1, 3]})) == "1-3-abab[1, 2]1024n=3hi!a,bx..3+1+372"
+
+
+def test_budgeted_loops_keep_jinjas_loop_variables_else_and_recursion() -> None:
+    """A loop read through the budget still has loop.length/last/revindex, `else` and recursive `loop()`."""
+    template = ("{% for x in [1, 2, 3] %}{{ loop.length }}{{ loop.last }}{{ loop.revindex }};{% endfor %}"
+                "{% for x in [] %}{% else %}empty;{% endfor %}"
+                "{% for x in payload.tree recursive %}{{ x.n }}({{ loop(x.c) }}){% endfor %}")
+    tree = [{"n": "a", "c": [{"n": "b", "c": []}]}]
+    assert compile_field("f", template)(ctx({"tree": tree})) == "3False3;3False2;3True1;empty;a(b())"
+
+
+def test_a_when_past_the_budget_names_the_mapping_and_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `when` that runs past the budget fails the mapping's match with the limit named."""
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
+    text = textwrap.dedent("""\
+        name: picky
+        source: s
+        when: "range(5000) | map('string') | list | length > 2"
+        destination: d
+        action: create_ticket
+        fields: {t: x}
+        """)
+    mapping, errors = compile_document(load_yaml(text, "picky.yaml"), "picky", "v1", {"s"},
+                                       {"d": frozenset({"create_ticket"})})
+    assert errors == [] and mapping is not None
+    with pytest.raises(MappingError, match=r"^picky: when: render budget of 0 ms exceeded$"):
+        mapping.matches(ctx({}))

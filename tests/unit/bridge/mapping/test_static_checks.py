@@ -14,6 +14,7 @@ from bridge.app import destination_targets
 from bridge.config import load_config
 from bridge.errors import ErrorList
 from bridge.mapping.mappingset import Target, load_mapping_folder
+from bridge.registries import REGISTRIES
 from bridge.yamlfile import format_mapping_path
 
 
@@ -105,7 +106,7 @@ def test_the_shipped_vendors_rules_are_checked_at_load(tmp_path: Path, destinati
                                                        expected: list[str]) -> None:
     """Kapture's and LeadSquared's static rules reach the load errors through the adapters' hook."""
     (tmp_path / "bridge.yaml").write_text(CONFIG)
-    config = load_config(tmp_path / "bridge.yaml", {})
+    config = load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
     folder = tmp_path / "maps"
     folder.mkdir()
     f = write(folder, f"source: web\ndestination: {destination}\naction: {action}\noptions: {{}}\n"

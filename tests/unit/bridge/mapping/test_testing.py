@@ -14,6 +14,7 @@ from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.mappingset import MappingSet, Target, compile_document
 from bridge.mapping.model import MappingTest, TestInput
+from bridge.registries import REGISTRIES
 from bridge.yamlfile import load_yaml
 
 SOURCES = {"website-contact", "partner-api"}
@@ -252,7 +253,7 @@ def test_shipped_example_mappings_pass_their_tests() -> None:
     from bridge.app import load_mappings
     from bridge.config import load_config
 
-    config = load_config(None, {})
+    config = load_config(None, {}, registries=REGISTRIES)
     results = mapping_testing.run_tests(load_mappings(config), config.vars)
     assert results
     assert [(r.mapping, r.name, r.message) for r in results if not r.passed] == []

@@ -38,7 +38,7 @@ def test_html_to_text_passes_non_text_through(value: object) -> None:
         ("Reply\nFrom: Support <s@x.io>\nSent: Tuesday\nTo: Asha\nSubject: Re: x\n\nold", "Reply"),
         ("Hi\n\nAsha\n-- \nAsha Rao | Acme\n+91 98765 43210", "Hi\n\nAsha"),
         ("On it!\n\nSent from my iPhone", "On it!"),
-        ("Answer\n> quoted line\nmore answer", "Answer\nmore answer"),
+        ("Answer\n> quoted line\n> and another\nmore answer", "Answer\nmore answer"),
         ("From: the start of a sentence is fine", "From: the start of a sentence is fine"),
         ("No history at all", "No history at all"),
     ],

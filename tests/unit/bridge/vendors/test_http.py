@@ -10,6 +10,7 @@ import pytest
 
 from bridge.config import load_config
 from bridge.errors import ErrorList, MappingError
+from bridge.registries import REGISTRIES
 from bridge.vendors.base import Outcome
 from bridge.vendors.http import HttpAdapter, HttpOptions, body_path, placeholders
 from bridge.vendors.registry import adapter_class
@@ -46,7 +47,7 @@ def test_headers_take_secrets_from_the_environment(tmp_path: Any) -> None:
     """A header written `${VAR}` in bridge.yaml carries the environment's value."""
     (tmp_path / "bridge.yaml").write_text(
         'destinations:\n  partner: {vendor: http, base_url: "https://x.example", headers: {X-Api-Key: "${KEY}"}}\n')
-    config = load_config(tmp_path / "bridge.yaml", {"KEY": "from-env"})
+    config = load_config(tmp_path / "bridge.yaml", {"KEY": "from-env"}, registries=REGISTRIES)
     dest = config.destinations["partner"]
     assert isinstance(dest, HttpOptions)
     assert dest.headers == {"X-Api-Key": "from-env"}
@@ -98,7 +99,7 @@ def test_config_errors_name_the_file_and_key(tmp_path: Any) -> None:
     (tmp_path / "bridge.yaml").write_text('destinations:\n  partner: {vendor: http, base_url: "https://x", '
                                           'path: "nope"}\n')
     with pytest.raises(ErrorList, match=r"bridge.yaml:2:.*destinations.partner.*must start with /"):
-        load_config(tmp_path / "bridge.yaml", {})
+        load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
 
 
 @pytest.mark.parametrize(("fields", "options", "problems"), [

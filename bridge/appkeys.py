@@ -1,0 +1,13 @@
+"""The typed keys the assembled application (bridge/app.py) holds its shared resources under.
+
+Apart from app.py so that the request handlers it mounts (intake, admin, metrics) can reach them
+without importing the assembly.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bridge.runtime import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)

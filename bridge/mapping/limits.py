@@ -1,0 +1,107 @@
+"""The limits every render runs under: a time budget, a cap on the size of any string or list an
+operation builds, and a cap on the size of integers.
+
+The deadline lives in a context variable, set once per mapping render (or per field when a field is
+rendered on its own), and checked by everything that can take long: each loop step, each item an
+iterating filter reads, each call, attribute and item look-up. Sizes are checked before an operation
+allocates where its result can be foreseen (`*`, `+`, `~`, `join`, `replace`, padding), and after it
+otherwise, so no string or list past MAX_RESULT_CHARS ever reaches the next step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar, Token
+from typing import Any, TypeVar
+
+from jinja2.exceptions import SecurityError
+
+MAX_RESULT_CHARS = 1_000_000
+MAX_INT_DIGITS = 4_300  # Python's own limit for turning an int into text
+MAX_INT_BITS = math.ceil(MAX_INT_DIGITS * math.log2(10))
+TIME_BUDGET_S = 0.25
+
+INFINITY = float("inf")
+# (deadline on the monotonic clock, the budget in ms for the message); no deadline outside a render.
+_deadline: ContextVar[tuple[float, float]] = ContextVar("template_deadline", default=(INFINITY, 0.0))
+T = TypeVar("T")
+
+
+class BudgetExceeded(SecurityError, ValueError):
+    """A render went past its time budget, or an operation past a size limit."""
+
+
+def check_time() -> None:
+    deadline, budget_ms = _deadline.get()
+    if time.monotonic() > deadline:
+        raise BudgetExceeded(f"render budget of {budget_ms:.0f} ms exceeded")
+
+
+def too_long(size: int, what: str = "string") -> BudgetExceeded:
+    return BudgetExceeded(f"{what} result over {MAX_RESULT_CHARS} characters (it would be {size})")
+
+
+def check_size(value: Any) -> Any:
+    """`value`, unless it is a string, bytes or list longer than the cap."""
+    if isinstance(value, str | bytes | list | tuple) and len(value) > MAX_RESULT_CHARS:
+        raise too_long(len(value), "string" if isinstance(value, str | bytes) else "list")
+    return value
+
+
+def check_int(value: Any) -> Any:
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise BudgetExceeded(f"integer result over {MAX_INT_DIGITS} digits")
+    return value
+
+
+def budget_iter(iterable: Iterable[T]) -> Iterator[T]:
+    """`iterable`, checking the time budget before each item."""
+    for item in iterable:
+        check_time()
+        yield item
+
+
+def sized_iter(iterable: Iterable[T]) -> Iterator[T]:
+    """`iterable` under the time budget, refusing once its items' lengths add up past the cap (for
+    operations that concatenate what they read: join, sum)."""
+    total = 0
+    for item in iterable:
+        check_time()
+        if isinstance(item, str | bytes | list | tuple):
+            total += len(item)
+            if total > MAX_RESULT_CHARS:
+                raise too_long(total)
+        yield item
+
+
+def joined_size(parts: list[Any], sep: str) -> int:
+    return sum(len(p) if isinstance(p, str) else len(str(p)) for p in parts) + len(sep) * max(0, len(parts) - 1)
+
+
+def replaced_size(text: str, old: str, new: str, count: int = -1) -> int:
+    hits = len(text) + 1 if old == "" else text.count(old)
+    if count >= 0:
+        hits = min(hits, count)
+    return len(text) + hits * (len(new) - len(old))
+
+
+class Budget:
+    """Sets the deadline for the duration of a `with`, unless an outer one is already running."""
+
+    __slots__ = ("token",)
+
+    def __init__(self) -> None:
+        self.token: Token[tuple[float, float]] | None = None
+
+    def __enter__(self) -> None:
+        if _deadline.get()[0] == INFINITY:
+            seconds = TIME_BUDGET_S
+            self.token = _deadline.set((time.monotonic() + seconds, seconds * 1000))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _deadline.reset(self.token)
+            self.token = None
+

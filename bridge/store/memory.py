@@ -1,0 +1,329 @@
+"""A `Store` held in memory: for tests of what runs on a store (the dispatcher, the CLI) without a database.
+
+It passes the same contract suite as the SQLite and PostgreSQL stores. Nothing survives the process, and
+only one process can use it, so it never serves a running bridge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from bridge.errors import NotFound, StoreUnavailable
+from bridge.events import Event
+from bridge.store.base import (
+    STATUSES,
+    AcceptResult,
+    AttemptResult,
+    AttemptRow,
+    ClaimBatch,
+    Claimed,
+    Cutoffs,
+    DeliveryDetail,
+    DeliveryFilter,
+    DeliveryRow,
+    NewDelivery,
+    Nonce,
+    PurgeCounts,
+    PurgeMark,
+    Store,
+    StoredMappingSet,
+)
+from bridge.store.rows import attachment_hashes, decode_dict, decode_event, encode, settled
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Delivery:
+    """A delivery as the store keeps it: its listed row, and body and options encoded as the SQL stores keep
+    them, so that no caller shares a dict with the store."""
+
+    row: DeliveryRow
+    body: bytes | None
+    options: bytes
+    lease_until_ms: int | None = None
+    lease_owner: str | None = None
+    attempts: list[AttemptRow] = field(default_factory=list)
+
+
+class MemoryStore(Store):
+    """Events, deliveries and attempts in dicts; `clock` (milliseconds since the epoch) says what time it is."""
+
+    def __init__(self, clock: Callable[[], int] = wall_ms) -> None:
+        self.clock = clock
+        self.opened = False
+        self.events: dict[str, bytes] = {}
+        self.dedup: dict[tuple[str, str], tuple[str, int]] = {}  # (source, key) → (event id, expires at)
+        self.deliveries: dict[str, _Delivery] = {}
+        self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
+        self.mapping_set: StoredMappingSet | None = None
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def close(self) -> None:
+        self.opened = False
+
+    def _check_open(self) -> None:
+        if not self.opened:
+            raise StoreUnavailable("the store is closed")
+
+    def _get(self, delivery_id: str) -> _Delivery:
+        try:
+            return self.deliveries[delivery_id]
+        except KeyError:
+            raise NotFound(f"no delivery {delivery_id!r}") from None
+
+    def _update(self, d: _Delivery, **changes: Any) -> None:
+        d.row = msgspec.structs.replace(d.row, updated_at_ms=self.clock(), **changes)
+
+    async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                     nonce: Nonce | None = None) -> AcceptResult:
+        self._check_open()
+        now = self.clock()
+        key = (event.source, event.dedup_key) if event.dedup_key is not None else None
+        if key is not None:
+            seen = self.dedup.get(key)
+            if seen is not None and seen[1] > now:
+                return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
+        if nonce is not None:
+            held = self.nonces.get((event.source, nonce.value))
+            if held is not None and held[1] > now and held[0] != nonce.digest:
+                return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+        ids = [d.id for d in deliveries]
+        clash = [i for i in ids if i in self.deliveries] or [i for i in ids if ids.count(i) > 1]
+        if event.id in self.events or clash:
+            # Checked before any change, so that a refused accept leaves nothing behind, as a rolled-back
+            # transaction does.
+            raise StoreUnavailable(f"memory: id already stored: {clash[0] if clash else event.id}")
+        if key is not None:
+            self.dedup[key] = (event.id, now + int(dedup_window_s * 1000))
+        if nonce is not None:
+            held = self.nonces.get((event.source, nonce.value))
+            expires = max(held[1], nonce.expires_at_ms) if held is not None else nonce.expires_at_ms
+            self.nonces = {k: v for k, v in self.nonces.items() if v[1] > now}  # expired ones go as new ones come
+            self.nonces[(event.source, nonce.value)] = (nonce.digest, expires)
+        self.events[event.id] = encode(event)
+        for d in deliveries:
+            row = DeliveryRow(
+                id=d.id, event_id=event.id, source=event.source, mapping=d.mapping, mapping_version=d.mapping_version,
+                destination=d.destination, action=d.action, status=d.status, attempts=0, tries=0,
+                next_attempt_at_ms=now, created_at_ms=now, updated_at_ms=now, last_error=d.error, ticket_id=None,
+            )
+            self.deliveries[d.id] = _Delivery(row, None if d.body is None else encode(d.body), encode(d.options))
+        return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(deliveries))
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        self._check_open()
+        now = self.clock()
+        pending = sorted((d for d in self.deliveries.values()
+                          if d.row.status == "pending" and d.row.destination == destination),
+                         key=lambda d: (d.row.next_attempt_at_ms, d.row.id))
+        due = [d for d in pending if d.row.next_attempt_at_ms <= now][:limit]
+        if not due:
+            return ClaimBatch(items=[], next_due_ms=pending[0].row.next_attempt_at_ms if pending else None)
+        for d in due:
+            self._update(d, status="in_flight")
+            d.lease_until_ms, d.lease_owner = now + int(lease_s * 1000), owner
+        return ClaimBatch(items=[
+            Claimed(id=d.row.id, event_id=d.row.event_id, mapping=d.row.mapping, destination=d.row.destination,
+                    action=d.row.action, body=decode_dict(d.body) if d.body is not None else {},
+                    options=decode_dict(d.options), tries=d.row.tries, attempts=d.row.attempts)
+            for d in due
+        ])
+
+    async def record(self, result: AttemptResult) -> None:
+        self._check_open()
+        d = self._get(result.delivery_id)
+        n = d.row.attempts + 1
+        if d.row.status == "in_flight":
+            r = result
+            self._update(
+                d, status=r.next_status, attempts=n, tries=d.row.tries + 1, last_error=r.error,
+                next_attempt_at_ms=r.next_attempt_at_ms if r.next_attempt_at_ms is not None
+                else d.row.next_attempt_at_ms,
+                ticket_id=r.ticket_id if r.ticket_id is not None else d.row.ticket_id,
+                ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key,
+            )
+            d.lease_until_ms = None
+        else:  # its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now
+            self._update(d, attempts=n)
+        d.attempts.append(AttemptRow(n=n, started_at_ms=result.started_at_ms, duration_ms=result.duration_ms,
+                                     http_status=result.http_status, response_excerpt=result.response_excerpt,
+                                     classification=result.classification, error=result.error))
+
+    async def release(self, delivery_ids: list[str]) -> None:
+        self._check_open()
+        now = self.clock()
+        for delivery_id in delivery_ids:
+            d = self.deliveries.get(delivery_id)
+            if d is not None and d.row.status == "in_flight":
+                self._update(d, status="pending", next_attempt_at_ms=min(d.row.next_attempt_at_ms, now))
+                d.lease_until_ms = None
+
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+        self._check_open()
+        until = self.clock() + int(lease_s * 1000)
+        held = [d for i in delivery_ids if (d := self.deliveries.get(i)) is not None
+                and d.row.status == "in_flight" and d.lease_owner == owner]
+        for d in held:
+            d.lease_until_ms = until
+        return len(held)
+
+    async def release_expired(self) -> int:
+        self._check_open()
+        now = self.clock()
+        expired = [d for d in self.deliveries.values() if d.row.status == "in_flight"
+                   and d.lease_until_ms is not None and d.lease_until_ms < now]
+        for d in expired:
+            self._update(d, status="pending")
+            d.lease_until_ms = None
+        return len(expired)
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
+        self._check_open()
+        if flt.status is not None and flt.status not in STATUSES:
+            raise ValueError(f"unknown delivery status {flt.status!r}; known: {', '.join(STATUSES)}")
+        rows = [d.row for d in self.deliveries.values()
+                if (flt.status is None or d.row.status == flt.status)
+                and (flt.destination is None or d.row.destination == flt.destination)
+                and (flt.source is None or d.row.source == flt.source)
+                and (flt.mapping is None or d.row.mapping == flt.mapping)
+                and (flt.before_id is None or d.row.id < flt.before_id)]
+        return sorted(rows, key=lambda r: r.id, reverse=True)[:flt.limit]
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
+        self._check_open()
+        d = self._get(delivery_id)
+        return DeliveryDetail(delivery=d.row, body=decode_dict(d.body) if d.body is not None else None,
+                              options=decode_dict(d.options), event=decode_event(self.events[d.row.event_id]),
+                              attempts=list(d.attempts))
+
+    async def get_event(self, event_id: str) -> Event:
+        self._check_open()
+        try:
+            return decode_event(self.events[event_id])
+        except KeyError:
+            raise NotFound(f"no event {event_id!r}") from None
+
+    async def replay(
+        self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
+    ) -> list[str]:
+        self._check_open()
+        new = bodies or {}
+        now = self.clock()
+        moved = []
+        for delivery_id in delivery_ids:
+            d = self.deliveries.get(delivery_id)
+            if d is None or d.row.status not in ("succeeded", "dead"):
+                continue
+            if delivery_id in new:
+                body, version = new[delivery_id]
+                d.body = encode(body)
+                self._update(d, mapping_version=version)
+            elif d.body is None:
+                continue
+            self._update(d, status="pending", tries=0, next_attempt_at_ms=now, last_error=None)
+            moved.append(delivery_id)
+        return moved
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        self._check_open()
+        out: dict[str, dict[str, int]] = {}
+        for d in self.deliveries.values():
+            by_status = out.setdefault(d.row.destination, {})
+            by_status[d.row.status] = by_status.get(d.row.status, 0) + 1
+        return out
+
+    async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
+        self._check_open()
+        self.mapping_set = StoredMappingSet(files=dict(files), version=version, saved_at_ms=self.clock())
+
+    async def load_mapping_set(self) -> StoredMappingSet | None:
+        self._check_open()
+        saved = self.mapping_set
+        return None if saved is None else StoredMappingSet(files=dict(saved.files), version=saved.version,
+                                                           saved_at_ms=saved.saved_at_ms)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _received_ms(self, event_id: str) -> int:
+        return int(decode_event(self.events[event_id]).received_at.timestamp() * 1000)
+
+    def _purgeable(self, event_id: str, cutoffs: Cutoffs) -> bool:
+        return all(settled(d.row.status, d.row.updated_at_ms, cutoffs)
+                   for d in self.deliveries.values() if d.row.event_id == event_id)
+
+    def _old_attempts(self, cutoffs: Cutoffs) -> list[tuple[tuple[int, str, int], _Delivery, AttemptRow]]:
+        assert cutoffs.attempts_ms is not None
+        return sorted((((a.started_at_ms, d.row.id, a.n), d, a) for d in self.deliveries.values()
+                       for a in d.attempts if a.started_at_ms < cutoffs.attempts_ms), key=lambda t: t[0])
+
+    def _drop_event(self, event_id: str, out: PurgeCounts) -> None:
+        for delivery_id in [i for i, d in self.deliveries.items() if d.row.event_id == event_id]:
+            out.attempts += len(self.deliveries.pop(delivery_id).attempts)
+            out.deliveries += 1
+        del self.events[event_id]
+        out.events += 1
+
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        self._check_open()
+        mark = after or PurgeMark()
+        out = PurgeCounts(after=mark)
+        if dry_run:
+            if cutoffs.events_ms is not None:
+                events_ms = cutoffs.events_ms
+                gone = {e for e in self.events if self._received_ms(e) < events_ms and self._purgeable(e, cutoffs)}
+                for d in self.deliveries.values():
+                    if d.row.event_id in gone:
+                        out.deliveries += 1
+                        out.attempts += len(d.attempts)
+                out.events = len(gone)
+            else:
+                gone = set()
+            if cutoffs.attempts_ms is not None:
+                out.attempts += sum(1 for _, d, a in self._old_attempts(cutoffs)
+                                    if a.n < d.row.attempts and d.row.event_id not in gone)
+        else:
+            if cutoffs.events_ms is not None:
+                events_ms = cutoffs.events_ms
+                start = mark.events or (-1, "")
+                scan = sorted(k for e in self.events if (k := (self._received_ms(e), e)) > start and k[0] < events_ms)
+                looked = scan[:limit]
+                for _, event_id in looked:
+                    if self._purgeable(event_id, cutoffs):
+                        self._drop_event(event_id, out)
+                out.more = len(looked) >= limit
+                out.after = PurgeMark(events=looked[-1] if looked else mark.events, attempts=mark.attempts)
+            if cutoffs.attempts_ms is not None:
+                start_a = mark.attempts or (-1, "", 0)
+                looked_a = [t for t in self._old_attempts(cutoffs) if t[0] > start_a][:limit]
+                for _, d, a in looked_a:
+                    if a.n < d.row.attempts:
+                        d.attempts.remove(a)
+                        out.attempts += 1
+                out.more = out.more or len(looked_a) >= limit
+                out.after = msgspec.structs.replace(out.after, attempts=looked_a[-1][0] if looked_a else mark.attempts)
+        if cutoffs.dedup_ms is not None:
+            dedup_ms = cutoffs.dedup_ms
+            expired = [key for key, (_, expires) in self.dedup.items() if expires <= dedup_ms]
+            if not dry_run:
+                expired = expired[:limit]
+                for key in expired:
+                    del self.dedup[key]
+                out.more = out.more or len(expired) >= limit
+            out.dedup = len(expired)
+        return out
+
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        self._check_open()
+        return {h for e, data in self.events.items() if self._received_ms(e) < received_before_ms
+                for h in attachment_hashes(data)}

@@ -1,0 +1,91 @@
+"""Caps on what one request may hold, so that parsing a hostile body costs time in proportion to its size,
+and a request over a cap gets a 413 that names what it had and what is allowed. The values are generous for
+real mail and forms: each is many times what a provider sends."""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+
+from bridge.errors import Rejected
+
+MAX_ADDRESSES = 1_000
+"""Addresses in one address field (To, Cc) of an email."""
+MAX_ADDRESS_FIELD_CHARS = 256 * 1024
+"""Characters in one address field: 1,000 addresses of 256 characters each."""
+MAX_MESSAGE_IDS = 500
+"""Message ids in References (or Message-ID, In-Reply-To); a thread of 500 messages."""
+MAX_FORM_FIELDS = 1_000
+"""Fields of a urlencoded form, or parts of a multipart one."""
+MAX_HEADER_FIELDS = 1_000
+"""Header fields of an email (or of one MIME part)."""
+MAX_HEADER_BYTES = 256 * 1024
+"""Characters in the header block of an email (or of one MIME part)."""
+MAX_CONTENT_HEADER_CHARS = 8 * 1024
+"""Characters in one Content-* header of a MIME part: these are parsed structurally, costlier per character."""
+MAX_MIME_PARTS = 250
+"""Parts of one email, all sections together: bodies, attachments, inline images, forwarded messages."""
+MAX_ATTACHMENTS = 100
+"""Attachments of one email."""
+MAX_MIME_SECTIONS = 32
+"""Multipart sections (boundaries) in one MIME body: mixed, alternative, related, forwarded messages."""
+MIME_LINE_CHECKS = 250_000
+"""Lines times multipart sections in one MIME body: the parser checks every line against each open section's
+boundary. A real message of 1 MiB (base64 lines of 76 characters) has about 14,000 lines."""
+
+CHECK = "limits"
+
+# The boundary parameter, also in RFC 2231's forms (boundary*=, boundary*0=); a bare "boundary" is often in
+# the delimiter lines themselves (browsers' ----WebKitFormBoundary…).
+_BOUNDARY = re.compile(rb"boundary(?:\*[0-9]*)?\*?\s*[=(]", re.IGNORECASE)
+
+
+def too_many(what: str, count: int, limit: int) -> Rejected:
+    """The 413 for `count` of `what` over `limit`: "too many To addresses: 60000, at most 1000"."""
+    return Rejected(413, f"too many {what}: {count}, at most {limit}", check=CHECK)
+
+
+def check_count(what: str, count: int, limit: int) -> None:
+    """Rejected(413) when `count` is over `limit`."""
+    if count > limit:
+        raise too_many(what, count, limit)
+
+
+def check_chars(what: str, length: int, limit: int) -> None:
+    """Rejected(413) when `what` is `length` characters, over `limit`."""
+    if length > limit:
+        raise Rejected(413, f"{what} is {length} characters, at most {limit}", check=CHECK)
+
+
+def check_mime_shape(raw: bytes, what: str) -> None:
+    """Refuse a MIME body before it is parsed when its shape would make the parse costly: the parser checks
+    each line against the boundary of every section it is inside, so lines times sections is its cost. Sections
+    are counted from the boundary parameters (every multipart section declares one), an upper bound."""
+    sections = len(_BOUNDARY.findall(raw))
+    check_count(f"multipart sections in {what}", sections, MAX_MIME_SECTIONS)
+    if sections > 1:
+        lines = raw.count(b"\n") + 1
+        budget = max(MIME_LINE_CHECKS, len(raw) // 4)  # a larger body limit keeps room for real, larger mail
+        if lines * sections > budget:
+            raise Rejected(413, f"{what} nests {sections} multipart sections over {lines} lines; lines times sections "
+                                f"may be at most {budget}", check=CHECK)
+
+
+def check_header_block(pairs: list[tuple[str, str]], what: str) -> None:
+    """Rejected(413) when a header block has too many fields or too many characters."""
+    check_count(f"header fields in {what}", len(pairs), MAX_HEADER_FIELDS)
+    check_chars(f"the header block of {what}", sum(len(n) + len(v) + 2 for n, v in pairs), MAX_HEADER_BYTES)
+
+
+def check_parts(message: Message, what: str, limit: int = MAX_MIME_PARTS) -> None:
+    """Check a parsed MIME body before any of its headers is parsed structurally: the number of parts (at most
+    `limit`), and each part's header block and Content-* headers."""
+    parts = list(message.walk())
+    check_count(f"MIME parts in {what}", len(parts) - 1 if len(parts) > 1 else 1, limit)
+    for i, part in enumerate(parts):
+        pairs = list(part.raw_items())
+        where = what if i == 0 else f"part {i} of {what}"
+        check_header_block(pairs, where)
+        for name, value in pairs:
+            if name.lower().startswith("content-"):
+                check_chars(f"header {name} of {where}", len(value), MAX_CONTENT_HEADER_CHARS)
