@@ -89,7 +89,8 @@ def _report(counts: PurgeCounts, files: FileCounts | None, policy: Policy) -> li
     if policy.dedup:
         lines.append(f"dedup keys   {counts.dedup}")
     if files is not None:
-        lines.append(f"attachments  {files.files} files, {_size(files.bytes)} ({files.bytes} bytes)")
+        exact = f" ({files.bytes} bytes)" if files.bytes >= 1024 else ""
+        lines.append(f"attachments  {files.files} files, {_size(files.bytes)}{exact}")
     return lines
 
 
