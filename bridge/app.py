@@ -22,6 +22,7 @@ from bridge.intake import hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context, serve_last_good
+from bridge.retention import run_retention
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
 from bridge.simulators import registry as simulator_registry
@@ -220,6 +221,23 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                         note="their sender stopped answering; they are due again")
 
 
+def retention_context(rt: Runtime) -> CleanupCtx:
+    """The retention sweep (see bridge.retention), for as long as the store is open."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        assert rt.store is not None
+        task = asyncio.create_task(run_retention(rt.store, rt.config.retention, rt.config.attachments_dir,
+                                                 lambda name, n, kind: rt.count(name, n, kind=kind)),
+                                   name="retention")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return ctx
+
+
 def build_app(config: Config, *, store: Store | None = None, workers: bool = True,
               mappings: MappingSet | None = None) -> web.Application:
     """The whole server. When the mappings folder does not load: with `mappings_on_start_error: fail`,
@@ -257,4 +275,5 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     app.cleanup_ctx.append(sandbox_context(rt))
     if workers:
         app.cleanup_ctx.append(delivery_context(rt))
+        app.cleanup_ctx.append(retention_context(rt))
     return app

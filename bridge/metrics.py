@@ -37,7 +37,7 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[s
 
 def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     """The exposition text for the runtime's counters and state."""
-    intake, reloads, attempts, escaped, handler_errors = [], [], [], [], []
+    intake, reloads, attempts, escaped, handler_errors, purged = [], [], [], [], [], []
     for (name, labels), value in sorted(rt.labelled.items()):
         tags = dict(labels)
         if name.startswith("intake."):
@@ -48,6 +48,8 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
             handler_errors.append(({"source": tags.get("source", "")}, value))
         elif name.startswith("mappings.reload"):
             reloads.append(({"result": "ok" if name == "mappings.reloaded" else "failed"}, value))
+        elif name == "retention.purged":
+            purged.append(({"kind": tags.get("kind", "")}, value))
         elif name == "delivery.attempt":
             attempts.append(({"destination": tags.get("destination", ""),
                               "classification": tags.get("classification", "")}, value))
@@ -76,6 +78,9 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
                        [({"problem": problem.kind if problem else ""}, 0 if problem else 1)])
         out += _family("ticketbridge_store_commit_failures_total", "counter",
                        "Commits the store could not make.", [({}, rt.store.commit_failures)])
+    out += _family("ticketbridge_retention_purged_total", "counter",
+                   "Rows (events, deliveries, attempts, dedup) and attachment files deleted by the retention sweep.",
+                   purged)
     out += _family("ticketbridge_mapping_reloads_total", "counter", "Hot reloads of the mappings folder.", reloads)
     out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
                    "When the mapping set in force was loaded.", [({"version": rt.mappings.version},

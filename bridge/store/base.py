@@ -136,6 +136,50 @@ class StoreProblem(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+class Cutoffs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a purge may delete, as epoch-millisecond cutoffs (a row goes when older than its cutoff); None
+    keeps that kind. An event goes, with its deliveries and attempts, once every delivery of it is settled:
+    succeeded and last changed before `events_ms`, or dead and last changed before `dead_ms`."""
+
+    events_ms: int | None = None
+    dead_ms: int | None = None
+    attempts_ms: int | None = None
+    """Attempts started before this go, except each kept delivery's latest (which shows why it ended so)."""
+    dedup_ms: int | None = None
+    """Dedup keys that expired at or before this go (no duplicate can match them any more)."""
+
+
+class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a purge's scans stopped, so that the next batch goes on from there rather than looking again at
+    the old rows kept (pending work, dead deliveries, each delivery's latest attempt)."""
+
+    events: tuple[int, str] | None = None
+    """(received_at, id) of the last event looked at."""
+    attempts: tuple[int, str, int] | None = None
+    """(started_at, delivery_id, n) of the last attempt looked at."""
+
+
+class PurgeCounts(msgspec.Struct, kw_only=True):
+    """What one purge call deleted (or, with `dry_run`, would delete)."""
+
+    events: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+    dedup: int = 0
+    more: bool = False
+    """A kind hit the batch limit: call again (with `after`) for the rest."""
+    after: PurgeMark = PurgeMark()
+    """Where the scans stopped: pass it to the next batch."""
+    busy: bool = False
+    """Another process holds the purge (shared stores): nothing was done; try again later."""
+
+    def add(self, other: PurgeCounts) -> None:
+        self.events += other.events
+        self.deliveries += other.deliveries
+        self.attempts += other.attempts
+        self.dedup += other.dedup
+
+
 class StoredMappingSet(msgspec.Struct, kw_only=True):
     """The last mapping set that loaded and passed its tests: each file's name and text, the set's
     version, and when it was saved (ms since the epoch)."""
@@ -206,6 +250,20 @@ class Store(ABC):
     ) -> list[str]:
         """Make succeeded or dead deliveries pending again, due now, their schedule restarted; with
         `bodies` (id → (body, mapping version)) replace what they send. Returns the ids moved."""
+
+    @abstractmethod
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        """Look at the next `limit` events and `limit` attempts older than their cutoffs (oldest first, from
+        `after`, a previous call's position) and delete those that may go (events with their deliveries and
+        attempts), and up to `limit` expired dedup keys; each kind in its own short transaction (SQLite) or
+        one per call (PostgreSQL). Never touches pending or in-flight work. With `dry_run`, delete nothing and
+        count everything that would go (no limit). On a shared store one process purges at a time: the others
+        get `busy`."""
+
+    @abstractmethod
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        """The sha256 of every attachment named by a stored event received before this time."""
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
         """Call `callback(destination)` when another process adds work for `destination` ("*": perhaps any).

@@ -22,15 +22,18 @@ from bridge.store.base import (
     AttemptRow,
     ClaimBatch,
     Claimed,
+    Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
     Nonce,
+    PurgeCounts,
+    PurgeMark,
     Store,
     StoredMappingSet,
 )
-from bridge.store.rows import decode_dict, decode_event, encode
+from bridge.store.rows import attachment_hashes, decode_dict, decode_event, encode, settled
 
 
 def wall_ms() -> int:
@@ -252,3 +255,79 @@ class MemoryStore(Store):
         saved = self.mapping_set
         return None if saved is None else StoredMappingSet(files=dict(saved.files), version=saved.version,
                                                            saved_at_ms=saved.saved_at_ms)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _received_ms(self, event_id: str) -> int:
+        return int(decode_event(self.events[event_id]).received_at.timestamp() * 1000)
+
+    def _purgeable(self, event_id: str, cutoffs: Cutoffs) -> bool:
+        return all(settled(d.row.status, d.row.updated_at_ms, cutoffs)
+                   for d in self.deliveries.values() if d.row.event_id == event_id)
+
+    def _old_attempts(self, cutoffs: Cutoffs) -> list[tuple[tuple[int, str, int], _Delivery, AttemptRow]]:
+        assert cutoffs.attempts_ms is not None
+        return sorted((((a.started_at_ms, d.row.id, a.n), d, a) for d in self.deliveries.values()
+                       for a in d.attempts if a.started_at_ms < cutoffs.attempts_ms), key=lambda t: t[0])
+
+    def _drop_event(self, event_id: str, out: PurgeCounts) -> None:
+        for delivery_id in [i for i, d in self.deliveries.items() if d.row.event_id == event_id]:
+            out.attempts += len(self.deliveries.pop(delivery_id).attempts)
+            out.deliveries += 1
+        del self.events[event_id]
+        out.events += 1
+
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        self._check_open()
+        mark = after or PurgeMark()
+        out = PurgeCounts(after=mark)
+        if dry_run:
+            if cutoffs.events_ms is not None:
+                events_ms = cutoffs.events_ms
+                gone = {e for e in self.events if self._received_ms(e) < events_ms and self._purgeable(e, cutoffs)}
+                for d in self.deliveries.values():
+                    if d.row.event_id in gone:
+                        out.deliveries += 1
+                        out.attempts += len(d.attempts)
+                out.events = len(gone)
+            else:
+                gone = set()
+            if cutoffs.attempts_ms is not None:
+                out.attempts += sum(1 for _, d, a in self._old_attempts(cutoffs)
+                                    if a.n < d.row.attempts and d.row.event_id not in gone)
+        else:
+            if cutoffs.events_ms is not None:
+                events_ms = cutoffs.events_ms
+                start = mark.events or (-1, "")
+                scan = sorted(k for e in self.events if (k := (self._received_ms(e), e)) > start and k[0] < events_ms)
+                looked = scan[:limit]
+                for _, event_id in looked:
+                    if self._purgeable(event_id, cutoffs):
+                        self._drop_event(event_id, out)
+                out.more = len(looked) >= limit
+                out.after = PurgeMark(events=looked[-1] if looked else mark.events, attempts=mark.attempts)
+            if cutoffs.attempts_ms is not None:
+                start_a = mark.attempts or (-1, "", 0)
+                looked_a = [t for t in self._old_attempts(cutoffs) if t[0] > start_a][:limit]
+                for _, d, a in looked_a:
+                    if a.n < d.row.attempts:
+                        d.attempts.remove(a)
+                        out.attempts += 1
+                out.more = out.more or len(looked_a) >= limit
+                out.after = msgspec.structs.replace(out.after, attempts=looked_a[-1][0] if looked_a else mark.attempts)
+        if cutoffs.dedup_ms is not None:
+            dedup_ms = cutoffs.dedup_ms
+            expired = [key for key, (_, expires) in self.dedup.items() if expires <= dedup_ms]
+            if not dry_run:
+                expired = expired[:limit]
+                for key in expired:
+                    del self.dedup[key]
+                out.more = out.more or len(expired) >= limit
+            out.dedup = len(expired)
+        return out
+
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        self._check_open()
+        return {h for e, data in self.events.items() if self._received_ms(e) < received_before_ms
+                for h in attachment_hashes(data)}

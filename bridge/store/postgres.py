@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import msgspec
 import structlog
 
 from bridge.errors import NotFound, StoreUnavailable
@@ -27,20 +28,26 @@ from bridge.store.base import (
     AcceptResult,
     AttemptResult,
     ClaimBatch,
+    Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
     Nonce,
+    PurgeCounts,
+    PurgeMark,
     Store,
     StoredMappingSet,
     StoreProblem,
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
+    NEVER,
     NEW_DELIVERY_COLUMNS,
+    REFS_PAGE,
     ROW_COLUMNS,
     ROW_WIDTH,
+    attachment_hashes,
     attempt_row,
     claimed_items,
     decode_dict,
@@ -48,8 +55,10 @@ from bridge.store.rows import (
     decode_files,
     delivery_row,
     encode,
+    kept_condition,
     new_delivery_rows,
     now_ms,
+    settled,
     status_condition,
 )
 
@@ -476,6 +485,129 @@ class PostgresStore(Store):
             return StoredMappingSet(files=decode_files(row[1]), version=row[0], saved_at_ms=row[2])
 
         return await self._run(op, transaction=False)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        """Each batch takes a transaction-scoped advisory lock first (per schema): one process purges at a
+        time, and the others learn it at once (`busy`) rather than queueing behind its deletes."""
+        if dry_run:
+            return await self._run(lambda conn: _count_purgeable(conn, cutoffs), transaction=False)
+        mark = after or PurgeMark()
+
+        async def op(conn: Any) -> PurgeCounts:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || "
+                                       "'.ticketbridge.retention'))"):
+                return PurgeCounts(after=mark, busy=True)
+            out = PurgeCounts(after=mark)
+            if cutoffs.events_ms is not None:
+                got = await _purge_events(conn, cutoffs, limit, mark.events)
+                out.add(got)
+                out.more = got.more
+                out.after = msgspec.structs.replace(out.after, events=got.after.events)
+            if cutoffs.attempts_ms is not None:
+                trimmed, more, last = await _trim_attempts(conn, cutoffs.attempts_ms, limit, mark.attempts)
+                out.attempts += trimmed
+                out.more = out.more or more
+                out.after = msgspec.structs.replace(out.after, attempts=last)
+            if cutoffs.dedup_ms is not None:
+                out.dedup = len(await conn.fetch(
+                    "DELETE FROM dedup_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM dedup_keys WHERE expires_at <= $1 "
+                    "LIMIT $2 FOR UPDATE SKIP LOCKED)) AND expires_at <= $1 RETURNING 1", cutoffs.dedup_ms, limit))
+                out.more = out.more or out.dedup >= limit
+            return out
+
+        return await self._run(op)
+
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        refs: set[str] = set()
+        position: tuple[int, str] = (NEVER, "")
+        while True:
+            async def page(conn: Any, start: tuple[int, str] = position) -> list[Any]:
+                rows: list[Any] = await conn.fetch(
+                    "SELECT received_at, id, data FROM events WHERE received_at < $1 AND (received_at, id) > ($2, $3) "
+                    "ORDER BY received_at, id LIMIT $4", received_before_ms, start[0], start[1], REFS_PAGE)
+                return rows
+
+            rows = await self._run(page, transaction=False)
+            for r in rows:
+                refs.update(attachment_hashes(r[2]))
+            if len(rows) < REFS_PAGE:
+                return refs
+            position = (rows[-1][0], rows[-1][1])
+
+
+async def _trim_attempts(conn: Any, cutoff_ms: int, limit: int, after: tuple[int, str, int] | None,
+                         ) -> tuple[int, bool, tuple[int, str, int] | None]:
+    """Look at the next `limit` attempts older than the cutoff (after `after`, oldest first) and delete those
+    that are not their delivery's latest: (deleted, more to look at, where the scan stopped). Attempts are
+    never changed once written, and a newer one only makes an older one deletable: no lock is needed."""
+    start_at, start_id, start_n = after or (NEVER, "", 0)
+    candidates = await conn.fetch(
+        "SELECT a.started_at, a.delivery_id, a.n, a.n < d.attempts FROM attempts a JOIN deliveries d "
+        "ON d.id = a.delivery_id WHERE a.started_at < $1 AND (a.started_at, a.delivery_id, a.n) > ($2, $3, $4) "
+        "ORDER BY a.started_at, a.delivery_id, a.n LIMIT $5", cutoff_ms, start_at, start_id, start_n, limit)
+    gone = [c for c in candidates if c[3]]
+    deleted = 0
+    if gone:
+        deleted = len(await conn.fetch(
+            "DELETE FROM attempts WHERE (delivery_id, n) IN (SELECT * FROM unnest($1::text[], $2::int[])) "
+            "RETURNING 1", [c[1] for c in gone], [c[2] for c in gone]))
+    last = (candidates[-1][0], candidates[-1][1], candidates[-1][2]) if candidates else after
+    return deleted, len(candidates) >= limit, last
+
+
+async def _purge_events(conn: Any, cutoffs: Cutoffs, limit: int, after: tuple[int, str] | None) -> PurgeCounts:
+    """Look at the next `limit` events older than the cutoff (after `after`, oldest first) and delete those whose
+    deliveries are all settled long enough. Their deliveries are locked and checked again first, so that a
+    replay committed meanwhile keeps its event (and a replay waiting on the lock then finds nothing to move)."""
+    assert cutoffs.events_ms is not None
+    start_at, start_id = after or (NEVER, "")
+    candidates = await conn.fetch(
+        "SELECT id, received_at FROM events WHERE received_at < $1 AND (received_at, id) > ($2, $3) "
+        "ORDER BY received_at, id LIMIT $4", cutoffs.events_ms, start_at, start_id, limit)
+    out = PurgeCounts(more=len(candidates) >= limit,
+                      after=PurgeMark(events=(candidates[-1][1], candidates[-1][0]) if candidates else after))
+    if not candidates:
+        return out
+    ids = [c[0] for c in candidates]
+    keep: set[str] = set()
+    for event_id, status, updated_at in await conn.fetch(
+            "SELECT event_id, status, updated_at FROM deliveries WHERE event_id = ANY($1::text[]) ORDER BY id "
+            "FOR UPDATE", ids):
+        if not settled(status, updated_at, cutoffs):
+            keep.add(event_id)
+    gone = [i for i in ids if i not in keep]
+    if gone:
+        out.attempts = len(await conn.fetch(
+            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1::text[])) "
+            "RETURNING 1", gone))
+        out.deliveries = len(await conn.fetch(
+            "DELETE FROM deliveries WHERE event_id = ANY($1::text[]) RETURNING 1", gone))
+        out.events = len(await conn.fetch("DELETE FROM events WHERE id = ANY($1::text[]) RETURNING 1", gone))
+    return out
+
+
+async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:
+    """What a purge with these cutoffs would delete, counted without deleting anything."""
+    out = PurgeCounts()
+    events = cutoffs.events_ms if cutoffs.events_ms is not None else NEVER
+    dead = cutoffs.dead_ms if cutoffs.dead_ms is not None else NEVER
+    gone = f"SELECT e.id FROM events e WHERE e.received_at < $1 AND NOT {kept_condition('$1', '$2')}"  # noqa: S608
+    out.events = await conn.fetchval(f"SELECT COUNT(*) FROM ({gone}) g", events, dead)  # noqa: S608 - constants
+    out.deliveries = await conn.fetchval(f"SELECT COUNT(*) FROM deliveries WHERE event_id IN ({gone})",  # noqa: S608
+                                         events, dead)
+    out.attempts = await conn.fetchval(f"SELECT COUNT(*) FROM attempts a JOIN deliveries dd "  # noqa: S608
+                                       f"ON dd.id = a.delivery_id WHERE dd.event_id IN ({gone})", events, dead)
+    if cutoffs.attempts_ms is not None:
+        out.attempts += await conn.fetchval(
+            f"SELECT COUNT(*) FROM attempts a JOIN deliveries dd ON dd.id = a.delivery_id "  # noqa: S608 - constants
+            f"WHERE a.started_at < $3 AND a.n < dd.attempts AND dd.event_id NOT IN ({gone})",
+            events, dead, cutoffs.attempts_ms)
+    if cutoffs.dedup_ms is not None:
+        out.dedup = await conn.fetchval("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= $1", cutoffs.dedup_ms)
+    return out
 
 
 async def _touch(conn: Any) -> None:

@@ -641,6 +641,16 @@ def test_a_dedup_window_shorter_than_a_signed_request_stays_valid_is_an_error(tm
     assert says in err.message
 
 
+def test_retention_limits_are_durations_named_where_they_are_written(tmp_path: Path) -> None:
+    """A retention limit that is not a duration, or a sweep interval of zero, is an error naming its line and key."""
+    [bad] = errors_of(tmp_path, "retention:\n  events: 30d\n  dead: soon\n")
+    assert bad.line == 3 and "retention.dead: 'soon' is not a duration" in str(bad)
+    [busy] = errors_of(tmp_path, "retention:\n  every: 0s\n")
+    assert busy.line == 2 and "retention.every: '0s' would sweep without a pause" in str(busy)
+    loaded = load(tmp_path, "retention: {events: null, attachments: 7d}\n").retention
+    assert (loaded.limit("events"), loaded.limit("attachments"), loaded.limit("dead")) == (None, 7 * 86400, 90 * 86400)
+
+
 def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
     """`mappings_on_start_error` defaults to last_good and takes fail; `mappings_reload_timeout` is a duration."""
     default = load(tmp_path, "sources: {}\n")
