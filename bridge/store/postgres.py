@@ -1,17 +1,22 @@
 """The PostgreSQL store, for several ticketbridge processes sharing one queue.
 
-Each accept is one transaction; PostgreSQL groups the commits of concurrent transactions itself.
+Concurrent accepts share one transaction and one commit (bridge/store/pg_batch.py), each answered once its
+group is committed. Every driver, connection or server error becomes StoreUnavailable (intake answers 503);
+the pool replaces connections the server dropped, and `check()` (for /readyz) tries the server while the
+store is seen failing.
 Claims take due rows with `FOR UPDATE SKIP LOCKED`, so processes never take the same delivery, and
 lease them: a process that dies leaves leases that run out, and `release_expired` (run by every
 process's dispatcher) gives that work to the others. New work is announced with NOTIFY inside the
-accepting transaction, so every process's idle lane wakes once it is committed; polling remains the
-fallback, and the listening connection reconnects by itself.
+accepting transaction, on a channel named for the schema (two deployments sharing a database do not wake
+each other), so every process's idle lane wakes once it is committed; polling remains the fallback, and the
+listening connection reconnects by itself as soon as it is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -34,9 +39,17 @@ from bridge.store.base import (
     Store,
     StoreProblem,
 )
+from bridge.store.pg_batch import (
+    DB_ERRORS,
+    NONCE_SWEEP,
+    NONCE_SWEEP_EVERY,
+    AcceptBatcher,
+    Outcome,
+    PendingAccept,
+    store_group,
+)
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
-    NEW_DELIVERY_COLUMNS,
     ROW_COLUMNS,
     ROW_WIDTH,
     attempt_row,
@@ -45,7 +58,6 @@ from bridge.store.rows import (
     decode_event,
     delivery_row,
     encode,
-    new_delivery_rows,
     now_ms,
     status_condition,
 )
@@ -58,10 +70,10 @@ except ImportError:  # pragma: no cover - reported when a postgresql:// store is
 log = structlog.get_logger("ticketbridge.store")
 CHANNEL = "ticketbridge_work"
 LISTEN_CHECK_SECONDS = 5.0
-NONCE_SWEEP = 32
-NONCE_SWEEP_EVERY = 16
-"""Every NONCE_SWEEP_EVERY-th nonce a process records deletes up to NONCE_SWEEP expired ones: two per nonce on
-average, so the table shrinks back after a burst, in one statement rather than sixteen."""
+ACQUIRE_TIMEOUT = 10.0
+"""Seconds a request waits for a pooled connection (all in use, or the server slow to accept a new one)."""
+CHECK_TIMEOUT = 5.0
+__all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
 
@@ -77,34 +89,24 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-class _Replayed(Exception):
-    """A nonce held by another request: ends the accepting transaction, which rolls back."""
-
-
-async def _claim_nonce(conn: Any, source: str, nonce: Nonce, now: int) -> None:
-    """Record `nonce` for `source`, or raise _Replayed when another request holds it. A concurrent claim of the
-    same nonce waits for this transaction, then sees its row."""
-    claimed = await conn.fetchval(
-        "INSERT INTO nonces AS n VALUES ($1, $2, $3, $4) ON CONFLICT (source, nonce) DO UPDATE "
-        "SET digest = EXCLUDED.digest, expires_at = GREATEST(n.expires_at, EXCLUDED.expires_at) "
-        "WHERE n.expires_at <= $5 OR n.digest = EXCLUDED.digest RETURNING 1",
-        source, nonce.value, nonce.digest, nonce.expires_at_ms, now)
-    if claimed is None:
-        raise _Replayed
-
-
-async def _sweep_nonces(conn: Any, now: int) -> None:
-    """Delete up to NONCE_SWEEP expired nonces, oldest first, skipping rows another transaction holds."""
-    await conn.execute("DELETE FROM nonces WHERE ctid = ANY(ARRAY(SELECT ctid FROM nonces WHERE expires_at <= $1 "
-                       "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))", now, NONCE_SWEEP)
+def channel_for(schema: str | None) -> str:
+    """The NOTIFY channel of the deployment whose tables are in `schema` (an identifier: at most 63 bytes)."""
+    if schema is None:
+        return CHANNEL
+    name = f"{CHANNEL}.{schema}"
+    return name if len(name) <= 63 else f"{CHANNEL}.{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
 
 
 class PostgresStore(Store):
-    def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10) -> None:
+    def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10,
+                 group_commit_max: int = 512) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.channel = channel_for(schema)
         self.min_size = min_size
         self.max_size = max_size
+        self._batcher = AcceptBatcher(self._store_group, group_commit_max)
+        self._lost_listener = asyncio.Event()
         self._pool: Any = None
         self._listener: Any = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -135,7 +137,7 @@ class PostgresStore(Store):
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
                                                    server_settings=settings)
             await self._migrate()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             await self.close()
             raise StoreUnavailable(f"postgresql: {exc}") from exc
 
@@ -156,6 +158,7 @@ class PostgresStore(Store):
                 log.info("store.migrated", version=version, name=name)
 
     async def close(self) -> None:
+        await self._batcher.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
@@ -171,22 +174,51 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 if not transaction:
                     return await fn(conn)
                 async with conn.transaction():
                     out = await fn(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             if transaction:
-                self.commit_failures += 1
-                if self._failing is None:
-                    log.error("store.failing", error=str(exc), note="/readyz answers 503 until a commit succeeds again")
-                self._failing = str(exc)
-            raise StoreUnavailable(f"postgresql: {exc}") from exc
+                self._failed(exc)
+            raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
+        self._succeeded()
+        return out
+
+    def _failed(self, exc: BaseException, count: int = 1) -> None:
+        self.commit_failures += count
+        if self._failing is None:
+            log.error("store.failing", error=_describe(exc), note="/readyz answers 503 until a commit succeeds again")
+        self._failing = _describe(exc)
+
+    def _succeeded(self) -> None:
         if self._failing is not None:
             log.info("store.recovered", failed_commits=self.commit_failures)
             self._failing = None
-        return out
+
+    async def _store_group(self, group: list[PendingAccept]) -> list[Outcome]:
+        """Store a group of accepts on one connection (see pg_batch); its failures are the store's."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                outcomes = await store_group(conn, group, self.channel, self._sweep_due)
+        except DB_ERRORS as exc:
+            self._failed(exc, len(group))
+            raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            self._failed(failed[0], len(failed))
+        else:
+            self._succeeded()
+        return outcomes
+
+    def _sweep_due(self) -> bool:
+        """Whether the nonce being recorded now is one that sweeps expired ones (every NONCE_SWEEP_EVERY-th)."""
+        due = self._nonces_recorded % NONCE_SWEEP_EVERY == 0
+        self._nonces_recorded += 1
+        return due
 
     def problem(self) -> StoreProblem | None:
         if self._failing is not None:
@@ -194,10 +226,16 @@ class PostgresStore(Store):
         return None
 
     async def check(self) -> StoreProblem | None:
-        """A store seen failing is tried with a write that changes nothing, which clears it once it commits."""
-        if self._failing is not None and self._pool is not None:
-            with contextlib.suppress(StoreUnavailable):
-                await self._run(_touch)
+        """The server is asked now: a store seen failing is tried with a write that changes nothing (which clears
+        it once it commits), a working one with a query on a pooled connection (a server that went away, or a
+        pool whose connections were all dropped, shows here before a request finds out)."""
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._run(_touch if self._failing is not None else _ping), CHECK_TIMEOUT)
+            except StoreUnavailable:
+                pass
+            except TimeoutError as exc:
+                self._failed(exc)
         return self.problem()
 
     # -- wake-ups across processes ----------------------------------------------------------------
@@ -214,7 +252,8 @@ class PostgresStore(Store):
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "ticketbridge-listen"})
-        await conn.add_listener(CHANNEL, self._notified)
+        await conn.add_listener(self.channel, self._notified)
+        conn.add_termination_listener(lambda _conn: self._lost_listener.set())
         self._listener = conn
 
     async def _drop_listener(self) -> None:
@@ -224,8 +263,11 @@ class PostgresStore(Store):
                 await conn.close(timeout=2)
 
     async def _keep_listening(self) -> None:
+        """Reconnect the listening connection as soon as it is lost (checked every LISTEN_CHECK_SECONDS too)."""
         while True:
-            await asyncio.sleep(LISTEN_CHECK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost_listener.wait(), LISTEN_CHECK_SECONDS)
+            self._lost_listener.clear()
             if self._listener is not None and not self._listener.is_closed():
                 continue
             await self._drop_listener()
@@ -234,49 +276,16 @@ class PostgresStore(Store):
                 log.info("store.listen_reconnected")
                 for callback in self._callbacks:  # whatever was announced meanwhile was missed
                     callback("*")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("store.listen_failed", error=str(exc))
+            except DB_ERRORS as exc:
+                log.warning("store.listen_failed", error=_describe(exc))
 
     # -- intake -----------------------------------------------------------------------------------
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None) -> AcceptResult:
-        data = encode(event)
-        received = int(event.received_at.timestamp() * 1000)
-        created = now_ms()
-        rows = new_delivery_rows(event, deliveries, created)
-        wake = sorted({d.destination for d in deliveries if d.status == "pending"})
-
-        async def op(conn: Any) -> AcceptResult:
-            if event.dedup_key is not None:
-                # A concurrent insert of the same key waits for this row's transaction, then sees it.
-                fresh = await conn.fetchval(
-                    "INSERT INTO dedup_keys AS d VALUES ($1, $2, $3, $4) ON CONFLICT (source, key) DO UPDATE "
-                    "SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at WHERE d.expires_at <= $5 "
-                    "RETURNING event_id",
-                    event.source, event.dedup_key, event.id, created + int(dedup_window_s * 1000), created)
-                if fresh is None:
-                    first = await conn.fetchval("SELECT event_id FROM dedup_keys WHERE source = $1 AND key = $2",
-                                                event.source, event.dedup_key)
-                    return AcceptResult(event_id=first, duplicate=True, deliveries=0)
-            if nonce is not None:
-                await _claim_nonce(conn, event.source, nonce, created)
-                if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
-                    await _sweep_nonces(conn, created)
-                self._nonces_recorded += 1
-            await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", event.id, event.source,
-                               event.kind, event.channel, received, event.dedup_key, event.spam, data)
-            if rows:
-                await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                                       "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", rows)
-            for destination in wake:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
-            return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
-
-        try:
-            return await self._run(op)
-        except _Replayed:  # raised inside the transaction, so that its dedup key is rolled back with it
-            return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        return await self._batcher.submit(PendingAccept(event, deliveries, dedup_window_s, nonce))
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -352,7 +361,7 @@ class PostgresStore(Store):
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
                 "WHERE status = 'in_flight' AND lease_until < $1 RETURNING destination", now)
             for destination in sorted({r[0] for r in released}):
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, destination)
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return len(released)
 
         return await self._run(op)
@@ -430,7 +439,7 @@ class PostgresStore(Store):
                         "RETURNING destination", now, i)
                 if got is not None:
                     moved.append(i)
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, got[0])
+                    await conn.execute("SELECT pg_notify($1, $2)", self.channel, got[0])
             return moved
 
         return await self._run(op)
@@ -450,3 +459,12 @@ async def _touch(conn: Any) -> None:
     """A write that changes a row without changing anything: it commits only when the server takes writes."""
     await conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
                        "WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+
+
+async def _ping(conn: Any) -> None:
+    await conn.fetchval("SELECT 1")
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's message, or its kind when it has none (a timeout)."""
+    return str(exc) or type(exc).__name__
