@@ -105,7 +105,7 @@ class PostgresStore(Store):
         self.channel = channel_for(schema)
         self.min_size = min_size
         self.max_size = max_size
-        self._batcher = AcceptBatcher(self._store_group, group_commit_max)
+        self.batcher = AcceptBatcher(self._store_group, group_commit_max)
         self._lost_listener = asyncio.Event()
         self._pool: Any = None
         self._listener: Any = None
@@ -158,7 +158,7 @@ class PostgresStore(Store):
                 log.info("store.migrated", version=version, name=name)
 
     async def close(self) -> None:
-        await self._batcher.close()
+        await self.batcher.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
@@ -285,7 +285,7 @@ class PostgresStore(Store):
                      nonce: Nonce | None = None) -> AcceptResult:
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
-        return await self._batcher.submit(PendingAccept(event, deliveries, dedup_window_s, nonce))
+        return await self.batcher.submit(PendingAccept(event, deliveries, dedup_window_s, nonce))
 
     # -- delivery -------------------------------------------------------------------------------
 
