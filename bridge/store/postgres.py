@@ -40,6 +40,7 @@ from bridge.store.base import (
     StoreProblem,
 )
 from bridge.store.pg_batch import (
+    CONNECTION_ERRORS,
     DB_ERRORS,
     NONCE_SWEEP,
     NONCE_SWEEP_EVERY,
@@ -181,13 +182,17 @@ class PostgresStore(Store):
                     out = await fn(conn)
         except DB_ERRORS as exc:
             if transaction:
-                self._failed(exc)
+                await self._failed(exc)
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
         self._succeeded()
         return out
 
-    def _failed(self, exc: BaseException, count: int = 1) -> None:
+    async def _failed(self, exc: BaseException, count: int = 1) -> None:
         self.commit_failures += count
+        if isinstance(exc, CONNECTION_ERRORS) and self._pool is not None:
+            # A connection the server dropped rarely goes alone (a restart, a fail-over, an operator ending the
+            # app's sessions): open new ones rather than find each dead one with a failed request.
+            await self._pool.expire_connections()
         if self._failing is None:
             log.error("store.failing", error=_describe(exc), note="/readyz answers 503 until a commit succeeds again")
         self._failing = _describe(exc)
@@ -205,11 +210,11 @@ class PostgresStore(Store):
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 outcomes = await store_group(conn, group, self.channel, self._sweep_due)
         except DB_ERRORS as exc:
-            self._failed(exc, len(group))
+            await self._failed(exc, len(group))
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:
-            self._failed(failed[0], len(failed))
+            await self._failed(failed[0], len(failed))
         else:
             self._succeeded()
         return outcomes
@@ -235,7 +240,7 @@ class PostgresStore(Store):
             except StoreUnavailable:
                 pass
             except TimeoutError as exc:
-                self._failed(exc)
+                await self._failed(exc)
         return self.problem()
 
     # -- wake-ups across processes ----------------------------------------------------------------
@@ -290,8 +295,9 @@ class PostgresStore(Store):
     # -- delivery -------------------------------------------------------------------------------
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        now = now_ms()
+
         async def op(conn: Any) -> ClaimBatch:
-            now = now_ms()
             got = await conn.fetch(
                 "UPDATE deliveries d SET status = 'in_flight', lease_owner = $1, lease_until = $2, updated_at = $3 "
                 "FROM (SELECT id FROM deliveries WHERE status = 'pending' AND destination = $4 "
@@ -305,7 +311,32 @@ class PostgresStore(Store):
                                       "AND destination = $1", destination)
             return ClaimBatch(items=[], next_due_ms=nxt)
 
-        return await self._run(op)
+        try:
+            return await self._run(op)
+        except StoreUnavailable:
+            await self._give_back_claim(destination, owner, now, now + int(lease_s * 1000))
+            raise
+
+    async def _give_back_claim(self, destination: str, owner: str, claimed_at: int, lease_until: int) -> None:
+        """A claim whose answer was lost (its connection dropped around COMMIT) may have leased rows nobody will
+        send: give back, on a fresh connection, the rows leased by exactly that claim (its owner, time and lease
+        end), rather than leave them in flight until their lease runs out. When the store is still down, the
+        lease's end gives them back."""
+        async def op(conn: Any) -> int:
+            rows = await conn.fetch(
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
+                "WHERE status = 'in_flight' AND destination = $2 AND lease_owner = $3 AND lease_until = $4 "
+                "AND updated_at = $5 RETURNING id", now_ms(), destination, owner, lease_until, claimed_at)
+            return len(rows)
+
+        try:
+            given = await self._run(op)
+        except StoreUnavailable as exc:
+            log.warning("store.claim_unsettled", destination=destination, error=str(exc),
+                        note="deliveries this claim may have leased go back when their lease runs out")
+            return
+        if given:
+            log.warning("store.claim_given_back", destination=destination, count=given)
 
     async def record(self, result: AttemptResult) -> None:
         r = result
