@@ -17,6 +17,7 @@ processes' groups lock them in the same order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,6 +58,22 @@ _DELIVERIES = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT * FROM u
                "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
                "$9::bytea[], $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[])")
 _NOTIFY = "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d"
+_GROUP = (
+    "WITH k AS (INSERT INTO dedup_keys AS d "  # noqa: S608 - constants only; every value is bound
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) "
+    "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
+    "WHERE d.expires_at <= $5 RETURNING event_id), "
+    "e AS (INSERT INTO events SELECT u.* FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], "
+    "$11::text[], $12::boolean[], $13::bytea[]) AS u (id, source, kind, channel, received_at, dedup_key, spam, data) "
+    "WHERE u.dedup_key IS NULL OR u.id IN (SELECT event_id FROM k) RETURNING id), "
+    f"n AS (INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT u.* FROM unnest($14::text[], $15::text[], "
+    "$16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[], $23::bytea[], "
+    "$24::bigint[], $25::bigint[], $26::bigint[], $27::text[]) AS u (id, event_id, source, mapping, mapping_version, "
+    "destination, action, status, body, options, next_attempt_at, created_at, updated_at, last_error) "
+    "WHERE u.event_id IN (SELECT id FROM e) RETURNING destination, status) "
+    "SELECT ARRAY(SELECT id FROM e) FROM (SELECT count(pg_notify($28, w.destination)) "
+    "FROM (SELECT DISTINCT destination FROM n WHERE status = 'pending') AS w) AS notified")
+"""A group of accepts without a nonce as one statement: PostgreSQL runs it as one transaction."""
 
 
 class PendingAccept:
@@ -97,13 +114,18 @@ REPLAYED = AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=Tru
 
 class AcceptBatcher:
     """Queues accepts and stores them a group at a time with `run_group(group)`, which returns one outcome per
-    accept (or raises, failing the whole group)."""
+    accept (or raises, failing the whole group). Up to `concurrent` groups are stored at once, each on its own
+    connection: while one waits for its COMMIT (the server's disk), the next is already being written."""
 
-    def __init__(self, run_group: Callable[[list[PendingAccept]], Awaitable[list[Outcome]]], group_max: int) -> None:
+    def __init__(self, run_group: Callable[[list[PendingAccept]], Awaitable[list[Outcome]]], group_max: int,
+                 concurrent: int = 1) -> None:
         self.run_group = run_group
         self.group_max = group_max
+        self.concurrent = concurrent
         self._pending: list[PendingAccept] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(concurrent)
+        self._running: set[asyncio.Task[None]] = set()
         self.groups = 0
         self.grouped = 0
 
@@ -118,35 +140,48 @@ class AcceptBatcher:
         while self._pending:
             if len(self._pending) < SMALL_GROUP:
                 await asyncio.sleep(0)  # a small group: one more turn lets requests parsed now join it
+            await self._slots.acquire()  # requests arriving meanwhile join the group taken once a slot is free
             group = self._pending[: self.group_max]
             del self._pending[: len(group)]
+            self.groups += 1
+            self.grouped += len(group)
+            task = asyncio.get_running_loop().create_task(self._store(group), name="postgres group")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _store(self, group: list[PendingAccept]) -> None:
+        try:
             try:
                 outcomes = await self.run_group(group)
             except Exception as exc:
                 outcomes = [exc] * len(group)
-            self.groups += 1
-            self.grouped += len(group)
-            for item, outcome in zip(group, outcomes, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
+        finally:
+            self._slots.release()
+        for item, outcome in zip(group, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
 
     async def close(self) -> None:
         """Wait for the groups queued so far to be stored."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
 
 
 async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool]) -> \
         list[Outcome]:
-    """Store `group` on `conn`: straight through in one transaction, or, when a statement fails, again with each
-    accept in a savepoint of its own. Connection failures propagate (the group fails as a whole)."""
-    if len(group) == 1:
-        return [await _alone(conn, group[0], channel, sweep_due)]
+    """Store `group` on `conn`: straight through (in one statement when no accept has a nonce), or, when a
+    statement fails, again with each accept in a savepoint of its own. Connection failures propagate (the group
+    fails as a whole)."""
     try:
+        if all(item.nonce is None for item in group):
+            return list(await _one_statement(conn, group, channel))
+        if len(group) == 1:
+            return [await _alone(conn, group[0], channel, sweep_due)]
         out: dict[int, Outcome] = {}
         async with conn.transaction():
             plain = [(i, item) for i, item in enumerate(group) if item.nonce is None]
@@ -160,9 +195,18 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
     except CONNECTION_ERRORS:
         raise
     except DB_ERRORS:
-        pass  # one statement of the group failed: find out which accept it was
-    async with conn.transaction():
+        if len(group) == 1:
+            raise  # its own failure
+    async with conn.transaction():  # one statement of the group failed: find out which accept it was
         return [await _in_savepoint(conn, item, channel, sweep_due) for item in group]
+
+
+async def warm_connection(conn: Any) -> None:
+    """Prepare a group's statement on a new connection: its first preparation, when the server process reads the
+    tables' catalogue, takes tens of milliseconds. Before the migrations have made the tables, nothing to do."""
+    with contextlib.suppress(asyncpg.UndefinedTableError):
+        await conn.prepare(_GROUP)
+        await conn.prepare(_DEDUP_SEEN)
 
 
 async def _alone(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> Outcome:
@@ -211,6 +255,50 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
     if item.wake:
         await conn.execute(_NOTIFY, channel, item.wake)
     return item.stored()
+
+
+def _firsts(group: list[PendingAccept]) -> tuple[list[PendingAccept], dict[tuple[str, str], PendingAccept]]:
+    """The accepts of `group` that may store their event (no dedup key, or the key's first use in the group), and
+    each key's first accept."""
+    first: dict[tuple[str, str], PendingAccept] = {}
+    candidates = []
+    for item in group:
+        key = item.key
+        if key is None or first.setdefault(key, item) is item:
+            candidates.append(item)
+    return candidates, first
+
+
+async def _one_statement(conn: Any, group: list[PendingAccept], channel: str) -> list[AcceptResult]:
+    """Accepts without a nonce in one statement, so in one round trip and one commit: the dedup keys' upsert, the
+    events whose key was free, their deliveries and the wake-ups, as data-modifying CTEs."""
+    candidates, first = _firsts(group)
+    keyed = sorted((k, item) for k, item in first.items())
+    events = [(i.event.id, i.event.source, i.event.kind, i.event.channel, i.received, i.event.dedup_key,
+               i.event.spam, i.data) for i in candidates]
+    rows = [row for i in candidates for row in i.rows]
+    stored = set(await conn.fetchval(
+        _GROUP, [k[0] for k, _ in keyed], [k[1] for k, _ in keyed], [i.event.id for _, i in keyed],
+        [i.expires for _, i in keyed], now_ms(), *_columns(events, 8), *_columns(rows, 14), channel))
+    seen: dict[tuple[str, str], str] = {}
+    if stale := sorted(k for k, item in keyed if item.event.id not in stored):
+        seen = {(r[0], r[1]): r[2] for r in await conn.fetch(
+            _DEDUP_SEEN, [k[0] for k in stale], [k[1] for k in stale])}
+    results = []
+    for item in group:
+        if item.event.id in stored:
+            results.append(item.stored())
+        else:
+            key = item.key
+            assert key is not None
+            owner = first[key].event.id if first[key].event.id in stored else seen.get(key, "")
+            results.append(AcceptResult(event_id=owner, duplicate=True, deliveries=0))
+    return results
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column (for unnest), `width` lists when there are no rows."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[AcceptResult]:

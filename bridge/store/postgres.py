@@ -48,6 +48,7 @@ from bridge.store.pg_batch import (
     Outcome,
     PendingAccept,
     store_group,
+    warm_connection,
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
@@ -74,6 +75,7 @@ LISTEN_CHECK_SECONDS = 5.0
 ACQUIRE_TIMEOUT = 10.0
 """Seconds a request waits for a pooled connection (all in use, or the server slow to accept a new one)."""
 CHECK_TIMEOUT = 5.0
+MAX_GROUPS = 4
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
@@ -88,6 +90,11 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
     if schema is not None and not _SCHEMA.match(schema):
         raise ValueError(f"schema {schema!r} in the store url must be a lower-case identifier, e.g. ticketbridge")
     return urlunsplit(parts._replace(query=rest)), schema
+
+
+def group_slots(pool_max: int) -> int:
+    """How many accept groups a process stores at once: up to MAX_GROUPS, leaving half the pool to delivery."""
+    return max(1, min(MAX_GROUPS, pool_max // 2))
 
 
 def channel_for(schema: str | None) -> str:
@@ -106,7 +113,7 @@ class PostgresStore(Store):
         self.channel = channel_for(schema)
         self.min_size = min_size
         self.max_size = max_size
-        self.batcher = AcceptBatcher(self._store_group, group_commit_max)
+        self.batcher = AcceptBatcher(self._store_group, group_commit_max, concurrent=group_slots(max_size))
         self._lost_listener = asyncio.Event()
         self._pool: Any = None
         self._listener: Any = None
@@ -136,8 +143,9 @@ class PostgresStore(Store):
                     await conn.close()
                 settings["search_path"] = self.schema
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   server_settings=settings)
+                                                   server_settings=settings, init=warm_connection)
             await self._migrate()
+            await self._warm_pool()
         except DB_ERRORS as exc:
             await self.close()
             raise StoreUnavailable(f"postgresql: {exc}") from exc
@@ -157,6 +165,14 @@ class PostgresStore(Store):
                 await conn.execute(folder.joinpath(name).read_text(encoding="utf-8"))
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, now_ms())
                 log.info("store.migrated", version=version, name=name)
+
+    async def _warm_pool(self) -> None:
+        """Prepare the intake statements on the connections opened before the tables existed (later ones are
+        warmed as they open), so that no request pays for a new server process's first look at the tables."""
+        async def warm(conn: Any) -> None:
+            await warm_connection(conn)
+
+        await asyncio.gather(*(self._run(warm, transaction=False) for _ in range(self.min_size)))
 
     async def close(self) -> None:
         await self.batcher.close()
