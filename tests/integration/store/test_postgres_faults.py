@@ -1,8 +1,12 @@
-"""The PostgreSQL store when the server refuses writes (a full disk, simulated with triggers)."""
+"""The PostgreSQL store when the server refuses writes (a full disk, simulated with triggers) or cannot be
+reached (a relay the test cuts)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -57,3 +61,64 @@ async def test_refused_writes_are_reported_until_a_commit_succeeds(store: Postgr
         assert await store.check() is None
     assert [e["event"] for e in logs] == ["store.recovered"]
     await accept_one(store, make_delivery())
+
+
+class Proxy:
+    """A TCP relay to PostgreSQL that a test can cut (every connection dropped, new ones refused) and restore."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+
+async def test_an_unreachable_server_is_reported_until_it_answers_again(pg_schema: str) -> None:
+    """While PostgreSQL cannot be reached, check() (for /readyz) says `failing` and intake raises
+    StoreUnavailable; once it answers again, the store recovers by itself with new connections."""
+    parts = urlsplit(DSN)
+    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await proxy.start()
+    store = PostgresStore(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl(),
+                          schema=pg_schema)
+    await store.open()
+    try:
+        await accept_one(store, make_delivery())
+        assert await store.check() is None
+        await proxy.cut()
+        problem = await store.check()
+        assert problem is not None
+        assert problem.kind == "failing"
+        with pytest.raises(StoreUnavailable, match="postgresql"):
+            await accept_one(store, make_delivery())
+        await proxy.start()
+        assert await store.check() is None
+        await accept_one(store, make_delivery())
+    finally:
+        await store.close()
+        await proxy.cut()
