@@ -75,7 +75,7 @@ LISTEN_CHECK_SECONDS = 5.0
 ACQUIRE_TIMEOUT = 10.0
 """Seconds a request waits for a pooled connection (all in use, or the server slow to accept a new one)."""
 CHECK_TIMEOUT = 5.0
-MAX_GROUPS = 4
+MAX_GROUPS = 2
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
