@@ -45,7 +45,14 @@ each into StoreUnavailable (intake answers 503), never an error of the request."
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError) if asyncpg is None else (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
-"""The errors that say the connection itself is gone: running the group again on it cannot help."""
+_VALUE_ERRORS: tuple[type[BaseException], ...] = () if asyncpg is None else (
+    asyncpg.exceptions._base.DataError, asyncpg.exceptions._base.OutdatedSchemaCacheError)
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether `exc` says the connection itself is gone (running the group again on it cannot help), rather
+    than that a statement failed (a value the driver cannot send is the statement's failure)."""
+    return isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, _VALUE_ERRORS)
 
 _DEDUP = ("INSERT INTO dedup_keys AS d SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) "
           "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
@@ -155,6 +162,10 @@ class AcceptBatcher:
                 outcomes = await self.run_group(group)
             except Exception as exc:
                 outcomes = [exc] * len(group)
+            except BaseException:  # cancelled (the loop is closing): nobody is left without an answer
+                for item in group:
+                    item.future.cancel()
+                raise
         finally:
             self._slots.release()
         for item, outcome in zip(group, outcomes, strict=True):
@@ -192,11 +203,9 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
                 if item.nonce is not None:
                     out[i] = await _in_savepoint(conn, item, channel, sweep_due)
         return [out[i] for i in range(len(group))]
-    except CONNECTION_ERRORS:
-        raise
-    except DB_ERRORS:
-        if len(group) == 1:
-            raise  # its own failure
+    except DB_ERRORS as exc:
+        if lost_connection(exc) or len(group) == 1:
+            raise  # the connection's failure, or the only accept's own
     async with conn.transaction():  # one statement of the group failed: find out which accept it was
         return [await _in_savepoint(conn, item, channel, sweep_due) for item in group]
 
@@ -224,9 +233,9 @@ async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due:
             return await accept_one(conn, item, channel, sweep_due)
     except _Replayed:
         return REPLAYED
-    except CONNECTION_ERRORS:
-        raise
     except DB_ERRORS as exc:
+        if lost_connection(exc):
+            raise
         return StoreUnavailable(f"postgresql: {exc}")
 
 

@@ -40,13 +40,13 @@ from bridge.store.base import (
     StoreProblem,
 )
 from bridge.store.pg_batch import (
-    CONNECTION_ERRORS,
     DB_ERRORS,
     NONCE_SWEEP,
     NONCE_SWEEP_EVERY,
     AcceptBatcher,
     Outcome,
     PendingAccept,
+    lost_connection,
     store_group,
     warm_connection,
 )
@@ -205,7 +205,7 @@ class PostgresStore(Store):
 
     async def _failed(self, exc: BaseException, count: int = 1) -> None:
         self.commit_failures += count
-        if isinstance(exc, CONNECTION_ERRORS) and self._pool is not None:
+        if lost_connection(exc) and self._pool is not None:
             # A connection the server dropped rarely goes alone (a restart, a fail-over, an operator ending the
             # app's sessions): open new ones rather than find each dead one with a failed request.
             await self._pool.expire_connections()
