@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -13,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.errors import StoreUnavailable
+from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from tests.integration.processes import DSN
 from tests.integration.store.contract import accept_one, make_delivery
@@ -122,3 +124,30 @@ async def test_an_unreachable_server_is_reported_until_it_answers_again(pg_schem
     finally:
         await store.close()
         await proxy.cut()
+
+
+async def test_a_claim_whose_answer_is_lost_gives_back_what_it_leased(store: PostgresStore) -> None:
+    """A claim that committed but whose answer never arrived (the connection dropped around COMMIT) raises
+    StoreUnavailable and gives back the rows it leased; rows the same owner leased before stay in flight."""
+    _, (held,) = await accept_one(store, make_delivery())
+    assert [c.id for c in (await store.claim("kapture-support", 1, "me", 60)).items] == [held]
+    _, lost = await accept_one(store, make_delivery(), make_delivery())
+    run = store._run
+    calls = 0
+
+    async def answer_lost(fn: Any, *, transaction: bool = True) -> Any:
+        nonlocal calls
+        calls += 1
+        out = await run(fn, transaction=transaction)
+        if calls == 1:
+            raise StoreUnavailable("postgresql: connection was closed in the middle of operation")
+        return out
+
+    store._run = answer_lost  # type: ignore[method-assign]
+    with capture_logs() as logs, pytest.raises(StoreUnavailable):
+        await store.claim("kapture-support", 10, "me", 60)
+    store._run = run  # type: ignore[method-assign]
+    assert [(e["event"], e.get("count")) for e in logs] == [("store.claim_given_back", 2)]
+    statuses = {r.id: r.status for r in await store.list_deliveries(DeliveryFilter())}
+    assert statuses == {held: "in_flight", lost[0]: "pending", lost[1]: "pending"}
+    assert {c.id for c in (await store.claim("kapture-support", 10, "me", 60)).items} == set(lost)
