@@ -41,6 +41,15 @@ class ServerConfig(Base):
 class StoreConfig(Base):
     url: str = "sqlite:///var/ticketbridge.db"
     group_commit_max: Annotated[int, Meta(ge=1, le=10_000)] = 512
+    pool_min: Annotated[int, Meta(ge=0, le=1000)] = 2
+    """PostgreSQL: connections the process keeps open (SQLite ignores the pool keys)."""
+    pool_max: Annotated[int, Meta(ge=1, le=1000)] = 10
+    """PostgreSQL: the most connections the process opens (plus one that listens for new work)."""
+
+    def __post_init__(self) -> None:
+        if self.pool_min > self.pool_max:
+            raise KeyValueError(("pool_min",), f"pool_min ({self.pool_min}) is above pool_max ({self.pool_max}): "
+                                "give a pool_min no larger than pool_max")
 
 
 class AdminConfig(Base):

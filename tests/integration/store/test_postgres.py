@@ -11,7 +11,7 @@ import pytest
 from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
 from bridge.store.base import Cutoffs, DeliveryFilter
-from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema, work_channel
+from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema
 from tests.integration.processes import DSN
 from tests.integration.store.contract import (
     WEEK,
@@ -173,15 +173,6 @@ async def test_a_queue_in_another_schema_is_not_woken(pg_schema: str) -> None:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{other_schema}" CASCADE')
         finally:
             await conn.close()
-
-
-def test_channel_names_fit_postgresqls_limit() -> None:
-    """Each schema's channel is named after it, or after its hash when the name would be 64 bytes or more."""
-    assert work_channel(None) == "ticketbridge_work"
-    assert work_channel("tickets") == "ticketbridge_work_tickets"
-    long_one, long_two = "a" * 63, "a" * 62 + "b"
-    assert len(work_channel(long_one)) < 64
-    assert work_channel(long_one) != work_channel(long_two)
 
 
 async def test_expired_nonces_are_swept_a_few_at_a_time(store: PostgresStore, pg_schema: str) -> None:

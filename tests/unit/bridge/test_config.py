@@ -661,3 +661,22 @@ def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
     assert (bad.line, "mappings_on_start_error" in str(bad)) == (1, True)
     [slow] = errors_of(tmp_path, "sources: {}\nmappings_reload_timeout: soon\n")
     assert slow.line == 2 and "mappings_reload_timeout" in str(slow)
+
+
+def test_pool_keys_reach_the_postgresql_store(tmp_path: Path) -> None:
+    """`store.pool_min`/`pool_max` size the PostgreSQL pool, and `group_commit_max` its accept groups."""
+    from bridge.store import open_store
+    from bridge.store.postgres import PostgresStore
+
+    cfg = load(tmp_path, "store: {url: 'postgresql://u@h/db?schema=tb', pool_min: 4, pool_max: 40, "
+                         "group_commit_max: 64}\n")
+    store = open_store(cfg)
+    assert isinstance(store, PostgresStore)
+    assert (store.min_size, store.max_size, store.batcher.group_max, store.schema) == (4, 40, 64, "tb")
+
+
+def test_pool_min_above_pool_max_is_an_error_at_pool_min(tmp_path: Path) -> None:
+    """A pool_min above pool_max is refused at `store.pool_min`, naming both values."""
+    err = only_error(tmp_path, "store:\n  url: 'postgresql://u@h/db'\n  pool_min: 12\n  pool_max: 5\n")
+    assert err.path == "store.pool_min"
+    assert "pool_min (12) is above pool_max (5)" in err.message
