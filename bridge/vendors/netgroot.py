@@ -27,6 +27,7 @@ from bridge.vendors.base import (
     excerpt,
     text_or_none,
 )
+from bridge.vendors.files import attachment_list, split_files, with_text
 
 log = structlog.get_logger("ticketbridge.vendors")
 
@@ -174,7 +175,14 @@ class NetgrootAdapter(Adapter):
         subject_id = await self.subjects.resolve(str(name), load, self.name)
         return {"subject_id": subject_id, **{k: v for k, v in fields.items() if k != "subject"}}
 
-    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
+                      ticket: Mapping[str, Any] | None = None) -> VendorRequest:
+        # No update endpoint is published: a follow-up is a new ticket (its mapping names the first one
+        # with `{{ ticket.id }}`) or is skipped; `ticket` is not needed here.
+        fields, files = split_files(fields)
+        if files is not None and files.metas:  # no file endpoint either: the message names them
+            target = self.config.attachments.note_field or "message"
+            fields[target] = with_text(fields.get(target), attachment_list(files.metas))
         if action != "create_ticket":
             raise MappingError(f"netgroot has no action {action!r}; it takes: create_ticket")
         if "subject" in fields:

@@ -109,7 +109,8 @@ def test_bad_filter_arguments_are_compile_errors(text: str, message: str) -> Non
     [
         ("{{ payload.p | phone_e164('XX') }}", "bad arguments to the phone_e164 filter: unknown region 'XX'"),
         ("{{ payload.d | date('iso', 'Nowhere') }}", "bad arguments to the date filter: unknown time zone"),
-        ("{{ payload.s | slugify }}", "unknown filter 'slugify' in the template; known filters: bool, date"),
+        ("{{ payload.s | slugify }}", "unknown filter 'slugify' in the template; known filters: "
+                                      "attachment_list, bool, date"),
     ],
 )
 def test_templates_are_checked_for_filters_and_their_arguments(template: str, message: str) -> None:

@@ -104,7 +104,8 @@ def test_config_errors_name_the_file_and_key(tmp_path: Any) -> None:
 
 @pytest.mark.parametrize(("fields", "options", "problems"), [
     (["id"], {"path": "/t/{id}", "method": "PATCH"}, []),
-    (["title"], {"path": "/t/{id}"}, ["options.path: placeholder {id} is not a field of this mapping"]),
+    (["title"], {"path": "/t/{id}"}, ["options.path: placeholder {id} is not a field of this mapping "
+                                         "(nor {ticket.id} / {ticket.key})"]),
     (["title"], {"verb": "POST"}, ["options.verb: unknown http option; a mapping may set: method, path"]),
     (["title"], {"method": "DELETE"}, ["options.method: 'DELETE' is not one of POST, PUT, PATCH"]),
     (["title"], {"path": "t"}, ["options.path: `path` 't' must start with /, e.g. /api/tickets"]),

@@ -313,17 +313,28 @@ def test_update_sends_a_numeric_ticket_id_as_text() -> None:
     assert json.loads(body) == [{"ticket_id": "713516551148", "sub_status": "CL"}]
 
 
-@pytest.mark.parametrize("missing", ["ticket_id", "sub_status"])
 @pytest.mark.parametrize("value", [None, "", "  ", "absent"])
-def test_update_needs_ticket_id_and_sub_status(missing: str, value: Any) -> None:
-    """Without a ticket_id or sub_status the update is refused before sending, naming the field."""
-    fields = {k: v for k, v in UPDATE.items() if k != missing}
+def test_update_needs_sub_status(value: Any) -> None:
+    """Without a sub_status the update is refused before sending, naming the field."""
+    fields = {k: v for k, v in UPDATE.items() if k != "sub_status"}
     if value != "absent":
-        fields[missing] = value
+        fields["sub_status"] = value
     with pytest.raises(MappingError) as info:
         adapter().build_request("update_ticket", fields, {})
-    assert info.value.path == missing
-    assert str(info.value) == f"{missing}: kapture update_ticket needs a non-empty `{missing}`"
+    assert info.value.path == "sub_status"
+    assert str(info.value) == "sub_status: kapture update_ticket needs a non-empty `sub_status`"
+
+
+@pytest.mark.parametrize("value", [None, "", "  ", "absent"])
+def test_update_without_ticket_id_or_ticket_is_refused(value: Any) -> None:
+    """An update with no ticket_id field and no follow-up ticket is refused, naming ticket_id and the way out."""
+    fields = {k: v for k, v in UPDATE.items() if k != "ticket_id"}
+    if value != "absent":
+        fields["ticket_id"] = value
+    with pytest.raises(MappingError) as info:
+        adapter().build_request("update_ticket", fields, {})
+    assert info.value.path == "ticket_id"
+    assert "set `ticket_id` (e.g. \"{{ ticket.id }}\") or send this as a follow-up" in str(info.value)
 
 
 @pytest.mark.parametrize("value", ["19/04/2024 14:19", "2024-04-22", "2024-04-22T14:31:33", "2024-13-01 00:00:00",
@@ -376,8 +387,7 @@ def test_a_ticket_titled_like_an_auth_failure_is_not_one() -> None:
     ("create_ticket", ["title", "email_id"], []),
     ("create_ticket", ["email_id"], ["title: kapture create_ticket needs a `title` field"]),
     ("update_ticket", ["ticket_id", "sub_status", "comment"], []),
-    ("update_ticket", ["comment"], ["ticket_id: kapture update_ticket needs a `ticket_id` field",
-                                    "sub_status: kapture update_ticket needs a `sub_status` field"]),
+    ("update_ticket", ["comment"], ["sub_status: kapture update_ticket needs a `sub_status` field"]),
 ])
 def test_static_check_names_the_fields_an_action_always_needs(action: str, fields: list[str],
                                                                 problems: list[str]) -> None:

@@ -51,10 +51,10 @@ def classify(status: int, body: Any, headers: dict[str, str] | None = None) -> O
 
 
 def test_registry_knows_leadsquared() -> None:
-    """`leadsquared` names this adapter and its options; it creates tickets."""
+    """`leadsquared` names this adapter and its options; it creates and updates tickets, adds activities and notes."""
     assert adapter_class("leadsquared") is LeadSquaredAdapter
     assert vendor_options("leadsquared") is LeadSquaredOptions
-    assert LeadSquaredAdapter.actions == frozenset({"create_ticket"})
+    assert LeadSquaredAdapter.actions == frozenset({"create_ticket", "update_ticket", "add_activity", "add_note"})
 
 
 def test_rate_limit_defaults_to_25_per_5_seconds() -> None:
@@ -134,9 +134,10 @@ def test_without_a_lead_field_nothing_is_sent(fields: dict[str, Any]) -> None:
 
 
 def test_unknown_action_is_refused() -> None:
-    """LeadSquared takes create_ticket only."""
-    with pytest.raises(MappingError, match="leadsquared has no action 'update_ticket'; it takes: create_ticket"):
-        adapter().build_request("update_ticket", FIELDS, {})
+    """An action LeadSquared does not have is refused, listing those it has."""
+    with pytest.raises(MappingError, match="leadsquared has no action 'close_ticket'; it takes: create_ticket, "
+                                           "update_ticket, add_activity, add_note"):
+        adapter().build_request("close_ticket", FIELDS, {})
 
 
 @pytest.mark.parametrize(("fields", "mapping_options", "problems"), [
@@ -154,14 +155,13 @@ def test_static_check(fields: list[str], mapping_options: dict[str, Any], proble
 
 
 def test_success_stores_ticket_id_and_key() -> None:
-    """The documented success is a success with TicketId as the ticket id and Key beside it."""
-    assert classify(200, SUCCESS) == Outcome(classification="success",
-                                             ticket_id="27e8259d-0681-4adb-b5e8-14f66a208dd4", ticket_key="#034")
+    """The documented success stores the numeric Id (what later calls take) as the ticket id, Key beside it."""
+    assert classify(200, SUCCESS) == Outcome(classification="success", ticket_id="34", ticket_key="#034")
 
 
-def test_success_without_ticket_id_falls_back_to_id() -> None:
-    """A success that names only the numeric Id still records it."""
-    assert classify(200, {"Status": "Success", "Id": "35"}).ticket_id == "35"
+def test_success_without_id_falls_back_to_the_ticket_uuid() -> None:
+    """A success that names only the TicketId UUID still records it."""
+    assert classify(200, {"Status": "Success", "TicketId": "27e8259d"}).ticket_id == "27e8259d"
 
 
 @pytest.mark.parametrize("status", [200, 500])
