@@ -402,3 +402,39 @@ def test_pull_end_date_option_takes_two_readings_only() -> None:
                            KaptureOptions).pull_end_date == "next_day"
     with pytest.raises(msgspec.ValidationError, match="pull_end_date"):
         msgspec.convert({"vendor": "kapture", "sandbox": True, "pull_end_date": "inclusive"}, KaptureOptions)
+
+
+# -- follow-ups and attachments ----------------------------------------------------------------------
+
+TICKET = {"id": "713516551148", "key": None, "destination": "kapture-support", "created_at": "2026-11-26T10:00:00Z",
+          "messages": 1, "last_message_at": "2026-11-26T10:00:00Z"}
+FILES = [{"name": "router.jpg", "content_type": "image/jpeg", "size": 12_600, "sha256": "a" * 64, "stored": True},
+         {"name": "log.txt", "content_type": "text/plain", "size": 300, "sha256": "b" * 64, "stored": True}]
+
+
+def test_follow_up_update_takes_the_ticket_id_from_the_ticket() -> None:
+    """A follow-up's update without a ticket_id field addresses the conversation's ticket, its reply as comment."""
+    request = adapter().build_request("update_ticket", {"sub_status": "P", "comment": "Still down"}, {},
+                                      ticket=TICKET)
+    assert request.url == BASE + "/update-ticket-from-other-source.html/v.2.0"
+    assert json.loads(request.body) == [{"sub_status": "P", "comment": "Still down", "ticket_id": "713516551148"}]
+
+
+def test_a_ticket_id_field_wins_over_the_follow_ups_ticket() -> None:
+    """A mapping that names the ticket (e.g. a partner's status change) keeps its own ticket_id."""
+    body = adapter().build_request("update_ticket", {"ticket_id": "999", "sub_status": "CL"}, {}, ticket=TICKET).body
+    assert json.loads(body)[0]["ticket_id"] == "999"
+
+
+def test_files_are_listed_in_the_ticket_details_of_a_create() -> None:
+    """Kapture has no file endpoint: a `files` field becomes the names and sizes under ticket_details."""
+    body = adapter().build_request("create_ticket", {"title": "t", "ticket_details": "No internet",
+                                                     "files": FILES}, {}).body
+    assert json.loads(body) == [{"title": "t", "ticket_details": "No internet\n\nAttachments:\n- router.jpg "
+                                                                 "(12.3 KB)\n- log.txt (300 B)"}]
+
+
+def test_files_are_listed_in_the_comment_of_an_update() -> None:
+    """On an update the list goes to the comment; with no comment it is the comment."""
+    body = adapter().build_request("update_ticket", {"sub_status": "P", "files": FILES[:1]}, {}, ticket=TICKET).body
+    assert json.loads(body)[0]["comment"] == "Attachments:\n- router.jpg (12.3 KB)"
