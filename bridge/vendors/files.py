@@ -129,7 +129,8 @@ def load_files(metas: list[dict[str, Any]], folder: Path | None, caps: Destinati
             out.left_out.append(f"{label}: not kept by the bridge ({reason})")
             continue
         if len(out.files) >= caps.max_count:
-            out.left_out.append(f"{label}: over this destination's cap of {caps.max_count} files")
+            count = f"{caps.max_count} file" + ("" if caps.max_count == 1 else "s")
+            out.left_out.append(f"{label}: over this destination's cap of {count}")
             continue
         size = meta.get("size")
         if isinstance(size, int) and total + size > caps.max_bytes:
