@@ -17,11 +17,11 @@ CONFIG = """
 store: {url: "sqlite:///var/bridge.db"}
 attachments: {dir: var/files}
 sources:
-  support-mailgun: {kind: mailgun, signing_key: "%s"}
+  support-mailgun: {kind: mailgun, signing_key: "KEY"}
 destinations:
-  lsq: {vendor: leadsquared, sandbox: true, retry: {schedule: [50ms]}%s}
+  lsq: {vendor: leadsquared, sandbox: true, retry: {schedule: [50ms]}LSQ_OPTIONS}
   kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms]}}
-""" % (KEY, "%s")
+""".replace("KEY", KEY)
 
 TO_LEADSQUARED = """
     name: email-to-leadsquared
@@ -48,7 +48,7 @@ TO_KAPTURE = """
 
 
 async def start(write_config: ConfigFactory, bridge_client: AppClient, lsq_options: str = "") -> Any:
-    config = write_config(CONFIG % lsq_options, {"lsq": TO_LEADSQUARED, "kapture": TO_KAPTURE})
+    config = write_config(CONFIG.replace("LSQ_OPTIONS", lsq_options), {"lsq": TO_LEADSQUARED, "kapture": TO_KAPTURE})
     client = await bridge_client(config)
     for source in runtime(client).sources.values():
         source.handler.clock = lambda: float(NOW)
