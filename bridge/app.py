@@ -39,8 +39,9 @@ def _vendor_body(name: str, cfg: DestinationConfig, cls: type[Adapter]) -> Calla
     """The body the vendor is sent for a mapping's fields, as JSON data (for mapping tests and `render`)."""
     adapter = cls(name, cfg, cfg.base_url or "http://sandbox.invalid")
 
-    def body(action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> Any:
-        request = adapter.build_request(action, fields, options)
+    def body(action: str, fields: dict[str, Any], options: Mapping[str, Any],
+             ticket: Mapping[str, Any] | None = None) -> Any:
+        request = adapter.build_request(action, fields, options, ticket=ticket)
         content_type = request.headers.get("Content-Type", "")
         if content_type.startswith("multipart/form-data"):
             return multipart_preview(request.body, content_type)

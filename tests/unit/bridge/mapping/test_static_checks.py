@@ -168,3 +168,14 @@ def test_an_adapter_class_can_be_given_as_the_destination(tmp_path: Path) -> Non
     f = write(tmp_path, "source: web\ndestination: k\naction: create_ticket\nfields: {ticket_details: x}\n")
     assert errors_of(tmp_path, {"k": KaptureAdapter}) == [
         f"{f}:4:1: m.title: kapture create_ticket needs a `title` field"]
+
+
+def test_a_multipart_vendor_body_is_shown_part_by_part(tmp_path: Path) -> None:
+    """Mapping tests and render see a multipart request (LeadSquared's update) as its JSON part and its file parts."""
+    (tmp_path / "bridge.yaml").write_text("destinations:\n  lsq: {vendor: leadsquared, sandbox: true}\n")
+    config = load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
+    body = destination_targets(config)["lsq"].vendor_body
+    assert body is not None
+    assert body("update_ticket", {"Status": "Open"}, {}, {"id": "143"}) == {"ticketDTO": {
+        "TypeId": "1", "Id": "143", "LeadId": None, "Fields": [{"SchemaName": "Status", "Value": "Open"}],
+        "RelatedTicketTypeId": 1}}
