@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -136,8 +137,9 @@ class NetgrootAdapter(Adapter):
     Options: ClassVar[type[DestinationConfig]] = NetgrootOptions
     actions: ClassVar[frozenset[str]] = frozenset({"create_ticket"})
 
-    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> None:
-        super().__init__(name, config, base_url)
+    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str], *,
+                 attachments_dir: Path | None = None) -> None:
+        super().__init__(name, config, base_url, attachments_dir=attachments_dir)
         self.subjects = SubjectCache(parse_duration(self.options.subjects_ttl))
 
     @classmethod
