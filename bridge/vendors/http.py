@@ -79,6 +79,9 @@ def placeholders(template: str) -> list[str]:
 def _check_path(template: str) -> None:
     if not template.startswith("/"):
         raise ValueError(f"`path` {template!r} must start with /, e.g. /api/tickets")
+    if "{{" in template or "}}" in template:
+        raise ValueError(f"`path` {template!r} holds a template: path placeholders take single braces, "
+                         "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}")
     placeholders(template)
 
 

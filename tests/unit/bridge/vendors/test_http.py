@@ -221,3 +221,12 @@ async def test_json_mode_sends_the_files_metadata_as_a_field() -> None:
 
 async def no_fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
     raise AssertionError("no look-up expected")
+
+
+def test_a_jinja_style_path_is_refused_with_the_single_brace_form() -> None:
+    """`{{ ticket.id }}` in a path is a load error pointing to `{ticket.id}`, not a literal brace in the URL."""
+    assert HttpAdapter.static_check("update_ticket", ["c"], {"path": "/t/{{ ticket.id }}"}) == [
+        "options.path: `path` '/t/{{ ticket.id }}' holds a template: path placeholders take single braces, "
+        "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}"]
+    with pytest.raises(msgspec.ValidationError, match="single braces"):
+        msgspec.convert({"vendor": "http", "base_url": BASE, "path": "/t/{{ticket.id}}"}, HttpOptions)
