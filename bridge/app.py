@@ -29,6 +29,7 @@ from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Store
 from bridge.vendors.base import Adapter
+from bridge.vendors.files import multipart_preview
 from bridge.vendors.registry import adapter_class
 from handlers.registry import build_handler
 
@@ -39,8 +40,12 @@ def _vendor_body(name: str, cfg: DestinationConfig, cls: type[Adapter]) -> Calla
     """The body the vendor is sent for a mapping's fields, as JSON data (for mapping tests and `render`)."""
     adapter = cls(name, cfg, cfg.base_url or "http://sandbox.invalid")
 
-    def body(action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> Any:
-        request = adapter.build_request(action, fields, options)
+    def body(action: str, fields: dict[str, Any], options: Mapping[str, Any],
+             ticket: Mapping[str, Any] | None = None) -> Any:
+        request = adapter.build_request(action, fields, options, ticket=ticket)
+        content_type = request.headers.get("Content-Type", "")
+        if content_type.startswith("multipart/form-data"):
+            return multipart_preview(request.body, content_type)
         try:
             return msgspec.json.decode(request.body)
         except msgspec.DecodeError:
@@ -83,7 +88,7 @@ def build_destinations(rt: Runtime) -> dict[str, Destination]:
         vendor = cfg.vendor
         base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url and not cfg.sandbox \
             else (lambda v=vendor: rt.sandbox_url(v))
-        out[name] = Destination.from_config(name, cfg, base_url)
+        out[name] = Destination.from_config(name, cfg, base_url, attachments_dir=rt.config.attachments_dir)
     return out
 
 

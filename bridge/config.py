@@ -148,6 +148,16 @@ class RetryConfig(Base):
         return [parse_duration(item) for item in self.schedule]
 
 
+class DestinationAttachments(Base):
+    """How many attachment files, and how many bytes of them in all, one request to this destination may
+    carry; a file over either cap (or no longer on disk) is named in the ticket text instead of sent.
+    `note_field` is the field that note goes to (each vendor has a default: its ticket text)."""
+
+    max_count: Annotated[int, Meta(ge=0)] = 10
+    max_bytes: Annotated[int, Meta(ge=0)] = 10_485_760
+    note_field: str | None = None
+
+
 class DestinationConfig(Base):
     """The options every destination takes; each vendor extends it with its own."""
 
@@ -158,6 +168,7 @@ class DestinationConfig(Base):
     max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 4
     timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    attachments: DestinationAttachments = msgspec.field(default_factory=DestinationAttachments)
 
     def __post_init__(self) -> None:
         if not self.sandbox and not self.base_url:

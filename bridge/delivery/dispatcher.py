@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -69,9 +70,12 @@ class Destination:
     limiter: Limiter = field(default_factory=lambda: make_limiter(None))
 
     @classmethod
-    def from_config(cls, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> Destination:
-        """The destination `config` describes: its vendor's adapter, retry policy and rate limiter."""
-        return cls(name=name, config=config, adapter=adapter_class(config.vendor)(name, config, base_url),
+    def from_config(cls, name: str, config: DestinationConfig, base_url: str | Callable[[], str], *,
+                    attachments_dir: Path | None = None) -> Destination:
+        """The destination `config` describes: its vendor's adapter (reading attachment files from
+        `attachments_dir`), retry policy and rate limiter."""
+        adapter = adapter_class(config.vendor)(name, config, base_url, attachments_dir=attachments_dir)
+        return cls(name=name, config=config, adapter=adapter,
                    policy=RetryPolicy.from_config(config.retry), limiter=make_limiter(config.rate_limit))
 
     @property
