@@ -41,6 +41,9 @@ class ServerConfig(Base):
 class StoreConfig(Base):
     url: str = "sqlite:///var/ticketbridge.db"
     group_commit_max: Annotated[int, Meta(ge=1, le=10_000)] = 512
+    lease_seconds: Annotated[float, Meta(ge=1, le=3600)] = 10.0
+    """How long a claimed delivery stays its sender's unless renewed (every third of it, while held): a dead
+    process's work is taken over after at most about 1⅓ of this."""
 
 
 class AdminConfig(Base):

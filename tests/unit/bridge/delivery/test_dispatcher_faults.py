@@ -76,17 +76,17 @@ class FaultyStore(MemoryStore):
     def status(self, delivery_id: str) -> str:
         return self.deliveries[delivery_id].row.status
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self.record_calls += 1
         if self.record_fails != 0:
             self.record_fails -= 1
             raise StoreUnavailable("sqlite: database or disk is full")
-        await super().record(result)
+        await super().record(result, owner=owner)
         self.records.append(result)
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         self.released += delivery_ids
-        await super().release(delivery_ids)
+        await super().release(delivery_ids, owner=owner)
 
     async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
         self.calls.append("extend")
