@@ -188,12 +188,14 @@ async def test_a_429_to_one_process_holds_back_all_three(tmp_path: Path, pg_sche
 
 
 async def test_work_waiting_longer_than_its_lease_is_not_sent_twice(tmp_path: Path, pg_schema: str) -> None:
-    """One process whose deliveries wait for the rate limit and behind a Retry-After, each far longer than
-    its 1 s lease, sends every one exactly once: it claims only what it may send now."""
+    """One process whose deliveries wait for the rate limit and behind a Retry-After, and whose sends take
+    longer than its 1 s lease, sends every one exactly once: it claims only what it may send now, and renews
+    the leases of what it is sending."""
     async with cluster(tmp_path, pg_schema, n=1, rate_limit="{requests: 2, per_seconds: 1}", lease_seconds=1,
                        max_in_flight=8) as c:
         await c.session.put(f"{c.sandbox}/_faults",
-                            json={"after": 2, "fail_count": 1, "fail_status": 429, "retry_after": "4"})
+                            json={"after": 2, "fail_count": 1, "fail_status": 429, "retry_after": "4",
+                                  "latency_ms": 1500})
         assert set(await asyncio.gather(*(c.post(i) for i in range(12)))) == {202}
         refs = await c.delivered(within=60)
         received = await c.received()
