@@ -238,3 +238,27 @@ async def test_the_reaper_never_gives_back_a_delivery_whose_result_is_held() -> 
     assert store.calls[:2] == ["extend", "release_expired"]
     assert held not in store.released
     assert other in store.released
+
+
+async def test_a_result_whose_lease_was_taken_is_not_recorded_over_the_new_claim() -> None:
+    """When another sender holds the lease by the time the vendor answers, the result is refused: the lane
+    logs delivery.lease_lost and leaves the new holder's claim as it is, without retrying the record."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+
+    def taken_meanwhile(url: URL, **kwargs: Any) -> CallbackResult:
+        store.deliveries[delivery_id].lease_owner = "another-process"  # its lease ran out and was claimed
+        return CallbackResult(status=200, payload={"status": "success", "ticket_id": "T-9"},
+                              response_class=MockResponse)
+
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=taken_meanwhile, repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+        assert requests(m) == 1
+    assert store.record_calls == 1
+    assert store.records == []
+    kept = store.deliveries[delivery_id]
+    assert (kept.row.status, kept.lease_owner, kept.row.attempts) == ("in_flight", "another-process", 0)
+    [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
+    assert (lost["delivery_id"], lost["classification"], lost["ticket_id"]) == (delivery_id, "success", "T-9")
