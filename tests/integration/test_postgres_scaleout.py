@@ -201,3 +201,33 @@ async def test_work_waiting_longer_than_its_lease_is_not_sent_twice(tmp_path: Pa
         received = await c.received()
     assert max(refs.values()) == 1
     assert len(received) == 12 + 1
+
+
+async def test_a_restarted_process_takes_back_its_own_work(tmp_path: Path, pg_schema: str) -> None:
+    """A lone process killed mid-send and started again sends what it held within a lease of its start
+    (here 3 s, with slack), and every accepted event is delivered."""
+    lease_s = 3.0
+    async with cluster(tmp_path, pg_schema, n=1, max_in_flight=4, lease_seconds=lease_s) as c:
+        await c.session.put(f"{c.sandbox}/_faults", json={"latency_ms": 500})
+        assert set(await asyncio.gather(*(c.post(i) for i in range(30)))) == {202}
+        while len(await c.refs()) < 8:
+            await asyncio.sleep(0.05)
+        old = c.servers[0]
+        os.kill(old.pid, signal.SIGKILL)
+        old.wait(5)
+        held = {r[0] for r in await c.sql("SELECT id FROM deliveries WHERE status = 'in_flight'")}
+        assert held, "the process held no work when killed"
+        restarted = spawn(["serve", "-c", str(tmp_path / "node0.yaml")], tmp_path / "processes.log")
+        c.servers.append(restarted)
+        await wait_http(f"http://127.0.0.1:{c.ports[0]}/readyz", restarted)
+        started = time.monotonic()
+        while await c.sql("SELECT 1 FROM deliveries WHERE id = ANY($1::text[]) AND lease_owner = $2",
+                          list(held), f"{socket.gethostname()}:{old.pid}"):
+            assert time.monotonic() - started < 4 * lease_s, "the restarted process never took its work back"
+            await asyncio.sleep(0.05)
+        took_back_s = time.monotonic() - started
+        refs = await c.delivered(within=60)
+    print(f"taken back {took_back_s:.1f} s after the restart (lease {lease_s:g} s)")
+    assert took_back_s <= lease_s * 4 / 3 + 2.0
+    assert set(refs) == set(c.accepted)
+    assert sum(n - 1 for n in refs.values()) <= len(held)
