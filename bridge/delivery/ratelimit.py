@@ -21,7 +21,7 @@ from bridge.config import RateLimit
 
 
 class Limiter(Protocol):
-    """What the delivery loop needs; a limiter shared between processes implements the same."""
+    """An in-process limiter, as a destination's gate (bridge.delivery.coordination) uses it."""
 
     def reserve(self) -> float:
         """Take the next send slot; returns how many seconds to wait before using it."""

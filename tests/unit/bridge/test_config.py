@@ -651,3 +651,12 @@ def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
     assert (bad.line, "mappings_on_start_error" in str(bad)) == (1, True)
     [slow] = errors_of(tmp_path, "sources: {}\nmappings_reload_timeout: soon\n")
     assert slow.line == 2 and "mappings_reload_timeout" in str(slow)
+
+
+def test_store_lease_seconds_defaults_to_ten_and_is_bounded(tmp_path: Path) -> None:
+    """`store.lease_seconds` is 10 unless set; a value under a second is an error naming the key and value."""
+    assert load(tmp_path, "").store.lease_seconds == 10.0
+    assert load(tmp_path, "store: {lease_seconds: 4}").store.lease_seconds == 4.0
+    err = only_error(tmp_path, "store: {lease_seconds: 0.5}")
+    assert err.path == "store.lease_seconds"
+    assert ">= 1" in err.message
