@@ -13,6 +13,7 @@ keep their state in the database so that every process sees one limit, one pause
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,13 +30,15 @@ class Admission:
     """What a gate allows now: `granted` sends (maybe none); with none, `wait_s` until asking again makes
     sense, and `held` when the destination itself is held back (breaker open, a 429's pause), so that new
     work need not wake the lane. `probe`: the one send allowed is the breaker's probe. `slots` are the gate's
-    own handles on what it granted (given back with `unused`)."""
+    own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic), to
+    tell a send that starts late for its slot."""
 
     granted: int
     wait_s: float = 0.0
     held: bool = False
     probe: bool = False
     slots: list[int] = field(default_factory=list)
+    asked_at: float = field(default_factory=time.monotonic)
 
 
 class Gate(ABC):
@@ -52,8 +55,9 @@ class Gate(ABC):
     async def unused(self, admission: Admission, count: int) -> None:
         """`count` of what `admission` granted will not be sent (nothing was due): give them back."""
 
-    def sent(self) -> None:  # noqa: B027 - optional hook
-        """A granted send starts now (called just before the request goes out)."""
+    async def start(self, admission: Admission, index: int) -> None:  # noqa: B027 - optional hook
+        """The `index`-th send `admission` granted starts now (awaited just before the request goes out);
+        a gate may hold a send that is late for its slot until a slot is free again."""
 
     @abstractmethod
     async def pause(self, seconds: float) -> None:
@@ -110,8 +114,8 @@ class LocalGate(Gate):
         if admission.probe and count >= admission.granted:
             self.breaker.probing = False
 
-    def sent(self) -> None:
-        self.limiter.sent()
+    async def start(self, admission: Admission, index: int) -> None:
+        self.limiter.sent()  # the in-process log moves the slot to when the send really starts
 
     async def pause(self, seconds: float) -> None:
         self.limiter.pause(seconds)

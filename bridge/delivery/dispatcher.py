@@ -25,7 +25,7 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,9 +140,10 @@ class Lane:
                     timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - d.clock()))
                 await self._wait(self.wake, timeout)
                 continue
-            for item in batch.items:
+            for index, item in enumerate(batch.items):
                 self.sending.add(item.id)
-                task = asyncio.create_task(self._deliver(item), name=f"deliver {item.id}")
+                start = functools.partial(self.gate.start, admission, index)
+                task = asyncio.create_task(self._deliver(item, start), name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
 
@@ -164,9 +165,9 @@ class Lane:
             for w in waiters:
                 w.cancel()
 
-    async def _deliver(self, item: Claimed) -> None:
+    async def _deliver(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
         try:
-            await self._send_and_record(item)
+            await self._send_and_record(item, start)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (shielded, below) and must not be undone by a release.
@@ -174,12 +175,12 @@ class Lane:
                 self.dispatcher.cancelled.append(item.id)
             raise
 
-    async def _send_and_record(self, item: Claimed) -> None:
+    async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         try:
             sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                   on_send=self.gate.sent)
+                                   on_send=start)
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),

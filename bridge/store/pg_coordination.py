@@ -15,6 +15,8 @@ up after PROBE_HOLD_S. A 429's pause is `paused_until` on the row.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ T = TypeVar("T")
 Runner = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
 SHARED_MIN_MARGIN_S = 0.2
 PROBE_HOLD_S = 60.0
+CLOCK = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint"
 
 
 async def check_lease(conn: Any, delivery_id: str, owner: str) -> None:
@@ -51,20 +54,21 @@ class PgGate(Gate):
         else:
             margin = max(rate.per_seconds * 0.02, SHARED_MIN_MARGIN_S)
             self._window_ms = int((rate.per_seconds + margin) * 1000)
+        self.punctual = (self._window_ms / 1000 - (rate.per_seconds if rate else 1.0)) / 2
 
     @property
     def window(self) -> float:
         return self._window_ms / 1000
 
     async def _locked(self, conn: Any) -> tuple[Any, int]:
+        """The destination's row, locked until commit, and the database's clock once the lock is held."""
         await conn.execute("INSERT INTO destination_gates (destination) VALUES ($1) ON CONFLICT DO NOTHING",
                            self.destination)
         row = await conn.fetchrow(
-            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until, "
-            "(extract(epoch from clock_timestamp()) * 1000)::bigint FROM destination_gates WHERE destination = $1 "
-            "FOR UPDATE",
-            self.destination)
-        return row, row[6]
+            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until "
+            "FROM destination_gates WHERE destination = $1 FOR UPDATE", self.destination)
+        now: int = await conn.fetchval(CLOCK)
+        return row, now
 
     def _breaker(self, row: Any, now: int) -> Breaker:
         return Breaker(threshold=self.breaker.threshold, base_cooldown=self.breaker.base_cooldown,
@@ -124,6 +128,36 @@ class PgGate(Gate):
 
         result: Admission = await self._run(op)
         return result
+
+    async def start(self, admission: Admission, index: int) -> None:
+        """A send that starts later than `punctual` after its grant was asked for (a busy process, a slow
+        claim) is moved to a slot taken now, checked against the window again, waiting until one is free:
+        counted at its grant, it could otherwise reach the vendor less than a window before a send granted
+        a window after that grant."""
+        if self.rate is None or index >= len(admission.slots):
+            return
+        slot, asked = admission.slots[index], admission.asked_at
+        while time.monotonic() - asked > self.punctual:
+            asked = time.monotonic()
+            wait: float = await self._run(functools.partial(self._reslot, slot))
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _reslot(self, slot: int, conn: Any) -> float:
+        """Move `slot` to now if the window (without it) has room and no pause holds; else how long to wait."""
+        assert self.rate is not None
+        row, now = await self._locked(conn)
+        paused_until: int = row[0]
+        if paused_until > now:
+            return (paused_until - now) / 1000
+        recent: list[int] = [r[0] for r in await conn.fetch(
+            "SELECT at_ms FROM send_slots WHERE destination = $1 AND at_ms > $2 AND id <> $3 ORDER BY at_ms",
+            self.destination, now - self._window_ms, slot)]
+        if len(recent) >= self.rate.requests:
+            return (recent[len(recent) - self.rate.requests] + self._window_ms - now + 1) / 1000
+        await conn.execute("INSERT INTO send_slots (id, destination, at_ms) VALUES ($1, $2, $3) "
+                           "ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms", slot, self.destination, now)
+        return 0.0
 
     async def unused(self, admission: Admission, count: int) -> None:
         if count <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from bridge.config import RateLimit
@@ -87,3 +88,22 @@ async def test_an_unused_probe_is_given_back(two: tuple[PostgresStore, PostgresS
     assert probe.probe
     await ga.unused(probe, 1)
     assert (await gb.admit(3)).probe
+
+
+async def test_a_send_late_for_its_slot_waits_for_a_free_one(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A granted send that starts long after its grant is checked against the window again: with the window
+    full meanwhile (another process's grant), it waits for a slot and goes out a window after that grant."""
+    ga, gb = gates(two, RateLimit(requests=1, per_seconds=1.0))
+    late = await ga.admit(1)
+    # As if this process had stalled for 10 s since its grant, which has left the window meanwhile.
+    late.asked_at -= 10
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": two[0].schema or "public"})
+    try:
+        await conn.execute("UPDATE send_slots SET at_ms = at_ms - 10000 WHERE id = $1", late.slots[0])
+        other = await gb.admit(1)
+        assert other.granted == 1
+        await ga.start(late, 0)
+        at = {r[0]: r[1] for r in await conn.fetch("SELECT id, at_ms FROM send_slots")}
+    finally:
+        await conn.close()
+    assert at[late.slots[0]] >= at[other.slots[0]] + 1000

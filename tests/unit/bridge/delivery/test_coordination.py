@@ -18,9 +18,10 @@ def gate(requests: int = 3, per_seconds: float = 10.0) -> tuple[LocalGate, FakeC
 async def test_admit_grants_only_the_slots_free_now_and_says_when_the_next_frees() -> None:
     """With 3 per 10 s, a lane asking for 5 is granted 3, then none until a window (plus margin) has passed."""
     g, clock = gate()
-    assert (await g.admit(5)).granted == 3
-    for _ in range(3):
-        g.sent()
+    first = await g.admit(5)
+    assert first.granted == 3
+    for i in range(3):
+        await g.start(first, i)
     held = await g.admit(5)
     assert (held.granted, held.held) == (0, True)
     assert 10.0 < held.wait_s <= 10.3
@@ -33,7 +34,7 @@ async def test_unused_slots_are_given_back() -> None:
     g, _ = gate()
     admission = await g.admit(3)
     await g.unused(admission, 2)
-    g.sent()
+    await g.start(admission, 0)
     assert (await g.admit(5)).granted == 2
 
 
