@@ -185,7 +185,8 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
         store = rt.store
         dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=lambda destination,
                                 classification: rt.count("delivery.attempt", destination=destination,
-                                                         classification=classification))
+                                                         classification=classification),
+                                coordination=store.coordination(), lease_s=rt.config.store.lease_seconds)
         dispatcher.start()
         rt.dispatcher = dispatcher
 
@@ -193,7 +194,8 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
             dispatcher.notify(set(dispatcher.lanes) if destination == "*" else {destination})
 
         await store.subscribe(announced)
-        reaper = asyncio.create_task(reap_expired_leases(store, dispatcher), name="lease reaper")
+        reaper = asyncio.create_task(reap_expired_leases(store, dispatcher, dispatcher.lease_s / 3),
+                                     name="lease reaper")
         try:
             yield
         finally:
@@ -210,11 +212,17 @@ REAP_SECONDS = 10.0
 
 
 async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS) -> None:
-    """Give back deliveries whose lease ran out: a process that died while sending them (shared stores).
-    First the leases of what this process still holds are extended, in the same order on the one store,
-    so that a result waiting to be recorded is never given back to be sent again."""
+    """Renew this process's leases and give back deliveries whose lease ran out: a process that died while
+    sending them (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third
+    of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
+    and a dead process's work is due again within a lease and a third. First the leases of what this process
+    still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
+    never given back to be sent again."""
+    first = True
     while True:
-        await asyncio.sleep(every_s)
+        if not first:
+            await asyncio.sleep(every_s)
+        first = False
         try:
             await dispatcher.keep_leases()
             released = await store.release_expired()

@@ -45,6 +45,9 @@ class StoreConfig(Base):
     """PostgreSQL: connections the process keeps open (SQLite ignores the pool keys)."""
     pool_max: Annotated[int, Meta(ge=1, le=1000)] = 10
     """PostgreSQL: the most connections the process opens (plus one that listens for new work)."""
+    lease_seconds: Annotated[float, Meta(ge=1, le=3600)] = 10.0
+    """How long a claimed delivery stays its sender's unless renewed (every third of it, while held): a dead
+    process's work is taken over after at most about 1⅓ of this."""
 
     def __post_init__(self) -> None:
         if self.pool_min > self.pool_max:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from bridge.events import Event
+
+if TYPE_CHECKING:
+    from bridge.delivery.coordination import Coordination
 
 DeliveryStatus = Literal["pending", "in_flight", "succeeded", "dead"]
 STATUSES: tuple[DeliveryStatus, ...] = ("pending", "in_flight", "succeeded", "dead")
@@ -217,12 +220,14 @@ class Store(ABC):
         """Lease up to `limit` due deliveries of `destination`; with none due, say when the next one is."""
 
     @abstractmethod
-    async def record(self, result: AttemptResult) -> None:
-        """Record an attempt and move its delivery on, in one transaction."""
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+        """Record an attempt and move its delivery on, in one transaction. With `owner`: only while `owner`
+        holds the delivery's lease; otherwise nothing is written and LeaseLost is raised."""
 
     @abstractmethod
-    async def release(self, delivery_ids: list[str]) -> None:
-        """Give leased deliveries back, due now, without counting an attempt."""
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+        """Give leased deliveries back, due now, without counting an attempt; with `owner`, only those whose
+        lease `owner` still holds (others are left to their holder)."""
 
     @abstractmethod
     async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
@@ -264,6 +269,11 @@ class Store(ABC):
     @abstractmethod
     async def attachment_refs(self, received_before_ms: int) -> set[str]:
         """The sha256 of every attachment named by a stored event received before this time."""
+
+    def coordination(self) -> Coordination | None:
+        """The per-destination gates (rate limit, 429 pause, breaker) shared by every process on this store;
+        None for a store one process serves: its dispatcher keeps them in memory."""
+        return None
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
         """Call `callback(destination)` when another process adds work for `destination` ("*": perhaps any).

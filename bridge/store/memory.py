@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 
-from bridge.errors import NotFound, StoreUnavailable
+from bridge.delivery.coordination import LocalCoordination
+from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -64,6 +65,11 @@ class MemoryStore(Store):
         self.deliveries: dict[str, _Delivery] = {}
         self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
         self.mapping_set: StoredMappingSet | None = None
+        self._coordination = LocalCoordination()
+
+    def coordination(self) -> LocalCoordination:
+        """One set of gates for every dispatcher on this store, as a shared store keeps them."""
+        return self._coordination
 
     async def open(self) -> None:
         self.opened = True
@@ -143,9 +149,11 @@ class MemoryStore(Store):
             for d in due
         ])
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self._check_open()
         d = self._get(result.delivery_id)
+        if owner is not None and (d.row.status != "in_flight" or d.lease_owner != owner):
+            raise LeaseLost(f"delivery {result.delivery_id}: the lease of {owner!r} is no longer held")
         n = d.row.attempts + 1
         if d.row.status == "in_flight":
             r = result
@@ -163,12 +171,12 @@ class MemoryStore(Store):
                                      http_status=result.http_status, response_excerpt=result.response_excerpt,
                                      classification=result.classification, error=result.error))
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         self._check_open()
         now = self.clock()
         for delivery_id in delivery_ids:
             d = self.deliveries.get(delivery_id)
-            if d is not None and d.row.status == "in_flight":
+            if d is not None and d.row.status == "in_flight" and (owner is None or d.lease_owner == owner):
                 self._update(d, status="pending", next_attempt_at_ms=min(d.row.next_attempt_at_ms, now))
                 d.lease_until_ms = None
 

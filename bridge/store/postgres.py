@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 import structlog
 
+from bridge.delivery.coordination import Coordination
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
@@ -55,6 +56,7 @@ from bridge.store.pg_batch import (
     store_group,
     warm_connection,
 )
+from bridge.store.pg_coordination import PgCoordination, check_lease
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     NEVER,
@@ -132,6 +134,7 @@ class PostgresStore(Store):
         self._callbacks: list[Callable[[str], None]] = []
         self._nonces_recorded = 0
         self._failing: str | None = None
+        self._coordination: PgCoordination | None = None
         self.commit_failures = 0
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -365,10 +368,12 @@ class PostgresStore(Store):
         if given:
             log.warning("store.claim_given_back", destination=destination, count=given)
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
 
         async def op(conn: Any) -> None:
+            if owner is not None:
+                await check_lease(conn, r.delivery_id, owner)
             n = await conn.fetchval(
                 "UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
@@ -387,7 +392,7 @@ class PostgresStore(Store):
 
         await self._run(op)
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         if not delivery_ids:
             return
 
@@ -396,7 +401,8 @@ class PostgresStore(Store):
             await conn.execute(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
                 "next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1 "
-                "WHERE id = ANY($2::text[]) AND status = 'in_flight'", now, delivery_ids)
+                "WHERE id = ANY($2::text[]) AND status = 'in_flight' AND ($3::text IS NULL OR lease_owner = $3)",
+                now, delivery_ids, owner)
 
         await self._run(op)
 
@@ -423,6 +429,11 @@ class PostgresStore(Store):
             return len(released)
 
         return await self._run(op)
+
+    def coordination(self) -> Coordination:
+        if self._coordination is None:
+            self._coordination = PgCoordination(self._run)
+        return self._coordination
 
     # -- inspection and replay ------------------------------------------------------------------
 

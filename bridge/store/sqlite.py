@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from bridge.errors import NotFound, StoreLocked, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
@@ -539,11 +539,18 @@ class SqliteStore(Store):
         batch: ClaimBatch = await self._write(op, durable=False)
         return batch
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
+            if owner is not None:
+                held = conn.execute("SELECT status = 'in_flight' AND lease_owner IS ? FROM deliveries WHERE id = ?",
+                                    (owner, r.delivery_id)).fetchone()
+                if held is None:
+                    raise NotFound(f"no delivery {r.delivery_id}")
+                if not held[0]:
+                    raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
             updated = conn.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
@@ -566,7 +573,7 @@ class SqliteStore(Store):
 
         await self._write(op)
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         if not delivery_ids:
             return
 
@@ -574,8 +581,9 @@ class SqliteStore(Store):
             now = now_ms()
             conn.executemany(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
-                "next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE id = ? AND status = 'in_flight'",
-                [(now, now, i) for i in delivery_ids])
+                "next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE id = ? AND status = 'in_flight' "
+                "AND (? IS NULL OR lease_owner = ?)",
+                [(now, now, i, owner, owner) for i in delivery_ids])
 
         await self._write(op)
 

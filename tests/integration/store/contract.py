@@ -10,7 +10,7 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from bridge.errors import NotFound, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import (
@@ -486,6 +486,62 @@ class StoreContract:
         assert await store.extend_leases([], "me", 60) == 0
         assert await store.extend_leases([d], "me", 60) == 0
         assert (await row(store, d)).status == "succeeded"
+
+    async def test_record_with_the_owners_lease_moves_the_delivery_on(self, store: Store) -> None:
+        """record(owner=…) by the holder of the lease records the attempt as record() does."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "me", 60)
+        await store.record(result(d, "succeeded", ticket_id="T-1"), owner="me")
+        r = await row(store, d)
+        assert (r.status, r.attempts, r.ticket_id) == ("succeeded", 1, "T-1")
+
+    async def test_record_with_a_lost_lease_is_refused_and_writes_nothing(self, store: Store) -> None:
+        """A sender whose lease ran out and was taken by another cannot record over the new holder's claim."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "slow", -1)  # its lease already ran out
+        assert await store.release_expired() == 1
+        await store.claim("kapture-support", 1, "fresh", 60)
+        with pytest.raises(LeaseLost, match="slow"):
+            await store.record(result(d, "dead", classification="permanent", error="late"), owner="slow")
+        r = await row(store, d)
+        assert (r.status, r.attempts, r.last_error) == ("in_flight", 0, None)
+        assert (await store.get_delivery(d)).attempts == []
+        await store.record(result(d, "succeeded", ticket_id="T-2"), owner="fresh")
+        assert (await row(store, d)).status == "succeeded"
+
+    async def test_record_after_the_lease_was_given_back_is_refused(self, store: Store) -> None:
+        """A result whose delivery was given back (reaped, now pending) is refused, leaving it pending."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "slow", -1)
+        assert await store.release_expired() == 1
+        with pytest.raises(LeaseLost):
+            await store.record(result(d, "succeeded", ticket_id="T-1"), owner="slow")
+        assert (await row(store, d)).status == "pending"
+
+    async def test_record_with_an_owner_for_an_unknown_delivery_is_not_found(self, store: Store) -> None:
+        """An owner-checked record of a delivery that does not exist is NotFound, not LeaseLost."""
+        with pytest.raises(NotFound):
+            await store.record(result("dlv_unknown", "succeeded"), owner="me")
+
+    async def test_release_with_an_owner_gives_back_only_its_own_leases(self, store: Store) -> None:
+        """release(owner=…) leaves deliveries another sender holds."""
+        _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
+        await store.claim("kapture-support", 1, "me", 60)
+        await store.claim("kapture-support", 1, "other", 60)
+        mine = a if (await store.get_delivery(a)).delivery.status == "in_flight" else b
+        await store.release([a, b], owner="me")
+        statuses = {i: (await row(store, i)).status for i in (a, b)}
+        assert statuses == {a: "pending" if mine == a else "in_flight", b: "pending" if mine == b else "in_flight"}
+
+    async def test_a_renewed_lease_outlives_its_first_term(self, store: Store) -> None:
+        """A lease renewed before it runs out is not reaped when its first term ends."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "me", 0.05)
+        assert await store.extend_leases([d], "me", 60) == 1
+        ends = now_ms() + 60
+        await eventually(lambda: now_ms() > ends)  # the first term has ended
+        assert await store.release_expired() == 0
+        assert (await row(store, d)).status == "in_flight"
 
     # -- inspection -------------------------------------------------------------------------------
 

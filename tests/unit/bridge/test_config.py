@@ -680,3 +680,12 @@ def test_pool_min_above_pool_max_is_an_error_at_pool_min(tmp_path: Path) -> None
     err = only_error(tmp_path, "store:\n  url: 'postgresql://u@h/db'\n  pool_min: 12\n  pool_max: 5\n")
     assert err.path == "store.pool_min"
     assert "pool_min (12) is above pool_max (5)" in err.message
+
+
+def test_store_lease_seconds_defaults_to_ten_and_is_bounded(tmp_path: Path) -> None:
+    """`store.lease_seconds` is 10 unless set; a value under a second is an error naming the key and value."""
+    assert load(tmp_path, "").store.lease_seconds == 10.0
+    assert load(tmp_path, "store: {lease_seconds: 4}").store.lease_seconds == 4.0
+    err = only_error(tmp_path, "store: {lease_seconds: 0.5}")
+    assert err.path == "store.lease_seconds"
+    assert ">= 1" in err.message
