@@ -9,6 +9,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from bridge.connections import BodyTimeout
 from bridge.errors import Rejected, StoreUnavailable
 from bridge.events import Event
 from bridge.mapping.paths import MISSING
@@ -91,6 +92,16 @@ def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str
     return str(value)
 
 
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body; a 413 past `max_bytes`, a 408 when it does not arrive within the body timeout."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Rejected(413, f"body is over the limit of {max_bytes} bytes", check="size") from None
+    except BodyTimeout as exc:
+        raise Rejected(408, exc.text or "the request body did not arrive in time", check="body_timeout") from None
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
@@ -98,11 +109,7 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     rt, source = found
     handler = source.handler
     try:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
-                           check="size") from None
+        body = await _read_body(request, rt.config.server.max_body_bytes)
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
         handler.verify(request, body)

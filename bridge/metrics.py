@@ -61,6 +61,17 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
                    "When the mapping set in force was loaded.", [({"version": rt.mappings.version},
                                                                  rt.mappings.loaded_at.timestamp())])
+    conns = rt.connections
+    out += _family("ticketbridge_connections_open", "gauge", "Client connections open now.", [({}, conns.open)])
+    out += _family("ticketbridge_connections_refused_total", "counter",
+                   "Connections answered 503 at once because server.max_connections were open.",
+                   [({}, conns.refused)])
+    out += _family("ticketbridge_connections_timed_out_total", "counter",
+                   "Connections closed for reading too slowly, by phase (idle, header, body).",
+                   [({"reason": reason}, n) for reason, n in sorted(conns.timed_out.items())])
+    out += _family("ticketbridge_accept_errors_total", "counter",
+                   "Connections the OS could not accept (out of file descriptors or memory).",
+                   [({}, conns.accept_errors)])
     if backlog is not None:
         out += _family("ticketbridge_deliveries", "gauge", "Deliveries in the store by destination and status.",
                        [({"destination": dest, "status": status}, n)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.config import Config
+from bridge.connections import ConnectionStats
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.durations import parse_duration
 from bridge.mapping.mappingset import MappingSet
@@ -59,6 +60,7 @@ class Runtime:
     backlog_cache: tuple[float, dict[str, dict[str, int]]] | None = None  # for /metrics: (when, counts)
     mapping_status: MappingStatus = field(default_factory=MappingStatus)
     reloader: MappingReloader | None = None
+    connections: ConnectionStats = field(default_factory=ConnectionStats)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Count `name` by its labels (source, destination, …), as /metrics shows it."""
