@@ -73,7 +73,9 @@ class AcceptErrorHandler:
             loop.default_exception_handler(context)
 
 
-def install_accept_error_handler(loop: asyncio.AbstractEventLoop, stats: ConnectionStats) -> AcceptErrorHandler:
-    handler = AcceptErrorHandler(stats, previous=loop.get_exception_handler())
+def install_accept_error_handler(loop: asyncio.AbstractEventLoop, stats: ConnectionStats,
+                                 interval: float = 10.0) -> AcceptErrorHandler:
+    """Make `loop` log accept errors once per `interval` seconds (see AcceptErrorHandler)."""
+    handler = AcceptErrorHandler(stats, interval, previous=loop.get_exception_handler())
     loop.set_exception_handler(handler)
     return handler
