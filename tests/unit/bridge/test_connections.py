@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 
@@ -51,9 +53,14 @@ async def until(check: Callable[[], bool]) -> None:
 
 
 async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
-    """Everything the server sends until it closes the connection."""
+    """Everything the server sends until it closes the connection (a reset, when it closes on bytes it
+    has not read, is a close too)."""
+    chunks = []
     async with asyncio.timeout(OUTER):
-        return await reader.read()
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -199,3 +206,28 @@ async def test_past_max_connections_a_connection_gets_503_and_later_ones_get_in(
         assert stats.refused == 1
         writer.close()
         held[1][1].close()
+
+
+async def test_a_busy_connection_does_not_arm_a_timer_per_request() -> None:
+    """Three hundred prompt requests on one connection schedule at most a couple of deadline timers."""
+    loop = asyncio.get_running_loop()
+    armed = 0
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Callable[..., object], *args: object, **kw: Any) -> asyncio.TimerHandle:
+        nonlocal armed
+        armed += getattr(callback, "__name__", "") == "_expire"
+        return call_at(when, callback, *args, **kw)
+
+    limits = ConnectionLimits(header_timeout=30, body_timeout=30, keepalive_timeout=60, max_connections=10)
+    async with serving(limits) as (port, _stats):
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(300):
+                writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+                assert await response(reader) == (200, b"read 2")
+            writer.close()
+        finally:
+            del loop.call_at  # type: ignore[method-assign]
+    assert 1 <= armed <= 2
