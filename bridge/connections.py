@@ -125,14 +125,18 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._phase == _IDLE:
             self._arm(_HEADER, self._limits.header_timeout)
+        parsed = self._request_count
         super().data_received(data)
-        if self._phase == _HEADER and self._messages:
+        if self._request_count != parsed and self._messages:
+            # New heads are in (pipelined ones too, behind a request still being handled): the last
+            # one's body, if it is still to come, has its own deadline.
             payload = self._messages[-1][1]
-            if payload.is_eof():
-                self._phase = _BUSY
-            else:
+            if not payload.is_eof():
                 self._body = payload
                 self._arm(_BODY, self._limits.body_timeout)
+            elif self._phase != _BUSY:
+                self._body = None
+                self._phase = _BUSY
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
         # Called once each answer is written: the connection now waits for its next request, unless a

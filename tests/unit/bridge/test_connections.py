@@ -15,7 +15,12 @@ from bridge.connections import REFUSAL, ConnectionLimits, ConnectionStats, Guard
 OUTER = 20.0  # far above every deadline here: only a server that never closes reaches it
 
 
+STARTED = web.AppKey("started", asyncio.Event)
+
+
 async def _echo(request: web.Request) -> web.Response:
+    if (started := request.app.get(STARTED)) is not None:
+        started.set()
     body = await request.read()
     return web.Response(text=f"read {len(body)}")
 
@@ -26,13 +31,17 @@ async def _slow(request: web.Request) -> web.Response:
 
 
 @asynccontextmanager
-async def serving(limits: ConnectionLimits) -> AsyncIterator[tuple[int, ConnectionStats]]:
+async def serving(limits: ConnectionLimits, started: asyncio.Event | None = None,
+                  ) -> AsyncIterator[tuple[int, ConnectionStats]]:
+    """A small app served through the guard; `started` is set when /echo begins reading a body."""
     app = web.Application()
+    if started is not None:
+        app[STARTED] = started
     app.router.add_get("/ping", _pong)
     app.router.add_post("/echo", _echo)
     app.router.add_get("/slow", _slow)
     stats = ConnectionStats()
-    runner = GuardedAppRunner(app, limits=limits, stats=stats, access_log=None)
+    runner = GuardedAppRunner(app, limits=limits, stats=stats, access_log=None, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -150,6 +159,22 @@ async def test_a_pipelined_requests_slow_body_is_timed_too() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(get("/ping") + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123")
         assert await response(reader) == (200, b"pong")
+        assert (await response(reader))[0] == 408
+        assert await read_to_eof(reader) == b""
+        assert stats.timed_out["body"] == 1
+        writer.close()
+
+
+async def test_a_slow_body_pipelined_behind_a_whole_body_is_timed_too() -> None:
+    """A request whose head arrives with the end of the previous body still gets a body deadline."""
+    started = asyncio.Event()
+    async with serving(FAST, started) as (port, stats):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n01")
+        async with asyncio.timeout(OUTER):
+            await started.wait()  # the first head is in and being handled: the next bytes come apart
+        writer.write(b"234POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123")
+        assert await response(reader) == (200, b"read 5")
         assert (await response(reader))[0] == 408
         assert await read_to_eof(reader) == b""
         assert stats.timed_out["body"] == 1
