@@ -89,7 +89,12 @@ class ThrottledWarning:
 
 
 class GuardedRequestHandler(RequestHandler):
-    """aiohttp's connection protocol with a read deadline for each phase (see the module docstring)."""
+    """aiohttp's connection protocol with a read deadline for each phase (see the module docstring).
+
+    It reads RequestHandler's own state (`_messages`, `_request_count`, `_waiter`, `_request_in_progress`,
+    `_lingering_time`) as aiohttp 3.14 keeps it; tests/unit/bridge/test_connections.py pins each phase's
+    behaviour, so an aiohttp upgrade that changes them fails there first.
+    """
 
     __slots__ = ("_body", "_counted", "_deadline", "_limits", "_phase", "_stats", "_timer")
 
@@ -198,7 +203,8 @@ class GuardedRequestHandler(RequestHandler):
     def _timed_out(self, phase: int) -> None:
         reason = _REASONS[phase]
         self._stats.timed_out[reason] += 1
-        log.debug("connection.timed_out", reason=reason, remote=str(self.peername))
+        peer = self.peername
+        log.debug("connection.timed_out", reason=reason, remote=peer[0] if isinstance(peer, tuple) else str(peer))
 
 
 class RefusedConnection(asyncio.Protocol):
