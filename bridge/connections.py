@@ -50,6 +50,7 @@ class ConnectionLimits:
     body_timeout: float = 30.0
     keepalive_timeout: float = 15.0
     max_connections: int = 1000
+    accept_batch: int = 1024  # the listen backlog, which is also how many asyncio accepts per loop turn
 
 
 @dataclass

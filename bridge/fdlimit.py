@@ -11,13 +11,15 @@ from typing import Any
 import structlog
 
 from bridge.config import ServerConfig
-from bridge.connections import ConnectionLimits, ConnectionStats, ThrottledWarning
+from bridge.connections import REFUSED_LINGERING, ConnectionLimits, ConnectionStats, ThrottledWarning
 
 log = structlog.get_logger("ticketbridge.server")
 
 # Descriptors the process needs besides client connections: the delivery client's pool (256, see
 # app.delivery_context), the store's files, listening sockets, sandboxes, attachments and logs.
 HEADROOM = 256 + 64
+# How many connections asyncio accepts in one loop turn (it is also the listen backlog).
+ACCEPT_BATCH = 1024
 ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -35,18 +37,30 @@ def raise_nofile_limit() -> tuple[int, int]:
 
 
 def connection_limits(server: ServerConfig, nofile: int) -> ConnectionLimits:
-    """The configured deadlines and cap, the cap lowered (with a warning) to stay under `nofile`."""
-    wanted = server.max_connections
-    cap = wanted
-    if nofile != resource.RLIM_INFINITY and wanted + HEADROOM > nofile:
-        cap = max(1, nofile - HEADROOM if nofile > 2 * HEADROOM else nofile // 2)
-        log.warning("server.max_connections_lowered", max_connections=wanted, used=cap, nofile_limit=nofile,
-                    headroom=HEADROOM, fix="raise the process's open-file limit (systemd: LimitNOFILE=65536; "
-                    f"docker: --ulimit nofile=65536) to at least {wanted + HEADROOM}, or lower "
+    """The configured deadlines and cap, with the cap (and the accept batch) lowered, with a warning, so
+    that descriptors never run out: besides the open connections and HEADROOM, sockets accepted but not
+    yet refused and closed take one each, up to about three of asyncio's accept batches (one batch per
+    loop turn; a refused socket is closed two turns after its accept) and the refusals lingering."""
+    wanted, batch = server.max_connections, ACCEPT_BATCH
+    if nofile == resource.RLIM_INFINITY or nofile >= needed(wanted, batch):
+        cap = wanted
+    else:
+        spare = max(nofile - HEADROOM - REFUSED_LINGERING, 16)
+        batch = max(8, min(ACCEPT_BATCH, spare // 8))
+        cap = max(1, min(wanted, spare - 3 * batch))
+        log.warning("server.max_connections_lowered", max_connections=wanted, used=cap, accept_batch=batch,
+                    nofile_limit=nofile, fix="raise the process's open-file limit (systemd: LimitNOFILE=65536; "
+                    f"docker: --ulimit nofile=65536) to at least {needed(wanted, ACCEPT_BATCH)}, or lower "
                     "server.max_connections")
     return ConnectionLimits(header_timeout=server.header_timeout_seconds,
                             body_timeout=server.body_timeout_seconds,
-                            keepalive_timeout=server.keepalive_timeout_seconds, max_connections=cap)
+                            keepalive_timeout=server.keepalive_timeout_seconds, max_connections=cap,
+                            accept_batch=batch)
+
+
+def needed(max_connections: int, batch: int) -> int:
+    """The open-file limit that holds `max_connections` and accepts in batches of `batch`."""
+    return max_connections + HEADROOM + REFUSED_LINGERING + 3 * batch
 
 
 class AcceptErrorHandler:

@@ -54,7 +54,8 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
                               shutdown_timeout=max(1.0, config.server.shutdown_grace_seconds))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True,
+                           backlog=limits.accept_batch)
         await site.start()
         host, port = runner.addresses[0][:2]
         url = f"http://{_loopback(str(host))}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bridge.fdlimit import HEADROOM
 from tests.integration.processes import free_port, spawn, stop, wait_http, write_partner_config
 
 pytestmark = pytest.mark.integration
@@ -44,6 +48,15 @@ def nofile_at_least(n: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def spawn_with_nofile(nofile: int, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`spawn`, with the process's open-file limit (soft and hard) set to `nofile`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            ["sh", "-c", f'ulimit -Sn {nofile} && ulimit -Hn {nofile} && exec "$0" "$@"', sys.executable, "-m",
+             "bridge", *args],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
 
 async def metric(session: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
@@ -186,3 +199,39 @@ async def test_past_max_connections_new_ones_get_503_until_others_close(tmp_path
     finally:
         stop(server)
     assert refused[""] >= 1
+
+
+async def test_1100_connections_under_a_1024_file_limit_are_refused_not_failed(tmp_path: Path) -> None:
+    """The measured outage: with 1,024 descriptors and 1,100 silent connections, the server lowers its cap
+    to fit, answers the excess 503 at once (never failing to accept), and takes POSTs again once the
+    silent ones time out."""
+    port = free_port()
+    cfg = config(tmp_path, port, header_timeout_seconds=10, max_connections=1000)
+    log = tmp_path / "server.log"
+    server = spawn_with_nofile(1024, ["serve", "-c", str(cfg), "--no-workers"], log)
+    base = f"http://127.0.0.1:{port}"
+    with nofile_at_least(4000):
+        try:
+            await wait_http(f"{base}/readyz", server)
+            async with asyncio.timeout(OUTER):
+                silent = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(1100)))
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+                    async with session.post(f"{base}/hooks/partner", json={"id": "during"}) as resp:
+                        during = resp.status
+                    closed = await asyncio.gather(*(eof(reader) for reader, _ in silent))
+                    for _, writer in silent:
+                        writer.close()
+                    async with session.post(f"{base}/hooks/partner", json={"id": "after"}) as resp:
+                        after = resp.status
+                    refused = (await metric(session, base, "ticketbridge_connections_refused_total"))[""]
+                    accept_errors = (await metric(session, base, "ticketbridge_accept_errors_total"))[""]
+        finally:
+            stop(server)
+    text = log.read_text()
+    assert during == 503
+    assert after == 202
+    assert sum(c.startswith(b"HTTP/1.1 503 ") for c in closed) == refused - 1  # and the POST's
+    assert refused >= 1100 - (1024 - HEADROOM)
+    assert accept_errors == 0
+    assert "server.max_connections_lowered" in text
+    assert "Traceback" not in text and "out of system resource" not in text

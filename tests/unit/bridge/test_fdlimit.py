@@ -12,8 +12,8 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from bridge.config import ServerConfig
-from bridge.connections import ConnectionStats, ThrottledWarning
-from bridge.fdlimit import HEADROOM, AcceptErrorHandler, connection_limits
+from bridge.connections import REFUSED_LINGERING, ConnectionStats, ThrottledWarning
+from bridge.fdlimit import ACCEPT_BATCH, HEADROOM, AcceptErrorHandler, connection_limits, needed
 
 
 class Clock:
@@ -74,16 +74,20 @@ def test_other_loop_errors_go_to_the_handler_that_was_there_before() -> None:
 
 
 def test_the_cap_is_kept_under_the_open_file_limit_with_a_warning() -> None:
-    """max_connections plus the process's other descriptors must fit the limit; else the cap is lowered."""
+    """The cap, the process's other descriptors and sockets being accepted must fit the limit; else the cap
+    and the accept batch are lowered until they do."""
     server = ServerConfig(max_connections=1000)
     with capture_logs() as logs:
-        assert connection_limits(server, 65536).max_connections == 1000
+        plenty = connection_limits(server, 65536)
+        assert (plenty.max_connections, plenty.accept_batch) == (1000, ACCEPT_BATCH)
         assert logs == []
-        assert connection_limits(server, 1024).max_connections == 1024 - HEADROOM
-        assert connection_limits(server, 500).max_connections == 250
+        low = connection_limits(server, 1024)
+    assert low.max_connections + HEADROOM + REFUSED_LINGERING + 3 * low.accept_batch <= 1024
+    assert low.max_connections >= 300
     assert [(e["event"], e["used"], e["nofile_limit"]) for e in logs] == [
-        ("server.max_connections_lowered", 1024 - HEADROOM, 1024), ("server.max_connections_lowered", 250, 500)]
+        ("server.max_connections_lowered", low.max_connections, 1024)]
     assert "LimitNOFILE=65536" in logs[0]["fix"]
+    assert needed(1000, ACCEPT_BATCH) <= 65536
 
 
 def test_the_deadlines_come_from_the_server_config() -> None:
