@@ -76,10 +76,17 @@ class AcceptErrorHandler:
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in ACCEPT_ERRNOS and "accept" in str(context.get("message")):
+        message = str(context.get("message"))
+        if isinstance(exc, OSError) and exc.errno in ACCEPT_ERRNOS and "accept" in message:
             self.stats.accept_errors += 1
             self.warn(error=errno.errorcode.get(exc.errno or 0, str(exc.errno)), reason=exc.strerror,
                       open_connections=self.stats.open, accept_errors_total=self.stats.accept_errors)
+            return
+        if isinstance(exc, ValueError) and "_start_serving" in message:
+            # asyncio retries the accept a second after each failed attempt (one retry per attempt); a
+            # retry that finds the listener closed, at shutdown, fails on its file descriptor (-1).
+            self.warn(error="retry_after_close", reason=str(exc), open_connections=self.stats.open,
+                      accept_errors_total=self.stats.accept_errors)
             return
         if self.previous is not None:
             self.previous(loop, context)

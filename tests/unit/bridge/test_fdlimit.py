@@ -58,6 +58,22 @@ def test_accept_errors_are_counted_and_logged_once_per_interval() -> None:
         ("server.accept_failed", "EMFILE", 0), ("server.accept_failed", "ENFILE", 999)]
 
 
+def test_accept_retries_after_the_listener_closed_are_throttled_too() -> None:
+    """asyncio's pending accept retries failing on a closed listener at shutdown join the same throttle."""
+    stats, clock = ConnectionStats(), Clock()
+    handler = AcceptErrorHandler(stats, 10.0, clock)
+    context = {"message": "Exception in callback BaseSelectorEventLoop._start_serving(<function Server>, ...)",
+               "exception": ValueError("Invalid file descriptor: -1")}
+    loop = asyncio.new_event_loop()
+    try:
+        with capture_logs() as logs:
+            for _ in range(500):
+                handler(loop, context)
+    finally:
+        loop.close()
+    assert [(e["event"], e["error"]) for e in logs] == [("server.accept_failed", "retry_after_close")]
+
+
 def test_other_loop_errors_go_to_the_handler_that_was_there_before() -> None:
     """Only accept errors are throttled; any other context reaches the previous handler untouched."""
     seen: list[dict[str, Any]] = []
