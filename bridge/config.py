@@ -36,6 +36,10 @@ class ServerConfig(Base):
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1_048_576
     public_url: str | None = None
     shutdown_grace_seconds: Annotated[float, Meta(ge=0)] = 10.0
+    header_timeout_seconds: Annotated[float, Meta(gt=0)] = 10.0
+    body_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
+    keepalive_timeout_seconds: Annotated[float, Meta(gt=0)] = 15.0
+    max_connections: Annotated[int, Meta(ge=1)] = 1000
 
 
 class StoreConfig(Base):

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from bridge.appkeys import RUNTIME
+from bridge.connections import BodyTimeout
 from bridge.errors import Rejected, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
@@ -172,12 +173,15 @@ def _storable_key(key: str | None) -> str | None:
 
 async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
     """The request's body, or None when the client went away mid-upload: nothing to store and nobody to
-    answer, so one line is logged, not a traceback. Raises Rejected(413) past the size limit."""
+    answer, so one line is logged, not a traceback. Raises Rejected(413) past the size limit, Rejected(408)
+    when it does not arrive within the body timeout."""
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise Rejected(413, f"body is over the limit of {rt.config.server.max_body_bytes} bytes",
                        check="size") from None
+    except BodyTimeout as exc:
+        raise Rejected(408, exc.text or "the request body did not arrive in time", check="body_timeout") from None
     except ConnectionResetError:
         rt.count("intake.client_disconnected", source=source.name)
         log.info("intake.client_disconnected", source=source.name, remote=request.remote,

@@ -91,6 +91,17 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     out += _family("ticketbridge_config_restart_needed", "gauge",
                    "1 when bridge.yaml has changed since the server started (its changes need a restart).",
                    [({}, 0 if rt.mapping_status.config_changed_at is None else 1)])
+    conns = rt.connections
+    out += _family("ticketbridge_connections_open", "gauge", "Client connections open now.", [({}, conns.open)])
+    out += _family("ticketbridge_connections_refused_total", "counter",
+                   "Connections answered 503 at once because server.max_connections were open.",
+                   [({}, conns.refused)])
+    out += _family("ticketbridge_connections_timed_out_total", "counter",
+                   "Connections closed for reading too slowly, by phase (idle, header, body).",
+                   [({"reason": reason}, n) for reason, n in sorted(conns.timed_out.items())])
+    out += _family("ticketbridge_accept_errors_total", "counter",
+                   "Connections the OS could not accept (out of file descriptors or memory).",
+                   [({}, conns.accept_errors)])
     if backlog is not None:
         out += _family("ticketbridge_deliveries", "gauge", "Deliveries in the store by destination and status.",
                        [({"destination": dest, "status": status}, n)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.config import Config
+from bridge.connections import ConnectionStats
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.durations import parse_duration
 from bridge.mapping.mappingset import MappingSet
@@ -70,6 +71,7 @@ class Runtime:
     reloader: MappingReloader | None = None
     fatal: str | None = None  # why the server stops by itself (the store was lost): it then exits non-zero
     on_fatal: Callable[[], None] | None = None  # how to stop it
+    connections: ConnectionStats = field(default_factory=ConnectionStats)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Count `name` by its labels (source, destination, …), as /metrics shows it."""

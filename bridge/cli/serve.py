@@ -18,7 +18,9 @@ from bridge.app import build_app
 from bridge.appkeys import RUNTIME
 from bridge.cli.common import config_from, print_errors
 from bridge.config import Config
+from bridge.connections import GuardedAppRunner
 from bridge.errors import BridgeError
+from bridge.fdlimit import connection_limits, install_accept_error_handler, raise_nofile_limit
 from bridge.logs import configure_logging
 from bridge.simulators import registry as simulator_registry
 
@@ -46,14 +48,18 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
     """Run until `stop` is set (or SIGTERM/SIGINT, or a fault it cannot recover from); then stop taking
     requests and drain deliveries. Returns the exit status: 0, or EXIT_FATAL after such a fault."""
     app = build_app(config, workers=workers)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=max(1.0, config.server.shutdown_grace_seconds))
+    rt = app[RUNTIME]
+    nofile, _hard = raise_nofile_limit()
+    limits = connection_limits(config.server, nofile)
+    install_accept_error_handler(asyncio.get_running_loop(), rt.connections)
+    runner = GuardedAppRunner(app, limits=limits, stats=rt.connections, access_log=None, handle_signals=False,
+                              shutdown_timeout=max(1.0, config.server.shutdown_grace_seconds))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True,
+                           backlog=limits.accept_batch)
         await site.start()
         host, port = runner.addresses[0][:2]
-        rt = app[RUNTIME]
         url = f"http://{_loopback(str(host))}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
         stop = stop or asyncio.Event()
         rt.on_fatal = stop.set
@@ -65,7 +71,8 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         log.info("server.started", url=url, sources=sorted(rt.sources), mappings=sorted(rt.mappings.mappings),
-                 mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators))
+                 mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators),
+                 max_connections=limits.max_connections, nofile_limit=nofile)
         await stop.wait()
         log.info("server.stopping")
     finally:

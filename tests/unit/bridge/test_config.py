@@ -118,6 +118,8 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     cfg = load(tmp_path, "")
     assert cfg.server.port == 8080
     assert cfg.server.max_body_bytes == 1_048_576
+    assert (cfg.server.header_timeout_seconds, cfg.server.body_timeout_seconds,
+            cfg.server.keepalive_timeout_seconds, cfg.server.max_connections) == (10.0, 30.0, 15.0, 1000)
     assert cfg.sources == {}
     assert cfg.destinations == {}
     assert cfg.store_url.scheme == "sqlite"
@@ -446,6 +448,10 @@ def test_retry_options_are_checked(tmp_path: Path, retry: str, path: str) -> Non
         ("server: {port: 70000}\n", "server.port"),
         ("server: {port: http}\n", "server.port"),
         ("server: {max_body_bytes: 10}\n", "server.max_body_bytes"),
+        ("server: {header_timeout_seconds: 0}\n", "server.header_timeout_seconds"),
+        ("server: {body_timeout_seconds: -1}\n", "server.body_timeout_seconds"),
+        ("server: {keepalive_timeout_seconds: soon}\n", "server.keepalive_timeout_seconds"),
+        ("server: {max_connections: 0}\n", "server.max_connections"),
         ("log: {level: verbose}\n", "log.level"),
         ("destinations:\n  k: {vendor: kapture, sandbox: true, max_in_flight: 0}\n", "destinations.k.max_in_flight"),
         ("destinations:\n  k: {vendor: kapture, sandbox: true, rate_limit: {requests: 0}}\n",
