@@ -128,6 +128,18 @@ class DeliveryFilter(msgspec.Struct, kw_only=True):
     before_id: str | None = None
 
 
+class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One change made through the admin API: who (the token's name), what (`action` on `target`, with
+    `detail`), when (ms since the epoch). `id` sorts by time (`aud_…`)."""
+
+    id: str
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] = {}
+
+
 class StoreProblem(msgspec.Struct, frozen=True, kw_only=True):
     """Why the store takes no writes now: `lost` (its file is gone: for good, until a restart) or
     `failing` (commits fail, e.g. a full disk: until one succeeds again)."""
@@ -236,3 +248,11 @@ class Store(ABC):
     @abstractmethod
     async def load_mapping_set(self) -> StoredMappingSet | None:
         """The last good mapping set saved, or None when none was."""
+
+    @abstractmethod
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Keep `entry` in the audit log."""
+
+    @abstractmethod
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        """The audit log, newest first: up to `limit` entries, those older than `before_id` when given."""

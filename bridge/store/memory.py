@@ -20,6 +20,7 @@ from bridge.store.base import (
     AcceptResult,
     AttemptResult,
     AttemptRow,
+    AuditEntry,
     ClaimBatch,
     Claimed,
     DeliveryDetail,
@@ -61,6 +62,7 @@ class MemoryStore(Store):
         self.deliveries: dict[str, _Delivery] = {}
         self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
         self.mapping_set: StoredMappingSet | None = None
+        self.audit: dict[str, AuditEntry] = {}
 
     async def open(self) -> None:
         self.opened = True
@@ -248,3 +250,12 @@ class MemoryStore(Store):
         saved = self.mapping_set
         return None if saved is None else StoredMappingSet(files=dict(saved.files), version=saved.version,
                                                            saved_at_ms=saved.saved_at_ms)
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        self._check_open()
+        self.audit[entry.id] = entry
+
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        self._check_open()
+        keys = sorted((k for k in self.audit if before_id is None or k < before_id), reverse=True)[:limit]
+        return [self.audit[k] for k in keys]

@@ -26,6 +26,7 @@ from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
     AttemptResult,
+    AuditEntry,
     ClaimBatch,
     DeliveryDetail,
     DeliveryFilter,
@@ -42,6 +43,7 @@ from bridge.store.rows import (
     ROW_COLUMNS,
     ROW_WIDTH,
     attempt_row,
+    audit_entry,
     claimed_items,
     decode_dict,
     decode_event,
@@ -474,6 +476,22 @@ class PostgresStore(Store):
             if row is None:
                 return None
             return StoredMappingSet(files=decode_files(row[1]), version=row[0], saved_at_ms=row[2])
+
+        return await self._run(op, transaction=False)
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        async def op(conn: Any) -> None:
+            await conn.execute("INSERT INTO audit_log (id, at, actor, action, target, detail) "
+                               "VALUES ($1, $2, $3, $4, $5, $6)", entry.id, entry.at_ms, entry.actor, entry.action,
+                               entry.target, encode(entry.detail))
+
+        await self._run(op)
+
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        async def op(conn: Any) -> list[AuditEntry]:
+            rows = await conn.fetch("SELECT id, at, actor, action, target, detail FROM audit_log "
+                                    "WHERE id < $1 ORDER BY id DESC LIMIT $2", before_id or "\uffff", limit)
+            return [audit_entry(r) for r in rows]
 
         return await self._run(op, transaction=False)
 

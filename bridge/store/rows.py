@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from bridge.events import Event
-from bridge.store.base import STATUSES, AttemptRow, Claimed, DeliveryRow, DeliveryStatus, NewDelivery
+from bridge.store.base import STATUSES, AttemptRow, AuditEntry, Claimed, DeliveryRow, DeliveryStatus, NewDelivery
 
 encode = msgspec.json.Encoder().encode
 decode_event = msgspec.json.Decoder(Event).decode
@@ -69,3 +69,8 @@ def status_condition(status: DeliveryStatus) -> str:
     if status not in STATUSES:
         raise ValueError(f"unknown delivery status {status!r}; known: {', '.join(STATUSES)}")
     return f"status = '{status}'"
+
+
+def audit_entry(r: Sequence[Any]) -> AuditEntry:
+    """A row selected as (id, at, actor, action, target, detail)."""
+    return AuditEntry(id=r[0], at_ms=r[1], actor=r[2], action=r[3], target=r[4], detail=decode_dict(bytes(r[5])))

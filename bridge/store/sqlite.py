@@ -41,6 +41,7 @@ from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
     AttemptResult,
+    AuditEntry,
     ClaimBatch,
     DeliveryDetail,
     DeliveryFilter,
@@ -57,6 +58,7 @@ from bridge.store.rows import (
     ROW_COLUMNS,
     ROW_WIDTH,
     attempt_row,
+    audit_entry,
     claimed_items,
     decode_dict,
     decode_event,
@@ -706,6 +708,24 @@ class SqliteStore(Store):
 
         stored: StoredMappingSet | None = await self._read(run)
         return stored
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        row = (entry.id, entry.at_ms, entry.actor, entry.action, entry.target, encode(entry.detail))
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                         row)
+
+        await self._write(op)
+
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        def run(conn: sqlite3.Connection) -> list[AuditEntry]:
+            rows = conn.execute("SELECT id, at, actor, action, target, detail FROM audit_log WHERE id < ? "
+                                "ORDER BY id DESC LIMIT ?", (before_id or "\uffff", limit))
+            return [audit_entry(r) for r in rows]
+
+        entries: list[AuditEntry] = await self._read(run)
+        return entries
 
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:

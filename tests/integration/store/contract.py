@@ -15,6 +15,7 @@ from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import (
     AttemptResult,
+    AuditEntry,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
@@ -74,6 +75,30 @@ async def row(store: Store, delivery_id: str) -> DeliveryRow:
 @pytest.mark.integration
 class StoreContract:
     """Store semantics shared by every backend."""
+
+    # -- the audit log -----------------------------------------------------------------------------
+
+    async def test_the_audit_log_lists_entries_newest_first_with_their_detail(self, store: Store) -> None:
+        """Audit entries come back newest first, each with who, what, on what, when and its detail."""
+        assert await store.list_audit() == []
+        first = AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="ops", action="pause", target="helpdesk",
+                           detail={"seconds": 600, "note": "Réseau"})
+        second = AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="lead", action="replay", target="dlv_1",
+                            detail={"ids": ["dlv_1"], "rerender": False})
+        await store.add_audit(first)
+        await store.add_audit(second)
+        assert await store.list_audit() == [second, first]
+
+    async def test_the_audit_log_pages_by_id(self, store: Store) -> None:
+        """`limit` and `before_id` page through the audit log without gaps or repeats."""
+        entries = [AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="ops", action="resume", target=f"d{i}")
+                   for i in range(5)]
+        for e in entries:
+            await store.add_audit(e)
+        page1 = await store.list_audit(limit=2)
+        page2 = await store.list_audit(limit=2, before_id=page1[-1].id)
+        page3 = await store.list_audit(limit=2, before_id=page2[-1].id)
+        assert [e.target for e in page1 + page2 + page3] == ["d4", "d3", "d2", "d1", "d0"]
 
     # -- the last good mapping set ----------------------------------------------------------------
 
