@@ -250,6 +250,10 @@ class Store(ABC):
         """The last good mapping set saved, or None when none was."""
 
     @abstractmethod
+    async def oldest_pending(self) -> dict[str, int]:
+        """destination → when its oldest delivery not yet settled (pending or in flight) was created (ms)."""
+
+    @abstractmethod
     async def add_audit(self, entry: AuditEntry) -> None:
         """Keep `entry` in the audit log."""
 

@@ -251,6 +251,14 @@ class MemoryStore(Store):
         return None if saved is None else StoredMappingSet(files=dict(saved.files), version=saved.version,
                                                            saved_at_ms=saved.saved_at_ms)
 
+    async def oldest_pending(self) -> dict[str, int]:
+        self._check_open()
+        out: dict[str, int] = {}
+        for d in self.deliveries.values():
+            if d.row.status in ("pending", "in_flight"):
+                out[d.row.destination] = min(out.get(d.row.destination, d.row.created_at_ms), d.row.created_at_ms)
+        return out
+
     async def add_audit(self, entry: AuditEntry) -> None:
         self._check_open()
         self.audit[entry.id] = entry

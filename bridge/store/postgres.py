@@ -479,6 +479,14 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
+    async def oldest_pending(self) -> dict[str, int]:
+        async def op(conn: Any) -> dict[str, int]:
+            return {r[0]: r[1] for r in await conn.fetch(
+                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
+                "GROUP BY destination")}
+
+        return await self._run(op, transaction=False)
+
     async def add_audit(self, entry: AuditEntry) -> None:
         async def op(conn: Any) -> None:
             await conn.execute("INSERT INTO audit_log (id, at, actor, action, target, detail) "

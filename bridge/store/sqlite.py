@@ -709,6 +709,15 @@ class SqliteStore(Store):
         stored: StoredMappingSet | None = await self._read(run)
         return stored
 
+    async def oldest_pending(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return {dest: oldest for dest, oldest in conn.execute(
+                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
+                "GROUP BY destination")}
+
+        oldest: dict[str, int] = await self._read(run)
+        return oldest
+
     async def add_audit(self, entry: AuditEntry) -> None:
         row = (entry.id, entry.at_ms, entry.actor, entry.action, entry.target, encode(entry.detail))
 

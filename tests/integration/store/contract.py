@@ -76,6 +76,17 @@ async def row(store: Store, delivery_id: str) -> DeliveryRow:
 class StoreContract:
     """Store semantics shared by every backend."""
 
+    async def test_oldest_pending_names_each_destinations_oldest_unsettled_delivery(self, store: Store) -> None:
+        """`oldest_pending` gives, per destination, the creation time of its oldest pending or in-flight delivery;
+        settled ones do not count."""
+        before = now_ms()
+        _, old = await accept_one(store, make_delivery(destination="helpdesk"))
+        await accept_one(store, make_delivery(destination="crm", status="dead", error="bad"))
+        await accept_one(store, make_delivery(destination="helpdesk"))
+        oldest = await store.oldest_pending()
+        assert set(oldest) == {"helpdesk"}
+        assert before <= oldest["helpdesk"] == (await row(store, old[0])).created_at_ms <= now_ms()
+
     # -- the audit log -----------------------------------------------------------------------------
 
     async def test_the_audit_log_lists_entries_newest_first_with_their_detail(self, store: Store) -> None:
