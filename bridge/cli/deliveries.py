@@ -16,7 +16,7 @@ from bridge.cli.common import config_from, print_errors
 from bridge.config import Config
 from bridge.errors import ErrorList, NotFound, StoreLocked, StoreUnavailable
 from bridge.mapping.mappingset import MappingSet
-from bridge.routing import render_context, render_event
+from bridge.routing import rerender_bodies as _rerender
 from bridge.store import open_store
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
 
@@ -146,36 +146,6 @@ def _progress(done: int, total: int, started: float) -> None:
     if done >= total:
         sys.stderr.write("\n")
     sys.stderr.flush()
-
-
-async def _rerender(store: Store, ids: list[str], mappings: MappingSet, vars_: dict[str, Any],
-                    ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str]]:
-    """New bodies (and the mapping version they came from) for `ids`, and why the others cannot have one."""
-    bodies: dict[str, tuple[dict[str, Any], str]] = {}
-    refused: dict[str, str] = {}
-    for i in ids:
-        try:
-            detail = await store.get_delivery(i)
-        except NotFound:
-            refused[i] = "no such delivery"
-            continue
-        d = detail.delivery
-        mapping = mappings.mappings.get(d.mapping)
-        if mapping is None:
-            refused[i] = f"mapping {d.mapping!r} is not among the current mappings"
-            continue
-        if (mapping.destination, mapping.action) != (d.destination, d.action):
-            refused[i] = (f"mapping {d.mapping!r} now feeds {mapping.destination} {mapping.action}, but this "
-                          f"delivery goes to {d.destination} {d.action}; replay it without --rerender")
-            continue
-        rendered = render_event(mapping, render_context(detail.event, vars_), detail.event.id)
-        if rendered.skipped:
-            refused[i] = f"the current {d.mapping!r} skips its event (when: {mapping.when_text})"
-        elif rendered.body is None:
-            refused[i] = f"it does not render with the current mapping: {rendered.error}"
-        else:
-            bodies[i] = (rendered.body, mapping.version)
-    return bodies, refused
 
 
 def run_replay(args: argparse.Namespace) -> int:
