@@ -126,7 +126,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
                 call.query = msgspec.convert(dict(request.query), route.query, strict=False)
             if route.body is not None:
                 raw = await request.read()
-                call.body = msgspec.json.decode(raw or b"{}", type=route.body)
+                call.body = msgspec.json.decode(raw or b"{}", type=route.body, strict=False)
         except msgspec.ValidationError as exc:
             return error(400, f"invalid {'query' if call.query is None and route.query else 'body'}: {exc}")
         except msgspec.DecodeError as exc:
@@ -154,12 +154,6 @@ def _store(rt: Runtime) -> Store:
 
 def _at(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
-
-
-def _ms(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 async def _audit(call: Call, action: str, target: str, detail: dict[str, Any]) -> None:
@@ -238,10 +232,10 @@ async def list_deliveries(call: Call) -> DeliveryPage:
     q: DeliveryQuery = call.query
     store = _store(call.rt)
     before = q.cursor
-    if q.until is not None:
-        bound = id_floor("dlv", _ms(q.until) + 1)
+    if q.until_ms is not None:
+        bound = id_floor("dlv", q.until_ms + 1)
         before = bound if before is None else min(before, bound)
-    floor = id_floor("dlv", _ms(q.since)) if q.since is not None else None
+    floor = id_floor("dlv", q.since_ms) if q.since_ms is not None else None
     items: list[DeliveryRow] = []
     scanned = 0
     step = q.limit if q.q is None else max(q.limit, 200)
@@ -340,22 +334,17 @@ async def resume_destination(call: Call) -> LaneState:
 
 
 async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
-    if given.ids:
-        if any((given.status, given.destination, given.mapping, given.source)):
-            raise ApiError(400, "give `ids`, or a filter (status, destination, mapping, source), not both")
-        return list(dict.fromkeys(given.ids))
+    """`ids`, then those the filter matches (when it has a field), up to `limit`; neither: none."""
+    ids: list[str] = list(dict.fromkeys(given.ids))
     if not any((given.status, given.destination, given.mapping, given.source)):
-        raise ApiError(400, "give `ids`, or at least one of status, destination, mapping, source")
-    ids: list[str] = []
-    before: str | None = None
-    statuses = [given.status] if given.status else ["dead", "succeeded"]
-    for status in statuses:
-        before = None
+        return ids[:given.limit]
+    for status in [given.status] if given.status else ["dead", "succeeded"]:
+        before: str | None = None
         while len(ids) < given.limit:
             rows = await store.list_deliveries(DeliveryFilter(
                 status=status, destination=given.destination, mapping=given.mapping,  # type: ignore[arg-type]
                 source=given.source, limit=min(REPLAY_CHUNK, given.limit - len(ids)), before_id=before))
-            ids.extend(r.id for r in rows)
+            ids.extend(r.id for r in rows if r.id not in given.ids)
             if not rows:
                 break
             before = rows[-1].id

@@ -30,8 +30,10 @@ class DeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     destination: Name | None = None
     mapping: Name | None = None
     source: Name | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or after (ms since the epoch)")] | None \
+        = None
+    until_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or before (ms since the epoch)")] | None \
+        = None
     q: Annotated[str, Meta(min_length=1, max_length=200,
                            description="text in the id, event id, ticket id or last error")] | None = None
     limit: Limit = 50
@@ -172,7 +174,8 @@ class PauseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Deliveries by id, or every one a filter matches (at least one of its fields), sent again."""
+    """Deliveries sent again: those in `ids`, and every one the filter (status, destination, mapping, source)
+    matches when it has a field; up to `limit`. Without a status the filter takes dead and succeeded ones."""
 
     ids: Annotated[list[Annotated[str, Meta(min_length=1, max_length=100)]], Meta(max_length=10000)] = []
     status: Literal["succeeded", "dead"] | None = None
