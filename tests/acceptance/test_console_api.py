@@ -218,3 +218,15 @@ def test_the_spec_covers_every_route_with_its_auth_and_errors() -> None:
         op = doc["paths"][route.path][route.method.lower()]
         assert op["security"] == [{"bearer": []}]
         assert "401" in op["responses"] and ("403" in op["responses"]) == route.change
+
+
+async def test_deliveries_filter_by_creation_time(write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """`since_ms` and `until_ms` bound the deliveries listed by when they were created, both ends included."""
+    client = await start(write_config, bridge_client, workers=False)
+    for i in range(2):
+        assert (await client.post("/hooks/partner", json={"title": f"t{i}"})).status == 202
+    rows = await deliveries(client)
+    first, last = min(r["created_at_ms"] for r in rows), max(r["created_at_ms"] for r in rows)
+    assert len(await deliveries(client, since_ms=first, until_ms=last)) == 2
+    assert await deliveries(client, until_ms=first - 1) == []
+    assert await deliveries(client, since_ms=last + 1) == []

@@ -8,15 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
-pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"needs Debian's chromium at {CHROMIUM}")
 
 CONFIG = """
 store: {url: "sqlite:///var/bridge.db"}
@@ -46,6 +43,8 @@ async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
     confirmation and see it succeed; pause and resume the destination; run a body through the playground;
     every view is usable at 1280 by 800 and on a phone, and each is saved as a screenshot."""
     from playwright.async_api import async_playwright, expect
+
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
 
     client = await bridge_client(write_config(CONFIG, MAPPINGS))
     sim: KaptureSimulator = runtime(client).simulators["kapture"]

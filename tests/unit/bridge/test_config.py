@@ -651,3 +651,20 @@ def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
     assert (bad.line, "mappings_on_start_error" in str(bad)) == (1, True)
     [slow] = errors_of(tmp_path, "sources: {}\nmappings_reload_timeout: soon\n")
     assert slow.line == 2 and "mappings_reload_timeout" in str(slow)
+
+
+def test_read_tokens_map_names_to_tokens(tmp_path: Path) -> None:
+    """`admin.read_tokens` is a map of name to token, each read-only and named in the audit log."""
+    cfg = load(tmp_path, "admin: {token: a-secret, read_tokens: {grafana: g-secret, oncall: o-secret}}\n")
+    assert cfg.admin.read_tokens == {"grafana": "g-secret", "oncall": "o-secret"}
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("admin: {read_tokens: {grafana: ''}}\n", "'grafana' has none"),
+    ("admin: {token: same, read_tokens: {grafana: same}}\n", "read token 'grafana' is the admin token"),
+])
+def test_read_tokens_refuse_an_empty_token_or_the_admin_one(tmp_path: Path, text: str, says: str) -> None:
+    """A read token that is empty, or equal to admin.token, is refused at load, naming the key and why."""
+    err = only_error(tmp_path, text)
+    assert err.path.startswith("admin")
+    assert says in err.message
