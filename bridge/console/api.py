@@ -51,6 +51,7 @@ log = structlog.get_logger("ticketbridge.admin")
 
 SCAN_LIMIT = 5000  # deliveries one page may read to fill itself under a text or time filter
 REPLAY_CHUNK = 500
+COMMIT_SLACK_MS = 60_000  # how much older than its commit a delivery's id may be
 _encode = msgspec.json.Encoder().encode
 
 
@@ -235,7 +236,9 @@ async def list_deliveries(call: Call) -> DeliveryPage:
     if q.until_ms is not None:
         bound = id_floor("dlv", q.until_ms + 1)
         before = bound if before is None else min(before, bound)
-    floor = id_floor("dlv", q.since_ms) if q.since_ms is not None else None
+    # An id is made before its delivery is committed (created_at), so it may be a little older: scan a
+    # minute past `since` by id, and keep exactly those created within the range.
+    floor = id_floor("dlv", q.since_ms - COMMIT_SLACK_MS) if q.since_ms is not None else None
     items: list[DeliveryRow] = []
     scanned = 0
     step = q.limit if q.q is None else max(q.limit, 200)
@@ -247,7 +250,9 @@ async def list_deliveries(call: Call) -> DeliveryPage:
             before = row.id
             if floor is not None and row.id < floor:
                 return DeliveryPage(items=items, next_cursor=None, scanned=scanned)
-            if q.q is None or _matches_text(row, q.q):
+            in_range = (q.since_ms is None or row.created_at_ms >= q.since_ms) and (
+                q.until_ms is None or row.created_at_ms <= q.until_ms)
+            if in_range and (q.q is None or _matches_text(row, q.q)):
                 items.append(row)
                 if len(items) == q.limit:
                     return DeliveryPage(items=items, next_cursor=row.id, scanned=scanned)
