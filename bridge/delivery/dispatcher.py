@@ -237,7 +237,7 @@ class Lane:
         result = AttemptResult(
             delivery_id=item.id, started_at_ms=sent.started_at_ms, duration_ms=round(sent.duration_ms, 3),
             http_status=sent.http_status, response_excerpt=sent.excerpt,
-            classification=outcome.classification, error=outcome.error, next_status="dead",
+            classification=outcome.classification, error=outcome.error, next_status="dead", exchange=sent.exchange,
         )
         if outcome.classification == "success":
             key = {"ticket_key": outcome.ticket_key} if outcome.ticket_key else {}

@@ -80,6 +80,8 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     ticket_key: str | None = None
     next_status: Literal["succeeded", "pending", "dead"]
     next_attempt_at_ms: int | None = None
+    exchange: dict[str, Any] | None = None
+    """The request as sent and the response's headers, secrets redacted (bridge/delivery/exchange.py)."""
 
 
 class DeliveryRow(msgspec.Struct, kw_only=True):
@@ -109,6 +111,7 @@ class AttemptRow(msgspec.Struct, kw_only=True):
     response_excerpt: str | None
     classification: str
     error: str | None
+    exchange: dict[str, Any] | None = None
 
 
 class DeliveryDetail(msgspec.Struct, kw_only=True):

@@ -156,7 +156,8 @@ class MemoryStore(Store):
             self._update(d, attempts=n)
         d.attempts.append(AttemptRow(n=n, started_at_ms=result.started_at_ms, duration_ms=result.duration_ms,
                                      http_status=result.http_status, response_excerpt=result.response_excerpt,
-                                     classification=result.classification, error=result.error))
+                                     classification=result.classification, error=result.error,
+                                     exchange=result.exchange))
 
     async def release(self, delivery_ids: list[str]) -> None:
         self._check_open()

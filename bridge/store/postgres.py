@@ -329,9 +329,11 @@ class PostgresStore(Store):
                 if n is None:
                     raise NotFound(f"no delivery {r.delivery_id}")
                 log.warning("store.record_without_lease", delivery_id=r.delivery_id)
-            await conn.execute("INSERT INTO attempts VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", r.delivery_id, n,
+            await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                               "response_excerpt, classification, error, exchange) "
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
                                r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
-                               r.error)
+                               r.error, None if r.exchange is None else encode(r.exchange))
 
         await self._run(op)
 

@@ -19,7 +19,7 @@ decode_files = msgspec.json.Decoder(dict[str, str]).decode
 ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key")
 ROW_WIDTH = 16
-ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error"
+ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
                         "next_attempt_at, created_at, updated_at, last_error")
 
@@ -40,7 +40,7 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
 def attempt_row(a: Sequence[Any]) -> AttemptRow:
     """A row selected with ATTEMPT_COLUMNS."""
     return AttemptRow(n=a[0], started_at_ms=a[1], duration_ms=a[2], http_status=a[3], response_excerpt=a[4],
-                      classification=a[5], error=a[6])
+                      classification=a[5], error=a[6], exchange=decode_dict(bytes(a[7])) if a[7] is not None else None)
 
 
 def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int) -> list[tuple[Any, ...]]:

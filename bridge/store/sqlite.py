@@ -554,9 +554,10 @@ class SqliteStore(Store):
                 log.warning("store.record_without_lease", delivery_id=r.delivery_id)
             else:
                 n = updated[0]
-            conn.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                         "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt,
-                          r.classification, r.error))
+                          r.classification, r.error, None if r.exchange is None else encode(r.exchange)))
 
         await self._write(op)
 

@@ -118,6 +118,9 @@ async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_co
     assert view["body"] == {"title": "Router down"} and view["event"]["payload"] == {"title": "Router down"}
     assert [a["classification"] for a in view["attempts"]] == ["retry", "retry"]
     assert view["attempts"][0]["http_status"] == 500
+    sent = view["attempts"][0]["exchange"]
+    assert sent["request"]["method"] == "POST" and "Router down" in sent["request"]["body"]
+    assert sent["response_headers"]["Content-Type"].startswith("application/json")
 
     dry = await post(client, "/admin/api/replay", {"status": "dead", "destination": "kapture", "dry_run": True})
     assert (dry["matched"], dry["replayed"]) == ([dead["id"]], [])

@@ -176,7 +176,9 @@ async function delivery(id) {
     h("div", {}, h("strong", {}, `Attempt ${a.n}`), " ", badge(a.classification), " ",
       a.http_status ? `HTTP ${a.http_status}` : "no answer", ` · ${Math.round(a.duration_ms)} ms · ${when(a.started_at_ms)}`),
     a.error ? h("div", { class: "error" }, a.error) : null,
-    a.response_excerpt ? h("details", {}, h("summary", {}, "Vendor answer"), h("pre", {}, a.response_excerpt)) : null));
+    a.exchange ? h("details", {}, h("summary", {}, "Request as sent"), json(a.exchange.request)) : null,
+    a.response_excerpt ? h("details", {}, h("summary", {}, "Vendor answer"), h("pre", {}, a.response_excerpt),
+      a.exchange && a.exchange.response_headers ? json(a.exchange.response_headers) : null) : null));
   page(`Delivery ${d.id}`,
     h("div", { class: "row" }, badge(d.status), ` to ${d.destination} (${d.action}) by mapping ${d.mapping}, `,
       `${d.attempts} attempt(s)`, d.ticket_id ? ` · ticket ${d.ticket_id}` : ""),

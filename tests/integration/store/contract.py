@@ -374,6 +374,19 @@ class StoreContract:
             == (1, attempt.started_at_ms, 12.5, 200, '{"status": "success"}', "success", None)
         assert (await store.claim("kapture-support", 10, "w", 30)).items == []
 
+    async def test_record_keeps_what_the_attempt_sent_and_got(self, store: Store) -> None:
+        """An attempt's exchange (the request as sent, the response's headers) comes back as recorded; an
+        attempt without one has none."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        sent = {"request": {"method": "POST", "url": "https://x.test/t", "headers": {"Authorization": "[redacted]"},
+                            "body": '{"title": "Réseau"}'}, "response_headers": {"Content-Type": "application/json"}}
+        await store.record(msgspec.structs.replace(result(d, "pending", classification="retry",
+                                                          next_attempt_at_ms=now_ms()), exchange=sent))
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "succeeded"))
+        assert [a.exchange for a in (await store.get_delivery(d)).attempts] == [sent, None]
+
     async def test_record_keeps_the_vendors_ticket_key(self, store: Store) -> None:
         """A vendor's second ticket reference (LeadSquared's Key) is kept beside the ticket id."""
         _, (d,) = await accept_one(store)

@@ -6,3 +6,6 @@ CREATE TABLE audit_log (
     target  TEXT NOT NULL,
     detail  BYTEA NOT NULL
 );
+-- What each attempt sent and what came back (secrets redacted), as JSON: request method, URL, headers and
+-- body excerpt; response headers. Empty for attempts recorded before this migration.
+ALTER TABLE attempts ADD COLUMN exchange BYTEA;
