@@ -99,8 +99,6 @@ class EventView(msgspec.Struct, kw_only=True):
     mappings_version: str
     decisions: list[Decision]
     """Each mapping of the source, as the mappings in force decide now (`mappings_version`)."""
-    recorded: list[dict[str, Any]] = []
-    """What the store recorded about mappings that did not take the event, where it keeps such records."""
 
 
 class DeliveryView(msgspec.Struct, kw_only=True):
