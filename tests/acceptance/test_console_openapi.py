@@ -4,21 +4,14 @@ answer conforms to the document."""
 
 from __future__ import annotations
 
-import asyncio
-import textwrap
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 
-from bridge.app import build_app
-from bridge.config import load_config
-from bridge.registries import REGISTRIES
+from tests.acceptance.threaded import serve_in_thread
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 CONFIG = """
@@ -41,31 +34,10 @@ EXAMPLES = 100  # per route with inputs; routes without any have few distinct ca
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The whole app on a loopback port, its event loop run in a thread between a start and a stop made in
-    this one (schemathesis calls block)."""
-    root: Path = tmp_path_factory.mktemp("openapi")
-    (root / "bridge.yaml").write_text(CONFIG)
-    (root / "mappings").mkdir()
-    (root / "mappings" / "partner.yaml").write_text(textwrap.dedent(MAPPING))
-    config = load_config(root / "bridge.yaml", {}, registries=REGISTRIES)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(build_app(config), access_log=None)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    host, port = runner.addresses[0][:2]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    url = f"http://{host}:{port}"
-    for i in range(3):  # something to read: deliveries and their event
-        requests.post(f"{url}/hooks/partner", json={"title": f"t{i}"}, timeout=10).raise_for_status()
-    try:
+    with serve_in_thread(tmp_path_factory.mktemp("openapi"), CONFIG, {"partner": MAPPING}) as url:
+        for i in range(3):  # something to read: deliveries and their event
+            requests.post(f"{url}/hooks/partner", json={"title": f"t{i}"}, timeout=10).raise_for_status()
         yield url
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.run_until_complete(runner.cleanup())  # here: the reloader's signal handler is the main thread's
-        loop.close()
 
 
 def test_generated_requests_never_fail_the_server_and_every_answer_conforms(server: str) -> None:
