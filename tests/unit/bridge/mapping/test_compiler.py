@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -555,7 +556,8 @@ def test_no_source_is_a_compile_error() -> None:
 
 def test_unknown_key_is_a_compile_error_pointing_at_it() -> None:
     """A misspelt key is refused, naming it and the keys that exist, with its sub-path."""
-    with pytest.raises(CompileError, match="unknown key 'requried': a field table takes from, jmespath, template") \
+    with pytest.raises(CompileError, match=re.escape(
+            "unknown key 'requried' (did you mean 'required'?): a field table takes from, jmespath, template")) \
             as info:
         compile_field("f", {"from": "payload.x", "requried": True})
     assert info.value.subpath == ("requried",)
@@ -573,7 +575,7 @@ def test_unknown_key_is_a_compile_error_pointing_at_it() -> None:
 )
 def test_badly_typed_modifiers_are_compile_errors(raw: dict[str, Any], key: str) -> None:
     """Modifiers of the wrong type or value are refused at compile time, pointing at the key."""
-    with pytest.raises(CompileError, match=r"^(Expected|Invalid enum value) ") as info:
+    with pytest.raises(CompileError, match=r"^(Expected|'skip' is not one of: default, error, null, omit)") as info:
         compile_field("f", raw)
     assert info.value.subpath == (key,)
 
