@@ -453,6 +453,14 @@ def test_unknown_filter_is_a_compile_error_listing_the_known_ones() -> None:
         compile_transform("slugify")
 
 
+def test_a_misspelt_filter_is_answered_with_the_nearest_one() -> None:
+    """A filter name one typo away from a known one gets "did you mean", in transforms and templates alike."""
+    with pytest.raises(CompileError, match=re.escape("unknown filter 'uppper' (did you mean 'upper'?); known")):
+        compile_transform("uppper")
+    with pytest.raises(CompileError, match=re.escape("unknown filter 'lowr' in the template (did you mean 'lower'?)")):
+        compile_field("f", "{{ payload.x | lowr }}")
+
+
 def test_unknown_filter_in_a_field_is_a_compile_error() -> None:
     """A field's transform list is checked when the field compiles, not when it renders."""
     with pytest.raises(CompileError, match="unknown filter 'nope'"):
