@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge.appkeys import RUNTIME
 from bridge.bearer import check_bearer
+from bridge.console import add_console
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -68,3 +69,4 @@ async def mappings_status(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/mappings", mappings_status)
+    add_console(app)

@@ -60,7 +60,15 @@ class StoreConfig(Base):
 
 
 class AdminConfig(Base):
-    token: str = ""
+    token: str = ""  # the admin token: reads and changes, audited as "admin"
+    read_tokens: dict[str, str] = {}  # name → token: read-only access, audited and shown by that name
+
+    def __post_init__(self) -> None:
+        for name, token in self.read_tokens.items():
+            if not name.strip() or not token.strip():
+                raise ValueError(f"`read_tokens` needs a name and a non-empty token for each entry; {name!r} has none")
+            if self.token and token == self.token:
+                raise ValueError(f"read token {name!r} is the admin token; a read-only token must differ")
 
 
 class LogConfig(Base):

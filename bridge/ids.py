@@ -57,3 +57,8 @@ def timestamp_ms(ulid_id: str) -> int:
     for ch in body:
         value = value * 32 + _ALPHABET.index(ch)
     return value
+
+
+def id_floor(prefix: str, ms: int) -> str:
+    """The lowest id `new_id(prefix)` could give at `ms`: ids below it were made earlier (for time ranges)."""
+    return f"{prefix}_{_encode(max(0, ms) << 80, 26)}"

@@ -28,7 +28,8 @@ def _escape(value: str) -> str:
 
 def _line(name: str, labels: dict[str, str], value: float) -> str:
     inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-    return f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}"
+    text = str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))  # in full
+    return f"{name}{{{inner}}} {text}" if inner else f"{name} {text}"
 
 
 def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> list[str]:

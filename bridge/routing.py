@@ -8,12 +8,12 @@ from typing import Any
 
 import structlog
 
-from bridge.errors import MappingError
+from bridge.errors import MappingError, NotFound
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.mapping.compiled import CompiledMapping
 from bridge.mapping.mappingset import MappingSet
-from bridge.store.base import NewDelivery
+from bridge.store.base import NewDelivery, Store
 
 log = structlog.get_logger("ticketbridge.routing")
 
@@ -71,3 +71,33 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
             status="dead" if rendered.error is not None else "pending", error=rendered.error,
         ))
     return deliveries, errors
+
+
+async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, vars_: dict[str, Any],
+                    ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str]]:
+    """New bodies (and the mapping version they came from) for `ids`, and why the others cannot have one."""
+    bodies: dict[str, tuple[dict[str, Any], str]] = {}
+    refused: dict[str, str] = {}
+    for i in ids:
+        try:
+            detail = await store.get_delivery(i)
+        except NotFound:
+            refused[i] = "no such delivery"
+            continue
+        d = detail.delivery
+        mapping = mappings.mappings.get(d.mapping)
+        if mapping is None:
+            refused[i] = f"mapping {d.mapping!r} is not among the current mappings"
+            continue
+        if (mapping.destination, mapping.action) != (d.destination, d.action):
+            refused[i] = (f"mapping {d.mapping!r} now feeds {mapping.destination} {mapping.action}, but this "
+                          f"delivery goes to {d.destination} {d.action}; replay it without re-rendering")
+            continue
+        rendered = render_event(mapping, render_context(detail.event, vars_), detail.event.id)
+        if rendered.skipped:
+            refused[i] = f"the current {d.mapping!r} skips its event (when: {mapping.when_text})"
+        elif rendered.body is None:
+            refused[i] = f"it does not render with the current mapping: {rendered.error}"
+        else:
+            bodies[i] = (rendered.body, mapping.version)
+    return bodies, refused

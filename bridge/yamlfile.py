@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 import yaml
 
 from bridge.errors import ConfigError, Located
@@ -83,17 +85,18 @@ class Document:
         try:
             return msgspec.convert(data, typ, strict=False)
         except msgspec.ValidationError as exc:
-            raise self._translate(exc, path, cls, fmt) from None
+            raise self._translate(exc, path, cls, fmt, typ) from None
 
     def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
-                   fmt: PathFormat = format_path) -> Located:
-        message, sub = split_validation_error(exc)
+                   fmt: PathFormat = format_path, typ: Any = None) -> Located:
+        message, sub = split_validation_error(exc, typ)
         return self.error((*base, *sub), message, cls, fmt)
 
 
-def split_validation_error(exc: msgspec.ValidationError) -> tuple[str, KeyPath]:
-    """msgspec's message in our words (`unknown key 'x'`, `missing required key 'y'`), and the key path
-    inside the converted value that it is about."""
+def split_validation_error(exc: msgspec.ValidationError, typ: Any = None) -> tuple[str, KeyPath]:
+    """msgspec's message in our words (`unknown key 'x'`, `missing required key 'y'`, an enum's allowed
+    values when `typ`, the type converted to, is given), and the key path inside the converted value that
+    it is about."""
     message = str(exc)
     sub: KeyPath = ()
     m = re.search(r" - at `\$(.*)`$", message)
@@ -109,7 +112,41 @@ def split_validation_error(exc: msgspec.ValidationError) -> tuple[str, KeyPath]:
     missing = re.match(r"Object missing required field `(.+)`", message)
     if missing:
         message = f"missing required key {missing.group(1)!r}"
+    enum = re.match(r"Invalid enum value (.+)", message)
+    if enum and typ is not None:
+        choices = _choices(msgspec.inspect.type_info(typ), sub)
+        if choices:
+            message = f"{enum.group(1)} is not one of: {', '.join(choices)}"
+            message += did_you_mean(enum.group(1).strip("'\""), choices)
     return message, sub
+
+
+def did_you_mean(given: str, known: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the nearest of `known` to a misspelt `given`, or nothing."""
+    close = difflib.get_close_matches(given, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _choices(info: Any, path: KeyPath) -> list[str]:
+    """The literal values allowed at `path` inside a type (as msgspec.inspect describes it), or none."""
+    for key in path:
+        options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+        for option in options:
+            if isinstance(option, msgspec.inspect.StructType):
+                found = [f.type for f in option.fields if f.encode_name == key]
+                if found:
+                    info = found[0]
+                    break
+            elif isinstance(option, msgspec.inspect.DictType):
+                info = option.value_type
+                break
+            elif isinstance(option, msgspec.inspect.ListType | msgspec.inspect.TupleType):
+                info = option.item_type if isinstance(option, msgspec.inspect.ListType) else option.item_types[0]
+                break
+        else:
+            return []
+    options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    return [str(v) for o in options if isinstance(o, msgspec.inspect.LiteralType) for v in o.values]
 
 
 def _parse_msgspec_path(text: str) -> KeyPath:
@@ -169,6 +206,21 @@ class _Builder:
         return value
 
 
+def _likely(exc: yaml.MarkedYAMLError) -> str:
+    """What is most often wrong for this parser message, as a hint after it."""
+    problem = exc.problem or ""
+    if "'\\t'" in problem or "\t" in problem:
+        return "; likely a tab: indent YAML with spaces only"
+    if "mapping values are not allowed" in problem:
+        return ("; likely an unquoted `:` inside a value (quote the whole value: \"a: b\") or a key indented "
+                "under a value")
+    if "expected <block end>" in problem or "could not find expected ':'" in problem:
+        return "; likely a wrong indentation on this line or the one above (keys of one map line up)"
+    if "found undefined alias" in problem or "found character '@'" in problem or "'`'" in problem:
+        return "; likely a value starting with * @ or ` that needs quotes"
+    return ""
+
+
 def load_yaml(
     text: str, file: str, scalar_hook: Callable[[Any, KeyPath, yaml.Node], Any] | None = None,
 ) -> Document:
@@ -178,7 +230,7 @@ def load_yaml(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise ConfigError(
-            f"YAML syntax error: {exc.problem}" + (f" ({exc.context})" if exc.context else ""),
+            f"YAML syntax error: {exc.problem}" + (f" ({exc.context})" if exc.context else "") + _likely(exc),
             file=file, line=mark.line + 1 if mark else None, col=mark.column + 1 if mark else None,
         ) from None
     except yaml.YAMLError as exc:

@@ -37,7 +37,8 @@ def run_check(args: argparse.Namespace) -> int:
             print(f"{m.file}: {m.name}: warning: this mapping has no tests", file=sys.stderr)
     problems = len(report.errors) + len(failed)
     files = f"{len(report.mappings)} mappings" + (f", {len(report.broken)} broken files" if report.broken else "")
-    print(f"config ok: {len(config.sources)} sources, {len(config.destinations)} destinations; {files}"
+    verdict = "check FAILED: " if problems else "config ok: "
+    print(verdict + f"{len(config.sources)} sources, {len(config.destinations)} destinations; {files}"
           + (f" (version {mappings.version})" if not report.broken else "")
           + f"; {len(results) - len(failed)} passed, {len(failed)} failed"
           + (f"; {len(report.errors)} mapping errors" if report.errors else ""))

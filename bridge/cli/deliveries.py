@@ -9,18 +9,22 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import msgspec
 
 from bridge.app import load_mappings
 from bridge.cli.common import config_from, print_errors
+from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
+from bridge.console.models import ReplayBody
 from bridge.errors import ErrorList, NotFound, StoreLocked, StoreUnavailable
 from bridge.mapping.mappingset import MappingSet
-from bridge.routing import render_context, render_event
+from bridge.routing import rerender_bodies as _rerender
 from bridge.store import open_store
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
 
 REPLAY_CHUNK = 500
+URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -34,10 +38,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--before", help="page: only deliveries older than this id")
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
+    lst.add_argument("--url", help=URL_HELP)
     lst.set_defaults(run=run_list)
     show = dsub.add_parser("show", parents=[common], help="one delivery: its event, body and attempts")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
+    show.add_argument("--url", help=URL_HELP)
     show.set_defaults(run=run_show)
     r = sub.add_parser("replay", parents=[common], help="send deliveries again (by id, or every dead one of a filter)")
     r.add_argument("ids", nargs="*", help="delivery ids")
@@ -47,6 +53,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     r.add_argument("--rerender", action="store_true",
                    help="render each delivery's event again with the current mappings before sending it")
+    r.add_argument("--url", help=URL_HELP + " (re-rendering uses the server's mappings)")
     r.set_defaults(run=run_replay)
 
 
@@ -54,7 +61,22 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _with_server(url: str, body: Any) -> int:
+    async def run() -> int:
+        async with aiohttp.ClientSession() as session:
+            code: int = await body(AdminClient(url, token_from_env(), session))
+            return code
+
+    try:
+        return asyncio.run(run())
+    except RemoteError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
 def _with_store(args: argparse.Namespace, body: Any) -> int:
+    if getattr(args, "url", None):
+        return _with_server(args.url, body)
     config = config_from(args)
     if config is None:
         return 2
@@ -86,7 +108,7 @@ def _table(rows: list[DeliveryRow]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    async def body(store: Store) -> int:
+    async def body(store: DeliveryReader) -> int:
         rows = await store.list_deliveries(DeliveryFilter(
             status=args.status, destination=args.destination, source=args.source, mapping=args.mapping,
             limit=args.limit, before_id=args.before))
@@ -103,7 +125,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    async def body(store: Store) -> int:
+    async def body(store: DeliveryReader) -> int:
         try:
             detail = await store.get_delivery(args.id)
         except NotFound as exc:
@@ -148,40 +170,12 @@ def _progress(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
-async def _rerender(store: Store, ids: list[str], mappings: MappingSet, vars_: dict[str, Any],
-                    ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str]]:
-    """New bodies (and the mapping version they came from) for `ids`, and why the others cannot have one."""
-    bodies: dict[str, tuple[dict[str, Any], str]] = {}
-    refused: dict[str, str] = {}
-    for i in ids:
-        try:
-            detail = await store.get_delivery(i)
-        except NotFound:
-            refused[i] = "no such delivery"
-            continue
-        d = detail.delivery
-        mapping = mappings.mappings.get(d.mapping)
-        if mapping is None:
-            refused[i] = f"mapping {d.mapping!r} is not among the current mappings"
-            continue
-        if (mapping.destination, mapping.action) != (d.destination, d.action):
-            refused[i] = (f"mapping {d.mapping!r} now feeds {mapping.destination} {mapping.action}, but this "
-                          f"delivery goes to {d.destination} {d.action}; replay it without --rerender")
-            continue
-        rendered = render_event(mapping, render_context(detail.event, vars_), detail.event.id)
-        if rendered.skipped:
-            refused[i] = f"the current {d.mapping!r} skips its event (when: {mapping.when_text})"
-        elif rendered.body is None:
-            refused[i] = f"it does not render with the current mapping: {rendered.error}"
-        else:
-            bodies[i] = (rendered.body, mapping.version)
-    return bodies, refused
-
-
 def run_replay(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.destination):
         print("replay takes delivery ids, or --destination NAME (with --status), not both", file=sys.stderr)
         return 2
+    if args.url:
+        return _with_server(args.url, lambda client: _replay_remote(client, args))
     mappings: MappingSet | None = None
     vars_: dict[str, Any] = {}
     if args.rerender:
@@ -242,3 +236,23 @@ def run_replay(args: argparse.Namespace) -> int:
         return 0 if not skipped else 1
 
     return _with_store(args, body)
+
+
+async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
+    """`replay --url`: the server replays (and re-renders with its own mappings); the change is audited there."""
+    given = ReplayBody(ids=list(args.ids), rerender=args.rerender, dry_run=args.dry_run, limit=10000,
+                       **({"destination": args.destination, "status": args.status} if args.destination else {}))
+    result = await client.replay(given)
+    if args.dry_run:
+        for i in result.matched:
+            print(i)
+        for refusal in result.refused:
+            print(f"{refusal.id}: would not be replayed: {refusal.reason}", file=sys.stderr)
+        print(f"{len(result.matched) - len(result.refused)} deliveries would be replayed", file=sys.stderr)
+        return 0
+    for refusal in result.refused:
+        print(f"{refusal.id}: not replayed: {refusal.reason}", file=sys.stderr)
+    rerendered = f" (re-rendered with mappings version {result.mappings_version})" if result.mappings_version else ""
+    print(f"replayed {len(result.replayed)} of {len(result.matched)} deliveries{rerendered}; the server sends them "
+          "within seconds")
+    return 0 if not result.refused else 1

@@ -94,6 +94,8 @@ class Lane:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
+        self.paused_until = 0.0  # set by an operator (epoch seconds, as the dispatcher's clock; inf: until resumed)
+        self.resumed = asyncio.Event()
         self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
         self.log = log.bind(destination=dest.name)
 
@@ -115,6 +117,11 @@ class Lane:
             if free <= 0 or (self.sending and free < self.claim_step) or unrecorded >= d.max_unrecorded:
                 # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
                 await self._wait(self.slot_freed, None)
+                continue
+            held = self.paused_until - d.clock()
+            if held > 0:
+                self.resumed.clear()
+                await self._wait(self.resumed, None if held == float("inf") else held)
                 continue
             self.wake.clear()
             try:
@@ -150,6 +157,14 @@ class Lane:
                 task = asyncio.create_task(self._deliver(item, start), name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
+
+    def pause(self, seconds: float | None) -> None:
+        """Claim nothing for `seconds` (None: until resumed); sends already out finish."""
+        self.paused_until = float("inf") if seconds is None else self.dispatcher.clock() + seconds
+
+    def resume(self) -> None:
+        self.paused_until = 0.0
+        self.resumed.set()
 
     def _answered(self, delivery_id: str) -> None:
         """The vendor's slot is free once its answer is in; recording the attempt does not hold it."""
@@ -259,7 +274,7 @@ class Lane:
         result = AttemptResult(
             delivery_id=item.id, started_at_ms=sent.started_at_ms, duration_ms=round(sent.duration_ms, 3),
             http_status=sent.http_status, response_excerpt=sent.excerpt,
-            classification=outcome.classification, error=outcome.error, next_status="dead",
+            classification=outcome.classification, error=outcome.error, next_status="dead", exchange=sent.exchange,
         )
         if outcome.classification == "success":
             key = {"ticket_key": outcome.ticket_key} if outcome.ticket_key else {}

@@ -7,10 +7,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp_retry import ExponentialRetry, RetryClient
 
+from bridge.delivery.exchange import exchange
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
 from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorUnavailable
@@ -51,6 +53,7 @@ class Sent:
     duration_ms: float
     http_status: int | None
     excerpt: str | None
+    exchange: dict[str, Any] | None = None
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -72,6 +75,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     t0 = time.perf_counter()
     status: int | None = None
     excerpt: str | None = None
+    answered: dict[str, str] | None = None
     lookups = RetryClient(client_session=session, retry_options=lookup_retry())
 
     async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -105,7 +109,9 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
             status = response.status
             excerpt = body[:EXCERPT_CHARS].decode("utf-8", "replace")
             outcome = adapter.classify(item.action, response.status, response.headers, body)
+            answered = dict(response.headers)
     except TRANSPORT_ERRORS as exc:
         outcome = transport_failure(exc, timeout_s)
     duration = (time.perf_counter() - t0) * 1000
-    return Sent(outcome, started_ms, duration, status, excerpt)
+    return Sent(outcome, started_ms, duration, status, excerpt,
+                exchange(request.method, request.url, request.headers, request.body, answered))

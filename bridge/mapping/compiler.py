@@ -22,7 +22,7 @@ from bridge.mapping.sources import jmespath_source, path_source, template_field
 from bridge.mapping.templates import MAX_RENDERED_CHARS, is_template
 from bridge.mapping.trace import OMIT, FieldTrace
 from bridge.mapping.transforms import compile_transform
-from bridge.yamlfile import split_validation_error
+from bridge.yamlfile import did_you_mean, split_validation_error
 
 __all__ = ["MAX_RENDERED_CHARS", "OMIT", "CompileError", "CompiledField", "CompiledMapping", "Context",
            "RenderError", "compile_field", "compile_transform", "compile_when"]
@@ -135,12 +135,12 @@ def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileE
     before = len(problems)
     for key in raw:
         if key not in FIELD_KEYS:
-            problems.append(CompileError(f"unknown key {key!r}: a field table takes {', '.join(FIELD_KEYS)}",
-                                         (*at, key)))
+            problems.append(CompileError(f"unknown key {key!r}{did_you_mean(str(key), FIELD_KEYS)}: a field table "
+                                         f"takes {', '.join(FIELD_KEYS)}", (*at, key)))
     try:
         spec = msgspec.convert({k: v for k, v in raw.items() if k in FIELD_KEYS}, FieldSpec)
     except msgspec.ValidationError as exc:
-        message, sub = split_validation_error(exc)
+        message, sub = split_validation_error(exc, FieldSpec)
         problems.append(CompileError(message, (*at, *sub)))
         return None
     found = spec.sources()

@@ -11,6 +11,7 @@ from jinja2 import TemplateSyntaxError, meta, nodes
 from bridge.mapping.filters import ARGUMENT_CHECKS, FILTERS
 from bridge.mapping.paths import ROOTS
 from bridge.mapping.templates import ENV, GLOBAL_NAMES
+from bridge.yamlfile import did_you_mean
 
 
 def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "template") -> list[str]:
@@ -23,7 +24,8 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
     problems: list[str] = []
     for node in tree.find_all(nodes.Filter):
         if node.name not in ENV.filters:
-            problems.append(f"unknown filter {node.name!r} in the {kind}; known filters: "
+            problems.append(f"unknown filter {node.name!r} in the {kind}{did_you_mean(node.name, ENV.filters)}; "
+                            "known filters: "
                             f"{', '.join(sorted(FILTERS))} and Jinja's built-ins (length, list, …)")
             continue
         check = ARGUMENT_CHECKS.get(node.name)

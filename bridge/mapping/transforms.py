@@ -10,6 +10,7 @@ from typing import Any
 
 from bridge.mapping.base import CompileError
 from bridge.mapping.filters import ARGUMENT_CHECKS, FILTERS
+from bridge.yamlfile import did_you_mean
 
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$", re.S)
 
@@ -22,7 +23,8 @@ def compile_transform(text: str) -> Callable[[Any], Any]:
     name, args_text = m.group(1), m.group(2)
     fn = FILTERS.get(name)
     if fn is None:
-        raise CompileError(f"unknown filter {name!r}; known filters: {', '.join(sorted(FILTERS))}")
+        raise CompileError(f"unknown filter {name!r}{did_you_mean(name, FILTERS)}; known filters: "
+                           f"{', '.join(sorted(FILTERS))}")
     args: tuple[Any, ...] = ()
     if args_text and args_text.strip():
         try:

@@ -83,6 +83,8 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     ticket_key: str | None = None
     next_status: Literal["succeeded", "pending", "dead"]
     next_attempt_at_ms: int | None = None
+    exchange: dict[str, Any] | None = None
+    """The request as sent and the response's headers, secrets redacted (bridge/delivery/exchange.py)."""
 
 
 class DeliveryRow(msgspec.Struct, kw_only=True):
@@ -112,6 +114,7 @@ class AttemptRow(msgspec.Struct, kw_only=True):
     response_excerpt: str | None
     classification: str
     error: str | None
+    exchange: dict[str, Any] | None = None
 
 
 class DeliveryDetail(msgspec.Struct, kw_only=True):
@@ -129,6 +132,18 @@ class DeliveryFilter(msgspec.Struct, kw_only=True):
     mapping: str | None = None
     limit: int = 50
     before_id: str | None = None
+
+
+class AuditEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One change made through the admin API: who (the token's name), what (`action` on `target`, with
+    `detail`), when (ms since the epoch). `id` sorts by time (`aud_…`)."""
+
+    id: str
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] = {}
 
 
 class StoreProblem(msgspec.Struct, frozen=True, kw_only=True):
@@ -304,3 +319,15 @@ class Store(ABC):
     @abstractmethod
     async def load_mapping_set(self) -> StoredMappingSet | None:
         """The last good mapping set saved, or None when none was."""
+
+    @abstractmethod
+    async def oldest_pending(self) -> dict[str, int]:
+        """destination → when its oldest delivery not yet settled (pending or in flight) was created (ms)."""
+
+    @abstractmethod
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Keep `entry` in the audit log."""
+
+    @abstractmethod
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        """The audit log, newest first: up to `limit` entries, those older than `before_id` when given."""

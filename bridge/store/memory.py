@@ -21,6 +21,7 @@ from bridge.store.base import (
     AcceptResult,
     AttemptResult,
     AttemptRow,
+    AuditEntry,
     ClaimBatch,
     Claimed,
     Cutoffs,
@@ -66,6 +67,7 @@ class MemoryStore(Store):
         self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
         self.mapping_set: StoredMappingSet | None = None
         self._coordination = LocalCoordination()
+        self.audit: dict[str, AuditEntry] = {}
 
     def coordination(self) -> LocalCoordination:
         """One set of gates for every dispatcher on this store, as a shared store keeps them."""
@@ -169,7 +171,8 @@ class MemoryStore(Store):
             self._update(d, attempts=n)
         d.attempts.append(AttemptRow(n=n, started_at_ms=result.started_at_ms, duration_ms=result.duration_ms,
                                      http_status=result.http_status, response_excerpt=result.response_excerpt,
-                                     classification=result.classification, error=result.error))
+                                     classification=result.classification, error=result.error,
+                                     exchange=result.exchange))
 
     async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         self._check_open()
@@ -339,3 +342,20 @@ class MemoryStore(Store):
         self._check_open()
         return {h for e, data in self.events.items() if self._received_ms(e) < received_before_ms
                 for h in attachment_hashes(data)}
+
+    async def oldest_pending(self) -> dict[str, int]:
+        self._check_open()
+        out: dict[str, int] = {}
+        for d in self.deliveries.values():
+            if d.row.status in ("pending", "in_flight"):
+                out[d.row.destination] = min(out.get(d.row.destination, d.row.created_at_ms), d.row.created_at_ms)
+        return out
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        self._check_open()
+        self.audit[entry.id] = entry
+
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        self._check_open()
+        keys = sorted((k for k in self.audit if before_id is None or k < before_id), reverse=True)[:limit]
+        return [self.audit[k] for k in keys]

@@ -32,6 +32,7 @@ from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
     AttemptResult,
+    AuditEntry,
     ClaimBatch,
     Cutoffs,
     DeliveryDetail,
@@ -65,6 +66,7 @@ from bridge.store.rows import (
     ROW_WIDTH,
     attachment_hashes,
     attempt_row,
+    audit_entry,
     claimed_items,
     decode_dict,
     decode_event,
@@ -386,9 +388,11 @@ class PostgresStore(Store):
                 if n is None:
                     raise NotFound(f"no delivery {r.delivery_id}")
                 log.warning("store.record_without_lease", delivery_id=r.delivery_id)
-            await conn.execute("INSERT INTO attempts VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", r.delivery_id, n,
+            await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                               "response_excerpt, classification, error, exchange) "
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
                                r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
-                               r.error)
+                               r.error, None if r.exchange is None else encode(r.exchange))
 
         await self._run(op)
 
@@ -592,6 +596,31 @@ class PostgresStore(Store):
             if len(rows) < REFS_PAGE:
                 return refs
             position = (rows[-1][0], rows[-1][1])
+
+    async def oldest_pending(self) -> dict[str, int]:
+        async def op(conn: Any) -> dict[str, int]:
+            return {r[0]: r[1] for r in await conn.fetch(
+                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
+                "GROUP BY destination")}
+
+        return await self._run(op, transaction=False)
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        async def op(conn: Any) -> None:
+            await conn.execute("INSERT INTO audit_log (id, at, actor, action, target, detail) "
+                               "VALUES ($1, $2, $3, $4, $5, $6)", entry.id, entry.at_ms, entry.actor, entry.action,
+                               entry.target, encode(entry.detail))
+
+        await self._run(op)
+
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        async def op(conn: Any) -> list[AuditEntry]:
+            rows = await conn.fetch("SELECT id, at, actor, action, target, detail FROM audit_log "
+                                    "WHERE id < $1 ORDER BY id DESC LIMIT $2", before_id or "\uffff", limit)
+            return [audit_entry(r) for r in rows]
+
+        return await self._run(op, transaction=False)
+
 
 
 async def _trim_attempts(conn: Any, cutoff_ms: int, limit: int, after: tuple[int, str, int] | None,

@@ -10,7 +10,16 @@ from typing import Any
 import msgspec
 
 from bridge.events import Event
-from bridge.store.base import STATUSES, AttemptRow, Claimed, Cutoffs, DeliveryRow, DeliveryStatus, NewDelivery
+from bridge.store.base import (
+    STATUSES,
+    AttemptRow,
+    AuditEntry,
+    Claimed,
+    Cutoffs,
+    DeliveryRow,
+    DeliveryStatus,
+    NewDelivery,
+)
 
 encode = msgspec.json.Encoder().encode
 decode_event = msgspec.json.Decoder(Event).decode
@@ -20,7 +29,7 @@ decode_files = msgspec.json.Decoder(dict[str, str]).decode
 ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key")
 ROW_WIDTH = 16
-ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error"
+ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
                         "next_attempt_at, created_at, updated_at, last_error")
 
@@ -41,7 +50,7 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
 def attempt_row(a: Sequence[Any]) -> AttemptRow:
     """A row selected with ATTEMPT_COLUMNS."""
     return AttemptRow(n=a[0], started_at_ms=a[1], duration_ms=a[2], http_status=a[3], response_excerpt=a[4],
-                      classification=a[5], error=a[6])
+                      classification=a[5], error=a[6], exchange=decode_dict(bytes(a[7])) if a[7] is not None else None)
 
 
 def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int) -> list[tuple[Any, ...]]:
@@ -97,3 +106,8 @@ def attachment_hashes(data: bytes) -> Iterator[str]:
     """The sha256 of each attachment a stored event's JSON names."""
     for m in _SHA256.finditer(data):
         yield m.group(1).decode()
+
+
+def audit_entry(r: Sequence[Any]) -> AuditEntry:
+    """A row selected as (id, at, actor, action, target, detail)."""
+    return AuditEntry(id=r[0], at_ms=r[1], actor=r[2], action=r[3], target=r[4], detail=decode_dict(bytes(r[5])))

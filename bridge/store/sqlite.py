@@ -42,6 +42,7 @@ from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
     AttemptResult,
+    AuditEntry,
     ClaimBatch,
     Cutoffs,
     DeliveryDetail,
@@ -64,6 +65,7 @@ from bridge.store.rows import (
     ROW_WIDTH,
     attachment_hashes,
     attempt_row,
+    audit_entry,
     claimed_items,
     decode_dict,
     decode_event,
@@ -567,9 +569,10 @@ class SqliteStore(Store):
                 log.warning("store.record_without_lease", delivery_id=r.delivery_id)
             else:
                 n = updated[0]
-            conn.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                         "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt,
-                          r.classification, r.error))
+                          r.classification, r.error, None if r.exchange is None else encode(r.exchange)))
 
         await self._write(op)
 
@@ -770,6 +773,33 @@ class SqliteStore(Store):
             if len(rows) < REFS_PAGE:
                 return refs
             position = (rows[-1][0], rows[-1][1])
+
+    async def oldest_pending(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return {dest: oldest for dest, oldest in conn.execute(
+                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
+                "GROUP BY destination")}
+
+        oldest: dict[str, int] = await self._read(run)
+        return oldest
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        row = (entry.id, entry.at_ms, entry.actor, entry.action, entry.target, encode(entry.detail))
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                         row)
+
+        await self._write(op)
+
+    async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
+        def run(conn: sqlite3.Connection) -> list[AuditEntry]:
+            rows = conn.execute("SELECT id, at, actor, action, target, detail FROM audit_log WHERE id < ? "
+                                "ORDER BY id DESC LIMIT ?", (before_id or "\uffff", limit))
+            return [audit_entry(r) for r in rows]
+
+        entries: list[AuditEntry] = await self._read(run)
+        return entries
 
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:

@@ -88,9 +88,10 @@ def test_check_prints_every_error_with_its_place_and_fails(tmp_path: Path, capsy
         f"{broken}:6:3: broken.when: bad arguments to the date filter: unknown time zone 'Mars/Base': use an IANA "
         "name such as UTC or Asia/Kolkata",
         f"{broken}:4:1: broken.title: kapture create_ticket needs a `title` field",
-        f"{typo}:5:32: typo.title.requird: unknown key 'requird': a field table takes from, jmespath, template, "
-        "value, object, required, default, on_missing, map, map_default, transform",
+        f"{typo}:5:32: typo.title.requird: unknown key 'requird' (did you mean 'required'?): a field table takes "
+        "from, jmespath, template, value, object, required, default, on_missing, map, map_default, transform",
     ]
+    assert out.startswith("check FAILED: ")
     assert out.strip().endswith("2 passed, 0 failed; 5 mapping errors")
 
 

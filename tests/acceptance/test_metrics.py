@@ -75,7 +75,8 @@ async def test_metrics_count_intake_attempts_and_the_backlog(write_config: Confi
     assert got['ticketbridge_delivery_attempts_total{destination="kapture",classification="retry"}'] == 1
     assert got['ticketbridge_destination_paused{destination="kapture"}'] == 0
     assert got['ticketbridge_deliveries{destination="kapture",status="succeeded"}'] == 3
-    assert any(k.startswith("ticketbridge_mappings_loaded_timestamp_seconds{version=") for k in got)
+    loaded = [v for k, v in got.items() if k.startswith("ticketbridge_mappings_loaded_timestamp_seconds{version=")]
+    assert loaded == [runtime(client).mappings.loaded_at.timestamp()]  # in full, not rounded to 6 digits
 
 
 async def test_metrics_need_the_admin_token(write_config: ConfigFactory, bridge_client: AppClient) -> None:

@@ -15,6 +15,7 @@ from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import (
     AttemptResult,
+    AuditEntry,
     Cutoffs,
     DeliveryFilter,
     DeliveryRow,
@@ -111,6 +112,41 @@ def tick() -> int:
 @pytest.mark.integration
 class StoreContract:
     """Store semantics shared by every backend."""
+
+    async def test_oldest_pending_names_each_destinations_oldest_unsettled_delivery(self, store: Store) -> None:
+        """`oldest_pending` gives, per destination, the creation time of its oldest pending or in-flight delivery;
+        settled ones do not count."""
+        before = now_ms()
+        _, old = await accept_one(store, make_delivery(destination="helpdesk"))
+        await accept_one(store, make_delivery(destination="crm", status="dead", error="bad"))
+        await accept_one(store, make_delivery(destination="helpdesk"))
+        oldest = await store.oldest_pending()
+        assert set(oldest) == {"helpdesk"}
+        assert before <= oldest["helpdesk"] == (await row(store, old[0])).created_at_ms <= now_ms()
+
+    # -- the audit log -----------------------------------------------------------------------------
+
+    async def test_the_audit_log_lists_entries_newest_first_with_their_detail(self, store: Store) -> None:
+        """Audit entries come back newest first, each with who, what, on what, when and its detail."""
+        assert await store.list_audit() == []
+        first = AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="ops", action="pause", target="helpdesk",
+                           detail={"seconds": 600, "note": "Réseau"})
+        second = AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="lead", action="replay", target="dlv_1",
+                            detail={"ids": ["dlv_1"], "rerender": False})
+        await store.add_audit(first)
+        await store.add_audit(second)
+        assert await store.list_audit() == [second, first]
+
+    async def test_the_audit_log_pages_by_id(self, store: Store) -> None:
+        """`limit` and `before_id` page through the audit log without gaps or repeats."""
+        entries = [AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="ops", action="resume", target=f"d{i}")
+                   for i in range(5)]
+        for e in entries:
+            await store.add_audit(e)
+        page1 = await store.list_audit(limit=2)
+        page2 = await store.list_audit(limit=2, before_id=page1[-1].id)
+        page3 = await store.list_audit(limit=2, before_id=page2[-1].id)
+        assert [e.target for e in page1 + page2 + page3] == ["d4", "d3", "d2", "d1", "d0"]
 
     # -- the last good mapping set ----------------------------------------------------------------
 
@@ -374,6 +410,19 @@ class StoreContract:
         assert (a.n, a.started_at_ms, a.duration_ms, a.http_status, a.response_excerpt, a.classification, a.error) \
             == (1, attempt.started_at_ms, 12.5, 200, '{"status": "success"}', "success", None)
         assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+
+    async def test_record_keeps_what_the_attempt_sent_and_got(self, store: Store) -> None:
+        """An attempt's exchange (the request as sent, the response's headers) comes back as recorded; an
+        attempt without one has none."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        sent = {"request": {"method": "POST", "url": "https://x.test/t", "headers": {"Authorization": "[redacted]"},
+                            "body": '{"title": "Réseau"}'}, "response_headers": {"Content-Type": "application/json"}}
+        await store.record(msgspec.structs.replace(result(d, "pending", classification="retry",
+                                                          next_attempt_at_ms=now_ms()), exchange=sent))
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "succeeded"))
+        assert [a.exchange for a in (await store.get_delivery(d)).attempts] == [sent, None]
 
     async def test_record_keeps_the_vendors_ticket_key(self, store: Store) -> None:
         """A vendor's second ticket reference (LeadSquared's Key) is kept beside the ticket id."""

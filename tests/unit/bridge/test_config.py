@@ -695,3 +695,20 @@ def test_store_lease_seconds_defaults_to_ten_and_is_bounded(tmp_path: Path) -> N
     err = only_error(tmp_path, "store: {lease_seconds: 0.5}")
     assert err.path == "store.lease_seconds"
     assert ">= 1" in err.message
+
+
+def test_read_tokens_map_names_to_tokens(tmp_path: Path) -> None:
+    """`admin.read_tokens` is a map of name to token, each read-only and named in the audit log."""
+    cfg = load(tmp_path, "admin: {token: a-secret, read_tokens: {grafana: g-secret, oncall: o-secret}}\n")
+    assert cfg.admin.read_tokens == {"grafana": "g-secret", "oncall": "o-secret"}
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("admin: {read_tokens: {grafana: ''}}\n", "'grafana' has none"),
+    ("admin: {token: same, read_tokens: {grafana: same}}\n", "read token 'grafana' is the admin token"),
+])
+def test_read_tokens_refuse_an_empty_token_or_the_admin_one(tmp_path: Path, text: str, says: str) -> None:
+    """A read token that is empty, or equal to admin.token, is refused at load, naming the key and why."""
+    err = only_error(tmp_path, text)
+    assert err.path.startswith("admin")
+    assert says in err.message

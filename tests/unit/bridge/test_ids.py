@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from bridge import ids
-from bridge.ids import new_id, new_ulid, timestamp_ms
+from bridge.ids import id_floor, new_id, new_ulid, timestamp_ms
 
 CROCKFORD = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -132,3 +132,11 @@ def test_unique_across_threads() -> None:
         t.join()
     assert len(out) == 4000
     assert len(set(out)) == 4000
+
+
+def test_id_floor_sorts_between_ids_made_before_and_at_its_time() -> None:
+    """`id_floor(prefix, ms)` sorts above every id made before `ms` and not above any made at or after it."""
+    made = new_id("dlv")
+    at = timestamp_ms(made)
+    assert id_floor("dlv", at) <= made < id_floor("dlv", at + 1)
+    assert timestamp_ms(id_floor("dlv", at)) == at

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -476,3 +476,27 @@ def test_convert_raises_the_requested_error_class() -> None:
 def test_convert_error_is_a_value_error() -> None:
     """Conversion errors are ValueErrors, so callers catching ValueError still see them."""
     assert isinstance(convert_error("name: [1]\n"), ValueError)
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("a:\n\tb: 1\n", "likely a tab: indent YAML with spaces only"),
+    ("title: Printer: on fire\n", "likely an unquoted `:` inside a value"),
+    ("a:\n  b: 1\n c: 2\n", "likely a wrong indentation"),
+])
+def test_syntax_errors_say_what_is_likely_wrong(text: str, hint: str) -> None:
+    """A tab, an unquoted colon or a misaligned key gets a hint after the parser's message."""
+    with pytest.raises(ConfigError) as info:
+        load_yaml(text, "broken.yaml")
+    assert hint in info.value.message
+
+
+def test_an_enum_error_lists_the_allowed_values_and_the_nearest() -> None:
+    """A value outside a closed set names the allowed ones and suggests the nearest."""
+    class Spec(msgspec.Struct):
+        on_missing: Literal["omit", "null", "error", "default"] = "error"
+
+    doc = load_yaml("on_missing: omitt\n", "f.yaml")
+    with pytest.raises(ConfigError) as info:
+        doc.convert(doc.data, Spec)
+    assert info.value.message == "'omitt' is not one of: default, error, null, omit (did you mean 'omit'?)"
+    assert info.value.line == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -452,6 +453,14 @@ def test_unknown_filter_is_a_compile_error_listing_the_known_ones() -> None:
         compile_transform("slugify")
 
 
+def test_a_misspelt_filter_is_answered_with_the_nearest_one() -> None:
+    """A filter name one typo away from a known one gets "did you mean", in transforms and templates alike."""
+    with pytest.raises(CompileError, match=re.escape("unknown filter 'uppper' (did you mean 'upper'?); known")):
+        compile_transform("uppper")
+    with pytest.raises(CompileError, match=re.escape("unknown filter 'lowr' in the template (did you mean 'lower'?)")):
+        compile_field("f", "{{ payload.x | lowr }}")
+
+
 def test_unknown_filter_in_a_field_is_a_compile_error() -> None:
     """A field's transform list is checked when the field compiles, not when it renders."""
     with pytest.raises(CompileError, match="unknown filter 'nope'"):
@@ -555,7 +564,8 @@ def test_no_source_is_a_compile_error() -> None:
 
 def test_unknown_key_is_a_compile_error_pointing_at_it() -> None:
     """A misspelt key is refused, naming it and the keys that exist, with its sub-path."""
-    with pytest.raises(CompileError, match="unknown key 'requried': a field table takes from, jmespath, template") \
+    with pytest.raises(CompileError, match=re.escape(
+            "unknown key 'requried' (did you mean 'required'?): a field table takes from, jmespath, template")) \
             as info:
         compile_field("f", {"from": "payload.x", "requried": True})
     assert info.value.subpath == ("requried",)
@@ -573,7 +583,7 @@ def test_unknown_key_is_a_compile_error_pointing_at_it() -> None:
 )
 def test_badly_typed_modifiers_are_compile_errors(raw: dict[str, Any], key: str) -> None:
     """Modifiers of the wrong type or value are refused at compile time, pointing at the key."""
-    with pytest.raises(CompileError, match=r"^(Expected|Invalid enum value) ") as info:
+    with pytest.raises(CompileError, match=r"^(Expected|'skip' is not one of: default, error, null, omit)") as info:
         compile_field("f", raw)
     assert info.value.subpath == (key,)
 

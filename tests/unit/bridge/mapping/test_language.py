@@ -193,7 +193,7 @@ def test_every_problem_of_a_field_is_collected() -> None:
     with pytest.raises(CompileError) as info:
         compile_field("f", {"from": "payload.x", "requried": True, "colour": 1, "transform": ["nope", "strip", "x("]})
     assert [(str(e).split(":")[0], e.subpath) for e in info.value.errors] == [
-        ("unknown key 'requried'", ("requried",)),
+        ("unknown key 'requried' (did you mean 'required'?)", ("requried",)),
         ("unknown key 'colour'", ("colour",)),
         ("unknown filter 'nope'; known filters", ("transform", 0)),
         ("bad transform 'x('", ("transform", 2)),

@@ -142,7 +142,8 @@ fields:
         "date, default, "
         "first, float, html_to_text, int, join, lower, phone_e164, replace, split, strip, strip_quoted, title, "
         "truncate, upper",
-        f"{f}:10:27: broken.prio.requried: unknown key 'requried': a field table takes from, jmespath, template, "
+        f"{f}:10:27: broken.prio.requried: unknown key 'requried' (did you mean 'required'?): "
+        "a field table takes from, jmespath, template, "
         "value, object, required, default, on_missing, map, map_default, transform",
     ]
 

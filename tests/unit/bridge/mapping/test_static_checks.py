@@ -145,7 +145,8 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     text = (tmp_path / "m.yaml").read_text().replace("colour: blue\n", "destination: v\n").replace("size: 3\n", "")
     f = write(tmp_path, text)
     assert errors_of(tmp_path, {"v": frozenset({"create"})}, {"brand": "Acme"}) == [
-        f"{f}:6:24: broken.a.requried: unknown key 'requried': a field table takes from, jmespath, template, value, "
+        f"{f}:6:24: broken.a.requried: unknown key 'requried' (did you mean 'required'?): "
+        "a field table takes from, jmespath, template, value, "
         "object, required, default, on_missing, map, map_default, transform",
         f"{f}:6:59: broken.a.transform[1]: unknown filter 'shout'; known filters: attachment_list, bool, date, "
         "default, first, float, "

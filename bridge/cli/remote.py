@@ -1,0 +1,81 @@
+"""The CLI as a client of a running server's admin API (`--url`): deliveries read and replayed with only
+the admin token in the environment, no config, store or secrets on this machine."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import aiohttp
+import msgspec
+
+from bridge.console.models import DeliveryPage, DeliveryView, ErrorBody, ReplayBody, ReplayResult
+from bridge.errors import NotFound
+from bridge.store.base import DeliveryDetail, DeliveryFilter, DeliveryRow
+
+TOKEN_ENV = "BRIDGE_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
+
+
+class DeliveryReader(Protocol):
+    """What `deliveries list|show` read: the store, or a server's admin API."""
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]: ...
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryDetail: ...
+
+
+class RemoteError(Exception):
+    """The server refused or could not be reached; the message says which and why."""
+
+
+def token_from_env() -> str:
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise RemoteError(f"set {TOKEN_ENV} to the server's admin.token (or a read token, to read only)")
+    return token
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str, session: aiohttp.ClientSession) -> None:
+        self.url = url.rstrip("/")
+        self.session = session
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def _call(self, method: str, path: str, answer: type[Any], *, params: dict[str, str] | None = None,
+                    body: Any = None) -> Any:
+        try:
+            async with self.session.request(method, f"{self.url}{path}", params=params, headers=self.headers,
+                                            data=None if body is None else msgspec.json.encode(body),
+                                            timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RemoteError(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from None
+        if status == 200:
+            return msgspec.json.decode(raw, type=answer)
+        try:
+            message = msgspec.json.decode(raw, type=ErrorBody).error
+        except msgspec.DecodeError:
+            message = raw[:200].decode("utf-8", "replace")
+        except msgspec.ValidationError:
+            message = raw[:200].decode("utf-8", "replace")
+        if status == 404 and path.startswith("/admin/api/deliveries/"):
+            raise NotFound(message)
+        raise RemoteError(f"{self.url} answered {status}: {message}")
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
+        params = {k: str(v) for k, v in (("status", flt.status), ("destination", flt.destination),
+                                         ("source", flt.source), ("mapping", flt.mapping),
+                                         ("cursor", flt.before_id)) if v is not None}
+        params["limit"] = str(min(flt.limit, 500))
+        page: DeliveryPage = await self._call("GET", "/admin/api/deliveries", DeliveryPage, params=params)
+        return page.items
+
+    async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
+        view: DeliveryView = await self._call("GET", f"/admin/api/deliveries/{delivery_id}", DeliveryView)
+        return DeliveryDetail(delivery=view.delivery, body=view.body, options=view.options, event=view.event,
+                              attempts=view.attempts)
+
+    async def replay(self, body: ReplayBody) -> ReplayResult:
+        result: ReplayResult = await self._call("POST", "/admin/api/replay", ReplayResult, body=body)
+        return result

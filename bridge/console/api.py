@@ -1,0 +1,438 @@
+"""`/admin/api/…`: the admin API's routes, each declared once with its structs (which the OpenAPI spec is
+generated from), its auth (read or change) and its errors. Every change is written to the audit log."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from bridge import __version__
+from bridge.appkeys import RUNTIME
+from bridge.console.auth import Caller, api_on, identify
+from bridge.console.models import (
+    AuditPage,
+    AuditQuery,
+    DeliveryPage,
+    DeliveryQuery,
+    DeliveryView,
+    DestinationList,
+    ErrorBody,
+    EventView,
+    LaneState,
+    MappingInfo,
+    MappingSetView,
+    Overview,
+    PauseBody,
+    PlaygroundBody,
+    PlaygroundResult,
+    RateUse,
+    Refusal,
+    ReloadInfo,
+    ReplayBody,
+    ReplayResult,
+)
+from bridge.console.playground import decisions, run_playground
+from bridge.delivery.ratelimit import SlidingWindowLimiter
+from bridge.errors import NotFound, StoreUnavailable
+from bridge.ids import id_floor, new_id
+from bridge.routing import rerender_bodies
+from bridge.runtime import Runtime
+from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, Store
+
+log = structlog.get_logger("ticketbridge.admin")
+
+SCAN_LIMIT = 5000  # deliveries one page may read to fill itself under a text or time filter
+REPLAY_CHUNK = 500
+COMMIT_SLACK_MS = 60_000  # how much older than its commit a delivery's id may be
+_encode = msgspec.json.Encoder().encode
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Call:
+    rt: Runtime
+    request: web.Request
+    caller: Caller
+    query: Any = None
+    body: Any = None
+
+    def param(self, name: str) -> str:
+        return self.request.match_info[name]
+
+
+Handler = Callable[[Call], Awaitable[msgspec.Struct]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    response: type[msgspec.Struct]
+    change: bool = False
+    query: type[msgspec.Struct] | None = None
+    body: type[msgspec.Struct] | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def path_params(self) -> list[str]:
+        return [part[1:-1] for part in self.path.split("/") if part.startswith("{")]
+
+
+def _json(status: int, value: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_encode(value), status=status, content_type="application/json", headers=headers)
+
+
+def error(status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="ticketbridge admin"'} if status == 401 else None
+    return _json(status, ErrorBody(error=message), headers)
+
+
+def authorize(request: web.Request, change: bool) -> Caller | web.Response:
+    """The caller, or the refusal: 404 while the API is off, 401 without a known token, 403 for a read-only
+    token on a change."""
+    admin = request.app[RUNTIME].config.admin
+    if not api_on(admin):
+        return error(404, "the admin API is off: set admin.token (and admin.read_tokens) in the config")
+    caller = identify(request.headers.get("Authorization", ""), admin)
+    if caller is None:
+        return error(401, "this needs an admin token: Authorization: Bearer <admin.token or a read token>")
+    if change and caller.role != "admin":
+        return error(403, f"the token {caller.name!r} is read-only; changes need admin.token")
+    return caller
+
+
+def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def serve(request: web.Request) -> web.Response:
+        caller = authorize(request, route.change)
+        if isinstance(caller, web.Response):
+            return caller
+        call = Call(request.app[RUNTIME], request, caller)
+        try:
+            if route.query is not None:
+                call.query = msgspec.convert(dict(request.query), route.query, strict=False)
+            if route.body is not None:
+                raw = await request.read()
+                call.body = msgspec.json.decode(raw or b"{}", type=route.body, strict=False)
+        except msgspec.ValidationError as exc:
+            return error(400, f"invalid {'query' if call.query is None and route.query else 'body'}: {exc}")
+        except msgspec.DecodeError as exc:
+            return error(400, f"the body is not JSON: {exc}")
+        try:
+            return _json(200, await route.handler(call))
+        except ApiError as exc:
+            return error(exc.status, str(exc))
+        except NotFound as exc:
+            return error(404, str(exc))
+        except StoreUnavailable as exc:
+            return error(503, f"the store is unavailable: {exc}")
+
+    return serve
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def _store(rt: Runtime) -> Store:
+    if rt.store is None:
+        raise StoreUnavailable("the store is not open yet")
+    return rt.store
+
+
+def _at(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+async def _audit(call: Call, action: str, target: str, detail: dict[str, Any]) -> None:
+    entry = AuditEntry(id=new_id("aud"), at_ms=time.time_ns() // 1_000_000, actor=call.caller.name, action=action,
+                       target=target, detail=detail)
+    await _store(call.rt).add_audit(entry)
+    log.info("admin.change", actor=call.caller.name, action=action, target=target)
+
+
+def lane_states(rt: Runtime, counts: dict[str, dict[str, int]], oldest: dict[str, int]) -> list[LaneState]:
+    now = time.time()
+    mono = time.monotonic()
+    out = []
+    dispatcher = rt.dispatcher
+    for name, cfg in sorted(rt.config.destinations.items()):
+        lane = dispatcher.lanes.get(name) if dispatcher is not None else None
+        by_status = counts.get(name, {})
+        state = LaneState(
+            name=name, vendor=cfg.vendor, running=lane is not None, breaker="closed", breaker_reopens_at=None,
+            paused=False, paused_until=None, counts={s: by_status.get(s, 0) for s in STATUSES},
+            backlog=by_status.get("pending", 0) + by_status.get("in_flight", 0),
+            oldest_pending_age_s=max(0.0, now - oldest[name] / 1000) if name in oldest else None,
+            in_flight=0, max_in_flight=cfg.max_in_flight, rate_limit=None)
+        if lane is not None:
+            breaker = lane.breaker
+            state.breaker = breaker.state
+            if breaker.state == "open":
+                state.breaker_reopens_at = _at(now + max(0.0, breaker.until - breaker.clock()))
+            held = lane.paused_until - dispatcher.clock() if dispatcher is not None else 0.0
+            state.paused = held > 0
+            state.paused_until = _at(lane.paused_until) if held > 0 and math.isfinite(lane.paused_until) else None
+            state.in_flight = len(lane.inflight)
+            limiter = lane.dest.limiter
+            if isinstance(limiter, SlidingWindowLimiter):
+                since = mono - limiter.per_seconds
+                used = sum(1 for t in limiter._sends if since <= t <= mono)  # a read-only look
+                state.rate_limit = RateUse(requests=limiter.requests, per_seconds=limiter.per_seconds, used=used)
+        out.append(state)
+    return out
+
+
+async def _lanes(rt: Runtime) -> list[LaneState]:
+    store = _store(rt)
+    return lane_states(rt, await store.counts(), await store.oldest_pending())
+
+
+def _reload_info(rt: Runtime) -> ReloadInfo:
+    s = rt.mapping_status
+    return ReloadInfo(watching=rt.reloader is not None, reloads=s.reloads, failures=s.failures,
+                      last_attempt_at=s.last_attempt_at, last_result=s.last_result, last_error=s.last_error,
+                      last_error_at=s.last_error_at)
+
+
+# -- reads --------------------------------------------------------------------------------------------------
+
+
+async def get_overview(call: Call) -> Overview:
+    rt = call.rt
+    store = _store(rt)
+    counts = await store.counts()
+    lanes = lane_states(rt, counts, await store.oldest_pending())
+    totals: dict[str, int] = {s: sum(c.get(s, 0) for c in counts.values()) for s in STATUSES}
+    problem = store.problem()
+    return Overview(version=__version__, mappings_version=rt.mappings.version, counters=dict(rt.counters),
+                    deliveries=totals, dead=totals["dead"], destinations=lanes, reload=_reload_info(rt),
+                    store_problem=None if problem is None else f"{problem.kind}: {problem.reason}")
+
+
+def _matches_text(row: DeliveryRow, text: str) -> bool:
+    text = text.lower()
+    return any(text in (v or "").lower() for v in (row.id, row.event_id, row.ticket_id, row.ticket_key,
+                                                      row.last_error))
+
+
+async def list_deliveries(call: Call) -> DeliveryPage:
+    q: DeliveryQuery = call.query
+    store = _store(call.rt)
+    before = q.cursor
+    if q.until_ms is not None:
+        bound = id_floor("dlv", q.until_ms + 1)
+        before = bound if before is None else min(before, bound)
+    # An id is made before its delivery is committed (created_at), so it may be a little older: scan a
+    # minute past `since` by id, and keep exactly those created within the range.
+    floor = id_floor("dlv", q.since_ms - COMMIT_SLACK_MS) if q.since_ms is not None else None
+    items: list[DeliveryRow] = []
+    scanned = 0
+    step = q.limit if q.q is None else max(q.limit, 200)
+    while True:
+        rows = await store.list_deliveries(DeliveryFilter(status=q.status, destination=q.destination, source=q.source,
+                                                          mapping=q.mapping, limit=step, before_id=before))
+        for row in rows:
+            scanned += 1
+            before = row.id
+            if floor is not None and row.id < floor:
+                return DeliveryPage(items=items, next_cursor=None, scanned=scanned)
+            in_range = (q.since_ms is None or row.created_at_ms >= q.since_ms) and (
+                q.until_ms is None or row.created_at_ms <= q.until_ms)
+            if in_range and (q.q is None or _matches_text(row, q.q)):
+                items.append(row)
+                if len(items) == q.limit:
+                    return DeliveryPage(items=items, next_cursor=row.id, scanned=scanned)
+            if scanned >= SCAN_LIMIT:
+                return DeliveryPage(items=items, next_cursor=row.id, scanned=scanned)
+        if len(rows) < step:
+            return DeliveryPage(items=items, next_cursor=None, scanned=scanned)
+
+
+async def get_delivery(call: Call) -> DeliveryView:
+    detail = await _store(call.rt).get_delivery(call.param("delivery_id"))
+    lanes = [s for s in await _lanes(call.rt) if s.name == detail.delivery.destination]
+    return DeliveryView(delivery=detail.delivery, body=detail.body, options=detail.options, event=detail.event,
+                        attempts=detail.attempts, destination=lanes[0] if lanes else None)
+
+
+async def get_event(call: Call) -> EventView:
+    event = await _store(call.rt).get_event(call.param("event_id"))
+    mappings = call.rt.mappings
+    return EventView(event=event, mappings_version=mappings.version,
+                     decisions=decisions(mappings, event, call.rt.config.vars))
+
+
+async def list_destinations(call: Call) -> DestinationList:
+    return DestinationList(items=await _lanes(call.rt))
+
+
+async def get_mappings(call: Call) -> MappingSetView:
+    rt = call.rt
+    current = rt.mappings
+    status = rt.mapping_status
+    return MappingSetView(
+        version=current.version, loaded_at=current.loaded_at, folder=str(rt.config.mappings_dir),
+        source=status.source, degraded=status.source == "last_good", folder_error=status.folder_error,
+        mappings=[MappingInfo(name=m.name, file=m.file, version=m.version, sources=list(m.sources),
+                              destination=m.destination, action=m.action, tests=len(m.spec.tests))
+                  for m in sorted(current.mappings.values(), key=lambda m: m.name)],
+        reload=_reload_info(rt))
+
+
+async def list_audit(call: Call) -> AuditPage:
+    q: AuditQuery = call.query
+    items = await _store(call.rt).list_audit(q.limit, q.cursor)
+    return AuditPage(items=items, next_cursor=items[-1].id if len(items) == q.limit else None)
+
+
+async def playground(call: Call) -> PlaygroundResult:
+    given: PlaygroundBody = call.body
+    if given.source not in call.rt.sources:
+        raise ApiError(404, f"no source {given.source!r}; configured: {', '.join(sorted(call.rt.sources)) or 'none'}")
+    return await run_playground(call.rt, given)
+
+
+# -- changes ------------------------------------------------------------------------------------------------
+
+
+def _lane(call: Call) -> Any:
+    name = call.param("destination")
+    if name not in call.rt.config.destinations:
+        raise ApiError(404, f"no destination {name!r}; configured: {', '.join(sorted(call.rt.config.destinations))}")
+    dispatcher = call.rt.dispatcher
+    if dispatcher is None or name not in dispatcher.lanes:
+        raise ApiError(409, "this process runs no delivery workers; pause the destination where they run")
+    return dispatcher.lanes[name]
+
+
+async def _state(call: Call, name: str) -> LaneState:
+    return next(s for s in await _lanes(call.rt) if s.name == name)
+
+
+async def pause_destination(call: Call) -> LaneState:
+    given: PauseBody = call.body
+    lane = _lane(call)
+    lane.pause(given.seconds)
+    await _audit(call, "destination.pause", lane.dest.name, {"seconds": given.seconds, "reason": given.reason})
+    return await _state(call, lane.dest.name)
+
+
+async def resume_destination(call: Call) -> LaneState:
+    lane = _lane(call)
+    lane.resume()
+    await _audit(call, "destination.resume", lane.dest.name, {})
+    return await _state(call, lane.dest.name)
+
+
+async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
+    """`ids`, then those the filter matches (when it has a field), up to `limit`; neither: none."""
+    ids: list[str] = list(dict.fromkeys(given.ids))
+    if not any((given.status, given.destination, given.mapping, given.source)):
+        return ids[:given.limit]
+    for status in [given.status] if given.status else ["dead", "succeeded"]:
+        before: str | None = None
+        while len(ids) < given.limit:
+            rows = await store.list_deliveries(DeliveryFilter(
+                status=status, destination=given.destination, mapping=given.mapping,  # type: ignore[arg-type]
+                source=given.source, limit=min(REPLAY_CHUNK, given.limit - len(ids)), before_id=before))
+            ids.extend(r.id for r in rows if r.id not in given.ids)
+            if not rows:
+                break
+            before = rows[-1].id
+    return ids[:given.limit]
+
+
+async def _why_not(store: Store, delivery_id: str) -> str:
+    try:
+        d = await store.get_delivery(delivery_id)
+    except NotFound:
+        return "no such delivery"
+    if d.delivery.status in ("pending", "in_flight"):
+        return f"it is {d.delivery.status}"
+    return "it never rendered (fix the mapping, then replay with rerender)"
+
+
+async def replay(call: Call) -> ReplayResult:
+    given: ReplayBody = call.body
+    rt = call.rt
+    store = _store(rt)
+    ids = await _replay_ids(store, given)
+    mappings = rt.mappings if given.rerender else None
+    refused: dict[str, str] = {}
+    moved: list[str] = []
+    for start in range(0, len(ids), REPLAY_CHUNK):
+        chunk = ids[start:start + REPLAY_CHUNK]
+        bodies = None
+        if mappings is not None:
+            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, rt.config.vars)
+            refused.update(not_rendered)
+            chunk = [i for i in chunk if i in bodies]
+        if given.dry_run:
+            for i in chunk:
+                try:
+                    d = await store.get_delivery(i)
+                except NotFound:
+                    refused[i] = "no such delivery"
+                    continue
+                if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
+                    refused[i] = await _why_not(store, i)
+            continue
+        moved.extend(await store.replay(chunk, bodies))
+    if not given.dry_run:
+        for i in sorted(set(ids) - set(moved) - set(refused)):
+            refused[i] = await _why_not(store, i)
+        if moved:
+            await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
+                         moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
+                         {"ids": moved[:1000], "count": len(moved), "refused": len(refused)})
+            if rt.dispatcher is not None:
+                rt.dispatcher.notify(set(rt.dispatcher.lanes))
+    return ReplayResult(dry_run=given.dry_run, matched=ids, replayed=moved,
+                        refused=[Refusal(id=i, reason=r) for i, r in refused.items()],
+                        mappings_version=mappings.version if mappings is not None else None)
+
+
+NOT_FOUND = {404: "no such record"}
+ROUTES: list[Route] = [
+    Route("GET", "/admin/api/overview", get_overview, "Intake counters, deliveries by status, destinations' health, "
+          "the last reload", Overview),
+    Route("GET", "/admin/api/deliveries", list_deliveries, "Deliveries, newest first, filtered and paged",
+          DeliveryPage, query=DeliveryQuery),
+    Route("GET", "/admin/api/deliveries/{delivery_id}", get_delivery, "A delivery with its event, body and attempts",
+          DeliveryView, errors=NOT_FOUND),
+    Route("GET", "/admin/api/events/{event_id}", get_event, "An event and what each mapping of its source makes of it",
+          EventView, errors=NOT_FOUND),
+    Route("GET", "/admin/api/destinations", list_destinations, "Each destination's lane state", DestinationList),
+    Route("POST", "/admin/api/destinations/{destination}/pause", pause_destination,
+          "Stop sending to a destination, for a while or until resumed", LaneState, change=True, body=PauseBody,
+          errors={**NOT_FOUND, 409: "no delivery workers run in this process"}),
+    Route("POST", "/admin/api/destinations/{destination}/resume", resume_destination, "Send to a destination again",
+          LaneState, change=True, errors={**NOT_FOUND, 409: "no delivery workers run in this process"}),
+    Route("POST", "/admin/api/replay", replay, "Send deliveries again (by id or filter), optionally re-rendered; "
+          "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody),
+    Route("GET", "/admin/api/mappings", get_mappings, "The mapping set in force and how reload is going",
+          MappingSetView),
+    Route("POST", "/admin/api/playground", playground, "Run a raw provider body through its handler and every "
+          "mapping; stores and sends nothing", PlaygroundResult, body=PlaygroundBody, errors=NOT_FOUND),
+    Route("GET", "/admin/api/audit", list_audit, "Changes made through the admin API, newest first", AuditPage,
+          query=AuditQuery),
+]
+
+
+def add_api_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _wrap(route))

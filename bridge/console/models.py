@@ -1,0 +1,227 @@
+"""What the admin API takes and answers: the structs its handlers decode and encode, and the OpenAPI spec
+is generated from (bridge/console/openapi.py), so the two cannot drift."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from bridge.events import Event
+from bridge.store.base import AttemptRow, AuditEntry, DeliveryRow, DeliveryStatus
+
+Limit = Annotated[int, Meta(ge=1, le=500, description="how many items a page holds")]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every refusal: what is wrong and, where it helps, what would be right."""
+
+    error: str
+
+
+# -- reads --------------------------------------------------------------------------------------------------
+
+
+class DeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    status: DeliveryStatus | None = None
+    destination: Name | None = None
+    mapping: Name | None = None
+    source: Name | None = None
+    since_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or after (ms since the epoch)")] | None \
+        = None
+    until_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or before (ms since the epoch)")] | None \
+        = None
+    q: Annotated[str, Meta(min_length=1, max_length=200,
+                           description="text in the id, event id, ticket id or last error")] | None = None
+    limit: Limit = 50
+    cursor: Annotated[str, Meta(max_length=100, description="next_cursor of the previous page")] | None = None
+
+
+class DeliveryPage(msgspec.Struct, kw_only=True):
+    """Deliveries, newest first; `next_cursor` (when not null) fetches the page after this one."""
+
+    items: list[DeliveryRow]
+    next_cursor: str | None
+    scanned: int
+    """Deliveries read to fill the page (a text or time filter may skip many)."""
+
+
+class RateUse(msgspec.Struct, kw_only=True):
+    requests: int
+    per_seconds: float
+    used: int
+    """Requests sent within the last window."""
+
+
+class LaneState(msgspec.Struct, kw_only=True):
+    """A destination as its lane in this process sees it, and its deliveries in the store."""
+
+    name: str
+    vendor: str
+    running: bool
+    """Whether this process runs delivery workers (false: the state below is the store's only)."""
+    breaker: Literal["closed", "open", "half_open"]
+    breaker_reopens_at: datetime | None
+    paused: bool
+    paused_until: datetime | None
+    """When an operator's pause ends; null with `paused`: until resumed."""
+    counts: dict[str, int]
+    backlog: int
+    oldest_pending_age_s: float | None
+    in_flight: int
+    max_in_flight: int
+    rate_limit: RateUse | None
+
+
+class DestinationList(msgspec.Struct, kw_only=True):
+    items: list[LaneState]
+
+
+class Decision(msgspec.Struct, kw_only=True):
+    """What one mapping of the event's source makes of it."""
+
+    mapping: str
+    destination: str
+    action: str
+    when: str | None
+    decision: Literal["taken", "skipped", "failed"]
+    error: str | None = None
+    fields: dict[str, Any] | None = None
+    vendor_body: Any = None
+    explain: str = ""
+
+
+class EventView(msgspec.Struct, kw_only=True):
+    event: Event
+    mappings_version: str
+    decisions: list[Decision]
+    """Each mapping of the source, as the mappings in force decide now (`mappings_version`)."""
+
+
+class DeliveryView(msgspec.Struct, kw_only=True):
+    delivery: DeliveryRow
+    body: dict[str, Any] | None
+    options: dict[str, Any]
+    event: Event
+    attempts: list[AttemptRow]
+    destination: LaneState | None
+
+
+class MappingInfo(msgspec.Struct, kw_only=True):
+    name: str
+    file: str
+    version: str
+    sources: list[str]
+    destination: str
+    action: str
+    tests: int
+
+
+class ReloadInfo(msgspec.Struct, kw_only=True):
+    watching: bool
+    reloads: int
+    failures: int
+    last_attempt_at: datetime | None
+    last_result: Literal["ok", "failed"] | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+class MappingSetView(msgspec.Struct, kw_only=True):
+    version: str
+    loaded_at: datetime | None
+    folder: str
+    source: Literal["folder", "last_good"]
+    degraded: bool
+    folder_error: str | None
+    mappings: list[MappingInfo]
+    reload: ReloadInfo
+
+
+class Overview(msgspec.Struct, kw_only=True):
+    version: str
+    mappings_version: str
+    counters: dict[str, int]
+    """Totals since start: intake.accepted, intake.duplicate, delivery.attempt, … (a rate is two reads apart)."""
+    deliveries: dict[str, int]
+    dead: int
+    destinations: list[LaneState]
+    reload: ReloadInfo
+    store_problem: str | None
+
+
+class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    limit: Limit = 50
+    cursor: Annotated[str, Meta(max_length=100)] | None = None
+
+
+class AuditPage(msgspec.Struct, kw_only=True):
+    items: list[AuditEntry]
+    next_cursor: str | None
+
+
+# -- changes ------------------------------------------------------------------------------------------------
+
+
+class PauseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    seconds: Annotated[float, Meta(gt=0, le=30 * 86400, description="how long; absent: until resumed")] | None = None
+    reason: Annotated[str, Meta(max_length=500)] = ""
+
+
+class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Deliveries sent again: those in `ids`, and every one the filter (status, destination, mapping, source)
+    matches when it has a field; up to `limit`. Without a status the filter takes dead and succeeded ones."""
+
+    ids: Annotated[list[Annotated[str, Meta(min_length=1, max_length=100)]], Meta(max_length=10000)] = []
+    status: Literal["succeeded", "dead"] | None = None
+    destination: Name | None = None
+    mapping: Name | None = None
+    source: Name | None = None
+    rerender: bool = False
+    """Render each again with the mappings in force, from its stored event."""
+    dry_run: bool = False
+    limit: Annotated[int, Meta(ge=1, le=10000)] = 1000
+
+
+class Refusal(msgspec.Struct, kw_only=True):
+    id: str
+    reason: str
+
+
+class ReplayResult(msgspec.Struct, kw_only=True):
+    dry_run: bool
+    matched: list[str]
+    replayed: list[str]
+    """Empty on a dry run."""
+    refused: list[Refusal]
+    mappings_version: str | None
+
+
+class PlaygroundBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    source: Name
+    body: Annotated[str, Meta(max_length=1_000_000, description="the provider's raw request body")]
+    headers: dict[str, str] = {}
+    query: dict[str, str] = {}
+    verify: bool = False
+    """Check the source's auth and signature too (off: a pasted body rarely carries a valid one)."""
+
+
+class PlaygroundEvent(msgspec.Struct, kw_only=True):
+    payload: dict[str, Any]
+    dedup_key: str | None
+    spam: bool
+    decisions: list[Decision]
+
+
+class PlaygroundResult(msgspec.Struct, kw_only=True):
+    """What intake would make of the body; nothing is stored or sent."""
+
+    source: str
+    outcome: Literal["events", "rejected", "ignored", "handshake"]
+    status: int | None = None
+    message: str | None = None
+    events: list[PlaygroundEvent] = []
+    mappings_version: str

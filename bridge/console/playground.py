@@ -1,0 +1,80 @@
+"""The playground: a raw provider body run through its source's handler and every mapping of that source,
+explained, with nothing stored and nothing sent. Mapping decisions are also what an event's page shows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
+from yarl import URL
+
+from bridge.console.models import Decision, PlaygroundBody, PlaygroundEvent, PlaygroundResult
+from bridge.errors import Rejected
+from bridge.events import Event
+from bridge.mapping.mappingset import MappingSet
+from bridge.mapping.paths import MISSING
+from bridge.mapping.trace import OMIT, format_trace
+from bridge.routing import render_context
+from bridge.runtime import Runtime
+from handlers.auth import check_auth
+
+
+def _plain(value: Any) -> Any:
+    """A rendered value as JSON data (a value no JSON can hold becomes its repr)."""
+    if value is MISSING or value is OMIT:
+        return None
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError:
+        return repr(value)
+
+
+def decisions(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -> list[Decision]:
+    """What each mapping of the event's source makes of it, explained (never raises for a mapping's fault)."""
+    if event.spam:
+        return []
+    ctx = render_context(event, vars_)
+    out: list[Decision] = []
+    for mapping in mappings.for_source(event.source):
+        trace = mapping.explain(ctx)
+        kind: Literal["taken", "skipped", "failed"] = (
+            "failed" if trace.error is not None else "taken" if trace.matched else "skipped")
+        out.append(Decision(
+            mapping=mapping.name, destination=mapping.destination, action=mapping.action, when=mapping.when_text,
+            decision=kind, error=trace.error, fields=_plain(trace.body) if trace.body is not None else None,
+            vendor_body=_plain(trace.vendor_body), explain=format_trace(trace)))
+    return out
+
+
+async def run_playground(rt: Runtime, given: PlaygroundBody) -> PlaygroundResult:
+    """Raises KeyError for an unknown source."""
+    source = rt.sources[given.source]
+    handler = source.handler
+    mappings = rt.mappings
+    body = given.body.encode()
+    headers = CIMultiDict(given.headers)
+    path = str(URL.build(path=f"/hooks/{given.source}", query=given.query))
+    request = make_mocked_request("POST", path, headers=headers)
+    result = PlaygroundResult(source=given.source, outcome="events", mappings_version=mappings.version)
+    try:
+        handler.check_content_type(request)
+        if given.verify:
+            check_auth(handler.options.auth, request)
+            handler.verify(request, body)
+            early = await handler.intercept(request, body)
+            if early is not None:
+                result.outcome, result.status, result.message = early.outcome, early.response.status, early.reason
+                return result
+        inbounds = handler.parse(request, body)
+    except Rejected as exc:
+        result.outcome, result.status, result.message = "rejected", exc.status, str(exc)
+        return result
+    kept = handler.kept_headers(request)
+    for inbound in inbounds:
+        event = Event.new(source=given.source, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
+                          headers=kept, meta={"playground": True}, dedup_key=inbound.dedup_key, spam=inbound.spam)
+        result.events.append(PlaygroundEvent(payload=inbound.payload, dedup_key=inbound.dedup_key, spam=inbound.spam,
+                                             decisions=decisions(mappings, event, rt.config.vars)))
+    return result

@@ -1,0 +1,307 @@
+// The ops console: one page, plain ES module, no framework. Every figure comes from /admin/api with the
+// token signed in (kept in sessionStorage, sent as a bearer token, never put in a URL). Text from the API is
+// always set as text, never parsed as HTML.
+
+const KEY = "ticketbridge.token";
+const main = document.getElementById("main");
+const statusBox = document.getElementById("status");
+let refreshTimer = null;
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const badge = (text) => h("span", { class: `badge ${text}` }, String(text).replace("_", " "));
+const when = (ms) => (ms ? new Date(ms).toLocaleString() : "—");
+const iso = (s) => (s ? new Date(s).toLocaleString() : "—");
+const json = (v) => h("pre", {}, JSON.stringify(v, null, 2));
+function say(text) { statusBox.textContent = text; setTimeout(() => { if (statusBox.textContent === text) statusBox.textContent = ""; }, 4000); }
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, { method = "GET", body, params } = {}) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(params || {})) if (v !== "" && v !== null && v !== undefined) url.searchParams.set(k, v);
+  const resp = await fetch(url, {
+    method,
+    headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await resp.json().catch(() => ({ error: `HTTP ${resp.status}` }));
+  if (resp.status === 401) { sessionStorage.removeItem(KEY); throw new ApiError(401, data.error); }
+  if (!resp.ok) throw new ApiError(resp.status, data.error || `HTTP ${resp.status}`);
+  return data;
+}
+
+function table(headers, rows, caption) {
+  return h("div", { class: "table-wrap" }, h("table", {},
+    caption ? h("caption", { class: "muted" }, caption) : null,
+    h("thead", {}, h("tr", {}, headers.map(([t, cls]) => h("th", { scope: "col", class: cls }, t)))),
+    h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "Nothing here.")))));
+}
+
+function page(title, ...content) {
+  main.replaceChildren(h("h1", {}, title), ...content.filter((c) => c !== null && c !== undefined && c !== false && c !== ""));
+  document.title = `${title} · ticketbridge console`;
+}
+
+function confirmDialog(question, confirmText) {
+  return new Promise((resolve) => {
+    const dlg = h("dialog", { "aria-labelledby": "confirm-q" },
+      h("p", { id: "confirm-q" }, question),
+      h("div", { class: "row" },
+        h("button", { type: "button", class: "secondary", onclick: () => { dlg.close(); resolve(false); } }, "Cancel"),
+        h("button", { type: "button", onclick: () => { dlg.close(); resolve(true); } }, confirmText)));
+    document.body.append(dlg);
+    dlg.addEventListener("close", () => { dlg.remove(); resolve(false); });
+    dlg.showModal();
+  });
+}
+
+// -- views -----------------------------------------------------------------------------------------------
+
+function signIn(message) {
+  document.getElementById("nav").hidden = true;
+  const input = h("input", { type: "password", id: "token", name: "token", autocomplete: "current-password", required: true });
+  const err = h("p", { class: "error", role: "alert" }, message || "");
+  const form = h("form", { class: "signin card", onsubmit: async (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(KEY, input.value.trim());
+    try { await api("/admin/api/overview"); location.hash = "#/overview"; route(); }
+    catch (x) { sessionStorage.removeItem(KEY); err.textContent = x.status === 401 ? "That token is not known to this server." : x.message; }
+  } },
+  h("h1", {}, "Sign in"),
+  h("p", { class: "muted" }, "Use admin.token (changes) or a read token from admin.read_tokens. It is kept for this tab only."),
+  h("label", { for: "token" }, "Admin token", input), err, h("button", { type: "submit" }, "Sign in"));
+  main.replaceChildren(form);
+  input.focus();
+}
+
+function laneRows(lanes) {
+  return lanes.map((d) => h("tr", {},
+    h("td", {}, d.name), h("td", { class: "hide-narrow" }, d.vendor),
+    h("td", {}, badge(d.breaker), d.paused ? [" ", badge("paused")] : null),
+    h("td", {}, d.backlog), h("td", {}, d.counts.dead),
+    h("td", { class: "hide-narrow" }, d.oldest_pending_age_s === null ? "—" : `${Math.round(d.oldest_pending_age_s)} s`),
+    h("td", { class: "hide-narrow" }, `${d.in_flight}/${d.max_in_flight}`)));
+}
+const LANE_HEAD = [["Destination"], ["Vendor", "hide-narrow"], ["Health"], ["Backlog"], ["Dead"],
+  ["Oldest pending", "hide-narrow"], ["In flight", "hide-narrow"]];
+
+let lastCounters = null;
+async function overview() {
+  const o = await api("/admin/api/overview");
+  const now = Date.now();
+  const accepted = o.counters["intake.accepted"] || 0;
+  let rate = "—";
+  if (lastCounters && now > lastCounters.at) rate = `${((accepted - lastCounters.accepted) / ((now - lastCounters.at) / 1000)).toFixed(1)}/s`;
+  lastCounters = { at: now, accepted };
+  const card = (n, l) => h("div", { class: "card" }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
+  page("Overview",
+    h("div", { class: "cards" },
+      card(accepted, "events accepted"), card(rate, "intake rate"),
+      card(o.deliveries.pending + o.deliveries.in_flight, "deliveries waiting"),
+      card(o.deliveries.succeeded, "delivered"), card(o.dead, "dead letters"),
+      card(o.reload.last_result || "none yet", "last mapping reload")),
+    o.store_problem ? h("p", { class: "error", role: "alert" }, `Store: ${o.store_problem}`) : null,
+    o.reload.last_error ? h("p", { class: "error" }, `Last reload error: ${o.reload.last_error}`) : null,
+    h("h2", {}, "Destinations"), table(LANE_HEAD, laneRows(o.destinations)),
+    h("p", { class: "muted" }, `Version ${o.version}, mappings ${o.mappings_version}.`));
+}
+
+async function deliveries() {
+  const q = new URLSearchParams(location.hash.split("?")[1] || "");
+  const field = (name, label, opts) => {
+    const input = opts
+      ? h("select", { name, id: `f-${name}` }, h("option", { value: "" }, "any"), opts.map((o) => h("option", { value: o, selected: q.get(name) === o }, o)))
+      : h("input", { name, id: `f-${name}`, value: q.get(name) || "", type: "search" });
+    return h("label", { for: `f-${name}` }, label, input);
+  };
+  const live = h("input", { type: "checkbox", id: "live", checked: sessionStorage.getItem("live") !== "off" });
+  const form = h("form", { class: "filters", role: "search", onsubmit: (e) => {
+    e.preventDefault();
+    const p = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) p.set(k, v);
+    location.hash = `#/deliveries?${p}`;
+  } },
+  field("status", "Status", ["pending", "in_flight", "succeeded", "dead"]), field("destination", "Destination"),
+  field("mapping", "Mapping"), field("source", "Source"), field("q", "Text"),
+  h("button", { type: "submit" }, "Filter"),
+  h("label", { for: "live", class: "row" }, "Live refresh", live));
+  const body = h("div", {});
+  page("Deliveries", form, body);
+  live.addEventListener("change", () => sessionStorage.setItem("live", live.checked ? "on" : "off"));
+  const params = Object.fromEntries(q);
+  const load = async () => {
+    const data = await api("/admin/api/deliveries", { params: { ...params, limit: 50 } });
+    const rows = data.items.map((d) => h("tr", {},
+      h("td", {}, h("a", { href: `#/delivery/${d.id}` }, d.id)),
+      h("td", {}, badge(d.status)), h("td", {}, d.destination), h("td", { class: "hide-narrow" }, d.mapping),
+      h("td", { class: "hide-narrow" }, d.source), h("td", {}, d.attempts),
+      h("td", { class: "hide-narrow" }, when(d.created_at_ms)), h("td", { class: "wrap hide-narrow" }, d.last_error || "")));
+    const more = data.next_cursor ? h("p", {}, h("a", { href: `#/deliveries?${new URLSearchParams({ ...params, cursor: data.next_cursor })}` }, "Older deliveries →")) : null;
+    body.replaceChildren(table([["Delivery"], ["Status"], ["Destination"], ["Mapping", "hide-narrow"], ["Source", "hide-narrow"],
+      ["Attempts"], ["Created", "hide-narrow"], ["Last error", "hide-narrow"]], rows), more || "");
+  };
+  await load();
+  refreshTimer = setInterval(() => { if (live.checked) load().catch(() => {}); }, 3000);
+}
+
+async function delivery(id) {
+  const v = await api(`/admin/api/deliveries/${encodeURIComponent(id)}`);
+  const d = v.delivery;
+  const replay = async (rerender) => {
+    const what = rerender ? "Re-render this delivery with the mappings in force and send it again?" : "Send this delivery again?";
+    if (!(await confirmDialog(what, rerender ? "Re-render and send" : "Replay"))) return;
+    try {
+      const r = await api("/admin/api/replay", { method: "POST", body: { ids: [d.id], rerender } });
+      say(r.replayed.length ? "Queued to send again." : `Not replayed: ${r.refused.map((x) => x.reason).join("; ")}`);
+      await route();
+    } catch (x) { say(x.message); }
+  };
+  const attempts = v.attempts.map((a) => h("li", {},
+    h("div", {}, h("strong", {}, `Attempt ${a.n}`), " ", badge(a.classification), " ",
+      a.http_status ? `HTTP ${a.http_status}` : "no answer", ` · ${Math.round(a.duration_ms)} ms · ${when(a.started_at_ms)}`),
+    a.error ? h("div", { class: "error" }, a.error) : null,
+    a.exchange ? h("details", {}, h("summary", {}, "Request as sent"), json(a.exchange.request)) : null,
+    a.response_excerpt ? h("details", {}, h("summary", {}, "Vendor answer"), h("pre", {}, a.response_excerpt),
+      a.exchange && a.exchange.response_headers ? json(a.exchange.response_headers) : null) : null));
+  page(`Delivery ${d.id}`,
+    h("div", { class: "row" }, badge(d.status), ` to ${d.destination} (${d.action}) by mapping ${d.mapping}, `,
+      `${d.attempts} attempt(s)`, d.ticket_id ? ` · ticket ${d.ticket_id}` : ""),
+    d.status === "pending" && v.destination && v.destination.paused ? h("p", {}, "The destination is paused: this waits until it is resumed.") : null,
+    d.last_error ? h("p", { class: "error" }, d.last_error) : null,
+    h("div", { class: "row" },
+      h("button", { type: "button", id: "replay", onclick: () => replay(false), disabled: d.status === "pending" || d.status === "in_flight" || !v.body }, "Replay"),
+      h("button", { type: "button", class: "secondary", id: "rerender", onclick: () => replay(true), disabled: d.status === "pending" || d.status === "in_flight" }, "Re-render and replay"),
+      h("a", { href: `#/event/${d.event_id}` }, "Event and mapping decisions")),
+    h("h2", {}, "Attempts"), v.attempts.length ? h("ol", { class: "timeline" }, attempts) : h("p", { class: "muted" }, "No attempt yet."),
+    h("div", { class: "grid2" },
+      h("section", {}, h("h2", {}, "Rendered body"), json(v.body)),
+      h("section", {}, h("h2", {}, "Event payload"), json(v.event.payload))));
+  if (d.status === "pending" || d.status === "in_flight") refreshTimer = setInterval(() => route().catch(() => {}), 2000);
+}
+
+function decisionsList(decisions) {
+  return decisions.map((x) => h("section", { class: "card" },
+    h("h3", {}, x.mapping, " ", badge(x.decision)),
+    h("p", { class: "muted" }, `→ ${x.destination} ${x.action}`, x.when ? ` · when: ${x.when}` : ""),
+    x.error ? h("p", { class: "error" }, x.error) : null,
+    x.vendor_body !== null ? h("details", { open: true }, h("summary", {}, "Vendor body"), json(x.vendor_body)) : null,
+    h("details", {}, h("summary", {}, "Explain"), h("pre", {}, x.explain))));
+}
+
+async function eventView(id) {
+  const v = await api(`/admin/api/events/${encodeURIComponent(id)}`);
+  page(`Event ${v.event.id}`, h("p", {}, `From ${v.event.source} at ${iso(v.event.received_at)}`),
+    h("h2", {}, "Payload"), json(v.event.payload),
+    h("h2", {}, `What each mapping makes of it now (mappings ${v.mappings_version})`), decisionsList(v.decisions));
+}
+
+async function destinations() {
+  const data = await api("/admin/api/destinations");
+  const act = async (d, verb) => {
+    if (!(await confirmDialog(`${verb === "pause" ? "Pause" : "Resume"} ${d.name}?`, verb === "pause" ? "Pause" : "Resume"))) return;
+    try { await api(`/admin/api/destinations/${encodeURIComponent(d.name)}/${verb}`, { method: "POST", body: {} }); say(`${d.name}: ${verb}d.`); await route(); }
+    catch (x) { say(x.message); }
+  };
+  const rows = data.items.map((d) => h("tr", {},
+    h("td", {}, d.name), h("td", {}, badge(d.breaker), d.paused ? [" ", badge("paused")] : null,
+      d.breaker_reopens_at ? h("div", { class: "muted" }, `probe at ${iso(d.breaker_reopens_at)}`) : null,
+      d.paused ? h("div", { class: "muted" }, d.paused_until ? `until ${iso(d.paused_until)}` : "until resumed") : null),
+    h("td", {}, d.backlog), h("td", { class: "hide-narrow" }, d.oldest_pending_age_s === null ? "—" : `${Math.round(d.oldest_pending_age_s)} s`),
+    h("td", { class: "hide-narrow" }, `${d.in_flight}/${d.max_in_flight}`),
+    h("td", { class: "hide-narrow" }, d.rate_limit ? `${d.rate_limit.used}/${d.rate_limit.requests} per ${d.rate_limit.per_seconds} s` : "none"),
+    h("td", {}, d.running
+      ? h("button", { type: "button", class: d.paused ? "" : "danger", "aria-label": `${d.paused ? "Resume" : "Pause"} ${d.name}`,
+        onclick: () => act(d, d.paused ? "resume" : "pause") }, d.paused ? "Resume" : "Pause")
+      : h("span", { class: "muted" }, "no workers here"))));
+  page("Destinations", table([["Destination"], ["State"], ["Backlog"], ["Oldest pending", "hide-narrow"], ["In flight", "hide-narrow"],
+    ["Rate limit use", "hide-narrow"], ["Action"]], rows));
+}
+
+async function mappings() {
+  const m = await api("/admin/api/mappings");
+  const rows = m.mappings.map((x) => h("tr", {}, h("td", {}, x.name), h("td", {}, x.sources.join(", ")),
+    h("td", {}, `${x.destination} ${x.action}`), h("td", { class: "hide-narrow" }, x.tests), h("td", { class: "wrap hide-narrow" }, x.file)));
+  page("Mappings",
+    h("p", {}, `Version ${m.version}, loaded ${iso(m.loaded_at)} from ${m.source === "folder" ? m.folder : "the last good set kept in the store"}.`),
+    m.folder_error ? h("pre", { class: "error" }, m.folder_error) : null,
+    h("p", {}, `Reloads: ${m.reload.reloads}, failed: ${m.reload.failures}, last: ${m.reload.last_result || "none"}.`),
+    m.reload.last_error ? h("section", {}, h("h2", {}, "Last reload error"), h("pre", {}, m.reload.last_error)) : null,
+    table([["Mapping"], ["Sources"], ["Sends to"], ["Tests", "hide-narrow"], ["File", "hide-narrow"]], rows));
+}
+
+async function playground() {
+  const m = await api("/admin/api/mappings");
+  const sources = [...new Set(m.mappings.flatMap((x) => x.sources))].sort();
+  const source = h("input", { id: "pg-source", name: "source", list: "pg-sources", required: true, value: sources[0] || "" });
+  const ctype = h("input", { id: "pg-ctype", name: "ctype", value: "application/json" });
+  const body = h("textarea", { id: "pg-body", name: "body", spellcheck: "false" }, '{"title": "Printer on fire"}');
+  const verify = h("input", { type: "checkbox", id: "pg-verify" });
+  const out = h("div", { id: "pg-result", "aria-live": "polite" });
+  const form = h("form", { onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const r = await api("/admin/api/playground", { method: "POST", body: { source: source.value, body: body.value, headers: { "Content-Type": ctype.value }, verify: verify.checked } });
+      out.replaceChildren(
+        h("h2", {}, r.outcome === "events" ? `${r.events.length} event(s); nothing was stored or sent` : `${r.outcome}${r.status ? ` (${r.status})` : ""}`),
+        r.message ? h("p", { class: "error" }, r.message) : "",
+        ...r.events.map((ev) => h("section", {}, h("h2", {}, "Normalised payload"), json(ev.payload), h("h2", {}, "Mappings"), decisionsList(ev.decisions))));
+    } catch (x) { out.replaceChildren(h("p", { class: "error", role: "alert" }, x.message)); }
+  } },
+  h("div", { class: "row" }, h("label", { for: "pg-source" }, "Source", source), h("datalist", { id: "pg-sources" }, sources.map((s) => h("option", { value: s }))),
+    h("label", { for: "pg-ctype" }, "Content-Type", ctype), h("label", { for: "pg-verify", class: "row" }, "Check signature", verify)),
+  h("label", { for: "pg-body" }, "Raw provider body", body),
+  h("p", {}, h("button", { type: "submit", id: "pg-run" }, "Run")));
+  page("Playground", h("p", { class: "muted" }, "Runs a provider's raw body through its source's handler and every mapping, with the explanation. Nothing is stored or sent."), form, out);
+}
+
+async function audit() {
+  const q = new URLSearchParams(location.hash.split("?")[1] || "");
+  const data = await api("/admin/api/audit", { params: { cursor: q.get("cursor") || "", limit: 50 } });
+  const rows = data.items.map((e) => h("tr", {}, h("td", {}, when(e.at_ms)), h("td", {}, e.actor), h("td", {}, e.action),
+    h("td", { class: "wrap" }, e.target), h("td", { class: "wrap hide-narrow" }, JSON.stringify(e.detail))));
+  page("Audit log", table([["When"], ["Who"], ["What"], ["On"], ["Detail", "hide-narrow"]], rows),
+    data.next_cursor ? h("p", {}, h("a", { href: `#/audit?cursor=${data.next_cursor}` }, "Older entries →")) : "");
+}
+
+// -- routing ---------------------------------------------------------------------------------------------
+
+const VIEWS = { overview, deliveries, destinations, mappings, playground, audit };
+
+async function route() {
+  clearInterval(refreshTimer);
+  refreshTimer = null;
+  if (!sessionStorage.getItem(KEY)) { signIn(); return; }
+  document.getElementById("nav").hidden = false;
+  const [name, arg] = (location.hash.replace(/^#\//, "").split("?")[0] || "overview").split("/");
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.getAttribute("href") === `#/${name}`) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  try {
+    if (name === "delivery") await delivery(decodeURIComponent(arg));
+    else if (name === "event") await eventView(decodeURIComponent(arg));
+    else await (VIEWS[name] || overview)();
+  } catch (x) {
+    if (x.status === 401) { signIn("Your token is no longer accepted; sign in again."); return; }
+    page("Something went wrong", h("p", { class: "error", role: "alert" }, x.message));
+  }
+}
+
+document.getElementById("sign-out").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.hash = ""; signIn(); });
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,53 @@
+"""What an attempt sent and what came back, kept with the attempt for the console, secrets redacted: any
+header, query parameter or JSON key whose name suggests a credential is replaced by REDACTED."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+REDACTED = "[redacted]"
+BODY_CHARS = 2000
+SECRET_NAME = re.compile(r"auth|token|secret|key|signature|password|passwd|cookie|session|credential", re.I)
+
+
+def _redact_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if SECRET_NAME.search(str(k)) else _redact_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_json(v) for v in value]
+    return value
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [(k, REDACTED if SECRET_NAME.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query), fragment=""))
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: REDACTED if SECRET_NAME.search(k) else v for k, v in headers.items()}
+
+
+def body_excerpt(body: bytes) -> str:
+    """The body's start as text; a JSON body with its credential-named keys redacted."""
+    try:
+        text = msgspec.json.encode(_redact_json(msgspec.json.decode(body))).decode()
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        text = body[:BODY_CHARS].decode("utf-8", "replace")
+    return text[:BODY_CHARS]
+
+
+def exchange(method: str, url: str, headers: Mapping[str, str], body: bytes,
+             response_headers: Mapping[str, str] | None) -> dict[str, Any]:
+    return {
+        "request": {"method": method, "url": redact_url(url), "headers": redact_headers(headers),
+                    "body": body_excerpt(body)},
+        "response_headers": None if response_headers is None else redact_headers(response_headers),
+    }

@@ -1,0 +1,98 @@
+"""`ticketbridge deliveries list|show` and `replay` with `--url`: through a running server's admin API,
+with only the admin token in the environment (no config, store or source secrets here)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bridge.cli import main
+from tests.acceptance.threaded import serve_in_thread
+
+CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
+sources:
+  plain: {kind: json}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+MAPPING = """
+source: plain
+destination: kapture
+action: create_ticket
+fields:
+  title: "{{ payload.title }}"
+"""
+
+
+def settled(url: str, delivery_id: str) -> None:
+    """Wait until the server has sent the delivery (its sandbox answers within milliseconds)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        view = requests.get(f"{url}/admin/api/deliveries/{delivery_id}",
+                            headers={"Authorization": "Bearer admin-secret"}, timeout=10).json()
+        if view["delivery"]["status"] == "succeeded":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{delivery_id} was not sent within 10 s")
+
+
+def rows(out: str) -> list[str]:
+    """The CLI's JSON lines (the server, in this process, logs to the same stdout)."""
+    return [line for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with serve_in_thread(tmp_path / "server", CONFIG, {"plain": MAPPING}) as url:
+        for title in ("one", "two"):
+            requests.post(f"{url}/hooks/plain", json={"title": title}, timeout=10).raise_for_status()
+        empty = tmp_path / "elsewhere"
+        empty.mkdir()
+        monkeypatch.chdir(empty)  # no bridge.yaml here: the CLI must not need one
+        monkeypatch.delenv("BRIDGE_ADMIN_TOKEN", raising=False)
+        yield url
+
+
+def test_list_and_show_need_only_the_token(server: str, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """With a read token in the environment, `deliveries list --url` lists the server's deliveries and
+    `show --url` one of them, its body included."""
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
+    assert main(["deliveries", "list", "--url", server, "--json"]) == 0
+    lines = rows(capsys.readouterr().out)
+    assert len(lines) == 2
+    first = lines[0].split('"id":"')[1].split('"')[0]
+    assert main(["deliveries", "show", "--url", server, first]) == 0
+    out = capsys.readouterr().out
+    assert f"delivery  {first}" in out and '"title": "two"' in out
+    assert main(["deliveries", "show", "--url", server, "dlv_nope"]) == 1
+
+
+def test_replay_goes_through_the_server_and_a_read_token_is_refused(
+        server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --url` asks the server to replay (dry run first); a read token gets the server's 403."""
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
+    assert main(["deliveries", "list", "--url", server, "--json"]) == 0
+    ids = [line.split('"id":"')[1].split('"')[0] for line in rows(capsys.readouterr().out)]
+    settled(server, ids[0])
+    assert main(["replay", "--url", server, ids[0], "--dry-run"]) == 0
+    assert [w for w in capsys.readouterr().out.split() if w.startswith("dlv_")] == [ids[0]]
+    assert main(["replay", "--url", server, ids[0]]) == 0
+    assert "replayed 1 of 1 deliveries" in capsys.readouterr().out
+    audit = requests.get(f"{server}/admin/api/audit", headers={"Authorization": "Bearer admin-secret"}, timeout=10)
+    assert [(e["actor"], e["target"]) for e in audit.json()["items"]] == [("admin", ids[0])]
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
+    assert main(["replay", "--url", server, ids[0]]) == 2
+    assert "403" in capsys.readouterr().err
+
+
+def test_a_missing_token_is_named(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the token in the environment, the CLI says which variable to set, and exits 2."""
+    assert main(["deliveries", "list", "--url", server]) == 2
+    assert "BRIDGE_ADMIN_TOKEN" in capsys.readouterr().err

@@ -1,0 +1,235 @@
+"""The admin API through the whole app: tokens (401, 403), deliveries read, filtered and paged, replayed
+and audited, destinations paused and resumed, events explained, and the playground storing nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bridge.console.api import ROUTES
+from bridge.console.openapi import spec
+from bridge.simulators.faults import Faults
+from bridge.simulators.kapture import KaptureSimulator
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+READ = {"Authorization": "Bearer grafana-secret"}
+CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
+sources:
+  partner: {kind: json}
+destinations:
+  kapture:
+    vendor: kapture
+    sandbox: true
+    retry: {schedule: ["0s"]}
+"""
+MAPPINGS = {
+    "partner": """
+        source: partner
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.title }}"
+    """,
+    "urgent": """
+        source: partner
+        destination: kapture
+        action: create_ticket
+        when: "payload.urgent is defined and payload.urgent"
+        fields:
+          title: "URGENT {{ payload.title }}"
+    """,
+}
+
+Client = TestClient[Any, Any]
+
+
+async def start(write_config: ConfigFactory, bridge_client: AppClient, **kw: Any) -> Client:
+    return await bridge_client(write_config(CONFIG, MAPPINGS), **kw)
+
+
+async def get(client: Client, path: str, **params: Any) -> Any:
+    resp = await client.get(path, params=params, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def post(client: Client, path: str, body: dict[str, Any], headers: dict[str, str] = ADMIN) -> Any:
+    resp = await client.post(path, json=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def deliveries(client: Client, **params: Any) -> list[dict[str, Any]]:
+    return list((await get(client, "/admin/api/deliveries", **params))["items"])
+
+
+def concrete(path: str) -> str:
+    return path.replace("{delivery_id}", "dlv_x").replace("{event_id}", "evt_x").replace("{destination}", "kapture")
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[f"{r.method} {r.path}" for r in ROUTES])
+async def test_every_route_refuses_a_request_without_a_known_token(write_config: ConfigFactory,
+                                                                    bridge_client: AppClient, route: Any) -> None:
+    """Without a token, or with an unknown one, every admin route answers 401 with a bearer challenge."""
+    client = await start(write_config, bridge_client, workers=False)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic YWRtaW4="}):
+        resp = await client.request(route.method, concrete(route.path), headers=headers, json={})
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="ticketbridge admin"'
+    resp = await client.get("/admin/openapi.json")
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.change], ids=[r.path for r in ROUTES if r.change])
+async def test_a_read_token_cannot_change_anything(write_config: ConfigFactory, bridge_client: AppClient,
+                                                    route: Any) -> None:
+    """A read-only token on a change answers 403 naming the token, and writes no audit entry."""
+    client = await start(write_config, bridge_client, workers=False)
+    resp = await client.request(route.method, concrete(route.path), headers=READ, json={"ids": ["dlv_x"]})
+    assert resp.status == 403
+    assert "'grafana' is read-only" in (await resp.json())["error"]
+    assert (await get(client, "/admin/api/audit"))["items"] == []
+
+
+async def test_a_read_token_reads(write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """A read-only token reads every read route."""
+    client = await start(write_config, bridge_client, workers=False)
+    for path in ("/admin/api/overview", "/admin/api/deliveries", "/admin/api/destinations", "/admin/api/mappings",
+                 "/admin/api/audit", "/admin/openapi.json"):
+        assert (await client.get(path, headers=READ)).status == 200
+
+
+async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_config: ConfigFactory,
+                                                                         bridge_client: AppClient) -> None:
+    """A delivery the vendor refused is listed as dead with its attempts; replayed through the API after the
+    vendor recovers it succeeds, and the audit log says who replayed what."""
+    client = await start(write_config, bridge_client)
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    sim.faults = Faults(fail_count=-1, fail_status=500)
+    assert (await client.post("/hooks/partner", json={"title": "Router down"})).status == 202
+    await eventually(lambda: _has(client, status="dead"))
+    [dead] = await deliveries(client, status="dead")
+    view = await get(client, f"/admin/api/deliveries/{dead['id']}")
+    assert view["body"] == {"title": "Router down"} and view["event"]["payload"] == {"title": "Router down"}
+    assert [a["classification"] for a in view["attempts"]] == ["retry", "retry"]
+    assert view["attempts"][0]["http_status"] == 500
+    sent = view["attempts"][0]["exchange"]
+    assert sent["request"]["method"] == "POST" and "Router down" in sent["request"]["body"]
+    assert sent["response_headers"]["Content-Type"].startswith("application/json")
+
+    dry = await post(client, "/admin/api/replay", {"status": "dead", "destination": "kapture", "dry_run": True})
+    assert (dry["matched"], dry["replayed"]) == ([dead["id"]], [])
+    assert (await get(client, "/admin/api/audit"))["items"] == []
+
+    sim.faults = Faults()
+    done = await post(client, "/admin/api/replay", {"ids": [dead["id"]]})
+    assert done["replayed"] == [dead["id"]] and done["refused"] == []
+    await eventually(lambda: _has(client, status="succeeded"))
+    [entry] = (await get(client, "/admin/api/audit"))["items"]
+    assert (entry["actor"], entry["action"], entry["target"]) == ("admin", "deliveries.replay", dead["id"])
+    again = await post(client, "/admin/api/replay", {"ids": [dead["id"], "dlv_missing"], "dry_run": True})
+    assert again["refused"] == [{"id": "dlv_missing", "reason": "no such delivery"}]
+
+
+async def _has(client: Client, **params: Any) -> bool:
+    return bool(await deliveries(client, **params))
+
+
+async def test_deliveries_are_newest_first_and_page_by_cursor(write_config: ConfigFactory,
+                                                              bridge_client: AppClient) -> None:
+    """Pages of deliveries come newest first; following next_cursor lists each once; `q` finds by text."""
+    client = await start(write_config, bridge_client, workers=False)
+    for i in range(5):
+        assert (await client.post("/hooks/partner", json={"title": f"t{i}"})).status == 202
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await get(client, "/admin/api/deliveries", limit=2, **({"cursor": cursor} if cursor else {}))
+        seen += [d["id"] for d in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(seen, reverse=True) and len(seen) == 5
+    one = seen[3]
+    assert [d["id"] for d in await deliveries(client, q=one[-8:].lower())] == [one]
+    bad = await client.get("/admin/api/deliveries", params={"status": "lost"}, headers=ADMIN)
+    assert bad.status == 400 and "status" in (await bad.json())["error"]
+
+
+async def test_a_paused_destination_sends_nothing_until_resumed(write_config: ConfigFactory,
+                                                                bridge_client: AppClient) -> None:
+    """Paused, a destination keeps its deliveries pending and says so; resumed, it sends them; both audited."""
+    client = await start(write_config, bridge_client)
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    state = await post(client, "/admin/api/destinations/kapture/pause", {"reason": "vendor maintenance"})
+    assert state["paused"] is True and state["paused_until"] is None
+    assert (await client.post("/hooks/partner", json={"title": "held"})).status == 202
+    [lane] = (await get(client, "/admin/api/destinations"))["items"]
+    assert lane["backlog"] == 1 and lane["counts"]["pending"] == 1 and lane["oldest_pending_age_s"] >= 0
+    assert sim.tickets == []
+    state = await post(client, "/admin/api/destinations/kapture/resume", {})
+    assert state["paused"] is False
+    await eventually(lambda: _has(client, status="succeeded"))
+    audit = (await get(client, "/admin/api/audit"))["items"]
+    assert [(e["action"], e["detail"].get("reason")) for e in audit] == [
+        ("destination.resume", None), ("destination.pause", "vendor maintenance")]
+
+
+async def test_an_event_shows_what_each_mapping_made_of_it(write_config: ConfigFactory,
+                                                          bridge_client: AppClient) -> None:
+    """An event's page says which mappings took it and which skipped it (with their `when`), explained."""
+    client = await start(write_config, bridge_client, workers=False)
+    resp = await client.post("/hooks/partner", json={"title": "calm"})
+    view = await get(client, f"/admin/api/events/{(await resp.json())['event_id']}")
+    assert view["event"]["payload"] == {"title": "calm"}
+    decided = {d["mapping"]: d for d in view["decisions"]}
+    assert decided["partner"]["decision"] == "taken" and decided["partner"]["fields"] == {"title": "calm"}
+    assert decided["urgent"]["decision"] == "skipped" and "urgent" in decided["urgent"]["when"]
+
+
+async def test_the_playground_explains_and_stores_nothing(write_config: ConfigFactory,
+                                                          bridge_client: AppClient) -> None:
+    """A raw body runs through the handler and every mapping, showing the vendor body; nothing is stored."""
+    client = await start(write_config, bridge_client, workers=False)
+    out = await post(client, "/admin/api/playground", {
+        "source": "partner", "body": '{"title": "Printer on fire", "urgent": true}',
+        "headers": {"Content-Type": "application/json"}}, headers=READ)
+    assert out["outcome"] == "events"
+    [event] = out["events"]
+    decided = {d["mapping"]: d for d in event["decisions"]}
+    assert decided["urgent"]["fields"] == {"title": "URGENT Printer on fire"}
+    assert "Printer on fire" in decided["partner"]["explain"]
+    assert decided["partner"]["vendor_body"] is not None
+    assert await deliveries(client) == []
+    bad = await post(client, "/admin/api/playground", {"source": "partner", "body": "{not json",
+                                                       "headers": {"Content-Type": "application/json"}})
+    assert bad["outcome"] == "rejected" and bad["status"] == 400
+    missing = await client.post("/admin/api/playground", json={"source": "nope", "body": ""}, headers=ADMIN)
+    assert missing.status == 404 and "partner" in (await missing.json())["error"]
+
+
+def test_the_spec_covers_every_route_with_its_auth_and_errors() -> None:
+    """The OpenAPI document names every admin route with bearer auth, 401 for all and 403 for changes."""
+    doc = spec()
+    assert doc["openapi"] == "3.1.0"
+    for route in ROUTES:
+        op = doc["paths"][route.path][route.method.lower()]
+        assert op["security"] == [{"bearer": []}]
+        assert "401" in op["responses"] and ("403" in op["responses"]) == route.change
+
+
+async def test_deliveries_filter_by_creation_time(write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """`since_ms` and `until_ms` bound the deliveries listed by when they were created, both ends included."""
+    client = await start(write_config, bridge_client, workers=False)
+    for i in range(2):
+        assert (await client.post("/hooks/partner", json={"title": f"t{i}"})).status == 202
+    rows = await deliveries(client)
+    first, last = min(r["created_at_ms"] for r in rows), max(r["created_at_ms"] for r in rows)
+    assert len(await deliveries(client, since_ms=first, until_ms=last)) == 2
+    assert await deliveries(client, until_ms=first - 1) == []
+    assert await deliveries(client, since_ms=last + 1) == []

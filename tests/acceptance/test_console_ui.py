@@ -1,0 +1,147 @@
+"""The web console end to end in Debian's Chromium (driven by Playwright, no browser download): sign in,
+find a dead delivery, open it, replay it and see it succeed; pause and resume a destination; run a body
+through the playground. Each view's screenshot is saved: under docs/console/ with UPDATE_SCREENSHOTS=1 (how the
+committed ones are made), else in the test's own folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bridge.simulators.faults import Faults
+from bridge.simulators.kapture import KaptureSimulator
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+
+CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
+sources:
+  website: {kind: json}
+destinations:
+  kapture:
+    vendor: kapture
+    sandbox: true
+    retry: {schedule: ["0s"]}
+"""
+MAPPINGS = {
+    "website": """
+        source: website
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.title }}"
+    """,
+}
+
+
+async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """In Chromium: sign in with the admin token, filter to the dead delivery, open it, replay it with
+    confirmation and see it succeed; pause and resume the destination; run a body through the playground;
+    every view is usable at 1280 by 800 and on a phone, and each is saved as a screenshot."""
+    from playwright.async_api import async_playwright, expect
+
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+
+    client = await bridge_client(write_config(CONFIG, MAPPINGS))
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    sim.faults = Faults(fail_count=-1, fail_status=500)
+    for title in ("Printer on fire", "Router down"):
+        assert (await client.post("/hooks/website", json={"title": title})).status == 202
+
+    async def dead() -> bool:
+        rows = await runtime(client).store.list_deliveries(_dead())  # type: ignore[union-attr]
+        return len(rows) == 2
+
+    await eventually(dead)
+    base = str(client.make_url("/admin/"))
+    shots = DOCS_SHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        async def shot(name: str) -> None:
+            await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+        await page.goto(base)
+        await page.get_by_label("Admin token").fill("wrong")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("alert")).to_contain_text("not known")
+        await shot("sign-in")
+        await page.get_by_label("Admin token").fill("admin-secret")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        await expect(page.locator(".card").filter(has_text="dead letters")).to_contain_text("2")
+        await shot("overview")
+
+        await page.get_by_role("link", name="Deliveries").click()
+        await page.get_by_label("Status").select_option("dead")
+        await page.get_by_label("Text").fill("")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("tbody tr")).to_have_count(2)
+        await shot("deliveries")
+        await page.locator("tbody tr").first.get_by_role("link").click()
+        await expect(page.get_by_role("heading", name="Attempts")).to_be_visible()
+        await expect(page.locator(".timeline li")).to_have_count(2)
+        await shot("delivery-dead")
+
+        sim.faults = Faults()
+        await page.get_by_role("button", name="Replay", exact=True).click()
+        dialog = page.get_by_role("dialog")
+        await expect(dialog).to_contain_text("Send this delivery again?")
+        await dialog.get_by_role("button", name="Replay").click()
+        await expect(page.locator(".row .badge").first).to_have_text("succeeded", timeout=15_000)
+        await expect(page.locator(".timeline li")).to_have_count(3)
+        await shot("delivery-replayed")
+
+        await page.get_by_role("link", name="Destinations").click()
+        await page.get_by_role("button", name="Pause kapture").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Pause").click()
+        await expect(page.get_by_role("button", name="Resume kapture")).to_be_visible()
+        assert runtime(client).dispatcher.lanes["kapture"].paused_until > 0  # type: ignore[union-attr]
+        await shot("destinations-paused")
+        await page.get_by_role("button", name="Resume kapture").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Resume").click()
+        await expect(page.get_by_role("button", name="Pause kapture")).to_be_visible()
+
+        await page.get_by_role("link", name="Mappings").click()
+        await expect(page.get_by_role("cell", name="website", exact=True).first).to_be_visible()
+        await shot("mappings")
+
+        await page.get_by_role("link", name="Playground").click()
+        await page.get_by_label("Raw provider body").fill('{"title": "Coffee machine leaks"}')
+        await page.get_by_role("button", name="Run").click()
+        result = page.locator("#pg-result")
+        await expect(result).to_contain_text("nothing was stored or sent")
+        await expect(result.locator("pre").first).to_contain_text("Coffee machine leaks")
+        await expect(result.locator(".badge")).to_have_text("taken")
+        await shot("playground")
+
+        await page.get_by_role("link", name="Audit log").click()
+        await expect(page.locator("tbody tr")).to_have_count(3)
+        await expect(page.locator("tbody")).to_contain_text("deliveries.replay")
+        await shot("audit")
+
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.get_by_role("link", name="Deliveries").click()
+        await expect(page.locator("tbody tr")).to_have_count(2)
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the deliveries page scrolls sideways on a phone: {width}px"
+        await shot("deliveries-phone")
+        assert errors == []
+        assert "null" not in await page.locator("main").inner_text()
+        await browser.close()
+    assert len(sim.tickets) == 1  # only the replayed delivery; the playground sent nothing
+
+
+def _dead() -> Any:
+    from bridge.store.base import DeliveryFilter
+
+    return DeliveryFilter(status="dead")

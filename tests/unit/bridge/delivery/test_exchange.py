@@ -1,0 +1,28 @@
+"""What an attempt's record keeps of its request and response: everything but the credentials."""
+
+from __future__ import annotations
+
+from bridge.delivery.exchange import BODY_CHARS, REDACTED, exchange
+
+
+def test_credentials_in_headers_query_and_json_keys_are_redacted() -> None:
+    """Authorization and key/token/secret-named headers, query parameters and JSON keys are redacted; the
+    rest is kept as sent."""
+    kept = exchange("POST", "https://api.test/v2/Lead.Create?accessKey=u$r1&secretKey=s3&host=eu",
+                    {"Authorization": "Basic Zm9vOmJhcg==", "X-Api-Key": "k", "Content-Type": "application/json"},
+                    b'{"title": "Router down", "auth": {"token": "t"}, "items": [{"apiKey": "k2", "n": 1}]}',
+                    {"Set-Cookie": "sid=1", "X-Request-Id": "r-1"})
+    req = kept["request"]
+    assert req["url"] == f"https://api.test/v2/Lead.Create?accessKey={REDACTED}&secretKey={REDACTED}&host=eu".replace(
+        "[", "%5B").replace("]", "%5D")
+    assert req["headers"] == {"Authorization": REDACTED, "X-Api-Key": REDACTED, "Content-Type": "application/json"}
+    assert '"title":"Router down"' in req["body"] and '"auth":"[redacted]"' in req["body"]
+    assert '"apiKey":"[redacted]"' in req["body"] and "k2" not in req["body"]
+    assert kept["response_headers"] == {"Set-Cookie": REDACTED, "X-Request-Id": "r-1"}
+
+
+def test_a_body_that_is_not_json_is_kept_as_text_up_to_its_limit() -> None:
+    """A form or binary body is kept as text (bad bytes replaced), cut at BODY_CHARS."""
+    kept = exchange("POST", "https://api.test/x", {}, b"a=1&b=\xff" + b"x" * 5000, None)
+    assert kept["request"]["body"].startswith("a=1&b=\ufffd") and len(kept["request"]["body"]) == BODY_CHARS
+    assert kept["response_headers"] is None
