@@ -11,6 +11,7 @@ lone surrogate as `\\uNNNN`. The checks cost an ASCII scan in C on ordinary text
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -60,19 +61,16 @@ def escape_tree(value: Any) -> tuple[Any, int]:
                     fixed_key = escape_text(k) if isinstance(k, str) else k
                     changed += fixed_key is not k
                     node[fixed_key] = v
-            for k, v in node.items():
-                if isinstance(v, str):
-                    if not encodable(v):
-                        node[k] = _SURROGATE.sub(_escape, v)
-                        changed += 1
-                elif isinstance(v, dict | list):
-                    stack.append(v)
+            entries: Iterable[tuple[Any, Any]] = node.items()
         elif isinstance(node, list):
-            for i, v in enumerate(node):
-                if isinstance(v, str):
-                    if not encodable(v):
-                        node[i] = _SURROGATE.sub(_escape, v)
-                        changed += 1
-                elif isinstance(v, dict | list):
-                    stack.append(v)
+            entries = enumerate(node)
+        else:
+            continue
+        for k, v in entries:  # replacing the value of a key or index seen is safe while iterating
+            if isinstance(v, str):
+                if not encodable(v):
+                    node[k] = _SURROGATE.sub(_escape, v)
+                    changed += 1
+            elif isinstance(v, dict | list):
+                stack.append(v)
     return value, changed

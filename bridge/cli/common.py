@@ -1,13 +1,16 @@
-"""What every verb shares: loading the config and reporting its errors."""
+"""What every verb shares: loading the config, reporting its errors and opening the store as a client."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
 
 from bridge.config import Config, load_config, resolve_config_path
-from bridge.errors import BridgeError, ErrorList
+from bridge.errors import BridgeError, ErrorList, StoreLocked, StoreUnavailable
 from bridge.registries import REGISTRIES
+from bridge.store import open_store
+from bridge.store.base import Store
 
 
 def config_from(args: argparse.Namespace) -> Config | None:
@@ -29,3 +32,18 @@ def print_errors(exc: BridgeError) -> None:
         print(str(err), file=sys.stderr)
     if len(errors) > 1:
         print(f"{len(errors)} errors", file=sys.stderr)
+
+
+async def with_store(config: Config, body: Callable[[Store], Awaitable[int]]) -> int:
+    """Open the config's store beside a running server (not as its owner), run `body` on it and close it; the
+    exit code `body` gives, or 2 with the reason on stderr when the store cannot be opened."""
+    store = open_store(config, owner=False)
+    try:
+        await store.open()
+    except (StoreUnavailable, StoreLocked) as exc:
+        print(f"cannot open the store: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return await body(store)
+    finally:
+        await store.close()

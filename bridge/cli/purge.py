@@ -11,12 +11,11 @@ from typing import Any
 
 import msgspec
 
-from bridge.cli.common import config_from
+from bridge.cli.common import config_from, with_store
 from bridge.config import Config
 from bridge.durations import parse_duration
-from bridge.errors import StoreLocked, StoreUnavailable
+from bridge.errors import StoreUnavailable
 from bridge.retention import FileCounts, Policy, now_ms, purge_store, sweep_attachments
-from bridge.store import open_store
 from bridge.store.base import PurgeCounts, Store
 
 KINDS = ("events", "attempts", "attachments", "dedup")
@@ -110,23 +109,18 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, config: Config, policy: Policy, batch: int) -> int:
-    store = open_store(config, owner=False)
-    try:
-        await store.open()
-    except (StoreUnavailable, StoreLocked) as exc:
-        print(f"cannot open the store: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return await _purge(args, config, store, policy, batch)
-    except StoreUnavailable as exc:
-        print(f"the purge stopped: {exc}; what was deleted so far stays deleted, run it again to go on",
-              file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"the attachments folder {config.attachments_dir}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await store.close()
+    async def purge(store: Store) -> int:
+        try:
+            return await _purge(args, config, store, policy, batch)
+        except StoreUnavailable as exc:
+            print(f"the purge stopped: {exc}; what was deleted so far stays deleted, run it again to go on",
+                  file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"the attachments folder {config.attachments_dir}: {exc}", file=sys.stderr)
+            return 1
+
+    return await with_store(config, purge)
 
 
 async def _purge(args: argparse.Namespace, config: Config, store: Store, policy: Policy, batch: int) -> int:

@@ -125,16 +125,24 @@ class LeadSquaredSimulator(VendorSimulator):
         except ValueError:
             return "the ticketDTO part is not valid JSON"
 
+    async def _accept(self, request: web.Request, *,
+                      multipart: bool | None) -> web.StreamResponse | tuple[Any, list[dict[str, Any]]]:
+        """The gate's refusal, a 400 for a body that cannot be read, or the body and files `_read` found."""
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        read = await self._read(request, multipart=multipart)
+        if isinstance(read, str):
+            return _error(400, "MXInvalidInputException", read)
+        return read
+
     def _ticket(self, ticket_id: str) -> dict[str, Any] | None:
         return next((t for t in self.tickets if t["Id"] == ticket_id), None)
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
-        read = await self._read(request, multipart=None)
-        if isinstance(read, str):
-            return _error(400, "MXInvalidInputException", read)
+        read = await self._accept(request, multipart=None)
+        if isinstance(read, web.StreamResponse):
+            return read
         body, files = read
         self.received.note(request, files=files)
         problem = self._problem(body)
@@ -159,12 +167,9 @@ class LeadSquaredSimulator(VendorSimulator):
 
     async def update(self, request: web.Request) -> web.StreamResponse:
         """`PUT …/tickets/{Id}/update`, multipart: the fields of `ticketDTO` replace the ticket's, files add."""
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
-        read = await self._read(request, multipart=True)
-        if isinstance(read, str):
-            return _error(400, "MXInvalidInputException", read)
+        read = await self._accept(request, multipart=True)
+        if isinstance(read, web.StreamResponse):
+            return read
         body, files = read
         self.received.note(request, files=files)
         ticket = self._ticket(request.match_info["id"])
@@ -187,12 +192,9 @@ class LeadSquaredSimulator(VendorSimulator):
 
     async def activity(self, request: web.Request) -> web.StreamResponse:
         """`POST …/ticket/{Id}/portal/activity` with `{Text, Direction}`."""
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
-        read = await self._read(request, multipart=False)
-        if isinstance(read, str):
-            return _error(400, "MXInvalidInputException", read)
+        read = await self._accept(request, multipart=False)
+        if isinstance(read, web.StreamResponse):
+            return read
         body, _ = read
         ticket = self._ticket(request.match_info["id"])
         if ticket is None:
@@ -206,12 +208,9 @@ class LeadSquaredSimulator(VendorSimulator):
 
     async def note(self, request: web.Request) -> web.StreamResponse:
         """`POST …/internalnote/upload` with `{TextPart, ActivityType, StorageType, RelatedTicketId}`."""
-        refused = await self._gate(request)
-        if refused is not None:
-            return refused
-        read = await self._read(request, multipart=False)
-        if isinstance(read, str):
-            return _error(400, "MXInvalidInputException", read)
+        read = await self._accept(request, multipart=False)
+        if isinstance(read, web.StreamResponse):
+            return read
         body, _ = read
         if not isinstance(body, dict) or not isinstance(body.get("TextPart"), str) or not body["TextPart"].strip() \
                 or body.get("ActivityType") != "CreateInternalNote":

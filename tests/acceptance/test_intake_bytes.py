@@ -15,11 +15,9 @@ import pytest
 from bridge.store.base import DeliveryFilter
 from tests.acceptance.rawhttp import RawClient
 from tests.acceptance.test_metrics import samples
-from tests.acceptance.test_providers import CASES, CONFIG, MAPPINGS, SECRETS, Request, S
+from tests.acceptance.test_providers import CASES, CONFIG, MAPPINGS, SECRETS, Request, S, providers_client
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.providers import (
-    NOW,
-    FakeSns,
     basic,
     compact,
     google_forms_signature,
@@ -39,11 +37,7 @@ KEPT = ("User-Agent", "Referer", "X-Forwarded-For", "Origin", "X-Request-Id")
 async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
     config = CONFIG.replace("sources:\n", 'sources:\n  contact: {kind: form, cors_origins: ["*"]}\n') \
         + 'admin: {token: "ops-token"}\n'
-    c = await bridge_client(write_config(config, MAPPINGS, SECRETS), workers=False)
-    for source in runtime(c).sources.values():
-        source.handler.clock = lambda: float(NOW)
-    runtime(c).sources["ses"].handler.fetch = FakeSns()  # type: ignore[attr-defined]
-    return c
+    return await providers_client(bridge_client, write_config(config, MAPPINGS, SECRETS), workers=False)
 
 
 @pytest.fixture

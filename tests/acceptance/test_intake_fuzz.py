@@ -34,11 +34,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.acceptance.rawhttp import Header, RawClient
-from tests.acceptance.test_providers import CONFIG, MAPPINGS, PUBLIC_TWILIO, SECRETS, S
+from tests.acceptance.test_providers import CONFIG, MAPPINGS, PUBLIC_TWILIO, SECRETS, S, providers_client
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.providers import (
-    NOW,
-    FakeSns,
     basic,
     compact,
     google_forms_signature,
@@ -375,11 +373,7 @@ def report() -> Iterator[None]:
 @pytest.fixture
 async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
     config = CONFIG.replace("sources:\n", "sources:\n  contact: {kind: form, cors_origins: ['*']}\n")
-    c = await bridge_client(write_config(config, MAPPINGS, SECRETS), workers=False)
-    for source in runtime(c).sources.values():
-        source.handler.clock = lambda: float(NOW)
-    runtime(c).sources["ses"].handler.fetch = FakeSns()  # type: ignore[attr-defined]
-    return c
+    return await providers_client(bridge_client, write_config(config, MAPPINGS, SECRETS), workers=False)
 
 
 @pytest.fixture

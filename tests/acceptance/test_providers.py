@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from bridge.config import Config
 from bridge.store.base import DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.providers import (
@@ -261,7 +262,13 @@ STALE = sorted(k for k, c in CASES.items() if c.stale is not None)
 
 @pytest.fixture
 async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
-    c = await bridge_client(write_config(CONFIG, MAPPINGS, SECRETS))
+    return await providers_client(bridge_client, write_config(CONFIG, MAPPINGS, SECRETS))
+
+
+async def providers_client(bridge_client: AppClient, config: Config, **options: Any) -> Any:
+    """The app on `config` with every source's clock at NOW and SNS certificates served by FakeSns, so the
+    signed fixtures verify."""
+    c = await bridge_client(config, **options)
     for source in runtime(c).sources.values():
         source.handler.clock = lambda: float(NOW)
     runtime(c).sources["ses"].handler.fetch = FakeSns()  # type: ignore[attr-defined]

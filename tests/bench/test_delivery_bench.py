@@ -33,15 +33,20 @@ fields:
 """
 
 
-def config(folder: Path, port: int, vendor_port: int, max_in_flight: int = 32) -> Path:
+def config(folder: Path, port: int, vendor_port: int, max_in_flight: int = 32, retries: int = 10,
+           retention: str | None = None) -> Path:
+    """The bench server's config in `folder`: one form source mapped to the stand-in vendor, `retries` retries a
+    second apart, and the `retention` block when one is given."""
     (folder / "mappings").mkdir(exist_ok=True)
     (folder / "mappings" / "contact.yaml").write_text(MAPPING)
     cfg = folder / "bridge.yaml"
+    schedule = ", ".join(["1s"] * retries)
+    kept = "" if retention is None else f"retention: {retention}\n"
     cfg.write_text(f"""
 server: {{host: 127.0.0.1, port: {port}}}
 store: {{url: "sqlite:///var/bridge.db"}}
 log: {{level: warning}}
-sources:
+{kept}sources:
   website-contact: {{kind: form}}
 destinations:
   vendor:
@@ -49,7 +54,7 @@ destinations:
     base_url: "http://127.0.0.1:{vendor_port}"
     token: bench
     max_in_flight: {max_in_flight}
-    retry: {{schedule: [1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s], jitter: 0}}
+    retry: {{schedule: [{schedule}], jitter: 0}}
 """)
     return cfg
 

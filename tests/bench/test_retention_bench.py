@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bridge.store.sqlite import SqliteStore
-from tests.bench.test_delivery_bench import MAPPING, spawn
+from tests.bench.test_delivery_bench import config, spawn
 from tests.bench.test_intake_bench import HERE, free_port, load, wait_port
 
 pytestmark = pytest.mark.bench
@@ -39,28 +39,6 @@ def steady_load(url: str, seconds: float) -> dict[str, float]:
     return result
 
 
-def write_config(folder: Path, port: int, vendor_port: int, retention: str) -> Path:
-    (folder / "mappings").mkdir(exist_ok=True)
-    (folder / "mappings" / "contact.yaml").write_text(MAPPING)
-    cfg = folder / "bridge.yaml"
-    cfg.write_text(f"""
-server: {{host: 127.0.0.1, port: {port}}}
-store: {{url: "sqlite:///var/bridge.db"}}
-log: {{level: warning}}
-retention: {retention}
-sources:
-  website-contact: {{kind: form}}
-destinations:
-  vendor:
-    vendor: kapture
-    base_url: "http://127.0.0.1:{vendor_port}"
-    token: bench
-    max_in_flight: 32
-    retry: {{schedule: [1s, 1s, 1s], jitter: 0}}
-""")
-    return cfg
-
-
 def checkpointed_size(db: Path) -> tuple[int, int, dict[str, int]]:
     """The database file's size after a checkpoint that empties the WAL, the WAL's size, and row counts."""
     with closing(sqlite3.connect(db, timeout=10)) as conn:
@@ -79,7 +57,8 @@ def test_database_size_stays_flat_under_steady_load(tmp_path: Path) -> None:
     twice its size at the end of the warm-up, growing by under a quarter of what keeping every event would
     add, while the events it accepted keep adding up."""
     port, vendor_port = free_port(), free_port()
-    cfg = write_config(tmp_path, port, vendor_port, "{events: 5s, attempts: 5s, dead: 5s, every: 1s}")
+    cfg = config(tmp_path, port, vendor_port, retries=3,
+                 retention="{events: 5s, attempts: 5s, dead: 5s, every: 1s}")
     vendor = spawn([str(HERE / "standin_vendor.py"), str(vendor_port)], tmp_path)
     bridge = spawn(["-m", "bridge", "serve", "-c", str(cfg)], tmp_path)
     db = tmp_path / "var" / "bridge.db"
@@ -144,7 +123,7 @@ async def _seed(db: Path, n: int) -> None:
 
 def _latency_rounds(tmp_path: Path, retention: str, rounds: int, db: Path) -> tuple[list[dict[str, float]], int, int]:
     port, vendor_port = free_port(), free_port()
-    cfg = write_config(tmp_path, port, vendor_port, retention)
+    cfg = config(tmp_path, port, vendor_port, retries=3, retention=retention)
     vendor = spawn([str(HERE / "standin_vendor.py"), str(vendor_port)], tmp_path)
     bridge = spawn(["-m", "bridge", "serve", "-c", str(cfg)], tmp_path)
     results = []

@@ -54,6 +54,28 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+
+def stop_all(*procs: subprocess.Popen[bytes] | None) -> None:
+    """Stop each process that was started (None stands for one that was not), ignoring those already gone."""
+    for proc in procs:
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                stop(proc)
+
+
+async def delivered_refs(sandbox_port: int, accepted: set[str], polls: int = 600) -> set[str]:
+    """The `source_ref` of every ticket the sandbox's Kapture holds, polled until it covers `accepted` (or
+    `polls` polls, 0.1 s apart, have passed)."""
+    delivered: set[str] = set()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(polls):
+            async with session.get(f"http://127.0.0.1:{sandbox_port}/kapture/tickets") as resp:
+                delivered = {t["fields"]["source_ref"] for t in (await resp.json())["tickets"]}
+            if accepted <= delivered:
+                break
+            await asyncio.sleep(0.1)
+    return delivered
+
 PARTNER_MAPPING = """
 source: partner
 destination: kapture

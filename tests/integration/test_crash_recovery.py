@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.integration.processes import free_port, spawn, stop, wait_http, write_partner_config
+from tests.integration.processes import delivered_refs, free_port, spawn, stop_all, wait_http, write_partner_config
 
 pytestmark = pytest.mark.integration
 
@@ -62,19 +61,7 @@ async def test_kill_9_during_load_loses_nothing_accepted(tmp_path: Path) -> None
 
         restarted = spawn(["serve", "-c", str(cfg)], log)
         await wait_http(f"http://127.0.0.1:{port}/readyz", restarted)
-        delivered: set[str] = set()
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):
-                async with session.get(f"http://127.0.0.1:{sandbox_port}/kapture/tickets") as resp:
-                    tickets = (await resp.json())["tickets"]
-                delivered = {t["fields"]["source_ref"] for t in tickets}
-                if accepted <= delivered:
-                    break
-                await asyncio.sleep(0.1)
-        missing = accepted - delivered
+        missing = accepted - await delivered_refs(sandbox_port, accepted)
         assert not missing, f"{len(missing)} accepted events never delivered, e.g. {sorted(missing)[:5]}"
     finally:
-        for proc in (server, restarted, sandbox):
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    stop(proc)
+        stop_all(server, restarted, sandbox)

@@ -4,7 +4,6 @@ non-zero, and once started again every accepted event is delivered."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import aiohttp
 import pytest
 
 from bridge.cli.serve import EXIT_FATAL
-from tests.integration.processes import free_port, spawn, stop, wait_http, write_partner_config
+from tests.integration.processes import delivered_refs, free_port, spawn, stop_all, wait_http, write_partner_config
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +31,6 @@ async def load(url: str, accepted: set[str], refused: set[str], done: asyncio.Ev
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         await asyncio.gather(*(worker(session) for _ in range(16)))
-
-
-async def tickets(sandbox_port: int) -> set[str]:
-    async with aiohttp.ClientSession() as session, \
-            session.get(f"http://127.0.0.1:{sandbox_port}/kapture/tickets") as resp:
-        return {t["fields"]["source_ref"] for t in (await resp.json())["tickets"]}
 
 
 async def test_a_store_file_deleted_under_load_loses_nothing_accepted(tmp_path: Path) -> None:
@@ -71,16 +64,7 @@ async def test_a_store_file_deleted_under_load_loses_nothing_accepted(tmp_path: 
 
         restarted = spawn(["serve", "-c", str(cfg)], log)
         await wait_http(f"http://127.0.0.1:{port}/readyz", restarted)
-        delivered: set[str] = set()
-        for _ in range(600):
-            delivered = await tickets(sandbox_port)
-            if accepted <= delivered:
-                break
-            await asyncio.sleep(0.1)
-        missing = accepted - delivered
+        missing = accepted - await delivered_refs(sandbox_port, accepted)
         assert not missing, f"{len(missing)} of {len(accepted)} accepted events never delivered: {sorted(missing)[:5]}"
     finally:
-        for proc in (server, restarted, sandbox):
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    stop(proc)
+        stop_all(server, restarted, sandbox)

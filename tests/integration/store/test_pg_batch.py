@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -20,11 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(pg_schema: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(DSN, schema=pg_schema)
-    await opened.open()
-    yield opened
-    await opened.close()
+def store(pg_store: PostgresStore) -> PostgresStore:
+    return pg_store
 
 
 def pool_pids(store: PostgresStore) -> list[int]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
@@ -14,18 +12,6 @@ from bridge.store.postgres import PostgresStore
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def two(pg_schema: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
-    await a.open()
-    await b.open()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
 
 
 def gates(two: tuple[PostgresStore, PostgresStore], rate: RateLimit | None) -> tuple[PgGate, PgGate]:

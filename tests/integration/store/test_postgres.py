@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -29,24 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(pg_schema: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(DSN, schema=pg_schema)
-    await opened.open()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def two(pg_schema: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    """Two opened stores on one database, as two ticketbridge processes would have."""
-    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
-    await a.open()
-    await b.open()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
+def store(pg_store: PostgresStore) -> PostgresStore:
+    return pg_store
 
 
 class TestPostgresStoreContract(StoreContract):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,11 +31,8 @@ CREATE TRIGGER disk_full BEFORE INSERT OR UPDATE ON "{schema}".schema_migrations
 
 
 @pytest.fixture
-async def store(pg_schema: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(DSN, schema=pg_schema)
-    await opened.open()
-    yield opened
-    await opened.close()
+def store(pg_store: PostgresStore) -> PostgresStore:
+    return pg_store
 
 
 async def test_refused_writes_are_reported_until_a_commit_succeeds(store: PostgresStore, pg_schema: str) -> None:

@@ -32,6 +32,17 @@ fields:
 """
 
 
+BUGGY = """\
+name: buggy
+source: website-contact
+destination: kapture-support
+action: create_ticket
+fields:
+  title: {from: payload.subject, transform: [explode]}
+"""
+"""A mapping whose transform raises (with the `exploding_filter` fixture)."""
+
+
 def compile_mapping(text: str, stem: str = "m", version: str = "v1") -> CompiledMapping:
     doc = load_yaml(textwrap.dedent(text), f"{stem}.yaml")
     mapping, errors = compile_document(doc, stem, version, SOURCES, DESTINATIONS)
@@ -152,14 +163,7 @@ def exploding_filter(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("exploding_filter")
 def test_unexpected_exception_in_a_filter_gives_a_dead_delivery() -> None:
     """A filter that crashes costs its delivery, which is dead with the error, instead of raising."""
-    mappings = mapping_set("""\
-        name: buggy
-        source: website-contact
-        destination: kapture-support
-        action: create_ticket
-        fields:
-          title: {from: payload.subject, transform: [explode]}
-        """)
+    mappings = mapping_set(BUGGY)
     with structlog.testing.capture_logs() as logs:
         [d], errors = plan_deliveries(mappings, event(GOOD), {})
     assert d.status == "dead"
@@ -174,14 +178,7 @@ def test_unexpected_exception_in_a_filter_gives_a_dead_delivery() -> None:
 @pytest.mark.usefixtures("exploding_filter")
 def test_crash_in_one_mapping_does_not_cost_the_others() -> None:
     """When one mapping of a source crashes, the source's other mappings still give pending deliveries."""
-    mappings = mapping_set(CONTACT, """\
-        name: buggy
-        source: website-contact
-        destination: kapture-support
-        action: create_ticket
-        fields:
-          title: {from: payload.subject, transform: [explode]}
-        """)
+    mappings = mapping_set(CONTACT, BUGGY)
     deliveries, errors = plan_deliveries(mappings, event(GOOD), VARS)
     assert [(d.mapping, d.status) for d in deliveries] == [("buggy", "dead"), ("contact-to-kapture", "pending")]
     assert len(errors) == 1
@@ -245,14 +242,7 @@ def test_render_context_exposes_payload_headers_event_and_vars() -> None:
 def test_render_event_is_skipped_a_body_or_an_error_never_a_raise() -> None:
     """render_event, the one render path of intake and replay --rerender, skips, renders, or names the failure."""
     contact = compile_mapping(CONTACT)
-    buggy = compile_mapping("""\
-        name: buggy
-        source: website-contact
-        destination: kapture-support
-        action: create_ticket
-        fields:
-          title: {from: payload.subject, transform: [explode]}
-        """)
+    buggy = compile_mapping(BUGGY)
     good = event(GOOD)
     assert render_event(contact, render_context(event({**GOOD, "category": "spam"}), VARS), "evt_1") \
         == Rendered(skipped=True)
