@@ -21,9 +21,9 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
@@ -164,9 +164,13 @@ class Lane:
     async def _send_and_record(self, item: Claimed) -> None:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
+        item, role, settled = await self._prepare(item)
         try:
-            sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                   on_send=self.dest.limiter.sent)
+            if settled is not None:
+                sent = Sent(settled, int(d.clock() * 1000), 0.0, None, None)
+            else:
+                sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
+                                       on_send=self.dest.limiter.sent)
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
@@ -175,7 +179,10 @@ class Lane:
         if d.on_attempt is not None:
             d.on_attempt(self.dest.name, sent.outcome.classification)
         result = self._decide(item, sent, blog)
-        change = self.breaker.record(sent.outcome.classification)
+        if role is not None:
+            result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
+                                             body=item.body if role == "follow_up" and settled is None else None)
+        change = self.breaker.record("success" if settled is not None else sent.outcome.classification)
         if change == "opened":
             self.log.warning("destination.paused", failures=self.breaker.failures,
                              cooldown_s=round(self.breaker.cooldown, 1), last_error=sent.outcome.error,
@@ -205,8 +212,9 @@ class Lane:
                     return
                 if failures:
                     blog.warning("delivery.recorded_late", failed_records=failures)
-                if result.next_status == "pending":
-                    self.wake.set()  # the lane may be asleep until a later due time, or the poll
+                if result.next_status == "pending" or item.conversation is not None:
+                    # asleep until a later due time, or the poll; or the conversation's next message is due now
+                    self.wake.set()
                 return
         except asyncio.CancelledError:
             if failures:
@@ -216,8 +224,35 @@ class Lane:
                                 "lost with this process; it will be sent again")
             raise
 
+    async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
+        """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
+        unsent (the Outcome)."""
+        if item.conversation is None:
+            return item, None, None
+        if item.ticket is None:
+            return item, "create", None
+        prepared = await self._follow_up(item)
+        if isinstance(prepared, Outcome):
+            return item, "follow_up", prepared
+        return prepared, "follow_up", None
+
+    async def _follow_up(self, item: Claimed) -> Claimed | Outcome:
+        """The follow-up's request, rendered now that its ticket is known; an Outcome when it is not sent."""
+        render = self.dispatcher.follow_ups
+        if render is None:
+            return item
+        try:
+            return await render(item)
+        except StoreUnavailable as exc:
+            return Outcome(classification="retry", error=f"not sent: its event could not be read: {exc}")
+
     def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
         outcome = sent.outcome
+        if outcome.classification == "skipped":
+            blog.info("delivery.skipped", reason=outcome.error)
+            return AttemptResult(
+                delivery_id=item.id, started_at_ms=sent.started_at_ms, duration_ms=0.0, http_status=None,
+                response_excerpt=None, classification="skipped", error=outcome.error, next_status="succeeded")
         tries = item.tries + 1
         result = AttemptResult(
             delivery_id=item.id, started_at_ms=sent.started_at_ms, duration_ms=round(sent.duration_ms, 3),
@@ -260,7 +295,10 @@ class Dispatcher:
     def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination],
                  on_attempt: Callable[[str, str], None] | None = None, *, timings: Timings | None = None,
                  max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
+        self.follow_ups = follow_ups
+        """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
         self.claim_batch = claim_batch
         self.clock = clock
         self.on_attempt = on_attempt  # (destination, classification), for the metrics

@@ -27,6 +27,7 @@ from bridge.store.base import (
     AcceptResult,
     AttemptResult,
     ClaimBatch,
+    ConversationDetail,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
@@ -38,11 +39,15 @@ from bridge.store.base import (
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    HEAD_OF_CONVERSATION,
     NEW_DELIVERY_COLUMNS,
     ROW_COLUMNS,
     ROW_WIDTH,
+    TICKETS_OF_CLAIMED,
     attempt_row,
     claimed_items,
+    conversation_row,
     decode_dict,
     decode_event,
     decode_files,
@@ -51,6 +56,7 @@ from bridge.store.rows import (
     new_delivery_rows,
     now_ms,
     status_condition,
+    with_tickets,
 )
 
 try:
@@ -279,9 +285,13 @@ class PostgresStore(Store):
                 self._nonces_recorded += 1
             await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", event.id, event.source,
                                event.kind, event.channel, received, event.dedup_key, event.spam, data)
+            for d in deliveries:
+                if d.conversation is not None:
+                    await _join_conversation(conn, d, created)
             if rows:
                 await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                                       "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", rows)
+                                       "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                                       rows)
             for destination in wake:
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
@@ -296,17 +306,26 @@ class PostgresStore(Store):
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
         async def op(conn: Any) -> ClaimBatch:
             now = now_ms()
+            # A conversation's head only (HEAD_OF_CONVERSATION): a process whose snapshot still shows an earlier
+            # delivery pending, or one in flight, does not take a later one; two that both see the head
+            # pending cannot both lock it (SKIP LOCKED). So one conversation is worked by one sender at a time.
             got = await conn.fetch(
-                "UPDATE deliveries d SET status = 'in_flight', lease_owner = $1, lease_until = $2, updated_at = $3 "
-                "FROM (SELECT id FROM deliveries WHERE status = 'pending' AND destination = $4 "
-                "AND next_attempt_at <= $3 ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) due "
-                "WHERE d.id = due.id RETURNING d.id, d.event_id, d.mapping, d.destination, d.action, d.body, "
-                "d.options, d.tries, d.attempts, d.next_attempt_at",
+                "UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease_until = $2, updated_at = $3 "  # noqa: S608
+                "FROM (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = $4 "
+                f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
+                "FOR UPDATE SKIP LOCKED) due "
+                "WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, x.body, "
+                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation",
                 owner, now + int(lease_s * 1000), now, destination, limit)
             if got:
-                return ClaimBatch(items=claimed_items(got))
-            nxt = await conn.fetchval("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
-                                      "AND destination = $1", destination)
+                items = claimed_items(got)
+                threaded = [i.id for i in items if i.conversation is not None]
+                if threaded:
+                    found = await conn.fetch(TICKETS_OF_CLAIMED + "(SELECT unnest($1::text[]))", threaded)
+                    items = with_tickets(items, found)
+                return ClaimBatch(items=items)
+            nxt = await conn.fetchval("SELECT MIN(next_attempt_at) FROM deliveries d WHERE status = 'pending' "  # noqa: S608
+                                      f"AND destination = $1 AND {HEAD_OF_CONVERSATION}", destination)
             return ClaimBatch(items=[], next_due_ms=nxt)
 
         return await self._run(op)
@@ -330,6 +349,14 @@ class PostgresStore(Store):
             await conn.execute("INSERT INTO attempts VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", r.delivery_id, n,
                                r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
                                r.error)
+            if r.role is not None:
+                await conn.execute("UPDATE deliveries SET role = $1, action = COALESCE($2, action), "
+                                   "body = COALESCE($3, body) WHERE id = $4", r.role, r.action,
+                                   None if r.body is None else encode(r.body), r.delivery_id)
+                if r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None:
+                    await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3 "
+                                       "WHERE id = (SELECT conversation FROM deliveries WHERE id = $4)",
+                                       r.ticket_id, r.ticket_key, now_ms(), r.delivery_id)
 
         await self._run(op)
 
@@ -377,7 +404,8 @@ class PostgresStore(Store):
         args: list[Any] = []
         if flt.status is not None:
             where.append(status_condition(flt.status))
-        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping),
+                              ("conversation", flt.conversation)):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
@@ -458,6 +486,18 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
+    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+        async def op(conn: Any) -> list[ConversationDetail]:
+            out = []
+            for c in await conn.fetch(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
+                                      "WHERE key = $1 OR id = $1 ORDER BY id", key):
+                rows = [delivery_row(r) for r in await conn.fetch(
+                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = $1 ORDER BY id", c[0])]  # noqa: S608
+                out.append(ConversationDetail(conversation=conversation_row(c), deliveries=rows))
+            return out
+
+        return await self._run(op, transaction=False)
+
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         data = encode(files)
 
@@ -476,6 +516,23 @@ class PostgresStore(Store):
             return StoredMappingSet(files=decode_files(row[1]), version=row[0], saved_at_ms=row[2])
 
         return await self._run(op, transaction=False)
+
+
+async def _join_conversation(conn: Any, d: NewDelivery, now: int) -> None:
+    """Count the message in its conversation (one upsert): the first message opens it, and a message after
+    the quiet period (`reopen_after`) starts it anew, without a ticket, so that it becomes a create."""
+    await conn.execute(
+        "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "
+        "ticket_id, ticket_at) VALUES ($1, $2, $3, $4, 1, $5, $5, $6::text, "
+        "CASE WHEN $6::text IS NULL THEN NULL ELSE $5 END) ON CONFLICT (id) DO UPDATE SET "
+        "messages = CASE WHEN $5 - c.last_message_at > $7 THEN 1 ELSE c.messages + 1 END, "
+        "started_at = CASE WHEN $5 - c.last_message_at > $7 THEN $5 ELSE c.started_at END, "
+        "ticket_id = CASE WHEN $5 - c.last_message_at > $7 THEN $6::text ELSE c.ticket_id END, "
+        "ticket_key = CASE WHEN $5 - c.last_message_at > $7 THEN NULL ELSE c.ticket_key END, "
+        "ticket_at = CASE WHEN $5 - c.last_message_at > $7 THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
+        "last_message_at = GREATEST(c.last_message_at, $5)",
+        d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
+        d.reopen_after_ms)
 
 
 async def _touch(conn: Any) -> None:

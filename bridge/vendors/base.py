@@ -14,7 +14,8 @@ import msgspec
 from bridge.config import DestinationConfig
 from bridge.errors import BridgeError
 
-Classification = Literal["success", "retry", "permanent", "auth"]
+Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
+"""`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false)."""
 # GET a vendor URL: (url, headers) -> (status, body); the delivery loop supplies one bound to its session.
 Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
 
@@ -76,7 +77,8 @@ class Adapter(ABC):
         return fields
 
     @abstractmethod
-    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
+                      ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         """The HTTP request for `action`; raises MappingError when the fields cannot be sent."""
 
     @abstractmethod

@@ -139,7 +139,8 @@ class HttpAdapter(Adapter):
                 out.append(quote(str(value), safe=""))
         return "".join(out)
 
-    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
+                      ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         if action not in self.actions:
             raise MappingError(f"http has no action {action!r}; it takes: {', '.join(sorted(self.actions))}")
         method = str(options.get("method", self.options.method))

@@ -121,7 +121,8 @@ class KaptureAdapter(Adapter):
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Basic {self.token}", "Content-Type": "application/json"}
 
-    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
+                      ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         path = PATHS.get(action)
         if path is None:
             raise MappingError(f"kapture has no action {action!r}; it takes: {', '.join(sorted(PATHS))}")

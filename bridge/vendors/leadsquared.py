@@ -97,7 +97,8 @@ class LeadSquaredAdapter(Adapter):
             "RelatedTicketTypeId": related,
         }
 
-    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
+                      ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         if action != "create_ticket":
             raise MappingError(f"leadsquared has no action {action!r}; it takes: create_ticket")
         org_id, access_key, secret_key = self.credentials()

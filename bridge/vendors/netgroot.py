@@ -174,7 +174,8 @@ class NetgrootAdapter(Adapter):
         subject_id = await self.subjects.resolve(str(name), load, self.name)
         return {"subject_id": subject_id, **{k: v for k, v in fields.items() if k != "subject"}}
 
-    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> VendorRequest:
+    def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
+                      ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         if action != "create_ticket":
             raise MappingError(f"netgroot has no action {action!r}; it takes: create_ticket")
         if "subject" in fields:
