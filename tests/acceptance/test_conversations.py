@@ -1,0 +1,156 @@
+"""Conversations through the whole app: an email thread or a chat is one Kapture ticket, and its later
+messages are comments on it, in order, whatever the vendor's speed or the order mail arrives in."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+
+from bridge.simulators.faults import Faults
+from bridge.store.base import DeliveryFilter
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.fixtures.providers import NOW, multipart
+
+KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+ENV = {"MAILGUN_KEY": KEY}
+
+CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  support-mailgun: {kind: mailgun, signing_key: "${MAILGUN_KEY}"}
+  whatsapp: {kind: json}
+destinations:
+  kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms]}}
+"""
+
+MAPPING = """
+    name: email-to-kapture
+    source: support-mailgun
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.subject }}"
+      email_id: {from: payload.from, required: true}
+      ticket_details: "{{ payload.stripped_text }}"
+    follow_up:
+      action: update_ticket
+      fields:
+        ticket_id: "{{ ticket.id }}"
+        sub_status: P
+        comment: "{{ payload.stripped_text }}"
+"""
+
+ROOT = "<root.1@Mail.Example.com>"
+THREAD = [  # (message id, in-reply-to, references, stripped text)
+    (ROOT, None, None, "My router is down"),
+    ("<reply.2@mail.example.com>", ROOT, ROOT, "Still down this morning"),
+    ("<reply.3@mail.example.com>", "<reply.2@mail.example.com>", f"{ROOT} <reply.2@mail.example.com>",
+     "Now it works, thanks"),
+]
+
+
+def mailgun(n: int) -> tuple[bytes, dict[str, str]]:
+    """Message `n` of the thread as Mailgun posts it, signed with its own token."""
+    mid, reply_to, refs, text = THREAD[n]
+    token = f"token-{n}-" + "0" * 40
+    headers = [["From", "asha@example.com"], ["Subject", "Router down" if n == 0 else "Re: Router down"],
+               ["Message-Id", mid]] + ([["In-Reply-To", reply_to]] if reply_to else []) + (
+               [["References", refs]] if refs else [])
+    fields = {"recipient": "support@acme.test", "sender": "asha@example.com", "from": "asha@example.com",
+              "subject": headers[1][1], "body-plain": f"{text}\n\n> quoted", "stripped-text": text,
+              "message-headers": json.dumps(headers), "Message-Id": mid, "timestamp": str(NOW), "token": token,
+              "signature": hmac.new(KEY.encode(), f"{NOW}{token}".encode(), hashlib.sha256).hexdigest()}
+    body, ctype = multipart(fields)
+    return body, {"Content-Type": ctype}
+
+
+@pytest.fixture
+async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+    c = await bridge_client(write_config(CONFIG, {"email": MAPPING}, ENV))
+    for source in runtime(c).sources.values():
+        source.handler.clock = lambda: float(NOW)
+    return c
+
+
+async def post(client: Any, n: int) -> None:
+    body, headers = mailgun(n)
+    resp = await client.post("/hooks/support-mailgun", data=body, headers=headers)
+    assert resp.status == 202, await resp.text()
+
+
+async def settled(client: Any, count: int) -> list[Any]:
+    store = runtime(client).store
+
+    async def done() -> bool:
+        rows = await store.list_deliveries(DeliveryFilter(limit=100))
+        return len(rows) == count and all(r.status == "succeeded" for r in rows)
+
+    await eventually(done)
+    return sorted(await store.list_deliveries(DeliveryFilter(limit=100)), key=lambda r: r.id)
+
+
+async def test_a_three_message_mailgun_thread_is_one_ticket_and_two_comments_in_order(client: Any) -> None:
+    """Original, reply and reply to the reply make one Kapture ticket and two updates with the replies'
+    stripped text, in order; the deliveries say create, follow_up, follow_up."""
+    for n in range(3):
+        await post(client, n)
+    rows = await settled(client, 3)
+    sim = runtime(client).simulators["kapture"]
+    assert len(sim.tickets) == 1
+    assert sim.tickets[0]["comments"] == ["Still down this morning", "Now it works, thanks"]
+    assert [r.role for r in rows] == ["create", "follow_up", "follow_up"]
+    assert {r.conversation for r in rows} == {"email-to-kapture|mail:root.1@mail.example.com"}
+
+
+async def test_replies_sent_while_the_create_is_slow_wait_for_its_ticket(client: Any) -> None:
+    """With the vendor slowed, both replies arrive while the create is in flight: they wait (listed as
+    waiting), then become comments on the one ticket, in order."""
+    sim = runtime(client).simulators["kapture"]
+    sim.faults = Faults(latency_ms=600, after=0)
+    await post(client, 0)
+    store = runtime(client).store
+
+    async def create_in_flight() -> bool:
+        return any(r.status == "in_flight" for r in await store.list_deliveries(DeliveryFilter()))
+
+    await eventually(create_in_flight)
+    await post(client, 1)
+    await post(client, 2)
+    listed = await store.list_deliveries(DeliveryFilter(status="pending"))
+    assert len(listed) == 2 and all(r.waiting for r in listed)
+    await settled(client, 3)
+    assert len(sim.tickets) == 1
+    assert sim.tickets[0]["comments"] == ["Still down this morning", "Now it works, thanks"]
+
+
+async def test_a_reply_arriving_before_its_original_lands_in_the_same_conversation(client: Any) -> None:
+    """The reply to the reply arrives first: it names the same root, so it opens the conversation (the create),
+    and the original and the other reply follow on its ticket."""
+    for n in (2, 0, 1):
+        await post(client, n)
+    rows = await settled(client, 3)
+    sim = runtime(client).simulators["kapture"]
+    assert len(sim.tickets) == 1
+    assert sim.tickets[0]["comments"] == ["My router is down", "Still down this morning"]
+    assert len({r.conversation for r in rows}) == 1
+
+
+async def test_a_message_after_reopen_after_starts_a_new_ticket(write_config: ConfigFactory,
+                                                                 bridge_client: AppClient) -> None:
+    """With `reopen_after: 1s`, a reply after a second's quiet makes a second ticket, not a comment."""
+    c = await bridge_client(write_config(CONFIG, {"email": MAPPING + "    reopen_after: 1s\n"}, ENV))
+    for source in runtime(c).sources.values():
+        source.handler.clock = lambda: float(NOW)
+    await post(c, 0)
+    await settled(c, 1)
+    await asyncio.sleep(1.2)  # the quiet period under test, not a synchronisation
+    await post(c, 1)
+    rows = await settled(c, 2)
+    sim = runtime(c).simulators["kapture"]
+    assert len(sim.tickets) == 2
+    assert [r.role for r in rows] == ["create", "create"]
