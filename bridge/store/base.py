@@ -32,7 +32,8 @@ class NewDelivery(msgspec.Struct, kw_only=True):
     conversation_key: str | None = None
     known_ticket: str | None = None
     """A vendor ticket the message names (a `[#id]` subject token): its conversation starts with that ticket."""
-    reopen_after_ms: int = 0
+    reopen_after_ms: int = 7 * 86_400_000
+    """A message this long after the conversation's last one starts a new ticket."""
 
 
 class Nonce(msgspec.Struct, kw_only=True, frozen=True):

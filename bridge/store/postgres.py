@@ -523,13 +523,13 @@ async def _join_conversation(conn: Any, d: NewDelivery, now: int) -> None:
     the quiet period (`reopen_after`) starts it anew, without a ticket, so that it becomes a create."""
     await conn.execute(
         "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "
-        "ticket_id, ticket_at) VALUES ($1, $2, $3, $4, 1, $5, $5, $6::text, "
-        "CASE WHEN $6::text IS NULL THEN NULL ELSE $5 END) ON CONFLICT (id) DO UPDATE SET "
-        "messages = CASE WHEN $5 - c.last_message_at > $7 THEN 1 ELSE c.messages + 1 END, "
-        "started_at = CASE WHEN $5 - c.last_message_at > $7 THEN $5 ELSE c.started_at END, "
-        "ticket_id = CASE WHEN $5 - c.last_message_at > $7 THEN $6::text ELSE c.ticket_id END, "
-        "ticket_key = CASE WHEN $5 - c.last_message_at > $7 THEN NULL ELSE c.ticket_key END, "
-        "ticket_at = CASE WHEN $5 - c.last_message_at > $7 THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
+        "ticket_id, ticket_at) VALUES ($1, $2, $3, $4, 1, $5::bigint, $5::bigint, $6::text, "
+        "CASE WHEN $6::text IS NULL THEN NULL ELSE $5::bigint END) ON CONFLICT (id) DO UPDATE SET "
+        "messages = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN 1 ELSE c.messages + 1 END, "
+        "started_at = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN $5 ELSE c.started_at END, "
+        "ticket_id = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN $6::text ELSE c.ticket_id END, "
+        "ticket_key = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN NULL ELSE c.ticket_key END, "
+        "ticket_at = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
         "last_message_at = GREATEST(c.last_message_at, $5)",
         d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
         d.reopen_after_ms)
