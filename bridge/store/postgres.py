@@ -529,7 +529,8 @@ async def _join_conversation(conn: Any, d: NewDelivery, now: int) -> None:
         "started_at = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN $5 ELSE c.started_at END, "
         "ticket_id = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN $6::text ELSE c.ticket_id END, "
         "ticket_key = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN NULL ELSE c.ticket_key END, "
-        "ticket_at = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
+        "ticket_at = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN EXCLUDED.ticket_at "
+        "ELSE c.ticket_at END, "
         "last_message_at = GREATEST(c.last_message_at, $5)",
         d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
         d.reopen_after_ms)

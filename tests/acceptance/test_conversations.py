@@ -7,10 +7,12 @@ import asyncio
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge.cli import main
 from bridge.simulators.faults import Faults
 from bridge.store.base import DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
@@ -154,3 +156,28 @@ async def test_a_message_after_reopen_after_starts_a_new_ticket(write_config: Co
     sim = runtime(c).simulators["kapture"]
     assert len(sim.tickets) == 2
     assert [r.role for r in rows] == ["create", "create"]
+
+
+async def test_conversations_show_lists_the_ticket_and_each_message(
+        client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`conversations show KEY` prints the conversation's ticket and its deliveries (create, then follow-ups);
+    `deliveries list` shows each one's kind and conversation."""
+    for n in range(3):
+        await post(client, n)
+    await settled(client, 3)
+    ticket = runtime(client).simulators["kapture"].tickets[0]["ticketId"]
+    monkeypatch.setenv("MAILGUN_KEY", KEY)
+    config = str(tmp_path / "bridge.yaml")
+    code = await asyncio.to_thread(main, ["conversations", "show", "mail:root.1@mail.example.com", "-c", config])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"ticket       {ticket}" in out
+    assert "messages     3" in out
+    kinds = [line.split()[4] for line in out.splitlines() if line.startswith("dlv_")]
+    assert kinds == ["create", "follow_up", "follow_up"]
+    code = await asyncio.to_thread(main, ["deliveries", "list", "-c", config])
+    listed = capsys.readouterr().out.splitlines()
+    assert code == 0 and listed[0].split()[4:8] == ["KIND", "TRIES", "TICKET", "CONVERSATION"]
+    assert all("mail:root.1@mail.example.com" in line for line in listed[1:])
+    code = await asyncio.to_thread(main, ["conversations", "show", "mail:nothing@x", "-c", config])
+    assert code == 1 and "no conversation 'mail:nothing@x'" in capsys.readouterr().err
