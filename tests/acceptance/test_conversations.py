@@ -16,7 +16,7 @@ from bridge.cli import main
 from bridge.simulators.faults import Faults
 from bridge.store.base import DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
-from tests.fixtures.providers import NOW, multipart
+from tests.fixtures.providers import NOW, basic, compact, hub_signature, load, multipart
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
 ENV = {"MAILGUN_KEY": KEY}
@@ -181,3 +181,90 @@ async def test_conversations_show_lists_the_ticket_and_each_message(
     assert all("mail:root.1@mail.example.com" in line for line in listed[1:])
     code = await asyncio.to_thread(main, ["conversations", "show", "mail:nothing@x", "-c", config])
     assert code == 1 and "no conversation 'mail:nothing@x'" in capsys.readouterr().err
+
+
+PROVIDERS_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  support-mailgun: {kind: mailgun, signing_key: "${MAILGUN_KEY}"}
+  support-postmark: {kind: postmark, auth: {basic: {username: postmark, password: pm-pw}}}
+  support-sendgrid: {kind: sendgrid, auth: {basic: {username: parse, password: parse-pw}}}
+  whatsapp: {kind: whatsapp, app_secret: wa-secret, verify_token: wa-verify}
+destinations:
+  kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms]}}
+"""
+
+ALL_MAIL = MAPPING.replace("source: support-mailgun", "source: [support-mailgun, support-postmark, support-sendgrid]")
+
+CHAT = """
+    name: chat-to-kapture
+    source: whatsapp
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "WhatsApp from {{ payload.from }}"
+      ticket_details: "{{ payload.text }}"
+    follow_up:
+      action: update_ticket
+      fields: {ticket_id: "{{ ticket.id }}", sub_status: P, comment: "{{ payload.text }}"}
+"""
+
+
+def postmark(n: int) -> tuple[bytes, dict[str, str]]:
+    """Message `n` of the thread as Postmark posts it (its fixture, with this message's ids and text)."""
+    mid, reply_to, refs, text = THREAD[n]
+    data = load("postmark/inbound.json")
+    data.update(Subject="Re: Router down", TextBody=f"{text}\n\n> quoted", StrippedTextReply=text, Attachments=[],
+                Headers=[{"Name": "Message-ID", "Value": mid}, {"Name": "In-Reply-To", "Value": reply_to or ""},
+                         {"Name": "References", "Value": refs or ""}])
+    return compact(data), {"Content-Type": "application/json", "Authorization": basic("postmark", "pm-pw")}
+
+
+def sendgrid(n: int) -> tuple[bytes, dict[str, str]]:
+    """Message `n` of the thread as SendGrid's Inbound Parse posts it (its fixture, this message's headers)."""
+    mid, reply_to, refs, text = THREAD[n]
+    fields = load("sendgrid/parse.json")
+    fields.update(subject="Re: Router down", text=f"{text}\n\nOn Mon, Asha wrote:\n> quoted\n", attachments="0",
+                  headers=f"From: asha@example.com\nMessage-ID: {mid}\nIn-Reply-To: {reply_to}\nReferences: {refs}\n"
+                          "Subject: Re: Router down\n")
+    fields.pop("attachment-info", None)
+    body, ctype = multipart(fields)
+    return body, {"Content-Type": ctype, "Authorization": basic("parse", "parse-pw")}
+
+
+async def test_the_thread_through_mailgun_postmark_and_sendgrid_is_one_conversation(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """The original through Mailgun, the reply through Postmark and the reply to it through SendGrid join one
+    conversation: one ticket, two comments in order."""
+    c = await bridge_client(write_config(PROVIDERS_CONFIG, {"email": ALL_MAIL}, ENV))
+    for source in runtime(c).sources.values():
+        source.handler.clock = lambda: float(NOW)
+    await post(c, 0)
+    for path, (body, headers) in (("/hooks/support-postmark", postmark(1)), ("/hooks/support-sendgrid", sendgrid(2))):
+        resp = await c.post(path, data=body, headers=headers)
+        assert resp.status == 202, await resp.text()
+    rows = await settled(c, 3)
+    sim = runtime(c).simulators["kapture"]
+    assert len(sim.tickets) == 1
+    assert sim.tickets[0]["comments"] == ["Still down this morning", "Now it works, thanks"]
+    assert [r.source for r in rows] == ["support-mailgun", "support-postmark", "support-sendgrid"]
+    assert {r.conversation for r in rows} == {"email-to-kapture|mail:root.1@mail.example.com"}
+
+
+async def test_a_whatsapp_customers_three_messages_make_one_ticket_and_two_follow_ups(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """Three WhatsApp messages from one number: one ticket, then two comments, in order."""
+    c = await bridge_client(write_config(PROVIDERS_CONFIG, {"chat": CHAT}, ENV))
+    for i, text in enumerate(["Router down", "Still down", "Back up"]):
+        data = load("whatsapp/messages.json")
+        value = data["entry"][0]["changes"][0]["value"]
+        value["messages"] = [{**value["messages"][0], "id": f"wamid.{i}", "text": {"body": text}}]
+        body = compact(data)
+        resp = await c.post("/hooks/whatsapp", data=body, headers={
+            "Content-Type": "application/json", "X-Hub-Signature-256": hub_signature("wa-secret", body)})
+        assert resp.status == 202, await resp.text()
+    rows = await settled(c, 3)
+    sim = runtime(c).simulators["kapture"]
+    assert len(sim.tickets) == 1 and sim.tickets[0]["fields"]["ticket_details"] == "Router down"
+    assert sim.tickets[0]["comments"] == ["Still down", "Back up"]
+    assert [r.role for r in rows] == ["create", "follow_up", "follow_up"]
