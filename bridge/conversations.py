@@ -56,13 +56,20 @@ def chat_key(payload: dict[str, Any]) -> ConversationKey | None:
     return ConversationKey(f"chat:{str(value)[:MAX_KEY_CHARS]}")
 
 
+EMAIL_KEYS = ("message_id", "in_reply_to", "references")
+
+
 def channel_key(channel: str, payload: dict[str, Any]) -> ConversationKey | None:
-    """The key the event's channel gives it; None for channels without conversations (forms, webhooks)."""
+    """The key the event's channel gives it. Another channel's payload (a plain JSON source) is keyed the same
+    way when it has the email shape (`message_id`, `in_reply_to` or `references`) or the chat shape
+    (`conversation_id`); else None: the message stands alone."""
     if channel == "email":
         return email_key(payload)
     if channel == "chat":
         return chat_key(payload)
-    return None
+    if any(payload.get(k) for k in EMAIL_KEYS):
+        return email_key(payload)
+    return chat_key(payload)
 
 
 def given_key(value: Any) -> ConversationKey | None:
