@@ -40,6 +40,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=run_show)
+    e = sub.add_parser("events", help="inspect events")
+    esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
+    unmatched = esub.add_parser("unmatched", parents=[common],
+                                help="events no mapping took (none for their source, or every `when` false)")
+    unmatched.add_argument("--limit", type=int, default=50)
+    unmatched.add_argument("--before", help="page: only events older than this id")
+    unmatched.add_argument("--json", action="store_true", help="one JSON object per line")
+    unmatched.set_defaults(run=run_unmatched)
     c = sub.add_parser("conversations", help="inspect conversations (email threads, chats)")
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     cshow = csub.add_parser("show", parents=[common], help="a conversation's ticket, messages and deliveries")
@@ -151,6 +159,23 @@ def run_show(args: argparse.Namespace) -> int:
                   f"{a.classification}" + (f": {a.error}" if a.error else ""))
             if a.response_excerpt:
                 print(f"     {a.response_excerpt[:200]}")
+        return 0
+
+    return _with_store(args, body)
+
+
+def run_unmatched(args: argparse.Namespace) -> int:
+    async def body(store: Store) -> int:
+        events = await store.list_unmatched(args.limit, args.before)
+        if args.json:
+            for ev in events:
+                sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
+        elif events:
+            for ev in events:
+                print(f"{ev.id}  {ev.received_at.strftime('%Y-%m-%d %H:%M:%S')}  {ev.source}  "
+                      f"{ev.meta.get('unmatched', 'no delivery')}")
+        else:
+            print("no unmatched events", file=sys.stderr)
         return 0
 
     return _with_store(args, body)

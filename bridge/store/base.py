@@ -269,6 +269,11 @@ class Store(ABC):
         """destination → status → number of deliveries."""
 
     @abstractmethod
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        """Events stored without any delivery (no mapping for their source, or every mapping's `when` false),
+        newest first, paged with `before_id`. Their `meta.unmatched` says why (set at intake)."""
+
+    @abstractmethod
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
         """Every conversation whose key (or scoped id `mapping|key`) is `key`, each with its deliveries in
         arrival order; empty when none."""

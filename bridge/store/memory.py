@@ -65,6 +65,7 @@ class MemoryStore(Store):
         self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
         self.mapping_set: StoredMappingSet | None = None
         self.conversations: dict[str, ConversationRow] = {}
+        self.unmatched: set[str] = set()  # ids of events that made no delivery
 
     async def open(self) -> None:
         self.opened = True
@@ -112,6 +113,8 @@ class MemoryStore(Store):
             self.nonces = {k: v for k, v in self.nonces.items() if v[1] > now}  # expired ones go as new ones come
             self.nonces[(event.source, nonce.value)] = (nonce.digest, expires)
         self.events[event.id] = encode(event)
+        if not deliveries:
+            self.unmatched.add(event.id)
         for d in deliveries:
             if d.conversation is not None:
                 self._join_conversation(d, now)
@@ -293,6 +296,11 @@ class MemoryStore(Store):
             by_status = out.setdefault(d.row.destination, {})
             by_status[d.row.status] = by_status.get(d.row.status, 0) + 1
         return out
+
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        self._check_open()
+        ids = sorted((i for i in self.unmatched if before_id is None or i < before_id), reverse=True)[:limit]
+        return [decode_event(self.events[i]) for i in ids]
 
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
         self._check_open()

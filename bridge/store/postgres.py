@@ -283,8 +283,9 @@ class PostgresStore(Store):
                 if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
                     await _sweep_nonces(conn, created)
                 self._nonces_recorded += 1
-            await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", event.id, event.source,
-                               event.kind, event.channel, received, event.dedup_key, event.spam, data)
+            await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id,
+                               event.source, event.kind, event.channel, received, event.dedup_key, event.spam, data,
+                               len(rows))
             for d in deliveries:
                 if d.conversation is not None:
                     await _join_conversation(conn, d, created)
@@ -483,6 +484,14 @@ class PostgresStore(Store):
                     "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
                 out.setdefault(dest, {})[status] = n
             return out
+
+        return await self._run(op, transaction=False)
+
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        async def op(conn: Any) -> list[Event]:
+            return [decode_event(r[0]) for r in await conn.fetch(
+                "SELECT data FROM events WHERE routed = 0 AND id < $1 ORDER BY id DESC LIMIT $2",
+                before_id or "~", limit)]
 
         return await self._run(op, transaction=False)
 

@@ -504,9 +504,9 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (event.id, event.source, event.kind, event.channel, received, event.dedup_key,
-                          int(event.spam), data))
+                          int(event.spam), data, len(rows)))
             for d in deliveries:
                 if d.conversation is not None:
                     _join_conversation(conn, d, created)
@@ -711,6 +711,15 @@ class SqliteStore(Store):
 
         counts: dict[str, dict[str, int]] = await self._read(run)
         return counts
+
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        def run(conn: sqlite3.Connection) -> list[Event]:
+            return [decode_event(r[0]) for r in conn.execute(
+                "SELECT data FROM events WHERE routed = 0 AND id < ? ORDER BY id DESC LIMIT ?",
+                (before_id or "~", limit))]
+
+        found: list[Event] = await self._read(run)
+        return found
 
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
         def run(conn: sqlite3.Connection) -> list[ConversationDetail]:

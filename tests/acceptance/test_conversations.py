@@ -268,3 +268,17 @@ async def test_a_whatsapp_customers_three_messages_make_one_ticket_and_two_follo
     assert len(sim.tickets) == 1 and sim.tickets[0]["fields"]["ticket_details"] == "Router down"
     assert sim.tickets[0]["comments"] == ["Still down", "Back up"]
     assert [r.role for r in rows] == ["create", "follow_up", "follow_up"]
+
+
+async def test_an_event_no_mapping_takes_is_counted_and_listed(
+        client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A WhatsApp message with no mapping for its source leaves a trace: `events unmatched` lists it with
+    the reason, and it is counted (intake outcome `unmatched` on /metrics)."""
+    resp = await client.post("/hooks/whatsapp", json={"text": "hello"})
+    assert resp.status == 202, await resp.text()
+    event_id = (await resp.json())["event_id"]
+    monkeypatch.setenv("MAILGUN_KEY", KEY)
+    code = await asyncio.to_thread(main, ["events", "unmatched", "-c", str(tmp_path / "bridge.yaml")])
+    out = capsys.readouterr().out
+    assert code == 0 and event_id in out and "no mapping takes this source" in out
+    assert runtime(client).labelled[("intake.unmatched", (("source", "whatsapp"),))] == 1

@@ -674,3 +674,13 @@ class StoreContract:
         assert await store.get_conversations("nothing") == []
         listed = await store.list_deliveries(DeliveryFilter(conversation="m|k"))
         assert sorted(r.id for r in listed) == sorted([first.id, second.id])
+
+    async def test_events_without_deliveries_are_listed_as_unmatched(self, store: Store) -> None:
+        """An event stored with no delivery is listed by list_unmatched, newest first; others are not."""
+        lone, other = make_event(), make_event()
+        assert not (await store.accept(lone, [], WEEK)).duplicate
+        await accept_one(store, make_delivery(), event=other)
+        later = make_event()
+        await store.accept(later, [], WEEK)
+        assert [e.id for e in await store.list_unmatched()] == [later.id, lone.id]
+        assert [e.id for e in await store.list_unmatched(limit=10, before_id=later.id)] == [lone.id]

@@ -15,3 +15,6 @@ CREATE INDEX conversations_key ON conversations (key);
 ALTER TABLE deliveries ADD COLUMN conversation TEXT;
 ALTER TABLE deliveries ADD COLUMN role TEXT;
 CREATE INDEX deliveries_conversation ON deliveries (conversation, id) WHERE conversation IS NOT NULL;
+-- How many deliveries each event made: 0 when no mapping took it (none for its source, or every `when` false).
+ALTER TABLE events ADD COLUMN routed INTEGER;
+CREATE INDEX events_unrouted ON events (id) WHERE routed = 0
