@@ -325,8 +325,9 @@ class PostgresStore(Store):
                     found = await conn.fetch(TICKETS_OF_CLAIMED + "(SELECT unnest($1::text[]))", threaded)
                     items = with_tickets(items, found)
                 return ClaimBatch(items=items)
-            nxt = await conn.fetchval("SELECT MIN(next_attempt_at) FROM deliveries d WHERE status = 'pending' "  # noqa: S608
-                                      f"AND destination = $1 AND {HEAD_OF_CONVERSATION}", destination)
+            nxt = await conn.fetchval("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' "  # noqa: S608
+                                      f"AND destination = $1 AND {HEAD_OF_CONVERSATION} "
+                                      "ORDER BY next_attempt_at LIMIT 1", destination)
             return ClaimBatch(items=[], next_due_ms=nxt)
 
         return await self._run(op)

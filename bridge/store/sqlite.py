@@ -539,9 +539,11 @@ class SqliteStore(Store):
                                          threaded).fetchall()
                     items = with_tickets(items, found)
                 return ClaimBatch(items=items)
-            nxt = conn.execute("SELECT MIN(next_attempt_at) FROM deliveries d WHERE status = 'pending' "  # noqa: S608
-                               f"AND destination = ? AND {HEAD_OF_CONVERSATION}",
-                               (destination,)).fetchone()[0]
+            # In due order, stopping at the first head: deliveries waiting behind another are not walked.
+            first = conn.execute("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' "  # noqa: S608
+                                 f"AND destination = ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1",
+                                 (destination,)).fetchone()
+            nxt = None if first is None else first[0]
             return ClaimBatch(items=[], next_due_ms=nxt)
 
         batch: ClaimBatch = await self._write(op, durable=False)
