@@ -60,10 +60,11 @@ async def creates_attempted(session: aiohttp.ClientSession, faults: str) -> int:
         return FAILS - int((await resp.json())["fail_count"])
 
 
-async def tickets_when_done(session: aiohttp.ClientSession, sandbox_port: int) -> list[dict[str, Any]]:
-    """The sandbox's tickets once every case has its two comments (or after 30 s)."""
+async def tickets_when_done(session: aiohttp.ClientSession, sandbox_port: int,
+                            seconds: float = 30) -> list[dict[str, Any]]:
+    """The sandbox's tickets once every case has its two comments (or after `seconds`)."""
     tickets: list[dict[str, Any]] = []
-    for _ in range(600):
+    for _ in range(int(seconds * 20)):
         async with session.get(f"http://127.0.0.1:{sandbox_port}/kapture/tickets") as resp:
             tickets = (await resp.json())["tickets"]
         if sum(len(t["comments"]) for t in tickets) >= CASES * (len(MESSAGES) - 1):
@@ -115,9 +116,12 @@ async def test_kill_9_while_creates_retry_leaves_one_ticket_and_every_follow_up_
                     stop(proc)
 
 
-async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path: Path, pg_schema: str) -> None:
+@pytest.mark.parametrize("kill", [False, True], ids=["both-up", "kill-9-one"])
+async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path: Path, pg_schema: str,
+                                                                        kill: bool) -> None:
     """Messages of each conversation posted alternately to two processes on one PostgreSQL queue, while the
-    creates fail and then recover: one ticket per conversation, its follow-ups in order, none twice."""
+    creates fail and then recover (with one process killed -9 and started again meanwhile): one ticket per
+    conversation, its follow-ups in order, none twice."""
     sandbox_port = free_port()
     ports = [free_port(), free_port()]
     log = tmp_path / "processes.log"
@@ -140,9 +144,16 @@ async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path
                 if await creates_attempted(session, faults) >= 2 * CASES:
                     break
                 await asyncio.sleep(0.05)
+            if kill:
+                servers[0].send_signal(signal.SIGKILL)
+                servers[0].wait(10)
             async with session.delete(faults) as resp:
                 assert resp.status in (200, 204)
-            tickets = await tickets_when_done(session, sandbox_port)
+            if kill:
+                servers[0] = spawn(["serve", "-c", str(tmp_path / "node0.yaml")], log)
+                await wait_http(f"http://127.0.0.1:{ports[0]}/readyz", servers[0])
+            # A delivery the killed process held in flight is taken over when its lease runs out (over a minute).
+            tickets = await tickets_when_done(session, sandbox_port, seconds=150 if kill else 30)
         assert_one_ticket_per_case_with_comments_in_order(tickets)
     finally:
         for proc in (*servers, sandbox):
