@@ -37,8 +37,8 @@ follow_up:
 """
 
 
-def case_config(folder: Path, port: int, sandbox_port: int, **kw: Any) -> Path:
-    cfg = write_partner_config(folder, port, sandbox_port, retry="{schedule: [" + ", ".join(["100ms"] * 60)
+def case_config(folder: Path, port: int, sandbox_port: int, delay: str = "100ms", **kw: Any) -> Path:
+    cfg = write_partner_config(folder, port, sandbox_port, retry="{schedule: [" + ", ".join([delay] * 60)
                                + "], jitter: 0}", **kw)
     (folder / "mappings" / "partner.yaml").write_text(CASE_MAPPING)
     return cfg
@@ -134,8 +134,10 @@ async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path
             async with session.put(faults, json={"fail_count": FAILS, "fail_status": 503}) as resp:
                 assert resp.status == 200
             for i, port in enumerate(ports):
-                cfg = case_config(tmp_path, port, sandbox_port, name=f"node{i}", grace=2, max_in_flight=4,
-                                  store=f"{DSN}?schema={pg_schema}")
+                # Killed: retries a second apart, so that the kill seldom finds a request in flight (whose
+                # lease would hold its conversation for over a minute).
+                cfg = case_config(tmp_path, port, sandbox_port, delay="1s" if kill else "100ms", name=f"node{i}",
+                                  grace=2, max_in_flight=4, store=f"{DSN}?schema={pg_schema}")
                 servers.append(spawn(["serve", "-c", str(cfg)], log))
             for port, proc in zip(ports, servers, strict=True):
                 await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
