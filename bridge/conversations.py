@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 DEFAULT_REOPEN_AFTER_S = 7 * 24 * 3600.0
-TICKET_TOKEN = re.compile(r"\[#([A-Za-z0-9][A-Za-z0-9_-]{0,63})\]")
+TICKET_TOKEN = re.compile(r"\[#(\d{1,32})\]")
+"""A helpdesk's ticket number in a subject, `[#713516551148]`: digits only, so that `[#urgent]` is no ticket."""
 MAX_KEY_CHARS = 512
 
 

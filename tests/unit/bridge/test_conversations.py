@@ -35,6 +35,7 @@ def test_a_subject_token_names_the_ticket_to_join() -> None:
     """`[#713516551148]` in the subject joins that ticket, whatever the thread headers say."""
     assert email_key({"subject": "Re: Router down [#713516551148]", "message_id": "<c@x.io>"}) == \
         ConversationKey("ticket:713516551148", ticket_id="713516551148")
+    assert email_key({"subject": "[#urgent] Router down", "message_id": "<c@x.io>"}) == ConversationKey("mail:c@x.io")
 
 
 def test_chat_and_plain_json_payloads_are_keyed_by_their_shape() -> None:
