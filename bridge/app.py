@@ -22,6 +22,7 @@ from bridge.intake import hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context, serve_last_good
+from bridge.retention import run_retention
 from bridge.routing import render_follow_up
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
@@ -29,6 +30,7 @@ from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Claimed, Store
 from bridge.vendors.base import Adapter, Outcome
+from bridge.vendors.files import multipart_preview
 from bridge.vendors.registry import adapter_class
 from handlers.registry import build_handler
 
@@ -39,8 +41,12 @@ def _vendor_body(name: str, cfg: DestinationConfig, cls: type[Adapter]) -> Calla
     """The body the vendor is sent for a mapping's fields, as JSON data (for mapping tests and `render`)."""
     adapter = cls(name, cfg, cfg.base_url or "http://sandbox.invalid")
 
-    def body(action: str, fields: dict[str, Any], options: Mapping[str, Any]) -> Any:
-        request = adapter.build_request(action, fields, options)
+    def body(action: str, fields: dict[str, Any], options: Mapping[str, Any],
+             ticket: Mapping[str, Any] | None = None) -> Any:
+        request = adapter.build_request(action, fields, options, ticket=ticket)
+        content_type = request.headers.get("Content-Type", "")
+        if content_type.startswith("multipart/form-data"):
+            return multipart_preview(request.body, content_type)
         try:
             return msgspec.json.decode(request.body)
         except msgspec.DecodeError:
@@ -83,7 +89,7 @@ def build_destinations(rt: Runtime) -> dict[str, Destination]:
         vendor = cfg.vendor
         base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url and not cfg.sandbox \
             else (lambda v=vendor: rt.sandbox_url(v))
-        out[name] = Destination.from_config(name, cfg, base_url)
+        out[name] = Destination.from_config(name, cfg, base_url, attachments_dir=rt.config.attachments_dir)
     return out
 
 
@@ -183,7 +189,9 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
 
         dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=lambda destination,
                                 classification: rt.count("delivery.attempt", destination=destination,
-                                                         classification=classification), follow_ups=follow_ups)
+                                                         classification=classification),
+                                coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
+                                follow_ups=follow_ups)
         dispatcher.start()
         rt.dispatcher = dispatcher
 
@@ -191,7 +199,8 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
             dispatcher.notify(set(dispatcher.lanes) if destination == "*" else {destination})
 
         await store.subscribe(announced)
-        reaper = asyncio.create_task(reap_expired_leases(store, dispatcher), name="lease reaper")
+        reaper = asyncio.create_task(reap_expired_leases(store, dispatcher, dispatcher.lease_s / 3),
+                                     name="lease reaper")
         try:
             yield
         finally:
@@ -208,11 +217,17 @@ REAP_SECONDS = 10.0
 
 
 async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS) -> None:
-    """Give back deliveries whose lease ran out: a process that died while sending them (shared stores).
-    First the leases of what this process still holds are extended, in the same order on the one store,
-    so that a result waiting to be recorded is never given back to be sent again."""
+    """Renew this process's leases and give back deliveries whose lease ran out: a process that died while
+    sending them (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third
+    of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
+    and a dead process's work is due again within a lease and a third. First the leases of what this process
+    still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
+    never given back to be sent again."""
+    first = True
     while True:
-        await asyncio.sleep(every_s)
+        if not first:
+            await asyncio.sleep(every_s)
+        first = False
         try:
             await dispatcher.keep_leases()
             released = await store.release_expired()
@@ -222,6 +237,23 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
         if released:
             log.warning("delivery.leases_expired", count=released,
                         note="their sender stopped answering; they are due again")
+
+
+def retention_context(rt: Runtime) -> CleanupCtx:
+    """The retention sweep (see bridge.retention), for as long as the store is open."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        assert rt.store is not None
+        task = asyncio.create_task(run_retention(rt.store, rt.config.retention, rt.config.attachments_dir,
+                                                 lambda name, n, kind: rt.count(name, n, kind=kind)),
+                                   name="retention")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return ctx
 
 
 def build_app(config: Config, *, store: Store | None = None, workers: bool = True,
@@ -261,4 +293,5 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     app.cleanup_ctx.append(sandbox_context(rt))
     if workers:
         app.cleanup_ctx.append(delivery_context(rt))
+        app.cleanup_ctx.append(retention_context(rt))
     return app

@@ -41,6 +41,18 @@ class ServerConfig(Base):
 class StoreConfig(Base):
     url: str = "sqlite:///var/ticketbridge.db"
     group_commit_max: Annotated[int, Meta(ge=1, le=10_000)] = 512
+    pool_min: Annotated[int, Meta(ge=0, le=1000)] = 2
+    """PostgreSQL: connections the process keeps open (SQLite ignores the pool keys)."""
+    pool_max: Annotated[int, Meta(ge=1, le=1000)] = 10
+    """PostgreSQL: the most connections the process opens (plus one that listens for new work)."""
+    lease_seconds: Annotated[float, Meta(ge=1, le=3600)] = 10.0
+    """How long a claimed delivery stays its sender's unless renewed (every third of it, while held): a dead
+    process's work is taken over after at most about 1⅓ of this."""
+
+    def __post_init__(self) -> None:
+        if self.pool_min > self.pool_max:
+            raise KeyValueError(("pool_min",), f"pool_min ({self.pool_min}) is above pool_max ({self.pool_max}): "
+                                "give a pool_min no larger than pool_max")
 
 
 class AdminConfig(Base):
@@ -86,6 +98,40 @@ class AttachmentsConfig(Base):
     max_bytes: Annotated[int, Meta(ge=0)] = 10_485_760
 
 
+class RetentionConfig(Base):
+    """How long what the store and the attachments folder hold is kept; a null limit keeps that kind forever."""
+
+    enabled: bool = True
+    events: str | float | None = "30d"
+    """Events whose deliveries all succeeded (or that have none), with their deliveries and attempts."""
+    dead: str | float | None = "90d"
+    """Events with a dead delivery, which waits for an operator's replay: by the dead delivery's last change."""
+    attempts: str | float | None = "30d"
+    """Older attempts of kept deliveries (each delivery's latest is kept)."""
+    attachments: str | float | None = "events"
+    """Attachment files no kept event names; `events` (the default): the events limit."""
+    every: str | float = "5m"
+    batch: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    """Events (or attempts, or dedup keys) looked at per transaction: about three rows deleted for each event."""
+
+    def __post_init__(self) -> None:
+        for key in ("events", "dead", "attempts", "every"):
+            value = getattr(self, key)
+            if value is not None:
+                check_duration(value, (key,))
+        if self.attachments is not None and self.attachments != "events":
+            check_duration(self.attachments, ("attachments",))
+        if parse_duration(self.every) == 0:
+            raise KeyValueError(("every",), f"{self.every!r} would sweep without a pause: give a duration, e.g. 5m")
+
+    def limit(self, kind: Literal["events", "dead", "attempts", "attachments"]) -> float | None:
+        """The age limit of `kind` in seconds; None: kept forever."""
+        if not self.enabled:
+            return None
+        value = self.events if kind == "attachments" and self.attachments == "events" else getattr(self, kind)
+        return None if value is None else parse_duration(value)
+
+
 class RateLimit(Base):
     requests: Annotated[int, Meta(ge=1)]
     per_seconds: Annotated[float, Meta(gt=0)] = 1.0
@@ -105,6 +151,16 @@ class RetryConfig(Base):
         return [parse_duration(item) for item in self.schedule]
 
 
+class DestinationAttachments(Base):
+    """How many attachment files, and how many bytes of them in all, one request to this destination may
+    carry; a file over either cap (or no longer on disk) is named in the ticket text instead of sent.
+    `note_field` is the field that note goes to (each vendor has a default: its ticket text)."""
+
+    max_count: Annotated[int, Meta(ge=0)] = 10
+    max_bytes: Annotated[int, Meta(ge=0)] = 10_485_760
+    note_field: str | None = None
+
+
 class DestinationConfig(Base):
     """The options every destination takes; each vendor extends it with its own."""
 
@@ -115,6 +171,7 @@ class DestinationConfig(Base):
     max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 4
     timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    attachments: DestinationAttachments = msgspec.field(default_factory=DestinationAttachments)
 
     def __post_init__(self) -> None:
         if not self.sandbox and not self.base_url:
@@ -129,6 +186,7 @@ class _RawConfig(Base):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     attachments: AttachmentsConfig = msgspec.field(default_factory=AttachmentsConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     mappings: str | None = None
     mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
     mappings_reload_timeout: str | float = "30s"
@@ -164,6 +222,7 @@ class Config:
     destinations: dict[str, DestinationConfig]
     document: Document | None = None
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     # With a broken mappings folder at start: serve the last good set kept in the store, or refuse to start.
     mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
     mappings_reload_timeout_s: float = 30.0  # how long a hot reload may load and test before it is failed
@@ -270,6 +329,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         file=None if shipped else file, base_dir=base_dir, server=raw.server, store=raw.store,
         store_url=store_url, admin=raw.admin, log=raw.log, mappings_dir=mappings_dir, vars=raw.vars,
         sources=sources, destinations=destinations, document=doc, attachments=raw.attachments,
+        retention=raw.retention,
         mappings_on_start_error=raw.mappings_on_start_error,
         mappings_reload_timeout_s=parse_duration(raw.mappings_reload_timeout),
     )

@@ -59,6 +59,11 @@ class StoreUnavailable(BridgeError):
     """The store cannot be reached or cannot commit; nothing was stored."""
 
 
+class LeaseLost(BridgeError):
+    """A delivery's lease is no longer the caller's (it ran out and was given back, or another sender holds
+    it): its attempt is not recorded over the new holder's claim."""
+
+
 class StoreLocked(BridgeError):
     """Another ticketbridge process holds this SQLite store."""
 

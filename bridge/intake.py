@@ -14,7 +14,9 @@ from aiohttp import web
 
 from bridge.appkeys import RUNTIME
 from bridge.errors import Rejected, StoreUnavailable
+from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
+from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
 from bridge.runtime import Runtime, Source
@@ -34,12 +36,16 @@ T = TypeVar("T")
 
 
 def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_encode(data), status=status, content_type="application/json", headers=headers)
+    try:
+        body = _encode(data)
+    except UnicodeEncodeError:  # a reason quoting request text that is not UTF-8
+        body = _encode(escape_tree(data)[0])
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
 def _cors(source: Source, request: web.Request) -> dict[str, str]:
     origin = request.headers.get("Origin")
-    if origin and source.handler.allowed_origin(origin):
+    if origin and origin.isascii() and source.handler.allowed_origin(origin):  # an origin is ASCII (RFC 6454)
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {}
 
@@ -62,6 +68,65 @@ def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) ->
     if exc.check:
         body["check"] = exc.check
     return _json(body, exc.status, _cors(source, request))
+
+
+def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exception) -> Rejected:
+    """A handler raised something other than Rejected on this request: a bug in the handler, met on bytes it
+    did not expect. The request is refused with 400 (its bytes would fail the same way on every retry, and a
+    5xx would have the provider resend them for hours), and the traceback is logged at error level and
+    counted, so that the bug is seen and fixed."""
+    rt.count("handler_error", source=source.name)
+    log.exception("intake.handler_failed", source=source.name, error=f"{type(exc).__name__}: {exc}",
+                  remote=request.remote)
+    return Rejected(400, f"the request could not be parsed ({type(exc).__name__}); the error is logged",
+                    check="parse")
+
+
+async def _run_handler(rt: Runtime, source: Source, request: web.Request,
+                       body: bytes) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
+    """The handler's checks and parse (in the parser thread when the body calls for it): the request's events
+    and its signed nonce, or the answer to a handshake or an ignored notification. Rejected passes through; any
+    other exception is a handler bug met on these bytes."""
+    handler = source.handler
+    try:
+        check_auth(handler.options.auth, request)
+        handler.check_content_type(request)
+        await _run(handler.verify, request, body)
+        if (early := await handler.intercept(request, body)) is not None:
+            return early
+        inbounds = await _run(handler.parse, request, body)
+        return inbounds, handler.nonce(request, body)
+    except (Rejected, web.HTTPException):
+        raise
+    except Exception as exc:  # never a 5xx for a request's bytes: see _handler_failed
+        raise _handler_failed(rt, source, request, exc) from None
+
+
+def _kept(rt: Runtime, source: Source, request: web.Request) -> tuple[dict[str, str], dict[str, Any]]:
+    """The headers and request facts stored with the event. Header bytes that are not UTF-8 (read by aiohttp
+    as surrogates, which no store takes) are kept written out as `\\xNN`, and counted: refusing them would
+    refuse a provider's every request. Ordinary ASCII values cost one `isascii` each."""
+    headers = source.handler.kept_headers(request)
+    meta = {"remote": request.remote, "user_agent": request.headers.get("User-Agent")}
+    if escape_values(headers) + escape_values(meta):
+        rt.count("escaped", source=source.name, where="headers")
+        log.info("intake.escaped", source=source.name, where="headers")
+    return headers, meta
+
+
+def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
+    """Make the event's payload and dedup key storable, and plan its deliveries again from the escaped payload.
+    The store refused text that is not UTF-8: lone surrogates, such as the 8-bit bytes of a raw MIME header the
+    email package could not parse (kept raw, read with surrogateescape). Parsers escape what they decode
+    themselves; this is the net for what they hand over unchanged. Only run when the store refused the event,
+    so ordinary requests never pay for the walk."""
+    event.payload, changed = escape_tree(event.payload)
+    if event.dedup_key is not None:
+        event.dedup_key = escape_text(event.dedup_key)
+    rt.count("escaped", source=source.name, where="payload")
+    log.warning("intake.escaped", source=source.name, event_id=event.id, where="payload", strings=changed)
+    deliveries, _errors = plan_deliveries(mappings, event, rt.config.vars)
+    return deliveries
 
 
 def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamResponse:
@@ -92,11 +157,17 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
 
 def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
     if source.dedup_path is None:
-        return inbound.dedup_key
+        return _storable_key(inbound.dedup_key)
     value = source.dedup_path.get({"payload": inbound.payload, "headers": headers})
     if value is MISSING or value is None or value == "":
-        return inbound.dedup_key
-    return str(value)
+        return _storable_key(inbound.dedup_key)
+    return _storable_key(str(value))
+
+
+def _storable_key(key: str | None) -> str | None:
+    """PostgreSQL's text refuses NUL: a key that holds one (from a provider's JSON `\\u0000`) is kept with it
+    written out, rather than failing the insert on every retry."""
+    return key.replace("\x00", "\\x00") if key is not None and "\x00" in key else key
 
 
 async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
@@ -126,15 +197,22 @@ async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
 
 
 async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, list[NewDelivery]]],
-                      nonce: Nonce | None) -> list[AcceptResult] | None:
+                      nonce: Nonce | None, mappings: MappingSet) -> list[AcceptResult] | None:
     """Store each planned event and wake the lanes of its deliveries; None when the store refuses the nonce as
-    replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored)."""
+    replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored).
+    When the store refuses an event's text (UnicodeEncodeError, raised before anything is written), it is
+    stored again escaped."""
     store = rt.store
     if store is None:
         raise StoreUnavailable("the store is not open")
     results: list[AcceptResult] = []
-    for event, deliveries in planned:
-        result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+    for event, planned_deliveries in planned:
+        deliveries = planned_deliveries
+        try:
+            result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+        except UnicodeEncodeError:
+            deliveries = _escape_event(rt, source, event, mappings)
+            result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
         if result.replayed:
             return None
         results.append(result)
@@ -176,20 +254,16 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
         body = await _read_body(rt, source, request)
         if body is None:
             return web.Response(status=400)
-        check_auth(handler.options.auth, request)
-        handler.check_content_type(request)
-        await _run(handler.verify, request, body)
-        if (early := await handler.intercept(request, body)) is not None:
-            return _intercepted(rt, source, early)
-        inbounds = await _run(handler.parse, request, body)
-        signed = handler.nonce(request, body)
+        handled = await _run_handler(rt, source, request, body)
+        if isinstance(handled, Intercepted):
+            return _intercepted(rt, source, handled)
+        inbounds, signed = handled
     except Rejected as exc:
         return _reject(rt, source, exc, request)
     if (unsaved := await _save_attachments(rt, source, inbounds)) is not None:
         return unsaved
 
-    headers = handler.kept_headers(request)
-    meta = {"remote": request.remote, "user_agent": request.headers.get("User-Agent")}
+    headers, meta = _kept(rt, source, request)
     planned: list[tuple[Event, list[NewDelivery]]] = []
     invalid: list[str] = []
     mappings = rt.mappings
@@ -210,7 +284,7 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
                       "errors": invalid}, 422, _cors(source, request))
 
     try:
-        results = await _accept_all(rt, source, planned, await _nonce(signed, body))
+        results = await _accept_all(rt, source, planned, await _nonce(signed, body), mappings)
     except StoreUnavailable as exc:
         rt.count("intake.store_unavailable", source=source.name)
         log.error("intake.store_unavailable", source=source.name, error=str(exc))
@@ -256,6 +330,10 @@ async def hook_get(request: web.Request) -> web.StreamResponse:
         answer = await source.handler.handshake(request)
     except Rejected as exc:
         return _reject(rt, source, exc, request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # as for POST: see _handler_failed
+        return _reject(rt, source, _handler_failed(rt, source, request, exc), request)
     if answer is None:
         return _json({"accepted": False, "error": "this source takes POST requests"}, 405, {"Allow": "POST"})
     return answer
@@ -267,9 +345,11 @@ async def hook_options(request: web.Request) -> web.StreamResponse:
         return found
     _rt, source = found
     origin = request.headers.get("Origin", "")
-    if not origin or not source.handler.allowed_origin(origin):
+    if not origin or not origin.isascii() or not source.handler.allowed_origin(origin):
         return _json({"error": f"origin {origin or '(none)'} may not post to this source"}, 403)
     asked = request.headers.get("Access-Control-Request-Headers", "Content-Type")
+    if not asked.isascii():  # header names are ASCII tokens; the answer echoes them
+        return _json({"error": "Access-Control-Request-Headers names a header that is not ASCII"}, 400)
     return web.Response(status=204, headers={
         "Access-Control-Allow-Origin": origin, "Vary": "Origin",
         "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": asked,

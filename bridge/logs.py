@@ -15,6 +15,8 @@ from typing import Any, TextIO
 import msgspec
 import structlog
 
+from bridge.escaping import escape_text, escape_tree
+
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
 _PHONE = re.compile(r"(?<![\w.-])(\+?)(\d[\d ().-]{6,}\d)(?![\w-])")
 # Ids and timestamps are digits too; values under these keys are not personal data.
@@ -63,15 +65,19 @@ def mask_personal_data(_logger: Any, _name: str, event_dict: MutableMapping[str,
 
 
 _json = msgspec.json.Encoder(enc_hook=str)
+_json_escaped = msgspec.json.Encoder(enc_hook=lambda value: escape_text(str(value)))
 
 
 def render_json_bytes(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> bytes:
     """One JSON line, encoded by msgspec (a per-request log line must stay cheap)."""
-    return _json.encode(event_dict)
+    try:
+        return _json.encode(event_dict)
+    except UnicodeEncodeError:  # a value quoting request bytes that are not UTF-8: logged escaped
+        return _json_escaped.encode(escape_tree(dict(event_dict))[0])
 
 
 def render_json_text(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> str:
-    return _json.encode(event_dict).decode()
+    return render_json_bytes(_logger, _name, event_dict).decode()
 
 
 STDLIB_HANDLER = "ticketbridge"  # the name of the handler configure_logging puts on the root logger

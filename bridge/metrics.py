@@ -37,13 +37,19 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[s
 
 def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     """The exposition text for the runtime's counters and state."""
-    intake, reloads, attempts = [], [], []
+    intake, reloads, attempts, escaped, handler_errors, purged = [], [], [], [], [], []
     for (name, labels), value in sorted(rt.labelled.items()):
         tags = dict(labels)
         if name.startswith("intake."):
             intake.append(({"source": tags.get("source", ""), "outcome": name.removeprefix("intake.")}, value))
+        elif name == "escaped":
+            escaped.append(({"source": tags.get("source", ""), "where": tags.get("where", "")}, value))
+        elif name == "handler_error":
+            handler_errors.append(({"source": tags.get("source", "")}, value))
         elif name.startswith("mappings.reload"):
             reloads.append(({"result": "ok" if name == "mappings.reloaded" else "failed"}, value))
+        elif name == "retention.purged":
+            purged.append(({"kind": tags.get("kind", "")}, value))
         elif name == "delivery.attempt":
             attempts.append(({"destination": tags.get("destination", ""),
                               "classification": tags.get("classification", "")}, value))
@@ -51,6 +57,12 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     out += _family("ticketbridge_intake_requests_total", "counter",
                    "Requests to /hooks by source and outcome (accepted, duplicate, spam, rejected.<status>, ...).",
                    intake)
+    out += _family("ticketbridge_intake_escaped_total", "counter",
+                   "Requests stored with text that was not UTF-8 kept as escapes, by source and where it was "
+                   "(headers, payload).", escaped)
+    out += _family("ticketbridge_intake_handler_errors_total", "counter",
+                   "Requests a handler failed on unexpectedly, answered 400 and logged with the traceback: a bug "
+                   "to report.", handler_errors)
     out += _family("ticketbridge_delivery_attempts_total", "counter",
                    "Delivery attempts by destination and classification (success, retry, permanent, auth).", attempts)
     lanes = rt.dispatcher.lanes if rt.dispatcher is not None else {}
@@ -66,6 +78,9 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
                        [({"problem": problem.kind if problem else ""}, 0 if problem else 1)])
         out += _family("ticketbridge_store_commit_failures_total", "counter",
                        "Commits the store could not make.", [({}, rt.store.commit_failures)])
+    out += _family("ticketbridge_retention_purged_total", "counter",
+                   "Rows (events, deliveries, attempts, dedup) and attachment files deleted by the retention sweep.",
+                   purged)
     out += _family("ticketbridge_mapping_reloads_total", "counter", "Hot reloads of the mappings folder.", reloads)
     out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
                    "When the mapping set in force was loaded.", [({"version": rt.mappings.version},

@@ -61,7 +61,8 @@ def content_path(folder: Path, sha256: str) -> Path:
 
 
 def save_attachments(attachments: list[Attachment], folder: Path, max_bytes: int) -> None:
-    """Write each attachment's content under `folder` (at most once per digest) and mark its metadata
+    """Write each attachment's content under `folder` (at most once per digest; a file already there has its
+    time brought up to now, which retention reads as "named by an event this recent") and mark its metadata
     `stored: true`; content over `max_bytes` is marked `stored: false` with the reason. Raises OSError
     when the disk fails, so that intake answers 503 and the provider retries."""
     for item in attachments:
@@ -75,7 +76,9 @@ def save_attachments(attachments: list[Attachment], folder: Path, max_bytes: int
             item.meta["reason"] = f"{size} bytes is over the attachment cap of {max_bytes} bytes"
             continue
         target = content_path(folder, item.meta["sha256"])
-        if not target.exists():
+        try:
+            os.utime(target)  # named again: retention keeps a file as long as its newest event
+        except FileNotFoundError:
             _write_atomically(target, item.content)
         item.meta["stored"] = True
 

@@ -156,12 +156,47 @@ class Handler(ABC):
         return out
 
 
+MAX_JSON_DEPTH = 128
+"""How deep a request's JSON may nest. Providers nest a dozen levels; the parser itself stops near Python's
+recursion limit (about a thousand, less the stack in use), and a value nested just under that would make any
+later recursive step (encoding the event, str() of a list) fail instead; this keeps 850 levels of headroom."""
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def decode_json(data: bytes | str, field: str | None = None, check: str = "json") -> Any:
+    """`data` (the body, or the named `field` of it) parsed as JSON, or Rejected(400, check) with the parser's
+    reason: malformed text, bytes that are not UTF-8, or nesting deeper than MAX_JSON_DEPTH. The depth is only
+    walked when the text holds that many brackets at all (two counts in C), so ordinary bodies never pay."""
+    what = field or "the JSON body"
+    try:
+        value = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
+        raise Rejected(400, f"{field} is not JSON: {exc}" if field else f"malformed JSON: {exc}",
+                       check=check) from None
+    except RecursionError:
+        pass  # deeper than the parser goes: refused below, as any value past the limit
+    else:
+        brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
+        if brackets <= MAX_JSON_DEPTH or not isinstance(value, dict | list) or not _deeper_than(value, MAX_JSON_DEPTH):
+            return value
+    raise Rejected(400, f"{what} is nested too deeply: more than {MAX_JSON_DEPTH} levels of arrays and objects",
+                   check=check)
+
+
 def decode_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or Rejected(400) with the parser's reason."""
-    try:
-        value = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
-        raise Rejected(400, f"malformed JSON: {exc}", check="json") from None
+    value = decode_json(body)
     if not isinstance(value, dict):
         raise Rejected(400, f"expected a JSON object, got a JSON {type(value).__name__}", check="json")
     return value

@@ -65,12 +65,23 @@ class CloudmailinHandler(Handler):
             if item.get("content") is not None:
                 files.append(attachment(name, ctype, decode_base64(item["content"], f"`attachments[{i}].content`")))
             else:
-                size = item.get("size")
-                files.append(remote_attachment(
-                    name, ctype, int(size) if isinstance(size, int | str) and str(size).isdigit() else None,
-                    "held by Cloudmailin's attachment store", url=item.get("url")))
+                files.append(remote_attachment(name, ctype, byte_count(item.get("size")),
+                                               "held by Cloudmailin's attachment store", url=item.get("url")))
             kept.append({k: v for k, v in item.items() if k != "content"})
         return files, kept
+
+
+def byte_count(value: Any) -> int | None:
+    """A size in bytes as the provider wrote it (a number, or digits in a string); anything else, such as
+    "²" or "٣" (digits to `str.isdigit`, not to `int`), a negative or a number of a thousand digits, is
+    unknown: None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
 
 
 def _text(value: Any) -> str | None:

@@ -94,7 +94,13 @@ def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
         pairs = getaddresses(texts)
     except RecursionError:  # comments nested a thousand deep
         raise Rejected(400, f"{field} is not an address list: comments are nested too deep", check="email") from None
-    return [(decode_words(name), addr) for name, addr in pairs]
+    # Decoded after the split (RFC 2047): a word may decode to a comma, a line break or a whole `Bcc: x@y`
+    # and must stay part of its display name. A value that holds an address only once decoded (a sender that
+    # encoded it all) is parsed decoded.
+    decoded = [(" ".join(decode_words(name).split()), addr) for name, addr in pairs]
+    if not any("@" in addr for _name, addr in decoded) and any("=?" in t for t in texts):
+        decoded = getaddresses([decode_words(t) for t in texts])
+    return decoded
 
 
 def address_list(*values: AddressInput, field: str = "email") -> list[str]:
@@ -115,7 +121,7 @@ def sender(value: AddressInput) -> tuple[str | None, str | None]:
     if not texts:
         return None, None
     pairs = _mailboxes(texts, "From")
-    name, addr = pairs[0] if pairs else parseaddr(texts[0])
+    name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
     addr = addr.strip().lower()
     return (name.strip() or None), (addr if "@" in addr else None)
 
@@ -219,7 +225,7 @@ class MimeContent(NamedTuple):
 def _part_text(part: EmailMessage) -> str | None:
     try:
         content = part.get_content()
-    except (LookupError, UnicodeDecodeError, AssertionError):  # unknown or lying charset
+    except (LookupError, ValueError, AssertionError):  # unknown, lying or NUL-holding charset
         raw = part.get_payload(decode=True)
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
     return content if isinstance(content, str) else None

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from bridge.errors import Rejected
+from bridge.escaping import escape_text
 from handlers.email import decode_words
 from handlers.limits import MAX_FORM_FIELDS, check_count, check_mime_shape, check_parts
 
@@ -29,7 +30,7 @@ def add_value(out: dict[str, Any], key: str, value: Any) -> None:
 def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     try:
         text = body.decode(charset or "utf-8")
-    except (UnicodeDecodeError, LookupError) as exc:
+    except (ValueError, LookupError) as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
     fields = [part for part in text.split("&") if part]  # clients leave stray '&'s; they carry no field
@@ -38,11 +39,13 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
                           encoding=charset or "utf-8", errors="strict")
-    except UnicodeDecodeError as exc:  # a percent-escape that is not valid text in the charset
+    except UnicodeError as exc:  # a percent-escape that is not valid text in the charset
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}",
                        check="form") from None
     except ValueError as exc:
         raise Rejected(400, f"malformed form body: {exc}", check="form") from None
+    if charset:  # UTF-7 or unicode_escape may decode to lone surrogates; UTF-8, read strictly, never does
+        pairs = [(escape_text(key), escape_text(value)) for key, value in pairs]
     for key, value in pairs:
         add_value(out, key, value)
     return out
@@ -63,16 +66,20 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     if "boundary=" not in content_type_header:
         raise Rejected(400, "multipart body without a boundary in its Content-Type", check="form")
     check_mime_shape(body, "the multipart body")
+    # aiohttp read the header's bytes as UTF-8, keeping any other byte as a surrogate: this gives them back.
+    sent = content_type_header.encode("utf-8", "surrogateescape")
     boundary = _BOUNDARY.search(content_type_header)
     if boundary is not None:  # counted before the parse, which costs far more per part than a count
-        check_count("multipart parts", body.count(b"--" + boundary.group(1).encode("latin-1", "replace")) - 1,
+        check_count("multipart parts", body.count(b"--" + boundary.group(1).encode("utf-8", "surrogateescape")) - 1,
                     MAX_FORM_FIELDS)
     # The compat32 policy: header values stay text read by `Message`'s own light parameter parser; the
     # structured parse of the newer policies costs some 200 µs a part.
-    message = BytesParser().parsebytes(
-        b"Content-Type: " + content_type_header.encode("latin-1") + b"\r\n\r\n" + body
-    )
+    message = BytesParser().parsebytes(b"Content-Type: " + sent + b"\r\n\r\n" + body)
     check_parts(message, "the multipart body", MAX_FORM_FIELDS)
+    found = message.get_boundary()
+    if found is not None and not found.isascii():
+        raise Rejected(400, f"multipart boundary {escape_text(found)!r} is not ASCII; RFC 2046 allows only "
+                            "letters, digits and '()+_,-./:=? in it", check="form")
     if not message.is_multipart() or message.defects:
         reason = ", ".join(type(d).__name__ for d in message.defects) or "no parts"
         raise Rejected(400, f"malformed multipart body: {reason}", check="form")
@@ -102,11 +109,13 @@ def _text(value: str) -> str:
 
 
 def decode_part(part: Part, charset: str | None = None) -> str:
-    """A text part as str, in `charset` (else the part's own, else UTF-8); Rejected(400) when it is not."""
+    """A text part as str, in `charset` (else the part's own, else UTF-8); Rejected(400) when it is not. A
+    charset that decodes to lone surrogates (malformed UTF-7, unicode_escape) has them written out, so that
+    the text can be signed, logged and stored."""
     use = charset or part.charset or "utf-8"
     try:
-        return part.data.decode(use)
-    except (UnicodeDecodeError, LookupError):
+        return escape_text(part.data.decode(use))
+    except (ValueError, LookupError):
         raise Rejected(400, f"multipart field {part.name!r} is not valid {use} text", check="form") from None
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-import msgspec
 from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.base import Handler, Inbound, per_request
+from handlers.base import Handler, Inbound, decode_json, per_request
 from handlers.formdata import parse_multipart, parse_urlencoded
 from handlers.hosted_form import flatten
 from handlers.signing import require, same
@@ -53,10 +52,7 @@ class JotformHandler(Handler):
         raw = form.get("rawRequest")
         if not isinstance(raw, str):
             raise Rejected(400, "no `rawRequest` field in the form", check="form")
-        try:
-            answers_raw = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise Rejected(400, f"`rawRequest` is not JSON: {exc}", check="form") from None
+        answers_raw = decode_json(raw, "`rawRequest`", check="form")
         if not isinstance(answers_raw, dict):
             raise Rejected(400, "`rawRequest` is not a JSON object", check="form")
         # Questions come as q<N>_<unique name>; the rest (slug, event_id, timings) is Jotform's own.

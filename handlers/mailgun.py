@@ -11,7 +11,7 @@ from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment
 from handlers.auth import hmac_digest, signature_matches
-from handlers.base import Handler, Inbound, SignedNonce, per_request
+from handlers.base import Handler, Inbound, SignedNonce, decode_json, per_request
 from handlers.email import Headers, email_payload, message_id
 from handlers.formdata import add_value, decode_part, multipart_parts, parse_urlencoded
 from handlers.signing import TimedOptions, check_timestamp, require
@@ -115,10 +115,7 @@ class MailgunHandler(Handler):
         """The message's headers: `message-headers` (a JSON list of pairs), else the header-named fields."""
         raw = _one(fields.get("message-headers"))
         if raw:
-            try:
-                pairs = msgspec.json.decode(raw)
-            except msgspec.DecodeError:
-                raise Rejected(400, "field `message-headers` is not JSON", check="form") from None
+            pairs = decode_json(raw, "field `message-headers`", check="form")
             if isinstance(pairs, list):
                 return Headers((str(p[0]), str(p[1])) for p in pairs
                                if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str))

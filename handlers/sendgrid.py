@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import msgspec
 from aiohttp import web
 
 from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from bridge.escaping import escape_text
 from handlers.attachments import Attachment, attachment
-from handlers.base import Handler, Inbound
+from handlers.base import Handler, Inbound, decode_json
 from handlers.email import Headers, email_payload, message_id, parse_mime
 from handlers.formdata import Part, add_value, multipart_parts
 
@@ -26,8 +27,8 @@ def _charsets(parts: list[Part]) -> dict[str, str]:
     for part in parts:
         if part.name == "charsets" and part.filename is None:
             try:
-                value = msgspec.json.decode(part.data)
-            except msgspec.DecodeError:
+                value = decode_json(part.data)
+            except Rejected:  # optional: an unreadable list of charsets counts as none
                 return {}
             if isinstance(value, dict):
                 return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
@@ -38,8 +39,8 @@ def _text(part: Part, charsets: dict[str, str]) -> str:
     for charset in (charsets.get(part.name), part.charset, "utf-8"):
         if charset:
             try:
-                return part.data.decode(charset)
-            except (UnicodeDecodeError, LookupError):
+                return escape_text(part.data.decode(charset))  # see formdata.decode_part
+            except (ValueError, LookupError):
                 continue
     return part.data.decode("utf-8", "replace")
 
@@ -67,9 +68,9 @@ class SendgridHandler(Handler):
         raw_info = fields.get("attachment-info")
         if isinstance(raw_info, str):
             try:
-                decoded = msgspec.json.decode(raw_info)
+                decoded = decode_json(raw_info)
                 info = decoded if isinstance(decoded, dict) else {}
-            except msgspec.DecodeError:
+            except Rejected:  # optional, as above
                 info = {}
         # attachment-info names the file when the part's own filename is blank; looked up once, not per file
         named = next((str(e["filename"]) for e in info.values() if isinstance(e, dict) and e.get("filename")), None)

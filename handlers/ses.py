@@ -15,7 +15,17 @@ from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import Rejected
 from handlers.attachments import decode_base64
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, handshake_answer, ignored, obj, per_request
+from handlers.base import (
+    Handler,
+    Inbound,
+    Intercepted,
+    decode_json,
+    decode_json_object,
+    handshake_answer,
+    ignored,
+    obj,
+    per_request,
+)
 from handlers.email import Headers, MimeContent, email_payload, parse_mime
 from handlers.signing import check_dedup_covers
 from handlers.sns import CertificateCache, Fetcher, FetchError, https_get, is_sns_url, verify_signature
@@ -123,8 +133,8 @@ class SesHandler(Handler):
     def _notification(self, request: web.Request, message: dict[str, Any]) -> dict[str, Any] | None:
         def decode() -> dict[str, Any] | None:
             try:
-                value = msgspec.json.decode(str(message.get("Message") or ""))
-            except msgspec.DecodeError:
+                value = decode_json(str(message.get("Message") or ""))
+            except Rejected:  # not an SES notification: answered as ignored
                 return None
             return value if isinstance(value, dict) else None
 

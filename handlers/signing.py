@@ -10,6 +10,9 @@ from bridge.durations import parse_duration
 from bridge.errors import Rejected
 from bridge.yamlfile import KeyValueError
 
+MAX_TIMESTAMP_DIGITS = 20
+"""More digits than any time in milliseconds until the year 3 billion has; a longer number is refused unread."""
+
 
 def require(value: str, key: str, env: str) -> None:
     """Refuse an empty secret in the config (an unset environment variable expands to one)."""
@@ -50,6 +53,10 @@ def check_timestamp(value: str | None, now: float, tolerance_s: float, *, header
     text = value.strip()
     if not text.isascii() or not text.isdigit():
         raise Rejected(401, f"timestamp {header} is not a whole number of {'milli' if unit == 'ms' else ''}seconds",
+                       check="timestamp")
+    if len(text) > MAX_TIMESTAMP_DIGITS:  # read as a number it would be ages away, and int() refuses thousands
+        raise Rejected(401, f"timestamp {header} is {len(text)} digits long; a time in "
+                            f"{'milli' if unit == 'ms' else ''}seconds has at most {MAX_TIMESTAMP_DIGITS}",
                        check="timestamp")
     stamp = int(text)
     seconds = stamp / 1000 if unit == "ms" else float(stamp)

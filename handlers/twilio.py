@@ -87,7 +87,11 @@ class TwilioHandler(Handler):
             return self.twilio.public_url
         if self.server.public_url:
             return self.server.public_url.rstrip("/") + request.path_qs
-        return str(request.url)
+        try:
+            return str(request.url)
+        except ValueError:  # yarl refuses the Host header: a port past 65535, a label IDNA cannot encode
+            raise Rejected(400, "the Host header is not a host name; set public_url to the URL Twilio calls",
+                           check="signature") from None
 
     def verify(self, request: web.Request, body: bytes) -> None:
         given = request.headers.get(HEADER, "")
@@ -116,7 +120,9 @@ class TwilioHandler(Handler):
         form = self._form(request, body)
         media = []
         count = form.get("NumMedia")
-        for i in range(min(int(count), 10) if isinstance(count, str) and count.isdigit() else 0):
+        # isascii: "²" and "٣" are digits to isdigit but not to int(); the length keeps int() off huge numbers.
+        for i in range(min(int(count), 10) if isinstance(count, str) and count.isascii() and count.isdigit()
+                       and len(count) <= 4 else 0):
             url = form.get(f"MediaUrl{i}")
             if isinstance(url, str):
                 media.append({"url": url, "content_type": form.get(f"MediaContentType{i}")})

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import __version__
-from bridge.cli import check, deliveries, kapture, mapping_tools, serve
+from bridge.cli import check, deliveries, kapture, mapping_tools, purge, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     deliveries.add_parsers(sub, common)
     mapping_tools.add_parsers(sub, common)
     kapture.add_parsers(sub, common)
+    purge.add_parsers(sub, common)
     return parser
 
 

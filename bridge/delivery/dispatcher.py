@@ -1,7 +1,11 @@
 """The delivery loop: one lane per destination, so a slow or failing vendor never delays another.
 
-A lane claims due deliveries (up to its free in-flight slots), waits for the rate limiter, sends,
-and records the attempt. When nothing is due it sleeps until the next due time, or until intake
+A lane asks its destination's gate (rate limit, a 429's pause, the breaker: bridge.delivery.coordination)
+how many sends may start now, claims at most that many due deliveries (up to its free in-flight slots),
+sends them at once, and records each attempt with its lease: a result whose lease another process has
+taken meanwhile is not recorded over that process's claim (`delivery.lease_lost`). Leases are short and
+renewed while held (`keep_leases`, every third of a lease), so a dead process's work is taken over within
+about a lease, whatever the send timeout. When nothing is due it sleeps until the next due time, or until intake
 wakes it: new work is sent at once, without polling. A slow poll remains as the fallback for work
 added by other processes (the CLI's replay).
 
@@ -23,6 +27,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -31,10 +36,11 @@ import structlog
 
 from bridge.config import DestinationConfig
 from bridge.delivery.breaker import Breaker
+from bridge.delivery.coordination import Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, make_limiter
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sender import Sent, send_once
-from bridge.errors import BridgeError, StoreUnavailable
+from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
 from bridge.store.base import AttemptResult, Claimed, Store
 from bridge.vendors.base import Adapter, Outcome
 from bridge.vendors.registry import adapter_class
@@ -46,6 +52,7 @@ STORE_RETRY_SECONDS = 1.0
 CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
+LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,13 @@ class Destination:
     limiter: Limiter = field(default_factory=lambda: make_limiter(None))
 
     @classmethod
-    def from_config(cls, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> Destination:
-        """The destination `config` describes: its vendor's adapter, retry policy and rate limiter."""
-        return cls(name=name, config=config, adapter=adapter_class(config.vendor)(name, config, base_url),
+    def from_config(cls, name: str, config: DestinationConfig, base_url: str | Callable[[], str], *,
+                    attachments_dir: Path | None = None) -> Destination:
+        """The destination `config` describes: its vendor's adapter (reading attachment files from
+        `attachments_dir`), retry policy and rate limiter."""
+        adapter = adapter_class(config.vendor)(name, config, base_url, attachments_dir=attachments_dir)
+        return cls(name=name, config=config, adapter=adapter,
                    policy=RetryPolicy.from_config(config.retry), limiter=make_limiter(config.rate_limit))
-
-    @property
-    def lease_seconds(self) -> float:
-        return self.config.timeout_seconds * 2 + 60
 
 
 class Lane:
@@ -87,9 +93,18 @@ class Lane:
         self.slot_freed = asyncio.Event()
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
-        self.breaker = Breaker()
+        self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
         self.log = log.bind(destination=dest.name)
+
+    @property
+    def breaker(self) -> Breaker:
+        """The breaker as this process last saw it."""
+        return self.gate.breaker
+
+    @breaker.setter
+    def breaker(self, breaker: Breaker) -> None:
+        self.gate.breaker = breaker
 
     async def run(self) -> None:
         d = self.dispatcher
@@ -101,18 +116,28 @@ class Lane:
                 # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
                 await self._wait(self.slot_freed, None)
                 continue
-            pause, cap = self.breaker.allowance()
-            if pause > 0:
-                await self._wait(d.stop_event, pause)  # new work must not wake a lane whose vendor is down
-                continue
             self.wake.clear()
             try:
-                batch = await d.store.claim(self.dest.name, min(free, d.claim_batch, cap or d.claim_batch), d.owner,
-                                            self.dest.lease_seconds)
+                admission = await self.gate.admit(min(free, d.claim_batch))
             except StoreUnavailable as exc:
-                self.log.error("delivery.claim_failed", error=str(exc))
+                self.log.error("delivery.admit_failed", error=str(exc))
                 await self._wait(self.wake, d.timings.store_retry_s)
                 continue
+            if admission.granted == 0:
+                # Held back (breaker open, a 429's pause, the rate limit): new work must not wake the lane.
+                await self._wait(d.stop_event, max(admission.wait_s, 0.001))
+                continue
+            try:
+                batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
+            except StoreUnavailable as exc:
+                self.log.error("delivery.claim_failed", error=str(exc))
+                with contextlib.suppress(StoreUnavailable):
+                    await self.gate.unused(admission, admission.granted)
+                await self._wait(self.wake, d.timings.store_retry_s)
+                continue
+            if len(batch.items) < admission.granted:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.gate.unused(admission, admission.granted - len(batch.items))
             if not batch.items:
                 timeout = d.timings.poll_s
                 if batch.next_due_ms is not None:
@@ -120,16 +145,9 @@ class Lane:
                 await self._wait(self.wake, timeout)
                 continue
             for index, item in enumerate(batch.items):
-                delay = self.dest.limiter.reserve()
-                if delay > 0:
-                    await self._wait(d.stop_event, delay)
-                if d.stopping:
-                    await d.release([i.id for i in batch.items[index:]])
-                    return
-                if cap == 1:
-                    self.breaker.probe_sent()
                 self.sending.add(item.id)
-                task = asyncio.create_task(self._deliver(item), name=f"deliver {item.id}")
+                start = functools.partial(self.gate.start, admission, index)
+                task = asyncio.create_task(self._deliver(item, start), name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
 
@@ -151,9 +169,9 @@ class Lane:
             for w in waiters:
                 w.cancel()
 
-    async def _deliver(self, item: Claimed) -> None:
+    async def _deliver(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
         try:
-            await self._send_and_record(item)
+            await self._send_and_record(item, start)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (shielded, below) and must not be undone by a release.
@@ -161,7 +179,7 @@ class Lane:
                 self.dispatcher.cancelled.append(item.id)
             raise
 
-    async def _send_and_record(self, item: Claimed) -> None:
+    async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         item, role, settled = await self._prepare(item)
@@ -170,7 +188,7 @@ class Lane:
                 sent = Sent(settled, int(d.clock() * 1000), 0.0, None, None)
             else:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                       on_send=self.dest.limiter.sent)
+                                       on_send=start)
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
@@ -182,13 +200,9 @@ class Lane:
         if role is not None:
             result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
                                              body=item.body if role == "follow_up" and settled is None else None)
-        change = self.breaker.record("success" if settled is not None else sent.outcome.classification)
-        if change == "opened":
-            self.log.warning("destination.paused", failures=self.breaker.failures,
-                             cooldown_s=round(self.breaker.cooldown, 1), last_error=sent.outcome.error,
-                             note="no delivery is sent until a probe succeeds; pending ones keep their tries")
-        elif change == "closed":
-            self.log.info("destination.resumed")
+        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe).
+        await self._tell_gate(sent if settled is None else Sent(Outcome(classification="success"), sent.started_at_ms,
+                                                                0.0, None, None), blog)
         failures = 0
         delay = d.timings.store_retry_s
         error = ""
@@ -196,7 +210,13 @@ class Lane:
             while True:
                 try:
                     # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
-                    await asyncio.shield(d.store.record(result))
+                    await asyncio.shield(d.store.record(result, owner=d.owner))
+                except LeaseLost as exc:
+                    blog.error("delivery.lease_lost", error=str(exc), classification=result.classification,
+                               ticket_id=result.ticket_id,
+                               note="its lease ran out and another sender holds it now; this result is not "
+                                    "recorded over that claim, and the delivery may be sent again")
+                    return
                 except StoreUnavailable as exc:
                     failures += 1
                     error = str(exc)
@@ -246,6 +266,25 @@ class Lane:
         except StoreUnavailable as exc:
             return Outcome(classification="retry", error=f"not sent: its event could not be read: {exc}")
 
+    async def _tell_gate(self, sent: Sent, blog: Any) -> None:
+        """Pass an answer on to the destination's gate: a 429's pause, and the breaker's count."""
+        if sent.http_status == 429:
+            pause = sent.outcome.retry_after if sent.outcome.retry_after is not None else self.gate.window
+            pause = min(pause, self.dest.policy.max_retry_after)
+            blog.warning("delivery.rate_limited", pause_s=round(pause, 3))
+            with contextlib.suppress(StoreUnavailable):
+                await self.gate.pause(pause)
+        try:
+            change = await self.gate.outcome(sent.outcome.classification)
+        except StoreUnavailable:
+            return
+        if change == "opened":
+            self.log.warning("destination.paused", failures=self.breaker.failures,
+                             cooldown_s=round(self.breaker.cooldown, 1), last_error=sent.outcome.error,
+                             note="no delivery is sent until a probe succeeds; pending ones keep their tries")
+        elif change == "closed":
+            self.log.info("destination.resumed")
+
     def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
         outcome = sent.outcome
         if outcome.classification == "skipped":
@@ -265,10 +304,6 @@ class Lane:
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
                                            next_status="succeeded")
-        if sent.http_status == 429:
-            pause = outcome.retry_after if outcome.retry_after is not None else self.dest.limiter.window
-            self.dest.limiter.pause(min(pause, self.dest.policy.max_retry_after))
-            blog.warning("delivery.rate_limited", pause_s=round(pause, 3))
         decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)
         if decision.action == "retry":
             due = int((self.dispatcher.clock() + decision.delay_s) * 1000)
@@ -288,17 +323,22 @@ class Lane:
 class Dispatcher:
     """Runs every destination's lane; `notify` wakes lanes with new work.
 
-    Its waits (`timings`), the most deliveries one claim takes (`claim_batch`) and the wall clock due times
-    are set by (`clock`, seconds since the epoch) are parameters, the module constants their defaults.
+    Its waits (`timings`), the most deliveries one claim takes (`claim_batch`), the wall clock due times
+    are set by (`clock`, seconds since the epoch) and how long a claim's lease lasts unless renewed
+    (`lease_s`) are parameters, the module constants their defaults. `coordination` gives each destination
+    its gate (rate limit, 429 pause, breaker): in this process unless the store shares them between processes.
     """
 
     def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination],
                  on_attempt: Callable[[str, str], None] | None = None, *, timings: Timings | None = None,
                  max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
+                 lease_s: float = LEASE_SECONDS,
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
         self.follow_ups = follow_ups
         """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
+        self.coordination = coordination or LocalCoordination()
+        self.lease_s = lease_s
         self.claim_batch = claim_batch
         self.clock = clock
         self.on_attempt = on_attempt  # (destination, classification), for the metrics
@@ -339,7 +379,7 @@ class Dispatcher:
     async def release(self, ids: list[str]) -> None:
         if ids:
             with contextlib.suppress(StoreUnavailable):
-                await self.store.release(ids)
+                await self.store.release(ids, owner=self.owner)
 
     async def keep_leases(self) -> int:
         """Extend the lease of every delivery a lane holds (being sent, or its result not yet recorded), so
@@ -347,7 +387,7 @@ class Dispatcher:
         kept = 0
         for lane in self.lanes.values():
             if lane.inflight:
-                kept += await self.store.extend_leases(list(lane.inflight), self.owner, lane.dest.lease_seconds)
+                kept += await self.store.extend_leases(list(lane.inflight), self.owner, self.lease_s)
         return kept
 
     def in_flight(self) -> int:

@@ -21,7 +21,7 @@ from bridge.config import RateLimit
 
 
 class Limiter(Protocol):
-    """What the delivery loop needs; a limiter shared between processes implements the same."""
+    """An in-process limiter, as a destination's gate (bridge.delivery.coordination) uses it."""
 
     def reserve(self) -> float:
         """Take the next send slot; returns how many seconds to wait before using it."""
@@ -31,6 +31,12 @@ class Limiter(Protocol):
 
     def pause(self, seconds: float) -> None:
         """Allow no send for `seconds` (after a 429)."""
+
+    def next_delay(self) -> float:
+        """How many seconds until a slot is free, without taking it (0: one is free now)."""
+
+    def unreserve(self) -> None:
+        """Give back the newest reserved slot whose send has not started."""
 
     @property
     def window(self) -> float: ...
@@ -45,6 +51,12 @@ class Unlimited:
         return max(0.0, self._paused_until - self._clock())
 
     def sent(self) -> None:
+        pass
+
+    def next_delay(self) -> float:
+        return self.reserve()
+
+    def unreserve(self) -> None:
         pass
 
     def pause(self, seconds: float) -> None:
@@ -66,7 +78,8 @@ class SlidingWindowLimiter:
         self.per_seconds = per_seconds
         self._window = per_seconds + max(per_seconds * margin, min_margin_s)
         self._clock = clock
-        self._sends: deque[float] = deque(maxlen=requests)
+        # The last `requests` send times, and after them the reserved slots not yet used (`_pending`).
+        self._sends: deque[float] = deque()
         self._pending = 0  # the newest `_pending` entries are reserved slots whose send has not started
         self._paused_until = 0.0
 
@@ -74,16 +87,31 @@ class SlidingWindowLimiter:
     def window(self) -> float:
         return self._window
 
-    def reserve(self) -> float:
-        now = self._clock()
+    def _next_at(self, now: float) -> float:
         at = max(now, self._paused_until)
-        if len(self._sends) == self.requests:
-            at = max(at, self._sends[0] + self._window)
+        if len(self._sends) >= self.requests:
+            at = max(at, self._sends[-self.requests] + self._window)
         if self._sends and at < self._sends[-1]:
             at = self._sends[-1]
+        return at
+
+    def next_delay(self) -> float:
+        now = self._clock()
+        return self._next_at(now) - now
+
+    def reserve(self) -> float:
+        now = self._clock()
+        at = self._next_at(now)
         self._sends.append(at)
-        self._pending = min(self._pending + 1, len(self._sends))
+        self._pending += 1
+        while len(self._sends) > self.requests + self._pending:
+            self._sends.popleft()
         return at - now
+
+    def unreserve(self) -> None:
+        if self._pending:
+            self._sends.pop()
+            self._pending -= 1
 
     def sent(self) -> None:
         if not self._pending:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -65,8 +65,9 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
-                    on_send: Callable[[], None] | None = None) -> Sent:
-    """`on_send` is called just before the request goes out (the rate limiter notes the time)."""
+                    on_send: Callable[[], Awaitable[None]] | None = None) -> Sent:
+    """`on_send` is awaited just before the request goes out: the rate limit notes the time, or holds a
+    send that is late for its slot until it may go."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     status: int | None = None
@@ -94,7 +95,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         return Sent(Outcome(classification="retry", error=f"not sent: a look-up failed: {type(exc).__name__}: {exc}"),
                     started_ms, duration, None, None)
     if on_send is not None:
-        on_send()
+        await on_send()
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,

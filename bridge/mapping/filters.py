@@ -18,6 +18,7 @@ from jinja2 import Undefined
 from bridge.mapping.dates import check_date_args, date
 from bridge.mapping.limits import MAX_RESULT_CHARS, joined_size, replaced_size, sized_iter, too_long
 from bridge.mapping.text import html_to_text, strip_quoted
+from bridge.vendors.files import attachment_list
 
 Filter = Callable[..., Any]
 
@@ -186,6 +187,7 @@ FILTERS: dict[str, Filter] = {
     "phone_e164": phone_e164,
     "html_to_text": html_to_text,
     "strip_quoted": strip_quoted,
+    "attachment_list": attachment_list,
 }
 
 # Argument checks run when a mapping compiles, so a bad literal is a load error, not a failed event.

@@ -96,6 +96,7 @@ class KaptureSimulator(VendorSimulator):
         if not isinstance(title, str) or not title.strip():
             return self._failed(TITLE_MISSING)
         record = self.seed(title, self.clock(), **{k: v for k, v in item.items() if k != "title"})
+        self.received.note(request, ticket_id=record["ticketId"])
         return web.json_response({
             "ticket": self._ticket_json(record), "Additional_details": {}, "due_date": item.get("due_date", ""),
             "title": title, "customer_id": 0, "ticket_id": record["ticketId"], "Ticket Id": record["ticketId"],
@@ -127,6 +128,7 @@ class KaptureSimulator(VendorSimulator):
             found["callback_time"] = callback
         if item.get("comment"):
             found["comments"].append(item["comment"])
+            self.received.note(request, ticket_id=ticket_id, comment=item["comment"])
         return web.json_response({"ticket": self._ticket_json(found), "Additional_details": {},
                                   "message": "Status and Comment have been updated.\n", "status": "success"})
 

@@ -6,11 +6,19 @@ LeadSquared publishes only the success body; failures use its core API's shape,
 401 for bad keys, 404 for an unknown org, 400 for a body not shaped as the API says, 500 for a ticket
 the account refuses (no lead field, a mandatory field missing). The rate window is configurable so tests
 can show the same guarantee at 25 per 0.5 s that production needs at 25 per 5 s.
+
+Beside the create (JSON, or multipart with a `ticketDTO` part and `files` parts), it serves the update
+(`PUT …/tickets/{Id}/update`, multipart), the portal activity and the internal note, all by the numeric
+`Id`; an unknown Id is a 404 `MXTicketNotFoundException` (LeadSquared documents the 404 code, not its
+body). Each ticket keeps its `Files` (name, content_type, size, sha256), `Updates`, `Activities` and
+`Notes`, and `/_received` shows each call's files and text.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import time
 import uuid
 from collections import deque
@@ -21,6 +29,7 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
 from bridge.simulators.faults import Handler, apply_faults
+from bridge.vendors.files import parse_multipart
 from bridge.vendors.leadsquared import (
     DEFAULT_PER_SECONDS,
     DEFAULT_REQUESTS,
@@ -74,7 +83,9 @@ class LeadSquaredSimulator(VendorSimulator):
             return "TypeId and RelatedTicketTypeId are required"
         return None
 
-    async def create(self, request: web.Request) -> web.StreamResponse:
+    async def _gate(self, request: web.Request) -> web.StreamResponse | None:
+        """The answer that refuses a call before its body is read (a fault, the rate limit, bad keys, an
+        unknown org), or None."""
         faulted = await apply_faults(self.faults, request, OUTAGE)
         if faulted is not None:
             return faulted
@@ -86,10 +97,46 @@ class LeadSquaredSimulator(VendorSimulator):
             return _error(401, "MXUnAuthorizedAccessException", "Invalid AccessKey or SecretKey")
         if request.match_info["org"] not in self.orgs:
             return _error(404, "MXNotFoundException", "The API could not be found")
+        return None
+
+    async def _read(self, request: web.Request, *, multipart: bool | None) -> tuple[Any, list[dict[str, Any]]] | str:
+        """The JSON body (from the `ticketDTO` part of a multipart one) and the files received, or why the
+        body cannot be read. `multipart` True requires a multipart body, None takes either."""
+        raw = await request.read()
+        is_multipart = request.content_type == "multipart/form-data"
+        if multipart and not is_multipart:
+            return "this call takes multipart/form-data with a ticketDTO part"
+        if not is_multipart:
+            try:
+                return json.loads(raw), []
+            except ValueError:
+                return "The request body is not valid JSON"
         try:
-            body = await request.json()
+            parts = parse_multipart(raw, request.headers.get("Content-Type", ""))
+        except ValueError as exc:
+            return f"the multipart body could not be read: {exc}"
+        dto = [p for p in parts if p.name == "ticketDTO" and p.filename is None]
+        if len(dto) != 1:
+            return "the multipart body needs exactly one ticketDTO part"
+        files = [{"name": p.filename, "content_type": p.content_type, "size": len(p.content),
+                  "sha256": hashlib.sha256(p.content).hexdigest()} for p in parts if p.name == "files"]
+        try:
+            return json.loads(dto[0].content), files
         except ValueError:
-            return _error(400, "MXInvalidInputException", "The request body is not valid JSON")
+            return "the ticketDTO part is not valid JSON"
+
+    def _ticket(self, ticket_id: str) -> dict[str, Any] | None:
+        return next((t for t in self.tickets if t["Id"] == ticket_id), None)
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        read = await self._read(request, multipart=None)
+        if isinstance(read, str):
+            return _error(400, "MXInvalidInputException", read)
+        body, files = read
+        self.received.note(request, files=files)
         problem = self._problem(body)
         if problem is not None:
             return _error(400, "MXInvalidInputException", problem)
@@ -102,15 +149,88 @@ class LeadSquaredSimulator(VendorSimulator):
         if missing:
             return _error(500, "MXInvalidInputException", f"Mandatory field(s) missing: {', '.join(missing)}")
         number = next(self._ids)
-        answer = {"Status": "Success", "ReasonForFailure": None, "Id": str(number), "Message": None,
-                  "TicketId": str(uuid.uuid4()), "Key": f"#{number:03d}"}
+        answer = {"Status": "Success", "ReasonForFailure": None, "Id": str(number),
+                  "Message": "Ticket has been created successfully", "TicketId": str(uuid.uuid4()),
+                  "Key": f"#{number:03d}"}
         self.tickets.append({**answer, "TypeId": body["TypeId"], "LeadId": body.get("LeadId"),
-                             "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"]})
+                             "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"],
+                             "Files": files, "Updates": [], "Activities": [], "Notes": []})
         return web.json_response(answer)
+
+    async def update(self, request: web.Request) -> web.StreamResponse:
+        """`PUT …/tickets/{Id}/update`, multipart: the fields of `ticketDTO` replace the ticket's, files add."""
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        read = await self._read(request, multipart=True)
+        if isinstance(read, str):
+            return _error(400, "MXInvalidInputException", read)
+        body, files = read
+        self.received.note(request, files=files)
+        ticket = self._ticket(request.match_info["id"])
+        if ticket is None:
+            return _error(404, "MXTicketNotFoundException", f"Ticket {request.match_info['id']} was not found")
+        problem = self._problem(body)
+        if problem is not None:
+            return _error(400, "MXInvalidInputException", problem)
+        if str(body.get("Id")) != ticket["Id"]:
+            return _error(400, "MXInvalidInputException", "Id in ticketDTO does not match the ticket in the URL")
+        current = {f["SchemaName"]: f for f in ticket["Fields"]}
+        for item in body["Fields"]:
+            current[item["SchemaName"]] = item
+        ticket["Fields"] = list(current.values())
+        ticket["Files"].extend(files)
+        ticket["Updates"].append({"Fields": body["Fields"], "Files": files})
+        return web.json_response({"Status": "Success", "ReasonForFailure": None, "Id": ticket["Id"],
+                                  "Message": "Ticket properties have been updated successfully",
+                                  "Key": ticket["Key"], "TicketId": None})
+
+    async def activity(self, request: web.Request) -> web.StreamResponse:
+        """`POST …/ticket/{Id}/portal/activity` with `{Text, Direction}`."""
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        read = await self._read(request, multipart=False)
+        if isinstance(read, str):
+            return _error(400, "MXInvalidInputException", read)
+        body, _ = read
+        ticket = self._ticket(request.match_info["id"])
+        if ticket is None:
+            return _error(404, "MXTicketNotFoundException", f"Ticket {request.match_info['id']} was not found")
+        if not isinstance(body, dict) or not isinstance(body.get("Text"), str) or not body["Text"].strip() \
+                or body.get("Direction") not in ("INBOUND", "OUTBOUND"):
+            return _error(400, "MXInvalidInputException", "Text and Direction (INBOUND or OUTBOUND) are required")
+        self.received.note(request, text=body["Text"])
+        ticket["Activities"].append({"Text": body["Text"], "Direction": body["Direction"]})
+        return web.json_response({"Id": str(len(ticket["Activities"])), "Status": "Success", "Message": None})
+
+    async def note(self, request: web.Request) -> web.StreamResponse:
+        """`POST …/internalnote/upload` with `{TextPart, ActivityType, StorageType, RelatedTicketId}`."""
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        read = await self._read(request, multipart=False)
+        if isinstance(read, str):
+            return _error(400, "MXInvalidInputException", read)
+        body, _ = read
+        if not isinstance(body, dict) or not isinstance(body.get("TextPart"), str) or not body["TextPart"].strip() \
+                or body.get("ActivityType") != "CreateInternalNote":
+            return _error(400, "MXInvalidInputException", "TextPart and ActivityType CreateInternalNote are required")
+        ticket = self._ticket(str(body.get("RelatedTicketId")))
+        if ticket is None:
+            return _error(404, "MXTicketNotFoundException", f"Ticket {body.get('RelatedTicketId')!r} was not found")
+        self.received.note(request, text=body["TextPart"])
+        ticket["Notes"].append(body["TextPart"])
+        org = request.match_info["org"]
+        return web.json_response({"Message": "Activity Created", "RelatedTicketId": ticket["Id"],
+                                  "RelatedOrgId": org, "RelatedChannelMonitoringRequestId": 0})
 
     def clear(self) -> None:
         super().clear()
         self._accepted.clear()
 
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
-        return [("POST", "/api/tenants/{org}/tickets", self.create)]
+        return [("POST", "/api/tenants/{org}/tickets", self.create),
+                ("PUT", "/api/tenants/{org}/tickets/{id}/update", self.update),
+                ("POST", "/api/tenants/{org}/ticket/{id}/portal/activity", self.activity),
+                ("POST", "/api/tenants/{org}/internalnote/upload", self.note)]

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from bridge.simulators.faults import Handler
 
+ENTRY_KEY = web.RequestKey("received_entry", dict)
+
 
 class RequestLog:
     """Arrivals in order. `t` is the simulator's monotonic clock (for windows), `at` the wall clock."""
@@ -26,12 +28,20 @@ class RequestLog:
             entry: dict[str, Any] = {"t": self.clock(), "at": time.time(), "method": request.method,
                                      "path": request.path, "status": None}
             self.entries.append(entry)
+            request[ENTRY_KEY] = entry
             response = await handler(request)
             closed = request.transport is None or request.transport.is_closing()
             entry["status"] = "dropped" if closed else response.status
             return response
 
         return run
+
+    @staticmethod
+    def note(request: web.Request, **details: Any) -> None:
+        """Add what the handler read (a comment, the files of a multipart body) to this request's entry."""
+        entry = request.get(ENTRY_KEY)
+        if isinstance(entry, dict):
+            entry.update(details)
 
     def times(self, path_suffix: str = "") -> list[float]:
         """Arrival times (monotonic) of the requests whose path ends with `path_suffix`."""

@@ -17,4 +17,5 @@ def open_store(config: Config, *, owner: bool = True) -> Store:
     from bridge.store.postgres import PostgresStore, split_schema  # noqa: PLC0415
 
     dsn, schema = split_schema(url.dsn)
-    return PostgresStore(dsn, schema=schema)
+    return PostgresStore(dsn, schema=schema, min_size=config.store.pool_min, max_size=config.store.pool_max,
+                         group_commit_max=config.store.group_commit_max)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from bridge.events import Event
+
+if TYPE_CHECKING:
+    from bridge.delivery.coordination import Coordination
 
 DeliveryStatus = Literal["pending", "in_flight", "succeeded", "dead"]
 STATUSES: tuple[DeliveryStatus, ...] = ("pending", "in_flight", "succeeded", "dead")
@@ -175,6 +178,50 @@ class StoreProblem(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+class Cutoffs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a purge may delete, as epoch-millisecond cutoffs (a row goes when older than its cutoff); None
+    keeps that kind. An event goes, with its deliveries and attempts, once every delivery of it is settled:
+    succeeded and last changed before `events_ms`, or dead and last changed before `dead_ms`."""
+
+    events_ms: int | None = None
+    dead_ms: int | None = None
+    attempts_ms: int | None = None
+    """Attempts started before this go, except each kept delivery's latest (which shows why it ended so)."""
+    dedup_ms: int | None = None
+    """Dedup keys that expired at or before this go (no duplicate can match them any more)."""
+
+
+class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a purge's scans stopped, so that the next batch goes on from there rather than looking again at
+    the old rows kept (pending work, dead deliveries, each delivery's latest attempt)."""
+
+    events: tuple[int, str] | None = None
+    """(received_at, id) of the last event looked at."""
+    attempts: tuple[int, str, int] | None = None
+    """(started_at, delivery_id, n) of the last attempt looked at."""
+
+
+class PurgeCounts(msgspec.Struct, kw_only=True):
+    """What one purge call deleted (or, with `dry_run`, would delete)."""
+
+    events: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+    dedup: int = 0
+    more: bool = False
+    """A kind hit the batch limit: call again (with `after`) for the rest."""
+    after: PurgeMark = PurgeMark()
+    """Where the scans stopped: pass it to the next batch."""
+    busy: bool = False
+    """Another process holds the purge (shared stores): nothing was done; try again later."""
+
+    def add(self, other: PurgeCounts) -> None:
+        self.events += other.events
+        self.deliveries += other.deliveries
+        self.attempts += other.attempts
+        self.dedup += other.dedup
+
+
 class StoredMappingSet(msgspec.Struct, kw_only=True):
     """The last mapping set that loaded and passed its tests: each file's name and text, the set's
     version, and when it was saved (ms since the epoch)."""
@@ -212,12 +259,14 @@ class Store(ABC):
         """Lease up to `limit` due deliveries of `destination`; with none due, say when the next one is."""
 
     @abstractmethod
-    async def record(self, result: AttemptResult) -> None:
-        """Record an attempt and move its delivery on, in one transaction."""
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+        """Record an attempt and move its delivery on, in one transaction. With `owner`: only while `owner`
+        holds the delivery's lease; otherwise nothing is written and LeaseLost is raised."""
 
     @abstractmethod
-    async def release(self, delivery_ids: list[str]) -> None:
-        """Give leased deliveries back, due now, without counting an attempt."""
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+        """Give leased deliveries back, due now, without counting an attempt; with `owner`, only those whose
+        lease `owner` still holds (others are left to their holder)."""
 
     @abstractmethod
     async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
@@ -245,6 +294,25 @@ class Store(ABC):
     ) -> list[str]:
         """Make succeeded or dead deliveries pending again, due now, their schedule restarted; with
         `bodies` (id → (body, mapping version)) replace what they send. Returns the ids moved."""
+
+    @abstractmethod
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        """Look at the next `limit` events and `limit` attempts older than their cutoffs (oldest first, from
+        `after`, a previous call's position) and delete those that may go (events with their deliveries and
+        attempts), and up to `limit` expired dedup keys; each kind in its own short transaction (SQLite) or
+        one per call (PostgreSQL). Never touches pending or in-flight work. With `dry_run`, delete nothing and
+        count everything that would go (no limit). On a shared store one process purges at a time: the others
+        get `busy`."""
+
+    @abstractmethod
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        """The sha256 of every attachment named by a stored event received before this time."""
+
+    def coordination(self) -> Coordination | None:
+        """The per-destination gates (rate limit, 429 pause, breaker) shared by every process on this store;
+        None for a store one process serves: its dispatcher keeps them in memory."""
+        return None
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
         """Call `callback(destination)` when another process adds work for `destination` ("*": perhaps any).

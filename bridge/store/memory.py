@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from bridge.conversations import ticket_context
-from bridge.errors import NotFound, StoreUnavailable
+from bridge.delivery.coordination import LocalCoordination
+from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -25,15 +26,18 @@ from bridge.store.base import (
     Claimed,
     ConversationDetail,
     ConversationRow,
+    Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
     Nonce,
+    PurgeCounts,
+    PurgeMark,
     Store,
     StoredMappingSet,
 )
-from bridge.store.rows import decode_dict, decode_event, encode
+from bridge.store.rows import attachment_hashes, decode_dict, decode_event, encode, settled
 
 
 def wall_ms() -> int:
@@ -66,6 +70,11 @@ class MemoryStore(Store):
         self.mapping_set: StoredMappingSet | None = None
         self.conversations: dict[str, ConversationRow] = {}
         self.unmatched: set[str] = set()  # ids of events that made no delivery
+        self._coordination = LocalCoordination()
+
+    def coordination(self) -> LocalCoordination:
+        """One set of gates for every dispatcher on this store, as a shared store keeps them."""
+        return self._coordination
 
     async def open(self) -> None:
         self.opened = True
@@ -105,6 +114,10 @@ class MemoryStore(Store):
             # Checked before any change, so that a refused accept leaves nothing behind, as a rolled-back
             # transaction does.
             raise StoreUnavailable(f"memory: id already stored: {clash[0] if clash else event.id}")
+        # Encoded before any change: text that is not UTF-8 raises UnicodeEncodeError here and leaves nothing
+        # behind, as the SQL stores' rolled-back transactions do.
+        event_data = encode(event)
+        encoded = [(None if d.body is None else encode(d.body), encode(d.options)) for d in deliveries]
         if key is not None:
             self.dedup[key] = (event.id, now + int(dedup_window_s * 1000))
         if nonce is not None:
@@ -112,19 +125,20 @@ class MemoryStore(Store):
             expires = max(held[1], nonce.expires_at_ms) if held is not None else nonce.expires_at_ms
             self.nonces = {k: v for k, v in self.nonces.items() if v[1] > now}  # expired ones go as new ones come
             self.nonces[(event.source, nonce.value)] = (nonce.digest, expires)
-        self.events[event.id] = encode(event)
+        self.events[event.id] = event_data
         if not deliveries:
             self.unmatched.add(event.id)
         for d in deliveries:
             if d.conversation is not None:
                 self._join_conversation(d, now)
+        for d, (body, options) in zip(deliveries, encoded, strict=True):
             row = DeliveryRow(
                 id=d.id, event_id=event.id, source=event.source, mapping=d.mapping, mapping_version=d.mapping_version,
                 destination=d.destination, action=d.action, status=d.status, attempts=0, tries=0,
                 next_attempt_at_ms=now, created_at_ms=now, updated_at_ms=now, last_error=d.error, ticket_id=None,
                 conversation=d.conversation,
             )
-            self.deliveries[d.id] = _Delivery(row, None if d.body is None else encode(d.body), encode(d.options))
+            self.deliveries[d.id] = _Delivery(row, body, options)
         return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(deliveries))
 
     def _join_conversation(self, d: NewDelivery, now: int) -> None:
@@ -184,9 +198,11 @@ class MemoryStore(Store):
             for d in due
         ])
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self._check_open()
         d = self._get(result.delivery_id)
+        if owner is not None and (d.row.status != "in_flight" or d.lease_owner != owner):
+            raise LeaseLost(f"delivery {result.delivery_id}: the lease of {owner!r} is no longer held")
         n = d.row.attempts + 1
         if d.row.status == "in_flight":
             r = result
@@ -212,12 +228,12 @@ class MemoryStore(Store):
                                      http_status=result.http_status, response_excerpt=result.response_excerpt,
                                      classification=result.classification, error=result.error))
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         self._check_open()
         now = self.clock()
         for delivery_id in delivery_ids:
             d = self.deliveries.get(delivery_id)
-            if d is not None and d.row.status == "in_flight":
+            if d is not None and d.row.status == "in_flight" and (owner is None or d.lease_owner == owner):
                 self._update(d, status="pending", next_attempt_at_ms=min(d.row.next_attempt_at_ms, now))
                 d.lease_until_ms = None
 
@@ -318,3 +334,80 @@ class MemoryStore(Store):
         saved = self.mapping_set
         return None if saved is None else StoredMappingSet(files=dict(saved.files), version=saved.version,
                                                            saved_at_ms=saved.saved_at_ms)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _received_ms(self, event_id: str) -> int:
+        return int(decode_event(self.events[event_id]).received_at.timestamp() * 1000)
+
+    def _purgeable(self, event_id: str, cutoffs: Cutoffs) -> bool:
+        return all(settled(d.row.status, d.row.updated_at_ms, cutoffs)
+                   for d in self.deliveries.values() if d.row.event_id == event_id)
+
+    def _old_attempts(self, cutoffs: Cutoffs) -> list[tuple[tuple[int, str, int], _Delivery, AttemptRow]]:
+        assert cutoffs.attempts_ms is not None
+        return sorted((((a.started_at_ms, d.row.id, a.n), d, a) for d in self.deliveries.values()
+                       for a in d.attempts if a.started_at_ms < cutoffs.attempts_ms), key=lambda t: t[0])
+
+    def _drop_event(self, event_id: str, out: PurgeCounts) -> None:
+        for delivery_id in [i for i, d in self.deliveries.items() if d.row.event_id == event_id]:
+            out.attempts += len(self.deliveries.pop(delivery_id).attempts)
+            out.deliveries += 1
+        del self.events[event_id]
+        self.unmatched.discard(event_id)
+        out.events += 1
+
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        self._check_open()
+        mark = after or PurgeMark()
+        out = PurgeCounts(after=mark)
+        if dry_run:
+            if cutoffs.events_ms is not None:
+                events_ms = cutoffs.events_ms
+                gone = {e for e in self.events if self._received_ms(e) < events_ms and self._purgeable(e, cutoffs)}
+                for d in self.deliveries.values():
+                    if d.row.event_id in gone:
+                        out.deliveries += 1
+                        out.attempts += len(d.attempts)
+                out.events = len(gone)
+            else:
+                gone = set()
+            if cutoffs.attempts_ms is not None:
+                out.attempts += sum(1 for _, d, a in self._old_attempts(cutoffs)
+                                    if a.n < d.row.attempts and d.row.event_id not in gone)
+        else:
+            if cutoffs.events_ms is not None:
+                events_ms = cutoffs.events_ms
+                start = mark.events or (-1, "")
+                scan = sorted(k for e in self.events if (k := (self._received_ms(e), e)) > start and k[0] < events_ms)
+                looked = scan[:limit]
+                for _, event_id in looked:
+                    if self._purgeable(event_id, cutoffs):
+                        self._drop_event(event_id, out)
+                out.more = len(looked) >= limit
+                out.after = PurgeMark(events=looked[-1] if looked else mark.events, attempts=mark.attempts)
+            if cutoffs.attempts_ms is not None:
+                start_a = mark.attempts or (-1, "", 0)
+                looked_a = [t for t in self._old_attempts(cutoffs) if t[0] > start_a][:limit]
+                for _, d, a in looked_a:
+                    if a.n < d.row.attempts:
+                        d.attempts.remove(a)
+                        out.attempts += 1
+                out.more = out.more or len(looked_a) >= limit
+                out.after = msgspec.structs.replace(out.after, attempts=looked_a[-1][0] if looked_a else mark.attempts)
+        if cutoffs.dedup_ms is not None:
+            dedup_ms = cutoffs.dedup_ms
+            expired = [key for key, (_, expires) in self.dedup.items() if expires <= dedup_ms]
+            if not dry_run:
+                expired = expired[:limit]
+                for key in expired:
+                    del self.dedup[key]
+                out.more = out.more or len(expired) >= limit
+            out.dedup = len(expired)
+        return out
+
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        self._check_open()
+        return {h for e, data in self.events.items() if self._received_ms(e) < received_before_ms
+                for h in attachment_hashes(data)}

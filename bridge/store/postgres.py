@@ -1,11 +1,15 @@
 """The PostgreSQL store, for several ticketbridge processes sharing one queue.
 
-Each accept is one transaction; PostgreSQL groups the commits of concurrent transactions itself.
+Concurrent accepts share one transaction and one commit (bridge/store/pg_batch.py), each answered once its
+group is committed. Every driver, connection or server error becomes StoreUnavailable (intake answers 503);
+the pool replaces connections the server dropped, and `check()` (for /readyz) tries the server while the
+store is seen failing.
 Claims take due rows with `FOR UPDATE SKIP LOCKED`, so processes never take the same delivery, and
 lease them: a process that dies leaves leases that run out, and `release_expired` (run by every
 process's dispatcher) gives that work to the others. New work is announced with NOTIFY inside the
-accepting transaction, so every process's idle lane wakes once it is committed; polling remains the
-fallback, and the listening connection reconnects by itself.
+accepting transaction, on a channel named for the schema (two deployments sharing a database do not wake
+each other), so every process's idle lane wakes once it is committed; polling remains the fallback, and the
+listening connection reconnects by itself as soon as it is lost.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import msgspec
 import structlog
 
+from bridge.delivery.coordination import Coordination
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
@@ -28,23 +34,40 @@ from bridge.store.base import (
     AttemptResult,
     ClaimBatch,
     ConversationDetail,
+    Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
     Nonce,
+    PurgeCounts,
+    PurgeMark,
     Store,
     StoredMappingSet,
     StoreProblem,
 )
+from bridge.store.pg_batch import (
+    DB_ERRORS,
+    NONCE_SWEEP,
+    NONCE_SWEEP_EVERY,
+    AcceptBatcher,
+    Outcome,
+    PendingAccept,
+    lost_connection,
+    store_group,
+    warm_connection,
+)
+from bridge.store.pg_coordination import PgCoordination, check_lease
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
     HEAD_OF_CONVERSATION,
-    NEW_DELIVERY_COLUMNS,
+    NEVER,
+    REFS_PAGE,
     ROW_COLUMNS,
     ROW_WIDTH,
     TICKETS_OF_CLAIMED,
+    attachment_hashes,
     attempt_row,
     claimed_items,
     conversation_row,
@@ -53,8 +76,9 @@ from bridge.store.rows import (
     decode_files,
     delivery_row,
     encode,
-    new_delivery_rows,
+    kept_condition,
     now_ms,
+    settled,
     status_condition,
     with_tickets,
 )
@@ -67,10 +91,11 @@ except ImportError:  # pragma: no cover - reported when a postgresql:// store is
 log = structlog.get_logger("ticketbridge.store")
 CHANNEL = "ticketbridge_work"
 LISTEN_CHECK_SECONDS = 5.0
-NONCE_SWEEP = 32
-NONCE_SWEEP_EVERY = 16
-"""Every NONCE_SWEEP_EVERY-th nonce a process records deletes up to NONCE_SWEEP expired ones: two per nonce on
-average, so the table shrinks back after a burst, in one statement rather than sixteen."""
+ACQUIRE_TIMEOUT = 10.0
+"""Seconds a request waits for a pooled connection (all in use, or the server slow to accept a new one)."""
+CHECK_TIMEOUT = 5.0
+MAX_GROUPS = 2
+__all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
 
@@ -86,50 +111,36 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-def work_channel(schema: str | None) -> str:
-    """The NOTIFY channel new work is announced on. Channels are shared by the whole database, so each
-    schema (each separate queue) has its own; PostgreSQL refuses channel names of 64 bytes or more."""
+def group_slots(pool_max: int) -> int:
+    """How many accept groups a process stores at once: up to MAX_GROUPS, leaving half the pool to delivery."""
+    return max(1, min(MAX_GROUPS, pool_max // 2))
+
+
+def channel_for(schema: str | None) -> str:
+    """The NOTIFY channel of the deployment whose tables are in `schema` (an identifier: at most 63 bytes)."""
     if schema is None:
         return CHANNEL
-    name = f"{CHANNEL}_{schema}"
-    return name if len(name) < 64 else f"{CHANNEL}_{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
-
-
-class _Replayed(Exception):
-    """A nonce held by another request: ends the accepting transaction, which rolls back."""
-
-
-async def _claim_nonce(conn: Any, source: str, nonce: Nonce, now: int) -> None:
-    """Record `nonce` for `source`, or raise _Replayed when another request holds it. A concurrent claim of the
-    same nonce waits for this transaction, then sees its row."""
-    claimed = await conn.fetchval(
-        "INSERT INTO nonces AS n VALUES ($1, $2, $3, $4) ON CONFLICT (source, nonce) DO UPDATE "
-        "SET digest = EXCLUDED.digest, expires_at = GREATEST(n.expires_at, EXCLUDED.expires_at) "
-        "WHERE n.expires_at <= $5 OR n.digest = EXCLUDED.digest RETURNING 1",
-        source, nonce.value, nonce.digest, nonce.expires_at_ms, now)
-    if claimed is None:
-        raise _Replayed
-
-
-async def _sweep_nonces(conn: Any, now: int) -> None:
-    """Delete up to NONCE_SWEEP expired nonces, oldest first, skipping rows another transaction holds."""
-    await conn.execute("DELETE FROM nonces WHERE ctid = ANY(ARRAY(SELECT ctid FROM nonces WHERE expires_at <= $1 "
-                       "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))", now, NONCE_SWEEP)
+    name = f"{CHANNEL}.{schema}"
+    return name if len(name) <= 63 else f"{CHANNEL}.{hashlib.sha256(schema.encode()).hexdigest()[:24]}"
 
 
 class PostgresStore(Store):
-    def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10) -> None:
+    def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 2, max_size: int = 10,
+                 group_commit_max: int = 512) -> None:
         self.dsn = dsn
         self.schema = schema
-        self.channel = work_channel(schema)
+        self.channel = channel_for(schema)
         self.min_size = min_size
         self.max_size = max_size
+        self.batcher = AcceptBatcher(self._store_group, group_commit_max, concurrent=group_slots(max_size))
+        self._lost_listener = asyncio.Event()
         self._pool: Any = None
         self._listener: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[str], None]] = []
         self._nonces_recorded = 0
         self._failing: str | None = None
+        self._coordination: PgCoordination | None = None
         self.commit_failures = 0
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -152,9 +163,10 @@ class PostgresStore(Store):
                     await conn.close()
                 settings["search_path"] = self.schema
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   server_settings=settings)
+                                                   server_settings=settings, init=warm_connection)
             await self._migrate()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self._warm_pool()
+        except DB_ERRORS as exc:
             await self.close()
             raise StoreUnavailable(f"postgresql: {exc}") from exc
 
@@ -174,7 +186,16 @@ class PostgresStore(Store):
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, now_ms())
                 log.info("store.migrated", version=version, name=name)
 
+    async def _warm_pool(self) -> None:
+        """Prepare the intake statements on the connections opened before the tables existed (later ones are
+        warmed as they open), so that no request pays for a new server process's first look at the tables."""
+        async def warm(conn: Any) -> None:
+            await warm_connection(conn)
+
+        await asyncio.gather(*(self._run(warm, transaction=False) for _ in range(self.min_size)))
+
     async def close(self) -> None:
+        await self.batcher.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
@@ -190,22 +211,55 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 if not transaction:
                     return await fn(conn)
                 async with conn.transaction():
                     out = await fn(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             if transaction:
-                self.commit_failures += 1
-                if self._failing is None:
-                    log.error("store.failing", error=str(exc), note="/readyz answers 503 until a commit succeeds again")
-                self._failing = str(exc)
-            raise StoreUnavailable(f"postgresql: {exc}") from exc
+                await self._failed(exc)
+            raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
+        self._succeeded()
+        return out
+
+    async def _failed(self, exc: BaseException, count: int = 1) -> None:
+        self.commit_failures += count
+        if lost_connection(exc) and self._pool is not None:
+            # A connection the server dropped rarely goes alone (a restart, a fail-over, an operator ending the
+            # app's sessions): open new ones rather than find each dead one with a failed request.
+            await self._pool.expire_connections()
+        if self._failing is None:
+            log.error("store.failing", error=_describe(exc), note="/readyz answers 503 until a commit succeeds again")
+        self._failing = _describe(exc)
+
+    def _succeeded(self) -> None:
         if self._failing is not None:
             log.info("store.recovered", failed_commits=self.commit_failures)
             self._failing = None
-        return out
+
+    async def _store_group(self, group: list[PendingAccept]) -> list[Outcome]:
+        """Store a group of accepts on one connection (see pg_batch); its failures are the store's."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                outcomes = await store_group(conn, group, self.channel, self._sweep_due)
+        except DB_ERRORS as exc:
+            await self._failed(exc, len(group))
+            raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            await self._failed(failed[0], len(failed))
+        else:
+            self._succeeded()
+        return outcomes
+
+    def _sweep_due(self) -> bool:
+        """Whether the nonce being recorded now is one that sweeps expired ones (every NONCE_SWEEP_EVERY-th)."""
+        due = self._nonces_recorded % NONCE_SWEEP_EVERY == 0
+        self._nonces_recorded += 1
+        return due
 
     def problem(self) -> StoreProblem | None:
         if self._failing is not None:
@@ -213,10 +267,16 @@ class PostgresStore(Store):
         return None
 
     async def check(self) -> StoreProblem | None:
-        """A store seen failing is tried with a write that changes nothing, which clears it once it commits."""
-        if self._failing is not None and self._pool is not None:
-            with contextlib.suppress(StoreUnavailable):
-                await self._run(_touch)
+        """The server is asked now: a store seen failing is tried with a write that changes nothing (which clears
+        it once it commits), a working one with a query on a pooled connection (a server that went away, or a
+        pool whose connections were all dropped, shows here before a request finds out)."""
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._run(_touch if self._failing is not None else _ping), CHECK_TIMEOUT)
+            except StoreUnavailable:
+                pass
+            except TimeoutError as exc:
+                await self._failed(exc)
         return self.problem()
 
     # -- wake-ups across processes ----------------------------------------------------------------
@@ -234,6 +294,7 @@ class PostgresStore(Store):
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "ticketbridge-listen"})
         await conn.add_listener(self.channel, self._notified)
+        conn.add_termination_listener(lambda _conn: self._lost_listener.set())
         self._listener = conn
 
     async def _drop_listener(self) -> None:
@@ -243,8 +304,11 @@ class PostgresStore(Store):
                 await conn.close(timeout=2)
 
     async def _keep_listening(self) -> None:
+        """Reconnect the listening connection as soon as it is lost (checked every LISTEN_CHECK_SECONDS too)."""
         while True:
-            await asyncio.sleep(LISTEN_CHECK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost_listener.wait(), LISTEN_CHECK_SECONDS)
+            self._lost_listener.clear()
             if self._listener is not None and not self._listener.is_closed():
                 continue
             await self._drop_listener()
@@ -253,60 +317,23 @@ class PostgresStore(Store):
                 log.info("store.listen_reconnected")
                 for callback in self._callbacks:  # whatever was announced meanwhile was missed
                     callback("*")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("store.listen_failed", error=str(exc))
+            except DB_ERRORS as exc:
+                log.warning("store.listen_failed", error=_describe(exc))
 
     # -- intake -----------------------------------------------------------------------------------
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None) -> AcceptResult:
-        data = encode(event)
-        received = int(event.received_at.timestamp() * 1000)
-        created = now_ms()
-        rows = new_delivery_rows(event, deliveries, created)
-        wake = sorted({d.destination for d in deliveries if d.status == "pending"})
-
-        async def op(conn: Any) -> AcceptResult:
-            if event.dedup_key is not None:
-                # A concurrent insert of the same key waits for this row's transaction, then sees it.
-                fresh = await conn.fetchval(
-                    "INSERT INTO dedup_keys AS d VALUES ($1, $2, $3, $4) ON CONFLICT (source, key) DO UPDATE "
-                    "SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at WHERE d.expires_at <= $5 "
-                    "RETURNING event_id",
-                    event.source, event.dedup_key, event.id, created + int(dedup_window_s * 1000), created)
-                if fresh is None:
-                    first = await conn.fetchval("SELECT event_id FROM dedup_keys WHERE source = $1 AND key = $2",
-                                                event.source, event.dedup_key)
-                    return AcceptResult(event_id=first, duplicate=True, deliveries=0)
-            if nonce is not None:
-                await _claim_nonce(conn, event.source, nonce, created)
-                if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
-                    await _sweep_nonces(conn, created)
-                self._nonces_recorded += 1
-            await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id,
-                               event.source, event.kind, event.channel, received, event.dedup_key, event.spam, data,
-                               len(rows))
-            for d in deliveries:
-                if d.conversation is not None:
-                    await _join_conversation(conn, d, created)
-            if rows:
-                await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                                       "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                                       rows)
-            for destination in wake:
-                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
-            return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
-
-        try:
-            return await self._run(op)
-        except _Replayed:  # raised inside the transaction, so that its dedup key is rolled back with it
-            return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        return await self.batcher.submit(PendingAccept(event, deliveries, dedup_window_s, nonce))
 
     # -- delivery -------------------------------------------------------------------------------
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        now = now_ms()
+
         async def op(conn: Any) -> ClaimBatch:
-            now = now_ms()
             # A conversation's head only (HEAD_OF_CONVERSATION): a process whose snapshot still shows an earlier
             # delivery pending, or one in flight, does not take a later one; two that both see the head
             # pending cannot both lock it (SKIP LOCKED). So one conversation is worked by one sender at a time.
@@ -330,12 +357,39 @@ class PostgresStore(Store):
                                       "ORDER BY next_attempt_at LIMIT 1", destination)
             return ClaimBatch(items=[], next_due_ms=nxt)
 
-        return await self._run(op)
+        try:
+            return await self._run(op)
+        except StoreUnavailable:
+            await self._give_back_claim(destination, owner, now, now + int(lease_s * 1000))
+            raise
 
-    async def record(self, result: AttemptResult) -> None:
+    async def _give_back_claim(self, destination: str, owner: str, claimed_at: int, lease_until: int) -> None:
+        """A claim whose answer was lost (its connection dropped around COMMIT) may have leased rows nobody will
+        send: give back, on a fresh connection, the rows leased by exactly that claim (its owner, time and lease
+        end), rather than leave them in flight until their lease runs out. When the store is still down, the
+        lease's end gives them back."""
+        async def op(conn: Any) -> int:
+            rows = await conn.fetch(
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
+                "WHERE status = 'in_flight' AND destination = $2 AND lease_owner = $3 AND lease_until = $4 "
+                "AND updated_at = $5 RETURNING id", now_ms(), destination, owner, lease_until, claimed_at)
+            return len(rows)
+
+        try:
+            given = await self._run(op)
+        except StoreUnavailable as exc:
+            log.warning("store.claim_unsettled", destination=destination, error=str(exc),
+                        note="deliveries this claim may have leased go back when their lease runs out")
+            return
+        if given:
+            log.warning("store.claim_given_back", destination=destination, count=given)
+
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
 
         async def op(conn: Any) -> None:
+            if owner is not None:
+                await check_lease(conn, r.delivery_id, owner)
             n = await conn.fetchval(
                 "UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
@@ -362,7 +416,7 @@ class PostgresStore(Store):
 
         await self._run(op)
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         if not delivery_ids:
             return
 
@@ -371,7 +425,8 @@ class PostgresStore(Store):
             await conn.execute(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
                 "next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1 "
-                "WHERE id = ANY($2::text[]) AND status = 'in_flight'", now, delivery_ids)
+                "WHERE id = ANY($2::text[]) AND status = 'in_flight' AND ($3::text IS NULL OR lease_owner = $3)",
+                now, delivery_ids, owner)
 
         await self._run(op)
 
@@ -398,6 +453,11 @@ class PostgresStore(Store):
             return len(released)
 
         return await self._run(op)
+
+    def coordination(self) -> Coordination:
+        if self._coordination is None:
+            self._coordination = PgCoordination(self._run)
+        return self._coordination
 
     # -- inspection and replay ------------------------------------------------------------------
 
@@ -527,26 +587,140 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
+    # -- retention ------------------------------------------------------------------------------
 
-async def _join_conversation(conn: Any, d: NewDelivery, now: int) -> None:
-    """Count the message in its conversation (one upsert): the first message opens it, and a message after
-    the quiet period (`reopen_after`) starts it anew, without a ticket, so that it becomes a create."""
-    await conn.execute(
-        "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "
-        "ticket_id, ticket_at) VALUES ($1, $2, $3, $4, 1, $5::bigint, $5::bigint, $6::text, "
-        "CASE WHEN $6::text IS NULL THEN NULL ELSE $5::bigint END) ON CONFLICT (id) DO UPDATE SET "
-        "messages = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN 1 ELSE c.messages + 1 END, "
-        "started_at = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN $5 ELSE c.started_at END, "
-        "ticket_id = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN $6::text ELSE c.ticket_id END, "
-        "ticket_key = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN NULL ELSE c.ticket_key END, "
-        "ticket_at = CASE WHEN $5::bigint - c.last_message_at > $7::bigint THEN EXCLUDED.ticket_at "
-        "ELSE c.ticket_at END, "
-        "last_message_at = GREATEST(c.last_message_at, $5)",
-        d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
-        d.reopen_after_ms)
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        """Each batch takes a transaction-scoped advisory lock first (per schema): one process purges at a
+        time, and the others learn it at once (`busy`) rather than queueing behind its deletes."""
+        if dry_run:
+            return await self._run(lambda conn: _count_purgeable(conn, cutoffs), transaction=False)
+        mark = after or PurgeMark()
+
+        async def op(conn: Any) -> PurgeCounts:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || "
+                                       "'.ticketbridge.retention'))"):
+                return PurgeCounts(after=mark, busy=True)
+            out = PurgeCounts(after=mark)
+            if cutoffs.events_ms is not None:
+                got = await _purge_events(conn, cutoffs, limit, mark.events)
+                out.add(got)
+                out.more = got.more
+                out.after = msgspec.structs.replace(out.after, events=got.after.events)
+            if cutoffs.attempts_ms is not None:
+                trimmed, more, last = await _trim_attempts(conn, cutoffs.attempts_ms, limit, mark.attempts)
+                out.attempts += trimmed
+                out.more = out.more or more
+                out.after = msgspec.structs.replace(out.after, attempts=last)
+            if cutoffs.dedup_ms is not None:
+                out.dedup = len(await conn.fetch(
+                    "DELETE FROM dedup_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM dedup_keys WHERE expires_at <= $1 "
+                    "LIMIT $2 FOR UPDATE SKIP LOCKED)) AND expires_at <= $1 RETURNING 1", cutoffs.dedup_ms, limit))
+                out.more = out.more or out.dedup >= limit
+            return out
+
+        return await self._run(op)
+
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        refs: set[str] = set()
+        position: tuple[int, str] = (NEVER, "")
+        while True:
+            async def page(conn: Any, start: tuple[int, str] = position) -> list[Any]:
+                rows: list[Any] = await conn.fetch(
+                    "SELECT received_at, id, data FROM events WHERE received_at < $1 AND (received_at, id) > ($2, $3) "
+                    "ORDER BY received_at, id LIMIT $4", received_before_ms, start[0], start[1], REFS_PAGE)
+                return rows
+
+            rows = await self._run(page, transaction=False)
+            for r in rows:
+                refs.update(attachment_hashes(r[2]))
+            if len(rows) < REFS_PAGE:
+                return refs
+            position = (rows[-1][0], rows[-1][1])
+
+
+async def _trim_attempts(conn: Any, cutoff_ms: int, limit: int, after: tuple[int, str, int] | None,
+                         ) -> tuple[int, bool, tuple[int, str, int] | None]:
+    """Look at the next `limit` attempts older than the cutoff (after `after`, oldest first) and delete those
+    that are not their delivery's latest: (deleted, more to look at, where the scan stopped). Attempts are
+    never changed once written, and a newer one only makes an older one deletable: no lock is needed."""
+    start_at, start_id, start_n = after or (NEVER, "", 0)
+    candidates = await conn.fetch(
+        "SELECT a.started_at, a.delivery_id, a.n, a.n < d.attempts FROM attempts a JOIN deliveries d "
+        "ON d.id = a.delivery_id WHERE a.started_at < $1 AND (a.started_at, a.delivery_id, a.n) > ($2, $3, $4) "
+        "ORDER BY a.started_at, a.delivery_id, a.n LIMIT $5", cutoff_ms, start_at, start_id, start_n, limit)
+    gone = [c for c in candidates if c[3]]
+    deleted = 0
+    if gone:
+        deleted = len(await conn.fetch(
+            "DELETE FROM attempts WHERE (delivery_id, n) IN (SELECT * FROM unnest($1::text[], $2::int[])) "
+            "RETURNING 1", [c[1] for c in gone], [c[2] for c in gone]))
+    last = (candidates[-1][0], candidates[-1][1], candidates[-1][2]) if candidates else after
+    return deleted, len(candidates) >= limit, last
+
+
+async def _purge_events(conn: Any, cutoffs: Cutoffs, limit: int, after: tuple[int, str] | None) -> PurgeCounts:
+    """Look at the next `limit` events older than the cutoff (after `after`, oldest first) and delete those whose
+    deliveries are all settled long enough. Their deliveries are locked and checked again first, so that a
+    replay committed meanwhile keeps its event (and a replay waiting on the lock then finds nothing to move)."""
+    assert cutoffs.events_ms is not None
+    start_at, start_id = after or (NEVER, "")
+    candidates = await conn.fetch(
+        "SELECT id, received_at FROM events WHERE received_at < $1 AND (received_at, id) > ($2, $3) "
+        "ORDER BY received_at, id LIMIT $4", cutoffs.events_ms, start_at, start_id, limit)
+    out = PurgeCounts(more=len(candidates) >= limit,
+                      after=PurgeMark(events=(candidates[-1][1], candidates[-1][0]) if candidates else after))
+    if not candidates:
+        return out
+    ids = [c[0] for c in candidates]
+    keep: set[str] = set()
+    for event_id, status, updated_at in await conn.fetch(
+            "SELECT event_id, status, updated_at FROM deliveries WHERE event_id = ANY($1::text[]) ORDER BY id "
+            "FOR UPDATE", ids):
+        if not settled(status, updated_at, cutoffs):
+            keep.add(event_id)
+    gone = [i for i in ids if i not in keep]
+    if gone:
+        out.attempts = len(await conn.fetch(
+            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1::text[])) "
+            "RETURNING 1", gone))
+        out.deliveries = len(await conn.fetch(
+            "DELETE FROM deliveries WHERE event_id = ANY($1::text[]) RETURNING 1", gone))
+        out.events = len(await conn.fetch("DELETE FROM events WHERE id = ANY($1::text[]) RETURNING 1", gone))
+    return out
+
+
+async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:
+    """What a purge with these cutoffs would delete, counted without deleting anything."""
+    out = PurgeCounts()
+    events = cutoffs.events_ms if cutoffs.events_ms is not None else NEVER
+    dead = cutoffs.dead_ms if cutoffs.dead_ms is not None else NEVER
+    gone = f"SELECT e.id FROM events e WHERE e.received_at < $1 AND NOT {kept_condition('$1', '$2')}"  # noqa: S608
+    out.events = await conn.fetchval(f"SELECT COUNT(*) FROM ({gone}) g", events, dead)  # noqa: S608 - constants
+    out.deliveries = await conn.fetchval(f"SELECT COUNT(*) FROM deliveries WHERE event_id IN ({gone})",  # noqa: S608
+                                         events, dead)
+    out.attempts = await conn.fetchval(f"SELECT COUNT(*) FROM attempts a JOIN deliveries dd "  # noqa: S608
+                                       f"ON dd.id = a.delivery_id WHERE dd.event_id IN ({gone})", events, dead)
+    if cutoffs.attempts_ms is not None:
+        out.attempts += await conn.fetchval(
+            f"SELECT COUNT(*) FROM attempts a JOIN deliveries dd ON dd.id = a.delivery_id "  # noqa: S608 - constants
+            f"WHERE a.started_at < $3 AND a.n < dd.attempts AND dd.event_id NOT IN ({gone})",
+            events, dead, cutoffs.attempts_ms)
+    if cutoffs.dedup_ms is not None:
+        out.dedup = await conn.fetchval("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= $1", cutoffs.dedup_ms)
+    return out
 
 
 async def _touch(conn: Any) -> None:
     """A write that changes a row without changing anything: it commits only when the server takes writes."""
     await conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
                        "WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+
+
+async def _ping(conn: Any) -> None:
+    await conn.fetchval("SELECT 1")
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's message, or its kind when it has none (a timeout)."""
+    return str(exc) or type(exc).__name__

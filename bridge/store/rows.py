@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ from bridge.store.base import (
     AttemptRow,
     Claimed,
     ConversationRow,
+    Cutoffs,
     DeliveryRow,
     DeliveryStatus,
     NewDelivery,
@@ -115,3 +117,29 @@ TICKETS_OF_CLAIMED = (
     "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation AND o.id <= d.id), d.id "
     "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
 """Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket."""
+
+NEVER = -1
+"""A cutoff nothing is older than: a kind kept forever."""
+REFS_PAGE = 2000
+_SHA256 = re.compile(rb'"sha256":"([0-9a-f]{64})"')
+
+
+def settled(status: str, updated_at: int, cutoffs: Cutoffs) -> bool:
+    """Whether a delivery in this state lets its event go (see Cutoffs)."""
+    if status == "succeeded":
+        return updated_at < (cutoffs.events_ms if cutoffs.events_ms is not None else NEVER)
+    if status == "dead":
+        return updated_at < (cutoffs.dead_ms if cutoffs.dead_ms is not None else NEVER)
+    return False
+
+
+def kept_condition(events: str, dead: str) -> str:
+    """SQL true for an event `e` some delivery of which keeps it, given the placeholders of the two cutoffs."""
+    return (f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND NOT ((d.status = 'succeeded' "  # noqa: S608
+            f"AND d.updated_at < {events}) OR (d.status = 'dead' AND d.updated_at < {dead})))")
+
+
+def attachment_hashes(data: bytes) -> Iterator[str]:
+    """The sha256 of each attachment a stored event's JSON names."""
+    for m in _SHA256.finditer(data):
+        yield m.group(1).decode()

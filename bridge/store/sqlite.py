@@ -34,20 +34,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
-from bridge.errors import NotFound, StoreLocked, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
     AttemptResult,
     ClaimBatch,
     ConversationDetail,
+    Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
     Nonce,
+    PurgeCounts,
+    PurgeMark,
     Store,
     StoredMappingSet,
     StoreProblem,
@@ -56,10 +60,13 @@ from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
     HEAD_OF_CONVERSATION,
+    NEVER,
     NEW_DELIVERY_COLUMNS,
+    REFS_PAGE,
     ROW_COLUMNS,
     ROW_WIDTH,
     TICKETS_OF_CLAIMED,
+    attachment_hashes,
     attempt_row,
     claimed_items,
     conversation_row,
@@ -68,6 +75,7 @@ from bridge.store.rows import (
     decode_files,
     delivery_row,
     encode,
+    kept_condition,
     new_delivery_rows,
     now_ms,
     status_condition,
@@ -549,11 +557,18 @@ class SqliteStore(Store):
         batch: ClaimBatch = await self._write(op, durable=False)
         return batch
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
+            if owner is not None:
+                held = conn.execute("SELECT status = 'in_flight' AND lease_owner IS ? FROM deliveries WHERE id = ?",
+                                    (owner, r.delivery_id)).fetchone()
+                if held is None:
+                    raise NotFound(f"no delivery {r.delivery_id}")
+                if not held[0]:
+                    raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
             updated = conn.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
@@ -584,7 +599,7 @@ class SqliteStore(Store):
 
         await self._write(op)
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         if not delivery_ids:
             return
 
@@ -592,8 +607,9 @@ class SqliteStore(Store):
             now = now_ms()
             conn.executemany(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
-                "next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE id = ? AND status = 'in_flight'",
-                [(now, now, i) for i in delivery_ids])
+                "next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE id = ? AND status = 'in_flight' "
+                "AND (? IS NULL OR lease_owner = ?)",
+                [(now, now, i, owner, owner) for i in delivery_ids])
 
         await self._write(op)
 
@@ -757,6 +773,54 @@ class SqliteStore(Store):
         stored: StoredMappingSet | None = await self._read(run)
         return stored
 
+    # -- retention ------------------------------------------------------------------------------
+
+    async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
+                    after: PurgeMark | None = None) -> PurgeCounts:
+        """Each kind is one write of the group commit, so that no purge holds the writer (and the
+        intake waiting behind it) for more than one batch."""
+        if dry_run:
+            counted: PurgeCounts = await self._read(lambda conn: _count_purgeable(conn, cutoffs))
+            return counted
+        mark = after or PurgeMark()
+        out = PurgeCounts(after=mark)
+        if cutoffs.events_ms is not None:
+            got: PurgeCounts = await self._write(lambda conn: _purge_events(conn, cutoffs, limit, mark.events))
+            out.add(got)
+            out.more = got.more
+            out.after = msgspec.structs.replace(out.after, events=got.after.events)
+        if cutoffs.attempts_ms is not None:
+            trimmed: tuple[int, bool, tuple[int, str, int] | None] = await self._write(
+                lambda conn: _trim_attempts(conn, cutoffs, limit, mark.attempts))
+            out.attempts += trimmed[0]
+            out.more = out.more or trimmed[1]
+            out.after = msgspec.structs.replace(out.after, attempts=trimmed[2])
+        if cutoffs.dedup_ms is not None:
+            dedup_ms = cutoffs.dedup_ms
+            expired: int = await self._write(lambda conn: conn.execute(
+                "DELETE FROM dedup_keys WHERE (source, key) IN "
+                "(SELECT source, key FROM dedup_keys WHERE expires_at <= ? LIMIT ?)", (dedup_ms, limit)).rowcount)
+            out.dedup = expired
+            out.more = out.more or expired >= limit
+        return out
+
+    async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        refs: set[str] = set()
+        position: tuple[int, str] = (NEVER, "")
+        while True:
+            def page(conn: sqlite3.Connection, start: tuple[int, str] = position) -> list[tuple[int, str, bytes]]:
+                return conn.execute(
+                    "SELECT received_at, id, data FROM events WHERE received_at < ? AND received_at >= ? "
+                    "AND NOT (received_at = ? AND id <= ?) ORDER BY received_at, id LIMIT ?",
+                    (received_before_ms, start[0], start[0], start[1], REFS_PAGE)).fetchall()
+
+            rows: list[tuple[int, str, bytes]] = await self._read(page)
+            for _, _, data in rows:
+                refs.update(attachment_hashes(data))
+            if len(rows) < REFS_PAGE:
+                return refs
+            position = (rows[-1][0], rows[-1][1])
+
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:
     """Record `nonce` for `source`; False, writing nothing, when another request holds it (one statement: an
@@ -790,6 +854,68 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> No
         "last_message_at = max(last_message_at, ?5)",
         (d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
          d.reopen_after_ms))
+
+
+def _trim_attempts(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
+                   after: tuple[int, str, int] | None) -> tuple[int, bool, tuple[int, str, int] | None]:
+    """Look at the next `limit` attempts older than the cutoff (after `after`, oldest first) and delete those
+    that are not their delivery's latest: (deleted, more to look at, where the scan stopped)."""
+    start_at, start_id, start_n = after or (NEVER, "", 0)
+    candidates = conn.execute(
+        "SELECT a.started_at, a.delivery_id, a.n, a.n < d.attempts FROM attempts a JOIN deliveries d "
+        "ON d.id = a.delivery_id WHERE a.started_at < ?1 AND a.started_at >= ?2 "
+        "AND NOT (a.started_at = ?2 AND (a.delivery_id < ?3 OR (a.delivery_id = ?3 AND a.n <= ?4))) "
+        "ORDER BY a.started_at, a.delivery_id, a.n LIMIT ?5",
+        (cutoffs.attempts_ms, start_at, start_id, start_n, limit)).fetchall()
+    gone = [(c[1], c[2]) for c in candidates if c[3]]
+    deleted = conn.executemany("DELETE FROM attempts WHERE delivery_id = ? AND n = ?", gone).rowcount if gone else 0
+    last = (candidates[-1][0], candidates[-1][1], candidates[-1][2]) if candidates else after
+    return deleted, len(candidates) >= limit, last
+
+
+def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
+                  after: tuple[int, str] | None) -> PurgeCounts:
+    """Look at the next `limit` events older than the cutoff (after `after`, oldest first) and delete those
+    whose deliveries are all settled long enough, with their deliveries and attempts."""
+    assert cutoffs.events_ms is not None
+    dead = cutoffs.dead_ms if cutoffs.dead_ms is not None else NEVER
+    start_at, start_id = after or (NEVER, "")
+    candidates = conn.execute(
+        f"SELECT e.id, e.received_at, {kept_condition('?1', '?2')} FROM events e "  # noqa: S608 - constants
+        "WHERE e.received_at < ?1 AND e.received_at >= ?3 AND NOT (e.received_at = ?3 AND e.id <= ?4) "
+        "ORDER BY e.received_at, e.id LIMIT ?5", (cutoffs.events_ms, dead, start_at, start_id, limit)).fetchall()
+    gone = [(c[0],) for c in candidates if not c[2]]
+    out = PurgeCounts(more=len(candidates) >= limit,
+                      after=PurgeMark(events=(candidates[-1][1], candidates[-1][0]) if candidates else after))
+    if gone:
+        out.attempts = conn.executemany("DELETE FROM attempts WHERE delivery_id IN "
+                                        "(SELECT id FROM deliveries WHERE event_id = ?)", gone).rowcount
+        out.deliveries = conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone).rowcount
+        out.events = conn.executemany("DELETE FROM events WHERE id = ?", gone).rowcount
+    return out
+
+
+def _count_purgeable(conn: sqlite3.Connection, cutoffs: Cutoffs) -> PurgeCounts:
+    """What a purge with these cutoffs would delete, counted without deleting anything."""
+    out = PurgeCounts()
+    dead = cutoffs.dead_ms if cutoffs.dead_ms is not None else NEVER
+    events = cutoffs.events_ms if cutoffs.events_ms is not None else NEVER
+    gone = f"SELECT e.id FROM events e WHERE e.received_at < ?1 AND NOT {kept_condition('?1', '?2')}"  # noqa: S608
+    args = (events, dead)
+    out.events = conn.execute(f"SELECT COUNT(*) FROM ({gone})", args).fetchone()[0]  # noqa: S608 - constants
+    out.deliveries = conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE event_id IN ({gone})",  # noqa: S608
+                                  args).fetchone()[0]
+    out.attempts = conn.execute(f"SELECT COUNT(*) FROM attempts a JOIN deliveries dd ON dd.id = a.delivery_id "  # noqa: S608
+                                f"WHERE dd.event_id IN ({gone})", args).fetchone()[0]
+    if cutoffs.attempts_ms is not None:
+        out.attempts += conn.execute(
+            f"SELECT COUNT(*) FROM attempts a JOIN deliveries dd ON dd.id = a.delivery_id "  # noqa: S608 - constants
+            f"WHERE a.started_at < ?3 AND a.n < dd.attempts AND dd.event_id NOT IN ({gone})",
+            (*args, cutoffs.attempts_ms)).fetchone()[0]
+    if cutoffs.dedup_ms is not None:
+        out.dedup = conn.execute("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= ?",
+                                 (cutoffs.dedup_ms,)).fetchone()[0]
+    return out
 
 
 def _touch(conn: sqlite3.Connection) -> None:

@@ -7,12 +7,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import msgspec
 
 from bridge.config import DestinationConfig
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, MappingError
 
 Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
 """`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false)."""
@@ -53,10 +54,13 @@ class Adapter(ABC):
     Options: ClassVar[type[DestinationConfig]]
     actions: ClassVar[frozenset[str]]
 
-    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> None:
+    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str], *,
+                 attachments_dir: Path | None = None) -> None:
         self.name = name
         self.config = config
         self._base_url = base_url
+        # Where intake keeps attachment content (by sha256), for adapters that send files.
+        self.attachments_dir = attachments_dir
 
     @property
     def base_url(self) -> str:
@@ -79,7 +83,10 @@ class Adapter(ABC):
     @abstractmethod
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
-        """The HTTP request for `action`; raises MappingError when the fields cannot be sent."""
+        """The HTTP request for `action`; raises MappingError when the fields cannot be sent. `ticket` is the
+        conversation's ticket for a follow-up (`id`, `key`, `destination`, `created_at`, `messages`,
+        `last_message_at`), None for a first message; adapters read it where the vendor wants the ticket
+        outside the body (a URL path), and a field of the mapping that names the ticket wins over it."""
 
     @abstractmethod
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
@@ -138,6 +145,30 @@ def text_or_none(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list) or value == "":
         return None
     return str(value)
+
+
+def ticket_ref(ticket: Mapping[str, Any] | None, key: str = "id") -> str | None:
+    """The follow-up ticket's `id` (or `key`) as text, or None when there is no ticket or no such value."""
+    if ticket is None:
+        return None
+    return text_or_none(ticket.get(key))
+
+
+def ticket_id_from(fields: Mapping[str, Any], names: tuple[str, ...], ticket: Mapping[str, Any] | None,
+                   vendor: str) -> str:
+    """The ticket a follow-up addresses: the first of the fields `names` with a value, else the ticket's id;
+    MappingError naming the field when neither has one."""
+    for name in names:
+        value = fields.get(name)
+        if not blank(value):
+            if isinstance(value, dict | list | bool):
+                raise MappingError(f"{vendor} takes a ticket id here, got {value!r}", path=name)
+            return str(value).strip()
+    found = ticket_ref(ticket)
+    if found is None:
+        raise MappingError(f"{vendor} needs the ticket to act on: set `{names[0]}` (e.g. "
+                           f"\"{{{{ ticket.id }}}}\") or send this as a follow-up of a ticket", path=names[0])
+    return found
 
 
 def excerpt(body: bytes, limit: int = 200) -> str:

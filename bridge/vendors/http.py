@@ -4,10 +4,18 @@ The body is the rendered fields as one JSON object. The destination says the met
 `{field}` placeholders filled from the rendered fields), the headers (secrets through `${VAR}`), which
 statuses mean success, optionally a body path that must hold a value, and where the ticket id is.
 A mapping's `options:` may override `method` and `path`, so one destination serves several actions.
+
+A follow-up's path may name its ticket with `{ticket.id}` or `{ticket.key}` (e.g.
+`path: /tickets/{ticket.id}/comments`); a first message has no ticket, so such a path fails it clearly.
+With `body: multipart` the request is multipart/form-data: the fields as JSON in one part
+(`multipart_json_part`, default `data`) and each attachment of the `files` field as a part named
+`multipart_files_part` (default `files`); with the default `body: json` a `files` field is sent as the
+attachments' metadata like any other field.
 """
 
 from __future__ import annotations
 
+import pathlib
 import string
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
@@ -20,17 +28,23 @@ from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
     Adapter,
+    Fetch,
     Outcome,
     VendorRequest,
     classify_status,
     decode_json,
     excerpt,
     text_or_none,
+    ticket_ref,
 )
+from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files, with_text
 
 Method = Literal["POST", "PUT", "PATCH"]
 METHODS = ("POST", "PUT", "PATCH")
 MAPPING_OPTIONS = ("method", "path")
+# Placeholders a path may hold beside field names: the follow-up's ticket.
+TICKET_PLACEHOLDERS = {"ticket.id": "id", "ticket.key": "key"}
+NOTE_KEY = "attachments_note"  # where the names of unsent files go unless `attachments.note_field` says
 
 
 def body_path(text: str) -> Path:
@@ -49,9 +63,11 @@ def template_parts(template: str) -> list[tuple[str, str | None]]:
     except ValueError as exc:
         raise ValueError(f"bad path template {template!r}: {exc}; write e.g. /tickets/{{ticket_id}}") from None
     for _, name, spec, conversion in parsed:
-        if name is not None and (not name.isidentifier() or spec or conversion):
+        if name is not None and ((not name.isidentifier() and name not in TICKET_PLACEHOLDERS)
+                                 or spec or conversion):
             raise ValueError(f"bad placeholder in path {template!r}: write {{field_name}}, naming a rendered "
-                             "field (letters, digits and _), with no format or conversion")
+                             "field (letters, digits and _), or {ticket.id} / {ticket.key}, with no format "
+                             "or conversion")
     return [(literal, name) for literal, name, _, _ in parsed]
 
 
@@ -63,6 +79,9 @@ def placeholders(template: str) -> list[str]:
 def _check_path(template: str) -> None:
     if not template.startswith("/"):
         raise ValueError(f"`path` {template!r} must start with /, e.g. /api/tickets")
+    if "{{" in template or "}}" in template:
+        raise ValueError(f"`path` {template!r} holds a template: path placeholders take single braces, "
+                         "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}")
     placeholders(template)
 
 
@@ -75,10 +94,16 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     success_value: str | int | float | bool | None = True
     ticket_id_path: str | None = None
     error_path: str | None = None
+    body: Literal["json", "multipart"] = "json"
+    multipart_json_part: str = "data"
+    multipart_files_part: str = "files"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_path(self.path)
+        for key in ("multipart_json_part", "multipart_files_part"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"`{key}` must name a form part, e.g. data")
         for key, value in (("success_path", self.success_path), ("ticket_id_path", self.ticket_id_path),
                            ("error_path", self.error_path)):
             if value is not None:
@@ -95,8 +120,9 @@ class HttpAdapter(Adapter):
     Options: ClassVar[type[DestinationConfig]] = HttpOptions
     actions: ClassVar[frozenset[str]] = frozenset({"create_ticket", "update_ticket"})
 
-    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> None:
-        super().__init__(name, config, base_url)
+    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str], *,
+                 attachments_dir: pathlib.Path | None = None) -> None:
+        super().__init__(name, config, base_url, attachments_dir=attachments_dir)
         o = self.options
         self._success = body_path(o.success_path) if o.success_path else None
         self._ticket_id = body_path(o.ticket_id_path) if o.ticket_id_path else None
@@ -113,8 +139,10 @@ class HttpAdapter(Adapter):
         if path is not None:
             try:
                 _check_path(str(path))
-                problems.extend(f"options.path: placeholder {{{name}}} is not a field of this mapping"
-                                for name in placeholders(str(path)) if name not in fields)
+                problems.extend(f"options.path: placeholder {{{name}}} is not a field of this mapping "
+                                "(nor {ticket.id} / {ticket.key})"
+                                for name in placeholders(str(path))
+                                if name not in fields and name not in TICKET_PLACEHOLDERS)
             except ValueError as exc:
                 problems.append(f"options.path: {exc}")
         return problems
@@ -124,7 +152,7 @@ class HttpAdapter(Adapter):
         assert isinstance(self.config, HttpOptions)
         return self.config
 
-    def _url(self, template: str, fields: Mapping[str, Any]) -> str:
+    def _url(self, template: str, fields: Mapping[str, Any], ticket: Mapping[str, Any] | None = None) -> str:
         out = [self.base_url]
         try:
             parts = template_parts(template)
@@ -132,12 +160,26 @@ class HttpAdapter(Adapter):
             raise MappingError(str(exc), path="options.path") from None
         for literal, name in parts:
             out.append(literal)
-            if name is not None:
+            if name in TICKET_PLACEHOLDERS:
+                found = ticket_ref(ticket, TICKET_PLACEHOLDERS[name])
+                if found is None:
+                    raise MappingError(f"the path {template!r} names the follow-up's ticket, but "
+                                       + ("this message has no ticket yet" if ticket is None
+                                          else f"the ticket has no {TICKET_PLACEHOLDERS[name]}"),
+                                       path="options.path")
+                out.append(quote(found, safe=""))
+            elif name is not None:
                 value = fields.get(name)
                 if value is None or value == "" or isinstance(value, dict | list | bool):
                     raise MappingError(f"the path {template!r} needs this field as text, got {value!r}", path=name)
                 out.append(quote(str(value), safe=""))
         return "".join(out)
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Fetch) -> dict[str, Any]:
+        """In multipart mode, read the `files` attachments within the destination's caps."""
+        if FILES_FIELD in fields and self.options.body == "multipart":
+            return await read_files(fields, self.attachments_dir, self.config.attachments)
+        return fields
 
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
@@ -146,9 +188,22 @@ class HttpAdapter(Adapter):
         method = str(options.get("method", self.options.method))
         if method not in METHODS:
             raise MappingError(f"{method!r} is not one of {', '.join(METHODS)}", path="options.method")
+        url = self._url(str(options.get("path", self.options.path)), fields, ticket)
         headers = {"Content-Type": "application/json", **self.options.headers}
-        return VendorRequest(method=method, url=self._url(str(options.get("path", self.options.path)), fields),
-                             headers=headers, body=msgspec.json.encode(fields))
+        if self.options.body == "json":
+            return VendorRequest(method=method, url=url, headers=headers, body=msgspec.json.encode(fields))
+        data, files = split_files(fields)
+        note = files.note() if files is not None else ""
+        if note:
+            target = self.config.attachments.note_field or NOTE_KEY
+            data[target] = with_text(data.get(target), note)
+        body, content_type = multipart_body([
+            Part(name=self.options.multipart_json_part, content=msgspec.json.encode(data),
+                 content_type="application/json"),
+            *file_parts(files, self.options.multipart_files_part),
+        ])
+        headers = {**{k: v for k, v in headers.items() if k.lower() != "content-type"}, "Content-Type": content_type}
+        return VendorRequest(method=method, url=url, headers=headers, body=body)
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)

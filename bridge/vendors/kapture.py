@@ -19,7 +19,9 @@ from bridge.vendors.base import (
     decode_json,
     excerpt,
     lower_keys,
+    ticket_id_from,
 )
+from bridge.vendors.files import attachment_list, split_files, with_text
 
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
@@ -29,7 +31,10 @@ SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the built-in simulator's well-kn
 CALLBACK_FORMAT = "%Y-%m-%d %H:%M:%S"
 CALLBACK_EXAMPLE = "2024-04-19 14:19:11"
 PATHS = {"create_ticket": CREATE_PATH, "update_ticket": UPDATE_PATH}
-REQUIRED = {"create_ticket": ("title",), "update_ticket": ("ticket_id", "sub_status")}
+# Fields a mapping must give; an update's `ticket_id` may instead come from the follow-up's ticket.
+REQUIRED = {"create_ticket": ("title",), "update_ticket": ("sub_status",)}
+# Where the names and sizes of a `files` field's attachments go (Kapture has no file endpoint).
+TEXT_FIELDS = {"create_ticket": "ticket_details", "update_ticket": "comment"}
 
 
 class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
@@ -129,10 +134,14 @@ class KaptureAdapter(Adapter):
         for name in REQUIRED[action]:
             if blank(fields.get(name)):
                 raise MappingError(f"kapture {action} needs a non-empty `{name}`", path=name)
-        item = fields
+        item, files = split_files(fields)
+        if files is not None and files.metas:
+            target = self.config.attachments.note_field or TEXT_FIELDS[action]
+            item[target] = with_text(item.get(target), attachment_list(files.metas))
         if action == "update_ticket":
             check_callback_time(fields.get("callback_time"))
-            item = {**fields, "ticket_id": str(fields["ticket_id"])}  # documented as a string
+            # Documented as a string; a follow-up's ticket supplies it when the mapping does not.
+            item["ticket_id"] = ticket_id_from(fields, ("ticket_id",), ticket, "kapture")
         return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers,
                              body=msgspec.json.encode([item]))
 

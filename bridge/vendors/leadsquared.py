@@ -1,9 +1,13 @@
-"""LeadSquared Service CRM: tickets created through the tenants API, fields wrapped in its envelope."""
+"""LeadSquared Service CRM: tickets created and updated through the tenants API, fields wrapped in its
+envelope; a customer's follow-up as a portal activity or an internal note. Every call after the create takes
+the ticket's numeric `Id` (e.g. "143"), which the create returns as the ticket id (its `Key`, "#143", as the
+ticket key; the UUID `TicketId` stays in the response excerpt). Facts and sources: docs/vendors.md."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import msgspec
 
@@ -11,6 +15,7 @@ from bridge.config import DestinationConfig, RateLimit
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    Fetch,
     Outcome,
     VendorRequest,
     blank,
@@ -19,7 +24,9 @@ from bridge.vendors.base import (
     excerpt,
     lower_keys,
     text_or_none,
+    ticket_id_from,
 )
+from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files, with_text
 
 SANDBOX_ORG = "sandbox-org"
 SANDBOX_ACCESS_KEY = "sandbox-access-key"
@@ -35,8 +42,39 @@ ENVELOPE_OPTIONS = ("TypeId", "RelatedTicketTypeId")
 REJECTION_MARKERS = ("invalid", "duplicate", "mandatory", "required", "validation", "notfound", "argument")
 
 
+ACTIONS = ("create_ticket", "update_ticket", "add_activity", "add_note")
+# The field a follow-up may name the ticket's numeric Id with (else the follow-up's ticket gives it).
+ID_FIELD = "Id"
+# The text field each action needs.
+TEXT_FIELD = {"add_activity": "Text", "add_note": "TextPart"}
+DIRECTIONS = ("INBOUND", "OUTBOUND")
+# Where the names of files that could not be sent go, unless the destination says otherwise.
+NOTE_FIELD = "Description"
+
+
 def tickets_path(org_id: str) -> str:
     return f"/api/tenants/{org_id}/tickets"
+
+
+def update_path(org_id: str, ticket_id: str) -> str:
+    return f"/api/tenants/{org_id}/tickets/{quote(ticket_id, safe='')}/update"
+
+
+def activity_path(org_id: str, ticket_id: str) -> str:
+    return f"/api/tenants/{org_id}/ticket/{quote(ticket_id, safe='')}/portal/activity"
+
+
+def note_path(org_id: str) -> str:
+    return f"/api/tenants/{org_id}/internalnote/upload"
+
+
+def numeric_id(value: str) -> str:
+    """The ticket's numeric Id (`143`; a `#143` Key is read as its number); MappingError otherwise."""
+    text = value.strip().lstrip("#")
+    if not text.isdigit():
+        raise MappingError(f"{value!r} is not LeadSquared's numeric ticket Id (e.g. \"143\"): the update, note "
+                           "and activity calls take the number, not the TicketId UUID", path=ID_FIELD)
+    return str(int(text))
 
 
 class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
@@ -60,7 +98,7 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
 class LeadSquaredAdapter(Adapter):
     vendor: ClassVar[str] = "leadsquared"
     Options: ClassVar[type[DestinationConfig]] = LeadSquaredOptions
-    actions: ClassVar[frozenset[str]] = frozenset({"create_ticket"})
+    actions: ClassVar[frozenset[str]] = frozenset(ACTIONS)
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
@@ -68,6 +106,11 @@ class LeadSquaredAdapter(Adapter):
                     for key in options if key not in ENVELOPE_OPTIONS]
         if action == "create_ticket" and not any(f in fields for f in LEAD_FIELDS):
             problems.append(f"fields: leadsquared create_ticket needs one of {', '.join(LEAD_FIELDS)}")
+        if action in TEXT_FIELD and TEXT_FIELD[action] not in fields:
+            problems.append(f"{TEXT_FIELD[action]}: leadsquared {action} needs a `{TEXT_FIELD[action]}` field")
+        if action == "update_ticket" and not (set(fields) - {ID_FIELD, "LeadId", "files"}):
+            problems.append("fields: leadsquared update_ticket needs at least one ticket field to change "
+                            "(e.g. Status)")
         return problems
 
     @property
@@ -81,9 +124,10 @@ class LeadSquaredAdapter(Adapter):
             return (o.org_id or SANDBOX_ORG, o.access_key or SANDBOX_ACCESS_KEY, o.secret_key or SANDBOX_SECRET_KEY)
         return o.org_id, o.access_key, o.secret_key
 
-    def envelope(self, fields: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    def envelope(self, fields: Mapping[str, Any], options: Mapping[str, Any], ticket_id: str | None = None
+                 ) -> dict[str, Any]:
         """The ticket body: TypeId, Id, LeadId, Fields (in mapping order) and RelatedTicketTypeId."""
-        if all(blank(fields.get(name)) for name in LEAD_FIELDS):
+        if ticket_id is None and all(blank(fields.get(name)) for name in LEAD_FIELDS):
             raise MappingError(f"leadsquared needs one of {', '.join(LEAD_FIELDS)} with a value; "
                                "all are missing or empty", path="LeadDetail.EmailAddress")
         type_id = options.get("TypeId", self.options.type_id)
@@ -91,23 +135,75 @@ class LeadSquaredAdapter(Adapter):
         lead_id = fields.get("LeadId")
         return {
             "TypeId": str(type_id),
-            "Id": None,
+            "Id": ticket_id,
             "LeadId": None if blank(lead_id) else lead_id,
-            "Fields": [{"SchemaName": name, "Value": value} for name, value in fields.items() if name != "LeadId"],
+            "Fields": [{"SchemaName": name, "Value": value} for name, value in fields.items()
+                       if name not in ("LeadId", ID_FIELD)],
             "RelatedTicketTypeId": related,
         }
 
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Fetch) -> dict[str, Any]:
+        """Read the `files` attachments (create and update send them) within the destination's caps."""
+        if action in ("create_ticket", "update_ticket"):
+            return await read_files(fields, self.attachments_dir, self.config.attachments)
+        return fields
+
+    def _headers(self, content_type: str) -> dict[str, str]:
+        _, access_key, secret_key = self.credentials()
+        return {"X-LSQ-ACCESS-KEY": access_key, "X-LSQ-SECRET-KEY": secret_key, "Content-Type": content_type}
+
+    def _with_note(self, fields: dict[str, Any], files: FileSet | None) -> dict[str, Any]:
+        """The fields with the names of files that could not be sent appended to the note field."""
+        note = files.note() if files is not None else ""
+        if note:
+            target = self.config.attachments.note_field or NOTE_FIELD
+            fields[target] = with_text(fields.get(target), note)
+        return fields
+
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
-        if action != "create_ticket":
-            raise MappingError(f"leadsquared has no action {action!r}; it takes: create_ticket")
-        org_id, access_key, secret_key = self.credentials()
-        return VendorRequest(
-            method="POST", url=self.base_url + tickets_path(org_id),
-            headers={"X-LSQ-ACCESS-KEY": access_key, "X-LSQ-SECRET-KEY": secret_key,
-                     "Content-Type": "application/json"},
-            body=msgspec.json.encode(self.envelope(fields, options)),
-        )
+        if action not in ACTIONS:
+            raise MappingError(f"leadsquared has no action {action!r}; it takes: {', '.join(ACTIONS)}")
+        org_id, _, _ = self.credentials()
+        fields, files = split_files(fields)
+        if action == "create_ticket":
+            dto = self.envelope(self._with_note(fields, files), options)
+            return self._ticket_request("POST", self.base_url + tickets_path(org_id), dto, files)
+        ticket_id = numeric_id(ticket_id_from(fields, (ID_FIELD,), ticket, "leadsquared"))
+        if action == "update_ticket":
+            dto = self.envelope(self._with_note(fields, files), options, ticket_id)
+            # Documented only as multipart (`ticketDTO` and `files`); sent so even without files.
+            return self._ticket_request("PUT", self.base_url + update_path(org_id, ticket_id), dto, files,
+                                        always_multipart=True)
+        text_field = TEXT_FIELD[action]
+        text = fields.get(text_field)
+        if blank(text) or isinstance(text, dict | list):
+            raise MappingError(f"leadsquared {action} needs text, got {text!r}", path=text_field)
+        extra = {k: v for k, v in fields.items() if k not in (ID_FIELD, text_field)}
+        if action == "add_activity":
+            direction = str(extra.pop("Direction", "INBOUND") or "INBOUND").upper()
+            if direction not in DIRECTIONS:
+                raise MappingError(f"{direction!r} is not one of {', '.join(DIRECTIONS)}", path="Direction")
+            body: dict[str, Any] = {"Text": str(text), "Direction": direction, **extra}
+            url = self.base_url + activity_path(org_id, ticket_id)
+        else:
+            body = {"TextPart": str(text), "ActivityType": "CreateInternalNote",
+                    "StorageType": "Permament",  # sic: the documented spelling
+                    **extra, "RelatedTicketId": int(ticket_id)}
+            url = self.base_url + note_path(org_id)
+        return VendorRequest(method="POST", url=url, headers=self._headers("application/json"),
+                             body=msgspec.json.encode(body))
+
+    def _ticket_request(self, method: str, url: str, dto: dict[str, Any], files: FileSet | None, *,
+                        always_multipart: bool = False) -> VendorRequest:
+        """A create or update: JSON, or multipart/form-data with the JSON as the `ticketDTO` part and one
+        `files` part per file when there are files to send (or always, for the update)."""
+        encoded = msgspec.json.encode(dto)
+        parts = file_parts(files)
+        if not parts and not always_multipart:
+            return VendorRequest(method=method, url=url, headers=self._headers("application/json"), body=encoded)
+        body, content_type = multipart_body([Part(name="ticketDTO", content=encoded), *parts])
+        return VendorRequest(method=method, url=url, headers=self._headers(content_type), body=body)
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)
@@ -126,9 +222,19 @@ class LeadSquaredAdapter(Adapter):
         if by_status is not None:
             by_status.error = f"leadsquared: {by_status.error}: {detail}"
             return by_status
-        if 200 <= status < 300 and state == "success":
-            ticket_id = text_or_none(data.get("ticketid")) or text_or_none(data.get("id"))
-            return Outcome(classification="success", ticket_id=ticket_id, ticket_key=text_or_none(data.get("key")))
+        if kind and "ratelimit" in kind.lower():  # reported to come back with HTTP 200 too; its window is 5 s
+            return Outcome(classification="retry", error=f"leadsquared: HTTP {status}: {detail}", retry_after=5.0)
+        if 200 <= status < 300 and data and not kind:
+            if action == "add_note" and state not in ("error", "failure", "failed"):
+                # The note's answer has no Status: {"Message": "Activity Created", "RelatedTicketId": "143"}.
+                return Outcome(classification="success", ticket_id=text_or_none(data.get("relatedticketid")))
+            if state == "success":
+                if action == "add_activity":  # its `Id` is the activity's, not the ticket's
+                    return Outcome(classification="success")
+                # The numeric Id is what every later call takes; the UUID TicketId only if no Id came back.
+                ticket_id = text_or_none(data.get("id")) or text_or_none(data.get("ticketid"))
+                return Outcome(classification="success", ticket_id=ticket_id,
+                               ticket_key=text_or_none(data.get("key")))
         if not data:
             return Outcome(classification="permanent",
                            error=f"leadsquared: HTTP {status} with a body that is not a JSON object: {excerpt(body)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import msgspec
@@ -27,6 +28,7 @@ from bridge.vendors.base import (
     excerpt,
     text_or_none,
 )
+from bridge.vendors.files import attachment_list, split_files, with_text
 
 log = structlog.get_logger("ticketbridge.vendors")
 
@@ -135,8 +137,9 @@ class NetgrootAdapter(Adapter):
     Options: ClassVar[type[DestinationConfig]] = NetgrootOptions
     actions: ClassVar[frozenset[str]] = frozenset({"create_ticket"})
 
-    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str]) -> None:
-        super().__init__(name, config, base_url)
+    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str], *,
+                 attachments_dir: Path | None = None) -> None:
+        super().__init__(name, config, base_url, attachments_dir=attachments_dir)
         self.subjects = SubjectCache(parse_duration(self.options.subjects_ttl))
 
     @classmethod
@@ -176,6 +179,12 @@ class NetgrootAdapter(Adapter):
 
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
+        # No update endpoint is published: a follow-up is a new ticket (its mapping names the first one
+        # with `{{ ticket.id }}`) or is skipped; `ticket` is not needed here.
+        fields, files = split_files(fields)
+        if files is not None and files.metas:  # no file endpoint either: the message names them
+            target = self.config.attachments.note_field or "message"
+            fields[target] = with_text(fields.get(target), attachment_list(files.metas))
         if action != "create_ticket":
             raise MappingError(f"netgroot has no action {action!r}; it takes: create_ticket")
         if "subject" in fields:

@@ -81,7 +81,8 @@ def test_check_prints_every_error_with_its_place_and_fails(tmp_path: Path, capsy
     assert code == 1
     assert err.splitlines()[:5] == [
         f"{broken}:1:19: broken.source[1]: unknown source 'nowhere'; configured sources: partner, web",
-        f"{broken}:5:56: broken.ticket_details.transform[1]: unknown filter 'shout'; known filters: bool, date, "
+        f"{broken}:5:56: broken.ticket_details.transform[1]: unknown filter 'shout'; known filters: attachment_list, "
+        "bool, date, "
         "default, first, float, html_to_text, int, join, lower, phone_e164, replace, split, strip, strip_quoted, "
         "title, truncate, upper",
         f"{broken}:6:3: broken.when: bad arguments to the date filter: unknown time zone 'Mars/Base': use an IANA "

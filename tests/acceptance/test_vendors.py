@@ -164,7 +164,8 @@ LSQ_FIELDS = """
 
 async def test_leadsquared_create_succeeds_with_ticket_id_and_key(write_config: ConfigFactory,
                                                                   bridge_client: AppClient) -> None:
-    """A ticket reaches LeadSquared in its envelope (fields in order, options applied); its TicketId is stored."""
+    """A ticket reaches LeadSquared in its envelope (fields in order, options applied); its numeric Id (what
+    follow-ups take) is stored as the ticket id, its Key beside it, the TicketId UUID in the response excerpt."""
     dest = f"{{vendor: leadsquared, sandbox: true, {FAST_RETRY}}}"
     client = await start(write_config, bridge_client, dest,
                          mapping("create_ticket", LSQ_FIELDS, "options: {TypeId: '2', RelatedTicketTypeId: 2}"))
@@ -175,9 +176,10 @@ async def test_leadsquared_create_succeeds_with_ticket_id_and_key(write_config: 
     assert summary(detail) == ("succeeded", [("success", 200)])
     [ticket] = sim.tickets
     [sent] = [e for e in logs if e["event"] == "delivery.sent"]
-    assert (sent["ticket_id"], sent["ticket_key"]) == (ticket["TicketId"], "#001")
-    assert (detail.delivery.ticket_id, detail.delivery.ticket_key) == (ticket["TicketId"], "#001")
+    assert (sent["ticket_id"], sent["ticket_key"]) == ("1", "#001")
+    assert (detail.delivery.ticket_id, detail.delivery.ticket_key) == ("1", "#001")
     assert ticket["Key"] == "#001"
+    assert ticket["TicketId"] in (detail.attempts[0].response_excerpt or "")
     assert '"Key": "#001"' in (detail.attempts[0].response_excerpt or "")
     assert (ticket["TypeId"], ticket["RelatedTicketTypeId"], ticket["LeadId"]) == ("2", 2, None)
     assert [f["SchemaName"] for f in ticket["Fields"]] == ["LeadDetail.EmailAddress", "Title", "Priority"]

@@ -67,15 +67,17 @@ fields:
 def write_partner_config(
     folder: Path, port: int, sandbox_port: int, *, name: str = "bridge", store: str = "sqlite:///var/bridge.db",
     grace: float = 1.0, max_in_flight: int = 16, dedup: bool = True, retry: str | None = None,
+    rate_limit: str | None = None, lease_seconds: float | None = None,
 ) -> Path:
     """A config with one `partner` json source whose events become tickets in a standalone Kapture sandbox."""
     (folder / "mappings").mkdir(exist_ok=True)
     (folder / "mappings" / "partner.yaml").write_text(PARTNER_MAPPING)
     source = "{kind: json, dedup: payload.id}" if dedup else "{kind: json}"
     cfg = folder / f"{name}.yaml"
+    lease = f", lease_seconds: {lease_seconds}" if lease_seconds is not None else ""
     cfg.write_text(f"""
 server: {{host: 127.0.0.1, port: {port}, shutdown_grace_seconds: {grace}}}
-store: {{url: "{store}"}}
+store: {{url: "{store}"{lease}}}
 log: {{level: warning}}
 sources:
   partner: {source}
@@ -85,5 +87,5 @@ destinations:
     base_url: "http://127.0.0.1:{sandbox_port}/kapture"
     token: sandbox-token
     max_in_flight: {max_in_flight}
-""" + (f"    retry: {retry}\n" if retry else ""))
+""" + (f"    retry: {retry}\n" if retry else "") + (f"    rate_limit: {rate_limit}\n" if rate_limit else ""))
     return cfg

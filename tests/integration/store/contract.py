@@ -10,11 +10,12 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from bridge.errors import NotFound, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import (
     AttemptResult,
+    Cutoffs,
     DeliveryFilter,
     DeliveryRow,
     NewDelivery,
@@ -69,6 +70,42 @@ def nonce(value: str = "tok-1", digest: str = "body-a", ttl_ms: int = 600_000) -
 
 async def row(store: Store, delivery_id: str) -> DeliveryRow:
     return (await store.get_delivery(delivery_id)).delivery
+
+
+async def settle(store: Store, delivery_id: str, status: Literal["succeeded", "dead"], destination: str) -> None:
+    """Send the one pending delivery of `destination` and record it `status`."""
+    claimed = await store.claim(destination, 10, "w", 30)
+    assert [c.id for c in claimed.items] == [delivery_id]
+    await store.record(result(delivery_id, status, classification="success" if status == "succeeded" else "permanent"))
+
+
+async def settled_event(store: Store, status: Literal["succeeded", "dead"] = "succeeded") -> tuple[str, str]:
+    """An event whose one delivery (to a destination of its own) is `status`: (event id, delivery id)."""
+    d = make_delivery(destination=new_id("dest"))
+    ev, _ = await accept_one(store, d)
+    await settle(store, d.id, status, d.destination)
+    return ev.id, d.id
+
+
+async def kept(store: Store, event_id: str) -> bool:
+    try:
+        await store.get_event(event_id)
+    except NotFound:
+        return False
+    return True
+
+
+def after_now() -> int:
+    """A cutoff past every row written so far: everything already stored is older than it."""
+    return now_ms() + 1000
+
+
+def tick() -> int:
+    """The current millisecond, once it has begun after every row written so far (waits a millisecond at most)."""
+    start = now_ms()
+    while (current := now_ms()) <= start:
+        pass
+    return current
 
 
 @pytest.mark.integration
@@ -450,6 +487,62 @@ class StoreContract:
         assert await store.extend_leases([d], "me", 60) == 0
         assert (await row(store, d)).status == "succeeded"
 
+    async def test_record_with_the_owners_lease_moves_the_delivery_on(self, store: Store) -> None:
+        """record(owner=…) by the holder of the lease records the attempt as record() does."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "me", 60)
+        await store.record(result(d, "succeeded", ticket_id="T-1"), owner="me")
+        r = await row(store, d)
+        assert (r.status, r.attempts, r.ticket_id) == ("succeeded", 1, "T-1")
+
+    async def test_record_with_a_lost_lease_is_refused_and_writes_nothing(self, store: Store) -> None:
+        """A sender whose lease ran out and was taken by another cannot record over the new holder's claim."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "slow", -1)  # its lease already ran out
+        assert await store.release_expired() == 1
+        await store.claim("kapture-support", 1, "fresh", 60)
+        with pytest.raises(LeaseLost, match="slow"):
+            await store.record(result(d, "dead", classification="permanent", error="late"), owner="slow")
+        r = await row(store, d)
+        assert (r.status, r.attempts, r.last_error) == ("in_flight", 0, None)
+        assert (await store.get_delivery(d)).attempts == []
+        await store.record(result(d, "succeeded", ticket_id="T-2"), owner="fresh")
+        assert (await row(store, d)).status == "succeeded"
+
+    async def test_record_after_the_lease_was_given_back_is_refused(self, store: Store) -> None:
+        """A result whose delivery was given back (reaped, now pending) is refused, leaving it pending."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "slow", -1)
+        assert await store.release_expired() == 1
+        with pytest.raises(LeaseLost):
+            await store.record(result(d, "succeeded", ticket_id="T-1"), owner="slow")
+        assert (await row(store, d)).status == "pending"
+
+    async def test_record_with_an_owner_for_an_unknown_delivery_is_not_found(self, store: Store) -> None:
+        """An owner-checked record of a delivery that does not exist is NotFound, not LeaseLost."""
+        with pytest.raises(NotFound):
+            await store.record(result("dlv_unknown", "succeeded"), owner="me")
+
+    async def test_release_with_an_owner_gives_back_only_its_own_leases(self, store: Store) -> None:
+        """release(owner=…) leaves deliveries another sender holds."""
+        _, (a, b) = await accept_one(store, make_delivery(), make_delivery())
+        await store.claim("kapture-support", 1, "me", 60)
+        await store.claim("kapture-support", 1, "other", 60)
+        mine = a if (await store.get_delivery(a)).delivery.status == "in_flight" else b
+        await store.release([a, b], owner="me")
+        statuses = {i: (await row(store, i)).status for i in (a, b)}
+        assert statuses == {a: "pending" if mine == a else "in_flight", b: "pending" if mine == b else "in_flight"}
+
+    async def test_a_renewed_lease_outlives_its_first_term(self, store: Store) -> None:
+        """A lease renewed before it runs out is not reaped when its first term ends."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "me", 0.05)
+        assert await store.extend_leases([d], "me", 60) == 1
+        ends = now_ms() + 60
+        await eventually(lambda: now_ms() > ends)  # the first term has ended
+        assert await store.release_expired() == 0
+        assert (await row(store, d)).status == "in_flight"
+
     # -- inspection -------------------------------------------------------------------------------
 
     async def test_list_filters_by_status_destination_source_and_mapping(self, store: Store) -> None:
@@ -658,6 +751,24 @@ class StoreContract:
         (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert got.id == second.id and got.ticket is None
 
+    async def test_a_create_recorded_without_the_lease_gives_no_ticket(self, store: Store) -> None:
+        """A create's success recorded by a sender whose lease was taken is refused (LeaseLost) and leaves the
+        conversation without a ticket; the lease holder's record gives it one."""
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "slow", -1)
+        assert await store.release_expired() == 1
+        await store.claim("kapture-support", 1, "fresh", 60)
+        with pytest.raises(LeaseLost):
+            await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-1"), role="create"),
+                               owner="slow")
+        (found,) = await store.get_conversations("k")
+        assert found.conversation.ticket_id is None
+        await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-2"), role="create"),
+                           owner="fresh")
+        (found,) = await store.get_conversations("k")
+        assert found.conversation.ticket_id == "T-2"
+
     async def test_get_conversations_lists_its_deliveries_in_order(self, store: Store) -> None:
         """A conversation is found by its key or scoped id, with its ticket, message count and deliveries."""
         first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
@@ -684,3 +795,166 @@ class StoreContract:
         await store.accept(later, [], WEEK)
         assert [e.id for e in await store.list_unmatched()] == [later.id, lone.id]
         assert [e.id for e in await store.list_unmatched(limit=10, before_id=later.id)] == [lone.id]
+    async def test_accept_refuses_text_that_is_not_utf8_before_writing_anything(self, store: Store) -> None:
+        """An event or delivery body holding a lone surrogate raises UnicodeEncodeError and stores nothing:
+        intake relies on it to store the event again with that text escaped."""
+        bad = [(make_event(note="x\udcff"), make_delivery()), (make_event(dedup_key="k\udcff"), make_delivery()),
+               (make_event(), make_delivery(body={"title": "x\ud800"}))]
+        for event, delivery in bad:
+            with pytest.raises(UnicodeEncodeError):
+                await store.accept(event, [delivery], WEEK)
+            with pytest.raises(NotFound):
+                await store.get_event(event.id)
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        ok, _ = await accept_one(store, event=make_event(dedup_key="k\\xff"))
+        assert (await store.get_event(ok.id)).dedup_key == "k\\xff"
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def test_purge_deletes_settled_events_with_their_deliveries_and_attempts(self, store: Store) -> None:
+        """An event whose deliveries all succeeded before the cutoff goes with them and their attempts, and so
+        does an event that had no delivery; pending work stays."""
+        done, done_d = await settled_event(store)
+        bare, _ = await accept_one(store)  # one delivery, still pending
+        nothing = make_event()
+        assert (await store.accept(nothing, [], WEEK)).deliveries == 0
+        got = await store.purge(Cutoffs(events_ms=after_now()), 500)
+        assert (got.events, got.deliveries, got.attempts, got.busy) == (2, 1, 1, False)
+        assert not await kept(store, done) and not await kept(store, nothing.id)
+        with pytest.raises(NotFound):
+            await store.get_delivery(done_d)
+        assert await kept(store, bare.id)
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 0
+
+    async def test_purge_never_touches_pending_or_in_flight_work(self, store: Store) -> None:
+        """An event with any delivery pending or in flight stays, even when its other deliveries succeeded."""
+        mixed_done, mixed_waiting = make_delivery(destination="d-a"), make_delivery(destination="d-b")
+        mixed, _ = await accept_one(store, mixed_done, mixed_waiting)
+        await settle(store, mixed_done.id, "succeeded", "d-a")
+        flying = make_delivery(destination="d-c")
+        leased, _ = await accept_one(store, flying)
+        assert len((await store.claim("d-c", 10, "w", 30)).items) == 1
+        got = await store.purge(Cutoffs(events_ms=after_now(), dead_ms=after_now(), attempts_ms=after_now()), 500)
+        assert (got.events, got.deliveries) == (0, 0)
+        assert await kept(store, mixed.id) and await kept(store, leased.id)
+        assert (await row(store, flying.id)).status == "in_flight"
+        assert [a.n for a in (await store.get_delivery(mixed_done.id)).attempts] == [1]
+
+    async def test_dead_deliveries_keep_their_event_for_the_dead_limit(self, store: Store) -> None:
+        """An event with a dead delivery goes only by the dead cutoff (None keeps it), whatever the events one."""
+        dead, _ = await settled_event(store, "dead")
+        ok, _ = await settled_event(store)
+        got = await store.purge(Cutoffs(events_ms=after_now(), dead_ms=None), 500)
+        assert got.events == 1 and not await kept(store, ok) and await kept(store, dead)
+        assert (await store.purge(Cutoffs(events_ms=after_now(), dead_ms=now_ms() - 3_600_000), 500)).events == 0
+        assert await kept(store, dead)
+        assert (await store.purge(Cutoffs(events_ms=after_now(), dead_ms=after_now()), 500)).events == 1
+        assert not await kept(store, dead)
+
+    async def test_a_delivery_settled_after_the_cutoff_keeps_its_event(self, store: Store) -> None:
+        """The age that counts is the deliveries' last change: an old event replayed (or finished) within the
+        limit stays for the whole limit."""
+        d = make_delivery(destination="d-late")
+        ev, _ = await accept_one(store, d)
+        cutoff = tick()
+        await settle(store, d.id, "succeeded", "d-late")
+        assert (await store.purge(Cutoffs(events_ms=cutoff, dead_ms=cutoff), 500)).events == 0
+        assert await kept(store, ev.id)
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 1
+
+    async def test_old_attempts_are_trimmed_but_each_deliverys_latest_stays(self, store: Store) -> None:
+        """Attempts older than their cutoff go from kept deliveries, except the latest of each."""
+        _, (d,) = await accept_one(store)
+        for n in range(3):
+            await store.claim("kapture-support", 1, "w", 30)
+            await store.record(result(d, "pending", http_status=500 + n, classification="retry",
+                                      error=f"HTTP {500 + n}", next_attempt_at_ms=now_ms() - 1))
+        cutoff = tick()
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "pending", http_status=503, classification="retry", error="HTTP 503",
+                                  next_attempt_at_ms=now_ms() + 60_000))
+        got = await store.purge(Cutoffs(attempts_ms=cutoff), 500)
+        assert (got.events, got.attempts) == (0, 3)
+        assert [a.n for a in (await store.get_delivery(d)).attempts] == [4]
+        assert (await row(store, d)).attempts == 4
+        got = await store.purge(Cutoffs(attempts_ms=after_now()), 500)
+        assert got.attempts == 0 and [a.n for a in (await store.get_delivery(d)).attempts] == [4]
+
+    async def test_expired_dedup_keys_are_deleted_and_live_ones_still_match(self, store: Store) -> None:
+        """Dedup keys whose window has passed go; a key within its window still answers duplicates."""
+        old = make_event(dedup_key="msg-old")
+        assert (await store.accept(old, [], 0)).duplicate is False
+        live = make_event(dedup_key="msg-live")
+        assert (await store.accept(live, [], WEEK)).duplicate is False
+        got = await store.purge(Cutoffs(dedup_ms=after_now()), 500)
+        assert (got.dedup, got.events) == (1, 0)
+        again = await store.accept(make_event(dedup_key="msg-live"), [], WEEK)
+        assert (again.duplicate, again.event_id) == (True, live.id)
+        assert (await store.accept(make_event(dedup_key="msg-old"), [], WEEK)).duplicate is False
+        assert (await store.purge(Cutoffs(dedup_ms=now_ms()), 500)).dedup == 0
+
+    async def test_purge_goes_in_batches_past_the_events_it_keeps(self, store: Store) -> None:
+        """A batch deletes at most `limit` events; `more` and `after` lead the next batch on, past events kept."""
+        settled_ids = []
+        for i in range(7):
+            settled_ids.append((await settled_event(store))[0])
+            if i % 2 == 0:
+                await accept_one(store)  # pending: kept, and in the way of every batch that starts before it
+        cutoffs = Cutoffs(events_ms=after_now())
+        first = await store.purge(cutoffs, 3)
+        assert first.more and first.after.events is not None and 1 <= first.events <= 3
+        total, after, calls = first.events, first.after, 1
+        while True:
+            got = await store.purge(cutoffs, 3, after=after)
+            calls += 1
+            total += got.events
+            after = got.after
+            if not got.more:
+                break
+        assert total == 7 and calls == 4  # 11 events looked at, 3 a batch
+        assert not any([await kept(store, e) for e in settled_ids])
+        assert len(await store.list_deliveries(DeliveryFilter(status="pending"))) == 4
+
+    async def test_attempt_trimming_goes_in_batches_past_the_attempts_it_keeps(self, store: Store) -> None:
+        """Each delivery's latest attempt stays and is not looked at again: batches of `limit` go past them."""
+        for _ in range(4):
+            await settled_event(store, "dead")  # one attempt each: the latest, kept
+        _, (d,) = await accept_one(store)
+        for _ in range(3):
+            await store.claim("kapture-support", 1, "w", 30)
+            await store.record(result(d, "pending", http_status=500, classification="retry", error="HTTP 500",
+                                      next_attempt_at_ms=now_ms() - 1))
+        cutoffs = Cutoffs(attempts_ms=after_now())
+        deleted, after, calls = 0, None, 0
+        while True:
+            got = await store.purge(cutoffs, 2, after=after)
+            deleted, after, calls = deleted + got.attempts, got.after, calls + 1
+            if not got.more:
+                break
+        assert (deleted, calls) == (2, 4)  # 7 attempts looked at, 2 a batch
+        assert [a.n for a in (await store.get_delivery(d)).attempts] == [3]
+
+    async def test_dry_run_counts_what_would_go_and_deletes_nothing(self, store: Store) -> None:
+        """A dry run counts every row a purge would delete (no batch limit), and deletes none of them."""
+        events = [(await settled_event(store))[0] for _ in range(3)]
+        _, (waiting,) = await accept_one(store)
+        for _ in range(2):
+            await store.claim("kapture-support", 1, "w", 30)
+            await store.record(result(waiting, "pending", http_status=500, classification="retry", error="HTTP 500",
+                                      next_attempt_at_ms=now_ms() - 1))
+        assert (await store.accept(make_event(dedup_key="k"), [], 0)).duplicate is False
+        cutoffs = Cutoffs(events_ms=after_now(), attempts_ms=after_now(), dedup_ms=after_now())
+        dry = await store.purge(cutoffs, 1, dry_run=True)
+        assert (dry.events, dry.deliveries, dry.attempts, dry.dedup) == (4, 3, 4, 1)
+        assert all([await kept(store, e) for e in events])
+        real = await store.purge(cutoffs, 500)
+        assert (real.events, real.deliveries, real.attempts, real.dedup) == (4, 3, 4, 1)
+
+    async def test_attachment_refs_name_the_files_of_events_received_before(self, store: Store) -> None:
+        """The sha256 of every attachment an event names is found, for events received before the time given."""
+        a, b = "a" * 64, "b" * 64
+        files = [{"name": "x.pdf", "sha256": a, "stored": True}, {"name": "link", "sha256": None, "stored": False}]
+        ev = make_event(attachments=files, nested={"attachments": [{"sha256": b}]})
+        await accept_one(store, event=ev)
+        assert await store.attachment_refs(after_now()) == {a, b}
+        assert await store.attachment_refs(int(ev.received_at.timestamp() * 1000)) == set()

@@ -9,17 +9,20 @@ import asyncpg
 import pytest
 
 from bridge.errors import StoreUnavailable
-from bridge.store.base import DeliveryFilter
-from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema, work_channel
+from bridge.retention import purge_store
+from bridge.store.base import Cutoffs, DeliveryFilter
+from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema
 from tests.integration.processes import DSN
 from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
+    kept,
     make_delivery,
     make_event,
     nonce,
     now_ms,
+    settled_event,
 )
 
 pytestmark = pytest.mark.integration
@@ -172,15 +175,6 @@ async def test_a_queue_in_another_schema_is_not_woken(pg_schema: str) -> None:
             await conn.close()
 
 
-def test_channel_names_fit_postgresqls_limit() -> None:
-    """Each schema's channel is named after it, or after its hash when the name would be 64 bytes or more."""
-    assert work_channel(None) == "ticketbridge_work"
-    assert work_channel("tickets") == "ticketbridge_work_tickets"
-    long_one, long_two = "a" * 63, "a" * 62 + "b"
-    assert len(work_channel(long_one)) < 64
-    assert work_channel(long_one) != work_channel(long_two)
-
-
 async def test_expired_nonces_are_swept_a_few_at_a_time(store: PostgresStore, pg_schema: str) -> None:
     """Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones, oldest first, never a
     live one."""
@@ -201,5 +195,59 @@ async def test_expired_nonces_are_swept_a_few_at_a_time(store: PostgresStore, pg
         await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-last"))
         assert await expired() == []
         assert await conn.fetchval("SELECT count(*) FROM nonces") == NONCE_SWEEP_EVERY + 2
+    finally:
+        await conn.close()
+
+
+async def _hold_purge_lock(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1 || '.ticketbridge.retention'))", schema)
+
+
+async def test_one_process_purges_at_a_time(two: tuple[PostgresStore, PostgresStore], pg_schema: str) -> None:
+    """While one process holds the purge, another's purge does nothing and says `busy`, at once."""
+    a, b = two
+    done, _ = await settled_event(a)
+    conn = await asyncpg.connect(DSN)
+    try:
+        async with conn.transaction():
+            await _hold_purge_lock(conn, pg_schema)
+            got = await b.purge(Cutoffs(events_ms=now_ms() + 1000), 500)
+            assert (got.busy, got.events) == (True, 0)
+            assert (await purge_store(b, Cutoffs(events_ms=now_ms() + 1000), 500)).busy
+        got = await b.purge(Cutoffs(events_ms=now_ms() + 1000), 500)
+        assert (got.busy, got.events) == (False, 1)
+        assert not await kept(a, done)
+    finally:
+        await conn.close()
+
+
+async def test_purges_from_two_processes_delete_every_event_once(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Two processes sweeping together delete every settled event exactly once between them."""
+    a, b = two
+    for _ in range(30):
+        await settled_event(a)
+    cutoffs = Cutoffs(events_ms=now_ms() + 1000)
+    totals = await asyncio.gather(*[purge_store(s, cutoffs, 4, pause_s=0) for s in (a, b, a, b)])
+    assert sum(t.events for t in totals) <= 30
+    assert (await purge_store(a, cutoffs, 500)).events == 30 - sum(t.events for t in totals)
+    assert (await a.purge(cutoffs, 500, dry_run=True)).events == 0
+
+
+async def test_a_replay_committed_while_the_purge_waits_keeps_its_event(store: PostgresStore, pg_schema: str) -> None:
+    """A purge that finds a delivery locked by a replay waits for it, then sees it pending and keeps the event."""
+    ev, d = await settled_event(store)
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("UPDATE deliveries SET status = 'pending' WHERE id = $1", d)
+        purge = asyncio.create_task(store.purge(Cutoffs(events_ms=now_ms() + 1000), 500))
+        while not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND pid <> pg_backend_pid()"):
+            await asyncio.sleep(0.01)  # polling for the purge to be waiting on the row lock
+        await tx.commit()
+        got = await purge
+        assert got.events == 0 and await kept(store, ev)
+        assert (await store.get_delivery(d)).delivery.status == "pending"
     finally:
         await conn.close()

@@ -1,14 +1,20 @@
-"""The PostgreSQL store when the server refuses writes (a full disk, simulated with triggers)."""
+"""The PostgreSQL store when the server refuses writes (a full disk, simulated with triggers) or cannot be
+reached (a relay the test cuts)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
 from bridge.errors import StoreUnavailable
+from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from tests.integration.processes import DSN
 from tests.integration.store.contract import accept_one, make_delivery
@@ -57,3 +63,91 @@ async def test_refused_writes_are_reported_until_a_commit_succeeds(store: Postgr
         assert await store.check() is None
     assert [e["event"] for e in logs] == ["store.recovered"]
     await accept_one(store, make_delivery())
+
+
+class Proxy:
+    """A TCP relay to PostgreSQL that a test can cut (every connection dropped, new ones refused) and restore."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+
+async def test_an_unreachable_server_is_reported_until_it_answers_again(pg_schema: str) -> None:
+    """While PostgreSQL cannot be reached, check() (for /readyz) says `failing` and intake raises
+    StoreUnavailable; once it answers again, the store recovers by itself with new connections."""
+    parts = urlsplit(DSN)
+    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await proxy.start()
+    store = PostgresStore(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl(),
+                          schema=pg_schema)
+    await store.open()
+    try:
+        await accept_one(store, make_delivery())
+        assert await store.check() is None
+        await proxy.cut()
+        problem = await store.check()
+        assert problem is not None
+        assert problem.kind == "failing"
+        with pytest.raises(StoreUnavailable, match="postgresql"):
+            await accept_one(store, make_delivery())
+        await proxy.start()
+        assert await store.check() is None
+        await accept_one(store, make_delivery())
+    finally:
+        await store.close()
+        await proxy.cut()
+
+
+async def test_a_claim_whose_answer_is_lost_gives_back_what_it_leased(store: PostgresStore) -> None:
+    """A claim that committed but whose answer never arrived (the connection dropped around COMMIT) raises
+    StoreUnavailable and gives back the rows it leased; rows the same owner leased before stay in flight."""
+    _, (held,) = await accept_one(store, make_delivery())
+    assert [c.id for c in (await store.claim("kapture-support", 1, "me", 60)).items] == [held]
+    _, lost = await accept_one(store, make_delivery(), make_delivery())
+    run = store._run
+    calls = 0
+
+    async def answer_lost(fn: Any, *, transaction: bool = True) -> Any:
+        nonlocal calls
+        calls += 1
+        out = await run(fn, transaction=transaction)
+        if calls == 1:
+            raise StoreUnavailable("postgresql: connection was closed in the middle of operation")
+        return out
+
+    store._run = answer_lost  # type: ignore[method-assign]
+    with capture_logs() as logs, pytest.raises(StoreUnavailable):
+        await store.claim("kapture-support", 10, "me", 60)
+    store._run = run  # type: ignore[method-assign]
+    assert [(e["event"], e.get("count")) for e in logs] == [("store.claim_given_back", 2)]
+    statuses = {r.id: r.status for r in await store.list_deliveries(DeliveryFilter())}
+    assert statuses == {held: "in_flight", lost[0]: "pending", lost[1]: "pending"}
+    assert {c.id for c in (await store.claim("kapture-support", 10, "me", 60)).items} == set(lost)

@@ -641,6 +641,16 @@ def test_a_dedup_window_shorter_than_a_signed_request_stays_valid_is_an_error(tm
     assert says in err.message
 
 
+def test_retention_limits_are_durations_named_where_they_are_written(tmp_path: Path) -> None:
+    """A retention limit that is not a duration, or a sweep interval of zero, is an error naming its line and key."""
+    [bad] = errors_of(tmp_path, "retention:\n  events: 30d\n  dead: soon\n")
+    assert bad.line == 3 and "retention.dead: 'soon' is not a duration" in str(bad)
+    [busy] = errors_of(tmp_path, "retention:\n  every: 0s\n")
+    assert busy.line == 2 and "retention.every: '0s' would sweep without a pause" in str(busy)
+    loaded = load(tmp_path, "retention: {events: null, attachments: 7d}\n").retention
+    assert (loaded.limit("events"), loaded.limit("attachments"), loaded.limit("dead")) == (None, 7 * 86400, 90 * 86400)
+
+
 def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
     """`mappings_on_start_error` defaults to last_good and takes fail; `mappings_reload_timeout` is a duration."""
     default = load(tmp_path, "sources: {}\n")
@@ -651,3 +661,31 @@ def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
     assert (bad.line, "mappings_on_start_error" in str(bad)) == (1, True)
     [slow] = errors_of(tmp_path, "sources: {}\nmappings_reload_timeout: soon\n")
     assert slow.line == 2 and "mappings_reload_timeout" in str(slow)
+
+
+def test_pool_keys_reach_the_postgresql_store(tmp_path: Path) -> None:
+    """`store.pool_min`/`pool_max` size the PostgreSQL pool, and `group_commit_max` its accept groups."""
+    from bridge.store import open_store
+    from bridge.store.postgres import PostgresStore
+
+    cfg = load(tmp_path, "store: {url: 'postgresql://u@h/db?schema=tb', pool_min: 4, pool_max: 40, "
+                         "group_commit_max: 64}\n")
+    store = open_store(cfg)
+    assert isinstance(store, PostgresStore)
+    assert (store.min_size, store.max_size, store.batcher.group_max, store.schema) == (4, 40, 64, "tb")
+
+
+def test_pool_min_above_pool_max_is_an_error_at_pool_min(tmp_path: Path) -> None:
+    """A pool_min above pool_max is refused at `store.pool_min`, naming both values."""
+    err = only_error(tmp_path, "store:\n  url: 'postgresql://u@h/db'\n  pool_min: 12\n  pool_max: 5\n")
+    assert err.path == "store.pool_min"
+    assert "pool_min (12) is above pool_max (5)" in err.message
+
+
+def test_store_lease_seconds_defaults_to_ten_and_is_bounded(tmp_path: Path) -> None:
+    """`store.lease_seconds` is 10 unless set; a value under a second is an error naming the key and value."""
+    assert load(tmp_path, "").store.lease_seconds == 10.0
+    assert load(tmp_path, "store: {lease_seconds: 4}").store.lease_seconds == 4.0
+    err = only_error(tmp_path, "store: {lease_seconds: 0.5}")
+    assert err.path == "store.lease_seconds"
+    assert ">= 1" in err.message

@@ -264,3 +264,15 @@ async def test_aiohttp_logs_go_through_the_same_masking(restore_stdlib_logging: 
     assert "RuntimeError: cannot reach a***@example.com on +**********10" in server["exception"]
     [access] = [line for line in lines if line["logger"] == "aiohttp.access"]
     assert "reply_to=r***@example.org" in access["event"]
+
+
+def test_values_that_are_not_utf8_are_logged_escaped(restore_structlog: None) -> None:
+    """A value quoting request bytes that are not UTF-8 (a header read with surrogateescape) is written as
+    `\\xNN` in a valid JSON line, instead of failing the log call and the request with it."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    structlog.get_logger("ticketbridge.test").warning("intake.rejected", reason="agent caf\udce9",
+                                                      detail=ValueError("bad \udcff"))
+    [line] = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert (entry["reason"], entry["detail"]) == ("agent caf\\xe9", "bad \\xff")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,14 @@ def test_decode_base64_rejects_bad_content(value: object) -> None:
         decode_base64(value, "`Attachments[0].Content`")
     assert info.value.status == 400
     assert "`Attachments[0].Content`" in str(info.value)
+
+
+def test_content_named_again_has_its_time_brought_up(tmp_path: Path) -> None:
+    """A file already stored is not written again, but its modification time moves up to the new event's."""
+    item = attachment("a.txt", "text/plain", b"hello")
+    save_attachments([item], tmp_path, 100)
+    target = content_path(tmp_path, item.meta["sha256"])
+    os.utime(target, (1_000_000, 1_000_000))
+    save_attachments([attachment("b.txt", "text/plain", b"hello")], tmp_path, 100)
+    assert target.stat().st_mtime > 1_000_000
+    assert target.read_bytes() == b"hello"

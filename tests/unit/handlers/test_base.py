@@ -13,8 +13,10 @@ from bridge.config import ServerConfig, SourceConfig
 from bridge.errors import Rejected
 from handlers.base import (
     KEEP_HEADERS,
+    MAX_JSON_DEPTH,
     Handler,
     Inbound,
+    decode_json,
     decode_json_object,
     handshake_answer,
     ignored,
@@ -227,3 +229,38 @@ def test_handlers_read_time_through_a_settable_clock() -> None:
     h.clock = lambda: 42.0
     assert h.clock() == 42.0
     assert make(Plain).clock() != 42.0
+
+
+@pytest.mark.parametrize("depth", [1_000, 50_000])
+def test_json_nested_past_the_parser_limit_is_400(depth: int) -> None:
+    """A body nested deeper than the JSON parser takes is a 400 saying so, not a RecursionError."""
+    with pytest.raises(Rejected) as info:
+        decode_json_object(b'{"a":' + b"[" * depth + b"]" * depth + b"}")
+    assert (info.value.status, info.value.check) == (400, "json")
+    assert "nested too deeply" in str(info.value)
+
+
+def test_json_in_a_field_names_the_field() -> None:
+    """JSON carried in a field of the request is refused naming that field, with the check given."""
+    with pytest.raises(Rejected) as info:
+        decode_json("[" * 5000, "field `message-headers`", check="form")
+    assert (info.value.status, info.value.check) == (400, "form")
+    assert str(info.value).startswith("field `message-headers` is nested too deeply")
+    with pytest.raises(Rejected, match=r"^field `x` is not JSON: "):
+        decode_json("{", "field `x`")
+
+
+@pytest.mark.parametrize("depth", [129, 900, 990])
+def test_json_nested_past_the_depth_limit_is_400_even_when_the_parser_reads_it(depth: int) -> None:
+    """Nesting past MAX_JSON_DEPTH is refused even where the parser itself would read it: a value nested just
+    under the parser's own limit would fail the next recursive step (encoding the event) instead."""
+    with pytest.raises(Rejected, match="nested too deeply: more than 128 levels"):
+        decode_json(b"[" * depth + b"]" * depth)
+
+
+def test_json_nested_up_to_the_limit_or_holding_brackets_in_text_is_read() -> None:
+    """128 levels are read, and so are many brackets inside strings, or many shallow objects side by side."""
+    assert decode_json(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) is not None
+    assert decode_json(b'{"a": "' + b"[{" * 500 + b'"}') == {"a": "[{" * 500}
+    assert decode_json(b'"' + b"[" * 500 + b'"') == "[" * 500
+    assert len(decode_json(b"[" + b",".join([b'{"a":[1]}'] * 500) + b"]")) == 500

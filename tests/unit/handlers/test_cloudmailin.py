@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from handlers.cloudmailin import CloudmailinHandler
+from typing import Any
+
+import pytest
+
+from handlers.cloudmailin import CloudmailinHandler, byte_count
 from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, post, without_provider
 
 JSON = {"Content-Type": "application/json"}
@@ -40,3 +44,14 @@ def test_envelope_fills_in_for_missing_headers() -> None:
     del data["headers"]["from"], data["headers"]["to"]
     [inbound] = build("cloudmailin").parse(post(JSON), compact(data))
     assert (inbound.payload["from"], inbound.payload["to"]) == ("asha.rao@example.com", ["support@acme.test"])
+
+
+@pytest.mark.parametrize(("value", "count"), [
+    (48213, 48213), ("48213", 48213), (0, 0),
+    ("²", None), ("٣", None), ("9" * 5000, None), (-3, None), ("-3", None), (1.5, None), (True, None),
+    (None, None), ([1], None), ("", None),
+])
+def test_byte_count_takes_plain_counts_only(value: Any, count: int | None) -> None:
+    """A size is a number, or ASCII digits in a string; anything else (digits only to isdigit, a thousand
+    digits, negatives, other types) is unknown rather than an error."""
+    assert byte_count(value) == count

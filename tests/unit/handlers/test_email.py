@@ -280,3 +280,34 @@ def test_mime_headers_keep_raw_utf8_and_encoded_names() -> None:
     mime = parse_mime(b"From: =?utf-8?Q?M=C3=BCller=2C_Hans?= <h@x.org>\r\nSubject: Caf\xc3\xa9\r\n\r\nhi\r\n")
     assert mime.headers.get("Subject") == "Café"
     assert sender(mime.headers.get("From")) == ("Müller, Hans", "h@x.org")
+
+
+@pytest.mark.parametrize("word", ["=?utf-8?q?Asha=0ARao?=", "=?utf-8?b?QXNoYQ0KUmFv?="])
+def test_header_block_with_an_encoded_word_that_decodes_to_a_line_break(word: str) -> None:
+    """A From whose display name decodes to a line break (the email package's parser raises on it) is kept
+    raw, and still gives its sender, with the name's whitespace made single spaces."""
+    headers = Headers.from_block(f"From: {word} <asha.rao@example.com>\r\nSubject: Hi\r\n")
+    assert headers.get("Subject") == "Hi"
+    assert sender(headers.get("From")) == ("Asha Rao", "asha.rao@example.com")
+
+
+def test_encoded_words_are_decoded_after_addresses_are_parsed() -> None:
+    """An encoded word that decodes to a comma or to `Bcc: x@y` stays inside its display name (RFC 2047):
+    it never splits a mailbox nor adds an address."""
+    comma = "=?utf-8?q?Rao=2C_Asha?= <asha@example.com>"
+    smuggled = "=?utf-8?q?Asha=0D=0ABcc=3A_x=40evil=2Etest?= <asha@example.com>"
+    assert sender(comma) == ("Rao, Asha", "asha@example.com")
+    assert sender(smuggled) == ("Asha Bcc: x@evil.test", "asha@example.com")
+    assert address_list(comma, smuggled, "ops@acme.test") == ["asha@example.com", "ops@acme.test"]
+
+
+def test_address_only_inside_an_encoded_word_is_still_read() -> None:
+    """A sender that encoded the whole mailbox, address included, is still read once decoded."""
+    assert sender("=?utf-8?q?Asha_Rao_=3Casha=40example=2Ecom=3E?=") == ("Asha Rao", "asha@example.com")
+
+
+def test_mime_part_whose_charset_holds_a_nul_is_read_as_utf8() -> None:
+    """A part whose charset name holds a NUL (the codec lookup raises ValueError, not LookupError) is read as
+    UTF-8 with replacement characters, not a failure of the message."""
+    message = (b"From: a@example.com\r\nContent-Type: text/plain; charset=\"utf\x008\"\r\n\r\ncaf\xc3\xa9 \xff\r\n")
+    assert parse_mime(message).text == "café \ufffd\r\n"

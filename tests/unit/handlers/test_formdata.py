@@ -262,3 +262,35 @@ def test_multipart_encoded_word_file_name_is_decoded() -> None:
     """A file name sent as an RFC 2047 encoded word reads as its text."""
     body = multipart(part("cv", b"%PDF", filename="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?=", content_type="application/pdf"))
     assert parse_multipart(body, CTYPE)["cv"]["filename"] == "résumé.pdf"
+
+
+@pytest.mark.parametrize("boundary", ["grenze-\u20ac", "b\udcff1", "\u0433\u0440"])
+def test_multipart_boundary_that_is_not_ascii_is_400(boundary: str) -> None:
+    """A boundary that is not ASCII (RFC 2046 allows only ASCII) is a 400 naming it, whatever its bytes: text
+    beyond Latin-1, or bytes aiohttp read with surrogateescape."""
+    wire = boundary.encode("utf-8", "surrogateescape")
+    body = multipart(part("a", b"1")).replace(BOUNDARY.encode(), wire)
+    error = multipart_rejected(body, f"multipart/form-data; boundary={boundary}")
+    assert "boundary" in str(error)
+    assert "not ASCII" in str(error)
+
+
+def test_content_type_parameter_that_is_not_utf8_is_read_as_sent() -> None:
+    """A Content-Type with another parameter in bytes that are not UTF-8 still gives the multipart body its
+    ASCII boundary, and the body is parsed."""
+    assert parse_multipart(multipart(part("a", b"1")), f"{CTYPE}; note=caf\udce9") == {"a": "1"}
+
+
+@pytest.mark.parametrize(("charset", "text"), [("punycode", b"name=x"), ("idna", b"xn--")])
+def test_charset_whose_codec_fails_with_a_plain_unicode_error_is_400(charset: str, text: bytes) -> None:
+    """Codecs such as punycode and idna fail with UnicodeError itself, not UnicodeDecodeError: still a 400
+    naming the charset, in a urlencoded body and in a multipart part."""
+    assert charset in str(form_rejected(text, charset))
+    body = multipart(part("name", text, content_type=f"text/plain; charset={charset}"))
+    assert charset in str(multipart_rejected(body))
+
+
+def test_part_whose_charset_holds_a_nul_is_400() -> None:
+    """A multipart part whose charset name holds a NUL is a 400 naming the field."""
+    body = multipart(part("name", b"x", content_type='text/plain; charset="utf\x008"'))
+    assert "'name'" in str(multipart_rejected(body))

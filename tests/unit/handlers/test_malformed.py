@@ -26,7 +26,9 @@ FIXTURES = [
     ("slack", "slack/message.json"), ("telegram", "telegram/message.json"), ("telegram", "telegram/photo.json"),
     ("intercom", "intercom/conversation_replied.json"), ("ses", "ses/received.json"),
 ]
-WRONG: list[Any] = [1, "x", [[1]], {"a": 1}]  # not iterable; not a container; lists and objects are unhashable
+# not iterable; not a container; lists and objects are unhashable; a digit to isdigit() but not to int(); more
+# digits than int() reads
+WRONG: list[Any] = [1, "x", [[1]], {"a": 1}, "²", "9" * 5000]
 
 
 def paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:

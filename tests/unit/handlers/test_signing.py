@@ -73,3 +73,13 @@ def test_same_is_constant_time_and_tolerates_odd_bytes(monkeypatch: pytest.Monke
     assert same("abc", " abc ")
     assert not same(b"abc", "ab\udcff")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("digits", [21, 5_000])
+def test_timestamp_of_too_many_digits_is_refused_unread(digits: int) -> None:
+    """A timestamp longer than any time in milliseconds is refused with 401 naming its length, before int()
+    (which refuses 4,300 digits or more) ever sees it."""
+    with pytest.raises(Rejected) as info:
+        check_timestamp("9" * digits, NOW, 300, header="X-Ts", unit="ms")
+    assert (info.value.status, info.value.check) == (401, "timestamp")
+    assert f"is {digits} digits long" in str(info.value)

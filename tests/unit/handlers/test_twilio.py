@@ -145,3 +145,24 @@ def test_invalid_options(options: dict[str, str], reason: str) -> None:
     """The auth token is required and public_url must be a full URL."""
     with pytest.raises(msgspec.ValidationError, match=reason):
         msgspec.convert({"kind": "twilio", **options}, TwilioOptions)
+
+
+@pytest.mark.parametrize("count", ["²", "٣", "9" * 5000, "-1", ""])
+def test_num_media_that_is_not_a_plain_count_lists_no_media(count: str) -> None:
+    """A NumMedia that is not a plain count (a digit to isdigit but not to int, thousands of digits) lists
+    no media instead of failing the message."""
+    params = {**load("twilio/whatsapp_media.json"), "NumMedia": count}
+    body = urlencode(params).encode()
+    [inbound] = handler().parse(post(FORM), body)
+    assert inbound.payload["media"] == []
+
+
+@pytest.mark.parametrize("host", ["bridge.example.com:99999", "\u00fc" * 70 + ".example.com"])
+def test_host_header_that_makes_no_url_is_400(host: str) -> None:
+    """Without public_url the signed URL comes from the request; a Host header yarl cannot make a URL of (a
+    port past 65535, a label IDNA cannot encode) is a 400 saying to set public_url, not a crash."""
+    body, headers = twilio_request(TOKEN, PUBLIC, "twilio/sms.json")
+    with pytest.raises(Rejected) as info:
+        build("twilio", auth_token=TOKEN).verify(post({**headers, "Host": host}), body)
+    assert info.value.status == 400
+    assert "public_url" in str(info.value)

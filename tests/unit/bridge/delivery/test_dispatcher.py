@@ -19,7 +19,7 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.dispatcher import Destination, Dispatcher, Timings
+from bridge.delivery.dispatcher import LEASE_SECONDS, Destination, Dispatcher, Timings
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
@@ -106,17 +106,17 @@ class RecordingStore(MemoryStore):
             raise self.claim_errors.pop(0)
         return await super().claim(destination, limit, owner, lease_s)
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self.calls.append("record")
         if self.record_errors:
             raise self.record_errors.pop(0)
-        await super().record(result)
+        await super().record(result, owner=owner)
         self.records.append(result)
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         self.calls.append("release")
         self.released.extend(delivery_ids)
-        await super().release(delivery_ids)
+        await super().release(delivery_ids, owner=owner)
 
     def recorded(self, delivery_id: str) -> list[AttemptResult]:
         return [r for r in self.records if r.delivery_id == delivery_id]
@@ -162,6 +162,12 @@ class RecordingLimiter:
 
     def reserve(self) -> float:
         return 0.0
+
+    def next_delay(self) -> float:
+        return 0.0
+
+    def unreserve(self) -> None:
+        pass
 
     def sent(self) -> None:
         pass
@@ -257,7 +263,7 @@ async def test_lane_sends_claimed_deliveries_and_records_success_with_ticket_id(
 
 
 async def test_lane_claims_for_its_destination_with_a_lease() -> None:
-    """A lane claims only its own destination's work, with the lease derived from the timeout."""
+    """A lane claims only its own destination's work, with the dispatcher's lease, whatever the send timeout."""
     store = RecordingStore()
     await store.add("other")
     with aioresponses() as m:
@@ -268,7 +274,7 @@ async def test_lane_claims_for_its_destination_with_a_lease() -> None:
     assert name == "kapture"
     assert limit == 4
     assert owner == d.owner
-    assert lease_s == 5.0 * 2 + 60
+    assert lease_s == LEASE_SECONDS == d.lease_s
     assert store.records == []
 
 
@@ -615,8 +621,9 @@ async def test_stop_releases_sends_cancelled_after_the_grace() -> None:
     assert d.cancelled == [stuck]
 
 
-async def test_stop_releases_work_still_waiting_for_the_rate_limit() -> None:
-    """Deliveries claimed but still waiting for a rate-limit slot at stop are given back."""
+async def test_work_waiting_for_the_rate_limit_is_not_claimed() -> None:
+    """A lane claims only what the rate limit lets it send now: the rest stays pending, unleased, until a slot
+    frees, so no lease runs out while a delivery waits and nothing needs giving back at stop."""
     store = RecordingStore()
     ids = [await store.add("kapture") for _ in range(3)]
     with aioresponses() as m:
@@ -624,10 +631,12 @@ async def test_stop_releases_work_still_waiting_for_the_rate_limit() -> None:
         limiter = SlidingWindowLimiter(1, 60.0)
         async with running(store, destination(limiter=limiter)) as d:
             await eventually(lambda: len(store.records) == 1)
+            assert [store.status(i) for i in ids[1:]] == ["pending", "pending"]
             await asyncio.wait_for(d.stop(1.0), timeout=10.0)
         assert requests_to(m) == 1
     assert [r.delivery_id for r in store.records] == ids[:1]
-    assert sorted(store.released) == ids[1:]
+    assert [c[1] for c in store.claims] == [1]
+    assert store.released == []
 
 
 async def test_stop_ends_claiming() -> None:
@@ -713,11 +722,6 @@ async def test_timeout_is_recorded_as_a_retry() -> None:
     assert result.http_status is None
 
 
-def test_destination_lease_outlives_the_timeout() -> None:
-    """A destination's lease is twice its timeout plus a minute, so a slow send keeps its lease."""
-    assert destination().lease_seconds == 70.0
-
-
 def test_destination_defaults_to_unlimited() -> None:
     """A Destination built without a limiter sends without a rate limit."""
     d = destination()
@@ -744,6 +748,9 @@ class CountingLimiter(RecordingLimiter):
     def reserve(self) -> float:
         self.reserved += 1
         return 0.0
+
+    def unreserve(self) -> None:
+        self.reserved -= 1  # a slot granted for work that was not there
 
     def sent(self) -> None:
         self.started += 1
@@ -818,10 +825,10 @@ class SlowRecordStore(RecordingStore):
         self.commit = asyncio.Event()
         self.recording = 0  # records begun
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self.recording += 1
         await self.commit.wait()
-        await super().record(result)
+        await super().record(result, owner=owner)
 
 
 async def test_the_vendor_slot_is_freed_before_the_attempt_is_recorded() -> None:

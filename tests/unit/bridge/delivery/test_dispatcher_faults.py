@@ -76,17 +76,17 @@ class FaultyStore(MemoryStore):
     def status(self, delivery_id: str) -> str:
         return self.deliveries[delivery_id].row.status
 
-    async def record(self, result: AttemptResult) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self.record_calls += 1
         if self.record_fails != 0:
             self.record_fails -= 1
             raise StoreUnavailable("sqlite: database or disk is full")
-        await super().record(result)
+        await super().record(result, owner=owner)
         self.records.append(result)
 
-    async def release(self, delivery_ids: list[str]) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         self.released += delivery_ids
-        await super().release(delivery_ids)
+        await super().release(delivery_ids, owner=owner)
 
     async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
         self.calls.append("extend")
@@ -238,3 +238,27 @@ async def test_the_reaper_never_gives_back_a_delivery_whose_result_is_held() -> 
     assert store.calls[:2] == ["extend", "release_expired"]
     assert held not in store.released
     assert other in store.released
+
+
+async def test_a_result_whose_lease_was_taken_is_not_recorded_over_the_new_claim() -> None:
+    """When another sender holds the lease by the time the vendor answers, the result is refused: the lane
+    logs delivery.lease_lost and leaves the new holder's claim as it is, without retrying the record."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+
+    def taken_meanwhile(url: URL, **kwargs: Any) -> CallbackResult:
+        store.deliveries[delivery_id].lease_owner = "another-process"  # its lease ran out and was claimed
+        return CallbackResult(status=200, payload={"status": "success", "ticket_id": "T-9"},
+                              response_class=MockResponse)
+
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=taken_meanwhile, repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+        assert requests(m) == 1
+    assert store.record_calls == 1
+    assert store.records == []
+    kept = store.deliveries[delivery_id]
+    assert (kept.row.status, kept.lease_owner, kept.row.attempts) == ("in_flight", "another-process", 0)
+    [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
+    assert (lost["delivery_id"], lost["classification"], lost["ticket_id"]) == (delivery_id, "success", "T-9")

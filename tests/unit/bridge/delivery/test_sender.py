@@ -309,7 +309,11 @@ async def test_on_send_is_called_just_before_the_request(session: aiohttp.Client
     app.router.add_post(CREATE_PATH, answer)
     server = await aiohttp_server(app)
     real = RecordingKapture(str(server.make_url("")))
-    sent = await send_once(session, real, claimed(), 5.0, on_send=lambda: calls.append("on_send"))
+
+    async def on_send() -> None:
+        calls.append("on_send")
+
+    sent = await send_once(session, real, claimed(), 5.0, on_send=on_send)
     assert sent.outcome.classification == "success"
     assert calls == ["on_send", "vendor"]
 

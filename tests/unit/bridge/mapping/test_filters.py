@@ -109,7 +109,8 @@ def test_bad_filter_arguments_are_compile_errors(text: str, message: str) -> Non
     [
         ("{{ payload.p | phone_e164('XX') }}", "bad arguments to the phone_e164 filter: unknown region 'XX'"),
         ("{{ payload.d | date('iso', 'Nowhere') }}", "bad arguments to the date filter: unknown time zone"),
-        ("{{ payload.s | slugify }}", "unknown filter 'slugify' in the template; known filters: bool, date"),
+        ("{{ payload.s | slugify }}", "unknown filter 'slugify' in the template; known filters: "
+                                      "attachment_list, bool, date"),
     ],
 )
 def test_templates_are_checked_for_filters_and_their_arguments(template: str, message: str) -> None:
@@ -139,3 +140,13 @@ def test_template_default_replaces_null_as_the_transform_does() -> None:
     assert compile_field("f", "[{{ payload.s | default('none') }}]")(ctx) == "[none]"
     assert compile_field("f", "[{{ payload.s | d('none') }}]")(ctx) == "[none]"
     assert ENV.from_string("[{{ payload.s | default('none') }}]").render(ctx) == "[none]"
+
+
+def test_attachment_list_in_a_template_names_each_file_and_its_size() -> None:
+    """`{{ payload.attachments | attachment_list }}` writes the names and sizes under a heading; nothing for none."""
+    files = [{"name": "router.jpg", "size": 2048, "sha256": "a" * 64}, {"name": "log.txt", "size": 10}]
+    template = "{{ payload.text }}\n\n{{ payload.attachments | attachment_list }}"
+    ctx = {"payload": {"text": "Down", "attachments": files}, "headers": {}, "event": {}, "vars": {}}
+    assert compile_field("f", template)(ctx) == "Down\n\nAttachments:\n- router.jpg (2.0 KB)\n- log.txt (10 B)"
+    ctx["payload"]["attachments"] = []
+    assert compile_field("f", "[{{ payload.attachments | attachment_list }}]")(ctx) == "[]"

@@ -138,7 +138,8 @@ fields:
         "expected 'end of print statement'.",
         f"{f}:8:14: broken.email_id.from: bad path 'payload..email' at character 8: write parts like "
         'payload.items[0].name or payload["key.with.dots"]',
-        f"{f}:9:51: broken.phone.transform[1]: unknown filter 'slugify'; known filters: bool, date, default, "
+        f"{f}:9:51: broken.phone.transform[1]: unknown filter 'slugify'; known filters: attachment_list, bool, "
+        "date, default, "
         "first, float, html_to_text, int, join, lower, phone_e164, replace, split, strip, strip_quoted, title, "
         "truncate, upper",
         f"{f}:10:27: broken.prio.requried: unknown key 'requried': a field table takes from, jmespath, template, "

@@ -96,8 +96,7 @@ destinations:
     [
         ("kapture", "create_ticket", "ticket_details: x",
          [":5:1: m.title: kapture create_ticket needs a `title` field"]),
-        ("kapture", "update_ticket", "status: x", [":5:1: m.ticket_id: kapture update_ticket needs a `ticket_id` field",
-                                                   ":5:1: m.sub_status: kapture update_ticket needs a `sub_status` "
+        ("kapture", "update_ticket", "status: x", [":5:1: m.sub_status: kapture update_ticket needs a `sub_status` "
                                                    "field"]),
         ("lsq", "create_ticket", "Title: x", [":5:1: m.fields: leadsquared create_ticket needs one of "]),
     ],
@@ -148,7 +147,8 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     assert errors_of(tmp_path, {"v": frozenset({"create"})}, {"brand": "Acme"}) == [
         f"{f}:6:24: broken.a.requried: unknown key 'requried': a field table takes from, jmespath, template, value, "
         "object, required, default, on_missing, map, map_default, transform",
-        f"{f}:6:59: broken.a.transform[1]: unknown filter 'shout'; known filters: bool, date, default, first, float, "
+        f"{f}:6:59: broken.a.transform[1]: unknown filter 'shout'; known filters: attachment_list, bool, date, "
+        "default, first, float, "
         "html_to_text, int, join, lower, phone_e164, replace, split, strip, strip_quoted, title, truncate, upper",
         f"{f}:7:3: broken.b: unknown name 'paylod' in the template: it sees event, headers, payload, ticket, vars "
         "and range()",
@@ -168,3 +168,14 @@ def test_an_adapter_class_can_be_given_as_the_destination(tmp_path: Path) -> Non
     f = write(tmp_path, "source: web\ndestination: k\naction: create_ticket\nfields: {ticket_details: x}\n")
     assert errors_of(tmp_path, {"k": KaptureAdapter}) == [
         f"{f}:4:1: m.title: kapture create_ticket needs a `title` field"]
+
+
+def test_a_multipart_vendor_body_is_shown_part_by_part(tmp_path: Path) -> None:
+    """Mapping tests and render see a multipart request (LeadSquared's update) as its JSON part and its file parts."""
+    (tmp_path / "bridge.yaml").write_text("destinations:\n  lsq: {vendor: leadsquared, sandbox: true}\n")
+    config = load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
+    body = destination_targets(config)["lsq"].vendor_body
+    assert body is not None
+    assert body("update_ticket", {"Status": "Open"}, {}, {"id": "143"}) == {"ticketDTO": {
+        "TypeId": "1", "Id": "143", "LeadId": None, "Fields": [{"SchemaName": "Status", "Value": "Open"}],
+        "RelatedTicketTypeId": 1}}

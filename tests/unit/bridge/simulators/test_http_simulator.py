@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from bridge.simulators.http import HttpSimulator
+from bridge.vendors.files import Part, multipart_body
 
 
 async def test_any_json_write_is_stored_and_answered_with_an_id(aiohttp_client: Any) -> None:
@@ -28,3 +30,19 @@ async def test_a_body_that_is_not_json_is_a_400(aiohttp_client: Any) -> None:
     resp = await client.post("/x", data=b"<xml/>")
     assert resp.status == 400
     assert sim.tickets == []
+
+
+async def test_multipart_writes_keep_their_files_and_follow_ups_show_on_their_ticket(aiohttp_client: Any) -> None:
+    """A multipart body's JSON part is the body, its files kept with size and sha256; a later write whose path
+    names the ticket is added to that ticket's updates."""
+    sim = HttpSimulator()
+    client = await aiohttp_client(sim.app())
+    body, content_type = multipart_body([Part("data", b'{"title": "x"}', content_type="application/json"),
+                                         Part("files", b"abc", "a.txt", "text/plain")])
+    assert (await client.post("/v1/tickets", data=body, headers={"Content-Type": content_type})).status == 201
+    await client.patch("/v1/tickets/T-1/comments", json={"comment": "again"})
+    first = sim.tickets[0]
+    assert (first["body"], first["files"]) == ({"title": "x"}, [
+        {"part": "files", "name": "a.txt", "content_type": "text/plain", "size": 3,
+         "sha256": hashlib.sha256(b"abc").hexdigest()}])
+    assert [u["body"] for u in first["updates"]] == [{"comment": "again"}]

@@ -189,3 +189,17 @@ async def test_received_lists_every_vendor_call_with_its_answer(aiohttp_client: 
     assert [(e["path"], e["status"]) for e in received["received"]] == [(CREATE_PATH, 200), (CREATE_PATH, 502)]
     assert (await client.delete("/_received")).status == 200
     assert (await (await client.get("/_received")).json())["count"] == 0
+
+
+async def test_comments_are_kept_in_order_and_shown(aiohttp_client: Any) -> None:
+    """Each update's comment is kept on its ticket, in order, listed by GET /tickets and noted in /_received."""
+    _, client = await start(aiohttp_client)
+    _, created = await call(client, CREATE_PATH, [{"title": "Router down"}])
+    for comment in ("Still down", "Now it works"):
+        await call(client, UPDATE_PATH, [{"ticket_id": created["ticket_id"], "sub_status": "P", "comment": comment}])
+    listed = (await (await client.get("/tickets")).json())["tickets"]
+    assert listed[0]["comments"] == ["Still down", "Now it works"]
+    received = (await (await client.get("/_received")).json())["received"]
+    assert [(e["path"], e.get("comment")) for e in received] == [
+        (CREATE_PATH, None), (UPDATE_PATH, "Still down"), (UPDATE_PATH, "Now it works")]
+    assert {e["ticket_id"] for e in received} == {created["ticket_id"]}

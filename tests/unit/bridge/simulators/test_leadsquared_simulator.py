@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.simulators.leadsquared import LeadSquaredSimulator
-from bridge.vendors.leadsquared import SANDBOX_ACCESS_KEY, SANDBOX_ORG, SANDBOX_SECRET_KEY
+from bridge.vendors.base import VendorRequest
+from bridge.vendors.leadsquared import (
+    SANDBOX_ACCESS_KEY,
+    SANDBOX_ORG,
+    SANDBOX_SECRET_KEY,
+    LeadSquaredAdapter,
+    LeadSquaredOptions,
+)
+from handlers.attachments import attachment, save_attachments
 
 URL = f"/api/tenants/{SANDBOX_ORG}/tickets"
 KEYS = {"X-LSQ-ACCESS-KEY": SANDBOX_ACCESS_KEY, "X-LSQ-SECRET-KEY": SANDBOX_SECRET_KEY}
@@ -110,3 +122,101 @@ async def test_the_window_is_configurable(aiohttp_client: Any) -> None:
     assert [(await post(client))[0] for _ in range(2)] == [200, 200]
     status, body = await post(client)
     assert (status, body["ExceptionMessage"]) == (429, "API calls exceeded the limit of 2 in 0.5 second(s)")
+
+
+# -- follow-ups and files, driven by the adapter's own requests ---------------------------------------
+
+SANDBOX = "http://sandbox"
+
+
+def lsq_adapter(folder: Path | None = None) -> LeadSquaredAdapter:
+    opts = msgspec.convert({"vendor": "leadsquared", "sandbox": True}, LeadSquaredOptions)
+    return LeadSquaredAdapter("lsq", opts, SANDBOX, attachments_dir=folder)
+
+
+async def send(client: Client, request: VendorRequest) -> tuple[int, Any]:
+    resp = await client.request(request.method, request.url.removeprefix(SANDBOX), data=request.body,
+                                headers=request.headers)
+    return resp.status, await resp.json()
+
+
+async def no_fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    raise AssertionError("no look-up expected")
+
+
+async def create_with_files(client: Client, folder: Path, *contents: tuple[str, bytes]) -> tuple[int, Any]:
+    made = lsq_adapter(folder)
+    metas = []
+    for name, content in contents:
+        item = attachment(name, "application/pdf", content)
+        save_attachments([item], folder, 10_000_000)
+        metas.append(item.meta)
+    fields = await made.prepare("create_ticket", {"LeadDetail.EmailAddress": "a@b.io", "Title": "t", "files": metas},
+                                no_fetch)
+    return await send(client, made.build_request("create_ticket", fields, {}))
+
+
+async def test_multipart_create_keeps_each_files_name_size_and_digest(aiohttp_client: Any, tmp_path: Path) -> None:
+    """A multipart create is a ticket whose files (name, size, sha256 of the bytes) show on it and in /_received."""
+    sim, client = await start(aiohttp_client)
+    status, answer = await create_with_files(client, tmp_path, ("a.pdf", b"%PDF-a"), ("b.pdf", b"%PDF-bb"))
+    assert (status, answer["Id"], answer["Key"]) == (200, "1", "#001")
+    expected = [{"name": "a.pdf", "content_type": "application/pdf", "size": 6,
+                 "sha256": hashlib.sha256(b"%PDF-a").hexdigest()},
+                {"name": "b.pdf", "content_type": "application/pdf", "size": 7,
+                 "sha256": hashlib.sha256(b"%PDF-bb").hexdigest()}]
+    assert sim.tickets[0]["Files"] == expected
+    received = (await (await client.get("/_received")).json())["received"]
+    assert received[0]["files"] == expected
+
+
+async def test_activity_note_and_update_land_on_the_ticket_by_its_numeric_id(aiohttp_client: Any) -> None:
+    """Portal activity, internal note and multipart update, addressed by the create's Id, are kept on the ticket."""
+    sim, client = await start(aiohttp_client)
+    made = lsq_adapter()
+    status, answer = await send(client, made.build_request("create_ticket", {"LeadDetail.EmailAddress": "a@b.io",
+                                                                             "Status": "Open"}, {}))
+    outcome = made.classify("create_ticket", status, {}, json.dumps(answer).encode())
+    ticket = {"id": outcome.ticket_id, "key": outcome.ticket_key}
+    assert ticket == {"id": "1", "key": "#001"}
+    answers = [await send(client, made.build_request(action, fields, {}, ticket=ticket)) for action, fields in (
+        ("add_activity", {"Text": "Still down"}), ("add_note", {"TextPart": "Called the customer"}),
+        ("update_ticket", {"Status": "Reopened"}))]
+    assert [made.classify(a, s, {}, json.dumps(b).encode()).classification
+            for a, (s, b) in zip(("add_activity", "add_note", "update_ticket"), answers, strict=True)] == \
+        ["success"] * 3
+    held = sim.tickets[0]
+    assert held["Activities"] == [{"Text": "Still down", "Direction": "INBOUND"}]
+    assert held["Notes"] == ["Called the customer"]
+    assert {f["SchemaName"]: f["Value"] for f in held["Fields"]}["Status"] == "Reopened"
+    listed = (await (await client.get("/tickets")).json())["tickets"][0]
+    assert (listed["Activities"], listed["Notes"]) == (held["Activities"], held["Notes"])
+
+
+@pytest.mark.parametrize(("action", "fields"), [("add_activity", {"Text": "x"}), ("add_note", {"TextPart": "x"}),
+                                                ("update_ticket", {"Status": "Open"})])
+async def test_an_unknown_ticket_id_is_a_404_the_adapter_calls_permanent(aiohttp_client: Any, action: str,
+                                                                         fields: dict[str, Any]) -> None:
+    """Each follow-up call for an Id the simulator never made is a 404 with an MX exception; not retried."""
+    _, client = await start(aiohttp_client)
+    made = lsq_adapter()
+    status, body = await send(client, made.build_request(action, fields, {}, ticket={"id": "999"}))
+    assert (status, body["ExceptionType"]) == (404, "MXTicketNotFoundException")
+    assert made.classify(action, status, {}, json.dumps(body).encode()).classification == "permanent"
+
+
+async def test_follow_up_calls_check_the_keys(aiohttp_client: Any) -> None:
+    """A follow-up call with a wrong secret key is a 401, as every Service CRM call."""
+    _, client = await start(aiohttp_client)
+    request = lsq_adapter().build_request("add_activity", {"Text": "x"}, {}, ticket={"id": "1"})
+    request.headers["X-LSQ-SECRET-KEY"] = "wrong"
+    assert (await send(client, request))[0] == 401
+
+
+async def test_update_must_be_multipart(aiohttp_client: Any) -> None:
+    """The update takes multipart/form-data only, as documented; JSON is a 400 saying so."""
+    _, client = await start(aiohttp_client)
+    await post(client)
+    resp = await client.put(f"/api/tenants/{SANDBOX_ORG}/tickets/1/update", json=TICKET, headers=KEYS)
+    assert (resp.status, (await resp.json())["ExceptionMessage"]) == (
+        400, "this call takes multipart/form-data with a ticketDTO part")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -12,8 +13,10 @@ from bridge.config import load_config
 from bridge.errors import ErrorList, MappingError
 from bridge.registries import REGISTRIES
 from bridge.vendors.base import Outcome
+from bridge.vendors.files import parse_multipart
 from bridge.vendors.http import HttpAdapter, HttpOptions, body_path, placeholders
 from bridge.vendors.registry import adapter_class
+from handlers.attachments import attachment, save_attachments
 
 BASE = "https://api.partner.example"
 
@@ -104,7 +107,8 @@ def test_config_errors_name_the_file_and_key(tmp_path: Any) -> None:
 
 @pytest.mark.parametrize(("fields", "options", "problems"), [
     (["id"], {"path": "/t/{id}", "method": "PATCH"}, []),
-    (["title"], {"path": "/t/{id}"}, ["options.path: placeholder {id} is not a field of this mapping"]),
+    (["title"], {"path": "/t/{id}"}, ["options.path: placeholder {id} is not a field of this mapping "
+                                         "(nor {ticket.id} / {ticket.key})"]),
     (["title"], {"verb": "POST"}, ["options.verb: unknown http option; a mapping may set: method, path"]),
     (["title"], {"method": "DELETE"}, ["options.method: 'DELETE' is not one of POST, PUT, PATCH"]),
     (["title"], {"path": "t"}, ["options.path: `path` 't' must start with /, e.g. /api/tickets"]),
@@ -152,3 +156,77 @@ def test_other_statuses(status: int, classification: str) -> None:
 def test_success_statuses_can_be_narrowed() -> None:
     """With success_statuses [201], a 200 is not a success."""
     assert classify(200, {}, success_statuses=[201]).classification == "permanent"
+
+
+# -- follow-ups and multipart ------------------------------------------------------------------------
+
+TICKET = {"id": "T-7", "key": "#7", "destination": "partner", "created_at": "2026-11-26T10:00:00Z", "messages": 2,
+          "last_message_at": "2026-11-26T10:00:00Z"}
+
+
+def test_path_names_the_follow_ups_ticket() -> None:
+    """`{ticket.id}` and `{ticket.key}` in a path are the follow-up's ticket, URL-quoted."""
+    request = adapter().build_request("update_ticket", {"comment": "again"},
+                                      {"method": "PATCH", "path": "/tickets/{ticket.id}/notes/{ticket.key}"},
+                                      ticket=TICKET)
+    assert (request.method, request.url) == ("PATCH", BASE + "/tickets/T-7/notes/%237")
+    assert json.loads(request.body) == {"comment": "again"}
+
+
+def test_a_ticket_path_without_a_ticket_is_a_mapping_error() -> None:
+    """A first message has no ticket: a path naming one is refused, saying so."""
+    with pytest.raises(MappingError, match="names the follow-up's ticket, but this message has no ticket yet"):
+        adapter(path="/tickets/{ticket.id}").build_request("update_ticket", {"c": 1}, {})
+
+
+def test_ticket_placeholders_pass_the_static_check() -> None:
+    """{ticket.id}/{ticket.key} are not fields but are known; other dotted names are still refused."""
+    assert HttpAdapter.static_check("update_ticket", ["c"], {"path": "/t/{ticket.id}"}) == []
+    assert HttpAdapter.static_check("update_ticket", ["c"], {"path": "/t/{ticket.owner}"})[0].startswith(
+        "options.path: bad placeholder")
+
+
+async def test_multipart_mode_sends_json_fields_and_files_parts(tmp_path: Path) -> None:
+    """With body: multipart, the fields go as JSON in the `data` part and each file as a `files` part."""
+    item = attachment("r.jpg", "image/jpeg", b"\xff\xd8jpeg")
+    save_attachments([item], tmp_path, 1000)
+    opts = msgspec.convert({"vendor": "http", "base_url": BASE, "body": "multipart"}, HttpOptions)
+    made = HttpAdapter("partner", opts, BASE, attachments_dir=tmp_path)
+    fields = await made.prepare("create_ticket", {"title": "t", "files": [item.meta]}, no_fetch)
+    request = made.build_request("create_ticket", fields, {})
+    data, photo = parse_multipart(request.body, request.headers["Content-Type"])
+    assert (data.name, data.content_type, json.loads(data.content)) == ("data", "application/json", {"title": "t"})
+    assert (photo.name, photo.filename, photo.content) == ("files", "r.jpg", b"\xff\xd8jpeg")
+
+
+async def test_multipart_mode_names_files_left_out(tmp_path: Path) -> None:
+    """A file missing from disk is named in the configured note field of the JSON part."""
+    meta = {"name": "gone.pdf", "size": 10, "sha256": "d" * 64, "stored": True}
+    opts = msgspec.convert({"vendor": "http", "base_url": BASE, "body": "multipart",
+                            "attachments": {"note_field": "description"}}, HttpOptions)
+    made = HttpAdapter("partner", opts, BASE, attachments_dir=tmp_path)
+    fields = await made.prepare("create_ticket", {"description": "d", "files": [meta]}, no_fetch)
+    request = made.build_request("create_ticket", fields, {})
+    (data,) = parse_multipart(request.body, request.headers["Content-Type"])
+    assert json.loads(data.content) == {"description": "d\n\nAttachments not sent:\n- gone.pdf (10 B): no longer on "
+                                                       "disk (purged)"}
+
+
+async def test_json_mode_sends_the_files_metadata_as_a_field() -> None:
+    """Without multipart, `files` is an ordinary field: the attachments' metadata, nothing read from disk."""
+    meta = {"name": "a.pdf", "size": 3, "sha256": "e" * 64}
+    fields = await adapter().prepare("create_ticket", {"files": [meta]}, no_fetch)
+    assert json.loads(adapter().build_request("create_ticket", fields, {}).body) == {"files": [meta]}
+
+
+async def no_fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    raise AssertionError("no look-up expected")
+
+
+def test_a_jinja_style_path_is_refused_with_the_single_brace_form() -> None:
+    """`{{ ticket.id }}` in a path is a load error pointing to `{ticket.id}`, not a literal brace in the URL."""
+    assert HttpAdapter.static_check("update_ticket", ["c"], {"path": "/t/{{ ticket.id }}"}) == [
+        "options.path: `path` '/t/{{ ticket.id }}' holds a template: path placeholders take single braces, "
+        "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}"]
+    with pytest.raises(msgspec.ValidationError, match="single braces"):
+        msgspec.convert({"vendor": "http", "base_url": BASE, "path": "/t/{{ticket.id}}"}, HttpOptions)

@@ -313,17 +313,28 @@ def test_update_sends_a_numeric_ticket_id_as_text() -> None:
     assert json.loads(body) == [{"ticket_id": "713516551148", "sub_status": "CL"}]
 
 
-@pytest.mark.parametrize("missing", ["ticket_id", "sub_status"])
 @pytest.mark.parametrize("value", [None, "", "  ", "absent"])
-def test_update_needs_ticket_id_and_sub_status(missing: str, value: Any) -> None:
-    """Without a ticket_id or sub_status the update is refused before sending, naming the field."""
-    fields = {k: v for k, v in UPDATE.items() if k != missing}
+def test_update_needs_sub_status(value: Any) -> None:
+    """Without a sub_status the update is refused before sending, naming the field."""
+    fields = {k: v for k, v in UPDATE.items() if k != "sub_status"}
     if value != "absent":
-        fields[missing] = value
+        fields["sub_status"] = value
     with pytest.raises(MappingError) as info:
         adapter().build_request("update_ticket", fields, {})
-    assert info.value.path == missing
-    assert str(info.value) == f"{missing}: kapture update_ticket needs a non-empty `{missing}`"
+    assert info.value.path == "sub_status"
+    assert str(info.value) == "sub_status: kapture update_ticket needs a non-empty `sub_status`"
+
+
+@pytest.mark.parametrize("value", [None, "", "  ", "absent"])
+def test_update_without_ticket_id_or_ticket_is_refused(value: Any) -> None:
+    """An update with no ticket_id field and no follow-up ticket is refused, naming ticket_id and the way out."""
+    fields = {k: v for k, v in UPDATE.items() if k != "ticket_id"}
+    if value != "absent":
+        fields["ticket_id"] = value
+    with pytest.raises(MappingError) as info:
+        adapter().build_request("update_ticket", fields, {})
+    assert info.value.path == "ticket_id"
+    assert "set `ticket_id` (e.g. \"{{ ticket.id }}\") or send this as a follow-up" in str(info.value)
 
 
 @pytest.mark.parametrize("value", ["19/04/2024 14:19", "2024-04-22", "2024-04-22T14:31:33", "2024-13-01 00:00:00",
@@ -376,8 +387,7 @@ def test_a_ticket_titled_like_an_auth_failure_is_not_one() -> None:
     ("create_ticket", ["title", "email_id"], []),
     ("create_ticket", ["email_id"], ["title: kapture create_ticket needs a `title` field"]),
     ("update_ticket", ["ticket_id", "sub_status", "comment"], []),
-    ("update_ticket", ["comment"], ["ticket_id: kapture update_ticket needs a `ticket_id` field",
-                                    "sub_status: kapture update_ticket needs a `sub_status` field"]),
+    ("update_ticket", ["comment"], ["sub_status: kapture update_ticket needs a `sub_status` field"]),
 ])
 def test_static_check_names_the_fields_an_action_always_needs(action: str, fields: list[str],
                                                                 problems: list[str]) -> None:
@@ -392,3 +402,39 @@ def test_pull_end_date_option_takes_two_readings_only() -> None:
                            KaptureOptions).pull_end_date == "next_day"
     with pytest.raises(msgspec.ValidationError, match="pull_end_date"):
         msgspec.convert({"vendor": "kapture", "sandbox": True, "pull_end_date": "inclusive"}, KaptureOptions)
+
+
+# -- follow-ups and attachments ----------------------------------------------------------------------
+
+TICKET = {"id": "713516551148", "key": None, "destination": "kapture-support", "created_at": "2026-11-26T10:00:00Z",
+          "messages": 1, "last_message_at": "2026-11-26T10:00:00Z"}
+FILES = [{"name": "router.jpg", "content_type": "image/jpeg", "size": 12_600, "sha256": "a" * 64, "stored": True},
+         {"name": "log.txt", "content_type": "text/plain", "size": 300, "sha256": "b" * 64, "stored": True}]
+
+
+def test_follow_up_update_takes_the_ticket_id_from_the_ticket() -> None:
+    """A follow-up's update without a ticket_id field addresses the conversation's ticket, its reply as comment."""
+    request = adapter().build_request("update_ticket", {"sub_status": "P", "comment": "Still down"}, {},
+                                      ticket=TICKET)
+    assert request.url == BASE + "/update-ticket-from-other-source.html/v.2.0"
+    assert json.loads(request.body) == [{"sub_status": "P", "comment": "Still down", "ticket_id": "713516551148"}]
+
+
+def test_a_ticket_id_field_wins_over_the_follow_ups_ticket() -> None:
+    """A mapping that names the ticket (e.g. a partner's status change) keeps its own ticket_id."""
+    body = adapter().build_request("update_ticket", {"ticket_id": "999", "sub_status": "CL"}, {}, ticket=TICKET).body
+    assert json.loads(body)[0]["ticket_id"] == "999"
+
+
+def test_files_are_listed_in_the_ticket_details_of_a_create() -> None:
+    """Kapture has no file endpoint: a `files` field becomes the names and sizes under ticket_details."""
+    body = adapter().build_request("create_ticket", {"title": "t", "ticket_details": "No internet",
+                                                     "files": FILES}, {}).body
+    assert json.loads(body) == [{"title": "t", "ticket_details": "No internet\n\nAttachments:\n- router.jpg "
+                                                                 "(12.3 KB)\n- log.txt (300 B)"}]
+
+
+def test_files_are_listed_in_the_comment_of_an_update() -> None:
+    """On an update the list goes to the comment; with no comment it is the comment."""
+    body = adapter().build_request("update_ticket", {"sub_status": "P", "files": FILES[:1]}, {}, ticket=TICKET).body
+    assert json.loads(body)[0]["comment"] == "Attachments:\n- router.jpg (12.3 KB)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ import pytest
 from bridge.config import RateLimit
 from bridge.errors import MappingError
 from bridge.vendors.base import Outcome
+from bridge.vendors.files import parse_multipart
 from bridge.vendors.leadsquared import (
     SANDBOX_ACCESS_KEY,
     SANDBOX_ORG,
@@ -19,6 +21,7 @@ from bridge.vendors.leadsquared import (
     LeadSquaredOptions,
 )
 from bridge.vendors.registry import adapter_class, vendor_options
+from handlers.attachments import attachment, save_attachments
 
 BASE = "https://apigw.service-in.leadsquared.com"
 FIELDS = {"LeadDetail.EmailAddress": "asha@example.com", "Title": "Router down", "Description": "No internet",
@@ -51,10 +54,10 @@ def classify(status: int, body: Any, headers: dict[str, str] | None = None) -> O
 
 
 def test_registry_knows_leadsquared() -> None:
-    """`leadsquared` names this adapter and its options; it creates tickets."""
+    """`leadsquared` names this adapter and its options; it creates and updates tickets, adds activities and notes."""
     assert adapter_class("leadsquared") is LeadSquaredAdapter
     assert vendor_options("leadsquared") is LeadSquaredOptions
-    assert LeadSquaredAdapter.actions == frozenset({"create_ticket"})
+    assert LeadSquaredAdapter.actions == frozenset({"create_ticket", "update_ticket", "add_activity", "add_note"})
 
 
 def test_rate_limit_defaults_to_25_per_5_seconds() -> None:
@@ -134,9 +137,10 @@ def test_without_a_lead_field_nothing_is_sent(fields: dict[str, Any]) -> None:
 
 
 def test_unknown_action_is_refused() -> None:
-    """LeadSquared takes create_ticket only."""
-    with pytest.raises(MappingError, match="leadsquared has no action 'update_ticket'; it takes: create_ticket"):
-        adapter().build_request("update_ticket", FIELDS, {})
+    """An action LeadSquared does not have is refused, listing those it has."""
+    with pytest.raises(MappingError, match="leadsquared has no action 'close_ticket'; it takes: create_ticket, "
+                                           "update_ticket, add_activity, add_note"):
+        adapter().build_request("close_ticket", FIELDS, {})
 
 
 @pytest.mark.parametrize(("fields", "mapping_options", "problems"), [
@@ -154,14 +158,13 @@ def test_static_check(fields: list[str], mapping_options: dict[str, Any], proble
 
 
 def test_success_stores_ticket_id_and_key() -> None:
-    """The documented success is a success with TicketId as the ticket id and Key beside it."""
-    assert classify(200, SUCCESS) == Outcome(classification="success",
-                                             ticket_id="27e8259d-0681-4adb-b5e8-14f66a208dd4", ticket_key="#034")
+    """The documented success stores the numeric Id (what later calls take) as the ticket id, Key beside it."""
+    assert classify(200, SUCCESS) == Outcome(classification="success", ticket_id="34", ticket_key="#034")
 
 
-def test_success_without_ticket_id_falls_back_to_id() -> None:
-    """A success that names only the numeric Id still records it."""
-    assert classify(200, {"Status": "Success", "Id": "35"}).ticket_id == "35"
+def test_success_without_id_falls_back_to_the_ticket_uuid() -> None:
+    """A success that names only the TicketId UUID still records it."""
+    assert classify(200, {"Status": "Success", "TicketId": "27e8259d"}).ticket_id == "27e8259d"
 
 
 @pytest.mark.parametrize("status", [200, 500])
@@ -212,3 +215,153 @@ def test_a_2xx_without_success_is_permanent() -> None:
     outcome = classify(200, b"OK")
     assert outcome == Outcome(classification="permanent",
                               error="leadsquared: HTTP 200 with a body that is not a JSON object: OK")
+
+
+# -- follow-ups and attachments ----------------------------------------------------------------------
+
+TICKET = {"id": "143", "key": "#143", "destination": "lsq", "created_at": "2026-11-26T10:00:00Z", "messages": 1,
+          "last_message_at": "2026-11-26T10:00:00Z"}
+
+
+def parts_of(request: Any) -> list[Any]:
+    return parse_multipart(request.body, request.headers["Content-Type"])
+
+
+def test_create_answer_gives_the_numeric_id_and_key_the_follow_ups_need() -> None:
+    """The create's numeric Id becomes the ticket id (what update, note and activity take), its Key the key."""
+    answer = {**SUCCESS, "Id": "143", "Key": "#143", "Message": "Ticket has been created successfully"}
+    outcome = classify(200, answer)
+    assert (outcome.ticket_id, outcome.ticket_key) == ("143", "#143")
+
+
+def test_activity_is_posted_on_the_tickets_portal_as_inbound() -> None:
+    """add_activity posts {Text, Direction: INBOUND} to …/ticket/{Id}/portal/activity with the follow-up's Id."""
+    request = adapter().build_request("add_activity", {"Text": "Still down"}, {}, ticket=TICKET)
+    assert (request.method, request.url) == ("POST", f"{BASE}/api/tenants/org-9/ticket/143/portal/activity")
+    assert request.headers["X-LSQ-ACCESS-KEY"] == "ak"
+    assert json.loads(request.body) == {"Text": "Still down", "Direction": "INBOUND"}
+
+
+def test_note_is_an_internal_note_related_to_the_numeric_id() -> None:
+    """add_note posts the documented internal-note body, RelatedTicketId as a number."""
+    request = adapter().build_request("add_note", {"TextPart": "Customer wrote again"}, {}, ticket=TICKET)
+    assert (request.method, request.url) == ("POST", f"{BASE}/api/tenants/org-9/internalnote/upload")
+    assert json.loads(request.body) == {"TextPart": "Customer wrote again", "ActivityType": "CreateInternalNote",
+                                        "StorageType": "Permament", "RelatedTicketId": 143}
+
+
+def test_update_is_the_documented_multipart_put_even_without_files() -> None:
+    """update_ticket PUTs …/tickets/{Id}/update as multipart: one ticketDTO part with the Id and the fields."""
+    request = adapter().build_request("update_ticket", {"Status": "Open"}, {}, ticket=TICKET)
+    assert (request.method, request.url) == ("PUT", f"{BASE}/api/tenants/org-9/tickets/143/update")
+    assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    (dto,) = parts_of(request)
+    assert (dto.name, json.loads(dto.content)) == ("ticketDTO", {
+        "TypeId": "1", "Id": "143", "LeadId": None, "Fields": [{"SchemaName": "Status", "Value": "Open"}],
+        "RelatedTicketTypeId": 1})
+
+
+@pytest.mark.parametrize(("fields", "ticket", "url_id"), [
+    ({"Id": "77"}, TICKET, "77"),  # a field naming the ticket wins over the follow-up's
+    ({"Id": "#077"}, None, "77"),  # a Key is read as its number
+    ({}, {**TICKET, "id": 143}, "143"),
+])
+def test_the_ticket_id_comes_from_a_field_or_the_follow_up(fields: dict[str, Any], ticket: Any, url_id: str) -> None:
+    """The numeric Id is taken from an `Id` field first, else the follow-up's ticket."""
+    request = adapter().build_request("add_activity", {"Text": "x", **fields}, {}, ticket=ticket)
+    assert request.url.endswith(f"/ticket/{url_id}/portal/activity")
+    assert "Id" not in json.loads(request.body)
+
+
+def test_a_follow_up_without_a_ticket_or_with_the_uuid_is_refused() -> None:
+    """No Id and no ticket, or the TicketId UUID instead of the number, is a mapping error naming `Id`."""
+    with pytest.raises(MappingError, match="leadsquared needs the ticket to act on") as info:
+        adapter().build_request("add_activity", {"Text": "x"}, {})
+    assert info.value.path == "Id"
+    with pytest.raises(MappingError, match="is not LeadSquared's numeric ticket Id"):
+        adapter().build_request("add_note", {"TextPart": "x"}, {}, ticket={"id": "27e8259d-0681-4adb"})
+
+
+def test_activity_needs_text_and_a_known_direction() -> None:
+    """Empty text or a direction other than INBOUND/OUTBOUND is refused before sending."""
+    with pytest.raises(MappingError, match="needs text") as info:
+        adapter().build_request("add_activity", {"Text": " "}, {}, ticket=TICKET)
+    assert info.value.path == "Text"
+    with pytest.raises(MappingError, match="'SIDEWAYS' is not one of INBOUND, OUTBOUND"):
+        adapter().build_request("add_activity", {"Text": "x", "Direction": "sideways"}, {}, ticket=TICKET)
+
+
+@pytest.mark.parametrize(("action", "fields", "problems"), [
+    ("add_activity", ["Direction"], ["Text: leadsquared add_activity needs a `Text` field"]),
+    ("add_note", ["Text"], ["TextPart: leadsquared add_note needs a `TextPart` field"]),
+    ("update_ticket", ["Id"], ["fields: leadsquared update_ticket needs at least one ticket field to change "
+                               "(e.g. Status)"]),
+    ("add_activity", ["Text"], []),
+])
+def test_static_check_of_the_follow_up_actions(action: str, fields: list[str], problems: list[str]) -> None:
+    """Each follow-up action's required text field is checked when the mappings load."""
+    assert LeadSquaredAdapter.static_check(action, fields, {}) == problems
+
+
+@pytest.mark.parametrize(("action", "body", "expected"), [
+    ("add_activity", {"Id": "1", "Status": "Success", "Message": None}, Outcome(classification="success")),
+    ("add_note", {"Message": "Activity Created", "RelatedTicketId": "143", "RelatedOrgId": "22824"},
+     Outcome(classification="success", ticket_id="143")),
+    ("update_ticket", {"Status": "Success", "Id": "143", "Key": "#143", "TicketId": None,
+                       "Message": "Ticket properties have been updated successfully"},
+     Outcome(classification="success", ticket_id="143", ticket_key="#143")),
+])
+def test_follow_up_answers_are_successes(action: str, body: Any, expected: Outcome) -> None:
+    """The documented answers of activity, note and update are successes; an activity's Id is not a ticket id."""
+    assert adapter().classify(action, 200, {}, json.dumps(body).encode()) == expected
+
+
+def test_a_rate_limit_exception_inside_http_200_is_retried_after_the_window() -> None:
+    """MXAPIRateLimitExceededException is reported with HTTP 200 too: a retry after 5 s, not a success."""
+    body = {"Status": "Error", "ExceptionType": "MXAPIRateLimitExceededException",
+            "ExceptionMessage": "API calls exceeded the limit of 20 in 5 second(s)"}
+    outcome = classify(200, body)
+    assert (outcome.classification, outcome.retry_after) == ("retry", 5.0)
+
+
+def _stored(folder: Path, name: str, content: bytes) -> dict[str, Any]:
+    item = attachment(name, "application/pdf", content)
+    save_attachments([item], folder, 10_000_000)
+    return item.meta
+
+
+async def test_create_with_files_is_multipart_with_a_ticketdto_and_files_parts(tmp_path: Path) -> None:
+    """With files, the create is multipart: ticketDTO holds the envelope, each file a `files` part with its bytes."""
+    made = LeadSquaredAdapter("lsq", options(), BASE, attachments_dir=tmp_path)
+    metas = [_stored(tmp_path, "a.pdf", b"%PDF-a"), _stored(tmp_path, "b.pdf", b"%PDF-bb")]
+    fields = await made.prepare("create_ticket", {**FIELDS, "files": metas}, no_fetch)
+    request = made.build_request("create_ticket", fields, {})
+    assert (request.method, request.url) == ("POST", f"{BASE}/api/tenants/org-9/tickets")
+    dto, *files = parts_of(request)
+    assert (dto.name, json.loads(dto.content)["Fields"][1]) == ("ticketDTO", {"SchemaName": "Title",
+                                                                              "Value": "Router down"})
+    assert [(f.name, f.filename, f.content_type, f.content) for f in files] == [
+        ("files", "a.pdf", "application/pdf", b"%PDF-a"), ("files", "b.pdf", "application/pdf", b"%PDF-bb")]
+
+
+async def test_files_over_the_cap_are_named_in_the_description(tmp_path: Path) -> None:
+    """A file over the destination's cap is not sent but named in Description; with none left, the create is JSON."""
+    made = LeadSquaredAdapter("lsq", options(attachments={"max_count": 0}), BASE, attachments_dir=tmp_path)
+    fields = await made.prepare("create_ticket", {**FIELDS, "files": [_stored(tmp_path, "a.pdf", b"abc")]},
+                                no_fetch)
+    request = made.build_request("create_ticket", fields, {})
+    assert request.headers["Content-Type"] == "application/json"
+    description = {f["SchemaName"]: f["Value"] for f in json.loads(request.body)["Fields"]}["Description"]
+    assert description == ("No internet\n\nAttachments not sent:\n- a.pdf (3 B): over this destination's cap "
+                           "of 0 files")
+
+
+async def test_add_activity_does_not_read_files(tmp_path: Path) -> None:
+    """Only create and update send files; prepare leaves other actions' fields alone."""
+    fields = {"Text": "x"}
+    assert await LeadSquaredAdapter("lsq", options(), BASE, attachments_dir=tmp_path).prepare(
+        "add_activity", fields, no_fetch) is fields
+
+
+async def no_fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    raise AssertionError("no look-up expected")

@@ -317,3 +317,18 @@ def test_cache_starts_empty() -> None:
     """A new cache holds no subjects and has fetched nothing."""
     cache = SubjectCache(60)
     assert (cache.subjects, cache.fetched_at, cache.fetches) == ({}, None, 0)
+
+
+def test_files_are_listed_in_the_message() -> None:
+    """The ISP CRM has no file endpoint: a `files` field becomes the names and sizes at the end of the message."""
+    files = [{"name": "bill.pdf", "size": 2048, "sha256": "c" * 64, "stored": True}]
+    body = build({"subject_id": 2, "message": "Wrong bill", "files": files})
+    assert body["message"] == "Wrong bill\n\nAttachments:\n- bill.pdf (2.0 KB)"
+    assert "files" not in body
+
+
+def test_a_follow_up_is_a_new_ticket_and_needs_no_ticket() -> None:
+    """With no update endpoint, a follow-up's request is the create whatever the ticket (its mapping names it)."""
+    made = adapter()
+    with_ticket = made.build_request("create_ticket", {"subject_id": 1, "message": "m"}, {}, ticket={"id": "101"})
+    assert with_ticket == made.build_request("create_ticket", {"subject_id": 1, "message": "m"}, {})

@@ -1,0 +1,140 @@
+"""What a lane asks before it claims: how many sends may start now for its destination.
+
+A `Gate` per destination holds the three things that say so: the rate limit (at most N requests in any
+window of T at the vendor), a 429's pause (Retry-After) and the circuit breaker (open, or half-open with
+one probe out). A lane asks the gate first (`admit`), then claims at most what it was admitted, and gives
+back what it did not use; so nothing it holds waits for a slot with its lease running.
+
+`LocalCoordination` keeps the gates in this process: right for one process on a store (SQLite), and for
+tests, which may share one instance between several dispatchers as if they were processes. A store that
+serves several processes (PostgreSQL) gives its own `Coordination` from `Store.coordination()`, whose gates
+keep their state in the database so that every process sees one limit, one pause and one breaker.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bridge.config import RateLimit
+from bridge.delivery.breaker import Breaker
+from bridge.delivery.ratelimit import Limiter, make_limiter
+
+Change = Literal["opened", "closed", None]
+
+
+@dataclass
+class Admission:
+    """What a gate allows now: `granted` sends (maybe none); with none, `wait_s` until asking again makes
+    sense, and `held` when the destination itself is held back (breaker open, a 429's pause), so that new
+    work need not wake the lane. `probe`: the one send allowed is the breaker's probe. `slots` are the gate's
+    own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic), to
+    tell a send that starts late for its slot."""
+
+    granted: int
+    wait_s: float = 0.0
+    held: bool = False
+    probe: bool = False
+    slots: list[int] = field(default_factory=list)
+    asked_at: float = field(default_factory=time.monotonic)
+
+
+class Gate(ABC):
+    """One destination's send permissions. `breaker` is the breaker state as this process last saw it
+    (for metrics and logs)."""
+
+    breaker: Breaker
+
+    @abstractmethod
+    async def admit(self, want: int) -> Admission:
+        """Up to `want` sends that may start now; each granted one counts against the rate limit at once."""
+
+    @abstractmethod
+    async def unused(self, admission: Admission, count: int) -> None:
+        """`count` of what `admission` granted will not be sent (nothing was due): give them back."""
+
+    async def start(self, admission: Admission, index: int) -> None:  # noqa: B027 - optional hook
+        """The `index`-th send `admission` granted starts now (awaited just before the request goes out);
+        a gate may hold a send that is late for its slot until a slot is free again."""
+
+    @abstractmethod
+    async def pause(self, seconds: float) -> None:
+        """Allow no send for `seconds` (after a 429), in every process."""
+
+    @abstractmethod
+    async def outcome(self, classification: str) -> Change:
+        """Feed an attempt's classification to the breaker; says when it opened or closed."""
+
+    @property
+    @abstractmethod
+    def window(self) -> float:
+        """The rate limit's window in seconds (1 without one): the pause after a 429 without Retry-After."""
+
+
+class Coordination(ABC):
+    """Gives each destination its gate."""
+
+    @abstractmethod
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        """The gate of `destination`; `limiter` is an in-process limiter to use (tests), where one is kept."""
+
+
+class LocalGate(Gate):
+    """A gate whose state lives in this process: a sliding-window limiter and a breaker."""
+
+    def __init__(self, limiter: Limiter, breaker: Breaker | None = None) -> None:
+        self.limiter = limiter
+        self.breaker = breaker or Breaker()
+
+    async def admit(self, want: int) -> Admission:
+        pause, cap = self.breaker.allowance()
+        if pause > 0:
+            return Admission(granted=0, wait_s=pause, held=True)
+        want = min(want, cap) if cap is not None else want
+        granted = 0
+        while granted < want:
+            delay = self.limiter.next_delay()
+            if delay > 0:
+                return self._granted(granted, cap, wait_s=delay)
+            self.limiter.reserve()
+            granted += 1
+        return self._granted(granted, cap)
+
+    def _granted(self, granted: int, cap: int | None, wait_s: float = 0.0) -> Admission:
+        probe = cap == 1 and granted == 1
+        if probe:
+            self.breaker.probe_sent()
+        return Admission(granted=granted, wait_s=wait_s, held=granted == 0, probe=probe)
+
+    async def unused(self, admission: Admission, count: int) -> None:
+        for _ in range(count):
+            self.limiter.unreserve()
+        if admission.probe and count >= admission.granted:
+            self.breaker.probing = False
+
+    async def start(self, admission: Admission, index: int) -> None:
+        self.limiter.sent()  # the in-process log moves the slot to when the send really starts
+
+    async def pause(self, seconds: float) -> None:
+        self.limiter.pause(seconds)
+
+    async def outcome(self, classification: str) -> Change:
+        return self.breaker.record(classification)
+
+    @property
+    def window(self) -> float:
+        return self.limiter.window
+
+
+class LocalCoordination(Coordination):
+    """Gates kept in memory, one per destination name: shared by every dispatcher given this instance."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, LocalGate] = {}
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        if destination not in self.gates:
+            self.gates[destination] = LocalGate(limiter if limiter is not None else make_limiter(rate))
+        return self.gates[destination]

@@ -1,0 +1,78 @@
+"""Text that can be stored, logged and answered: lone surrogates written out as visible escapes.
+
+aiohttp reads header bytes that are not UTF-8 as lone surrogates (Python's `surrogateescape`); the email
+package does the same with 8-bit header bytes, and a few codecs a request may name as its charset (UTF-7,
+unicode_escape) decode to them too. Such a str cannot be encoded as UTF-8, so msgspec, SQLite and the log
+writer all refuse it. Refusing the request would refuse a provider's real event forever (it resends the same
+bytes), so the text is kept with each bad code point written out: an undecodable byte as `\\xNN`, any other
+lone surrogate as `\\uNNNN`. The checks cost an ASCII scan in C on ordinary text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def encodable(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (it holds no lone surrogate)."""
+    return text.isascii() or _SURROGATE.search(text) is None
+
+
+def escape_text(text: str) -> str:
+    """`text` with each lone surrogate written out (`\\xff` for a byte read with surrogateescape)."""
+    return text if encodable(text) else _SURROGATE.sub(_escape, text)
+
+
+def escape_values(mapping: dict[str, Any]) -> int:
+    """Escape, in place, the str values of a flat mapping (kept headers, request meta); how many changed."""
+    changed = 0
+    for key, value in mapping.items():
+        if isinstance(value, str) and not encodable(value):
+            mapping[key] = _SURROGATE.sub(_escape, value)
+            changed += 1
+    return changed
+
+
+def escape_tree(value: Any) -> tuple[Any, int]:
+    """`value` (JSON-like: dicts, lists, str, scalars) with every str in it escaped, object keys too, and how
+    many strings changed. Containers are changed in place. Walked with a stack, not recursion: a payload may
+    nest as deep as the JSON parser allowed."""
+    if isinstance(value, str):
+        fixed = escape_text(value)
+        return fixed, int(fixed is not value)
+    changed = 0
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if not all(encodable(k) for k in node if isinstance(k, str)):
+                pairs = list(node.items())
+                node.clear()
+                for k, v in pairs:
+                    fixed_key = escape_text(k) if isinstance(k, str) else k
+                    changed += fixed_key is not k
+                    node[fixed_key] = v
+            for k, v in node.items():
+                if isinstance(v, str):
+                    if not encodable(v):
+                        node[k] = _SURROGATE.sub(_escape, v)
+                        changed += 1
+                elif isinstance(v, dict | list):
+                    stack.append(v)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, str):
+                    if not encodable(v):
+                        node[i] = _SURROGATE.sub(_escape, v)
+                        changed += 1
+                elif isinstance(v, dict | list):
+                    stack.append(v)
+    return value, changed

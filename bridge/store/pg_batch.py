@@ -1,0 +1,414 @@
+"""Group commit for the PostgreSQL store: concurrent accepts share one transaction.
+
+Accepts are queued. A flusher takes everything queued (up to `group_max`) and stores it on one pooled
+connection in one transaction: accepts without a nonce with one statement per table for the whole
+group (arrays unnested: one round trip each, whatever the group's size), then each accept with a
+nonce in a savepoint of its own, since a replay must leave nothing behind. When a statement of the
+group fails (a delivery id stored twice, a deadlock with another process), the transaction is rolled
+back and the group is run again with a savepoint around every accept, so that the failure costs that
+accept alone. Every caller is answered only once its group's COMMIT has returned.
+
+Dedup and nonces keep the semantics of one transaction per accept, in queue order: within a group a
+dedup key's later uses are duplicates of its first, and across processes the upserts lock the rows a
+concurrent transaction inserts, waiting for it to end. Keys are upserted in sorted order, so that two
+processes' groups lock them in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bridge.errors import StoreUnavailable
+from bridge.events import Event
+from bridge.store.base import AcceptResult, NewDelivery, Nonce
+from bridge.store.rows import NEW_DELIVERY_COLUMNS, encode, new_delivery_rows, now_ms
+
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover - reported when a postgresql:// store is opened
+    asyncpg = None
+
+SMALL_GROUP = 8
+NONCE_SWEEP = 32
+NONCE_SWEEP_EVERY = 16
+"""Every NONCE_SWEEP_EVERY-th nonce a process records deletes up to NONCE_SWEEP expired ones: two per nonce on
+average, so the table shrinks back after a burst, in one statement rather than sixteen."""
+
+DB_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError) if asyncpg is None else (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""Whatever the driver raises when the server, the network or a connection fails: the store boundary turns
+each into StoreUnavailable (intake answers 503), never an error of the request."""
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError) if asyncpg is None else (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+_VALUE_ERRORS: tuple[type[BaseException], ...] = () if asyncpg is None else (
+    asyncpg.exceptions._base.DataError, asyncpg.exceptions._base.OutdatedSchemaCacheError)
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether `exc` says the connection itself is gone (running the group again on it cannot help), rather
+    than that a statement failed (a value the driver cannot send is the statement's failure)."""
+    return isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, _VALUE_ERRORS)
+
+_DEDUP = ("INSERT INTO dedup_keys AS d SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) "
+          "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
+          "WHERE d.expires_at <= $5 RETURNING source, key")
+_DEDUP_SEEN = ("SELECT d.source, d.key, d.event_id FROM dedup_keys d "
+               "JOIN unnest($1::text[], $2::text[]) AS u (source, key) ON d.source = u.source AND d.key = u.key")
+_EVENTS = ("INSERT INTO events SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
+           "$6::text[], $7::boolean[], $8::bytea[], $9::int[])")
+_DELIVERIES = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT * FROM unnest("  # noqa: S608 - constants
+               "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
+               "$9::bytea[], $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[])")
+
+
+def _conversations(first: int, where: str = "") -> str:
+    """Count a group's messages in their conversations, as one upsert whose arrays (from `$first`: event id,
+    conversation id, key, mapping, destination, arrival, known ticket, reopen_after in ms; one element per
+    delivery in a conversation, in arrival order) are grouped per conversation first, since one statement may
+    change a row only once. As the per-accept upsert does message by message: the first message opens the
+    conversation (with the ticket it names, if any), and a message after the quiet period (`reopen_after`)
+    starts it anew, without a ticket, so that it becomes a create. `where` filters the rows (u.event_id)."""
+    a = [f"${first + i}" for i in range(8)]
+    reopen = (f"(EXCLUDED.started_at - c.last_message_at > (SELECT min(r.ms) FROM unnest({a[1]}::text[], "  # noqa: S608
+              f"{a[7]}::bigint[]) AS r (id, ms) WHERE r.id = EXCLUDED.id))")
+    return (
+        "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "  # noqa: S608
+        "ticket_id, ticket_at) SELECT g.id, g.key, g.mapping, g.destination, g.n, g.first_at, g.last_at, g.ticket, "
+        "CASE WHEN g.ticket IS NULL THEN NULL ELSE g.first_at END FROM (SELECT u.id, "
+        "(array_agg(u.key ORDER BY u.o))[1] AS key, (array_agg(u.mapping ORDER BY u.o))[1] AS mapping, "
+        "(array_agg(u.destination ORDER BY u.o))[1] AS destination, count(*)::int AS n, min(u.at) AS first_at, "
+        "max(u.at) AS last_at, (array_agg(u.ticket ORDER BY u.o))[1] AS ticket "
+        f"FROM unnest({a[0]}::text[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], {a[4]}::text[], "
+        f"{a[5]}::bigint[], {a[6]}::text[]) WITH ORDINALITY AS u (event_id, id, key, mapping, destination, at, "
+        f"ticket, o) {where} GROUP BY u.id) g ORDER BY g.id "
+        f"ON CONFLICT (id) DO UPDATE SET "
+        f"messages = CASE WHEN {reopen} THEN EXCLUDED.messages ELSE c.messages + EXCLUDED.messages END, "
+        f"started_at = CASE WHEN {reopen} THEN EXCLUDED.started_at ELSE c.started_at END, "
+        f"ticket_id = CASE WHEN {reopen} THEN EXCLUDED.ticket_id ELSE c.ticket_id END, "
+        f"ticket_key = CASE WHEN {reopen} THEN NULL ELSE c.ticket_key END, "
+        f"ticket_at = CASE WHEN {reopen} THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
+        "last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at)")
+
+
+_CONVERSATIONS = _conversations(1)
+_NOTIFY = "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d"
+_GROUP = (
+    "WITH k AS (INSERT INTO dedup_keys AS d "  # noqa: S608 - constants only; every value is bound
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) "
+    "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
+    "WHERE d.expires_at <= $5 RETURNING event_id), "
+    "e AS (INSERT INTO events SELECT u.* FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], "
+    "$11::text[], $12::boolean[], $13::bytea[], $14::int[]) AS u (id, source, kind, channel, received_at, dedup_key, "
+    "spam, data, routed) WHERE u.dedup_key IS NULL OR u.id IN (SELECT event_id FROM k) RETURNING id), "
+    f"n AS (INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT u.* FROM unnest($15::text[], $16::text[], "
+    "$17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bytea[], $24::bytea[], "
+    "$25::bigint[], $26::bigint[], $27::bigint[], $28::text[], $29::text[]) AS u (id, event_id, source, mapping, "
+    "mapping_version, destination, action, status, body, options, next_attempt_at, created_at, updated_at, "
+    "last_error, conversation) WHERE u.event_id IN (SELECT id FROM e) RETURNING destination, status), "
+    f"c AS ({_conversations(31, 'WHERE u.event_id IN (SELECT id FROM e)')} RETURNING 1) "
+    "SELECT ARRAY(SELECT id FROM e) FROM (SELECT count(pg_notify($30, w.destination)) "
+    "FROM (SELECT DISTINCT destination FROM n WHERE status = 'pending') AS w) AS notified")
+"""A group of accepts without a nonce as one statement: PostgreSQL runs it as one transaction (the conversations'
+upsert included)."""
+
+
+class PendingAccept:
+    """One accept waiting for its group: everything its statements need, encoded before it queues."""
+
+    __slots__ = ("created", "data", "event", "expires", "future", "nonce", "received", "rows", "threads", "wake")
+
+    def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
+                 nonce: Nonce | None) -> None:
+        self.event = event
+        self.nonce = nonce
+        self.data = encode(event)
+        self.received = int(event.received_at.timestamp() * 1000)
+        self.created = now_ms()
+        self.expires = self.created + int(dedup_window_s * 1000)
+        self.rows = new_delivery_rows(event, deliveries, self.created)
+        self.threads = [(event.id, d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination,
+                         self.created, d.known_ticket, d.reopen_after_ms)
+                        for d in deliveries if d.conversation is not None]
+        """What counts the message in its conversations: the _conversations columns, one tuple per delivery."""
+        self.wake = sorted({d.destination for d in deliveries if d.status == "pending"})
+        self.future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        return None if self.event.dedup_key is None else (self.event.source, self.event.dedup_key)
+
+    def stored(self) -> AcceptResult:
+        return AcceptResult(event_id=self.event.id, duplicate=False, deliveries=len(self.rows))
+
+
+Outcome = AcceptResult | BaseException
+"""What one accept of a group came to: its result, or the error it alone failed with."""
+
+
+class _Replayed(Exception):
+    """A nonce held by another request: ends the accept's transaction or savepoint, which rolls back."""
+
+
+REPLAYED = AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+
+
+class AcceptBatcher:
+    """Queues accepts and stores them a group at a time with `run_group(group)`, which returns one outcome per
+    accept (or raises, failing the whole group). Up to `concurrent` groups are stored at once, each on its own
+    connection: while one waits for its COMMIT (the server's disk), the next is already being written."""
+
+    def __init__(self, run_group: Callable[[list[PendingAccept]], Awaitable[list[Outcome]]], group_max: int,
+                 concurrent: int = 1) -> None:
+        self.run_group = run_group
+        self.group_max = group_max
+        self.concurrent = concurrent
+        self._pending: list[PendingAccept] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(concurrent)
+        self._running: set[asyncio.Task[None]] = set()
+        self.groups = 0
+        self.grouped = 0
+
+    async def submit(self, item: PendingAccept) -> AcceptResult:
+        self._pending.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="postgres group commit")
+        return await item.future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the requests of this turn of the loop join the group
+        while self._pending:
+            if len(self._pending) < SMALL_GROUP:
+                await asyncio.sleep(0)  # a small group: one more turn lets requests parsed now join it
+            await self._slots.acquire()  # requests arriving meanwhile join the group taken once a slot is free
+            group = self._pending[: self.group_max]
+            del self._pending[: len(group)]
+            self.groups += 1
+            self.grouped += len(group)
+            task = asyncio.get_running_loop().create_task(self._store(group), name="postgres group")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _store(self, group: list[PendingAccept]) -> None:
+        try:
+            try:
+                outcomes = await self.run_group(group)
+            except Exception as exc:
+                outcomes = [exc] * len(group)
+            except BaseException:  # cancelled (the loop is closing): nobody is left without an answer
+                for item in group:
+                    item.future.cancel()
+                raise
+        finally:
+            self._slots.release()
+        for item, outcome in zip(group, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    async def close(self) -> None:
+        """Wait for the groups queued so far to be stored."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+
+async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool]) -> \
+        list[Outcome]:
+    """Store `group` on `conn`: straight through (in one statement when no accept has a nonce), or, when a
+    statement fails, again with each accept in a savepoint of its own. Connection failures propagate (the group
+    fails as a whole)."""
+    try:
+        if all(item.nonce is None for item in group):
+            return list(await _one_statement(conn, group, channel))
+        if len(group) == 1:
+            return [await _alone(conn, group[0], channel, sweep_due)]
+        out: dict[int, Outcome] = {}
+        async with conn.transaction():
+            plain = [(i, item) for i, item in enumerate(group) if item.nonce is None]
+            if plain:
+                out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel),
+                               strict=True))
+            for i, item in enumerate(group):
+                if item.nonce is not None:
+                    out[i] = await _in_savepoint(conn, item, channel, sweep_due)
+        return [out[i] for i in range(len(group))]
+    except DB_ERRORS as exc:
+        if lost_connection(exc) or len(group) == 1:
+            raise  # the connection's failure, or the only accept's own
+    async with conn.transaction():  # one statement of the group failed: find out which accept it was
+        return [await _in_savepoint(conn, item, channel, sweep_due) for item in group]
+
+
+async def warm_connection(conn: Any) -> None:
+    """Prepare a group's statement on a new connection: its first preparation, when the server process reads the
+    tables' catalogue, takes tens of milliseconds. Before the migrations have made the tables, nothing to do."""
+    with contextlib.suppress(asyncpg.UndefinedTableError):
+        await conn.prepare(_GROUP)
+        await conn.prepare(_DEDUP_SEEN)
+
+
+async def _alone(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> Outcome:
+    try:
+        async with conn.transaction():
+            return await accept_one(conn, item, channel, sweep_due)
+    except _Replayed:  # raised inside the transaction, so that its dedup key is rolled back with it
+        return REPLAYED
+
+
+async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> Outcome:
+    """One accept in a savepoint of the open transaction: its failure rolls back its own statements only."""
+    try:
+        async with conn.transaction():
+            return await accept_one(conn, item, channel, sweep_due)
+    except _Replayed:
+        return REPLAYED
+    except DB_ERRORS as exc:
+        if lost_connection(exc):
+            raise
+        return StoreUnavailable(f"postgresql: {exc}")
+
+
+async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> AcceptResult:
+    """The statements of one accept, in the open transaction; raises _Replayed when its nonce is taken."""
+    event = item.event
+    if event.dedup_key is not None:
+        # A concurrent insert of the same key waits for this row's transaction, then sees it.
+        fresh = await conn.fetchval(
+            "INSERT INTO dedup_keys AS d VALUES ($1, $2, $3, $4) ON CONFLICT (source, key) DO UPDATE "
+            "SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at WHERE d.expires_at <= $5 "
+            "RETURNING event_id", event.source, event.dedup_key, event.id, item.expires, item.created)
+        if fresh is None:
+            first = await conn.fetchval("SELECT event_id FROM dedup_keys WHERE source = $1 AND key = $2",
+                                        event.source, event.dedup_key)
+            return AcceptResult(event_id=first, duplicate=True, deliveries=0)
+    if item.nonce is not None:
+        await _claim_nonce(conn, event.source, item.nonce, item.created)
+        if sweep_due():
+            await _sweep_nonces(conn, item.created)
+    await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id, event.source,
+                       event.kind, event.channel, item.received, event.dedup_key, event.spam, item.data,
+                       len(item.rows))
+    if item.threads:
+        await conn.execute(_CONVERSATIONS, *_columns(item.threads, 8))
+    if item.rows:
+        await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)", item.rows)
+    if item.wake:
+        await conn.execute(_NOTIFY, channel, item.wake)
+    return item.stored()
+
+
+def _firsts(group: list[PendingAccept]) -> tuple[list[PendingAccept], dict[tuple[str, str], PendingAccept]]:
+    """The accepts of `group` that may store their event (no dedup key, or the key's first use in the group), and
+    each key's first accept."""
+    first: dict[tuple[str, str], PendingAccept] = {}
+    candidates = []
+    for item in group:
+        key = item.key
+        if key is None or first.setdefault(key, item) is item:
+            candidates.append(item)
+    return candidates, first
+
+
+async def _one_statement(conn: Any, group: list[PendingAccept], channel: str) -> list[AcceptResult]:
+    """Accepts without a nonce in one statement, so in one round trip and one commit: the dedup keys' upsert, the
+    events whose key was free, their deliveries and the wake-ups, as data-modifying CTEs."""
+    candidates, first = _firsts(group)
+    keyed = sorted((k, item) for k, item in first.items())
+    events = [(i.event.id, i.event.source, i.event.kind, i.event.channel, i.received, i.event.dedup_key,
+               i.event.spam, i.data, len(i.rows)) for i in candidates]
+    rows = [row for i in candidates for row in i.rows]
+    threads = [t for i in candidates for t in i.threads]
+    stored = set(await conn.fetchval(
+        _GROUP, [k[0] for k, _ in keyed], [k[1] for k, _ in keyed], [i.event.id for _, i in keyed],
+        [i.expires for _, i in keyed], now_ms(), *_columns(events, 9), *_columns(rows, 15), channel,
+        *_columns(threads, 8)))
+    seen: dict[tuple[str, str], str] = {}
+    if stale := sorted(k for k, item in keyed if item.event.id not in stored):
+        seen = {(r[0], r[1]): r[2] for r in await conn.fetch(
+            _DEDUP_SEEN, [k[0] for k in stale], [k[1] for k in stale])}
+    results = []
+    for item in group:
+        if item.event.id in stored:
+            results.append(item.stored())
+        else:
+            key = item.key
+            assert key is not None
+            owner = first[key].event.id if first[key].event.id in stored else seen.get(key, "")
+            results.append(AcceptResult(event_id=owner, duplicate=True, deliveries=0))
+    return results
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column (for unnest), `width` lists when there are no rows."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[AcceptResult]:
+    """Accepts without a nonce, one statement per table for them all, in the open transaction."""
+    now = now_ms()
+    first: dict[tuple[str, str], PendingAccept] = {}
+    for item in group:
+        if (key := item.key) is not None:
+            first.setdefault(key, item)
+    seen: dict[tuple[str, str], str] = {}  # key → the event it belongs to, when it was in the window already
+    if first:
+        keys = sorted(first)
+        owners = [first[k] for k in keys]
+        fresh = {(r[0], r[1]) for r in await conn.fetch(
+            _DEDUP, [k[0] for k in keys], [k[1] for k in keys], [o.event.id for o in owners],
+            [o.expires for o in owners], now)}
+        if stale := [k for k in keys if k not in fresh]:
+            seen = {(r[0], r[1]): r[2] for r in await conn.fetch(
+                _DEDUP_SEEN, [k[0] for k in stale], [k[1] for k in stale])}
+    results: list[AcceptResult] = []
+    stored: list[PendingAccept] = []
+    for item in group:
+        key = item.key
+        if key is None or (key not in seen and first[key] is item):
+            stored.append(item)
+            results.append(item.stored())
+        else:
+            owner = seen.get(key) or first[key].event.id
+            results.append(AcceptResult(event_id=owner, duplicate=True, deliveries=0))
+    if stored:
+        events = [(i.event.id, i.event.source, i.event.kind, i.event.channel, i.received, i.event.dedup_key,
+                   i.event.spam, i.data, len(i.rows)) for i in stored]
+        await conn.execute(_EVENTS, *map(list, zip(*events, strict=True)))
+        threads = [t for i in stored for t in i.threads]
+        if threads:
+            await conn.execute(_CONVERSATIONS, *_columns(threads, 8))
+        rows = [row for i in stored for row in i.rows]
+        if rows:
+            await conn.execute(_DELIVERIES, *map(list, zip(*rows, strict=True)))
+        wake = sorted({d for i in stored for d in i.wake})
+        if wake:
+            await conn.execute(_NOTIFY, channel, wake)
+    return results
+
+
+async def _claim_nonce(conn: Any, source: str, nonce: Nonce, now: int) -> None:
+    """Record `nonce` for `source`, or raise _Replayed when another request holds it. A concurrent claim of the
+    same nonce waits for this transaction, then sees its row."""
+    claimed = await conn.fetchval(
+        "INSERT INTO nonces AS n VALUES ($1, $2, $3, $4) ON CONFLICT (source, nonce) DO UPDATE "
+        "SET digest = EXCLUDED.digest, expires_at = GREATEST(n.expires_at, EXCLUDED.expires_at) "
+        "WHERE n.expires_at <= $5 OR n.digest = EXCLUDED.digest RETURNING 1",
+        source, nonce.value, nonce.digest, nonce.expires_at_ms, now)
+    if claimed is None:
+        raise _Replayed
+
+
+async def _sweep_nonces(conn: Any, now: int) -> None:
+    """Delete up to NONCE_SWEEP expired nonces, oldest first, skipping rows another transaction holds."""
+    await conn.execute("DELETE FROM nonces WHERE ctid = ANY(ARRAY(SELECT ctid FROM nonces WHERE expires_at <= $1 "
+                       "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))", now, NONCE_SWEEP)

@@ -1,0 +1,218 @@
+"""Rate limits, 429 pauses and circuit breakers shared by every process on one PostgreSQL store.
+
+Each destination has a row in `destination_gates`; granting sends locks it (`SELECT … FOR UPDATE`), so
+processes take turns, each seeing every grant made before it. A grant is a row in `send_slots` at the
+database's clock (one clock for every process, whatever their hosts' clocks say): a destination limited
+to N per T grants a send only while fewer than N of its slots lie in the last T plus a margin, which is
+the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps it. The margin
+(2 % of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its request leaving:
+the claim that follows the grant, and network jitter.
+
+The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
+process's failures count for all and only one probe is out at a time; a probe whose sender dies is given
+up after PROBE_HOLD_S. A 429's pause is `paused_until` on the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from bridge.config import RateLimit
+from bridge.delivery.breaker import Breaker
+from bridge.delivery.coordination import Admission, Change, Coordination, Gate
+from bridge.delivery.ratelimit import Limiter
+from bridge.errors import LeaseLost, NotFound
+
+T = TypeVar("T")
+Runner = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
+SHARED_MIN_MARGIN_S = 0.2
+PROBE_HOLD_S = 60.0
+CLOCK = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint"
+
+
+async def check_lease(conn: Any, delivery_id: str, owner: str) -> None:
+    """Raise LeaseLost unless `owner` holds the lease on `delivery_id` (locking the row until commit)."""
+    row = await conn.fetchrow("SELECT status, lease_owner FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+    if row is None:
+        raise NotFound(f"no delivery {delivery_id}")
+    if row[0] != "in_flight" or row[1] != owner:
+        raise LeaseLost(f"delivery {delivery_id}: the lease of {owner!r} is no longer held")
+
+
+class PgGate(Gate):
+    def __init__(self, run: Any, destination: str, rate: RateLimit | None) -> None:
+        self._run = run
+        self.destination = destination
+        self.rate = rate
+        self.breaker = Breaker()
+        if rate is None:
+            self._window_ms = 1000
+        else:
+            margin = max(rate.per_seconds * 0.02, SHARED_MIN_MARGIN_S)
+            self._window_ms = int((rate.per_seconds + margin) * 1000)
+        self.punctual = (self._window_ms / 1000 - (rate.per_seconds if rate else 1.0)) / 2
+
+    @property
+    def window(self) -> float:
+        return self._window_ms / 1000
+
+    async def _locked(self, conn: Any) -> tuple[Any, int]:
+        """The destination's row, locked until commit, and the database's clock once the lock is held."""
+        await conn.execute("INSERT INTO destination_gates (destination) VALUES ($1) ON CONFLICT DO NOTHING",
+                           self.destination)
+        row = await conn.fetchrow(
+            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until "
+            "FROM destination_gates WHERE destination = $1 FOR UPDATE", self.destination)
+        now: int = await conn.fetchval(CLOCK)
+        return row, now
+
+    def _breaker(self, row: Any, now: int) -> Breaker:
+        return Breaker(threshold=self.breaker.threshold, base_cooldown=self.breaker.base_cooldown,
+                    max_cooldown=self.breaker.max_cooldown, clock=lambda: now / 1000, state=row[1],
+                    failures=row[2], opened=row[3], until=row[4] / 1000, probing=row[5] > now)
+
+    async def _save(self, conn: Any, b: Breaker, now: int) -> None:
+        probe_until = now + int(PROBE_HOLD_S * 1000) if b.probing else 0
+        await conn.execute(
+            "UPDATE destination_gates SET breaker_state = $2, failures = $3, opened = $4, open_until = $5, "
+            "probe_until = GREATEST(probe_until * $7::int, $6) WHERE destination = $1",
+            self.destination, b.state, b.failures, b.opened, int(b.until * 1000), probe_until,
+            1 if b.probing else 0)
+        self.breaker = Breaker(threshold=b.threshold, base_cooldown=b.base_cooldown, max_cooldown=b.max_cooldown,
+                               state=b.state, failures=b.failures, opened=b.opened, probing=b.probing,
+                               until=time.monotonic() + max(0.0, b.until - now / 1000))
+
+    async def admit(self, want: int) -> Admission:
+        async def op(conn: Any) -> Admission:
+            row, now = await self._locked(conn)
+            b = self._breaker(row, now)
+            was = (b.state, b.probing)
+            pause, cap = b.allowance()
+            if pause > 0:
+                if (b.state, b.probing) != was:
+                    await self._save(conn, b, now)
+                return Admission(granted=0, wait_s=pause, held=True)
+            if row[0] > now:
+                return Admission(granted=0, wait_s=(row[0] - now) / 1000, held=True)
+            n = min(want, cap) if cap is not None else want
+            wait_ms = 0
+            if self.rate is not None:
+                since = now - self._window_ms
+                await conn.execute("DELETE FROM send_slots WHERE destination = $1 AND at_ms < $2",
+                                   self.destination, since - self._window_ms)
+                recent = [r[0] for r in await conn.fetch(
+                    "SELECT at_ms FROM send_slots WHERE destination = $1 AND at_ms > $2 ORDER BY at_ms",
+                    self.destination, since)]
+                free = self.rate.requests - len(recent)
+                if free <= 0:
+                    # the send that must leave the window before one more fits
+                    wait_ms = recent[len(recent) - self.rate.requests] + self._window_ms - now + 1
+                    n = 0
+                n = min(n, max(free, 0))
+            slots: list[int] = []
+            if n > 0 and self.rate is not None:
+                slots = [r[0] for r in await conn.fetch(
+                    "INSERT INTO send_slots (destination, at_ms) SELECT $1, $2 FROM generate_series(1, $3) "
+                    "RETURNING id", self.destination, now, n)]
+            probe = cap == 1 and n == 1
+            if probe:
+                b.probe_sent()
+            if (b.state, b.probing) != was:
+                await self._save(conn, b, now)
+            return Admission(granted=n, wait_s=max(wait_ms, 1) / 1000 if n == 0 else 0.0, held=n == 0,
+                             probe=probe, slots=slots)
+
+        result: Admission = await self._run(op)
+        return result
+
+    async def start(self, admission: Admission, index: int) -> None:
+        """A send that starts later than `punctual` after its grant was asked for (a busy process, a slow
+        claim) is moved to a slot taken now, checked against the window again, waiting until one is free:
+        counted at its grant, it could otherwise reach the vendor less than a window before a send granted
+        a window after that grant."""
+        if self.rate is None or index >= len(admission.slots):
+            return
+        slot, asked = admission.slots[index], admission.asked_at
+        while time.monotonic() - asked > self.punctual:
+            asked = time.monotonic()
+            wait: float = await self._run(functools.partial(self._reslot, slot))
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _reslot(self, slot: int, conn: Any) -> float:
+        """Move `slot` to now if the window (without it) has room and no pause holds; else how long to wait."""
+        assert self.rate is not None
+        row, now = await self._locked(conn)
+        paused_until: int = row[0]
+        if paused_until > now:
+            return (paused_until - now) / 1000
+        recent: list[int] = [r[0] for r in await conn.fetch(
+            "SELECT at_ms FROM send_slots WHERE destination = $1 AND at_ms > $2 AND id <> $3 ORDER BY at_ms",
+            self.destination, now - self._window_ms, slot)]
+        if len(recent) >= self.rate.requests:
+            return (recent[len(recent) - self.rate.requests] + self._window_ms - now + 1) / 1000
+        await conn.execute("INSERT INTO send_slots (id, destination, at_ms) VALUES ($1, $2, $3) "
+                           "ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms", slot, self.destination, now)
+        return 0.0
+
+    async def unused(self, admission: Admission, count: int) -> None:
+        if count <= 0:
+            return
+        give_back = admission.slots[len(admission.slots) - count:] if admission.slots else []
+        probe_back = admission.probe and count >= admission.granted
+
+        async def op(conn: Any) -> None:
+            if give_back:
+                await conn.execute("DELETE FROM send_slots WHERE id = ANY($1::bigint[])", give_back)
+            if probe_back:
+                await conn.execute("UPDATE destination_gates SET probe_until = 0 WHERE destination = $1",
+                                   self.destination)
+
+        await self._run(op)
+
+    async def pause(self, seconds: float) -> None:
+        async def op(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO destination_gates AS g (destination, paused_until) "
+                "VALUES ($1, (extract(epoch from clock_timestamp()) * 1000)::bigint + $2::bigint) "
+                "ON CONFLICT (destination) DO UPDATE "
+                "SET paused_until = GREATEST(g.paused_until, EXCLUDED.paused_until)",
+                self.destination, int(seconds * 1000))
+
+        await self._run(op)
+
+    async def outcome(self, classification: str) -> Change:
+        if classification == "success" and self.breaker.state == "closed" and self.breaker.failures == 0:
+            # The common case: reset only a row that has counted failures (another process's), in one statement.
+            async def reset(conn: Any) -> None:
+                await conn.execute(
+                    "UPDATE destination_gates SET failures = 0 WHERE destination = $1 AND failures > 0 "
+                    "AND breaker_state = 'closed'", self.destination)
+
+            await self._run(reset)
+            return None
+
+        async def op(conn: Any) -> Change:
+            row, now = await self._locked(conn)
+            b = self._breaker(row, now)
+            change = b.record(classification)
+            await self._save(conn, b, now)
+            return change
+
+        result: Change = await self._run(op)
+        return result
+
+
+class PgCoordination(Coordination):
+    def __init__(self, run: Any) -> None:
+        self._run = run
+        self.gates: dict[str, PgGate] = {}
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        if destination not in self.gates:
+            self.gates[destination] = PgGate(self._run, destination, rate)
+        return self.gates[destination]

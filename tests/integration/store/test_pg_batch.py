@@ -1,0 +1,245 @@
+"""Group commit on PostgreSQL: concurrent accepts share a transaction, and each keeps the fate it would have
+had alone (dedup, nonces, a failure of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from bridge.errors import NotFound, StoreUnavailable
+from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
+from bridge.store.postgres import PostgresStore, channel_for
+from tests.integration.processes import DSN
+from tests.integration.store.contract import WEEK, accept_one, make_delivery, make_event, nonce
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(pg_schema: str) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(DSN, schema=pg_schema)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def pool_pids(store: PostgresStore) -> list[int]:
+    """The server pids of the store's pooled connections (only these are terminated: other tests may share the
+    database)."""
+    return [h._con.get_server_pid() for h in store._pool._holders if h._con is not None]
+
+
+async def test_concurrent_accepts_share_one_commit(store: PostgresStore) -> None:
+    """Accepts made in one turn of the loop are stored in one group, each answered with its own result."""
+    events = [make_event(dedup_key=f"k-{i}") for i in range(50)]
+    results = await asyncio.gather(*(store.accept(e, [make_delivery(), make_delivery()], WEEK) for e in events))
+    assert [(r.event_id, r.duplicate, r.deliveries) for r in results] == [(e.id, False, 2) for e in events]
+    assert (store.batcher.groups, store.batcher.grouped) == (1, 50)
+    assert len(await store.list_deliveries(DeliveryFilter(limit=500))) == 100
+    assert await store.get_event(events[7].id) == events[7]
+
+
+async def test_a_group_never_exceeds_group_commit_max(pg_schema: str) -> None:
+    """A group holds at most `group_commit_max` accepts; the rest go in the next groups."""
+    store = PostgresStore(DSN, schema=pg_schema, group_commit_max=8)
+    await store.open()
+    try:
+        await asyncio.gather(*(accept_one(store) for _ in range(20)))
+        assert (store.batcher.groups, store.batcher.grouped) == (3, 20)
+    finally:
+        await store.close()
+
+
+async def test_one_dedup_key_twice_in_a_group_stores_the_first(store: PostgresStore) -> None:
+    """Within a group, the later uses of a dedup key are duplicates naming the first; a key already stored makes
+    every use in the group a duplicate of the stored event."""
+    old = make_event(dedup_key="old")
+    await accept_one(store, event=old)
+    a, b, c = make_event(dedup_key="new"), make_event(dedup_key="new"), make_event(dedup_key="old")
+    d = make_event(dedup_key="old")
+    results = await asyncio.gather(*(store.accept(e, [make_delivery()], WEEK) for e in (a, b, c, d)))
+    assert store.batcher.groups == 2
+    assert [(r.event_id, r.duplicate) for r in results] == [(a.id, False), (a.id, True), (old.id, True),
+                                                            (old.id, True)]
+    for dup in (b, c, d):
+        with pytest.raises(NotFound):
+            await store.get_event(dup.id)
+    assert len(await store.list_deliveries(DeliveryFilter())) == 2
+
+
+async def test_a_failing_accept_fails_alone(store: PostgresStore) -> None:
+    """An accept that cannot be stored (a delivery id used twice) fails with StoreUnavailable; the others of its
+    group are stored, and its dedup key is left free."""
+    good = make_delivery()
+    bad_event = make_event(dedup_key="bad")
+    others = [make_event(dedup_key=f"ok-{i}") for i in range(5)]
+    results = await asyncio.gather(
+        *(store.accept(e, [make_delivery()], WEEK) for e in others[:2]),
+        store.accept(bad_event, [good, make_delivery(delivery_id=good.id)], WEEK),
+        *(store.accept(e, [make_delivery()], WEEK) for e in others[2:]),
+        return_exceptions=True)
+    assert store.batcher.groups == 1
+    assert isinstance(results[2], StoreUnavailable)
+    assert [r.event_id for r in results if isinstance(r, AcceptResult)] == [e.id for e in others]
+    assert len(await store.list_deliveries(DeliveryFilter())) == 5
+    with pytest.raises(NotFound):
+        await store.get_event(bad_event.id)
+    assert (await store.accept(make_event(dedup_key="bad"), [], WEEK)).duplicate is False
+
+
+async def test_a_replay_in_a_group_rolls_back_only_itself(store: PostgresStore) -> None:
+    """A nonce replay among a group's accepts stores nothing of its own (not its dedup key) and nothing of the
+    others is lost; the same nonce with the first request's digest is still accepted in the group."""
+    await store.accept(make_event(dedup_key="first"), [make_delivery()], WEEK, nonce("tok", "body-a"))
+    plain = [make_event(dedup_key=f"p-{i}") for i in range(4)]
+    replay, retry = make_event(dedup_key="replay"), make_event(dedup_key="retry")
+    results = await asyncio.gather(
+        store.accept(plain[0], [make_delivery()], WEEK),
+        store.accept(replay, [make_delivery()], WEEK, nonce("tok", "body-b")),
+        store.accept(plain[1], [make_delivery()], WEEK),
+        store.accept(retry, [make_delivery()], WEEK, nonce("tok", "body-a")),
+        *(store.accept(e, [make_delivery()], WEEK) for e in plain[2:]))
+    assert store.batcher.groups == 2
+    assert [(r.replayed, r.duplicate) for r in results] == [(False, False), (True, False)] + [(False, False)] * 4
+    assert len(await store.list_deliveries(DeliveryFilter())) == 6
+    with pytest.raises(NotFound):
+        await store.get_event(replay.id)
+    assert (await store.accept(make_event(dedup_key="replay"), [], WEEK)).duplicate is False
+
+
+async def test_nonce_and_plain_accepts_of_one_key_in_a_group_store_one_event(store: PostgresStore) -> None:
+    """An accept with a nonce and one without, sharing a dedup key in one group, store one event; the other is
+    its duplicate, and a duplicate records no nonce."""
+    plain, signed = make_event(dedup_key="k"), make_event(dedup_key="k")
+    r1, r2 = await asyncio.gather(store.accept(plain, [make_delivery()], WEEK),
+                                  store.accept(signed, [make_delivery()], WEEK, nonce("tok", "body-a")))
+    assert store.batcher.groups == 1
+    assert (r1.event_id, r1.duplicate, r2.event_id, r2.duplicate, r2.replayed) == (plain.id, False, plain.id, True,
+                                                                                   False)
+    assert (await store.accept(make_event(), [], WEEK, nonce("tok", "body-b"))).replayed is False
+
+
+async def test_a_broken_connection_fails_the_group_with_store_unavailable(store: PostgresStore) -> None:
+    """A group whose connection the server drops fails with StoreUnavailable (never a driver error), the store
+    says it is failing, and the next accepts are stored on fresh connections."""
+    await accept_one(store)
+    admin = await asyncpg.connect(DSN)
+    try:
+        async def blocked() -> None:
+            # Hold the events table so that the group waits on the server, then drop every pooled connection.
+            async with admin.transaction():
+                await admin.execute(f'LOCK TABLE "{store.schema}".events')
+                pending = asyncio.gather(*(accept_one(store) for _ in range(5)), return_exceptions=True)
+                ours = pool_pids(store)
+                while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                                               "AND wait_event_type = 'Lock'", ours):
+                    await asyncio.sleep(0.01)
+                await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", ours)
+                failures = await pending
+            assert failures and all(isinstance(f, StoreUnavailable) for f in failures)
+
+        await blocked()
+    finally:
+        await admin.close()
+    problem = store.problem()
+    assert problem is not None
+    assert problem.kind == "failing"
+    await asyncio.gather(*(accept_one(store) for _ in range(5)))
+    assert store.problem() is None
+    assert len(await store.list_deliveries(DeliveryFilter())) == 6
+
+
+async def test_a_pool_whose_connections_were_all_terminated_recovers(store: PostgresStore) -> None:
+    """Every pooled connection terminated while idle: the next check() or accept opens new ones, and /readyz's
+    check reports the store fine again."""
+    await asyncio.gather(*(accept_one(store) for _ in range(3)))
+    pids = pool_pids(store)
+    assert pids
+    admin = await asyncpg.connect(DSN)
+    try:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+        while await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids):
+            await asyncio.sleep(0.01)
+    finally:
+        await admin.close()
+    for _ in range(len(pids) + 1):  # each dropped connection fails at most the call that finds it dropped
+        if await store.check() is None:
+            break
+    assert await store.check() is None
+    await accept_one(store)
+    assert len(await store.list_deliveries(DeliveryFilter())) == 4
+
+
+async def test_a_terminated_listener_reconnects_and_hears_again(store: PostgresStore) -> None:
+    """When the listening connection is terminated it reconnects at once, says work may have been missed ("*"),
+    and hears new work again."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await store.subscribe(heard.put_nowait)
+    assert store._listener is not None
+    pid = store._listener.get_server_pid()
+    admin = await asyncpg.connect(DSN)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    assert await asyncio.wait_for(heard.get(), 3) == "*"
+    await accept_one(store, make_delivery(destination="lsq"))
+    assert await asyncio.wait_for(heard.get(), 5) == "lsq"
+
+
+async def test_work_is_announced_only_to_its_own_schema(pg_schema: str) -> None:
+    """Two deployments on one database in two schemas: new work in one does not wake the other's listener."""
+    other_schema = f"tb_test_{uuid.uuid4().hex[:12]}"
+    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=other_schema)
+    assert channel_for(pg_schema) != channel_for(other_schema)
+    await a.open()
+    await b.open()
+    try:
+        heard_b: asyncio.Queue[str] = asyncio.Queue()
+        await b.subscribe(heard_b.put_nowait)
+        await accept_one(a, make_delivery(destination="only-in-a"))
+        await accept_one(b, make_delivery(destination="only-in-b"))
+        # Notifications arrive in commit order: had b heard a's, "only-in-a" would come first.
+        assert await asyncio.wait_for(heard_b.get(), 5) == "only-in-b"
+        assert heard_b.empty()
+    finally:
+        await a.close()
+        await b.close()
+        conn = await asyncpg.connect(DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{other_schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+def test_long_schema_names_get_a_channel_within_postgresqls_limit() -> None:
+    """A schema name of 63 characters still gives a channel of at most 63 bytes, distinct per schema."""
+    long_a, long_b = "a" * 63, "a" * 62 + "b"
+    assert len(channel_for(long_a)) <= 63
+    assert channel_for(long_a) != channel_for(long_b)
+    assert channel_for(None) == "ticketbridge_work"
+
+
+async def test_a_group_counts_each_message_in_its_conversation(store: PostgresStore) -> None:
+    """Messages of one conversation stored in one group (one statement, or savepoints beside a nonce) are each
+    counted once in it, a duplicate not at all, and only the first is claimable."""
+    def threaded() -> NewDelivery:
+        return make_delivery(conversation="m|k", conversation_key="k")
+
+    first = [threaded() for _ in range(3)]
+    results = await asyncio.gather(store.accept(make_event(dedup_key="a"), [first[0]], WEEK),
+                                   store.accept(make_event(dedup_key="a"), [threaded()], WEEK),
+                                   *(store.accept(make_event(), [d], WEEK) for d in first[1:]))
+    assert store.batcher.groups == 1 and [r.duplicate for r in results] == [False, True, False, False]
+    (found,) = await store.get_conversations("k")
+    assert (found.conversation.messages, [d.id for d in found.deliveries]) == (3, [d.id for d in first])
+    more = [threaded() for _ in range(2)]
+    await asyncio.gather(store.accept(make_event(), [more[0]], WEEK),
+                         store.accept(make_event(), [more[1]], WEEK, nonce("tok", "body")))
+    (found,) = await store.get_conversations("k")
+    assert found.conversation.messages == 5
+    assert [c.id for c in (await store.claim("kapture-support", 10, "w", 30)).items] == [first[0].id]

@@ -1,0 +1,109 @@
+"""Gates shared through PostgreSQL: two stores on one database (two processes) see one rate limit, one
+429 pause and one breaker per destination."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from bridge.config import RateLimit
+from bridge.store.pg_coordination import PgGate
+from bridge.store.postgres import PostgresStore
+from tests.integration.processes import DSN
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def two(pg_schema: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    a, b = PostgresStore(DSN, schema=pg_schema), PostgresStore(DSN, schema=pg_schema)
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def gates(two: tuple[PostgresStore, PostgresStore], rate: RateLimit | None) -> tuple[PgGate, PgGate]:
+    a, b = two
+    ga, gb = a.coordination().gate("lsq", rate), b.coordination().gate("lsq", rate)
+    assert isinstance(ga, PgGate) and isinstance(gb, PgGate)
+    return ga, gb
+
+
+async def test_the_rate_limit_is_one_for_every_process(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """N sends granted in one process leave none in the window for another, which is told when one frees."""
+    ga, gb = gates(two, RateLimit(requests=25, per_seconds=60))
+    assert (await ga.admit(20)).granted == 20
+    assert (await gb.admit(20)).granted == 5
+    held = await ga.admit(1)
+    assert (held.granted, held.held) == (0, True)
+    assert 59 < held.wait_s <= 61.3
+
+
+async def test_unused_grants_are_given_back(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Slots granted for work that was not there count no more against the limit."""
+    ga, gb = gates(two, RateLimit(requests=10, per_seconds=60))
+    admission = await ga.admit(10)
+    await ga.unused(admission, 7)
+    assert (await gb.admit(10)).granted == 7
+
+
+async def test_a_429_pause_holds_every_process(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A pause after one process's 429 holds back the other for as long."""
+    ga, gb = gates(two, None)
+    await ga.pause(150)
+    held = await gb.admit(4)
+    assert (held.granted, held.held) == (0, True)
+    assert 149 < held.wait_s <= 150
+
+
+async def test_failures_in_every_process_open_one_breaker_and_one_probe_goes_out(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Consecutive failures counted across processes open the breaker for all; half-open, one probe in all."""
+    ga, gb = gates(two, None)
+    ga.breaker.base_cooldown = gb.breaker.base_cooldown = 0.0  # open, then half-open at once
+    for gate in (ga, gb, ga, gb):
+        assert await gate.outcome("retry") is None
+    assert await gb.outcome("retry") == "opened"
+    probe = await ga.admit(4)
+    assert (probe.granted, probe.probe) == (1, True)
+    other = await gb.admit(4)
+    assert (other.granted, other.held) == (0, True)
+    assert await ga.outcome("success") == "closed"
+    assert (await gb.admit(4)).granted == 4
+
+
+async def test_an_unused_probe_is_given_back(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A probe granted when nothing was due goes back, so another process may probe."""
+    ga, gb = gates(two, None)
+    ga.breaker.base_cooldown = gb.breaker.base_cooldown = 0.0
+    for _ in range(5):
+        await ga.outcome("retry")
+    probe = await ga.admit(1)
+    assert probe.probe
+    await ga.unused(probe, 1)
+    assert (await gb.admit(3)).probe
+
+
+async def test_a_send_late_for_its_slot_waits_for_a_free_one(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A granted send that starts long after its grant is checked against the window again: with the window
+    full meanwhile (another process's grant), it waits for a slot and goes out a window after that grant."""
+    ga, gb = gates(two, RateLimit(requests=1, per_seconds=1.0))
+    late = await ga.admit(1)
+    # As if this process had stalled for 10 s since its grant, which has left the window meanwhile.
+    late.asked_at -= 10
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": two[0].schema or "public"})
+    try:
+        await conn.execute("UPDATE send_slots SET at_ms = at_ms - 10000 WHERE id = $1", late.slots[0])
+        other = await gb.admit(1)
+        assert other.granted == 1
+        await ga.start(late, 0)
+        at = {r[0]: r[1] for r in await conn.fetch("SELECT id, at_ms FROM send_slots")}
+    finally:
+        await conn.close()
+    assert at[late.slots[0]] >= at[other.slots[0]] + 1000

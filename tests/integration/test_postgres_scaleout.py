@@ -1,0 +1,233 @@
+"""Three ticketbridge processes on one PostgreSQL store, as correct as one: one rate limit at the vendor,
+one 429 pause, and leases that mean ownership (a killed process's work taken over in bounded time, nothing
+sent twice that was not in flight at the kill). Plus one process whose work waits for the rate limit or a
+Retry-After longer than its lease, which is not sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from bridge.vendors.kapture import CREATE_PATH
+from tests.integration.processes import DSN, free_port, spawn, stop, wait_http, write_partner_config
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Cluster:
+    """A recording Kapture sandbox and ticketbridge processes sharing one schema."""
+
+    sandbox_port: int
+    ports: list[int]
+    servers: list[subprocess.Popen[bytes]]
+    schema: str
+    session: aiohttp.ClientSession
+    accepted: list[str] = field(default_factory=list)
+
+    @property
+    def sandbox(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_port}/kapture"
+
+    async def post(self, i: int, to: int | None = None) -> int:
+        port = self.ports[to if to is not None else i % len(self.ports)]
+        async with self.session.post(f"http://127.0.0.1:{port}/hooks/partner", json={"id": f"e-{i}"}) as r:
+            if r.status == 202:
+                self.accepted.append(f"e-{i}")
+            return r.status
+
+    async def received(self) -> list[dict[str, Any]]:
+        """The vendor's log of ticket creations: arrival time (`t`, the sandbox's monotonic clock) and status."""
+        async with self.session.get(f"{self.sandbox}/_received") as r:
+            entries: list[dict[str, Any]] = (await r.json())["received"]
+        return [e for e in entries if e["method"] == "POST" and e["path"].endswith(CREATE_PATH)]
+
+    async def refs(self) -> Counter[str]:
+        """How many tickets the vendor created for each event id."""
+        async with self.session.get(f"{self.sandbox}/tickets") as r:
+            tickets = (await r.json())["tickets"]
+        return Counter(t["fields"]["source_ref"] for t in tickets)
+
+    async def delivered(self, within: float) -> Counter[str]:
+        """Wait until every accepted event has a ticket; the tickets per event id."""
+        deadline = time.monotonic() + within
+        while True:
+            refs = await self.refs()
+            if set(self.accepted) <= set(refs):
+                return refs
+            if time.monotonic() > deadline:
+                missing = sorted(set(self.accepted) - set(refs))
+                raise AssertionError(f"{len(missing)} accepted events not delivered within {within}s: {missing[:5]}")
+            await asyncio.sleep(0.1)
+
+    async def sql(self, query: str, *args: Any) -> list[Any]:
+        conn = await asyncpg.connect(DSN, server_settings={"search_path": self.schema})
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path: Path, schema: str, n: int = 3, **config: Any) -> AsyncIterator[Cluster]:
+    sandbox_port = free_port()
+    ports = [free_port() for _ in range(n)]
+    log = tmp_path / "processes.log"
+    sandbox = spawn(["sandbox", "--port", str(sandbox_port)], log)
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        await wait_http(f"http://127.0.0.1:{sandbox_port}/kapture/tickets", sandbox)
+        for i, port in enumerate(ports):
+            cfg = write_partner_config(tmp_path, port, sandbox_port, name=f"node{i}", grace=2,
+                                       store=f"{DSN}?schema={schema}", **config)
+            servers.append(spawn(["serve", "-c", str(cfg)], log))
+        for port, proc in zip(ports, servers, strict=True):
+            await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        async with aiohttp.ClientSession() as session:
+            yield Cluster(sandbox_port, ports, servers, schema, session)
+    finally:
+        for proc in [*servers, sandbox]:
+            with contextlib.suppress(ProcessLookupError):
+                stop(proc)
+
+
+def most_in_any_window(times: list[float], window: float) -> int:
+    """The most arrivals in any half-open window of `window` seconds (each window starting at an arrival)."""
+    times = sorted(times)
+    most, j = 0, 0
+    for i, start in enumerate(times):
+        while j < len(times) and times[j] < start + window:
+            j += 1
+        most = max(most, j - i)
+    return most
+
+
+async def test_three_processes_keep_one_rate_limit_at_the_vendor(tmp_path: Path, pg_schema: str) -> None:
+    """A destination limited to 25 per 2 s receives at most 25 requests in every 2 s window from three
+    processes together, and all 300 events spread over them arrive, each once."""
+    async with cluster(tmp_path, pg_schema, rate_limit="{requests: 25, per_seconds: 2}", max_in_flight=16) as c:
+        assert set(await asyncio.gather(*(c.post(i) for i in range(300)))) == {202}
+        refs = await c.delivered(within=90)
+        received = await c.received()
+    assert len(c.accepted) == 300
+    assert max(refs.values()) == 1
+    assert len(received) == 300
+    most = most_in_any_window([e["t"] for e in received], 2.0)
+    print(f"most requests in any 2 s window: {most} (limit 25)")
+    assert most <= 25
+
+
+async def test_a_killed_process_work_is_taken_over_within_the_lease(tmp_path: Path, pg_schema: str) -> None:
+    """After kill -9 of one of three processes mid-load, every accepted event is delivered, duplicates are at
+    most the sends it had in flight, and its work is taken over within the configured bound (a lease and the
+    third of one the reaper waits, here 10 s + 3.3 s, with slack)."""
+    lease_s = 10.0
+    async with cluster(tmp_path, pg_schema, max_in_flight=4, lease_seconds=lease_s) as c:
+        await c.session.put(f"{c.sandbox}/_faults", json={"latency_ms": 400})  # sends stay in flight a while
+        assert set(await asyncio.gather(*(c.post(i) for i in range(240)))) == {202}
+        victim = c.servers[0]
+        owner = f"{socket.gethostname()}:{victim.pid}"
+        while len(await c.refs()) < 40:  # mid-load
+            await asyncio.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        killed_at = time.monotonic()
+        held = {r[0] for r in await c.sql(
+            "SELECT id FROM deliveries WHERE status = 'in_flight' AND lease_owner = $1", owner)}
+        assert held, "the killed process held no work: the test did not kill it mid-load"
+        while await c.sql("SELECT 1 FROM deliveries WHERE id = ANY($1::text[]) AND lease_owner = $2",
+                          list(held), owner):
+            assert time.monotonic() - killed_at < 4 * lease_s, "the killed process's work was never taken over"
+            await asyncio.sleep(0.1)
+        took_over_s = time.monotonic() - killed_at
+        refs = await c.delivered(within=120)
+    duplicates = sum(n - 1 for n in refs.values())
+    print(f"take-over {took_over_s:.1f} s (lease {lease_s} s); in flight at the kill {len(held)}; "
+          f"duplicates {duplicates}")
+    assert took_over_s <= lease_s * 4 / 3 + 5.0
+    assert duplicates <= len(held)
+    assert set(refs) == set(c.accepted)
+
+
+async def test_a_429_to_one_process_holds_back_all_three(tmp_path: Path, pg_schema: str) -> None:
+    """A 429 with Retry-After answered to one process stops every process sending to that vendor for the
+    pause, and nothing is sent twice. (The product honours any Retry-After; 8 s keeps the test short.)"""
+    pause_s = 8.0
+    async with cluster(tmp_path, pg_schema, max_in_flight=1) as c:
+        await c.session.put(f"{c.sandbox}/_faults",
+                            json={"fail_count": 1, "fail_status": 429, "retry_after": f"{pause_s:g}"})
+        # One event first, so that exactly one request (from one process) meets the 429; then work for all.
+        assert await c.post(0, to=1) == 202
+        while not await c.received():
+            await asyncio.sleep(0.02)
+        assert set(await asyncio.gather(*(c.post(i) for i in range(1, 61)))) == {202}
+        refs = await c.delivered(within=60)
+        received = await c.received()
+    statuses = [e["status"] for e in received]
+    assert statuses[0] == 429
+    first_after = min(e["t"] for e in received[1:])
+    held_s = first_after - received[0]["t"]
+    print(f"after the 429 (Retry-After {pause_s:g} s) the vendor heard nothing for {held_s:.2f} s")
+    assert held_s >= pause_s - 0.1
+    assert max(refs.values()) == 1
+    assert len(received) == 61 + 1  # each event once, and the one 429
+
+
+async def test_work_waiting_longer_than_its_lease_is_not_sent_twice(tmp_path: Path, pg_schema: str) -> None:
+    """One process whose deliveries wait for the rate limit and behind a Retry-After, and whose sends take
+    longer than its 1 s lease, sends every one exactly once: it claims only what it may send now, and renews
+    the leases of what it is sending."""
+    async with cluster(tmp_path, pg_schema, n=1, rate_limit="{requests: 2, per_seconds: 1}", lease_seconds=1,
+                       max_in_flight=8) as c:
+        await c.session.put(f"{c.sandbox}/_faults",
+                            json={"after": 2, "fail_count": 1, "fail_status": 429, "retry_after": "4",
+                                  "latency_ms": 1500})
+        assert set(await asyncio.gather(*(c.post(i) for i in range(12)))) == {202}
+        refs = await c.delivered(within=60)
+        received = await c.received()
+    assert max(refs.values()) == 1
+    assert len(received) == 12 + 1
+
+
+async def test_a_restarted_process_takes_back_its_own_work(tmp_path: Path, pg_schema: str) -> None:
+    """A lone process killed mid-send and started again sends what it held within a lease of its start
+    (here 3 s, with slack), and every accepted event is delivered."""
+    lease_s = 3.0
+    async with cluster(tmp_path, pg_schema, n=1, max_in_flight=4, lease_seconds=lease_s) as c:
+        await c.session.put(f"{c.sandbox}/_faults", json={"latency_ms": 500})
+        assert set(await asyncio.gather(*(c.post(i) for i in range(30)))) == {202}
+        while len(await c.refs()) < 8:
+            await asyncio.sleep(0.05)
+        old = c.servers[0]
+        os.kill(old.pid, signal.SIGKILL)
+        old.wait(5)
+        held = {r[0] for r in await c.sql("SELECT id FROM deliveries WHERE status = 'in_flight'")}
+        assert held, "the process held no work when killed"
+        restarted = spawn(["serve", "-c", str(tmp_path / "node0.yaml")], tmp_path / "processes.log")
+        c.servers.append(restarted)
+        await wait_http(f"http://127.0.0.1:{c.ports[0]}/readyz", restarted)
+        started = time.monotonic()
+        while await c.sql("SELECT 1 FROM deliveries WHERE id = ANY($1::text[]) AND lease_owner = $2",
+                          list(held), f"{socket.gethostname()}:{old.pid}"):
+            assert time.monotonic() - started < 4 * lease_s, "the restarted process never took its work back"
+            await asyncio.sleep(0.05)
+        took_back_s = time.monotonic() - started
+        refs = await c.delivered(within=60)
+    print(f"taken back {took_back_s:.1f} s after the restart (lease {lease_s:g} s)")
+    assert took_back_s <= lease_s * 4 / 3 + 2.0
+    assert set(refs) == set(c.accepted)
+    assert sum(n - 1 for n in refs.values()) <= len(held)

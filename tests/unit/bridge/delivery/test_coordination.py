@@ -1,0 +1,75 @@
+"""bridge/delivery/coordination.py: the gate a lane asks before it claims, kept in this process."""
+
+from __future__ import annotations
+
+from bridge.config import RateLimit
+from bridge.delivery.breaker import Breaker
+from bridge.delivery.coordination import LocalCoordination, LocalGate
+from bridge.delivery.ratelimit import SlidingWindowLimiter, Unlimited
+from tests.unit.bridge.delivery.test_ratelimit import FakeClock
+
+
+def gate(requests: int = 3, per_seconds: float = 10.0) -> tuple[LocalGate, FakeClock]:
+    clock = FakeClock()
+    breaker = Breaker(threshold=2, base_cooldown=5.0, clock=clock)
+    return LocalGate(SlidingWindowLimiter(requests, per_seconds, clock=clock), breaker), clock
+
+
+async def test_admit_grants_only_the_slots_free_now_and_says_when_the_next_frees() -> None:
+    """With 3 per 10 s, a lane asking for 5 is granted 3, then none until a window (plus margin) has passed."""
+    g, clock = gate()
+    first = await g.admit(5)
+    assert first.granted == 3
+    for i in range(3):
+        await g.start(first, i)
+    held = await g.admit(5)
+    assert (held.granted, held.held) == (0, True)
+    assert 10.0 < held.wait_s <= 10.3
+    clock.advance(held.wait_s)
+    assert (await g.admit(5)).granted == 3
+
+
+async def test_unused_slots_are_given_back() -> None:
+    """Slots granted for work that was not there do not count against the limit."""
+    g, _ = gate()
+    admission = await g.admit(3)
+    await g.unused(admission, 2)
+    await g.start(admission, 0)
+    assert (await g.admit(5)).granted == 2
+
+
+async def test_a_pause_holds_every_grant() -> None:
+    """After pause(s) (a 429), nothing is granted for s seconds."""
+    g, clock = gate()
+    await g.pause(7.0)
+    held = await g.admit(1)
+    assert (held.granted, held.wait_s) == (0, 7.0)
+    clock.advance(7.0)
+    assert (await g.admit(1)).granted == 1
+
+
+async def test_an_open_breaker_grants_nothing_then_one_probe() -> None:
+    """Open: nothing for the cooldown; half-open: exactly one send, the probe; an unused probe goes back."""
+    g, clock = gate(requests=100)
+    await g.outcome("retry")
+    assert await g.outcome("retry") == "opened"
+    held = await g.admit(4)
+    assert (held.granted, held.held, held.wait_s) == (0, True, 5.0)
+    clock.advance(5.0)
+    probe = await g.admit(4)
+    assert (probe.granted, probe.probe) == (1, True)
+    assert (await g.admit(4)).granted == 0  # the probe is out
+    await g.unused(probe, 1)
+    assert (await g.admit(4)).probe
+
+
+async def test_one_local_coordination_gives_every_dispatcher_the_same_gate() -> None:
+    """Dispatchers sharing one LocalCoordination (as on one in-memory store) share each destination's limit."""
+    shared = LocalCoordination()
+    a = shared.gate("lsq", RateLimit(requests=2, per_seconds=60))
+    b = shared.gate("lsq", RateLimit(requests=2, per_seconds=60))
+    assert a is b
+    assert (await a.admit(2)).granted == 2
+    assert (await b.admit(2)).granted == 0
+    assert isinstance(shared.gate("other", None), LocalGate)
+    assert isinstance(shared.gates["other"].limiter, Unlimited)

@@ -1,0 +1,57 @@
+"""Text that cannot be encoded as UTF-8 (lone surrogates) written out as visible escapes, everywhere in a value."""
+
+from __future__ import annotations
+
+import msgspec
+
+from bridge.escaping import encodable, escape_text, escape_tree, escape_values
+
+
+def test_bytes_read_with_surrogateescape_are_written_as_hex_escapes() -> None:
+    """Each byte aiohttp could not read as UTF-8 becomes `\\xNN`; valid text around it is left as it is."""
+    header = b"caf\xc3\xa9 \xff\xfe".decode("utf-8", "surrogateescape")
+    assert escape_text(header) == "café \\xff\\xfe"
+
+
+def test_other_lone_surrogates_are_written_as_unicode_escapes() -> None:
+    """A lone surrogate that is not an escaped byte (a UTF-7 decode, a JSON `\\ud800`) becomes `\\uNNNN`."""
+    assert escape_text("a\ud800b\udbff") == "a\\ud800b\\udbff"
+
+
+def test_text_that_encodes_is_returned_unchanged() -> None:
+    """Ordinary text, ASCII or not, is the very same object: the check costs no copy."""
+    for text in ("plain", "café 🚀", ""):
+        assert encodable(text)
+        assert escape_text(text) is text
+    assert not encodable("x\udcff")
+
+
+def test_escape_values_changes_only_what_does_not_encode() -> None:
+    """A flat mapping (kept headers) is escaped in place, non-text values untouched, and the changes counted."""
+    headers = {"user-agent": "ok", "referer": "r\udce9", "x-request-id": "\udcff", "port": 8080}
+    assert escape_values(headers) == 2
+    assert headers == {"user-agent": "ok", "referer": "r\\xe9", "x-request-id": "\\xff", "port": 8080}
+
+
+def test_escape_tree_reaches_every_string_and_key_however_deep() -> None:
+    """Values and keys in nested objects and arrays are escaped, nesting far past Python's recursion limit is
+    walked, and the result encodes as JSON."""
+    deep: object = "bottom\udcff"
+    for i in range(5000):
+        deep = [deep] if i % 2 else {"k": deep}
+    value = {"a\udcff": ["x\ud800", {"n": 1, "ok": "fine"}], "deep": deep}
+    fixed, changed = escape_tree(value)
+    assert changed == 3
+    assert fixed["a\\xff"] == ["x\\ud800", {"n": 1, "ok": "fine"}]
+    node = fixed["deep"]
+    for i in reversed(range(5000)):
+        node = node[0] if i % 2 else node["k"]
+    assert node == "bottom\\xff"
+    assert msgspec.json.encode({"a\\xff": fixed["a\\xff"]})
+
+
+def test_escape_tree_leaves_encodable_values_alone() -> None:
+    """A value with nothing to escape is returned as it is, with nothing counted."""
+    value = {"a": ["b", 1, None, {"c": "d"}]}
+    assert escape_tree(value) == ({"a": ["b", 1, None, {"c": "d"}]}, 0)
+    assert escape_tree("x\udcff") == ("x\\xff", 1)
