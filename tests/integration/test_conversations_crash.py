@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 CASES = 4
 MESSAGES = ("first", "second", "third")
 FAILS = 100_000
+LEASE_S = 5
+"""PostgreSQL lease in seconds for the two-process test: short, so that a killed process's sends are soon taken over."""
 
 CASE_MAPPING = """name: partner
 source: partner
@@ -134,10 +136,10 @@ async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path
             async with session.put(faults, json={"fail_count": FAILS, "fail_status": 503}) as resp:
                 assert resp.status == 200
             for i, port in enumerate(ports):
-                # Killed: retries a second apart, so that the kill seldom finds a request in flight (whose
-                # lease would hold its conversation for over a minute).
-                cfg = case_config(tmp_path, port, sandbox_port, delay="1s" if kill else "100ms", name=f"node{i}",
-                                  grace=2, max_in_flight=4, store=f"{DSN}?schema={pg_schema}")
+                # A short lease: a request the kill finds in flight holds its conversation until the lease
+                # is taken over (within about 1⅓ leases).
+                cfg = case_config(tmp_path, port, sandbox_port, name=f"node{i}", grace=2, max_in_flight=4,
+                                  store=f"{DSN}?schema={pg_schema}", lease_seconds=LEASE_S)
                 servers.append(spawn(["serve", "-c", str(cfg)], log))
             for port, proc in zip(ports, servers, strict=True):
                 await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
@@ -154,8 +156,8 @@ async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path
             if kill:
                 servers[0] = spawn(["serve", "-c", str(tmp_path / "node0.yaml")], log)
                 await wait_http(f"http://127.0.0.1:{ports[0]}/readyz", servers[0])
-            # A delivery the killed process held in flight is taken over when its lease runs out (over a minute).
-            tickets = await tickets_when_done(session, sandbox_port, seconds=150 if kill else 30)
+            # A delivery the killed process held in flight is taken over within about 1⅓ leases.
+            tickets = await tickets_when_done(session, sandbox_port, seconds=30 + 2 * LEASE_S)
         assert_one_ticket_per_case_with_comments_in_order(tickets)
     finally:
         for proc in (*servers, sandbox):
