@@ -68,14 +68,15 @@ _DELIVERIES = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT * FROM u
 
 def _conversations(first: int, where: str = "") -> str:
     """Count a group's messages in their conversations, as one upsert whose arrays (from `$first`: event id,
-    conversation id, key, mapping, destination, arrival, known ticket, reopen_after in ms; one element per
-    delivery in a conversation, in arrival order) are grouped per conversation first, since one statement may
-    change a row only once. As the per-accept upsert does message by message: the first message opens the
-    conversation (with the ticket it names, if any), and a message after the quiet period (`reopen_after`)
-    starts it anew, without a ticket, so that it becomes a create. `where` filters the rows (u.event_id)."""
-    a = [f"${first + i}" for i in range(8)]
-    reopen = (f"(EXCLUDED.started_at - c.last_message_at > (SELECT min(r.ms) FROM unnest({a[1]}::text[], "  # noqa: S608
-              f"{a[7]}::bigint[]) AS r (id, ms) WHERE r.id = EXCLUDED.id))")
+    conversation id, key, mapping, destination, arrival, known ticket, one element per delivery in a
+    conversation, in arrival order; then each conversation id once with its reopen_after in ms: see
+    _thread_args) are grouped per conversation first, since one statement may change a row only once. As the
+    per-accept upsert does message by message: the first message opens the conversation (with the ticket it
+    names, if any), and a message after the quiet period (`reopen_after`) starts it anew, without a ticket, so
+    that it becomes a create. `where` filters the rows (u.event_id)."""
+    a = [f"${first + i}" for i in range(9)]
+    reopen = (f"(EXCLUDED.started_at - c.last_message_at > (SELECT r.ms FROM unnest({a[7]}::text[], "  # noqa: S608
+              f"{a[8]}::bigint[]) AS r (id, ms) WHERE r.id = EXCLUDED.id))")
     return (
         "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "  # noqa: S608
         "ticket_id, ticket_at) SELECT g.id, g.key, g.mapping, g.destination, g.n, g.first_at, g.last_at, g.ticket, "
@@ -96,6 +97,14 @@ def _conversations(first: int, where: str = "") -> str:
 
 
 _CONVERSATIONS = _conversations(1)
+
+
+def _thread_args(threads: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """The arrays of _conversations for PendingAccept.threads."""
+    reopen: dict[str, int] = {}
+    for t in threads:
+        reopen.setdefault(t[1], t[7])
+    return [*_columns([t[:7] for t in threads], 7), list(reopen), list(reopen.values())]
 _NOTIFY = "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d"
 _GROUP = (
     "WITH k AS (INSERT INTO dedup_keys AS d "  # noqa: S608 - constants only; every value is bound
@@ -298,7 +307,7 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
                        event.kind, event.channel, item.received, event.dedup_key, event.spam, item.data,
                        len(item.rows))
     if item.threads:
-        await conn.execute(_CONVERSATIONS, *_columns(item.threads, 8))
+        await conn.execute(_CONVERSATIONS, *_thread_args(item.threads))
     if item.rows:
         await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)", item.rows)
@@ -331,7 +340,7 @@ async def _one_statement(conn: Any, group: list[PendingAccept], channel: str) ->
     stored = set(await conn.fetchval(
         _GROUP, [k[0] for k, _ in keyed], [k[1] for k, _ in keyed], [i.event.id for _, i in keyed],
         [i.expires for _, i in keyed], now_ms(), *_columns(events, 9), *_columns(rows, 15), channel,
-        *_columns(threads, 8)))
+        *_thread_args(threads)))
     seen: dict[tuple[str, str], str] = {}
     if stale := sorted(k for k, item in keyed if item.event.id not in stored):
         seen = {(r[0], r[1]): r[2] for r in await conn.fetch(
@@ -386,7 +395,7 @@ async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[
         await conn.execute(_EVENTS, *map(list, zip(*events, strict=True)))
         threads = [t for i in stored for t in i.threads]
         if threads:
-            await conn.execute(_CONVERSATIONS, *_columns(threads, 8))
+            await conn.execute(_CONVERSATIONS, *_thread_args(threads))
         rows = [row for i in stored for row in i.rows]
         if rows:
             await conn.execute(_DELIVERIES, *map(list, zip(*rows, strict=True)))
