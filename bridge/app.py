@@ -23,12 +23,13 @@ from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, l
 from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context, serve_last_good
 from bridge.retention import run_retention
+from bridge.routing import render_follow_up
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
-from bridge.store.base import Store
-from bridge.vendors.base import Adapter
+from bridge.store.base import Claimed, Store
+from bridge.vendors.base import Adapter, Outcome
 from bridge.vendors.files import multipart_preview
 from bridge.vendors.registry import adapter_class
 from handlers.registry import build_handler
@@ -183,10 +184,14 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
             headers={"User-Agent": f"ticketbridge/{__version__}"},
         )
         store = rt.store
+        async def follow_ups(item: Claimed) -> Claimed | Outcome:
+            return render_follow_up(rt.mappings, rt.config.vars, await store.get_event(item.event_id), item)
+
         dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=lambda destination,
                                 classification: rt.count("delivery.attempt", destination=destination,
                                                          classification=classification),
-                                coordination=store.coordination(), lease_s=rt.config.store.lease_seconds)
+                                coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
+                                follow_ups=follow_ups)
         dispatcher.start()
         rt.dispatcher = dispatcher
 

@@ -273,9 +273,12 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     mappings = rt.mappings
     for inbound in inbounds:
         event = Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
-                          headers=headers, meta=meta, dedup_key=_dedup_key(source, inbound, headers),
+                          headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
                           spam=inbound.spam)
         deliveries, errors = plan_deliveries(mappings, event, rt.config.vars)
+        if not deliveries and not event.spam:
+            event.meta["unmatched"] = ("every mapping's `when` skipped it" if mappings.for_source(source.name)
+                                       else "no mapping takes this source")
         invalid.extend(errors)
         planned.append((event, deliveries))
     if invalid and handler.options.reject_invalid:
@@ -300,6 +303,8 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     for (event, _deliveries), result in zip(planned, results, strict=True):
         rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted",
                  source=source.name)
+        if not result.duplicate and "unmatched" in event.meta:
+            rt.count("intake.unmatched", source=source.name)
         log.debug("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
                  event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 
+from bridge.conversations import ConversationKey, channel_key, given_key, scoped
 from bridge.errors import MappingError, NotFound
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.mapping.compiled import CompiledMapping
 from bridge.mapping.mappingset import MappingSet
-from bridge.store.base import NewDelivery, Store
+from bridge.store.base import Claimed, NewDelivery, Store
+from bridge.vendors.base import Outcome
 
 log = structlog.get_logger("ticketbridge.routing")
 
@@ -65,10 +68,15 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
             continue
         if rendered.error is not None:
             errors.append(rendered.error)
+        found = conversation_of(mapping, ctx, event) if mapping.threaded else None
         deliveries.append(NewDelivery(
             id=new_id("dlv"), mapping=mapping.name, mapping_version=mapping.version,
             destination=mapping.destination, action=mapping.action, body=rendered.body, options=mapping.options,
             status="dead" if rendered.error is not None else "pending", error=rendered.error,
+            conversation=None if found is None else scoped(mapping.name, found.key),
+            conversation_key=None if found is None else found.key,
+            known_ticket=None if found is None else found.ticket_id,
+            reopen_after_ms=int(mapping.reopen_after_s * 1000),
         ))
     return deliveries, errors
 
@@ -101,3 +109,37 @@ async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, va
         else:
             bodies[i] = (rendered.body, mapping.version)
     return bodies, refused
+
+
+def conversation_of(mapping: CompiledMapping, ctx: dict[str, Any], event: Event) -> ConversationKey | None:
+    """The event's conversation for a threaded mapping: the mapping's `conversation:` expression when it renders
+    a value, else the channel's own key (email thread, chat id). None: the message stands alone."""
+    if mapping.conversation is not None:
+        try:
+            found = given_key(mapping.conversation.render(ctx))
+        except MappingError:
+            found = None
+        if found is not None:
+            return found
+    return channel_key(event.channel, event.payload)
+
+
+def render_follow_up(mappings: MappingSet, vars_: dict[str, Any], event: Event, item: Claimed) -> Claimed | Outcome:
+    """A conversation's later message, rendered at send time with its ticket known: the delivery with the
+    follow-up's action and body, or the Outcome that settles it unsent (`skipped`: `skip: true` or its `when`
+    is false; `permanent`: the mapping is gone or the follow-up does not render)."""
+    mapping = mappings.mappings.get(item.mapping)
+    if mapping is None:
+        return Outcome(classification="permanent", error=f"not sent: mapping {item.mapping!r} is no longer loaded")
+    if mapping.follow_up_skip:
+        return Outcome(classification="skipped", error="follow-up skipped: the mapping's follow_up says skip")
+    if mapping.follow_up is None:
+        return item  # threaded by `conversation:` alone: every message is sent as written
+    ctx = {**render_context(event, vars_), "ticket": item.ticket}
+    rendered = render_event(mapping.follow_up, ctx, event.id)
+    if rendered.skipped:
+        return Outcome(classification="skipped", error="follow-up skipped: its `when` is false")
+    if rendered.error is not None or rendered.body is None:
+        return Outcome(classification="permanent", error=f"not sent: {rendered.error}")
+    return msgspec.structs.replace(item, action=mapping.follow_up.action, body=rendered.body,
+                                   options=mapping.follow_up.options)

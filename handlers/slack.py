@@ -96,7 +96,9 @@ class SlackHandler(Handler):
         payload = chat_payload(
             from_=event.get("user"), from_name=profile.get("real_name") or profile.get("display_name"),
             to=channel, text=event.get("text"),
-            conversation_id=f"{channel}/{thread}" if channel and thread else channel,
+            # A thread is one conversation; outside threads, each person's messages in a channel are one.
+            conversation_id=f"{channel}/{thread}" if channel and thread else
+            f"{channel}/{event.get('user')}" if channel and event.get("user") else channel,
             message_id=event.get("client_msg_id") or event.get("ts"), media=files, provider=data,
         )
         event_id = data.get("event_id")

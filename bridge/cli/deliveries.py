@@ -35,6 +35,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     lst.add_argument("--destination")
     lst.add_argument("--source")
     lst.add_argument("--mapping")
+    lst.add_argument("--conversation", help="only this conversation's deliveries (its id, `mapping|key`)")
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--before", help="page: only deliveries older than this id")
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -45,6 +46,20 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("--json", action="store_true")
     show.add_argument("--url", help=URL_HELP)
     show.set_defaults(run=run_show)
+    e = sub.add_parser("events", help="inspect events")
+    esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
+    unmatched = esub.add_parser("unmatched", parents=[common],
+                                help="events no mapping took (none for their source, or every `when` false)")
+    unmatched.add_argument("--limit", type=int, default=50)
+    unmatched.add_argument("--before", help="page: only events older than this id")
+    unmatched.add_argument("--json", action="store_true", help="one JSON object per line")
+    unmatched.set_defaults(run=run_unmatched)
+    c = sub.add_parser("conversations", help="inspect conversations (email threads, chats)")
+    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cshow = csub.add_parser("show", parents=[common], help="a conversation's ticket, messages and deliveries")
+    cshow.add_argument("key", help="the conversation key (e.g. mail:<root message id>, chat:<id>) or `mapping|key`")
+    cshow.add_argument("--json", action="store_true")
+    cshow.set_defaults(run=run_conversation)
     r = sub.add_parser("replay", parents=[common], help="send deliveries again (by id, or every dead one of a filter)")
     r.add_argument("ids", nargs="*", help="delivery ids")
     r.add_argument("--destination", help="replay the deliveries of this destination")
@@ -97,11 +112,20 @@ def _with_store(args: argparse.Namespace, body: Any) -> int:
     return asyncio.run(run(config))
 
 
+def kind_of(r: DeliveryRow) -> str:
+    """create / follow_up once sent; `waiting` while a later message of a conversation waits for its ticket."""
+    if r.waiting:
+        return "waiting"
+    return r.role or ("-" if r.conversation is None else "queued")
+
+
 def _table(rows: list[DeliveryRow]) -> str:
-    head = ("ID", "STATUS", "DESTINATION", "MAPPING", "TRIES", "TICKET", "UPDATED", "LAST ERROR")
+    head = ("ID", "STATUS", "DESTINATION", "MAPPING", "KIND", "TRIES", "TICKET", "CONVERSATION", "UPDATED",
+            "LAST ERROR")
     cells = [head] + [
-        (r.id, r.status, r.destination, r.mapping, str(r.attempts), r.ticket_id or "-", _when(r.updated_at_ms),
-         (r.last_error or "")[:60]) for r in rows
+        (r.id, r.status, r.destination, r.mapping, kind_of(r), str(r.attempts), r.ticket_id or "-",
+         (r.conversation or "-").split("|", 1)[-1][:60], _when(r.updated_at_ms), (r.last_error or "")[:60])
+        for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
     return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(head) - 1)) + "  " + c[-1] for c in cells)
@@ -111,7 +135,7 @@ def run_list(args: argparse.Namespace) -> int:
     async def body(store: DeliveryReader) -> int:
         rows = await store.list_deliveries(DeliveryFilter(
             status=args.status, destination=args.destination, source=args.source, mapping=args.mapping,
-            limit=args.limit, before_id=args.before))
+            conversation=args.conversation, limit=args.limit, before_id=args.before))
         if args.json:
             for r in rows:
                 sys.stdout.write(msgspec.json.encode(r).decode() + "\n")
@@ -139,6 +163,10 @@ def run_show(args: argparse.Namespace) -> int:
               f"event     {d.event_id}  source={d.source} received={detail.event.received_at.isoformat()}\n"
               f"mapping   {d.mapping} (version {d.mapping_version}) -> {d.destination} {d.action}\n"
               f"ticket    {d.ticket_id or '-'}{f' ({d.ticket_key})' if d.ticket_key else ''}\n"
+              f"kind      {kind_of(d)}"
+              + (" (waiting for the conversation's ticket: an earlier message is not delivered yet)"
+                 if d.waiting else "") + "\n"
+              f"conversation {d.conversation or '-'}\n"
               f"attempts  {d.attempts}",
               f"; next due {_when(d.next_attempt_at_ms)}" if d.status == "pending" else "",
               sep="")
@@ -153,6 +181,48 @@ def run_show(args: argparse.Namespace) -> int:
                   f"{a.classification}" + (f": {a.error}" if a.error else ""))
             if a.response_excerpt:
                 print(f"     {a.response_excerpt[:200]}")
+        return 0
+
+    return _with_store(args, body)
+
+
+def run_unmatched(args: argparse.Namespace) -> int:
+    async def body(store: Store) -> int:
+        events = await store.list_unmatched(args.limit, args.before)
+        if args.json:
+            for ev in events:
+                sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
+        elif events:
+            for ev in events:
+                print(f"{ev.id}  {ev.received_at.strftime('%Y-%m-%d %H:%M:%S')}  {ev.source}  "
+                      f"{ev.meta.get('unmatched', 'no delivery')}")
+        else:
+            print("no unmatched events", file=sys.stderr)
+        return 0
+
+    return _with_store(args, body)
+
+
+def run_conversation(args: argparse.Namespace) -> int:
+    async def body(store: Store) -> int:
+        found = await store.get_conversations(args.key)
+        if not found:
+            print(f"no conversation {args.key!r}; keys look like mail:<root message id>, chat:<id>, "
+                  "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
+            return 1
+        if args.json:
+            for detail in found:
+                sys.stdout.write(msgspec.json.encode(detail).decode() + "\n")
+            return 0
+        for detail in found:
+            c = detail.conversation
+            print(f"conversation {c.id}\n"
+                  f"mapping      {c.mapping} -> {c.destination}\n"
+                  f"ticket       {c.ticket_id or '- (none yet)'}{f' ({c.ticket_key})' if c.ticket_key else ''}"
+                  + (f" since {_when(c.ticket_at_ms)}" if c.ticket_at_ms else "") + "\n"
+                  f"messages     {c.messages} since {_when(c.started_at_ms)}, last {_when(c.last_message_at_ms)}")
+            if detail.deliveries:
+                print(_table(detail.deliveries))
         return 0
 
     return _with_store(args, body)

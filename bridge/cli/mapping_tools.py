@@ -148,6 +148,11 @@ def run_render(args: argparse.Namespace) -> int:
             known = ", ".join(sorted(m.name for m in report.mappings)) or "(none)"
             print(f"no mapping named {args.mapping!r} in {config.mappings_dir}; known: {known}", file=sys.stderr)
         return 2
+    if given.ticket is not None and mapping.follow_up_skip:
+        print(f"{mapping.name}: its follow_up says skip; nothing would be sent for a follow-up", file=sys.stderr)
+        return 1
+    if given.ticket is not None and mapping.follow_up is not None:
+        mapping = mapping.follow_up  # an input with a ticket is a conversation's follow-up
     ctx = context_for(given, mapping, config.vars)
     if args.explain:
         trace = mapping.explain(ctx)

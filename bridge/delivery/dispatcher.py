@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
@@ -197,9 +197,13 @@ class Lane:
     async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
+        item, role, settled = await self._prepare(item)
         try:
-            sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                   on_send=start)
+            if settled is not None:
+                sent = Sent(settled, int(d.clock() * 1000), 0.0, None, None)
+            else:
+                sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
+                                       on_send=start)
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
@@ -208,7 +212,12 @@ class Lane:
         if d.on_attempt is not None:
             d.on_attempt(self.dest.name, sent.outcome.classification)
         result = self._decide(item, sent, blog)
-        await self._tell_gate(sent, blog)
+        if role is not None:
+            result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
+                                             body=item.body if role == "follow_up" and settled is None else None)
+        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe).
+        await self._tell_gate(sent if settled is None else Sent(Outcome(classification="success"), sent.started_at_ms,
+                                                                0.0, None, None), blog)
         failures = 0
         delay = d.timings.store_retry_s
         error = ""
@@ -238,8 +247,9 @@ class Lane:
                     return
                 if failures:
                     blog.warning("delivery.recorded_late", failed_records=failures)
-                if result.next_status == "pending":
-                    self.wake.set()  # the lane may be asleep until a later due time, or the poll
+                if result.next_status == "pending" or item.conversation is not None:
+                    # asleep until a later due time, or the poll; or the conversation's next message is due now
+                    self.wake.set()
                 return
         except asyncio.CancelledError:
             if failures:
@@ -248,6 +258,28 @@ class Lane:
                            note="possible duplicate: the delivery was sent and its result, held in memory, is "
                                 "lost with this process; it will be sent again")
             raise
+
+    async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
+        """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
+        unsent (the Outcome)."""
+        if item.conversation is None:
+            return item, None, None
+        if item.ticket is None:
+            return item, "create", None
+        prepared = await self._follow_up(item)
+        if isinstance(prepared, Outcome):
+            return item, "follow_up", prepared
+        return prepared, "follow_up", None
+
+    async def _follow_up(self, item: Claimed) -> Claimed | Outcome:
+        """The follow-up's request, rendered now that its ticket is known; an Outcome when it is not sent."""
+        render = self.dispatcher.follow_ups
+        if render is None:
+            return item
+        try:
+            return await render(item)
+        except StoreUnavailable as exc:
+            return Outcome(classification="retry", error=f"not sent: its event could not be read: {exc}")
 
     async def _tell_gate(self, sent: Sent, blog: Any) -> None:
         """Pass an answer on to the destination's gate: a 429's pause, and the breaker's count."""
@@ -270,6 +302,11 @@ class Lane:
 
     def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
         outcome = sent.outcome
+        if outcome.classification == "skipped":
+            blog.info("delivery.skipped", reason=outcome.error)
+            return AttemptResult(
+                delivery_id=item.id, started_at_ms=sent.started_at_ms, duration_ms=0.0, http_status=None,
+                response_excerpt=None, classification="skipped", error=outcome.error, next_status="succeeded")
         tries = item.tries + 1
         result = AttemptResult(
             delivery_id=item.id, started_at_ms=sent.started_at_ms, duration_ms=round(sent.duration_ms, 3),
@@ -311,7 +348,10 @@ class Dispatcher:
                  on_attempt: Callable[[str, str], None] | None = None, *, timings: Timings | None = None,
                  max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
                  clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
-                 lease_s: float = LEASE_SECONDS) -> None:
+                 lease_s: float = LEASE_SECONDS,
+                 follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
+        self.follow_ups = follow_ups
+        """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
         self.coordination = coordination or LocalCoordination()
         self.lease_s = lease_s
         self.claim_batch = claim_batch

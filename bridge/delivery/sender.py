@@ -85,7 +85,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
 
     try:
         fields = await adapter.prepare(item.action, item.body, fetch)
-        request = adapter.build_request(item.action, fields, item.options)
+        request = adapter.build_request(item.action, fields, item.options, ticket=item.ticket)
     except MappingError as exc:
         return Sent(Outcome(classification="permanent", error=f"not sent: {exc}"), started_ms, 0.0, None, None)
     except VendorUnavailable as exc:

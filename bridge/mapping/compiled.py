@@ -35,6 +35,17 @@ class CompiledMapping:
     when_text: str | None = None
     vendor_body: Callable[[dict[str, Any]], Any] | None = None
     test_lines: list[int | None] = field(default_factory=list)
+    follow_up: CompiledMapping | None = None
+    """What a conversation's later messages do (rendered at send time, with `ticket`); None: not threaded,
+    unless `conversation` is set, when every message is a create."""
+    follow_up_skip: bool = False
+    conversation: CompiledField | None = None
+    reopen_after_s: float = 0.0
+
+    @property
+    def threaded(self) -> bool:
+        """Whether this mapping's deliveries belong to conversations (ordered, one ticket each)."""
+        return self.follow_up is not None or self.follow_up_skip or self.conversation is not None
 
     def __post_init__(self) -> None:
         self._plan = [(f.name, f.render) for f in self.fields]

@@ -14,9 +14,17 @@ from typing import Any, Protocol
 
 import msgspec
 
+from bridge.conversations import DEFAULT_REOPEN_AFTER_S, parse_duration
 from bridge.errors import ErrorList, Located, MappingError
 from bridge.mapping.compiler import CompiledField, CompiledMapping, CompileError, compile_field, compile_when
-from bridge.mapping.model import MAPPING_KEYS, REQUIRED_MAPPING_KEYS, MappingSpec, MappingTest
+from bridge.mapping.model import (
+    FOLLOW_UP_KEYS,
+    MAPPING_KEYS,
+    REQUIRED_MAPPING_KEYS,
+    FollowUpSpec,
+    MappingSpec,
+    MappingTest,
+)
 from bridge.yamlfile import Document, KeyPath, format_mapping_path, load_yaml
 
 MAPPING_SUFFIXES = (".yaml", ".yml")
@@ -250,23 +258,95 @@ def compile_document(
     if target is not None and target.static_check is not None and spec.action in target.actions:
         for problem in target.static_check(spec.action, list(spec.fields), spec.options):
             check.add(*_vendor_problem(problem, spec))
+    conversation, reopen_after_s = _conversation_keys(check, spec, vars_)
+    follow_up = None
+    if spec.follow_up is not None:
+        follow_up = _compile_follow_up(check, spec, spec.follow_up, name=name, file=doc.file, version=version,
+                                       target=target, vars_=vars_)
     tests = _check_tests(check, spec)
     if check.errors:
         return None, check.errors
-    vendor_body = None
-    if target is not None and target.vendor_body is not None:
-        build, action, options = target.vendor_body, spec.action, spec.options
-
-        def vendor_body(fields: dict[str, Any]) -> Any:
-            return build(action, fields, options)
-
     spec.tests = tests
     return CompiledMapping(
         name=name, file=doc.file, version=version, sources=tuple(spec.source_names()),
         destination=spec.destination, action=spec.action, options=spec.options, spec=spec,
-        fields=fields, when=when, when_text=spec.when, vendor_body=vendor_body,
+        fields=fields, when=when, when_text=spec.when, vendor_body=_vendor_body(target, spec.action, spec.options),
         test_lines=[doc.where(("tests", i))[0] for i in range(len(tests))],
+        follow_up=follow_up, follow_up_skip=spec.follow_up is not None and spec.follow_up.skip,
+        conversation=conversation, reopen_after_s=reopen_after_s,
     ), []
+
+
+def _conversation_keys(check: _Checker, spec: MappingSpec, vars_: Mapping[str, Any] | None,
+                       ) -> tuple[CompiledField | None, float]:
+    """`conversation:` compiled and `reopen_after:` in seconds."""
+    conversation = None
+    if spec.conversation is not None:
+        try:
+            conversation = compile_field("conversation", spec.conversation, vars_)
+        except CompileError as exc:
+            for err in exc.errors:
+                check.add(("conversation", *err.subpath), str(err))
+    reopen_after_s = DEFAULT_REOPEN_AFTER_S
+    if spec.reopen_after is not None:
+        try:
+            reopen_after_s = parse_duration(spec.reopen_after)
+        except ValueError as exc:
+            check.add(("reopen_after",), f"{exc}")
+    return conversation, reopen_after_s
+
+
+def _vendor_body(target: Target | None, action: str, options: dict[str, Any]) -> Callable[[dict[str, Any]], Any] | None:
+    if target is None or target.vendor_body is None:
+        return None
+    build = target.vendor_body
+
+    def vendor_body(fields: dict[str, Any]) -> Any:
+        return build(action, fields, options)
+
+    return vendor_body
+
+
+def _compile_follow_up(check: _Checker, spec: MappingSpec, given: FollowUpSpec, *, name: str, file: str,
+                       version: str, target: Target | None, vars_: Mapping[str, Any] | None,
+                       ) -> CompiledMapping | None:
+    """The `follow_up:` block, checked like a mapping of its own against the same destination."""
+    if given.skip:
+        if given.action is not None or given.fields or given.when is not None:
+            check.add(("follow_up",), "`skip: true` sends nothing: it takes no action, fields or when")
+        return None
+    if given.action is None:
+        check.add(("follow_up",), "a follow_up needs an action (or `skip: true`); it takes "
+                                  f"{', '.join(FOLLOW_UP_KEYS)}")
+        return None
+    if target is not None and given.action not in target.actions:
+        check.add(("follow_up", "action"), f"destination {spec.destination!r} has no action {given.action!r}; "
+                                           f"it takes: {', '.join(sorted(target.actions))}")
+    if not given.fields:
+        check.add(("follow_up", "fields"), "a follow_up needs at least one field")
+    when = None
+    if given.when is not None:
+        try:
+            when = compile_when(given.when, vars_)
+        except CompileError as exc:
+            for err in exc.errors:
+                check.add(("follow_up", "when"), str(err))
+    fields: list[CompiledField] = []
+    for field_name, raw in given.fields.items():
+        try:
+            fields.append(compile_field(field_name, raw, vars_))
+        except CompileError as exc:
+            for err in exc.errors:
+                check.add(("follow_up", "fields", field_name, *err.subpath), str(err))
+    options = spec.options if given.options is None else given.options
+    if target is not None and target.static_check is not None and given.action in target.actions:
+        for problem in target.static_check(given.action, list(given.fields), options):
+            path, message = _vendor_problem(problem, spec)
+            check.add(("follow_up", *path) if path[0] in ("fields", "options") else path, message)
+    return CompiledMapping(
+        name=f"{name}.follow_up", file=file, version=version, sources=tuple(spec.source_names()),
+        destination=spec.destination, action=given.action, options=options, spec=spec, fields=fields, when=when,
+        when_text=given.when, vendor_body=_vendor_body(target, given.action, options))
 
 
 def _vendor_problem(problem: str, spec: MappingSpec) -> tuple[KeyPath, str]:

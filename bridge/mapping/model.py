@@ -74,6 +74,20 @@ class MappingTest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return found + (["expect_skip"] if self.expect_skip else [])
 
 
+class FollowUpSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a later message of a conversation does once its ticket exists: its own action and fields
+    (rendered at send time, with `ticket` known), an optional `when`, or `skip: true` (nothing is sent)."""
+
+    action: str | None = None
+    when: str | None = None
+    options: dict[str, Any] | None = None
+    fields: dict[str, Any] = {}
+    skip: bool = False
+
+
+FOLLOW_UP_KEYS = tuple(f.encode_name for f in msgspec.structs.fields(FollowUpSpec))
+
+
 class MappingSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One mapping file."""
 
@@ -85,6 +99,11 @@ class MappingSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     action: str
     options: dict[str, Any] = {}
     fields: dict[str, Any]
+    conversation: str | None = None
+    """An expression giving the conversation key (over the channel's own: email thread, chat id)."""
+    reopen_after: str | None = None
+    """A quiet period (`7d`) after which a conversation's next message starts a new ticket."""
+    follow_up: FollowUpSpec | None = None
     tests: list[Any] = []
 
     def source_names(self) -> list[str]:

@@ -82,9 +82,13 @@ def run_test(mapping: CompiledMapping, index: int, test: MappingTest, vars_: dic
     line = mapping.test_lines[index] if index < len(mapping.test_lines) else None
     res = TestResult(mapping.name, mapping.file, name, False, line=line)
     body: Any = _NOT_RENDERED
+    threaded = mapping.threaded
+    if test.input.ticket is not None and mapping.follow_up is not None:
+        mapping = mapping.follow_up  # a test with a ticket exercises the follow-up
     try:
         ctx = context_for(test.input, mapping, vars_)
-        matched = mapping.matches(ctx)
+        matched = mapping.matches(ctx) and not (test.input.ticket is not None and threaded
+                                                and mapping.follow_up_skip)
         fields = mapping.render(ctx) if matched else None
         # The vendor's envelope is built only when the test needs it: an `expect` written as the bare
         # fields passes without it (vendors that look names up at send time cannot build it offline).

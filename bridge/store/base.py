@@ -30,6 +30,13 @@ class NewDelivery(msgspec.Struct, kw_only=True):
     options: dict[str, Any] = {}
     status: Literal["pending", "dead"] = "pending"
     error: str | None = None
+    conversation: str | None = None
+    """Its conversation (`mapping|key`): deliveries of one conversation are sent one at a time, in order."""
+    conversation_key: str | None = None
+    known_ticket: str | None = None
+    """A vendor ticket the message names (a `[#id]` subject token): its conversation starts with that ticket."""
+    reopen_after_ms: int = 7 * 86_400_000
+    """A message this long after the conversation's last one starts a new ticket."""
 
 
 class Nonce(msgspec.Struct, kw_only=True, frozen=True):
@@ -62,6 +69,9 @@ class Claimed(msgspec.Struct, kw_only=True):
     options: dict[str, Any]
     tries: int
     attempts: int
+    conversation: str | None = None
+    ticket: dict[str, Any] | None = None
+    """The conversation's ticket when it has one (this delivery is then a follow-up), as `ticket` in mappings."""
 
 
 class ClaimBatch(msgspec.Struct, kw_only=True):
@@ -85,6 +95,11 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     next_attempt_at_ms: int | None = None
     exchange: dict[str, Any] | None = None
     """The request as sent and the response's headers, secrets redacted (bridge/delivery/exchange.py)."""
+    role: Literal["create", "follow_up"] | None = None
+    """In a conversation: a create's success gives the conversation its ticket."""
+    action: str | None = None
+    body: dict[str, Any] | None = None
+    """A follow-up's action and body, rendered at send time: kept on the delivery in place of the create's."""
 
 
 class DeliveryRow(msgspec.Struct, kw_only=True):
@@ -104,6 +119,29 @@ class DeliveryRow(msgspec.Struct, kw_only=True):
     last_error: str | None
     ticket_id: str | None
     ticket_key: str | None = None
+    conversation: str | None = None
+    role: str | None = None
+    """`create` or `follow_up` once sent; None before (or outside conversations)."""
+    waiting: bool = False
+    """Pending behind an earlier delivery of its conversation (a follow-up waiting for its ticket)."""
+
+
+class ConversationRow(msgspec.Struct, kw_only=True):
+    id: str
+    key: str
+    mapping: str
+    destination: str
+    messages: int
+    started_at_ms: int
+    last_message_at_ms: int
+    ticket_id: str | None
+    ticket_key: str | None
+    ticket_at_ms: int | None
+
+
+class ConversationDetail(msgspec.Struct, kw_only=True):
+    conversation: ConversationRow
+    deliveries: list[DeliveryRow]
 
 
 class AttemptRow(msgspec.Struct, kw_only=True):
@@ -130,6 +168,7 @@ class DeliveryFilter(msgspec.Struct, kw_only=True):
     destination: str | None = None
     source: str | None = None
     mapping: str | None = None
+    conversation: str | None = None
     limit: int = 50
     before_id: str | None = None
 
@@ -311,6 +350,16 @@ class Store(ABC):
     @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:
         """destination → status → number of deliveries."""
+
+    @abstractmethod
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        """Events stored without any delivery (no mapping for their source, or every mapping's `when` false),
+        newest first, paged with `before_id`. Their `meta.unmatched` says why (set at intake)."""
+
+    @abstractmethod
+    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+        """Every conversation whose key (or scoped id `mapping|key`) is `key`, each with its deliveries in
+        arrival order; empty when none."""
 
     @abstractmethod
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:

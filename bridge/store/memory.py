@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from bridge.conversations import ticket_context
 from bridge.delivery.coordination import LocalCoordination
 from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.events import Event
@@ -24,6 +25,8 @@ from bridge.store.base import (
     AuditEntry,
     ClaimBatch,
     Claimed,
+    ConversationDetail,
+    ConversationRow,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -66,6 +69,8 @@ class MemoryStore(Store):
         self.deliveries: dict[str, _Delivery] = {}
         self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
         self.mapping_set: StoredMappingSet | None = None
+        self.conversations: dict[str, ConversationRow] = {}
+        self.unmatched: set[str] = set()  # ids of events that made no delivery
         self._coordination = LocalCoordination()
         self.audit: dict[str, AuditEntry] = {}
 
@@ -123,20 +128,63 @@ class MemoryStore(Store):
             self.nonces = {k: v for k, v in self.nonces.items() if v[1] > now}  # expired ones go as new ones come
             self.nonces[(event.source, nonce.value)] = (nonce.digest, expires)
         self.events[event.id] = event_data
+        if not deliveries:
+            self.unmatched.add(event.id)
+        for d in deliveries:
+            if d.conversation is not None:
+                self._join_conversation(d, now)
         for d, (body, options) in zip(deliveries, encoded, strict=True):
             row = DeliveryRow(
                 id=d.id, event_id=event.id, source=event.source, mapping=d.mapping, mapping_version=d.mapping_version,
                 destination=d.destination, action=d.action, status=d.status, attempts=0, tries=0,
                 next_attempt_at_ms=now, created_at_ms=now, updated_at_ms=now, last_error=d.error, ticket_id=None,
+                conversation=d.conversation,
             )
             self.deliveries[d.id] = _Delivery(row, body, options)
         return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(deliveries))
+
+    def _join_conversation(self, d: NewDelivery, now: int) -> None:
+        assert d.conversation is not None
+        c = self.conversations.get(d.conversation)
+        if c is None or now - c.last_message_at_ms > d.reopen_after_ms:
+            self.conversations[d.conversation] = ConversationRow(
+                id=d.conversation, key=d.conversation_key or d.conversation, mapping=d.mapping,
+                destination=d.destination, messages=1, started_at_ms=now,
+                last_message_at_ms=max(now, c.last_message_at_ms) if c is not None else now,
+                ticket_id=d.known_ticket, ticket_key=None, ticket_at_ms=None if d.known_ticket is None else now)
+        else:
+            self.conversations[d.conversation] = msgspec.structs.replace(
+                c, messages=c.messages + 1, last_message_at_ms=max(now, c.last_message_at_ms))
+
+    def _head(self, d: _Delivery) -> bool:
+        """Whether `d` may be sent now that it is due: no earlier delivery of its conversation waits, none is sent."""
+        if d.row.conversation is None:
+            return True
+        return not any(o.row.conversation == d.row.conversation and o.row.id != d.row.id and (
+            o.row.status == "in_flight" or (o.row.status == "pending" and o.row.id < d.row.id))
+            for o in self.deliveries.values())
+
+    def _listed(self, d: _Delivery) -> DeliveryRow:
+        waiting = d.row.status == "pending" and d.row.conversation is not None and any(
+            o.row.conversation == d.row.conversation and o.row.id < d.row.id
+            and o.row.status in ("pending", "in_flight")
+            for o in self.deliveries.values())
+        return msgspec.structs.replace(d.row, waiting=waiting)
+
+    def _ticket(self, d: _Delivery) -> dict[str, Any] | None:
+        c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
+        if c is None or c.ticket_id is None:
+            return None
+        messages = sum(1 for o in self.deliveries.values()
+                       if o.row.conversation == c.id and o.row.id <= d.row.id)
+        return ticket_context(c.ticket_id, c.ticket_key, c.destination, created_at_ms=c.ticket_at_ms,
+                              messages=messages, last_message_at_ms=c.last_message_at_ms)
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
         self._check_open()
         now = self.clock()
         pending = sorted((d for d in self.deliveries.values()
-                          if d.row.status == "pending" and d.row.destination == destination),
+                          if d.row.status == "pending" and d.row.destination == destination and self._head(d)),
                          key=lambda d: (d.row.next_attempt_at_ms, d.row.id))
         due = [d for d in pending if d.row.next_attempt_at_ms <= now][:limit]
         if not due:
@@ -147,7 +195,8 @@ class MemoryStore(Store):
         return ClaimBatch(items=[
             Claimed(id=d.row.id, event_id=d.row.event_id, mapping=d.row.mapping, destination=d.row.destination,
                     action=d.row.action, body=decode_dict(d.body) if d.body is not None else {},
-                    options=decode_dict(d.options), tries=d.row.tries, attempts=d.row.attempts)
+                    options=decode_dict(d.options), tries=d.row.tries, attempts=d.row.attempts,
+                    conversation=d.row.conversation, ticket=self._ticket(d))
             for d in due
         ])
 
@@ -167,6 +216,14 @@ class MemoryStore(Store):
                 ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key,
             )
             d.lease_until_ms = None
+            if r.role is not None:
+                self._update(d, role=r.role, action=r.action or d.row.action)
+                if r.body is not None:
+                    d.body = encode(r.body)
+                c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
+                if c is not None and r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None:
+                    self.conversations[c.id] = msgspec.structs.replace(
+                        c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_at_ms=self.clock())
         else:  # its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now
             self._update(d, attempts=n)
         d.attempts.append(AttemptRow(n=n, started_at_ms=result.started_at_ms, duration_ms=result.duration_ms,
@@ -211,13 +268,15 @@ class MemoryStore(Store):
                 and (flt.destination is None or d.row.destination == flt.destination)
                 and (flt.source is None or d.row.source == flt.source)
                 and (flt.mapping is None or d.row.mapping == flt.mapping)
+                and (flt.conversation is None or d.row.conversation == flt.conversation)
                 and (flt.before_id is None or d.row.id < flt.before_id)]
-        return sorted(rows, key=lambda r: r.id, reverse=True)[:flt.limit]
+        rows = sorted(rows, key=lambda r: r.id, reverse=True)[:flt.limit]
+        return [self._listed(self.deliveries[r.id]) for r in rows]
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
         self._check_open()
         d = self._get(delivery_id)
-        return DeliveryDetail(delivery=d.row, body=decode_dict(d.body) if d.body is not None else None,
+        return DeliveryDetail(delivery=self._listed(d), body=decode_dict(d.body) if d.body is not None else None,
                               options=decode_dict(d.options), event=decode_event(self.events[d.row.event_id]),
                               attempts=list(d.attempts))
 
@@ -257,6 +316,18 @@ class MemoryStore(Store):
             by_status[d.row.status] = by_status.get(d.row.status, 0) + 1
         return out
 
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        self._check_open()
+        ids = sorted((i for i in self.unmatched if before_id is None or i < before_id), reverse=True)[:limit]
+        return [decode_event(self.events[i]) for i in ids]
+
+    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+        self._check_open()
+        return [ConversationDetail(conversation=c, deliveries=[
+                    self._listed(d) for d in sorted(self.deliveries.values(), key=lambda d: d.row.id)
+                    if d.row.conversation == c.id])
+                for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
+
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         self._check_open()
         self.mapping_set = StoredMappingSet(files=dict(files), version=version, saved_at_ms=self.clock())
@@ -286,6 +357,7 @@ class MemoryStore(Store):
             out.attempts += len(self.deliveries.pop(delivery_id).attempts)
             out.deliveries += 1
         del self.events[event_id]
+        self.unmatched.discard(event_id)
         out.events += 1
 
     async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,

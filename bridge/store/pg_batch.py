@@ -60,10 +60,51 @@ _DEDUP = ("INSERT INTO dedup_keys AS d SELECT * FROM unnest($1::text[], $2::text
 _DEDUP_SEEN = ("SELECT d.source, d.key, d.event_id FROM dedup_keys d "
                "JOIN unnest($1::text[], $2::text[]) AS u (source, key) ON d.source = u.source AND d.key = u.key")
 _EVENTS = ("INSERT INTO events SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
-           "$6::text[], $7::boolean[], $8::bytea[])")
+           "$6::text[], $7::boolean[], $8::bytea[], $9::int[])")
 _DELIVERIES = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT * FROM unnest("  # noqa: S608 - constants
                "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
-               "$9::bytea[], $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[])")
+               "$9::bytea[], $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[])")
+
+
+def _conversations(first: int, where: str = "") -> str:
+    """Count a group's messages in their conversations, as one upsert whose arrays (from `$first`: event id,
+    conversation id, key, mapping, destination, arrival, known ticket, one element per delivery in a
+    conversation, in arrival order; then each conversation id once with its reopen_after in ms: see
+    _thread_args) are grouped per conversation first, since one statement may change a row only once. As the
+    per-accept upsert does message by message: the first message opens the conversation (with the ticket it
+    names, if any), and a message after the quiet period (`reopen_after`) starts it anew, without a ticket, so
+    that it becomes a create. `where` filters the rows (u.event_id)."""
+    a = [f"${first + i}" for i in range(9)]
+    reopen = (f"(EXCLUDED.started_at - c.last_message_at > (SELECT r.ms FROM unnest({a[7]}::text[], "  # noqa: S608
+              f"{a[8]}::bigint[]) AS r (id, ms) WHERE r.id = EXCLUDED.id))")
+    return (
+        "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "  # noqa: S608
+        "ticket_id, ticket_at) SELECT g.id, g.key, g.mapping, g.destination, g.n, g.first_at, g.last_at, g.ticket, "
+        "CASE WHEN g.ticket IS NULL THEN NULL ELSE g.first_at END FROM (SELECT u.id, "
+        "(array_agg(u.key ORDER BY u.o))[1] AS key, (array_agg(u.mapping ORDER BY u.o))[1] AS mapping, "
+        "(array_agg(u.destination ORDER BY u.o))[1] AS destination, count(*)::int AS n, min(u.at) AS first_at, "
+        "max(u.at) AS last_at, (array_agg(u.ticket ORDER BY u.o))[1] AS ticket "
+        f"FROM unnest({a[0]}::text[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], {a[4]}::text[], "
+        f"{a[5]}::bigint[], {a[6]}::text[]) WITH ORDINALITY AS u (event_id, id, key, mapping, destination, at, "
+        f"ticket, o) {where} GROUP BY u.id) g ORDER BY g.id "
+        f"ON CONFLICT (id) DO UPDATE SET "
+        f"messages = CASE WHEN {reopen} THEN EXCLUDED.messages ELSE c.messages + EXCLUDED.messages END, "
+        f"started_at = CASE WHEN {reopen} THEN EXCLUDED.started_at ELSE c.started_at END, "
+        f"ticket_id = CASE WHEN {reopen} THEN EXCLUDED.ticket_id ELSE c.ticket_id END, "
+        f"ticket_key = CASE WHEN {reopen} THEN NULL ELSE c.ticket_key END, "
+        f"ticket_at = CASE WHEN {reopen} THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
+        "last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at)")
+
+
+_CONVERSATIONS = _conversations(1)
+
+
+def _thread_args(threads: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """The arrays of _conversations for PendingAccept.threads."""
+    reopen: dict[str, int] = {}
+    for t in threads:
+        reopen.setdefault(t[1], t[7])
+    return [*_columns([t[:7] for t in threads], 7), list(reopen), list(reopen.values())]
 _NOTIFY = "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d"
 _GROUP = (
     "WITH k AS (INSERT INTO dedup_keys AS d "  # noqa: S608 - constants only; every value is bound
@@ -71,22 +112,24 @@ _GROUP = (
     "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
     "WHERE d.expires_at <= $5 RETURNING event_id), "
     "e AS (INSERT INTO events SELECT u.* FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], "
-    "$11::text[], $12::boolean[], $13::bytea[]) AS u (id, source, kind, channel, received_at, dedup_key, spam, data) "
-    "WHERE u.dedup_key IS NULL OR u.id IN (SELECT event_id FROM k) RETURNING id), "
-    f"n AS (INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT u.* FROM unnest($14::text[], $15::text[], "
-    "$16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[], $23::bytea[], "
-    "$24::bigint[], $25::bigint[], $26::bigint[], $27::text[]) AS u (id, event_id, source, mapping, mapping_version, "
-    "destination, action, status, body, options, next_attempt_at, created_at, updated_at, last_error) "
-    "WHERE u.event_id IN (SELECT id FROM e) RETURNING destination, status) "
-    "SELECT ARRAY(SELECT id FROM e) FROM (SELECT count(pg_notify($28, w.destination)) "
+    "$11::text[], $12::boolean[], $13::bytea[], $14::int[]) AS u (id, source, kind, channel, received_at, dedup_key, "
+    "spam, data, routed) WHERE u.dedup_key IS NULL OR u.id IN (SELECT event_id FROM k) RETURNING id), "
+    f"n AS (INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT u.* FROM unnest($15::text[], $16::text[], "
+    "$17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bytea[], $24::bytea[], "
+    "$25::bigint[], $26::bigint[], $27::bigint[], $28::text[], $29::text[]) AS u (id, event_id, source, mapping, "
+    "mapping_version, destination, action, status, body, options, next_attempt_at, created_at, updated_at, "
+    "last_error, conversation) WHERE u.event_id IN (SELECT id FROM e) RETURNING destination, status), "
+    f"c AS ({_conversations(31, 'WHERE u.event_id IN (SELECT id FROM e)')} RETURNING 1) "
+    "SELECT ARRAY(SELECT id FROM e) FROM (SELECT count(pg_notify($30, w.destination)) "
     "FROM (SELECT DISTINCT destination FROM n WHERE status = 'pending') AS w) AS notified")
-"""A group of accepts without a nonce as one statement: PostgreSQL runs it as one transaction."""
+"""A group of accepts without a nonce as one statement: PostgreSQL runs it as one transaction (the conversations'
+upsert included)."""
 
 
 class PendingAccept:
     """One accept waiting for its group: everything its statements need, encoded before it queues."""
 
-    __slots__ = ("created", "data", "event", "expires", "future", "nonce", "received", "rows", "wake")
+    __slots__ = ("created", "data", "event", "expires", "future", "nonce", "received", "rows", "threads", "wake")
 
     def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                  nonce: Nonce | None) -> None:
@@ -97,6 +140,10 @@ class PendingAccept:
         self.created = now_ms()
         self.expires = self.created + int(dedup_window_s * 1000)
         self.rows = new_delivery_rows(event, deliveries, self.created)
+        self.threads = [(event.id, d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination,
+                         self.created, d.known_ticket, d.reopen_after_ms)
+                        for d in deliveries if d.conversation is not None]
+        """What counts the message in its conversations: the _conversations columns, one tuple per delivery."""
         self.wake = sorted({d.destination for d in deliveries if d.status == "pending"})
         self.future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
 
@@ -256,11 +303,14 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
         await _claim_nonce(conn, event.source, item.nonce, item.created)
         if sweep_due():
             await _sweep_nonces(conn, item.created)
-    await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", event.id, event.source,
-                       event.kind, event.channel, item.received, event.dedup_key, event.spam, item.data)
+    await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id, event.source,
+                       event.kind, event.channel, item.received, event.dedup_key, event.spam, item.data,
+                       len(item.rows))
+    if item.threads:
+        await conn.execute(_CONVERSATIONS, *_thread_args(item.threads))
     if item.rows:
         await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", item.rows)
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)", item.rows)
     if item.wake:
         await conn.execute(_NOTIFY, channel, item.wake)
     return item.stored()
@@ -284,11 +334,13 @@ async def _one_statement(conn: Any, group: list[PendingAccept], channel: str) ->
     candidates, first = _firsts(group)
     keyed = sorted((k, item) for k, item in first.items())
     events = [(i.event.id, i.event.source, i.event.kind, i.event.channel, i.received, i.event.dedup_key,
-               i.event.spam, i.data) for i in candidates]
+               i.event.spam, i.data, len(i.rows)) for i in candidates]
     rows = [row for i in candidates for row in i.rows]
+    threads = [t for i in candidates for t in i.threads]
     stored = set(await conn.fetchval(
         _GROUP, [k[0] for k, _ in keyed], [k[1] for k, _ in keyed], [i.event.id for _, i in keyed],
-        [i.expires for _, i in keyed], now_ms(), *_columns(events, 8), *_columns(rows, 14), channel))
+        [i.expires for _, i in keyed], now_ms(), *_columns(events, 9), *_columns(rows, 15), channel,
+        *_thread_args(threads)))
     seen: dict[tuple[str, str], str] = {}
     if stale := sorted(k for k, item in keyed if item.event.id not in stored):
         seen = {(r[0], r[1]): r[2] for r in await conn.fetch(
@@ -339,8 +391,11 @@ async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[
             results.append(AcceptResult(event_id=owner, duplicate=True, deliveries=0))
     if stored:
         events = [(i.event.id, i.event.source, i.event.kind, i.event.channel, i.received, i.event.dedup_key,
-                   i.event.spam, i.data) for i in stored]
+                   i.event.spam, i.data, len(i.rows)) for i in stored]
         await conn.execute(_EVENTS, *map(list, zip(*events, strict=True)))
+        threads = [t for i in stored for t in i.threads]
+        if threads:
+            await conn.execute(_CONVERSATIONS, *_thread_args(threads))
         rows = [row for i in stored for row in i.rows]
         if rows:
             await conn.execute(_DELIVERIES, *map(list, zip(*rows, strict=True)))

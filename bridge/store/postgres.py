@@ -34,6 +34,7 @@ from bridge.store.base import (
     AttemptResult,
     AuditEntry,
     ClaimBatch,
+    ConversationDetail,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -60,14 +61,18 @@ from bridge.store.pg_batch import (
 from bridge.store.pg_coordination import PgCoordination, check_lease
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    HEAD_OF_CONVERSATION,
     NEVER,
     REFS_PAGE,
     ROW_COLUMNS,
     ROW_WIDTH,
+    TICKETS_OF_CLAIMED,
     attachment_hashes,
     attempt_row,
     audit_entry,
     claimed_items,
+    conversation_row,
     decode_dict,
     decode_event,
     decode_files,
@@ -77,6 +82,7 @@ from bridge.store.rows import (
     now_ms,
     settled,
     status_condition,
+    with_tickets,
 )
 
 try:
@@ -330,17 +336,27 @@ class PostgresStore(Store):
         now = now_ms()
 
         async def op(conn: Any) -> ClaimBatch:
+            # A conversation's head only (HEAD_OF_CONVERSATION): a process whose snapshot still shows an earlier
+            # delivery pending, or one in flight, does not take a later one; two that both see the head
+            # pending cannot both lock it (SKIP LOCKED). So one conversation is worked by one sender at a time.
             got = await conn.fetch(
-                "UPDATE deliveries d SET status = 'in_flight', lease_owner = $1, lease_until = $2, updated_at = $3 "
-                "FROM (SELECT id FROM deliveries WHERE status = 'pending' AND destination = $4 "
-                "AND next_attempt_at <= $3 ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) due "
-                "WHERE d.id = due.id RETURNING d.id, d.event_id, d.mapping, d.destination, d.action, d.body, "
-                "d.options, d.tries, d.attempts, d.next_attempt_at",
+                "UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease_until = $2, updated_at = $3 "  # noqa: S608
+                "FROM (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = $4 "
+                f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
+                "FOR UPDATE SKIP LOCKED) due "
+                "WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, x.body, "
+                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation",
                 owner, now + int(lease_s * 1000), now, destination, limit)
             if got:
-                return ClaimBatch(items=claimed_items(got))
-            nxt = await conn.fetchval("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
-                                      "AND destination = $1", destination)
+                items = claimed_items(got)
+                threaded = [i.id for i in items if i.conversation is not None]
+                if threaded:
+                    found = await conn.fetch(TICKETS_OF_CLAIMED + "(SELECT unnest($1::text[]))", threaded)
+                    items = with_tickets(items, found)
+                return ClaimBatch(items=items)
+            nxt = await conn.fetchval("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' "  # noqa: S608
+                                      f"AND destination = $1 AND {HEAD_OF_CONVERSATION} "
+                                      "ORDER BY next_attempt_at LIMIT 1", destination)
             return ClaimBatch(items=[], next_due_ms=nxt)
 
         try:
@@ -393,6 +409,14 @@ class PostgresStore(Store):
                                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
                                r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
                                r.error, None if r.exchange is None else encode(r.exchange))
+            if r.role is not None:
+                await conn.execute("UPDATE deliveries SET role = $1, action = COALESCE($2, action), "
+                                   "body = COALESCE($3, body) WHERE id = $4", r.role, r.action,
+                                   None if r.body is None else encode(r.body), r.delivery_id)
+                if r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None:
+                    await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3 "
+                                       "WHERE id = (SELECT conversation FROM deliveries WHERE id = $4)",
+                                       r.ticket_id, r.ticket_key, now_ms(), r.delivery_id)
 
         await self._run(op)
 
@@ -446,7 +470,8 @@ class PostgresStore(Store):
         args: list[Any] = []
         if flt.status is not None:
             where.append(status_condition(flt.status))
-        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping),
+                              ("conversation", flt.conversation)):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
@@ -523,6 +548,26 @@ class PostgresStore(Store):
             for dest, status, n in await conn.fetch(
                     "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
                 out.setdefault(dest, {})[status] = n
+            return out
+
+        return await self._run(op, transaction=False)
+
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        async def op(conn: Any) -> list[Event]:
+            return [decode_event(r[0]) for r in await conn.fetch(
+                "SELECT data FROM events WHERE routed = 0 AND id < $1 ORDER BY id DESC LIMIT $2",
+                before_id or "~", limit)]
+
+        return await self._run(op, transaction=False)
+
+    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+        async def op(conn: Any) -> list[ConversationDetail]:
+            out = []
+            for c in await conn.fetch(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
+                                      "WHERE key = $1 OR id = $1 ORDER BY id", key):
+                rows = [delivery_row(r) for r in await conn.fetch(
+                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = $1 ORDER BY id", c[0])]  # noqa: S608
+                out.append(ConversationDetail(conversation=conversation_row(c), deliveries=rows))
             return out
 
         return await self._run(op, transaction=False)

@@ -9,12 +9,14 @@ from typing import Any
 
 import msgspec
 
+from bridge.conversations import ticket_context
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
     AttemptRow,
     AuditEntry,
     Claimed,
+    ConversationRow,
     Cutoffs,
     DeliveryRow,
     DeliveryStatus,
@@ -27,11 +29,21 @@ decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 decode_files = msgspec.json.Decoder(dict[str, str]).decode
 
 ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
-               "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key")
-ROW_WIDTH = 16
+               "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
+               "(status = 'pending' AND conversation IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries w "
+               "WHERE w.conversation = deliveries.conversation AND w.id < deliveries.id "
+               "AND w.status IN ('pending', 'in_flight')))")
+ROW_WIDTH = 19
+HEAD_OF_CONVERSATION = (
+    "(d.conversation IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "
+    "AND o.id <> d.id AND (o.status = 'in_flight' OR (o.status = 'pending' AND o.id < d.id))))")
+"""A pending delivery `d` may be sent: outside conversations always; in one, only when no earlier delivery of
+it waits and none is being sent (so a conversation is worked by one sender at a time, in arrival order)."""
+CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
+                        "ticket_key, ticket_at")
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
-                        "next_attempt_at, created_at, updated_at, last_error")
+                        "next_attempt_at, created_at, updated_at, last_error, conversation")
 
 
 def now_ms() -> int:
@@ -43,8 +55,27 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
     return DeliveryRow(
         id=r[0], event_id=r[1], source=r[2], mapping=r[3], mapping_version=r[4], destination=r[5],
         action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
-        updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15],
+        updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15], conversation=r[16],
+        role=r[17], waiting=bool(r[18]),
     )
+
+
+def conversation_row(r: Sequence[Any]) -> ConversationRow:
+    """A row selected with CONVERSATION_COLUMNS."""
+    return ConversationRow(id=r[0], key=r[1], mapping=r[2], destination=r[3], messages=r[4], started_at_ms=r[5],
+                           last_message_at_ms=r[6], ticket_id=r[7], ticket_key=r[8], ticket_at_ms=r[9])
+
+
+def with_tickets(items: list[Claimed], found: Sequence[Sequence[Any]]) -> list[Claimed]:
+    """Claimed deliveries with their conversation's ticket (rows: conversation id, ticket id, ticket key,
+    destination, ticket_at, last_message_at, messages up to the delivery, delivery id)."""
+    tickets = {r[7]: r for r in found if r[1] is not None}
+    out = []
+    for item in items:
+        r = tickets.get(item.id)
+        out.append(item if r is None else msgspec.structs.replace(item, ticket=ticket_context(
+            r[1], r[2], r[3], created_at_ms=r[4], messages=r[6], last_message_at_ms=r[5])))
+    return out
 
 
 def attempt_row(a: Sequence[Any]) -> AttemptRow:
@@ -57,18 +88,19 @@ def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: i
     """The NEW_DELIVERY_COLUMNS values of `event`'s deliveries, created (and due) at `created_ms`."""
     return [
         (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
-         None if d.body is None else encode(d.body), encode(d.options), created_ms, created_ms, created_ms, d.error)
+         None if d.body is None else encode(d.body), encode(d.options), created_ms, created_ms, created_ms, d.error,
+         d.conversation)
         for d in deliveries
     ]
 
 
 def claimed_items(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Rows a claim returned (id, event_id, mapping, destination, action, body, options, tries, attempts,
-    next_attempt_at), in due order: RETURNING promises no order."""
+    next_attempt_at, conversation), in due order: RETURNING promises no order."""
     return [
         Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
                 body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]), tries=r[7],
-                attempts=r[8])
+                attempts=r[8], conversation=r[10])
         for r in sorted(rows, key=lambda r: (r[9], r[0]))
     ]
 
@@ -80,6 +112,12 @@ def status_condition(status: DeliveryStatus) -> str:
         raise ValueError(f"unknown delivery status {status!r}; known: {', '.join(STATUSES)}")
     return f"status = '{status}'"
 
+
+TICKETS_OF_CLAIMED = (
+    "SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "
+    "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation AND o.id <= d.id), d.id "
+    "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
+"""Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket."""
 
 NEVER = -1
 """A cutoff nothing is older than: a kind kept forever."""

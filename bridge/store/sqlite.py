@@ -44,6 +44,7 @@ from bridge.store.base import (
     AttemptResult,
     AuditEntry,
     ClaimBatch,
+    ConversationDetail,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -58,15 +59,19 @@ from bridge.store.base import (
 )
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    HEAD_OF_CONVERSATION,
     NEVER,
     NEW_DELIVERY_COLUMNS,
     REFS_PAGE,
     ROW_COLUMNS,
     ROW_WIDTH,
+    TICKETS_OF_CLAIMED,
     attachment_hashes,
     attempt_row,
     audit_entry,
     claimed_items,
+    conversation_row,
     decode_dict,
     decode_event,
     decode_files,
@@ -76,6 +81,7 @@ from bridge.store.rows import (
     new_delivery_rows,
     now_ms,
     status_condition,
+    with_tickets,
 )
 
 log = structlog.get_logger("ticketbridge.store")
@@ -508,12 +514,15 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (event.id, event.source, event.kind, event.channel, received, event.dedup_key,
-                          int(event.spam), data))
+                          int(event.spam), data, len(rows)))
+            for d in deliveries:
+                if d.conversation is not None:
+                    _join_conversation(conn, d, created)
             if rows:
                 conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
         result: AcceptResult = await self._write(op)
@@ -525,17 +534,26 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> ClaimBatch:
             now = now_ms()
             got = conn.execute(
-                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ? "
-                "WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND destination = ? "
-                "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) "
+                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ? "  # noqa: S608
+                "WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = ? "
+                f"AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT ?) "
                 "RETURNING id, event_id, mapping, destination, action, body, options, tries, attempts, "
-                "next_attempt_at",
+                "next_attempt_at, conversation",
                 (owner, now + int(lease_s * 1000), now, destination, now, limit),
             ).fetchall()
             if got:
-                return ClaimBatch(items=claimed_items(got))
-            nxt = conn.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' "
-                               "AND destination = ?", (destination,)).fetchone()[0]
+                items = claimed_items(got)
+                threaded = [i.id for i in items if i.conversation is not None]
+                if threaded:
+                    found = conn.execute(TICKETS_OF_CLAIMED + f"({', '.join('?' * len(threaded))})",
+                                         threaded).fetchall()
+                    items = with_tickets(items, found)
+                return ClaimBatch(items=items)
+            # In due order, stopping at the first head: deliveries waiting behind another are not walked.
+            first = conn.execute("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' "  # noqa: S608
+                                 f"AND destination = ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1",
+                                 (destination,)).fetchone()
+            nxt = None if first is None else first[0]
             return ClaimBatch(items=[], next_due_ms=nxt)
 
         batch: ClaimBatch = await self._write(op, durable=False)
@@ -573,6 +591,14 @@ class SqliteStore(Store):
                          "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt,
                           r.classification, r.error, None if r.exchange is None else encode(r.exchange)))
+            if r.role is not None:
+                conn.execute("UPDATE deliveries SET role = ?, action = COALESCE(?, action), body = COALESCE(?, body) "
+                             "WHERE id = ?", (r.role, r.action, None if r.body is None else encode(r.body),
+                                              r.delivery_id))
+                if r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None:
+                    conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_at = ? "
+                                 "WHERE id = (SELECT conversation FROM deliveries WHERE id = ?)",
+                                 (r.ticket_id, r.ticket_key, now, r.delivery_id))
 
         await self._write(op)
 
@@ -621,7 +647,8 @@ class SqliteStore(Store):
         where, args = [], []
         if flt.status is not None:
             where.append(status_condition(flt.status))
-        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping),
+                              ("conversation", flt.conversation)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -705,6 +732,29 @@ class SqliteStore(Store):
 
         counts: dict[str, dict[str, int]] = await self._read(run)
         return counts
+
+    async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
+        def run(conn: sqlite3.Connection) -> list[Event]:
+            return [decode_event(r[0]) for r in conn.execute(
+                "SELECT data FROM events WHERE routed = 0 AND id < ? ORDER BY id DESC LIMIT ?",
+                (before_id or "~", limit))]
+
+        found: list[Event] = await self._read(run)
+        return found
+
+    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+        def run(conn: sqlite3.Connection) -> list[ConversationDetail]:
+            out = []
+            for c in conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
+                                  "WHERE key = ? OR id = ? ORDER BY id", (key, key)).fetchall():
+                rows = [delivery_row(r) for r in conn.execute(
+                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = ? ORDER BY id",  # noqa: S608
+                    (c[0],))]
+                out.append(ConversationDetail(conversation=conversation_row(c), deliveries=rows))
+            return out
+
+        found: list[ConversationDetail] = await self._read(run)
+        return found
 
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         data = encode(files)
@@ -817,6 +867,23 @@ def _sweep_nonces(conn: sqlite3.Connection, now: int) -> None:
     conn.execute("DELETE FROM nonces WHERE (source, nonce) IN "
                  "(SELECT source, nonce FROM nonces WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
                  (now, NONCE_SWEEP))
+
+
+def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> None:
+    """Count the message in its conversation (one upsert): the first message opens it, and a message after
+    the quiet period (`reopen_after`) starts it anew, without a ticket, so that it becomes a create."""
+    conn.execute(
+        "INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
+        "ticket_at) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END) "
+        "ON CONFLICT (id) DO UPDATE SET "
+        "messages = CASE WHEN ?5 - last_message_at > ?7 THEN 1 ELSE messages + 1 END, "
+        "started_at = CASE WHEN ?5 - last_message_at > ?7 THEN ?5 ELSE started_at END, "
+        "ticket_id = CASE WHEN ?5 - last_message_at > ?7 THEN ?6 ELSE ticket_id END, "
+        "ticket_key = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_key END, "
+        "ticket_at = CASE WHEN ?5 - last_message_at > ?7 THEN excluded.ticket_at ELSE ticket_at END, "
+        "last_message_at = max(last_message_at, ?5)",
+        (d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
+         d.reopen_after_ms))
 
 
 def _trim_attempts(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,

@@ -15,7 +15,8 @@ import msgspec
 from bridge.config import DestinationConfig
 from bridge.errors import BridgeError, MappingError
 
-Classification = Literal["success", "retry", "permanent", "auth"]
+Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
+"""`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false)."""
 # GET a vendor URL: (url, headers) -> (status, body); the delivery loop supplies one bound to its session.
 Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
 

@@ -243,3 +243,15 @@ def test_replay_rerender_renders_dead_deliveries_with_the_current_mapping(
     assert status == "pending"
     assert version != "old" and len(version) == 12
     assert body == {"title": "Fixed", "priority": "P2", "source_ref": "p-5"}
+
+
+def test_render_with_a_ticket_renders_the_follow_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An input with `ticket` renders the mapping's follow_up: the update a conversation's later message sends."""
+    threaded = PARTNER.replace("tests:", 'follow_up:\n  action: update_ticket\n'
+                               '  fields: {ticket_id: "{{ ticket.id }}", sub_status: P,\n'
+                               '           comment: "{{ payload.title }}"}\ntests:')
+    cfg = setup(tmp_path, {"partner": threaded})
+    given = write_input(tmp_path, {"payload": {"id": "p-9", "title": "Still slow"}, "ticket": {"id": "713"}})
+    code, out, err = run(capsys, "render", "partner", "-c", cfg, "--input", given)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == [{"ticket_id": "713", "sub_status": "P", "comment": "Still slow"}]

@@ -43,3 +43,21 @@ async def test_each_example_mapping_delivers_to_its_sandbox(bridge_client: AppCl
                                                            "Value": "asha@example.com"}
     assert sims["netgroot"].tickets[0]["subject"] == "Billing Issue"
     assert (ticket["substatus"], ticket["comments"]) == ("CL", ["done"])
+
+
+async def test_the_readmes_two_emails_make_one_ticket_and_a_comment(bridge_client: AppClient, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped support-mail route threads: the README's first email creates a Kapture ticket, its reply
+    becomes a comment on it."""
+    monkeypatch.chdir(tmp_path)
+    client = await bridge_client(load_config(None, environ={}, cwd=tmp_path, registries=REGISTRIES))
+    for payload in ({"from": "asha@example.com", "subject": "Router down", "message_id": "<m1@example.com>",
+                     "stripped_text": "No internet since morning"},
+                    {"from": "asha@example.com", "subject": "Re: Router down", "message_id": "<m2@example.com>",
+                     "in_reply_to": "<m1@example.com>", "references": ["<m1@example.com>"],
+                     "stripped_text": "Still down"}):
+        resp = await client.post("/hooks/support-mail", json=payload)
+        assert resp.status == 202, await resp.text()
+    kapture = runtime(client).simulators["kapture"]
+    await eventually(lambda: len(kapture.tickets) == 1 and kapture.tickets[0]["comments"] == ["Still down"])
+    assert kapture.tickets[0]["fields"]["ticket_details"] == "No internet since morning"

@@ -734,6 +734,116 @@ class StoreContract:
         assert (da.body, da.delivery.mapping_version) == ({"title": "new"}, "v9")
         assert (db.body, db.delivery.mapping_version) == ({"title": "Router down"}, "v1")
 
+    # -- conversations ----------------------------------------------------------------------------
+
+    async def test_a_conversation_is_claimed_one_delivery_at_a_time_in_arrival_order(self, store: Store) -> None:
+        """Only the head of a conversation is claimable; the next one waits (listed as waiting) until the head
+        is recorded, and other conversations never wait for it."""
+        conv = "m|mail:root@x"
+        first, second = (make_delivery(conversation=conv, conversation_key="mail:root@x") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        other = make_delivery(conversation="m|mail:other@x", conversation_key="mail:other@x")
+        await accept_one(store, other)
+        got = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert sorted(c.id for c in got) == sorted([first.id, other.id])
+        assert all(c.ticket is None for c in got)  # no ticket yet: creates
+        assert (await row(store, second.id)).waiting is True
+        assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+        done = msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create")
+        await store.record(done)
+        assert (await row(store, second.id)).waiting is False
+        (follow,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert follow.id == second.id and follow.ticket is not None
+        assert (follow.ticket["id"], follow.ticket["destination"], follow.ticket["messages"]) == (
+            "T-1", "kapture-support", 2)
+        assert follow.ticket["created_at"].endswith("Z") and follow.ticket["last_message_at"].endswith("Z")
+
+    async def test_a_follow_up_keeps_the_action_and_body_it_was_sent_with(self, store: Store) -> None:
+        """Recording a follow-up stores its role, action and rendered body on the delivery."""
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(d.id, "succeeded"), role="follow_up",
+                                                   action="update_ticket", body={"comment": "hi"}))
+        detail = await store.get_delivery(d.id)
+        assert (detail.delivery.role, detail.delivery.action, detail.body) == ("follow_up", "update_ticket",
+                                                                               {"comment": "hi"})
+
+    async def test_a_dead_create_leaves_the_next_message_to_create_the_ticket(self, store: Store) -> None:
+        """When the create goes dead, the conversation has no ticket, so its next message is claimed as a create."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "dead", classification="permanent", error="x"),
+                                                   role="create"))
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and nxt.ticket is None
+
+    async def test_a_subject_token_joins_the_named_ticket(self, store: Store) -> None:
+        """A message naming a ticket (`known_ticket`) is a follow-up on it from the start."""
+        d = make_delivery(conversation="m|ticket:713", conversation_key="ticket:713", known_ticket="713")
+        await accept_one(store, d)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.ticket is not None and got.ticket["id"] == "713"
+
+    async def test_a_message_after_the_quiet_period_starts_a_new_ticket(self, store: Store) -> None:
+        """A message later than reopen_after (here -1 ms: any message is) clears the conversation's ticket, so it
+        becomes a create."""
+        first = make_delivery(conversation="m|k", conversation_key="k", reopen_after_ms=-1)
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create"))
+        second = make_delivery(conversation="m|k", conversation_key="k", reopen_after_ms=-1)
+        await accept_one(store, second)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == second.id and got.ticket is None
+
+    async def test_a_create_recorded_without_the_lease_gives_no_ticket(self, store: Store) -> None:
+        """A create's success recorded by a sender whose lease was taken is refused (LeaseLost) and leaves the
+        conversation without a ticket; the lease holder's record gives it one."""
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "slow", -1)
+        assert await store.release_expired() == 1
+        await store.claim("kapture-support", 1, "fresh", 60)
+        with pytest.raises(LeaseLost):
+            await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-1"), role="create"),
+                               owner="slow")
+        (found,) = await store.get_conversations("k")
+        assert found.conversation.ticket_id is None
+        await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-2"), role="create"),
+                           owner="fresh")
+        (found,) = await store.get_conversations("k")
+        assert found.conversation.ticket_id == "T-2"
+
+    async def test_get_conversations_lists_its_deliveries_in_order(self, store: Store) -> None:
+        """A conversation is found by its key or scoped id, with its ticket, message count and deliveries."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-9"), role="create"))
+        for key in ("k", "m|k"):
+            (found,) = await store.get_conversations(key)
+            c = found.conversation
+            got = (c.id, c.key, c.mapping, c.destination, c.messages, c.ticket_id)
+            assert got == ("m|k", "k", "contact-to-kapture", "kapture-support", 2, "T-9"), got
+            assert [d.id for d in found.deliveries] == [first.id, second.id]
+        assert await store.get_conversations("nothing") == []
+        listed = await store.list_deliveries(DeliveryFilter(conversation="m|k"))
+        assert sorted(r.id for r in listed) == sorted([first.id, second.id])
+
+    async def test_events_without_deliveries_are_listed_as_unmatched(self, store: Store) -> None:
+        """An event stored with no delivery is listed by list_unmatched, newest first; others are not."""
+        lone, other = make_event(), make_event()
+        assert not (await store.accept(lone, [], WEEK)).duplicate
+        await accept_one(store, make_delivery(), event=other)
+        later = make_event()
+        await store.accept(later, [], WEEK)
+        assert [e.id for e in await store.list_unmatched()] == [later.id, lone.id]
+        assert [e.id for e in await store.list_unmatched(limit=10, before_id=later.id)] == [lone.id]
     async def test_accept_refuses_text_that_is_not_utf8_before_writing_anything(self, store: Store) -> None:
         """An event or delivery body holding a lone surrogate raises UnicodeEncodeError and stores nothing:
         intake relies on it to store the event again with that text escaped."""

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from bridge.errors import NotFound, StoreUnavailable
-from bridge.store.base import AcceptResult, DeliveryFilter
+from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
 from bridge.store.postgres import PostgresStore, channel_for
 from tests.integration.processes import DSN
 from tests.integration.store.contract import WEEK, accept_one, make_delivery, make_event, nonce
@@ -218,3 +218,24 @@ def test_long_schema_names_get_a_channel_within_postgresqls_limit() -> None:
     assert len(channel_for(long_a)) <= 63
     assert channel_for(long_a) != channel_for(long_b)
     assert channel_for(None) == "ticketbridge_work"
+
+
+async def test_a_group_counts_each_message_in_its_conversation(store: PostgresStore) -> None:
+    """Messages of one conversation stored in one group (one statement, or savepoints beside a nonce) are each
+    counted once in it, a duplicate not at all, and only the first is claimable."""
+    def threaded() -> NewDelivery:
+        return make_delivery(conversation="m|k", conversation_key="k")
+
+    first = [threaded() for _ in range(3)]
+    results = await asyncio.gather(store.accept(make_event(dedup_key="a"), [first[0]], WEEK),
+                                   store.accept(make_event(dedup_key="a"), [threaded()], WEEK),
+                                   *(store.accept(make_event(), [d], WEEK) for d in first[1:]))
+    assert store.batcher.groups == 1 and [r.duplicate for r in results] == [False, True, False, False]
+    (found,) = await store.get_conversations("k")
+    assert (found.conversation.messages, [d.id for d in found.deliveries]) == (3, [d.id for d in first])
+    more = [threaded() for _ in range(2)]
+    await asyncio.gather(store.accept(make_event(), [more[0]], WEEK),
+                         store.accept(make_event(), [more[1]], WEEK, nonce("tok", "body")))
+    (found,) = await store.get_conversations("k")
+    assert found.conversation.messages == 5
+    assert [c.id for c in (await store.claim("kapture-support", 10, "w", 30)).items] == [first[0].id]

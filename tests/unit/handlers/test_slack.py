@@ -47,7 +47,7 @@ async def test_signed_message_becomes_a_chat_event() -> None:
     [inbound] = h.parse(req, BODY)
     assert {k: v for k, v in inbound.payload.items() if k != "provider"} == {
         "from": "U061F7AUR", "from_name": None, "to": "D024BE91L", "text": "My router is down again",
-        "conversation_id": "D024BE91L", "message_id": "0f5a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8", "media": [],
+        "conversation_id": "D024BE91L/U061F7AUR", "message_id": "0f5a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8", "media": [],
     }
     assert inbound.dedup_key == "Ev0PV52K21"
 

@@ -136,9 +136,9 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         """)
     assert errors_of(tmp_path, {"v": frozenset({"create"})}, {"brand": "Acme"}) == [
         f"{f}:2:1: broken.colour: unknown key 'colour'; a mapping takes name, description, source, when, "
-        "destination, action, options, fields, tests",
+        "destination, action, options, fields, conversation, reopen_after, follow_up, tests",
         f"{f}:16:1: broken.size: unknown key 'size'; a mapping takes name, description, source, when, destination, "
-        "action, options, fields, tests",
+        "action, options, fields, conversation, reopen_after, follow_up, tests",
         f"{f}:1:1: broken: missing required key 'destination'",
     ]
     # Once the file's shape is right, the fields and tests are checked, all of them.

@@ -1,0 +1,111 @@
+"""Conversation identity: which earlier messages an event belongs with, so that its thread is one ticket.
+
+An email's key is its thread's root Message-ID (the first of `references`, else `in_reply_to`, else its own
+`message_id`), normalised so that the copies Mailgun, Postmark and SendGrid deliver agree, and so that a reply
+received before the message it answers still names the same root. A `[#12345]` ticket token in the subject
+joins the mail to that vendor ticket. A chat's key is the provider's `conversation_id` (Slack thread or
+channel and person, WhatsApp and Twilio the customer's number, Telegram the chat, Intercom the conversation).
+A mapping may compute the key itself (`conversation:`), which takes precedence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+DEFAULT_REOPEN_AFTER_S = 7 * 24 * 3600.0
+TICKET_TOKEN = re.compile(r"\[#(\d{1,32})\]")
+"""A helpdesk's ticket number in a subject, `[#713516551148]`: digits only, so that `[#urgent]` is no ticket."""
+MAX_KEY_CHARS = 512
+
+
+@dataclass(frozen=True)
+class ConversationKey:
+    """An event's conversation: `key` (stable across providers), and the vendor ticket it names, if any."""
+
+    key: str
+    ticket_id: str | None = None
+
+
+def normalise_message_id(value: str) -> str:
+    """`<Local@Example.COM>` → `local@example.com`'s form used as a key: brackets and spaces gone, the domain
+    in lower case (the local part is case-sensitive by the standard, and kept)."""
+    text = value.strip().strip("<>").strip()
+    local, at, domain = text.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else text
+
+
+def email_key(payload: dict[str, Any]) -> ConversationKey | None:
+    """The key of an email-shaped payload (handlers/email.py), or None when it names no message at all."""
+    subject = payload.get("subject")
+    if isinstance(subject, str) and (token := TICKET_TOKEN.search(subject)) is not None:
+        return ConversationKey(f"ticket:{token.group(1)}", ticket_id=token.group(1))
+    refs = payload.get("references")
+    root: Any = refs[0] if isinstance(refs, list) and refs else None
+    for candidate in (root, payload.get("in_reply_to"), payload.get("message_id")):
+        if isinstance(candidate, str) and candidate.strip("<> "):
+            return ConversationKey(f"mail:{normalise_message_id(candidate)[:MAX_KEY_CHARS]}")
+    return None
+
+
+def chat_key(payload: dict[str, Any]) -> ConversationKey | None:
+    value = payload.get("conversation_id")
+    if value is None or value == "" or isinstance(value, bool | dict | list):
+        return None
+    return ConversationKey(f"chat:{str(value)[:MAX_KEY_CHARS]}")
+
+
+EMAIL_KEYS = ("message_id", "in_reply_to", "references")
+
+
+def channel_key(channel: str, payload: dict[str, Any]) -> ConversationKey | None:
+    """The key the event's channel gives it. Another channel's payload (a plain JSON source) is keyed the same
+    way when it has the email shape (`message_id`, `in_reply_to` or `references`) or the chat shape
+    (`conversation_id`); else None: the message stands alone."""
+    if channel == "email":
+        return email_key(payload)
+    if channel == "chat":
+        return chat_key(payload)
+    if any(payload.get(k) for k in EMAIL_KEYS):
+        return email_key(payload)
+    return chat_key(payload)
+
+
+def given_key(value: Any) -> ConversationKey | None:
+    """A key a mapping's `conversation:` expression rendered; None when it rendered nothing."""
+    if value is None or value == "" or isinstance(value, bool | dict | list):
+        return None
+    return ConversationKey(f"key:{str(value)[:MAX_KEY_CHARS]}")
+
+
+def scoped(mapping: str, key: str) -> str:
+    """The conversation's id in the store: per mapping, since each mapping's destination keeps its own ticket."""
+    return f"{mapping}|{key}"
+
+
+def iso_ms(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def ticket_context(ticket_id: str, ticket_key: str | None, destination: str, *, created_at_ms: int | None,
+                   messages: int, last_message_at_ms: int | None) -> dict[str, Any]:
+    """`ticket` as a follow-up's expressions see it (the same names a mapping test's `input.ticket` uses)."""
+    return {"id": ticket_id, "key": ticket_key, "destination": destination, "created_at": iso_ms(created_at_ms),
+            "messages": messages, "last_message_at": iso_ms(last_message_at_ms)}
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `30m`, `12h`, `7d`, `2w` → seconds; raises ValueError naming the right form."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration; write a number and a unit: 30m, 12h, 7d, 2w")
+    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds

@@ -1,0 +1,64 @@
+"""Conversation keys: email threads by their root Message-ID, subject tokens, chat ids, durations."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.conversations import (
+    ConversationKey,
+    channel_key,
+    email_key,
+    given_key,
+    normalise_message_id,
+    parse_duration,
+    ticket_context,
+)
+
+
+def test_the_root_is_the_first_reference_then_in_reply_to_then_the_own_id() -> None:
+    """An email's key is its thread's root: first of references, else in_reply_to, else its message id."""
+    assert email_key({"references": ["<a@x.io>", "<b@x.io>"], "in_reply_to": "<b@x.io>",
+                      "message_id": "<c@x.io>"}) == ConversationKey("mail:a@x.io")
+    assert email_key({"references": [], "in_reply_to": "<b@x.io>", "message_id": "<c@x.io>"}) == \
+        ConversationKey("mail:b@x.io")
+    assert email_key({"message_id": "<c@x.io>"}) == ConversationKey("mail:c@x.io")
+    assert email_key({"subject": "hi"}) is None
+
+
+def test_message_ids_agree_whatever_the_brackets_and_the_domains_case() -> None:
+    """Brackets, spaces and the domain's case do not split a thread; the local part's case is kept."""
+    assert normalise_message_id(" <CAF=Asha.1@Mail.Example.COM> ") == "CAF=Asha.1@mail.example.com"
+    assert normalise_message_id("no-at-sign") == "no-at-sign"
+
+
+def test_a_subject_token_names_the_ticket_to_join() -> None:
+    """`[#713516551148]` in the subject joins that ticket, whatever the thread headers say."""
+    assert email_key({"subject": "Re: Router down [#713516551148]", "message_id": "<c@x.io>"}) == \
+        ConversationKey("ticket:713516551148", ticket_id="713516551148")
+    assert email_key({"subject": "[#urgent] Router down", "message_id": "<c@x.io>"}) == ConversationKey("mail:c@x.io")
+
+
+def test_chat_and_plain_json_payloads_are_keyed_by_their_shape() -> None:
+    """A chat's key is its conversation id; a JSON source's email- or chat-shaped payload is keyed the same way;
+    a form is not in a conversation."""
+    assert channel_key("chat", {"conversation_id": "919876543210"}) == ConversationKey("chat:919876543210")
+    assert channel_key("webhook", {"message_id": "<m@x.io>"}) == ConversationKey("mail:m@x.io")
+    assert channel_key("webhook", {"conversation_id": "c1"}) == ConversationKey("chat:c1")
+    assert channel_key("form", {"email": "a@b.io"}) is None
+    assert given_key("case-7") == ConversationKey("key:case-7")
+    assert given_key("") is None
+
+
+def test_durations_and_their_errors() -> None:
+    """reopen_after takes a number and a unit; anything else is an error naming the right form."""
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("90s") == 90
+    with pytest.raises(ValueError, match="30m, 12h, 7d"):
+        parse_duration("seven days")
+
+
+def test_the_ticket_context_uses_utc_iso_times() -> None:
+    """`ticket` carries id, key, destination, created_at and last_message_at (UTC ISO) and messages."""
+    assert ticket_context("T-1", None, "kapture", created_at_ms=0, messages=2, last_message_at_ms=1000) == {
+        "id": "T-1", "key": None, "destination": "kapture", "created_at": "1970-01-01T00:00:00Z",
+        "messages": 2, "last_message_at": "1970-01-01T00:00:01Z"}
