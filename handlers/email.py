@@ -267,17 +267,17 @@ def email_payload(
     check_count("attachments", len(attachments), MAX_ATTACHMENTS)
     from_name, from_addr = sender(from_)
     body = newlines(text)
-    given = newlines(stripped_text)
+    given = (newlines(stripped_text) or "").strip()
+    decoded_subject = decode_words(subject) if isinstance(subject, str) else None
     return {
         "from": from_addr,
         "from_name": from_name,
         "to": address_list(to, field="To"),
         "cc": address_list(cc, field="Cc"),
-        "subject": decode_words(subject) if isinstance(subject, str) else None,
+        "subject": decoded_subject,
         "text": body,
         "html": newlines(html),
-        "stripped_text": given.strip() if given and given.strip() else strip_reply(
-            body, decode_words(subject) if isinstance(subject, str) else None),
+        "stripped_text": given or strip_reply(body, decoded_subject),
         "message_id": message_id(message_id_),
         "in_reply_to": message_id(in_reply_to, "In-Reply-To"),
         "references": message_ids(references),

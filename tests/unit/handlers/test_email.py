@@ -187,6 +187,20 @@ def test_email_payload_prefers_the_providers_stripped_reply() -> None:
     assert payload(text="new\n\nOn Mon, X <x@y> wrote:\n> old", stripped_text="  ")["stripped_text"] == "new"
 
 
+def test_email_payload_decodes_the_subject_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The subject's encoded words are decoded once, for both the subject and the reply stripping."""
+    calls: list[str] = []
+
+    def counting(value: str) -> str:
+        calls.append(value)
+        return decode_words(value)
+
+    monkeypatch.setattr("handlers.email.decode_words", counting)
+    out = payload(from_="asha@x.org", subject="=?utf-8?q?FW=3A_Order?=")
+    assert out["subject"] == "FW: Order"
+    assert calls.count("=?utf-8?q?FW=3A_Order?=") == 1
+
+
 def test_email_payload_normalises_line_ends_and_lists_attachment_metadata() -> None:
     """CRLF becomes LF, and attachments are listed by their metadata only."""
     item = attachment("a.txt", "text/plain", b"abc")
