@@ -89,13 +89,14 @@ async def _run_handler(rt: Runtime, source: Source, request: web.Request,
     and its signed nonce, or the answer to a handshake or an ignored notification. Rejected passes through; any
     other exception is a handler bug met on these bytes."""
     handler = source.handler
+    off = offloaded(body)  # one look at the body decides for both steps
     try:
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
-        await _run(handler.verify, request, body)
+        await _run(handler.verify, request, body, off)
         if (early := await handler.intercept(request, body)) is not None:
             return early
-        inbounds = await _run(handler.parse, request, body)
+        inbounds = await _run(handler.parse, request, body, off)
         return inbounds, handler.nonce(request, body)
     except (Rejected, web.HTTPException):
         raise
@@ -241,9 +242,9 @@ def offloaded(body: bytes) -> bool:
 _PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
 
 
-async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes) -> T:
-    """`step(request, body)`, in the parser thread when the body calls for it."""
-    if not offloaded(body):
+async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes, off: bool) -> T:
+    """`step(request, body)`, in the parser thread when `off` (the body's `offloaded`)."""
+    if not off:
         return step(request, body)
     return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
 
