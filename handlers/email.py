@@ -163,12 +163,15 @@ ADDRESS_HEADERS = frozenset({"from", "to", "cc", "bcc", "reply-to", "sender", "r
 _FOLD = re.compile(r"\r\n|\r|\n")
 
 
+def raw_utf8(value: str) -> str:
+    """A header value the byte parser read, with its 8-bit bytes (kept as surrogates) read as UTF-8."""
+    return value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _header_value(name: str, raw: str) -> str:
     """A raw header value as text: unfolded, 8-bit bytes read as UTF-8, encoded words decoded except in
     address headers, whose encoded display names are decoded only once the addresses are split."""
-    value = _FOLD.sub("", raw)
-    if not value.isascii():  # the byte parser keeps 8-bit bytes as surrogates
-        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    value = raw_utf8(_FOLD.sub("", raw))
     return value if name.lower() in ADDRESS_HEADERS else decode_words(value)
 
 
