@@ -22,16 +22,20 @@ class SendgridOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+def _optional_object(data: bytes | str) -> dict[str, Any]:
+    """An optional field holding a JSON object; one that is not JSON, or not an object, counts as none."""
+    try:
+        value = decode_json(data)
+    except Rejected:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _charsets(parts: list[Part]) -> dict[str, str]:
     """The `charsets` field: which charset each text field is in (Parse sends no per-part charset)."""
     for part in parts:
         if part.name == "charsets" and part.filename is None:
-            try:
-                value = decode_json(part.data)
-            except Rejected:  # optional: an unreadable list of charsets counts as none
-                return {}
-            if isinstance(value, dict):
-                return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+            return {str(k): str(v) for k, v in _optional_object(part.data).items() if isinstance(v, str)}
     return {}
 
 
@@ -56,7 +60,6 @@ class SendgridHandler(Handler):
         charsets = _charsets(parts)
         fields: dict[str, Any] = {}
         files: list[Attachment] = []
-        info = {}
         raw_email: bytes | None = None
         for part in parts:
             if part.filename is not None:
@@ -66,12 +69,7 @@ class SendgridHandler(Handler):
             else:
                 add_value(fields, part.name, _text(part, charsets))
         raw_info = fields.get("attachment-info")
-        if isinstance(raw_info, str):
-            try:
-                decoded = decode_json(raw_info)
-                info = decoded if isinstance(decoded, dict) else {}
-            except Rejected:  # optional, as above
-                info = {}
+        info = _optional_object(raw_info) if isinstance(raw_info, str) else {}
         # attachment-info names the file when the part's own filename is blank; looked up once, not per file
         named = next((str(e["filename"]) for e in info.values() if isinstance(e, dict) and e.get("filename")), None)
         for item in files:
