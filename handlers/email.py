@@ -14,7 +14,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
-from bridge.replies import strip_reply  # stripped_text; importers of handlers.email.strip_reply keep working
+from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.limits import (
     MAX_ADDRESS_FIELD_CHARS,
