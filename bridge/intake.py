@@ -349,14 +349,14 @@ async def hook_options(request: web.Request) -> web.StreamResponse:
     if isinstance(found, web.Response):
         return found
     _rt, source = found
-    origin = request.headers.get("Origin", "")
-    if not origin or not origin.isascii() or not source.handler.allowed_origin(origin):
+    cors = _cors(source, request)
+    if not cors:
+        origin = request.headers.get("Origin", "")
         return _json({"error": f"origin {origin or '(none)'} may not post to this source"}, 403)
     asked = request.headers.get("Access-Control-Request-Headers", "Content-Type")
     if not asked.isascii():  # header names are ASCII tokens; the answer echoes them
         return _json({"error": "Access-Control-Request-Headers names a header that is not ASCII"}, 400)
     return web.Response(status=204, headers={
-        "Access-Control-Allow-Origin": origin, "Vary": "Origin",
-        "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": asked,
+        **cors, "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": asked,
         "Access-Control-Max-Age": "86400",
     })
