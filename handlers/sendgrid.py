@@ -8,10 +8,9 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from bridge.config import SourceConfig
-from bridge.errors import Rejected
 from bridge.escaping import escape_text
 from handlers.attachments import Attachment, attachment
-from handlers.base import Handler, Inbound, decode_json
+from handlers.base import Handler, Inbound, optional_json_object
 from handlers.email import Headers, email_payload, message_id, parse_mime
 from handlers.formdata import Part, add_value, multipart_parts
 
@@ -22,20 +21,11 @@ class SendgridOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
-def _optional_object(data: bytes | str) -> dict[str, Any]:
-    """An optional field holding a JSON object; one that is not JSON, or not an object, counts as none."""
-    try:
-        value = decode_json(data)
-    except Rejected:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _charsets(parts: list[Part]) -> dict[str, str]:
     """The `charsets` field: which charset each text field is in (Parse sends no per-part charset)."""
     for part in parts:
         if part.name == "charsets" and part.filename is None:
-            return {str(k): str(v) for k, v in _optional_object(part.data).items() if isinstance(v, str)}
+            return {str(k): str(v) for k, v in (optional_json_object(part.data) or {}).items() if isinstance(v, str)}
     return {}
 
 
@@ -69,7 +59,7 @@ class SendgridHandler(Handler):
             else:
                 add_value(fields, part.name, _text(part, charsets))
         raw_info = fields.get("attachment-info")
-        info = _optional_object(raw_info) if isinstance(raw_info, str) else {}
+        info = (optional_json_object(raw_info) or {}) if isinstance(raw_info, str) else {}
         # attachment-info names the file when the part's own filename is blank; looked up once, not per file
         named = next((str(e["filename"]) for e in info.values() if isinstance(e, dict) and e.get("filename")), None)
         for item in files:
