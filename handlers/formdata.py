@@ -27,6 +27,13 @@ def add_value(out: dict[str, Any], key: str, value: Any) -> None:
         out[key] = value
 
 
+def first_value(value: Any) -> str | None:
+    """A field `add_value` built that should be single: its text, the first when a client repeated it."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
 def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     try:
         text = body.decode(charset or "utf-8")

@@ -12,7 +12,7 @@ from bridge.escaping import escape_text
 from handlers.attachments import Attachment, attachment
 from handlers.base import Handler, Inbound, optional_json_object
 from handlers.email import Headers, email_payload, message_id, parse_mime
-from handlers.formdata import Part, add_value, multipart_parts
+from handlers.formdata import Part, add_value, first_value, multipart_parts
 
 MULTIPART = "multipart/form-data"
 
@@ -72,13 +72,13 @@ class SendgridHandler(Handler):
         else:
             headers = Headers.from_block(fields.get("headers") or "") if isinstance(fields.get("headers"), str) \
                 else Headers()
-            text, html = _str(fields.get("text")), _str(fields.get("html"))
+            text, html = first_value(fields.get("text")), first_value(fields.get("html"))
 
         payload = email_payload(
-            from_=_str(fields.get("from")) or headers.get("From"),
-            to=_str(fields.get("to")) or headers.get_all("To"),
-            cc=_str(fields.get("cc")) or headers.get_all("Cc"),
-            subject=_str(fields.get("subject")) or headers.get("Subject"),
+            from_=first_value(fields.get("from")) or headers.get("From"),
+            to=first_value(fields.get("to")) or headers.get_all("To"),
+            cc=first_value(fields.get("cc")) or headers.get_all("Cc"),
+            subject=first_value(fields.get("subject")) or headers.get("Subject"),
             text=text, html=html, stripped_text=None,
             message_id_=headers.get("Message-ID"),
             in_reply_to=headers.get("In-Reply-To"),
@@ -87,9 +87,3 @@ class SendgridHandler(Handler):
             provider=fields,
         )
         return [Inbound(payload=payload, dedup_key=message_id(headers.get("Message-ID")), attachments=files)]
-
-
-def _str(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value if isinstance(value, str) else None
