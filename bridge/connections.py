@@ -40,6 +40,8 @@ REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; chars
 # unread would reset the connection and could lose the 503); at most REFUSED_LINGERING do so at once.
 REFUSED_LINGER_SECONDS = 1.0
 REFUSED_LINGERING = 64
+ACCEPT_BATCH = 1024
+"""How many connections asyncio accepts in one loop turn (it is also the listen backlog)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ConnectionLimits:
     body_timeout: float = 30.0
     keepalive_timeout: float = 15.0
     max_connections: int = 1000
-    accept_batch: int = 1024  # the listen backlog, which is also how many asyncio accepts per loop turn
+    accept_batch: int = ACCEPT_BATCH
 
 
 @dataclass

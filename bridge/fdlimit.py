@@ -11,15 +11,13 @@ from typing import Any
 import structlog
 
 from bridge.config import ServerConfig
-from bridge.connections import REFUSED_LINGERING, ConnectionLimits, ConnectionStats, ThrottledWarning
+from bridge.connections import ACCEPT_BATCH, REFUSED_LINGERING, ConnectionLimits, ConnectionStats, ThrottledWarning
 
 log = structlog.get_logger("ticketbridge.server")
 
 # Descriptors the process needs besides client connections: the delivery client's pool (256, see
 # app.delivery_context), the store's files, listening sockets, sandboxes, attachments and logs.
 HEADROOM = 256 + 64
-# How many connections asyncio accepts in one loop turn (it is also the listen backlog).
-ACCEPT_BATCH = 1024
 ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 

@@ -89,13 +89,14 @@ async def _run_handler(rt: Runtime, source: Source, request: web.Request,
     and its signed nonce, or the answer to a handshake or an ignored notification. Rejected passes through; any
     other exception is a handler bug met on these bytes."""
     handler = source.handler
+    off = offloaded(body)  # one look at the body decides for both steps
     try:
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
-        await _run(handler.verify, request, body)
+        await _run(handler.verify, request, body, off)
         if (early := await handler.intercept(request, body)) is not None:
             return early
-        inbounds = await _run(handler.parse, request, body)
+        inbounds = await _run(handler.parse, request, body, off)
         return inbounds, handler.nonce(request, body)
     except (Rejected, web.HTTPException):
         raise
@@ -241,9 +242,9 @@ def offloaded(body: bytes) -> bool:
 _PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
 
 
-async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes) -> T:
-    """`step(request, body)`, in the parser thread when the body calls for it."""
-    if not offloaded(body):
+async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes, off: bool) -> T:
+    """`step(request, body)`, in the parser thread when `off` (the body's `offloaded`)."""
+    if not off:
         return step(request, body)
     return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
 
@@ -348,14 +349,14 @@ async def hook_options(request: web.Request) -> web.StreamResponse:
     if isinstance(found, web.Response):
         return found
     _rt, source = found
-    origin = request.headers.get("Origin", "")
-    if not origin or not origin.isascii() or not source.handler.allowed_origin(origin):
+    cors = _cors(source, request)
+    if not cors:
+        origin = request.headers.get("Origin", "")
         return _json({"error": f"origin {origin or '(none)'} may not post to this source"}, 403)
     asked = request.headers.get("Access-Control-Request-Headers", "Content-Type")
     if not asked.isascii():  # header names are ASCII tokens; the answer echoes them
         return _json({"error": "Access-Control-Request-Headers names a header that is not ASCII"}, 400)
     return web.Response(status=204, headers={
-        "Access-Control-Allow-Origin": origin, "Vary": "Origin",
-        "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": asked,
+        **cors, "Access-Control-Allow-Methods": "POST, OPTIONS", "Access-Control-Allow-Headers": asked,
         "Access-Control-Max-Age": "86400",
     })

@@ -194,6 +194,15 @@ def decode_json(data: bytes | str, field: str | None = None, check: str = "json"
                    check=check)
 
 
+def optional_json_object(data: bytes | str) -> dict[str, Any] | None:
+    """An optional field's JSON object; None when it is not JSON, or not an object (read as absent)."""
+    try:
+        value = decode_json(data)
+    except Rejected:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def decode_json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or Rejected(400) with the parser's reason."""
     value = decode_json(body)

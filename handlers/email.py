@@ -14,7 +14,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
-from bridge.replies import strip_reply  # stripped_text; importers of handlers.email.strip_reply keep working
+from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.limits import (
     MAX_ADDRESS_FIELD_CHARS,
@@ -163,12 +163,15 @@ ADDRESS_HEADERS = frozenset({"from", "to", "cc", "bcc", "reply-to", "sender", "r
 _FOLD = re.compile(r"\r\n|\r|\n")
 
 
+def raw_utf8(value: str) -> str:
+    """A header value the byte parser read, with its 8-bit bytes (kept as surrogates) read as UTF-8."""
+    return value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _header_value(name: str, raw: str) -> str:
     """A raw header value as text: unfolded, 8-bit bytes read as UTF-8, encoded words decoded except in
     address headers, whose encoded display names are decoded only once the addresses are split."""
-    value = _FOLD.sub("", raw)
-    if not value.isascii():  # the byte parser keeps 8-bit bytes as surrogates
-        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    value = raw_utf8(_FOLD.sub("", raw))
     return value if name.lower() in ADDRESS_HEADERS else decode_words(value)
 
 
@@ -267,17 +270,17 @@ def email_payload(
     check_count("attachments", len(attachments), MAX_ATTACHMENTS)
     from_name, from_addr = sender(from_)
     body = newlines(text)
-    given = newlines(stripped_text)
+    given = (newlines(stripped_text) or "").strip()
+    decoded_subject = decode_words(subject) if isinstance(subject, str) else None
     return {
         "from": from_addr,
         "from_name": from_name,
         "to": address_list(to, field="To"),
         "cc": address_list(cc, field="Cc"),
-        "subject": decode_words(subject) if isinstance(subject, str) else None,
+        "subject": decoded_subject,
         "text": body,
         "html": newlines(html),
-        "stripped_text": given.strip() if given and given.strip() else strip_reply(
-            body, decode_words(subject) if isinstance(subject, str) else None),
+        "stripped_text": given or strip_reply(body, decoded_subject),
         "message_id": message_id(message_id_),
         "in_reply_to": message_id(in_reply_to, "In-Reply-To"),
         "references": message_ids(references),

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 from bridge.errors import Rejected
 from bridge.escaping import escape_text
-from handlers.email import decode_words
+from handlers.email import decode_words, raw_utf8
 from handlers.limits import MAX_FORM_FIELDS, check_count, check_mime_shape, check_parts
 
 
@@ -25,6 +25,13 @@ def add_value(out: dict[str, Any], key: str, value: Any) -> None:
             out[key] = [current, value]
     else:
         out[key] = value
+
+
+def first_value(value: Any) -> str | None:
+    """A field `add_value` built that should be single: its text, the first when a client repeated it."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
 
 
 def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
@@ -89,7 +96,7 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
         disposition = next((v for n, v in part.raw_items() if n.lower() == "content-disposition"), None)
         if isinstance(disposition, str) and not disposition.isascii():
             # Browsers send names and filenames as raw UTF-8, which the byte parser keeps as surrogates.
-            part.replace_header("Content-Disposition", _text(disposition))
+            part.replace_header("Content-Disposition", raw_utf8(disposition))
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             raise Rejected(400, "multipart part without a name in its Content-Disposition", check="form")
@@ -101,11 +108,6 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
 
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
-
-
-def _text(value: str) -> str:
-    """A header value the byte parser read, with its 8-bit bytes (kept as surrogates) read as UTF-8."""
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def decode_part(part: Part, charset: str | None = None) -> str:

@@ -13,7 +13,7 @@ from handlers.attachments import Attachment, attachment
 from handlers.auth import hmac_digest, signature_matches
 from handlers.base import Handler, Inbound, SignedNonce, decode_json, per_request
 from handlers.email import Headers, email_payload, message_id
-from handlers.formdata import add_value, decode_part, multipart_parts, parse_urlencoded
+from handlers.formdata import add_value, decode_part, first_value, multipart_parts, parse_urlencoded
 from handlers.signing import TimedOptions, check_timestamp, require
 
 URLENCODED = "application/x-www-form-urlencoded"
@@ -31,13 +31,6 @@ class MailgunOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
 class MailgunForm(msgspec.Struct):
     fields: dict[str, Any]
     files: list[Attachment]
-
-
-def _one(value: Any) -> str | None:
-    """A form value that should be single; the first when a client repeated it."""
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value if isinstance(value, str) else None
 
 
 class MailgunHandler(Handler):
@@ -70,7 +63,7 @@ class MailgunHandler(Handler):
         # Mailgun signs fields of the body, so the form is read first; the signature is still checked before
         # anything of it is used.
         fields = self._form(request, body).fields
-        timestamp, token, signature = (_one(fields.get(k)) for k in ("timestamp", "token", "signature"))
+        timestamp, token, signature = (first_value(fields.get(k)) for k in ("timestamp", "token", "signature"))
         if not token or not signature:
             raise Rejected(401, "the form has no Mailgun `token` and `signature`", check="signature")
         check_timestamp(timestamp, self.clock(), self.mailgun.tolerance_s, header="field `timestamp`")
@@ -82,7 +75,7 @@ class MailgunHandler(Handler):
     def nonce(self, request: web.Request, body: bytes) -> SignedNonce | None:
         # The signature covers the timestamp and token only: the token is what a replay would reuse.
         fields = self._form(request, body).fields
-        timestamp, token = _one(fields.get("timestamp")), _one(fields.get("token"))
+        timestamp, token = first_value(fields.get("timestamp")), first_value(fields.get("token"))
         if not token:
             return None
         stamp = check_timestamp(timestamp, self.clock(), self.mailgun.tolerance_s, header="field `timestamp`")
@@ -94,30 +87,30 @@ class MailgunHandler(Handler):
         fields = form.fields
         headers = self._headers(fields)
         payload = email_payload(
-            from_=headers.get("From") or _one(fields.get("from")) or _one(fields.get("sender")),
-            to=headers.get_all("To") or _one(fields.get("recipient")),
+            from_=headers.get("From") or first_value(fields.get("from")) or first_value(fields.get("sender")),
+            to=headers.get_all("To") or first_value(fields.get("recipient")),
             cc=headers.get_all("Cc"),
-            subject=_one(fields.get("subject")) or headers.get("Subject"),
-            text=_one(fields.get("body-plain")),
-            html=_one(fields.get("body-html")),
-            stripped_text=_one(fields.get("stripped-text")),
+            subject=first_value(fields.get("subject")) or headers.get("Subject"),
+            text=first_value(fields.get("body-plain")),
+            html=first_value(fields.get("body-html")),
+            stripped_text=first_value(fields.get("stripped-text")),
             message_id_=headers.get("Message-Id"),
             in_reply_to=headers.get("In-Reply-To"),
             references=headers.get_all("References"),
             attachments=form.files,
             provider=fields,
         )
-        dedup = message_id(headers.get("Message-Id")) or _one(fields.get("token"))
+        dedup = message_id(headers.get("Message-Id")) or first_value(fields.get("token"))
         return [Inbound(payload=payload, dedup_key=dedup, attachments=form.files)]
 
     @staticmethod
     def _headers(fields: dict[str, Any]) -> Headers:
         """The message's headers: `message-headers` (a JSON list of pairs), else the header-named fields."""
-        raw = _one(fields.get("message-headers"))
+        raw = first_value(fields.get("message-headers"))
         if raw:
             pairs = decode_json(raw, "field `message-headers`", check="form")
             if isinstance(pairs, list):
                 return Headers((str(p[0]), str(p[1])) for p in pairs
                                if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str))
         names = ("From", "To", "Cc", "Subject", "Message-Id", "In-Reply-To", "References", "Date")
-        return Headers((n, v) for n in names if (v := _one(fields.get(n))) is not None)
+        return Headers((n, v) for n in names if (v := first_value(fields.get(n))) is not None)

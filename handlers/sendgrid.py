@@ -8,12 +8,11 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from bridge.config import SourceConfig
-from bridge.errors import Rejected
 from bridge.escaping import escape_text
 from handlers.attachments import Attachment, attachment
-from handlers.base import Handler, Inbound, decode_json
+from handlers.base import Handler, Inbound, optional_json_object
 from handlers.email import Headers, email_payload, message_id, parse_mime
-from handlers.formdata import Part, add_value, multipart_parts
+from handlers.formdata import Part, add_value, first_value, multipart_parts
 
 MULTIPART = "multipart/form-data"
 
@@ -26,12 +25,7 @@ def _charsets(parts: list[Part]) -> dict[str, str]:
     """The `charsets` field: which charset each text field is in (Parse sends no per-part charset)."""
     for part in parts:
         if part.name == "charsets" and part.filename is None:
-            try:
-                value = decode_json(part.data)
-            except Rejected:  # optional: an unreadable list of charsets counts as none
-                return {}
-            if isinstance(value, dict):
-                return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+            return {str(k): str(v) for k, v in (optional_json_object(part.data) or {}).items() if isinstance(v, str)}
     return {}
 
 
@@ -56,7 +50,6 @@ class SendgridHandler(Handler):
         charsets = _charsets(parts)
         fields: dict[str, Any] = {}
         files: list[Attachment] = []
-        info = {}
         raw_email: bytes | None = None
         for part in parts:
             if part.filename is not None:
@@ -66,12 +59,7 @@ class SendgridHandler(Handler):
             else:
                 add_value(fields, part.name, _text(part, charsets))
         raw_info = fields.get("attachment-info")
-        if isinstance(raw_info, str):
-            try:
-                decoded = decode_json(raw_info)
-                info = decoded if isinstance(decoded, dict) else {}
-            except Rejected:  # optional, as above
-                info = {}
+        info = (optional_json_object(raw_info) or {}) if isinstance(raw_info, str) else {}
         # attachment-info names the file when the part's own filename is blank; looked up once, not per file
         named = next((str(e["filename"]) for e in info.values() if isinstance(e, dict) and e.get("filename")), None)
         for item in files:
@@ -84,13 +72,13 @@ class SendgridHandler(Handler):
         else:
             headers = Headers.from_block(fields.get("headers") or "") if isinstance(fields.get("headers"), str) \
                 else Headers()
-            text, html = _str(fields.get("text")), _str(fields.get("html"))
+            text, html = first_value(fields.get("text")), first_value(fields.get("html"))
 
         payload = email_payload(
-            from_=_str(fields.get("from")) or headers.get("From"),
-            to=_str(fields.get("to")) or headers.get_all("To"),
-            cc=_str(fields.get("cc")) or headers.get_all("Cc"),
-            subject=_str(fields.get("subject")) or headers.get("Subject"),
+            from_=first_value(fields.get("from")) or headers.get("From"),
+            to=first_value(fields.get("to")) or headers.get_all("To"),
+            cc=first_value(fields.get("cc")) or headers.get_all("Cc"),
+            subject=first_value(fields.get("subject")) or headers.get("Subject"),
             text=text, html=html, stripped_text=None,
             message_id_=headers.get("Message-ID"),
             in_reply_to=headers.get("In-Reply-To"),
@@ -99,9 +87,3 @@ class SendgridHandler(Handler):
             provider=fields,
         )
         return [Inbound(payload=payload, dedup_key=message_id(headers.get("Message-ID")), attachments=files)]
-
-
-def _str(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return value if isinstance(value, str) else None

@@ -19,11 +19,11 @@ from handlers.base import (
     Handler,
     Inbound,
     Intercepted,
-    decode_json,
     decode_json_object,
     handshake_answer,
     ignored,
     obj,
+    optional_json_object,
     per_request,
 )
 from handlers.email import Headers, MimeContent, email_payload, parse_mime
@@ -131,14 +131,8 @@ class SesHandler(Handler):
         return handshake_answer(web.Response(body=body, content_type="application/json"), "SNS subscription confirmed")
 
     def _notification(self, request: web.Request, message: dict[str, Any]) -> dict[str, Any] | None:
-        def decode() -> dict[str, Any] | None:
-            try:
-                value = decode_json(str(message.get("Message") or ""))
-            except Rejected:  # not an SES notification: answered as ignored
-                return None
-            return value if isinstance(value, dict) else None
-
-        return per_request(request, "ses", decode)
+        # None (not an SES notification) is answered as ignored.
+        return per_request(request, "ses", lambda: optional_json_object(str(message.get("Message") or "")))
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         message = self._message(request, body)

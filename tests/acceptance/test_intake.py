@@ -257,7 +257,9 @@ async def test_cors_preflight_and_post_for_allowed_origin(client: Any) -> None:
                                                           "Access-Control-Request-Headers": "content-type"})
     assert pre.status == 204
     assert pre.headers["Access-Control-Allow-Origin"] == "https://example.com"
+    assert pre.headers["Vary"] == "Origin"
     assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    assert pre.headers["Access-Control-Allow-Headers"] == "content-type"
     post = await client.post("/hooks/contact", json={"email": "a@b.com", "subject": "x"},
                              headers={"Origin": "https://example.com"})
     assert post.status == 202

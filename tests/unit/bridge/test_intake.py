@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from bridge.intake import OFFLOAD_BYTES, OFFLOAD_MIME_LINES, offloaded
+import threading
+from typing import ClassVar, cast
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from aiohttp.web import Request
+
+from bridge.config import ServerConfig, SourceConfig
+from bridge.intake import OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _run_handler, offloaded
+from bridge.runtime import Runtime, Source
+from handlers.base import Handler, Inbound, Intercepted
 
 
 def test_small_ordinary_bodies_stay_on_the_loop() -> None:
@@ -17,3 +27,43 @@ def test_large_bodies_and_many_mime_parts_go_to_the_parser_thread() -> None:
     assert offloaded(b"x" * (OFFLOAD_BYTES + 1))
     assert offloaded(b"\r\n--b\r\nv" * (OFFLOAD_MIME_LINES + 1))
     assert offloaded(b'{"content": "' + b"\\r\\n--b\\r\\nv" * (OFFLOAD_MIME_LINES + 1) + b'"}')
+
+
+class Recording(Handler):
+    """A handler that notes the thread each step runs on."""
+
+    kind: ClassVar[str] = "recording"
+    channel = "webhook"
+    Options: ClassVar[type[SourceConfig]] = SourceConfig
+
+    def __init__(self) -> None:
+        super().__init__("src", SourceConfig(kind="recording"), ServerConfig())
+        self.threads: list[str] = []
+
+    def verify(self, request: Request, body: bytes) -> None:
+        self.threads.append(threading.current_thread().name)
+
+    def parse(self, request: Request, body: bytes) -> list[Inbound]:
+        self.threads.append(threading.current_thread().name)
+        return [Inbound(payload={"size": len(body)})]
+
+
+@pytest.mark.parametrize("body", [b"name=Asha", b"x" * (OFFLOAD_BYTES + 1)], ids=["small", "large"])
+async def test_the_body_is_looked_at_once_to_place_verify_and_parse(monkeypatch: pytest.MonkeyPatch,
+                                                                     body: bytes) -> None:
+    """`offloaded` scans the body once per request, and verify and parse both run where it says."""
+    looks: list[int] = []
+
+    def counting(seen: bytes) -> bool:
+        looks.append(len(seen))
+        return offloaded(seen)
+
+    monkeypatch.setattr("bridge.intake.offloaded", counting)
+    handler = Recording()
+    request = make_mocked_request("POST", "/hooks/src")
+    handled = await _run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, body)
+    assert not isinstance(handled, Intercepted)
+    assert handled[0][0].payload == {"size": len(body)}
+    assert looks == [len(body)]
+    on_parser = [name.startswith("ticketbridge-parse") for name in handler.threads]
+    assert on_parser == [offloaded(body)] * 2

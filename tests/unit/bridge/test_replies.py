@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bridge.mapping.text import strip_quoted
 from bridge.replies import strip_reply
 from handlers import email
+from tests.fixtures.providers import ASHA_TEXT
 
 CORPUS = Path(__file__).parents[2] / "fixtures" / "replies"
 CASES = sorted(p.name.removesuffix(".txt") for p in CORPUS.glob("*.txt") if not p.name.endswith(".expected.txt"))
@@ -38,7 +39,9 @@ def test_corpus_reply_is_what_the_customer_wrote(case: str) -> None:
     body = read(f"{case}.txt")
     expected = read(f"{case}.expected.txt").removesuffix("\n")
     assert strip_reply(body) == expected
-    assert email.strip_reply(body) == expected
+    assert email.email_payload(from_=None, to=None, cc=None, subject=None, text=body, html=None, stripped_text=None,
+                               message_id_=None, in_reply_to=None, references=None, attachments=[],
+                               provider={})["stripped_text"] == expected
     assert strip_quoted(body) == expected
 
 
@@ -118,3 +121,39 @@ def test_a_forward_subject_keeps_what_outlook_forwarded(subject: str) -> None:
 def test_a_reply_subject_leaves_the_header_block_as_history(subject: str | None) -> None:
     """Without a forward's subject (a reply to a forward included) the header block is history."""
     assert strip_reply(OUTLOOK_FORWARD, subject) == "Please look at the message below, I never ordered this."
+
+
+def test_strip_reply_cuts_the_gmail_attribution_and_quote() -> None:
+    """Everything from a wrapped "On … wrote:" line on is history."""
+    assert strip_reply(ASHA_TEXT) == "Hi,\n\nMy router is down again since this morning.\n\nThanks,\nAsha"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Yes, it works now.\n\n-- \nAsha Rao\nAcme Ltd", "Yes, it works now."),
+    ("Fixed.\n\nSent from my iPhone", "Fixed."),
+    ("Fixed.\r\n\r\nGet Outlook for Android", "Fixed."),
+    ("Done\n\n-----Original Message-----\nFrom: Support\nSent: Monday\nHello", "Done"),
+    ("Done\n\n________________________________\nFrom: Support <s@acme.test>\nSent: Monday\nSubject: x", "Done"),
+    ("Done\n\nFrom: Support <s@acme.test>\nSent: Monday, 3 June 2024 10:00\nTo: Asha\nSubject: Re: x\n\nHi",
+     "Done"),
+    ("Merci\n\nLe lun. 3 juin 2024 à 10:00, Support <s@acme.test> a écrit :\n> Bonjour", "Merci"),
+    ("Danke\n\nAm Mo., 3. Juni 2024 um 10:00 Uhr schrieb Support <s@acme.test>:\n> Hallo", "Danke"),
+])
+def test_strip_reply_knows_common_markers(text: str, expected: str) -> None:
+    """Signature delimiters, mobile footers, Outlook header blocks and other languages' attributions end the reply."""
+    assert strip_reply(text) == expected
+
+
+def test_strip_reply_keeps_interleaved_answers_without_the_quotes() -> None:
+    """An inline reply keeps its own lines and loses the quoted ones."""
+    assert strip_reply("> Is it on?\nYes.\n\n> Is it blinking?\nNo.") == "Yes.\n\nNo."
+
+
+@pytest.mark.parametrize("text", [
+    "On Monday the router died.\nIt blinks red.",
+    "From: my phone, the router page shows nothing",
+    "Use -- to separate options",
+])
+def test_strip_reply_leaves_ordinary_text_alone(text: str) -> None:
+    """Text that only looks like a marker at first glance is kept whole."""
+    assert strip_reply(text) == text

@@ -21,6 +21,7 @@ from handlers.base import (
     handshake_answer,
     ignored,
     obj,
+    optional_json_object,
     per_request,
 )
 from tests.fixtures.providers import passes
@@ -177,6 +178,17 @@ def test_decode_json_malformed(body: bytes) -> None:
     assert (info.value.status, info.value.check) == (400, "json")
     assert str(info.value).startswith("malformed JSON: ")
     assert len(str(info.value)) > len("malformed JSON: ")
+
+
+@pytest.mark.parametrize("data", [b"", b"{", "[1, 2]", '"text"', b"null", "[" * (MAX_JSON_DEPTH + 1)])
+def test_optional_json_object_reads_anything_else_as_absent(data: bytes | str) -> None:
+    """An optional field that is not a JSON object (malformed, another type, too deep) reads as None."""
+    assert optional_json_object(data) is None
+
+
+def test_optional_json_object_gives_an_object() -> None:
+    """An optional field holding a JSON object gives it, from bytes or text."""
+    assert optional_json_object(b'{"a": 1}') == optional_json_object('{"a": 1}') == {"a": 1}
 
 
 # -- the interception hook and its helpers ----------------------------------------------------------

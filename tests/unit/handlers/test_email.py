@@ -1,4 +1,4 @@
-"""handlers/email.py: addresses, message ids, the reply without its quoted history, MIME, the email shape."""
+"""handlers/email.py: addresses, message ids, MIME, the email shape."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from handlers.email import (
     message_ids,
     parse_mime,
     sender,
-    strip_reply,
 )
 from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
 from tests.fixtures.providers import ASHA_TEXT, JPEG, JPEG_SHA256, raw
@@ -66,43 +65,7 @@ def test_message_id_without_brackets_gets_them() -> None:
     assert message_id("") is None
 
 
-# -- strip_reply ------------------------------------------------------------------------------------------
-
-
-def test_strip_reply_cuts_the_gmail_attribution_and_quote() -> None:
-    """Everything from a wrapped "On … wrote:" line on is history."""
-    assert strip_reply(ASHA_TEXT) == "Hi,\n\nMy router is down again since this morning.\n\nThanks,\nAsha"
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Yes, it works now.\n\n-- \nAsha Rao\nAcme Ltd", "Yes, it works now."),
-    ("Fixed.\n\nSent from my iPhone", "Fixed."),
-    ("Fixed.\r\n\r\nGet Outlook for Android", "Fixed."),
-    ("Done\n\n-----Original Message-----\nFrom: Support\nSent: Monday\nHello", "Done"),
-    ("Done\n\n________________________________\nFrom: Support <s@acme.test>\nSent: Monday\nSubject: x", "Done"),
-    ("Done\n\nFrom: Support <s@acme.test>\nSent: Monday, 3 June 2024 10:00\nTo: Asha\nSubject: Re: x\n\nHi",
-     "Done"),
-    ("Merci\n\nLe lun. 3 juin 2024 à 10:00, Support <s@acme.test> a écrit :\n> Bonjour", "Merci"),
-    ("Danke\n\nAm Mo., 3. Juni 2024 um 10:00 Uhr schrieb Support <s@acme.test>:\n> Hallo", "Danke"),
-])
-def test_strip_reply_knows_common_markers(text: str, expected: str) -> None:
-    """Signature delimiters, mobile footers, Outlook header blocks and other languages' attributions end the reply."""
-    assert strip_reply(text) == expected
-
-
-def test_strip_reply_keeps_interleaved_answers_without_the_quotes() -> None:
-    """An inline reply keeps its own lines and loses the quoted ones."""
-    assert strip_reply("> Is it on?\nYes.\n\n> Is it blinking?\nNo.") == "Yes.\n\nNo."
-
-
-@pytest.mark.parametrize("text", [
-    "On Monday the router died.\nIt blinks red.",
-    "From: my phone, the router page shows nothing",
-    "Use -- to separate options",
-])
-def test_strip_reply_leaves_ordinary_text_alone(text: str) -> None:
-    """Text that only looks like a marker at first glance is kept whole."""
-    assert strip_reply(text) == text
+# -- the reply ------------------------------------------------------------------------------------------
 
 
 def test_email_payload_strips_a_forward_by_its_subject() -> None:
@@ -112,12 +75,6 @@ def test_email_payload_strips_a_forward_by_its_subject() -> None:
               "in_reply_to": None, "references": None, "attachments": [], "provider": {}}
     assert email_payload(text=body, subject="=?utf-8?q?FW=3A_Order?=", **common)["stripped_text"] == body
     assert email_payload(text=body, subject="RE: Order", **common)["stripped_text"] == "FYI"
-
-
-def test_strip_reply_of_nothing_is_empty() -> None:
-    """No text gives an empty reply, not an error."""
-    assert strip_reply(None) == ""
-    assert strip_reply("") == ""
 
 
 # -- headers and MIME ---------------------------------------------------------------------------------
@@ -185,6 +142,20 @@ def test_email_payload_prefers_the_providers_stripped_reply() -> None:
     """A stripped reply the provider gives wins; a blank one falls back to our own stripping."""
     assert payload(text="new\n\nOn Mon, X <x@y> wrote:\n> old", stripped_text="theirs")["stripped_text"] == "theirs"
     assert payload(text="new\n\nOn Mon, X <x@y> wrote:\n> old", stripped_text="  ")["stripped_text"] == "new"
+
+
+def test_email_payload_decodes_the_subject_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The subject's encoded words are decoded once, for both the subject and the reply stripping."""
+    calls: list[str] = []
+
+    def counting(value: str) -> str:
+        calls.append(value)
+        return decode_words(value)
+
+    monkeypatch.setattr("handlers.email.decode_words", counting)
+    out = payload(from_="asha@x.org", subject="=?utf-8?q?FW=3A_Order?=")
+    assert out["subject"] == "FW: Order"
+    assert calls.count("=?utf-8?q?FW=3A_Order?=") == 1
 
 
 def test_email_payload_normalises_line_ends_and_lists_attachment_metadata() -> None:

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import FormData
 
 from bridge.errors import Rejected
-from handlers.formdata import parse_multipart, parse_urlencoded
+from handlers.formdata import first_value, parse_multipart, parse_urlencoded
 from handlers.limits import MAX_FORM_FIELDS
 
 BOUNDARY = "----tbBoundary7MA4YWxk"
@@ -59,6 +59,15 @@ def test_urlencoded_repeated_keys_become_lists_in_order() -> None:
 def test_urlencoded_blank_values_are_kept() -> None:
     """Blank values are kept as empty strings, also inside repeated keys."""
     assert parse_urlencoded(b"a=&b=x&a=y&c=") == {"a": ["", "y"], "b": "x", "c": ""}
+
+
+def test_first_value_of_a_single_or_repeated_field() -> None:
+    """A field that should be single gives its text, the first one when repeated, and None when it is absent,
+    empty-listed or not text (a file part's dict)."""
+    form = parse_urlencoded(b"a=1&b=x&b=y")
+    assert (first_value(form["a"]), first_value(form["b"]), first_value(form.get("c"))) == ("1", "x", None)
+    assert first_value([]) is None
+    assert first_value({"filename": "a.txt"}) is None
 
 
 def test_urlencoded_empty_body() -> None:

@@ -65,6 +65,16 @@ def test_attachment_name_falls_back_to_attachment_info() -> None:
     assert inbound.payload["attachments"][0]["name"] == "log.txt"
 
 
+@pytest.mark.parametrize("value", ["{not json", '["a list"]', '"text"'])
+def test_unreadable_charsets_and_attachment_info_count_as_none(value: str) -> None:
+    """A `charsets` or `attachment-info` field that is not a JSON object is ignored, not a refusal."""
+    body, ctype = multipart({"charsets": value, "attachment-info": value, "from": "a@b.c", "subject": "Café"},
+                            [("attachment1", "", "text/plain", b"log")])
+    [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
+    assert inbound.payload["subject"] == "Café"
+    assert inbound.payload["attachments"][0]["name"] == ""
+
+
 def test_parse_is_protected_by_basic_auth() -> None:
     """Parse has no signature: a source with `auth` refuses a post without the credentials."""
     auth = AuthConfig(basic=BasicAuth(username="sendgrid", password="pw"))
