@@ -13,6 +13,7 @@ from bridge.conversations import ticket_context
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
+    AttemptResult,
     AttemptRow,
     AuditEntry,
     Claimed,
@@ -58,6 +59,11 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
         updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15], conversation=r[16],
         role=r[17], waiting=bool(r[18]),
     )
+
+
+def gives_ticket(r: AttemptResult) -> bool:
+    """Whether this attempt (recorded under its lease) gives its conversation a ticket: a create that succeeded."""
+    return r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None
 
 
 def conversation_row(r: Sequence[Any]) -> ConversationRow:
