@@ -25,22 +25,12 @@ from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Change, Coordination, Gate
 from bridge.delivery.ratelimit import Limiter
-from bridge.errors import LeaseLost, NotFound
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
 SHARED_MIN_MARGIN_S = 0.2
 PROBE_HOLD_S = 60.0
 CLOCK = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint"
-
-
-async def check_lease(conn: Any, delivery_id: str, owner: str) -> None:
-    """Raise LeaseLost unless `owner` holds the lease on `delivery_id` (locking the row until commit)."""
-    row = await conn.fetchrow("SELECT status, lease_owner FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
-    if row is None:
-        raise NotFound(f"no delivery {delivery_id}")
-    if row[0] != "in_flight" or row[1] != owner:
-        raise LeaseLost(f"delivery {delivery_id}: the lease of {owner!r} is no longer held")
 
 
 class PgGate(Gate):

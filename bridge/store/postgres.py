@@ -27,7 +27,7 @@ import msgspec
 import structlog
 
 from bridge.delivery.coordination import Coordination
-from bridge.errors import NotFound, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
@@ -58,7 +58,7 @@ from bridge.store.pg_batch import (
     store_group,
     warm_connection,
 )
-from bridge.store.pg_coordination import PgCoordination, check_lease
+from bridge.store.pg_coordination import PgCoordination
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -78,6 +78,7 @@ from bridge.store.rows import (
     decode_files,
     delivery_row,
     encode,
+    gives_ticket,
     kept_condition,
     now_ms,
     settled,
@@ -388,35 +389,42 @@ class PostgresStore(Store):
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
+        role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
 
         async def op(conn: Any) -> None:
-            if owner is not None:
-                await check_lease(conn, r.delivery_id, owner)
-            n = await conn.fetchval(
+            now = now_ms()
+            # The lease is checked by the UPDATE itself: it waits on a concurrent change of the row and then
+            # re-checks the condition, as a SELECT … FOR UPDATE first would, in one round trip fewer.
+            updated = await conn.fetchrow(
                 "UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
                 "updated_at = $3, last_error = $4, ticket_id = COALESCE($5, ticket_id), "
-                "ticket_key = COALESCE($6, ticket_key) WHERE id = $7 AND status = 'in_flight' RETURNING attempts",
-                r.next_status, r.next_attempt_at_ms, now_ms(), r.error, r.ticket_id, r.ticket_key, r.delivery_id)
-            if n is None:
+                "ticket_key = COALESCE($6, ticket_key), role = COALESCE($7, role), action = COALESCE($8, action), "
+                "body = COALESCE($9, body) WHERE id = $10 AND status = 'in_flight' "
+                "AND ($11::text IS NULL OR lease_owner = $11) RETURNING attempts, conversation",
+                r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
+                None if role_body is None else encode(role_body), r.delivery_id, owner)
+            if updated is None:
+                if owner is not None:
+                    if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", r.delivery_id) is None:
+                        raise NotFound(f"no delivery {r.delivery_id}")
+                    raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
+                # Its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now.
                 n = await conn.fetchval("UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 "
                                         "RETURNING attempts", r.delivery_id)
                 if n is None:
                     raise NotFound(f"no delivery {r.delivery_id}")
                 log.warning("store.record_without_lease", delivery_id=r.delivery_id)
+                updated = (n, None)
+            n, conversation = updated
             await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
                                "response_excerpt, classification, error, exchange) "
                                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
                                r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
                                r.error, None if r.exchange is None else encode(r.exchange))
-            if r.role is not None:
-                await conn.execute("UPDATE deliveries SET role = $1, action = COALESCE($2, action), "
-                                   "body = COALESCE($3, body) WHERE id = $4", r.role, r.action,
-                                   None if r.body is None else encode(r.body), r.delivery_id)
-                if r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None:
-                    await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3 "
-                                       "WHERE id = (SELECT conversation FROM deliveries WHERE id = $4)",
-                                       r.ticket_id, r.ticket_key, now_ms(), r.delivery_id)
+            if conversation is not None and gives_ticket(r):
+                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3 "
+                                   "WHERE id = $4", r.ticket_id, r.ticket_key, now, conversation)
 
         await self._run(op)
 

@@ -13,6 +13,7 @@ from bridge.conversations import ticket_context
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
+    AttemptResult,
     AttemptRow,
     AuditEntry,
     Claimed,
@@ -31,14 +32,16 @@ decode_files = msgspec.json.Decoder(dict[str, str]).decode
 ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
                "(status = 'pending' AND conversation IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries w "
-               "WHERE w.conversation = deliveries.conversation AND w.id < deliveries.id "
-               "AND w.status IN ('pending', 'in_flight')))")
+               "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
+               "AND w.id < deliveries.id))")
 ROW_WIDTH = 19
 HEAD_OF_CONVERSATION = (
     "(d.conversation IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "
-    "AND o.id <> d.id AND (o.status = 'in_flight' OR (o.status = 'pending' AND o.id < d.id))))")
+    "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id AND (o.status = 'in_flight' OR o.id < d.id)))")
 """A pending delivery `d` may be sent: outside conversations always; in one, only when no earlier delivery of
-it waits and none is being sent (so a conversation is worked by one sender at a time, in arrival order)."""
+it waits and none is being sent (so a conversation is worked by one sender at a time, in arrival order). Its
+`status IN (…)`, as in ROW_COLUMNS' `waiting`, is the condition of the partial index deliveries_open_conversation,
+spelt so that both databases use it: a conversation's settled history is never walked."""
 CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
                         "ticket_key, ticket_at")
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
@@ -58,6 +61,11 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
         updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15], conversation=r[16],
         role=r[17], waiting=bool(r[18]),
     )
+
+
+def gives_ticket(r: AttemptResult) -> bool:
+    """Whether this attempt (recorded under its lease) gives its conversation a ticket: a create that succeeded."""
+    return r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None
 
 
 def conversation_row(r: Sequence[Any]) -> ConversationRow:

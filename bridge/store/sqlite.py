@@ -77,6 +77,7 @@ from bridge.store.rows import (
     decode_files,
     delivery_row,
     encode,
+    gives_ticket,
     kept_condition,
     new_delivery_rows,
     now_ms,
@@ -561,44 +562,40 @@ class SqliteStore(Store):
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
+        role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
-            if owner is not None:
-                held = conn.execute("SELECT status = 'in_flight' AND lease_owner IS ? FROM deliveries WHERE id = ?",
-                                    (owner, r.delivery_id)).fetchone()
-                if held is None:
-                    raise NotFound(f"no delivery {r.delivery_id}")
-                if not held[0]:
-                    raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
             updated = conn.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = tries + 1, "
                 "next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
                 "updated_at = ?, last_error = ?, ticket_id = COALESCE(?, ticket_id), "
-                "ticket_key = COALESCE(?, ticket_key) WHERE id = ? AND status = 'in_flight' RETURNING attempts",
-                (r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.delivery_id),
+                "ticket_key = COALESCE(?, ticket_key), role = COALESCE(?, role), action = COALESCE(?, action), "
+                "body = COALESCE(?, body) WHERE id = ? AND status = 'in_flight' AND (? IS NULL OR lease_owner = ?) "
+                "RETURNING attempts, conversation",
+                (r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
+                 None if role_body is None else encode(role_body), r.delivery_id, owner, owner),
             ).fetchone()
             if updated is None:
-                found = conn.execute("SELECT attempts + 1 FROM deliveries WHERE id = ?", (r.delivery_id,)).fetchone()
+                if owner is not None:
+                    if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (r.delivery_id,)).fetchone() is None:
+                        raise NotFound(f"no delivery {r.delivery_id}")
+                    raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
+                # Its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now.
+                found = conn.execute("UPDATE deliveries SET attempts = attempts + 1 WHERE id = ? RETURNING attempts",
+                                     (r.delivery_id,)).fetchone()
                 if found is None:
                     raise NotFound(f"no delivery {r.delivery_id}")
-                n = found[0]
-                conn.execute("UPDATE deliveries SET attempts = ? WHERE id = ?", (n, r.delivery_id))
                 log.warning("store.record_without_lease", delivery_id=r.delivery_id)
-            else:
-                n = updated[0]
+                updated = (found[0], None)
+            n, conversation = updated
             conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
                          "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt,
                           r.classification, r.error, None if r.exchange is None else encode(r.exchange)))
-            if r.role is not None:
-                conn.execute("UPDATE deliveries SET role = ?, action = COALESCE(?, action), body = COALESCE(?, body) "
-                             "WHERE id = ?", (r.role, r.action, None if r.body is None else encode(r.body),
-                                              r.delivery_id))
-                if r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None:
-                    conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_at = ? "
-                                 "WHERE id = (SELECT conversation FROM deliveries WHERE id = ?)",
-                                 (r.ticket_id, r.ticket_key, now, r.delivery_id))
+            if conversation is not None and gives_ticket(r):
+                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_at = ? WHERE id = ?",
+                             (r.ticket_id, r.ticket_key, now, conversation))
 
         await self._write(op)
 

@@ -818,6 +818,23 @@ class StoreContract:
         (found,) = await store.get_conversations("k")
         assert found.conversation.ticket_id == "T-2"
 
+    async def test_a_result_recorded_without_an_owner_after_the_lease_went_keeps_only_the_attempt(
+            self, store: Store) -> None:
+        """record() without an owner for a delivery no longer in flight keeps the attempt and changes nothing else:
+        not its status, role, action or body, nor its conversation's ticket."""
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "slow", -1)
+        assert await store.release_expired() == 1
+        await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-1"), role="create",
+                                                   action="update_ticket", body={"comment": "late"}))
+        detail = await store.get_delivery(d.id)
+        assert (detail.delivery.status, detail.delivery.attempts, detail.delivery.role) == ("pending", 1, None)
+        assert (detail.delivery.action, detail.body, detail.delivery.ticket_id) == (d.action, d.body, None)
+        assert [a.n for a in detail.attempts] == [1]
+        (found,) = await store.get_conversations("k")
+        assert found.conversation.ticket_id is None
+
     async def test_get_conversations_lists_its_deliveries_in_order(self, store: Store) -> None:
         """A conversation is found by its key or scoped id, with its ticket, message count and deliveries."""
         first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))

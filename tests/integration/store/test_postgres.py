@@ -11,6 +11,7 @@ from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
 from bridge.store.base import Cutoffs, DeliveryFilter
 from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema
+from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
 from tests.integration.processes import DSN
 from tests.integration.store.contract import (
     WEEK,
@@ -21,6 +22,7 @@ from tests.integration.store.contract import (
     make_event,
     nonce,
     now_ms,
+    result,
     settled_event,
 )
 
@@ -232,5 +234,30 @@ async def test_a_replay_committed_while_the_purge_waits_keeps_its_event(store: P
         got = await purge
         assert got.events == 0 and await kept(store, ev)
         assert (await store.get_delivery(d)).delivery.status == "pending"
+    finally:
+        await conn.close()
+
+
+async def test_a_conversations_head_and_waiting_are_found_without_walking_its_history(
+        store: PostgresStore, pg_schema: str) -> None:
+    """The claim's head check and a listed delivery's `waiting` look up only the conversation's unsettled
+    deliveries (the partial index deliveries_open_conversation), not every delivery it ever had. Sequential scans
+    are turned off: on a table this small one would be cheaper, on a real queue it is not."""
+    for _ in range(100):
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "w", 60)
+        await store.record(result(d.id, "succeeded", ticket_id="T-1"))
+    await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+    queries = (f"SELECT id FROM deliveries d WHERE status = 'pending' AND destination = 'kapture-support' "
+               f"AND next_attempt_at <= {now_ms()} AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT 10",
+               f"SELECT {ROW_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT 50")
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("ANALYZE deliveries")
+        await conn.execute("SET enable_seqscan = off")
+        for query in queries:
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
+            assert "deliveries_open_conversation" in plan, plan
     finally:
         await conn.close()

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.store.base import DeliveryFilter
+from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from tests.conftest import eventually
 from tests.integration.store.contract import (
@@ -364,3 +365,16 @@ async def test_expired_nonces_are_swept_a_few_at_a_time(store: SqliteStore, tmp_
     await store.accept(make_event(source="src"), [], WEEK, nonce("fresh-last"))
     assert expired() == []
     assert query(tmp_path / "s.db", "SELECT count(*) FROM nonces") == [(NONCE_SWEEP_EVERY + 2,)]
+
+
+async def test_a_conversations_head_and_waiting_are_found_without_walking_its_history(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """The claim's head check and a listed delivery's `waiting` look up only the conversation's unsettled
+    deliveries (the partial index deliveries_open_conversation), not every delivery it ever had."""
+    queries = (f"SELECT id FROM deliveries d WHERE status = 'pending' AND destination = 'x' "
+               f"AND next_attempt_at <= 0 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT 10",
+               f"SELECT {ROW_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT 50")
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        for query in queries:
+            plan = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+            assert "USING INDEX deliveries_open_conversation" in plan, plan
