@@ -217,6 +217,11 @@ class Lane:
                                              body=item.body if role == "follow_up" and settled is None else None)
         # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe).
         await self._tell_gate(sent, "success" if settled is not None else sent.outcome.classification, blog)
+        await self._record(item, result, blog)
+
+    async def _record(self, item: Claimed, result: AttemptResult, blog: Any) -> None:
+        """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered)."""
+        d = self.dispatcher
         failures = 0
         delay = d.timings.store_retry_s
         error = ""
