@@ -35,7 +35,7 @@ from aiohttp import web
 
 from bridge.errors import BridgeError, ErrorList, MappingError, StoreUnavailable
 from bridge.mapping.mappingset import MAPPING_SUFFIXES, MappingSet
-from bridge.mapping.testing import TestResult, run_test
+from bridge.mapping.testing import TestResult, run_tests
 from bridge.runtime import Runtime
 from bridge.store.base import Store
 
@@ -209,13 +209,11 @@ class MappingReloader:
 
     def test(self, mappings: MappingSet) -> list[TestResult]:
         """Every test of every mapping, stopping between tests when told to (`Stopped`)."""
-        out = []
-        for mapping in sorted(mappings.mappings.values(), key=lambda m: m.name):
-            for i, test in enumerate(mapping.spec.tests):
-                if self._stop_test.is_set():
-                    raise Stopped
-                out.append(run_test(mapping, i, test, self.rt.config.vars))
-        return out
+        return run_tests(mappings, self.rt.config.vars, before_each=self._stop_if_told)
+
+    def _stop_if_told(self) -> None:
+        if self._stop_test.is_set():
+            raise Stopped
 
     async def _off_loop(self, fn: Callable[[], T], what: str) -> T:
         """`fn` in a daemon thread under the reload deadline; ReloadFailed past it."""
