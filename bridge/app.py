@@ -4,7 +4,8 @@ opened in order and closed in reverse."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
@@ -112,6 +113,17 @@ async def readyz(request: web.Request) -> web.Response:
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
+@contextlib.asynccontextmanager
+async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """`work` as a named task for as long as the block runs; cancelled, and waited for, when it ends."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | None = None) -> CleanupCtx:
     """Open the store first and close it last. After a start with a broken mappings folder, the last
     good set kept in the store is put in force before anything else runs (or the start fails)."""
@@ -127,12 +139,10 @@ def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | N
                 raise
         rt.store = opened
         log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
-        watcher = asyncio.create_task(stop_when_lost(rt, opened), name="store watcher")
         try:
-            yield
+            async with background(stop_when_lost(rt, opened), "store watcher"):
+                yield
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
             rt.store = None
             await opened.close()
             log.info("store.closed", commits=getattr(opened, "batches", None),
@@ -199,13 +209,10 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
             dispatcher.notify(set(dispatcher.lanes) if destination == "*" else {destination})
 
         await store.subscribe(announced)
-        reaper = asyncio.create_task(reap_expired_leases(store, dispatcher, dispatcher.lease_s / 3),
-                                     name="lease reaper")
         try:
-            yield
+            async with background(reap_expired_leases(store, dispatcher, dispatcher.lease_s / 3), "lease reaper"):
+                yield
         finally:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
             await dispatcher.stop(rt.config.server.shutdown_grace_seconds)
             rt.dispatcher = None
             await session.close()
@@ -244,14 +251,9 @@ def retention_context(rt: Runtime) -> CleanupCtx:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert rt.store is not None
-        task = asyncio.create_task(run_retention(rt.store, rt.config.retention, rt.config.attachments_dir,
-                                                 lambda name, n, kind: rt.count(name, n, kind=kind)),
-                                   name="retention")
-        try:
+        async with background(run_retention(rt.store, rt.config.retention, rt.config.attachments_dir,
+                                            lambda name, n, kind: rt.count(name, n, kind=kind)), "retention"):
             yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     return ctx
 

@@ -66,9 +66,11 @@ class AdminConfig(Base):
     def __post_init__(self) -> None:
         for name, token in self.read_tokens.items():
             if not name.strip() or not token.strip():
-                raise ValueError(f"`read_tokens` needs a name and a non-empty token for each entry; {name!r} has none")
+                raise KeyValueError(("read_tokens", name), "`read_tokens` needs a name and a non-empty token for "
+                                    f"each entry; {name!r} has none")
             if self.token and token == self.token:
-                raise ValueError(f"read token {name!r} is the admin token; a read-only token must differ")
+                raise KeyValueError(("read_tokens", name),
+                                    f"read token {name!r} is the admin token; a read-only token must differ")
 
 
 class LogConfig(Base):

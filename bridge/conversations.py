@@ -50,11 +50,15 @@ def email_key(payload: dict[str, Any]) -> ConversationKey | None:
     return None
 
 
-def chat_key(payload: dict[str, Any]) -> ConversationKey | None:
-    value = payload.get("conversation_id")
+def _scalar_key(kind: str, value: Any) -> ConversationKey | None:
+    """`kind:value` for a scalar value; None for nothing, an empty string, a boolean or a structure."""
     if value is None or value == "" or isinstance(value, bool | dict | list):
         return None
-    return ConversationKey(f"chat:{str(value)[:MAX_KEY_CHARS]}")
+    return ConversationKey(f"{kind}:{str(value)[:MAX_KEY_CHARS]}")
+
+
+def chat_key(payload: dict[str, Any]) -> ConversationKey | None:
+    return _scalar_key("chat", payload.get("conversation_id"))
 
 
 EMAIL_KEYS = ("message_id", "in_reply_to", "references")
@@ -75,9 +79,7 @@ def channel_key(channel: str, payload: dict[str, Any]) -> ConversationKey | None
 
 def given_key(value: Any) -> ConversationKey | None:
     """A key a mapping's `conversation:` expression rendered; None when it rendered nothing."""
-    if value is None or value == "" or isinstance(value, bool | dict | list):
-        return None
-    return ConversationKey(f"key:{str(value)[:MAX_KEY_CHARS]}")
+    return _scalar_key("key", value)
 
 
 def scoped(mapping: str, key: str) -> str:

@@ -9,6 +9,7 @@ never load the store).
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -36,24 +37,37 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[s
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *(_line(name, labels, v) for labels, v in samples)]
 
 
+# A labelled counter's family in render() and the labels it keeps, by counter name; intake.* and mappings.reload*
+# counters take theirs from the name (see _sample).
+LABELLED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "escaped": ("escaped", ("source", "where")),
+    "handler_error": ("handler_errors", ("source",)),
+    "retention.purged": ("purged", ("kind",)),
+    "delivery.attempt": ("attempts", ("destination", "classification")),
+}
+
+
+def _sample(name: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | None:
+    """The family a labelled counter belongs to and its labels; None for a counter /metrics does not show."""
+    if name.startswith("intake."):
+        return "intake", {"source": tags.get("source", ""), "outcome": name.removeprefix("intake.")}
+    if name.startswith("mappings.reload"):
+        return "reloads", {"result": "ok" if name == "mappings.reloaded" else "failed"}
+    if name not in LABELLED:
+        return None
+    family, keys = LABELLED[name]
+    return family, {key: tags.get(key, "") for key in keys}
+
+
 def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     """The exposition text for the runtime's counters and state."""
-    intake, reloads, attempts, escaped, handler_errors, purged = [], [], [], [], [], []
+    samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
     for (name, labels), value in sorted(rt.labelled.items()):
-        tags = dict(labels)
-        if name.startswith("intake."):
-            intake.append(({"source": tags.get("source", ""), "outcome": name.removeprefix("intake.")}, value))
-        elif name == "escaped":
-            escaped.append(({"source": tags.get("source", ""), "where": tags.get("where", "")}, value))
-        elif name == "handler_error":
-            handler_errors.append(({"source": tags.get("source", "")}, value))
-        elif name.startswith("mappings.reload"):
-            reloads.append(({"result": "ok" if name == "mappings.reloaded" else "failed"}, value))
-        elif name == "retention.purged":
-            purged.append(({"kind": tags.get("kind", "")}, value))
-        elif name == "delivery.attempt":
-            attempts.append(({"destination": tags.get("destination", ""),
-                              "classification": tags.get("classification", "")}, value))
+        sample = _sample(name, dict(labels))
+        if sample is not None:
+            samples[sample[0]].append((sample[1], value))
+    intake, reloads, attempts = samples["intake"], samples["reloads"], samples["attempts"]
+    escaped, handler_errors, purged = samples["escaped"], samples["handler_errors"], samples["purged"]
     out = _family("ticketbridge_info", "gauge", "The running version.", [({"version": __version__}, 1)])
     out += _family("ticketbridge_intake_requests_total", "counter",
                    "Requests to /hooks by source and outcome (accepted, duplicate, spam, rejected.<status>, ...).",

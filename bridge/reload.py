@@ -35,9 +35,9 @@ from aiohttp import web
 
 from bridge.errors import BridgeError, ErrorList, MappingError, StoreUnavailable
 from bridge.mapping.mappingset import MAPPING_SUFFIXES, MappingSet
-from bridge.mapping.testing import TestResult, run_test
-from bridge.runtime import Runtime
-from bridge.store.base import Store
+from bridge.mapping.testing import TestResult, run_tests
+from bridge.runtime import MappingStatus, Runtime
+from bridge.store.base import Store, StoredMappingSet
 
 log = structlog.get_logger("ticketbridge.reload")
 
@@ -209,13 +209,11 @@ class MappingReloader:
 
     def test(self, mappings: MappingSet) -> list[TestResult]:
         """Every test of every mapping, stopping between tests when told to (`Stopped`)."""
-        out = []
-        for mapping in sorted(mappings.mappings.values(), key=lambda m: m.name):
-            for i, test in enumerate(mapping.spec.tests):
-                if self._stop_test.is_set():
-                    raise Stopped
-                out.append(run_test(mapping, i, test, self.rt.config.vars))
-        return out
+        return run_tests(mappings, self.rt.config.vars, before_each=self._stop_if_told)
+
+    def _stop_if_told(self) -> None:
+        if self._stop_test.is_set():
+            raise Stopped
 
     async def _off_loop(self, fn: Callable[[], T], what: str) -> T:
         """`fn` in a daemon thread under the reload deadline; ReloadFailed past it."""
@@ -277,7 +275,7 @@ class MappingReloader:
         """Keep `mappings` (loaded, and its tests passed) in the store as the last good set."""
         store = self.rt.store
         status = self.rt.mapping_status
-        if store is None or (status.stored_version == mappings.version and status.stored_files == mappings.files):
+        if store is None or _is_kept(status, mappings):
             return
         try:
             await store.save_mapping_set(mappings.files, mappings.version)
@@ -308,10 +306,9 @@ class MappingReloader:
             stored = None
         status = self.rt.mapping_status
         if stored is not None:
-            status.stored_version, status.stored_files = stored.version, stored.files
-            status.stored_at = datetime.fromtimestamp(stored.saved_at_ms / 1000, UTC)
+            _note_kept(status, stored)
         current = self.rt.mappings
-        if status.stored_version == current.version and status.stored_files == current.files:
+        if _is_kept(status, current):
             return
         async with self._lock:
             try:
@@ -326,6 +323,18 @@ class MappingReloader:
                 return
             if self.rt.mappings is current:
                 await self.save(current)
+
+
+def _note_kept(status: MappingStatus, kept: StoredMappingSet) -> datetime:
+    """Note `kept` as the last good set the store holds; returns when it was saved."""
+    status.stored_version, status.stored_files = kept.version, kept.files
+    status.stored_at = datetime.fromtimestamp(kept.saved_at_ms / 1000, UTC)
+    return status.stored_at
+
+
+def _is_kept(status: MappingStatus, mappings: MappingSet) -> bool:
+    """Whether `mappings` is the last good set the store holds, as far as this process knows."""
+    return status.stored_version == mappings.version and status.stored_files == mappings.files
 
 
 async def serve_last_good(rt: Runtime, store: Store, folder_errors: ErrorList,
@@ -348,11 +357,10 @@ async def serve_last_good(rt: Runtime, store: Store, folder_errors: ErrorList,
     status = rt.mapping_status
     rt.mappings = mappings
     status.source, status.folder_error = "last_good", str(folder_errors)
-    status.stored_version, status.stored_files = stored.version, stored.files
-    status.stored_at = datetime.fromtimestamp(stored.saved_at_ms / 1000, UTC)
+    saved_at = _note_kept(status, stored)
     rt.count("mappings.started_degraded")
     log.error("mappings.folder_broken", folder=str(folder), errors=[e.render() for e in folder_errors.errors],
-              serving="last_good", version=mappings.version, saved_at=status.stored_at.isoformat(),
+              serving="last_good", version=mappings.version, saved_at=saved_at.isoformat(),
               note="the folder's mappings did not load: serving the last good set kept in the store")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from bridge.config import RetentionConfig
+from bridge.durations import parse_duration
 from bridge.errors import StoreUnavailable
 from bridge.store.base import Cutoffs, PurgeCounts, PurgeMark, Store
 
@@ -196,8 +197,6 @@ async def sweep(store: Store, policy: Policy, folder: Path, batch: int, *, pause
 async def run_retention(store: Store, cfg: RetentionConfig, folder: Path,
                         count: Callable[[str, int, str], None]) -> None:
     """The server's background task: a sweep every `retention.every`, logged and counted when it deletes."""
-    from bridge.durations import parse_duration  # noqa: PLC0415 - keeps this module's imports light
-
     policy = Policy.from_config(cfg)
     if policy.keeps_everything:
         return

@@ -54,14 +54,14 @@ class Breaker:
         """Feed an attempt's classification; says when the breaker opened or closed."""
         if classification == "success":
             was_open = self.state != "closed"
-            self.state, self.failures, self.opened, self.probing = "closed", 0, 0, False
+            self._close()
             return "closed" if was_open else None
         if classification not in DESTINATION_FAILURES:
             # The vendor answered; this delivery's body was the problem. While half-open that answer
             # is the probe's: the vendor is up, so the breaker closes (else the lane waits forever).
             if self.state != "half_open":
                 return None
-            self.state, self.failures, self.opened, self.probing = "closed", 0, 0, False
+            self._close()
             return "closed"
         self.failures += 1
         if self.state == "half_open" or (self.state == "closed" and self.failures >= self.threshold):
@@ -70,6 +70,9 @@ class Breaker:
             self.state, self.until, self.probing = "open", self.clock() + cooldown, False
             return "opened"
         return None
+
+    def _close(self) -> None:
+        self.state, self.failures, self.opened, self.probing = "closed", 0, 0, False
 
     @property
     def cooldown(self) -> float:

@@ -216,8 +216,12 @@ class Lane:
             result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
                                              body=item.body if role == "follow_up" and settled is None else None)
         # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe).
-        await self._tell_gate(sent if settled is None else Sent(Outcome(classification="success"), sent.started_at_ms,
-                                                                0.0, None, None), blog)
+        await self._tell_gate(sent, "success" if settled is not None else sent.outcome.classification, blog)
+        await self._record(item, result, blog)
+
+    async def _record(self, item: Claimed, result: AttemptResult, blog: Any) -> None:
+        """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered)."""
+        d = self.dispatcher
         failures = 0
         delay = d.timings.store_retry_s
         error = ""
@@ -281,8 +285,8 @@ class Lane:
         except StoreUnavailable as exc:
             return Outcome(classification="retry", error=f"not sent: its event could not be read: {exc}")
 
-    async def _tell_gate(self, sent: Sent, blog: Any) -> None:
-        """Pass an answer on to the destination's gate: a 429's pause, and the breaker's count."""
+    async def _tell_gate(self, sent: Sent, classification: str, blog: Any) -> None:
+        """Pass an answer on to the destination's gate: a 429's pause, and `classification` to the breaker."""
         if sent.http_status == 429:
             pause = sent.outcome.retry_after if sent.outcome.retry_after is not None else self.gate.window
             pause = min(pause, self.dest.policy.max_retry_after)
@@ -290,7 +294,7 @@ class Lane:
             with contextlib.suppress(StoreUnavailable):
                 await self.gate.pause(pause)
         try:
-            change = await self.gate.outcome(sent.outcome.classification)
+            change = await self.gate.outcome(classification)
         except StoreUnavailable:
             return
         if change == "opened":
@@ -357,7 +361,7 @@ class Dispatcher:
         self.claim_batch = claim_batch
         self.clock = clock
         self.on_attempt = on_attempt  # (destination, classification), for the metrics
-        self.timings = timings or Timings(store_retry_s=STORE_RETRY_SECONDS, poll_s=POLL_SECONDS)
+        self.timings = timings or Timings()
         self.max_unrecorded = max_unrecorded
         self.store = store
         self.session = session

@@ -76,9 +76,9 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     status: int | None = None
     excerpt: str | None = None
     answered: dict[str, str] | None = None
-    lookups = RetryClient(client_session=session, retry_options=lookup_retry())
 
     async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
         async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
             async with lookups.get(url, headers=headers) as resp:
                 return resp.status, await _read_bounded(resp, MAX_RESPONSE_BYTES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -135,10 +136,15 @@ def run_test(mapping: CompiledMapping, index: int, test: MappingTest, vars_: dic
     return res
 
 
-def run_tests(mappings: MappingSet, vars_: dict[str, Any]) -> list[TestResult]:
+def run_tests(mappings: MappingSet, vars_: dict[str, Any],
+              before_each: Callable[[], None] | None = None) -> list[TestResult]:
+    """Every test of every mapping, by mapping name; `before_each` is called before each test (it may raise
+    to stop the run)."""
     out = []
     for mapping in sorted(mappings.mappings.values(), key=lambda m: m.name):
         for i, test in enumerate(mapping.spec.tests):
+            if before_each is not None:
+                before_each()
             out.append(run_test(mapping, i, test, vars_))
     return out
 

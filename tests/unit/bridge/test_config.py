@@ -710,5 +710,6 @@ def test_read_tokens_map_names_to_tokens(tmp_path: Path) -> None:
 def test_read_tokens_refuse_an_empty_token_or_the_admin_one(tmp_path: Path, text: str, says: str) -> None:
     """A read token that is empty, or equal to admin.token, is refused at load, naming the key and why."""
     err = only_error(tmp_path, text)
-    assert err.path.startswith("admin")
+    assert err.path == "admin.read_tokens.grafana"
+    assert err.line == 1
     assert says in err.message
