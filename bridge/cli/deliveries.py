@@ -13,14 +13,12 @@ import aiohttp
 import msgspec
 
 from bridge.app import load_mappings
-from bridge.cli.common import config_from, print_errors
+from bridge.cli.common import config_from, print_errors, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
-from bridge.config import Config
 from bridge.console.models import ReplayBody
-from bridge.errors import ErrorList, NotFound, StoreLocked, StoreUnavailable
+from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
 from bridge.routing import rerender_bodies as _rerender
-from bridge.store import open_store
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
 
 REPLAY_CHUNK = 500
@@ -95,21 +93,7 @@ def _with_store(args: argparse.Namespace, body: Any) -> int:
     config = config_from(args)
     if config is None:
         return 2
-
-    async def run(config: Config) -> int:
-        store = open_store(config, owner=False)
-        try:
-            await store.open()
-        except (StoreUnavailable, StoreLocked) as exc:
-            print(f"cannot open the store: {exc}", file=sys.stderr)
-            return 2
-        try:
-            code: int = await body(store)
-            return code
-        finally:
-            await store.close()
-
-    return asyncio.run(run(config))
+    return asyncio.run(with_store(config, body))
 
 
 def kind_of(r: DeliveryRow) -> str:
