@@ -45,7 +45,7 @@ from bridge.errors import NotFound, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.routing import rerender_bodies
 from bridge.runtime import Runtime
-from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, Store
+from bridge.store.base import STATUSES, AuditEntry, DeliveryDetail, DeliveryFilter, DeliveryRow, Store
 
 log = structlog.get_logger("ticketbridge.admin")
 
@@ -356,14 +356,18 @@ async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
     return ids[:given.limit]
 
 
-async def _why_not(store: Store, delivery_id: str) -> str:
-    try:
-        d = await store.get_delivery(delivery_id)
-    except NotFound:
-        return "no such delivery"
+def _stuck(d: DeliveryDetail) -> str:
+    """Why the store does not replay a delivery it has: it is under way, or it has no body to send."""
     if d.delivery.status in ("pending", "in_flight"):
         return f"it is {d.delivery.status}"
     return "it never rendered (fix the mapping, then replay with rerender)"
+
+
+async def _why_not(store: Store, delivery_id: str) -> str:
+    try:
+        return _stuck(await store.get_delivery(delivery_id))
+    except NotFound:
+        return "no such delivery"
 
 
 async def replay(call: Call) -> ReplayResult:
@@ -389,7 +393,7 @@ async def replay(call: Call) -> ReplayResult:
                     refused[i] = "no such delivery"
                     continue
                 if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
-                    refused[i] = await _why_not(store, i)
+                    refused[i] = _stuck(d)
             continue
         moved.extend(await store.replay(chunk, bodies))
     if not given.dry_run:
