@@ -73,8 +73,7 @@ class AdminClient:
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
         view: DeliveryView = await self._call("GET", f"/admin/api/deliveries/{delivery_id}", DeliveryView)
-        return DeliveryDetail(delivery=view.delivery, body=view.body, options=view.options, event=view.event,
-                              attempts=view.attempts)
+        return view
 
     async def replay(self, body: ReplayBody) -> ReplayResult:
         result: ReplayResult = await self._call("POST", "/admin/api/replay", ReplayResult, body=body)

@@ -265,8 +265,7 @@ async def list_deliveries(call: Call) -> DeliveryPage:
 async def get_delivery(call: Call) -> DeliveryView:
     detail = await _store(call.rt).get_delivery(call.param("delivery_id"))
     lanes = [s for s in await _lanes(call.rt) if s.name == detail.delivery.destination]
-    return DeliveryView(delivery=detail.delivery, body=detail.body, options=detail.options, event=detail.event,
-                        attempts=detail.attempts, destination=lanes[0] if lanes else None)
+    return DeliveryView(**msgspec.structs.asdict(detail), destination=lanes[0] if lanes else None)
 
 
 async def get_event(call: Call) -> EventView:
