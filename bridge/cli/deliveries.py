@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +97,12 @@ def _with_store(args: argparse.Namespace, body: Any) -> int:
     return asyncio.run(with_store(config, body))
 
 
+def _json_lines(items: Iterable[msgspec.Struct]) -> None:
+    """`--json`: each item as one JSON object on its own line."""
+    for item in items:
+        sys.stdout.write(msgspec.json.encode(item).decode() + "\n")
+
+
 def kind_of(r: DeliveryRow) -> str:
     """create / follow_up once sent; `waiting` while a later message of a conversation waits for its ticket."""
     if r.waiting:
@@ -121,8 +128,7 @@ def run_list(args: argparse.Namespace) -> int:
             status=args.status, destination=args.destination, source=args.source, mapping=args.mapping,
             conversation=args.conversation, limit=args.limit, before_id=args.before))
         if args.json:
-            for r in rows:
-                sys.stdout.write(msgspec.json.encode(r).decode() + "\n")
+            _json_lines(rows)
         elif rows:
             print(_table(rows))
         else:
@@ -140,7 +146,7 @@ def run_show(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             return 1
         if args.json:
-            sys.stdout.write(msgspec.json.encode(detail).decode() + "\n")
+            _json_lines([detail])
             return 0
         d = detail.delivery
         print(f"delivery  {d.id}  {d.status}\n"
@@ -174,8 +180,7 @@ def run_unmatched(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
         events = await store.list_unmatched(args.limit, args.before)
         if args.json:
-            for ev in events:
-                sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
+            _json_lines(events)
         elif events:
             for ev in events:
                 print(f"{ev.id}  {ev.received_at.strftime('%Y-%m-%d %H:%M:%S')}  {ev.source}  "
@@ -195,8 +200,7 @@ def run_conversation(args: argparse.Namespace) -> int:
                   "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
             return 1
         if args.json:
-            for detail in found:
-                sys.stdout.write(msgspec.json.encode(detail).decode() + "\n")
+            _json_lines(found)
             return 0
         for detail in found:
             c = detail.conversation

@@ -112,6 +112,17 @@ def test_show_prints_event_body_and_attempts(config_file: Path, capsys: pytest.C
     assert "HTTP 500 retry: HTTP 500" in out
 
 
+def test_show_json_is_one_object_with_the_attempts(config_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`deliveries show --json` prints the delivery, its body and its attempts as one JSON object on one line."""
+    code, out, _ = run(capsys, "deliveries", "show", "dlv_2", "-c", str(config_file), "--json")
+    assert code == 0
+    [line] = out.splitlines()
+    detail = json.loads(line)
+    assert (detail["delivery"]["id"], detail["body"]) == ("dlv_2", {"title": "down"})
+    assert [a["http_status"] for a in detail["attempts"]] == [500]
+
+
 def test_show_of_an_unknown_id_fails_clearly(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown delivery id exits 1 and says so."""
     code, _, err = run(capsys, "deliveries", "show", "dlv_nope", "-c", str(config_file))
