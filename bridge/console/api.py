@@ -43,6 +43,7 @@ from bridge.console.playground import decisions, run_playground
 from bridge.delivery.ratelimit import SlidingWindowLimiter
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.ids import id_floor, new_id
+from bridge.mapping.mappingset import MappingSet
 from bridge.routing import rerender_bodies
 from bridge.runtime import Runtime
 from bridge.store.base import STATUSES, AuditEntry, DeliveryDetail, DeliveryFilter, DeliveryRow, Store
@@ -279,6 +280,13 @@ async def list_destinations(call: Call) -> DestinationList:
     return DestinationList(items=await _lanes(call.rt))
 
 
+def mapping_infos(mappings: MappingSet) -> list[MappingInfo]:
+    """Each mapping in the set, by name: where it comes from, where it goes and how many tests it has."""
+    return [MappingInfo(name=m.name, file=m.file, version=m.version, sources=list(m.sources),
+                        destination=m.destination, action=m.action, tests=len(m.spec.tests))
+            for m in sorted(mappings.mappings.values(), key=lambda m: m.name)]
+
+
 async def get_mappings(call: Call) -> MappingSetView:
     rt = call.rt
     current = rt.mappings
@@ -286,10 +294,7 @@ async def get_mappings(call: Call) -> MappingSetView:
     return MappingSetView(
         version=current.version, loaded_at=current.loaded_at, folder=str(rt.config.mappings_dir),
         source=status.source, degraded=status.source == "last_good", folder_error=status.folder_error,
-        mappings=[MappingInfo(name=m.name, file=m.file, version=m.version, sources=list(m.sources),
-                              destination=m.destination, action=m.action, tests=len(m.spec.tests))
-                  for m in sorted(current.mappings.values(), key=lambda m: m.name)],
-        reload=_reload_info(rt))
+        mappings=mapping_infos(current), reload=_reload_info(rt))
 
 
 async def list_audit(call: Call) -> AuditPage:
