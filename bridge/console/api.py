@@ -41,17 +41,16 @@ from bridge.console.models import (
 )
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.ratelimit import SlidingWindowLimiter
+from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
-from bridge.routing import rerender_bodies
 from bridge.runtime import Runtime
-from bridge.store.base import STATUSES, AuditEntry, DeliveryDetail, DeliveryFilter, DeliveryRow, Store
+from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, Store
 
 log = structlog.get_logger("ticketbridge.admin")
 
 SCAN_LIMIT = 5000  # deliveries one page may read to fill itself under a text or time filter
-REPLAY_CHUNK = 500
 COMMIT_SLACK_MS = 60_000  # how much older than its commit a delivery's id may be
 _encode = msgspec.json.Encoder().encode
 
@@ -360,55 +359,20 @@ async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
     return ids[:given.limit]
 
 
-def _stuck(d: DeliveryDetail) -> str:
-    """Why the store does not replay a delivery it has: it is under way, or it has no body to send."""
-    if d.delivery.status in ("pending", "in_flight"):
-        return f"it is {d.delivery.status}"
-    return "it never rendered (fix the mapping, then replay with rerender)"
-
-
-async def _why_not(store: Store, delivery_id: str) -> str:
-    try:
-        return _stuck(await store.get_delivery(delivery_id))
-    except NotFound:
-        return "no such delivery"
-
-
 async def replay(call: Call) -> ReplayResult:
     given: ReplayBody = call.body
     rt = call.rt
     store = _store(rt)
     ids = await _replay_ids(store, given)
     mappings = rt.mappings if given.rerender else None
-    refused: dict[str, str] = {}
-    moved: list[str] = []
-    for start in range(0, len(ids), REPLAY_CHUNK):
-        chunk = ids[start:start + REPLAY_CHUNK]
-        bodies = None
-        if mappings is not None:
-            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, rt.config.vars)
-            refused.update(not_rendered)
-            chunk = [i for i in chunk if i in bodies]
-        if given.dry_run:
-            for i in chunk:
-                try:
-                    d = await store.get_delivery(i)
-                except NotFound:
-                    refused[i] = "no such delivery"
-                    continue
-                if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
-                    refused[i] = _stuck(d)
-            continue
-        moved.extend(await store.replay(chunk, bodies))
-    if not given.dry_run:
-        for i in sorted(set(ids) - set(moved) - set(refused)):
-            refused[i] = await _why_not(store, i)
-        if moved:
-            await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
-                         moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
-                         {"ids": moved[:1000], "count": len(moved), "refused": len(refused)})
-            if rt.dispatcher is not None:
-                rt.dispatcher.notify(set(rt.dispatcher.lanes))
+    moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars, dry_run=given.dry_run,
+                                             rerender_hint="rerender")
+    if moved:  # none on a dry run
+        await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
+                     moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
+                     {"ids": moved[:1000], "count": len(moved), "refused": len(refused)})
+        if rt.dispatcher is not None:
+            rt.dispatcher.notify(set(rt.dispatcher.lanes))
     return ReplayResult(dry_run=given.dry_run, matched=ids, replayed=moved,
                         refused=[Refusal(id=i, reason=r) for i, r in refused.items()],
                         mappings_version=mappings.version if mappings is not None else None)
