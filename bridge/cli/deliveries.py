@@ -16,13 +16,12 @@ import msgspec
 from bridge.app import load_mappings
 from bridge.cli.common import config_from, print_errors, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
-from bridge.console.models import ReplayBody
+from bridge.console.models import Refusal, ReplayBody, ReplayResult
+from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
 from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
-from bridge.routing import rerender_bodies as _rerender
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
 
-REPLAY_CHUNK = 500
 URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
 
@@ -259,39 +258,14 @@ def run_replay(args: argparse.Namespace) -> int:
                 if len(rows) < 5000:
                     break
                 before = rows[-1].id
-        if args.dry_run:
-            for i in ids:
-                print(i)
-            print(f"{len(ids)} deliveries would be replayed", file=sys.stderr)
-            return 0
-        moved: list[str] = []
-        refused: dict[str, str] = {}
         started = time.monotonic()
-        for start in range(0, len(ids), REPLAY_CHUNK):
-            chunk = ids[start:start + REPLAY_CHUNK]
-            if mappings is None:
-                moved.extend(await store.replay(chunk))
-            else:
-                bodies, not_rendered = await _rerender(store, chunk, mappings, vars_)
-                refused.update(not_rendered)
-                moved.extend(await store.replay([i for i in chunk if i in bodies], bodies))
-            _progress(min(start + REPLAY_CHUNK, len(ids)), len(ids), started)
-        skipped = sorted(set(ids) - set(moved))
-        for i in skipped:
-            if i in refused:
-                print(f"{i}: not replayed: {refused[i]}", file=sys.stderr)
-                continue
-            try:
-                d = await store.get_delivery(i)
-                why = (f"it is {d.delivery.status}" if d.delivery.status in ("pending", "in_flight")
-                       else "it never rendered (fix the mapping, then replay with --rerender)")
-            except NotFound:
-                why = "no such delivery"
-            print(f"{i}: not replayed: {why}", file=sys.stderr)
-        rerendered = f" (re-rendered with mappings version {mappings.version})" if mappings is not None else ""
-        print(f"replayed {len(moved)} of {len(ids)} deliveries{rerendered}; a running server sends them within "
-              "seconds")
-        return 0 if not skipped else 1
+        moved, refused = await replay_deliveries(store, ids, mappings, vars_, dry_run=args.dry_run,
+                                                 rerender_hint="--rerender",
+                                                 progress=lambda done: _progress(done, len(ids), started))
+        return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
+                                    refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],
+                                    mappings_version=mappings.version if mappings is not None else None),
+                       "a running server")
 
     return _with_store(args, body)
 
@@ -300,8 +274,13 @@ async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
     """`replay --url`: the server replays (and re-renders with its own mappings); the change is audited there."""
     given = ReplayBody(ids=list(args.ids), rerender=args.rerender, dry_run=args.dry_run, limit=10000,
                        **({"destination": args.destination, "status": args.status} if args.destination else {}))
-    result = await client.replay(given)
-    if args.dry_run:
+    return _report(await client.replay(given), "the server")
+
+
+def _report(result: ReplayResult, sender: str) -> int:
+    """What a replay did (or, on a dry run, would do): the ids, each refusal with its reason, and the count;
+    exit 1 when some were refused."""
+    if result.dry_run:
         for i in result.matched:
             print(i)
         for refusal in result.refused:
@@ -311,6 +290,6 @@ async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
     for refusal in result.refused:
         print(f"{refusal.id}: not replayed: {refusal.reason}", file=sys.stderr)
     rerendered = f" (re-rendered with mappings version {result.mappings_version})" if result.mappings_version else ""
-    print(f"replayed {len(result.replayed)} of {len(result.matched)} deliveries{rerendered}; the server sends them "
+    print(f"replayed {len(result.replayed)} of {len(result.matched)} deliveries{rerendered}; {sender} sends them "
           "within seconds")
     return 0 if not result.refused else 1

@@ -144,10 +144,13 @@ def test_replay_by_id_makes_dead_work_pending(config_file: Path, capsys: pytest.
 
 def test_replay_by_destination_takes_its_dead_deliveries(config_file: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """--destination replays that destination's dead deliveries; one that never rendered is named as such."""
-    code, out, _ = run(capsys, "replay", "--destination", "kapture", "--dry-run", "-c", str(config_file))
+    """--destination replays that destination's dead deliveries; one that never rendered is named as such, by
+    the dry run too."""
+    code, out, err = run(capsys, "replay", "--destination", "kapture", "--dry-run", "-c", str(config_file))
     assert code == 0
     assert out.split() == ["dlv_3", "dlv_2"]
+    assert "dlv_3: would not be replayed: it never rendered" in err
+    assert "1 deliveries would be replayed" in err
     code, out, err = run(capsys, "replay", "--destination", "kapture", "-c", str(config_file))
     assert code == 1
     assert "replayed 1 of 2" in out
