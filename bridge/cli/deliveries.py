@@ -16,6 +16,7 @@ import msgspec
 from bridge.app import load_mappings
 from bridge.cli.common import config_from, print_errors, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
+from bridge.config import Config
 from bridge.console.models import Refusal, ReplayBody, ReplayResult
 from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
 from bridge.errors import ErrorList, NotFound
@@ -87,10 +88,11 @@ def _with_server(url: str, body: Any) -> int:
         return 2
 
 
-def _with_store(args: argparse.Namespace, body: Any) -> int:
+def _with_store(args: argparse.Namespace, body: Any, config: Config | None = None) -> int:
+    """Run `body` on the server at --url, else on the store of `config` (loaded from the args when not given)."""
     if getattr(args, "url", None):
         return _with_server(args.url, body)
-    config = config_from(args)
+    config = config or config_from(args)
     if config is None:
         return 2
     return asyncio.run(with_store(config, body))
@@ -235,6 +237,7 @@ def run_replay(args: argparse.Namespace) -> int:
         return _with_server(args.url, lambda client: _replay_remote(client, args))
     mappings: MappingSet | None = None
     vars_: dict[str, Any] = {}
+    config: Config | None = None
     if args.rerender:
         config = config_from(args)
         if config is None:
@@ -267,7 +270,7 @@ def run_replay(args: argparse.Namespace) -> int:
                                     mappings_version=mappings.version if mappings is not None else None),
                        "a running server")
 
-    return _with_store(args, body)
+    return _with_store(args, body, config)
 
 
 async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
