@@ -55,9 +55,7 @@ class AdminClient:
             return msgspec.json.decode(raw, type=answer)
         try:
             message = msgspec.json.decode(raw, type=ErrorBody).error
-        except msgspec.DecodeError:
-            message = raw[:200].decode("utf-8", "replace")
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:  # not JSON, or not an ErrorBody (ValidationError is a DecodeError)
             message = raw[:200].decode("utf-8", "replace")
         if status == 404 and path.startswith("/admin/api/deliveries/"):
             raise NotFound(message)
