@@ -46,7 +46,7 @@ from bridge.errors import NotFound, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
 from bridge.runtime import Runtime
-from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, Store
+from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, DeliveryStatus, Store
 
 log = structlog.get_logger("ticketbridge.admin")
 
@@ -346,13 +346,15 @@ async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
     ids: list[str] = list(dict.fromkeys(given.ids))
     if not any((given.status, given.destination, given.mapping, given.source)):
         return ids[:given.limit]
-    for status in [given.status] if given.status else ["dead", "succeeded"]:
+    named = set(ids)
+    statuses: list[DeliveryStatus] = [given.status] if given.status else ["dead", "succeeded"]
+    for status in statuses:
         before: str | None = None
         while len(ids) < given.limit:
             rows = await store.list_deliveries(DeliveryFilter(
-                status=status, destination=given.destination, mapping=given.mapping,  # type: ignore[arg-type]
+                status=status, destination=given.destination, mapping=given.mapping,
                 source=given.source, limit=min(REPLAY_CHUNK, given.limit - len(ids)), before_id=before))
-            ids.extend(r.id for r in rows if r.id not in given.ids)
+            ids.extend(r.id for r in rows if r.id not in named)
             if not rows:
                 break
             before = rows[-1].id

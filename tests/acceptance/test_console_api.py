@@ -124,6 +124,8 @@ async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_co
 
     dry = await post(client, "/admin/api/replay", {"status": "dead", "destination": "kapture", "dry_run": True})
     assert (dry["matched"], dry["replayed"]) == ([dead["id"]], [])
+    both = await post(client, "/admin/api/replay", {"ids": [dead["id"]], "status": "dead", "dry_run": True})
+    assert both["matched"] == [dead["id"]]  # named and matched by the filter: once
     assert (await get(client, "/admin/api/audit"))["items"] == []
 
     sim.faults = Faults()
