@@ -14,7 +14,7 @@ import aiohttp
 import msgspec
 
 from bridge.app import load_mappings
-from bridge.cli.common import config_from, print_errors, with_store
+from bridge.cli.common import at_least, config_from, print_errors, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
 from bridge.console.models import Refusal, ReplayBody, ReplayResult
@@ -35,7 +35,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     lst.add_argument("--source")
     lst.add_argument("--mapping")
     lst.add_argument("--conversation", help="only this conversation's deliveries (its id, `mapping|key`)")
-    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--limit", type=at_least(1), default=50)
     lst.add_argument("--before", help="page: only deliveries older than this id")
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     lst.add_argument("--url", help=URL_HELP)
@@ -49,7 +49,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
     unmatched = esub.add_parser("unmatched", parents=[common],
                                 help="events no mapping took (none for their source, or every `when` false)")
-    unmatched.add_argument("--limit", type=int, default=50)
+    unmatched.add_argument("--limit", type=at_least(1), default=50)
     unmatched.add_argument("--before", help="page: only events older than this id")
     unmatched.add_argument("--json", action="store_true", help="one JSON object per line")
     unmatched.set_defaults(run=run_unmatched)

@@ -102,6 +102,17 @@ def test_list_filters_by_status_and_destination(config_file: Path, capsys: pytes
     assert all(r["status"] == "dead" for r in rows)
 
 
+@pytest.mark.parametrize("verb", [("deliveries", "list"), ("events", "unmatched")])
+def test_a_limit_below_one_is_refused(config_file: Path, capsys: pytest.CaptureFixture[str],
+                                      verb: tuple[str, str]) -> None:
+    """--limit 0 or a negative one (which SQLite would read as no limit) is a usage error naming the value."""
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*verb, "-c", str(config_file), "--limit", bad])
+        assert exit_.value.code == 2
+        assert f"argument --limit: '{bad}' is not a whole number >= 1" in capsys.readouterr().err
+
+
 def test_show_prints_event_body_and_attempts(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`deliveries show` prints the delivery, its rendered body, the event's payload and every attempt."""
     code, out, _ = run(capsys, "deliveries", "show", "dlv_2", "-c", str(config_file))
