@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from bridge.appkeys import RUNTIME
 from bridge.bearer import check_bearer
 from bridge.console import add_console
+from bridge.console.api import mapping_infos
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -49,11 +51,7 @@ async def mappings_status(request: web.Request) -> web.Response:
             "restart_needed": status.config_changed_at is not None,
             "changed_at": _iso(status.config_changed_at),
         },
-        "mappings": [
-            {"name": m.name, "file": m.file, "version": m.version, "sources": list(m.sources),
-             "destination": m.destination, "action": m.action, "tests": len(m.spec.tests)}
-            for m in sorted(current.mappings.values(), key=lambda m: m.name)
-        ],
+        "mappings": msgspec.to_builtins(mapping_infos(current)),
         "reload": {
             "watching": rt.reloader is not None,
             "reloads": status.reloads,

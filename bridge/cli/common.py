@@ -26,6 +26,21 @@ def config_from(args: argparse.Namespace) -> Config | None:
         return None
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than `minimum`, else an error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value: int | None = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
 def print_errors(exc: BridgeError) -> None:
     errors = exc.errors if isinstance(exc, ErrorList) else [exc]
     for err in errors:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,17 +14,15 @@ import aiohttp
 import msgspec
 
 from bridge.app import load_mappings
-from bridge.cli.common import config_from, print_errors
+from bridge.cli.common import at_least, config_from, print_errors, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
-from bridge.console.models import ReplayBody
-from bridge.errors import ErrorList, NotFound, StoreLocked, StoreUnavailable
+from bridge.console.models import Refusal, ReplayBody, ReplayResult
+from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
+from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
-from bridge.routing import rerender_bodies as _rerender
-from bridge.store import open_store
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
 
-REPLAY_CHUNK = 500
 URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
 
@@ -36,7 +35,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     lst.add_argument("--source")
     lst.add_argument("--mapping")
     lst.add_argument("--conversation", help="only this conversation's deliveries (its id, `mapping|key`)")
-    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--limit", type=at_least(1), default=50)
     lst.add_argument("--before", help="page: only deliveries older than this id")
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     lst.add_argument("--url", help=URL_HELP)
@@ -50,7 +49,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
     unmatched = esub.add_parser("unmatched", parents=[common],
                                 help="events no mapping took (none for their source, or every `when` false)")
-    unmatched.add_argument("--limit", type=int, default=50)
+    unmatched.add_argument("--limit", type=at_least(1), default=50)
     unmatched.add_argument("--before", help="page: only events older than this id")
     unmatched.add_argument("--json", action="store_true", help="one JSON object per line")
     unmatched.set_defaults(run=run_unmatched)
@@ -89,27 +88,20 @@ def _with_server(url: str, body: Any) -> int:
         return 2
 
 
-def _with_store(args: argparse.Namespace, body: Any) -> int:
+def _with_store(args: argparse.Namespace, body: Any, config: Config | None = None) -> int:
+    """Run `body` on the server at --url, else on the store of `config` (loaded from the args when not given)."""
     if getattr(args, "url", None):
         return _with_server(args.url, body)
-    config = config_from(args)
+    config = config or config_from(args)
     if config is None:
         return 2
+    return asyncio.run(with_store(config, body))
 
-    async def run(config: Config) -> int:
-        store = open_store(config, owner=False)
-        try:
-            await store.open()
-        except (StoreUnavailable, StoreLocked) as exc:
-            print(f"cannot open the store: {exc}", file=sys.stderr)
-            return 2
-        try:
-            code: int = await body(store)
-            return code
-        finally:
-            await store.close()
 
-    return asyncio.run(run(config))
+def _json_lines(items: Iterable[msgspec.Struct]) -> None:
+    """`--json`: each item as one JSON object on its own line."""
+    for item in items:
+        sys.stdout.write(msgspec.json.encode(item).decode() + "\n")
 
 
 def kind_of(r: DeliveryRow) -> str:
@@ -137,8 +129,7 @@ def run_list(args: argparse.Namespace) -> int:
             status=args.status, destination=args.destination, source=args.source, mapping=args.mapping,
             conversation=args.conversation, limit=args.limit, before_id=args.before))
         if args.json:
-            for r in rows:
-                sys.stdout.write(msgspec.json.encode(r).decode() + "\n")
+            _json_lines(rows)
         elif rows:
             print(_table(rows))
         else:
@@ -156,7 +147,7 @@ def run_show(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             return 1
         if args.json:
-            sys.stdout.write(msgspec.json.encode(detail).decode() + "\n")
+            _json_lines([detail])
             return 0
         d = detail.delivery
         print(f"delivery  {d.id}  {d.status}\n"
@@ -190,8 +181,7 @@ def run_unmatched(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
         events = await store.list_unmatched(args.limit, args.before)
         if args.json:
-            for ev in events:
-                sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
+            _json_lines(events)
         elif events:
             for ev in events:
                 print(f"{ev.id}  {ev.received_at.strftime('%Y-%m-%d %H:%M:%S')}  {ev.source}  "
@@ -211,8 +201,7 @@ def run_conversation(args: argparse.Namespace) -> int:
                   "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
             return 1
         if args.json:
-            for detail in found:
-                sys.stdout.write(msgspec.json.encode(detail).decode() + "\n")
+            _json_lines(found)
             return 0
         for detail in found:
             c = detail.conversation
@@ -248,6 +237,7 @@ def run_replay(args: argparse.Namespace) -> int:
         return _with_server(args.url, lambda client: _replay_remote(client, args))
     mappings: MappingSet | None = None
     vars_: dict[str, Any] = {}
+    config: Config | None = None
     if args.rerender:
         config = config_from(args)
         if config is None:
@@ -271,49 +261,29 @@ def run_replay(args: argparse.Namespace) -> int:
                 if len(rows) < 5000:
                     break
                 before = rows[-1].id
-        if args.dry_run:
-            for i in ids:
-                print(i)
-            print(f"{len(ids)} deliveries would be replayed", file=sys.stderr)
-            return 0
-        moved: list[str] = []
-        refused: dict[str, str] = {}
         started = time.monotonic()
-        for start in range(0, len(ids), REPLAY_CHUNK):
-            chunk = ids[start:start + REPLAY_CHUNK]
-            if mappings is None:
-                moved.extend(await store.replay(chunk))
-            else:
-                bodies, not_rendered = await _rerender(store, chunk, mappings, vars_)
-                refused.update(not_rendered)
-                moved.extend(await store.replay([i for i in chunk if i in bodies], bodies))
-            _progress(min(start + REPLAY_CHUNK, len(ids)), len(ids), started)
-        skipped = sorted(set(ids) - set(moved))
-        for i in skipped:
-            if i in refused:
-                print(f"{i}: not replayed: {refused[i]}", file=sys.stderr)
-                continue
-            try:
-                d = await store.get_delivery(i)
-                why = (f"it is {d.delivery.status}" if d.delivery.status in ("pending", "in_flight")
-                       else "it never rendered (fix the mapping, then replay with --rerender)")
-            except NotFound:
-                why = "no such delivery"
-            print(f"{i}: not replayed: {why}", file=sys.stderr)
-        rerendered = f" (re-rendered with mappings version {mappings.version})" if mappings is not None else ""
-        print(f"replayed {len(moved)} of {len(ids)} deliveries{rerendered}; a running server sends them within "
-              "seconds")
-        return 0 if not skipped else 1
+        moved, refused = await replay_deliveries(store, ids, mappings, vars_, dry_run=args.dry_run,
+                                                 rerender_hint="--rerender",
+                                                 progress=lambda done: _progress(done, len(ids), started))
+        return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
+                                    refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],
+                                    mappings_version=mappings.version if mappings is not None else None),
+                       "a running server")
 
-    return _with_store(args, body)
+    return _with_store(args, body, config)
 
 
 async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
     """`replay --url`: the server replays (and re-renders with its own mappings); the change is audited there."""
     given = ReplayBody(ids=list(args.ids), rerender=args.rerender, dry_run=args.dry_run, limit=10000,
                        **({"destination": args.destination, "status": args.status} if args.destination else {}))
-    result = await client.replay(given)
-    if args.dry_run:
+    return _report(await client.replay(given), "the server")
+
+
+def _report(result: ReplayResult, sender: str) -> int:
+    """What a replay did (or, on a dry run, would do): the ids, each refusal with its reason, and the count;
+    exit 1 when some were refused."""
+    if result.dry_run:
         for i in result.matched:
             print(i)
         for refusal in result.refused:
@@ -323,6 +293,6 @@ async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
     for refusal in result.refused:
         print(f"{refusal.id}: not replayed: {refusal.reason}", file=sys.stderr)
     rerendered = f" (re-rendered with mappings version {result.mappings_version})" if result.mappings_version else ""
-    print(f"replayed {len(result.replayed)} of {len(result.matched)} deliveries{rerendered}; the server sends them "
+    print(f"replayed {len(result.replayed)} of {len(result.matched)} deliveries{rerendered}; {sender} sends them "
           "within seconds")
     return 0 if not result.refused else 1

@@ -22,7 +22,7 @@ import msgspec
 from aiohttp_retry import RetryClient, RetryOptionsBase
 
 from bridge import __version__
-from bridge.cli.common import config_from
+from bridge.cli.common import at_least, config_from
 from bridge.cli.serve import _loopback
 from bridge.config import Config
 from bridge.delivery.ratelimit import Limiter, acquire, make_limiter
@@ -57,20 +57,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                                                                     "or 5xx")
     p.set_defaults(run=run_pull)
 
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number no smaller than `minimum`, else an error naming the value."""
-
-    def parse(text: str) -> int:
-        try:
-            value: int | None = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
-        return value
-
-    return parse
 
 
 class PullFailed(Exception):

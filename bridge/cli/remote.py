@@ -55,9 +55,7 @@ class AdminClient:
             return msgspec.json.decode(raw, type=answer)
         try:
             message = msgspec.json.decode(raw, type=ErrorBody).error
-        except msgspec.DecodeError:
-            message = raw[:200].decode("utf-8", "replace")
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:  # not JSON, or not an ErrorBody (ValidationError is a DecodeError)
             message = raw[:200].decode("utf-8", "replace")
         if status == 404 and path.startswith("/admin/api/deliveries/"):
             raise NotFound(message)
@@ -73,8 +71,7 @@ class AdminClient:
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
         view: DeliveryView = await self._call("GET", f"/admin/api/deliveries/{delivery_id}", DeliveryView)
-        return DeliveryDetail(delivery=view.delivery, body=view.body, options=view.options, event=view.event,
-                              attempts=view.attempts)
+        return view
 
     async def replay(self, body: ReplayBody) -> ReplayResult:
         result: ReplayResult = await self._call("POST", "/admin/api/replay", ReplayResult, body=body)

@@ -41,16 +41,16 @@ from bridge.console.models import (
 )
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.ratelimit import SlidingWindowLimiter
+from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.ids import id_floor, new_id
-from bridge.routing import rerender_bodies
+from bridge.mapping.mappingset import MappingSet
 from bridge.runtime import Runtime
-from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, Store
+from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, DeliveryStatus, Store
 
 log = structlog.get_logger("ticketbridge.admin")
 
 SCAN_LIMIT = 5000  # deliveries one page may read to fill itself under a text or time filter
-REPLAY_CHUNK = 500
 COMMIT_SLACK_MS = 60_000  # how much older than its commit a delivery's id may be
 _encode = msgspec.json.Encoder().encode
 
@@ -265,8 +265,7 @@ async def list_deliveries(call: Call) -> DeliveryPage:
 async def get_delivery(call: Call) -> DeliveryView:
     detail = await _store(call.rt).get_delivery(call.param("delivery_id"))
     lanes = [s for s in await _lanes(call.rt) if s.name == detail.delivery.destination]
-    return DeliveryView(delivery=detail.delivery, body=detail.body, options=detail.options, event=detail.event,
-                        attempts=detail.attempts, destination=lanes[0] if lanes else None)
+    return DeliveryView(**msgspec.structs.asdict(detail), destination=lanes[0] if lanes else None)
 
 
 async def get_event(call: Call) -> EventView:
@@ -280,6 +279,13 @@ async def list_destinations(call: Call) -> DestinationList:
     return DestinationList(items=await _lanes(call.rt))
 
 
+def mapping_infos(mappings: MappingSet) -> list[MappingInfo]:
+    """Each mapping in the set, by name: where it comes from, where it goes and how many tests it has."""
+    return [MappingInfo(name=m.name, file=m.file, version=m.version, sources=list(m.sources),
+                        destination=m.destination, action=m.action, tests=len(m.spec.tests))
+            for m in sorted(mappings.mappings.values(), key=lambda m: m.name)]
+
+
 async def get_mappings(call: Call) -> MappingSetView:
     rt = call.rt
     current = rt.mappings
@@ -287,10 +293,7 @@ async def get_mappings(call: Call) -> MappingSetView:
     return MappingSetView(
         version=current.version, loaded_at=current.loaded_at, folder=str(rt.config.mappings_dir),
         source=status.source, degraded=status.source == "last_good", folder_error=status.folder_error,
-        mappings=[MappingInfo(name=m.name, file=m.file, version=m.version, sources=list(m.sources),
-                              destination=m.destination, action=m.action, tests=len(m.spec.tests))
-                  for m in sorted(current.mappings.values(), key=lambda m: m.name)],
-        reload=_reload_info(rt))
+        mappings=mapping_infos(current), reload=_reload_info(rt))
 
 
 async def list_audit(call: Call) -> AuditPage:
@@ -343,27 +346,19 @@ async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
     ids: list[str] = list(dict.fromkeys(given.ids))
     if not any((given.status, given.destination, given.mapping, given.source)):
         return ids[:given.limit]
-    for status in [given.status] if given.status else ["dead", "succeeded"]:
+    named = set(ids)
+    statuses: list[DeliveryStatus] = [given.status] if given.status else ["dead", "succeeded"]
+    for status in statuses:
         before: str | None = None
         while len(ids) < given.limit:
             rows = await store.list_deliveries(DeliveryFilter(
-                status=status, destination=given.destination, mapping=given.mapping,  # type: ignore[arg-type]
+                status=status, destination=given.destination, mapping=given.mapping,
                 source=given.source, limit=min(REPLAY_CHUNK, given.limit - len(ids)), before_id=before))
-            ids.extend(r.id for r in rows if r.id not in given.ids)
+            ids.extend(r.id for r in rows if r.id not in named)
             if not rows:
                 break
             before = rows[-1].id
     return ids[:given.limit]
-
-
-async def _why_not(store: Store, delivery_id: str) -> str:
-    try:
-        d = await store.get_delivery(delivery_id)
-    except NotFound:
-        return "no such delivery"
-    if d.delivery.status in ("pending", "in_flight"):
-        return f"it is {d.delivery.status}"
-    return "it never rendered (fix the mapping, then replay with rerender)"
 
 
 async def replay(call: Call) -> ReplayResult:
@@ -372,35 +367,14 @@ async def replay(call: Call) -> ReplayResult:
     store = _store(rt)
     ids = await _replay_ids(store, given)
     mappings = rt.mappings if given.rerender else None
-    refused: dict[str, str] = {}
-    moved: list[str] = []
-    for start in range(0, len(ids), REPLAY_CHUNK):
-        chunk = ids[start:start + REPLAY_CHUNK]
-        bodies = None
-        if mappings is not None:
-            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, rt.config.vars)
-            refused.update(not_rendered)
-            chunk = [i for i in chunk if i in bodies]
-        if given.dry_run:
-            for i in chunk:
-                try:
-                    d = await store.get_delivery(i)
-                except NotFound:
-                    refused[i] = "no such delivery"
-                    continue
-                if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
-                    refused[i] = await _why_not(store, i)
-            continue
-        moved.extend(await store.replay(chunk, bodies))
-    if not given.dry_run:
-        for i in sorted(set(ids) - set(moved) - set(refused)):
-            refused[i] = await _why_not(store, i)
-        if moved:
-            await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
-                         moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
-                         {"ids": moved[:1000], "count": len(moved), "refused": len(refused)})
-            if rt.dispatcher is not None:
-                rt.dispatcher.notify(set(rt.dispatcher.lanes))
+    moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars, dry_run=given.dry_run,
+                                             rerender_hint="rerender")
+    if moved:  # none on a dry run
+        await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
+                     moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
+                     {"ids": moved[:1000], "count": len(moved), "refused": len(refused)})
+        if rt.dispatcher is not None:
+            rt.dispatcher.notify(set(rt.dispatcher.lanes))
     return ReplayResult(dry_run=given.dry_run, matched=ids, replayed=moved,
                         refused=[Refusal(id=i, reason=r) for i, r in refused.items()],
                         mappings_version=mappings.version if mappings is not None else None)

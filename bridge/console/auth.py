@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Literal
 
 import msgspec
 
+from bridge.bearer import check_bearer
 from bridge.config import AdminConfig
 
 Role = Literal["admin", "read"]
@@ -24,16 +24,12 @@ def api_on(admin: AdminConfig) -> bool:
 
 
 def identify(authorization: str, admin: AdminConfig) -> Caller | None:
-    """The caller an `Authorization: Bearer …` value names, or None. Every token is compared (in constant
+    """The caller an `Authorization: Bearer …` value names, or None. Every token is checked (each in constant
     time), so the answer's timing says nothing about which one came close."""
-    scheme, _, given = authorization.partition(" ")
-    token = given.strip().encode("utf-8", "surrogatepass")
-    if scheme.lower() != "bearer" or not token:
-        return None
     found: Caller | None = None
-    if admin.token and hmac.compare_digest(admin.token.encode("utf-8", "surrogatepass"), token):
+    if admin.token and check_bearer(authorization, admin.token) == "ok":
         found = Caller(ADMIN_NAME, "admin")
     for name, expected in admin.read_tokens.items():
-        if hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), token) and found is None:
+        if check_bearer(authorization, expected) == "ok" and found is None:
             found = Caller(name, "read")
     return found

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from bridge.events import Event
-from bridge.store.base import AttemptRow, AuditEntry, DeliveryRow, DeliveryStatus
+from bridge.store.base import AuditEntry, DeliveryDetail, DeliveryRow, DeliveryStatus
 
 Limit = Annotated[int, Meta(ge=1, le=500, description="how many items a page holds")]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -101,12 +101,7 @@ class EventView(msgspec.Struct, kw_only=True):
     """Each mapping of the source, as the mappings in force decide now (`mappings_version`)."""
 
 
-class DeliveryView(msgspec.Struct, kw_only=True):
-    delivery: DeliveryRow
-    body: dict[str, Any] | None
-    options: dict[str, Any]
-    event: Event
-    attempts: list[AttemptRow]
+class DeliveryView(DeliveryDetail, kw_only=True):
     destination: LaneState | None
 
 

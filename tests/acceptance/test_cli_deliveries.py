@@ -102,6 +102,17 @@ def test_list_filters_by_status_and_destination(config_file: Path, capsys: pytes
     assert all(r["status"] == "dead" for r in rows)
 
 
+@pytest.mark.parametrize("verb", [("deliveries", "list"), ("events", "unmatched")])
+def test_a_limit_below_one_is_refused(config_file: Path, capsys: pytest.CaptureFixture[str],
+                                      verb: tuple[str, str]) -> None:
+    """--limit 0 or a negative one (which SQLite would read as no limit) is a usage error naming the value."""
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*verb, "-c", str(config_file), "--limit", bad])
+        assert exit_.value.code == 2
+        assert f"argument --limit: '{bad}' is not a whole number >= 1" in capsys.readouterr().err
+
+
 def test_show_prints_event_body_and_attempts(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`deliveries show` prints the delivery, its rendered body, the event's payload and every attempt."""
     code, out, _ = run(capsys, "deliveries", "show", "dlv_2", "-c", str(config_file))
@@ -110,6 +121,17 @@ def test_show_prints_event_body_and_attempts(config_file: Path, capsys: pytest.C
     assert '"title": "down"' in out
     assert "#1" in out
     assert "HTTP 500 retry: HTTP 500" in out
+
+
+def test_show_json_is_one_object_with_the_attempts(config_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`deliveries show --json` prints the delivery, its body and its attempts as one JSON object on one line."""
+    code, out, _ = run(capsys, "deliveries", "show", "dlv_2", "-c", str(config_file), "--json")
+    assert code == 0
+    [line] = out.splitlines()
+    detail = json.loads(line)
+    assert (detail["delivery"]["id"], detail["body"]) == ("dlv_2", {"title": "down"})
+    assert [a["http_status"] for a in detail["attempts"]] == [500]
 
 
 def test_show_of_an_unknown_id_fails_clearly(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,10 +155,13 @@ def test_replay_by_id_makes_dead_work_pending(config_file: Path, capsys: pytest.
 
 def test_replay_by_destination_takes_its_dead_deliveries(config_file: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """--destination replays that destination's dead deliveries; one that never rendered is named as such."""
-    code, out, _ = run(capsys, "replay", "--destination", "kapture", "--dry-run", "-c", str(config_file))
+    """--destination replays that destination's dead deliveries; one that never rendered is named as such, by
+    the dry run too."""
+    code, out, err = run(capsys, "replay", "--destination", "kapture", "--dry-run", "-c", str(config_file))
     assert code == 0
     assert out.split() == ["dlv_3", "dlv_2"]
+    assert "dlv_3: would not be replayed: it never rendered" in err
+    assert "1 deliveries would be replayed" in err
     code, out, err = run(capsys, "replay", "--destination", "kapture", "-c", str(config_file))
     assert code == 1
     assert "replayed 1 of 2" in out

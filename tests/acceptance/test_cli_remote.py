@@ -72,6 +72,7 @@ def test_list_and_show_need_only_the_token(server: str, monkeypatch: pytest.Monk
     out = capsys.readouterr().out
     assert f"delivery  {first}" in out and '"title": "two"' in out
     assert main(["deliveries", "show", "--url", server, "dlv_nope"]) == 1
+    assert "no delivery 'dlv_nope'" in capsys.readouterr().err
 
 
 def test_replay_goes_through_the_server_and_a_read_token_is_refused(

@@ -124,6 +124,8 @@ async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_co
 
     dry = await post(client, "/admin/api/replay", {"status": "dead", "destination": "kapture", "dry_run": True})
     assert (dry["matched"], dry["replayed"]) == ([dead["id"]], [])
+    both = await post(client, "/admin/api/replay", {"ids": [dead["id"]], "status": "dead", "dry_run": True})
+    assert both["matched"] == [dead["id"]]  # named and matched by the filter: once
     assert (await get(client, "/admin/api/audit"))["items"] == []
 
     sim.faults = Faults()
@@ -134,6 +136,17 @@ async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_co
     assert (entry["actor"], entry["action"], entry["target"]) == ("admin", "deliveries.replay", dead["id"])
     again = await post(client, "/admin/api/replay", {"ids": [dead["id"], "dlv_missing"], "dry_run": True})
     assert again["refused"] == [{"id": "dlv_missing", "reason": "no such delivery"}]
+
+
+async def test_a_dry_run_names_a_delivery_still_under_way(write_config: ConfigFactory,
+                                                          bridge_client: AppClient) -> None:
+    """A dry-run replay of a delivery still pending refuses it as pending, and replays nothing."""
+    client = await start(write_config, bridge_client, workers=False)
+    assert (await client.post("/hooks/partner", json={"title": "Router down"})).status == 202
+    [pending] = await deliveries(client, status="pending")
+    dry = await post(client, "/admin/api/replay", {"ids": [pending["id"]], "dry_run": True})
+    assert (dry["matched"], dry["replayed"]) == ([pending["id"]], [])
+    assert dry["refused"] == [{"id": pending["id"], "reason": "it is pending"}]
 
 
 async def _has(client: Client, **params: Any) -> bool:

@@ -1,0 +1,63 @@
+"""Sending deliveries again, for the admin API's replay and `ticketbridge replay`: in chunks, optionally
+re-rendered with the mappings in force, and for each one left out, why."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bridge.errors import NotFound
+from bridge.mapping.mappingset import MappingSet
+from bridge.routing import rerender_bodies
+from bridge.store.base import DeliveryDetail, Store
+
+REPLAY_CHUNK = 500
+
+
+def _stuck(d: DeliveryDetail, rerender_hint: str) -> str:
+    """Why the store does not replay a delivery it has: it is under way, or it has no body to send."""
+    if d.delivery.status in ("pending", "in_flight"):
+        return f"it is {d.delivery.status}"
+    return f"it never rendered (fix the mapping, then replay with {rerender_hint})"
+
+
+async def _why_not(store: Store, delivery_id: str, rerender_hint: str) -> str:
+    try:
+        return _stuck(await store.get_delivery(delivery_id), rerender_hint)
+    except NotFound:
+        return "no such delivery"
+
+
+async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet | None, vars_: dict[str, Any], *,
+                            dry_run: bool, rerender_hint: str, progress: Callable[[int], None] | None = None,
+                            ) -> tuple[list[str], dict[str, str]]:
+    """Move `ids` back to pending, REPLAY_CHUNK at a time, each re-rendered first when `mappings` is given: the
+    ids moved, and why each other one was not (on a dry run: none moved, and why each would not be).
+    `rerender_hint` names the option that re-renders, for the reason a delivery without a body gets;
+    `progress` hears how many ids are done after each chunk."""
+    refused: dict[str, str] = {}
+    moved: list[str] = []
+    for start in range(0, len(ids), REPLAY_CHUNK):
+        chunk = ids[start:start + REPLAY_CHUNK]
+        bodies = None
+        if mappings is not None:
+            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, vars_)
+            refused.update(not_rendered)
+            chunk = [i for i in chunk if i in bodies]
+        if dry_run:
+            for i in chunk:
+                try:
+                    d = await store.get_delivery(i)
+                except NotFound:
+                    refused[i] = "no such delivery"
+                    continue
+                if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
+                    refused[i] = _stuck(d, rerender_hint)
+        else:
+            moved.extend(await store.replay(chunk, bodies))
+        if progress is not None:
+            progress(min(start + REPLAY_CHUNK, len(ids)))
+    if not dry_run:
+        for i in sorted(set(ids) - set(moved) - set(refused)):
+            refused[i] = await _why_not(store, i, rerender_hint)
+    return moved, refused

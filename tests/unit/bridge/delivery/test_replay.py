@@ -1,0 +1,56 @@
+"""bridge/delivery/replay.py: deliveries sent again chunk by chunk, each one left out named with its reason."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.delivery import replay as replay_module
+from bridge.delivery.replay import replay_deliveries
+from bridge.events import Event
+from bridge.store.base import NewDelivery
+from bridge.store.sqlite import SqliteStore
+
+IDS = ["dlv_dead", "dlv_unrendered", "dlv_pending", "dlv_missing"]
+REFUSED = {"dlv_unrendered": "it never rendered (fix the mapping, then replay with --again)",
+           "dlv_pending": "it is pending", "dlv_missing": "no such delivery"}
+
+
+def _delivery(ident: str, body: dict[str, str] | None, status: str) -> NewDelivery:
+    return NewDelivery(id=ident, mapping="partner", mapping_version="v1", destination="kapture",
+                       action="create_ticket", body=body, status=status,  # type: ignore[arg-type]
+                       error=None if status == "pending" else "refused")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "s.db")
+    await opened.open()
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "t"})
+    await opened.accept(event, [_delivery("dlv_dead", {"title": "t"}, "dead"),
+                                _delivery("dlv_unrendered", None, "dead"),
+                                _delivery("dlv_pending", {"title": "t"}, "pending")], 0)
+    yield opened
+    await opened.close()
+
+
+async def test_a_dry_run_names_what_would_be_left_and_moves_nothing(store: SqliteStore) -> None:
+    """A dry run moves nothing and gives, for each delivery that would not be replayed, the reason a real one
+    would give."""
+    moved, refused = await replay_deliveries(store, IDS, None, {}, dry_run=True, rerender_hint="--again")
+    assert (moved, refused) == ([], REFUSED)
+    assert (await store.get_delivery("dlv_dead")).delivery.status == "dead"
+
+
+async def test_a_replay_moves_what_it_can_chunk_by_chunk(store: SqliteStore,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dead delivery with a body goes back to pending; every other one is named with why; progress hears
+    the count done after each chunk."""
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 3)
+    done: list[int] = []
+    moved, refused = await replay_deliveries(store, IDS, None, {}, dry_run=False, rerender_hint="--again",
+                                             progress=done.append)
+    assert (moved, refused, done) == (["dlv_dead"], REFUSED, [3, 4])
+    assert (await store.get_delivery("dlv_dead")).delivery.status == "pending"
