@@ -136,8 +136,12 @@ class LeadSquaredSimulator(VendorSimulator):
             return _error(400, "MXInvalidInputException", read)
         return read
 
-    def _ticket(self, ticket_id: str) -> dict[str, Any] | None:
-        return next((t for t in self.tickets if t["Id"] == ticket_id), None)
+    def _ticket(self, ticket_id: str) -> dict[str, Any] | web.Response:
+        """The ticket with this numeric Id, or the 404 LeadSquared answers for an unknown one."""
+        found = next((t for t in self.tickets if t["Id"] == ticket_id), None)
+        if found is None:
+            return _error(404, "MXTicketNotFoundException", f"Ticket {ticket_id!r} was not found")
+        return found
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         read = await self._accept(request, multipart=None)
@@ -173,8 +177,8 @@ class LeadSquaredSimulator(VendorSimulator):
         body, files = read
         self.received.note(request, files=files)
         ticket = self._ticket(request.match_info["id"])
-        if ticket is None:
-            return _error(404, "MXTicketNotFoundException", f"Ticket {request.match_info['id']} was not found")
+        if isinstance(ticket, web.Response):
+            return ticket
         problem = self._problem(body)
         if problem is not None:
             return _error(400, "MXInvalidInputException", problem)
@@ -197,8 +201,8 @@ class LeadSquaredSimulator(VendorSimulator):
             return read
         body, _ = read
         ticket = self._ticket(request.match_info["id"])
-        if ticket is None:
-            return _error(404, "MXTicketNotFoundException", f"Ticket {request.match_info['id']} was not found")
+        if isinstance(ticket, web.Response):
+            return ticket
         if not isinstance(body, dict) or not isinstance(body.get("Text"), str) or not body["Text"].strip() \
                 or body.get("Direction") not in ("INBOUND", "OUTBOUND"):
             return _error(400, "MXInvalidInputException", "Text and Direction (INBOUND or OUTBOUND) are required")
@@ -216,8 +220,8 @@ class LeadSquaredSimulator(VendorSimulator):
                 or body.get("ActivityType") != "CreateInternalNote":
             return _error(400, "MXInvalidInputException", "TextPart and ActivityType CreateInternalNote are required")
         ticket = self._ticket(str(body.get("RelatedTicketId")))
-        if ticket is None:
-            return _error(404, "MXTicketNotFoundException", f"Ticket {body.get('RelatedTicketId')!r} was not found")
+        if isinstance(ticket, web.Response):
+            return ticket
         self.received.note(request, text=body["TextPart"])
         ticket["Notes"].append(body["TextPart"])
         org = request.match_info["org"]
