@@ -16,7 +16,7 @@ import phonenumbers
 from jinja2 import Undefined
 
 from bridge.mapping.dates import check_date_args, date
-from bridge.mapping.limits import MAX_RESULT_CHARS, joined_size, replaced_size, sized_iter, too_long
+from bridge.mapping.limits import MAX_RESULT_CHARS, check_time, replaced_size, too_long
 from bridge.mapping.text import html_to_text, strip_quoted
 from bridge.vendors.files import attachment_list
 
@@ -63,14 +63,20 @@ def replace(value: Any, old: str, new: str) -> Any:
 
 
 def join(value: Any, sep: str = ", ") -> Any:
-    """A list's (or a sequence's, as `map` or `range` give) items as text, with `sep` between them."""
-    if isinstance(value, list | tuple | range | Iterator):
-        parts = [_text(v) for v in sized_iter(value)]
-        size = joined_size(parts, sep)
+    """A list's (or a sequence's, as `map` or `range` give) items as text, with `sep` between them; refused
+    (under the time budget, item by item) as soon as the text it would build passes the size cap."""
+    if not isinstance(value, list | tuple | range | Iterator):
+        return value
+    parts: list[str] = []
+    size = -len(sep)
+    for item in value:
+        check_time()
+        part = _text(item)
+        size += len(sep) + len(part)
         if size > MAX_RESULT_CHARS:
             raise too_long(size)
-        return sep.join(parts)
-    return value
+        parts.append(part)
+    return sep.join(parts)
 
 
 def split(value: Any, sep: str | None = ",") -> Any:

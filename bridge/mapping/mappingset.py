@@ -239,25 +239,10 @@ def compile_document(
     elif spec.action not in target.actions:
         check.add(("action",), f"destination {spec.destination!r} has no action {spec.action!r}; "
                                f"it takes: {', '.join(sorted(target.actions))}")
-    when = None
-    if spec.when is not None:
-        try:
-            when = compile_when(spec.when, vars_)
-        except CompileError as exc:
-            for err in exc.errors:
-                check.add(("when",), str(err))
-    fields: list[CompiledField] = []
     if not spec.fields:
         check.add(("fields",), "a mapping needs at least one field")
-    for field_name, raw in spec.fields.items():
-        try:
-            fields.append(compile_field(field_name, raw, vars_))
-        except CompileError as exc:
-            for err in exc.errors:
-                check.add(("fields", field_name, *err.subpath), str(err))
-    if target is not None and target.static_check is not None and spec.action in target.actions:
-        for problem in target.static_check(spec.action, list(spec.fields), spec.options):
-            check.add(*_vendor_problem(problem, spec))
+    when, fields = _compile_body(check, (), spec.when, spec.fields, target=target, action=spec.action,
+                                 options=spec.options, vars_=vars_)
     conversation, reopen_after_s = _conversation_keys(check, spec, vars_)
     follow_up = None
     if spec.follow_up is not None:
@@ -324,39 +309,49 @@ def _compile_follow_up(check: _Checker, spec: MappingSpec, given: FollowUpSpec, 
                                            f"it takes: {', '.join(sorted(target.actions))}")
     if not given.fields:
         check.add(("follow_up", "fields"), "a follow_up needs at least one field")
-    when = None
-    if given.when is not None:
-        try:
-            when = compile_when(given.when, vars_)
-        except CompileError as exc:
-            for err in exc.errors:
-                check.add(("follow_up", "when"), str(err))
-    fields: list[CompiledField] = []
-    for field_name, raw in given.fields.items():
-        try:
-            fields.append(compile_field(field_name, raw, vars_))
-        except CompileError as exc:
-            for err in exc.errors:
-                check.add(("follow_up", "fields", field_name, *err.subpath), str(err))
     options = spec.options if given.options is None else given.options
-    if target is not None and target.static_check is not None and given.action in target.actions:
-        for problem in target.static_check(given.action, list(given.fields), options):
-            path, message = _vendor_problem(problem, spec)
-            check.add(("follow_up", *path) if path[0] in ("fields", "options") else path, message)
+    when, fields = _compile_body(check, ("follow_up",), given.when, given.fields, target=target,
+                                 action=given.action, options=options, vars_=vars_)
     return CompiledMapping(
         name=f"{name}.follow_up", file=file, version=version, sources=tuple(spec.source_names()),
         destination=spec.destination, action=given.action, options=options, spec=spec, fields=fields, when=when,
         when_text=given.when, vendor_body=_vendor_body(target, given.action, options))
 
 
-def _vendor_problem(problem: str, spec: MappingSpec) -> tuple[KeyPath, str]:
+def _compile_body(check: _Checker, at: KeyPath, when_text: str | None, raw_fields: dict[str, Any], *,
+                  target: Target | None, action: str, options: dict[str, Any], vars_: Mapping[str, Any] | None,
+                  ) -> tuple[Callable[..., Any] | None, list[CompiledField]]:
+    """The `when` and `fields` of a mapping (`at` is ()) or of its follow_up (`at` is ("follow_up",)),
+    compiled, and the vendor's static check of the fields; every problem goes to `check`, under `at`."""
+    when = None
+    if when_text is not None:
+        try:
+            when = compile_when(when_text, vars_)
+        except CompileError as exc:
+            for err in exc.errors:
+                check.add((*at, "when"), str(err))
+    fields: list[CompiledField] = []
+    for field_name, raw in raw_fields.items():
+        try:
+            fields.append(compile_field(field_name, raw, vars_))
+        except CompileError as exc:
+            for err in exc.errors:
+                check.add((*at, "fields", field_name, *err.subpath), str(err))
+    if target is not None and target.static_check is not None and action in target.actions:
+        for problem in target.static_check(action, list(raw_fields), options):
+            path, message = _vendor_problem(problem, raw_fields)
+            check.add((*at, *path), message)
+    return when, fields
+
+
+def _vendor_problem(problem: str, fields: Mapping[str, Any]) -> tuple[KeyPath, str]:
     """A vendor's `field: message` placed at that field (or at `fields:` when the field is absent)."""
     head, sep, message = problem.partition(": ")
     if not sep:
         return ("fields",), problem
     if head == "fields" or " " in head:
         return ("fields",), message if head == "fields" else problem
-    if head == "options" or (head.startswith("options.") and head not in spec.fields):
+    if head == "options" or (head.startswith("options.") and head not in fields):
         return tuple(head.split(".")), message
     return ("fields", head), message  # where the field is, or `fields:` when it is absent
 

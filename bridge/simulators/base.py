@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -12,6 +14,28 @@ from aiohttp import web
 
 from bridge.simulators.faults import Faults, Handler, fault_routes
 from bridge.simulators.received import RequestLog
+from bridge.vendors.files import ReceivedPart, parse_multipart
+
+
+async def read_json_or_parts(request: web.Request, not_json: str) -> tuple[Any, list[ReceivedPart] | None] | str:
+    """A JSON body as (its value, None), a multipart/form-data one as (None, its parts), or why it cannot be
+    read (`not_json` for a body that is not JSON, in the vendor's words)."""
+    raw = await request.read()
+    if request.content_type != "multipart/form-data":
+        try:
+            return json.loads(raw), None
+        except ValueError:
+            return not_json
+    try:
+        return None, parse_multipart(raw, request.headers.get("Content-Type", ""))
+    except ValueError as exc:
+        return f"the multipart body could not be read: {exc}"
+
+
+def received_file(part: ReceivedPart) -> dict[str, Any]:
+    """What a simulator keeps of a file it received: its name, content type, size and sha256."""
+    return {"name": part.filename, "content_type": part.content_type, "size": len(part.content),
+            "sha256": hashlib.sha256(part.content).hexdigest()}
 
 
 class VendorSimulator(ABC):

@@ -8,16 +8,14 @@ A multipart body's JSON part (the one that is not a file) is its body; its file 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from typing import Any
 
 from aiohttp import web
 
-from bridge.simulators.base import VendorSimulator
+from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
-from bridge.vendors.files import parse_multipart
 
 OUTAGE = {"success": False, "error": "simulated outage"}
 
@@ -29,19 +27,14 @@ class HttpSimulator(VendorSimulator):
 
     @staticmethod
     async def _read(request: web.Request) -> tuple[Any, list[dict[str, Any]]] | str:
-        raw = await request.read()
-        if request.content_type != "multipart/form-data":
-            try:
-                return json.loads(raw), []
-            except ValueError:
-                return "the body is not JSON"
-        try:
-            parts = parse_multipart(raw, request.headers.get("Content-Type", ""))
-        except ValueError as exc:
-            return f"the multipart body could not be read: {exc}"
+        read = await read_json_or_parts(request, "the body is not JSON")
+        if isinstance(read, str):
+            return read
+        body, parts = read
+        if parts is None:
+            return body, []
         data = [p for p in parts if p.filename is None]
-        files = [{"part": p.name, "name": p.filename, "content_type": p.content_type, "size": len(p.content),
-                  "sha256": hashlib.sha256(p.content).hexdigest()} for p in parts if p.filename is not None]
+        files = [{"part": p.name, **received_file(p)} for p in parts if p.filename is not None]
         if len(data) != 1:
             return "the multipart body needs exactly one part that is not a file (the JSON fields)"
         try:

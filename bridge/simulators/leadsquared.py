@@ -16,7 +16,6 @@ body). Each ticket keeps its `Files` (name, content_type, size, sha256), `Update
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
@@ -27,9 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.simulators.base import VendorSimulator
+from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
-from bridge.vendors.files import parse_multipart
 from bridge.vendors.leadsquared import (
     DEFAULT_PER_SECONDS,
     DEFAULT_REQUESTS,
@@ -102,24 +100,18 @@ class LeadSquaredSimulator(VendorSimulator):
     async def _read(self, request: web.Request, *, multipart: bool | None) -> tuple[Any, list[dict[str, Any]]] | str:
         """The JSON body (from the `ticketDTO` part of a multipart one) and the files received, or why the
         body cannot be read. `multipart` True requires a multipart body, None takes either."""
-        raw = await request.read()
-        is_multipart = request.content_type == "multipart/form-data"
-        if multipart and not is_multipart:
+        if multipart and request.content_type != "multipart/form-data":
             return "this call takes multipart/form-data with a ticketDTO part"
-        if not is_multipart:
-            try:
-                return json.loads(raw), []
-            except ValueError:
-                return "The request body is not valid JSON"
-        try:
-            parts = parse_multipart(raw, request.headers.get("Content-Type", ""))
-        except ValueError as exc:
-            return f"the multipart body could not be read: {exc}"
+        read = await read_json_or_parts(request, "The request body is not valid JSON")
+        if isinstance(read, str):
+            return read
+        body, parts = read
+        if parts is None:
+            return body, []
         dto = [p for p in parts if p.name == "ticketDTO" and p.filename is None]
         if len(dto) != 1:
             return "the multipart body needs exactly one ticketDTO part"
-        files = [{"name": p.filename, "content_type": p.content_type, "size": len(p.content),
-                  "sha256": hashlib.sha256(p.content).hexdigest()} for p in parts if p.name == "files"]
+        files = [received_file(p) for p in parts if p.name == "files"]
         try:
             return json.loads(dto[0].content), files
         except ValueError:
@@ -136,8 +128,12 @@ class LeadSquaredSimulator(VendorSimulator):
             return _error(400, "MXInvalidInputException", read)
         return read
 
-    def _ticket(self, ticket_id: str) -> dict[str, Any] | None:
-        return next((t for t in self.tickets if t["Id"] == ticket_id), None)
+    def _ticket(self, ticket_id: str) -> dict[str, Any] | web.Response:
+        """The ticket with this numeric Id, or the 404 LeadSquared answers for an unknown one."""
+        found = next((t for t in self.tickets if t["Id"] == ticket_id), None)
+        if found is None:
+            return _error(404, "MXTicketNotFoundException", f"Ticket {ticket_id!r} was not found")
+        return found
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         read = await self._accept(request, multipart=None)
@@ -173,8 +169,8 @@ class LeadSquaredSimulator(VendorSimulator):
         body, files = read
         self.received.note(request, files=files)
         ticket = self._ticket(request.match_info["id"])
-        if ticket is None:
-            return _error(404, "MXTicketNotFoundException", f"Ticket {request.match_info['id']} was not found")
+        if isinstance(ticket, web.Response):
+            return ticket
         problem = self._problem(body)
         if problem is not None:
             return _error(400, "MXInvalidInputException", problem)
@@ -197,8 +193,8 @@ class LeadSquaredSimulator(VendorSimulator):
             return read
         body, _ = read
         ticket = self._ticket(request.match_info["id"])
-        if ticket is None:
-            return _error(404, "MXTicketNotFoundException", f"Ticket {request.match_info['id']} was not found")
+        if isinstance(ticket, web.Response):
+            return ticket
         if not isinstance(body, dict) or not isinstance(body.get("Text"), str) or not body["Text"].strip() \
                 or body.get("Direction") not in ("INBOUND", "OUTBOUND"):
             return _error(400, "MXInvalidInputException", "Text and Direction (INBOUND or OUTBOUND) are required")
@@ -216,8 +212,8 @@ class LeadSquaredSimulator(VendorSimulator):
                 or body.get("ActivityType") != "CreateInternalNote":
             return _error(400, "MXInvalidInputException", "TextPart and ActivityType CreateInternalNote are required")
         ticket = self._ticket(str(body.get("RelatedTicketId")))
-        if ticket is None:
-            return _error(404, "MXTicketNotFoundException", f"Ticket {body.get('RelatedTicketId')!r} was not found")
+        if isinstance(ticket, web.Response):
+            return ticket
         self.received.note(request, text=body["TextPart"])
         ticket["Notes"].append(body["TextPart"])
         org = request.match_info["org"]

@@ -14,6 +14,7 @@ import msgspec
 
 from bridge.config import DestinationConfig
 from bridge.errors import BridgeError, MappingError
+from bridge.vendors.files import FileSet, attachment_list, with_text
 
 Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
 """`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false)."""
@@ -67,6 +68,17 @@ class Adapter(ABC):
         """The vendor's base URL; a callable for sandboxes, whose address is known once the server listens."""
         url = self._base_url if isinstance(self._base_url, str) else self._base_url()
         return url.rstrip("/")
+
+    def note_files(self, fields: dict[str, Any], files: FileSet | None, default_field: str, *,
+                   sent: bool) -> dict[str, Any]:
+        """`fields` with the ticket text about `files` added to the destination's `attachments.note_field`
+        (else `default_field`): for a vendor that takes files (`sent`), those that could not go and why; for
+        one that does not, every file's name and size. Unchanged when there is nothing to say."""
+        note = "" if files is None else files.note() if sent else attachment_list(files.metas)
+        if note:
+            target = self.config.attachments.note_field or default_field
+            fields[target] = with_text(fields.get(target), note)
+        return fields
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:

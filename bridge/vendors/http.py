@@ -37,7 +37,7 @@ from bridge.vendors.base import (
     text_or_none,
     ticket_ref,
 )
-from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files, with_text
+from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
 
 Method = Literal["POST", "PUT", "PATCH"]
 METHODS = ("POST", "PUT", "PATCH")
@@ -193,10 +193,7 @@ class HttpAdapter(Adapter):
         if self.options.body == "json":
             return VendorRequest(method=method, url=url, headers=headers, body=msgspec.json.encode(fields))
         data, files = split_files(fields)
-        note = files.note() if files is not None else ""
-        if note:
-            target = self.config.attachments.note_field or NOTE_KEY
-            data[target] = with_text(data.get(target), note)
+        self.note_files(data, files, NOTE_KEY, sent=True)
         body, content_type = multipart_body([
             Part(name=self.options.multipart_json_part, content=msgspec.json.encode(data),
                  content_type="application/json"),

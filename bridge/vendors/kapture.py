@@ -21,7 +21,7 @@ from bridge.vendors.base import (
     lower_keys,
     ticket_id_from,
 )
-from bridge.vendors.files import attachment_list, split_files, with_text
+from bridge.vendors.files import split_files
 
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
@@ -135,9 +135,7 @@ class KaptureAdapter(Adapter):
             if blank(fields.get(name)):
                 raise MappingError(f"kapture {action} needs a non-empty `{name}`", path=name)
         item, files = split_files(fields)
-        if files is not None and files.metas:
-            target = self.config.attachments.note_field or TEXT_FIELDS[action]
-            item[target] = with_text(item.get(target), attachment_list(files.metas))
+        self.note_files(item, files, TEXT_FIELDS[action], sent=False)
         if action == "update_ticket":
             check_callback_time(fields.get("callback_time"))
             # Documented as a string; a follow-up's ticket supplies it when the mapping does not.

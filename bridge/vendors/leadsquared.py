@@ -26,7 +26,7 @@ from bridge.vendors.base import (
     text_or_none,
     ticket_id_from,
 )
-from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files, with_text
+from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files
 
 SANDBOX_ORG = "sandbox-org"
 SANDBOX_ACCESS_KEY = "sandbox-access-key"
@@ -152,14 +152,6 @@ class LeadSquaredAdapter(Adapter):
         _, access_key, secret_key = self.credentials()
         return {"X-LSQ-ACCESS-KEY": access_key, "X-LSQ-SECRET-KEY": secret_key, "Content-Type": content_type}
 
-    def _with_note(self, fields: dict[str, Any], files: FileSet | None) -> dict[str, Any]:
-        """The fields with the names of files that could not be sent appended to the note field."""
-        note = files.note() if files is not None else ""
-        if note:
-            target = self.config.attachments.note_field or NOTE_FIELD
-            fields[target] = with_text(fields.get(target), note)
-        return fields
-
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         if action not in ACTIONS:
@@ -167,11 +159,11 @@ class LeadSquaredAdapter(Adapter):
         org_id, _, _ = self.credentials()
         fields, files = split_files(fields)
         if action == "create_ticket":
-            dto = self.envelope(self._with_note(fields, files), options)
+            dto = self.envelope(self.note_files(fields, files, NOTE_FIELD, sent=True), options)
             return self._ticket_request("POST", self.base_url + tickets_path(org_id), dto, files)
         ticket_id = numeric_id(ticket_id_from(fields, (ID_FIELD,), ticket, "leadsquared"))
         if action == "update_ticket":
-            dto = self.envelope(self._with_note(fields, files), options, ticket_id)
+            dto = self.envelope(self.note_files(fields, files, NOTE_FIELD, sent=True), options, ticket_id)
             # Documented only as multipart (`ticketDTO` and `files`); sent so even without files.
             return self._ticket_request("PUT", self.base_url + update_path(org_id, ticket_id), dto, files,
                                         always_multipart=True)

@@ -28,7 +28,7 @@ from bridge.vendors.base import (
     excerpt,
     text_or_none,
 )
-from bridge.vendors.files import attachment_list, split_files, with_text
+from bridge.vendors.files import split_files
 
 log = structlog.get_logger("ticketbridge.vendors")
 
@@ -182,9 +182,7 @@ class NetgrootAdapter(Adapter):
         # No update endpoint is published: a follow-up is a new ticket (its mapping names the first one
         # with `{{ ticket.id }}`) or is skipped; `ticket` is not needed here.
         fields, files = split_files(fields)
-        if files is not None and files.metas:  # no file endpoint either: the message names them
-            target = self.config.attachments.note_field or "message"
-            fields[target] = with_text(fields.get(target), attachment_list(files.metas))
+        self.note_files(fields, files, "message", sent=False)  # no file endpoint either: the message names them
         if action != "create_ticket":
             raise MappingError(f"netgroot has no action {action!r}; it takes: create_ticket")
         if "subject" in fields:

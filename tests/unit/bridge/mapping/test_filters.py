@@ -150,3 +150,19 @@ def test_attachment_list_in_a_template_names_each_file_and_its_size() -> None:
     assert compile_field("f", template)(ctx) == "Down\n\nAttachments:\n- router.jpg (2.0 KB)\n- log.txt (10 B)"
     ctx["payload"]["attachments"] = []
     assert compile_field("f", "[{{ payload.attachments | attachment_list }}]")(ctx) == "[]"
+
+
+def test_join_stops_reading_once_its_text_passes_the_size_cap() -> None:
+    """`join` counts the text of each item as it reads it (tables too, not only strings) and refuses at the
+    first item that takes it past the cap, without turning the rest into text."""
+    read = 0
+
+    def items() -> Any:
+        nonlocal read
+        for _ in range(1_000):
+            read += 1
+            yield {"text": "a" * 400_000}
+
+    with pytest.raises(ValueError, match="string result over 1000000 characters"):
+        FILTERS["join"](items())
+    assert read == 3

@@ -56,6 +56,19 @@ def test_the_vendors_static_checks_apply_to_the_follow_up(tmp_path: Path) -> Non
     assert any("sub_status" in e and e.startswith("m.follow_up.fields") for e in found), found
 
 
+def test_the_follow_ups_when_and_fields_errors_are_placed_under_follow_up(tmp_path: Path) -> None:
+    """A `when` or a field of the follow-up that does not compile is reported at `follow_up.when` and
+    `follow_up.fields.<name>`, not at the mapping's own keys."""
+    found = errors(tmp_path, """\
+        follow_up:
+          action: update_ticket
+          when: "payload.x =="
+          fields: {sub_status: {from: payload.s, transform: [shout]}}
+        """)
+    assert [e.split(":", 1)[0] for e in found] == ["m.follow_up.when",
+                                                   "m.follow_up.fields.sub_status.transform[0]"], found
+
+
 def test_skip_takes_nothing_else_and_reopen_after_must_be_a_duration(tmp_path: Path) -> None:
     """`skip: true` with an action is an error, as is a reopen_after that is not a duration."""
     assert errors(tmp_path, "reopen_after: soon\nfollow_up: {skip: true, action: update_ticket}") == [

@@ -202,6 +202,7 @@ async def test_an_unknown_ticket_id_is_a_404_the_adapter_calls_permanent(aiohttp
     made = lsq_adapter()
     status, body = await send(client, made.build_request(action, fields, {}, ticket={"id": "999"}))
     assert (status, body["ExceptionType"]) == (404, "MXTicketNotFoundException")
+    assert body["ExceptionMessage"] == "Ticket '999' was not found"
     assert made.classify(action, status, {}, json.dumps(body).encode()).classification == "permanent"
 
 
