@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,11 +14,14 @@ import pytest
 
 @contextmanager
 def tiny_disk(folder: Path, size: str = "2m") -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `folder` (needs root: the test is skipped, saying so, where it cannot mount)."""
+    """A tmpfs of `size` mounted at `folder` (needs root: the test is skipped, saying so, where it cannot mount;
+    in CI, which runs as root, it fails instead, so a lost permission cannot hide the disk-full tests)."""
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                           capture_output=True, check=False)
     if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs to fill: {done.stderr.decode().strip()}")
         pytest.skip(f"cannot mount a tmpfs to fill: {done.stderr.decode().strip()}")
     try:
         yield folder

@@ -11,23 +11,8 @@ import pytest
 import requests
 
 from bridge.cli import main
+from tests.acceptance.console_app import ADMIN, console_app
 from tests.acceptance.threaded import serve_in_thread
-
-CONFIG = """
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
-sources:
-  plain: {kind: json}
-destinations:
-  kapture: {vendor: kapture, sandbox: true}
-"""
-MAPPING = """
-source: plain
-destination: kapture
-action: create_ticket
-fields:
-  title: "{{ payload.title }}"
-"""
 
 
 def settled(url: str, delivery_id: str) -> None:
@@ -35,7 +20,7 @@ def settled(url: str, delivery_id: str) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         view = requests.get(f"{url}/admin/api/deliveries/{delivery_id}",
-                            headers={"Authorization": "Bearer admin-secret"}, timeout=10).json()
+                            headers=ADMIN, timeout=10).json()
         if view["delivery"]["status"] == "succeeded":
             return
         time.sleep(0.02)
@@ -49,9 +34,9 @@ def rows(out: str) -> list[str]:
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with serve_in_thread(tmp_path / "server", CONFIG, {"plain": MAPPING}) as url:
+    with serve_in_thread(tmp_path / "server", *console_app()) as url:
         for title in ("one", "two"):
-            requests.post(f"{url}/hooks/plain", json={"title": title}, timeout=10).raise_for_status()
+            requests.post(f"{url}/hooks/partner", json={"title": title}, timeout=10).raise_for_status()
         empty = tmp_path / "elsewhere"
         empty.mkdir()
         monkeypatch.chdir(empty)  # no bridge.yaml here: the CLI must not need one
@@ -86,7 +71,7 @@ def test_replay_goes_through_the_server_and_a_read_token_is_refused(
     assert [w for w in capsys.readouterr().out.split() if w.startswith("dlv_")] == [ids[0]]
     assert main(["replay", "--url", server, ids[0]]) == 0
     assert "replayed 1 of 1 deliveries" in capsys.readouterr().out
-    audit = requests.get(f"{server}/admin/api/audit", headers={"Authorization": "Bearer admin-secret"}, timeout=10)
+    audit = requests.get(f"{server}/admin/api/audit", headers=ADMIN, timeout=10)
     assert [(e["actor"], e["target"]) for e in audit.json()["items"]] == [("admin", ids[0])]
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
     assert main(["replay", "--url", server, ids[0]]) == 2

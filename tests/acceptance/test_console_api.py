@@ -12,29 +12,12 @@ from bridge.console.api import ROUTES
 from bridge.console.openapi import spec
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
+from tests.acceptance.console_app import ADMIN, READ, console_app
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
-ADMIN = {"Authorization": "Bearer admin-secret"}
-READ = {"Authorization": "Bearer grafana-secret"}
-CONFIG = """
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
-sources:
-  partner: {kind: json}
-destinations:
-  kapture:
-    vendor: kapture
-    sandbox: true
-    retry: {schedule: ["0s"]}
-"""
+CONFIG, PARTNER = console_app()
 MAPPINGS = {
-    "partner": """
-        source: partner
-        destination: kapture
-        action: create_ticket
-        fields:
-          title: "{{ payload.title }}"
-    """,
+    **PARTNER,
     "urgent": """
         source: partner
         destination: kapture

@@ -11,30 +11,15 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from tests.acceptance.console_app import ADMIN, console_app
 from tests.acceptance.threaded import serve_in_thread
 
-ADMIN = {"Authorization": "Bearer admin-secret"}
-CONFIG = """
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
-sources:
-  partner: {kind: json}
-destinations:
-  kapture: {vendor: kapture, sandbox: true}
-"""
-MAPPING = """
-source: partner
-destination: kapture
-action: create_ticket
-fields:
-  title: "{{ payload.title }}"
-"""
 EXAMPLES = 100  # per route with inputs; routes without any have few distinct cases, and Hypothesis stops early
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serve_in_thread(tmp_path_factory.mktemp("openapi"), CONFIG, {"partner": MAPPING}) as url:
+    with serve_in_thread(tmp_path_factory.mktemp("openapi"), *console_app()) as url:
         for i in range(3):  # something to read: deliveries and their event
             requests.post(f"{url}/hooks/partner", json={"title": f"t{i}"}, timeout=10).raise_for_status()
         yield url

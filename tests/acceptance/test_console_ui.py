@@ -11,31 +11,13 @@ from typing import Any
 
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
+from tests.acceptance.console_app import console_app
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 
-CONFIG = """
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
-sources:
-  website: {kind: json}
-destinations:
-  kapture:
-    vendor: kapture
-    sandbox: true
-    retry: {schedule: ["0s"]}
-"""
-MAPPINGS = {
-    "website": """
-        source: website
-        destination: kapture
-        action: create_ticket
-        fields:
-          title: "{{ payload.title }}"
-    """,
-}
+CONFIG, MAPPINGS = console_app("website")
 
 
 async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(

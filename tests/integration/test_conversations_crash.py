@@ -4,7 +4,6 @@ second ticket; two processes on one PostgreSQL queue keep each conversation in o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.processes import DSN, free_port, spawn, stop, wait_http, write_partner_config
+from tests.integration.processes import DSN, free_port, spawn, stop_all, wait_http, write_partner_config
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +56,17 @@ async def post_thread(session: aiohttp.ClientSession, urls: list[str]) -> None:
             n += 1
 
 
-async def creates_attempted(session: aiohttp.ClientSession, faults: str) -> int:
-    async with session.get(faults) as resp:
-        return FAILS - int((await resp.json())["fail_count"])
+async def creates_tried_twice(session: aiohttp.ClientSession, faults: str) -> None:
+    """Wait until the failing vendor has seen every conversation's create at least twice (none waits for
+    another), failing the test after 20 s."""
+    tried = 0
+    for _ in range(400):
+        async with session.get(faults) as resp:
+            tried = FAILS - int((await resp.json())["fail_count"])
+        if tried >= 2 * CASES:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the vendor saw {tried} creates in 20 s, expected at least {2 * CASES}")
 
 
 async def tickets_when_done(session: aiohttp.ClientSession, sandbox_port: int,
@@ -99,10 +106,7 @@ async def test_kill_9_while_creates_retry_leaves_one_ticket_and_every_follow_up_
             server = spawn(["serve", "-c", str(cfg)], log)
             await wait_http(f"http://127.0.0.1:{port}/readyz", server)
             await post_thread(session, [f"http://127.0.0.1:{port}/hooks/partner"])
-            for _ in range(400):  # every conversation's create tried at least twice: none waits for another
-                if await creates_attempted(session, faults) >= 2 * CASES:
-                    break
-                await asyncio.sleep(0.05)
+            await creates_tried_twice(session, faults)
             server.send_signal(signal.SIGKILL)
             server.wait(10)
             async with session.delete(faults) as resp:
@@ -112,10 +116,7 @@ async def test_kill_9_while_creates_retry_leaves_one_ticket_and_every_follow_up_
             tickets = await tickets_when_done(session, sandbox_port)
         assert_one_ticket_per_case_with_comments_in_order(tickets)
     finally:
-        for proc in (server, restarted, sandbox):
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    stop(proc)
+        stop_all(server, restarted, sandbox)
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["both-up", "kill-9-one"])
@@ -144,10 +145,7 @@ async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path
             for port, proc in zip(ports, servers, strict=True):
                 await wait_http(f"http://127.0.0.1:{port}/readyz", proc)
             await post_thread(session, [f"http://127.0.0.1:{p}/hooks/partner" for p in ports])
-            for _ in range(400):
-                if await creates_attempted(session, faults) >= 2 * CASES:
-                    break
-                await asyncio.sleep(0.05)
+            await creates_tried_twice(session, faults)
             if kill:
                 servers[0].send_signal(signal.SIGKILL)
                 servers[0].wait(10)
@@ -160,6 +158,4 @@ async def test_two_postgresql_processes_keep_each_conversation_in_order(tmp_path
             tickets = await tickets_when_done(session, sandbox_port, seconds=30 + 2 * LEASE_S)
         assert_one_ticket_per_case_with_comments_in_order(tickets)
     finally:
-        for proc in (*servers, sandbox):
-            with contextlib.suppress(ProcessLookupError):
-                stop(proc)
+        stop_all(*servers, sandbox)

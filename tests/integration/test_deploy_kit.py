@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -75,7 +76,6 @@ def test_prometheus_config_passes_promtool() -> None:
 
 def test_kubernetes_manifests_pass_the_schema_check() -> None:
     """Every manifest validates strictly (unknown fields refused) against the Kubernetes API schemas."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for name, doc in kube_docs().items():
         kubernetes_validate.validate(doc, "1.30.0", strict=True)  # raises on the first invalid field
         assert doc["metadata"]["name"].startswith("ticketbridge"), name

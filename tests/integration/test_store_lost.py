@@ -49,8 +49,9 @@ async def test_a_store_file_deleted_under_load_loses_nothing_accepted(tmp_path: 
         refused: set[str] = set()
         done = asyncio.Event()
         loader = asyncio.create_task(load(f"http://127.0.0.1:{port}/hooks/partner", accepted, refused, done))
-        while len(accepted) < 500 and not loader.done():
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):  # a server that accepts nothing fails the test rather than hanging it
+            while len(accepted) < 500 and not loader.done():
+                await asyncio.sleep(0.01)
         (tmp_path / "var" / "bridge.db").unlink()
         status = await asyncio.to_thread(server.wait, 30)
         done.set()

@@ -1,0 +1,30 @@
+"""The app the admin console's tests run: an admin token and a read-only one (`grafana`), one JSON source
+delivering to Kapture's sandbox, a failed send retried at once."""
+
+from __future__ import annotations
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+READ = {"Authorization": "Bearer grafana-secret"}
+
+
+def console_app(source: str = "partner") -> tuple[str, dict[str, str]]:
+    """The config and mappings, `source` taking `{"title": ...}` bodies and making a ticket of each."""
+    config = f"""
+store: {{url: "sqlite:///var/bridge.db"}}
+admin: {{token: admin-secret, read_tokens: {{grafana: grafana-secret}}}}
+sources:
+  {source}: {{kind: json}}
+destinations:
+  kapture:
+    vendor: kapture
+    sandbox: true
+    retry: {{schedule: ["0s"]}}
+"""
+    mapping = f"""
+source: {source}
+destination: kapture
+action: create_ticket
+fields:
+  title: "{{{{ payload.title }}}}"
+"""
+    return config, {source: mapping}
