@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import aiohttp
 import msgspec
 
 from bridge.config import DestinationConfig
 from bridge.errors import BridgeError, MappingError
+from bridge.vendors.credentials import Credentials
 from bridge.vendors.files import FileSet, attachment_list, with_text
 
 Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
@@ -62,6 +64,14 @@ class Adapter(ABC):
         self._base_url = base_url
         # Where intake keeps attachment content (by sha256), for adapters that send files.
         self.attachments_dir = attachments_dir
+        # Headers the delivery loop adds to every request (and to `prepare`'s look-ups); None: the adapter
+        # puts its credentials in the request itself.
+        self.credentials: Credentials | None = None
+
+    async def close(self, session: aiohttp.ClientSession) -> None:
+        """Give back what the destination's credentials obtained (a log-out), at shutdown."""
+        if self.credentials is not None:
+            await self.credentials.close(session)
 
     @property
     def base_url(self) -> str:

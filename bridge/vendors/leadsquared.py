@@ -118,7 +118,7 @@ class LeadSquaredAdapter(Adapter):
         assert isinstance(self.config, LeadSquaredOptions)
         return self.config
 
-    def credentials(self) -> tuple[str, str, str]:
+    def keys(self) -> tuple[str, str, str]:
         o = self.options
         if o.sandbox:
             return (o.org_id or SANDBOX_ORG, o.access_key or SANDBOX_ACCESS_KEY, o.secret_key or SANDBOX_SECRET_KEY)
@@ -149,14 +149,14 @@ class LeadSquaredAdapter(Adapter):
         return fields
 
     def _headers(self, content_type: str) -> dict[str, str]:
-        _, access_key, secret_key = self.credentials()
+        _, access_key, secret_key = self.keys()
         return {"X-LSQ-ACCESS-KEY": access_key, "X-LSQ-SECRET-KEY": secret_key, "Content-Type": content_type}
 
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         if action not in ACTIONS:
             raise MappingError(f"leadsquared has no action {action!r}; it takes: {', '.join(ACTIONS)}")
-        org_id, _, _ = self.credentials()
+        org_id, _, _ = self.keys()
         fields, files = split_files(fields)
         if action == "create_ticket":
             dto = self.envelope(self.note_files(fields, files, NOTE_FIELD, sent=True), options)
