@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from bridge.config import DestinationConfig
+from bridge.config import Base, DestinationConfig
 from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
@@ -38,6 +38,8 @@ from bridge.vendors.base import (
     ticket_ref,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
+from bridge.vendors.http_auth import HttpAuth, http_credentials
+from bridge.yamlfile import KeyValueError
 
 Method = Literal["POST", "PUT", "PATCH"]
 METHODS = ("POST", "PUT", "PATCH")
@@ -85,6 +87,18 @@ def _check_path(template: str) -> None:
     placeholders(template)
 
 
+class HttpDoctor(Base):
+    """The harmless request `ticketbridge doctor` makes (a look-up, never a create); a 2xx answer is OK."""
+
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    path: str = "/"
+    body: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise KeyValueError(("path",), f"`path` {self.path!r} must start with /, e.g. /api/me")
+
+
 class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     method: Method = "POST"
     path: str = "/"
@@ -97,6 +111,8 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     body: Literal["json", "multipart"] = "json"
     multipart_json_part: str = "data"
     multipart_files_part: str = "files"
+    auth: HttpAuth | None = None
+    doctor: HttpDoctor | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,6 +143,8 @@ class HttpAdapter(Adapter):
         self._success = body_path(o.success_path) if o.success_path else None
         self._ticket_id = body_path(o.ticket_id_path) if o.ticket_id_path else None
         self._error = body_path(o.error_path) if o.error_path else None
+        if o.auth is not None:
+            self.credentials = http_credentials(name, o.auth, lambda: self.base_url, o.timeout_seconds)
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
