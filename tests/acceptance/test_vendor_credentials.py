@@ -106,3 +106,17 @@ async def test_shutdown_logs_out(write_config: ConfigFactory, bridge_client: App
     await all_settled(client, 1)
     await client.close()
     assert (sim.logouts, sim.jwts) == (1, {})
+
+
+async def test_kapture_expired_key_is_auth(write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """With the simulator answering the legacy "Auth Key Expired" / `Fail`, the delivery is auth (one attempt,
+    the breaker told), not a permanent rejection of the ticket."""
+    config = CONFIG.replace(f"isp: {ISP}", "isp: {vendor: kapture, sandbox: true}")
+    mapping = {"m": MAPPING["m"].replace("subject: \"{{ payload.subject }}\"", "title: \"{{ payload.subject }}\"")
+               .replace("message:", "ticket_details:")}
+    client = await bridge_client(write_config(config, mapping))
+    assert (await client.put("/sandbox/kapture/_knobs", json={"auth_key_expired": True})).status == 200
+    await post(client, 1, 0)
+    (detail,) = await all_settled(client, 1)
+    assert [(a.classification, a.http_status) for a in detail.attempts] == [("auth", 200)]
+    assert detail.delivery.last_error == "kapture: Auth Key Expired"
