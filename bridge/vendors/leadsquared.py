@@ -5,9 +5,10 @@ ticket key; the UUID `TicketId` stays in the response excerpt). Facts and source
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import msgspec
 
@@ -23,23 +24,34 @@ from bridge.vendors.base import (
     decode_json,
     excerpt,
     lower_keys,
+    parse_retry_after,
     text_or_none,
     ticket_id_from,
 )
 from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files
+from bridge.yamlfile import KeyValueError, did_you_mean
 
 SANDBOX_ORG = "sandbox-org"
 SANDBOX_ACCESS_KEY = "sandbox-access-key"
 SANDBOX_SECRET_KEY = "sandbox-secret-key"  # noqa: S105 - the built-in simulator's demo key, not a secret
 # LeadSquared's documented limit ("API calls exceeded the limit of 25 in 5 second(s)").
 DEFAULT_REQUESTS, DEFAULT_PER_SECONDS = 25, 5.0
+# `rate_limit: leadsquared-<plan>`: calls per 5 s by plan, from the older table of LeadSquared's rate-limits page
+# (shared per account). Its newer version raises Pro to 10 and Super to 20; the lower figures are kept, as a
+# limit set too low costs speed while one set too high costs 429s; write {requests, per_seconds} to differ.
+RATE_PRESETS = {f"leadsquared-{plan}": RateLimit(requests=n, per_seconds=DEFAULT_PER_SECONDS) for plan, n in (
+    ("lite", 2), ("pro", 5), ("super", 10), ("basic", 10), ("standard", 15), ("enterprise", 25))}
+DEFAULT_PRESET = "leadsquared-enterprise"  # the Service CRM pages' 429 names 25 in 5 s
+# Only the Service CRM gateway (`apigw.service-in.leadsquared.com`, …) serves tickets; a core API host
+# (`api-in21.leadsquared.com`, …) answers their calls 401.
+GATEWAY_HOST = re.compile(r"^apigw\.service-[a-z0-9-]*\.leadsquared\.com$", re.IGNORECASE)
+CORE_HOST_HINT = ("this looks like the core API host; tickets need the Service CRM gateway host, and the Service "
+                  "CRM API must be enabled in the account")
+RATE_LIMIT_EXCEPTION = "mxapiratelimitexceededexception"
 # The request must carry one of these; `LeadId` goes in the envelope, the others in `Fields`.
 LEAD_FIELDS = ("LeadId", "LeadDetail.EmailAddress", "LeadDetail.Phone")
 # Mapping `options:` that override the envelope.
 ENVELOPE_OPTIONS = ("TypeId", "RelatedTicketTypeId")
-# Exception types of a `Status: Error` answer that say the request itself is wrong, so a retry cannot help
-# even when it comes with HTTP 5xx (as LeadSquared's API sends its validation errors).
-REJECTION_MARKERS = ("invalid", "duplicate", "mandatory", "required", "validation", "notfound", "argument")
 
 
 ACTIONS = ("create_ticket", "update_ticket", "add_activity", "add_note")
@@ -78,6 +90,9 @@ def numeric_id(value: str) -> str:
 
 
 class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
+    # A preset name is read here and replaced by its RateLimit in __post_init__, so every reader of a
+    # DestinationConfig sees a RateLimit or None, as the base class declares.
+    rate_limit: RateLimit | str | None = None  # type: ignore[assignment]
     org_id: str = ""
     access_key: str = ""
     secret_key: str = ""
@@ -92,7 +107,14 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
                 raise ValueError(f"{', '.join(f'`{k}`' for k in missing)} required: the org id and the "
                                  "access and secret keys from LeadSquared's API settings")
         if self.rate_limit is None:
-            self.rate_limit = RateLimit(requests=DEFAULT_REQUESTS, per_seconds=DEFAULT_PER_SECONDS)
+            self.rate_limit = RATE_PRESETS[DEFAULT_PRESET]
+        elif isinstance(self.rate_limit, str):
+            preset = RATE_PRESETS.get(self.rate_limit.strip().lower())
+            if preset is None:
+                raise KeyValueError(("rate_limit",), f"unknown LeadSquared plan {self.rate_limit!r}; write one of "
+                                    f"{', '.join(RATE_PRESETS)} or {{requests: N, per_seconds: S}}"
+                                    + did_you_mean(self.rate_limit, RATE_PRESETS))
+            self.rate_limit = preset
 
 
 class LeadSquaredAdapter(Adapter):
@@ -147,6 +169,23 @@ class LeadSquaredAdapter(Adapter):
         if action in ("create_ticket", "update_ticket"):
             return await read_files(fields, self.attachments_dir, self.config.attachments)
         return fields
+
+    @property
+    def window_s(self) -> float:
+        """The destination's rate window: how long a rate-limited call waits at least."""
+        rate = self.options.rate_limit
+        return rate.per_seconds if isinstance(rate, RateLimit) else DEFAULT_PER_SECONDS
+
+    def on_gateway(self) -> bool:
+        """Whether the base URL is a Service CRM gateway host (the sandbox's simulator counts as one)."""
+        return self.options.sandbox or bool(GATEWAY_HOST.match(urlsplit(self.base_url).hostname or ""))
+
+    def refusal_hint(self) -> str:
+        """What a 401/403 most likely means for this destination."""
+        if not self.on_gateway():
+            return CORE_HOST_HINT
+        return ("the access or secret key was refused (or the Service CRM API is not enabled in the account: "
+                "Settings > Service Cloud > API Configurations)")
 
     def _headers(self, content_type: str) -> dict[str, str]:
         _, access_key, secret_key = self.keys()
@@ -206,16 +245,20 @@ class LeadSquaredAdapter(Adapter):
         kind = text_or_none(data.get("exceptiontype"))
         detail = ": ".join(p for p in (kind, reason) if p) or excerpt(body)
         if status in (401, 403):
-            return Outcome(classification="auth", error=f"leadsquared: HTTP {status}: the access or secret key "
-                                                        f"was refused: {detail}")
-        if status >= 500 and state == "error" and kind and any(m in kind.lower() for m in REJECTION_MARKERS):
+            return Outcome(classification="auth", error=f"leadsquared: HTTP {status}: {self.refusal_hint()}: {detail}")
+        if (kind and kind.lower() == RATE_LIMIT_EXCEPTION) or status == 429:
+            # Reported to come back inside an HTTP 200 too; wait at least the account's window. A 429 without
+            # Retry-After leaves the wait to the delivery loop, which pauses the destination for its limiter's window.
+            said = parse_retry_after(headers.get("Retry-After"))
+            wait = None if status == 429 and said is None else max(said or 0.0, self.window_s)
+            return Outcome(classification="retry", error=f"leadsquared: HTTP {status}: {detail}", retry_after=wait)
+        if kind and kind.lower().startswith("mx"):
+            # "Application errors (… exceptions starting with 'MX') are not retried", whatever the HTTP code.
             return Outcome(classification="permanent", error=f"leadsquared: HTTP {status}: {detail}")
         by_status = classify_status(status, headers)
         if by_status is not None:
             by_status.error = f"leadsquared: {by_status.error}: {detail}"
             return by_status
-        if kind and "ratelimit" in kind.lower():  # reported to come back with HTTP 200 too; its window is 5 s
-            return Outcome(classification="retry", error=f"leadsquared: HTTP {status}: {detail}", retry_after=5.0)
         if 200 <= status < 300 and data and not kind:
             if action == "add_note" and state not in ("error", "failure", "failed"):
                 # The note's answer has no Status: {"Message": "Activity Created", "RelatedTicketId": "143"}.
