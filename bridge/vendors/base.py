@@ -50,6 +50,15 @@ class Outcome(msgspec.Struct, kw_only=True):
     ticket_key: str | None = None
 
 
+class Diagnosis(msgspec.Struct, kw_only=True):
+    """What `ticketbridge doctor` concludes from one harmless look-up: whether host, keys and permissions work,
+    in plain words, and the fix when they do not."""
+
+    ok: bool
+    said: str
+    fix: str | None = None
+
+
 class Adapter(ABC):
     """One vendor's requests and answers, as plain code without I/O."""
 
@@ -113,6 +122,20 @@ class Adapter(ABC):
     @abstractmethod
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         """success, retry, permanent or auth, with the vendor's ticket id or error."""
+
+    def doctor_request(self) -> VendorRequest | str:
+        """The one harmless, authenticated look-up (never a create) that shows whether host, keys and
+        permissions work; or why there is none (the check is then skipped). Credentials are added by the caller."""
+        return f"no harmless look-up is known for {self.vendor}"
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        """What the answer to `doctor_request` says about the destination's setup."""
+        if 200 <= status < 300:
+            return Diagnosis(ok=True, said=f"HTTP {status}: host and credentials work")
+        if status in (401, 403):
+            return Diagnosis(ok=False, said=f"HTTP {status}: the credentials were refused: {excerpt(body)}",
+                             fix="check the destination's keys")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {excerpt(body)}")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

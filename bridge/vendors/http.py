@@ -28,6 +28,7 @@ from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
     Adapter,
+    Diagnosis,
     Fetch,
     Outcome,
     VendorRequest,
@@ -219,6 +220,27 @@ class HttpAdapter(Adapter):
         ])
         headers = {**{k: v for k, v in headers.items() if k.lower() != "content-type"}, "Content-Type": content_type}
         return VendorRequest(method=method, url=url, headers=headers, body=body)
+
+    def doctor_request(self) -> VendorRequest | str:
+        """The destination's `doctor:` request; without one the check is skipped (any other call might create)."""
+        probe = self.options.doctor
+        if probe is None:
+            return ("no `doctor:` request is configured: add doctor: {method: GET, path: /…} naming a harmless "
+                    "look-up of the API")
+        body = b"" if probe.body is None else msgspec.json.encode(probe.body)
+        headers = {**self.options.headers, **({"Content-Type": "application/json"} if body else {})}
+        return VendorRequest(method=probe.method, url=self.base_url + probe.path, headers=headers, body=body)
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        if 200 <= status < 300:
+            return Diagnosis(ok=True, said=f"host and credentials work (HTTP {status})")
+        if status in (401, 403):
+            return Diagnosis(ok=False, said=f"HTTP {status}: the credentials were refused: {excerpt(body)}",
+                             fix="check the destination's auth (or headers) and what the API lets it do")
+        if status in (404, 405):
+            return Diagnosis(ok=False, said=f"HTTP {status}: {excerpt(body)}",
+                             fix="check base_url and the doctor request's method and path")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {excerpt(body)}")
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)

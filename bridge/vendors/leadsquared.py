@@ -16,6 +16,7 @@ from bridge.config import DestinationConfig, RateLimit
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    Diagnosis,
     Fetch,
     Outcome,
     VendorRequest,
@@ -48,6 +49,12 @@ GATEWAY_HOST = re.compile(r"^apigw\.service-[a-z0-9-]*\.leadsquared\.com$", re.I
 CORE_HOST_HINT = ("this looks like the core API host; tickets need the Service CRM gateway host, and the Service "
                   "CRM API must be enabled in the account")
 RATE_LIMIT_EXCEPTION = "mxapiratelimitexceededexception"
+ENABLE_FIX = ("Switch the Service CRM API on: My Profile > Settings > Service Cloud > API Configurations > "
+              "\"LeadSquared Service CRM APIs\", then Save")
+GATEWAY_FIX = ("set base_url to the Service CRM gateway host (https://apigw.service-in.leadsquared.com in India; "
+               "for other regions ask the account manager or scsupport@leadsquared.com), not the API host of "
+               "Settings > API and Webhooks; and " + ENABLE_FIX[0].lower() + ENABLE_FIX[1:])
+DOCTOR_TICKET = "0"  # no account has a ticket 0: its look-up answers "not found" once host, keys and API work
 # The request must carry one of these; `LeadId` goes in the envelope, the others in `Fields`.
 LEAD_FIELDS = ("LeadId", "LeadDetail.EmailAddress", "LeadDetail.Phone")
 # Mapping `options:` that override the envelope.
@@ -74,6 +81,10 @@ def update_path(org_id: str, ticket_id: str) -> str:
 
 def activity_path(org_id: str, ticket_id: str) -> str:
     return f"/api/tenants/{org_id}/ticket/{quote(ticket_id, safe='')}/portal/activity"
+
+
+def details_path(org_id: str, ticket_id: str) -> str:
+    return f"/api/tenants/{org_id}/tickets/{quote(ticket_id, safe='')}"
 
 
 def note_path(org_id: str) -> str:
@@ -186,6 +197,42 @@ class LeadSquaredAdapter(Adapter):
             return CORE_HOST_HINT
         return ("the access or secret key was refused (or the Service CRM API is not enabled in the account: "
                 "Settings > Service Cloud > API Configurations)")
+
+    def doctor_request(self) -> VendorRequest | str:
+        """A look-up of ticket 0, which no account has: "not found" proves host, keys and the API switch."""
+        org_id, _, _ = self.keys()
+        headers = {k: v for k, v in self._headers("application/json").items() if k != "Content-Type"}
+        return VendorRequest(method="GET", url=self.base_url + details_path(org_id, DOCTOR_TICKET), headers=headers,
+                             body=b"")
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        parsed = decode_json(body)
+        data = lower_keys(parsed) if isinstance(parsed, dict) else {}
+        kind = text_or_none(data.get("exceptiontype")) or ""
+        said = ": ".join(p for p in (kind, text_or_none(data.get("exceptionmessage"))
+                                     or text_or_none(data.get("message"))) if p) or excerpt(body)
+        if status == 200 or (status == 404 and "ticketnotfound" in kind.lower()):
+            return Diagnosis(ok=True, said=f"host, keys and the Service CRM API work (a look-up of ticket "
+                                           f"{DOCTOR_TICKET} in org {self.keys()[0]} answered HTTP {status}"
+                                           f"{': ' + kind if kind else ''})")
+        if status in (401, 403) and not self.on_gateway():
+            return Diagnosis(ok=False, said=f"HTTP {status}: {CORE_HOST_HINT}: {said}", fix=GATEWAY_FIX)
+        if status in (401, 403) and "not enabled" in said.lower():
+            return Diagnosis(ok=False, said=f"HTTP {status}: the Service CRM API is not enabled: {said}",
+                             fix=ENABLE_FIX)
+        if status in (401, 403):
+            return Diagnosis(ok=False, said=f"HTTP {status}: the access or secret key was refused, or the Service "
+                                            f"CRM API is not enabled: {said}",
+                             fix=f"check access_key and secret_key (My Account > Settings > API and Webhooks); "
+                                 f"{ENABLE_FIX[0].lower()}{ENABLE_FIX[1:]}")
+        if status == 404:
+            return Diagnosis(ok=False, said=f"HTTP 404: the org or the API path was not found: {said}",
+                             fix="org_id is the account number shown at the bottom of the profile-icon menu; "
+                                 "base_url must be the Service CRM gateway host")
+        if status == 429 or "ratelimit" in kind.lower():
+            return Diagnosis(ok=False, said=f"HTTP {status}: rate limited now, nothing checked: {said}",
+                             fix="run doctor again in a few seconds")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {said}")
 
     def _headers(self, content_type: str) -> dict[str, str]:
         _, access_key, secret_key = self.keys()

@@ -18,6 +18,7 @@ from bridge.durations import parse_duration
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    Diagnosis,
     Fetch,
     Outcome,
     VendorAuthFailed,
@@ -295,6 +296,33 @@ class NetgrootAdapter(Adapter):
         return VendorRequest(method="POST", url=self.base_url + CREATE_PATH,
                              headers={"Content-Type": "application/json"},
                              body=msgspec.json.encode(body))
+
+    def doctor_request(self) -> VendorRequest | str:
+        """getCustomerTickets: a read as the subscriber the tickets are filed for (after the Login, if any)."""
+        return VendorRequest(method="GET", url=self.base_url + TICKETS_PATH, headers={}, body=b"")
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        parsed = decode_json(body)
+        data = parsed if isinstance(parsed, dict) else {}
+        message = text_or_none(data.get("message")) or excerpt(body)
+        login = self.options.auth.login if self.options.auth is not None else None
+        who = f"subscriber {login.username!r}" if login is not None else "the token's subscriber"
+        if status == 200 and data.get("success") is True:
+            count = len(data["data"]) if isinstance(data.get("data"), list) else 0
+            return Diagnosis(ok=True, said=f"host and credentials work; tickets are filed for {who} "
+                                           f"(getCustomerTickets answered {count} tickets)")
+        if status in (401, 403):
+            fix = ("check auth.login.username and password" if login is not None else
+                   "make a new API token for the subscriber in the CRM's admin UI (/Admin/getToken) and set it as "
+                   "auth.token, or log in with auth.login")
+            return Diagnosis(ok=False, said=f"HTTP {status}: the token was refused: {message}", fix=fix)
+        if status == 404 and "subscriber" in message.lower():
+            return Diagnosis(ok=False, said=f"HTTP 404: {message}: {who} does not exist in the CRM",
+                             fix="make the token for an existing subscriber, or log in as one (auth.login)")
+        if status == 404:
+            return Diagnosis(ok=False, said=f"HTTP 404: {message}: this host does not serve the ISP CRM API",
+                             fix="set base_url to the CRM's address (the one its /api/v1/… pages are under)")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {message}")
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)
