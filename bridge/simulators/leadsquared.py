@@ -8,11 +8,11 @@ the account refuses (no lead field, a mandatory field missing). The rate window 
 can show the same guarantee at 25 per 0.5 s that production needs at 25 per 5 s.
 
 Beside the create (JSON, or multipart with a `ticketDTO` part and `files` parts), it serves the update
-(`PUT …/tickets/{Id}/update`, multipart), the portal activity and the internal note, all by the numeric
-`Id`; an unknown Id is a 404 `MXTicketNotFoundException` (LeadSquared documents the 404 code, not its
-body). Each ticket keeps its `Files` (name, content_type, size, sha256), `Updates`, `Activities` and
-`Notes`, and `/_received` shows each call's files and text. `GET …/tickets/{Id}` answers a ticket's details
-(the look-up `ticketbridge doctor` makes).
+(`PUT …/tickets/{Id}/update`, multipart), the portal activity, the internal note and the delete
+(`PUT …/tickets/trash`), all by the numeric `Id`; an unknown Id is a 404 `MXTicketNotFoundException`
+(LeadSquared documents the 404 code, not its body). Each ticket keeps its `Files` (name, content_type,
+size, sha256), `Updates`, `Activities` and `Notes`, and `/_received` shows each call's files and text.
+`GET …/tickets/{Id}` answers a ticket's details (the look-up `ticketbridge doctor` makes).
 
 Knobs (`/_knobs`) for what a real account does: `core_host` answers every call 401 as LeadSquared's core
 API host does for ticket paths; `api_disabled` answers 401 as an account without the Service CRM API
@@ -78,6 +78,7 @@ class LeadSquaredSimulator(VendorSimulator):
         self.mandatory_fields = mandatory_fields
         self.clock = clock
         self._accepted: deque[float] = deque()
+        self.deleted: list[str] = []  # Ids moved to the trash
         self._ids = itertools.count(1)
 
     def _over_limit(self) -> bool:
@@ -261,6 +262,22 @@ class LeadSquaredSimulator(VendorSimulator):
             return ticket
         return web.json_response({k: ticket[k] for k in ("Id", "TicketId", "LeadId", "Fields")})
 
+    async def trash(self, request: web.Request) -> web.StreamResponse:
+        """`PUT …/tickets/trash` with `{"TicketIds": ["160"]}`: known Ids are deleted, the rest listed as failed."""
+        read = await self._accept(request, multipart=False)
+        if isinstance(read, web.StreamResponse):
+            return read
+        body, _ = read
+        ids = body.get("TicketIds") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids:
+            return _error(400, "MXInvalidInputException", "TicketIds must be a non-empty list")
+        known = {t["Id"] for t in self.tickets}
+        done = [str(i) for i in ids if str(i) in known]
+        self.tickets[:] = [t for t in self.tickets if t["Id"] not in done]
+        self.deleted.extend(done)
+        return web.json_response({"SuccessfulIds": [int(i) for i in done],
+                                  "FailedIds": [i for i in ids if str(i) not in done]})
+
     def clear(self) -> None:
         super().clear()
         self._accepted.clear()
@@ -268,6 +285,7 @@ class LeadSquaredSimulator(VendorSimulator):
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", "/api/tenants/{org}/tickets", self.create),
                 ("GET", "/api/tenants/{org}/tickets/{id}", self.details),
+                ("PUT", "/api/tenants/{org}/tickets/trash", self.trash),
                 ("PUT", "/api/tenants/{org}/tickets/{id}/update", self.update),
                 ("POST", "/api/tenants/{org}/ticket/{id}/portal/activity", self.activity),
                 ("POST", "/api/tenants/{org}/internalnote/upload", self.note)]

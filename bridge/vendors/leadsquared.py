@@ -61,7 +61,7 @@ LEAD_FIELDS = ("LeadId", "LeadDetail.EmailAddress", "LeadDetail.Phone")
 ENVELOPE_OPTIONS = ("TypeId", "RelatedTicketTypeId")
 
 
-ACTIONS = ("create_ticket", "update_ticket", "add_activity", "add_note")
+ACTIONS = ("create_ticket", "update_ticket", "add_activity", "add_note", "delete_ticket")
 # The field a follow-up may name the ticket's numeric Id with (else the follow-up's ticket gives it).
 ID_FIELD = "Id"
 # The text field each action needs.
@@ -87,6 +87,10 @@ def details_path(org_id: str, ticket_id: str) -> str:
     return f"/api/tenants/{org_id}/tickets/{quote(ticket_id, safe='')}"
 
 
+def trash_path(org_id: str) -> str:
+    return f"/api/tenants/{org_id}/tickets/trash"
+
+
 def note_path(org_id: str) -> str:
     return f"/api/tenants/{org_id}/internalnote/upload"
 
@@ -98,6 +102,19 @@ def numeric_id(value: str) -> str:
         raise MappingError(f"{value!r} is not LeadSquared's numeric ticket Id (e.g. \"143\"): the update, note "
                            "and activity calls take the number, not the TicketId UUID", path=ID_FIELD)
     return str(int(text))
+
+
+def deleted(data: Mapping[str, Any], status: int) -> Outcome:
+    """The trash call's answer, `{"SuccessfulIds": [160], "FailedIds": []}`: it can partly succeed, and one
+    Id is sent, so any failed Id is the failure."""
+    failed, done = data.get("failedids"), data.get("successfulids")
+    if isinstance(failed, list) and failed:
+        return Outcome(classification="permanent",
+                       error=f"leadsquared: HTTP {status}: the ticket was not deleted (FailedIds {failed}); "
+                             "deleting takes an admin user's keys")
+    if isinstance(done, list) and done:
+        return Outcome(classification="success", ticket_id=text_or_none(done[0]))
+    return Outcome(classification="permanent", error=f"leadsquared: HTTP {status}: nothing was deleted: {data}")
 
 
 class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
@@ -141,6 +158,9 @@ class LeadSquaredAdapter(Adapter):
             problems.append(f"fields: leadsquared create_ticket needs one of {', '.join(LEAD_FIELDS)}")
         if action in TEXT_FIELD and TEXT_FIELD[action] not in fields:
             problems.append(f"{TEXT_FIELD[action]}: leadsquared {action} needs a `{TEXT_FIELD[action]}` field")
+        if action == "delete_ticket" and set(fields) - {ID_FIELD}:
+            problems.append(f"fields: leadsquared delete_ticket takes only `{ID_FIELD}` (else the follow-up's "
+                            f"ticket); not {', '.join(sorted(set(fields) - {ID_FIELD}))}")
         if action == "update_ticket" and not (set(fields) - {ID_FIELD, "LeadId", "files"}):
             problems.append("fields: leadsquared update_ticket needs at least one ticket field to change "
                             "(e.g. Status)")
@@ -248,6 +268,11 @@ class LeadSquaredAdapter(Adapter):
             dto = self.envelope(self.note_files(fields, files, NOTE_FIELD, sent=True), options)
             return self._ticket_request("POST", self.base_url + tickets_path(org_id), dto, files)
         ticket_id = numeric_id(ticket_id_from(fields, (ID_FIELD,), ticket, "leadsquared"))
+        if action == "delete_ticket":
+            # Admin keys only; moves the ticket to the trash [doc `delete-tickets`].
+            return VendorRequest(method="PUT", url=self.base_url + trash_path(org_id),
+                                 headers=self._headers("application/json"),
+                                 body=msgspec.json.encode({"TicketIds": [ticket_id]}))
         if action == "update_ticket":
             dto = self.envelope(self.note_files(fields, files, NOTE_FIELD, sent=True), options, ticket_id)
             # Documented only as multipart (`ticketDTO` and `files`); sent so even without files.
@@ -306,6 +331,8 @@ class LeadSquaredAdapter(Adapter):
         if by_status is not None:
             by_status.error = f"leadsquared: {by_status.error}: {detail}"
             return by_status
+        if 200 <= status < 300 and action == "delete_ticket" and "successfulids" in data:
+            return deleted(data, status)
         if 200 <= status < 300 and data and not kind:
             if action == "add_note" and state not in ("error", "failure", "failed"):
                 # The note's answer has no Status: {"Message": "Activity Created", "RelatedTicketId": "143"}.

@@ -87,3 +87,33 @@ async def test_a_401_from_a_core_host_names_the_gateway(write_config: ConfigFact
     assert (detail.delivery.last_error or "").startswith(
         "leadsquared: HTTP 401: this looks like the core API host; tickets need the Service CRM gateway host, "
         "and the Service CRM API must be enabled in the account")
+
+
+async def test_delete_by_numeric_id_through_the_app(write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """A delete_ticket mapping sends the numeric Id to the trash call; the simulator's ticket is gone and the
+    delivery records the Id."""
+    mappings = {"m": MAPPING["m"], "delete": """
+    source: deletions
+    destination: lsq
+    action: delete_ticket
+    fields:
+      Id: "{{ payload.id }}"
+"""}
+    text = config(SANDBOX).replace("events: {kind: json}", "events: {kind: json}\n      deletions: {kind: json}")
+    client = await bridge_client(write_config(text, mappings))
+    created = await one_delivery(client)
+    sim: LeadSquaredSimulator = runtime(client).simulators["leadsquared"]
+    assert created.delivery.ticket_id == sim.tickets[0]["Id"]
+    resp = await client.post("/hooks/deletions", json={"id": created.delivery.ticket_id})
+    assert resp.status == 202
+    store = runtime(client).store
+
+    async def both_settled() -> bool:
+        rows = await store.list_deliveries(DeliveryFilter(limit=10))
+        return len(rows) == 2 and all(r.status in ("succeeded", "dead") for r in rows)
+
+    await eventually(both_settled)
+    rows = await store.list_deliveries(DeliveryFilter(limit=10))
+    assert {(r.mapping, r.status, r.ticket_id) for r in rows} == {("m", "succeeded", created.delivery.ticket_id),
+                                                                 ("delete", "succeeded", created.delivery.ticket_id)}
+    assert (sim.tickets, sim.deleted) == ([], [created.delivery.ticket_id])

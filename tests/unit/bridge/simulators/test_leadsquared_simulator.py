@@ -268,3 +268,12 @@ async def test_ticket_details_by_numeric_id(aiohttp_client: Any) -> None:
                                                                            TICKET["Fields"])
     resp = await client.get(f"{URL}/999", headers=KEYS)
     assert (resp.status, (await resp.json())["ExceptionType"]) == (404, "MXTicketNotFoundException")
+
+
+async def test_trash_deletes_known_ids_and_lists_the_rest_as_failed(aiohttp_client: Any) -> None:
+    """`PUT …/tickets/trash` deletes the known Ids and answers the documented SuccessfulIds/FailedIds."""
+    sim, client = await start(aiohttp_client)
+    created = await (await client.post(URL, json=TICKET, headers=KEYS)).json()
+    resp = await client.put(f"{URL}/trash", json={"TicketIds": [created["Id"], "999"]}, headers=KEYS)
+    assert (resp.status, await resp.json()) == (200, {"SuccessfulIds": [int(created["Id"])], "FailedIds": ["999"]})
+    assert (sim.tickets, sim.deleted) == ([], [created["Id"]])

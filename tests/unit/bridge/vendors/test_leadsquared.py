@@ -55,10 +55,12 @@ def classify(status: int, body: Any, headers: dict[str, str] | None = None) -> O
 
 
 def test_registry_knows_leadsquared() -> None:
-    """`leadsquared` names this adapter and its options; it creates and updates tickets, adds activities and notes."""
+    """`leadsquared` names this adapter and its options; it creates, updates and deletes tickets, adds activities
+    and notes."""
     assert adapter_class("leadsquared") is LeadSquaredAdapter
     assert vendor_options("leadsquared") is LeadSquaredOptions
-    assert LeadSquaredAdapter.actions == frozenset({"create_ticket", "update_ticket", "add_activity", "add_note"})
+    assert LeadSquaredAdapter.actions == frozenset({"create_ticket", "update_ticket", "add_activity", "add_note",
+                                                    "delete_ticket"})
 
 
 def test_rate_limit_defaults_to_25_per_5_seconds() -> None:
@@ -308,6 +310,36 @@ def test_update_is_the_documented_multipart_put_even_without_files() -> None:
     assert (dto.name, json.loads(dto.content)) == ("ticketDTO", {
         "TypeId": "1", "Id": "143", "LeadId": None, "Fields": [{"SchemaName": "Status", "Value": "Open"}],
         "RelatedTicketTypeId": 1})
+
+
+def test_delete_puts_the_numeric_id_in_the_trash() -> None:
+    """delete_ticket PUTs …/tickets/trash with the numeric Id (from `Id`, else the ticket) as text."""
+    request = adapter().build_request("delete_ticket", {}, {}, ticket=TICKET)
+    assert (request.method, request.url) == ("PUT", f"{BASE}/api/tenants/org-9/tickets/trash")
+    assert json.loads(request.body) == {"TicketIds": ["143"]}
+    assert json.loads(adapter().build_request("delete_ticket", {"Id": "#012"}, {}).body) == {"TicketIds": ["12"]}
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"SuccessfulIds": [143], "FailedIds": []}, Outcome(classification="success", ticket_id="143")),
+    ({"SuccessfulIds": [], "FailedIds": [143]}, Outcome(
+        classification="permanent", error="leadsquared: HTTP 200: the ticket was not deleted (FailedIds [143]); "
+                                          "deleting takes an admin user's keys")),
+    ({"SuccessfulIds": [], "FailedIds": []}, Outcome(
+        classification="permanent",
+        error="leadsquared: HTTP 200: nothing was deleted: {'successfulids': [], 'failedids': []}")),
+])
+def test_delete_answers(body: dict[str, Any], expected: Outcome) -> None:
+    """The trash answer can partly succeed: the one Id sent in FailedIds is a failure, in SuccessfulIds a
+    success."""
+    assert adapter().classify("delete_ticket", 200, {}, json.dumps(body).encode()) == expected
+
+
+def test_delete_takes_no_other_fields() -> None:
+    """A delete mapping with fields besides `Id` is refused when mappings load."""
+    assert LeadSquaredAdapter.static_check("delete_ticket", ["Id", "Status"], {}) == [
+        "fields: leadsquared delete_ticket takes only `Id` (else the follow-up's ticket); not Status"]
+    assert LeadSquaredAdapter.static_check("delete_ticket", [], {}) == []
 
 
 @pytest.mark.parametrize(("fields", "ticket", "url_id"), [
