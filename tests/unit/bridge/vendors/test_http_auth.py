@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from bridge.delivery.sender import send_once
+from bridge.simulators.faults import Faults
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
 from bridge.store.base import Claimed
 from bridge.vendors.base import VendorAuthFailed
@@ -133,3 +134,29 @@ async def test_a_refused_client_is_auth_and_names_the_keys(aiohttp_server: Any) 
     assert "check auth.oauth2.client_id, client_secret and scope" in (sent.outcome.error or "")
     assert "wrong" not in (sent.outcome.error or "")
     assert sim.tickets == []
+
+
+async def test_a_refused_fixed_token_is_sent_once(aiohttp_server: Any) -> None:
+    """Fixed credentials have nothing newer to try: a 401 is `auth` after one request."""
+    sim = HttpSimulator()
+    sim.knobs = HttpKnobs(oauth2=True)
+    server = await aiohttp_server(sim.app())
+    base = str(server.make_url("")).rstrip("/")
+    made = HttpAdapter("api", options({"bearer": "made-up"}, base), base)
+    async with aiohttp.ClientSession() as session:
+        sent = await send_once(session, made, item(0), 5.0)
+    assert (sent.outcome.classification, sim.refused) == ("auth", 1)
+
+
+async def test_a_token_endpoint_down_after_a_refusal_is_a_retry(aiohttp_server: Any) -> None:
+    """When the token is refused and the token endpoint then fails (503), the attempt is a retry naming both,
+    not an auth failure: the credentials were not shown wrong."""
+    sim, made, _, _ = await oauth(aiohttp_server)
+    async with aiohttp.ClientSession() as session:
+        await send_once(session, made, item(0), 5.0)
+        sim.issued.clear()
+        sim.faults = Faults(after=1, fail_count=1, fail_status=503)  # the send is refused, then the endpoint fails
+        sent = await send_once(session, made, item(1), 5.0)
+    assert sent.outcome.classification == "retry"
+    assert (sent.outcome.error or "").startswith("http: HTTP 401")
+    assert "a new token could not be obtained: http: the token endpoint" in (sent.outcome.error or "")
