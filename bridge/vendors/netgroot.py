@@ -16,6 +16,7 @@ from msgspec import Meta
 from bridge.config import Base, DestinationConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import MappingError
+from bridge.logs import mask_text
 from bridge.vendors.base import (
     Adapter,
     Diagnosis,
@@ -192,8 +193,9 @@ class NetgrootLoginCredentials(TokenCredentials):
         data = parsed if isinstance(parsed, dict) else {}
         message = text_or_none(data.get("message")) or excerpt(raw)
         if status in (400, 401, 403, 404):
-            raise VendorAuthFailed(f"netgroot: Login as {self.login.username!r}: HTTP {status}: {message}: check "
-                                   "auth.login.username and password (the subscriber's portal log-in)")
+            # The username is not repeated: it is often an email address, and this text is stored and shown.
+            raise VendorAuthFailed(f"netgroot: Login: HTTP {status}: {message}: check auth.login.username and "
+                                   "password (the subscriber's portal log-in)")
         token = text_or_none(data.get("token"))
         if status != 200 or token is None:
             raise VendorUnavailable(f"netgroot: Login: HTTP {status} without a token: {message}")
@@ -306,7 +308,7 @@ class NetgrootAdapter(Adapter):
         data = parsed if isinstance(parsed, dict) else {}
         message = text_or_none(data.get("message")) or excerpt(body)
         login = self.options.auth.login if self.options.auth is not None else None
-        who = f"subscriber {login.username!r}" if login is not None else "the token's subscriber"
+        who = f"subscriber {mask_text(login.username)!r}" if login is not None else "the token's subscriber"
         if status == 200 and data.get("success") is True:
             count = len(data["data"]) if isinstance(data.get("data"), list) else 0
             return Diagnosis(ok=True, said=f"host and credentials work; tickets are filed for {who} "

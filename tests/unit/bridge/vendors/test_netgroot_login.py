@@ -48,12 +48,13 @@ async def test_the_jwt_is_renewed_before_its_exp(aiohttp_server: Any) -> None:
 
 
 async def test_a_refused_log_in_is_auth_and_names_the_keys(aiohttp_server: Any) -> None:
-    """A wrong password is VendorAuthFailed naming the user and the config keys to fix, never the password."""
+    """A wrong password is VendorAuthFailed naming the config keys to fix, never the password (nor the
+    username, often an email address)."""
     _, creds, _ = await login_against(aiohttp_server, password="wrong-pass")
     async with aiohttp.ClientSession() as session:
         with pytest.raises(VendorAuthFailed) as info:
             await creds.headers(session)
-    assert str(info.value) == ("netgroot: Login as 'sandbox': HTTP 401: Invalid credentials: check "
+    assert str(info.value) == ("netgroot: Login: HTTP 401: Invalid credentials: check "
                                "auth.login.username and password (the subscriber's portal log-in)")
     assert "wrong-pass" not in str(info.value)
 
