@@ -14,22 +14,18 @@ import aiohttp
 import msgspec
 
 from bridge.config import DestinationConfig
-from bridge.errors import BridgeError, MappingError
+from bridge.errors import MappingError
 from bridge.vendors.credentials import Credentials
+
+# Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
+from bridge.vendors.failures import VendorAuthFailed as VendorAuthFailed  # noqa: PLC0414
+from bridge.vendors.failures import VendorUnavailable as VendorUnavailable  # noqa: PLC0414
 from bridge.vendors.files import FileSet, attachment_list, with_text
 
 Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
 """`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false)."""
 # GET a vendor URL: (url, headers) -> (status, body); the delivery loop supplies one bound to its session.
 Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
-
-
-class VendorUnavailable(BridgeError):
-    """A look-up the request needs could not be made now; the delivery is retried."""
-
-
-class VendorAuthFailed(BridgeError):
-    """The vendor refused the destination's credentials during a look-up; the delivery is dead (auth)."""
 
 
 class VendorRequest(msgspec.Struct, kw_only=True):

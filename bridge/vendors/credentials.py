@@ -23,12 +23,18 @@ import aiohttp
 import msgspec
 import structlog
 
+from bridge.errors import BridgeError
+from bridge.vendors.failures import VendorAuthFailed
+
 log = structlog.get_logger("ticketbridge.vendors")
 
 # A token is renewed this long before it expires (at most; a short-lived token keeps `MARGIN_SHARE` of its
 # life), so a request built just before the expiry does not reach the vendor after it.
 DEFAULT_MARGIN_SECONDS = 60.0
 MARGIN_SHARE = 0.1
+# After the vendor refuses the log-in itself, the refusal is repeated without asking again for this long: a
+# queue of deliveries must not become a burst of failed log-ins (which can lock the account).
+REFUSAL_HOLD_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ class TokenCredentials(Credentials):
         self.clock = clock
         self.token: Token | None = None
         self.obtained = 0  # how many tokens were obtained: one per expiry or refusal, not per request
+        self.attempts = 0  # how many times the vendor was asked for one
+        self._refused: tuple[BridgeError, float] | None = None  # the last refusal and until when it holds
         self._lock = asyncio.Lock()
 
     @abstractmethod
@@ -116,7 +124,15 @@ class TokenCredentials(Credentials):
             if found is not None:
                 return found
             reason = "refused" if refused is not None else "expired" if self.token is not None else "first use"
-            token = await self.obtain(session)
+            if self._refused is not None and self.clock() < self._refused[1]:
+                raise self._refused[0]
+            self.attempts += 1
+            try:
+                token = await self.obtain(session)
+            except VendorAuthFailed as exc:
+                self._refused = (exc, self.clock() + REFUSAL_HOLD_SECONDS)
+                raise
+            self._refused = None
             self.token = token
             self.obtained += 1
         expires_in = None if token.expires_at is None else round(token.expires_at - self.clock(), 1)

@@ -10,7 +10,14 @@ import json
 import aiohttp
 import pytest
 
-from bridge.vendors.credentials import StaticCredentials, Token, TokenCredentials, jwt_expiry
+from bridge.vendors.credentials import (
+    REFUSAL_HOLD_SECONDS,
+    StaticCredentials,
+    Token,
+    TokenCredentials,
+    jwt_expiry,
+)
+from bridge.vendors.failures import VendorAuthFailed
 
 
 class Clock:
@@ -131,3 +138,27 @@ def _jwt(claims: object) -> str:
 def test_jwt_expiry_reads_exp_or_nothing(token: str, expected: float | None) -> None:
     """A JWT's `exp` claim is read without its signature; anything else gives None, never an error."""
     assert jwt_expiry(token) == expected
+
+
+class RefusedTokens(CountingTokens):
+    async def obtain(self, session: aiohttp.ClientSession) -> Token:
+        await asyncio.sleep(0)
+        raise VendorAuthFailed("Login: HTTP 401: Invalid credentials")
+
+
+async def test_a_refused_log_in_is_not_repeated_for_a_while(session: aiohttp.ClientSession) -> None:
+    """Twenty senders meeting a refused log-in cost the vendor one attempt; the refusal is repeated to them and
+    to later senders for 30 s, then the vendor is asked again."""
+    clock = Clock()
+    creds = RefusedTokens(clock)
+    results = await asyncio.gather(*(creds.headers(session) for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(r, VendorAuthFailed) for r in results)
+    assert creds.attempts == 1
+    clock.now += REFUSAL_HOLD_SECONDS - 0.1
+    with pytest.raises(VendorAuthFailed):
+        await creds.headers(session)
+    assert creds.attempts == 1
+    clock.now += 0.1
+    with pytest.raises(VendorAuthFailed):
+        await creds.headers(session)
+    assert creds.attempts == 2
