@@ -215,9 +215,25 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
         finally:
             await dispatcher.stop(rt.config.server.shutdown_grace_seconds)
             rt.dispatcher = None
+            await close_adapters(dispatcher.destinations, session)
             await session.close()
 
     return ctx
+
+
+async def close_adapters(destinations: Mapping[str, Destination], session: aiohttp.ClientSession,
+                         timeout_s: float = 5.0) -> None:
+    """Give back each destination's credentials (a log-out), all at once and within `timeout_s`; a failure
+    is logged, never raised, so that shutdown goes on."""
+
+    async def close(name: str, dest: Destination) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await dest.adapter.close(session)
+        except Exception as exc:
+            log.warning("vendor.close_failed", destination=name, error=f"{type(exc).__name__}: {exc}")
+
+    await asyncio.gather(*(close(name, dest) for name, dest in destinations.items()))
 
 
 REAP_SECONDS = 10.0

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import __version__
-from bridge.cli import check, deliveries, kapture, mapping_tools, purge, serve
+from bridge.cli import check, deliveries, doctor, kapture, mapping_tools, purge, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-c", "--config", help="config file (default: ./bridge.yaml, else the shipped default)")
     serve.add_parsers(sub, common)
     check.add_parsers(sub, common)
+    doctor.add_parsers(sub, common)
     deliveries.add_parsers(sub, common)
     mapping_tools.add_parsers(sub, common)
     kapture.add_parsers(sub, common)

@@ -15,7 +15,7 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 from bridge.delivery.exchange import exchange
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
-from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorUnavailable
+from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
@@ -73,19 +73,34 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     send that is late for its slot until it may go."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
-    status: int | None = None
-    excerpt: str | None = None
-    answered: dict[str, str] | None = None
+
+    credentials = adapter.credentials
+    auth: dict[str, str] = {}
 
     async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
         lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
         async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
-            async with lookups.get(url, headers=headers) as resp:
+            async with lookups.get(url, headers={**headers, **auth}) as resp:
                 return resp.status, await _read_bounded(resp, MAX_RESPONSE_BYTES)
 
-    try:
-        fields = await adapter.prepare(item.action, item.body, fetch)
+    async def build() -> VendorRequest:
+        nonlocal auth
+        if credentials is not None:
+            auth = await credentials.headers(session)
+        try:
+            fields = await adapter.prepare(item.action, item.body, fetch)
+        except VendorAuthFailed:
+            # A look-up refused a token that has a lifetime: obtain a new one and look up once more.
+            if credentials is None or not credentials.renewable or not await credentials.renew(session, auth):
+                raise
+            auth = await credentials.headers(session)
+            fields = await adapter.prepare(item.action, item.body, fetch)
         request = adapter.build_request(item.action, fields, item.options, ticket=item.ticket)
+        request.headers.update(auth)
+        return request
+
+    try:
+        request = await build()
     except MappingError as exc:
         return Sent(Outcome(classification="permanent", error=f"not sent: {exc}"), started_ms, 0.0, None, None)
     except VendorUnavailable as exc:
@@ -100,18 +115,36 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
                     started_ms, duration, None, None)
     if on_send is not None:
         await on_send()
+    status, excerpt, answered, outcome = await _exchange(session, adapter, item.action, request, timeout_s)
+    if outcome.classification == "auth" and credentials is not None and credentials.renewable:
+        # The token was refused (expired early, revoked): once more with a new one. The resend is not
+        # admitted through the rate limit again: a refused request did no work at the vendor.
+        try:
+            renewed = await credentials.renew(session, auth)
+            if renewed:
+                fresh = await credentials.headers(session)
+                request.headers.update(fresh)
+        except (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS) as exc:
+            outcome = Outcome(classification="retry" if not isinstance(exc, VendorAuthFailed) else "auth",
+                              error=f"{outcome.error}; a new token could not be obtained: {exc}")
+            renewed = False
+        if renewed:
+            status, excerpt, answered, outcome = await _exchange(session, adapter, item.action, request, timeout_s)
+    duration = (time.perf_counter() - t0) * 1000
+    return Sent(outcome, started_ms, duration, status, excerpt,
+                exchange(request.method, request.url, request.headers, request.body, answered))
+
+
+async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: str, request: VendorRequest,
+                    timeout_s: float) -> tuple[int | None, str | None, dict[str, str] | None, Outcome]:
+    """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome."""
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,
             timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False,
         ) as response:
             body = await _read_bounded(response, MAX_RESPONSE_BYTES)
-            status = response.status
-            excerpt = body[:EXCERPT_CHARS].decode("utf-8", "replace")
-            outcome = adapter.classify(item.action, response.status, response.headers, body)
-            answered = dict(response.headers)
+            return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
+                    adapter.classify(action, response.status, response.headers, body))
     except TRANSPORT_ERRORS as exc:
-        outcome = transport_failure(exc, timeout_s)
-    duration = (time.perf_counter() - t0) * 1000
-    return Sent(outcome, started_ms, duration, status, excerpt,
-                exchange(request.method, request.url, request.headers, request.body, answered))
+        return None, None, None, transport_failure(exc, timeout_s)

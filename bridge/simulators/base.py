@@ -8,11 +8,12 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+import msgspec
 from aiohttp import web
 
-from bridge.simulators.faults import Faults, Handler, fault_routes
+from bridge.simulators.faults import Faults, Handler, fault_routes, knob_routes
 from bridge.simulators.received import RequestLog
 from bridge.vendors.files import ReceivedPart, parse_multipart
 
@@ -38,13 +39,21 @@ def received_file(part: ReceivedPart) -> dict[str, Any]:
             "sha256": hashlib.sha256(part.content).hexdigest()}
 
 
+class NoKnobs(msgspec.Struct, forbid_unknown_fields=True):
+    """A simulator with no knobs of its own beside the shared faults."""
+
+
 class VendorSimulator(ABC):
-    """A simulator's shared state and routes; a vendor's module adds its API through `vendor_routes`."""
+    """A simulator's shared state and routes; a vendor's module adds its API through `vendor_routes`, and
+    the behaviours of a real account it can be switched to (`Knobs`, served at `/_knobs`)."""
+
+    Knobs: ClassVar[type[msgspec.Struct]] = NoKnobs
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tickets: list[dict[str, Any]] = []
         self.faults = Faults()
         self.received = RequestLog(clock)
+        self.knobs: Any = self.Knobs()
 
     @abstractmethod
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
@@ -68,6 +77,9 @@ class VendorSimulator(ABC):
     def _set_faults(self, faults: Faults) -> None:
         self.faults = faults
 
+    def _set_knobs(self, knobs: msgspec.Struct) -> None:
+        self.knobs = knobs
+
     def app(self) -> web.Application:
         """A new aiohttp application: the shared routes first, so a catch-all vendor path cannot shadow them."""
         app = web.Application()
@@ -77,6 +89,7 @@ class VendorSimulator(ABC):
             web.delete("/tickets", self.reset),
             *self.received.routes(),
             *fault_routes(lambda: self.faults, self._set_faults),
+            *knob_routes("/_knobs", self.Knobs, lambda: self.knobs, self._set_knobs),
             *(web.route(method, path, self.received.recorded(handler))
               for method, path, handler in self.vendor_routes()),
         ])

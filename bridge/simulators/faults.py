@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -60,20 +62,25 @@ async def apply_faults(faults: Faults, request: web.Request,
 
 def fault_routes(get: Callable[[], Faults], put: Callable[[Faults], None]) -> list[web.RouteDef]:
     """`GET|PUT|DELETE /_faults`: read, set or clear the knobs."""
+    return knob_routes("/_faults", Faults, get, put)
+
+
+def knob_routes(path: str, typ: type[S], get: Callable[[], S], put: Callable[[S], None]) -> list[web.RouteDef]:
+    """`GET|PUT|DELETE path`: read, set (the whole struct, as JSON) or reset a simulator's knobs `typ`."""
 
     async def show(request: web.Request) -> web.Response:
         return web.json_response(msgspec.to_builtins(get()))
 
     async def change(request: web.Request) -> web.Response:
         try:
-            faults = msgspec.json.decode(await request.read(), type=Faults)
+            knobs = msgspec.json.decode(await request.read(), type=typ)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        put(faults)
-        return web.json_response(msgspec.to_builtins(faults))
+        put(knobs)
+        return web.json_response(msgspec.to_builtins(knobs))
 
     async def clear(request: web.Request) -> web.Response:
-        put(Faults())
-        return web.json_response(msgspec.to_builtins(Faults()))
+        put(typ())
+        return web.json_response(msgspec.to_builtins(get()))
 
-    return [web.get("/_faults", show), web.put("/_faults", change), web.delete("/_faults", clear)]
+    return [web.get(path, show), web.put(path, change), web.delete(path, clear)]

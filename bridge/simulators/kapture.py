@@ -5,6 +5,8 @@ Failures come as `{"message": …, "status": "failed"}` with HTTP 200 (`failure_
 with the documented messages where Kapture documents one. Pull reads `end_date` as inclusive (one day is
 start_date = end_date, the documented body) unless `end_date_inclusive=False` (the curl example's reading);
 a range over 24 hours fails. With `pagination_enabled`, `limit` numbers pages of `page_size` tickets.
+With the knob `auth_key_expired: true` (`/_knobs`) every call answers the legacy pages' expired key,
+`{"Message": "Auth Key Expired", "Status": "Fail"}`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
@@ -25,6 +28,7 @@ PULL_STAMP = "%d-%m-%Y %H:%M"  # how the pull answer writes times
 SUB_STATUS_NAMES = {"US": "Unattended", "P": "Pending", "PS": "Pending", "CL": "Closed", "RS": "Resolved"}
 # Messages Kapture documents; the others below are this simulator's own wording.
 INVALID_AUTH = "Invalid Auth Key"
+AUTH_KEY_EXPIRED = "Auth Key Expired"  # the legacy pages' answer, with "Status": "Fail"
 INVALID_JSON = "Invalid Json."
 TITLE_MISSING = "title is missing"
 NO_TICKET = "No Data found/ticket_id is missing"
@@ -33,7 +37,15 @@ BAD_DATE = "Date should be in YYYY-MM-DD format."
 OVER_24_HOURS = "At one hit we can pull a data of max 24 hours."
 
 
+class KaptureKnobs(msgspec.Struct, forbid_unknown_fields=True):
+    """`auth_key_expired`: every call is refused as the legacy pages answer an expired key."""
+
+    auth_key_expired: bool = False
+
+
 class KaptureSimulator(VendorSimulator):
+    Knobs = KaptureKnobs
+
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
                  clock: Callable[[], datetime] = datetime.now) -> None:
@@ -57,6 +69,8 @@ class KaptureSimulator(VendorSimulator):
         faulted = await apply_faults(self.faults, request)
         if faulted is not None:
             return faulted
+        if self.knobs.auth_key_expired:
+            return web.json_response({"Message": AUTH_KEY_EXPIRED, "Status": "Fail"}, status=self.failure_http_status)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme != "Basic" or token not in self.tokens:
             return self._failed(INVALID_AUTH)

@@ -8,10 +8,17 @@ the account refuses (no lead field, a mandatory field missing). The rate window 
 can show the same guarantee at 25 per 0.5 s that production needs at 25 per 5 s.
 
 Beside the create (JSON, or multipart with a `ticketDTO` part and `files` parts), it serves the update
-(`PUT …/tickets/{Id}/update`, multipart), the portal activity and the internal note, all by the numeric
-`Id`; an unknown Id is a 404 `MXTicketNotFoundException` (LeadSquared documents the 404 code, not its
-body). Each ticket keeps its `Files` (name, content_type, size, sha256), `Updates`, `Activities` and
-`Notes`, and `/_received` shows each call's files and text.
+(`PUT …/tickets/{Id}/update`, multipart), the portal activity, the internal note and the delete
+(`PUT …/tickets/trash`), all by the numeric `Id`; an unknown Id is a 404 `MXTicketNotFoundException`
+(LeadSquared documents the 404 code, not its body). Each ticket keeps its `Files` (name, content_type,
+size, sha256), `Updates`, `Activities` and `Notes`, and `/_received` shows each call's files and text.
+`GET …/tickets/{Id}` answers a ticket's details (the look-up `ticketbridge doctor` makes).
+
+Knobs (`/_knobs`) for what a real account does: `core_host` answers every call 401 as LeadSquared's core
+API host does for ticket paths; `api_disabled` answers 401 as an account without the Service CRM API
+switched on (both bodies are this simulator's wording: LeadSquared documents the code, not the body);
+`exception` (e.g. `MXUnknownException`, or `MXAPIRateLimitExceededException` with `exception_status: 200`)
+answers the next `exception_count` calls (-1: all) with that exception type and HTTP status.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
@@ -37,7 +45,19 @@ from bridge.vendors.leadsquared import (
     SANDBOX_SECRET_KEY,
 )
 
-OUTAGE = {"Status": "Error", "ExceptionType": "MXServerException", "ExceptionMessage": "simulated outage"}
+# A system error: no `MX…` exception type, so the bridge retries it (it never retries an MX… one).
+OUTAGE = {"Status": "Error", "Message": "simulated outage"}
+CORE_HOST_MESSAGE = ("The API host does not serve Service CRM calls: this is the core API host "
+                     "(api-in21.leadsquared.com); use the Service CRM gateway host")
+API_DISABLED_MESSAGE = "Service CRM APIs are not enabled for this account"
+
+
+class LeadSquaredKnobs(msgspec.Struct, forbid_unknown_fields=True):
+    core_host: bool = False
+    api_disabled: bool = False
+    exception: str | None = None
+    exception_status: int = 500
+    exception_count: int = -1
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:
@@ -45,6 +65,8 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 
 
 class LeadSquaredSimulator(VendorSimulator):
+    Knobs = LeadSquaredKnobs
+
     def __init__(self, *, orgs: set[str] | None = None, keys: dict[str, str] | None = None,
                  limit: int = DEFAULT_REQUESTS, window_seconds: float = DEFAULT_PER_SECONDS,
                  mandatory_fields: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
@@ -56,6 +78,7 @@ class LeadSquaredSimulator(VendorSimulator):
         self.mandatory_fields = mandatory_fields
         self.clock = clock
         self._accepted: deque[float] = deque()
+        self.deleted: list[str] = []  # Ids moved to the trash
         self._ids = itertools.count(1)
 
     def _over_limit(self) -> bool:
@@ -87,12 +110,21 @@ class LeadSquaredSimulator(VendorSimulator):
         faulted = await apply_faults(self.faults, request, OUTAGE)
         if faulted is not None:
             return faulted
+        knobs: LeadSquaredKnobs = self.knobs
+        if knobs.core_host:
+            return _error(401, "MXUnAuthorizedAccessException", CORE_HOST_MESSAGE)
+        if knobs.exception and knobs.exception_count != 0:
+            if knobs.exception_count > 0:
+                knobs.exception_count -= 1
+            return _error(knobs.exception_status, knobs.exception, "simulated exception")
         if self._over_limit():
             return _error(429, "MXAPIRateLimitExceededException",
                           f"API calls exceeded the limit of {self.limit} in {self.window_seconds:g} second(s)")
         access = request.headers.get("X-LSQ-ACCESS-KEY", "")
         if access not in self.keys or self.keys[access] != request.headers.get("X-LSQ-SECRET-KEY"):
             return _error(401, "MXUnAuthorizedAccessException", "Invalid AccessKey or SecretKey")
+        if knobs.api_disabled:
+            return _error(401, "MXUnAuthorizedAccessException", API_DISABLED_MESSAGE)
         if request.match_info["org"] not in self.orgs:
             return _error(404, "MXNotFoundException", "The API could not be found")
         return None
@@ -220,12 +252,40 @@ class LeadSquaredSimulator(VendorSimulator):
         return web.json_response({"Message": "Activity Created", "RelatedTicketId": ticket["Id"],
                                   "RelatedOrgId": org, "RelatedChannelMonitoringRequestId": 0})
 
+    async def details(self, request: web.Request) -> web.StreamResponse:
+        """`GET …/tickets/{Id}`: `{Id, TicketId, LeadId, Fields}`, or the 404 of an unknown Id."""
+        refused = await self._gate(request)
+        if refused is not None:
+            return refused
+        ticket = self._ticket(request.match_info["id"])
+        if isinstance(ticket, web.Response):
+            return ticket
+        return web.json_response({k: ticket[k] for k in ("Id", "TicketId", "LeadId", "Fields")})
+
+    async def trash(self, request: web.Request) -> web.StreamResponse:
+        """`PUT …/tickets/trash` with `{"TicketIds": ["160"]}`: known Ids are deleted, the rest listed as failed."""
+        read = await self._accept(request, multipart=False)
+        if isinstance(read, web.StreamResponse):
+            return read
+        body, _ = read
+        ids = body.get("TicketIds") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids:
+            return _error(400, "MXInvalidInputException", "TicketIds must be a non-empty list")
+        known = {t["Id"] for t in self.tickets}
+        done = [str(i) for i in ids if str(i) in known]
+        self.tickets[:] = [t for t in self.tickets if t["Id"] not in done]
+        self.deleted.extend(done)
+        return web.json_response({"SuccessfulIds": [int(i) for i in done],
+                                  "FailedIds": [i for i in ids if str(i) not in done]})
+
     def clear(self) -> None:
         super().clear()
         self._accepted.clear()
 
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", "/api/tenants/{org}/tickets", self.create),
+                ("GET", "/api/tenants/{org}/tickets/{id}", self.details),
+                ("PUT", "/api/tenants/{org}/tickets/trash", self.trash),
                 ("PUT", "/api/tenants/{org}/tickets/{id}/update", self.update),
                 ("POST", "/api/tenants/{org}/ticket/{id}/portal/activity", self.activity),
                 ("POST", "/api/tenants/{org}/internalnote/upload", self.note)]

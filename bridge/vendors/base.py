@@ -10,24 +10,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import aiohttp
 import msgspec
 
 from bridge.config import DestinationConfig
-from bridge.errors import BridgeError, MappingError
+from bridge.errors import MappingError
+from bridge.vendors.credentials import Credentials
+
+# Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
+from bridge.vendors.failures import VendorAuthFailed as VendorAuthFailed  # noqa: PLC0414
+from bridge.vendors.failures import VendorUnavailable as VendorUnavailable  # noqa: PLC0414
 from bridge.vendors.files import FileSet, attachment_list, with_text
 
 Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
 """`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false)."""
 # GET a vendor URL: (url, headers) -> (status, body); the delivery loop supplies one bound to its session.
 Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
-
-
-class VendorUnavailable(BridgeError):
-    """A look-up the request needs could not be made now; the delivery is retried."""
-
-
-class VendorAuthFailed(BridgeError):
-    """The vendor refused the destination's credentials during a look-up; the delivery is dead (auth)."""
 
 
 class VendorRequest(msgspec.Struct, kw_only=True):
@@ -48,6 +46,15 @@ class Outcome(msgspec.Struct, kw_only=True):
     ticket_key: str | None = None
 
 
+class Diagnosis(msgspec.Struct, kw_only=True):
+    """What `ticketbridge doctor` concludes from one harmless look-up: whether host, keys and permissions work,
+    in plain words, and the fix when they do not."""
+
+    ok: bool
+    said: str
+    fix: str | None = None
+
+
 class Adapter(ABC):
     """One vendor's requests and answers, as plain code without I/O."""
 
@@ -62,6 +69,14 @@ class Adapter(ABC):
         self._base_url = base_url
         # Where intake keeps attachment content (by sha256), for adapters that send files.
         self.attachments_dir = attachments_dir
+        # Headers the delivery loop adds to every request (and to `prepare`'s look-ups); None: the adapter
+        # puts its credentials in the request itself.
+        self.credentials: Credentials | None = None
+
+    async def close(self, session: aiohttp.ClientSession) -> None:
+        """Give back what the destination's credentials obtained (a log-out), at shutdown."""
+        if self.credentials is not None:
+            await self.credentials.close(session)
 
     @property
     def base_url(self) -> str:
@@ -103,6 +118,20 @@ class Adapter(ABC):
     @abstractmethod
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         """success, retry, permanent or auth, with the vendor's ticket id or error."""
+
+    def doctor_request(self) -> VendorRequest | str:
+        """The one harmless, authenticated look-up (never a create) that shows whether host, keys and
+        permissions work; or why there is none (the check is then skipped). Credentials are added by the caller."""
+        return f"no harmless look-up is known for {self.vendor}"
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        """What the answer to `doctor_request` says about the destination's setup."""
+        if 200 <= status < 300:
+            return Diagnosis(ok=True, said=f"HTTP {status}: host and credentials work")
+        if status in (401, 403):
+            return Diagnosis(ok=False, said=f"HTTP {status}: the credentials were refused: {excerpt(body)}",
+                             fix="check the destination's keys")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {excerpt(body)}")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

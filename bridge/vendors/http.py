@@ -23,11 +23,12 @@ from urllib.parse import quote
 
 import msgspec
 
-from bridge.config import DestinationConfig
+from bridge.config import Base, DestinationConfig
 from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
     Adapter,
+    Diagnosis,
     Fetch,
     Outcome,
     VendorRequest,
@@ -38,6 +39,8 @@ from bridge.vendors.base import (
     ticket_ref,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
+from bridge.vendors.http_auth import HttpAuth, http_credentials
+from bridge.yamlfile import KeyValueError
 
 Method = Literal["POST", "PUT", "PATCH"]
 METHODS = ("POST", "PUT", "PATCH")
@@ -85,6 +88,18 @@ def _check_path(template: str) -> None:
     placeholders(template)
 
 
+class HttpDoctor(Base):
+    """The harmless request `ticketbridge doctor` makes (a look-up, never a create); a 2xx answer is OK."""
+
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    path: str = "/"
+    body: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise KeyValueError(("path",), f"`path` {self.path!r} must start with /, e.g. /api/me")
+
+
 class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     method: Method = "POST"
     path: str = "/"
@@ -97,6 +112,8 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     body: Literal["json", "multipart"] = "json"
     multipart_json_part: str = "data"
     multipart_files_part: str = "files"
+    auth: HttpAuth | None = None
+    doctor: HttpDoctor | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,6 +144,8 @@ class HttpAdapter(Adapter):
         self._success = body_path(o.success_path) if o.success_path else None
         self._ticket_id = body_path(o.ticket_id_path) if o.ticket_id_path else None
         self._error = body_path(o.error_path) if o.error_path else None
+        if o.auth is not None:
+            self.credentials = http_credentials(name, o.auth, lambda: self.base_url, o.timeout_seconds)
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
@@ -201,6 +220,27 @@ class HttpAdapter(Adapter):
         ])
         headers = {**{k: v for k, v in headers.items() if k.lower() != "content-type"}, "Content-Type": content_type}
         return VendorRequest(method=method, url=url, headers=headers, body=body)
+
+    def doctor_request(self) -> VendorRequest | str:
+        """The destination's `doctor:` request; without one the check is skipped (any other call might create)."""
+        probe = self.options.doctor
+        if probe is None:
+            return ("no `doctor:` request is configured: add doctor: {method: GET, path: /…} naming a harmless "
+                    "look-up of the API")
+        body = b"" if probe.body is None else msgspec.json.encode(probe.body)
+        headers = {**self.options.headers, **({"Content-Type": "application/json"} if body else {})}
+        return VendorRequest(method=probe.method, url=self.base_url + probe.path, headers=headers, body=body)
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        if 200 <= status < 300:
+            return Diagnosis(ok=True, said=f"host and credentials work (HTTP {status})")
+        if status in (401, 403):
+            return Diagnosis(ok=False, said=f"HTTP {status}: the credentials were refused: {excerpt(body)}",
+                             fix="check the destination's auth (or headers) and what the API lets it do")
+        if status in (404, 405):
+            return Diagnosis(ok=False, said=f"HTTP {status}: {excerpt(body)}",
+                             fix="check base_url and the doctor request's method and path")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {excerpt(body)}")
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)

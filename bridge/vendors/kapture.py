@@ -27,6 +27,9 @@ CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
 PULL_PATH = "/select-ticket-between-start-and-end-dates.html/v.2.0"
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the built-in simulator's well-known demo key, not a secret
+# Messages that say the key is refused, whatever the HTTP code: the current pages' "Invalid Auth Key"
+# (missing, wrong, expired or disabled) and the legacy pages' `"Status": "Fail"` / "Auth Key Expired".
+AUTH_MESSAGES = ("invalid auth key", "auth key expired")
 # Kapture's `yyyy-MM-dd HH:mm:ss`, as strptime writes it.
 CALLBACK_FORMAT = "%Y-%m-%d %H:%M:%S"
 CALLBACK_EXAMPLE = "2024-04-19 14:19:11"
@@ -65,14 +68,15 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[O
     """The classification every Kapture call shares, and the decoded answer (a one-item array unwrapped).
 
     `status`/`Status` and its value are read case-insensitively; anything but `success` is a failure,
-    whatever the HTTP code; "Invalid Auth Key" is an auth failure even inside an HTTP 200."""
+    whatever the HTTP code; "Invalid Auth Key" and "Auth Key Expired" (any case) are auth failures even inside
+    an HTTP 200, so the destination pauses rather than dropping each delivery as permanent."""
     parsed = decode_json(body)
     if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
         parsed = parsed[0]
     data = lower_keys(parsed) if isinstance(parsed, dict) else None
     raw_message = data.get("message") if data else None
     message = raw_message if isinstance(raw_message, str) else ""
-    if "invalid auth key" in message.lower():
+    if any(m in message.lower() for m in AUTH_MESSAGES):
         return Outcome(classification="auth", error=f"kapture: {message}"), parsed
     by_status = classify_status(status, headers)
     if by_status is not None:

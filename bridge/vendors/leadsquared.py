@@ -5,9 +5,10 @@ ticket key; the UUID `TicketId` stays in the response excerpt). Facts and source
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import msgspec
 
@@ -15,6 +16,7 @@ from bridge.config import DestinationConfig, RateLimit
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    Diagnosis,
     Fetch,
     Outcome,
     VendorRequest,
@@ -23,26 +25,43 @@ from bridge.vendors.base import (
     decode_json,
     excerpt,
     lower_keys,
+    parse_retry_after,
     text_or_none,
     ticket_id_from,
 )
 from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files
+from bridge.yamlfile import KeyValueError, did_you_mean
 
 SANDBOX_ORG = "sandbox-org"
 SANDBOX_ACCESS_KEY = "sandbox-access-key"
 SANDBOX_SECRET_KEY = "sandbox-secret-key"  # noqa: S105 - the built-in simulator's demo key, not a secret
 # LeadSquared's documented limit ("API calls exceeded the limit of 25 in 5 second(s)").
 DEFAULT_REQUESTS, DEFAULT_PER_SECONDS = 25, 5.0
+# `rate_limit: leadsquared-<plan>`: calls per 5 s by plan, from the older table of LeadSquared's rate-limits page
+# (shared per account). Its newer version raises Pro to 10 and Super to 20; the lower figures are kept, as a
+# limit set too low costs speed while one set too high costs 429s; write {requests, per_seconds} to differ.
+RATE_PRESETS = {f"leadsquared-{plan}": RateLimit(requests=n, per_seconds=DEFAULT_PER_SECONDS) for plan, n in (
+    ("lite", 2), ("pro", 5), ("super", 10), ("basic", 10), ("standard", 15), ("enterprise", 25))}
+DEFAULT_PRESET = "leadsquared-enterprise"  # the Service CRM pages' 429 names 25 in 5 s
+# Only the Service CRM gateway (`apigw.service-in.leadsquared.com`, …) serves tickets; a core API host
+# (`api-in21.leadsquared.com`, …) answers their calls 401.
+GATEWAY_HOST = re.compile(r"^apigw\.service-[a-z0-9-]*\.leadsquared\.com$", re.IGNORECASE)
+CORE_HOST_HINT = ("this looks like the core API host; tickets need the Service CRM gateway host, and the Service "
+                  "CRM API must be enabled in the account")
+RATE_LIMIT_EXCEPTION = "mxapiratelimitexceededexception"
+ENABLE_FIX = ("Switch the Service CRM API on: My Profile > Settings > Service Cloud > API Configurations > "
+              "\"LeadSquared Service CRM APIs\", then Save")
+GATEWAY_FIX = ("set base_url to the Service CRM gateway host (https://apigw.service-in.leadsquared.com in India; "
+               "for other regions ask the account manager or scsupport@leadsquared.com), not the API host of "
+               "Settings > API and Webhooks; and " + ENABLE_FIX[0].lower() + ENABLE_FIX[1:])
+DOCTOR_TICKET = "0"  # no account has a ticket 0: its look-up answers "not found" once host, keys and API work
 # The request must carry one of these; `LeadId` goes in the envelope, the others in `Fields`.
 LEAD_FIELDS = ("LeadId", "LeadDetail.EmailAddress", "LeadDetail.Phone")
 # Mapping `options:` that override the envelope.
 ENVELOPE_OPTIONS = ("TypeId", "RelatedTicketTypeId")
-# Exception types of a `Status: Error` answer that say the request itself is wrong, so a retry cannot help
-# even when it comes with HTTP 5xx (as LeadSquared's API sends its validation errors).
-REJECTION_MARKERS = ("invalid", "duplicate", "mandatory", "required", "validation", "notfound", "argument")
 
 
-ACTIONS = ("create_ticket", "update_ticket", "add_activity", "add_note")
+ACTIONS = ("create_ticket", "update_ticket", "add_activity", "add_note", "delete_ticket")
 # The field a follow-up may name the ticket's numeric Id with (else the follow-up's ticket gives it).
 ID_FIELD = "Id"
 # The text field each action needs.
@@ -64,6 +83,14 @@ def activity_path(org_id: str, ticket_id: str) -> str:
     return f"/api/tenants/{org_id}/ticket/{quote(ticket_id, safe='')}/portal/activity"
 
 
+def details_path(org_id: str, ticket_id: str) -> str:
+    return f"/api/tenants/{org_id}/tickets/{quote(ticket_id, safe='')}"
+
+
+def trash_path(org_id: str) -> str:
+    return f"/api/tenants/{org_id}/tickets/trash"
+
+
 def note_path(org_id: str) -> str:
     return f"/api/tenants/{org_id}/internalnote/upload"
 
@@ -77,7 +104,23 @@ def numeric_id(value: str) -> str:
     return str(int(text))
 
 
+def deleted(data: Mapping[str, Any], status: int) -> Outcome:
+    """The trash call's answer, `{"SuccessfulIds": [160], "FailedIds": []}`: it can partly succeed, and one
+    Id is sent, so any failed Id is the failure."""
+    failed, done = data.get("failedids"), data.get("successfulids")
+    if isinstance(failed, list) and failed:
+        return Outcome(classification="permanent",
+                       error=f"leadsquared: HTTP {status}: the ticket was not deleted (FailedIds {failed}); "
+                             "deleting takes an admin user's keys")
+    if isinstance(done, list) and done:
+        return Outcome(classification="success", ticket_id=text_or_none(done[0]))
+    return Outcome(classification="permanent", error=f"leadsquared: HTTP {status}: nothing was deleted: {data}")
+
+
 class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
+    # A preset name is read here and replaced by its RateLimit in __post_init__, so every reader of a
+    # DestinationConfig sees a RateLimit or None, as the base class declares.
+    rate_limit: RateLimit | str | None = None  # type: ignore[assignment]
     org_id: str = ""
     access_key: str = ""
     secret_key: str = ""
@@ -92,7 +135,14 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
                 raise ValueError(f"{', '.join(f'`{k}`' for k in missing)} required: the org id and the "
                                  "access and secret keys from LeadSquared's API settings")
         if self.rate_limit is None:
-            self.rate_limit = RateLimit(requests=DEFAULT_REQUESTS, per_seconds=DEFAULT_PER_SECONDS)
+            self.rate_limit = RATE_PRESETS[DEFAULT_PRESET]
+        elif isinstance(self.rate_limit, str):
+            preset = RATE_PRESETS.get(self.rate_limit.strip().lower())
+            if preset is None:
+                raise KeyValueError(("rate_limit",), f"unknown LeadSquared plan {self.rate_limit!r}; write one of "
+                                    f"{', '.join(RATE_PRESETS)} or {{requests: N, per_seconds: S}}"
+                                    + did_you_mean(self.rate_limit, RATE_PRESETS))
+            self.rate_limit = preset
 
 
 class LeadSquaredAdapter(Adapter):
@@ -108,6 +158,9 @@ class LeadSquaredAdapter(Adapter):
             problems.append(f"fields: leadsquared create_ticket needs one of {', '.join(LEAD_FIELDS)}")
         if action in TEXT_FIELD and TEXT_FIELD[action] not in fields:
             problems.append(f"{TEXT_FIELD[action]}: leadsquared {action} needs a `{TEXT_FIELD[action]}` field")
+        if action == "delete_ticket" and set(fields) - {ID_FIELD}:
+            problems.append(f"fields: leadsquared delete_ticket takes only `{ID_FIELD}` (else the follow-up's "
+                            f"ticket); not {', '.join(sorted(set(fields) - {ID_FIELD}))}")
         if action == "update_ticket" and not (set(fields) - {ID_FIELD, "LeadId", "files"}):
             problems.append("fields: leadsquared update_ticket needs at least one ticket field to change "
                             "(e.g. Status)")
@@ -118,7 +171,7 @@ class LeadSquaredAdapter(Adapter):
         assert isinstance(self.config, LeadSquaredOptions)
         return self.config
 
-    def credentials(self) -> tuple[str, str, str]:
+    def keys(self) -> tuple[str, str, str]:
         o = self.options
         if o.sandbox:
             return (o.org_id or SANDBOX_ORG, o.access_key or SANDBOX_ACCESS_KEY, o.secret_key or SANDBOX_SECRET_KEY)
@@ -148,20 +201,78 @@ class LeadSquaredAdapter(Adapter):
             return await read_files(fields, self.attachments_dir, self.config.attachments)
         return fields
 
+    @property
+    def window_s(self) -> float:
+        """The destination's rate window: how long a rate-limited call waits at least."""
+        rate = self.options.rate_limit
+        return rate.per_seconds if isinstance(rate, RateLimit) else DEFAULT_PER_SECONDS
+
+    def on_gateway(self) -> bool:
+        """Whether the base URL is a Service CRM gateway host (the sandbox's simulator counts as one)."""
+        return self.options.sandbox or bool(GATEWAY_HOST.match(urlsplit(self.base_url).hostname or ""))
+
+    def refusal_hint(self) -> str:
+        """What a 401/403 most likely means for this destination."""
+        if not self.on_gateway():
+            return CORE_HOST_HINT
+        return ("the access or secret key was refused (or the Service CRM API is not enabled in the account: "
+                "Settings > Service Cloud > API Configurations)")
+
+    def doctor_request(self) -> VendorRequest | str:
+        """A look-up of ticket 0, which no account has: "not found" proves host, keys and the API switch."""
+        org_id, _, _ = self.keys()
+        headers = {k: v for k, v in self._headers("application/json").items() if k != "Content-Type"}
+        return VendorRequest(method="GET", url=self.base_url + details_path(org_id, DOCTOR_TICKET), headers=headers,
+                             body=b"")
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        parsed = decode_json(body)
+        data = lower_keys(parsed) if isinstance(parsed, dict) else {}
+        kind = text_or_none(data.get("exceptiontype")) or ""
+        said = ": ".join(p for p in (kind, text_or_none(data.get("exceptionmessage"))
+                                     or text_or_none(data.get("message"))) if p) or excerpt(body)
+        if status == 200 or (status == 404 and "ticketnotfound" in kind.lower()):
+            return Diagnosis(ok=True, said=f"host, keys and the Service CRM API work (a look-up of ticket "
+                                           f"{DOCTOR_TICKET} in org {self.keys()[0]} answered HTTP {status}"
+                                           f"{': ' + kind if kind else ''})")
+        if status in (401, 403) and not self.on_gateway():
+            return Diagnosis(ok=False, said=f"HTTP {status}: {CORE_HOST_HINT}: {said}", fix=GATEWAY_FIX)
+        if status in (401, 403) and "not enabled" in said.lower():
+            return Diagnosis(ok=False, said=f"HTTP {status}: the Service CRM API is not enabled: {said}",
+                             fix=ENABLE_FIX)
+        if status in (401, 403):
+            return Diagnosis(ok=False, said=f"HTTP {status}: the access or secret key was refused, or the Service "
+                                            f"CRM API is not enabled: {said}",
+                             fix=f"check access_key and secret_key (My Account > Settings > API and Webhooks); "
+                                 f"{ENABLE_FIX[0].lower()}{ENABLE_FIX[1:]}")
+        if status == 404:
+            return Diagnosis(ok=False, said=f"HTTP 404: the org or the API path was not found: {said}",
+                             fix="org_id is the account number shown at the bottom of the profile-icon menu; "
+                                 "base_url must be the Service CRM gateway host")
+        if status == 429 or "ratelimit" in kind.lower():
+            return Diagnosis(ok=False, said=f"HTTP {status}: rate limited now, nothing checked: {said}",
+                             fix="run doctor again in a few seconds")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {said}")
+
     def _headers(self, content_type: str) -> dict[str, str]:
-        _, access_key, secret_key = self.credentials()
+        _, access_key, secret_key = self.keys()
         return {"X-LSQ-ACCESS-KEY": access_key, "X-LSQ-SECRET-KEY": secret_key, "Content-Type": content_type}
 
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
         if action not in ACTIONS:
             raise MappingError(f"leadsquared has no action {action!r}; it takes: {', '.join(ACTIONS)}")
-        org_id, _, _ = self.credentials()
+        org_id, _, _ = self.keys()
         fields, files = split_files(fields)
         if action == "create_ticket":
             dto = self.envelope(self.note_files(fields, files, NOTE_FIELD, sent=True), options)
             return self._ticket_request("POST", self.base_url + tickets_path(org_id), dto, files)
         ticket_id = numeric_id(ticket_id_from(fields, (ID_FIELD,), ticket, "leadsquared"))
+        if action == "delete_ticket":
+            # Admin keys only; moves the ticket to the trash [doc `delete-tickets`].
+            return VendorRequest(method="PUT", url=self.base_url + trash_path(org_id),
+                                 headers=self._headers("application/json"),
+                                 body=msgspec.json.encode({"TicketIds": [ticket_id]}))
         if action == "update_ticket":
             dto = self.envelope(self.note_files(fields, files, NOTE_FIELD, sent=True), options, ticket_id)
             # Documented only as multipart (`ticketDTO` and `files`); sent so even without files.
@@ -206,16 +317,22 @@ class LeadSquaredAdapter(Adapter):
         kind = text_or_none(data.get("exceptiontype"))
         detail = ": ".join(p for p in (kind, reason) if p) or excerpt(body)
         if status in (401, 403):
-            return Outcome(classification="auth", error=f"leadsquared: HTTP {status}: the access or secret key "
-                                                        f"was refused: {detail}")
-        if status >= 500 and state == "error" and kind and any(m in kind.lower() for m in REJECTION_MARKERS):
+            return Outcome(classification="auth", error=f"leadsquared: HTTP {status}: {self.refusal_hint()}: {detail}")
+        if (kind and kind.lower() == RATE_LIMIT_EXCEPTION) or status == 429:
+            # Reported to come back inside an HTTP 200 too; wait at least the account's window. A 429 without
+            # Retry-After leaves the wait to the delivery loop, which pauses the destination for its limiter's window.
+            said = parse_retry_after(headers.get("Retry-After"))
+            wait = None if status == 429 and said is None else max(said or 0.0, self.window_s)
+            return Outcome(classification="retry", error=f"leadsquared: HTTP {status}: {detail}", retry_after=wait)
+        if kind and kind.lower().startswith("mx"):
+            # "Application errors (… exceptions starting with 'MX') are not retried", whatever the HTTP code.
             return Outcome(classification="permanent", error=f"leadsquared: HTTP {status}: {detail}")
         by_status = classify_status(status, headers)
         if by_status is not None:
             by_status.error = f"leadsquared: {by_status.error}: {detail}"
             return by_status
-        if kind and "ratelimit" in kind.lower():  # reported to come back with HTTP 200 too; its window is 5 s
-            return Outcome(classification="retry", error=f"leadsquared: HTTP {status}: {detail}", retry_after=5.0)
+        if 200 <= status < 300 and action == "delete_ticket" and "successfulids" in data:
+            return deleted(data, status)
         if 200 <= status < 300 and data and not kind:
             if action == "add_note" and state not in ("error", "failure", "failed"):
                 # The note's answer has no Status: {"Message": "Activity Created", "RelatedTicketId": "143"}.

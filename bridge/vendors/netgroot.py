@@ -8,15 +8,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
+import aiohttp
 import msgspec
 import structlog
 from msgspec import Meta
 
-from bridge.config import DestinationConfig, check_duration
+from bridge.config import Base, DestinationConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import MappingError
+from bridge.logs import mask_text
 from bridge.vendors.base import (
     Adapter,
+    Diagnosis,
     Fetch,
     Outcome,
     VendorAuthFailed,
@@ -28,12 +31,17 @@ from bridge.vendors.base import (
     excerpt,
     text_or_none,
 )
+from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials, jwt_expiry
 from bridge.vendors.files import split_files
+from bridge.yamlfile import KeyValueError
 
 log = structlog.get_logger("ticketbridge.vendors")
 
 SUBJECTS_PATH = "/api/v1/Tickets/getSubjects"
 CREATE_PATH = "/api/v1/subscriber/CreateTicket"
+LOGIN_PATH = "/api/v1/subscriber/Login"
+LOGOUT_PATH = "/api/v1/subscriber/Logout"
+TICKETS_PATH = "/api/v1/subscriber/getCustomerTickets"
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the built-in simulator's well-known demo key, not a secret
 ID_FIELDS = ("type_id", "status_id", "priority_id", "group_id")
 # An unknown subject name refreshes the list at most this often, so a burst of bad events costs one GET.
@@ -42,8 +50,37 @@ UNKNOWN_REFRESH_MIN_SECONDS = 5.0
 Subjects = dict[str, tuple[int, str]]  # folded name → (id, name as the CRM writes it)
 
 
+class NetgrootLogin(Base):
+    """A subscriber's log-in: every ticket of the destination is filed for this subscriber."""
+
+    username: str
+    password: str
+
+    def __post_init__(self) -> None:
+        for key in ("username", "password"):
+            if not getattr(self, key).strip():
+                raise KeyValueError((key,), f"`{key}` is empty: give the subscriber's {key} (from the environment, "
+                                    f"e.g. \"${{ISPCRM_{key.upper()}}}\")")
+
+
+class NetgrootAuth(Base):
+    """`login` (a subscriber's username and password: a JWT obtained and renewed by the bridge) or `token`
+    (an API token made in the CRM's admin UI for one subscriber, sent as it is)."""
+
+    login: NetgrootLogin | None = None
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.login is None) == (self.token is None):
+            raise ValueError("give one of `login: {username, password}` (a subscriber's log-in) or `token` "
+                             "(an API token made for one subscriber)")
+        if self.token is not None and not self.token.strip():
+            raise KeyValueError(("token",), "`token` is empty: give the API token (from the environment)")
+
+
 class NetgrootOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     token: str = ""
+    auth: NetgrootAuth | None = None
     # Defaults for the ids the API has no look-up for; a mapping field of the same name wins.
     type_id: Annotated[int, Meta(ge=0)] | None = None
     status_id: Annotated[int, Meta(ge=0)] | None = None
@@ -53,8 +90,11 @@ class NetgrootOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=Tru
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.token and not self.sandbox:
-            raise ValueError("`token` is required: the ISP CRM's API bearer token")
+        if self.token and self.auth is not None:
+            raise KeyValueError(("token",), "give `auth` or `token`, not both (`token` is `auth: {token: …}`)")
+        if not self.token and self.auth is None and not self.sandbox:
+            raise ValueError("`auth` is required: `auth: {login: {username, password}}` (a subscriber's "
+                             "log-in) or `auth: {token: …}` (an API token made for one subscriber)")
         check_duration(self.subjects_ttl, ("subjects_ttl",))
 
 
@@ -132,6 +172,51 @@ class SubjectCache:
         return found[0]
 
 
+class NetgrootLoginCredentials(TokenCredentials):
+    """A subscriber's JWT from Login, renewed before its `exp` and once when refused; Logout at shutdown."""
+
+    def __init__(self, destination: str, login: NetgrootLogin, base_url: Callable[[], str], timeout_s: float,
+                 *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(destination, clock=clock)
+        self.login = login
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.subscriber: str | None = None  # the username Login answered with, for the logs
+
+    async def obtain(self, session: aiohttp.ClientSession) -> Token:
+        url = self.base_url() + LOGIN_PATH
+        body = {"username": self.login.username, "password": self.login.password}
+        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                allow_redirects=False) as resp:
+            status, raw = resp.status, await resp.content.read(64 * 1024)
+        parsed = decode_json(raw)
+        data = parsed if isinstance(parsed, dict) else {}
+        message = text_or_none(data.get("message")) or excerpt(raw)
+        if status in (400, 401, 403, 404):
+            # The username is not repeated: it is often an email address, and this text is stored and shown.
+            raise VendorAuthFailed(f"netgroot: Login: HTTP {status}: {message}: check auth.login.username and "
+                                   "password (the subscriber's portal log-in)")
+        token = text_or_none(data.get("token"))
+        if status != 200 or token is None:
+            raise VendorUnavailable(f"netgroot: Login: HTTP {status} without a token: {message}")
+        subscriber = data.get("subscriber")
+        if isinstance(subscriber, dict):
+            self.subscriber = text_or_none(subscriber.get("username"))
+        now = self.clock()
+        return Token(value=token, expires_at=jwt_expiry(token), obtained_at=now)
+
+    async def revoke(self, session: aiohttp.ClientSession, token: Token) -> None:
+        try:
+            async with session.post(self.base_url() + LOGOUT_PATH, headers=self.header_for(token),
+                                    timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("vendor.logout_failed", destination=self.destination, error=f"{type(exc).__name__}: {exc}")
+            return
+        if status >= 300:
+            log.warning("vendor.logout_failed", destination=self.destination, error=f"HTTP {status}")
+
+
 class NetgrootAdapter(Adapter):
     vendor: ClassVar[str] = "netgroot"
     Options: ClassVar[type[DestinationConfig]] = NetgrootOptions
@@ -141,10 +226,22 @@ class NetgrootAdapter(Adapter):
                  attachments_dir: Path | None = None) -> None:
         super().__init__(name, config, base_url, attachments_dir=attachments_dir)
         self.subjects = SubjectCache(parse_duration(self.options.subjects_ttl))
+        self.credentials = self.make_credentials()
+
+    def make_credentials(self) -> Credentials:
+        """The log-in's renewed JWT, or the fixed token (`auth.token`, `token`, or the sandbox's)."""
+        auth = self.options.auth
+        if auth is not None and auth.login is not None:
+            return NetgrootLoginCredentials(self.name, auth.login, lambda: self.base_url,
+                                            self.options.timeout_seconds)
+        token = (auth.token if auth is not None else None) or self.options.token \
+            or (SANDBOX_TOKEN if self.options.sandbox else "")
+        return StaticCredentials({"Authorization": f"Bearer {token}"})
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
-        problems = []
+        problems = [f"options.{key}: unknown netgroot option; netgroot create_ticket takes no options"
+                    for key in options]
         if "subject" in fields and "subject_id" in fields:
             problems.append("subject: give either `subject` (a name) or `subject_id`, not both")
         elif "subject" not in fields and "subject_id" not in fields:
@@ -158,11 +255,6 @@ class NetgrootAdapter(Adapter):
         assert isinstance(self.config, NetgrootOptions)
         return self.config
 
-    @property
-    def headers(self) -> dict[str, str]:
-        token = self.options.token or (SANDBOX_TOKEN if self.options.sandbox else "")
-        return {"Authorization": f"Bearer {token}"}
-
     async def prepare(self, action: str, fields: dict[str, Any], fetch: Fetch) -> dict[str, Any]:
         if "subject" not in fields:
             return fields
@@ -171,7 +263,7 @@ class NetgrootAdapter(Adapter):
             raise MappingError(f"{name!r} is not a subject name", path="subject")
 
         async def load() -> Subjects:
-            status, body = await fetch(self.base_url + SUBJECTS_PATH, self.headers)
+            status, body = await fetch(self.base_url + SUBJECTS_PATH, {})
             return parse_subjects(status, body)
 
         subject_id = await self.subjects.resolve(str(name), load, self.name)
@@ -204,15 +296,43 @@ class NetgrootAdapter(Adapter):
         body["message"] = str(message)
         body.update((k, v) for k, v in fields.items() if k not in body)
         return VendorRequest(method="POST", url=self.base_url + CREATE_PATH,
-                             headers={**self.headers, "Content-Type": "application/json"},
+                             headers={"Content-Type": "application/json"},
                              body=msgspec.json.encode(body))
+
+    def doctor_request(self) -> VendorRequest | str:
+        """getCustomerTickets: a read as the subscriber the tickets are filed for (after the Login, if any)."""
+        return VendorRequest(method="GET", url=self.base_url + TICKETS_PATH, headers={}, body=b"")
+
+    def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
+        parsed = decode_json(body)
+        data = parsed if isinstance(parsed, dict) else {}
+        message = text_or_none(data.get("message")) or excerpt(body)
+        login = self.options.auth.login if self.options.auth is not None else None
+        who = f"subscriber {mask_text(login.username)!r}" if login is not None else "the token's subscriber"
+        if status == 200 and data.get("success") is True:
+            count = len(data["data"]) if isinstance(data.get("data"), list) else 0
+            return Diagnosis(ok=True, said=f"host and credentials work; tickets are filed for {who} "
+                                           f"(getCustomerTickets answered {count} tickets)")
+        if status in (401, 403):
+            fix = ("check auth.login.username and password" if login is not None else
+                   "make a new API token for the subscriber in the CRM's admin UI (/Admin/getToken) and set it as "
+                   "auth.token, or log in with auth.login")
+            return Diagnosis(ok=False, said=f"HTTP {status}: the token was refused: {message}", fix=fix)
+        if status == 404 and "subscriber" in message.lower():
+            return Diagnosis(ok=False, said=f"HTTP 404: {message}: {who} does not exist in the CRM",
+                             fix="make the token for an existing subscriber, or log in as one (auth.login)")
+        if status == 404:
+            return Diagnosis(ok=False, said=f"HTTP 404: {message}: this host does not serve the ISP CRM API",
+                             fix="set base_url to the CRM's address (the one its /api/v1/… pages are under)")
+        return Diagnosis(ok=False, said=f"HTTP {status}: {message}")
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)
         data = parsed if isinstance(parsed, dict) else {}
         message = text_or_none(data.get("message")) or excerpt(body)
         if status in (401, 403) or (data.get("success") is False and message.lower() == "unauthorized"):
-            return Outcome(classification="auth", error=f"netgroot: HTTP {status}: {message}: check the token")
+            return Outcome(classification="auth", error=f"netgroot: HTTP {status}: {message}: check the destination's "
+                                                        "auth (the log-in, or the API token)")
         by_status = classify_status(status, headers)
         if by_status is not None:
             by_status.error = f"netgroot: {by_status.error}: {message}"

@@ -1,4 +1,4 @@
-"""What every simulator serves beside its vendor's API: the ticket listing and reset, `/_received`, `/_faults`."""
+"""What every simulator serves beside the vendor API: tickets listed and reset, `/_received`, `/_faults`, `/_knobs`."""
 
 from __future__ import annotations
 
@@ -52,3 +52,27 @@ async def test_leadsquared_reset_starts_a_new_rate_window(aiohttp_client: Any) -
     assert [(await client.post(url, json=ticket, headers=keys)).status for _ in range(2)] == [200, 429]
     await client.delete("/tickets")
     assert (await client.post(url, json=ticket, headers=keys)).status == 200
+
+
+@pytest.mark.parametrize("vendor", sorted(registry()))
+async def test_every_simulator_serves_its_knobs(aiohttp_client: Any, vendor: str) -> None:
+    """`/_knobs` reads the simulator's own knobs, refuses an unknown one with 400 (nothing changed), and DELETE
+    puts the defaults back."""
+    sim = registry()[vendor]()
+    client = await aiohttp_client(sim.app())
+    defaults = await (await client.get("/_knobs")).json()
+    resp = await client.put("/_knobs", json={"no_such_knob": 1})
+    assert resp.status == 400
+    assert "no_such_knob" in (await resp.json())["error"]
+    assert await (await client.get("/_knobs")).json() == defaults
+    assert await (await client.delete("/_knobs")).json() == defaults
+
+
+async def test_knobs_change_the_simulator(aiohttp_client: Any) -> None:
+    """A PUT sets the whole knob struct on the simulator; a wrong type is refused."""
+    sim = KaptureSimulator()
+    client = await aiohttp_client(sim.app())
+    assert (await client.put("/_knobs", json={"auth_key_expired": True})).status == 200
+    assert sim.knobs.auth_key_expired is True
+    assert (await client.put("/_knobs", json={"auth_key_expired": "yes"})).status == 400
+    assert sim.knobs.auth_key_expired is True

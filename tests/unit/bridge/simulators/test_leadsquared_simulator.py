@@ -221,3 +221,59 @@ async def test_update_must_be_multipart(aiohttp_client: Any) -> None:
     resp = await client.put(f"/api/tenants/{SANDBOX_ORG}/tickets/1/update", json=TICKET, headers=KEYS)
     assert (resp.status, (await resp.json())["ExceptionMessage"]) == (
         400, "this call takes multipart/form-data with a ticketDTO part")
+
+
+async def test_the_core_host_knob_refuses_every_call_naming_the_host(aiohttp_client: Any) -> None:
+    """With `core_host` every call is a 401 saying this is the core API host, even with good keys."""
+    _, client = await start(aiohttp_client)
+    assert (await client.put("/_knobs", json={"core_host": True})).status == 200
+    resp = await client.post(URL, json=TICKET, headers=KEYS)
+    body = await resp.json()
+    assert (resp.status, body["ExceptionType"]) == (401, "MXUnAuthorizedAccessException")
+    assert "core API host" in body["ExceptionMessage"]
+
+
+async def test_the_api_disabled_knob_refuses_good_keys_only(aiohttp_client: Any) -> None:
+    """With `api_disabled` good keys get a 401 saying the Service CRM API is off; bad keys still get theirs."""
+    sim, client = await start(aiohttp_client)
+    await client.put("/_knobs", json={"api_disabled": True})
+    resp = await client.get(f"{URL}/1", headers=KEYS)
+    assert (resp.status, (await resp.json())["ExceptionMessage"]) == (401, "Service CRM APIs are not enabled for "
+                                                                           "this account")
+    resp = await client.get(f"{URL}/1", headers={**KEYS, "X-LSQ-SECRET-KEY": "bad"})
+    assert (await resp.json())["ExceptionMessage"] == "Invalid AccessKey or SecretKey"
+    assert sim.tickets == []
+
+
+async def test_the_exception_knob_answers_that_exception_for_its_count(aiohttp_client: Any) -> None:
+    """`exception` answers the next `exception_count` calls with its type and status (here a rate-limit
+    exception inside HTTP 200), then the API serves normally."""
+    sim, client = await start(aiohttp_client)
+    await client.put("/_knobs", json={"exception": "MXAPIRateLimitExceededException", "exception_status": 200,
+                                      "exception_count": 1})
+    resp = await client.post(URL, json=TICKET, headers=KEYS)
+    assert (resp.status, (await resp.json())["ExceptionType"]) == (200, "MXAPIRateLimitExceededException")
+    resp = await client.post(URL, json=TICKET, headers=KEYS)
+    assert (resp.status, (await resp.json())["Status"]) == (200, "Success")
+    assert len(sim.tickets) == 1
+
+
+async def test_ticket_details_by_numeric_id(aiohttp_client: Any) -> None:
+    """`GET …/tickets/{Id}` answers the ticket's Id, TicketId, LeadId and Fields; an unknown Id is a 404."""
+    _, client = await start(aiohttp_client)
+    created = await (await client.post(URL, json=TICKET, headers=KEYS)).json()
+    resp = await client.get(f"{URL}/{created['Id']}", headers=KEYS)
+    body = await resp.json()
+    assert (resp.status, body["Id"], body["TicketId"], body["Fields"]) == (200, created["Id"], created["TicketId"],
+                                                                           TICKET["Fields"])
+    resp = await client.get(f"{URL}/999", headers=KEYS)
+    assert (resp.status, (await resp.json())["ExceptionType"]) == (404, "MXTicketNotFoundException")
+
+
+async def test_trash_deletes_known_ids_and_lists_the_rest_as_failed(aiohttp_client: Any) -> None:
+    """`PUT …/tickets/trash` deletes the known Ids and answers the documented SuccessfulIds/FailedIds."""
+    sim, client = await start(aiohttp_client)
+    created = await (await client.post(URL, json=TICKET, headers=KEYS)).json()
+    resp = await client.put(f"{URL}/trash", json={"TicketIds": [created["Id"], "999"]}, headers=KEYS)
+    assert (resp.status, await resp.json()) == (200, {"SuccessfulIds": [int(created["Id"])], "FailedIds": ["999"]})
+    assert (sim.tickets, sim.deleted) == ([], [created["Id"]])

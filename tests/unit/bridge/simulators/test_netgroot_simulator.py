@@ -1,4 +1,4 @@
-"""The Netgroot ISP CRM simulator: getSubjects and CreateTicket with their documented answers."""
+"""The Netgroot ISP CRM simulator: getSubjects, CreateTicket, Login and Logout with their documented answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.simulators.netgroot import NO_SUBSCRIBER_TOKEN, NetgrootSimulator
-from bridge.vendors.netgroot import CREATE_PATH, SANDBOX_TOKEN, SUBJECTS_PATH
+from bridge.simulators.netgroot import NO_SUBSCRIBER_TOKEN, SANDBOX_PASSWORD, SANDBOX_USERNAME, NetgrootSimulator
+from bridge.vendors.credentials import jwt_expiry
+from bridge.vendors.netgroot import CREATE_PATH, LOGIN_PATH, LOGOUT_PATH, SANDBOX_TOKEN, SUBJECTS_PATH, TICKETS_PATH
 
 AUTH = {"Authorization": f"Bearer {SANDBOX_TOKEN}"}
 TICKET = {"subject_id": 1, "type_id": 1, "status_id": 1, "priority_id": 1, "group_id": 1,
@@ -66,3 +67,56 @@ async def test_invalid_data_is_a_400(aiohttp_client: Any, change: dict[str, Any]
     resp = await client.post(CREATE_PATH, json={**TICKET, **change}, headers=AUTH)
     assert (resp.status, await resp.json()) == (400, {"success": False, "message": "Invalid request data"})
     assert sim.tickets == []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+LOGIN = {"username": SANDBOX_USERNAME, "password": SANDBOX_PASSWORD}
+
+
+async def test_login_answers_a_jwt_that_expires_after_the_knobs_lifetime(aiohttp_client: Any) -> None:
+    """Login answers the documented body with an HS256 JWT whose `exp` is the knob's lifetime away; the token
+    files tickets for its subscriber until then and is refused (401) from then on."""
+    clock = Clock()
+    sim = NetgrootSimulator(clock=clock)
+    client = await aiohttp_client(sim.app())
+    assert (await client.put("/_knobs", json={"token_lifetime_seconds": 30})).status == 200
+    resp = await client.post(LOGIN_PATH, json=LOGIN)
+    body = await resp.json()
+    assert (resp.status, body["message"], body["subscriber"]["username"]) == (200, "Login successful", "sandbox")
+    assert jwt_expiry(body["token"]) == clock.now + 30
+    auth = {"Authorization": f"Bearer {body['token']}"}
+    assert (await client.post(CREATE_PATH, json=TICKET, headers=auth)).status == 200
+    assert sim.tickets[0]["subscriber_id"] == 1
+    clock.now += 30
+    resp = await client.post(CREATE_PATH, json=TICKET, headers=auth)
+    assert (resp.status, await resp.json()) == (401, {"success": False, "message": "Unauthorized"})
+    assert sim.expired_refusals == 1
+
+
+@pytest.mark.parametrize("body", [{"username": "sandbox", "password": "wrong"}, {"username": "nobody",
+                                                                                 "password": "x"}, {}])
+async def test_bad_credentials_are_refused_as_documented(aiohttp_client: Any, body: dict[str, str]) -> None:
+    """A wrong password or unknown user gets 401 `Invalid credentials`, with no `success` key."""
+    _, client = await start(aiohttp_client)
+    resp = await client.post(LOGIN_PATH, json=body)
+    assert (resp.status, await resp.json()) == (401, {"message": "Invalid credentials"})
+
+
+async def test_logout_revokes_the_token(aiohttp_client: Any) -> None:
+    """After Logout with a token, that token is refused; the subscriber's tickets are listed while it lives."""
+    sim, client = await start(aiohttp_client)
+    token = (await (await client.post(LOGIN_PATH, json=LOGIN)).json())["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    await client.post(CREATE_PATH, json=TICKET, headers=auth)
+    listed = await (await client.get(TICKETS_PATH, headers=auth)).json()
+    assert [t["ticket_id"] for t in listed["data"]] == [101]
+    assert (await client.post(LOGOUT_PATH, headers=auth)).status == 200
+    assert (await client.get(TICKETS_PATH, headers=auth)).status == 401
+    assert sim.logouts == 1

@@ -217,6 +217,20 @@ def test_invalid_auth_key_is_auth_whatever_the_status(status: int, body: Any) ->
     assert outcome.error.lower() == "kapture: invalid auth key"
 
 
+@pytest.mark.parametrize("status", [200, 401])
+@pytest.mark.parametrize("body", [
+    {"Message": "Auth Key Expired", "Status": "Fail"},
+    {"message": "auth key expired", "status": "fail"},
+    [{"Message": "AUTH KEY EXPIRED", "Status": "FAIL"}],
+])
+def test_an_expired_key_is_auth_not_permanent(status: int, body: Any) -> None:
+    """The legacy pages' `"Status": "Fail"` / "Auth Key Expired", in any case, is auth (the destination
+    pauses), not a permanent rejection of the ticket."""
+    outcome = classify(status, body)
+    assert outcome.classification == "auth"
+    assert outcome.error is not None and outcome.error.lower() == "kapture: auth key expired"
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
 def test_server_errors_and_throttling_are_retried(status: int) -> None:
     """5xx, 429 and 408 are retried."""

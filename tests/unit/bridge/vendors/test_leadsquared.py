@@ -21,6 +21,7 @@ from bridge.vendors.leadsquared import (
     LeadSquaredOptions,
 )
 from bridge.vendors.registry import adapter_class, vendor_options
+from bridge.yamlfile import KeyValueError
 from handlers.attachments import attachment, save_attachments
 
 BASE = "https://apigw.service-in.leadsquared.com"
@@ -54,10 +55,12 @@ def classify(status: int, body: Any, headers: dict[str, str] | None = None) -> O
 
 
 def test_registry_knows_leadsquared() -> None:
-    """`leadsquared` names this adapter and its options; it creates and updates tickets, adds activities and notes."""
+    """`leadsquared` names this adapter and its options; it creates, updates and deletes tickets, adds activities
+    and notes."""
     assert adapter_class("leadsquared") is LeadSquaredAdapter
     assert vendor_options("leadsquared") is LeadSquaredOptions
-    assert LeadSquaredAdapter.actions == frozenset({"create_ticket", "update_ticket", "add_activity", "add_note"})
+    assert LeadSquaredAdapter.actions == frozenset({"create_ticket", "update_ticket", "add_activity", "add_note",
+                                                    "delete_ticket"})
 
 
 def test_rate_limit_defaults_to_25_per_5_seconds() -> None:
@@ -176,30 +179,78 @@ def test_status_error_is_never_a_success(status: int) -> None:
                                                    "Title is mandatory")
 
 
-def test_a_server_fault_is_retried() -> None:
-    """A 500 whose exception does not say the request is wrong is retried."""
-    body = {"Status": "Error", "ExceptionType": "MXDatabaseException", "ExceptionMessage": "timeout"}
-    assert classify(500, body).classification == "retry"
+def test_a_server_fault_without_an_exception_type_is_retried() -> None:
+    """A 5xx that names no `MX…` exception (a system error, or not JSON) is retried."""
+    assert classify(500, {"Status": "Error", "Message": "timeout"}).classification == "retry"
     assert classify(502, b"<html>Bad Gateway</html>").classification == "retry"
 
 
-def test_rate_limited_is_a_retry_without_retry_after() -> None:
-    """The documented 429 is a retry; with no Retry-After the dispatcher backs off by the limiter's window."""
+@pytest.mark.parametrize("status", [200, 400, 404, 500, 503])
+@pytest.mark.parametrize("kind", ["MXUnknownException", "MXDatabaseException", "MXDuplicateEntryException",
+                                  "mxInvalidInputException"])
+def test_mx_exceptions_are_permanent_whatever_the_status(status: int, kind: str) -> None:
+    """LeadSquared does not retry application errors (types starting with MX): neither does the bridge, even
+    under a 5xx; the error keeps the type and message."""
+    outcome = classify(status, {"Status": "Error", "ExceptionType": kind, "ExceptionMessage": "no"})
+    assert outcome == Outcome(classification="permanent", error=f"leadsquared: HTTP {status}: {kind}: no")
+
+
+@pytest.mark.parametrize(("headers", "waited"), [({}, None), ({"Retry-After": "3"}, 5.0), ({"Retry-After": "9"}, 9.0)])
+def test_rate_limited_waits_at_least_the_window(headers: dict[str, str], waited: float | None) -> None:
+    """The documented 429 is a retry after the rate window at least: a shorter Retry-After is raised to it, and
+    without one the delivery loop pauses the destination for its limiter's window (None here)."""
     body = {"Status": "Error", "ExceptionType": "MXAPIRateLimitExceededException",
             "ExceptionMessage": "API calls exceeded the limit of 25 in 5 second(s)"}
-    assert classify(429, body) == Outcome(
+    assert classify(429, body, headers) == Outcome(
         classification="retry", error="leadsquared: HTTP 429: MXAPIRateLimitExceededException: API calls exceeded "
-                                      "the limit of 25 in 5 second(s)")
-    assert classify(429, body, {"Retry-After": "3"}).retry_after == 3.0
+                                      "the limit of 25 in 5 second(s)", retry_after=waited)
+
+
+def test_the_window_waited_is_the_destinations() -> None:
+    """A destination on the Lite plan's preset waits its 5 s window; one with its own 1 s window waits 1 s."""
+    body = json.dumps({"Status": "Error", "ExceptionType": "MXAPIRateLimitExceededException"}).encode()
+    assert adapter(rate_limit="leadsquared-lite").classify("create_ticket", 200, {}, body).retry_after == 5.0
+    made = adapter(rate_limit={"requests": 3, "per_seconds": 1})
+    assert made.classify("create_ticket", 200, {}, body).retry_after == 1.0
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_bad_keys_are_auth(status: int) -> None:
-    """401 or 403 means the access or secret key was refused: auth, not retried."""
+    """401 or 403 on the Service CRM gateway means the keys were refused or the API is not enabled: auth."""
     outcome = classify(status, {"Status": "Error", "ExceptionMessage": "Invalid AccessKey or SecretKey"})
     assert outcome.classification == "auth"
-    assert outcome.error == (f"leadsquared: HTTP {status}: the access or secret key was refused: "
-                             "Invalid AccessKey or SecretKey")
+    assert outcome.error == (f"leadsquared: HTTP {status}: the access or secret key was refused (or the Service "
+                             "CRM API is not enabled in the account: Settings > Service Cloud > API "
+                             "Configurations): Invalid AccessKey or SecretKey")
+
+
+@pytest.mark.parametrize("host", ["https://api-in21.leadsquared.com", "https://api.leadsquared.com",
+                                  "https://api.service-in.leadsquared.com", "https://apigw.service-in.evil.com"])
+def test_a_401_off_the_gateway_says_it_looks_like_the_core_host(host: str) -> None:
+    """A 401 from a host that is not an `apigw.service-…` host names the likely cause: the core API host."""
+    made = adapter(base_url=host)
+    outcome = made.classify("create_ticket", 401, {}, b'{"Status": "Error"}')
+    assert outcome.classification == "auth"
+    assert outcome.error is not None and outcome.error.startswith(
+        "leadsquared: HTTP 401: this looks like the core API host; tickets need the Service CRM gateway host, "
+        "and the Service CRM API must be enabled in the account")
+
+
+@pytest.mark.parametrize(("preset", "requests"), [("leadsquared-lite", 2), ("leadsquared-pro", 5),
+                                                  ("leadsquared-super", 10), ("leadsquared-basic", 10),
+                                                  ("LeadSquared-Standard", 15), ("leadsquared-enterprise", 25)])
+def test_rate_limit_presets_by_plan(preset: str, requests: int) -> None:
+    """`rate_limit: leadsquared-<plan>` is that plan's calls per 5 s."""
+    assert options(rate_limit=preset).rate_limit == RateLimit(requests=requests, per_seconds=5.0)
+
+
+def test_an_unknown_preset_is_refused_at_its_key() -> None:
+    """A misspelt plan is refused at `rate_limit`, listing the presets and the nearest one."""
+    with pytest.raises(msgspec.ValidationError, match=r"unknown LeadSquared plan 'leadsquared-stadnard'.*"
+                                                      r"did you mean 'leadsquared-standard'") as info:
+        options(rate_limit="leadsquared-stadnard")
+    assert isinstance(info.value.__cause__, KeyValueError)
+    assert info.value.__cause__.key == ("rate_limit",)
 
 
 @pytest.mark.parametrize("status", [400, 404])
@@ -259,6 +310,36 @@ def test_update_is_the_documented_multipart_put_even_without_files() -> None:
     assert (dto.name, json.loads(dto.content)) == ("ticketDTO", {
         "TypeId": "1", "Id": "143", "LeadId": None, "Fields": [{"SchemaName": "Status", "Value": "Open"}],
         "RelatedTicketTypeId": 1})
+
+
+def test_delete_puts_the_numeric_id_in_the_trash() -> None:
+    """delete_ticket PUTs …/tickets/trash with the numeric Id (from `Id`, else the ticket) as text."""
+    request = adapter().build_request("delete_ticket", {}, {}, ticket=TICKET)
+    assert (request.method, request.url) == ("PUT", f"{BASE}/api/tenants/org-9/tickets/trash")
+    assert json.loads(request.body) == {"TicketIds": ["143"]}
+    assert json.loads(adapter().build_request("delete_ticket", {"Id": "#012"}, {}).body) == {"TicketIds": ["12"]}
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"SuccessfulIds": [143], "FailedIds": []}, Outcome(classification="success", ticket_id="143")),
+    ({"SuccessfulIds": [], "FailedIds": [143]}, Outcome(
+        classification="permanent", error="leadsquared: HTTP 200: the ticket was not deleted (FailedIds [143]); "
+                                          "deleting takes an admin user's keys")),
+    ({"SuccessfulIds": [], "FailedIds": []}, Outcome(
+        classification="permanent",
+        error="leadsquared: HTTP 200: nothing was deleted: {'successfulids': [], 'failedids': []}")),
+])
+def test_delete_answers(body: dict[str, Any], expected: Outcome) -> None:
+    """The trash answer can partly succeed: the one Id sent in FailedIds is a failure, in SuccessfulIds a
+    success."""
+    assert adapter().classify("delete_ticket", 200, {}, json.dumps(body).encode()) == expected
+
+
+def test_delete_takes_no_other_fields() -> None:
+    """A delete mapping with fields besides `Id` is refused when mappings load."""
+    assert LeadSquaredAdapter.static_check("delete_ticket", ["Id", "Status"], {}) == [
+        "fields: leadsquared delete_ticket takes only `Id` (else the follow-up's ticket); not Status"]
+    assert LeadSquaredAdapter.static_check("delete_ticket", [], {}) == []
 
 
 @pytest.mark.parametrize(("fields", "ticket", "url_id"), [

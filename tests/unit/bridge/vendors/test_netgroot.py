@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 import structlog
@@ -76,7 +77,7 @@ def classify(status: int, body: Any) -> Outcome:
 def test_registry_and_options() -> None:
     """`netgroot` names this adapter; a real destination needs a token, and id defaults are whole numbers."""
     assert adapter_class("netgroot") is NetgrootAdapter
-    with pytest.raises(msgspec.ValidationError, match="`token` is required"):
+    with pytest.raises(msgspec.ValidationError, match="`auth` is required"):
         msgspec.convert({"vendor": "netgroot", "base_url": BASE}, NetgrootOptions)
     with pytest.raises(msgspec.ValidationError, match="type_id"):
         msgspec.convert({"vendor": "netgroot", "sandbox": True, "type_id": "one"}, NetgrootOptions)
@@ -86,12 +87,17 @@ def test_registry_and_options() -> None:
     assert info.value.__cause__.key == ("subjects_ttl",)  # the config loader reports it at that key and line
 
 
-def test_request_has_the_six_fields_as_integers_and_text_with_bearer_auth() -> None:
-    """CreateTicket is a JSON POST with Bearer auth and the six required fields, ids as integers."""
-    request = adapter().build_request("create_ticket", {"subject_id": "2", "message": "Internet down",
-                                                        "priority_id": 1}, {})
+async def test_request_has_the_six_fields_as_integers_and_text_with_bearer_auth() -> None:
+    """CreateTicket is a JSON POST with the six required fields, ids as integers; the destination's
+    credentials give the Bearer token the delivery loop adds."""
+    made = adapter()
+    request = made.build_request("create_ticket", {"subject_id": "2", "message": "Internet down",
+                                                   "priority_id": 1}, {})
     assert (request.method, request.url) == ("POST", BASE + CREATE_PATH)
-    assert request.headers == {"Authorization": "Bearer tok", "Content-Type": "application/json"}
+    assert request.headers == {"Content-Type": "application/json"}
+    assert made.credentials is not None
+    async with aiohttp.ClientSession() as session:
+        assert await made.credentials.headers(session) == {"Authorization": "Bearer tok"}
     assert json.loads(request.body) == {"subject_id": 2, "type_id": 1, "status_id": 1, "priority_id": 1,
                                         "group_id": 3, "message": "Internet down"}
 
@@ -168,7 +174,8 @@ def test_unauthorized_is_auth(status: int) -> None:
     """401, or a `success: false` body saying Unauthorized, is an auth failure."""
     outcome = classify(status, {"success": False, "message": "Unauthorized"})
     assert outcome.classification == "auth"
-    assert outcome.error == f"netgroot: HTTP {status}: Unauthorized: check the token"
+    assert outcome.error == (f"netgroot: HTTP {status}: Unauthorized: check the destination's auth (the log-in, "
+                             "or the API token)")
 
 
 def test_server_errors_are_retried() -> None:
@@ -212,12 +219,13 @@ def test_subjects_are_read_tolerantly() -> None:
 
 
 async def test_prepare_resolves_a_name_to_its_id() -> None:
-    """A `subject` name becomes `subject_id`, looked up with the Bearer token, case and spaces aside."""
+    """A `subject` name becomes `subject_id`, looked up (the delivery loop adds the credentials), case and spaces
+    aside."""
     vendor = FakeVendor()
     made = adapter()
     fields = await made.prepare("create_ticket", {"message": "m", "subject": " billing  ISSUE"}, vendor.fetch)
     assert fields == {"subject_id": 2, "message": "m"}
-    assert vendor.calls == [(BASE + SUBJECTS_PATH, {"Authorization": "Bearer tok"})]
+    assert vendor.calls == [(BASE + SUBJECTS_PATH, {})]
 
 
 async def test_prepare_leaves_a_subject_id_alone() -> None:

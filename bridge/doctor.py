@@ -1,0 +1,97 @@
+"""`ticketbridge doctor`: per destination, one harmless authenticated look-up (never a create), and in plain
+words whether host, keys and permissions work, with the fix for each broken setup."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+import aiohttp
+import msgspec
+
+from bridge.delivery.exchange import redact_url
+from bridge.vendors import kapture_doctor
+from bridge.vendors.base import Adapter, Diagnosis, VendorAuthFailed, VendorRequest, VendorUnavailable
+from bridge.vendors.kapture import KaptureAdapter
+
+READ_BYTES = 256 * 1024  # a look-up's answer is read this far; past it, the rest is not needed
+
+
+class Finding(msgspec.Struct, kw_only=True):
+    """One destination's check."""
+
+    destination: str
+    vendor: str
+    state: Literal["ok", "failed", "skipped"]
+    said: str
+    fix: str | None = None
+    request: str | None = None  # method and URL of the look-up (query secrets redacted)
+
+
+def probe_of(adapter: Adapter) -> VendorRequest | str:
+    if isinstance(adapter, KaptureAdapter):
+        return kapture_doctor.doctor_request(adapter)
+    return adapter.doctor_request()
+
+
+def diagnosis_of(adapter: Adapter, status: int, headers: dict[str, str], body: bytes, truncated: bool) -> Diagnosis:
+    if isinstance(adapter, KaptureAdapter):
+        return kapture_doctor.diagnose(status, headers, body, truncated=truncated)
+    return adapter.diagnose(status, headers, body)
+
+
+async def _read(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    body = await response.content.read(READ_BYTES)
+    return body, len(body) >= READ_BYTES and not response.content.at_eof()
+
+
+async def examine(adapter: Adapter, session: aiohttp.ClientSession, timeout_s: float) -> Finding:
+    """Check one destination: its credentials (a log-in, where it has one), then its look-up; logs out after."""
+    name, vendor = adapter.name, adapter.vendor
+    probe = probe_of(adapter)
+    if isinstance(probe, str):
+        return Finding(destination=name, vendor=vendor, state="skipped", said=probe)
+    shown = f"{probe.method} {redact_url(probe.url)}"
+    try:
+        try:
+            auth = await adapter.credentials.headers(session) if adapter.credentials is not None else {}
+        except VendorAuthFailed as exc:
+            return Finding(destination=name, vendor=vendor, state="failed", request=shown,
+                           said=f"the credentials were refused: {exc}")
+        except (VendorUnavailable, TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return Finding(destination=name, vendor=vendor, state="failed", request=shown,
+                           said=f"credentials could not be obtained: {type(exc).__name__}: {exc}",
+                           fix="check base_url and that the vendor answers; then run doctor again")
+        try:
+            async with session.request(probe.method, probe.url, headers={**probe.headers, **auth},
+                                       data=probe.body or None, allow_redirects=False,
+                                       timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                body, truncated = await _read(resp)
+                diagnosis = diagnosis_of(adapter, resp.status, dict(resp.headers), body, truncated)
+        except TimeoutError:
+            return Finding(destination=name, vendor=vendor, state="failed", request=shown,
+                           said=f"no answer within {timeout_s:g} s",
+                           fix="check base_url (host and port) and that this machine may reach it")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Finding(destination=name, vendor=vendor, state="failed", request=shown,
+                           said=f"the host cannot be reached: {type(exc).__name__}: {exc}",
+                           fix="check base_url (host name, port, http/https) and that this machine may reach it")
+    finally:
+        await adapter.close(session)
+    return Finding(destination=name, vendor=vendor, state="ok" if diagnosis.ok else "failed", request=shown,
+                   said=diagnosis.said, fix=diagnosis.fix)
+
+
+async def examine_all(adapters: list[Adapter], session: aiohttp.ClientSession, timeout_s: float) -> list[Finding]:
+    """Check every destination at once; the findings in the order given."""
+    return list(await asyncio.gather(*(examine(a, session, timeout_s) for a in adapters)))
+
+
+def render(finding: Finding) -> str:
+    """The finding as a person reads it: state, destination, what was found, the look-up, and the fix."""
+    lines = [f"{finding.state.upper():8}{finding.destination} ({finding.vendor}): {finding.said}"]
+    if finding.request:
+        lines.append(f"        look-up: {finding.request}")
+    if finding.fix:
+        lines.append(f"        fix: {finding.fix}")
+    return "\n".join(lines)

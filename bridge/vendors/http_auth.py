@@ -1,0 +1,141 @@
+"""The generic `http` vendor's `auth:` block: a fixed header, basic, bearer, or OAuth2 client credentials
+(a token from the token endpoint, kept until shortly before it expires and obtained again once when refused)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import aiohttp
+import msgspec
+
+from bridge.config import Base
+from bridge.vendors.base import VendorAuthFailed, VendorUnavailable, decode_json, excerpt, text_or_none
+from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials
+from bridge.yamlfile import KeyValueError
+
+TOKEN_ANSWER_BYTES = 64 * 1024
+
+
+def _required(struct: msgspec.Struct, *keys: str) -> None:
+    for key in keys:
+        if not str(getattr(struct, key)).strip():
+            raise KeyValueError((key,), f"`{key}` is empty: give it (secrets from the environment, e.g. \"${{VAR}}\")")
+
+
+class HeaderAuth(Base):
+    name: str
+    value: str
+
+    def __post_init__(self) -> None:
+        _required(self, "name", "value")
+
+
+class BasicAuth(Base):
+    username: str
+    password: str
+
+    def __post_init__(self) -> None:
+        _required(self, "username")
+
+
+class OAuth2ClientCredentials(Base):
+    token_url: str
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+    audience: str | None = None
+    # How the client proves itself to the token endpoint: HTTP Basic (RFC 6749's preferred way) or in the form.
+    client_auth: Literal["basic", "body"] = "basic"
+
+    def __post_init__(self) -> None:
+        _required(self, "client_id", "client_secret")
+        if not self.token_url.startswith(("http://", "https://", "/")):
+            raise KeyValueError(("token_url",), f"`token_url` {self.token_url!r} must be a URL (https://…) or a "
+                                "path under the destination's base_url (/oauth/token)")
+
+
+class HttpAuth(Base):
+    """One of `header`, `basic`, `bearer` or `oauth2`."""
+
+    header: HeaderAuth | None = None
+    basic: BasicAuth | None = None
+    bearer: str | None = None
+    oauth2: OAuth2ClientCredentials | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("header", "basic", "bearer", "oauth2") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `header: {name, value}`, `basic: {username, password}`, "
+                             f"`bearer: TOKEN` or `oauth2: {{token_url, client_id, client_secret}}`; got "
+                             f"{', '.join(given) or 'none'}")
+        if self.bearer is not None and not self.bearer.strip():
+            raise KeyValueError(("bearer",), "`bearer` is empty: give the token (from the environment)")
+
+
+class OAuth2Credentials(TokenCredentials):
+    """An access token from the client-credentials grant (RFC 6749 §4.4)."""
+
+    def __init__(self, destination: str, config: OAuth2ClientCredentials, base_url: Callable[[], str],
+                 timeout_s: float, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(destination, clock=clock)
+        self.config = config
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+
+    @property
+    def token_url(self) -> str:
+        url = self.config.token_url
+        return self.base_url() + url if url.startswith("/") else url
+
+    async def obtain(self, session: aiohttp.ClientSession) -> Token:
+        c = self.config
+        form = {"grant_type": "client_credentials"}
+        headers = {"Accept": "application/json"}
+        if c.scope:
+            form["scope"] = c.scope
+        if c.audience:
+            form["audience"] = c.audience
+        if c.client_auth == "basic":
+            pair = f"{c.client_id}:{c.client_secret}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        else:
+            form.update(client_id=c.client_id, client_secret=c.client_secret)
+        async with session.post(self.token_url, data=form, headers=headers, allow_redirects=False,
+                                timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+            status, raw = resp.status, await resp.content.read(TOKEN_ANSWER_BYTES)
+        parsed = decode_json(raw)
+        data = parsed if isinstance(parsed, dict) else {}
+        said = ": ".join(p for p in (text_or_none(data.get("error")), text_or_none(data.get("error_description")))
+                         if p) or excerpt(raw)
+        if status in (400, 401, 403):
+            raise VendorAuthFailed(f"http: the token endpoint {self.token_url} refused the client "
+                                   f"(HTTP {status}: {said}): check auth.oauth2.client_id, client_secret and scope")
+        token = text_or_none(data.get("access_token"))
+        if status != 200 or token is None:
+            raise VendorUnavailable(f"http: the token endpoint {self.token_url} answered HTTP {status} without an "
+                                    f"access_token: {said}")
+        now = self.clock()
+        # `expires_in` is only RECOMMENDED (RFC 6749 §5.1): without it the token is kept until it is refused.
+        expires_in = data.get("expires_in")
+        if isinstance(expires_in, str) and expires_in.strip().isdigit():
+            expires_in = int(expires_in)
+        expires_at = now + float(expires_in) if isinstance(expires_in, int | float) \
+            and not isinstance(expires_in, bool) and expires_in > 0 else None
+        return Token(value=token, expires_at=expires_at, obtained_at=now)
+
+
+def http_credentials(destination: str, auth: HttpAuth, base_url: Callable[[], str], timeout_s: float
+                     ) -> Credentials:
+    """The credentials an `auth:` block describes."""
+    if auth.oauth2 is not None:
+        return OAuth2Credentials(destination, auth.oauth2, base_url, timeout_s)
+    if auth.header is not None:
+        return StaticCredentials({auth.header.name: auth.header.value})
+    if auth.basic is not None:
+        pair = f"{auth.basic.username}:{auth.basic.password}".encode()
+        return StaticCredentials({"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")})
+    assert auth.bearer is not None
+    return StaticCredentials({"Authorization": f"Bearer {auth.bearer}"})

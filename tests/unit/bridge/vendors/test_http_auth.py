@@ -1,0 +1,162 @@
+"""The `http` vendor's `auth:` block: fixed header, basic, bearer, and OAuth2 client credentials against the
+simulator's local token endpoint (the token cached, obtained again on expiry and once on a 401)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from bridge.delivery.sender import send_once
+from bridge.simulators.faults import Faults
+from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
+from bridge.store.base import Claimed
+from bridge.vendors.base import VendorAuthFailed
+from bridge.vendors.credentials import StaticCredentials
+from bridge.vendors.http import HttpAdapter, HttpOptions
+from bridge.vendors.http_auth import OAuth2Credentials
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def options(auth: dict[str, Any], base_url: str = "https://api.example") -> HttpOptions:
+    return msgspec.convert({"vendor": "http", "base_url": base_url, "path": "/tickets",
+                            "ticket_id_path": "data.id", "auth": auth}, HttpOptions)
+
+
+@pytest.mark.parametrize(("auth", "headers"), [
+    ({"header": {"name": "X-Api-Key", "value": "k1"}}, {"X-Api-Key": "k1"}),
+    ({"basic": {"username": "ann", "password": "pw"}}, {"Authorization": "Basic YW5uOnB3"}),
+    ({"bearer": "t0k"}, {"Authorization": "Bearer t0k"}),
+])
+async def test_fixed_auth_gives_its_header(auth: dict[str, Any], headers: dict[str, str]) -> None:
+    """`header`, `basic` and `bearer` each give the one header they describe, never renewed."""
+    made = HttpAdapter("api", options(auth), "https://api.example")
+    assert isinstance(made.credentials, StaticCredentials)
+    async with aiohttp.ClientSession() as session:
+        assert await made.credentials.headers(session) == headers
+
+
+@pytest.mark.parametrize(("auth", "message"), [
+    ({}, "give exactly one of"),
+    ({"bearer": "a", "basic": {"username": "u", "password": "p"}}, "got basic, bearer"),
+    ({"bearer": " "}, "`bearer` is empty"),
+    ({"header": {"name": "X-Key", "value": ""}}, "`value` is empty"),
+    ({"oauth2": {"token_url": "token", "client_id": "c", "client_secret": "s"}}, "must be a URL"),
+    ({"oauth2": {"token_url": "/t", "client_id": "c", "client_secret": ""}}, "`client_secret` is empty"),
+    ({"oauth2": {"token_url": "/t", "client_id": "c", "client_secret": "s", "grant": "x"}}, "unknown field"),
+])
+def test_bad_auth_blocks_are_refused(auth: dict[str, Any], message: str) -> None:
+    """An auth block with none or two kinds, an empty secret, a token_url that is no URL or an unknown key is
+    refused when the config is read."""
+    with pytest.raises(msgspec.ValidationError, match=message):
+        options(auth)
+
+
+async def oauth(aiohttp_server: Any, secret: str = SANDBOX_CLIENT_SECRET, client_auth: str = "basic"
+                ) -> tuple[HttpSimulator, HttpAdapter, OAuth2Credentials, Clock]:
+    clock = Clock()
+    sim = HttpSimulator(clock=clock)
+    sim.knobs = HttpKnobs(oauth2=True, token_lifetime_seconds=300)
+    server = await aiohttp_server(sim.app())
+    base = str(server.make_url("")).rstrip("/")
+    made = HttpAdapter("api", options({"oauth2": {"token_url": TOKEN_PATH, "client_id": SANDBOX_CLIENT_ID,
+                                                  "client_secret": secret, "scope": "tickets:write",
+                                                  "client_auth": client_auth}}, base), base)
+    creds = made.credentials
+    assert isinstance(creds, OAuth2Credentials)
+    creds.clock = clock
+    return sim, made, creds, clock
+
+
+def item(n: int) -> Claimed:
+    return Claimed(id=f"dlv_{n}", event_id=f"evt_{n}", mapping="m", destination="api", action="create_ticket",
+                   body={"title": f"t{n}"}, options={}, tries=0, attempts=0)
+
+
+@pytest.mark.parametrize("client_auth", ["basic", "body"])
+async def test_oauth2_token_is_cached_and_obtained_again_on_expiry(aiohttp_server: Any, client_auth: str) -> None:
+    """Many sends share one token until 30 s (a tenth of 300 s) before its expiry; then one more is obtained;
+    the client id and secret go as HTTP Basic or in the form, as configured."""
+    sim, made, _, clock = await oauth(aiohttp_server, client_auth=client_auth)
+    async with aiohttp.ClientSession() as session:
+        for n in range(5):
+            sent = await send_once(session, made, item(n), 5.0)
+            assert sent.outcome.classification == "success", sent.outcome.error
+        assert sim.token_requests == 1
+        clock.now += 270
+        sent = await send_once(session, made, item(5), 5.0)
+        assert sent.outcome.classification == "success"
+    assert (sim.token_requests, sim.refused, len(sim.tickets)) == (2, 0, 6)
+    assert sent.exchange is not None and sent.exchange["request"]["headers"]["Authorization"] == "[redacted]"
+
+
+async def test_oauth2_token_refused_early_is_renewed_once(aiohttp_server: Any) -> None:
+    """A token the API stops honouring before its expiry gets a 401: a new token is obtained and the request
+    is sent once more, in the same attempt."""
+    sim, made, _, _ = await oauth(aiohttp_server)
+    async with aiohttp.ClientSession() as session:
+        assert (await send_once(session, made, item(0), 5.0)).outcome.classification == "success"
+        sim.issued.clear()  # the API revokes every token
+        sent = await send_once(session, made, item(1), 5.0)
+    assert (sent.outcome.classification, sent.http_status) == ("success", 201)
+    assert (sim.token_requests, sim.refused, len(sim.tickets)) == (2, 1, 2)
+
+
+async def test_a_second_refusal_is_auth(aiohttp_server: Any) -> None:
+    """When the fresh token is refused too, the attempt is `auth`: the renewal happens once, not in a loop."""
+    sim, made, _, _ = await oauth(aiohttp_server)
+    sim.knobs = HttpKnobs(oauth2=True, token_lifetime_seconds=0.5)
+    ticks = iter(range(1_800_000_000, 1_900_000_000))
+    sim.clock = lambda: float(next(ticks))  # the API's clock moves a second per look: every token is dead on use
+    async with aiohttp.ClientSession() as session:
+        sent = await send_once(session, made, item(0), 5.0)
+    assert (sent.outcome.classification, sent.http_status) == ("auth", 401)
+    assert (sim.token_requests, sim.refused) == (2, 2)
+
+
+async def test_a_refused_client_is_auth_and_names_the_keys(aiohttp_server: Any) -> None:
+    """A wrong client secret is `auth` before anything is sent, naming the endpoint's error and the keys."""
+    sim, made, creds, _ = await oauth(aiohttp_server, secret="wrong")
+    async with aiohttp.ClientSession() as session:
+        sent = await send_once(session, made, item(0), 5.0)
+        with pytest.raises(VendorAuthFailed, match="invalid_client"):
+            await creds.headers(session)
+    assert sent.outcome.classification == "auth"
+    assert "check auth.oauth2.client_id, client_secret and scope" in (sent.outcome.error or "")
+    assert "wrong" not in (sent.outcome.error or "")
+    assert sim.tickets == []
+
+
+async def test_a_refused_fixed_token_is_sent_once(aiohttp_server: Any) -> None:
+    """Fixed credentials have nothing newer to try: a 401 is `auth` after one request."""
+    sim = HttpSimulator()
+    sim.knobs = HttpKnobs(oauth2=True)
+    server = await aiohttp_server(sim.app())
+    base = str(server.make_url("")).rstrip("/")
+    made = HttpAdapter("api", options({"bearer": "made-up"}, base), base)
+    async with aiohttp.ClientSession() as session:
+        sent = await send_once(session, made, item(0), 5.0)
+    assert (sent.outcome.classification, sim.refused) == ("auth", 1)
+
+
+async def test_a_token_endpoint_down_after_a_refusal_is_a_retry(aiohttp_server: Any) -> None:
+    """When the token is refused and the token endpoint then fails (503), the attempt is a retry naming both,
+    not an auth failure: the credentials were not shown wrong."""
+    sim, made, _, _ = await oauth(aiohttp_server)
+    async with aiohttp.ClientSession() as session:
+        await send_once(session, made, item(0), 5.0)
+        sim.issued.clear()
+        sim.faults = Faults(after=1, fail_count=1, fail_status=503)  # the send is refused, then the endpoint fails
+        sent = await send_once(session, made, item(1), 5.0)
+    assert sent.outcome.classification == "retry"
+    assert (sent.outcome.error or "").startswith("http: HTTP 401")
+    assert "a new token could not be obtained: http: the token endpoint" in (sent.outcome.error or "")
