@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -249,7 +250,31 @@ async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, bo
     return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
 
 
+def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[NewDelivery],
+                   mappings: MappingSet) -> None:
+    """Count a stored event that no mapping took (and why), or its deliveries whose render failed."""
+    if "unmatched" in event.meta:
+        rt.count("events.unmatched", source=source.name,
+                 reason="skipped" if mappings.for_source(source.name) else "no_mapping")
+        return
+    for delivery in deliveries:
+        if delivery.error is not None:
+            rt.count("render.failed", mapping=delivery.mapping)
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        return await _hook_post(request)
+    finally:
+        # Known sources only, so that the series stay bounded by the config whatever path is posted to.
+        rt = request.app[RUNTIME]
+        name = request.match_info["source"]
+        if name in rt.sources:
+            rt.latencies.intake.observe(name, time.perf_counter() - started)
+
+
+async def _hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
         return found
@@ -301,11 +326,11 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
             401, f"{signed.name} was already used by another request within the tolerance window: a signed "
                  "request cannot be sent again with a different body; nothing was stored", check="replay"), request)
 
-    for (event, _deliveries), result in zip(planned, results, strict=True):
+    for (event, deliveries), result in zip(planned, results, strict=True):
         rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted",
                  source=source.name)
-        if not result.duplicate and "unmatched" in event.meta:
-            rt.count("intake.unmatched", source=source.name)
+        if not result.duplicate:
+            _count_routing(rt, source, event, deliveries, mappings)
         log.debug("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
                  event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
 
