@@ -302,10 +302,13 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
     shipped = path is None
     file = shipped_default_file() if shipped else path
     assert file is not None
+    unset: list[Located] = []
     try:
-        doc = load_yaml_file(file, env_expander(env, str(file)))
+        doc = load_yaml_file(file, env_expander(env, str(file), unset))
     except Located as exc:
         raise ErrorList([exc]) from None
+    if unset:  # every one at once; what they stand in for cannot be checked without them
+        raise ErrorList(unset)
     if doc.data is None:
         doc.data = {}
     if not isinstance(doc.data, dict):

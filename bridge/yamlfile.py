@@ -257,8 +257,11 @@ def load_yaml_file(
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{([^}]*)\}?")
 
 
-def env_expander(environ: Mapping[str, str], file: str) -> Callable[[Any, KeyPath, yaml.Node], Any]:
-    """A scalar hook expanding `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset)."""
+def env_expander(environ: Mapping[str, str], file: str,
+                 unset: list[Located] | None = None) -> Callable[[Any, KeyPath, yaml.Node], Any]:
+    """A scalar hook expanding `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset). With
+    `unset`, a variable that is not set is appended there (and expands to "") rather than raised, so that one
+    run names every missing variable."""
 
     def expand(value: Any, path: KeyPath, node: yaml.Node) -> Any:
         if not isinstance(value, str) or "$" not in value:
@@ -281,11 +284,15 @@ def env_expander(environ: Mapping[str, str], file: str) -> Callable[[Any, KeyPat
             if op == "-" and current is None:
                 return default or ""
             if current is None:
-                raise ConfigError(
+                error = ConfigError(
                     f"environment variable {name} is not set (give a default with ${{{name}:-…}})",
                     file=file, line=node.start_mark.line + 1, col=node.start_mark.column + 1,
                     path=format_path(path) or None,
                 )
+                if unset is None:
+                    raise error
+                unset.append(error)
+                return ""
             return current
 
         return _VAR.sub(repl, value)
