@@ -75,7 +75,8 @@ class AdminConfig(Base):
 
 class LogConfig(Base):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "console"] = "json"
+    # Unset: console (coloured, one line per event) when the log stream is a terminal, else JSON lines.
+    format: Literal["json", "console"] | None = None
 
 
 class BasicAuth(Base):
