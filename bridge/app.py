@@ -30,6 +30,7 @@ from bridge.sandbox_access import guard as sandbox_guard
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Claimed, Store
+from bridge.tracing import build_tracing
 from bridge.vendors.base import Adapter, Outcome
 from bridge.vendors.files import multipart_preview
 from bridge.vendors.registry import adapter_class
@@ -232,6 +233,8 @@ def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
             latencies.attempt.observe(attempt.destination, attempt.duration_s)
         if attempt.latency_s is not None:
             latencies.delivery.observe(attempt.destination, attempt.latency_s)
+        if rt.tracing is not None:
+            rt.tracing.attempt(attempt)
 
     return observe
 
@@ -260,6 +263,24 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                 on_released(released)
             log.warning("delivery.leases_expired", count=released,
                         note="their sender stopped answering; they are due again")
+
+
+def tracing_context(rt: Runtime) -> CleanupCtx:
+    """OpenTelemetry tracing while `tracing.enabled` (the `otel` extra); what is batched is sent at shutdown."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tracing = build_tracing(rt.config.tracing)
+        if tracing is None:
+            yield
+            return
+        rt.tracing = tracing
+        try:
+            yield
+        finally:
+            rt.tracing = None
+            await asyncio.to_thread(tracing.shutdown)  # the exporter may wait on the network
+
+    return ctx
 
 
 def retention_context(rt: Runtime) -> CleanupCtx:
@@ -306,6 +327,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         public = sim.app()
         public.middlewares.append(sandbox_guard(config.admin.token))
         app.add_subapp(f"/sandbox/{vendor}/", public)
+    app.cleanup_ctx.append(tracing_context(rt))
     app.cleanup_ctx.append(store_context(rt, store, folder_errors))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))

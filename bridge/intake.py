@@ -13,7 +13,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from bridge.appkeys import RUNTIME
+from bridge.appkeys import RUNTIME, STORED_IDS
 from bridge.connections import BodyTimeout
 from bridge.errors import Rejected, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
@@ -264,14 +264,23 @@ def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[N
 
 async def hook_post(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
+    status = 500
     try:
-        return await _hook_post(request)
+        response = await _hook_post(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # a form's redirect
+        status = exc.status
+        raise
     finally:
         # Known sources only, so that the series stay bounded by the config whatever path is posted to.
         rt = request.app[RUNTIME]
         name = request.match_info["source"]
         if name in rt.sources:
-            rt.latencies.intake.observe(name, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            rt.latencies.intake.observe(name, elapsed)
+            if rt.tracing is not None:
+                rt.tracing.intake(name, elapsed, status, request.get(STORED_IDS))
 
 
 async def _hook_post(request: web.Request) -> web.StreamResponse:
@@ -326,6 +335,10 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
             401, f"{signed.name} was already used by another request within the tolerance window: a signed "
                  "request cannot be sent again with a different body; nothing was stored", check="replay"), request)
 
+    if rt.tracing is not None:
+        request[STORED_IDS] = ([r.event_id for r in results],
+                               [d.id for (_e, ds), r in zip(planned, results, strict=True) if not r.duplicate
+                                for d in ds])
     for (event, deliveries), result in zip(planned, results, strict=True):
         rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted",
                  source=source.name)

@@ -18,6 +18,7 @@ from bridge.store.base import Store
 from handlers.base import Handler
 
 if TYPE_CHECKING:
+    from bridge.otel import Tracing
     from bridge.reload import MappingReloader
 
 
@@ -75,6 +76,7 @@ class Runtime:
     on_fatal: Callable[[], None] | None = None  # how to stop it
     connections: ConnectionStats = field(default_factory=ConnectionStats)
     latencies: Latencies = field(default_factory=Latencies)  # for /metrics
+    tracing: Tracing | None = None  # OpenTelemetry spans, while tracing.enabled
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Count `name` by its labels (source, destination, …), as /metrics shows it."""
