@@ -27,7 +27,8 @@ DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
 KUBE_FILES = ["namespace.yaml", "config.yaml", "mappings.yaml", "secret.example.yaml", "deployment.yaml",
               "service.yaml", "pdb.yaml"]
-ENV = {"BRIDGE_ADMIN_TOKEN": "t" * 24, "POSTGRES_PASSWORD": "p" * 24, "MAILGUN_SIGNING_KEY": "k" * 24,
+ENV = {"BRIDGE_ADMIN_TOKEN": "t" * 24, "POSTGRES_PASSWORD": "p" * 24, "GRAFANA_ADMIN_PASSWORD": "g" * 12,
+       "MAILGUN_SIGNING_KEY": "k" * 24,
        "TICKETBRIDGE_STORE_URL": f"{DSN}?schema=tb_deploy_check"}
 
 
@@ -51,18 +52,20 @@ def kube_docs() -> dict[str, dict[str, Any]]:
 
 
 def test_compose_file_validates_with_docker_compose() -> None:
-    """`docker-compose config` accepts deploy/compose.yaml and sees PostgreSQL, three replicas and Prometheus."""
+    """`docker-compose config` accepts deploy/compose.yaml and sees PostgreSQL, three replicas, Prometheus and
+    Grafana."""
     done = run(tool("docker-compose"), "-f", "deploy/compose.yaml", "config", env=ENV)
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
-    assert set(services) == {"postgres", "ticketbridge", "balancer", "prometheus"}
+    assert set(services) == {"postgres", "ticketbridge", "balancer", "prometheus", "grafana"}
     assert services["ticketbridge"]["deploy"]["replicas"] == 3
     assert "127.0.0.1:8080:8080" in str(services["balancer"]["ports"])
 
 
 def test_compose_file_refuses_to_start_without_its_secrets() -> None:
     """Without the admin token and database password set, compose names the missing variable."""
-    env = {k: v for k, v in os.environ.items() if k not in {"BRIDGE_ADMIN_TOKEN", "POSTGRES_PASSWORD"}}
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"BRIDGE_ADMIN_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}}
     done = subprocess.run([tool("docker-compose"), "-f", "deploy/compose.yaml", "config"], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=120, check=False)
     assert done.returncode != 0
@@ -223,6 +226,18 @@ def test_alerting_rules_fire_on_the_series_they_watch() -> None:
     """promtool's rule unit tests: each alert fires on the series that should raise it, and not before."""
     done = run(tool("promtool"), "test", "rules", "tests/integration/alerts_test.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_grafana_is_provisioned_with_the_prometheus_source_and_the_dashboard() -> None:
+    """The compose kit's Grafana gets Prometheus as its default data source and the dashboard file from a
+    provisioning folder that points where the dashboard is mounted."""
+    grafana = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["grafana"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in grafana["volumes"]}
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    [source] = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yaml").read_text())["datasources"]
+    assert (source["type"], source["url"], source["isDefault"]) == ("prometheus", "http://prometheus:9090", True)
+    [provider] = yaml.safe_load((GRAFANA / "provisioning/dashboards/ticketbridge.yaml").read_text())["providers"]
+    assert mounts["./grafana/ticketbridge.json"] == provider["options"]["path"] + "/ticketbridge.json"
 
 
 def metric_names(expr: str) -> set[str]:
