@@ -10,13 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
+from aiohttp import web
 
 from bridge.app import build_runtime, load_mappings
 from bridge.config import Config
 from bridge.console.models import Decision, PlaygroundBody, PlaygroundResult
 from bridge.console.playground import run_playground
 from bridge.errors import BridgeError, ErrorList
+from bridge.runtime import Runtime
 
 
 def parse_headers(given: list[str]) -> dict[str, str]:
@@ -76,6 +79,30 @@ def _one_mapping(result: PlaygroundResult, wanted: str, args: argparse.Namespace
     return code
 
 
+async def _playground(rt: Runtime, given: PlaygroundBody) -> PlaygroundResult:
+    """The playground, given a real request to clone: one request to a loopback listener of its own (the
+    handlers read aiohttp requests; this keeps test doubles out of the command)."""
+    results: list[PlaygroundResult] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        results.append(await run_playground(rt, given, request))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as session, session.post(f"http://127.0.0.1:{port}/") as resp:
+            resp.raise_for_status()
+    finally:
+        await runner.cleanup()
+    return results[0]
+
+
 def run_raw_render(args: argparse.Namespace, config: Config) -> int:
     """The exit code: 0 when the body became events and no mapping failed on them; 1 when the handler refused
     it or a mapping failed (or, with MAPPING, skipped it); 2 when it could not run."""
@@ -94,7 +121,7 @@ def run_raw_render(args: argparse.Namespace, config: Config) -> int:
     except (ErrorList, BridgeError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    result = asyncio.run(run_playground(rt, given))
+    result = asyncio.run(_playground(rt, given))
     if result.outcome != "events":
         print(f"{args.source}: {result.outcome}" + (f" ({result.status})" if result.status else "")
               + (f": {result.message}" if result.message else "") + "; no event would be stored", file=sys.stderr)
