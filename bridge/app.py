@@ -17,7 +17,7 @@ from bridge import __version__
 from bridge.admin import add_routes as add_admin_routes
 from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
-from bridge.delivery.dispatcher import Destination, Dispatcher
+from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.intake import hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
@@ -30,6 +30,7 @@ from bridge.sandbox_access import guard as sandbox_guard
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Claimed, Store
+from bridge.tracing import build_tracing
 from bridge.vendors.base import Adapter, Outcome
 from bridge.vendors.files import multipart_preview
 from bridge.vendors.registry import adapter_class
@@ -197,9 +198,7 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
         async def follow_ups(item: Claimed) -> Claimed | Outcome:
             return render_follow_up(rt.mappings, rt.config.vars, await store.get_event(item.event_id), item)
 
-        dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=lambda destination,
-                                classification: rt.count("delivery.attempt", destination=destination,
-                                                         classification=classification),
+        dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
                                 coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
                                 follow_ups=follow_ups)
         dispatcher.start()
@@ -210,7 +209,8 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
 
         await store.subscribe(announced)
         try:
-            async with background(reap_expired_leases(store, dispatcher, dispatcher.lease_s / 3), "lease reaper"):
+            async with background(reap_expired_leases(store, dispatcher, dispatcher.lease_s / 3,
+                                                      lambda n: rt.count("leases.taken_over", n)), "lease reaper"):
                 yield
         finally:
             await dispatcher.stop(rt.config.server.shutdown_grace_seconds)
@@ -239,7 +239,24 @@ async def close_adapters(destinations: Mapping[str, Destination], session: aioht
 REAP_SECONDS = 10.0
 
 
-async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS) -> None:
+def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
+    """What the dispatcher calls after each attempt: the counters and histograms of /metrics."""
+    latencies = rt.latencies
+
+    def observe(attempt: Attempted) -> None:
+        rt.count("delivery.attempt", destination=attempt.destination, classification=attempt.classification)
+        if attempt.duration_s is not None:
+            latencies.attempt.observe(attempt.destination, attempt.duration_s)
+        if attempt.latency_s is not None:
+            latencies.delivery.observe(attempt.destination, attempt.latency_s)
+        if rt.tracing is not None:
+            rt.tracing.attempt(attempt)
+
+    return observe
+
+
+async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS,
+                              on_released: Callable[[int], None] | None = None) -> None:
     """Renew this process's leases and give back deliveries whose lease ran out: a process that died while
     sending them (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third
     of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
@@ -258,8 +275,28 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
             log.warning("delivery.reap_failed", error=str(exc))
             continue
         if released:
+            if on_released is not None:
+                on_released(released)
             log.warning("delivery.leases_expired", count=released,
                         note="their sender stopped answering; they are due again")
+
+
+def tracing_context(rt: Runtime) -> CleanupCtx:
+    """OpenTelemetry tracing while `tracing.enabled` (the `otel` extra); what is batched is sent at shutdown."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tracing = build_tracing(rt.config.tracing)
+        if tracing is None:
+            yield
+            return
+        rt.tracing = tracing
+        try:
+            yield
+        finally:
+            rt.tracing = None
+            await asyncio.to_thread(tracing.shutdown)  # the exporter may wait on the network
+
+    return ctx
 
 
 def retention_context(rt: Runtime) -> CleanupCtx:
@@ -306,6 +343,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         public = sim.app()
         public.middlewares.append(sandbox_guard(config.admin.token))
         app.add_subapp(f"/sandbox/{vendor}/", public)
+    app.cleanup_ctx.append(tracing_context(rt))
     app.cleanup_ctx.append(store_context(rt, store, folder_errors))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))

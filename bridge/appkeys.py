@@ -11,3 +11,5 @@ from aiohttp import web
 from bridge.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
+# What a /hooks request stored (event ids, delivery ids), kept on the request for its trace span.
+STORED_IDS = web.RequestKey("stored_ids", tuple[list[str], list[str]])

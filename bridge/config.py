@@ -75,7 +75,18 @@ class AdminConfig(Base):
 
 class LogConfig(Base):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "console"] = "json"
+    # Unset: console (coloured, one line per event) when the log stream is a terminal, else JSON lines.
+    format: Literal["json", "console"] | None = None
+
+
+class TracingConfig(Base):
+    """OpenTelemetry traces (the `otel` extra): a span per intake request and per delivery attempt, sent over
+    OTLP/HTTP. Off unless `enabled`."""
+
+    enabled: bool = False
+    # OTLP/HTTP traces URL; unset: the exporter's own default, or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT.
+    endpoint: str | None = None
+    service_name: str = "ticketbridge"
 
 
 class BasicAuth(Base):
@@ -199,6 +210,7 @@ class _RawConfig(Base):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     attachments: AttachmentsConfig = msgspec.field(default_factory=AttachmentsConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     mappings: str | None = None
@@ -237,6 +249,7 @@ class Config:
     document: Document | None = None
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     # With a broken mappings folder at start: serve the last good set kept in the store, or refuse to start.
     mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
     mappings_reload_timeout_s: float = 30.0  # how long a hot reload may load and test before it is failed
@@ -302,10 +315,13 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
     shipped = path is None
     file = shipped_default_file() if shipped else path
     assert file is not None
+    unset: list[Located] = []
     try:
-        doc = load_yaml_file(file, env_expander(env, str(file)))
+        doc = load_yaml_file(file, env_expander(env, str(file), unset))
     except Located as exc:
         raise ErrorList([exc]) from None
+    if unset:  # every one at once; what they stand in for cannot be checked without them
+        raise ErrorList(unset)
     if doc.data is None:
         doc.data = {}
     if not isinstance(doc.data, dict):
@@ -343,7 +359,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         file=None if shipped else file, base_dir=base_dir, server=raw.server, store=raw.store,
         store_url=store_url, admin=raw.admin, log=raw.log, mappings_dir=mappings_dir, vars=raw.vars,
         sources=sources, destinations=destinations, document=doc, attachments=raw.attachments,
-        retention=raw.retention,
+        retention=raw.retention, tracing=raw.tracing,
         mappings_on_start_error=raw.mappings_on_start_error,
         mappings_reload_timeout_s=parse_duration(raw.mappings_reload_timeout),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from bridge.appkeys import RUNTIME
+from bridge.appkeys import RUNTIME, STORED_IDS
 from bridge.connections import BodyTimeout
 from bridge.errors import Rejected, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
@@ -249,7 +250,40 @@ async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, bo
     return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
 
 
+def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[NewDelivery],
+                   mappings: MappingSet) -> None:
+    """Count a stored event that no mapping took (and why), or its deliveries whose render failed."""
+    if "unmatched" in event.meta:
+        rt.count("events.unmatched", source=source.name,
+                 reason="skipped" if mappings.for_source(source.name) else "no_mapping")
+        return
+    for delivery in deliveries:
+        if delivery.error is not None:
+            rt.count("render.failed", mapping=delivery.mapping)
+
+
 async def hook_post(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await _hook_post(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # a form's redirect
+        status = exc.status
+        raise
+    finally:
+        # Known sources only, so that the series stay bounded by the config whatever path is posted to.
+        rt = request.app[RUNTIME]
+        name = request.match_info["source"]
+        if name in rt.sources:
+            elapsed = time.perf_counter() - started
+            rt.latencies.intake.observe(name, elapsed)
+            if rt.tracing is not None:
+                rt.tracing.intake(name, elapsed, status, request.get(STORED_IDS))
+
+
+async def _hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
         return found
@@ -301,11 +335,15 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
             401, f"{signed.name} was already used by another request within the tolerance window: a signed "
                  "request cannot be sent again with a different body; nothing was stored", check="replay"), request)
 
-    for (event, _deliveries), result in zip(planned, results, strict=True):
+    if rt.tracing is not None:
+        request[STORED_IDS] = ([r.event_id for r in results],
+                               [d.id for (_e, ds), r in zip(planned, results, strict=True) if not r.duplicate
+                                for d in ds])
+    for (event, deliveries), result in zip(planned, results, strict=True):
         rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted",
                  source=source.name)
-        if not result.duplicate and "unmatched" in event.meta:
-            rt.count("intake.unmatched", source=source.name)
+        if not result.duplicate:
+            _count_routing(rt, source, event, deliveries, mappings)
         log.debug("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
                  event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
 

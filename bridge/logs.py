@@ -115,8 +115,13 @@ def _route_stdlib(out: TextIO, level: str, renderer: Any) -> None:
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+def configure_logging(level: str = "info", fmt: str | None = "json", stream: TextIO | None = None) -> None:
+    """Structlog (and stdlib records) to `stream` (stdout), masked, as JSON lines or for a person to read
+    (`console`); `fmt` None picks console when the stream is a terminal, else JSON."""
     out = stream or sys.stdout
+    if fmt is None:
+        isatty = getattr(out, "isatty", None)
+        fmt = "console" if isatty is not None and isatty() else "json"
     binary = getattr(out, "buffer", None)
     factory: Any
     if fmt == "json" and binary is not None:

@@ -1,9 +1,15 @@
-"""`GET /metrics`: counters and gauges in the Prometheus text format, behind the admin token.
+"""`GET /metrics`: counters, gauges and histograms in the Prometheus text format, behind the admin token or a
+read token (`admin.read_tokens`).
 
-Intake outcomes by source, delivery attempts by destination and classification, destinations paused by
-their circuit breaker, the store's health and failed commits, mapping reloads, and the deliveries
-waiting in the store by destination and status (read at most every BACKLOG_SECONDS, so that scrapes
-never load the store).
+Intake outcomes and latency by source, events no mapping took and render failures, delivery attempts (and
+their duration) and delivery latency by destination, destinations paused (by their circuit breaker or an
+operator), their backlog and its oldest delivery's age, the store's health and failed commits, mapping
+reloads, lease take-overs, and the deliveries in the store by destination and status (read at most every
+BACKLOG_SECONDS, so that scrapes never load the store).
+
+Written by hand rather than with prometheus_client: every figure already lives in the Runtime (the console
+reads the same ones), tests build many apps in one process where that library's registry is global, and
+its histograms take a lock per observation where ours, observed on the event loop only, need none.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from bridge import __version__
-from bridge.admin import refuse
 from bridge.appkeys import RUNTIME
+from bridge.console.api import error, lane_states
+from bridge.console.auth import api_on, identify
 from bridge.errors import StoreUnavailable
+from bridge.histograms import HistogramFamily
 from bridge.runtime import Runtime
 
 BACKLOG_SECONDS = 10.0
@@ -44,7 +52,19 @@ LABELLED: dict[str, tuple[str, tuple[str, ...]]] = {
     "handler_error": ("handler_errors", ("source",)),
     "retention.purged": ("purged", ("kind",)),
     "delivery.attempt": ("attempts", ("destination", "classification")),
+    "events.unmatched": ("unmatched", ("source", "reason")),
+    "render.failed": ("render_failures", ("mapping",)),
+    "leases.taken_over": ("takeovers", ()),
 }
+
+
+def _histogram(name: str, help_text: str, family: HistogramFamily) -> list[str]:
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for key, hist in sorted(family.by.items()):
+        labels = {family.label: key}
+        out += [_line(f"{name}_bucket", {**labels, "le": le}, n) for le, n in hist.cumulative()]
+        out += [_line(f"{name}_sum", labels, hist.total), _line(f"{name}_count", labels, hist.n)]
+    return out
 
 
 def _sample(name: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | None:
@@ -59,8 +79,9 @@ def _sample(name: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | Non
     return family, {key: tags.get(key, "") for key in keys}
 
 
-def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
-    """The exposition text for the runtime's counters and state."""
+def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]] | None) -> str:
+    """The exposition text for the runtime's counters and state; `backlog` is the store's deliveries by
+    destination and status and each destination's oldest unsettled delivery (None: the store did not say)."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
     for (name, labels), value in sorted(rt.labelled.items()):
         sample = _sample(name, dict(labels))
@@ -68,6 +89,7 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
             samples[sample[0]].append((sample[1], value))
     intake, reloads, attempts = samples["intake"], samples["reloads"], samples["attempts"]
     escaped, handler_errors, purged = samples["escaped"], samples["handler_errors"], samples["purged"]
+    latencies = rt.latencies
     out = _family("ticketbridge_info", "gauge", "The running version.", [({"version": __version__}, 1)])
     out += _family("ticketbridge_intake_requests_total", "counter",
                    "Requests to /hooks by source and outcome (accepted, duplicate, spam, rejected.<status>, ...).",
@@ -78,13 +100,35 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     out += _family("ticketbridge_intake_handler_errors_total", "counter",
                    "Requests a handler failed on unexpectedly, answered 400 and logged with the traceback: a bug "
                    "to report.", handler_errors)
+    out += _histogram("ticketbridge_intake_duration_seconds",
+                      "Time from a request to /hooks/{source} to its answer, by source.", latencies.intake)
+    out += _family("ticketbridge_events_unmatched_total", "counter",
+                   "Events stored that no mapping took, by source and reason (skipped: every mapping's `when` "
+                   "was false; no_mapping: no mapping takes the source).", samples["unmatched"])
+    out += _family("ticketbridge_render_failures_total", "counter",
+                   "Deliveries dead at intake because their mapping did not render the event, by mapping.",
+                   samples["render_failures"])
     out += _family("ticketbridge_delivery_attempts_total", "counter",
                    "Delivery attempts by destination and classification (success, retry, permanent, auth).", attempts)
-    lanes = rt.dispatcher.lanes if rt.dispatcher is not None else {}
+    out += _histogram("ticketbridge_delivery_attempt_duration_seconds",
+                      "How long each request to a destination took, by destination.", latencies.attempt)
+    out += _histogram("ticketbridge_delivery_latency_seconds",
+                      "Time from a delivery's creation to its success, retries included, by destination.",
+                      latencies.delivery)
+    counts, oldest = backlog if backlog is not None else ({}, {})
+    lanes = lane_states(rt, counts, oldest)
     out += _family("ticketbridge_destination_paused", "gauge",
-                   "1 while a destination's circuit breaker holds its deliveries back.",
-                   [({"destination": name}, 0 if lane.breaker.state == "closed" else 1)
-                    for name, lane in sorted(lanes.items())])
+                   "1 while a destination's deliveries are held back: its circuit breaker is open or half-open, "
+                   "or an operator paused it.",
+                   [({"destination": lane.name}, 1 if lane.paused or lane.breaker != "closed" else 0)
+                    for lane in lanes if lane.running])
+    if backlog is not None:
+        out += _family("ticketbridge_destination_backlog", "gauge",
+                       "Deliveries not yet settled (pending or in flight), by destination.",
+                       [({"destination": lane.name}, lane.backlog) for lane in lanes])
+        out += _family("ticketbridge_destination_oldest_pending_age_seconds", "gauge",
+                       "Age of the destination's oldest delivery not yet settled (0 with none).",
+                       [({"destination": lane.name}, round(lane.oldest_pending_age_s or 0.0, 3)) for lane in lanes])
     if rt.store is not None:
         problem = rt.store.problem()
         out += _family("ticketbridge_store_up", "gauge",
@@ -97,6 +141,12 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
                    "Rows (events, deliveries, attempts, dedup) and attachment files deleted by the retention sweep.",
                    purged)
     out += _family("ticketbridge_mapping_reloads_total", "counter", "Hot reloads of the mappings folder.", reloads)
+    out += _family("ticketbridge_mapping_reload_failing", "gauge",
+                   "1 while the last reload of the mappings folder failed (the set loaded before still serves).",
+                   [({}, 1 if rt.mapping_status.last_result == "failed" else 0)])
+    out += _family("ticketbridge_lease_takeovers_total", "counter",
+                   "Deliveries given back to the queue because their sender's lease ran out (a process died or "
+                   "stalled); another sender takes them over.", samples["takeovers"] or [({}, 0)])
     out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
                    "When the mapping set in force was loaded.", [({"version": rt.mappings.version},
                                                                  rt.mappings.loaded_at.timestamp())])
@@ -120,28 +170,30 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
     if backlog is not None:
         out += _family("ticketbridge_deliveries", "gauge", "Deliveries in the store by destination and status.",
                        [({"destination": dest, "status": status}, n)
-                        for dest, by in sorted(backlog.items()) for status, n in sorted(by.items())])
+                        for dest, by in sorted(counts.items()) for status, n in sorted(by.items())])
     return "\n".join(out) + "\n"
 
 
-async def _backlog(rt: Runtime) -> dict[str, dict[str, int]] | None:
+async def _backlog(rt: Runtime) -> tuple[dict[str, dict[str, int]], dict[str, int]] | None:
     if rt.store is None:
         return None
     cached = rt.backlog_cache
     if cached is not None and time.monotonic() - cached[0] < BACKLOG_SECONDS:
-        return cached[1]
+        return cached[1], cached[2]
     try:
-        counts = await rt.store.counts()
+        counts, oldest = await rt.store.counts(), await rt.store.oldest_pending()
     except StoreUnavailable:
-        return cached[1] if cached else None
-    rt.backlog_cache = (time.monotonic(), counts)
-    return counts
+        return (cached[1], cached[2]) if cached else None
+    rt.backlog_cache = (time.monotonic(), counts, oldest)
+    return counts, oldest
 
 
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    refused = refuse(request, rt.config.admin.token)
-    if refused is not None:
-        return refused
+    admin = rt.config.admin
+    if not api_on(admin):
+        return error(404, "/metrics is off: set admin.token (or admin.read_tokens) in the config")
+    if identify(request.headers.get("Authorization", ""), admin) is None:
+        return error(401, "/metrics needs a token: Authorization: Bearer <admin.token or a read token>")
     return web.Response(text=render(rt, await _backlog(rt)), content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"})

@@ -11,12 +11,14 @@ from bridge.config import Config
 from bridge.connections import ConnectionStats
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.durations import parse_duration
+from bridge.histograms import Latencies
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import Path, compile_path
 from bridge.store.base import Store
 from handlers.base import Handler
 
 if TYPE_CHECKING:
+    from bridge.otel import Tracing
     from bridge.reload import MappingReloader
 
 
@@ -66,12 +68,15 @@ class Runtime:
     simulators: dict[str, Any] = field(default_factory=dict)
     sandbox_urls: dict[str, str] = field(default_factory=dict)
     labelled: dict[tuple[str, tuple[tuple[str, str], ...]], int] = field(default_factory=dict)
-    backlog_cache: tuple[float, dict[str, dict[str, int]]] | None = None  # for /metrics: (when, counts)
+    # for /metrics: (when, destination → status → count, destination → oldest unsettled delivery's creation ms)
+    backlog_cache: tuple[float, dict[str, dict[str, int]], dict[str, int]] | None = None
     mapping_status: MappingStatus = field(default_factory=MappingStatus)
     reloader: MappingReloader | None = None
     fatal: str | None = None  # why the server stops by itself (the store was lost): it then exits non-zero
     on_fatal: Callable[[], None] | None = None  # how to stop it
     connections: ConnectionStats = field(default_factory=ConnectionStats)
+    latencies: Latencies = field(default_factory=Latencies)  # for /metrics
+    tracing: Tracing | None = None  # OpenTelemetry spans, while tracing.enabled
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Count `name` by its labels (source, destination, …), as /metrics shows it."""

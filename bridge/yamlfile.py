@@ -79,24 +79,27 @@ class Document:
 
     def convert(
         self, data: Any, typ: type[T], path: KeyPath = (), cls: type[Located] = ConfigError,
-        fmt: PathFormat = format_path,
+        fmt: PathFormat = format_path, *, key_hint: bool = False,
     ) -> T:
-        """`msgspec.convert` whose errors name the file, line and full key path."""
+        """`msgspec.convert` whose errors name the file, line and full key path (and, with `key_hint`, the keys
+        a table takes after an unknown one)."""
         try:
             return msgspec.convert(data, typ, strict=False)
         except msgspec.ValidationError as exc:
-            raise self._translate(exc, path, cls, fmt, typ) from None
+            raise self._translate(exc, path, cls, fmt, typ, key_hint=key_hint) from None
 
     def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
-                   fmt: PathFormat = format_path, typ: Any = None) -> Located:
-        message, sub = split_validation_error(exc, typ)
+                   fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False) -> Located:
+        message, sub = split_validation_error(exc, typ, key_hint=key_hint)
         return self.error((*base, *sub), message, cls, fmt)
 
 
-def split_validation_error(exc: msgspec.ValidationError, typ: Any = None) -> tuple[str, KeyPath]:
+def split_validation_error(exc: msgspec.ValidationError, typ: Any = None, *,
+                           key_hint: bool = False) -> tuple[str, KeyPath]:
     """msgspec's message in our words (`unknown key 'x'`, `missing required key 'y'`, an enum's allowed
     values when `typ`, the type converted to, is given), and the key path inside the converted value that
-    it is about."""
+    it is about. With `key_hint` (and `typ`), an unknown key also gets the nearest known one and the keys
+    its table takes."""
     message = str(exc)
     sub: KeyPath = ()
     m = re.search(r" - at `\$(.*)`$", message)
@@ -107,8 +110,12 @@ def split_validation_error(exc: msgspec.ValidationError, typ: Any = None) -> tup
         sub = (*sub, *exc.__cause__.key)
     unknown = re.match(r"Object contains unknown field `(.+)`", message)
     if unknown:
-        sub = (*sub, unknown.group(1))
-        message = f"unknown key {unknown.group(1)!r}"
+        key = unknown.group(1)
+        allowed = _keys(msgspec.inspect.type_info(typ), sub) if typ is not None and key_hint else []
+        sub = (*sub, key)
+        message = f"unknown key {key!r}"
+        if allowed:
+            message += f"{did_you_mean(key, allowed)}; it takes {', '.join(allowed)}"
     missing = re.match(r"Object missing required field `(.+)`", message)
     if missing:
         message = f"missing required key {missing.group(1)!r}"
@@ -129,6 +136,20 @@ def did_you_mean(given: str, known: Iterable[str]) -> str:
 
 def _choices(info: Any, path: KeyPath) -> list[str]:
     """The literal values allowed at `path` inside a type (as msgspec.inspect describes it), or none."""
+    info = _type_at(info, path)
+    options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    return [str(v) for o in options if isinstance(o, msgspec.inspect.LiteralType) for v in o.values]
+
+
+def _keys(info: Any, path: KeyPath) -> list[str]:
+    """The keys a table at `path` inside a type takes, when it is a struct (as msgspec.inspect describes it)."""
+    info = _type_at(info, path)
+    options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    return [f.encode_name for o in options if isinstance(o, msgspec.inspect.StructType) for f in o.fields]
+
+
+def _type_at(info: Any, path: KeyPath) -> Any:
+    """The type at `path` inside a type (a msgspec.inspect description), or None when the path leaves it."""
     for key in path:
         options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
         for option in options:
@@ -144,9 +165,8 @@ def _choices(info: Any, path: KeyPath) -> list[str]:
                 info = option.item_type if isinstance(option, msgspec.inspect.ListType) else option.item_types[0]
                 break
         else:
-            return []
-    options = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
-    return [str(v) for o in options if isinstance(o, msgspec.inspect.LiteralType) for v in o.values]
+            return None
+    return info
 
 
 def _parse_msgspec_path(text: str) -> KeyPath:
@@ -257,8 +277,11 @@ def load_yaml_file(
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{([^}]*)\}?")
 
 
-def env_expander(environ: Mapping[str, str], file: str) -> Callable[[Any, KeyPath, yaml.Node], Any]:
-    """A scalar hook expanding `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset)."""
+def env_expander(environ: Mapping[str, str], file: str,
+                 unset: list[Located] | None = None) -> Callable[[Any, KeyPath, yaml.Node], Any]:
+    """A scalar hook expanding `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset). With
+    `unset`, a variable that is not set is appended there (and expands to "") rather than raised, so that one
+    run names every missing variable."""
 
     def expand(value: Any, path: KeyPath, node: yaml.Node) -> Any:
         if not isinstance(value, str) or "$" not in value:
@@ -281,11 +304,15 @@ def env_expander(environ: Mapping[str, str], file: str) -> Callable[[Any, KeyPat
             if op == "-" and current is None:
                 return default or ""
             if current is None:
-                raise ConfigError(
+                error = ConfigError(
                     f"environment variable {name} is not set (give a default with ${{{name}:-…}})",
                     file=file, line=node.start_mark.line + 1, col=node.start_mark.column + 1,
                     path=format_path(path) or None,
                 )
+                if unset is None:
+                    raise error
+                unset.append(error)
+                return ""
             return current
 
         return _VAR.sub(repl, value)

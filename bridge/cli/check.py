@@ -1,45 +1,98 @@
-"""`ticketbridge check`: the config, every mapping, and every mapping's tests."""
+"""`ticketbridge check`: the config, every mapping, and every mapping's tests; as text for people, or as JSON or
+JUnit XML for CI."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.cli.common import config_from
+from bridge.cli.check_formats import as_json, as_junit
 from bridge.cli.mapping_tools import load_report
+from bridge.config import Config, load_config, resolve_config_path
+from bridge.errors import ConfigError, ErrorList, Located
 from bridge.mapping.mappingset import MappingSet
-from bridge.mapping.testing import describe_failure, run_tests
+from bridge.mapping.testing import TestResult, describe_failure, run_tests
+from bridge.registries import REGISTRIES
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("check", parents=[common], help="validate the config and mappings, and run mapping tests")
+    p.add_argument("--format", choices=["text", "json", "junit"], default="text",
+                   help="text for people (default); json or junit (JUnit XML) on stdout for CI")
     p.set_defaults(run=run_check)
 
 
-def run_check(args: argparse.Namespace) -> int:
-    config = config_from(args)
+@dataclass
+class CheckReport:
+    """What `check` found: errors by where they are, the mapping tests' results, warnings and the summary."""
+
+    config_file: str | None
+    config_errors: list[Located] = field(default_factory=list)
+    mapping_errors: list[Located] = field(default_factory=list)
+    results: list[TestResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def failed_tests(self) -> list[TestResult]:
+        return [r for r in self.results if not r.passed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.config_errors and not self.mapping_errors and not self.failed_tests
+
+
+def _load(args: argparse.Namespace) -> tuple[Config | None, str | None, list[Located]]:
+    path = resolve_config_path(args.config)
+    name = None if path is None else str(path)
+    if path is not None and not path.is_file():
+        return None, name, [ConfigError("no such config file", file=name)]
+    try:
+        return load_config(path, registries=REGISTRIES), name, []
+    except ErrorList as exc:
+        return None, name, exc.errors
+
+
+def build_report(args: argparse.Namespace) -> CheckReport:
+    config, name, errors = _load(args)
+    report = CheckReport(config_file=name, config_errors=errors)
     if config is None:
-        return 1
+        report.summary = f"check FAILED: the config does not load ({len(errors)} errors)"
+        return report
     if not config.mappings_dir.is_dir():
-        print(f"{config.mappings_dir}: the mappings folder does not exist", file=sys.stderr)
-        return 1
-    report = load_report(config)
-    for error in report.errors:
-        print(error.render(), file=sys.stderr)
-    mappings = MappingSet.build(report.mappings)
-    results = run_tests(mappings, config.vars)
-    failed = [r for r in results if not r.passed]
-    for r in failed:
-        print(describe_failure(r), file=sys.stderr)
-    for m in sorted(report.mappings, key=lambda m: m.name):
-        if not m.spec.tests:
-            print(f"{m.file}: {m.name}: warning: this mapping has no tests", file=sys.stderr)
-    problems = len(report.errors) + len(failed)
-    files = f"{len(report.mappings)} mappings" + (f", {len(report.broken)} broken files" if report.broken else "")
-    verdict = "check FAILED: " if problems else "config ok: "
-    print(verdict + f"{len(config.sources)} sources, {len(config.destinations)} destinations; {files}"
-          + (f" (version {mappings.version})" if not report.broken else "")
-          + f"; {len(results) - len(failed)} passed, {len(failed)} failed"
-          + (f"; {len(report.errors)} mapping errors" if report.errors else ""))
-    return 1 if problems else 0
+        report.config_errors.append(ConfigError("the mappings folder does not exist", file=str(config.mappings_dir)))
+        report.summary = "check FAILED: the mappings folder does not exist"
+        return report
+    loaded = load_report(config)
+    report.mapping_errors = list(loaded.errors)
+    mappings = MappingSet.build(loaded.mappings)
+    report.results = run_tests(mappings, config.vars)
+    report.warnings = [f"{m.file}: {m.name}: warning: this mapping has no tests"
+                       for m in sorted(loaded.mappings, key=lambda m: m.name) if not m.spec.tests]
+    failed = len(report.failed_tests)
+    files = f"{len(loaded.mappings)} mappings" + (f", {len(loaded.broken)} broken files" if loaded.broken else "")
+    verdict = "check FAILED: " if not report.ok else "config ok: "
+    report.summary = (verdict + f"{len(config.sources)} sources, {len(config.destinations)} destinations; {files}"
+                      + (f" (version {mappings.version})" if not loaded.broken else "")
+                      + f"; {len(report.results) - failed} passed, {failed} failed"
+                      + (f"; {len(loaded.errors)} mapping errors" if loaded.errors else ""))
+    return report
+
+
+def run_check(args: argparse.Namespace) -> int:
+    report = build_report(args)
+    if args.format == "json":
+        print(as_json(report))
+    elif args.format == "junit":
+        print(as_junit(report))
+    else:
+        for error in (*report.config_errors, *report.mapping_errors):
+            print(error.render(), file=sys.stderr)
+        for r in report.failed_tests:
+            print(describe_failure(r), file=sys.stderr)
+        for warning in report.warnings:
+            print(warning, file=sys.stderr)
+        print(report.summary)
+    return 0 if report.ok else 1

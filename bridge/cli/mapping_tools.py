@@ -13,6 +13,7 @@ import yaml
 
 from bridge.app import destination_targets
 from bridge.cli.common import config_from
+from bridge.cli.raw_render import run_raw_render
 from bridge.config import Config
 from bridge.errors import MappingError
 from bridge.mapping.mappingset import MAPPING_SUFFIXES, LoadResult, MappingSet, load_mapping_files, mapping_files
@@ -29,11 +30,21 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     t.set_defaults(run=run_test_command)
     r = sub.add_parser("render", parents=[common],
                        help="render one input through one mapping and print the vendor body as JSON")
-    r.add_argument("mapping", metavar="MAPPING", help="a mapping's name, or the path of a mapping file")
+    r.add_argument("mapping", metavar="MAPPING", nargs="?",
+                   help="a mapping's name, or the path of a mapping file (with --raw: optional, default every "
+                        "mapping of the source)")
     given = r.add_mutually_exclusive_group(required=True)
     given.add_argument("--input", metavar="FILE", help="YAML or JSON shaped like a mapping test's input: payload, "
                                                        "and optionally headers, event, vars ('-' reads stdin)")
     given.add_argument("--payload", metavar="FILE", help="a bare payload, YAML or JSON ('-' reads stdin)")
+    given.add_argument("--raw", metavar="FILE", help="a provider's raw request body, run through --source's "
+                                                     "handler first, as intake would ('-' reads stdin)")
+    r.add_argument("--source", metavar="NAME", help="with --raw: the configured source the body was posted to")
+    r.add_argument("--header", metavar="K:V", action="append",
+                   help="with --raw: a request header (repeat it), e.g. 'Content-Type:application/json'")
+    r.add_argument("--verify", action="store_true",
+                   help="with --raw: check the source's auth and signature too (off: a saved body rarely has a "
+                        "valid one)")
     r.add_argument("--explain", action="store_true",
                    help="show on stderr, per field, its source, raw value, each transform, and any default or map")
     r.add_argument("--fields", action="store_true", help="print the mapping's fields, not the vendor's body")
@@ -132,9 +143,18 @@ def _dump(value: Any) -> str:
 
 
 def run_render(args: argparse.Namespace) -> int:
+    if (args.raw is None) != (args.source is None) or (args.raw is None and (args.header or args.verify)):
+        print("--raw and --source go together (and --header, --verify need them): "
+              "render --source NAME --raw body.json [--header K:V]", file=sys.stderr)
+        return 2
+    if args.raw is None and args.mapping is None:
+        print("render needs a MAPPING with --input or --payload", file=sys.stderr)
+        return 2
     config = config_from(args)
     if config is None:
         return 2
+    if args.raw is not None:
+        return run_raw_render(args, config)
     try:
         given = _input(args)
     except ValueError as exc:

@@ -68,6 +68,7 @@ class Call:
     caller: Caller
     query: Any = None
     body: Any = None
+    unread: web.Request | None = None  # the request as it was before its body was read (the playground clones it)
 
     def param(self, name: str) -> str:
         return self.request.match_info[name]
@@ -126,6 +127,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
             if route.query is not None:
                 call.query = msgspec.convert(dict(request.query), route.query, strict=False)
             if route.body is not None:
+                call.unread = request.clone()  # a request cannot be cloned once read
                 raw = await request.read()
                 call.body = msgspec.json.decode(raw or b"{}", type=route.body, strict=False)
         except msgspec.ValidationError as exc:
@@ -306,7 +308,8 @@ async def playground(call: Call) -> PlaygroundResult:
     given: PlaygroundBody = call.body
     if given.source not in call.rt.sources:
         raise ApiError(404, f"no source {given.source!r}; configured: {', '.join(sorted(call.rt.sources)) or 'none'}")
-    return await run_playground(call.rt, given)
+    assert call.unread is not None  # the playground route takes a body
+    return await run_playground(call.rt, given, call.unread)
 
 
 # -- changes ------------------------------------------------------------------------------------------------

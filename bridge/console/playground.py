@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from bridge.console.models import Decision, PlaygroundBody, PlaygroundEvent, PlaygroundResult
@@ -48,15 +48,15 @@ def decisions(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -> list
     return out
 
 
-async def run_playground(rt: Runtime, given: PlaygroundBody) -> PlaygroundResult:
-    """Raises KeyError for an unknown source."""
+async def run_playground(rt: Runtime, given: PlaygroundBody, like: web.Request) -> PlaygroundResult:
+    """Raises KeyError for an unknown source. The handler sees a real request: `like` (the request asking, or
+    any other) cloned as a POST to /hooks/{source} with the given headers and query; its body is not read."""
     source = rt.sources[given.source]
     handler = source.handler
     mappings = rt.mappings
     body = given.body.encode()
-    headers = CIMultiDict(given.headers)
-    path = str(URL.build(path=f"/hooks/{given.source}", query=given.query))
-    request = make_mocked_request("POST", path, headers=headers)
+    request = like.clone(method="POST", rel_url=URL.build(path=f"/hooks/{given.source}", query=given.query),
+                         headers=CIMultiDictProxy(CIMultiDict(given.headers)))
     result = PlaygroundResult(source=given.source, outcome="events", mappings_version=mappings.version)
     try:
         handler.check_content_type(request)

@@ -41,6 +41,7 @@ from bridge.delivery.ratelimit import Limiter, make_limiter
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sender import Sent, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
+from bridge.ids import timestamp_ms
 from bridge.store.base import AttemptResult, Claimed, Store
 from bridge.vendors.base import Adapter, Outcome
 from bridge.vendors.registry import adapter_class
@@ -53,6 +54,21 @@ CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
+
+
+@dataclass(frozen=True)
+class Attempted:
+    """One attempt as the metrics and traces see it, once the vendor has answered (or it was settled unsent)."""
+
+    destination: str
+    classification: str
+    delivery_id: str
+    event_id: str
+    mapping: str
+    started_at_ms: int
+    duration_s: float | None  # None: no request was made (a follow-up settled unsent)
+    latency_s: float | None  # on success: from the delivery's creation to now
+    http_status: int | None
 
 
 @dataclass(frozen=True)
@@ -210,7 +226,13 @@ class Lane:
                         int(d.clock() * 1000), 0.0, None, None)
         self._answered(item.id)
         if d.on_attempt is not None:
-            d.on_attempt(self.dest.name, sent.outcome.classification)
+            classification = sent.outcome.classification
+            d.on_attempt(Attempted(
+                destination=self.dest.name, classification=classification, delivery_id=item.id,
+                event_id=item.event_id, mapping=item.mapping, started_at_ms=sent.started_at_ms,
+                duration_s=None if settled is not None else sent.duration_ms / 1000,
+                latency_s=max(0.0, d.clock() - timestamp_ms(item.id) / 1000) if classification == "success" else None,
+                http_status=sent.http_status))
         result = self._decide(item, sent, blog)
         if role is not None:
             result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
@@ -349,7 +371,7 @@ class Dispatcher:
     """
 
     def __init__(self, store: Store, session: aiohttp.ClientSession, destinations: dict[str, Destination],
-                 on_attempt: Callable[[str, str], None] | None = None, *, timings: Timings | None = None,
+                 on_attempt: Callable[[Attempted], None] | None = None, *, timings: Timings | None = None,
                  max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
                  clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
                  lease_s: float = LEASE_SECONDS,
@@ -360,7 +382,7 @@ class Dispatcher:
         self.lease_s = lease_s
         self.claim_batch = claim_batch
         self.clock = clock
-        self.on_attempt = on_attempt  # (destination, classification), for the metrics
+        self.on_attempt = on_attempt  # for the metrics and traces
         self.timings = timings or Timings()
         self.max_unrecorded = max_unrecorded
         self.store = store

@@ -116,6 +116,12 @@ def compile_when(text: str, vars_: Mapping[str, Any] | None = None) -> Callable[
         # undefined_to_none=False: a bare undefined name must fail (StrictUndefined), not read as false.
         expr = ENV.compile_expression(text, undefined_to_none=False)
     except TemplateSyntaxError as exc:
+        # Jinja refuses an unknown filter here, as a syntax error; the template check names it with the
+        # nearest known one and the list, as for templates.
+        named = [m for m in check_template(f"{{{{ {text} }}}}", vars_, kind="expression")
+                 if m.startswith("unknown filter")]
+        if named:
+            raise CompileError.collect([CompileError(m) for m in named]) from None
         raise CompileError(f"expression syntax error: {exc.message}") from None
     messages = check_template(f"{{{{ {text} }}}}", vars_, kind="expression")
     if messages:

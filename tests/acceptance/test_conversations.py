@@ -281,4 +281,4 @@ async def test_an_event_no_mapping_takes_is_counted_and_listed(
     code = await asyncio.to_thread(main, ["events", "unmatched", "-c", str(tmp_path / "bridge.yaml")])
     out = capsys.readouterr().out
     assert code == 0 and event_id in out and "no mapping takes this source" in out
-    assert runtime(client).labelled[("intake.unmatched", (("source", "whatsapp"),))] == 1
+    assert runtime(client).labelled[("events.unmatched", (("reason", "no_mapping"), ("source", "whatsapp")))] == 1

@@ -92,3 +92,102 @@ async def test_metrics_refuse_a_wrong_token(write_config: ConfigFactory, bridge_
         resp = await client.get("/metrics", headers=headers)
         assert resp.status == 401
         assert "ticketbridge_" not in await resp.text()
+
+
+OBSERVED = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: letmein, read_tokens: {grafana: "r3ad-only-token"}}
+sources:
+  contact: {kind: form}
+  orphan: {kind: form}
+destinations:
+  kapture: {vendor: kapture, sandbox: true, retry: {schedule: [20ms, 20ms], jitter: 0}}
+"""
+OBSERVED_MAPPINGS = {
+    "contact": """
+        source: contact
+        destination: kapture
+        action: create_ticket
+        when: "payload.subject != 'skip me'"
+        fields:
+          title: "{{ payload.subject }}"
+          priority: {from: payload.level, required: true}
+    """,
+}
+
+
+def histogram(got: dict[str, float], name: str, labels: str) -> tuple[dict[str, float], float, float]:
+    """A histogram's cumulative buckets (le → count), its sum and its count, for one label set."""
+    prefix = f"{name}_bucket{{{labels},le="
+    buckets = {k[len(prefix) + 1:-2]: v for k, v in got.items() if k.startswith(prefix)}
+    return buckets, got[f"{name}_sum{{{labels}}}"], got[f"{name}_count{{{labels}}}"]
+
+
+async def test_metrics_show_latency_histograms_unmatched_events_and_render_failures(
+    write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """Intake latency by source, attempt duration and delivery latency by destination are histograms whose
+    counts match what happened; events no mapping took are counted by reason and render failures by mapping."""
+    client: Any = await bridge_client(write_config(OBSERVED, OBSERVED_MAPPINGS))
+    sim = runtime(client).simulators["kapture"]
+    sim.faults = Faults(fail_count=1, fail_status=503)
+    posts = [("contact", {"subject": "a", "level": "high"}), ("contact", {"subject": "b", "level": "low"}),
+             ("contact", {"subject": "skip me", "level": "low"}), ("contact", {"subject": "c"}),
+             ("orphan", {"subject": "d"})]
+    for source, form in posts:
+        resp = await client.post(f"/hooks/{source}", data=form, headers={"Accept": "application/json"})
+        assert resp.status == 202, await resp.text()
+    await eventually(lambda: len(sim.tickets) == 2)
+
+    async def recorded() -> bool:
+        return (await runtime(client).store.counts()).get("kapture", {}).get("succeeded") == 2
+
+    await eventually(recorded)
+    got = samples(await (await client.get("/metrics", headers=AUTH)).text())
+
+    buckets, total, count = histogram(got, "ticketbridge_intake_duration_seconds", 'source="contact"')
+    assert count == 4 and buckets["+Inf"] == 4 and total > 0
+    assert list(buckets.values()) == sorted(buckets.values())  # cumulative
+    assert histogram(got, "ticketbridge_intake_duration_seconds", 'source="orphan"')[2] == 1
+    attempts = histogram(got, "ticketbridge_delivery_attempt_duration_seconds", 'destination="kapture"')
+    assert attempts[2] == 3  # one 503, then two successes
+    latency = histogram(got, "ticketbridge_delivery_latency_seconds", 'destination="kapture"')
+    assert latency[2] == 2 and latency[1] >= attempts[1] / 3
+    assert got['ticketbridge_events_unmatched_total{source="contact",reason="skipped"}'] == 1
+    assert got['ticketbridge_events_unmatched_total{source="orphan",reason="no_mapping"}'] == 1
+    assert got['ticketbridge_render_failures_total{mapping="contact"}'] == 1
+    assert got['ticketbridge_destination_backlog{destination="kapture"}'] == 0
+    assert got['ticketbridge_destination_oldest_pending_age_seconds{destination="kapture"}'] == 0
+    assert got["ticketbridge_lease_takeovers_total"] == 0
+    assert got["ticketbridge_mapping_reload_failing"] == 0
+
+
+async def test_metrics_show_the_backlog_its_age_and_an_operator_pause(write_config: ConfigFactory,
+                                                                      bridge_client: AppClient) -> None:
+    """A destination paused through the admin API shows paused=1, and the deliveries held back show as its
+    backlog with the age of the oldest one."""
+    client: Any = await bridge_client(write_config(OBSERVED, OBSERVED_MAPPINGS))
+    paused = await client.post("/admin/api/destinations/kapture/pause", json={"reason": "test"}, headers=AUTH)
+    assert paused.status == 200, await paused.text()
+    for subject in ("a", "b"):
+        assert (await client.post("/hooks/contact", data={"subject": subject, "level": "low"},
+                                  headers={"Accept": "application/json"})).status == 202
+
+    async def aged() -> bool:
+        runtime(client).backlog_cache = None  # read the store now rather than within BACKLOG_SECONDS
+        got = samples(await (await client.get("/metrics", headers=AUTH)).text())
+        return got['ticketbridge_destination_oldest_pending_age_seconds{destination="kapture"}'] > 0
+
+    await eventually(aged)
+    got = samples(await (await client.get("/metrics", headers=AUTH)).text())
+    assert got['ticketbridge_destination_paused{destination="kapture"}'] == 1
+    assert got['ticketbridge_destination_backlog{destination="kapture"}'] == 2
+    assert len(runtime(client).simulators["kapture"].tickets) == 0
+
+
+async def test_metrics_take_a_read_token(write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """A read-only token from admin.read_tokens may scrape /metrics, as the admin token may."""
+    client: Any = await bridge_client(write_config(OBSERVED, OBSERVED_MAPPINGS), workers=False)
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer r3ad-only-token"})
+    assert resp.status == 200
+    assert "ticketbridge_info" in await resp.text()

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from bridge import reload as reload_module
 from bridge.store.base import DeliveryFilter
+from tests.acceptance.test_metrics import samples
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 TOKEN = "admin-secret"
@@ -105,11 +106,16 @@ async def test_a_broken_edit_changes_nothing_and_the_admin_api_shows_why(
     assert status["reload"]["failures"] == 1
     assert status["reload"]["last_result"] == "failed"
     assert status["reload"]["last_error"].startswith(f"{path}:6:3: partner.title: template syntax error")
+    metrics = samples(await (await client.get("/metrics", headers=AUTH)).text())
+    assert metrics["ticketbridge_mapping_reload_failing"] == 1  # what the reload alert watches
+    assert metrics['ticketbridge_mapping_reloads_total{result="failed"}'] == 1
 
     # Fixing the file brings the same content back: nothing to swap, and the watch reports it healthy.
     write_mapping(tmp_path / "mappings", "partner", PARTNER)
     await eventually(lambda: rt.mapping_status.last_result == "ok")
     assert rt.mappings is good
+    metrics = samples(await (await client.get("/metrics", headers=AUTH)).text())
+    assert metrics["ticketbridge_mapping_reload_failing"] == 0
 
 
 async def test_an_edit_whose_own_tests_fail_is_refused(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -26,7 +27,8 @@ DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
 KUBE_FILES = ["namespace.yaml", "config.yaml", "mappings.yaml", "secret.example.yaml", "deployment.yaml",
               "service.yaml", "pdb.yaml"]
-ENV = {"BRIDGE_ADMIN_TOKEN": "t" * 24, "POSTGRES_PASSWORD": "p" * 24, "MAILGUN_SIGNING_KEY": "k" * 24,
+ENV = {"BRIDGE_ADMIN_TOKEN": "t" * 24, "POSTGRES_PASSWORD": "p" * 24, "GRAFANA_ADMIN_PASSWORD": "g" * 12,
+       "MAILGUN_SIGNING_KEY": "k" * 24,
        "TICKETBRIDGE_STORE_URL": f"{DSN}?schema=tb_deploy_check"}
 
 
@@ -50,18 +52,20 @@ def kube_docs() -> dict[str, dict[str, Any]]:
 
 
 def test_compose_file_validates_with_docker_compose() -> None:
-    """`docker-compose config` accepts deploy/compose.yaml and sees PostgreSQL, three replicas and Prometheus."""
+    """`docker-compose config` accepts deploy/compose.yaml and sees PostgreSQL, three replicas, Prometheus and
+    Grafana."""
     done = run(tool("docker-compose"), "-f", "deploy/compose.yaml", "config", env=ENV)
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
-    assert set(services) == {"postgres", "ticketbridge", "balancer", "prometheus"}
+    assert set(services) == {"postgres", "ticketbridge", "balancer", "prometheus", "grafana"}
     assert services["ticketbridge"]["deploy"]["replicas"] == 3
     assert "127.0.0.1:8080:8080" in str(services["balancer"]["ports"])
 
 
 def test_compose_file_refuses_to_start_without_its_secrets() -> None:
     """Without the admin token and database password set, compose names the missing variable."""
-    env = {k: v for k, v in os.environ.items() if k not in {"BRIDGE_ADMIN_TOKEN", "POSTGRES_PASSWORD"}}
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"BRIDGE_ADMIN_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}}
     done = subprocess.run([tool("docker-compose"), "-f", "deploy/compose.yaml", "config"], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=120, check=False)
     assert done.returncode != 0
@@ -180,3 +184,128 @@ async def test_compose_config_runs_three_processes_on_one_postgresql(
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 stop(proc)
+
+
+PROMETHEUS = DEPLOY / "prometheus"
+GRAFANA = DEPLOY / "grafana"
+SCRAPED_CONFIG = """\
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: "letmein-letmein-letmein", read_tokens: {prometheus: "read-only-read-only"}}
+sources:
+  contact: {kind: form}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+SCRAPED_MAPPING = """\
+source: contact
+destination: kapture
+action: create_ticket
+fields:
+  title: "{{ payload.subject }}"
+"""
+# PromQL words that are not metric names: functions, aggregations, keywords, the label names used in exprs, and
+# `up`, which Prometheus itself records for each scrape.
+PROMQL_WORDS = {"sum", "max", "min", "by", "rate", "increase", "delta", "histogram_quantile", "le", "source",
+                "outcome", "destination", "classification", "mapping", "reason", "status", "instance", "result",
+                "job", "problem", "up"}
+
+
+def test_alerting_rules_pass_promtool_and_prometheus_loads_them() -> None:
+    """promtool accepts deploy/prometheus/alerts.yaml, prometheus.yml loads it, and compose mounts it beside."""
+    done = run(tool("promtool"), "check", "rules", "deploy/prometheus/alerts.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "alerts.yaml" in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["rule_files"]
+    mounts = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["prometheus"]["volumes"]
+    assert "./prometheus/alerts.yaml:/etc/prometheus/alerts.yaml:ro" in mounts
+    names = {r["alert"] for g in yaml.safe_load((PROMETHEUS / "alerts.yaml").read_text())["groups"] for r in g["rules"]}
+    assert {"TicketbridgeDestinationPaused", "TicketbridgeDeadDeliveriesRising", "TicketbridgeBacklogOld",
+            "TicketbridgeMappingReloadFailed", "TicketbridgeStoreNotReady"} <= names
+
+
+def test_alerting_rules_fire_on_the_series_they_watch() -> None:
+    """promtool's rule unit tests: each alert fires on the series that should raise it, and not before."""
+    done = run(tool("promtool"), "test", "rules", "tests/integration/alerts_test.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_grafana_is_provisioned_with_the_prometheus_source_and_the_dashboard() -> None:
+    """The compose kit's Grafana gets Prometheus as its default data source and the dashboard file from a
+    provisioning folder that points where the dashboard is mounted."""
+    grafana = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["grafana"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in grafana["volumes"]}
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    [source] = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yaml").read_text())["datasources"]
+    assert (source["type"], source["url"], source["isDefault"]) == ("prometheus", "http://prometheus:9090", True)
+    [provider] = yaml.safe_load((GRAFANA / "provisioning/dashboards/ticketbridge.yaml").read_text())["providers"]
+    assert mounts["./grafana/ticketbridge.json"] == provider["options"]["path"] + "/ticketbridge.json"
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (label names, functions and quoted values left out)."""
+    expr = re.sub(r'"[^"]*"', "", expr)  # label values
+    expr = re.sub(r"\[[^\]]*\]|\boffset\s+\d+[smhdwy]", "", expr)  # range selectors and offsets
+    expr = re.sub(r"\d+(\.\d+)?", "", expr)  # numbers
+    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if w not in PROMQL_WORDS}
+
+
+def exported(text: str) -> set[str]:
+    """Every sample name /metrics can show: each family, and a histogram's _bucket, _sum and _count."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+def dashboard_exprs() -> list[str]:
+    board = json.loads((GRAFANA / "ticketbridge.json").read_text())
+    exprs = []
+    for panel in board["panels"]:
+        assert {"id", "type", "title", "gridPos", "targets"} <= set(panel), panel.get("title")
+        assert panel["datasource"]["type"] == "prometheus"
+        for target in panel["targets"]:
+            exprs.append(target["expr"])
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+    return exprs
+
+
+async def test_dashboard_and_alerts_read_only_metrics_a_running_server_exports(tmp_path: Path) -> None:
+    """A server is started and fed a form; its /metrics (scraped with a read token) passes `promtool check
+    metrics`, and every metric the Grafana dashboard and the alerting rules read is among those it exports."""
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "contact.yaml").write_text(SCRAPED_MAPPING)
+    (tmp_path / "bridge.yaml").write_text(SCRAPED_CONFIG)
+    port = free_port()
+    proc = spawn(["serve", "-c", str(tmp_path / "bridge.yaml"), "--host", "127.0.0.1", "--port", str(port)],
+                 tmp_path / "serve.log")
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": "Bearer read-only-read-only"}
+    try:
+        await wait_http(f"{base}/readyz", proc, timeout=60)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/hooks/contact", data={"subject": "hello"},
+                                    headers={"Accept": "application/json"}) as resp:
+                assert resp.status == 202, await resp.text()
+            text = ""
+            for _ in range(200):  # until the attempt is counted
+                async with session.get(f"{base}/metrics", headers=auth) as resp:
+                    assert resp.status == 200
+                    text = await resp.text()
+                if 'classification="success"' in text:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        stop(proc)
+    assert 'classification="success"' in text, (tmp_path / "serve.log").read_text()[-3000:]
+    checked = await asyncio.to_thread(subprocess.run, [tool("promtool"), "check", "metrics"], input=text,
+                                      capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    names = exported(text)
+    rules = [r["expr"] for g in yaml.safe_load((PROMETHEUS / "alerts.yaml").read_text())["groups"]
+             for r in g["rules"]]
+    for expr in dashboard_exprs() + rules:
+        unknown = metric_names(expr) - names
+        assert not unknown, f"{expr!r} reads {sorted(unknown)}, which /metrics does not export"

@@ -276,3 +276,21 @@ def test_values_that_are_not_utf8_are_logged_escaped(restore_structlog: None) ->
     [line] = stream.getvalue().splitlines()
     entry = json.loads(line)
     assert (entry["reason"], entry["detail"]) == ("agent caf\\xe9", "bad \\xff")
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "console"), [(Terminal(), True), (io.StringIO(), False)])
+def test_an_unset_format_is_console_on_a_terminal_and_json_elsewhere(restore_structlog: None, stream: io.StringIO,
+                                                                     console: bool) -> None:
+    """With `log.format` unset, a terminal gets readable lines and anything else (a file, a pipe) JSON lines."""
+    configure_logging("info", None, stream)
+    structlog.get_logger("ticketbridge.test").info("store.opened", path="var/x.db")
+    line = stream.getvalue().strip()
+    assert "store.opened" in line
+    assert line.startswith("{") is not console

@@ -226,7 +226,8 @@ async def test_the_reaper_never_gives_back_a_delivery_whose_result_is_held() -> 
             store.now += 10_000  # far past the lease
             [other] = await store.add()  # leased by a process that died: the reaper takes it back
             store.lease_elsewhere(other)
-            reaper = asyncio.create_task(reap_expired_leases(store, d, every_s=0.0))
+            taken_over: list[int] = []
+            reaper = asyncio.create_task(reap_expired_leases(store, d, every_s=0.0, on_released=taken_over.append))
             await eventually(lambda: store.calls.count("release_expired") >= 3)
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
@@ -238,6 +239,7 @@ async def test_the_reaper_never_gives_back_a_delivery_whose_result_is_held() -> 
     assert store.calls[:2] == ["extend", "release_expired"]
     assert held not in store.released
     assert other in store.released
+    assert sum(taken_over) == 1  # what /metrics shows as ticketbridge_lease_takeovers_total
 
 
 async def test_a_result_whose_lease_was_taken_is_not_recorded_over_the_new_claim() -> None:

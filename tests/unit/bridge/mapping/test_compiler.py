@@ -669,3 +669,13 @@ def test_when_syntax_error_is_a_compile_error(text: str) -> None:
     """A `when` that does not parse is refused at compile time."""
     with pytest.raises(CompileError, match="expression syntax error"):
         compile_when(text)
+
+
+def test_when_with_an_unknown_filter_lists_the_known_filters() -> None:
+    """A `when` using a filter that does not exist names it, the nearest known one and the list, as a template
+    field would, rather than Jinja's bare syntax error."""
+    with pytest.raises(CompileError) as info:
+        compile_when("payload.subject | lowr == 'x'")
+    message = str(info.value)
+    assert "unknown filter 'lowr' in the expression (did you mean 'lower'?); known filters: " in message
+    assert "phone_e164" in message and "syntax error" not in message

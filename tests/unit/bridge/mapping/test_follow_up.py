@@ -97,3 +97,10 @@ def test_a_test_with_a_ticket_exercises_the_follow_up(tmp_path: Path) -> None:
             expect_skip: true
         """)
     assert [r.passed for r in run_tests(skipping, {})] == [True]
+
+
+def test_an_unknown_key_in_follow_up_names_the_keys_it_takes(tmp_path: Path) -> None:
+    """A misspelt key in `follow_up:` is placed at that key, with the nearest known key and the allowed ones."""
+    assert errors(tmp_path, "follow_up: {acton: update_ticket, fields: {comment: x}}") == [
+        "m.follow_up.acton: unknown key 'acton' (did you mean 'action'?); it takes action, when, options, fields, "
+        "skip"]

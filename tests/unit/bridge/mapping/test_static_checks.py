@@ -156,7 +156,8 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         f"{f}:8:7: broken.c.from: required, but vars.team is not set in the config, so it can never be filled "
         "(the config's vars: brand)",
         f"{f}:10:5: broken.tests[0]: a test needs exactly one of expect, expect_contains, expect_error, expect_skip",
-        f"{f}:11:26: broken.tests[1].input.extra: unknown key 'extra'",
+        f"{f}:11:26: broken.tests[1].input.extra: unknown key 'extra'; it takes payload, headers, event, vars, "
+        "ticket",
         f"{f}:13:5: broken.tests[2]: a test needs exactly one of expect, expect_contains, expect_error, expect_skip "
         "(it has expect, expect_error)",
     ]

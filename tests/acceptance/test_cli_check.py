@@ -1,0 +1,77 @@
+"""`ticketbridge check` for people and for CI: its FAILED summary, `--format json|junit`, and every missing
+environment variable named in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from tests.acceptance.test_cli_mapping import PARTNER, run, setup
+
+
+def test_check_json_lists_errors_with_their_place_and_every_test(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`--format json` prints one document on stdout: ok false, each mapping error with file and line, and each
+    test with its result; nothing on stderr."""
+    cfg = setup(tmp_path, {"partner": PARTNER.replace("priority: P1, ", "priority: P9, "),
+                           "typo": PARTNER.replace("required: true", "requird: true")})
+    code, out, err = run(capsys, "check", "-c", cfg, "--format", "json")
+    assert code == 1 and err == ""
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["summary"].startswith("check FAILED: ")
+    [error] = doc["errors"]
+    assert error["kind"] == "mapping" and error["file"] == str(tmp_path / "mappings" / "typo.yaml")
+    assert error["line"] == 5 and "unknown key 'requird'" in error["message"]
+    assert {(t["name"], t["passed"]) for t in doc["tests"]} == {("a partner ticket", False), ("no title", True)}
+    assert (doc["passed"], doc["failed"]) == (1, 1)
+
+
+def test_check_junit_has_a_case_per_test_and_per_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--format junit` is JUnit XML: a failed case per load error, and a suite per mapping of its tests."""
+    cfg = setup(tmp_path, {"partner": PARTNER.replace("priority: P1, ", "priority: P9, "),
+                           "typo": PARTNER.replace("required: true", "requird: true")})
+    code, out, _ = run(capsys, "check", "-c", cfg, "--format", "junit")
+    assert code == 1
+    root = ET.fromstring(out)
+    assert root.tag == "testsuites" and (root.get("tests"), root.get("failures")) == ("3", "2")
+    suites = {s.get("name"): s for s in root}
+    [load_case] = suites["load"]
+    failure = load_case.find("failure")
+    assert failure is not None and "unknown key 'requird'" in (failure.get("message") or "")
+    cases = {c.get("name"): c.find("failure") for c in suites["partner"].iter("testcase")}
+    assert cases["no title"] is None
+    failed = cases["a partner ticket"]
+    assert failed is not None and '"P9"' in (failed.text or "")
+
+
+def test_check_formats_say_ok_on_a_good_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder that loads and passes gives ok true (JSON) and a load suite without failures (JUnit), exit 0."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    code, out, _ = run(capsys, "check", "-c", cfg, "--format", "json")
+    assert code == 0 and json.loads(out)["ok"] is True and json.loads(out)["summary"].startswith("config ok: ")
+    code, out, _ = run(capsys, "check", "-c", cfg, "--format", "junit")
+    assert code == 0 and ET.fromstring(out).get("failures") == "0"
+
+
+def test_check_names_every_missing_environment_variable_and_says_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A config needing three unset variables: one run names all three at their lines, and the summary says
+    FAILED."""
+    for name in ("TB_A", "TB_B", "TB_C"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text('admin: {token: "${TB_A}"}\nsources:\n  p: {kind: json, hmac: {secret: "${TB_B}"}}\n'
+                   'destinations:\n  k: {vendor: kapture, base_url: "https://x.example", token: "${TB_C}"}\n')
+    code, out, err = run(capsys, "check", "-c", str(cfg))
+    assert code == 1
+    assert [line.split(": ", 1)[0] for line in err.splitlines()] == [f"{cfg}:1:16", f"{cfg}:3:34", f"{cfg}:5:62"]
+    assert all(f"environment variable TB_{x} is not set" in err for x in "ABC")
+    assert out.startswith("check FAILED: the config does not load (3 errors)")
+    code, out, _ = run(capsys, "check", "-c", str(cfg), "--format", "json")
+    assert code == 1
+    assert [e["message"].split(" is ")[0] for e in json.loads(out)["errors"]] == [
+        "environment variable TB_A", "environment variable TB_B", "environment variable TB_C"]
