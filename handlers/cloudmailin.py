@@ -1,5 +1,6 @@
 """Cloudmailin, JSON (normalised) format: envelope, headers, plain, html, reply_plain and attachments
-(base64 content, or a link when Cloudmailin stores them). Protect the source with `auth` (basic auth)."""
+(base64 content, or a link when Cloudmailin stores them); or the JSON raw format, the envelope and the whole
+message in `message`, which is parsed and wins. Protect the source with `auth` (basic auth)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment, decode_base64, remote_attachment
 from handlers.base import Handler, Inbound, decode_json_object, obj
-from handlers.email import Headers, email_payload, message_id
+from handlers.email import Headers, basename, email_payload, header_spam, message_files, parse_mime_text
 
 
 class CloudmailinOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
@@ -34,6 +35,9 @@ class CloudmailinHandler(Handler):
         provider = dict(data)
         if "attachments" in data:
             provider["attachments"] = kept
+        mime = parse_mime_text(data.get("message"), "`message`")
+        provider.pop("message", None)  # parsed, not kept twice
+        files = message_files(mime, files)
         payload = email_payload(
             from_=headers.get("From") or envelope.get("from"),
             to=headers.get_all("To") or envelope.get("to"),
@@ -47,8 +51,14 @@ class CloudmailinHandler(Handler):
             references=headers.get_all("References"),
             attachments=files,
             provider=provider,
+            mime=mime,
+            reply_to=headers.get_all("Reply-To"),
+            date=headers.get("Date"),
+            envelope_from=envelope.get("from"),
+            envelope_to=envelope.get("recipients") or envelope.get("to"),
+            spam=header_spam(headers),
         )
-        return [Inbound(payload=payload, dedup_key=message_id(headers.get("Message-Id")), attachments=files)]
+        return [Inbound(payload=payload, dedup_key=payload["message_id"], attachments=files)]
 
     @staticmethod
     def _attachments(raw: Any) -> tuple[list[Attachment], list[Any]]:
@@ -62,11 +72,15 @@ class CloudmailinHandler(Handler):
             if not isinstance(item, dict):
                 raise Rejected(400, f"`attachments[{i}]` is not an object", check="json")
             name, ctype = item.get("file_name"), item.get("content_type")
+            name = basename(name) if isinstance(name, str) else None
+            inline = bool(item.get("content_id")) or item.get("disposition") == "inline"
             if item.get("content") is not None:
-                files.append(attachment(name, ctype, decode_base64(item["content"], f"`attachments[{i}].content`")))
+                files.append(attachment(name, ctype, decode_base64(item["content"], f"`attachments[{i}].content`"),
+                                        inline=inline))
             else:
                 files.append(remote_attachment(name, ctype, byte_count(item.get("size")),
-                                               "held by Cloudmailin's attachment store", url=item.get("url")))
+                                               "held by Cloudmailin's attachment store", inline=inline,
+                                               url=item.get("url")))
             kept.append({k: v for k, v in item.items() if k != "content"})
         return files, kept
 

@@ -125,7 +125,8 @@ async def test_attachment_content_is_kept_on_disk_by_digest(client: Any, tmp_pat
     body, headers = mailgun_post()
     resp = await client.post("/hooks/support-mailgun", data=body, headers=headers)
     event = await runtime(client).store.get_event((await resp.json())["event_id"])
-    assert event.payload["attachments"] == [{"name": "router.jpg", "content_type": "image/jpeg", "size": len(JPEG),
+    assert event.payload["attachments"] == [{"name": "router.jpg", "content_type": "image/jpeg", "inline": False,
+                                             "size": len(JPEG),
                                              "sha256": JPEG_SHA256, "stored": True}]
     assert runtime(client).config.attachments_dir == tmp_path / "var" / "files"
     assert content_path(tmp_path / "var" / "files", JPEG_SHA256).read_bytes() == JPEG

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from handlers.cloudmailin import CloudmailinHandler, byte_count
-from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, post, without_provider
+from tests.fixtures.providers import ASHA_EMAIL, ENVELOPE, JPEG, build, compact, load, post, without_provider
 
 JSON = {"Content-Type": "application/json"}
 
@@ -22,7 +22,7 @@ def test_normalised_json_gives_the_email_shape() -> None:
     [inbound] = build("cloudmailin").parse(post(JSON), compact(load("cloudmailin/normalized.json")))
     payload = without_provider(inbound.payload)
     photo, _invoice = payload.pop("attachments")
-    assert payload == {k: v for k, v in ASHA_EMAIL.items() if k != "attachments"}
+    assert payload == {**{k: v for k, v in ASHA_EMAIL.items() if k != "attachments"}, **ENVELOPE}
     assert photo == ASHA_EMAIL["attachments"][0]
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
@@ -33,8 +33,8 @@ def test_linked_attachment_is_recorded_as_not_stored() -> None:
     """An attachment held in Cloudmailin's store is listed with its link, stored false and the reason."""
     [inbound] = build("cloudmailin").parse(post(JSON), compact(load("cloudmailin/normalized.json")))
     invoice = inbound.payload["attachments"][1]
-    assert invoice == {"name": "invoice.pdf", "content_type": "application/pdf", "size": 48213, "sha256": None,
-                       "stored": False, "reason": "held by Cloudmailin's attachment store",
+    assert invoice == {"name": "invoice.pdf", "content_type": "application/pdf", "inline": False, "size": 48213,
+                       "sha256": None, "stored": False, "reason": "held by Cloudmailin's attachment store",
                        "url": "https://attachments.cloudmailin.example/ab12/invoice.pdf"}
 
 

@@ -107,7 +107,7 @@ def test_parse_mime_reads_bodies_and_attachments() -> None:
     assert mime.html is not None and mime.html.startswith("<div>Hi,")
     [photo] = mime.attachments
     assert photo.content == JPEG
-    assert photo.meta == {"name": "router.jpg", "content_type": "image/jpeg", "size": len(JPEG),
+    assert photo.meta == {"name": "router.jpg", "content_type": "image/jpeg", "inline": False, "size": len(JPEG),
                           "sha256": JPEG_SHA256}
 
 
@@ -134,8 +134,9 @@ def payload(**changes: object) -> dict[str, object]:
 
 def test_email_payload_has_the_documented_keys_in_order() -> None:
     """Every provider's payload has exactly the email keys of docs/architecture.md, in order."""
-    assert list(payload()) == ["from", "from_name", "to", "cc", "subject", "text", "html", "stripped_text",
-                               "message_id", "in_reply_to", "references", "attachments", "provider"]
+    assert list(payload()) == ["from", "from_name", "to", "to_names", "cc", "cc_names", "reply_to", "subject",
+                               "date", "text", "html", "stripped_text", "message_id", "in_reply_to", "references",
+                               "envelope_from", "envelope_to", "spam", "attachments", "provider"]
 
 
 def test_email_payload_prefers_the_providers_stripped_reply() -> None:

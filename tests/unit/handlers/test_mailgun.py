@@ -11,6 +11,7 @@ from bridge.errors import Rejected
 from handlers.mailgun import MailgunHandler, MailgunOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
+    ENVELOPE,
     JPEG,
     MAILGUN_TOKEN,
     NOW,
@@ -50,7 +51,7 @@ def test_signed_urlencoded_post_verifies_and_parses() -> None:
     h, req = handler(), post(URLENCODED)
     h.verify(req, body)
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "attachments": []}
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "attachments": []}
     assert inbound.payload["provider"]["recipient"] == "support@acme.test"
 
 
@@ -60,7 +61,7 @@ def test_multipart_post_carries_the_attachment() -> None:
     h, req = handler(), post({"Content-Type": ctype})
     h.verify(req, body)
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE}
     [item] = inbound.attachments
     assert item.content == JPEG
     assert item.meta is inbound.payload["attachments"][0]

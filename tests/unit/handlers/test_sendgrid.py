@@ -22,6 +22,10 @@ from tests.fixtures.providers import (
     without_provider,
 )
 
+# SendGrid reports the SMTP envelope and a SpamAssassin score (no verdict: the report is prose).
+SENDGRID_EMAIL = {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com", "envelope_to": ["support@acme.test"],
+                  "spam": {"verdict": "unknown", "score": 0.1}}
+
 
 def test_kind_and_channel() -> None:
     """SendGrid is kind `sendgrid` on the `email` channel, taking multipart only."""
@@ -33,7 +37,7 @@ def test_parsed_post_normalises_to_the_email_shape() -> None:
     """A parsed Inbound Parse post gives the email shape, the attachment's content and the raw fields."""
     body, ctype = sendgrid_multipart()
     [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == SENDGRID_EMAIL
     assert inbound.attachments[0].content == JPEG
     assert inbound.payload["provider"]["spam_score"] == "0.1"
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
@@ -45,7 +49,7 @@ def test_raw_post_parses_the_mime_message() -> None:
               if k in ("to", "from", "subject", "envelope", "dkim", "SPF", "spam_score", "charsets")}
     body, ctype = multipart({**fields, "email": raw("ses/message.eml").decode()})
     [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == SENDGRID_EMAIL
     assert "email" not in inbound.payload["provider"]
 
 
@@ -67,12 +71,13 @@ def test_attachment_name_falls_back_to_attachment_info() -> None:
 
 @pytest.mark.parametrize("value", ["{not json", '["a list"]', '"text"'])
 def test_unreadable_charsets_and_attachment_info_count_as_none(value: str) -> None:
-    """A `charsets` or `attachment-info` field that is not a JSON object is ignored, not a refusal."""
+    """A `charsets` or `attachment-info` field that is not a JSON object is ignored, not a refusal: the
+    unnamed file gets a name from its place and type."""
     body, ctype = multipart({"charsets": value, "attachment-info": value, "from": "a@b.c", "subject": "Café"},
                             [("attachment1", "", "text/plain", b"log")])
     [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
     assert inbound.payload["subject"] == "Café"
-    assert inbound.payload["attachments"][0]["name"] == ""
+    assert inbound.payload["attachments"][0]["name"] == "attachment-1.txt"
 
 
 def test_parse_is_protected_by_basic_auth() -> None:

@@ -13,6 +13,7 @@ from handlers.ses import SesHandler, SesOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     CERT_URL,
+    ENVELOPE,
     JPEG,
     NOW,
     TOPIC,
@@ -55,7 +56,7 @@ async def test_signed_notification_becomes_one_email(version: str) -> None:
     """A Received notification signed with SNS's key (either version) gives the email shape, from the raw MIME."""
     fake = FakeSns()
     [inbound] = await run(handler(fake), ses_notification(version))
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "ham", "score": None}}
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "d6f4c2a0-3f2b-5b9a-9e4d-2a1c0b7e6f11"
     assert inbound.spam is False
