@@ -451,6 +451,7 @@ def email_payload(
         from_ = h.get("From") or from_
         to, cc = h.get_all("To") or to, h.get_all("Cc") or cc
         reply_to = h.get_all("Reply-To") or reply_to
+        envelope_from = envelope_from or h.get("Return-Path")
         subject = h.get("Subject") if h.get("Subject") is not None else subject
         date = h.get("Date") or date
         message_id_ = h.get("Message-ID") or message_id_

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 
 from handlers.cloudmailin import CloudmailinHandler, byte_count
-from tests.fixtures.providers import ASHA_EMAIL, ENVELOPE, JPEG, build, compact, load, post, without_provider
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    ENVELOPE,
+    FORWARDED,
+    JPEG,
+    LOGO,
+    THREAD_EMAIL,
+    build,
+    cloudmailin_raw,
+    compact,
+    load,
+    message_shape,
+    post,
+    without_provider,
+)
 
 JSON = {"Content-Type": "application/json"}
 
@@ -55,3 +70,28 @@ def test_byte_count_takes_plain_counts_only(value: Any, count: int | None) -> No
     """A size is a number, or ASCII digits in a string; anything else (digits only to isdigit, a thousand
     digits, negatives, other types) is unknown rather than an error."""
     assert byte_count(value) == count
+
+
+def test_raw_format_message_is_parsed_and_kept_whole() -> None:
+    """The JSON raw format (`envelope` and `message`): the message is parsed into the email shape, its attached
+    message stored as its exact bytes, and the raw text is not kept twice."""
+    [inbound] = build("cloudmailin").parse(post(JSON), compact(cloudmailin_raw()))
+    assert message_shape(inbound.payload) == THREAD_EMAIL
+    assert {k: inbound.payload[k] for k in ("envelope_from", "envelope_to")} == ENVELOPE
+    assert inbound.attachments[3].content == FORWARDED
+    assert "message" not in inbound.payload["provider"]
+
+
+def test_attachment_names_are_base_names_and_inline_parts_are_marked() -> None:
+    """A Windows path in `file_name` gives its base name; a `content_id` marks the file inline."""
+    data = load("cloudmailin/normalized.json")
+    data["attachments"] = [
+        {"content": base64.b64encode(FORWARDED).decode(), "file_name": "C:\\Users\\asha\\forwarded.eml",
+         "content_type": "message/rfc822", "size": len(FORWARDED), "disposition": "attachment"},
+        {"content": base64.b64encode(LOGO).decode(), "file_name": "logo.png", "content_type": "image/png",
+         "size": len(LOGO), "disposition": "inline", "content_id": "<logo@asha>"},
+    ]
+    [inbound] = build("cloudmailin").parse(post(JSON), compact(data))
+    assert [(a["name"], a["inline"]) for a in inbound.payload["attachments"]] == \
+        [("forwarded.eml", False), ("logo.png", True)]
+    assert inbound.attachments[0].content == FORWARDED

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
 import pytest
 
 from bridge.errors import Rejected
+from handlers.base import Intercepted
 from handlers.mailgun import MailgunHandler, MailgunOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     ENVELOPE,
+    FORWARDED,
     JPEG,
+    LOGO,
     MAILGUN_TOKEN,
     NOW,
+    PROVIDER_REPORTED,
+    REPORT,
+    THREAD_EMAIL,
     build,
     mailgun_fields,
+    mailgun_mime,
     mailgun_multipart,
+    message_shape,
+    multipart,
     passes,
     post,
     without_provider,
@@ -143,3 +153,60 @@ def test_the_signed_token_is_the_nonce_until_the_timestamp_leaves_the_tolerance(
     nonce = h.nonce(req, body)
     assert nonce is not None
     assert (nonce.value, nonce.name, nonce.valid_for_s) == (MAILGUN_TOKEN, "Mailgun `token`", 200.0)
+
+
+# -- raw MIME, attachments intact, notifications that are not messages ---------------------------------------
+
+
+async def run(body: bytes, ctype: str) -> Any:
+    """verify, intercept, then (when not intercepted) parse, as intake does."""
+    h, req = handler(), post({"Content-Type": ctype})
+    h.verify(req, body)
+    early = await h.intercept(req, body)
+    return early if early is not None else h.parse(req, body)
+
+
+async def test_body_mime_is_parsed_and_wins() -> None:
+    """A route forwarding `body-mime` gives the message's own headers, bodies and attachments, the attached
+    message stored as its exact bytes."""
+    [inbound] = await run(*mailgun_mime(KEY))
+    assert message_shape(inbound.payload) == THREAD_EMAIL
+    assert {k: inbound.payload[k] for k in PROVIDER_REPORTED} == {**ENVELOPE, "spam": None}
+    assert inbound.attachments[3].content == FORWARDED
+    assert "body-mime" not in inbound.payload["provider"]
+
+
+async def test_form_post_keeps_an_attached_message_whole_and_a_windows_name() -> None:
+    """Files of a form post: a message/rfc822 part keeps its exact bytes, a Windows path gives its base name, a
+    blank name gets one from its place and type, and a file in `content-id-map` is inline."""
+    fields = {**mailgun_fields(KEY), "content-id-map": '{"<logo@asha>": "attachment-3"}'}
+    body, ctype = multipart(fields, [
+        ("attachment-1", "C:\\Users\\asha\\forwarded.eml", 'message/rfc822; charset="us-ascii"', FORWARDED),
+        ("attachment-2", "", "application/pdf", REPORT),
+        ("attachment-3", "\\\\share\\mail\\logo.png", "image/png", LOGO),
+    ])
+    [inbound] = await run(body, ctype)
+    forwarded, report, logo = inbound.payload["attachments"]
+    assert (forwarded["name"], forwarded["content_type"], forwarded["charset"]) == \
+        ("forwarded.eml", "message/rfc822", "us-ascii")
+    assert inbound.attachments[0].content == FORWARDED
+    assert (report["name"], logo["name"], logo["inline"], forwarded["inline"]) == \
+        ("attachment-2.pdf", "logo.png", True, False)
+
+
+@pytest.mark.parametrize(("fields", "code"), [
+    # store(notify=…): the message waits at Mailgun; the notice names it by URL
+    ({"message-url": "https://storage.eu.mailgun.net/v3/domains/acme.test/messages/eyJwIjpmYWxzZX0=",
+      "domain": "acme.test", "recipient": "support@acme.test", "sender": "asha.rao@example.com",
+      "subject": "Re: Router down [#1042]", "attachments": "[]", "content-id-map": "{}"}, "stored"),
+    # a legacy (form-posted) tracking webhook pointed at the inbound URL
+    ({"event": "delivered", "recipient": "asha.rao@example.com", "domain": "acme.test",
+      "Message-Id": "<20240603100500.1.ABC@acme.test>", "message-headers": "[]"}, "tracking"),
+])
+async def test_notifications_that_are_not_messages_are_answered_not_parsed(fields: dict[str, str], code: str) -> None:
+    """Mailgun's stored-message notice and a legacy tracking event are answered 200, counted by their reason,
+    and never parsed into an email."""
+    signed = {**fields, **{k: v for k, v in mailgun_fields(KEY).items() if k in ("timestamp", "token", "signature")}}
+    early = await run(urlencode(signed).encode(), URLENCODED["Content-Type"])
+    assert isinstance(early, Intercepted)
+    assert (early.outcome, early.code, early.response.status) == ("ignored", f"not_a_message:{code}", 200)

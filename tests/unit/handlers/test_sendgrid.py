@@ -11,20 +11,26 @@ from handlers.auth import check_auth
 from handlers.sendgrid import SendgridHandler, SendgridOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
+    ENVELOPE,
+    FORWARDED,
     JPEG,
+    LOGO,
+    REPORT,
+    THREAD_EMAIL,
     basic,
     build,
     load,
+    message_shape,
     multipart,
     post,
     raw,
     sendgrid_multipart,
+    sendgrid_raw,
     without_provider,
 )
 
 # SendGrid reports the SMTP envelope and a SpamAssassin score (no verdict: the report is prose).
-SENDGRID_EMAIL = {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com", "envelope_to": ["support@acme.test"],
-                  "spam": {"verdict": "unknown", "score": 0.1}}
+SENDGRID_EMAIL = {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "unknown", "score": 0.1}}
 
 
 def test_kind_and_channel() -> None:
@@ -94,3 +100,34 @@ def test_options_take_only_the_common_ones() -> None:
     msgspec.convert({"kind": "sendgrid", "auth": {"bearer": "t"}}, SendgridOptions)
     with pytest.raises(msgspec.ValidationError, match="unknown field `secret`"):
         msgspec.convert({"kind": "sendgrid", "secret": "s"}, SendgridOptions)
+
+
+# -- raw MIME and attachments intact -------------------------------------------------------------------------
+
+
+def test_raw_thread_keeps_its_attachments_intact() -> None:
+    """The raw thread through "POST the raw, full MIME message": its headers in two charsets, both bodies, an
+    inline logo, a Windows-path name, an RFC 2231 name and the attached message as its exact bytes."""
+    body, ctype = sendgrid_raw()
+    [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
+    assert message_shape(inbound.payload) == THREAD_EMAIL
+    assert inbound.attachments[3].content == FORWARDED
+
+
+def test_parsed_post_keeps_an_attached_message_whole_and_names_each_file_by_its_own_info() -> None:
+    """Parsed mode: a message/rfc822 file keeps its bytes and a Windows path its base name; a nameless file is
+    named by its own `attachment-info` entry, never another's; `content-ids` marks the inline one."""
+    info = ('{"attachment1": {"filename": "C:\\\\Users\\\\asha\\\\forwarded.eml", "type": "message/rfc822"},'
+            ' "attachment2": {"filename": "report.pdf", "type": "application/pdf"},'
+            ' "attachment3": {"type": "image/png"}}')
+    body, ctype = multipart({"from": "a@b.c", "attachments": "3", "attachment-info": info,
+                             "content-ids": '{"logo@asha": "attachment3"}'}, [
+        ("attachment1", "C:\\Users\\asha\\forwarded.eml", "message/rfc822", FORWARDED),
+        ("attachment2", "report.pdf", "application/pdf", REPORT),
+        ("attachment3", "", "image/png", LOGO),
+    ])
+    [inbound] = build("sendgrid").parse(post({"Content-Type": ctype}), body)
+    names = [(a["name"], a["content_type"], a["inline"]) for a in inbound.payload["attachments"]]
+    assert names == [("forwarded.eml", "message/rfc822", False), ("report.pdf", "application/pdf", False),
+                     ("attachment-3.png", "image/png", True)]
+    assert inbound.attachments[0].content == FORWARDED
