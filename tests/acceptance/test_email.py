@@ -44,6 +44,7 @@ ENV = {"MAILGUN_KEY": "key-3ax6xnjp29jd6fds4gc373sgvjxteol0", "PARSE_PW": "parse
 
 CONFIG = f"""
 store: {{url: "sqlite:///var/bridge.db"}}
+admin: {{token: "letmein"}}
 attachments: {{dir: var/files, max_bytes: 1024}}
 sources:
   support-mailgun: {{kind: mailgun, signing_key: "${{MAILGUN_KEY}}"}}
@@ -203,8 +204,9 @@ async def test_a_notification_that_is_not_a_message_is_200_and_stores_nothing(
     resp = await client.post(path, data=data, headers=hdrs)
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["accepted"] is True
-    labelled = runtime(client).labelled
-    assert labelled[("intake.ignored", (("reason", f"not_a_message:{code}"), ("source", f"support-{kind}")))] == 1
+    metrics = await (await client.get("/metrics", headers={"Authorization": "Bearer letmein"})).text()
+    assert (f'ticketbridge_intake_requests_total{{source="support-{kind}",outcome="ignored",'
+            f'reason="not_a_message:{code}"}} 1') in metrics.splitlines()
     assert await all_deliveries(client) == []
     with sqlite3.connect(f"file:{tmp_path / 'var' / 'bridge.db'}?mode=ro", uri=True) as db:
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
