@@ -1,9 +1,12 @@
 """Cloudmailin, JSON (normalised) format: envelope, headers, plain, html, reply_plain and attachments
-(base64 content, or a link when Cloudmailin stores them); or the JSON raw format, the envelope and the whole
-message in `message`, which is parsed and wins. Protect the source with `auth` (basic auth)."""
+(base64 content, or a link when Cloudmailin stores them); or the raw message format, a multipart form of
+the envelope (`envelope[to]`, `envelope[recipients][0]`, …) and the whole message in `message`, which is
+parsed and wins. Protect the source with `auth` (basic auth)."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -13,6 +16,45 @@ from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment, decode_base64, remote_attachment
 from handlers.base import Handler, Inbound, decode_json_object, obj
 from handlers.email import Headers, basename, email_payload, header_spam, message_files, parse_mime_text
+from handlers.formdata import decode_part, multipart_parts
+
+MULTIPART = "multipart/form-data"
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+
+
+def raw_format(body: bytes, content_type: str) -> dict[str, Any]:
+    """The raw message format as the JSON format's keys: `envelope` rebuilt from its bracketed field names
+    (`envelope[spf][result]`, `envelope[recipients][0]`), `message` the message's own bytes."""
+    data: dict[str, Any] = {}
+    envelope: dict[str, Any] = {}
+    for part in multipart_parts(body, content_type):
+        if part.name == "message":
+            data["message"] = part.data
+            continue
+        head, _sep, rest = part.name.partition("[")
+        keys = _BRACKETS.findall("[" + rest) if rest else []
+        if head != "envelope" or not keys:
+            data[part.name] = decode_part(part)
+            continue
+        _put(envelope, keys, decode_part(part))
+    data["envelope"] = envelope
+    return data
+
+
+def _put(tree: dict[str, Any], keys: list[str], value: str) -> None:
+    """Set `value` at the bracketed path `keys`: ["spf", "result"] nests, ["recipients", "0"] appends."""
+    node = tree
+    for key, after in itertools.pairwise(keys):
+        child = node.get(key)
+        if after.isdigit() or after == "":
+            if not isinstance(child, list):
+                child = node[key] = []
+            child.append(value)
+            return
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[keys[-1]] = value
 
 
 class CloudmailinOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
@@ -23,10 +65,11 @@ class CloudmailinHandler(Handler):
     kind: ClassVar[str] = "cloudmailin"
     channel = "email"
     Options: ClassVar[type[SourceConfig]] = CloudmailinOptions
-    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json", MULTIPART})
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = decode_json_object(body)
+        data = raw_format(body, request.headers.get("Content-Type", "")) if request.content_type == MULTIPART \
+            else decode_json_object(body)
         raw_headers = data.get("headers")
         # Cloudmailin names headers in lower case with underscores (`message_id`); repeated ones are lists.
         headers = Headers.from_mapping(raw_headers, underscores=True) if isinstance(raw_headers, dict) else Headers()

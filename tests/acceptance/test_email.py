@@ -117,8 +117,11 @@ def _ses(message: bytes | None) -> Request:
 
 
 def _cloudmailin(message: bytes | None) -> Request:
-    data = load("cloudmailin/normalized.json") if message is None else cloudmailin_raw(message)
-    return "/hooks/support-cloudmailin", compact(data), {**JSON, "Authorization": basic("cm", ENV["CLOUDMAILIN_PW"])}
+    auth = {"Authorization": basic("cm", ENV["CLOUDMAILIN_PW"])}
+    if message is None:
+        return "/hooks/support-cloudmailin", compact(load("cloudmailin/normalized.json")), {**JSON, **auth}
+    body, ctype = cloudmailin_raw(message)
+    return "/hooks/support-cloudmailin", body, {"Content-Type": ctype, **auth}
 
 
 EMAIL_KINDS: dict[str, Callable[[bytes | None], Request]] = {

@@ -73,13 +73,18 @@ def test_byte_count_takes_plain_counts_only(value: Any, count: int | None) -> No
 
 
 def test_raw_format_message_is_parsed_and_kept_whole() -> None:
-    """The JSON raw format (`envelope` and `message`): the message is parsed into the email shape, its attached
-    message stored as its exact bytes, and the raw text is not kept twice."""
-    [inbound] = build("cloudmailin").parse(post(JSON), compact(cloudmailin_raw()))
+    """The raw message format (a form of `envelope[…]` fields and `message`): the message is parsed into the
+    email shape, its attached message stored as its exact bytes, and the raw text is not kept twice."""
+    body, ctype = cloudmailin_raw()
+    [inbound] = build("cloudmailin").parse(post({"Content-Type": ctype}), body)
     assert message_shape(inbound.payload) == THREAD_EMAIL
     assert {k: inbound.payload[k] for k in ("envelope_from", "envelope_to")} == ENVELOPE
     assert inbound.attachments[3].content == FORWARDED
     assert "message" not in inbound.payload["provider"]
+    assert inbound.payload["provider"]["envelope"] == {
+        "to": "support@acme.test", "recipients": ["support@acme.test"], "from": "asha.rao@example.com",
+        "helo_domain": "mail.example.com", "remote_ip": "203.0.113.5",
+        "spf": {"result": "pass", "domain": "example.com"}}
 
 
 def test_attachment_names_are_base_names_and_inline_parts_are_marked() -> None:
