@@ -393,7 +393,10 @@ def utc_date(value: object) -> str | None:
             return None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    return stamp.astimezone(UTC).isoformat()
+    try:
+        return stamp.astimezone(UTC).isoformat()
+    except OverflowError:  # year 9999 west of UTC, or year 1 east of it
+        return None
 
 
 class Spam(NamedTuple):

@@ -7,6 +7,8 @@ from email.message import Message
 from email.parser import BytesParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import Rejected
 from handlers.attachments import attachment
@@ -373,6 +375,9 @@ def test_blank_names_are_generated_from_place_and_type() -> None:
     ("2024-06-03T10:05:00.000Z", "2024-06-03T10:05:00+00:00"),
     ("Mon, 3 Jun 2024 10:05:00", "2024-06-03T10:05:00+00:00"),
     ("next Tuesday", None),
+    ("Fri, 31 Dec 9999 23:59:59 -0100", None),
+    ("0001-01-01T00:00:00+01:00", None),
+    ("Mon, 3 Jun 2024 10:00:00 +9999", None),
     ("", None),
     (None, None),
 ])
@@ -406,3 +411,11 @@ def test_display_names_stand_beside_the_addresses() -> None:
 def test_header_spam_reads_the_filters_headers(pairs: list[tuple[str, str]], spam: Spam | None) -> None:
     """SpamAssassin-style headers give a verdict and a score; none of them gives no spam result."""
     assert header_spam(Headers(pairs)) == spam
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_any_date_text_is_an_iso_date_or_null(value: str) -> None:
+    """Whatever a Date header holds, the payload's `date` is UTC ISO 8601 or null; it never fails the request."""
+    got = payload(date=value)["date"]
+    assert got is None or got.endswith("+00:00")
