@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from bridge.config import SourceConfig
+from bridge.errors import Rejected
 from bridge.escaping import escape_text
 from handlers.attachments import Attachment
-from handlers.base import Handler, Inbound, obj, optional_json_object
+from handlers.base import Handler, Inbound, Intercepted, decode_json, not_a_message, obj, optional_json_object
 from handlers.email import Headers, Spam, basename, email_payload, message_files, parse_mime, spam_score
 from handlers.formdata import Part, add_value, file_attachment, first_value, multipart_parts
 
@@ -43,7 +44,17 @@ class SendgridHandler(Handler):
     kind: ClassVar[str] = "sendgrid"
     channel = "email"
     Options: ClassVar[type[SourceConfig]] = SendgridOptions
-    content_types: ClassVar[frozenset[str]] = frozenset({MULTIPART})
+    # JSON is taken only to answer the Event Webhook (delivery events) should it be pointed at this URL.
+    content_types: ClassVar[frozenset[str]] = frozenset({MULTIPART, "application/json"})
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        if request.content_type == MULTIPART:
+            return None
+        events = decode_json(body)
+        if isinstance(events, list) and events and all(isinstance(e, dict) and "event" in e for e in events):
+            return not_a_message("event", f"a SendGrid Event Webhook post of {len(events)} delivery event(s)")
+        raise Rejected(415, "Inbound Parse posts multipart/form-data; a JSON body is taken only as an Event "
+                            "Webhook post (a list of events), answered and not stored", check="content_type")
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         parts = multipart_parts(body, request.headers.get("Content-Type", ""))

@@ -197,7 +197,7 @@ async def test_the_raw_thread_renders_the_same_ticket_from_every_email_kind(clie
 
 @pytest.mark.parametrize(("kind", "request_", "code"), [
     ("mailgun", "stored", "stored"), ("mailgun", "tracking", "tracking"),
-    ("postmark", "delivery", "delivery"), ("postmark", "check", "check"),
+    ("postmark", "delivery", "delivery"), ("postmark", "check", "check"), ("sendgrid", "events", "event"),
 ])
 async def test_a_notification_that_is_not_a_message_is_200_and_stores_nothing(
         client: Any, kind: str, request_: str, code: str, tmp_path: Path) -> None:
@@ -226,6 +226,11 @@ def _postmark_json(data: dict[str, Any]) -> Request:
 
 
 NOT_MESSAGES: dict[str, Callable[[], Request]] = {
+    "events": lambda: ("/hooks/support-sendgrid", compact([
+        {"email": "example@test.com", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+         "event": "delivered", "category": "cat facts", "sg_event_id": "sg_event_id",
+         "sg_message_id": "sg_message_id", "response": "250 OK"}]),
+        {**JSON, "Authorization": basic("parse", ENV["PARSE_PW"])}),
     "stored": lambda: _mailgun_notice({
         "domain": "acme.test", "recipient": "support@acme.test", "sender": "asha.rao@example.com",
         "subject": "Re: Router down [#1042]", "message-url":

@@ -8,6 +8,7 @@ import pytest
 from bridge.config import AuthConfig, BasicAuth
 from bridge.errors import Rejected
 from handlers.auth import check_auth
+from handlers.base import Intercepted
 from handlers.sendgrid import SendgridHandler, SendgridOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
@@ -19,6 +20,7 @@ from tests.fixtures.providers import (
     THREAD_EMAIL,
     basic,
     build,
+    compact,
     load,
     message_shape,
     multipart,
@@ -34,9 +36,10 @@ SENDGRID_EMAIL = {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "unknown", "scor
 
 
 def test_kind_and_channel() -> None:
-    """SendGrid is kind `sendgrid` on the `email` channel, taking multipart only."""
+    """SendGrid is kind `sendgrid` on the `email` channel, taking multipart (and JSON only to answer the Event
+    Webhook)."""
     assert (SendgridHandler.kind, SendgridHandler.channel) == ("sendgrid", "email")
-    assert SendgridHandler.content_types == frozenset({"multipart/form-data"})
+    assert SendgridHandler.content_types == frozenset({"multipart/form-data", "application/json"})
 
 
 def test_parsed_post_normalises_to_the_email_shape() -> None:
@@ -131,3 +134,24 @@ def test_parsed_post_keeps_an_attached_message_whole_and_names_each_file_by_its_
     assert names == [("forwarded.eml", "message/rfc822", False), ("report.pdf", "application/pdf", False),
                      ("attachment-3.png", "image/png", True)]
     assert inbound.attachments[0].content == FORWARDED
+
+
+# SendGrid's Event Webhook sample: delivery events, not a message
+EVENTS = [{"email": "example@test.com", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+           "event": "delivered", "category": "cat facts", "sg_event_id": "sg_event_id",
+           "sg_message_id": "sg_message_id", "response": "250 OK"}]
+
+
+async def test_an_event_webhook_post_is_not_a_message() -> None:
+    """Delivery events posted to the Parse URL are answered 200 under `not_a_message:event`, never parsed."""
+    early = await build("sendgrid").intercept(post({"Content-Type": "application/json"}), compact(EVENTS))
+    assert isinstance(early, Intercepted)
+    assert (early.code, early.response.status) == ("not_a_message:event", 200)
+
+
+@pytest.mark.parametrize("body", [b"{}", b"[]", b'[{"email": "a@b.c"}]', b'"text"'])
+async def test_other_json_is_415(body: bytes) -> None:
+    """JSON that is not a list of events is refused as the wrong content type, naming what Parse sends."""
+    with pytest.raises(Rejected) as info:
+        await build("sendgrid").intercept(post({"Content-Type": "application/json"}), body)
+    assert info.value.status == 415
