@@ -8,7 +8,7 @@ import binascii
 import math
 import mimetypes
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message
@@ -291,9 +291,23 @@ def part_filename(part: Message) -> str:
 
 def part_bytes(part: Message) -> bytes:
     """A leaf part's content, transfer encoding undone; an attached message (kept opaque by OpaqueMessage) is
-    its exact bytes."""
+    its exact bytes; a delivery status (which the parser always reads as blocks of fields) its blocks."""
+    if part.is_multipart():  # get_payload() without decode would decode text with the part's own charset
+        return b"".join(block.as_bytes() for block in part.get_payload() if isinstance(block, Message))
     data = part.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
+
+
+def _leaves(message: Message) -> Iterator[Message]:
+    """The message's parts that hold content, in order: the leaves of its multipart tree, a message/* part
+    (an attached message, a delivery status) counting as one leaf."""
+    stack: list[Message] = [message]
+    while stack:
+        part = stack.pop()
+        if part.is_multipart() and part.get_content_type().split("/")[0] != "message":
+            stack.extend(reversed([p for p in part.get_payload() if isinstance(p, Message)]))
+        else:
+            yield part
 
 
 def _part_text(part: EmailMessage) -> str | None:
@@ -320,10 +334,9 @@ def parse_mime(raw: bytes) -> MimeContent:
     files = []
     # Every leaf part but the two bodies: attachments, and the inline images of a multipart/related body
     # (which `iter_attachments` leaves out). An attached message is one leaf: it is kept opaque.
-    for part in message.walk():
-        if part.is_multipart() or part is text_part or part is html_part:
+    for part in _leaves(message):
+        if part is text_part or part is html_part:
             continue
-        assert isinstance(part, EmailMessage)
         files.append(attachment(part_filename(part), _raw_header(part, "content-type") or part.get_content_type(),
                                 part_bytes(part), inline=_raw_header(part, "content-id") is not None))
     check_count("attachments", len(files), MAX_ATTACHMENTS)

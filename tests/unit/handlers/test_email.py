@@ -419,3 +419,20 @@ def test_any_date_text_is_an_iso_date_or_null(value: str) -> None:
     """Whatever a Date header holds, the payload's `date` is UTC ISO 8601 or null; it never fails the request."""
     got = payload(date=value)["date"]
     assert got is None or got.endswith("+00:00")
+
+
+def test_a_bounce_report_lists_its_status_and_returned_message_once_each() -> None:
+    """A delivery status notification (multipart/report) gives its status fields as one attachment and the
+    returned message as another, not a file per block of fields."""
+    dsn = (b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+           b'Content-Type: multipart/report; report-type=delivery-status; boundary="r1"\r\n\r\n'
+           b"--r1\r\nContent-Type: text/plain\r\n\r\nThis is the mail system.\r\n"
+           b"--r1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+           b"Final-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+           b"--r1\r\nContent-Type: message/rfc822\r\n\r\nFrom: support@acme.test\r\nSubject: hi\r\n\r\nbody\r\n"
+           b"--r1--\r\n")
+    mime = parse_mime(dsn)
+    status, returned = mime.attachments
+    assert status.meta["content_type"] == "message/delivery-status"
+    assert status.content is not None and b"Status: 5.1.1" in status.content
+    assert returned.content == b"From: support@acme.test\r\nSubject: hi\r\n\r\nbody"
