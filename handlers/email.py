@@ -254,7 +254,8 @@ def _raw_header(part: Message, name: str) -> str | None:
 def raw_param(part: Message, header: str, param: str) -> str | None:
     r"""A parameter of a part's header read from its raw text: a quoted value keeps its backslashes (the
     standard parser reads them as escapes and turns `C:\Users\asha\report.pdf` into `C:Usersashareport.pdf`);
-    RFC 2231 values (`filename*=utf-8''%C3%BC…`, continuations) and RFC 2047 words are decoded."""
+    RFC 2231 values (`filename*=utf-8''%C3%BC…`, continuations) are decoded; RFC 2047 words are left to
+    `basename`."""
     raw = _raw_header(part, header)
     if raw is None:
         return None
@@ -268,15 +269,16 @@ def raw_param(part: Message, header: str, param: str) -> str | None:
         return None
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1].replace('\\"', '"')
-    return decode_words(value)
+    return value
 
 
 def basename(name: str | None) -> str:
     r"""The file name of a path a sender's client left in it, Windows or POSIX (`C:\Users\asha\report.pdf`,
-    `\\share\mail\forwarded.msg`, `../x/y.txt`): the part after the last backslash or slash."""
+    `\\share\mail\forwarded.msg`, `../x/y.txt`): the part after the last backslash or slash, RFC 2047 words
+    decoded (once: `raw_param` leaves them)."""
     if not name:
         return ""
-    return name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return decode_words(name).replace("\\", "/").rsplit("/", 1)[-1].strip()
 
 
 def part_filename(part: Message) -> str:

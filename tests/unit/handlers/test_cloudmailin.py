@@ -100,3 +100,12 @@ def test_attachment_names_are_base_names_and_inline_parts_are_marked() -> None:
     assert [(a["name"], a["inline"]) for a in inbound.payload["attachments"]] == \
         [("forwarded.eml", False), ("logo.png", True)]
     assert inbound.attachments[0].content == FORWARDED
+
+
+def test_an_encoded_attachment_name_is_decoded() -> None:
+    """A `file_name` holding RFC 2047 words (as some clients send it) is decoded."""
+    data = load("cloudmailin/normalized.json")
+    data["attachments"] = [{"content": base64.b64encode(b"x").decode(), "file_name": "=?utf-8?b?w7xiZXJzaWNodC5wZGY=?=",
+                            "content_type": "application/pdf", "size": 1, "disposition": "attachment"}]
+    [inbound] = build("cloudmailin").parse(post(JSON), compact(data))
+    assert inbound.payload["attachments"][0]["name"] == "übersicht.pdf"
