@@ -17,7 +17,9 @@ from handlers.base import (
     Intercepted,
     SignedNonce,
     decode_json,
+    decode_json_object,
     not_a_message,
+    obj,
     optional_json_object,
     per_request,
 )
@@ -27,6 +29,7 @@ from handlers.signing import TimedOptions, check_timestamp, require
 
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
+JSON = "application/json"
 
 
 class MailgunOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
@@ -48,7 +51,8 @@ class MailgunHandler(Handler):
     kind: ClassVar[str] = "mailgun"
     channel = "email"
     Options: ClassVar[type[SourceConfig]] = MailgunOptions
-    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART})
+    # JSON is what Mailgun's (current) event webhooks post: taken only to answer one pointed at a route's URL.
+    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART, JSON})
 
     @property
     def mailgun(self) -> MailgunOptions:
@@ -76,6 +80,16 @@ class MailgunHandler(Handler):
                     else:
                         add_value(fields, part.name, decode_part(part))
                 return MailgunForm(fields, files, mime)
+            if request.content_type == JSON:
+                # {"signature": {"timestamp", "token", "signature"}, "event-data": {…}}: signed the same way
+                data = decode_json_object(body)
+                signed = obj(data.get("signature"))
+                fields = {k: v for k, v in signed.items() if k in ("timestamp", "token", "signature")
+                          and isinstance(v, str | int)}
+                fields = {k: str(v) for k, v in fields.items()}
+                if isinstance(data.get("event-data"), dict):
+                    fields["event-data"] = data["event-data"]
+                return MailgunForm(fields, [], None)
             fields = parse_urlencoded(body, request.charset)
             raw = fields.pop("body-mime", None)
             text = first_value(raw)
@@ -113,9 +127,12 @@ class MailgunHandler(Handler):
             return None
         if "message-url" in fields:  # a store(notify=…) action: the message waits at Mailgun, not here
             return not_a_message("stored", "a Mailgun stored-message notification (set the route to forward)")
-        if "event" in fields or "event-data" in fields:  # a (legacy) tracking webhook pointed at this URL
-            event = first_value(fields.get("event")) or "tracking"
+        if "event" in fields or "event-data" in fields:  # a tracking webhook (form: legacy) pointed at this URL
+            event = first_value(fields.get("event")) or str(obj(fields.get("event-data")).get("event") or "tracking")
             return not_a_message("tracking", f"a Mailgun {event[:40]!r} tracking notification")
+        if request.content_type == JSON:
+            raise Rejected(415, "a Mailgun route posts a form; a JSON body is taken only as an event webhook "
+                                "(`event-data`), answered and not stored", check="content_type")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

@@ -196,7 +196,7 @@ async def test_the_raw_thread_renders_the_same_ticket_from_every_email_kind(clie
 
 
 @pytest.mark.parametrize(("kind", "request_", "code"), [
-    ("mailgun", "stored", "stored"), ("mailgun", "tracking", "tracking"),
+    ("mailgun", "stored", "stored"), ("mailgun", "tracking", "tracking"), ("mailgun", "event-webhook", "tracking"),
     ("postmark", "delivery", "delivery"), ("postmark", "check", "check"), ("sendgrid", "events", "event"),
 ])
 async def test_a_notification_that_is_not_a_message_is_200_and_stores_nothing(
@@ -226,6 +226,11 @@ def _postmark_json(data: dict[str, Any]) -> Request:
 
 
 NOT_MESSAGES: dict[str, Callable[[], Request]] = {
+    "event-webhook": lambda: ("/hooks/support-mailgun", compact({
+        "signature": {k: v for k, v in mailgun_fields(ENV["MAILGUN_KEY"]).items()
+                      if k in ("timestamp", "token", "signature")},
+        "event-data": {"event": "delivered", "id": "CPgfbmQMTCKtHW6uIWtuVe", "recipient": "alice@example.com"}}),
+        JSON),
     "events": lambda: ("/hooks/support-sendgrid", compact([
         {"email": "example@test.com", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
          "event": "delivered", "category": "cat facts", "sg_event_id": "sg_event_id",

@@ -124,12 +124,45 @@ def test_tolerance_is_configurable() -> None:
                                        urlencode(mailgun_fields(KEY, timestamp=NOW - 7200)).encode()))
 
 
-def test_json_is_415() -> None:
-    """A body that is not a form is refused by content type (intake checks it before verify reads anything)."""
+def test_xml_is_415() -> None:
+    """A body that is neither a form nor JSON is refused by content type (intake checks it before verify)."""
     with pytest.raises(Rejected) as info:
-        handler().check_content_type(post({"Content-Type": "application/json"}))
+        handler().check_content_type(post({"Content-Type": "application/xml"}))
     assert info.value.status == 415
     assert info.value.check == "content_type"
+
+
+def event_webhook(key: str = KEY, data: dict[str, Any] | None = None) -> bytes:
+    """Mailgun's event webhook body: the signature object beside `event-data` (its documented sample)."""
+    signed = {k: v for k, v in mailgun_fields(key).items() if k in ("timestamp", "token", "signature")}
+    return msgspec.json.encode({"signature": signed, "event-data": data or {
+        "event": "delivered", "id": "CPgfbmQMTCKtHW6uIWtuVe", "timestamp": 1521472262.908181,
+        "recipient": "alice@example.com",
+        "message": {"headers": {"message-id": "20130503182626.18666.16540@acme.test"}}}})
+
+
+async def test_a_signed_event_webhook_is_not_a_message() -> None:
+    """A JSON event webhook pointed at the route's URL is verified like a route post, then answered 200 under
+    `not_a_message:tracking`, never parsed."""
+    early = await run(event_webhook(), "application/json")
+    assert isinstance(early, Intercepted)
+    assert (early.code, early.response.status) == ("not_a_message:tracking", 200)
+    assert "delivered" in early.reason
+
+
+def test_a_forged_event_webhook_is_401() -> None:
+    """The event webhook's signature is checked as a route post's: another key is refused."""
+    with pytest.raises(Rejected) as info:
+        handler().verify(post({"Content-Type": "application/json"}), event_webhook("key-other"))
+    assert info.value.status == 401
+
+
+async def test_other_json_is_415() -> None:
+    """Signed JSON without `event-data` is not what a route posts: 415 naming what is taken."""
+    signed = {k: v for k, v in mailgun_fields(KEY).items() if k in ("timestamp", "token", "signature")}
+    with pytest.raises(Rejected) as info:
+        await run(msgspec.json.encode({"signature": signed}), "application/json")
+    assert info.value.status == 415
 
 
 @pytest.mark.parametrize(("options", "reason"), [
