@@ -138,8 +138,8 @@ def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamR
         rt.count("intake.handshake", source=source.name)
         log.info("intake.handshake", source=source.name, reason=early.reason)
     else:
-        rt.count("intake.ignored", source=source.name)
-        log.info("intake.ignored", source=source.name, reason=early.reason)
+        rt.count("intake.ignored", source=source.name, reason=early.code)
+        log.info("intake.ignored", source=source.name, reason=early.reason, code=early.code)
     return early.response
 
 

@@ -70,7 +70,10 @@ def _histogram(name: str, help_text: str, family: HistogramFamily) -> list[str]:
 def _sample(name: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | None:
     """The family a labelled counter belongs to and its labels; None for a counter /metrics does not show."""
     if name.startswith("intake."):
-        return "intake", {"source": tags.get("source", ""), "outcome": name.removeprefix("intake.")}
+        labels = {"source": tags.get("source", ""), "outcome": name.removeprefix("intake.")}
+        if "reason" in tags:  # why a post was ignored: a stable word, such as not_a_message:delivery
+            labels["reason"] = tags["reason"]
+        return "intake", labels
     if name.startswith("mappings.reload"):
         return "reloads", {"result": "ok" if name == "mappings.reloaded" else "failed"}
     if name not in LABELLED:

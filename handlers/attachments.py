@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,24 +24,48 @@ class Attachment(msgspec.Struct, kw_only=True):
     content: bytes | None = None
 
 
-def _described(name: object, content_type: object) -> dict[str, Any]:
-    """`name` and `content_type` as the payload shows them; a value that is not text (a provider's JSON may
-    hold anything) counts as absent."""
-    return {"name": name if isinstance(name, str) else "",
-            "content_type": content_type.lower() if isinstance(content_type, str) and content_type
-            else "application/octet-stream"}
+_CHARSET = re.compile(r'charset\s*=\s*"?([^";\s]+)', re.IGNORECASE)
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
 
-def attachment(name: str | None, content_type: str | None, content: bytes) -> Attachment:
+def _described(name: object, content_type: object, inline: bool | None = None) -> dict[str, Any]:
+    """`name`, `content_type` (the bare media type) and, when the type names one, `charset`, as the payload
+    shows them; a value that is not text (a provider's JSON may hold anything) counts as absent. `inline`
+    (a part with a Content-ID, such as a signature logo) is recorded when the caller knows it."""
+    bare, charset = media_type(content_type)
+    out: dict[str, Any] = {"name": name if isinstance(name, str) else "", "content_type": bare}
+    if charset is not None:
+        out["charset"] = charset
+    if inline is not None:
+        out["inline"] = inline
+    return out
+
+
+def media_type(content_type: object) -> tuple[str, str | None]:
+    """(bare lower-cased media type, charset or None) of a Content-Type value: `message/rfc822;
+    charset="us-ascii"` is ("message/rfc822", "us-ascii"); anything that is not a type is
+    application/octet-stream."""
+    if not isinstance(content_type, str):
+        return "application/octet-stream", None
+    head, _sep, params = content_type.partition(";")
+    bare = head.strip().lower()
+    if not _MEDIA_TYPE.fullmatch(bare):
+        bare = "application/octet-stream"
+    found = _CHARSET.search(params)
+    return bare, found.group(1).lower() if found else None
+
+
+def attachment(name: str | None, content_type: str | None, content: bytes, *, inline: bool | None = None) -> Attachment:
     """An attachment whose metadata (name, content_type, size, sha256) is computed from its content."""
-    meta = {**_described(name, content_type), "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    meta = {**_described(name, content_type, inline), "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest()}
     return Attachment(meta=meta, content=content)
 
 
-def remote_attachment(name: str | None, content_type: str | None, size: int | None, reason: str,
-                      **extra: Any) -> Attachment:
+def remote_attachment(name: str | None, content_type: str | None, size: int | None, reason: str, *,
+                      inline: bool | None = None, **extra: Any) -> Attachment:
     """A file the provider did not send the content of: recorded, never silently dropped."""
-    meta = {**_described(name, content_type), "size": size, "sha256": None, "stored": False, "reason": reason,
+    meta = {**_described(name, content_type, inline), "size": size, "sha256": None, "stored": False, "reason": reason,
             **extra}
     return Attachment(meta=meta, content=None)
 

@@ -52,12 +52,23 @@ class Intercepted:
     response: web.StreamResponse
     outcome: Literal["handshake", "ignored"]
     reason: str
+    code: str = "other"
+    """A stable word for the metric's `reason` label (`reason` itself is free text, for the log and the answer)."""
 
 
-def ignored(reason: str) -> Intercepted:
-    """Answer 200 so the provider stops retrying, and store nothing."""
+def ignored(reason: str, code: str = "other") -> Intercepted:
+    """Answer 200 so the provider stops retrying, and store nothing; counted under `code`."""
     body = msgspec.json.encode({"accepted": True, "ignored": reason})
-    return Intercepted(web.Response(body=body, status=200, content_type="application/json"), "ignored", reason)
+    return Intercepted(web.Response(body=body, status=200, content_type="application/json"), "ignored", reason,
+                       code)
+
+
+def not_a_message(code: str, reason: str) -> Intercepted:
+    """A provider's post that carries no inbound message (a delivery notification, a stored-message notice, a
+    dashboard check): answered 200 so the provider calls the integration healthy and stops retrying, never
+    stored, counted as `intake.ignored{reason="not_a_message:<code>"}`. Any handler's `intercept` may return
+    it; `code` is a stable word such as `delivery`, `stored` or `check`."""
+    return ignored(f"not a message: {reason}", f"not_a_message:{code}")
 
 
 def handshake_answer(response: web.StreamResponse, reason: str) -> Intercepted:

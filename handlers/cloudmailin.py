@@ -1,8 +1,12 @@
 """Cloudmailin, JSON (normalised) format: envelope, headers, plain, html, reply_plain and attachments
-(base64 content, or a link when Cloudmailin stores them). Protect the source with `auth` (basic auth)."""
+(base64 content, or a link when Cloudmailin stores them); or the raw message format, a multipart form of
+the envelope (`envelope[to]`, `envelope[recipients][0]`, …) and the whole message in `message`, which is
+parsed and wins. Protect the source with `auth` (basic auth)."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -11,7 +15,46 @@ from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment, decode_base64, remote_attachment
 from handlers.base import Handler, Inbound, decode_json_object, obj
-from handlers.email import Headers, email_payload, message_id
+from handlers.email import Headers, basename, email_payload, header_spam, message_files, parse_mime_text
+from handlers.formdata import decode_part, multipart_parts
+
+MULTIPART = "multipart/form-data"
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+
+
+def raw_format(body: bytes, content_type: str) -> dict[str, Any]:
+    """The raw message format as the JSON format's keys: `envelope` rebuilt from its bracketed field names
+    (`envelope[spf][result]`, `envelope[recipients][0]`), `message` the message's own bytes."""
+    data: dict[str, Any] = {}
+    envelope: dict[str, Any] = {}
+    for part in multipart_parts(body, content_type):
+        if part.name == "message":
+            data["message"] = part.data
+            continue
+        head, _sep, rest = part.name.partition("[")
+        keys = _BRACKETS.findall("[" + rest) if rest else []
+        if head != "envelope" or not keys:
+            data[part.name] = decode_part(part)
+            continue
+        _put(envelope, keys, decode_part(part))
+    data["envelope"] = envelope
+    return data
+
+
+def _put(tree: dict[str, Any], keys: list[str], value: str) -> None:
+    """Set `value` at the bracketed path `keys`: ["spf", "result"] nests, ["recipients", "0"] appends."""
+    node = tree
+    for key, after in itertools.pairwise(keys):
+        child = node.get(key)
+        if after.isdigit() or after == "":
+            if not isinstance(child, list):
+                child = node[key] = []
+            child.append(value)
+            return
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[keys[-1]] = value
 
 
 class CloudmailinOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
@@ -22,10 +65,11 @@ class CloudmailinHandler(Handler):
     kind: ClassVar[str] = "cloudmailin"
     channel = "email"
     Options: ClassVar[type[SourceConfig]] = CloudmailinOptions
-    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json", MULTIPART})
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = decode_json_object(body)
+        data = raw_format(body, request.headers.get("Content-Type", "")) if request.content_type == MULTIPART \
+            else decode_json_object(body)
         raw_headers = data.get("headers")
         # Cloudmailin names headers in lower case with underscores (`message_id`); repeated ones are lists.
         headers = Headers.from_mapping(raw_headers, underscores=True) if isinstance(raw_headers, dict) else Headers()
@@ -34,6 +78,9 @@ class CloudmailinHandler(Handler):
         provider = dict(data)
         if "attachments" in data:
             provider["attachments"] = kept
+        mime = parse_mime_text(data.get("message"), "`message`")
+        provider.pop("message", None)  # parsed, not kept twice
+        files = message_files(mime, files)
         payload = email_payload(
             from_=headers.get("From") or envelope.get("from"),
             to=headers.get_all("To") or envelope.get("to"),
@@ -47,8 +94,14 @@ class CloudmailinHandler(Handler):
             references=headers.get_all("References"),
             attachments=files,
             provider=provider,
+            mime=mime,
+            reply_to=headers.get_all("Reply-To"),
+            date=headers.get("Date"),
+            envelope_from=envelope.get("from"),
+            envelope_to=envelope.get("recipients") or envelope.get("to"),
+            spam=header_spam(headers),
         )
-        return [Inbound(payload=payload, dedup_key=message_id(headers.get("Message-Id")), attachments=files)]
+        return [Inbound(payload=payload, dedup_key=payload["message_id"], attachments=files)]
 
     @staticmethod
     def _attachments(raw: Any) -> tuple[list[Attachment], list[Any]]:
@@ -62,11 +115,15 @@ class CloudmailinHandler(Handler):
             if not isinstance(item, dict):
                 raise Rejected(400, f"`attachments[{i}]` is not an object", check="json")
             name, ctype = item.get("file_name"), item.get("content_type")
+            name = basename(name) if isinstance(name, str) else None
+            inline = bool(item.get("content_id")) or item.get("disposition") == "inline"
             if item.get("content") is not None:
-                files.append(attachment(name, ctype, decode_base64(item["content"], f"`attachments[{i}].content`")))
+                files.append(attachment(name, ctype, decode_base64(item["content"], f"`attachments[{i}].content`"),
+                                        inline=inline))
             else:
                 files.append(remote_attachment(name, ctype, byte_count(item.get("size")),
-                                               "held by Cloudmailin's attachment store", url=item.get("url")))
+                                               "held by Cloudmailin's attachment store", inline=inline,
+                                               url=item.get("url")))
             kept.append({k: v for k, v in item.items() if k != "content"})
         return files, kept
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import mimetypes
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
-from email.utils import getaddresses, parseaddr
+from email.utils import collapse_rfc2231_value, getaddresses, parseaddr, parsedate_to_datetime, unquote
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
@@ -225,6 +228,90 @@ class MimeContent(NamedTuple):
     attachments: list[Attachment]
 
 
+class OpaqueMessage(Message):
+    """A part whose attached message (message/rfc822, message/global) the parser keeps as the bytes it was
+    sent as, instead of parsing it as a nested message: what is stored is the attached message exactly, and
+    its headers cost nothing to parse. The parser asks the main type to decide whether to nest."""
+
+    def get_content_maintype(self) -> str:
+        maintype = super().get_content_maintype()
+        return "application" if maintype == "message" else maintype
+
+
+class _OpaqueEmailMessage(EmailMessage):
+    __doc__ = OpaqueMessage.__doc__
+
+    def get_content_maintype(self) -> str:
+        maintype = super().get_content_maintype()
+        return "application" if maintype == "message" else maintype
+
+
+def _raw_header(part: Message, name: str) -> str | None:
+    raw = next((v for n, v in part.raw_items() if n.lower() == name), None)
+    return None if raw is None else raw_utf8(_FOLD.sub("", str(raw)))
+
+
+def raw_param(part: Message, header: str, param: str) -> str | None:
+    r"""A parameter of a part's header read from its raw text: a quoted value keeps its backslashes (the
+    standard parser reads them as escapes and turns `C:\Users\asha\report.pdf` into `C:Usersashareport.pdf`);
+    RFC 2231 values (`filename*=utf-8''%C3%BC…`, continuations) are decoded; RFC 2047 words are left to
+    `basename`."""
+    raw = _raw_header(part, header)
+    if raw is None:
+        return None
+    probe = Message()
+    probe[header] = raw
+    value = probe.get_param(param, header=header, unquote=False)
+    if isinstance(value, tuple):  # the parser quoted (and escaped) the percent-decoded value: undone exactly
+        charset, language, quoted = value
+        return collapse_rfc2231_value((charset, language, unquote(quoted)))
+    if not isinstance(value, str):
+        return None
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1].replace('\\"', '"')
+    return value
+
+
+def basename(name: str | None) -> str:
+    r"""The file name of a path a sender's client left in it, Windows or POSIX (`C:\Users\asha\report.pdf`,
+    `\\share\mail\forwarded.msg`, `../x/y.txt`): the part after the last backslash or slash, RFC 2047 words
+    decoded (once: `raw_param` leaves them)."""
+    if not name:
+        return ""
+    return decode_words(name).replace("\\", "/").rsplit("/", 1)[-1].strip()
+
+
+def part_filename(part: Message) -> str:
+    """A MIME or form part's file name: Content-Disposition `filename`, else Content-Type `name`, as a base
+    name; empty when the part names none."""
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        name = basename(raw_param(part, header, param))
+        if name:
+            return name
+    return ""
+
+
+def part_bytes(part: Message) -> bytes:
+    """A leaf part's content, transfer encoding undone; an attached message (kept opaque by OpaqueMessage) is
+    its exact bytes; a delivery status (which the parser always reads as blocks of fields) its blocks."""
+    if part.is_multipart():  # get_payload() without decode would decode text with the part's own charset
+        return b"".join(block.as_bytes() for block in part.get_payload() if isinstance(block, Message))
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def _leaves(message: Message) -> Iterator[Message]:
+    """The message's parts that hold content, in order: the leaves of its multipart tree, a message/* part
+    (an attached message, a delivery status) counting as one leaf."""
+    stack: list[Message] = [message]
+    while stack:
+        part = stack.pop()
+        if part.is_multipart() and part.get_content_type().split("/")[0] != "message":
+            stack.extend(reversed([p for p in part.get_payload() if isinstance(p, Message)]))
+        else:
+            yield part
+
+
 def _part_text(part: EmailMessage) -> str | None:
     try:
         content = part.get_content()
@@ -235,23 +322,26 @@ def _part_text(part: EmailMessage) -> str | None:
 
 
 def parse_mime(raw: bytes) -> MimeContent:
-    """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content."""
+    """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content. An
+    attached message is kept as its exact bytes; a part with a Content-ID is marked `inline`."""
     check_mime_shape(raw, "the message")
     # The shape is checked on a compat32 parse, some ten times cheaper per part than the default policy's,
     # whose structured parse of each part's headers is what the checks bound.
-    check_parts(BytesParser().parsebytes(raw), "the message")
-    message = BytesParser(policy=policy.default).parsebytes(raw)
+    check_parts(BytesParser(_class=OpaqueMessage).parsebytes(raw), "the message")
+    message = BytesParser(_class=_OpaqueEmailMessage, policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     headers = Headers.from_message(message)
     text_part = message.get_body(preferencelist=("plain",))
     html_part = message.get_body(preferencelist=("html",))
     files = []
-    for part in message.iter_attachments():
-        assert isinstance(part, EmailMessage)
-        data = part.get_payload(decode=True)
-        if not isinstance(data, bytes):  # an attached message/rfc822 is kept as its bytes
-            data = part.as_bytes() if part.get_content_maintype() == "message" else b""
-        files.append(attachment(part.get_filename(), part.get_content_type(), data))
+    # Every leaf part but the two bodies: attachments, and the inline images of a multipart/related body
+    # (which `iter_attachments` leaves out). An attached message is one leaf: it is kept opaque.
+    for part in _leaves(message):
+        if part is text_part or part is html_part:
+            continue
+        files.append(attachment(part_filename(part), _raw_header(part, "content-type") or part.get_content_type(),
+                                part_bytes(part), inline=_raw_header(part, "content-id") is not None))
+    check_count("attachments", len(files), MAX_ATTACHMENTS)
     return MimeContent(
         headers=headers,
         text=_part_text(text_part) if isinstance(text_part, EmailMessage) else None,
@@ -260,30 +350,160 @@ def parse_mime(raw: bytes) -> MimeContent:
     )
 
 
+def parse_mime_text(raw: object, what: str) -> MimeContent | None:
+    """A raw message a provider sent as a JSON or form string (Mailgun `body-mime`, Postmark `RawEmail`,
+    Cloudmailin `message`), parsed; None when there is none. The text's characters are the message's bytes
+    (8-bit ones as UTF-8)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str | bytes):
+        raise Rejected(400, f"{what} is not a string holding the raw message", check="email")
+    if not raw.strip():
+        return None
+    return parse_mime(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape"))
+
+
+def message_files(mime: MimeContent | None, files: list[Attachment]) -> list[Attachment]:
+    """The attachments an email event carries: the raw message's when the provider sent it (it wins over the
+    provider's own copies), else the provider's."""
+    return mime.attachments if mime is not None else files
+
+
+# -- the payload -------------------------------------------------------------------------------------
+
+_EXTENSIONS = mimetypes.MimeTypes()  # the standard table only: the same names on every machine
+
+
+def _name_blanks(attachments: list[Attachment]) -> None:
+    """Give a file the sender left unnamed `attachment-N.ext`, N its place among the message's files and the
+    extension from its content type."""
+    for i, item in enumerate(attachments, 1):
+        if not item.meta.get("name"):
+            ext = _EXTENSIONS.guess_extension(str(item.meta.get("content_type")), strict=False) or ".bin"
+            item.meta["name"] = f"attachment-{i}{ext}"
+
+
+def _named(values: tuple[AddressInput, ...], field: str) -> tuple[list[str], list[str]]:
+    """The bare addresses of address values, each once, and beside each its display name ("" when none)."""
+    seen: dict[str, str] = {}
+    for name, raw in _mailboxes([t for v in values for t in _texts(v)], field):
+        addr = raw.strip().lower()
+        if "@" in addr and addr not in seen:
+            seen[addr] = name.strip()
+    check_count(f"{field} addresses", len(seen), MAX_ADDRESSES)
+    return list(seen), list(seen.values())
+
+
+def utc_date(value: object) -> str | None:
+    """A Date header (RFC 5322) or an ISO 8601 time as UTC ISO 8601 (`2024-06-03T10:03:20+00:00`); None when
+    absent or unreadable. A date without a zone is read as UTC."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        return None
+    try:
+        stamp = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        try:
+            stamp = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    try:
+        return stamp.astimezone(UTC).isoformat()
+    except OverflowError:  # year 9999 west of UTC, or year 1 east of it
+        return None
+
+
+class Spam(NamedTuple):
+    """A provider's spam filtering result: `verdict` is "spam", "ham" or "unknown", `score` its number."""
+
+    verdict: str
+    score: float | None = None
+
+
+def spam_score(value: object) -> float | None:
+    """A spam score as the provider wrote it (a number, or one in a string); None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        score = float(value)
+    elif isinstance(value, str) and len(value) <= 32:
+        try:
+            score = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return score if math.isfinite(score) else None
+
+
+def header_spam(headers: Headers, flag: str = "X-Spam-Status", score: str = "X-Spam-Score") -> Spam | None:
+    """The verdict of a spam filter's headers: `flag` reading Yes/No (SpamAssassin's `X-Spam-Status: Yes,
+    score=…`, Mailgun's `X-Mailgun-Sflag: Yes`), `score` a number. None when neither is there."""
+    status, number = headers.get(flag), spam_score(headers.get(score))
+    if status is None and number is None:
+        return None
+    word = (status or "").strip().split(",")[0].strip().lower()
+    verdict = {"yes": "spam", "no": "ham"}.get(word, "unknown")
+    if number is None and status is not None:
+        found = re.search(r"score=(-?[0-9]+(?:\.[0-9]+)?)", status)
+        number = float(found.group(1)) if found else None
+    return Spam(verdict, number)
+
+
 def email_payload(
     *, from_: AddressInput, to: AddressInput, cc: AddressInput, subject: str | None, text: str | None,
     html: str | None, stripped_text: str | None, message_id_: str | Iterable[str] | None,
     in_reply_to: str | Iterable[str] | None, references: str | Iterable[str] | None,
     attachments: list[Attachment], provider: dict[str, Any],
+    mime: MimeContent | None = None, reply_to: AddressInput = None, date: str | None = None,
+    envelope_from: AddressInput = None, envelope_to: AddressInput = None, spam: Spam | None = None,
 ) -> dict[str, Any]:
-    """The email channel's payload, the same keys for every provider (docs/architecture.md, "The canonical event")."""
+    """The email channel's payload, the same keys for every provider (docs/architecture.md, "The canonical event").
+
+    `mime`, the raw message when the provider sent it, wins over the provider's pre-parsed fields: its headers,
+    bodies and attachments are used wherever it has them, the pre-parsed fields only where it has not. Pass
+    `attachments=message_files(mime, files)` so the event's files are the ones the payload lists."""
+    if mime is not None:
+        h = mime.headers
+        from_ = h.get("From") or from_
+        to, cc = h.get_all("To") or to, h.get_all("Cc") or cc
+        reply_to = h.get_all("Reply-To") or reply_to
+        envelope_from = envelope_from or h.get("Return-Path")
+        subject = h.get("Subject") if h.get("Subject") is not None else subject
+        date = h.get("Date") or date
+        message_id_ = h.get("Message-ID") or message_id_
+        in_reply_to = h.get("In-Reply-To") or in_reply_to
+        references = h.get_all("References") or references
+        if mime.text is not None or mime.html is not None:
+            text, html = mime.text, mime.html
     check_count("attachments", len(attachments), MAX_ATTACHMENTS)
+    _name_blanks(attachments)
     from_name, from_addr = sender(from_)
+    to_addrs, to_names = _named((to,), "To")
+    cc_addrs, cc_names = _named((cc,), "Cc")
     body = newlines(text)
     given = (newlines(stripped_text) or "").strip()
     decoded_subject = decode_words(subject) if isinstance(subject, str) else None
     return {
         "from": from_addr,
         "from_name": from_name,
-        "to": address_list(to, field="To"),
-        "cc": address_list(cc, field="Cc"),
+        "to": to_addrs,
+        "to_names": to_names,
+        "cc": cc_addrs,
+        "cc_names": cc_names,
+        "reply_to": address_list(reply_to, field="Reply-To"),
         "subject": decoded_subject,
+        "date": utc_date(date),
         "text": body,
         "html": newlines(html),
         "stripped_text": given or strip_reply(body, decoded_subject),
         "message_id": message_id(message_id_),
         "in_reply_to": message_id(in_reply_to, "In-Reply-To"),
         "references": message_ids(references),
+        "envelope_from": sender(envelope_from)[1],
+        "envelope_to": address_list(envelope_to, field="envelope To"),
+        "spam": None if spam is None else {"verdict": spam.verdict, "score": spam.score},
         "attachments": [a.meta for a in attachments],
         "provider": provider,
     }

@@ -11,7 +11,8 @@ from urllib.parse import parse_qsl
 
 from bridge.errors import Rejected
 from bridge.escaping import escape_text
-from handlers.email import decode_words, raw_utf8
+from handlers.attachments import Attachment, attachment
+from handlers.email import OpaqueMessage, basename, decode_words, raw_param, raw_utf8
 from handlers.limits import MAX_FORM_FIELDS, check_count, check_mime_shape, check_parts
 
 
@@ -66,6 +67,14 @@ class Part(NamedTuple):
     content_type: str
     charset: str | None
     data: bytes
+    content_id: str | None = None
+
+
+def file_attachment(part: Part) -> Attachment:
+    """A file part as an attachment: its base name, bare content type with the charset apart, and `inline`
+    when the part has a Content-ID."""
+    ctype = f"{part.content_type}; charset={part.charset}" if part.charset else part.content_type
+    return attachment(part.filename, ctype, part.data, inline=part.content_id is not None)
 
 
 def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
@@ -81,7 +90,8 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
                     MAX_FORM_FIELDS)
     # The compat32 policy: header values stay text read by `Message`'s own light parameter parser; the
     # structured parse of the newer policies costs some 200 µs a part.
-    message = BytesParser().parsebytes(b"Content-Type: " + sent + b"\r\n\r\n" + body)
+    # An attached message (message/rfc822) is kept as the bytes it was sent as, not parsed as a nested message.
+    message = BytesParser(_class=OpaqueMessage).parsebytes(b"Content-Type: " + sent + b"\r\n\r\n" + body)
     check_parts(message, "the multipart body", MAX_FORM_FIELDS)
     found = message.get_boundary()
     if found is not None and not found.isascii():
@@ -101,9 +111,12 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
         if not isinstance(name, str):
             raise Rejected(400, "multipart part without a name in its Content-Disposition", check="form")
         raw = part.get_payload(decode=True)
-        filename = part.get_filename()
-        parts.append(Part(decode_words(name), None if filename is None else decode_words(filename),
-                          part.get_content_type(), part.get_content_charset(), raw if isinstance(raw, bytes) else b""))
+        # Read from the raw header: the standard parser takes a path's backslashes for quote escapes.
+        filename = raw_param(part, "content-disposition", "filename")
+        content_id = part.get("Content-ID")
+        parts.append(Part(decode_words(name), None if filename is None else basename(filename),
+                          part.get_content_type(), part.get_content_charset(), raw if isinstance(raw, bytes) else b"",
+                          content_id if isinstance(content_id, str) else None))
     return parts
 
 

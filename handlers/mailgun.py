@@ -9,15 +9,27 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.attachments import Attachment, attachment
+from handlers.attachments import Attachment
 from handlers.auth import hmac_digest, signature_matches
-from handlers.base import Handler, Inbound, SignedNonce, decode_json, per_request
-from handlers.email import Headers, email_payload, message_id
-from handlers.formdata import add_value, decode_part, first_value, multipart_parts, parse_urlencoded
+from handlers.base import (
+    Handler,
+    Inbound,
+    Intercepted,
+    SignedNonce,
+    decode_json,
+    decode_json_object,
+    not_a_message,
+    obj,
+    optional_json_object,
+    per_request,
+)
+from handlers.email import Headers, email_payload, header_spam, message_files, parse_mime_text
+from handlers.formdata import add_value, decode_part, file_attachment, first_value, multipart_parts, parse_urlencoded
 from handlers.signing import TimedOptions, check_timestamp, require
 
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
+JSON = "application/json"
 
 
 class MailgunOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
@@ -31,13 +43,16 @@ class MailgunOptions(TimedOptions, kw_only=True, forbid_unknown_fields=True):
 class MailgunForm(msgspec.Struct):
     fields: dict[str, Any]
     files: list[Attachment]
+    mime: bytes | None = None
+    """`body-mime` as sent (routes to a URL ending in "mime" forward the whole message), kept as bytes."""
 
 
 class MailgunHandler(Handler):
     kind: ClassVar[str] = "mailgun"
     channel = "email"
     Options: ClassVar[type[SourceConfig]] = MailgunOptions
-    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART})
+    # JSON is what Mailgun's (current) event webhooks post: taken only to answer one pointed at a route's URL.
+    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART, JSON})
 
     @property
     def mailgun(self) -> MailgunOptions:
@@ -49,13 +64,36 @@ class MailgunHandler(Handler):
             if request.content_type == MULTIPART:
                 fields: dict[str, Any] = {}
                 files = []
-                for part in multipart_parts(body, request.headers.get("Content-Type", "")):
+                mime = None
+                parts = multipart_parts(body, request.headers.get("Content-Type", ""))
+                # `content-id-map`: {"<cid>": "attachment-1"}, the files an HTML body shows inline
+                inline = set()
+                for part in parts:
+                    if part.name == "content-id-map" and part.filename is None:
+                        inline = {str(v) for v in (optional_json_object(part.data) or {}).values()}
+                for part in parts:
                     if part.filename is not None:
-                        files.append(attachment(part.filename, part.content_type, part.data))
+                        files.append(file_attachment(part._replace(content_id=part.content_id or (
+                            part.name if part.name in inline else None))))
+                    elif part.name == "body-mime":  # the message's own bytes: parsed, not kept twice
+                        mime = part.data
                     else:
                         add_value(fields, part.name, decode_part(part))
-                return MailgunForm(fields, files)
-            return MailgunForm(parse_urlencoded(body, request.charset), [])
+                return MailgunForm(fields, files, mime)
+            if request.content_type == JSON:
+                # {"signature": {"timestamp", "token", "signature"}, "event-data": {…}}: signed the same way
+                data = decode_json_object(body)
+                signed = obj(data.get("signature"))
+                fields = {k: v for k, v in signed.items() if k in ("timestamp", "token", "signature")
+                          and isinstance(v, str | int)}
+                fields = {k: str(v) for k, v in fields.items()}
+                if isinstance(data.get("event-data"), dict):
+                    fields["event-data"] = data["event-data"]
+                return MailgunForm(fields, [], None)
+            fields = parse_urlencoded(body, request.charset)
+            raw = fields.pop("body-mime", None)
+            text = first_value(raw)
+            return MailgunForm(fields, [], text.encode("utf-8", "surrogateescape") if text else None)
 
         return per_request(request, "mailgun", read)
 
@@ -82,10 +120,27 @@ class MailgunHandler(Handler):
         left = stamp + self.mailgun.tolerance_s - self.clock()
         return SignedNonce(value=token, name="Mailgun `token`", valid_for_s=max(0.0, left))
 
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        form = self._form(request, body)
+        fields = form.fields
+        if form.mime is not None or "body-plain" in fields or "body-html" in fields:
+            return None
+        if "message-url" in fields:  # a store(notify=…) action: the message waits at Mailgun, not here
+            return not_a_message("stored", "a Mailgun stored-message notification (set the route to forward)")
+        if "event" in fields or "event-data" in fields:  # a tracking webhook (form: legacy) pointed at this URL
+            event = first_value(fields.get("event")) or str(obj(fields.get("event-data")).get("event") or "tracking")
+            return not_a_message("tracking", f"a Mailgun {event[:40]!r} tracking notification")
+        if request.content_type == JSON:
+            raise Rejected(415, "a Mailgun route posts a form; a JSON body is taken only as an event webhook "
+                                "(`event-data`), answered and not stored", check="content_type")
+        return None
+
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         form = self._form(request, body)
         fields = form.fields
-        headers = self._headers(fields)
+        mime = parse_mime_text(form.mime, "field `body-mime`")
+        headers = mime.headers if mime is not None and "message-headers" not in fields else self._headers(fields)
+        files = message_files(mime, form.files)
         payload = email_payload(
             from_=headers.get("From") or first_value(fields.get("from")) or first_value(fields.get("sender")),
             to=headers.get_all("To") or first_value(fields.get("recipient")),
@@ -97,11 +152,17 @@ class MailgunHandler(Handler):
             message_id_=headers.get("Message-Id"),
             in_reply_to=headers.get("In-Reply-To"),
             references=headers.get_all("References"),
-            attachments=form.files,
+            attachments=files,
             provider=fields,
+            mime=mime,
+            reply_to=headers.get_all("Reply-To"),
+            date=headers.get("Date"),
+            envelope_from=first_value(fields.get("sender")),
+            envelope_to=first_value(fields.get("recipient")),
+            spam=header_spam(headers, "X-Mailgun-Sflag", "X-Mailgun-Sscore"),
         )
-        dedup = message_id(headers.get("Message-Id")) or first_value(fields.get("token"))
-        return [Inbound(payload=payload, dedup_key=dedup, attachments=form.files)]
+        dedup = payload["message_id"] or first_value(fields.get("token"))
+        return [Inbound(payload=payload, dedup_key=dedup, attachments=files)]
 
     @staticmethod
     def _headers(fields: dict[str, Any]) -> Headers:
@@ -112,5 +173,6 @@ class MailgunHandler(Handler):
             if isinstance(pairs, list):
                 return Headers((str(p[0]), str(p[1])) for p in pairs
                                if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str))
-        names = ("From", "To", "Cc", "Subject", "Message-Id", "In-Reply-To", "References", "Date")
+        names = ("From", "To", "Cc", "Reply-To", "Subject", "Message-Id", "In-Reply-To", "References", "Date",
+                 "X-Mailgun-Sflag", "X-Mailgun-Sscore")
         return Headers((n, v) for n in names if (v := first_value(fields.get(n))) is not None)

@@ -10,8 +10,11 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment, decode_base64
-from handlers.base import Handler, Inbound, decode_json_object
-from handlers.email import Headers, email_payload
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, not_a_message, per_request
+from handlers.email import Headers, basename, email_payload, header_spam, message_files, parse_mime_text
+
+# Postmark's other webhooks (RecordType), should one be pointed at the inbound URL: words for the metric.
+_RECORD_TYPES = frozenset({"delivery", "bounce", "spamcomplaint", "open", "click", "subscriptionchange"})
 
 
 class PostmarkOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
@@ -36,8 +39,24 @@ class PostmarkHandler(Handler):
     Options: ClassVar[type[SourceConfig]] = PostmarkOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 
+    def _data(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "postmark", lambda: decode_json_object(body))
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        data = self._data(request, body)
+        record = data.get("RecordType", "Inbound")
+        if record != "Inbound":
+            word = str(record).lower()
+            return not_a_message(word if word in _RECORD_TYPES else "other",
+                                 f"a Postmark {str(record)[:40]!r} record, not an inbound message")
+        files = data.get("Attachments")
+        # The dashboard's "Check" button posts a sample whose attachments carry `Data`, not `Content`.
+        if isinstance(files, list) and any(isinstance(f, dict) and "Data" in f and "Content" not in f for f in files):
+            return not_a_message("check", "Postmark's inbound webhook check")
+        return None
+
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = decode_json_object(body)
+        data = self._data(request, body)
         raw_headers = data.get("Headers")
         headers = Headers((str(h["Name"]), str(h["Value"])) for h in raw_headers or []
                           if isinstance(h, dict) and isinstance(h.get("Name"), str) and "Value" in h) \
@@ -52,10 +71,17 @@ class PostmarkHandler(Handler):
             if not isinstance(item, dict):
                 raise Rejected(400, f"`Attachments[{i}]` is not an object", check="json")
             content = decode_base64(item.get("Content"), f"`Attachments[{i}].Content`")
-            files.append(attachment(item.get("Name"), item.get("ContentType"), content))
+            cid = item.get("ContentID")
+            files.append(attachment(basename(item["Name"]) if isinstance(item.get("Name"), str) else None,
+                                    item.get("ContentType"), content,
+                                    inline=isinstance(cid, str) and bool(cid.strip())))
             kept.append({k: v for k, v in item.items() if k != "Content"})  # the content is on disk, once
         if raw_files is not None:
             provider["Attachments"] = kept
+        # "Include raw email content in JSON payload": the message itself, which wins over the parsed fields.
+        mime = parse_mime_text(data.get("RawEmail"), "`RawEmail`")
+        provider.pop("RawEmail", None)  # parsed, not kept twice
+        files = message_files(mime, files)
         from_full = data.get("FromFull")
         from_ = (f'"{from_full.get("Name") or ""}" <{from_full["Email"]}>'
                  if isinstance(from_full, dict) and isinstance(from_full.get("Email"), str) else data.get("From"))
@@ -72,6 +98,12 @@ class PostmarkHandler(Handler):
             references=headers.get_all("References"),
             attachments=files,
             provider=provider,
+            mime=mime,
+            reply_to=_text(data.get("ReplyTo")) or headers.get_all("Reply-To"),
+            date=_text(data.get("Date")) or headers.get("Date"),
+            envelope_from=headers.get("Return-Path"),
+            envelope_to=_text(data.get("OriginalRecipient")),
+            spam=header_spam(headers),
         )
         postmark_id = data.get("MessageID")
         return [Inbound(payload=payload, dedup_key=str(postmark_id) if postmark_id else None, attachments=files)]

@@ -8,11 +8,12 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from bridge.config import SourceConfig
+from bridge.errors import Rejected
 from bridge.escaping import escape_text
-from handlers.attachments import Attachment, attachment
-from handlers.base import Handler, Inbound, optional_json_object
-from handlers.email import Headers, email_payload, message_id, parse_mime
-from handlers.formdata import Part, add_value, first_value, multipart_parts
+from handlers.attachments import Attachment
+from handlers.base import Handler, Inbound, Intercepted, decode_json, not_a_message, obj, optional_json_object
+from handlers.email import Headers, Spam, basename, email_payload, message_files, parse_mime, spam_score
+from handlers.formdata import Part, add_value, file_attachment, first_value, multipart_parts
 
 MULTIPART = "multipart/form-data"
 
@@ -43,37 +44,46 @@ class SendgridHandler(Handler):
     kind: ClassVar[str] = "sendgrid"
     channel = "email"
     Options: ClassVar[type[SourceConfig]] = SendgridOptions
-    content_types: ClassVar[frozenset[str]] = frozenset({MULTIPART})
+    # JSON is taken only to answer the Event Webhook (delivery events) should it be pointed at this URL.
+    content_types: ClassVar[frozenset[str]] = frozenset({MULTIPART, "application/json"})
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        if request.content_type == MULTIPART:
+            return None
+        events = decode_json(body)
+        if isinstance(events, list) and events and all(isinstance(e, dict) and "event" in e for e in events):
+            return not_a_message("event", f"a SendGrid Event Webhook post of {len(events)} delivery event(s)")
+        raise Rejected(415, "Inbound Parse posts multipart/form-data; a JSON body is taken only as an Event "
+                            "Webhook post (a list of events), answered and not stored", check="content_type")
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         parts = multipart_parts(body, request.headers.get("Content-Type", ""))
         charsets = _charsets(parts)
         fields: dict[str, Any] = {}
-        files: list[Attachment] = []
+        file_parts: list[Part] = []
         raw_email: bytes | None = None
         for part in parts:
             if part.filename is not None:
-                files.append(attachment(part.filename, part.content_type, part.data))
+                file_parts.append(part)
             elif part.name == "email":  # the whole message, attachments and all: parsed below, not kept twice
                 raw_email = part.data
             else:
                 add_value(fields, part.name, _text(part, charsets))
-        raw_info = fields.get("attachment-info")
-        info = (optional_json_object(raw_info) or {}) if isinstance(raw_info, str) else {}
-        # attachment-info names the file when the part's own filename is blank; looked up once, not per file
-        named = next((str(e["filename"]) for e in info.values() if isinstance(e, dict) and e.get("filename")), None)
-        for item in files:
-            if not item.meta["name"] and named is not None:
-                item.meta["name"] = named
+        files = self._files(file_parts, fields)
 
+        mime = None
+        text = html = None
         if raw_email is not None:  # "POST the raw, full MIME message"
             mime = parse_mime(raw_email)
-            headers, text, html, files = mime.headers, mime.text, mime.html, files + mime.attachments
+            headers = mime.headers
+            files = message_files(mime, files)
         else:
             headers = Headers.from_block(fields.get("headers") or "") if isinstance(fields.get("headers"), str) \
                 else Headers()
             text, html = first_value(fields.get("text")), first_value(fields.get("html"))
 
+        envelope = obj(optional_json_object(fields["envelope"]) if isinstance(fields.get("envelope"), str) else None)
+        score = spam_score(first_value(fields.get("spam_score")))
         payload = email_payload(
             from_=first_value(fields.get("from")) or headers.get("From"),
             to=first_value(fields.get("to")) or headers.get_all("To"),
@@ -85,5 +95,29 @@ class SendgridHandler(Handler):
             references=headers.get_all("References"),
             attachments=files,
             provider=fields,
+            mime=mime,
+            reply_to=headers.get_all("Reply-To"),
+            date=headers.get("Date"),
+            envelope_from=envelope.get("from") if isinstance(envelope.get("from"), str) else None,
+            envelope_to=envelope.get("to"),
+            spam=None if score is None else Spam("unknown", score),
         )
-        return [Inbound(payload=payload, dedup_key=message_id(headers.get("Message-ID")), attachments=files)]
+        return [Inbound(payload=payload, dedup_key=payload["message_id"], attachments=files)]
+
+    @staticmethod
+    def _files(parts: list[Part], fields: dict[str, Any]) -> list[Attachment]:
+        """The file parts as attachments. `attachment-info` ({"attachment1": {"filename", "name", "type",
+        "content-id"}}) names a file whose part came without a name, each by its own field; `content-ids`
+        ({"<cid>": "attachment1"}) marks the files shown inline."""
+        raw_info, raw_cids = first_value(fields.get("attachment-info")), first_value(fields.get("content-ids"))
+        info = (optional_json_object(raw_info) or {}) if raw_info else {}
+        inline = {str(v) for v in ((optional_json_object(raw_cids) or {}) if raw_cids else {}).values()}
+        files = []
+        for part in parts:
+            entry = obj(info.get(part.name))
+            inline_part = part.name in inline or bool(entry.get("content-id")) or part.content_id is not None
+            named = next((entry[k] for k in ("filename", "name") if isinstance(entry.get(k), str) and entry[k]), "")
+            files.append(file_attachment(part._replace(
+                filename=part.filename or basename(named),
+                content_id=part.content_id or (part.name if inline_part else None))))
+        return files

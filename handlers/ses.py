@@ -26,7 +26,7 @@ from handlers.base import (
     optional_json_object,
     per_request,
 )
-from handlers.email import Headers, MimeContent, email_payload, parse_mime
+from handlers.email import Headers, MimeContent, Spam, email_payload, message_files, parse_mime
 from handlers.signing import check_dedup_covers
 from handlers.sns import CertificateCache, Fetcher, FetchError, https_get, is_sns_url, verify_signature
 
@@ -145,16 +145,15 @@ class SesHandler(Handler):
                           if isinstance(h, dict) and isinstance(h.get("name"), str) and "value" in h) \
             if isinstance(raw_headers, list) else Headers()
         mime = self._content(notification, receipt)
-        if mime is not None and not raw_headers:
-            headers = mime.headers
-        files = mime.attachments if mime is not None else []
+        files = message_files(mime, [])
+        verdict = obj(receipt.get("spamVerdict")).get("status")
         payload = email_payload(
             from_=common.get("from") or headers.get("From"),
             to=common.get("to") or headers.get_all("To"),
             cc=common.get("cc") or headers.get_all("Cc"),
             subject=common.get("subject") if isinstance(common.get("subject"), str) else headers.get("Subject"),
-            text=mime.text if mime else None,
-            html=mime.html if mime else None,
+            text=None,
+            html=None,
             stripped_text=None,
             message_id_=common.get("messageId") or headers.get("Message-ID"),
             in_reply_to=headers.get("In-Reply-To"),
@@ -164,6 +163,13 @@ class SesHandler(Handler):
                 "sns": {k: message[k] for k in ("MessageId", "TopicArn", "Subject", "Timestamp") if k in message},
                 **{k: v for k, v in notification.items() if k != "content"},  # the raw MIME is parsed, not kept
             },
+            mime=mime,
+            reply_to=common.get("replyTo") or headers.get_all("Reply-To"),
+            date=common.get("date") if isinstance(common.get("date"), str) else headers.get("Date"),
+            envelope_from=mail.get("source") if isinstance(mail.get("source"), str) else None,
+            envelope_to=receipt.get("recipients") or mail.get("destination"),
+            spam=None if not isinstance(verdict, str) else Spam(
+                {"PASS": "ham", "FAIL": "spam"}.get(verdict.upper(), "unknown")),
         )
         verdicts = (receipt.get("spamVerdict"), receipt.get("virusVerdict"))
         spam = any(isinstance(v, dict) and v.get("status") == "FAIL" for v in verdicts)

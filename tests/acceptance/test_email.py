@@ -4,6 +4,9 @@ concurrent retries, and attachments kept on disk."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,33 +16,50 @@ from bridge.store.base import DeliveryFilter
 from handlers.attachments import content_path
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.providers import (
+    FORWARDED,
     JPEG,
     JPEG_SHA256,
     NOW,
+    THREAD,
+    THREAD_EMAIL,
+    TOPIC,
+    FakeSns,
     basic,
+    cloudmailin_raw,
     compact,
     load,
+    mailgun_fields,
+    mailgun_mime,
     mailgun_multipart,
+    multipart,
+    postmark_raw,
     sendgrid_multipart,
+    sendgrid_raw,
+    ses_notification,
+    ses_raw,
 )
 
-ENV = {"MAILGUN_KEY": "key-3ax6xnjp29jd6fds4gc373sgvjxteol0", "PARSE_PW": "parse-pw", "POSTMARK_PW": "pm-pw"}
+ENV = {"MAILGUN_KEY": "key-3ax6xnjp29jd6fds4gc373sgvjxteol0", "PARSE_PW": "parse-pw", "POSTMARK_PW": "pm-pw",
+       "CLOUDMAILIN_PW": "cm-pw"}
 
-CONFIG = """
-store: {url: "sqlite:///var/bridge.db"}
-attachments: {dir: var/files, max_bytes: 1024}
+CONFIG = f"""
+store: {{url: "sqlite:///var/bridge.db"}}
+admin: {{token: "letmein"}}
+attachments: {{dir: var/files, max_bytes: 1024}}
 sources:
-  support-mailgun: {kind: mailgun, signing_key: "${MAILGUN_KEY}"}
-  support-sendgrid: {kind: sendgrid, auth: {basic: {username: parse, password: "${PARSE_PW}"}}}
-  support-postmark: {kind: postmark, auth: {basic: {username: postmark, password: "${POSTMARK_PW}"}}}
+  support-mailgun: {{kind: mailgun, signing_key: "${{MAILGUN_KEY}}"}}
+  support-sendgrid: {{kind: sendgrid, auth: {{basic: {{username: parse, password: "${{PARSE_PW}}"}}}}}}
+  support-postmark: {{kind: postmark, auth: {{basic: {{username: postmark, password: "${{POSTMARK_PW}}"}}}}}}
+  support-ses: {{kind: ses, topic_arns: ["{TOPIC}"]}}
+  support-cloudmailin: {{kind: cloudmailin, auth: {{basic: {{username: cm, password: "${{CLOUDMAILIN_PW}}"}}}}}}
 destinations:
-  kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms]}}
+  kapture: {{vendor: kapture, sandbox: true, retry: {{schedule: [50ms]}}}}
 """
 
 # One mapping, written once for the email channel, unchanged for every provider.
 EMAIL_MAPPING = """
     name: email-to-kapture
-    source: [support-mailgun, support-sendgrid, support-postmark]
+    source: [support-mailgun, support-sendgrid, support-postmark, support-ses, support-cloudmailin]
     destination: kapture
     action: create_ticket
     fields:
@@ -51,6 +71,7 @@ EMAIL_MAPPING = """
       thread_ref: {from: payload.in_reply_to}
       message_ref: {from: payload.message_id}
       attachment: {from: "payload.attachments[0].name"}
+      attached: "{{ payload.attachments | rejectattr('inline') | map(attribute='name') | join(', ') }}"
 """
 
 
@@ -59,12 +80,53 @@ async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
     c = await bridge_client(write_config(CONFIG, {"email": EMAIL_MAPPING}, ENV))
     for source in runtime(c).sources.values():
         source.handler.clock = lambda: float(NOW)
+    runtime(c).sources["support-ses"].handler.fetch = FakeSns()  # type: ignore[attr-defined]
     return c
+
+
+Request = tuple[str, bytes, dict[str, str]]  # path, body, headers
+JSON = {"Content-Type": "application/json"}
 
 
 def mailgun_post() -> tuple[bytes, dict[str, str]]:
     body, ctype = mailgun_multipart(ENV["MAILGUN_KEY"])
     return body, {"Content-Type": ctype}
+
+
+# How each email kind posts a message: None is the provider's own parsed fixture, bytes a raw message handed
+# over whole. A new email kind joins the cross-provider tests by being listed here.
+def _mailgun(message: bytes | None) -> Request:
+    key = ENV["MAILGUN_KEY"]
+    body, ctype = mailgun_multipart(key) if message is None else mailgun_mime(key, message)
+    return "/hooks/support-mailgun", body, {"Content-Type": ctype}
+
+
+def _sendgrid(message: bytes | None) -> Request:
+    body, ctype = sendgrid_multipart() if message is None else sendgrid_raw(message)
+    return "/hooks/support-sendgrid", body, {"Content-Type": ctype, "Authorization": basic("parse", ENV["PARSE_PW"])}
+
+
+def _postmark(message: bytes | None) -> Request:
+    data = load("postmark/inbound.json") if message is None else postmark_raw(message)
+    return "/hooks/support-postmark", compact(data), {**JSON, "Authorization": basic("postmark", ENV["POSTMARK_PW"])}
+
+
+def _ses(message: bytes | None) -> Request:
+    notification = ses_notification() if message is None else ses_raw(message)
+    return "/hooks/support-ses", compact(notification), {"Content-Type": "text/plain; charset=UTF-8"}
+
+
+def _cloudmailin(message: bytes | None) -> Request:
+    auth = {"Authorization": basic("cm", ENV["CLOUDMAILIN_PW"])}
+    if message is None:
+        return "/hooks/support-cloudmailin", compact(load("cloudmailin/normalized.json")), {**JSON, **auth}
+    body, ctype = cloudmailin_raw(message)
+    return "/hooks/support-cloudmailin", body, {"Content-Type": ctype, **auth}
+
+
+EMAIL_KINDS: dict[str, Callable[[bytes | None], Request]] = {
+    "mailgun": _mailgun, "postmark": _postmark, "sendgrid": _sendgrid, "ses": _ses, "cloudmailin": _cloudmailin,
+}
 
 
 async def all_deliveries(client: Any) -> list[Any]:
@@ -93,31 +155,102 @@ async def all_succeeded(client: Any) -> bool:
     return all(d.status == "succeeded" for d in await all_deliveries(client))
 
 
-async def test_one_mapping_renders_the_same_ticket_from_mailgun_postmark_and_sendgrid(client: Any) -> None:
-    """Mailgun, Postmark and SendGrid copies of one message, through one unchanged mapping, make identical tickets."""
-    body, headers = mailgun_post()
-    sg_body, sg_ctype = sendgrid_multipart()
-    posts = [
-        ("/hooks/support-mailgun", body, headers),
-        ("/hooks/support-postmark", compact(load("postmark/inbound.json")),
-         {"Content-Type": "application/json", "Authorization": basic("postmark", ENV["POSTMARK_PW"])}),
-        ("/hooks/support-sendgrid", sg_body,
-         {"Content-Type": sg_ctype, "Authorization": basic("parse", ENV["PARSE_PW"])}),
-    ]
-    for path, data, hdrs in posts:
+async def tickets_of_every_kind(client: Any, message: bytes | None) -> list[dict[str, Any]]:
+    """Post `message` through every email kind; the fields of the tickets they made (one each)."""
+    for kind, make in EMAIL_KINDS.items():
+        path, data, hdrs = make(message)
         resp = await client.post(path, data=data, headers=hdrs)
-        assert resp.status == 202, await resp.text()
+        assert resp.status == 202, (kind, await resp.text())
     sim = runtime(client).simulators["kapture"]
-    await eventually(lambda: len(sim.tickets) == 3)
-    mailgun_ticket, postmark_ticket, sendgrid_ticket = (t["fields"] for t in sim.tickets)
-    assert mailgun_ticket == {
+    await eventually(lambda: len(sim.tickets) == len(EMAIL_KINDS))
+    assert len(await all_deliveries(client)) == len(EMAIL_KINDS)
+    return [ticket["fields"] for ticket in sim.tickets]
+
+
+async def test_one_mapping_renders_the_same_ticket_from_every_email_kind(client: Any) -> None:
+    """Each email kind's copy of one message, through one unchanged mapping, makes the identical ticket."""
+    tickets = await tickets_of_every_kind(client, None)
+    expected = {
         "title": "Re: Router down [#1042]", "email_id": "asha.rao@example.com", "customer_name": "Asha Rao",
         "ticket_details": "Hi,\n\nMy router is down again since this morning.\n\nThanks,\nAsha",
         "cc": "ops@acme.test", "thread_ref": "<ticket-1042@acme.test>", "message_ref": "<CAF=asha.1@mail.example.com>",
         "attachment": "router.jpg",
     }
-    assert postmark_ticket == mailgun_ticket
-    assert sendgrid_ticket == mailgun_ticket
+    # Cloudmailin's fixture also lists a file held in its store: the first file is compared
+    assert [{**t, "attached": None} for t in tickets] == [{**expected, "attached": None}] * len(EMAIL_KINDS)
+
+
+async def test_the_raw_thread_renders_the_same_ticket_from_every_email_kind(client: Any, tmp_path: Path) -> None:
+    """The same raw thread handed over whole by every email kind renders one identical ticket, and the
+    forwarded message it attaches is stored as its exact bytes."""
+    tickets = await tickets_of_every_kind(client, THREAD)
+    expected = {
+        "title": "Re: Router ✈ down (café) [#1042]", "email_id": "asha.rao@example.com", "customer_name": "Asha Rão",
+        "ticket_details": THREAD_EMAIL["stripped_text"], "cc": "ops@acme.test", "thread_ref": "<ticket-1042@acme.test>",
+        "message_ref": "<CAF=asha.2@mail.example.com>", "attachment": "logo.png",
+        "attached": "report.pdf, übersicht №2.txt, forwarded.eml",
+    }
+    assert tickets == [expected] * len(EMAIL_KINDS)
+    forwarded = hashlib.sha256(FORWARDED).hexdigest()
+    assert content_path(tmp_path / "var" / "files", forwarded).read_bytes() == FORWARDED
+
+
+@pytest.mark.parametrize(("kind", "request_", "code"), [
+    ("mailgun", "stored", "stored"), ("mailgun", "tracking", "tracking"), ("mailgun", "event-webhook", "tracking"),
+    ("postmark", "delivery", "delivery"), ("postmark", "check", "check"), ("sendgrid", "events", "event"),
+])
+async def test_a_notification_that_is_not_a_message_is_200_and_stores_nothing(
+        client: Any, kind: str, request_: str, code: str, tmp_path: Path) -> None:
+    """A provider's post that carries no message (a stored notice, a tracking or delivery record, the dashboard
+    check) is answered 200, counted by its reason, and stores no event and makes no ticket."""
+    path, data, hdrs = NOT_MESSAGES[request_]()
+    resp = await client.post(path, data=data, headers=hdrs)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["accepted"] is True
+    metrics = await (await client.get("/metrics", headers={"Authorization": "Bearer letmein"})).text()
+    assert (f'ticketbridge_intake_requests_total{{source="support-{kind}",outcome="ignored",'
+            f'reason="not_a_message:{code}"}} 1') in metrics.splitlines()
+    assert await all_deliveries(client) == []
+    with sqlite3.connect(f"file:{tmp_path / 'var' / 'bridge.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def _mailgun_notice(fields: dict[str, str]) -> Request:
+    signed = {k: v for k, v in mailgun_fields(ENV["MAILGUN_KEY"]).items() if k in ("timestamp", "token", "signature")}
+    body, ctype = multipart({**fields, **signed})
+    return "/hooks/support-mailgun", body, {"Content-Type": ctype}
+
+
+def _postmark_json(data: dict[str, Any]) -> Request:
+    return "/hooks/support-postmark", compact(data), {**JSON, "Authorization": basic("postmark", ENV["POSTMARK_PW"])}
+
+
+NOT_MESSAGES: dict[str, Callable[[], Request]] = {
+    "event-webhook": lambda: ("/hooks/support-mailgun", compact({
+        "signature": {k: v for k, v in mailgun_fields(ENV["MAILGUN_KEY"]).items()
+                      if k in ("timestamp", "token", "signature")},
+        "event-data": {"event": "delivered", "id": "CPgfbmQMTCKtHW6uIWtuVe", "recipient": "alice@example.com"}}),
+        JSON),
+    "events": lambda: ("/hooks/support-sendgrid", compact([
+        {"email": "example@test.com", "timestamp": 1513299569, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>",
+         "event": "delivered", "category": "cat facts", "sg_event_id": "sg_event_id",
+         "sg_message_id": "sg_message_id", "response": "250 OK"}]),
+        {**JSON, "Authorization": basic("parse", ENV["PARSE_PW"])}),
+    "stored": lambda: _mailgun_notice({
+        "domain": "acme.test", "recipient": "support@acme.test", "sender": "asha.rao@example.com",
+        "subject": "Re: Router down [#1042]", "message-url":
+        "https://storage.eu.mailgun.net/v3/domains/acme.test/messages/eyJwIjpmYWxzZX0=", "attachments": "[]"}),
+    "tracking": lambda: _mailgun_notice({"event": "delivered", "recipient": "asha.rao@example.com",
+                                         "domain": "acme.test", "Message-Id": "<20240603.1@acme.test>"}),
+    "delivery": lambda: _postmark_json({
+        "RecordType": "Delivery", "ServerID": 23, "MessageStream": "outbound",
+        "MessageID": "00000000-0000-0000-0000-000000000000", "Recipient": "john@example.com",
+        "Tag": "welcome-email", "DeliveredAt": "2019-11-05T16:33:54.9070259Z",
+        "Details": "Test delivery webhook details", "Metadata": {"example": "value"}}),
+    "check": lambda: _postmark_json({**load("postmark/inbound.json"), "Attachments": [
+        {"Name": "test.txt", "Data": "VGhpcyBpcyBhdHRhY2htZW50IGNvbnRlbnRzLCBiYXNlLTY0IGVuY29kZWQu",
+         "ContentType": "text/plain", "ContentLength": 45}]}),
+}
 
 
 async def test_attachment_content_is_kept_on_disk_by_digest(client: Any, tmp_path: Path) -> None:
@@ -125,7 +258,8 @@ async def test_attachment_content_is_kept_on_disk_by_digest(client: Any, tmp_pat
     body, headers = mailgun_post()
     resp = await client.post("/hooks/support-mailgun", data=body, headers=headers)
     event = await runtime(client).store.get_event((await resp.json())["event_id"])
-    assert event.payload["attachments"] == [{"name": "router.jpg", "content_type": "image/jpeg", "size": len(JPEG),
+    assert event.payload["attachments"] == [{"name": "router.jpg", "content_type": "image/jpeg", "inline": False,
+                                             "size": len(JPEG),
                                              "sha256": JPEG_SHA256, "stored": True}]
     assert runtime(client).config.attachments_dir == tmp_path / "var" / "files"
     assert content_path(tmp_path / "var" / "files", JPEG_SHA256).read_bytes() == JPEG

@@ -37,6 +37,7 @@ from tests.acceptance.rawhttp import Header, RawClient
 from tests.acceptance.test_providers import CONFIG, MAPPINGS, PUBLIC_TWILIO, SECRETS, S, providers_client
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.providers import (
+    THREAD,
     basic,
     compact,
     google_forms_signature,
@@ -44,6 +45,7 @@ from tests.fixtures.providers import (
     load,
     mailgun_fields,
     multipart,
+    postmark_raw,
     raw,
     slack_headers,
     sns_sign,
@@ -130,6 +132,16 @@ def specs() -> dict[str, Spec]:
                              _static({"Authorization": basic("sendgrid", S["SENDGRID_PW"])}), form=True),
         "postmark": Spec("/hooks/postmark", load("postmark/inbound.json"), _json_body,
                          _static({"Authorization": basic("postmark", S["POSTMARK_PW"])})),
+        # the raw-message paths: the thread's MIME is what the fuzzer mutates
+        "mailgun-mime": Spec("/hooks/mailgun", {**mailgun_fields(S["MAILGUN_KEY"]), "body-mime": THREAD.decode()},
+                             _multipart_body, _static({}), form=True),
+        "postmark-raw": Spec("/hooks/postmark", postmark_raw(), _json_body,
+                             _static({"Authorization": basic("postmark", S["POSTMARK_PW"])})),
+        "cloudmailin-raw": Spec("/hooks/cloudmailin", {"envelope[to]": "support@acme.test",
+                                                       "envelope[recipients][0]": "support@acme.test",
+                                                       "envelope[spf][result]": "pass", "message": THREAD.decode()},
+                                _multipart_body, _static({"Authorization": basic("cloudmailin", S["CLOUDMAILIN_PW"])}),
+                                form=True),
         "ses": Spec("/hooks/ses", load("ses/received.json"), _ses_build, _static({})),
         "cloudmailin": Spec("/hooks/cloudmailin", load("cloudmailin/normalized.json"), _json_body,
                             _static({"Authorization": basic("cloudmailin", S["CLOUDMAILIN_PW"])})),

@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from handlers.email import Headers, address_list, decode_words, message_ids, parse_mime
+from handlers.email import (
+    Headers,
+    address_list,
+    decode_words,
+    email_payload,
+    message_files,
+    message_ids,
+    parse_mime,
+    parse_mime_text,
+)
 from handlers.formdata import parse_multipart, parse_urlencoded
 from handlers.intercom import html_text
 from handlers.twilio import signature
@@ -69,6 +78,38 @@ def mime_many_lines(n: int) -> bytes:
             f"boundary=i\r\n\r\n--i\r\nContent-Type: text/plain\r\n\r\n{body}\r\n--i--\r\n--o--\r\n").encode()
 
 
+def mime_path_name(n: int) -> bytes:
+    path = "C:" + "\\dir" * n + "\\report.pdf"  # a path the name is the base of, backslashes kept
+    return (f"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+            f'--o\r\nContent-Disposition: attachment; filename="{path}"\r\n\r\nx\r\n--o--\r\n').encode()
+
+
+def mime_rfc2231_name(n: int) -> bytes:
+    pieces = "".join(f"; filename*{i}*=utf-8''%C3%BC{i}" for i in range(n))  # continuations, collapsed into one
+    return (f"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+            f"--o\r\nContent-Disposition: attachment{pieces}\r\n\r\nx\r\n--o--\r\n").encode()
+
+
+def mime_attached_messages(n: int) -> bytes:
+    inner = "From: a@example.com\r\nSubject: fwd\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n--in--\r\n"
+    parts = "".join(f"--{BOUNDARY}\r\nContent-Type: message/rfc822\r\n\r\n{inner}\r\n" for _ in range(n))
+    return (f"From: a@example.com\r\nContent-Type: multipart/mixed; boundary={BOUNDARY}\r\n\r\n{parts}"
+            f"--{BOUNDARY}--\r\n").encode()
+
+
+def payload_of_raw(raw: bytes) -> dict[str, Any]:
+    """The raw-message path a provider's `body-mime`/`RawEmail` takes: parsed, then normalised."""
+    mime = parse_mime_text(raw, "the message")
+    return email_payload(from_=None, to=None, cc=None, subject=None, text=None, html=None, stripped_text=None,
+                         message_id_=None, in_reply_to=None, references=None,
+                         attachments=message_files(mime, []), provider={}, mime=mime)
+
+
+def mime_named_recipients(n: int) -> bytes:
+    names = ", ".join(f"=?utf-8?q?J=C3=B6rg_{i}?= <j{i}@example.com>" for i in range(n))
+    return f"From: a@example.com\r\nTo: {names}\r\nReply-To: {names}\r\nDate: {'x' * n}\r\n\r\nhi\r\n".encode()
+
+
 CASES: dict[str, tuple[Any, Any, int]] = {
     "address_list: a To field of n addresses": (address_list, addresses, 2_000),
     "message_ids: a References field of n ids": (message_ids, references, 1_000),
@@ -81,6 +122,10 @@ CASES: dict[str, tuple[Any, Any, int]] = {
     "MIME: n nested multipart sections, 50 lines each": (parse_mime, mime_nested, 40),
     "MIME: a Content-Type of n parameters": (parse_mime, mime_long_content_type, 1_000),
     "MIME: n lines inside two sections": (parse_mime, mime_many_lines, 4_000),
+    "MIME: a file name that is a path of n folders": (parse_mime, mime_path_name, 100),
+    "MIME: an RFC 2231 file name in n continuations": (parse_mime, mime_rfc2231_name, 40),
+    "MIME: n attached messages, kept as bytes": (parse_mime, mime_attached_messages, 25),
+    "raw message to payload: n named To and Reply-To addresses": (payload_of_raw, mime_named_recipients, 100),
     "intercom html: n unclosed tags": (html_text, lambda n: "<" * n, 2_000),
 }
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import Rejected
-from handlers.attachments import attachment, content_path, decode_base64, remote_attachment, save_attachments
+from handlers.attachments import (
+    attachment,
+    content_path,
+    decode_base64,
+    media_type,
+    remote_attachment,
+    save_attachments,
+)
 
 
 def test_attachment_metadata_is_computed_from_content() -> None:
@@ -79,3 +86,25 @@ def test_content_named_again_has_its_time_brought_up(tmp_path: Path) -> None:
     save_attachments([attachment("b.txt", "text/plain", b"hello")], tmp_path, 100)
     assert target.stat().st_mtime > 1_000_000
     assert target.read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ('message/rfc822; charset="us-ascii"', ("message/rfc822", "us-ascii")),
+    ("Text/HTML; Charset=UTF-8; format=flowed", ("text/html", "utf-8")),
+    ("image/png", ("image/png", None)),
+    ("not a type", ("application/octet-stream", None)),
+    ("", ("application/octet-stream", None)),
+    (None, ("application/octet-stream", None)),
+    (42, ("application/octet-stream", None)),
+])
+def test_media_type_is_bare_with_the_charset_apart(value: object, expected: tuple[str, str | None]) -> None:
+    """A Content-Type value gives the bare lower-cased media type and its charset; anything else is octet-stream."""
+    assert media_type(value) == expected
+
+
+def test_attachment_records_charset_and_inline_only_when_known() -> None:
+    """`charset` appears when the type names one, `inline` when the caller knows it."""
+    assert attachment("a", "text/plain; charset=utf-8", b"x", inline=False).meta == {
+        "name": "a", "content_type": "text/plain", "charset": "utf-8", "inline": False, "size": 1,
+        "sha256": hashlib.sha256(b"x").hexdigest()}
+    assert "inline" not in attachment("a", "text/plain", b"x").meta

@@ -20,6 +20,7 @@ from handlers.base import (
     decode_json_object,
     handshake_answer,
     ignored,
+    not_a_message,
     obj,
     optional_json_object,
     per_request,
@@ -276,3 +277,11 @@ def test_json_nested_up_to_the_limit_or_holding_brackets_in_text_is_read() -> No
     assert decode_json(b'{"a": "' + b"[{" * 500 + b'"}') == {"a": "[{" * 500}
     assert decode_json(b'"' + b"[" * 500 + b'"') == "[" * 500
     assert len(decode_json(b"[" + b",".join([b'{"a":[1]}'] * 500) + b"]")) == 500
+
+
+def test_not_a_message_is_an_ignored_200_counted_under_its_code() -> None:
+    """`not_a_message` answers 200 accepted-and-ignored and carries a stable code for the metric's label."""
+    early = not_a_message("delivery", "a Postmark 'Delivery' record")
+    assert (early.outcome, early.code, early.response.status) == ("ignored", "not_a_message:delivery", 200)
+    assert early.reason == "not a message: a Postmark 'Delivery' record"
+    assert ignored("anything").code == "other"

@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+import base64
+from email.message import Message
+from email.parser import BytesParser
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import Rejected
 from handlers.attachments import attachment
 from handlers.email import (
     Headers,
+    OpaqueMessage,
+    Spam,
     address_list,
+    basename,
     decode_words,
     email_payload,
+    header_spam,
     message_id,
     message_ids,
     parse_mime,
+    part_filename,
     sender,
 )
 from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
-from tests.fixtures.providers import ASHA_TEXT, JPEG, JPEG_SHA256, raw
+from tests.fixtures.providers import (
+    ASHA_TEXT,
+    FORWARDED,
+    JPEG,
+    JPEG_SHA256,
+    LOGO,
+    REPORT,
+    THREAD,
+    THREAD_EMAIL,
+    UEBERSICHT,
+    raw,
+)
 
 # -- addresses ---------------------------------------------------------------------------------------
 
@@ -107,7 +129,7 @@ def test_parse_mime_reads_bodies_and_attachments() -> None:
     assert mime.html is not None and mime.html.startswith("<div>Hi,")
     [photo] = mime.attachments
     assert photo.content == JPEG
-    assert photo.meta == {"name": "router.jpg", "content_type": "image/jpeg", "size": len(JPEG),
+    assert photo.meta == {"name": "router.jpg", "content_type": "image/jpeg", "inline": False, "size": len(JPEG),
                           "sha256": JPEG_SHA256}
 
 
@@ -134,8 +156,9 @@ def payload(**changes: object) -> dict[str, object]:
 
 def test_email_payload_has_the_documented_keys_in_order() -> None:
     """Every provider's payload has exactly the email keys of docs/architecture.md, in order."""
-    assert list(payload()) == ["from", "from_name", "to", "cc", "subject", "text", "html", "stripped_text",
-                               "message_id", "in_reply_to", "references", "attachments", "provider"]
+    assert list(payload()) == ["from", "from_name", "to", "to_names", "cc", "cc_names", "reply_to", "subject",
+                               "date", "text", "html", "stripped_text", "message_id", "in_reply_to", "references",
+                               "envelope_from", "envelope_to", "spam", "attachments", "provider"]
 
 
 def test_email_payload_prefers_the_providers_stripped_reply() -> None:
@@ -282,3 +305,134 @@ def test_mime_part_whose_charset_holds_a_nul_is_read_as_utf8() -> None:
     UTF-8 with replacement characters, not a failure of the message."""
     message = (b"From: a@example.com\r\nContent-Type: text/plain; charset=\"utf\x008\"\r\n\r\ncaf\xc3\xa9 \xff\r\n")
     assert parse_mime(message).text == "café \ufffd\r\n"
+
+
+# -- attachments intact ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "base"), [
+    ("C:\\Users\\asha\\report.pdf", "report.pdf"),
+    ("\\\\share\\mail\\forwarded.msg", "forwarded.msg"),
+    ("/home/asha/notes.txt", "notes.txt"),
+    ("../../etc/passwd", "passwd"),
+    ("plain.txt", "plain.txt"),
+    ("", ""),
+    (None, ""),
+])
+def test_basename_takes_the_last_part_of_any_path(name: str | None, base: str) -> None:
+    """A Windows, UNC or POSIX path gives the file's base name; the backslashes separate, not escape."""
+    assert basename(name) == base
+
+
+def _part(header: bytes) -> Message:
+    return BytesParser(_class=OpaqueMessage).parsebytes(header + b"\r\n\r\nx")
+
+
+@pytest.mark.parametrize(("header", "name"), [
+    (b'Content-Disposition: attachment; filename="C:\\Users\\asha\\report.pdf"', "report.pdf"),
+    (b"Content-Disposition: attachment; filename*=utf-8''%C3%BCbersicht%20Q3.pdf", "übersicht Q3.pdf"),
+    (b"Content-Disposition: attachment; filename*0*=utf-8''%C3%BCber; filename*1=\"sicht.pdf\"", "übersicht.pdf"),
+    (b'Content-Disposition: attachment; filename="=?utf-8?b?w7xiZXJzaWNodC5wZGY=?="', "übersicht.pdf"),
+    (b'Content-Disposition: attachment; filename="say \\"hi\\".txt"', 'say "hi".txt'),
+    (b'Content-Type: image/png; name="logo.png"\r\nContent-Disposition: inline', "logo.png"),
+    (b"Content-Disposition: attachment", ""),
+])
+def test_part_filename_reads_the_raw_header(header: bytes, name: str) -> None:
+    """File names come from Content-Disposition (else Content-Type `name`), RFC 2231 and RFC 2047 decoded,
+    Windows paths intact until the base name is taken."""
+    assert part_filename(_part(header)) == name
+
+
+def test_parse_mime_keeps_an_attached_message_byte_for_byte() -> None:
+    """A message/rfc822 part is stored as the attached message's exact bytes, without the wrapper's headers, and
+    the inline logo of a multipart/related body is listed and marked inline."""
+    mime = parse_mime(THREAD)
+    assert [a.meta for a in mime.attachments] == THREAD_EMAIL["attachments"]
+    assert mime.attachments[3].content == FORWARDED
+    assert [a.content for a in mime.attachments[:3]] == [LOGO, REPORT, UEBERSICHT]
+
+
+def test_base64_encoded_attached_message_is_decoded() -> None:
+    """An attached message a client base64-encoded (against RFC 2046, but sent) is stored decoded."""
+    raw_message = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+                   b"--b\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                   + base64.b64encode(FORWARDED) + b"\r\n--b--\r\n")
+    [forwarded] = parse_mime(raw_message).attachments
+    assert forwarded.content == FORWARDED
+
+
+def test_blank_names_are_generated_from_place_and_type() -> None:
+    """A file without a name is `attachment-N.ext`, N its place among the files, the extension from its type."""
+    files = [attachment("a.txt", "text/plain", b"a"), attachment("", "message/rfc822", b"m"),
+             attachment(None, "application/x-unknown-thing", b"x")]
+    out = payload(attachments=files)
+    assert [a["name"] for a in out["attachments"]] == ["a.txt", "attachment-2.eml", "attachment-3.bin"]
+
+
+@pytest.mark.parametrize(("value", "iso"), [
+    ("Mon, 3 Jun 2024 15:35:00 +0530", "2024-06-03T10:05:00+00:00"),
+    ("Mon, 03 Jun 2024 10:05:00 GMT", "2024-06-03T10:05:00+00:00"),
+    ("2024-06-03T10:05:00.000Z", "2024-06-03T10:05:00+00:00"),
+    ("Mon, 3 Jun 2024 10:05:00", "2024-06-03T10:05:00+00:00"),
+    ("next Tuesday", None),
+    ("Fri, 31 Dec 9999 23:59:59 -0100", None),
+    ("0001-01-01T00:00:00+01:00", None),
+    ("Mon, 3 Jun 2024 10:00:00 +9999", None),
+    ("", None),
+    (None, None),
+])
+def test_date_is_utc_iso(value: str | None, iso: str | None) -> None:
+    """The Date header becomes UTC ISO 8601; one that cannot be read is null, not a refusal."""
+    assert payload(date=value)["date"] == iso
+
+
+def test_mime_wins_over_the_provider_fields_which_remain_the_fallback() -> None:
+    """With the raw message, its headers and bodies are used; a header it lacks falls back to the provider's."""
+    mime = parse_mime(b"From: Raw <raw@x.org>\r\nSubject: raw\r\n\r\nraw body\r\n")
+    out = payload(mime=mime, subject="parsed", text="parsed body", reply_to="Back <back@x.org>", date="bad")
+    assert (out["from"], out["subject"], out["text"], out["reply_to"]) == \
+        ("raw@x.org", "raw", "raw body\n", ["back@x.org"])
+
+
+def test_display_names_stand_beside_the_addresses() -> None:
+    """`to_names`/`cc_names` hold each address's display name, "" when it has none, in the same order."""
+    out = payload(to="=?utf-8?q?J=C3=B6rg?= <J@x.org>, k@x.org, Again <j@x.org>", cc='"Ops, Team" <ops@x.org>')
+    assert (out["to"], out["to_names"], out["cc"], out["cc_names"]) == \
+        (["j@x.org", "k@x.org"], ["Jörg", ""], ["ops@x.org"], ["Ops, Team"])
+
+
+@pytest.mark.parametrize(("pairs", "spam"), [
+    ([("X-Spam-Status", "No"), ("X-Spam-Score", "-0.1")], Spam("ham", -0.1)),
+    ([("X-Spam-Status", "Yes, score=7.2 required=5.0 tests=BAYES_99")], Spam("spam", 7.2)),
+    ([("X-Spam-Score", "nan")], None),
+    ([("X-Spam-Status", "maybe")], Spam("unknown", None)),
+    ([], None),
+])
+def test_header_spam_reads_the_filters_headers(pairs: list[tuple[str, str]], spam: Spam | None) -> None:
+    """SpamAssassin-style headers give a verdict and a score; none of them gives no spam result."""
+    assert header_spam(Headers(pairs)) == spam
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_any_date_text_is_an_iso_date_or_null(value: str) -> None:
+    """Whatever a Date header holds, the payload's `date` is UTC ISO 8601 or null; it never fails the request."""
+    got = payload(date=value)["date"]
+    assert got is None or got.endswith("+00:00")
+
+
+def test_a_bounce_report_lists_its_status_and_returned_message_once_each() -> None:
+    """A delivery status notification (multipart/report) gives its status fields as one attachment and the
+    returned message as another, not a file per block of fields."""
+    dsn = (b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+           b'Content-Type: multipart/report; report-type=delivery-status; boundary="r1"\r\n\r\n'
+           b"--r1\r\nContent-Type: text/plain\r\n\r\nThis is the mail system.\r\n"
+           b"--r1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+           b"Final-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+           b"--r1\r\nContent-Type: message/rfc822\r\n\r\nFrom: support@acme.test\r\nSubject: hi\r\n\r\nbody\r\n"
+           b"--r1--\r\n")
+    mime = parse_mime(dsn)
+    status, returned = mime.attachments
+    assert status.meta["content_type"] == "message/delivery-status"
+    assert status.content is not None and b"Status: 5.1.1" in status.content
+    assert returned.content == b"From: support@acme.test\r\nSubject: hi\r\n\r\nbody"

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import FormData
 
 from bridge.errors import Rejected
-from handlers.formdata import first_value, parse_multipart, parse_urlencoded
+from handlers.formdata import file_attachment, first_value, multipart_parts, parse_multipart, parse_urlencoded
 from handlers.limits import MAX_FORM_FIELDS
 
 BOUNDARY = "----tbBoundary7MA4YWxk"
@@ -303,3 +303,32 @@ def test_part_whose_charset_holds_a_nul_is_400() -> None:
     """A multipart part whose charset name holds a NUL is a 400 naming the field."""
     body = multipart(part("name", b"x", content_type='text/plain; charset="utf\x008"'))
     assert "'name'" in str(multipart_rejected(body))
+
+
+def test_an_attached_message_part_keeps_its_exact_bytes() -> None:
+    """A message/rfc822 file part is its bytes as sent, not parsed as a nested message (which left it empty)."""
+    forwarded = b"From: a@b.c\r\nSubject: fwd\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+    body = multipart(part("attachment-1", forwarded, filename="fwd.eml", content_type="message/rfc822"))
+    [file_part] = multipart_parts(body, CTYPE)
+    assert (file_part.data, file_part.content_type) == (forwarded, "message/rfc822")
+
+
+@pytest.mark.parametrize(("sent", "name"), [
+    ("C:\\Users\\asha\\report.pdf", "report.pdf"),
+    ("\\\\share\\mail\\forwarded.msg", "forwarded.msg"),
+    ("/tmp/notes.txt", "notes.txt"),
+    ("", ""),
+])
+def test_a_file_name_is_the_base_name_of_the_path_sent(sent: str, name: str) -> None:
+    """Browsers and providers send paths unescaped: backslashes separate folders and are not eaten as escapes."""
+    [file_part] = multipart_parts(multipart(part("f", b"x", filename=sent, content_type="text/plain")), CTYPE)
+    assert file_part.filename == name
+
+
+def test_file_attachment_keeps_the_charset_apart_and_marks_a_content_id_inline() -> None:
+    """A file part becomes an attachment with the bare type, its charset beside it, inline when it has a
+    Content-ID."""
+    body = multipart(part("f", b"x", filename="a.txt", content_type='text/plain; charset="ISO-8859-1"'))
+    [file_part] = multipart_parts(body, CTYPE)
+    meta = file_attachment(file_part._replace(content_id="<c1>")).meta
+    assert (meta["content_type"], meta["charset"], meta["inline"]) == ("text/plain", "iso-8859-1", True)

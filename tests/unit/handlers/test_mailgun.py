@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
 import pytest
 
 from bridge.errors import Rejected
+from handlers.base import Intercepted
 from handlers.mailgun import MailgunHandler, MailgunOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
+    ENVELOPE,
+    FORWARDED,
     JPEG,
+    LOGO,
     MAILGUN_TOKEN,
     NOW,
+    PROVIDER_REPORTED,
+    REPORT,
+    THREAD_EMAIL,
     build,
     mailgun_fields,
+    mailgun_mime,
     mailgun_multipart,
+    message_shape,
+    multipart,
     passes,
     post,
     without_provider,
@@ -50,7 +61,7 @@ def test_signed_urlencoded_post_verifies_and_parses() -> None:
     h, req = handler(), post(URLENCODED)
     h.verify(req, body)
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "attachments": []}
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "attachments": []}
     assert inbound.payload["provider"]["recipient"] == "support@acme.test"
 
 
@@ -60,7 +71,7 @@ def test_multipart_post_carries_the_attachment() -> None:
     h, req = handler(), post({"Content-Type": ctype})
     h.verify(req, body)
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE}
     [item] = inbound.attachments
     assert item.content == JPEG
     assert item.meta is inbound.payload["attachments"][0]
@@ -113,12 +124,45 @@ def test_tolerance_is_configurable() -> None:
                                        urlencode(mailgun_fields(KEY, timestamp=NOW - 7200)).encode()))
 
 
-def test_json_is_415() -> None:
-    """A body that is not a form is refused by content type (intake checks it before verify reads anything)."""
+def test_xml_is_415() -> None:
+    """A body that is neither a form nor JSON is refused by content type (intake checks it before verify)."""
     with pytest.raises(Rejected) as info:
-        handler().check_content_type(post({"Content-Type": "application/json"}))
+        handler().check_content_type(post({"Content-Type": "application/xml"}))
     assert info.value.status == 415
     assert info.value.check == "content_type"
+
+
+def event_webhook(key: str = KEY, data: dict[str, Any] | None = None) -> bytes:
+    """Mailgun's event webhook body: the signature object beside `event-data` (its documented sample)."""
+    signed = {k: v for k, v in mailgun_fields(key).items() if k in ("timestamp", "token", "signature")}
+    return msgspec.json.encode({"signature": signed, "event-data": data or {
+        "event": "delivered", "id": "CPgfbmQMTCKtHW6uIWtuVe", "timestamp": 1521472262.908181,
+        "recipient": "alice@example.com",
+        "message": {"headers": {"message-id": "20130503182626.18666.16540@acme.test"}}}})
+
+
+async def test_a_signed_event_webhook_is_not_a_message() -> None:
+    """A JSON event webhook pointed at the route's URL is verified like a route post, then answered 200 under
+    `not_a_message:tracking`, never parsed."""
+    early = await run(event_webhook(), "application/json")
+    assert isinstance(early, Intercepted)
+    assert (early.code, early.response.status) == ("not_a_message:tracking", 200)
+    assert "delivered" in early.reason
+
+
+def test_a_forged_event_webhook_is_401() -> None:
+    """The event webhook's signature is checked as a route post's: another key is refused."""
+    with pytest.raises(Rejected) as info:
+        handler().verify(post({"Content-Type": "application/json"}), event_webhook("key-other"))
+    assert info.value.status == 401
+
+
+async def test_other_json_is_415() -> None:
+    """Signed JSON without `event-data` is not what a route posts: 415 naming what is taken."""
+    signed = {k: v for k, v in mailgun_fields(KEY).items() if k in ("timestamp", "token", "signature")}
+    with pytest.raises(Rejected) as info:
+        await run(msgspec.json.encode({"signature": signed}), "application/json")
+    assert info.value.status == 415
 
 
 @pytest.mark.parametrize(("options", "reason"), [
@@ -142,3 +186,60 @@ def test_the_signed_token_is_the_nonce_until_the_timestamp_leaves_the_tolerance(
     nonce = h.nonce(req, body)
     assert nonce is not None
     assert (nonce.value, nonce.name, nonce.valid_for_s) == (MAILGUN_TOKEN, "Mailgun `token`", 200.0)
+
+
+# -- raw MIME, attachments intact, notifications that are not messages ---------------------------------------
+
+
+async def run(body: bytes, ctype: str) -> Any:
+    """verify, intercept, then (when not intercepted) parse, as intake does."""
+    h, req = handler(), post({"Content-Type": ctype})
+    h.verify(req, body)
+    early = await h.intercept(req, body)
+    return early if early is not None else h.parse(req, body)
+
+
+async def test_body_mime_is_parsed_and_wins() -> None:
+    """A route forwarding `body-mime` gives the message's own headers, bodies and attachments, the attached
+    message stored as its exact bytes."""
+    [inbound] = await run(*mailgun_mime(KEY))
+    assert message_shape(inbound.payload) == THREAD_EMAIL
+    assert {k: inbound.payload[k] for k in PROVIDER_REPORTED} == {**ENVELOPE, "spam": None}
+    assert inbound.attachments[3].content == FORWARDED
+    assert "body-mime" not in inbound.payload["provider"]
+
+
+async def test_form_post_keeps_an_attached_message_whole_and_a_windows_name() -> None:
+    """Files of a form post: a message/rfc822 part keeps its exact bytes, a Windows path gives its base name, a
+    blank name gets one from its place and type, and a file in `content-id-map` is inline."""
+    fields = {**mailgun_fields(KEY), "content-id-map": '{"<logo@asha>": "attachment-3"}'}
+    body, ctype = multipart(fields, [
+        ("attachment-1", "C:\\Users\\asha\\forwarded.eml", 'message/rfc822; charset="us-ascii"', FORWARDED),
+        ("attachment-2", "", "application/pdf", REPORT),
+        ("attachment-3", "\\\\share\\mail\\logo.png", "image/png", LOGO),
+    ])
+    [inbound] = await run(body, ctype)
+    forwarded, report, logo = inbound.payload["attachments"]
+    assert (forwarded["name"], forwarded["content_type"], forwarded["charset"]) == \
+        ("forwarded.eml", "message/rfc822", "us-ascii")
+    assert inbound.attachments[0].content == FORWARDED
+    assert (report["name"], logo["name"], logo["inline"], forwarded["inline"]) == \
+        ("attachment-2.pdf", "logo.png", True, False)
+
+
+@pytest.mark.parametrize(("fields", "code"), [
+    # store(notify=…): the message waits at Mailgun; the notice names it by URL
+    ({"message-url": "https://storage.eu.mailgun.net/v3/domains/acme.test/messages/eyJwIjpmYWxzZX0=",
+      "domain": "acme.test", "recipient": "support@acme.test", "sender": "asha.rao@example.com",
+      "subject": "Re: Router down [#1042]", "attachments": "[]", "content-id-map": "{}"}, "stored"),
+    # a legacy (form-posted) tracking webhook pointed at the inbound URL
+    ({"event": "delivered", "recipient": "asha.rao@example.com", "domain": "acme.test",
+      "Message-Id": "<20240603100500.1.ABC@acme.test>", "message-headers": "[]"}, "tracking"),
+])
+async def test_notifications_that_are_not_messages_are_answered_not_parsed(fields: dict[str, str], code: str) -> None:
+    """Mailgun's stored-message notice and a legacy tracking event are answered 200, counted by their reason,
+    and never parsed into an email."""
+    signed = {**fields, **{k: v for k, v in mailgun_fields(KEY).items() if k in ("timestamp", "token", "signature")}}
+    early = await run(urlencode(signed).encode(), URLENCODED["Content-Type"])
+    assert isinstance(early, Intercepted)
+    assert (early.outcome, early.code, early.response.status) == ("ignored", f"not_a_message:{code}", 200)

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+from typing import Any
 
 import pytest
 
 from bridge.errors import Rejected
+from handlers.base import Intercepted
 from handlers.postmark import PostmarkHandler
-from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, post, without_provider
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    FORWARDED,
+    JPEG,
+    LOGO,
+    THREAD_EMAIL,
+    build,
+    compact,
+    load,
+    message_shape,
+    post,
+    postmark_raw,
+    without_provider,
+)
 
 JSON = {"Content-Type": "application/json"}
 
@@ -21,7 +37,8 @@ def test_kind_and_channel() -> None:
 def test_inbound_normalises_to_the_email_shape() -> None:
     """Postmark's inbound JSON gives the email shape, with the Message-ID header as message_id."""
     [inbound] = build("postmark").parse(post(JSON), compact(load("postmark/inbound.json")))
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "envelope_to": ["support@acme.test"],
+                                                 "spam": {"verdict": "ham", "score": -0.1}}
     assert inbound.attachments[0].content == JPEG
 
 
@@ -61,3 +78,68 @@ def test_bad_attachments_are_400(change: dict[str, object], reason: str) -> None
         build("postmark").parse(post(JSON), compact(data))
     assert info.value.status == 400
     assert reason in str(info.value)
+
+
+# -- raw MIME, attachments intact, posts that are not messages ------------------------------------------------
+
+
+async def run(data: dict[str, Any]) -> Any:
+    """intercept, then (when not intercepted) parse, as intake does."""
+    h, req, body = build("postmark"), post(JSON), compact(data)
+    early = await h.intercept(req, body)
+    return early if early is not None else h.parse(req, body)
+
+
+async def test_raw_email_wins_over_the_parsed_fields() -> None:
+    """With `RawEmail`, the raw message's headers, bodies and attachments are used, not Postmark's parsed JSON
+    (which here describes another message), and the raw text is not kept twice."""
+    [inbound] = await run(postmark_raw())
+    assert message_shape(inbound.payload) == THREAD_EMAIL
+    assert inbound.payload["envelope_from"] == "asha.rao@example.com"  # the raw message's Return-Path
+    assert inbound.payload["spam"] == {"verdict": "ham", "score": -0.1}
+    assert inbound.attachments[3].content == FORWARDED
+    assert "RawEmail" not in inbound.payload["provider"]
+
+
+async def test_attachments_keep_an_attached_message_a_windows_name_and_inline_marks() -> None:
+    """Base64 attachments: a message/rfc822 keeps its bytes and bare type, a Windows path its base name, a
+    ContentID marks the file inline."""
+    data = load("postmark/inbound.json")
+    data["Attachments"] = [
+        {"Name": "C:\\Users\\asha\\forwarded.eml", "Content": base64.b64encode(FORWARDED).decode(),
+         "ContentType": 'message/rfc822; charset="us-ascii"', "ContentLength": len(FORWARDED), "ContentID": ""},
+        {"Name": "logo.png", "Content": base64.b64encode(LOGO).decode(), "ContentType": "image/png",
+         "ContentLength": len(LOGO), "ContentID": "logo@asha"},
+    ]
+    [inbound] = await run(data)
+    forwarded, logo = inbound.payload["attachments"]
+    assert {k: forwarded[k] for k in ("name", "content_type", "charset", "inline")} == \
+        {"name": "forwarded.eml", "content_type": "message/rfc822", "charset": "us-ascii", "inline": False}
+    assert inbound.attachments[0].content == FORWARDED
+    assert logo["inline"] is True
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    # a Delivery webhook pointed at the inbound URL (Postmark's documented example)
+    ({"RecordType": "Delivery", "ServerID": 23, "MessageStream": "outbound", "MessageID":
+      "00000000-0000-0000-0000-000000000000", "Recipient": "john@example.com", "Tag": "welcome-email",
+      "DeliveredAt": "2019-11-05T16:33:54.9070259Z", "Details": "Test delivery webhook details",
+      "Metadata": {"example": "value"}}, "delivery"),
+    ({"RecordType": "Bounce", "ID": 4323372036854775807, "Type": "HardBounce", "Email": "a@b.c"}, "bounce"),
+    ({"RecordType": "SomethingNew"}, "other"),
+])
+async def test_other_record_types_are_not_messages(data: dict[str, Any], code: str) -> None:
+    """A Postmark post of another RecordType is answered 200 and counted by its type, never parsed."""
+    early = await run(data)
+    assert isinstance(early, Intercepted)
+    assert (early.outcome, early.code, early.response.status) == ("ignored", f"not_a_message:{code}", 200)
+
+
+async def test_the_dashboard_check_is_answered_200() -> None:
+    """The "Check" button's sample (attachments carrying `Data`, not `Content`) is answered 200, not a 400."""
+    data = load("postmark/inbound.json")
+    data["Attachments"] = [{"Name": "test.txt", "Data": "VGhpcyBpcyBhdHRhY2htZW50IGNvbnRlbnRzLCBiYXNlLTY0IGVuY29kZWQu",
+                            "ContentType": "text/plain", "ContentLength": 45}]
+    early = await run(data)
+    assert isinstance(early, Intercepted)
+    assert (early.code, early.response.status) == ("not_a_message:check", 200)

@@ -13,16 +13,21 @@ from handlers.ses import SesHandler, SesOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     CERT_URL,
+    ENVELOPE,
+    FORWARDED,
     JPEG,
     NOW,
+    THREAD_EMAIL,
     TOPIC,
     FakeSns,
     build,
     compact,
     iso,
     load,
+    message_shape,
     post,
     ses_notification,
+    ses_raw,
     sns_sign,
     without_provider,
 )
@@ -55,7 +60,7 @@ async def test_signed_notification_becomes_one_email(version: str) -> None:
     """A Received notification signed with SNS's key (either version) gives the email shape, from the raw MIME."""
     fake = FakeSns()
     [inbound] = await run(handler(fake), ses_notification(version))
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "ham", "score": None}}
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "d6f4c2a0-3f2b-5b9a-9e4d-2a1c0b7e6f11"
     assert inbound.spam is False
@@ -213,3 +218,13 @@ def test_invalid_options(options: dict[str, Any], reason: str) -> None:
     """topic_arns is required, non-empty and made of SNS ARNs; max_age is a duration."""
     with pytest.raises(msgspec.ValidationError, match=reason):
         msgspec.convert({"kind": "ses", **options}, SesOptions)
+
+
+async def test_raw_thread_keeps_its_attachments_intact() -> None:
+    """The raw thread as base64 `content`: the message's own shape wins over commonHeaders, the attached
+    message is stored as its exact bytes, and the envelope and spam verdict are SES's."""
+    [inbound] = await run(handler(), ses_raw())
+    assert message_shape(inbound.payload) == THREAD_EMAIL
+    assert {k: inbound.payload[k] for k in ("envelope_from", "envelope_to", "spam")} == \
+        {**ENVELOPE, "spam": {"verdict": "ham", "score": None}}
+    assert inbound.attachments[3].content == FORWARDED
