@@ -1,0 +1,151 @@
+"""Resend inbound: an `email.received` event, signed as Svix signs (handlers/standard_webhooks.py), that
+carries the message's ids and envelope but not its content. The content is fetched from Resend's Receiving API
+(`GET /emails/receiving/{email_id}`, with the `api_key`), and the raw message from the download URL the API
+gives, before the event is stored; the raw message then wins over the API's parsed fields. A fetch that fails
+is a 503 with nothing stored: Resend retries the event. Other event types posted here are answered as
+ignored."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from bridge.config import SourceConfig, check_duration
+from bridge.durations import parse_duration
+from bridge.errors import Rejected
+from handlers.attachments import Attachment, remote_attachment
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
+from handlers.cloudmailin import byte_count
+from handlers.email import Headers
+from handlers.mail_message import Fields, header_pairs, mail_inbound, text, without
+from handlers.signing import require
+from handlers.standard_webhooks import StandardWebhooksOptions, verify_signed
+
+log = structlog.get_logger("ticketbridge.handlers.resend")
+
+Getter = Callable[[str, dict[str, str], float, int], Awaitable[bytes]]
+"""GET a URL with headers, a timeout in seconds and a cap on the body's bytes; raises FetchFailed."""
+
+
+class FetchFailed(Exception):
+    pass
+
+
+async def http_get(url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> bytes:
+    """The default getter: one short-lived session per call (one message, two calls), no redirects followed."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session, \
+                session.get(url, headers=headers, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise FetchFailed(f"HTTP {resp.status}")
+            data = await resp.content.read(max_bytes + 1)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+    if len(data) > max_bytes:
+        raise FetchFailed(f"the answer is over {max_bytes} bytes (server.max_body_bytes)")
+    return data
+
+
+class ResendOptions(StandardWebhooksOptions, kw_only=True, forbid_unknown_fields=True):
+    api_key: str
+    """A Resend API key allowed to read received emails."""
+    api_url: str = "https://api.resend.com"
+    fetch_timeout: str = "10s"
+    """How long one fetch from Resend may take, connection included."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.api_key, "api_key", "RESEND_API_KEY")
+        if not self.api_url.startswith(("https://", "http://")):
+            raise ValueError(f"`api_url` {self.api_url!r} must be an http(s) URL, e.g. https://api.resend.com")
+        check_duration(self.fetch_timeout, ("fetch_timeout",))
+
+
+class Fetched:
+    """What was fetched for one request: the API's JSON, and the raw message when it could be downloaded."""
+
+    def __init__(self) -> None:
+        self.email: dict[str, Any] | None = None
+        self.raw: bytes | None = None
+
+
+class ResendHandler(Handler):
+    kind: ClassVar[str] = "resend"
+    channel = "email"
+    Options: ClassVar[type[SourceConfig]] = ResendOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.get: Getter = http_get
+
+    @property
+    def resend(self) -> ResendOptions:
+        assert isinstance(self.options, ResendOptions)
+        return self.options
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        verify_signed(request, body, self.resend, self.clock())
+
+    def _event(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "resend", lambda: decode_json_object(body))
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        event = self._event(request, body)
+        if event.get("type") != "email.received":
+            return ignored(f"Resend {event.get('type')!r} event, not a received email")
+        email_id = obj(event.get("data")).get("email_id")
+        if not isinstance(email_id, str) or not email_id:
+            raise Rejected(400, "`data.email_id` is missing: the received email cannot be fetched", check="json")
+        fetched = per_request(request, "resend.fetched", Fetched)
+        timeout, cap = parse_duration(self.resend.fetch_timeout), self.server.max_body_bytes
+        url = f"{self.resend.api_url.rstrip('/')}/emails/receiving/{quote(email_id, safe='')}"
+        try:
+            fetched.email = decode_json_object(
+                await self.get(url, {"Authorization": f"Bearer {self.resend.api_key}",
+                                     "Accept": "application/json"}, timeout, cap))
+            download = obj(fetched.email.get("raw")).get("download_url")
+            if isinstance(download, str) and download.startswith(("https://", "http://")):
+                fetched.raw = await self.get(download, {}, timeout, cap)
+        except (FetchFailed, Rejected) as exc:
+            log.warning("resend.fetch_failed", source=self.name, email_id=email_id, error=str(exc))
+            raise Rejected(503, f"could not fetch received email {email_id} from Resend ({exc}); nothing was "
+                                "stored, Resend will send the event again", check="fetch") from None
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        event = self._event(request, body)
+        fetched = per_request(request, "resend.fetched", Fetched)
+        email = fetched.email or {}
+        data = obj(event.get("data"))
+        files: list[Attachment] = [
+            remote_attachment(text(a.get("filename")), text(a.get("content_type")), byte_count(a.get("size")),
+                              "held by Resend: fetch it with the received-email attachments API")
+            for a in map(obj, items(email.get("attachments") or data.get("attachments")))
+        ]
+        raw_headers = email.get("headers")
+        headers = (Headers((str(h["name"]), str(h["value"])) for h in map(obj, items(raw_headers))
+                           if isinstance(h.get("name"), str) and isinstance(h.get("value"), str))
+                   if isinstance(raw_headers, list) else header_pairs(raw_headers))
+        fields = Fields(
+            from_=text(email.get("from")) or text(data.get("from")),
+            to=_texts(email.get("to")) or _texts(data.get("to")),
+            cc=_texts(email.get("cc")) or _texts(data.get("cc")),
+            subject=text(email.get("subject")) or text(data.get("subject")),
+            text=text(email.get("text")),
+            html=text(email.get("html")),
+            message_id=text(email.get("message_id")) or text(data.get("message_id")),
+            attachments=files,
+            headers=headers,
+        )
+        provider = {**event, "email": without(email, ["text", "html", "headers"])}
+        return [mail_inbound(provider, fields, raw=fetched.raw, provider_id=data.get("email_id"))]
+
+
+def _texts(value: Any) -> list[str]:
+    return [v for v in items(value) if isinstance(v, str)] or ([value] if isinstance(value, str) else [])
