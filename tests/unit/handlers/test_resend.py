@@ -3,50 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from bridge.errors import Rejected
 from handlers.base import Intercepted
-from handlers.resend import FetchFailed, ResendHandler
+from handlers.resend import ResendHandler
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     JPEG,
     NOW,
+    RESEND_API,
+    FakeResendApi,
     build,
     compact,
     load,
     passes,
     post,
-    raw,
     svix_headers,
     without_provider,
 )
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-API = "https://api.resend.test"
+API = RESEND_API
 BODY = compact(load("resend/email_received.json"))
 EMAIL_ID = "56761188-7520-42d8-8898-ff6fc54ce618"
-
-
-@dataclass
-class FakeResendApi:
-    """Answers the Receiving API and the raw download from the fixtures; records what was asked."""
-
-    email: dict[str, Any] = field(default_factory=lambda: load("resend/received_email.json"))
-    fail: str | None = None
-    asked: list[tuple[str, dict[str, str], float, int]] = field(default_factory=list)
-
-    async def __call__(self, url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> bytes:
-        self.asked.append((url, headers, timeout_s, max_bytes))
-        if self.fail and self.fail in url:
-            raise FetchFailed("HTTP 500")
-        if url.startswith(API):
-            return json.dumps(self.email).encode()
-        return raw("ses/message.eml")
 
 
 def handler(api: FakeResendApi | None = None) -> tuple[ResendHandler, FakeResendApi]:
