@@ -14,7 +14,7 @@ from bridge.errors import Rejected
 from handlers.attachments import Attachment, remote_attachment
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
 from handlers.cloudmailin import byte_count
-from handlers.mail_message import Fields, header_pairs, mail_inbound, mailbox, mailboxes, text
+from handlers.mail_message import Fields, check_batch, header_pairs, mail_inbound, mailbox, mailboxes, text
 from handlers.signing import require, same
 
 
@@ -61,6 +61,7 @@ class BrevoHandler(Handler):
             if not isinstance(data.get("items"), list):
                 raise Rejected(400, "`items` is missing or not a list: not a Brevo inbound parsing payload",
                                check="json")
+            check_batch(len(data["items"]), "`items`")
             return items(data["items"])
 
         return per_request(request, "brevo", read)

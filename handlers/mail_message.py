@@ -14,6 +14,12 @@ from typing import Any
 from handlers.attachments import Attachment
 from handlers.base import Inbound
 from handlers.email import AddressInput, Headers, email_payload, message_id, parse_mime
+from handlers.limits import check_count
+
+MAX_BATCH_MESSAGES = 100
+"""Messages one post may carry (Brevo's `items`, Mandrill's `mandrill_events`, SparkPost's array). Each costs a
+MIME parse (milliseconds), so a post of thousands of tiny messages within the body cap would hold the parser
+for minutes; providers post inbound mail one or a few messages at a time."""
 
 
 @dataclass
@@ -32,6 +38,11 @@ class Fields:
     references: str | list[str] | None = None
     attachments: list[Attachment] = field(default_factory=list)
     headers: Headers = field(default_factory=Headers)
+
+
+def check_batch(count: int, what: str) -> None:
+    """Rejected(413) when one post carries more than MAX_BATCH_MESSAGES messages."""
+    check_count(f"messages in {what}", count, MAX_BATCH_MESSAGES)
 
 
 def text(value: Any) -> str | None:

@@ -14,7 +14,7 @@ from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment, decode_base64
 from handlers.base import Handler, Inbound, Intercepted, decode_json, ignored, items, obj, per_request
 from handlers.formdata import first_value, parse_urlencoded
-from handlers.mail_message import Fields, header_pairs, mail_inbound, mailbox, raw_bytes, text, without
+from handlers.mail_message import Fields, check_batch, header_pairs, mail_inbound, mailbox, raw_bytes, text, without
 from handlers.signing import require, same
 from handlers.twilio import signature
 
@@ -81,7 +81,9 @@ class MandrillHandler(Handler):
             events = decode_json(raw, "field `mandrill_events`", check="form")
             if not isinstance(events, list):
                 raise Rejected(400, "`mandrill_events` is not a JSON array", check="form")
-            return [e for e in events if isinstance(e, dict) and e.get("event") == "inbound"]
+            inbound = [e for e in events if isinstance(e, dict) and e.get("event") == "inbound"]
+            check_batch(len(inbound), "`mandrill_events`")
+            return inbound
 
         return per_request(request, "mandrill.events", read)
 

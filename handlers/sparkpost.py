@@ -14,7 +14,7 @@ from bridge.errors import Rejected
 from handlers.attachments import decode_base64
 from handlers.base import Handler, Inbound, Intercepted, decode_json, ignored, items, obj, per_request
 from handlers.email import Headers
-from handlers.mail_message import Fields, mail_inbound, raw_bytes, text, without
+from handlers.mail_message import Fields, check_batch, mail_inbound, raw_bytes, text, without
 from handlers.signing import require, same
 
 HEADER = "X-MessageSystems-Webhook-Token"
@@ -53,7 +53,9 @@ class SparkpostHandler(Handler):
             if not isinstance(batch, list):
                 raise Rejected(400, f"expected a JSON array of SparkPost events, got a JSON {type(batch).__name__}",
                                check="json")
-            return [relay for item in batch if (relay := obj(obj(obj(item).get("msys")).get("relay_message")))]
+            relays = [relay for item in batch if (relay := obj(obj(obj(item).get("msys")).get("relay_message")))]
+            check_batch(len(relays), "the SparkPost batch")
+            return relays
 
         return per_request(request, "sparkpost", read)
 

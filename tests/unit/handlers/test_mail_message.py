@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
+
+from bridge.errors import Rejected
 from handlers.attachments import attachment
 from handlers.email import Headers
-from handlers.mail_message import Fields, mail_inbound, mailbox, mailboxes, part_file
-from tests.fixtures.providers import ASHA_EMAIL, raw, without_provider
+from handlers.mail_message import MAX_BATCH_MESSAGES, Fields, mail_inbound, mailbox, mailboxes, part_file
+from tests.fixtures.providers import ASHA_EMAIL, build, compact, mandrill_request, post, raw, without_provider
 
 EML = raw("ses/message.eml")
 
@@ -63,3 +69,26 @@ def test_part_file_reads_the_name_and_type_from_part_headers() -> None:
                        ("Content-Disposition", "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf")])
     assert part_file(headers) == ("résumé.pdf", "application/pdf")
     assert part_file(Headers()) == (None, "text/plain")
+
+
+def _over_the_batch_cap(kind: str) -> tuple[Any, bytes, Any]:
+    count = MAX_BATCH_MESSAGES + 1
+    if kind == "brevo":
+        body = compact({"items": [{"Subject": "x"}] * count})
+        return build("brevo"), body, post({"Content-Type": "application/json"})
+    if kind == "sparkpost":
+        body = compact([{"msys": {"relay_message": {"content": {"text": "x"}}}}] * count)
+        return build("sparkpost"), body, post({"Content-Type": "application/json"})
+    body, headers = mandrill_request("k", "https://bridge.example.com/hooks/src",
+                                     [{"event": "inbound", "msg": {"text": "x"}}] * count)
+    return build("mandrill", webhook_key="k", public_url="https://bridge.example.com/hooks/src"), body, post(headers)
+
+
+@pytest.mark.parametrize("kind", ["brevo", "mandrill", "sparkpost"])
+def test_a_batch_over_the_cap_is_413(kind: str) -> None:
+    """A post of more than MAX_BATCH_MESSAGES messages is refused with 413 before any is parsed."""
+    handler, body, request = _over_the_batch_cap(kind)
+    with pytest.raises(Rejected) as info:
+        asyncio.run(handler.intercept(request, body))
+    assert info.value.status == 413
+    assert f"{MAX_BATCH_MESSAGES + 1}, at most {MAX_BATCH_MESSAGES}" in str(info.value)
