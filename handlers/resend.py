@@ -7,11 +7,10 @@ ignored."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -22,34 +21,12 @@ from handlers.attachments import Attachment, remote_attachment
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
 from handlers.cloudmailin import byte_count
 from handlers.email import Headers
+from handlers.fetch import FetchFailed, Getter, TooLarge, http_get
 from handlers.mail_message import Fields, header_pairs, mail_inbound, text, without
 from handlers.signing import require
 from handlers.standard_webhooks import StandardWebhooksOptions, verify_signed
 
 log = structlog.get_logger("ticketbridge.handlers.resend")
-
-Getter = Callable[[str, dict[str, str], float, int], Awaitable[bytes]]
-"""GET a URL with headers, a timeout in seconds and a cap on the body's bytes; raises FetchFailed."""
-
-
-class FetchFailed(Exception):
-    pass
-
-
-async def http_get(url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> bytes:
-    """The default getter: one short-lived session per call (one message, two calls), no redirects followed."""
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session, \
-                session.get(url, headers=headers, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise FetchFailed(f"HTTP {resp.status}")
-            data = await resp.content.read(max_bytes + 1)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
-    if len(data) > max_bytes:
-        raise FetchFailed(f"the answer is over {max_bytes} bytes (server.max_body_bytes)")
-    return data
-
 
 class ResendOptions(StandardWebhooksOptions, kw_only=True, forbid_unknown_fields=True):
     api_key: str
@@ -72,6 +49,7 @@ class Fetched:
     def __init__(self) -> None:
         self.email: dict[str, Any] | None = None
         self.raw: bytes | None = None
+        self.inbounds: list[Inbound] | None = None
 
 
 class ResendHandler(Handler):
@@ -112,15 +90,26 @@ class ResendHandler(Handler):
             download = obj(fetched.email.get("raw")).get("download_url")
             if isinstance(download, str) and download.startswith(("https://", "http://")):
                 fetched.raw = await self.get(download, {}, timeout, cap)
+        except TooLarge as exc:
+            raise Rejected(413, f"received email {email_id} fetched from Resend is too large: {exc} "
+                                "(server.max_body_bytes)", check="limits") from None
         except (FetchFailed, Rejected) as exc:
             log.warning("resend.fetch_failed", source=self.name, email_id=email_id, error=str(exc))
             raise Rejected(503, f"could not fetch received email {email_id} from Resend ({exc}); nothing was "
                                 "stored, Resend will send the event again", check="fetch") from None
+        # The request's body is a small event, so intake parses it on the loop; the fetched message may be
+        # megabytes of MIME, parsed here in a thread so that the loop keeps answering.
+        fetched.inbounds = await asyncio.to_thread(self._inbounds, event, fetched)
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        event = self._event(request, body)
         fetched = per_request(request, "resend.fetched", Fetched)
+        if fetched.inbounds is None:  # intercept did not run: nothing was fetched
+            fetched.inbounds = self._inbounds(self._event(request, body), fetched)
+        return fetched.inbounds
+
+    @staticmethod
+    def _inbounds(event: dict[str, Any], fetched: Fetched) -> list[Inbound]:
         email = fetched.email or {}
         data = obj(event.get("data"))
         files: list[Attachment] = [

@@ -174,3 +174,16 @@ async def test_a_wrong_api_key_is_503_naming_the_answer(write_config: ConfigFact
     text = await resp.text()
     assert "HTTP 401" in text and "re_wrong_key" not in text
     assert stored_events(tmp_path) == 0
+
+
+async def test_a_received_email_over_the_body_cap_is_413(write_config: ConfigFactory, bridge_client: AppClient,
+                                                         stand_in: StandIn, tmp_path: Path) -> None:
+    """What Resend answers is read up to server.max_body_bytes: a larger email is a 413, not retried as a 503."""
+    env = {"RESEND_SECRET": SECRET, "RESEND_API_KEY": API_KEY, "RESEND_API_URL": stand_in.url}
+    c = await bridge_client(write_config("server: {max_body_bytes: 1024}\n" + CONFIG, {"email": MAPPING}, env))
+    runtime(c).sources["resend"].handler.clock = lambda: float(NOW)
+    body, headers = request()
+    resp = await c.post("/hooks/resend", data=body, headers=headers)
+    assert resp.status == 413
+    assert "over 1024 bytes" in (await resp.json())["error"]
+    assert stored_events(tmp_path) == 0
