@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -12,7 +13,8 @@ import pytest
 from bridge.errors import Rejected
 from handlers.base import Intercepted
 from handlers.brevo import BrevoHandler
-from tests.fixtures.providers import ASHA_EMAIL, build, compact, load, passes, post, without_provider
+from handlers.fetch import FetchFailed, TooLarge
+from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, passes, post, without_provider
 
 JSON = {"Content-Type": "application/json"}
 BODY = compact(load("brevo/inbound.json"))
@@ -85,3 +87,53 @@ def test_token_header_without_a_token_is_refused() -> None:
     """`token_header` alone is a config error naming the missing `token`."""
     with pytest.raises(msgspec.ValidationError, match="`token` is not set"):
         build("brevo", token_header="X-Brevo-Token")
+
+
+@dataclass
+class FakeBrevoApi:
+    """Stands in for Brevo's inbound attachments API: the photo for any token; records what was asked."""
+
+    status: str = "ok"
+    asked: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    async def __call__(self, url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> bytes:
+        self.asked.append((url, headers))
+        if self.status == "down":
+            raise FetchFailed("HTTP 502")
+        if self.status == "large":
+            raise TooLarge(f"the answer is over {max_bytes} bytes")
+        return JPEG
+
+
+def with_api(api: FakeBrevoApi) -> BrevoHandler:
+    h: BrevoHandler = build("brevo", api_key="xkeysib-123", api_url="https://api.brevo.test/v3")
+    h.get = api
+    return h
+
+
+def test_with_an_api_key_attachments_are_downloaded() -> None:
+    """With `api_key`, each attachment is downloaded by its DownloadToken before the event is made."""
+    api = FakeBrevoApi()
+    h, req = with_api(api), post(JSON)
+    assert asyncio.run(h.intercept(req, BODY)) is None
+    [inbound] = h.parse(req, BODY)
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert inbound.attachments[0].content == JPEG
+    token = load("brevo/inbound.json")["items"][0]["Attachments"][0]["DownloadToken"]
+    assert api.asked == [(f"https://api.brevo.test/v3/inbound/attachments/{token}", {"api-key": "xkeysib-123"})]
+
+
+def test_failed_download_is_503() -> None:
+    """A download that fails is a 503 naming the fetch: Brevo posts again."""
+    with pytest.raises(Rejected) as info:
+        asyncio.run(with_api(FakeBrevoApi("down")).intercept(post(JSON), BODY))
+    assert (info.value.status, info.value.check) == (503, "fetch")
+
+
+def test_attachment_over_the_cap_is_recorded_not_stored() -> None:
+    """An attachment larger than the body cap is listed as not stored, with the reason."""
+    h, req = with_api(FakeBrevoApi("large")), post(JSON)
+    asyncio.run(h.intercept(req, BODY))
+    [inbound] = h.parse(req, BODY)
+    meta = inbound.payload["attachments"][0]
+    assert meta["stored"] is False and meta["reason"].startswith("not downloaded: the answer is over")

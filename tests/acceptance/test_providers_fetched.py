@@ -1,6 +1,7 @@
-"""Resend inbound through the whole app, its content fetched over real HTTP from a stand-in for Resend's
-Receiving API and raw download: the email arrives whole; a fetch that fails or hangs is a 503 with nothing
-stored, and the event Resend sends again is then stored."""
+"""Email providers whose content is fetched while the request waits, through the whole app and over real HTTP
+to local stand-ins: Resend (the Receiving API and the raw download) and Brevo (attachment downloads). The
+email arrives whole; a fetch that fails or hangs is a 503 with nothing stored, and the post sent again is
+then stored."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
-from tests.fixtures.providers import ASHA_EMAIL, JPEG_SHA256, NOW, compact, load, raw, svix_headers, without_provider
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    JPEG,
+    JPEG_SHA256,
+    NOW,
+    compact,
+    load,
+    raw,
+    svix_headers,
+    without_provider,
+)
 
 SECRET = "whsec_cmVzZW5kLXNpZ25pbmctc2VjcmV0"
 API_KEY = "re_N9f8TbDq_resend"
@@ -187,3 +198,60 @@ async def test_a_received_email_over_the_body_cap_is_413(write_config: ConfigFac
     assert resp.status == 413
     assert "over 1024 bytes" in (await resp.json())["error"]
     assert stored_events(tmp_path) == 0
+
+
+# -- Brevo: attachments downloaded by their DownloadToken ------------------------------------------------------
+
+BREVO_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  brevo: {kind: brevo, token: "${BREVO_TOKEN}", api_key: "${BREVO_API_KEY}", api_url: "${BREVO_API_URL}"}
+destinations:
+  kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms]}}
+"""
+
+
+@dataclass
+class BrevoStandIn:
+    """Brevo's inbound attachments API on a local port: the photo for the fixture's token, or HTTP 502."""
+
+    down: bool = False
+    seen: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v3/inbound/attachments/{token}", self.attachment)
+        return app
+
+    async def attachment(self, request: web.Request) -> web.Response:
+        self.seen.append((request.match_info["token"], request.headers.get("api-key")))
+        if self.down:
+            return web.Response(status=502)
+        if request.headers.get("api-key") != "xkeysib-brevo":
+            return web.json_response({"code": "unauthorized"}, status=401)
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+
+async def test_brevo_attachments_are_downloaded_and_a_failed_download_is_retried(
+        write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, tmp_path: Path) -> None:
+    """With an API key, Brevo's attachment is downloaded and stored with the event; while the API fails, the
+    post is a 503 with nothing stored, and Brevo's next post of it is stored whole."""
+    brevo = BrevoStandIn(down=True)
+    server = await aiohttp_server(brevo.app())
+    env = {"BREVO_TOKEN": "brevo-token", "BREVO_API_KEY": "xkeysib-brevo", "BREVO_API_URL": str(server.make_url("/v3"))}
+    c = await bridge_client(write_config(BREVO_CONFIG, {"email": MAPPING.replace("source: resend", "source: brevo")},
+                                         env))
+    body = compact(load("brevo/inbound.json"))
+    headers = {"Content-Type": "application/json"}
+    failed = await c.post("/hooks/brevo?token=brevo-token", data=body, headers=headers)
+    assert failed.status == 503
+    assert (await failed.json())["check"] == "fetch"
+    assert stored_events(tmp_path) == 0
+    brevo.down = False
+    resp = await c.post("/hooks/brevo?token=brevo-token", data=body, headers=headers)
+    assert resp.status == 202, await resp.text()
+    event = await runtime(c).store.get_event((await resp.json())["event_id"])
+    expected = {**ASHA_EMAIL, "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
+    assert without_provider(event.payload) == expected
+    token = load("brevo/inbound.json")["items"][0]["Attachments"][0]["DownloadToken"]
+    assert brevo.seen == [(token, "xkeysib-brevo")] * 2
