@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -11,7 +13,19 @@ from bridge.errors import Rejected
 from handlers.attachments import attachment
 from handlers.email import Headers
 from handlers.mail_message import MAX_BATCH_MESSAGES, Fields, mail_inbound, mailbox, mailboxes, part_file
-from tests.fixtures.providers import ASHA_EMAIL, build, compact, mandrill_request, post, raw, without_provider
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    JPEG,
+    build,
+    compact,
+    mailersend_signature,
+    mandrill_request,
+    post,
+    postal_headers,
+    postal_public_key,
+    raw,
+    without_provider,
+)
 
 EML = raw("ses/message.eml")
 
@@ -92,3 +106,65 @@ def test_a_batch_over_the_cap_is_413(kind: str) -> None:
         asyncio.run(handler.intercept(request, body))
     assert info.value.status == 413
     assert f"{MAX_BATCH_MESSAGES + 1}, at most {MAX_BATCH_MESSAGES}" in str(info.value)
+
+
+def rich_message() -> bytes:
+    """A support email as clients send them: a subject in two charsets, an inline logo, a forwarded message,
+    a file with a non-ASCII RFC 2231 name."""
+    msg = EmailMessage()
+    msg["From"] = "=?utf-8?q?Asha_R=C3=A3o?= <asha@example.com>"
+    msg["To"] = "support@acme.test"
+    msg["Subject"] = "=?iso-8859-1?q?Caf=E9?= =?utf-8?b?4oCUIHLDqXNlYXU=?="
+    msg["Message-ID"] = "<rich.1@mail.example.com>"
+    msg.set_content("See the forwarded mail.\n")
+    msg.add_alternative('<p>See the forwarded mail.<img src="cid:logo@acme"></p>', subtype="html")
+    msg.get_payload()[1].add_related(JPEG, maintype="image", subtype="jpeg", cid="<logo@acme>",
+                                     filename="logo.jpg")
+    forwarded = EmailMessage()
+    forwarded["From"] = "router@isp.test"
+    forwarded["Subject"] = "Outage"
+    forwarded.set_content("The line is down.\n")
+    msg.add_attachment(forwarded)
+    msg.add_attachment(b"%PDF-1.4 invoice", maintype="application", subtype="pdf", filename=("utf-8", "",
+                                                                                               "Fähre €.pdf"))
+    return bytes(msg)
+
+
+def raw_post(kind: str, eml: bytes) -> list[Any]:
+    """`eml` posted through `kind` as its provider sends raw MIME, verified and parsed."""
+    url = "https://bridge.example.com/hooks/src"
+    options: dict[str, Any] = {"mandrill": {"webhook_key": "k", "public_url": url}, "mailersend": {"secret": "s"},
+                               "postal": {"public_key": postal_public_key()}}.get(kind, {})
+    text = eml.decode()
+    json_ct = {"Content-Type": "application/json"}
+    if kind == "mandrill":
+        body, headers = mandrill_request("k", url, [{"event": "inbound", "msg": {"raw_msg": text}}])
+    elif kind == "sparkpost":
+        body, headers = compact([{"msys": {"relay_message": {"content": {"email_rfc822": text}}}}]), json_ct
+    elif kind == "mailersend":
+        body = compact({"type": "inbound.message", "data": {"raw": text}})
+        headers = {**json_ct, "Signature": mailersend_signature("s", body)}
+    else:
+        body = compact({"id": 1, "message": base64.b64encode(eml).decode(), "base64": True})
+        headers = postal_headers(body)
+    handler, request = build(kind, **options), post(headers)
+    handler.verify(request, body)
+    assert asyncio.run(handler.intercept(request, body)) is None
+    inbounds: list[Any] = handler.parse(request, body)
+    return inbounds
+
+
+@pytest.mark.parametrize("kind", ["mandrill", "sparkpost", "mailersend", "postal"])
+def test_raw_mime_goes_through_the_email_channels_parser(kind: str) -> None:
+    """Each kind that sends raw MIME gives exactly what the email channel's MIME path reads from it (so that path's
+    handling of inline parts and forwarded messages applies to these kinds too): the subject's two charsets
+    decoded, the forwarded message and the RFC 2231 file name among the files."""
+    eml = rich_message()
+    [inbound] = raw_post(kind, eml)
+    payload = without_provider(inbound.payload)
+    assert payload == without_provider(mail_inbound({}, Fields(), raw=eml).payload)
+    assert (payload["subject"], payload["from_name"]) == ("Café— réseau", "Asha Rão")  # RFC 2047: no space
+    names = [a["name"] for a in payload["attachments"]]
+    assert "Fähre €.pdf" in names
+    assert any(a["content_type"] == "message/rfc822" for a in payload["attachments"])
+    assert inbound.dedup_key == "<rich.1@mail.example.com>"
