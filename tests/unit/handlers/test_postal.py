@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import msgspec
@@ -114,3 +115,29 @@ def test_spam_status_marks_the_event_as_spam() -> None:
     data["spam_status"] = "Spam"
     body = compact(data)
     assert handler().parse(post(postal_headers(body)), body)[0].spam is True
+
+
+def test_base64_message_is_read_off_the_loop() -> None:
+    """A base64 raw message (whose MIME parts intake cannot count) is parsed in a thread during intercept;
+    parse then hands over that result."""
+    body = compact(load("postal/raw.json"))
+    h, req = handler(), post(postal_headers(body))
+    loop_thread: list[int] = []
+
+    async def intercept() -> None:
+        loop_thread.append(threading.get_ident())
+        await h.intercept(req, body)
+
+    parsed_in: list[int] = []
+    original = PostalHandler._inbounds
+
+    def spy(data: dict[str, Any]) -> list[Any]:
+        parsed_in.append(threading.get_ident())
+        return original(data)
+
+    h._inbounds = spy  # type: ignore[method-assign]
+    asyncio.run(intercept())
+    [inbound] = h.parse(req, body)
+    assert parsed_in and parsed_in[0] != loop_thread[0]
+    assert len(parsed_in) == 1  # parse did not read it again
+    assert inbound.payload["message_id"] == "<CAF=asha.1@mail.example.com>"
