@@ -132,7 +132,7 @@ class ResendHandler(Handler):
             attachments=files,
             headers=headers,
         )
-        provider = {**event, "email": without(email, ["text", "html", "headers"])}
+        provider = {**event, "email": without(email, ["text", "html", "headers", "raw"])}  # raw: a signed URL
         return [mail_inbound(provider, fields, raw=fetched.raw, provider_id=data.get("email_id"))]
 
 

@@ -114,3 +114,11 @@ def test_api_key_is_required() -> None:
 
     with pytest.raises(msgspec.ValidationError, match="api_key"):
         build("resend", secret=SECRET, api_key="")
+
+
+def test_the_signed_download_url_is_not_kept() -> None:
+    """The raw download's signed URL is used, not stored with the event."""
+    h, _ = handler()
+    _answer, [inbound] = run(h)
+    assert "raw" not in inbound.payload["provider"]["email"]
+    assert "signature=" not in str(inbound.payload)
