@@ -29,7 +29,9 @@ async def http_get(url: str, headers: dict[str, str], timeout_s: float, max_byte
                 raise FetchFailed(f"HTTP {resp.status}")
             data = await resp.content.read(max_bytes + 1)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise FetchFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        # A download URL may be signed in its query: the reason, which is logged and answered, names it without.
+        reason = str(exc).replace(url, url.partition("?")[0])
+        raise FetchFailed(f"{type(exc).__name__}: {reason}".rstrip(": ")) from None
     if len(data) > max_bytes:
         raise TooLarge(f"the answer is over {max_bytes} bytes")
     return data
