@@ -476,6 +476,14 @@ async def test_email_batch_gives_one_event_per_message(client: Any, make: Callab
     await eventually(lambda: len(sim.tickets) == 2)
 
 
+async def test_mandrill_url_check_by_head_is_answered_200(client: Any, tmp_path: Path) -> None:
+    """Mandrill checks a new webhook URL with HEAD: answered 200, nothing stored; GET is still refused."""
+    head = await client.head("/hooks/mandrill")
+    assert head.status == 200
+    assert (await client.get("/hooks/mandrill")).status == 405
+    assert stored_events(tmp_path) == 0
+
+
 async def test_slack_url_verification(client: Any, tmp_path: Path) -> None:
     """Slack's signed url_verification is answered with its challenge, and counted as a handshake."""
     resp = await send(client, slack(fixture="slack/url_verification.json"))
