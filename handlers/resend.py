@@ -1,7 +1,8 @@
 """Resend inbound: an `email.received` event, signed as Svix signs (handlers/standard_webhooks.py), that
 carries the message's ids and envelope but not its content. The content is fetched from Resend's Receiving API
 (`GET /emails/receiving/{email_id}`, with the `api_key`), and the raw message from the download URL the API
-gives, before the event is stored; the raw message then wins over the API's parsed fields. A fetch that fails
+gives, before the event is stored; the raw message then wins over the API's parsed fields. Without a raw
+download, each attachment is fetched through `GET …/attachments/{id}` and the download URL it gives. A fetch that fails
 is a 503 with nothing stored: Resend retries the event. Other event types posted here are answered as
 ignored."""
 
@@ -17,11 +18,12 @@ from aiohttp import web
 from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import Rejected
-from handlers.attachments import Attachment, remote_attachment
+from handlers.attachments import Attachment, attachment, remote_attachment
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
 from handlers.cloudmailin import byte_count
 from handlers.email import Headers
 from handlers.fetch import FetchFailed, Getter, TooLarge, http_get
+from handlers.limits import MAX_ATTACHMENTS
 from handlers.mail_message import Fields, header_pairs, mail_inbound, text, without
 from handlers.signing import require
 from handlers.standard_webhooks import StandardWebhooksOptions, verify_signed
@@ -49,6 +51,8 @@ class Fetched:
     def __init__(self) -> None:
         self.email: dict[str, Any] | None = None
         self.raw: bytes | None = None
+        self.files: dict[str, bytes | str] = {}
+        """Without a raw message: each attachment's content by its id (or why it was not downloaded)."""
         self.inbounds: list[Inbound] | None = None
 
 
@@ -90,6 +94,8 @@ class ResendHandler(Handler):
             download = obj(fetched.email.get("raw")).get("download_url")
             if isinstance(download, str) and download.startswith(("https://", "http://")):
                 fetched.raw = await self.get(download, {}, timeout, cap)
+            else:
+                await self._attachments(url, fetched, timeout, cap)
         except TooLarge as exc:
             raise Rejected(413, f"received email {email_id} fetched from Resend is too large: {exc} "
                                 "(server.max_body_bytes)", check="limits") from None
@@ -102,6 +108,26 @@ class ResendHandler(Handler):
         fetched.inbounds = await asyncio.to_thread(self._inbounds, event, fetched)
         return None
 
+    async def _attachments(self, email_url: str, fetched: Fetched, timeout_s: float, cap: int) -> None:
+        """Without a raw message, each attachment from `GET …/attachments/{id}` and the download URL it gives."""
+        assert fetched.email is not None
+        ids = [a["id"] for a in map(obj, items(fetched.email.get("attachments"))) if isinstance(a.get("id"), str)]
+        for i, attachment_id in enumerate(dict.fromkeys(ids)):
+            if i >= MAX_ATTACHMENTS:
+                fetched.files[attachment_id] = f"not downloaded: more than {MAX_ATTACHMENTS} attachments"
+                continue
+            meta = decode_json_object(await self.get(
+                f"{email_url}/attachments/{quote(attachment_id, safe='')}",
+                {"Authorization": f"Bearer {self.resend.api_key}", "Accept": "application/json"}, timeout_s, cap))
+            download = meta.get("download_url")
+            if not isinstance(download, str) or not download.startswith(("https://", "http://")):
+                fetched.files[attachment_id] = "Resend gave no download URL"
+                continue
+            try:
+                fetched.files[attachment_id] = await self.get(download, {}, timeout_s, cap)
+            except TooLarge as exc:
+                fetched.files[attachment_id] = f"not downloaded: {exc} (server.max_body_bytes)"
+
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         fetched = per_request(request, "resend.fetched", Fetched)
         if fetched.inbounds is None:  # intercept did not run: nothing was fetched
@@ -112,11 +138,12 @@ class ResendHandler(Handler):
     def _inbounds(event: dict[str, Any], fetched: Fetched) -> list[Inbound]:
         email = fetched.email or {}
         data = obj(event.get("data"))
-        files: list[Attachment] = [
-            remote_attachment(text(a.get("filename")), text(a.get("content_type")), byte_count(a.get("size")),
-                              "held by Resend: fetch it with the received-email attachments API")
-            for a in map(obj, items(email.get("attachments") or data.get("attachments")))
-        ]
+        files: list[Attachment] = []
+        for a in map(obj, items(email.get("attachments") or data.get("attachments"))):
+            name, ctype = text(a.get("filename")), text(a.get("content_type"))
+            content = fetched.files.get(str(a.get("id")))
+            files.append(attachment(name, ctype, content) if isinstance(content, bytes) else remote_attachment(
+                name, ctype, byte_count(a.get("size")), content or "held by Resend: not downloaded"))
         raw_headers = email.get("headers")
         headers = (Headers((str(h["name"]), str(h["value"])) for h in map(obj, items(raw_headers))
                            if isinstance(h.get("name"), str) and isinstance(h.get("value"), str))

@@ -65,11 +65,15 @@ class StandIn:
     seen: list[tuple[str, str | None]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
+    no_raw: bool = False
+    """Answer without a raw download, so that attachments are fetched one by one."""
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/emails/receiving/{id}", self.email)
+        app.router.add_get("/emails/receiving/{id}/attachments/{attachment}", self.attachment)
         app.router.add_get("/raw/{id}", self.raw)
+        app.router.add_get("/files/{attachment}", self.file)
         return app
 
     async def _broken(self, kind: str) -> web.Response | None:
@@ -90,7 +94,21 @@ class StandIn:
         if request.match_info["id"] != email["id"]:
             return web.json_response({"name": "not_found"}, status=404)
         email["raw"]["download_url"] = str(request.url.with_path(f"/raw/{email['id']}").with_query(sig="abc"))
+        if self.no_raw:
+            del email["raw"]
         return web.json_response(email)
+
+    async def attachment(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, request.headers.get("Authorization")))
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return web.json_response({"name": "validation_error"}, status=401)
+        attachment_id = request.match_info["attachment"]
+        url = request.url.with_path(f"/files/{attachment_id}").with_query(signature="sig-123")
+        return web.json_response({"object": "attachment", "id": attachment_id, "download_url": str(url)})
+
+    async def file(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, request.headers.get("Authorization")))
+        return web.Response(body=JPEG, content_type="image/jpeg")
 
     async def raw(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, request.headers.get("Authorization")))
@@ -142,6 +160,22 @@ async def test_received_email_is_fetched_over_http_and_arrives_whole(client: Any
     assert json.dumps(event.payload).find(API_KEY) == -1
     sim = runtime(client).simulators["kapture"]
     await eventually(lambda: len(sim.tickets) == 1)
+
+
+async def test_without_a_raw_download_each_attachment_is_fetched(client: Any, stand_in: StandIn) -> None:
+    """When Resend gives no raw download, the API's fields are used and each attachment is fetched through the
+    attachments API and the download URL it gives: the email still arrives whole."""
+    stand_in.no_raw = True
+    body, headers = request()
+    resp = await client.post("/hooks/resend", data=body, headers=headers)
+    assert resp.status == 202, await resp.text()
+    event = await runtime(client).store.get_event((await resp.json())["event_id"])
+    expected = {**ASHA_EMAIL, "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
+    assert without_provider(event.payload) == expected
+    attachment_id = load("resend/received_email.json")["attachments"][0]["id"]
+    assert [path for path, _auth in stand_in.seen] == [
+        f"/emails/receiving/{EMAIL_ID}", f"/emails/receiving/{EMAIL_ID}/attachments/{attachment_id}",
+        f"/files/{attachment_id}"]
 
 
 @pytest.mark.parametrize("broken", ["api", "raw"])

@@ -65,14 +65,28 @@ def test_received_email_is_fetched_and_read_from_its_raw_message() -> None:
 
 
 def test_api_fields_serve_without_a_raw_download() -> None:
-    """Without a raw download URL, the API's parsed fields give the shape; files are listed, not stored."""
+    """Without a raw download URL, the API's parsed fields give the shape, and each attachment is fetched
+    through the attachments API and the download URL it gives."""
     api = FakeResendApi()
     del api.email["raw"]
     h, _ = handler(api)
     _answer, [inbound] = run(h)
-    payload = without_provider(inbound.payload)
-    assert payload.pop("attachments")[0]["stored"] is False
-    assert payload == {k: v for k, v in ASHA_EMAIL.items() if k != "attachments"}
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert inbound.attachments[0].content == JPEG
+    attachment_id = api.email["attachments"][0]["id"]
+    assert [url for url, *_ in api.asked][1:] == [
+        f"{API}/emails/receiving/{EMAIL_ID}/attachments/{attachment_id}",
+        f"https://inbound-cdn.resend.com/files/{attachment_id}?signature=x"]
+
+
+def test_failed_attachment_download_is_503() -> None:
+    """Without a raw message, an attachment whose download fails is a 503 like any fetch."""
+    api = FakeResendApi(fail="/files/")
+    del api.email["raw"]
+    h, _ = handler(api)
+    with pytest.raises(Rejected) as info:
+        run(h)
+    assert (info.value.status, info.value.check) == (503, "fetch")
 
 
 @pytest.mark.parametrize("where", [API, "inbound-cdn"])
