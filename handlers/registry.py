@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from bridge.config import ServerConfig, SourceConfig
 from handlers.base import Handler
+from handlers.brevo import BrevoHandler
 from handlers.cloudmailin import CloudmailinHandler
 from handlers.form import FormHandler
 from handlers.intercom import IntercomHandler
 from handlers.jotform import JotformHandler
 from handlers.json_hook import JsonHandler
+from handlers.mailersend import MailersendHandler
 from handlers.mailgun import MailgunHandler
+from handlers.mailjet import MailjetHandler
+from handlers.mandrill import MandrillHandler
+from handlers.postal import PostalHandler
 from handlers.postmark import PostmarkHandler
+from handlers.resend import ResendHandler
 from handlers.sendgrid import SendgridHandler
 from handlers.ses import SesHandler
 from handlers.slack import SlackHandler
+from handlers.sparkpost import SparkpostHandler
 from handlers.standard_webhooks import StandardWebhooksHandler
 from handlers.tally import TallyHandler
 from handlers.telegram import TelegramHandler
@@ -25,6 +32,7 @@ from handlers.whatsapp import WhatsappHandler
 HANDLERS: dict[str, type[Handler]] = {cls.kind: cls for cls in (
     FormHandler, JsonHandler,
     MailgunHandler, SendgridHandler, PostmarkHandler, SesHandler, CloudmailinHandler,
+    BrevoHandler, MailjetHandler, MandrillHandler, SparkpostHandler, ResendHandler, MailersendHandler, PostalHandler,
     TypeformHandler, TallyHandler, WebflowHandler, JotformHandler,
     TwilioHandler, WhatsappHandler, SlackHandler, TelegramHandler, IntercomHandler,
     StandardWebhooksHandler,

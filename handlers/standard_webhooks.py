@@ -52,29 +52,35 @@ class StandardWebhooksHandler(Handler):
 
     def verify(self, request: web.Request, body: bytes) -> None:
         assert isinstance(self.options, StandardWebhooksOptions)
-        prefix = spelling(request)
-        msg_id = request.headers.get(f"{prefix}-id", "")
-        raw_ts = request.headers.get(f"{prefix}-timestamp")
-        given = request.headers.get(f"{prefix}-signature", "")
-        if not msg_id or not given:
-            raise Rejected(401, "headers webhook-id and webhook-signature (or svix-id and svix-signature) are "
-                                "required", check="signature")
-        check_timestamp(raw_ts, self.clock(), self.options.tolerance_s, header=f"{prefix}-timestamp")
-        assert raw_ts is not None
-        signed = msg_id.encode("utf-8", "replace") + b"." + raw_ts.strip().encode() + b"." + body
-        expected = hmac_digest(self.options.key, signed, "sha256")
-        ok = False
-        for candidate in given.split():
-            version, _, value = candidate.partition(",")
-            if version == "v1":
-                ok |= signature_matches(expected, value, "base64")
-        if not ok:
-            raise Rejected(401, f"no v1 signature in {prefix}-signature matches id, timestamp and body",
-                           check="signature")
+        verify_signed(request, body, self.options, self.clock())
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         msg_id = request.headers.get(f"{spelling(request)}-id")
         return [Inbound(payload=decode_json_object(body), dedup_key=msg_id or None)]
+
+
+def verify_signed(request: web.Request, body: bytes, options: StandardWebhooksOptions, now: float) -> None:
+    """Rejected(401) unless one v1 signature of the request matches its id, timestamp and body under
+    `options.key`, and the timestamp is within `options.tolerance`. Any sender of this scheme checks with it."""
+    prefix = spelling(request)
+    msg_id = request.headers.get(f"{prefix}-id", "")
+    raw_ts = request.headers.get(f"{prefix}-timestamp")
+    given = request.headers.get(f"{prefix}-signature", "")
+    if not msg_id or not given:
+        raise Rejected(401, "headers webhook-id and webhook-signature (or svix-id and svix-signature) are "
+                            "required", check="signature")
+    check_timestamp(raw_ts, now, options.tolerance_s, header=f"{prefix}-timestamp")
+    assert raw_ts is not None
+    signed = msg_id.encode("utf-8", "replace") + b"." + raw_ts.strip().encode() + b"." + body
+    expected = hmac_digest(options.key, signed, "sha256")
+    ok = False
+    for candidate in given.split():
+        version, _, value = candidate.partition(",")
+        if version == "v1":
+            ok |= signature_matches(expected, value, "base64")
+    if not ok:
+        raise Rejected(401, f"no v1 signature in {prefix}-signature matches id, timestamp and body",
+                       check="signature")
 
 
 def spelling(request: web.Request) -> str:

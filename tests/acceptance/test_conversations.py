@@ -4,6 +4,7 @@ messages are comments on it, in order, whatever the vendor's speed or the order 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -16,7 +17,19 @@ from bridge.cli import main
 from bridge.simulators.faults import Faults
 from bridge.store.base import DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
-from tests.fixtures.providers import NOW, basic, compact, hub_signature, load, multipart
+from tests.fixtures.providers import (
+    NOW,
+    basic,
+    compact,
+    hub_signature,
+    load,
+    mailersend_signature,
+    mandrill_request,
+    multipart,
+    postal_headers,
+    postal_public_key,
+    svix_headers,
+)
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
 ENV = {"MAILGUN_KEY": KEY}
@@ -282,3 +295,88 @@ async def test_an_event_no_mapping_takes_is_counted_and_listed(
     out = capsys.readouterr().out
     assert code == 0 and event_id in out and "no mapping takes this source" in out
     assert runtime(client).labelled[("events.unmatched", (("reason", "no_mapping"), ("source", "whatsapp")))] == 1
+
+
+# -- the thread through the email kinds that post their own JSON or raw MIME ----------------------------------
+
+NEW_MAIL = ["brevo", "mailjet", "mandrill", "sparkpost", "resend", "mailersend", "postal"]
+NEW_MAIL_CONFIG = PROVIDERS_CONFIG.replace("sources:\n", """sources:
+  brevo: {kind: brevo}
+  mailjet: {kind: mailjet}
+  mandrill: {kind: mandrill, webhook_key: md-key, public_url: "https://bridge.example.com/hooks/mandrill"}
+  sparkpost: {kind: sparkpost}
+  resend: {kind: resend, secret: "whsec_cmVzZW5kLXNpZ25pbmctc2VjcmV0", api_key: re_k, api_url: "https://api.resend.test"}
+  mailersend: {kind: mailersend, secret: ms-secret}
+  postal: {kind: postal, public_key: "${POSTAL_KEY}"}
+""")
+
+
+def thread_eml(n: int) -> str:
+    """Message `n` of the thread as raw MIME, its reply above a quoted attribution."""
+    mid, reply_to, refs, text = THREAD[n]
+    lines = ["From: asha@example.com", "To: support@acme.test", "Subject: Re: Router down", f"Message-ID: {mid}",
+             *([f"In-Reply-To: {reply_to}"] if reply_to else []), *([f"References: {refs}"] if refs else []),
+             "Content-Type: text/plain; charset=utf-8", "", text, "", "On Mon, Asha wrote:", "> quoted", ""]
+    return "\r\n".join(lines)
+
+
+def new_mail(kind: str, n: int) -> tuple[bytes, dict[str, str]]:
+    """Message `n` of the thread as `kind` posts it, signed as that provider signs."""
+    mid, reply_to, refs, text = THREAD[n]
+    if kind == "brevo":
+        item = {"MessageId": mid, "InReplyTo": reply_to, "From": {"Address": "asha@example.com"},
+                "Subject": "Re: Router down", "RawTextBody": f"{text}\n\n> quoted", "ExtractedMarkdownMessage": text,
+                "Headers": {"References": refs} if refs else {}}
+        return compact({"items": [item]}), {"Content-Type": "application/json"}
+    if kind == "mailjet":
+        headers = {"Message-ID": mid, **({"In-Reply-To": reply_to, "References": refs} if refs else {})}
+        data = {"From": "asha@example.com", "Subject": "Re: Router down", "Headers": headers,
+                "Text-part": f"{text}\n\nOn Mon, Asha wrote:\n> quoted\n"}
+        return compact(data), {"Content-Type": "application/json"}
+    if kind == "mandrill":
+        events = [{"event": "inbound", "msg": {"raw_msg": thread_eml(n)}}]
+        return mandrill_request("md-key", "https://bridge.example.com/hooks/mandrill", events)
+    if kind == "sparkpost":
+        return compact([{"msys": {"relay_message": {"content": {"email_rfc822": thread_eml(n)}}}}]), {
+            "Content-Type": "application/json"}
+    if kind == "resend":
+        body = compact({"type": "email.received", "data": {"email_id": f"email-{n}"}})
+        return body, svix_headers("whsec_cmVzZW5kLXNpZ25pbmctc2VjcmV0", body, msg_id=f"msg_{n}")
+    if kind == "mailersend":
+        body = compact({"type": "inbound.message", "data": {"id": f"ms-{n}", "raw": thread_eml(n)}})
+        return body, {"Content-Type": "application/json", "Signature": mailersend_signature("ms-secret", body)}
+    body = compact({"id": n, "message": base64.b64encode(thread_eml(n).encode()).decode(), "base64": True})
+    return body, postal_headers(body)
+
+
+async def thread_resend_api(url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> bytes:
+    """Resend's Receiving API for the thread: `email-N` is message N, whose raw download is its MIME."""
+    n = int(url.rsplit("-", 1)[1])
+    if "/emails/receiving/" in url:
+        return compact({"id": f"email-{n}", "raw": {"download_url": f"https://cdn.resend.test/raw-{n}"}})
+    return thread_eml(n).encode()
+
+
+@pytest.mark.parametrize(("second", "third"), [("brevo", "mailjet"), ("mandrill", "sparkpost"),
+                                               ("resend", "mailersend"), ("postal", "brevo")])
+async def test_the_thread_through_the_newer_email_kinds_is_one_conversation(
+        write_config: ConfigFactory, bridge_client: AppClient, second: str, third: str) -> None:
+    """The original through Mailgun and the two replies through two other email kinds join one conversation:
+    one ticket, two comments in order."""
+    mapping = MAPPING.replace("source: support-mailgun", f"source: [support-mailgun, {', '.join(NEW_MAIL)}]")
+    c = await bridge_client(write_config(NEW_MAIL_CONFIG, {"email": mapping}, {**ENV, "POSTAL_KEY":
+                                                                                 postal_public_key()}))
+    for source in runtime(c).sources.values():
+        source.handler.clock = lambda: float(NOW)
+    runtime(c).sources["resend"].handler.get = thread_resend_api  # type: ignore[attr-defined]
+    await post(c, 0)
+    for n, kind in ((1, second), (2, third)):
+        body, headers = new_mail(kind, n)
+        resp = await c.post(f"/hooks/{kind}", data=body, headers=headers)
+        assert resp.status == 202, await resp.text()
+    rows = await settled(c, 3)
+    sim = runtime(c).simulators["kapture"]
+    assert len(sim.tickets) == 1
+    assert sim.tickets[0]["comments"] == ["Still down this morning", "Now it works, thanks"]
+    assert [r.source for r in rows] == ["support-mailgun", second, third]
+    assert {r.conversation for r in rows} == {"email-to-kapture|mail:root.1@mail.example.com"}

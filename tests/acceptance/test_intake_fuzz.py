@@ -34,7 +34,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.acceptance.rawhttp import Header, RawClient
-from tests.acceptance.test_providers import CONFIG, MAPPINGS, PUBLIC_TWILIO, SECRETS, S, providers_client
+from tests.acceptance.test_providers import (
+    CONFIG,
+    MAPPINGS,
+    PUBLIC_MANDRILL,
+    PUBLIC_TWILIO,
+    SECRETS,
+    S,
+    providers_client,
+)
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.providers import (
     THREAD,
@@ -43,9 +51,11 @@ from tests.fixtures.providers import (
     google_forms_signature,
     hub_signature,
     load,
+    mailersend_signature,
     mailgun_fields,
     multipart,
     postmark_raw,
+    postal_headers,
     raw,
     slack_headers,
     sns_sign,
@@ -111,6 +121,14 @@ def _twilio(body: bytes) -> Headers:
     return {"X-Twilio-Signature": base64.b64encode(digest).decode()}
 
 
+def _mandrill(body: bytes) -> Headers:
+    """Mandrill's signature over its URL and the fields the body holds, sorted by name."""
+    pairs = sorted(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    data = PUBLIC_MANDRILL + "".join(name + value for name, value in pairs)
+    digest = hmac.new(S["MANDRILL_KEY"].encode(), data.encode(), hashlib.sha1).digest()
+    return {"X-Mandrill-Signature": base64.b64encode(digest).decode()}
+
+
 def _ses_build(notification: Any) -> tuple[bytes, str]:
     """The SES notification inside a signed SNS envelope."""
     envelope = load("ses/sns_notification.json")
@@ -145,6 +163,19 @@ def specs() -> dict[str, Spec]:
         "ses": Spec("/hooks/ses", load("ses/received.json"), _ses_build, _static({})),
         "cloudmailin": Spec("/hooks/cloudmailin", load("cloudmailin/normalized.json"), _json_body,
                             _static({"Authorization": basic("cloudmailin", S["CLOUDMAILIN_PW"])})),
+        "brevo": Spec(f"/hooks/brevo?token={S['BREVO_TOKEN']}", load("brevo/inbound.json"), _json_body, _static({})),
+        "mailjet": Spec("/hooks/mailjet", load("mailjet/parse.json"), _json_body,
+                        _static({"Authorization": basic("mailjet", S["MAILJET_PW"])})),
+        "mandrill": Spec("/hooks/mandrill", {"mandrill_events": json.dumps(load("mandrill/inbound_events.json"))},
+                         _urlencoded_body, _mandrill, form=True),
+        "sparkpost": Spec("/hooks/sparkpost", load("sparkpost/relay.json"), _json_body,
+                          _static({"X-MessageSystems-Webhook-Token": S["SPARKPOST_TOKEN"]})),
+        "resend": Spec("/hooks/resend", load("resend/email_received.json"), _json_body,
+                       lambda b: {k.replace("webhook-", "svix-"): v  # Svix's spelling, over any bytes
+                                  for k, v in standard_webhooks_headers(S["RESEND_SECRET"], b).items()}),
+        "mailersend": Spec("/hooks/mailersend", load("mailersend/inbound.json"), _json_body,
+                           lambda b: {"Signature": mailersend_signature(S["MAILERSEND_SECRET"], b)}),
+        "postal": Spec("/hooks/postal", load("postal/hash.json"), _json_body, postal_headers),
         "typeform": Spec("/hooks/typeform", load("typeform/form_response.json"), _json_body,
                          lambda b: {"Typeform-Signature": typeform_signature(S["TYPEFORM_SECRET"], b)}),
         "tally": Spec("/hooks/tally", load("tally/form_response.json"), _json_body,

@@ -21,15 +21,21 @@ from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     NOW,
+    RESEND_API,
     TOPIC,
+    FakeResendApi,
     FakeSns,
     basic,
     compact,
     google_forms_signature,
     hub_signature,
     load,
+    mailersend_signature,
     mailgun_multipart,
+    mandrill_request,
     multipart,
+    postal_headers,
+    postal_public_key,
     sendgrid_multipart,
     ses_notification,
     slack_headers,
@@ -49,10 +55,15 @@ SECRETS = {
     "TWILIO_TOKEN": "12345678901234567890123456789012", "META_APP_SECRET": "meta-app-secret",
     "META_VERIFY_TOKEN": "meta-verify-token", "SLACK_SECRET": "8f742231b10e8888abcd99yyyzzz85a5",
     "TELEGRAM_TOKEN": "tg_Secret-Token_123", "INTERCOM_SECRET": "intercom-client-secret",
-    "PARTNER_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "PARTNER_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "BREVO_TOKEN": "brevo-url-token",
+    "MAILJET_PW": "mj-parse-pw", "MANDRILL_KEY": "zDQ9cJ7mIkIDBZ5eOFEg3A", "SPARKPOST_TOKEN": "sp-relay-token",
+    "RESEND_SECRET": "whsec_cmVzZW5kLXNpZ25pbmctc2VjcmV0", "RESEND_API_KEY": "re_N9f8TbDq_resend",
+    "MAILERSEND_SECRET": "ms-inbound-secret",
 }
+POSTAL_KEY = postal_public_key()
 S = SECRETS
 PUBLIC_TWILIO = "https://bridge.example.com/hooks/twilio"
+PUBLIC_MANDRILL = "https://bridge.example.com/hooks/mandrill"
 
 CONFIG = f"""
 store: {{url: "sqlite:///var/bridge.db"}}
@@ -62,6 +73,13 @@ sources:
   postmark: {{kind: postmark, auth: {{basic: {{username: postmark, password: "${{POSTMARK_PW}}"}}}}}}
   ses: {{kind: ses, topic_arns: ["{TOPIC}"]}}
   cloudmailin: {{kind: cloudmailin, auth: {{basic: {{username: cloudmailin, password: "${{CLOUDMAILIN_PW}}"}}}}}}
+  brevo: {{kind: brevo, token: "${{BREVO_TOKEN}}"}}
+  mailjet: {{kind: mailjet, auth: {{basic: {{username: mailjet, password: "${{MAILJET_PW}}"}}}}}}
+  mandrill: {{kind: mandrill, webhook_key: "${{MANDRILL_KEY}}", public_url: "{PUBLIC_MANDRILL}"}}
+  sparkpost: {{kind: sparkpost, auth_token: "${{SPARKPOST_TOKEN}}"}}
+  resend: {{kind: resend, secret: "${{RESEND_SECRET}}", api_key: "${{RESEND_API_KEY}}", api_url: "{RESEND_API}"}}
+  mailersend: {{kind: mailersend, secret: "${{MAILERSEND_SECRET}}"}}
+  postal: {{kind: postal, public_key: "{POSTAL_KEY}"}}
   typeform: {{kind: typeform, secret: "${{TYPEFORM_SECRET}}"}}
   tally: {{kind: tally, secret: "${{TALLY_SECRET}}"}}
   webflow: {{kind: webflow, secret: "${{WEBFLOW_SECRET}}"}}
@@ -83,7 +101,8 @@ destinations:
 
 MAPPINGS = {
     "email": """
-        source: [mailgun, sendgrid, postmark, ses, cloudmailin]
+        source: [mailgun, sendgrid, postmark, ses, cloudmailin, brevo, mailjet, mandrill, sparkpost, resend,
+                 mailersend, postal]
         destination: kapture
         action: create_ticket
         fields:
@@ -147,6 +166,41 @@ def ses(timestamp: int = NOW - 60, forged: bool = False) -> Request:
 def cloudmailin(password: str = S["CLOUDMAILIN_PW"]) -> Request:
     return _json("cloudmailin", load("cloudmailin/normalized.json"),
                  {"Authorization": basic("cloudmailin", password)})
+
+
+def brevo(token: str = S["BREVO_TOKEN"], data: Any = None) -> Request:
+    return (f"/hooks/brevo?token={token}", compact(data if data is not None else load("brevo/inbound.json")),
+            JSON)
+
+
+def mailjet(password: str = S["MAILJET_PW"]) -> Request:
+    return _json("mailjet", load("mailjet/parse.json"), {"Authorization": basic("mailjet", password)})
+
+
+def mandrill(key: str = S["MANDRILL_KEY"], events: list[Any] | None = None) -> Request:
+    return ("/hooks/mandrill", *mandrill_request(key, PUBLIC_MANDRILL, events))
+
+
+def sparkpost(token: str = S["SPARKPOST_TOKEN"], data: Any = None) -> Request:
+    return _json("sparkpost", data if data is not None else load("sparkpost/relay.json"),
+                 {"X-MessageSystems-Webhook-Token": token})
+
+
+def resend(secret: str = S["RESEND_SECRET"], timestamp: int = NOW, data: Any = None) -> Request:
+    body = compact(data if data is not None else load("resend/email_received.json"))
+    return "/hooks/resend", body, svix_headers(secret, body, msg_id="msg_2mdTGFxKWUDqRCvqYfEbEX2AJSg",
+                                               timestamp=timestamp)
+
+
+def mailersend(secret: str = S["MAILERSEND_SECRET"], data: Any = None) -> Request:
+    body = compact(data if data is not None else load("mailersend/inbound.json"))
+    return "/hooks/mailersend", body, {**JSON, "Signature": mailersend_signature(secret, body)}
+
+
+def postal(forged: bool = False, data: Any = None) -> Request:
+    body = compact(data if data is not None else load("postal/raw.json"))
+    headers = postal_headers(body)
+    return "/hooks/postal", body + (b" " if forged else b""), headers
 
 
 def typeform(secret: str = S["TYPEFORM_SECRET"]) -> Request:
@@ -235,6 +289,14 @@ CASES: dict[str, Case] = {
     "postmark": Case(postmark, lambda: postmark("guess"), "basic_auth", None, EMAIL),
     "ses": Case(ses, lambda: ses(forged=True), "signature", lambda: ses(timestamp=NOW - 3601), EMAIL),
     "cloudmailin": Case(cloudmailin, lambda: cloudmailin("guess"), "basic_auth", None, EMAIL),
+    "brevo": Case(brevo, lambda: brevo("guess"), "token", None, EMAIL),
+    "mailjet": Case(mailjet, lambda: mailjet("guess"), "basic_auth", None, EMAIL),
+    "mandrill": Case(mandrill, lambda: mandrill("other-key"), "signature", None, EMAIL),
+    "sparkpost": Case(sparkpost, lambda: sparkpost("guess"), "token", None, EMAIL),
+    "resend": Case(resend, lambda: resend("whsec_b3RoZXItc2VjcmV0"), "signature", lambda: resend(timestamp=NOW - 301),
+                   EMAIL),
+    "mailersend": Case(mailersend, lambda: mailersend("other"), "signature", None, EMAIL),
+    "postal": Case(postal, lambda: postal(forged=True), "signature", None, EMAIL),
     "typeform": Case(typeform, lambda: typeform("other"), "signature", None,
                      {"Your email": "asha.rao@example.com", "Which service?": "Fibre broadband"}),
     "tally": Case(tally, lambda: tally("other"), "signature", None,
@@ -274,6 +336,7 @@ async def providers_client(bridge_client: AppClient, config: Config, **options: 
     for source in runtime(c).sources.values():
         source.handler.clock = lambda: float(NOW)
     runtime(c).sources["ses"].handler.fetch = FakeSns()  # type: ignore[attr-defined]
+    runtime(c).sources["resend"].handler.get = FakeResendApi()  # type: ignore[attr-defined]
     return c
 
 
@@ -373,6 +436,56 @@ async def test_whatsapp_post_with_two_messages_gives_two_events(client: Any) -> 
     await eventually(lambda: len(sim.tickets) == 2)
 
 
+def _second(raw: str) -> str:
+    return raw.replace("CAF=asha.1@", "CAF=asha.2@")
+
+
+def brevo_batch() -> Request:
+    data = load("brevo/inbound.json")
+    second = copy.deepcopy(data["items"][0])
+    second["MessageId"] = second["Headers"]["Message-ID"] = _second(second["MessageId"])
+    return brevo(data={"items": [data["items"][0], second]})
+
+
+def mandrill_batch() -> Request:
+    [event] = load("mandrill/inbound_events.json")
+    second = copy.deepcopy(event)
+    second["msg"]["raw_msg"] = _second(second["msg"]["raw_msg"])
+    return mandrill(events=[event, second])
+
+
+def sparkpost_batch() -> Request:
+    [relay] = load("sparkpost/relay.json")
+    second = copy.deepcopy(relay)
+    content = second["msys"]["relay_message"]["content"]
+    content["email_rfc822"] = _second(content["email_rfc822"])
+    return sparkpost(data=[relay, second])
+
+
+@pytest.mark.parametrize("make", [brevo_batch, mandrill_batch, sparkpost_batch], ids=lambda f: f.__name__)
+async def test_email_batch_gives_one_event_per_message(client: Any, make: Callable[[], Request]) -> None:
+    """A provider's batch of two messages is stored as two events with a delivery each; sent again, both are
+    duplicates."""
+    request = make()
+    resp = await send(client, request)
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    assert [e["duplicate"] for e in body["events"]] == [False, False]
+    assert body["deliveries"] == 2
+    again = await (await send(client, request)).json()
+    assert [e["duplicate"] for e in again["events"]] == [True, True]
+    sim = runtime(client).simulators["kapture"]
+    await eventually(lambda: len(sim.tickets) == 2)
+
+
+async def test_mandrill_url_check_by_head_is_answered_200(client: Any, tmp_path: Path) -> None:
+    """Mandrill checks a new webhook URL with HEAD: answered 200, nothing stored; GET is still refused."""
+    head = await client.head("/hooks/mandrill")
+    assert head.status == 200
+    assert (await client.get("/hooks/mandrill")).status == 405
+    assert stored_events(tmp_path) == 0
+
+
 async def test_slack_url_verification(client: Any, tmp_path: Path) -> None:
     """Slack's signed url_verification is answered with its challenge, and counted as a handshake."""
     resp = await send(client, slack(fixture="slack/url_verification.json"))
@@ -412,6 +525,13 @@ IGNORED: dict[str, Callable[[], Request]] = {
     "webflow site publish": lambda: (
         "/hooks/webflow", compact(load("webflow/site_publish.json")),
         webflow_headers(S["WEBFLOW_SECRET"], compact(load("webflow/site_publish.json")))),
+    "brevo empty batch": lambda: brevo(data={"items": []}),
+    "mandrill test post": lambda: mandrill(events=[]),
+    "sparkpost webhook test": lambda: sparkpost(data=[{"msys": {}}]),
+    "resend sending event": lambda: resend(data={"type": "email.delivered", "data": {"email_id": "4ef9a417"}}),
+    "mailersend webhook test": lambda: mailersend(data={"type": "webhook.test", "data": {}}),
+    "postal message event": lambda: postal(data={"event": "MessageDelivered", "payload": {"status": "Sent"},
+                                                 "uuid": "9e8d2a3c"}),
     "ses bounce": lambda: ("/hooks/ses", compact(ses_notification(Message='{"notificationType": "Bounce"}')),
                            {"Content-Type": "text/plain"}),
 }
@@ -449,13 +569,21 @@ async def test_slack_retry_is_a_duplicate(client: Any) -> None:
 
 
 async def test_email_payload_is_the_same_shape_from_every_provider(client: Any) -> None:
-    """Mailgun, SendGrid, Postmark, SES and Cloudmailin copies of one message give one email shape."""
+    """Copies of one message through every email provider give one email shape (Brevo's attachment, whose
+    content Brevo holds, is compared apart)."""
     shapes = []
-    for make in (mailgun, sendgrid, postmark, ses, cloudmailin):
+    for make in (mailgun, sendgrid, postmark, ses, cloudmailin, mailjet, mandrill, sparkpost, resend, mailersend,
+                 postal):
         resp = await send(client, make())
         event = await runtime(client).store.get_event((await resp.json())["event_id"])
         shape = {k: v for k, v in without_provider(copy.deepcopy(event.payload)).items() if k not in PROVIDER_REPORTED}
         shape["attachments"] = shape["attachments"][:1]
         shapes.append(shape)
     expected = {**EMAIL, "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
-    assert shapes == [expected] * 5
+    assert shapes == [expected] * 11
+    event = await runtime(client).store.get_event((await (await send(client, brevo())).json())["event_id"])
+    [brevo_file] = event.payload["attachments"]
+    brevo_shape = {k: v for k, v in without_provider({**event.payload, "attachments": []}).items()
+                   if k not in PROVIDER_REPORTED}
+    assert brevo_shape == {**expected, "attachments": []}
+    assert (brevo_file["name"], brevo_file["size"], brevo_file["stored"]) == ("router.jpg", 35, False)

@@ -13,6 +13,7 @@ from handlers.base import Handler
 from handlers.form import FormHandler, FormOptions
 from handlers.json_hook import JsonHandler, JsonOptions
 from handlers.registry import HANDLERS, build_handler, handler_class, source_options
+from tests.fixtures.providers import postal_public_key
 
 
 def test_known_kinds() -> None:
@@ -63,10 +64,14 @@ REQUIRED: dict[str, dict[str, typing.Any]] = {
     "intercom": {"secret": "s"}, "twilio": {"auth_token": "t"}, "whatsapp": {"app_secret": "a", "verify_token": "v"},
     "slack": {"signing_secret": "s"}, "telegram": {"secret_token": "t"},
     "standard-webhooks": {"secret": "whsec_c2VjcmV0"},
+    "mandrill": {"webhook_key": "k"}, "mailersend": {"secret": "s"},
+    "resend": {"secret": "whsec_c2VjcmV0", "api_key": "re_k"},
+    "postal": {"public_key": postal_public_key()},
 }
 
 PROVIDERS = {"mailgun", "sendgrid", "postmark", "ses", "cloudmailin", "typeform", "tally", "webflow", "jotform",
-             "twilio", "whatsapp", "slack", "telegram", "intercom", "standard-webhooks"}
+             "twilio", "whatsapp", "slack", "telegram", "intercom", "standard-webhooks",
+             "brevo", "mailjet", "mandrill", "sparkpost", "resend", "mailersend", "postal"}
 
 
 def test_every_provider_of_the_issue_is_registered() -> None:

@@ -1,0 +1,130 @@
+"""Mandrill (Mailchimp Transactional) inbound: a form whose `mandrill_events` field is a JSON array of events,
+each `inbound` event one message with its raw MIME (`msg.raw_msg`). Signed in `X-Mandrill-Signature`: base64
+HMAC-SHA1, keyed by the webhook's key, of the webhook URL followed by each POST field's name and value, sorted
+by name. Behind a proxy the URL seen is not the one Mandrill signed: `public_url` is the URL as configured."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.attachments import Attachment, attachment, decode_base64
+from handlers.base import Handler, Inbound, Intercepted, decode_json, ignored, items, obj, per_request
+from handlers.formdata import first_value, parse_urlencoded
+from handlers.mail_message import Fields, check_batch, header_pairs, mail_inbound, mailbox, raw_bytes, text, without
+from handlers.signing import require, same
+from handlers.twilio import signature
+
+HEADER = "X-Mandrill-Signature"
+URLENCODED = "application/x-www-form-urlencoded"
+
+
+class MandrillOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    webhook_key: str
+    public_url: str | None = None
+    """The webhook URL exactly as configured in Mandrill (scheme, host, path and query)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.webhook_key, "webhook_key", "MANDRILL_WEBHOOK_KEY")
+        if self.public_url is not None and not self.public_url.startswith(("https://", "http://")):
+            raise ValueError(f"`public_url` {self.public_url!r} must be the full URL Mandrill calls, https://…")
+
+
+class MandrillHandler(Handler):
+    kind: ClassVar[str] = "mandrill"
+    channel = "email"
+    Options: ClassVar[type[SourceConfig]] = MandrillOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED})
+
+    @property
+    def mandrill(self) -> MandrillOptions:
+        assert isinstance(self.options, MandrillOptions)
+        return self.options
+
+    async def handshake(self, request: web.Request) -> web.StreamResponse | None:
+        """Mandrill checks a new webhook URL with a HEAD request, which must answer 200."""
+        return web.Response(status=200) if request.method == "HEAD" else None
+
+    def signed_url(self, request: web.Request) -> str:
+        if self.mandrill.public_url:
+            return self.mandrill.public_url
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/") + request.path_qs
+        try:
+            return str(request.url)
+        except ValueError:  # yarl refuses the Host header
+            raise Rejected(400, "the Host header is not a host name; set public_url to the URL Mandrill calls",
+                           check="signature") from None
+
+    def _form(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "mandrill", lambda: parse_urlencoded(body, request.charset))
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        given = request.headers.get(HEADER, "")
+        if not given:
+            raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
+        params = [(name, v) for name, value in self._form(request, body).items()
+                  for v in (value if isinstance(value, list) else [value])]
+        if not same(signature(self.mandrill.webhook_key, self.signed_url(request), params), given):
+            raise Rejected(401, f"signature in {HEADER} does not match the URL and fields (is public_url the URL "
+                                "configured in Mandrill?)", check="signature")
+
+    def _events(self, request: web.Request, body: bytes) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            raw = first_value(self._form(request, body).get("mandrill_events"))
+            if raw is None:
+                raise Rejected(400, "the form has no `mandrill_events` field", check="form")
+            events = decode_json(raw, "field `mandrill_events`", check="form")
+            if not isinstance(events, list):
+                raise Rejected(400, "`mandrill_events` is not a JSON array", check="form")
+            inbound = [e for e in events if isinstance(e, dict) and e.get("event") == "inbound"]
+            check_batch(len(inbound), "`mandrill_events`")
+            return inbound
+
+        return per_request(request, "mandrill.events", read)
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        if not self._events(request, body):
+            return ignored("Mandrill post with no inbound event (a webhook test, or other events)")
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        return [self._message(i, event) for i, event in enumerate(self._events(request, body))]
+
+    @staticmethod
+    def _message(i: int, event: dict[str, Any]) -> Inbound:
+        msg = obj(event.get("msg"))
+        raw = text(msg.get("raw_msg"))
+        files: list[Attachment] = []
+        if raw is None:  # the parsed copies serve only when the raw message is missing
+            for key in ("attachments", "images"):
+                for name, given in obj(msg.get(key)).items():
+                    item = obj(given)
+                    content = item.get("content")
+                    where = f"`mandrill_events[{i}].msg.{key}[{name!r}].content`"
+                    data = (decode_base64(content, where) if item.get("base64") is not False
+                            else str(content).encode())
+                    files.append(attachment(text(item.get("name")) or name, text(item.get("type")), data))
+        to = [mailbox(pair[1] if len(pair) > 1 else None, pair[0]) for pair in items(msg.get("to"))
+              if isinstance(pair, list) and pair]
+        fields = Fields(
+            from_=mailbox(msg.get("from_name"), msg.get("from_email")),
+            to=[t for t in to if t],
+            subject=text(msg.get("subject")),
+            text=text(msg.get("text")),
+            html=text(msg.get("html")),
+            attachments=files,
+            headers=header_pairs(msg.get("headers")),
+        )
+        # The raw message and the files' contents are parsed and stored, not kept twice; the files are named.
+        kept = without(msg, ["raw_msg", "attachments", "images"])
+        for key in ("attachments", "images"):
+            if key in msg:
+                kept[key] = list(obj(msg[key]))
+        provider = {**without(event, ["msg"]), "msg": kept}
+        return mail_inbound(provider, fields, raw=raw_bytes(raw) if raw is not None else None,
+                            provider_id=msg.get("_id"))

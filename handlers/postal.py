@@ -1,0 +1,132 @@
+"""Postal HTTP endpoints: one message per post, either raw (`message`, base64 when `base64` is true) or parsed
+fields (`plain_body`, `html_body`, `attachments` with base64 `data`), as the route's endpoint is set. Signed
+with the Postal server's RSA key: `X-Postal-Signature` is the base64 RSA-SHA1 (PKCS#1 v1.5) signature of the
+raw body, and newer servers add `X-Postal-Signature-256` (RSA-SHA256), checked instead when sent. The public
+key is the `p=` value of the server's DNS record (base64 DER), or a PEM. Message event webhooks posted here
+(`{"event": …, "payload": …}`) are answered as ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Any, ClassVar
+
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.attachments import Attachment, attachment, decode_base64
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
+from handlers.mail_message import Fields, mail_inbound, raw_bytes, text, without
+
+SHA1_HEADER = "X-Postal-Signature"
+SHA256_HEADER = "X-Postal-Signature-256"
+MAX_SIGNATURE_CHARS = 2048
+"""Base64 of an RSA signature of a 8192-bit key is 1368 characters; anything longer is refused unread."""
+
+
+def load_public_key(value: str) -> rsa.RSAPublicKey:
+    """The RSA public key of `public_key`: a PEM, or the base64 DER of Postal's DNS record (`p=` value)."""
+    text_ = value.strip()
+    try:
+        if text_.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text_.encode())
+        else:
+            der = base64.b64decode("".join(text_.removeprefix("p=").split()).rstrip(";"), validate=True)
+            key = serialization.load_der_public_key(der)
+    except (ValueError, binascii.Error, TypeError):
+        raise ValueError("`public_key` is not an RSA public key: paste the p= value of the Postal server's DNS "
+                         "record (base64), or a PEM") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("`public_key` is not an RSA key: Postal signs with RSA")
+    return key
+
+
+class PostalOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    public_key: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.public_key:
+            raise ValueError("`public_key` is empty: set it from the environment, e.g. "
+                             "public_key: ${POSTAL_PUBLIC_KEY}")
+        load_public_key(self.public_key)
+
+
+class PostalHandler(Handler):
+    kind: ClassVar[str] = "postal"
+    channel = "email"
+    Options: ClassVar[type[SourceConfig]] = PostalOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert isinstance(self.options, PostalOptions)
+        self.key = load_public_key(self.options.public_key)
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        header, digest = ((SHA256_HEADER, hashes.SHA256()) if SHA256_HEADER in request.headers
+                          else (SHA1_HEADER, hashes.SHA1()))  # noqa: S303 - Postal's documented scheme
+        given = request.headers.get(header, "").strip()
+        if not given:
+            raise Rejected(401, f"signature header {SHA1_HEADER} is missing", check="signature")
+        try:
+            if len(given) > MAX_SIGNATURE_CHARS:
+                raise ValueError
+            self.key.verify(base64.b64decode(given, validate=True), body, padding.PKCS1v15(), digest)
+        except (ValueError, binascii.Error, InvalidSignature):
+            raise Rejected(401, f"signature in {header} does not match the body with the server's public key "
+                                "(is public_key this Postal server's?)", check="signature") from None
+
+    def _message(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "postal", lambda: decode_json_object(body))
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        data = self._message(request, body)
+        if "event" in data and "payload" in data:
+            return ignored(f"Postal {data.get('event')!r} event, not an inbound message")
+        if not any(k in data for k in ("message", "plain_body", "html_body", "subject")):
+            return ignored("Postal post with no message in it")
+        if data.get("base64") is True:
+            # Base64 hides the MIME delimiter lines intake counts to decide whether to parse off the loop: a
+            # small post may still hold hundreds of MIME parts, so its message is read in a thread here.
+            built = await asyncio.to_thread(self._inbounds, data)
+            per_request(request, "postal.inbounds", lambda: built)
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        built: list[Inbound] | None = per_request(request, "postal.inbounds", lambda: None)
+        return built if built is not None else self._inbounds(self._message(request, body))
+
+    @staticmethod
+    def _inbounds(data: dict[str, Any]) -> list[Inbound]:
+        message = data.get("message")
+        raw = None
+        if isinstance(message, str):
+            raw = decode_base64(message, "`message`") if data.get("base64") is True else raw_bytes(message)
+        files: list[Attachment] = []
+        for i, item in enumerate(map(obj, items(data.get("attachments")))):
+            files.append(attachment(text(item.get("filename")), text(item.get("content_type")),
+                                    decode_base64(item.get("data"), f"`attachments[{i}].data`")))
+        fields = Fields(
+            from_=text(data.get("from")) or text(data.get("mail_from")),
+            to=text(data.get("to")) or text(data.get("rcpt_to")),  # `rcpt_to`, `mail_from`: the envelope
+            cc=text(data.get("cc")),
+            subject=text(data.get("subject")),
+            text=text(data.get("plain_body")),
+            html=text(data.get("html_body")),
+            message_id=text(data.get("message_id")),
+            in_reply_to=text(data.get("in_reply_to")),
+            references=text(data.get("references")),
+            attachments=files,
+        )
+        provider = without(data, ["message", "attachments"])
+        if "attachments" in data:
+            provider["attachments"] = [without(obj(a), ["data"]) for a in items(data["attachments"])]
+        inbound = mail_inbound(provider, fields, raw=raw, provider_id=data.get("id"),
+                               spam=data.get("spam_status") == "Spam")
+        return [inbound]

@@ -1,0 +1,102 @@
+"""SparkPost relay webhooks: a JSON array of `msys.relay_message` events, each one inbound message whose raw
+MIME is `content.email_rfc822` (base64 when `email_rfc822_is_base64`). SparkPost sends the relay webhook's
+`auth_token` in `X-MessageSystems-Webhook-Token`; a webhook set up with basic auth is checked by `auth`.
+SparkPost's test post when a webhook is saved carries no relay message and is answered as ignored."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from bridge.config import SourceConfig
+from bridge.errors import Rejected
+from handlers.attachments import decode_base64
+from handlers.base import Handler, Inbound, Intercepted, decode_json, ignored, items, obj, per_request
+from handlers.email import Headers
+from handlers.mail_message import Fields, check_batch, mail_inbound, raw_bytes, text, without
+from handlers.signing import require, same
+
+HEADER = "X-MessageSystems-Webhook-Token"
+
+
+class SparkpostOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
+    auth_token: str | None = None
+    """The relay webhook's `auth_token`, sent in X-MessageSystems-Webhook-Token."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.auth_token is not None:
+            require(self.auth_token, "auth_token", "SPARKPOST_WEBHOOK_TOKEN")
+
+
+class SparkpostHandler(Handler):
+    kind: ClassVar[str] = "sparkpost"
+    channel = "email"
+    Options: ClassVar[type[SourceConfig]] = SparkpostOptions
+    content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
+
+    def verify(self, request: web.Request, body: bytes) -> None:
+        assert isinstance(self.options, SparkpostOptions)
+        token = self.options.auth_token
+        if token is None:
+            return
+        given = request.headers.get(HEADER)
+        if not given:
+            raise Rejected(401, f"header {HEADER} is missing", check="token")
+        if not same(token, given):
+            raise Rejected(401, f"the token in {HEADER} is wrong", check="token")
+
+    def _relays(self, request: web.Request, body: bytes) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            batch = decode_json(body)
+            if not isinstance(batch, list):
+                raise Rejected(400, f"expected a JSON array of SparkPost events, got a JSON {type(batch).__name__}",
+                               check="json")
+            relays = [relay for item in batch if (relay := obj(obj(obj(item).get("msys")).get("relay_message")))]
+            check_batch(len(relays), "the SparkPost batch")
+            return relays
+
+        return per_request(request, "sparkpost", read)
+
+    async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
+        relays = self._relays(request, body)
+        if not relays:
+            return ignored("SparkPost post with no relay message (a webhook test)")
+        if any(obj(r.get("content")).get("email_rfc822_is_base64") is True for r in relays):
+            # Base64 hides the MIME delimiter lines intake counts to decide whether to parse off the loop: a
+            # small post may still hold hundreds of MIME parts, so its messages are read in a thread here.
+            built = await asyncio.to_thread(self._inbounds, relays)
+            per_request(request, "sparkpost.inbounds", lambda: built)
+        return None
+
+    def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
+        built: list[Inbound] | None = per_request(request, "sparkpost.inbounds", lambda: None)
+        return built if built is not None else self._inbounds(self._relays(request, body))
+
+    @classmethod
+    def _inbounds(cls, relays: list[dict[str, Any]]) -> list[Inbound]:
+        return [cls._message(i, relay) for i, relay in enumerate(relays)]
+
+    @staticmethod
+    def _message(i: int, relay: dict[str, Any]) -> Inbound:
+        content = obj(relay.get("content"))
+        rfc822 = content.get("email_rfc822")
+        raw = None
+        if isinstance(rfc822, str):
+            raw = (decode_base64(rfc822, f"event {i}: `content.email_rfc822`")
+                   if content.get("email_rfc822_is_base64") is True else raw_bytes(rfc822))
+        # SparkPost lists headers as one-key objects: [{"Subject": "…"}, {"To": "…"}]
+        headers = Headers((str(name), str(value)) for entry in items(content.get("headers"))
+                          for name, value in obj(entry).items() if isinstance(value, str))
+        fields = Fields(
+            from_=text(relay.get("friendly_from")) or text(relay.get("msg_from")),
+            to=[t for t in items(content.get("to")) if isinstance(t, str)] or text(relay.get("rcpt_to")),
+            subject=text(content.get("subject")),
+            text=text(content.get("text")),
+            html=text(content.get("html")),
+            headers=headers,
+        )
+        provider = {**relay, "content": without(content, ["email_rfc822"])}
+        return mail_inbound(provider, fields, raw=raw)

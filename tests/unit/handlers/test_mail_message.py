@@ -1,0 +1,170 @@
+"""handlers/mail_message.py: a provider's message made into an event, the raw MIME winning over its fields."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from bridge.errors import Rejected
+from handlers.attachments import attachment
+from handlers.email import Headers
+from handlers.mail_message import MAX_BATCH_MESSAGES, Fields, mail_inbound, mailbox, mailboxes, part_file
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    JPEG,
+    build,
+    compact,
+    mailersend_signature,
+    mandrill_request,
+    post,
+    postal_headers,
+    postal_public_key,
+    raw,
+    without_provider,
+)
+
+EML = raw("ses/message.eml")
+
+
+def test_raw_message_wins_over_the_providers_fields() -> None:
+    """Headers, bodies and attachments come from the raw message even where the parsed fields disagree."""
+    fields = Fields(from_="mallory@example.net", to=["x@example.net"], subject="Other", text="other", html="<p>o",
+                    attachments=[attachment("other.txt", "text/plain", b"x")])
+    inbound = mail_inbound({"id": 1}, fields, raw=EML)
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert [a.meta["name"] for a in inbound.attachments] == ["router.jpg"]
+
+
+def test_fields_fill_what_the_raw_message_lacks() -> None:
+    """A raw message without Cc or a plain body takes them from the provider's fields."""
+    bare = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: Hi\r\nContent-Type: text/html\r\n\r\n<p>Hi</p>\r\n"
+    inbound = mail_inbound({}, Fields(cc=["c@example.com"], text="Hi"), raw=bare)
+    assert (inbound.payload["cc"], inbound.payload["text"], inbound.payload["html"]) == (
+        ["c@example.com"], "Hi", "<p>Hi</p>\n")
+
+
+def test_without_raw_the_named_fields_come_before_the_headers() -> None:
+    """The provider's named fields are read first, its copy of the headers fills the rest."""
+    headers = Headers([("Subject", "From headers"), ("Message-ID", "<m1@example.com>"), ("To", "h@example.com"),
+                       ("References", "<r1@example.com> <r2@example.com>")])
+    inbound = mail_inbound({}, Fields(to=["f@example.com"], headers=headers))
+    payload = inbound.payload
+    assert (payload["to"], payload["subject"], payload["message_id"], payload["references"]) == (
+        ["f@example.com"], "From headers", "<m1@example.com>", ["<r1@example.com>", "<r2@example.com>"])
+
+
+def test_dedup_key_is_the_message_id_then_the_provider_id_then_a_digest() -> None:
+    """The Message-ID names the event; without one the provider's id does; without either, the raw bytes."""
+    assert mail_inbound({}, Fields(message_id="<m@x>"), provider_id=7).dedup_key == "<m@x>"
+    assert mail_inbound({}, Fields(), provider_id=7).dedup_key == "7"
+    assert mail_inbound({}, Fields(), provider_id=True).dedup_key is None
+    no_id = b"From: a@example.com\r\n\r\nbody\r\n"
+    assert mail_inbound({}, Fields(), raw=no_id).dedup_key == mail_inbound({}, Fields(), raw=no_id).dedup_key
+    assert str(mail_inbound({}, Fields(), raw=no_id).dedup_key).startswith("sha256:")
+
+
+def test_mailbox_quotes_the_display_name() -> None:
+    """A name holding quotes, commas or backslashes stays one display name."""
+    box = mailbox('Rao, "Asha" \\ A', "asha@example.com")
+    inbound = mail_inbound({}, Fields(from_=box))
+    assert (inbound.payload["from_name"], inbound.payload["from"]) == ('Rao, "Asha" \\ A', "asha@example.com")
+    assert mailbox(None, "a@example.com") == "a@example.com"
+    assert mailbox("A", 3) is None
+    assert mailboxes([{"N": "A", "E": "a@x.test"}, "junk", {"E": None}], "N", "E") == ['"A" <a@x.test>']
+
+
+def test_part_file_reads_the_name_and_type_from_part_headers() -> None:
+    """An attachment described by its MIME headers gives its file name (RFC 2231 decoded) and bare type."""
+    headers = Headers([("Content-Type", 'application/pdf; name="x.pdf"'),
+                       ("Content-Disposition", "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf")])
+    assert part_file(headers) == ("résumé.pdf", "application/pdf")
+    assert part_file(Headers()) == (None, "text/plain")
+
+
+def _over_the_batch_cap(kind: str) -> tuple[Any, bytes, Any]:
+    count = MAX_BATCH_MESSAGES + 1
+    if kind == "brevo":
+        body = compact({"items": [{"Subject": "x"}] * count})
+        return build("brevo"), body, post({"Content-Type": "application/json"})
+    if kind == "sparkpost":
+        body = compact([{"msys": {"relay_message": {"content": {"text": "x"}}}}] * count)
+        return build("sparkpost"), body, post({"Content-Type": "application/json"})
+    body, headers = mandrill_request("k", "https://bridge.example.com/hooks/src",
+                                     [{"event": "inbound", "msg": {"text": "x"}}] * count)
+    return build("mandrill", webhook_key="k", public_url="https://bridge.example.com/hooks/src"), body, post(headers)
+
+
+@pytest.mark.parametrize("kind", ["brevo", "mandrill", "sparkpost"])
+def test_a_batch_over_the_cap_is_413(kind: str) -> None:
+    """A post of more than MAX_BATCH_MESSAGES messages is refused with 413 before any is parsed."""
+    handler, body, request = _over_the_batch_cap(kind)
+    with pytest.raises(Rejected) as info:
+        asyncio.run(handler.intercept(request, body))
+    assert info.value.status == 413
+    assert f"{MAX_BATCH_MESSAGES + 1}, at most {MAX_BATCH_MESSAGES}" in str(info.value)
+
+
+def rich_message() -> bytes:
+    """A support email as clients send them: a subject in two charsets, an inline logo, a forwarded message,
+    a file with a non-ASCII RFC 2231 name."""
+    msg = EmailMessage()
+    msg["From"] = "=?utf-8?q?Asha_R=C3=A3o?= <asha@example.com>"
+    msg["To"] = "support@acme.test"
+    msg["Subject"] = "=?iso-8859-1?q?Caf=E9?= =?utf-8?b?4oCUIHLDqXNlYXU=?="
+    msg["Message-ID"] = "<rich.1@mail.example.com>"
+    msg.set_content("See the forwarded mail.\n")
+    msg.add_alternative('<p>See the forwarded mail.<img src="cid:logo@acme"></p>', subtype="html")
+    msg.get_payload()[1].add_related(JPEG, maintype="image", subtype="jpeg", cid="<logo@acme>",
+                                     filename="logo.jpg")
+    forwarded = EmailMessage()
+    forwarded["From"] = "router@isp.test"
+    forwarded["Subject"] = "Outage"
+    forwarded.set_content("The line is down.\n")
+    msg.add_attachment(forwarded)
+    msg.add_attachment(b"%PDF-1.4 invoice", maintype="application", subtype="pdf", filename=("utf-8", "",
+                                                                                               "Fähre €.pdf"))
+    return bytes(msg)
+
+
+def raw_post(kind: str, eml: bytes) -> list[Any]:
+    """`eml` posted through `kind` as its provider sends raw MIME, verified and parsed."""
+    url = "https://bridge.example.com/hooks/src"
+    options: dict[str, Any] = {"mandrill": {"webhook_key": "k", "public_url": url}, "mailersend": {"secret": "s"},
+                               "postal": {"public_key": postal_public_key()}}.get(kind, {})
+    text = eml.decode()
+    json_ct = {"Content-Type": "application/json"}
+    if kind == "mandrill":
+        body, headers = mandrill_request("k", url, [{"event": "inbound", "msg": {"raw_msg": text}}])
+    elif kind == "sparkpost":
+        body, headers = compact([{"msys": {"relay_message": {"content": {"email_rfc822": text}}}}]), json_ct
+    elif kind == "mailersend":
+        body = compact({"type": "inbound.message", "data": {"raw": text}})
+        headers = {**json_ct, "Signature": mailersend_signature("s", body)}
+    else:
+        body = compact({"id": 1, "message": base64.b64encode(eml).decode(), "base64": True})
+        headers = postal_headers(body)
+    handler, request = build(kind, **options), post(headers)
+    handler.verify(request, body)
+    assert asyncio.run(handler.intercept(request, body)) is None
+    inbounds: list[Any] = handler.parse(request, body)
+    return inbounds
+
+
+@pytest.mark.parametrize("kind", ["mandrill", "sparkpost", "mailersend", "postal"])
+def test_raw_mime_goes_through_the_email_channels_parser(kind: str) -> None:
+    """Each kind that sends raw MIME gives exactly what the email channel's MIME path reads from it (so that path's
+    handling of inline parts and forwarded messages applies to these kinds too): the subject's two charsets
+    decoded, the forwarded message and the RFC 2231 file name among the files."""
+    eml = rich_message()
+    [inbound] = raw_post(kind, eml)
+    payload = without_provider(inbound.payload)
+    assert payload == without_provider(mail_inbound({}, Fields(), raw=eml).payload)
+    assert (payload["subject"], payload["from_name"]) == ("Café— réseau", "Asha Rão")  # RFC 2047: no space
+    names = [a["name"] for a in payload["attachments"]]
+    assert "Fähre €.pdf" in names
+    assert any(a["content_type"] == "message/rfc822" for a in payload["attachments"])
+    assert inbound.dedup_key == "<rich.1@mail.example.com>"

@@ -1,0 +1,143 @@
+"""handlers/postal.py: Postal HTTP endpoints, signed with the server's RSA key (X-Postal-Signature)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bridge.errors import Rejected
+from handlers.base import Intercepted
+from handlers.postal import PostalHandler
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    JPEG,
+    build,
+    compact,
+    load,
+    passes,
+    post,
+    postal_headers,
+    postal_key,
+    postal_public_key,
+    without_provider,
+)
+
+
+def handler(public_key: str | None = None) -> PostalHandler:
+    h: PostalHandler = build("postal", public_key=public_key or postal_public_key())
+    return h
+
+
+def test_kind_and_channel() -> None:
+    """Postal is kind `postal` on the `email` channel."""
+    assert (PostalHandler.kind, PostalHandler.channel) == ("postal", "email")
+
+
+@pytest.mark.parametrize("fixture", ["postal/raw.json", "postal/hash.json"])
+def test_signed_message_verifies_and_normalises(fixture: str) -> None:
+    """A signed post verifies; the raw (base64 `message`) and the parsed-fields formats give one shape."""
+    body = compact(load(fixture))
+    h, req = handler(), post(postal_headers(body))
+    h.verify(req, body)
+    assert asyncio.run(h.intercept(req, body)) is None
+    [inbound] = h.parse(req, body)
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert inbound.attachments[0].content == JPEG
+    assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
+    assert "message" not in inbound.payload["provider"]
+
+
+def test_sha256_signature_is_checked_when_sent() -> None:
+    """A newer server's X-Postal-Signature-256 is checked instead of the SHA-1 one, and must match."""
+    body = compact(load("postal/raw.json"))
+    headers = postal_headers(body, sha256=True)
+    assert passes(lambda: handler().verify(post(headers), body))
+    broken = {**headers, "X-Postal-Signature-256": headers["X-Postal-Signature"]}
+    assert not passes(lambda: handler().verify(post(broken), body))
+
+
+@pytest.mark.parametrize("change", ["other_key", "other_body", "not_base64", "missing", "huge"])
+def test_forged_signature_is_401(change: str) -> None:
+    """A signature by another key, over another body, unreadable, missing or oversized is refused."""
+    body = compact(load("postal/raw.json"))
+    headers = postal_headers(body)
+    if change == "other_key":
+        headers = postal_headers(body, key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    elif change == "other_body":
+        body += b" "
+    elif change == "not_base64":
+        headers["X-Postal-Signature"] = "%%%"
+    elif change == "missing":
+        del headers["X-Postal-Signature"]
+    else:
+        headers["X-Postal-Signature"] = "A" * 4096
+    with pytest.raises(Rejected) as info:
+        handler().verify(post(headers), body)
+    assert (info.value.status, info.value.check) == (401, "signature")
+
+
+def test_public_key_may_be_a_pem() -> None:
+    """The key is taken as the DNS record's base64 DER, with or without `p=`, or as a PEM."""
+    pem = postal_key().public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    body = compact(load("postal/raw.json"))
+    for key in (pem, "p=" + postal_public_key() + ";"):
+        assert passes(lambda k=key: handler(k).verify(post(postal_headers(body)), body))  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", ["not a key", "c2hvcnQ="])
+def test_unreadable_public_key_is_a_config_error(value: str) -> None:
+    """A public_key that is not an RSA key is refused when the config loads."""
+    with pytest.raises(msgspec.ValidationError, match="public_key"):
+        handler(value)
+
+
+@pytest.mark.parametrize("data", [
+    {"event": "MessageSent", "payload": {"message": {"id": 1}}, "uuid": "b8e8f3d2"},
+    {"id": 1, "rcpt_to": "support@acme.test"},
+])
+def test_event_webhooks_and_empty_posts_are_ignored(data: dict[str, Any]) -> None:
+    """A message-event webhook, or a post with no message, is answered as ignored."""
+    body = compact(data)
+    answer = asyncio.run(handler().intercept(post(postal_headers(body)), body))
+    assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+
+
+def test_spam_status_marks_the_event_as_spam() -> None:
+    """Postal's `spam_status: Spam` marks the event as spam."""
+    data = load("postal/hash.json")
+    data["spam_status"] = "Spam"
+    body = compact(data)
+    assert handler().parse(post(postal_headers(body)), body)[0].spam is True
+
+
+def test_base64_message_is_read_off_the_loop() -> None:
+    """A base64 raw message (whose MIME parts intake cannot count) is parsed in a thread during intercept;
+    parse then hands over that result."""
+    body = compact(load("postal/raw.json"))
+    h, req = handler(), post(postal_headers(body))
+    loop_thread: list[int] = []
+
+    async def intercept() -> None:
+        loop_thread.append(threading.get_ident())
+        await h.intercept(req, body)
+
+    parsed_in: list[int] = []
+    original = PostalHandler._inbounds
+
+    def spy(data: dict[str, Any]) -> list[Any]:
+        parsed_in.append(threading.get_ident())
+        return original(data)
+
+    h._inbounds = spy  # type: ignore[method-assign]
+    asyncio.run(intercept())
+    [inbound] = h.parse(req, body)
+    assert parsed_in and parsed_in[0] != loop_thread[0]
+    assert len(parsed_in) == 1  # parse did not read it again
+    assert inbound.payload["message_id"] == "<CAF=asha.1@mail.example.com>"
