@@ -161,6 +161,20 @@ async def stop_when_lost(rt: Runtime, store: Store) -> None:
         rt.on_fatal()
 
 
+def handlers_context(rt: Runtime) -> CleanupCtx:
+    """At shutdown, each source's handler lets go of what it holds open (SES's S3 client)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        for source in rt.sources.values():
+            try:
+                await source.handler.close()
+            except Exception as exc:  # one handler failing to close must not keep the others open
+                log.warning("app.handler_close_failed", source=source.name, error=f"{type(exc).__name__}: {exc}")
+
+    return ctx
+
+
 def sandbox_context(rt: Runtime) -> CleanupCtx:
     """Each sandbox also listens on its own loopback port, opened before the delivery loop and closed
     after it, so that sends in flight at shutdown still reach it once the main site has stopped."""
@@ -291,6 +305,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         public.middlewares.append(sandbox_guard(config.admin.token))
         app.add_subapp(f"/sandbox/{vendor}/", public)
     app.cleanup_ctx.append(store_context(rt, store, folder_errors))
+    app.cleanup_ctx.append(handlers_context(rt))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))
     if workers:

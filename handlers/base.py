@@ -107,6 +107,9 @@ class Handler(ABC):
         self.server = server
         self.clock: Clock = time.time
 
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the handler holds open (a client kept between requests) when the app stops."""
+
     async def handshake(self, request: web.Request) -> web.StreamResponse | None:
         """Answer a provider's GET verification handshake; None when the provider has none."""
         return None
