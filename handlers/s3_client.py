@@ -36,7 +36,7 @@ class S3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_bytes: Annotated[int, Meta(ge=1024, le=MAX_SES_MESSAGE_BYTES)] = DEFAULT_MAX_BYTES
     """The largest object read; a larger one is refused (413) and left in the bucket."""
     timeout: str = "10s"
-    """The whole read, retries included; SNS gives up on an answer after 15 s."""
+    """The whole read, retries included: short, as SNS waits for the answer meanwhile."""
 
     def __post_init__(self) -> None:
         check_duration(self.timeout, ("s3", "timeout"))
