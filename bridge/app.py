@@ -162,9 +162,15 @@ async def stop_when_lost(rt: Runtime, store: Store) -> None:
 
 
 def handlers_context(rt: Runtime) -> CleanupCtx:
-    """At shutdown, each source's handler lets go of what it holds open (SES's S3 client)."""
+    """Each source's handler makes what it keeps open (SES's S3 client) before the app serves, and lets go of
+    it at shutdown."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        for source in rt.sources.values():
+            try:
+                await source.handler.open()
+            except Exception as exc:  # made again at first use; a start must not fail on a provider's client
+                log.warning("app.handler_open_failed", source=source.name, error=f"{type(exc).__name__}: {exc}")
         yield
         for source in rt.sources.values():
             try:

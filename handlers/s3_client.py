@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import importlib.util
+import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ MAX_SES_MESSAGE_BYTES = 40 * 1024 * 1024
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 """The default cap on one object: the largest message the common mail services send (25 MB)."""
 CHUNK_BYTES = 256 * 1024
+_REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
 class S3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -42,6 +44,8 @@ class S3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         check_duration(self.timeout, ("s3", "timeout"))
         if parse_duration(self.timeout) <= 0:
             raise ValueError(f"`s3.timeout` {self.timeout!r} must be more than 0s")
+        if self.region is not None and not _REGION.fullmatch(self.region):
+            raise ValueError(f"`s3.region` {self.region!r} is not a region name: write it as eu-west-1")
         if self.endpoint_url is not None:
             parts = urlsplit(self.endpoint_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -90,9 +94,8 @@ def _client_args(config: S3Config, region: str | None) -> dict[str, Any]:
 
 @functools.cache
 def _warm_loader() -> Any:
-    """Make and close a client on a private loop, in a thread: reading the SDK's service models and endpoint
-    rules takes a fifth of a second of CPU, which the event loop must not spend. Returns the loader, whose
-    caches then serve every real client of the process (once, whatever the sources)."""
+    """Make and close a client on a private loop: reading the SDK's service models and endpoint rules takes a
+    fifth of a second of CPU. Returns the loader, whose caches then serve every client of the process."""
     from aiobotocore.session import get_session  # noqa: PLC0415 - the optional extra is loaded at first use, not by every start
 
     session = get_session()
@@ -106,6 +109,17 @@ def _warm_loader() -> Any:
     return session.get_component("data_loader")
 
 
+def _prepared_session() -> Any:
+    """A session whose loader is warm, made in a thread: importing the SDK, making a session (it inspects each
+    of its hundreds of event handlers) and the first client's models are CPU the event loop must not spend."""
+    from aiobotocore.session import get_session  # noqa: PLC0415 - as above
+
+    loader = _warm_loader()
+    session = get_session()
+    session.register_component("data_loader", loader)
+    return session
+
+
 class S3Client:
     """One long-lived S3 client per source, made at first use; `close` at shutdown."""
 
@@ -117,15 +131,17 @@ class S3Client:
         self._exit: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
 
+    async def open(self) -> None:
+        """Make the client now (the app's start) rather than at the first read: making one holds the event loop
+        for tens of milliseconds of the SDK's own setup, even with its models loaded in a thread."""
+        await self._session_client()
+
     async def _session_client(self) -> Any:
         async with self._lock:
             if self._client is None:
-                from aiobotocore.session import get_session  # noqa: PLC0415 - the optional extra is loaded at first use, not by every start
-
-                session = get_session()
+                session = await asyncio.to_thread(_prepared_session)
                 region = self.config.region or session.get_config_variable("region") or self.default_region
-                args = _client_args(self.config, region)
-                session.register_component("data_loader", await asyncio.to_thread(_warm_loader))
+                args = await asyncio.to_thread(_client_args, self.config, region)
                 stack = contextlib.AsyncExitStack()
                 self._client = await stack.enter_async_context(session.create_client("s3", **args))
                 self._exit = stack
@@ -137,8 +153,8 @@ class S3Client:
 
         where = f"s3://{bucket}/{key}"
         try:
+            client = await self._session_client()  # once per process, and not S3's time: outside the timeout
             async with asyncio.timeout(self.timeout_s):
-                client = await self._session_client()
                 answer = await client.get_object(Bucket=bucket, Key=key)
                 async with answer["Body"] as stream:
                     return await self._read(stream, answer.get("ContentLength"), where)

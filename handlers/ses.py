@@ -88,6 +88,10 @@ class SesHandler(Handler):
         s3 = self.ses.s3
         self.s3: ObjectReader | None = S3Client(s3, _topic_region(self.ses.topic_arns)) if s3 is not None else None
 
+    async def open(self) -> None:
+        if isinstance(self.s3, S3Client):
+            await self.s3.open()
+
     async def close(self) -> None:
         if isinstance(self.s3, S3Client):
             await self.s3.close()

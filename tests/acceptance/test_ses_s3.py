@@ -68,7 +68,8 @@ def big_email(attachment: bytes) -> EmailMessage:
     return message
 
 
-def notification(key: str = SES_KEY, message: EmailMessage | None = None) -> tuple[str, bytes, dict[str, str]]:
+def notification(key: str = SES_KEY, message: EmailMessage | None = None,
+                 **envelope: Any) -> tuple[str, bytes, dict[str, str]]:
     """The signed SNS notification of an S3-action receipt; with `message`, its headers are the ones SES reads
     into the notification (`mail.headers`, `mail.commonHeaders`), as they are for the object SES wrote."""
     received, _raw = ses_s3_received(key)
@@ -76,7 +77,7 @@ def notification(key: str = SES_KEY, message: EmailMessage | None = None) -> tup
         received["mail"]["headers"] = [{"name": k, "value": str(v)} for k, v in message.items()]
         received["mail"]["commonHeaders"] = {"from": [message["From"]], "to": [message["To"]],
                                              "subject": message["Subject"], "messageId": message["Message-ID"]}
-    return "/hooks/ses", compact(ses_notification(Message=json.dumps(received))), SNS
+    return "/hooks/ses", compact(ses_notification(Message=json.dumps(received), **envelope)), SNS
 
 
 async def test_two_megabyte_email_arrives_whole(client: Any, s3: S3Server, tmp_path: Path) -> None:
@@ -139,12 +140,44 @@ async def test_object_gone_is_answered_200_and_counted(client: Any, tmp_path: Pa
     assert stored_events(tmp_path) == 0
 
 
-async def test_shutdown_closes_the_s3_client(client: Any, s3: S3Server) -> None:
-    """The S3 client made at the first read is kept for the next and closed when the app stops."""
+async def test_s3_client_is_made_at_start_and_closed_at_stop(client: Any, s3: S3Server) -> None:
+    """The S3 client is made as the app starts (so no request pays for its setup), kept for every read, and
+    closed when the app stops."""
+    reader: Any = runtime(client).sources["ses"].handler.s3
+    made = reader._client
+    assert made is not None
     _received, raw = ses_s3_received()
     s3.put(SES_KEY, raw)
     assert (await send(client, notification())).status == 202
-    reader: Any = runtime(client).sources["ses"].handler.s3
-    assert reader._client is not None
+    assert reader._client is made
     await client.close()
     assert reader._client is None
+
+
+async def test_client_that_cannot_be_made_at_start_is_a_503_until_it_can(
+        write_config: ConfigFactory, bridge_client: AppClient, s3: S3Server, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """A client that cannot be made as the app starts (here, a profile that does not exist) does not stop the
+    start: it is logged, each notification is a 503 saying why, and once the setup is mended the next is stored."""
+    _received, raw = ses_s3_received()
+    s3.put(SES_KEY, raw)
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    config = write_config(f"""
+        store: {{url: "sqlite:///var/bridge.db"}}
+        sources:
+          ses: {{kind: ses, topic_arns: ["{TOPIC}"], s3: {{endpoint_url: "{s3.url}"}}}}
+        destinations:
+          kapture: {{vendor: kapture, sandbox: true}}
+        """, MAPPINGS)
+    with capture_logs() as logs:
+        c: Any = await bridge_client(config)
+    [failed] = [e for e in logs if e["event"] == "app.handler_open_failed"]
+    assert failed["source"] == "ses" and "no-such-profile" in failed["error"]
+    handler: Any = runtime(c).sources["ses"].handler
+    handler.clock = lambda: float(NOW)
+    handler.fetch = FakeSns()
+    refused = await send(c, notification())
+    assert refused.status == 503 and "no-such-profile" in (await refused.json())["error"]
+    monkeypatch.delenv("AWS_PROFILE")
+    assert (await send(c, notification())).status == 202
+    assert stored_events(tmp_path) == 1

@@ -87,6 +87,16 @@ async def test_server_down_is_unavailable(s3: S3Server, make_client: Any) -> Non
     assert await client.get(BUCKET, "inbound/m") == b"mail"
 
 
+async def test_no_credentials_is_unavailable(s3: S3Server, make_client: Any, monkeypatch: pytest.MonkeyPatch,
+                                             ) -> None:
+    """With no credentials anywhere (environment, config files, instance role), a read is S3Unavailable saying
+    so: a setup to mend, after which SNS's retry succeeds."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(S3Unavailable, match="NoCredentialsError"):
+        await make_client(s3.url).get(BUCKET, "inbound/m")
+
+
 async def fake_s3(aiohttp_server: Any, handler: Any) -> str:
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
@@ -150,6 +160,7 @@ async def test_body_longer_than_the_cap_without_a_length_is_refused(aiohttp_serv
     ({"endpoint_url": "ftp://s3.example.net"}, "is not an http(s) URL with a host"),
     ({"endpoint_url": "https://"}, "is not an http(s) URL with a host"),
     ({"timeout": "0s"}, "must be more than 0s"),
+    ({"region": "eu west 1"}, "is not a region name: write it as eu-west-1"),
     ({"timeout": "soon"}, "soon"),
     ({"max_bytes": 50 * 1024 * 1024}, "Expected `int` <= 41943040"),
     ({"bucket": "x"}, "unknown field `bucket`"),
