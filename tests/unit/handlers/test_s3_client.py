@@ -156,6 +156,24 @@ async def test_body_longer_than_the_cap_without_a_length_is_refused(aiohttp_serv
         await make_client(await fake_s3(aiohttp_server, endless), max_bytes=4096).get(BUCKET, "inbound/m")
 
 
+async def test_body_cut_off_mid_read_is_unavailable(aiohttp_server: Any, make_client: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that drops before the stated length has arrived is S3Unavailable, never a short message."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "5000"})
+        await response.prepare(request)
+        await response.write(b"Subject: half a message\r\n")
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    with pytest.raises(S3Unavailable, match="could not be read"):
+        await make_client(await fake_s3(aiohttp_server, cut)).get(BUCKET, "inbound/m")
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"endpoint_url": "ftp://s3.example.net"}, "is not an http(s) URL with a host"),
     ({"endpoint_url": "https://"}, "is not an http(s) URL with a host"),
