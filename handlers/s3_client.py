@@ -109,15 +109,17 @@ def _warm_loader() -> Any:
     return session.get_component("data_loader")
 
 
-def _prepared_session() -> Any:
-    """A session whose loader is warm, made in a thread: importing the SDK, making a session (it inspects each
-    of its hundreds of event handlers) and the first client's models are CPU the event loop must not spend."""
+def _prepared_session(config: S3Config, default_region: str | None) -> tuple[Any, dict[str, Any]]:
+    """A session whose loader is warm, and the client's arguments, made in a thread: importing the SDK, making
+    a session (it inspects each of its hundreds of event handlers), the first client's models and reading the
+    shared config file for a region are CPU and file reads the event loop must not spend."""
     from aiobotocore.session import get_session  # noqa: PLC0415 - as above
 
     loader = _warm_loader()
     session = get_session()
     session.register_component("data_loader", loader)
-    return session
+    region = config.region or session.get_config_variable("region") or default_region
+    return session, _client_args(config, region)
 
 
 class S3Client:
@@ -139,9 +141,7 @@ class S3Client:
     async def _session_client(self) -> Any:
         async with self._lock:
             if self._client is None:
-                session = await asyncio.to_thread(_prepared_session)
-                region = self.config.region or session.get_config_variable("region") or self.default_region
-                args = await asyncio.to_thread(_client_args, self.config, region)
+                session, args = await asyncio.to_thread(_prepared_session, self.config, self.default_region)
                 stack = contextlib.AsyncExitStack()
                 self._client = await stack.enter_async_context(session.create_client("s3", **args))
                 self._exit = stack

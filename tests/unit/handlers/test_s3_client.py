@@ -56,6 +56,26 @@ async def test_one_client_serves_every_read(s3: S3Server, make_client: Any) -> N
     assert await client.get(BUCKET, "a") == b"first"
 
 
+@pytest.mark.parametrize(("configured", "environment", "expected"), [
+    ("eu-central-1", "ap-south-1", "eu-central-1"),
+    (None, "ap-south-1", "ap-south-1"),
+    (None, None, "eu-west-1"),
+])
+async def test_region_is_the_option_then_the_environment_then_the_topic(
+        s3: S3Server, monkeypatch: pytest.MonkeyPatch, configured: str | None, environment: str | None,
+        expected: str) -> None:
+    """The client's region is `s3.region`, else the environment's, else the SNS topic's (the default given)."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    if environment is not None:
+        monkeypatch.setenv("AWS_DEFAULT_REGION", environment)
+    client = S3Client(S3Config(endpoint_url=s3.url, region=configured), "eu-west-1")
+    try:
+        await client.open()
+        assert client._client.meta.region_name == expected
+    finally:
+        await client.close()
+
+
 async def test_missing_key_is_no_such_key(s3: S3Server, make_client: Any) -> None:
     """An object the bucket does not hold is S3NoSuchKey, naming the bucket and key."""
     with pytest.raises(S3NoSuchKey, match=f"s3://{BUCKET}/inbound/gone does not exist"):
