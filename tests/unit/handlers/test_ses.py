@@ -332,3 +332,14 @@ def test_s3_option_needs_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers.ses, "available", lambda: False)
     with pytest.raises(msgspec.ValidationError, match=r"pip install 'ticketbridge\[ses-s3\]'"):
         msgspec.convert({"kind": "ses", "topic_arns": [TOPIC], "s3": {}}, SesOptions)
+
+
+async def test_setup_notification_reads_nothing() -> None:
+    """SES's AMAZON_SES_SETUP_NOTIFICATION for a new S3 action names an object but carries no mail: 200,
+    ignored, and the bucket is not read."""
+    received, _raw = ses_s3_received("inbound/AMAZON_SES_SETUP_NOTIFICATION")
+    received["notificationType"] = "AMAZON_SES_SETUP_NOTIFICATION"
+    bucket = FakeBucket()
+    early = await run(s3_handler(bucket), ses_notification(Message=json.dumps(received)))
+    assert early.outcome == "ignored" and "AMAZON_SES_SETUP_NOTIFICATION" in early.reason
+    assert bucket.reads == []
