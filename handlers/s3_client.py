@@ -25,6 +25,9 @@ MAX_SES_MESSAGE_BYTES = 40 * 1024 * 1024
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 """The default cap on one object: the largest message the common mail services send (25 MB)."""
 CHUNK_BYTES = 256 * 1024
+MAX_READS = 8
+"""Objects read at once per source, so that memory stays bounded (8 times `max_bytes`, and their parses) however
+many notifications arrive together; the others wait their turn within their timeout."""
 _REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
@@ -125,13 +128,14 @@ def _prepared_session(config: S3Config, default_region: str | None) -> tuple[Any
 class S3Client:
     """One long-lived S3 client per source, made at first use; `close` at shutdown."""
 
-    def __init__(self, config: S3Config, default_region: str | None = None) -> None:
+    def __init__(self, config: S3Config, default_region: str | None = None, max_reads: int = MAX_READS) -> None:
         self.config = config
         self.default_region = default_region
         self.timeout_s = parse_duration(config.timeout)
         self._client: Any = None
         self._exit: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
+        self._reads = asyncio.Semaphore(max_reads)
 
     async def open(self) -> None:
         """Make the client now (the app's start) rather than at the first read: making one holds the event loop
@@ -154,7 +158,7 @@ class S3Client:
         where = f"s3://{bucket}/{key}"
         try:
             client = await self._session_client()  # once per process, and not S3's time: outside the timeout
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout_s), self._reads:  # a read waiting its turn counts its wait
                 answer = await client.get_object(Bucket=bucket, Key=key)
                 async with answer["Body"] as stream:
                     return await self._read(stream, answer.get("ContentLength"), where)

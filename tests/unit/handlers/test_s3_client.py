@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable
+from tests.conftest import eventually
 from tests.fixtures.s3 import BUCKET, S3Server, s3_serving
 
 
@@ -192,6 +193,33 @@ async def test_body_cut_off_mid_read_is_unavailable(aiohttp_server: Any, make_cl
 
     with pytest.raises(S3Unavailable, match="could not be read"):
         await make_client(await fake_s3(aiohttp_server, cut)).get(BUCKET, "inbound/m")
+
+
+async def test_reads_at_once_are_capped(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No more than `max_reads` objects are read at once; the others wait their turn, then are read."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    release = asyncio.Event()
+    in_flight, most = [0], [0]
+
+    async def slow(request: web.Request) -> web.Response:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await release.wait()
+        in_flight[0] -= 1
+        return web.Response(body=request.path.encode())
+
+    client = S3Client(S3Config(endpoint_url=await fake_s3(aiohttp_server, slow)), "us-east-1", max_reads=2)
+    try:
+        reads = [asyncio.ensure_future(client.get(BUCKET, f"inbound/{n}")) for n in range(5)]
+        await eventually(lambda: in_flight[0] == 2)
+        assert not any(read.done() for read in reads)
+        release.set()
+        bodies = await asyncio.gather(*reads)
+    finally:
+        await client.close()
+    assert bodies == [f"/{BUCKET}/inbound/{n}".encode() for n in range(5)]
+    assert most[0] == 2
 
 
 @pytest.mark.parametrize(("options", "message"), [
