@@ -37,7 +37,7 @@ class S3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoint_url: str | None = None
     """An S3-compatible server (MinIO, Ceph, a test server): `https://s3.example.net:9000`."""
     region: str | None = None
-    """The bucket's region; by default the environment's (AWS_REGION), else the SNS topic's."""
+    """The bucket's region; by default the environment's (AWS_DEFAULT_REGION, or the profile's), else the topic's."""
     max_bytes: Annotated[int, Meta(ge=1024, le=MAX_SES_MESSAGE_BYTES)] = DEFAULT_MAX_BYTES
     """The largest object read; a larger one is refused (413) and left in the bucket."""
     timeout: str = "10s"
