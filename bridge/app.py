@@ -162,6 +162,26 @@ async def stop_when_lost(rt: Runtime, store: Store) -> None:
         rt.on_fatal()
 
 
+def handlers_context(rt: Runtime) -> CleanupCtx:
+    """Each source's handler makes what it keeps open (SES's S3 client) before the app serves, and lets go of
+    it at shutdown."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        for source in rt.sources.values():
+            try:
+                await source.handler.open()
+            except Exception as exc:  # made again at first use; a start must not fail on a provider's client
+                log.warning("app.handler_open_failed", source=source.name, error=f"{type(exc).__name__}: {exc}")
+        yield
+        for source in rt.sources.values():
+            try:
+                await source.handler.close()
+            except Exception as exc:  # one handler failing to close must not keep the others open
+                log.warning("app.handler_close_failed", source=source.name, error=f"{type(exc).__name__}: {exc}")
+
+    return ctx
+
+
 def sandbox_context(rt: Runtime) -> CleanupCtx:
     """Each sandbox also listens on its own loopback port, opened before the delivery loop and closed
     after it, so that sends in flight at shutdown still reach it once the main site has stopped."""
@@ -345,6 +365,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         app.add_subapp(f"/sandbox/{vendor}/", public)
     app.cleanup_ctx.append(tracing_context(rt))
     app.cleanup_ctx.append(store_context(rt, store, folder_errors))
+    app.cleanup_ctx.append(handlers_context(rt))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))
     if workers:

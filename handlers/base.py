@@ -118,6 +118,13 @@ class Handler(ABC):
         self.server = server
         self.clock: Clock = time.time
 
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Make what the handler keeps between requests (a client) as the app starts, before it serves: setup
+        that costs CPU is paid there, not by a request. A failure is logged; the handler retries at first use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the handler holds open (a client kept between requests) when the app stops."""
+
     async def handshake(self, request: web.Request) -> web.StreamResponse | None:
         """Answer a provider's GET verification handshake; None when the provider has none."""
         return None

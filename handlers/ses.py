@@ -1,11 +1,13 @@
 """Amazon SES receiving, delivered by an SNS action to an HTTPS subscription: the SNS envelope is verified
 (signature, certificate host, topic allow-list, age), subscriptions are confirmed, and each `Received`
-notification becomes one email event."""
+notification becomes one email event. With the `s3` option, a notification from SES's S3 action has its
+raw message read from the bucket before the event is stored."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 import structlog
@@ -27,6 +29,8 @@ from handlers.base import (
     per_request,
 )
 from handlers.email import Headers, MimeContent, Spam, email_payload, message_files, parse_mime
+from handlers.limits import CHECK as LIMITS_CHECK
+from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable, available
 from handlers.signing import check_dedup_covers
 from handlers.sns import CertificateCache, Fetcher, FetchError, https_get, is_sns_url, verify_signature
 
@@ -35,13 +39,23 @@ log = structlog.get_logger("ticketbridge.handlers.ses")
 FUTURE_SKEW_S = 300.0
 
 
+class ObjectReader(Protocol):
+    """What reads an S3 object (S3Client; a fake in tests)."""
+
+    async def get(self, bucket: str, key: str) -> bytes: ...
+
+
 class SesOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     topic_arns: list[str]
     max_age: str = "1h"
     """How old a message's signed Timestamp may be; SNS retries a failed delivery with the same one."""
+    s3: S3Config | None = None
+    """Read the raw message of S3-action notifications from the bucket (needs the `ses-s3` extra)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.s3 is not None and not available():
+            raise ValueError("`s3` needs the S3 client: pip install 'ticketbridge[ses-s3]'")
         if not self.topic_arns:
             raise ValueError("`topic_arns` is empty: list the SNS topics whose messages this source takes")
         for arn in self.topic_arns:
@@ -71,6 +85,16 @@ class SesHandler(Handler):
         super().__init__(*args, **kwargs)
         self.fetch: Fetcher = https_get
         self.certificates = CertificateCache()
+        s3 = self.ses.s3
+        self.s3: ObjectReader | None = S3Client(s3, _topic_region(self.ses.topic_arns)) if s3 is not None else None
+
+    async def open(self) -> None:
+        if isinstance(self.s3, S3Client):
+            await self.s3.open()
+
+    async def close(self) -> None:
+        if isinstance(self.s3, S3Client):
+            await self.s3.close()
 
     @property
     def ses(self) -> SesOptions:
@@ -114,6 +138,36 @@ class SesHandler(Handler):
             return ignored("the SNS message is not an SES notification")
         if notification.get("notificationType") != "Received":
             return ignored(f"SES {notification.get('notificationType')!r} notification")
+        action = obj(obj(notification.get("receipt")).get("action"))
+        if action.get("type") == "S3" and self.s3 is not None:
+            return await self._read_s3(request, message, action)
+        return None
+
+    async def _read_s3(self, request: web.Request, message: dict[str, Any],
+                       action: dict[str, Any]) -> Intercepted | None:
+        """Read and parse the raw message the S3 action stored, before anything is stored: a read that may
+        succeed later is a 503 (SNS sends the notification again), an object that is gone is not a message."""
+        assert self.s3 is not None
+        bucket, key = action.get("bucketName"), action.get("objectKey")
+        if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
+            return ignored("SES S3 action without bucketName and objectKey")
+        ids = {"source": self.name, "sns_message_id": message.get("MessageId"), "bucket": bucket, "key": key}
+        try:
+            raw = await self.s3.get(bucket, key)
+        except S3NoSuchKey as exc:
+            log.error("ses.s3_object_missing", **ids, error=str(exc))
+            return ignored("SES S3 object not found")
+        except S3TooLarge as exc:
+            log.error("ses.s3_object_too_large", **ids, size=exc.size)
+            raise Rejected(413, f"{exc}; it is left in the bucket, and nothing was stored",
+                           check=LIMITS_CHECK) from None
+        except S3Unavailable as exc:
+            log.warning("ses.s3_unavailable", **ids, error=str(exc))
+            raise Rejected(503, f"the message could not be read from S3 ({exc}); nothing was stored, send it again",
+                           check="s3") from None
+        log.info("ses.s3_read", **ids, size=len(raw))
+        mime = await asyncio.to_thread(_parse_raw, raw)  # a large message parses for many milliseconds
+        per_request(request, "ses.s3", lambda: mime)
         return None
 
     async def _confirm(self, message: dict[str, Any]) -> Intercepted:
@@ -144,7 +198,7 @@ class SesHandler(Handler):
         headers = Headers((str(h["name"]), str(h["value"])) for h in raw_headers
                           if isinstance(h, dict) and isinstance(h.get("name"), str) and "value" in h) \
             if isinstance(raw_headers, list) else Headers()
-        mime = self._content(notification, receipt)
+        mime = per_request(request, "ses.s3", lambda: None) or self._content(notification, receipt)
         files = message_files(mime, [])
         verdict = obj(receipt.get("spamVerdict")).get("status")
         payload = email_payload(
@@ -183,5 +237,17 @@ class SesHandler(Handler):
             return None
         action = obj(receipt.get("action"))
         if str(action.get("encoding", "")).upper() == "BASE64":
-            return parse_mime(decode_base64(content, "SES `content`"))
-        return parse_mime(content.encode("utf-8", "surrogateescape"))
+            return _parse_raw(decode_base64(content, "SES `content`"))
+        return _parse_raw(content.encode("utf-8", "surrogateescape"))
+
+
+def _parse_raw(raw: bytes) -> MimeContent:
+    """The raw message, from the notification's `content` or from the S3 object, parsed alike."""
+    return parse_mime(raw)
+
+
+def _topic_region(topic_arns: list[str]) -> str | None:
+    """The region of the first SNS topic (arn:aws:sns:REGION:…): SES writes to a bucket its rule names, most
+    often in its own region, and S3 redirects a client that asked the wrong one."""
+    parts = topic_arns[0].split(":") if topic_arns else []
+    return parts[3] if len(parts) > 3 and parts[3] else None

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from bridge.errors import Rejected
+from handlers.s3_client import S3Client, S3NoSuchKey, S3TooLarge, S3Unavailable
 from handlers.ses import SesHandler, SesOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
@@ -31,6 +32,7 @@ from tests.fixtures.providers import (
     sns_sign,
     without_provider,
 )
+from tests.fixtures.s3 import BUCKET, SES_KEY, ses_s3_received
 
 SNS = {"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": "Notification"}
 
@@ -228,3 +230,131 @@ async def test_raw_thread_keeps_its_attachments_intact() -> None:
     assert {k: inbound.payload[k] for k in ("envelope_from", "envelope_to", "spam")} == \
         {**ENVELOPE, "spam": {"verdict": "ham", "score": None}}
     assert inbound.attachments[3].content == FORWARDED
+
+
+# -- the S3 action -----------------------------------------------------------------------------------
+
+
+class FakeBucket:
+    """Stands in for S3 behind the handler's reader: serves `objects`, or raises `error`; records each read."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None, error: Exception | None = None) -> None:
+        self.objects = objects or {}
+        self.error = error
+        self.reads: list[tuple[str, str]] = []
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        self.reads.append((bucket, key))
+        if self.error is not None:
+            raise self.error
+        if key not in self.objects:
+            raise S3NoSuchKey(f"s3://{bucket}/{key} does not exist (S3 answered 404 NoSuchKey)")
+        return self.objects[key]
+
+
+def s3_handler(bucket: FakeBucket) -> SesHandler:
+    h = handler(s3={})
+    h.s3 = bucket
+    return h
+
+
+def s3_message(**action: Any) -> dict[str, Any]:
+    received, _raw = ses_s3_received()
+    received["receipt"]["action"].update(action)
+    return ses_notification(Message=json.dumps(received))
+
+
+async def test_s3_action_reads_the_message_from_the_bucket() -> None:
+    """With `s3`, an S3-action notification has its raw message read from the named bucket and key, and
+    parsed as the SNS action's `content` is: the same email, attachments and all."""
+    _received, raw = ses_s3_received()
+    bucket = FakeBucket({SES_KEY: raw})
+    [inbound] = await run(s3_handler(bucket), s3_message())
+    assert bucket.reads == [(BUCKET, SES_KEY)]
+    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert inbound.attachments[0].content == JPEG
+    assert inbound.dedup_key == "d6f4c2a0-3f2b-5b9a-9e4d-2a1c0b7e6f11"
+    assert inbound.payload["provider"]["receipt"]["action"]["objectKey"] == SES_KEY
+
+
+async def test_s3_action_is_not_read_without_the_option() -> None:
+    """Without `s3`, an S3-action notification is taken from its headers alone, as before, and nothing is read."""
+    h = handler()
+    assert h.s3 is None
+    [inbound] = await run(h, s3_message())
+    assert inbound.payload["subject"] == "Re: Router down [#1042]"
+    assert inbound.payload["text"] is None
+
+
+async def test_s3_unavailable_is_503_and_nothing_parsed() -> None:
+    """When S3 cannot be read (down, 5xx, timeout, denied), the answer is 503 so SNS sends the notification again."""
+    bucket = FakeBucket(error=S3Unavailable("s3://acme-inbound-mail/x could not be read: connection refused"))
+    with pytest.raises(Rejected) as info:
+        await run(s3_handler(bucket), s3_message())
+    assert (info.value.status, info.value.check) == (503, "s3")
+    assert "connection refused" in str(info.value) and "send it again" in str(info.value)
+
+
+async def test_s3_object_too_large_is_413() -> None:
+    """An object over `s3.max_bytes` is refused with 413 (SNS does not retry a 4xx), saying it stays in the bucket."""
+    bucket = FakeBucket(error=S3TooLarge("s3://b/k is 30000000 bytes, over the source's s3.max_bytes of 26214400",
+                                         30_000_000))
+    with pytest.raises(Rejected) as info:
+        await run(s3_handler(bucket), s3_message())
+    assert (info.value.status, info.value.check) == (413, "limits")
+    assert "30000000 bytes" in str(info.value) and "left in the bucket" in str(info.value)
+
+
+async def test_s3_object_gone_is_ignored() -> None:
+    """An object the bucket no longer holds cannot be read on any retry: answered 200, ignored, nothing stored."""
+    bucket = FakeBucket()
+    early = await run(s3_handler(bucket), s3_message())
+    assert (early.outcome, early.response.status, early.reason) == ("ignored", 200, "SES S3 object not found")
+
+
+@pytest.mark.parametrize("action", [{"objectKey": ""}, {"bucketName": None}, {"objectKey": 7}])
+async def test_s3_action_without_bucket_or_key_is_ignored(action: dict[str, Any]) -> None:
+    """An S3 action that names no object is not a message: 200, ignored, and no read is tried."""
+    bucket = FakeBucket()
+    early = await run(s3_handler(bucket), s3_message(**action))
+    assert early.outcome == "ignored" and "bucketName and objectKey" in early.reason
+    assert bucket.reads == []
+
+
+async def test_s3_object_that_is_not_mail_is_refused_like_bad_content() -> None:
+    """The object's bytes go through the same MIME checks as `content`: a hostile shape is a 413."""
+    bomb = b"Content-Type: multipart/mixed; boundary=a\r\n\r\n" + b"".join(
+        b"--a\r\nContent-Type: multipart/mixed; boundary=%d\r\n\r\n" % i for i in range(40))
+    with pytest.raises(Rejected) as info:
+        await run(s3_handler(FakeBucket({SES_KEY: bomb})), s3_message())
+    assert info.value.status == 413
+
+
+def test_s3_option_takes_its_settings() -> None:
+    """`s3` takes endpoint_url, region, max_bytes and timeout; the default region is the SNS topic's."""
+    h = handler(s3={"endpoint_url": "http://127.0.0.1:9000", "region": "eu-west-1", "max_bytes": 4096,
+                    "timeout": "3s"})
+    assert isinstance(h.s3, S3Client)
+    assert (h.s3.config.endpoint_url, h.s3.config.region, h.s3.config.max_bytes, h.s3.timeout_s) == (
+        "http://127.0.0.1:9000", "eu-west-1", 4096, 3.0)
+    assert h.s3.default_region == "us-east-1"
+
+
+def test_s3_option_needs_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the `ses-s3` extra installed, the `s3` option is refused, naming what to install."""
+    import handlers.ses
+
+    monkeypatch.setattr(handlers.ses, "available", lambda: False)
+    with pytest.raises(msgspec.ValidationError, match=r"pip install 'ticketbridge\[ses-s3\]'"):
+        msgspec.convert({"kind": "ses", "topic_arns": [TOPIC], "s3": {}}, SesOptions)
+
+
+async def test_setup_notification_reads_nothing() -> None:
+    """SES's AMAZON_SES_SETUP_NOTIFICATION for a new S3 action names an object but carries no mail: 200,
+    ignored, and the bucket is not read."""
+    received, _raw = ses_s3_received("inbound/AMAZON_SES_SETUP_NOTIFICATION")
+    received["notificationType"] = "AMAZON_SES_SETUP_NOTIFICATION"
+    bucket = FakeBucket()
+    early = await run(s3_handler(bucket), ses_notification(Message=json.dumps(received)))
+    assert early.outcome == "ignored" and "AMAZON_SES_SETUP_NOTIFICATION" in early.reason
+    assert bucket.reads == []
