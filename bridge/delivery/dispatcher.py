@@ -284,6 +284,10 @@ class Lane:
             return await render(item)
         except StoreUnavailable as exc:
             return Outcome(classification="retry", error=f"not sent: its event could not be read: {exc}")
+        except Exception as exc:  # a bug must settle the follow-up like a render failure, not kill its task
+            self.log.exception("delivery.follow_up_crashed", delivery_id=item.id, event_id=item.event_id)
+            return Outcome(classification="permanent",
+                           error=f"not sent: the follow-up could not be rendered: {type(exc).__name__}: {exc}")
 
     async def _tell_gate(self, sent: Sent, classification: str, blog: Any) -> None:
         """Pass an answer on to the destination's gate: a 429's pause, and `classification` to the breaker."""

@@ -873,3 +873,42 @@ async def test_a_send_answered_before_the_grace_ends_is_recorded_not_given_back(
         await eventually(lambda: len(store.records) == 1)
     assert store.released == []
     assert store.status(delivery_id) == "succeeded"
+
+
+class FollowUpStore(RecordingStore):
+    """Claims every delivery as a follow-up: its conversation already has ticket T-1."""
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        batch = await super().claim(destination, limit, owner, lease_s)
+        return msgspec.structs.replace(batch, items=[
+            msgspec.structs.replace(item, conversation="email:<root@example.com>", ticket={"id": "T-1"})
+            for item in batch.items])
+
+
+async def test_a_follow_up_whose_rendering_crashes_is_recorded_dead_not_left_to_its_lease() -> None:
+    """An unexpected error while rendering a follow-up settles it unsent as a render failure, and the lane goes on."""
+    store = FollowUpStore()
+    first, second = await store.add("kapture"), await store.add("kapture")
+
+    async def render(item: Any) -> Any:
+        if item.id == first:
+            raise KeyError("ticket")
+        return item
+
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": destination()}, follow_ups=render,
+                           timings=Timings(store_retry_s=0.01, record_retry_max_s=0.04, poll_s=3600.0))
+            d.start()
+            try:
+                await eventually(lambda: len(store.records) == 2)
+            finally:
+                await d.stop(0.0)
+        assert requests_to(m) == 1
+    crashed = store.recorded(first)[0]
+    assert (crashed.classification, crashed.next_status, crashed.http_status) == ("permanent", "dead", None)
+    assert crashed.error == "not sent: the follow-up could not be rendered: KeyError: 'ticket'"
+    assert store.status(first) == "dead"
+    assert store.recorded(second)[0].next_status == "succeeded"
+    assert not d.lanes["kapture"].inflight
