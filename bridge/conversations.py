@@ -97,17 +97,3 @@ def ticket_context(ticket_id: str, ticket_key: str | None, destination: str, *, 
     return {"id": ticket_id, "key": ticket_key, "destination": destination, "created_at": iso_ms(created_at_ms),
             "messages": messages, "last_message_at": iso_ms(last_message_at_ms)}
 
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """`90s`, `30m`, `12h`, `7d`, `2w` → seconds; raises ValueError naming the right form."""
-    found = _DURATION.match(text)
-    if found is None:
-        raise ValueError(f"{text!r} is not a duration; write a number and a unit: 30m, 12h, 7d, 2w")
-    seconds = float(found.group(1)) * _UNITS[found.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return seconds
