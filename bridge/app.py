@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
@@ -201,7 +202,7 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
                                 classification: rt.count("delivery.attempt", destination=destination,
                                                          classification=classification),
                                 coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
-                                follow_ups=follow_ups)
+                                follow_ups=follow_ups, instance=instance_name(rt.config.server.port))
         dispatcher.start()
         rt.dispatcher = dispatcher
 
@@ -223,6 +224,12 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
 REAP_SECONDS = 10.0
 
 
+def instance_name(port: int) -> str | None:
+    """This server as a lease owner knows it across restarts: its host and port (no two running processes
+    listen on both); None when the port is chosen at random (0)."""
+    return f"{socket.gethostname()}:{port}" if port else None
+
+
 async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS) -> None:
     """Renew this process's leases and give back deliveries whose lease ran out: a process that died while
     sending them (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third
@@ -230,12 +237,18 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     and a dead process's work is due again within a lease and a third. First the leases of what this process
     still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
     never given back to be sent again."""
-    first = True
+    first, taken_back = True, False
     while True:
         if not first:
             await asyncio.sleep(every_s)
         first = False
         try:
+            if not taken_back:
+                taken = await dispatcher.take_back()
+                taken_back = True
+                if taken:
+                    log.warning("delivery.taken_back", count=taken,
+                                note="left in flight by this instance's previous process; due again now")
             await dispatcher.keep_leases()
             released = await store.release_expired()
         except StoreUnavailable as exc:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,8 @@ CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
+PROCESS_TOKEN = secrets.token_hex(4)
+"""Tells this process from an earlier one that had the same pid (a restarted container's pid 1)."""
 
 
 @dataclass(frozen=True)
@@ -357,7 +360,8 @@ class Dispatcher:
                  max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
                  clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
                  lease_s: float = LEASE_SECONDS,
-                 follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
+                 follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
+                 instance: str | None = None) -> None:
         self.follow_ups = follow_ups
         """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
         self.coordination = coordination or LocalCoordination()
@@ -370,7 +374,10 @@ class Dispatcher:
         self.store = store
         self.session = session
         self.destinations = destinations
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.instance = instance
+        """Where this process serves (`host:port`): a later process there takes back what this one left in flight."""
+        self.owner = (f"{socket.gethostname()}:{os.getpid()}" if instance is None
+                      else f"{instance}/{os.getpid()}.{PROCESS_TOKEN}")
         self.stopping = False
         self.stop_event = asyncio.Event()
         self.lanes: dict[str, Lane] = {}
@@ -403,6 +410,33 @@ class Dispatcher:
         if ids:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release(ids, owner=self.owner)
+
+    async def take_back(self) -> int:
+        """Give back, due now, what an earlier process of this instance left in flight when it stopped (killed, or
+        its container restarted), rather than wait for its leases to run out; returns how many. Raises
+        StoreUnavailable."""
+        if self.instance is None:
+            return 0
+        return await self.store.take_back(f"{self.instance}/", self._gone)
+
+    def _gone(self, owner: str) -> bool:
+        """Whether the process that leased as `owner` (this instance's `…/pid.token`) no longer runs. One still
+        running (a predecessor draining its sends) keeps its work; one whose pid cannot be told is left to its
+        leases."""
+        pid_text, _, token = owner.rpartition("/")[2].partition(".")
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        if pid == os.getpid():
+            return token != PROCESS_TOKEN  # our pid, another process: an earlier incarnation (a container's pid 1)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
     async def keep_leases(self) -> int:
         """Extend the lease of every delivery a lane holds (being sent, or its result not yet recorded), so

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +22,7 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.dispatcher import LEASE_SECONDS, Destination, Dispatcher, Timings
+from bridge.delivery.dispatcher import LEASE_SECONDS, PROCESS_TOKEN, Destination, Dispatcher, Timings
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
@@ -912,3 +915,24 @@ async def test_a_follow_up_whose_rendering_crashes_is_recorded_dead_not_left_to_
     assert store.status(first) == "dead"
     assert store.recorded(second)[0].next_status == "succeeded"
     assert not d.lanes["kapture"].inflight
+
+
+def ended_pid() -> int:
+    """The pid of a process that has run and ended."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+async def test_an_owner_is_gone_when_its_pid_no_longer_runs_or_is_ours_from_an_earlier_process() -> None:
+    """Only an earlier process of the instance is taken back from: a pid that has ended, or this pid under another
+    process token (a restarted container's pid 1); this process and a running pid keep their work."""
+    ended = ended_pid()
+    async with aiohttp.ClientSession() as session:
+        d = Dispatcher(RecordingStore(), session, {}, instance="h:8080")
+    assert d.owner == f"h:8080/{os.getpid()}.{PROCESS_TOKEN}"
+    assert not d._gone(d.owner)
+    assert d._gone(f"h:8080/{os.getpid()}.0ther")
+    assert d._gone(f"h:8080/{ended}.abcd")
+    assert not d._gone(f"h:8080/{os.getppid()}.abcd")
+    assert not d._gone("h:8080/not-a-pid")
