@@ -46,6 +46,9 @@ class Gate(ABC):
     (for metrics and logs)."""
 
     breaker: Breaker
+    probe_hold_s: float = 60.0
+    """How long a probe out from this process holds the others back unless renewed (`keep_probe`): its sender
+    may have died. The dispatcher sets it to its lease, and renews it with its leases."""
 
     @abstractmethod
     async def admit(self, want: int) -> Admission:
@@ -58,6 +61,9 @@ class Gate(ABC):
     async def start(self, admission: Admission, index: int) -> None:  # noqa: B027 - optional hook
         """The `index`-th send `admission` granted starts now (awaited just before the request goes out);
         a gate may hold a send that is late for its slot until a slot is free again."""
+
+    async def keep_probe(self) -> None:  # noqa: B027 - optional hook
+        """Renew the hold of a probe this process has out (a gate shared between processes)."""
 
     @abstractmethod
     async def pause(self, seconds: float) -> None:

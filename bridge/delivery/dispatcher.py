@@ -97,6 +97,7 @@ class Lane:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
+        self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
         self.paused_until = 0.0  # set by an operator (epoch seconds, as the dispatcher's clock; inf: until resumed)
         self.resumed = asyncio.Event()
         self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
@@ -440,11 +441,13 @@ class Dispatcher:
 
     async def keep_leases(self) -> int:
         """Extend the lease of every delivery a lane holds (being sent, or its result not yet recorded), so
-        that no reaper gives it back meanwhile; returns how many. Raises StoreUnavailable."""
+        that no reaper gives it back meanwhile, and the hold of a breaker probe out from here; returns how many
+        leases. Raises StoreUnavailable."""
         kept = 0
         for lane in self.lanes.values():
             if lane.inflight:
                 kept += await self.store.extend_leases(list(lane.inflight), self.owner, self.lease_s)
+            await lane.gate.keep_probe()
         return kept
 
     def in_flight(self) -> int:

@@ -9,8 +9,10 @@ the vendor's own count ("N in any window of T"), as the in-process sliding-windo
 the claim that follows the grant, and network jitter.
 
 The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
-process's failures count for all and only one probe is out at a time; a probe whose sender dies is given
-up after PROBE_HOLD_S. A 429's pause is `paused_until` on the row.
+process's failures count for all and only one probe is out at a time. A probe holds the others back for
+`probe_hold_s` (the dispatcher's lease), renewed with the leases while its sender lives (`keep_probe`), so
+that a probe whose sender dies is given up within a lease, as its delivery is. A 429's pause is
+`paused_until` on the row.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from bridge.delivery.ratelimit import Limiter
 T = TypeVar("T")
 Runner = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
 SHARED_MIN_MARGIN_S = 0.2
-PROBE_HOLD_S = 60.0
 CLOCK = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint"
 
 
@@ -39,6 +40,7 @@ class PgGate(Gate):
         self.destination = destination
         self.rate = rate
         self.breaker = Breaker()
+        self.probing_here = False  # a probe granted in this process is out, its answer not yet fed back
         if rate is None:
             self._window_ms = 1000
         else:
@@ -66,7 +68,7 @@ class PgGate(Gate):
                     failures=row[2], opened=row[3], until=row[4] / 1000, probing=row[5] > now)
 
     async def _save(self, conn: Any, b: Breaker, now: int) -> None:
-        probe_until = now + int(PROBE_HOLD_S * 1000) if b.probing else 0
+        probe_until = now + int(self.probe_hold_s * 1000) if b.probing else 0
         await conn.execute(
             "UPDATE destination_gates SET breaker_state = $2, failures = $3, opened = $4, open_until = $5, "
             "probe_until = GREATEST(probe_until * $7::int, $6) WHERE destination = $1",
@@ -111,6 +113,7 @@ class PgGate(Gate):
             probe = cap == 1 and n == 1
             if probe:
                 b.probe_sent()
+                self.probing_here = True
             if (b.state, b.probing) != was:
                 await self._save(conn, b, now)
             return Admission(granted=n, wait_s=max(wait_ms, 1) / 1000 if n == 0 else 0.0, held=n == 0,
@@ -155,6 +158,9 @@ class PgGate(Gate):
         give_back = admission.slots[len(admission.slots) - count:] if admission.slots else []
         probe_back = admission.probe and count >= admission.granted
 
+        if probe_back:
+            self.probing_here = False
+
         async def op(conn: Any) -> None:
             if give_back:
                 await conn.execute("DELETE FROM send_slots WHERE id = ANY($1::bigint[])", give_back)
@@ -175,7 +181,19 @@ class PgGate(Gate):
 
         await self._run(op)
 
+    async def keep_probe(self) -> None:
+        if not self.probing_here:
+            return
+
+        async def op(conn: Any) -> None:
+            await conn.execute(
+                f"UPDATE destination_gates SET probe_until = ({CLOCK}) + $2::bigint "  # noqa: S608 - a constant
+                "WHERE destination = $1 AND probe_until > 0", self.destination, int(self.probe_hold_s * 1000))
+
+        await self._run(op)
+
     async def outcome(self, classification: str) -> Change:
+        self.probing_here = False
         if classification == "success" and self.breaker.state == "closed" and self.breaker.failures == 0:
             # The common case: reset only a row that has counted failures (another process's), in one statement.
             async def reset(conn: Any) -> None:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import asyncpg
 import pytest
 
@@ -74,6 +77,28 @@ async def test_an_unused_probe_is_given_back(two: tuple[PostgresStore, PostgresS
     assert probe.probe
     await ga.unused(probe, 1)
     assert (await gb.admit(3)).probe
+
+
+async def test_a_probe_is_held_while_renewed_and_given_up_within_its_hold_once_its_sender_is_gone(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A probe out from one process holds the other back while its holder renews it (`keep_probe`, as the lease
+    reaper does), and once renewals stop (its process died) another process may probe within the hold."""
+    ga, gb = gates(two, None)
+    ga.breaker.base_cooldown = gb.breaker.base_cooldown = 0.0
+    ga.probe_hold_s = gb.probe_hold_s = 1.0
+    for _ in range(5):
+        await ga.outcome("retry")
+    assert (await ga.admit(1)).probe
+    renewed_until = time.monotonic() + 2.5  # more than twice the hold
+    while time.monotonic() < renewed_until:
+        await ga.keep_probe()
+        assert (await gb.admit(3)).granted == 0, "a renewed probe was given up"
+        await asyncio.sleep(0.1)
+    stopped = time.monotonic()
+    while not (await gb.admit(3)).probe:
+        assert time.monotonic() - stopped < 1.0 + 0.5, "a probe nobody renews was never given up"
+        await asyncio.sleep(0.02)
+    assert await gb.outcome("success") == "closed"
 
 
 async def test_a_send_late_for_its_slot_waits_for_a_free_one(two: tuple[PostgresStore, PostgresStore]) -> None:
