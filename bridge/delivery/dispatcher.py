@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import secrets
 import socket
@@ -98,8 +99,7 @@ class Lane:
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
-        self.paused_until = 0.0  # set by an operator (epoch seconds, as the dispatcher's clock; inf: until resumed)
-        self.resumed = asyncio.Event()
+        self.resumed = asyncio.Event()  # an operator's hold ended here (one ended elsewhere is seen when asking)
         self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
         self.log = log.bind(destination=dest.name)
 
@@ -122,12 +122,8 @@ class Lane:
                 # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
                 await self._wait(self.slot_freed, None)
                 continue
-            held = self.paused_until - d.clock()
-            if held > 0:
-                self.resumed.clear()
-                await self._wait(self.resumed, None if held == float("inf") else held)
-                continue
             self.wake.clear()
+            self.resumed.clear()
             try:
                 admission = await self.gate.admit(min(free, d.claim_batch))
             except StoreUnavailable as exc:
@@ -135,8 +131,9 @@ class Lane:
                 await self._wait(self.wake, d.timings.store_retry_s)
                 continue
             if admission.granted == 0:
-                # Held back (breaker open, a 429's pause, the rate limit): new work must not wake the lane.
-                await self._wait(d.stop_event, max(admission.wait_s, 0.001))
+                # Held back (an operator's hold, breaker open, a 429's pause, the rate limit): new work must not
+                # wake the lane; a resume does.
+                await self._wait(self.resumed, None if math.isinf(admission.wait_s) else max(admission.wait_s, 0.001))
                 continue
             try:
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
@@ -162,12 +159,10 @@ class Lane:
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
 
-    def pause(self, seconds: float | None) -> None:
-        """Claim nothing for `seconds` (None: until resumed); sends already out finish."""
-        self.paused_until = float("inf") if seconds is None else self.dispatcher.clock() + seconds
-
-    def resume(self) -> None:
-        self.paused_until = 0.0
+    async def resume(self) -> None:
+        """End an operator's pause (`gate.hold`: sends already out finish) and wake the lane. Raises
+        StoreUnavailable."""
+        await self.gate.unhold()
         self.resumed.set()
 
     def _answered(self, delivery_id: str) -> None:
