@@ -24,6 +24,7 @@ import pytest
 
 from bridge.vendors.kapture import CREATE_PATH
 from tests.integration.processes import DSN, free_port, spawn, stop, wait_http, write_partner_config
+from tests.integration.test_postgres_outage import KILL, local_ports
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +240,90 @@ async def test_a_restarted_process_takes_back_its_own_work(tmp_path: Path, pg_sc
     assert took_back_s <= 3.0
     assert set(refs) == set(c.accepted)
     assert sum(n - 1 for n in refs.values()) <= len(held)
+
+
+async def test_killing_the_database_connections_of_three_processes_gives_no_500(
+    tmp_path: Path, pg_schema: str,
+) -> None:
+    """Killing every database connection of three processes several times during load (pg_terminate_backend)
+    answers no request with 500 (a 503 says Retry-After, and the provider retries), and every event answered
+    202 (or 200 duplicate, on a retry) by any of them is delivered."""
+    events, kills = 450, 4
+    statuses: Counter[int] = Counter()
+    async with cluster(tmp_path, pg_schema, max_in_flight=8) as c:
+        ids = iter(range(events))
+        done = asyncio.Event()
+        killed: list[int] = []
+
+        async def post() -> None:
+            for i in ids:
+                port = c.ports[i % len(c.ports)]
+                for _ in range(100):  # a provider retries what was not accepted
+                    async with c.session.post(f"http://127.0.0.1:{port}/hooks/partner", json={"id": f"e-{i}"}) as r:
+                        statuses[r.status] += 1
+                        if r.status in (200, 202):
+                            c.accepted.append(f"e-{i}")
+                        if r.status != 503:
+                            break
+                        assert r.headers.get("Retry-After") == "5"
+                    await asyncio.sleep(0.01)
+            done.set()
+
+        async def kill(admin: asyncpg.Connection) -> None:
+            for _ in range(kills):
+                while statuses[202] < (len(killed) + 1) * events // (kills + 2) and not done.is_set():
+                    await asyncio.sleep(0.005)
+                ports = [p for proc in c.servers for p in local_ports(proc.pid)]
+                rows = await admin.fetch(KILL, ports)
+                killed.append(sum(1 for r in rows if r[0]))
+
+        admin = await asyncpg.connect(DSN)
+        try:
+            await asyncio.gather(kill(admin), *(post() for _ in range(24)))
+        finally:
+            await admin.close()
+        refs = await c.delivered(within=90)
+        for port in c.ports:
+            async with c.session.get(f"http://127.0.0.1:{port}/readyz") as r:
+                assert r.status == 200
+    print(f"answers {dict(statuses)}; connections terminated per round {killed}; "
+          f"duplicates {sum(n - 1 for n in refs.values())}")
+    assert statuses[500] == 0, statuses
+    assert len(killed) == kills and all(killed), f"each round terminated connections: {killed}"
+    # Each event was answered 202, or 200 `duplicate` when a 503 met an accept that had in fact committed: either
+    # way the provider stops, and the event must reach the vendor.
+    assert statuses[202] + statuses[200] == events
+    assert set(refs) == {f"e-{i}" for i in range(events)}
+
+
+@pytest.mark.slow
+async def test_a_429_with_retry_after_150_to_one_process_holds_back_all_three(tmp_path: Path, pg_schema: str) -> None:
+    """A 429 with `Retry-After: 150` answered to one of three processes pauses the destination in the shared gate
+    for 150 s: while it lasts no process sends though all three hold accepted work, and after it every event
+    arrives once (about 2.7 minutes)."""
+    pause_s = 150.0
+    async with cluster(tmp_path, pg_schema, max_in_flight=2) as c:
+        await c.session.put(f"{c.sandbox}/_faults",
+                            json={"fail_count": 1, "fail_status": 429, "retry_after": f"{pause_s:g}"})
+        assert await c.post(0, to=1) == 202
+        while not await c.received():
+            await asyncio.sleep(0.02)
+        [[paused_for_ms]] = await c.sql("SELECT paused_until - (extract(epoch from clock_timestamp()) * 1000)::bigint "
+                                        "FROM destination_gates WHERE destination = 'kapture'")
+        assert pause_s - 5 < paused_for_ms / 1000 <= pause_s, paused_for_ms
+        assert set(await asyncio.gather(*(c.post(i) for i in range(1, 61)))) == {202}
+        # Held: for a while, every process has work due and none reaches the vendor.
+        [[due]] = await c.sql("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+        assert due == 61
+        watched_until = time.monotonic() + 10
+        while time.monotonic() < watched_until:
+            assert len(await c.received()) == 1, "a process sent during the pause"
+            await asyncio.sleep(0.2)
+        refs = await c.delivered(within=pause_s + 30)
+        received = await c.received()
+    held_s = min(e["t"] for e in received[1:]) - received[0]["t"]
+    print(f"after the 429 (Retry-After {pause_s:g} s) the vendor heard nothing for {held_s:.1f} s")
+    assert received[0]["status"] == 429
+    assert held_s >= pause_s - 0.5
+    assert max(refs.values()) == 1
+    assert len(received) == 61 + 1
