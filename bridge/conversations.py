@@ -66,15 +66,15 @@ EMAIL_KEYS = ("message_id", "in_reply_to", "references")
 
 def channel_key(channel: str, payload: dict[str, Any]) -> ConversationKey | None:
     """The key the event's channel gives it. Another channel's payload (a plain JSON source) is keyed the same
-    way when it has the email shape (`message_id`, `in_reply_to` or `references`) or the chat shape
-    (`conversation_id`); else None: the message stands alone."""
+    way when it has the chat shape (`conversation_id`, which a chat message's `message_id` does not override)
+    or the email shape (`message_id`, `in_reply_to` or `references`); else None: the message stands alone."""
     if channel == "email":
         return email_key(payload)
-    if channel == "chat":
+    if channel == "chat" or payload.get("conversation_id"):
         return chat_key(payload)
     if any(payload.get(k) for k in EMAIL_KEYS):
         return email_key(payload)
-    return chat_key(payload)
+    return None
 
 
 def given_key(value: Any) -> ConversationKey | None:

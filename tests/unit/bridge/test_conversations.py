@@ -41,6 +41,7 @@ def test_chat_and_plain_json_payloads_are_keyed_by_their_shape() -> None:
     assert channel_key("chat", {"conversation_id": "919876543210"}) == ConversationKey("chat:919876543210")
     assert channel_key("webhook", {"message_id": "<m@x.io>"}) == ConversationKey("mail:m@x.io")
     assert channel_key("webhook", {"conversation_id": "c1"}) == ConversationKey("chat:c1")
+    assert channel_key("webhook", {"conversation_id": "c1", "message_id": "m-7"}) == ConversationKey("chat:c1")
     assert channel_key("form", {"email": "a@b.io"}) is None
     assert given_key("case-7") == ConversationKey("key:case-7")
     assert given_key("") is None
