@@ -67,7 +67,7 @@ def sim(client: Client) -> KaptureSimulator:
 
 
 async def test_a_pause_through_one_process_holds_both_until_resumed(
-    write_config: ConfigFactory, bridge_client: AppClient, pg_schema: str,
+    pg_schema: str, write_config: ConfigFactory, bridge_client: AppClient,
 ) -> None:
     """Paused through A, work accepted by B stays pending and both consoles say paused; resumed through A, B
     sends it within its recheck; the pause and the resume are audited once in the shared store."""
@@ -87,12 +87,16 @@ async def test_a_pause_through_one_process_holds_both_until_resumed(
     assert [e["action"] for e in (await resp.json())["items"]] == ["destination.resume", "destination.pause"]
 
 
+async def _is(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
+
+
 async def _backlog(client: Client, n: int) -> bool:
     return int((await lane(client))["counts"]["pending"]) == n
 
 
 async def test_rate_use_and_a_timed_pause_are_the_stores_in_every_process(
-    write_config: ConfigFactory, bridge_client: AppClient, pg_schema: str,
+    pg_schema: str, write_config: ConfigFactory, bridge_client: AppClient,
 ) -> None:
     """Sends made by A count in B's rate-limit use (the shared slots, not B's idle limiter); a pause for a while
     set through B shows the same end, in epoch time, in A."""
@@ -100,8 +104,14 @@ async def test_rate_use_and_a_timed_pause_are_the_stores_in_every_process(
     for i in range(3):
         assert (await a.post("/hooks/partner", json={"title": f"sent {i}"})).status == 202
     await eventually(lambda: len(sim(a).tickets) + len(sim(b).tickets) == 3, timeout=15)
-    use = (await lane(b))["rate_limit"]
-    assert (use["requests"], use["per_seconds"], use["used"]) == (50, 60.0, 3)
+
+    async def used() -> int:
+        use = (await lane(b))["rate_limit"]
+        assert (use["requests"], use["per_seconds"]) == (50, 60.0)
+        return int(use["used"])
+
+    # A lane woken after the last send may hold a grant until its claim comes back empty and gives it back.
+    await eventually(lambda: _is(used(), 3))
     paused = await change(b, "pause", {"seconds": 120})
     seen = await lane(a)
     assert seen["paused"] is True and seen["paused_until"] == paused["paused_until"]
