@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
@@ -220,7 +221,7 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
 
         dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
                                 coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
-                                follow_ups=follow_ups)
+                                follow_ups=follow_ups, instance=instance_name(rt.config.server.port))
         dispatcher.start()
         rt.dispatcher = dispatcher
 
@@ -259,6 +260,12 @@ async def close_adapters(destinations: Mapping[str, Destination], session: aioht
 REAP_SECONDS = 10.0
 
 
+def instance_name(port: int) -> str | None:
+    """This server as a lease owner knows it across restarts: its host and port (no two running processes
+    listen on both); None when the port is chosen at random (0)."""
+    return f"{socket.gethostname()}:{port}" if port else None
+
+
 def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
     """What the dispatcher calls after each attempt: the counters and histograms of /metrics."""
     latencies = rt.latencies
@@ -283,12 +290,18 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     and a dead process's work is due again within a lease and a third. First the leases of what this process
     still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
     never given back to be sent again."""
-    first = True
+    first, taken_back = True, False
     while True:
         if not first:
             await asyncio.sleep(every_s)
         first = False
         try:
+            if not taken_back:
+                taken = await dispatcher.take_back()
+                taken_back = True
+                if taken:
+                    log.warning("delivery.taken_back", count=taken,
+                                note="left in flight by this instance's previous process; due again now")
             await dispatcher.keep_leases()
             released = await store.release_expired()
         except StoreUnavailable as exc:

@@ -66,15 +66,15 @@ EMAIL_KEYS = ("message_id", "in_reply_to", "references")
 
 def channel_key(channel: str, payload: dict[str, Any]) -> ConversationKey | None:
     """The key the event's channel gives it. Another channel's payload (a plain JSON source) is keyed the same
-    way when it has the email shape (`message_id`, `in_reply_to` or `references`) or the chat shape
-    (`conversation_id`); else None: the message stands alone."""
+    way when it has the chat shape (`conversation_id`, which a chat message's `message_id` does not override)
+    or the email shape (`message_id`, `in_reply_to` or `references`); else None: the message stands alone."""
     if channel == "email":
         return email_key(payload)
-    if channel == "chat":
+    if channel == "chat" or payload.get("conversation_id"):
         return chat_key(payload)
     if any(payload.get(k) for k in EMAIL_KEYS):
         return email_key(payload)
-    return chat_key(payload)
+    return None
 
 
 def given_key(value: Any) -> ConversationKey | None:
@@ -97,17 +97,3 @@ def ticket_context(ticket_id: str, ticket_key: str | None, destination: str, *, 
     return {"id": ticket_id, "key": ticket_key, "destination": destination, "created_at": iso_ms(created_at_ms),
             "messages": messages, "last_message_at": iso_ms(last_message_at_ms)}
 
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """`90s`, `30m`, `12h`, `7d`, `2w` → seconds; raises ValueError naming the right form."""
-    found = _DURATION.match(text)
-    if found is None:
-        raise ValueError(f"{text!r} is not a duration; write a number and a unit: 30m, 12h, 7d, 2w")
-    seconds = float(found.group(1)) * _UNITS[found.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return seconds

@@ -1,12 +1,12 @@
-"""Human durations in config: `250ms`, `5s`, `5m`, `2h`, `1d`, or a bare number of seconds."""
+"""Human durations in config and mappings: `250ms`, `5s`, `5m`, `2h`, `1d`, `2w`, or a bare number of seconds."""
 
 from __future__ import annotations
 
 import math
 import re
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
 def parse_duration(value: str | float) -> float:
@@ -29,6 +29,6 @@ def parse_duration(value: str | float) -> float:
             return parse_duration(float(text))
         except ValueError:
             raise ValueError(
-                f"{value!r} is not a duration: write 250ms, 5s, 5m, 2h, 1d or a number of seconds"
+                f"{value!r} is not a duration: write 250ms, 5s, 5m, 2h, 1d, 2w or a number of seconds"
             ) from None
     return total

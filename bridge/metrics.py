@@ -24,6 +24,7 @@ from bridge import __version__
 from bridge.appkeys import RUNTIME
 from bridge.console.api import error, lane_states
 from bridge.console.auth import api_on, identify
+from bridge.console.models import LaneState
 from bridge.errors import StoreUnavailable
 from bridge.histograms import HistogramFamily
 from bridge.runtime import Runtime
@@ -82,9 +83,11 @@ def _sample(name: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | Non
     return family, {key: tags.get(key, "") for key in keys}
 
 
-def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]] | None) -> str:
+def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]] | None,
+           lanes: list[LaneState]) -> str:
     """The exposition text for the runtime's counters and state; `backlog` is the store's deliveries by
-    destination and status and each destination's oldest unsettled delivery (None: the store did not say)."""
+    destination and status and each destination's oldest unsettled delivery (None: the store did not say);
+    `lanes` each destination's state as every process on the store sees it (`lane_states`)."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
     for (name, labels), value in sorted(rt.labelled.items()):
         sample = _sample(name, dict(labels))
@@ -118,8 +121,6 @@ def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]
     out += _histogram("ticketbridge_delivery_latency_seconds",
                       "Time from a delivery's creation to its success, retries included, by destination.",
                       latencies.delivery)
-    counts, oldest = backlog if backlog is not None else ({}, {})
-    lanes = lane_states(rt, counts, oldest)
     out += _family("ticketbridge_destination_paused", "gauge",
                    "1 while a destination's deliveries are held back: its circuit breaker is open or half-open, "
                    "or an operator paused it.",
@@ -173,7 +174,7 @@ def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]
     if backlog is not None:
         out += _family("ticketbridge_deliveries", "gauge", "Deliveries in the store by destination and status.",
                        [({"destination": dest, "status": status}, n)
-                        for dest, by in sorted(counts.items()) for status, n in sorted(by.items())])
+                        for dest, by in sorted(backlog[0].items()) for status, n in sorted(by.items())])
     return "\n".join(out) + "\n"
 
 
@@ -198,5 +199,11 @@ async def metrics(request: web.Request) -> web.Response:
         return error(404, "/metrics is off: set admin.token (or admin.read_tokens) in the config")
     if identify(request.headers.get("Authorization", ""), admin) is None:
         return error(401, "/metrics needs a token: Authorization: Bearer <admin.token or a read token>")
-    return web.Response(text=render(rt, await _backlog(rt)), content_type="text/plain",
+    backlog = await _backlog(rt)
+    counts, oldest = backlog if backlog is not None else ({}, {})
+    try:
+        lanes = await lane_states(rt, counts, oldest)
+    except StoreUnavailable:  # the shared gates live in the store: without it, no destination state to show
+        lanes = []
+    return web.Response(text=render(rt, backlog, lanes), content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"})

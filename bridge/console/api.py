@@ -40,7 +40,7 @@ from bridge.console.models import (
     ReplayResult,
 )
 from bridge.console.playground import decisions, run_playground
-from bridge.delivery.ratelimit import SlidingWindowLimiter
+from bridge.delivery.coordination import Gate
 from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.ids import id_floor, new_id
@@ -166,9 +166,23 @@ async def _audit(call: Call, action: str, target: str, detail: dict[str, Any]) -
     log.info("admin.change", actor=call.caller.name, action=action, target=target)
 
 
-def lane_states(rt: Runtime, counts: dict[str, dict[str, int]], oldest: dict[str, int]) -> list[LaneState]:
+def _gate(rt: Runtime, name: str) -> Gate | None:
+    """The destination's gate: its lane's in this process, else the store's shared one (PostgreSQL), else
+    none (a process without delivery workers on a store one process serves)."""
+    dispatcher = rt.dispatcher
+    if dispatcher is not None and name in dispatcher.lanes:
+        return dispatcher.lanes[name].gate
+    coordination = rt.store.coordination() if rt.store is not None else None
+    if coordination is None:
+        return None
+    cfg = rt.config.destinations[name]
+    return coordination.gate(name, cfg.rate_limit)
+
+
+async def lane_states(rt: Runtime, counts: dict[str, dict[str, int]], oldest: dict[str, int]) -> list[LaneState]:
+    """Each destination: its deliveries in the store, its lane in this process, and its gate (rate limit use,
+    breaker, an operator's hold) as every process on the store sees it."""
     now = time.time()
-    mono = time.monotonic()
     out = []
     dispatcher = rt.dispatcher
     for name, cfg in sorted(rt.config.destinations.items()):
@@ -179,28 +193,26 @@ def lane_states(rt: Runtime, counts: dict[str, dict[str, int]], oldest: dict[str
             paused=False, paused_until=None, counts={s: by_status.get(s, 0) for s in STATUSES},
             backlog=by_status.get("pending", 0) + by_status.get("in_flight", 0),
             oldest_pending_age_s=max(0.0, now - oldest[name] / 1000) if name in oldest else None,
-            in_flight=0, max_in_flight=cfg.max_in_flight, rate_limit=None)
-        if lane is not None:
-            breaker = lane.breaker
-            state.breaker = breaker.state
-            if breaker.state == "open":
-                state.breaker_reopens_at = _at(now + max(0.0, breaker.until - breaker.clock()))
-            held = lane.paused_until - dispatcher.clock() if dispatcher is not None else 0.0
-            state.paused = held > 0
-            state.paused_until = _at(lane.paused_until) if held > 0 and math.isfinite(lane.paused_until) else None
-            state.in_flight = len(lane.inflight)
-            limiter = lane.dest.limiter
-            if isinstance(limiter, SlidingWindowLimiter):
-                since = mono - limiter.per_seconds
-                used = sum(1 for t in limiter._sends if since <= t <= mono)  # a read-only look
-                state.rate_limit = RateUse(requests=limiter.requests, per_seconds=limiter.per_seconds, used=used)
+            in_flight=len(lane.inflight) if lane is not None else 0, max_in_flight=cfg.max_in_flight,
+            rate_limit=None)
+        gate = _gate(rt, name)
+        if gate is not None:
+            view = await gate.view()
+            state.breaker = view.breaker
+            state.breaker_reopens_at = None if view.breaker_reopens_at_s is None else _at(view.breaker_reopens_at_s)
+            state.paused = view.held_until_s is not None
+            state.paused_until = (_at(view.held_until_s) if view.held_until_s is not None
+                                  and math.isfinite(view.held_until_s) else None)
+            if cfg.rate_limit is not None and view.rate_used is not None:
+                state.rate_limit = RateUse(requests=cfg.rate_limit.requests, per_seconds=cfg.rate_limit.per_seconds,
+                                           used=view.rate_used)
         out.append(state)
     return out
 
 
 async def _lanes(rt: Runtime) -> list[LaneState]:
     store = _store(rt)
-    return lane_states(rt, await store.counts(), await store.oldest_pending())
+    return await lane_states(rt, await store.counts(), await store.oldest_pending())
 
 
 def _reload_info(rt: Runtime) -> ReloadInfo:
@@ -217,7 +229,7 @@ async def get_overview(call: Call) -> Overview:
     rt = call.rt
     store = _store(rt)
     counts = await store.counts()
-    lanes = lane_states(rt, counts, await store.oldest_pending())
+    lanes = await lane_states(rt, counts, await store.oldest_pending())
     totals: dict[str, int] = {s: sum(c.get(s, 0) for c in counts.values()) for s in STATUSES}
     problem = store.problem()
     return Overview(version=__version__, mappings_version=rt.mappings.version, counters=dict(rt.counters),
@@ -315,14 +327,14 @@ async def playground(call: Call) -> PlaygroundResult:
 # -- changes ------------------------------------------------------------------------------------------------
 
 
-def _lane(call: Call) -> Any:
+def _held_gate(call: Call) -> tuple[str, Gate]:
     name = call.param("destination")
     if name not in call.rt.config.destinations:
         raise ApiError(404, f"no destination {name!r}; configured: {', '.join(sorted(call.rt.config.destinations))}")
-    dispatcher = call.rt.dispatcher
-    if dispatcher is None or name not in dispatcher.lanes:
+    gate = _gate(call.rt, name)
+    if gate is None:
         raise ApiError(409, "this process runs no delivery workers; pause the destination where they run")
-    return dispatcher.lanes[name]
+    return name, gate
 
 
 async def _state(call: Call, name: str) -> LaneState:
@@ -330,18 +342,24 @@ async def _state(call: Call, name: str) -> LaneState:
 
 
 async def pause_destination(call: Call) -> LaneState:
+    """Held in the destination's gate: every process on a shared store (PostgreSQL) stops claiming for it."""
     given: PauseBody = call.body
-    lane = _lane(call)
-    lane.pause(given.seconds)
-    await _audit(call, "destination.pause", lane.dest.name, {"seconds": given.seconds, "reason": given.reason})
-    return await _state(call, lane.dest.name)
+    name, gate = _held_gate(call)
+    await gate.hold(given.seconds)
+    await _audit(call, "destination.pause", name, {"seconds": given.seconds, "reason": given.reason})
+    return await _state(call, name)
 
 
 async def resume_destination(call: Call) -> LaneState:
-    lane = _lane(call)
-    lane.resume()
-    await _audit(call, "destination.resume", lane.dest.name, {})
-    return await _state(call, lane.dest.name)
+    name, gate = _held_gate(call)
+    dispatcher = call.rt.dispatcher
+    lane = dispatcher.lanes.get(name) if dispatcher is not None else None
+    if lane is not None:
+        await lane.resume()  # wakes this process's lane at once; the others see it when they next ask
+    else:
+        await gate.unhold()
+    await _audit(call, "destination.resume", name, {})
+    return await _state(call, name)
 
 
 async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:

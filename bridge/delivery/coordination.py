@@ -1,9 +1,10 @@
 """What a lane asks before it claims: how many sends may start now for its destination.
 
-A `Gate` per destination holds the three things that say so: the rate limit (at most N requests in any
-window of T at the vendor), a 429's pause (Retry-After) and the circuit breaker (open, or half-open with
-one probe out). A lane asks the gate first (`admit`), then claims at most what it was admitted, and gives
-back what it did not use; so nothing it holds waits for a slot with its lease running.
+A `Gate` per destination holds the four things that say so: the rate limit (at most N requests in any
+window of T at the vendor), a 429's pause (Retry-After), the circuit breaker (open, or half-open with
+one probe out) and an operator's hold (the console's pause, for a while or until resumed). A lane asks
+the gate first (`admit`), then claims at most what it was admitted, and gives back what it did not use;
+so nothing it holds waits for a slot with its lease running.
 
 `LocalCoordination` keeps the gates in this process: right for one process on a store (SQLite), and for
 tests, which may share one instance between several dispatchers as if they were processes. A store that
@@ -13,14 +14,15 @@ keep their state in the database so that every process sees one limit, one pause
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bridge.config import RateLimit
-from bridge.delivery.breaker import Breaker
-from bridge.delivery.ratelimit import Limiter, make_limiter
+from bridge.delivery.breaker import Breaker, State
+from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, make_limiter
 
 Change = Literal["opened", "closed", None]
 
@@ -41,11 +43,26 @@ class Admission:
     asked_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class GateView:
+    """A destination's gate as every process on the store sees it, for the console; times in epoch seconds.
+    `held_until_s`: an operator's hold (inf: until resumed; None: not held). `rate_used`: requests counted in
+    the rate limit's current window (None without a limit)."""
+
+    breaker: State
+    breaker_reopens_at_s: float | None
+    held_until_s: float | None
+    rate_used: int | None
+
+
 class Gate(ABC):
     """One destination's send permissions. `breaker` is the breaker state as this process last saw it
     (for metrics and logs)."""
 
     breaker: Breaker
+    probe_hold_s: float = 60.0
+    """How long a probe out from this process holds the others back unless renewed (`keep_probe`): its sender
+    may have died. The dispatcher sets it to its lease, and renews it with its leases."""
 
     @abstractmethod
     async def admit(self, want: int) -> Admission:
@@ -59,6 +76,9 @@ class Gate(ABC):
         """The `index`-th send `admission` granted starts now (awaited just before the request goes out);
         a gate may hold a send that is late for its slot until a slot is free again."""
 
+    async def keep_probe(self) -> None:  # noqa: B027 - optional hook
+        """Renew the hold of a probe this process has out (a gate shared between processes)."""
+
     @abstractmethod
     async def pause(self, seconds: float) -> None:
         """Allow no send for `seconds` (after a 429), in every process."""
@@ -66,6 +86,18 @@ class Gate(ABC):
     @abstractmethod
     async def outcome(self, classification: str) -> Change:
         """Feed an attempt's classification to the breaker; says when it opened or closed."""
+
+    @abstractmethod
+    async def hold(self, seconds: float | None) -> None:
+        """An operator's pause: admit nothing for `seconds` (None: until `unhold`), in every process."""
+
+    @abstractmethod
+    async def unhold(self) -> None:
+        """End an operator's pause."""
+
+    @abstractmethod
+    async def view(self) -> GateView:
+        """The gate's state as every process sees it."""
 
     @property
     @abstractmethod
@@ -87,8 +119,12 @@ class LocalGate(Gate):
     def __init__(self, limiter: Limiter, breaker: Breaker | None = None) -> None:
         self.limiter = limiter
         self.breaker = breaker or Breaker()
+        self.held_until = 0.0  # an operator's hold, monotonic (inf: until resumed)
 
     async def admit(self, want: int) -> Admission:
+        held = self.held_until - time.monotonic()
+        if held > 0:
+            return Admission(granted=0, wait_s=held, held=True)
         pause, cap = self.breaker.allowance()
         if pause > 0:
             return Admission(granted=0, wait_s=pause, held=True)
@@ -122,6 +158,25 @@ class LocalGate(Gate):
 
     async def outcome(self, classification: str) -> Change:
         return self.breaker.record(classification)
+
+    async def hold(self, seconds: float | None) -> None:
+        self.held_until = math.inf if seconds is None else time.monotonic() + seconds
+
+    async def unhold(self) -> None:
+        self.held_until = 0.0
+
+    async def view(self) -> GateView:
+        now, mono = time.time(), time.monotonic()
+        b = self.breaker
+        reopens = now + b.cooldown if b.state == "open" else None
+        held = None if self.held_until <= mono else math.inf if math.isinf(self.held_until) \
+            else now + self.held_until - mono
+        used = None
+        if isinstance(self.limiter, SlidingWindowLimiter):
+            at = self.limiter._clock()
+            since = at - self.limiter.per_seconds
+            used = sum(1 for t in self.limiter._sends if since <= t <= at)  # a read-only look
+        return GateView(breaker=b.state, breaker_reopens_at_s=reopens, held_until_s=held, rate_used=used)
 
     @property
     def window(self) -> float:

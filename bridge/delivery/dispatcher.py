@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +56,8 @@ CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
+PROCESS_TOKEN = secrets.token_hex(4)
+"""Tells this process from an earlier one that had the same pid (a restarted container's pid 1)."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,8 @@ class Lane:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
-        self.paused_until = 0.0  # set by an operator (epoch seconds, as the dispatcher's clock; inf: until resumed)
-        self.resumed = asyncio.Event()
+        self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
+        self.resumed = asyncio.Event()  # an operator's hold ended here (one ended elsewhere is seen when asking)
         self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
         self.log = log.bind(destination=dest.name)
 
@@ -134,12 +138,8 @@ class Lane:
                 # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
                 await self._wait(self.slot_freed, None)
                 continue
-            held = self.paused_until - d.clock()
-            if held > 0:
-                self.resumed.clear()
-                await self._wait(self.resumed, None if held == float("inf") else held)
-                continue
             self.wake.clear()
+            self.resumed.clear()
             try:
                 admission = await self.gate.admit(min(free, d.claim_batch))
             except StoreUnavailable as exc:
@@ -147,8 +147,9 @@ class Lane:
                 await self._wait(self.wake, d.timings.store_retry_s)
                 continue
             if admission.granted == 0:
-                # Held back (breaker open, a 429's pause, the rate limit): new work must not wake the lane.
-                await self._wait(d.stop_event, max(admission.wait_s, 0.001))
+                # Held back (an operator's hold, breaker open, a 429's pause, the rate limit): new work must not
+                # wake the lane; a resume does.
+                await self._wait(self.resumed, None if math.isinf(admission.wait_s) else max(admission.wait_s, 0.001))
                 continue
             try:
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
@@ -174,12 +175,10 @@ class Lane:
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
 
-    def pause(self, seconds: float | None) -> None:
-        """Claim nothing for `seconds` (None: until resumed); sends already out finish."""
-        self.paused_until = float("inf") if seconds is None else self.dispatcher.clock() + seconds
-
-    def resume(self) -> None:
-        self.paused_until = 0.0
+    async def resume(self) -> None:
+        """End an operator's pause (`gate.hold`: sends already out finish) and wake the lane. Raises
+        StoreUnavailable."""
+        await self.gate.unhold()
         self.resumed.set()
 
     def _answered(self, delivery_id: str) -> None:
@@ -306,6 +305,10 @@ class Lane:
             return await render(item)
         except StoreUnavailable as exc:
             return Outcome(classification="retry", error=f"not sent: its event could not be read: {exc}")
+        except Exception as exc:  # a bug must settle the follow-up like a render failure, not kill its task
+            self.log.exception("delivery.follow_up_crashed", delivery_id=item.id, event_id=item.event_id)
+            return Outcome(classification="permanent",
+                           error=f"not sent: the follow-up could not be rendered: {type(exc).__name__}: {exc}")
 
     async def _tell_gate(self, sent: Sent, classification: str, blog: Any) -> None:
         """Pass an answer on to the destination's gate: a 429's pause, and `classification` to the breaker."""
@@ -375,7 +378,8 @@ class Dispatcher:
                  max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
                  clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
                  lease_s: float = LEASE_SECONDS,
-                 follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
+                 follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
+                 instance: str | None = None) -> None:
         self.follow_ups = follow_ups
         """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
         self.coordination = coordination or LocalCoordination()
@@ -388,7 +392,10 @@ class Dispatcher:
         self.store = store
         self.session = session
         self.destinations = destinations
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.instance = instance
+        """Where this process serves (`host:port`): a later process there takes back what this one left in flight."""
+        self.owner = (f"{socket.gethostname()}:{os.getpid()}" if instance is None
+                      else f"{instance}/{os.getpid()}.{PROCESS_TOKEN}")
         self.stopping = False
         self.stop_event = asyncio.Event()
         self.lanes: dict[str, Lane] = {}
@@ -422,13 +429,42 @@ class Dispatcher:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release(ids, owner=self.owner)
 
+    async def take_back(self) -> int:
+        """Give back, due now, what an earlier process of this instance left in flight when it stopped (killed, or
+        its container restarted), rather than wait for its leases to run out; returns how many. Raises
+        StoreUnavailable."""
+        if self.instance is None:
+            return 0
+        return await self.store.take_back(f"{self.instance}/", self._gone)
+
+    def _gone(self, owner: str) -> bool:
+        """Whether the process that leased as `owner` (this instance's `…/pid.token`) no longer runs. One still
+        running (a predecessor draining its sends) keeps its work; one whose pid cannot be told is left to its
+        leases."""
+        pid_text, _, token = owner.rpartition("/")[2].partition(".")
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        if pid == os.getpid():
+            return token != PROCESS_TOKEN  # our pid, another process: an earlier incarnation (a container's pid 1)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
     async def keep_leases(self) -> int:
         """Extend the lease of every delivery a lane holds (being sent, or its result not yet recorded), so
-        that no reaper gives it back meanwhile; returns how many. Raises StoreUnavailable."""
+        that no reaper gives it back meanwhile, and the hold of a breaker probe out from here; returns how many
+        leases. Raises StoreUnavailable."""
         kept = 0
         for lane in self.lanes.values():
             if lane.inflight:
                 kept += await self.store.extend_leases(list(lane.inflight), self.owner, self.lease_s)
+            await lane.gate.keep_probe()
         return kept
 
     def in_flight(self) -> int:

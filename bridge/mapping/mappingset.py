@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from bridge.conversations import DEFAULT_REOPEN_AFTER_S, parse_duration
+from bridge.conversations import DEFAULT_REOPEN_AFTER_S
+from bridge.durations import parse_duration
 from bridge.errors import ErrorList, Located, MappingError
 from bridge.mapping.compiler import CompiledField, CompiledMapping, CompileError, compile_field, compile_when
 from bridge.mapping.model import (
@@ -278,6 +279,9 @@ def _conversation_keys(check: _Checker, spec: MappingSpec, vars_: Mapping[str, A
             reopen_after_s = parse_duration(spec.reopen_after)
         except ValueError as exc:
             check.add(("reopen_after",), f"{exc}")
+        else:
+            if reopen_after_s <= 0:
+                check.add(("reopen_after",), f"{spec.reopen_after!r} must be longer than zero: write e.g. 12h or 7d")
     return conversation, reopen_after_s
 
 

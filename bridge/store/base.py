@@ -292,6 +292,12 @@ class Store(ABC):
     async def release_expired(self) -> int:
         """Give back every delivery whose lease has run out; returns how many."""
 
+    async def take_back(self, instance: str, gone: Callable[[str], bool]) -> int:
+        """Give back, due now, the deliveries in flight under an earlier process of this `instance` (a lease
+        owner starting with it) that `gone(owner)` says is no longer running; returns how many. A store that one
+        process owns gives back everything in flight when it opens, so by default there is nothing to do."""
+        return 0
+
     @abstractmethod
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]: ...
 

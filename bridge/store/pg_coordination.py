@@ -9,27 +9,33 @@ the vendor's own count ("N in any window of T"), as the in-process sliding-windo
 the claim that follows the grant, and network jitter.
 
 The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
-process's failures count for all and only one probe is out at a time; a probe whose sender dies is given
-up after PROBE_HOLD_S. A 429's pause is `paused_until` on the row.
+process's failures count for all and only one probe is out at a time. A probe holds the others back for
+`probe_hold_s` (the dispatcher's lease), renewed with the leases while its sender lives (`keep_probe`), so
+that a probe whose sender dies is given up within a lease, as its delivery is. A 429's pause is
+`paused_until` on the row; an operator's pause is `held_until` (HELD_FOREVER: until resumed), which
+other processes see when they next ask, within HOLD_RECHECK_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.coordination import Admission, Change, Coordination, Gate
+from bridge.delivery.coordination import Admission, Change, Coordination, Gate, GateView
 from bridge.delivery.ratelimit import Limiter
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
 SHARED_MIN_MARGIN_S = 0.2
-PROBE_HOLD_S = 60.0
+HELD_FOREVER = 2**63 - 1
+HOLD_RECHECK_S = 1.0
+"""How often a lane held by an operator asks again: a resume in another process is seen within it."""
 CLOCK = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint"
 
 
@@ -39,6 +45,7 @@ class PgGate(Gate):
         self.destination = destination
         self.rate = rate
         self.breaker = Breaker()
+        self.probing_here = False  # a probe granted in this process is out, its answer not yet fed back
         if rate is None:
             self._window_ms = 1000
         else:
@@ -55,7 +62,7 @@ class PgGate(Gate):
         await conn.execute("INSERT INTO destination_gates (destination) VALUES ($1) ON CONFLICT DO NOTHING",
                            self.destination)
         row = await conn.fetchrow(
-            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until "
+            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until, held_until "
             "FROM destination_gates WHERE destination = $1 FOR UPDATE", self.destination)
         now: int = await conn.fetchval(CLOCK)
         return row, now
@@ -66,7 +73,7 @@ class PgGate(Gate):
                     failures=row[2], opened=row[3], until=row[4] / 1000, probing=row[5] > now)
 
     async def _save(self, conn: Any, b: Breaker, now: int) -> None:
-        probe_until = now + int(PROBE_HOLD_S * 1000) if b.probing else 0
+        probe_until = now + int(self.probe_hold_s * 1000) if b.probing else 0
         await conn.execute(
             "UPDATE destination_gates SET breaker_state = $2, failures = $3, opened = $4, open_until = $5, "
             "probe_until = GREATEST(probe_until * $7::int, $6) WHERE destination = $1",
@@ -79,6 +86,8 @@ class PgGate(Gate):
     async def admit(self, want: int) -> Admission:
         async def op(conn: Any) -> Admission:
             row, now = await self._locked(conn)
+            if row[6] > now:
+                return Admission(granted=0, wait_s=min((row[6] - now) / 1000, HOLD_RECHECK_S), held=True)
             b = self._breaker(row, now)
             was = (b.state, b.probing)
             pause, cap = b.allowance()
@@ -111,6 +120,7 @@ class PgGate(Gate):
             probe = cap == 1 and n == 1
             if probe:
                 b.probe_sent()
+                self.probing_here = True
             if (b.state, b.probing) != was:
                 await self._save(conn, b, now)
             return Admission(granted=n, wait_s=max(wait_ms, 1) / 1000 if n == 0 else 0.0, held=n == 0,
@@ -155,6 +165,9 @@ class PgGate(Gate):
         give_back = admission.slots[len(admission.slots) - count:] if admission.slots else []
         probe_back = admission.probe and count >= admission.granted
 
+        if probe_back:
+            self.probing_here = False
+
         async def op(conn: Any) -> None:
             if give_back:
                 await conn.execute("DELETE FROM send_slots WHERE id = ANY($1::bigint[])", give_back)
@@ -175,7 +188,57 @@ class PgGate(Gate):
 
         await self._run(op)
 
+    async def hold(self, seconds: float | None) -> None:
+        async def op(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO destination_gates AS g (destination, held_until) "  # noqa: S608 - constants only
+                f"VALUES ($1, CASE WHEN $2::bigint IS NULL THEN {HELD_FOREVER} ELSE ({CLOCK}) + $2::bigint END) "
+                "ON CONFLICT (destination) DO UPDATE SET held_until = EXCLUDED.held_until",
+                self.destination, None if seconds is None else int(seconds * 1000))
+
+        await self._run(op)
+
+    async def unhold(self) -> None:
+        async def op(conn: Any) -> None:
+            await conn.execute("UPDATE destination_gates SET held_until = 0 WHERE destination = $1", self.destination)
+
+        await self._run(op)
+
+    async def view(self) -> GateView:
+        async def op(conn: Any) -> GateView:
+            now: int = await conn.fetchval(CLOCK)
+            row = await conn.fetchrow("SELECT breaker_state, open_until, held_until FROM destination_gates "
+                                      "WHERE destination = $1", self.destination)
+            used = None
+            if self.rate is not None:
+                used = await conn.fetchval("SELECT COUNT(*) FROM send_slots WHERE destination = $1 AND at_ms > $2",
+                                           self.destination, now - int(self.rate.per_seconds * 1000))
+            if row is None:
+                return GateView(breaker="closed", breaker_reopens_at_s=None, held_until_s=None, rate_used=used)
+            state, open_until, held_until = row
+            if state == "open" and open_until <= now:
+                state = "half_open"  # its cooldown over: the next to ask sends the probe
+            return GateView(
+                breaker=state, breaker_reopens_at_s=open_until / 1000 if state == "open" and open_until > now else None,
+                held_until_s=None if held_until <= now else math.inf if held_until == HELD_FOREVER
+                else held_until / 1000, rate_used=used)
+
+        result: GateView = await self._run(op)
+        return result
+
+    async def keep_probe(self) -> None:
+        if not self.probing_here:
+            return
+
+        async def op(conn: Any) -> None:
+            await conn.execute(
+                f"UPDATE destination_gates SET probe_until = ({CLOCK}) + $2::bigint "  # noqa: S608 - a constant
+                "WHERE destination = $1 AND probe_until > 0", self.destination, int(self.probe_hold_s * 1000))
+
+        await self._run(op)
+
     async def outcome(self, classification: str) -> Change:
+        self.probing_here = False
         if classification == "success" and self.breaker.state == "closed" and self.breaker.failures == 0:
             # The common case: reset only a row that has counted failures (another process's), in one statement.
             async def reset(conn: Any) -> None:

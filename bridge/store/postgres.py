@@ -466,6 +466,26 @@ class PostgresStore(Store):
 
         return await self._run(op)
 
+    async def take_back(self, instance: str, gone: Callable[[str], bool]) -> int:
+        async def owners(conn: Any) -> list[str]:
+            rows = await conn.fetch("SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'in_flight' "
+                                    "AND starts_with(lease_owner, $1)", instance)
+            return [r[0] for r in rows]
+
+        dead = [owner for owner in await self._run(owners) if gone(owner)]
+        if not dead:
+            return 0
+
+        async def op(conn: Any) -> int:
+            released = await conn.fetch(
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
+                "WHERE status = 'in_flight' AND lease_owner = ANY($2::text[]) RETURNING destination", now_ms(), dead)
+            for destination in sorted({r[0] for r in released}):
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
+            return len(released)
+
+        return await self._run(op)
+
     def coordination(self) -> Coordination:
         if self._coordination is None:
             self._coordination = PgCoordination(self._run)

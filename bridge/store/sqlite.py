@@ -235,10 +235,19 @@ class SqliteStore(Store):
             self._commits.put(None)
             await asyncio.to_thread(self._committer.join)
             self._committer = None
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                conn.close()
-        self._writer = self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        reader = self._reader
+        if reader is not None:
+            # A read may still run on a worker thread (its caller cancelled at shutdown, or started just before):
+            # closing the connection under it would free what SQLite is using. Close it between reads.
+            def close_reader() -> None:
+                with self._read_lock:
+                    self._reader = None
+                    reader.close()
+
+            await asyncio.to_thread(close_reader)
         self._drop_lock()
 
     # -- the writer thread ------------------------------------------------------------------------
@@ -482,6 +491,8 @@ class SqliteStore(Store):
 
         def run() -> Any:
             with self._read_lock:
+                if self._reader is None:
+                    raise StoreUnavailable("the store is closed")
                 try:
                     return fn(reader)
                 except sqlite3.Error as exc:

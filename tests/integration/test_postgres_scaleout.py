@@ -22,8 +22,10 @@ import aiohttp
 import asyncpg
 import pytest
 
+from bridge.delivery.dispatcher import LEASE_SECONDS
 from bridge.vendors.kapture import CREATE_PATH
 from tests.integration.processes import DSN, free_port, spawn, stop, wait_http, write_partner_config
+from tests.integration.test_postgres_outage import KILL, local_ports
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +118,12 @@ def most_in_any_window(times: list[float], window: float) -> int:
     return most
 
 
+async def held_by(c: Cluster, owner_prefix: str) -> set[str]:
+    """The deliveries in flight under a lease owner starting with `owner_prefix`."""
+    return {r[0] for r in await c.sql("SELECT id FROM deliveries WHERE status = 'in_flight' "
+                                      "AND starts_with(lease_owner, $1)", owner_prefix)}
+
+
 async def test_three_processes_keep_one_rate_limit_at_the_vendor(tmp_path: Path, pg_schema: str) -> None:
     """A destination limited to 25 per 2 s receives at most 25 requests in every 2 s window from three
     processes together, and all 300 events spread over them arrive, each once."""
@@ -133,24 +141,24 @@ async def test_three_processes_keep_one_rate_limit_at_the_vendor(tmp_path: Path,
 
 async def test_a_killed_process_work_is_taken_over_within_the_lease(tmp_path: Path, pg_schema: str) -> None:
     """After kill -9 of one of three processes mid-load, every accepted event is delivered, duplicates are at
-    most the sends it had in flight, and its work is taken over within the configured bound (a lease and the
-    third of one the reaper waits, here 10 s + 3.3 s, with slack)."""
-    lease_s = 10.0
-    async with cluster(tmp_path, pg_schema, max_in_flight=4, lease_seconds=lease_s) as c:
+    most the sends it had in flight, and with the default lease its work is taken over within 15 s (a lease
+    and the third of one the reaper waits: 10 s + 3.3 s)."""
+    lease_s = LEASE_SECONDS
+    async with cluster(tmp_path, pg_schema, max_in_flight=4) as c:
         await c.session.put(f"{c.sandbox}/_faults", json={"latency_ms": 400})  # sends stay in flight a while
         assert set(await asyncio.gather(*(c.post(i) for i in range(240)))) == {202}
         victim = c.servers[0]
-        owner = f"{socket.gethostname()}:{victim.pid}"
-        while len(await c.refs()) < 40:  # mid-load
+        owner = f"{socket.gethostname()}:{c.ports[0]}/{victim.pid}."
+        deadline = time.monotonic() + 60
+        while len(await c.refs()) < 40 or not await held_by(c, owner):  # mid-load, the victim holding work
+            assert time.monotonic() < deadline, "the victim never held work"
             await asyncio.sleep(0.05)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(5)
         killed_at = time.monotonic()
-        held = {r[0] for r in await c.sql(
-            "SELECT id FROM deliveries WHERE status = 'in_flight' AND lease_owner = $1", owner)}
+        held = await held_by(c, owner)
         assert held, "the killed process held no work: the test did not kill it mid-load"
-        while await c.sql("SELECT 1 FROM deliveries WHERE id = ANY($1::text[]) AND lease_owner = $2",
-                          list(held), owner):
+        while await held_by(c, owner):
             assert time.monotonic() - killed_at < 4 * lease_s, "the killed process's work was never taken over"
             await asyncio.sleep(0.1)
         took_over_s = time.monotonic() - killed_at
@@ -158,7 +166,7 @@ async def test_a_killed_process_work_is_taken_over_within_the_lease(tmp_path: Pa
     duplicates = sum(n - 1 for n in refs.values())
     print(f"take-over {took_over_s:.1f} s (lease {lease_s} s); in flight at the kill {len(held)}; "
           f"duplicates {duplicates}")
-    assert took_over_s <= lease_s * 4 / 3 + 5.0
+    assert took_over_s <= 15.0
     assert duplicates <= len(held)
     assert set(refs) == set(c.accepted)
 
@@ -204,30 +212,119 @@ async def test_work_waiting_longer_than_its_lease_is_not_sent_twice(tmp_path: Pa
 
 
 async def test_a_restarted_process_takes_back_its_own_work(tmp_path: Path, pg_schema: str) -> None:
-    """A lone process killed mid-send and started again sends what it held within a lease of its start
-    (here 3 s, with slack), and every accepted event is delivered."""
-    lease_s = 3.0
+    """A lone process killed mid-send and started again on its port takes back what it held as it starts, not
+    after its leases (30 s here) run out, and every accepted event is delivered."""
+    lease_s = 30.0
     async with cluster(tmp_path, pg_schema, n=1, max_in_flight=4, lease_seconds=lease_s) as c:
-        await c.session.put(f"{c.sandbox}/_faults", json={"latency_ms": 500})
+        await c.session.put(f"{c.sandbox}/_faults", json={"latency_ms": 1000})
         assert set(await asyncio.gather(*(c.post(i) for i in range(30)))) == {202}
-        while len(await c.refs()) < 8:
-            await asyncio.sleep(0.05)
         old = c.servers[0]
+        owner = f"{socket.gethostname()}:{c.ports[0]}/{old.pid}."
+        deadline = time.monotonic() + 30
+        while len(await c.refs()) < 4 or not await held_by(c, owner):  # mid-load, and holding work
+            assert time.monotonic() < deadline, "the process never held work"
+            await asyncio.sleep(0.05)
         os.kill(old.pid, signal.SIGKILL)
         old.wait(5)
-        held = {r[0] for r in await c.sql("SELECT id FROM deliveries WHERE status = 'in_flight'")}
+        held = await held_by(c, owner)
         assert held, "the process held no work when killed"
         restarted = spawn(["serve", "-c", str(tmp_path / "node0.yaml")], tmp_path / "processes.log")
         c.servers.append(restarted)
         await wait_http(f"http://127.0.0.1:{c.ports[0]}/readyz", restarted)
         started = time.monotonic()
-        while await c.sql("SELECT 1 FROM deliveries WHERE id = ANY($1::text[]) AND lease_owner = $2",
-                          list(held), f"{socket.gethostname()}:{old.pid}"):
-            assert time.monotonic() - started < 4 * lease_s, "the restarted process never took its work back"
+        while await held_by(c, owner):
+            assert time.monotonic() - started < lease_s / 2, "the restarted process did not take its work back"
             await asyncio.sleep(0.05)
         took_back_s = time.monotonic() - started
         refs = await c.delivered(within=60)
-    print(f"taken back {took_back_s:.1f} s after the restart (lease {lease_s:g} s)")
-    assert took_back_s <= lease_s * 4 / 3 + 2.0
+    print(f"taken back {took_back_s:.1f} s after the restart answered (lease {lease_s:g} s)")
+    assert took_back_s <= 3.0
     assert set(refs) == set(c.accepted)
     assert sum(n - 1 for n in refs.values()) <= len(held)
+
+
+async def test_killing_the_database_connections_of_three_processes_gives_no_500(
+    tmp_path: Path, pg_schema: str,
+) -> None:
+    """Killing every database connection of three processes several times during load (pg_terminate_backend)
+    answers no request with 500 (a 503 says Retry-After, and the provider retries), and every event answered
+    202 (or 200 duplicate, on a retry) by any of them is delivered."""
+    events, kills = 450, 4
+    statuses: Counter[int] = Counter()
+    async with cluster(tmp_path, pg_schema, max_in_flight=8) as c:
+        ids = iter(range(events))
+        done = asyncio.Event()
+        killed: list[int] = []
+
+        async def post() -> None:
+            for i in ids:
+                port = c.ports[i % len(c.ports)]
+                for _ in range(100):  # a provider retries what was not accepted
+                    async with c.session.post(f"http://127.0.0.1:{port}/hooks/partner", json={"id": f"e-{i}"}) as r:
+                        statuses[r.status] += 1
+                        if r.status in (200, 202):
+                            c.accepted.append(f"e-{i}")
+                        if r.status != 503:
+                            break
+                        assert r.headers.get("Retry-After") == "5"
+                    await asyncio.sleep(0.01)
+            done.set()
+
+        async def kill(admin: asyncpg.Connection) -> None:
+            for _ in range(kills):
+                while statuses[202] < (len(killed) + 1) * events // (kills + 2) and not done.is_set():
+                    await asyncio.sleep(0.005)
+                ports = [p for proc in c.servers for p in local_ports(proc.pid)]
+                rows = await admin.fetch(KILL, ports)
+                killed.append(sum(1 for r in rows if r[0]))
+
+        admin = await asyncpg.connect(DSN)
+        try:
+            await asyncio.gather(kill(admin), *(post() for _ in range(24)))
+        finally:
+            await admin.close()
+        refs = await c.delivered(within=90)
+        for port in c.ports:
+            async with c.session.get(f"http://127.0.0.1:{port}/readyz") as r:
+                assert r.status == 200
+    print(f"answers {dict(statuses)}; connections terminated per round {killed}; "
+          f"duplicates {sum(n - 1 for n in refs.values())}")
+    assert statuses[500] == 0, statuses
+    assert len(killed) == kills and all(killed), f"each round terminated connections: {killed}"
+    # Each event was answered 202, or 200 `duplicate` when a 503 met an accept that had in fact committed: either
+    # way the provider stops, and the event must reach the vendor.
+    assert statuses[202] + statuses[200] == events
+    assert set(refs) == {f"e-{i}" for i in range(events)}
+
+
+@pytest.mark.slow
+async def test_a_429_with_retry_after_150_to_one_process_holds_back_all_three(tmp_path: Path, pg_schema: str) -> None:
+    """A 429 with `Retry-After: 150` answered to one of three processes pauses the destination in the shared gate
+    for 150 s: while it lasts no process sends though all three hold accepted work, and after it every event
+    arrives once (about 2.7 minutes)."""
+    pause_s = 150.0
+    async with cluster(tmp_path, pg_schema, max_in_flight=2) as c:
+        await c.session.put(f"{c.sandbox}/_faults",
+                            json={"fail_count": 1, "fail_status": 429, "retry_after": f"{pause_s:g}"})
+        assert await c.post(0, to=1) == 202
+        while not await c.received():
+            await asyncio.sleep(0.02)
+        [[paused_for_ms]] = await c.sql("SELECT paused_until - (extract(epoch from clock_timestamp()) * 1000)::bigint "
+                                        "FROM destination_gates WHERE destination = 'kapture'")
+        assert pause_s - 5 < paused_for_ms / 1000 <= pause_s, paused_for_ms
+        assert set(await asyncio.gather(*(c.post(i) for i in range(1, 61)))) == {202}
+        # Held: for a while, every process has work due and none reaches the vendor.
+        [[due]] = await c.sql("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+        assert due == 61
+        watched_until = time.monotonic() + 10
+        while time.monotonic() < watched_until:
+            assert len(await c.received()) == 1, "a process sent during the pause"
+            await asyncio.sleep(0.2)
+        refs = await c.delivered(within=pause_s + 30)
+        received = await c.received()
+    held_s = min(e["t"] for e in received[1:]) - received[0]["t"]
+    print(f"after the 429 (Retry-After {pause_s:g} s) the vendor heard nothing for {held_s:.1f} s")
+    assert received[0]["status"] == 429
+    assert held_s >= pause_s - 0.5
+    assert max(refs.values()) == 1
+    assert len(received) == 61 + 1

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
+
 import asyncpg
 import pytest
 
 from bridge.config import RateLimit
-from bridge.store.pg_coordination import PgGate
+from bridge.store.pg_coordination import HOLD_RECHECK_S, PgGate
 from bridge.store.postgres import PostgresStore
 from tests.integration.processes import DSN
 
@@ -76,6 +80,28 @@ async def test_an_unused_probe_is_given_back(two: tuple[PostgresStore, PostgresS
     assert (await gb.admit(3)).probe
 
 
+async def test_a_probe_is_held_while_renewed_and_given_up_within_its_hold_once_its_sender_is_gone(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A probe out from one process holds the other back while its holder renews it (`keep_probe`, as the lease
+    reaper does), and once renewals stop (its process died) another process may probe within the hold."""
+    ga, gb = gates(two, None)
+    ga.breaker.base_cooldown = gb.breaker.base_cooldown = 0.0
+    ga.probe_hold_s = gb.probe_hold_s = 1.0
+    for _ in range(5):
+        await ga.outcome("retry")
+    assert (await ga.admit(1)).probe
+    renewed_until = time.monotonic() + 2.5  # more than twice the hold
+    while time.monotonic() < renewed_until:
+        await ga.keep_probe()
+        assert (await gb.admit(3)).granted == 0, "a renewed probe was given up"
+        await asyncio.sleep(0.1)
+    stopped = time.monotonic()
+    while not (await gb.admit(3)).probe:
+        assert time.monotonic() - stopped < 1.0 + 0.5, "a probe nobody renews was never given up"
+        await asyncio.sleep(0.02)
+    assert await gb.outcome("success") == "closed"
+
+
 async def test_a_send_late_for_its_slot_waits_for_a_free_one(two: tuple[PostgresStore, PostgresStore]) -> None:
     """A granted send that starts long after its grant is checked against the window again: with the window
     full meanwhile (another process's grant), it waits for a slot and goes out a window after that grant."""
@@ -93,3 +119,39 @@ async def test_a_send_late_for_its_slot_waits_for_a_free_one(two: tuple[Postgres
     finally:
         await conn.close()
     assert at[late.slots[0]] >= at[other.slots[0]] + 1000
+
+
+async def test_an_operators_hold_in_one_process_holds_every_process_until_resumed(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A console pause through one process's gate admits nothing in the other (asking again within a second),
+    shows in both views as until resumed or until its end, and ends for both when resumed."""
+    ga, gb = gates(two, None)
+    await ga.hold(None)
+    held = await gb.admit(4)
+    assert (held.granted, held.held) == (0, True) and 0 < held.wait_s <= HOLD_RECHECK_S
+    assert (await gb.view()).held_until_s == math.inf
+    await ga.unhold()
+    assert (await gb.admit(4)).granted == 4
+    assert (await gb.view()).held_until_s is None
+    await gb.hold(30)
+    until = (await ga.view()).held_until_s
+    assert until is not None and abs(until - (time.time() + 30)) < 2
+    assert (await ga.admit(1)).granted == 0
+
+
+async def test_the_view_counts_every_process_sends_and_dates_the_breaker_at_the_database_clock(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Rate-limit use counts the sends granted in every process; an open breaker's reopening is an epoch time
+    both processes agree on, whichever opened it."""
+    ga, gb = gates(two, RateLimit(requests=25, per_seconds=60))
+    assert (await ga.admit(3)).granted == 3
+    assert (await gb.admit(2)).granted == 2
+    assert (await gb.view()).rate_used == 5
+    ga.breaker.base_cooldown = 30.0
+    for _ in range(4):
+        await ga.outcome("retry")
+    assert await ga.outcome("retry") == "opened"
+    view = await gb.view()
+    assert view.breaker == "open"
+    assert view.breaker_reopens_at_s is not None and abs(view.breaker_reopens_at_s - (time.time() + 30)) < 2
+    assert (await ga.view()).breaker_reopens_at_s == view.breaker_reopens_at_s

@@ -23,6 +23,7 @@ from tests.integration.store.contract import (
     nonce,
     now_ms,
     result,
+    row,
     settled_event,
 )
 
@@ -261,3 +262,27 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
             assert "deliveries_open_conversation" in plan, plan
     finally:
         await conn.close()
+
+
+async def test_take_back_gives_back_only_what_a_gone_earlier_process_of_the_instance_holds(
+    store: PostgresStore,
+) -> None:
+    """take_back frees at once the in-flight work of this instance's owners that `gone` says are gone, and
+    leaves a running predecessor's, another instance's (`host:80` is not `host:8080`) and the finished alone."""
+    for _ in range(4):
+        await accept_one(store)
+    owners = ["h:8080/11.aa", "h:8080/12.bb", "h:80/11.aa", "other:8080/11.aa"]
+    claimed = {owner: (await store.claim("kapture-support", 1, owner, 600)).items[0].id for owner in owners}
+    asked: list[str] = []
+
+    def gone(owner: str) -> bool:
+        asked.append(owner)
+        return owner == "h:8080/11.aa"
+
+    assert await store.take_back("h:8080/", gone) == 1
+    assert sorted(asked) == ["h:8080/11.aa", "h:8080/12.bb"]
+    assert (await row(store, claimed["h:8080/11.aa"])).status == "pending"
+    assert [(await row(store, claimed[o])).status for o in owners[1:]] == ["in_flight"] * 3
+    batch = await store.claim("kapture-support", 4, "h:8080/13.cc", 600)
+    assert [c.id for c in batch.items] == [claimed["h:8080/11.aa"]]
+    assert await store.take_back("h:8080/", lambda owner: False) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -281,6 +282,37 @@ async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
         await s.accept(make_event(), [], WEEK)
     with pytest.raises(StoreUnavailable, match="closed"):
         await s.list_deliveries(DeliveryFilter())
+
+
+async def test_close_waits_for_a_read_running_on_its_thread_and_later_reads_are_refused(tmp_path: Path) -> None:
+    """A read still running on a worker thread when the store closes (its caller cancelled at shutdown) finishes
+    on an open connection; the reader is closed after it, and a read queued behind the close is unavailable,
+    never run on a closed (freed) connection."""
+    s = SqliteStore(tmp_path / "s.db")
+    await s.open()
+    started, release = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def slow(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+        try:
+            outcome.append(conn.execute("SELECT 1").fetchone()[0])
+        except sqlite3.Error as exc:
+            outcome.append(exc)
+
+    reading = asyncio.ensure_future(s._read(slow))
+    await eventually(started.is_set)
+    reading.cancel()  # as at shutdown: the caller goes, its thread runs on
+    closing_task = asyncio.ensure_future(s.close())
+    await eventually(lambda: s._committer is None)  # close has gone as far as the connections
+    release.set()
+    await closing_task
+    await eventually(lambda: bool(outcome))
+    assert outcome == [1]
+    assert s._reader is None
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await s.load_mapping_set()
 
 
 async def test_concurrent_accepts_of_one_dedup_key_store_one_event(store: SqliteStore, tmp_path: Path) -> None:

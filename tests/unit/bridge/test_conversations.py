@@ -1,8 +1,6 @@
-"""Conversation keys: email threads by their root Message-ID, subject tokens, chat ids, durations."""
+"""Conversation keys: email threads by their root Message-ID, subject tokens, chat ids."""
 
 from __future__ import annotations
-
-import pytest
 
 from bridge.conversations import (
     ConversationKey,
@@ -10,7 +8,6 @@ from bridge.conversations import (
     email_key,
     given_key,
     normalise_message_id,
-    parse_duration,
     ticket_context,
 )
 
@@ -44,17 +41,10 @@ def test_chat_and_plain_json_payloads_are_keyed_by_their_shape() -> None:
     assert channel_key("chat", {"conversation_id": "919876543210"}) == ConversationKey("chat:919876543210")
     assert channel_key("webhook", {"message_id": "<m@x.io>"}) == ConversationKey("mail:m@x.io")
     assert channel_key("webhook", {"conversation_id": "c1"}) == ConversationKey("chat:c1")
+    assert channel_key("webhook", {"conversation_id": "c1", "message_id": "m-7"}) == ConversationKey("chat:c1")
     assert channel_key("form", {"email": "a@b.io"}) is None
     assert given_key("case-7") == ConversationKey("key:case-7")
     assert given_key("") is None
-
-
-def test_durations_and_their_errors() -> None:
-    """reopen_after takes a number and a unit; anything else is an error naming the right form."""
-    assert parse_duration("7d") == 7 * 86400
-    assert parse_duration("90s") == 90
-    with pytest.raises(ValueError, match="30m, 12h, 7d"):
-        parse_duration("seven days")
 
 
 def test_the_ticket_context_uses_utc_iso_times() -> None:

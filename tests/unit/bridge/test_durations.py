@@ -27,6 +27,8 @@ from bridge.durations import parse_duration
         ("10", 10.0),
         ("2.5", 2.5),
         ("0", 0.0),
+        ("2w", 1_209_600.0),
+        ("7d", 604_800.0),
     ],
 )
 def test_parses_text(text: str, seconds: float) -> None:

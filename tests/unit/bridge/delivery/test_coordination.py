@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import LocalCoordination, LocalGate
@@ -73,3 +76,23 @@ async def test_one_local_coordination_gives_every_dispatcher_the_same_gate() -> 
     assert (await b.admit(2)).granted == 0
     assert isinstance(shared.gate("other", None), LocalGate)
     assert isinstance(shared.gates["other"].limiter, Unlimited)
+
+
+async def test_an_operators_hold_grants_nothing_until_it_ends_or_is_lifted() -> None:
+    """hold(None) grants nothing and says so until unhold; hold(s) shows its end in the view; sends in the
+    window are counted there."""
+    g, _ = gate()
+    first = await g.admit(2)
+    for i in range(2):
+        await g.start(first, i)
+    await g.hold(None)
+    held = await g.admit(1)
+    assert (held.granted, held.held, held.wait_s) == (0, True, math.inf)
+    view = await g.view()
+    assert (view.held_until_s, view.rate_used, view.breaker) == (math.inf, 2, "closed")
+    await g.unhold()
+    assert (await g.admit(1)).granted == 1
+    await g.hold(60)
+    until = (await g.view()).held_until_s
+    assert until is not None and abs(until - (time.time() + 60)) < 1
+    assert (await g.admit(1)).granted == 0

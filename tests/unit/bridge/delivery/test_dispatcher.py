@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +22,7 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.dispatcher import LEASE_SECONDS, Destination, Dispatcher, Timings
+from bridge.delivery.dispatcher import LEASE_SECONDS, PROCESS_TOKEN, Destination, Dispatcher, Timings
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
@@ -873,3 +876,63 @@ async def test_a_send_answered_before_the_grace_ends_is_recorded_not_given_back(
         await eventually(lambda: len(store.records) == 1)
     assert store.released == []
     assert store.status(delivery_id) == "succeeded"
+
+
+class FollowUpStore(RecordingStore):
+    """Claims every delivery as a follow-up: its conversation already has ticket T-1."""
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        batch = await super().claim(destination, limit, owner, lease_s)
+        return msgspec.structs.replace(batch, items=[
+            msgspec.structs.replace(item, conversation="email:<root@example.com>", ticket={"id": "T-1"})
+            for item in batch.items])
+
+
+async def test_a_follow_up_whose_rendering_crashes_is_recorded_dead_not_left_to_its_lease() -> None:
+    """An unexpected error while rendering a follow-up settles it unsent as a render failure, and the lane goes on."""
+    store = FollowUpStore()
+    first, second = await store.add("kapture"), await store.add("kapture")
+
+    async def render(item: Any) -> Any:
+        if item.id == first:
+            raise KeyError("ticket")
+        return item
+
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": destination()}, follow_ups=render,
+                           timings=Timings(store_retry_s=0.01, record_retry_max_s=0.04, poll_s=3600.0))
+            d.start()
+            try:
+                await eventually(lambda: len(store.records) == 2)
+            finally:
+                await d.stop(0.0)
+        assert requests_to(m) == 1
+    crashed = store.recorded(first)[0]
+    assert (crashed.classification, crashed.next_status, crashed.http_status) == ("permanent", "dead", None)
+    assert crashed.error == "not sent: the follow-up could not be rendered: KeyError: 'ticket'"
+    assert store.status(first) == "dead"
+    assert store.recorded(second)[0].next_status == "succeeded"
+    assert not d.lanes["kapture"].inflight
+
+
+def ended_pid() -> int:
+    """The pid of a process that has run and ended."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+async def test_an_owner_is_gone_when_its_pid_no_longer_runs_or_is_ours_from_an_earlier_process() -> None:
+    """Only an earlier process of the instance is taken back from: a pid that has ended, or this pid under another
+    process token (a restarted container's pid 1); this process and a running pid keep their work."""
+    ended = ended_pid()
+    async with aiohttp.ClientSession() as session:
+        d = Dispatcher(RecordingStore(), session, {}, instance="h:8080")
+    assert d.owner == f"h:8080/{os.getpid()}.{PROCESS_TOKEN}"
+    assert not d._gone(d.owner)
+    assert d._gone(f"h:8080/{os.getpid()}.0ther")
+    assert d._gone(f"h:8080/{ended}.abcd")
+    assert not d._gone(f"h:8080/{os.getppid()}.abcd")
+    assert not d._gone("h:8080/not-a-pid")

@@ -72,8 +72,16 @@ def test_the_follow_ups_when_and_fields_errors_are_placed_under_follow_up(tmp_pa
 def test_skip_takes_nothing_else_and_reopen_after_must_be_a_duration(tmp_path: Path) -> None:
     """`skip: true` with an action is an error, as is a reopen_after that is not a duration."""
     assert errors(tmp_path, "reopen_after: soon\nfollow_up: {skip: true, action: update_ticket}") == [
-        "m.reopen_after: 'soon' is not a duration; write a number and a unit: 30m, 12h, 7d, 2w",
+        "m.reopen_after: 'soon' is not a duration: write 250ms, 5s, 5m, 2h, 1d, 2w or a number of seconds",
         "m.follow_up: `skip: true` sends nothing: it takes no action, fields or when"]
+
+
+def test_reopen_after_takes_the_config_durations_and_must_be_longer_than_zero(tmp_path: Path) -> None:
+    """reopen_after is read like every other duration (`2w`, `1d12h`), and zero is an error saying what is right."""
+    assert load(tmp_path, "reopen_after: 1d12h\n").mappings["m"].reopen_after_s == 36 * 3600
+    assert load(tmp_path, "reopen_after: 2w\n").mappings["m"].reopen_after_s == 14 * 86400
+    assert errors(tmp_path, "reopen_after: 0s\n") == [
+        "m.reopen_after: '0s' must be longer than zero: write e.g. 12h or 7d"]
 
 
 def test_a_test_with_a_ticket_exercises_the_follow_up(tmp_path: Path) -> None:
