@@ -39,10 +39,10 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import Sent, send_once
+from bridge.delivery.sender import MAX_RESPONSE_BYTES, TRANSPORT_ERRORS, Sent, read_bounded, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
-from bridge.store.base import AttemptResult, Claimed, Store
-from bridge.vendors.base import Adapter, Outcome
+from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
+from bridge.vendors.base import Adapter, CannotReconcile, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
 from bridge.vendors.registry import adapter_class
 
 log = structlog.get_logger("ticketbridge.delivery")
@@ -53,6 +53,17 @@ CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
+
+
+HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
+        "(send again) or `mark-succeeded` (with the ticket id)")
+
+
+async def _call(session: aiohttp.ClientSession, timeout_s: float, request: VendorRequest) -> tuple[int, bytes]:
+    """One look-up request to the vendor (a reconciliation's), its answer bounded as a send's."""
+    async with session.request(request.method, request.url, headers=request.headers, data=request.body,
+                               timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False) as response:
+        return response.status, await read_bounded(response, MAX_RESPONSE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class Lane:
         self.slot_freed = asyncio.Event()
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
+        self.written: set[str] = set()  # those whose request has gone out (past the rate limit), not yet answered
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.paused_until = 0.0  # set by an operator (epoch seconds, as the dispatcher's clock; inf: until resumed)
         self.resumed = asyncio.Event()
@@ -169,6 +181,7 @@ class Lane:
     def _answered(self, delivery_id: str) -> None:
         """The vendor's slot is free once its answer is in; recording the attempt does not hold it."""
         self.sending.discard(delivery_id)
+        self.written.discard(delivery_id)
         self.slot_freed.set()
 
     def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
@@ -190,7 +203,9 @@ class Lane:
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (shielded, below) and must not be undone by a release.
-            if item.id in self.sending:
+            if item.id in self.written:  # its request went out: the vendor may have acted on it
+                self.dispatcher.unanswered.append((self, item))
+            elif item.id in self.sending:
                 self.dispatcher.cancelled.append(item.id)
             raise
 
@@ -198,12 +213,21 @@ class Lane:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         item, role, settled = await self._prepare(item)
+        resent = False
+        t0 = time.perf_counter()
+
+        async def went() -> None:
+            await start()
+            self.written.add(item.id)
+
         try:
+            if settled is None and item.in_doubt_since_ms is not None:
+                settled, resent = await self._settle_doubt(item, role, blog)
             if settled is not None:
-                sent = Sent(settled, int(d.clock() * 1000), 0.0, None, None)
+                sent = Sent(settled, int(d.clock() * 1000), round((time.perf_counter() - t0) * 1000, 3), None, None)
             else:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                       on_send=start)
+                                       on_send=went)
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
@@ -212,12 +236,33 @@ class Lane:
         if d.on_attempt is not None:
             d.on_attempt(self.dest.name, sent.outcome.classification)
         result = self._decide(item, sent, blog)
+        if resent and result.classification in ("success", UNKNOWN):
+            # Sent again after an unknown outcome, and this send too may have made a ticket: one more possible
+            # duplicate (exact when every unknown send made one). A refused resend made none.
+            blog.warning("delivery.possible_duplicate", ticket_id=result.ticket_id,
+                         in_doubt_since_ms=item.in_doubt_since_ms,
+                         note="sent again after an unknown outcome (on_unknown: resend): the vendor may hold "
+                              "more than one ticket for it")
+            result = msgspec.structs.replace(result, duplicate=True)
         if role is not None:
             result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
                                              body=item.body if role == "follow_up" and settled is None else None)
-        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe).
-        await self._tell_gate(sent, "success" if settled is not None else sent.outcome.classification, blog)
+        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe);
+        # so does a reconciliation (the vendor answered its look-up). An unknown outcome is the vendor's failure.
+        breaker = "success" if settled is not None and sent.outcome.classification != "retry" else \
+            "retry" if sent.outcome.classification == UNKNOWN else sent.outcome.classification
+        await self._tell_gate(sent, breaker, blog)
         await self._record(item, result, blog)
+
+    async def record_unanswered(self, item: Claimed) -> None:
+        """Record, at shutdown, a send whose request went out and whose answer will not come: `unknown`."""
+        blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
+        now = int(self.dispatcher.clock() * 1000)
+        outcome = Outcome(classification="unknown", error="stopped before the vendor answered: it may have acted on it")
+        result = self._decide(item, Sent(outcome, now, 0.0, None, None), blog)
+        with contextlib.suppress(StoreUnavailable, BridgeError):
+            await self.dispatcher.store.record(msgspec.structs.replace(result, next_attempt_at_ms=now),
+                                               owner=self.dispatcher.owner)
 
     async def _record(self, item: Claimed, result: AttemptResult, blog: Any) -> None:
         """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered)."""
@@ -262,6 +307,35 @@ class Lane:
                            note="possible duplicate: the delivery was sent and its result, held in memory, is "
                                 "lost with this process; it will be sent again")
             raise
+
+    async def _settle_doubt(self, item: Claimed, role: str | None, blog: Any) -> tuple[Outcome | None, bool]:
+        """What a delivery in doubt (an earlier send's outcome unknown) does before it is sent again, by the
+        destination's `on_unknown`: (the outcome that settles it unsent, or None to send; whether that send is
+        a resend that may duplicate). `reconcile` looks the ticket up where the adapter can (a create) and
+        resends otherwise (a follow-up); what cannot be looked up is held."""
+        policy = self.dest.config.unknown_policy
+        adapter = self.dest.adapter
+        if policy == "hold":
+            return Outcome(classification="held", error=HELD), False
+        if policy == "resend" or not adapter.reconciles(item.action) or role == "follow_up":
+            return None, True
+        call = functools.partial(_call, self.dispatcher.session, self.dest.config.timeout_seconds)
+        try:
+            found = await adapter.find(item.action, item.body, item.in_doubt_since_ms or 0, call)
+        except CannotReconcile as exc:
+            return Outcome(classification="held", error=f"{HELD} ({exc})"), False
+        except VendorAuthFailed as exc:
+            return Outcome(classification="auth", error=f"not sent: reconciliation: {exc}"), False
+        except (VendorUnavailable, *TRANSPORT_ERRORS) as exc:
+            return Outcome(classification="retry", error=f"not sent: reconciliation could not look the ticket up: "
+                                                         f"{type(exc).__name__}: {exc}"), False
+        if found is None:
+            blog.info("delivery.reconcile_not_found", in_doubt_since_ms=item.in_doubt_since_ms,
+                      note="the vendor holds no ticket from the earlier send: sending it now")
+            return None, False
+        blog.info("delivery.reconciled", ticket_id=found.ticket_id, matched=found.detail)
+        return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
+                       error=f"found at the vendor after an unknown outcome: {found.detail}"), False
 
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
@@ -317,7 +391,18 @@ class Lane:
             http_status=sent.http_status, response_excerpt=sent.excerpt,
             classification=outcome.classification, error=outcome.error, next_status="dead", exchange=sent.exchange,
         )
-        if outcome.classification == "success":
+        if outcome.classification == "held" or (outcome.classification == UNKNOWN
+                                                 and self.dest.config.unknown_policy == "hold"):
+            blog.error("delivery.held", error=outcome.error, status=sent.http_status,
+                       hint="the vendor may hold its ticket: check, then `replay` it (send again) or "
+                            "`mark-succeeded` it with the ticket id")
+            error = outcome.error if outcome.classification == "held" else f"{outcome.error}; {HELD}"
+            return msgspec.structs.replace(result, error=error)
+        if outcome.classification == UNKNOWN:
+            blog.warning("delivery.outcome_unknown", error=outcome.error, attempt=tries,
+                         on_unknown=self.dest.config.unknown_policy)
+            outcome = msgspec.structs.replace(outcome, classification="retry")
+        if outcome.classification in ("success", "reconciled"):
             key = {"ticket_key": outcome.ticket_key} if outcome.ticket_key else {}
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
@@ -372,6 +457,7 @@ class Dispatcher:
         self.lanes: dict[str, Lane] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.cancelled: list[str] = []
+        self.unanswered: list[tuple[Lane, Claimed]] = []  # cancelled at shutdown after their request went out
 
     def start(self) -> None:
         for name, dest in self.destinations.items():
@@ -431,3 +517,5 @@ class Dispatcher:
             if self.cancelled:
                 log.warning("delivery.released_at_shutdown", count=len(self.cancelled))
                 await self.release(self.cancelled)
+            for lane, item in self.unanswered:
+                await lane.record_unanswered(item)

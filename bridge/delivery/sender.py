@@ -20,6 +20,8 @@ from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorUnavai
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
 # What a request can fail with before the vendor answers: each is a retry.
+# A connection not made within this is a plain retry (nothing was sent); a send timing out later is `unknown`.
+CONNECT_TIMEOUT_S = 10.0
 TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
 
 
@@ -46,6 +48,19 @@ def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
     return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
 
 
+def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
+    """What a send's transport failure means: a retry when the connection was never made (nothing reached the
+    vendor); otherwise `unknown`, as the request may have been written and acted on before the answer was
+    lost (a timeout once connected, a reset, a connection closed before the answer)."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return transport_failure(exc, timeout_s)
+    if isinstance(exc, TimeoutError):
+        return Outcome(classification="unknown",
+                       error=f"timed out after {timeout_s:g}s once connected: the vendor may have acted on it")
+    return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
+                                                   f"{exc}: the vendor may have acted on it")
+
+
 @dataclass
 class Sent:
     outcome: Outcome
@@ -56,7 +71,7 @@ class Sent:
     exchange: dict[str, Any] | None = None
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(65536):
@@ -81,7 +96,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
         async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
             async with lookups.get(url, headers=headers) as resp:
-                return resp.status, await _read_bounded(resp, MAX_RESPONSE_BYTES)
+                return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
     try:
         fields = await adapter.prepare(item.action, item.body, fetch)
@@ -103,15 +118,16 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,
-            timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S)),
+            allow_redirects=False,
         ) as response:
-            body = await _read_bounded(response, MAX_RESPONSE_BYTES)
+            body = await read_bounded(response, MAX_RESPONSE_BYTES)
             status = response.status
             excerpt = body[:EXCERPT_CHARS].decode("utf-8", "replace")
             outcome = adapter.classify(item.action, response.status, response.headers, body)
             answered = dict(response.headers)
     except TRANSPORT_ERRORS as exc:
-        outcome = transport_failure(exc, timeout_s)
+        outcome = send_failure(exc, timeout_s)
     duration = (time.perf_counter() - t0) * 1000
     return Sent(outcome, started_ms, duration, status, excerpt,
                 exchange(request.method, request.url, request.headers, request.body, answered))

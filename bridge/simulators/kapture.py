@@ -1,10 +1,13 @@
 """A Kapture CRM stand-in: the documented create, update and pull-by-date successes and failures, and a
 listing of what it holds. Serves `sandbox: true` destinations in-process, and tests and benchmarks standalone.
 
-Failures come as `{"message": …, "status": "failed"}` with HTTP 200 (`failure_http_status` changes that),
-with the documented messages where Kapture documents one. Pull reads `end_date` as inclusive (one day is
-start_date = end_date, the documented body) unless `end_date_inclusive=False` (the curl example's reading);
-a range over 24 hours fails. With `pagination_enabled`, `limit` numbers pages of `page_size` tickets.
+Custom fields sent with a create (keys beyond the documented ones) come back in the pull answer's
+`additional_info`. The fault knob `hang_after_count` makes a create, then holds its answer (a timeout after
+the ticket exists). Failures come as `{"message": …, "status": "failed"}` with HTTP 200
+(`failure_http_status` changes that), with the documented messages where Kapture documents one. Pull reads
+`end_date` as inclusive (one day is start_date = end_date, the documented body) unless
+`end_date_inclusive=False` (the curl example's reading); a range over 24 hours fails. With
+`pagination_enabled`, `limit` numbers pages of `page_size` tickets.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from typing import Any
 from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
-from bridge.simulators.faults import Handler, apply_faults
+from bridge.simulators.faults import Handler, apply_faults, hang_after
 from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
 
 STAMP = "%Y-%m-%d %H:%M:%S"  # how tickets keep their creation time (as the create answer writes it)
 PULL_STAMP = "%d-%m-%Y %H:%M"  # how the pull answer writes times
 SUB_STATUS_NAMES = {"US": "Unattended", "P": "Pending", "PS": "Pending", "CL": "Closed", "RS": "Resolved"}
+# The create body's documented fields; any other key is the account's own (a custom field), which the pull
+# answer gives back under `additional_info`.
+DOCUMENTED_FIELDS = frozenset({"title", "ticket_details", "due_date", "email_id"})
 # Messages Kapture documents; the others below are this simulator's own wording.
 INVALID_AUTH = "Invalid Auth Key"
 INVALID_JSON = "Invalid Json."
@@ -97,6 +103,7 @@ class KaptureSimulator(VendorSimulator):
             return self._failed(TITLE_MISSING)
         record = self.seed(title, self.clock(), **{k: v for k, v in item.items() if k != "title"})
         self.received.note(request, ticket_id=record["ticketId"])
+        await hang_after(self.faults)
         return web.json_response({
             "ticket": self._ticket_json(record), "Additional_details": {}, "due_date": item.get("due_date", ""),
             "title": title, "customer_id": 0, "ticket_id": record["ticketId"], "Ticket Id": record["ticketId"],
@@ -152,7 +159,8 @@ class KaptureSimulator(VendorSimulator):
                 "taskTitle": t["taskTitle"], "detail": t["detail"], "substatusKey": t["substatus"],
                 "substatus": SUB_STATUS_NAMES.get(t["substatus"], t["substatus"]), "email": t["email"],
                 "phone": "", "queueKey": t.get("queue", ""), "disposition": t.get("disposition", ""),
-                "callBack": t.get("callback_time", ""), "attachments": [], "additional_info": {}}
+                "callBack": t.get("callback_time", ""), "attachments": [],
+                "additional_info": {k: v for k, v in t["fields"].items() if k not in DOCUMENTED_FIELDS}}
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         item = await self._open(request)

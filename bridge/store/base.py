@@ -104,7 +104,8 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     body: dict[str, Any] | None = None
     """A follow-up's action and body, rendered at send time: kept on the delivery in place of the create's."""
     duplicate: bool = False
-    """A send that succeeded after an unknown outcome (`on_unknown: resend`): a possible duplicate, counted."""
+    """A send made again after an unknown outcome (`on_unknown: resend`) that succeeded or whose own outcome is
+    unknown: it may have made one more ticket than wanted, counted in `duplicates`."""
 
 
 UNKNOWN = "unknown"
@@ -139,7 +140,8 @@ class DeliveryRow(msgspec.Struct, kw_only=True):
     unknowns: int = 0
     """Sends whose outcome was unknown (timed out after the request went out, reset, or lost in a crash)."""
     duplicates: int = 0
-    """Sends that succeeded after an unknown outcome without a look-up: each a possible duplicate ticket."""
+    """Sends made again after an unknown outcome without a look-up (that succeeded, or whose outcome is unknown
+    too): each a possible duplicate ticket at the vendor, exactly so when every unknown send made one."""
 
 
 class ConversationRow(msgspec.Struct, kw_only=True):

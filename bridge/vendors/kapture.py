@@ -12,6 +12,8 @@ from bridge.config import DestinationConfig
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    Call,
+    Found,
     Outcome,
     VendorRequest,
     blank,
@@ -42,6 +44,23 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
     # How the pull API reads `end_date` (its page shows both): `same_day` asks for one day as
     # start_date = end_date (the documented body), `next_day` as end_date = the day after (the curl example).
     pull_end_date: Literal["same_day", "next_day"] = "same_day"
+    # The create body's field (a dotted path, e.g. `ref_details.bridge_ref`) where the mapping puts a reference
+    # of its own (such as the event id) that the account keeps and the pull answer returns under
+    # `additional_info`: how a create whose outcome is unknown is found again (`on_unknown: reconcile`).
+    reference_field: str | None = None
+
+    def can_reconcile(self) -> str | None:
+        if self.reference_field:
+            return None
+        return ("kapture finds a ticket by pulling the day's tickets and matching a reference the mapping put in "
+                "the ticket: set `reference_field` (e.g. `ref_details.bridge_ref`, filled with "
+                "\"{{ event.id }}\" by the mapping)")
+
+    def default_on_unknown(self) -> Literal["resend", "reconcile", "hold"]:
+        # With a reference, look the ticket up; without one nothing can tell whether the earlier send made a
+        # ticket, and holding every timed-out create would stop tickets on each network blip: resend, and
+        # count and flag each possible duplicate.
+        return "reconcile" if self.reference_field else "resend"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,6 +132,9 @@ class KaptureAdapter(Adapter):
         return [f"{name}: kapture {action} needs a `{name}` field"
                 for name in REQUIRED.get(action, ()) if name not in fields]
 
+    pull_paged: bool = False
+    """The account answered a pull without `limit` by asking for it: pull page by page from then on."""
+
     @property
     def options(self) -> KaptureOptions:
         assert isinstance(self.config, KaptureOptions)
@@ -142,6 +164,14 @@ class KaptureAdapter(Adapter):
             item["ticket_id"] = ticket_id_from(fields, ("ticket_id",), ticket, "kapture")
         return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers,
                              body=msgspec.json.encode([item]))
+
+    def reconciles(self, action: str) -> bool:
+        return action == "create_ticket" and bool(self.options.reference_field)
+
+    async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
+        # Imported here: the pull module builds on this one.
+        from bridge.vendors.kapture_pull import find_created  # noqa: PLC0415
+        return await find_created(self, fields, since_ms, call)
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         outcome, parsed = read_answer(status, headers, body)
