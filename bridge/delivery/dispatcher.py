@@ -39,7 +39,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import MAX_RESPONSE_BYTES, TRANSPORT_ERRORS, Sent, read_bounded, send_once
+from bridge.delivery.sender import TRANSPORT_ERRORS, Sent, read_bounded, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
 from bridge.vendors.base import Adapter, CannotReconcile, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
@@ -55,15 +55,17 @@ MAX_UNRECORDED = 256  # per lane: results held in memory while the store does no
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
 
 
+LOOKUP_MAX_BYTES = 32 * 1024 * 1024  # a reconciliation's answer (a day's tickets); a longer one fails the look-up
 HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
         "(send again) or `mark-succeeded` (with the ticket id)")
 
 
 async def _call(session: aiohttp.ClientSession, timeout_s: float, request: VendorRequest) -> tuple[int, bytes]:
-    """One look-up request to the vendor (a reconciliation's), its answer bounded as a send's."""
+    """One look-up request to the vendor (a reconciliation's), its answer read up to LOOKUP_MAX_BYTES: a day of
+    tickets is far larger than a send's answer."""
     async with session.request(request.method, request.url, headers=request.headers, data=request.body,
                                timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False) as response:
-        return response.status, await read_bounded(response, MAX_RESPONSE_BYTES)
+        return response.status, await read_bounded(response, LOOKUP_MAX_BYTES)
 
 
 @dataclass(frozen=True)
