@@ -20,6 +20,9 @@ from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorUnavai
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
 # What a request can fail with before the vendor answers: each is a retry.
+# Failures of a connection that was made, before the whole answer came: the request may have been acted on.
+LOST_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+               ConnectionResetError, asyncio.IncompleteReadError)
 # A connection not made within this is a plain retry (nothing was sent); a send timing out later is `unknown`.
 CONNECT_TIMEOUT_S = 10.0
 TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
@@ -53,12 +56,14 @@ def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
     vendor); otherwise `unknown`, as the request may have been written and acted on before the answer was
     lost (a timeout once connected, a reset, a connection closed before the answer)."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return transport_failure(exc, timeout_s)
+        return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError):
         return Outcome(classification="unknown",
                        error=f"timed out after {timeout_s:g}s once connected: the vendor may have acted on it")
-    return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
-                                                   f"{exc}: the vendor may have acted on it")
+    if isinstance(exc, LOST_ANSWER):
+        return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
+                                                       f"{exc}: the vendor may have acted on it")
+    return transport_failure(exc, timeout_s)
 
 
 @dataclass
