@@ -79,7 +79,8 @@ def render(rt: Runtime, backlog: dict[str, dict[str, int]] | None) -> str:
                    "Requests a handler failed on unexpectedly, answered 400 and logged with the traceback: a bug "
                    "to report.", handler_errors)
     out += _family("ticketbridge_delivery_attempts_total", "counter",
-                   "Delivery attempts by destination and classification (success, retry, permanent, auth).", attempts)
+                   "Delivery attempts by destination and classification (success, retry, permanent, auth; "
+                   "unknown, reconciled, held).", attempts)
     lanes = rt.dispatcher.lanes if rt.dispatcher is not None else {}
     out += _family("ticketbridge_destination_paused", "gauge",
                    "1 while a destination's circuit breaker holds its deliveries back.",
