@@ -36,15 +36,21 @@ TITLE_MISSING = "title is missing"
 NO_TICKET = "No Data found/ticket_id is missing"
 BAD_CALLBACK = "Invalid Format.callback_date should be yyyy-MM-dd hh:mm:ss."
 BAD_DATE = "Date should be in YYYY-MM-DD format."
+ARRAY_REFUSED = "Invalid Json. Request body should be in object format."
 OVER_24_HOURS = "At one hit we can pull a data of max 24 hours."
 
 
 class KaptureSimulator(VendorSimulator):
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
-                 clock: Callable[[], datetime] = datetime.now) -> None:
+                 clock: Callable[[], datetime] = datetime.now, operation_tokens: dict[str, set[str]] | None = None,
+                 pull_refuses_array: bool = False) -> None:
         super().__init__()
         self.tokens = tokens if tokens is not None else {SANDBOX_TOKEN}
+        # An account whose APIs each have their own Auth Key: operation ("add", "update", "pull") -> its keys.
+        self.operation_tokens = operation_tokens or {}
+        # An account whose pull takes only an object, answering the documented array with "Invalid Json".
+        self.pull_refuses_array = pull_refuses_array
         self.failure_http_status = failure_http_status
         self.end_date_inclusive = end_date_inclusive
         self.pagination_enabled = pagination_enabled
@@ -57,19 +63,23 @@ class KaptureSimulator(VendorSimulator):
     def _failed(self, message: str) -> web.Response:
         return web.json_response({"message": message, "status": "failed"}, status=self.failure_http_status)
 
-    async def _open(self, request: web.Request) -> web.StreamResponse | dict[str, Any]:
-        """The request's one object, or the answer that refuses it (a fault, a bad key, bad JSON)."""
+    async def _open(self, request: web.Request, operation: str,
+                    object_only: bool = False) -> web.StreamResponse | dict[str, Any]:
+        """The request's one object, or the answer that refuses it (a fault, a bad key, bad JSON, an array where
+        `object_only`)."""
         self.requests += 1
         faulted = await apply_faults(self.faults, request)
         if faulted is not None:
             return faulted
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Basic" or token not in self.tokens:
+        if scheme != "Basic" or token not in self.operation_tokens.get(operation, self.tokens):
             return self._failed(INVALID_AUTH)
         try:
             body = await request.json()
         except ValueError:
             return self._failed(INVALID_JSON)
+        if object_only and isinstance(body, list):
+            return self._failed(ARRAY_REFUSED)
         if isinstance(body, dict):
             body = [body]
         if not isinstance(body, list) or not body or not all(isinstance(item, dict) for item in body):
@@ -95,7 +105,7 @@ class KaptureSimulator(VendorSimulator):
                                                             f"{t['ticketId']}"}
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        item = await self._open(request)
+        item = await self._open(request, "add")
         if not isinstance(item, dict):
             return item
         title = item.get("title")
@@ -111,14 +121,15 @@ class KaptureSimulator(VendorSimulator):
         })
 
     async def update(self, request: web.Request) -> web.StreamResponse:
-        item = await self._open(request)
+        item = await self._open(request, "update")
         if not isinstance(item, dict):
             return item
         ticket_id = str(item.get("ticket_id") or "")
         found = next((t for t in self.tickets if ticket_id and t["ticketId"] == ticket_id), None)
         if found is None:
             return self._failed(NO_TICKET)
-        callback = item.get("callback_time") or ""
+        # The page names the field `callback_time` in its body and `callback_date` in its error text: both are read.
+        callback = item.get("callback_time") or item.get("callback_date") or ""
         try:
             if callback:
                 datetime.strptime(str(callback), CALLBACK_FORMAT)
@@ -163,7 +174,7 @@ class KaptureSimulator(VendorSimulator):
                 "additional_info": {k: v for k, v in t["fields"].items() if k not in DOCUMENTED_FIELDS}}
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
-        item = await self._open(request)
+        item = await self._open(request, "pull", object_only=self.pull_refuses_array)
         if not isinstance(item, dict):
             return item
         self.pulls.append(dict(item))

@@ -39,8 +39,29 @@ REQUIRED = {"create_ticket": ("title",), "update_ticket": ("sub_status",)}
 TEXT_FIELDS = {"create_ticket": "ticket_details", "update_ticket": "comment"}
 
 
+Operation = Literal["add", "update", "pull", "get"]
+# What each action calls, for its Auth Key.
+OPERATIONS: dict[str, Operation] = {"create_ticket": "add", "update_ticket": "update"}
+# Mapping `options:` Kapture takes: how the one item is sent (the docs' one-element array, or a bare object,
+# which some accounts take [3rd]).
+MAPPING_OPTIONS = {"body": ("array", "object")}
+# How Kapture refuses an array where it wants an object ("Invalid Json … should be in object format").
+REFUSES_ARRAY = ("invalid json", "object format")
+
+
+class KaptureKeys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One Auth Key per API, as Kapture's Partner configuration issues them (each with its own expiry);
+    an operation without one uses the destination's `token`."""
+
+    add: str = ""
+    update: str = ""
+    pull: str = ""
+    get: str = ""
+
+
 class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     token: str = ""
+    tokens: KaptureKeys = msgspec.field(default_factory=KaptureKeys)
     # How the pull API reads `end_date` (its page shows both): `same_day` asks for one day as
     # start_date = end_date (the documented body), `next_day` as end_date = the day after (the curl example).
     pull_end_date: Literal["same_day", "next_day"] = "same_day"
@@ -65,7 +86,10 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.token and not self.sandbox:
-            raise ValueError("`token` is required: the key from Kapture's Partner/API configuration")
+            missing = [op for op in ("add", "update", "pull", "get") if not getattr(self.tokens, op)]
+            if missing:
+                raise ValueError("`token` is required (the Auth Key from Kapture's Partner/API configuration), "
+                                 f"or a key per operation in `tokens`: {', '.join(missing)} has none")
 
 
 def ticket_id_of(body: Mapping[str, Any]) -> str | None:
@@ -129,8 +153,15 @@ class KaptureAdapter(Adapter):
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
-        return [f"{name}: kapture {action} needs a `{name}` field"
-                for name in REQUIRED.get(action, ()) if name not in fields]
+        problems = [f"{name}: kapture {action} needs a `{name}` field"
+                    for name in REQUIRED.get(action, ()) if name not in fields]
+        for key, value in options.items():
+            allowed = MAPPING_OPTIONS.get(key)
+            if allowed is None:
+                problems.append(f"options.{key}: unknown Kapture option; known: {', '.join(MAPPING_OPTIONS)}")
+            elif value not in allowed:
+                problems.append(f"options.{key}: {value!r} is not one of {', '.join(allowed)}")
+        return problems
 
     pull_paged: bool = False
     """The account answered a pull without `limit` by asking for it: pull page by page from then on."""
@@ -140,13 +171,24 @@ class KaptureAdapter(Adapter):
         assert isinstance(self.config, KaptureOptions)
         return self.config
 
+    pull_as_object: bool = False
+    """The account refused the documented array body of a pull ("object format"): send an object from then on."""
+
     @property
     def token(self) -> str:
         return self.options.token or (SANDBOX_TOKEN if self.options.sandbox else "")
 
+    def token_for(self, operation: Operation) -> str:
+        """The Auth Key of `operation` (`tokens.<op>`), else the destination's `token`."""
+        return getattr(self.options.tokens, operation) or self.token
+
+    def headers_for(self, operation: Operation) -> dict[str, str]:
+        return {"Authorization": f"Basic {self.token_for(operation)}", "Content-Type": "application/json"}
+
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Basic {self.token}", "Content-Type": "application/json"}
+        """The headers of a pull (the `kapture pull` verb's and reconciliation's call)."""
+        return self.headers_for("pull")
 
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
@@ -162,8 +204,9 @@ class KaptureAdapter(Adapter):
             check_callback_time(fields.get("callback_time"))
             # Documented as a string; a follow-up's ticket supplies it when the mapping does not.
             item["ticket_id"] = ticket_id_from(fields, ("ticket_id",), ticket, "kapture")
-        return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers,
-                             body=msgspec.json.encode([item]))
+        shape = options.get("body", "array")
+        return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers_for(OPERATIONS[action]),
+                             body=msgspec.json.encode(item if shape == "object" else [item]))
 
     def reconciles(self, action: str) -> bool:
         return action == "create_ticket" and bool(self.options.reference_field)

@@ -20,7 +20,7 @@ from bridge.vendors.base import (
     lower_keys,
     text_or_none,
 )
-from bridge.vendors.kapture import PULL_PATH, KaptureAdapter, read_answer
+from bridge.vendors.kapture import PULL_PATH, REFUSES_ARRAY, KaptureAdapter, read_answer
 
 DATE_FORMAT = "%Y-%m-%d"  # the API's YYYY-MM-DD
 # How the pull answer writes a ticket's creation time ("19-04-2024 14:19"); the create answer's form too.
@@ -59,8 +59,19 @@ def pull_request(adapter: KaptureAdapter, day: date, page: int | None = None) ->
         item["limit"] = page
     item["start_date"] = day.strftime(DATE_FORMAT)
     item["end_date"] = end.strftime(DATE_FORMAT)
-    return VendorRequest(method="POST", url=adapter.base_url + PULL_PATH, headers=adapter.headers,
-                         body=msgspec.json.encode([item]))
+    return VendorRequest(method="POST", url=adapter.base_url + PULL_PATH, headers=adapter.headers_for("pull"),
+                         body=msgspec.json.encode(item if adapter.pull_as_object else [item]))
+
+
+def refuses_array(adapter: KaptureAdapter, page: PullPage) -> bool:
+    """Whether this answer refuses the documented array body ("Invalid Json … should be in object format", as
+    the pull page's own error table says): the adapter then sends an object from now on; True means ask again."""
+    error = (page.outcome.error or "").lower()
+    if adapter.pull_as_object or page.outcome.classification != "permanent" or not any(
+            sign in error for sign in REFUSES_ARRAY):
+        return False
+    adapter.pull_as_object = True
+    return True
 
 
 def parse_pull(status: int, headers: Mapping[str, str], body: bytes) -> PullPage:
@@ -73,8 +84,11 @@ def parse_pull(status: int, headers: Mapping[str, str], body: bytes) -> PullPage
     assert isinstance(parsed, dict)
     data = lower_keys(parsed)
     listed = data.get("message")
-    if listed is None:
+    # The answer's `message` is a list of tickets, one ticket alone, or a text when nothing matches [3rd].
+    if listed is None or isinstance(listed, str):
         listed = []
+    elif isinstance(listed, dict):
+        listed = [listed]
     if not isinstance(listed, list) or not all(isinstance(t, dict) for t in listed):
         return PullPage(outcome=Outcome(classification="permanent",
                                         error=f"kapture: the answer's `message` is not a list of tickets: "
@@ -135,6 +149,8 @@ async def _pull_day(adapter: KaptureAdapter, day: date, call: Call) -> list[dict
     while True:
         status, body = await call(pull_request(adapter, day, page))
         answer = parse_pull(status, {}, body)
+        if refuses_array(adapter, answer):
+            continue
         outcome = answer.outcome
         if outcome.classification == "permanent" and page is None and "limit" in (outcome.error or "").lower():
             adapter.pull_paged = True

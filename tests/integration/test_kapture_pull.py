@@ -79,6 +79,19 @@ async def test_three_days_are_three_calls_each_within_24_hours(aiohttp_server: A
     assert capsys.readouterr().err.strip() == f"pulled 8 tickets over 3 days in 3 calls into {out}"
 
 
+async def test_an_account_that_wants_an_object_is_asked_again_and_remembered(
+        aiohttp_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An account answering the documented array with "Invalid Json … object format" is asked again with an
+    object, and every later day goes as an object at once: one call more in all."""
+    sim = seeded(pull_refuses_array=True)
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "tickets.jsonl"
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+    assert len(sim.pulls) == 3 and sim.requests == 4
+    assert "in 4 calls" in capsys.readouterr().err
+
+
 async def test_without_out_the_tickets_go_to_stdout(aiohttp_server: Any, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """With no --out, each ticket is one JSON line on stdout."""
