@@ -349,7 +349,29 @@ class Lane:
         prepared = await self._follow_up(item)
         if isinstance(prepared, Outcome):
             return item, "follow_up", prepared
+        gone = await self._ticket_gone(prepared)
+        if gone is not None:
+            return item, "follow_up", gone
         return prepared, "follow_up", None
+
+    async def _ticket_gone(self, item: Claimed) -> Outcome | None:
+        """Where the destination checks (Kapture's `check_ticket`): the Outcome of a follow-up whose ticket the
+        vendor no longer holds (permanent), or whose check failed (retry, auth); None to send it."""
+        ticket_id = (item.ticket or {}).get("id")
+        if ticket_id is None:
+            return None
+        call = functools.partial(_call, self.dispatcher.session, self.dest.config.timeout_seconds)
+        try:
+            exists = await self.dest.adapter.ticket_exists(str(ticket_id), call)
+        except VendorAuthFailed as exc:
+            return Outcome(classification="auth", error=f"not sent: {exc}")
+        except (VendorUnavailable, *TRANSPORT_ERRORS) as exc:
+            return Outcome(classification="retry", error=f"not sent: the ticket check failed: "
+                                                         f"{type(exc).__name__}: {exc}")
+        if exists is False:
+            return Outcome(classification="permanent", error=f"not sent: ticket {ticket_id} no longer exists at "
+                                                             "the vendor (a look-up by its id found nothing)")
+        return None
 
     async def _follow_up(self, item: Claimed) -> Claimed | Outcome:
         """The follow-up's request, rendered now that its ticket is known; an Outcome when it is not sent."""

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
 from bridge.simulators.faults import Handler, apply_faults, hang_after
-from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
+from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, GET_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
 
 STAMP = "%Y-%m-%d %H:%M:%S"  # how tickets keep their creation time (as the create answer writes it)
 PULL_STAMP = "%d-%m-%Y %H:%M"  # how the pull answer writes times
@@ -57,6 +57,7 @@ class KaptureSimulator(VendorSimulator):
         self.page_size = page_size
         self.clock = clock
         self.pulls: list[dict[str, Any]] = []
+        self.gets: list[list[str]] = []
         self.requests = 0
         self._ids = itertools.count(530348198)
 
@@ -193,14 +194,30 @@ class KaptureSimulator(VendorSimulator):
         return web.json_response({"totalCount": total, "message": [self._pull_json(t) for t in found],
                                   "status": "success"})
 
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        """Get by ticket id: an object with `ticket_ids` comma-separated; a top-level array of
+        `{additional_info, history, task_details}`, empty when none matches."""
+        item = await self._open(request, "get", object_only=True)
+        if not isinstance(item, dict):
+            return item
+        wanted = {i.strip() for i in str(item.get("ticket_ids") or "").split(",") if i.strip()}
+        if not wanted:
+            return self._failed("ticket_ids is missing")
+        self.gets.append(sorted(wanted))
+        return web.json_response([
+            {"additional_info": self._pull_json(t)["additional_info"], "history": {},
+             "task_details": {**self._ticket_json(t), "ticket_id": t["ticketId"], "title": t["taskTitle"]}}
+            for t in self.tickets if t["ticketId"] in wanted])
+
     def listed(self) -> dict[str, Any]:
         return {"count": len(self.tickets), "requests": self.requests, "tickets": self.tickets}
 
     def clear(self) -> None:
         super().clear()
         self.pulls.clear()
+        self.gets.clear()
         self.requests = 0
 
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", CREATE_PATH, self.create), ("POST", UPDATE_PATH, self.update),
-                ("POST", PULL_PATH, self.pull)]
+                ("POST", PULL_PATH, self.pull), ("POST", GET_PATH, self.get)]

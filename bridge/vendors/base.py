@@ -123,6 +123,12 @@ class Adapter(ABC):
         VendorAuthFailed for refused credentials, CannotReconcile when no look-up can tell."""
         raise CannotReconcile(f"{self.vendor} offers no look-up for {action}")
 
+    async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
+        """Whether the vendor still holds `ticket_id` (asked before a follow-up where the destination says
+        so), through `call`; None when this adapter does not check. Raise VendorUnavailable or
+        VendorAuthFailed when the look-up fails."""
+        return None
+
     @abstractmethod
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:

@@ -15,7 +15,9 @@ from bridge.vendors.base import (
     Call,
     Found,
     Outcome,
+    VendorAuthFailed,
     VendorRequest,
+    VendorUnavailable,
     blank,
     classify_status,
     decode_json,
@@ -28,6 +30,7 @@ from bridge.vendors.files import split_files
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
 PULL_PATH = "/select-ticket-between-start-and-end-dates.html/v.2.0"
+GET_PATH = "/search-ticket-by-ticket-id.html/v.2.0"
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the built-in simulator's well-known demo key, not a secret
 # Kapture's `yyyy-MM-dd HH:mm:ss`, as strptime writes it.
 CALLBACK_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -69,6 +72,9 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
     # of its own (such as the event id) that the account keeps and the pull answer returns under
     # `additional_info`: how a create whose outcome is unknown is found again (`on_unknown: reconcile`).
     reference_field: str | None = None
+    # Before each follow-up, ask Kapture (get by ticket id) whether the conversation's ticket still exists: one
+    # request more per follow-up; a ticket gone makes the follow-up fail, naming it, rather than update nothing.
+    check_ticket: bool = False
 
     def can_reconcile(self) -> str | None:
         if self.reference_field:
@@ -130,6 +136,20 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[O
         return Outcome(classification="success"), parsed
     reason = message or f"status {data.get('status')!r}"
     return Outcome(classification="permanent", error=f"kapture: HTTP {status}: {reason}"), parsed
+
+
+def read_tickets(status: int, body: bytes) -> list[dict[str, Any]]:
+    """A get-by-id answer: a top-level array of `{additional_info, history, task_details}` [doc]; an empty
+    array, or a "No Data found" failure, is no ticket. Raises VendorAuthFailed or VendorUnavailable."""
+    parsed = decode_json(body)
+    if 200 <= status < 300 and isinstance(parsed, list):
+        return [t for t in parsed if isinstance(t, dict)]
+    outcome, _ = read_answer(status, {}, body)
+    if outcome.classification == "auth":
+        raise VendorAuthFailed(f"the ticket look-up was refused: {outcome.error}")
+    if "no data found" in (outcome.error or "").lower():
+        return []
+    raise VendorUnavailable(f"the ticket look-up failed: {outcome.error or 'an answer that is not a list'}")
 
 
 def check_callback_time(value: Any) -> None:
@@ -215,6 +235,22 @@ class KaptureAdapter(Adapter):
         # Imported here: the pull module builds on this one.
         from bridge.vendors.kapture_pull import find_created  # noqa: PLC0415
         return await find_created(self, fields, since_ms, call)
+
+    def get_request(self, ticket_ids: list[str]) -> VendorRequest:
+        """`search-ticket-by-ticket-id`: an object (an array gets "Invalid Json.") with the ids comma-separated."""
+        return VendorRequest(method="POST", url=self.base_url + GET_PATH, headers=self.headers_for("get"),
+                             body=msgspec.json.encode({"ticket_ids": ",".join(ticket_ids)}))
+
+    async def get_tickets(self, ticket_ids: list[str], call: Call) -> list[dict[str, Any]]:
+        """The tickets Kapture holds of `ticket_ids`, each `{additional_info, history, task_details}`; raises
+        VendorUnavailable or VendorAuthFailed when the call fails."""
+        status, body = await call(self.get_request(ticket_ids))
+        return read_tickets(status, body)
+
+    async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
+        if not self.options.check_ticket:
+            return None
+        return bool(await self.get_tickets([ticket_id], call))
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         outcome, parsed = read_answer(status, headers, body)

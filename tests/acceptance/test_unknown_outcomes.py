@@ -163,3 +163,54 @@ async def test_hold_waits_for_the_operator(write_config: ConfigFactory, bridge_c
     audit = await (await client.get("/admin/api/audit", headers=headers)).json()
     assert audit["items"][0]["action"] == "delivery.mark_succeeded"
     assert audit["items"][0]["detail"]["ticket_id"] == ticket
+
+
+CHAT = {
+    "chat": """
+        source: partner
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.text }}"
+        follow_up:
+          action: update_ticket
+          fields:
+            sub_status: P
+            comment: "{{ payload.text }}"
+    """,
+}
+
+
+async def test_a_follow_up_checks_its_ticket_still_exists(write_config: ConfigFactory,
+                                                           bridge_client: AppClient) -> None:
+    """With `check_ticket`, a follow-up first asks Kapture (get by ticket id) for its ticket: while it exists
+    the comment goes; once gone the follow-up fails, naming the ticket, and updates nothing."""
+    client = await bridge_client(write_config("""
+    store: {url: "sqlite:///var/bridge.db"}
+    sources:
+      partner: {kind: json}
+    destinations:
+      kapture: {vendor: kapture, sandbox: true, check_ticket: true, retry: {schedule: [50ms]}}
+    """, CHAT))
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "c-1", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    await say("router down")
+    await eventually(lambda: all_settled(client, 1, "succeeded"))
+    await say("still down")
+    await eventually(lambda: all_settled(client, 2, "succeeded"))
+    ticket = sim.tickets[0]
+    assert ticket["comments"] == ["still down"] and sim.gets == [[ticket["ticketId"]]]
+    sim.tickets.clear()  # deleted in the account
+    await say("hello?")
+
+    async def third_dead() -> bool:
+        return [r.status for r in await rows(client)] == ["dead", "succeeded", "succeeded"]
+
+    await eventually(third_dead)
+    latest = (await rows(client))[0]
+    assert f"ticket {ticket['ticketId']} no longer exists" in (latest.last_error or "")
+    assert len(sim.gets) == 2 and ticket["comments"] == ["still down"]

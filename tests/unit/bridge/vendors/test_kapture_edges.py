@@ -145,3 +145,37 @@ async def test_simulator_takes_both_callback_names(aiohttp_server: Any, name: st
         bad = msgspec.json.encode([{**fields, name: "tomorrow"}])
         status, answer = await call(msgspec.structs.replace(request, body=bad))
         assert "callback_date should be yyyy-MM-dd" in (a.classify("update_ticket", status, {}, answer).error or "")
+
+
+async def test_get_by_ticket_id_sends_an_object_and_reads_the_top_level_array(aiohttp_server: Any) -> None:
+    """The get call is an object with `ticket_ids` comma-separated under the get key; its answer, a top-level
+    array of {additional_info, history, task_details}, gives the tickets held (none for an unknown id)."""
+    sim = KaptureSimulator(tokens={"tok"}, operation_tokens={"get": {"k-get"}}, clock=lambda: NOW)
+    one, two = sim.seed("one", NOW, ref="a"), sim.seed("two", NOW)
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base, tokens=KaptureKeys(get="k-get"))
+    request = a.get_request([one["ticketId"], two["ticketId"]])
+    assert json.loads(request.body) == {"ticket_ids": f"{one['ticketId']},{two['ticketId']}"}
+    assert request.headers["Authorization"] == "Basic k-get"
+    async with aiohttp.ClientSession() as session:
+        found = await a.get_tickets([one["ticketId"], "999"], caller(session))
+        assert [(t["task_details"]["ticket_id"], t["additional_info"]) for t in found] == [(one["ticketId"],
+                                                                                           {"ref": "a"})]
+        assert set(found[0]) == {"additional_info", "history", "task_details"}
+        assert await a.ticket_exists(one["ticketId"], caller(session)) is None  # check_ticket is off
+        checking = adapter(base, tokens=KaptureKeys(get="k-get"), check_ticket=True)
+        assert await checking.ticket_exists(one["ticketId"], caller(session)) is True
+        assert await checking.ticket_exists("999", caller(session)) is False
+    assert sim.gets == [[one["ticketId"], "999"], [one["ticketId"]], ["999"]]
+
+
+async def test_simulator_get_refuses_an_array(aiohttp_server: Any) -> None:
+    """As documented, an array sent to get by id answers "Invalid Json"."""
+    sim = KaptureSimulator(tokens={"tok"}, clock=lambda: NOW)
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base)
+    request = a.get_request(["1"])
+    async with aiohttp.ClientSession() as session:
+        status, body = await caller(session)(msgspec.structs.replace(request, body=b'[{"ticket_ids": "1"}]'))
+    assert json.loads(body)["message"].startswith("Invalid Json")
+    assert status == 200
