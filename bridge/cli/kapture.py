@@ -31,6 +31,7 @@ from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
 from bridge.vendors.kapture_pull import (
     PullPage,
     day_windows,
+    limit_is_a_size,
     parse_day,
     parse_pull,
     pull_request,
@@ -147,6 +148,9 @@ class Puller:
         page = 1 if self.paged else None
         while True:
             answer = await self._call(day, page)
+            if limit_is_a_size(self.adapter, page, answer.tickets, seen):
+                kept, seen, received, page = {}, set(), 0, 1  # the account pages by offset: start the day again
+                continue
             received += len(answer.tickets)
             new = 0
             for ticket in answer.tickets:

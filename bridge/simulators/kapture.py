@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -44,13 +44,16 @@ class KaptureSimulator(VendorSimulator):
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
                  clock: Callable[[], datetime] = datetime.now, operation_tokens: dict[str, set[str]] | None = None,
-                 pull_refuses_array: bool = False) -> None:
+                 pull_refuses_array: bool = False, limit_semantics: Literal["page", "size"] = "page") -> None:
         super().__init__()
         self.tokens = tokens if tokens is not None else {SANDBOX_TOKEN}
         # An account whose APIs each have their own Auth Key: operation ("add", "update", "pull") -> its keys.
         self.operation_tokens = operation_tokens or {}
         # An account whose pull takes only an object, answering the documented array with "Invalid Json".
         self.pull_refuses_array = pull_refuses_array
+        # With pagination: `limit` numbers pages of `page_size` ("page"), or is how many tickets to give from
+        # `offset` ("size"), as a third-party client reads it.
+        self.limit_semantics = limit_semantics
         self.failure_http_status = failure_http_status
         self.end_date_inclusive = end_date_inclusive
         self.pagination_enabled = pagination_enabled
@@ -190,7 +193,12 @@ class KaptureSimulator(VendorSimulator):
             if not isinstance(page, int) or isinstance(page, bool) or page < 1:
                 return self._failed("limit is missing.")
             total = len(found)
-            found = found[(page - 1) * self.page_size: page * self.page_size]
+            if self.limit_semantics == "size":
+                offset = item.get("offset", 0)
+                skip = offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else 0
+                found = found[skip: skip + page]
+            else:
+                found = found[(page - 1) * self.page_size: page * self.page_size]
         return web.json_response({"totalCount": total, "message": [self._pull_json(t) for t in found],
                                   "status": "success"})
 

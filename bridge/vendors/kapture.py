@@ -191,6 +191,8 @@ class KaptureAdapter(Adapter):
         assert isinstance(self.config, KaptureOptions)
         return self.config
 
+    limit_is_size: bool = False
+    """The account showed its pull reads `limit` as a page size (pages repeat): page by `offset` from then on."""
     pull_as_object: bool = False
     """The account refused the documented array body of a pull ("object format"): send an object from then on."""
 

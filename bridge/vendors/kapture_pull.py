@@ -26,6 +26,7 @@ DATE_FORMAT = "%Y-%m-%d"  # the API's YYYY-MM-DD
 # How the pull answer writes a ticket's creation time ("19-04-2024 14:19"); the create answer's form too.
 TICKET_DATE_FORMATS = ("%d-%m-%Y %H:%M", "%d-%m-%Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M")
 NO_DATA = "no data found"
+SIZE_PAGE = 100  # tickets per call once an account shows `limit` is a page size
 
 
 class PullPage(msgspec.Struct, kw_only=True):
@@ -52,15 +53,35 @@ def day_windows(start: date, end: date) -> list[date]:
 
 
 def pull_request(adapter: KaptureAdapter, day: date, page: int | None = None) -> VendorRequest:
-    """The call for one day (`page` numbers the `limit` pages when pagination is on; None leaves it off)."""
+    """The call for one day (`page` numbers the pages when pagination is on; None leaves it off). `limit` is a
+    page number, unless the account showed it is a page size (`adapter.limit_is_size`): then page n asks for
+    `offset` (n-1) x SIZE_PAGE and `limit` SIZE_PAGE, as a third-party client pages."""
     end = day if adapter.options.pull_end_date == "same_day" else day + timedelta(days=1)
     item: dict[str, Any] = {}
-    if page is not None:
+    if page is not None and adapter.limit_is_size:
+        item["offset"] = (page - 1) * SIZE_PAGE
+        item["limit"] = SIZE_PAGE
+    elif page is not None:
         item["limit"] = page
     item["start_date"] = day.strftime(DATE_FORMAT)
     item["end_date"] = end.strftime(DATE_FORMAT)
     return VendorRequest(method="POST", url=adapter.base_url + PULL_PATH, headers=adapter.headers_for("pull"),
                          body=msgspec.json.encode(item if adapter.pull_as_object else [item]))
+
+
+def limit_is_a_size(adapter: KaptureAdapter, page: int | None, tickets: list[dict[str, Any]],
+                    seen: set[str]) -> bool:
+    """Whether a page's answer shows the account reads `limit` as a page size, not a page number: asked for
+    page 2 or later, it repeats tickets an earlier page gave *and* adds some (a size of n gives the first n
+    again, growing; an account that ignores `limit` repeats the same page, adding none, and paging just
+    stops). The adapter then pages by `offset` and `limit` from now on; True means start the day again."""
+    if adapter.limit_is_size or page is None or page < 2:
+        return False
+    keys = [ticket_key(t) for t in tickets]
+    if not any(k in seen for k in keys if k is not None) or all(k in seen for k in keys if k is not None):
+        return False
+    adapter.limit_is_size = True
+    return True
 
 
 def refuses_array(adapter: KaptureAdapter, page: PullPage) -> bool:
@@ -160,6 +181,9 @@ async def _pull_day(adapter: KaptureAdapter, day: date, call: Call) -> list[dict
             raise VendorAuthFailed(f"the pull for {day.isoformat()} was refused: {outcome.error}")
         if outcome.classification != "success":
             raise VendorUnavailable(f"the pull for {day.isoformat()} failed: {outcome.error}")
+        if limit_is_a_size(adapter, page, answer.tickets, seen):
+            tickets, seen, page = [], set(), 1
+            continue
         new = [t for t in answer.tickets if (k := ticket_key(t)) is None or k not in seen]
         seen.update(k for t in new if (k := ticket_key(t)) is not None)
         tickets.extend(new)

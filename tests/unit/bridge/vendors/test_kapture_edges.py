@@ -179,3 +179,21 @@ async def test_simulator_get_refuses_an_array(aiohttp_server: Any) -> None:
         status, body = await caller(session)(msgspec.structs.replace(request, body=b'[{"ticket_ids": "1"}]'))
     assert json.loads(body)["message"].startswith("Invalid Json")
     assert status == 200
+
+
+@pytest.mark.parametrize("semantics", ["page", "size"])
+async def test_find_created_pages_whichever_way_the_account_reads_limit(aiohttp_server: Any,
+                                                                        semantics: str) -> None:
+    """On an account that asks for `limit`, the look-up pages: by page number, or (seen from a page that
+    repeats and grows) by `offset`, remembered; either way it reaches the ticket on a later page."""
+    sim = KaptureSimulator(tokens={"tok"}, pagination_enabled=True, page_size=2, clock=lambda: NOW,
+                           limit_semantics=semantics)  # type: ignore[arg-type]
+    for n in range(4):
+        sim.seed(f"t{n}", NOW, ref=f"evt_{n}")
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base, reference_field="ref")
+    since = int(NOW.timestamp() * 1000)
+    async with aiohttp.ClientSession() as session:
+        found = await find_created(a, {"title": "t3", "ref": "evt_3"}, since, caller(session), now_ms=since)
+    assert found is not None and found.ticket_id == sim.tickets[3]["ticketId"]
+    assert a.limit_is_size is (semantics == "size")
