@@ -251,8 +251,9 @@ class Lane:
                                              body=item.body if role == "follow_up" and settled is None else None)
         # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe);
         # so does a reconciliation (the vendor answered its look-up). An unknown outcome is the vendor's failure.
-        breaker = "success" if settled is not None and sent.outcome.classification != "retry" else \
-            "retry" if sent.outcome.classification == UNKNOWN else sent.outcome.classification
+        kind = sent.outcome.classification
+        breaker = ("retry" if kind == UNKNOWN else kind) if settled is None or kind in ("retry", "auth") \
+            else "success"
         await self._tell_gate(sent, breaker, blog)
         await self._record(item, result, blog)
 
