@@ -197,8 +197,27 @@ class DestinationConfig(Base):
     timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     attachments: DestinationAttachments = msgspec.field(default_factory=DestinationAttachments)
+    on_unknown: Literal["resend", "reconcile", "hold"] | None = None
+    """What follows a send whose outcome is unknown; None: the vendor's default (`unknown_policy`)."""
+
+    def can_reconcile(self) -> str | None:
+        """None when `on_unknown: reconcile` can work for this destination, else why not (vendors override)."""
+        return (f"the {self.vendor} vendor documents no look-up to find a ticket by a reference; use "
+                "`on_unknown: hold` (an operator decides) or `resend` (possible duplicates, counted)")
+
+    def default_on_unknown(self) -> Literal["resend", "reconcile", "hold"]:
+        """The vendor's default `on_unknown` (docs/vendors.md says why): `reconcile` where the destination can
+        look tickets up, else `hold`."""
+        return "reconcile" if self.can_reconcile() is None else "hold"
+
+    @property
+    def unknown_policy(self) -> Literal["resend", "reconcile", "hold"]:
+        """`on_unknown`, else the vendor's default."""
+        return self.on_unknown if self.on_unknown is not None else self.default_on_unknown()
 
     def __post_init__(self) -> None:
+        if self.on_unknown == "reconcile" and (why := self.can_reconcile()) is not None:
+            raise ValueError(f"`on_unknown: reconcile` cannot work here: {why}")
         if not self.sandbox and not self.base_url:
             raise ValueError("`base_url` is required unless `sandbox: true`")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):

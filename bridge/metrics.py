@@ -115,7 +115,8 @@ def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]
                    "Deliveries dead at intake because their mapping did not render the event, by mapping.",
                    samples["render_failures"])
     out += _family("ticketbridge_delivery_attempts_total", "counter",
-                   "Delivery attempts by destination and classification (success, retry, permanent, auth).", attempts)
+                   "Delivery attempts by destination and classification (success, retry, permanent, auth; "
+                   "unknown, reconciled, held).", attempts)
     out += _histogram("ticketbridge_delivery_attempt_duration_seconds",
                       "How long each request to a destination took, by destination.", latencies.attempt)
     out += _histogram("ticketbridge_delivery_latency_seconds",

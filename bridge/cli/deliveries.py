@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import time
 from collections.abc import Iterable
@@ -17,8 +18,8 @@ from bridge.app import load_mappings
 from bridge.cli.common import at_least, config_from, print_errors, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
-from bridge.console.models import Refusal, ReplayBody, ReplayResult
-from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
+from bridge.console.models import MarkSucceededBody, Refusal, ReplayBody, ReplayResult
+from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
 from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
@@ -45,6 +46,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("--json", action="store_true")
     show.add_argument("--url", help=URL_HELP)
     show.set_defaults(run=run_show)
+    mark = dsub.add_parser("mark-succeeded", parents=[common],
+                           help="record that a delivery (e.g. one held after an unknown outcome) reached the vendor")
+    mark.add_argument("id")
+    mark.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
+    mark.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
+    mark.add_argument("--note", help="why, kept with the delivery's attempts (and the audit log, with --url)")
+    mark.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    mark.set_defaults(run=run_mark_succeeded)
     e = sub.add_parser("events", help="inspect events")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
     unmatched = esub.add_parser("unmatched", parents=[common],
@@ -111,11 +120,23 @@ def kind_of(r: DeliveryRow) -> str:
     return r.role or ("-" if r.conversation is None else "queued")
 
 
+def doubt_of(r: DeliveryRow) -> str:
+    """What an operator must know of unknown outcomes: in doubt (an earlier send may have made a ticket), or
+    possible duplicates (sent again after one); empty otherwise."""
+    notes = []
+    if r.in_doubt_since_ms is not None:
+        notes.append(f"in doubt since {_when(r.in_doubt_since_ms)}")
+    if r.duplicates:
+        notes.append(f"POSSIBLE DUPLICATE x{r.duplicates}")
+    return ", ".join(notes)
+
+
 def _table(rows: list[DeliveryRow]) -> str:
     head = ("ID", "STATUS", "DESTINATION", "MAPPING", "KIND", "TRIES", "TICKET", "CONVERSATION", "UPDATED",
             "LAST ERROR")
     cells = [head] + [
-        (r.id, r.status, r.destination, r.mapping, kind_of(r), str(r.attempts), r.ticket_id or "-",
+        (r.id, r.status + (f" ({doubt_of(r)})" if doubt_of(r) else ""), r.destination, r.mapping, kind_of(r),
+         str(r.attempts), r.ticket_id or "-",
          (r.conversation or "-").split("|", 1)[-1][:60], _when(r.updated_at_ms), (r.last_error or "")[:60])
         for r in rows
     ]
@@ -163,6 +184,15 @@ def run_show(args: argparse.Namespace) -> int:
               sep="")
         if d.last_error:
             print(f"error     {d.last_error}")
+        if d.unknowns or d.in_doubt_since_ms is not None:
+            print(f"unknown   {d.unknowns} send(s) whose outcome was unknown (the vendor may have acted on them)")
+        if d.in_doubt_since_ms is not None:
+            print(f"in doubt  since {_when(d.in_doubt_since_ms)}: the vendor may hold its ticket; check, then "
+                  f"`ticketbridge replay {d.id}` (send again) or `ticketbridge deliveries mark-succeeded {d.id} "
+                  "--ticket-id ID`")
+        if d.duplicates:
+            print(f"POSSIBLE DUPLICATE: sent again {d.duplicates} time(s) after an unknown outcome "
+                  "(on_unknown: resend); the vendor may hold more than one ticket for it")
         print("body:")
         print(msgspec.json.format(msgspec.json.encode(detail.body), indent=2).decode())
         print("payload:")
@@ -175,6 +205,35 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, body)
+
+
+def run_mark_succeeded(args: argparse.Namespace) -> int:
+    async def local(store: Store) -> int:
+        try:
+            why_not = await mark_succeeded(store, args.id, args.ticket_id, ticket_key=args.ticket_key,
+                                           by=f"cli:{getpass.getuser()}", note=args.note)
+        except NotFound as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        if why_not is not None:
+            print(f"{args.id}: not marked: {why_not}", file=sys.stderr)
+            return 1
+        print(f"{args.id}: marked succeeded with ticket {args.ticket_id}")
+        return 0
+
+    async def remote(client: AdminClient) -> int:
+        try:
+            await client.mark_succeeded(args.id, MarkSucceededBody(ticket_id=args.ticket_id,
+                                                                   ticket_key=args.ticket_key, note=args.note))
+        except NotFound as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{args.id}: marked succeeded with ticket {args.ticket_id}")
+        return 0
+
+    if args.url:
+        return _with_server(args.url, remote)
+    return _with_store(args, local)
 
 
 def run_unmatched(args: argparse.Namespace) -> int:

@@ -31,9 +31,11 @@ from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
 from bridge.vendors.kapture_pull import (
     PullPage,
     day_windows,
+    limit_is_a_size,
     parse_day,
     parse_pull,
     pull_request,
+    refuses_array,
     ticket_day,
     ticket_key,
 )
@@ -101,6 +103,7 @@ class Puller:
     retries: int = 3
     backoff_s: float = 1.0
     calls: int = 0
+    _tries: str = ""
 
     async def request(self, method: str, url: Any, **kwargs: Any) -> aiohttp.ClientResponse:
         """One try of a call, as the retrying client makes it: after the rate limiter's slot, and counted."""
@@ -109,6 +112,17 @@ class Puller:
         return await self.session.request(method, url, **kwargs)
 
     async def _call(self, day: date, page: int | None) -> PullPage:
+        answer = await self._try(day, page)
+        if refuses_array(self.adapter, answer):  # the account wants an object: ask again, and so from now on
+            answer = await self._try(day, page)
+        outcome = answer.outcome
+        if outcome.classification == "success":
+            return answer
+        raise PullFailed(f"{day.isoformat()}{f' page {page}' if page else ''}: "
+                         f"{outcome.classification}: {outcome.error}{self._tries}")
+
+    async def _try(self, day: date, page: int | None) -> PullPage:
+        """One call, retried while its failure is passing; `_tries` says how many it took."""
         request = pull_request(self.adapter, day, page)
         timeout_s = self.adapter.config.timeout_seconds
         retry = PullRetry(self.retries + 1, self.backoff_s, self.limiter)
@@ -122,12 +136,9 @@ class Puller:
                 answer = parse_pull(resp.status, resp.headers, await resp.read())
         except TRANSPORT_ERRORS as exc:
             answer = PullPage(outcome=transport_failure(exc, timeout_s))
-        outcome = answer.outcome
-        if outcome.classification == "success":
-            return answer
-        tries = f" (after {self.calls - before} tries)" if outcome.classification == "retry" else ""
-        raise PullFailed(f"{day.isoformat()}{f' page {page}' if page else ''}: "
-                         f"{outcome.classification}: {outcome.error}{tries}")
+        retried = answer.outcome.classification == "retry"
+        self._tries = f" (after {self.calls - before} tries)" if retried else ""
+        return answer
 
     async def day(self, day: date) -> list[dict[str, Any]]:
         """Every ticket created on `day`, each once, in the order the API gave them."""
@@ -137,6 +148,9 @@ class Puller:
         page = 1 if self.paged else None
         while True:
             answer = await self._call(day, page)
+            if limit_is_a_size(self.adapter, page, answer.tickets, seen):
+                kept, seen, received, page = {}, set(), 0, 1  # the account pages by offset: start the day again
+                continue
             received += len(answer.tickets)
             new = 0
             for ticket in answer.tickets:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 
-from bridge.console.models import DeliveryPage, DeliveryView, ErrorBody, ReplayBody, ReplayResult
+from bridge.console.models import DeliveryPage, DeliveryView, ErrorBody, MarkSucceededBody, ReplayBody, ReplayResult
 from bridge.errors import NotFound
 from bridge.store.base import DeliveryDetail, DeliveryFilter, DeliveryRow
 
@@ -71,6 +71,11 @@ class AdminClient:
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
         view: DeliveryView = await self._call("GET", f"/admin/api/deliveries/{delivery_id}", DeliveryView)
+        return view
+
+    async def mark_succeeded(self, delivery_id: str, body: MarkSucceededBody) -> DeliveryView:
+        view: DeliveryView = await self._call("POST", f"/admin/api/deliveries/{delivery_id}/mark-succeeded",
+                                              DeliveryView, body=body)
         return view
 
     async def replay(self, body: ReplayBody) -> ReplayResult:

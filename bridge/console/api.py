@@ -29,6 +29,7 @@ from bridge.console.models import (
     LaneState,
     MappingInfo,
     MappingSetView,
+    MarkSucceededBody,
     Overview,
     PauseBody,
     PlaygroundBody,
@@ -41,7 +42,7 @@ from bridge.console.models import (
 )
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.coordination import Gate
-from bridge.delivery.replay import REPLAY_CHUNK, replay_deliveries
+from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
@@ -401,6 +402,20 @@ async def replay(call: Call) -> ReplayResult:
                         mappings_version=mappings.version if mappings is not None else None)
 
 
+async def mark_delivery_succeeded(call: Call) -> DeliveryView:
+    given: MarkSucceededBody = call.body
+    delivery_id = call.param("delivery_id")
+    why_not = await mark_succeeded(_store(call.rt), delivery_id, given.ticket_id,
+                                   ticket_key=given.ticket_key, by=call.caller.name, note=given.note)
+    if why_not is not None:
+        raise ApiError(409, f"delivery {delivery_id} cannot be marked succeeded: {why_not}")
+    await _audit(call, "delivery.mark_succeeded", delivery_id,
+                 {"ticket_id": given.ticket_id, "ticket_key": given.ticket_key, "note": given.note})
+    if call.rt.dispatcher is not None:  # a conversation's follow-ups may now go
+        call.rt.dispatcher.notify(set(call.rt.dispatcher.lanes))
+    return await get_delivery(call)
+
+
 NOT_FOUND = {404: "no such record"}
 ROUTES: list[Route] = [
     Route("GET", "/admin/api/overview", get_overview, "Intake counters, deliveries by status, destinations' health, "
@@ -419,6 +434,10 @@ ROUTES: list[Route] = [
           LaneState, change=True, errors={**NOT_FOUND, 409: "no delivery workers run in this process"}),
     Route("POST", "/admin/api/replay", replay, "Send deliveries again (by id or filter), optionally re-rendered; "
           "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody),
+    Route("POST", "/admin/api/deliveries/{delivery_id}/mark-succeeded", mark_delivery_succeeded,
+          "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
+          DeliveryView, change=True, body=MarkSucceededBody,
+          errors={**NOT_FOUND, 409: "the delivery is in flight or succeeded already"}),
     Route("GET", "/admin/api/mappings", get_mappings, "The mapping set in force and how reload is going",
           MappingSetView),
     Route("POST", "/admin/api/playground", playground, "Run a raw provider body through its handler and every "

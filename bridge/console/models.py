@@ -181,6 +181,15 @@ class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit: Annotated[int, Meta(ge=1, le=10000)] = 1000
 
 
+class MarkSucceededBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An operator's word that the delivery reached the vendor: the ticket it made there."""
+
+    ticket_id: Annotated[str, Meta(min_length=1, max_length=200)]
+    ticket_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    note: Annotated[str, Meta(max_length=500)] | None = None
+    """Why (e.g. "found in the Kapture console"), kept with the attempt and the audit entry."""
+
+
 class Refusal(msgspec.Struct, kw_only=True):
     id: str
     reason: str

@@ -41,11 +41,11 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import Sent, send_once
+from bridge.delivery.sender import TRANSPORT_ERRORS, Sent, read_bounded, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
 from bridge.ids import timestamp_ms
-from bridge.store.base import AttemptResult, Claimed, Store
-from bridge.vendors.base import Adapter, Outcome
+from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
+from bridge.vendors.base import Adapter, CannotReconcile, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
 from bridge.vendors.registry import adapter_class
 
 log = structlog.get_logger("ticketbridge.delivery")
@@ -73,6 +73,19 @@ class Attempted:
     duration_s: float | None  # None: no request was made (a follow-up settled unsent)
     latency_s: float | None  # on success: from the delivery's creation to now
     http_status: int | None
+
+
+LOOKUP_MAX_BYTES = 32 * 1024 * 1024  # a reconciliation's answer (a day's tickets); a longer one fails the look-up
+HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
+        "(send again) or `mark-succeeded` (with the ticket id)")
+
+
+async def _call(session: aiohttp.ClientSession, timeout_s: float, request: VendorRequest) -> tuple[int, bytes]:
+    """One look-up request to the vendor (a reconciliation's), its answer read up to LOOKUP_MAX_BYTES: a day of
+    tickets is far larger than a send's answer."""
+    async with session.request(request.method, request.url, headers=request.headers, data=request.body,
+                               timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False) as response:
+        return response.status, await read_bounded(response, LOOKUP_MAX_BYTES)
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,7 @@ class Lane:
         self.slot_freed = asyncio.Event()
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
+        self.written: set[str] = set()  # those whose request has gone out (past the rate limit), not yet answered
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
         self.resumed = asyncio.Event()  # an operator's hold ended here (one ended elsewhere is seen when asking)
@@ -184,6 +198,7 @@ class Lane:
     def _answered(self, delivery_id: str) -> None:
         """The vendor's slot is free once its answer is in; recording the attempt does not hold it."""
         self.sending.discard(delivery_id)
+        self.written.discard(delivery_id)
         self.slot_freed.set()
 
     def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
@@ -205,7 +220,9 @@ class Lane:
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (shielded, below) and must not be undone by a release.
-            if item.id in self.sending:
+            if item.id in self.written:  # its request went out: the vendor may have acted on it
+                self.dispatcher.unanswered.append((self, item))
+            elif item.id in self.sending:
                 self.dispatcher.cancelled.append(item.id)
             raise
 
@@ -213,12 +230,21 @@ class Lane:
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         item, role, settled = await self._prepare(item)
+        resent = False
+        t0 = time.perf_counter()
+
+        async def went() -> None:
+            await start()
+            self.written.add(item.id)
+
         try:
+            if settled is None and item.in_doubt_since_ms is not None:
+                settled, resent = await self._settle_doubt(item, role, blog)
             if settled is not None:
-                sent = Sent(settled, int(d.clock() * 1000), 0.0, None, None)
+                sent = Sent(settled, int(d.clock() * 1000), round((time.perf_counter() - t0) * 1000, 3), None, None)
             else:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                       on_send=start)
+                                       on_send=went)
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
@@ -233,12 +259,34 @@ class Lane:
                 latency_s=max(0.0, d.clock() - timestamp_ms(item.id) / 1000) if classification == "success" else None,
                 http_status=sent.http_status))
         result = self._decide(item, sent, blog)
+        if resent and result.classification in ("success", UNKNOWN):
+            # Sent again after an unknown outcome, and this send too may have made a ticket: one more possible
+            # duplicate (exact when every unknown send made one). A refused resend made none.
+            blog.warning("delivery.possible_duplicate", ticket_id=result.ticket_id,
+                         in_doubt_since_ms=item.in_doubt_since_ms,
+                         note="sent again after an unknown outcome (on_unknown: resend): the vendor may hold "
+                              "more than one ticket for it")
+            result = msgspec.structs.replace(result, duplicate=True)
         if role is not None:
             result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
                                              body=item.body if role == "follow_up" and settled is None else None)
-        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe).
-        await self._tell_gate(sent, "success" if settled is not None else sent.outcome.classification, blog)
+        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe);
+        # so does a reconciliation (the vendor answered its look-up). An unknown outcome is the vendor's failure.
+        kind = sent.outcome.classification
+        breaker = ("retry" if kind == UNKNOWN else kind) if settled is None or kind in ("retry", "auth") \
+            else "success"
+        await self._tell_gate(sent, breaker, blog)
         await self._record(item, result, blog)
+
+    async def record_unanswered(self, item: Claimed) -> None:
+        """Record, at shutdown, a send whose request went out and whose answer will not come: `unknown`."""
+        blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
+        now = int(self.dispatcher.clock() * 1000)
+        outcome = Outcome(classification="unknown", error="stopped before the vendor answered: it may have acted on it")
+        result = self._decide(item, Sent(outcome, now, 0.0, None, None), blog)
+        with contextlib.suppress(StoreUnavailable, BridgeError):
+            await self.dispatcher.store.record(msgspec.structs.replace(result, next_attempt_at_ms=now),
+                                               owner=self.dispatcher.owner)
 
     async def _record(self, item: Claimed, result: AttemptResult, blog: Any) -> None:
         """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered)."""
@@ -284,6 +332,35 @@ class Lane:
                                 "lost with this process; it will be sent again")
             raise
 
+    async def _settle_doubt(self, item: Claimed, role: str | None, blog: Any) -> tuple[Outcome | None, bool]:
+        """What a delivery in doubt (an earlier send's outcome unknown) does before it is sent again, by the
+        destination's `on_unknown`: (the outcome that settles it unsent, or None to send; whether that send is
+        a resend that may duplicate). `reconcile` looks the ticket up where the adapter can (a create) and
+        resends otherwise (a follow-up); what cannot be looked up is held."""
+        policy = self.dest.config.unknown_policy
+        adapter = self.dest.adapter
+        if policy == "hold":
+            return Outcome(classification="held", error=HELD), False
+        if policy == "resend" or not adapter.reconciles(item.action) or role == "follow_up":
+            return None, True
+        call = functools.partial(_call, self.dispatcher.session, self.dest.config.timeout_seconds)
+        try:
+            found = await adapter.find(item.action, item.body, item.in_doubt_since_ms or 0, call)
+        except CannotReconcile as exc:
+            return Outcome(classification="held", error=f"{HELD} ({exc})"), False
+        except VendorAuthFailed as exc:
+            return Outcome(classification="auth", error=f"not sent: reconciliation: {exc}"), False
+        except (VendorUnavailable, *TRANSPORT_ERRORS) as exc:
+            return Outcome(classification="retry", error=f"not sent: reconciliation could not look the ticket up: "
+                                                         f"{type(exc).__name__}: {exc}"), False
+        if found is None:
+            blog.info("delivery.reconcile_not_found", in_doubt_since_ms=item.in_doubt_since_ms,
+                      note="the vendor holds no ticket from the earlier send: sending it now")
+            return None, False
+        blog.info("delivery.reconciled", ticket_id=found.ticket_id, matched=found.detail)
+        return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
+                       error=f"found at the vendor after an unknown outcome: {found.detail}"), False
+
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
         unsent (the Outcome)."""
@@ -294,7 +371,29 @@ class Lane:
         prepared = await self._follow_up(item)
         if isinstance(prepared, Outcome):
             return item, "follow_up", prepared
+        gone = await self._ticket_gone(prepared)
+        if gone is not None:
+            return item, "follow_up", gone
         return prepared, "follow_up", None
+
+    async def _ticket_gone(self, item: Claimed) -> Outcome | None:
+        """Where the destination checks (Kapture's `check_ticket`): the Outcome of a follow-up whose ticket the
+        vendor no longer holds (permanent), or whose check failed (retry, auth); None to send it."""
+        ticket_id = (item.ticket or {}).get("id")
+        if ticket_id is None:
+            return None
+        call = functools.partial(_call, self.dispatcher.session, self.dest.config.timeout_seconds)
+        try:
+            exists = await self.dest.adapter.ticket_exists(str(ticket_id), call)
+        except VendorAuthFailed as exc:
+            return Outcome(classification="auth", error=f"not sent: {exc}")
+        except (VendorUnavailable, *TRANSPORT_ERRORS) as exc:
+            return Outcome(classification="retry", error=f"not sent: the ticket check failed: "
+                                                         f"{type(exc).__name__}: {exc}")
+        if exists is False:
+            return Outcome(classification="permanent", error=f"not sent: ticket {ticket_id} no longer exists at "
+                                                             "the vendor (a look-up by its id found nothing)")
+        return None
 
     async def _follow_up(self, item: Claimed) -> Claimed | Outcome:
         """The follow-up's request, rendered now that its ticket is known; an Outcome when it is not sent."""
@@ -342,7 +441,18 @@ class Lane:
             http_status=sent.http_status, response_excerpt=sent.excerpt,
             classification=outcome.classification, error=outcome.error, next_status="dead", exchange=sent.exchange,
         )
-        if outcome.classification == "success":
+        if outcome.classification == "held" or (outcome.classification == UNKNOWN
+                                                 and self.dest.config.unknown_policy == "hold"):
+            blog.error("delivery.held", error=outcome.error, status=sent.http_status,
+                       hint="the vendor may hold its ticket: check, then `replay` it (send again) or "
+                            "`mark-succeeded` it with the ticket id")
+            error = outcome.error if outcome.classification == "held" else f"{outcome.error}; {HELD}"
+            return msgspec.structs.replace(result, error=error)
+        if outcome.classification == UNKNOWN:
+            blog.warning("delivery.outcome_unknown", error=outcome.error, attempt=tries,
+                         on_unknown=self.dest.config.unknown_policy)
+            outcome = msgspec.structs.replace(outcome, classification="retry")
+        if outcome.classification in ("success", "reconciled"):
             key = {"ticket_key": outcome.ticket_key} if outcome.ticket_key else {}
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
@@ -401,6 +511,7 @@ class Dispatcher:
         self.lanes: dict[str, Lane] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.cancelled: list[str] = []
+        self.unanswered: list[tuple[Lane, Claimed]] = []  # cancelled at shutdown after their request went out
 
     def start(self) -> None:
         for name, dest in self.destinations.items():
@@ -489,3 +600,5 @@ class Dispatcher:
             if self.cancelled:
                 log.warning("delivery.released_at_shutdown", count=len(self.cancelled))
                 await self.release(self.cancelled)
+            for lane, item in self.unanswered:
+                await lane.record_unanswered(item)

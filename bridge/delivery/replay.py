@@ -3,13 +3,14 @@ re-rendered with the mappings in force, and for each one left out, why."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from bridge.errors import NotFound
 from bridge.mapping.mappingset import MappingSet
 from bridge.routing import rerender_bodies
-from bridge.store.base import DeliveryDetail, Store
+from bridge.store.base import AttemptResult, DeliveryDetail, Store
 
 REPLAY_CHUNK = 500
 
@@ -61,3 +62,23 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
         for i in sorted(set(ids) - set(moved) - set(refused)):
             refused[i] = await _why_not(store, i, rerender_hint)
     return moved, refused
+
+
+MARKED = "marked"
+"""The classification of the attempt an operator's mark-succeeded records (no request is made)."""
+
+
+async def mark_succeeded(store: Store, delivery_id: str, ticket_id: str, *, ticket_key: str | None, by: str,
+                         note: str | None = None) -> str | None:
+    """An operator's word that `delivery_id` reached the vendor as `ticket_id` (e.g. a held delivery whose
+    ticket they found): it becomes succeeded with that ticket, its doubt cleared, an attempt recorded saying
+    who and why. None when done, else why not (a delivery in flight, or succeeded already). Raises NotFound."""
+    text = f"marked succeeded by {by}" + (f": {note}" if note else "")
+    done = await store.mark_succeeded(delivery_id, AttemptResult(
+        delivery_id=delivery_id, started_at_ms=time.time_ns() // 1_000_000, duration_ms=0.0, http_status=None,
+        response_excerpt=None, classification=MARKED, error=text, ticket_id=ticket_id, ticket_key=ticket_key,
+        next_status="succeeded"))
+    if done:
+        return None
+    status = (await store.get_delivery(delivery_id)).delivery.status
+    return f"it is {status}" + (": wait for its attempt to be recorded" if status == "in_flight" else "")

@@ -20,6 +20,11 @@ from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorReques
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
 # What a request can fail with before the vendor answers: each is a retry.
+# Failures of a connection that was made, before the whole answer came: the request may have been acted on.
+LOST_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+               ConnectionResetError, asyncio.IncompleteReadError)
+# A connection not made within this is a plain retry (nothing was sent); a send timing out later is `unknown`.
+CONNECT_TIMEOUT_S = 10.0
 TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
 
 
@@ -46,6 +51,21 @@ def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
     return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
 
 
+def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
+    """What a send's transport failure means: a retry when the connection was never made (nothing reached the
+    vendor); otherwise `unknown`, as the request may have been written and acted on before the answer was
+    lost (a timeout once connected, a reset, a connection closed before the answer)."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return Outcome(classification="unknown",
+                       error=f"timed out after {timeout_s:g}s once connected: the vendor may have acted on it")
+    if isinstance(exc, LOST_ANSWER):
+        return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
+                                                       f"{exc}: the vendor may have acted on it")
+    return transport_failure(exc, timeout_s)
+
+
 @dataclass
 class Sent:
     outcome: Outcome
@@ -56,7 +76,7 @@ class Sent:
     exchange: dict[str, Any] | None = None
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(65536):
@@ -81,7 +101,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
         async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
             async with lookups.get(url, headers={**headers, **auth}) as resp:
-                return resp.status, await _read_bounded(resp, MAX_RESPONSE_BYTES)
+                return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
     async def build() -> VendorRequest:
         nonlocal auth
@@ -141,10 +161,11 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,
-            timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S)),
+            allow_redirects=False,
         ) as response:
-            body = await _read_bounded(response, MAX_RESPONSE_BYTES)
+            body = await read_bounded(response, MAX_RESPONSE_BYTES)
             return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
                     adapter.classify(action, response.status, response.headers, body))
     except TRANSPORT_ERRORS as exc:
-        return None, None, None, transport_failure(exc, timeout_s)
+        return None, None, None, send_failure(exc, timeout_s)

@@ -25,6 +25,10 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hang_count: int = 0
     hang_seconds: float = 120
     drop_count: int = 0
+    hang_after_count: int = 0
+    """Serve the request (a create makes its ticket), then hold the answer `hang_seconds`: the client times out
+    with the ticket made, an unknown outcome. Where a simulator applies it (Kapture's create); not delayed by
+    `after`."""
 
     @staticmethod
     def _take(count: int) -> tuple[bool, int]:
@@ -58,6 +62,14 @@ async def apply_faults(faults: Faults, request: web.Request,
         headers = {"Retry-After": faults.retry_after} if faults.retry_after else None
         return web.json_response(body, status=faults.fail_status, headers=headers)
     return None
+
+
+async def hang_after(faults: Faults) -> None:
+    """Hold an answer already made (`hang_after_count`), as a vendor that acted on a request but whose answer
+    never arrives in time."""
+    hit, faults.hang_after_count = Faults._take(faults.hang_after_count)
+    if hit:
+        await asyncio.sleep(faults.hang_seconds)
 
 
 def fault_routes(get: Callable[[], Faults], put: Callable[[Faults], None]) -> list[web.RouteDef]:

@@ -1,10 +1,13 @@
 """A Kapture CRM stand-in: the documented create, update and pull-by-date successes and failures, and a
 listing of what it holds. Serves `sandbox: true` destinations in-process, and tests and benchmarks standalone.
 
-Failures come as `{"message": …, "status": "failed"}` with HTTP 200 (`failure_http_status` changes that),
-with the documented messages where Kapture documents one. Pull reads `end_date` as inclusive (one day is
-start_date = end_date, the documented body) unless `end_date_inclusive=False` (the curl example's reading);
-a range over 24 hours fails. With `pagination_enabled`, `limit` numbers pages of `page_size` tickets.
+Custom fields sent with a create (keys beyond the documented ones) come back in the pull answer's
+`additional_info`. The fault knob `hang_after_count` makes a create, then holds its answer (a timeout after
+the ticket exists). Failures come as `{"message": …, "status": "failed"}` with HTTP 200
+(`failure_http_status` changes that), with the documented messages where Kapture documents one. Pull reads
+`end_date` as inclusive (one day is start_date = end_date, the documented body) unless
+`end_date_inclusive=False` (the curl example's reading); a range over 24 hours fails. With
+`pagination_enabled`, `limit` numbers pages of `page_size` tickets.
 With the knob `auth_key_expired: true` (`/_knobs`) every call answers the legacy pages' expired key,
 `{"Message": "Auth Key Expired", "Status": "Fail"}`.
 """
@@ -14,18 +17,21 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
-from bridge.simulators.faults import Handler, apply_faults
-from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
+from bridge.simulators.faults import Handler, apply_faults, hang_after
+from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, GET_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
 
 STAMP = "%Y-%m-%d %H:%M:%S"  # how tickets keep their creation time (as the create answer writes it)
 PULL_STAMP = "%d-%m-%Y %H:%M"  # how the pull answer writes times
 SUB_STATUS_NAMES = {"US": "Unattended", "P": "Pending", "PS": "Pending", "CL": "Closed", "RS": "Resolved"}
+# The create body's documented fields; any other key is the account's own (a custom field), which the pull
+# answer gives back under `additional_info`.
+DOCUMENTED_FIELDS = frozenset({"title", "ticket_details", "due_date", "email_id"})
 # Messages Kapture documents; the others below are this simulator's own wording.
 INVALID_AUTH = "Invalid Auth Key"
 AUTH_KEY_EXPIRED = "Auth Key Expired"  # the legacy pages' answer, with "Status": "Fail"
@@ -34,6 +40,7 @@ TITLE_MISSING = "title is missing"
 NO_TICKET = "No Data found/ticket_id is missing"
 BAD_CALLBACK = "Invalid Format.callback_date should be yyyy-MM-dd hh:mm:ss."
 BAD_DATE = "Date should be in YYYY-MM-DD format."
+ARRAY_REFUSED = "Invalid Json. Request body should be in object format."
 OVER_24_HOURS = "At one hit we can pull a data of max 24 hours."
 
 
@@ -48,23 +55,34 @@ class KaptureSimulator(VendorSimulator):
 
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
-                 clock: Callable[[], datetime] = datetime.now) -> None:
+                 clock: Callable[[], datetime] = datetime.now, operation_tokens: dict[str, set[str]] | None = None,
+                 pull_refuses_array: bool = False, limit_semantics: Literal["page", "size"] = "page") -> None:
         super().__init__()
         self.tokens = tokens if tokens is not None else {SANDBOX_TOKEN}
+        # An account whose APIs each have their own Auth Key: operation ("add", "update", "pull") -> its keys.
+        self.operation_tokens = operation_tokens or {}
+        # An account whose pull takes only an object, answering the documented array with "Invalid Json".
+        self.pull_refuses_array = pull_refuses_array
+        # With pagination: `limit` numbers pages of `page_size` ("page"), or is how many tickets to give from
+        # `offset` ("size"), as a third-party client reads it.
+        self.limit_semantics = limit_semantics
         self.failure_http_status = failure_http_status
         self.end_date_inclusive = end_date_inclusive
         self.pagination_enabled = pagination_enabled
         self.page_size = page_size
         self.clock = clock
         self.pulls: list[dict[str, Any]] = []
+        self.gets: list[list[str]] = []
         self.requests = 0
         self._ids = itertools.count(530348198)
 
     def _failed(self, message: str) -> web.Response:
         return web.json_response({"message": message, "status": "failed"}, status=self.failure_http_status)
 
-    async def _open(self, request: web.Request) -> web.StreamResponse | dict[str, Any]:
-        """The request's one object, or the answer that refuses it (a fault, a bad key, bad JSON)."""
+    async def _open(self, request: web.Request, operation: str,
+                    object_only: bool = False) -> web.StreamResponse | dict[str, Any]:
+        """The request's one object, or the answer that refuses it (a fault, a bad key, bad JSON, an array where
+        `object_only`)."""
         self.requests += 1
         faulted = await apply_faults(self.faults, request)
         if faulted is not None:
@@ -72,12 +90,14 @@ class KaptureSimulator(VendorSimulator):
         if self.knobs.auth_key_expired:
             return web.json_response({"Message": AUTH_KEY_EXPIRED, "Status": "Fail"}, status=self.failure_http_status)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Basic" or token not in self.tokens:
+        if scheme != "Basic" or token not in self.operation_tokens.get(operation, self.tokens):
             return self._failed(INVALID_AUTH)
         try:
             body = await request.json()
         except ValueError:
             return self._failed(INVALID_JSON)
+        if object_only and isinstance(body, list):
+            return self._failed(ARRAY_REFUSED)
         if isinstance(body, dict):
             body = [body]
         if not isinstance(body, list) or not body or not all(isinstance(item, dict) for item in body):
@@ -103,7 +123,7 @@ class KaptureSimulator(VendorSimulator):
                                                             f"{t['ticketId']}"}
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        item = await self._open(request)
+        item = await self._open(request, "add")
         if not isinstance(item, dict):
             return item
         title = item.get("title")
@@ -111,6 +131,7 @@ class KaptureSimulator(VendorSimulator):
             return self._failed(TITLE_MISSING)
         record = self.seed(title, self.clock(), **{k: v for k, v in item.items() if k != "title"})
         self.received.note(request, ticket_id=record["ticketId"])
+        await hang_after(self.faults)
         return web.json_response({
             "ticket": self._ticket_json(record), "Additional_details": {}, "due_date": item.get("due_date", ""),
             "title": title, "customer_id": 0, "ticket_id": record["ticketId"], "Ticket Id": record["ticketId"],
@@ -118,14 +139,15 @@ class KaptureSimulator(VendorSimulator):
         })
 
     async def update(self, request: web.Request) -> web.StreamResponse:
-        item = await self._open(request)
+        item = await self._open(request, "update")
         if not isinstance(item, dict):
             return item
         ticket_id = str(item.get("ticket_id") or "")
         found = next((t for t in self.tickets if ticket_id and t["ticketId"] == ticket_id), None)
         if found is None:
             return self._failed(NO_TICKET)
-        callback = item.get("callback_time") or ""
+        # The page names the field `callback_time` in its body and `callback_date` in its error text: both are read.
+        callback = item.get("callback_time") or item.get("callback_date") or ""
         try:
             if callback:
                 datetime.strptime(str(callback), CALLBACK_FORMAT)
@@ -166,10 +188,11 @@ class KaptureSimulator(VendorSimulator):
                 "taskTitle": t["taskTitle"], "detail": t["detail"], "substatusKey": t["substatus"],
                 "substatus": SUB_STATUS_NAMES.get(t["substatus"], t["substatus"]), "email": t["email"],
                 "phone": "", "queueKey": t.get("queue", ""), "disposition": t.get("disposition", ""),
-                "callBack": t.get("callback_time", ""), "attachments": [], "additional_info": {}}
+                "callBack": t.get("callback_time", ""), "attachments": [],
+                "additional_info": {k: v for k, v in t["fields"].items() if k not in DOCUMENTED_FIELDS}}
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
-        item = await self._open(request)
+        item = await self._open(request, "pull", object_only=self.pull_refuses_array)
         if not isinstance(item, dict):
             return item
         self.pulls.append(dict(item))
@@ -184,9 +207,29 @@ class KaptureSimulator(VendorSimulator):
             if not isinstance(page, int) or isinstance(page, bool) or page < 1:
                 return self._failed("limit is missing.")
             total = len(found)
-            found = found[(page - 1) * self.page_size: page * self.page_size]
+            if self.limit_semantics == "size":
+                offset = item.get("offset", 0)
+                skip = offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else 0
+                found = found[skip: skip + page]
+            else:
+                found = found[(page - 1) * self.page_size: page * self.page_size]
         return web.json_response({"totalCount": total, "message": [self._pull_json(t) for t in found],
                                   "status": "success"})
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        """Get by ticket id: an object with `ticket_ids` comma-separated; a top-level array of
+        `{additional_info, history, task_details}`, empty when none matches."""
+        item = await self._open(request, "get", object_only=True)
+        if not isinstance(item, dict):
+            return item
+        wanted = {i.strip() for i in str(item.get("ticket_ids") or "").split(",") if i.strip()}
+        if not wanted:
+            return self._failed("ticket_ids is missing")
+        self.gets.append(sorted(wanted))
+        return web.json_response([
+            {"additional_info": self._pull_json(t)["additional_info"], "history": {},
+             "task_details": {**self._ticket_json(t), "ticket_id": t["ticketId"], "title": t["taskTitle"]}}
+            for t in self.tickets if t["ticketId"] in wanted])
 
     def listed(self) -> dict[str, Any]:
         return {"count": len(self.tickets), "requests": self.requests, "tickets": self.tickets}
@@ -194,8 +237,9 @@ class KaptureSimulator(VendorSimulator):
     def clear(self) -> None:
         super().clear()
         self.pulls.clear()
+        self.gets.clear()
         self.requests = 0
 
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", CREATE_PATH, self.create), ("POST", UPDATE_PATH, self.update),
-                ("POST", PULL_PATH, self.pull)]
+                ("POST", PULL_PATH, self.pull), ("POST", GET_PATH, self.get)]

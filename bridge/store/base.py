@@ -72,6 +72,9 @@ class Claimed(msgspec.Struct, kw_only=True):
     conversation: str | None = None
     ticket: dict[str, Any] | None = None
     """The conversation's ticket when it has one (this delivery is then a follow-up), as `ticket` in mappings."""
+    in_doubt_since_ms: int | None = None
+    """An earlier send's outcome is unknown (a timeout after the request went out, a reset, a crash): it may
+    have reached the vendor at or after this time. The destination's `on_unknown` says what happens first."""
 
 
 class ClaimBatch(msgspec.Struct, kw_only=True):
@@ -100,6 +103,14 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     action: str | None = None
     body: dict[str, Any] | None = None
     """A follow-up's action and body, rendered at send time: kept on the delivery in place of the create's."""
+    duplicate: bool = False
+    """A send made again after an unknown outcome (`on_unknown: resend`) that succeeded or whose own outcome is
+    unknown: it may have made one more ticket than wanted, counted in `duplicates`."""
+
+
+UNKNOWN = "unknown"
+"""The classification of an attempt whose outcome is unknown: the delivery is then in doubt (`in_doubt_since`)
+until a success (sent, or found by reconciliation), a replay or an operator's mark-succeeded."""
 
 
 class DeliveryRow(msgspec.Struct, kw_only=True):
@@ -124,6 +135,13 @@ class DeliveryRow(msgspec.Struct, kw_only=True):
     """`create` or `follow_up` once sent; None before (or outside conversations)."""
     waiting: bool = False
     """Pending behind an earlier delivery of its conversation (a follow-up waiting for its ticket)."""
+    in_doubt_since_ms: int | None = None
+    """An earlier send's outcome is unknown; it may have reached the vendor at or after this time."""
+    unknowns: int = 0
+    """Sends whose outcome was unknown (timed out after the request went out, reset, or lost in a crash)."""
+    duplicates: int = 0
+    """Sends made again after an unknown outcome without a look-up (that succeeded, or whose outcome is unknown
+    too): each a possible duplicate ticket at the vendor, exactly so when every unknown send made one."""
 
 
 class ConversationRow(msgspec.Struct, kw_only=True):
@@ -290,7 +308,14 @@ class Store(ABC):
 
     @abstractmethod
     async def release_expired(self) -> int:
-        """Give back every delivery whose lease has run out; returns how many."""
+        """Give back every delivery whose lease has run out; returns how many. Each is in doubt from then on
+        (`in_doubt_since`: when it was claimed; `unknowns` counts one): its holder may have sent it."""
+
+    @abstractmethod
+    async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
+        """An operator's word that a delivery not in flight reached the vendor (`attempt.ticket_id`): it becomes
+        succeeded, no longer in doubt, with `attempt` recorded (and its conversation given the ticket when it is
+        the create). False when it is in flight or succeeded already; raises NotFound."""
 
     async def take_back(self, instance: str, gone: Callable[[str], bool]) -> int:
         """Give back, due now, the deliveries in flight under an earlier process of this `instance` (a lease

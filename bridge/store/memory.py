@@ -38,7 +38,7 @@ from bridge.store.base import (
     Store,
     StoredMappingSet,
 )
-from bridge.store.rows import attachment_hashes, decode_dict, decode_event, encode, settled
+from bridge.store.rows import attachment_hashes, decode_dict, decode_event, doubt_after, encode, settled
 
 
 def wall_ms() -> int:
@@ -196,7 +196,7 @@ class MemoryStore(Store):
             Claimed(id=d.row.id, event_id=d.row.event_id, mapping=d.row.mapping, destination=d.row.destination,
                     action=d.row.action, body=decode_dict(d.body) if d.body is not None else {},
                     options=decode_dict(d.options), tries=d.row.tries, attempts=d.row.attempts,
-                    conversation=d.row.conversation, ticket=self._ticket(d))
+                    conversation=d.row.conversation, ticket=self._ticket(d), in_doubt_since_ms=d.row.in_doubt_since_ms)
             for d in due
         ])
 
@@ -216,6 +216,11 @@ class MemoryStore(Store):
                 ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key,
             )
             d.lease_until_ms = None
+            unknown, duplicates = doubt_after(r)
+            doubt = (None if r.next_status == "succeeded" else
+                     d.row.in_doubt_since_ms if d.row.in_doubt_since_ms is not None or not unknown else r.started_at_ms)
+            self._update(d, in_doubt_since_ms=doubt, unknowns=d.row.unknowns + int(unknown),
+                         duplicates=d.row.duplicates + duplicates)
             if r.role is not None:
                 self._update(d, role=r.role, action=r.action or d.row.action)
                 if r.body is not None:
@@ -255,7 +260,9 @@ class MemoryStore(Store):
         expired = [d for d in self.deliveries.values() if d.row.status == "in_flight"
                    and d.lease_until_ms is not None and d.lease_until_ms < now]
         for d in expired:
-            self._update(d, status="pending")
+            # Its holder may have sent it: in doubt since the claim (the row's last change).
+            doubt = d.row.in_doubt_since_ms if d.row.in_doubt_since_ms is not None else d.row.updated_at_ms
+            self._update(d, status="pending", in_doubt_since_ms=doubt, unknowns=d.row.unknowns + 1)
             d.lease_until_ms = None
         return len(expired)
 
@@ -304,9 +311,26 @@ class MemoryStore(Store):
                 self._update(d, mapping_version=version)
             elif d.body is None:
                 continue
-            self._update(d, status="pending", tries=0, next_attempt_at_ms=now, last_error=None)
+            self._update(d, status="pending", tries=0, next_attempt_at_ms=now, last_error=None, in_doubt_since_ms=None)
             moved.append(delivery_id)
         return moved
+
+    async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
+        self._check_open()
+        d = self._get(delivery_id)
+        if d.row.status not in ("pending", "dead"):
+            return False
+        r = attempt
+        n = d.row.attempts + 1
+        self._update(d, status="succeeded", attempts=n, last_error=r.error, ticket_id=r.ticket_id,
+                     ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key, in_doubt_since_ms=None)
+        d.attempts.append(AttemptRow(n=n, started_at_ms=r.started_at_ms, duration_ms=0.0, http_status=None,
+                                     response_excerpt=None, classification=r.classification, error=r.error))
+        c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
+        if c is not None and d.row.role != "follow_up" and c.ticket_id is None:
+            self.conversations[c.id] = msgspec.structs.replace(
+                c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_at_ms=self.clock())
+        return True
 
     async def counts(self) -> dict[str, dict[str, int]]:
         self._check_open()

@@ -64,6 +64,7 @@ from bridge.store.rows import (
     CONVERSATION_COLUMNS,
     HEAD_OF_CONVERSATION,
     NEVER,
+    REAPED_IN_DOUBT,
     REFS_PAGE,
     ROW_COLUMNS,
     ROW_WIDTH,
@@ -77,6 +78,7 @@ from bridge.store.rows import (
     decode_event,
     decode_files,
     delivery_row,
+    doubt_after,
     encode,
     gives_ticket,
     kept_condition,
@@ -346,7 +348,7 @@ class PostgresStore(Store):
                 f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
                 "FOR UPDATE SKIP LOCKED) due "
                 "WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, x.body, "
-                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation",
+                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since",
                 owner, now + int(lease_s * 1000), now, destination, limit)
             if got:
                 items = claimed_items(got)
@@ -390,6 +392,7 @@ class PostgresStore(Store):
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
+        unknown, duplicates = doubt_after(r)
 
         async def op(conn: Any) -> None:
             now = now_ms()
@@ -400,10 +403,13 @@ class PostgresStore(Store):
                 "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
                 "updated_at = $3, last_error = $4, ticket_id = COALESCE($5, ticket_id), "
                 "ticket_key = COALESCE($6, ticket_key), role = COALESCE($7, role), action = COALESCE($8, action), "
-                "body = COALESCE($9, body) WHERE id = $10 AND status = 'in_flight' "
+                "body = COALESCE($9, body), in_doubt_since = CASE WHEN $1 = 'succeeded' THEN NULL "
+                "WHEN $12::boolean THEN COALESCE(in_doubt_since, $13) ELSE in_doubt_since END, "
+                "unknowns = unknowns + $14, duplicates = duplicates + $15 WHERE id = $10 AND status = 'in_flight' "
                 "AND ($11::text IS NULL OR lease_owner = $11) RETURNING attempts, conversation",
                 r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
-                None if role_body is None else encode(role_body), r.delivery_id, owner)
+                None if role_body is None else encode(role_body), r.delivery_id, owner, unknown, r.started_at_ms,
+                int(unknown), duplicates)
             if updated is None:
                 if owner is not None:
                     if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", r.delivery_id) is None:
@@ -458,8 +464,8 @@ class PostgresStore(Store):
         async def op(conn: Any) -> int:
             now = now_ms()
             released = await conn.fetch(
-                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
-                "WHERE status = 'in_flight' AND lease_until < $1 RETURNING destination", now)
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1, "  # noqa: S608
+                f"{REAPED_IN_DOUBT} WHERE status = 'in_flight' AND lease_until < $1 RETURNING destination", now)
             for destination in sorted({r[0] for r in released}):
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return len(released)
@@ -555,13 +561,14 @@ class PostgresStore(Store):
                     body, version = new[i]
                     got = await conn.fetchrow(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1, "
-                        "last_error = NULL, body = $2, mapping_version = $3 "
+                        "last_error = NULL, in_doubt_since = NULL, body = $2, mapping_version = $3 "
                         "WHERE id = $4 AND status IN ('succeeded', 'dead') RETURNING destination",
                         now, encode(body), version, i)
                 else:
                     got = await conn.fetchrow(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1, "
-                        "last_error = NULL WHERE id = $2 AND status IN ('succeeded', 'dead') AND body IS NOT NULL "
+                        "last_error = NULL, in_doubt_since = NULL WHERE id = $2 AND status IN ('succeeded', 'dead') "
+                        "AND body IS NOT NULL "
                         "RETURNING destination", now, i)
                 if got is not None:
                     moved.append(i)
@@ -569,6 +576,34 @@ class PostgresStore(Store):
             return moved
 
         return await self._run(op)
+
+    async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
+        r = attempt
+
+        async def op(conn: Any) -> bool:
+            now = now_ms()
+            row = await conn.fetchrow(
+                "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = $1, "
+                "last_error = $2, ticket_id = $3, ticket_key = COALESCE($4, ticket_key), in_doubt_since = NULL "
+                "WHERE id = $5 AND status IN ('pending', 'dead') RETURNING attempts, conversation, role, destination",
+                now, r.error, r.ticket_id, r.ticket_key, delivery_id)
+            if row is None:
+                if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", delivery_id) is None:
+                    raise NotFound(f"no delivery {delivery_id!r}")
+                return False
+            n, conversation, role, destination = row
+            await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                               "response_excerpt, classification, error, exchange) "
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", delivery_id, n, r.started_at_ms, 0.0,
+                               None, None, r.classification, r.error, None)
+            if conversation is not None and role != "follow_up":
+                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3 "
+                                   "WHERE id = $4 AND ticket_id IS NULL", r.ticket_id, r.ticket_key, now, conversation)
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
+            return True
+
+        done: bool = await self._run(op)
+        return done
 
     async def counts(self) -> dict[str, dict[str, int]]:
         async def op(conn: Any) -> dict[str, dict[str, int]]:

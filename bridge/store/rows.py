@@ -13,6 +13,7 @@ from bridge.conversations import ticket_context
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
+    UNKNOWN,
     AttemptResult,
     AttemptRow,
     AuditEntry,
@@ -33,8 +34,8 @@ ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, act
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
                "(status = 'pending' AND conversation IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries w "
                "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
-               "AND w.id < deliveries.id))")
-ROW_WIDTH = 19
+               "AND w.id < deliveries.id)), in_doubt_since, unknowns, duplicates")
+ROW_WIDTH = 22
 HEAD_OF_CONVERSATION = (
     "(d.conversation IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "
     "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id AND (o.status = 'in_flight' OR o.id < d.id)))")
@@ -49,6 +50,16 @@ NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destina
                         "next_attempt_at, created_at, updated_at, last_error, conversation")
 
 
+REAPED_IN_DOUBT = "in_doubt_since = COALESCE(in_doubt_since, updated_at), unknowns = unknowns + 1"
+"""What taking back a lease (its holder stopped or died) sets: its send may have gone out, at or after the
+claim (`updated_at`, which a claim sets and nothing changes while the lease is held)."""
+
+
+def doubt_after(r: AttemptResult) -> tuple[bool, int]:
+    """How an attempt changes the delivery's doubt: (its outcome was unknown, possible duplicates to add)."""
+    return r.classification == UNKNOWN, int(r.duplicate)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -59,7 +70,7 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
         id=r[0], event_id=r[1], source=r[2], mapping=r[3], mapping_version=r[4], destination=r[5],
         action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
         updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15], conversation=r[16],
-        role=r[17], waiting=bool(r[18]),
+        role=r[17], waiting=bool(r[18]), in_doubt_since_ms=r[19], unknowns=r[20], duplicates=r[21],
     )
 
 
@@ -104,11 +115,11 @@ def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: i
 
 def claimed_items(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Rows a claim returned (id, event_id, mapping, destination, action, body, options, tries, attempts,
-    next_attempt_at, conversation), in due order: RETURNING promises no order."""
+    next_attempt_at, conversation, in_doubt_since), in due order: RETURNING promises no order."""
     return [
         Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
                 body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]), tries=r[7],
-                attempts=r[8], conversation=r[10])
+                attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11])
         for r in sorted(rows, key=lambda r: (r[9], r[0]))
     ]
 

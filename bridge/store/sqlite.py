@@ -63,6 +63,7 @@ from bridge.store.rows import (
     HEAD_OF_CONVERSATION,
     NEVER,
     NEW_DELIVERY_COLUMNS,
+    REAPED_IN_DOUBT,
     REFS_PAGE,
     ROW_COLUMNS,
     ROW_WIDTH,
@@ -76,6 +77,7 @@ from bridge.store.rows import (
     decode_event,
     decode_files,
     delivery_row,
+    doubt_after,
     encode,
     gives_ticket,
     kept_condition,
@@ -160,8 +162,9 @@ class SqliteStore(Store):
             self._migrate(writer)
             if self.owner:
                 moved = writer.execute(
-                    "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
-                    "next_attempt_at = MIN(next_attempt_at, ?) WHERE status = 'in_flight'", (now_ms(),),
+                    "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "  # noqa: S608
+                    f"next_attempt_at = MIN(next_attempt_at, ?), {REAPED_IN_DOUBT} WHERE status = 'in_flight'",
+                    (now_ms(),),
                 ).rowcount
                 if moved:
                     log.warning("store.recovered_in_flight", count=moved, path=str(self.path))
@@ -550,7 +553,7 @@ class SqliteStore(Store):
                 "WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = ? "
                 f"AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT ?) "
                 "RETURNING id, event_id, mapping, destination, action, body, options, tries, attempts, "
-                "next_attempt_at, conversation",
+                "next_attempt_at, conversation, in_doubt_since",
                 (owner, now + int(lease_s * 1000), now, destination, now, limit),
             ).fetchall()
             if got:
@@ -574,6 +577,7 @@ class SqliteStore(Store):
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         r = result
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
+        unknown, duplicates = doubt_after(r)
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
@@ -582,10 +586,14 @@ class SqliteStore(Store):
                 "next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
                 "updated_at = ?, last_error = ?, ticket_id = COALESCE(?, ticket_id), "
                 "ticket_key = COALESCE(?, ticket_key), role = COALESCE(?, role), action = COALESCE(?, action), "
-                "body = COALESCE(?, body) WHERE id = ? AND status = 'in_flight' AND (? IS NULL OR lease_owner = ?) "
+                "body = COALESCE(?, body), in_doubt_since = CASE WHEN ? = 'succeeded' THEN NULL "
+                "WHEN ? THEN COALESCE(in_doubt_since, ?) ELSE in_doubt_since END, unknowns = unknowns + ?, "
+                "duplicates = duplicates + ? "
+                "WHERE id = ? AND status = 'in_flight' AND (? IS NULL OR lease_owner = ?) "
                 "RETURNING attempts, conversation",
                 (r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
-                 None if role_body is None else encode(role_body), r.delivery_id, owner, owner),
+                 None if role_body is None else encode(role_body), r.next_status, unknown, r.started_at_ms,
+                 int(unknown), duplicates, r.delivery_id, owner, owner),
             ).fetchone()
             if updated is None:
                 if owner is not None:
@@ -642,8 +650,8 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> int:
             now = now_ms()
             count: int = conn.execute(
-                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ? "
-                "WHERE status = 'in_flight' AND lease_until < ?", (now, now)).rowcount
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?, "  # noqa: S608
+                f"{REAPED_IN_DOUBT} WHERE status = 'in_flight' AND lease_until < ?", (now, now)).rowcount
             return count
 
         count: int = await self._write(op)
@@ -715,13 +723,14 @@ class SqliteStore(Store):
                     body, version = new[i]
                     row = conn.execute(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
-                        "last_error = NULL, body = ?, mapping_version = ? "
+                        "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ? "
                         "WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
                         (now, now, encode(body), version, i)).fetchone()
                 else:
                     row = conn.execute(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
-                        "last_error = NULL WHERE id = ? AND status IN ('succeeded', 'dead') AND body IS NOT NULL "
+                        "last_error = NULL, in_doubt_since = NULL WHERE id = ? AND status IN ('succeeded', 'dead') "
+                        "AND body IS NOT NULL "
                         "RETURNING id", (now, now, i)).fetchone()
                 if row is not None:
                     moved.append(i)
@@ -729,6 +738,32 @@ class SqliteStore(Store):
 
         moved: list[str] = await self._write(op)
         return moved
+
+    async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
+        r = attempt
+
+        def op(conn: sqlite3.Connection) -> bool:
+            now = now_ms()
+            row = conn.execute(
+                "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = ?, last_error = ?, "
+                "ticket_id = ?, ticket_key = COALESCE(?, ticket_key), in_doubt_since = NULL "
+                "WHERE id = ? AND status IN ('pending', 'dead') RETURNING attempts, conversation, role",
+                (now, r.error, r.ticket_id, r.ticket_key, delivery_id)).fetchone()
+            if row is None:
+                if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() is None:
+                    raise NotFound(f"no delivery {delivery_id!r}")
+                return False
+            n, conversation, role = row
+            conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                         "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (delivery_id, n, r.started_at_ms, 0.0, None, None, r.classification, r.error, None))
+            if conversation is not None and role != "follow_up":
+                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_at = ? "
+                             "WHERE id = ? AND ticket_id IS NULL", (r.ticket_id, r.ticket_key, now, conversation))
+            return True
+
+        done: bool = await self._write(op)
+        return done
 
     async def counts(self) -> dict[str, dict[str, int]]:
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:

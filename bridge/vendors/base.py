@@ -14,7 +14,7 @@ import aiohttp
 import msgspec
 
 from bridge.config import DestinationConfig
-from bridge.errors import MappingError
+from bridge.errors import BridgeError, MappingError
 from bridge.vendors.credentials import Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
@@ -22,10 +22,18 @@ from bridge.vendors.failures import VendorAuthFailed as VendorAuthFailed  # noqa
 from bridge.vendors.failures import VendorUnavailable as VendorUnavailable  # noqa: PLC0414
 from bridge.vendors.files import FileSet, attachment_list, with_text
 
-Classification = Literal["success", "retry", "permanent", "auth", "skipped"]
-"""`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false)."""
+Classification = Literal["success", "retry", "permanent", "auth", "skipped", "unknown", "reconciled", "held"]
+"""`skipped`: a follow-up settled without a request (its mapping says skip, or its `when` is false).
+`unknown`: the request may have reached the vendor but its answer was lost (a timeout once connected, a reset).
+`reconciled`: not sent, its ticket found at the vendor after an unknown outcome. `held`: not sent, after an
+unknown outcome, until an operator replays it or marks it succeeded (`on_unknown: hold`)."""
 # GET a vendor URL: (url, headers) -> (status, body); the delivery loop supplies one bound to its session.
 Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
+
+
+class CannotReconcile(BridgeError):
+    """A delivery whose outcome is unknown cannot be looked up at the vendor (e.g. its body lacks the reference
+    the look-up matches on): it is held for an operator rather than risk a second ticket."""
 
 
 class VendorRequest(msgspec.Struct, kw_only=True):
@@ -33,6 +41,19 @@ class VendorRequest(msgspec.Struct, kw_only=True):
     url: str
     headers: dict[str, str]
     body: bytes
+
+
+# Make a vendor request: request -> (status, body); the delivery loop supplies one bound to its session.
+Call = Callable[[VendorRequest], Awaitable[tuple[int, bytes]]]
+
+
+class Found(msgspec.Struct, kw_only=True, frozen=True):
+    """A ticket a reconciliation found at the vendor: the one an earlier send of unknown outcome created."""
+
+    ticket_id: str
+    ticket_key: str | None = None
+    detail: str = ""
+    """What matched, for the attempt's record (e.g. "bridge_ref = evt_…, pulled 2024-04-19")."""
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -106,6 +127,22 @@ class Adapter(ABC):
         names to ids), through `fetch`. Raise MappingError for a permanent problem, VendorUnavailable
         to retry later. The default needs nothing."""
         return fields
+
+    def reconciles(self, action: str) -> bool:
+        """Whether a delivery of `action` whose outcome is unknown can be looked up at the vendor (`find`)."""
+        return False
+
+    async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
+        """The ticket an earlier send of these `fields` created at or after `since_ms` (ms since the epoch), or
+        None when the vendor holds none; through `call`. Raise VendorUnavailable to try again later,
+        VendorAuthFailed for refused credentials, CannotReconcile when no look-up can tell."""
+        raise CannotReconcile(f"{self.vendor} offers no look-up for {action}")
+
+    async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
+        """Whether the vendor still holds `ticket_id` (asked before a follow-up where the destination says
+        so), through `call`; None when this adapter does not check. Raise VendorUnavailable or
+        VendorAuthFailed when the look-up fails."""
+        return None
 
     @abstractmethod
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],

@@ -28,10 +28,15 @@ from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
     Adapter,
+    Call,
+    CannotReconcile,
     Diagnosis,
     Fetch,
+    Found,
     Outcome,
+    VendorAuthFailed,
     VendorRequest,
+    VendorUnavailable,
     classify_status,
     decode_json,
     excerpt,
@@ -100,6 +105,25 @@ class HttpDoctor(Base):
             raise KeyValueError(("path",), f"`path` {self.path!r} must start with /, e.g. /api/me")
 
 
+class HttpLookup(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How to find the ticket a create of unknown outcome may have made (`on_unknown: reconcile`): a GET of
+    `path` (its `{field}` placeholders filled from the create's rendered fields, e.g. a reference the mapping
+    sent), whose answer holds the ticket's id at `ticket_id_path`; a status in `not_found_statuses`, or
+    nothing at that path, means the target holds no such ticket."""
+
+    path: str
+    ticket_id_path: str
+    not_found_statuses: list[int] = msgspec.field(default_factory=lambda: [404])
+
+    def __post_init__(self) -> None:
+        _check_path(self.path.split("?", 1)[0])
+        placeholders(self.path)
+        try:
+            body_path(self.ticket_id_path)
+        except ValueError as exc:
+            raise ValueError(f"`lookup.ticket_id_path`: {exc}") from None
+
+
 class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     method: Method = "POST"
     path: str = "/"
@@ -114,6 +138,13 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     multipart_files_part: str = "files"
     auth: HttpAuth | None = None
     doctor: HttpDoctor | None = None
+    lookup: HttpLookup | None = None
+
+    def can_reconcile(self) -> str | None:
+        if self.lookup is not None:
+            return None
+        return ("the http vendor finds a ticket only through a configured look-up: set `lookup: {path, "
+                "ticket_id_path}` (a GET that answers the ticket a reference names)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,6 +224,32 @@ class HttpAdapter(Adapter):
                     raise MappingError(f"the path {template!r} needs this field as text, got {value!r}", path=name)
                 out.append(quote(str(value), safe=""))
         return "".join(out)
+
+    def reconciles(self, action: str) -> bool:
+        return action == "create_ticket" and self.options.lookup is not None
+
+    async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
+        lookup = self.options.lookup
+        if lookup is None:
+            raise CannotReconcile("http: no `lookup` is configured")
+        try:
+            url = self._url(lookup.path, fields)
+        except MappingError as exc:
+            raise CannotReconcile(f"http: the look-up path cannot be filled: {exc}") from None
+        headers = {k: v for k, v in self.options.headers.items() if k.lower() != "content-type"}
+        status, body = await call(VendorRequest(method="GET", url=url, headers=headers, body=b""))
+        if status in lookup.not_found_statuses:
+            return None
+        if 200 <= status < 300:
+            value = body_path(lookup.ticket_id_path).get({"body": decode_json(body)})
+            found = None if value is MISSING else text_or_none(value)
+            return None if found is None else Found(ticket_id=found, detail=f"GET {url} -> {found}")
+        refused = classify_status(status, {})
+        if refused is not None and refused.classification == "auth":
+            raise VendorAuthFailed(f"http: the look-up was refused: HTTP {status}")
+        if refused is not None:
+            raise VendorUnavailable(f"http: the look-up answered HTTP {status}")
+        raise CannotReconcile(f"http: the look-up answered HTTP {status}: {excerpt(body)}")
 
     async def prepare(self, action: str, fields: dict[str, Any], fetch: Fetch) -> dict[str, Any]:
         """In multipart mode, read the `files` attachments within the destination's caps."""

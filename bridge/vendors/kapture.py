@@ -12,8 +12,12 @@ from bridge.config import DestinationConfig
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    Call,
+    Found,
     Outcome,
+    VendorAuthFailed,
     VendorRequest,
+    VendorUnavailable,
     blank,
     classify_status,
     decode_json,
@@ -26,6 +30,7 @@ from bridge.vendors.files import split_files
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
 PULL_PATH = "/select-ticket-between-start-and-end-dates.html/v.2.0"
+GET_PATH = "/search-ticket-by-ticket-id.html/v.2.0"
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the built-in simulator's well-known demo key, not a secret
 # Messages that say the key is refused, whatever the HTTP code: the current pages' "Invalid Auth Key"
 # (missing, wrong, expired or disabled) and the legacy pages' `"Status": "Fail"` / "Auth Key Expired".
@@ -40,16 +45,60 @@ REQUIRED = {"create_ticket": ("title",), "update_ticket": ("sub_status",)}
 TEXT_FIELDS = {"create_ticket": "ticket_details", "update_ticket": "comment"}
 
 
+Operation = Literal["add", "update", "pull", "get"]
+# What each action calls, for its Auth Key.
+OPERATIONS: dict[str, Operation] = {"create_ticket": "add", "update_ticket": "update"}
+# Mapping `options:` Kapture takes: how the one item is sent (the docs' one-element array, or a bare object,
+# which some accounts take [3rd]).
+MAPPING_OPTIONS = {"body": ("array", "object")}
+# How Kapture refuses an array where it wants an object ("Invalid Json … should be in object format").
+REFUSES_ARRAY = ("invalid json", "object format")
+
+
+class KaptureKeys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One Auth Key per API, as Kapture's Partner configuration issues them (each with its own expiry);
+    an operation without one uses the destination's `token`."""
+
+    add: str = ""
+    update: str = ""
+    pull: str = ""
+    get: str = ""
+
+
 class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     token: str = ""
+    tokens: KaptureKeys = msgspec.field(default_factory=KaptureKeys)
     # How the pull API reads `end_date` (its page shows both): `same_day` asks for one day as
     # start_date = end_date (the documented body), `next_day` as end_date = the day after (the curl example).
     pull_end_date: Literal["same_day", "next_day"] = "same_day"
+    # The create body's field (a dotted path, e.g. `ref_details.bridge_ref`) where the mapping puts a reference
+    # of its own (such as the event id) that the account keeps and the pull answer returns under
+    # `additional_info`: how a create whose outcome is unknown is found again (`on_unknown: reconcile`).
+    reference_field: str | None = None
+    # Before each follow-up, ask Kapture (get by ticket id) whether the conversation's ticket still exists: one
+    # request more per follow-up; a ticket gone makes the follow-up fail, naming it, rather than update nothing.
+    check_ticket: bool = False
+
+    def can_reconcile(self) -> str | None:
+        if self.reference_field:
+            return None
+        return ("kapture finds a ticket by pulling the day's tickets and matching a reference the mapping put in "
+                "the ticket: set `reference_field` (e.g. `ref_details.bridge_ref`, filled with "
+                "\"{{ event.id }}\" by the mapping)")
+
+    def default_on_unknown(self) -> Literal["resend", "reconcile", "hold"]:
+        # With a reference, look the ticket up; without one nothing can tell whether the earlier send made a
+        # ticket, and holding every timed-out create would stop tickets on each network blip: resend, and
+        # count and flag each possible duplicate.
+        return "reconcile" if self.reference_field else "resend"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.token and not self.sandbox:
-            raise ValueError("`token` is required: the key from Kapture's Partner/API configuration")
+            missing = [op for op in ("add", "update", "pull", "get") if not getattr(self.tokens, op)]
+            if missing:
+                raise ValueError("`token` is required (the Auth Key from Kapture's Partner/API configuration), "
+                                 f"or a key per operation in `tokens`: {', '.join(missing)} has none")
 
 
 def ticket_id_of(body: Mapping[str, Any]) -> str | None:
@@ -93,6 +142,20 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[O
     return Outcome(classification="permanent", error=f"kapture: HTTP {status}: {reason}"), parsed
 
 
+def read_tickets(status: int, body: bytes) -> list[dict[str, Any]]:
+    """A get-by-id answer: a top-level array of `{additional_info, history, task_details}` [doc]; an empty
+    array, or a "No Data found" failure, is no ticket. Raises VendorAuthFailed or VendorUnavailable."""
+    parsed = decode_json(body)
+    if 200 <= status < 300 and isinstance(parsed, list):
+        return [t for t in parsed if isinstance(t, dict)]
+    outcome, _ = read_answer(status, {}, body)
+    if outcome.classification == "auth":
+        raise VendorAuthFailed(f"the ticket look-up was refused: {outcome.error}")
+    if "no data found" in (outcome.error or "").lower():
+        return []
+    raise VendorUnavailable(f"the ticket look-up failed: {outcome.error or 'an answer that is not a list'}")
+
+
 def check_callback_time(value: Any) -> None:
     """Refuse a `callback_time` Kapture would reject ("Invalid Format."), before it is sent."""
     if blank(value):
@@ -114,21 +177,44 @@ class KaptureAdapter(Adapter):
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
-        return [f"{name}: kapture {action} needs a `{name}` field"
-                for name in REQUIRED.get(action, ()) if name not in fields]
+        problems = [f"{name}: kapture {action} needs a `{name}` field"
+                    for name in REQUIRED.get(action, ()) if name not in fields]
+        for key, value in options.items():
+            allowed = MAPPING_OPTIONS.get(key)
+            if allowed is None:
+                problems.append(f"options.{key}: unknown Kapture option; known: {', '.join(MAPPING_OPTIONS)}")
+            elif value not in allowed:
+                problems.append(f"options.{key}: {value!r} is not one of {', '.join(allowed)}")
+        return problems
+
+    pull_paged: bool = False
+    """The account answered a pull without `limit` by asking for it: pull page by page from then on."""
 
     @property
     def options(self) -> KaptureOptions:
         assert isinstance(self.config, KaptureOptions)
         return self.config
 
+    limit_is_size: bool = False
+    """The account showed its pull reads `limit` as a page size (pages repeat): page by `offset` from then on."""
+    pull_as_object: bool = False
+    """The account refused the documented array body of a pull ("object format"): send an object from then on."""
+
     @property
     def token(self) -> str:
         return self.options.token or (SANDBOX_TOKEN if self.options.sandbox else "")
 
+    def token_for(self, operation: Operation) -> str:
+        """The Auth Key of `operation` (`tokens.<op>`), else the destination's `token`."""
+        return getattr(self.options.tokens, operation) or self.token
+
+    def headers_for(self, operation: Operation) -> dict[str, str]:
+        return {"Authorization": f"Basic {self.token_for(operation)}", "Content-Type": "application/json"}
+
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Basic {self.token}", "Content-Type": "application/json"}
+        """The headers of a pull (the `kapture pull` verb's and reconciliation's call)."""
+        return self.headers_for("pull")
 
     def build_request(self, action: str, fields: dict[str, Any], options: Mapping[str, Any],
                       ticket: Mapping[str, Any] | None = None) -> VendorRequest:
@@ -144,8 +230,33 @@ class KaptureAdapter(Adapter):
             check_callback_time(fields.get("callback_time"))
             # Documented as a string; a follow-up's ticket supplies it when the mapping does not.
             item["ticket_id"] = ticket_id_from(fields, ("ticket_id",), ticket, "kapture")
-        return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers,
-                             body=msgspec.json.encode([item]))
+        shape = options.get("body", "array")
+        return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers_for(OPERATIONS[action]),
+                             body=msgspec.json.encode(item if shape == "object" else [item]))
+
+    def reconciles(self, action: str) -> bool:
+        return action == "create_ticket" and bool(self.options.reference_field)
+
+    async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
+        # Imported here: the pull module builds on this one.
+        from bridge.vendors.kapture_pull import find_created  # noqa: PLC0415
+        return await find_created(self, fields, since_ms, call)
+
+    def get_request(self, ticket_ids: list[str]) -> VendorRequest:
+        """`search-ticket-by-ticket-id`: an object (an array gets "Invalid Json.") with the ids comma-separated."""
+        return VendorRequest(method="POST", url=self.base_url + GET_PATH, headers=self.headers_for("get"),
+                             body=msgspec.json.encode({"ticket_ids": ",".join(ticket_ids)}))
+
+    async def get_tickets(self, ticket_ids: list[str], call: Call) -> list[dict[str, Any]]:
+        """The tickets Kapture holds of `ticket_ids`, each `{additional_info, history, task_details}`; raises
+        VendorUnavailable or VendorAuthFailed when the call fails."""
+        status, body = await call(self.get_request(ticket_ids))
+        return read_tickets(status, body)
+
+    async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
+        if not self.options.check_ticket:
+            return None
+        return bool(await self.get_tickets([ticket_id], call))
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         outcome, parsed = read_answer(status, headers, body)

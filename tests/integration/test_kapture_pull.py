@@ -79,6 +79,32 @@ async def test_three_days_are_three_calls_each_within_24_hours(aiohttp_server: A
     assert capsys.readouterr().err.strip() == f"pulled 8 tickets over 3 days in 3 calls into {out}"
 
 
+async def test_an_account_that_wants_an_object_is_asked_again_and_remembered(
+        aiohttp_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An account answering the documented array with "Invalid Json … object format" is asked again with an
+    object, and every later day goes as an object at once: one call more in all."""
+    sim = seeded(pull_refuses_array=True)
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "tickets.jsonl"
+    assert await pull(config, *RANGE, "--out", str(out)) == 0
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+    assert len(sim.pulls) == 3 and sim.requests == 4
+    assert "in 4 calls" in capsys.readouterr().err
+
+
+async def test_an_account_whose_limit_is_a_size_is_paged_by_offset(aiohttp_server: Any, tmp_path: Path) -> None:
+    """An account that reads `limit` as a page size answers page 2 (limit 2) with page 1's ticket again: the
+    pull starts the day again paging by `offset` + `limit`, keeps to it for later days, and writes each
+    ticket once."""
+    sim = seeded(pagination_enabled=True, limit_semantics="size")
+    config = await serve(aiohttp_server, sim, tmp_path)
+    out = tmp_path / "t.jsonl"
+    assert await pull(config, *RANGE, "--paged", "--out", str(out)) == 0
+    assert [(p["start_date"][-2:], p.get("offset"), p["limit"]) for p in sim.pulls][:4] == [
+        ("19", None, 1), ("19", None, 2), ("19", 0, 100), ("20", 0, 100)]
+    assert [t["taskTitle"] for t in lines(out)] == expected_titles()
+
+
 async def test_without_out_the_tickets_go_to_stdout(aiohttp_server: Any, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """With no --out, each ticket is one JSON line on stdout."""

@@ -1024,3 +1024,75 @@ class StoreContract:
         await accept_one(store, event=ev)
         assert await store.attachment_refs(after_now()) == {a, b}
         assert await store.attachment_refs(int(ev.received_at.timestamp() * 1000)) == set()
+
+    # -- unknown outcomes -------------------------------------------------------------------------
+
+    async def test_a_taken_back_lease_leaves_the_delivery_in_doubt_since_its_claim(self, store: Store) -> None:
+        """A delivery whose lease ran out (its sender died) goes back pending in doubt since its claim, counted
+        as one unknown outcome, and the next claim carries that time."""
+        _, (d,) = await accept_one(store)
+        before = now_ms()
+        await store.claim("kapture-support", 10, "crashed-worker", -1)
+        assert await store.release_expired() == 1
+        r = await row(store, d)
+        assert r.status == "pending" and r.unknowns == 1 and r.in_doubt_since_ms is not None
+        assert before <= r.in_doubt_since_ms <= now_ms()
+        (item,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert item.in_doubt_since_ms == r.in_doubt_since_ms
+
+    async def test_an_unknown_attempt_keeps_the_first_doubt_and_a_success_clears_it(self, store: Store) -> None:
+        """An `unknown` attempt puts the delivery in doubt from its start (a later one keeps the earlier time);
+        a success clears the doubt and counts a duplicate when the attempt says so; unknowns stay counted."""
+        _, (d,) = await accept_one(store)
+        first = now_ms() - 5000
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(msgspec.structs.replace(result(d, "pending", http_status=None, classification="unknown"),
+                                                   started_at_ms=first, next_attempt_at_ms=0), owner="w")
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(msgspec.structs.replace(result(d, "pending", http_status=None, classification="unknown"),
+                                                   next_attempt_at_ms=0), owner="w")
+        r = await row(store, d)
+        assert (r.in_doubt_since_ms, r.unknowns, r.duplicates) == (first, 2, 0)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(msgspec.structs.replace(result(d, "succeeded", ticket_id="9"), duplicate=True), owner="w")
+        r = await row(store, d)
+        assert (r.status, r.in_doubt_since_ms, r.unknowns, r.duplicates) == ("succeeded", None, 2, 1)
+        assert [a.classification for a in (await store.get_delivery(d)).attempts] == ["unknown", "unknown", "success"]
+
+    async def test_a_plain_failure_keeps_the_doubt_and_replay_clears_it(self, store: Store) -> None:
+        """A retry or a dead end after an unknown outcome leaves the delivery in doubt (the earlier send may still
+        have made a ticket); an operator's replay clears it."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "pending", http_status=None, classification="unknown", next_attempt_at_ms=0))
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d, "dead", classification="held", http_status=None))
+        assert (await row(store, d)).in_doubt_since_ms is not None
+        assert await store.replay([d]) == [d]
+        r = await row(store, d)
+        assert (r.status, r.in_doubt_since_ms, r.unknowns) == ("pending", None, 1)
+
+    async def test_mark_succeeded_settles_a_held_delivery_with_its_ticket(self, store: Store) -> None:
+        """mark_succeeded makes a dead (held) or pending delivery succeeded with the ticket given, its doubt
+        cleared and the marking recorded as an attempt; a conversation's create gives the conversation its
+        ticket. A delivery in flight or succeeded is refused (False); an unknown id raises NotFound."""
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        later = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d, later)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(result(d.id, "dead", http_status=None, classification="unknown"))
+        marked = msgspec.structs.replace(result(d.id, "succeeded", http_status=None, classification="marked",
+                                                error="marked succeeded by ops", ticket_id="T-1"))
+        assert await store.mark_succeeded(d.id, marked) is True
+        detail = await store.get_delivery(d.id)
+        assert (detail.delivery.status, detail.delivery.ticket_id, detail.delivery.in_doubt_since_ms) == \
+            ("succeeded", "T-1", None)
+        assert (detail.attempts[-1].classification, detail.attempts[-1].error) == ("marked", "marked succeeded by ops")
+        (conv,) = await store.get_conversations("k")
+        assert conv.conversation.ticket_id == "T-1"
+        (item,) = (await store.claim("kapture-support", 1, "w", 30)).items
+        assert (item.id, (item.ticket or {}).get("id")) == (later.id, "T-1")
+        assert await store.mark_succeeded(later.id, msgspec.structs.replace(marked, delivery_id=later.id)) is False
+        assert await store.mark_succeeded(d.id, marked) is False
+        with pytest.raises(NotFound):
+            await store.mark_succeeded("dlv_none", msgspec.structs.replace(marked, delivery_id="dlv_none"))

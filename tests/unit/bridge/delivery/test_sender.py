@@ -143,15 +143,16 @@ async def test_redirect_is_not_followed(session: aiohttp.ClientSession, adapter:
 
 
 @pytest.mark.parametrize("exc", [TimeoutError(), aiohttp.ServerTimeoutError("read timed out")])
-async def test_timeout_is_retry_timed_out(
+async def test_timeout_once_connected_is_unknown(
     session: aiohttp.ClientSession, adapter: RecordingKapture, exc: Exception,
 ) -> None:
-    """A timeout is a retry whose error says it timed out and after how long, with no status."""
+    """A timeout once connected is an unknown outcome (the vendor may have acted on the request) whose error
+    says it timed out and after how long, with no status."""
     with aioresponses() as m:
         mock_post(m, exception=exc)
         sent = await send_once(session, adapter, claimed(), 2.5)
-    assert sent.outcome.classification == "retry"
-    assert sent.outcome.error == "timed out after 2.5s"
+    assert sent.outcome.classification == "unknown"
+    assert sent.outcome.error == "timed out after 2.5s once connected: the vendor may have acted on it"
     assert sent.http_status is None
     assert sent.excerpt is None
     assert adapter.classified == []
@@ -161,23 +162,46 @@ async def test_timeout_is_retry_timed_out(
     "exc",
     [
         aiohttp.ClientConnectionError("Connection refused"),
-        aiohttp.ServerDisconnectedError(),
-        aiohttp.ClientPayloadError("truncated"),
-        ConnectionResetError("reset by peer"),
+        aiohttp.ClientConnectorError(SimpleNamespace(host="h", port=443, ssl=True),  # type: ignore[arg-type]
+                                     OSError(111, "Connection refused")),
+        aiohttp.ConnectionTimeoutError("connect timed out"),
         OSError("network unreachable"),
-        asyncio.IncompleteReadError(b"abc", 10),
     ],
 )
-async def test_connection_error_is_retry(
+async def test_connection_not_made_is_retry(
     session: aiohttp.ClientSession, adapter: RecordingKapture, exc: Exception,
 ) -> None:
-    """Connection failures are retries whose error names the exception type, never raised."""
+    """Failures to connect are retries (nothing reached the vendor) whose error names the exception type."""
     with aioresponses() as m:
         mock_post(m, exception=exc)
         sent = await send_once(session, adapter, claimed(), 5.0)
     assert sent.outcome.classification == "retry"
     assert sent.outcome.error is not None
     assert sent.outcome.error.startswith(f"connection failed: {type(exc).__name__}")
+    assert sent.http_status is None
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("truncated"),
+        ConnectionResetError("reset by peer"),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        asyncio.IncompleteReadError(b"abc", 10),
+    ],
+)
+async def test_connection_lost_before_the_answer_is_unknown(
+    session: aiohttp.ClientSession, adapter: RecordingKapture, exc: Exception,
+) -> None:
+    """A connection lost after it was made, before the whole answer, is an unknown outcome naming the
+    exception type: the vendor may have acted on the request."""
+    with aioresponses() as m:
+        mock_post(m, exception=exc)
+        sent = await send_once(session, adapter, claimed(), 5.0)
+    assert sent.outcome.classification == "unknown"
+    assert sent.outcome.error is not None
+    assert sent.outcome.error.startswith(f"connection lost before the answer: {type(exc).__name__}")
     assert sent.http_status is None
 
 
@@ -253,7 +277,7 @@ async def test_response_body_is_bounded_on_a_real_connection(
 async def test_slow_vendor_times_out_on_a_real_connection(
     session: aiohttp.ClientSession, aiohttp_server: Any,
 ) -> None:
-    """A vendor that does not answer within timeout_s gives a retry "timed out", not a hang or an exception."""
+    """A vendor that does not answer within timeout_s gives an unknown "timed out", not a hang or an exception."""
     release = asyncio.Event()
     app = web.Application()
 
@@ -268,8 +292,8 @@ async def test_slow_vendor_times_out_on_a_real_connection(
         sent = await asyncio.wait_for(send_once(session, real, claimed(), 0.2), timeout=10.0)
     finally:
         release.set()
-    assert sent.outcome.classification == "retry"
-    assert sent.outcome.error == "timed out after 0.2s"
+    assert sent.outcome.classification == "unknown"
+    assert sent.outcome.error == "timed out after 0.2s once connected: the vendor may have acted on it"
     assert sent.http_status is None
     assert sent.duration_ms >= 150
     assert real.classified == []

@@ -108,8 +108,8 @@ def test_an_empty_day_is_a_success_without_tickets(body: dict[str, Any]) -> None
     ({"message": "At one hit we can pull a data of max 24 hours.", "status": "failed"}, 200, "permanent",
      "kapture: HTTP 200: At one hit we can pull a data of max 24 hours."),
     ({"message": "busy"}, 503, "retry", "HTTP 503: busy"),
-    ({"message": {"not": "a list"}, "status": "success"}, 200, "permanent",
-     "kapture: the answer's `message` is not a list of tickets: dict"),
+    ({"message": 42, "status": "success"}, 200, "permanent",
+     "kapture: the answer's `message` is not a list of tickets: int"),
     ({"message": ["x"], "status": "success"}, 200, "permanent",
      "kapture: the answer's `message` is not a list of tickets: list"),
 ])

@@ -1,0 +1,171 @@
+"""bridge/delivery/dispatcher.py: what a destination's `on_unknown` does with a send whose outcome is unknown,
+and with a delivery found in doubt (resend, reconcile, hold)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+from aioresponses import aioresponses
+
+from bridge.config import RetryConfig
+from bridge.delivery.dispatcher import Destination
+from bridge.vendors.base import Call, CannotReconcile, Found, VendorUnavailable
+from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
+from tests.unit.bridge.delivery.test_dispatcher import (
+    FAST,
+    RecordingStore,
+    eventually,
+    mock_vendor,
+    requests_to,
+    running,
+)
+
+
+class FindingKapture(KaptureAdapter):
+    """Kapture whose look-up answers from a list: a Found, None (no ticket), or an exception to raise."""
+
+    answers: ClassVar[list[Found | Exception | None]] = []
+    asked: ClassVar[list[tuple[str, int]]] = []
+
+    async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
+        self.asked.append((fields["title"], since_ms))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def destination(on_unknown: str | None, reference: str | None = "bridge_ref") -> Destination:
+    cfg = KaptureOptions(vendor="kapture", base_url=FAST, token="t", timeout_seconds=5.0, reference_field=reference,
+                         on_unknown=on_unknown,  # type: ignore[arg-type]
+                         retry=RetryConfig(schedule=["30s", "5m"], jitter=0))
+    dest = Destination.from_config("kapture", cfg, FAST)
+    dest.adapter = FindingKapture("kapture", cfg, FAST)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def fresh_answers() -> None:
+    FindingKapture.answers = []
+    FindingKapture.asked = []
+
+
+async def in_doubt(store: RecordingStore, since_ms: int = 1_700_000_000_000) -> str:
+    """A delivery whose earlier send's outcome is unknown, due now."""
+    delivery_id = await store.add("kapture")
+    kept = store.deliveries[delivery_id]
+    kept.row = msgspec.structs.replace(kept.row, in_doubt_since_ms=since_ms, unknowns=1)
+    return delivery_id
+
+
+@pytest.mark.parametrize(("on_unknown", "status"), [("hold", "dead"), ("resend", "pending"),
+                                                    ("reconcile", "pending")])
+async def test_an_unknown_outcome_is_held_or_scheduled_by_on_unknown(on_unknown: str, status: str) -> None:
+    """A timeout is recorded `unknown`: with hold the delivery is dead, in doubt, its error saying what to do;
+    with resend or reconcile it is pending on the retry schedule, in doubt."""
+    store = RecordingStore()
+    delivery_id = await store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m, exception=TimeoutError())
+        async with running(store, destination(on_unknown)):
+            await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert (result.classification, result.next_status) == ("unknown", status)
+    row = store.deliveries[delivery_id].row
+    assert row.in_doubt_since_ms == result.started_at_ms and row.unknowns == 1
+    if on_unknown == "hold":
+        assert "held:" in (result.error or "") and "mark-succeeded" in (result.error or "")
+
+
+async def test_hold_settles_a_delivery_found_in_doubt_without_a_request() -> None:
+    """A delivery in doubt (e.g. taken back after a crash) under hold is recorded `held`, dead, unsent."""
+    store = RecordingStore()
+    delivery_id = await in_doubt(store)
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination("hold")):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 0
+    [result] = store.records
+    assert (result.classification, result.next_status) == ("held", "dead")
+    assert store.deliveries[delivery_id].row.in_doubt_since_ms is not None
+
+
+async def test_reconcile_records_the_ticket_found_without_sending() -> None:
+    """Under reconcile, a delivery in doubt is looked up from the time of its doubt; the ticket found is
+    recorded `reconciled` and succeeded, the doubt cleared, and nothing is sent."""
+    store = RecordingStore()
+    delivery_id = await in_doubt(store, since_ms=1_700_000_000_123)
+    FindingKapture.answers = [Found(ticket_id="T-42", detail="bridge_ref = 'x'")]
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination("reconcile")):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 0
+    [result] = store.records
+    assert (result.classification, result.next_status, result.ticket_id) == ("reconciled", "succeeded", "T-42")
+    assert FindingKapture.asked == [(f"ticket {delivery_id}", 1_700_000_000_123)]
+    row = store.deliveries[delivery_id].row
+    assert (row.status, row.ticket_id, row.in_doubt_since_ms, row.duplicates) == ("succeeded", "T-42", None, 0)
+
+
+async def test_reconcile_sends_when_nothing_is_found_and_counts_no_duplicate() -> None:
+    """Under reconcile, a look-up that finds nothing lets the send go; its success is no duplicate."""
+    store = RecordingStore()
+    delivery_id = await in_doubt(store)
+    FindingKapture.answers = [None]
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination("reconcile")):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 1
+    assert [(r.classification, r.duplicate) for r in store.records] == [("success", False)]
+    assert store.deliveries[delivery_id].row.duplicates == 0
+
+
+@pytest.mark.parametrize(("failure", "classification", "status"), [
+    (VendorUnavailable("pull answered 503"), "retry", "pending"),
+    (CannotReconcile("the body has no `bridge_ref`"), "held", "dead"),
+])
+async def test_a_look_up_that_cannot_tell_retries_or_holds(failure: Exception, classification: str,
+                                                            status: str) -> None:
+    """A look-up that fails in passing is retried later, still in doubt; one that can never tell (no reference
+    in the body) holds the delivery for an operator. Neither sends."""
+    store = RecordingStore()
+    delivery_id = await in_doubt(store)
+    FindingKapture.answers = [failure]
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination("reconcile")):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 0
+    [result] = store.records
+    assert (result.classification, result.next_status) == (classification, status)
+    assert str(failure) in (result.error or "")
+    assert store.deliveries[delivery_id].row.in_doubt_since_ms is not None
+
+
+async def test_resend_sends_again_and_counts_a_possible_duplicate() -> None:
+    """Under resend, a delivery in doubt is sent without a look-up; its success counts one possible duplicate."""
+    store = RecordingStore()
+    delivery_id = await in_doubt(store)
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination("resend")):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 1
+    assert FindingKapture.asked == []
+    assert [(r.classification, r.duplicate) for r in store.records] == [("success", True)]
+    row = store.deliveries[delivery_id].row
+    assert (row.status, row.in_doubt_since_ms, row.duplicates) == ("succeeded", None, 1)
+
+
+def test_defaults_follow_what_the_vendor_can_look_up() -> None:
+    """Kapture reconciles by default with a reference field and resends without one; reconcile without a
+    reference is refused, naming the key to set."""
+    assert destination(None).config.unknown_policy == "reconcile"
+    assert destination(None, reference=None).config.unknown_policy == "resend"
+    with pytest.raises(ValueError, match="reference_field"):
+        destination("reconcile", reference=None)

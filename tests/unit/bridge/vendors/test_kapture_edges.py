@@ -1,0 +1,199 @@
+"""Kapture's edges: a key per operation, mapping options, a pull that wants an object, the shapes of the
+pull's `message`, both callback names, and reconciliation's look-up against the simulator."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from bridge.simulators.kapture import KaptureSimulator
+from bridge.vendors.base import CannotReconcile, VendorAuthFailed, VendorRequest
+from bridge.vendors.kapture import KaptureAdapter, KaptureKeys, KaptureOptions
+from bridge.vendors.kapture_pull import find_created, parse_pull, pull_request, reference_at
+
+BASE = "https://acme.kapturecrm.com"
+NOW = datetime(2024, 4, 19, 14, 19, 11)
+
+
+def adapter(base: str = BASE, **options: Any) -> KaptureAdapter:
+    options.setdefault("token", "tok")
+    return KaptureAdapter("kapture", KaptureOptions(vendor="kapture", base_url=base, **options), base)
+
+
+def test_each_operation_uses_its_own_key_else_the_token() -> None:
+    """`tokens.add|update|pull` give each API its own Auth Key; an operation without one uses `token`."""
+    a = adapter(tokens=KaptureKeys(add="k-add", pull="k-pull"))
+    create = a.build_request("create_ticket", {"title": "t"}, {})
+    update = a.build_request("update_ticket", {"ticket_id": "1", "sub_status": "P"}, {})
+    assert create.headers["Authorization"] == "Basic k-add"
+    assert update.headers["Authorization"] == "Basic tok"
+    assert pull_request(a, NOW.date()).headers["Authorization"] == "Basic k-pull"
+
+
+def test_keys_per_operation_may_replace_the_token() -> None:
+    """With a key for every operation no `token` is needed; with some missing the error names them."""
+    adapter(token="", tokens=KaptureKeys(add="a", update="u", pull="p", get="g"))
+    with pytest.raises(ValueError, match="pull, get has none"):
+        adapter(token="", tokens=KaptureKeys(add="a", update="u"))
+
+
+def test_unknown_mapping_options_are_refused_with_the_known_ones() -> None:
+    """A mapping option Kapture does not take is a static error listing the known ones; a bad value too."""
+    assert KaptureAdapter.static_check("create_ticket", ["title"], {"TypeId": 1}) == [
+        "options.TypeId: unknown Kapture option; known: body"]
+    assert KaptureAdapter.static_check("create_ticket", ["title"], {"body": "xml"}) == [
+        "options.body: 'xml' is not one of array, object"]
+    assert KaptureAdapter.static_check("create_ticket", ["title"], {"body": "object"}) == []
+
+
+def test_body_option_sends_a_bare_object() -> None:
+    """`options: {body: object}` sends the item as an object; the default is the documented array."""
+    a = adapter()
+    assert json.loads(a.build_request("create_ticket", {"title": "t"}, {"body": "object"}).body) == {"title": "t"}
+    assert json.loads(a.build_request("create_ticket", {"title": "t"}, {}).body) == [{"title": "t"}]
+
+
+@pytest.mark.parametrize(("message", "count"), [
+    ([{"ticketId": "1"}, {"ticketId": "2"}], 2), ({"ticketId": "1"}, 1), ("No ticket found", 0), (None, 0)])
+def test_pull_message_may_be_a_list_one_ticket_or_a_text(message: Any, count: int) -> None:
+    """The pull answer's `message` is read as a list of tickets, one ticket alone, or nothing (a text)."""
+    page = parse_pull(200, {}, json.dumps({"status": "success", "message": message, "totalCount": None}).encode())
+    assert page.outcome.classification == "success" and len(page.tickets) == count
+
+
+def test_reference_is_found_through_lists_and_objects() -> None:
+    """A dotted reference path walks objects and any lists (Kapture's `"section": [{…}]` custom fields)."""
+    assert reference_at({"ref": [{"bridge_ref": "evt_1"}]}, ["ref", "bridge_ref"]) == ["evt_1"]
+    assert reference_at({"ref": {"bridge_ref": 7}}, ["ref", "bridge_ref"]) == ["7"]
+    assert reference_at({"ref": "flat"}, ["ref", "bridge_ref"]) == []
+
+
+async def serve(aiohttp_server: Any, sim: KaptureSimulator) -> tuple[Any, str]:
+    server = await aiohttp_server(sim.app())
+    return server, str(server.make_url("")).rstrip("/")
+
+
+def caller(session: aiohttp.ClientSession) -> Any:
+    async def call(request: VendorRequest) -> tuple[int, bytes]:
+        async with session.request(request.method, request.url, headers=request.headers, data=request.body) as r:
+            return r.status, await r.read()
+    return call
+
+
+async def test_find_created_matches_the_reference_and_learns_the_object_body(aiohttp_server: Any) -> None:
+    """Against an account that refuses the array body of a pull, the look-up asks again with an object (and
+    keeps doing so), then finds the ticket whose `additional_info` carries the reference; another reference
+    finds nothing."""
+    sim = KaptureSimulator(tokens={"tok"}, pull_refuses_array=True, clock=lambda: NOW)
+    sim.seed("other", NOW, ref=[{"bridge_ref": "evt_other"}])
+    made = sim.seed("mine", NOW, ref=[{"bridge_ref": "evt_mine"}])
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base, reference_field="ref.bridge_ref")
+    since = int(NOW.timestamp() * 1000)
+    async with aiohttp.ClientSession() as session:
+        found = await find_created(a, {"title": "mine", "ref": [{"bridge_ref": "evt_mine"}]}, since, caller(session),
+                                   now_ms=since)
+        assert found is not None and found.ticket_id == made["ticketId"]
+        assert a.pull_as_object is True
+        assert await find_created(a, {"title": "x", "ref": [{"bridge_ref": "evt_none"}]}, since, caller(session),
+                                  now_ms=since) is None
+    assert [type(p).__name__ for p in sim.pulls] == ["dict"] * len(sim.pulls)  # only objects were served
+
+
+async def test_find_created_without_a_reference_in_the_body_cannot_tell() -> None:
+    """A body without the reference field cannot be looked up: CannotReconcile, naming the field."""
+    a = adapter(reference_field="ref.bridge_ref")
+
+    async def never(request: VendorRequest) -> tuple[int, bytes]:
+        raise AssertionError("no call expected")
+
+    with pytest.raises(CannotReconcile, match=r"ref\.bridge_ref"):
+        await find_created(a, {"title": "t"}, 0, never)
+
+
+async def test_find_created_with_a_refused_key_is_an_auth_failure(aiohttp_server: Any) -> None:
+    """A pull refused for its key (a separate pull key that expired) is VendorAuthFailed, not 'not found'."""
+    sim = KaptureSimulator(tokens={"tok"}, operation_tokens={"pull": {"k-pull"}}, clock=lambda: NOW)
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base, reference_field="ref", tokens=KaptureKeys(pull="expired"))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(VendorAuthFailed, match="Invalid Auth Key"):
+            await find_created(a, {"title": "t", "ref": "x"}, 0, caller(session), now_ms=int(NOW.timestamp() * 1000))
+
+
+@pytest.mark.parametrize("name", ["callback_time", "callback_date"])
+async def test_simulator_takes_both_callback_names(aiohttp_server: Any, name: str) -> None:
+    """The update page names the field `callback_time` in its body and `callback_date` in its error text: the
+    simulator keeps either, and refuses a bad value under either name with the documented message."""
+    sim = KaptureSimulator(tokens={"tok"}, clock=lambda: NOW)
+    ticket = sim.seed("t", NOW)
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base)
+    async with aiohttp.ClientSession() as session:
+        call = caller(session)
+        fields = {"ticket_id": ticket["ticketId"], "sub_status": "P"}
+        request = a.build_request("update_ticket", fields, {})
+        body = msgspec.json.encode([{**fields, name: "2024-04-20 10:00:00"}])
+        status, answer = await call(msgspec.structs.replace(request, body=body))
+        assert a.classify("update_ticket", status, {}, answer).classification == "success"
+        assert ticket["callback_time"] == "2024-04-20 10:00:00"
+        bad = msgspec.json.encode([{**fields, name: "tomorrow"}])
+        status, answer = await call(msgspec.structs.replace(request, body=bad))
+        assert "callback_date should be yyyy-MM-dd" in (a.classify("update_ticket", status, {}, answer).error or "")
+
+
+async def test_get_by_ticket_id_sends_an_object_and_reads_the_top_level_array(aiohttp_server: Any) -> None:
+    """The get call is an object with `ticket_ids` comma-separated under the get key; its answer, a top-level
+    array of {additional_info, history, task_details}, gives the tickets held (none for an unknown id)."""
+    sim = KaptureSimulator(tokens={"tok"}, operation_tokens={"get": {"k-get"}}, clock=lambda: NOW)
+    one, two = sim.seed("one", NOW, ref="a"), sim.seed("two", NOW)
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base, tokens=KaptureKeys(get="k-get"))
+    request = a.get_request([one["ticketId"], two["ticketId"]])
+    assert json.loads(request.body) == {"ticket_ids": f"{one['ticketId']},{two['ticketId']}"}
+    assert request.headers["Authorization"] == "Basic k-get"
+    async with aiohttp.ClientSession() as session:
+        found = await a.get_tickets([one["ticketId"], "999"], caller(session))
+        assert [(t["task_details"]["ticket_id"], t["additional_info"]) for t in found] == [(one["ticketId"],
+                                                                                           {"ref": "a"})]
+        assert set(found[0]) == {"additional_info", "history", "task_details"}
+        assert await a.ticket_exists(one["ticketId"], caller(session)) is None  # check_ticket is off
+        checking = adapter(base, tokens=KaptureKeys(get="k-get"), check_ticket=True)
+        assert await checking.ticket_exists(one["ticketId"], caller(session)) is True
+        assert await checking.ticket_exists("999", caller(session)) is False
+    assert sim.gets == [[one["ticketId"], "999"], [one["ticketId"]], ["999"]]
+
+
+async def test_simulator_get_refuses_an_array(aiohttp_server: Any) -> None:
+    """As documented, an array sent to get by id answers "Invalid Json"."""
+    sim = KaptureSimulator(tokens={"tok"}, clock=lambda: NOW)
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base)
+    request = a.get_request(["1"])
+    async with aiohttp.ClientSession() as session:
+        status, body = await caller(session)(msgspec.structs.replace(request, body=b'[{"ticket_ids": "1"}]'))
+    assert json.loads(body)["message"].startswith("Invalid Json")
+    assert status == 200
+
+
+@pytest.mark.parametrize("semantics", ["page", "size"])
+async def test_find_created_pages_whichever_way_the_account_reads_limit(aiohttp_server: Any,
+                                                                        semantics: str) -> None:
+    """On an account that asks for `limit`, the look-up pages: by page number, or (seen from a page that
+    repeats and grows) by `offset`, remembered; either way it reaches the ticket on a later page."""
+    sim = KaptureSimulator(tokens={"tok"}, pagination_enabled=True, page_size=2, clock=lambda: NOW,
+                           limit_semantics=semantics)  # type: ignore[arg-type]
+    for n in range(4):
+        sim.seed(f"t{n}", NOW, ref=f"evt_{n}")
+    _, base = await serve(aiohttp_server, sim)
+    a = adapter(base, reference_field="ref")
+    since = int(NOW.timestamp() * 1000)
+    async with aiohttp.ClientSession() as session:
+        found = await find_created(a, {"title": "t3", "ref": "evt_3"}, since, caller(session), now_ms=since)
+    assert found is not None and found.ticket_id == sim.tickets[3]["ticketId"]
+    assert a.limit_is_size is (semantics == "size")
