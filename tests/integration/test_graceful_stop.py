@@ -76,7 +76,8 @@ async def test_sigterm_lets_sends_in_flight_finish(tmp_path: Path) -> None:
 
 
 async def test_sigterm_gives_back_sends_past_the_grace_period(tmp_path: Path) -> None:
-    """Sends still in flight when the grace period ends are given back as pending, and sent after a restart."""
+    """Sends still in flight when the grace period ends are left pending (those whose request went out recorded as
+    unknown outcomes, due again after the first retry delay), and all are sent after a restart."""
     counts, code, cfg, sandbox_port, port = await run_stop(tmp_path, grace=0.3, latency_ms=3000)
     assert code == 0
     assert counts.get("in_flight", 0) == 0
@@ -84,14 +85,18 @@ async def test_sigterm_gives_back_sends_past_the_grace_period(tmp_path: Path) ->
     assert counts["pending"] == 5
     log = tmp_path / "processes.log"
     sandbox = spawn(["sandbox", "--port", str(sandbox_port)], log)
-    server = spawn(["serve", "-c", str(cfg)], log)
+    server = None
     try:
+        # The vendor is up before the bridge starts: a send refused for a vendor still starting would be
+        # scheduled minutes later (its second attempt), longer than this test waits.
+        await wait_http(f"http://127.0.0.1:{sandbox_port}/kapture/tickets", sandbox)
+        server = spawn(["serve", "-c", str(cfg)], log)
         await wait_http(f"http://127.0.0.1:{port}/readyz", server)
-        for _ in range(300):
-            if statuses(tmp_path).get("succeeded") == 5:
-                break
+        deadline = time.monotonic() + 60  # the sends cut off are due again after the first retry delay (5 s)
+        while statuses(tmp_path).get("succeeded") != 5 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert statuses(tmp_path) == {"succeeded": 5}
     finally:
-        stop(server)
+        if server is not None:
+            stop(server)
         stop(sandbox)
