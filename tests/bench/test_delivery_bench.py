@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.test_intake_bench import HERE, free_port, load, wait_port
+from tests.bench.harness import HERE, free_port, needs_wrk, run_wrk, wait_port
 
 pytestmark = pytest.mark.bench
 
@@ -84,6 +84,7 @@ def spawn(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@needs_wrk
 def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
     """Sustained accept-to-vendor rate is at least 0.25x a bare handler's, nothing is lost, and an idle
     bridge reaches the vendor within 5 ms (p50) of the accept."""
@@ -113,11 +114,12 @@ def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
             time.sleep(0.05)
         p50 = statistics.median(latencies)
 
-        bare_rate = load(f"http://127.0.0.1:{bare_port}/hooks/website-contact", 5)["rate"]
+        bare_rate = run_wrk(f"http://127.0.0.1:{bare_port}/hooks/website-contact", seconds=5).rate
         before = int(get_json(f"http://127.0.0.1:{vendor_port}/stats")["unique"])  # type: ignore[call-overload]
         started = time.monotonic()
-        burst = load(url, 10)
-        accepted = int(burst["requests"])
+        burst = run_wrk(url, seconds=10)
+        assert burst.errors == 0, burst
+        accepted = burst.requests
         deadline = time.monotonic() + 120
         unique = before
         while time.monotonic() < deadline:
@@ -142,6 +144,7 @@ def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
     assert e2e_rate / bare_rate >= 0.25
 
 
+@needs_wrk
 def test_memory_stays_bounded_under_a_large_backlog(tmp_path: Path) -> None:
     """With the vendor down, a backlog of 100,000 events grows the bridge's memory by a bounded amount,
     and once the vendor is back every event is delivered."""
@@ -153,11 +156,11 @@ def test_memory_stays_bounded_under_a_large_backlog(tmp_path: Path) -> None:
     try:
         wait_port(port, bridge)
         url = f"http://127.0.0.1:{port}/hooks/website-contact"
-        load(url, 1)
+        run_wrk(url, seconds=1)
         samples.append((0, rss_mib(bridge.pid)))
         accepted = 0
         while accepted < total:
-            accepted += int(load(url, 4)["requests"])
+            accepted += run_wrk(url, seconds=4).requests
             samples.append((accepted, rss_mib(bridge.pid)))
         vendor = spawn([str(HERE / "standin_vendor.py"), str(vendor_port)], tmp_path)
         wait_port(vendor_port, vendor)
