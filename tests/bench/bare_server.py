@@ -35,7 +35,8 @@ def main() -> None:
     app = web.Application()
     app.router.add_post("/hooks/{source}", handle)
     app.router.add_get("/readyz", handle)
-    run(lambda: serve(app, int(sys.argv[1]), sys.argv[2:] == ["guarded"]), os.environ.get("BENCH_EVENT_LOOP", "asyncio"))
+    loop = os.environ.get("BENCH_EVENT_LOOP", "asyncio")
+    run(lambda: serve(app, int(sys.argv[1]), sys.argv[2:] == ["guarded"]), loop)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ async def _seed(db: Path, n: int) -> None:
             b'"email":"asha@example.com","subject":"Router down","message":"No internet since morning"},'
             b'"headers":{"user-agent":"curl/8"},"meta":{"remote":"127.0.0.1"}}')
     with closing(sqlite3.connect(db)) as conn, conn:
-        conn.executemany("INSERT INTO events VALUES (?, 'website-contact', 'form', 'form', ?, NULL, 0, ?)",
+        conn.executemany("INSERT INTO events VALUES (?, 'website-contact', 'form', 'form', ?, NULL, 0, ?, 1)",
                          ((f"evt_{i:08d}", old + i, data) for i in range(n)))
         conn.executemany(
             "INSERT INTO deliveries (id, event_id, source, mapping, mapping_version, destination, action, status, "
@@ -112,7 +112,7 @@ async def _seed(db: Path, n: int) -> None:
             "'website-contact', 'contact', 'v1', 'vendor', 'create_ticket', 'succeeded', ?, '{}', 1, 1, ?, ?, ?)",
             ((f"dlv_{i:08d}", f"evt_{i:08d}", b'{"title":"Website enquiry: Router down"}', old + i, old + i,
               old + i) for i in range(n)))
-        conn.executemany("INSERT INTO attempts VALUES (?, 1, ?, 12.5, 200, ?, 'success', NULL)",
+        conn.executemany("INSERT INTO attempts VALUES (?, 1, ?, 12.5, 200, ?, 'success', NULL, NULL)",
                          ((f"dlv_{i:08d}", old + i, '{"status":"success"}') for i in range(n)))
 
 
