@@ -6,7 +6,7 @@ ratio is candidate/baseline of that round, and the table gives the median of the
 (the machine is shared, so rates swing; ratios within a round swing less). Rows:
 
 - intake (deliveries held back with `--no-workers`), durable: each 202 after its commit; SQLite and
-  PostgreSQL, one process each, and PostgreSQL against SQLite;
+  PostgreSQL, one process each, and PostgreSQL against SQLite; SQLite with both servers on uvloop;
 - intake with the console on (an admin token set) against off, and with conversations on (a threaded
   mapping, every event a reply in one thread) against off;
 - end to end (accept, map, deliver to a stand-in vendor in its own process that answers at once, record the
@@ -178,9 +178,12 @@ class Bench:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.files = tmp / "wrk"
-        port = free_port()
+        port, uv_port = free_port(), free_port()
         self.bare = Server(spawn([str(HERE / "bare_server.py"), str(port)], tmp), port, tmp)
+        self.bare_uvloop = Server(spawn([str(HERE / "bare_server.py"), str(uv_port)], tmp,
+                                        {**os.environ, "BENCH_EVENT_LOOP": "uvloop"}), uv_port, tmp)
         wait_port(port, self.bare.proc)
+        wait_port(uv_port, self.bare_uvloop.proc)
 
     def load(self, server: Server, path: str, body: Body, what: str, non_2xx: int = 0,
              connections: int = CONNECTIONS) -> tuple[Load, float]:
@@ -205,13 +208,17 @@ def intake_rows(bench: Bench, schema: str) -> Iterator[Row]:
     sqlite_cfg = sqlite_cfg.replace("port: 0", "port: PORT")
     pg_cfg = sqlite_cfg.replace("sqlite:///var/bridge.db", f"{DSN}?schema={schema}")
     console_cfg = sqlite_cfg + "admin: {token: bench-admin-token-0123456789}\n"
+    uvloop_cfg = sqlite_cfg.replace("port: PORT}", "port: PORT, event_loop: uvloop}")
+    assert uvloop_cfg != sqlite_cfg
     mapping = (bench.tmp / "cfg-intake" / "mappings" / "contact.yaml").read_text()
     servers: dict[str, Server] = {}
     answered: dict[str, int] = {}
     try:
-        for name, text in (("sqlite", sqlite_cfg), ("postgresql", pg_cfg), ("console", console_cfg)):
+        for name, text in (("sqlite", sqlite_cfg), ("postgresql", pg_cfg), ("console", console_cfg),
+                           ("uvloop", uvloop_cfg)):
             servers[name] = bridge(bench.tmp / f"intake-{name}", text, {"contact.yaml": mapping})
         bench.warm(bench.bare, PATH, FORM)
+        bench.warm(bench.bare_uvloop, PATH, FORM)
         for name, server in servers.items():
             answered[name] = bench.warm(server, PATH, FORM)
 
@@ -230,10 +237,12 @@ def intake_rows(bench: Bench, schema: str) -> Iterator[Row]:
         yield sqlite
         yield pg
         yield Row("intake, PostgreSQL vs SQLite", "SQLite", base=sqlite.cand, cand=pg.cand)
+        yield alternate(Row("intake, SQLite, both on uvloop", "bare"),
+                        lambda: bench.rate(bench.bare_uvloop, PATH, FORM, "bare on uvloop"), tb("uvloop"))
         yield alternate(Row("intake, console on vs off", "off"), tb("sqlite"), tb("console"))
     finally:
         stop(*(s.proc for s in servers.values()))
-    slack = CONNECTIONS * (4 * ROUNDS + 2)  # wrk does not count what was in flight when it stopped
+    slack = CONNECTIONS * (5 * ROUNDS + 2)  # wrk does not count what was in flight when it stopped
     for name, server in servers.items():
         stored = asyncio.run(pg_events(schema)) if name == "postgresql" else sqlite_events(server.folder)
         assert answered[name] <= stored <= answered[name] + slack, f"{name}: {answered[name]} answered, {stored} stored"
@@ -328,7 +337,7 @@ def test_speed_table(tmp_path: Path) -> None:
         rows.append(e2e_row(bench, "PostgreSQL", f"{DSN}?schema={schemas[1]}", None))
         rows += hostile_rows(bench)
     finally:
-        stop(bench.bare.proc)
+        stop(bench.bare.proc, bench.bare_uvloop.proc)
         for schema in schemas:
             with contextlib.suppress(OSError, asyncpg.PostgresError):
                 asyncio.run(pg_events(schema, drop=True))
