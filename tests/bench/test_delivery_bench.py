@@ -166,7 +166,7 @@ def test_memory_stays_bounded_under_a_large_backlog(tmp_path: Path) -> None:
         wait_port(vendor_port, vendor)
         started = time.monotonic()
         unique = 0
-        while time.monotonic() - started < 600:
+        while time.monotonic() - started < 1800:  # a shared, loaded machine drains slowly
             unique = int(get_json(f"http://127.0.0.1:{vendor_port}/stats")["unique"])  # type: ignore[call-overload]
             samples.append((-unique, rss_mib(bridge.pid)))
             if unique >= accepted:
