@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.harness import HERE, free_port, needs_wrk, run_wrk, wait_port
+from tests.bench.harness import CONNECTIONS, HERE, free_port, needs_wrk, run_wrk, wait_port
 
 pytestmark = pytest.mark.bench
 
@@ -139,7 +139,8 @@ def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
     print(f"end to end: {accepted} accepted in 10 s, all {delivered} delivered after {elapsed:.1f} s: "
           f"{e2e_rate:.0f}/s sustained; bare handler {bare_rate:.0f}/s; ratio {e2e_rate / bare_rate:.2f} "
           f"(target >= 0.25)")
-    assert delivered == accepted, "nothing accepted may be lost"
+    # wrk does not count the requests in flight when it stopped, which the bridge may have accepted
+    assert accepted <= delivered <= accepted + CONNECTIONS, "nothing accepted may be lost, nor sent twice"
     assert p50 <= 5.0
     assert e2e_rate / bare_rate >= 0.25
 
