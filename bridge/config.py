@@ -40,6 +40,8 @@ class ServerConfig(Base):
     body_timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
     keepalive_timeout_seconds: Annotated[float, Meta(gt=0)] = 15.0
     max_connections: Annotated[int, Meta(ge=1)] = 1000
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    """`uvloop` needs the `fast` extra; `auto`: uvloop when it is installed, else asyncio's own loop."""
 
 
 class StoreConfig(Base):

@@ -20,6 +20,8 @@ from bridge.cli.common import config_from, print_errors
 from bridge.config import Config
 from bridge.connections import GuardedAppRunner
 from bridge.errors import BridgeError
+from bridge.eventloop import LoopUnavailable, running_loop_name
+from bridge.eventloop import run as run_on_loop
 from bridge.fdlimit import connection_limits, install_accept_error_handler, raise_nofile_limit
 from bridge.logs import configure_logging
 from bridge.simulators import registry as simulator_registry
@@ -72,7 +74,7 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
         gc.set_threshold(20_000, 20, 20)
         log.info("server.started", url=url, sources=sorted(rt.sources), mappings=sorted(rt.mappings.mappings),
                  mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators),
-                 max_connections=limits.max_connections, nofile_limit=nofile)
+                 max_connections=limits.max_connections, nofile_limit=nofile, event_loop=running_loop_name())
         await stop.wait()
         log.info("server.stopping")
     finally:
@@ -91,7 +93,10 @@ def run_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, server=server)
     configure_logging(config.log.level, config.log.format)
     try:
-        status = asyncio.run(serve(config, workers=not args.no_workers))
+        status = run_on_loop(lambda: serve(config, workers=not args.no_workers), config.server.event_loop)
+    except LoopUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except BridgeError as exc:
         print_errors(exc)
         return 2

@@ -2,7 +2,7 @@
 each ticket arrived (wall clock, comparable across processes on one machine).
 
 GET /stats → {"count", "unique", "arrivals": {source_ref: [epoch seconds of the first arrival, the
-ticket's `accepted_at` field as sent]}}.
+ticket's `accepted_at` field as sent]}}; GET /count → {"count", "unique"} (cheap to poll under load).
 """
 
 from __future__ import annotations
@@ -35,10 +35,15 @@ async def stats(request: web.Request) -> web.Response:
                         content_type="application/json")
 
 
+async def counts(request: web.Request) -> web.Response:
+    return web.Response(text=json.dumps({"count": count, "unique": len(arrivals)}), content_type="application/json")
+
+
 def main() -> None:
     app = web.Application()
     app.router.add_post("/add-ticket-from-other-source.html/v.2.0", create)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/count", counts)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.test_intake_bench import free_port, wait_port
+from tests.bench.harness import Body, Load, cpu_seconds, free_port, needs_wrk, run_wrk, wait_port
 
 pytestmark = pytest.mark.bench
 
@@ -62,60 +62,46 @@ def server(folder: Path, threaded: bool) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+@needs_wrk
 def test_intake_with_conversations_is_within_ten_percent_of_without(tmp_path: Path) -> None:
     """Threading a mapping (its conversation counted at intake, in the same transaction) costs under 10 % of
     the intake rate."""
     off, off_port = server(tmp_path / "off", threaded=False)
     on, on_port = server(tmp_path / "on", threaded=True)
     # Every event a reply in one thread: its conversation row is updated by every request (the worst case).
-    body = json.dumps({"from": "asha@example.com", "subject": "Re: Router down", "stripped_text": "Still down",
-                       "message_id": "<r@x.io>", "references": ["<root-7@x.io>"]})
+    body = Body(json.dumps({"from": "asha@example.com", "subject": "Re: Router down", "stripped_text": "Still down",
+                            "message_id": "<r@x.io>", "references": ["<root-7@x.io>"]}).encode(),
+                {"Content-Type": "application/json", "Accept": "application/json"})
     rows = []
     try:
         wait_port(off_port, off)
         wait_port(on_port, on)
         for port in (off_port, on_port):
-            warm = load_json(f"http://127.0.0.1:{port}/hooks/support-mail", 1, body)
-            assert warm["errors"] == 0
+            warm = run_wrk(f"http://127.0.0.1:{port}/hooks/support-mail", body, 1)
+            assert warm.errors == 0
         for _ in range(ROUNDS):
             o = measured(off, f"http://127.0.0.1:{off_port}/hooks/support-mail", body)
             t = measured(on, f"http://127.0.0.1:{on_port}/hooks/support-mail", body)
-            assert o["errors"] == 0 and t["errors"] == 0
-            rows.append((o, t, o["cpu_us"] / t["cpu_us"]))
+            assert o[0].errors == 0 and t[0].errors == 0
+            rows.append((o, t, o[1] / t[1]))
     finally:
         for proc in (off, on):
             proc.terminate()
             proc.wait(20)
     print("\nintake with conversations on vs off (requests/s, p50/p99 ms; server CPU us per request)")
-    for o, t, ratio in rows:
-        print(f"  off {o['rate']:6.0f} ({o['p50_ms']}/{o['p99_ms']}) {o['cpu_us']:5.0f}us   on {t['rate']:6.0f} "
-              f"({t['p50_ms']}/{t['p99_ms']}) {t['cpu_us']:5.0f}us   rate ratio {t['rate'] / o['rate']:.2f}   "
+    for (o, o_cpu), (t, t_cpu), ratio in rows:
+        print(f"  off {o.rate:6.0f} ({o.p50_ms:.2f}/{o.p99_ms:.2f}) {o_cpu:5.0f}us   on {t.rate:6.0f} "
+              f"({t.p50_ms:.2f}/{t.p99_ms:.2f}) {t_cpu:5.0f}us   rate ratio {t.rate / o.rate:.2f}   "
               f"cpu ratio {ratio:.2f}")
-    rate_median = statistics.median(t["rate"] / o["rate"] for o, t, _ in rows)
+    rate_median = statistics.median(t.rate / o.rate for (o, _), (t, _), _ in rows)
     median = statistics.median(r for _, _, r in rows)
     print(f"  median rate ratio {rate_median:.2f}; median CPU-per-request ratio (off/on) {median:.2f} "
           f"(target >= {TARGET})")
     assert median >= TARGET
 
 
-def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
-    """User + system CPU time the process has used (Linux /proc)."""
-    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def measured(proc: subprocess.Popen[bytes], url: str, body: str) -> dict[str, float]:
-    """One round of load, with the server's CPU time per request it answered."""
-    before = cpu_seconds(proc)
-    result = load_json(url, SECONDS, body)
-    result["cpu_us"] = (cpu_seconds(proc) - before) / max(result["requests"], 1) * 1e6
-    return result
-
-
-def load_json(url: str, seconds: float, body: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), url, "--seconds", str(seconds),
-                          "--concurrency", "64", "--body", body, "--content-type", "application/json"],
-                         capture_output=True, check=True, text=True)
-    result: dict[str, float] = json.loads(out.stdout)
-    return result
-
+def measured(proc: subprocess.Popen[bytes], url: str, body: Body) -> tuple[Load, float]:
+    """One round of load, with the server's CPU time (microseconds) per request it answered."""
+    before = cpu_seconds(proc.pid)
+    result = run_wrk(url, body, SECONDS)
+    return result, (cpu_seconds(proc.pid) - before) / max(result.requests, 1) * 1e6

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.test_intake_bench import HERE, free_port, load, wait_port
+from tests.bench.harness import CONNECTIONS, HERE, free_port, needs_wrk, run_wrk, wait_port
 
 pytestmark = pytest.mark.bench
 
@@ -84,6 +84,7 @@ def spawn(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@needs_wrk
 def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
     """Sustained accept-to-vendor rate is at least 0.25x a bare handler's, nothing is lost, and an idle
     bridge reaches the vendor within 5 ms (p50) of the accept."""
@@ -113,11 +114,12 @@ def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
             time.sleep(0.05)
         p50 = statistics.median(latencies)
 
-        bare_rate = load(f"http://127.0.0.1:{bare_port}/hooks/website-contact", 5)["rate"]
+        bare_rate = run_wrk(f"http://127.0.0.1:{bare_port}/hooks/website-contact", seconds=5).rate
         before = int(get_json(f"http://127.0.0.1:{vendor_port}/stats")["unique"])  # type: ignore[call-overload]
         started = time.monotonic()
-        burst = load(url, 10)
-        accepted = int(burst["requests"])
+        burst = run_wrk(url, seconds=10)
+        assert burst.errors == 0, burst
+        accepted = burst.requests
         deadline = time.monotonic() + 120
         unique = before
         while time.monotonic() < deadline:
@@ -137,14 +139,16 @@ def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
     print(f"end to end: {accepted} accepted in 10 s, all {delivered} delivered after {elapsed:.1f} s: "
           f"{e2e_rate:.0f}/s sustained; bare handler {bare_rate:.0f}/s; ratio {e2e_rate / bare_rate:.2f} "
           f"(target >= 0.25)")
-    assert delivered == accepted, "nothing accepted may be lost"
+    # wrk does not count the requests in flight when it stopped, which the bridge may have accepted
+    assert accepted <= delivered <= accepted + CONNECTIONS, "nothing accepted may be lost, nor sent twice"
     assert p50 <= 5.0
     assert e2e_rate / bare_rate >= 0.25
 
 
+@needs_wrk
 def test_memory_stays_bounded_under_a_large_backlog(tmp_path: Path) -> None:
-    """With the vendor down, a backlog of 100,000 events grows the bridge's memory by a bounded amount,
-    and once the vendor is back every event is delivered."""
+    """With the vendor down, a backlog of 100,000 events keeps the bridge's RSS at or under 100 MiB and grows it
+    by a bounded amount, and once the vendor is back every event is delivered."""
     total = int(os.environ.get("BENCH_BACKLOG", "100000"))
     port, vendor_port = free_port(), free_port()
     bridge = spawn(["-m", "bridge", "serve", "-c", str(config(tmp_path, port, vendor_port, 8))], tmp_path)
@@ -153,17 +157,17 @@ def test_memory_stays_bounded_under_a_large_backlog(tmp_path: Path) -> None:
     try:
         wait_port(port, bridge)
         url = f"http://127.0.0.1:{port}/hooks/website-contact"
-        load(url, 1)
+        run_wrk(url, seconds=1)
         samples.append((0, rss_mib(bridge.pid)))
         accepted = 0
         while accepted < total:
-            accepted += int(load(url, 4)["requests"])
+            accepted += run_wrk(url, seconds=4).requests
             samples.append((accepted, rss_mib(bridge.pid)))
         vendor = spawn([str(HERE / "standin_vendor.py"), str(vendor_port)], tmp_path)
         wait_port(vendor_port, vendor)
         started = time.monotonic()
         unique = 0
-        while time.monotonic() - started < 600:
+        while time.monotonic() - started < 1800:  # a shared, loaded machine drains slowly
             unique = int(get_json(f"http://127.0.0.1:{vendor_port}/stats")["unique"])  # type: ignore[call-overload]
             samples.append((-unique, rss_mib(bridge.pid)))
             if unique >= accepted:
@@ -184,3 +188,4 @@ def test_memory_stays_bounded_under_a_large_backlog(tmp_path: Path) -> None:
     assert unique >= accepted
     # Bounded: the backlog lives in the store, not in memory; 10x the events must not cost 10x the memory.
     assert peak - warm < 64, f"memory grew by {peak - warm:.0f} MiB under the backlog"
+    assert peak <= 100, f"RSS peaked at {peak:.0f} MiB under the backlog"

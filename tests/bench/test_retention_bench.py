@@ -4,12 +4,9 @@ it runs, and the sweep does not hold the writer long enough to delay intake. Fig
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import statistics
-import subprocess
-import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -17,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bridge.store.sqlite import SqliteStore
+from tests.bench.harness import HERE, Load, free_port, needs_wrk, run_wrk, wait_port
 from tests.bench.test_delivery_bench import config, spawn
-from tests.bench.test_intake_bench import HERE, free_port, load, wait_port
 
 pytestmark = pytest.mark.bench
 
@@ -32,11 +29,8 @@ STEADY_CONNECTIONS = 4
 """Few enough that delivery keeps up on a small machine: what cannot be delivered cannot be purged either."""
 
 
-def steady_load(url: str, seconds: float) -> dict[str, float]:
-    out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), url, "--seconds", str(seconds),
-                          "--concurrency", str(STEADY_CONNECTIONS)], capture_output=True, check=True, text=True)
-    result: dict[str, float] = json.loads(out.stdout)
-    return result
+def steady_load(url: str, seconds: float) -> Load:
+    return run_wrk(url, seconds=seconds, connections=STEADY_CONNECTIONS)
 
 
 def checkpointed_size(db: Path) -> tuple[int, int, dict[str, int]]:
@@ -52,6 +46,7 @@ def checkpointed_size(db: Path) -> tuple[int, int, dict[str, int]]:
     return db.stat().st_size, wal.stat().st_size if wal.exists() else 0, counts
 
 
+@needs_wrk
 def test_database_size_stays_flat_under_steady_load(tmp_path: Path) -> None:
     """With events kept 5 s, a server taking a steady load keeps its database file (after a checkpoint) within
     twice its size at the end of the warm-up, growing by under a quarter of what keeping every event would
@@ -70,10 +65,10 @@ def test_database_size_stays_flat_under_steady_load(tmp_path: Path) -> None:
         started = time.monotonic()
         for _ in range(ROUNDS):
             got = steady_load(f"http://127.0.0.1:{port}/hooks/website-contact", ROUND_SECONDS)
-            assert got["errors"] == 0
-            accepted += int(got["requests"])
+            assert got.errors == 0
+            accepted += got.requests
             size, wal, counts = checkpointed_size(db)
-            rows.append((time.monotonic() - started, accepted, size, wal, counts, got["rate"], got["p99_ms"]))
+            rows.append((time.monotonic() - started, accepted, size, wal, counts, got.rate, got.p99_ms))
     finally:
         for proc in (bridge, vendor):
             proc.terminate()
@@ -109,7 +104,7 @@ async def _seed(db: Path, n: int) -> None:
             b'"email":"asha@example.com","subject":"Router down","message":"No internet since morning"},'
             b'"headers":{"user-agent":"curl/8"},"meta":{"remote":"127.0.0.1"}}')
     with closing(sqlite3.connect(db)) as conn, conn:
-        conn.executemany("INSERT INTO events VALUES (?, 'website-contact', 'form', 'form', ?, NULL, 0, ?)",
+        conn.executemany("INSERT INTO events VALUES (?, 'website-contact', 'form', 'form', ?, NULL, 0, ?, 1)",
                          ((f"evt_{i:08d}", old + i, data) for i in range(n)))
         conn.executemany(
             "INSERT INTO deliveries (id, event_id, source, mapping, mapping_version, destination, action, status, "
@@ -117,11 +112,11 @@ async def _seed(db: Path, n: int) -> None:
             "'website-contact', 'contact', 'v1', 'vendor', 'create_ticket', 'succeeded', ?, '{}', 1, 1, ?, ?, ?)",
             ((f"dlv_{i:08d}", f"evt_{i:08d}", b'{"title":"Website enquiry: Router down"}', old + i, old + i,
               old + i) for i in range(n)))
-        conn.executemany("INSERT INTO attempts VALUES (?, 1, ?, 12.5, 200, ?, 'success', NULL)",
+        conn.executemany("INSERT INTO attempts VALUES (?, 1, ?, 12.5, 200, ?, 'success', NULL, NULL)",
                          ((f"dlv_{i:08d}", old + i, '{"status":"success"}') for i in range(n)))
 
 
-def _latency_rounds(tmp_path: Path, retention: str, rounds: int, db: Path) -> tuple[list[dict[str, float]], int, int]:
+def _latency_rounds(tmp_path: Path, retention: str, rounds: int, db: Path) -> tuple[list[Load], int, int]:
     port, vendor_port = free_port(), free_port()
     cfg = config(tmp_path, port, vendor_port, retries=3, retention=retention)
     vendor = spawn([str(HERE / "standin_vendor.py"), str(vendor_port)], tmp_path)
@@ -142,7 +137,7 @@ def _latency_rounds(tmp_path: Path, retention: str, rounds: int, db: Path) -> tu
                     time.sleep(0.05)  # polling until the sweep has begun
                 before = aged()
             for _ in range(rounds):
-                results.append(load(f"http://127.0.0.1:{port}/hooks/website-contact", ROUND_SECONDS / 2))
+                results.append(run_wrk(f"http://127.0.0.1:{port}/hooks/website-contact", seconds=ROUND_SECONDS / 2))
             after = aged()
     finally:
         for proc in (bridge, vendor):
@@ -151,6 +146,7 @@ def _latency_rounds(tmp_path: Path, retention: str, rounds: int, db: Path) -> tu
     return results, before, after
 
 
+@needs_wrk
 def test_a_sweep_does_not_delay_intake(tmp_path: Path) -> None:
     """Intake's p99 latency while the sweep purges a large backlog of aged-out events (the default batch) stays
     within 2x (+5 ms) of the same server's with retention off, on the same database."""
@@ -159,13 +155,13 @@ def test_a_sweep_does_not_delay_intake(tmp_path: Path) -> None:
     asyncio.run(_seed(db, SEEDED))
     off, _, _ = _latency_rounds(tmp_path, "{enabled: false}", 3, db)
     on, before, after = _latency_rounds(tmp_path, f"{{every: 1s, batch: {BATCH}}}", 3, db)
-    p99_off = statistics.median(r["p99_ms"] for r in off)
-    p99_on = statistics.median(r["p99_ms"] for r in on)
+    p99_off = statistics.median(r.p99_ms for r in off)
+    p99_on = statistics.median(r.p99_ms for r in on)
     print(f"\nbatch {BATCH}, load average {os.getloadavg()[0]:.1f}")
-    print(f"intake with retention off: rate {[r['rate'] for r in off]}/s, p50 {[r['p50_ms'] for r in off]} ms, "
-          f"p99 {[r['p99_ms'] for r in off]} ms")
-    print(f"intake while sweeping:     rate {[r['rate'] for r in on]}/s, p50 {[r['p50_ms'] for r in on]} ms, "
-          f"p99 {[r['p99_ms'] for r in on]} ms")
+    print(f"intake with retention off: rate {[r.rate for r in off]}/s, p50 {[r.p50_ms for r in off]} ms, "
+          f"p99 {[r.p99_ms for r in off]} ms")
+    print(f"intake while sweeping:     rate {[r.rate for r in on]}/s, p50 {[r.p50_ms for r in on]} ms, "
+          f"p99 {[r.p99_ms for r in on]} ms")
     print(f"aged-out events: {SEEDED} seeded, {before} when the load began, {after} when it ended "
           f"({before - after} purged during the load); median p99 {p99_off:.1f} ms off, {p99_on:.1f} ms sweeping")
     assert after > 0, "the sweep must run through the whole measurement"
