@@ -18,6 +18,8 @@ from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, pas
 
 JSON = {"Content-Type": "application/json"}
 BODY = compact(load("brevo/inbound.json"))
+BREVO_EMAIL = {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com", "spam": {"verdict": "unknown", "score": 0.3}}
+"""Brevo reports the Return-Path (in its copy of the headers) and a SpamScore without a verdict."""
 
 
 def test_kind_and_channel() -> None:
@@ -29,10 +31,10 @@ def test_item_normalises_to_the_email_shape() -> None:
     """An item gives the email shape; Brevo's extracted reply is the stripped text."""
     [inbound] = build("brevo").parse(post(JSON), BODY)
     payload = without_provider(inbound.payload)
-    assert payload.pop("attachments") == [{"name": "router.jpg", "content_type": "image/jpeg", "size": 35,
-                                           "sha256": None, "stored": False,
+    assert payload.pop("attachments") == [{"name": "router.jpg", "content_type": "image/jpeg", "inline": False,
+                                           "size": 35, "sha256": None, "stored": False,
                                            "reason": "held by Brevo: download it with its DownloadToken"}]
-    assert payload == {k: v for k, v in ASHA_EMAIL.items() if k != "attachments"}
+    assert payload == {k: v for k, v in BREVO_EMAIL.items() if k != "attachments"}
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
     assert inbound.payload["provider"]["Uuid"] == ["c8d6b0b6-3a4f-4b8e-9a51-2f7e9b0f4e21"]
 
@@ -63,6 +65,7 @@ def test_no_message_in_items_is_ignored(data: dict[str, Any]) -> None:
     """A payload whose items hold no message is answered as ignored."""
     answer = asyncio.run(build("brevo").intercept(post(JSON), compact(data)))
     assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+    assert answer.code.startswith("not_a_message:") and answer.response.status == 200
 
 
 def test_payload_without_items_is_400() -> None:
@@ -117,7 +120,7 @@ def test_with_an_api_key_attachments_are_downloaded() -> None:
     h, req = with_api(api), post(JSON)
     assert asyncio.run(h.intercept(req, BODY)) is None
     [inbound] = h.parse(req, BODY)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == BREVO_EMAIL
     assert inbound.attachments[0].content == JPEG
     token = load("brevo/inbound.json")["items"][0]["Attachments"][0]["DownloadToken"]
     assert api.asked == [(f"https://api.brevo.test/v3/inbound/attachments/{token}", {"api-key": "xkeysib-123"})]

@@ -35,7 +35,7 @@ def test_raw_message_wins_over_the_providers_fields() -> None:
     fields = Fields(from_="mallory@example.net", to=["x@example.net"], subject="Other", text="other", html="<p>o",
                     attachments=[attachment("other.txt", "text/plain", b"x")])
     inbound = mail_inbound({"id": 1}, fields, raw=EML)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com"}
     assert [a.meta["name"] for a in inbound.attachments] == ["router.jpg"]
 
 
@@ -78,11 +78,14 @@ def test_mailbox_quotes_the_display_name() -> None:
 
 
 def test_part_file_reads_the_name_and_type_from_part_headers() -> None:
-    """An attachment described by its MIME headers gives its file name (RFC 2231 decoded) and bare type."""
+    """An attachment described by its MIME headers gives its file name (RFC 2231 decoded, the base name of a
+    Windows path) and its Content-Type as sent, which the attachment splits into bare type and charset."""
     headers = Headers([("Content-Type", 'application/pdf; name="x.pdf"'),
                        ("Content-Disposition", "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf")])
-    assert part_file(headers) == ("résumé.pdf", "application/pdf")
-    assert part_file(Headers()) == (None, "text/plain")
+    assert part_file(headers) == ("résumé.pdf", 'application/pdf; name="x.pdf"')
+    windows = Headers([("Content-Disposition", 'attachment; filename="C:\\Users\\asha\\report.pdf"')])
+    assert part_file(windows)[0] == "report.pdf"
+    assert part_file(Headers()) == ("", "text/plain")
 
 
 def _over_the_batch_cap(kind: str) -> tuple[Any, bytes, Any]:

@@ -6,7 +6,7 @@ import pytest
 
 from bridge.errors import Rejected
 from handlers.mailjet import MailjetHandler
-from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, post, without_provider
+from tests.fixtures.providers import ASHA_EMAIL, ENVELOPE, JPEG, build, compact, load, post, without_provider
 
 JSON = {"Content-Type": "application/json"}
 
@@ -19,7 +19,7 @@ def test_kind_and_channel() -> None:
 def test_parse_post_normalises_to_the_email_shape() -> None:
     """The Parse API's JSON gives the email shape, its attachment read from `Attachment1`."""
     [inbound] = build("mailjet").parse(post(JSON), compact(load("mailjet/parse.json")))
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "unknown", "score": 0.3}}
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
     assert "Attachment1" not in inbound.payload["provider"]
