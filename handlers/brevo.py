@@ -89,9 +89,20 @@ class BrevoHandler(Handler):
         if not same(token, given):
             raise Rejected(401, f"the token in {where} is wrong", check="token")
 
+    def _data(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "brevo.data", lambda: decode_json_object(body))
+
+    @staticmethod
+    def _event(data: dict[str, Any]) -> str | None:
+        """The event of a transactional webhook (`delivered`, `opened`…) pointed at the inbound URL."""
+        event = data.get("event")
+        return event if "items" not in data and isinstance(event, str) else None
+
     def _items(self, request: web.Request, body: bytes) -> list[Any]:
         def read() -> list[Any]:
-            data = decode_json_object(body)
+            data = self._data(request, body)
+            if self._event(data) is not None:
+                return []
             if not isinstance(data.get("items"), list):
                 raise Rejected(400, "`items` is missing or not a list: not a Brevo inbound parsing payload",
                                check="json")
@@ -102,6 +113,8 @@ class BrevoHandler(Handler):
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         messages = [item for item in self._items(request, body) if isinstance(item, dict)]
+        if (event := self._event(self._data(request, body))) is not None:
+            return not_a_message("event", f"a Brevo {event[:40]!r} event, not an inbound message")
         if not messages:
             return not_a_message("empty", "a Brevo payload with no message in `items`")
         if self.brevo.api_key is not None:

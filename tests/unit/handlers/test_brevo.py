@@ -71,7 +71,7 @@ def test_no_message_in_items_is_ignored(data: dict[str, Any]) -> None:
 def test_payload_without_items_is_400() -> None:
     """A body that is not Brevo's shape is a 400 saying so."""
     with pytest.raises(Rejected) as info:
-        asyncio.run(build("brevo").intercept(post(JSON), b'{"event": "delivered"}'))
+        asyncio.run(build("brevo").intercept(post(JSON), b'{"subject": "hello"}'))
     assert (info.value.status, info.value.check) == (400, "json")
 
 
@@ -140,3 +140,13 @@ def test_attachment_over_the_cap_is_recorded_not_stored() -> None:
     [inbound] = h.parse(req, BODY)
     meta = inbound.payload["attachments"][0]
     assert meta["stored"] is False and meta["reason"].startswith("not downloaded: the answer is over")
+
+
+def test_a_transactional_event_at_the_inbound_url_is_not_a_message() -> None:
+    """A Brevo transactional webhook (`delivered`) posted to the inbound source is not a message: 200 under
+    `not_a_message:event`, never parsed as an empty email."""
+    event = {"event": "delivered", "email": "asha.rao@example.com", "id": 26224, "date": "2024-06-03 12:05:00",
+             "message-id": "<202406031005.72431157123@smtp-relay.mailin.fr>", "ts_event": 1717409100}
+    answer = asyncio.run(build("brevo").intercept(post(JSON), compact(event)))
+    assert isinstance(answer, Intercepted)
+    assert (answer.code, answer.response.status) == ("not_a_message:event", 200)
