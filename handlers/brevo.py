@@ -3,7 +3,8 @@ nothing; its webhook is protected by `auth` (basic auth, or a bearer token Brevo
 by a `token` this source compares in a header of your choosing or in the URL's `?token=`. Attachments are not
 in the payload: Brevo holds them behind a `DownloadToken`. With an `api_key`, each is downloaded from Brevo's
 inbound attachments API before the event is stored (a failed download is a 503: Brevo posts again); without
-one, each is recorded with its name, type and size."""
+one, each is recorded with its name, type and size. Brevo sends no raw MIME: its parsed fields are the message.
+A transactional event (`delivered`, `opened`…) posted here is not a message (200, counted)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MailerSend inbound routing: one JSON `inbound.message` event whose `data` holds the raw MIME (`raw`) beside
 the parsed fields. Signed in the `Signature` header: hex HMAC-SHA256 of the raw body, keyed by the route's
-signing secret. Other event types posted here (a `webhook.test`, activity events) are answered as ignored."""
+signing secret. Other event types posted here (a `webhook.test`, activity events) are not messages (200, counted)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Mandrill (Mailchimp Transactional) inbound: a form whose `mandrill_events` field is a JSON array of events,
 each `inbound` event one message with its raw MIME (`msg.raw_msg`). Signed in `X-Mandrill-Signature`: base64
 HMAC-SHA1, keyed by the webhook's key, of the webhook URL followed by each POST field's name and value, sorted
-by name. Behind a proxy the URL seen is not the one Mandrill signed: `public_url` is the URL as configured."""
+by name. Behind a proxy the URL seen is not the one Mandrill signed: `public_url` is the URL as configured. A
+post with no `inbound` event (Mandrill's webhook test) is not a message (200, counted)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ fields (`plain_body`, `html_body`, `attachments` with base64 `data`), as the rou
 with the Postal server's RSA key: `X-Postal-Signature` is the base64 RSA-SHA1 (PKCS#1 v1.5) signature of the
 raw body, and newer servers add `X-Postal-Signature-256` (RSA-SHA256), checked instead when sent. The public
 key is the `p=` value of the server's DNS record (base64 DER), or a PEM. Message event webhooks posted here
-(`{"event": …, "payload": …}`) are answered as ignored."""
+(`{"event": …, "payload": …}`) are not messages (200, counted)."""
 
 from __future__ import annotations
 

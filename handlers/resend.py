@@ -3,8 +3,8 @@ carries the message's ids and envelope but not its content. The content is fetch
 (`GET /emails/receiving/{email_id}`, with the `api_key`), and the raw message from the download URL the API
 gives, before the event is stored; the raw message then wins over the API's parsed fields. Without a raw
 download, each attachment is fetched through `GET …/attachments/{id}` and the download URL it gives. A fetch that fails
-is a 503 with nothing stored: Resend retries the event. Other event types posted here are answered as
-ignored."""
+is a 503 with nothing stored: Resend retries the event. Other event types posted here are not messages
+(200, counted)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """SparkPost relay webhooks: a JSON array of `msys.relay_message` events, each one inbound message whose raw
 MIME is `content.email_rfc822` (base64 when `email_rfc822_is_base64`). SparkPost sends the relay webhook's
 `auth_token` in `X-MessageSystems-Webhook-Token`; a webhook set up with basic auth is checked by `auth`.
-SparkPost's test post when a webhook is saved carries no relay message and is answered as ignored."""
+SparkPost's test post when a webhook is saved carries no relay message: it is not a message (200, counted)."""
 
 from __future__ import annotations
 
