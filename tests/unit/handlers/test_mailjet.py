@@ -42,3 +42,11 @@ def test_attachment_that_is_not_base64_is_400() -> None:
         build("mailjet").parse(post(JSON), compact(data))
     assert info.value.status == 400
     assert "`Attachment1`" in str(info.value)
+
+
+def test_without_a_date_header_mailjets_own_date_is_read() -> None:
+    """With no Date among the headers, Mailjet's `Date` field (20240603T100500, UTC) gives the payload's date."""
+    data = load("mailjet/parse.json")
+    del data["Headers"]["Date"]
+    [inbound] = build("mailjet").parse(post(JSON), compact(data))
+    assert inbound.payload["date"] == "2024-06-03T10:05:00+00:00"

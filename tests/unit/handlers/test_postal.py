@@ -113,11 +113,15 @@ def test_event_webhooks_and_empty_posts_are_ignored(data: dict[str, Any]) -> Non
 
 
 def test_spam_status_marks_the_event_as_spam() -> None:
-    """Postal's `spam_status: Spam` marks the event as spam."""
+    """Postal's `spam_status: Spam` marks the event as spam, and the payload's `spam` carries the verdict and
+    Postal's score when it sends one."""
     data = load("postal/hash.json")
     data["spam_status"] = "Spam"
+    data["spam_score"] = 5.1
     body = compact(data)
-    assert handler().parse(post(postal_headers(body)), body)[0].spam is True
+    [inbound] = handler().parse(post(postal_headers(body)), body)
+    assert inbound.spam is True
+    assert inbound.payload["spam"] == {"verdict": "spam", "score": 5.1}
 
 
 def test_base64_message_is_read_off_the_loop() -> None:
