@@ -3,7 +3,8 @@ nothing; its webhook is protected by `auth` (basic auth, or a bearer token Brevo
 by a `token` this source compares in a header of your choosing or in the URL's `?token=`. Attachments are not
 in the payload: Brevo holds them behind a `DownloadToken`. With an `api_key`, each is downloaded from Brevo's
 inbound attachments API before the event is stored (a failed download is a 503: Brevo posts again); without
-one, each is recorded with its name, type and size."""
+one, each is recorded with its name, type and size. Brevo sends no raw MIME: its parsed fields are the message.
+A transactional event (`delivered`, `opened`…) posted here is not a message (200, counted)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,23 @@ from aiohttp import web
 from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import Rejected
-from handlers.attachments import Attachment, attachment, remote_attachment
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
+from handlers.attachments import Attachment
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
 from handlers.cloudmailin import byte_count
+from handlers.email import Spam, spam_score
 from handlers.fetch import FetchFailed, Getter, TooLarge, http_get
 from handlers.limits import MAX_ATTACHMENTS
-from handlers.mail_message import Fields, check_batch, header_pairs, mail_inbound, mailbox, mailboxes, text
+from handlers.mail_message import (
+    Fields,
+    check_batch,
+    header_pairs,
+    mail_inbound,
+    mailbox,
+    mailboxes,
+    provider_file,
+    provider_remote_file,
+    text,
+)
 from handlers.signing import require, same
 
 log = structlog.get_logger("ticketbridge.handlers.brevo")
@@ -78,9 +90,20 @@ class BrevoHandler(Handler):
         if not same(token, given):
             raise Rejected(401, f"the token in {where} is wrong", check="token")
 
+    def _data(self, request: web.Request, body: bytes) -> dict[str, Any]:
+        return per_request(request, "brevo.data", lambda: decode_json_object(body))
+
+    @staticmethod
+    def _event(data: dict[str, Any]) -> str | None:
+        """The event of a transactional webhook (`delivered`, `opened`…) pointed at the inbound URL."""
+        event = data.get("event")
+        return event if "items" not in data and isinstance(event, str) else None
+
     def _items(self, request: web.Request, body: bytes) -> list[Any]:
         def read() -> list[Any]:
-            data = decode_json_object(body)
+            data = self._data(request, body)
+            if self._event(data) is not None:
+                return []
             if not isinstance(data.get("items"), list):
                 raise Rejected(400, "`items` is missing or not a list: not a Brevo inbound parsing payload",
                                check="json")
@@ -91,8 +114,10 @@ class BrevoHandler(Handler):
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         messages = [item for item in self._items(request, body) if isinstance(item, dict)]
+        if (event := self._event(self._data(request, body))) is not None:
+            return not_a_message("event", f"a Brevo {event[:40]!r} event, not an inbound message")
         if not messages:
-            return ignored("Brevo payload with no message in `items`")
+            return not_a_message("empty", "a Brevo payload with no message in `items`")
         if self.brevo.api_key is not None:
             await self._download(messages, per_request(request, "brevo.files", dict))
         return None
@@ -128,19 +153,25 @@ class BrevoHandler(Handler):
         files: list[Attachment] = []
         for entry in map(obj, items(item.get("Attachments"))):
             name, ctype = entry.get("Name"), entry.get("ContentType")
+            inline = bool(text(entry.get("ContentID")))
             content = downloaded.get(str(entry.get("DownloadToken")))
             if isinstance(content, bytes):
-                files.append(attachment(name, ctype, content))
+                files.append(provider_file(name, ctype, content, inline=inline))
             else:
-                files.append(remote_attachment(name, ctype, byte_count(entry.get("ContentLength")),
-                                               content or "held by Brevo: download it with its DownloadToken"))
+                files.append(provider_remote_file(name, ctype, byte_count(entry.get("ContentLength")),
+                                                  content or "held by Brevo: download it with its DownloadToken",
+                                                  inline=inline))
         sender = obj(item.get("From"))
         uuid = next((u for u in items(item.get("Uuid")) if isinstance(u, str)), None)
+        reply_to = obj(item.get("ReplyTo"))
+        score = spam_score(item.get("SpamScore"))  # a score without a threshold: the verdict is not Brevo's
         fields = Fields(
             from_=mailbox(sender.get("Name"), sender.get("Address")),
             to=mailboxes(item.get("To"), "Name", "Address"),
             cc=mailboxes(item.get("Cc"), "Name", "Address"),
+            reply_to=mailbox(reply_to.get("Name"), reply_to.get("Address")),
             subject=text(item.get("Subject")),
+            date=text(item.get("SentAtDate")),
             text=text(item.get("RawTextBody")),
             html=text(item.get("RawHtmlBody")),
             stripped_text=text(item.get("ExtractedMarkdownMessage")),
@@ -148,6 +179,7 @@ class BrevoHandler(Handler):
             message_id=text(item.get("MessageId")),
             in_reply_to=text(item.get("InReplyTo")),
             headers=headers,
+            spam=None if score is None else Spam("unknown", score),
         )
         return mail_inbound(item, fields, provider_id=uuid)
 

@@ -475,8 +475,8 @@ def email_payload(
         message_id_ = h.get("Message-ID") or message_id_
         in_reply_to = h.get("In-Reply-To") or in_reply_to
         references = h.get_all("References") or references
-        if mime.text is not None or mime.html is not None:
-            text, html = mime.text, mime.html
+        text = mime.text if mime.text is not None else text
+        html = mime.html if mime.html is not None else html
     check_count("attachments", len(attachments), MAX_ATTACHMENTS)
     _name_blanks(attachments)
     from_name, from_addr = sender(from_)

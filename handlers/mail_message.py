@@ -11,9 +11,18 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
-from handlers.attachments import Attachment
+from handlers.attachments import Attachment, attachment, remote_attachment
 from handlers.base import Inbound
-from handlers.email import AddressInput, Headers, email_payload, message_id, parse_mime
+from handlers.email import (
+    AddressInput,
+    Headers,
+    Spam,
+    basename,
+    email_payload,
+    message_files,
+    parse_mime,
+    part_filename,
+)
 from handlers.limits import check_count
 
 MAX_BATCH_MESSAGES = 100
@@ -24,18 +33,25 @@ for minutes; providers post inbound mail one or a few messages at a time."""
 
 @dataclass
 class Fields:
-    """What a provider's parsed fields say of a message; `headers` fills what the named fields leave out."""
+    """What a provider's parsed fields say of a message; `headers` (the provider's copy of the message's
+    headers) fills what the named fields leave out. The envelope and the spam result are the provider's own
+    report: a raw message does not carry them."""
 
     from_: AddressInput = None
     to: AddressInput = None
     cc: AddressInput = None
+    reply_to: AddressInput = None
     subject: str | None = None
+    date: str | None = None
     text: str | None = None
     html: str | None = None
     stripped_text: str | None = None
     message_id: str | None = None
     in_reply_to: str | None = None
     references: str | list[str] | None = None
+    envelope_from: AddressInput = None
+    envelope_to: AddressInput = None
+    spam: Spam | None = None
     attachments: list[Attachment] = field(default_factory=list)
     headers: Headers = field(default_factory=Headers)
 
@@ -73,60 +89,63 @@ def header_pairs(mapping: Any) -> Headers:
     return Headers.from_mapping(mapping) if isinstance(mapping, dict) else Headers()
 
 
-def part_file(headers: Headers) -> tuple[str | None, str]:
-    """(file name, content type) of an attachment described only by its MIME headers (Mailjet's `Parts`)."""
+def provider_file(name: Any, content_type: Any, content: bytes, *, inline: bool) -> Attachment:
+    """An attachment a provider sent parsed (name, type and content apart): named by the base name of any
+    path it holds, RFC 2047 decoded, as a MIME part's name is."""
+    return attachment(basename(name) if isinstance(name, str) else None,
+                      content_type if isinstance(content_type, str) else None, content, inline=inline)
+
+
+def provider_remote_file(name: Any, content_type: Any, size: int | None, reason: str, *,
+                         inline: bool | None) -> Attachment:
+    """An attachment whose content the provider kept, named as `provider_file` names one."""
+    return remote_attachment(basename(name) if isinstance(name, str) else None,
+                             content_type if isinstance(content_type, str) else None, size, reason, inline=inline)
+
+
+def part_file(headers: Headers) -> tuple[str, str]:
+    """(file name, Content-Type) of an attachment described only by its MIME headers (Mailjet's `Parts`): the
+    name read from the raw headers as a MIME part's is (Windows paths, RFC 2231, RFC 2047)."""
     part = Message()
-    for name in ("Content-Type", "Content-Disposition"):
+    for name in ("Content-Type", "Content-Disposition", "Content-ID"):
         if (value := headers.get(name)) is not None:
             part[name] = value
-    return part.get_filename(), part.get_content_type()
+    return part_filename(part), headers.get("Content-Type") or "text/plain"  # MIME's default type
 
 
 def mail_inbound(provider: dict[str, Any], fields: Fields, *, raw: bytes | None = None,
                  provider_id: Any = None, spam: bool = False) -> Inbound:
-    """The event of one message. With `raw`, the headers, bodies and attachments are the raw message's (its
-    attachments replace the provider's copies of them); the provider's fields fill only what it lacks. The
+    """The event of one message, through the email channel's one MIME path: with `raw`, `parse_mime` reads it
+    and `email_payload` lets it win over the provider's fields (its attachments replace the provider's copies
+    of them); the fields, and the provider's copy of the headers after them, fill only what it lacks. The
     dedup key is the Message-ID, else the provider's id for the message, else a digest of the raw message."""
-    headers, body_text, body_html, files = fields.headers, fields.text, fields.html, fields.attachments
-    if raw is not None:
-        mime = parse_mime(raw)
-        headers = mime.headers
-        body_text = mime.text if mime.text is not None else body_text
-        body_html = mime.html if mime.html is not None else body_html
-        files = mime.attachments
+    mime = parse_mime(raw) if raw is not None else None
     own = fields.headers
-
-    def pick(name: str, given: Any) -> Any:
-        """The raw message's header, else the provider's field, else the provider's copy of the header."""
-        if raw is not None and (found := headers.get_all(name)):
-            return found
-        return given or own.get_all(name)
-
-    subject = headers.get("Subject") if raw is not None else None
-    ids = _first(*pick("Message-ID", fields.message_id and [fields.message_id]))
+    files = message_files(mime, fields.attachments)
     payload = email_payload(
-        from_=pick("From", fields.from_),
-        to=pick("To", fields.to),
-        cc=pick("Cc", fields.cc),
-        subject=subject if subject is not None else fields.subject if fields.subject is not None
-        else own.get("Subject"),
-        text=body_text, html=body_html, stripped_text=fields.stripped_text,
-        message_id_=ids,
-        in_reply_to=_first(*pick("In-Reply-To", fields.in_reply_to and [fields.in_reply_to])),
-        references=pick("References", fields.references),
+        from_=fields.from_ or own.get("From"),
+        to=fields.to or own.get_all("To"),
+        cc=fields.cc or own.get_all("Cc"),
+        subject=fields.subject if fields.subject is not None else own.get("Subject"),
+        text=fields.text, html=fields.html, stripped_text=fields.stripped_text,
+        message_id_=fields.message_id or own.get("Message-ID"),
+        in_reply_to=fields.in_reply_to or own.get("In-Reply-To"),
+        references=fields.references or own.get_all("References"),
         attachments=files,
         provider=provider,
+        mime=mime,
+        reply_to=fields.reply_to or own.get_all("Reply-To"),
+        date=fields.date or own.get("Date"),
+        envelope_from=fields.envelope_from or own.get("Return-Path"),
+        envelope_to=fields.envelope_to,
+        spam=fields.spam,
     )
-    key = message_id(ids)
+    key = payload["message_id"]
     if key is None and isinstance(provider_id, str | int) and not isinstance(provider_id, bool) and provider_id != "":
         key = str(provider_id)
     if key is None and raw is not None:
         key = "sha256:" + hashlib.sha256(raw).hexdigest()
     return Inbound(payload=payload, dedup_key=key, spam=spam, attachments=files)
-
-
-def _first(*values: Any) -> str | None:
-    return next((v for v in values if isinstance(v, str) and v), None)
 
 
 def raw_bytes(value: str) -> bytes:

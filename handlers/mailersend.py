@@ -1,6 +1,6 @@
 """MailerSend inbound routing: one JSON `inbound.message` event whose `data` holds the raw MIME (`raw`) beside
 the parsed fields. Signed in the `Signature` header: hex HMAC-SHA256 of the raw body, keyed by the route's
-signing secret. Other event types posted here (a `webhook.test`, activity events) are answered as ignored."""
+signing secret. Other event types posted here (a `webhook.test`, activity events) are not messages (200, counted)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,22 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from bridge.config import SourceConfig
-from handlers.attachments import Attachment, attachment, decode_base64, remote_attachment
+from handlers.attachments import Attachment, decode_base64
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
 from handlers.cloudmailin import byte_count
-from handlers.mail_message import Fields, header_pairs, mail_inbound, mailbox, mailboxes, raw_bytes, text, without
+from handlers.mail_message import (
+    Fields,
+    header_pairs,
+    mail_inbound,
+    mailbox,
+    mailboxes,
+    provider_file,
+    provider_remote_file,
+    raw_bytes,
+    text,
+    without,
+)
 from handlers.signing import require
 
 HEADER = "Signature"
@@ -45,7 +56,7 @@ class MailersendHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         kind = self._event(request, body).get("type")
         if kind != "inbound.message":
-            return ignored(f"MailerSend {kind!r} event, not an inbound message")
+            return not_a_message("event", f"a MailerSend {str(kind)[:40]!r} event, not an inbound message")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
@@ -55,13 +66,15 @@ class MailersendHandler(Handler):
         files: list[Attachment] = []
         if raw is None:  # the parsed copies serve only when the raw message is missing
             for i, item in enumerate(map(obj, items(data.get("attachments")))):
-                name, ctype = text(item.get("file_name")), text(item.get("content_type"))
+                name, ctype = item.get("file_name"), item.get("content_type")
+                inline = bool(text(item.get("content_id"))) or item.get("disposition") == "inline"
                 if item.get("content") is not None:
-                    files.append(attachment(name, ctype, decode_base64(item["content"],
-                                                                       f"`data.attachments[{i}].content`")))
+                    files.append(provider_file(name, ctype, decode_base64(item["content"],
+                                                                          f"`data.attachments[{i}].content`"),
+                                               inline=inline))
                 else:
-                    files.append(remote_attachment(name, ctype, byte_count(item.get("size")),
-                                                   "MailerSend sent no content"))
+                    files.append(provider_remote_file(name, ctype, byte_count(item.get("size")),
+                                                      "MailerSend sent no content", inline=inline))
         recipients = obj(data.get("recipients"))
         sender = obj(data.get("from"))
         fields = Fields(
@@ -69,6 +82,9 @@ class MailersendHandler(Handler):
             to=mailboxes(obj(recipients.get("to")).get("data"), "name", "email"),
             cc=mailboxes(obj(recipients.get("cc")).get("data"), "name", "email"),
             subject=text(data.get("subject")),
+            date=text(data.get("date")),
+            envelope_from=text(obj(data.get("sender")).get("email")),
+            envelope_to=[e for r in items(recipients.get("rcptTo")) if (e := text(obj(r).get("email")))],
             text=text(data.get("text")),
             html=text(data.get("html")),
             attachments=files,

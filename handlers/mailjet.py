@@ -9,9 +9,10 @@ from typing import ClassVar
 from aiohttp import web
 
 from bridge.config import SourceConfig
-from handlers.attachments import Attachment, attachment, decode_base64
+from handlers.attachments import Attachment, decode_base64
 from handlers.base import Handler, Inbound, decode_json_object, items, obj
-from handlers.mail_message import Fields, header_pairs, mail_inbound, part_file, text, without
+from handlers.email import Spam, spam_score
+from handlers.mail_message import Fields, header_pairs, mail_inbound, part_file, provider_file, text, without
 
 
 class MailjetOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
@@ -32,14 +33,21 @@ class MailjetHandler(Handler):
             ref = part.get("ContentRef")
             if not isinstance(ref, str) or "Attachment" not in ref:  # Text-part, Html-part
                 continue
-            name, ctype = part_file(header_pairs(part.get("Headers")))
-            files.append(attachment(name, ctype, decode_base64(data.get(ref), f"`{ref}`")))
+            part_headers = header_pairs(part.get("Headers"))
+            name, ctype = part_file(part_headers)
+            inline = ref.startswith("Inline") or part_headers.get("Content-ID") is not None
+            files.append(provider_file(name, ctype, decode_base64(data.get(ref), f"`{ref}`"), inline=inline))
             refs.append(ref)
         headers = header_pairs(data.get("Headers"))
+        score = spam_score(data.get("SpamAssassinScore"))  # a score without Mailjet's threshold: no verdict
         fields = Fields(  # `Sender` and `Recipient` are the envelope's: the headers come first
             from_=text(data.get("From")) or headers.get("From") or text(data.get("Sender")),
             to=headers.get_all("To") or text(data.get("Recipient")),
             subject=text(data.get("Subject")),
+            date=headers.get("Date") or text(data.get("Date")),  # `Date` alone is Mailjet's 20240603T100500
+            envelope_from=text(data.get("Sender")),
+            envelope_to=text(data.get("Recipient")),
+            spam=None if score is None else Spam("unknown", score),
             text=text(data.get("Text-part")),
             html=text(data.get("Html-part")),
             attachments=files,

@@ -1,7 +1,8 @@
 """Mandrill (Mailchimp Transactional) inbound: a form whose `mandrill_events` field is a JSON array of events,
 each `inbound` event one message with its raw MIME (`msg.raw_msg`). Signed in `X-Mandrill-Signature`: base64
 HMAC-SHA1, keyed by the webhook's key, of the webhook URL followed by each POST field's name and value, sorted
-by name. Behind a proxy the URL seen is not the one Mandrill signed: `public_url` is the URL as configured."""
+by name. Behind a proxy the URL seen is not the one Mandrill signed: `public_url` is the URL as configured. A
+post with no `inbound` event (Mandrill's webhook test) is not a message (200, counted)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.attachments import Attachment, attachment, decode_base64
-from handlers.base import Handler, Inbound, Intercepted, decode_json, ignored, items, obj, per_request
+from handlers.attachments import Attachment, decode_base64
+from handlers.base import Handler, Inbound, Intercepted, decode_json, items, not_a_message, obj, per_request
+from handlers.email import Spam, spam_score
 from handlers.formdata import first_value, parse_urlencoded
-from handlers.mail_message import Fields, check_batch, header_pairs, mail_inbound, mailbox, raw_bytes, text, without
+from handlers.mail_message import (
+    Fields,
+    check_batch,
+    header_pairs,
+    mail_inbound,
+    mailbox,
+    provider_file,
+    raw_bytes,
+    text,
+    without,
+)
 from handlers.signing import require, same
 from handlers.twilio import signature
 
@@ -89,7 +101,7 @@ class MandrillHandler(Handler):
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         if not self._events(request, body):
-            return ignored("Mandrill post with no inbound event (a webhook test, or other events)")
+            return not_a_message("event", "a Mandrill post with no inbound event (a webhook test, or other events)")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
@@ -108,13 +120,17 @@ class MandrillHandler(Handler):
                     where = f"`mandrill_events[{i}].msg.{key}[{name!r}].content`"
                     data = (decode_base64(content, where) if item.get("base64") is not False
                             else str(content).encode())
-                    files.append(attachment(text(item.get("name")) or name, text(item.get("type")), data))
-        to = [mailbox(pair[1] if len(pair) > 1 else None, pair[0]) for pair in items(msg.get("to"))
-              if isinstance(pair, list) and pair]
+                    # `images` are the message's inline images (signature logos); `attachments` the rest
+                    files.append(provider_file(text(item.get("name")) or name, item.get("type"), data,
+                                               inline=key == "images"))
+        score = spam_score(obj(msg.get("spam_report")).get("score"))  # SpamAssassin's score, without a verdict
         fields = Fields(
             from_=mailbox(msg.get("from_name"), msg.get("from_email")),
-            to=[t for t in to if t],
+            to=_pairs(msg.get("to")),
+            cc=_pairs(msg.get("cc")),
             subject=text(msg.get("subject")),
+            envelope_to=text(msg.get("email")),  # the address Mandrill received the message at
+            spam=None if score is None else Spam("unknown", score),
             text=text(msg.get("text")),
             html=text(msg.get("html")),
             attachments=files,
@@ -128,3 +144,10 @@ class MandrillHandler(Handler):
         provider = {**without(event, ["msg"]), "msg": kept}
         return mail_inbound(provider, fields, raw=raw_bytes(raw) if raw is not None else None,
                             provider_id=msg.get("_id"))
+
+
+def _pairs(value: object) -> list[str]:
+    """Mandrill's `[[address, name], …]` recipients as `"Name" <address>` texts."""
+    boxes = [mailbox(pair[1] if len(pair) > 1 else None, pair[0]) for pair in items(value)
+             if isinstance(pair, list) and pair]
+    return [b for b in boxes if b]

@@ -3,7 +3,7 @@ fields (`plain_body`, `html_body`, `attachments` with base64 `data`), as the rou
 with the Postal server's RSA key: `X-Postal-Signature` is the base64 RSA-SHA1 (PKCS#1 v1.5) signature of the
 raw body, and newer servers add `X-Postal-Signature-256` (RSA-SHA256), checked instead when sent. The public
 key is the `p=` value of the server's DNS record (base64 DER), or a PEM. Message event webhooks posted here
-(`{"event": …, "payload": …}`) are answered as ignored."""
+(`{"event": …, "payload": …}`) are not messages (200, counted)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.attachments import Attachment, attachment, decode_base64
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
-from handlers.mail_message import Fields, mail_inbound, raw_bytes, text, without
+from handlers.attachments import Attachment, decode_base64
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
+from handlers.email import Spam, spam_score
+from handlers.mail_message import Fields, mail_inbound, provider_file, raw_bytes, text, without
 
 SHA1_HEADER = "X-Postal-Signature"
 SHA256_HEADER = "X-Postal-Signature-256"
@@ -88,9 +89,9 @@ class PostalHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = self._message(request, body)
         if "event" in data and "payload" in data:
-            return ignored(f"Postal {data.get('event')!r} event, not an inbound message")
+            return not_a_message("event", f"a Postal {str(data.get('event'))[:40]!r} event, not an inbound message")
         if not any(k in data for k in ("message", "plain_body", "html_body", "subject")):
-            return ignored("Postal post with no message in it")
+            return not_a_message("empty", "a Postal post with no message in it")
         if data.get("base64") is True:
             # Base64 hides the MIME delimiter lines intake counts to decide whether to parse off the loop: a
             # small post may still hold hundreds of MIME parts, so its message is read in a thread here.
@@ -110,13 +111,18 @@ class PostalHandler(Handler):
             raw = decode_base64(message, "`message`") if data.get("base64") is True else raw_bytes(message)
         files: list[Attachment] = []
         for i, item in enumerate(map(obj, items(data.get("attachments")))):
-            files.append(attachment(text(item.get("filename")), text(item.get("content_type")),
-                                    decode_base64(item.get("data"), f"`attachments[{i}].data`")))
+            # Postal's parsed attachments say nothing of a Content-ID: none is taken for inline
+            files.append(provider_file(item.get("filename"), item.get("content_type"),
+                                       decode_base64(item.get("data"), f"`attachments[{i}].data`"), inline=False))
         fields = Fields(
             from_=text(data.get("from")) or text(data.get("mail_from")),
             to=text(data.get("to")) or text(data.get("rcpt_to")),  # `rcpt_to`, `mail_from`: the envelope
             cc=text(data.get("cc")),
             subject=text(data.get("subject")),
+            date=text(data.get("date")),
+            envelope_from=text(data.get("mail_from")),
+            envelope_to=text(data.get("rcpt_to")),
+            spam=_spam(data),
             text=text(data.get("plain_body")),
             html=text(data.get("html_body")),
             message_id=text(data.get("message_id")),
@@ -130,3 +136,14 @@ class PostalHandler(Handler):
         inbound = mail_inbound(provider, fields, raw=raw, provider_id=data.get("id"),
                                spam=data.get("spam_status") == "Spam")
         return [inbound]
+
+
+_VERDICTS = {"Spam": "spam", "NotSpam": "ham"}
+
+
+def _spam(data: dict[str, Any]) -> Spam | None:
+    """Postal's `spam_status` (`Spam`, `NotSpam`, `NotChecked`…) and, when sent, its `spam_score`."""
+    status, score = data.get("spam_status"), spam_score(data.get("spam_score"))
+    if not isinstance(status, str) and score is None:
+        return None
+    return Spam(_VERDICTS.get(status, "unknown") if isinstance(status, str) else "unknown", score)

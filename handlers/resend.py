@@ -3,8 +3,8 @@ carries the message's ids and envelope but not its content. The content is fetch
 (`GET /emails/receiving/{email_id}`, with the `api_key`), and the raw message from the download URL the API
 gives, before the event is stored; the raw message then wins over the API's parsed fields. Without a raw
 download, each attachment is fetched through `GET …/attachments/{id}` and the download URL it gives. A fetch that fails
-is a 503 with nothing stored: Resend retries the event. Other event types posted here are answered as
-ignored."""
+is a 503 with nothing stored: Resend retries the event. Other event types posted here are not messages
+(200, counted)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,21 @@ from aiohttp import web
 from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import Rejected
-from handlers.attachments import Attachment, attachment, remote_attachment
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
+from handlers.attachments import Attachment
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
 from handlers.cloudmailin import byte_count
 from handlers.email import Headers
 from handlers.fetch import FetchFailed, Getter, TooLarge, http_get
 from handlers.limits import MAX_ATTACHMENTS
-from handlers.mail_message import Fields, header_pairs, mail_inbound, text, without
+from handlers.mail_message import (
+    Fields,
+    header_pairs,
+    mail_inbound,
+    provider_file,
+    provider_remote_file,
+    text,
+    without,
+)
 from handlers.signing import require
 from handlers.standard_webhooks import StandardWebhooksOptions, verify_signed
 
@@ -80,7 +88,7 @@ class ResendHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         event = self._event(request, body)
         if event.get("type") != "email.received":
-            return ignored(f"Resend {event.get('type')!r} event, not a received email")
+            return not_a_message("event", f"a Resend {str(event.get('type'))[:40]!r} event, not a received email")
         email_id = obj(event.get("data")).get("email_id")
         if not isinstance(email_id, str) or not email_id:
             raise Rejected(400, "`data.email_id` is missing: the received email cannot be fetched", check="json")
@@ -140,18 +148,21 @@ class ResendHandler(Handler):
         data = obj(event.get("data"))
         files: list[Attachment] = []
         for a in map(obj, items(email.get("attachments") or data.get("attachments"))):
-            name, ctype = text(a.get("filename")), text(a.get("content_type"))
+            name, ctype = a.get("filename"), a.get("content_type")
+            inline = bool(text(a.get("content_id"))) or a.get("content_disposition") == "inline"
             content = fetched.files.get(str(a.get("id")))
-            files.append(attachment(name, ctype, content) if isinstance(content, bytes) else remote_attachment(
-                name, ctype, byte_count(a.get("size")), content or "held by Resend: not downloaded"))
+            files.append(provider_file(name, ctype, content, inline=inline) if isinstance(content, bytes)
+                         else provider_remote_file(name, ctype, byte_count(a.get("size")),
+                                                   content or "held by Resend: not downloaded", inline=inline))
         raw_headers = email.get("headers")
         headers = (Headers((str(h["name"]), str(h["value"])) for h in map(obj, items(raw_headers))
                            if isinstance(h.get("name"), str) and isinstance(h.get("value"), str))
                    if isinstance(raw_headers, list) else header_pairs(raw_headers))
-        fields = Fields(
-            from_=text(email.get("from")) or text(data.get("from")),
-            to=_texts(email.get("to")) or _texts(data.get("to")),
-            cc=_texts(email.get("cc")) or _texts(data.get("cc")),
+        fields = Fields(  # the headers first: Resend's `to` and `cc` lists drop the display names
+            from_=headers.get("From") or text(email.get("from")) or text(data.get("from")),
+            to=headers.get_all("To") or _texts(email.get("to")) or _texts(data.get("to")),
+            cc=headers.get_all("Cc") or _texts(email.get("cc")) or _texts(data.get("cc")),
+            reply_to=_texts(email.get("reply_to")),
             subject=text(email.get("subject")) or text(data.get("subject")),
             text=text(email.get("text")),
             html=text(email.get("html")),

@@ -24,6 +24,7 @@ from handlers.base import (
     decode_json_object,
     handshake_answer,
     ignored,
+    not_a_message,
     obj,
     optional_json_object,
     per_request,
@@ -137,7 +138,8 @@ class SesHandler(Handler):
         if notification is None:
             return ignored("the SNS message is not an SES notification")
         if notification.get("notificationType") != "Received":
-            return ignored(f"SES {notification.get('notificationType')!r} notification")
+            return not_a_message("notification",
+                                 f"an SES {str(notification.get('notificationType'))[:40]!r} notification")
         action = obj(obj(notification.get("receipt")).get("action"))
         if action.get("type") == "S3" and self.s3 is not None:
             return await self._read_s3(request, message, action)
@@ -150,13 +152,13 @@ class SesHandler(Handler):
         assert self.s3 is not None
         bucket, key = action.get("bucketName"), action.get("objectKey")
         if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
-            return ignored("SES S3 action without bucketName and objectKey")
+            return not_a_message("s3_action", "an SES S3 action without bucketName and objectKey")
         ids = {"source": self.name, "sns_message_id": message.get("MessageId"), "bucket": bucket, "key": key}
         try:
             raw = await self.s3.get(bucket, key)
         except S3NoSuchKey as exc:
             log.error("ses.s3_object_missing", **ids, error=str(exc))
-            return ignored("SES S3 object not found")
+            return not_a_message("s3_gone", f"the SES S3 action's object is gone: {exc}")
         except S3TooLarge as exc:
             log.error("ses.s3_object_too_large", **ids, size=exc.size)
             raise Rejected(413, f"{exc}; it is left in the bucket, and nothing was stored",

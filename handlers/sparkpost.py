@@ -1,7 +1,7 @@
 """SparkPost relay webhooks: a JSON array of `msys.relay_message` events, each one inbound message whose raw
 MIME is `content.email_rfc822` (base64 when `email_rfc822_is_base64`). SparkPost sends the relay webhook's
 `auth_token` in `X-MessageSystems-Webhook-Token`; a webhook set up with basic auth is checked by `auth`.
-SparkPost's test post when a webhook is saved carries no relay message and is answered as ignored."""
+SparkPost's test post when a webhook is saved carries no relay message: it is not a message (200, counted)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import decode_base64
-from handlers.base import Handler, Inbound, Intercepted, decode_json, ignored, items, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json, items, not_a_message, obj, per_request
 from handlers.email import Headers
 from handlers.mail_message import Fields, check_batch, mail_inbound, raw_bytes, text, without
 from handlers.signing import require, same
@@ -63,7 +63,7 @@ class SparkpostHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         relays = self._relays(request, body)
         if not relays:
-            return ignored("SparkPost post with no relay message (a webhook test)")
+            return not_a_message("test", "a SparkPost post with no relay message (a webhook test)")
         if any(obj(r.get("content")).get("email_rfc822_is_base64") is True for r in relays):
             # Base64 hides the MIME delimiter lines intake counts to decide whether to parse off the loop: a
             # small post may still hold hundreds of MIME parts, so its messages are read in a thread here.
@@ -94,6 +94,8 @@ class SparkpostHandler(Handler):
             from_=text(relay.get("friendly_from")) or text(relay.get("msg_from")),
             to=[t for t in items(content.get("to")) if isinstance(t, str)] or text(relay.get("rcpt_to")),
             subject=text(content.get("subject")),
+            envelope_from=text(relay.get("msg_from")),
+            envelope_to=text(relay.get("rcpt_to")),
             text=text(content.get("text")),
             html=text(content.get("html")),
             headers=headers,

@@ -16,31 +16,50 @@ from bridge.store.base import DeliveryFilter
 from handlers.attachments import content_path
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.providers import (
+    BREVO_THREAD_FILES,
     FORWARDED,
     JPEG,
     JPEG_SHA256,
     NOW,
+    RESEND_API,
     THREAD,
     THREAD_EMAIL,
     TOPIC,
+    FakeResendApi,
     FakeSns,
     basic,
+    brevo_thread,
     cloudmailin_raw,
     compact,
     load,
+    mailersend_raw,
+    mailersend_signature,
     mailgun_fields,
     mailgun_mime,
     mailgun_multipart,
+    mailjet_thread,
+    mandrill_raw,
+    mandrill_request,
     multipart,
+    postal_headers,
+    postal_public_key,
+    postal_raw,
     postmark_raw,
+    raw,
     sendgrid_multipart,
     sendgrid_raw,
     ses_notification,
     ses_raw,
+    sparkpost_raw,
+    svix_headers,
 )
 
 ENV = {"MAILGUN_KEY": "key-3ax6xnjp29jd6fds4gc373sgvjxteol0", "PARSE_PW": "parse-pw", "POSTMARK_PW": "pm-pw",
-       "CLOUDMAILIN_PW": "cm-pw"}
+       "CLOUDMAILIN_PW": "cm-pw", "BREVO_TOKEN": "brevo-url-token", "BREVO_API_KEY": "xkeysib-brevo",
+       "MAILJET_PW": "mj-parse-pw", "MANDRILL_KEY": "zDQ9cJ7mIkIDBZ5eOFEg3A", "SPARKPOST_TOKEN": "sp-relay-token",
+       "RESEND_SECRET": "whsec_cmVzZW5kLXNpZ25pbmctc2VjcmV0", "RESEND_API_KEY": "re_N9f8TbDq_resend",
+       "MAILERSEND_SECRET": "ms-inbound-secret"}
+PUBLIC_MANDRILL = "https://bridge.example.com/hooks/support-mandrill"
 
 CONFIG = f"""
 store: {{url: "sqlite:///var/bridge.db"}}
@@ -52,6 +71,14 @@ sources:
   support-postmark: {{kind: postmark, auth: {{basic: {{username: postmark, password: "${{POSTMARK_PW}}"}}}}}}
   support-ses: {{kind: ses, topic_arns: ["{TOPIC}"]}}
   support-cloudmailin: {{kind: cloudmailin, auth: {{basic: {{username: cm, password: "${{CLOUDMAILIN_PW}}"}}}}}}
+  support-brevo: {{kind: brevo, token: "${{BREVO_TOKEN}}", api_key: "${{BREVO_API_KEY}}"}}
+  support-mailjet: {{kind: mailjet, auth: {{basic: {{username: mailjet, password: "${{MAILJET_PW}}"}}}}}}
+  support-mandrill: {{kind: mandrill, webhook_key: "${{MANDRILL_KEY}}", public_url: "{PUBLIC_MANDRILL}"}}
+  support-sparkpost: {{kind: sparkpost, auth_token: "${{SPARKPOST_TOKEN}}"}}
+  support-resend: {{kind: resend, secret: "${{RESEND_SECRET}}", api_key: "${{RESEND_API_KEY}}",
+                   api_url: "{RESEND_API}"}}
+  support-mailersend: {{kind: mailersend, secret: "${{MAILERSEND_SECRET}}"}}
+  support-postal: {{kind: postal, public_key: "{postal_public_key()}"}}
 destinations:
   kapture: {{vendor: kapture, sandbox: true, retry: {{schedule: [50ms]}}}}
 """
@@ -59,7 +86,8 @@ destinations:
 # One mapping, written once for the email channel, unchanged for every provider.
 EMAIL_MAPPING = """
     name: email-to-kapture
-    source: [support-mailgun, support-sendgrid, support-postmark, support-ses, support-cloudmailin]
+    source: [support-mailgun, support-sendgrid, support-postmark, support-ses, support-cloudmailin, support-brevo,
+             support-mailjet, support-mandrill, support-sparkpost, support-resend, support-mailersend, support-postal]
     destination: kapture
     action: create_ticket
     fields:
@@ -81,7 +109,22 @@ async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
     for source in runtime(c).sources.values():
         source.handler.clock = lambda: float(NOW)
     runtime(c).sources["support-ses"].handler.fetch = FakeSns()  # type: ignore[attr-defined]
+    runtime(c).sources["support-brevo"].handler.get = brevo_download  # type: ignore[attr-defined]
+    RESEND.message = raw("ses/message.eml")
+    runtime(c).sources["support-resend"].handler.get = RESEND  # type: ignore[attr-defined]
     return c
+
+
+BREVO_FILES = {load("brevo/inbound.json")["items"][0]["Attachments"][0]["DownloadToken"]: JPEG, **BREVO_THREAD_FILES}
+
+
+async def brevo_download(url: str, _headers: dict[str, str], _timeout_s: float, _max_bytes: int) -> bytes:
+    """Brevo's inbound attachments API: each file of the fixtures by its DownloadToken."""
+    return BREVO_FILES[url.rsplit("/", 1)[1]]
+
+
+RESEND = FakeResendApi()
+"""Resend's Receiving API and raw download; `message` is what the next fetched email holds."""
 
 
 Request = tuple[str, bytes, dict[str, str]]  # path, body, headers
@@ -124,8 +167,56 @@ def _cloudmailin(message: bytes | None) -> Request:
     return "/hooks/support-cloudmailin", body, {"Content-Type": ctype, **auth}
 
 
+def _parsed_only(kind: str, message: bytes | None) -> None:
+    """Brevo and Mailjet hand over no raw message: they carry THREAD as their parsed fields, and nothing else."""
+    if message not in (None, THREAD):
+        raise ValueError(f"{kind} sends no raw MIME: only its fixture or its parsed copy of THREAD can be posted")
+
+
+def _brevo(message: bytes | None) -> Request:
+    _parsed_only("brevo", message)
+    data = load("brevo/inbound.json") if message is None else brevo_thread()
+    return f"/hooks/support-brevo?token={ENV['BREVO_TOKEN']}", compact(data), JSON
+
+
+def _mailjet(message: bytes | None) -> Request:
+    _parsed_only("mailjet", message)
+    data = load("mailjet/parse.json") if message is None else mailjet_thread()
+    return "/hooks/support-mailjet", compact(data), {**JSON, "Authorization": basic("mailjet", ENV["MAILJET_PW"])}
+
+
+def _mandrill(message: bytes | None) -> Request:
+    body, headers = mandrill_request(ENV["MANDRILL_KEY"], PUBLIC_MANDRILL,
+                                     None if message is None else mandrill_raw(message))
+    return "/hooks/support-mandrill", body, headers
+
+
+def _sparkpost(message: bytes | None) -> Request:
+    data = load("sparkpost/relay.json") if message is None else sparkpost_raw(message)
+    return "/hooks/support-sparkpost", compact(data), {**JSON, "X-MessageSystems-Webhook-Token": ENV["SPARKPOST_TOKEN"]}
+
+
+def _resend(message: bytes | None) -> Request:
+    RESEND.message = raw("ses/message.eml") if message is None else message
+    body = compact(load("resend/email_received.json"))
+    return "/hooks/support-resend", body, svix_headers(ENV["RESEND_SECRET"], body)
+
+
+def _mailersend(message: bytes | None) -> Request:
+    body = compact(load("mailersend/inbound.json") if message is None else mailersend_raw(message))
+    signature = mailersend_signature(ENV["MAILERSEND_SECRET"], body)
+    return "/hooks/support-mailersend", body, {**JSON, "Signature": signature}
+
+
+def _postal(message: bytes | None) -> Request:
+    body = compact(load("postal/raw.json") if message is None else postal_raw(message))
+    return "/hooks/support-postal", body, postal_headers(body)
+
+
 EMAIL_KINDS: dict[str, Callable[[bytes | None], Request]] = {
     "mailgun": _mailgun, "postmark": _postmark, "sendgrid": _sendgrid, "ses": _ses, "cloudmailin": _cloudmailin,
+    "brevo": _brevo, "mailjet": _mailjet, "mandrill": _mandrill, "sparkpost": _sparkpost, "resend": _resend,
+    "mailersend": _mailersend, "postal": _postal,
 }
 
 
@@ -198,7 +289,10 @@ async def test_the_raw_thread_renders_the_same_ticket_from_every_email_kind(clie
 @pytest.mark.parametrize(("kind", "request_", "code"), [
     ("mailgun", "stored", "stored"), ("mailgun", "tracking", "tracking"), ("mailgun", "event-webhook", "tracking"),
     ("postmark", "delivery", "delivery"), ("postmark", "check", "check"), ("sendgrid", "events", "event"),
-])
+    ("brevo", "brevo-event", "event"), ("mandrill", "mandrill-test", "event"), ("sparkpost", "sparkpost-test", "test"),
+    ("resend", "resend-event", "event"), ("mailersend", "mailersend-event", "event"),
+    ("postal", "postal-event", "event"),
+])  # Mailjet's Parse API posts only messages: it has no notification to answer
 async def test_a_notification_that_is_not_a_message_is_200_and_stores_nothing(
         client: Any, kind: str, request_: str, code: str, tmp_path: Path) -> None:
     """A provider's post that carries no message (a stored notice, a tracking or delivery record, the dashboard
@@ -225,7 +319,39 @@ def _postmark_json(data: dict[str, Any]) -> Request:
     return "/hooks/support-postmark", compact(data), {**JSON, "Authorization": basic("postmark", ENV["POSTMARK_PW"])}
 
 
+def _resend_event() -> Request:
+    body = compact({"type": "email.delivered", "created_at": "2024-06-03T10:05:02.000Z", "data": {
+        "email_id": "4ef9a417-02e9-4d39-ad75-9611e0fcc33c", "from": "Acme <support@acme.test>",
+        "to": ["asha.rao@example.com"], "subject": "Your ticket #1042", "created_at": "2024-06-03T10:05:00.000Z"}})
+    return "/hooks/support-resend", body, svix_headers(ENV["RESEND_SECRET"], body)
+
+
+def _mailersend_event() -> Request:
+    body = compact({"type": "activity.sent", "domain_id": "7nxe3yjmeq2qp0zy", "created_at": "2024-06-03T10:05:02Z",
+                    "data": {"object": "activity", "id": "665d9c5e5c3a1b0f2a0e7b99", "type": "sent",
+                             "email": {"subject": "Your ticket #1042", "status": "sent"}}})
+    signature = mailersend_signature(ENV["MAILERSEND_SECRET"], body)
+    return "/hooks/support-mailersend", body, {**JSON, "Signature": signature}
+
+
+def _postal_event() -> Request:
+    body = compact({"event": "MessageSent", "timestamp": 1717409102.0, "uuid": "5d2a9ff1-4a3c-4e2a-9d4b-5b1e4f0d8c7a",
+                    "payload": {"status": "Sent", "details": "Message for asha.rao@example.com accepted",
+                                "message": {"id": 81245, "token": "Ffr3wmXbk6gM", "direction": "outgoing",
+                                            "to": "asha.rao@example.com", "from": "support@acme.test"}}})
+    return "/hooks/support-postal", body, postal_headers(body)
+
+
 NOT_MESSAGES: dict[str, Callable[[], Request]] = {
+    "brevo-event": lambda: (f"/hooks/support-brevo?token={ENV['BREVO_TOKEN']}", compact({
+        "event": "delivered", "email": "asha.rao@example.com", "id": 26224, "date": "2024-06-03 12:05:00",
+        "message-id": "<202406031005.72431157123@smtp-relay.mailin.fr>", "ts_event": 1717409100}), JSON),
+    "mandrill-test": lambda: ("/hooks/support-mandrill", *mandrill_request(ENV["MANDRILL_KEY"], PUBLIC_MANDRILL, [])),
+    "sparkpost-test": lambda: ("/hooks/support-sparkpost", compact([{"msys": {}}]),
+                               {**JSON, "X-MessageSystems-Webhook-Token": ENV["SPARKPOST_TOKEN"]}),
+    "resend-event": _resend_event,
+    "mailersend-event": _mailersend_event,
+    "postal-event": _postal_event,
     "event-webhook": lambda: ("/hooks/support-mailgun", compact({
         "signature": {k: v for k, v in mailgun_fields(ENV["MAILGUN_KEY"]).items()
                       if k in ("timestamp", "token", "signature")},

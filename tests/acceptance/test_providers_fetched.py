@@ -153,7 +153,8 @@ async def test_received_email_is_fetched_over_http_and_arrives_whole(client: Any
     resp = await client.post("/hooks/resend", data=body, headers=headers)
     assert resp.status == 202, await resp.text()
     event = await runtime(client).store.get_event((await resp.json())["event_id"])
-    expected = {**ASHA_EMAIL, "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
+    expected = {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com",
+                "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
     assert without_provider(event.payload) == expected
     assert (tmp_path / "var" / "attachments" / JPEG_SHA256[:2] / JPEG_SHA256).exists()
     assert stand_in.seen == [(f"/emails/receiving/{EMAIL_ID}", f"Bearer {API_KEY}"), (f"/raw/{EMAIL_ID}", None)]
@@ -170,7 +171,8 @@ async def test_without_a_raw_download_each_attachment_is_fetched(client: Any, st
     resp = await client.post("/hooks/resend", data=body, headers=headers)
     assert resp.status == 202, await resp.text()
     event = await runtime(client).store.get_event((await resp.json())["event_id"])
-    expected = {**ASHA_EMAIL, "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
+    expected = {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com",
+                "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
     assert without_provider(event.payload) == expected
     attachment_id = load("resend/received_email.json")["attachments"][0]["id"]
     assert [path for path, _auth in stand_in.seen] == [
@@ -285,7 +287,8 @@ async def test_brevo_attachments_are_downloaded_and_a_failed_download_is_retried
     resp = await c.post("/hooks/brevo?token=brevo-token", data=body, headers=headers)
     assert resp.status == 202, await resp.text()
     event = await runtime(c).store.get_event((await resp.json())["event_id"])
-    expected = {**ASHA_EMAIL, "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
+    expected = {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com", "spam": {"verdict": "unknown", "score": 0.3},
+                "attachments": [{**ASHA_EMAIL["attachments"][0], "stored": True}]}
     assert without_provider(event.payload) == expected
     token = load("brevo/inbound.json")["items"][0]["Attachments"][0]["DownloadToken"]
     assert brevo.seen == [(token, "xkeysib-brevo")] * 2

@@ -135,8 +135,9 @@ async def test_object_gone_is_answered_200_and_counted(client: Any, tmp_path: Pa
     """A notification whose object the bucket does not hold is not a message: 200, counted, nothing stored."""
     resp = await send(client, notification("inbound/never-written"))
     assert resp.status == 200
-    assert (await resp.json())["ignored"] == "SES S3 object not found"
+    assert (await resp.json())["ignored"].startswith("not a message: the SES S3 action's object is gone")
     assert runtime(client).counters["intake.ignored"] == 1
+    assert runtime(client).labelled[("intake.ignored", (("reason", "not_a_message:s3_gone"), ("source", "ses")))] == 1
     assert stored_events(tmp_path) == 0
 
 

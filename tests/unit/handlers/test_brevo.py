@@ -18,6 +18,8 @@ from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, pas
 
 JSON = {"Content-Type": "application/json"}
 BODY = compact(load("brevo/inbound.json"))
+BREVO_EMAIL = {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com", "spam": {"verdict": "unknown", "score": 0.3}}
+"""Brevo reports the Return-Path (in its copy of the headers) and a SpamScore without a verdict."""
 
 
 def test_kind_and_channel() -> None:
@@ -29,10 +31,10 @@ def test_item_normalises_to_the_email_shape() -> None:
     """An item gives the email shape; Brevo's extracted reply is the stripped text."""
     [inbound] = build("brevo").parse(post(JSON), BODY)
     payload = without_provider(inbound.payload)
-    assert payload.pop("attachments") == [{"name": "router.jpg", "content_type": "image/jpeg", "size": 35,
-                                           "sha256": None, "stored": False,
+    assert payload.pop("attachments") == [{"name": "router.jpg", "content_type": "image/jpeg", "inline": False,
+                                           "size": 35, "sha256": None, "stored": False,
                                            "reason": "held by Brevo: download it with its DownloadToken"}]
-    assert payload == {k: v for k, v in ASHA_EMAIL.items() if k != "attachments"}
+    assert payload == {k: v for k, v in BREVO_EMAIL.items() if k != "attachments"}
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
     assert inbound.payload["provider"]["Uuid"] == ["c8d6b0b6-3a4f-4b8e-9a51-2f7e9b0f4e21"]
 
@@ -63,12 +65,13 @@ def test_no_message_in_items_is_ignored(data: dict[str, Any]) -> None:
     """A payload whose items hold no message is answered as ignored."""
     answer = asyncio.run(build("brevo").intercept(post(JSON), compact(data)))
     assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+    assert answer.code.startswith("not_a_message:") and answer.response.status == 200
 
 
 def test_payload_without_items_is_400() -> None:
     """A body that is not Brevo's shape is a 400 saying so."""
     with pytest.raises(Rejected) as info:
-        asyncio.run(build("brevo").intercept(post(JSON), b'{"event": "delivered"}'))
+        asyncio.run(build("brevo").intercept(post(JSON), b'{"subject": "hello"}'))
     assert (info.value.status, info.value.check) == (400, "json")
 
 
@@ -117,7 +120,7 @@ def test_with_an_api_key_attachments_are_downloaded() -> None:
     h, req = with_api(api), post(JSON)
     assert asyncio.run(h.intercept(req, BODY)) is None
     [inbound] = h.parse(req, BODY)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == BREVO_EMAIL
     assert inbound.attachments[0].content == JPEG
     token = load("brevo/inbound.json")["items"][0]["Attachments"][0]["DownloadToken"]
     assert api.asked == [(f"https://api.brevo.test/v3/inbound/attachments/{token}", {"api-key": "xkeysib-123"})]
@@ -137,3 +140,13 @@ def test_attachment_over_the_cap_is_recorded_not_stored() -> None:
     [inbound] = h.parse(req, BODY)
     meta = inbound.payload["attachments"][0]
     assert meta["stored"] is False and meta["reason"].startswith("not downloaded: the answer is over")
+
+
+def test_a_transactional_event_at_the_inbound_url_is_not_a_message() -> None:
+    """A Brevo transactional webhook (`delivered`) posted to the inbound source is not a message: 200 under
+    `not_a_message:event`, never parsed as an empty email."""
+    event = {"event": "delivered", "email": "asha.rao@example.com", "id": 26224, "date": "2024-06-03 12:05:00",
+             "message-id": "<202406031005.72431157123@smtp-relay.mailin.fr>", "ts_event": 1717409100}
+    answer = asyncio.run(build("brevo").intercept(post(JSON), compact(event)))
+    assert isinstance(answer, Intercepted)
+    assert (answer.code, answer.response.status) == ("not_a_message:event", 200)

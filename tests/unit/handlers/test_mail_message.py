@@ -15,15 +15,32 @@ from handlers.email import Headers
 from handlers.mail_message import MAX_BATCH_MESSAGES, Fields, mail_inbound, mailbox, mailboxes, part_file
 from tests.fixtures.providers import (
     ASHA_EMAIL,
+    BREVO_THREAD_FILES,
+    ENVELOPE,
+    FORWARDED,
     JPEG,
+    PROVIDER_REPORTED,
+    RESEND_API,
+    THREAD,
+    THREAD_EMAIL,
+    FakeResendApi,
+    brevo_thread,
     build,
     compact,
+    load,
+    mailersend_raw,
     mailersend_signature,
+    mailjet_thread,
+    mandrill_raw,
     mandrill_request,
+    message_shape,
     post,
     postal_headers,
     postal_public_key,
+    postal_raw,
     raw,
+    sparkpost_raw,
+    svix_headers,
     without_provider,
 )
 
@@ -35,7 +52,7 @@ def test_raw_message_wins_over_the_providers_fields() -> None:
     fields = Fields(from_="mallory@example.net", to=["x@example.net"], subject="Other", text="other", html="<p>o",
                     attachments=[attachment("other.txt", "text/plain", b"x")])
     inbound = mail_inbound({"id": 1}, fields, raw=EML)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com"}
     assert [a.meta["name"] for a in inbound.attachments] == ["router.jpg"]
 
 
@@ -78,11 +95,14 @@ def test_mailbox_quotes_the_display_name() -> None:
 
 
 def test_part_file_reads_the_name_and_type_from_part_headers() -> None:
-    """An attachment described by its MIME headers gives its file name (RFC 2231 decoded) and bare type."""
+    """An attachment described by its MIME headers gives its file name (RFC 2231 decoded, the base name of a
+    Windows path) and its Content-Type as sent, which the attachment splits into bare type and charset."""
     headers = Headers([("Content-Type", 'application/pdf; name="x.pdf"'),
                        ("Content-Disposition", "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf")])
-    assert part_file(headers) == ("résumé.pdf", "application/pdf")
-    assert part_file(Headers()) == (None, "text/plain")
+    assert part_file(headers) == ("résumé.pdf", 'application/pdf; name="x.pdf"')
+    windows = Headers([("Content-Disposition", 'attachment; filename="C:\\Users\\asha\\report.pdf"')])
+    assert part_file(windows)[0] == "report.pdf"
+    assert part_file(Headers()) == ("", "text/plain")
 
 
 def _over_the_batch_cap(kind: str) -> tuple[Any, bytes, Any]:
@@ -168,3 +188,70 @@ def test_raw_mime_goes_through_the_email_channels_parser(kind: str) -> None:
     assert "Fähre €.pdf" in names
     assert any(a["content_type"] == "message/rfc822" for a in payload["attachments"])
     assert inbound.dedup_key == "<rich.1@mail.example.com>"
+
+
+def thread_post(kind: str) -> Any:
+    """THREAD as `kind` hands it over (raw where the provider sends raw MIME, else its parsed copy), verified,
+    intercepted (downloads and fetches answered by fakes) and parsed: the one event."""
+    url = "https://bridge.example.com/hooks/src"
+    json_ct = {"Content-Type": "application/json"}
+    options: dict[str, Any] = {}
+    if kind == "mandrill":
+        options = {"webhook_key": "k", "public_url": url}
+        body, headers = mandrill_request("k", url, mandrill_raw())
+    elif kind == "sparkpost":
+        body, headers = compact(sparkpost_raw()), json_ct
+    elif kind == "mailersend":
+        options = {"secret": "s"}
+        body = compact(mailersend_raw())
+        headers = {**json_ct, "Signature": mailersend_signature("s", body)}
+    elif kind == "postal":
+        options = {"public_key": postal_public_key()}
+        body = compact(postal_raw())
+        headers = postal_headers(body)
+    elif kind == "resend":
+        options = {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "api_key": "re_123", "api_url": RESEND_API}
+        body = compact(load("resend/email_received.json"))
+        headers = svix_headers(options["secret"], body)
+    elif kind == "brevo":
+        options = {"api_key": "xkeysib-test"}
+        body, headers = compact(brevo_thread()), json_ct
+    else:
+        body, headers = compact(mailjet_thread()), json_ct
+    handler, request = build(kind, **options), post(headers)
+    if kind == "resend":
+        handler.get = FakeResendApi(message=THREAD)
+    elif kind == "brevo":
+        async def download(url: str, _headers: dict[str, str], _timeout: float, _cap: int) -> bytes:
+            return BREVO_THREAD_FILES[url.rsplit("/", 1)[1]]
+        handler.get = download
+    handler.verify(request, body)
+    assert asyncio.run(handler.intercept(request, body)) is None
+    [inbound] = handler.parse(request, body)
+    return inbound
+
+
+# What each kind reports beside the message: the envelope (from the raw message's Return-Path, or the
+# provider's own fields) and its spam result.
+THREAD_REPORTED: dict[str, dict[str, Any]] = {
+    "mandrill": {**ENVELOPE, "spam": {"verdict": "unknown", "score": 0.3}},
+    "sparkpost": {**ENVELOPE, "spam": None},
+    "mailersend": {**ENVELOPE, "spam": None},
+    "postal": {**ENVELOPE, "spam": None},
+    "resend": {"envelope_from": "asha.rao@example.com", "envelope_to": [], "spam": None},
+    "brevo": {"envelope_from": "asha.rao@example.com", "envelope_to": [], "spam": {"verdict": "unknown", "score": 1.2}},
+    "mailjet": {**ENVELOPE, "spam": {"verdict": "unknown", "score": 1.2}},
+}
+
+
+@pytest.mark.parametrize("kind", list(THREAD_REPORTED))
+def test_the_raw_thread_gives_the_email_channels_shape(kind: str) -> None:
+    """THREAD through each new kind is exactly the email channel's reading of it: the multi-charset subject,
+    the Windows- and UNC-path names as base names, the RFC 2231 name, the inline logo marked inline and the
+    attached message stored as its exact bytes; Brevo and Mailjet reach it from their parsed fields."""
+    inbound = thread_post(kind)
+    assert message_shape(inbound.payload) == THREAD_EMAIL
+    assert {k: inbound.payload[k] for k in PROVIDER_REPORTED} == THREAD_REPORTED[kind]
+    forwarded = next(a for a in inbound.attachments if a.meta["name"] == "forwarded.eml")
+    assert forwarded.content == FORWARDED
+    assert inbound.dedup_key == "<CAF=asha.2@mail.example.com>"

@@ -12,6 +12,7 @@ from handlers.base import Intercepted
 from handlers.mailersend import MailersendHandler
 from tests.fixtures.providers import (
     ASHA_EMAIL,
+    ENVELOPE,
     JPEG,
     build,
     compact,
@@ -42,7 +43,7 @@ def test_signed_message_verifies_and_is_read_from_its_raw_mime() -> None:
     h.verify(req, body)
     assert asyncio.run(h.intercept(req, body)) is None
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE}
     assert inbound.attachments[0].content == JPEG
     assert "raw" not in inbound.payload["provider"]["data"]
     assert "content" not in inbound.payload["provider"]["data"]["attachments"][0]
@@ -65,7 +66,7 @@ def test_parsed_fields_serve_without_the_raw_message() -> None:
     del data["data"]["raw"]
     body, req = signed(data)
     [inbound] = build("mailersend", secret=SECRET).parse(req, body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE}
 
 
 @pytest.mark.parametrize("kind", ["webhook.test", "activity.sent"])
@@ -74,3 +75,4 @@ def test_other_event_types_are_ignored(kind: str) -> None:
     body, req = signed({"type": kind, "data": {}})
     answer = asyncio.run(build("mailersend", secret=SECRET).intercept(req, body))
     assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+    assert answer.code.startswith("not_a_message:") and answer.response.status == 200

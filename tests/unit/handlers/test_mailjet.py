@@ -6,7 +6,7 @@ import pytest
 
 from bridge.errors import Rejected
 from handlers.mailjet import MailjetHandler
-from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, post, without_provider
+from tests.fixtures.providers import ASHA_EMAIL, ENVELOPE, JPEG, build, compact, load, post, without_provider
 
 JSON = {"Content-Type": "application/json"}
 
@@ -19,7 +19,7 @@ def test_kind_and_channel() -> None:
 def test_parse_post_normalises_to_the_email_shape() -> None:
     """The Parse API's JSON gives the email shape, its attachment read from `Attachment1`."""
     [inbound] = build("mailjet").parse(post(JSON), compact(load("mailjet/parse.json")))
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "unknown", "score": 0.3}}
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
     assert "Attachment1" not in inbound.payload["provider"]
@@ -42,3 +42,11 @@ def test_attachment_that_is_not_base64_is_400() -> None:
         build("mailjet").parse(post(JSON), compact(data))
     assert info.value.status == 400
     assert "`Attachment1`" in str(info.value)
+
+
+def test_without_a_date_header_mailjets_own_date_is_read() -> None:
+    """With no Date among the headers, Mailjet's `Date` field (20240603T100500, UTC) gives the payload's date."""
+    data = load("mailjet/parse.json")
+    del data["Headers"]["Date"]
+    [inbound] = build("mailjet").parse(post(JSON), compact(data))
+    assert inbound.payload["date"] == "2024-06-03T10:05:00+00:00"

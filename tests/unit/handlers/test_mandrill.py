@@ -12,7 +12,17 @@ from aiohttp.test_utils import make_mocked_request
 from bridge.errors import Rejected
 from handlers.base import Intercepted
 from handlers.mandrill import MandrillHandler
-from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, load, mandrill_request, passes, post, without_provider
+from tests.fixtures.providers import (
+    ASHA_EMAIL,
+    ENVELOPE,
+    JPEG,
+    build,
+    load,
+    mandrill_request,
+    passes,
+    post,
+    without_provider,
+)
 
 KEY = "zDQ9cJ7mIkIDBZ5eOFEg3A"
 URL = "https://bridge.example.com/hooks/mandrill"
@@ -46,7 +56,7 @@ def test_signed_inbound_event_verifies_and_parses_the_raw_message() -> None:
     h.verify(req, body)
     assert asyncio.run(h.intercept(req, body)) is None
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "unknown", "score": 0.3}}
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
     kept = inbound.payload["provider"]["msg"]
@@ -83,7 +93,7 @@ def test_parsed_fields_serve_without_raw_msg() -> None:
     del event["msg"]["raw_msg"]
     body, headers = mandrill_request(KEY, URL, [event])
     [inbound] = handler().parse(post(headers), body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "unknown", "score": 0.3}}
 
 
 def test_post_with_no_inbound_event_is_ignored() -> None:
@@ -91,6 +101,7 @@ def test_post_with_no_inbound_event_is_ignored() -> None:
     body, headers = mandrill_request(KEY, URL, [])
     answer = asyncio.run(handler().intercept(post(headers), body))
     assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+    assert answer.code.startswith("not_a_message:") and answer.response.status == 200
 
 
 @pytest.mark.parametrize("value", ["{}", "not json"])

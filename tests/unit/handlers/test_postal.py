@@ -16,6 +16,7 @@ from handlers.base import Intercepted
 from handlers.postal import PostalHandler
 from tests.fixtures.providers import (
     ASHA_EMAIL,
+    ENVELOPE,
     JPEG,
     build,
     compact,
@@ -47,7 +48,8 @@ def test_signed_message_verifies_and_normalises(fixture: str) -> None:
     h.verify(req, body)
     assert asyncio.run(h.intercept(req, body)) is None
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    spam = {"verdict": "ham", "score": None} if "spam_status" in load(fixture) else None  # NotSpam in hash.json
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": spam}
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "<CAF=asha.1@mail.example.com>"
     assert "message" not in inbound.payload["provider"]
@@ -107,14 +109,19 @@ def test_event_webhooks_and_empty_posts_are_ignored(data: dict[str, Any]) -> Non
     body = compact(data)
     answer = asyncio.run(handler().intercept(post(postal_headers(body)), body))
     assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+    assert answer.code.startswith("not_a_message:") and answer.response.status == 200
 
 
 def test_spam_status_marks_the_event_as_spam() -> None:
-    """Postal's `spam_status: Spam` marks the event as spam."""
+    """Postal's `spam_status: Spam` marks the event as spam, and the payload's `spam` carries the verdict and
+    Postal's score when it sends one."""
     data = load("postal/hash.json")
     data["spam_status"] = "Spam"
+    data["spam_score"] = 5.1
     body = compact(data)
-    assert handler().parse(post(postal_headers(body)), body)[0].spam is True
+    [inbound] = handler().parse(post(postal_headers(body)), body)
+    assert inbound.spam is True
+    assert inbound.payload["spam"] == {"verdict": "spam", "score": 5.1}
 
 
 def test_base64_message_is_read_off_the_loop() -> None:

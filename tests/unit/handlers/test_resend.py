@@ -54,7 +54,7 @@ def test_received_email_is_fetched_and_read_from_its_raw_message() -> None:
     """The event's email is fetched with the API key, then its raw message, which gives the email shape."""
     h, api = handler()
     _answer, [inbound] = run(h)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com"}
     assert inbound.attachments[0].content == JPEG
     (url, headers, timeout, cap), (raw_url, raw_headers, _t, _c) = api.asked
     assert url == f"{API}/emails/receiving/{EMAIL_ID}"
@@ -71,7 +71,7 @@ def test_api_fields_serve_without_a_raw_download() -> None:
     del api.email["raw"]
     h, _ = handler(api)
     _answer, [inbound] = run(h)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, "envelope_from": "asha.rao@example.com"}
     assert inbound.attachments[0].content == JPEG
     attachment_id = api.email["attachments"][0]["id"]
     assert [url for url, *_ in api.asked][1:] == [
@@ -104,6 +104,7 @@ def test_other_event_types_are_ignored_without_a_fetch() -> None:
     h, api = handler()
     answer, _ = run(h, compact({"type": "email.delivered", "data": {"email_id": EMAIL_ID}}))
     assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+    assert answer.code.startswith("not_a_message:") and answer.response.status == 200
     assert api.asked == []
 
 

@@ -271,7 +271,7 @@ async def test_s3_action_reads_the_message_from_the_bucket() -> None:
     bucket = FakeBucket({SES_KEY: raw})
     [inbound] = await run(s3_handler(bucket), s3_message())
     assert bucket.reads == [(BUCKET, SES_KEY)]
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE, "spam": {"verdict": "ham", "score": None}}
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "d6f4c2a0-3f2b-5b9a-9e4d-2a1c0b7e6f11"
     assert inbound.payload["provider"]["receipt"]["action"]["objectKey"] == SES_KEY
@@ -309,7 +309,8 @@ async def test_s3_object_gone_is_ignored() -> None:
     """An object the bucket no longer holds cannot be read on any retry: answered 200, ignored, nothing stored."""
     bucket = FakeBucket()
     early = await run(s3_handler(bucket), s3_message())
-    assert (early.outcome, early.response.status, early.reason) == ("ignored", 200, "SES S3 object not found")
+    assert (early.outcome, early.response.status, early.code) == ("ignored", 200, "not_a_message:s3_gone")
+    assert early.reason.startswith("not a message: the SES S3 action's object is gone: s3://")
 
 
 @pytest.mark.parametrize("action", [{"objectKey": ""}, {"bucketName": None}, {"objectKey": 7}])

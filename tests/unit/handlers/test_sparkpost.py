@@ -11,7 +11,7 @@ import pytest
 from bridge.errors import Rejected
 from handlers.base import Intercepted
 from handlers.sparkpost import SparkpostHandler
-from tests.fixtures.providers import ASHA_EMAIL, JPEG, build, compact, load, passes, post, without_provider
+from tests.fixtures.providers import ASHA_EMAIL, ENVELOPE, JPEG, build, compact, load, passes, post, without_provider
 
 JSON = {"Content-Type": "application/json"}
 
@@ -24,7 +24,7 @@ def test_kind_and_channel() -> None:
 def test_relay_message_is_read_from_its_raw_mime() -> None:
     """`content.email_rfc822` gives the email shape; the raw text is not kept twice."""
     [inbound] = build("sparkpost").parse(post(JSON), compact(load("sparkpost/relay.json")))
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE}
     assert inbound.attachments[0].content == JPEG
     assert "email_rfc822" not in inbound.payload["provider"]["content"]
     assert inbound.payload["provider"]["webhook_id"] == "4839201967643219"
@@ -39,7 +39,7 @@ def test_base64_raw_message_is_decoded() -> None:
     h, req, body = build("sparkpost"), post(JSON), compact(data)
     assert asyncio.run(h.intercept(req, body)) is None  # a base64 message is read in a thread here
     [inbound] = h.parse(req, body)
-    assert without_provider(inbound.payload) == ASHA_EMAIL
+    assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE}
 
 
 def test_batch_gives_one_event_per_relay_message() -> None:
@@ -56,6 +56,7 @@ def test_webhook_test_post_is_ignored() -> None:
     """SparkPost's test post, with no relay message, is answered as ignored."""
     answer = asyncio.run(build("sparkpost").intercept(post(JSON), b'[{"msys":{}}]'))
     assert isinstance(answer, Intercepted) and answer.outcome == "ignored"
+    assert answer.code.startswith("not_a_message:") and answer.response.status == 200
 
 
 def test_body_that_is_not_an_array_is_400() -> None:
