@@ -9,10 +9,10 @@ A multipart body's JSON part (the one that is not a file) is its body; its file 
 `POST /oauth/token` is an OAuth2 client-credentials token endpoint (client `sandbox-client`, secret
 `sandbox-secret`, as HTTP Basic or in the form). With the knob `oauth2: true` every other call needs
 `Authorization: Bearer` with a token it issued, refused with 401 `invalid_token` once
-`token_lifetime_seconds` have passed. A GET of any path answers `200 {"success": true, "count": n, "items":
-[{"id": …}, …]}`: n tickets in all, and those whose JSON body has each query parameter's value (`?ref=evt_1`:
-body field `ref` is "evt_1"; not `/tickets`, the listing every simulator serves): the look-up a reconciliation (`lookup:`) and `ticketbridge doctor` can be
-pointed at."""
+`token_lifetime_seconds` have passed. A GET of any path but `/tickets` (the listing every simulator serves)
+answers `200 {"success": true, "count": n, "items": [{"id": …}, …]}`: n tickets in all, and those whose JSON
+body has each query parameter's value (`/search?ref=evt_1`: body field `ref` is "evt_1"): the look-up a
+reconciliation (`lookup:`) and `ticketbridge doctor` can be pointed at."""
 
 from __future__ import annotations
 
