@@ -370,6 +370,7 @@ class Lane:
             return None, False
         blog.info("delivery.reconciled", ticket_id=found.ticket_id, matched=found.detail)
         return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
+                       ticket_uuid=found.ticket_uuid,
                        error=f"found at the vendor after an unknown outcome: {found.detail}"), False
 
     async def _looking_up(self, look: Callable[[Call], Awaitable[T]]) -> T:
@@ -474,7 +475,7 @@ class Lane:
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
-                                           next_status="succeeded")
+                                           ticket_uuid=outcome.ticket_uuid, next_status="succeeded")
         decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)
         if decision.action == "retry":
             due = int((self.dispatcher.clock() + decision.delay_s) * 1000)
