@@ -92,8 +92,8 @@ def iso_ms(ms: int | None) -> str | None:
 
 
 def ticket_context(ticket_id: str, ticket_key: str | None, destination: str, *, created_at_ms: int | None,
-                   messages: int, last_message_at_ms: int | None) -> dict[str, Any]:
+                   messages: int, last_message_at_ms: int | None, ticket_uuid: str | None = None) -> dict[str, Any]:
     """`ticket` as a follow-up's expressions see it (the same names a mapping test's `input.ticket` uses)."""
-    return {"id": ticket_id, "key": ticket_key, "destination": destination, "created_at": iso_ms(created_at_ms),
-            "messages": messages, "last_message_at": iso_ms(last_message_at_ms)}
+    return {"id": ticket_id, "key": ticket_key, "uuid": ticket_uuid, "destination": destination,
+            "created_at": iso_ms(created_at_ms), "messages": messages, "last_message_at": iso_ms(last_message_at_ms)}
 

@@ -12,8 +12,10 @@ import msgspec
 from bridge.delivery.exchange import redact_url
 from bridge.vendors import kapture_doctor
 from bridge.vendors.base import Adapter, Diagnosis, VendorAuthFailed, VendorRequest, VendorUnavailable
+from bridge.vendors.credentials import authorized
 from bridge.vendors.kapture import KaptureAdapter
 
+REFUSED = (401, 403)  # a look-up answer that asks for new credentials, where they have a lifetime
 READ_BYTES = 256 * 1024  # a look-up's answer is read this far; past it, the rest is not needed
 
 
@@ -36,7 +38,8 @@ def probe_of(adapter: Adapter) -> VendorRequest | str:
 
 def diagnosis_of(adapter: Adapter, status: int, headers: dict[str, str], body: bytes, truncated: bool) -> Diagnosis:
     if isinstance(adapter, KaptureAdapter):
-        return kapture_doctor.diagnose(status, headers, body, truncated=truncated)
+        return kapture_doctor.diagnose(status, headers, body, truncated=truncated,
+                                       key=kapture_doctor.key_name(adapter))
     return adapter.diagnose(status, headers, body)
 
 
@@ -53,8 +56,9 @@ async def examine(adapter: Adapter, session: aiohttp.ClientSession, timeout_s: f
         return Finding(destination=name, vendor=vendor, state="skipped", said=probe)
     shown = f"{probe.method} {redact_url(probe.url)}"
     try:
-        try:
-            auth = await adapter.credentials.headers(session) if adapter.credentials is not None else {}
+        try:  # the log-in first, so that its failure is told apart from the look-up's
+            if adapter.credentials is not None:
+                await adapter.credentials.headers(session)
         except VendorAuthFailed as exc:
             return Finding(destination=name, vendor=vendor, state="failed", request=shown,
                            said=f"the credentials were refused: {exc}")
@@ -62,12 +66,25 @@ async def examine(adapter: Adapter, session: aiohttp.ClientSession, timeout_s: f
             return Finding(destination=name, vendor=vendor, state="failed", request=shown,
                            said=f"credentials could not be obtained: {type(exc).__name__}: {exc}",
                            fix="check base_url and that the vendor answers; then run doctor again")
-        try:
-            async with session.request(probe.method, probe.url, headers={**probe.headers, **auth},
+
+        async def look(headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, bool]:
+            async with session.request(probe.method, probe.url, headers={**probe.headers, **headers},
                                        data=probe.body or None, allow_redirects=False,
                                        timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                body, truncated = await _read(resp)
-                diagnosis = diagnosis_of(adapter, resp.status, dict(resp.headers), body, truncated)
+                return (resp.status, dict(resp.headers), *await _read(resp))
+
+        try:
+            # As a delivery does: a token refused (revoked, expired early) is renewed and the look-up made once more.
+            status, headers, body, truncated = await authorized(session, adapter.credentials, look,
+                                                                lambda answer: answer[0] in REFUSED)
+            diagnosis = diagnosis_of(adapter, status, headers, body, truncated)
+        except VendorAuthFailed as exc:
+            return Finding(destination=name, vendor=vendor, state="failed", request=shown,
+                           said=f"the look-up was refused and new credentials were refused: {exc}")
+        except VendorUnavailable as exc:
+            return Finding(destination=name, vendor=vendor, state="failed", request=shown,
+                           said=f"the look-up was refused and new credentials could not be obtained: {exc}",
+                           fix="check base_url and that the vendor answers; then run doctor again")
         except TimeoutError:
             return Finding(destination=name, vendor=vendor, state="failed", request=shown,
                            said=f"no answer within {timeout_s:g} s",

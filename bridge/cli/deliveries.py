@@ -80,6 +80,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.set_defaults(run=run_replay)
 
 
+def _ticket(ticket_id: str | None, key: str | None, uuid: str | None, none: str = "-") -> str:
+    """A ticket's id, then its key and uuid where the vendor gave them: `143 (key #143, uuid 2f…)`."""
+    more = ", ".join(f"{name} {value}" for name, value in (("key", key), ("uuid", uuid)) if value)
+    return f"{ticket_id or none}{f' ({more})' if more else ''}"
+
+
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -174,7 +180,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"delivery  {d.id}  {d.status}\n"
               f"event     {d.event_id}  source={d.source} received={detail.event.received_at.isoformat()}\n"
               f"mapping   {d.mapping} (version {d.mapping_version}) -> {d.destination} {d.action}\n"
-              f"ticket    {d.ticket_id or '-'}{f' ({d.ticket_key})' if d.ticket_key else ''}\n"
+              f"ticket    {_ticket(d.ticket_id, d.ticket_key, d.ticket_uuid)}\n"
               f"kind      {kind_of(d)}"
               + (" (waiting for the conversation's ticket: an earlier message is not delivered yet)"
                  if d.waiting else "") + "\n"
@@ -266,7 +272,7 @@ def run_conversation(args: argparse.Namespace) -> int:
             c = detail.conversation
             print(f"conversation {c.id}\n"
                   f"mapping      {c.mapping} -> {c.destination}\n"
-                  f"ticket       {c.ticket_id or '- (none yet)'}{f' ({c.ticket_key})' if c.ticket_key else ''}"
+                  f"ticket       {_ticket(c.ticket_id, c.ticket_key, c.ticket_uuid, none='- (none yet)')}"
                   + (f" since {_when(c.ticket_at_ms)}" if c.ticket_at_ms else "") + "\n"
                   f"messages     {c.messages} since {_when(c.started_at_ms)}, last {_when(c.last_message_at_ms)}")
             if detail.deliveries:

@@ -235,13 +235,14 @@ async def get_overview(call: Call) -> Overview:
     problem = store.problem()
     return Overview(version=__version__, mappings_version=rt.mappings.version, counters=dict(rt.counters),
                     deliveries=totals, dead=totals["dead"], destinations=lanes, reload=_reload_info(rt),
-                    store_problem=None if problem is None else f"{problem.kind}: {problem.reason}")
+                    store_problem=None if problem is None else f"{problem.kind}: {problem.reason}",
+                    caller=call.caller)
 
 
 def _matches_text(row: DeliveryRow, text: str) -> bool:
     text = text.lower()
     return any(text in (v or "").lower() for v in (row.id, row.event_id, row.ticket_id, row.ticket_key,
-                                                      row.last_error))
+                                                      row.ticket_uuid, row.last_error))
 
 
 async def list_deliveries(call: Call) -> DeliveryPage:

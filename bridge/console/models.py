@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from bridge.console.auth import Caller
 from bridge.events import Event
 from bridge.store.base import AuditEntry, DeliveryDetail, DeliveryRow, DeliveryStatus
 
@@ -35,7 +36,7 @@ class DeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     until_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or before (ms since the epoch)")] | None \
         = None
     q: Annotated[str, Meta(min_length=1, max_length=200,
-                           description="text in the id, event id, ticket id or last error")] | None = None
+                           description="text in the id, event id, ticket id, key or uuid, or last error")] | None = None
     limit: Limit = 50
     cursor: Annotated[str, Meta(max_length=100, description="next_cursor of the previous page")] | None = None
 
@@ -146,6 +147,9 @@ class Overview(msgspec.Struct, kw_only=True):
     destinations: list[LaneState]
     reload: ReloadInfo
     store_problem: str | None
+    caller: Caller
+    """Who asked: the token's name and role (`admin` may change things, `read` only look), so that a client
+    offers only what the token may do."""
 
 
 class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import msgspec
@@ -45,7 +45,16 @@ from bridge.delivery.sender import TRANSPORT_ERRORS, Sent, read_bounded, send_on
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
-from bridge.vendors.base import Adapter, CannotReconcile, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
+from bridge.vendors.base import (
+    Adapter,
+    Call,
+    CannotReconcile,
+    Outcome,
+    VendorAuthFailed,
+    VendorRequest,
+    VendorUnavailable,
+)
+from bridge.vendors.credentials import authorized
 from bridge.vendors.registry import adapter_class
 
 log = structlog.get_logger("ticketbridge.delivery")
@@ -56,6 +65,7 @@ CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
+T = TypeVar("T")
 PROCESS_TOKEN = secrets.token_hex(4)
 """Tells this process from an earlier one that had the same pid (a restarted container's pid 1)."""
 
@@ -80,10 +90,11 @@ HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its 
         "(send again) or `mark-succeeded` (with the ticket id)")
 
 
-async def _call(session: aiohttp.ClientSession, timeout_s: float, request: VendorRequest) -> tuple[int, bytes]:
-    """One look-up request to the vendor (a reconciliation's), its answer read up to LOOKUP_MAX_BYTES: a day of
-    tickets is far larger than a send's answer."""
-    async with session.request(request.method, request.url, headers=request.headers, data=request.body,
+async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str, str], request: VendorRequest
+                ) -> tuple[int, bytes]:
+    """One look-up request to the vendor (a reconciliation's, a ticket check's) with the credential headers
+    `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer."""
+    async with session.request(request.method, request.url, headers={**request.headers, **auth}, data=request.body,
                                timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False) as response:
         return response.status, await read_bounded(response, LOOKUP_MAX_BYTES)
 
@@ -343,9 +354,9 @@ class Lane:
             return Outcome(classification="held", error=HELD), False
         if policy == "resend" or not adapter.reconciles(item.action) or role == "follow_up":
             return None, True
-        call = functools.partial(_call, self.dispatcher.session, self.dest.config.timeout_seconds)
         try:
-            found = await adapter.find(item.action, item.body, item.in_doubt_since_ms or 0, call)
+            found = await self._looking_up(
+                lambda call: adapter.find(item.action, item.body, item.in_doubt_since_ms or 0, call))
         except CannotReconcile as exc:
             return Outcome(classification="held", error=f"{HELD} ({exc})"), False
         except VendorAuthFailed as exc:
@@ -359,7 +370,15 @@ class Lane:
             return None, False
         blog.info("delivery.reconciled", ticket_id=found.ticket_id, matched=found.detail)
         return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
+                       ticket_uuid=found.ticket_uuid,
                        error=f"found at the vendor after an unknown outcome: {found.detail}"), False
+
+    async def _looking_up(self, look: Callable[[Call], Awaitable[T]]) -> T:
+        """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
+        makes: refused, they are renewed and `look` is made once more, as a send is."""
+        session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
+        return await authorized(session, self.dest.adapter.credentials,
+                                lambda auth: look(functools.partial(_call, session, timeout_s, auth)))
 
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
@@ -382,9 +401,8 @@ class Lane:
         ticket_id = (item.ticket or {}).get("id")
         if ticket_id is None:
             return None
-        call = functools.partial(_call, self.dispatcher.session, self.dest.config.timeout_seconds)
         try:
-            exists = await self.dest.adapter.ticket_exists(str(ticket_id), call)
+            exists = await self._looking_up(lambda call: self.dest.adapter.ticket_exists(str(ticket_id), call))
         except VendorAuthFailed as exc:
             return Outcome(classification="auth", error=f"not sent: {exc}")
         except (VendorUnavailable, *TRANSPORT_ERRORS) as exc:
@@ -457,7 +475,7 @@ class Lane:
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
-                                           next_status="succeeded")
+                                           ticket_uuid=outcome.ticket_uuid, next_status="succeeded")
         decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)
         if decision.action == "retry":
             due = int((self.dispatcher.clock() + decision.delay_s) * 1000)

@@ -16,6 +16,7 @@ from bridge.delivery.exchange import exchange
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
 from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
+from bridge.vendors.credentials import authorized
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
@@ -87,76 +88,72 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)[:limit]
 
 
+Answer = tuple[int | None, str | None, dict[str, str] | None, Outcome]
+"""An exchange's status, excerpt and headers (None when no answer came), and its outcome."""
+CREDENTIAL_ERRORS = (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS)
+
+
 async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
                     on_send: Callable[[], Awaitable[None]] | None = None) -> Sent:
     """`on_send` is awaited just before the request goes out: the rate limit notes the time, or holds a
-    send that is late for its slot until it may go."""
+    send that is late for its slot until it may go. The request and its look-ups carry the destination's
+    credentials (`authorized`): refused, they are renewed and the attempt made once more, in this attempt."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
+    answered: list[tuple[VendorRequest, Answer]] = []
 
-    credentials = adapter.credentials
-    auth: dict[str, str] = {}
+    async def attempt(auth: dict[str, str]) -> Answer:
+        async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+            lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
+            async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
+                async with lookups.get(url, headers={**headers, **auth}) as resp:
+                    return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
-    async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
-        async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
-            async with lookups.get(url, headers={**headers, **auth}) as resp:
-                return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
-
-    async def build() -> VendorRequest:
-        nonlocal auth
-        if credentials is not None:
-            auth = await credentials.headers(session)
-        try:
-            fields = await adapter.prepare(item.action, item.body, fetch)
-        except VendorAuthFailed:
-            # A look-up refused a token that has a lifetime: obtain a new one and look up once more.
-            if credentials is None or not credentials.renewable or not await credentials.renew(session, auth):
-                raise
-            auth = await credentials.headers(session)
-            fields = await adapter.prepare(item.action, item.body, fetch)
+        fields = await adapter.prepare(item.action, item.body, fetch)
         request = adapter.build_request(item.action, fields, item.options, ticket=item.ticket)
         request.headers.update(auth)
-        return request
+        if on_send is not None and not answered:
+            # A resend after a refusal is not admitted through the rate limit again: a refused request did
+            # no work at the vendor.
+            await on_send()
+        answer = await _exchange(session, adapter, item.action, request, timeout_s)
+        answered.append((request, answer))
+        return answer
 
     try:
-        request = await build()
-    except MappingError as exc:
-        return Sent(Outcome(classification="permanent", error=f"not sent: {exc}"), started_ms, 0.0, None, None)
-    except VendorUnavailable as exc:
+        status, excerpt, headers, outcome = await authorized(session, adapter.credentials, attempt,
+                                                             lambda a: a[3].classification == "auth")
+    except (MappingError, *CREDENTIAL_ERRORS) as exc:
         duration = (time.perf_counter() - t0) * 1000
-        return Sent(Outcome(classification="retry", error=f"not sent: {exc}"), started_ms, duration, None, None)
-    except VendorAuthFailed as exc:
-        duration = (time.perf_counter() - t0) * 1000
-        return Sent(Outcome(classification="auth", error=f"not sent: {exc}"), started_ms, duration, None, None)
-    except TRANSPORT_ERRORS as exc:
-        duration = (time.perf_counter() - t0) * 1000
-        return Sent(Outcome(classification="retry", error=f"not sent: a look-up failed: {type(exc).__name__}: {exc}"),
-                    started_ms, duration, None, None)
-    if on_send is not None:
-        await on_send()
-    status, excerpt, answered, outcome = await _exchange(session, adapter, item.action, request, timeout_s)
-    if outcome.classification == "auth" and credentials is not None and credentials.renewable:
-        # The token was refused (expired early, revoked): once more with a new one. The resend is not
-        # admitted through the rate limit again: a refused request did no work at the vendor.
-        try:
-            renewed = await credentials.renew(session, auth)
-            if renewed:
-                fresh = await credentials.headers(session)
-                request.headers.update(fresh)
-        except (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS) as exc:
-            outcome = Outcome(classification="retry" if not isinstance(exc, VendorAuthFailed) else "auth",
-                              error=f"{outcome.error}; a new token could not be obtained: {exc}")
-            renewed = False
-        if renewed:
-            status, excerpt, answered, outcome = await _exchange(session, adapter, item.action, request, timeout_s)
+        if not answered:
+            return Sent(_not_sent(exc), started_ms, 0.0 if isinstance(exc, MappingError) else duration, None, None)
+        # The vendor refused the token, and a new one could not be obtained: the refusal stands, and is an
+        # auth failure only when the credentials themselves were refused.
+        request, (status, excerpt, headers, refusal) = answered[-1]
+        outcome = Outcome(classification="auth" if isinstance(exc, VendorAuthFailed) else "retry",
+                          error=f"{refusal.error}; a new token could not be obtained: {exc}")
+        return Sent(outcome, started_ms, duration, status, excerpt,
+                    exchange(request.method, request.url, request.headers, request.body, headers))
+    request = answered[-1][0]
     duration = (time.perf_counter() - t0) * 1000
     return Sent(outcome, started_ms, duration, status, excerpt,
-                exchange(request.method, request.url, request.headers, request.body, answered))
+                exchange(request.method, request.url, request.headers, request.body, headers))
+
+
+def _not_sent(exc: BaseException) -> Outcome:
+    """The outcome of an attempt that failed before its request went out: a mapping the vendor cannot take
+    (permanent), refused credentials (auth), or a vendor or look-up failing in passing (retry)."""
+    if isinstance(exc, MappingError):
+        return Outcome(classification="permanent", error=f"not sent: {exc}")
+    if isinstance(exc, VendorAuthFailed):
+        return Outcome(classification="auth", error=f"not sent: {exc}")
+    if isinstance(exc, VendorUnavailable):
+        return Outcome(classification="retry", error=f"not sent: {exc}")
+    return Outcome(classification="retry", error=f"not sent: a look-up failed: {type(exc).__name__}: {exc}")
 
 
 async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: str, request: VendorRequest,
-                    timeout_s: float) -> tuple[int | None, str | None, dict[str, str] | None, Outcome]:
+                    timeout_s: float) -> Answer:
     """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome."""
     try:
         async with session.request(

@@ -9,8 +9,10 @@ A multipart body's JSON part (the one that is not a file) is its body; its file 
 `POST /oauth/token` is an OAuth2 client-credentials token endpoint (client `sandbox-client`, secret
 `sandbox-secret`, as HTTP Basic or in the form). With the knob `oauth2: true` every other call needs
 `Authorization: Bearer` with a token it issued, refused with 401 `invalid_token` once
-`token_lifetime_seconds` have passed. A GET of any path answers `200 {"success": true, "count": n}`: the
-look-up `ticketbridge doctor` can be pointed at."""
+`token_lifetime_seconds` have passed. A GET of any path but `/tickets` (the listing every simulator serves)
+answers `200 {"success": true, "count": n, "items": [{"id": …}, …]}`: n tickets in all, and those whose JSON
+body has each query parameter's value (`/search?ref=evt_1`: body field `ref` is "evt_1"): the look-up a
+reconciliation (`lookup:`) and `ticketbridge doctor` can be pointed at."""
 
 from __future__ import annotations
 
@@ -96,7 +98,13 @@ class HttpSimulator(VendorSimulator):
         faulted = await apply_faults(self.faults, request, OUTAGE)
         if faulted is not None:
             return faulted
-        return self._refusal(request) or web.json_response({"success": True, "count": len(self.tickets)})
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        wanted = dict(request.query)
+        items = [{"id": t["id"]} for t in self.tickets
+                 if isinstance(t["body"], dict) and all(str(t["body"].get(k)) == v for k, v in wanted.items())]
+        return web.json_response({"success": True, "count": len(self.tickets), "items": items})
 
     @staticmethod
     async def _read(request: web.Request) -> tuple[Any, list[dict[str, Any]]] | str:

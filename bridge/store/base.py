@@ -94,6 +94,7 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     error: str | None
     ticket_id: str | None = None
     ticket_key: str | None = None
+    ticket_uuid: str | None = None
     next_status: Literal["succeeded", "pending", "dead"]
     next_attempt_at_ms: int | None = None
     exchange: dict[str, Any] | None = None
@@ -142,6 +143,8 @@ class DeliveryRow(msgspec.Struct, kw_only=True):
     duplicates: int = 0
     """Sends made again after an unknown outcome without a look-up (that succeeded, or whose outcome is unknown
     too): each a possible duplicate ticket at the vendor, exactly so when every unknown send made one."""
+    ticket_uuid: str | None = None
+    """A third reference the vendor gave beside the id and key (LeadSquared's `TicketId`)."""
 
 
 class ConversationRow(msgspec.Struct, kw_only=True):
@@ -155,6 +158,7 @@ class ConversationRow(msgspec.Struct, kw_only=True):
     ticket_id: str | None
     ticket_key: str | None
     ticket_at_ms: int | None
+    ticket_uuid: str | None = None
 
 
 class ConversationDetail(msgspec.Struct, kw_only=True):

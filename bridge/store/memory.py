@@ -178,7 +178,7 @@ class MemoryStore(Store):
         messages = sum(1 for o in self.deliveries.values()
                        if o.row.conversation == c.id and o.row.id <= d.row.id)
         return ticket_context(c.ticket_id, c.ticket_key, c.destination, created_at_ms=c.ticket_at_ms,
-                              messages=messages, last_message_at_ms=c.last_message_at_ms)
+                              messages=messages, last_message_at_ms=c.last_message_at_ms, ticket_uuid=c.ticket_uuid)
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
         self._check_open()
@@ -214,6 +214,7 @@ class MemoryStore(Store):
                 else d.row.next_attempt_at_ms,
                 ticket_id=r.ticket_id if r.ticket_id is not None else d.row.ticket_id,
                 ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key,
+                ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid,
             )
             d.lease_until_ms = None
             unknown, duplicates = doubt_after(r)
@@ -228,7 +229,8 @@ class MemoryStore(Store):
                 c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
                 if c is not None and r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None:
                     self.conversations[c.id] = msgspec.structs.replace(
-                        c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_at_ms=self.clock())
+                        c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_uuid=r.ticket_uuid,
+                        ticket_at_ms=self.clock())
         else:  # its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now
             self._update(d, attempts=n)
         d.attempts.append(AttemptRow(n=n, started_at_ms=result.started_at_ms, duration_ms=result.duration_ms,
@@ -323,13 +325,14 @@ class MemoryStore(Store):
         r = attempt
         n = d.row.attempts + 1
         self._update(d, status="succeeded", attempts=n, last_error=r.error, ticket_id=r.ticket_id,
-                     ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key, in_doubt_since_ms=None)
+                     ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key, in_doubt_since_ms=None,
+                     ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid)
         d.attempts.append(AttemptRow(n=n, started_at_ms=r.started_at_ms, duration_ms=0.0, http_status=None,
                                      response_excerpt=None, classification=r.classification, error=r.error))
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
         if c is not None and d.row.role != "follow_up" and c.ticket_id is None:
             self.conversations[c.id] = msgspec.structs.replace(
-                c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_at_ms=self.clock())
+                c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_uuid=r.ticket_uuid, ticket_at_ms=self.clock())
         return True
 
     async def counts(self) -> dict[str, dict[str, int]]:

@@ -92,6 +92,7 @@ def _conversations(first: int, where: str = "") -> str:
         f"started_at = CASE WHEN {reopen} THEN EXCLUDED.started_at ELSE c.started_at END, "
         f"ticket_id = CASE WHEN {reopen} THEN EXCLUDED.ticket_id ELSE c.ticket_id END, "
         f"ticket_key = CASE WHEN {reopen} THEN NULL ELSE c.ticket_key END, "
+        f"ticket_uuid = CASE WHEN {reopen} THEN NULL ELSE c.ticket_uuid END, "
         f"ticket_at = CASE WHEN {reopen} THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
         "last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at)")
 

@@ -410,6 +410,10 @@ class PostgresStore(Store):
                 r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
                 None if role_body is None else encode(role_body), r.delivery_id, owner, unknown, r.started_at_ms,
                 int(unknown), duplicates)
+            if updated is not None and r.ticket_uuid is not None:
+                # Apart from the statement above: only a few vendors give a third reference (LeadSquared).
+                await conn.execute("UPDATE deliveries SET ticket_uuid = $1 WHERE id = $2", r.ticket_uuid,
+                                   r.delivery_id)
             if updated is None:
                 if owner is not None:
                     if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", r.delivery_id) is None:
@@ -429,8 +433,9 @@ class PostgresStore(Store):
                                r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
                                r.error, None if r.exchange is None else encode(r.exchange))
             if conversation is not None and gives_ticket(r):
-                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3 "
-                                   "WHERE id = $4", r.ticket_id, r.ticket_key, now, conversation)
+                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3, "
+                                   "ticket_uuid = $5 WHERE id = $4", r.ticket_id, r.ticket_key, now, conversation,
+                                   r.ticket_uuid)
 
         await self._run(op)
 
@@ -584,9 +589,10 @@ class PostgresStore(Store):
             now = now_ms()
             row = await conn.fetchrow(
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = $1, "
-                "last_error = $2, ticket_id = $3, ticket_key = COALESCE($4, ticket_key), in_doubt_since = NULL "
-                "WHERE id = $5 AND status IN ('pending', 'dead') RETURNING attempts, conversation, role, destination",
-                now, r.error, r.ticket_id, r.ticket_key, delivery_id)
+                "last_error = $2, ticket_id = $3, ticket_key = COALESCE($4, ticket_key), in_doubt_since = NULL, "
+                "ticket_uuid = COALESCE($6, ticket_uuid) WHERE id = $5 AND status IN ('pending', 'dead') "
+                "RETURNING attempts, conversation, role, destination",
+                now, r.error, r.ticket_id, r.ticket_key, delivery_id, r.ticket_uuid)
             if row is None:
                 if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", delivery_id) is None:
                     raise NotFound(f"no delivery {delivery_id!r}")
@@ -597,8 +603,9 @@ class PostgresStore(Store):
                                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", delivery_id, n, r.started_at_ms, 0.0,
                                None, None, r.classification, r.error, None)
             if conversation is not None and role != "follow_up":
-                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3 "
-                                   "WHERE id = $4 AND ticket_id IS NULL", r.ticket_id, r.ticket_key, now, conversation)
+                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3, "
+                                   "ticket_uuid = $5 WHERE id = $4 AND ticket_id IS NULL", r.ticket_id, r.ticket_key,
+                                   now, conversation, r.ticket_uuid)
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return True
 

@@ -34,8 +34,8 @@ ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, act
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
                "(status = 'pending' AND conversation IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries w "
                "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
-               "AND w.id < deliveries.id)), in_doubt_since, unknowns, duplicates")
-ROW_WIDTH = 22
+               "AND w.id < deliveries.id)), in_doubt_since, unknowns, duplicates, ticket_uuid")
+ROW_WIDTH = 23
 HEAD_OF_CONVERSATION = (
     "(d.conversation IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "
     "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id AND (o.status = 'in_flight' OR o.id < d.id)))")
@@ -44,7 +44,7 @@ it waits and none is being sent (so a conversation is worked by one sender at a 
 `status IN (…)`, as in ROW_COLUMNS' `waiting`, is the condition of the partial index deliveries_open_conversation,
 spelt so that both databases use it: a conversation's settled history is never walked."""
 CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
-                        "ticket_key, ticket_at")
+                        "ticket_key, ticket_at, ticket_uuid")
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
                         "next_attempt_at, created_at, updated_at, last_error, conversation")
@@ -71,6 +71,7 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
         action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
         updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15], conversation=r[16],
         role=r[17], waiting=bool(r[18]), in_doubt_since_ms=r[19], unknowns=r[20], duplicates=r[21],
+        ticket_uuid=r[22],
     )
 
 
@@ -82,18 +83,19 @@ def gives_ticket(r: AttemptResult) -> bool:
 def conversation_row(r: Sequence[Any]) -> ConversationRow:
     """A row selected with CONVERSATION_COLUMNS."""
     return ConversationRow(id=r[0], key=r[1], mapping=r[2], destination=r[3], messages=r[4], started_at_ms=r[5],
-                           last_message_at_ms=r[6], ticket_id=r[7], ticket_key=r[8], ticket_at_ms=r[9])
+                           last_message_at_ms=r[6], ticket_id=r[7], ticket_key=r[8], ticket_at_ms=r[9],
+                           ticket_uuid=r[10])
 
 
 def with_tickets(items: list[Claimed], found: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Claimed deliveries with their conversation's ticket (rows: conversation id, ticket id, ticket key,
-    destination, ticket_at, last_message_at, messages up to the delivery, delivery id)."""
+    destination, ticket_at, last_message_at, messages up to the delivery, delivery id, ticket uuid)."""
     tickets = {r[7]: r for r in found if r[1] is not None}
     out = []
     for item in items:
         r = tickets.get(item.id)
         out.append(item if r is None else msgspec.structs.replace(item, ticket=ticket_context(
-            r[1], r[2], r[3], created_at_ms=r[4], messages=r[6], last_message_at_ms=r[5])))
+            r[1], r[2], r[3], created_at_ms=r[4], messages=r[6], last_message_at_ms=r[5], ticket_uuid=r[8])))
     return out
 
 
@@ -134,7 +136,8 @@ def status_condition(status: DeliveryStatus) -> str:
 
 TICKETS_OF_CLAIMED = (
     "SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "
-    "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation AND o.id <= d.id), d.id "
+    "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation AND o.id <= d.id), d.id, "
+    "c.ticket_uuid "
     "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
 """Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket."""
 

@@ -595,6 +595,9 @@ class SqliteStore(Store):
                  None if role_body is None else encode(role_body), r.next_status, unknown, r.started_at_ms,
                  int(unknown), duplicates, r.delivery_id, owner, owner),
             ).fetchone()
+            if updated is not None and r.ticket_uuid is not None:
+                # Apart from the statement above: only a few vendors give a third reference (LeadSquared).
+                conn.execute("UPDATE deliveries SET ticket_uuid = ? WHERE id = ?", (r.ticket_uuid, r.delivery_id))
             if updated is None:
                 if owner is not None:
                     if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (r.delivery_id,)).fetchone() is None:
@@ -613,8 +616,8 @@ class SqliteStore(Store):
                          (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt,
                           r.classification, r.error, None if r.exchange is None else encode(r.exchange)))
             if conversation is not None and gives_ticket(r):
-                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_at = ? WHERE id = ?",
-                             (r.ticket_id, r.ticket_key, now, conversation))
+                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_uuid = ?, ticket_at = ? "
+                             "WHERE id = ?", (r.ticket_id, r.ticket_key, r.ticket_uuid, now, conversation))
 
         await self._write(op)
 
@@ -746,9 +749,10 @@ class SqliteStore(Store):
             now = now_ms()
             row = conn.execute(
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = ?, last_error = ?, "
-                "ticket_id = ?, ticket_key = COALESCE(?, ticket_key), in_doubt_since = NULL "
-                "WHERE id = ? AND status IN ('pending', 'dead') RETURNING attempts, conversation, role",
-                (now, r.error, r.ticket_id, r.ticket_key, delivery_id)).fetchone()
+                "ticket_id = ?, ticket_key = COALESCE(?, ticket_key), ticket_uuid = COALESCE(?, ticket_uuid), "
+                "in_doubt_since = NULL WHERE id = ? AND status IN ('pending', 'dead') "
+                "RETURNING attempts, conversation, role",
+                (now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)).fetchone()
             if row is None:
                 if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() is None:
                     raise NotFound(f"no delivery {delivery_id!r}")
@@ -758,8 +762,9 @@ class SqliteStore(Store):
                          "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (delivery_id, n, r.started_at_ms, 0.0, None, None, r.classification, r.error, None))
             if conversation is not None and role != "follow_up":
-                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_at = ? "
-                             "WHERE id = ? AND ticket_id IS NULL", (r.ticket_id, r.ticket_key, now, conversation))
+                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_uuid = ?, ticket_at = ? "
+                             "WHERE id = ? AND ticket_id IS NULL",
+                             (r.ticket_id, r.ticket_key, r.ticket_uuid, now, conversation))
             return True
 
         done: bool = await self._write(op)
@@ -923,6 +928,7 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> No
         "started_at = CASE WHEN ?5 - last_message_at > ?7 THEN ?5 ELSE started_at END, "
         "ticket_id = CASE WHEN ?5 - last_message_at > ?7 THEN ?6 ELSE ticket_id END, "
         "ticket_key = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_key END, "
+        "ticket_uuid = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_uuid END, "
         "ticket_at = CASE WHEN ?5 - last_message_at > ?7 THEN excluded.ticket_at ELSE ticket_at END, "
         "last_message_at = max(last_message_at, ?5)",
         (d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,

@@ -52,6 +52,7 @@ class Found(msgspec.Struct, kw_only=True, frozen=True):
 
     ticket_id: str
     ticket_key: str | None = None
+    ticket_uuid: str | None = None
     detail: str = ""
     """What matched, for the attempt's record (e.g. "bridge_ref = evt_…, pulled 2024-04-19")."""
 
@@ -65,6 +66,8 @@ class Outcome(msgspec.Struct, kw_only=True):
     retry_after: float | None = None
     # A second, human-facing reference some vendors give beside the id (LeadSquared's `Key`, e.g. "#034").
     ticket_key: str | None = None
+    # A third reference some vendors give beside the id and key (LeadSquared's `TicketId`, a UUID).
+    ticket_uuid: str | None = None
 
 
 class Diagnosis(msgspec.Struct, kw_only=True):

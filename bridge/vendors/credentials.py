@@ -2,8 +2,9 @@
 from the vendor, kept until shortly before it expires, obtained again once when the vendor refuses it,
 and given back at shutdown.
 
-The delivery loop asks `headers()` before each request and adds them to it; after an `auth` answer it calls
-`renew()` with the headers it sent and tries the request once more. Concurrent senders share one token and
+Every request to a vendor (a send and the look-ups it makes, a reconciliation, a ticket check, `doctor`) goes
+through `authorized`: it asks `headers()`, makes the request with them, and after a refusal calls `renew()` with
+the headers it sent and makes the request once more. Concurrent senders share one token and
 one log-in: a token is obtained by one coroutine at a time, and a renewal asked for a token that another
 coroutine has already replaced costs nothing.
 """
@@ -15,9 +16,9 @@ import base64
 import binascii
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import msgspec
@@ -35,6 +36,9 @@ MARGIN_SHARE = 0.1
 # After the vendor refuses the log-in itself, the refusal is repeated without asking again for this long: a
 # queue of deliveries must not become a burst of failed log-ins (which can lock the account).
 REFUSAL_HOLD_SECONDS = 30.0
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,27 @@ class TokenCredentials(Credentials):
         if token is not None and self.fresh(token):
             await self.revoke(session, token)
             log.info("vendor.token_revoked", destination=self.destination)
+
+
+async def authorized(session: aiohttp.ClientSession, credentials: Credentials | None,
+                     attempt: Callable[[dict[str, str]], Awaitable[T]],
+                     refused: Callable[[T], bool] = lambda _: False) -> T:
+    """`attempt` (one or more requests to a vendor) made with the destination's credential headers. When the
+    vendor refuses them (`attempt` raises VendorAuthFailed, or `refused` says so of its result) and the
+    credentials have a lifetime, new ones are obtained and `attempt` is made once more, never more. What
+    obtaining credentials raises (VendorAuthFailed, VendorUnavailable, a transport error) is raised."""
+    if credentials is None:
+        return await attempt({})
+    sent = await credentials.headers(session)
+    try:
+        result = await attempt(sent)
+    except VendorAuthFailed:
+        if not credentials.renewable or not await credentials.renew(session, sent):
+            raise
+        return await attempt(await credentials.headers(session))
+    if credentials.renewable and refused(result) and await credentials.renew(session, sent):
+        return await attempt(await credentials.headers(session))
+    return result
 
 
 def jwt_expiry(token: str) -> float | None:

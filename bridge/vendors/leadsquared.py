@@ -1,7 +1,8 @@
 """LeadSquared Service CRM: tickets created and updated through the tenants API, fields wrapped in its
 envelope; a customer's follow-up as a portal activity or an internal note. Every call after the create takes
 the ticket's numeric `Id` (e.g. "143"), which the create returns as the ticket id (its `Key`, "#143", as the
-ticket key; the UUID `TicketId` stays in the response excerpt). Facts and sources: docs/vendors.md."""
+ticket key, its UUID `TicketId` as the ticket uuid: follow-ups see `ticket.id`, `ticket.key` and `ticket.uuid`).
+Facts and sources: docs/vendors.md."""
 
 from __future__ import annotations
 
@@ -341,9 +342,10 @@ class LeadSquaredAdapter(Adapter):
                 if action == "add_activity":  # its `Id` is the activity's, not the ticket's
                     return Outcome(classification="success")
                 # The numeric Id is what every later call takes; the UUID TicketId only if no Id came back.
-                ticket_id = text_or_none(data.get("id")) or text_or_none(data.get("ticketid"))
+                uuid = text_or_none(data.get("ticketid"))
+                ticket_id = text_or_none(data.get("id")) or uuid
                 return Outcome(classification="success", ticket_id=ticket_id,
-                               ticket_key=text_or_none(data.get("key")))
+                               ticket_key=text_or_none(data.get("key")), ticket_uuid=uuid)
         if not data:
             return Outcome(classification="permanent",
                            error=f"leadsquared: HTTP {status} with a body that is not a JSON object: {excerpt(body)}")

@@ -51,7 +51,8 @@ async def seed(db: Path) -> None:
         await store.record(attempt("dlv_dup", "unknown", "pending", next_attempt_at_ms=0, error="timed out"))
         await store.record(attempt("dlv_held", "unknown", "dead", error="timed out; held: …"))
         await store.claim("kapture", 10, "w", 60)
-        await store.record(attempt("dlv_dup", "success", "succeeded", ticket_id="T-2", duplicate=True))
+        await store.record(attempt("dlv_dup", "success", "succeeded", ticket_id="T-2", ticket_key="#002",
+                                   ticket_uuid="27e8259d-0681", duplicate=True))
     finally:
         await store.close()
 
@@ -85,6 +86,7 @@ def test_list_and_show_flag_doubt_and_possible_duplicates(config_file: Path,
     code, out, _ = run(capsys, "deliveries", "show", "dlv_dup", "-c", str(config_file))
     assert "POSSIBLE DUPLICATE: sent again 1 time(s) after an unknown outcome" in out
     assert "unknown   1 send(s)" in out
+    assert "ticket    T-2 (key #002, uuid 27e8259d-0681)" in out  # every reference the vendor gave
     code, out, _ = run(capsys, "deliveries", "show", "dlv_held", "-c", str(config_file))
     assert "in doubt  since 2023-11-14 22:13:20" in out and "deliveries mark-succeeded dlv_held" in out
 

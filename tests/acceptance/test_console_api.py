@@ -87,6 +87,15 @@ async def test_a_read_token_reads(write_config: ConfigFactory, bridge_client: Ap
         assert (await client.get(path, headers=READ)).status == 200
 
 
+async def test_the_overview_names_the_caller_and_its_role(write_config: ConfigFactory,
+                                                         bridge_client: AppClient) -> None:
+    """The overview says which token asked and whether it may change things, so a client offers only that."""
+    client = await start(write_config, bridge_client, workers=False)
+    assert (await get(client, "/admin/api/overview"))["caller"] == {"name": "admin", "role": "admin"}
+    read = await (await client.get("/admin/api/overview", headers=READ)).json()
+    assert read["caller"] == {"name": "grafana", "role": "read"}
+
+
 async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_config: ConfigFactory,
                                                                          bridge_client: AppClient) -> None:
     """A delivery the vendor refused is listed as dead with its attempts; replayed through the API after the

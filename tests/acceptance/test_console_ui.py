@@ -124,6 +124,86 @@ async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
     assert len(sim.tickets) == 1  # only the replayed delivery; the playground sent nothing
 
 
+HELD_CONFIG = CONFIG.replace('retry: {schedule: ["0s"]}', 'retry: {schedule: ["0s"]}\n    on_unknown: hold\n'
+                                                          '    timeout_seconds: 0.5')
+
+
+async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """In Chromium: a send that made its ticket and then timed out is held; its delivery shows "in doubt" in the
+    list and on its page; a read-only token cannot mark it succeeded; the admin marks it succeeded with the
+    ticket found, after a confirmation asking for it, and the page shows it succeeded, no longer in doubt."""
+    from playwright.async_api import async_playwright, expect
+
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+    assert HELD_CONFIG != CONFIG
+    client = await bridge_client(write_config(HELD_CONFIG, MAPPINGS))
+    rt = runtime(client)
+    sim: KaptureSimulator = rt.simulators["kapture"]
+    sim.faults = Faults(hang_after_count=1, hang_seconds=5)  # the ticket is made, the answer never comes in time
+    assert (await client.post("/hooks/website", json={"title": "Router down"})).status == 202
+    store = rt.store
+    assert store is not None
+
+    async def held() -> bool:
+        rows = await store.list_deliveries(_dead())
+        return len(rows) == 1 and rows[0].in_doubt_since_ms is not None
+
+    await eventually(held)
+    [row] = await store.list_deliveries(_dead())
+    [ticket] = sim.tickets
+    base = str(client.make_url("/admin/"))
+    shots = DOCS_SHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        async def sign_in(token: str) -> None:
+            await page.get_by_label("Admin token").fill(token)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+        await page.goto(base)
+        await sign_in("grafana-secret")
+        await page.get_by_role("link", name="Deliveries").click()
+        await expect(page.locator("tbody tr")).to_have_count(1)
+        await expect(page.locator("tbody tr")).to_contain_text("in doubt")
+        await page.locator("tbody tr").get_by_role("link").click()
+        await expect(page.locator("#in-doubt")).to_contain_text("the vendor may hold its ticket")
+        await expect(page.get_by_role("button", name="Mark succeeded")).to_be_disabled()
+        await expect(page.locator("#read-only")).to_be_visible()
+
+        await page.get_by_role("button", name="Sign out").click()
+        await sign_in("admin-secret")
+        await page.goto(f"{base}#/delivery/{row.id}")
+        await expect(page.locator("#in-doubt")).to_be_visible()
+        await page.screenshot(path=str(shots / "delivery-held.png"), full_page=True)
+        await page.get_by_role("button", name="Mark succeeded").click()
+        dialog = page.get_by_role("dialog")
+        await expect(dialog).to_contain_text(f"Record that delivery {row.id} reached kapture")
+        await dialog.get_by_role("button", name="Mark succeeded").click()  # the ticket id is required
+        await expect(dialog).to_be_visible()
+        await dialog.get_by_label("Ticket id at the vendor").fill(ticket["ticketId"])
+        await dialog.get_by_label("Note (optional, kept in the audit log)").fill("found in the Kapture console")
+        await dialog.get_by_role("button", name="Mark succeeded").click()
+        await expect(page.locator(".row .badge").first).to_have_text("succeeded")
+        await expect(page.locator("main")).to_contain_text(f"ticket {ticket['ticketId']}")
+        await expect(page.locator("#in-doubt")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Mark succeeded")).to_have_count(0)
+        await page.screenshot(path=str(shots / "delivery-marked.png"), full_page=True)
+        assert errors == []
+        await browser.close()
+    detail = await store.get_delivery(row.id)
+    assert (detail.delivery.status, detail.delivery.ticket_id, detail.delivery.in_doubt_since_ms) == (
+        "succeeded", ticket["ticketId"], None)
+    [entry] = [e for e in (await store.list_audit(limit=10)) if e.action == "delivery.mark_succeeded"]
+    assert (entry.actor, entry.target, entry.detail["note"]) == ("admin", row.id, "found in the Kapture console")
+    assert len(sim.tickets) == 1  # marked, never sent again
+
+
 def _dead() -> Any:
     from bridge.store.base import DeliveryFilter
 

@@ -13,11 +13,12 @@ import pytest
 
 from bridge.cli import main
 from bridge.doctor import Finding, examine
-from bridge.simulators.http import SANDBOX_CLIENT_ID, TOKEN_PATH, HttpSimulator
+from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpSimulator
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.simulators.leadsquared import LeadSquaredSimulator
 from bridge.simulators.netgroot import NO_SUBSCRIBER_TOKEN, NetgrootSimulator
 from bridge.vendors.base import Adapter
+from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.registry import adapter_class, vendor_options
 
 SANDBOXES = """\
@@ -156,3 +157,38 @@ async def test_http_refused_client_and_refused_token(aiohttp_server: Any) -> Non
     refused = await check(aiohttp_server, sim, "http", doctor={"path": "/me"}, auth={"bearer": "made-up"})
     assert refused.state == "failed"
     assert refused.fix is not None and refused.fix.startswith("check the destination's auth")
+
+
+async def test_http_token_revoked_by_the_api_is_renewed_once(aiohttp_server: Any) -> None:
+    """http: a token the API no longer honours is refused on the look-up (401), renewed once and the look-up
+    made again, as a delivery would: OK."""
+    sim = HttpSimulator()
+    sim.knobs.oauth2 = True
+    server = await aiohttp_server(sim.app())
+    base = str(server.make_url("")).rstrip("/")
+    config = msgspec.convert({"vendor": "http", "base_url": base, "doctor": {"path": "/me"},
+                              "auth": {"oauth2": {"token_url": TOKEN_PATH, "client_id": SANDBOX_CLIENT_ID,
+                                                  "client_secret": SANDBOX_CLIENT_SECRET}}}, vendor_options("http"))
+    adapter: Adapter = adapter_class("http")("dest", config, base)
+    assert isinstance(adapter.credentials, TokenCredentials)
+    adapter.credentials.token = Token(value="revoked-by-the-api")
+    async with aiohttp.ClientSession() as session:
+        found = await examine(adapter, session, 5.0)
+    assert found.state == "ok", found.said
+    assert (sim.token_requests, sim.refused) == (1, 1)
+
+
+async def test_kapture_checks_the_pull_operations_own_key(aiohttp_server: Any) -> None:
+    """Kapture with `tokens: {pull: …}`: the look-up (a pull) is sent with the pull key, not the destination's
+    token; a refused pull key is named `tokens.pull` in the finding and its fix."""
+    keys = {"pull": {"pull-key"}}
+    ok = await check(aiohttp_server, KaptureSimulator(tokens={"add-key"}, operation_tokens=keys), "kapture",
+                     token="add-key", tokens={"pull": "pull-key"})
+    assert ok.state == "ok", ok.said
+    refused = await check(aiohttp_server, KaptureSimulator(tokens={"add-key"}, operation_tokens=keys), "kapture",
+                          token="add-key", tokens={"pull": "old-pull-key"})
+    assert refused.state == "failed" and "(tokens.pull) was refused" in refused.said
+    assert refused.fix is not None and refused.fix.endswith("set the destination's tokens.pull")
+    plain = await check(aiohttp_server, KaptureSimulator(tokens={"add-key"}, operation_tokens=keys), "kapture",
+                        token="add-key")
+    assert plain.state == "failed" and plain.fix is not None and plain.fix.endswith("set the destination's token")

@@ -15,6 +15,7 @@ sources:
   chat-activity: {kind: json}
   chat-note: {kind: json}
   chat-update: {kind: json}
+  chat-refs: {kind: json}
   partner: {kind: json}
 destinations:
   lsq: {vendor: leadsquared, sandbox: true, retry: {schedule: [50ms]}}
@@ -42,6 +43,9 @@ MAPPINGS = {
     "note": lsq_mapping("chat-note", """
       action: add_note
       fields: {TextPart: "Customer wrote: {{ payload.text }}"}"""),
+    "refs": lsq_mapping("chat-refs", """
+      action: add_note
+      fields: {TextPart: "{{ ticket.id }} {{ ticket.key }} {{ ticket.uuid }}: {{ payload.text }}"}"""),
     "update": lsq_mapping("chat-update", """
       action: update_ticket
       fields: {Status: Reopened, Title: "{{ payload.text }}"}"""),
@@ -104,6 +108,18 @@ async def test_leadsquared_replies_as_internal_notes_name_the_ticket(
     (ticket,) = runtime(client).simulators["leadsquared"].tickets
     assert ticket["Notes"] == ["Customer wrote: Still down"]
     assert ticket["Activities"] == []
+
+
+async def test_leadsquared_follow_ups_see_the_tickets_id_key_and_uuid(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """The create's numeric Id, Key and TicketId UUID are stored on its delivery and reach the follow-up as
+    `ticket.id`, `ticket.key` and `ticket.uuid`."""
+    client = await start(write_config, bridge_client)
+    create, _ = await thread(client, "chat-refs", ["Router down", "Still down"])
+    (ticket,) = runtime(client).simulators["leadsquared"].tickets
+    assert (create.ticket_id, create.ticket_key, create.ticket_uuid) == (ticket["Id"], ticket["Key"],
+                                                                         ticket["TicketId"])
+    assert ticket["Notes"] == [f"{ticket['Id']} {ticket['Key']} {ticket['TicketId']}: Still down"]
 
 
 async def test_a_leadsquared_field_change_is_the_multipart_update_of_that_ticket(

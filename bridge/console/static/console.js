@@ -6,6 +6,7 @@ const KEY = "ticketbridge.token";
 const main = document.getElementById("main");
 const statusBox = document.getElementById("status");
 let refreshTimer = null;
+let signedIn = null; // {name, role} of the token signed in, as the overview reports it
 
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -15,7 +16,7 @@ function h(tag, attrs = {}, ...children) {
     else if (k === "class") el.className = v;
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -23,6 +24,13 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const badge = (text) => h("span", { class: `badge ${text}` }, String(text).replace("_", " "));
+// What an operator must know of unknown outcomes: an earlier send may have made a ticket (in doubt), or a
+// resend after one may have made a second (possible duplicate).
+const doubtFlags = (d) => [
+  d.in_doubt_since_ms ? [" ", h("span", { class: "badge doubt", title: `in doubt since ${when(d.in_doubt_since_ms)}` }, "in doubt")] : null,
+  d.duplicates ? [" ", h("span", { class: "badge duplicate" }, `possible duplicate ×${d.duplicates}`)] : null];
+const SETTLED = ["success", "reconciled", "marked"]; // attempt classifications whose note is no failure
+const ticketRefs = (d) => [d.ticket_key ? `key ${d.ticket_key}` : null, d.ticket_uuid ? `uuid ${d.ticket_uuid}` : null].filter(Boolean).join(", ");
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : "—");
 const iso = (s) => (s ? new Date(s).toLocaleString() : "—");
 const json = (v) => h("pre", {}, JSON.stringify(v, null, 2));
@@ -41,7 +49,7 @@ async function api(path, { method = "GET", body, params } = {}) {
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = await resp.json().catch(() => ({ error: `HTTP ${resp.status}` }));
-  if (resp.status === 401) { sessionStorage.removeItem(KEY); throw new ApiError(401, data.error); }
+  if (resp.status === 401) { sessionStorage.removeItem(KEY); signedIn = null; throw new ApiError(401, data.error); }
   if (!resp.ok) throw new ApiError(resp.status, data.error || `HTTP ${resp.status}`);
   return data;
 }
@@ -56,6 +64,38 @@ function table(headers, rows, caption) {
 function page(title, ...content) {
   main.replaceChildren(h("h1", {}, title), ...content.filter((c) => c !== null && c !== undefined && c !== false && c !== ""));
   document.title = `${title} · ticketbridge console`;
+}
+
+async function caller() {
+  if (!signedIn) signedIn = (await api("/admin/api/overview")).caller;
+  return signedIn;
+}
+
+function markDialog(d) {
+  // The operator's word that the delivery reached the vendor: the ticket found there (id required).
+  return new Promise((resolve) => {
+    const input = (id, label, attrs) => h("label", { for: id }, label, h("input", { id, name: id, autocomplete: "off", ...attrs }));
+    let answer = null;
+    const form = h("form", { onsubmit: (e) => {
+      e.preventDefault();
+      const value = (id) => form.querySelector(`#${id}`).value.trim();
+      answer = { ticket_id: value("mark-ticket-id") };
+      if (value("mark-ticket-key")) answer.ticket_key = value("mark-ticket-key");
+      if (value("mark-note")) answer.note = value("mark-note");
+      dlg.close();
+    } },
+    input("mark-ticket-id", "Ticket id at the vendor", { required: true, maxlength: 200 }),
+    input("mark-ticket-key", "Ticket key (optional)", { maxlength: 200 }),
+    input("mark-note", "Note (optional, kept in the audit log)", { maxlength: 500 }),
+    h("div", { class: "row" },
+      h("button", { type: "button", class: "secondary", onclick: () => dlg.close() }, "Cancel"),
+      h("button", { type: "submit" }, "Mark succeeded")));
+    const dlg = h("dialog", { "aria-labelledby": "mark-q" },
+      h("p", { id: "mark-q" }, `Record that delivery ${d.id} reached ${d.destination} as the ticket below? It will not be sent again.`), form);
+    document.body.append(dlg);
+    dlg.addEventListener("close", () => { dlg.remove(); resolve(answer); });
+    dlg.showModal();
+  });
 }
 
 function confirmDialog(question, confirmText) {
@@ -80,7 +120,8 @@ function signIn(message) {
   const form = h("form", { class: "signin card", onsubmit: async (e) => {
     e.preventDefault();
     sessionStorage.setItem(KEY, input.value.trim());
-    try { await api("/admin/api/overview"); location.hash = "#/overview"; route(); }
+    signedIn = null;
+    try { signedIn = (await api("/admin/api/overview")).caller; location.hash = "#/overview"; route(); }
     catch (x) { sessionStorage.removeItem(KEY); err.textContent = x.status === 401 ? "That token is not known to this server." : x.message; }
   } },
   h("h1", {}, "Sign in"),
@@ -104,6 +145,7 @@ const LANE_HEAD = [["Destination"], ["Vendor", "hide-narrow"], ["Health"], ["Bac
 let lastCounters = null;
 async function overview() {
   const o = await api("/admin/api/overview");
+  signedIn = o.caller;
   const now = Date.now();
   const accepted = o.counters["intake.accepted"] || 0;
   let rate = "—";
@@ -149,7 +191,7 @@ async function deliveries() {
     const data = await api("/admin/api/deliveries", { params: { ...params, limit: 50 } });
     const rows = data.items.map((d) => h("tr", {},
       h("td", {}, h("a", { href: `#/delivery/${d.id}` }, d.id)),
-      h("td", {}, badge(d.status)), h("td", {}, d.destination), h("td", { class: "hide-narrow" }, d.mapping),
+      h("td", {}, badge(d.status), doubtFlags(d)), h("td", {}, d.destination), h("td", { class: "hide-narrow" }, d.mapping),
       h("td", { class: "hide-narrow" }, d.source), h("td", {}, d.attempts),
       h("td", { class: "hide-narrow" }, when(d.created_at_ms)), h("td", { class: "wrap hide-narrow" }, d.last_error || "")));
     const more = data.next_cursor ? h("p", {}, h("a", { href: `#/deliveries?${new URLSearchParams({ ...params, cursor: data.next_cursor })}` }, "Older deliveries →")) : null;
@@ -163,6 +205,17 @@ async function deliveries() {
 async function delivery(id) {
   const v = await api(`/admin/api/deliveries/${encodeURIComponent(id)}`);
   const d = v.delivery;
+  const admin = (await caller()).role === "admin";
+  const busy = d.status === "pending" || d.status === "in_flight";
+  const mark = async () => {
+    const given = await markDialog(d);
+    if (!given) return;
+    try {
+      await api(`/admin/api/deliveries/${encodeURIComponent(d.id)}/mark-succeeded`, { method: "POST", body: given });
+      say(`Marked succeeded with ticket ${given.ticket_id}.`);
+      await route();
+    } catch (x) { say(x.message); }
+  };
   const replay = async (rerender) => {
     const what = rerender ? "Re-render this delivery with the mappings in force and send it again?" : "Send this delivery again?";
     if (!(await confirmDialog(what, rerender ? "Re-render and send" : "Replay"))) return;
@@ -175,19 +228,27 @@ async function delivery(id) {
   const attempts = v.attempts.map((a) => h("li", {},
     h("div", {}, h("strong", {}, `Attempt ${a.n}`), " ", badge(a.classification), " ",
       a.http_status ? `HTTP ${a.http_status}` : "no answer", ` · ${Math.round(a.duration_ms)} ms · ${when(a.started_at_ms)}`),
-    a.error ? h("div", { class: "error" }, a.error) : null,
+    a.error ? h("div", { class: SETTLED.includes(a.classification) ? "muted" : "error" }, a.error) : null,
     a.exchange ? h("details", {}, h("summary", {}, "Request as sent"), json(a.exchange.request)) : null,
     a.response_excerpt ? h("details", {}, h("summary", {}, "Vendor answer"), h("pre", {}, a.response_excerpt),
       a.exchange && a.exchange.response_headers ? json(a.exchange.response_headers) : null) : null));
   page(`Delivery ${d.id}`,
-    h("div", { class: "row" }, badge(d.status), ` to ${d.destination} (${d.action}) by mapping ${d.mapping}, `,
-      `${d.attempts} attempt(s)`, d.ticket_id ? ` · ticket ${d.ticket_id}` : ""),
+    h("div", { class: "row" }, badge(d.status), doubtFlags(d), ` to ${d.destination} (${d.action}) by mapping ${d.mapping}, `,
+      `${d.attempts} attempt(s)`, d.ticket_id ? ` · ticket ${d.ticket_id}${ticketRefs(d) ? ` (${ticketRefs(d)})` : ""}` : ""),
+    d.in_doubt_since_ms ? h("p", { class: "warn", id: "in-doubt" }, `In doubt since ${when(d.in_doubt_since_ms)}: `,
+      `${d.unknowns} send(s) had an unknown outcome, so the vendor may hold its ticket. Check at the vendor, then `,
+      "replay it (send again) or mark it succeeded with the ticket found.") : null,
+    d.duplicates ? h("p", { class: "warn", id: "duplicates" }, `Possible duplicate: sent again ${d.duplicates} time(s) after an `,
+      "unknown outcome; the vendor may hold more than one ticket for it.") : null,
     d.status === "pending" && v.destination && v.destination.paused ? h("p", {}, "The destination is paused: this waits until it is resumed.") : null,
-    d.last_error ? h("p", { class: "error" }, d.last_error) : null,
+    d.last_error ? h("p", { class: d.status === "succeeded" ? "muted" : "error" }, d.last_error) : null,
     h("div", { class: "row" },
-      h("button", { type: "button", id: "replay", onclick: () => replay(false), disabled: d.status === "pending" || d.status === "in_flight" || !v.body }, "Replay"),
-      h("button", { type: "button", class: "secondary", id: "rerender", onclick: () => replay(true), disabled: d.status === "pending" || d.status === "in_flight" }, "Re-render and replay"),
+      h("button", { type: "button", id: "replay", onclick: () => replay(false), disabled: !admin || busy || !v.body }, "Replay"),
+      h("button", { type: "button", class: "secondary", id: "rerender", onclick: () => replay(true), disabled: !admin || busy }, "Re-render and replay"),
+      d.status === "pending" || d.status === "dead"
+        ? h("button", { type: "button", class: "secondary", id: "mark-succeeded", onclick: mark, disabled: !admin }, "Mark succeeded") : null,
       h("a", { href: `#/event/${d.event_id}` }, "Event and mapping decisions")),
+    admin ? null : h("p", { class: "muted", id: "read-only" }, "This token is read-only: replaying and marking succeeded need the admin token."),
     h("h2", {}, "Attempts"), v.attempts.length ? h("ol", { class: "timeline" }, attempts) : h("p", { class: "muted" }, "No attempt yet."),
     h("div", { class: "grid2" },
       h("section", {}, h("h2", {}, "Rendered body"), json(v.body)),
@@ -302,6 +363,6 @@ async function route() {
   }
 }
 
-document.getElementById("sign-out").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.hash = ""; signIn(); });
+document.getElementById("sign-out").addEventListener("click", () => { sessionStorage.removeItem(KEY); signedIn = null; location.hash = ""; signIn(); });
 window.addEventListener("hashchange", route);
 route();

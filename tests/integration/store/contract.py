@@ -430,8 +430,19 @@ class StoreContract:
         await store.claim("kapture-support", 1, "w", 30)
         await store.record(msgspec.structs.replace(result(d, "succeeded", ticket_id="27e8259d"), ticket_key="#034"))
         row = (await store.get_delivery(d)).delivery
-        assert (row.ticket_id, row.ticket_key) == ("27e8259d", "#034")
+        assert (row.ticket_id, row.ticket_key, row.ticket_uuid) == ("27e8259d", "#034", None)
         assert [(r.id, r.ticket_key) for r in await store.list_deliveries(DeliveryFilter())] == [(d, "#034")]
+
+    async def test_record_keeps_the_vendors_ticket_uuid(self, store: Store) -> None:
+        """A vendor's third ticket reference (LeadSquared's TicketId UUID) is kept beside the id and key, listed
+        too; an attempt that gives none (a retry) leaves it."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(msgspec.structs.replace(result(d, "succeeded", ticket_id="34"), ticket_key="#034",
+                                                   ticket_uuid="27e8259d-0681"))
+        row = (await store.get_delivery(d)).delivery
+        assert (row.ticket_id, row.ticket_key, row.ticket_uuid) == ("34", "#034", "27e8259d-0681")
+        assert [r.ticket_uuid for r in await store.list_deliveries(DeliveryFilter())] == ["27e8259d-0681"]
 
     async def test_record_retry_later(self, store: Store) -> None:
         """A retryable attempt makes the delivery pending again, due at the given time, with its error."""
@@ -758,6 +769,29 @@ class StoreContract:
         assert (follow.ticket["id"], follow.ticket["destination"], follow.ticket["messages"]) == (
             "T-1", "kapture-support", 2)
         assert follow.ticket["created_at"].endswith("Z") and follow.ticket["last_message_at"].endswith("Z")
+        assert (follow.ticket["key"], follow.ticket["uuid"]) == (None, None)
+
+    async def test_a_follow_up_sees_every_reference_of_its_ticket(self, store: Store) -> None:
+        """The create's ticket id, key and uuid (LeadSquared's Id, Key and TicketId) reach the follow-up's
+        `ticket` and the conversation; a message after the quiet period clears all three."""
+        conv = "m|mail:root@x"
+        first, second = (make_delivery(conversation=conv, conversation_key="mail:root@x") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="34"), role="create",
+                                                   ticket_key="#034", ticket_uuid="27e8259d-0681"))
+        (follow,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert follow.ticket is not None
+        assert (follow.ticket["id"], follow.ticket["key"], follow.ticket["uuid"]) == ("34", "#034", "27e8259d-0681")
+        (found,) = await store.get_conversations("mail:root@x")
+        assert (found.conversation.ticket_key, found.conversation.ticket_uuid) == ("#034", "27e8259d-0681")
+        await store.record(result(follow.id, "succeeded"))
+        later = make_delivery(conversation=conv, conversation_key="mail:root@x", reopen_after_ms=-1)
+        await accept_one(store, later)
+        (found,) = await store.get_conversations("mail:root@x")
+        assert (found.conversation.ticket_id, found.conversation.ticket_key, found.conversation.ticket_uuid) == (
+            None, None, None)
 
     async def test_a_follow_up_keeps_the_action_and_body_it_was_sent_with(self, store: Store) -> None:
         """Recording a follow-up stores its role, action and rendered body on the delivery."""

@@ -48,7 +48,9 @@ def test_chat_and_plain_json_payloads_are_keyed_by_their_shape() -> None:
 
 
 def test_the_ticket_context_uses_utc_iso_times() -> None:
-    """`ticket` carries id, key, destination, created_at and last_message_at (UTC ISO) and messages."""
+    """`ticket` carries id, key, uuid, destination, created_at and last_message_at (UTC ISO) and messages."""
     assert ticket_context("T-1", None, "kapture", created_at_ms=0, messages=2, last_message_at_ms=1000) == {
-        "id": "T-1", "key": None, "destination": "kapture", "created_at": "1970-01-01T00:00:00Z",
+        "id": "T-1", "key": None, "uuid": None, "destination": "kapture", "created_at": "1970-01-01T00:00:00Z",
         "messages": 2, "last_message_at": "1970-01-01T00:00:01Z"}
+    assert ticket_context("34", "#034", "lsq", created_at_ms=0, messages=1, last_message_at_ms=0,
+                          ticket_uuid="27e8259d")["uuid"] == "27e8259d"

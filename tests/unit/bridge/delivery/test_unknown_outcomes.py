@@ -11,7 +11,11 @@ from aioresponses import aioresponses
 
 from bridge.config import RetryConfig
 from bridge.delivery.dispatcher import Destination
+from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
 from bridge.vendors.base import Call, CannotReconcile, Found, VendorUnavailable
+from bridge.vendors.credentials import Token
+from bridge.vendors.http import HttpOptions
+from bridge.vendors.http_auth import OAuth2Credentials
 from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
 from tests.unit.bridge.delivery.test_dispatcher import (
     FAST,
@@ -169,3 +173,32 @@ def test_defaults_follow_what_the_vendor_can_look_up() -> None:
     assert destination(None, reference=None).config.unknown_policy == "resend"
     with pytest.raises(ValueError, match="reference_field"):
         destination("reconcile", reference=None)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+async def test_reconcile_looks_up_with_the_destinations_oauth2_token(aiohttp_server: Any, stale: bool) -> None:
+    """A reconciliation's look-up carries the destination's OAuth2 token, as a send does; a token the API no
+    longer honours is refused (401), renewed once, and the look-up made again: the ticket is found, none sent."""
+    sim = HttpSimulator()
+    sim.knobs = HttpKnobs(oauth2=True)
+    sim.tickets.append({"id": "T-7", "method": "POST", "path": "/tickets", "body": {"title": "t", "ref": "evt_7"},
+                        "files": [], "updates": []})
+    server = await aiohttp_server(sim.app())
+    base = str(server.make_url("")).rstrip("/")
+    cfg = msgspec.convert({"vendor": "http", "base_url": base, "path": "/tickets", "on_unknown": "reconcile",
+                           "lookup": {"path": "/search?ref={ref}", "ticket_id_path": "items[0].id"},
+                           "auth": {"oauth2": {"token_url": TOKEN_PATH, "client_id": SANDBOX_CLIENT_ID,
+                                               "client_secret": SANDBOX_CLIENT_SECRET}}}, HttpOptions)
+    dest = Destination.from_config("api", cfg, base)
+    assert isinstance(dest.adapter.credentials, OAuth2Credentials)
+    if stale:
+        dest.adapter.credentials.token = Token(value="revoked-by-the-api")
+    store = RecordingStore()
+    delivery_id = await store.add("api", {"title": "t", "ref": "evt_7"})
+    kept = store.deliveries[delivery_id]
+    kept.row = msgspec.structs.replace(kept.row, in_doubt_since_ms=1_700_000_000_000, unknowns=1)
+    async with running(store, dest):
+        await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert (result.classification, result.ticket_id) == ("reconciled", "T-7"), result.error
+    assert (sim.token_requests, sim.refused, len(sim.tickets)) == (1, int(stale), 1)

@@ -15,6 +15,7 @@ from bridge.vendors.credentials import (
     StaticCredentials,
     Token,
     TokenCredentials,
+    authorized,
     jwt_expiry,
 )
 from bridge.vendors.failures import VendorAuthFailed
@@ -162,3 +163,39 @@ async def test_a_refused_log_in_is_not_repeated_for_a_while(session: aiohttp.Cli
     with pytest.raises(VendorAuthFailed):
         await creds.headers(session)
     assert creds.attempts == 2
+
+
+async def test_authorized_renews_once_on_a_refusal(session: aiohttp.ClientSession) -> None:
+    """`authorized` makes the attempt with the current token; refused (a refused answer, or VendorAuthFailed
+    raised), it obtains a new token and makes the attempt once more, never a third time."""
+    creds = CountingTokens(Clock())
+    sent: list[str] = []
+
+    async def refused_answer(headers: dict[str, str]) -> int:
+        sent.append(headers["Authorization"])
+        return 401
+
+    assert await authorized(session, creds, refused_answer, lambda status: status == 401) == 401
+    assert sent == ["Bearer tok-1", "Bearer tok-2"]
+
+    async def refused_raise(headers: dict[str, str]) -> int:
+        sent.append(headers["Authorization"])
+        if headers["Authorization"] == "Bearer tok-2":
+            raise VendorAuthFailed("refused")
+        return 200
+
+    assert await authorized(session, creds, refused_raise) == 200
+    assert sent[2:] == ["Bearer tok-2", "Bearer tok-3"]
+
+
+async def test_authorized_without_renewable_credentials_tries_once(session: aiohttp.ClientSession) -> None:
+    """Fixed headers (or none) are sent as they are, and a refusal stands: nothing to renew."""
+    sent: list[dict[str, str]] = []
+
+    async def attempt(headers: dict[str, str]) -> int:
+        sent.append(headers)
+        return 401
+
+    assert await authorized(session, StaticCredentials({"X-Key": "k"}), attempt, lambda s: s == 401) == 401
+    assert await authorized(session, None, attempt, lambda s: s == 401) == 401
+    assert sent == [{"X-Key": "k"}, {}]

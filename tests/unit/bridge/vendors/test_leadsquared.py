@@ -160,9 +160,11 @@ def test_static_check(fields: list[str], mapping_options: dict[str, Any], proble
 # -- classification -----------------------------------------------------------------------------
 
 
-def test_success_stores_ticket_id_and_key() -> None:
-    """The documented success stores the numeric Id (what later calls take) as the ticket id, Key beside it."""
-    assert classify(200, SUCCESS) == Outcome(classification="success", ticket_id="34", ticket_key="#034")
+def test_success_stores_ticket_id_key_and_uuid() -> None:
+    """The documented success stores the numeric Id (what later calls take) as the ticket id, Key and the
+    TicketId UUID beside it."""
+    assert classify(200, SUCCESS) == Outcome(classification="success", ticket_id="34", ticket_key="#034",
+                                             ticket_uuid="27e8259d-0681-4adb-b5e8-14f66a208dd4")
 
 
 def test_success_without_id_falls_back_to_the_ticket_uuid() -> None:
