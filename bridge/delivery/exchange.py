@@ -3,6 +3,7 @@ header, query parameter or JSON key whose name suggests a credential is replaced
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -13,11 +14,20 @@ import msgspec
 REDACTED = "[redacted]"
 BODY_CHARS = 2000
 SECRET_NAME = re.compile(r"auth|token|secret|key|signature|password|passwd|cookie|session|credential", re.I)
+SECRET_NAMES_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=SECRET_NAMES_KEPT)
+def secret_name(name: str) -> bool:
+    """Whether `name` (a header, query parameter or JSON key) suggests a credential. Every attempt asks about
+    the same few names (its mapping's fields, its vendor's headers): the answer is kept for the last
+    SECRET_NAMES_KEPT of them rather than searched again (a search costs microseconds; a look-up, a tenth)."""
+    return SECRET_NAME.search(name) is not None
 
 
 def _redact_json(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: REDACTED if SECRET_NAME.search(str(k)) else _redact_json(v) for k, v in value.items()}
+        return {k: REDACTED if secret_name(str(k)) else _redact_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact_json(v) for v in value]
     return value
@@ -27,12 +37,12 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if not parts.query:
         return url
-    query = [(k, REDACTED if SECRET_NAME.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, REDACTED if secret_name(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit(parts._replace(query=urlencode(query), fragment=""))
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: REDACTED if SECRET_NAME.search(k) else v for k, v in headers.items()}
+    return {k: REDACTED if secret_name(k) else v for k, v in headers.items()}
 
 
 def body_excerpt(body: bytes) -> str:

@@ -140,3 +140,12 @@ def test_id_floor_sorts_between_ids_made_before_and_at_its_time() -> None:
     at = timestamp_ms(made)
     assert id_floor("dlv", at) <= made < id_floor("dlv", at + 1)
     assert timestamp_ms(id_floor("dlv", at)) == at
+
+
+def test_same_layout_as_one_130_bit_number(clock: Callable[[int], None]) -> None:
+    """An id is its millisecond and random part written as one 130-bit number, whether or not the millisecond's
+    characters were kept from the id before."""
+    for ms in (1_700_000_000_000, 1_700_000_000_000, 1_700_000_000_001, 2**48 - 1):
+        clock(ms)
+        made = new_ulid()
+        assert made == ids._encode((ms << 80) | ids._last_rand, 26)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from aiohttp import FormData
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import Rejected
-from handlers.formdata import file_attachment, first_value, multipart_parts, parse_multipart, parse_urlencoded
+from handlers.formdata import (
+    add_value,
+    file_attachment,
+    first_value,
+    multipart_parts,
+    parse_multipart,
+    parse_urlencoded,
+)
 from handlers.limits import MAX_FORM_FIELDS
 
 BOUNDARY = "----tbBoundary7MA4YWxk"
@@ -332,3 +343,36 @@ def test_file_attachment_keeps_the_charset_apart_and_marks_a_content_id_inline()
     [file_part] = multipart_parts(body, CTYPE)
     meta = file_attachment(file_part._replace(content_id="<c1>")).meta
     assert (meta["content_type"], meta["charset"], meta["inline"]) == ("text/plain", "iso-8859-1", True)
+
+
+def _by_parse_qsl(body: bytes, charset: str | None) -> dict[str, Any] | str:
+    """The standard library's reading of a form body (the reference the parser must agree with), or the
+    kind of error it raises."""
+    text = body.decode(charset or "utf-8")
+    joined = "&".join(part for part in text.split("&") if part)
+    try:
+        pairs = parse_qsl(joined, keep_blank_values=True, strict_parsing=bool(joined), encoding=charset or "utf-8",
+                          errors="strict")
+    except UnicodeError:
+        return "text"
+    except ValueError:
+        return "malformed"
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        add_value(out, key, value)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "=", "&", "+", "%", "%4", "%41", "%e9", "%C3%A9", "%ZZ", " ", "é"]),
+                max_size=16),
+       st.sampled_from([None, "latin-1"]))
+def test_urlencoded_reads_as_parse_qsl_does(pieces: list[str], charset: str | None) -> None:
+    """Any urlencoded body gives the fields the standard library's parse_qsl gives, or is refused where it
+    raises (a field without `=`: malformed; an escape that is not text in the charset)."""
+    body = "".join(pieces).encode(charset or "utf-8")
+    expected = _by_parse_qsl(body, charset)
+    if isinstance(expected, str):
+        assert expected in str(form_rejected(body, charset))
+    else:
+        assert parse_urlencoded(body, charset) == expected

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.delivery.exchange import BODY_CHARS, REDACTED, exchange
+from bridge.delivery.exchange import BODY_CHARS, REDACTED, SECRET_NAMES_KEPT, exchange, redact_headers
 
 
 def test_credentials_in_headers_query_and_json_keys_are_redacted() -> None:
@@ -26,3 +26,14 @@ def test_a_body_that_is_not_json_is_kept_as_text_up_to_its_limit() -> None:
     kept = exchange("POST", "https://api.test/x", {}, b"a=1&b=\xff" + b"x" * 5000, None)
     assert kept["request"]["body"].startswith("a=1&b=\ufffd") and len(kept["request"]["body"]) == BODY_CHARS
     assert kept["response_headers"] is None
+
+
+def test_names_are_judged_the_same_when_asked_again_and_after_the_kept_answers_turn_over() -> None:
+    """A credential-named header is redacted every time, also after more distinct names than the kept answers
+    have passed through (the oldest answers are dropped, not mixed up)."""
+    headers = {"X-Api-Token": "t", "X-Trace": "r"}
+    assert redact_headers(headers) == {"X-Api-Token": REDACTED, "X-Trace": "r"}
+    for n in range(SECRET_NAMES_KEPT + 10):
+        assert redact_headers({f"X-Name-{n}": "v", f"X-Session-{n}": "s"}) == {f"X-Name-{n}": "v",
+                                                                                f"X-Session-{n}": REDACTED}
+    assert redact_headers(headers) == {"X-Api-Token": REDACTED, "X-Trace": "r"}
