@@ -4,8 +4,8 @@ read token (`admin.read_tokens`).
 Intake outcomes and latency by source, events no mapping took and render failures, delivery attempts (and
 their duration) and delivery latency by destination, destinations paused (by their circuit breaker or an
 operator), their backlog and its oldest delivery's age, the store's health and failed commits, mapping
-reloads, lease take-overs, and the deliveries in the store by destination and status (read at most every
-BACKLOG_SECONDS, so that scrapes never load the store).
+reloads, lease take-overs, and the deliveries in the store by destination and status (these, with the
+destinations' state, read at most every BACKLOG_SECONDS, so that scrapes never load the store).
 
 Written by hand rather than with prometheus_client: every figure already lives in the Runtime (the console
 reads the same ones), tests build many apps in one process where that library's registry is global, and
@@ -83,8 +83,11 @@ def _sample(name: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | Non
     return family, {key: tags.get(key, "") for key in keys}
 
 
-def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]] | None,
-           lanes: list[LaneState]) -> str:
+Backlog = tuple[dict[str, dict[str, int]], dict[str, int]]
+"""Deliveries by destination and status, and each destination's oldest unsettled delivery (creation ms)."""
+
+
+def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
     """The exposition text for the runtime's counters and state; `backlog` is the store's deliveries by
     destination and status and each destination's oldest unsettled delivery (None: the store did not say);
     `lanes` each destination's state as every process on the store sees it (`lane_states`)."""
@@ -179,18 +182,26 @@ def render(rt: Runtime, backlog: tuple[dict[str, dict[str, int]], dict[str, int]
     return "\n".join(out) + "\n"
 
 
-async def _backlog(rt: Runtime) -> tuple[dict[str, dict[str, int]], dict[str, int]] | None:
-    if rt.store is None:
-        return None
+async def _store_view(rt: Runtime) -> tuple[Backlog | None, list[LaneState]]:
+    """The store's deliveries by destination and status with each destination's oldest unsettled one, and each
+    destination's state (its gate, shared through the store on PostgreSQL): read at most every
+    BACKLOG_SECONDS; while the store fails, the last reading (or none)."""
     cached = rt.backlog_cache
     if cached is not None and time.monotonic() - cached[0] < BACKLOG_SECONDS:
         return cached[1], cached[2]
+    backlog: Backlog | None = None
+    if rt.store is not None:
+        try:
+            backlog = await rt.store.counts(), await rt.store.oldest_pending()
+        except StoreUnavailable:
+            return (cached[1], cached[2]) if cached else (None, [])
+    counts, oldest = backlog if backlog is not None else ({}, {})
     try:
-        counts, oldest = await rt.store.counts(), await rt.store.oldest_pending()
-    except StoreUnavailable:
-        return (cached[1], cached[2]) if cached else None
-    rt.backlog_cache = (time.monotonic(), counts, oldest)
-    return counts, oldest
+        lanes = await lane_states(rt, counts, oldest)
+    except StoreUnavailable:  # the shared gates live in the store: without it, no destination state to show
+        return (cached[1], cached[2]) if cached else (backlog, [])
+    rt.backlog_cache = (time.monotonic(), backlog, lanes)
+    return backlog, lanes
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -200,11 +211,6 @@ async def metrics(request: web.Request) -> web.Response:
         return error(404, "/metrics is off: set admin.token (or admin.read_tokens) in the config")
     if identify(request.headers.get("Authorization", ""), admin) is None:
         return error(401, "/metrics needs a token: Authorization: Bearer <admin.token or a read token>")
-    backlog = await _backlog(rt)
-    counts, oldest = backlog if backlog is not None else ({}, {})
-    try:
-        lanes = await lane_states(rt, counts, oldest)
-    except StoreUnavailable:  # the shared gates live in the store: without it, no destination state to show
-        lanes = []
+    backlog, lanes = await _store_view(rt)
     return web.Response(text=render(rt, backlog, lanes), content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"})

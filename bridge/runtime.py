@@ -68,8 +68,9 @@ class Runtime:
     simulators: dict[str, Any] = field(default_factory=dict)
     sandbox_urls: dict[str, str] = field(default_factory=dict)
     labelled: dict[tuple[str, tuple[tuple[str, str], ...]], int] = field(default_factory=dict)
-    # for /metrics: (when, destination → status → count, destination → oldest unsettled delivery's creation ms)
-    backlog_cache: tuple[float, dict[str, dict[str, int]], dict[str, int]] | None = None
+    # for /metrics: (when, (destination → status → count, destination → oldest unsettled delivery's creation
+    # ms) or None when the store did not say, each destination's state)
+    backlog_cache: tuple[float, tuple[dict[str, dict[str, int]], dict[str, int]] | None, list[Any]] | None = None
     mapping_status: MappingStatus = field(default_factory=MappingStatus)
     reloader: MappingReloader | None = None
     fatal: str | None = None  # why the server stops by itself (the store was lost): it then exits non-zero
