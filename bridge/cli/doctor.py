@@ -17,7 +17,7 @@ from bridge import __version__
 from bridge.cli.common import config_from
 from bridge.config import Config
 from bridge.doctor import Finding, examine_all, render
-from bridge.simulators import registry as simulator_registry
+from bridge.simulators import serving
 from bridge.vendors.base import Adapter
 from bridge.vendors.registry import adapter_class
 
@@ -37,10 +37,7 @@ async def simulators(vendors: set[str]) -> AsyncIterator[str]:
     if not vendors:
         yield ""
         return
-    app = web.Application()
-    for vendor in sorted(vendors):
-        app.add_subapp(f"/{vendor}/", simulator_registry()[vendor]().app())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(serving(vendors), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -25,6 +25,7 @@ from bridge.eventloop import run as run_on_loop
 from bridge.fdlimit import connection_limits, install_accept_error_handler, raise_nofile_limit
 from bridge.logs import configure_logging
 from bridge.simulators import registry as simulator_registry
+from bridge.simulators import serving
 
 log = structlog.get_logger("ticketbridge.server")
 EXIT_FATAL = 3  # the server stopped by itself (its store was lost): a supervisor should start it again
@@ -107,11 +108,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _sandbox(host: str, port: int) -> None:
-    app = web.Application()
     vendors = sorted(simulator_registry())
-    for vendor in vendors:
-        app.add_subapp(f"/{vendor}/", simulator_registry()[vendor]().app())
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(serving(vendors), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     stop = asyncio.Event()

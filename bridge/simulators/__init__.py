@@ -6,7 +6,9 @@ served by it, and `ticketbridge sandbox` serves every registered one under /{ven
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
 
@@ -20,3 +22,12 @@ def registry() -> dict[str, Callable[[], VendorSimulator]]:
 
     return {"kapture": KaptureSimulator, "leadsquared": LeadSquaredSimulator, "netgroot": NetgrootSimulator,
             "http": HttpSimulator}
+
+
+def serving(vendors: Iterable[str]) -> web.Application:
+    """One application with a fresh simulator of each of `vendors` under /{vendor}/."""
+    app = web.Application()
+    made = registry()
+    for vendor in sorted(vendors):
+        app.add_subapp(f"/{vendor}/", made[vendor]().app())
+    return app

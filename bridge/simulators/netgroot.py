@@ -100,6 +100,20 @@ class NetgrootSimulator(VendorSimulator):
     def _subscriber_of(self, token: str) -> int | None:
         return self.jwts[token][0] if token in self.jwts else self.tokens[token]
 
+    async def _caller(self, request: web.Request) -> int | web.StreamResponse:
+        """The subscriber a request authenticates as, or the answer that refuses it: an injected fault, 401
+        Unauthorized (no live token), or 404 Subscriber not found."""
+        faulted = await apply_faults(self.faults, request, OUTAGE)
+        if faulted is not None:
+            return faulted
+        token = self._token(request)
+        if token is None:
+            return _answer(401, "Unauthorized")
+        subscriber = self._subscriber_of(token)
+        if subscriber is None:
+            return _answer(404, "Subscriber not found")
+        return subscriber
+
     async def login(self, request: web.Request) -> web.StreamResponse:
         faulted = await apply_faults(self.faults, request, OUTAGE)
         if faulted is not None:
@@ -132,15 +146,9 @@ class NetgrootSimulator(VendorSimulator):
 
     async def customer_tickets(self, request: web.Request) -> web.StreamResponse:
         """`getCustomerTickets`: the authenticated subscriber's tickets (no filters, no paging)."""
-        faulted = await apply_faults(self.faults, request, OUTAGE)
-        if faulted is not None:
-            return faulted
-        token = self._token(request)
-        if token is None:
-            return _answer(401, "Unauthorized")
-        subscriber = self._subscriber_of(token)
-        if subscriber is None:
-            return _answer(404, "Subscriber not found")
+        subscriber = await self._caller(request)
+        if not isinstance(subscriber, int):
+            return subscriber
         return web.json_response({"success": True, "data": [
             {k: t[k] for k in ("ticket_id", "subject", "status", "priority_id")}
             for t in self.tickets if t["subscriber_id"] == subscriber]})
@@ -165,15 +173,9 @@ class NetgrootSimulator(VendorSimulator):
         return isinstance(message, str) and bool(message.strip()) and body["subject_id"] in self.subjects
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        faulted = await apply_faults(self.faults, request, OUTAGE)
-        if faulted is not None:
-            return faulted
-        token = self._token(request)
-        if token is None:
-            return _answer(401, "Unauthorized")
-        subscriber = self._subscriber_of(token)
-        if subscriber is None:
-            return _answer(404, "Subscriber not found")
+        subscriber = await self._caller(request)
+        if not isinstance(subscriber, int):
+            return subscriber
         try:
             body = await request.json()
         except ValueError:

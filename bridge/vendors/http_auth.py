@@ -25,6 +25,11 @@ def _required(struct: msgspec.Struct, *keys: str) -> None:
             raise KeyValueError((key,), f"`{key}` is empty: give it (secrets from the environment, e.g. \"${{VAR}}\")")
 
 
+def basic(username: str, password: str) -> str:
+    """An `Authorization: Basic` value (RFC 7617, UTF-8)."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
 class HeaderAuth(Base):
     name: str
     value: str
@@ -99,8 +104,7 @@ class OAuth2Credentials(TokenCredentials):
         if c.audience:
             form["audience"] = c.audience
         if c.client_auth == "basic":
-            pair = f"{c.client_id}:{c.client_secret}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+            headers["Authorization"] = basic(c.client_id, c.client_secret)
         else:
             form.update(client_id=c.client_id, client_secret=c.client_secret)
         async with session.post(self.token_url, data=form, headers=headers, allow_redirects=False,
@@ -135,7 +139,6 @@ def http_credentials(destination: str, auth: HttpAuth, base_url: Callable[[], st
     if auth.header is not None:
         return StaticCredentials({auth.header.name: auth.header.value})
     if auth.basic is not None:
-        pair = f"{auth.basic.username}:{auth.basic.password}".encode()
-        return StaticCredentials({"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")})
+        return StaticCredentials({"Authorization": basic(auth.basic.username, auth.basic.password)})
     assert auth.bearer is not None
     return StaticCredentials({"Authorization": f"Bearer {auth.bearer}"})

@@ -47,7 +47,16 @@ ID_FIELDS = ("type_id", "status_id", "priority_id", "group_id")
 # An unknown subject name refreshes the list at most this often, so a burst of bad events costs one GET.
 UNKNOWN_REFRESH_MIN_SECONDS = 5.0
 
+ANSWER_BYTES = 64 * 1024  # the most of a Login answer read
+
 Subjects = dict[str, tuple[int, str]]  # folded name → (id, name as the CRM writes it)
+
+
+def _parsed_answer(body: bytes) -> tuple[dict[str, Any], str]:
+    """An answer's JSON object (empty when it is not one) and what it says: its `message`, else an excerpt."""
+    parsed = decode_json(body)
+    data = parsed if isinstance(parsed, dict) else {}
+    return data, text_or_none(data.get("message")) or excerpt(body)
 
 
 class NetgrootLogin(Base):
@@ -188,10 +197,8 @@ class NetgrootLoginCredentials(TokenCredentials):
         body = {"username": self.login.username, "password": self.login.password}
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                 allow_redirects=False) as resp:
-            status, raw = resp.status, await resp.content.read(64 * 1024)
-        parsed = decode_json(raw)
-        data = parsed if isinstance(parsed, dict) else {}
-        message = text_or_none(data.get("message")) or excerpt(raw)
+            status, raw = resp.status, await resp.content.read(ANSWER_BYTES)
+        data, message = _parsed_answer(raw)
         if status in (400, 401, 403, 404):
             # The username is not repeated: it is often an email address, and this text is stored and shown.
             raise VendorAuthFailed(f"netgroot: Login: HTTP {status}: {message}: check auth.login.username and "
@@ -304,9 +311,7 @@ class NetgrootAdapter(Adapter):
         return VendorRequest(method="GET", url=self.base_url + TICKETS_PATH, headers={}, body=b"")
 
     def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
-        parsed = decode_json(body)
-        data = parsed if isinstance(parsed, dict) else {}
-        message = text_or_none(data.get("message")) or excerpt(body)
+        data, message = _parsed_answer(body)
         login = self.options.auth.login if self.options.auth is not None else None
         who = f"subscriber {mask_text(login.username)!r}" if login is not None else "the token's subscriber"
         if status == 200 and data.get("success") is True:
@@ -327,9 +332,7 @@ class NetgrootAdapter(Adapter):
         return Diagnosis(ok=False, said=f"HTTP {status}: {message}")
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
-        parsed = decode_json(body)
-        data = parsed if isinstance(parsed, dict) else {}
-        message = text_or_none(data.get("message")) or excerpt(body)
+        data, message = _parsed_answer(body)
         if status in (401, 403) or (data.get("success") is False and message.lower() == "unauthorized"):
             return Outcome(classification="auth", error=f"netgroot: HTTP {status}: {message}: check the destination's "
                                                         "auth (the log-in, or the API token)")

@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.simulators.leadsquared import LeadSquaredSimulator
-from bridge.store.base import DeliveryDetail, DeliveryFilter
-from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from bridge.store.base import DeliveryDetail
+from tests.acceptance.test_vendors import config, post, settle
+from tests.conftest import AppClient, ConfigFactory, runtime
 
 MAPPING = {"m": """
     source: events
-    destination: lsq
+    destination: dest
     action: create_ticket
     fields:
       LeadDetail.EmailAddress: "{{ payload.email }}"
@@ -20,29 +21,10 @@ MAPPING = {"m": """
 """}
 
 
-def config(destination: str) -> str:
-    return f"""
-    server: {{shutdown_grace_seconds: 1}}
-    store: {{url: "sqlite:///var/bridge.db"}}
-    sources:
-      events: {{kind: json}}
-    destinations:
-      lsq: {destination}
-    """
-
-
 async def one_delivery(client: Any) -> DeliveryDetail:
-    resp = await client.post("/hooks/events", json={"email": "a@b.io", "title": "Router down"})
-    assert resp.status == 202
-    store = runtime(client).store
-
-    async def settled() -> bool:
-        rows = await store.list_deliveries(DeliveryFilter(limit=10))
-        return len(rows) == 1 and rows[0].status in ("succeeded", "dead")
-
-    await eventually(settled, timeout=20)
-    (row,) = await store.list_deliveries(DeliveryFilter(limit=10))
-    return await store.get_delivery(row.id)
+    await post(client, {"email": "a@b.io", "title": "Router down"})
+    [detail] = await settle(client)
+    return detail
 
 
 SANDBOX = "{vendor: leadsquared, sandbox: true, retry: {schedule: [50ms, 50ms, 50ms], jitter: 0}}"
@@ -94,7 +76,7 @@ async def test_delete_by_numeric_id_through_the_app(write_config: ConfigFactory,
     delivery records the Id."""
     mappings = {"m": MAPPING["m"], "delete": """
     source: deletions
-    destination: lsq
+    destination: dest
     action: delete_ticket
     fields:
       Id: "{{ payload.id }}"
@@ -106,14 +88,7 @@ async def test_delete_by_numeric_id_through_the_app(write_config: ConfigFactory,
     assert created.delivery.ticket_id == sim.tickets[0]["Id"]
     resp = await client.post("/hooks/deletions", json={"id": created.delivery.ticket_id})
     assert resp.status == 202
-    store = runtime(client).store
-
-    async def both_settled() -> bool:
-        rows = await store.list_deliveries(DeliveryFilter(limit=10))
-        return len(rows) == 2 and all(r.status in ("succeeded", "dead") for r in rows)
-
-    await eventually(both_settled)
-    rows = await store.list_deliveries(DeliveryFilter(limit=10))
-    assert {(r.mapping, r.status, r.ticket_id) for r in rows} == {("m", "succeeded", created.delivery.ticket_id),
-                                                                 ("delete", "succeeded", created.delivery.ticket_id)}
+    both = await settle(client, 2)
+    assert {(d.delivery.mapping, d.delivery.status, d.delivery.ticket_id) for d in both} == {
+        ("m", "succeeded", created.delivery.ticket_id), ("delete", "succeeded", created.delivery.ticket_id)}
     assert (sim.tickets, sim.deleted) == ([], [created.delivery.ticket_id])
