@@ -171,11 +171,7 @@ class LocalGate(Gate):
         reopens = now + b.cooldown if b.state == "open" else None
         held = None if self.held_until <= mono else math.inf if math.isinf(self.held_until) \
             else now + self.held_until - mono
-        used = None
-        if isinstance(self.limiter, SlidingWindowLimiter):
-            at = self.limiter._clock()
-            since = at - self.limiter.per_seconds
-            used = sum(1 for t in self.limiter._sends if since <= t <= at)  # a read-only look
+        used = self.limiter.used() if isinstance(self.limiter, SlidingWindowLimiter) else None
         return GateView(breaker=b.state, breaker_reopens_at_s=reopens, held_until_s=held, rate_used=used)
 
     @property

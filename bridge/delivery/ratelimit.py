@@ -125,6 +125,12 @@ class SlidingWindowLimiter:
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
+    def used(self) -> int:
+        """How many requests the current window (`per_seconds` back from now) counts; reserves nothing."""
+        now = self._clock()
+        since = now - self.per_seconds
+        return sum(1 for t in self._sends if since <= t <= now)
+
 
 def make_limiter(rate: RateLimit | None) -> Limiter:
     if rate is None:

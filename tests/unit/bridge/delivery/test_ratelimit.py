@@ -305,3 +305,22 @@ def test_acquire_does_not_sleep_when_free() -> None:
     step = acquire(Unlimited())
     with pytest.raises(StopIteration):
         step.send(None)
+
+
+def test_used_counts_the_sends_of_the_current_window_and_reserves_nothing() -> None:
+    """`used` counts the sends within `per_seconds` back from now (a slot reserved for later is not yet one),
+    drops them as the window moves on, and leaves the next delay as it was."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 10.0, clock=clock)
+    for _ in range(2):
+        limiter.reserve()
+        limiter.sent()
+    clock.advance(6.0)
+    limiter.reserve()
+    limiter.sent()
+    limiter.reserve()  # the fourth slot is a window later: not used yet
+    delay = limiter.next_delay()
+    assert limiter.used() == 3
+    assert limiter.next_delay() == delay
+    clock.advance(4.1)  # the first two are out of the window; the reserved slot is not due yet
+    assert limiter.used() == 1

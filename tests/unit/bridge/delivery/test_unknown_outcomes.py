@@ -56,12 +56,25 @@ def fresh_answers() -> None:
     FindingKapture.asked = []
 
 
-async def in_doubt(store: RecordingStore, since_ms: int = 1_700_000_000_000) -> str:
-    """A delivery whose earlier send's outcome is unknown, due now."""
-    delivery_id = await store.add("kapture")
+async def in_doubt(store: RecordingStore, since_ms: int = 1_700_000_000_000, to: str = "kapture",
+                   body: dict[str, Any] | None = None) -> str:
+    """A delivery to `to` whose earlier send's outcome is unknown, due now."""
+    delivery_id = await store.add(to, body)
     kept = store.deliveries[delivery_id]
     kept.row = msgspec.structs.replace(kept.row, in_doubt_since_ms=since_ms, unknowns=1)
     return delivery_id
+
+
+async def settle_in_doubt(on_unknown: str, since_ms: int = 1_700_000_000_000) -> tuple[RecordingStore, str, int]:
+    """Run one delivery in doubt through a Kapture lane under `on_unknown` until its attempt is recorded:
+    the store, the delivery's id, and how many requests the vendor got."""
+    store = RecordingStore()
+    delivery_id = await in_doubt(store, since_ms)
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination(on_unknown)):
+            await eventually(lambda: len(store.records) == 1)
+        return store, delivery_id, requests_to(m)
 
 
 @pytest.mark.parametrize(("on_unknown", "status"), [("hold", "dead"), ("resend", "pending"),
@@ -85,13 +98,8 @@ async def test_an_unknown_outcome_is_held_or_scheduled_by_on_unknown(on_unknown:
 
 async def test_hold_settles_a_delivery_found_in_doubt_without_a_request() -> None:
     """A delivery in doubt (e.g. taken back after a crash) under hold is recorded `held`, dead, unsent."""
-    store = RecordingStore()
-    delivery_id = await in_doubt(store)
-    with aioresponses() as m:
-        mock_vendor(m)
-        async with running(store, destination("hold")):
-            await eventually(lambda: len(store.records) == 1)
-        assert requests_to(m) == 0
+    store, delivery_id, requests = await settle_in_doubt("hold")
+    assert requests == 0
     [result] = store.records
     assert (result.classification, result.next_status) == ("held", "dead")
     assert store.deliveries[delivery_id].row.in_doubt_since_ms is not None
@@ -100,14 +108,9 @@ async def test_hold_settles_a_delivery_found_in_doubt_without_a_request() -> Non
 async def test_reconcile_records_the_ticket_found_without_sending() -> None:
     """Under reconcile, a delivery in doubt is looked up from the time of its doubt; the ticket found is
     recorded `reconciled` and succeeded, the doubt cleared, and nothing is sent."""
-    store = RecordingStore()
-    delivery_id = await in_doubt(store, since_ms=1_700_000_000_123)
     FindingKapture.answers = [Found(ticket_id="T-42", detail="bridge_ref = 'x'")]
-    with aioresponses() as m:
-        mock_vendor(m)
-        async with running(store, destination("reconcile")):
-            await eventually(lambda: len(store.records) == 1)
-        assert requests_to(m) == 0
+    store, delivery_id, requests = await settle_in_doubt("reconcile", since_ms=1_700_000_000_123)
+    assert requests == 0
     [result] = store.records
     assert (result.classification, result.next_status, result.ticket_id) == ("reconciled", "succeeded", "T-42")
     assert FindingKapture.asked == [(f"ticket {delivery_id}", 1_700_000_000_123)]
@@ -117,14 +120,9 @@ async def test_reconcile_records_the_ticket_found_without_sending() -> None:
 
 async def test_reconcile_sends_when_nothing_is_found_and_counts_no_duplicate() -> None:
     """Under reconcile, a look-up that finds nothing lets the send go; its success is no duplicate."""
-    store = RecordingStore()
-    delivery_id = await in_doubt(store)
     FindingKapture.answers = [None]
-    with aioresponses() as m:
-        mock_vendor(m)
-        async with running(store, destination("reconcile")):
-            await eventually(lambda: len(store.records) == 1)
-        assert requests_to(m) == 1
+    store, delivery_id, requests = await settle_in_doubt("reconcile")
+    assert requests == 1
     assert [(r.classification, r.duplicate) for r in store.records] == [("success", False)]
     assert store.deliveries[delivery_id].row.duplicates == 0
 
@@ -137,14 +135,9 @@ async def test_a_look_up_that_cannot_tell_retries_or_holds(failure: Exception, c
                                                             status: str) -> None:
     """A look-up that fails in passing is retried later, still in doubt; one that can never tell (no reference
     in the body) holds the delivery for an operator. Neither sends."""
-    store = RecordingStore()
-    delivery_id = await in_doubt(store)
     FindingKapture.answers = [failure]
-    with aioresponses() as m:
-        mock_vendor(m)
-        async with running(store, destination("reconcile")):
-            await eventually(lambda: len(store.records) == 1)
-        assert requests_to(m) == 0
+    store, delivery_id, requests = await settle_in_doubt("reconcile")
+    assert requests == 0
     [result] = store.records
     assert (result.classification, result.next_status) == (classification, status)
     assert str(failure) in (result.error or "")
@@ -153,13 +146,8 @@ async def test_a_look_up_that_cannot_tell_retries_or_holds(failure: Exception, c
 
 async def test_resend_sends_again_and_counts_a_possible_duplicate() -> None:
     """Under resend, a delivery in doubt is sent without a look-up; its success counts one possible duplicate."""
-    store = RecordingStore()
-    delivery_id = await in_doubt(store)
-    with aioresponses() as m:
-        mock_vendor(m)
-        async with running(store, destination("resend")):
-            await eventually(lambda: len(store.records) == 1)
-        assert requests_to(m) == 1
+    store, delivery_id, requests = await settle_in_doubt("resend")
+    assert requests == 1
     assert FindingKapture.asked == []
     assert [(r.classification, r.duplicate) for r in store.records] == [("success", True)]
     row = store.deliveries[delivery_id].row
@@ -194,9 +182,7 @@ async def test_reconcile_looks_up_with_the_destinations_oauth2_token(aiohttp_ser
     if stale:
         dest.adapter.credentials.token = Token(value="revoked-by-the-api")
     store = RecordingStore()
-    delivery_id = await store.add("api", {"title": "t", "ref": "evt_7"})
-    kept = store.deliveries[delivery_id]
-    kept.row = msgspec.structs.replace(kept.row, in_doubt_since_ms=1_700_000_000_000, unknowns=1)
+    await in_doubt(store, to="api", body={"title": "t", "ref": "evt_7"})
     async with running(store, dest):
         await eventually(lambda: len(store.records) == 1)
     [result] = store.records
