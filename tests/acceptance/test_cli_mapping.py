@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
 from bridge.config import load_config
 from bridge.events import Event
 from bridge.registries import REGISTRIES
 from bridge.store import open_store
 from bridge.store.base import NewDelivery
+from tests.acceptance.cli_store import run
 
 CONFIG = """\
 store: {url: "sqlite:///var/bridge.db"}
@@ -52,11 +52,6 @@ def setup(tmp_path: Path, mappings: dict[str, str]) -> str:
         (folder / f"{name}.yaml").write_text(textwrap.dedent(text))
     return str(tmp_path / "bridge.yaml")
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # -- check ----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from bridge.registries import REGISTRIES
 from bridge.store.base import AttemptResult, NewDelivery
 from bridge.store.sqlite import SqliteStore
 from handlers.attachments import attachment, content_path, save_attachments
+from tests.acceptance.cli_store import run
 
 CONFIG = """
 store: {url: "sqlite:///var/bridge.db"}
@@ -82,11 +83,6 @@ def config_file(tmp_path: Path) -> Path:
     asyncio.run(seed(cfg.store_url.path, cfg.attachments_dir))
     return tmp_path / "bridge.yaml"
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def events(config_file: Path) -> list[str]:

@@ -82,3 +82,21 @@ def test_a_missing_token_is_named(server: str, capsys: pytest.CaptureFixture[str
     """Without the token in the environment, the CLI says which variable to set, and exits 2."""
     assert main(["deliveries", "list", "--url", server]) == 2
     assert "BRIDGE_ADMIN_TOKEN" in capsys.readouterr().err
+
+
+def test_mark_succeeded_goes_through_the_server(server: str, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`deliveries mark-succeeded --url` asks the server: one already sent gets the server's 409 and why, an
+    unknown id its 404, and a read token its 403."""
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
+    assert main(["deliveries", "list", "--url", server, "--json"]) == 0
+    first = rows(capsys.readouterr().out)[0].split('"id":"')[1].split('"')[0]
+    settled(server, first)
+    assert main(["deliveries", "mark-succeeded", "--url", server, first, "--ticket-id", "T-1"]) == 2
+    err = capsys.readouterr().err
+    assert "answered 409" in err and f"delivery {first} cannot be marked succeeded: it is succeeded" in err
+    assert main(["deliveries", "mark-succeeded", "--url", server, "dlv_nope", "--ticket-id", "T-1"]) == 1
+    assert "no delivery 'dlv_nope'" in capsys.readouterr().err
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
+    assert main(["deliveries", "mark-succeeded", "--url", server, first, "--ticket-id", "T-1"]) == 2
+    assert "403" in capsys.readouterr().err

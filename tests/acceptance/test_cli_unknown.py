@@ -3,17 +3,14 @@ doubt and possible duplicates flagged in `list` and `show`, and `mark-succeeded`
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
-from bridge.config import load_config
 from bridge.events import Event
-from bridge.registries import REGISTRIES
 from bridge.store.base import AttemptResult, NewDelivery
 from bridge.store.sqlite import SqliteStore
+from tests.acceptance.cli_store import run, seeded_config
 
 CONFIG = """
 store: {url: "sqlite:///var/bridge.db"}
@@ -59,19 +56,7 @@ async def seed(db: Path) -> None:
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
-    (tmp_path / "bridge.yaml").write_text(CONFIG)
-    (tmp_path / "mappings").mkdir()
-    (tmp_path / "mappings" / "partner.yaml").write_text(MAPPING)
-    cfg = load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
-    assert cfg.store_url.path is not None
-    asyncio.run(seed(cfg.store_url.path))
-    return tmp_path / "bridge.yaml"
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return seeded_config(tmp_path, CONFIG, MAPPING, seed)
 
 
 def test_list_and_show_flag_doubt_and_possible_duplicates(config_file: Path,

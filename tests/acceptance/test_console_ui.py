@@ -6,8 +6,10 @@ committed ones are made), else in the test's own folder."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
@@ -19,13 +21,34 @@ DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 
 CONFIG, MAPPINGS = console_app("website")
 
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+
+@asynccontextmanager
+async def chromium_page(tmp_path: Path) -> AsyncIterator[tuple[Page, list[str], Path]]:
+    """A 1280 by 800 page in Chromium, the errors its scripts raise, and the folder its screenshots go to."""
+    from playwright.async_api import async_playwright
+
+    shots = DOCS_SHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield page, errors, shots
+        finally:
+            await browser.close()
+
 
 async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """In Chromium: sign in with the admin token, filter to the dead delivery, open it, replay it with
     confirmation and see it succeed; pause and resume the destination; run a body through the playground;
     every view is usable at 1280 by 800 and on a phone, and each is saved as a screenshot."""
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
 
@@ -41,13 +64,7 @@ async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
 
     await eventually(dead)
     base = str(client.make_url("/admin/"))
-    shots = DOCS_SHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = await browser.new_page(viewport={"width": 1280, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    async with chromium_page(tmp_path) as (page, errors, shots):
 
         async def shot(name: str) -> None:
             await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
@@ -120,7 +137,6 @@ async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
         await shot("deliveries-phone")
         assert errors == []
         assert "null" not in await page.locator("main").inner_text()
-        await browser.close()
     assert len(sim.tickets) == 1  # only the replayed delivery; the playground sent nothing
 
 
@@ -133,7 +149,7 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
     """In Chromium: a send that made its ticket and then timed out is held; its delivery shows "in doubt" in the
     list and on its page; a read-only token cannot mark it succeeded; the admin marks it succeeded with the
     ticket found, after a confirmation asking for it, and the page shows it succeeded, no longer in doubt."""
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
     assert HELD_CONFIG != CONFIG
@@ -153,13 +169,7 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
     [row] = await store.list_deliveries(_dead())
     [ticket] = sim.tickets
     base = str(client.make_url("/admin/"))
-    shots = DOCS_SHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = await browser.new_page(viewport={"width": 1280, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    async with chromium_page(tmp_path) as (page, errors, shots):
 
         async def sign_in(token: str) -> None:
             await page.get_by_label("Admin token").fill(token)
@@ -195,7 +205,6 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
         await expect(page.get_by_role("button", name="Mark succeeded")).to_have_count(0)
         await page.screenshot(path=str(shots / "delivery-marked.png"), full_page=True)
         assert errors == []
-        await browser.close()
     detail = await store.get_delivery(row.id)
     assert (detail.delivery.status, detail.delivery.ticket_id, detail.delivery.in_doubt_since_ms) == (
         "succeeded", ticket["ticketId"], None)
