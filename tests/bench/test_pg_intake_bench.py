@@ -16,10 +16,20 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.bench.harness import CONNECTIONS, Load, free_port, needs_wrk, run_wrk, spawn, spread, stop, wait_port
+from tests.bench.harness import (
+    CONNECTIONS,
+    Load,
+    free_port,
+    needs_wrk,
+    pg_events,
+    run_wrk,
+    spawn,
+    spread,
+    stop,
+    wait_port,
+)
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.bench
@@ -40,15 +50,6 @@ def write_config(folder: Path, port: int, store: str) -> Path:
     cfg = folder / "bridge.yaml"
     cfg.write_text(text + f"\nmappings: {ROOT / 'mappings'}\nlog: {{level: warning}}\n")
     return cfg
-
-
-async def pg_events(schema: str) -> int:
-    conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
-    try:
-        return int(await conn.fetchval("SELECT COUNT(*) FROM events"))
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 @needs_wrk
@@ -78,7 +79,7 @@ def test_postgresql_intake_against_sqlite(tmp_path: Path) -> None:
                 results[name].append(got)
     finally:
         stop(*procs.values())
-    stored_pg = asyncio.run(pg_events(schema))
+    stored_pg = asyncio.run(pg_events(schema, drop=True))
     with sqlite3.connect(tmp_path / "sqlite" / "var" / "ticketbridge.db") as conn:
         stored_sqlite = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
