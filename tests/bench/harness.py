@@ -20,7 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
+
+from tests.integration.processes import DSN
 
 HERE = Path(__file__).parent
 POST_LUA = HERE / "wrk" / "post.lua"
@@ -146,3 +149,14 @@ def run_wrk(url: str, body: Body = FORM, seconds: float = 3, folder: Path | None
 def spread(values: list[float], fmt: str = ".0f") -> str:
     """The median of `values`, with their range: "1234 (1100-1300)"."""
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+async def pg_events(schema: str, drop: bool = False) -> int:
+    """The events stored in PostgreSQL schema `schema`; with `drop`, the schema is dropped after."""
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
+    try:
+        return int(await conn.fetchval("SELECT COUNT(*) FROM events"))
+    finally:
+        if drop:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()

@@ -10,13 +10,11 @@ far more per request.
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.bench.harness import HERE, cpu_seconds, free_port, needs_wrk, run_wrk, wait_port
+from tests.bench.harness import HERE, cpu_seconds, free_port, needs_wrk, run_wrk, spawn, stop, wait_port
 
 pytestmark = [pytest.mark.bench, needs_wrk]
 
@@ -29,9 +27,8 @@ SECONDS = 4
 def test_the_guard_costs_little_on_a_bare_handler() -> None:
     """Served through the connection guard, a bare handler spends at most 1.10x the CPU per request."""
     ports = {"plain": free_port(), "guarded": free_port()}
-    procs = {kind: subprocess.Popen([sys.executable, str(HERE / "bare_server.py"), str(port),
-                                     *(["guarded"] if kind == "guarded" else [])],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = {kind: spawn([str(HERE / "bare_server.py"), str(port), *(["guarded"] if kind == "guarded" else [])],
+                         HERE)
              for kind, port in ports.items()}
     rows = []
     try:
@@ -47,9 +44,7 @@ def test_the_guard_costs_little_on_a_bare_handler() -> None:
                 got[kind] = (result, (cpu_seconds(procs[kind].pid) - before) / result.requests * 1e6)
             rows.append((got["plain"], got["guarded"], got["guarded"][1] / got["plain"][1]))
     finally:
-        for proc in procs.values():
-            proc.terminate()
-            proc.wait(20)
+        stop(*procs.values())
     print(f"\nbare handler, plain runner vs connection guard, {SECONDS / 2:g}s rounds (requests/s; CPU µs/request)")
     for (p, p_us), (g, g_us), ratio in rows:
         print(f"  plain {p.rate:7.0f} {p_us:6.1f} µs   guarded {g.rate:7.0f} {g_us:6.1f} µs   "

@@ -12,12 +12,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.bench.harness import Body, Load, cpu_seconds, free_port, needs_wrk, run_wrk, wait_port
+from tests.bench.harness import Body, Load, cpu_seconds, free_port, needs_wrk, run_wrk, spawn, stop, wait_port
 
 pytestmark = pytest.mark.bench
 
@@ -57,9 +56,7 @@ def server(folder: Path, threaded: bool) -> tuple[subprocess.Popen[bytes], int]:
     (folder / "mappings").mkdir(parents=True)
     (folder / "bridge.yaml").write_text(CONFIG.replace("PORT", str(port)))
     (folder / "mappings" / "mail.yaml").write_text(MAPPING + (FOLLOW_UP if threaded else ""))
-    proc = subprocess.Popen([sys.executable, "-m", "bridge", "serve", "--no-workers", "-c", "bridge.yaml"],
-                            cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, port
+    return spawn(["-m", "bridge", "serve", "--no-workers", "-c", "bridge.yaml"], folder), port
 
 
 @needs_wrk
@@ -85,9 +82,7 @@ def test_intake_with_conversations_is_within_ten_percent_of_without(tmp_path: Pa
             assert o[0].errors == 0 and t[0].errors == 0
             rows.append((o, t, o[1] / t[1]))
     finally:
-        for proc in (off, on):
-            proc.terminate()
-            proc.wait(20)
+        stop(off, on)
     print("\nintake with conversations on vs off (requests/s, p50/p99 ms; server CPU us per request)")
     for (o, o_cpu), (t, t_cpu), ratio in rows:
         print(f"  off {o.rate:6.0f} ({o.p50_ms:.2f}/{o.p99_ms:.2f}) {o_cpu:5.0f}us   on {t.rate:6.0f} "

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import datetime
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.harness import CONNECTIONS, HERE, free_port, needs_wrk, run_wrk, wait_port
+from tests.bench.harness import CONNECTIONS, HERE, free_port, needs_wrk, run_wrk, spawn, stop, wait_port
 
 pytestmark = pytest.mark.bench
 
@@ -80,10 +78,6 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def spawn(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 @needs_wrk
 def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
     """Sustained accept-to-vendor rate is at least 0.25x a bare handler's, nothing is lost, and an idle
@@ -129,9 +123,7 @@ def test_end_to_end_rate_and_idle_latency(tmp_path: Path) -> None:
             time.sleep(0.1)
         elapsed = time.monotonic() - started
     finally:
-        for proc in (bridge, bare, vendor):
-            proc.terminate()
-            proc.wait(30)
+        stop(bridge, bare, vendor)
     delivered = unique - before
     e2e_rate = delivered / elapsed
     print(f"\nidle accept -> vendor latency over {len(latencies)} events: p50 {p50:.2f} ms, "
@@ -175,10 +167,7 @@ def test_memory_stays_bounded_under_a_large_backlog(tmp_path: Path) -> None:
             time.sleep(1)
         drain = time.monotonic() - started
     finally:
-        for proc in (bridge, vendor):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(30)
+        stop(bridge, vendor)
     warm = samples[1][1]
     peak = max(m for _, m in samples)
     at_10k = next(m for n, m in samples if n >= 10_000)

@@ -17,7 +17,6 @@ import io
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
+from tests.bench.harness import cpu_seconds, free_port, spawn, stop, wait_port
 from tests.fixtures.providers import FIXTURES, basic
 
 pytestmark = pytest.mark.bench
@@ -41,7 +41,6 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 SENDERS = 4  # hostile requests in flight at once
 NUMBERS = itertools.count()  # message numbers, unique across the module's runs against one server
 POLL_S = 0.005
-TICK_S = os.sysconf("SC_CLK_TCK") ** -1
 
 CONFIG = """
 server: {host: 127.0.0.1, port: PORT}
@@ -101,42 +100,18 @@ def cases() -> dict[str, Case]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     folder = tmp_path_factory.mktemp("hostile")
     port = free_port()
     (folder / "bridge.yaml").write_text(CONFIG.replace("PORT", str(port)))
     (folder / "mappings").mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "bridge", "serve", "--no-workers"], cwd=folder,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"server did not start (exit {proc.returncode})") from None
-            time.sleep(0.05)
+    proc = spawn(["-m", "bridge", "serve", "--no-workers"], folder)
     try:
+        wait_port(port, proc, timeout=20)
         yield proc, f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop(proc)
 
 
 @dataclass

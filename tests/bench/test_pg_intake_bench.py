@@ -13,14 +13,23 @@ import os
 import sqlite3
 import statistics
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.bench.harness import CONNECTIONS, Load, free_port, needs_wrk, run_wrk, wait_port
+from tests.bench.harness import (
+    CONNECTIONS,
+    Load,
+    free_port,
+    needs_wrk,
+    pg_events,
+    run_wrk,
+    spawn,
+    spread,
+    stop,
+    wait_port,
+)
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.bench
@@ -43,19 +52,6 @@ def write_config(folder: Path, port: int, store: str) -> Path:
     return cfg
 
 
-async def pg_events(schema: str) -> int:
-    conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
-    try:
-        return int(await conn.fetchval("SELECT COUNT(*) FROM events"))
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
-
-
-def spread(rates: list[float]) -> str:
-    return f"{statistics.median(rates):8.0f}  (min {min(rates):.0f}, max {max(rates):.0f})"
-
-
 @needs_wrk
 def test_postgresql_intake_against_sqlite(tmp_path: Path) -> None:
     """One process on PostgreSQL takes at least half the intake rate of one process on SQLite."""
@@ -68,8 +64,7 @@ def test_postgresql_intake_against_sqlite(tmp_path: Path) -> None:
     try:
         for name in ("sqlite", "postgresql"):
             cfg = write_config(tmp_path / name, ports[name], stores[name])
-            procs[name] = subprocess.Popen([sys.executable, "-m", "bridge", "serve", "-c", str(cfg), "--no-workers"],
-                                           cwd=tmp_path / name, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs[name] = spawn(["-m", "bridge", "serve", "-c", str(cfg), "--no-workers"], tmp_path / name)
         for name, proc in procs.items():
             wait_port(ports[name], proc)
         for name in procs:  # warm-up
@@ -83,10 +78,8 @@ def test_postgresql_intake_against_sqlite(tmp_path: Path) -> None:
                 answered[name] += got.requests
                 results[name].append(got)
     finally:
-        for proc in procs.values():
-            proc.terminate()
-            proc.wait(20)
-    stored_pg = asyncio.run(pg_events(schema))
+        stop(*procs.values())
+    stored_pg = asyncio.run(pg_events(schema, drop=True))
     with sqlite3.connect(tmp_path / "sqlite" / "var" / "ticketbridge.db") as conn:
         stored_sqlite = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bridge.store.sqlite import SqliteStore
-from tests.bench.harness import HERE, Load, free_port, needs_wrk, run_wrk, wait_port
-from tests.bench.test_delivery_bench import config, spawn
+from tests.bench.harness import HERE, Load, free_port, needs_wrk, run_wrk, spawn, stop, wait_port
+from tests.bench.test_delivery_bench import config
 
 pytestmark = pytest.mark.bench
 
@@ -70,9 +70,7 @@ def test_database_size_stays_flat_under_steady_load(tmp_path: Path) -> None:
             size, wal, counts = checkpointed_size(db)
             rows.append((time.monotonic() - started, accepted, size, wal, counts, got.rate, got.p99_ms))
     finally:
-        for proc in (bridge, vendor):
-            proc.terminate()
-            proc.wait(30)
+        stop(bridge, vendor)
     print(f"\nretention 5 s, sweep every 1 s, {ROUND_SECONDS:.0f} s rounds of closed-loop load "
           f"({STEADY_CONNECTIONS} connections), load average {os.getloadavg()[0]:.1f}:")
     print("   time  accepted   db size (MiB)  wal   events  unsettled  attempts  free pages  rate/s  p99 ms")
@@ -140,9 +138,7 @@ def _latency_rounds(tmp_path: Path, retention: str, rounds: int, db: Path) -> tu
                 results.append(run_wrk(f"http://127.0.0.1:{port}/hooks/website-contact", seconds=ROUND_SECONDS / 2))
             after = aged()
     finally:
-        for proc in (bridge, vendor):
-            proc.terminate()
-            proc.wait(30)
+        stop(bridge, vendor)
     return results, before, after
 
 

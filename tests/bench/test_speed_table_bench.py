@@ -48,6 +48,7 @@ from tests.bench.harness import (
     cpu_seconds,
     free_port,
     needs_wrk,
+    pg_events,
     run_wrk,
     spawn,
     spread,
@@ -156,16 +157,6 @@ def alternate(row: Row, base: Callable[[], Round], cand: Callable[[], Round]) ->
 def sqlite_events(folder: Path) -> int:
     with sqlite3.connect(folder / "var" / "bridge.db") as conn:
         return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-
-
-async def pg_events(schema: str, drop: bool = False) -> int:
-    conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
-    try:
-        return int(await conn.fetchval("SELECT COUNT(*) FROM events"))
-    finally:
-        if drop:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 def vendor_unique(port: int) -> int:
