@@ -31,7 +31,7 @@ from tests.fixtures.providers import (
 
 
 def handler(public_key: str | None = None) -> PostalHandler:
-    h: PostalHandler = build("postal", public_key=public_key or postal_public_key())
+    h: PostalHandler = build("postal", public_key=postal_public_key() if public_key is None else public_key)
     return h
 
 
@@ -98,6 +98,12 @@ def test_unreadable_public_key_is_a_config_error(value: str) -> None:
     """A public_key that is not an RSA key is refused when the config loads."""
     with pytest.raises(msgspec.ValidationError, match="public_key"):
         handler(value)
+
+
+def test_empty_public_key_says_to_set_it_from_the_environment() -> None:
+    """An empty public_key (an unset environment variable) is refused, naming the variable to set."""
+    with pytest.raises(msgspec.ValidationError, match=r"`public_key` is empty: .* \$\{POSTAL_PUBLIC_KEY\}"):
+        handler("")
 
 
 @pytest.mark.parametrize("data", [
