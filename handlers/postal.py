@@ -73,7 +73,7 @@ class PostalHandler(Handler):
                           else (SHA1_HEADER, hashes.SHA1()))  # noqa: S303 - Postal's documented scheme
         given = request.headers.get(header, "").strip()
         if not given:
-            raise Rejected(401, f"signature header {SHA1_HEADER} is missing", check="signature")
+            raise Rejected(401, f"signature header {header} is missing or empty", check="signature")
         try:
             if len(given) > MAX_SIGNATURE_CHARS:
                 raise ValueError

@@ -64,6 +64,16 @@ def test_sha256_signature_is_checked_when_sent() -> None:
     assert not passes(lambda: handler().verify(post(broken), body))
 
 
+@pytest.mark.parametrize("header", ["X-Postal-Signature", "X-Postal-Signature-256"])
+def test_empty_signature_header_is_named(header: str) -> None:
+    """An empty signature header is a 401 naming that header, the SHA-256 one when it is the one sent."""
+    body = compact(load("postal/raw.json"))
+    with pytest.raises(Rejected) as info:
+        handler().verify(post({header: " "}), body)
+    assert (info.value.status, info.value.check) == (401, "signature")
+    assert f"{header} is missing or empty" in str(info.value)
+
+
 @pytest.mark.parametrize("change", ["other_key", "other_body", "not_base64", "missing", "huge"])
 def test_forged_signature_is_401(change: str) -> None:
     """A signature by another key, over another body, unreadable, missing or oversized is refused."""
