@@ -34,7 +34,7 @@ from handlers.mail_message import (
     provider_remote_file,
     text,
 )
-from handlers.signing import require, same
+from handlers.signing import check_token, require
 
 log = structlog.get_logger("ticketbridge.handlers.brevo")
 
@@ -85,10 +85,7 @@ class BrevoHandler(Handler):
         where = f"header {self.brevo.token_header}" if self.brevo.token_header else "the URL's `token` parameter"
         given = (request.headers.get(self.brevo.token_header) if self.brevo.token_header
                  else request.query.get("token"))
-        if not given:
-            raise Rejected(401, f"no token in {where}", check="token")
-        if not same(token, given):
-            raise Rejected(401, f"the token in {where} is wrong", check="token")
+        check_token(token, given, where)
 
     def _data(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "brevo.data", lambda: decode_json_object(body))
