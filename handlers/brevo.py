@@ -21,7 +21,7 @@ from handlers.attachments import Attachment
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
 from handlers.cloudmailin import byte_count
 from handlers.email import Spam, spam_score
-from handlers.fetch import FetchFailed, Getter, TooLarge, http_get
+from handlers.fetch import FetchFailed, Getter, TooLarge, check_api_url, http_get
 from handlers.limits import MAX_ATTACHMENTS
 from handlers.mail_message import (
     Fields,
@@ -54,8 +54,7 @@ class BrevoOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
         super().__post_init__()
         if self.api_key is not None:
             require(self.api_key, "api_key", "BREVO_API_KEY")
-        if not self.api_url.startswith(("https://", "http://")):
-            raise ValueError(f"`api_url` {self.api_url!r} must be an http(s) URL, e.g. https://api.brevo.com/v3")
+        check_api_url(self.api_url, "https://api.brevo.com/v3")
         check_duration(self.fetch_timeout, ("fetch_timeout",))
         if self.token is not None:
             require(self.token, "token", "BREVO_WEBHOOK_TOKEN")
