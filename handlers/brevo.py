@@ -21,7 +21,7 @@ from handlers.attachments import Attachment
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
 from handlers.cloudmailin import byte_count
 from handlers.email import Spam, spam_score
-from handlers.fetch import FetchFailed, Getter, TooLarge, http_get
+from handlers.fetch import FetchFailed, Getter, TooLarge, check_api_url, http_get
 from handlers.limits import MAX_ATTACHMENTS
 from handlers.mail_message import (
     Fields,
@@ -34,7 +34,7 @@ from handlers.mail_message import (
     provider_remote_file,
     text,
 )
-from handlers.signing import require, same
+from handlers.signing import check_token, require
 
 log = structlog.get_logger("ticketbridge.handlers.brevo")
 
@@ -54,8 +54,7 @@ class BrevoOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
         super().__post_init__()
         if self.api_key is not None:
             require(self.api_key, "api_key", "BREVO_API_KEY")
-        if not self.api_url.startswith(("https://", "http://")):
-            raise ValueError(f"`api_url` {self.api_url!r} must be an http(s) URL, e.g. https://api.brevo.com/v3")
+        check_api_url(self.api_url, "https://api.brevo.com/v3")
         check_duration(self.fetch_timeout, ("fetch_timeout",))
         if self.token is not None:
             require(self.token, "token", "BREVO_WEBHOOK_TOKEN")
@@ -85,10 +84,7 @@ class BrevoHandler(Handler):
         where = f"header {self.brevo.token_header}" if self.brevo.token_header else "the URL's `token` parameter"
         given = (request.headers.get(self.brevo.token_header) if self.brevo.token_header
                  else request.query.get("token"))
-        if not given:
-            raise Rejected(401, f"no token in {where}", check="token")
-        if not same(token, given):
-            raise Rejected(401, f"the token in {where} is wrong", check="token")
+        check_token(token, given, where)
 
     def _data(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "brevo.data", lambda: decode_json_object(body))

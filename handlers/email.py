@@ -238,12 +238,8 @@ class OpaqueMessage(Message):
         return "application" if maintype == "message" else maintype
 
 
-class _OpaqueEmailMessage(EmailMessage):
-    __doc__ = OpaqueMessage.__doc__
-
-    def get_content_maintype(self) -> str:
-        maintype = super().get_content_maintype()
-        return "application" if maintype == "message" else maintype
+class _OpaqueEmailMessage(OpaqueMessage, EmailMessage):
+    """OpaqueMessage for the default policy's parse: its override comes first, before EmailMessage's."""
 
 
 def _raw_header(part: Message, name: str) -> str | None:

@@ -11,6 +11,12 @@ Getter = Callable[[str, dict[str, str], float, int], Awaitable[bytes]]
 """GET a URL with headers, a timeout in seconds and a cap on the body's bytes; raises FetchFailed."""
 
 
+def check_api_url(api_url: str, example: str) -> None:
+    """Refuse an `api_url` option that is not an http(s) URL, naming the provider's own as the example."""
+    if not api_url.startswith(("https://", "http://")):
+        raise ValueError(f"`api_url` {api_url!r} must be an http(s) URL, e.g. {example}")
+
+
 class FetchFailed(Exception):
     """The GET failed: no answer in time, a connection error, or a status other than 200."""
 

@@ -28,7 +28,7 @@ from handlers.mail_message import (
     without,
 )
 from handlers.signing import require, same
-from handlers.twilio import signature
+from handlers.twilio import check_public_url, form_params, signature, signed_url
 
 HEADER = "X-Mandrill-Signature"
 URLENCODED = "application/x-www-form-urlencoded"
@@ -42,8 +42,7 @@ class MandrillOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.webhook_key, "webhook_key", "MANDRILL_WEBHOOK_KEY")
-        if self.public_url is not None and not self.public_url.startswith(("https://", "http://")):
-            raise ValueError(f"`public_url` {self.public_url!r} must be the full URL Mandrill calls, https://…")
+        check_public_url(self.public_url, "Mandrill")
 
 
 class MandrillHandler(Handler):
@@ -62,15 +61,7 @@ class MandrillHandler(Handler):
         return web.Response(status=200) if request.method == "HEAD" else None
 
     def signed_url(self, request: web.Request) -> str:
-        if self.mandrill.public_url:
-            return self.mandrill.public_url
-        if self.server.public_url:
-            return self.server.public_url.rstrip("/") + request.path_qs
-        try:
-            return str(request.url)
-        except ValueError:  # yarl refuses the Host header
-            raise Rejected(400, "the Host header is not a host name; set public_url to the URL Mandrill calls",
-                           check="signature") from None
+        return signed_url(request, self.mandrill.public_url, self.server.public_url, "Mandrill")
 
     def _form(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "mandrill", lambda: parse_urlencoded(body, request.charset))
@@ -79,8 +70,7 @@ class MandrillHandler(Handler):
         given = request.headers.get(HEADER, "")
         if not given:
             raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
-        params = [(name, v) for name, value in self._form(request, body).items()
-                  for v in (value if isinstance(value, list) else [value])]
+        params = form_params(self._form(request, body))
         if not same(signature(self.mandrill.webhook_key, self.signed_url(request), params), given):
             raise Rejected(401, f"signature in {HEADER} does not match the URL and fields (is public_url the URL "
                                 "configured in Mandrill?)", check="signature")

@@ -23,6 +23,7 @@ from handlers.attachments import Attachment, decode_base64
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
 from handlers.email import Spam, spam_score
 from handlers.mail_message import Fields, mail_inbound, provider_file, raw_bytes, text, without
+from handlers.signing import require
 
 SHA1_HEADER = "X-Postal-Signature"
 SHA256_HEADER = "X-Postal-Signature-256"
@@ -52,9 +53,7 @@ class PostalOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.public_key:
-            raise ValueError("`public_key` is empty: set it from the environment, e.g. "
-                             "public_key: ${POSTAL_PUBLIC_KEY}")
+        require(self.public_key, "public_key", "POSTAL_PUBLIC_KEY")
         load_public_key(self.public_key)
 
 
@@ -74,7 +73,7 @@ class PostalHandler(Handler):
                           else (SHA1_HEADER, hashes.SHA1()))  # noqa: S303 - Postal's documented scheme
         given = request.headers.get(header, "").strip()
         if not given:
-            raise Rejected(401, f"signature header {SHA1_HEADER} is missing", check="signature")
+            raise Rejected(401, f"signature header {header} is missing or empty", check="signature")
         try:
             if len(given) > MAX_SIGNATURE_CHARS:
                 raise ValueError

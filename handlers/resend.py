@@ -22,7 +22,7 @@ from handlers.attachments import Attachment
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
 from handlers.cloudmailin import byte_count
 from handlers.email import Headers
-from handlers.fetch import FetchFailed, Getter, TooLarge, http_get
+from handlers.fetch import FetchFailed, Getter, TooLarge, check_api_url, http_get
 from handlers.limits import MAX_ATTACHMENTS
 from handlers.mail_message import (
     Fields,
@@ -48,8 +48,7 @@ class ResendOptions(StandardWebhooksOptions, kw_only=True, forbid_unknown_fields
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.api_key, "api_key", "RESEND_API_KEY")
-        if not self.api_url.startswith(("https://", "http://")):
-            raise ValueError(f"`api_url` {self.api_url!r} must be an http(s) URL, e.g. https://api.resend.com")
+        check_api_url(self.api_url, "https://api.resend.com")
         check_duration(self.fetch_timeout, ("fetch_timeout",))
 
 

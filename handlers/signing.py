@@ -71,3 +71,12 @@ def same(expected: str | bytes, given: str) -> bool:
     """Constant-time equality of an expected signature and the text a client sent (never raises)."""
     want = expected.encode() if isinstance(expected, str) else expected
     return hmac.compare_digest(want, given.strip().encode("utf-8", "replace"))
+
+
+def check_token(expected: str, given: str | None, where: str) -> None:
+    """Rejected(401, check "token") unless `given`, read from `where` (`header X-Token`), is the shared secret
+    `expected`: no token there, or the wrong one, each said apart. Compared in constant time."""
+    if not given:
+        raise Rejected(401, f"no token in {where}", check="token")
+    if not same(expected, given):
+        raise Rejected(401, f"the token in {where} is wrong", check="token")

@@ -16,7 +16,7 @@ from handlers.attachments import decode_base64
 from handlers.base import Handler, Inbound, Intercepted, decode_json, items, not_a_message, obj, per_request
 from handlers.email import Headers
 from handlers.mail_message import Fields, check_batch, mail_inbound, raw_bytes, text, without
-from handlers.signing import require, same
+from handlers.signing import check_token, require
 
 HEADER = "X-MessageSystems-Webhook-Token"
 
@@ -42,11 +42,7 @@ class SparkpostHandler(Handler):
         token = self.options.auth_token
         if token is None:
             return
-        given = request.headers.get(HEADER)
-        if not given:
-            raise Rejected(401, f"header {HEADER} is missing", check="token")
-        if not same(token, given):
-            raise Rejected(401, f"the token in {HEADER} is wrong", check="token")
+        check_token(token, request.headers.get(HEADER), f"header {HEADER}")
 
     def _relays(self, request: web.Request, body: bytes) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:

@@ -31,8 +31,32 @@ class TwilioOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.auth_token, "auth_token", "TWILIO_AUTH_TOKEN")
-        if self.public_url is not None and not self.public_url.startswith(("https://", "http://")):
-            raise ValueError(f"`public_url` {self.public_url!r} must be the full URL Twilio calls, https://…")
+        check_public_url(self.public_url, "Twilio")
+
+
+def check_public_url(public_url: str | None, vendor: str) -> None:
+    """Refuse a `public_url` option that is not a full http(s) URL: the signature covers the whole URL."""
+    if public_url is not None and not public_url.startswith(("https://", "http://")):
+        raise ValueError(f"`public_url` {public_url!r} must be the full URL {vendor} calls, https://…")
+
+
+def signed_url(request: web.Request, public_url: str | None, server_public_url: str | None, vendor: str) -> str:
+    """The URL the vendor signed: the source's `public_url`, else server.public_url + the path, else the
+    request's own URL (Rejected(400) when its Host header is not a host name)."""
+    if public_url:
+        return public_url
+    if server_public_url:
+        return server_public_url.rstrip("/") + request.path_qs
+    try:
+        return str(request.url)
+    except ValueError:  # yarl refuses the Host header: a port past 65535, a label IDNA cannot encode
+        raise Rejected(400, f"the Host header is not a host name; set public_url to the URL {vendor} calls",
+                       check="signature") from None
+
+
+def form_params(form: dict[str, Any]) -> list[tuple[str, str]]:
+    """A parsed form's (name, value) pairs, a repeated name's values each a pair, as the signature takes them."""
+    return [(name, v) for name, value in form.items() for v in (value if isinstance(value, list) else [value])]
 
 
 def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> bytes:
@@ -83,23 +107,14 @@ class TwilioHandler(Handler):
         return self.options
 
     def signed_url(self, request: web.Request) -> str:
-        if self.twilio.public_url:
-            return self.twilio.public_url
-        if self.server.public_url:
-            return self.server.public_url.rstrip("/") + request.path_qs
-        try:
-            return str(request.url)
-        except ValueError:  # yarl refuses the Host header: a port past 65535, a label IDNA cannot encode
-            raise Rejected(400, "the Host header is not a host name; set public_url to the URL Twilio calls",
-                           check="signature") from None
+        return signed_url(request, self.twilio.public_url, self.server.public_url, "Twilio")
 
     def verify(self, request: web.Request, body: bytes) -> None:
         given = request.headers.get(HEADER, "")
         if not given:
             raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
         # The parameters signed are the form `parse` reads: one parser, run once per request.
-        params = [(name, v) for name, value in self._form(request, body).items()
-                  for v in (value if isinstance(value, list) else [value])]
+        params = form_params(self._form(request, body))
         ok = False
         for url in url_variants(self.signed_url(request)):
             ok |= same(signature(self.twilio.auth_token, url, params), given)

@@ -150,3 +150,10 @@ def test_a_transactional_event_at_the_inbound_url_is_not_a_message() -> None:
     answer = asyncio.run(build("brevo").intercept(post(JSON), compact(event)))
     assert isinstance(answer, Intercepted)
     assert (answer.code, answer.response.status) == ("not_a_message:event", 200)
+
+
+def test_api_url_that_is_not_http_is_refused() -> None:
+    """An `api_url` without http(s):// is a config error showing Brevo's own URL as the example."""
+    with pytest.raises(msgspec.ValidationError, match=r"`api_url` 'api\.brevo\.com/v3' must be an http\(s\) URL, "
+                                                      r"e\.g\. https://api\.brevo\.com/v3"):
+        build("brevo", api_key="xkeysib-123", api_url="api.brevo.com/v3")

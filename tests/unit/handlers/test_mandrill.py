@@ -6,12 +6,13 @@ import asyncio
 import copy
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from bridge.errors import Rejected
 from handlers.base import Intercepted
-from handlers.mandrill import MandrillHandler
+from handlers.mandrill import MandrillHandler, MandrillOptions
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     ENVELOPE,
@@ -121,3 +122,24 @@ def test_head_request_is_answered_200() -> None:
     head = asyncio.run(h.handshake(make_mocked_request("HEAD", "/hooks/mandrill")))
     assert head is not None and head.status == 200
     assert asyncio.run(h.handshake(make_mocked_request("GET", "/hooks/mandrill"))) is None
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ({}, "missing required field `webhook_key`"),
+    ({"webhook_key": ""}, "`webhook_key` is empty"),
+    ({"webhook_key": "k", "public_url": "bridge.example.com/hooks/mandrill"}, "full URL Mandrill calls"),
+])
+def test_invalid_options(options: dict[str, str], reason: str) -> None:
+    """The webhook key is required and public_url must be a full URL."""
+    with pytest.raises(msgspec.ValidationError, match=reason):
+        msgspec.convert({"kind": "mandrill", **options}, MandrillOptions)
+
+
+def test_host_header_that_makes_no_url_is_400() -> None:
+    """Without public_url the signed URL comes from the request; a Host header yarl cannot make a URL of is a
+    400 saying to set public_url to the URL Mandrill calls, not a crash."""
+    body, headers = mandrill_request(KEY, URL)
+    with pytest.raises(Rejected) as info:
+        build("mandrill", webhook_key=KEY).verify(post({**headers, "Host": "bridge.example.com:99999"}), body)
+    assert info.value.status == 400
+    assert "URL Mandrill calls" in str(info.value)

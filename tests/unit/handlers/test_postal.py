@@ -31,7 +31,7 @@ from tests.fixtures.providers import (
 
 
 def handler(public_key: str | None = None) -> PostalHandler:
-    h: PostalHandler = build("postal", public_key=public_key or postal_public_key())
+    h: PostalHandler = build("postal", public_key=postal_public_key() if public_key is None else public_key)
     return h
 
 
@@ -62,6 +62,16 @@ def test_sha256_signature_is_checked_when_sent() -> None:
     assert passes(lambda: handler().verify(post(headers), body))
     broken = {**headers, "X-Postal-Signature-256": headers["X-Postal-Signature"]}
     assert not passes(lambda: handler().verify(post(broken), body))
+
+
+@pytest.mark.parametrize("header", ["X-Postal-Signature", "X-Postal-Signature-256"])
+def test_empty_signature_header_is_named(header: str) -> None:
+    """An empty signature header is a 401 naming that header, the SHA-256 one when it is the one sent."""
+    body = compact(load("postal/raw.json"))
+    with pytest.raises(Rejected) as info:
+        handler().verify(post({header: " "}), body)
+    assert (info.value.status, info.value.check) == (401, "signature")
+    assert f"{header} is missing or empty" in str(info.value)
 
 
 @pytest.mark.parametrize("change", ["other_key", "other_body", "not_base64", "missing", "huge"])
@@ -98,6 +108,12 @@ def test_unreadable_public_key_is_a_config_error(value: str) -> None:
     """A public_key that is not an RSA key is refused when the config loads."""
     with pytest.raises(msgspec.ValidationError, match="public_key"):
         handler(value)
+
+
+def test_empty_public_key_says_to_set_it_from_the_environment() -> None:
+    """An empty public_key (an unset environment variable) is refused, naming the variable to set."""
+    with pytest.raises(msgspec.ValidationError, match=r"`public_key` is empty: .* \$\{POSTAL_PUBLIC_KEY\}"):
+        handler("")
 
 
 @pytest.mark.parametrize("data", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 
 from bridge.errors import Rejected
@@ -137,3 +138,10 @@ def test_the_signed_download_url_is_not_kept() -> None:
     _answer, [inbound] = run(h)
     assert "raw" not in inbound.payload["provider"]["email"]
     assert "signature=" not in str(inbound.payload)
+
+
+def test_api_url_that_is_not_http_is_refused() -> None:
+    """An `api_url` without http(s):// is a config error showing Resend's own URL as the example."""
+    with pytest.raises(msgspec.ValidationError, match=r"`api_url` 'api\.resend\.com' must be an http\(s\) URL, "
+                                                      r"e\.g\. https://api\.resend\.com"):
+        build("resend", secret=SECRET, api_key="re_123", api_url="api.resend.com")

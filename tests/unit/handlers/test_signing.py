@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from bridge.errors import Rejected
-from handlers.signing import TimedOptions, check_timestamp, require, same
+from handlers.signing import TimedOptions, check_timestamp, check_token, require, same
 
 NOW = 1_700_000_000.0
 
@@ -83,3 +83,20 @@ def test_timestamp_of_too_many_digits_is_refused_unread(digits: int) -> None:
         check_timestamp("9" * digits, NOW, 300, header="X-Ts", unit="ms")
     assert (info.value.status, info.value.check) == (401, "timestamp")
     assert f"is {digits} digits long" in str(info.value)
+
+
+@pytest.mark.parametrize(("given", "reason"), [
+    (None, "no token in header X-Token"),
+    ("", "no token in header X-Token"),
+    ("guess", "the token in header X-Token is wrong"),
+])
+def test_check_token_refuses_a_missing_or_wrong_token_saying_which(given: str | None, reason: str) -> None:
+    """A shared-secret token that is absent or wrong is a 401 (check `token`) naming where it was looked for."""
+    with pytest.raises(Rejected) as info:
+        check_token("tok", given, "header X-Token")
+    assert (info.value.status, info.value.check, str(info.value)) == (401, "token", reason)
+
+
+def test_check_token_passes_the_token() -> None:
+    """The expected token passes, surrounding blanks aside as `same` takes them."""
+    check_token("tok", " tok ", "header X-Token")
