@@ -11,9 +11,8 @@ A mapping may compute the key itself (`conversation:`), which takes precedence.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_REOPEN_AFTER_S = 7 * 24 * 3600.0
 TICKET_TOKEN = re.compile(r"\[#(\d{1,32})\]")
@@ -21,9 +20,9 @@ TICKET_TOKEN = re.compile(r"\[#(\d{1,32})\]")
 MAX_KEY_CHARS = 512
 
 
-@dataclass(frozen=True)
-class ConversationKey:
-    """An event's conversation: `key` (stable across providers), and the vendor ticket it names, if any."""
+class ConversationKey(NamedTuple):
+    """An event's conversation: `key` (stable across providers), and the vendor ticket it names, if any. A tuple:
+    one is made for every message of a threaded mapping, at intake."""
 
     key: str
     ticket_id: str | None = None
@@ -40,7 +39,7 @@ def normalise_message_id(value: str) -> str:
 def email_key(payload: dict[str, Any]) -> ConversationKey | None:
     """The key of an email-shaped payload (handlers/email.py), or None when it names no message at all."""
     subject = payload.get("subject")
-    if isinstance(subject, str) and (token := TICKET_TOKEN.search(subject)) is not None:
+    if isinstance(subject, str) and "[#" in subject and (token := TICKET_TOKEN.search(subject)) is not None:
         return ConversationKey(f"ticket:{token.group(1)}", ticket_id=token.group(1))
     refs = payload.get("references")
     root: Any = refs[0] if isinstance(refs, list) and refs else None
@@ -72,7 +71,7 @@ def channel_key(channel: str, payload: dict[str, Any]) -> ConversationKey | None
         return email_key(payload)
     if channel == "chat" or payload.get("conversation_id"):
         return chat_key(payload)
-    if any(payload.get(k) for k in EMAIL_KEYS):
+    if payload.get("message_id") or payload.get("in_reply_to") or payload.get("references"):  # EMAIL_KEYS
         return email_key(payload)
     return None
 

@@ -918,8 +918,15 @@ def _sweep_nonces(conn: sqlite3.Connection, now: int) -> None:
 
 
 def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> None:
-    """Count the message in its conversation (one upsert): the first message opens it, and a message after
-    the quiet period (`reopen_after`) starts it anew, without a ticket, so that it becomes a create."""
+    """Count the message in its conversation: the first message opens it, and a message after the quiet period
+    (`reopen_after`) starts it anew, without a ticket, so that it becomes a create. The usual case, a message
+    within the period of an open conversation, is one plain UPDATE by key; only when that finds no row to count
+    in does the upsert that opens or restarts the conversation run."""
+    counted = conn.execute(
+        "UPDATE conversations SET messages = messages + 1, last_message_at = max(last_message_at, ?1) "
+        "WHERE id = ?2 AND ?1 - last_message_at <= ?3", (now, d.conversation, d.reopen_after_ms)).rowcount
+    if counted:
+        return
     conn.execute(
         "INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
         "ticket_at) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END) "
