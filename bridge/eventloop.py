@@ -38,8 +38,9 @@ def choose(setting: str) -> tuple[LoopName, LoopFactory | None]:
 
 def run(main: Callable[[], Coroutine[Any, Any, T]], setting: str) -> T:
     """Run the coroutine `main()` to completion on the loop `setting` names, as asyncio.run does. (A function,
-    not a coroutine: when the loop cannot be had, no coroutine is made to be left unawaited.)"""
-    _name, factory = choose(setting)
+    not a coroutine: when the loop cannot be had, no coroutine is made to be left unawaited.) Which loop that
+    is, `main` tells with `running_loop_name()` (the server's start log: `event_loop`, beside the setting)."""
+    factory = choose(setting)[1]
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main())
 

@@ -234,6 +234,11 @@ def run_mark_succeeded(args: argparse.Namespace) -> int:
         except NotFound as exc:
             print(str(exc), file=sys.stderr)
             return 1
+        except RemoteError as exc:
+            if exc.status != 409:  # not a refusal for the delivery's state: the server could not be asked (2)
+                raise
+            print(str(exc), file=sys.stderr)  # refused for its state: exit 1, as when run on the store
+            return 1
         print(f"{args.id}: marked succeeded with ticket {args.ticket_id}")
         return 0
 

@@ -25,7 +25,12 @@ class DeliveryReader(Protocol):
 
 
 class RemoteError(Exception):
-    """The server refused or could not be reached; the message says which and why."""
+    """The server refused or could not be reached; the message says which and why. `status`: the server's
+    answer (None when none came)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def token_from_env() -> str:
@@ -59,7 +64,7 @@ class AdminClient:
             message = raw[:200].decode("utf-8", "replace")
         if status == 404 and path.startswith("/admin/api/deliveries/"):
             raise NotFound(message)
-        raise RemoteError(f"{self.url} answered {status}: {message}")
+        raise RemoteError(f"{self.url} answered {status}: {message}", status)
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
         params = {k: str(v) for k, v in (("status", flt.status), ("destination", flt.destination),

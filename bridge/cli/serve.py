@@ -75,7 +75,8 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
         gc.set_threshold(20_000, 20, 20)
         log.info("server.started", url=url, sources=sorted(rt.sources), mappings=sorted(rt.mappings.mappings),
                  mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators),
-                 max_connections=limits.max_connections, nofile_limit=nofile, event_loop=running_loop_name())
+                 max_connections=limits.max_connections, nofile_limit=nofile, event_loop=running_loop_name(),
+                 event_loop_setting=config.server.event_loop)
         await stop.wait()
         log.info("server.stopping")
     finally:

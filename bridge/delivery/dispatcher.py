@@ -41,7 +41,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import TRANSPORT_ERRORS, Sent, read_bounded, send_once
+from bridge.delivery.sender import LOOKUP_ERRORS, Sent, lookup_failure, read_bounded, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
@@ -50,9 +50,7 @@ from bridge.vendors.base import (
     Call,
     CannotReconcile,
     Outcome,
-    VendorAuthFailed,
     VendorRequest,
-    VendorUnavailable,
 )
 from bridge.vendors.credentials import authorized
 from bridge.vendors.registry import adapter_class
@@ -359,11 +357,9 @@ class Lane:
                 lambda call: adapter.find(item.action, item.body, item.in_doubt_since_ms or 0, call))
         except CannotReconcile as exc:
             return Outcome(classification="held", error=f"{HELD} ({exc})"), False
-        except VendorAuthFailed as exc:
-            return Outcome(classification="auth", error=f"not sent: reconciliation: {exc}"), False
-        except (VendorUnavailable, *TRANSPORT_ERRORS) as exc:
-            return Outcome(classification="retry", error=f"not sent: reconciliation could not look the ticket up: "
-                                                         f"{type(exc).__name__}: {exc}"), False
+        except LOOKUP_ERRORS as exc:
+            return lookup_failure(exc, refused="reconciliation: ",
+                                  failed="reconciliation could not look the ticket up: "), False
         if found is None:
             blog.info("delivery.reconcile_not_found", in_doubt_since_ms=item.in_doubt_since_ms,
                       note="the vendor holds no ticket from the earlier send: sending it now")
@@ -403,11 +399,8 @@ class Lane:
             return None
         try:
             exists = await self._looking_up(lambda call: self.dest.adapter.ticket_exists(str(ticket_id), call))
-        except VendorAuthFailed as exc:
-            return Outcome(classification="auth", error=f"not sent: {exc}")
-        except (VendorUnavailable, *TRANSPORT_ERRORS) as exc:
-            return Outcome(classification="retry", error=f"not sent: the ticket check failed: "
-                                                         f"{type(exc).__name__}: {exc}")
+        except LOOKUP_ERRORS as exc:
+            return lookup_failure(exc, failed="the ticket check failed: ")
         if exists is False:
             return Outcome(classification="permanent", error=f"not sent: ticket {ticket_id} no longer exists at "
                                                              "the vendor (a look-up by its id found nothing)")

@@ -90,7 +90,8 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 Answer = tuple[int | None, str | None, dict[str, str] | None, Outcome]
 """An exchange's status, excerpt and headers (None when no answer came), and its outcome."""
-CREDENTIAL_ERRORS = (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS)
+LOOKUP_ERRORS = (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS)
+"""What getting credentials or looking something up for a delivery can fail with (`lookup_failure`: what each means)."""
 
 
 async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
@@ -123,7 +124,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     try:
         status, excerpt, headers, outcome = await authorized(session, adapter.credentials, attempt,
                                                              lambda a: a[3].classification == "auth")
-    except (MappingError, *CREDENTIAL_ERRORS) as exc:
+    except (MappingError, *LOOKUP_ERRORS) as exc:
         duration = (time.perf_counter() - t0) * 1000
         if not answered:
             return Sent(_not_sent(exc), started_ms, 0.0 if isinstance(exc, MappingError) else duration, None, None)
@@ -140,16 +141,26 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
                 exchange(request.method, request.url, request.headers, request.body, headers))
 
 
+def lookup_failure(exc: BaseException, *, failed: str, refused: str = "", name_unavailable: bool = True) -> Outcome:
+    """The outcome of a delivery not sent because a look-up made for it failed (one made while its request is
+    prepared, a follow-up's ticket check, a reconciliation): `auth` when the vendor refused the credentials,
+    else `retry` (the vendor or the network failing in passing: `VendorUnavailable` or a transport error).
+    The error says it was not sent; `refused` (auth) or `failed` (retry) names the look-up, and a retry's names
+    the exception's type, unless `name_unavailable` is false and it is a VendorUnavailable (whose message
+    names its look-up already)."""
+    if isinstance(exc, VendorAuthFailed):
+        return Outcome(classification="auth", error=f"not sent: {refused}{exc}")
+    if isinstance(exc, VendorUnavailable) and not name_unavailable:
+        return Outcome(classification="retry", error=f"not sent: {exc}")
+    return Outcome(classification="retry", error=f"not sent: {failed}{type(exc).__name__}: {exc}")
+
+
 def _not_sent(exc: BaseException) -> Outcome:
     """The outcome of an attempt that failed before its request went out: a mapping the vendor cannot take
-    (permanent), refused credentials (auth), or a vendor or look-up failing in passing (retry)."""
+    (permanent), else a look-up's failure (`lookup_failure`: refused credentials, or failing in passing)."""
     if isinstance(exc, MappingError):
         return Outcome(classification="permanent", error=f"not sent: {exc}")
-    if isinstance(exc, VendorAuthFailed):
-        return Outcome(classification="auth", error=f"not sent: {exc}")
-    if isinstance(exc, VendorUnavailable):
-        return Outcome(classification="retry", error=f"not sent: {exc}")
-    return Outcome(classification="retry", error=f"not sent: a look-up failed: {type(exc).__name__}: {exc}")
+    return lookup_failure(exc, failed="a look-up failed: ", name_unavailable=False)
 
 
 async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: str, request: VendorRequest,

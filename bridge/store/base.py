@@ -318,8 +318,9 @@ class Store(ABC):
     @abstractmethod
     async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
         """An operator's word that a delivery not in flight reached the vendor (`attempt.ticket_id`): it becomes
-        succeeded, no longer in doubt, with `attempt` recorded (and its conversation given the ticket when it is
-        the create). False when it is in flight or succeeded already; raises NotFound."""
+        succeeded, no longer in doubt, with `attempt` recorded (and, when it is the create, its conversation given
+        the ticket and its destination announced to `subscribe`'s callbacks). False when it is in flight or
+        succeeded already; raises NotFound."""
 
     async def take_back(self, instance: str, gone: Callable[[str], bool]) -> int:
         """Give back, due now, the deliveries in flight under an earlier process of this `instance` (a lease
@@ -365,8 +366,9 @@ class Store(ABC):
         return None
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
-        """Call `callback(destination)` when another process adds work for `destination` ("*": perhaps any).
-        A store that serves one process needs nothing here: intake wakes the lanes itself."""
+        """Call `callback(destination)` when work for `destination` may now go ("*": perhaps any): added by
+        another process (a store that serves one needs nothing for that: intake wakes the lanes itself); and,
+        on every store, once `mark_succeeded` has given a conversation its ticket (its next message may go)."""
 
     def problem(self) -> StoreProblem | None:
         """What keeps the store from committing, as last seen; None while its commits succeed."""

@@ -73,6 +73,7 @@ class MemoryStore(Store):
         self.unmatched: set[str] = set()  # ids of events that made no delivery
         self._coordination = LocalCoordination()
         self.audit: dict[str, AuditEntry] = {}
+        self._subscribers: list[Callable[[str], None]] = []
 
     def coordination(self) -> LocalCoordination:
         """One set of gates for every dispatcher on this store, as a shared store keeps them."""
@@ -333,7 +334,13 @@ class MemoryStore(Store):
         if c is not None and d.row.role != "follow_up" and c.ticket_id is None:
             self.conversations[c.id] = msgspec.structs.replace(
                 c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_uuid=r.ticket_uuid, ticket_at_ms=self.clock())
+        if c is not None and d.row.role != "follow_up":  # the conversation's next message may now go
+            for callback in self._subscribers:
+                callback(d.row.destination)
         return True
+
+    async def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._subscribers.append(callback)
 
     async def counts(self) -> dict[str, dict[str, int]]:
         self._check_open()

@@ -211,8 +211,10 @@ class PgGate(Gate):
                                       "WHERE destination = $1", self.destination)
             used = None
             if self.rate is not None:
-                used = await conn.fetchval("SELECT COUNT(*) FROM send_slots WHERE destination = $1 AND at_ms > $2",
-                                           self.destination, now - int(self.rate.per_seconds * 1000))
+                # the slots taken within the window up to now; one dated later is not used yet
+                used = await conn.fetchval("SELECT COUNT(*) FROM send_slots WHERE destination = $1 AND at_ms > $2 "
+                                           "AND at_ms <= $3", self.destination,
+                                           now - int(self.rate.per_seconds * 1000), now)
             if row is None:
                 return GateView(breaker="closed", breaker_reopens_at_s=None, held_until_s=None, rate_used=used)
             state, open_until, held_until = row

@@ -133,6 +133,7 @@ class SqliteStore(Store):
         self._failing: str | None = None
         self._gone = asyncio.Event()
         self._gone_reason = ""
+        self._subscribers: list[Callable[[str], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -742,8 +743,12 @@ class SqliteStore(Store):
         moved: list[str] = await self._write(op)
         return moved
 
+    async def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._subscribers.append(callback)
+
     async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
         r = attempt
+        woken: list[str] = []  # the destination whose conversation's next message may now go
 
         def op(conn: sqlite3.Connection) -> bool:
             now = now_ms()
@@ -751,13 +756,13 @@ class SqliteStore(Store):
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = ?, last_error = ?, "
                 "ticket_id = ?, ticket_key = COALESCE(?, ticket_key), ticket_uuid = COALESCE(?, ticket_uuid), "
                 "in_doubt_since = NULL WHERE id = ? AND status IN ('pending', 'dead') "
-                "RETURNING attempts, conversation, role",
+                "RETURNING attempts, conversation, role, destination",
                 (now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)).fetchone()
             if row is None:
                 if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() is None:
                     raise NotFound(f"no delivery {delivery_id!r}")
                 return False
-            n, conversation, role = row
+            n, conversation, role, destination = row
             conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
                          "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (delivery_id, n, r.started_at_ms, 0.0, None, None, r.classification, r.error, None))
@@ -765,9 +770,13 @@ class SqliteStore(Store):
                 conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_uuid = ?, ticket_at = ? "
                              "WHERE id = ? AND ticket_id IS NULL",
                              (r.ticket_id, r.ticket_key, r.ticket_uuid, now, conversation))
+                woken.append(destination)
             return True
 
         done: bool = await self._write(op)
+        for destination in woken:  # committed: wake its lane, as PostgreSQL's NOTIFY does
+            for callback in self._subscribers:
+                callback(destination)
         return done
 
     async def counts(self) -> dict[str, dict[str, int]]:

@@ -86,13 +86,13 @@ def test_a_missing_token_is_named(server: str, capsys: pytest.CaptureFixture[str
 
 def test_mark_succeeded_goes_through_the_server(server: str, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """`deliveries mark-succeeded --url` asks the server: one already sent gets the server's 409 and why, an
-    unknown id its 404, and a read token its 403."""
+    """`deliveries mark-succeeded --url` asks the server: one already sent gets the server's 409 and why (exit 1,
+    as when run on the store), an unknown id its 404 (1), and a read token its 403 (2: it could not run)."""
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
     assert main(["deliveries", "list", "--url", server, "--json"]) == 0
     first = rows(capsys.readouterr().out)[0].split('"id":"')[1].split('"')[0]
     settled(server, first)
-    assert main(["deliveries", "mark-succeeded", "--url", server, first, "--ticket-id", "T-1"]) == 2
+    assert main(["deliveries", "mark-succeeded", "--url", server, first, "--ticket-id", "T-1"]) == 1
     err = capsys.readouterr().err
     assert "answered 409" in err and f"delivery {first} cannot be marked succeeded: it is succeeded" in err
     assert main(["deliveries", "mark-succeeded", "--url", server, "dlv_nope", "--ticket-id", "T-1"]) == 1

@@ -1130,3 +1130,17 @@ class StoreContract:
         assert await store.mark_succeeded(d.id, marked) is False
         with pytest.raises(NotFound):
             await store.mark_succeeded("dlv_none", msgspec.structs.replace(marked, delivery_id="dlv_none"))
+
+    async def test_mark_succeeded_announces_the_conversations_destination(self, store: Store) -> None:
+        """Marking a conversation's create succeeded tells the subscribers its destination (its lane wakes, and the
+        conversation's next message goes), on every store; marking a delivery outside a conversation does not."""
+        d, alone = make_delivery(conversation="m|k", conversation_key="k"), make_delivery()
+        await accept_one(store, d, make_delivery(conversation="m|k", conversation_key="k"))
+        await accept_one(store, alone)
+        heard: list[str] = []
+        await store.subscribe(heard.append)  # after the accepts: a shared store announces new work too
+        for delivery_id in (alone.id, d.id):
+            marked = result(delivery_id, "succeeded", http_status=None, classification="marked", ticket_id="T-1")
+            assert await store.mark_succeeded(delivery_id, marked) is True
+        await eventually(lambda: "kapture-support" in heard)
+        assert heard == ["kapture-support"]

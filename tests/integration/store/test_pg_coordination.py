@@ -155,3 +155,19 @@ async def test_the_view_counts_every_process_sends_and_dates_the_breaker_at_the_
     assert view.breaker == "open"
     assert view.breaker_reopens_at_s is not None and abs(view.breaker_reopens_at_s - (time.time() + 30)) < 2
     assert (await ga.view()).breaker_reopens_at_s == view.breaker_reopens_at_s
+
+
+async def test_the_view_counts_the_slots_taken_in_the_window_not_those_dated_later(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Rate-limit use is what the current window holds: a slot dated past the database's now (reserved ahead)
+    is not counted as used, nor one older than the window."""
+    ga, gb = gates(two, RateLimit(requests=25, per_seconds=60))
+    assert (await ga.admit(2)).granted == 2
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": two[0].schema or "public"})
+    try:
+        now = await conn.fetchval("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+        await conn.executemany("INSERT INTO send_slots (destination, at_ms) VALUES ('lsq', $1)",
+                               [(now + 30_000,), (now + 5_000,), (now - 61_000,)])
+    finally:
+        await conn.close()
+    assert (await gb.view()).rate_used == 2

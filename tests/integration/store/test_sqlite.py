@@ -9,13 +9,15 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
+from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
-from bridge.store.base import DeliveryFilter
+from bridge.store.base import ClaimBatch, DeliveryFilter
 from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from tests.conftest import eventually
@@ -30,6 +32,7 @@ from tests.integration.store.contract import (
     result,
     row,
 )
+from tests.unit.bridge.delivery.test_dispatcher import destination, mock_vendor, requests_to, running
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -410,3 +413,41 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
         for query in queries:
             plan = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
             assert "USING INDEX deliveries_open_conversation" in plan, plan
+
+
+async def test_marking_an_in_doubt_create_succeeded_sends_the_waiting_follow_up_at_once(store: SqliteStore) -> None:
+    """A create in doubt, due again only much later, holds its conversation's next message back; marked succeeded
+    by an operator, its lane is woken (as the server subscribes it) and the follow-up goes with the ticket given,
+    without waiting for the create's due time or the poll."""
+    create = make_delivery(destination="kapture", conversation="m|k", conversation_key="k")
+    follow = make_delivery(destination="kapture", conversation="m|k", conversation_key="k")
+    await accept_one(store, create)
+    await accept_one(store, follow)
+    await store.claim("kapture", 1, "w", 30)
+    await store.record(result(create.id, "pending", http_status=None, classification="unknown",
+                              next_attempt_at_ms=now_ms() + 3_600_000))
+    assert (await row(store, follow.id)).waiting is True
+    empty_claims: list[int | None] = []  # the lane found nothing due: asleep until the create's due time
+    claim = store.claim
+
+    async def claiming(*args: Any) -> ClaimBatch:
+        batch = await claim(*args)
+        if not batch.items:
+            empty_claims.append(batch.next_due_ms)
+        return batch
+
+    store.claim = claiming  # type: ignore[method-assign]
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()) as dispatcher:  # type: ignore[arg-type]
+            await store.subscribe(lambda name: dispatcher.notify(set(dispatcher.lanes) if name == "*" else {name}))
+            await eventually(lambda: bool(empty_claims))
+            assert (empty_claims[0] or 0) > now_ms() + 3_000_000  # its next wake-up: the create's due time
+            assert await mark_succeeded(store, create.id, "T-1", ticket_key=None, by="ops") is None
+            await eventually(lambda: _status(store, follow.id), timeout=5.0)
+        assert requests_to(m) == 1
+    assert (await row(store, follow.id)).ticket_id == "T-1"
+
+
+async def _status(store: SqliteStore, delivery_id: str) -> bool:
+    return (await row(store, delivery_id)).status == "succeeded"

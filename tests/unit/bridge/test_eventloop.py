@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from bridge.cli.serve import serve
 from bridge.config import ServerConfig
 from bridge.eventloop import LoopUnavailable, choose, run, running_loop_name
+from tests.conftest import ConfigFactory, eventually
+from tests.integration.processes import free_port
 
 
 async def loop_name() -> str:
@@ -55,3 +61,33 @@ def test_uvloop_without_uvloop_says_what_to_install(monkeypatch: pytest.MonkeyPa
     with pytest.raises(LoopUnavailable, match=r"server\.event_loop is uvloop.*ticketbridge\[fast\].*auto or asyncio"):
         run(main, "uvloop")
     assert made == []
+
+
+def test_the_start_log_names_the_loop_chosen_and_the_setting(write_config: ConfigFactory,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` run as the CLI runs it, with `auto` where uvloop cannot be imported: the start log says the loop
+    it runs on (asyncio) beside the setting that chose it (auto)."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    config = write_config(f"""
+        server: {{host: 127.0.0.1, port: {free_port()}, event_loop: auto}}
+        store: {{url: "sqlite:///var/bridge.db"}}
+        sources: {{contact: {{kind: form}}}}
+        destinations: {{kapture: {{vendor: kapture, sandbox: true}}}}
+    """)
+
+    async def started_and_stopped() -> int:
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve(config, workers=False, stop=stop))
+        await eventually(lambda: any(e["event"] == "server.started" for e in logs))
+        stop.set()
+        return await server
+
+    threshold = gc.get_threshold()
+    try:
+        with capture_logs() as logs:
+            assert run(started_and_stopped, config.server.event_loop) == 0
+    finally:  # serve tunes the collector for the process it runs in: not for the tests after this one
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    [started] = [e for e in logs if e["event"] == "server.started"]
+    assert (started["event_loop"], started["event_loop_setting"]) == ("asyncio", "auto")

@@ -28,7 +28,8 @@ from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AttemptResult, ClaimBatch, NewDelivery
 from bridge.store.memory import MemoryStore
-from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
+from bridge.vendors.base import VendorAuthFailed, VendorUnavailable
+from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
 FAST = "http://kapture.test"
 SLOW = "http://slow.test"
@@ -941,3 +942,38 @@ async def test_an_owner_is_gone_when_its_pid_no_longer_runs_or_is_ours_from_an_e
     assert d._gone(f"h:8080/{ended}.abcd")
     assert not d._gone(f"h:8080/{os.getppid()}.abcd")
     assert not d._gone("h:8080/not-a-pid")
+
+
+class CheckFailing(KaptureAdapter):
+    """Kapture whose check of a follow-up's ticket fails with `failure`."""
+
+    failure: ClassVar[Exception] = TimeoutError()
+
+    async def ticket_exists(self, ticket_id: str, call: Any) -> bool | None:
+        raise self.failure
+
+
+@pytest.mark.parametrize(("failure", "classification", "status", "error"), [
+    (VendorAuthFailed("the key was refused"), "auth", "dead", "not sent: the key was refused"),
+    (VendorUnavailable("check answered 503"), "retry", "pending",
+     "not sent: the ticket check failed: VendorUnavailable: check answered 503"),
+    (aiohttp.ClientConnectionError("gone"), "retry", "pending",
+     "not sent: the ticket check failed: ClientConnectionError: gone"),
+    (TimeoutError(), "retry", "pending", "not sent: the ticket check failed: TimeoutError: "),
+])
+async def test_a_failed_ticket_check_is_recorded_auth_or_retry_naming_it(
+        failure: Exception, classification: str, status: str, error: str) -> None:
+    """A follow-up whose ticket check is refused for its credentials is an auth failure (dead); one whose check
+    fails in passing is retried, its error naming the check and the failure. Neither is sent."""
+    store = FollowUpStore()
+    delivery_id = await store.add("kapture")
+    dest = destination()
+    dest.adapter = CheckFailing("kapture", dest.config, FAST)
+    CheckFailing.failure = failure
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, dest):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 0
+    [result] = store.recorded(delivery_id)
+    assert (result.classification, result.next_status, result.error) == (classification, status, error)

@@ -424,3 +424,46 @@ async def test_a_refused_look_up_is_not_tried_again(session: aiohttp.ClientSessi
     sent = await send_once(session, vendor, claimed(), 5.0)
     assert sent.outcome.classification == "auth"
     assert asked == ["lookup"]
+
+
+class PrepareFailing(RecordingKapture):
+    """A Kapture adapter whose look-up while preparing the request fails with `failure`."""
+
+    failure: Exception = TimeoutError()
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        raise self.failure
+
+
+@pytest.mark.parametrize(("failure", "outcome"), [
+    (VendorAuthFailed("the key was refused"), Outcome(classification="auth", error="not sent: the key was refused")),
+    (VendorUnavailable("lookup: HTTP 503"), Outcome(classification="retry", error="not sent: lookup: HTTP 503")),
+    (aiohttp.ClientConnectionError("gone"),
+     Outcome(classification="retry", error="not sent: a look-up failed: ClientConnectionError: gone")),
+    (TimeoutError(), Outcome(classification="retry", error="not sent: a look-up failed: TimeoutError: ")),
+])
+async def test_a_failed_look_up_before_the_send_is_auth_or_retry_naming_it(
+        session: aiohttp.ClientSession, failure: Exception, outcome: Outcome) -> None:
+    """A look-up made while the request is prepared, refused for its credentials, is auth; failing in passing, a
+    retry naming the failure (a vendor's own message names its look-up). Nothing is sent."""
+    adapter = PrepareFailing()
+    adapter.failure = failure
+    calls: list[int] = []
+    sent = await send_once(session, adapter, claimed(), 5.0, on_send=lambda: calls.append(1))
+    assert (sent.outcome, sent.http_status, calls) == (outcome, None, [])
+
+
+def test_one_rule_says_what_a_failed_look_up_means() -> None:
+    """`lookup_failure`, which the sender, the ticket check and the reconciliation all use: refused credentials
+    are auth, anything else a retry; the error names the look-up and the failure's type (a VendorUnavailable's
+    message alone where it names its look-up)."""
+    refused, down = VendorAuthFailed("HTTP 401"), VendorUnavailable("pull: HTTP 503")
+    assert sender.lookup_failure(refused, failed="f: ", refused="r: ") == Outcome(classification="auth",
+                                                                                  error="not sent: r: HTTP 401")
+    assert sender.lookup_failure(down, failed="f: ") == Outcome(classification="retry",
+                                                                error="not sent: f: VendorUnavailable: pull: HTTP 503")
+    assert sender.lookup_failure(down, failed="f: ", name_unavailable=False) == Outcome(
+        classification="retry", error="not sent: pull: HTTP 503")
+    assert sender.lookup_failure(OSError("unreachable"), failed="f: ", name_unavailable=False) == Outcome(
+        classification="retry", error="not sent: f: OSError: unreachable")
+    assert set(sender.LOOKUP_ERRORS) >= {VendorAuthFailed, VendorUnavailable, *sender.TRANSPORT_ERRORS}

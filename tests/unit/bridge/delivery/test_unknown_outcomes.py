@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import aiohttp
 import msgspec
 import pytest
 from aioresponses import aioresponses
@@ -12,7 +13,7 @@ from aioresponses import aioresponses
 from bridge.config import RetryConfig
 from bridge.delivery.dispatcher import Destination
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
-from bridge.vendors.base import Call, CannotReconcile, Found, VendorUnavailable
+from bridge.vendors.base import Call, CannotReconcile, Found, VendorAuthFailed, VendorUnavailable
 from bridge.vendors.credentials import Token
 from bridge.vendors.http import HttpOptions
 from bridge.vendors.http_auth import OAuth2Credentials
@@ -188,3 +189,22 @@ async def test_reconcile_looks_up_with_the_destinations_oauth2_token(aiohttp_ser
     [result] = store.records
     assert (result.classification, result.ticket_id) == ("reconciled", "T-7"), result.error
     assert (sim.token_requests, sim.refused, len(sim.tickets)) == (1, int(stale), 1)
+
+
+@pytest.mark.parametrize(("failure", "classification", "status", "error"), [
+    (VendorAuthFailed("the key was refused"), "auth", "dead", "not sent: reconciliation: the key was refused"),
+    (VendorUnavailable("pull answered 503"), "retry", "pending",
+     "not sent: reconciliation could not look the ticket up: VendorUnavailable: pull answered 503"),
+    (aiohttp.ClientConnectionError("gone"), "retry", "pending",
+     "not sent: reconciliation could not look the ticket up: ClientConnectionError: gone"),
+    (TimeoutError(), "retry", "pending", "not sent: reconciliation could not look the ticket up: TimeoutError: "),
+])
+async def test_a_failed_reconciliation_is_recorded_auth_or_retry_naming_it(
+        failure: Exception, classification: str, status: str, error: str) -> None:
+    """A reconciliation refused for its credentials is an auth failure (dead); one failing in passing is retried,
+    its error naming the look-up and the failure. Neither sends."""
+    FindingKapture.answers = [failure]
+    store, _delivery_id, requests = await settle_in_doubt("reconcile")
+    assert requests == 0
+    [result] = store.records
+    assert (result.classification, result.next_status, result.error) == (classification, status, error)
