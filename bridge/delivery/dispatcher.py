@@ -5,9 +5,11 @@ how many sends may start now, claims at most that many due deliveries (up to its
 sends them at once, and records each attempt with its lease: a result whose lease another process has
 taken meanwhile is not recorded over that process's claim (`delivery.lease_lost`). Leases are short and
 renewed while held (`keep_leases`, every third of a lease), so a dead process's work is taken over within
-about a lease, whatever the send timeout. When nothing is due it sleeps until the next due time, or until intake
-wakes it: new work is sent at once, without polling. A slow poll remains as the fallback for work
-added by other processes (the CLI's replay).
+about a lease, whatever the send timeout. A claim waits on a store commit (behind the fsync of results
+being recorded): without a rate limit, slots freed meanwhile are claimed beside it, each claim reserving
+its slots, so the vendor is kept busy rather than waiting a commit per claim. When nothing is due it sleeps
+until the next due time, or until intake wakes it: new work is sent at once, without polling. A slow poll
+remains as the fallback for work added by other processes (the CLI's replay).
 
 An attempt whose result the store cannot take (a full disk, a lost file) is held in memory and its
 record retried, with backoff, for as long as the process lives: the vendor has answered, and giving
@@ -38,8 +40,8 @@ import structlog
 
 from bridge.config import DestinationConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.coordination import Coordination, Gate, LocalCoordination
-from bridge.delivery.ratelimit import Limiter, make_limiter
+from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
+from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sender import LOOKUP_ERRORS, Sent, lookup_failure, read_bounded, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
@@ -140,6 +142,14 @@ class Lane:
         self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
         self.resumed = asyncio.Event()  # an operator's hold ended here (one ended elsewhere is seen when asking)
         self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
+        self.claiming = 0  # slots reserved by claims still out
+        self.paced = dest.config.rate_limit is not None or not isinstance(dest.limiter, Unlimited)
+        """A rate limit reserves its slots when admitting and moves each to when its send starts: its claims go one
+        at a time, as a slot admitted beside a claim still out could be counted against one that then moves later."""
+        self.claims: set[asyncio.Task[None]] = set()
+        self.idle: tuple[asyncio.Event, float | None] | None = None
+        """Set when a claim found nothing due (or the store failed): what the lane waits for, and how long at most,
+        before it asks again."""
         self.log = log.bind(destination=dest.name)
 
     @property
@@ -153,35 +163,73 @@ class Lane:
 
     async def run(self) -> None:
         d = self.dispatcher
-        while not d.stopping:
-            self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
-            free = self.dest.config.max_in_flight - len(self.sending)
-            unrecorded = len(self.inflight) - len(self.sending)  # answered, their results not yet in the store
-            if free <= 0 or (self.sending and free < self.claim_step) or unrecorded >= d.max_unrecorded:
-                # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
-                await self._wait(self.slot_freed, None)
-                continue
-            self.wake.clear()
-            self.resumed.clear()
-            try:
-                admission = await self.gate.admit(min(free, d.claim_batch))
-            except StoreUnavailable as exc:
-                self.log.error("delivery.admit_failed", error=str(exc))
-                await self._wait(self.wake, d.timings.store_retry_s)
-                continue
-            if admission.granted == 0:
-                # Held back (an operator's hold, breaker open, a 429's pause, the rate limit): new work must not
-                # wake the lane; a resume does.
-                await self._wait(self.resumed, None if math.isinf(admission.wait_s) else max(admission.wait_s, 0.001))
-                continue
+        try:
+            while not d.stopping:
+                self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
+                if self.idle is not None:
+                    if self.claims:  # an earlier claim is still out: its result comes first
+                        await self._wait(self.slot_freed, None)
+                        continue
+                    event, timeout = self.idle
+                    self.idle = None
+                    await self._wait(event, timeout)
+                    continue
+                free = self.dest.config.max_in_flight - len(self.sending) - self.claiming
+                unrecorded = len(self.inflight) - len(self.sending)  # answered, their results not yet in the store
+                if free <= 0 or ((self.sending or self.claiming) and free < self.claim_step) \
+                        or unrecorded >= d.max_unrecorded:
+                    # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
+                    await self._wait(self.slot_freed, None)
+                    continue
+                self.wake.clear()
+                self.resumed.clear()
+                try:
+                    admission = await self.gate.admit(min(free, d.claim_batch))
+                except StoreUnavailable as exc:
+                    self.log.error("delivery.admit_failed", error=str(exc))
+                    self.idle = (self.wake, d.timings.store_retry_s)
+                    continue
+                if admission.granted == 0:
+                    # Held back (an operator's hold, breaker open, a 429's pause, the rate limit): new work must not
+                    # wake the lane; a resume does.
+                    self.idle = (self.resumed, None if math.isinf(admission.wait_s) else max(admission.wait_s, 0.001))
+                    continue
+                self.claiming += admission.granted
+                if self.paced:
+                    await self._claim(admission)  # paced by its limit: one claim at a time, each in its slots
+                    continue
+                # Unpaced, the claim runs beside the sends and any claim still out (the store takes them in turn),
+                # its slots reserved meanwhile: a lane whose claims wait on commits keeps its vendor busy.
+                task = asyncio.create_task(self._claim(admission), name=f"claim {self.dest.name}")
+                self.claims.add(task)
+                task.add_done_callback(self._claimed)
+        finally:
+            if self.claims:
+                await asyncio.gather(*self.claims, return_exceptions=True)
+
+    def _claimed(self, task: asyncio.Task[None]) -> None:
+        self.claims.discard(task)
+        self.slot_freed.set()
+
+    async def _claim(self, admission: Admission) -> None:
+        """Claim what `admission` granted and start sending it; when nothing was due, or the store failed, say
+        how long the lane sleeps (`idle`)."""
+        d = self.dispatcher
+        try:
             try:
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
             except StoreUnavailable as exc:
                 self.log.error("delivery.claim_failed", error=str(exc))
                 with contextlib.suppress(StoreUnavailable):
                     await self.gate.unused(admission, admission.granted)
-                await self._wait(self.wake, d.timings.store_retry_s)
-                continue
+                self.idle = (self.wake, d.timings.store_retry_s)
+                return
+            except Exception:
+                self.log.exception("delivery.lane_crashed")
+                with contextlib.suppress(StoreUnavailable):
+                    await self.gate.unused(admission, admission.granted)
+                self.idle = (self.wake, d.timings.store_retry_s)
+                return
             if len(batch.items) < admission.granted:
                 with contextlib.suppress(StoreUnavailable):
                     await self.gate.unused(admission, admission.granted - len(batch.items))
@@ -189,14 +237,17 @@ class Lane:
                 timeout = d.timings.poll_s
                 if batch.next_due_ms is not None:
                     timeout = min(timeout, max(0.0, batch.next_due_ms / 1000 - d.clock()))
-                await self._wait(self.wake, timeout)
-                continue
+                self.idle = (self.wake, timeout)
+                return
+            self.idle = None  # an earlier claim that found nothing is out of date: this one found work
             for index, item in enumerate(batch.items):
                 self.sending.add(item.id)
                 start = functools.partial(self.gate.start, admission, index)
                 task = asyncio.create_task(self._deliver(item, start), name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
+        finally:
+            self.claiming -= admission.granted
 
     async def resume(self) -> None:
         """End an operator's pause (`gate.hold`: sends already out finish) and wake the lane. Raises

@@ -628,6 +628,55 @@ async def test_stop_records_sends_cancelled_after_the_grace_as_unknown() -> None
     assert d.cancelled == []
 
 
+class SlowClaims(RecordingStore):
+    """Claims that take a while (a commit behind others), counting how many are out at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = [0, 0]  # now, most ever
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        self.out[0] += 1
+        self.out[1] = max(self.out[1], self.out[0])
+        try:
+            await asyncio.sleep(0.05)
+            return await super().claim(destination, limit, owner, lease_s)
+        finally:
+            self.out[0] -= 1
+
+
+async def test_claims_go_out_beside_each_other_within_the_free_slots() -> None:
+    """Without a rate limit, a lane claims for slots freed while an earlier claim is still out, never for more
+    slots than are free; every delivery is sent once."""
+    store = SlowClaims()
+    ids = [await store.add("kapture") for _ in range(24)]
+    answers = itertools.count()
+
+    async def answer(url: URL, **kwargs: Any) -> None:
+        await asyncio.sleep(0.02 * (next(answers) % 4))  # answers come one by one, freeing slots while a claim is out
+
+    with aioresponses() as m:
+        mock_vendor(m, callback=answer)
+        async with running(store, destination(max_in_flight=8)):
+            await eventually(lambda: len(store.records) == 24)
+        assert requests_to(m) == 24
+    assert sorted(r.delivery_id for r in store.records) == ids
+    assert store.out[1] > 1
+    assert all(limit <= 8 for _, limit, _, _ in store.claims)
+
+
+async def test_claims_under_a_rate_limit_go_one_at_a_time() -> None:
+    """With a rate limit, a lane claims only once its earlier claim is back."""
+    store = SlowClaims()
+    for _ in range(6):
+        await store.add("kapture")
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination(max_in_flight=8, limiter=SlidingWindowLimiter(2, 0.2))):
+            await eventually(lambda: len(store.records) == 6)
+    assert store.out[1] == 1
+
+
 async def test_work_waiting_for_the_rate_limit_is_not_claimed() -> None:
     """A lane claims only what the rate limit lets it send now: the rest stays pending, unleased, until a slot
     frees, so no lease runs out while a delivery waits and nothing needs giving back at stop."""
