@@ -64,6 +64,7 @@ from bridge.store.rows import (
     CONVERSATION_COLUMNS,
     HEAD_OF_CONVERSATION,
     NEVER,
+    OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
     ROW_COLUMNS,
@@ -714,9 +715,7 @@ class PostgresStore(Store):
 
     async def oldest_pending(self) -> dict[str, int]:
         async def op(conn: Any) -> dict[str, int]:
-            return {r[0]: r[1] for r in await conn.fetch(
-                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
-                "GROUP BY destination")}
+            return {r[0]: r[1] for r in await conn.fetch(OLDEST_UNSETTLED)}
 
         return await self._run(op, transaction=False)
 

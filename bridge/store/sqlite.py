@@ -63,6 +63,7 @@ from bridge.store.rows import (
     HEAD_OF_CONVERSATION,
     NEVER,
     NEW_DELIVERY_COLUMNS,
+    OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
     ROW_COLUMNS,
@@ -874,9 +875,7 @@ class SqliteStore(Store):
 
     async def oldest_pending(self) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
-            return {dest: oldest for dest, oldest in conn.execute(
-                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
-                "GROUP BY destination")}
+            return {dest: oldest for dest, oldest in conn.execute(OLDEST_UNSETTLED)}
 
         oldest: dict[str, int] = await self._read(run)
         return oldest
