@@ -62,6 +62,7 @@ from bridge.store.pg_coordination import PgCoordination
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
+    DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
     NEVER,
     OLDEST_UNSETTLED,
@@ -617,7 +618,7 @@ class PostgresStore(Store):
         async def op(conn: Any) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}
             for dest, status, n in await conn.fetch(
-                    "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
+                    DELIVERY_COUNTS):
                 out.setdefault(dest, {})[status] = n
             return out
 

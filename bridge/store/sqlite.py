@@ -60,6 +60,7 @@ from bridge.store.base import (
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
+    DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
     NEVER,
     NEW_DELIVERY_COLUMNS,
@@ -775,7 +776,7 @@ class SqliteStore(Store):
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}
             for dest, status, n in conn.execute(
-                    "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
+                    DELIVERY_COUNTS):
                 out.setdefault(dest, {})[status] = n
             return out
 
