@@ -8,8 +8,10 @@ drains each store's new backlog in turn (the server started with its workers aga
 stand-in vendor; the rate at which the backlog reaches the vendor, from its first delivery). The rounds
 alternate the two stores, the one going first changing each round, so that both see the same load from the
 rest of the machine, and the medians of the rounds are compared: the million-event store must be within
-20 % of the empty one on both (the hot path uses indexes, never a scan of history). Beside the rates is each
-server's CPU time per request and per delivery, which a busy neighbour moves less than the rate.
+20 % of the empty one on both (the hot path uses indexes, never a scan of history). Meanwhile /metrics is read
+every second, as a monitored bridge's is (its gauges count the store's deliveries at most every 10 s). Beside
+the rates is each server's CPU time per request and per delivery, which a busy neighbour moves less than the
+rate.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import json
 import os
 import sqlite3
 import statistics
+import threading
 import time
+import urllib.error
 import urllib.request
 from contextlib import closing
 from pathlib import Path
@@ -50,6 +54,7 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
 TARGET = 0.8
 PATH = "/hooks/website-contact"
 DRAIN_TIMEOUT_S = 300
+ADMIN_TOKEN = "bench-scale-admin-token-0123456789abcdef"
 
 
 def delivered(port: int) -> int:
@@ -61,6 +66,31 @@ def pending(db: Path) -> int:
     with closing(sqlite3.connect(db)) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'in_flight')")
                    .fetchone()[0])
+
+
+class MetricsPoller(threading.Thread):
+    """Reads /metrics from whichever of `ports` is up, every second, until stopped; counts the readings."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.ports = ports
+        self.readings = 0
+        self.refused: list[int] = []  # HTTP statuses other than 200: the poller is misconfigured
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            for port in self.ports:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        resp.read()
+                    self.readings += 1
+                except urllib.error.HTTPError as exc:
+                    self.refused.append(exc.code)
+                except OSError:
+                    pass  # that server is not running now
 
 
 def intake_round(folder: Path, cfg: Path, port: int) -> tuple[float, float]:
@@ -112,6 +142,8 @@ def test_a_million_event_store_costs_intake_and_drain_under_a_fifth(tmp_path: Pa
         folder.mkdir()
         (folder / "var").mkdir()
         cfgs[name] = config(folder, ports[name], vendor_ports[name], retention="{enabled: false}")
+        with cfgs[name].open("a") as cfg:
+            cfg.write(f'admin: {{token: "{ADMIN_TOKEN}"}}\n')
     started = time.monotonic()
     asyncio.run(_seed(folders["1M"] / "var" / "bridge.db", EVENTS))
     asyncio.run(_seed(folders["empty"] / "var" / "bridge.db", 0))
@@ -124,6 +156,8 @@ def test_a_million_event_store_costs_intake_and_drain_under_a_fifth(tmp_path: Pa
     backlogs: dict[str, list[int]] = {name: [] for name in folders}
     vendors = {name: spawn([str(HERE / "standin_vendor.py"), str(vendor_ports[name])], folder)
                for name, folder in folders.items()}
+    poller = MetricsPoller(list(ports.values()))
+    poller.start()
     try:
         for name, vendor in vendors.items():
             wait_port(vendor_ports[name], vendor)
@@ -139,13 +173,17 @@ def test_a_million_event_store_costs_intake_and_drain_under_a_fifth(tmp_path: Pa
                 drain[name].append(rate)
                 drain_cpu[name].append(cpu)
     finally:
+        poller.done.set()
+        poller.join()
         stop(*vendors.values())
+    assert not poller.refused, f"/metrics answered {sorted(set(poller.refused))}"
+    assert poller.readings > 0
 
     intake_ratio = statistics.median(intake["1M"]) / statistics.median(intake["empty"])
     drain_ratio = statistics.median(drain["1M"]) / statistics.median(drain["empty"])
     print(f"\nscale: {EVENTS} events seeded in {seeded_s:.0f} s; {ROUNDS} alternating rounds, each wrk -t1 "
           f"-c{CONNECTIONS} for {SECONDS:g} s, then the drain of what it accepted; load average "
-          f"{os.getloadavg()[0]:.1f}")
+          f"{os.getloadavg()[0]:.1f}; /metrics read {poller.readings} times")
     for name in folders:
         label = "empty" if name == "empty" else f"{EVENTS:,}"
         print(f"  {label:9} intake {spread(intake[name])} /s, {spread(intake_cpu[name])} µs CPU each; "
