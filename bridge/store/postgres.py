@@ -62,8 +62,10 @@ from bridge.store.pg_coordination import PgCoordination
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
+    DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
     NEVER,
+    OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
     ROW_COLUMNS,
@@ -616,7 +618,7 @@ class PostgresStore(Store):
         async def op(conn: Any) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}
             for dest, status, n in await conn.fetch(
-                    "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
+                    DELIVERY_COUNTS):
                 out.setdefault(dest, {})[status] = n
             return out
 
@@ -714,9 +716,7 @@ class PostgresStore(Store):
 
     async def oldest_pending(self) -> dict[str, int]:
         async def op(conn: Any) -> dict[str, int]:
-            return {r[0]: r[1] for r in await conn.fetch(
-                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
-                "GROUP BY destination")}
+            return {r[0]: r[1] for r in await conn.fetch(OLDEST_UNSETTLED)}
 
         return await self._run(op, transaction=False)
 

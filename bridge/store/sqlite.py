@@ -60,9 +60,11 @@ from bridge.store.base import (
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
+    DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
     NEVER,
     NEW_DELIVERY_COLUMNS,
+    OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
     ROW_COLUMNS,
@@ -783,7 +785,7 @@ class SqliteStore(Store):
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}
             for dest, status, n in conn.execute(
-                    "SELECT destination, status, COUNT(*) FROM deliveries GROUP BY destination, status"):
+                    DELIVERY_COUNTS):
                 out.setdefault(dest, {})[status] = n
             return out
 
@@ -883,9 +885,7 @@ class SqliteStore(Store):
 
     async def oldest_pending(self) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
-            return {dest: oldest for dest, oldest in conn.execute(
-                "SELECT destination, MIN(created_at) FROM deliveries WHERE status IN ('pending', 'in_flight') "
-                "GROUP BY destination")}
+            return {dest: oldest for dest, oldest in conn.execute(OLDEST_UNSETTLED)}
 
         oldest: dict[str, int] = await self._read(run)
         return oldest
