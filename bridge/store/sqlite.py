@@ -95,6 +95,9 @@ NONCE_SWEEP_EVERY = 16
 """Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones: two per nonce on average,
 so the table shrinks back after a burst, in one statement rather than sixteen."""
 RECOVERY_FREE_BYTES = 1 << 20
+_INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class _Op:
@@ -529,15 +532,16 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.execute(_INSERT_EVENT,
                          (event.id, event.source, event.kind, event.channel, received, event.dedup_key,
                           int(event.spam), data, len(rows)))
             for d in deliveries:
                 if d.conversation is not None:
                     _join_conversation(conn, d, created)
-            if rows:
-                conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if len(rows) == 1:  # the usual case: execute skips executemany's iteration over its rows
+                conn.execute(_INSERT_DELIVERY, rows[0])
+            elif rows:
+                conn.executemany(_INSERT_DELIVERY, rows)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
         result: AcceptResult = await self._write(op)
