@@ -11,7 +11,7 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
-_stamp: tuple[int, str] = (-1, "")  # the last millisecond's 10 characters: ids made in one millisecond share them
+_head: tuple[int, int, str] = (-1, -1, "")  # (ms, random part >> 10) of the last id, and its first 24 characters
 # Seeded once from the OS, not per id: os.urandom costs tens of microseconds on some VMs, and these ids
 # need uniqueness, not secrecy. A forked child reseeds so that it cannot repeat its parent's sequence.
 _rng = random.Random(os.urandom(32))  # noqa: S311 - ids need uniqueness, not secrecy
@@ -34,9 +34,10 @@ def _encode(value: int, length: int) -> str:
 
 def new_ulid() -> str:
     """A 26-character id that sorts by creation time, monotonic within this process: the millisecond in 10
-    characters (50 bits), then 80 bits of randomness in 16. The millisecond's characters are kept from the id
-    before when it was made in the same one (under load, most are), so each id encodes only its random part."""
-    global _last_ms, _last_rand, _stamp  # noqa: PLW0603 - one process-wide sequence, under _lock
+    characters (50 bits), then 80 bits of randomness in 16. Ids made in one millisecond (under load, most are)
+    count up from the first one's random part, so all but its last two characters are kept from the id before
+    (until those two carry over): such an id costs one lookup of its last 10 bits."""
+    global _last_ms, _last_rand, _head  # noqa: PLW0603 - one process-wide sequence, under _lock
     with _lock:
         now = time.time_ns() // 1_000_000
         if now <= _last_ms:
@@ -45,10 +46,11 @@ def new_ulid() -> str:
         else:
             rand = _rng.getrandbits(80)
         _last_ms, _last_rand = now, rand
-        if _stamp[0] != now:
-            _stamp = now, _encode(now, 10)
-        stamp = _stamp[1]
-    return f"{stamp}{_encode(rand, 16)}"
+        high = rand >> 10
+        if _head[0] != now or _head[1] != high:
+            _head = (now, high, _encode((now << 70) | high, 24))
+        head = _head[2]
+    return head + _PAIRS[rand & 1023]
 
 
 def new_id(prefix: str) -> str:

@@ -97,15 +97,27 @@ NONCE_SWEEP_EVERY = 16
 """Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones: two per nonce on average,
 so the table shrinks back after a burst, in one statement rather than sixteen."""
 RECOVERY_FREE_BYTES = 1 << 20
+_INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class _Op:
-    __slots__ = ("durable", "fn", "future")
+    """One write of a group. `inserts`, when set, is all that `fn` does: an accepted event's row, its
+    deliveries' rows and the result, which the group inserts together with its neighbours' (see
+    SqliteStore._run_straight)."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], durable: bool) -> None:
+    __slots__ = ("durable", "fn", "future", "inserts")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], durable: bool,
+                 inserts: _Inserts | None = None) -> None:
         self.fn = fn
         self.future = future
         self.durable = durable
+        self.inserts = inserts
+
+
+_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], AcceptResult]
 
 
 class SqliteStore(Store):
@@ -258,13 +270,14 @@ class SqliteStore(Store):
 
     # -- the writer thread ------------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True) -> Any:
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True,
+                     inserts: _Inserts | None = None) -> Any:
         if self._closed or self._loop is None:
             raise StoreUnavailable("the store is closed")
         if self._lost is not None:
             raise StoreUnavailable(self._lost)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_Op(fn, future, durable))
+        self._pending.append(_Op(fn, future, durable, inserts))
         if self._flusher is None or self._flusher.done():
             self._flusher = self._loop.create_task(self._flush(), name="sqlite group commit")
         return await future
@@ -462,11 +475,25 @@ class SqliteStore(Store):
 
     @staticmethod
     def _run_straight(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]] | None:
-        """Every write of the open transaction; None (rolled back) when one fails."""
+        """Every write of the open transaction; None (rolled back) when one fails. The rows of consecutive
+        plain accepts (`_Op.inserts`) go in with one statement per table, before the next other write runs:
+        the same rows in the same order as one accept after another, for a third of the cost per event."""
         results: list[tuple[bool, Any]] = []
+        events: list[tuple[Any, ...]] = []
+        deliveries: list[tuple[Any, ...]] = []
         try:
             for op in batch:
+                if op.inserts is not None:
+                    event, rows, result = op.inserts
+                    events.append(event)
+                    deliveries.extend(rows)
+                    results.append((True, result))
+                    continue
+                if events:
+                    _insert(conn, events, deliveries)
                 results.append((True, op.fn(conn)))
+            if events:
+                _insert(conn, events, deliveries)
         except Exception:
             conn.execute("ROLLBACK")
             return None
@@ -516,6 +543,9 @@ class SqliteStore(Store):
         created = now_ms()
         rows = new_delivery_rows(event, deliveries, created)
 
+        event_row = (event.id, event.source, event.kind, event.channel, received, event.dedup_key, int(event.spam),
+                     data, len(rows))
+
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if event.dedup_key is not None:
                 seen = conn.execute("SELECT event_id, expires_at FROM dedup_keys WHERE source = ? AND key = ?",
@@ -532,18 +562,20 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (event.id, event.source, event.kind, event.channel, received, event.dedup_key,
-                          int(event.spam), data, len(rows)))
+            conn.execute(_INSERT_EVENT, event_row)
             for d in deliveries:
                 if d.conversation is not None:
                     _join_conversation(conn, d, created)
-            if rows:
-                conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if len(rows) == 1:  # the usual case: execute skips executemany's iteration over its rows
+                conn.execute(_INSERT_DELIVERY, rows[0])
+            elif rows:
+                conn.executemany(_INSERT_DELIVERY, rows)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
-        result: AcceptResult = await self._write(op)
+        plain = event.dedup_key is None and nonce is None and all(d.conversation is None for d in deliveries)
+        inserts = (event_row, rows, AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))) if plain \
+            else None
+        result: AcceptResult = await self._write(op, inserts=inserts)
         return result
 
     # -- delivery -------------------------------------------------------------------------------
@@ -907,6 +939,16 @@ class SqliteStore(Store):
 
         entries: list[AuditEntry] = await self._read(run)
         return entries
+
+
+def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], deliveries: list[tuple[Any, ...]]) -> None:
+    """Insert the rows of plain accepts gathered by _run_straight (events first: deliveries refer to them), and
+    empty the lists."""
+    conn.executemany(_INSERT_EVENT, events)
+    if deliveries:
+        conn.executemany(_INSERT_DELIVERY, deliveries)
+    events.clear()
+    deliveries.clear()
 
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:

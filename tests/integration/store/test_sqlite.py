@@ -359,6 +359,24 @@ async def test_group_commit_respects_its_maximum(tmp_path: Path) -> None:
         await s.close()
 
 
+async def test_a_group_stores_plain_and_other_accepts_in_their_order(store: SqliteStore, tmp_path: Path) -> None:
+    """Plain accepts (no dedup key, nonce or conversation) are inserted together, but around the other writes of
+    their group in order: every event and delivery is stored, in the order a write at a time would give."""
+    events = [make_event(dedup_key="k1" if i == 2 else None) for i in range(6)]
+    deliveries = [[] if i == 4 else [make_delivery(conversation="c1", conversation_key="c1") if i == 3
+                                     else make_delivery(), make_delivery()] for i in range(6)]
+    with write_locked(tmp_path / "s.db"):
+        tasks = await handed_over([store.accept(e, ds, WEEK) for e, ds in zip(events, deliveries, strict=True)])
+    results = await asyncio.gather(*tasks)
+    assert [(r.event_id, r.duplicate, r.deliveries) for r in results] == [
+        (e.id, False, len(ds)) for e, ds in zip(events, deliveries, strict=True)]
+    assert query(tmp_path / "s.db", "SELECT id FROM events ORDER BY rowid") == [(e.id,) for e in events]
+    assert query(tmp_path / "s.db", "SELECT id FROM deliveries ORDER BY rowid") == [
+        (d.id,) for ds in deliveries for d in ds]
+    for e in events:
+        assert await store.get_event(e.id) == e
+
+
 async def test_a_failing_write_does_not_fail_its_group(store: SqliteStore, tmp_path: Path) -> None:
     """In a group, a write that fails is rolled back alone, as StoreUnavailable; the others commit."""
     good1, good2, bad = make_event(), make_event(), make_event()

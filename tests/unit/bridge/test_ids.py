@@ -155,10 +155,10 @@ def test_same_layout_as_one_130_bit_number(clock: Callable[[int], None]) -> None
         assert made == ids._encode((ms << 80) | ids._last_rand, 26)
 
 
-def test_the_kept_stamp_is_typed_as_its_millisecond_and_its_characters() -> None:
-    """Under mypy --strict, the kept stamp reads as (int, str), not as a list of either. (mypy runs in a process
-    of its own: in this one it would raise the recursion limit for every later test.)"""
-    use = "from bridge.ids import _stamp\nms: int = _stamp[0]\nchars: str = _stamp[1]\n"
+def test_the_kept_head_is_typed_as_its_millisecond_random_part_and_characters() -> None:
+    """Under mypy --strict, the kept head reads as (int, int, str), not as a list of any of them. (mypy runs in a
+    process of its own: in this one it would raise the recursion limit for every later test.)"""
+    use = "from bridge.ids import _head\nms: int = _head[0]\nhigh: int = _head[1]\nchars: str = _head[2]\n"
     checked = subprocess.run([sys.executable, "-m", "mypy", "--config-file=", "--strict", "--python-version=3.11",
                               "--no-incremental", f"--cache-dir={os.devnull}", "-c", use],
                              cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, check=False)
