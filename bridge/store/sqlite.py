@@ -104,8 +104,8 @@ _INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa:
 
 class _Op:
     """One write of a group. `inserts`, when set, is all that `fn` does: an accepted event's row, its
-    deliveries' rows and the result, which the group inserts together with its neighbours' (see
-    SqliteStore._run_straight)."""
+    deliveries' rows, the deliveries that join a conversation (with the time they do), and the result, which the
+    group writes together with its neighbours' (see SqliteStore._run_straight)."""
 
     __slots__ = ("durable", "fn", "future", "inserts")
 
@@ -117,7 +117,7 @@ class _Op:
         self.inserts = inserts
 
 
-_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], AcceptResult]
+_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[NewDelivery], int, AcceptResult]
 
 
 class SqliteStore(Store):
@@ -477,23 +477,27 @@ class SqliteStore(Store):
     def _run_straight(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]] | None:
         """Every write of the open transaction; None (rolled back) when one fails. The rows of consecutive
         plain accepts (`_Op.inserts`) go in with one statement per table, before the next other write runs:
-        the same rows in the same order as one accept after another, for a third of the cost per event."""
+        the same rows in the same order as one accept after another, for a third of the cost per event. Their
+        conversations are counted in between, one after another in arrival order: a conversation's count reads
+        nothing of the events' or deliveries' rows, nor they of it."""
         results: list[tuple[bool, Any]] = []
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[Any, ...]] = []
+        joins: list[tuple[NewDelivery, int]] = []
         try:
             for op in batch:
                 if op.inserts is not None:
-                    event, rows, result = op.inserts
+                    event, rows, joining, created, result = op.inserts
                     events.append(event)
                     deliveries.extend(rows)
+                    joins.extend((d, created) for d in joining)
                     results.append((True, result))
                     continue
                 if events:
-                    _insert(conn, events, deliveries)
+                    _insert(conn, events, joins, deliveries)
                 results.append((True, op.fn(conn)))
             if events:
-                _insert(conn, events, deliveries)
+                _insert(conn, events, joins, deliveries)
         except Exception:
             conn.execute("ROLLBACK")
             return None
@@ -572,9 +576,9 @@ class SqliteStore(Store):
                 conn.executemany(_INSERT_DELIVERY, rows)
             return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
-        plain = event.dedup_key is None and nonce is None and all(d.conversation is None for d in deliveries)
-        inserts = (event_row, rows, AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))) if plain \
-            else None
+        plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
+        inserts = (event_row, rows, [d for d in deliveries if d.conversation is not None], created,
+                   AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))) if plain else None
         result: AcceptResult = await self._write(op, inserts=inserts)
         return result
 
@@ -941,13 +945,17 @@ class SqliteStore(Store):
         return entries
 
 
-def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], deliveries: list[tuple[Any, ...]]) -> None:
-    """Insert the rows of plain accepts gathered by _run_straight (events first: deliveries refer to them), and
-    empty the lists."""
+def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
+            deliveries: list[tuple[Any, ...]]) -> None:
+    """Write what _run_straight gathered of plain accepts (events first: deliveries refer to them; then the
+    conversations joined, in arrival order), and empty the lists."""
     conn.executemany(_INSERT_EVENT, events)
+    for d, created in joins:
+        _join_conversation(conn, d, created)
     if deliveries:
         conn.executemany(_INSERT_DELIVERY, deliveries)
     events.clear()
+    joins.clear()
     deliveries.clear()
 
 

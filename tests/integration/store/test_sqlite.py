@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
-from bridge.store.base import ClaimBatch, DeliveryFilter
+from bridge.store.base import ClaimBatch, DeliveryFilter, NewDelivery
 from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from tests.conftest import eventually
@@ -360,8 +360,8 @@ async def test_group_commit_respects_its_maximum(tmp_path: Path) -> None:
 
 
 async def test_a_group_stores_plain_and_other_accepts_in_their_order(store: SqliteStore, tmp_path: Path) -> None:
-    """Plain accepts (no dedup key, nonce or conversation) are inserted together, but around the other writes of
-    their group in order: every event and delivery is stored, in the order a write at a time would give."""
+    """Plain accepts (no dedup key or nonce) are inserted together, but around the other writes of their group in
+    order: every event and delivery is stored, in the order a write at a time would give."""
     events = [make_event(dedup_key="k1" if i == 2 else None) for i in range(6)]
     deliveries = [[] if i == 4 else [make_delivery(conversation="c1", conversation_key="c1") if i == 3
                                      else make_delivery(), make_delivery()] for i in range(6)]
@@ -375,6 +375,22 @@ async def test_a_group_stores_plain_and_other_accepts_in_their_order(store: Sqli
         (d.id,) for ds in deliveries for d in ds]
     for e in events:
         assert await store.get_event(e.id) == e
+
+
+async def test_a_group_counts_its_conversations_in_arrival_order(store: SqliteStore, tmp_path: Path) -> None:
+    """Plain accepts that join a conversation are counted in arrival order around the group's other writes: a
+    message that restarts the conversation (past reopen_after) between two plain ones leaves it at two messages,
+    as a write at a time would; counted out of order, the first plain one would land after the restart."""
+    def joining(reopen_after_ms: int = 7 * 86_400_000) -> list[NewDelivery]:
+        return [make_delivery(conversation="m|k", conversation_key="k", reopen_after_ms=reopen_after_ms)]
+
+    accepts = [(make_event(), joining()), (make_event(dedup_key="restart"), joining(-1)), (make_event(), joining())]
+    with write_locked(tmp_path / "s.db"):
+        tasks = await handed_over([store.accept(e, ds, WEEK) for e, ds in accepts])
+    assert [r.duplicate for r in await asyncio.gather(*tasks)] == [False, False, False]
+    assert query(tmp_path / "s.db", "SELECT messages FROM conversations WHERE id = 'm|k'") == [(2,)]
+    assert query(tmp_path / "s.db", "SELECT id FROM deliveries ORDER BY rowid") == [
+        (ds[0].id,) for _e, ds in accepts]
 
 
 async def test_a_failing_write_does_not_fail_its_group(store: SqliteStore, tmp_path: Path) -> None:
