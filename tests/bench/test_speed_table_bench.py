@@ -148,9 +148,17 @@ def checked(load: Load, what: str, non_2xx: int = 0) -> Load:
 
 
 def alternate(row: Row, base: Callable[[], Round], cand: Callable[[], Round]) -> Row:
-    for _ in range(ROUNDS):
-        row.base.append(base())
-        row.cand.append(cand())
+    """ROUNDS pairs of rounds, the baseline first in even pairs and second in odd ones (A B, B A, A B…), so that
+    whatever favours the first or the second of a pair (the machine settling, a neighbour's rhythm) falls on
+    both alike."""
+    for n in range(ROUNDS):
+        if n % 2:
+            c = cand()
+            row.base.append(base())
+            row.cand.append(c)
+        else:
+            row.base.append(base())
+            row.cand.append(cand())
     return row
 
 
