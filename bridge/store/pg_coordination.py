@@ -5,7 +5,7 @@ processes take turns, each seeing every grant made before it. A grant is a row i
 database's clock (one clock for every process, whatever their hosts' clocks say): a destination limited
 to N per T grants a send only while fewer than N of its slots lie in the last T plus a margin, which is
 the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps it. The margin
-(2 % of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its request leaving:
+(MARGIN_SHARE of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its request leaving:
 the claim that follows the grant, and network jitter.
 
 The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Change, Coordination, Gate, GateView
-from bridge.delivery.ratelimit import Limiter
+from bridge.delivery.ratelimit import MARGIN_SHARE, Limiter
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
@@ -49,7 +49,7 @@ class PgGate(Gate):
         if rate is None:
             self._window_ms = 1000
         else:
-            margin = max(rate.per_seconds * 0.02, SHARED_MIN_MARGIN_S)
+            margin = max(rate.per_seconds * MARGIN_SHARE, SHARED_MIN_MARGIN_S)
             self._window_ms = int((rate.per_seconds + margin) * 1000)
         self.punctual = (self._window_ms / 1000 - (rate.per_seconds if rate else 1.0)) / 2
 

@@ -32,7 +32,7 @@ async def test_the_rate_limit_is_one_for_every_process(two: tuple[PostgresStore,
     assert (await gb.admit(20)).granted == 5
     held = await ga.admit(1)
     assert (held.granted, held.held) == (0, True)
-    assert 59 < held.wait_s <= 61.3
+    assert 59 < held.wait_s <= 63.1  # 60 s and the margin (5 %)
 
 
 async def test_unused_grants_are_given_back(two: tuple[PostgresStore, PostgresStore]) -> None:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import RateLimit
-from bridge.delivery.ratelimit import SlidingWindowLimiter, Unlimited, acquire, make_limiter
+from bridge.delivery.ratelimit import MARGIN_SHARE, SlidingWindowLimiter, Unlimited, acquire, make_limiter
 
 EPS = 1e-9
 
@@ -70,7 +70,7 @@ def test_burst_after_backlog_never_exceeds_the_limit() -> None:
     slots = reserve_slots(limiter, clock, 500)
     assert max_in_any_window(slots, 5.0) == 25
     # Not slower than it must be: 20 windows of 25, the last starting 19 windows after the first.
-    assert slots[-1] - slots[0] == pytest.approx(19 * 5.0 * 1.02)
+    assert slots[-1] - slots[0] == pytest.approx(19 * 5.0 * (1 + MARGIN_SHARE))
 
 
 def test_burst_after_backlog_with_real_waits_never_exceeds_the_limit() -> None:
@@ -83,7 +83,7 @@ def test_burst_after_backlog_with_real_waits_never_exceeds_the_limit() -> None:
         clock.advance(delay)
         sends.append(clock.now)
     assert max_in_any_window(sends, 5.0) == 25
-    assert sends[-1] - sends[0] == pytest.approx(19 * 5.0 * 1.02)
+    assert sends[-1] - sends[0] == pytest.approx(19 * 5.0 * (1 + MARGIN_SHARE))
 
 
 def test_delays_grow_in_order() -> None:
@@ -185,8 +185,8 @@ def test_window_guarantee_holds_for_any_arrivals(
 def test_margin_has_a_floor_in_seconds() -> None:
     """A short window gets at least 50 ms of margin: network jitter is seconds, not a share of the window."""
     assert SlidingWindowLimiter(25, 0.5).window == pytest.approx(0.55)
-    assert SlidingWindowLimiter(25, 5.0).window == pytest.approx(5.1)
-    assert SlidingWindowLimiter(25, 0.5, min_margin_s=0.0).window == pytest.approx(0.51)
+    assert SlidingWindowLimiter(25, 5.0).window == pytest.approx(5.25)
+    assert SlidingWindowLimiter(25, 0.5, min_margin_s=0.0).window == pytest.approx(0.525)
 
 
 def test_a_late_send_counts_from_when_it_started() -> None:
