@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import time
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -36,6 +37,23 @@ async def tickets(sandbox_port: int) -> list[dict[str, object]]:
         return found
 
 
+async def hang(sandbox_port: int, seconds: float) -> None:
+    """Have the sandbox's Kapture make each ticket at once and answer `seconds` later."""
+    async with aiohttp.ClientSession() as session, \
+            session.put(f"http://127.0.0.1:{sandbox_port}/kapture/_faults",
+                        json={"hang_after_count": -1, "hang_seconds": seconds}) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def made_unanswered(db_path: Path, sandbox_port: int, before: set[str]) -> int:
+    """How many deliveries the store has in flight whose ticket the vendor made after `before` was read."""
+    with closing(sqlite3.connect(db_path)) as db:
+        in_flight = {r[0] for r in db.execute("SELECT json_extract(CAST(body AS TEXT), '$.source_ref') FROM deliveries "
+                                              "WHERE status = 'in_flight'")}
+    made = {str(t["fields"]["source_ref"]) for t in await tickets(sandbox_port)} - before  # type: ignore[index]
+    return len(in_flight & made)
+
+
 async def test_kill_9_during_load_with_reconcile_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     """Events answered 2xx before a kill -9 (while creates were made but not yet answered) are all delivered
     after a restart, each as exactly one ticket: the sends in flight at the kill are found, not sent again."""
@@ -51,21 +69,27 @@ async def test_kill_9_during_load_with_reconcile_loses_nothing_and_duplicates_no
     try:
         await wait_http(f"http://127.0.0.1:{sandbox_port}/kapture/tickets", sandbox)
         await wait_http(f"http://127.0.0.1:{port}/readyz", server)
-        # Each create is made at once and answered 50 ms later: the kill finds creates made, not answered.
-        async with aiohttp.ClientSession() as session, \
-                session.put(f"http://127.0.0.1:{sandbox_port}/kapture/_faults",
-                            json={"hang_after_count": -1, "hang_seconds": 0.05}) as resp:
-            assert resp.status == 200, await resp.text()
+        await hang(sandbox_port, 0.05)  # each create is made at once and answered 50 ms later
         accepted: set[str] = set()
         killed = asyncio.Event()
         loader = asyncio.create_task(load(f"http://127.0.0.1:{port}/hooks/partner", 3000, 32, accepted, killed))
         while len(accepted) < 1200 and not loader.done():
             await asyncio.sleep(0.01)
+        # From now on a create is made and its answer held back 5 s: once one such ticket stands for a delivery
+        # the store holds in flight, that send can be neither answered nor recorded before the kill. (Killed at a
+        # random moment, the kill could land between a claim and its sends, cutting off none.)
+        await hang(sandbox_port, 5.0)
+        before = {str(t["fields"]["source_ref"]) for t in await tickets(sandbox_port)}  # type: ignore[index]
+        deadline = time.monotonic() + 30
+        while not await made_unanswered(tmp_path / "var" / "bridge.db", sandbox_port, before):
+            assert time.monotonic() < deadline and not loader.done(), "no send was caught made and unanswered"
+            await asyncio.sleep(0.005)
         made_before_kill = len(await tickets(sandbox_port))
         server.send_signal(signal.SIGKILL)
         killed.set()
         server.wait(10)
         await loader
+        await hang(sandbox_port, 0.05)
         assert 1200 <= len(accepted) < 3000, "the kill should land in the middle of the load"
         assert made_before_kill > 0, "the kill should land while tickets are being made"
 
