@@ -412,8 +412,7 @@ async def mark_delivery_succeeded(call: Call) -> DeliveryView:
         raise ApiError(409, f"delivery {delivery_id} cannot be marked succeeded: {why_not}")
     await _audit(call, "delivery.mark_succeeded", delivery_id,
                  {"ticket_id": given.ticket_id, "ticket_key": given.ticket_key, "note": given.note})
-    if call.rt.dispatcher is not None:  # a conversation's follow-ups may now go
-        call.rt.dispatcher.notify(set(call.rt.dispatcher.lanes))
+    # A conversation's follow-ups may now go: the store announces the create's destination to the lanes.
     return await get_delivery(call)
 
 
