@@ -117,7 +117,7 @@ class _Op:
         self.inserts = inserts
 
 
-_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[NewDelivery], int, AcceptResult]
+_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[NewDelivery, int]], AcceptResult]
 
 
 class SqliteStore(Store):
@@ -487,14 +487,15 @@ class SqliteStore(Store):
         try:
             for op in batch:
                 if op.inserts is not None:
-                    event, rows, joining, created, result = op.inserts
+                    event, rows, joining, result = op.inserts
                     events.append(event)
                     deliveries.extend(rows)
-                    joins.extend((d, created) for d in joining)
+                    joins.extend(joining)
                     results.append((True, result))
                     continue
                 if events:
                     _insert(conn, events, joins, deliveries)
+                    events, joins, deliveries = [], [], []
                 results.append((True, op.fn(conn)))
             if events:
                 _insert(conn, events, joins, deliveries)
@@ -549,6 +550,8 @@ class SqliteStore(Store):
 
         event_row = (event.id, event.source, event.kind, event.channel, received, event.dedup_key, int(event.spam),
                      data, len(rows))
+        joins = [(d, created) for d in deliveries if d.conversation is not None]
+        stored = AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if event.dedup_key is not None:
@@ -566,20 +569,11 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            conn.execute(_INSERT_EVENT, event_row)
-            for d in deliveries:
-                if d.conversation is not None:
-                    _join_conversation(conn, d, created)
-            if len(rows) == 1:  # the usual case: execute skips executemany's iteration over its rows
-                conn.execute(_INSERT_DELIVERY, rows[0])
-            elif rows:
-                conn.executemany(_INSERT_DELIVERY, rows)
-            return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
+            _insert(conn, [event_row], joins, rows)
+            return stored
 
         plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
-        inserts = (event_row, rows, [d for d in deliveries if d.conversation is not None], created,
-                   AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))) if plain else None
-        result: AcceptResult = await self._write(op, inserts=inserts)
+        result: AcceptResult = await self._write(op, inserts=(event_row, rows, joins, stored) if plain else None)
         return result
 
     # -- delivery -------------------------------------------------------------------------------
@@ -947,16 +941,13 @@ class SqliteStore(Store):
 
 def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
             deliveries: list[tuple[Any, ...]]) -> None:
-    """Write what _run_straight gathered of plain accepts (events first: deliveries refer to them; then the
-    conversations joined, in arrival order), and empty the lists."""
+    """Write accepted events: their rows first (deliveries refer to them), then the conversations they join, in
+    arrival order, then their deliveries' rows; one accept's or, gathered by _run_straight, a group's."""
     conn.executemany(_INSERT_EVENT, events)
     for d, created in joins:
         _join_conversation(conn, d, created)
     if deliveries:
         conn.executemany(_INSERT_DELIVERY, deliveries)
-    events.clear()
-    joins.clear()
-    deliveries.clear()
 
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:
