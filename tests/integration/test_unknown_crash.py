@@ -14,20 +14,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.processes import delivered_refs, free_port, spawn, stop_all, wait_http, write_partner_config
+from tests.integration.processes import (
+    PARTNER_MAPPING,
+    delivered_refs,
+    free_port,
+    spawn,
+    stop_all,
+    wait_http,
+    write_partner_config,
+)
 from tests.integration.test_crash_recovery import load
 
 pytestmark = pytest.mark.integration
 
-MAPPING = """
-source: partner
-destination: kapture
-action: create_ticket
-fields:
-  title: "Partner ticket {{ payload.id }}"
-  source_ref: "{{ payload.id }}"
-  ref_details: [{object: {bridge_ref: "{{ event.id }}"}}]
-"""
+MAPPING = PARTNER_MAPPING + """  ref_details: [{object: {bridge_ref: "{{ event.id }}"}}]
+"""  # the reference reconciliation looks tickets up by
 
 
 async def tickets(sandbox_port: int) -> list[dict[str, object]]:
