@@ -218,14 +218,11 @@ class Lane:
         try:
             try:
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
-            except StoreUnavailable as exc:
-                self.log.error("delivery.claim_failed", error=str(exc))
-                with contextlib.suppress(StoreUnavailable):
-                    await self.gate.unused(admission, admission.granted)
-                self.idle = (self.wake, d.timings.store_retry_s)
-                return
-            except Exception:
-                self.log.exception("delivery.lane_crashed")
+            except Exception as exc:  # the store failing, or a bug: the slots go back and the lane sleeps a while
+                if isinstance(exc, StoreUnavailable):
+                    self.log.error("delivery.claim_failed", error=str(exc))
+                else:
+                    self.log.exception("delivery.lane_crashed")
                 with contextlib.suppress(StoreUnavailable):
                     await self.gate.unused(admission, admission.granted)
                 self.idle = (self.wake, d.timings.store_retry_s)
