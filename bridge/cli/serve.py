@@ -26,6 +26,7 @@ from bridge.fdlimit import connection_limits, install_accept_error_handler, rais
 from bridge.logs import configure_logging
 from bridge.simulators import registry as simulator_registry
 from bridge.simulators import serving
+from bridge.store.base import Store
 
 log = structlog.get_logger("ticketbridge.server")
 EXIT_FATAL = 3  # the server stopped by itself (its store was lost): a supervisor should start it again
@@ -47,10 +48,12 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104 - mapping a wildcard bind
 
 
-async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | None = None) -> int:
+async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | None = None,
+                store: Store | None = None) -> int:
     """Run until `stop` is set (or SIGTERM/SIGINT, or a fault it cannot recover from); then stop taking
-    requests and drain deliveries. Returns the exit status: 0, or EXIT_FATAL after such a fault."""
-    app = build_app(config, workers=workers)
+    requests and drain deliveries. Returns the exit status: 0, or EXIT_FATAL after such a fault. `store`, when
+    given, is used instead of the one the config names (the benchmarks' in-memory rung)."""
+    app = build_app(config, workers=workers, store=store)
     rt = app[RUNTIME]
     nofile, _hard = raise_nofile_limit()
     limits = connection_limits(config.server, nofile)
