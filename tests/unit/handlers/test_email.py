@@ -352,6 +352,20 @@ def test_parse_mime_keeps_an_attached_message_byte_for_byte() -> None:
     assert [a.content for a in mime.attachments[:3]] == [LOGO, REPORT, UEBERSICHT]
 
 
+def test_a_multipart_part_without_a_boundary_is_a_file_not_a_crash() -> None:
+    """A multipart/related part that names no boundary keeps its content as text: it is one leaf, kept as a
+    file, as a whole message without a boundary is (the standard library's body search indexed into its text
+    and raised AttributeError)."""
+    raw_message = (b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+                   b"--b1\r\nContent-Type: multipart/related\r\n\r\nhello\r\n--b1--\r\n")
+    mime = parse_mime(raw_message)
+    assert mime.text == "hi"
+    assert mime.html is None
+    [part] = mime.attachments
+    assert part.meta["content_type"] == "multipart/related"
+    assert (part.content or b"").strip() == b"hello"
+
+
 def test_base64_encoded_attached_message_is_decoded() -> None:
     """An attached message a client base64-encoded (against RFC 2046, but sent) is stored decoded."""
     raw_message = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
