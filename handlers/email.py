@@ -446,8 +446,13 @@ def spam_score(value: object) -> float | None:
     """A spam score as the provider wrote it (a number, or one in a string); None when it is not one."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        score = float(value)
+    if isinstance(value, float):
+        score = value
+    elif isinstance(value, int):
+        try:
+            score = float(value)
+        except OverflowError:  # JSON allows an integer of any size; past a float's range it is no score
+            return None
     elif isinstance(value, str) and len(value) <= 32:
         try:
             score = float(value.strip())

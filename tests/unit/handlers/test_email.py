@@ -26,6 +26,7 @@ from handlers.email import (
     parse_mime,
     part_filename,
     sender,
+    spam_score,
 )
 from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
 from tests.fixtures.providers import (
@@ -433,6 +434,16 @@ def test_any_date_text_is_an_iso_date_or_null(value: str) -> None:
     """Whatever a Date header holds, the payload's `date` is UTC ISO 8601 or null; it never fails the request."""
     got = payload(date=value)["date"]
     assert got is None or got.endswith("+00:00")
+
+
+@pytest.mark.parametrize(("value", "score"), [
+    (5, 5.0), (-0.5, -0.5), (" 2.5 ", 2.5), pytest.param(10**400, None, id="int-past-float"),
+    pytest.param(-(10**400), None, id="negative-int-past-float"), ("1e400", None), (True, None),
+])
+def test_spam_score_is_a_finite_number_or_none(value: object, score: float | None) -> None:
+    """A score is the number the provider sent when a float holds it; an integer past a float's range (JSON
+    allows any) is not a score, as a string past it is not, and never an OverflowError."""
+    assert spam_score(value) == score
 
 
 def test_a_bounce_report_lists_its_status_and_returned_message_once_each() -> None:
