@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from email import policy
-from email.message import EmailMessage, Message
+from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser, HeaderParser
 from email.utils import collapse_rfc2231_value, getaddresses, parseaddr, parsedate_to_datetime, unquote
 from typing import Any, NamedTuple
@@ -317,6 +317,31 @@ def _part_text(part: EmailMessage) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def _body(part: MIMEPart, subtype: str) -> MIMEPart | None:
+    """The text/`subtype` body `part.get_body(preferencelist=(subtype,))` picks: the first such part depth first,
+    attachments skipped, and of a multipart/related only its root (the part its `start` names, else the first).
+    The standard library's search asks whether the message it was called on is multipart, not the part it is
+    in, so a multipart part without a boundary (its content left as text) had a character of that text taken
+    for its root and raised AttributeError; here such a part is a leaf, as `_leaves` counts it, and is kept as
+    a file."""
+    if part.is_attachment():
+        return None
+    maintype, _, sub = part.get_content_type().partition("/")
+    if maintype == "text":
+        return part if sub == subtype else None
+    if maintype != "multipart" or not part.is_multipart():
+        return None
+    subparts = list(part.iter_parts())
+    if sub == "related" and subparts:
+        start = part.get_param("start")
+        root = next((p for p in subparts if start and p["content-id"] == start), subparts[0])
+        subparts = [root]
+    for subpart in subparts:
+        if (found := _body(subpart, subtype)) is not None:
+            return found
+    return None
+
+
 def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content. An
     attached message is kept as its exact bytes; a part with a Content-ID is marked `inline`."""
@@ -327,8 +352,8 @@ def parse_mime(raw: bytes) -> MimeContent:
     message = BytesParser(_class=_OpaqueEmailMessage, policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     headers = Headers.from_message(message)
-    text_part = message.get_body(preferencelist=("plain",))
-    html_part = message.get_body(preferencelist=("html",))
+    text_part = _body(message, "plain")
+    html_part = _body(message, "html")
     files = []
     # Every leaf part but the two bodies: attachments, and the inline images of a multipart/related body
     # (which `iter_attachments` leaves out). An attached message is one leaf: it is kept opaque.
@@ -421,8 +446,13 @@ def spam_score(value: object) -> float | None:
     """A spam score as the provider wrote it (a number, or one in a string); None when it is not one."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        score = float(value)
+    if isinstance(value, float):
+        score = value
+    elif isinstance(value, int):
+        try:
+            score = float(value)
+        except OverflowError:  # JSON allows an integer of any size; past a float's range it is no score
+            return None
     elif isinstance(value, str) and len(value) <= 32:
         try:
             score = float(value.strip())

@@ -433,8 +433,11 @@ async def conn(client: Any) -> Any:
 async def test_any_request_is_answered_2xx_or_4xx(client: Any, conn: RawClient, kind: str, data: Any) -> None:
     """Whatever a request's bytes, body and headers, the answer is 2xx or 4xx and no handler fails."""
     path, body, headers = data.draw(requests(kind), label="request")
+    # the app lives for all of a kind's examples: what counts is this request's handler errors, not the count
+    # so far (which, once one request failed, would fail every later one, and Hypothesis would shrink to those)
+    errors = runtime(client).counters.get("handler_error", 0)
     answer = await conn.post(path, body, headers)
     by = ANSWERS.setdefault(kind, {})
     by[answer.status] = by.get(answer.status, 0) + 1
     assert answer.status < 500, answer.body[:500]
-    assert runtime(client).counters.get("handler_error", 0) == 0, answer.body[:500]
+    assert runtime(client).counters.get("handler_error", 0) == errors, answer.body[:500]

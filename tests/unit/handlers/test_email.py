@@ -26,6 +26,7 @@ from handlers.email import (
     parse_mime,
     part_filename,
     sender,
+    spam_score,
 )
 from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
 from tests.fixtures.providers import (
@@ -352,6 +353,20 @@ def test_parse_mime_keeps_an_attached_message_byte_for_byte() -> None:
     assert [a.content for a in mime.attachments[:3]] == [LOGO, REPORT, UEBERSICHT]
 
 
+def test_a_multipart_part_without_a_boundary_is_a_file_not_a_crash() -> None:
+    """A multipart/related part that names no boundary keeps its content as text: it is one leaf, kept as a
+    file, as a whole message without a boundary is (the standard library's body search indexed into its text
+    and raised AttributeError)."""
+    raw_message = (b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+                   b"--b1\r\nContent-Type: multipart/related\r\n\r\nhello\r\n--b1--\r\n")
+    mime = parse_mime(raw_message)
+    assert mime.text == "hi"
+    assert mime.html is None
+    [part] = mime.attachments
+    assert part.meta["content_type"] == "multipart/related"
+    assert (part.content or b"").strip() == b"hello"
+
+
 def test_base64_encoded_attached_message_is_decoded() -> None:
     """An attached message a client base64-encoded (against RFC 2046, but sent) is stored decoded."""
     raw_message = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
@@ -419,6 +434,16 @@ def test_any_date_text_is_an_iso_date_or_null(value: str) -> None:
     """Whatever a Date header holds, the payload's `date` is UTC ISO 8601 or null; it never fails the request."""
     got = payload(date=value)["date"]
     assert got is None or got.endswith("+00:00")
+
+
+@pytest.mark.parametrize(("value", "score"), [
+    (5, 5.0), (-0.5, -0.5), (" 2.5 ", 2.5), pytest.param(10**400, None, id="int-past-float"),
+    pytest.param(-(10**400), None, id="negative-int-past-float"), ("1e400", None), (True, None),
+])
+def test_spam_score_is_a_finite_number_or_none(value: object, score: float | None) -> None:
+    """A score is the number the provider sent when a float holds it; an integer past a float's range (JSON
+    allows any) is not a score, as a string past it is not, and never an OverflowError."""
+    assert spam_score(value) == score
 
 
 def test_a_bounce_report_lists_its_status_and_returned_message_once_each() -> None:
