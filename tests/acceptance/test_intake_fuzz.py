@@ -397,11 +397,15 @@ ANSWERS: dict[str, dict[int, int]] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def report() -> Iterator[None]:
-    """With FUZZ_EXAMPLES set: logs below error level are dropped (writing them costs more than the requests),
-    and at the end, how many requests each source was sent and how it answered is printed."""
+    """With FUZZ_EXAMPLES set: logs below error level are dropped (writing them costs more than the requests), a
+    handler's traceback is printed plain (the console renderer's default would show its locals: the sources'
+    secrets among them), and at the end, how many requests each source was sent and how it answered."""
     started = time.monotonic()
     if TOTAL:
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+            processors=[*structlog.get_config()["processors"][:-1],
+                        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)])
     try:
         yield
     finally:
