@@ -252,7 +252,8 @@ class OpaqueMessage(Message):
     its headers cost nothing to parse. The parser asks the main type to decide whether to nest.
 
     Its parameters are read as the standard library reads them, except that a parameter given in both of
-    RFC 2231's forms is a Rejected(400) naming the header (the parser reads the boundary this way)."""
+    RFC 2231's forms, or a boundary its declared character set cannot decode, is a Rejected(400) naming the
+    header (the parser reads the boundary this way)."""
 
     def get_content_maintype(self) -> str:
         maintype = super().get_content_maintype()
@@ -264,6 +265,12 @@ class OpaqueMessage(Message):
             return super().get_param(param, failobj, header, unquote)
         except TypeError:  # email.utils.decode_params sorts (None, …) and (0, …) sections of one name
             raise _rfc2231_mixed(header) from None
+
+    def get_boundary(self, failobj: Any = None) -> Any:
+        try:
+            return super().get_boundary(failobj)
+        except UnicodeError:  # collapse_rfc2231_value decodes with "replace", which idna lacks
+            raise _rfc2231_undecodable("content-type", str(self.get("content-type", ""))) from None
 
 
 class _Policy(EmailPolicy):

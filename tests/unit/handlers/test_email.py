@@ -481,6 +481,7 @@ def test_an_rfc2231_parameter_in_both_forms_is_a_400_naming_the_header(raw: byte
      b"Content-Disposition: attachment; filename*=utf-16''%61\n\nx\n--a--\n", "utf-16"),  # an odd byte count
     (b"Content-Type: application/pdf; name*=punycode''x\n\nx\n", "punycode"),
     (b"Content-Type: application/pdf; name*=idna''%FF\n\nx\n", "idna"),
+    (b"Content-Type: multipart/mixed; boundary*=idna''%FF\n\n--a\n\nx\n--a--\n", "idna"),  # read by the parser
 ])
 def test_an_rfc2231_parameter_its_charset_cannot_decode_is_a_400_naming_it(raw: bytes, charset: str) -> None:
     with pytest.raises(Rejected) as caught:
