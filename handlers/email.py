@@ -240,7 +240,8 @@ def _rfc2231_mixed(header: str) -> Rejected:
 
 def _rfc2231_undecodable(header: str, value: str) -> Rejected:
     """The 400 for a header whose RFC 2231 parameter is not in the character set it declares."""
-    charsets = ", ".join(sorted({c for c in _RFC2231_CHARSET.findall(value) if c})) or "its own"
+    found = sorted({c for c in _RFC2231_CHARSET.findall(value) if c})
+    charsets = ", ".join(c if c.isprintable() and c.isascii() else repr(c) for c in found) or "its own"
     return Rejected(400, f"the {header} header of a MIME part has an RFC 2231 parameter (name*=charset''text) that "
                          f"its character set ({charsets[:100]}) cannot decode; the text must be percent-encoded bytes "
                          f"of that character set, such as utf-8", check="email")
@@ -252,7 +253,7 @@ class OpaqueMessage(Message):
     its headers cost nothing to parse. The parser asks the main type to decide whether to nest.
 
     Its parameters are read as the standard library reads them, except that a parameter given in both of
-    RFC 2231's forms, or a boundary its declared character set cannot decode, is a Rejected(400) naming the
+    RFC 2231's forms, or a boundary or charset its declared character set cannot decode, is a Rejected(400) naming the
     header (the parser reads the boundary this way)."""
 
     def get_content_maintype(self) -> str:
@@ -266,10 +267,17 @@ class OpaqueMessage(Message):
         except TypeError:  # email.utils.decode_params sorts (None, …) and (0, …) sections of one name
             raise _rfc2231_mixed(header) from None
 
+    def get_content_charset(self, failobj: Any = None) -> Any:
+        try:
+            return super().get_content_charset(failobj)
+        except ValueError:  # charset*=a%00b''x: it catches an unknown name and a failed decode, not a NUL
+            raise _rfc2231_undecodable("content-type", str(self.get("content-type", ""))) from None
+
     def get_boundary(self, failobj: Any = None) -> Any:
         try:
             return super().get_boundary(failobj)
-        except UnicodeError:  # collapse_rfc2231_value decodes with "replace", which idna lacks
+        except ValueError:  # collapse_rfc2231_value decodes with "replace", which idna lacks (UnicodeError), or
+            # looks up a character set name with a NUL in it (ValueError)
             raise _rfc2231_undecodable("content-type", str(self.get("content-type", ""))) from None
 
 
@@ -277,12 +285,13 @@ class _Policy(EmailPolicy):
     """The default policy, except that a Content-* header whose RFC 2231 parameter is not in the character set
     it declares (`filename*=utf-16''%61`, or a codec that is no character set such as punycode or idna) is a
     Rejected(400) naming the header and the character set: the standard library's structured parse falls back
-    for an unknown character set but lets a failed decode escape as UnicodeError."""
+    for an unknown character set but lets a failed decode escape as UnicodeError, and a NUL in the character
+    set's name as ValueError."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         try:
             return super().header_fetch_parse(name, value)
-        except UnicodeError:
+        except ValueError:  # UnicodeError, or a NUL in the character set's name
             raise _rfc2231_undecodable(name, str(value)) from None
 
 
@@ -313,7 +322,8 @@ def raw_param(part: Message, header: str, param: str) -> str | None:
         charset, language, quoted = value
         try:
             return collapse_rfc2231_value((charset, language, unquote(quoted)))
-        except UnicodeError:  # a codec without the "replace" handler (idna): it only looks up unknown names
+        except ValueError:  # a codec without the "replace" handler (idna), a NUL in the name: it catches only
+            # an unknown name (LookupError)
             raise _rfc2231_undecodable(header, raw) from None
     if not isinstance(value, str):
         return None

@@ -482,6 +482,10 @@ def test_an_rfc2231_parameter_in_both_forms_is_a_400_naming_the_header(raw: byte
     (b"Content-Type: application/pdf; name*=punycode''x\n\nx\n", "punycode"),
     (b"Content-Type: application/pdf; name*=idna''%FF\n\nx\n", "idna"),
     (b"Content-Type: multipart/mixed; boundary*=idna''%FF\n\n--a\n\nx\n--a--\n", "idna"),  # read by the parser
+    # a NUL in the name: the codec lookup's ValueError
+    (b"Content-Type: application/pdf; name*=a\x00b''x\n\nx\n", "'a\\x00b'"),
+    (b"Content-Type: multipart/mixed; boundary*=a\x00b''a\n\n--a\n\nx\n--a--\n", "'a\\x00b'"),
+    (b"Content-Type: text/plain\nContent-Disposition: attachment; filename*=a\x00b''x\n\nx\n", "'a\\x00b'"),
 ])
 def test_an_rfc2231_parameter_its_charset_cannot_decode_is_a_400_naming_it(raw: bytes, charset: str) -> None:
     with pytest.raises(Rejected) as caught:
