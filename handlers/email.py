@@ -10,9 +10,9 @@ import mimetypes
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from email import policy
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser, HeaderParser
+from email.policy import EmailPolicy
 from email.utils import collapse_rfc2231_value, getaddresses, parseaddr, parsedate_to_datetime, unquote
 from typing import Any, NamedTuple
 
@@ -228,14 +228,74 @@ class MimeContent(NamedTuple):
     attachments: list[Attachment]
 
 
+_RFC2231_CHARSET = re.compile(r"\*\s*=\s*\"?([^'\";]*)'")
+
+
+def _rfc2231_mixed(header: str) -> Rejected:
+    """The 400 for a header that gives an RFC 2231 parameter both whole (`name*=`) and in numbered sections
+    (`name*0=`): the standard library's reader fails sorting the two forms together (TypeError)."""
+    return Rejected(400, f"the {header} header of a MIME part gives a parameter both whole (name*=) and in numbered "
+                         f"sections (name*0=, name*1=…); RFC 2231 allows one form or the other", check="email")
+
+
+def _rfc2231_undecodable(header: str, value: str) -> Rejected:
+    """The 400 for a header whose RFC 2231 parameter is not in the character set it declares."""
+    found = sorted({c for c in _RFC2231_CHARSET.findall(value) if c})
+    charsets = ", ".join(c if c.isprintable() and c.isascii() else repr(c) for c in found) or "its own"
+    return Rejected(400, f"the {header} header of a MIME part has an RFC 2231 parameter (name*=charset''text) that "
+                         f"its character set ({charsets[:100]}) cannot decode; the text must be percent-encoded bytes "
+                         f"of that character set, such as utf-8", check="email")
+
+
 class OpaqueMessage(Message):
     """A part whose attached message (message/rfc822, message/global) the parser keeps as the bytes it was
     sent as, instead of parsing it as a nested message: what is stored is the attached message exactly, and
-    its headers cost nothing to parse. The parser asks the main type to decide whether to nest."""
+    its headers cost nothing to parse. The parser asks the main type to decide whether to nest.
+
+    Its parameters are read as the standard library reads them, except that a parameter given in both of
+    RFC 2231's forms, or a boundary or charset its declared character set cannot decode, is a Rejected(400) naming the
+    header (the parser reads the boundary this way)."""
 
     def get_content_maintype(self) -> str:
         maintype = super().get_content_maintype()
         return "application" if maintype == "message" else maintype
+
+    def get_param(self, param: str, failobj: Any = None, header: str = "content-type",
+                  unquote: bool = True) -> Any:
+        try:
+            return super().get_param(param, failobj, header, unquote)
+        except TypeError:  # email.utils.decode_params sorts (None, …) and (0, …) sections of one name
+            raise _rfc2231_mixed(header) from None
+
+    def get_content_charset(self, failobj: Any = None) -> Any:
+        try:
+            return super().get_content_charset(failobj)
+        except ValueError:  # charset*=a%00b''x: it catches an unknown name and a failed decode, not a NUL
+            raise _rfc2231_undecodable("content-type", str(self.get("content-type", ""))) from None
+
+    def get_boundary(self, failobj: Any = None) -> Any:
+        try:
+            return super().get_boundary(failobj)
+        except ValueError:  # collapse_rfc2231_value decodes with "replace", which idna lacks (UnicodeError), or
+            # looks up a character set name with a NUL in it (ValueError)
+            raise _rfc2231_undecodable("content-type", str(self.get("content-type", ""))) from None
+
+
+class _Policy(EmailPolicy):
+    """The default policy, except that a Content-* header whose RFC 2231 parameter is not in the character set
+    it declares (`filename*=utf-16''%61`, or a codec that is no character set such as punycode or idna) is a
+    Rejected(400) naming the header and the character set: the standard library's structured parse falls back
+    for an unknown character set but lets a failed decode escape as UnicodeError, and a NUL in the character
+    set's name as ValueError."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        try:
+            return super().header_fetch_parse(name, value)
+        except ValueError:  # UnicodeError, or a NUL in the character set's name
+            raise _rfc2231_undecodable(name, str(value)) from None
+
+
+_POLICY = _Policy()
 
 
 class _OpaqueEmailMessage(OpaqueMessage, EmailMessage):
@@ -255,12 +315,16 @@ def raw_param(part: Message, header: str, param: str) -> str | None:
     raw = _raw_header(part, header)
     if raw is None:
         return None
-    probe = Message()
+    probe = OpaqueMessage()
     probe[header] = raw
     value = probe.get_param(param, header=header, unquote=False)
     if isinstance(value, tuple):  # the parser quoted (and escaped) the percent-decoded value: undone exactly
         charset, language, quoted = value
-        return collapse_rfc2231_value((charset, language, unquote(quoted)))
+        try:
+            return collapse_rfc2231_value((charset, language, unquote(quoted)))
+        except ValueError:  # a codec without the "replace" handler (idna), a NUL in the name: it catches only
+            # an unknown name (LookupError)
+            raise _rfc2231_undecodable(header, raw) from None
     if not isinstance(value, str):
         return None
     if len(value) >= 2 and value[0] == value[-1] == '"':
@@ -349,7 +413,7 @@ def parse_mime(raw: bytes) -> MimeContent:
     # The shape is checked on a compat32 parse, some ten times cheaper per part than the default policy's,
     # whose structured parse of each part's headers is what the checks bound.
     check_parts(BytesParser(_class=OpaqueMessage).parsebytes(raw), "the message")
-    message = BytesParser(_class=_OpaqueEmailMessage, policy=policy.default).parsebytes(raw)
+    message = BytesParser(_class=_OpaqueEmailMessage, policy=_POLICY).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     headers = Headers.from_message(message)
     text_part = _body(message, "plain")

@@ -137,6 +137,24 @@ def _ses_build(notification: Any) -> tuple[bytes, str]:
     return compact(sns_sign(envelope)), "text/plain; charset=UTF-8"
 
 
+def _ses_envelope() -> dict[str, Any]:
+    envelope = load("ses/sns_notification.json")
+    envelope["Message"] = json.dumps(load("ses/received.json"))
+    envelope["Timestamp"] = "2024-06-03T10:02:20.000Z"
+    return envelope
+
+
+def _sns_envelope_build(envelope: Any) -> tuple[bytes, str]:
+    """The SNS envelope itself as mutated (its Type, Timestamp, TopicArn, SigningCertURL…), signed over what
+    it then holds: the envelope is read before its signature is checked, and after it."""
+    if not isinstance(envelope, dict):
+        return _json_body(envelope)[0], "text/plain; charset=UTF-8"
+    signed = sns_sign({"Type": "Notification", **envelope}) if "Type" not in envelope else sns_sign(envelope)
+    if "Type" not in envelope:
+        del signed["Type"]
+    return expand(json.dumps(signed, separators=(",", ":"), ensure_ascii=False)).encode(), "text/plain; charset=UTF-8"
+
+
 def _sendgrid_raw() -> dict[str, str]:
     return {"email": raw("ses/message.eml").decode(), "to": "support@acme.test", "from": "asha@example.com"}
 
@@ -161,6 +179,7 @@ def specs() -> dict[str, Spec]:
                                 _multipart_body, _static({"Authorization": basic("cloudmailin", S["CLOUDMAILIN_PW"])}),
                                 form=True),
         "ses": Spec("/hooks/ses", load("ses/received.json"), _ses_build, _static({})),
+        "ses-envelope": Spec("/hooks/ses", _ses_envelope(), _sns_envelope_build, _static({})),
         "cloudmailin": Spec("/hooks/cloudmailin", load("cloudmailin/normalized.json"), _json_body,
                             _static({"Authorization": basic("cloudmailin", S["CLOUDMAILIN_PW"])})),
         "brevo": Spec(f"/hooks/brevo?token={S['BREVO_TOKEN']}", load("brevo/inbound.json"), _json_body, _static({})),
@@ -219,6 +238,9 @@ ODD_TEXT = [
     "9" * 5000, "-1", "1e400", "0x10", "NaN", "null", "true", "[]", "{}", "[" * 2000, "{\"a\":" * 1500,
     "On Mon wrote:\n> quoted", "-----Original Message-----", "base64!!", "AAAA====", "/9j/4AAQ", "text/plain",
     "BASE64", "multipart/mixed; boundary=\"b1\"", "utf-7", "unicode_escape", "+2AA-", "\\ud800",
+    # RFC 2231 parameters the standard library's readers fail on, spliced into raw MIME and form part headers
+    "; filename*=utf-16''%61", "; name*=idna''%FF", "; charset*=a\u0000b''x", "; filename*=utf-8''a; filename*0=b",
+    "\nContent-Type: multipart/mixed; boundary*=idna''%FF\n", "\nContent-Disposition: attachment; name*=punycode''x\n",
 ]
 text = st.one_of(st.text(max_size=40), st.sampled_from(ODD_TEXT))
 numbers = st.one_of(st.integers(), st.integers(min_value=-(10**4200), max_value=10**4200),

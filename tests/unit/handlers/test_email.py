@@ -461,3 +461,39 @@ def test_a_bounce_report_lists_its_status_and_returned_message_once_each() -> No
     assert status.meta["content_type"] == "message/delivery-status"
     assert status.content is not None and b"Status: 5.1.1" in status.content
     assert returned.content == b"From: support@acme.test\r\nSubject: hi\r\n\r\nbody"
+
+
+@pytest.mark.parametrize(("raw", "header"), [
+    # a multipart's boundary both whole and in sections: the parser reads it before any part
+    (b"Content-Type: multipart/mixed; boundary*=utf-8''a; boundary*0=a\n\n--a\n\nx\n--a--\n", "content-type"),
+    (b"Content-Type: multipart/mixed; boundary=a\n\n--a\nContent-Type: application/pdf\n"
+     b"Content-Disposition: attachment; filename*=utf-8''a.pdf; filename*0=b.pdf\n\nx\n--a--\n", "content-disposition"),
+])
+def test_an_rfc2231_parameter_in_both_forms_is_a_400_naming_the_header(raw: bytes, header: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse_mime(raw)
+    assert caught.value.status == 400
+    assert header in str(caught.value) and "name*0=" in str(caught.value)
+
+
+@pytest.mark.parametrize(("raw", "charset"), [
+    (b"Content-Type: multipart/mixed; boundary=a\n\n--a\nContent-Type: application/pdf\n"
+     b"Content-Disposition: attachment; filename*=utf-16''%61\n\nx\n--a--\n", "utf-16"),  # an odd byte count
+    (b"Content-Type: application/pdf; name*=punycode''x\n\nx\n", "punycode"),
+    (b"Content-Type: application/pdf; name*=idna''%FF\n\nx\n", "idna"),
+    (b"Content-Type: multipart/mixed; boundary*=idna''%FF\n\n--a\n\nx\n--a--\n", "idna"),  # read by the parser
+    # a NUL in the name: the codec lookup's ValueError
+    (b"Content-Type: application/pdf; name*=a\x00b''x\n\nx\n", "'a\\x00b'"),
+    (b"Content-Type: multipart/mixed; boundary*=a\x00b''a\n\n--a\n\nx\n--a--\n", "'a\\x00b'"),
+    (b"Content-Type: text/plain\nContent-Disposition: attachment; filename*=a\x00b''x\n\nx\n", "'a\\x00b'"),
+])
+def test_an_rfc2231_parameter_its_charset_cannot_decode_is_a_400_naming_it(raw: bytes, charset: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse_mime(raw)
+    assert caught.value.status == 400
+    assert f"({charset})" in str(caught.value)
+
+
+def test_an_rfc2231_parameter_in_an_unknown_charset_is_still_read() -> None:
+    raw = b"Content-Type: application/pdf; name*=bogus''report.pdf\n\nx\n"
+    assert [a.meta["name"] for a in parse_mime(raw).attachments] == ["report.pdf"]

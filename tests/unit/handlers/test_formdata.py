@@ -376,3 +376,17 @@ def test_urlencoded_reads_as_parse_qsl_does(pieces: list[str], charset: str | No
         assert expected in str(form_rejected(body, charset))
     else:
         assert parse_urlencoded(body, charset) == expected
+
+
+@pytest.mark.parametrize(("disposition", "says"), [
+    (b"form-data; name*=utf-8''a; name*0=b", "both whole (name*=) and in numbered sections"),
+    (b"form-data; name=a; filename*=idna''%FF", "its character set (idna) cannot decode"),
+    (b"form-data; name=a; filename*=a\x00b''x", "its character set ('a\\x00b') cannot decode"),
+    (b"form-data; name=a\r\nContent-Type: text/plain; charset*=a\x00b''x", "its character set ('a\\x00b')"),
+])
+def test_a_part_whose_rfc2231_parameter_cannot_be_read_is_a_400_saying_why(disposition: bytes, says: str) -> None:
+    body = b"--b\r\nContent-Disposition: " + disposition + b"\r\n\r\nx\r\n--b--\r\n"
+    with pytest.raises(Rejected) as caught:
+        parse_multipart(body, "multipart/form-data; boundary=b")
+    assert caught.value.status == 400
+    assert says in str(caught.value)
