@@ -52,7 +52,7 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
                 store: Store | None = None) -> int:
     """Run until `stop` is set (or SIGTERM/SIGINT, or a fault it cannot recover from); then stop taking
     requests and drain deliveries. Returns the exit status: 0, or EXIT_FATAL after such a fault. `store`, when
-    given, is used instead of the one the config names (the benchmarks' in-memory rung)."""
+    given, is used instead of the one the config names (the cost ladder bench's middle rungs)."""
     app = build_app(config, workers=workers, store=store)
     rt = app[RUNTIME]
     nofile, _hard = raise_nofile_limit()

@@ -36,7 +36,7 @@ class KeepsNothing(MemoryStore):
 def main() -> None:
     config = load_config(None, registries=REGISTRIES)
     config = dataclasses.replace(config, server=msgspec.structs.replace(config.server, port=int(sys.argv[1])))
-    configure_logging("warning", config.log.format)
+    configure_logging(config.log.level, config.log.format)  # as `serve` does
     store = {"memory": MemoryStore, "none": KeepsNothing}[sys.argv[2]]()
     run(lambda: serve(config, workers=False, store=store), config.server.event_loop)
 
