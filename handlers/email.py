@@ -228,7 +228,9 @@ class MimeContent(NamedTuple):
     attachments: list[Attachment]
 
 
-_RFC2231_CHARSET = re.compile(r"\*\s*=\s*\"?([^'\";]*)'")
+_RFC2231_CHARSET = re.compile(r"\*\s*=\s*\"?([^'\";*=\s]{0,64})'")
+"""A `name*=charset'` in a header: the name is a token (no `*`, `=` or space) and short, so that each match
+attempt stops within a few characters and a header of many `*=` is read in linear time."""
 
 
 def _rfc2231_mixed(header: str) -> Rejected:

@@ -97,6 +97,12 @@ def mime_attached_messages(n: int) -> bytes:
             f"--{BOUNDARY}--\r\n").encode()
 
 
+def mime_undecodable_param(n: int) -> bytes:
+    # refused: its RFC 2231 name is not idna; the refusal names the character sets the header declares
+    stars = "*=" * n
+    return f"Content-Type: application/pdf; name*=idna''%FF; x={stars}\r\n\r\nx\r\n".encode()
+
+
 def payload_of_raw(raw: bytes) -> dict[str, Any]:
     """The raw-message path a provider's `body-mime`/`RawEmail` takes: parsed, then normalised."""
     mime = parse_mime_text(raw, "the message")
@@ -125,6 +131,7 @@ CASES: dict[str, tuple[Any, Any, int]] = {
     "MIME: a file name that is a path of n folders": (parse_mime, mime_path_name, 100),
     "MIME: an RFC 2231 file name in n continuations": (parse_mime, mime_rfc2231_name, 40),
     "MIME: n attached messages, kept as bytes": (parse_mime, mime_attached_messages, 25),
+    "MIME: an undecodable RFC 2231 parameter, then n '*='": (parse_mime, mime_undecodable_param, 500),
     "raw message to payload: n named To and Reply-To addresses": (payload_of_raw, mime_named_recipients, 100),
     "intercom html: n unclosed tags": (html_text, lambda n: "<" * n, 2_000),
 }
