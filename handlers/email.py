@@ -273,14 +273,17 @@ class OpaqueMessage(Message):
         try:
             return super().get_content_charset(failobj)
         except ValueError:  # charset*=a%00b''x: it catches an unknown name and a failed decode, not a NUL
-            raise _rfc2231_undecodable("content-type", str(self.get("content-type", ""))) from None
+            raise self._undecodable_content_type() from None
 
     def get_boundary(self, failobj: Any = None) -> Any:
         try:
             return super().get_boundary(failobj)
         except ValueError:  # collapse_rfc2231_value decodes with "replace", which idna lacks (UnicodeError), or
             # looks up a character set name with a NUL in it (ValueError)
-            raise _rfc2231_undecodable("content-type", str(self.get("content-type", ""))) from None
+            raise self._undecodable_content_type() from None
+
+    def _undecodable_content_type(self) -> Rejected:
+        return _rfc2231_undecodable("content-type", str(self.get("content-type", "")))
 
 
 class _Policy(EmailPolicy):
