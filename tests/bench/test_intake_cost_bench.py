@@ -51,8 +51,8 @@ PATH = "/hooks/website-contact"
 class Rung:
     name: str
     port: int
-    start: Callable[[Path, int], list[str]]
-    env: dict[str, str] = field(default_factory=dict)
+    args: Callable[[int], list[str]]
+    """The process's arguments, given its port."""
     rates: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
     answered: int = 0
@@ -60,19 +60,19 @@ class Rung:
 
 def test_where_intake_time_goes(tmp_path: Path) -> None:
     rungs = [
-        Rung("bare aiohttp handler", free_port(), lambda _d, p: [str(HERE / "bare_server.py"), str(p)]),
-        Rung("+ connection guard", free_port(), lambda _d, p: [str(HERE / "bare_server.py"), str(p), "guarded"]),
+        Rung("bare aiohttp handler", free_port(), lambda p: [str(HERE / "bare_server.py"), str(p)]),
+        Rung("+ connection guard", free_port(), lambda p: [str(HERE / "bare_server.py"), str(p), "guarded"]),
         Rung("+ ticketbridge handler, nothing stored", free_port(),
-             lambda _d, p: [str(HERE / "intake_rungs.py"), str(p), "none"]),
-        Rung("+ in-memory store", free_port(), lambda _d, p: [str(HERE / "intake_rungs.py"), str(p), "memory"]),
-        Rung("ticketbridge, durable SQLite", free_port(), lambda _d, _p: ["-m", "bridge", "serve", "--no-workers"]),
+             lambda p: [str(HERE / "intake_rungs.py"), str(p), "none"]),
+        Rung("+ in-memory store", free_port(), lambda p: [str(HERE / "intake_rungs.py"), str(p), "memory"]),
+        Rung("ticketbridge, durable SQLite", free_port(), lambda _p: ["-m", "bridge", "serve", "--no-workers"]),
     ]
     procs = []
     try:
         for rung in rungs:
             folder = tmp_path / f"rung-{rung.port}"
             folder.mkdir()
-            proc = spawn(rung.start(folder, rung.port), folder, {**os.environ, "PORT": str(rung.port)})
+            proc = spawn(rung.args(rung.port), folder, {**os.environ, "PORT": str(rung.port)})
             procs.append(proc)
             wait_port(rung.port, proc)
         for rung in rungs:  # warm-up
