@@ -149,8 +149,10 @@ def _sns_envelope_build(envelope: Any) -> tuple[bytes, str]:
     it then holds: the envelope is read before its signature is checked, and after it."""
     if not isinstance(envelope, dict):
         return _json_body(envelope)[0], "text/plain; charset=UTF-8"
-    signed = sns_sign({"Type": "Notification", **envelope}) if "Type" not in envelope else sns_sign(envelope)
-    if "Type" not in envelope:
+    if "Type" in envelope:
+        signed = sns_sign(envelope)
+    else:  # the fields signed depend on the Type: signed as a notification's, then sent without one
+        signed = sns_sign({"Type": "Notification", **envelope})
         del signed["Type"]
     return expand(json.dumps(signed, separators=(",", ":"), ensure_ascii=False)).encode(), "text/plain; charset=UTF-8"
 
