@@ -10,15 +10,15 @@ import mimetypes
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from email.message import EmailMessage, Message, MIMEPart
+from email.message import Message
 from email.parser import BytesParser, HeaderParser
-from email.policy import EmailPolicy
 from email.utils import collapse_rfc2231_value, getaddresses, parseaddr, parsedate_to_datetime, unquote
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
 from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
+from handlers.charsets import text_codec
 from handlers.limits import (
     MAX_ADDRESS_FIELD_CHARS,
     MAX_ADDRESSES,
@@ -40,14 +40,16 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 
 
 def _decode_word(charset: str, encoding: str, text: str) -> str | None:
-    charset = charset.partition("*")[0]  # RFC 2231 adds a language: utf-8*en
+    codec = text_codec(charset.partition("*")[0])  # RFC 2231 adds a language: utf-8*en
+    if codec is None:
+        return None
     try:
         if encoding in "bB":
             data = base64.b64decode(text + "=" * (-len(text) % 4))
         else:
             data = binascii.a2b_qp(text.encode("ascii"), header=True)
-        return data.decode(charset)
-    except (ValueError, LookupError, UnicodeError):
+        return data.decode(codec)
+    except ValueError:
         return None
 
 
@@ -228,11 +230,6 @@ class MimeContent(NamedTuple):
     attachments: list[Attachment]
 
 
-_RFC2231_CHARSET = re.compile(r"\*\s*=\s*\"?([^'\";*=\s]{0,64})'")
-"""A `name*=charset'` in a header: the name is a token (no `*`, `=` or space) and short, so that each match
-attempt stops within a few characters and a header of many `*=` is read in linear time."""
-
-
 def _rfc2231_mixed(header: str) -> Rejected:
     """The 400 for a header that gives an RFC 2231 parameter both whole (`name*=`) and in numbered sections
     (`name*0=`): the standard library's reader fails sorting the two forms together (TypeError)."""
@@ -240,23 +237,16 @@ def _rfc2231_mixed(header: str) -> Rejected:
                          f"sections (name*0=, name*1=…); RFC 2231 allows one form or the other", check="email")
 
 
-def _rfc2231_undecodable(header: str, value: str) -> Rejected:
-    """The 400 for a header whose RFC 2231 parameter is not in the character set it declares."""
-    found = sorted({c for c in _RFC2231_CHARSET.findall(value) if c})
-    charsets = ", ".join(c if c.isprintable() and c.isascii() else repr(c) for c in found) or "its own"
-    return Rejected(400, f"the {header} header of a MIME part has an RFC 2231 parameter (name*=charset''text) that "
-                         f"its character set ({charsets[:100]}) cannot decode; the text must be percent-encoded bytes "
-                         f"of that character set, such as utf-8", check="email")
-
-
 class OpaqueMessage(Message):
     """A part whose attached message (message/rfc822, message/global) the parser keeps as the bytes it was
     sent as, instead of parsing it as a nested message: what is stored is the attached message exactly, and
     its headers cost nothing to parse. The parser asks the main type to decide whether to nest.
 
-    Its parameters are read as the standard library reads them, except that a parameter given in both of
-    RFC 2231's forms, or a boundary or charset its declared character set cannot decode, is a Rejected(400) naming the
-    header (the parser reads the boundary this way)."""
+    Its parameters are read as the standard library reads them, except that an RFC 2231 parameter
+    (`name*=charset'lang'text`) is decoded in the codec `text_codec` gives for its character set, and as
+    UTF-8 when it gives none: the sender's name never reaches Python's codec registry (the boundary, the
+    charset and the file name are all read through here). A parameter given in both of RFC 2231's forms is a
+    Rejected(400) naming the header (the parser reads the boundary this way)."""
 
     def get_content_maintype(self) -> str:
         maintype = super().get_content_maintype()
@@ -265,46 +255,13 @@ class OpaqueMessage(Message):
     def get_param(self, param: str, failobj: Any = None, header: str = "content-type",
                   unquote: bool = True) -> Any:
         try:
-            return super().get_param(param, failobj, header, unquote)
+            value = super().get_param(param, failobj, header, unquote)
         except TypeError:  # email.utils.decode_params sorts (None, …) and (0, …) sections of one name
             raise _rfc2231_mixed(header) from None
-
-    def get_content_charset(self, failobj: Any = None) -> Any:
-        try:
-            return super().get_content_charset(failobj)
-        except ValueError:  # charset*=a%00b''x: it catches an unknown name and a failed decode, not a NUL
-            raise self._undecodable_content_type() from None
-
-    def get_boundary(self, failobj: Any = None) -> Any:
-        try:
-            return super().get_boundary(failobj)
-        except ValueError:  # collapse_rfc2231_value decodes with "replace", which idna lacks (UnicodeError), or
-            # looks up a character set name with a NUL in it (ValueError)
-            raise self._undecodable_content_type() from None
-
-    def _undecodable_content_type(self) -> Rejected:
-        return _rfc2231_undecodable("content-type", str(self.get("content-type", "")))
-
-
-class _Policy(EmailPolicy):
-    """The default policy, except that a Content-* header whose RFC 2231 parameter is not in the character set
-    it declares (`filename*=utf-16''%61`, or a codec that is no character set such as punycode or idna) is a
-    Rejected(400) naming the header and the character set: the standard library's structured parse falls back
-    for an unknown character set but lets a failed decode escape as UnicodeError, and a NUL in the character
-    set's name as ValueError."""
-
-    def header_fetch_parse(self, name: str, value: str) -> Any:
-        try:
-            return super().header_fetch_parse(name, value)
-        except ValueError:  # UnicodeError, or a NUL in the character set's name
-            raise _rfc2231_undecodable(name, str(value)) from None
-
-
-_POLICY = _Policy()
-
-
-class _OpaqueEmailMessage(OpaqueMessage, EmailMessage):
-    """OpaqueMessage for the default policy's parse: its override comes first, before EmailMessage's."""
+        if isinstance(value, tuple):  # (charset, language, text), which the standard readers decode in charset
+            charset, language, text = value
+            return text_codec(charset) or "utf_8", language, text
+        return value
 
 
 def _raw_header(part: Message, name: str) -> str | None:
@@ -325,11 +282,7 @@ def raw_param(part: Message, header: str, param: str) -> str | None:
     value = probe.get_param(param, header=header, unquote=False)
     if isinstance(value, tuple):  # the parser quoted (and escaped) the percent-decoded value: undone exactly
         charset, language, quoted = value
-        try:
-            return collapse_rfc2231_value((charset, language, unquote(quoted)))
-        except ValueError:  # a codec without the "replace" handler (idna), a NUL in the name: it catches only
-            # an unknown name (LookupError)
-            raise _rfc2231_undecodable(header, raw) from None
+        return collapse_rfc2231_value((charset, language, unquote(quoted)))
     if not isinstance(value, str):
         return None
     if len(value) >= 2 and value[0] == value[-1] == '"':
@@ -377,30 +330,30 @@ def _leaves(message: Message) -> Iterator[Message]:
             yield part
 
 
-def _part_text(part: EmailMessage) -> str | None:
-    try:
-        content = part.get_content()
-    except (LookupError, ValueError, AssertionError):  # unknown, lying or NUL-holding charset
-        raw = part.get_payload(decode=True)
-        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
-    return content if isinstance(content, str) else None
+def _part_text(part: Message) -> str | None:
+    """A body part's text, in the codec `text_codec` gives for its charset, else UTF-8 (a superset of the
+    ASCII that RFC 2045 assumes when a part names none), any bytes the codec cannot read replaced."""
+    raw = part.get_payload(decode=True)
+    if not isinstance(raw, bytes):
+        return None
+    return raw.decode(text_codec(part.get_content_charset()) or "utf-8", "replace")
 
 
-def _body(part: MIMEPart, subtype: str) -> MIMEPart | None:
-    """The text/`subtype` body `part.get_body(preferencelist=(subtype,))` picks: the first such part depth first,
-    attachments skipped, and of a multipart/related only its root (the part its `start` names, else the first).
-    The standard library's search asks whether the message it was called on is multipart, not the part it is
-    in, so a multipart part without a boundary (its content left as text) had a character of that text taken
-    for its root and raised AttributeError; here such a part is a leaf, as `_leaves` counts it, and is kept as
-    a file."""
-    if part.is_attachment():
+def _body(part: Message, subtype: str) -> Message | None:
+    """The text/`subtype` body `EmailMessage.get_body(preferencelist=(subtype,))` picks: the first such part
+    depth first, attachments skipped, and of a multipart/related only its root (the part its `start` names,
+    else the first). The standard library's search asks whether the message it was called on is multipart,
+    not the part it is in, so a multipart part without a boundary (its content left as text) had a character
+    of that text taken for its root and raised AttributeError; here such a part is a leaf, as `_leaves` counts
+    it, and is kept as a file."""
+    if part.get_content_disposition() == "attachment":
         return None
     maintype, _, sub = part.get_content_type().partition("/")
     if maintype == "text":
         return part if sub == subtype else None
     if maintype != "multipart" or not part.is_multipart():
         return None
-    subparts = list(part.iter_parts())
+    subparts = [p for p in part.get_payload() if isinstance(p, Message)]
     if sub == "related" and subparts:
         start = part.get_param("start")
         root = next((p for p in subparts if start and p["content-id"] == start), subparts[0])
@@ -415,17 +368,17 @@ def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content. An
     attached message is kept as its exact bytes; a part with a Content-ID is marked `inline`."""
     check_mime_shape(raw, "the message")
-    # The shape is checked on a compat32 parse, some ten times cheaper per part than the default policy's,
-    # whose structured parse of each part's headers is what the checks bound.
-    check_parts(BytesParser(_class=OpaqueMessage).parsebytes(raw), "the message")
-    message = BytesParser(_class=_OpaqueEmailMessage, policy=_POLICY).parsebytes(raw)
-    assert isinstance(message, EmailMessage)
+    # The compat32 policy: headers stay raw text, read by this module's own parsers and `Message`'s light
+    # parameter reader; the default policy's structured parse costs some ten times more per part, and decodes
+    # parameters and encoded words in whatever character set the sender names.
+    message = BytesParser(_class=OpaqueMessage).parsebytes(raw)
+    check_parts(message, "the message")
     headers = Headers.from_message(message)
     text_part = _body(message, "plain")
     html_part = _body(message, "html")
     files = []
-    # Every leaf part but the two bodies: attachments, and the inline images of a multipart/related body
-    # (which `iter_attachments` leaves out). An attached message is one leaf: it is kept opaque.
+    # Every leaf part but the two bodies: attachments, and the inline images of a multipart/related body. An
+    # attached message is one leaf: it is kept opaque.
     for part in _leaves(message):
         if part is text_part or part is html_part:
             continue
@@ -434,8 +387,8 @@ def parse_mime(raw: bytes) -> MimeContent:
     check_count("attachments", len(files), MAX_ATTACHMENTS)
     return MimeContent(
         headers=headers,
-        text=_part_text(text_part) if isinstance(text_part, EmailMessage) else None,
-        html=_part_text(html_part) if isinstance(html_part, EmailMessage) else None,
+        text=None if text_part is None else _part_text(text_part),
+        html=None if html_part is None else _part_text(html_part),
         attachments=files,
     )
 

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 from bridge.errors import Rejected
 from bridge.escaping import escape_text
 from handlers.attachments import Attachment, attachment
+from handlers.charsets import text_codec
 from handlers.email import OpaqueMessage, basename, decode_words, raw_param, raw_utf8
 from handlers.limits import MAX_FORM_FIELDS, check_count, check_mime_shape, check_parts
 
@@ -35,22 +36,33 @@ def first_value(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _codec(charset: str, what: str) -> str:
+    """The codec for the charset a form body or part names; Rejected(400) when it is no character set."""
+    codec = text_codec(charset)
+    if codec is None:
+        raise Rejected(400, f"{what} is in charset {escape_text(charset)[:80]!r}, which is not a character set "
+                            "ticketbridge reads; send it as utf-8 (or another IANA character set)", check="form")
+    return codec
+
+
 def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
+    """A urlencoded form body's fields, in `charset` (the Content-Type's; else UTF-8)."""
+    codec = "utf-8" if charset is None else _codec(charset, "the form body")
     try:
-        text = body.decode(charset or "utf-8")
-    except (ValueError, LookupError) as exc:
+        text = body.decode(codec)
+    except ValueError as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
     fields = [part for part in text.split("&") if part]  # clients leave stray '&'s; they carry no field
     check_count("form fields", len(fields), MAX_FORM_FIELDS)
     try:
-        pairs = _pairs(fields, charset or "utf-8")
+        pairs = _pairs(fields, codec)
     except UnicodeError as exc:  # a percent-escape that is not valid text in the charset
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}",
                        check="form") from None
     except ValueError as exc:
         raise Rejected(400, f"malformed form body: {exc}", check="form") from None
-    if charset:  # UTF-7 or unicode_escape may decode to lone surrogates; UTF-8, read strictly, never does
+    if charset:  # UTF-7 may decode to lone surrogates; UTF-8, read strictly, never does
         pairs = [(escape_text(key), escape_text(value)) for key, value in pairs]
     for key, value in pairs:
         add_value(out, key, value)
@@ -140,12 +152,13 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
 def decode_part(part: Part, charset: str | None = None) -> str:
     """A text part as str, in `charset` (else the part's own, else UTF-8); Rejected(400) when it is not. A
-    charset that decodes to lone surrogates (malformed UTF-7, unicode_escape) has them written out, so that
-    the text can be signed, logged and stored."""
+    charset that decodes to lone surrogates (malformed UTF-7) has them written out, so that the text can be
+    signed, logged and stored."""
     use = charset or part.charset or "utf-8"
+    codec = _codec(use, f"multipart field {escape_text(part.name)[:80]!r}")
     try:
-        return escape_text(part.data.decode(use))
-    except (ValueError, LookupError):
+        return escape_text(part.data.decode(codec))
+    except ValueError:
         raise Rejected(400, f"multipart field {part.name!r} is not valid {use} text", check="form") from None
 
 

@@ -12,6 +12,7 @@ from bridge.errors import Rejected
 from bridge.escaping import escape_text
 from handlers.attachments import Attachment
 from handlers.base import Handler, Inbound, Intercepted, decode_json, not_a_message, obj, optional_json_object
+from handlers.charsets import text_codec
 from handlers.email import Headers, Spam, basename, email_payload, message_files, parse_mime, spam_score
 from handlers.formdata import Part, add_value, file_attachment, first_value, multipart_parts
 
@@ -31,11 +32,14 @@ def _charsets(parts: list[Part]) -> dict[str, str]:
 
 
 def _text(part: Part, charsets: dict[str, str]) -> str:
+    """A text field in the first of its named charsets, its part's and UTF-8 that reads it; else as UTF-8
+    with the bytes it cannot read replaced."""
     for charset in (charsets.get(part.name), part.charset, "utf-8"):
-        if charset:
+        codec = text_codec(charset)
+        if codec is not None:
             try:
-                return escape_text(part.data.decode(charset))  # see formdata.decode_part
-            except (ValueError, LookupError):
+                return escape_text(part.data.decode(codec))  # see formdata.decode_part
+            except ValueError:
                 continue
     return part.data.decode("utf-8", "replace")
 

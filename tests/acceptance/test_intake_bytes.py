@@ -264,17 +264,31 @@ async def test_sendgrid_raw_email_whose_from_decodes_to_a_line_break_is_stored(c
     ("multipart/form-data; boundary=b1",
      b"--b1\r\nContent-Disposition: form-data; name=\"note\"\r\nContent-Type: text/plain; charset=utf-7\r\n\r\n"
      b"caf+2AA-\r\n--b1\r\nContent-Disposition: form-data; name=\"subject\"\r\n\r\nhi\r\n--b1--\r\n"),
-    ("application/x-www-form-urlencoded; charset=unicode_escape", b"note=caf\\ud800&subject=hi"),
+    ("application/x-www-form-urlencoded; charset=utf-7", b"note=caf%2B2AA-&subject=hi"),
 ])
 async def test_form_text_that_decodes_to_a_lone_surrogate_is_stored_escaped(client: Any, raw: RawClient,
                                                                              tmp_path: Path, ctype: str,
                                                                              body: bytes) -> None:
-    """A form field in a charset that decodes to a lone surrogate (malformed UTF-7, unicode_escape), which no
-    store takes, is stored with it written `\\ud800`."""
+    """A form field in a charset that decodes to a lone surrogate (malformed UTF-7), which no store takes, is
+    stored with it written `\\ud800`."""
     resp = await raw.post("/hooks/contact", body, [("Content-Type", ctype), ("Accept", "application/json")])
     assert resp.status == 202, resp.body
     [row] = stored_rows(tmp_path)
     assert row["payload"] == {"note": "caf\\ud800", "subject": "hi"}
+
+
+@pytest.mark.parametrize("charset", ["unicode_escape", "Raw-Unicode-Escape", "idna", "base64", "x-\u00e9t\u00e9",
+                                     "utf-8" * 20])
+async def test_form_in_a_charset_that_is_no_character_set_is_a_400_naming_it(client: Any, raw: RawClient,
+                                                                             tmp_path: Path, charset: str) -> None:
+    """A form whose charset is no character set (a Python codec for escapes, host names or bytes, an unknown or
+    overlong name) is a 400 that names it, and nothing is stored."""
+    ctype = f"application/x-www-form-urlencoded; charset={charset}"
+    resp = await raw.post("/hooks/contact", b"note=caf\\q&subject=hi", [("Content-Type", ctype.encode()),
+                                                                        ("Accept", "application/json")])
+    assert resp.status == 400, resp.body
+    assert "which is not a character set" in resp.body.decode()
+    assert stored_rows(tmp_path) == []
 
 
 async def test_payload_the_store_refuses_is_stored_escaped(client: Any, monkeypatch: pytest.MonkeyPatch,

@@ -243,6 +243,8 @@ ODD_TEXT = [
     # RFC 2231 parameters the standard library's readers fail on, spliced into raw MIME and form part headers
     "; filename*=utf-16''%61", "; name*=idna''%FF", "; charset*=a\u0000b''x", "; filename*=utf-8''a; filename*0=b",
     "\nContent-Type: multipart/mixed; boundary*=idna''%FF\n", "\nContent-Disposition: attachment; name*=punycode''x\n",
+    # codecs that are no character set, where a charset is named (an invalid escape warns in unicode_escape)
+    "; charset=unicode_escape", "=?unicode_escape?q?=5Cq?=", "; filename*=unicode_escape''%5Cq", "\\q",
 ]
 text = st.one_of(st.text(max_size=40), st.sampled_from(ODD_TEXT))
 numbers = st.one_of(st.integers(), st.integers(min_value=-(10**4200), max_value=10**4200),
@@ -364,7 +366,8 @@ def mutate_bytes(draw: Any, body: bytes) -> bytes:
             body = body[:at]
         elif choice == 2:
             body = body[:at] + draw(st.binary(max_size=8) | st.sampled_from(
-                [b"\xff", b"\xed\xa0\x80", "\u202e".encode(), b"\x00", b"[" * 1500, b"9" * 5000])) + body[at:]
+                [b"\xff", b"\xed\xa0\x80", "\u202e".encode(), b"\x00", b"[" * 1500, b"9" * 5000, b"\\q",
+                 b"%5Cq"])) + body[at:]
         else:
             body = body[:at] + body[at + draw(st.integers(1, 50)):]
     return body

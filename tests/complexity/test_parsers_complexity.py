@@ -98,7 +98,7 @@ def mime_attached_messages(n: int) -> bytes:
 
 
 def mime_undecodable_param(n: int) -> bytes:
-    # refused: its RFC 2231 name is not idna; the refusal names the character sets the header declares
+    # idna is no character set: the name is read as UTF-8, and the rest of the header after it
     stars = "*=" * n
     return f"Content-Type: application/pdf; name*=idna''%FF; x={stars}\r\n\r\nx\r\n".encode()
 
