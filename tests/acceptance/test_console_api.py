@@ -238,3 +238,40 @@ async def test_deliveries_filter_by_creation_time(write_config: ConfigFactory, b
     assert len(await deliveries(client, since_ms=first, until_ms=last)) == 2
     assert await deliveries(client, until_ms=first - 1) == []
     assert await deliveries(client, since_ms=last + 1) == []
+
+
+NUL_REQUESTS: list[tuple[str, str, dict[str, Any] | None, str]] = [
+    # method, path, JSON body, where the answer says the NUL is
+    ("GET", "/admin/api/deliveries/dlv_%00x", None, "path.delivery_id"),
+    ("GET", "/admin/api/events/evt_%00", None, "path.event_id"),
+    ("GET", "/admin/api/deliveries?cursor=dlv_%00", None, "query.cursor"),
+    ("GET", "/admin/api/deliveries?destination=kap%00ture", None, "query.destination"),
+    ("GET", "/admin/api/audit?cursor=aud_%00", None, "query.cursor"),
+    ("POST", "/admin/api/replay", {"ids": ["dlv_a", "dlv_\x00"]}, "body.ids[1]"),
+    ("POST", "/admin/api/replay", {"source": "part\x00ner", "dry_run": True}, "body.source"),
+    ("POST", "/admin/api/deliveries/dlv_%00/mark-succeeded", {"ticket_id": "1"}, "path.delivery_id"),
+    ("POST", "/admin/api/deliveries/dlv_x/mark-succeeded", {"ticket_id": "1", "note": "a\x00b"}, "body.note"),
+    ("POST", "/admin/api/destinations/kapture/pause", {"reason": "\x00"}, "body.reason"),
+]
+
+
+async def refused_nul(client: Client, method: str, path: str, body: dict[str, Any] | None, where: str) -> None:
+    resp = await client.request(method, path, headers=ADMIN, json=body)
+    assert resp.status == 400, (path, body, resp.status, await resp.text())
+    said = (await resp.json())["error"]
+    assert said.startswith(f"{where} holds a NUL character"), said
+
+
+async def test_a_nul_in_an_id_filter_cursor_or_change_is_a_400_naming_where(write_config: ConfigFactory,
+                                                                             bridge_client: AppClient) -> None:
+    """No id, name or text the store keeps holds a NUL: one in a path parameter, the query or a change's body is
+    refused with 400 saying where it is (PostgreSQL would refuse it as an error of its own); nothing is changed
+    or audited. The playground's raw provider body may hold one."""
+    client = await start(write_config, bridge_client)
+    for method, path, body, where in NUL_REQUESTS:
+        await refused_nul(client, method, path, body, where)
+    assert (await get(client, "/admin/api/audit"))["items"] == []
+    assert (await get(client, "/admin/api/destinations"))["items"][0]["paused"] is False
+    out = await post(client, "/admin/api/playground", {"source": "partner", "body": '{"title": "a\\u0000b"}',
+                                                       "headers": {"Content-Type": "application/json"}})
+    assert out["outcome"] == "events"
