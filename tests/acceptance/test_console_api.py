@@ -275,3 +275,38 @@ async def test_a_nul_in_an_id_filter_cursor_or_change_is_a_400_naming_where(writ
     out = await post(client, "/admin/api/playground", {"source": "partner", "body": '{"title": "a\\u0000b"}',
                                                        "headers": {"Content-Type": "application/json"}})
     assert out["outcome"] == "events"
+
+
+SECRET_HEADERS_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
+sources:
+  partner: {kind: json}
+destinations:
+  psa:
+    vendor: http
+    sandbox: true
+    path: /tickets
+    ticket_id_path: data.id
+    headers: {X-Tenant: "${TENANT_CODE}", Accept: application/json}
+    auth: {header: {name: ApiIntegrationcode, value: "${PSA_INTEGRATION_CODE}"}}
+"""
+
+
+async def test_an_attempt_never_shows_the_destinations_configured_secret_headers(write_config: ConfigFactory,
+                                                                                bridge_client: AppClient) -> None:
+    """An http destination's `auth.header` and configured `headers` carry its secrets under any name a vendor
+    chose (here none that looks like a credential): the attempt kept for the console shows them redacted, to
+    every token, and the secrets appear nowhere in the answer."""
+    config = write_config(SECRET_HEADERS_CONFIG, {"partner": PARTNER["partner"].replace("kapture", "psa")},
+                          environ={"TENANT_CODE": "tenant-7f3a9c", "PSA_INTEGRATION_CODE": "integ-51b2e8d4"})
+    client = await bridge_client(config)
+    assert (await client.post("/hooks/partner", json={"title": "Printer on fire"})).status == 202
+    await eventually(lambda: _has(client, status="succeeded"))
+    [row] = await deliveries(client)
+    resp = await client.get(f"/admin/api/deliveries/{row['id']}", headers=READ)
+    text = await resp.text()
+    assert resp.status == 200 and "tenant-7f3a9c" not in text and "integ-51b2e8d4" not in text
+    sent = (await resp.json())["attempts"][0]["exchange"]["request"]["headers"]
+    assert sent["X-Tenant"] == sent["ApiIntegrationcode"] == "[redacted]"
+    assert sent["Accept"] == "application/json"
