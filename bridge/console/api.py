@@ -95,8 +95,13 @@ class Route:
         return [part[1:-1] for part in self.path.split("/") if part.startswith("{")]
 
 
+API_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+"""On every admin API answer: read as JSON only, never as a page, and kept in no cache (it holds customers' data)."""
+
+
 def _json(status: int, value: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_encode(value), status=status, content_type="application/json", headers=headers)
+    return web.Response(body=_encode(value), status=status, content_type="application/json",
+                        headers={**API_HEADERS, **(headers or {})})
 
 
 def error(status: int, message: str) -> web.Response:

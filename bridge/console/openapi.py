@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from bridge import __version__
-from bridge.console.api import ROUTES, Route, authorize
+from bridge.console.api import API_HEADERS, ROUTES, Route, authorize
 from bridge.console.models import NO_NUL, ErrorBody
 
 REF = "#/components/schemas/{name}"
@@ -95,4 +95,4 @@ async def openapi_json(request: web.Request) -> web.Response:
     caller = authorize(request, change=False)
     if isinstance(caller, web.Response):
         return caller
-    return web.json_response(spec())
+    return web.json_response(spec(), headers=API_HEADERS)

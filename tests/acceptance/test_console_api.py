@@ -310,3 +310,28 @@ async def test_an_attempt_never_shows_the_destinations_configured_secret_headers
     sent = (await resp.json())["attempts"][0]["exchange"]["request"]["headers"]
     assert sent["X-Tenant"] == sent["ApiIntegrationcode"] == "[redacted]"
     assert sent["Accept"] == "application/json"
+
+
+async def test_every_console_file_forbids_framing_and_every_answer_sniffing(write_config: ConfigFactory,
+                                                                            bridge_client: AppClient) -> None:
+    """The console's page and each of its files, by any path that serves them, say that no other site may frame
+    them and only the console's own scripts run; every admin API answer (a refusal too) is JSON that no browser
+    sniffs into a page and no cache keeps. Nothing else under the console's folder is served."""
+    client = await start(write_config, bridge_client, workers=False)
+    for path, kind in (("/admin/", "text/html"), ("/admin/static/index.html", "text/html"),
+                       ("/admin/static/console.js", "text/javascript"), ("/admin/static/console.css", "text/css")):
+        resp = await client.get(path)
+        assert resp.status == 200 and resp.content_type == kind, (path, resp.status, resp.content_type)
+        assert resp.headers["X-Frame-Options"] == "DENY", path
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+        assert "script-src 'self'" in resp.headers["Content-Security-Policy"], path
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+    for path in ("/admin/static/", "/admin/static/..%2F__init__.py", "/admin/static/%2e%2e/api.py",
+                 "/admin/static/nope.js"):
+        assert (await client.get(path)).status == 404, path
+    for path, headers in (("/admin/api/overview", ADMIN), ("/admin/api/overview", {}), ("/admin/openapi.json", READ),
+                          ("/admin/api/deliveries?limit=0", ADMIN)):
+        resp = await client.get(path, headers=headers)
+        assert resp.content_type == "application/json", path
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        assert resp.headers["Cache-Control"] == "no-store", path
