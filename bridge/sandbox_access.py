@@ -4,7 +4,9 @@ faults, so they are no open door when `server.host` is a public address.
 
 "On this machine" is decided by the connection's own peer address, never by a header a client can write.
 Forwarding headers (a reverse proxy in front) can only make the decision stricter: a proxy on this
-machine connects from loopback on behalf of clients that are not."""
+machine connects from loopback on behalf of clients that are not. So can a browser on this machine acting for
+a page of another site: a request marked cross-site (`Origin` of another site, `Sec-Fetch-Site`), or one for a
+host name that is not this machine's (a name an attacker's DNS points at 127.0.0.1) is not local either."""
 
 from __future__ import annotations
 
@@ -54,14 +56,43 @@ def transport_peer(request: web.Request) -> str | None:
     return None
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _host_name(host: str) -> str:
+    """A Host header's name without its port, lower-case (`[::1]` keeps its brackets)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def why_not_local(request: web.Request) -> str | None:
+    """Why a request on a loopback connection does not speak for this machine, or None when it does: a proxy's
+    forwarding header, a browser's mark of a page on another site, or a Host that names no loopback address."""
+    for name in PROXY_HEADERS:
+        if name in request.headers:
+            return f"it came through a proxy ({name})"
+    host = _host_name(request.headers.get("Host", "localhost"))
+    if host not in LOCAL_HOSTS and not host.endswith(".localhost") and not host.startswith("127."):
+        return f"it was sent for the host {host!r}, not localhost or a loopback address"
+    site = request.headers.get("Sec-Fetch-Site", "none").lower()
+    if site not in ("none", "same-origin"):
+        return f"a browser sent it for a page of another site (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() != f"{request.scheme}://{request.headers.get('Host', '')}".lower():
+        return f"a browser sent it for a page of another site (Origin: {origin[:100]})"
+    return None
+
+
 def guard(token: str) -> Middleware:
     """A middleware for a simulator's application mounted on the public port."""
 
     @web.middleware
     async def sandbox_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        proxied = any(name in request.headers for name in PROXY_HEADERS)
+        foreign = why_not_local(request)
         peer = transport_peer(request)
-        access = decide(peer, proxied, token)
+        access = decide(peer, foreign is not None, token)
         if access == "local":
             return await handler(request)
         if access == "token":
@@ -70,9 +101,12 @@ def guard(token: str) -> Middleware:
                 return await handler(request)
             log.info("sandbox.refused", peer=peer, method=request.method, path=request.path, reason="token")
             return refused
-        log.info("sandbox.refused", peer=peer, method=request.method, path=request.path, reason="not_local")
+        log.info("sandbox.refused", peer=peer, method=request.method, path=request.path, reason="not_local",
+                 why=foreign)
+        said = f" ({foreign})" if foreign is not None and is_loopback(peer) else ""
         return web.json_response({"error": "the sandbox answers clients on this machine only (a loopback address, "
-                                           "no proxy in between); to reach it from elsewhere set admin.token and "
-                                           "send Authorization: Bearer <admin.token>"}, status=403)
+                                           "no proxy in between, no page of another site)" + said + "; to reach it "
+                                           "from elsewhere set admin.token and send Authorization: Bearer "
+                                           "<admin.token>"}, status=403)
 
     return sandbox_guard

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -31,6 +32,12 @@ class RemoteError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+def segment(value: str) -> str:
+    """`value` as one path segment: `/`, `..`, `?`, `#` and the rest escaped, so that an id never names another
+    route."""
+    return quote(value, safe="")
 
 
 def token_from_env() -> str:
@@ -75,11 +82,11 @@ class AdminClient:
         return page.items
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
-        view: DeliveryView = await self._call("GET", f"/admin/api/deliveries/{delivery_id}", DeliveryView)
+        view: DeliveryView = await self._call("GET", f"/admin/api/deliveries/{segment(delivery_id)}", DeliveryView)
         return view
 
     async def mark_succeeded(self, delivery_id: str, body: MarkSucceededBody) -> DeliveryView:
-        view: DeliveryView = await self._call("POST", f"/admin/api/deliveries/{delivery_id}/mark-succeeded",
+        view: DeliveryView = await self._call("POST", f"/admin/api/deliveries/{segment(delivery_id)}/mark-succeeded",
                                               DeliveryView, body=body)
         return view
 

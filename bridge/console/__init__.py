@@ -10,14 +10,31 @@ from bridge.console.api import add_api_routes
 from bridge.console.openapi import openapi_json
 
 STATIC = Path(__file__).parent / "static"
+FILES = {"console.js": "text/javascript", "console.css": "text/css", "index.html": "text/html"}
+"""What `/admin/static/` serves, by name: nothing else under the folder, and no path is ever joined from a request."""
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+}
+"""On every file the console is made of: no other site may frame it (clickjacking), nothing but its own files
+runs in it, and no browser guesses another type for a file."""
 
 
 async def console_page(request: web.Request) -> web.StreamResponse:
     """The UI's one page; it holds no data (everything comes from the API, with the token signed in)."""
-    return web.FileResponse(STATIC / "index.html", headers={
-        "Cache-Control": "no-cache", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
-        "Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'; "
-                                   "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"})
+    return web.FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def console_file(request: web.Request) -> web.StreamResponse:
+    """One of the console's own files, with the page's headers."""
+    name = request.match_info["name"]
+    if name not in FILES:
+        raise web.HTTPNotFound(text=f"no console file {name!r}; there are {', '.join(sorted(FILES))}",
+                               headers={"X-Content-Type-Options": "nosniff"})
+    return web.FileResponse(STATIC / name, headers={**PAGE_HEADERS, "Content-Type": FILES[name]})
 
 
 async def console_redirect(request: web.Request) -> web.StreamResponse:
@@ -29,4 +46,4 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/admin/openapi.json", openapi_json)
     app.router.add_get("/admin", console_redirect)
     app.router.add_get("/admin/", console_page)
-    app.router.add_static("/admin/static/", STATIC, append_version=False)
+    app.router.add_get("/admin/static/{name}", console_file)

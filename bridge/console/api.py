@@ -95,8 +95,13 @@ class Route:
         return [part[1:-1] for part in self.path.split("/") if part.startswith("{")]
 
 
+API_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+"""On every admin API answer: read as JSON only, never as a page, and kept in no cache (it holds customers' data)."""
+
+
 def _json(status: int, value: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_encode(value), status=status, content_type="application/json", headers=headers)
+    return web.Response(body=_encode(value), status=status, content_type="application/json",
+                        headers={**API_HEADERS, **(headers or {})})
 
 
 def error(status: int, message: str) -> web.Response:
@@ -118,6 +123,37 @@ def authorize(request: web.Request, change: bool) -> Caller | web.Response:
     return caller
 
 
+def nul_at(value: Any, where: str) -> str | None:
+    """Where in `value` (a decoded query or body: structs, lists, dicts, str) a NUL character is, as a path
+    from `where` (`body.ids[2]`), or None. No id, name or text the store keeps holds one, and PostgreSQL refuses
+    it in any text parameter (an error of the store's, not the caller's, were it sent there)."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return at
+        elif isinstance(node, msgspec.Struct):
+            stack.extend((getattr(node, f.name), f"{at}.{f.name}") for f in msgspec.structs.fields(node))
+        elif isinstance(node, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(node))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                stack.extend(((k, f"{at} key {k!r}"), (v, f"{at}.{k}")))
+    return None
+
+
+def _refuse_nul(route: Route, call: Call) -> web.Response | None:
+    """A 400 for a NUL character in a path parameter, the query, or a change's body (a change is stored and
+    audited; the playground's body is a provider's raw text, never stored, and may hold one)."""
+    at = (nul_at(dict(call.request.match_info), "path") or nul_at(call.query, "query")
+          or (nul_at(call.body, "body") if route.change else None))
+    if at is None:
+        return None
+    return error(400, f"{at} holds a NUL character (\\x00); no id, name or text kept in the store has one: "
+                      "send it without")
+
+
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         caller = authorize(request, route.change)
@@ -135,6 +171,8 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
             return error(400, f"invalid {'query' if call.query is None and route.query else 'body'}: {exc}")
         except msgspec.DecodeError as exc:
             return error(400, f"the body is not JSON: {exc}")
+        if (refused := _refuse_nul(route, call)) is not None:
+            return refused
         try:
             return _json(200, await route.handler(call))
         except ApiError as exc:

@@ -13,8 +13,10 @@ from bridge.console.auth import Caller
 from bridge.events import Event
 from bridge.store.base import AuditEntry, DeliveryDetail, DeliveryRow, DeliveryStatus
 
+NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
+"""In the schema of every string the store keeps or is asked for: no NUL character (the API answers 400)."""
 Limit = Annotated[int, Meta(ge=1, le=500, description="how many items a page holds")]
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Name = Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL)]
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -35,10 +37,11 @@ class DeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
         = None
     until_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or before (ms since the epoch)")] | None \
         = None
-    q: Annotated[str, Meta(min_length=1, max_length=200,
+    q: Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL,
                            description="text in the id, event id, ticket id, key or uuid, or last error")] | None = None
     limit: Limit = 50
-    cursor: Annotated[str, Meta(max_length=100, description="next_cursor of the previous page")] | None = None
+    cursor: Annotated[str, Meta(max_length=100, extra_json_schema=NO_NUL,
+                                description="next_cursor of the previous page")] | None = None
 
 
 class DeliveryPage(msgspec.Struct, kw_only=True):
@@ -154,7 +157,7 @@ class Overview(msgspec.Struct, kw_only=True):
 
 class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     limit: Limit = 50
-    cursor: Annotated[str, Meta(max_length=100)] | None = None
+    cursor: Annotated[str, Meta(max_length=100, extra_json_schema=NO_NUL)] | None = None
 
 
 class AuditPage(msgspec.Struct, kw_only=True):
@@ -167,14 +170,15 @@ class AuditPage(msgspec.Struct, kw_only=True):
 
 class PauseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seconds: Annotated[float, Meta(gt=0, le=30 * 86400, description="how long; absent: until resumed")] | None = None
-    reason: Annotated[str, Meta(max_length=500)] = ""
+    reason: Annotated[str, Meta(max_length=500, extra_json_schema=NO_NUL)] = ""
 
 
 class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Deliveries sent again: those in `ids`, and every one the filter (status, destination, mapping, source)
     matches when it has a field; up to `limit`. Without a status the filter takes dead and succeeded ones."""
 
-    ids: Annotated[list[Annotated[str, Meta(min_length=1, max_length=100)]], Meta(max_length=10000)] = []
+    ids: Annotated[list[Annotated[str, Meta(min_length=1, max_length=100, extra_json_schema=NO_NUL)]],
+                   Meta(max_length=10000)] = []
     status: Literal["succeeded", "dead"] | None = None
     destination: Name | None = None
     mapping: Name | None = None
@@ -188,9 +192,9 @@ class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class MarkSucceededBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An operator's word that the delivery reached the vendor: the ticket it made there."""
 
-    ticket_id: Annotated[str, Meta(min_length=1, max_length=200)]
-    ticket_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
-    note: Annotated[str, Meta(max_length=500)] | None = None
+    ticket_id: Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL)]
+    ticket_key: Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL)] | None = None
+    note: Annotated[str, Meta(max_length=500, extra_json_schema=NO_NUL)] | None = None
     """Why (e.g. "found in the Kapture console"), kept with the attempt and the audit entry."""
 
 

@@ -10,8 +10,8 @@ import msgspec
 from aiohttp import web
 
 from bridge import __version__
-from bridge.console.api import ROUTES, Route, authorize
-from bridge.console.models import ErrorBody
+from bridge.console.api import API_HEADERS, ROUTES, Route, authorize
+from bridge.console.models import NO_NUL, ErrorBody
 
 REF = "#/components/schemas/{name}"
 
@@ -39,7 +39,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "tags": ["changes" if route.change else "reads"],
     }
-    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, **NO_NUL}}
               for p in route.path_params]
     if route.query is not None:
         params += _query_parameters(route.query, components)
@@ -95,4 +95,4 @@ async def openapi_json(request: web.Request) -> web.Response:
     caller = authorize(request, change=False)
     if isinstance(caller, web.Response):
         return caller
-    return web.json_response(spec())
+    return web.json_response(spec(), headers=API_HEADERS)

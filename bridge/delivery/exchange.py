@@ -1,5 +1,6 @@
 """What an attempt sent and what came back, kept with the attempt for the console, secrets redacted: any
-header, query parameter or JSON key whose name suggests a credential is replaced by REDACTED."""
+header, query parameter or JSON key whose name suggests a credential is replaced by REDACTED, and so is every
+header the destination's credentials or configuration put on the request, whatever its name (`hidden`)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query), fragment=""))
 
 
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: REDACTED if secret_name(k) else v for k, v in headers.items()}
+def redact_headers(headers: Mapping[str, str], hidden: frozenset[str] = frozenset()) -> dict[str, str]:
+    """`headers` with those named like a credential, and those in `hidden` (lower-case names), redacted."""
+    return {k: REDACTED if secret_name(k) or k.lower() in hidden else v for k, v in headers.items()}
 
 
 def body_excerpt(body: bytes) -> str:
@@ -55,9 +57,11 @@ def body_excerpt(body: bytes) -> str:
 
 
 def exchange(method: str, url: str, headers: Mapping[str, str], body: bytes,
-             response_headers: Mapping[str, str] | None) -> dict[str, Any]:
+             response_headers: Mapping[str, str] | None, *, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The attempt's request and response headers as kept; `hidden`: lower-case names of headers that carry
+    the destination's secrets whatever they are called (its auth header, its configured headers)."""
     return {
-        "request": {"method": method, "url": redact_url(url), "headers": redact_headers(headers),
+        "request": {"method": method, "url": redact_url(url), "headers": redact_headers(headers, hidden),
                     "body": body_excerpt(body)},
-        "response_headers": None if response_headers is None else redact_headers(response_headers),
+        "response_headers": None if response_headers is None else redact_headers(response_headers, hidden),
     }

@@ -102,8 +102,10 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     answered: list[tuple[VendorRequest, Answer]] = []
+    hidden = set(adapter.secret_headers())  # and each header the credentials add, as they add it
 
     async def attempt(auth: dict[str, str]) -> Answer:
+        hidden.update(name.lower() for name in auth)
         async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
             lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
             async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
@@ -134,11 +136,13 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         outcome = Outcome(classification="auth" if isinstance(exc, VendorAuthFailed) else "retry",
                           error=f"{refusal.error}; a new token could not be obtained: {exc}")
         return Sent(outcome, started_ms, duration, status, excerpt,
-                    exchange(request.method, request.url, request.headers, request.body, headers))
+                    exchange(request.method, request.url, request.headers, request.body, headers,
+                         hidden=frozenset(hidden)))
     request = answered[-1][0]
     duration = (time.perf_counter() - t0) * 1000
     return Sent(outcome, started_ms, duration, status, excerpt,
-                exchange(request.method, request.url, request.headers, request.body, headers))
+                exchange(request.method, request.url, request.headers, request.body, headers,
+                         hidden=frozenset(hidden)))
 
 
 def lookup_failure(exc: BaseException, *, failed: str, refused: str = "", name_unavailable: bool = True) -> Outcome:

@@ -102,6 +102,12 @@ class Adapter(ABC):
         if self.credentials is not None:
             await self.credentials.close(session)
 
+    def secret_headers(self) -> frozenset[str]:
+        """Lower-case names of the headers the destination's configuration puts on its requests that may hold
+        its secrets, whatever they are called: never shown in an attempt's record (the headers its
+        `credentials` add are hidden too). The default: none."""
+        return frozenset()
+
     @property
     def base_url(self) -> str:
         """The vendor's base URL; a callable for sandboxes, whose address is known once the server listens."""

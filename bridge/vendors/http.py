@@ -163,6 +163,10 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"`success_statuses` {self.success_statuses} must list HTTP statuses, e.g. [200, 201]")
 
 
+PLAIN_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "content-type", "user-agent"})
+"""Configured headers shown as they are in an attempt's record: they describe the content, never a secret."""
+
+
 class HttpAdapter(Adapter):
     vendor: ClassVar[str] = "http"
     Options: ClassVar[type[DestinationConfig]] = HttpOptions
@@ -177,6 +181,15 @@ class HttpAdapter(Adapter):
         self._error = body_path(o.error_path) if o.error_path else None
         if o.auth is not None:
             self.credentials = http_credentials(name, o.auth, lambda: self.base_url, o.timeout_seconds)
+
+    def secret_headers(self) -> frozenset[str]:
+        """The configured `headers` (secrets come through `${VAR}`) but the standard ones that describe content,
+        and `auth.header`'s, by any name."""
+        o = self.options
+        names = {k.lower() for k in o.headers} - PLAIN_HEADERS
+        if o.auth is not None and o.auth.header is not None:
+            names.add(o.auth.header.name.lower())
+        return frozenset(names)
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:

@@ -100,3 +100,15 @@ def test_mark_succeeded_goes_through_the_server(server: str, monkeypatch: pytest
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
     assert main(["deliveries", "mark-succeeded", "--url", server, first, "--ticket-id", "T-1"]) == 2
     assert "403" in capsys.readouterr().err
+
+
+def test_an_id_is_one_path_segment_never_another_route(server: str, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An id given to `show` or `mark-succeeded` with `/`, `..`, `?` or `#` in it names no delivery (404, exit 1):
+    it is sent as one path segment, never read as the path of another admin route."""
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
+    for odd in ("../overview", "../../api/overview", "x?y", "x#y"):
+        assert main(["deliveries", "show", "--url", server, odd]) == 1, odd
+        assert f"no delivery {odd!r}" in capsys.readouterr().err
+    assert main(["deliveries", "mark-succeeded", "--url", server, "../replay?x=", "--ticket-id", "T-1"]) == 1
+    assert "no delivery '../replay?x='" in capsys.readouterr().err

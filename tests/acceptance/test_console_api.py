@@ -238,3 +238,100 @@ async def test_deliveries_filter_by_creation_time(write_config: ConfigFactory, b
     assert len(await deliveries(client, since_ms=first, until_ms=last)) == 2
     assert await deliveries(client, until_ms=first - 1) == []
     assert await deliveries(client, since_ms=last + 1) == []
+
+
+NUL_REQUESTS: list[tuple[str, str, dict[str, Any] | None, str]] = [
+    # method, path, JSON body, where the answer says the NUL is
+    ("GET", "/admin/api/deliveries/dlv_%00x", None, "path.delivery_id"),
+    ("GET", "/admin/api/events/evt_%00", None, "path.event_id"),
+    ("GET", "/admin/api/deliveries?cursor=dlv_%00", None, "query.cursor"),
+    ("GET", "/admin/api/deliveries?destination=kap%00ture", None, "query.destination"),
+    ("GET", "/admin/api/audit?cursor=aud_%00", None, "query.cursor"),
+    ("POST", "/admin/api/replay", {"ids": ["dlv_a", "dlv_\x00"]}, "body.ids[1]"),
+    ("POST", "/admin/api/replay", {"source": "part\x00ner", "dry_run": True}, "body.source"),
+    ("POST", "/admin/api/deliveries/dlv_%00/mark-succeeded", {"ticket_id": "1"}, "path.delivery_id"),
+    ("POST", "/admin/api/deliveries/dlv_x/mark-succeeded", {"ticket_id": "1", "note": "a\x00b"}, "body.note"),
+    ("POST", "/admin/api/destinations/kapture/pause", {"reason": "\x00"}, "body.reason"),
+]
+
+
+async def refused_nul(client: Client, method: str, path: str, body: dict[str, Any] | None, where: str) -> None:
+    resp = await client.request(method, path, headers=ADMIN, json=body)
+    assert resp.status == 400, (path, body, resp.status, await resp.text())
+    said = (await resp.json())["error"]
+    assert said.startswith(f"{where} holds a NUL character"), said
+
+
+async def test_a_nul_in_an_id_filter_cursor_or_change_is_a_400_naming_where(write_config: ConfigFactory,
+                                                                             bridge_client: AppClient) -> None:
+    """No id, name or text the store keeps holds a NUL: one in a path parameter, the query or a change's body is
+    refused with 400 saying where it is (PostgreSQL would refuse it as an error of its own); nothing is changed
+    or audited. The playground's raw provider body may hold one."""
+    client = await start(write_config, bridge_client)
+    for method, path, body, where in NUL_REQUESTS:
+        await refused_nul(client, method, path, body, where)
+    assert (await get(client, "/admin/api/audit"))["items"] == []
+    assert (await get(client, "/admin/api/destinations"))["items"][0]["paused"] is False
+    out = await post(client, "/admin/api/playground", {"source": "partner", "body": '{"title": "a\\u0000b"}',
+                                                       "headers": {"Content-Type": "application/json"}})
+    assert out["outcome"] == "events"
+
+
+SECRET_HEADERS_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
+sources:
+  partner: {kind: json}
+destinations:
+  psa:
+    vendor: http
+    sandbox: true
+    path: /tickets
+    ticket_id_path: data.id
+    headers: {X-Tenant: "${TENANT_CODE}", Accept: application/json}
+    auth: {header: {name: ApiIntegrationcode, value: "${PSA_INTEGRATION_CODE}"}}
+"""
+
+
+async def test_an_attempt_never_shows_the_destinations_configured_secret_headers(write_config: ConfigFactory,
+                                                                                bridge_client: AppClient) -> None:
+    """An http destination's `auth.header` and configured `headers` carry its secrets under any name a vendor
+    chose (here none that looks like a credential): the attempt kept for the console shows them redacted, to
+    every token, and the secrets appear nowhere in the answer."""
+    config = write_config(SECRET_HEADERS_CONFIG, {"partner": PARTNER["partner"].replace("kapture", "psa")},
+                          environ={"TENANT_CODE": "tenant-7f3a9c", "PSA_INTEGRATION_CODE": "integ-51b2e8d4"})
+    client = await bridge_client(config)
+    assert (await client.post("/hooks/partner", json={"title": "Printer on fire"})).status == 202
+    await eventually(lambda: _has(client, status="succeeded"))
+    [row] = await deliveries(client)
+    resp = await client.get(f"/admin/api/deliveries/{row['id']}", headers=READ)
+    text = await resp.text()
+    assert resp.status == 200 and "tenant-7f3a9c" not in text and "integ-51b2e8d4" not in text
+    sent = (await resp.json())["attempts"][0]["exchange"]["request"]["headers"]
+    assert sent["X-Tenant"] == sent["ApiIntegrationcode"] == "[redacted]"
+    assert sent["Accept"] == "application/json"
+
+
+async def test_every_console_file_forbids_framing_and_every_answer_sniffing(write_config: ConfigFactory,
+                                                                            bridge_client: AppClient) -> None:
+    """The console's page and each of its files, by any path that serves them, say that no other site may frame
+    them and only the console's own scripts run; every admin API answer (a refusal too) is JSON that no browser
+    sniffs into a page and no cache keeps. Nothing else under the console's folder is served."""
+    client = await start(write_config, bridge_client, workers=False)
+    for path, kind in (("/admin/", "text/html"), ("/admin/static/index.html", "text/html"),
+                       ("/admin/static/console.js", "text/javascript"), ("/admin/static/console.css", "text/css")):
+        resp = await client.get(path)
+        assert resp.status == 200 and resp.content_type == kind, (path, resp.status, resp.content_type)
+        assert resp.headers["X-Frame-Options"] == "DENY", path
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+        assert "script-src 'self'" in resp.headers["Content-Security-Policy"], path
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+    for path in ("/admin/static/", "/admin/static/..%2F__init__.py", "/admin/static/%2e%2e/api.py",
+                 "/admin/static/nope.js"):
+        assert (await client.get(path)).status == 404, path
+    for path, headers in (("/admin/api/overview", ADMIN), ("/admin/api/overview", {}), ("/admin/openapi.json", READ),
+                          ("/admin/api/deliveries?limit=0", ADMIN)):
+        resp = await client.get(path, headers=headers)
+        assert resp.content_type == "application/json", path
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        assert resp.headers["Cache-Control"] == "no-store", path

@@ -141,3 +141,23 @@ async def test_deliveries_still_reach_the_sandbox_on_its_own_loopback_port(start
     assert resp.status == 202
     sim = runtime(client).simulators["kapture"]
     await eventually(lambda: len(sim.tickets) == 1)
+
+
+async def test_a_page_of_another_site_cannot_use_the_sandbox_through_a_browser_on_this_machine(
+        start: Start) -> None:
+    """A browser on this machine connects from loopback for any page it shows. A request it marks as sent for a
+    page of another site (Origin, Sec-Fetch-Site), or sent for a host name that is not this machine's (a
+    rebinding name resolved to 127.0.0.1), is not local: refused while no token is set, saying why. The
+    console's own origin, a typed address (Sec-Fetch-Site: none) and tools that send neither go through."""
+    client = await start()
+    own = f"http://{client.server.host}:{client.server.port}"
+    for header in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                   {"Sec-Fetch-Site": "same-site"}, {"Host": f"rebind.evil.example:{client.server.port}"}):
+        assert await every_route(client, header) == [403] * 5, header
+    resp = await client.post(f"/sandbox/kapture{CREATE_PATH}", json=[{"title": "planted"}],
+                             headers={"Origin": "https://evil.example", "Authorization": f"Basic {SANDBOX_TOKEN}"})
+    assert "Origin: https://evil.example" in (await resp.json())["error"]
+    assert runtime(client).simulators["kapture"].tickets == []
+    for header in ({"Origin": own, "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
+                   {"Host": f"localhost:{client.server.port}"}):
+        assert await every_route(client, header) == [200] * 5, header

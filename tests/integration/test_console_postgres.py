@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.store.postgres import PostgresStore
 from tests.acceptance.console_app import ADMIN
+from tests.acceptance.test_console_api import NUL_REQUESTS, refused_nul
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.integration.processes import DSN
 
@@ -117,3 +118,16 @@ async def test_rate_use_and_a_timed_pause_are_the_stores_in_every_process(
     assert seen["paused"] is True and seen["paused_until"] == paused["paused_until"]
     ends = seen["paused_until"].replace("Z", "+00:00")
     assert abs(datetime.fromisoformat(ends).timestamp() - (time.time() + 120)) < 5
+
+
+async def test_a_nul_in_an_id_or_filter_is_the_callers_400_not_a_store_failure(
+    pg_schema: str, write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """PostgreSQL refuses a NUL in any text parameter. Asked for one through the admin API (a read token may),
+    the answer is the caller's 400, and the store is not taken for failing: /readyz stays 200."""
+    client = await bridge_client(write_config(CONFIG, MAPPINGS), store=PostgresStore(DSN, schema=pg_schema))
+    assert (await client.post("/hooks/partner", json={"title": "kept"})).status == 202
+    for method, path, body, where in NUL_REQUESTS:
+        await refused_nul(client, method, path, body, where)
+        assert runtime(client).store.problem() is None  # type: ignore[union-attr]
+    assert (await client.get("/readyz")).status == 200
