@@ -67,6 +67,15 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _loopback_ip(host: str) -> bool:
+    """Whether a Host name is a loopback IP address written out (`127.0.0.2`), not a name such as
+    `127.example.com` that a DNS answer could point anywhere."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def why_not_local(request: web.Request) -> str | None:
     """Why a request on a loopback connection does not speak for this machine, or None when it does: a proxy's
     forwarding header, a browser's mark of a page on another site, or a Host that names no loopback address."""
@@ -74,8 +83,8 @@ def why_not_local(request: web.Request) -> str | None:
         if name in request.headers:
             return f"it came through a proxy ({name})"
     host = _host_name(request.headers.get("Host", "localhost"))
-    if host not in LOCAL_HOSTS and not host.endswith(".localhost") and not host.startswith("127."):
-        return f"it was sent for the host {host!r}, not localhost or a loopback address"
+    if host not in LOCAL_HOSTS and not host.endswith(".localhost") and not _loopback_ip(host):
+        return f"it was sent for the host {host[:100]!r}, not localhost or a loopback address"
     site = request.headers.get("Sec-Fetch-Site", "none").lower()
     if site not in ("none", "same-origin"):
         return f"a browser sent it for a page of another site (Sec-Fetch-Site: {site})"

@@ -152,12 +152,14 @@ async def test_a_page_of_another_site_cannot_use_the_sandbox_through_a_browser_o
     client = await start()
     own = f"http://{client.server.host}:{client.server.port}"
     for header in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
-                   {"Sec-Fetch-Site": "same-site"}, {"Host": f"rebind.evil.example:{client.server.port}"}):
+                   {"Sec-Fetch-Site": "same-site"}, {"Host": f"rebind.evil.example:{client.server.port}"},
+                   {"Host": f"127.evil.example:{client.server.port}"}):
         assert await every_route(client, header) == [403] * 5, header
     resp = await client.post(f"/sandbox/kapture{CREATE_PATH}", json=[{"title": "planted"}],
                              headers={"Origin": "https://evil.example", "Authorization": f"Basic {SANDBOX_TOKEN}"})
     assert "Origin: https://evil.example" in (await resp.json())["error"]
     assert runtime(client).simulators["kapture"].tickets == []
     for header in ({"Origin": own, "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
-                   {"Host": f"localhost:{client.server.port}"}):
+                   {"Host": f"localhost:{client.server.port}"}, {"Host": f"127.0.0.2:{client.server.port}"},
+                   {"Host": f"[::1]:{client.server.port}"}):
         assert await every_route(client, header) == [200] * 5, header
