@@ -35,8 +35,14 @@ def _redact_json(value: Any) -> Any:
 
 
 def redact_url(url: str) -> str:
+    """`url` with the password of its user info (`https://user:pw@host/`) and its credential-named query
+    parameters redacted, its fragment dropped."""
     parts = urlsplit(url)
-    if not parts.query:
+    if "@" in parts.netloc:
+        user, _, host = parts.netloc.rpartition("@")
+        name, colon, _password = user.partition(":")
+        parts = parts._replace(netloc=f"{name}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}")
+    elif not parts.query:
         return url
     query = [(k, REDACTED if secret_name(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit(parts._replace(query=urlencode(query), fragment=""))

@@ -37,3 +37,13 @@ def test_names_are_judged_the_same_when_asked_again_and_after_the_kept_answers_t
         assert redact_headers({f"X-Name-{n}": "v", f"X-Session-{n}": "s"}) == {f"X-Name-{n}": "v",
                                                                                 f"X-Session-{n}": REDACTED}
     assert redact_headers(headers) == {"X-Api-Token": REDACTED, "X-Trace": "r"}
+
+
+def test_user_info_in_the_url_keeps_its_user_name_only() -> None:
+    """A destination URL with credentials in it (`https://user:password@host/`, or a token as the user) keeps
+    the user name of a user:password pair and nothing of a lone token; the host and path stay."""
+    assert exchange("POST", "https://svc:pa55@crm.test/hook?x=1", {}, b"", None)["request"]["url"] == \
+        f"https://svc:{REDACTED}@crm.test/hook?x=1"
+    assert exchange("GET", "https://ghp_abc123@crm.test:8443/t", {}, b"", None)["request"]["url"] == \
+        f"https://{REDACTED}@crm.test:8443/t"
+    assert exchange("GET", "https://crm.test/a?b=c#frag", {}, b"", None)["request"]["url"] == "https://crm.test/a?b=c"
