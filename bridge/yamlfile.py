@@ -241,11 +241,67 @@ def _likely(exc: yaml.MarkedYAMLError) -> str:
     return ""
 
 
+MAX_DEPTH = 64
+"""How deep collections may nest in a file: far past any config or mapping, well short of the recursion the
+parser and the builder would run out of."""
+MAX_ALIASED_VALUES = 100_000
+"""How many values all of a file's aliases (`*name`) may stand for together: an alias repeats a block, but
+aliases of aliases multiply it (a few hundred bytes can stand for a billion values)."""
+
+_OPENS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_shape(text: str, file: str) -> None:
+    """Refuse, at the place it happens, nesting past MAX_DEPTH, an alias inside the block it names (a structure
+    that contains itself), and aliases standing for more than MAX_ALIASED_VALUES values: each would make the
+    build below fail deep in recursion, or run for hours and take all memory, on a reload or a check. One
+    pass over the parser's events, counting each block's values as it closes."""
+    sizes: dict[str, int] = {}  # an anchor's values, its aliases expanded, once its block has closed
+    stack: list[tuple[str | None, list[int]]] = []  # the open blocks: anchor, values so far
+    aliased = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        mark = event.start_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        if isinstance(event, _OPENS):
+            if len(stack) >= MAX_DEPTH:
+                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep; a config or mapping file needs a few",
+                                  file=file, line=line, col=col)
+            stack.append((event.anchor, [1]))
+            continue
+        if isinstance(event, _CLOSES):
+            anchor, (count,) = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = count
+        elif isinstance(event, yaml.ScalarEvent):
+            count = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:
+                if any(anchor == event.anchor for anchor, _ in stack):
+                    raise ConfigError(f"alias *{event.anchor} is inside the block &{event.anchor} names: a block "
+                                      f"cannot contain itself", file=file, line=line, col=col)
+                continue  # an alias without its anchor: the composer reports it
+            count = sizes[event.anchor]
+            aliased += count
+            if aliased > MAX_ALIASED_VALUES:
+                raise ConfigError(f"aliases stand for more than {MAX_ALIASED_VALUES:,} values by here (*{event.anchor}"
+                                  f" is {count:,}): an alias may repeat a block, not multiply it through aliases of "
+                                  f"aliases", file=file, line=line, col=col)
+        else:
+            continue
+        if stack:
+            stack[-1][1][0] += count
+
+
 def load_yaml(
     text: str, file: str, scalar_hook: Callable[[Any, KeyPath, yaml.Node], Any] | None = None,
 ) -> Document:
-    """Parse one YAML document; a syntax error becomes a `ConfigError` at its line."""
+    """Parse one YAML document; a syntax error becomes a `ConfigError` at its line, and so do nesting past
+    MAX_DEPTH and aliases past MAX_ALIASED_VALUES."""
     try:
+        _check_shape(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

@@ -118,6 +118,25 @@ async def test_a_broken_edit_changes_nothing_and_the_admin_api_shows_why(
     assert metrics["ticketbridge_mapping_reload_failing"] == 0
 
 
+async def test_an_edit_whose_aliases_multiply_a_block_is_refused_at_its_line_and_serving_goes_on(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """A mapping whose YAML aliases stand for a billion values (a few hundred bytes) is a failed reload at the
+    alias that passes the limit, found before anything is built: the server keeps its set and serves."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    good = rt.mappings
+    laughs = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    laughs += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = tmp_path / "mappings" / "partner.yaml"
+    path.write_text(textwrap.dedent(PARTNER) + "\n".join(laughs) + "\n", encoding="utf-8")
+    await eventually(lambda: rt.mapping_status.failures == 1)
+    assert rt.mappings is good
+    assert rt.mapping_status.last_error is not None and rt.mapping_status.last_error.startswith(f"{path}:")
+    assert "more than 100,000 values" in rt.mapping_status.last_error
+    await post(client, "d")
+    assert await titles(client) == ["Partner: Router down"]
+
+
 async def test_an_edit_whose_own_tests_fail_is_refused(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """A change that loads but fails its mapping tests is not swapped in, and its failing test is named."""

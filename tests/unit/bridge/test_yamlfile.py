@@ -500,3 +500,41 @@ def test_an_enum_error_lists_the_allowed_values_and_the_nearest() -> None:
         doc.convert(doc.data, Spec)
     assert info.value.message == "'omitt' is not one of: default, error, null, omit (did you mean 'omit'?)"
     assert info.value.line == 1
+
+
+def _laughs(levels: int) -> str:
+    """Each anchor a list of ten aliases of the one before: 10**levels values in a few hundred bytes."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_that_multiply_a_block_are_an_error_at_the_alias_that_passes_the_limit() -> None:
+    """Aliases of aliases (10**levels values in a few hundred bytes) are refused where their count passes
+    MAX_ALIASED_VALUES, before anything is built; aliases that repeat a block are fine."""
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(_laughs(6), "bomb.yaml")  # a million values: seconds and hundreds of MB to build
+    assert caught.value.file == "bomb.yaml" and caught.value.line == 5
+    assert "more than 100,000 values" in str(caught.value) and "*a3" in str(caught.value)
+    assert len(load_yaml(_laughs(4), "fine.yaml").data["a3"]) == 10  # 1,110 values through aliases
+    repeated = load_yaml("base: &b {x: 1, y: [1, 2]}\none: *b\ntwo: *b\n", "f.yaml").data
+    assert repeated["one"] == repeated["two"] == {"x": 1, "y": [1, 2]}
+
+
+def test_a_block_that_contains_an_alias_of_itself_is_an_error_at_the_alias() -> None:
+    for text, col in (("a: &x [1, *x]\n", 11), ("a: &x {b: [*x]}\n", 12)):
+        with pytest.raises(ConfigError) as caught:
+            load_yaml(text, "f.yaml")
+        assert (caught.value.line, caught.value.col) == (1, col)
+        assert "cannot contain itself" in str(caught.value)
+
+
+def test_nesting_past_the_limit_is_an_error_at_the_block_that_passes_it() -> None:
+    from bridge.yamlfile import MAX_DEPTH
+
+    assert load_yaml("a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n", "f.yaml").data is not None
+    for depth in (MAX_DEPTH, 5000):
+        with pytest.raises(ConfigError) as caught:
+            load_yaml("a: " + "[" * depth + "]" * depth + "\n", "f.yaml")
+        assert (caught.value.line, caught.value.col) == (1, 3 + MAX_DEPTH)
+        assert f"nested more than {MAX_DEPTH} levels deep" in str(caught.value)
