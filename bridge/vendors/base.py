@@ -204,10 +204,12 @@ def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
 
 
 def decode_json(body: bytes) -> Any:
-    """The body as JSON, or None when it is not JSON."""
+    """The body as JSON, or None when it is not JSON: malformed, a number out of range, text that is not UTF-8
+    (msgspec's UnicodeDecodeError) or nesting too deep to follow (its RecursionError), as a hostile or broken
+    vendor may answer."""
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

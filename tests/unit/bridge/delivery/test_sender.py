@@ -321,6 +321,29 @@ async def test_excerpt_survives_invalid_utf8(session: aiohttp.ClientSession, ada
     assert sent.outcome.classification == "retry"
 
 
+@pytest.mark.parametrize("body", [
+    b'[{"status": "success", "ticket_id": "\xff\xfe"}]',
+    b"[" * 100_000 + b"]" * 100_000,
+], ids=["invalid-utf8", "nested-100k-deep"])
+async def test_an_answer_json_cannot_read_is_classified_not_a_crash(
+    session: aiohttp.ClientSession, aiohttp_server: Any, body: bytes,
+) -> None:
+    """A 2xx whose body msgspec refuses with something other than a DecodeError (bytes that are not UTF-8 in a
+    string, nesting 100k deep) is read as a body that is not JSON: the attempt gets the adapter's failure,
+    naming the status, instead of the classification raising out of the send."""
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=body, content_type="application/json")
+
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    sent = await send_once(session, RecordingKapture(str(server.make_url(""))), claimed(), 5.0)
+    assert sent.outcome.classification == "permanent"
+    assert (sent.outcome.error or "").startswith("kapture: HTTP 200 with a body that is not a JSON object: ")
+    assert sent.http_status == 200
+
+
 async def test_on_send_is_called_just_before_the_request(session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
     """The rate limiter's hook runs once per attempt, before the request reaches the vendor."""
     calls: list[str] = []
