@@ -107,7 +107,9 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
             lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
             async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
-                async with lookups.get(url, headers={**headers, **auth}) as resp:
+                # Not followed: a redirect would carry the look-up, and what it reads into a stored error, to any
+                # host the vendor names (an admin port on this machine); the adapter sees the 3xx.
+                async with lookups.get(url, headers={**headers, **auth}, allow_redirects=False) as resp:
                     return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
         fields = await adapter.prepare(item.action, item.body, fetch)

@@ -215,7 +215,7 @@ class NetgrootLoginCredentials(TokenCredentials):
     async def revoke(self, session: aiohttp.ClientSession, token: Token) -> None:
         try:
             async with session.post(self.base_url() + LOGOUT_PATH, headers=self.header_for(token),
-                                    timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+                                    timeout=aiohttp.ClientTimeout(total=self.timeout_s), allow_redirects=False) as resp:
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("vendor.logout_failed", destination=self.destination, error=f"{type(exc).__name__}: {exc}")

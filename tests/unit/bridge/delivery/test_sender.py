@@ -20,6 +20,7 @@ from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
 from bridge.store.base import Claimed
 from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
+from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
 
 BASE = "http://kapture.test"
 URL_CREATE = BASE + CREATE_PATH
@@ -342,6 +343,36 @@ async def test_an_answer_json_cannot_read_is_classified_not_a_crash(
     assert sent.outcome.classification == "permanent"
     assert (sent.outcome.error or "").startswith("kapture: HTTP 200 with a body that is not a JSON object: ")
     assert sent.http_status == 200
+
+
+async def test_a_look_up_redirected_elsewhere_is_not_followed(session: aiohttp.ClientSession,
+                                                              aiohttp_server: Any) -> None:
+    """A vendor that redirects a look-up (Netgroot's subject list) to another host, here an admin page on this
+    machine, is not followed there: nothing is asked of that host, and nothing it says lands in the attempt."""
+    admin_calls: list[str] = []
+    admin = web.Application()
+
+    async def admin_page(request: web.Request) -> web.Response:
+        admin_calls.append(request.path)
+        return web.Response(text="ADMIN PAGE: internal-secret")
+
+    admin.router.add_get("/admin", admin_page)
+    admin_server = await aiohttp_server(admin)
+    vendor = web.Application()
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(admin_server.make_url("/admin")))
+
+    vendor.router.add_route("*", "/{path:.*}", redirect)
+    server = await aiohttp_server(vendor)
+    base = str(server.make_url("")).rstrip("/")
+    netgroot = NetgrootAdapter("isp", NetgrootOptions(vendor="netgroot", base_url=base, token="tok", type_id=1,
+                                                      status_id=1, priority_id=1, group_id=1), base)
+    item = claimed({"subject": "Internet down", "message": "No internet"})
+    sent = await send_once(session, netgroot, item, 5.0)
+    assert admin_calls == []
+    assert sent.outcome.classification == "permanent"
+    assert "HTTP 302" in (sent.outcome.error or "") and "internal-secret" not in (sent.outcome.error or "")
 
 
 async def test_on_send_is_called_just_before_the_request(session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
