@@ -55,12 +55,19 @@ def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
 def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
     """What a send's transport failure means: a retry when the connection was never made (nothing reached the
     vendor); otherwise `unknown`, as the request may have been written and acted on before the answer was
-    lost (a timeout once connected, a reset, a connection closed before the answer)."""
+    lost (a timeout once connected, a reset, a connection closed before the answer, an answer that cannot be
+    parsed)."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError):
         return Outcome(classification="unknown",
                        error=f"timed out after {timeout_s:g}s once connected: the vendor may have acted on it")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # The answer's head came and could not be parsed (thousands of headers, a header or status line past
+        # aiohttp's 8 KiB, a content encoding it cannot decode): the request was written. Its message, not its
+        # str(), which adds the request's URL.
+        return Outcome(classification="unknown", error=f"the vendor's answer could not be read: {exc.message}: "
+                                                       "the vendor may have acted on it")
     if isinstance(exc, LOST_ANSWER):
         return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
                                                        f"{exc}: the vendor may have acted on it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
@@ -204,6 +205,52 @@ async def test_connection_lost_before_the_answer_is_unknown(
     assert sent.outcome.error is not None
     assert sent.outcome.error.startswith(f"connection lost before the answer: {type(exc).__name__}")
     assert sent.http_status is None
+
+
+@contextlib.asynccontextmanager
+async def raw_vendor(answer: bytes, *, endless: bytes = b"") -> AsyncIterator[str]:
+    """A vendor on a bare socket: it reads the request's head, writes `answer` byte for byte, then `endless`
+    over and over until the client goes; yields its base URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            while endless:
+                writer.write(endless)
+                await writer.drain()
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("answer", "endless", "said"), [
+    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(5000)) + b"\r\n{}", b"",
+     "Too many headers received"),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * (1 << 20) + b"\r\nContent-Length: 2\r\n\r\n{}", b"",
+     "Got more than 8190 bytes"),
+    (b"HTTP/1.1 200 ", b"x" * 4096, "Got more than 8190 bytes"),
+], ids=["thousands-of-headers", "1mb-header", "endless-status-line"])
+async def test_an_answer_whose_head_cannot_be_read_is_unknown(
+    session: aiohttp.ClientSession, answer: bytes, endless: bytes, said: str,
+) -> None:
+    """An answer whose head cannot be parsed came after the request was written: the outcome is unknown (the
+    vendor may have acted on it), saying the answer could not be read and why, without the request's URL."""
+    async with raw_vendor(answer, endless=endless) as base:
+        sent = await asyncio.wait_for(send_once(session, RecordingKapture(base), claimed(), 5.0), timeout=10.0)
+    assert sent.outcome.classification == "unknown"
+    error = sent.outcome.error or ""
+    assert error.startswith("the vendor's answer could not be read: ") and said in error, error
+    assert error.endswith(": the vendor may have acted on it")
+    assert base not in error and len(error) < 400
 
 
 async def test_unmocked_host_is_a_connection_failure(
