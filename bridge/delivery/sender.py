@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp_retry import ExponentialRetry, RetryClient
 
 from bridge.delivery.exchange import exchange
@@ -20,6 +21,10 @@ from bridge.vendors.credentials import authorized
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
+# What of a vendor's words an attempt's error keeps (a message field may hold the whole 256 KiB read), and the
+# longest id kept: an answer's id longer than this is no id, and would fill the store, logs and follow-up URLs.
+ERROR_CHARS = 2000
+ID_CHARS = 256
 # What a request can fail with before the vendor answers: each is a retry.
 # Failures of a connection that was made, before the whole answer came: the request may have been acted on.
 LOST_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
@@ -72,6 +77,22 @@ def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
         return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
                                                        f"{exc}: the vendor may have acted on it")
     return transport_failure(exc, timeout_s)
+
+
+def bounded(outcome: Outcome) -> Outcome:
+    """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS, and a ticket id, key or uuid longer
+    than ID_CHARS left out, the error saying so (a success stays a success: the vendor took the request)."""
+    dropped = {key: len(value) for key in ("ticket_id", "ticket_key", "ticket_uuid")
+               if (value := getattr(outcome, key)) is not None and len(value) > ID_CHARS}
+    error = outcome.error
+    if error is not None and len(error) > ERROR_CHARS:
+        error = error[:ERROR_CHARS - 1] + "…"
+    if not dropped and error is outcome.error:
+        return outcome
+    notes = [f"the vendor's {key.replace('_', ' ')} is {size} characters long, more than the {ID_CHARS} an id "
+             "may have: not kept" for key, size in dropped.items()]
+    return msgspec.structs.replace(outcome, error="; ".join(p for p in (error, *notes) if p),
+                                   **dict.fromkeys(dropped))
 
 
 @dataclass
