@@ -43,7 +43,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import LOOKUP_ERRORS, Sent, bounded, lookup_failure, read_bounded, send_once
+from bridge.delivery.sender import LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
@@ -53,6 +53,7 @@ from bridge.vendors.base import (
     CannotReconcile,
     Outcome,
     VendorRequest,
+    read_bounded,
 )
 from bridge.vendors.credentials import authorized
 from bridge.vendors.registry import adapter_class

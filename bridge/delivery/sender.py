@@ -16,7 +16,7 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 from bridge.delivery.exchange import exchange
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
-from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
+from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable, read_bounded
 from bridge.vendors.credentials import authorized
 
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -103,17 +103,6 @@ class Sent:
     http_status: int | None
     excerpt: str | None
     exchange: dict[str, Any] | None = None
-
-
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
 
 
 Answer = tuple[int | None, str | None, dict[str, str] | None, Outcome]
