@@ -4,6 +4,7 @@ or the logs, and other destinations keep delivering."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -108,3 +109,51 @@ async def test_a_vendor_s_huge_answers_are_cut_before_the_store_and_the_logs(
             assert kept.exchange["response_headers"]["…"].endswith("more headers not kept")
     longest = max(len(json.dumps(entry, default=str)) for entry in logs)
     assert longest < 5_000
+
+
+async def test_a_vendor_holding_every_request_does_not_stall_another_destination_on_its_host(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """One destination's vendor holds each of its 70 requests unanswered; a second destination on the same host
+    (another path of the same API) still delivers at once, on its first attempt: the connections one destination
+    holds are bounded by its own max_in_flight, not taken from a pool the other waits on."""
+    held: list[web.Request] = []
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        held.append(request)
+        await release.wait()
+        return web.json_response({"id": "S"})
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.json_response({"id": "F-1"})
+
+    app = web.Application()
+    app.router.add_post("/slow", slow)
+    app.router.add_post("/fast", fast)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    dests = (f"  slow: {{vendor: http, base_url: '{base}', path: /slow, max_in_flight: 70, timeout_seconds: 60}}\n"
+             f"      fast: {{vendor: http, base_url: '{base}', path: /fast, ticket_id_path: id, timeout_seconds: 5,"
+             f" {FAST_RETRY}}}")
+    mappings = {name: f"source: {name}-events\ndestination: {name}\naction: create_ticket\n"
+                      "fields: {title: '{{ payload.title }}'}\n" for name in ("slow", "fast")}
+    conf = config(dests).replace("      events: {kind: json}", "      slow-events: {kind: json}\n"
+                                 "      fast-events: {kind: json}")
+    client = await bridge_client(write_config(conf, mappings))
+    try:
+        await asyncio.gather(*(post(client, f"held {n}", "slow-events") for n in range(70)))
+        await eventually(lambda: len(held) >= 64)  # (64: all that a shared per-host pool would let through)
+        await post(client, "urgent", "fast-events")
+        store = runtime(client).store
+
+        async def fast_delivered() -> bool:
+            rows = await store.list_deliveries(DeliveryFilter(destination="fast"))
+            return len(rows) == 1 and rows[0].status == "succeeded"
+
+        await eventually(fast_delivered)
+        (row,) = await store.list_deliveries(DeliveryFilter(destination="fast"))
+        detail = await store.get_delivery(row.id)
+        assert [a.classification for a in detail.attempts] == ["success"]
+    finally:
+        release.set()
