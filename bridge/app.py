@@ -206,13 +206,20 @@ def sandbox_context(rt: Runtime) -> CleanupCtx:
     return ctx
 
 
+POOL_CONNECTIONS = 256  # the delivery client's connections, at least (fdlimit.HEADROOM counts them)
+
+
 def delivery_context(rt: Runtime) -> CleanupCtx:
     """The HTTP client and the dispatcher; on shutdown, sends in flight get the grace period."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert rt.store is not None
+        # Each lane holds at most its max_in_flight connections, so the pool adds no cap of its own per host (a
+        # vendor holding one destination's requests would stall every other destination on its host), and
+        # holds at least every destination's max_in_flight in total (fdlimit.HEADROOM counts on 256).
+        slots = sum(cfg.max_in_flight for cfg in rt.config.destinations.values())
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=max(POOL_CONNECTIONS, slots), limit_per_host=0, ttl_dns_cache=300),
             headers={"User-Agent": f"ticketbridge/{__version__}"},
         )
         store = rt.store

@@ -15,8 +15,9 @@ from bridge.connections import ACCEPT_BATCH, REFUSED_LINGERING, ConnectionLimits
 
 log = structlog.get_logger("ticketbridge.server")
 
-# Descriptors the process needs besides client connections: the delivery client's pool (256, see
-# app.delivery_context), the store's files, listening sockets, sandboxes, attachments and logs.
+# Descriptors the process needs besides client connections: the delivery client's pool (256, or the sum of the
+# destinations' max_in_flight where that is more: see app.delivery_context), the store's files, listening
+# sockets, sandboxes, attachments and logs.
 HEADROOM = 256 + 64
 ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 

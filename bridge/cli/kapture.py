@@ -27,6 +27,7 @@ from bridge.cli.serve import _loopback
 from bridge.config import Config
 from bridge.delivery.ratelimit import Limiter, acquire, make_limiter
 from bridge.delivery.sender import TRANSPORT_ERRORS, transport_failure
+from bridge.vendors.base import Outcome, read_bounded
 from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
 from bridge.vendors.kapture_pull import (
     PullPage,
@@ -41,6 +42,7 @@ from bridge.vendors.kapture_pull import (
 )
 
 MAX_BACKOFF_S = 60.0
+ANSWER_MAX_BYTES = 32 * 1024 * 1024  # a day's answer, at most (as a reconciliation's pull); a longer one fails the day
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -76,10 +78,27 @@ class PullRetry(RetryOptionsBase):
         self.backoff_s = backoff_s
         self.limiter = limiter
         self.retry_after: float | None = None
+        self._read: tuple[aiohttp.ClientResponse, PullPage] | None = None
+
+    async def answer(self, response: aiohttp.ClientResponse) -> PullPage:
+        """What `response` holds, its body read once (here, or when it was judged final) and at most
+        ANSWER_MAX_BYTES of it: a longer answer, or one that inflates past that, fails the day saying so."""
+        if self._read is not None and self._read[0] is response:
+            return self._read[1]
+        body = await read_bounded(response, ANSWER_MAX_BYTES)
+        if len(body) >= ANSWER_MAX_BYTES and not response.content.at_eof():
+            page = PullPage(outcome=Outcome(
+                classification="permanent",
+                error=f"kapture: HTTP {response.status} with an answer longer than {ANSWER_MAX_BYTES >> 20} MiB, "
+                      "more than a pull reads: pull with --paged, so that each call answers one page"))
+        else:
+            page = parse_pull(response.status, response.headers, body)
+        self._read = (response, page)
+        return page
 
     async def _final(self, response: aiohttp.ClientResponse) -> bool:
         """Whether an answer ends the call (success, or a failure not worth another try)."""
-        outcome = parse_pull(response.status, response.headers, await response.read()).outcome
+        outcome = (await self.answer(response)).outcome
         self.retry_after = outcome.retry_after
         return bool(outcome.classification != "retry")
 
@@ -133,7 +152,7 @@ class Puller:
             async with paced.request(
                     request.method, request.url, headers=request.headers, data=request.body,
                     allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                answer = parse_pull(resp.status, resp.headers, await resp.read())
+                answer = await retry.answer(resp)
         except TRANSPORT_ERRORS as exc:
             answer = PullPage(outcome=transport_failure(exc, timeout_s))
         retried = answer.outcome.classification == "retry"

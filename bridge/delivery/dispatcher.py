@@ -43,7 +43,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import LOOKUP_ERRORS, Sent, lookup_failure, read_bounded, send_once
+from bridge.delivery.sender import LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
@@ -53,6 +53,7 @@ from bridge.vendors.base import (
     CannotReconcile,
     Outcome,
     VendorRequest,
+    read_bounded,
 )
 from bridge.vendors.credentials import authorized
 from bridge.vendors.registry import adapter_class
@@ -306,6 +307,7 @@ class Lane:
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
                         int(d.clock() * 1000), 0.0, None, None)
+        sent.outcome = bounded(sent.outcome)  # what the vendor said, as long as logs and the store take it
         self._answered(item.id)
         if d.on_attempt is not None:
             classification = sent.outcome.classification

@@ -16,6 +16,9 @@ REDACTED = "[redacted]"
 BODY_CHARS = 2000
 SECRET_NAME = re.compile(r"auth|token|secret|key|signature|password|passwd|cookie|session|credential", re.I)
 SECRET_NAMES_KEPT = 4096
+# The response headers kept: a vendor may send up to aiohttp's 128 headers of 8 KiB each (a megabyte per attempt).
+HEADERS_KEPT = 40
+HEADER_CHARS = 500
 
 
 @functools.lru_cache(maxsize=SECRET_NAMES_KEPT)
@@ -53,6 +56,26 @@ def redact_headers(headers: Mapping[str, str], hidden: frozenset[str] = frozense
     return {k: REDACTED if secret_name(k) or k.lower() in hidden else v for k, v in headers.items()}
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def kept_response_headers(headers: Mapping[str, str], hidden: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The response headers as kept: credential-named ones and those in `hidden` redacted, the first
+    HEADERS_KEPT, names and values cut at HEADER_CHARS, and a last entry `…` counting those left out."""
+    kept: dict[str, str] = {}
+    left_out = 0
+    for name, value in redact_headers(headers, hidden).items():
+        if len(kept) < HEADERS_KEPT:
+            kept[clip(name, HEADER_CHARS)] = clip(value, HEADER_CHARS)
+        else:
+            left_out += 1
+    if left_out:
+        kept["…"] = f"{left_out} more headers not kept"
+    return kept
+
+
 def body_excerpt(body: bytes) -> str:
     """The body's start as text; a JSON body with its credential-named keys redacted."""
     try:
@@ -69,5 +92,5 @@ def exchange(method: str, url: str, headers: Mapping[str, str], body: bytes,
     return {
         "request": {"method": method, "url": redact_url(url), "headers": redact_headers(headers, hidden),
                     "body": body_excerpt(body)},
-        "response_headers": None if response_headers is None else redact_headers(response_headers, hidden),
+        "response_headers": None if response_headers is None else kept_response_headers(response_headers, hidden),
     }

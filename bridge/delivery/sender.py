@@ -10,16 +10,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp_retry import ExponentialRetry, RetryClient
 
 from bridge.delivery.exchange import exchange
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
-from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable
+from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable, read_bounded
 from bridge.vendors.credentials import authorized
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
+# What of a vendor's words an attempt's error keeps (a message field may hold the whole 256 KiB read), and the
+# longest id kept: an answer's id longer than this is no id, and would fill the store, logs and follow-up URLs.
+ERROR_CHARS = 2000
+ID_CHARS = 256
 # What a request can fail with before the vendor answers: each is a retry.
 # Failures of a connection that was made, before the whole answer came: the request may have been acted on.
 LOST_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
@@ -55,16 +60,39 @@ def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
 def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
     """What a send's transport failure means: a retry when the connection was never made (nothing reached the
     vendor); otherwise `unknown`, as the request may have been written and acted on before the answer was
-    lost (a timeout once connected, a reset, a connection closed before the answer)."""
+    lost (a timeout once connected, a reset, a connection closed before the answer, an answer that cannot be
+    parsed)."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError):
         return Outcome(classification="unknown",
                        error=f"timed out after {timeout_s:g}s once connected: the vendor may have acted on it")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # The answer's head came and could not be parsed (thousands of headers, a header or status line past
+        # aiohttp's 8 KiB, a content encoding it cannot decode): the request was written. Its message, not its
+        # str(), which adds the request's URL.
+        return Outcome(classification="unknown", error=f"the vendor's answer could not be read: {exc.message}: "
+                                                       "the vendor may have acted on it")
     if isinstance(exc, LOST_ANSWER):
         return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
                                                        f"{exc}: the vendor may have acted on it")
     return transport_failure(exc, timeout_s)
+
+
+def bounded(outcome: Outcome) -> Outcome:
+    """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS, and a ticket id, key or uuid longer
+    than ID_CHARS left out, the error saying so (a success stays a success: the vendor took the request)."""
+    dropped = {key: len(value) for key in ("ticket_id", "ticket_key", "ticket_uuid")
+               if (value := getattr(outcome, key)) is not None and len(value) > ID_CHARS}
+    error = outcome.error
+    if error is not None and len(error) > ERROR_CHARS:
+        error = error[:ERROR_CHARS - 1] + "…"
+    if not dropped and error is outcome.error:
+        return outcome
+    notes = [f"the vendor's {key.replace('_', ' ')} is {size} characters long, more than the {ID_CHARS} an id "
+             "may have: not kept" for key, size in dropped.items()]
+    return msgspec.structs.replace(outcome, error="; ".join(p for p in (error, *notes) if p),
+                                   **dict.fromkeys(dropped))
 
 
 @dataclass
@@ -75,17 +103,6 @@ class Sent:
     http_status: int | None
     excerpt: str | None
     exchange: dict[str, Any] | None = None
-
-
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
 
 
 Answer = tuple[int | None, str | None, dict[str, str] | None, Outcome]
@@ -109,7 +126,9 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
             lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
             async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
-                async with lookups.get(url, headers={**headers, **auth}) as resp:
+                # Not followed: a redirect would carry the look-up, and what it reads into a stored error, to any
+                # host the vendor names (an admin port on this machine); the adapter sees the 3xx.
+                async with lookups.get(url, headers={**headers, **auth}, allow_redirects=False) as resp:
                     return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
         fields = await adapter.prepare(item.action, item.body, fetch)

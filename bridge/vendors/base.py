@@ -209,11 +209,27 @@ def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     return None
 
 
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body, to its end or its first `limit` bytes (decompressed as they arrive, so an encoded
+    body that inflates to gigabytes costs `limit`). Unlike `content.read(limit)`, which gives what has arrived
+    so far, an answer that comes in several pieces is read whole."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
 def decode_json(body: bytes) -> Any:
-    """The body as JSON, or None when it is not JSON."""
+    """The body as JSON, or None when it is not JSON: malformed, a number out of range, text that is not UTF-8
+    (msgspec's UnicodeDecodeError) or nesting too deep to follow (its RecursionError), as a hostile or broken
+    vendor may answer."""
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -190,7 +190,7 @@ def jwt_expiry(token: str) -> float | None:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims: Any = msgspec.json.decode(base64.urlsafe_b64decode(payload.encode("ascii")))
-    except (binascii.Error, UnicodeEncodeError, ValueError, msgspec.DecodeError):
+    except (binascii.Error, UnicodeEncodeError, ValueError, msgspec.DecodeError, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if isinstance(exp, int | float) and not isinstance(exp, bool):

@@ -12,7 +12,14 @@ import aiohttp
 import msgspec
 
 from bridge.config import Base
-from bridge.vendors.base import VendorAuthFailed, VendorUnavailable, decode_json, excerpt, text_or_none
+from bridge.vendors.base import (
+    VendorAuthFailed,
+    VendorUnavailable,
+    decode_json,
+    excerpt,
+    read_bounded,
+    text_or_none,
+)
 from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials
 from bridge.yamlfile import KeyValueError
 
@@ -109,7 +116,7 @@ class OAuth2Credentials(TokenCredentials):
             form.update(client_id=c.client_id, client_secret=c.client_secret)
         async with session.post(self.token_url, data=form, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
-            status, raw = resp.status, await resp.content.read(TOKEN_ANSWER_BYTES)
+            status, raw = resp.status, await read_bounded(resp, TOKEN_ANSWER_BYTES)
         parsed = decode_json(raw)
         data = parsed if isinstance(parsed, dict) else {}
         said = ": ".join(p for p in (text_or_none(data.get("error")), text_or_none(data.get("error_description")))

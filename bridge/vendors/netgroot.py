@@ -29,6 +29,7 @@ from bridge.vendors.base import (
     classify_status,
     decode_json,
     excerpt,
+    read_bounded,
     text_or_none,
 )
 from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials, jwt_expiry
@@ -197,7 +198,7 @@ class NetgrootLoginCredentials(TokenCredentials):
         body = {"username": self.login.username, "password": self.login.password}
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                 allow_redirects=False) as resp:
-            status, raw = resp.status, await resp.content.read(ANSWER_BYTES)
+            status, raw = resp.status, await read_bounded(resp, ANSWER_BYTES)
         data, message = _parsed_answer(raw)
         if status in (400, 401, 403, 404):
             # The username is not repeated: it is often an email address, and this text is stored and shown.
@@ -215,7 +216,7 @@ class NetgrootLoginCredentials(TokenCredentials):
     async def revoke(self, session: aiohttp.ClientSession, token: Token) -> None:
         try:
             async with session.post(self.base_url() + LOGOUT_PATH, headers=self.header_for(token),
-                                    timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+                                    timeout=aiohttp.ClientTimeout(total=self.timeout_s), allow_redirects=False) as resp:
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("vendor.logout_failed", destination=self.destination, error=f"{type(exc).__name__}: {exc}")

@@ -4,6 +4,7 @@ every ticket written once, and a clean resume after a failed window."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from collections import Counter
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from bridge.cli import main
@@ -19,7 +21,7 @@ from bridge.cli.kapture import Output, Puller, PullFailed, progress_bar, pull_ra
 from bridge.delivery.ratelimit import Unlimited
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
-from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
+from bridge.vendors.kapture import PULL_PATH, KaptureAdapter, KaptureOptions
 
 pytestmark = pytest.mark.integration
 
@@ -327,3 +329,29 @@ async def test_a_failure_that_outlasts_the_retries_names_the_tries(aiohttp_serve
             await puller.day(date(2024, 4, 19))
     assert puller.calls == 3
     assert len(sim.received.times()) == 3
+
+
+async def test_an_endless_answer_fails_the_day_at_the_cap(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A pull answered with a body that never ends (or inflates without end) is read up to the cap, not into
+    memory until the timeout: the day fails at once, naming the cap and what to do."""
+    monkeypatch.setattr("bridge.cli.kapture.ANSWER_MAX_BYTES", 1 << 20, raising=False)
+    app = aiohttp.web.Application()
+
+    async def endless(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await resp.write(b'[{"status": "success", "message": [' + b" " * 65536)
+        return resp
+
+    app.router.add_post(PULL_PATH, endless)
+    server = await aiohttp_server(app)
+    adapter = KaptureAdapter("k", KaptureOptions(vendor="kapture", base_url=str(server.make_url("")), token="t",
+                                                 timeout_seconds=600), str(server.make_url("")))
+    async with aiohttp.ClientSession() as session:
+        puller = Puller(session, adapter, Unlimited(), retries=0)
+        with pytest.raises(PullFailed, match=r"^2024-04-19: permanent: kapture: HTTP 200 with an answer longer "
+                                             r"than 1 MiB, more than a pull reads: pull with --paged"):
+            await asyncio.wait_for(puller.day(date(2024, 4, 19)), timeout=30)

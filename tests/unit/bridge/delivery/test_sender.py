@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
 from bridge.store.base import Claimed
 from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
+from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
 
 BASE = "http://kapture.test"
 URL_CREATE = BASE + CREATE_PATH
@@ -205,6 +207,52 @@ async def test_connection_lost_before_the_answer_is_unknown(
     assert sent.http_status is None
 
 
+@contextlib.asynccontextmanager
+async def raw_vendor(answer: bytes, *, endless: bytes = b"") -> AsyncIterator[str]:
+    """A vendor on a bare socket: it reads the request's head, writes `answer` byte for byte, then `endless`
+    over and over until the client goes; yields its base URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            while endless:
+                writer.write(endless)
+                await writer.drain()
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("answer", "endless", "said"), [
+    (b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(5000)) + b"\r\n{}", b"",
+     "Too many headers received"),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * (1 << 20) + b"\r\nContent-Length: 2\r\n\r\n{}", b"",
+     "Got more than 8190 bytes"),
+    (b"HTTP/1.1 200 ", b"x" * 4096, "Got more than 8190 bytes"),
+], ids=["thousands-of-headers", "1mb-header", "endless-status-line"])
+async def test_an_answer_whose_head_cannot_be_read_is_unknown(
+    session: aiohttp.ClientSession, answer: bytes, endless: bytes, said: str,
+) -> None:
+    """An answer whose head cannot be parsed came after the request was written: the outcome is unknown (the
+    vendor may have acted on it), saying the answer could not be read and why, without the request's URL."""
+    async with raw_vendor(answer, endless=endless) as base:
+        sent = await asyncio.wait_for(send_once(session, RecordingKapture(base), claimed(), 5.0), timeout=10.0)
+    assert sent.outcome.classification == "unknown"
+    error = sent.outcome.error or ""
+    assert error.startswith("the vendor's answer could not be read: ") and said in error, error
+    assert error.endswith(": the vendor may have acted on it")
+    assert base not in error and len(error) < 400
+
+
 async def test_unmocked_host_is_a_connection_failure(
     session: aiohttp.ClientSession, adapter: RecordingKapture,
 ) -> None:
@@ -319,6 +367,59 @@ async def test_excerpt_survives_invalid_utf8(session: aiohttp.ClientSession, ada
     assert sent.excerpt.endswith("bad gateway")
     assert "\ufffd" in sent.excerpt
     assert sent.outcome.classification == "retry"
+
+
+@pytest.mark.parametrize("body", [
+    b'[{"status": "success", "ticket_id": "\xff\xfe"}]',
+    b"[" * 100_000 + b"]" * 100_000,
+], ids=["invalid-utf8", "nested-100k-deep"])
+async def test_an_answer_json_cannot_read_is_classified_not_a_crash(
+    session: aiohttp.ClientSession, aiohttp_server: Any, body: bytes,
+) -> None:
+    """A 2xx whose body msgspec refuses with something other than a DecodeError (bytes that are not UTF-8 in a
+    string, nesting 100k deep) is read as a body that is not JSON: the attempt gets the adapter's failure,
+    naming the status, instead of the classification raising out of the send."""
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=body, content_type="application/json")
+
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    sent = await send_once(session, RecordingKapture(str(server.make_url(""))), claimed(), 5.0)
+    assert sent.outcome.classification == "permanent"
+    assert (sent.outcome.error or "").startswith("kapture: HTTP 200 with a body that is not a JSON object: ")
+    assert sent.http_status == 200
+
+
+async def test_a_look_up_redirected_elsewhere_is_not_followed(session: aiohttp.ClientSession,
+                                                              aiohttp_server: Any) -> None:
+    """A vendor that redirects a look-up (Netgroot's subject list) to another host, here an admin page on this
+    machine, is not followed there: nothing is asked of that host, and nothing it says lands in the attempt."""
+    admin_calls: list[str] = []
+    admin = web.Application()
+
+    async def admin_page(request: web.Request) -> web.Response:
+        admin_calls.append(request.path)
+        return web.Response(text="ADMIN PAGE: internal-secret")
+
+    admin.router.add_get("/admin", admin_page)
+    admin_server = await aiohttp_server(admin)
+    vendor = web.Application()
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(admin_server.make_url("/admin")))
+
+    vendor.router.add_route("*", "/{path:.*}", redirect)
+    server = await aiohttp_server(vendor)
+    base = str(server.make_url("")).rstrip("/")
+    netgroot = NetgrootAdapter("isp", NetgrootOptions(vendor="netgroot", base_url=base, token="tok", type_id=1,
+                                                      status_id=1, priority_id=1, group_id=1), base)
+    item = claimed({"subject": "Internet down", "message": "No internet"})
+    sent = await send_once(session, netgroot, item, 5.0)
+    assert admin_calls == []
+    assert sent.outcome.classification == "permanent"
+    assert "HTTP 302" in (sent.outcome.error or "") and "internal-secret" not in (sent.outcome.error or "")
 
 
 async def test_on_send_is_called_just_before_the_request(session: aiohttp.ClientSession, aiohttp_server: Any) -> None:

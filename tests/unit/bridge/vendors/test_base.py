@@ -113,7 +113,12 @@ def test_decode_json_reads_json(body: bytes, expected: Any) -> None:
     assert decode_json(body) == expected
 
 
-@pytest.mark.parametrize("body", [b"", b"<html>502 Bad Gateway</html>", b"{", b"\xff\xfe", b"OK"])
+@pytest.mark.parametrize("body", [
+    b"", b"<html>502 Bad Gateway</html>", b"{", b"\xff\xfe", b"OK",
+    b'{"id": "\xff\xfe"}',  # not UTF-8 inside a string: msgspec raises UnicodeDecodeError
+    b"[" * 100_000 + b"]" * 100_000,  # nested past what msgspec follows: RecursionError
+    b'{"id": 1e400}', b'{"id": ' + b"9" * 5000 + b"}",  # numbers out of range
+], ids=["empty", "html", "cut", "bytes", "text", "bad-utf8-string", "deep", "huge-float", "huge-int"])
 def test_decode_json_returns_none_for_non_json(body: bytes) -> None:
     """A body that is not JSON gives None instead of raising."""
     assert decode_json(body) is None

@@ -135,6 +135,7 @@ def _jwt(claims: object) -> str:
     ("not-a-jwt", None),
     ("a.%%%.c", None),
     ("a.bm90IGpzb24.c", None),
+    ("a." + base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).rstrip(b"=").decode() + ".c", None),
 ])
 def test_jwt_expiry_reads_exp_or_nothing(token: str, expected: float | None) -> None:
     """A JWT's `exp` claim is read without its signature; anything else gives None, never an error."""

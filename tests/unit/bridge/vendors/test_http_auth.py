@@ -3,20 +3,23 @@ simulator's local token endpoint (the token cached, obtained again on expiry and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 
 from bridge.delivery.sender import send_once
 from bridge.simulators.faults import Faults
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
 from bridge.store.base import Claimed
 from bridge.vendors.base import VendorAuthFailed
-from bridge.vendors.credentials import StaticCredentials
+from bridge.vendors.credentials import StaticCredentials, TokenCredentials
 from bridge.vendors.http import HttpAdapter, HttpOptions
-from bridge.vendors.http_auth import OAuth2Credentials
+from bridge.vendors.http_auth import OAuth2ClientCredentials, OAuth2Credentials
+from bridge.vendors.netgroot import LOGIN_PATH, NetgrootLogin, NetgrootLoginCredentials
 
 
 class Clock:
@@ -160,3 +163,32 @@ async def test_a_token_endpoint_down_after_a_refusal_is_a_retry(aiohttp_server: 
     assert sent.outcome.classification == "retry"
     assert (sent.outcome.error or "").startswith("http: HTTP 401")
     assert "a new token could not be obtained: http: the token endpoint" in (sent.outcome.error or "")
+
+
+@pytest.mark.parametrize("vendor", ["oauth2", "netgroot-login"])
+async def test_a_token_answer_sent_in_pieces_is_read_whole(aiohttp_server: Any, vendor: str) -> None:
+    """A token endpoint (OAuth2's, Netgroot's Login) whose answer comes in two pieces, the second a moment after
+    the first, as a slow or chunking server sends it, gives its token: the whole answer is read, not only the
+    piece that had arrived."""
+    answer = (b'{"access_token": "tok-1", "expires_in": 3600}' if vendor == "oauth2"
+              else b'{"message": "Login successful", "token": "tok-1"}')
+    app = web.Application()
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(answer[:7])
+        await asyncio.sleep(0.05)  # the vendor's pause between the pieces, not the test's synchronisation
+        await resp.write(answer[7:])
+        await resp.write_eof()
+        return resp
+
+    app.router.add_post(TOKEN_PATH if vendor == "oauth2" else LOGIN_PATH, token)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    creds: TokenCredentials = (
+        OAuth2Credentials("api", OAuth2ClientCredentials(token_url=TOKEN_PATH, client_id="c", client_secret="s"),
+                          lambda: base, 5.0) if vendor == "oauth2"
+        else NetgrootLoginCredentials("isp", NetgrootLogin(username="u", password="p"), lambda: base, 5.0))
+    async with aiohttp.ClientSession() as session:
+        assert await creds.headers(session) == {"Authorization": "Bearer tok-1"}

@@ -8,12 +8,21 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
 
 from bridge.simulators.faults import Faults
 from bridge.simulators.netgroot import SANDBOX_PASSWORD, SANDBOX_USERNAME, NetgrootSimulator
 from bridge.vendors.base import VendorAuthFailed, VendorUnavailable
 from bridge.vendors.credentials import StaticCredentials
-from bridge.vendors.netgroot import NetgrootAdapter, NetgrootLogin, NetgrootLoginCredentials, NetgrootOptions
+from bridge.vendors.netgroot import (
+    LOGIN_PATH,
+    LOGOUT_PATH,
+    NetgrootAdapter,
+    NetgrootLogin,
+    NetgrootLoginCredentials,
+    NetgrootOptions,
+)
 
 
 class Clock:
@@ -75,6 +84,36 @@ async def test_close_logs_out(aiohttp_server: Any) -> None:
         await creds.headers(session)
         await creds.close(session)
     assert (sim.logouts, sim.jwts) == (1, {})
+
+
+async def test_a_redirected_logout_is_not_followed(aiohttp_server: Any) -> None:
+    """A Logout the CRM answers with a redirect is not followed (the token's header is not taken to another
+    page, nor another page read): the log-out is logged as failed, naming the status."""
+    followed: list[dict[str, str]] = []
+    app = web.Application()
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"success": True, "token": "tok-1"})
+
+    async def logout(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/landing")
+
+    async def landing(request: web.Request) -> web.Response:
+        followed.append(dict(request.headers))
+        return web.Response(text="landing")
+
+    app.router.add_post(LOGIN_PATH, login)
+    app.router.add_post(LOGOUT_PATH, logout)
+    app.router.add_get("/landing", landing)
+    server = await aiohttp_server(app)
+    creds = NetgrootLoginCredentials("isp", NetgrootLogin(username="u", password="p"),
+                                     lambda: str(server.make_url("")).rstrip("/"), 5.0)
+    async with aiohttp.ClientSession() as session:
+        await creds.headers(session)
+        with capture_logs() as logs:
+            await creds.close(session)
+    assert followed == []
+    assert [e["error"] for e in logs if e["event"] == "vendor.logout_failed"] == ["HTTP 302"]
 
 
 def options(auth: dict[str, Any] | None = None, **kwargs: Any) -> NetgrootOptions:

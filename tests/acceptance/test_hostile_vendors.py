@@ -1,0 +1,159 @@
+"""Delivery through the whole app over real HTTP to a vendor that is broken or hostile (a stand-in server, not
+a simulator): whatever it answers, each attempt ends with a recorded reason, nothing it says fills the store
+or the logs, and other destinations keep delivering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from bridge.delivery.sender import ERROR_CHARS
+from bridge.store.base import DeliveryDetail, DeliveryFilter
+from bridge.vendors.kapture import CREATE_PATH
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FAST_RETRY = "retry: {schedule: [50ms], jitter: 0}"
+MAPPING = {"m": """
+    source: events
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: {from: payload.title, required: true}
+"""}
+
+
+async def hostile_kapture(aiohttp_server: Any, answer: Handler) -> str:
+    """A Kapture stand-in whose create endpoint answers with `answer`; its base URL."""
+    app = web.Application()
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+def config(destinations: str) -> str:
+    return f"""
+    server: {{shutdown_grace_seconds: 1}}
+    store: {{url: "sqlite:///var/bridge.db"}}
+    sources:
+      events: {{kind: json}}
+    destinations:
+    {destinations}
+    """
+
+
+async def post(client: Any, title: str, source: str = "events") -> None:
+    resp = await client.post(f"/hooks/{source}", json={"title": title})
+    assert resp.status == 202, await resp.text()
+
+
+async def settled(client: Any, n: int) -> list[DeliveryDetail]:
+    """The first `n` deliveries once each is succeeded or dead, oldest first."""
+    store = runtime(client).store
+
+    async def details() -> list[DeliveryDetail]:
+        rows = await store.list_deliveries(DeliveryFilter(limit=100))
+        return [await store.get_delivery(r.id) for r in reversed(rows)]
+
+    async def done() -> bool:
+        found = await details()
+        return len(found) == n and all(d.delivery.status in ("succeeded", "dead") for d in found)
+
+    await eventually(done)
+    return await details()
+
+
+async def test_a_vendor_s_huge_answers_are_cut_before_the_store_and_the_logs(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """A success whose ticket id is 200,000 characters, sent with 120 headers of 8 KB, is a success without
+    that id (the error says why); a failure whose message is 200,000 characters is dead with the message cut.
+    No stored attempt and no log line holds more than a few kilobytes of what the vendor said."""
+    answers = iter([
+        {"status": "success", "ticket_id": "7" * 200_000},
+        {"status": "fail", "message": "m" * 200_000},
+    ])
+
+    async def answer(request: web.Request) -> web.Response:
+        headers = {f"X-Filler-{i}": "h" * 8000 for i in range(120)}
+        return web.json_response([next(answers)], headers=headers)
+
+    base = await hostile_kapture(aiohttp_server, answer)
+    dest = f"  kapture: {{vendor: kapture, base_url: '{base}', token: k3y, {FAST_RETRY}}}"
+    client = await bridge_client(write_config(config(dest), MAPPING))
+    with structlog.testing.capture_logs() as logs:
+        await post(client, "first")
+        (first,) = await settled(client, 1)
+        await post(client, "second")
+        first, second = await settled(client, 2)
+    assert first.delivery.status == "succeeded" and first.delivery.ticket_id is None
+    (attempt,) = first.attempts
+    assert attempt.classification == "success"
+    assert attempt.error == ("the vendor's ticket id is 200000 characters long, more than the 256 an id may "
+                             "have: not kept")
+    assert second.delivery.status == "dead"
+    (attempt,) = second.attempts
+    assert attempt.classification == "permanent"
+    assert attempt.error is not None and attempt.error.startswith("kapture: HTTP 200: mmm")
+    assert len(attempt.error) == ERROR_CHARS and attempt.error.endswith("…")
+    for detail in (first, second):
+        for kept in detail.attempts:
+            assert len(msgspec.json.encode(kept)) < 40_000
+            assert kept.exchange is not None
+            assert kept.exchange["response_headers"]["…"].endswith("more headers not kept")
+    longest = max(len(json.dumps(entry, default=str)) for entry in logs)
+    assert longest < 5_000
+
+
+async def test_a_vendor_holding_every_request_does_not_stall_another_destination_on_its_host(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """One destination's vendor holds each of its 70 requests unanswered; a second destination on the same host
+    (another path of the same API) still delivers at once, on its first attempt: the connections one destination
+    holds are bounded by its own max_in_flight, not taken from a pool the other waits on."""
+    held: list[web.Request] = []
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        held.append(request)
+        await release.wait()
+        return web.json_response({"id": "S"})
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.json_response({"id": "F-1"})
+
+    app = web.Application()
+    app.router.add_post("/slow", slow)
+    app.router.add_post("/fast", fast)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    dests = (f"  slow: {{vendor: http, base_url: '{base}', path: /slow, max_in_flight: 70, timeout_seconds: 60}}\n"
+             f"      fast: {{vendor: http, base_url: '{base}', path: /fast, ticket_id_path: id, timeout_seconds: 5,"
+             f" {FAST_RETRY}}}")
+    mappings = {name: f"source: {name}-events\ndestination: {name}\naction: create_ticket\n"
+                      "fields: {title: '{{ payload.title }}'}\n" for name in ("slow", "fast")}
+    conf = config(dests).replace("      events: {kind: json}", "      slow-events: {kind: json}\n"
+                                 "      fast-events: {kind: json}")
+    client = await bridge_client(write_config(conf, mappings))
+    try:
+        await asyncio.gather(*(post(client, f"held {n}", "slow-events") for n in range(70)))
+        await eventually(lambda: len(held) >= 64)  # (64: all that a shared per-host pool would let through)
+        await post(client, "urgent", "fast-events")
+        store = runtime(client).store
+
+        async def fast_delivered() -> bool:
+            rows = await store.list_deliveries(DeliveryFilter(destination="fast"))
+            return len(rows) == 1 and rows[0].status == "succeeded"
+
+        await eventually(fast_delivered)
+        (row,) = await store.list_deliveries(DeliveryFilter(destination="fast"))
+        detail = await store.get_delivery(row.id)
+        assert [a.classification for a in detail.attempts] == ["success"]
+    finally:
+        release.set()
