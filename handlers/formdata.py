@@ -106,15 +106,18 @@ def file_attachment(part: Part) -> Attachment:
 
 def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     """The parts of a multipart/form-data body, in order; Rejected(400) when it cannot be read."""
-    if "boundary=" not in content_type_header:
+    boundary = _BOUNDARY.search(content_type_header)
+    if boundary is None:
+        if "boundary*" in content_type_header.lower():
+            raise Rejected(400, "multipart body whose Content-Type gives its boundary only in RFC 2231's form "
+                                "(boundary*=); a form's boundary is a plain parameter: boundary=…", check="form")
         raise Rejected(400, "multipart body without a boundary in its Content-Type", check="form")
     check_mime_shape(body, "the multipart body")
     # aiohttp read the header's bytes as UTF-8, keeping any other byte as a surrogate: this gives them back.
     sent = content_type_header.encode("utf-8", "surrogateescape")
-    boundary = _BOUNDARY.search(content_type_header)
-    if boundary is not None:  # counted before the parse, which costs far more per part than a count
-        check_count("multipart parts", body.count(b"--" + boundary.group(1).encode("utf-8", "surrogateescape")) - 1,
-                    MAX_FORM_FIELDS)
+    # counted before the parse, which costs far more per part than a count
+    check_count("multipart parts", body.count(b"--" + boundary.group(1).encode("utf-8", "surrogateescape")) - 1,
+                MAX_FORM_FIELDS)
     # The compat32 policy: header values stay text read by `Message`'s own light parameter parser; the
     # structured parse of the newer policies costs some 200 µs a part.
     # An attached message (message/rfc822) is kept as the bytes it was sent as, not parsed as a nested message.

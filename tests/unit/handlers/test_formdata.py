@@ -229,6 +229,17 @@ def test_multipart_without_boundary_is_rejected(ctype: str) -> None:
     assert "without a boundary" in str(multipart_rejected(multipart(part("a", b"1")), ctype))
 
 
+def test_a_boundary_given_only_in_rfc2231_form_is_a_400_that_says_to_send_it_plain() -> None:
+    said = str(multipart_rejected(multipart(part("a", b"1")), f"multipart/form-data; boundary*=utf-8''{BOUNDARY}"))
+    assert "only in RFC 2231's form (boundary*=)" in said and "boundary=" in said
+
+
+@pytest.mark.parametrize("name", ["Boundary", "BOUNDARY"])
+def test_the_boundary_parameter_is_named_in_any_case(name: str) -> None:
+    """RFC 2045's parameter names are case-insensitive."""
+    assert parse_multipart(multipart(part("a", b"1")), f"multipart/form-data; {name}={BOUNDARY}") == {"a": "1"}
+
+
 @pytest.mark.parametrize(
     "body",
     [
