@@ -25,6 +25,10 @@ MAX_NAME = 64
 _MODULES = frozenset(module.name for module in pkgutil.iter_modules(encodings.__path__))
 _NOT_CHARSETS = frozenset({"unicode_escape", "raw_unicode_escape", "idna", "punycode", "undefined"})
 _resolved: dict[str, str | None] = {}  # by canonical module name: at most one entry per module in _MODULES
+SPELLINGS_KEPT = 256
+# The answers for the first SPELLINGS_KEPT names asked, as they were spelt: a look-up instead of a normalisation
+# (a microsecond). Names asked later are resolved each time; what is kept never grows past the bound.
+_spellings: dict[str, str | None] = {}
 
 
 def text_codec(name: str | None) -> str | None:
@@ -32,8 +36,22 @@ def text_codec(name: str | None) -> str | None:
     `"latin1"` → `"latin_1"`), or None when `name` is empty, no printable ASCII of at most MAX_NAME
     characters, unknown to Python, or a codec that is no character set (unicode_escape, idna, punycode,
     undefined, and the bytes-to-bytes ones such as base64 and zlib)."""
-    if not name or len(name) > MAX_NAME or not (name.isascii() and name.isprintable()):
+    if not name:
         return None
+    try:
+        return _spellings[name]  # the same few spellings come in every request: "UTF-8", "utf-8", "iso-8859-1"
+    except KeyError:
+        pass
+    if len(name) > MAX_NAME or not (name.isascii() and name.isprintable()):
+        return None
+    codec = _resolve(name)
+    if len(_spellings) < SPELLINGS_KEPT:
+        _spellings[name] = codec
+    return codec
+
+
+def _resolve(name: str) -> str | None:
+    """`text_codec`'s answer for a name of printable ASCII, found as the registry's search finds it."""
     normalized = encodings.normalize_encoding(name.lower())
     canonical = aliases.get(normalized) or aliases.get(normalized.replace(".", "_")) or normalized
     if canonical not in _MODULES:

@@ -43,6 +43,14 @@ def test_none_is_no_character_set() -> None:
     assert text_codec(None) is None
 
 
+def test_a_name_asked_again_gets_the_same_answer_once_the_kept_spellings_are_full() -> None:
+    for i in range(charsets.SPELLINGS_KEPT + 10):
+        assert text_codec(f"x-filler-{i}") is None
+    assert len(charsets._spellings) == charsets.SPELLINGS_KEPT
+    for name in ("UTF-8", "Utf-8", "unicode_escape", "x-filler-1"):
+        assert text_codec(name) == text_codec(name) == {"unicode_escape": None, "x-filler-1": None}.get(name, "utf_8")
+
+
 SAMPLE = bytes(range(256)) * 2 + b"\\q \\N{nope} \\u12 +AAA- ~{ \x1b$B"
 
 
@@ -89,3 +97,4 @@ def test_names_senders_choose_do_not_grow_the_codec_registry(parse: Callable[[st
             parse(f"x-charset{parse.__name__}-{i:04d}")
     assert len(encodings._cache) == before  # type: ignore[attr-defined]
     assert len(charsets._resolved) <= len(charsets._MODULES)
+    assert len(charsets._spellings) <= charsets.SPELLINGS_KEPT
