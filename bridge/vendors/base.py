@@ -37,6 +37,12 @@ class CannotReconcile(BridgeError):
     the look-up matches on): it is held for an operator rather than risk a second ticket."""
 
 
+class SearchStopped(BridgeError):
+    """A reconciliation stopped before it could tell whether the vendor holds the ticket: its deadline passed, or
+    it reached the most it may pull. The outcome stays unknown (never a guess that the ticket is there or not);
+    the message says what was searched and why it stopped."""
+
+
 class VendorRequest(msgspec.Struct, kw_only=True):
     method: str
     url: str
@@ -145,7 +151,9 @@ class Adapter(ABC):
     async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
         """The ticket an earlier send of these `fields` created at or after `since_ms` (ms since the epoch), or
         None when the vendor holds none; through `call`. Raise VendorUnavailable to try again later,
-        VendorAuthFailed for refused credentials, CannotReconcile when no look-up can tell."""
+        VendorAuthFailed for refused credentials, CannotReconcile when no look-up can tell, SearchStopped (what
+        `call` raises when the reconciliation's deadline passes, with what was searched added) when the search
+        ends before it can tell. Hold one answer at a time: a look-up may pull many."""
         raise CannotReconcile(f"{self.vendor} offers no look-up for {action}")
 
     async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
