@@ -20,6 +20,7 @@ from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
+from bridge.fdlimit import delivery_pool
 from bridge.intake import hook_get, hook_options, hook_post
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
@@ -206,9 +207,6 @@ def sandbox_context(rt: Runtime) -> CleanupCtx:
     return ctx
 
 
-POOL_CONNECTIONS = 256  # the delivery client's connections, at least (fdlimit.HEADROOM counts them)
-
-
 def delivery_context(rt: Runtime) -> CleanupCtx:
     """The HTTP client and the dispatcher; on shutdown, sends in flight get the grace period."""
 
@@ -216,10 +214,11 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
         assert rt.store is not None
         # Each lane holds at most its max_in_flight connections, so the pool adds no cap of its own per host (a
         # vendor holding one destination's requests would stall every other destination on its host), and
-        # holds at least every destination's max_in_flight in total (fdlimit.HEADROOM counts on 256).
-        slots = sum(cfg.max_in_flight for cfg in rt.config.destinations.values())
+        # holds every destination's max_in_flight in total (fdlimit.delivery_pool, which serve's open-file check
+        # counts).
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(POOL_CONNECTIONS, slots), limit_per_host=0, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=delivery_pool(rt.config.destinations), limit_per_host=0,
+                                           ttl_dns_cache=300),
             headers={"User-Agent": f"ticketbridge/{__version__}"},
         )
         store = rt.store

@@ -201,6 +201,8 @@ class DestinationConfig(Base):
     attachments: DestinationAttachments = msgspec.field(default_factory=DestinationAttachments)
     on_unknown: Literal["resend", "reconcile", "hold"] | None = None
     """What follows a send whose outcome is unknown; None: the vendor's default (`unknown_policy`)."""
+    reconcile_timeout: str | float = "5m"
+    """How long one reconciliation (every look-up it makes) may take in all; past it, the outcome stays unknown."""
 
     def can_reconcile(self) -> str | None:
         """None when `on_unknown: reconcile` can work for this destination, else why not (vendors override)."""
@@ -217,7 +219,15 @@ class DestinationConfig(Base):
         """`on_unknown`, else the vendor's default."""
         return self.on_unknown if self.on_unknown is not None else self.default_on_unknown()
 
+    @property
+    def reconcile_timeout_s(self) -> float:
+        return parse_duration(self.reconcile_timeout)
+
     def __post_init__(self) -> None:
+        check_duration(self.reconcile_timeout, ("reconcile_timeout",))
+        if parse_duration(self.reconcile_timeout) <= 0:
+            raise KeyValueError(("reconcile_timeout",), f"{self.reconcile_timeout!r} would stop every reconciliation "
+                                "before its first look-up: give a duration, e.g. 5m")
         if self.on_unknown == "reconcile" and (why := self.can_reconcile()) is not None:
             raise ValueError(f"`on_unknown: reconcile` cannot work here: {why}")
         if not self.sandbox and not self.base_url:

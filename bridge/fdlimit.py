@@ -6,19 +6,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import resource
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
-from bridge.config import ServerConfig
+from bridge.config import DestinationConfig, ServerConfig
 from bridge.connections import ACCEPT_BATCH, REFUSED_LINGERING, ConnectionLimits, ConnectionStats, ThrottledWarning
 
 log = structlog.get_logger("ticketbridge.server")
 
-# Descriptors the process needs besides client connections: the delivery client's pool (256, or the sum of the
-# destinations' max_in_flight where that is more: see app.delivery_context), the store's files, listening
-# sockets, sandboxes, attachments and logs.
-HEADROOM = 256 + 64
+POOL_CONNECTIONS = 256  # the delivery client's connections, at least
+OWN_DESCRIPTORS = 64  # the store's files, listening sockets, sandboxes, attachments and logs
+HEADROOM = POOL_CONNECTIONS + OWN_DESCRIPTORS
+"""Descriptors the process needs besides client connections, with the smallest delivery pool (`headroom`)."""
 ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -35,31 +36,46 @@ def raise_nofile_limit() -> tuple[int, int]:
     return hard, hard
 
 
-def connection_limits(server: ServerConfig, nofile: int) -> ConnectionLimits:
+def delivery_pool(destinations: Mapping[str, DestinationConfig]) -> int:
+    """The delivery client's connections at most: POOL_CONNECTIONS, or every destination's max_in_flight in total
+    where that is more (each lane holds at most its own; see app.delivery_context)."""
+    return max(POOL_CONNECTIONS, sum(cfg.max_in_flight for cfg in destinations.values()))
+
+
+def headroom(pool: int) -> int:
+    """Descriptors the process needs besides client connections, with a delivery pool of `pool` connections."""
+    return pool + OWN_DESCRIPTORS
+
+
+def connection_limits(server: ServerConfig, nofile: int, pool: int) -> ConnectionLimits:
     """The configured deadlines and cap, with the cap (and the accept batch) lowered, with a warning, so
-    that descriptors never run out: besides the open connections and HEADROOM, sockets accepted but not
-    yet refused and closed take one each, up to about three of asyncio's accept batches (one batch per
-    loop turn; a refused socket is closed two turns after its accept) and the refusals lingering."""
+    that descriptors never run out: besides the open connections and the `headroom` of a delivery pool of
+    `pool` connections, sockets accepted but not yet refused and closed take one each, up to about three of
+    asyncio's accept batches (one batch per loop turn; a refused socket is closed two turns after its accept)
+    and the refusals lingering."""
     wanted, batch = server.max_connections, ACCEPT_BATCH
-    if nofile == resource.RLIM_INFINITY or nofile >= needed(wanted, batch):
+    if nofile == resource.RLIM_INFINITY or nofile >= needed(wanted, batch, pool):
         cap = wanted
     else:
-        spare = max(nofile - HEADROOM - REFUSED_LINGERING, 16)
+        spare = max(nofile - headroom(pool) - REFUSED_LINGERING, 16)
         batch = max(8, min(ACCEPT_BATCH, spare // 8))
         cap = max(1, min(wanted, spare - 3 * batch))
+        more = "" if pool == POOL_CONNECTIONS else ", or the destinations' max_in_flight"
         log.warning("server.max_connections_lowered", max_connections=wanted, used=cap, accept_batch=batch,
-                    nofile_limit=nofile, fix="raise the process's open-file limit (systemd: LimitNOFILE=65536; "
-                    f"docker: --ulimit nofile=65536) to at least {needed(wanted, ACCEPT_BATCH)}, or lower "
-                    "server.max_connections")
+                    nofile_limit=nofile, delivery_pool=pool,
+                    fix="raise the process's open-file limit (systemd: LimitNOFILE=65536; docker: --ulimit "
+                        f"nofile=65536) to at least {needed(wanted, ACCEPT_BATCH, pool)}, or lower "
+                        f"server.max_connections{more}")
     return ConnectionLimits(header_timeout=server.header_timeout_seconds,
                             body_timeout=server.body_timeout_seconds,
                             keepalive_timeout=server.keepalive_timeout_seconds, max_connections=cap,
                             accept_batch=batch)
 
 
-def needed(max_connections: int, batch: int) -> int:
-    """The open-file limit that holds `max_connections` and accepts in batches of `batch`."""
-    return max_connections + HEADROOM + REFUSED_LINGERING + 3 * batch
+def needed(max_connections: int, batch: int, pool: int) -> int:
+    """The open-file limit that holds `max_connections`, accepts in batches of `batch` and a delivery pool of
+    `pool` connections."""
+    return max_connections + headroom(pool) + REFUSED_LINGERING + 3 * batch
 
 
 class AcceptErrorHandler:

@@ -22,7 +22,7 @@ from bridge.connections import GuardedAppRunner
 from bridge.errors import BridgeError
 from bridge.eventloop import LoopUnavailable, running_loop_name
 from bridge.eventloop import run as run_on_loop
-from bridge.fdlimit import connection_limits, install_accept_error_handler, raise_nofile_limit
+from bridge.fdlimit import connection_limits, delivery_pool, install_accept_error_handler, raise_nofile_limit
 from bridge.logs import configure_logging
 from bridge.simulators import registry as simulator_registry
 from bridge.simulators import serving
@@ -56,7 +56,7 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
     app = build_app(config, workers=workers, store=store)
     rt = app[RUNTIME]
     nofile, _hard = raise_nofile_limit()
-    limits = connection_limits(config.server, nofile)
+    limits = connection_limits(config.server, nofile, delivery_pool(config.destinations))
     install_accept_error_handler(asyncio.get_running_loop(), rt.connections)
     runner = GuardedAppRunner(app, limits=limits, stats=rt.connections, access_log=None, handle_signals=False,
                               shutdown_timeout=max(1.0, config.server.shutdown_grace_seconds))

@@ -52,8 +52,9 @@ from bridge.vendors.base import (
     Call,
     CannotReconcile,
     Outcome,
+    SearchStopped,
     VendorRequest,
-    read_bounded,
+    read_capped,
 )
 from bridge.vendors.credentials import authorized
 from bridge.vendors.registry import adapter_class
@@ -91,13 +92,34 @@ HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its 
         "(send again) or `mark-succeeded` (with the ticket id)")
 
 
-async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str, str], request: VendorRequest
-                ) -> tuple[int, bytes]:
+@dataclass(frozen=True)
+class Deadline:
+    """When a reconciliation must end (the event loop's clock), and the destination's `reconcile_timeout` that
+    set it, for the error that says so."""
+
+    at: float
+    seconds: float
+
+
+async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str, str], deadline: Deadline | None,
+                request: VendorRequest) -> tuple[int, bytes]:
     """One look-up request to the vendor (a reconciliation's, a ticket check's) with the credential headers
-    `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer."""
-    async with session.request(request.method, request.url, headers={**request.headers, **auth}, data=request.body,
-                               timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False) as response:
-        return response.status, await read_bounded(response, LOOKUP_MAX_BYTES)
+    `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer. Within a
+    reconciliation's `deadline`, each request ends by then: SearchStopped when it passes, or when an answer is
+    longer than LOOKUP_MAX_BYTES (what it says past the cut is not known)."""
+    try:
+        async with asyncio.timeout_at(None if deadline is None else deadline.at) as bound:
+            async with session.request(request.method, request.url, headers={**request.headers, **auth},
+                                       data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                       allow_redirects=False) as response:
+                body, cut = await read_capped(response, LOOKUP_MAX_BYTES)
+    except TimeoutError:
+        if deadline is not None and bound.expired():
+            raise SearchStopped(f"its {deadline.seconds:g}s (the destination's reconcile_timeout) ran out") from None
+        raise
+    if cut and deadline is not None:
+        raise SearchStopped(f"an answer was longer than the {LOOKUP_MAX_BYTES // (1 << 20)} MiB a look-up reads")
+    return response.status, body
 
 
 @dataclass(frozen=True)
@@ -326,6 +348,8 @@ class Lane:
                          note="sent again after an unknown outcome (on_unknown: resend): the vendor may hold "
                               "more than one ticket for it")
             result = msgspec.structs.replace(result, duplicate=True)
+        if settled is not None:
+            result = msgspec.structs.replace(result, unsent=True)
         if role is not None:
             result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
                                              body=item.body if role == "follow_up" and settled is None else None)
@@ -402,11 +426,19 @@ class Lane:
             return Outcome(classification="held", error=HELD), False
         if policy == "resend" or not adapter.reconciles(item.action) or role == "follow_up":
             return None, True
+        budget = self.dest.config.reconcile_timeout_s
+        deadline = Deadline(at=asyncio.get_running_loop().time() + budget, seconds=budget)
         try:
             found = await self._looking_up(
-                lambda call: adapter.find(item.action, item.body, item.in_doubt_since_ms or 0, call))
+                lambda call: adapter.find(item.action, item.body, item.in_doubt_since_ms or 0, call), deadline)
         except CannotReconcile as exc:
             return Outcome(classification="held", error=f"{HELD} ({exc})"), False
+        except SearchStopped as exc:
+            blog.warning("delivery.reconcile_stopped", reason=str(exc), in_doubt_since_ms=item.in_doubt_since_ms,
+                         note="the outcome stays unknown: looked up again on the retry schedule, then left to an "
+                              "operator")
+            return Outcome(classification="unknown", error=f"not sent: reconciliation stopped before it could tell "
+                                                         f"whether the vendor holds the ticket: {exc}"), False
         except LOOKUP_ERRORS as exc:
             return lookup_failure(exc, refused="reconciliation: ",
                                   failed="reconciliation could not look the ticket up: "), False
@@ -419,12 +451,13 @@ class Lane:
                        ticket_uuid=found.ticket_uuid,
                        error=f"found at the vendor after an unknown outcome: {found.detail}"), False
 
-    async def _looking_up(self, look: Callable[[Call], Awaitable[T]]) -> T:
+    async def _looking_up(self, look: Callable[[Call], Awaitable[T]], deadline: Deadline | None = None) -> T:
         """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
-        makes: refused, they are renewed and `look` is made once more, as a send is."""
+        makes: refused, they are renewed and `look` is made once more, as a send is. Its requests end by
+        `deadline` (a reconciliation's, for both tries), else SearchStopped (`_call`)."""
         session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
         return await authorized(session, self.dest.adapter.credentials,
-                                lambda auth: look(functools.partial(_call, session, timeout_s, auth)))
+                                lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline)))
 
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled

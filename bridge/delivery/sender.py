@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,16 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 from bridge.delivery.exchange import exchange
 from bridge.errors import MappingError
 from bridge.store.base import Claimed
-from bridge.vendors.base import Adapter, Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable, read_bounded
+from bridge.vendors.base import (
+    Adapter,
+    Outcome,
+    VendorAuthFailed,
+    VendorRequest,
+    VendorUnavailable,
+    classify_status,
+    read_bounded,
+    read_capped,
+)
 from bridge.vendors.credentials import authorized
 
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -195,8 +204,46 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
             timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S)),
             allow_redirects=False,
         ) as response:
-            body = await read_bounded(response, MAX_RESPONSE_BYTES)
+            try:
+                body, cut = await read_capped(response, MAX_RESPONSE_BYTES)
+            except TRANSPORT_ERRORS as exc:
+                refused = unread_refusal(response.status, response.headers, exc, timeout_s)
+                if refused is None:
+                    raise
+                return response.status, None, dict(response.headers), refused
+            outcome = adapter.classify(action, response.status, response.headers, body)
+            if cut:
+                outcome = cut_answer(response.status, outcome)
             return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
-                    adapter.classify(action, response.status, response.headers, body))
+                    outcome)
     except TRANSPORT_ERRORS as exc:
         return None, None, None, send_failure(exc, timeout_s)
+
+
+def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, timeout_s: float) -> Outcome | None:
+    """What an answer whose body could not be read to its end (cut off, or in an encoding that cannot be decoded)
+    means when its status line already said the vendor did not act on the request (5xx, 429, 408, 425: a retry;
+    401, 403: refused credentials), the error naming the status and why the body could not be read; None when
+    only the body could tell (the outcome is then unknown)."""
+    by_status = classify_status(status, headers)
+    if by_status is None:
+        return None
+    reason = f"timed out after {timeout_s:g}s" if isinstance(exc, TimeoutError) else \
+        " ".join(f"{type(exc).__name__}: {exc}".split())
+    return msgspec.structs.replace(by_status, error=f"{by_status.error}; its body could not be read: {reason}")
+
+
+def cut_answer(status: int, outcome: Outcome) -> Outcome:
+    """The outcome of an answer longer than MAX_RESPONSE_BYTES, classified on its first MAX_RESPONSE_BYTES. A 2xx
+    that does not read as a success is unknown, not the vendor's refusal: it may have made the ticket and said so
+    past the cut. A success stands, saying the id may have been past the cut when none was read."""
+    limit = f"{MAX_RESPONSE_BYTES // 1024} KiB" if MAX_RESPONSE_BYTES % 1024 == 0 else f"{MAX_RESPONSE_BYTES:,} bytes"
+    said = f"HTTP {status}: the answer is longer than the {limit} read limit and was cut there"
+    if not 200 <= status < 300:
+        return outcome
+    if outcome.classification != "success":
+        return Outcome(classification="unknown",
+                       error=f"{said}, so what it says could not be read: the vendor may have acted on it")
+    if outcome.ticket_id is None:
+        return msgspec.structs.replace(outcome, error=f"{said}: no ticket id was read before the cut")
+    return outcome

@@ -107,6 +107,9 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     duplicate: bool = False
     """A send made again after an unknown outcome (`on_unknown: resend`) that succeeded or whose own outcome is
     unknown: it may have made one more ticket than wanted, counted in `duplicates`."""
+    unsent: bool = False
+    """Settled without a request (before sending, such as a reconciliation that stopped before it could tell): an
+    `unknown` one leaves the doubt as it was and is not counted in `unknowns`, which counts sends."""
 
 
 UNKNOWN = "unknown"

@@ -56,8 +56,8 @@ claim (`updated_at`, which a claim sets and nothing changes while the lease is h
 
 
 def doubt_after(r: AttemptResult) -> tuple[bool, int]:
-    """How an attempt changes the delivery's doubt: (its outcome was unknown, possible duplicates to add)."""
-    return r.classification == UNKNOWN, int(r.duplicate)
+    """How an attempt changes the delivery's doubt: (a send's outcome was unknown, possible duplicates to add)."""
+    return r.classification == UNKNOWN and not r.unsent, int(r.duplicate)
 
 
 def now_ms() -> int:

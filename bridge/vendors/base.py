@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import io
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +35,12 @@ Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
 class CannotReconcile(BridgeError):
     """A delivery whose outcome is unknown cannot be looked up at the vendor (e.g. its body lacks the reference
     the look-up matches on): it is held for an operator rather than risk a second ticket."""
+
+
+class SearchStopped(BridgeError):
+    """A reconciliation stopped before it could tell whether the vendor holds the ticket: its deadline passed, or
+    it reached the most it may pull. The outcome stays unknown (never a guess that the ticket is there or not);
+    the message says what was searched and why it stopped."""
 
 
 class VendorRequest(msgspec.Struct, kw_only=True):
@@ -144,7 +151,9 @@ class Adapter(ABC):
     async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
         """The ticket an earlier send of these `fields` created at or after `since_ms` (ms since the epoch), or
         None when the vendor holds none; through `call`. Raise VendorUnavailable to try again later,
-        VendorAuthFailed for refused credentials, CannotReconcile when no look-up can tell."""
+        VendorAuthFailed for refused credentials, CannotReconcile when no look-up can tell, SearchStopped (what
+        `call` raises when the reconciliation's deadline passes, with what was searched added) when the search
+        ends before it can tell. Hold one answer at a time: a look-up may pull many."""
         raise CannotReconcile(f"{self.vendor} offers no look-up for {action}")
 
     async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
@@ -209,18 +218,31 @@ def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     return None
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+READ_CHUNK = 65536
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """The answer's body, to its end or its first `limit` bytes (decompressed as they arrive, so an encoded
-    body that inflates to gigabytes costs `limit`). Unlike `content.read(limit)`, which gives what has arrived
-    so far, an answer that comes in several pieces is read whole."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
+    body that inflates to gigabytes costs `limit`), and whether it went on past `limit` (then cut there).
+    Unlike `content.read(limit)`, which gives what has arrived so far, an answer that comes in several pieces
+    is read whole. At most `limit` bytes and the chunk being read are held: each chunk goes into one buffer
+    (the last one cut to fit) and the buffer becomes the result without a copy. (The buffer's growth may reserve
+    up to an eighth more than it holds, reserved, not written, and given back when it becomes the result.)"""
+    buffer = io.BytesIO()
+    async for chunk in response.content.iter_chunked(READ_CHUNK):
+        room = limit - buffer.tell()
+        if len(chunk) > room:
+            buffer.write(memoryview(chunk)[:room])
+            return buffer.getvalue(), True
+        buffer.write(chunk)
+        del chunk  # not held while the next one is read
+    return buffer.getvalue(), False
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body, to its end or its first `limit` bytes: `read_capped` without saying whether it was cut."""
+    body, _cut = await read_capped(response, limit)
+    return body
 
 
 def decode_json(body: bytes) -> Any:

@@ -3,7 +3,8 @@ request, and what an answer holds. The CLI (`ticketbridge kapture pull`) does th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from bridge.vendors.base import (
     CannotReconcile,
     Found,
     Outcome,
+    SearchStopped,
     VendorAuthFailed,
     VendorRequest,
     VendorUnavailable,
@@ -161,18 +163,72 @@ def _day_of(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000).date()
 
 
-async def _pull_day(adapter: KaptureAdapter, day: date, call: Call) -> list[dict[str, Any]]:
-    """Every ticket of `day`: one call, or page by page (`limit` numbering pages) for an account that asks for
-    `limit`, which is then remembered on the adapter. Raises for an answer that is not a success."""
-    tickets: list[dict[str, Any]] = []
+@dataclass
+class Searched:
+    """What a reconciliation has pulled so far: the days it means to pull and, for each one started, the pages
+    and tickets it read and whether it reached the day's end; said in the error when the search stops."""
+
+    looking_for: str
+    days: list[date]
+    pulled: dict[date, tuple[int, int, bool]] = field(default_factory=dict)
+
+    def said(self) -> str:
+        done = [f"{day.isoformat()} ({pages} {'page' if pages == 1 else 'pages'}, {tickets} "
+                f"{'ticket' if tickets == 1 else 'tickets'}{'' if whole else ', not to its end'})"
+                for day, (pages, tickets, whole) in self.pulled.items()]
+        text = f"looked for {self.looking_for} in the tickets of {', '.join(done) if done else 'no day yet'}"
+        rest = [day for day in self.days if day not in self.pulled]
+        if rest:
+            text += f"; not pulled: {rest[0].isoformat()}" + (f" to {rest[-1].isoformat()}" if len(rest) > 1 else "")
+        return text
+
+
+@dataclass
+class _Page:
+    """What one pull answer leaves once read: its outcome, the ticket that matched, each ticket's key."""
+
+    outcome: Outcome
+    found: Found | None = None
+    keys: list[str | None] = field(default_factory=list)
+    total: int | None = None
+    again: bool = False  # the account refused the array body: the same page is asked again, as an object
+    restart: bool = False  # the account reads `limit` as a page size: the day is pulled again, by offset
+
+
+async def _read_page(adapter: KaptureAdapter, day: date, page: int | None, call: Call, *, previous: set[str],
+                     match: Callable[[dict[str, Any], date], Found | None]) -> _Page:
+    """Pull one page of `day` and look for the match in it; the answer itself goes when this returns."""
+    status, body = await call(pull_request(adapter, day, page))
+    answer = parse_pull(status, {}, body)
+    del body
+    if refuses_array(adapter, answer):
+        return _Page(outcome=answer.outcome, again=True)
+    if answer.outcome.classification != "success":
+        return _Page(outcome=answer.outcome)
+    found = next((f for ticket in answer.tickets if (f := match(ticket, day)) is not None), None)
+    if found is None and limit_is_a_size(adapter, page, answer.tickets, previous):
+        return _Page(outcome=answer.outcome, restart=True)
+    return _Page(outcome=answer.outcome, found=found, keys=[ticket_key(t) for t in answer.tickets],
+                 total=answer.total)
+
+
+async def _search_day(adapter: KaptureAdapter, day: date, call: Call,
+                      match: Callable[[dict[str, Any], date], Found | None], searched: Searched) -> Found | None:
+    """The ticket of `day` that `match` finds, page by page (`limit` numbering pages for an account that asks for
+    it, which is then remembered on the adapter), holding one page at a time and the keys of the one before (a
+    page that repeats it ends the day); None when the day has no match. Raises for an answer that is not a
+    success, SearchStopped past RECONCILE_MAX_PAGES."""
     page = 1 if adapter.pull_paged else None
-    seen: set[str] = set()
+    previous: set[str] = set()
+    pages = tickets = 0
+    searched.pulled[day] = (0, 0, False)
     while True:
-        status, body = await call(pull_request(adapter, day, page))
-        answer = parse_pull(status, {}, body)
-        if refuses_array(adapter, answer):
+        read = await _read_page(adapter, day, page, call, previous=previous, match=match)
+        if read.found is not None:
+            return read.found
+        if read.again:
             continue
-        outcome = answer.outcome
+        outcome = read.outcome
         if outcome.classification == "permanent" and page is None and "limit" in (outcome.error or "").lower():
             adapter.pull_paged = True
             page = 1
@@ -181,44 +237,65 @@ async def _pull_day(adapter: KaptureAdapter, day: date, call: Call) -> list[dict
             raise VendorAuthFailed(f"the pull for {day.isoformat()} was refused: {outcome.error}")
         if outcome.classification != "success":
             raise VendorUnavailable(f"the pull for {day.isoformat()} failed: {outcome.error}")
-        if limit_is_a_size(adapter, page, answer.tickets, seen):
-            tickets, seen, page = [], set(), 1
+        if read.restart:
+            previous, pages, tickets, page = set(), 0, 0, 1
+            searched.pulled[day] = (0, 0, False)
             continue
-        new = [t for t in answer.tickets if (k := ticket_key(t)) is None or k not in seen]
-        seen.update(k for t in new if (k := ticket_key(t)) is not None)
-        tickets.extend(new)
-        if page is None or not new or (answer.total is not None and len(tickets) >= answer.total):
-            return tickets
+        new = sum(1 for k in read.keys if k is None or k not in previous)
+        pages, tickets = pages + 1, tickets + new
+        done = page is None or not new or (read.total is not None and tickets >= read.total)
+        searched.pulled[day] = (pages, tickets, done)
+        if page is None or done:
+            return None
         if page >= RECONCILE_MAX_PAGES:
-            raise VendorUnavailable(f"the pull for {day.isoformat()} still had tickets after {page} pages")
+            raise SearchStopped(f"the pull for {day.isoformat()} still had tickets after {page} pages, the most a "
+                                "reconciliation pulls a day")
+        previous = {k for k in read.keys if k is not None}
         page += 1
 
 
 async def find_created(adapter: KaptureAdapter, fields: dict[str, Any], since_ms: int, call: Call,
                        now_ms: int | None = None) -> Found | None:
     """The ticket a create of `fields` (sent at or after `since_ms`) made, found by pulling each day from the
-    day before the send (the account's day may start earlier than ours) to today, and matching the body's
-    `reference_field` value against each ticket's `additional_info` (else its own keys); None when no ticket
-    carries it. CannotReconcile when the body holds no reference to match on."""
-    field = adapter.options.reference_field
-    if not field:
+    day before the send (the account's day may start earlier than ours) to today, at most RECONCILE_MAX_DAYS,
+    and matching the body's `reference_field` value against each ticket's `additional_info` (else its own keys),
+    one page at a time; None when no ticket carries it. CannotReconcile when the body holds no reference to match
+    on; SearchStopped, saying what was pulled, when the search ends before it can tell: `call` stopped it (the
+    reconciliation's deadline), a day has more than RECONCILE_MAX_PAGES pages, or the send is older than the
+    days pulled and no ticket matched."""
+    field_name = adapter.options.reference_field
+    if not field_name:
         raise CannotReconcile("kapture: no `reference_field` is configured to match on")
-    path = field.split(".")
+    path = field_name.split(".")
     wanted = reference_at(fields, path)
     if not wanted or not wanted[0].strip():
-        raise CannotReconcile(f"kapture: the ticket body has no `{field}` (the destination's reference_field) "
+        raise CannotReconcile(f"kapture: the ticket body has no `{field_name}` (the destination's reference_field) "
                               "to find it by; the mapping must fill it (e.g. with \"{{ event.id }}\")")
     reference = wanted[0]
     today = _day_of(now_ms if now_ms is not None else int(datetime.now().timestamp() * 1000))
-    first = max(_day_of(since_ms) - timedelta(days=1), today - timedelta(days=RECONCILE_MAX_DAYS - 1))
-    for day in day_windows(min(first, today), today):
-        for ticket in await _pull_day(adapter, day, call):
-            info = ticket.get("additional_info")
-            if reference in reference_at(info, path) or reference in reference_at(ticket, path):
-                found = ticket_key(ticket)
-                ticket_id = text_or_none(ticket.get("ticketId") or ticket.get("ticket_id"))
-                if ticket_id is None and found is None:
-                    continue
-                return Found(ticket_id=ticket_id or str(found),
-                             detail=f"{field} = {reference!r}, pulled for {day.isoformat()}")
+    start = min(_day_of(since_ms) - timedelta(days=1), today)
+    first = max(start, today - timedelta(days=RECONCILE_MAX_DAYS - 1))
+    searched = Searched(looking_for=f"{field_name} = {reference!r}", days=day_windows(first, today))
+
+    def match(ticket: dict[str, Any], day: date) -> Found | None:
+        info = ticket.get("additional_info")
+        if reference not in reference_at(info, path) and reference not in reference_at(ticket, path):
+            return None
+        found = ticket_key(ticket)
+        ticket_id = text_or_none(ticket.get("ticketId") or ticket.get("ticket_id"))
+        if ticket_id is None and found is None:
+            return None
+        return Found(ticket_id=ticket_id or str(found),
+                     detail=f"{field_name} = {reference!r}, pulled for {day.isoformat()}")
+
+    try:
+        for day in searched.days:
+            found = await _search_day(adapter, day, call, match, searched)
+            if found is not None:
+                return found
+    except SearchStopped as exc:
+        raise SearchStopped(f"{exc}; {searched.said()}") from None
+    if start < first:
+        raise SearchStopped(f"the send may have made its ticket on {start.isoformat()}, before the "
+                            f"{RECONCILE_MAX_DAYS} days a reconciliation pulls; {searched.said()}")
     return None

@@ -416,6 +416,19 @@ def test_retry_schedule_durations_are_checked(tmp_path: Path) -> None:
     assert "'soon' is not a duration" in err.message
 
 
+@pytest.mark.parametrize(("value", "said"), [("soon", "'soon' is not a duration"),
+                                             ("0", "0 would stop every reconciliation before its first look-up")])
+def test_reconcile_timeout_is_a_duration_longer_than_nothing(tmp_path: Path, value: str, said: str) -> None:
+    """A destination's `reconcile_timeout` is 5 minutes unless set; one that is not a duration, or is 0, is an
+    error at that key, on its line."""
+    cfg = load(tmp_path, "destinations:\n  demo: {vendor: kapture, sandbox: true}\n")
+    assert cfg.destinations["demo"].reconcile_timeout_s == 300.0
+    err = only_error(tmp_path, f"destinations:\n  k:\n    vendor: kapture\n    sandbox: true\n"
+                               f"    reconcile_timeout: {value}\n")
+    assert (err.line, err.path) == (5, "destinations.k.reconcile_timeout")
+    assert said in err.message
+
+
 def test_retry_schedule_accepts_numbers_and_text(tmp_path: Path) -> None:
     """Schedule entries may be durations or plain numbers of seconds."""
     cfg = load(tmp_path, "destinations:\n  k: {vendor: kapture, sandbox: true, retry: {schedule: [1.5, 2m, 250ms]}}\n")

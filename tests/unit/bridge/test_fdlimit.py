@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import resource
 import subprocess
 import sys
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
+from bridge.cli import serve as serve_cli
 from bridge.config import ServerConfig
 from bridge.connections import REFUSED_LINGERING, ConnectionStats, ThrottledWarning
-from bridge.fdlimit import ACCEPT_BATCH, HEADROOM, AcceptErrorHandler, connection_limits, needed
+from bridge.eventloop import run
+from bridge.fdlimit import (
+    ACCEPT_BATCH,
+    HEADROOM,
+    POOL_CONNECTIONS,
+    AcceptErrorHandler,
+    connection_limits,
+    headroom,
+    needed,
+)
+from tests.conftest import ConfigFactory, eventually
+from tests.integration.processes import free_port
 
 
 class Clock:
@@ -94,22 +108,22 @@ def test_the_cap_is_kept_under_the_open_file_limit_with_a_warning() -> None:
     and the accept batch are lowered until they do."""
     server = ServerConfig(max_connections=1000)
     with capture_logs() as logs:
-        plenty = connection_limits(server, 65536)
+        plenty = connection_limits(server, 65536, POOL_CONNECTIONS)
         assert (plenty.max_connections, plenty.accept_batch) == (1000, ACCEPT_BATCH)
         assert logs == []
-        low = connection_limits(server, 1024)
+        low = connection_limits(server, 1024, POOL_CONNECTIONS)
     assert low.max_connections + HEADROOM + REFUSED_LINGERING + 3 * low.accept_batch <= 1024
     assert low.max_connections >= 300
     assert [(e["event"], e["used"], e["nofile_limit"]) for e in logs] == [
         ("server.max_connections_lowered", low.max_connections, 1024)]
     assert "LimitNOFILE=65536" in logs[0]["fix"]
-    assert needed(1000, ACCEPT_BATCH) <= 65536
+    assert needed(1000, ACCEPT_BATCH, POOL_CONNECTIONS) <= 65536
 
 
 def test_the_deadlines_come_from_the_server_config() -> None:
     """Each configured timeout reaches the connection limits unchanged."""
     server = ServerConfig(header_timeout_seconds=1.5, body_timeout_seconds=2.5, keepalive_timeout_seconds=3.5)
-    limits = connection_limits(server, 65536)
+    limits = connection_limits(server, 65536, POOL_CONNECTIONS)
     assert (limits.header_timeout, limits.body_timeout, limits.keepalive_timeout) == (1.5, 2.5, 3.5)
 
 
@@ -122,3 +136,42 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one() -> None:
             "print(raise_nofile_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"{(hard, hard)} {(hard, hard)}"
+
+
+def test_the_headroom_holds_the_delivery_pool_the_destinations_need(write_config: ConfigFactory,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` with destinations whose max_in_flight add up to 3,000 (the delivery pool then holds 3,000
+    connections, not 256) under an open-file limit of 4,500: the start-up check counts that pool, lowers the cap
+    with a warning naming the pool and the limit that holds it all, and what it keeps fits the limit. Counting
+    256, it found room for all 1,000 connections and said nothing."""
+    nofile = 4500
+    monkeypatch.setattr(serve_cli, "raise_nofile_limit", lambda: (nofile, nofile))
+    dests = ", ".join(f"k{n}: {{vendor: kapture, sandbox: true, max_in_flight: 1000}}" for n in range(3))
+    config = write_config(f"""
+        server: {{host: 127.0.0.1, port: {free_port()}, max_connections: 1000}}
+        store: {{url: "sqlite:///var/bridge.db"}}
+        sources: {{contact: {{kind: form}}}}
+        destinations: {{{dests}}}
+    """)
+
+    async def started_and_stopped() -> int:
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve_cli.serve(config, workers=False, stop=stop))
+        await eventually(lambda: any(e["event"] == "server.started" for e in logs))
+        stop.set()
+        return await server
+
+    threshold = gc.get_threshold()
+    try:
+        with capture_logs() as logs:
+            assert run(started_and_stopped, "asyncio") == 0
+    finally:  # serve tunes the collector for the process it runs in: not for the tests after this one
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    [lowered] = [e for e in logs if e["event"] == "server.max_connections_lowered"]
+    [started] = [e for e in logs if e["event"] == "server.started"]
+    assert (lowered["delivery_pool"], lowered["nofile_limit"]) == (3000, nofile)
+    assert started["max_connections"] == lowered["used"] < 1000
+    assert lowered["used"] + headroom(3000) + REFUSED_LINGERING + 3 * lowered["accept_batch"] <= nofile
+    assert f"to at least {needed(1000, ACCEPT_BATCH, 3000)}, or lower server.max_connections, or the " \
+           "destinations' max_in_flight" in lowered["fix"]

@@ -568,3 +568,65 @@ def test_one_rule_says_what_a_failed_look_up_means() -> None:
     assert sender.lookup_failure(OSError("unreachable"), failed="f: ", name_unavailable=False) == Outcome(
         classification="retry", error="not sent: f: OSError: unreachable")
     assert set(sender.LOOKUP_ERRORS) >= {VendorAuthFailed, VendorUnavailable, *sender.TRANSPORT_ERRORS}
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 100\r\n\r\n{\"status\": ",
+     "HTTP 503; its body could not be read: ClientPayloadError: Response payload is not completed"),
+    (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\n"
+     b"0123456789", "HTTP 429; its body could not be read: ClientPayloadError: 400, message: Can not decode "
+                    "content-encoding: gzip"),
+], ids=["503-cut-off", "429-undecodable"])
+async def test_a_refusal_whose_body_cannot_be_read_is_a_retry(
+    session: aiohttp.ClientSession, answer: bytes, said: str,
+) -> None:
+    """A 5xx or 429 whose body is cut off or cannot be decoded is the vendor's refusal, as its status line said:
+    a retry (its Retry-After kept) naming the status and why the body could not be read, not an unknown outcome."""
+    async with raw_vendor(answer) as base:
+        sent = await asyncio.wait_for(send_once(session, RecordingKapture(base), claimed(), 5.0), timeout=10.0)
+    assert (sent.outcome.classification, sent.outcome.retry_after, sent.http_status) == ("retry", 7.0,
+                                                                                        int(answer[9:12]))
+    assert (sent.outcome.error or "").startswith(said), sent.outcome.error
+
+
+async def test_a_success_status_whose_body_is_cut_off_is_still_unknown(session: aiohttp.ClientSession) -> None:
+    """A 200 whose body is cut off mid-way may have made the ticket: its outcome stays unknown."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[{\"status\": \"success\""
+    async with raw_vendor(answer) as base:
+        sent = await asyncio.wait_for(send_once(session, RecordingKapture(base), claimed(), 5.0), timeout=10.0)
+    assert sent.outcome.classification == "unknown"
+    assert (sent.outcome.error or "").endswith("the vendor may have acted on it")
+
+
+async def test_a_success_status_whose_answer_passes_the_read_limit_is_unknown_not_dead(
+    session: aiohttp.ClientSession, aiohttp_server: Any,
+) -> None:
+    """A 200 longer than MAX_RESPONSE_BYTES cannot be judged on its first part (it is no JSON object there): it
+    is unknown, its error saying the answer passed the read limit and naming the limit, not a permanent failure
+    as though the vendor had refused."""
+    app = web.Application()
+
+    async def long_success(request: web.Request) -> web.Response:
+        pad = "p" * (300 * 1024)
+        return web.json_response([{"status": "success", "ticket_id": "T-1", "pad": pad}])
+
+    app.router.add_post(CREATE_PATH, long_success)
+    server = await aiohttp_server(app)
+    real = RecordingKapture(str(server.make_url("")))
+    sent = await send_once(session, real, claimed(), 10.0)
+    assert [len(body) for _, body in real.classified] == [MAX_RESPONSE_BYTES]
+    assert (sent.outcome.classification, sent.http_status) == ("unknown", 200)
+    assert sent.outcome.error == ("HTTP 200: the answer is longer than the 256 KiB read limit and was cut there, "
+                                  "so what it says could not be read: the vendor may have acted on it")
+
+
+def test_only_a_status_that_says_the_vendor_did_not_act_decides_an_unread_body() -> None:
+    """Refused credentials (401) are `auth` whatever their body; a 200 or a 400 whose body could not be read is
+    left to the caller (unknown): only the body could have said what the vendor did."""
+    cut = aiohttp.ClientPayloadError("Response payload is not completed")
+    refused = sender.unread_refusal(401, {}, cut, 5.0)
+    assert refused is not None and refused.classification == "auth"
+    assert refused.error == ("HTTP 401: the vendor refused the credentials; its body could not be read: "
+                             "ClientPayloadError: Response payload is not completed")
+    assert sender.unread_refusal(200, {}, cut, 5.0) is None
+    assert sender.unread_refusal(400, {}, cut, 5.0) is None

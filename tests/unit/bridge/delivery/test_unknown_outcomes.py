@@ -3,11 +3,15 @@ and with a delivery found in doubt (resend, reconcile, hold)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import date, timedelta
 from typing import Any, ClassVar
 
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 
 from bridge.config import RetryConfig
@@ -17,7 +21,7 @@ from bridge.vendors.base import Call, CannotReconcile, Found, VendorAuthFailed, 
 from bridge.vendors.credentials import Token
 from bridge.vendors.http import HttpOptions
 from bridge.vendors.http_auth import OAuth2Credentials
-from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
+from bridge.vendors.kapture import PULL_PATH, KaptureAdapter, KaptureOptions
 from tests.unit.bridge.delivery.test_dispatcher import (
     FAST,
     RecordingStore,
@@ -208,3 +212,50 @@ async def test_a_failed_reconciliation_is_recorded_auth_or_retry_naming_it(
     assert requests == 0
     [result] = store.records
     assert (result.classification, result.next_status, result.error) == (classification, status, error)
+
+
+async def test_a_reconciliation_past_its_deadline_stays_unknown_saying_what_it_searched(aiohttp_server: Any) -> None:
+    """A reconciliation whose vendor stops answering its pulls ends at the destination's reconcile_timeout, not
+    after a timeout per call: the attempt is `unknown` (no guess that the ticket is there or not), nothing is
+    sent, the delivery stays in doubt on the retry schedule without counting another unknown send, and the
+    error says why it stopped and what it had pulled."""
+    release = asyncio.Event()
+    pulls: list[Any] = []
+
+    async def pull(request: web.Request) -> web.Response:
+        item = (await request.json())[0]
+        pulls.append(item.get("limit"))
+        if item.get("limit") is None:
+            return web.json_response({"status": "failed", "message": "limit is required"})
+        if item["limit"] > 2:
+            await release.wait()
+        tickets = [{"ticketId": f"{item['start_date']}-{item['limit']}-{n}", "additional_info": {"bridge_ref": "x"}}
+                   for n in range(2)]
+        return web.json_response({"status": "success", "message": tickets})
+
+    app = web.Application()
+    app.router.add_post(PULL_PATH, pull)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    cfg = KaptureOptions(vendor="kapture", base_url=base, token="t", timeout_seconds=60.0,
+                         reference_field="bridge_ref", reconcile_timeout="300ms",
+                         retry=RetryConfig(schedule=["30s", "5m"], jitter=0))
+    store = RecordingStore()
+    since_ms = int(time.time() * 1000)
+    delivery_id = await in_doubt(store, since_ms, body={"title": "t", "bridge_ref": "evt_1"})
+    try:
+        async with running(store, Destination.from_config("kapture", cfg, base)):
+            await eventually(lambda: len(store.records) == 1)
+    finally:
+        release.set()
+    [result] = store.records
+    assert (result.classification, result.next_status, result.http_status) == ("unknown", "pending", None)
+    first = date.fromtimestamp(since_ms / 1000) - timedelta(days=1)
+    assert result.error == (
+        "not sent: reconciliation stopped before it could tell whether the vendor holds the ticket: its 0.3s (the "
+        "destination's reconcile_timeout) ran out; looked for bridge_ref = 'evt_1' in the tickets of "
+        f"{first.isoformat()} (2 pages, 4 tickets, not to its end); not pulled: "
+        f"{(first + timedelta(days=1)).isoformat()}")
+    assert pulls == [None, 1, 2, 3]
+    row = store.deliveries[delivery_id].row
+    assert (row.status, row.in_doubt_since_ms, row.unknowns) == ("pending", since_ms, 1)

@@ -4,6 +4,7 @@ pull's `message`, both callback names, and reconciliation's look-up against the 
 from __future__ import annotations
 
 import json
+import tracemalloc
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,7 @@ import msgspec
 import pytest
 
 from bridge.simulators.kapture import KaptureSimulator
-from bridge.vendors.base import CannotReconcile, VendorAuthFailed, VendorRequest
+from bridge.vendors.base import CannotReconcile, SearchStopped, VendorAuthFailed, VendorRequest
 from bridge.vendors.kapture import KaptureAdapter, KaptureKeys, KaptureOptions
 from bridge.vendors.kapture_pull import find_created, parse_pull, pull_request, reference_at
 
@@ -197,3 +198,81 @@ async def test_find_created_pages_whichever_way_the_account_reads_limit(aiohttp_
         found = await find_created(a, {"title": "t3", "ref": "evt_3"}, since, caller(session), now_ms=since)
     assert found is not None and found.ticket_id == sim.tickets[3]["ticketId"]
     assert a.limit_is_size is (semantics == "size")
+
+
+class PagedDay:
+    """A paged Kapture pull in process: `pages` pages a day, each of `per_page` tickets carrying `pad` characters
+    of text, made as each page is asked for; the ticket whose reference is `wanted_at` (day index, page, index)
+    carries "evt_wanted". `stop_after` calls, it raises what a reconciliation's call raises once its deadline
+    has passed."""
+
+    def __init__(self, pages: int, per_page: int = 50, pad: int = 0, wanted_at: tuple[int, int, int] | None = None,
+                 stop_after: int | None = None) -> None:
+        self.pages, self.per_page, self.pad = pages, per_page, pad
+        self.wanted_at, self.stop_after = wanted_at, stop_after
+        self.asked: list[tuple[str, int]] = []
+
+    async def __call__(self, request: VendorRequest) -> tuple[int, bytes]:
+        if self.stop_after is not None and len(self.asked) >= self.stop_after:
+            raise SearchStopped("its 300s (the destination's reconcile_timeout) ran out")
+        item = json.loads(request.body)[0]
+        day, page = item["start_date"], item.get("limit")
+        if page is None:
+            return 200, json.dumps({"status": "failed", "message": "limit is required"}).encode()
+        self.asked.append((day, page))
+        if page > self.pages:
+            return 200, json.dumps({"status": "success", "message": []}).encode()
+        index = sorted({d for d, _ in self.asked}).index(day)
+        tickets = [{"ticketId": f"{day}-{page}-{n}", "date": f"{day[8:]}-{day[5:7]}-{day[:4]} 10:00",
+                    "additional_info": {"ref": "evt_wanted" if (index, page, n) == self.wanted_at else f"evt_{n}"},
+                    "detail": "d" * self.pad} for n in range(self.per_page)]
+        return 200, json.dumps({"status": "success", "message": tickets}).encode()
+
+
+async def test_find_created_holds_one_page_at_a_time_and_stops_at_the_match() -> None:
+    """A day of 30 pages of about a megabyte each is read page by page: the look-up holds about one page (in
+    bytes allocated, not the 30 the day makes), and returns at the page that matches without pulling the rest."""
+    pulls = PagedDay(pages=30, per_page=100, pad=10_000, wanted_at=(0, 25, 7))
+    a = adapter(reference_field="ref")
+    since = int(NOW.timestamp() * 1000)
+    tracemalloc.start()
+    try:
+        found = await find_created(a, {"title": "t", "ref": "evt_wanted"}, since, pulls, now_ms=since)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    page_bytes = 100 * 10_000
+    assert found is not None and found.ticket_id == "2024-04-18-25-7"
+    assert peak < 6 * page_bytes, f"held {peak / page_bytes:.1f} pages"
+    assert pulls.asked == [("2024-04-18", n) for n in range(1, 26)]
+
+
+async def test_find_created_stopped_says_what_it_searched() -> None:
+    """A look-up stopped by its deadline (raised by its call) says why and what it had pulled: the days done,
+    the pages and tickets of the day it was in, and the days it did not reach; it is never a "not found"."""
+    pulls = PagedDay(pages=3, per_page=2, stop_after=5)
+    a = adapter(reference_field="ref")
+    since = int(NOW.timestamp() * 1000)
+    with pytest.raises(SearchStopped) as stopped:
+        await find_created(a, {"title": "t", "ref": "evt_x"}, since, pulls, now_ms=since)
+    assert str(stopped.value) == (
+        "its 300s (the destination's reconcile_timeout) ran out; looked for ref = 'evt_x' in the tickets of "
+        "2024-04-18 (4 pages, 6 tickets), 2024-04-19 (1 page, 2 tickets, not to its end)")
+
+
+async def test_find_created_with_endless_pages_or_a_send_older_than_its_days_cannot_tell() -> None:
+    """A day whose pages do not end within RECONCILE_MAX_PAGES, and a send older than the RECONCILE_MAX_DAYS a
+    look-up pulls with no match in them, stop the look-up saying so (SearchStopped): neither is "not found"."""
+    a = adapter(reference_field="ref")
+    since = int(NOW.timestamp() * 1000)
+    with pytest.raises(SearchStopped, match=r"^the pull for 2024-04-18 still had tickets after 100 pages, the most "
+                                            r"a reconciliation pulls a day; looked for ref = 'evt_x' in the "
+                                            r"tickets of 2024-04-18 \(100 pages, 100 tickets, not to its end\); "
+                                            r"not pulled: 2024-04-19$"):
+        await find_created(a, {"title": "t", "ref": "evt_x"}, since, PagedDay(pages=1000, per_page=1), now_ms=since)
+    ten_days_ago = since - 10 * 86_400_000
+    with pytest.raises(SearchStopped, match=r"^the send may have made its ticket on 2024-04-08, before the 8 days a "
+                                            r"reconciliation pulls; looked for ref = 'evt_x' in the tickets of "
+                                            r"2024-04-12 \(2 pages, 1 ticket\), "):
+        await find_created(a, {"title": "t", "ref": "evt_x"}, ten_days_ago, PagedDay(pages=1, per_page=1),
+                           now_ms=since)
