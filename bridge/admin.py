@@ -1,4 +1,5 @@
-"""The admin API: `GET /admin/mappings`, behind `admin.token` (a bearer token), and off while it is empty."""
+"""The admin API: `GET /admin/mappings`, for the admin token or a read token (`admin.read_tokens`), off while
+neither is set; and `refuse`, the admin token's check for what only it may do."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from bridge.appkeys import RUNTIME
 from bridge.bearer import check_bearer
 from bridge.console import add_console
 from bridge.console.api import mapping_infos
+from bridge.console.auth import api_on, identify
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -31,9 +33,13 @@ def refuse(request: web.Request, token: str) -> web.Response | None:
 async def mappings_status(request: web.Request) -> web.Response:
     """The mapping set in force (names, version hash, load time) and how hot reload is going."""
     rt = request.app[RUNTIME]
-    refused = refuse(request, rt.config.admin.token)
-    if refused is not None:
-        return refused
+    admin = rt.config.admin
+    if not api_on(admin):
+        return web.json_response({"error": "the admin API is off: set admin.token (or admin.read_tokens) in the "
+                                           "config"}, status=404)
+    if identify(request.headers.get("Authorization", ""), admin) is None:
+        return web.json_response({"error": "this needs a token: Authorization: Bearer <admin.token or a read token>"},
+                                 status=401, headers={"WWW-Authenticate": 'Bearer realm="ticketbridge admin"'})
     current = rt.mappings
     status = rt.mapping_status
     body: dict[str, Any] = {

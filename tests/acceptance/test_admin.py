@@ -1,5 +1,5 @@
-"""`GET /admin/mappings`: off while admin.token is empty, refused without the token, and with it, the set
-in force and how hot reload is going."""
+"""`GET /admin/mappings`: off while no token is set, refused without a known one, and with the admin token or a
+read token, the set in force and how hot reload is going."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ async def test_the_admin_api_is_off_while_the_token_is_empty(write_config: Confi
     for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer anything"}):
         resp = await client.get("/admin/mappings", headers=headers)
         assert resp.status == 404
-        assert (await resp.json())["error"] == "the admin API is off: set admin.token in the config"
+        said = (await resp.json())["error"]
+        assert said == "the admin API is off: set admin.token (or admin.read_tokens) in the config"
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic c2VjcmV0", "Bearer", "secret", "Bearer secret2"])
@@ -68,3 +69,16 @@ async def test_the_admin_api_shows_the_set_in_force(write_config: ConfigFactory,
                        "destination": "kapture", "action": "create_ticket", "tests": 1}
     assert body["reload"] == {"watching": True, "reloads": 0, "failures": 0, "last_attempt_at": None,
                               "last_result": None, "last_error": None, "last_error_at": None}
+
+
+@pytest.mark.parametrize("token", ["secret", ""])
+async def test_a_read_token_sees_the_set_in_force(write_config: ConfigFactory, bridge_client: AppClient,
+                                                  token: str) -> None:
+    """A read token (admin.read_tokens) reads the status as the admin token does, also when it is the only token
+    configured: it changes nothing."""
+    config = CONFIG.format(token=token).replace("admin: {token: ", "admin: {read_tokens: {grafana: gr-token}, token: ")
+    client = await bridge_client(write_config(config, MAPPINGS), workers=False)
+    resp = await client.get("/admin/mappings", headers={"Authorization": "Bearer gr-token"})
+    assert resp.status == 200
+    assert (await resp.json())["version"] == runtime(client).mappings.version
+    assert (await client.get("/admin/mappings", headers={"Authorization": "Bearer gr-tokenx"})).status == 401
