@@ -36,7 +36,10 @@ class RemoteError(Exception):
 
 def segment(value: str) -> str:
     """`value` as one path segment: `/`, `..`, `?`, `#` and the rest escaped, so that an id never names another
-    route."""
+    route. A whole segment of `.` or `..` cannot be escaped (URLs read `%2E` as a dot and drop such a segment):
+    no id is one, so it is an unknown id (NotFound), without a request."""
+    if value in (".", ".."):
+        raise NotFound(f"no delivery {value!r}")
     return quote(value, safe="")
 
 

@@ -107,7 +107,7 @@ def test_an_id_is_one_path_segment_never_another_route(server: str, monkeypatch:
     """An id given to `show` or `mark-succeeded` with `/`, `..`, `?` or `#` in it names no delivery (404, exit 1):
     it is sent as one path segment, never read as the path of another admin route."""
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
-    for odd in ("../overview", "../../api/overview", "x?y", "x#y"):
+    for odd in ("../overview", "../../api/overview", "x?y", "x#y", ".", ".."):
         assert main(["deliveries", "show", "--url", server, odd]) == 1, odd
         assert f"no delivery {odd!r}" in capsys.readouterr().err
     assert main(["deliveries", "mark-succeeded", "--url", server, "../replay?x=", "--ticket-id", "T-1"]) == 1
