@@ -8,8 +8,9 @@ changed, so that the mutation reaches the parser past the signature check:
   unicode, huge numbers, deep nesting), a key dropped, a form field rewritten, bytes flipped, cut or inserted;
 - arbitrary header values (bytes that are not UTF-8 included) and odd charsets in the Content-Type.
 
-The normal suite runs a few hundred examples, the same ones each run. FUZZ_EXAMPLES=50000 runs that many
-across all sources, freshly drawn.
+The normal suite runs a few hundred examples, the same ones each run, on SQLite. FUZZ_EXAMPLES=50000 runs that
+many across all sources, freshly drawn; FUZZ_STORE=postgres runs them on PostgreSQL (a schema of their own at
+TICKETBRIDGE_TEST_PG, dropped after), whose text columns refuse what SQLite takes (NUL).
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import asyncpg
 import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.store.postgres import PostgresStore
 from tests.acceptance.rawhttp import Header, RawClient
 from tests.acceptance.test_providers import (
     CONFIG,
@@ -64,6 +68,7 @@ from tests.fixtures.providers import (
     typeform_signature,
     webflow_headers,
 )
+from tests.integration.processes import DSN
 
 Headers = dict[str, str]
 URLENCODED = "application/x-www-form-urlencoded"
@@ -444,10 +449,24 @@ def report() -> Iterator[None]:
                 print(f"  {kind}: {sum(by.values())} requests, answers {dict(sorted(by.items()))}")
 
 
+STORE = os.environ.get("FUZZ_STORE", "sqlite")
+
+
 @pytest.fixture
-async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+async def client(write_config: ConfigFactory, bridge_client: AppClient) -> AsyncIterator[Any]:
     config = CONFIG.replace("sources:\n", "sources:\n  contact: {kind: form, cors_origins: ['*']}\n")
-    return await providers_client(bridge_client, write_config(config, MAPPINGS, SECRETS), workers=False)
+    if STORE == "sqlite":
+        yield await providers_client(bridge_client, write_config(config, MAPPINGS, SECRETS), workers=False)
+        return
+    assert STORE == "postgres", f"FUZZ_STORE is sqlite or postgres, not {STORE!r}"
+    schema = f"tb_fuzz_{uuid.uuid4().hex[:12]}"
+    yield await providers_client(bridge_client, write_config(config, MAPPINGS, SECRETS), workers=False,
+                                 store=PostgresStore(DSN, schema=schema))
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
