@@ -167,10 +167,22 @@ def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str
     return _storable_key(str(value))
 
 
+MAX_DEDUP_KEY_CHARS = 512
+"""Past this, a dedup key is kept as its SHA-256: PostgreSQL indexes at most 2,704 bytes of a row (a key of
+5,000 digits failed every insert, a store failure), and a key that long is no id a person reads."""
+
+
 def _storable_key(key: str | None) -> str | None:
-    """PostgreSQL's text refuses NUL: a key that holds one (from a provider's JSON `\\u0000`) is kept with it
-    written out, rather than failing the insert on every retry."""
-    return key.replace("\x00", "\\x00") if key is not None and "\x00" in key else key
+    """The dedup key as kept: PostgreSQL's text refuses NUL, so one (from a provider's JSON `\\u0000`) is written
+    out; a key longer than MAX_DEDUP_KEY_CHARS is kept as `sha256:` and its digest (the same key, the same
+    digest); rather than failing the insert on every retry."""
+    if key is None:
+        return None
+    if "\x00" in key:
+        key = key.replace("\x00", "\\x00")
+    if len(key) > MAX_DEDUP_KEY_CHARS:
+        return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return key
 
 
 async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
@@ -198,7 +210,10 @@ async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
         return None
     hashed = await asyncio.to_thread(hashlib.sha256, body) if len(body) > HASH_ON_LOOP_BYTES else hashlib.sha256(body)
     digest = hashed.hexdigest()[:32]  # 128 bits: no other body can be made to match, and the row stays small
-    return Nonce(value=signed.value, digest=digest,
+    value = signed.value  # signed, but kept in an index as the dedup key is: a long one as its digest
+    if len(value) > MAX_DEDUP_KEY_CHARS:
+        value = "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return Nonce(value=value, digest=digest,
                  expires_at_ms=now_ms() + int((signed.valid_for_s + NONCE_MARGIN_S) * 1000))
 
 

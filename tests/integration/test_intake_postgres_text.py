@@ -3,6 +3,7 @@ with the NUL written out, never a 503 that the provider's every retry would meet
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -47,3 +48,17 @@ async def test_nul_in_a_dedup_key_is_stored_written_out(client: Any) -> None:
     assert event.payload["subject"] == "Router\u0000down"
     again = await client.post("/hooks/postmark", data=compact(data), headers={"Content-Type": "application/json"})
     assert (again.status, (await again.json())["duplicate"]) == (200, True)
+
+
+async def test_a_dedup_key_longer_than_an_index_row_is_kept_as_its_digest(client: Any) -> None:
+    """A MessageID of 5,000 characters (PostgreSQL indexes at most 2,704 bytes of a row, and refused every such
+    insert as a store failure: 503s and /readyz down) is kept as its SHA-256, and the same message again is its
+    duplicate."""
+    data = {**load("postmark/inbound.json"), "MessageID": "9" * 5000}
+    resp = await client.post("/hooks/postmark", data=compact(data), headers={"Content-Type": "application/json"})
+    assert resp.status == 202, await resp.text()
+    event = await runtime(client).store.get_event((await resp.json())["event_id"])
+    assert event.dedup_key == "sha256:" + hashlib.sha256(b"9" * 5000).hexdigest()
+    again = await client.post("/hooks/postmark", data=compact(data), headers={"Content-Type": "application/json"})
+    assert (again.status, (await again.json())["duplicate"]) == (200, True)
+    assert (await client.get("/readyz")).status == 200
