@@ -160,17 +160,11 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
 
 def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
     if source.dedup_path is None:
-        return _storable_key(inbound.dedup_key)
+        return inbound.dedup_key
     value = source.dedup_path.get({"payload": inbound.payload, "headers": headers})
     if value is MISSING or value is None or value == "":
-        return _storable_key(inbound.dedup_key)
-    return _storable_key(str(value))
-
-
-def _storable_key(key: str | None) -> str | None:
-    """PostgreSQL's text refuses NUL: a key that holds one (from a provider's JSON `\\u0000`) is kept with it
-    written out, rather than failing the insert on every retry."""
-    return key.replace("\x00", "\\x00") if key is not None and "\x00" in key else key
+        return inbound.dedup_key
+    return str(value)
 
 
 async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
