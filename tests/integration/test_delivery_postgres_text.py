@@ -63,6 +63,23 @@ async def delivered(write_config: ConfigFactory, bridge_client: AppClient, aioht
     return client, await store.get_delivery(row.id)
 
 
+async def test_a_ticket_id_holding_a_nul_is_a_success_without_that_id(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
+) -> None:
+    """Kapture answers a success whose ticket id holds `\\u0000`: the success is recorded at once, without that
+    id (no follow-up could name the ticket with it), the error saying why; the store stays ready."""
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response([{"status": "success", "ticket_id": "71\u00003"}])
+
+    client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", None)
+    (attempt,) = detail.attempts
+    assert attempt.classification == "success"
+    assert attempt.error == ("the vendor's ticket id holds a NUL character (\\x00), which no id has: not kept")
+    assert runtime(client).store.problem() is None
+    assert (await client.get("/readyz")).status == 200
+
+
 async def test_a_failure_message_holding_a_nul_is_kept_written_out(
     write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
 ) -> None:
