@@ -80,10 +80,14 @@ def storable(text: str | None) -> str | None:
 
 
 def _storable_fields(record: S, names: tuple[str, ...]) -> S:
-    """`record` with its text fields `names` storable: itself when none holds a NUL."""
-    changed = {name: write_nul(value) for name in names if (value := getattr(record, name)) is not None
-               and NUL in value}
-    return msgspec.structs.replace(record, **changed) if changed else record
+    """`record` with its text fields `names` storable: itself when none holds a NUL (the usual case, checked
+    without building anything)."""
+    for name in names:
+        value = getattr(record, name)
+        if value is not None and NUL in value:
+            return msgspec.structs.replace(record, **{n: write_nul(v) for n in names
+                                                      if (v := getattr(record, n)) is not None})
+    return record
 
 
 # The text from outside that each record brings to a text column: keys and ids a provider's message or a vendor's
