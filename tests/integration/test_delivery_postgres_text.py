@@ -110,3 +110,25 @@ async def test_an_answer_holding_a_nul_byte_is_kept_written_out(
     assert attempt.response_excerpt == "no\\x00pe"
     assert attempt.error is not None and attempt.error.endswith("no\\x00pe")
     assert runtime(client).store.problem() is None
+
+
+async def test_an_answer_header_holding_a_byte_that_is_not_utf8_is_kept_written_out(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
+) -> None:
+    """Kapture answers with a header value holding a byte that is not UTF-8 (aiohttp reads it as a lone
+    surrogate, which no store takes): the attempt is recorded, the header kept with the byte written `\\\\xe9`."""
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        transport = request.transport
+        assert transport is not None
+        body = b'[{"status": "success", "ticket_id": 7}]'
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Note: caf\xe9\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        transport.close()
+        return web.StreamResponse()
+
+    client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", "7")
+    (attempt,) = detail.attempts
+    assert attempt.exchange is not None and attempt.exchange["response_headers"]["X-Note"] == "caf\\xe9"
+    assert runtime(client).store.problem() is None
