@@ -1,6 +1,7 @@
-"""Text PostgreSQL's `text` columns refuse (NUL), sent by a vendor, through the whole app on PostgreSQL: each
-attempt is recorded (the NUL written `\\x00` in what is kept as text), never a record the store refuses on every
-try while the delivery stays in flight and /readyz flaps."""
+"""Text a store refuses, sent by a vendor, through the whole app on PostgreSQL: a NUL (which PostgreSQL's `text`
+refuses) or a header byte that is not UTF-8 (which no store takes). Each attempt is recorded with it written out
+(`\\x00`, `\\xe9`), never a record the store refuses on every try while the delivery stays in flight, /readyz
+flaps, and the answer is lost."""
 
 from __future__ import annotations
 
