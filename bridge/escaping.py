@@ -1,4 +1,4 @@
-"""Text that can be stored, logged and answered: lone surrogates written out as visible escapes.
+"""Text that can be stored, logged and answered: lone surrogates and NUL written out as visible escapes.
 
 aiohttp reads header bytes that are not UTF-8 as lone surrogates (Python's `surrogateescape`); the email
 package does the same with 8-bit header bytes, and a few codecs a request may name as its charset (UTF-7,
@@ -6,6 +6,10 @@ unicode_escape) decode to them too. Such a str cannot be encoded as UTF-8, so ms
 writer all refuse it. Refusing the request would refuse a provider's real event forever (it resends the same
 bytes), so the text is kept with each bad code point written out: an undecodable byte as `\\xNN`, any other
 lone surrogate as `\\uNNNN`. The checks cost an ASCII scan in C on ordinary text.
+
+PostgreSQL's `text` refuses the NUL character, which JSON carries as `\\u0000` and a raw body as a zero byte:
+text a store keeps as text (keys, ids, errors; not the JSON it keeps as bytes) has each NUL written `\\x00`
+(`write_nul`), by every backend alike, on the way in and in look-ups.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Iterable
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+NUL = "\x00"
+NUL_WRITTEN = "\\x00"
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -30,6 +36,11 @@ def encodable(text: str) -> bool:
 def escape_text(text: str) -> str:
     """`text` with each lone surrogate written out (`\\xff` for a byte read with surrogateescape)."""
     return text if encodable(text) else _SURROGATE.sub(_escape, text)
+
+
+def write_nul(text: str) -> str:
+    """`text` with each NUL character written out as `\\x00` (itself when it holds none: one scan in C)."""
+    return text.replace(NUL, NUL_WRITTEN) if NUL in text else text
 
 
 def escape_values(mapping: dict[str, Any]) -> int:

@@ -160,11 +160,11 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
 
 def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
     if source.dedup_path is None:
-        return _storable_key(inbound.dedup_key)
+        return _indexable(inbound.dedup_key)
     value = source.dedup_path.get({"payload": inbound.payload, "headers": headers})
     if value is MISSING or value is None or value == "":
-        return _storable_key(inbound.dedup_key)
-    return _storable_key(str(value))
+        return _indexable(inbound.dedup_key)
+    return _indexable(str(value))
 
 
 MAX_DEDUP_KEY_CHARS = 512
@@ -172,15 +172,10 @@ MAX_DEDUP_KEY_CHARS = 512
 5,000 digits failed every insert, a store failure), and a key that long is no id a person reads."""
 
 
-def _storable_key(key: str | None) -> str | None:
-    """The dedup key as kept: PostgreSQL's text refuses NUL, so one (from a provider's JSON `\\u0000`) is written
-    out; a key longer than MAX_DEDUP_KEY_CHARS is kept as `sha256:` and its digest (the same key, the same
-    digest); rather than failing the insert on every retry."""
-    if key is None:
-        return None
-    if "\x00" in key:
-        key = key.replace("\x00", "\\x00")
-    if len(key) > MAX_DEDUP_KEY_CHARS:
+def _indexable(key: str | None) -> str | None:
+    """The dedup key as kept: one longer than MAX_DEDUP_KEY_CHARS as `sha256:` and its digest (the same key, the
+    same digest), rather than failing the insert on every retry (the store writes out a NUL in it)."""
+    if key is not None and len(key) > MAX_DEDUP_KEY_CHARS:
         return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return key
 

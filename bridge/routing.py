@@ -47,7 +47,6 @@ def render_event(mapping: CompiledMapping, ctx: dict[str, Any], event_id: str) -
     except Exception as exc:  # a bug in a filter must cost one delivery, not the request
         log.exception("routing.render_crashed", mapping=mapping.name, event_id=event_id)
         error = f"{mapping.name}: internal error while rendering: {type(exc).__name__}: {exc}"
-    error = error.replace("\x00", "\\x00")  # it may quote the payload; PostgreSQL's text refuses NUL
     log.warning("routing.render_failed", mapping=mapping.name, event_id=event_id, error=error)
     return Rendered(error=error)
 

@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from bridge.escaping import escape_text
+
 REDACTED = "[redacted]"
 BODY_CHARS = 2000
 SECRET_NAME = re.compile(r"auth|token|secret|key|signature|password|passwd|cookie|session|credential", re.I)
@@ -63,12 +65,13 @@ def clip(text: str, limit: int) -> str:
 
 def kept_response_headers(headers: Mapping[str, str], hidden: frozenset[str] = frozenset()) -> dict[str, str]:
     """The response headers as kept: credential-named ones and those in `hidden` redacted, the first
-    HEADERS_KEPT, names and values cut at HEADER_CHARS, and a last entry `…` counting those left out."""
+    HEADERS_KEPT, names and values cut at HEADER_CHARS, and a last entry `…` counting those left out. A byte that
+    is not UTF-8 (read by aiohttp as a lone surrogate, which no store takes) is written out (`\\xe9`)."""
     kept: dict[str, str] = {}
     left_out = 0
     for name, value in redact_headers(headers, hidden).items():
         if len(kept) < HEADERS_KEPT:
-            kept[clip(name, HEADER_CHARS)] = clip(value, HEADER_CHARS)
+            kept[clip(escape_text(name), HEADER_CHARS)] = clip(escape_text(value), HEADER_CHARS)
         else:
             left_out += 1
     if left_out:

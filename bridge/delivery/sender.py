@@ -15,6 +15,7 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 
 from bridge.delivery.exchange import exchange
 from bridge.errors import MappingError
+from bridge.escaping import NUL
 from bridge.store.base import Claimed
 from bridge.vendors.base import (
     Adapter,
@@ -89,19 +90,29 @@ def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
 
 
 def bounded(outcome: Outcome) -> Outcome:
-    """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS, and a ticket id, key or uuid longer
-    than ID_CHARS left out, the error saying so (a success stays a success: the vendor took the request)."""
-    dropped = {key: len(value) for key in ("ticket_id", "ticket_key", "ticket_uuid")
-               if (value := getattr(outcome, key)) is not None and len(value) > ID_CHARS}
+    """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS, and a ticket id, key or uuid that is
+    no id left out, the error saying so (a success stays a success: the vendor took the request)."""
+    dropped = {key: why for key in ("ticket_id", "ticket_key", "ticket_uuid")
+               if (value := getattr(outcome, key)) is not None and (why := _not_an_id(key, value)) is not None}
     error = outcome.error
     if error is not None and len(error) > ERROR_CHARS:
         error = error[:ERROR_CHARS - 1] + "…"
     if not dropped and error is outcome.error:
         return outcome
-    notes = [f"the vendor's {key.replace('_', ' ')} is {size} characters long, more than the {ID_CHARS} an id "
-             "may have: not kept" for key, size in dropped.items()]
-    return msgspec.structs.replace(outcome, error="; ".join(p for p in (error, *notes) if p),
+    return msgspec.structs.replace(outcome, error="; ".join(p for p in (error, *dropped.values()) if p),
                                    **dict.fromkeys(dropped))
+
+
+def _not_an_id(key: str, value: str) -> str | None:
+    """Why the vendor's `key` (ticket_id, …) is not kept, or None when it is an id. One longer than ID_CHARS would
+    fill the store, logs and follow-up URLs; one holding a NUL could only be kept written out (`\\x00`), and a
+    follow-up or a look-up naming the ticket by it would name another."""
+    name = key.replace("_", " ")
+    if len(value) > ID_CHARS:
+        return f"the vendor's {name} is {len(value)} characters long, more than the {ID_CHARS} an id may have: not kept"
+    if NUL in value:
+        return f"the vendor's {name} holds a NUL character (\\x00), which no id has: not kept"
+    return None
 
 
 @dataclass

@@ -38,7 +38,19 @@ from bridge.store.base import (
     Store,
     StoredMappingSet,
 )
-from bridge.store.rows import attachment_hashes, decode_dict, decode_event, doubt_after, encode, settled
+from bridge.store.rows import (
+    attachment_hashes,
+    decode_dict,
+    decode_event,
+    doubt_after,
+    encode,
+    settled,
+    storable,
+    storable_accept,
+    storable_audit,
+    storable_filter,
+    storable_result,
+)
 
 
 def wall_ms() -> int:
@@ -101,6 +113,7 @@ class MemoryStore(Store):
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None) -> AcceptResult:
         self._check_open()
+        event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         now = self.clock()
         key = (event.source, event.dedup_key) if event.dedup_key is not None else None
         if key is not None:
@@ -203,6 +216,7 @@ class MemoryStore(Store):
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self._check_open()
+        result = storable_result(result)
         d = self._get(result.delivery_id)
         if owner is not None and (d.row.status != "in_flight" or d.lease_owner != owner):
             raise LeaseLost(f"delivery {result.delivery_id}: the lease of {owner!r} is no longer held")
@@ -271,6 +285,7 @@ class MemoryStore(Store):
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
         self._check_open()
+        flt = storable_filter(flt)
         if flt.status is not None and flt.status not in STATUSES:
             raise ValueError(f"unknown delivery status {flt.status!r}; known: {', '.join(STATUSES)}")
         rows = [d.row for d in self.deliveries.values()
@@ -323,7 +338,7 @@ class MemoryStore(Store):
         d = self._get(delivery_id)
         if d.row.status not in ("pending", "dead"):
             return False
-        r = attempt
+        r = storable_result(attempt)
         n = d.row.attempts + 1
         self._update(d, status="succeeded", attempts=n, last_error=r.error, ticket_id=r.ticket_id,
                      ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key, in_doubt_since_ms=None,
@@ -357,6 +372,7 @@ class MemoryStore(Store):
 
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
         self._check_open()
+        key = storable(key)
         return [ConversationDetail(conversation=c, deliveries=[
                     self._listed(d) for d in sorted(self.deliveries.values(), key=lambda d: d.row.id)
                     if d.row.conversation == c.id])
@@ -459,7 +475,7 @@ class MemoryStore(Store):
 
     async def add_audit(self, entry: AuditEntry) -> None:
         self._check_open()
-        self.audit[entry.id] = entry
+        self.audit[entry.id] = storable_audit(entry)
 
     async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
         self._check_open()

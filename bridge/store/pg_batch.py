@@ -24,7 +24,7 @@ from typing import Any
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
-from bridge.store.rows import NEW_DELIVERY_COLUMNS, encode, new_delivery_rows, now_ms
+from bridge.store.rows import NEW_DELIVERY_COLUMNS, encode, new_delivery_rows, now_ms, storable_accept
 
 try:
     import asyncpg
@@ -134,6 +134,7 @@ class PendingAccept:
 
     def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                  nonce: Nonce | None) -> None:
+        event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         self.event = event
         self.nonce = nonce
         self.data = encode(event)

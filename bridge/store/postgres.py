@@ -87,6 +87,10 @@ from bridge.store.rows import (
     now_ms,
     settled,
     status_condition,
+    storable,
+    storable_audit,
+    storable_filter,
+    storable_result,
     with_tickets,
 )
 
@@ -392,7 +396,7 @@ class PostgresStore(Store):
             log.warning("store.claim_given_back", destination=destination, count=given)
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
-        r = result
+        r = storable_result(result)
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
         unknown, duplicates = doubt_after(r)
 
@@ -507,6 +511,7 @@ class PostgresStore(Store):
     # -- inspection and replay ------------------------------------------------------------------
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
+        flt = storable_filter(flt)
         where: list[str] = []
         args: list[Any] = []
         if flt.status is not None:
@@ -585,7 +590,7 @@ class PostgresStore(Store):
         return await self._run(op)
 
     async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
-        r = attempt
+        r = storable_result(attempt)
 
         async def op(conn: Any) -> bool:
             now = now_ms()
@@ -633,6 +638,8 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
+        key = storable(key)
+
         async def op(conn: Any) -> list[ConversationDetail]:
             out = []
             for c in await conn.fetch(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
@@ -721,6 +728,8 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def add_audit(self, entry: AuditEntry) -> None:
+        entry = storable_audit(entry)
+
         async def op(conn: Any) -> None:
             await conn.execute("INSERT INTO audit_log (id, at, actor, action, target, detail) "
                                "VALUES ($1, $2, $3, $4, $5, $6)", entry.id, entry.at_ms, entry.actor, entry.action,

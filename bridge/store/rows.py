@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgspec
 
 from bridge.conversations import ticket_context
+from bridge.escaping import NUL, write_nul
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -20,9 +21,11 @@ from bridge.store.base import (
     Claimed,
     ConversationRow,
     Cutoffs,
+    DeliveryFilter,
     DeliveryRow,
     DeliveryStatus,
     NewDelivery,
+    Nonce,
 )
 
 encode = msgspec.json.Encoder().encode
@@ -58,6 +61,66 @@ claim (`updated_at`, which a claim sets and nothing changes while the lease is h
 def doubt_after(r: AttemptResult) -> tuple[bool, int]:
     """How an attempt changes the delivery's doubt: (a send's outcome was unknown, possible duplicates to add)."""
     return r.classification == UNKNOWN and not r.unsent, int(r.duplicate)
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+@overload
+def storable(text: str) -> str: ...
+@overload
+def storable(text: None) -> None: ...
+@overload
+def storable(text: str | None) -> str | None: ...
+def storable(text: str | None) -> str | None:
+    """Text as every backend keeps it in a text column: each NUL written `\\x00` (PostgreSQL's `text` refuses
+    NUL, and the others keep what it keeps, so that a value reads back the same from each). Applied alike to what
+    is written and to what is looked up, so that a key holding a NUL still finds itself."""
+    return text if text is None or NUL not in text else write_nul(text)
+
+
+def _storable_fields(record: S, names: tuple[str, ...]) -> S:
+    """`record` with its text fields `names` storable: itself when none holds a NUL (the usual case, checked
+    without building anything)."""
+    for name in names:
+        value = getattr(record, name)
+        if value is not None and NUL in value:
+            return msgspec.structs.replace(record, **{n: write_nul(v) for n in names
+                                                      if (v := getattr(record, n)) is not None})
+    return record
+
+
+# The text from outside that each record brings to a text column: keys and ids a provider's message or a vendor's
+# answer holds, and a vendor's words. (The JSON kept as bytes (payloads, bodies, exchanges, audit details) keeps its
+# NUL as it came; names from the config and the mappings folder are the operator's.)
+_EVENT_TEXT = ("dedup_key",)
+_DELIVERY_TEXT = ("error", "conversation", "conversation_key", "known_ticket")
+_RESULT_TEXT = ("error", "response_excerpt", "ticket_id", "ticket_key", "ticket_uuid")
+_NONCE_TEXT = ("value",)
+_AUDIT_TEXT = ("actor", "target")
+_FILTER_TEXT = ("conversation",)
+
+
+def storable_accept(event: Event, deliveries: list[NewDelivery], nonce: Nonce | None,
+                    ) -> tuple[Event, list[NewDelivery], Nonce | None]:
+    """What an accept stores, storable (see `storable`): the event's dedup key (in its row and its JSON alike),
+    the deliveries' errors, conversations and the tickets their messages name, the nonce."""
+    return (_storable_fields(event, _EVENT_TEXT), [_storable_fields(d, _DELIVERY_TEXT) for d in deliveries],
+            None if nonce is None else _storable_fields(nonce, _NONCE_TEXT))
+
+
+def storable_result(result: AttemptResult) -> AttemptResult:
+    """An attempt as it is recorded: the vendor's error, answer excerpt and ticket references storable."""
+    return _storable_fields(result, _RESULT_TEXT)
+
+
+def storable_audit(entry: AuditEntry) -> AuditEntry:
+    return _storable_fields(entry, _AUDIT_TEXT)
+
+
+def storable_filter(flt: DeliveryFilter) -> DeliveryFilter:
+    """A listing's filter as the values it matches are kept: a conversation holding a NUL finds itself."""
+    return _storable_fields(flt, _FILTER_TEXT)
 
 
 def now_ms() -> int:

@@ -86,6 +86,11 @@ from bridge.store.rows import (
     new_delivery_rows,
     now_ms,
     status_condition,
+    storable,
+    storable_accept,
+    storable_audit,
+    storable_filter,
+    storable_result,
     with_tickets,
 )
 
@@ -542,6 +547,7 @@ class SqliteStore(Store):
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None) -> AcceptResult:
+        event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
@@ -608,7 +614,7 @@ class SqliteStore(Store):
         return batch
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
-        r = result
+        r = storable_result(result)
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
         unknown, duplicates = doubt_after(r)
 
@@ -696,6 +702,7 @@ class SqliteStore(Store):
     # -- inspection and replay ------------------------------------------------------------------
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
+        flt = storable_filter(flt)
         where, args = [], []
         if flt.status is not None:
             where.append(status_condition(flt.status))
@@ -779,7 +786,7 @@ class SqliteStore(Store):
         self._subscribers.append(callback)
 
     async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
-        r = attempt
+        r = storable_result(attempt)
         woken: list[str] = []  # the destination whose conversation's next message may now go
 
         def op(conn: sqlite3.Connection) -> bool:
@@ -832,6 +839,8 @@ class SqliteStore(Store):
         return found
 
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
+        key = storable(key)
+
         def run(conn: sqlite3.Connection) -> list[ConversationDetail]:
             out = []
             for c in conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
@@ -921,6 +930,7 @@ class SqliteStore(Store):
         return oldest
 
     async def add_audit(self, entry: AuditEntry) -> None:
+        entry = storable_audit(entry)
         row = (entry.id, entry.at_ms, entry.actor, entry.action, entry.target, encode(entry.detail))
 
         def op(conn: sqlite3.Connection) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from tests.conftest import AppClient, ConfigFactory, runtime
-from tests.fixtures.providers import compact, load
+from tests.fixtures.providers import NOW, compact, load, slack_headers
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
@@ -19,6 +20,7 @@ CONFIG = """
 store: {url: "sqlite:///var/unused.db"}
 sources:
   postmark: {kind: postmark}
+  slack: {kind: slack, signing_secret: s3cret}
 destinations:
   kapture: {vendor: kapture, sandbox: true}
 """
@@ -29,6 +31,21 @@ MAPPINGS = {"email": """
     fields:
       title: "{{ payload.subject }}"
 """}
+FOLLOW_UP = """
+    follow_up:
+      action: update_ticket
+      fields:
+        ticket_id: "{{ ticket.id }}"
+        sub_status: P
+        comment: "{{ payload.text }}"
+"""
+THREADED = {"email": MAPPINGS["email"] + FOLLOW_UP, "chat": """
+    source: slack
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.text }}"
+""" + FOLLOW_UP}
 
 
 @pytest.fixture
@@ -62,3 +79,59 @@ async def test_a_dedup_key_longer_than_an_index_row_is_kept_as_its_digest(client
     again = await client.post("/hooks/postmark", data=compact(data), headers={"Content-Type": "application/json"})
     assert (again.status, (await again.json())["duplicate"]) == (200, True)
     assert (await client.get("/readyz")).status == 200
+
+
+@pytest.fixture
+async def threaded(write_config: ConfigFactory, bridge_client: AppClient, pg_schema: str) -> Any:
+    store = PostgresStore(DSN, schema=pg_schema)
+    client = await bridge_client(write_config(CONFIG, THREADED), store=store, workers=False)
+    runtime(client).sources["slack"].handler.clock = lambda: float(NOW)
+    return client
+
+
+def postmark_mail(n: int, message_id: str, references: str | None = None) -> dict[str, Any]:
+    """Postmark's inbound post of a mail with these Message-ID and References (and no `[#id]` subject token)."""
+    headers = [{"Name": "Message-ID", "Value": message_id}]
+    if references is not None:
+        headers.append({"Name": "References", "Value": references})
+    return {**load("postmark/inbound.json"), "MessageID": f"pm-{n}", "Subject": "Router down", "Headers": headers}
+
+
+async def conversation_of(client: Any, event_id: str) -> str | None:
+    (row,) = [r for r in await runtime(client).store.list_deliveries(DeliveryFilter()) if r.event_id == event_id]
+    return row.conversation
+
+
+async def test_nul_in_a_message_id_is_one_conversation_written_out(threaded: Any) -> None:
+    """A mail whose Message-ID holds `\\u0000` and a reply whose References name it are accepted on PostgreSQL
+    and are one conversation, its key holding the NUL written `\\x00`; the payload keeps the NUL as it came."""
+    root = "<root\u0000.1@Mail.Example.com>"
+    ids = []
+    for mail in (postmark_mail(0, root), postmark_mail(1, "<reply.2@mail.example.com>", root)):
+        resp = await threaded.post("/hooks/postmark", data=compact(mail), headers={"Content-Type": "application/json"})
+        assert resp.status == 202, await resp.text()
+        ids.append((await resp.json())["event_id"])
+    key = "mail:root\\x00.1@mail.example.com"
+    assert [await conversation_of(threaded, i) for i in ids] == [f"email|{key}"] * 2
+    (conversation,) = await runtime(threaded).store.get_conversations(key)
+    assert (conversation.conversation.key, conversation.conversation.messages) == (key, 2)
+    first = await runtime(threaded).store.get_event(ids[0])
+    assert first.payload["message_id"] == root
+
+
+async def test_nul_in_a_chat_conversation_id_is_one_conversation_written_out(threaded: Any) -> None:
+    """Two Slack messages from one person in a channel whose id holds `\\u0000` are accepted on PostgreSQL and
+    are one conversation, its key holding the NUL written `\\x00`."""
+    ids = []
+    for n in range(2):
+        data = load("slack/message.json")
+        data["event"] = {**data["event"], "channel": "D024\u0000BE91L", "client_msg_id": f"m-{n}"}
+        data["event_id"] = f"Ev-{n}"
+        body = compact(data)
+        resp = await threaded.post("/hooks/slack", data=body, headers=slack_headers("s3cret", body))
+        assert resp.status == 202, await resp.text()
+        ids.append((await resp.json())["event_id"])
+    key = "chat:D024\\x00BE91L/U061F7AUR"
+    assert [await conversation_of(threaded, i) for i in ids] == [f"chat|{key}"] * 2
+    (conversation,) = await runtime(threaded).store.get_conversations(key)
+    assert conversation.conversation.messages == 2

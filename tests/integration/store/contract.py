@@ -909,6 +909,89 @@ class StoreContract:
         ok, _ = await accept_one(store, event=make_event(dedup_key="k\\xff"))
         assert (await store.get_event(ok.id)).dedup_key == "k\\xff"
 
+    # -- text holding a NUL (PostgreSQL's text refuses it) ---------------------------------------
+
+    async def test_a_dedup_key_holding_a_nul_is_kept_written_out_and_still_matches(self, store: Store) -> None:
+        """A dedup key holding a NUL is stored with it written `\\x00` (in its event too), and the same key again
+        is a duplicate of that event; the payload keeps its NUL as it came."""
+        first = make_event(dedup_key="id-\x00-1", subject="Router\x00down")
+        await accept_one(store, event=first)
+        stored = await store.get_event(first.id)
+        assert (stored.dedup_key, stored.payload) == ("id-\\x00-1", {"subject": "Router\x00down"})
+        res = await store.accept(make_event(dedup_key="id-\x00-1"), [make_delivery()], WEEK)
+        assert (res.duplicate, res.event_id) == (True, first.id)
+
+    async def test_a_conversation_key_holding_a_nul_is_kept_written_out_and_finds_itself(self, store: Store) -> None:
+        """Two messages of a conversation whose key holds a NUL (a Message-ID, a chat id) are one conversation,
+        kept with the NUL written `\\x00`, found by that key and by the key as it came, which lists them too; a
+        ticket their message names the same."""
+        conv, key = "m|mail:r\x00t@x", "mail:r\x00t@x"
+        first, second = (make_delivery(conversation=conv, conversation_key=key, known_ticket="7\x001")
+                         for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        for asked in (key, "mail:r\\x00t@x", conv):
+            (found,) = await store.get_conversations(asked)
+            assert (found.conversation.id, found.conversation.key, found.conversation.messages) == (
+                "m|mail:r\\x00t@x", "mail:r\\x00t@x", 2)
+            assert found.conversation.ticket_id == "7\\x001"
+            assert [d.id for d in found.deliveries] == [first.id, second.id]
+        listed = await store.list_deliveries(DeliveryFilter(conversation=conv))
+        assert sorted(r.id for r in listed) == sorted([first.id, second.id])
+        assert {r.conversation for r in listed} == {"m|mail:r\\x00t@x"}
+        (head,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert head.id == first.id and head.ticket is not None and head.ticket["id"] == "7\\x001"
+
+    async def test_a_render_error_holding_a_nul_is_kept_written_out(self, store: Store) -> None:
+        """A dead delivery's error quoting a NUL of the payload is stored with it written `\\x00`."""
+        dead = make_delivery(body=None, status="dead", error="title: bad value 'a\x00b'")
+        await accept_one(store, dead)
+        assert (await row(store, dead.id)).last_error == "title: bad value 'a\\x00b'"
+
+    async def test_what_a_vendor_answers_holding_a_nul_is_recorded_written_out(self, store: Store) -> None:
+        """An attempt whose error, answer excerpt and ticket references hold a NUL is recorded with each written
+        `\\x00`, on the delivery, its attempt and its conversation alike; the exchange keeps its NUL as it came."""
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "w", 30)
+        sent = {"request": {"body": "a\x00b"}, "response_headers": {}}
+        await store.record(msgspec.structs.replace(
+            result(d.id, "succeeded", error="vendor said \x00", ticket_id="T\x001"), role="create",
+            response_excerpt='{"id": "T\x001"}', ticket_key="#\x00", ticket_uuid="u\x00", exchange=sent), owner="w")
+        detail = await store.get_delivery(d.id)
+        got = detail.delivery
+        assert (got.last_error, got.ticket_id, got.ticket_key, got.ticket_uuid) == (
+            "vendor said \\x00", "T\\x001", "#\\x00", "u\\x00")
+        (attempt,) = detail.attempts
+        assert (attempt.error, attempt.response_excerpt, attempt.exchange) == (
+            "vendor said \\x00", '{"id": "T\\x001"}', sent)
+        (conv,) = await store.get_conversations("k")
+        assert (conv.conversation.ticket_id, conv.conversation.ticket_key, conv.conversation.ticket_uuid) == (
+            "T\\x001", "#\\x00", "u\\x00")
+
+    async def test_an_operators_mark_holding_a_nul_is_kept_written_out(self, store: Store) -> None:
+        """A delivery marked succeeded with a ticket and note holding a NUL keeps them written `\\x00`; so does an
+        audit entry's actor and target, its detail keeping its NUL as it came."""
+        _, (d,) = await accept_one(store)
+        marked = result(d, "succeeded", http_status=None, classification="marked", error="by ops: \x00",
+                        ticket_id="T\x00")
+        assert await store.mark_succeeded(d, marked) is True
+        detail = await store.get_delivery(d)
+        assert (detail.delivery.ticket_id, detail.delivery.last_error, detail.attempts[-1].error) == (
+            "T\\x00", "by ops: \\x00", "by ops: \\x00")
+        entry = AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="o\x00ps", action="mark_succeeded",
+                           target=f"{d}\x00", detail={"note": "\x00"})
+        await store.add_audit(entry)
+        (kept,) = await store.list_audit()
+        assert (kept.actor, kept.target, kept.detail) == ("o\\x00ps", f"{d}\\x00", {"note": "\x00"})
+
+    async def test_a_nonce_holding_a_nul_is_kept_written_out_and_still_matches(self, store: Store) -> None:
+        """A nonce holding a NUL is taken again by its own request and refused to another one."""
+        first = await store.accept(make_event(), [make_delivery()], WEEK, nonce("tok-\x00", "body-a"))
+        again = await store.accept(make_event(), [make_delivery()], WEEK, nonce("tok-\x00", "body-a"))
+        other = await store.accept(make_event(), [make_delivery()], WEEK, nonce("tok-\x00", "body-b"))
+        assert (first.replayed, again.replayed, other.replayed) == (False, False, True)
+
     # -- retention ------------------------------------------------------------------------------
 
     async def test_purge_deletes_settled_events_with_their_deliveries_and_attempts(self, store: Store) -> None:

@@ -70,14 +70,14 @@ async def test_the_body_is_looked_at_once_to_place_verify_and_parse(monkeypatch:
     assert on_parser == [offloaded(body)] * 2
 
 
-def test_a_dedup_key_is_kept_written_out_and_a_long_one_as_its_digest() -> None:
-    """NUL written out (PostgreSQL's text refuses it); past MAX_DEDUP_KEY_CHARS the SHA-256 of the key, the same
-    for the same key, different for another (PostgreSQL indexes at most 2,704 bytes of a row)."""
-    from bridge.intake import MAX_DEDUP_KEY_CHARS, _storable_key
+def test_a_long_dedup_key_is_kept_as_its_digest() -> None:
+    """Past MAX_DEDUP_KEY_CHARS the SHA-256 of the key, the same for the same key, different for another
+    (PostgreSQL indexes at most 2,704 bytes of a row)."""
+    from bridge.intake import MAX_DEDUP_KEY_CHARS, _indexable
 
-    assert _storable_key(None) is None
-    assert _storable_key("msg-\x00-1") == "msg-\\x00-1"
-    assert _storable_key("k" * MAX_DEDUP_KEY_CHARS) == "k" * MAX_DEDUP_KEY_CHARS
+    assert _indexable(None) is None
+    assert _indexable("msg-\x00-1") == "msg-\x00-1"  # the store writes a NUL out
+    assert _indexable("k" * MAX_DEDUP_KEY_CHARS) == "k" * MAX_DEDUP_KEY_CHARS
     long = "k" * (MAX_DEDUP_KEY_CHARS + 1)
-    assert _storable_key(long) == "sha256:" + hashlib.sha256(long.encode()).hexdigest() == _storable_key(long)
-    assert _storable_key(long + "\udcff") != _storable_key(long)  # a lone surrogate is hashed, not refused
+    assert _indexable(long) == "sha256:" + hashlib.sha256(long.encode()).hexdigest() == _indexable(long)
+    assert _indexable(long + "\udcff") != _indexable(long)  # a lone surrogate is hashed, not refused

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bridge.delivery.exchange import BODY_CHARS, REDACTED, SECRET_NAMES_KEPT, exchange, redact_headers
+from bridge.delivery.exchange import (
+    BODY_CHARS,
+    REDACTED,
+    SECRET_NAMES_KEPT,
+    exchange,
+    kept_response_headers,
+    redact_headers,
+)
 
 
 def test_credentials_in_headers_query_and_json_keys_are_redacted() -> None:
@@ -47,3 +54,10 @@ def test_user_info_in_the_url_keeps_its_user_name_only() -> None:
     assert exchange("GET", "https://ghp_abc123@crm.test:8443/t", {}, b"", None)["request"]["url"] == \
         f"https://{REDACTED}@crm.test:8443/t"
     assert exchange("GET", "https://crm.test/a?b=c#frag", {}, b"", None)["request"]["url"] == "https://crm.test/a?b=c"
+
+
+def test_response_header_bytes_that_are_not_utf8_are_kept_written_out() -> None:
+    """A response header's name or value holding a byte that is not UTF-8 (a lone surrogate, as aiohttp reads it)
+    is kept with that byte written `\\xNN`, so that the attempt can be stored."""
+    kept = kept_response_headers({"X-Note": "caf\udce9", "X-\udcffName": "ok"})
+    assert kept == {"X-Note": "caf\\xe9", "X-\\xffName": "ok"}

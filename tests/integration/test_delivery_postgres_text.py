@@ -1,0 +1,135 @@
+"""Text a store refuses, sent by a vendor, through the whole app on PostgreSQL: a NUL (which PostgreSQL's `text`
+refuses) or a header byte that is not UTF-8 (which no store takes). Each attempt is recorded with it written out
+(`\\x00`, `\\xe9`), never a record the store refuses on every try while the delivery stays in flight, /readyz
+flaps, and the answer is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bridge.store.base import DeliveryDetail, DeliveryFilter
+from bridge.store.postgres import PostgresStore
+from bridge.vendors.kapture import CREATE_PATH
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.integration.processes import DSN
+
+pytestmark = pytest.mark.integration
+
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAPPING = {"m": """
+    source: events
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: {from: payload.title, required: true}
+"""}
+
+
+async def kapture_answering(aiohttp_server: Any, answer: Answer) -> str:
+    """A Kapture stand-in whose create endpoint answers with `answer`; its base URL."""
+    app = web.Application()
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+async def delivered(write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
+                    answer: Answer) -> tuple[Any, DeliveryDetail]:
+    """One event posted through an app on PostgreSQL whose Kapture answers with `answer`: the app, and the
+    delivery once it is settled (succeeded or dead)."""
+    base = await kapture_answering(aiohttp_server, answer)
+    config = f"""
+    server: {{shutdown_grace_seconds: 1}}
+    store: {{url: "sqlite:///var/unused.db"}}
+    sources:
+      events: {{kind: json}}
+    destinations:
+      kapture: {{vendor: kapture, base_url: '{base}', token: k3y, retry: {{schedule: [50ms], jitter: 0}}}}
+    """
+    client = await bridge_client(write_config(config, MAPPING), store=PostgresStore(DSN, schema=pg_schema))
+    resp = await client.post("/hooks/events", json={"title": "Router down"})
+    assert resp.status == 202, await resp.text()
+    store = runtime(client).store
+
+    async def settled() -> bool:
+        rows = await store.list_deliveries(DeliveryFilter())
+        return len(rows) == 1 and rows[0].status in ("succeeded", "dead")
+
+    await eventually(settled)
+    (row,) = await store.list_deliveries(DeliveryFilter())
+    return client, await store.get_delivery(row.id)
+
+
+async def test_a_ticket_id_holding_a_nul_is_a_success_without_that_id(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
+) -> None:
+    """Kapture answers a success whose ticket id holds `\\u0000`: the success is recorded at once, without that
+    id (no follow-up could name the ticket with it), the error saying why; the store stays ready."""
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response([{"status": "success", "ticket_id": "71\u00003"}])
+
+    client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", None)
+    (attempt,) = detail.attempts
+    assert attempt.classification == "success"
+    assert attempt.error == ("the vendor's ticket id holds a NUL character (\\x00), which no id has: not kept")
+    assert runtime(client).store.problem() is None
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_a_failure_message_holding_a_nul_is_kept_written_out(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
+) -> None:
+    """Kapture refuses the ticket with a message holding `\\u0000`: the delivery is dead at once, its error and
+    its attempt's error keeping the message with the NUL written `\\x00`; the store stays ready."""
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response([{"status": "failed", "message": "bad\u0000field"}])
+
+    client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
+    assert detail.delivery.status == "dead"
+    assert detail.delivery.last_error == "kapture: HTTP 200: bad\\x00field"
+    (attempt,) = detail.attempts
+    assert (attempt.classification, attempt.error) == ("permanent", "kapture: HTTP 200: bad\\x00field")
+    assert runtime(client).store.problem() is None
+
+
+async def test_an_answer_holding_a_nul_byte_is_kept_written_out(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
+) -> None:
+    """Kapture answers 400 with a body holding a NUL byte (not JSON): the delivery is dead, the attempt's excerpt
+    and error keeping that body with the NUL written `\\x00`; the store stays ready."""
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=400, body=b"no\x00pe", content_type="text/plain")
+
+    client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
+    assert detail.delivery.status == "dead"
+    (attempt,) = detail.attempts
+    assert attempt.response_excerpt == "no\\x00pe"
+    assert attempt.error is not None and attempt.error.endswith("no\\x00pe")
+    assert runtime(client).store.problem() is None
+
+
+async def test_an_answer_header_holding_a_byte_that_is_not_utf8_is_kept_written_out(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
+) -> None:
+    """Kapture answers with a header value holding a byte that is not UTF-8 (aiohttp reads it as a lone
+    surrogate, which no store takes): the attempt is recorded, the header kept with the byte written `\\\\xe9`."""
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        transport = request.transport
+        assert transport is not None
+        body = b'[{"status": "success", "ticket_id": 7}]'
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Note: caf\xe9\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        transport.close()
+        return web.StreamResponse()
+
+    client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", "7")
+    (attempt,) = detail.attempts
+    assert attempt.exchange is not None and attempt.exchange["response_headers"]["X-Note"] == "caf\\xe9"
+    assert runtime(client).store.problem() is None
