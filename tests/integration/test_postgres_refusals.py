@@ -1,22 +1,26 @@
 """Values PostgreSQL refuses for their data, through the whole app: here a character a LATIN1 database has no
 equivalent for (SQLSTATE 22P05), which text from a provider or a vendor may hold and which no layer before the
 store writes out. Such a refusal is the data's problem: intake answers 422 naming it (never a 503 that every retry
-would meet again), and the store is not counted as failing: no `store.failing`, and /readyz stays 200."""
+would meet again), a vendor's answer is recorded in a reduced form (never resent), and the store is not counted
+as failing: no `store.failing`, and /readyz stays 200."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
-from tests.conftest import AppClient, ConfigFactory, runtime
+from bridge.vendors.kapture import CREATE_PATH
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.providers import compact, load
 from tests.integration.processes import DSN
 
@@ -108,3 +112,64 @@ async def test_a_refused_event_among_a_group_is_refused_alone(
     assert rt.store.problem() is None and rt.store.commit_failures == 0
     assert (await client.get("/readyz")).status == 200
 
+
+MAPPING = {"m": """
+    source: events
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: {from: payload.title, required: true}
+"""}
+
+
+async def test_an_answer_the_database_refuses_is_recorded_reduced_and_not_sent_again(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """Kapture answers a success whose body holds 😀, to an app on a LATIN1 database: the attempt's full record (its
+    excerpt) is refused, so it is recorded reduced: the success stands with its ticket, the excerpt and exchange
+    left out, the error naming the refusal. The ticket is made once; no `store.failing`, /readyz 200."""
+    sent = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal sent
+        sent += 1
+        return web.Response(text='[{"status": "success", "ticket_id": 7, "message": "cr\u00e9\u00e9 \U0001F600"}]',
+                            content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    config = f"""
+    server: {{shutdown_grace_seconds: 1}}
+    store: {{url: "sqlite:///var/unused.db"}}
+    sources:
+      events: {{kind: json}}
+    destinations:
+      kapture: {{vendor: kapture, base_url: '{base}', token: k3y, retry: {{schedule: [50ms], jitter: 0}}}}
+    """
+    with capture_logs() as logs:
+        client = await bridge_client(write_config(config, MAPPING), store=PostgresStore(latin1_dsn))
+        resp = await client.post("/hooks/events", json={"title": "Router down"})
+        assert resp.status == 202, await resp.text()
+        store = runtime(client).store
+
+        async def settled() -> bool:
+            rows = await store.list_deliveries(DeliveryFilter())
+            return len(rows) == 1 and rows[0].status in ("succeeded", "dead")
+
+        await eventually(settled)
+        assert (await client.get("/readyz")).status == 200
+    (row,) = await store.list_deliveries(DeliveryFilter())
+    detail = await store.get_delivery(row.id)
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", "7")
+    (attempt,) = detail.attempts
+    assert (attempt.classification, attempt.http_status) == ("success", 200)
+    assert (attempt.response_excerpt, attempt.exchange) == (None, None)
+    assert attempt.error == (f"this attempt's full record could not be written (the store refused it: "
+                             f"{UNTRANSLATABLE}): kept without its response excerpt and exchange")
+    assert sent == 1
+    events = [e["event"] for e in logs]
+    assert "delivery.record_reduced" in events
+    assert "store.failing" not in events and "delivery.record_retrying" not in events
+    assert store.problem() is None and store.commit_failures == 0
