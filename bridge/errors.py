@@ -59,6 +59,18 @@ class StoreUnavailable(BridgeError):
     """The store cannot be reached or cannot commit; nothing was stored."""
 
 
+class StoreRefused(StoreUnavailable):
+    """The database refused the statement for the data it was given (a value out of range, a character its
+    encoding has no equivalent for, a row past a size limit, a constraint the row breaks): the same data would be
+    refused on every try, so this is the data's problem, not the store's. Nothing was stored, and the store is not
+    counted as failing. A StoreUnavailable, so that a caller that knows no better still answers as for a write
+    that did not happen; intake and the delivery loop tell it apart."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class LeaseLost(BridgeError):
     """A delivery's lease is no longer the caller's (it ran out and was given back, or another sender holds
     it): its attempt is not recorded over the new holder's claim."""

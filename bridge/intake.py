@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bridge.appkeys import RUNTIME, STORED_IDS
 from bridge.connections import BodyTimeout
-from bridge.errors import Rejected, StoreUnavailable
+from bridge.errors import Rejected, StoreRefused, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
 from bridge.mapping.mappingset import MappingSet
@@ -212,12 +212,40 @@ async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
                  expires_at_ms=now_ms() + int((signed.valid_for_s + NONCE_MARGIN_S) * 1000))
 
 
+class _Refused(Exception):
+    """The store refused one of a request's events for its data (StoreRefused): which, why, and the results of the
+    events before it, stored already."""
+
+    def __init__(self, event: Event, reason: str, stored: list[AcceptResult]) -> None:
+        super().__init__(reason)
+        self.event = event
+        self.reason = reason
+        self.stored = stored
+
+
+def _store_refused(rt: Runtime, source: Source, request: web.Request, refused: _Refused) -> web.Response:
+    """422 for an event the store refused for its data: the same bytes would be refused on every retry, and the
+    store is not failing (a 503 would have the provider resend them for hours, and say the store was down)."""
+    rt.count("intake.store_refused", source=source.name)
+    log.error("intake.store_refused", source=source.name, event_id=refused.event.id, error=refused.reason,
+              stored_before=len(refused.stored),
+              note="the store refused this event's data; nothing of it was stored, and a retry is refused the same way")
+    body: dict[str, Any] = {
+        "accepted": False, "check": "store",
+        "error": f"the store refused this event: {refused.reason}; nothing of it was stored, and sending it again "
+                 "will be refused the same way"}
+    if refused.stored:  # a request of several events: those before it are stored, and a retry finds them duplicates
+        body["events"] = [{"event_id": r.event_id, "duplicate": r.duplicate, "deliveries": r.deliveries}
+                          for r in refused.stored]
+    return _json(body, 422, _cors(source, request))
+
+
 async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, list[NewDelivery]]],
                       nonce: Nonce | None, mappings: MappingSet) -> list[AcceptResult] | None:
     """Store each planned event and wake the lanes of its deliveries; None when the store refuses the nonce as
     replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored).
     When the store refuses an event's text (UnicodeEncodeError, raised before anything is written), it is
-    stored again escaped."""
+    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which."""
     store = rt.store
     if store is None:
         raise StoreUnavailable("the store is not open")
@@ -225,10 +253,13 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
     for event, planned_deliveries in planned:
         deliveries = planned_deliveries
         try:
-            result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
-        except UnicodeEncodeError:
-            deliveries = _escape_event(rt, source, event, mappings)
-            result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+            try:
+                result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+            except UnicodeEncodeError:
+                deliveries = _escape_event(rt, source, event, mappings)
+                result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+        except StoreRefused as exc:
+            raise _Refused(event, exc.reason, results) from exc
         if result.replayed:
             return None
         results.append(result)
@@ -334,6 +365,8 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
 
     try:
         results = await _accept_all(rt, source, planned, await _nonce(signed, body), mappings)
+    except _Refused as refused:
+        return _store_refused(rt, source, request, refused)
     except StoreUnavailable as exc:
         rt.count("intake.store_unavailable", source=source.name)
         log.error("intake.store_unavailable", source=source.name, error=str(exc))

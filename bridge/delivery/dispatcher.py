@@ -16,7 +16,10 @@ record retried, with backoff, for as long as the process lives: the vendor has a
 the delivery back would send it twice. Its lease is kept meanwhile (`keep_leases`, which the lease
 reaper calls before it reaps). A lane holds at most `max_unrecorded` such results (answered, not
 yet in the store) before it stops claiming, so memory stays bounded. Only a stop that ends the
-process gives them up, each logged as a possible duplicate.
+process gives them up, each logged as a possible duplicate. A record the store refuses for its data
+(StoreRefused), or one that raises anything but a store failure, is not retried: the attempt is recorded
+again reduced, without its excerpt and exchange (`reduced`), so that its outcome is kept and it is never
+sent again for want of a record.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoo
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sender import LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
-from bridge.errors import BridgeError, LeaseLost, StoreUnavailable
+from bridge.errors import BridgeError, LeaseLost, StoreRefused, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
 from bridge.vendors.base import (
@@ -372,16 +375,26 @@ class Lane:
                                                owner=self.dispatcher.owner)
 
     async def _record(self, item: Claimed, result: AttemptResult, blog: Any) -> None:
-        """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered)."""
+        """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered).
+        A record refused for its data (StoreRefused), or failing with an error that is not the store's (a value the
+        store cannot take), is recorded again reduced (`reduced`), so that the outcome is kept and the delivery is
+        not sent again once its lease runs out; when even that fails, `delivery.record_failed` is logged and the
+        lease left to run out."""
         d = self.dispatcher
         failures = 0
         delay = d.timings.store_retry_s
         error = ""
+        full = result
         try:
             while True:
                 try:
                     # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
                     await asyncio.shield(d.store.record(result, owner=d.owner))
+                except StoreRefused as exc:
+                    if not self._reduce(full, result, f"the store refused it: {exc.reason}", blog):
+                        return
+                    result = reduced(full, f"the store refused it: {exc.reason}")
+                    continue
                 except LeaseLost as exc:
                     blog.error("delivery.lease_lost", error=str(exc), classification=result.classification,
                                ticket_id=result.ticket_id,
@@ -401,6 +414,12 @@ class Lane:
                 except BridgeError as exc:
                     blog.error("delivery.record_rejected", error=str(exc))
                     return
+                except Exception as exc:  # not the store's failure: a value it cannot take, or a bug
+                    why = f"recording it raised {type(exc).__name__}: {exc}"
+                    if not self._reduce(full, result, why, blog, crashed=True):
+                        return
+                    result = reduced(full, why)
+                    continue
                 if failures:
                     blog.warning("delivery.recorded_late", failed_records=failures)
                 if result.next_status == "pending" or item.conversation is not None:
@@ -414,6 +433,22 @@ class Lane:
                            note="possible duplicate: the delivery was sent and its result, held in memory, is "
                                 "lost with this process; it will be sent again")
             raise
+
+    @staticmethod
+    def _reduce(full: AttemptResult, tried: AttemptResult, why: str, blog: Any, *, crashed: bool = False) -> bool:
+        """Whether to record `full` again reduced after the record of `tried` failed for `why` (not the store's
+        failure); False, with `delivery.record_failed` logged, when `tried` was reduced already."""
+        if tried is not full:
+            blog.error("delivery.record_failed", error=why, classification=full.classification,
+                       ticket_id=full.ticket_id, exc_info=crashed,
+                       note="neither the attempt's record nor its reduced form could be written: the delivery stays "
+                            "in flight until its lease runs out, and is then sent again (a possible duplicate)")
+            return False
+        blog.error("delivery.record_reduced", error=why, classification=full.classification,
+                   ticket_id=full.ticket_id, exc_info=crashed,
+                   note="recorded again without its response excerpt, exchange and error text, so that its outcome "
+                        "is kept and it is not sent again")
+        return True
 
     async def _settle_doubt(self, item: Claimed, role: str | None, blog: Any) -> tuple[Outcome | None, bool]:
         """What a delivery in doubt (an earlier send's outcome unknown) does before it is sent again, by the
@@ -566,6 +601,24 @@ class Lane:
         if outcome.classification == "retry":
             return msgspec.structs.replace(result, error=f"{outcome.error} ({decision.reason})")
         return result
+
+
+REDUCED_ERROR_CHARS = 500
+"""How much of the attempt's own error a reduced record keeps (as ASCII: `\\xe9`, `\\u2603` for the rest)."""
+
+
+def reduced(result: AttemptResult, why: str) -> AttemptResult:
+    """`result` as recorded when its full record failed for `why` (the store refused it for its data, or it raised):
+    the same outcome and delivery state, without the response excerpt and exchange, its error saying what the full
+    record failed on and keeping the attempt's own error as ASCII (any character a database's encoding lacks, or a
+    NUL, written out), cut to REDUCED_ERROR_CHARS."""
+    own = ""
+    if result.error is not None:
+        text = result.error.encode("ascii", "backslashreplace").decode("ascii")
+        own = f"; its error was: {text[:REDUCED_ERROR_CHARS]}"
+    error = (f"this attempt's full record could not be written ({why}): kept without its response excerpt and "
+             f"exchange{own}")
+    return msgspec.structs.replace(result, response_excerpt=None, exchange=None, error=error)
 
 
 class Dispatcher:

@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bridge.errors import StoreUnavailable
+from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.rows import NEW_DELIVERY_COLUMNS, encode, new_delivery_rows, now_ms, storable_accept
@@ -47,6 +47,29 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError) if 
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 _VALUE_ERRORS: tuple[type[BaseException], ...] = () if asyncpg is None else (
     asyncpg.exceptions._base.DataError, asyncpg.exceptions._base.OutdatedSchemaCacheError)
+
+
+REFUSED_CLASSES = ("22", "23", "54")
+"""The SQLSTATE classes of a statement refused for the data it was given, which the same data meets on every try:
+22, data exception (a number out of range for its column, a character the database's encoding has no equivalent
+for, text its type cannot read; asyncpg raises 22000 itself for a value it cannot send, such as an int past 64
+bits); 23, integrity constraint violation (the code expects none: a duplicate dedup key, nonce or conversation is
+handled in its statement, ON CONFLICT, so one raised is the row's own); 54, program limit exceeded (an index row
+past 2,704 bytes, a statement too complex). Every other class is the store's: 08 and 57 (the connection, a
+server shutting down), 53 (a full disk, out of memory), 40 (serialization failures and deadlocks, which a retry
+gets past), 42 and the rest (a schema the code does not match)."""
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether the database refused a statement for its data (REFUSED_CLASSES), not because the store failed."""
+    if asyncpg is None or not isinstance(exc, asyncpg.PostgresError):
+        return False
+    return str(getattr(exc, "sqlstate", None) or "")[:2] in REFUSED_CLASSES
+
+
+def refusal(exc: BaseException) -> StoreRefused:
+    """The StoreRefused that says what the database refused: its message and SQLSTATE."""
+    return StoreRefused(f"{str(exc) or type(exc).__name__} (SQLSTATE {getattr(exc, 'sqlstate', None)})")
 
 
 def lost_connection(exc: BaseException) -> bool:
@@ -235,8 +258,9 @@ class AcceptBatcher:
 async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool]) -> \
         list[Outcome]:
     """Store `group` on `conn`: straight through (in one statement when no accept has a nonce), or, when a
-    statement fails, again with each accept in a savepoint of its own. Connection failures propagate (the group
-    fails as a whole)."""
+    statement fails, again with each accept in a savepoint of its own: an accept the database refused for its data
+    (`refused`) comes to StoreRefused, another failed statement to StoreUnavailable. Connection failures propagate
+    (the group fails as a whole), and so does the failure of a group of one."""
     try:
         if all(item.nonce is None for item in group):
             return list(await _one_statement(conn, group, channel))
@@ -285,7 +309,7 @@ async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due:
     except DB_ERRORS as exc:
         if lost_connection(exc):
             raise
-        return StoreUnavailable(f"postgresql: {exc}")
+        return refusal(exc) if refused(exc) else StoreUnavailable(f"postgresql: {exc}")
 
 
 async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> AcceptResult:

@@ -1,7 +1,10 @@
 """The PostgreSQL store, for several ticketbridge processes sharing one queue.
 
 Concurrent accepts share one transaction and one commit (bridge/store/pg_batch.py), each answered once its
-group is committed. Every driver, connection or server error becomes StoreUnavailable (intake answers 503);
+group is committed. A statement the database refuses for its data (pg_batch.REFUSED_CLASSES: a value out of range,
+a character the database's encoding lacks, an index row too long, a constraint broken) becomes StoreRefused (intake
+answers 422) and leaves the store's health alone; every other driver, connection or server error becomes
+StoreUnavailable (intake answers 503) and marks the store failing until a commit succeeds;
 the pool replaces connections the server dropped, and `check()` (for /readyz) tries the server while the
 store is seen failing.
 Claims take due rows with `FOR UPDATE SKIP LOCKED`, so processes never take the same delivery, and
@@ -27,7 +30,7 @@ import msgspec
 import structlog
 
 from bridge.delivery.coordination import Coordination
-from bridge.errors import LeaseLost, NotFound, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
@@ -55,6 +58,8 @@ from bridge.store.pg_batch import (
     Outcome,
     PendingAccept,
     lost_connection,
+    refusal,
+    refused,
     store_group,
     warm_connection,
 )
@@ -228,6 +233,8 @@ class PostgresStore(Store):
                 async with conn.transaction():
                     out = await fn(conn)
         except DB_ERRORS as exc:
+            if refused(exc):  # the data's problem: the store is not failing, and a retry would meet it again
+                raise refusal(exc) from exc
             if transaction:
                 await self._failed(exc)
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
@@ -250,19 +257,22 @@ class PostgresStore(Store):
             self._failing = None
 
     async def _store_group(self, group: list[PendingAccept]) -> list[Outcome]:
-        """Store a group of accepts on one connection (see pg_batch); its failures are the store's."""
+        """Store a group of accepts on one connection (see pg_batch); its failures are the store's, except an
+        accept the database refused for its data (StoreRefused), which is that accept's alone."""
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         try:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 outcomes = await store_group(conn, group, self.channel, self._sweep_due)
         except DB_ERRORS as exc:
+            if refused(exc):  # a group of one, refused for its data
+                return [refusal(exc) for _ in group]
             await self._failed(exc, len(group))
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
-        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, StoreRefused)]
         if failed:
             await self._failed(failed[0], len(failed))
-        else:
+        elif any(not isinstance(o, BaseException) for o in outcomes):
             self._succeeded()
         return outcomes
 

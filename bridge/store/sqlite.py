@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
@@ -105,6 +105,30 @@ RECOVERY_FREE_BYTES = 1 << 20
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+REFUSED: tuple[type[BaseException], ...] = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
+"""What SQLite (and Python's sqlite3 module, binding a value) raises for a statement refused for its data, which the
+same data meets on every try: DataError (a string or blob past SQLITE_LIMIT_LENGTH, "string or blob too big"),
+IntegrityError (a constraint the row breaks: the code expects none, as a duplicate dedup key, nonce or conversation
+is handled in its statement) and OverflowError (an int past 64 bits). Every other sqlite3.Error is the store's: a
+full disk, an I/O error, a locked or corrupt file."""
+
+
+_STORE_ERRORS: tuple[type[BaseException], ...] = (*REFUSED, sqlite3.Error)
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether SQLite refused a statement for its data (REFUSED), not because the store failed."""
+    return isinstance(exc, REFUSED)
+
+
+def _failure(exc: BaseException) -> BaseException:
+    """What a write that raised `exc` answers its caller: StoreRefused for its data, StoreUnavailable for the
+    store's failure, anything else (a bug, text no store takes) as it is."""
+    if refused(exc):
+        return StoreRefused(f"{exc} ({type(exc).__name__})")
+    return StoreUnavailable(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error) else exc
 
 
 class _Op:
@@ -463,8 +487,8 @@ class SqliteStore(Store):
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            failure = StoreUnavailable(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error) else exc
-            if isinstance(exc, sqlite3.Error):
+            failure = _failure(exc)
+            if isinstance(exc, sqlite3.Error) and not refused(exc):  # the store's failure, not the data's
                 self.commit_failures += 1
                 if self._failing is None:
                     log.error("store.failing", path=str(self.path), error=str(exc),
@@ -523,8 +547,7 @@ class SqliteStore(Store):
             except Exception as exc:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-                results.append((False, StoreUnavailable(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error)
-                                else exc))
+                results.append((False, _failure(exc)))
         return results
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -538,8 +561,8 @@ class SqliteStore(Store):
                     raise StoreUnavailable("the store is closed")
                 try:
                     return fn(reader)
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"sqlite: {exc}") from exc
+                except _STORE_ERRORS as exc:
+                    raise _failure(exc) from exc
 
         return await asyncio.to_thread(run)
 

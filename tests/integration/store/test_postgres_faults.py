@@ -9,11 +9,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.errors import StoreUnavailable
-from bridge.store.base import DeliveryFilter
+from bridge.errors import StoreRefused, StoreUnavailable
+from bridge.store.base import AttemptResult, DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from tests.integration.processes import DSN
 from tests.integration.store.contract import accept_one, make_delivery
@@ -147,3 +148,25 @@ async def test_a_claim_whose_answer_is_lost_gives_back_what_it_leased(store: Pos
     statuses = {r.id: r.status for r in await store.list_deliveries(DeliveryFilter())}
     assert statuses == {held: "in_flight", lost[0]: "pending", lost[1]: "pending"}
     assert {c.id for c in (await store.claim("kapture-support", 10, "me", 60)).items} == set(lost)
+
+
+async def test_values_refused_for_their_data_leave_the_store_healthy(store: PostgresStore) -> None:
+    """Numbers past their column (a conversation's reopen_after past BIGINT, an HTTP status past INTEGER) are
+    refused for their data: StoreRefused naming the value (SQLSTATE 22000, raised by asyncpg before the statement
+    is sent), no `store.failing`, no failed commit counted; the delivery keeps its lease, and the record and accept
+    that follow are stored."""
+    threaded = make_delivery(conversation="contact-to-kapture|key:1", conversation_key="key:1", reopen_after_ms=2**70)
+    (delivery_id,) = (await accept_one(store))[1]
+    assert [c.id for c in (await store.claim("kapture-support", 1, "me", 60)).items] == [delivery_id]
+    attempt = AttemptResult(delivery_id=delivery_id, started_at_ms=1, duration_ms=1.0, http_status=500,
+                            response_excerpt=None, classification="retry", error="HTTP 500", next_status="pending")
+    with capture_logs() as logs:
+        with pytest.raises(StoreRefused, match=r"out of int64 range\) \(SQLSTATE 22000\)"):
+            await accept_one(store, threaded)
+        with pytest.raises(StoreRefused, match=r"out of int32 range\) \(SQLSTATE 22000\)"):
+            await store.record(msgspec.structs.replace(attempt, http_status=2**40), owner="me")
+    assert "store.failing" not in [e["event"] for e in logs]
+    assert (await store.check(), store.commit_failures) == (None, 0)
+    await store.record(attempt, owner="me")
+    await accept_one(store)
+    assert len(await store.list_deliveries(DeliveryFilter())) == 2

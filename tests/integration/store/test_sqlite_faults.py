@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.errors import StoreUnavailable
+from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.store.base import DeliveryFilter, StoreProblem
 from bridge.store.sqlite import SqliteStore
 from tests.faults import fill, tiny_disk
@@ -203,3 +203,36 @@ async def test_a_full_disk_is_reported_while_commits_fail_and_clears_when_they_s
         assert len(await store.list_deliveries(DeliveryFilter())) == 2
     finally:
         await store.close()
+
+
+async def test_an_accept_past_sqlites_length_limit_is_refused_alone_and_the_store_stays_healthy(
+    store: SqliteStore,
+) -> None:
+    """An event whose data is past SQLITE_LIMIT_LENGTH (lowered on the writer to 4,000 bytes: "string or blob too
+    big", sqlite3.DataError) is refused for its data: StoreRefused, never counted as a failing store; accepts in the
+    same group are stored, and so is the next one."""
+    assert store._writer is not None
+    store._writer.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 4000)
+    big = make_event(subject="x" * 5000)
+    with capture_logs() as logs:
+        with pytest.raises(StoreRefused, match=r"string or blob too big \(DataError\)"):
+            await store.accept(big, [make_delivery()], WEEK)
+        others = [make_event(dedup_key=f"ok-{i}") for i in range(3)]
+        results = await asyncio.gather(
+            store.accept(others[0], [make_delivery()], WEEK), store.accept(make_event(subject="y" * 5000), [], WEEK),
+            *(store.accept(e, [make_delivery()], WEEK) for e in others[1:]), return_exceptions=True)
+    assert isinstance(results[1], StoreRefused)
+    assert [r.event_id for r in results if not isinstance(r, BaseException)] == [e.id for e in others]
+    assert "store.failing" not in [e["event"] for e in logs]
+    assert (store.problem(), store.commit_failures) == (None, 0)
+    await accept_one(store)
+    assert len(await store.list_deliveries(DeliveryFilter())) == 4
+
+
+async def test_an_int_past_64_bits_is_refused_not_raised_as_it_is(store: SqliteStore) -> None:
+    """A number SQLite cannot hold (an int past 64 bits: OverflowError from the sqlite3 module) is a refusal of the
+    data, StoreRefused, not an exception the caller knows nothing of; the store stays healthy."""
+    delivery = make_delivery(conversation="contact-to-kapture|key:1", conversation_key="key:1", reopen_after_ms=2**70)
+    with pytest.raises(StoreRefused, match="too large"):
+        await store.accept(make_event(), [delivery], WEEK)
+    assert (store.problem(), store.commit_failures) == (None, 0)

@@ -19,7 +19,7 @@ from bridge.app import reap_expired_leases
 from bridge.config import RetryConfig
 from bridge.delivery.breaker import Breaker
 from bridge.delivery.dispatcher import Destination, Dispatcher, Timings
-from bridge.errors import StoreUnavailable
+from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     AttemptResult,
@@ -55,6 +55,8 @@ class FaultyStore(MemoryStore):
         self.released: list[str] = []
         self.calls: list[str] = []
         self.ids = itertools.count()
+        self.record_raises: list[Exception] = []
+        """Raised by the next `record` calls, one each, before `record_fails` is looked at."""
 
     async def add(self, n: int = 1) -> list[str]:
         out = []
@@ -78,6 +80,8 @@ class FaultyStore(MemoryStore):
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self.record_calls += 1
+        if self.record_raises:
+            raise self.record_raises.pop(0)
         if self.record_fails != 0:
             self.record_fails -= 1
             raise StoreUnavailable("sqlite: database or disk is full")
@@ -199,6 +203,71 @@ async def test_a_result_given_up_at_shutdown_is_logged_as_a_possible_duplicate()
     assert failed["delivery_id"] == delivery_id
     assert "possible duplicate" in failed["note"]
     assert failed["failed_records"] >= 3
+    assert store.released == []
+
+
+async def test_a_record_the_store_refuses_for_its_data_is_recorded_reduced() -> None:
+    """The store refusing an attempt's record for its data (StoreRefused) is not retried as a store failure: the
+    attempt is recorded at once without its excerpt and exchange, its error saying why and keeping the vendor's
+    error; the delivery succeeds with its ticket and is sent once."""
+    store = FaultyStore()
+    store.record_raises = [StoreRefused("value out of range (SQLSTATE 22003)")]
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((200, {"status": "error", "message": "caf\u00e9 \u2603"})),
+               repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests(m) == 1
+    assert store.record_calls == 2
+    (record,) = store.records
+    assert (record.delivery_id, record.classification, record.next_status) == (delivery_id, "permanent", "dead")
+    assert (record.response_excerpt, record.exchange) == (None, None)
+    assert record.error == (
+        "this attempt's full record could not be written (the store refused it: value out of range (SQLSTATE "
+        "22003)): kept without its response excerpt and exchange; its error was: kapture: HTTP 200: caf\\xe9 "
+        "\\u2603")
+    events = [e["event"] for e in logs if e["event"].startswith("delivery.record")]
+    assert events == ["delivery.record_reduced"]
+    assert store.released == []
+
+
+async def test_a_record_that_raises_is_recorded_reduced_not_left_to_be_sent_again() -> None:
+    """Recording an attempt raising something other than a store failure (a value no store takes) no longer kills
+    the delivery's task unrecorded (resent once its lease ran out): the success is recorded reduced, with its
+    ticket, and the delivery is sent once."""
+    store = FaultyStore()
+    store.record_raises = [ValueError("a value no store takes")]
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests(m) == 1
+    (record,) = store.records
+    assert (record.classification, record.ticket_id, store.status(delivery_id)) == ("success", "T-1", "succeeded")
+    assert record.error is not None and "recording it raised ValueError: a value no store takes" in record.error
+    [reduced] = [e for e in logs if e["event"] == "delivery.record_reduced"]
+    assert reduced["delivery_id"] == delivery_id
+
+
+async def test_a_reduced_record_refused_too_is_logged_and_left_to_its_lease() -> None:
+    """When the reduced record is refused as well, `delivery.record_failed` names the delivery, nothing more is
+    tried, and the delivery is not released: it stays in flight until its lease runs out."""
+    store = FaultyStore()
+    store.record_raises = [StoreRefused("full (SQLSTATE 22001)"), StoreRefused("reduced (SQLSTATE 22001)")]
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, destination()) as d:
+            await eventually(lambda: any(e["event"] == "delivery.record_failed" for e in logs))
+            await eventually(lambda: not d.lanes["kapture"].inflight)
+        assert requests(m) == 1
+    assert store.record_calls == 2
+    assert store.records == []
+    [failed] = [e for e in logs if e["event"] == "delivery.record_failed"]
+    assert (failed["delivery_id"], failed["error"]) == (delivery_id, "the store refused it: reduced (SQLSTATE 22001)")
+    assert store.status(delivery_id) == "in_flight"
     assert store.released == []
 
 

@@ -1,0 +1,175 @@
+"""Values PostgreSQL refuses for their data, through the whole app: here a character a LATIN1 database has no
+equivalent for (SQLSTATE 22P05), which text from a provider or a vendor may hold and which no layer before the
+store writes out. Such a refusal is the data's problem: intake answers 422 naming it (never a 503 that every retry
+would meet again), a vendor's answer is recorded in a reduced form (never resent), and the store is not counted
+as failing: no `store.failing`, and /readyz stays 200."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from bridge.store.base import DeliveryFilter
+from bridge.store.postgres import PostgresStore
+from bridge.vendors.kapture import CREATE_PATH
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.fixtures.providers import compact, load
+from tests.integration.processes import DSN
+
+pytestmark = pytest.mark.integration
+
+UNTRANSLATABLE = ('character with byte sequence 0xf0 0x9f 0x98 0x80 in encoding "UTF8" has no equivalent in '
+                  'encoding "LATIN1" (SQLSTATE 22P05)')
+"""What PostgreSQL says of 😀 (U+1F600) sent to a LATIN1 database."""
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def latin1_dsn() -> AsyncIterator[str]:
+    """A fresh database whose encoding is LATIN1 (as one made with `createdb -E LATIN1` is), dropped after the test
+    (ask for it before the app, so that the app is closed first): its text columns refuse every character outside
+    Latin-1."""
+    admin = await asyncpg.connect(DSN, timeout=5)
+    name = f"tb_latin1_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        yield urlsplit(DSN)._replace(path=f"/{name}").geturl()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+INTAKE = """
+store: {url: "sqlite:///var/unused.db"}
+sources:
+  postmark: {kind: postmark}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+MAPPINGS = {"email": """
+    source: postmark
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.subject }}"
+"""}
+
+
+def mail(message_id: str) -> bytes:
+    """Postmark's inbound post of a mail with this MessageID, its dedup key (a text column)."""
+    return compact({**load("postmark/inbound.json"), "MessageID": message_id, "Subject": "Router down \U0001F600"})
+
+
+async def test_an_event_the_database_refuses_is_a_422_naming_why_and_the_store_stays_ready(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """A mail whose MessageID holds 😀, to a LATIN1 database: 422 with the database's reason, saying nothing was
+    stored; counted and logged as `intake.store_refused`, no `store.failing`, /readyz 200; the next mail (its
+    subject's 😀 is in the payload, kept as JSON bytes) is stored."""
+    client = await bridge_client(write_config(INTAKE, MAPPINGS), store=PostgresStore(latin1_dsn), workers=False)
+    rt = runtime(client)
+    with capture_logs() as logs:
+        resp = await client.post("/hooks/postmark", data=mail("pm-\U0001F600-1"), headers=JSON)
+        assert resp.status == 422, await resp.text()
+        assert await resp.json() == {
+            "accepted": False, "check": "store",
+            "error": f"the store refused this event: {UNTRANSLATABLE}; nothing of it was stored, and sending it "
+                     "again will be refused the same way"}
+        assert (await client.get("/readyz")).status == 200
+    events = [e["event"] for e in logs]
+    assert "intake.store_refused" in events
+    assert "store.failing" not in events and "intake.store_unavailable" not in events
+    assert rt.counters.get("intake.store_refused") == 1
+    assert rt.store.problem() is None and rt.store.commit_failures == 0
+    assert await rt.store.list_deliveries(DeliveryFilter()) == []
+    resp = await client.post("/hooks/postmark", data=mail("pm-2"), headers=JSON)
+    assert resp.status == 202, await resp.text()
+    event = await rt.store.get_event((await resp.json())["event_id"])
+    assert event.payload["subject"] == "Router down \U0001F600"
+
+
+async def test_a_refused_event_among_a_group_is_refused_alone(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """Mails posted at once share one group commit: the one the database refuses gets its 422, the others are
+    stored (202), and the store is not counted as failing."""
+    client = await bridge_client(write_config(INTAKE, MAPPINGS), store=PostgresStore(latin1_dsn), workers=False)
+    rt = runtime(client)
+    ids = ["pm-a", "pm-b", "pm-\U0001F600", "pm-c", "pm-d"]
+    with capture_logs() as logs:
+        answers = await asyncio.gather(*(client.post("/hooks/postmark", data=mail(i), headers=JSON) for i in ids))
+    assert [a.status for a in answers] == [202, 202, 422, 202, 202]
+    assert len(await rt.store.list_deliveries(DeliveryFilter())) == 4
+    assert "store.failing" not in [e["event"] for e in logs]
+    assert rt.store.problem() is None and rt.store.commit_failures == 0
+    assert (await client.get("/readyz")).status == 200
+
+
+MAPPING = {"m": """
+    source: events
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: {from: payload.title, required: true}
+"""}
+
+
+async def test_an_answer_the_database_refuses_is_recorded_reduced_and_not_sent_again(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """Kapture answers a success whose body holds 😀, to an app on a LATIN1 database: the attempt's full record (its
+    excerpt) is refused, so it is recorded reduced: the success stands with its ticket, the excerpt and exchange
+    left out, the error naming the refusal. The ticket is made once; no `store.failing`, /readyz 200."""
+    sent = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal sent
+        sent += 1
+        return web.Response(text='[{"status": "success", "ticket_id": 7, "message": "cr\u00e9\u00e9 \U0001F600"}]',
+                            content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    config = f"""
+    server: {{shutdown_grace_seconds: 1}}
+    store: {{url: "sqlite:///var/unused.db"}}
+    sources:
+      events: {{kind: json}}
+    destinations:
+      kapture: {{vendor: kapture, base_url: '{base}', token: k3y, retry: {{schedule: [50ms], jitter: 0}}}}
+    """
+    with capture_logs() as logs:
+        client = await bridge_client(write_config(config, MAPPING), store=PostgresStore(latin1_dsn))
+        resp = await client.post("/hooks/events", json={"title": "Router down"})
+        assert resp.status == 202, await resp.text()
+        store = runtime(client).store
+
+        async def settled() -> bool:
+            rows = await store.list_deliveries(DeliveryFilter())
+            return len(rows) == 1 and rows[0].status in ("succeeded", "dead")
+
+        await eventually(settled)
+        assert (await client.get("/readyz")).status == 200
+    (row,) = await store.list_deliveries(DeliveryFilter())
+    detail = await store.get_delivery(row.id)
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", "7")
+    (attempt,) = detail.attempts
+    assert (attempt.classification, attempt.http_status) == ("success", 200)
+    assert (attempt.response_excerpt, attempt.exchange) == (None, None)
+    assert attempt.error == (f"this attempt's full record could not be written (the store refused it: "
+                             f"{UNTRANSLATABLE}): kept without its response excerpt and exchange")
+    assert sent == 1
+    events = [e["event"] for e in logs]
+    assert "delivery.record_reduced" in events
+    assert "store.failing" not in events and "delivery.record_retrying" not in events
+    assert store.problem() is None and store.commit_failures == 0
