@@ -66,8 +66,11 @@ class StoreRefused(StoreUnavailable):
     counted as failing. A StoreUnavailable, so that a caller that knows no better still answers as for a write
     that did not happen; intake and the delivery loop tell it apart."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str) -> None:
         self.reason = reason
+        self.code = code
+        """What kind of refusal, without the database's words (which name its tables and indexes): the SQLSTATE,
+        or the SQLite exception's name. What a sender is told; `reason` is for the log."""
         super().__init__(reason)
 
 

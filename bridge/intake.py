@@ -216,10 +216,11 @@ class _Refused(Exception):
     """The store refused one of a request's events for its data (StoreRefused): which, why, and the results of the
     events before it, stored already."""
 
-    def __init__(self, event: Event, reason: str, stored: list[AcceptResult]) -> None:
-        super().__init__(reason)
+    def __init__(self, event: Event, refusal: StoreRefused, stored: list[AcceptResult]) -> None:
+        super().__init__(refusal.reason)
         self.event = event
-        self.reason = reason
+        self.reason = refusal.reason
+        self.code = refusal.code
         self.stored = stored
 
 
@@ -232,8 +233,8 @@ def _store_refused(rt: Runtime, source: Source, request: web.Request, refused: _
               note="the store refused this event's data; nothing of it was stored, and a retry is refused the same way")
     body: dict[str, Any] = {
         "accepted": False, "check": "store",
-        "error": f"the store refused this event: {refused.reason}; nothing of it was stored, and sending it again "
-                 "will be refused the same way"}
+        "error": f"the store refused this event's data ({refused.code}); nothing of it was stored, and sending it "
+                 "again will be refused the same way"}
     if refused.stored:  # a request of several events: those before it are stored, and a retry finds them duplicates
         body["events"] = [{"event_id": r.event_id, "duplicate": r.duplicate, "deliveries": r.deliveries}
                           for r in refused.stored]
@@ -259,7 +260,7 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
                 deliveries = _escape_event(rt, source, event, mappings)
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
         except StoreRefused as exc:
-            raise _Refused(event, exc.reason, results) from exc
+            raise _Refused(event, exc, results) from exc
         if result.replayed:
             return None
         results.append(result)

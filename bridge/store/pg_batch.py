@@ -69,7 +69,8 @@ def refused(exc: BaseException) -> bool:
 
 def refusal(exc: BaseException) -> StoreRefused:
     """The StoreRefused that says what the database refused: its message and SQLSTATE."""
-    return StoreRefused(f"{str(exc) or type(exc).__name__} (SQLSTATE {getattr(exc, 'sqlstate', None)})")
+    code = f"SQLSTATE {getattr(exc, 'sqlstate', None)}"
+    return StoreRefused(f"{str(exc) or type(exc).__name__} ({code})", code)
 
 
 def lost_connection(exc: BaseException) -> bool:

@@ -127,7 +127,7 @@ def _failure(exc: BaseException) -> BaseException:
     """What a write that raised `exc` answers its caller: StoreRefused for its data, StoreUnavailable for the
     store's failure, anything else (a bug, text no store takes) as it is."""
     if refused(exc):
-        return StoreRefused(f"{exc} ({type(exc).__name__})")
+        return StoreRefused(f"{exc} ({type(exc).__name__})", f"SQLite {type(exc).__name__}")
     return StoreUnavailable(f"sqlite: {exc}") if isinstance(exc, sqlite3.Error) else exc
 
 

@@ -211,7 +211,7 @@ async def test_a_record_the_store_refuses_for_its_data_is_recorded_reduced() -> 
     attempt is recorded at once without its excerpt and exchange, its error saying why and keeping the vendor's
     error; the delivery succeeds with its ticket and is sent once."""
     store = FaultyStore()
-    store.record_raises = [StoreRefused("value out of range (SQLSTATE 22003)")]
+    store.record_raises = [StoreRefused("value out of range (SQLSTATE 22003)", "SQLSTATE 22003")]
     [delivery_id] = await store.add()
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers((200, {"status": "error", "message": "caf\u00e9 \u2603"})),
@@ -255,7 +255,8 @@ async def test_a_reduced_record_refused_too_is_logged_and_left_to_its_lease() ->
     """When the reduced record is refused as well, `delivery.record_failed` names the delivery, nothing more is
     tried, and the delivery is not released: it stays in flight until its lease runs out."""
     store = FaultyStore()
-    store.record_raises = [StoreRefused("full (SQLSTATE 22001)"), StoreRefused("reduced (SQLSTATE 22001)")]
+    store.record_raises = [StoreRefused("full (SQLSTATE 22001)", "SQLSTATE 22001"),
+                           StoreRefused("reduced (SQLSTATE 22001)", "SQLSTATE 22001")]
     [delivery_id] = await store.add()
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
