@@ -5,12 +5,23 @@ from __future__ import annotations
 import math
 import re
 
+MAX_DURATION_S = 100 * 365 * 86400.0
+"""A century: past any window, timeout or schedule, and its milliseconds still fit the store's 64-bit columns."""
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
 def parse_duration(value: str | float) -> float:
-    """Seconds in `value`; `1h30m` is allowed. Raises ValueError naming the bad value."""
+    """Seconds in `value`; `1h30m` is allowed. Raises ValueError naming the bad value, and for one longer than
+    MAX_DURATION_S."""
+    seconds = _seconds(value)
+    if seconds > MAX_DURATION_S:
+        shown = repr(value) if len(str(value)) <= 40 else repr(str(value)[:40] + "…")
+        raise ValueError(f"{shown} is longer than a century ({MAX_DURATION_S:.0f}s): write a duration such as 7d")
+    return seconds
+
+
+def _seconds(value: str | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration: write 5s, 5m, 2h or a number of seconds")
     if isinstance(value, int | float):
@@ -26,7 +37,7 @@ def parse_duration(value: str | float) -> float:
         pos = m.end()
     if pos != len(text) or not text:
         try:
-            return parse_duration(float(text))
+            return _seconds(float(text))
         except ValueError:
             raise ValueError(
                 f"{value!r} is not a duration: write 250ms, 5s, 5m, 2h, 1d, 2w or a number of seconds"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bridge.durations import parse_duration
+from bridge.durations import MAX_DURATION_S, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -83,3 +83,16 @@ def test_rejects_booleans(value: bool) -> None:
     """A YAML boolean is not taken as 1 or 0 seconds."""
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(value)
+
+
+@pytest.mark.parametrize("value", ["36501d", "5300w", "1e30", 1e300, "9" * 400 + "d", 3.2e9])
+def test_rejects_longer_than_a_century(value: str | float) -> None:
+    """Past a century (whose milliseconds still fit the store's 64-bit columns), and past a float's range written
+    in digits: an error naming the value, cut to 40 characters."""
+    with pytest.raises(ValueError, match="is longer than a century") as info:
+        parse_duration(value)
+    assert len(str(info.value)) < 120
+
+
+def test_a_century_is_still_a_duration() -> None:
+    assert parse_duration("36500d") == MAX_DURATION_S
