@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -15,26 +14,10 @@ from aiohttp import web
 
 from bridge.delivery.sender import ERROR_CHARS
 from bridge.store.base import DeliveryDetail, DeliveryFilter
-from bridge.vendors.kapture import CREATE_PATH
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.fixtures.kapture_answering import MAPPING, kapture_answering
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAST_RETRY = "retry: {schedule: [50ms], jitter: 0}"
-MAPPING = {"m": """
-    source: events
-    destination: kapture
-    action: create_ticket
-    fields:
-      title: {from: payload.title, required: true}
-"""}
-
-
-async def hostile_kapture(aiohttp_server: Any, answer: Handler) -> str:
-    """A Kapture stand-in whose create endpoint answers with `answer`; its base URL."""
-    app = web.Application()
-    app.router.add_post(CREATE_PATH, answer)
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/")
 
 
 def config(destinations: str) -> str:
@@ -84,7 +67,7 @@ async def test_a_vendor_s_huge_answers_are_cut_before_the_store_and_the_logs(
         headers = {f"X-Filler-{i}": "h" * 8000 for i in range(120)}
         return web.json_response([next(answers)], headers=headers)
 
-    base = await hostile_kapture(aiohttp_server, answer)
+    base = await kapture_answering(aiohttp_server, answer)
     dest = f"  kapture: {{vendor: kapture, base_url: '{base}', token: k3y, {FAST_RETRY}}}"
     client = await bridge_client(write_config(config(dest), MAPPING))
     with structlog.testing.capture_logs() as logs:

@@ -5,63 +5,25 @@ flaps, and the answer is lost."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from bridge.store.base import DeliveryDetail, DeliveryFilter
+from bridge.store.base import DeliveryDetail
 from bridge.store.postgres import PostgresStore
-from bridge.vendors.kapture import CREATE_PATH
-from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.fixtures.kapture_answering import Answer
+from tests.fixtures.kapture_answering import delivered as answering
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
 
-Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAPPING = {"m": """
-    source: events
-    destination: kapture
-    action: create_ticket
-    fields:
-      title: {from: payload.title, required: true}
-"""}
-
-
-async def kapture_answering(aiohttp_server: Any, answer: Answer) -> str:
-    """A Kapture stand-in whose create endpoint answers with `answer`; its base URL."""
-    app = web.Application()
-    app.router.add_post(CREATE_PATH, answer)
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/")
-
 
 async def delivered(write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
                     answer: Answer) -> tuple[Any, DeliveryDetail]:
-    """One event posted through an app on PostgreSQL whose Kapture answers with `answer`: the app, and the
-    delivery once it is settled (succeeded or dead)."""
-    base = await kapture_answering(aiohttp_server, answer)
-    config = f"""
-    server: {{shutdown_grace_seconds: 1}}
-    store: {{url: "sqlite:///var/unused.db"}}
-    sources:
-      events: {{kind: json}}
-    destinations:
-      kapture: {{vendor: kapture, base_url: '{base}', token: k3y, retry: {{schedule: [50ms], jitter: 0}}}}
-    """
-    client = await bridge_client(write_config(config, MAPPING), store=PostgresStore(DSN, schema=pg_schema))
-    resp = await client.post("/hooks/events", json={"title": "Router down"})
-    assert resp.status == 202, await resp.text()
-    store = runtime(client).store
-
-    async def settled() -> bool:
-        rows = await store.list_deliveries(DeliveryFilter())
-        return len(rows) == 1 and rows[0].status in ("succeeded", "dead")
-
-    await eventually(settled)
-    (row,) = await store.list_deliveries(DeliveryFilter())
-    return client, await store.get_delivery(row.id)
+    """One event through an app on PostgreSQL whose Kapture answers with `answer`, once it is settled."""
+    return await answering(write_config, bridge_client, aiohttp_server, PostgresStore(DSN, schema=pg_schema), answer)
 
 
 async def test_a_ticket_id_holding_a_nul_is_a_success_without_that_id(

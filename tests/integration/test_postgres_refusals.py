@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
-from bridge.vendors.kapture import CREATE_PATH
-from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.fixtures.kapture_answering import delivered
 from tests.fixtures.providers import compact, load
 from tests.integration.processes import DSN
 
@@ -114,15 +114,6 @@ async def test_a_refused_event_among_a_group_is_refused_alone(
     assert (await client.get("/readyz")).status == 200
 
 
-MAPPING = {"m": """
-    source: events
-    destination: kapture
-    action: create_ticket
-    fields:
-      title: {from: payload.title, required: true}
-"""}
-
-
 async def test_an_answer_the_database_refuses_is_recorded_reduced_and_not_sent_again(
     latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
 ) -> None:
@@ -137,32 +128,11 @@ async def test_an_answer_the_database_refuses_is_recorded_reduced_and_not_sent_a
         return web.Response(text='[{"status": "success", "ticket_id": 7, "message": "cr\u00e9\u00e9 \U0001F600"}]',
                             content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post(CREATE_PATH, answer)
-    server = await aiohttp_server(app)
-    base = str(server.make_url("")).rstrip("/")
-    config = f"""
-    server: {{shutdown_grace_seconds: 1}}
-    store: {{url: "sqlite:///var/unused.db"}}
-    sources:
-      events: {{kind: json}}
-    destinations:
-      kapture: {{vendor: kapture, base_url: '{base}', token: k3y, retry: {{schedule: [50ms], jitter: 0}}}}
-    """
     with capture_logs() as logs:
-        client = await bridge_client(write_config(config, MAPPING), store=PostgresStore(latin1_dsn))
-        resp = await client.post("/hooks/events", json={"title": "Router down"})
-        assert resp.status == 202, await resp.text()
-        store = runtime(client).store
-
-        async def settled() -> bool:
-            rows = await store.list_deliveries(DeliveryFilter())
-            return len(rows) == 1 and rows[0].status in ("succeeded", "dead")
-
-        await eventually(settled)
+        client, detail = await delivered(write_config, bridge_client, aiohttp_server, PostgresStore(latin1_dsn),
+                                         answer)
         assert (await client.get("/readyz")).status == 200
-    (row,) = await store.list_deliveries(DeliveryFilter())
-    detail = await store.get_delivery(row.id)
+    store = runtime(client).store
     assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", "7")
     (attempt,) = detail.attempts
     assert (attempt.classification, attempt.http_status) == ("success", 200)
