@@ -15,14 +15,24 @@ REDACTED = "[redacted]"
 BODY_CHARS = 2000
 SECRET_NAME = re.compile(r"auth|token|secret|key|signature|password|passwd|cookie|session|credential", re.I)
 SECRET_NAMES_KEPT = 4096
+SECRET_NAME_KEPT_CHARS = 64
+"""Longer names are searched each time, never kept: a JSON key inside a field that carries a sender's object (a
+form's answers) can be as long as the request body, and SECRET_NAMES_KEPT of those would hold gigabytes."""
 
 
 @functools.lru_cache(maxsize=SECRET_NAMES_KEPT)
+def _kept_secret_name(name: str) -> bool:
+    return SECRET_NAME.search(name) is not None
+
+
 def secret_name(name: str) -> bool:
     """Whether `name` (a header, query parameter or JSON key) suggests a credential. Every attempt asks about
     the same few names (its mapping's fields, its vendor's headers): the answer is kept for the last
-    SECRET_NAMES_KEPT of them rather than searched again (a search costs microseconds; a look-up, a tenth)."""
-    return SECRET_NAME.search(name) is not None
+    SECRET_NAMES_KEPT of them rather than searched again (a search costs microseconds; a look-up, a tenth),
+    for names of at most SECRET_NAME_KEPT_CHARS characters."""
+    if len(name) > SECRET_NAME_KEPT_CHARS:
+        return SECRET_NAME.search(name) is not None
+    return _kept_secret_name(name)
 
 
 def _redact_json(value: Any) -> Any:

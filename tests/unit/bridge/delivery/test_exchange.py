@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from bridge.delivery.exchange import BODY_CHARS, REDACTED, SECRET_NAMES_KEPT, exchange, redact_headers
+import msgspec
+
+from bridge.delivery import exchange as exchange_module
+from bridge.delivery.exchange import (
+    BODY_CHARS,
+    REDACTED,
+    SECRET_NAME_KEPT_CHARS,
+    SECRET_NAMES_KEPT,
+    exchange,
+    redact_headers,
+)
 
 
 def test_credentials_in_headers_query_and_json_keys_are_redacted() -> None:
@@ -37,3 +47,18 @@ def test_names_are_judged_the_same_when_asked_again_and_after_the_kept_answers_t
         assert redact_headers({f"X-Name-{n}": "v", f"X-Session-{n}": "s"}) == {f"X-Name-{n}": "v",
                                                                                 f"X-Session-{n}": REDACTED}
     assert redact_headers(headers) == {"X-Api-Token": REDACTED, "X-Trace": "r"}
+
+
+def test_long_json_keys_of_a_senders_object_are_judged_but_never_kept() -> None:
+    """A field carrying a sender's object (a form's answers) brings keys the sender named, as long as the request
+    allowed: each is still judged, but only short names are kept, so the kept answers never hold the senders'
+    text (SECRET_NAMES_KEPT keys of a megabyte each would be gigabytes)."""
+    kept = exchange_module._kept_secret_name
+    kept.cache_clear()
+    long_key = "q" * 300
+    for n in range(200):
+        body = msgspec.json.encode({f"{n}{long_key}": "answer", f"{n}{long_key}_token": "t", "title": "Router down"})
+        text = exchange("POST", "https://api.test/x", {}, body, None)["request"]["body"]
+        assert REDACTED in text and "Router down" in text
+    assert kept.cache_info().currsize <= 1  # "title" alone: every long key was searched, not kept
+    assert exchange_module.secret_name("x" * (SECRET_NAME_KEPT_CHARS + 1) + "password") is True
