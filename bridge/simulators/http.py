@@ -141,7 +141,7 @@ class HttpSimulator(VendorSimulator):
                 ticket["updates"].append({"method": request.method, "path": request.path, "body": body,
                                           "files": files})
         ticket_id = f"T-{next(self._ids)}"
-        self.tickets.append({"id": ticket_id, "method": request.method, "path": request.path, "body": body,
+        self.hold({"id": ticket_id, "method": request.method, "path": request.path, "body": body,
                              "files": files, "updates": []})
         return web.json_response({"success": True, "data": {"id": ticket_id}}, status=201)
 
