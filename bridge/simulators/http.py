@@ -142,7 +142,7 @@ class HttpSimulator(VendorSimulator):
                                           "files": files})
         ticket_id = f"T-{next(self._ids)}"
         self.hold({"id": ticket_id, "method": request.method, "path": request.path, "body": body,
-                             "files": files, "updates": []})
+                    "files": files, "updates": []})
         return web.json_response({"success": True, "data": {"id": ticket_id}}, status=201)
 
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:

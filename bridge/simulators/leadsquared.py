@@ -189,8 +189,8 @@ class LeadSquaredSimulator(VendorSimulator):
                   "Message": "Ticket has been created successfully", "TicketId": str(uuid.uuid4()),
                   "Key": f"#{number:03d}"}
         self.hold({**answer, "TypeId": body["TypeId"], "LeadId": body.get("LeadId"),
-                             "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"],
-                             "Files": files, "Updates": [], "Activities": [], "Notes": []})
+                    "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"],
+                    "Files": files, "Updates": [], "Activities": [], "Notes": []})
         return web.json_response(answer)
 
     async def update(self, request: web.Request) -> web.StreamResponse:

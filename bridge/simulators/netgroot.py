@@ -184,7 +184,7 @@ class NetgrootSimulator(VendorSimulator):
             return _answer(400, "Invalid request data")
         ticket_id = next(self._ids)
         self.hold({"ticket_id": ticket_id, "subscriber_id": subscriber, "status": "Open",
-                             "subject": self.subjects[body["subject_id"]], **body})
+                    "subject": self.subjects[body["subject_id"]], **body})
         return web.json_response({"success": True, "message": "Ticket created successfully",
                                   "data": {"ticket_id": ticket_id, "status": "Open"}})
 
