@@ -21,14 +21,24 @@ SECRET_NAMES_KEPT = 4096
 # The response headers kept: a vendor may send up to aiohttp's 128 headers of 8 KiB each (a megabyte per attempt).
 HEADERS_KEPT = 40
 HEADER_CHARS = 500
+SECRET_NAME_KEPT_CHARS = 64
+"""Longer names are searched each time, never kept: a JSON key inside a field that carries a sender's object (a
+form's answers) can be as long as the request body, and SECRET_NAMES_KEPT of those would hold gigabytes."""
 
 
 @functools.lru_cache(maxsize=SECRET_NAMES_KEPT)
+def _kept_secret_name(name: str) -> bool:
+    return SECRET_NAME.search(name) is not None
+
+
 def secret_name(name: str) -> bool:
     """Whether `name` (a header, query parameter or JSON key) suggests a credential. Every attempt asks about
     the same few names (its mapping's fields, its vendor's headers): the answer is kept for the last
-    SECRET_NAMES_KEPT of them rather than searched again (a search costs microseconds; a look-up, a tenth)."""
-    return SECRET_NAME.search(name) is not None
+    SECRET_NAMES_KEPT of them rather than searched again (a search costs microseconds; a look-up, a tenth),
+    for names of at most SECRET_NAME_KEPT_CHARS characters."""
+    if len(name) > SECRET_NAME_KEPT_CHARS:
+        return SECRET_NAME.search(name) is not None
+    return _kept_secret_name(name)
 
 
 def _redact_json(value: Any) -> Any:

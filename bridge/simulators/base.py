@@ -39,6 +39,12 @@ def received_file(part: ReceivedPart) -> dict[str, Any]:
             "sha256": hashlib.sha256(part.content).hexdigest()}
 
 
+MAX_TICKETS = 10_000
+"""Tickets a simulator holds, the oldest dropped first. A sandbox destination's sources may take posts from
+anyone, and each delivery makes or updates a ticket: without a cap, memory grows with every post for as long
+as the server runs."""
+
+
 class NoKnobs(msgspec.Struct, forbid_unknown_fields=True):
     """A simulator with no knobs of its own beside the shared faults."""
 
@@ -51,6 +57,7 @@ class VendorSimulator(ABC):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tickets: list[dict[str, Any]] = []
+        self.max_tickets = MAX_TICKETS
         self.faults = Faults()
         self.received = RequestLog(clock)
         self.knobs: Any = self.Knobs()
@@ -58,6 +65,12 @@ class VendorSimulator(ABC):
     @abstractmethod
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
         """The vendor's API as (method, path, handler); each call is noted in `received`."""
+
+    def hold(self, ticket: dict[str, Any]) -> None:
+        """Add a ticket, dropping the oldest past `max_tickets` (a later call on a dropped one finds no ticket)."""
+        self.tickets.append(ticket)
+        if len(self.tickets) > self.max_tickets:
+            del self.tickets[:len(self.tickets) - self.max_tickets]
 
     def listed(self) -> dict[str, Any]:
         """What `GET /tickets` answers."""

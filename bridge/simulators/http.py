@@ -141,8 +141,8 @@ class HttpSimulator(VendorSimulator):
                 ticket["updates"].append({"method": request.method, "path": request.path, "body": body,
                                           "files": files})
         ticket_id = f"T-{next(self._ids)}"
-        self.tickets.append({"id": ticket_id, "method": request.method, "path": request.path, "body": body,
-                             "files": files, "updates": []})
+        self.hold({"id": ticket_id, "method": request.method, "path": request.path, "body": body,
+                    "files": files, "updates": []})
         return web.json_response({"success": True, "data": {"id": ticket_id}}, status=201)
 
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:

@@ -112,7 +112,7 @@ class KaptureSimulator(VendorSimulator):
         record = {"id": task_id, "ticketId": ticket_id, "taskTitle": title, "detail": fields.get("ticket_details", ""),
                   "email": fields.get("email_id", ""), "date": created.strftime(STAMP), "status": "P",
                   "substatus": "US", "fields": {"title": title, **fields}, "comments": []}
-        self.tickets.append(record)
+        self.hold(record)
         return record
 
     def _ticket_json(self, t: dict[str, Any]) -> dict[str, Any]:

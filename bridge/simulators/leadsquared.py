@@ -188,9 +188,9 @@ class LeadSquaredSimulator(VendorSimulator):
         answer = {"Status": "Success", "ReasonForFailure": None, "Id": str(number),
                   "Message": "Ticket has been created successfully", "TicketId": str(uuid.uuid4()),
                   "Key": f"#{number:03d}"}
-        self.tickets.append({**answer, "TypeId": body["TypeId"], "LeadId": body.get("LeadId"),
-                             "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"],
-                             "Files": files, "Updates": [], "Activities": [], "Notes": []})
+        self.hold({**answer, "TypeId": body["TypeId"], "LeadId": body.get("LeadId"),
+                    "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"],
+                    "Files": files, "Updates": [], "Activities": [], "Notes": []})
         return web.json_response(answer)
 
     async def update(self, request: web.Request) -> web.StreamResponse:

@@ -183,8 +183,8 @@ class NetgrootSimulator(VendorSimulator):
         if not self._valid(body):
             return _answer(400, "Invalid request data")
         ticket_id = next(self._ids)
-        self.tickets.append({"ticket_id": ticket_id, "subscriber_id": subscriber, "status": "Open",
-                             "subject": self.subjects[body["subject_id"]], **body})
+        self.hold({"ticket_id": ticket_id, "subscriber_id": subscriber, "status": "Open",
+                    "subject": self.subjects[body["subject_id"]], **body})
         return web.json_response({"success": True, "message": "Ticket created successfully",
                                   "data": {"ticket_id": ticket_id, "status": "Open"}})
 

@@ -12,14 +12,18 @@ from aiohttp import web
 from bridge.simulators.faults import Handler
 
 ENTRY_KEY = web.RequestKey("received_entry", dict)
+MAX_ENTRIES = 10_000
+"""Arrivals kept, the oldest dropped first: a sandbox's calls come from deliveries of posts anyone may send."""
 
 
 class RequestLog:
-    """Arrivals in order. `t` is the simulator's monotonic clock (for windows), `at` the wall clock."""
+    """Arrivals in order, the last `max_entries` of them. `t` is the simulator's monotonic clock (for windows),
+    `at` the wall clock."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.entries: list[dict[str, Any]] = []
+        self.max_entries = MAX_ENTRIES
 
     def recorded(self, handler: Handler) -> Handler:
         """`handler`, noting each request on arrival and its status once answered ("dropped" if none)."""
@@ -28,6 +32,8 @@ class RequestLog:
             entry: dict[str, Any] = {"t": self.clock(), "at": time.time(), "method": request.method,
                                      "path": request.path, "status": None}
             self.entries.append(entry)
+            if len(self.entries) > self.max_entries:
+                del self.entries[:len(self.entries) - self.max_entries]
             request[ENTRY_KEY] = entry
             response = await handler(request)
             closed = request.transport is None or request.transport.is_closing()

@@ -320,3 +320,22 @@ async def test_a_client_gone_mid_upload_is_one_log_line(write_config: ConfigFact
     assert (gone["source"], gone["content_length"]) == ("partner", 1000)
     assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
     assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_sandbox_holds_the_newest_tickets_and_calls_only(client: Any) -> None:
+    """Anyone may post a form, and each post a sandbox destination takes makes a ticket and a call in its
+    simulator: past their caps the oldest are dropped, so the simulator's memory does not grow with the posts."""
+    sim = runtime(client).simulators["kapture"]
+    sim.max_tickets = sim.received.max_entries = 5
+    for n in range(20):
+        resp = await client.post("/hooks/contact", data={"email": f"a{n}@b.com", "subject": f"s{n}"},
+                                 headers={"Accept": "application/json"})
+        assert resp.status == 202
+
+    async def all_sent() -> bool:
+        done = await runtime(client).store.list_deliveries(DeliveryFilter(status="succeeded", limit=100))
+        return len(done) == 20
+
+    await eventually(all_sent)
+    assert [t["email"] for t in sim.tickets] == [f"a{n}@b.com" for n in range(15, 20)]
+    assert len(sim.received.entries) == 5

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
+
+from bridge.delivery import exchange as exchange_module
 from bridge.delivery.exchange import (
     BODY_CHARS,
     REDACTED,
+    SECRET_NAME_KEPT_CHARS,
     SECRET_NAMES_KEPT,
     exchange,
     kept_response_headers,
@@ -61,3 +65,18 @@ def test_response_header_bytes_that_are_not_utf8_are_kept_written_out() -> None:
     is kept with that byte written `\\xNN`, so that the attempt can be stored."""
     kept = kept_response_headers({"X-Note": "caf\udce9", "X-\udcffName": "ok"})
     assert kept == {"X-Note": "caf\\xe9", "X-\\xffName": "ok"}
+
+
+def test_long_json_keys_of_a_senders_object_are_judged_but_never_kept() -> None:
+    """A field carrying a sender's object (a form's answers) brings keys the sender named, as long as the request
+    allowed: each is still judged, but only short names are kept, so the kept answers never hold the senders'
+    text (SECRET_NAMES_KEPT keys of a megabyte each would be gigabytes)."""
+    kept = exchange_module._kept_secret_name
+    kept.cache_clear()
+    long_key = "q" * 300
+    for n in range(200):
+        body = msgspec.json.encode({f"{n}{long_key}": "answer", f"{n}{long_key}_token": "t", "title": "Router down"})
+        text = exchange("POST", "https://api.test/x", {}, body, None)["request"]["body"]
+        assert REDACTED in text and "Router down" in text
+    assert kept.cache_info().currsize <= 1  # "title" alone: every long key was searched, not kept
+    assert exchange_module.secret_name("x" * (SECRET_NAME_KEPT_CHARS + 1) + "password") is True
