@@ -159,11 +159,10 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
 
 
 def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
-    if source.dedup_path is None:
-        return _indexable(inbound.dedup_key)
-    value = source.dedup_path.get({"payload": inbound.payload, "headers": headers})
+    value = MISSING if source.dedup_path is None else source.dedup_path.get({"payload": inbound.payload,
+                                                                               "headers": headers})
     if value is MISSING or value is None or value == "":
-        return _indexable(inbound.dedup_key)
+        return None if inbound.dedup_key is None else _indexable(inbound.dedup_key)
     return _indexable(str(value))
 
 
@@ -172,10 +171,10 @@ MAX_DEDUP_KEY_CHARS = 512
 5,000 digits failed every insert, a store failure), and a key that long is no id a person reads."""
 
 
-def _indexable(key: str | None) -> str | None:
+def _indexable(key: str) -> str:
     """The dedup key as kept: one longer than MAX_DEDUP_KEY_CHARS as `sha256:` and its digest (the same key, the
     same digest), rather than failing the insert on every retry (the store writes out a NUL in it)."""
-    if key is not None and len(key) > MAX_DEDUP_KEY_CHARS:
+    if len(key) > MAX_DEDUP_KEY_CHARS:
         return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return key
 
@@ -205,10 +204,7 @@ async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
         return None
     hashed = await asyncio.to_thread(hashlib.sha256, body) if len(body) > HASH_ON_LOOP_BYTES else hashlib.sha256(body)
     digest = hashed.hexdigest()[:32]  # 128 bits: no other body can be made to match, and the row stays small
-    value = signed.value  # signed, but kept in an index as the dedup key is: a long one as its digest
-    if len(value) > MAX_DEDUP_KEY_CHARS:
-        value = "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    return Nonce(value=value, digest=digest,
+    return Nonce(value=_indexable(signed.value), digest=digest,  # signed, but kept in an index as a dedup key is
                  expires_at_ms=now_ms() + int((signed.valid_for_s + NONCE_MARGIN_S) * 1000))
 
 
