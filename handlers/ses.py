@@ -33,7 +33,8 @@ from handlers.email import Headers, MimeContent, Spam, email_payload, message_fi
 from handlers.limits import CHECK as LIMITS_CHECK
 from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable, available
 from handlers.signing import check_dedup_covers
-from handlers.sns import CertificateCache, Fetcher, FetchError, https_get, is_sns_url, verify_signature
+from handlers.sns import Fetcher, FetchError, https_get, is_sns_url, verify_signature
+from handlers.sns_certificates import CertificateCache
 
 log = structlog.get_logger("ticketbridge.handlers.ses")
 
@@ -85,7 +86,7 @@ class SesHandler(Handler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetch: Fetcher = https_get
-        self.certificates = CertificateCache()
+        self.certificates = CertificateCache(source=self.name)
         s3 = self.ses.s3
         self.s3: ObjectReader | None = S3Client(s3, _topic_region(self.ses.topic_arns)) if s3 is not None else None
 
@@ -128,6 +129,7 @@ class SesHandler(Handler):
         cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
         cert = await self.certificates.get(cert_url, self.fetch)
         verify_signature(message, cert, datetime.fromtimestamp(self.clock(), UTC))
+        self.certificates.proven(cert_url)
         kind = message.get("Type")
         if kind == "SubscriptionConfirmation":
             return await self._confirm(message)

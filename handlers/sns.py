@@ -1,13 +1,11 @@
-"""Amazon SNS over HTTPS: the message envelope, its RSA signature (SignatureVersion 1: SHA1, 2: SHA256),
-and the signing certificate, fetched only from an SNS host over HTTPS and cached."""
+"""Amazon SNS over HTTPS: the message envelope, its RSA signature (SignatureVersion 1: SHA1, 2: SHA256), and
+the URLs of SNS hosts; the signing certificates themselves are kept by `handlers/sns_certificates.py`."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -25,6 +23,7 @@ Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
 
 SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+FETCH_TIMEOUT_S = 10.0
 MAX_FETCH_BYTES = 65_536
 
 # The keys signed, in order, for each message type (absent keys are skipped: Subject is optional).
@@ -36,7 +35,8 @@ SIGNED_KEYS = {
 
 
 class FetchError(Exception):
-    """A GET that did not return 200; `status` is the HTTP status, None when nothing answered."""
+    """A GET that failed: `status` is the HTTP status (not 200, or 200 with a body over the cap), None when
+    nothing answered (no connection, a timeout)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -46,7 +46,7 @@ class FetchError(Exception):
 async def https_get(url: str) -> bytes:
     """The default fetcher: one short-lived session per call. Calls are rare (certificates are cached, and
     subscriptions are confirmed once), so no session outlives a request and none needs closing at shutdown."""
-    timeout = aiohttp.ClientTimeout(total=10)
+    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, \
                 session.get(url, allow_redirects=False) as resp:
@@ -56,7 +56,7 @@ async def https_get(url: str) -> bytes:
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}") from None
     if len(data) > MAX_FETCH_BYTES:
-        raise FetchError(f"more than {MAX_FETCH_BYTES} bytes")
+        raise FetchError(f"more than {MAX_FETCH_BYTES} bytes", 200)
     return data
 
 
@@ -88,59 +88,6 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
             raise Rejected(401, f"SNS message has no {key}", check="signature")
         out.append(f"{key}\n{value}\n")
     return "".join(out).encode()
-
-
-class CertificateCache:
-    """Signing certificates by URL: fetched once (concurrent requests share one fetch), kept for a bounded
-    number of URLs. SNS rotates certificates by publishing them under new URLs."""
-
-    def __init__(self, limit: int = 16) -> None:
-        self.limit = limit
-        self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[x509.Certificate]] = {}
-        self.fetches = 0
-
-    async def get(self, url: str, fetch: Fetcher) -> x509.Certificate:
-        cert = self._certs.get(url)
-        if cert is not None:
-            self._certs.move_to_end(url)
-            return cert
-        pending = self._pending.get(url)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[x509.Certificate] = asyncio.get_running_loop().create_future()
-        self._pending[url] = future
-        try:
-            cert = await self._load(url, fetch)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, and no "never retrieved" warning when none wait
-            raise
-        finally:
-            del self._pending[url]
-        future.set_result(cert)
-        self._certs[url] = cert
-        while len(self._certs) > self.limit:
-            self._certs.popitem(last=False)
-        return cert
-
-    async def _load(self, url: str, fetch: Fetcher) -> x509.Certificate:
-        self.fetches += 1
-        try:
-            pem = await fetch(url)
-        except FetchError as exc:
-            if exc.status is not None and 400 <= exc.status < 500:
-                raise Rejected(401, f"the signing certificate could not be fetched ({exc})",
-                               check="certificate") from None
-            raise Rejected(503, f"the signing certificate could not be fetched ({exc}); try again",
-                           check="certificate") from None
-        try:
-            return x509.load_pem_x509_certificate(pem)
-        except ValueError:
-            raise Rejected(401, "SigningCertURL does not hold a PEM certificate", check="certificate") from None
 
 
 def verify_signature(message: Mapping[str, Any], cert: x509.Certificate, now: datetime) -> None:

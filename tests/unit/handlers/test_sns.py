@@ -1,8 +1,7 @@
-"""handlers/sns.py: the SNS host rule, the canonical string, the certificate cache and RSA verification."""
+"""handlers/sns.py: the SNS host rule, the canonical string and RSA verification."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,8 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import Rejected
-from handlers.sns import CertificateCache, FetchError, is_sns_url, string_to_sign, verify_signature
-from tests.fixtures.providers import CERT_URL, NOW, FakeSns, load, passes, sns_key, sns_sign
+from handlers.sns import is_sns_url, string_to_sign, verify_signature
+from tests.fixtures.providers import CERT_URL, NOW, load, passes, sns_key, sns_sign
 
 WHEN = datetime.fromtimestamp(NOW, UTC)
 
@@ -115,55 +114,3 @@ def test_expired_certificate_fails() -> None:
     with pytest.raises(Rejected) as info:
         verify_signature(message, certificate(), WHEN + timedelta(days=3650))
     assert info.value.check == "certificate"
-
-
-async def test_certificate_is_fetched_once_even_when_asked_concurrently() -> None:
-    """Concurrent look-ups of one URL share one fetch, and later ones come from the cache."""
-    fake, cache = FakeSns(), CertificateCache()
-
-    async def slow(url: str) -> bytes:
-        await asyncio.sleep(0)
-        return await fake(url)
-
-    certs = await asyncio.gather(*(cache.get(CERT_URL, slow) for _ in range(5)))
-    await cache.get(CERT_URL, slow)
-    assert fake.fetched == [CERT_URL]
-    assert all(c == certs[0] for c in certs)
-
-
-async def test_cache_is_bounded() -> None:
-    """Only the most recently used URLs stay cached."""
-    fake, cache = FakeSns(), CertificateCache(limit=2)
-    for i in range(3):
-        await cache.get(f"https://sns.us-east-1.amazonaws.com/{i}.pem", fake)
-    await cache.get("https://sns.us-east-1.amazonaws.com/0.pem", fake)
-    assert len(fake.fetched) == 4
-
-
-@pytest.mark.parametrize(("status", "expected"), [(404, 401), (500, 503), (None, 503)])
-async def test_fetch_failures(status: int | None, expected: int) -> None:
-    """A 4xx for the certificate is a 401 (a forged URL); a 5xx or no answer is a 503 so SNS retries."""
-
-    async def failing(url: str) -> bytes:
-        raise FetchError("nope", status)
-
-    with pytest.raises(Rejected) as info:
-        await CertificateCache().get(CERT_URL, failing)
-    assert (info.value.status, info.value.check) == (expected, "certificate")
-
-
-async def test_a_failed_fetch_is_not_cached() -> None:
-    """After a failed fetch, the next request fetches again."""
-    fake, cache = FakeSns(status=500), CertificateCache()
-    with pytest.raises(Rejected):
-        await cache.get(CERT_URL, fake)
-    fake.status = 200
-    await cache.get(CERT_URL, fake)
-    assert fake.fetched == [CERT_URL, CERT_URL]
-
-
-async def test_not_a_pem_is_401() -> None:
-    """A URL that does not serve a PEM certificate is refused."""
-    with pytest.raises(Rejected) as info:
-        await CertificateCache().get(CERT_URL, FakeSns(pem=b"<html>"))
-    assert (info.value.status, info.value.check) == (401, "certificate")
