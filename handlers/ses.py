@@ -33,7 +33,14 @@ from handlers.email import Headers, MimeContent, Spam, email_payload, message_fi
 from handlers.limits import CHECK as LIMITS_CHECK
 from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable, available
 from handlers.signing import check_dedup_covers
-from handlers.sns import Fetcher, FetchError, https_get, is_sns_url, verify_signature
+from handlers.sns import (
+    Fetcher,
+    FetchError,
+    certificate_url_problem,
+    https_get,
+    is_sns_url,
+    verify_signature,
+)
 from handlers.sns_certificates import CertificateCache
 
 log = structlog.get_logger("ticketbridge.handlers.ses")
@@ -107,15 +114,17 @@ class SesHandler(Handler):
         return per_request(request, "sns", lambda: decode_json_object(body))
 
     def verify(self, request: web.Request, body: bytes) -> None:
-        """The checks that need no I/O; the signature itself is checked in `intercept`."""
+        """The checks that need no I/O, so that a message they refuse has no certificate fetched; the signature
+        itself is checked in `intercept`."""
         message = self._message(request, body)
         if message.get("TopicArn") not in self.ses.topic_arns:
             raise Rejected(401, f"SNS topic {message.get('TopicArn')!r} is not in this source's topic_arns",
                            check="topic_arn")
         cert_url = message.get("SigningCertURL") or message.get("SigningCertUrl")
-        if not isinstance(cert_url, str) or not is_sns_url(cert_url, pem=True):
-            raise Rejected(401, "SigningCertURL is not an https .pem URL on an SNS host (sns.<region>.amazonaws.com)",
-                           check="certificate")
+        if not isinstance(cert_url, str):
+            raise Rejected(401, "the SNS message has no SigningCertURL", check="certificate")
+        if (problem := certificate_url_problem(cert_url)) is not None:
+            raise Rejected(401, problem, check="certificate")
         sent = _timestamp(message.get("Timestamp")).timestamp()
         now = self.clock()
         if now - sent > parse_duration(self.ses.max_age):

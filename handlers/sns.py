@@ -22,7 +22,14 @@ from bridge.errors import Rejected
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
 
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+SNS_HOST = re.compile(r"sns\.[a-z0-9-]{1,63}\.amazonaws\.com(\.cn)?")  # a region is one DNS label
+CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
+CERTIFICATE_URL = re.compile(r"https://" + SNS_HOST.pattern + CERTIFICATE_PATH.pattern)
+CERTIFICATE_SHAPE = "https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
+"""Where SNS publishes its signing certificates: each one so far is named SimpleNotificationService- and 32
+lower-case hex digits (any number of them up to 64 is taken). AWS's own validators check only https, the host
+and `.pem`; the name is checked too, so that a sender can neither make one certificate many URLs (a query, a
+fragment, a port, another spelling of the host or path) nor have a path of its choosing fetched."""
 FETCH_TIMEOUT_S = 10.0
 MAX_FETCH_BYTES = 65_536
 
@@ -60,7 +67,7 @@ async def https_get(url: str) -> bytes:
     return data
 
 
-def is_sns_url(url: str, *, pem: bool = False) -> bool:
+def is_sns_url(url: str) -> bool:
     """Whether `url` is https on an SNS host (sns.<region>.amazonaws.com or .com.cn), with no user or port."""
     try:
         parts = urlsplit(url)
@@ -69,9 +76,35 @@ def is_sns_url(url: str, *, pem: bool = False) -> bool:
         return False
     if parts.scheme != "https" or parts.username is not None or port not in (None, 443):
         return False
-    if not SNS_HOST.fullmatch(parts.hostname or ""):
-        return False
-    return not pem or parts.path.endswith(".pem")
+    return SNS_HOST.fullmatch(parts.hostname or "") is not None
+
+
+def certificate_url_problem(url: str) -> str | None:
+    """What makes `url` not the URL of an SNS signing certificate (naming the part, and what it should be), or
+    None when it is one. Checked before anything is fetched."""
+    if CERTIFICATE_URL.fullmatch(url):
+        return None
+    expected = f"expected {CERTIFICATE_SHAPE}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"SigningCertURL {_shown(url)} is not a URL; {expected}"
+    if parts.scheme != "https":
+        return f"SigningCertURL's scheme {_shown(parts.scheme)} is not https; {expected}"
+    if not SNS_HOST.fullmatch(parts.netloc):
+        return (f"SigningCertURL's host {_shown(parts.netloc)} is not an SNS host (in lower case, with no user or "
+                f"port); {expected}")
+    if not CERTIFICATE_PATH.fullmatch(parts.path):
+        return f"SigningCertURL's path {_shown(parts.path)} is not an SNS certificate's; {expected}"
+    if parts.query or parts.fragment:
+        part, value = ("query", parts.query) if parts.query else ("fragment", parts.fragment)
+        return f"SigningCertURL has a {part} ({_shown(value)}), which SNS's never have; {expected}"
+    return f"SigningCertURL {_shown(url)} is not an SNS certificate's URL; {expected}"
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A sender's value quoted in an answer, cut to `limit` characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
 
 
 def string_to_sign(message: Mapping[str, Any]) -> bytes:

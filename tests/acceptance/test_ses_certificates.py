@@ -1,6 +1,7 @@
 """SES's SNS signing certificates through the whole app: what a sender who knows an allowed topic can make the
-bridge fetch. A URL that failed is answered from memory; distinct URLs are fetched only within the bound, the
-rest answered 503 with Retry-After, while messages signed with the certificate already kept are still taken."""
+bridge fetch. A message refused on its own (topic, age, URL) fetches nothing; a URL that failed
+is answered from memory; distinct URLs are fetched only within the bound, the rest answered 503 with
+Retry-After, while messages signed with the certificate already kept are still taken."""
 
 from __future__ import annotations
 
@@ -73,6 +74,27 @@ def url(i: int) -> str:
 async def post(client: Any, message: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
     resp = await client.post("/hooks/ses", data=compact(message), headers=SNS)
     return resp.status, await resp.json(), resp.headers
+
+
+@pytest.mark.parametrize(("change", "check", "reason"), [
+    ({"TopicArn": "arn:aws:sns:us-east-1:999999999999:other"}, "topic_arn", "is not in this source's topic_arns"),
+    ({"timestamp": NOW - 3601}, "timestamp", "SNS Timestamp is 3601s old"),
+    ({"SigningCertURL": CERT_URL + "?x=1"}, "certificate", "SigningCertURL has a query ('x=1')"),
+    ({"SigningCertURL": "https://sns.us-east-1.amazonaws.com/x1.pem"}, "certificate",
+     "SigningCertURL's path '/x1.pem' is not an SNS certificate's; expected https://sns.<region>.amazonaws.com[.cn]"
+     "/SimpleNotificationService-<hex digits>.pem"),
+])
+async def test_a_message_refused_on_its_own_fetches_nothing(client: Any, tmp_path: Path, change: dict[str, Any],
+                                                            check: str, reason: str) -> None:
+    """The topic, the age and the certificate's URL are checked before any fetch: a message they refuse (signed
+    as SNS signs) is a 401 naming the check, and nothing is fetched."""
+    signed = {k: v for k, v in change.items() if k != "unsigned"}
+    message = {k: v for k, v in {**ses_notification(**signed), **change.get("unsigned", {})}.items() if v is not None}
+    status, answer, _headers = await post(client, message)
+    assert (status, answer["check"]) == (401, check)
+    assert reason in answer["error"]
+    assert fetched(client) == []
+    assert stored_events(tmp_path) == 0
 
 
 async def test_a_missing_certificate_is_fetched_once(client: Any) -> None:

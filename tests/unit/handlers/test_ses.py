@@ -195,6 +195,17 @@ def test_certificate_off_the_sns_host_is_401(url: str) -> None:
     assert rejected_by_verify(ses_notification(SigningCertURL=url)).check == "certificate"
 
 
+@pytest.mark.parametrize(("change", "check"), [
+    ({"SigningCertURL": None}, "certificate"),
+    ({"SigningCertURL": CERT_URL + "?v=2"}, "certificate"),
+])
+def test_unsigned_shape_is_refused_before_any_fetch(change: dict[str, Any], check: str) -> None:
+    """A message that names no certificate URL, or one SNS would not use, is refused by `verify`, before
+    anything is fetched."""
+    message = {k: v for k, v in {**ses_notification(), **change}.items() if v is not None}
+    assert rejected_by_verify(message).check == check
+
+
 async def test_a_verified_message_keeps_its_certificate_first() -> None:
     """The certificate that verified a message is kept before others that verified none."""
     fake = FakeSns()

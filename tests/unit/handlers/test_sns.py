@@ -1,4 +1,4 @@
-"""handlers/sns.py: the SNS host rule, the canonical string and RSA verification."""
+"""handlers/sns.py: the SNS URL rules, the canonical string and RSA verification."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import Rejected
-from handlers.sns import is_sns_url, string_to_sign, verify_signature
+from handlers.sns import certificate_url_problem, is_sns_url, string_to_sign, verify_signature
 from tests.fixtures.providers import CERT_URL, NOW, load, passes, sns_key, sns_sign
 
 WHEN = datetime.fromtimestamp(NOW, UTC)
@@ -19,28 +19,65 @@ WHEN = datetime.fromtimestamp(NOW, UTC)
     CERT_URL,
     "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
-    "https://sns.us-east-1.amazonaws.com:443/x.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
 ])
-def test_sns_hosts_are_taken(url: str) -> None:
-    """https URLs on sns.<region>.amazonaws.com(.cn) are SNS URLs."""
-    assert is_sns_url(url, pem=True)
+def test_certificate_urls_are_taken(url: str) -> None:
+    """https URLs of SimpleNotificationService-<hex>.pem on sns.<region>.amazonaws.com(.cn) are certificates'."""
+    assert certificate_url_problem(url) is None
 
 
-@pytest.mark.parametrize("url", [
-    "http://sns.us-east-1.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com.evil.example/x.pem",
-    "https://evil.example/sns.us-east-1.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com@evil.example/x.pem",
-    "https://user@sns.us-east-1.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com:8443/x.pem",
-    "https://s3.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com/x.txt",
-    "https://sns.us-east-1.amazonaws.com:bad/x.pem",
-    "not a url",
+SHAPE = "expected https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
+GOOD = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    (GOOD.replace("https", "http"), "scheme 'http' is not https"),
+    ("not a url", "scheme '' is not https"),
+    ("https://[::1/x.pem", "'https://[::1/x.pem' is not a URL"),
+    (GOOD.replace(".com/", ".com.evil.example/"), "host 'sns.us-east-1.amazonaws.com.evil.example'"),
+    ("https://evil.example/sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem", "host 'evil.example'"),
+    (GOOD.replace(".com/", ".com@evil.example/"), "host 'sns.us-east-1.amazonaws.com@evil.example'"),
+    (GOOD.replace("//", "//user@"), "host 'user@sns.us-east-1.amazonaws.com'"),
+    (GOOD.replace(".com/", ".com:8443/"), "host 'sns.us-east-1.amazonaws.com:8443'"),
+    (GOOD.replace(".com/", ".com:443/"), "host 'sns.us-east-1.amazonaws.com:443'"),
+    (GOOD.replace(".com/", ".com:bad/"), "host 'sns.us-east-1.amazonaws.com:bad'"),
+    (GOOD.replace("sns.us-east-1", "SNS.us-east-1"), "host 'SNS.us-east-1.amazonaws.com'"),
+    ("https://s3.amazonaws.com/SimpleNotificationService-abc.pem", "host 's3.amazonaws.com'"),
+    ("https://sns.us-east-1.amazonaws.com/x.pem", "path '/x.pem'"),
+    (GOOD.replace(".pem", ".txt"), "path '/SimpleNotificationService-abc.txt'"),
+    (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
+    (GOOD.replace(".com/", ".com//"), "path '//SimpleNotificationService-abc.pem'"),
+    (GOOD.replace(".com/", ".com/a/../"), "path '/a/../SimpleNotificationService-abc.pem'"),
+    (GOOD.replace("/Simple", "/%53imple"), "path '/%53impleNotificationService-abc.pem'"),
+    (GOOD + "?x=1", "query ('x=1')"),
+    (GOOD + "#1", "fragment ('1')"),
+    (GOOD + "?", "'https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?' is not"),
+    (GOOD.replace("abc", "a" * 300), "path '/SimpleNotificationService-aaaaaaaa"),
 ])
-def test_other_urls_are_refused(url: str) -> None:
-    """Plain http, look-alike hosts, user info, other ports, non-.pem paths and junk are not SNS URLs."""
-    assert not is_sns_url(url, pem=True)
+def test_other_urls_are_refused_naming_the_part(url: str, named: str) -> None:
+    """Plain http, look-alike hosts, user info, any port, another spelling, another path, a query or fragment are
+    not a certificate's URL: the reason names the part and its value, and says what is expected."""
+    problem = certificate_url_problem(url)
+    assert problem is not None and named in problem and problem.endswith(SHAPE)
+
+
+def test_a_long_value_is_cut_in_the_reason() -> None:
+    """A sender's long value is quoted only in part."""
+    problem = certificate_url_problem(GOOD + "?" + "x" * 10_000)
+    assert problem is not None and len(problem) < 300
+
+
+@pytest.mark.parametrize(("url", "taken"), [
+    ("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=t&Token=x", True),
+    ("https://sns.us-east-1.amazonaws.com:443/?Action=ConfirmSubscription", True),
+    ("http://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription", False),
+    ("https://evil.example/?Action=ConfirmSubscription", False),
+    ("https://user@sns.us-east-1.amazonaws.com/", False),
+    ("https://sns.us-east-1.amazonaws.com:bad/", False),
+])
+def test_subscribe_urls_are_on_an_sns_host(url: str, taken: bool) -> None:
+    """A SubscribeURL is any https URL on an SNS host, with no user or other port."""
+    assert is_sns_url(url) is taken
 
 
 def test_string_to_sign_for_a_notification() -> None:
@@ -114,3 +151,4 @@ def test_expired_certificate_fails() -> None:
     with pytest.raises(Rejected) as info:
         verify_signature(message, certificate(), WHEN + timedelta(days=3650))
     assert info.value.check == "certificate"
+
