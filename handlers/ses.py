@@ -36,9 +36,11 @@ from handlers.signing import check_dedup_covers
 from handlers.sns import (
     Fetcher,
     FetchError,
+    Signed,
     certificate_url_problem,
     https_get,
     is_sns_url,
+    signed,
     verify_signature,
 )
 from handlers.sns_certificates import CertificateCache
@@ -114,8 +116,8 @@ class SesHandler(Handler):
         return per_request(request, "sns", lambda: decode_json_object(body))
 
     def verify(self, request: web.Request, body: bytes) -> None:
-        """The checks that need no I/O, so that a message they refuse has no certificate fetched; the signature
-        itself is checked in `intercept`."""
+        """Every check that needs no I/O, so that a message they refuse has no certificate fetched: the topic, the
+        certificate's URL, the age, and the signed fields; the signature itself is checked in `intercept`."""
         message = self._message(request, body)
         if message.get("TopicArn") not in self.ses.topic_arns:
             raise Rejected(401, f"SNS topic {message.get('TopicArn')!r} is not in this source's topic_arns",
@@ -132,12 +134,16 @@ class SesHandler(Handler):
                            check="timestamp")
         if sent - now > FUTURE_SKEW_S:
             raise Rejected(401, f"SNS Timestamp is {sent - now:.0f}s in the future", check="timestamp")
+        self._signed(request, message)
+
+    def _signed(self, request: web.Request, message: dict[str, Any]) -> Signed:
+        return per_request(request, "sns.signed", lambda: signed(message))
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         message = self._message(request, body)
         cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
         cert = await self.certificates.get(cert_url, self.fetch)
-        verify_signature(message, cert, datetime.fromtimestamp(self.clock(), UTC))
+        verify_signature(self._signed(request, message), cert, datetime.fromtimestamp(self.clock(), UTC))
         self.certificates.proven(cert_url)
         kind = message.get("Type")
         if kind == "SubscriptionConfirmation":

@@ -8,7 +8,7 @@ import binascii
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -107,6 +107,14 @@ def _shown(value: str, limit: int = 80) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
 
 
+class Signed(NamedTuple):
+    """What a message's signature is checked with, read from the message without the certificate."""
+
+    text: bytes
+    signature: bytes
+    algorithm: hashes.HashAlgorithm
+
+
 def string_to_sign(message: Mapping[str, Any]) -> bytes:
     """The canonical `Key\\nValue\\n` text SNS signs for this message's type."""
     keys = SIGNED_KEYS.get(str(message.get("Type")))
@@ -123,13 +131,10 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
     return "".join(out).encode()
 
 
-def verify_signature(message: Mapping[str, Any], cert: x509.Certificate, now: datetime) -> None:
-    """Check the message's RSA signature with the certificate's key; Rejected(401) naming what failed."""
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise Rejected(401, "the signing certificate is not valid at this time", check="certificate")
-    key = cert.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise Rejected(401, "the signing certificate has no RSA key", check="certificate")
+def signed(message: Mapping[str, Any]) -> Signed:
+    """The signed text, the signature and its hash, each checked (no I/O, so before any certificate is fetched);
+    Rejected(401) naming what is wrong."""
+    text = string_to_sign(message)
     version = str(message.get("SignatureVersion"))
     algorithm: hashes.HashAlgorithm
     if version == "1":
@@ -143,7 +148,18 @@ def verify_signature(message: Mapping[str, Any], cert: x509.Certificate, now: da
         signature = base64.b64decode(str(message.get("Signature") or ""), validate=True)
     except (binascii.Error, ValueError):
         raise Rejected(401, "SNS Signature is not base64", check="signature") from None
+    return Signed(text, signature, algorithm)
+
+
+def verify_signature(message: Mapping[str, Any] | Signed, cert: x509.Certificate, now: datetime) -> None:
+    """Check the message's RSA signature with the certificate's key; Rejected(401) naming what failed."""
+    parts = message if isinstance(message, Signed) else signed(message)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise Rejected(401, "the signing certificate is not valid at this time", check="certificate")
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise Rejected(401, "the signing certificate has no RSA key", check="certificate")
     try:
-        key.verify(signature, string_to_sign(message), padding.PKCS1v15(), algorithm)
+        key.verify(parts.signature, parts.text, padding.PKCS1v15(), parts.algorithm)
     except InvalidSignature:
         raise Rejected(401, "SNS Signature does not match the message", check="signature") from None

@@ -1,5 +1,5 @@
 """SES's SNS signing certificates through the whole app: what a sender who knows an allowed topic can make the
-bridge fetch. A message refused on its own (topic, age, URL) fetches nothing; a URL that failed
+bridge fetch. A message refused on its own (topic, age, URL, signed fields) fetches nothing; a URL that failed
 is answered from memory; distinct URLs are fetched only within the bound, the rest answered 503 with
 Retry-After, while messages signed with the certificate already kept are still taken."""
 
@@ -83,11 +83,13 @@ async def post(client: Any, message: dict[str, Any]) -> tuple[int, dict[str, Any
     ({"SigningCertURL": "https://sns.us-east-1.amazonaws.com/x1.pem"}, "certificate",
      "SigningCertURL's path '/x1.pem' is not an SNS certificate's; expected https://sns.<region>.amazonaws.com[.cn]"
      "/SimpleNotificationService-<hex digits>.pem"),
+    ({"unsigned": {"SignatureVersion": "3"}}, "signature", "unsupported SNS SignatureVersion '3'"),
+    ({"unsigned": {"MessageId": None}}, "signature", "SNS message has no MessageId"),
 ])
 async def test_a_message_refused_on_its_own_fetches_nothing(client: Any, tmp_path: Path, change: dict[str, Any],
                                                             check: str, reason: str) -> None:
-    """The topic, the age and the certificate's URL are checked before any fetch: a message they refuse (signed
-    as SNS signs) is a 401 naming the check, and nothing is fetched."""
+    """The topic, the age, the certificate's URL and the signed fields are checked before any fetch: a message
+    they refuse (signed as SNS signs, or changed after) is a 401 naming the check, and nothing is fetched."""
     signed = {k: v for k, v in change.items() if k != "unsigned"}
     message = {k: v for k, v in {**ses_notification(**signed), **change.get("unsigned", {})}.items() if v is not None}
     status, answer, _headers = await post(client, message)

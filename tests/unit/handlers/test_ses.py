@@ -196,12 +196,15 @@ def test_certificate_off_the_sns_host_is_401(url: str) -> None:
 
 
 @pytest.mark.parametrize(("change", "check"), [
+    ({"SignatureVersion": "3"}, "signature"),
+    ({"Signature": "not base64!"}, "signature"),
+    ({"MessageId": None}, "signature"),
     ({"SigningCertURL": None}, "certificate"),
     ({"SigningCertURL": CERT_URL + "?v=2"}, "certificate"),
 ])
 def test_unsigned_shape_is_refused_before_any_fetch(change: dict[str, Any], check: str) -> None:
-    """A message that names no certificate URL, or one SNS would not use, is refused by `verify`, before
-    anything is fetched."""
+    """A message whose signature could never verify (an unknown version, a signature that is not base64, a
+    signed field missing) or that names no certificate URL is refused by `verify`, before anything is fetched."""
     message = {k: v for k, v in {**ses_notification(), **change}.items() if v is not None}
     assert rejected_by_verify(message).check == check
 

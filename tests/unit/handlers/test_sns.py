@@ -1,15 +1,16 @@
-"""handlers/sns.py: the SNS URL rules, the canonical string and RSA verification."""
+"""handlers/sns.py: the SNS URL rules, the canonical string, the signed fields and RSA verification."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import Rejected
-from handlers.sns import certificate_url_problem, is_sns_url, string_to_sign, verify_signature
+from handlers.sns import certificate_url_problem, is_sns_url, signed, string_to_sign, verify_signature
 from tests.fixtures.providers import CERT_URL, NOW, load, passes, sns_key, sns_sign
 
 WHEN = datetime.fromtimestamp(NOW, UTC)
@@ -152,3 +153,17 @@ def test_expired_certificate_fails() -> None:
         verify_signature(message, certificate(), WHEN + timedelta(days=3650))
     assert info.value.check == "certificate"
 
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"SignatureVersion": None}, "unsupported SNS SignatureVersion None"),
+    ({"Signature": "%%"}, "not base64"),
+    ({"MessageId": None}, "SNS message has no MessageId"),
+    ({"Type": "Other"}, "unknown SNS message Type 'Other'"),
+])
+def test_signed_fields_are_checked_without_a_certificate(change: dict[str, Any], reason: str) -> None:
+    """The signed text, the version and the signature's encoding are checked from the message alone."""
+    message = {k: v for k, v in {**sns_sign(load("ses/sns_subscription.json"), "2"), **change}.items()
+               if v is not None}
+    with pytest.raises(Rejected, match=reason) as info:
+        signed(message)
+    assert (info.value.status, info.value.check) == (401, "signature")
