@@ -91,9 +91,11 @@ class NotFound(BridgeError, KeyError):
 
 
 class Rejected(BridgeError):
-    """An inbound request refused with an HTTP status; `check` names the check that failed."""
+    """An inbound request refused with an HTTP status; `check` names the check that failed, and `retry_after`
+    (seconds, for a 503 the sender is asked to retry) is answered as Retry-After."""
 
-    def __init__(self, status: int, message: str, check: str | None = None) -> None:
+    def __init__(self, status: int, message: str, check: str | None = None, *, retry_after: int | None = None) -> None:
         self.status = status
         self.check = check
+        self.retry_after = retry_after
         super().__init__(message)

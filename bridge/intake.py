@@ -69,7 +69,10 @@ def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) ->
     body: dict[str, Any] = {"accepted": False, "error": str(exc)}
     if exc.check:
         body["check"] = exc.check
-    return _json(body, exc.status, _cors(source, request))
+    headers = _cors(source, request)
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return _json(body, exc.status, headers)
 
 
 def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exception) -> Rejected:

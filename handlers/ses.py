@@ -33,7 +33,17 @@ from handlers.email import Headers, MimeContent, Spam, email_payload, message_fi
 from handlers.limits import CHECK as LIMITS_CHECK
 from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable, available
 from handlers.signing import check_dedup_covers
-from handlers.sns import CertificateCache, Fetcher, FetchError, https_get, is_sns_url, verify_signature
+from handlers.sns import (
+    Fetcher,
+    FetchError,
+    Signed,
+    certificate_url_problem,
+    https_get,
+    is_sns_url,
+    signed,
+    verify_signature,
+)
+from handlers.sns_certificates import CertificateCache
 
 log = structlog.get_logger("ticketbridge.handlers.ses")
 
@@ -85,7 +95,7 @@ class SesHandler(Handler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetch: Fetcher = https_get
-        self.certificates = CertificateCache()
+        self.certificates = CertificateCache(source=self.name)
         s3 = self.ses.s3
         self.s3: ObjectReader | None = S3Client(s3, _topic_region(self.ses.topic_arns)) if s3 is not None else None
 
@@ -106,15 +116,17 @@ class SesHandler(Handler):
         return per_request(request, "sns", lambda: decode_json_object(body))
 
     def verify(self, request: web.Request, body: bytes) -> None:
-        """The checks that need no I/O; the signature itself is checked in `intercept`."""
+        """Every check that needs no I/O, so that a message they refuse has no certificate fetched: the topic, the
+        certificate's URL, the age, and the signed fields; the signature itself is checked in `intercept`."""
         message = self._message(request, body)
         if message.get("TopicArn") not in self.ses.topic_arns:
             raise Rejected(401, f"SNS topic {message.get('TopicArn')!r} is not in this source's topic_arns",
                            check="topic_arn")
         cert_url = message.get("SigningCertURL") or message.get("SigningCertUrl")
-        if not isinstance(cert_url, str) or not is_sns_url(cert_url, pem=True):
-            raise Rejected(401, "SigningCertURL is not an https .pem URL on an SNS host (sns.<region>.amazonaws.com)",
-                           check="certificate")
+        if not isinstance(cert_url, str):
+            raise Rejected(401, "the SNS message has no SigningCertURL", check="certificate")
+        if (problem := certificate_url_problem(cert_url)) is not None:
+            raise Rejected(401, problem, check="certificate")
         sent = _timestamp(message.get("Timestamp")).timestamp()
         now = self.clock()
         if now - sent > parse_duration(self.ses.max_age):
@@ -122,12 +134,17 @@ class SesHandler(Handler):
                            check="timestamp")
         if sent - now > FUTURE_SKEW_S:
             raise Rejected(401, f"SNS Timestamp is {sent - now:.0f}s in the future", check="timestamp")
+        self._signed(request, message)
+
+    def _signed(self, request: web.Request, message: dict[str, Any]) -> Signed:
+        return per_request(request, "sns.signed", lambda: signed(message))
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         message = self._message(request, body)
         cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
         cert = await self.certificates.get(cert_url, self.fetch)
-        verify_signature(message, cert, datetime.fromtimestamp(self.clock(), UTC))
+        verify_signature(self._signed(request, message), cert, datetime.fromtimestamp(self.clock(), UTC))
+        self.certificates.proven(cert_url)
         kind = message.get("Type")
         if kind == "SubscriptionConfirmation":
             return await self._confirm(message)

@@ -1,16 +1,14 @@
-"""Amazon SNS over HTTPS: the message envelope, its RSA signature (SignatureVersion 1: SHA1, 2: SHA256),
-and the signing certificate, fetched only from an SNS host over HTTPS and cached."""
+"""Amazon SNS over HTTPS: the message envelope, its RSA signature (SignatureVersion 1: SHA1, 2: SHA256), and
+the URLs of SNS hosts; the signing certificates themselves are kept by `handlers/sns_certificates.py`."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -24,7 +22,15 @@ from bridge.errors import Rejected
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
 
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+SNS_HOST = re.compile(r"sns\.[a-z0-9-]{1,63}\.amazonaws\.com(\.cn)?")  # a region is one DNS label
+CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
+CERTIFICATE_URL = re.compile(r"https://" + SNS_HOST.pattern + CERTIFICATE_PATH.pattern)
+CERTIFICATE_SHAPE = "https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
+"""Where SNS publishes its signing certificates: each one so far is named SimpleNotificationService- and 32
+lower-case hex digits (any number of them up to 64 is taken). AWS's own validators check only https, the host
+and `.pem`; the name is checked too, so that a sender can neither make one certificate many URLs (a query, a
+fragment, a port, another spelling of the host or path) nor have a path of its choosing fetched."""
+FETCH_TIMEOUT_S = 10.0
 MAX_FETCH_BYTES = 65_536
 
 # The keys signed, in order, for each message type (absent keys are skipped: Subject is optional).
@@ -36,7 +42,8 @@ SIGNED_KEYS = {
 
 
 class FetchError(Exception):
-    """A GET that did not return 200; `status` is the HTTP status, None when nothing answered."""
+    """A GET that failed: `status` is the HTTP status (not 200, or 200 with a body over the cap), None when
+    nothing answered (no connection, a timeout)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -46,7 +53,7 @@ class FetchError(Exception):
 async def https_get(url: str) -> bytes:
     """The default fetcher: one short-lived session per call. Calls are rare (certificates are cached, and
     subscriptions are confirmed once), so no session outlives a request and none needs closing at shutdown."""
-    timeout = aiohttp.ClientTimeout(total=10)
+    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, \
                 session.get(url, allow_redirects=False) as resp:
@@ -56,11 +63,11 @@ async def https_get(url: str) -> bytes:
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}") from None
     if len(data) > MAX_FETCH_BYTES:
-        raise FetchError(f"more than {MAX_FETCH_BYTES} bytes")
+        raise FetchError(f"more than {MAX_FETCH_BYTES} bytes", 200)
     return data
 
 
-def is_sns_url(url: str, *, pem: bool = False) -> bool:
+def is_sns_url(url: str) -> bool:
     """Whether `url` is https on an SNS host (sns.<region>.amazonaws.com or .com.cn), with no user or port."""
     try:
         parts = urlsplit(url)
@@ -69,9 +76,43 @@ def is_sns_url(url: str, *, pem: bool = False) -> bool:
         return False
     if parts.scheme != "https" or parts.username is not None or port not in (None, 443):
         return False
-    if not SNS_HOST.fullmatch(parts.hostname or ""):
-        return False
-    return not pem or parts.path.endswith(".pem")
+    return SNS_HOST.fullmatch(parts.hostname or "") is not None
+
+
+def certificate_url_problem(url: str) -> str | None:
+    """What makes `url` not the URL of an SNS signing certificate (naming the part, and what it should be), or
+    None when it is one. Checked before anything is fetched."""
+    if CERTIFICATE_URL.fullmatch(url):
+        return None
+    expected = f"expected {CERTIFICATE_SHAPE}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"SigningCertURL {_shown(url)} is not a URL; {expected}"
+    if parts.scheme != "https":
+        return f"SigningCertURL's scheme {_shown(parts.scheme)} is not https; {expected}"
+    if not SNS_HOST.fullmatch(parts.netloc):
+        return (f"SigningCertURL's host {_shown(parts.netloc)} is not an SNS host (in lower case, with no user or "
+                f"port); {expected}")
+    if not CERTIFICATE_PATH.fullmatch(parts.path):
+        return f"SigningCertURL's path {_shown(parts.path)} is not an SNS certificate's; {expected}"
+    if parts.query or parts.fragment:
+        part, value = ("query", parts.query) if parts.query else ("fragment", parts.fragment)
+        return f"SigningCertURL has a {part} ({_shown(value)}), which SNS's never have; {expected}"
+    return f"SigningCertURL {_shown(url)} is not an SNS certificate's URL; {expected}"
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A sender's value quoted in an answer, cut to `limit` characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
+
+
+class Signed(NamedTuple):
+    """What a message's signature is checked with, read from the message without the certificate."""
+
+    text: bytes
+    signature: bytes
+    algorithm: hashes.HashAlgorithm
 
 
 def string_to_sign(message: Mapping[str, Any]) -> bytes:
@@ -90,66 +131,10 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
     return "".join(out).encode()
 
 
-class CertificateCache:
-    """Signing certificates by URL: fetched once (concurrent requests share one fetch), kept for a bounded
-    number of URLs. SNS rotates certificates by publishing them under new URLs."""
-
-    def __init__(self, limit: int = 16) -> None:
-        self.limit = limit
-        self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[x509.Certificate]] = {}
-        self.fetches = 0
-
-    async def get(self, url: str, fetch: Fetcher) -> x509.Certificate:
-        cert = self._certs.get(url)
-        if cert is not None:
-            self._certs.move_to_end(url)
-            return cert
-        pending = self._pending.get(url)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[x509.Certificate] = asyncio.get_running_loop().create_future()
-        self._pending[url] = future
-        try:
-            cert = await self._load(url, fetch)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, and no "never retrieved" warning when none wait
-            raise
-        finally:
-            del self._pending[url]
-        future.set_result(cert)
-        self._certs[url] = cert
-        while len(self._certs) > self.limit:
-            self._certs.popitem(last=False)
-        return cert
-
-    async def _load(self, url: str, fetch: Fetcher) -> x509.Certificate:
-        self.fetches += 1
-        try:
-            pem = await fetch(url)
-        except FetchError as exc:
-            if exc.status is not None and 400 <= exc.status < 500:
-                raise Rejected(401, f"the signing certificate could not be fetched ({exc})",
-                               check="certificate") from None
-            raise Rejected(503, f"the signing certificate could not be fetched ({exc}); try again",
-                           check="certificate") from None
-        try:
-            return x509.load_pem_x509_certificate(pem)
-        except ValueError:
-            raise Rejected(401, "SigningCertURL does not hold a PEM certificate", check="certificate") from None
-
-
-def verify_signature(message: Mapping[str, Any], cert: x509.Certificate, now: datetime) -> None:
-    """Check the message's RSA signature with the certificate's key; Rejected(401) naming what failed."""
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise Rejected(401, "the signing certificate is not valid at this time", check="certificate")
-    key = cert.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise Rejected(401, "the signing certificate has no RSA key", check="certificate")
+def signed(message: Mapping[str, Any]) -> Signed:
+    """The signed text, the signature and its hash, each checked (no I/O, so before any certificate is fetched);
+    Rejected(401) naming what is wrong."""
+    text = string_to_sign(message)
     version = str(message.get("SignatureVersion"))
     algorithm: hashes.HashAlgorithm
     if version == "1":
@@ -163,7 +148,18 @@ def verify_signature(message: Mapping[str, Any], cert: x509.Certificate, now: da
         signature = base64.b64decode(str(message.get("Signature") or ""), validate=True)
     except (binascii.Error, ValueError):
         raise Rejected(401, "SNS Signature is not base64", check="signature") from None
+    return Signed(text, signature, algorithm)
+
+
+def verify_signature(message: Mapping[str, Any] | Signed, cert: x509.Certificate, now: datetime) -> None:
+    """Check the message's RSA signature with the certificate's key; Rejected(401) naming what failed."""
+    parts = message if isinstance(message, Signed) else signed(message)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise Rejected(401, "the signing certificate is not valid at this time", check="certificate")
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise Rejected(401, "the signing certificate has no RSA key", check="certificate")
     try:
-        key.verify(signature, string_to_sign(message), padding.PKCS1v15(), algorithm)
+        key.verify(parts.signature, parts.text, padding.PKCS1v15(), parts.algorithm)
     except InvalidSignature:
         raise Rejected(401, "SNS Signature does not match the message", check="signature") from None

@@ -11,6 +11,7 @@ import pytest
 from bridge.errors import Rejected
 from handlers.s3_client import S3Client, S3NoSuchKey, S3TooLarge, S3Unavailable
 from handlers.ses import SesHandler, SesOptions
+from handlers.sns_certificates import CertificateCache
 from tests.fixtures.providers import (
     ASHA_EMAIL,
     CERT_URL,
@@ -192,6 +193,32 @@ def test_topic_not_allowed_is_401() -> None:
 def test_certificate_off_the_sns_host_is_401(url: str) -> None:
     """A SigningCertURL that is not an https .pem on an SNS host is refused and never fetched."""
     assert rejected_by_verify(ses_notification(SigningCertURL=url)).check == "certificate"
+
+
+@pytest.mark.parametrize(("change", "check"), [
+    ({"SignatureVersion": "3"}, "signature"),
+    ({"Signature": "not base64!"}, "signature"),
+    ({"MessageId": None}, "signature"),
+    ({"SigningCertURL": None}, "certificate"),
+    ({"SigningCertURL": CERT_URL + "?v=2"}, "certificate"),
+])
+def test_unsigned_shape_is_refused_before_any_fetch(change: dict[str, Any], check: str) -> None:
+    """A message whose signature could never verify (an unknown version, a signature that is not base64, a
+    signed field missing) or that names no certificate URL is refused by `verify`, before anything is fetched."""
+    message = {k: v for k, v in {**ses_notification(), **change}.items() if v is not None}
+    assert rejected_by_verify(message).check == check
+
+
+async def test_a_verified_message_keeps_its_certificate_first() -> None:
+    """The certificate that verified a message is kept before others that verified none."""
+    fake = FakeSns()
+    h = handler(fake)
+    h.certificates = CertificateCache(limit=2)
+    await run(h, ses_notification())
+    for other in ("0", "1"):
+        await h.certificates.get(CERT_URL.replace("9c6465fa", other), fake)
+    await run(h, ses_notification())
+    assert fake.fetched.count(CERT_URL) == 1
 
 
 def test_stale_message_is_401() -> None:

@@ -1,17 +1,17 @@
-"""handlers/sns.py: the SNS host rule, the canonical string, the certificate cache and RSA verification."""
+"""handlers/sns.py: the SNS URL rules, the canonical string, the signed fields and RSA verification."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import Rejected
-from handlers.sns import CertificateCache, FetchError, is_sns_url, string_to_sign, verify_signature
-from tests.fixtures.providers import CERT_URL, NOW, FakeSns, load, passes, sns_key, sns_sign
+from handlers.sns import certificate_url_problem, is_sns_url, signed, string_to_sign, verify_signature
+from tests.fixtures.providers import CERT_URL, NOW, load, passes, sns_key, sns_sign
 
 WHEN = datetime.fromtimestamp(NOW, UTC)
 
@@ -20,28 +20,65 @@ WHEN = datetime.fromtimestamp(NOW, UTC)
     CERT_URL,
     "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
-    "https://sns.us-east-1.amazonaws.com:443/x.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
 ])
-def test_sns_hosts_are_taken(url: str) -> None:
-    """https URLs on sns.<region>.amazonaws.com(.cn) are SNS URLs."""
-    assert is_sns_url(url, pem=True)
+def test_certificate_urls_are_taken(url: str) -> None:
+    """https URLs of SimpleNotificationService-<hex>.pem on sns.<region>.amazonaws.com(.cn) are certificates'."""
+    assert certificate_url_problem(url) is None
 
 
-@pytest.mark.parametrize("url", [
-    "http://sns.us-east-1.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com.evil.example/x.pem",
-    "https://evil.example/sns.us-east-1.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com@evil.example/x.pem",
-    "https://user@sns.us-east-1.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com:8443/x.pem",
-    "https://s3.amazonaws.com/x.pem",
-    "https://sns.us-east-1.amazonaws.com/x.txt",
-    "https://sns.us-east-1.amazonaws.com:bad/x.pem",
-    "not a url",
+SHAPE = "expected https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
+GOOD = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    (GOOD.replace("https", "http"), "scheme 'http' is not https"),
+    ("not a url", "scheme '' is not https"),
+    ("https://[::1/x.pem", "'https://[::1/x.pem' is not a URL"),
+    (GOOD.replace(".com/", ".com.evil.example/"), "host 'sns.us-east-1.amazonaws.com.evil.example'"),
+    ("https://evil.example/sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem", "host 'evil.example'"),
+    (GOOD.replace(".com/", ".com@evil.example/"), "host 'sns.us-east-1.amazonaws.com@evil.example'"),
+    (GOOD.replace("//", "//user@"), "host 'user@sns.us-east-1.amazonaws.com'"),
+    (GOOD.replace(".com/", ".com:8443/"), "host 'sns.us-east-1.amazonaws.com:8443'"),
+    (GOOD.replace(".com/", ".com:443/"), "host 'sns.us-east-1.amazonaws.com:443'"),
+    (GOOD.replace(".com/", ".com:bad/"), "host 'sns.us-east-1.amazonaws.com:bad'"),
+    (GOOD.replace("sns.us-east-1", "SNS.us-east-1"), "host 'SNS.us-east-1.amazonaws.com'"),
+    ("https://s3.amazonaws.com/SimpleNotificationService-abc.pem", "host 's3.amazonaws.com'"),
+    ("https://sns.us-east-1.amazonaws.com/x.pem", "path '/x.pem'"),
+    (GOOD.replace(".pem", ".txt"), "path '/SimpleNotificationService-abc.txt'"),
+    (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
+    (GOOD.replace(".com/", ".com//"), "path '//SimpleNotificationService-abc.pem'"),
+    (GOOD.replace(".com/", ".com/a/../"), "path '/a/../SimpleNotificationService-abc.pem'"),
+    (GOOD.replace("/Simple", "/%53imple"), "path '/%53impleNotificationService-abc.pem'"),
+    (GOOD + "?x=1", "query ('x=1')"),
+    (GOOD + "#1", "fragment ('1')"),
+    (GOOD + "?", "'https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?' is not"),
+    (GOOD.replace("abc", "a" * 300), "path '/SimpleNotificationService-aaaaaaaa"),
 ])
-def test_other_urls_are_refused(url: str) -> None:
-    """Plain http, look-alike hosts, user info, other ports, non-.pem paths and junk are not SNS URLs."""
-    assert not is_sns_url(url, pem=True)
+def test_other_urls_are_refused_naming_the_part(url: str, named: str) -> None:
+    """Plain http, look-alike hosts, user info, any port, another spelling, another path, a query or fragment are
+    not a certificate's URL: the reason names the part and its value, and says what is expected."""
+    problem = certificate_url_problem(url)
+    assert problem is not None and named in problem and problem.endswith(SHAPE)
+
+
+def test_a_long_value_is_cut_in_the_reason() -> None:
+    """A sender's long value is quoted only in part."""
+    problem = certificate_url_problem(GOOD + "?" + "x" * 10_000)
+    assert problem is not None and len(problem) < 300
+
+
+@pytest.mark.parametrize(("url", "taken"), [
+    ("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=t&Token=x", True),
+    ("https://sns.us-east-1.amazonaws.com:443/?Action=ConfirmSubscription", True),
+    ("http://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription", False),
+    ("https://evil.example/?Action=ConfirmSubscription", False),
+    ("https://user@sns.us-east-1.amazonaws.com/", False),
+    ("https://sns.us-east-1.amazonaws.com:bad/", False),
+])
+def test_subscribe_urls_are_on_an_sns_host(url: str, taken: bool) -> None:
+    """A SubscribeURL is any https URL on an SNS host, with no user or other port."""
+    assert is_sns_url(url) is taken
 
 
 def test_string_to_sign_for_a_notification() -> None:
@@ -117,53 +154,16 @@ def test_expired_certificate_fails() -> None:
     assert info.value.check == "certificate"
 
 
-async def test_certificate_is_fetched_once_even_when_asked_concurrently() -> None:
-    """Concurrent look-ups of one URL share one fetch, and later ones come from the cache."""
-    fake, cache = FakeSns(), CertificateCache()
-
-    async def slow(url: str) -> bytes:
-        await asyncio.sleep(0)
-        return await fake(url)
-
-    certs = await asyncio.gather(*(cache.get(CERT_URL, slow) for _ in range(5)))
-    await cache.get(CERT_URL, slow)
-    assert fake.fetched == [CERT_URL]
-    assert all(c == certs[0] for c in certs)
-
-
-async def test_cache_is_bounded() -> None:
-    """Only the most recently used URLs stay cached."""
-    fake, cache = FakeSns(), CertificateCache(limit=2)
-    for i in range(3):
-        await cache.get(f"https://sns.us-east-1.amazonaws.com/{i}.pem", fake)
-    await cache.get("https://sns.us-east-1.amazonaws.com/0.pem", fake)
-    assert len(fake.fetched) == 4
-
-
-@pytest.mark.parametrize(("status", "expected"), [(404, 401), (500, 503), (None, 503)])
-async def test_fetch_failures(status: int | None, expected: int) -> None:
-    """A 4xx for the certificate is a 401 (a forged URL); a 5xx or no answer is a 503 so SNS retries."""
-
-    async def failing(url: str) -> bytes:
-        raise FetchError("nope", status)
-
-    with pytest.raises(Rejected) as info:
-        await CertificateCache().get(CERT_URL, failing)
-    assert (info.value.status, info.value.check) == (expected, "certificate")
-
-
-async def test_a_failed_fetch_is_not_cached() -> None:
-    """After a failed fetch, the next request fetches again."""
-    fake, cache = FakeSns(status=500), CertificateCache()
-    with pytest.raises(Rejected):
-        await cache.get(CERT_URL, fake)
-    fake.status = 200
-    await cache.get(CERT_URL, fake)
-    assert fake.fetched == [CERT_URL, CERT_URL]
-
-
-async def test_not_a_pem_is_401() -> None:
-    """A URL that does not serve a PEM certificate is refused."""
-    with pytest.raises(Rejected) as info:
-        await CertificateCache().get(CERT_URL, FakeSns(pem=b"<html>"))
-    assert (info.value.status, info.value.check) == (401, "certificate")
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"SignatureVersion": None}, "unsupported SNS SignatureVersion None"),
+    ({"Signature": "%%"}, "not base64"),
+    ({"MessageId": None}, "SNS message has no MessageId"),
+    ({"Type": "Other"}, "unknown SNS message Type 'Other'"),
+])
+def test_signed_fields_are_checked_without_a_certificate(change: dict[str, Any], reason: str) -> None:
+    """The signed text, the version and the signature's encoding are checked from the message alone."""
+    message = {k: v for k, v in {**sns_sign(load("ses/sns_subscription.json"), "2"), **change}.items()
+               if v is not None}
+    with pytest.raises(Rejected, match=reason) as info:
+        signed(message)
+    assert (info.value.status, info.value.check) == (401, "signature")

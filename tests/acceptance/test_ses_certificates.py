@@ -1,0 +1,133 @@
+"""SES's SNS signing certificates through the whole app: what a sender who knows an allowed topic can make the
+bridge fetch. A message refused on its own (topic, age, URL, signed fields) fetches nothing; a URL that failed
+is answered from memory; distinct URLs are fetched only within the bound, the rest answered 503 with
+Retry-After, while messages signed with the certificate already kept are still taken."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from handlers.sns import FetchError
+from handlers.sns_certificates import NEW_URLS, NEW_URLS_WINDOW_S
+from tests.acceptance.test_providers import stored_events
+from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.fixtures.providers import CERT_URL, NOW, TOPIC, FakeSns, compact, ses_notification
+
+MAPPINGS = {
+    "email": """
+        source: ses
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.subject }}"
+          email_id: {from: payload.from, required: true}
+    """,
+}
+SNS = {"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": "Notification"}
+
+
+@dataclass
+class OnlySnsCertificate:
+    """SNS's hosts as a sender finds them: the real certificate at CERT_URL, 404 at any other name."""
+
+    sns: FakeSns = field(default_factory=FakeSns)
+    fetched: list[str] = field(default_factory=list)
+
+    async def __call__(self, url: str) -> bytes:
+        self.fetched.append(url)
+        if url != CERT_URL:
+            raise FetchError("HTTP 404", 404)
+        return await self.sns(url)
+
+
+@pytest.fixture
+async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+    config = write_config(f"""
+        store: {{url: "sqlite:///var/bridge.db"}}
+        sources:
+          ses: {{kind: ses, topic_arns: ["{TOPIC}"]}}
+        destinations:
+          kapture: {{vendor: kapture, sandbox: true}}
+        """, MAPPINGS)
+    c = await bridge_client(config)
+    handler: Any = runtime(c).sources["ses"].handler
+    handler.clock = lambda: float(NOW)
+    handler.fetch = OnlySnsCertificate()
+    return c
+
+
+def fetched(client: Any) -> list[str]:
+    fetch: OnlySnsCertificate = runtime(client).sources["ses"].handler.fetch  # type: ignore[attr-defined]
+    return fetch.fetched
+
+
+def url(i: int) -> str:
+    return f"https://sns.us-east-1.amazonaws.com/SimpleNotificationService-{i:032x}.pem"
+
+
+async def post(client: Any, message: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+    resp = await client.post("/hooks/ses", data=compact(message), headers=SNS)
+    return resp.status, await resp.json(), resp.headers
+
+
+@pytest.mark.parametrize(("change", "check", "reason"), [
+    ({"TopicArn": "arn:aws:sns:us-east-1:999999999999:other"}, "topic_arn", "is not in this source's topic_arns"),
+    ({"timestamp": NOW - 3601}, "timestamp", "SNS Timestamp is 3601s old"),
+    ({"SigningCertURL": CERT_URL + "?x=1"}, "certificate", "SigningCertURL has a query ('x=1')"),
+    ({"SigningCertURL": "https://sns.us-east-1.amazonaws.com/x1.pem"}, "certificate",
+     "SigningCertURL's path '/x1.pem' is not an SNS certificate's; expected https://sns.<region>.amazonaws.com[.cn]"
+     "/SimpleNotificationService-<hex digits>.pem"),
+    ({"unsigned": {"SignatureVersion": "3"}}, "signature", "unsupported SNS SignatureVersion '3'"),
+    ({"unsigned": {"MessageId": None}}, "signature", "SNS message has no MessageId"),
+])
+async def test_a_message_refused_on_its_own_fetches_nothing(client: Any, tmp_path: Path, change: dict[str, Any],
+                                                            check: str, reason: str) -> None:
+    """The topic, the age, the certificate's URL and the signed fields are checked before any fetch: a message
+    they refuse (signed as SNS signs, or changed after) is a 401 naming the check, and nothing is fetched."""
+    signed = {k: v for k, v in change.items() if k != "unsigned"}
+    message = {k: v for k, v in {**ses_notification(**signed), **change.get("unsigned", {})}.items() if v is not None}
+    status, answer, _headers = await post(client, message)
+    assert (status, answer["check"]) == (401, check)
+    assert reason in answer["error"]
+    assert fetched(client) == []
+    assert stored_events(tmp_path) == 0
+
+
+async def test_a_missing_certificate_is_fetched_once(client: Any) -> None:
+    """Requests naming a certificate URL that answered 404 are answered 401 from memory: one fetch for all."""
+    with capture_logs() as logs:
+        answers = [await post(client, ses_notification(SigningCertURL=url(1))) for _ in range(20)]
+    assert {(status, answer["check"]) for status, answer, _h in answers} == {(401, "certificate")}
+    assert "(HTTP 404); that answer stands for 600s" in answers[-1][1]["error"]
+    assert fetched(client) == [url(1)]
+    assert [e["url"] for e in logs if e["event"] == "sns.certificate_fetch_failed"] == [url(1)]
+
+
+async def test_distinct_urls_are_fetched_within_the_bound(client: Any, tmp_path: Path) -> None:
+    """A sender naming a new URL in each request has NEW_URLS fetched (less the one of SNS's certificate); the
+    rest are a 503 with Retry-After and fetch nothing, logged once. A message signed with the certificate
+    already kept is taken meanwhile."""
+    status, _answer, _headers = await post(client, ses_notification())
+    assert status == 202
+    with capture_logs() as logs:
+        answers = [await post(client, ses_notification(SigningCertURL=url(i))) for i in range(30)]
+    assert fetched(client) == [CERT_URL, *(url(i) for i in range(NEW_URLS - 1))]
+    assert [status for status, _a, _h in answers] == [401] * (NEW_URLS - 1) + [503] * (31 - NEW_URLS)
+    _status, refusal, headers = answers[-1]
+    assert refusal["check"] == "certificate"
+    assert refusal["error"].startswith("the signing certificate was not fetched: at most")
+    assert NEW_URLS_WINDOW_S <= int(headers["Retry-After"]) <= NEW_URLS_WINDOW_S * 1.1
+    assert len([e for e in logs if e["event"] == "sns.certificate_fetch_refused"]) == 1
+
+    received = json.loads(ses_notification()["Message"])
+    received["mail"]["messageId"] = "another"
+    status, _answer, _headers = await post(client, ses_notification(Message=json.dumps(received),
+                                                                    MessageId="another-sns-message"))
+    assert status == 202
+    assert stored_events(tmp_path) == 2

@@ -1,0 +1,251 @@
+"""handlers/sns_certificates.py: certificates fetched once and kept, failed fetches remembered, and the bound
+on the fetches a sender can cause by naming certificate URLs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridge.errors import Rejected
+from handlers.sns import FetchError
+from handlers.sns_certificates import (
+    AT_ONCE,
+    NEW_URLS,
+    NEW_URLS_WINDOW_S,
+    REFUSED_FOR_S,
+    UNAVAILABLE_FOR_S,
+    CertificateCache,
+)
+from tests.conftest import eventually
+from tests.fixtures.providers import CERT_URL, FakeSns
+
+
+class Clock:
+    """Monotonic seconds that move only when a test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def url(i: int) -> str:
+    return f"https://sns.us-east-1.amazonaws.com/SimpleNotificationService-{i:032x}.pem"
+
+
+def cache(clock: Clock | None = None, **options: Any) -> CertificateCache:
+    return CertificateCache(clock=clock or Clock(), source="ses", **options)
+
+
+async def refused(c: CertificateCache, address: str, fetch: Any) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        await c.get(address, fetch)
+    return info.value
+
+
+async def test_certificate_is_fetched_once_even_when_asked_concurrently() -> None:
+    """Concurrent look-ups of one URL share one fetch, and later ones come from the cache."""
+    fake, c = FakeSns(), cache()
+
+    async def slow(address: str) -> bytes:
+        await asyncio.sleep(0)
+        return await fake(address)
+
+    certs = await asyncio.gather(*(c.get(CERT_URL, slow) for _ in range(5)))
+    await c.get(CERT_URL, slow)
+    assert fake.fetched == [CERT_URL]
+    assert all(cert == certs[0] for cert in certs)
+
+
+async def test_cache_is_bounded() -> None:
+    """Only the most recently used URLs stay cached."""
+    fake, c = FakeSns(), cache(limit=2)
+    for i in range(3):
+        await c.get(url(i), fake)
+    await c.get(url(0), fake)
+    assert len(fake.fetched) == 4
+
+
+async def test_a_certificate_that_verified_a_message_is_kept_first() -> None:
+    """A certificate that verified a message stays while others (SNS publishes many, in every region, and a
+    sender may name them) push each other out."""
+    fake, c = FakeSns(), cache(limit=2)
+    await c.get(CERT_URL, fake)
+    c.proven(CERT_URL)
+    for i in range(5):
+        await c.get(url(i), fake)
+    await c.get(CERT_URL, fake)
+    assert fake.fetched.count(CERT_URL) == 1
+
+
+@pytest.mark.parametrize(("status", "expected", "retry_after"), [
+    (404, 401, None), (403, 401, None), (302, 401, None), (200, 401, None),  # 200: over the size cap
+    (500, 503, UNAVAILABLE_FOR_S), (429, 503, UNAVAILABLE_FOR_S), (None, 503, UNAVAILABLE_FOR_S),
+])
+async def test_fetch_failures(status: int | None, expected: int, retry_after: float | None) -> None:
+    """A 4xx, a redirect (never followed) or an answer over the cap is a 401 (the URL holds no certificate to
+    have); a 5xx, a 429 or no answer is a 503 with Retry-After, so SNS sends the message again."""
+
+    async def failing(address: str) -> bytes:
+        raise FetchError("nope", status)
+
+    err = await refused(cache(), CERT_URL, failing)
+    assert (err.status, err.check, err.retry_after) == (expected, "certificate", retry_after)
+
+
+async def test_not_a_pem_is_401() -> None:
+    """A URL that does not serve a PEM certificate is refused."""
+    err = await refused(cache(), CERT_URL, FakeSns(pem=b"<html>"))
+    assert (err.status, err.check) == (401, "certificate")
+    assert "not a PEM certificate" in str(err)
+
+
+async def test_requests_naming_a_missing_certificate_make_one_fetch() -> None:
+    """Many requests naming a URL that answered 404, one after another or together, cost one fetch: the answer
+    is remembered, and says for how long."""
+    fake, c = FakeSns(status=404), cache()
+    answers = [await refused(c, url(1), fake) for _ in range(50)]
+    answers += await asyncio.gather(*(refused(c, url(1), fake) for _ in range(50)))
+    assert fake.fetched == [url(1)]
+    assert {(a.status, a.check) for a in answers} == {(401, "certificate")}
+    assert str(answers[-1]) == ("the signing certificate could not be fetched (HTTP 404); that answer stands for "
+                                f"{REFUSED_FOR_S:.0f}s, in which the URL is not fetched again")
+
+
+async def test_a_definite_failure_is_remembered_for_ten_minutes() -> None:
+    """A 404 is answered from memory until REFUSED_FOR_S has passed; then the URL is fetched again."""
+    clock = Clock()
+    fake, c = FakeSns(status=404), cache(clock)
+    await refused(c, url(1), fake)
+    clock.now += REFUSED_FOR_S - 1
+    assert "that answer stands for 1s" in str(await refused(c, url(1), fake))
+    assert len(fake.fetched) == 1
+    clock.now += 1
+    fake.status = 200
+    await c.get(url(1), fake)
+    assert len(fake.fetched) == 2
+
+
+async def test_a_failure_that_may_pass_is_remembered_briefly() -> None:
+    """A 5xx is answered 503 from memory, with Retry-After counting down, for UNAVAILABLE_FOR_S (less than SNS's
+    20 s between retries), and then fetched again."""
+    clock = Clock()
+    fake, c = FakeSns(status=500), cache(clock)
+    first = await refused(c, CERT_URL, fake)
+    clock.now += 10
+    second = await refused(c, CERT_URL, fake)
+    assert (first.retry_after, second.retry_after) == (UNAVAILABLE_FOR_S, UNAVAILABLE_FOR_S - 10)
+    assert "try again in 5s" in str(second)
+    assert fake.fetched == [CERT_URL]
+    clock.now += UNAVAILABLE_FOR_S - 10
+    fake.status = 200
+    await c.get(CERT_URL, fake)
+    assert fake.fetched == [CERT_URL, CERT_URL]
+    assert UNAVAILABLE_FOR_S < 20
+
+
+async def test_remembered_failures_are_bounded() -> None:
+    """Only the newest `failures` failed URLs are remembered."""
+    fake, c = FakeSns(status=404), cache(failures=2)
+    for i in range(3):
+        await refused(c, url(i), fake)
+    await refused(c, url(2), fake)
+    await refused(c, url(0), fake)
+    assert fake.fetched == [url(0), url(1), url(2), url(0)]
+
+
+async def test_new_urls_are_bounded_and_the_rest_refused_with_retry_after() -> None:
+    """Of many distinct URLs named in a row, NEW_URLS are fetched in any NEW_URLS_WINDOW_S; the rest are a 503
+    with Retry-After until the window has passed, and nothing is fetched for them."""
+    clock = Clock()
+    fake, c = FakeSns(status=404), cache(clock)
+    answers = [await refused(c, url(i), fake) for i in range(40)]
+    assert fake.fetched == [url(i) for i in range(NEW_URLS)]
+    assert {a.status for a in answers[:NEW_URLS]} == {401}
+    rest = answers[NEW_URLS:]
+    assert {(a.status, a.check) for a in rest} == {(503, "certificate")}
+    assert all(a.retry_after is not None and NEW_URLS_WINDOW_S <= a.retry_after <= NEW_URLS_WINDOW_S * 1.1
+               for a in rest)
+    assert str(rest[0]).startswith(f"the signing certificate was not fetched: at most {NEW_URLS} new certificate "
+                                   f"URLs are fetched in any {NEW_URLS_WINDOW_S:.0f}s, and that many were; try "
+                                   "again in ")
+    clock.now += NEW_URLS_WINDOW_S * 1.1
+    await refused(c, url(100), fake)
+    assert len(fake.fetched) == NEW_URLS + 1
+
+
+async def test_cached_and_remembered_urls_do_not_count_against_the_bound() -> None:
+    """Only fetches count: a kept certificate, or a failure remembered, is answered whatever the bound."""
+    fake, c = FakeSns(), cache()
+    await c.get(CERT_URL, fake)
+    fake.status = 404
+    for i in range(NEW_URLS - 1):
+        await refused(c, url(i), fake)
+    assert (await refused(c, url(99), fake)).status == 503
+    await c.get(CERT_URL, fake)
+    assert (await refused(c, url(0), fake)).status == 401
+    assert len(fake.fetched) == NEW_URLS
+
+
+async def test_few_fetches_at_once_and_the_rest_refused_without_waiting() -> None:
+    """While AT_ONCE fetches are under way, a request naming another URL is a 503 at once, not a wait; a request
+    naming a URL being fetched shares that fetch."""
+    release, started = asyncio.Event(), []
+    fake = FakeSns()
+
+    async def held(address: str) -> bytes:
+        started.append(address)
+        await release.wait()
+        return await fake(address)
+
+    c = cache()
+    under_way = [asyncio.create_task(c.get(url(i), held)) for i in range(AT_ONCE)]
+    sharing = asyncio.create_task(c.get(url(0), held))
+    await eventually(lambda: len(started) == AT_ONCE)
+    asked = c.get(url(AT_ONCE), held)
+    with pytest.raises(Rejected) as info:
+        asked.send(None)  # refused on its first step: it never suspends to wait for a turn
+    err = info.value
+    assert (err.status, err.retry_after) == (503, 10)
+    assert f"{AT_ONCE} certificates are being fetched, at most {AT_ONCE} at once" in str(err)
+    release.set()
+    await asyncio.gather(*under_way, sharing)
+    assert fake.fetched == [url(i) for i in range(AT_ONCE)]
+    await c.get(url(AT_ONCE), held)
+
+
+async def test_a_failure_is_logged_once_per_url_per_minute() -> None:
+    """A failed fetch is logged when it fails; requests answered from memory are logged at most once a minute
+    for the URL, with how many there were."""
+    clock = Clock()
+    fake, c = FakeSns(status=404), cache(clock)
+    with capture_logs() as logs:
+        for _ in range(100):
+            await refused(c, url(1), fake)
+        clock.now += 61
+        for _ in range(3):
+            await refused(c, url(1), fake)
+    [failed] = [e for e in logs if e["event"] == "sns.certificate_fetch_failed"]
+    assert {k: failed[k] for k in ("source", "url", "reason", "status", "remembered_s")} == {
+        "source": "ses", "url": url(1), "reason": "HTTP 404", "status": 401, "remembered_s": REFUSED_FOR_S}
+    [remembered] = [e for e in logs if e["event"] == "sns.certificate_failure_remembered"]
+    assert (remembered["url"], remembered["hits"]) == (url(1), 100)
+    assert len(logs) == 2
+
+
+async def test_refusals_by_the_bound_are_logged_once_a_minute() -> None:
+    """Refusals by the bound are logged at most once a minute in all, with how many there were since."""
+    clock = Clock()
+    fake, c = FakeSns(status=404), cache(clock, new_urls=1)
+    with capture_logs() as logs:
+        for i in range(30):
+            await refused(c, url(i), fake)
+        clock.now += 61
+        await refused(c, url(99), fake)
+    refusals = [e for e in logs if e["event"] == "sns.certificate_fetch_refused"]
+    assert [(e["url"], e["refused"]) for e in refusals] == [(url(1), 1), (url(99), 29)]
+    assert refusals[0]["reason"] == "at most 1 new certificate URLs are fetched in any 300s, and that many were"
