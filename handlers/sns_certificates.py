@@ -48,6 +48,11 @@ class _Failure:
     logged_at: float = -math.inf
 
 
+def _retrieved(fetch: asyncio.Future[x509.Certificate]) -> None:
+    if not fetch.cancelled():
+        fetch.exception()
+
+
 class CertificateCache:
     """Signing certificates by URL, with the failures of recent fetches and the bound on new ones. Times come
     from `clock` (monotonic seconds); `source` names the source in logs."""
@@ -79,24 +84,21 @@ class CertificateCache:
             self._certs.move_to_end(url)
             return cert
         pending = self._pending.get(url)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        self._check_remembered(url)
-        self._admit(url)
-        future: asyncio.Future[x509.Certificate] = asyncio.get_running_loop().create_future()
-        self._pending[url] = future
+        if pending is None:
+            self._check_remembered(url)
+            self._admit(url)
+            pending = asyncio.ensure_future(self._fetch(url, fetch))
+            pending.add_done_callback(_retrieved)  # when every waiter went away, its failure is still taken
+            self._pending[url] = pending
+        # Shielded: a request that goes away (its handler cancelled) does not cancel the fetch the others wait on.
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, url: str, fetch: Fetcher) -> x509.Certificate:
+        """One fetch of `url`, shared by every request naming it while it runs: kept when it succeeds."""
         try:
             cert = await self._load(url, fetch)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, and no "never retrieved" warning when none wait
-            raise
         finally:
             del self._pending[url]
-        future.set_result(cert)
         self._keep(url, cert)
         return cert
 

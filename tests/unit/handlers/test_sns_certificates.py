@@ -61,6 +61,28 @@ async def test_certificate_is_fetched_once_even_when_asked_concurrently() -> Non
     assert all(cert == certs[0] for cert in certs)
 
 
+async def test_a_request_that_goes_away_does_not_cancel_the_fetch_others_wait_on() -> None:
+    """The request that started a fetch is cancelled (its client went away): a request waiting on the same
+    fetch still gets the certificate, and the fetch is not made again."""
+    fake, c = FakeSns(), cache()
+    release = asyncio.Event()
+
+    async def held(address: str) -> bytes:
+        await release.wait()
+        return await fake(address)
+
+    first = asyncio.ensure_future(c.get(CERT_URL, held))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(c.get(CERT_URL, held))
+    await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+    cert = await second
+    assert first.cancelled()
+    assert await c.get(CERT_URL, held) == cert
+    assert fake.fetched == [CERT_URL]
+
+
 async def test_cache_is_bounded() -> None:
     """Only the most recently used URLs stay cached."""
     fake, c = FakeSns(), cache(limit=2)
