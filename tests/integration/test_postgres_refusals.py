@@ -7,12 +7,8 @@ as failing: no `store.failing`, and /readyz stays 200."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
@@ -22,7 +18,6 @@ from bridge.store.postgres import PostgresStore
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.kapture_answering import delivered
 from tests.fixtures.providers import compact, load
-from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
 
@@ -30,21 +25,6 @@ UNTRANSLATABLE = ('character with byte sequence 0xf0 0x9f 0x98 0x80 in encoding 
                   'encoding "LATIN1" (SQLSTATE 22P05)')
 """What PostgreSQL says of 😀 (U+1F600) sent to a LATIN1 database."""
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def latin1_dsn() -> AsyncIterator[str]:
-    """A fresh database whose encoding is LATIN1 (as one made with `createdb -E LATIN1` is), dropped after the test
-    (ask for it before the app, so that the app is closed first): its text columns refuse every character outside
-    Latin-1."""
-    admin = await asyncpg.connect(DSN, timeout=5)
-    name = f"tb_latin1_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
-    try:
-        yield urlsplit(DSN)._replace(path=f"/{name}").geturl()
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
 
 
 INTAKE = """
@@ -144,3 +124,20 @@ async def test_an_answer_the_database_refuses_is_recorded_reduced_and_not_sent_a
     assert "delivery.record_reduced" in events
     assert "store.failing" not in events and "delivery.record_retrying" not in events
     assert store.problem() is None and store.commit_failures == 0
+
+
+async def test_the_audit_log_is_listed_on_a_database_whose_encoding_lacks_u_ffff(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """The first page of the audit log is asked for without a bound the database must hold (U+FFFF, which LATIN1
+    lacks): it lists the changes made, newest first."""
+    config = INTAKE.replace('store: {url: "sqlite:///var/unused.db"}',
+                            'store: {url: "sqlite:///var/unused.db"}\nadmin: {token: admin-secret}')
+    client = await bridge_client(write_config(config, MAPPINGS), store=PostgresStore(latin1_dsn))
+    admin = {"Authorization": "Bearer admin-secret"}
+    for action in ("pause", "resume"):
+        resp = await client.post(f"/admin/api/destinations/kapture/{action}", json={}, headers=admin)
+        assert resp.status == 200, await resp.text()
+    resp = await client.get("/admin/api/audit", headers=admin)
+    assert resp.status == 200, await resp.text()
+    assert [e["action"] for e in (await resp.json())["items"]] == ["destination.resume", "destination.pause"]
