@@ -211,6 +211,9 @@ class Lane:
                 self.resumed.clear()
                 try:
                     admission = await self.gate.admit(min(free, d.claim_batch))
+                except StoreRefused as exc:
+                    self._refused("delivery.admit_refused", exc)
+                    continue
                 except StoreUnavailable as exc:
                     self.log.error("delivery.admit_failed", error=str(exc))
                     self.idle = (self.wake, d.timings.store_retry_s)
@@ -233,6 +236,15 @@ class Lane:
             if self.claims:
                 await asyncio.gather(*self.claims, return_exceptions=True)
 
+    def _refused(self, event: str, exc: StoreRefused) -> None:
+        """The store refused the lane's own values (its destination's name, this process's owner: the config's) for
+        their data: not a store failure to retry within a second, as the same values are refused on every try. Said
+        at error level, and asked again at the slow poll (a config fixed by a restart)."""
+        self.log.error(event, code=exc.code, error=exc.reason, owner=self.dispatcher.owner,
+                       note="the store refuses this destination's name or this process's owner for its data, not "
+                            "because it fails: nothing is sent to this destination until the config is fixed")
+        self.idle = (self.wake, self.dispatcher.timings.poll_s)
+
     def _claimed(self, task: asyncio.Task[None]) -> None:
         self.claims.discard(task)
         self.slot_freed.set()
@@ -245,13 +257,16 @@ class Lane:
             try:
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
             except Exception as exc:  # the store failing, or a bug: the slots go back and the lane sleeps a while
-                if isinstance(exc, StoreUnavailable):
+                if isinstance(exc, StoreRefused):
+                    self._refused("delivery.claim_refused", exc)
+                elif isinstance(exc, StoreUnavailable):
                     self.log.error("delivery.claim_failed", error=str(exc))
                 else:
                     self.log.exception("delivery.lane_crashed")
                 with contextlib.suppress(StoreUnavailable):
                     await self.gate.unused(admission, admission.granted)
-                self.idle = (self.wake, d.timings.store_retry_s)
+                if not isinstance(exc, StoreRefused):
+                    self.idle = (self.wake, d.timings.store_retry_s)
                 return
             if len(batch.items) < admission.granted:
                 with contextlib.suppress(StoreUnavailable):

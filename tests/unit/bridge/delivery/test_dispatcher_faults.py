@@ -57,6 +57,8 @@ class FaultyStore(MemoryStore):
         self.ids = itertools.count()
         self.record_raises: list[Exception] = []
         """Raised by the next `record` calls, one each, before `record_fails` is looked at."""
+        self.claim_raises: list[Exception] = []
+        """Raised by the next `claim` calls, one each."""
 
     async def add(self, n: int = 1) -> list[str]:
         out = []
@@ -77,6 +79,11 @@ class FaultyStore(MemoryStore):
 
     def status(self, delivery_id: str) -> str:
         return self.deliveries[delivery_id].row.status
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> Any:
+        if self.claim_raises:
+            raise self.claim_raises.pop(0)
+        return await super().claim(destination, limit, owner, lease_s)
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self.record_calls += 1
@@ -270,6 +277,23 @@ async def test_a_reduced_record_refused_too_is_logged_and_left_to_its_lease() ->
     assert (failed["delivery_id"], failed["error"]) == (delivery_id, "the store refused it: reduced (SQLSTATE 22001)")
     assert store.status(delivery_id) == "in_flight"
     assert store.released == []
+
+
+async def test_a_claim_the_store_refuses_for_its_data_is_logged_as_refused_not_as_a_failing_store() -> None:
+    """A claim refused for its data (the destination's name, the owner: values of the config) is logged as
+    `delivery.claim_refused` with its SQLSTATE, never `delivery.claim_failed`; the lane asks again at its poll and
+    sends what is due once the store takes the claim."""
+    store = FaultyStore()
+    store.claim_raises = [StoreRefused("character has no equivalent in LATIN1 (SQLSTATE 22P05)", "SQLSTATE 22P05")]
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    [refused] = [e for e in logs if e["event"] == "delivery.claim_refused"]
+    assert (refused["code"], refused["destination"]) == ("SQLSTATE 22P05", "kapture")
+    assert "delivery.claim_failed" not in [e["event"] for e in logs]
+    assert store.status(delivery_id) == "succeeded"
 
 
 async def test_a_lane_holds_at_most_max_unrecorded_results_before_it_stops_claiming() -> None:
