@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from bridge.delivery.dispatcher import MINIMAL_ERROR
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from tests.conftest import AppClient, ConfigFactory, runtime
@@ -141,3 +142,34 @@ async def test_the_audit_log_is_listed_on_a_database_whose_encoding_lacks_u_ffff
     resp = await client.get("/admin/api/audit", headers=admin)
     assert resp.status == 200, await resp.text()
     assert [e["action"] for e in (await resp.json())["items"]] == ["destination.resume", "destination.pause"]
+
+
+async def test_a_ticket_id_the_database_refuses_is_recorded_minimal_and_not_sent_again(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """Kapture answers a success whose ticket id holds 😀, to an app on a LATIN1 database: the full record (its
+    excerpt) and the reduced one (the ticket id) are refused, so the attempt is recorded minimal: succeeded, its
+    classification and status kept, no ticket id, the error saying the record was reduced twice (the ticket id is in
+    the log). The ticket is made once; no `store.failing`."""
+    sent = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal sent
+        sent += 1
+        return web.Response(text='[{"status": "success", "ticket_id": "7\U0001F600"}]', content_type="application/json")
+
+    with capture_logs() as logs:
+        client, detail = await delivered(write_config, bridge_client, aiohttp_server, PostgresStore(latin1_dsn),
+                                         answer)
+    store = runtime(client).store
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", None)
+    (attempt,) = detail.attempts
+    assert (attempt.classification, attempt.http_status, attempt.response_excerpt) == ("success", 200, None)
+    assert attempt.error == MINIMAL_ERROR
+    assert sent == 1
+    [minimal] = [e for e in logs if e["event"] == "delivery.record_minimal"]
+    assert minimal["ticket_id"] == "7\U0001F600" and "LATIN1" in minimal["error"]
+    events = [e["event"] for e in logs]
+    assert events.count("delivery.record_reduced") == 1
+    assert "delivery.record_failed" not in events and "store.failing" not in events
+    assert store.problem() is None and store.commit_failures == 0
