@@ -13,6 +13,7 @@ from msgspec import Meta
 
 from bridge.durations import parse_duration
 from bridge.errors import ErrorList, Located
+from bridge.names import name_problem
 from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, load_yaml_file
 
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
@@ -67,6 +68,9 @@ class AdminConfig(Base):
 
     def __post_init__(self) -> None:
         for name, token in self.read_tokens.items():
+            problem = name_problem(name, "read token name")  # the audit log's actor
+            if problem is not None and name.strip():
+                raise KeyValueError(("read_tokens", name), problem)
             if not name.strip() or not token.strip():
                 raise KeyValueError(("read_tokens", name), "`read_tokens` needs a name and a non-empty token for "
                                     f"each entry; {name!r} has none")
@@ -370,6 +374,11 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         errors.append(doc.error(("store", "url"), str(exc)))
         store_url = StoreURL("sqlite", base_dir / "var" / "ticketbridge.db", "")
 
+    for section, what in (("sources", "source name"), ("destinations", "destination name")):
+        for name in getattr(raw, section):
+            problem = name_problem(name, what)
+            if problem is not None:  # kept on every event and delivery, and by the store's gates
+                errors.append(doc.error((section, name), problem))
     sources: dict[str, SourceConfig] = {}
     for name, table in raw.sources.items():
         opts = _typed_entry(doc, ("sources", name), table, "kind", registries.source_options, errors=errors)

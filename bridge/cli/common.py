@@ -7,7 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from bridge.config import Config, load_config, resolve_config_path
-from bridge.errors import BridgeError, ErrorList, StoreLocked, StoreUnavailable
+from bridge.errors import BridgeError, ErrorList, StoreLocked, StoreRefused, StoreUnavailable
 from bridge.registries import REGISTRIES
 from bridge.store import open_store
 from bridge.store.base import Store
@@ -49,9 +49,28 @@ def print_errors(exc: BridgeError) -> None:
         print(f"{len(errors)} errors", file=sys.stderr)
 
 
-async def with_store(config: Config, body: Callable[[Store], Awaitable[int]]) -> int:
+STORE_ARGUMENTS = {"id": "ID", "ids": "ID", "key": "KEY", "destination": "--destination", "source": "--source",
+                   "mapping": "--mapping", "conversation": "--conversation", "limit": "--limit",
+                   "before": "--before", "ticket_id": "--ticket-id", "ticket_key": "--ticket-key", "note": "--note"}
+"""The arguments whose values a verb hands to the store, as its usage names them."""
+
+
+def store_arguments(args: argparse.Namespace) -> str:
+    """The values given to the arguments a verb hands to the store (`--limit 10`, `ID 'dlv_1'`), for an error that
+    says the store refused one of them."""
+    given = []
+    for name, flag in STORE_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        for one in value if isinstance(value, list) else [] if value is None else [value]:
+            given.append(f"{flag} {ascii(one) if isinstance(one, str) else one}")
+    return ", ".join(given)
+
+
+async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], given: str = "") -> int:
     """Open the config's store beside a running server (not as its owner), run `body` on it and close it; the
-    exit code `body` gives, or 2 with the reason on stderr when the store cannot be opened."""
+    exit code `body` gives, or 2 with the reason on stderr when the store cannot be opened, or when it refuses a
+    value given on the command line for its data (one of `given`, the arguments handed to it): the same value is
+    refused on every try."""
     store = open_store(config, owner=False)
     try:
         await store.open()
@@ -60,5 +79,10 @@ async def with_store(config: Config, body: Callable[[Store], Awaitable[int]]) ->
         return 2
     try:
         return await body(store)
+    except StoreRefused as exc:
+        print(f"the store refused {'a value given: ' + given if given else 'a value given'} ({exc.code}): it can be "
+              "neither kept nor looked up as given, and is refused the same way on every try; nothing was changed",
+              file=sys.stderr)
+        return 2
     finally:
         await store.close()

@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 
 from bridge.app import load_mappings
-from bridge.cli.common import at_least, config_from, print_errors, with_store
+from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
 from bridge.console.models import MarkSucceededBody, Refusal, ReplayBody, ReplayResult
@@ -110,7 +110,7 @@ def _with_store(args: argparse.Namespace, body: Any, config: Config | None = Non
     config = config or config_from(args)
     if config is None:
         return 2
-    return asyncio.run(with_store(config, body))
+    return asyncio.run(with_store(config, body, store_arguments(args)))
 
 
 def _json_lines(items: Iterable[msgspec.Struct]) -> None:

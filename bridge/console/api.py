@@ -3,9 +3,10 @@ generated from), its auth (read or change) and its errors. Every change is writt
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +44,7 @@ from bridge.console.models import (
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.coordination import Gate
 from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
-from bridge.errors import NotFound, StoreUnavailable
+from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
 from bridge.runtime import Runtime
@@ -60,6 +61,32 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ValueRefused(Exception):
+    """The store refused a value the caller gave (StoreRefused within `blame`): 400 for a path or query value, 422
+    for a body's, naming where it was given."""
+
+    def __init__(self, status: int, fields: tuple[str, ...], refusal: StoreRefused) -> None:
+        super().__init__(refusal.reason)
+        self.status = status
+        self.fields = fields
+        self.refusal = refusal
+
+
+@contextlib.contextmanager
+def blame(status: int, *fields: str | None) -> Iterator[None]:
+    """A StoreRefused within is the caller's value at `fields` (those given: None is left out), answered `status`;
+    the store took nothing from it and is not failing."""
+    try:
+        yield
+    except StoreRefused as exc:
+        raise ValueRefused(status, tuple(f for f in fields if f is not None), exc) from exc
+
+
+def _given(value: Any, name: str) -> str | None:
+    """`name` when the caller gave it a value, for `blame`."""
+    return None if value is None or value == [] else name
 
 
 @dataclass
@@ -179,10 +206,36 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
             return error(exc.status, str(exc))
         except NotFound as exc:
             return error(404, str(exc))
+        except ValueRefused as exc:
+            return _value_refused(route, exc)
+        except StoreRefused as exc:
+            return _own_value_refused(route, exc)
         except StoreUnavailable as exc:
             return error(503, f"the store is unavailable: {exc}")
 
     return serve
+
+
+def _value_refused(route: Route, refused: ValueRefused) -> web.Response:
+    """The answer to a value of the caller's that the database refuses (too large a number, a character its encoding
+    lacks): the same value is refused on every try, so it is the caller's to change, not a store to wait for. It names
+    where the value was given and the SQLSTATE; the database's own words, which name its tables and indexes, are
+    logged."""
+    code = refused.refusal.code
+    where = " or ".join(refused.fields) or "a value of this request"
+    log.warning("admin.store_refused", route=f"{route.method} {route.path}", fields=list(refused.fields), code=code,
+                error=refused.refusal.reason)
+    return error(refused.status, f"{where}: the store refused this value ({code}): it can be neither kept nor looked "
+                                 "up as given, and is refused the same way on every try; nothing was changed")
+
+
+def _own_value_refused(route: Route, refused: StoreRefused) -> web.Response:
+    """A refusal of no value the caller gave (a name from the config the database cannot keep): not the caller's to
+    fix, nor a store that is down."""
+    log.error("admin.store_refused", route=f"{route.method} {route.path}", fields=[], code=refused.code,
+              error=refused.reason, note="a value from the config, not the request: fix the config")
+    return error(500, f"the store refused a value of the server's own ({refused.code}), not one this request gave "
+                      "(see the log, admin.store_refused)")
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -296,9 +349,13 @@ async def list_deliveries(call: Call) -> DeliveryPage:
     items: list[DeliveryRow] = []
     scanned = 0
     step = q.limit if q.q is None else max(q.limit, 200)
+    given = (_given(q.destination, "query.destination"), _given(q.source, "query.source"),
+             _given(q.mapping, "query.mapping"), _given(q.cursor, "query.cursor"))
     while True:
-        rows = await store.list_deliveries(DeliveryFilter(status=q.status, destination=q.destination, source=q.source,
-                                                          mapping=q.mapping, limit=step, before_id=before))
+        with blame(400, *given):
+            rows = await store.list_deliveries(DeliveryFilter(status=q.status, destination=q.destination,
+                                                              source=q.source, mapping=q.mapping, limit=step,
+                                                              before_id=before))
         for row in rows:
             scanned += 1
             before = row.id
@@ -317,13 +374,15 @@ async def list_deliveries(call: Call) -> DeliveryPage:
 
 
 async def get_delivery(call: Call) -> DeliveryView:
-    detail = await _store(call.rt).get_delivery(call.param("delivery_id"))
+    with blame(400, "path.delivery_id"):
+        detail = await _store(call.rt).get_delivery(call.param("delivery_id"))
     lanes = [s for s in await _lanes(call.rt) if s.name == detail.delivery.destination]
     return DeliveryView(**msgspec.structs.asdict(detail), destination=lanes[0] if lanes else None)
 
 
 async def get_event(call: Call) -> EventView:
-    event = await _store(call.rt).get_event(call.param("event_id"))
+    with blame(400, "path.event_id"):
+        event = await _store(call.rt).get_event(call.param("event_id"))
     mappings = call.rt.mappings
     return EventView(event=event, mappings_version=mappings.version,
                      decisions=decisions(mappings, event, call.rt.config.vars))
@@ -352,7 +411,8 @@ async def get_mappings(call: Call) -> MappingSetView:
 
 async def list_audit(call: Call) -> AuditPage:
     q: AuditQuery = call.query
-    items = await _store(call.rt).list_audit(q.limit, q.cursor)
+    with blame(400, _given(q.cursor, "query.cursor")):
+        items = await _store(call.rt).list_audit(q.limit, q.cursor)
     return AuditPage(items=items, next_cursor=items[-1].id if len(items) == q.limit else None)
 
 
@@ -426,10 +486,12 @@ async def replay(call: Call) -> ReplayResult:
     given: ReplayBody = call.body
     rt = call.rt
     store = _store(rt)
-    ids = await _replay_ids(store, given)
-    mappings = rt.mappings if given.rerender else None
-    moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars, dry_run=given.dry_run,
-                                             rerender_hint="rerender")
+    with blame(422, _given(given.ids, "body.ids"), _given(given.destination, "body.destination"),
+               _given(given.mapping, "body.mapping"), _given(given.source, "body.source")):
+        ids = await _replay_ids(store, given)
+        mappings = rt.mappings if given.rerender else None
+        moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars, dry_run=given.dry_run,
+                                                 rerender_hint="rerender")
     if moved:  # none on a dry run
         await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
                      moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
@@ -444,8 +506,12 @@ async def replay(call: Call) -> ReplayResult:
 async def mark_delivery_succeeded(call: Call) -> DeliveryView:
     given: MarkSucceededBody = call.body
     delivery_id = call.param("delivery_id")
-    why_not = await mark_succeeded(_store(call.rt), delivery_id, given.ticket_id,
-                                   ticket_key=given.ticket_key, by=call.caller.name, note=given.note)
+    store = _store(call.rt)
+    with blame(400, "path.delivery_id"):  # looked up alone first, so that a refusal of the write is the body's
+        await store.get_delivery(delivery_id)
+    with blame(422, "body.ticket_id", _given(given.ticket_key, "body.ticket_key"), _given(given.note, "body.note")):
+        why_not = await mark_succeeded(store, delivery_id, given.ticket_id, ticket_key=given.ticket_key,
+                                       by=call.caller.name, note=given.note)
     if why_not is not None:
         raise ApiError(409, f"delivery {delivery_id} cannot be marked succeeded: {why_not}")
     await _audit(call, "delivery.mark_succeeded", delivery_id,

@@ -51,7 +51,12 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "done", "content": {"application/json": {
         "schema": {"$ref": REF.format(name=route.response.__name__)}}}}}
     if route.query is not None or route.body is not None:
-        responses["400"] = _error("a parameter or the body is invalid; `error` says which and why")
+        responses["400"] = _error("a parameter or the body is invalid, or the store refuses a path or query value (its "
+                                  "SQLSTATE named); `error` says which and why")
+    elif route.path_params:
+        responses["400"] = _error("the store refuses a path value (its SQLSTATE named); `error` says which")
+    if route.body is not None and route.change:
+        responses["422"] = _error("the store refuses a value of the body (its SQLSTATE named); `error` says which")
     responses["401"] = _error("no token, or an unknown one")
     if route.change:
         responses["403"] = _error("a read-only token cannot make changes")

@@ -18,8 +18,8 @@ reaper calls before it reaps). A lane holds at most `max_unrecorded` such result
 yet in the store) before it stops claiming, so memory stays bounded. Only a stop that ends the
 process gives them up, each logged as a possible duplicate. A record the store refuses for its data
 (StoreRefused), or one that raises anything but a store failure, is not retried: the attempt is recorded
-again reduced, without its excerpt and exchange (`reduced`), so that its outcome is kept and it is never
-sent again for want of a record.
+again reduced, without its excerpt and exchange (`reduced`), and when that fails too, with its outcome and next
+state only (`minimal`), so that its outcome is kept and it is never sent again for want of a record.
 """
 
 from __future__ import annotations
@@ -211,6 +211,9 @@ class Lane:
                 self.resumed.clear()
                 try:
                     admission = await self.gate.admit(min(free, d.claim_batch))
+                except StoreRefused as exc:
+                    self._refused("delivery.admit_refused", exc)
+                    continue
                 except StoreUnavailable as exc:
                     self.log.error("delivery.admit_failed", error=str(exc))
                     self.idle = (self.wake, d.timings.store_retry_s)
@@ -233,6 +236,15 @@ class Lane:
             if self.claims:
                 await asyncio.gather(*self.claims, return_exceptions=True)
 
+    def _refused(self, event: str, exc: StoreRefused) -> None:
+        """The store refused the lane's own values (its destination's name, this process's owner: the config's) for
+        their data: not a store failure to retry within a second, as the same values are refused on every try. Said
+        at error level, and asked again at the slow poll (a config fixed by a restart)."""
+        self.log.error(event, code=exc.code, error=exc.reason, owner=self.dispatcher.owner,
+                       note="the store refuses this destination's name or this process's owner for its data, not "
+                            "because it fails: nothing is sent to this destination until the config is fixed")
+        self.idle = (self.wake, self.dispatcher.timings.poll_s)
+
     def _claimed(self, task: asyncio.Task[None]) -> None:
         self.claims.discard(task)
         self.slot_freed.set()
@@ -245,13 +257,16 @@ class Lane:
             try:
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
             except Exception as exc:  # the store failing, or a bug: the slots go back and the lane sleeps a while
-                if isinstance(exc, StoreUnavailable):
+                if isinstance(exc, StoreRefused):
+                    self._refused("delivery.claim_refused", exc)
+                elif isinstance(exc, StoreUnavailable):
                     self.log.error("delivery.claim_failed", error=str(exc))
                 else:
                     self.log.exception("delivery.lane_crashed")
                 with contextlib.suppress(StoreUnavailable):
                     await self.gate.unused(admission, admission.granted)
-                self.idle = (self.wake, d.timings.store_retry_s)
+                if not isinstance(exc, StoreRefused):
+                    self.idle = (self.wake, d.timings.store_retry_s)
                 return
             if len(batch.items) < admission.granted:
                 with contextlib.suppress(StoreUnavailable):
@@ -377,9 +392,9 @@ class Lane:
     async def _record(self, item: Claimed, result: AttemptResult, blog: Any) -> None:
         """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered).
         A record refused for its data (StoreRefused), or failing with an error that is not the store's (a value the
-        store cannot take), is recorded again reduced (`reduced`), so that the outcome is kept and the delivery is
-        not sent again once its lease runs out; when even that fails, `delivery.record_failed` is logged and the
-        lease left to run out."""
+        store cannot take), is recorded again reduced (`reduced`), then minimal (`minimal`), so that the outcome is
+        kept and the delivery is not sent again once its lease runs out; when even that fails,
+        `delivery.record_failed` is logged and the lease left to run out."""
         d = self.dispatcher
         failures = 0
         delay = d.timings.store_retry_s
@@ -391,9 +406,10 @@ class Lane:
                     # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
                     await asyncio.shield(d.store.record(result, owner=d.owner))
                 except StoreRefused as exc:
-                    if not self._reduce(full, result, f"the store refused it: {exc.reason}", blog):
+                    lesser = self._reduce(full, result, f"the store refused it: {exc.reason}", blog)
+                    if lesser is None:
                         return
-                    result = reduced(full, f"the store refused it: {exc.reason}")
+                    result = lesser
                     continue
                 except LeaseLost as exc:
                     blog.error("delivery.lease_lost", error=str(exc), classification=result.classification,
@@ -415,10 +431,11 @@ class Lane:
                     blog.error("delivery.record_rejected", error=str(exc))
                     return
                 except Exception as exc:  # not the store's failure: a value it cannot take, or a bug
-                    why = f"recording it raised {type(exc).__name__}: {exc}"
-                    if not self._reduce(full, result, why, blog, crashed=True):
+                    lesser = self._reduce(full, result, f"recording it raised {type(exc).__name__}: {exc}", blog,
+                                          crashed=True)
+                    if lesser is None:
                         return
-                    result = reduced(full, why)
+                    result = lesser
                     continue
                 if failures:
                     blog.warning("delivery.recorded_late", failed_records=failures)
@@ -435,20 +452,30 @@ class Lane:
             raise
 
     @staticmethod
-    def _reduce(full: AttemptResult, tried: AttemptResult, why: str, blog: Any, *, crashed: bool = False) -> bool:
-        """Whether to record `full` again reduced after the record of `tried` failed for `why` (not the store's
-        failure); False, with `delivery.record_failed` logged, when `tried` was reduced already."""
-        if tried is not full:
-            blog.error("delivery.record_failed", error=why, classification=full.classification,
+    def _reduce(full: AttemptResult, tried: AttemptResult, why: str, blog: Any, *,
+                crashed: bool = False) -> AttemptResult | None:
+        """What to record after the record of `tried` failed for `why` (not the store's failure): `full` reduced
+        after the full record; the minimal record after the reduced one (its ticket ids or a follow-up's body may be
+        what the store refused); None, with `delivery.record_failed` logged, after the minimal one."""
+        if tried is full:
+            blog.error("delivery.record_reduced", error=why, classification=full.classification,
                        ticket_id=full.ticket_id, exc_info=crashed,
-                       note="neither the attempt's record nor its reduced form could be written: the delivery stays "
-                            "in flight until its lease runs out, and is then sent again (a possible duplicate)")
-            return False
-        blog.error("delivery.record_reduced", error=why, classification=full.classification,
+                       note="recorded again without its response excerpt, exchange and error text, so that its "
+                            "outcome is kept and it is not sent again")
+            return reduced(full, why)
+        if tried.error != MINIMAL_ERROR:
+            blog.error("delivery.record_minimal", error=why, classification=full.classification,
+                       ticket_id=full.ticket_id, exc_info=crashed,
+                       note="its reduced record failed too: recorded with its outcome and next state only (no ticket "
+                            "ids, follow-up body or text), so that it is not sent again; the ticket ids are in this "
+                            "log line")
+            return minimal(full)
+        blog.error("delivery.record_failed", error=why, classification=full.classification,
                    ticket_id=full.ticket_id, exc_info=crashed,
-                   note="recorded again without its response excerpt, exchange and error text, so that its outcome "
-                        "is kept and it is not sent again")
-        return True
+                   note="neither the attempt's record nor its reduced and minimal forms could be written: the "
+                        "delivery stays in flight until its lease runs out, and is then sent again (a possible "
+                        "duplicate)")
+        return None
 
     async def _settle_doubt(self, item: Claimed, role: str | None, blog: Any) -> tuple[Outcome | None, bool]:
         """What a delivery in doubt (an earlier send's outcome unknown) does before it is sent again, by the
@@ -619,6 +646,20 @@ def reduced(result: AttemptResult, why: str) -> AttemptResult:
     error = (f"this attempt's full record could not be written ({why}): kept without its response excerpt and "
              f"exchange{own}")
     return msgspec.structs.replace(result, response_excerpt=None, exchange=None, error=error)
+
+
+MINIMAL_ERROR = ("this attempt's record was reduced twice: the store refused its full and its reduced record, so "
+                 "it keeps only its outcome and next state (no ticket ids, follow-up body, response or error text: "
+                 "those are in the log, delivery.record_minimal)")
+
+
+def minimal(result: AttemptResult) -> AttemptResult:
+    """`result` as recorded when its reduced record failed too: the classification, HTTP status, timing and next state
+    (what keeps a sent delivery from being sent again), with none of the text it was given from outside (ticket ids,
+    a follow-up's action and body, the excerpt and exchange, the vendor's error), in case one of those is what the
+    store refuses; its error is MINIMAL_ERROR. A create's success so recorded gives its conversation no ticket."""
+    return msgspec.structs.replace(result, response_excerpt=None, exchange=None, error=MINIMAL_ERROR, ticket_id=None,
+                                   ticket_key=None, ticket_uuid=None, action=None, body=None)
 
 
 class Dispatcher:

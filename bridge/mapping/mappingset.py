@@ -26,6 +26,7 @@ from bridge.mapping.model import (
     MappingSpec,
     MappingTest,
 )
+from bridge.names import escaped, name_problem
 from bridge.yamlfile import Document, KeyPath, format_mapping_path, load_yaml
 
 MAPPING_SUFFIXES = (".yaml", ".yml")
@@ -211,7 +212,8 @@ def compile_document(
     """Check and compile one parsed mapping file, collecting every error rather than the first."""
     data = doc.data
     raw_name = data.get("name") if isinstance(data, dict) else None
-    check = _Checker(doc, raw_name if isinstance(raw_name, str) and raw_name else stem)
+    shown = raw_name if isinstance(raw_name, str) and raw_name else stem
+    check = _Checker(doc, shown if shown.isprintable() else escaped(shown))
     if not isinstance(data, dict):
         check.add((), "a mapping file must be a table with source, destination, action and fields")
         return None, check.errors
@@ -227,6 +229,10 @@ def compile_document(
         return None, check.errors
     spec = MappingSpec(**typed)
     name = spec.name or stem
+    problem = name_problem(name, "mapping name")
+    if problem is not None:  # kept on every delivery it makes
+        check.add(("name",) if spec.name else (), problem if spec.name else f"{problem} (the file's name, without "
+                                                                             "its extension, when it has no `name:`)")
 
     for i, src in enumerate(spec.source_names()):
         if src not in sources:
@@ -336,6 +342,12 @@ def _compile_body(check: _Checker, at: KeyPath, when_text: str | None, raw_field
                 check.add((*at, "when"), str(err))
     fields: list[CompiledField] = []
     for field_name, raw in raw_fields.items():
+        problem = name_problem(field_name, "field key", bounded=False)
+        if problem is not None:  # named in the render errors kept on deliveries; placed at its line, shown escaped
+            line, col = check.doc.where((*at, "fields", field_name))
+            check.errors.append(MappingError(problem, file=check.doc.file, line=line, col=col,
+                                             path=check.fmt((*at, "fields"))))
+            continue
         try:
             fields.append(compile_field(field_name, raw, vars_))
         except CompileError as exc:

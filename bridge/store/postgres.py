@@ -749,8 +749,9 @@ class PostgresStore(Store):
 
     async def list_audit(self, limit: int = 50, before_id: str | None = None) -> list[AuditEntry]:
         async def op(conn: Any) -> list[AuditEntry]:
+            # No sentinel past every id ('\uffff'): a database whose encoding lacks it (LATIN1) refuses it.
             rows = await conn.fetch("SELECT id, at, actor, action, target, detail FROM audit_log "
-                                    "WHERE id < $1 ORDER BY id DESC LIMIT $2", before_id or "\uffff", limit)
+                                    "WHERE $1::text IS NULL OR id < $1 ORDER BY id DESC LIMIT $2", before_id, limit)
             return [audit_entry(r) for r in rows]
 
         return await self._run(op, transaction=False)

@@ -183,3 +183,15 @@ def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFi
     code, _, err = run(capsys, "deliveries", "list", "-c", str(tmp_path / "nope.yaml"))
     assert code == 2
     assert "nope.yaml: no such config file" in err
+
+
+@pytest.mark.parametrize("verb", [["deliveries", "list"], ["events", "unmatched"]], ids=" ".join)
+def test_a_value_the_store_refuses_is_named_and_exits_2(
+        config_file: Path, capsys: pytest.CaptureFixture[str], verb: list[str]) -> None:
+    """An int past 64 bits, which SQLite refuses (its IntegrityError or OverflowError): the arguments the store was
+    given and the refusal are named, no traceback, exit 2."""
+    code, out, err = run(capsys, *verb, "-c", str(config_file), "--limit", str(2**70))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"the store refused a value given: --limit {2**70} (SQLite ")
+    assert err.endswith("it can be neither kept nor looked up as given, and is refused the same way on every try; "
+                        "nothing was changed\n")

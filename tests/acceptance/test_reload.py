@@ -118,6 +118,23 @@ async def test_a_broken_edit_changes_nothing_and_the_admin_api_shows_why(
     assert metrics["ticketbridge_mapping_reload_failing"] == 0
 
 
+async def test_an_edit_naming_a_field_with_a_nul_is_refused_and_the_set_in_force_kept(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """A mapping edited to hold a field key with a NUL (YAML's "\\0"), which PostgreSQL would refuse at run time: a
+    failed reload naming file, line and the key escaped; the set in force keeps serving."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    good = rt.mappings
+    write_mapping(tmp_path / "mappings", "partner", PARTNER.replace("  source_ref:", '  "source\\0ref":'))
+    await eventually(lambda: rt.mapping_status.failures == 1)
+    assert rt.mappings is good
+    assert rt.mapping_status.last_error is not None and rt.mapping_status.last_error.startswith(
+        f"{tmp_path / 'mappings' / 'partner.yaml'}:7:3: partner.fields: field key 'source\\x00ref' holds \\x00 "
+        "(U+0000)")
+    await post(client, "e")
+    assert await titles(client) == ["Partner: Router down"]
+
+
 async def test_an_edit_whose_aliases_multiply_a_block_is_refused_at_its_line_and_serving_goes_on(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """A mapping whose YAML aliases stand for a billion values (a few hundred bytes) is a failed reload at the

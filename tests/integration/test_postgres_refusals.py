@@ -7,22 +7,18 @@ as failing: no `store.failing`, and /readyz stays 200."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from bridge.delivery.dispatcher import MINIMAL_ERROR
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.kapture_answering import delivered
 from tests.fixtures.providers import compact, load
-from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
 
@@ -30,21 +26,6 @@ UNTRANSLATABLE = ('character with byte sequence 0xf0 0x9f 0x98 0x80 in encoding 
                   'encoding "LATIN1" (SQLSTATE 22P05)')
 """What PostgreSQL says of 😀 (U+1F600) sent to a LATIN1 database."""
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def latin1_dsn() -> AsyncIterator[str]:
-    """A fresh database whose encoding is LATIN1 (as one made with `createdb -E LATIN1` is), dropped after the test
-    (ask for it before the app, so that the app is closed first): its text columns refuse every character outside
-    Latin-1."""
-    admin = await asyncpg.connect(DSN, timeout=5)
-    name = f"tb_latin1_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
-    try:
-        yield urlsplit(DSN)._replace(path=f"/{name}").geturl()
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()
 
 
 INTAKE = """
@@ -143,4 +124,52 @@ async def test_an_answer_the_database_refuses_is_recorded_reduced_and_not_sent_a
     events = [e["event"] for e in logs]
     assert "delivery.record_reduced" in events
     assert "store.failing" not in events and "delivery.record_retrying" not in events
+    assert store.problem() is None and store.commit_failures == 0
+
+
+async def test_the_audit_log_is_listed_on_a_database_whose_encoding_lacks_u_ffff(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """The first page of the audit log is asked for without a bound the database must hold (U+FFFF, which LATIN1
+    lacks): it lists the changes made, newest first."""
+    config = INTAKE.replace('store: {url: "sqlite:///var/unused.db"}',
+                            'store: {url: "sqlite:///var/unused.db"}\nadmin: {token: admin-secret}')
+    client = await bridge_client(write_config(config, MAPPINGS), store=PostgresStore(latin1_dsn))
+    admin = {"Authorization": "Bearer admin-secret"}
+    for action in ("pause", "resume"):
+        resp = await client.post(f"/admin/api/destinations/kapture/{action}", json={}, headers=admin)
+        assert resp.status == 200, await resp.text()
+    resp = await client.get("/admin/api/audit", headers=admin)
+    assert resp.status == 200, await resp.text()
+    assert [e["action"] for e in (await resp.json())["items"]] == ["destination.resume", "destination.pause"]
+
+
+async def test_a_ticket_id_the_database_refuses_is_recorded_minimal_and_not_sent_again(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """Kapture answers a success whose ticket id holds 😀, to an app on a LATIN1 database: the full record (its
+    excerpt) and the reduced one (the ticket id) are refused, so the attempt is recorded minimal: succeeded, its
+    classification and status kept, no ticket id, the error saying the record was reduced twice (the ticket id is in
+    the log). The ticket is made once; no `store.failing`."""
+    sent = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal sent
+        sent += 1
+        return web.Response(text='[{"status": "success", "ticket_id": "7\U0001F600"}]', content_type="application/json")
+
+    with capture_logs() as logs:
+        client, detail = await delivered(write_config, bridge_client, aiohttp_server, PostgresStore(latin1_dsn),
+                                         answer)
+    store = runtime(client).store
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", None)
+    (attempt,) = detail.attempts
+    assert (attempt.classification, attempt.http_status, attempt.response_excerpt) == ("success", 200, None)
+    assert attempt.error == MINIMAL_ERROR
+    assert sent == 1
+    [minimal] = [e for e in logs if e["event"] == "delivery.record_minimal"]
+    assert minimal["ticket_id"] == "7\U0001F600" and "LATIN1" in minimal["error"]
+    events = [e["event"] for e in logs]
+    assert events.count("delivery.record_reduced") == 1
+    assert "delivery.record_failed" not in events and "store.failing" not in events
     assert store.problem() is None and store.commit_failures == 0

@@ -236,3 +236,21 @@ async def test_an_int_past_64_bits_is_refused_not_raised_as_it_is(store: SqliteS
     with pytest.raises(StoreRefused, match="too large"):
         await store.accept(make_event(), [delivery], WEEK)
     assert (store.problem(), store.commit_failures) == (None, 0)
+
+
+async def test_no_constraint_waits_for_commit_so_a_refusal_is_always_one_writes(store: SqliteStore) -> None:
+    """Every constraint of the schema is checked when its statement runs, never at COMMIT: no foreign key is
+    DEFERRABLE, `defer_foreign_keys` is off, and SQLite checks NOT NULL, CHECK and UNIQUE per statement. So a group
+    commit's COMMIT cannot raise IntegrityError for one request's rows: a refusal is raised by that write's own
+    statement, inside its savepoint, and refuses it alone (an attempt naming no stored delivery shows it)."""
+    assert store._writer is not None
+    schema = " ".join(r[0] for r in store._writer.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    assert "REFERENCES" in schema and "DEFERR" not in schema.upper()
+    assert store._writer.execute("PRAGMA defer_foreign_keys").fetchone() == (0,)
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):  # the statement, not the COMMIT
+            conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, classification) "
+                         "VALUES ('dlv_none', 1, 0, 0, 'success')")
+        conn.execute("ROLLBACK")

@@ -726,3 +726,39 @@ def test_read_tokens_refuse_an_empty_token_or_the_admin_one(tmp_path: Path, text
     assert err.path == "admin.read_tokens.grafana"
     assert err.line == 1
     assert says in err.message
+
+
+ALLOWED = ("1 to 200 printable characters (letters, digits, punctuation, symbols and spaces; no NUL, tab, newline or "
+           "other control or format character)")
+
+
+@pytest.mark.parametrize(("section", "written", "shown", "why"), [
+    ("sources", '"web\\0form"', "'web\\x00form'", "holds \\x00 (U+0000)"),
+    ("destinations", '"kapture\\ud800"', "'kapture\\ud800'", "holds \\ud800 (U+D800)"),
+    ("destinations", '"kap\\nture"', "'kap\\nture'", "holds \\n (U+000A)"),
+    ("sources", "x" * 201, "'" + "x" * 201 + "'", "is 201 characters long"),
+    ("sources", '"  "', "'  '", "is only spaces"),
+], ids=["nul", "surrogate", "newline", "long", "blank"])
+def test_a_name_no_store_can_keep_is_an_error_naming_its_line_and_value(
+        tmp_path: Path, section: str, written: str, shown: str, why: str) -> None:
+    """A source or destination name holding a NUL (YAML's "\\0"), a lone surrogate or another character that is
+    not printable, or past 200 characters, is refused at load: its line, its key, the value escaped and what a name
+    may hold. PostgreSQL would refuse it in every event, delivery and gate at run time."""
+    kind = "kind: json" if section == "sources" else "vendor: kapture, sandbox: true"
+    err = only_error(tmp_path, f"{section}:\n  ok: {{{kind}}}\n  {written}: {{{kind}}}\n")
+    what = "source name" if section == "sources" else "destination name"
+    assert (err.line, err.col) == (3, 3)
+    assert err.message == f"{what} {shown} {why}: a {what} is {ALLOWED}"
+
+
+def test_a_read_token_name_no_store_can_keep_is_an_error(tmp_path: Path) -> None:
+    """A read token's name is the audit log's actor: one holding a NUL is refused at load, escaped."""
+    err = only_error(tmp_path, 'admin: {token: a, read_tokens: {"graf\\0ana": t}}\n')
+    assert err.message == f"read token name 'graf\\x00ana' holds \\x00 (U+0000): a read token name is {ALLOWED}"
+
+
+def test_names_of_printable_characters_in_any_script_load(tmp_path: Path) -> None:
+    """Letters of any script, punctuation, symbols and inner spaces are names the stores keep."""
+    cfg = load(tmp_path, 'sources:\n  "Kundendienst Süd / été": {kind: json}\ndestinations:\n'
+                         '  "サポート.kapture": {vendor: kapture, sandbox: true}\n')
+    assert list(cfg.sources) == ["Kundendienst Süd / été"] and list(cfg.destinations) == ["サポート.kapture"]

@@ -18,7 +18,7 @@ from yarl import URL
 from bridge.app import reap_expired_leases
 from bridge.config import RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.dispatcher import Destination, Dispatcher, Timings
+from bridge.delivery.dispatcher import MINIMAL_ERROR, Destination, Dispatcher, Timings
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
@@ -57,6 +57,8 @@ class FaultyStore(MemoryStore):
         self.ids = itertools.count()
         self.record_raises: list[Exception] = []
         """Raised by the next `record` calls, one each, before `record_fails` is looked at."""
+        self.claim_raises: list[Exception] = []
+        """Raised by the next `claim` calls, one each."""
 
     async def add(self, n: int = 1) -> list[str]:
         out = []
@@ -77,6 +79,11 @@ class FaultyStore(MemoryStore):
 
     def status(self, delivery_id: str) -> str:
         return self.deliveries[delivery_id].row.status
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> Any:
+        if self.claim_raises:
+            raise self.claim_raises.pop(0)
+        return await super().claim(destination, limit, owner, lease_s)
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
         self.record_calls += 1
@@ -251,12 +258,36 @@ async def test_a_record_that_raises_is_recorded_reduced_not_left_to_be_sent_agai
     assert reduced["delivery_id"] == delivery_id
 
 
-async def test_a_reduced_record_refused_too_is_logged_and_left_to_its_lease() -> None:
-    """When the reduced record is refused as well, `delivery.record_failed` names the delivery, nothing more is
+async def test_a_reduced_record_refused_too_is_recorded_minimal() -> None:
+    """When the reduced record is refused as well (its ticket id may be what the store refuses), the attempt is
+    recorded minimal: its outcome and next state, no ticket ids or text, a fixed error; the delivery succeeds, is
+    sent once, and `delivery.record_minimal` keeps the ticket id."""
+    store = FaultyStore()
+    store.record_raises = [StoreRefused("full (SQLSTATE 22P05)", "SQLSTATE 22P05"),
+                           StoreRefused("reduced (SQLSTATE 22P05)", "SQLSTATE 22P05")]
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests(m) == 1
+    assert store.record_calls == 3
+    (record,) = store.records
+    assert (record.classification, record.http_status, record.next_status) == ("success", 200, "succeeded")
+    assert (record.ticket_id, record.ticket_key, record.response_excerpt, record.exchange) == (None, None, None, None)
+    assert record.error == MINIMAL_ERROR
+    assert store.status(delivery_id) == "succeeded"
+    [minimal] = [e for e in logs if e["event"] == "delivery.record_minimal"]
+    assert (minimal["ticket_id"], minimal["error"]) == ("T-1", "the store refused it: reduced (SQLSTATE 22P05)")
+    assert "delivery.record_failed" not in [e["event"] for e in logs]
+
+
+async def test_a_minimal_record_refused_too_is_logged_and_left_to_its_lease() -> None:
+    """When the minimal record is refused as well, `delivery.record_failed` names the delivery, nothing more is
     tried, and the delivery is not released: it stays in flight until its lease runs out."""
     store = FaultyStore()
-    store.record_raises = [StoreRefused("full (SQLSTATE 22001)", "SQLSTATE 22001"),
-                           StoreRefused("reduced (SQLSTATE 22001)", "SQLSTATE 22001")]
+    store.record_raises = [StoreRefused(f"{level} (SQLSTATE 22001)", "SQLSTATE 22001")
+                           for level in ("full", "reduced", "minimal")]
     [delivery_id] = await store.add()
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
@@ -264,12 +295,29 @@ async def test_a_reduced_record_refused_too_is_logged_and_left_to_its_lease() ->
             await eventually(lambda: any(e["event"] == "delivery.record_failed" for e in logs))
             await eventually(lambda: not d.lanes["kapture"].inflight)
         assert requests(m) == 1
-    assert store.record_calls == 2
+    assert store.record_calls == 3
     assert store.records == []
     [failed] = [e for e in logs if e["event"] == "delivery.record_failed"]
-    assert (failed["delivery_id"], failed["error"]) == (delivery_id, "the store refused it: reduced (SQLSTATE 22001)")
+    assert (failed["delivery_id"], failed["error"]) == (delivery_id, "the store refused it: minimal (SQLSTATE 22001)")
     assert store.status(delivery_id) == "in_flight"
     assert store.released == []
+
+
+async def test_a_claim_the_store_refuses_for_its_data_is_logged_as_refused_not_as_a_failing_store() -> None:
+    """A claim refused for its data (the destination's name, the owner: values of the config) is logged as
+    `delivery.claim_refused` with its SQLSTATE, never `delivery.claim_failed`; the lane asks again at its poll and
+    sends what is due once the store takes the claim."""
+    store = FaultyStore()
+    store.claim_raises = [StoreRefused("character has no equivalent in LATIN1 (SQLSTATE 22P05)", "SQLSTATE 22P05")]
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    [refused] = [e for e in logs if e["event"] == "delivery.claim_refused"]
+    assert (refused["code"], refused["destination"]) == ("SQLSTATE 22P05", "kapture")
+    assert "delivery.claim_failed" not in [e["event"] for e in logs]
+    assert store.status(delivery_id) == "succeeded"
 
 
 async def test_a_lane_holds_at_most_max_unrecorded_results_before_it_stops_claiming() -> None:

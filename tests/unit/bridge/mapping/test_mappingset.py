@@ -359,3 +359,21 @@ def test_stored_files_compile_exactly_as_the_folder_did(tmp_path: Path) -> None:
         load_mapping_texts(tmp_path, {"contact.yaml": CONTACT.replace("subject }}", "subject }")},
                            sources=SOURCES, destinations=DESTINATIONS)
     assert info.value.errors[0].render().startswith(f"{tmp_path / 'contact.yaml'}:5:")
+
+
+def test_a_mapping_name_or_field_key_no_store_can_keep_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    """A mapping name (its `name:`, or its file's name) or a field key holding a NUL or another character that is
+    not printable is refused at load: file, line, the value escaped and what is allowed; the error's own place
+    shows the name escaped too."""
+    write(tmp_path, "contact.yaml", 'name: "contact\\0"\n' + CONTACT.replace("  email_id:", '  "email\\tid":'))
+    write(tmp_path, "partner.yaml", PARTNER.replace("  Title:", '  "Ti\\0tle":'))
+    allowed = ("printable characters (letters, digits, punctuation, symbols and spaces; no NUL, tab, newline or other "
+               "control or format character)")
+    assert errors_of(tmp_path) == [
+        f"{tmp_path / 'contact.yaml'}:1:1: 'contact\\x00'.name: mapping name 'contact\\x00' holds \\x00 (U+0000): a "
+        f"mapping name is 1 to 200 {allowed}",
+        f"{tmp_path / 'contact.yaml'}:7:3: 'contact\\x00'.fields: field key 'email\\tid' holds \\t (U+0009): a field "
+        f"key is {allowed}",
+        f"{tmp_path / 'partner.yaml'}:6:3: partner-tickets.fields: field key 'Ti\\x00tle' holds \\x00 (U+0000): a "
+        f"field key is {allowed}",
+    ]
