@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_utf8(argv: Sequence[str]) -> list[str]:
+    """The arguments holding bytes that are not UTF-8 (which Python hands over as lone surrogates), escaped."""
+    return [ascii(os.fsencode(a))[1:] for a in argv if any("\udc80" <= c <= "\udcff" for c in a)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -35,6 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except UnicodeEncodeError:
+        # A file name may be any bytes, but an id, a filter or a note goes to the store or a URL as text: an
+        # argument that is not UTF-8 fails there, and is named here instead of a traceback.
+        bad = _not_utf8(sys.argv[1:] if argv is None else argv)
+        if not bad:
+            raise
+        print(f"ticketbridge: {', '.join(bad)}: not valid UTF-8; ids, filters and notes are UTF-8 text",
+              file=sys.stderr)
+        return 2
     return code
 
 

@@ -195,3 +195,13 @@ def test_a_value_the_store_refuses_is_named_and_exits_2(
     assert err.startswith(f"the store refused a value given: --limit {2**70} (SQLite ")
     assert err.endswith("it can be neither kept nor looked up as given, and is refused the same way on every try; "
                         "nothing was changed\n")
+
+
+@pytest.mark.parametrize("verb", [["deliveries", "show"], ["deliveries", "list", "--destination"]], ids=" ".join)
+def test_an_argument_that_is_not_utf8_is_named_and_exits_2(
+        config_file: Path, capsys: pytest.CaptureFixture[str], verb: list[str]) -> None:
+    """Bytes that are not UTF-8 in an id or a filter (a shell's `$'\\xff'`, handed over as a lone surrogate): named,
+    escaped, no traceback, exit 2."""
+    code, out, err = run(capsys, *verb, "dlv_\udcff", "-c", str(config_file))
+    assert (code, out) == (2, "")
+    assert err == "ticketbridge: 'dlv_\\xff': not valid UTF-8; ids, filters and notes are UTF-8 text\n"
