@@ -212,3 +212,21 @@ async def test_http_quoting_its_key_back_shows_it_nowhere_in_the_finding(aiohttp
     shown = render(found)
     assert "k3y-5e1f0a9b8c7d" not in shown
     assert "the credentials were refused: unknown key [redacted]" in shown
+
+
+async def test_http_with_a_secret_url_shows_its_host_only(aiohttp_server: Any) -> None:
+    """An http destination whose base URL is the secret (`url_secret: true`): the finding's look-up line names the
+    host and /[redacted], never the hook's path."""
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/hooks/catch/123456/abcdefgh/me", ok)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    config = msgspec.convert({"vendor": "http", "base_url": base + "/hooks/catch/123456/abcdefgh", "url_secret": True,
+                              "doctor": {"path": "/me"}}, vendor_options("http"))
+    adapter: Adapter = adapter_class("http")("dest", config, config.base_url)
+    async with aiohttp.ClientSession() as session:
+        (found,) = await examine_all([adapter], session, 5.0)
+    assert found.state == "ok"
+    assert found.request == f"GET {base}/[redacted]"

@@ -178,3 +178,27 @@ async def test_a_secret_too_short_to_redact_by_value_is_named_at_start(
     (warning,) = [e for e in logs if e["event"] == "destination.secret_too_short"]
     assert warning["destination"] == "vendor" and warning["keys"] == ["token"]
     assert "k3y" not in json.dumps(logs, default=str)
+
+
+async def test_a_webhook_url_marked_secret_is_shown_without_its_path(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An incoming-webhook URL (Slack's /services/T…/B…/…) with `url_secret: true`: the attempt shows the URL as
+    its host and /[redacted], and the path the hook quotes back in its refusal is redacted there and in the logs."""
+    hook = "/services/T0001/B0002/Xa1b2c3d4e5f6g7h8i9j0"
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=400, text=f"no_service: {request.path} is not active")
+
+    app = web.Application()
+    app.router.add_post(hook + "/", refuse)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    cfg = write_config(config(f"{{vendor: http, base_url: '{base}{hook}', url_secret: true}}"), MAPPING)
+    client = await bridge_client(cfg)
+    with structlog.testing.capture_logs() as logs:
+        delivery_id = await dead_delivery(client)
+    texts = await shown(client, cfg, delivery_id, capsys)
+    assert_hidden(texts, hook, "Xa1b2c3d4e5f6g7h8i9j0")
+    assert_hidden(json.dumps(logs, default=str), hook, "Xa1b2c3d4e5f6g7h8i9j0")
+    assert f'"url":"{base}/[redacted]"' in texts
+    assert "no_service: [redacted]/ is not active" in texts

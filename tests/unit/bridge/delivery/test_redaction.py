@@ -110,6 +110,7 @@ def test_each_vendor_names_the_secrets_it_is_configured_with() -> None:
                    secret_key="s").secret_values() == {"access_key": "a", "secret_key": "s"}
     assert options(NetgrootOptions, vendor="netgroot", base_url="https://n",
                    auth={"login": {"username": "u", "password": "p"}}).secret_values() == {"auth.login.password": "p"}
-    http = options(HttpOptions, vendor="http", base_url="https://h/hook/abc",
+    http = options(HttpOptions, vendor="http", base_url="https://h/hook/abc", url_secret=True,
                    headers={"X-Tenant": "t", "Accept": "application/json"}, auth={"bearer": "b"})
-    assert http.secret_values() == {"headers.X-Tenant": "t", "auth.bearer": "b"}
+    assert http.secret_values() == {"headers.X-Tenant": "t", "auth.bearer": "b", "base_url.path": "/hook/abc"}
+    assert http.secret_url()
