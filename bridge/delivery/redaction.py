@@ -36,7 +36,10 @@ from bridge.delivery.exchange import REDACTED
 
 MIN_SECRET_CHARS = 8
 EXTRA_KEPT = 4
+CUT_CHARS = 200
+"""A text this long may be an excerpt cut without a mark (the shortest excerpt kept is 200 characters)."""
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
 _CUT = "…"
 
 
@@ -49,9 +52,13 @@ def _written(value: str) -> set[str]:
 
 
 def forms(value: str) -> set[str]:
-    """The texts a vendor may echo `value` as (`value` itself; after an auth scheme, the token alone; a Basic
-    credential's `user:password` and password), each as written by `_written`; none shorter than
-    MIN_SECRET_CHARS."""
+    """The texts a vendor may echo `value` as: each of its `_parts` as written by `_written`."""
+    return {form for part in _parts(value) for form in _written(part)}
+
+
+def _parts(value: str) -> set[str]:
+    """`value` itself; after an auth scheme, the token alone; a Basic credential's `user:password` and password;
+    none shorter than MIN_SECRET_CHARS."""
     parts = {value}
     scheme, space, rest = value.strip().partition(" ")
     if space and scheme.isalpha() and rest.strip():
@@ -64,41 +71,62 @@ def forms(value: str) -> set[str]:
                 pair = ""
             if ":" in pair:
                 parts.update((pair, pair.partition(":")[2]))
-    return {form for part in parts if len(part) >= MIN_SECRET_CHARS for form in _written(part)}
+    return {part for part in parts if len(part) >= MIN_SECRET_CHARS}
+
+
+def _core(part: str) -> str:
+    """The longest run of `part` that every written form keeps as it is (letters, digits, `-._~`)."""
+    return max(_PLAIN.findall(part), key=len, default="")
 
 
 @dataclass(frozen=True)
 class Matcher:
-    """Finds a set of secrets in text: `whole` each of their forms anywhere; `heads`, the first MIN_SECRET_CHARS
-    characters of each, tell whether a text can hold one at all (most hold none), and where a form cut off at
-    the text's end may start (`head`)."""
+    """Finds a set of secrets in text: `whole` each of their forms anywhere. `needles` tell whether a text can
+    hold one at all (most hold none): a run of each secret that all its forms keep as it is (else the start of
+    each form). `head` finds, near a text's end, where a form cut off there may start (its first
+    MIN_SECRET_CHARS characters)."""
 
     whole: re.Pattern[str]
     head: re.Pattern[str]
-    heads: tuple[str, ...]
+    needles: tuple[str, ...]
     forms: tuple[str, ...]
     longest: int
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Matcher:
-        written = {f for v in values for f in forms(v)}
+        parts = {p for v in values for p in _parts(v)}
+        written = {f for p in parts for f in _written(p)}
         # A form holding another (`Basic <token>` holds the token) is found, and redacted, through that one.
         found = sorted((f for f in written if not any(g != f and g in f for g in written)),
                        key=lambda f: (-len(f), f))
         if not found:
             never = re.compile("(?!)")
             return cls(never, never, (), (), 0)
-        heads = tuple(sorted({f[:MIN_SECRET_CHARS] for f in found}))
+        needles: set[str] = set()
+        for part in parts:
+            core = _core(part)
+            needles.update([core] if len(core) >= MIN_SECRET_CHARS else (f[:MIN_SECRET_CHARS] for f in _written(part)))
+        heads = sorted({f[:MIN_SECRET_CHARS] for f in found})
         return cls(re.compile("|".join(map(re.escape, found))), re.compile("|".join(map(re.escape, heads))),
-                   heads, tuple(found), len(found[0]))
+                   tuple(sorted(needles)), tuple(found), len(found[0]))
 
     def text(self, text: str) -> str:
         """`text` with every secret, and a secret cut off at its end (before a `…` marking the cut), redacted."""
-        # A substring test per head (a fast search in C) rules out most texts at a few ns a character; the regex
-        # engine, which tries every form at every position, runs only on a text that holds a head.
-        if not self.holds(text):
+        # A substring test per needle (a fast search in C) rules out most texts at a fraction of a ns a character;
+        # the regex engine, which tries every form at every position, runs only on a text that holds a needle.
+        if self.holds(text):
+            text = self.whole.sub(REDACTED, text)
+        return self._cut(text)
+
+    def holds(self, text: str) -> bool:
+        """Whether `text` may hold a whole secret: it holds one of the needles."""
+        return any(n in text for n in self.needles)
+
+    def _cut(self, text: str) -> str:
+        """`text` with a secret cut off at its end redacted, when it may have been cut: it ends with `…` or is as
+        long as CUT_CHARS or more (excerpts are cut without a mark)."""
+        if not self.forms or (len(text) < CUT_CHARS and not text.endswith(_CUT)):
             return text
-        text = self.whole.sub(REDACTED, text)
         end = len(text) - 1 if text.endswith(_CUT) else len(text)
         found = self.head.search(text, max(0, end - self.longest), end)
         while found is not None:
@@ -108,16 +136,24 @@ class Matcher:
             found = self.head.search(text, found.start() + 1, end)
         return text
 
-    def holds(self, text: str) -> bool:
-        """Whether `text` may hold a secret, or the start of one: it holds one of the heads."""
-        return any(h in text for h in self.heads)
+    def value(self, value: Any, texts: list[str] | None = None) -> Any:
+        """`value` (JSON-like: dicts, lists, text) with `text` applied to each text it holds (`texts`, when the
+        caller has them at hand), keys aside; `value` itself when that changes nothing (the needles are looked
+        for once, in all its texts joined)."""
+        if texts is None:
+            texts = []
+            _texts(value, texts)
+        return self._value(value) if self._changes(texts) else value
 
-    def value(self, value: Any) -> Any:
-        """`value` (JSON-like: dicts, lists, text) with `text` applied to each text it holds, keys aside; `value`
-        itself when none holds a head (the heads are looked for once, in all its texts joined)."""
-        texts: list[str] = []
-        _texts(value, texts)
-        return self._value(value) if self.holds("\n".join(texts)) else value
+    def _changes(self, texts: list[str]) -> bool:
+        """Whether redaction changes any of `texts`."""
+        joined = "\n".join(texts)
+        if self.holds(joined):
+            return True
+        if not self.forms:
+            return False
+        cut = texts if _CUT in joined else [t for t in texts if len(t) >= CUT_CHARS]
+        return any(self._cut(t) is not t for t in cut)
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -186,7 +222,14 @@ class Redactor:
             return matcher.value(kept)  # type: ignore[no-any-return]
         # The URL apart: with `secret_url` it always holds a secret, which must not cost a walk of the rest.
         url = self.url(sent["url"], matcher)
-        out: dict[str, Any] = matcher.value({**kept, "request": {**sent, "url": ""}})
+        rest = {**kept, "request": {**sent, "url": ""}}
+        try:  # the texts of exchange.exchange's shape, gathered without walking it
+            texts = [sent["method"], *sent["headers"].values(), sent["body"],
+                     *(kept.get("response_headers") or {}).values()]
+            "".join(texts)
+        except (KeyError, AttributeError, TypeError):
+            texts = None
+        out: dict[str, Any] = matcher.value(rest, texts)
         out["request"]["url"] = url
         return out
 

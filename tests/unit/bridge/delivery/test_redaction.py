@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from bridge.delivery.exchange import exchange
-from bridge.delivery.redaction import MIN_SECRET_CHARS, Redactor, base_url_secrets
+from bridge.delivery.redaction import CUT_CHARS, MIN_SECRET_CHARS, Redactor, base_url_secrets
 from bridge.vendors.http import HttpOptions
 from bridge.vendors.http_auth import basic
 from bridge.vendors.kapture import KaptureOptions
@@ -53,13 +53,19 @@ def test_a_value_too_short_to_be_a_secret_is_left_and_named() -> None:
 
 
 def test_a_secret_cut_off_at_the_end_of_a_text_is_redacted() -> None:
-    """A text cut short (an excerpt, a clipped value) ending in the first characters of a secret, before a `…` or
-    not, has them redacted from MIN_SECRET_CHARS on; fewer are left (no secret is that short)."""
+    """A text cut short (an excerpt of CUT_CHARS or more, a value clipped with `…`) ending in the first characters
+    of a secret has them redacted from MIN_SECRET_CHARS on; fewer are left (no secret is that short), and so is a
+    short text that was not cut."""
     secret = "0123456789abcdefghij"
     redactor = Redactor({"token": secret})
-    assert redactor.text(f"the key {secret[:12]}") == "the key [redacted]"
+    said = "x" * CUT_CHARS + " the key "
+    assert redactor.text(f"{said}{secret[:12]}") == f"{said}[redacted]"
     assert redactor.text(f"the key {secret[:MIN_SECRET_CHARS]}…") == "the key [redacted]…"
-    assert redactor.text(f"the key {secret[:MIN_SECRET_CHARS - 1]}") == f"the key {secret[:MIN_SECRET_CHARS - 1]}"
+    assert redactor.text(f"{said}{secret[:MIN_SECRET_CHARS - 1]}") == f"{said}{secret[:MIN_SECRET_CHARS - 1]}"
+    assert redactor.text(f"the key {secret[:12]}") == f"the key {secret[:12]}"
+    kept = exchange("POST", "https://api.example.com/t", {}, b"", {"X-Echo": "v" * 490 + secret})
+    shown = redactor.exchange(kept, redactor.matcher())
+    assert shown is not None and shown["response_headers"]["X-Echo"].endswith("v[redacted]…")
 
 
 def test_a_text_without_secrets_is_returned_as_it_is() -> None:
