@@ -10,10 +10,12 @@ replaced by REDACTED, in the forms a vendor may write it in: as given, the token
 HTML-escaped. A value shorter than MIN_SECRET_CHARS is left alone: it would redact ordinary words, and is
 too short to be a secret anyway (`Redactor.short` names such keys, for a warning).
 
-The forms are compiled into one pattern per destination when its adapter is made (at start), so redacting a
-text is one pass of the regex engine over it; a token the credentials obtain later adds a pattern compiled once
-per token (the last EXTRA_KEPT kept). A text cut short (an excerpt, a clipped header value) may end with the
-start of a secret: a cut-off part of MIN_SECRET_CHARS or more is redacted too.
+The forms are compiled into one pattern per destination when its adapter is made (at start); a token the
+credentials obtain later adds a pattern compiled once per token (the last EXTRA_KEPT kept). A record is ruled out
+by one substring search per secret over its texts joined (most hold none); only a text that holds one gets the
+regex engine's one pass. Both are linear in the text. A text cut short (an excerpt, a clipped header value) may
+end with the start of a secret: a cut-off part of MIN_SECRET_CHARS or more is redacted too. Cost per attempt
+record: tests/bench/test_redaction_bench.py.
 
 With `secret_url` (an http destination's `url_secret: true`: a webhook URL that is itself the credential), every
 URL of the destination is shown as its scheme and host followed by `/[redacted]`, and its base URL's path and
