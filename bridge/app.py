@@ -19,6 +19,7 @@ from bridge.admin import add_routes as add_admin_routes
 from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
+from bridge.delivery.redaction import MIN_SECRET_CHARS
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.fdlimit import delivery_pool
 from bridge.intake import hook_get, hook_options, hook_post
@@ -94,6 +95,11 @@ def build_destinations(rt: Runtime) -> dict[str, Destination]:
         base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url and not cfg.sandbox \
             else (lambda v=vendor: rt.sandbox_url(v))
         out[name] = Destination.from_config(name, cfg, base_url, attachments_dir=rt.config.attachments_dir)
+        short = out[name].adapter.redactor.short
+        if short:
+            log.warning("destination.secret_too_short", destination=name, keys=short,
+                        note=f"a secret shorter than {MIN_SECRET_CHARS} characters is not redacted by its value "
+                             "from what the vendor answers, only where a name says it is a credential")
     return out
 
 

@@ -227,6 +227,16 @@ class DestinationConfig(Base):
     def reconcile_timeout_s(self) -> float:
         return parse_duration(self.reconcile_timeout)
 
+    def secret_values(self) -> dict[str, str]:
+        """The secrets the destination is configured with, by where each is (a key path): redacted by value from
+        what its attempts keep and log, wherever a vendor echoes them (bridge/delivery/redaction.py). Vendors
+        override; the default: none."""
+        return {}
+
+    def secret_url(self) -> bool:
+        """Whether the destination's URLs are themselves a secret (a webhook URL): shown without path and query."""
+        return False
+
     def __post_init__(self) -> None:
         check_duration(self.reconcile_timeout, ("reconcile_timeout",))
         if parse_duration(self.reconcile_timeout) <= 0:

@@ -100,8 +100,21 @@ async def examine(adapter: Adapter, session: aiohttp.ClientSession, timeout_s: f
 
 
 async def examine_all(adapters: list[Adapter], session: aiohttp.ClientSession, timeout_s: float) -> list[Finding]:
-    """Check every destination at once; the findings in the order given."""
-    return list(await asyncio.gather(*(examine(a, session, timeout_s) for a in adapters)))
+    """Check every destination at once; the findings in the order given, each destination's secrets redacted by
+    value from what it says (a vendor may quote them back) and its URL shown as its attempts show it."""
+    findings = await asyncio.gather(*(examine(a, session, timeout_s) for a in adapters))
+    return [redacted(finding, adapter) for finding, adapter in zip(findings, adapters, strict=True)]
+
+
+def redacted(finding: Finding, adapter: Adapter) -> Finding:
+    """`finding` with `adapter`'s secrets redacted from what it says and from its look-up's URL."""
+    matcher = adapter.redaction()
+    request = finding.request
+    if request is not None:
+        method, _, url = request.partition(" ")
+        request = f"{method} {adapter.redactor.url(url, matcher)}"
+    return msgspec.structs.replace(finding, said=matcher.text(finding.said), request=request,
+                                   fix=None if finding.fix is None else matcher.text(finding.fix))
 
 
 def render(finding: Finding) -> str:

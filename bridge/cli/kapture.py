@@ -332,7 +332,8 @@ def run_pull(args: argparse.Namespace) -> int:
                 progress_bar(len(output.done), len(days), len(output.written))
                 again = ("run the same command again to resume" if args.out else
                          f"continue with --from {days[len(output.done)].isoformat()}")
-                print(f"pull failed on {exc}; {len(output.done)} of {len(days)} days done; {again}", file=sys.stderr)
+                said = adapter.redaction().text(str(exc))  # Kapture may quote the key it refuses
+                print(f"pull failed on {said}; {len(output.done)} of {len(days)} days done; {again}", file=sys.stderr)
                 return 1
         output.finish()
         note = f", resumed after {resumed} days" if resumed else ""

@@ -347,7 +347,7 @@ class Lane:
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
                         int(d.clock() * 1000), 0.0, None, None)
-        sent.outcome = bounded(sent.outcome)  # what the vendor said, as long as logs and the store take it
+        sent = self._redacted(sent)  # what the vendor said, as long as logs and the store take it, secrets redacted
         self._answered(item.id)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
@@ -378,6 +378,19 @@ class Lane:
             else "success"
         await self._tell_gate(sent, breaker, blog)
         await self._record(item, result, blog)
+
+    def _redacted(self, sent: Sent) -> Sent:
+        """`sent` as it is logged and recorded: its error cut (`bounded`), and the destination's secrets redacted
+        by value from its error, excerpt and exchange, wherever the vendor echoed them."""
+        outcome = bounded(sent.outcome)
+        redactor = self.dest.adapter.redactor
+        matcher = self.dest.adapter.redaction()
+        if outcome.error is not None:
+            outcome = msgspec.structs.replace(outcome, error=matcher.text(outcome.error))
+        sent.outcome = outcome
+        sent.excerpt = None if sent.excerpt is None else matcher.text(sent.excerpt)
+        sent.exchange = redactor.exchange(sent.exchange, matcher)
+        return sent
 
     async def record_unanswered(self, item: Claimed) -> None:
         """Record, at shutdown, a send whose request went out and whose answer will not come: `unknown`."""
@@ -496,7 +509,8 @@ class Lane:
         except CannotReconcile as exc:
             return Outcome(classification="held", error=f"{HELD} ({exc})"), False
         except SearchStopped as exc:
-            blog.warning("delivery.reconcile_stopped", reason=str(exc), in_doubt_since_ms=item.in_doubt_since_ms,
+            blog.warning("delivery.reconcile_stopped", reason=adapter.redaction().text(str(exc)),
+                         in_doubt_since_ms=item.in_doubt_since_ms,
                          note="the outcome stays unknown: looked up again on the retry schedule, then left to an "
                               "operator")
             return Outcome(classification="unknown", error=f"not sent: reconciliation stopped before it could tell "
@@ -508,7 +522,7 @@ class Lane:
             blog.info("delivery.reconcile_not_found", in_doubt_since_ms=item.in_doubt_since_ms,
                       note="the vendor holds no ticket from the earlier send: sending it now")
             return None, False
-        blog.info("delivery.reconciled", ticket_id=found.ticket_id, matched=found.detail)
+        blog.info("delivery.reconciled", ticket_id=found.ticket_id, matched=adapter.redaction().text(found.detail))
         return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
                        ticket_uuid=found.ticket_uuid,
                        error=f"found at the vendor after an unknown outcome: {found.detail}"), False

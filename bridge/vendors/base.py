@@ -15,6 +15,7 @@ import aiohttp
 import msgspec
 
 from bridge.config import DestinationConfig
+from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
 from bridge.vendors.credentials import Credentials
 
@@ -103,6 +104,12 @@ class Adapter(ABC):
         # Headers the delivery loop adds to every request (and to `prepare`'s look-ups); None: the adapter
         # puts its credentials in the request itself.
         self.credentials: Credentials | None = None
+        self.redactor = Redactor(config.secret_values(), secret_url=config.secret_url())
+        """The destination's secrets, found by value in what its attempts keep and log (compiled once, here)."""
+
+    def redaction(self) -> Matcher:
+        """What redacts the destination's secrets now: those configured and those its credentials hold."""
+        return self.redactor.matcher(() if self.credentials is None else self.credentials.held())
 
     async def close(self, session: aiohttp.ClientSession) -> None:
         """Give back what the destination's credentials obtained (a log-out), at shutdown."""

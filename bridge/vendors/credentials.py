@@ -67,6 +67,10 @@ class Credentials(ABC):
     async def close(self, session: aiohttp.ClientSession) -> None:  # noqa: B027 - most credentials hold nothing
         """Give back what was obtained (a log-out), at shutdown."""
 
+    def held(self) -> frozenset[str]:
+        """The secrets these credentials send now (header values, an obtained token), for redaction by value."""
+        return frozenset()
+
 
 class StaticCredentials(Credentials):
     """Headers fixed by the configuration (an API key, a basic or bearer token)."""
@@ -76,6 +80,9 @@ class StaticCredentials(Credentials):
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return dict(self._headers)
+
+    def held(self) -> frozenset[str]:
+        return frozenset(self._headers.values())
 
 
 class TokenCredentials(Credentials):
@@ -89,6 +96,7 @@ class TokenCredentials(Credentials):
         self.margin_s = margin_s
         self.clock = clock
         self.token: Token | None = None
+        self.replaced: Token | None = None  # the token before this one: an answer to a request made with it may come
         self.obtained = 0  # how many tokens were obtained: one per expiry or refusal, not per request
         self.attempts = 0  # how many times the vendor was asked for one
         self._refused: tuple[BridgeError, float] | None = None  # the last refusal and until when it holds
@@ -137,7 +145,7 @@ class TokenCredentials(Credentials):
                 self._refused = (exc, self.clock() + REFUSAL_HOLD_SECONDS)
                 raise
             self._refused = None
-            self.token = token
+            self.token, self.replaced = token, self.token
             self.obtained += 1
         expires_in = None if token.expires_at is None else round(token.expires_at - self.clock(), 1)
         log.info("vendor.token_obtained", destination=self.destination, reason=reason, expires_in_s=expires_in)
@@ -153,8 +161,14 @@ class TokenCredentials(Credentials):
         await self._get(session, refused=token.value)
         return True
 
+    def held(self) -> frozenset[str]:
+        return frozenset(value for token in (self.token, self.replaced) if token is not None
+                         for value in (token.value, *self.header_for(token).values()))
+
     async def close(self, session: aiohttp.ClientSession) -> None:
         token, self.token = self.token, None
+        if token is not None:
+            self.replaced = token  # still redacted from what answers to it say
         if token is not None and self.fresh(token):
             await self.revoke(session, token)
             log.info("vendor.token_revoked", destination=self.destination)

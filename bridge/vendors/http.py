@@ -24,6 +24,7 @@ from urllib.parse import quote
 import msgspec
 
 from bridge.config import Base, DestinationConfig
+from bridge.delivery.redaction import base_url_secrets
 from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
@@ -44,7 +45,7 @@ from bridge.vendors.base import (
     ticket_ref,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
-from bridge.vendors.http_auth import HttpAuth, http_credentials
+from bridge.vendors.http_auth import HttpAuth, basic, http_credentials
 from bridge.yamlfile import KeyValueError
 
 Method = Literal["POST", "PUT", "PATCH"]
@@ -139,6 +140,30 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     auth: HttpAuth | None = None
     doctor: HttpDoctor | None = None
     lookup: HttpLookup | None = None
+    url_secret: bool = False
+    """The base URL is itself the credential (an incoming-webhook URL): its path and query are never shown."""
+
+    def secret_url(self) -> bool:
+        return self.url_secret
+
+    def secret_values(self) -> dict[str, str]:
+        """The configured `headers` but those that describe content, the `auth` block's secrets (a Basic
+        credential also as the header it makes), and with `url_secret` the base URL's path and query."""
+        keys = {f"headers.{name}": value for name, value in self.headers.items() if name.lower() not in PLAIN_HEADERS}
+        auth = self.auth
+        if auth is not None and auth.header is not None:
+            keys["auth.header.value"] = auth.header.value
+        if auth is not None and auth.basic is not None:
+            keys["auth.basic.password"] = auth.basic.password
+            keys["auth.basic"] = basic(auth.basic.username, auth.basic.password)
+        if auth is not None and auth.bearer is not None:
+            keys["auth.bearer"] = auth.bearer
+        if auth is not None and auth.oauth2 is not None:
+            keys["auth.oauth2.client_secret"] = auth.oauth2.client_secret
+            keys["auth.oauth2"] = basic(auth.oauth2.client_id, auth.oauth2.client_secret)
+        if self.url_secret:
+            keys.update(base_url_secrets(self.base_url))
+        return {key: value for key, value in keys.items() if value}
 
     def can_reconcile(self) -> str | None:
         if self.lookup is not None:

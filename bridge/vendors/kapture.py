@@ -86,6 +86,11 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
                 "the ticket: set `reference_field` (e.g. `ref_details.bridge_ref`, filled with "
                 "\"{{ event.id }}\" by the mapping)")
 
+    def secret_values(self) -> dict[str, str]:
+        ops = ("add", "update", "pull", "get")
+        keys = {"token": self.token} | {f"tokens.{op}": getattr(self.tokens, op) for op in ops}
+        return {key: value for key, value in keys.items() if value}
+
     def default_on_unknown(self) -> Literal["resend", "reconcile", "hold"]:
         # With a reference, look the ticket up; without one nothing can tell whether the earlier send made a
         # ticket, and holding every timed-out create would stop tickets on each network blip: resend, and

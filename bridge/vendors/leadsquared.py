@@ -128,6 +128,9 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
     type_id: str = "1"
     related_ticket_type_id: int = 1
 
+    def secret_values(self) -> dict[str, str]:
+        return {key: getattr(self, key) for key in ("access_key", "secret_key") if getattr(self, key)}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.sandbox:

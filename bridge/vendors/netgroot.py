@@ -98,6 +98,14 @@ class NetgrootOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=Tru
     group_id: Annotated[int, Meta(ge=0)] | None = None
     subjects_ttl: str | float = "10m"
 
+    def secret_values(self) -> dict[str, str]:
+        keys = {"token": self.token}
+        if self.auth is not None:
+            keys["auth.token"] = self.auth.token or ""
+            if self.auth.login is not None:
+                keys["auth.login.password"] = self.auth.login.password
+        return {key: value for key, value in keys.items() if value}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.token and self.auth is not None:

@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 
 from bridge.cli import main
-from bridge.doctor import Finding, examine
+from bridge.doctor import Finding, examine, examine_all, render
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpSimulator
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.simulators.leadsquared import LeadSquaredSimulator
@@ -192,3 +193,40 @@ async def test_kapture_checks_the_pull_operations_own_key(aiohttp_server: Any) -
     plain = await check(aiohttp_server, KaptureSimulator(tokens={"add-key"}, operation_tokens=keys), "kapture",
                         token="add-key")
     assert plain.state == "failed" and plain.fix is not None and plain.fix.endswith("set the destination's token")
+
+
+async def test_http_quoting_its_key_back_shows_it_nowhere_in_the_finding(aiohttp_server: Any) -> None:
+    """An API refusing the doctor's look-up by quoting the key it was sent: the finding, as printed, has the key
+    redacted."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, text=f"unknown key {request.headers['X-Api-Key']}")
+
+    app = web.Application()
+    app.router.add_get("/me", refuse)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    config = msgspec.convert({"vendor": "http", "base_url": base, "doctor": {"path": "/me"},
+                              "headers": {"X-Api-Key": "k3y-5e1f0a9b8c7d"}}, vendor_options("http"))
+    adapter: Adapter = adapter_class("http")("dest", config, base)
+    async with aiohttp.ClientSession() as session:
+        (found,) = await examine_all([adapter], session, 5.0)
+    shown = render(found)
+    assert "k3y-5e1f0a9b8c7d" not in shown
+    assert "the credentials were refused: unknown key [redacted]" in shown
+
+
+async def test_http_with_a_secret_url_shows_its_host_only(aiohttp_server: Any) -> None:
+    """An http destination whose base URL is the secret (`url_secret: true`): the finding's look-up line names the
+    host and /[redacted], never the hook's path."""
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/hooks/catch/123456/abcdefgh/me", ok)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    config = msgspec.convert({"vendor": "http", "base_url": base + "/hooks/catch/123456/abcdefgh", "url_secret": True,
+                              "doctor": {"path": "/me"}}, vendor_options("http"))
+    adapter: Adapter = adapter_class("http")("dest", config, config.base_url)
+    async with aiohttp.ClientSession() as session:
+        (found,) = await examine_all([adapter], session, 5.0)
+    assert found.state == "ok"
+    assert found.request == f"GET {base}/[redacted]"

@@ -355,3 +355,26 @@ async def test_an_endless_answer_fails_the_day_at_the_cap(aiohttp_server: Any, m
         with pytest.raises(PullFailed, match=r"^2024-04-19: permanent: kapture: HTTP 200 with an answer longer "
                                              r"than 1 MiB, more than a pull reads: pull with --paged"):
             await asyncio.wait_for(puller.day(date(2024, 4, 19)), timeout=30)
+
+
+async def test_a_refusal_quoting_the_key_prints_it_redacted(aiohttp_server: Any, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Kapture refusing the pull by quoting the Auth Key it was sent: the failure printed names the refusal with
+    the key redacted."""
+    async def refuse(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        key = request.headers["Authorization"].removeprefix("Basic ")
+        return aiohttp.web.json_response({"status": "failed", "message": f"Invalid Auth Key {key}"})
+
+    app = aiohttp.web.Application()
+    app.router.add_post(PULL_PATH, refuse)
+    server = await aiohttp_server(app)
+    config = tmp_path / "bridge.yaml"
+    config.write_text(f"""
+destinations:
+  kapture: {{vendor: kapture, base_url: "{server.make_url('')}", token: kpt_9f8e7d6c5b4a3f2e1d0c}}
+""")
+    (tmp_path / "mappings").mkdir()
+    assert await pull(config, *RANGE) == 1
+    err = capsys.readouterr().err
+    assert "kpt_9f8e7d6c5b4a3f2e1d0c" not in err
+    assert "pull failed on 2024-04-19: auth: kapture: Invalid Auth Key [redacted]" in err

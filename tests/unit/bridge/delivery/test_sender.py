@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -630,3 +633,70 @@ def test_only_a_status_that_says_the_vendor_did_not_act_decides_an_unread_body()
                              "ClientPayloadError: Response payload is not completed")
     assert sender.unread_refusal(200, {}, cut, 5.0) is None
     assert sender.unread_refusal(400, {}, cut, 5.0) is None
+
+
+ZLIB_BOMB_BYTES = 64 << 20
+"""What the gzip and deflate bombs below inflate to (zeros): 256 times the read cap, and made in a fraction of a
+second; zlib's ratio is at most about 1000:1, so these take 64 KB on the wire."""
+
+
+def _inflating(encoding: str) -> bytes:
+    """A body of zeros that inflates from `encoding`: `br` a gigabyte, from tests/fixtures/bombs (1.7 KB, made with
+    Brotli's quality 11, which takes a minute); gzip and deflate ZLIB_BOMB_BYTES, made here."""
+    if encoding == "br":
+        return (Path(__file__).parents[3] / "fixtures" / "bombs" / "zeros-1gib.br").read_bytes()
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+    zeros = bytes(1 << 20)
+    return b"".join(packer.compress(zeros) for _ in range(ZLIB_BOMB_BYTES >> 20)) + packer.flush()
+
+
+@pytest.mark.parametrize("encoding", ["br", "gzip", "deflate"])
+async def test_an_answer_that_inflates_without_end_is_read_to_the_cap_in_bounded_memory(
+    session: aiohttp.ClientSession, encoding: str,
+) -> None:
+    """A 200 whose body inflates to a gigabyte (brotli) or 64 MiB (gzip, deflate) is inflated only as far as the
+    read cap: the adapter is given MAX_RESPONSE_BYTES, the outcome is unknown (the answer was cut), and the attempt
+    allocates a few megabytes at most, not what the body inflates to."""
+    body = _inflating(encoding)
+    answer = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    async with raw_vendor(answer) as base:
+        adapter = RecordingKapture(base)
+        tracemalloc.start()
+        try:
+            sent = await asyncio.wait_for(send_once(session, adapter, claimed(), 30.0), timeout=60.0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert [len(b) for _, b in adapter.classified] == [MAX_RESPONSE_BYTES]
+    assert (sent.outcome.classification, sent.http_status) == ("unknown", 200)
+    assert peak < 16 << 20, f"{peak / (1 << 20):.1f} MiB allocated"
+
+
+BR_SUCCESS = b'\x8b\x19\x80[{"status": "success", "ticket_id": "713516551148"}]\x03'
+BR_BUSY = b'\x8b\x0b\x80{"message": "slow down"}\x03'
+"""Kapture's success and a 429's words in brotli (`brotli.compress`: short texts are kept as they are, framed)."""
+
+
+async def test_a_brotli_answer_is_read_and_its_refusal_classified_by_its_status(
+    session: aiohttp.ClientSession, aiohttp_server: Any,
+) -> None:
+    """The request offers `br` (Accept-Encoding) and a brotli answer is read: a success gives its ticket id, and a
+    429 in brotli is a retry with its Retry-After, not an unknown outcome for want of a decoder."""
+    offered: list[str] = []
+
+    async def created(request: web.Request) -> web.Response:
+        offered.append(request.headers.get("Accept-Encoding", ""))
+        return web.Response(body=BR_SUCCESS, headers={"Content-Type": "application/json", "Content-Encoding": "br"})
+
+    app = web.Application()
+    app.router.add_post(CREATE_PATH, created)
+    server = await aiohttp_server(app)
+    sent = await send_once(session, RecordingKapture(str(server.make_url(""))), claimed(), 5.0)
+    assert (sent.outcome.classification, sent.outcome.ticket_id) == ("success", "713516551148")
+    assert "br" in [e.strip() for e in offered[0].split(",")], offered
+    limited = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Encoding: br\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(BR_BUSY)) + BR_BUSY
+    async with raw_vendor(limited) as base:
+        sent = await asyncio.wait_for(send_once(session, RecordingKapture(base), claimed(), 5.0), timeout=10.0)
+    assert (sent.outcome.classification, sent.outcome.retry_after, sent.http_status) == ("retry", 7.0, 429)

@@ -1,0 +1,249 @@
+"""A destination's secrets redacted by their values from what its attempts keep and log.
+
+exchange.py redacts by name: a header, query parameter or JSON key called like a credential. A vendor may also
+quote the request back in its answer (an error that repeats the token, an echo of the Authorization header, the
+keys of a query string), under any name or none. So every text an attempt keeps or logs (the vendor's error,
+its answer's excerpt, the exchange's URL, headers and body) has each secret the destination is configured with
+(`DestinationConfig.secret_values`), and each its credentials hold now (a token obtained from the vendor),
+replaced by REDACTED, in the forms a vendor may write it in: as given, the token after an auth scheme
+(`Bearer …`, `Basic …`), a Basic credential's `user:password` and password, URL-encoded, JSON- and
+HTML-escaped. A value shorter than MIN_SECRET_CHARS is left alone: it would redact ordinary words, and is
+too short to be a secret anyway (`Redactor.short` names such keys, for a warning).
+
+The forms are compiled into one pattern per destination when its adapter is made (at start); a token the
+credentials obtain later adds a pattern compiled once per token (the last EXTRA_KEPT kept). A record is ruled out
+by one substring search per secret over its texts joined (most hold none); only a text that holds one gets the
+regex engine's one pass. Both are linear in the text. A text cut short (an excerpt, a clipped header value) may
+end with the start of a secret: a cut-off part of MIN_SECRET_CHARS or more is redacted too. Cost per attempt
+record: tests/bench/test_redaction_bench.py.
+
+With `secret_url` (an http destination's `url_secret: true`: a webhook URL that is itself the credential), every
+URL of the destination is shown as its scheme and host followed by `/[redacted]`, and its base URL's path and
+query are secret values like any other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+
+from bridge.delivery.exchange import REDACTED
+
+MIN_SECRET_CHARS = 8
+EXTRA_KEPT = 4
+CUT_CHARS = 200
+"""A text this long may be an excerpt cut without a mark (the shortest excerpt kept is 200 characters)."""
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
+_CUT = "…"
+
+
+def _written(value: str) -> set[str]:
+    """`value` as given, and as a URL, a JSON string (with `/` escaped too, as PHP writes it) and HTML write it."""
+    encoded = quote(value, safe="")
+    as_json = json.dumps(value)[1:-1]
+    return {value, encoded, _PERCENT.sub(lambda m: m.group().lower(), encoded), quote_plus(value), as_json,
+            json.dumps(value, ensure_ascii=False)[1:-1], as_json.replace("/", "\\/"), html.escape(value)}
+
+
+def forms(value: str) -> set[str]:
+    """The texts a vendor may echo `value` as: each of its `_parts` as written by `_written`."""
+    return {form for part in _parts(value) for form in _written(part)}
+
+
+def _parts(value: str) -> set[str]:
+    """`value` itself; after an auth scheme, the token alone; a Basic credential's `user:password` and password;
+    none shorter than MIN_SECRET_CHARS."""
+    parts = {value}
+    scheme, space, rest = value.strip().partition(" ")
+    if space and scheme.isalpha() and rest.strip():
+        token = rest.strip()
+        parts.add(token)
+        if scheme.lower() == "basic":
+            try:
+                pair = base64.b64decode(token, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                pair = ""
+            if ":" in pair:
+                parts.update((pair, pair.partition(":")[2]))
+    return {part for part in parts if len(part) >= MIN_SECRET_CHARS}
+
+
+def _core(part: str) -> str:
+    """The longest run of `part` that every written form keeps as it is (letters, digits, `-._~`)."""
+    return max(_PLAIN.findall(part), key=len, default="")
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """Finds a set of secrets in text: `whole` each of their forms anywhere. `needles` tell whether a text can
+    hold one at all (most hold none): a run of each secret that all its forms keep as it is (else the start of
+    each form). `head` finds, near a text's end, where a form cut off there may start (its first
+    MIN_SECRET_CHARS characters)."""
+
+    whole: re.Pattern[str]
+    head: re.Pattern[str]
+    needles: tuple[str, ...]
+    forms: tuple[str, ...]
+    longest: int
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> Matcher:
+        parts = {p for v in values for p in _parts(v)}
+        written = {f for p in parts for f in _written(p)}
+        # A form holding another (`Basic <token>` holds the token) is found, and redacted, through that one.
+        found = sorted((f for f in written if not any(g != f and g in f for g in written)),
+                       key=lambda f: (-len(f), f))
+        if not found:
+            never = re.compile("(?!)")
+            return cls(never, never, (), (), 0)
+        needles: set[str] = set()
+        for part in parts:
+            core = _core(part)
+            needles.update([core] if len(core) >= MIN_SECRET_CHARS else (f[:MIN_SECRET_CHARS] for f in _written(part)))
+        heads = sorted({f[:MIN_SECRET_CHARS] for f in found})
+        return cls(re.compile("|".join(map(re.escape, found))), re.compile("|".join(map(re.escape, heads))),
+                   tuple(sorted(needles)), tuple(found), len(found[0]))
+
+    def text(self, text: str) -> str:
+        """`text` with every secret, and a secret cut off at its end (before a `…` marking the cut), redacted."""
+        # A substring test per needle (a fast search in C) rules out most texts at a fraction of a ns a character;
+        # the regex engine, which tries every form at every position, runs only on a text that holds a needle.
+        if self.holds(text):
+            text = self.whole.sub(REDACTED, text)
+        return self._cut(text)
+
+    def holds(self, text: str) -> bool:
+        """Whether `text` may hold a whole secret: it holds one of the needles."""
+        return any(n in text for n in self.needles)
+
+    def _cut(self, text: str) -> str:
+        """`text` with a secret cut off at its end redacted, when it may have been cut: it ends with `…` or is as
+        long as CUT_CHARS or more (excerpts are cut without a mark)."""
+        if not self.forms or (len(text) < CUT_CHARS and not text.endswith(_CUT)):
+            return text
+        end = len(text) - 1 if text.endswith(_CUT) else len(text)
+        found = self.head.search(text, max(0, end - self.longest), end)
+        while found is not None:
+            piece = text[found.start():end]
+            if any(f.startswith(piece) for f in self.forms):
+                return text[:found.start()] + REDACTED + text[end:]
+            found = self.head.search(text, found.start() + 1, end)
+        return text
+
+    def value(self, value: Any, texts: list[str] | None = None) -> Any:
+        """`value` (JSON-like: dicts, lists, text) with `text` applied to each text it holds (`texts`, when the
+        caller has them at hand), keys aside; `value` itself when that changes nothing (the needles are looked
+        for once, in all its texts joined)."""
+        if texts is None:
+            texts = []
+            _texts(value, texts)
+        return self._value(value) if self._changes(texts) else value
+
+    def _changes(self, texts: list[str]) -> bool:
+        """Whether redaction changes any of `texts`."""
+        joined = "\n".join(texts)
+        if self.holds(joined):
+            return True
+        if not self.forms:
+            return False
+        cut = texts if _CUT in joined else [t for t in texts if len(t) >= CUT_CHARS]
+        return any(self._cut(t) is not t for t in cut)
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self._value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._value(v) for v in value]
+        return value
+
+
+def _texts(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _texts(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _texts(v, out)
+
+
+class Redactor:
+    """One destination's secrets (`secrets`: where each is configured → its value), found by value; with
+    `secret_url`, its URLs shown without path and query."""
+
+    def __init__(self, secrets: Mapping[str, str], *, secret_url: bool = False) -> None:
+        self.short = sorted(key for key, value in secrets.items() if 0 < len(value) < MIN_SECRET_CHARS)
+        """Where a secret too short to be redacted by value is configured."""
+        self.values = frozenset(v for v in secrets.values() if len(v) >= MIN_SECRET_CHARS)
+        self.secret_url = secret_url
+        self._static = Matcher.of(self.values)
+        self._held: dict[frozenset[str], Matcher] = {}
+
+    def matcher(self, held: Iterable[str] = ()) -> Matcher:
+        """The matcher of the configured secrets and of `held` (what the credentials hold now: an obtained token),
+        compiled once per set of held values."""
+        extra = frozenset(v for v in held if len(v) >= MIN_SECRET_CHARS and v not in self.values)
+        if not extra:
+            return self._static
+        found = self._held.get(extra)
+        if found is None:
+            if len(self._held) >= EXTRA_KEPT:
+                del self._held[next(iter(self._held))]
+            found = self._held[extra] = Matcher.of(self.values | extra)
+        return found
+
+    def url(self, url: str, matcher: Matcher | None = None) -> str:
+        """`url` as shown: with `secret_url`, its scheme and host and `/[redacted]` for any path or query; its
+        secrets redacted."""
+        if self.secret_url:
+            try:
+                parts = urlsplit(url)
+            except ValueError:  # a host urllib cannot read (a bad IPv6 literal): nothing of it is shown
+                return REDACTED
+            if parts.path.strip("/") or parts.query:
+                url = urlunsplit((parts.scheme, parts.netloc, f"/{REDACTED}", "", ""))
+        return (matcher or self._static).text(url)
+
+    def exchange(self, kept: dict[str, Any] | None, matcher: Matcher) -> dict[str, Any] | None:
+        """An attempt's exchange (exchange.exchange) with its URL shown as `url` shows it, and every text redacted."""
+        if kept is None:
+            return None
+        sent = kept.get("request")
+        if not isinstance(sent, dict) or not isinstance(sent.get("url"), str):
+            return matcher.value(kept)  # type: ignore[no-any-return]
+        # The URL apart: with `secret_url` it always holds a secret, which must not cost a walk of the rest.
+        url = self.url(sent["url"], matcher)
+        rest = {**kept, "request": {**sent, "url": ""}}
+        try:  # the texts of exchange.exchange's shape, gathered without walking it
+            texts = [sent["method"], *sent["headers"].values(), sent["body"],
+                     *(kept.get("response_headers") or {}).values()]
+            "".join(texts)
+        except (KeyError, AttributeError, TypeError):
+            texts = None
+        out: dict[str, Any] = matcher.value(rest, texts)
+        out["request"]["url"] = url
+        return out
+
+    def text(self, text: str | None, held: Iterable[str] = ()) -> str | None:
+        """`text` with the destination's secrets redacted (None stays None)."""
+        return None if text is None else self.matcher(held).text(text)
+
+
+def base_url_secrets(base_url: str | None) -> dict[str, str]:
+    """The parts of a base URL that are secret when the whole URL is (a webhook URL): its path and its query."""
+    if not base_url:
+        return {}
+    parts = urlsplit(base_url)
+    return {key: value for key, value in (("base_url.path", parts.path.rstrip("/")), ("base_url.query", parts.query))
+            if value}

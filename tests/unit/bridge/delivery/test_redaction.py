@@ -1,0 +1,122 @@
+"""bridge/delivery/redaction.py: a destination's secrets found by value, in every form a vendor may echo them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+import pytest
+
+from bridge.delivery.exchange import exchange
+from bridge.delivery.redaction import CUT_CHARS, MIN_SECRET_CHARS, Redactor, base_url_secrets
+from bridge.vendors.http import HttpOptions
+from bridge.vendors.http_auth import basic
+from bridge.vendors.kapture import KaptureOptions
+from bridge.vendors.leadsquared import LeadSquaredOptions
+from bridge.vendors.netgroot import NetgrootOptions
+
+TOKEN = "tok/9f8e+7d6c 5b4a"  # with characters each encoding writes apart
+
+
+@pytest.mark.parametrize("written", [
+    TOKEN, quote(TOKEN, safe=""), quote(TOKEN, safe="").lower(), "tok%2F9f8e%2B7d6c+5b4a",
+    json.dumps(TOKEN)[1:-1].replace("/", "\\/"),
+], ids=["as-is", "url-encoded", "lower-hex", "form-encoded", "php-json"])
+def test_a_secret_is_redacted_in_each_form_a_vendor_writes_it(written: str) -> None:
+    """The secret as given, URL-encoded (either hex case, or as a form writes spaces) or in JSON with `/` escaped
+    is redacted where it stands, the text around it kept."""
+    redactor = Redactor({"token": TOKEN})
+    assert redactor.text(f"bad key '{written}' given") == "bad key '[redacted]' given"
+
+
+def test_an_auth_header_s_token_and_a_basic_credential_s_parts_are_redacted_alone() -> None:
+    """An Authorization value's token is found without its scheme; a Basic credential's base64 and its password
+    each are (in `user:password`, the user name is left)."""
+    redactor = Redactor({"auth.basic": basic("acme-integration", "pa55-w0rd-xyz"), "bearer": "Bearer abcdefgh1234"})
+    encoded = base64.b64encode(b"acme-integration:pa55-w0rd-xyz").decode()
+    said = f"got {encoded}; user acme-integration:pa55-w0rd-xyz; password pa55-w0rd-xyz; token abcdefgh1234"
+    assert redactor.text(said) == ("got [redacted]; user acme-integration:[redacted]; password [redacted]; "
+                                   "token [redacted]")
+    assert redactor.text("acme-integration alone is a user name") == "acme-integration alone is a user name"
+
+
+def test_a_value_too_short_to_be_a_secret_is_left_and_named() -> None:
+    """A value under MIN_SECRET_CHARS would redact ordinary words: it is left alone, and its key is named so that
+    the operator can be told."""
+    short = "k" * (MIN_SECRET_CHARS - 1)
+    redactor = Redactor({"token": short, "secret_key": "s" * MIN_SECRET_CHARS, "empty": ""})
+    assert redactor.short == ["token"]
+    assert redactor.text(f"{short} {'s' * MIN_SECRET_CHARS}") == f"{short} [redacted]"
+
+
+def test_a_secret_cut_off_at_the_end_of_a_text_is_redacted() -> None:
+    """A text cut short (an excerpt of CUT_CHARS or more, a value clipped with `…`) ending in the first characters
+    of a secret has them redacted from MIN_SECRET_CHARS on; fewer are left (no secret is that short), and so is a
+    short text that was not cut."""
+    secret = "0123456789abcdefghij"
+    redactor = Redactor({"token": secret})
+    said = "x" * CUT_CHARS + " the key "
+    assert redactor.text(f"{said}{secret[:12]}") == f"{said}[redacted]"
+    assert redactor.text(f"the key {secret[:MIN_SECRET_CHARS]}…") == "the key [redacted]…"
+    assert redactor.text(f"{said}{secret[:MIN_SECRET_CHARS - 1]}") == f"{said}{secret[:MIN_SECRET_CHARS - 1]}"
+    assert redactor.text(f"the key {secret[:12]}") == f"the key {secret[:12]}"
+    kept = exchange("POST", "https://api.example.com/t", {}, b"", {"X-Echo": "v" * 490 + secret})
+    shown = redactor.exchange(kept, redactor.matcher())
+    assert shown is not None and shown["response_headers"]["X-Echo"].endswith("v[redacted]…")
+
+
+def test_a_text_without_secrets_is_returned_as_it_is() -> None:
+    """What holds no secret is given back unchanged, the exchange not even copied."""
+    redactor = Redactor({"token": TOKEN})
+    kept = exchange("POST", "https://api.example.com/t", {"Accept": "x"}, b'{"a": 1}', {"Server": "nginx"})
+    matcher = redactor.matcher()
+    assert matcher.value(kept) is kept
+    assert redactor.text("nothing here") == "nothing here"
+    assert Redactor({}).text(TOKEN) == TOKEN
+
+
+def test_values_the_credentials_hold_are_redacted_beside_the_configured_ones() -> None:
+    """A token obtained at run time is redacted beside the configured secrets; the matcher for it is compiled once
+    and reused."""
+    redactor = Redactor({"client_secret": "cs-77aa88bb99cc"})
+    held = {"Bearer at-1111aaaa2222bbbb", "at-1111aaaa2222bbbb"}
+    matcher = redactor.matcher(held)
+    assert matcher.text("at-1111aaaa2222bbbb / cs-77aa88bb99cc") == "[redacted] / [redacted]"
+    assert redactor.matcher(held) is matcher
+    assert redactor.matcher().text("at-1111aaaa2222bbbb") == "at-1111aaaa2222bbbb"
+
+
+def test_a_secret_url_is_shown_without_its_path_and_query() -> None:
+    """With `secret_url`, a URL keeps its scheme and host only; its base URL's path and query are secret values
+    wherever else they appear."""
+    base = "https://hooks.slack.com/services/T0001/B0002/XXXXXXXXXXXX?key=zzzz"
+    redactor = Redactor(base_url_secrets(base), secret_url=True)
+    assert redactor.url(base) == "https://hooks.slack.com/[redacted]"
+    assert redactor.url("https://hooks.slack.com/") == "https://hooks.slack.com/"
+    assert redactor.url("http://[::1") == "[redacted]"
+    assert redactor.text("no route /services/T0001/B0002/XXXXXXXXXXXX") == "no route [redacted]"
+    kept = exchange("POST", base + "&x=1", {}, b"", None)
+    shown = redactor.exchange(kept, redactor.matcher())
+    assert shown is not None and shown["request"]["url"] == "https://hooks.slack.com/[redacted]"
+    assert base_url_secrets("https://hooks.example.com") == {}
+
+
+def test_each_vendor_names_the_secrets_it_is_configured_with() -> None:
+    """Each vendor's options list their secrets by key: Kapture's keys, LeadSquared's access and secret keys,
+    Netgroot's token or password, and an http destination's non-content headers and auth values."""
+    def options(typ: type[Any], **given: Any) -> Any:
+        return msgspec.convert(given, typ)
+
+    assert options(KaptureOptions, vendor="kapture", base_url="https://k", token="t1", tokens={"pull": "t2"}
+                   ).secret_values() == {"token": "t1", "tokens.pull": "t2"}
+    assert options(LeadSquaredOptions, vendor="leadsquared", base_url="https://l", org_id="1", access_key="a",
+                   secret_key="s").secret_values() == {"access_key": "a", "secret_key": "s"}
+    assert options(NetgrootOptions, vendor="netgroot", base_url="https://n",
+                   auth={"login": {"username": "u", "password": "p"}}).secret_values() == {"auth.login.password": "p"}
+    http = options(HttpOptions, vendor="http", base_url="https://h/hook/abc", url_secret=True,
+                   headers={"X-Tenant": "t", "Accept": "application/json"}, auth={"bearer": "b"})
+    assert http.secret_values() == {"headers.X-Tenant": "t", "auth.bearer": "b", "base_url.path": "/hook/abc"}
+    assert http.secret_url()
