@@ -18,6 +18,7 @@ from bridge.connections import BodyTimeout
 from bridge.errors import Rejected, StoreRefused, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
+from bridge.logs import LEVEL
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
@@ -387,8 +388,9 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
                  source=source.name)
         if not result.duplicate:
             _count_routing(rt, source, event, deliveries, mappings)
-        log.debug("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
-                 event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
+        if LEVEL.debug:
+            log.debug("intake.duplicate" if result.duplicate else "intake.accepted", source=source.name,
+                      event_id=result.event_id, deliveries=result.deliveries, **({"spam": True} if event.spam else {}))
 
     cors = _cors(source, request)
     target = handler.redirect_to(request)

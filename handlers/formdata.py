@@ -7,7 +7,7 @@ import re
 from email.message import Message
 from email.parser import BytesParser
 from typing import Any, NamedTuple
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from bridge.errors import Rejected
 from bridge.escaping import escape_text
@@ -80,10 +80,29 @@ def _pairs(fields: list[str], encoding: str) -> list[tuple[str, str]]:
         if not eq:
             raise ValueError(f"bad query field: {field!r}")
         if "+" in field or "%" in field:
-            name = unquote(name.replace("+", " "), encoding=encoding, errors="strict")
-            value = unquote(value.replace("+", " "), encoding=encoding, errors="strict")
+            name = _unquote(name, encoding)
+            value = _unquote(value, encoding)
         pairs.append((name, value))
     return pairs
+
+
+_UTF8 = frozenset({"utf-8", "utf_8"})
+
+
+def _unquote(text: str, encoding: str) -> str:
+    """`text` with `+` read as a space and %-escapes decoded strictly in `encoding`, as `unquote` does. In UTF-8
+    the whole text is decoded at once, in C: it decodes to what `unquote` gives run by run of escapes, since a
+    run's bytes cannot join a neighbouring character's into one (the text between runs is whole characters).
+    A text that does not decode is left to `unquote`, which raises its own error, naming the run."""
+    text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    if encoding in _UTF8:
+        try:
+            return unquote_to_bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return unquote(text, encoding=encoding, errors="strict")
 
 
 class Part(NamedTuple):

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from bridge.logs import STDLIB_HANDLER, configure_logging, mask_personal_data, mask_text
+from bridge.logs import LEVEL, STDLIB_HANDLER, configure_logging, mask_personal_data, mask_text
 
 
 @pytest.fixture
@@ -171,6 +171,17 @@ def test_configure_logging_filters_by_level(restore_structlog: None) -> None:
     log.info("x.info")
     log.error("x.error")
     assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["x.error"]
+
+
+@pytest.mark.parametrize(("level", "debug"), [("debug", True), ("info", False), ("error", False)])
+def test_configure_logging_says_whether_debug_lines_are_written(restore_structlog: None, level: str,
+                                                                 debug: bool) -> None:
+    """LEVEL.debug follows the level configured (a per-request path asks it before making a debug line)."""
+    try:
+        configure_logging(level, "json", io.StringIO())
+        assert LEVEL.debug is debug
+    finally:
+        LEVEL.debug = True
 
 
 def test_configure_logging_renders_exceptions_masked(restore_structlog: None) -> None:
