@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -51,12 +52,16 @@ class NoKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 class VendorSimulator(ABC):
     """A simulator's shared state and routes; a vendor's module adds its API through `vendor_routes`, and
-    the behaviours of a real account it can be switched to (`Knobs`, served at `/_knobs`)."""
+    the behaviours of a real account it can be switched to (`Knobs`, served at `/_knobs`).
+
+    Tickets are held by the id the vendor's follow-ups name them with (`key`, a field of each ticket), oldest
+    first, so a follow-up finds its ticket in one look-up whatever the number held."""
 
     Knobs: ClassVar[type[msgspec.Struct]] = NoKnobs
+    key: ClassVar[str]
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.tickets: list[dict[str, Any]] = []
+        self._held: OrderedDict[Any, dict[str, Any]] = OrderedDict()
         self.max_tickets = MAX_TICKETS
         self.faults = Faults()
         self.received = RequestLog(clock)
@@ -66,19 +71,32 @@ class VendorSimulator(ABC):
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
         """The vendor's API as (method, path, handler); each call is noted in `received`."""
 
+    @property
+    def tickets(self) -> list[dict[str, Any]]:
+        """The tickets held, oldest first (a copy: `hold`, `drop` and `clear` change them)."""
+        return list(self._held.values())
+
+    def ticket(self, key: Any) -> dict[str, Any] | None:
+        """The held ticket whose `key` field is `key`, or None (never made, dropped or deleted)."""
+        return self._held.get(key)
+
     def hold(self, ticket: dict[str, Any]) -> None:
         """Add a ticket, dropping the oldest past `max_tickets` (a later call on a dropped one finds no ticket)."""
-        self.tickets.append(ticket)
-        if len(self.tickets) > self.max_tickets:
-            del self.tickets[:len(self.tickets) - self.max_tickets]
+        self._held[ticket[self.key]] = ticket
+        while len(self._held) > self.max_tickets:
+            self._held.popitem(last=False)
+
+    def drop(self, key: Any) -> dict[str, Any] | None:
+        """Forget one ticket, as the vendor does one deleted in the account; the ticket, or None if not held."""
+        return self._held.pop(key, None)
 
     def listed(self) -> dict[str, Any]:
         """What `GET /tickets` answers."""
-        return {"count": len(self.tickets), "tickets": self.tickets}
+        return {"count": len(self._held), "tickets": self.tickets}
 
     def clear(self) -> None:
         """Forget the tickets (and whatever else a simulator counts), for `DELETE /tickets`."""
-        self.tickets.clear()
+        self._held.clear()
 
     async def listing(self, request: web.Request) -> web.Response:
         return web.json_response(self.listed())

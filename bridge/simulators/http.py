@@ -58,6 +58,7 @@ def _client(request: web.Request, form: Any) -> tuple[str, str]:
 
 class HttpSimulator(VendorSimulator):
     Knobs = HttpKnobs
+    key = "id"
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
@@ -104,7 +105,7 @@ class HttpSimulator(VendorSimulator):
         wanted = dict(request.query)
         items = [{"id": t["id"]} for t in self.tickets
                  if isinstance(t["body"], dict) and all(str(t["body"].get(k)) == v for k, v in wanted.items())]
-        return web.json_response({"success": True, "count": len(self.tickets), "items": items})
+        return web.json_response({"success": True, "count": len(self._held), "items": items})
 
     @staticmethod
     async def _read(request: web.Request) -> tuple[Any, list[dict[str, Any]]] | str:
@@ -135,9 +136,9 @@ class HttpSimulator(VendorSimulator):
             return web.json_response({"success": False, "error": read}, status=400)
         body, files = read
         self.received.note(request, files=files)
-        segments = set(request.path.split("/"))
-        for ticket in self.tickets:
-            if ticket["id"] in segments:
+        for segment in dict.fromkeys(request.path.split("/")):  # each ticket the path names, once
+            ticket = self.ticket(segment)
+            if ticket is not None:
                 ticket["updates"].append({"method": request.method, "path": request.path, "body": body,
                                           "files": files})
         ticket_id = f"T-{next(self._ids)}"

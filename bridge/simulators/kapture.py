@@ -52,6 +52,7 @@ class KaptureKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 class KaptureSimulator(VendorSimulator):
     Knobs = KaptureKnobs
+    key = "ticketId"
 
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
@@ -143,7 +144,7 @@ class KaptureSimulator(VendorSimulator):
         if not isinstance(item, dict):
             return item
         ticket_id = str(item.get("ticket_id") or "")
-        found = next((t for t in self.tickets if ticket_id and t["ticketId"] == ticket_id), None)
+        found = self.ticket(ticket_id)
         if found is None:
             return self._failed(NO_TICKET)
         # The page names the field `callback_time` in its body and `callback_date` in its error text: both are read.
@@ -226,13 +227,14 @@ class KaptureSimulator(VendorSimulator):
         if not wanted:
             return self._failed("ticket_ids is missing")
         self.gets.append(sorted(wanted))
+        found = sorted((t for t in map(self.ticket, wanted) if t is not None), key=lambda t: int(t["id"]))
         return web.json_response([
             {"additional_info": self._pull_json(t)["additional_info"], "history": {},
              "task_details": {**self._ticket_json(t), "ticket_id": t["ticketId"], "title": t["taskTitle"]}}
-            for t in self.tickets if t["ticketId"] in wanted])
+            for t in found])
 
     def listed(self) -> dict[str, Any]:
-        return {"count": len(self.tickets), "requests": self.requests, "tickets": self.tickets}
+        return {**super().listed(), "requests": self.requests}
 
     def clear(self) -> None:
         super().clear()

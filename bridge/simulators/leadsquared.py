@@ -66,6 +66,7 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 
 class LeadSquaredSimulator(VendorSimulator):
     Knobs = LeadSquaredKnobs
+    key = "Id"
 
     def __init__(self, *, orgs: set[str] | None = None, keys: dict[str, str] | None = None,
                  limit: int = DEFAULT_REQUESTS, window_seconds: float = DEFAULT_PER_SECONDS,
@@ -162,7 +163,7 @@ class LeadSquaredSimulator(VendorSimulator):
 
     def _ticket(self, ticket_id: str) -> dict[str, Any] | web.Response:
         """The ticket with this numeric Id, or the 404 LeadSquared answers for an unknown one."""
-        found = next((t for t in self.tickets if t["Id"] == ticket_id), None)
+        found = self.ticket(ticket_id)
         if found is None:
             return _error(404, "MXTicketNotFoundException", f"Ticket {ticket_id!r} was not found")
         return found
@@ -271,12 +272,17 @@ class LeadSquaredSimulator(VendorSimulator):
         ids = body.get("TicketIds") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not ids:
             return _error(400, "MXInvalidInputException", "TicketIds must be a non-empty list")
-        known = {t["Id"] for t in self.tickets}
-        done = [str(i) for i in ids if str(i) in known]
-        self.tickets[:] = [t for t in self.tickets if t["Id"] not in done]
+        return web.json_response(self.delete(ids))
+
+    def delete(self, ids: list[Any]) -> dict[str, list[Any]]:
+        """Delete the held tickets among `ids` (an Id given twice is done twice): the trash call's answer.
+        Linear in `ids`, which a body can make long."""
+        done = [str(i) for i in ids if self.ticket(str(i)) is not None]
+        removed = set(done)
+        for ticket_id in removed:
+            self.drop(ticket_id)
         self.deleted.extend(done)
-        return web.json_response({"SuccessfulIds": [int(i) for i in done],
-                                  "FailedIds": [i for i in ids if str(i) not in done]})
+        return {"SuccessfulIds": [int(i) for i in done], "FailedIds": [i for i in ids if str(i) not in removed]}
 
     def clear(self) -> None:
         super().clear()

@@ -18,11 +18,11 @@ async def test_every_simulator_lists_resets_and_has_its_knobs(aiohttp_client: An
     """Each simulator lists its tickets at / and /tickets, forgets them on DELETE /tickets, and serves the
     request log and the fault knobs."""
     sim = registry()[vendor]()
-    sim.tickets.append({"id": "seeded"})
+    sim.hold({sim.key: "seeded"})
     client = await aiohttp_client(sim.app())
     for path in ("/tickets", "/"):
         listing = await (await client.get(path)).json()
-        assert (listing["count"], listing["tickets"]) == (1, [{"id": "seeded"}])
+        assert (listing["count"], listing["tickets"]) == (1, [{sim.key: "seeded"}])
     resp = await client.delete("/tickets")
     assert (resp.status, await resp.json()) == (200, {"count": 0})
     assert sim.tickets == []
@@ -76,3 +76,19 @@ async def test_knobs_change_the_simulator(aiohttp_client: Any) -> None:
     assert sim.knobs.auth_key_expired is True
     assert (await client.put("/_knobs", json={"auth_key_expired": "yes"})).status == 400
     assert sim.knobs.auth_key_expired is True
+
+
+@pytest.mark.parametrize("vendor", sorted(registry()))
+def test_held_tickets_are_found_by_id_until_dropped(vendor: str) -> None:
+    """`ticket` finds a held ticket by its vendor's id; one dropped past `max_tickets`, or by `drop`, is not
+    found and not listed, and the listing keeps the order the tickets were made in."""
+    sim = registry()[vendor]()
+    sim.max_tickets = 2
+    made = [{sim.key: f"t{n}"} for n in range(3)]
+    for ticket in made:
+        sim.hold(ticket)
+    assert ([sim.ticket(f"t{n}") for n in range(3)], sim.tickets) == ([None, made[1], made[2]], made[1:])
+    assert (sim.drop("t1"), sim.drop("t1"), sim.ticket("t1")) == (made[1], None, None)
+    assert sim.listed()["count"] == 1 and sim.tickets == [made[2]]
+    sim.clear()
+    assert (sim.ticket("t2"), sim.tickets) == (None, [])

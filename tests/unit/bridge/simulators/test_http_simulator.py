@@ -7,6 +7,7 @@ from typing import Any
 
 from bridge.simulators.http import HttpSimulator
 from bridge.vendors.files import Part, multipart_body
+from tests.fixtures.watched_tickets import hold_watched, reads
 
 
 async def test_any_json_write_is_stored_and_answered_with_an_id(aiohttp_client: Any) -> None:
@@ -46,3 +47,26 @@ async def test_multipart_writes_keep_their_files_and_follow_ups_show_on_their_ti
         {"part": "files", "name": "a.txt", "content_type": "text/plain", "size": 3,
          "sha256": hashlib.sha256(b"abc").hexdigest()}])
     assert [u["body"] for u in first["updates"]] == [{"comment": "again"}]
+
+
+async def test_a_follow_up_finds_the_tickets_its_path_names_without_reading_the_others(aiohttp_client: Any) -> None:
+    """A write whose path names held tickets adds to each of them, found by id: no other ticket held is read."""
+    sim = HttpSimulator()
+    others = hold_watched(sim, "id", 50, updates=[])
+    client = await aiohttp_client(sim.app())
+    await client.post("/v1/tickets", json={"title": "x"})
+    await client.patch("/v1/tickets/T-1/comments/T-1", json={"comment": "again"})
+    assert reads(others) == 0
+    made = sim.tickets[-2]
+    assert (made["id"], [u["body"] for u in made["updates"]]) == ("T-1", [{"comment": "again"}])
+
+
+async def test_a_follow_up_naming_a_dropped_ticket_adds_to_none(aiohttp_client: Any) -> None:
+    """Past `max_tickets` the oldest ticket is dropped: a write naming it is kept as a new ticket only."""
+    sim = HttpSimulator()
+    sim.max_tickets = 2
+    client = await aiohttp_client(sim.app())
+    for _ in range(3):
+        await client.post("/v1/tickets", json={"title": "x"})
+    await client.patch("/v1/tickets/T-1", json={"comment": "late"})
+    assert [(t["id"], t["updates"]) for t in sim.tickets] == [("T-3", []), ("T-4", [])]

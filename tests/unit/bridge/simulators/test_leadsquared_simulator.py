@@ -21,6 +21,7 @@ from bridge.vendors.leadsquared import (
     LeadSquaredOptions,
 )
 from handlers.attachments import attachment, save_attachments
+from tests.fixtures.watched_tickets import hold_watched, reads
 
 URL = f"/api/tenants/{SANDBOX_ORG}/tickets"
 KEYS = {"X-LSQ-ACCESS-KEY": SANDBOX_ACCESS_KEY, "X-LSQ-SECRET-KEY": SANDBOX_SECRET_KEY}
@@ -277,3 +278,41 @@ async def test_trash_deletes_known_ids_and_lists_the_rest_as_failed(aiohttp_clie
     resp = await client.put(f"{URL}/trash", json={"TicketIds": [created["Id"], "999"]}, headers=KEYS)
     assert (resp.status, await resp.json()) == (200, {"SuccessfulIds": [int(created["Id"])], "FailedIds": ["999"]})
     assert (sim.tickets, sim.deleted) == ([], [created["Id"]])
+
+
+async def follow_ups(client: Client, ticket_id: str) -> list[tuple[int, Any]]:
+    """Activity, note, update, details and trash of `ticket_id`: each call's status and answer."""
+    made = lsq_adapter()
+    ticket = {"id": ticket_id, "key": f"#{ticket_id}"}
+    answers = [await send(client, made.build_request(action, fields, {}, ticket=ticket)) for action, fields in (
+        ("add_activity", {"Text": "Still down"}), ("add_note", {"TextPart": "Called"}),
+        ("update_ticket", {"Status": "Reopened"}))]
+    resp = await client.get(f"{URL}/{ticket_id}", headers=KEYS)
+    answers.append((resp.status, await resp.json()))
+    resp = await client.put(f"{URL}/trash", json={"TicketIds": [ticket_id]}, headers=KEYS)
+    return [*answers, (resp.status, await resp.json())]
+
+
+async def test_follow_ups_find_their_ticket_without_reading_the_others(aiohttp_client: Any) -> None:
+    """Activity, note, update, details and trash look their ticket up by Id: no other ticket held is read."""
+    sim, client = await start(aiohttp_client)
+    others = hold_watched(sim, "Id", 50)
+    created = (await post(client))[1]
+    answers = await follow_ups(client, created["Id"])
+    assert [status for status, _ in answers] == [200] * 5
+    assert answers[-1][1] == {"SuccessfulIds": [int(created["Id"])], "FailedIds": []}
+    assert reads(others) == 0
+
+
+async def test_a_dropped_ticket_is_not_found_by_any_follow_up(aiohttp_client: Any) -> None:
+    """Past `max_tickets` the oldest ticket is dropped: each follow-up on it is the 404 of an unknown Id and
+    its trash lists it as failed, while the tickets still held answer."""
+    sim, client = await start(aiohttp_client)
+    sim.max_tickets = 2
+    ids = [(await post(client))[1]["Id"] for _ in range(3)]
+    assert [t["Id"] for t in sim.tickets] == ids[1:]
+    dropped = await follow_ups(client, ids[0])
+    assert [(s, b.get("ExceptionType")) for s, b in dropped[:4]] == [(404, "MXTicketNotFoundException")] * 4
+    assert dropped[4] == (200, {"SuccessfulIds": [], "FailedIds": [ids[0]]})
+    assert [status for status, _ in await follow_ups(client, ids[2])] == [200] * 5
+    assert ([t["Id"] for t in sim.tickets], sim.deleted) == ([ids[1]], [ids[2]])
