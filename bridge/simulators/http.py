@@ -59,6 +59,7 @@ def _client(request: web.Request, form: Any) -> tuple[str, str]:
 class HttpSimulator(VendorSimulator):
     Knobs = HttpKnobs
     key = "id"
+    histories = ("updates",)
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
@@ -139,8 +140,8 @@ class HttpSimulator(VendorSimulator):
         for segment in dict.fromkeys(request.path.split("/")):  # each ticket the path names, once
             ticket = self.ticket(segment)
             if ticket is not None:
-                ticket["updates"].append({"method": request.method, "path": request.path, "body": body,
-                                          "files": files})
+                self.add_history(ticket, "updates", [{"method": request.method, "path": request.path, "body": body,
+                                                      "files": files}])
         ticket_id = f"T-{next(self._ids)}"
         self.hold({"id": ticket_id, "method": request.method, "path": request.path, "body": body,
                     "files": files, "updates": []})

@@ -53,6 +53,7 @@ class KaptureKnobs(msgspec.Struct, forbid_unknown_fields=True):
 class KaptureSimulator(VendorSimulator):
     Knobs = KaptureKnobs
     key = "ticketId"
+    histories = ("comments",)
 
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
@@ -164,7 +165,7 @@ class KaptureSimulator(VendorSimulator):
         if callback:
             found["callback_time"] = callback
         if item.get("comment"):
-            found["comments"].append(item["comment"])
+            self.add_history(found, "comments", [item["comment"]])
             self.received.note(request, ticket_id=ticket_id, comment=item["comment"])
         return web.json_response({"ticket": self._ticket_json(found), "Additional_details": {},
                                   "message": "Status and Comment have been updated.\n", "status": "success"})

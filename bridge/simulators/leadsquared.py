@@ -67,6 +67,7 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 class LeadSquaredSimulator(VendorSimulator):
     Knobs = LeadSquaredKnobs
     key = "Id"
+    histories = ("Files", "Updates", "Activities", "Notes")
 
     def __init__(self, *, orgs: set[str] | None = None, keys: dict[str, str] | None = None,
                  limit: int = DEFAULT_REQUESTS, window_seconds: float = DEFAULT_PER_SECONDS,
@@ -81,6 +82,7 @@ class LeadSquaredSimulator(VendorSimulator):
         self._accepted: deque[float] = deque()
         self.deleted: list[str] = []  # Ids moved to the trash
         self._ids = itertools.count(1)
+        self._activity_ids = itertools.count(1)
 
     def _over_limit(self) -> bool:
         """Whether this call is one too many for the window; calls refused with 429 do not count."""
@@ -213,8 +215,8 @@ class LeadSquaredSimulator(VendorSimulator):
         for item in body["Fields"]:
             current[item["SchemaName"]] = item
         ticket["Fields"] = list(current.values())
-        ticket["Files"].extend(files)
-        ticket["Updates"].append({"Fields": body["Fields"], "Files": files})
+        self.add_history(ticket, "Files", files)
+        self.add_history(ticket, "Updates", [{"Fields": body["Fields"], "Files": files}])
         return web.json_response({"Status": "Success", "ReasonForFailure": None, "Id": ticket["Id"],
                                   "Message": "Ticket properties have been updated successfully",
                                   "Key": ticket["Key"], "TicketId": None})
@@ -232,8 +234,9 @@ class LeadSquaredSimulator(VendorSimulator):
                 or body.get("Direction") not in ("INBOUND", "OUTBOUND"):
             return _error(400, "MXInvalidInputException", "Text and Direction (INBOUND or OUTBOUND) are required")
         self.received.note(request, text=body["Text"])
-        ticket["Activities"].append({"Text": body["Text"], "Direction": body["Direction"]})
-        return web.json_response({"Id": str(len(ticket["Activities"])), "Status": "Success", "Message": None})
+        self.add_history(ticket, "Activities", [{"Text": body["Text"], "Direction": body["Direction"]}])
+        # Numbered apart from the ticket's list, which drops its oldest entries: an Id is never given twice.
+        return web.json_response({"Id": str(next(self._activity_ids)), "Status": "Success", "Message": None})
 
     async def note(self, request: web.Request) -> web.StreamResponse:
         """`POST …/internalnote/upload` with `{TextPart, ActivityType, StorageType, RelatedTicketId}`."""
@@ -248,7 +251,7 @@ class LeadSquaredSimulator(VendorSimulator):
         if isinstance(ticket, web.Response):
             return ticket
         self.received.note(request, text=body["TextPart"])
-        ticket["Notes"].append(body["TextPart"])
+        self.add_history(ticket, "Notes", [body["TextPart"]])
         org = request.match_info["org"]
         return web.json_response({"Message": "Activity Created", "RelatedTicketId": ticket["Id"],
                                   "RelatedOrgId": org, "RelatedChannelMonitoringRequestId": 0})

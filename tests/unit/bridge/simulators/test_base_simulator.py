@@ -92,3 +92,25 @@ def test_held_tickets_are_found_by_id_until_dropped(vendor: str) -> None:
     assert sim.listed()["count"] == 1 and sim.tickets == [made[2]]
     sim.clear()
     assert (sim.ticket("t2"), sim.tickets) == (None, [])
+
+
+@pytest.mark.parametrize("vendor", [v for v, made in sorted(registry().items()) if made.histories])
+def test_histories_keep_their_newest_entries_and_their_total_drops_the_oldest_tickets(vendor: str) -> None:
+    """A history keeps its newest `max_history` entries; past `max_history_total` entries in all the oldest
+    tickets are dropped, and a ticket dropped or deleted no longer counts."""
+    sim = registry()[vendor]()
+    sim.max_history, sim.max_history_total = 3, 5
+    name = sim.histories[-1]
+    first, second = ({sim.key: key, name: []} for key in ("t1", "t2"))
+    sim.hold(first)
+    sim.hold(second)
+    sim.add_history(first, name, [1, 2, 3, 4])
+    sim.add_history(second, name, [5, 6])
+    assert (first[name], sim.tickets) == ([2, 3, 4], [first, second])
+    sim.add_history(second, name, [7])
+    assert (sim.ticket("t1"), sim.tickets) == (None, [second])
+    sim.drop("t2")
+    third, fourth = {sim.key: "t3", name: [1, 2, 3, 4]}, {sim.key: "t4", name: [5, 6]}
+    sim.hold(third)
+    sim.hold(fourth)
+    assert (third[name], sim.tickets) == ([2, 3, 4], [third, fourth])

@@ -70,3 +70,14 @@ async def test_a_follow_up_naming_a_dropped_ticket_adds_to_none(aiohttp_client: 
         await client.post("/v1/tickets", json={"title": "x"})
     await client.patch("/v1/tickets/T-1", json={"comment": "late"})
     assert [(t["id"], t["updates"]) for t in sim.tickets] == [("T-3", []), ("T-4", [])]
+
+
+async def test_a_ticket_keeps_its_newest_updates(aiohttp_client: Any) -> None:
+    """Writes naming a ticket past `max_history` drop its oldest updates."""
+    sim = HttpSimulator()
+    sim.max_history = 2
+    client = await aiohttp_client(sim.app())
+    await client.post("/v1/tickets", json={"title": "x"})
+    for n in range(3):
+        await client.patch("/v1/tickets/T-1", json={"n": n})
+    assert [u["body"] for u in sim.tickets[0]["updates"]] == [{"n": 1}, {"n": 2}]

@@ -229,3 +229,13 @@ async def test_a_dropped_ticket_is_no_data_found_and_the_held_ones_answer(aiohtt
     assert (await call(client, UPDATE_PATH, [{"ticket_id": ids[1], "sub_status": "P"}]))[1]["status"] == "success"
     _, got = await call(client, GET_PATH, {"ticket_ids": ",".join(reversed(ids))})
     assert [g["task_details"]["ticket_id"] for g in got] == ids[1:]
+
+
+async def test_a_ticket_keeps_its_newest_comments(aiohttp_client: Any) -> None:
+    """Comments past `max_history` drop the ticket's oldest; the update still answers success."""
+    sim, client = await start(aiohttp_client)
+    sim.max_history = 2
+    _, made = await call(client, CREATE_PATH, [{"title": "TEST 1"}])
+    answers = [(await call(client, UPDATE_PATH, [{"ticket_id": made["ticket_id"], "sub_status": "P",
+                                                  "comment": f"c{n}"}]))[1]["status"] for n in range(3)]
+    assert (answers, sim.tickets[0]["comments"]) == (["success"] * 3, ["c1", "c2"])

@@ -316,3 +316,28 @@ async def test_a_dropped_ticket_is_not_found_by_any_follow_up(aiohttp_client: An
     assert dropped[4] == (200, {"SuccessfulIds": [], "FailedIds": [ids[0]]})
     assert [status for status, _ in await follow_ups(client, ids[2])] == [200] * 5
     assert ([t["Id"] for t in sim.tickets], sim.deleted) == ([ids[1]], [ids[2]])
+
+
+async def test_a_ticket_keeps_its_newest_follow_ups_and_activity_ids_stay_unique(aiohttp_client: Any) -> None:
+    """Activities, notes, updates and files past `max_history` drop the ticket's oldest; each activity's Id is
+    one never answered before, on this ticket or another."""
+    sim, client = await start(aiohttp_client)
+    sim.max_history = 2
+    made = lsq_adapter()
+
+    async def act(action: str, fields: dict[str, Any], ticket: dict[str, Any]) -> Any:
+        return (await send(client, made.build_request(action, fields, {}, ticket=ticket)))[1]
+
+    first, second = [{"id": (await post(client))[1]["Id"]} for _ in range(2)]
+    ids = []
+    for n in range(3):
+        ids.append((await act("add_activity", {"Text": f"a{n}"}, first))["Id"])
+        await act("add_note", {"TextPart": f"n{n}"}, first)
+        await act("update_ticket", {"Status": f"s{n}"}, first)
+    ids.append((await act("add_activity", {"Text": "b"}, second))["Id"])
+    held = sim.ticket(first["id"])
+    assert held is not None
+    assert [a["Text"] for a in held["Activities"]] == ["a1", "a2"]
+    assert held["Notes"] == ["n1", "n2"]
+    assert [u["Fields"] for u in held["Updates"]] == [[{"SchemaName": "Status", "Value": f"s{n}"}] for n in (1, 2)]
+    assert ids == ["1", "2", "3", "4"]
