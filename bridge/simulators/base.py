@@ -9,7 +9,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -49,6 +49,17 @@ MAX_HISTORY = 1_000
 Notes; http's updates), the oldest dropped first: whoever sends a ticket's follow-ups may send them without end."""
 MAX_HISTORY_TOTAL = 50_000
 """History entries the tickets held keep in all: past it the oldest tickets are dropped, as past MAX_TICKETS."""
+MAX_TOKENS = 10_000
+"""Tokens a simulator's log-in or token endpoint keeps live, the oldest forgotten first (refused from then on, as
+revoked): the sandbox's demo credentials are public, so anyone who reaches it may ask for tokens without end."""
+V = TypeVar("V")
+
+
+def keep_token(tokens: OrderedDict[str, V], token: str, value: V, limit: int) -> None:
+    """Add a live token, forgetting the oldest past `limit`."""
+    tokens[token] = value
+    while len(tokens) > limit:
+        tokens.popitem(last=False)
 
 
 class NoKnobs(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,6 +85,7 @@ class VendorSimulator(ABC):
         self.max_tickets = MAX_TICKETS
         self.max_history = MAX_HISTORY
         self.max_history_total = MAX_HISTORY_TOTAL
+        self.max_tokens = MAX_TOKENS
         self.faults = Faults()
         self.received = RequestLog(clock)
         self.knobs: Any = self.Knobs()

@@ -36,6 +36,7 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
+from bridge.simulators.received import keep_newest
 from bridge.vendors.leadsquared import (
     DEFAULT_PER_SECONDS,
     DEFAULT_REQUESTS,
@@ -50,6 +51,9 @@ OUTAGE = {"Status": "Error", "Message": "simulated outage"}
 CORE_HOST_MESSAGE = ("The API host does not serve Service CRM calls: this is the core API host "
                      "(api-in21.leadsquared.com); use the Service CRM gateway host")
 API_DISABLED_MESSAGE = "Service CRM APIs are not enabled for this account"
+MAX_FIELDS = 1_000
+"""Fields (distinct SchemaNames) a ticket holds. An account's ticket type has a set of fields; the simulator takes
+any name, so without a bound each update naming new ones would grow its ticket without end."""
 
 
 class LeadSquaredKnobs(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,6 +66,10 @@ class LeadSquaredKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 def _error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"Status": "Error", "ExceptionType": kind, "ExceptionMessage": message}, status=status)
+
+
+def _too_many_fields(count: int) -> str:
+    return f"a ticket holds at most {MAX_FIELDS:,} fields (distinct SchemaNames); this one would hold {count:,}"
 
 
 class LeadSquaredSimulator(VendorSimulator):
@@ -80,7 +88,7 @@ class LeadSquaredSimulator(VendorSimulator):
         self.mandatory_fields = mandatory_fields
         self.clock = clock
         self._accepted: deque[float] = deque()
-        self.deleted: list[str] = []  # Ids moved to the trash
+        self.deleted: list[str] = []  # the newest Ids moved to the trash (as many as calls)
         self._ids = itertools.count(1)
         self._activity_ids = itertools.count(1)
 
@@ -184,6 +192,8 @@ class LeadSquaredSimulator(VendorSimulator):
         if not has_lead:
             return _error(500, "MXInvalidInputException",
                           f"One of {', '.join(LEAD_FIELDS)} is required to create a ticket")
+        if len(values) > MAX_FIELDS:
+            return _error(400, "MXInvalidInputException", _too_many_fields(len(values)))
         missing = [n for n in self.mandatory_fields if values.get(n) in (None, "")]
         if missing:
             return _error(500, "MXInvalidInputException", f"Mandatory field(s) missing: {', '.join(missing)}")
@@ -214,6 +224,8 @@ class LeadSquaredSimulator(VendorSimulator):
         current = {f["SchemaName"]: f for f in ticket["Fields"]}
         for item in body["Fields"]:
             current[item["SchemaName"]] = item
+        if len(current) > MAX_FIELDS:
+            return _error(400, "MXInvalidInputException", _too_many_fields(len(current)))
         ticket["Fields"] = list(current.values())
         self.add_history(ticket, "Files", files)
         self.add_history(ticket, "Updates", [{"Fields": body["Fields"], "Files": files}])
@@ -284,7 +296,7 @@ class LeadSquaredSimulator(VendorSimulator):
         removed = set(done)
         for ticket_id in removed:
             self.drop(ticket_id)
-        self.deleted.extend(done)
+        keep_newest(self.deleted, done, self.received.max_entries)
         return {"SuccessfulIds": [int(i) for i in done], "FailedIds": [i for i in ids if str(i) not in removed]}
 
     def clear(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from bridge.simulators.http import HttpSimulator
+from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
 from bridge.vendors.files import Part, multipart_body
 from tests.fixtures.watched_tickets import hold_watched, reads
 
@@ -81,3 +81,15 @@ async def test_a_ticket_keeps_its_newest_updates(aiohttp_client: Any) -> None:
     for n in range(3):
         await client.patch("/v1/tickets/T-1", json={"n": n})
     assert [u["body"] for u in sim.tickets[0]["updates"]] == [{"n": 1}, {"n": 2}]
+
+
+async def test_the_token_endpoint_keeps_the_newest_tokens_live(aiohttp_client: Any) -> None:
+    """Past `max_tokens` live tokens a new one forgets the oldest, refused (401 invalid_token) from then on."""
+    sim = HttpSimulator()
+    sim.knobs = HttpKnobs(oauth2=True)
+    sim.max_tokens = 2
+    client = await aiohttp_client(sim.app())
+    form = {"grant_type": "client_credentials", "client_id": SANDBOX_CLIENT_ID, "client_secret": SANDBOX_CLIENT_SECRET}
+    tokens = [(await (await client.post(TOKEN_PATH, data=form)).json())["access_token"] for _ in range(3)]
+    statuses = [(await client.post("/t", json={}, headers={"Authorization": f"Bearer {t}"})).status for t in tokens]
+    assert (statuses, list(sim.issued)) == ([401, 201, 201], tokens[1:])

@@ -239,3 +239,13 @@ async def test_a_ticket_keeps_its_newest_comments(aiohttp_client: Any) -> None:
     answers = [(await call(client, UPDATE_PATH, [{"ticket_id": made["ticket_id"], "sub_status": "P",
                                                   "comment": f"c{n}"}]))[1]["status"] for n in range(3)]
     assert (answers, sim.tickets[0]["comments"]) == (["success"] * 3, ["c1", "c2"])
+
+
+async def test_pulls_and_gets_keep_as_many_as_calls_received(aiohttp_client: Any) -> None:
+    """The pulls and gets a test may read are kept as the calls are, the newest `received.max_entries`."""
+    sim, client = await start(aiohttp_client)
+    sim.received.max_entries = 2
+    for n in range(3):
+        await call(client, PULL_PATH, [{"start_date": "2024-04-19", "end_date": "2024-04-19", "n": n}])
+        await call(client, GET_PATH, {"ticket_ids": f"id{n}"})
+    assert ([p["n"] for p in sim.pulls], sim.gets) == ([1, 2], [["id1"], ["id2"]])

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.simulators.leadsquared import LeadSquaredSimulator
+from bridge.simulators.leadsquared import MAX_FIELDS, LeadSquaredSimulator
 from bridge.vendors.base import VendorRequest
 from bridge.vendors.leadsquared import (
     SANDBOX_ACCESS_KEY,
@@ -341,3 +341,33 @@ async def test_a_ticket_keeps_its_newest_follow_ups_and_activity_ids_stay_unique
     assert held["Notes"] == ["n1", "n2"]
     assert [u["Fields"] for u in held["Updates"]] == [[{"SchemaName": "Status", "Value": f"s{n}"}] for n in (1, 2)]
     assert ids == ["1", "2", "3", "4"]
+
+
+async def test_trashed_ids_keep_as_many_as_calls_received(aiohttp_client: Any) -> None:
+    """The trashed Ids a test may read are kept as the calls are, the newest `received.max_entries`."""
+    sim, client = await start(aiohttp_client)
+    sim.received.max_entries = 2
+    ids = [(await post(client))[1]["Id"] for _ in range(3)]
+    for ticket_id in ids:
+        await client.put(f"{URL}/trash", json={"TicketIds": [ticket_id]}, headers=KEYS)
+    assert (sim.tickets, sim.deleted) == ([], ids[1:])
+
+
+async def test_a_ticket_holds_at_most_max_fields(aiohttp_client: Any) -> None:
+    """A create or an update that would leave a ticket with more than MAX_FIELDS distinct fields is a 400 naming
+    the bound, and changes nothing; an update of fields it holds is taken."""
+    sim, client = await start(aiohttp_client)
+    many = [{"SchemaName": f"F{n}", "Value": "x"} for n in range(MAX_FIELDS)]
+    status, body = await post(client, {**TICKET, "Fields": many + TICKET["Fields"]})
+    assert (status, body["ExceptionType"]) == (400, "MXInvalidInputException")
+    assert body["ExceptionMessage"] == (f"a ticket holds at most {MAX_FIELDS:,} fields (distinct SchemaNames); "
+                                        f"this one would hold {MAX_FIELDS + 2:,}")
+    status, created = await post(client, {**TICKET, "Fields": many[:-2] + TICKET["Fields"]})
+    assert status == 200
+    made = lsq_adapter()
+    ticket = {"id": created["Id"], "key": created["Key"]}
+    refused = await send(client, made.build_request("update_ticket", {"New": "x"}, {}, ticket=ticket))
+    taken = await send(client, made.build_request("update_ticket", {"F0": "y"}, {}, ticket=ticket))
+    assert (refused[0], taken[0]) == (400, 200)
+    fields = {f["SchemaName"]: f["Value"] for f in sim.tickets[0]["Fields"]}
+    assert (len(fields), fields["F0"], "New" in fields) == (MAX_FIELDS, "y", False)
