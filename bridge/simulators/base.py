@@ -7,8 +7,9 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -43,6 +44,22 @@ MAX_TICKETS = 10_000
 """Tickets a simulator holds, the oldest dropped first. A sandbox destination's sources may take posts from
 anyone, and each delivery makes or updates a ticket: without a cap, memory grows with every post for as long
 as the server runs."""
+MAX_HISTORY = 1_000
+"""Entries each history of a ticket keeps (Kapture's comments; LeadSquared's Files, Updates, Activities and
+Notes; http's updates), the oldest dropped first: whoever sends a ticket's follow-ups may send them without end."""
+MAX_HISTORY_TOTAL = 50_000
+"""History entries the tickets held keep in all: past it the oldest tickets are dropped, as past MAX_TICKETS."""
+MAX_TOKENS = 10_000
+"""Tokens a simulator's log-in or token endpoint keeps live, the oldest forgotten first (refused from then on, as
+revoked): the sandbox's demo credentials are public, so anyone who reaches it may ask for tokens without end."""
+V = TypeVar("V")
+
+
+def keep_token(tokens: OrderedDict[str, V], token: str, value: V, limit: int) -> None:
+    """Add a live token, forgetting the oldest past `limit`."""
+    tokens[token] = value
+    while len(tokens) > limit:
+        tokens.popitem(last=False)
 
 
 class NoKnobs(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,13 +68,24 @@ class NoKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 class VendorSimulator(ABC):
     """A simulator's shared state and routes; a vendor's module adds its API through `vendor_routes`, and
-    the behaviours of a real account it can be switched to (`Knobs`, served at `/_knobs`)."""
+    the behaviours of a real account it can be switched to (`Knobs`, served at `/_knobs`).
+
+    Tickets are held by the id the vendor's follow-ups name them with (`key`, a field of each ticket), oldest
+    first, so a follow-up finds its ticket in one look-up whatever the number held. The lists named in
+    `histories` are what follow-ups add to a ticket (`add_history`), each kept to its newest `max_history`
+    entries, and all of them together to `max_history_total`."""
 
     Knobs: ClassVar[type[msgspec.Struct]] = NoKnobs
+    key: ClassVar[str]
+    histories: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.tickets: list[dict[str, Any]] = []
+        self._held: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+        self._history = 0  # entries in the histories of the tickets held
         self.max_tickets = MAX_TICKETS
+        self.max_history = MAX_HISTORY
+        self.max_history_total = MAX_HISTORY_TOTAL
+        self.max_tokens = MAX_TOKENS
         self.faults = Faults()
         self.received = RequestLog(clock)
         self.knobs: Any = self.Knobs()
@@ -66,19 +94,61 @@ class VendorSimulator(ABC):
     def vendor_routes(self) -> list[tuple[str, str, Handler]]:
         """The vendor's API as (method, path, handler); each call is noted in `received`."""
 
+    @property
+    def tickets(self) -> list[dict[str, Any]]:
+        """The tickets held, oldest first (a copy: `hold`, `drop` and `clear` change them)."""
+        return list(self._held.values())
+
+    def ticket(self, key: Any) -> dict[str, Any] | None:
+        """The held ticket whose `key` field is `key`, or None (never made, dropped or deleted)."""
+        return self._held.get(key)
+
     def hold(self, ticket: dict[str, Any]) -> None:
-        """Add a ticket, dropping the oldest past `max_tickets` (a later call on a dropped one finds no ticket)."""
-        self.tickets.append(ticket)
-        if len(self.tickets) > self.max_tickets:
-            del self.tickets[:len(self.tickets) - self.max_tickets]
+        """Add a ticket (its histories cut to their newest `max_history`), dropping the oldest tickets past
+        `max_tickets` or `max_history_total` (a later call on a dropped one finds no ticket)."""
+        for name in self.histories:
+            if len(ticket.get(name, ())) > self.max_history:
+                del ticket[name][:-self.max_history]
+        self.drop(ticket[self.key])
+        self._held[ticket[self.key]] = ticket
+        self._history += self._entries(ticket)
+        self._shrink()
+
+    def add_history(self, ticket: dict[str, Any], name: str, entries: list[Any]) -> None:
+        """Add `entries` to a held ticket's history `name`, keeping its newest `max_history`, and drop the
+        oldest tickets while those held keep more than `max_history_total` entries."""
+        kept: list[Any] = ticket[name]
+        kept.extend(entries)
+        over = len(kept) - self.max_history
+        if over > 0:
+            del kept[:over]
+        if self._held.get(ticket[self.key]) is ticket:
+            self._history += len(entries) - max(over, 0)
+            self._shrink()
+
+    def drop(self, key: Any) -> dict[str, Any] | None:
+        """Forget one ticket, as the vendor does one deleted in the account; the ticket, or None if not held."""
+        ticket = self._held.pop(key, None)
+        if ticket is not None:
+            self._history -= self._entries(ticket)
+        return ticket
+
+    def _entries(self, ticket: dict[str, Any]) -> int:
+        return sum(len(ticket.get(name, ())) for name in self.histories)
+
+    def _shrink(self) -> None:
+        while len(self._held) > self.max_tickets or (self._held and self._history > self.max_history_total):
+            _, oldest = self._held.popitem(last=False)
+            self._history -= self._entries(oldest)
 
     def listed(self) -> dict[str, Any]:
         """What `GET /tickets` answers."""
-        return {"count": len(self.tickets), "tickets": self.tickets}
+        return {"count": len(self._held), "tickets": self.tickets}
 
     def clear(self) -> None:
         """Forget the tickets (and whatever else a simulator counts), for `DELETE /tickets`."""
-        self.tickets.clear()
+        self._held.clear()
+        self._history = 0
 
     async def listing(self, request: web.Request) -> web.Response:
         return web.json_response(self.listed())

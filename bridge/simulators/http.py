@@ -22,13 +22,14 @@ import itertools
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
-from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
+from bridge.simulators.base import VendorSimulator, keep_token, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
 
 OUTAGE = {"success": False, "error": "simulated outage"}
@@ -58,12 +59,14 @@ def _client(request: web.Request, form: Any) -> tuple[str, str]:
 
 class HttpSimulator(VendorSimulator):
     Knobs = HttpKnobs
+    key = "id"
+    histories = ("updates",)
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.clock = clock
         self._ids = itertools.count(1)
-        self.issued: dict[str, float] = {}  # access token → expiry (epoch seconds)
+        self.issued: OrderedDict[str, float] = OrderedDict()  # a live access token → expiry (epoch seconds)
         self.token_requests = 0
         self.refused = 0  # calls refused for a missing, unknown or expired token
 
@@ -79,7 +82,7 @@ class HttpSimulator(VendorSimulator):
         if _client(request, form) != (SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET):
             return web.json_response({"error": "invalid_client"}, status=401)
         token = secrets.token_urlsafe(16)
-        self.issued[token] = self.clock() + self.knobs.token_lifetime_seconds
+        keep_token(self.issued, token, self.clock() + self.knobs.token_lifetime_seconds, self.max_tokens)
         return web.json_response({"access_token": token, "token_type": "Bearer",
                                   "expires_in": self.knobs.token_lifetime_seconds,
                                   **({"scope": form["scope"]} if "scope" in form else {})})
@@ -90,6 +93,7 @@ class HttpSimulator(VendorSimulator):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme == "Bearer" and self.clock() < self.issued.get(token, 0.0):
             return None
+        self.issued.pop(token, None)  # an expired one is never honoured again
         self.refused += 1
         return web.json_response({"error": "invalid_token"}, status=401,
                                  headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -104,7 +108,7 @@ class HttpSimulator(VendorSimulator):
         wanted = dict(request.query)
         items = [{"id": t["id"]} for t in self.tickets
                  if isinstance(t["body"], dict) and all(str(t["body"].get(k)) == v for k, v in wanted.items())]
-        return web.json_response({"success": True, "count": len(self.tickets), "items": items})
+        return web.json_response({"success": True, "count": len(self._held), "items": items})
 
     @staticmethod
     async def _read(request: web.Request) -> tuple[Any, list[dict[str, Any]]] | str:
@@ -135,11 +139,11 @@ class HttpSimulator(VendorSimulator):
             return web.json_response({"success": False, "error": read}, status=400)
         body, files = read
         self.received.note(request, files=files)
-        segments = set(request.path.split("/"))
-        for ticket in self.tickets:
-            if ticket["id"] in segments:
-                ticket["updates"].append({"method": request.method, "path": request.path, "body": body,
-                                          "files": files})
+        for segment in dict.fromkeys(request.path.split("/")):  # each ticket the path names, once
+            ticket = self.ticket(segment)
+            if ticket is not None:
+                self.add_history(ticket, "updates", [{"method": request.method, "path": request.path, "body": body,
+                                                      "files": files}])
         ticket_id = f"T-{next(self._ids)}"
         self.hold({"id": ticket_id, "method": request.method, "path": request.path, "body": body,
                     "files": files, "updates": []})

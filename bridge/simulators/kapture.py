@@ -24,6 +24,7 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
 from bridge.simulators.faults import Handler, apply_faults, hang_after
+from bridge.simulators.received import keep_newest
 from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, GET_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
 
 STAMP = "%Y-%m-%d %H:%M:%S"  # how tickets keep their creation time (as the create answer writes it)
@@ -52,6 +53,8 @@ class KaptureKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 class KaptureSimulator(VendorSimulator):
     Knobs = KaptureKnobs
+    key = "ticketId"
+    histories = ("comments",)
 
     def __init__(self, tokens: set[str] | None = None, failure_http_status: int = 200, *,
                  end_date_inclusive: bool = True, pagination_enabled: bool = False, page_size: int = 50,
@@ -71,7 +74,7 @@ class KaptureSimulator(VendorSimulator):
         self.pagination_enabled = pagination_enabled
         self.page_size = page_size
         self.clock = clock
-        self.pulls: list[dict[str, Any]] = []
+        self.pulls: list[dict[str, Any]] = []  # the newest pulls and gets asked (as many as calls), for tests
         self.gets: list[list[str]] = []
         self.requests = 0
         self._ids = itertools.count(530348198)
@@ -143,7 +146,7 @@ class KaptureSimulator(VendorSimulator):
         if not isinstance(item, dict):
             return item
         ticket_id = str(item.get("ticket_id") or "")
-        found = next((t for t in self.tickets if ticket_id and t["ticketId"] == ticket_id), None)
+        found = self.ticket(ticket_id)
         if found is None:
             return self._failed(NO_TICKET)
         # The page names the field `callback_time` in its body and `callback_date` in its error text: both are read.
@@ -163,7 +166,7 @@ class KaptureSimulator(VendorSimulator):
         if callback:
             found["callback_time"] = callback
         if item.get("comment"):
-            found["comments"].append(item["comment"])
+            self.add_history(found, "comments", [item["comment"]])
             self.received.note(request, ticket_id=ticket_id, comment=item["comment"])
         return web.json_response({"ticket": self._ticket_json(found), "Additional_details": {},
                                   "message": "Status and Comment have been updated.\n", "status": "success"})
@@ -195,7 +198,7 @@ class KaptureSimulator(VendorSimulator):
         item = await self._open(request, "pull", object_only=self.pull_refuses_array)
         if not isinstance(item, dict):
             return item
-        self.pulls.append(dict(item))
+        keep_newest(self.pulls, [dict(item)], self.received.max_entries)
         days = self._range(item)
         if isinstance(days, str):
             return self._failed(days)
@@ -225,14 +228,15 @@ class KaptureSimulator(VendorSimulator):
         wanted = {i.strip() for i in str(item.get("ticket_ids") or "").split(",") if i.strip()}
         if not wanted:
             return self._failed("ticket_ids is missing")
-        self.gets.append(sorted(wanted))
+        keep_newest(self.gets, [sorted(wanted)], self.received.max_entries)
+        found = sorted((t for t in map(self.ticket, wanted) if t is not None), key=lambda t: int(t["id"]))
         return web.json_response([
             {"additional_info": self._pull_json(t)["additional_info"], "history": {},
              "task_details": {**self._ticket_json(t), "ticket_id": t["ticketId"], "title": t["taskTitle"]}}
-            for t in self.tickets if t["ticketId"] in wanted])
+            for t in found])
 
     def listed(self) -> dict[str, Any]:
-        return {"count": len(self.tickets), "requests": self.requests, "tickets": self.tickets}
+        return {**super().listed(), "requests": self.requests}
 
     def clear(self) -> None:
         super().clear()

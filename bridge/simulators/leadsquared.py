@@ -36,6 +36,7 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
+from bridge.simulators.received import keep_newest
 from bridge.vendors.leadsquared import (
     DEFAULT_PER_SECONDS,
     DEFAULT_REQUESTS,
@@ -50,6 +51,9 @@ OUTAGE = {"Status": "Error", "Message": "simulated outage"}
 CORE_HOST_MESSAGE = ("The API host does not serve Service CRM calls: this is the core API host "
                      "(api-in21.leadsquared.com); use the Service CRM gateway host")
 API_DISABLED_MESSAGE = "Service CRM APIs are not enabled for this account"
+MAX_FIELDS = 1_000
+"""Fields (distinct SchemaNames) a ticket holds. An account's ticket type has a set of fields; the simulator takes
+any name, so without a bound each update naming new ones would grow its ticket without end."""
 
 
 class LeadSquaredKnobs(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,8 +68,14 @@ def _error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"Status": "Error", "ExceptionType": kind, "ExceptionMessage": message}, status=status)
 
 
+def _too_many_fields(count: int) -> str:
+    return f"a ticket holds at most {MAX_FIELDS:,} fields (distinct SchemaNames); this one would hold {count:,}"
+
+
 class LeadSquaredSimulator(VendorSimulator):
     Knobs = LeadSquaredKnobs
+    key = "Id"
+    histories = ("Files", "Updates", "Activities", "Notes")
 
     def __init__(self, *, orgs: set[str] | None = None, keys: dict[str, str] | None = None,
                  limit: int = DEFAULT_REQUESTS, window_seconds: float = DEFAULT_PER_SECONDS,
@@ -78,8 +88,9 @@ class LeadSquaredSimulator(VendorSimulator):
         self.mandatory_fields = mandatory_fields
         self.clock = clock
         self._accepted: deque[float] = deque()
-        self.deleted: list[str] = []  # Ids moved to the trash
+        self.deleted: list[str] = []  # the newest Ids moved to the trash (as many as calls)
         self._ids = itertools.count(1)
+        self._activity_ids = itertools.count(1)
 
     def _over_limit(self) -> bool:
         """Whether this call is one too many for the window; calls refused with 429 do not count."""
@@ -162,7 +173,7 @@ class LeadSquaredSimulator(VendorSimulator):
 
     def _ticket(self, ticket_id: str) -> dict[str, Any] | web.Response:
         """The ticket with this numeric Id, or the 404 LeadSquared answers for an unknown one."""
-        found = next((t for t in self.tickets if t["Id"] == ticket_id), None)
+        found = self.ticket(ticket_id)
         if found is None:
             return _error(404, "MXTicketNotFoundException", f"Ticket {ticket_id!r} was not found")
         return found
@@ -181,6 +192,8 @@ class LeadSquaredSimulator(VendorSimulator):
         if not has_lead:
             return _error(500, "MXInvalidInputException",
                           f"One of {', '.join(LEAD_FIELDS)} is required to create a ticket")
+        if len(values) > MAX_FIELDS:
+            return _error(400, "MXInvalidInputException", _too_many_fields(len(values)))
         missing = [n for n in self.mandatory_fields if values.get(n) in (None, "")]
         if missing:
             return _error(500, "MXInvalidInputException", f"Mandatory field(s) missing: {', '.join(missing)}")
@@ -211,9 +224,11 @@ class LeadSquaredSimulator(VendorSimulator):
         current = {f["SchemaName"]: f for f in ticket["Fields"]}
         for item in body["Fields"]:
             current[item["SchemaName"]] = item
+        if len(current) > MAX_FIELDS:
+            return _error(400, "MXInvalidInputException", _too_many_fields(len(current)))
         ticket["Fields"] = list(current.values())
-        ticket["Files"].extend(files)
-        ticket["Updates"].append({"Fields": body["Fields"], "Files": files})
+        self.add_history(ticket, "Files", files)
+        self.add_history(ticket, "Updates", [{"Fields": body["Fields"], "Files": files}])
         return web.json_response({"Status": "Success", "ReasonForFailure": None, "Id": ticket["Id"],
                                   "Message": "Ticket properties have been updated successfully",
                                   "Key": ticket["Key"], "TicketId": None})
@@ -231,8 +246,9 @@ class LeadSquaredSimulator(VendorSimulator):
                 or body.get("Direction") not in ("INBOUND", "OUTBOUND"):
             return _error(400, "MXInvalidInputException", "Text and Direction (INBOUND or OUTBOUND) are required")
         self.received.note(request, text=body["Text"])
-        ticket["Activities"].append({"Text": body["Text"], "Direction": body["Direction"]})
-        return web.json_response({"Id": str(len(ticket["Activities"])), "Status": "Success", "Message": None})
+        self.add_history(ticket, "Activities", [{"Text": body["Text"], "Direction": body["Direction"]}])
+        # Numbered apart from the ticket's list, which drops its oldest entries: an Id is never given twice.
+        return web.json_response({"Id": str(next(self._activity_ids)), "Status": "Success", "Message": None})
 
     async def note(self, request: web.Request) -> web.StreamResponse:
         """`POST …/internalnote/upload` with `{TextPart, ActivityType, StorageType, RelatedTicketId}`."""
@@ -247,7 +263,7 @@ class LeadSquaredSimulator(VendorSimulator):
         if isinstance(ticket, web.Response):
             return ticket
         self.received.note(request, text=body["TextPart"])
-        ticket["Notes"].append(body["TextPart"])
+        self.add_history(ticket, "Notes", [body["TextPart"]])
         org = request.match_info["org"]
         return web.json_response({"Message": "Activity Created", "RelatedTicketId": ticket["Id"],
                                   "RelatedOrgId": org, "RelatedChannelMonitoringRequestId": 0})
@@ -271,12 +287,17 @@ class LeadSquaredSimulator(VendorSimulator):
         ids = body.get("TicketIds") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not ids:
             return _error(400, "MXInvalidInputException", "TicketIds must be a non-empty list")
-        known = {t["Id"] for t in self.tickets}
-        done = [str(i) for i in ids if str(i) in known]
-        self.tickets[:] = [t for t in self.tickets if t["Id"] not in done]
-        self.deleted.extend(done)
-        return web.json_response({"SuccessfulIds": [int(i) for i in done],
-                                  "FailedIds": [i for i in ids if str(i) not in done]})
+        return web.json_response(self.delete(ids))
+
+    def delete(self, ids: list[Any]) -> dict[str, list[Any]]:
+        """Delete the held tickets among `ids` (an Id given twice is done twice): the trash call's answer.
+        Linear in `ids`, which a body can make long."""
+        done = [str(i) for i in ids if self.ticket(str(i)) is not None]
+        removed = set(done)
+        for ticket_id in removed:
+            self.drop(ticket_id)
+        keep_newest(self.deleted, done, self.received.max_entries)
+        return {"SuccessfulIds": [int(i) for i in done], "FailedIds": [i for i in ids if str(i) not in removed]}
 
     def clear(self) -> None:
         super().clear()

@@ -17,13 +17,14 @@ import itertools
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
-from bridge.simulators.base import VendorSimulator
+from bridge.simulators.base import VendorSimulator, keep_token
 from bridge.simulators.faults import Handler, apply_faults
 from bridge.vendors.netgroot import (
     CREATE_PATH,
@@ -59,6 +60,7 @@ class NetgrootKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 class NetgrootSimulator(VendorSimulator):
     Knobs = NetgrootKnobs
+    key = "ticket_id"
 
     def __init__(self, *, tokens: dict[str, int | None] | None = None,
                  subjects: dict[int, str] | None = None,
@@ -73,7 +75,8 @@ class NetgrootSimulator(VendorSimulator):
         self.logins = 0
         self.logouts = 0
         self.expired_refusals = 0  # requests refused because their JWT had expired
-        self.jwts: dict[str, tuple[int, float]] = {}  # a live JWT → (subscriber id, expiry, epoch seconds)
+        # A live JWT → (subscriber id, expiry, epoch seconds); an expired one is kept to count its refusals.
+        self.jwts: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._signing_key = secrets.token_bytes(32)
         self._ids = itertools.count(101)
 
@@ -129,7 +132,7 @@ class NetgrootSimulator(VendorSimulator):
             return web.json_response({"message": "Invalid credentials"}, status=401)
         subscriber = known[1]
         token, expires = self._jwt(subscriber, str(username))
-        self.jwts[token] = (subscriber, expires)
+        keep_token(self.jwts, token, (subscriber, expires), self.max_tokens)
         self.logins += 1
         return web.json_response({"message": "Login successful", "token": token,
                                   "subscriber": {"id": subscriber, "customer_id": f"C{subscriber:05d}",

@@ -4,8 +4,8 @@ answered with, for tests and benchmarks to check (rate limits, retries) and for 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -13,7 +13,17 @@ from bridge.simulators.faults import Handler
 
 ENTRY_KEY = web.RequestKey("received_entry", dict)
 MAX_ENTRIES = 10_000
-"""Arrivals kept, the oldest dropped first: a sandbox's calls come from deliveries of posts anyone may send."""
+"""Arrivals kept, the oldest dropped first: a sandbox's calls come from deliveries of posts anyone may send.
+The same bound (`max_entries`) holds what a simulator keeps of one kind of call for tests to read (Kapture's pulls
+and gets, LeadSquared's trashed Ids)."""
+T = TypeVar("T")
+
+
+def keep_newest(items: list[T], added: Iterable[T], limit: int) -> None:
+    """Add to `items`, then drop its oldest past `limit`."""
+    items.extend(added)
+    if len(items) > limit:
+        del items[:len(items) - limit]
 
 
 class RequestLog:
@@ -31,9 +41,7 @@ class RequestLog:
         async def run(request: web.Request) -> web.StreamResponse:
             entry: dict[str, Any] = {"t": self.clock(), "at": time.time(), "method": request.method,
                                      "path": request.path, "status": None}
-            self.entries.append(entry)
-            if len(self.entries) > self.max_entries:
-                del self.entries[:len(self.entries) - self.max_entries]
+            keep_newest(self.entries, [entry], self.max_entries)
             request[ENTRY_KEY] = entry
             response = await handler(request)
             closed = request.transport is None or request.transport.is_closing()

@@ -109,11 +109,11 @@ async def test_another_address_is_refused_everything_while_no_token_is_set(start
     """From a non-loopback address every sandbox route is 403, saying how to open it, and nothing changes."""
     client = await start(remote=True)
     sim = runtime(client).simulators["kapture"]
-    sim.tickets.append({"id": 1, "title": "kept"})
+    sim.hold({"ticketId": "1", "title": "kept"})
     assert await every_route(client) == [403] * 5
     resp = await client.get("/sandbox/kapture/tickets")
     assert "admin.token" in (await resp.json())["error"]
-    assert (sim.tickets, sim.faults.latency_ms) == ([{"id": 1, "title": "kept"}], 0)
+    assert (sim.tickets, sim.faults.latency_ms) == ([{"ticketId": "1", "title": "kept"}], 0)
 
 
 async def test_another_address_needs_the_admin_token(start: Start) -> None:

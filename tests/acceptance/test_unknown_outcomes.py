@@ -204,7 +204,7 @@ async def test_a_follow_up_checks_its_ticket_still_exists(write_config: ConfigFa
     await eventually(lambda: all_settled(client, 2, "succeeded"))
     ticket = sim.tickets[0]
     assert ticket["comments"] == ["still down"] and sim.gets == [[ticket["ticketId"]]]
-    sim.tickets.clear()  # deleted in the account
+    sim.drop(ticket["ticketId"])  # deleted in the account
     await say("hello?")
 
     async def third_dead() -> bool:

@@ -174,8 +174,8 @@ async def test_reconcile_looks_up_with_the_destinations_oauth2_token(aiohttp_ser
     longer honours is refused (401), renewed once, and the look-up made again: the ticket is found, none sent."""
     sim = HttpSimulator()
     sim.knobs = HttpKnobs(oauth2=True)
-    sim.tickets.append({"id": "T-7", "method": "POST", "path": "/tickets", "body": {"title": "t", "ref": "evt_7"},
-                        "files": [], "updates": []})
+    sim.hold({"id": "T-7", "method": "POST", "path": "/tickets", "body": {"title": "t", "ref": "evt_7"},
+              "files": [], "updates": []})
     server = await aiohttp_server(sim.app())
     base = str(server.make_url("")).rstrip("/")
     cfg = msgspec.convert({"vendor": "http", "base_url": base, "path": "/tickets", "on_unknown": "reconcile",

@@ -18,11 +18,11 @@ async def test_every_simulator_lists_resets_and_has_its_knobs(aiohttp_client: An
     """Each simulator lists its tickets at / and /tickets, forgets them on DELETE /tickets, and serves the
     request log and the fault knobs."""
     sim = registry()[vendor]()
-    sim.tickets.append({"id": "seeded"})
+    sim.hold({sim.key: "seeded"})
     client = await aiohttp_client(sim.app())
     for path in ("/tickets", "/"):
         listing = await (await client.get(path)).json()
-        assert (listing["count"], listing["tickets"]) == (1, [{"id": "seeded"}])
+        assert (listing["count"], listing["tickets"]) == (1, [{sim.key: "seeded"}])
     resp = await client.delete("/tickets")
     assert (resp.status, await resp.json()) == (200, {"count": 0})
     assert sim.tickets == []
@@ -76,3 +76,41 @@ async def test_knobs_change_the_simulator(aiohttp_client: Any) -> None:
     assert sim.knobs.auth_key_expired is True
     assert (await client.put("/_knobs", json={"auth_key_expired": "yes"})).status == 400
     assert sim.knobs.auth_key_expired is True
+
+
+@pytest.mark.parametrize("vendor", sorted(registry()))
+def test_held_tickets_are_found_by_id_until_dropped(vendor: str) -> None:
+    """`ticket` finds a held ticket by its vendor's id; one dropped past `max_tickets`, or by `drop`, is not
+    found and not listed, and the listing keeps the order the tickets were made in."""
+    sim = registry()[vendor]()
+    sim.max_tickets = 2
+    made = [{sim.key: f"t{n}"} for n in range(3)]
+    for ticket in made:
+        sim.hold(ticket)
+    assert ([sim.ticket(f"t{n}") for n in range(3)], sim.tickets) == ([None, made[1], made[2]], made[1:])
+    assert (sim.drop("t1"), sim.drop("t1"), sim.ticket("t1")) == (made[1], None, None)
+    assert sim.listed()["count"] == 1 and sim.tickets == [made[2]]
+    sim.clear()
+    assert (sim.ticket("t2"), sim.tickets) == (None, [])
+
+
+@pytest.mark.parametrize("vendor", [v for v, made in sorted(registry().items()) if made.histories])
+def test_histories_keep_their_newest_entries_and_their_total_drops_the_oldest_tickets(vendor: str) -> None:
+    """A history keeps its newest `max_history` entries; past `max_history_total` entries in all the oldest
+    tickets are dropped, and a ticket dropped or deleted no longer counts."""
+    sim = registry()[vendor]()
+    sim.max_history, sim.max_history_total = 3, 5
+    name = sim.histories[-1]
+    first, second = ({sim.key: key, name: []} for key in ("t1", "t2"))
+    sim.hold(first)
+    sim.hold(second)
+    sim.add_history(first, name, [1, 2, 3, 4])
+    sim.add_history(second, name, [5, 6])
+    assert (first[name], sim.tickets) == ([2, 3, 4], [first, second])
+    sim.add_history(second, name, [7])
+    assert (sim.ticket("t1"), sim.tickets) == (None, [second])
+    sim.drop("t2")
+    third, fourth = {sim.key: "t3", name: [1, 2, 3, 4]}, {sim.key: "t4", name: [5, 6]}
+    sim.hold(third)
+    sim.hold(fourth)
+    assert (third[name], sim.tickets) == ([2, 3, 4], [third, fourth])

@@ -9,7 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.simulators.kapture import KaptureSimulator
-from bridge.vendors.kapture import CREATE_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
+from bridge.vendors.kapture import CREATE_PATH, GET_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
+from tests.fixtures.watched_tickets import hold_watched, reads
 
 AUTH = {"Authorization": f"Basic {SANDBOX_TOKEN}"}
 Client = TestClient[Any, Any]
@@ -203,3 +204,48 @@ async def test_comments_are_kept_in_order_and_shown(aiohttp_client: Any) -> None
     assert [(e["path"], e.get("comment")) for e in received] == [
         (CREATE_PATH, None), (UPDATE_PATH, "Still down"), (UPDATE_PATH, "Now it works")]
     assert {e["ticket_id"] for e in received} == {created["ticket_id"]}
+
+
+async def test_update_and_get_find_their_ticket_without_reading_the_others(aiohttp_client: Any) -> None:
+    """An update or a get by ticket id looks its ticket up by id: none of the other tickets held is read."""
+    sim, client = await start(aiohttp_client)
+    others = hold_watched(sim, "ticketId", 50)
+    _, made = await call(client, CREATE_PATH, [{"title": "TEST 1"}])
+    _, updated = await call(client, UPDATE_PATH, [{"ticket_id": made["ticket_id"], "sub_status": "P", "comment": "c"}])
+    _, got = await call(client, GET_PATH, {"ticket_ids": f"{made['ticket_id']},999"})
+    assert (updated["status"], [g["task_details"]["ticket_id"] for g in got]) == ("success", [made["ticket_id"]])
+    assert reads(others) == 0
+
+
+async def test_a_dropped_ticket_is_no_data_found_and_the_held_ones_answer(aiohttp_client: Any) -> None:
+    """Past `max_tickets` the oldest is dropped: its update is "No Data found", its get is empty; the tickets
+    still held are updated and got, in the order they were made."""
+    sim, client = await start(aiohttp_client)
+    sim.max_tickets = 2
+    ids = [(await call(client, CREATE_PATH, [{"title": f"t{n}"}]))[1]["ticket_id"] for n in range(3)]
+    assert [t["ticketId"] for t in sim.tickets] == ids[1:]
+    assert await call(client, UPDATE_PATH, [{"ticket_id": ids[0], "sub_status": "P"}]) == (
+        200, {"message": "No Data found/ticket_id is missing", "status": "failed"})
+    assert (await call(client, UPDATE_PATH, [{"ticket_id": ids[1], "sub_status": "P"}]))[1]["status"] == "success"
+    _, got = await call(client, GET_PATH, {"ticket_ids": ",".join(reversed(ids))})
+    assert [g["task_details"]["ticket_id"] for g in got] == ids[1:]
+
+
+async def test_a_ticket_keeps_its_newest_comments(aiohttp_client: Any) -> None:
+    """Comments past `max_history` drop the ticket's oldest; the update still answers success."""
+    sim, client = await start(aiohttp_client)
+    sim.max_history = 2
+    _, made = await call(client, CREATE_PATH, [{"title": "TEST 1"}])
+    answers = [(await call(client, UPDATE_PATH, [{"ticket_id": made["ticket_id"], "sub_status": "P",
+                                                  "comment": f"c{n}"}]))[1]["status"] for n in range(3)]
+    assert (answers, sim.tickets[0]["comments"]) == (["success"] * 3, ["c1", "c2"])
+
+
+async def test_pulls_and_gets_keep_as_many_as_calls_received(aiohttp_client: Any) -> None:
+    """The pulls and gets a test may read are kept as the calls are, the newest `received.max_entries`."""
+    sim, client = await start(aiohttp_client)
+    sim.received.max_entries = 2
+    for n in range(3):
+        await call(client, PULL_PATH, [{"start_date": "2024-04-19", "end_date": "2024-04-19", "n": n}])
+        await call(client, GET_PATH, {"ticket_ids": f"id{n}"})
+    assert ([p["n"] for p in sim.pulls], sim.gets) == ([1, 2], [["id1"], ["id2"]])

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.simulators.leadsquared import LeadSquaredSimulator
+from bridge.simulators.leadsquared import MAX_FIELDS, LeadSquaredSimulator
 from bridge.vendors.base import VendorRequest
 from bridge.vendors.leadsquared import (
     SANDBOX_ACCESS_KEY,
@@ -21,6 +21,7 @@ from bridge.vendors.leadsquared import (
     LeadSquaredOptions,
 )
 from handlers.attachments import attachment, save_attachments
+from tests.fixtures.watched_tickets import hold_watched, reads
 
 URL = f"/api/tenants/{SANDBOX_ORG}/tickets"
 KEYS = {"X-LSQ-ACCESS-KEY": SANDBOX_ACCESS_KEY, "X-LSQ-SECRET-KEY": SANDBOX_SECRET_KEY}
@@ -277,3 +278,96 @@ async def test_trash_deletes_known_ids_and_lists_the_rest_as_failed(aiohttp_clie
     resp = await client.put(f"{URL}/trash", json={"TicketIds": [created["Id"], "999"]}, headers=KEYS)
     assert (resp.status, await resp.json()) == (200, {"SuccessfulIds": [int(created["Id"])], "FailedIds": ["999"]})
     assert (sim.tickets, sim.deleted) == ([], [created["Id"]])
+
+
+async def follow_ups(client: Client, ticket_id: str) -> list[tuple[int, Any]]:
+    """Activity, note, update, details and trash of `ticket_id`: each call's status and answer."""
+    made = lsq_adapter()
+    ticket = {"id": ticket_id, "key": f"#{ticket_id}"}
+    answers = [await send(client, made.build_request(action, fields, {}, ticket=ticket)) for action, fields in (
+        ("add_activity", {"Text": "Still down"}), ("add_note", {"TextPart": "Called"}),
+        ("update_ticket", {"Status": "Reopened"}))]
+    resp = await client.get(f"{URL}/{ticket_id}", headers=KEYS)
+    answers.append((resp.status, await resp.json()))
+    resp = await client.put(f"{URL}/trash", json={"TicketIds": [ticket_id]}, headers=KEYS)
+    return [*answers, (resp.status, await resp.json())]
+
+
+async def test_follow_ups_find_their_ticket_without_reading_the_others(aiohttp_client: Any) -> None:
+    """Activity, note, update, details and trash look their ticket up by Id: no other ticket held is read."""
+    sim, client = await start(aiohttp_client)
+    others = hold_watched(sim, "Id", 50)
+    created = (await post(client))[1]
+    answers = await follow_ups(client, created["Id"])
+    assert [status for status, _ in answers] == [200] * 5
+    assert answers[-1][1] == {"SuccessfulIds": [int(created["Id"])], "FailedIds": []}
+    assert reads(others) == 0
+
+
+async def test_a_dropped_ticket_is_not_found_by_any_follow_up(aiohttp_client: Any) -> None:
+    """Past `max_tickets` the oldest ticket is dropped: each follow-up on it is the 404 of an unknown Id and
+    its trash lists it as failed, while the tickets still held answer."""
+    sim, client = await start(aiohttp_client)
+    sim.max_tickets = 2
+    ids = [(await post(client))[1]["Id"] for _ in range(3)]
+    assert [t["Id"] for t in sim.tickets] == ids[1:]
+    dropped = await follow_ups(client, ids[0])
+    assert [(s, b.get("ExceptionType")) for s, b in dropped[:4]] == [(404, "MXTicketNotFoundException")] * 4
+    assert dropped[4] == (200, {"SuccessfulIds": [], "FailedIds": [ids[0]]})
+    assert [status for status, _ in await follow_ups(client, ids[2])] == [200] * 5
+    assert ([t["Id"] for t in sim.tickets], sim.deleted) == ([ids[1]], [ids[2]])
+
+
+async def test_a_ticket_keeps_its_newest_follow_ups_and_activity_ids_stay_unique(aiohttp_client: Any) -> None:
+    """Activities, notes, updates and files past `max_history` drop the ticket's oldest; each activity's Id is
+    one never answered before, on this ticket or another."""
+    sim, client = await start(aiohttp_client)
+    sim.max_history = 2
+    made = lsq_adapter()
+
+    async def act(action: str, fields: dict[str, Any], ticket: dict[str, Any]) -> Any:
+        return (await send(client, made.build_request(action, fields, {}, ticket=ticket)))[1]
+
+    first, second = [{"id": (await post(client))[1]["Id"]} for _ in range(2)]
+    ids = []
+    for n in range(3):
+        ids.append((await act("add_activity", {"Text": f"a{n}"}, first))["Id"])
+        await act("add_note", {"TextPart": f"n{n}"}, first)
+        await act("update_ticket", {"Status": f"s{n}"}, first)
+    ids.append((await act("add_activity", {"Text": "b"}, second))["Id"])
+    held = sim.ticket(first["id"])
+    assert held is not None
+    assert [a["Text"] for a in held["Activities"]] == ["a1", "a2"]
+    assert held["Notes"] == ["n1", "n2"]
+    assert [u["Fields"] for u in held["Updates"]] == [[{"SchemaName": "Status", "Value": f"s{n}"}] for n in (1, 2)]
+    assert ids == ["1", "2", "3", "4"]
+
+
+async def test_trashed_ids_keep_as_many_as_calls_received(aiohttp_client: Any) -> None:
+    """The trashed Ids a test may read are kept as the calls are, the newest `received.max_entries`."""
+    sim, client = await start(aiohttp_client)
+    sim.received.max_entries = 2
+    ids = [(await post(client))[1]["Id"] for _ in range(3)]
+    for ticket_id in ids:
+        await client.put(f"{URL}/trash", json={"TicketIds": [ticket_id]}, headers=KEYS)
+    assert (sim.tickets, sim.deleted) == ([], ids[1:])
+
+
+async def test_a_ticket_holds_at_most_max_fields(aiohttp_client: Any) -> None:
+    """A create or an update that would leave a ticket with more than MAX_FIELDS distinct fields is a 400 naming
+    the bound, and changes nothing; an update of fields it holds is taken."""
+    sim, client = await start(aiohttp_client)
+    many = [{"SchemaName": f"F{n}", "Value": "x"} for n in range(MAX_FIELDS)]
+    status, body = await post(client, {**TICKET, "Fields": many + TICKET["Fields"]})
+    assert (status, body["ExceptionType"]) == (400, "MXInvalidInputException")
+    assert body["ExceptionMessage"] == (f"a ticket holds at most {MAX_FIELDS:,} fields (distinct SchemaNames); "
+                                        f"this one would hold {MAX_FIELDS + 2:,}")
+    status, created = await post(client, {**TICKET, "Fields": many[:-2] + TICKET["Fields"]})
+    assert status == 200
+    made = lsq_adapter()
+    ticket = {"id": created["Id"], "key": created["Key"]}
+    refused = await send(client, made.build_request("update_ticket", {"New": "x"}, {}, ticket=ticket))
+    taken = await send(client, made.build_request("update_ticket", {"F0": "y"}, {}, ticket=ticket))
+    assert (refused[0], taken[0]) == (400, 200)
+    fields = {f["SchemaName"]: f["Value"] for f in sim.tickets[0]["Fields"]}
+    assert (len(fields), fields["F0"], "New" in fields) == (MAX_FIELDS, "y", False)

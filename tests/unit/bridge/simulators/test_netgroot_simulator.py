@@ -120,3 +120,12 @@ async def test_logout_revokes_the_token(aiohttp_client: Any) -> None:
     assert (await client.post(LOGOUT_PATH, headers=auth)).status == 200
     assert (await client.get(TICKETS_PATH, headers=auth)).status == 401
     assert sim.logouts == 1
+
+
+async def test_logins_keep_the_newest_tokens_live(aiohttp_client: Any) -> None:
+    """Past `max_tokens` live JWTs a Login forgets the oldest, which is refused (401) from then on."""
+    sim, client = await start(aiohttp_client)
+    sim.max_tokens = 2
+    tokens = [(await (await client.post(LOGIN_PATH, json=LOGIN)).json())["token"] for _ in range(3)]
+    statuses = [(await client.get(TICKETS_PATH, headers={"Authorization": f"Bearer {t}"})).status for t in tokens]
+    assert (statuses, list(sim.jwts)) == ([401, 200, 200], tokens[1:])
