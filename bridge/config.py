@@ -247,7 +247,12 @@ class DestinationConfig(Base):
         if not self.sandbox and not self.base_url:
             raise ValueError("`base_url` is required unless `sandbox: true`")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"`base_url` {self.base_url!r} must start with http:// or https://")
+            shown = repr(self.base_url)
+            if self.secret_url():  # the URL is the credential: its host alone, as everywhere else it is shown
+                host, slash, _ = self.base_url.partition("/")
+                shown = (f"{host[:80]!r}/… (the rest not shown: url_secret)" if slash and host
+                         else "(not shown: url_secret)")
+            raise ValueError(f"`base_url` {shown} must start with http:// or https://")
 
 
 class _RawConfig(Base):

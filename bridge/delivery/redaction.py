@@ -96,11 +96,17 @@ class Matcher:
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Matcher:
-        parts = {p for v in values for p in _parts(v)}
-        written = {f for p in parts for f in _written(p)}
-        # A form holding another (`Basic <token>` holds the token) is found, and redacted, through that one.
-        found = sorted((f for f in written if not any(g != f and g in f for g in written)),
-                       key=lambda f: (-len(f), f))
+        parts: set[str] = set()
+        kept: set[str] = set()
+        for value in values:
+            own = _parts(value)
+            parts |= own
+            written = {f for p in own for f in _written(p)}
+            # A form holding another of the same value (`Basic <token>` holds the token) is found, and redacted,
+            # through that one: the rest of it is the scheme or the user name. One holding another value's secret
+            # is kept whole, its rest secret too; the pattern tries longer forms first, so it is redacted whole.
+            kept.update(f for f in written if not any(g != f and g in f for g in written))
+        found = sorted(kept, key=lambda f: (-len(f), f))
         if not found:
             never = re.compile("(?!)")
             return cls(never, never, (), (), 0)

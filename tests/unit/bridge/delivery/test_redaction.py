@@ -120,3 +120,12 @@ def test_each_vendor_names_the_secrets_it_is_configured_with() -> None:
                    headers={"X-Tenant": "t", "Accept": "application/json"}, auth={"bearer": "b"})
     assert http.secret_values() == {"headers.X-Tenant": "t", "auth.bearer": "b", "base_url.path": "/hook/abc"}
     assert http.secret_url()
+
+
+def test_a_secret_holding_another_secret_is_redacted_whole() -> None:
+    """A secret that holds another configured secret (a webhook path ending in a key also set as a header) is
+    redacted whole, not left around the one it holds; a scheme or user name around a value's own token is kept."""
+    path, key = "/hooks/catch/40021/zz-key-4f3e2d1c", "zz-key-4f3e2d1c"
+    redactor = Redactor({"base_url.path": path, "headers.X-Hook-Key": key, "auth.bearer": "Bearer at-0a1b2c3d4e"})
+    assert redactor.text(f"no hook at {path}, key {key}") == "no hook at [redacted], key [redacted]"
+    assert redactor.text("got Bearer at-0a1b2c3d4e") == "got Bearer [redacted]"

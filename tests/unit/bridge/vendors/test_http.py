@@ -230,3 +230,20 @@ def test_a_jinja_style_path_is_refused_with_the_single_brace_form() -> None:
         "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}"]
     with pytest.raises(msgspec.ValidationError, match="single braces"):
         msgspec.convert({"vendor": "http", "base_url": BASE, "path": "/t/{{ticket.id}}"}, HttpOptions)
+
+
+@pytest.mark.parametrize(("base_url", "shown"), [
+    ("hooks.example.com/services/T01/B02/SECRETSECRET", "`base_url` 'hooks.example.com'/… (the rest not shown"),
+    ("SECRETSECRET", "`base_url` (not shown: url_secret) must start with http:// or https://"),
+])
+def test_a_secret_base_url_without_a_scheme_is_refused_without_showing_it(tmp_path: Path, base_url: str,
+                                                                         shown: str) -> None:
+    """With `url_secret`, a base URL missing its scheme is refused naming the file, the key and its host at most:
+    the path, which is the credential, is not in the error."""
+    (tmp_path / "bridge.yaml").write_text('destinations:\n  hook: {vendor: http, base_url: "${HOOK}", '
+                                          'url_secret: true}\n')
+    with pytest.raises(ErrorList) as info:
+        load_config(tmp_path / "bridge.yaml", {"HOOK": base_url}, registries=REGISTRIES)
+    said = str(info.value) + "".join(e.render() for e in info.value.errors)
+    assert "bridge.yaml:2:" in said and "destinations.hook" in said and shown in said
+    assert "SECRET" not in said
