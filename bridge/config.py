@@ -322,9 +322,21 @@ def parse_store_url(url: str, base_dir: Path) -> StoreURL:
     if url.startswith(("postgresql://", "postgres://")):
         return StoreURL("postgresql", None, url)
     raise ValueError(
-        f"store url {url!r} is not supported: write sqlite:///relative.db, sqlite:////abs/path.db "
+        f"store url {_shown_store_url(url)!r} is not supported: write sqlite:///relative.db, sqlite:////abs/path.db "
         "or postgresql://user@host:5432/db"
     )
+
+
+def _shown_store_url(url: str) -> str:
+    """A store URL as an error shows it: the password of its user info (`user:password@`) cut to `user:…@`, the URL
+    otherwise as written, cut at 200 characters."""
+    scheme, sep, rest = url.partition("//")
+    authority, path = rest.split("/", 1)[0], rest[len(rest.split("/", 1)[0]):]
+    if sep and "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        url = f"{scheme}//{user}{':…' if colon else ''}@{host}{path}"
+    return url if len(url) <= 200 else url[:199] + "…"
 
 
 def shipped_default_file() -> Path:

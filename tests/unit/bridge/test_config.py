@@ -529,6 +529,20 @@ def test_parse_store_url_directly(tmp_path: Path) -> None:
         parse_store_url("redis://x", tmp_path)
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresq://ops:s3cret-pw@db.internal:5432/tickets", "'postgresq://ops:…@db.internal:5432/tickets'"),
+    ("mysql://root:p@ss@wd@h/db", "'mysql://root:…@h/db'"),
+    ("postgresl://u:" + "x" * 500 + "@h/" + "d" * 500, repr(("postgresl://u:…@h/" + "d" * 500)[:199] + "…")),
+])
+def test_an_unsupported_store_url_is_named_without_its_password(tmp_path: Path, url: str, shown: str) -> None:
+    """A mistyped scheme in a URL holding the database's password: the error names the URL without its user
+    info, which `check` and the start-up log would otherwise print."""
+    with pytest.raises(ValueError) as info:
+        parse_store_url(url, tmp_path)
+    assert str(info.value).startswith(f"store url {shown} is not supported")
+    assert "s3cret" not in str(info.value) and "ss@wd" not in str(info.value)
+
+
 # -- mappings folder ---------------------------------------------------------------------------------
 
 
