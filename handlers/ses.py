@@ -120,8 +120,8 @@ class SesHandler(Handler):
         certificate's URL, the age, and the signed fields; the signature itself is checked in `intercept`."""
         message = self._message(request, body)
         if message.get("TopicArn") not in self.ses.topic_arns:
-            raise Rejected(401, f"SNS topic {message.get('TopicArn')!r} is not in this source's topic_arns",
-                           check="topic_arn")
+            raise Rejected(401, f"SNS topic {repr(message.get('TopicArn'))[:300]} is not in this source's "
+                                "topic_arns", check="topic_arn")
         cert_url = message.get("SigningCertURL") or message.get("SigningCertUrl")
         if not isinstance(cert_url, str):
             raise Rejected(401, "the SNS message has no SigningCertURL", check="certificate")

@@ -99,6 +99,13 @@ async def test_a_message_refused_on_its_own_fetches_nothing(client: Any, tmp_pat
     assert stored_events(tmp_path) == 0
 
 
+async def test_a_huge_topic_is_named_cut(client: Any) -> None:
+    """A TopicArn of 200,000 characters is a 401 whose answer names it cut, not echoed whole."""
+    status, answer, _headers = await post(client, ses_notification(TopicArn="arn:" + "a" * 200_000))
+    assert (status, answer["check"]) == (401, "topic_arn")
+    assert answer["error"] == f"SNS topic {repr('arn:' + 'a' * 300)[:300]} is not in this source's topic_arns"
+
+
 async def test_a_missing_certificate_is_fetched_once(client: Any) -> None:
     """Requests naming a certificate URL that answered 404 are answered 401 from memory: one fetch for all."""
     with capture_logs() as logs:
