@@ -1,7 +1,14 @@
 """SNS signing certificates by URL, and a bound on the fetches a sender can cause by naming URLs: a certificate
 is fetched once and kept (concurrent requests share one fetch); a fetch that failed is remembered for a while,
-so that naming its URL again costs nothing outbound; and fetches are bounded, a few at once and a few new URLs
-in any five minutes, past which a request is answered 503 with Retry-After at once (SNS sends it again)."""
+so that naming its URL again costs nothing outbound; and fetches are bounded: a few at once, a few more waiting
+their turn (for at most a fetch's timeout), past which a request is answered 503 with Retry-After at once (SNS
+sends it again).
+
+There is no budget of new URLs over time: anyone holding the topic's ARN (it is in every message) could spend
+it with a few messages naming made-up URLs, and every genuine message naming a certificate not yet kept (after a
+restart, or when SNS rotates its certificate) would then be refused until SNS stopped retrying. Without one, a
+sender causes at most one fetch per URL it names, of SNS's own shape (the URL check), to SNS's own hosts; to keep
+a genuine message from its fetch it must keep every turn taken, which takes a steady stream of new URLs."""
 
 from __future__ import annotations
 
@@ -11,11 +18,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import structlog
 from cryptography import x509
 
-from bridge.delivery.ratelimit import SlidingWindowLimiter
 from bridge.errors import Rejected
 from handlers.sns import FETCH_TIMEOUT_S, Fetcher, FetchError
 
@@ -27,8 +34,8 @@ FAILURES = 256
 """Failed URLs remembered, the oldest forgotten first: more than the fetch bound lets fail while one is kept."""
 AT_ONCE = 2
 """Certificate fetches under way at once (requests for a URL already being fetched wait for that fetch)."""
-NEW_URLS, NEW_URLS_WINDOW_S = 8, 300.0
-"""Fetches started in any five minutes: a source sees one certificate per region, and a new one when SNS rotates."""
+WAITING = 8
+"""Fetches of new URLs that may wait for a turn while AT_ONCE are under way; past them a request is refused."""
 REFUSED_FOR_S = 600.0
 """How long a definite failure is remembered: the URL answered 4xx or a redirect, or held no certificate."""
 UNAVAILABLE_FOR_S = 15.0
@@ -58,20 +65,20 @@ class CertificateCache:
     from `clock` (monotonic seconds); `source` names the source in logs."""
 
     def __init__(self, limit: int = CERTIFICATES, *, failures: int = FAILURES, at_once: int = AT_ONCE,
-                 new_urls: int = NEW_URLS, per_seconds: float = NEW_URLS_WINDOW_S,
+                 waiting: int = WAITING, turn_timeout: float = FETCH_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic, source: str | None = None) -> None:
         self.limit = limit
         self.failures_limit = failures
         self.at_once = at_once
-        self.new_urls = new_urls
-        self.per_seconds = per_seconds
+        self.waiting = waiting
+        self.turn_timeout = turn_timeout
         self._clock = clock
         self._source = source
         self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._proven: set[str] = set()
         self._failures: OrderedDict[str, _Failure] = OrderedDict()
         self._pending: dict[str, asyncio.Future[x509.Certificate]] = {}
-        self._started = SlidingWindowLimiter(new_urls, per_seconds, clock=clock)
+        self._turns: asyncio.Semaphore | None = None
         self._refused = 0
         self._refused_logged_at = -math.inf
         self.fetches = 0
@@ -96,7 +103,11 @@ class CertificateCache:
     async def _fetch(self, url: str, fetch: Fetcher) -> x509.Certificate:
         """One fetch of `url`, shared by every request naming it while it runs: kept when it succeeds."""
         try:
-            cert = await self._load(url, fetch)
+            turns = await self._turn(url)
+            try:
+                cert = await self._load(url, fetch)
+            finally:
+                turns.release()
         finally:
             del self._pending[url]
         self._keep(url, cert)
@@ -133,18 +144,15 @@ class CertificateCache:
         raise _rejection(failure, now)
 
     def _admit(self, url: str) -> None:
-        """Start a fetch of `url`, or raise Rejected(503) when the bound is reached; never waits."""
-        if len(self._pending) >= self.at_once:
-            why = f"{len(self._pending)} certificates are being fetched, at most {self.at_once} at once"
-            wait = math.ceil(FETCH_TIMEOUT_S)
-        elif (delay := self._started.next_delay()) > 0:
-            why = (f"at most {self.new_urls} new certificate URLs are fetched in any {self.per_seconds:.0f}s, "
-                   "and that many were")
-            wait = max(1, math.ceil(delay))
-        else:
-            self._started.reserve()
-            self._started.sent()
+        """Let a fetch of `url` start or wait its turn, or raise Rejected(503) when as many as the bound allows
+        are under way and waiting; never waits itself."""
+        if len(self._pending) < self.at_once + self.waiting:
             return
+        why = (f"{len(self._pending)} certificates are being fetched or waiting, at most {self.at_once} at once and "
+               f"{self.waiting} waiting")
+        self._refuse(url, why, math.ceil(self.turn_timeout))
+
+    def _refuse(self, url: str, why: str, wait: int) -> NoReturn:
         self._refused += 1
         now = self._clock()
         if now - self._refused_logged_at >= LOG_EVERY_S:
@@ -153,6 +161,19 @@ class CertificateCache:
             self._refused, self._refused_logged_at = 0, now
         raise Rejected(503, f"the signing certificate was not fetched: {why}; try again in {wait}s",
                        check="certificate", retry_after=wait)
+
+    async def _turn(self, url: str) -> asyncio.Semaphore:
+        """Wait for one of the AT_ONCE turns, at most `turn_timeout`, and return the turns to release it to; a
+        Rejected(503) when none came."""
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(self.at_once)
+        try:
+            async with asyncio.timeout(self.turn_timeout):
+                await self._turns.acquire()
+        except TimeoutError:
+            why = f"no turn to fetch it came within {self.turn_timeout:g}s ({self.at_once} at once)"
+            self._refuse(url, why, math.ceil(self.turn_timeout))
+        return self._turns
 
     async def _load(self, url: str, fetch: Fetcher) -> x509.Certificate:
         self.fetches += 1

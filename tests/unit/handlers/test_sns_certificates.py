@@ -13,10 +13,9 @@ from bridge.errors import Rejected
 from handlers.sns import FetchError
 from handlers.sns_certificates import (
     AT_ONCE,
-    NEW_URLS,
-    NEW_URLS_WINDOW_S,
     REFUSED_FOR_S,
     UNAVAILABLE_FOR_S,
+    WAITING,
     CertificateCache,
 )
 from tests.conftest import eventually
@@ -180,42 +179,20 @@ async def test_remembered_failures_are_bounded() -> None:
     assert fake.fetched == [url(0), url(1), url(2), url(0)]
 
 
-async def test_new_urls_are_bounded_and_the_rest_refused_with_retry_after() -> None:
-    """Of many distinct URLs named in a row, NEW_URLS are fetched in any NEW_URLS_WINDOW_S; the rest are a 503
-    with Retry-After until the window has passed, and nothing is fetched for them."""
-    clock = Clock()
-    fake, c = FakeSns(status=404), cache(clock)
+async def test_new_urls_have_no_budget_a_sender_can_spend() -> None:
+    """A sender naming forty made-up URLs in a row has each fetched once (and remembered): no budget over time is
+    spent by them, so a genuine message naming a certificate not yet kept has it fetched next."""
+    fake, c = FakeSns(status=404), cache()
     answers = [await refused(c, url(i), fake) for i in range(40)]
-    assert fake.fetched == [url(i) for i in range(NEW_URLS)]
-    assert {a.status for a in answers[:NEW_URLS]} == {401}
-    rest = answers[NEW_URLS:]
-    assert {(a.status, a.check) for a in rest} == {(503, "certificate")}
-    assert all(a.retry_after is not None and NEW_URLS_WINDOW_S <= a.retry_after <= NEW_URLS_WINDOW_S * 1.1
-               for a in rest)
-    assert str(rest[0]).startswith(f"the signing certificate was not fetched: at most {NEW_URLS} new certificate "
-                                   f"URLs are fetched in any {NEW_URLS_WINDOW_S:.0f}s, and that many were; try "
-                                   "again in ")
-    clock.now += NEW_URLS_WINDOW_S * 1.1
-    await refused(c, url(100), fake)
-    assert len(fake.fetched) == NEW_URLS + 1
-
-
-async def test_cached_and_remembered_urls_do_not_count_against_the_bound() -> None:
-    """Only fetches count: a kept certificate, or a failure remembered, is answered whatever the bound."""
-    fake, c = FakeSns(), cache()
+    assert {a.status for a in answers} == {401}
+    fake.status = 200
     await c.get(CERT_URL, fake)
-    fake.status = 404
-    for i in range(NEW_URLS - 1):
-        await refused(c, url(i), fake)
-    assert (await refused(c, url(99), fake)).status == 503
-    await c.get(CERT_URL, fake)
-    assert (await refused(c, url(0), fake)).status == 401
-    assert len(fake.fetched) == NEW_URLS
+    assert fake.fetched == [*(url(i) for i in range(40)), CERT_URL]
 
 
-async def test_few_fetches_at_once_and_the_rest_refused_without_waiting() -> None:
-    """While AT_ONCE fetches are under way, a request naming another URL is a 503 at once, not a wait; a request
-    naming a URL being fetched shares that fetch."""
+async def test_kept_and_remembered_urls_are_answered_whatever_is_under_way() -> None:
+    """Only fetches take turns: while every turn and place in line is taken, a kept certificate is answered, and a
+    remembered failure is its 401."""
     release, started = asyncio.Event(), []
     fake = FakeSns()
 
@@ -225,19 +202,69 @@ async def test_few_fetches_at_once_and_the_rest_refused_without_waiting() -> Non
         return await fake(address)
 
     c = cache()
-    under_way = [asyncio.create_task(c.get(url(i), held)) for i in range(AT_ONCE)]
+    await c.get(CERT_URL, fake)
+    fake.status = 404
+    await refused(c, url(99), fake)
+    fake.status = 200
+    busy = [asyncio.create_task(c.get(url(i), held)) for i in range(AT_ONCE + WAITING)]
+    await eventually(lambda: len(started) == AT_ONCE)
+    assert (await refused(c, url(1000), held)).status == 503
+    await c.get(CERT_URL, held)
+    assert (await refused(c, url(99), held)).status == 401
+    release.set()
+    await asyncio.gather(*busy)
+    assert started == [url(i) for i in range(AT_ONCE + WAITING)]
+
+
+async def test_few_fetches_at_once_a_few_waiting_and_the_rest_refused_without_waiting() -> None:
+    """While AT_ONCE fetches are under way, WAITING more wait their turn; a request naming yet another URL is a
+    503 at once, not a wait; a request naming a URL being fetched shares that fetch."""
+    release, started = asyncio.Event(), []
+    fake = FakeSns()
+
+    async def held(address: str) -> bytes:
+        started.append(address)
+        await release.wait()
+        return await fake(address)
+
+    c = cache()
+    under_way = [asyncio.create_task(c.get(url(i), held)) for i in range(AT_ONCE + WAITING)]
     sharing = asyncio.create_task(c.get(url(0), held))
     await eventually(lambda: len(started) == AT_ONCE)
-    asked = c.get(url(AT_ONCE), held)
+    asked = c.get(url(AT_ONCE + WAITING), held)
     with pytest.raises(Rejected) as info:
         asked.send(None)  # refused on its first step: it never suspends to wait for a turn
     err = info.value
     assert (err.status, err.retry_after) == (503, 10)
-    assert f"{AT_ONCE} certificates are being fetched, at most {AT_ONCE} at once" in str(err)
+    assert (f"{AT_ONCE + WAITING} certificates are being fetched or waiting, at most {AT_ONCE} at once and "
+            f"{WAITING} waiting") in str(err)
     release.set()
     await asyncio.gather(*under_way, sharing)
-    assert fake.fetched == [url(i) for i in range(AT_ONCE)]
-    await c.get(url(AT_ONCE), held)
+    assert fake.fetched == [url(i) for i in range(AT_ONCE + WAITING)]
+    await c.get(url(AT_ONCE + WAITING), held)
+
+
+async def test_a_fetch_whose_turn_does_not_come_is_a_503_and_not_remembered() -> None:
+    """A fetch waiting longer than `turn_timeout` for a turn is a 503 with Retry-After for those asking; its URL
+    is not remembered as failed, and is fetched when named again."""
+    release, started = asyncio.Event(), []
+    fake = FakeSns()
+
+    async def held(address: str) -> bytes:
+        started.append(address)
+        await release.wait()
+        return await fake(address)
+
+    c = cache(at_once=1, turn_timeout=0.01)
+    first = asyncio.create_task(c.get(url(0), held))
+    await eventually(lambda: started == [url(0)])
+    err = await refused(c, url(1), held)
+    assert (err.status, err.check, err.retry_after) == (503, "certificate", 1)
+    assert "no turn to fetch it came within 0.01s (1 at once)" in str(err)
+    release.set()
+    await first
+    await c.get(url(1), held)
+    assert started == [url(0), url(1)]
 
 
 async def test_a_failure_is_logged_once_per_url_per_minute() -> None:
@@ -262,12 +289,23 @@ async def test_a_failure_is_logged_once_per_url_per_minute() -> None:
 async def test_refusals_by_the_bound_are_logged_once_a_minute() -> None:
     """Refusals by the bound are logged at most once a minute in all, with how many there were since."""
     clock = Clock()
-    fake, c = FakeSns(status=404), cache(clock, new_urls=1)
+    release = asyncio.Event()
+
+    async def held(address: str) -> bytes:
+        await release.wait()
+        raise FetchError("HTTP 404", 404)
+
+    c = cache(clock, at_once=1, waiting=0)
+    under_way = asyncio.create_task(c.get(url(0), held))
+    await eventually(lambda: bool(c.fetches))
     with capture_logs() as logs:
-        for i in range(30):
-            await refused(c, url(i), fake)
+        for i in range(1, 31):
+            await refused(c, url(i), held)
         clock.now += 61
-        await refused(c, url(99), fake)
+        await refused(c, url(99), held)
     refusals = [e for e in logs if e["event"] == "sns.certificate_fetch_refused"]
-    assert [(e["url"], e["refused"]) for e in refusals] == [(url(1), 1), (url(99), 29)]
-    assert refusals[0]["reason"] == "at most 1 new certificate URLs are fetched in any 300s, and that many were"
+    assert [(e["url"], e["refused"]) for e in refusals] == [(url(1), 1), (url(99), 30)]
+    assert refusals[0]["reason"] == "1 certificates are being fetched or waiting, at most 1 at once and 0 waiting"
+    release.set()
+    with pytest.raises(Rejected):
+        await under_way
