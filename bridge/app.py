@@ -30,6 +30,7 @@ from bridge.retention import run_retention
 from bridge.routing import render_follow_up
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
+from bridge.server_name import name_the_server
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
 from bridge.store.base import Claimed, Store
@@ -370,6 +371,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
                 raise
             folder_errors, mappings = exc, MappingSet.build([])
     rt = build_runtime(config, mappings)
+    name_the_server()
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[RUNTIME] = rt
     app.router.add_post("/hooks/{source}", hook_post)

@@ -27,6 +27,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from bridge.server_name import SERVER
+
 log = structlog.get_logger("ticketbridge.server")
 
 _IDLE, _HEADER, _BODY, _BUSY = range(4)
@@ -34,8 +36,8 @@ _REASONS = {_IDLE: "idle", _HEADER: "header", _BODY: "body"}
 
 REFUSAL_BODY = b"too many open connections; try again shortly\n"
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-           b"Content-Length: %d\r\nRetry-After: 5\r\nConnection: close\r\n\r\n%s"
-           % (len(REFUSAL_BODY), REFUSAL_BODY))
+           b"Content-Length: %d\r\nRetry-After: 5\r\nConnection: close\r\nServer: %s\r\n\r\n%s"
+           % (len(REFUSAL_BODY), SERVER.encode(), REFUSAL_BODY))
 # A refused client gets this long to read the answer and close first (a close with its request still
 # unread would reset the connection and could lose the 503); at most REFUSED_LINGERING do so at once.
 REFUSED_LINGER_SECONDS = 1.0

@@ -58,8 +58,9 @@ class AdminClient:
 
     async def _call(self, method: str, path: str, answer: type[Any], *, params: dict[str, str] | None = None,
                     body: Any = None) -> Any:
+        headers = self.headers if body is None else {**self.headers, "Content-Type": "application/json"}
         try:
-            async with self.session.request(method, f"{self.url}{path}", params=params, headers=self.headers,
+            async with self.session.request(method, f"{self.url}{path}", params=params, headers=headers,
                                             data=None if body is None else msgspec.json.encode(body),
                                             timeout=aiohttp.ClientTimeout(total=60)) as resp:
                 raw = await resp.read()

@@ -24,6 +24,7 @@ from bridge.eventloop import LoopUnavailable, running_loop_name
 from bridge.eventloop import run as run_on_loop
 from bridge.fdlimit import connection_limits, delivery_pool, install_accept_error_handler, raise_nofile_limit
 from bridge.logs import configure_logging
+from bridge.server_name import name_the_server
 from bridge.simulators import registry as simulator_registry
 from bridge.simulators import serving
 from bridge.store.base import Store
@@ -113,6 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 async def _sandbox(host: str, port: int) -> None:
     vendors = sorted(simulator_registry())
+    name_the_server()
     runner = web.AppRunner(serving(vendors), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -181,11 +181,37 @@ def _refuse_nul(route: Route, call: Call) -> web.Response | None:
                       "send it without")
 
 
+JSON_TYPE = "application/json"
+UTF8 = frozenset({"utf-8", "utf8"})
+
+
+def refuse_media_type(route: Route, request: web.Request) -> web.Response | None:
+    """A 415 for a route that takes a body sent without `Content-Type: application/json` (UTF-8), or for a body
+    sent to a route that takes none in any other type. As a browser may post plain text or a form to another site
+    without asking it first, this also keeps such a post from ever being read as a change."""
+    if route.method == "GET":
+        return None
+    sent = request.headers.get("Content-Type")
+    if route.body is None and not request.body_exists:
+        return None  # nothing to read: whatever type it names
+    charset = request.charset
+    if sent is not None and request.content_type == JSON_TYPE and (charset is None or charset.lower() in UTF8):
+        return None
+    got = "no Content-Type" if sent is None else f"Content-Type {sent[:100]!r}"
+    if route.body is None:
+        return error(415, f"{route.method} {route.path} takes no body, and this one came with {got}: send none, "
+                          f"or JSON as {JSON_TYPE}")
+    return error(415, f"{route.method} {route.path} takes a JSON body: send it with Content-Type: {JSON_TYPE} "
+                      f"(UTF-8); this request came with {got}")
+
+
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         caller = authorize(request, route.change)
         if isinstance(caller, web.Response):
             return caller
+        if (refused := refuse_media_type(route, request)) is not None:
+            return refused
         call = Call(request.app[RUNTIME], request, caller)
         try:
             if route.query is not None:

@@ -64,6 +64,10 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     for status, text in route.errors.items():
         if status != 404:
             responses[str(status)] = _error(text)
+    if route.body is not None:
+        responses["415"] = _error("the body was not sent as application/json (UTF-8); `error` names what was sent")
+    elif route.method != "GET":
+        responses["415"] = _error("a body was sent, and not as application/json: this route takes none")
     responses["503"] = _error("the store is unavailable")
     op["responses"] = responses
     return op

@@ -8,8 +8,8 @@ renewed while held (`keep_leases`, every third of a lease), so a dead process's 
 about a lease, whatever the send timeout. A claim waits on a store commit (behind the fsync of results
 being recorded): without a rate limit, slots freed meanwhile are claimed beside it, each claim reserving
 its slots, so the vendor is kept busy rather than waiting a commit per claim. When nothing is due it sleeps
-until the next due time, or until intake wakes it: new work is sent at once, without polling. A slow poll
-remains as the fallback for work added by other processes (the CLI's replay).
+until the next due time, or until intake wakes it: new work is sent at once, without polling. Work added by
+other processes (the CLI's replay) wakes it through the store's `subscribe`; a slow poll remains the fallback.
 
 An attempt whose result the store cannot take (a full disk, a lost file) is held in memory and its
 record retried, with backoff, for as long as the process lives: the vendor has answered, and giving

@@ -370,7 +370,7 @@ class Store(ABC):
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
         """Call `callback(destination)` when work for `destination` may now go ("*": perhaps any): added by
-        another process (a store that serves one needs nothing for that: intake wakes the lanes itself); and,
+        another process (beside SQLite's owner, the CLI; intake wakes the lanes itself); and,
         on every store, once `mark_succeeded` has given a conversation its ticket (its next message may go)."""
 
     def problem(self) -> StoreProblem | None:

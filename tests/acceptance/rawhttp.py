@@ -57,7 +57,7 @@ class RawClient:
         with contextlib.suppress(ConnectionError):  # the server answered (e.g. 400 to a bad header) and closed
             await writer.drain()
         try:
-            answer, keep = await _read_answer(reader)
+            answer, keep = await read_answer(reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             await self.close()
             raise
@@ -66,7 +66,8 @@ class RawClient:
         return answer
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[Answer, bool]:
+async def read_answer(reader: asyncio.StreamReader) -> tuple[Answer, bool]:
+    """One answer read from `reader`, and whether the connection stays open after it."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])

@@ -79,6 +79,59 @@ async def test_a_read_token_cannot_change_anything(write_config: ConfigFactory, 
     assert (await get(client, "/admin/api/audit"))["items"] == []
 
 
+BODIES: dict[str, tuple[bytes, int]] = {
+    # each change route and the playground: a body it takes, and what that body answers when sent as JSON (a pause
+    # or resume: 409, as the app of this test runs no delivery workers)
+    "/admin/api/destinations/{destination}/pause": (b'{"reason": "maintenance"}', 409),
+    "/admin/api/destinations/{destination}/resume": (b"{}", 409),
+    "/admin/api/replay": (b'{"ids": ["dlv_x"], "dry_run": true}', 200),
+    "/admin/api/deliveries/{delivery_id}/mark-succeeded": (b'{"ticket_id": "T-1"}', 404),
+    "/admin/api/playground": (b'{"source": "partner", "body": "{}"}', 200),
+}
+NOT_JSON = ["text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", "multipart/form-data",
+            "application/json; charset=latin-1", "text/json", "application/jsonx", "json"]
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.method != "GET"], ids=[r.path for r in ROUTES
+                                                                                  if r.method != "GET"])
+async def test_a_body_not_sent_as_json_is_a_415_naming_both_types(write_config: ConfigFactory,
+                                                                   bridge_client: AppClient, route: Any) -> None:
+    """A POST whose body is not sent as `application/json` (UTF-8), or has no Content-Type, answers 415 naming
+    what came and what is expected, and changes nothing; the same body as JSON answers as it always did."""
+    client = await start(write_config, bridge_client, workers=False)
+    body, as_json = BODIES[route.path]
+    for sent in NOT_JSON:
+        resp = await client.post(concrete(route.path), data=body, headers={**ADMIN, "Content-Type": sent})
+        assert resp.status == 415, (sent, await resp.text())
+        said = (await resp.json())["error"]
+        assert repr(sent) in said and "application/json" in said and route.path in said, said
+    bare = await client.post(concrete(route.path), data=body, headers=ADMIN, skip_auto_headers=["Content-Type"])
+    assert bare.status == 415 and "no Content-Type" in (await bare.json())["error"]
+    assert (await get(client, "/admin/api/audit"))["items"] == []
+    assert (await get(client, "/admin/api/destinations"))["items"][0]["paused"] is False
+    for sent in ("application/json", "application/json; charset=utf-8", "Application/JSON; charset=UTF-8"):
+        resp = await client.post(concrete(route.path), data=body, headers={**ADMIN, "Content-Type": sent})
+        assert resp.status == as_json, (sent, await resp.text())
+
+
+async def test_a_route_without_a_body_takes_an_empty_post_of_any_type(write_config: ConfigFactory,
+                                                                     bridge_client: AppClient) -> None:
+    """`resume` takes no body: an empty POST answers 200 with or without a Content-Type, as a body in
+    another type than JSON answers 415; every route that takes a body wants JSON even when it is empty."""
+    client = await start(write_config, bridge_client)
+    resume = "/admin/api/destinations/kapture/resume"
+    for headers in ({}, {"Content-Type": "text/plain"}):
+        resp = await client.post(resume, headers={**ADMIN, **headers}, skip_auto_headers=["Content-Type"])
+        assert resp.status == 200, await resp.text()
+    resp = await client.post(resume, data=b"x", headers={**ADMIN, "Content-Type": "text/plain"})
+    assert resp.status == 415 and "takes no body" in (await resp.json())["error"]
+    pause = "/admin/api/destinations/kapture/pause"
+    resp = await client.post(pause, headers=ADMIN, skip_auto_headers=["Content-Type"])
+    assert resp.status == 415
+    resp = await client.post(pause, headers={**ADMIN, "Content-Type": "application/json"})
+    assert resp.status == 200 and (await resp.json())["paused"] is True
+
+
 async def test_a_read_token_reads(write_config: ConfigFactory, bridge_client: AppClient) -> None:
     """A read-only token reads every read route."""
     client = await start(write_config, bridge_client, workers=False)
@@ -219,13 +272,18 @@ async def test_the_playground_explains_and_stores_nothing(write_config: ConfigFa
 
 
 def test_the_spec_covers_every_route_with_its_auth_and_errors() -> None:
-    """The OpenAPI document names every admin route with bearer auth, 401 for all and 403 for changes."""
+    """The OpenAPI document names every admin route with bearer auth, 401 for all and 403 for changes, and
+    every route that takes a body as taking JSON alone (415 otherwise)."""
     doc = spec()
     assert doc["openapi"] == "3.1.0"
     for route in ROUTES:
         op = doc["paths"][route.path][route.method.lower()]
         assert op["security"] == [{"bearer": []}]
         assert "401" in op["responses"] and ("403" in op["responses"]) == route.change
+        assert ("415" in op["responses"]) == (route.method != "GET")
+        if route.body is not None:
+            assert op["requestBody"]["required"] is True
+            assert list(op["requestBody"]["content"]) == ["application/json"]
 
 
 async def test_deliveries_filter_by_creation_time(write_config: ConfigFactory, bridge_client: AppClient) -> None:

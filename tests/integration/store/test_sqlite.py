@@ -485,3 +485,49 @@ async def test_marking_an_in_doubt_create_succeeded_sends_the_waiting_follow_up_
 
 async def _status(store: SqliteStore, delivery_id: str) -> bool:
     return (await row(store, delivery_id)).status == "succeeded"
+
+
+async def test_only_another_processes_commits_are_announced(tmp_path: Path) -> None:
+    """A look at the file hears "*" once for each time another process (the CLI) committed since the last look,
+    and nothing for the owner's own writes, reads, or another process's reads."""
+    store = SqliteStore(tmp_path / "s.db", watch_s=3600)  # looked at here, not by its own timer
+    await store.open()
+    other = SqliteStore(tmp_path / "s.db", owner=False)
+    try:
+        heard: list[str] = []
+        await store.subscribe(heard.append)
+        _, [first] = await accept_one(store, make_delivery(destination="kapture"))
+        await store.claim("kapture", 1, "w", 30)
+        await store.record(result(first, "succeeded"))
+        await other.open()
+        await other.list_deliveries(DeliveryFilter())
+        assert store.look_for_others() is False and heard == []
+        assert await other.replay([first]) == [first]
+        assert store.look_for_others() is True and heard == ["*"]
+        assert store.look_for_others() is False and heard == ["*"]
+        await accept_one(other, make_delivery(destination="kapture"))
+        await accept_one(store, make_delivery(destination="kapture"))
+        assert store.look_for_others() is True and heard == ["*", "*"]
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_a_replay_by_another_process_is_sent_at_once(store: SqliteStore, tmp_path: Path) -> None:
+    """A delivery replayed by the CLI on the store file, beside the running server, is sent again within the
+    store's look at the file (every 0.1 s), not at the lane's next poll (an hour here)."""
+    _, [delivery_id] = await accept_one(store, make_delivery(destination="kapture"))
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, destination()) as dispatcher:  # type: ignore[arg-type]
+            await store.subscribe(lambda name: dispatcher.notify(set(dispatcher.lanes) if name == "*" else {name}))
+            await eventually(lambda: _status(store, delivery_id))
+            assert requests_to(m) == 1
+            cli = SqliteStore(tmp_path / "s.db", owner=False)
+            await cli.open()
+            try:
+                assert await cli.replay([delivery_id]) == [delivery_id]
+            finally:
+                await cli.close()
+            await eventually(lambda: requests_to(m) == 2, timeout=5.0)
+            await eventually(lambda: _status(store, delivery_id))
