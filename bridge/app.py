@@ -14,7 +14,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from bridge import __version__
+from bridge import USER_AGENT, __version__
 from bridge.admin import add_routes as add_admin_routes
 from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
@@ -226,7 +226,7 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=delivery_pool(rt.config.destinations), limit_per_host=0,
                                            ttl_dns_cache=300),
-            headers={"User-Agent": f"ticketbridge/{__version__}"},
+            headers={"User-Agent": USER_AGENT},
         )
         store = rt.store
         async def follow_ups(item: Claimed) -> Claimed | Outcome:

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from bridge import USER_AGENT
+
 Getter = Callable[[str, dict[str, str], float, int], Awaitable[bytes]]
 """GET a URL with headers, a timeout in seconds and a cap on the body's bytes; raises FetchFailed."""
 
@@ -29,7 +31,8 @@ async def http_get(url: str, headers: dict[str, str], timeout_s: float, max_byte
     """The default getter: one short-lived session per call (calls are per inbound message, not per request
     of a busy loop), so none outlives a request or needs closing at shutdown."""
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session, \
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                         headers={"User-Agent": USER_AGENT}) as session, \
                 session.get(url, headers=headers, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise FetchFailed(f"HTTP {resp.status}")

@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from bridge import USER_AGENT
 from bridge.errors import Rejected
 
 Fetcher = Callable[[str], Awaitable[bytes]]
@@ -55,7 +56,7 @@ async def https_get(url: str) -> bytes:
     subscriptions are confirmed once), so no session outlives a request and none needs closing at shutdown."""
     timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, \
+        async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session, \
                 session.get(url, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise FetchError(f"HTTP {resp.status}", resp.status)

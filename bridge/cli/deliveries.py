@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from bridge import USER_AGENT
 from bridge.app import load_mappings
 from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
@@ -92,7 +93,7 @@ def _when(ms: int) -> str:
 
 def _with_server(url: str, body: Any) -> int:
     async def run() -> int:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
             code: int = await body(AdminClient(url, token_from_env(), session))
             return code
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bridge import __version__
+from bridge import USER_AGENT
 from bridge.cli.common import config_from
 from bridge.config import Config
 from bridge.doctor import Finding, examine_all, render
@@ -54,7 +54,7 @@ async def check(config: Config, names: list[str]) -> list[Finding]:
         adapters: list[Adapter] = [
             adapter_class(d.vendor)(name, d, f"{sandbox}/{d.vendor}" if d.sandbox else d.base_url or "")
             for name, d in chosen.items()]
-        async with aiohttp.ClientSession(headers={"User-Agent": f"ticketbridge/{__version__}"}) as session:
+        async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
             return await examine_all(adapters, session, TIMEOUT_SECONDS)
 
 

@@ -21,7 +21,7 @@ import aiohttp
 import msgspec
 from aiohttp_retry import RetryClient, RetryOptionsBase
 
-from bridge import __version__
+from bridge import USER_AGENT
 from bridge.cli.common import at_least, config_from
 from bridge.cli.serve import _loopback
 from bridge.config import Config
@@ -322,7 +322,7 @@ def run_pull(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> int:
-        async with aiohttp.ClientSession(headers={"User-Agent": f"ticketbridge/{__version__}"}) as session:
+        async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
             puller = Puller(session, adapter, make_limiter(adapter.config.rate_limit), paged=args.paged,
                             max_pages=args.max_pages, retries=args.retries)
             resumed = len(output.done)

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bridge import __version__
 from handlers.fetch import FetchFailed, TooLarge, http_get
+from handlers.sns import https_get
 
 
 async def test_answer_is_read_and_failures_are_fetch_failed(aiohttp_server: Any) -> None:
@@ -36,3 +38,20 @@ async def test_a_failure_does_not_name_the_signed_query(url: str) -> None:
         await http_get(url, {}, 5, 100)
     assert "s3cr3t" not in str(info.value)
     assert url.partition("?")[0] in str(info.value)
+
+
+async def test_fetches_say_ticketbridge_not_python_and_aiohttp_versions(aiohttp_server: Any) -> None:
+    """A provider's API (Resend, Brevo) and SNS's certificate hosts see `ticketbridge/<version>` as the
+    User-Agent, not aiohttp's default naming the Python and aiohttp versions."""
+    seen: list[str] = []
+
+    async def ok(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("User-Agent", ""))
+        return web.Response(body=b"-----BEGIN CERTIFICATE-----")
+
+    app = web.Application()
+    app.router.add_get("/c.pem", ok)
+    server = await aiohttp_server(app)
+    await http_get(str(server.make_url("/c.pem")), {}, 5, 100)
+    await https_get(str(server.make_url("/c.pem")))
+    assert seen == [f"ticketbridge/{__version__}"] * 2
