@@ -23,6 +23,7 @@ from bridge.delivery.redaction import MIN_SECRET_CHARS
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.fdlimit import delivery_pool
 from bridge.intake import hook_get, hook_options, hook_post
+from bridge.kept_names import config_names, mapping_names, unheld_names
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
 from bridge.reload import MappingReloader, reload_context, serve_last_good
@@ -136,17 +137,21 @@ async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterato
 
 def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | None = None) -> CleanupCtx:
     """Open the store first and close it last. After a start with a broken mappings folder, the last
-    good set kept in the store is put in force before anything else runs (or the start fails)."""
+    good set kept in the store is put in force before anything else runs (or the start fails). A name the
+    store cannot keep (kept_names) fails the start."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         opened = store or open_store(rt.config)
         await opened.open()
-        if folder_errors is not None:
-            try:
+        try:
+            if folder_errors is not None:
                 await serve_last_good(rt, opened, folder_errors, lambda files: load_stored_mappings(rt.config, files))
-            except BaseException:
-                await opened.close()
-                raise
+            unheld = await unheld_names(opened, [*config_names(rt.config), *mapping_names(rt.mappings)])
+            if unheld:
+                raise ErrorList(unheld)
+        except BaseException:
+            await opened.close()
+            raise
         rt.store = opened
         log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
         try:

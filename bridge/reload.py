@@ -4,7 +4,8 @@ The folder is polled (names, sizes and modification times, a few times a second:
 works on every filesystem, container mounts included). Once a change has settled (nothing moved for
 SETTLE_S), the whole folder is loaded, checked, compiled and its tests run, off the event loop; only
 if all of that passes is the new set swapped in, as one assignment, so an event renders with either the
-old set or the new one, never a mix. A bad edit leaves the last good set in force: it is logged
+old set or the new one, never a mix; a set naming a mapping the store cannot keep (kept_names: a
+character a LATIN1 database lacks) is refused too. A bad edit leaves the last good set in force: it is logged
 (`mappings.reload_failed`), counted, and kept for the admin API. SIGHUP forces a reload at once.
 
 The load and its tests run in a daemon thread under a deadline (`mappings_reload_timeout`): a reload
@@ -34,6 +35,7 @@ import structlog
 from aiohttp import web
 
 from bridge.errors import BridgeError, ErrorList, MappingError, StoreUnavailable
+from bridge.kept_names import mapping_names, unheld_names
 from bridge.mapping.mappingset import MAPPING_SUFFIXES, MappingSet
 from bridge.mapping.testing import TestResult, run_tests
 from bridge.runtime import MappingStatus, Runtime
@@ -246,6 +248,7 @@ class MappingReloader:
                 except Exception as exc:  # a bug while loading must not stop the watch, nor pass for success
                     log.exception("mappings.reload_crashed", folder=str(self.folder))
                     raise ReloadFailed(f"internal error while loading: {type(exc).__name__}: {exc}") from exc
+                await self._check_names(new)
             except ReloadFailed as exc:
                 status.failures += 1
                 status.last_result = "failed"
@@ -270,6 +273,19 @@ class MappingReloader:
                          mappings=sorted(new.mappings))
             await self.save(new)
             return True
+
+    async def _check_names(self, mappings: MappingSet) -> None:
+        """ReloadFailed when the store cannot keep the name of one of `mappings` (kept_names), or cannot be asked."""
+        store = self.rt.store
+        if store is None:
+            return
+        try:
+            unheld = await unheld_names(store, mapping_names(mappings))
+        except StoreUnavailable as exc:
+            raise ReloadFailed(f"the database could not be asked whether it can keep the mapping names "
+                               f"({exc}); save a mapping again or send SIGHUP once it answers") from None
+        if unheld:
+            raise ReloadFailed(str(ErrorList(unheld)))
 
     async def save(self, mappings: MappingSet) -> None:
         """Keep `mappings` (loaded, and its tests passed) in the store as the last good set."""

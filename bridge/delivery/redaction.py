@@ -12,10 +12,11 @@ too short to be a secret anyway (`Redactor.short` names such keys, for a warning
 
 The forms are compiled into one pattern per destination when its adapter is made (at start); a token the
 credentials obtain later adds a pattern compiled once per token (the last EXTRA_KEPT kept). A record is ruled out
-by one substring search per secret over its texts joined (most hold none); only a text that holds one gets the
-regex engine's one pass. Both are linear in the text. A text cut short (an excerpt, a clipped header value) may
-end with the start of a secret: a cut-off part of MIN_SECRET_CHARS or more is redacted too. Cost per attempt
-record: tests/bench/test_redaction_bench.py.
+by one substring search per secret over its texts joined (most hold none); only a text that holds one is searched
+by the regex engine, from each position a secret starts at, so that secrets that overlap (one's tail another's head)
+are each found, and every character any of them covers is redacted. Both are linear in the text. A text cut short
+(an excerpt, a clipped header value) may end with the start of a secret: a cut-off part of MIN_SECRET_CHARS or more
+is redacted too. Cost per attempt record: tests/bench/test_redaction_bench.py.
 
 With `secret_url` (an http destination's `url_secret: true`: a webhook URL that is itself the credential), every
 URL of the destination is shown as its scheme and host followed by `/[redacted]`, and its base URL's path and
@@ -119,30 +120,45 @@ class Matcher:
                    tuple(sorted(needles)), tuple(found), len(found[0]))
 
     def text(self, text: str) -> str:
-        """`text` with every secret, and a secret cut off at its end (before a `…` marking the cut), redacted."""
+        """`text` with every secret, and a secret cut off at its end (before a `…` marking the cut), redacted: each
+        character any of them covers, where they overlap too."""
         # A substring test per needle (a fast search in C) rules out most texts at a fraction of a ns a character;
         # the regex engine, which tries every form at every position, runs only on a text that holds a needle.
-        if self.holds(text):
-            text = self.whole.sub(REDACTED, text)
-        return self._cut(text)
+        spans = self._found(text) if self.holds(text) else []
+        cut = self._cut(text)
+        if cut is not None:
+            spans.append(cut)
+        return _redacted(text, spans) if spans else text
 
     def holds(self, text: str) -> bool:
         """Whether `text` may hold a whole secret: it holds one of the needles."""
         return any(n in text for n in self.needles)
 
-    def _cut(self, text: str) -> str:
-        """`text` with a secret cut off at its end redacted, when it may have been cut: it ends with `…` or is as
+    def _found(self, text: str) -> list[tuple[int, int]]:
+        """Where forms stand in `text`, each as far as the longest one starting there reaches. Each search goes on
+        from the last start found, not from its end (as `sub` would), so that a form starting inside another and
+        going on past it is found too (one's tail is another's head, often by a character or two); each position
+        is still tried once, the cost per match found."""
+        spans = []
+        found = self.whole.search(text)
+        while found is not None:
+            spans.append(found.span())
+            found = self.whole.search(text, found.start() + 1)
+        return spans
+
+    def _cut(self, text: str) -> tuple[int, int] | None:
+        """Where a secret cut off at the end of `text` stands, when it may have been cut: it ends with `…` or is as
         long as CUT_CHARS or more (excerpts are cut without a mark)."""
         if not self.forms or (len(text) < CUT_CHARS and not text.endswith(_CUT)):
-            return text
+            return None
         end = len(text) - 1 if text.endswith(_CUT) else len(text)
         found = self.head.search(text, max(0, end - self.longest), end)
         while found is not None:
             piece = text[found.start():end]
             if any(f.startswith(piece) for f in self.forms):
-                return text[:found.start()] + REDACTED + text[end:]
+                return found.start(), end
             found = self.head.search(text, found.start() + 1, end)
-        return text
+        return None
 
     def value(self, value: Any, texts: list[str] | None = None) -> Any:
         """`value` (JSON-like: dicts, lists, text) with `text` applied to each text it holds (`texts`, when the
@@ -161,7 +177,7 @@ class Matcher:
         if not self.forms:
             return False
         cut = texts if _CUT in joined else [t for t in texts if len(t) >= CUT_CHARS]
-        return any(self._cut(t) is not t for t in cut)
+        return any(self._cut(t) is not None for t in cut)
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -171,6 +187,24 @@ class Matcher:
         if isinstance(value, list):
             return [self._value(v) for v in value]
         return value
+
+
+def _redacted(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with REDACTED for each run of characters `spans` cover, overlapping spans merged (adjacent ones are
+    not: two secrets side by side show as two)."""
+    out: list[str] = []
+    shown = 0
+    start = end = -1
+    for s, e in sorted(spans):
+        if s < end:
+            end = max(end, e)
+            continue
+        if end >= 0:
+            out += (text[shown:start], REDACTED)
+            shown = end
+        start, end = s, e
+    out += (text[shown:start], REDACTED, text[end:])
+    return "".join(out)
 
 
 def _texts(value: Any, out: list[str]) -> None:

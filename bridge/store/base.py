@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -275,10 +275,18 @@ class Store(ABC):
     """Durable events, deliveries and attempts. Every method may raise StoreUnavailable."""
 
     commit_failures: int = 0  # commits that failed, for /metrics
+    encoding: str = "UTF8"
+    """The encoding the store keeps text in, as the database names it (a PostgreSQL database's `server_encoding`,
+    read when it opens)."""
 
     @abstractmethod
     async def open(self) -> None:
         """Connect, migrate and take whatever locks or leases the backend needs."""
+
+    async def unheld(self, texts: Iterable[str]) -> list[str]:
+        """Those of `texts` the store cannot keep, each refused wherever it is written: none, unless its `encoding`
+        lacks some characters."""
+        return []
 
     @abstractmethod
     async def close(self) -> None: ...

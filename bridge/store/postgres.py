@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -111,6 +111,8 @@ ACQUIRE_TIMEOUT = 10.0
 """Seconds a request waits for a pooled connection (all in use, or the server slow to accept a new one)."""
 CHECK_TIMEOUT = 5.0
 MAX_GROUPS = 2
+UNICODE_ENCODINGS = ("UTF8", "SQL_ASCII")
+"""Server encodings that keep any text sent (SQL_ASCII keeps the bytes as they come, converting nothing)."""
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
@@ -180,11 +182,29 @@ class PostgresStore(Store):
                 settings["search_path"] = self.schema
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
                                                    server_settings=settings, init=warm_connection)
+            self.encoding = str(await self._pool.fetchval("SHOW server_encoding"))
             await self._migrate()
             await self._warm_pool()
         except DB_ERRORS as exc:
             await self.close()
             raise StoreUnavailable(f"postgresql: {exc}") from exc
+
+    async def unheld(self, texts: Iterable[str]) -> list[str]:
+        """Those of `texts` the database's encoding has no equivalent for (a character outside LATIN1 in a LATIN1
+        database), each asked of the server as a value it would keep: none in a UTF-8 database, nor in a SQL_ASCII
+        one (which keeps the bytes as sent); every server encoding holds ASCII, so only other texts are asked."""
+        if self.encoding in UNICODE_ENCODINGS:
+            return []
+        out = []
+        for text in sorted({t for t in texts if not t.isascii()}):
+            async def ask(conn: Any, text: str = text) -> None:
+                await conn.fetchval("SELECT $1::text", text)
+
+            try:
+                await self._run(ask, transaction=False)
+            except StoreRefused:
+                out.append(text)
+        return out
 
     async def _migrate(self) -> None:
         async with self._pool.acquire() as conn, conn.transaction():

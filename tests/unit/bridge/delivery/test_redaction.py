@@ -9,8 +9,10 @@ from urllib.parse import quote
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge.delivery.exchange import exchange
+from bridge.delivery.exchange import REDACTED, exchange
 from bridge.delivery.redaction import CUT_CHARS, MIN_SECRET_CHARS, Redactor, base_url_secrets
 from bridge.vendors.http import HttpOptions
 from bridge.vendors.http_auth import basic
@@ -129,3 +131,54 @@ def test_a_secret_holding_another_secret_is_redacted_whole() -> None:
     redactor = Redactor({"base_url.path": path, "headers.X-Hook-Key": key, "auth.bearer": "Bearer at-0a1b2c3d4e"})
     assert redactor.text(f"no hook at {path}, key {key}") == "no hook at [redacted], key [redacted]"
     assert redactor.text("got Bearer at-0a1b2c3d4e") == "got Bearer [redacted]"
+
+
+@pytest.mark.parametrize(("secrets", "said", "shown"), [
+    (["AAAAAAAA1234", "1234BBBBBBBB"], "x AAAAAAAA1234BBBBBBBB y", "x [redacted] y"),
+    (["1234BBBBBBBB", "AAAAAAAA1234"], "x AAAAAAAA1234BBBBBBBB y", "x [redacted] y"),
+    (["abcdefgh", "cdefghijklmn", "ijklmnopqrst"], "abcdefghijklmnopqrst!", "[redacted]!"),
+    (["0123456789abcdef", "456789ab"], "<0123456789abcdef> <456789ab>", "<[redacted]> <[redacted]>"),
+    (["AAAAAAAA1234", "1234BBBBBBBB"], "AAAAAAAA12341234BBBBBBBB", "[redacted][redacted]"),
+    (["zzzzzzzz"], "zzzzzzzzzzz zzzzzzzzzzzzzzzz", "[redacted] [redacted]"),
+    (["abababab"], "ababababab, abababab", "[redacted], [redacted]"),
+], ids=["overlapping", "overlapping-other-order", "chained", "nested", "adjacent", "repeated-run", "self-overlapping"])
+def test_every_character_of_secrets_that_overlap_is_redacted(secrets: list[str], said: str, shown: str) -> None:
+    """Secrets that overlap in a text (one's tail another's head, one inside another, a secret whose tail starts it
+    again) are redacted as one run, none of them showing around another; secrets side by side are redacted each."""
+    redactor = Redactor({f"s{i}": secret for i, secret in enumerate(secrets)})
+    assert redactor.text(said) == shown
+
+
+def test_a_secret_cut_off_inside_another_is_redacted_with_it() -> None:
+    """A text cut short right after a secret whose tail starts another secret: the start of that other one, cut off
+    at the end, is redacted with the first."""
+    redactor = Redactor({"a": "AAAAAAAA1234", "b": "1234BBBBBBBB"})
+    assert redactor.text("the keys AAAAAAAA1234BBBB…") == "the keys [redacted]…"
+
+
+_SECRET_CHARS = "XY01"
+"""Secrets of few characters, so that spliced ones overlap often; none in REDACTED, nor changed by any encoding."""
+
+
+@st.composite
+def _spliced(draw: st.DrawFn) -> tuple[list[str], str]:
+    """Secrets, and a text built of them whole, of their heads and tails, and of other characters between."""
+    secrets = draw(st.lists(st.text(_SECRET_CHARS, min_size=MIN_SECRET_CHARS, max_size=14), min_size=1, max_size=4))
+    piece = st.one_of(st.sampled_from(secrets),
+                      st.tuples(st.sampled_from(secrets), st.integers(1, 13)).map(lambda s: s[0][s[1]:]),
+                      st.tuples(st.sampled_from(secrets), st.integers(1, 13)).map(lambda s: s[0][:s[1]]),
+                      st.text(_SECRET_CHARS + " -", max_size=3))
+    return secrets, "".join(draw(st.lists(piece, max_size=12)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_spliced())
+def test_no_secret_shows_in_a_text_spliced_of_secrets(case: tuple[list[str], str]) -> None:
+    """However secrets are spliced together (overlapping, nested, side by side, repeated), none of them is left in
+    the text redacted, nor any part of one: what shows besides REDACTED is exactly the characters no secret covers."""
+    secrets, said = case
+    shown = Redactor({f"s{i}": secret for i, secret in enumerate(secrets)}).text(said)
+    assert not [secret for secret in secrets if secret in shown], shown
+    covered = {i for secret in secrets for at in range(len(said)) if said.startswith(secret, at)
+               for i in range(at, at + len(secret))}
+    assert shown.replace(REDACTED, "") == "".join(c for i, c in enumerate(said) if i not in covered), shown
