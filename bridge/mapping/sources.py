@@ -93,28 +93,34 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
         return None
     fast = compile_fast_source(text)
 
-    def source(ctx: Context) -> Any:
-        try:
-            out = render_bounded(template, ctx) if fast is None else fast(ctx)
-        except UndefinedError as exc:
-            return Absent(f"template: {exc.message}")
-        except BudgetExceeded as exc:
-            raise LimitExceeded(f"{exc} in field {name}", path=name) from None
-        except TEMPLATE_ERRORS as exc:
-            raise RenderError(f"template failed: {exc}", path=name) from None
-        if type(out) is Absent:
-            return out
-        if len(out) > MAX_RENDERED_CHARS:
-            raise RenderError(f"template output is {len(out)} characters, over {MAX_RENDERED_CHARS}", path=name)
-        return out
+    def rendering(strict: bool) -> Source:
+        """The template's text, or an Absent for an undefined name; `strict`: a render error instead (the field
+        has no modifiers to stand in), raised here rather than by one more call around it."""
 
+        def source(ctx: Context) -> Any:
+            try:
+                out = render_bounded(template, ctx) if fast is None else fast(ctx)
+            except UndefinedError as exc:
+                out = Absent(f"template: {exc.message}")
+            except BudgetExceeded as exc:
+                raise LimitExceeded(f"{exc} in field {name}", path=name) from None
+            except TEMPLATE_ERRORS as exc:
+                raise RenderError(f"template failed: {exc}", path=name) from None
+            if type(out) is Absent:
+                if strict:
+                    raise RenderError(out.why(ctx), path=name)
+                return out
+            if len(out) > MAX_RENDERED_CHARS:
+                raise RenderError(f"template output is {len(out)} characters, over {MAX_RENDERED_CHARS}",
+                                  path=name)
+            return out
+
+        return source
+
+    source = rendering(strict=False)
     described = f"template {text!r}"
     if not spec.modifiers():
-        def plain(ctx: Context) -> Any:
-            value = source(ctx)
-            if type(value) is Absent:
-                raise RenderError(value.why(ctx), path=name)
-            return value
+        plain = rendering(strict=True)
 
         def explain_plain(ctx: Context) -> FieldTrace:
             trace = FieldTrace(name, described)
