@@ -243,6 +243,9 @@ def _expr(node: nodes.Node) -> Expr:
             steps.append((_COMPARE[step.op], _expr(step.expr)))
         if len(steps) == 1:
             [(op, right_fn)] = steps
+            right_node = node.ops[0].expr
+            if isinstance(right_node, nodes.Const) and not isinstance(node.expr, _NOT_PATHS):
+                return _compare_to_constant(node.expr, op, right_node.value)
             return lambda ctx: bool(op(first(ctx), right_fn(ctx)))
 
         def compare(ctx: dict[str, Any]) -> bool:
@@ -257,6 +260,22 @@ def _expr(node: nodes.Node) -> Expr:
         return compare
     fn, label = _filtered(node)
     return _value(fn, label)
+
+
+_NOT_PATHS = (nodes.Const, nodes.List, nodes.Tuple, nodes.Test, nodes.Not, nodes.And, nodes.Or, nodes.Compare)
+
+
+def _compare_to_constant(node: nodes.Node, op: Callable[[Any, Any], Any], right: Any) -> Expr:
+    """`path op constant` (the commonest `when`) as one call: `_value` and the compare folded together."""
+    get, label = _filtered(node)
+
+    def compare(ctx: dict[str, Any]) -> bool:
+        value = get(ctx)
+        if value is MISSING:
+            raise _Missing(f"{label} is undefined")
+        return bool(op(value, right))
+
+    return compare
 
 
 def compile_fast_expression(text: str) -> Expr | None:
