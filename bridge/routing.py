@@ -3,7 +3,6 @@ failure into a dead delivery that names its reason, so a bad mapping never fails
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -25,8 +24,7 @@ def render_context(event: Event, vars_: dict[str, Any]) -> dict[str, Any]:
     return {"payload": event.payload, "headers": event.headers, "event": event.context(), "vars": vars_}
 
 
-@dataclass(frozen=True)
-class Rendered:
+class Rendered(msgspec.Struct, frozen=True):
     """One mapping applied to one event: skipped (its `when` is false), a body, or the error saying why not."""
 
     skipped: bool = False

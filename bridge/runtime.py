@@ -78,10 +78,16 @@ class Runtime:
     connections: ConnectionStats = field(default_factory=ConnectionStats)
     latencies: Latencies = field(default_factory=Latencies)  # for /metrics
     tracing: Tracing | None = None  # OpenTelemetry spans, while tracing.enabled
+    # each call site's (name, *labels in its order) -> its key in `labelled`
+    _label_keys: dict[tuple[Any, ...], tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=dict,
+                                                                                       repr=False)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Count `name` by its labels (source, destination, …), as /metrics shows it."""
-        key = (name, tuple(sorted(labels.items())))
+        given = (name, *labels.items())
+        key = self._label_keys.get(given)
+        if key is None:  # a call site's first call: its labels come in its own order, sorted once
+            key = self._label_keys[given] = (name, tuple(sorted(labels.items())))
         self.labelled[key] = self.labelled.get(key, 0) + n
 
     @property

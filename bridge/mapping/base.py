@@ -14,9 +14,9 @@ from bridge.mapping.trace import FieldTrace
 
 Context = dict[str, Any]
 FieldFn = Callable[[Context], Any]
-# A source gives (value, "") or (MISSING, why); `why` is anything whose str() says what is missing,
-# so that a path need not be described unless someone reads the description.
-Source = Callable[[Context], tuple[Any, object]]
+# A source gives the value, or an Absent (paths.py) whose str() says what is missing, so that a path need not
+# be described unless someone reads the description, and a value found costs no more than the look-up.
+Source = Callable[[Context], Any]
 Step = tuple[str, Callable[[Any], Any]]
 At = tuple[str | int, ...]
 

@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import UndefinedError, nodes
 
 from bridge.mapping.filters import FILTERS
-from bridge.mapping.paths import MISSING, ROOTS, Path
+from bridge.mapping.paths import MISSING, ROOTS, Absent, Path, compile_lookup
 from bridge.mapping.templates import ENV
 
 Source = Callable[[dict[str, Any]], tuple[Any, str]]
@@ -80,27 +80,40 @@ def _expression(node: nodes.Node) -> tuple[Path, list[tuple[Any, tuple[Any, ...]
     return _path(node), chain
 
 
-def _apply(chain: list[tuple[Any, tuple[Any, ...]]], value: Any) -> Any:
-    """Run a filter chain as Jinja would: `default` replaces a missing (or null) value, and any other
-    filter leaves a missing value missing."""
-    for fn, args in chain:
-        if fn is _DEFAULT:
-            if value is MISSING or value is None or (args[1] and not value):
-                value = args[0]
-        elif value is MISSING:
-            return MISSING
-        else:
-            value = fn(value, *args)
-    return value
+Lookup = Callable[[dict[str, Any]], Any]
 
 
-def compile_fast(text: str) -> Source | None:
-    """A direct renderer for `text`, or None when the template needs Jinja."""
+def _piece(path: Path, chain: list[tuple[Any, tuple[Any, ...]]]) -> Lookup:
+    """A path and its filters as one function of the context: the value, or MISSING. The filters run as Jinja
+    would run them: `default` replaces a missing (or null) value, and any other filter leaves a missing value
+    missing."""
+    get = compile_lookup(path)
+    if not chain:
+        return get
+
+    def filtered(ctx: dict[str, Any]) -> Any:
+        value = get(ctx)
+        for fn, args in chain:
+            if fn is _DEFAULT:
+                if value is MISSING or value is None or (args[1] and not value):
+                    value = args[0]
+            elif value is MISSING:
+                return MISSING
+            else:
+                value = fn(value, *args)
+        return value
+
+    return filtered
+
+
+def compile_fast_source(text: str) -> Lookup | None:
+    """A direct renderer for `text`, or None when the template needs Jinja. It gives the text, or the Absent
+    of the first missing path."""
     try:
         tree = ENV.parse(text)
     except Exception:  # the Jinja path reports syntax errors with their line
         return None
-    pieces: list[str | tuple[Path, list[tuple[Any, tuple[Any, ...]]]]] = []
+    pieces: list[str | tuple[Absent, Lookup]] = []
     try:
         for stmt in tree.body:
             if not isinstance(stmt, nodes.Output):
@@ -109,26 +122,62 @@ def compile_fast(text: str) -> Source | None:
                 if isinstance(item, nodes.TemplateData):
                     pieces.append(item.data)
                 else:
-                    pieces.append(_expression(item))
+                    path, chain = _expression(item)
+                    pieces.append((Absent("template: ", path), _piece(path, chain)))
     except _Unsupported:
         return None
-    if not any(not isinstance(p, str) for p in pieces):
+    found = [i for i, p in enumerate(pieces) if not isinstance(p, str)]
+    if not found:
         return None
+    if len(found) == 1:
+        return _one_piece(pieces, found[0])
 
-    def render(ctx: dict[str, Any]) -> tuple[Any, str]:
+    def render(ctx: dict[str, Any]) -> Any:
         out: list[str] = []
         for piece in pieces:
             if isinstance(piece, str):
                 out.append(piece)
                 continue
-            path, chain = piece
-            value = _apply(chain, path.get(ctx))
+            absent, get = piece
+            value = get(ctx)
             if value is MISSING:
-                return MISSING, f"template: {path.missing_at(ctx)} is missing"
+                return absent
             out.append(value if isinstance(value, str) else str(value))
-        return "".join(out), ""
+        return "".join(out)
 
     return render
+
+
+def _one_piece(pieces: list[str | tuple[Absent, Lookup]], at: int) -> Lookup:
+    """The renderer of a template with one expression: its text before and after, joined to the value."""
+    one = pieces[at]
+    assert not isinstance(one, str)
+    absent, get = one
+    prefix = "".join(p for p in pieces[:at] if isinstance(p, str))
+    suffix = "".join(p for p in pieces[at + 1:] if isinstance(p, str))
+
+    def render(ctx: dict[str, Any]) -> Any:
+        value = get(ctx)
+        if type(value) is str:
+            return prefix + value + suffix
+        if value is MISSING:
+            return absent
+        return "".join([prefix, value if isinstance(value, str) else str(value), suffix])
+
+    return render
+
+
+def compile_fast(text: str) -> Source | None:
+    """A direct renderer for `text` giving (text, "") or (MISSING, why), or None when the template needs Jinja."""
+    render = compile_fast_source(text)
+    if render is None:
+        return None
+
+    def pair(ctx: dict[str, Any]) -> tuple[Any, str]:
+        value = render(ctx)
+        return (MISSING, value.why(ctx)) if type(value) is Absent else (value, "")
+
+    return pair
 
 
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
@@ -154,8 +203,7 @@ def _value(fn: Expr, label: str) -> Expr:
 
 def _filtered(node: nodes.Node) -> tuple[Expr, str]:
     path, chain = _expression(node)
-
-    return (lambda ctx: _apply(chain, path.get(ctx))), path.text
+    return _piece(path, chain), path.text
 
 
 def _expr(node: nodes.Node) -> Expr:
@@ -193,6 +241,12 @@ def _expr(node: nodes.Node) -> Expr:
             if step.op not in _COMPARE:
                 raise _Unsupported
             steps.append((_COMPARE[step.op], _expr(step.expr)))
+        if len(steps) == 1:
+            [(op, right_fn)] = steps
+            right_node = node.ops[0].expr
+            if isinstance(right_node, nodes.Const) and not isinstance(node.expr, _NOT_PATHS):
+                return _compare_to_constant(node.expr, op, right_node.value)
+            return lambda ctx: bool(op(first(ctx), right_fn(ctx)))
 
         def compare(ctx: dict[str, Any]) -> bool:
             left = first(ctx)
@@ -206,6 +260,22 @@ def _expr(node: nodes.Node) -> Expr:
         return compare
     fn, label = _filtered(node)
     return _value(fn, label)
+
+
+_NOT_PATHS = (nodes.Const, nodes.List, nodes.Tuple, nodes.Test, nodes.Not, nodes.And, nodes.Or, nodes.Compare)
+
+
+def _compare_to_constant(node: nodes.Node, op: Callable[[Any, Any], Any], right: Any) -> Expr:
+    """`path op constant` (the commonest `when`) as one call: `_value` and the compare folded together."""
+    get, label = _filtered(node)
+
+    def compare(ctx: dict[str, Any]) -> bool:
+        value = get(ctx)
+        if value is MISSING:
+            raise _Missing(f"{label} is undefined")
+        return bool(op(value, right))
+
+    return compare
 
 
 def compile_fast_expression(text: str) -> Expr | None:

@@ -21,7 +21,7 @@ from bridge.mapping.base import (
 )
 from bridge.mapping.limits import BudgetExceeded
 from bridge.mapping.model import FieldSpec
-from bridge.mapping.paths import MISSING
+from bridge.mapping.paths import MISSING, Absent
 from bridge.mapping.trace import OMIT, FieldTrace
 
 
@@ -42,6 +42,21 @@ class Modifiers:
         self.map_default_of = copier(spec.map_default if spec.map_default is not msgspec.UNSET else spec.default)
         self.required = spec.required
         self.on_missing = spec.on_missing or ("default" if has_default else "error" if spec.required else "null")
+        self.fixed, self.stand_in = self._stand_in()
+
+    def _stand_in(self) -> tuple[Any, Callable[[Absent, Context], Any]]:
+        """`missing` decided once for this field's `on_missing`: the value that stands in when it is always the
+        same (else UNSET), and the function giving it otherwise."""
+        if self.on_missing == "default" and not isinstance(self.spec.default, list | dict):
+            return self.spec.default, self._missing
+        if self.on_missing == "omit":
+            return OMIT, self._missing
+        if self.on_missing == "null":
+            return None, self._missing
+        return msgspec.UNSET, self._missing
+
+    def _missing(self, absent: Absent, ctx: Context) -> Any:
+        return self.missing(absent.why(ctx)) if self.on_missing == "error" else self.missing("")
 
     def missing(self, why: object) -> Any:
         if self.on_missing == "default":
@@ -81,14 +96,15 @@ class Modifiers:
 
 def finish(name: str, source: Source, described: str, steps: list[Step], spec: FieldSpec) -> CompiledField:
     mods = Modifiers(name, spec)
-    missing, look_up, check_required = mods.missing, mods.look_up, mods.check_required
+    fixed, missing, look_up, check_required = mods.fixed, mods.stand_in, mods.look_up, mods.check_required
     mapped = mods.table is not None
     required = mods.required
+    unset = msgspec.UNSET
 
     def run(ctx: Context) -> Any:
-        value, why = source(ctx)
-        if value is MISSING:
-            return missing(why)
+        value = source(ctx)
+        if type(value) is Absent:
+            return missing(value, ctx) if fixed is unset else fixed
         for label, fn in steps:
             try:
                 value = fn(value)
@@ -96,7 +112,7 @@ def finish(name: str, source: Source, described: str, steps: list[Step], spec: F
                 raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=name) from None
         if mapped:
             value = look_up(value)[0]
-        if required:
+        if required and (value is None or value == ""):
             check_required(value)
         return value
 
@@ -110,15 +126,16 @@ def _explainer(mods: Modifiers, source: Source, described: str, steps: list[Step
     def explain(ctx: Context) -> FieldTrace:
         trace = FieldTrace(mods.name, described)
         try:
-            value, why = source(ctx)
-            trace.raw, trace.why_missing = value, str(why)
-            if value is MISSING:
+            value = source(ctx)
+            if type(value) is Absent:
+                trace.raw, trace.why_missing = MISSING, value.why(ctx)
                 trace.value = mods.missing(trace.why_missing)
                 trace.fallback = {"default": "default", "omit": "omit", "null": "null"}[mods.on_missing]
                 implied = "" if mods.spec.on_missing else ", implied by `default:`" if mods.on_missing == "default" \
                     else ", the field being optional"
                 trace.reason = f"{trace.why_missing} (on_missing: {mods.on_missing}{implied})"
                 return trace
+            trace.raw = value
             for label, fn in steps:
                 value = mods.apply(value, label, fn)
                 trace.steps.append((label, value))

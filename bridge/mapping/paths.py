@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 ROOTS: Final = frozenset({"payload", "headers", "event", "vars", "ticket"})
@@ -88,6 +88,77 @@ class Path:
 
     def __repr__(self) -> str:
         return f"Path({self.text!r})"
+
+
+class Absent:
+    """A value that is missing, standing where the value would be; `why(ctx)` says why, worked out only when
+    asked (most missing values are defaulted, and nobody asks). Never a value itself: no payload holds one."""
+
+    __slots__ = ("path", "prefix")
+
+    def __init__(self, prefix: str, path: Path | None = None) -> None:
+        self.prefix = prefix
+        self.path = path
+
+    def why(self, ctx: Any) -> str:
+        if self.path is None:
+            return self.prefix
+        return f"{self.prefix}{self.path.missing_at(ctx)} is missing"
+
+
+def compile_lookup(path: Path, absent: Any = MISSING) -> Callable[[Any], Any]:
+    """`path.get` as one call: a path of one to three names reads plain dicts directly, and anything else (an
+    index, a non-dict mapping, a list on the way) goes the general way, so the answer is always `path.get`'s,
+    with `absent` where that gives MISSING."""
+    general = path.get
+    slow: Callable[[Any], Any] = general
+    if absent is not MISSING:
+        def slow(root: Any) -> Any:
+            value = general(root)
+            return absent if value is MISSING else value
+
+    keys = path.keys
+    if not all(type(k) is str for k in keys) or not 1 <= len(keys) <= 3:
+        return slow
+    if len(keys) == 1:
+        [k0] = keys
+
+        def get1(root: Any) -> Any:
+            if type(root) is dict:
+                value = root.get(k0, MISSING)
+                return absent if value is MISSING else value
+            return slow(root)
+
+        return get1
+    if len(keys) == 2:
+        k0, k1 = keys
+
+        def get2(root: Any) -> Any:
+            if type(root) is dict:
+                value = root.get(k0, MISSING)
+                if type(value) is dict:
+                    value = value.get(k1, MISSING)
+                    return absent if value is MISSING else value
+                if value is MISSING:
+                    return absent
+            return slow(root)
+
+        return get2
+    k0, k1, k2 = keys
+
+    def get3(root: Any) -> Any:
+        if type(root) is dict:
+            value = root.get(k0, MISSING)
+            if type(value) is dict:
+                value = value.get(k1, MISSING)
+                if type(value) is dict:
+                    value = value.get(k2, MISSING)
+                    return absent if value is MISSING else value
+            if value is MISSING:
+                return absent
+        return slow(root)
+
+    return get3
 
 
 def compile_path(text: str, roots: frozenset[str] = ROOTS) -> Path:

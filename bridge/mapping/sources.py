@@ -22,32 +22,19 @@ from bridge.mapping.base import (
     Source,
     Step,
 )
-from bridge.mapping.fastpath import compile_fast
+from bridge.mapping.fastpath import compile_fast_source
 from bridge.mapping.limits import BudgetExceeded
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.modifiers import finish
-from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
+from bridge.mapping.paths import MISSING, Absent, PathSyntaxError, compile_lookup, compile_path
 from bridge.mapping.templatecheck import check_template
 from bridge.mapping.templates import ENV, MAX_RENDERED_CHARS, render_bounded
 from bridge.mapping.trace import FieldTrace
 
 
-class Absent:
-    """Why a path's value is missing, worked out only when it is read (most missing values are defaulted)."""
-
-    __slots__ = ("ctx", "path")
-
-    def __init__(self, path: Path, ctx: Context) -> None:
-        self.path = path
-        self.ctx = ctx
-
-    def __str__(self) -> str:
-        return f"{self.path.missing_at(self.ctx)} is missing"
-
-
 def path_source(spec: FieldSpec, at: At, problems: list[CompileError], vars_: Mapping[str, Any] | None,
                 ) -> tuple[Source | None, str]:
-    """`from:` as a source: the value at the path, or MISSING naming the first absent part."""
+    """`from:` as a source: the value at the path, or an Absent naming the first absent part."""
     assert spec.from_ is not None
     try:
         path = compile_path(spec.from_)
@@ -59,15 +46,7 @@ def path_source(spec: FieldSpec, at: At, problems: list[CompileError], vars_: Ma
         problems.append(CompileError(
             f"required, but vars.{path.keys[1]} is not set in the config, so it can never be filled "
             f"(the config's vars: {', '.join(sorted(vars_)) or '(none)'})", at))
-    getter = path.get
-
-    def source(ctx: Context) -> tuple[Any, object]:
-        value = getter(ctx)
-        if value is MISSING:
-            return MISSING, Absent(path, ctx)
-        return value, ""
-
-    return source, f"from {path.text}"
+    return compile_lookup(path, Absent("", path)), f"from {path.text}"
 
 
 def jmespath_source(name: str, text: str, at: At, problems: list[CompileError]) -> tuple[Source | None, str]:
@@ -85,16 +64,15 @@ def jmespath_source(name: str, text: str, at: At, problems: list[CompileError]) 
         problems.append(CompileError(f"bad jmespath expression {text!r}{where}: {reason}", at))
         return None, ""
     search = expr.search
+    nothing = Absent(f"jmespath {text!r} found nothing")
 
-    def source(ctx: Context) -> tuple[Any, str]:
+    def source(ctx: Context) -> Any:
         try:
             value = search(ctx)
         except (JMESPathError, *FILTER_ERRORS) as exc:
             raise RenderError(f"jmespath {text!r} failed: {exc}", path=name) from None
         # JMESPath cannot tell an absent key from a null: both count as missing.
-        if value is None:
-            return MISSING, f"jmespath {text!r} found nothing"
-        return value, ""
+        return nothing if value is None else value
 
     return source, f"jmespath {text}"
 
@@ -113,39 +91,42 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
     except TemplateSyntaxError as exc:
         problems.append(CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}", at))
         return None
-    fast = compile_fast(text)
+    fast = compile_fast_source(text)
 
-    def source(ctx: Context) -> tuple[Any, str]:
-        try:
-            if fast is not None:
-                out, why = fast(ctx)
-                if out is MISSING:
-                    return MISSING, why
-            else:
-                out = render_bounded(template, ctx)
-        except UndefinedError as exc:
-            return MISSING, f"template: {exc.message}"
-        except BudgetExceeded as exc:
-            raise LimitExceeded(f"{exc} in field {name}", path=name) from None
-        except TEMPLATE_ERRORS as exc:
-            raise RenderError(f"template failed: {exc}", path=name) from None
-        if len(out) > MAX_RENDERED_CHARS:
-            raise RenderError(f"template output is {len(out)} characters, over {MAX_RENDERED_CHARS}", path=name)
-        return out, ""
+    def rendering(strict: bool) -> Source:
+        """The template's text, or an Absent for an undefined name; `strict`: a render error instead (the field
+        has no modifiers to stand in), raised here rather than by one more call around it."""
 
+        def source(ctx: Context) -> Any:
+            try:
+                out = render_bounded(template, ctx) if fast is None else fast(ctx)
+            except UndefinedError as exc:
+                out = Absent(f"template: {exc.message}")
+            except BudgetExceeded as exc:
+                raise LimitExceeded(f"{exc} in field {name}", path=name) from None
+            except TEMPLATE_ERRORS as exc:
+                raise RenderError(f"template failed: {exc}", path=name) from None
+            if type(out) is Absent:
+                if strict:
+                    raise RenderError(out.why(ctx), path=name)
+                return out
+            if len(out) > MAX_RENDERED_CHARS:
+                raise RenderError(f"template output is {len(out)} characters, over {MAX_RENDERED_CHARS}",
+                                  path=name)
+            return out
+
+        return source
+
+    source = rendering(strict=False)
     described = f"template {text!r}"
     if not spec.modifiers():
-        def plain(ctx: Context) -> Any:
-            value, why = source(ctx)
-            if value is MISSING:
-                raise RenderError(str(why), path=name)
-            return value
+        plain = rendering(strict=True)
 
         def explain_plain(ctx: Context) -> FieldTrace:
             trace = FieldTrace(name, described)
             try:
-                trace.raw, why = source(ctx)
-                trace.why_missing = str(why)
+                value = source(ctx)
+                trace.raw, trace.why_missing = (MISSING, value.why(ctx)) if type(value) is Absent else (value, "")
                 trace.value = plain(ctx)
             except RenderError as exc:
                 trace.error = str(exc)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.mapping.paths import MISSING, ROOTS, Path, PathSyntaxError, compile_path
+from bridge.mapping.paths import MISSING, ROOTS, Absent, Path, PathSyntaxError, compile_lookup, compile_path
 
 DOC: dict[str, Any] = {
     "payload": {
@@ -288,3 +289,49 @@ def test_indexes_agree_with_python_indexing(items: list[int], index: int) -> Non
         assert got == items[index]
     else:
         assert got is MISSING
+
+
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=4))
+_TREES = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["a", "b", "0"]), inner, max_size=3),
+    st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2).map(OrderedDict)), max_leaves=8)
+_PATHS = st.sampled_from(["payload", "payload.a", "payload.b", "payload.a.b", "payload.a.a", "payload.a.b.a",
+                          "payload.a[0]", "payload.a[0].b", 'payload["0"]', "payload.a.b.a.b"])
+
+
+@given(root=st.one_of(_TREES, st.dictionaries(st.just("payload"), _TREES, max_size=1)), text=_PATHS)
+def test_compiled_lookup_agrees_with_get(root: Any, text: str) -> None:
+    """The one-call look-up gives what `get` gives on any tree: missing keys, nulls, lists, strings and other
+    mappings on the way, with the given stand-in where `get` says MISSING."""
+    path = compile_path(text)
+    stand_in = Absent("", path)
+    expected = path.get(root)
+    assert compile_lookup(path)(root) is expected
+    got = compile_lookup(path, stand_in)(root)
+    assert got is stand_in if expected is MISSING else got is expected
+
+
+@pytest.mark.parametrize(("text", "root", "expected"), [
+    ("payload.nothing", DOC, None),
+    ("payload.nothing.x", DOC, MISSING),
+    ("payload.text.x", DOC, MISSING),
+    ("payload.customer.name", DOC, "Asha"),
+    ("payload.customer.tags", {"payload": OrderedDict(customer={"tags": 1})}, 1),
+    ("payload.customer.name", {"payload": {"customer": None}}, MISSING),
+    ("payload.absent.name", DOC, MISSING),
+    ("payload.customer.tags.x", DOC, MISSING),
+    ("payload", [], MISSING),
+])
+def test_compiled_lookup_edge_cases(text: str, root: Any, expected: Any) -> None:
+    """A null, a string or a list on the way, a mapping that is not a dict, and a root that is not one."""
+    assert compile_lookup(compile_path(text))(root) == expected
+
+
+def test_absent_says_which_part_is_missing_only_when_asked() -> None:
+    """An Absent names the first missing part of its path in the context it is asked about."""
+    path = compile_path("payload.customer.phone.home")
+    absent = compile_lookup(path, Absent("template: ", path))(DOC)
+    assert isinstance(absent, Absent)
+    assert absent.why(DOC) == "template: payload.customer.phone is missing"
+    assert Absent("jmespath 'x' found nothing").why(DOC) == "jmespath 'x' found nothing"

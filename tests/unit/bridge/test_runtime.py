@@ -1,0 +1,27 @@
+"""The runtime's counters, as /metrics shows them."""
+
+from __future__ import annotations
+
+from bridge.config import load_config
+from bridge.mapping.mappingset import MappingSet
+from bridge.registries import REGISTRIES
+from bridge.runtime import Runtime
+
+
+def test_count_keys_labels_sorted_whatever_order_they_come_in() -> None:
+    """A count is kept under its name and its labels sorted, however a call site orders them, apart per value."""
+    rt = Runtime(config=load_config(None, registries=REGISTRIES), sources={}, mappings=MappingSet.build([]))
+    rt.count("escaped", source="a", where="headers")
+    rt.count("escaped", where="headers", source="a")
+    rt.count("escaped", 3, source="a", where="payload")
+    rt.count("escaped", source="b", where="headers")
+    rt.count("escaped")
+    rt.count("other", source="a", where="headers")
+    assert rt.labelled == {
+        ("escaped", (("source", "a"), ("where", "headers"))): 2,
+        ("escaped", (("source", "a"), ("where", "payload"))): 3,
+        ("escaped", (("source", "b"), ("where", "headers"))): 1,
+        ("escaped", ()): 1,
+        ("other", (("source", "a"), ("where", "headers"))): 1,
+    }
+    assert rt.counters == {"escaped": 7, "other": 1}
