@@ -27,20 +27,13 @@ from bridge.fdlimit import (
     needed,
 )
 from tests.conftest import ConfigFactory, eventually
+from tests.fixtures.clocks import ManualClock
 from tests.integration.processes import free_port
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_repeated_warning_is_logged_once_per_interval_with_the_repeats_counted() -> None:
     """Within an interval repeats are only counted; the next line says how many were not logged."""
-    clock = Clock()
+    clock = ManualClock(0.0)
     warn = ThrottledWarning("thing.failed", 10.0, clock)
     with capture_logs() as logs:
         for t in (0.0, 1.0, 2.0, 9.9, 10.0, 11.0, 25.0):
@@ -56,7 +49,7 @@ def _accept_context(code: int) -> dict[str, Any]:
 
 def test_accept_errors_are_counted_and_logged_once_per_interval() -> None:
     """A thousand EMFILE accept errors in one interval make one warning, all of them counted."""
-    stats, clock = ConnectionStats(), Clock()
+    stats, clock = ConnectionStats(), ManualClock(0.0)
     handler = AcceptErrorHandler(stats, 10.0, clock)
     loop = asyncio.new_event_loop()
     try:
@@ -74,7 +67,7 @@ def test_accept_errors_are_counted_and_logged_once_per_interval() -> None:
 
 def test_accept_retries_after_the_listener_closed_are_throttled_too() -> None:
     """asyncio's pending accept retries failing on a closed listener at shutdown join the same throttle."""
-    stats, clock = ConnectionStats(), Clock()
+    stats, clock = ConnectionStats(), ManualClock(0.0)
     handler = AcceptErrorHandler(stats, 10.0, clock)
     context = {"message": "Exception in callback BaseSelectorEventLoop._start_serving(<function Server>, ...)",
                "exception": ValueError("Invalid file descriptor: -1")}

@@ -19,25 +19,31 @@ from handlers.sns_certificates import (
     CertificateCache,
 )
 from tests.conftest import eventually
+from tests.fixtures.clocks import ManualClock
 from tests.fixtures.providers import CERT_URL, FakeSns
 
 
-class Clock:
-    """Monotonic seconds that move only when a test moves them."""
+class Held:
+    """SNS's hosts holding every fetch until `release` is set: `started` lists the URLs whose fetch began, and
+    `sns` answers them once released."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, sns: FakeSns | None = None) -> None:
+        self.sns = sns or FakeSns()
+        self.release = asyncio.Event()
+        self.started: list[str] = []
 
-    def __call__(self) -> float:
-        return self.now
+    async def __call__(self, address: str) -> bytes:
+        self.started.append(address)
+        await self.release.wait()
+        return await self.sns(address)
 
 
 def url(i: int) -> str:
     return f"https://sns.us-east-1.amazonaws.com/SimpleNotificationService-{i:032x}.pem"
 
 
-def cache(clock: Clock | None = None, **options: Any) -> CertificateCache:
-    return CertificateCache(clock=clock or Clock(), source="ses", **options)
+def cache(clock: ManualClock | None = None, **options: Any) -> CertificateCache:
+    return CertificateCache(clock=clock or ManualClock(), source="ses", **options)
 
 
 async def refused(c: CertificateCache, address: str, fetch: Any) -> Rejected:
@@ -63,19 +69,14 @@ async def test_certificate_is_fetched_once_even_when_asked_concurrently() -> Non
 async def test_a_request_that_goes_away_does_not_cancel_the_fetch_others_wait_on() -> None:
     """The request that started a fetch is cancelled (its client went away): a request waiting on the same
     fetch still gets the certificate, and the fetch is not made again."""
-    fake, c = FakeSns(), cache()
-    release = asyncio.Event()
-
-    async def held(address: str) -> bytes:
-        await release.wait()
-        return await fake(address)
-
+    held, c = Held(), cache()
+    fake = held.sns
     first = asyncio.ensure_future(c.get(CERT_URL, held))
-    await asyncio.sleep(0)
+    await eventually(lambda: held.started == [CERT_URL])
     second = asyncio.ensure_future(c.get(CERT_URL, held))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step: the second request is waiting on the fetch under way
     first.cancel()
-    release.set()
+    held.release.set()
     cert = await second
     assert first.cancelled()
     assert await c.get(CERT_URL, held) == cert
@@ -139,7 +140,7 @@ async def test_requests_naming_a_missing_certificate_make_one_fetch() -> None:
 
 async def test_a_definite_failure_is_remembered_for_ten_minutes() -> None:
     """A 404 is answered from memory until REFUSED_FOR_S has passed; then the URL is fetched again."""
-    clock = Clock()
+    clock = ManualClock()
     fake, c = FakeSns(status=404), cache(clock)
     await refused(c, url(1), fake)
     clock.now += REFUSED_FOR_S - 1
@@ -154,7 +155,7 @@ async def test_a_definite_failure_is_remembered_for_ten_minutes() -> None:
 async def test_a_failure_that_may_pass_is_remembered_briefly() -> None:
     """A 5xx is answered 503 from memory, with Retry-After counting down, for UNAVAILABLE_FOR_S (less than SNS's
     20 s between retries), and then fetched again."""
-    clock = Clock()
+    clock = ManualClock()
     fake, c = FakeSns(status=500), cache(clock)
     first = await refused(c, CERT_URL, fake)
     clock.now += 10
@@ -193,14 +194,8 @@ async def test_new_urls_have_no_budget_a_sender_can_spend() -> None:
 async def test_kept_and_remembered_urls_are_answered_whatever_is_under_way() -> None:
     """Only fetches take turns: while every turn and place in line is taken, a kept certificate is answered, and a
     remembered failure is its 401."""
-    release, started = asyncio.Event(), []
-    fake = FakeSns()
-
-    async def held(address: str) -> bytes:
-        started.append(address)
-        await release.wait()
-        return await fake(address)
-
+    held = Held()
+    fake, started, release = held.sns, held.started, held.release
     c = cache()
     await c.get(CERT_URL, fake)
     fake.status = 404
@@ -219,14 +214,8 @@ async def test_kept_and_remembered_urls_are_answered_whatever_is_under_way() -> 
 async def test_few_fetches_at_once_a_few_waiting_and_the_rest_refused_without_waiting() -> None:
     """While AT_ONCE fetches are under way, WAITING more wait their turn; a request naming yet another URL is a
     503 at once, not a wait; a request naming a URL being fetched shares that fetch."""
-    release, started = asyncio.Event(), []
-    fake = FakeSns()
-
-    async def held(address: str) -> bytes:
-        started.append(address)
-        await release.wait()
-        return await fake(address)
-
+    held = Held()
+    fake, started, release = held.sns, held.started, held.release
     c = cache()
     under_way = [asyncio.create_task(c.get(url(i), held)) for i in range(AT_ONCE + WAITING)]
     sharing = asyncio.create_task(c.get(url(0), held))
@@ -247,14 +236,8 @@ async def test_few_fetches_at_once_a_few_waiting_and_the_rest_refused_without_wa
 async def test_a_fetch_whose_turn_does_not_come_is_a_503_and_not_remembered() -> None:
     """A fetch waiting longer than `turn_timeout` for a turn is a 503 with Retry-After for those asking; its URL
     is not remembered as failed, and is fetched when named again."""
-    release, started = asyncio.Event(), []
-    fake = FakeSns()
-
-    async def held(address: str) -> bytes:
-        started.append(address)
-        await release.wait()
-        return await fake(address)
-
+    held = Held()
+    started, release = held.started, held.release
     c = cache(at_once=1, turn_timeout=0.01)
     first = asyncio.create_task(c.get(url(0), held))
     await eventually(lambda: started == [url(0)])
@@ -270,7 +253,7 @@ async def test_a_fetch_whose_turn_does_not_come_is_a_503_and_not_remembered() ->
 async def test_a_failure_is_logged_once_per_url_per_minute() -> None:
     """A failed fetch is logged when it fails; requests answered from memory are logged at most once a minute
     for the URL, with how many there were."""
-    clock = Clock()
+    clock = ManualClock()
     fake, c = FakeSns(status=404), cache(clock)
     with capture_logs() as logs:
         for _ in range(100):
@@ -288,13 +271,8 @@ async def test_a_failure_is_logged_once_per_url_per_minute() -> None:
 
 async def test_refusals_by_the_bound_are_logged_once_a_minute() -> None:
     """Refusals by the bound are logged at most once a minute in all, with how many there were since."""
-    clock = Clock()
-    release = asyncio.Event()
-
-    async def held(address: str) -> bytes:
-        await release.wait()
-        raise FetchError("HTTP 404", 404)
-
+    clock = ManualClock()
+    held = Held(FakeSns(status=404))
     c = cache(clock, at_once=1, waiting=0)
     under_way = asyncio.create_task(c.get(url(0), held))
     await eventually(lambda: bool(c.fetches))
@@ -306,6 +284,6 @@ async def test_refusals_by_the_bound_are_logged_once_a_minute() -> None:
     refusals = [e for e in logs if e["event"] == "sns.certificate_fetch_refused"]
     assert [(e["url"], e["refused"]) for e in refusals] == [(url(1), 1), (url(99), 30)]
     assert refusals[0]["reason"] == "1 certificates are being fetched or waiting, at most 1 at once and 0 waiting"
-    release.set()
+    held.release.set()
     with pytest.raises(Rejected):
         await under_way

@@ -5,27 +5,20 @@ from __future__ import annotations
 import pytest
 
 from bridge.delivery.breaker import Breaker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clocks import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(100.0)
 
 
-def test_a_closed_breaker_allows_any_claim(clock: Clock) -> None:
+def test_a_closed_breaker_allows_any_claim(clock: ManualClock) -> None:
     """With no failures the lane claims as usual."""
     assert Breaker(clock=clock).allowance() == (0.0, None)
 
 
-def test_it_opens_after_the_threshold_of_consecutive_failures(clock: Clock) -> None:
+def test_it_opens_after_the_threshold_of_consecutive_failures(clock: ManualClock) -> None:
     """Four failures keep it closed; the fifth opens it for the base cooldown."""
     b = Breaker(threshold=5, base_cooldown=2, clock=clock)
     assert [b.record("retry") for _ in range(4)] == [None] * 4
@@ -33,7 +26,7 @@ def test_it_opens_after_the_threshold_of_consecutive_failures(clock: Clock) -> N
     assert b.allowance() == (2.0, None)
 
 
-def test_a_success_resets_the_count(clock: Clock) -> None:
+def test_a_success_resets_the_count(clock: ManualClock) -> None:
     """Failures must be consecutive: a success in between starts the count again."""
     b = Breaker(threshold=3, clock=clock)
     b.record("retry")
@@ -44,7 +37,7 @@ def test_a_success_resets_the_count(clock: Clock) -> None:
     assert b.state == "closed"
 
 
-def test_permanent_failures_do_not_count(clock: Clock) -> None:
+def test_permanent_failures_do_not_count(clock: ManualClock) -> None:
     """A vendor rejecting one delivery's body says nothing about the destination."""
     b = Breaker(threshold=2, clock=clock)
     for _ in range(5):
@@ -52,14 +45,14 @@ def test_permanent_failures_do_not_count(clock: Clock) -> None:
     assert b.state == "closed"
 
 
-def test_auth_failures_open_it(clock: Clock) -> None:
+def test_auth_failures_open_it(clock: ManualClock) -> None:
     """Bad credentials fail every delivery alike, so they open the breaker too."""
     b = Breaker(threshold=2, clock=clock)
     b.record("auth")
     assert b.record("auth") == "opened"
 
 
-def test_after_the_cooldown_one_probe_is_allowed(clock: Clock) -> None:
+def test_after_the_cooldown_one_probe_is_allowed(clock: ManualClock) -> None:
     """Once the cooldown passes the lane may claim one delivery, and no more while it is out."""
     b = Breaker(threshold=1, base_cooldown=1, clock=clock)
     b.record("retry")
@@ -71,7 +64,7 @@ def test_after_the_cooldown_one_probe_is_allowed(clock: Clock) -> None:
     assert limit is None
 
 
-def test_a_successful_probe_closes_it(clock: Clock) -> None:
+def test_a_successful_probe_closes_it(clock: ManualClock) -> None:
     """The first success after opening closes the breaker and says so."""
     b = Breaker(threshold=1, clock=clock)
     b.record("retry")
@@ -82,7 +75,7 @@ def test_a_successful_probe_closes_it(clock: Clock) -> None:
     assert b.allowance() == (0.0, None)
 
 
-def test_a_failed_probe_doubles_the_cooldown_up_to_the_cap(clock: Clock) -> None:
+def test_a_failed_probe_doubles_the_cooldown_up_to_the_cap(clock: ManualClock) -> None:
     """Each failed probe opens it again for twice as long, never longer than max_cooldown."""
     b = Breaker(threshold=1, base_cooldown=1, max_cooldown=5, clock=clock)
     cooldowns = []
@@ -96,7 +89,7 @@ def test_a_failed_probe_doubles_the_cooldown_up_to_the_cap(clock: Clock) -> None
     assert cooldowns == [1, 2, 4, 5, 5]
 
 
-def probing(clock: Clock) -> Breaker:
+def probing(clock: ManualClock) -> Breaker:
     """A breaker opened once, its cooldown over, with its probe out."""
     b = Breaker(threshold=1, base_cooldown=1, max_cooldown=60, clock=clock)
     b.record("retry")
@@ -106,7 +99,7 @@ def probing(clock: Clock) -> Breaker:
     return b
 
 
-def test_a_probe_answered_with_a_permanent_failure_closes_it(clock: Clock) -> None:
+def test_a_probe_answered_with_a_permanent_failure_closes_it(clock: ManualClock) -> None:
     """A permanent answer to the probe (the vendor is up, the body was wrong) closes the breaker."""
     b = probing(clock)
     assert b.record("permanent") == "closed"
@@ -114,7 +107,7 @@ def test_a_probe_answered_with_a_permanent_failure_closes_it(clock: Clock) -> No
     assert b.allowance() == (0.0, None)
 
 
-def test_a_probe_answered_with_success_closes_it(clock: Clock) -> None:
+def test_a_probe_answered_with_success_closes_it(clock: ManualClock) -> None:
     """A successful probe closes the breaker and lets the lane claim freely."""
     b = probing(clock)
     assert b.record("success") == "closed"
@@ -122,7 +115,7 @@ def test_a_probe_answered_with_success_closes_it(clock: Clock) -> None:
     assert b.allowance() == (0.0, None)
 
 
-def test_a_probe_answered_with_an_auth_failure_opens_it_again(clock: Clock) -> None:
+def test_a_probe_answered_with_an_auth_failure_opens_it_again(clock: ManualClock) -> None:
     """Bad credentials on the probe reopen the breaker for a doubled cooldown, the probe no longer out."""
     b = probing(clock)
     assert b.record("auth") == "opened"
@@ -132,7 +125,7 @@ def test_a_probe_answered_with_an_auth_failure_opens_it_again(clock: Clock) -> N
     assert b.allowance() == (0.0, 1)
 
 
-def test_a_probe_that_timed_out_opens_it_again(clock: Clock) -> None:
+def test_a_probe_that_timed_out_opens_it_again(clock: ManualClock) -> None:
     """A timeout (a retry) on the probe reopens the breaker, and a new probe follows the cooldown."""
     b = probing(clock)
     assert b.record("retry") == "opened"
@@ -141,7 +134,7 @@ def test_a_probe_that_timed_out_opens_it_again(clock: Clock) -> None:
     assert b.allowance() == (0.0, 1)
 
 
-def test_a_permanent_failure_while_closed_changes_nothing(clock: Clock) -> None:
+def test_a_permanent_failure_while_closed_changes_nothing(clock: ManualClock) -> None:
     """Outside the half-open state a permanent answer neither opens nor resets the breaker."""
     b = Breaker(threshold=3, clock=clock)
     b.record("retry")

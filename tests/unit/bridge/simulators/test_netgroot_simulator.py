@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 from bridge.simulators.netgroot import NO_SUBSCRIBER_TOKEN, SANDBOX_PASSWORD, SANDBOX_USERNAME, NetgrootSimulator
 from bridge.vendors.credentials import jwt_expiry
 from bridge.vendors.netgroot import CREATE_PATH, LOGIN_PATH, LOGOUT_PATH, SANDBOX_TOKEN, SUBJECTS_PATH, TICKETS_PATH
+from tests.fixtures.clocks import ManualClock
 
 AUTH = {"Authorization": f"Bearer {SANDBOX_TOKEN}"}
 TICKET = {"subject_id": 1, "type_id": 1, "status_id": 1, "priority_id": 1, "group_id": 1,
@@ -69,13 +70,6 @@ async def test_invalid_data_is_a_400(aiohttp_client: Any, change: dict[str, Any]
     assert sim.tickets == []
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 LOGIN = {"username": SANDBOX_USERNAME, "password": SANDBOX_PASSWORD}
 
@@ -83,7 +77,7 @@ LOGIN = {"username": SANDBOX_USERNAME, "password": SANDBOX_PASSWORD}
 async def test_login_answers_a_jwt_that_expires_after_the_knobs_lifetime(aiohttp_client: Any) -> None:
     """Login answers the documented body with an HS256 JWT whose `exp` is the knob's lifetime away; the token
     files tickets for its subscriber until then and is refused (401) from then on."""
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     sim = NetgrootSimulator(clock=clock)
     client = await aiohttp_client(sim.app())
     assert (await client.put("/_knobs", json={"token_lifetime_seconds": 30})).status == 200

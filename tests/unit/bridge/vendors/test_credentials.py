@@ -19,20 +19,13 @@ from bridge.vendors.credentials import (
     jwt_expiry,
 )
 from bridge.vendors.failures import VendorAuthFailed
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clocks import ManualClock
 
 
 class CountingTokens(TokenCredentials):
     """Hands out tok-1, tok-2, … each valid for `life` seconds; `gate` holds each log-in until set."""
 
-    def __init__(self, clock: Clock, life: float | None = 100.0) -> None:
+    def __init__(self, clock: ManualClock, life: float | None = 100.0) -> None:
         super().__init__("dest", clock=clock)
         self.life = life
         self.gate = asyncio.Event()
@@ -57,7 +50,7 @@ async def session() -> aiohttp.ClientSession:
 
 async def test_a_token_is_kept_until_its_renewal_time(session: aiohttp.ClientSession) -> None:
     """One log-in serves every request until a tenth of the token's life (at most 60 s) before it expires."""
-    clock = Clock()
+    clock = ManualClock()
     creds = CountingTokens(clock, life=100.0)
     assert await creds.headers(session) == {"Authorization": "Bearer tok-1"}
     clock.now += 89.9
@@ -69,7 +62,7 @@ async def test_a_token_is_kept_until_its_renewal_time(session: aiohttp.ClientSes
 
 async def test_a_long_lived_token_is_renewed_a_minute_early(session: aiohttp.ClientSession) -> None:
     """A token of a day is renewed 60 s before its expiry, not 2.4 hours."""
-    clock = Clock()
+    clock = ManualClock()
     creds = CountingTokens(clock, life=86_400.0)
     await creds.headers(session)
     clock.now += 86_400 - 61
@@ -80,7 +73,7 @@ async def test_a_long_lived_token_is_renewed_a_minute_early(session: aiohttp.Cli
 
 async def test_concurrent_senders_share_one_log_in(session: aiohttp.ClientSession) -> None:
     """Fifty senders asking at once while a log-in is under way wait for it: one token is obtained."""
-    creds = CountingTokens(Clock())
+    creds = CountingTokens(ManualClock())
     creds.gate.clear()
     waiting = [asyncio.create_task(creds.headers(session)) for _ in range(50)]
     await asyncio.sleep(0)
@@ -92,7 +85,7 @@ async def test_concurrent_senders_share_one_log_in(session: aiohttp.ClientSessio
 async def test_a_refusal_renews_once_however_many_senders_saw_it(session: aiohttp.ClientSession) -> None:
     """Twenty senders refused with the same token cause one new log-in; a refusal of a token already replaced
     causes none."""
-    creds = CountingTokens(Clock(), life=None)
+    creds = CountingTokens(ManualClock(), life=None)
     sent = await creds.headers(session)
     renewals = await asyncio.gather(*(creds.renew(session, sent) for _ in range(20)))
     assert all(renewals)
@@ -104,7 +97,7 @@ async def test_a_refusal_renews_once_however_many_senders_saw_it(session: aiohtt
 
 async def test_close_revokes_a_live_token_once(session: aiohttp.ClientSession) -> None:
     """Close gives back the token in use (a log-out) and forgets it; a second close calls nothing."""
-    creds = CountingTokens(Clock())
+    creds = CountingTokens(ManualClock())
     await creds.headers(session)
     await creds.close(session)
     await creds.close(session)
@@ -151,7 +144,7 @@ class RefusedTokens(CountingTokens):
 async def test_a_refused_log_in_is_not_repeated_for_a_while(session: aiohttp.ClientSession) -> None:
     """Twenty senders meeting a refused log-in cost the vendor one attempt; the refusal is repeated to them and
     to later senders for 30 s, then the vendor is asked again."""
-    clock = Clock()
+    clock = ManualClock()
     creds = RefusedTokens(clock)
     results = await asyncio.gather(*(creds.headers(session) for _ in range(20)), return_exceptions=True)
     assert all(isinstance(r, VendorAuthFailed) for r in results)
@@ -169,7 +162,7 @@ async def test_a_refused_log_in_is_not_repeated_for_a_while(session: aiohttp.Cli
 async def test_authorized_renews_once_on_a_refusal(session: aiohttp.ClientSession) -> None:
     """`authorized` makes the attempt with the current token; refused (a refused answer, or VendorAuthFailed
     raised), it obtains a new token and makes the attempt once more, never a third time."""
-    creds = CountingTokens(Clock())
+    creds = CountingTokens(ManualClock())
     sent: list[str] = []
 
     async def refused_answer(headers: dict[str, str]) -> int:

@@ -20,14 +20,7 @@ from bridge.vendors.credentials import StaticCredentials, TokenCredentials
 from bridge.vendors.http import HttpAdapter, HttpOptions
 from bridge.vendors.http_auth import OAuth2ClientCredentials, OAuth2Credentials
 from bridge.vendors.netgroot import LOGIN_PATH, NetgrootLogin, NetgrootLoginCredentials
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clocks import ManualClock
 
 
 def options(auth: dict[str, Any], base_url: str = "https://api.example") -> HttpOptions:
@@ -65,8 +58,8 @@ def test_bad_auth_blocks_are_refused(auth: dict[str, Any], message: str) -> None
 
 
 async def oauth(aiohttp_server: Any, secret: str = SANDBOX_CLIENT_SECRET, client_auth: str = "basic"
-                ) -> tuple[HttpSimulator, HttpAdapter, OAuth2Credentials, Clock]:
-    clock = Clock()
+                ) -> tuple[HttpSimulator, HttpAdapter, OAuth2Credentials, ManualClock]:
+    clock = ManualClock(1_800_000_000.0)
     sim = HttpSimulator(clock=clock)
     sim.knobs = HttpKnobs(oauth2=True, token_lifetime_seconds=300)
     server = await aiohttp_server(sim.app())

@@ -23,19 +23,12 @@ from bridge.vendors.netgroot import (
     NetgrootLoginCredentials,
     NetgrootOptions,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clocks import ManualClock
 
 
 async def login_against(aiohttp_server: Any, password: str = SANDBOX_PASSWORD
-                        ) -> tuple[NetgrootSimulator, NetgrootLoginCredentials, Clock]:
-    clock = Clock()
+                        ) -> tuple[NetgrootSimulator, NetgrootLoginCredentials, ManualClock]:
+    clock = ManualClock(1_800_000_000.0)
     sim = NetgrootSimulator(clock=clock)
     server = await aiohttp_server(sim.app())
     creds = NetgrootLoginCredentials("isp", NetgrootLogin(username=SANDBOX_USERNAME, password=password),
