@@ -11,7 +11,7 @@ import msgspec
 
 from bridge.delivery.exchange import redact_url
 from bridge.vendors import kapture_doctor
-from bridge.vendors.base import Adapter, Diagnosis, VendorAuthFailed, VendorRequest, VendorUnavailable, read_bounded
+from bridge.vendors.base import Adapter, Diagnosis, VendorAuthFailed, VendorRequest, VendorUnavailable, read_capped
 from bridge.vendors.credentials import authorized
 from bridge.vendors.kapture import KaptureAdapter
 
@@ -44,8 +44,7 @@ def diagnosis_of(adapter: Adapter, status: int, headers: dict[str, str], body: b
 
 
 async def _read(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-    body = await read_bounded(response, READ_BYTES)
-    return body, len(body) >= READ_BYTES and not response.content.at_eof()
+    return await read_capped(response, READ_BYTES)
 
 
 async def examine(adapter: Adapter, session: aiohttp.ClientSession, timeout_s: float) -> Finding:

@@ -27,7 +27,7 @@ from bridge.cli.serve import _loopback
 from bridge.config import Config
 from bridge.delivery.ratelimit import Limiter, acquire, make_limiter
 from bridge.delivery.sender import TRANSPORT_ERRORS, transport_failure
-from bridge.vendors.base import Outcome, read_bounded
+from bridge.vendors.base import Outcome, read_capped
 from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
 from bridge.vendors.kapture_pull import (
     PullPage,
@@ -85,8 +85,8 @@ class PullRetry(RetryOptionsBase):
         ANSWER_MAX_BYTES of it: a longer answer, or one that inflates past that, fails the day saying so."""
         if self._read is not None and self._read[0] is response:
             return self._read[1]
-        body = await read_bounded(response, ANSWER_MAX_BYTES)
-        if len(body) >= ANSWER_MAX_BYTES and not response.content.at_eof():
+        body, cut = await read_capped(response, ANSWER_MAX_BYTES)
+        if cut:
             page = PullPage(outcome=Outcome(
                 classification="permanent",
                 error=f"kapture: HTTP {response.status} with an answer longer than {ANSWER_MAX_BYTES >> 20} MiB, "
