@@ -13,7 +13,7 @@ import aiohttp
 import msgspec
 from aiohttp_retry import ExponentialRetry, RetryClient
 
-from bridge.delivery.exchange import exchange
+from bridge.delivery.exchange import clip, exchange
 from bridge.errors import MappingError
 from bridge.escaping import NUL
 from bridge.store.base import Claimed
@@ -95,8 +95,8 @@ def bounded(outcome: Outcome) -> Outcome:
     dropped = {key: why for key in ("ticket_id", "ticket_key", "ticket_uuid")
                if (value := getattr(outcome, key)) is not None and (why := _not_an_id(key, value)) is not None}
     error = outcome.error
-    if error is not None and len(error) > ERROR_CHARS:
-        error = error[:ERROR_CHARS - 1] + "…"
+    if error is not None:
+        error = clip(error, ERROR_CHARS)
     if not dropped and error is outcome.error:
         return outcome
     return msgspec.structs.replace(outcome, error="; ".join(p for p in (error, *dropped.values()) if p),
