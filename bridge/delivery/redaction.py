@@ -266,10 +266,11 @@ class Redactor:
         url = self.url(sent["url"], matcher)
         rest = {**kept, "request": {**sent, "url": ""}}
         try:  # the texts of exchange.exchange's shape, gathered without walking it
-            texts = [sent["method"], *sent["headers"].values(), sent["body"],
-                     *(kept.get("response_headers") or {}).values()]
-            "".join(texts)
+            texts: list[str] | None = [sent["method"], *sent["headers"].values(), sent["body"],
+                                       *(kept.get("response_headers") or {}).values()]
         except (KeyError, AttributeError, TypeError):
+            texts = None
+        if texts is not None and not all(type(t) is str for t in texts):
             texts = None
         out: dict[str, Any] = matcher.value(rest, texts)
         out["request"]["url"] = url

@@ -204,17 +204,20 @@ class HttpAdapter(Adapter):
         self._success = body_path(o.success_path) if o.success_path else None
         self._ticket_id = body_path(o.ticket_id_path) if o.ticket_id_path else None
         self._error = body_path(o.error_path) if o.error_path else None
+        self._secret_headers: frozenset[str] | None = None
         if o.auth is not None:
             self.credentials = http_credentials(name, o.auth, lambda: self.base_url, o.timeout_seconds)
 
     def secret_headers(self) -> frozenset[str]:
         """The configured `headers` (secrets come through `${VAR}`) but the standard ones that describe content,
-        and `auth.header`'s, by any name."""
-        o = self.options
-        names = {k.lower() for k in o.headers} - PLAIN_HEADERS
-        if o.auth is not None and o.auth.header is not None:
-            names.add(o.auth.header.name.lower())
-        return frozenset(names)
+        and `auth.header`'s, by any name: worked out once, from options that do not change."""
+        if self._secret_headers is None:
+            o = self.options
+            names = {k.lower() for k in o.headers} - PLAIN_HEADERS
+            if o.auth is not None and o.auth.header is not None:
+                names.add(o.auth.header.name.lower())
+            self._secret_headers = frozenset(names)
+        return self._secret_headers
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:
