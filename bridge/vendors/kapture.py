@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import msgspec
 
@@ -46,6 +46,7 @@ TEXT_FIELDS = {"create_ticket": "ticket_details", "update_ticket": "comment"}
 
 
 Operation = Literal["add", "update", "pull", "get"]
+ALL_OPERATIONS: tuple[Operation, ...] = get_args(Operation)
 # What each action calls, for its Auth Key.
 OPERATIONS: dict[str, Operation] = {"create_ticket": "add", "update_ticket": "update"}
 # Mapping `options:` Kapture takes: how the one item is sent (the docs' one-element array, or a bare object,
@@ -87,8 +88,7 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
                 "\"{{ event.id }}\" by the mapping)")
 
     def secret_values(self) -> dict[str, str]:
-        ops = ("add", "update", "pull", "get")
-        keys = {"token": self.token} | {f"tokens.{op}": getattr(self.tokens, op) for op in ops}
+        keys = {"token": self.token} | {f"tokens.{op}": getattr(self.tokens, op) for op in ALL_OPERATIONS}
         return {key: value for key, value in keys.items() if value}
 
     def default_on_unknown(self) -> Literal["resend", "reconcile", "hold"]:
@@ -100,7 +100,7 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.token and not self.sandbox:
-            missing = [op for op in ("add", "update", "pull", "get") if not getattr(self.tokens, op)]
+            missing = [op for op in ALL_OPERATIONS if not getattr(self.tokens, op)]
             if missing:
                 raise ValueError("`token` is required (the Auth Key from Kapture's Partner/API configuration), "
                                  f"or a key per operation in `tokens`: {', '.join(missing)} has none")
