@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import queue
 import sqlite3
@@ -94,6 +95,7 @@ from bridge.store.rows import (
     storable_result,
     with_tickets,
 )
+from bridge.store.sqlite_rewrites import CODE_MIGRATIONS
 
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
@@ -275,17 +277,16 @@ class SqliteStore(Store):
                      "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
         done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
         folder = resources.files("bridge.store.sql.sqlite")
-        scripts = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
-        for name, script in scripts:
+        scripts: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+            (f.name, functools.partial(_run_script, f.read_text(encoding="utf-8")))
+            for f in folder.iterdir() if f.name.endswith(".sql")]
+        for name, migration in sorted([*scripts, *CODE_MIGRATIONS.items()], key=lambda s: s[0]):
             version = int(name.split("_", 1)[0])
             if version in done:
                 continue
-            sql = script.read_text(encoding="utf-8")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in sql.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                migration(conn)
                 conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_ms()))
                 conn.execute("COMMIT")
             except sqlite3.Error:
@@ -1065,6 +1066,13 @@ def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list
     else:
         conn.executemany(_INSERT_DELIVERY, [(*row, None, None) if len(row) == _PLAIN_DELIVERY_WIDTH else row
                                             for row in deliveries])
+
+
+def _run_script(sql: str, conn: sqlite3.Connection) -> None:
+    """A migration script's statements, one after another."""
+    for statement in sql.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:
