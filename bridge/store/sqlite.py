@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import queue
 import sqlite3
@@ -85,7 +86,6 @@ from bridge.store.rows import (
     encode,
     gives_ticket,
     kept_condition,
-    new_delivery_rows,
     now_ms,
     status_condition,
     storable,
@@ -95,6 +95,7 @@ from bridge.store.rows import (
     storable_result,
     with_tickets,
 )
+from bridge.store.sqlite_rewrites import CODE_MIGRATIONS
 
 log = structlog.get_logger("ticketbridge.store")
 BUSY_SECONDS = 10.0
@@ -108,9 +109,20 @@ WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
 needs, ten a second cost an idle server about 8 CPU seconds an hour."""
+# The accept's statements bind only values of the exact types sqlite3 binds directly (str, int, bytearray): a None,
+# a bytes or a bool goes through its adaptation protocol first, a registry lookup and two attribute probes (about
+# 3k instructions each, six per accepted event). So a JSON column is bound as a bytearray (stored as the same
+# BLOB), and the NULLs of an ordinary event and delivery are written in the statement: its dedup key, and its
+# delivery's last error and conversation.
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 _INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_PLAIN_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)")
+_EVENT_WIDTH_NO_KEY = 8
+_PLAIN_DELIVERY_WIDTH = 13
+"""A delivery row's values up to its last error and conversation, the two the plain statement writes NULL."""
 
 
 REFUSED: tuple[type[BaseException], ...] = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
@@ -265,17 +277,16 @@ class SqliteStore(Store):
                      "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
         done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
         folder = resources.files("bridge.store.sql.sqlite")
-        scripts = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
-        for name, script in scripts:
+        scripts: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+            (f.name, functools.partial(_run_script, f.read_text(encoding="utf-8")))
+            for f in folder.iterdir() if f.name.endswith(".sql")]
+        for name, migration in sorted([*scripts, *CODE_MIGRATIONS.items()], key=lambda s: s[0]):
             version = int(name.split("_", 1)[0])
             if version in done:
                 continue
-            sql = script.read_text(encoding="utf-8")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in sql.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                migration(conn)
                 conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now_ms()))
                 conn.execute("COMMIT")
             except sqlite3.Error:
@@ -586,14 +597,11 @@ class SqliteStore(Store):
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None) -> AcceptResult:
         event, deliveries, nonce = storable_accept(event, deliveries, nonce)
-        data = encode(event)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
         created = now_ms()
-        rows = new_delivery_rows(event, deliveries, created)
-
-        event_row = (event.id, event.source, event.kind, event.channel, received, event.dedup_key, int(event.spam),
-                     data, len(rows))
+        rows = _delivery_rows(event, deliveries, created)
+        event_row = _event_row(event, received, encode(event), len(rows))
         joins = [(d, created) for d in deliveries if d.conversation is not None]
         stored = AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
@@ -1017,15 +1025,54 @@ class SqliteStore(Store):
         return entries
 
 
+def _event_row(event: Event, received_ms: int, data: bytes, deliveries: int) -> tuple[Any, ...]:
+    """The event's row for _INSERT_EVENT or, without a dedup key, _INSERT_EVENT_NO_KEY (one value fewer)."""
+    if event.dedup_key is None:
+        return (event.id, event.source, event.kind, event.channel, received_ms, int(event.spam), bytearray(data),
+                deliveries)
+    return (event.id, event.source, event.kind, event.channel, received_ms, event.dedup_key, int(event.spam),
+            bytearray(data), deliveries)
+
+
+def _delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int) -> list[tuple[Any, ...]]:
+    """NEW_DELIVERY_COLUMNS' values (new_delivery_rows') with the JSON as bytearrays, and without the last error and
+    conversation when both are None (for _INSERT_PLAIN_DELIVERY)."""
+    rows: list[tuple[Any, ...]] = []
+    for d in deliveries:
+        body = None if d.body is None else bytearray(encode(d.body))
+        row = (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status, body,
+               bytearray(encode(d.options)), created_ms, created_ms, created_ms)
+        rows.append(row if d.error is None and d.conversation is None else (*row, d.error, d.conversation))
+    return rows
+
+
 def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
             deliveries: list[tuple[Any, ...]]) -> None:
     """Write accepted events: their rows first (deliveries refer to them), then the conversations they join, in
-    arrival order, then their deliveries' rows; one accept's or, gathered by _run_straight, a group's."""
-    conn.executemany(_INSERT_EVENT, events)
+    arrival order, then their deliveries' rows; one accept's or, gathered by _run_straight, a group's. Rows
+    without the ordinary NULLs' values (see _event_row, _delivery_rows) go in by the statements that write them
+    NULL, unless a row of the same call has them."""
+    if all(len(row) == _EVENT_WIDTH_NO_KEY for row in events):
+        conn.executemany(_INSERT_EVENT_NO_KEY, events)
+    else:
+        conn.executemany(_INSERT_EVENT, [(*row[:5], None, *row[5:]) if len(row) == _EVENT_WIDTH_NO_KEY else row
+                                         for row in events])
     for d, created in joins:
         _join_conversation(conn, d, created)
-    if deliveries:
-        conn.executemany(_INSERT_DELIVERY, deliveries)
+    if not deliveries:
+        return
+    if all(len(row) == _PLAIN_DELIVERY_WIDTH for row in deliveries):
+        conn.executemany(_INSERT_PLAIN_DELIVERY, deliveries)
+    else:
+        conn.executemany(_INSERT_DELIVERY, [(*row, None, None) if len(row) == _PLAIN_DELIVERY_WIDTH else row
+                                            for row in deliveries])
+
+
+def _run_script(sql: str, conn: sqlite3.Connection) -> None:
+    """A migration script's statements, one after another."""
+    for statement in sql.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:

@@ -20,6 +20,7 @@ from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.store.base import ClaimBatch, DeliveryFilter, NewDelivery
 from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
+from bridge.store.sqlite_rewrites import CODE_MIGRATIONS, STATUS_COMPARED, STATUS_IN_LIST, rewrite_table
 from tests.conftest import eventually
 from tests.integration.store.contract import (
     WEEK,
@@ -193,10 +194,11 @@ async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
 
 
 def shipped_scripts() -> list[tuple[int, str]]:
-    """(version, name) of each migration script the package ships, in order."""
+    """(version, name) of each migration the package ships (its scripts and those in code), in order."""
     from importlib import resources
 
-    names = sorted(f.name for f in resources.files("bridge.store.sql.sqlite").iterdir() if f.name.endswith(".sql"))
+    names = sorted([*(f.name for f in resources.files("bridge.store.sql.sqlite").iterdir() if f.name.endswith(".sql")),
+                    *CODE_MIGRATIONS])
     return [(int(name.split("_", 1)[0]), name) for name in names]
 
 
@@ -260,6 +262,62 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         await s.close()
     assert [r[0] for r in query(path, "SELECT version FROM schema_migrations ORDER BY version")] == [
         version for version, _ in shipped_scripts()]
+
+
+def insert_plan(path: Path) -> list[str]:
+    """The opcodes of a delivery's insert."""
+    with closing(sqlite3.connect(path)) as conn:
+        return [r[1] for r in conn.execute("EXPLAIN INSERT INTO deliveries (id, event_id, source, mapping, "
+                                           "mapping_version, destination, action, status, options, next_attempt_at, "
+                                           "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                           (None,) * 12)]
+
+
+async def test_a_stores_delivery_status_is_checked_without_a_temporary_index(tmp_path: Path) -> None:
+    """A store made before the statuses were compared one by one (its CHECK an `IN` list, for which SQLite builds a
+    temporary index on every row written) is rewritten when opened, in place: its rows stay, a status outside the
+    four is still refused, and the file passes SQLite's integrity check. A new store is the same."""
+    old = tmp_path / "old.db"
+    init = (Path(__file__).parents[3] / "bridge/store/sql/sqlite/0001_init.sql").read_text()
+    assert STATUS_IN_LIST in init
+    with closing(sqlite3.connect(old)) as conn:
+        conn.executescript(init + "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                                  "applied_at INTEGER NOT NULL); "
+                                  "INSERT INTO schema_migrations VALUES (1, '0001_init.sql', 0);")
+    assert "OpenEphemeral" in insert_plan(old)
+    new = tmp_path / "new.db"
+    for path in (old, new):
+        s = SqliteStore(path)
+        await s.open()
+        try:
+            _, (d,) = await accept_one(s)
+        finally:
+            await s.close()
+        assert "OpenEphemeral" not in insert_plan(path)
+        (sql,), = query(path, "SELECT sql FROM sqlite_schema WHERE name = 'deliveries'")
+        assert STATUS_COMPARED in sql and STATUS_IN_LIST not in sql
+        assert query(path, "PRAGMA integrity_check") == [("ok",)]
+        assert query(path, f"SELECT status FROM deliveries WHERE id = '{d}'") == [("pending",)]  # noqa: S608
+        with closing(sqlite3.connect(path)) as conn, pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE deliveries SET status = 'done'")
+    assert query(old, "SELECT sql FROM sqlite_schema WHERE name = 'deliveries'") == query(
+        new, "SELECT sql FROM sqlite_schema WHERE name = 'deliveries'")
+
+
+def test_a_rewrite_that_does_not_read_back_leaves_the_schema_as_it_was(tmp_path: Path) -> None:
+    """A rewritten CREATE TABLE text that SQLite cannot read fails the migration's transaction, which rolls back
+    to the schema before it; and a text to replace that is not there once changes nothing."""
+    path = tmp_path / "s.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE t (status TEXT CHECK (status IN ('a', 'b')))")
+        before = conn.execute("SELECT sql FROM sqlite_schema").fetchall()
+        assert rewrite_table(conn, "t", "('c')", "('d')") is False
+        conn.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+            rewrite_table(conn, "t", "CHECK (status IN ('a', 'b'))", "CHECK (status IN ('a',")
+        conn.execute("ROLLBACK")
+    assert query(path, "SELECT sql FROM sqlite_schema") == before
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
 
 
 async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
@@ -373,6 +431,39 @@ async def test_a_group_stores_plain_and_other_accepts_in_their_order(store: Sqli
     assert query(tmp_path / "s.db", "SELECT id FROM events ORDER BY rowid") == [(e.id,) for e in events]
     assert query(tmp_path / "s.db", "SELECT id FROM deliveries ORDER BY rowid") == [
         (d.id,) for ds in deliveries for d in ds]
+    for e in events:
+        assert await store.get_event(e.id) == e
+
+
+@contextmanager
+def adapted() -> Iterator[list[type]]:
+    """The types of the values sqlite3 puts through its adaptation protocol meanwhile: a None, a bytes or a bool is
+    looked up in its adapter registry and probed for `__adapt__` and `__conform__` before it is bound."""
+    seen: list[type] = []
+    kinds = (type(None), bytes, bool)
+    for kind in kinds:
+        sqlite3.register_adapter(kind, lambda value, kind=kind: seen.append(kind) or value)
+    try:
+        yield seen
+    finally:
+        for kind in kinds:
+            del sqlite3.adapters[(kind, sqlite3.PrepareProtocol)]
+
+
+async def test_an_ordinary_accept_binds_each_value_without_adapting_it(store: SqliteStore, tmp_path: Path) -> None:
+    """The accept's rows bind only exact str, int and bytearray values, which need no adaptation (six per event
+    before, about 3k instructions each): its JSON as bytearrays, its ordinary NULLs written by the statement. The
+    rows read back as before, alone and grouped."""
+    events = [make_event() for _ in range(3)]
+    with adapted() as seen:
+        await store.accept(events[0], [make_delivery()], WEEK)
+        with write_locked(tmp_path / "s.db"):
+            tasks = await handed_over([store.accept(e, [make_delivery()], WEEK) for e in events[1:]])
+        await asyncio.gather(*tasks)
+    assert seen == []
+    assert query(tmp_path / "s.db", "SELECT typeof(data), typeof(dedup_key) FROM events") == [("blob", "null")] * 3
+    assert query(tmp_path / "s.db", "SELECT typeof(body), typeof(options), typeof(last_error), typeof(conversation) "
+                                    "FROM deliveries") == [("blob", "blob", "null", "null")] * 3
     for e in events:
         assert await store.get_event(e.id) == e
 
