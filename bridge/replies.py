@@ -63,6 +63,7 @@ _STARTS = re.compile(r"\n(?:[^\S\n]*[_-]|[^\n]{0,39}[:\uff1a])")
 _ENDS = re.compile(r"-(?=\n)")
 _COLON_ENDS = re.compile(r"[:\uff1a](?=\n)")
 _ABOVE = re.compile("above this line")
+_FEW_LINES = 64
 _DENSE = ("\n>", "\n-", "\n_", "-\n", ":\n", "\uff1a\n")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
@@ -81,10 +82,11 @@ def strip_reply(text: str | None, subject: str | None = None) -> str:
 def _marked(lines: list[str]) -> tuple[list[int] | None, set[int]]:
     """The lines, in order, that may be a quote, a signature delimiter or part of a marker (every line for
     which `_Scan._plain` is false, every line that starts with `>`, and some plain ones), and the lines that
-    start with `>`. None for the first when so many lines look marked that finding them would cost more than
+    start with `>`. None for the first in a short body (a look at each line costs less than the set-up),
+    and when so many lines look marked that finding them would cost more than
     looking at every line (a quarter or more, by a cheap count)."""
-    text = "\n" + "\n".join(lines) + "\n"
-    if 4 * sum(map(text.count, _DENSE)) >= len(lines):
+    text = "" if len(lines) < _FEW_LINES else "\n" + "\n".join(lines) + "\n"
+    if not text or 4 * sum(map(text.count, _DENSE)) >= len(lines):
         return None, {i for i, line in enumerate(lines) if line.lstrip().startswith(">")}
     quoted = [m.start() for m in _QUOTED.finditer(text)]
     starts = [m.start() for m in _STARTS.finditer(text)]

@@ -41,6 +41,9 @@ def test_the_reply_is_what_looking_at_every_line_gave(parts: list[str], newline:
     """Any body, any line ends, with or without a forward's subject: the same reply as before."""
     body = body_of(parts, newline)
     assert strip_reply(body, subject) == replies_by_line.strip_reply(body, subject)
+    # a short body is looked at line by line; with plain lines around it, it is long enough to be skipped through
+    padded = body_of(["ok"] * 40 + parts + ["ok"] * 40, newline)
+    assert strip_reply(padded, subject) == replies_by_line.strip_reply(padded, subject)
 
 
 @settings(max_examples=300, deadline=None)
