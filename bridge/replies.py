@@ -2,7 +2,11 @@
 between it, and without the sign-off a mail app adds.
 
 One pass over the lines, each looked at a bounded number of times (see `reply_markers`), so a body of any
-shape costs time in proportion to its length. The customer's own lines are kept wherever they stand:
+shape costs time in proportion to its length. Most lines of a long body are plain prose no marker test can
+take for anything else: three regular expressions over the whole text find the few lines that may be more
+(`_marked`), and the runs of lines between them are kept or dropped as one range, without a look at each.
+Whether a line is a mail app's footer matters only below the customer's last line, so `_assemble` asks it
+walking up from the end, and stops at that line. The customer's own lines are kept wherever they stand:
 above the quote (top-posting), below it (bottom-posting) or between quoted lines (inline answers).
 
 - A quote block is a run of `>` lines. It is history when an attribution ("On … wrote:") or a separator
@@ -21,6 +25,11 @@ above the quote (top-posting), below it (bottom-posting) or between quoted lines
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
+import operator
+import re
 from enum import Enum, auto
 
 from bridge import reply_markers as mk
@@ -32,14 +41,31 @@ _HEADER_LINES = 8
 
 
 class _Kind(Enum):
-    TEXT = auto()      # the customer's line
-    FOOTER = auto()    # "Sent from my iPhone": dropped unless the customer's text follows
+    TEXT = auto()      # the customer's lines; a footer among them ("Sent from my iPhone") is dropped unless
+                       # the customer's text follows it
     MAYBE = auto()     # a lone `>` line inside a paragraph: a quote only if the message quotes elsewhere
     CUT = auto()       # where history was dropped
-    KEPT = auto()      # a forwarded message's line, kept as it is
+    KEPT = auto()      # a forwarded message's lines, kept as they are
 
 
-_CUT = (_Kind.CUT, "")
+# An item is a kind and the range of lines it covers, [start, end).
+_Item = tuple[_Kind, int, int]
+_CUT: _Item = (_Kind.CUT, 0, 0)
+
+# The lines `_Scan._plain` may say are not plain, found in the text "\n" + lines + "\n" (each line between two
+# "\n"): a line that starts (after blanks) with `>`, `-` or `_` (a quote, a signature delimiter, a separator
+# or rule) or holds a colon in its first 40 characters (a header key); a line that ends with a colon or a
+# dash (and the two lines above one that ends with a colon: a wrapped attribution); "above this line". A
+# line none of these finds is plain. Each expression looks at a bounded stretch from where it starts, but for
+# the blanks before the first character of a line, which belong to that line alone: linear.
+_QUOTED = re.compile(r"\n[^\S\n]*>")
+_STARTS = re.compile(r"\n(?:[^\S\n]*[_-]|[^\n]{0,39}[:\uff1a])")
+_ENDS = re.compile(r"-(?=\n)")
+_COLON_ENDS = re.compile(r"[:\uff1a](?=\n)")
+_ABOVE = re.compile("above this line")
+_FEW_LINES = 64
+_DENSE = ("\n>", "\n-", "\n_", "-\n", ":\n", "\uff1a\n")
+_BLANK_RUNS = re.compile(r"\n{3,}")
 
 
 def strip_reply(text: str | None, subject: str | None = None) -> str:
@@ -50,7 +76,38 @@ def strip_reply(text: str | None, subject: str | None = None) -> str:
         return ""
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     items, quotes_elsewhere = _Scan(lines, forwarding=mk.forward_subject(subject)).run()
-    return _assemble(items, quotes_elsewhere)
+    return _assemble(lines, items, quotes_elsewhere)
+
+
+def _marked(lines: list[str]) -> tuple[list[int] | None, set[int]]:
+    """The lines, in order, that may be a quote, a signature delimiter or part of a marker (every line for
+    which `_Scan._plain` is false, every line that starts with `>`, and some plain ones), and the lines that
+    start with `>`. None for the first in a short body (a look at each line costs less than the set-up),
+    and when so many lines look marked that finding them would cost more than
+    looking at every line (a quarter or more, by a cheap count)."""
+    text = "" if len(lines) < _FEW_LINES else "\n" + "\n".join(lines) + "\n"
+    if not text or 4 * sum(map(text.count, _DENSE)) >= len(lines):
+        return None, {i for i, line in enumerate(lines) if line.lstrip().startswith(">")}
+    quoted = [m.start() for m in _QUOTED.finditer(text)]
+    starts = [m.start() for m in _STARTS.finditer(text)]
+    ends = [m.start() for m in _ENDS.finditer(text)]
+    colons = [m.start() for m in _COLON_ENDS.finditer(text)]
+    above = [m.start() for m in _ABOVE.finditer(text)]
+    if not (quoted or starts or ends or colons or above):
+        return [], set()
+    # Where each line but the first starts in `text`: the line a position is in is the number of these at or
+    # before it. A match of _QUOTED or _STARTS begins at the newline before its line.
+    offsets = list(map(operator.add, itertools.accumulate(map(len, lines[:-1])), itertools.count(2)))
+    at = functools.partial(bisect.bisect_right, offsets)
+    quoted_lines = set(map(at, map(operator.add, quoted, itertools.repeat(1))))
+    colon_lines = list(map(at, colons))
+    found = set(map(at, map(operator.add, starts, itertools.repeat(1))))
+    found.update(quoted_lines, map(at, ends), map(at, above), colon_lines)
+    for above_it in (1, 2):  # a wrapped attribution's first lines
+        found.update(map(operator.sub, colon_lines, itertools.repeat(above_it)))
+    found.discard(-1)
+    found.discard(-2)
+    return sorted(found), quoted_lines
 
 
 def _quote_shaped(line: str) -> bool:
@@ -60,27 +117,51 @@ def _quote_shaped(line: str) -> bool:
 
 
 class _Scan:
-    """Walks the lines once, top to bottom, classifying each into the items `_assemble` joins."""
+    """Walks the lines once, top to bottom, classifying each into the items `_assemble` joins: each marked
+    line (`_marked`) on its own, the plain and blank lines between two marked ones as one range."""
 
     def __init__(self, lines: list[str], *, forwarding: bool = False) -> None:
         self.lines = lines
         self.forwarding = forwarding  # the subject says the message is a forward
         self.n = len(lines)
-        self.quoted = [line.lstrip().startswith(">") for line in lines]
-        self.items: list[tuple[_Kind, str]] = []
+        self.items: list[_Item] = []
         self.quotes = False  # the message quotes somewhere: a lone `>` line is then a quote too
-        self.first = next((i for i, line in enumerate(lines) if line), self.n)  # the first non-blank line
+        self._first: int | None = None
+        self.marked, self.quoted = _marked(lines)  # the quoted: lines that start with `>`
 
-    def run(self) -> tuple[list[tuple[_Kind, str]], bool]:
+    @property
+    def first(self) -> int:
+        """The first non-blank line (n if none); looked for once, when a quote first asks."""
+        if self._first is None:
+            self._first = next((i for i, line in enumerate(self.lines) if line), self.n)
+        return self._first
+
+    def _plain_lines(self, i: int, j: int, in_signature: bool) -> None:
+        """Lines i to j, each blank or plain: the customer's, or in a signature only its blank lines (one
+        stands for all: `_assemble` squeezes a run of blank lines into one)."""
+        if not in_signature:
+            self.items.append((_Kind.TEXT, i, j))
+        elif "" in self.lines[i:j]:
+            blank = self.lines.index("", i, j)
+            self.items.append((_Kind.TEXT, blank, blank + 1))
+
+    def run(self) -> tuple[list[_Item], bool]:
         lines, n, items = self.lines, self.n, self.items
+        marked, quoted = self.marked, self.quoted
         in_signature = False
-        i = 0
+        i = k = 0
         while i < n:
+            if marked is not None:
+                k = bisect.bisect_left(marked, i, k)
+                if (stop := marked[k] if k < len(marked) else n) > i:
+                    self._plain_lines(i, stop, in_signature)
+                    i = stop
+                    continue
             line = lines[i]
             if not line:
-                items.append((_Kind.TEXT, ""))
+                items.append((_Kind.TEXT, i, i + 1))
                 i += 1
-            elif self.quoted[i]:
+            elif i in quoted:
                 i, was_quote = self._quote_run(i, in_signature)
                 in_signature = in_signature and not was_quote
             elif mk.signature_delimiter(line):
@@ -89,10 +170,10 @@ class _Scan:
                 i += 1
             elif self._plain(i) or (found := self._marker(i)) is None:
                 if not in_signature:
-                    items.append((_Kind.FOOTER if mk.footer(line) else _Kind.TEXT, line))
+                    items.append((_Kind.TEXT, i, i + 1))
                 i += 1
             elif found == _FORWARDED or self._forwarded_block(i, found):
-                items.extend((_Kind.KEPT, rest) for rest in lines[i:])
+                items.append((_Kind.KEPT, i, n))
                 break
             else:
                 self.quotes = True
@@ -124,19 +205,19 @@ class _Scan:
         lines, n = self.lines, self.n
         j = i
         shaped = False
-        while j < n and self.quoted[j]:
+        while j < n and j in self.quoted:
             shaped = shaped or _quote_shaped(lines[j])
             j += 1
         if not shaped:  # `>50% of users`, `>_<`: prose that happens to start with ">"
             if not in_signature:
-                self.items.extend((_Kind.TEXT, line) for line in lines[i:j])
+                self.items.append((_Kind.TEXT, i, j))
             return j, False
         if j - i >= 2 or i <= self.first or self._only_blank_from(j):
             self.quotes = True
             self.items.append(_CUT)
             return j, True
         if not in_signature:
-            self.items.append((_Kind.MAYBE, lines[i]))
+            self.items.append((_Kind.MAYBE, i, i + 1))
         return j, False
 
     def _only_blank_from(self, j: int) -> bool:
@@ -161,7 +242,7 @@ class _Scan:
             return False
         if self._attribution(i) is not None:
             return False
-        return self.forwarding or not any(line and kind is not _Kind.CUT for kind, line in self.items)
+        return self.forwarding or not any(kind is not _Kind.CUT and any(self.lines[a:b]) for kind, a, b in self.items)
 
     def _history(self, i: int) -> int | None:
         """If quoted history starts at line i, the index where the customer's text may resume (n when the
@@ -180,7 +261,7 @@ class _Scan:
         end = self._skip_blank(end)
         if end < n and (block := self._header_block(end)) is not None:  # "-----Original Message-----\nFrom: …"
             end = self._skip_blank(block)
-        if end < n and self.quoted[end]:
+        if end < n and end in self.quoted:
             return self._skip_quote(end)
         return n if strength == mk.STRONG else None
 
@@ -196,7 +277,7 @@ class _Scan:
         lines, n = self.lines, self.n
         end = j
         while j < n:
-            if self.quoted[j]:
+            if j in self.quoted:
                 j += 1
                 end = j
             elif not lines[j]:
@@ -218,7 +299,7 @@ class _Scan:
         count = 1
         address = "@" in lines[i]
         j = i + 1
-        while j < n and j < i + _HEADER_LINES and lines[j] and not self.quoted[j]:
+        while j < n and j < i + _HEADER_LINES and lines[j] and j not in self.quoted:
             key = mk.header_key(lines[j])
             if key:
                 keys.add(key)
@@ -243,7 +324,7 @@ class _Scan:
         for j in range(i + 1, min(i + 3, n)):
             line = lines[j]
             total += len(line) + 1
-            if not line or self.quoted[j] or total > mk.ATTRIBUTION_MAX or lines[j - 1].endswith((".", "!", "?")):
+            if not line or j in self.quoted or total > mk.ATTRIBUTION_MAX or lines[j - 1].endswith((".", "!", "?")):
                 return None  # a blank line, a quote, or a sentence that ended: the customer's prose
             if line.endswith(mk.COLONS):
                 strength = mk.attribution(" ".join(part.strip() for part in lines[i:j + 1]), wrapped=True)
@@ -251,25 +332,32 @@ class _Scan:
         return None
 
 
-def _assemble(items: list[tuple[_Kind, str]], quotes_elsewhere: bool) -> str:
+def _assemble(lines: list[str], items: list[_Item], quotes_elsewhere: bool) -> str:
     """Join the kept lines: footers only when the customer's text follows them, lone `>` lines only when
-    the message does not quote elsewhere, blank lines squeezed."""
-    kept: list[str] = []
+    the message does not quote elsewhere, blank lines squeezed. Walks up from the end: until the customer's
+    last line is found, each line is asked whether it is a footer; above it, ranges are joined whole."""
+    pieces: list[str] = []  # from the end up
     text_follows = False
-    for kind, line in reversed(items):
+    for kind, start, stop in reversed(items):
+        end = stop
         if kind is _Kind.CUT or (kind is _Kind.MAYBE and quotes_elsewhere):
-            continue
-        if kind is _Kind.FOOTER and not text_follows:
             continue
         if kind is _Kind.KEPT:
             text_follows = False
-        elif line:
+        elif kind is _Kind.MAYBE:
             text_follows = True
-        kept.append(line)
-    out: list[str] = []
-    for line in reversed(kept):
-        if line or (out and out[-1]):
-            out.append(line)
-    while out and not out[-1]:
-        out.pop()
-    return "\n".join(out)
+        else:
+            while not text_follows and end > start:
+                line = lines[end - 1]
+                if not line:
+                    pieces.append("")
+                elif not mk.footer(line):
+                    text_follows = True
+                    break
+                end -= 1
+        if end > start:
+            pieces.append("\n".join(lines[start:end]))
+    pieces.reverse()
+    # Kept lines are never blank at either end nor hold a newline: squeezing the joined text's runs of
+    # newlines and trimming its ends gives what squeezing the blank lines between them gives.
+    return _BLANK_RUNS.sub("\n\n", "\n".join(pieces)).strip("\n")

@@ -15,6 +15,7 @@ from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
 from handlers.email import OpaqueMessage, basename, decode_words, raw_param, raw_utf8
 from handlers.limits import MAX_FORM_FIELDS, check_count, check_mime_shape, check_parts
+from handlers.multipart_split import parse_split
 
 
 def add_value(out: dict[str, Any], key: str, value: Any) -> None:
@@ -140,7 +141,10 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     # The compat32 policy: header values stay text read by `Message`'s own light parameter parser; the
     # structured parse of the newer policies costs some 200 µs a part.
     # An attached message (message/rfc822) is kept as the bytes it was sent as, not parsed as a nested message.
-    message = BytesParser(_class=OpaqueMessage).parsebytes(b"Content-Type: " + sent + b"\r\n\r\n" + body)
+    prefix = b"Content-Type: " + sent + b"\r\n\r\n"
+    message = parse_split(prefix, body)
+    if message is None:
+        message = BytesParser(_class=OpaqueMessage).parsebytes(prefix + body)
     check_parts(message, "the multipart body", MAX_FORM_FIELDS)
     found = message.get_boundary()
     if found is not None and not found.isascii():

@@ -45,6 +45,8 @@ HOSTILE: dict[str, Callable[[int], str]] = {
     "greater-than prose": lambda size: fill(">5\n", size),
     "undated attributions above blank runs": lambda size: fill("Asha wrote:\n\n\n\n\n\n", size),
     "attributions with addresses, no quote": lambda size: fill("On 3 Jun 2024 Asha <a@b.c> wrote:\nx\n", size),
+    "plain lines with a marker line among every few": lambda size: fill("ok\nok\nok\nok\nok\n-- \n", size),
+    "plain lines with a colon line among every few": lambda size: fill("ok\nok\nok\nok\nok\na:\n", size),
 }
 
 
