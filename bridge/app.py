@@ -219,27 +219,36 @@ def sandbox_context(rt: Runtime) -> CleanupCtx:
     return ctx
 
 
+def delivery_session(config: Config) -> aiohttp.ClientSession:
+    """The HTTP client the delivery loop sends with. Each lane holds at most its max_in_flight connections, so the
+    pool adds no cap of its own per host (a vendor holding one destination's requests would stall every other
+    destination on its host), and holds every destination's max_in_flight in total (fdlimit.delivery_pool, which
+    serve's open-file check counts)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300),
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) -> Dispatcher:
+    """The delivery loop as the server runs it, on `store`, sending with `session` (not started)."""
+
+    async def follow_ups(item: Claimed) -> Claimed | Outcome:
+        return render_follow_up(rt.mappings, rt.config.vars, await store.get_event(item.event_id), item)
+
+    return Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
+                      coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
+                      follow_ups=follow_ups, instance=instance_name(rt.config.server.port))
+
+
 def delivery_context(rt: Runtime) -> CleanupCtx:
     """The HTTP client and the dispatcher; on shutdown, sends in flight get the grace period."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert rt.store is not None
-        # Each lane holds at most its max_in_flight connections, so the pool adds no cap of its own per host (a
-        # vendor holding one destination's requests would stall every other destination on its host), and
-        # holds every destination's max_in_flight in total (fdlimit.delivery_pool, which serve's open-file check
-        # counts).
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=delivery_pool(rt.config.destinations), limit_per_host=0,
-                                           ttl_dns_cache=300),
-            headers={"User-Agent": USER_AGENT},
-        )
+        session = delivery_session(rt.config)
         store = rt.store
-        async def follow_ups(item: Claimed) -> Claimed | Outcome:
-            return render_follow_up(rt.mappings, rt.config.vars, await store.get_event(item.event_id), item)
-
-        dispatcher = Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
-                                coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
-                                follow_ups=follow_ups, instance=instance_name(rt.config.server.port))
+        dispatcher = build_dispatcher(rt, store, session)
         dispatcher.start()
         rt.dispatcher = dispatcher
 

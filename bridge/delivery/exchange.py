@@ -79,14 +79,23 @@ def kept_response_headers(headers: Mapping[str, str], hidden: frozenset[str] = f
     is not UTF-8 (read by aiohttp as a lone surrogate, which no store takes) is written out (`\\xe9`)."""
     kept: dict[str, str] = {}
     left_out = 0
-    for name, value in redact_headers(headers, hidden).items():
+    for name, value in dict(headers.items()).items():  # a name given twice (a multidict's) once, its last value
         if len(kept) < HEADERS_KEPT:
-            kept[clip(escape_text(name), HEADER_CHARS)] = clip(escape_text(value), HEADER_CHARS)
+            secret = secret_name(name) or name.lower() in hidden
+            kept[_kept_text(name)] = REDACTED if secret else _kept_text(value)
         else:
             left_out += 1
     if left_out:
         kept["…"] = f"{left_out} more headers not kept"
     return kept
+
+
+def _kept_text(text: str) -> str:
+    """A response header's name or value as kept: escaped (`escape_text`) and cut at HEADER_CHARS; an ASCII text
+    that fits is itself, checked without a call."""
+    if len(text) <= HEADER_CHARS and text.isascii():
+        return text
+    return clip(escape_text(text), HEADER_CHARS)
 
 
 def body_excerpt(body: bytes) -> str:

@@ -4,6 +4,7 @@ vendor's faults: every failure becomes an Outcome."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ async def _lookup_settled(response: aiohttp.ClientResponse) -> bool:
         response.release()
         return False
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def send_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    """A send's timeouts: `timeout_s` in all, the connection within CONNECT_TIMEOUT_S of it. Made once per value (a
+    destination's `timeout_seconds`), not per attempt: a ClientTimeout is frozen, and shared."""
+    return aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S))
 
 
 def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
@@ -212,7 +220,7 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S)),
+            timeout=send_timeout(timeout_s),
             allow_redirects=False,
         ) as response:
             try:
