@@ -317,7 +317,8 @@ class Lane:
             await self._send_and_record(item, start)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
-            # is being recorded (shielded, below) and must not be undone by a release.
+            # is being recorded (to its end whatever becomes of this task: see _record) and must not be undone by a
+            # release.
             if item.id in self.written:  # its request went out: the vendor may have acted on it
                 self.dispatcher.unanswered.append((self, item))
             elif item.id in self.sending:
@@ -416,8 +417,10 @@ class Lane:
         try:
             while True:
                 try:
-                    # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
-                    await asyncio.shield(d.store.record(result, owner=d.owner))
+                    # A stop that cancels this task must not lose an answer the vendor has given: shielded, unless
+                    # the store does the record in full once it has been called (Store.records_at_once).
+                    recording = d.store.record(result, owner=d.owner)
+                    await (recording if d.store.records_at_once else asyncio.shield(recording))
                 except StoreRefused as exc:
                     lesser = self._reduce(full, result, f"the store refused it: {exc.reason}", blog)
                     if lesser is None:

@@ -189,6 +189,10 @@ _Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[NewDelivery,
 class SqliteStore(Store):
     """`owner=True` for the serving process (takes the lock, recovers in-flight work); False for CLI use."""
 
+    records_at_once = True
+    """record queues its write (`_write`) before it first waits; the flusher runs every queued write, whether or not
+    its caller still waits for it, and close() lets it finish."""
+
     def __init__(self, path: Path, *, group_commit_max: int = 512, owner: bool = True,
                  watch_s: float = WATCH_SECONDS) -> None:
         self.path = path
