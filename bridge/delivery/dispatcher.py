@@ -194,7 +194,7 @@ class Lane:
                 self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
                 if self.idle is not None:
                     if self.claims:  # an earlier claim is still out: its result comes first
-                        await self._wait(self.slot_freed, None)
+                        await self._wait_for_slot()
                         continue
                     event, timeout = self.idle
                     self.idle = None
@@ -205,7 +205,7 @@ class Lane:
                 if free <= 0 or ((self.sending or self.claiming) and free < self.claim_step) \
                         or unrecorded >= d.max_unrecorded:
                     # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
-                    await self._wait(self.slot_freed, None)
+                    await self._wait_for_slot()
                     continue
                 self.wake.clear()
                 self.resumed.clear()
@@ -302,6 +302,12 @@ class Lane:
     def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
         self.inflight.pop(delivery_id, None)
         self._answered(delivery_id)
+
+    async def _wait_for_slot(self) -> None:
+        """Until a slot frees up or a claim ends, or the dispatcher stops (Dispatcher.stop sets slot_freed too): a
+        wait on the one event, without the two tasks that `_wait` starts."""
+        if not self.dispatcher.stopping:
+            await self.slot_freed.wait()
 
     async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
         stop = self.dispatcher.stop_event
@@ -790,6 +796,8 @@ class Dispatcher:
         """Stop claiming; let sends in flight finish within `grace_s`; give the rest back."""
         self.stopping = True
         self.stop_event.set()
+        for lane in self.lanes.values():
+            lane.slot_freed.set()  # a busy lane waits for this alone (Lane._wait_for_slot)
         if self.tasks:
             _, stuck = await asyncio.wait(self.tasks, timeout=max(1.0, grace_s))
             for task in stuck:
