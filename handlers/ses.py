@@ -47,8 +47,9 @@ from handlers.sns_certificates import CertificateCache
 
 log = structlog.get_logger("ticketbridge.handlers.ses")
 RETRY_AFTER_S = 15
-"""The Retry-After of a 503 for a read that may succeed later: shorter than the 20 s SNS first waits before it
-sends a notification again, so that a sender who heeds it is not told to wait past SNS's own retry."""
+"""The Retry-After of a 503 for a read that may succeed later, as the certificate fetch's 503s say one. SNS retries
+on its own delivery policy (3 times, 20 s apart by default) and reads no Retry-After; the value is shorter than its
+wait, for a sender or a proxy that does read it."""
 
 FUTURE_SKEW_S = 300.0
 
