@@ -248,7 +248,7 @@ class PgGate(Gate):
                     "UPDATE destination_gates SET failures = 0 WHERE destination = $1 AND failures > 0 "
                     "AND breaker_state = 'closed'", self.destination)
 
-            await self._run(reset)
+            await self._run(reset, autocommit=True)  # one statement: no BEGIN and COMMIT around it
             return None
 
         async def op(conn: Any) -> Change:
