@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 import asyncpg
 import pytest
@@ -171,3 +172,32 @@ async def test_the_view_counts_the_slots_taken_in_the_window_not_those_dated_lat
     finally:
         await conn.close()
     assert (await gb.view()).rate_used == 2
+
+
+async def test_successes_at_once_share_their_reset_of_the_failures_counted(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Successes that come while a reset of the shared failure count is out share the next one (a busy lane sends
+    one at a time, not one per send); each still clears the failures another process counted before it, and a
+    failure that comes after them is counted, not cleared by them."""
+    ga, gb = gates(two, None)
+    statements = 0
+    run = ga._run
+
+    async def counted(fn: Any, **kwargs: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        return await run(fn, **kwargs)
+
+    async def failures() -> int:
+        return int(await two[0]._run(lambda conn: conn.fetchval(
+            "SELECT failures FROM destination_gates WHERE destination = 'lsq'"), transaction=False))
+
+    ga._run = counted
+    for _ in range(3):
+        assert await gb.outcome("retry") is None
+    assert await failures() == 3
+    assert await asyncio.gather(*(ga.outcome("success") for _ in range(20))) == [None] * 20
+    assert statements <= 2
+    assert await failures() == 0
+    await asyncio.gather(ga.outcome("success"), ga.outcome("retry"))
+    assert await failures() == 1
