@@ -47,6 +47,7 @@ class PgGate(Gate):
         self.breaker = Breaker()
         self.probing_here = False  # a probe granted in this process is out, its answer not yet fed back
         self._next_reset: asyncio.Future[None] | None = None  # successes' reset of the failures, not yet sent
+        self._sending_reset: asyncio.Future[None] | None = None  # the reset being sent now
         self._resetting: asyncio.Task[None] | None = None  # what sends the resets asked for, one at a time
         if rate is None:
             self._window_ms = 1000
@@ -279,6 +280,7 @@ class PgGate(Gate):
         try:
             while self._next_reset is not None:
                 done, self._next_reset = self._next_reset, None
+                self._sending_reset = done
                 try:
                     await self._run(reset, autocommit=True)  # one statement: no BEGIN and COMMIT around it
                 except Exception as exc:
@@ -286,16 +288,18 @@ class PgGate(Gate):
                 else:
                     done.set_result(None)
         finally:  # stopped (the loop closing): none waits on for ever
-            self._resetting = None
+            self._resetting = self._sending_reset = None
             for waiting in (done, self._next_reset):
                 if waiting is not None and not waiting.done():
                     waiting.cancel()
             self._next_reset = None
 
     async def _resets_sent(self) -> None:
-        """Wait until the resets asked for so far have been sent (their failures are theirs to report)."""
-        while self._resetting is not None:
-            await asyncio.gather(asyncio.shield(self._resetting), return_exceptions=True)
+        """Wait until the resets asked for so far have been sent (their failures are theirs to report); not for
+        those asked later, which a steady stream of successes would keep asking for without end."""
+        asked = [f for f in (self._sending_reset, self._next_reset) if f is not None and not f.done()]
+        if asked:
+            await asyncio.gather(*(asyncio.shield(f) for f in asked), return_exceptions=True)
 
 
 class PgCoordination(Coordination):
