@@ -31,6 +31,7 @@ from handlers.limits import (
     check_mime_shape,
     check_parts,
 )
+from handlers.simple_mailboxes import simple_mailboxes
 
 AddressInput = str | Iterable[str] | None
 
@@ -95,10 +96,13 @@ def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
     estimate = sum(_outside_quotes(t).count("@") for t in texts)
     check_count(f"{field} addresses", estimate, MAX_ADDRESSES)
     check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_ADDRESS_FIELD_CHARS)
-    try:
-        pairs = getaddresses(texts)
-    except RecursionError:  # comments nested a thousand deep
-        raise Rejected(400, f"{field} is not an address list: comments are nested too deep", check="email") from None
+    pairs = simple_mailboxes(texts)
+    if pairs is None:
+        try:
+            pairs = getaddresses(texts)
+        except RecursionError:  # comments nested a thousand deep
+            raise Rejected(400, f"{field} is not an address list: comments are nested too deep",
+                           check="email") from None
     # Decoded after the split (RFC 2047): a word may decode to a comma, a line break or a whole `Bcc: x@y`
     # and must stay part of its display name. A value that holds an address only once decoded (a sender that
     # encoded it all) is parsed decoded.

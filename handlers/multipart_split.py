@@ -51,7 +51,9 @@ def parse_split(prefix: bytes, body: bytes) -> Message | None:
     cut = []
     for i, delimiter in enumerate(delimiters):
         stop = delimiters[i + 1].start if i + 1 < len(delimiters) else len(body)
-        cut.append(body[delimiter.start:_header_block(body, delimiter.end, stop)[0]])
+        if (block := _header_block(body, delimiter.end, stop)) is None:
+            return None
+        cut.append(body[delimiter.start:block[0]])
     message = parser.parsebytes(prefix + b"".join(cut))
     parts = message.get_payload()
     spans = _part_spans(delimiters, len(body))
@@ -61,7 +63,9 @@ def parse_split(prefix: bytes, body: bytes) -> Message | None:
         if not isinstance(part, Message) or part.get_content_maintype() == "multipart" \
                 or part.get_content_type() == "message/delivery-status":
             return None
-        content = body[_header_block(body, start, stop)[1]:stop]
+        if (block := _header_block(body, start, stop)) is None:
+            return None
+        content = body[block[1]:stop]
         part.set_payload(_without_line_end(content).decode("ascii", "surrogateescape"))
     return message
 
@@ -94,15 +98,19 @@ def _part_spans(delimiters: list[_Delimiter], size: int) -> list[tuple[int, int]
     return spans
 
 
-def _header_block(body: bytes, start: int, stop: int) -> tuple[int, int]:
+def _header_block(body: bytes, start: int, stop: int) -> tuple[int, int] | None:
     """For a part from start to stop: where the part's header lines and the line that ends them end, and
-    where its content starts. A blank line ending them is the parser's to drop; another line is content."""
+    where its content starts. A blank line ending them is the parser's to drop; another line is content. None
+    when a header line starts with `From `: the parser reads such a line as an envelope line, a defect, or (the
+    last one) the first line of the content, which is its to decide."""
     at = start
     while at < stop:
         end = _LINE_END.search(body, at, stop)
         line_end = stop if end is None else end.end()
         if not _HEADER_LINE.match(body, at, stop):
             return line_end, (line_end if body[at] in b"\r\n" else at)
+        if body.startswith(b"From ", at):
+            return None
         at = line_end
     return stop, stop
 

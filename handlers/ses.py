@@ -46,6 +46,10 @@ from handlers.sns import (
 from handlers.sns_certificates import CertificateCache
 
 log = structlog.get_logger("ticketbridge.handlers.ses")
+RETRY_AFTER_S = 15
+"""The Retry-After of a 503 for a read that may succeed later, as the certificate fetch's 503s say one. SNS retries
+on its own delivery policy (3 times, 20 s apart by default) and reads no Retry-After; the value is shorter than its
+wait, for a sender or a proxy that does read it."""
 
 FUTURE_SKEW_S = 300.0
 
@@ -183,7 +187,7 @@ class SesHandler(Handler):
         except S3Unavailable as exc:
             log.warning("ses.s3_unavailable", **ids, error=str(exc))
             raise Rejected(503, f"the message could not be read from S3 ({exc}); nothing was stored, send it again",
-                           check="s3") from None
+                           check="s3", retry_after=RETRY_AFTER_S) from None
         log.info("ses.s3_read", **ids, size=len(raw))
         mime = await asyncio.to_thread(_parse_raw, raw)  # a large message parses for many milliseconds
         per_request(request, "ses.s3", lambda: mime)
@@ -197,7 +201,7 @@ class SesHandler(Handler):
             await self.fetch(url)
         except FetchError as exc:
             raise Rejected(503, f"could not confirm the SNS subscription ({exc}); try again",
-                           check="subscribe_url") from None
+                           check="subscribe_url", retry_after=RETRY_AFTER_S) from None
         topic = message.get("TopicArn")
         log.info("ses.subscribed", source=self.name, topic=topic)
         body = msgspec.json.encode({"accepted": True, "subscribed": topic})

@@ -46,6 +46,9 @@ class PgGate(Gate):
         self.rate = rate
         self.breaker = Breaker()
         self.probing_here = False  # a probe granted in this process is out, its answer not yet fed back
+        self._next_reset: asyncio.Future[None] | None = None  # successes' reset of the failures, not yet sent
+        self._sending_reset: asyncio.Future[None] | None = None  # the reset being sent now
+        self._resetting: asyncio.Task[None] | None = None  # what sends the resets asked for, one at a time
         if rate is None:
             self._window_ms = 1000
         else:
@@ -243,13 +246,9 @@ class PgGate(Gate):
         self.probing_here = False
         if classification == "success" and self.breaker.state == "closed" and self.breaker.failures == 0:
             # The common case: reset only a row that has counted failures (another process's), in one statement.
-            async def reset(conn: Any) -> None:
-                await conn.execute(
-                    "UPDATE destination_gates SET failures = 0 WHERE destination = $1 AND failures > 0 "
-                    "AND breaker_state = 'closed'", self.destination)
-
-            await self._run(reset)
+            await self._reset_failures()
             return None
+        await self._resets_sent()  # a success's reset asked for before this outcome is not sent after it
 
         async def op(conn: Any) -> Change:
             row, now = await self._locked(conn)
@@ -260,6 +259,47 @@ class PgGate(Gate):
 
         result: Change = await self._run(op)
         return result
+
+    async def _reset_failures(self) -> None:
+        """Reset the row's failure count with a statement sent after this call: successes that come while one is
+        out share the next (sent once it is done), so that a busy lane sends one at a time, not one per send."""
+        waiting = self._next_reset
+        if waiting is None:
+            waiting = self._next_reset = asyncio.get_running_loop().create_future()
+            if self._resetting is None:
+                self._resetting = asyncio.create_task(self._send_resets(), name=f"gate reset {self.destination}")
+        await asyncio.shield(waiting)
+
+    async def _send_resets(self) -> None:
+        async def reset(conn: Any) -> None:
+            await conn.execute(
+                "UPDATE destination_gates SET failures = 0 WHERE destination = $1 AND failures > 0 "
+                "AND breaker_state = 'closed'", self.destination)
+
+        done: asyncio.Future[None] | None = None
+        try:
+            while self._next_reset is not None:
+                done, self._next_reset = self._next_reset, None
+                self._sending_reset = done
+                try:
+                    await self._run(reset, autocommit=True)  # one statement: no BEGIN and COMMIT around it
+                except Exception as exc:
+                    done.set_exception(exc)
+                else:
+                    done.set_result(None)
+        finally:  # stopped (the loop closing): none waits on for ever
+            self._resetting = self._sending_reset = None
+            for waiting in (done, self._next_reset):
+                if waiting is not None and not waiting.done():
+                    waiting.cancel()
+            self._next_reset = None
+
+    async def _resets_sent(self) -> None:
+        """Wait until the resets asked for so far have been sent (their failures are theirs to report); not for
+        those asked later, which a steady stream of successes would keep asking for without end."""
+        asked = [f for f in (self._sending_reset, self._next_reset) if f is not None and not f.done()]
+        if asked:
+            await asyncio.gather(*(asyncio.shield(f) for f in asked), return_exceptions=True)
 
 
 class PgCoordination(Coordination):

@@ -116,6 +116,22 @@ UNICODE_ENCODINGS = ("UTF8", "SQL_ASCII")
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
+_RECORD = (
+    "WITH u AS (UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
+    "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, updated_at = $3, "
+    "last_error = $4, ticket_id = COALESCE($5, ticket_id), ticket_key = COALESCE($6, ticket_key), "
+    "ticket_uuid = COALESCE($16, ticket_uuid), role = COALESCE($7, role), action = COALESCE($8, action), "
+    "body = COALESCE($9, body), in_doubt_since = CASE WHEN $1 = 'succeeded' THEN NULL "
+    "WHEN $12::boolean THEN COALESCE(in_doubt_since, $13) ELSE in_doubt_since END, "
+    "unknowns = unknowns + $14, duplicates = duplicates + $15 WHERE id = $10 AND status = 'in_flight' "
+    "AND ($11::text IS NULL OR lease_owner = $11) RETURNING id, attempts, conversation), "
+    "a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, "
+    "classification, error, exchange) SELECT id, attempts, $13, $17, $18, $19, $20, $4, $21 FROM u), "
+    "c AS (UPDATE conversations SET ticket_id = $5, ticket_key = $6, ticket_at = $3, ticket_uuid = $16 "
+    "WHERE $22::boolean AND id = (SELECT conversation FROM u)) "
+    "SELECT attempts FROM u")
+"""An attempt recorded under its lease, in one statement: the delivery's row, the attempt (numbered by the row's
+new count), and, when the attempt gives its conversation a ticket ($22), the conversation's."""
 
 
 def split_schema(dsn: str) -> tuple[str, str | None]:
@@ -181,7 +197,8 @@ class PostgresStore(Store):
                     await conn.close()
                 settings["search_path"] = self.schema
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   server_settings=settings, init=warm_connection)
+                                                   server_settings=settings, init=warm_connection,
+                                                   reset=_nothing_to_reset)
             self.encoding = str(await self._pool.fetchval("SHOW server_encoding"))
             await self._migrate()
             await self._warm_pool()
@@ -242,16 +259,22 @@ class PostgresStore(Store):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 10)
 
-    async def _run(self, fn: Callable[[Any], Awaitable[T]], *, transaction: bool = True) -> T:
-        """Run `fn(connection)`, in a transaction; driver and connection errors become StoreUnavailable."""
+    async def _run(self, fn: Callable[[Any], Awaitable[T]], *, transaction: bool = True,
+                   autocommit: bool = False) -> T:
+        """Run `fn(connection)`, in a transaction; driver and connection errors become StoreUnavailable.
+        `autocommit`: `fn` writes with statements that each commit by themselves (one statement, which needs no
+        BEGIN and COMMIT of its own, or transactions it opens), its failures the store's as a transaction's are."""
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         try:
             async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 if not transaction:
                     return await fn(conn)
-                async with conn.transaction():
+                if autocommit:
                     out = await fn(conn)
+                else:
+                    async with conn.transaction():
+                        out = await fn(conn)
         except DB_ERRORS as exc:
             if refused(exc):  # the data's problem: the store is not failing, and a retry would meet it again
                 raise refusal(exc) from exc
@@ -432,48 +455,39 @@ class PostgresStore(Store):
 
         async def op(conn: Any) -> None:
             now = now_ms()
-            # The lease is checked by the UPDATE itself: it waits on a concurrent change of the row and then
-            # re-checks the condition, as a SELECT … FOR UPDATE first would, in one round trip fewer.
+            # One statement, committed by itself: the delivery's row (its lease checked by the UPDATE itself,
+            # which waits on a concurrent change of the row and then re-checks the condition), its attempt and
+            # its conversation's ticket.
             updated = await conn.fetchrow(
-                "UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
-                "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
-                "updated_at = $3, last_error = $4, ticket_id = COALESCE($5, ticket_id), "
-                "ticket_key = COALESCE($6, ticket_key), role = COALESCE($7, role), action = COALESCE($8, action), "
-                "body = COALESCE($9, body), in_doubt_since = CASE WHEN $1 = 'succeeded' THEN NULL "
-                "WHEN $12::boolean THEN COALESCE(in_doubt_since, $13) ELSE in_doubt_since END, "
-                "unknowns = unknowns + $14, duplicates = duplicates + $15 WHERE id = $10 AND status = 'in_flight' "
-                "AND ($11::text IS NULL OR lease_owner = $11) RETURNING attempts, conversation",
-                r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
-                None if role_body is None else encode(role_body), r.delivery_id, owner, unknown, r.started_at_ms,
-                int(unknown), duplicates)
-            if updated is not None and r.ticket_uuid is not None:
-                # Apart from the statement above: only a few vendors give a third reference (LeadSquared).
-                await conn.execute("UPDATE deliveries SET ticket_uuid = $1 WHERE id = $2", r.ticket_uuid,
-                                   r.delivery_id)
-            if updated is None:
-                if owner is not None:
-                    if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", r.delivery_id) is None:
-                        raise NotFound(f"no delivery {r.delivery_id}")
-                    raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
-                # Its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now.
-                n = await conn.fetchval("UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 "
-                                        "RETURNING attempts", r.delivery_id)
-                if n is None:
-                    raise NotFound(f"no delivery {r.delivery_id}")
-                log.warning("store.record_without_lease", delivery_id=r.delivery_id)
-                updated = (n, None)
-            n, conversation = updated
-            await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
-                               "response_excerpt, classification, error, exchange) "
-                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
-                               r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
-                               r.error, None if r.exchange is None else encode(r.exchange))
-            if conversation is not None and gives_ticket(r):
-                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_at = $3, "
-                                   "ticket_uuid = $5 WHERE id = $4", r.ticket_id, r.ticket_key, now, conversation,
-                                   r.ticket_uuid)
+                _RECORD, r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role,
+                role_action, None if role_body is None else encode(role_body), r.delivery_id, owner, unknown,
+                r.started_at_ms, int(unknown), duplicates, r.ticket_uuid, r.duration_ms, r.http_status,
+                r.response_excerpt, r.classification, None if r.exchange is None else encode(r.exchange),
+                gives_ticket(r))
+            if updated is None:  # nothing was written: the lease is not held, or there is no such delivery
+                async with conn.transaction():
+                    await self._record_unleased(conn, r, owner)
 
-        await self._run(op)
+        await self._run(op, autocommit=True)
+
+    async def _record_unleased(self, conn: Any, r: AttemptResult, owner: str | None) -> None:
+        """An attempt whose delivery is not in flight under `owner`'s lease: with an owner, LeaseLost (NotFound
+        when there is no such delivery); without one, the attempt is kept and the delivery's state left alone."""
+        if owner is not None:
+            if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", r.delivery_id) is None:
+                raise NotFound(f"no delivery {r.delivery_id}")
+            raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
+        # Its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now.
+        n = await conn.fetchval("UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 "
+                                "RETURNING attempts", r.delivery_id)
+        if n is None:
+            raise NotFound(f"no delivery {r.delivery_id}")
+        log.warning("store.record_without_lease", delivery_id=r.delivery_id)
+        await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                           "response_excerpt, classification, error, exchange) "
+                           "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
+                           r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
+                           r.error, None if r.exchange is None else encode(r.exchange))
 
     async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         if not delivery_ids:
@@ -854,6 +868,14 @@ async def _touch(conn: Any) -> None:
     """A write that changes a row without changing anything: it commits only when the server takes writes."""
     await conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
                        "WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+
+
+async def _nothing_to_reset(_conn: Any) -> None:
+    """What a pooled connection needs reset when it is given back, beyond asyncpg's own (a transaction left open is
+    rolled back): nothing, since the store leaves no session state on it. It takes no advisory lock but
+    transaction-scoped ones, opens no cursor, sets no setting, and listens on a connection of its own (`_listen`);
+    asyncpg's default reset (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) would cost a round trip
+    per use."""
 
 
 async def _ping(conn: Any) -> None:

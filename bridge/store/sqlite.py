@@ -115,6 +115,7 @@ needs, ten a second cost an idle server about 8 CPU seconds an hour."""
 # 3k instructions each, six per accepted event). So a JSON column is bound as a bytearray (stored as the same
 # BLOB), and the NULLs of an ordinary event and delivery are written in the statement: its dedup key, and its
 # delivery's last error and conversation.
+_encode_into = msgspec.json.Encoder().encode_into
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 _INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
@@ -624,7 +625,7 @@ class SqliteStore(Store):
         window_ms = int(dedup_window_s * 1000)
         created = now_ms()
         rows = _delivery_rows(event, deliveries, created)
-        event_row = _event_row(event, received, encode(event), len(rows))
+        event_row = _event_row(event, received, len(rows))
         joins = [(d, created) for d in deliveries if d.conversation is not None]
         stored = AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
 
@@ -1039,13 +1040,20 @@ class SqliteStore(Store):
         return entries
 
 
-def _event_row(event: Event, received_ms: int, data: bytes, deliveries: int) -> tuple[Any, ...]:
+def _json_blob(value: Any) -> bytearray:
+    """`value` as JSON (as rows.encode writes it), encoded straight into a bytearray: no copy of a large mail's."""
+    blob = bytearray()
+    _encode_into(value, blob)
+    return blob
+
+
+def _event_row(event: Event, received_ms: int, deliveries: int) -> tuple[Any, ...]:
     """The event's row for _INSERT_EVENT or, without a dedup key, _INSERT_EVENT_NO_KEY (one value fewer)."""
     if event.dedup_key is None:
-        return (event.id, event.source, event.kind, event.channel, received_ms, int(event.spam), bytearray(data),
+        return (event.id, event.source, event.kind, event.channel, received_ms, int(event.spam), _json_blob(event),
                 deliveries)
     return (event.id, event.source, event.kind, event.channel, received_ms, event.dedup_key, int(event.spam),
-            bytearray(data), deliveries)
+            _json_blob(event), deliveries)
 
 
 def _delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int) -> list[tuple[Any, ...]]:
@@ -1053,9 +1061,9 @@ def _delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int)
     conversation when both are None (for _INSERT_PLAIN_DELIVERY)."""
     rows: list[tuple[Any, ...]] = []
     for d in deliveries:
-        body = None if d.body is None else bytearray(encode(d.body))
+        body = None if d.body is None else _json_blob(d.body)
         row = (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status, body,
-               bytearray(encode(d.options)), created_ms, created_ms, created_ms)
+               _json_blob(d.options), created_ms, created_ms, created_ms)
         rows.append(row if d.error is None and d.conversation is None else (*row, d.error, d.conversation))
     return rows
 

@@ -12,6 +12,12 @@ connections are kept from one round to the next, as a running server keeps them.
 Every attempt must succeed, and at the end the vendor must have received every event once.
 
 Usage: python -m tests.bench.delivery_cpu [--events N] [--rounds R] [--max-in-flight M] [--profile FILE]
+                                         [--store sqlite|postgres] [--round-trips]
+
+`--store postgres` stores the events in PostgreSQL instead (the test database, tests/integration/processes.py's
+DSN, in a fresh schema dropped at the end). Only this process's CPU is counted, not the server's: `--round-trips`
+also prints the statements sent to it per delivered event (counting costs CPU of its own:
+tests/bench/pg_round_trips.py).
 
 Instruction counts, which the machine's other work does not move: run under
 `valgrind --tool=callgrind --instr-atstart=no` with `--callgrind` and a small N; the total valgrind reports is that
@@ -44,6 +50,7 @@ from bridge.registries import REGISTRIES
 from bridge.runtime import Runtime
 from tests.bench.harness import HERE, free_port, spawn, stop, wait_port
 from tests.bench.intake_cpu import callgrind, one_round, request_bytes
+from tests.bench.pg_round_trips import RoundTrips, drop_schema, fresh_schema, store_url
 from tests.bench.test_delivery_bench import config as bench_config
 from tests.bench.test_delivery_bench import get_json
 
@@ -90,9 +97,14 @@ async def deliver_all(rt: Runtime, session: ClientSession, events: int, counted:
 
 
 async def drive(folder: Path, vendor_port: int, events: int, rounds: int, max_in_flight: int, counted: bool,
-                profile: cProfile.Profile | None) -> list[float]:
-    """Each round's CPU microseconds per delivered event, after one round that warms up."""
-    config = load_config(bench_config(folder, 0, vendor_port, max_in_flight), registries=REGISTRIES)
+                profile: cProfile.Profile | None, store: str | None = None,
+                trips: RoundTrips | None = None) -> list[float]:
+    """Each round's CPU microseconds per delivered event, after one round that warms up. `store`: the store url in
+    place of the SQLite file; `trips`: counts the measured rounds' deliveries' round trips."""
+    path = bench_config(folder, 0, vendor_port, max_in_flight)
+    if store is not None:
+        path.write_text(path.read_text().replace("sqlite:///var/bridge.db", store))
+    config = load_config(path, registries=REGISTRIES)
     configure_logging(config.log.level, config.log.format, sys.stderr)  # as `serve` does
     app = build_app(config, workers=False)  # intake only: the delivery loop is started round by round
     runner = GuardedAppRunner(app, limits=ConnectionLimits(), stats=ConnectionStats(), access_log=None,
@@ -108,7 +120,11 @@ async def drive(folder: Path, vendor_port: int, events: int, rounds: int, max_in
     try:
         for n in range(rounds + 1):
             await one_round(runner.server, raw, events, 32)  # N events accepted and stored, none delivered yet
+            if trips is not None:
+                trips.counting = n > 0
             used = await deliver_all(rt, session, events, counted and n > 0, profile if n > 0 else None)
+            if trips is not None:
+                trips.counting = False
             if n > 0:
                 results.append(used / events * 1e6)
     finally:
@@ -127,8 +143,13 @@ def main() -> None:
     parser.add_argument("--callgrind", action="store_true",
                         help="under valgrind --tool=callgrind --instr-atstart=no: count the measured deliveries only")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the measured deliveries here")
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--round-trips", action="store_true",
+                        help="with --store postgres: print the statements sent per delivered event")
     args = parser.parse_args()
     profile = None if args.profile is None else cProfile.Profile()
+    schema = fresh_schema() if args.store == "postgres" else None
+    trips = RoundTrips() if args.round_trips and schema is not None else None
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         os.chdir(folder)  # the config's SQLite file is var/bridge.db, under the working folder
@@ -137,17 +158,27 @@ def main() -> None:
         vendor = spawn([str(HERE / "standin_vendor.py"), str(vendor_port)], folder)
         try:
             wait_port(vendor_port, vendor)
-            runs = asyncio.run(drive(folder, vendor_port, args.events, args.rounds, args.max_in_flight,
-                                     args.callgrind, profile))
+            url = None if schema is None else store_url(schema)
+            if trips is not None:
+                with trips:
+                    runs = asyncio.run(drive(folder, vendor_port, args.events, args.rounds, args.max_in_flight,
+                                             args.callgrind, profile, url, trips))
+            else:
+                runs = asyncio.run(drive(folder, vendor_port, args.events, args.rounds, args.max_in_flight,
+                                         args.callgrind, profile, url))
             got = get_json(f"http://127.0.0.1:{vendor_port}/count")
         finally:
             stop(vendor)
+            if schema is not None:
+                drop_schema(schema)
     total = args.events * (args.rounds + 1)
     assert got == {"count": total, "unique": total}, f"the vendor received {got}, not each of {total} events once"
     if profile is not None:
         profile.dump_stats(args.profile)
     print(f"delivery {statistics.median(runs):7.1f} us/delivered event (rounds {min(runs):.1f}-{max(runs):.1f}; "
-          f"{args.events} events a round, max_in_flight {args.max_in_flight})", flush=True)
+          f"{args.events} events a round, max_in_flight {args.max_in_flight}; {args.store})", flush=True)
+    if trips is not None:
+        print(trips.report(args.events * args.rounds, "delivered event"), flush=True)
 
 
 if __name__ == "__main__":

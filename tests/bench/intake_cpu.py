@@ -9,7 +9,9 @@ Rungs (the cost ladder's, test_intake_cost_bench):
 - `bare`: a bare aiohttp handler (read the body, answer 202 with JSON);
 - `none`: ticketbridge with its shipped default config on a store that keeps nothing;
 - `memory`: the same on the in-memory store;
-- `sqlite`: the same durable on SQLite (a fresh file in a temporary folder; the commit thread's CPU counts).
+- `sqlite`: the same durable on SQLite (a fresh file in a temporary folder; the commit thread's CPU counts);
+- `postgres`: the same durable on PostgreSQL (the test database, tests/integration/processes.py's DSN, in a fresh
+  schema dropped at the end; the server's CPU is not counted).
 
 `C` connections each send their next request once the last is answered, as `wrk -c C` does, so that the SQLite
 store groups commits as it does under load.
@@ -54,6 +56,7 @@ from bridge.registries import REGISTRIES
 from bridge.store.memory import MemoryStore
 from tests.bench.harness import FORM_BODY, FORM_HEADERS
 from tests.bench.intake_rungs import KeepsNothing
+from tests.bench.pg_round_trips import drop_schema, fresh_schema, store_url
 
 PATH = "/hooks/website-contact"
 GC_DEFAULTS = gc.get_threshold()
@@ -118,12 +121,18 @@ def bare_app() -> web.Application:
     return app
 
 
-def ticketbridge_app(store: str) -> web.Application:
-    """The app `serve --no-workers` runs on the shipped default config, on the rung's store."""
+def ticketbridge_app(store: str, schema: str | None = None) -> web.Application:
+    """The app `serve --no-workers` runs on the shipped default config, on the rung's store (`postgres`: in
+    `schema`)."""
     from bridge.app import build_app
+    from bridge.config import parse_store_url
 
     config = load_config(None, registries=REGISTRIES)
     config = dataclasses.replace(config, server=msgspec.structs.replace(config.server, port=0))
+    if store == "postgres":
+        assert schema is not None
+        config = dataclasses.replace(config, store_url=parse_store_url(store_url(schema), config.base_dir))
+        store = "sqlite"  # opened from the config's url, as the SQLite rung's is
     configure_logging(config.log.level, config.log.format, sys.stderr)  # as `serve` does, apart from the figures
     given = {"none": KeepsNothing(), "memory": MemoryStore(), "sqlite": None}[store]
     return build_app(config, workers=False, store=given)
@@ -332,8 +341,13 @@ def main() -> None:
             return
         medians = {}
         for rung in args.rungs:
-            app = bare_app() if rung == "bare" else ticketbridge_app(rung)
-            runs = asyncio.run(drive(app, args.requests, args.rounds, args.connections, args.callgrind))
+            schema = fresh_schema() if rung == "postgres" else None
+            app = bare_app() if rung == "bare" else ticketbridge_app(rung, schema)
+            try:
+                runs = asyncio.run(drive(app, args.requests, args.rounds, args.connections, args.callgrind))
+            finally:
+                if schema is not None:
+                    drop_schema(schema)
             medians[rung] = statistics.median(runs)
             print(f"{rung:<8} {medians[rung]:7.1f} us/request (rounds {min(runs):.1f}-{max(runs):.1f})", flush=True)
         if "bare" in medians:

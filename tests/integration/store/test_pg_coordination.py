@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from bridge.config import RateLimit
 from bridge.store.pg_coordination import HOLD_RECHECK_S, PgGate
 from bridge.store.postgres import PostgresStore
+from tests.conftest import eventually
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
@@ -171,3 +173,70 @@ async def test_the_view_counts_the_slots_taken_in_the_window_not_those_dated_lat
     finally:
         await conn.close()
     assert (await gb.view()).rate_used == 2
+
+
+async def test_successes_at_once_share_their_reset_of_the_failures_counted(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Successes that come while a reset of the shared failure count is out share the next one (a busy lane sends
+    one at a time, not one per send); each still clears the failures another process counted before it, and a
+    failure that comes after them is counted, not cleared by them."""
+    ga, gb = gates(two, None)
+    statements = 0
+    run = ga._run
+
+    async def counted(fn: Any, **kwargs: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        return await run(fn, **kwargs)
+
+    async def failures() -> int:
+        return int(await two[0]._run(lambda conn: conn.fetchval(
+            "SELECT failures FROM destination_gates WHERE destination = 'lsq'"), transaction=False))
+
+    ga._run = counted
+    for _ in range(3):
+        assert await gb.outcome("retry") is None
+    assert await failures() == 3
+    assert await asyncio.gather(*(ga.outcome("success") for _ in range(20))) == [None] * 20
+    assert statements <= 2
+    assert await failures() == 0
+    await asyncio.gather(ga.outcome("success"), ga.outcome("retry"))
+    assert await failures() == 1
+
+
+async def test_a_failure_is_counted_while_successes_keep_asking_for_resets(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A failure waits for the resets asked before it, not for those successes keep asking for after it. Here each
+    reset is sent only once another success has asked for the next (two groups of lanes, taking turns), so that a
+    reset is always wanted: the failure is still counted."""
+    ga, _gb = gates(two, None)
+    run = ga._run
+    resets = 0
+    stop = asyncio.Event()
+
+    async def once_another_asks(fn: Any, **kwargs: Any) -> Any:
+        nonlocal resets
+        resets += 1
+        await eventually(lambda: ga._next_reset is not None or stop.is_set())
+        return await run(fn, **kwargs)
+
+    async def successes() -> None:
+        while not stop.is_set():
+            await ga.outcome("success")
+
+    async def failures() -> int:
+        return int(await two[0]._run(lambda conn: conn.fetchval(
+            "SELECT failures FROM destination_gates WHERE destination = 'lsq'"), transaction=False))
+
+    ga._run = once_another_asks
+    lanes = [asyncio.create_task(successes()) for _ in range(2)]
+    try:
+        await eventually(lambda: resets >= 1)
+        lanes += [asyncio.create_task(successes()) for _ in range(2)]
+        await eventually(lambda: resets >= 3)
+        assert await asyncio.wait_for(ga.outcome("retry"), 30) is None
+        assert not stop.is_set() and resets >= 3
+    finally:
+        stop.set()
+        await asyncio.gather(*lanes)
+    assert await failures() in (0, 1)  # counted, then cleared by a success asked after it, or not yet

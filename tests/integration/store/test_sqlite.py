@@ -305,6 +305,25 @@ async def test_a_stores_delivery_status_is_checked_without_a_temporary_index(tmp
         new, "SELECT sql FROM sqlite_schema WHERE name = 'deliveries'")
 
 
+async def test_a_status_check_no_version_wrote_is_left_and_said(tmp_path: Path) -> None:
+    """A deliveries table whose CREATE TABLE text does not hold the check every version wrote (made by hand) is
+    left as it is, and the skip is logged, not passed over in silence."""
+    path = tmp_path / "s.db"
+    init = (Path(__file__).parents[3] / "bridge/store/sql/sqlite/0001_init.sql").read_text()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(init.replace(STATUS_IN_LIST, "CHECK (status <> '')")
+                           + "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                             "applied_at INTEGER NOT NULL); "
+                             "INSERT INTO schema_migrations VALUES (1, '0001_init.sql', 0);")
+    with capture_logs() as logs:
+        s = SqliteStore(path)
+        await s.open()
+        await s.close()
+    assert [e["table"] for e in logs if e["event"] == "store.rewrite_skipped"] == ["deliveries"]
+    (sql,), = query(path, "SELECT sql FROM sqlite_schema WHERE name = 'deliveries'")
+    assert "CHECK (status <> '')" in sql
+
+
 def test_a_rewrite_that_does_not_read_back_leaves_the_schema_as_it_was(tmp_path: Path) -> None:
     """A rewritten CREATE TABLE text that SQLite cannot read fails the migration's transaction, which rolls back
     to the schema before it; and a text to replace that is not there once changes nothing."""

@@ -93,6 +93,12 @@ def test_content_keeps_its_bytes_and_loses_one_line_end() -> None:
     f'--{B}\r\nContent-Disposition: form-data; name="a"\r\n--{B}--',  # headers and no content
     f'--{B}--\r\n',  # a close delimiter and no part
     f'--{B}\r\nContent-Disposition: form-data; name="a"\r\nContent-Transfer-Encoding: base64\r\n\r\naGk=\r\n--{B}--',
+    # A line starting `From ` among a part's headers: an envelope line first, a defect in the middle, and last the
+    # first line of the content, which the parser pushes back (with or without the blank line below it).
+    f'--{B}\r\nContent-Disposition: form-data; name="a"\r\nFrom me\r\n\r\nhello\r\n--{B}--\r\n',
+    f'--{B}\r\nContent-Disposition: form-data; name="a"\r\nFrom me\r\nhello\r\n--{B}--\r\n',
+    f'--{B}\r\nFrom me\r\nContent-Disposition: form-data; name="a"\r\n\r\nhello\r\n--{B}--\r\n',
+    f'--{B}\r\nContent-Disposition: form-data; name="a"\r\nFrom me\r\nX: y\r\n\r\nhello\r\n--{B}--\r\n',
 ])
 def test_edge_bodies(body: str) -> None:
     """Doubled and missing delimiters, no blank line under the headers, no part at all, encoded content."""

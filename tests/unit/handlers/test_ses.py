@@ -145,7 +145,7 @@ async def test_failed_confirmation_is_503() -> None:
     h.fetch = flaky
     with pytest.raises(Rejected) as info:
         await run(h, message)
-    assert info.value.status == 503
+    assert (info.value.status, info.value.retry_after) == (503, 15)
 
 
 @pytest.mark.parametrize(("notification_type", "reason"), [("Bounce", "'Bounce'"), ("Complaint", "'Complaint'")])
@@ -318,7 +318,7 @@ async def test_s3_unavailable_is_503_and_nothing_parsed() -> None:
     bucket = FakeBucket(error=S3Unavailable("s3://acme-inbound-mail/x could not be read: connection refused"))
     with pytest.raises(Rejected) as info:
         await run(s3_handler(bucket), s3_message())
-    assert (info.value.status, info.value.check) == (503, "s3")
+    assert (info.value.status, info.value.check, info.value.retry_after) == (503, "s3", 15)
     assert "connection refused" in str(info.value) and "send it again" in str(info.value)
 
 
