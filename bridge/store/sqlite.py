@@ -690,7 +690,7 @@ class SqliteStore(Store):
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
-            body = None if role_body is None else bytearray(encode(role_body))
+            body = None if role_body is None else _json_blob(role_body)
             updated = conn.execute(*_RECORD.bind(
                 (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id),
                 (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action, body, owner)),
@@ -714,7 +714,7 @@ class SqliteStore(Store):
             conn.execute(*_INSERT_ATTEMPT.bind(
                 (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.classification),
                 (r.http_status, r.response_excerpt, r.error,
-                 None if r.exchange is None else bytearray(encode(r.exchange)))))
+                 None if r.exchange is None else _json_blob(r.exchange))))
             if conversation is not None and gives_ticket(r):
                 conn.execute(*_TICKET_OF_CONVERSATION.bind((now, conversation),
                                                            (r.ticket_id, r.ticket_key, r.ticket_uuid)))
