@@ -58,12 +58,19 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{new_ulid()}"
 
 
+_AS_DIGITS = bytes.maketrans(_ALPHABET.encode(), b"0123456789ABCDEFGHIJKLMNOPQRSTUV")
+"""Crockford's base32 characters as the digits int(…, 32) reads."""
+
+
 def timestamp_ms(ulid_id: str) -> int:
     """The creation time, in epoch milliseconds, encoded in an id from `new_id`/`new_ulid`."""
-    body = ulid_id.rsplit("_", 1)[-1][:10]
+    start = ulid_id.rfind("_") + 1
+    body = ulid_id[start:start + 10]
+    if body and not body.strip(_ALPHABET):  # Crockford's characters alone: read in C (6k instructions, the loop 17k)
+        return int(body.encode().translate(_AS_DIGITS), 32)
     value = 0
     for ch in body:
-        value = value * 32 + _ALPHABET.index(ch)
+        value = value * 32 + _ALPHABET.index(ch)  # ValueError at the first character that is not one of them
     return value
 
 

@@ -194,7 +194,7 @@ class Lane:
                 self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
                 if self.idle is not None:
                     if self.claims:  # an earlier claim is still out: its result comes first
-                        await self._wait(self.slot_freed, None)
+                        await self._wait_for_slot()
                         continue
                     event, timeout = self.idle
                     self.idle = None
@@ -205,7 +205,7 @@ class Lane:
                 if free <= 0 or ((self.sending or self.claiming) and free < self.claim_step) \
                         or unrecorded >= d.max_unrecorded:
                     # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
-                    await self._wait(self.slot_freed, None)
+                    await self._wait_for_slot()
                     continue
                 self.wake.clear()
                 self.resumed.clear()
@@ -303,6 +303,12 @@ class Lane:
         self.inflight.pop(delivery_id, None)
         self._answered(delivery_id)
 
+    async def _wait_for_slot(self) -> None:
+        """Until a slot frees up or a claim ends, or the dispatcher stops (Dispatcher.stop sets slot_freed too): a
+        wait on the one event, without the two tasks that `_wait` starts."""
+        if not self.dispatcher.stopping:
+            await self.slot_freed.wait()
+
     async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
         stop = self.dispatcher.stop_event
         waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
@@ -317,7 +323,8 @@ class Lane:
             await self._send_and_record(item, start)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
-            # is being recorded (shielded, below) and must not be undone by a release.
+            # is being recorded (to its end whatever becomes of this task: see _record) and must not be undone by a
+            # release.
             if item.id in self.written:  # its request went out: the vendor may have acted on it
                 self.dispatcher.unanswered.append((self, item))
             elif item.id in self.sending:
@@ -416,8 +423,10 @@ class Lane:
         try:
             while True:
                 try:
-                    # Shielded: a stop that cancels this task must not lose an answer the vendor has given.
-                    await asyncio.shield(d.store.record(result, owner=d.owner))
+                    # A stop that cancels this task must not lose an answer the vendor has given: shielded, unless
+                    # the store does the record in full once it has been called (Store.records_at_once).
+                    recording = d.store.record(result, owner=d.owner)
+                    await (recording if d.store.records_at_once else asyncio.shield(recording))
                 except StoreRefused as exc:
                     lesser = self._reduce(full, result, f"the store refused it: {exc.reason}", blog)
                     if lesser is None:
@@ -787,6 +796,8 @@ class Dispatcher:
         """Stop claiming; let sends in flight finish within `grace_s`; give the rest back."""
         self.stopping = True
         self.stop_event.set()
+        for lane in self.lanes.values():
+            lane.slot_freed.set()  # a busy lane waits for this alone (Lane._wait_for_slot)
         if self.tasks:
             _, stuck = await asyncio.wait(self.tasks, timeout=max(1.0, grace_s))
             for task in stuck:

@@ -278,6 +278,11 @@ class Store(ABC):
     encoding: str = "UTF8"
     """The encoding the store keeps text in, as the database names it (a PostgreSQL database's `server_encoding`,
     read when it opens)."""
+    records_at_once: bool = False
+    """Whether `record` hands its whole write over (queued as one write of a transaction, or done) before it first
+    waits, so that a caller cancelled while awaiting it leaves it to be done in full all the same. The dispatcher
+    awaits such a store's record as it is, and any other's through asyncio.shield, which takes a task of its own per
+    record: a stop that cancels a delivery must not lose the answer its vendor gave."""
 
     @abstractmethod
     async def open(self) -> None:

@@ -95,6 +95,7 @@ from bridge.store.rows import (
     storable_result,
     with_tickets,
 )
+from bridge.store.sqlite_binds import NullsWritten
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS
 
 log = structlog.get_logger("ticketbridge.store")
@@ -124,6 +125,24 @@ _INSERT_PLAIN_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  #
 _EVENT_WIDTH_NO_KEY = 8
 _PLAIN_DELIVERY_WIDTH = 13
 """A delivery row's values up to its last error and conversation, the two the plain statement writes NULL."""
+# An attempt's record is bound in the same way, by NullsWritten: the values that may be None (an ordinary success's
+# error, next due time and role; a retry's ticket and role) are written NULL in the statement when they are, its
+# JSON is bound as bytearrays and its flag as an int.
+_RECORD = NullsWritten(
+    "UPDATE deliveries SET status = ?1, attempts = attempts + 1, tries = tries + 1, "
+    "next_attempt_at = COALESCE({0}, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
+    "updated_at = ?2, last_error = {1}, ticket_id = COALESCE({2}, ticket_id), "
+    "ticket_key = COALESCE({3}, ticket_key), role = COALESCE({4}, role), action = COALESCE({5}, action), "
+    "body = COALESCE({6}, body), in_doubt_since = CASE WHEN ?1 = 'succeeded' THEN NULL "
+    "WHEN ?3 THEN COALESCE(in_doubt_since, ?4) ELSE in_doubt_since END, unknowns = unknowns + ?3, "
+    "duplicates = duplicates + ?5 "
+    "WHERE id = ?6 AND status = 'in_flight' AND ({7} IS NULL OR lease_owner = {7}) "
+    "RETURNING attempts, conversation")
+_INSERT_ATTEMPT = NullsWritten(
+    "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, classification, "
+    "error, exchange) VALUES (?1, ?2, ?3, ?4, {0}, {1}, ?5, {2}, {3})")
+_TICKET_OF_CONVERSATION = NullsWritten(
+    "UPDATE conversations SET ticket_id = {0}, ticket_key = {1}, ticket_uuid = {2}, ticket_at = ?1 WHERE id = ?2")
 
 
 REFUSED: tuple[type[BaseException], ...] = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
@@ -170,6 +189,10 @@ _Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[NewDelivery,
 
 class SqliteStore(Store):
     """`owner=True` for the serving process (takes the lock, recovers in-flight work); False for CLI use."""
+
+    records_at_once = True
+    """record queues its write (`_write`) before it first waits; the flusher runs every queued write, whether or not
+    its caller still waits for it, and close() lets it finish."""
 
     def __init__(self, path: Path, *, group_commit_max: int = 512, owner: bool = True,
                  watch_s: float = WATCH_SECONDS) -> None:
@@ -667,19 +690,10 @@ class SqliteStore(Store):
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
-            updated = conn.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1, tries = tries + 1, "
-                "next_attempt_at = COALESCE(?, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
-                "updated_at = ?, last_error = ?, ticket_id = COALESCE(?, ticket_id), "
-                "ticket_key = COALESCE(?, ticket_key), role = COALESCE(?, role), action = COALESCE(?, action), "
-                "body = COALESCE(?, body), in_doubt_since = CASE WHEN ? = 'succeeded' THEN NULL "
-                "WHEN ? THEN COALESCE(in_doubt_since, ?) ELSE in_doubt_since END, unknowns = unknowns + ?, "
-                "duplicates = duplicates + ? "
-                "WHERE id = ? AND status = 'in_flight' AND (? IS NULL OR lease_owner = ?) "
-                "RETURNING attempts, conversation",
-                (r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
-                 None if role_body is None else encode(role_body), r.next_status, unknown, r.started_at_ms,
-                 int(unknown), duplicates, r.delivery_id, owner, owner),
+            body = None if role_body is None else _json_blob(role_body)
+            updated = conn.execute(*_RECORD.bind(
+                (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id),
+                (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action, body, owner)),
             ).fetchone()
             if updated is not None and r.ticket_uuid is not None:
                 # Apart from the statement above: only a few vendors give a third reference (LeadSquared).
@@ -697,13 +711,13 @@ class SqliteStore(Store):
                 log.warning("store.record_without_lease", delivery_id=r.delivery_id)
                 updated = (found[0], None)
             n, conversation = updated
-            conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
-                         "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt,
-                          r.classification, r.error, None if r.exchange is None else encode(r.exchange)))
+            conn.execute(*_INSERT_ATTEMPT.bind(
+                (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.classification),
+                (r.http_status, r.response_excerpt, r.error,
+                 None if r.exchange is None else _json_blob(r.exchange))))
             if conversation is not None and gives_ticket(r):
-                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_uuid = ?, ticket_at = ? "
-                             "WHERE id = ?", (r.ticket_id, r.ticket_key, r.ticket_uuid, now, conversation))
+                conn.execute(*_TICKET_OF_CONVERSATION.bind((now, conversation),
+                                                           (r.ticket_id, r.ticket_key, r.ticket_uuid)))
 
         await self._write(op)
 

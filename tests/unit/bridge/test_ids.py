@@ -163,3 +163,17 @@ def test_the_kept_head_is_typed_as_its_millisecond_random_part_and_characters() 
                               "--no-incremental", f"--cache-dir={os.devnull}", "-c", use],
                              cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("text", ["dlv_01ARYZ6S4I", "01arYZ6S41TSV4RRFFQ69G5FAV", "evt_01ARY Z6S41", "01ARYZ6S4é"])
+def test_a_timestamp_outside_crockfords_alphabet_is_refused(text: str) -> None:
+    """A character that is not one of Crockford's (an I, L, O or U, lower case, a space) is refused, not read
+    as the digit Python's base 32 would make of it."""
+    with pytest.raises(ValueError, match="substring not found"):
+        timestamp_ms(text)
+
+
+def test_a_short_timestamp_is_read_as_far_as_it_goes() -> None:
+    assert timestamp_ms("dlv_") == 0
+    assert timestamp_ms("dlv_0Z") == 31
+    assert timestamp_ms("1_10") == 32

@@ -695,6 +695,34 @@ async def test_work_waiting_for_the_rate_limit_is_not_claimed() -> None:
     assert store.released == []
 
 
+def event_waits() -> list[asyncio.Task[Any]]:
+    """The tasks that wait on an asyncio.Event."""
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "Event.wait"]
+
+
+async def test_a_busy_lane_waits_for_a_slot_without_a_task_and_a_stop_ends_its_wait() -> None:
+    """A lane whose slots are all sending waits for one to free up on that event alone, with no task of its own
+    (a busy lane waits several times a claim); a stop ends that wait at once, its lane finishing, not cancelled."""
+    store = RecordingStore()
+    for _ in range(2):
+        await store.add("kapture")
+    release, hold, in_flight = gate()
+    with aioresponses() as m:
+        mock_vendor(m, callback=hold)
+        async with running(store, destination(max_in_flight=2)) as d:
+            await eventually(lambda: in_flight[0] == 2)
+            [lane] = d.lanes.values()
+            await eventually(lambda: not lane.claims and lane.slot_freed._waiters)  # type: ignore[attr-defined]
+            assert event_waits() == []
+            stopping = asyncio.create_task(d.stop(5.0))
+            await eventually(lambda: all(task.done() for task in d.tasks))
+            assert not stopping.done()  # the sends out are given their grace meanwhile
+            release.set()
+            await asyncio.wait_for(stopping, timeout=10.0)
+    assert not any(task.cancelled() for task in d.tasks)
+    assert sorted(r.next_status for r in store.records) == ["succeeded", "succeeded"]
+
+
 async def test_stop_ends_claiming() -> None:
     """After stop() returns, the lanes make no further claims."""
     store = RecordingStore()
