@@ -14,6 +14,7 @@ from bridge.escaping import escape_text
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
 from handlers.email import OpaqueMessage, basename, decode_words, raw_param, raw_utf8
+from handlers.form_part import Fields, simple_fields
 from handlers.limits import MAX_FORM_FIELDS, check_count, check_mime_shape, check_parts
 from handlers.multipart_split import parse_split
 
@@ -156,21 +157,27 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     parts = []
     for part in message.get_payload():
         assert isinstance(part, Message)
-        disposition = next((v for n, v in part.raw_items() if n.lower() == "content-disposition"), None)
-        if isinstance(disposition, str) and not disposition.isascii():
-            # Browsers send names and filenames as raw UTF-8, which the byte parser keeps as surrogates.
-            part.replace_header("Content-Disposition", raw_utf8(disposition))
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            raise Rejected(400, "multipart part without a name in its Content-Disposition", check="form")
-        raw = part.get_payload(decode=True)
-        # Read from the raw header: the standard parser takes a path's backslashes for quote escapes.
-        filename = raw_param(part, "content-disposition", "filename")
-        content_id = part.get("Content-ID")
-        parts.append(Part(decode_words(name), None if filename is None else basename(filename),
-                          part.get_content_type(), part.get_content_charset(), raw if isinstance(raw, bytes) else b"",
-                          content_id if isinstance(content_id, str) else None))
+        name, filename, content_type, charset, data, content_id = simple_fields(part) or _fields(part)
+        parts.append(Part(decode_words(name), None if filename is None else basename(filename), content_type,
+                          charset, data, content_id))
     return parts
+
+
+def _fields(part: Message) -> Fields:
+    """A part's fields read by the email package's readers, whatever form its headers take."""
+    disposition = next((v for n, v in part.raw_items() if n.lower() == "content-disposition"), None)
+    if isinstance(disposition, str) and not disposition.isascii():
+        # Browsers send names and filenames as raw UTF-8, which the byte parser keeps as surrogates.
+        part.replace_header("Content-Disposition", raw_utf8(disposition))
+    name = part.get_param("name", header="content-disposition")
+    if not isinstance(name, str):
+        raise Rejected(400, "multipart part without a name in its Content-Disposition", check="form")
+    raw = part.get_payload(decode=True)
+    # Read from the raw header: the standard parser takes a path's backslashes for quote escapes.
+    filename = raw_param(part, "content-disposition", "filename")
+    content_id = part.get("Content-ID")
+    return Fields(name, filename, part.get_content_type(), part.get_content_charset(),
+                  raw if isinstance(raw, bytes) else b"", content_id if isinstance(content_id, str) else None)
 
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)

@@ -60,8 +60,10 @@ def parse_split(prefix: bytes, body: bytes) -> Message | None:
     if message.get_boundary() != boundary or not isinstance(parts, list) or len(parts) != len(spans):
         return None
     for part, (start, stop) in zip(parts, spans, strict=True):
-        if not isinstance(part, Message) or part.get_content_maintype() == "multipart" \
-                or part.get_content_type() == "message/delivery-status":
+        if not isinstance(part, Message):
+            return None
+        ctype = part.get_content_type()  # what get_content_maintype splits
+        if ctype.partition("/")[0] == "multipart" or ctype == "message/delivery-status":
             return None
         if (block := _header_block(body, start, stop)) is None:
             return None
