@@ -360,4 +360,7 @@ def _assemble(lines: list[str], items: list[_Item], quotes_elsewhere: bool) -> s
     pieces.reverse()
     # Kept lines are never blank at either end nor hold a newline: squeezing the joined text's runs of
     # newlines and trimming its ends gives what squeezing the blank lines between them gives.
-    return _BLANK_RUNS.sub("\n\n", "\n".join(pieces)).strip("\n")
+    joined = "\n".join(pieces)
+    if "\n\n\n" in joined:  # a substring search in C; the pattern alone tries a match at every character
+        joined = _BLANK_RUNS.sub("\n\n", joined)
+    return joined.strip("\n")

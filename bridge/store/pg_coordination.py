@@ -266,6 +266,9 @@ class PgGate(Gate):
         waiting = self._next_reset
         if waiting is None:
             waiting = self._next_reset = asyncio.get_running_loop().create_future()
+            # Its failure is read even when every success that shared it was cancelled meanwhile (no "Future
+            # exception was never retrieved" at shutdown or in an outage).
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
             if self._resetting is None:
                 self._resetting = asyncio.create_task(self._send_resets(), name=f"gate reset {self.destination}")
         await asyncio.shield(waiting)

@@ -235,7 +235,10 @@ class SqliteStore(Store):
         self._committer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        # Statements are kept prepared per text: an attempt's record writes its NULLs into its text (sqlite_binds),
+        # so a few dozen texts are in use beside the others, more than sqlite3's default of 128 would keep.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0,
+                               cached_statements=512)
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn

@@ -208,7 +208,8 @@ async def test_a_failure_is_counted_while_successes_keep_asking_for_resets(
         two: tuple[PostgresStore, PostgresStore]) -> None:
     """A failure waits for the resets asked before it, not for those successes keep asking for after it. Here each
     reset is sent only once another success has asked for the next (two groups of lanes, taking turns), so that a
-    reset is always wanted: the failure is still counted."""
+    reset is always wanted: the failure's report still returns (it hung before). Whether its count then stands
+    depends on the successes after it, which clear it, as they should."""
     ga, _gb = gates(two, None)
     run = ga._run
     resets = 0
