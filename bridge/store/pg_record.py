@@ -15,6 +15,7 @@ is answered only once the statement that wrote its record has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -23,6 +24,11 @@ from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.store.base import AttemptResult
 from bridge.store.pg_batch import DB_ERRORS, lost_connection, refusal, refused
 from bridge.store.rows import doubt_after, encode, gives_ticket, now_ms, storable_result
+
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover - reported when a postgresql:// store is opened
+    asyncpg = None
 
 log = structlog.get_logger("ticketbridge.store")
 
@@ -96,7 +102,7 @@ class PendingRecord:
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
-Outcome = None | BaseException
+Outcome = BaseException | None
 """What one record of a group came to: written (None), or the error it alone failed with."""
 
 
@@ -178,6 +184,14 @@ async def record_unleased(conn: Any, r: AttemptResult, owner: str | None) -> Non
                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
                        r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
                        r.error, None if r.exchange is None else encode(r.exchange))
+
+
+async def warm_records(conn: Any) -> None:
+    """Prepare the record statements on a new connection (their first preparation reads the tables' catalogue and
+    the arrays' types). Before the migrations have made the tables, nothing to do."""
+    with contextlib.suppress(asyncpg.UndefinedTableError):
+        await conn.prepare(RECORD)
+        await conn.prepare(RECORDS)
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:

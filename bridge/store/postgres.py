@@ -66,7 +66,7 @@ from bridge.store.pg_batch import (
 )
 from bridge.store.pg_coordination import PgCoordination
 from bridge.store.pg_record import Outcome as RecordOutcome
-from bridge.store.pg_record import PendingRecord, record_group
+from bridge.store.pg_record import PendingRecord, record_group, warm_records
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -182,7 +182,7 @@ class PostgresStore(Store):
                     await conn.close()
                 settings["search_path"] = self.schema
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   server_settings=settings, init=warm_connection,
+                                                   server_settings=settings, init=_warm,
                                                    reset=_nothing_to_reset)
             self.encoding = str(await self._pool.fetchval("SHOW server_encoding"))
             await self._migrate()
@@ -228,7 +228,7 @@ class PostgresStore(Store):
         """Prepare the intake statements on the connections opened before the tables existed (later ones are
         warmed as they open), so that no request pays for a new server process's first look at the tables."""
         async def warm(conn: Any) -> None:
-            await warm_connection(conn)
+            await _warm(conn)
 
         await asyncio.gather(*(self._run(warm, transaction=False) for _ in range(self.min_size)))
 
@@ -453,7 +453,7 @@ class PostgresStore(Store):
                 raise refusal(exc) from exc
             await self._failed(exc, len(group))
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
-        failed = [o for o in outcomes if isinstance(o, StoreUnavailable)]
+        failed = [o for o in outcomes if isinstance(o, StoreUnavailable) and not isinstance(o, StoreRefused)]
         if failed:
             await self._failed(failed[0].__cause__ or failed[0], len(failed))
         elif any(o is None for o in outcomes):
@@ -839,6 +839,12 @@ async def _touch(conn: Any) -> None:
     """A write that changes a row without changing anything: it commits only when the server takes writes."""
     await conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
                        "WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+
+
+async def _warm(conn: Any) -> None:
+    """Prepare intake's and delivery's statements on a new connection (see pg_batch.warm_connection)."""
+    await warm_connection(conn)
+    await warm_records(conn)
 
 
 async def _nothing_to_reset(_conn: Any) -> None:
