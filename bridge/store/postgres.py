@@ -1,12 +1,13 @@
 """The PostgreSQL store, for several ticketbridge processes sharing one queue.
 
 Concurrent accepts share one transaction and one commit (bridge/store/pg_batch.py), each answered once its
-group is committed. A statement the database refuses for its data (pg_batch.REFUSED_CLASSES: a value out of range,
-a character the database's encoding lacks, an index row too long, a constraint broken) becomes StoreRefused (intake
-answers 422) and leaves the store's health alone; every other driver, connection or server error becomes
-StoreUnavailable (intake answers 503) and marks the store failing until a commit succeeds;
-the pool replaces connections the server dropped, and `check()` (for /readyz) tries the server while the
-store is seen failing.
+group is committed; so do the records of attempts that finish together (bridge/store/pg_record.py: one statement
+per group, each delivery's row under its own lease check). A statement the database refuses for its data
+(pg_batch.REFUSED_CLASSES: a value out of range, a character the database's encoding lacks, an index row too long, a
+constraint broken) becomes StoreRefused (intake answers 422) and leaves the store's health alone; every other
+driver, connection or server error becomes StoreUnavailable (intake answers 503) and marks the store failing until
+a commit succeeds; the pool replaces connections the server dropped, and `check()` (for /readyz) tries the server
+while the store is seen failing.
 Claims take due rows with `FOR UPDATE SKIP LOCKED`, so processes never take the same delivery, and
 lease them: a process that dies leaves leases that run out, and `release_expired` (run by every
 process's dispatcher) gives that work to the others. New work is announced with NOTIFY inside the
