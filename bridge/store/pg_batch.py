@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
@@ -192,35 +192,47 @@ class _Replayed(Exception):
 REPLAYED = AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
 
 
-class AcceptBatcher:
-    """Queues accepts and stores them a group at a time with `run_group(group)`, which returns one outcome per
-    accept (or raises, failing the whole group). Up to `concurrent` groups are stored at once, each on its own
-    connection: while one waits for its COMMIT (the server's disk), the next is already being written."""
+class _Queued(Protocol):
+    future: asyncio.Future[Any]
 
-    def __init__(self, run_group: Callable[[list[PendingAccept]], Awaitable[list[Outcome]]], group_max: int,
-                 concurrent: int = 1) -> None:
+
+Q = TypeVar("Q", bound=_Queued)
+R = TypeVar("R")
+
+
+class GroupBatcher(Generic[Q, R]):
+    """Queues items and stores them a group at a time with `run_group(group)`, which returns one outcome per
+    item (or raises, failing the whole group). Up to `concurrent` groups are stored at once, each on its own
+    connection: while one waits for its COMMIT (the server's disk), the next is already being written. A group
+    holds what was queued in the turn of the loop that queued its first item; one smaller than `linger_below`
+    waits one more turn for the items being parsed now."""
+
+    def __init__(self, run_group: Callable[[list[Q]], Awaitable[list[R | BaseException]]], group_max: int,
+                 concurrent: int = 1, linger_below: int = SMALL_GROUP) -> None:
         self.run_group = run_group
         self.group_max = group_max
         self.concurrent = concurrent
-        self._pending: list[PendingAccept] = []
+        self.linger_below = linger_below
+        self._pending: list[Q] = []
         self._flusher: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrent)
         self._running: set[asyncio.Task[None]] = set()
         self.groups = 0
         self.grouped = 0
 
-    async def submit(self, item: PendingAccept) -> AcceptResult:
+    async def submit(self, item: Q) -> R:
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="postgres group commit")
-        return await item.future
+        out: R = await item.future
+        return out
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the requests of this turn of the loop join the group
+        await asyncio.sleep(0)  # let the items of this turn of the loop join the group
         while self._pending:
-            if len(self._pending) < SMALL_GROUP:
+            if len(self._pending) < self.linger_below:
                 await asyncio.sleep(0)  # a small group: one more turn lets requests parsed now join it
-            await self._slots.acquire()  # requests arriving meanwhile join the group taken once a slot is free
+            await self._slots.acquire()  # items arriving meanwhile join the group taken once a slot is free
             group = self._pending[: self.group_max]
             del self._pending[: len(group)]
             self.groups += 1
@@ -229,7 +241,7 @@ class AcceptBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _store(self, group: list[PendingAccept]) -> None:
+    async def _store(self, group: list[Q]) -> None:
         try:
             try:
                 outcomes = await self.run_group(group)
@@ -254,6 +266,10 @@ class AcceptBatcher:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         await asyncio.gather(*self._running, return_exceptions=True)
+
+
+class AcceptBatcher(GroupBatcher[PendingAccept, AcceptResult]):
+    """Queues accepts and stores them a group at a time (GroupBatcher)."""
 
 
 async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool]) -> \

@@ -1,12 +1,13 @@
 """The PostgreSQL store, for several ticketbridge processes sharing one queue.
 
 Concurrent accepts share one transaction and one commit (bridge/store/pg_batch.py), each answered once its
-group is committed. A statement the database refuses for its data (pg_batch.REFUSED_CLASSES: a value out of range,
-a character the database's encoding lacks, an index row too long, a constraint broken) becomes StoreRefused (intake
-answers 422) and leaves the store's health alone; every other driver, connection or server error becomes
-StoreUnavailable (intake answers 503) and marks the store failing until a commit succeeds;
-the pool replaces connections the server dropped, and `check()` (for /readyz) tries the server while the
-store is seen failing.
+group is committed; so do the records of attempts that finish together (bridge/store/pg_record.py: one statement
+per group, each delivery's row under its own lease check). A statement the database refuses for its data
+(pg_batch.REFUSED_CLASSES: a value out of range, a character the database's encoding lacks, an index row too long, a
+constraint broken) becomes StoreRefused (intake answers 422) and leaves the store's health alone; every other
+driver, connection or server error becomes StoreUnavailable (intake answers 503) and marks the store failing until
+a commit succeeds; the pool replaces connections the server dropped, and `check()` (for /readyz) tries the server
+while the store is seen failing.
 Claims take due rows with `FOR UPDATE SKIP LOCKED`, so processes never take the same delivery, and
 lease them: a process that dies leaves leases that run out, and `release_expired` (run by every
 process's dispatcher) gives that work to the others. New work is announced with NOTIFY inside the
@@ -30,7 +31,7 @@ import msgspec
 import structlog
 
 from bridge.delivery.coordination import Coordination
-from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
+from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
     AcceptResult,
@@ -55,6 +56,7 @@ from bridge.store.pg_batch import (
     NONCE_SWEEP,
     NONCE_SWEEP_EVERY,
     AcceptBatcher,
+    GroupBatcher,
     Outcome,
     PendingAccept,
     lost_connection,
@@ -64,6 +66,8 @@ from bridge.store.pg_batch import (
     warm_connection,
 )
 from bridge.store.pg_coordination import PgCoordination
+from bridge.store.pg_record import Outcome as RecordOutcome
+from bridge.store.pg_record import PendingRecord, record_group, warm_records
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -85,9 +89,7 @@ from bridge.store.rows import (
     decode_event,
     decode_files,
     delivery_row,
-    doubt_after,
     encode,
-    gives_ticket,
     kept_condition,
     now_ms,
     settled,
@@ -116,24 +118,6 @@ UNICODE_ENCODINGS = ("UTF8", "SQL_ASCII")
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
-_RECORD = (
-    "WITH u AS (UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
-    "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, updated_at = $3, "
-    "last_error = $4, ticket_id = COALESCE($5, ticket_id), ticket_key = COALESCE($6, ticket_key), "
-    "ticket_uuid = COALESCE($16, ticket_uuid), role = COALESCE($7, role), action = COALESCE($8, action), "
-    "body = COALESCE($9, body), in_doubt_since = CASE WHEN $1 = 'succeeded' THEN NULL "
-    "WHEN $12::boolean THEN COALESCE(in_doubt_since, $13) ELSE in_doubt_since END, "
-    "unknowns = unknowns + $14, duplicates = duplicates + $15 WHERE id = $10 AND status = 'in_flight' "
-    "AND ($11::text IS NULL OR lease_owner = $11) RETURNING id, attempts, conversation), "
-    "a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, "
-    "classification, error, exchange) SELECT id, attempts, $13, $17, $18, $19, $20, $4, $21 FROM u), "
-    "c AS (UPDATE conversations SET ticket_id = $5, ticket_key = $6, ticket_at = $3, ticket_uuid = $16 "
-    "WHERE $22::boolean AND id = (SELECT conversation FROM u)) "
-    "SELECT attempts FROM u")
-"""An attempt recorded under its lease, in one statement: the delivery's row, the attempt (numbered by the row's
-new count), and, when the attempt gives its conversation a ticket ($22), the conversation's."""
-
-
 def split_schema(dsn: str) -> tuple[str, str | None]:
     """`postgresql://…?schema=name` → (the DSN without it, name): ticketbridge's tables in their own schema."""
     parts = urlsplit(dsn)
@@ -167,6 +151,8 @@ class PostgresStore(Store):
         self.min_size = min_size
         self.max_size = max_size
         self.batcher = AcceptBatcher(self._store_group, group_commit_max, concurrent=group_slots(max_size))
+        self.records: GroupBatcher[PendingRecord, None] = GroupBatcher(
+            self._record_group, group_commit_max, concurrent=group_slots(max_size), linger_below=0)
         self._lost_listener = asyncio.Event()
         self._pool: Any = None
         self._listener: Any = None
@@ -197,7 +183,7 @@ class PostgresStore(Store):
                     await conn.close()
                 settings["search_path"] = self.schema
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   server_settings=settings, init=warm_connection,
+                                                   server_settings=settings, init=_warm,
                                                    reset=_nothing_to_reset)
             self.encoding = str(await self._pool.fetchval("SHOW server_encoding"))
             await self._migrate()
@@ -243,12 +229,13 @@ class PostgresStore(Store):
         """Prepare the intake statements on the connections opened before the tables existed (later ones are
         warmed as they open), so that no request pays for a new server process's first look at the tables."""
         async def warm(conn: Any) -> None:
-            await warm_connection(conn)
+            await _warm(conn)
 
         await asyncio.gather(*(self._run(warm, transaction=False) for _ in range(self.min_size)))
 
     async def close(self) -> None:
         await self.batcher.close()
+        await self.records.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             await asyncio.gather(self._listen_task, return_exceptions=True)
@@ -449,45 +436,30 @@ class PostgresStore(Store):
             log.warning("store.claim_given_back", destination=destination, count=given)
 
     async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
-        r = storable_result(result)
-        role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
-        unknown, duplicates = doubt_after(r)
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        await self.records.submit(PendingRecord(result, owner))
 
-        async def op(conn: Any) -> None:
-            now = now_ms()
-            # One statement, committed by itself: the delivery's row (its lease checked by the UPDATE itself,
-            # which waits on a concurrent change of the row and then re-checks the condition), its attempt and
-            # its conversation's ticket.
-            updated = await conn.fetchrow(
-                _RECORD, r.next_status, r.next_attempt_at_ms, now, r.error, r.ticket_id, r.ticket_key, r.role,
-                role_action, None if role_body is None else encode(role_body), r.delivery_id, owner, unknown,
-                r.started_at_ms, int(unknown), duplicates, r.ticket_uuid, r.duration_ms, r.http_status,
-                r.response_excerpt, r.classification, None if r.exchange is None else encode(r.exchange),
-                gives_ticket(r))
-            if updated is None:  # nothing was written: the lease is not held, or there is no such delivery
-                async with conn.transaction():
-                    await self._record_unleased(conn, r, owner)
-
-        await self._run(op, autocommit=True)
-
-    async def _record_unleased(self, conn: Any, r: AttemptResult, owner: str | None) -> None:
-        """An attempt whose delivery is not in flight under `owner`'s lease: with an owner, LeaseLost (NotFound
-        when there is no such delivery); without one, the attempt is kept and the delivery's state left alone."""
-        if owner is not None:
-            if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", r.delivery_id) is None:
-                raise NotFound(f"no delivery {r.delivery_id}")
-            raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
-        # Its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now.
-        n = await conn.fetchval("UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 "
-                                "RETURNING attempts", r.delivery_id)
-        if n is None:
-            raise NotFound(f"no delivery {r.delivery_id}")
-        log.warning("store.record_without_lease", delivery_id=r.delivery_id)
-        await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
-                           "response_excerpt, classification, error, exchange) "
-                           "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", r.delivery_id, n,
-                           r.started_at_ms, r.duration_ms, r.http_status, r.response_excerpt, r.classification,
-                           r.error, None if r.exchange is None else encode(r.exchange))
+    async def _record_group(self, group: list[PendingRecord]) -> list[RecordOutcome]:
+        """Write a group of attempts' records on one connection (see pg_record); its failures are the store's,
+        except a record the database refused for its data (StoreRefused) and a lease not held (LeaseLost,
+        NotFound), which are that record's alone."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                outcomes = await record_group(conn, group)
+        except DB_ERRORS as exc:
+            if refused(exc):  # a group of one, refused for its data
+                raise refusal(exc) from exc
+            await self._failed(exc, len(group))
+            raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
+        failed = [o for o in outcomes if isinstance(o, StoreUnavailable) and not isinstance(o, StoreRefused)]
+        if failed:
+            await self._failed(failed[0].__cause__ or failed[0], len(failed))
+        elif any(o is None for o in outcomes):
+            self._succeeded()
+        return outcomes
 
     async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         if not delivery_ids:
@@ -868,6 +840,12 @@ async def _touch(conn: Any) -> None:
     """A write that changes a row without changing anything: it commits only when the server takes writes."""
     await conn.execute("UPDATE schema_migrations SET applied_at = applied_at "
                        "WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+
+
+async def _warm(conn: Any) -> None:
+    """Prepare intake's and delivery's statements on a new connection (see pg_batch.warm_connection)."""
+    await warm_connection(conn)
+    await warm_records(conn)
 
 
 async def _nothing_to_reset(_conn: Any) -> None:

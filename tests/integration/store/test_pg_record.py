@@ -1,0 +1,170 @@
+"""Attempts' records on PostgreSQL: records that finish together share one statement and one commit, and each keeps
+the fate it would have had alone (its lease, its numbering, its conversation's ticket, a failure of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+
+from bridge.errors import LeaseLost, NotFound, StoreRefused
+from bridge.store.base import AttemptResult, DeliveryFilter
+from bridge.store.postgres import PostgresStore
+from tests.bench.pg_round_trips import RoundTrips
+from tests.integration.store.contract import accept_one, make_delivery, result, row
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(pg_store: PostgresStore) -> PostgresStore:
+    return pg_store
+
+
+@pytest.fixture
+def trips() -> Iterator[RoundTrips]:
+    with RoundTrips() as counted:
+        yield counted
+
+
+async def claimed(store: PostgresStore, n: int, owner: str = "me") -> list[str]:
+    """`n` deliveries accepted and claimed by `owner`, in id order."""
+    _, ids = await accept_one(store, *(make_delivery() for _ in range(n)))
+    got = (await store.claim("kapture-support", n, owner, 60)).items
+    assert sorted(c.id for c in got) == sorted(ids)
+    return sorted(ids)
+
+
+async def record_all(store: PostgresStore, attempts: list[tuple[AttemptResult, str | None]],
+                     ) -> list[BaseException | None]:
+    """Record `attempts` (each with its owner) at once, as lanes whose answers arrive together do."""
+    return await asyncio.gather(*(store.record(a, owner=o) for a, o in attempts), return_exceptions=True)
+
+
+async def test_concurrent_records_take_one_round_trip(store: PostgresStore, trips: RoundTrips) -> None:
+    """Twenty records made in one turn of the loop are written by one statement, each delivery moved on and each
+    attempt numbered by its own row."""
+    ids = await claimed(store, 20)
+    trips.counting = True
+    outcomes = await record_all(store, [(result(d, "succeeded", ticket_id=f"T-{i}"), "me") for i, d in enumerate(ids)])
+    trips.counting = False
+    assert outcomes == [None] * 20
+    assert sum(trips.statements.values()) == 1, trips.statements
+    for i, d in enumerate(ids):
+        detail = await store.get_delivery(d)
+        assert (detail.delivery.status, detail.delivery.attempts, detail.delivery.ticket_id) == ("succeeded", 1,
+                                                                                                  f"T-{i}")
+        assert [a.n for a in detail.attempts] == [1]
+
+
+async def test_a_record_alone_takes_one_round_trip(store: PostgresStore, trips: RoundTrips) -> None:
+    """A record made alone is written by one statement, as before records were grouped."""
+    (d,) = await claimed(store, 1)
+    trips.counting = True
+    await store.record(result(d, "succeeded", ticket_id="T-1"), owner="me")
+    trips.counting = False
+    assert sum(trips.statements.values()) == 1, trips.statements
+    assert (await row(store, d)).status == "succeeded"
+
+
+async def test_a_lost_lease_in_a_group_fails_only_its_own_record(store: PostgresStore, trips: RoundTrips) -> None:
+    """In one group: a record whose lease another sender took (LeaseLost, nothing written), one of a delivery that
+    does not exist (NotFound), one without an owner of a delivery given back (its attempt kept alone), and the
+    others, written in the group's one statement."""
+    lost, *mine = await claimed(store, 4)
+    await store.release([lost], owner="me")
+    assert [c.id for c in (await store.claim("kapture-support", 1, "fresh", 60)).items] == [lost]
+    _, (given_back,) = await accept_one(store)
+    await store.claim("kapture-support", 1, "slow", -1)
+    assert await store.release_expired() == 1
+    attempts: list[tuple[AttemptResult, str | None]] = [
+        (result(mine[0], "succeeded", ticket_id="T-0"), "me"),
+        (result(lost, "dead", classification="permanent", error="late"), "me"),
+        (result(mine[1], "pending", http_status=503, classification="retry", next_attempt_at_ms=0), "me"),
+        (result("dlv_missing", "succeeded"), "me"),
+        (result(given_back, "succeeded", ticket_id="T-late"), None),
+        (result(mine[2], "dead", classification="permanent", error="bad"), "me"),
+    ]
+    trips.counting = True
+    with capture_logs() as logs:
+        outcomes = await record_all(store, attempts)
+    trips.counting = False
+    assert [type(o).__name__ for o in outcomes] == ["NoneType", "LeaseLost", "NoneType", "NotFound", "NoneType",
+                                                     "NoneType"]
+    assert isinstance(outcomes[1], LeaseLost) and isinstance(outcomes[3], NotFound)
+    assert trips.statements["WITH v AS (SELECT * FROM"] == 1
+    assert "WITH u AS (UPDATE deliveries SET" not in trips.statements  # none written again alone
+    assert [e["event"] for e in logs] == ["store.record_without_lease"]
+    statuses = {d: (await row(store, d)) for d in (lost, *mine, given_back)}
+    assert (statuses[lost].status, statuses[lost].attempts, statuses[lost].last_error) == ("in_flight", 0, None)
+    assert [(statuses[d].status, statuses[d].attempts) for d in mine] == [("succeeded", 1), ("pending", 1),
+                                                                         ("dead", 1)]
+    assert (statuses[given_back].status, statuses[given_back].attempts, statuses[given_back].ticket_id) == (
+        "pending", 1, None)
+    assert [a.n for a in (await store.get_delivery(given_back)).attempts] == [1]
+    await store.record(result(lost, "succeeded", ticket_id="T-2"), owner="fresh")
+    assert (await row(store, lost)).status == "succeeded"
+
+
+async def test_a_refused_value_in_a_group_fails_only_its_own_record(store: PostgresStore) -> None:
+    """A value the database refuses (an HTTP status past INTEGER) fails its record alone with StoreRefused; the
+    group's other records are written, the store is not counted failing, and the refused record's delivery keeps
+    its lease for the reduced record that follows."""
+    ids = await claimed(store, 5)
+    attempts: list[tuple[AttemptResult, str | None]] = [
+        (result(d, "pending", http_status=2**40 if i == 2 else 500, classification="retry", next_attempt_at_ms=0),
+         "me") for i, d in enumerate(ids)]
+    with capture_logs() as logs:
+        outcomes = await record_all(store, attempts)
+    assert store.records.groups == 1
+    assert isinstance(outcomes[2], StoreRefused) and "int32" in str(outcomes[2])
+    assert [o for i, o in enumerate(outcomes) if i != 2] == [None] * 4
+    assert "store.failing" not in [e["event"] for e in logs]
+    assert (await store.check(), store.commit_failures) == (None, 0)
+    rows = {r.id: r for r in await store.list_deliveries(DeliveryFilter())}
+    assert [(rows[d].status, rows[d].attempts) for d in ids] == [("pending", 1)] * 2 + [("in_flight", 0)] + [
+        ("pending", 1)] * 2
+    await store.record(msgspec.structs.replace(attempts[2][0], http_status=None), owner="me")
+    assert (await row(store, ids[2])).attempts == 1
+
+
+async def test_two_records_of_one_delivery_in_a_group_are_written_in_turn(store: PostgresStore) -> None:
+    """A delivery recorded twice in one group (without an owner) is recorded as two records in turn would be: the
+    first moves it on, the second keeps its attempt (numbered after the first) and changes nothing else."""
+    (d,) = await claimed(store, 1)
+    outcomes = await record_all(store, [(result(d, "succeeded", ticket_id="T-1"), None),
+                                        (result(d, "dead", classification="permanent", error="x"), None)])
+    assert outcomes == [None, None]
+    assert store.records.groups == 1
+    detail = await store.get_delivery(d)
+    assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", "T-1")
+    assert [(a.n, a.classification) for a in detail.attempts] == [(1, "success"), (2, "permanent")]
+
+
+async def test_creates_in_a_group_give_each_conversation_its_ticket(store: PostgresStore, trips: RoundTrips) -> None:
+    """Creates of two conversations recorded in one statement give each conversation its own ticket; a follow-up's
+    success in the same group gives none."""
+    a = make_delivery(conversation="m|a", conversation_key="a")
+    b = make_delivery(conversation="m|b", conversation_key="b")
+    c = make_delivery(conversation="m|c", conversation_key="c")
+    for d in (a, b, c):
+        await accept_one(store, d)
+    assert len((await store.claim("kapture-support", 10, "w", 30)).items) == 3
+    trips.counting = True
+    outcomes = await record_all(store, [
+        (msgspec.structs.replace(result(a.id, "succeeded", ticket_id="T-a"), role="create", ticket_key="#a"), "w"),
+        (msgspec.structs.replace(result(b.id, "succeeded", ticket_id="T-b"), role="create",
+                                 ticket_uuid="uuid-b"), "w"),
+        (msgspec.structs.replace(result(c.id, "succeeded", ticket_id="T-c"), role="follow_up"), "w"),
+    ])
+    trips.counting = False
+    assert outcomes == [None] * 3
+    assert sum(trips.statements.values()) == 1, trips.statements
+    tickets = {}
+    for key in ("a", "b", "c"):
+        (found,) = await store.get_conversations(key)
+        tickets[key] = (found.conversation.ticket_id, found.conversation.ticket_key, found.conversation.ticket_uuid)
+    assert tickets == {"a": ("T-a", "#a", None), "b": ("T-b", None, "uuid-b"), "c": (None, None, None)}
