@@ -76,8 +76,9 @@ RECORDS = (
     "SELECT ARRAY(SELECT o FROM u)")
 """A group of attempts (one element per attempt in each array, from $2, in the order of RECORD's arguments without
 its time, $3: see PendingRecord.args; no delivery twice) recorded in one statement, each as RECORD records one; a
-conversation given tickets by two creates of the group keeps the later's, as two statements in turn would leave
-it. Returns the ordinals (from 1) of the attempts written."""
+conversation given tickets by two creates of the group (which one conversation's single delivery in flight at a
+time does not allow) keeps the one with the larger delivery id. Returns the ordinals (from 1) of the attempts
+written."""
 
 WIDTH = 21
 
@@ -115,7 +116,10 @@ async def record_group(conn: Any, group: list[PendingRecord]) -> list[Outcome]:
     firsts: dict[str, int] = {}
     for i, item in enumerate(group):
         firsts.setdefault(item.result.delivery_id, i)
-    together = sorted(firsts.items())  # in the order of the rows' ids, so that two processes lock them alike
+    # Sent in the order of the rows' ids; PostgreSQL locks them in the order its plan reaches them, which need not
+    # be this one, so a group can deadlock with another statement locking several of its rows (a lease reaped at
+    # that moment): the database then fails one, and a failed group is written again record by record.
+    together = sorted(firsts.items())
     try:
         written = await conn.fetchval(RECORDS, now_ms(), *_columns([group[i].args for _, i in together]))
     except DB_ERRORS as exc:

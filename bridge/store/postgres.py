@@ -130,7 +130,8 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
 
 
 def group_slots(pool_max: int) -> int:
-    """How many accept groups a process stores at once: up to MAX_GROUPS, leaving half the pool to delivery."""
+    """How many accept groups, and as many record groups, a process writes at once: up to MAX_GROUPS each, half
+    the pool. With both busy and a pool of 2-3 they can hold every connection, and claims wait for one."""
     return max(1, min(MAX_GROUPS, pool_max // 2))
 
 

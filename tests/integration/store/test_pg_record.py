@@ -168,3 +168,54 @@ async def test_creates_in_a_group_give_each_conversation_its_ticket(store: Postg
         (found,) = await store.get_conversations(key)
         tickets[key] = (found.conversation.ticket_id, found.conversation.ticket_key, found.conversation.ticket_uuid)
     assert tickets == {"a": ("T-a", "#a", None), "b": ("T-b", None, "uuid-b"), "c": (None, None, None)}
+
+
+def varied(d: str, i: int) -> AttemptResult:
+    """The i-th of the kinds of record whose columns the group's statement writes differently from a plain success:
+    unknown outcomes (in doubt, counted; a resend's duplicate; one settled unsent), a follow-up's action and body,
+    a third ticket reference, text that is empty rather than absent, no status, an exchange kept."""
+    base = result(d, "succeeded", ticket_id=f"T-{i}")
+    kinds = [
+        msgspec.structs.replace(base, classification="unknown", next_status="pending", next_attempt_at_ms=10**13,
+                                http_status=None, error="timed out", ticket_id=None),
+        msgspec.structs.replace(base, classification="unknown", next_status="pending", duplicate=True,
+                                next_attempt_at_ms=10**13, ticket_id=None, error="reset"),
+        msgspec.structs.replace(base, classification="unknown", next_status="pending", unsent=True,
+                                next_attempt_at_ms=10**13, ticket_id=None, error="reconciliation stopped"),
+        msgspec.structs.replace(base, role="follow_up", action="add_comment", body={"comment": "still down", "x": None,
+                                                                                   "y": ""}),
+        msgspec.structs.replace(base, ticket_uuid="8d5c-uuid", ticket_key="K-1"),
+        msgspec.structs.replace(base, ticket_id="", ticket_key="", error="", response_excerpt=""),
+        msgspec.structs.replace(base, http_status=None, response_excerpt=None, exchange={"request": {"url": "u"}}),
+        msgspec.structs.replace(base, classification="permanent", next_status="dead", error="HTTP 400 \U0001f600",
+                                ticket_id=None, exchange={}),
+        base,
+    ]
+    return kinds[i % len(kinds)]
+
+
+async def test_a_group_writes_each_record_as_it_would_be_written_alone(store: PostgresStore) -> None:
+    """The same kinds of record written one at a time on some deliveries and together in one group on others leave
+    the same rows: status, counts, doubt, follow-up body and action, every ticket reference, and the attempts."""
+    alone = await claimed(store, 9)
+    grouped = await claimed(store, 9)
+    for i, d in enumerate(alone):
+        await store.record(varied(d, i), owner="me")
+    assert await record_all(store, [(varied(d, i), "me") for i, d in enumerate(grouped)]) == [None] * 9
+
+    async def written(d: str) -> tuple[object, ...]:
+        return tuple(await store._run(lambda conn: conn.fetchrow(
+            "SELECT status, attempts, tries, next_attempt_at = 10000000000000, lease_owner, last_error, ticket_id, "
+            "ticket_key, ticket_uuid, role, action, body, in_doubt_since IS NOT NULL, unknowns, duplicates "
+            "FROM deliveries "
+            "WHERE id = $1", d), transaction=False))
+
+    async def attempts(d: str) -> list[tuple[object, ...]]:
+        rows = await store._run(lambda conn: conn.fetch(
+            "SELECT n, duration_ms, http_status, response_excerpt, classification, error, exchange FROM attempts "
+            "WHERE delivery_id = $1 ORDER BY n", d), transaction=False)
+        return [tuple(r) for r in rows]
+
+    for a, g in zip(alone, grouped, strict=True):
+        assert await written(a) == await written(g)
+        assert await attempts(a) == await attempts(g)
