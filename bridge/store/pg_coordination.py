@@ -2,7 +2,7 @@
 
 Each destination has a row in `destination_gates`; granting sends locks it (`SELECT … FOR UPDATE`), so processes
 take turns, each seeing every grant made before it. The common grant (breaker closed, no hold nor pause) is one
-statement, the function `gate_admit` (migration 0015), which does so under the same lock. A grant is a row in
+statement, the function `gate_admit` (migration 0016), which does so under the same lock. A grant is a row in
 `send_slots` at the database's clock (one clock for every process, whatever their hosts' clocks say): a
 destination limited to N per T grants a send only while fewer than N of its slots lie in the last T plus a
 margin, which is the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps it.
@@ -88,7 +88,7 @@ class PgGate(Gate):
                                until=time.monotonic() + max(0.0, b.until - now / 1000))
 
     async def admit(self, want: int) -> Admission:
-        """The common case (breaker closed, no hold nor pause) in one statement, `gate_admit` (migration 0015),
+        """The common case (breaker closed, no hold nor pause) in one statement, `gate_admit` (migration 0016),
         which checks and takes under the row's lock as `_admit` does; any other state in `_admit`'s transaction."""
         async def common(conn: Any) -> Any:
             return await conn.fetchrow(
