@@ -1,12 +1,13 @@
 """Rate limits, 429 pauses and circuit breakers shared by every process on one PostgreSQL store.
 
-Each destination has a row in `destination_gates`; granting sends locks it (`SELECT … FOR UPDATE`), so
-processes take turns, each seeing every grant made before it. A grant is a row in `send_slots` at the
-database's clock (one clock for every process, whatever their hosts' clocks say): a destination limited
-to N per T grants a send only while fewer than N of its slots lie in the last T plus a margin, which is
-the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps it. The margin
-(MARGIN_SHARE of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its request leaving:
-the claim that follows the grant, and network jitter.
+Each destination has a row in `destination_gates`; granting sends locks it (`SELECT … FOR UPDATE`), so processes
+take turns, each seeing every grant made before it. The common grant (breaker closed, no hold nor pause) is one
+statement, the function `gate_admit` (migration 0016), which does so under the same lock. A grant is a row in
+`send_slots` at the database's clock (one clock for every process, whatever their hosts' clocks say): a
+destination limited to N per T grants a send only while fewer than N of its slots lie in the last T plus a
+margin, which is the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps it.
+The margin (MARGIN_SHARE of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its
+request leaving: the claim that follows the grant, and network jitter.
 
 The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
 process's failures count for all and only one probe is out at a time. A probe holds the others back for
@@ -87,6 +88,21 @@ class PgGate(Gate):
                                until=time.monotonic() + max(0.0, b.until - now / 1000))
 
     async def admit(self, want: int) -> Admission:
+        """The common case (breaker closed, no hold nor pause) in one statement, `gate_admit` (migration 0016),
+        which checks and takes under the row's lock as `_admit` does; any other state in `_admit`'s transaction."""
+        async def common(conn: Any) -> Any:
+            return await conn.fetchrow(
+                "SELECT slots, wait_ms FROM gate_admit($1, $2, $3, $4)", self.destination, want,
+                None if self.rate is None else self.rate.requests, self._window_ms)
+
+        row = await self._run(common, autocommit=True)  # one statement: no BEGIN and COMMIT around it
+        if row[0] is None:
+            return await self._admit(want)
+        slots: list[int] = list(row[0])
+        n = want if self.rate is None else len(slots)
+        return Admission(granted=n, wait_s=max(row[1], 1) / 1000 if n == 0 else 0.0, held=n == 0, slots=slots)
+
+    async def _admit(self, want: int) -> Admission:
         async def op(conn: Any) -> Admission:
             row, now = await self._locked(conn)
             if row[6] > now:
