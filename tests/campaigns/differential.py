@@ -30,6 +30,8 @@ from typing import Any
 from bridge.errors import Rejected
 from bridge.replies import strip_reply
 from handlers import formdata
+from handlers.form_part import simple_fields
+from handlers.multipart_split import parse_split
 from handlers.simple_mailboxes import simple_mailboxes
 from tests.unit.bridge import replies_by_line
 
@@ -259,10 +261,23 @@ def _ctype_variants(rng: random.Random, ctype: str) -> str:
     ])
 
 
+FAST = {"split": 0, "split_none": 0, "fields": 0, "fields_none": 0}
+
+
+def _counted(name: str, fast: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        result = fast(*args)
+        FAST[name if result is not None else name + "_none"] += 1
+        return result
+    return run
+
+
 def multipart_check(campaign: Campaign, body: bytes, ctype: str) -> None:
     for read in (formdata.multipart_parts, formdata.parse_multipart):
         def new(read: Any = read) -> object:
-            return read(body, ctype)
+            with _replaced(formdata, parse_split=_counted("split", parse_split),
+                           simple_fields=_counted("fields", simple_fields)):
+                return read(body, ctype)
 
         def old(read: Any = read) -> object:
             with _replaced(formdata, parse_split=_none, simple_fields=_none):
@@ -282,13 +297,56 @@ def multipart_check(campaign: Campaign, body: bytes, ctype: str) -> None:
         campaign.check(f"{name} (form_part alone)", (body, ctype), fields_only, old)
 
 
+_DISPOSITIONS = ['form-data; name="a"', 'form-data; name="f"; filename="r.pdf"', 'form-data; name="caf\xc3\xa9"',
+                 'form-data; name="\xff\xfe"', 'form-data; name="a\\"b"', 'form-data; name=a',
+                 "form-data; name*=utf-8''%C3%A9", 'form-data; name="a"; filename="C:\\x\\y.txt"',
+                 'form-data; name="a";filename="b"', 'form-data; name="a;b"',
+                 'form-data; name="=?utf-8?q?a=2C_b?="', 'form-data; name="a"; name="b"',
+                 'form-data; name="x\xc2\x85y"', 'form-data; name="x\xe2\x80\xa8"',
+                 'form-data; name="a"\r\n ; filename="b"', 'attachment; name="a"',
+                 'form-data; name="a"; filename*0="x"; filename*1="y"', 'form-data; name="\x7f"',
+                 'form-data; name=" a "']
+_PART_HEADERS = ["Content-Type: text/plain", "Content-Type: text/plain; charset=utf-8",
+                 'Content-Type: text/html;charset="UTF-8"', "Content-Type: image/jpeg",
+                 "Content-Type: text/plain; charset*=utf-8''x", "Content-Type: message/rfc822",
+                 "Content-Type: multipart/mixed; boundary=in", "Content-Type: message/delivery-status",
+                 "Content-Type: text/\xe9", "Content-Type: a/b/c", "Content-Type: text/plain; Charset=x",
+                 "Content-Transfer-Encoding: base64", "Content-Transfer-Encoding: 8bit",
+                 "Content-Transfer-Encoding: BASE64 ", "Content-Transfer-Encoding: quoted-printable",
+                 "Content-ID: <a@b>", "Content-ID: <\xff@b>", "X-A: b", "From nobody", " folded", "\tfolded",
+                 "Content-Length: 3"]
+
+
+def _made_form(rng: random.Random) -> tuple[bytes, str]:
+    """A form of up to 300 parts in the boundary `b` (or one that is a prefix of the body's or has it as its
+    prefix), headers from the lists above, contents of up to 20 KB (past the parser's 8 KB reads) with line
+    ends of every kind."""
+    b = rng.choice(["xYzZY", "--", "a", "----WebKitFormBoundary7MA4YWxk", "b(1)+_,-./:=?", "x y"])
+    body_b = rng.choice([b, b, b, b + "z", b[:-1] or "q"])
+    newline = rng.choice(["\r\n", "\r\n", "\n", "\r"])
+    out = [rng.choice(["", "", "preamble" + newline, newline])]
+    for _ in range(rng.choice([1, 2, 3, 5, 20, 300])):
+        nl = newline if rng.random() < 0.9 else rng.choice(["\r\n", "\n", "\r"])
+        headers = ["Content-Disposition: " + rng.choice(_DISPOSITIONS)] if rng.random() < 0.95 else []
+        headers += rng.sample(_PART_HEADERS, rng.choice([0, 0, 1, 2]))
+        rng.shuffle(headers)
+        size = rng.choice([0, 1, 5, 40, 9000, 20000])
+        content = "".join(rng.choice(["x", "y", "\r\n", "\n", "\r", "--", body_b, "\xff", " ", "\t"])
+                          for _ in range(min(size, 200))) * max(1, size // 200)
+        out.append(f"--{body_b}{rng.choice(['', '', ' ', '--'])}{nl}" + nl.join(headers) + nl
+                   + rng.choice([nl, nl, nl, ""]) + content + nl)
+    out.append(f"--{body_b}--" + rng.choice(["", newline, newline + "epilogue"]))
+    ctype = f'multipart/form-data; boundary="{b}"' if rng.random() < 0.5 else f"multipart/form-data; boundary={b}"
+    return "".join(out).encode("latin-1"), ctype
+
+
 def multipart_campaign(rng: random.Random, examples: int) -> Campaign:
     campaign = Campaign("multipart")
     seeds = _multipart_seeds()
     pool = [b for b, _ in seeds]
     bodies = 0
     while campaign.runs < examples:
-        body, ctype = rng.choice(seeds)
+        body, ctype = rng.choice(seeds) if rng.random() < 0.6 else _made_form(rng)
         boundary = formdata._BOUNDARY.search(ctype)
         b = (boundary.group(1) if boundary else B).encode("latin-1")
         extra = [b"--" + b, b"--" + b + b"--", b"\r\n--" + b + b"\r\n", b"--" + b[:-1], b"--" + b + b"x",
@@ -300,7 +358,9 @@ def multipart_campaign(rng: random.Random, examples: int) -> Campaign:
             body = mutate(rng, body, pool, extra)
         multipart_check(campaign, body, _ctype_variants(rng, ctype))
         bodies += 1
-    print(f"multipart: {bodies} bodies, {campaign.runs} comparisons", flush=True)
+    print(f"multipart: {bodies} bodies, {campaign.runs} comparisons; the split read {FAST['split']} bodies "
+          f"(left {FAST['split_none']} to the whole parse), the strict readers {FAST['fields']} parts "
+          f"(left {FAST['fields_none']})", flush=True)
     return campaign
 
 
