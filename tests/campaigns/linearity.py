@@ -8,23 +8,19 @@ A linear path costs about 8x more on the 8x input; the exit status is the number
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import sys
 import time
 from collections.abc import Callable
 from email.message import Message
 from typing import Any
 
-from bridge.errors import Rejected
 from bridge.replies import strip_reply
 from handlers.email import OpaqueMessage
 from handlers.form_part import simple_fields
 from handlers.multipart_split import parse_split
 from handlers.simple_mailboxes import simple_mailboxes
+from tests.complexity import scaling
 from tests.complexity.scaling import BOUND, GROWTH
-
-REPEAT = 5
 
 B = "xYzZY"
 PREFIX = f"Content-Type: multipart/form-data; boundary={B}\r\n\r\n".encode()
@@ -33,16 +29,8 @@ PART = b'Content-Disposition: form-data; name="a"\r\n\r\n'
 
 
 def cost(run: Callable[[Any], object], arg: Any) -> float:
-    """The best of REPEAT timings of `run(arg)` in CPU time of this process (another process's work on the
-    shared machine does not count), an input refused with Rejected counted as parsed."""
-    best = float("inf")
-    for _ in range(REPEAT):
-        gc.collect()
-        start = time.process_time()
-        with contextlib.suppress(Rejected):
-            run(arg)
-        best = min(best, time.process_time() - start)
-    return best
+    """scaling.cost in CPU time of this process: another process's work on the shared machine does not count."""
+    return scaling.cost(run, arg, clock=time.process_time)
 
 
 def _times(unit: str | bytes, n: int, size: int) -> Any:
