@@ -401,8 +401,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
             raise ValueError(f"no simulator for vendor {vendor!r}")
         sim = factory()
         rt.simulators[vendor] = sim
-        public = sim.app()
-        public.middlewares.append(sandbox_guard(config.admin.token))
+        public = sim.app(guard=sandbox_guard(config.admin.token))
         app.add_subapp(f"/sandbox/{vendor}/", public)
     app.cleanup_ctx.append(tracing_context(rt))
     app.cleanup_ctx.append(store_context(rt, store, folder_errors))

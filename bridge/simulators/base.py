@@ -163,10 +163,10 @@ class VendorSimulator(ABC):
     def _set_knobs(self, knobs: msgspec.Struct) -> None:
         self.knobs = knobs
 
-    def app(self) -> web.Application:
-        """A new aiohttp application: the shared routes first, so a catch-all vendor path cannot shadow them."""
-        app = web.Application()
-        app.add_routes([
+    def app(self, guard: Callable[[Handler], Handler] | None = None) -> web.Application:
+        """A new aiohttp application: the shared routes first, so a catch-all vendor path cannot shadow them;
+        `guard` wraps each route's handler (who may use it)."""
+        routes = [
             web.get("/tickets", self.listing),
             web.get("/", self.listing),
             web.delete("/tickets", self.reset),
@@ -175,5 +175,8 @@ class VendorSimulator(ABC):
             *knob_routes("/_knobs", self.Knobs, lambda: self.knobs, self._set_knobs),
             *(web.route(method, path, self.received.recorded(handler))
               for method, path, handler in self.vendor_routes()),
-        ])
+        ]
+        app = web.Application()
+        app.add_routes(routes if guard is None else
+                       [web.route(r.method, r.path, guard(r.handler), **r.kwargs) for r in routes])
         return app

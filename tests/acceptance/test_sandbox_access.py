@@ -163,3 +163,26 @@ async def test_a_page_of_another_site_cannot_use_the_sandbox_through_a_browser_o
                    {"Host": f"localhost:{client.server.port}"}, {"Host": f"127.0.0.2:{client.server.port}"},
                    {"Host": f"[::1]:{client.server.port}"}):
         assert await every_route(client, header) == [200] * 5, header
+
+
+async def test_every_route_of_every_simulator_is_guarded(start: Start) -> None:
+    """Each route each simulator mounts (vendor API, listing, received log, faults, knobs), whatever its method,
+    is refused to a client that is not local while no token is set."""
+    client = await start(remote=True)
+    mounted = list(client.app._subapps)  # the applications build_app mounted
+    assert mounted
+    for sub in mounted:
+        for route in sub.router.routes():
+            info = route.resource.get_info() if route.resource is not None else {}
+            path = info.get("path") or info["formatter"].replace("{", "").replace("}", "")
+            resp = await client.session.request(route.method, path)
+            assert resp.status == 403, (route.method, path, resp.status)
+
+
+async def test_intake_runs_no_middleware(start: Start) -> None:
+    """The guard wraps the simulators' own handlers: no application of the server has a middleware, so that
+    aiohttp runs no middleware chain for intake's requests."""
+    client = await start()
+    apps = [client.app, *client.app._subapps]
+    assert len(apps) == 2
+    assert [list(app.middlewares) for app in apps] == [[], []]
