@@ -1,7 +1,8 @@
 """The names the store keeps on its rows (sources, destinations, mapping names, read token names), checked against
 what the store can hold: a PostgreSQL database whose encoding is not UTF-8 (LATIN1) has no equivalent for most
 characters, and would refuse every event, delivery or audit entry naming one of them. Checked when the server starts
-(it then refuses to) and on each hot reload of the mappings (the old set then stays)."""
+(it then refuses to), on each hot reload of the mappings (the old set then stays) and by each CLI verb that opens the
+store (bridge.cli.common.with_store: a verb that changes the store then refuses to run)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from bridge.config import Config, load_config, resolve_config_path
 from bridge.errors import BridgeError, ErrorList, StoreLocked, StoreRefused, StoreUnavailable
+from bridge.kept_names import config_names, mapping_names, unheld_names
+from bridge.mapping.mappingset import MappingSet
 from bridge.registries import REGISTRIES
 from bridge.store import open_store
 from bridge.store.base import Store
@@ -66,11 +68,19 @@ def store_arguments(args: argparse.Namespace) -> str:
     return ", ".join(given)
 
 
-async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], given: str = "") -> int:
+async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], given: str = "", *,
+                     changes: bool = False, mappings: MappingSet | None = None) -> int:
     """Open the config's store beside a running server (not as its owner), run `body` on it and close it; the
     exit code `body` gives, or 2 with the reason on stderr when the store cannot be opened, or when it refuses a
     value given on the command line for its data (one of `given`, the arguments handed to it): the same value is
-    refused on every try."""
+    refused on every try.
+
+    Once open, the names the store keeps are checked as `serve` checks them (`kept_names`: the config's sources,
+    destinations and read tokens, and the names of `mappings` when the verb loaded them): a name the database's
+    encoding has no equivalent for (😀 in a LATIN1 database) is printed as `serve` says it. A verb that `changes`
+    the store then exits 2 having changed nothing, since the server of this config refuses to start on it; one
+    that only reads (or only deletes, as `purge`, which writes no name) goes on, as it is what looks into a
+    store whose server will not start."""
     store = open_store(config, owner=False)
     try:
         await store.open()
@@ -78,6 +88,8 @@ async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], gi
         print(f"cannot open the store: {exc}", file=sys.stderr)
         return 2
     try:
+        if not await names_kept(store, config, mappings, changes=changes):
+            return 2
         return await body(store)
     except StoreRefused as exc:
         print(f"the store refused {'a value given: ' + given if given else 'a value given'} ({exc.code}): it can be "
@@ -86,3 +98,25 @@ async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], gi
         return 2
     finally:
         await store.close()
+
+
+async def names_kept(store: Store, config: Config, mappings: MappingSet | None, *, changes: bool) -> bool:
+    """`serve`'s check of the names the store keeps, for a verb on the open `store`: False (the verb is not to run)
+    when the store cannot keep one and the verb `changes` it, or when the check cannot be made; each name it cannot
+    keep, and why not, printed to stderr."""
+    names = [*config_names(config), *([] if mappings is None else mapping_names(mappings))]
+    try:
+        unheld = await unheld_names(store, names)
+    except StoreUnavailable as exc:
+        print(f"cannot check the names the store keeps: {exc}", file=sys.stderr)
+        return False
+    if not unheld:
+        return True
+    print_errors(ErrorList(unheld))
+    if changes:
+        print("nothing was changed: a server with this config refuses to start on this store, and so does this "
+              "verb; rename what is named above", file=sys.stderr)
+        return False
+    print("a server with this config refuses to start on this store (rename what is named above); this verb goes "
+          "on, as it writes none of these names", file=sys.stderr)
+    return True

@@ -104,14 +104,16 @@ def _with_server(url: str, body: Any) -> int:
         return 2
 
 
-def _with_store(args: argparse.Namespace, body: Any, config: Config | None = None) -> int:
-    """Run `body` on the server at --url, else on the store of `config` (loaded from the args when not given)."""
+def _with_store(args: argparse.Namespace, body: Any, config: Config | None = None, *, changes: bool = False,
+                mappings: MappingSet | None = None) -> int:
+    """Run `body` on the server at --url, else on the store of `config` (loaded from the args when not given),
+    which it `changes` or only reads (see `with_store`: the names the store keeps are checked first)."""
     if getattr(args, "url", None):
         return _with_server(args.url, body)
     config = config or config_from(args)
     if config is None:
         return 2
-    return asyncio.run(with_store(config, body, store_arguments(args)))
+    return asyncio.run(with_store(config, body, store_arguments(args), changes=changes, mappings=mappings))
 
 
 def _json_lines(items: Iterable[msgspec.Struct]) -> None:
@@ -245,7 +247,7 @@ def run_mark_succeeded(args: argparse.Namespace) -> int:
 
     if args.url:
         return _with_server(args.url, remote)
-    return _with_store(args, local)
+    return _with_store(args, local, changes=True)
 
 
 def run_unmatched(args: argparse.Namespace) -> int:
@@ -341,7 +343,7 @@ def run_replay(args: argparse.Namespace) -> int:
                                     mappings_version=mappings.version if mappings is not None else None),
                        "a running server")
 
-    return _with_store(args, body, config)
+    return _with_store(args, body, config, changes=not args.dry_run, mappings=mappings)
 
 
 async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:

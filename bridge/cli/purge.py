@@ -120,6 +120,7 @@ async def _run(args: argparse.Namespace, config: Config, policy: Policy, batch: 
             print(f"the attachments folder {config.attachments_dir}: {exc}", file=sys.stderr)
             return 1
 
+    # Only deletes, writing no name: it goes on past a name the store cannot keep (see with_store).
     return await with_store(config, purge)
 
 

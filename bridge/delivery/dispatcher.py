@@ -46,7 +46,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
+from bridge.delivery.sender import ID_CHARS, LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreRefused, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
@@ -428,7 +428,8 @@ class Lane:
                     recording = d.store.record(result, owner=d.owner)
                     await (recording if d.store.records_at_once else asyncio.shield(recording))
                 except StoreRefused as exc:
-                    lesser = self._reduce(full, result, f"the store refused it: {exc.reason}", blog)
+                    lesser = self._reduce(full, result, f"the store refused it: {exc.reason}", blog,
+                                          conversation=item.conversation)
                     if lesser is None:
                         return
                     result = lesser
@@ -454,7 +455,7 @@ class Lane:
                     return
                 except Exception as exc:  # not the store's failure: a value it cannot take, or a bug
                     lesser = self._reduce(full, result, f"recording it raised {type(exc).__name__}: {exc}", blog,
-                                          crashed=True)
+                                          crashed=True, conversation=item.conversation)
                     if lesser is None:
                         return
                     result = lesser
@@ -474,11 +475,13 @@ class Lane:
             raise
 
     @staticmethod
-    def _reduce(full: AttemptResult, tried: AttemptResult, why: str, blog: Any, *,
-                crashed: bool = False) -> AttemptResult | None:
+    def _reduce(full: AttemptResult, tried: AttemptResult, why: str, blog: Any, *, crashed: bool = False,
+                conversation: str | None = None) -> AttemptResult | None:
         """What to record after the record of `tried` failed for `why` (not the store's failure): `full` reduced
         after the full record; the minimal record after the reduced one (its ticket ids or a follow-up's body may be
-        what the store refused); None, with `delivery.record_failed` logged, after the minimal one."""
+        what the store refused); None, with `delivery.record_failed` logged, after the minimal one. A minimal record
+        that leaves out the ticket_id of a create giving its conversation (`conversation`) its ticket logs
+        `conversation.ticket_lost`: the thread's next message will make a second ticket."""
         if tried is full:
             blog.error("delivery.record_reduced", error=why, classification=full.classification,
                        ticket_id=full.ticket_id, exc_info=crashed,
@@ -486,11 +489,25 @@ class Lane:
                             "outcome is kept and it is not sent again")
             return reduced(full, why)
         if tried.error != MINIMAL_ERROR:
+            dropped = unstorable_tickets(full)
             blog.error("delivery.record_minimal", error=why, classification=full.classification,
-                       ticket_id=full.ticket_id, exc_info=crashed,
-                       note="its reduced record failed too: recorded with its outcome and next state only (no ticket "
-                            "ids, follow-up body or text), so that it is not sent again; the ticket ids are in this "
-                            "log line")
+                       ticket_id=full.ticket_id, ticket_key=full.ticket_key, ticket_uuid=full.ticket_uuid,
+                       dropped=dropped, exc_info=crashed,
+                       note="its reduced record failed too: recorded with its outcome, next state and the ticket ids "
+                            "any store takes (no follow-up body or text; `dropped` names the ticket ids left out), "
+                            "so that it is not sent again; the ticket ids are in this log line")
+            if "ticket_id" in dropped and full.role == "create" and full.next_status == "succeeded":
+                blog.error("conversation.ticket_lost", ticket_id=full.ticket_id, ticket_key=full.ticket_key,
+                           error=why,
+                           conversation=conversation,
+                           note="the ticket id the vendor gave this conversation's create is not one every store "
+                                "takes, so it is not recorded: the conversation has no ticket, and the thread's "
+                                "next message creates a new one (a second ticket for the customer); the ticket "
+                                "made is in this log line")
+            elif dropped and full.role == "create" and full.next_status == "succeeded":
+                blog.warning("conversation.ticket_partial", ticket_id=full.ticket_id, dropped=dropped, error=why,
+                             note="the conversation keeps its ticket id; the ticket ids left out (`dropped`) are "
+                                  "null to its follow-ups' templates")
             return minimal(full)
         blog.error("delivery.record_failed", error=why, classification=full.classification,
                    ticket_id=full.ticket_id, exc_info=crashed,
@@ -672,17 +689,35 @@ def reduced(result: AttemptResult, why: str) -> AttemptResult:
 
 
 MINIMAL_ERROR = ("this attempt's record was reduced twice: the store refused its full and its reduced record, so "
-                 "it keeps only its outcome and next state (no ticket ids, follow-up body, response or error text: "
-                 "those are in the log, delivery.record_minimal)")
+                 "it keeps only its outcome, next state and the ticket ids any store takes (no follow-up body, "
+                 "response or error text: those are in the log, delivery.record_minimal)")
+
+TICKET_FIELDS = ("ticket_id", "ticket_key", "ticket_uuid")
+
+
+def plainly_storable(text: str) -> bool:
+    """Whether every store takes `text` in a text column, whatever its encoding: printable ASCII (no NUL or other
+    control character; every PostgreSQL server encoding holds ASCII, a LATIN1 one nothing past U+00FF, and a lone
+    surrogate is not ASCII), at most ID_CHARS long (the sender keeps no longer id)."""
+    return len(text) <= ID_CHARS and text.isascii() and text.isprintable()
+
+
+def unstorable_tickets(result: AttemptResult) -> list[str]:
+    """The names of `result`'s ticket ids that are set and not plainly storable (those a minimal record drops)."""
+    return [name for name in TICKET_FIELDS
+            if (value := getattr(result, name)) is not None and not plainly_storable(value)]
 
 
 def minimal(result: AttemptResult) -> AttemptResult:
     """`result` as recorded when its reduced record failed too: the classification, HTTP status, timing and next state
-    (what keeps a sent delivery from being sent again), with none of the text it was given from outside (ticket ids,
-    a follow-up's action and body, the excerpt and exchange, the vendor's error), in case one of those is what the
-    store refuses; its error is MINIMAL_ERROR. A create's success so recorded gives its conversation no ticket."""
-    return msgspec.structs.replace(result, response_excerpt=None, exchange=None, error=MINIMAL_ERROR, ticket_id=None,
-                                   ticket_key=None, ticket_uuid=None, action=None, body=None)
+    (what keeps a sent delivery from being sent again) and the ticket ids that are plainly storable (what gives a
+    conversation its ticket, so that the thread's next message is a follow-up, not a second ticket), with none of
+    the other text it was given from outside (a follow-up's action and body, the excerpt and exchange, the vendor's
+    error) and none of the ticket ids that are not plainly storable, in case one of those is what the store refuses;
+    its error is MINIMAL_ERROR. A create's success whose ticket_id is so dropped gives its conversation no ticket."""
+    dropped = dict.fromkeys(unstorable_tickets(result))
+    return msgspec.structs.replace(result, response_excerpt=None, exchange=None, error=MINIMAL_ERROR, action=None,
+                                   body=None, **dropped)
 
 
 class Dispatcher:

@@ -1,7 +1,8 @@
 """bridge/kept_names.py on the real PostgreSQL: a name the store keeps (a source, destination, mapping or read token
 name) that the database's encoding has no equivalent for (😀 in a LATIN1 database) fails the start, naming the file,
-the name, the encoding and what to do, and fails a hot reload, which keeps the old mappings; a name LATIN1 holds
-(é), or any name in a UTF-8 database, is kept as before."""
+the name, the encoding and what to do, fails a hot reload, which keeps the old mappings, and is named by the CLI's
+verbs on the store, those that change it refusing to; a name LATIN1 holds (é), or any name in a UTF-8 database, is
+kept as before."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from bridge.app import build_app
 from bridge.errors import ErrorList
 from bridge.store.postgres import PostgresStore
+from tests.acceptance.cli_store import run
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.integration.processes import DSN
 
@@ -118,3 +120,35 @@ async def test_any_name_starts_on_a_utf8_database(
     assert store is not None and store.encoding == "UTF8"
     assert await store.unheld([f"web-{SMILE}"]) == []
     assert (await client.get("/readyz")).status == 200
+
+
+def test_cli_verbs_on_the_store_check_the_names_as_serve_does(
+    latin1_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The CLI on a LATIN1 database, with a destination named with 😀: a verb that changes the store (`deliveries
+    mark-succeeded`, `replay`) prints `serve`'s error for the name and exits 2, changing nothing; one that only
+    reads (`deliveries list`, `replay --dry-run`) or only deletes (`purge`) prints it and goes on, its exit code
+    its own. Renamed with é, nothing is printed."""
+    config = CONFIG.replace("sqlite:///var/unused.db", latin1_dsn).replace(f"web-{SMILE}", "web") \
+        .replace(f"auditor-{SMILE}", "auditor")
+    (tmp_path / "bridge.yaml").write_text(config)
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "partner.yaml").write_text(MAPPING)
+    cfg = str(tmp_path / "bridge.yaml")
+    named = (f"{tmp_path / 'bridge.yaml'}:9:3: destinations[\"kapture-{SMILE}\"]: destination name "
+             f"'kapture-\\U0001f600' holds characters the database's encoding, LATIN1, {WHAT_TO_DO}")
+    for verb in (["deliveries", "mark-succeeded", "dlv_1", "--ticket-id", "7"], ["replay", "dlv_1"]):
+        code, _, err = run(capsys, *verb, "-c", cfg)
+        assert code == 2, verb
+        assert err.splitlines() == [named, "nothing was changed: a server with this config refuses to start on this "
+                                           "store, and so does this verb; rename what is named above"], verb
+    for verb, exit_code in ((["deliveries", "list"], 0), (["replay", "dlv_1", "--dry-run"], 0),
+                            (["purge", "--older-than", "30d", "--dry-run"], 0)):
+        code, _, err = run(capsys, *verb, "-c", cfg)
+        assert code == exit_code, (verb, err)
+        assert err.splitlines()[:2] == [named, "a server with this config refuses to start on this store (rename "
+                                               "what is named above); this verb goes on, as it writes none of these "
+                                               "names"], verb
+    (tmp_path / "bridge.yaml").write_text(config.replace(f"kapture-{SMILE}", "kapture-é"))
+    code, _, err = run(capsys, "deliveries", "mark-succeeded", "dlv_1", "--ticket-id", "7", "-c", cfg)
+    assert (code, err.strip()) == (1, "no delivery 'dlv_1'")

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from bridge.delivery.dispatcher import MINIMAL_ERROR
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
-from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.kapture_answering import delivered
 from tests.fixtures.providers import compact, load
 
@@ -169,7 +169,86 @@ async def test_a_ticket_id_the_database_refuses_is_recorded_minimal_and_not_sent
     assert sent == 1
     [minimal] = [e for e in logs if e["event"] == "delivery.record_minimal"]
     assert minimal["ticket_id"] == "7\U0001F600" and "LATIN1" in minimal["error"]
+    assert minimal["dropped"] == ["ticket_id"]  # what LATIN1 lacks is left out; not in a conversation: nothing lost
+    assert "conversation.ticket_lost" not in [e["event"] for e in logs]
     events = [e["event"] for e in logs]
     assert events.count("delivery.record_reduced") == 1
     assert "delivery.record_failed" not in events and "store.failing" not in events
     assert store.problem() is None and store.commit_failures == 0
+
+
+LSQ_CASE = {"case": """
+    source: events
+    destination: lsq
+    action: create_ticket
+    conversation: "{{ payload.case }}"
+    fields:
+      LeadDetail.EmailAddress: asha@example.com
+      Title: "Case {{ payload.case }}"
+    follow_up:
+      action: add_note
+      fields:
+        TextPart: "{{ payload.text }}"
+"""}
+
+
+async def test_a_key_the_database_refuses_leaves_the_conversation_its_ticket_id(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """LeadSquared answers a conversation's create with Id 143 and a Key holding 😀, to an app on a LATIN1 database:
+    the full record (its excerpt) and the reduced one (the Key) are refused, so the attempt is recorded minimal,
+    keeping Id 143 and the ticket's UUID (plain ASCII) and leaving out the Key (`conversation.ticket_partial`, not
+    `conversation.ticket_lost`). The thread's second message is then a note on ticket 143: one ticket, not two."""
+    uuid = "27e8259d-0681-4adb-b5e8-14f66a208dd4"
+    creates: list[Any] = []
+    notes: list[Any] = []
+
+    async def create(request: web.Request) -> web.Response:
+        creates.append(await request.json())
+        return web.json_response({"Status": "Success", "Id": "143", "TicketId": uuid, "Key": "#143 \U0001F600"})
+
+    async def note(request: web.Request) -> web.Response:
+        notes.append(await request.json())
+        return web.json_response({"Message": "Activity Created", "RelatedTicketId": "143"})
+
+    vendor = web.Application()
+    vendor.router.add_post("/api/tenants/acme/tickets", create)
+    vendor.router.add_post("/api/tenants/acme/internalnote/upload", note)
+    base = str((await aiohttp_server(vendor)).make_url("")).rstrip("/")
+    config = f"""
+    server: {{shutdown_grace_seconds: 1}}
+    store: {{url: "sqlite:///var/unused.db"}}
+    sources:
+      events: {{kind: json}}
+    destinations:
+      lsq: {{vendor: leadsquared, base_url: '{base}', org_id: acme, access_key: ak, secret_key: sk,
+             retry: {{schedule: [50ms], jitter: 0}}}}
+    """
+    with capture_logs() as logs:
+        client = await bridge_client(write_config(config, LSQ_CASE), store=PostgresStore(latin1_dsn))
+        store = runtime(client).store
+        for text in ("first", "second"):
+            resp = await client.post("/hooks/events", json={"case": "c1", "text": text})
+            assert resp.status == 202, await resp.text()
+
+        async def settled() -> bool:
+            rows = await store.list_deliveries(DeliveryFilter())
+            return len(rows) == 2 and all(r.status in ("succeeded", "dead") for r in rows)
+
+        await eventually(settled)
+    assert len(creates) == 1
+    assert [(n["RelatedTicketId"], n["TextPart"]) for n in notes] == [(143, "second")]
+    first, second = sorted(await store.list_deliveries(DeliveryFilter()), key=lambda r: r.id)
+    assert (first.status, first.ticket_id, first.ticket_key, second.status) == ("succeeded", "143", None, "succeeded")
+    (attempt,) = (await store.get_delivery(first.id)).attempts
+    assert attempt.error == MINIMAL_ERROR
+    assert first.conversation is not None
+    (conversation,) = await store.get_conversations(first.conversation)
+    assert (conversation.conversation.ticket_id, conversation.conversation.ticket_key,
+            conversation.conversation.ticket_uuid) == ("143", None, uuid)
+    [minimal] = [e for e in logs if e["event"] == "delivery.record_minimal"]
+    assert (minimal["dropped"], minimal["ticket_key"]) == (["ticket_key"], "#143 \U0001F600")
+    [partial] = [e for e in logs if e["event"] == "conversation.ticket_partial"]
+    assert partial["ticket_id"] == "143"
+    events = [e["event"] for e in logs]
+    assert "conversation.ticket_lost" not in events and "store.failing" not in events

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 import structlog
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
@@ -18,7 +19,15 @@ from yarl import URL
 from bridge.app import reap_expired_leases
 from bridge.config import RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.dispatcher import MINIMAL_ERROR, Destination, Dispatcher, Timings
+from bridge.delivery.dispatcher import (
+    MINIMAL_ERROR,
+    Destination,
+    Dispatcher,
+    Timings,
+    minimal,
+    plainly_storable,
+)
+from bridge.delivery.sender import ID_CHARS
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import (
@@ -60,14 +69,15 @@ class FaultyStore(MemoryStore):
         self.claim_raises: list[Exception] = []
         """Raised by the next `claim` calls, one each."""
 
-    async def add(self, n: int = 1) -> list[str]:
+    async def add(self, n: int = 1, *, conversation: str | None = None) -> list[str]:
         out = []
         for _ in range(n):
             delivery_id = f"dlv_{next(self.ids):03d}"
             event = Event.new(source="website-contact", kind="form", channel="form", payload={})
             await self.accept(event, [NewDelivery(id=delivery_id, mapping="m", mapping_version="v1",
                                                   destination="kapture", action="create_ticket",
-                                                  body={"title": f"ticket {delivery_id}"})], 0)
+                                                  body={"title": f"ticket {delivery_id}"},
+                                                  conversation=conversation)], 0)
             out.append(delivery_id)
         return out
 
@@ -258,10 +268,10 @@ async def test_a_record_that_raises_is_recorded_reduced_not_left_to_be_sent_agai
     assert reduced["delivery_id"] == delivery_id
 
 
-async def test_a_reduced_record_refused_too_is_recorded_minimal() -> None:
-    """When the reduced record is refused as well (its ticket id may be what the store refuses), the attempt is
-    recorded minimal: its outcome and next state, no ticket ids or text, a fixed error; the delivery succeeds, is
-    sent once, and `delivery.record_minimal` keeps the ticket id."""
+async def test_a_reduced_record_refused_too_is_recorded_minimal_with_its_plain_ticket_id() -> None:
+    """When the reduced record is refused as well, the attempt is recorded minimal: its outcome, next state and
+    its ticket id (plain ASCII, which every store takes), no text, a fixed error; the delivery succeeds with its
+    ticket, is sent once, and `delivery.record_minimal` names the ticket id and that no ticket id was left out."""
     store = FaultyStore()
     store.record_raises = [StoreRefused("full (SQLSTATE 22P05)", "SQLSTATE 22P05"),
                            StoreRefused("reduced (SQLSTATE 22P05)", "SQLSTATE 22P05")]
@@ -274,12 +284,83 @@ async def test_a_reduced_record_refused_too_is_recorded_minimal() -> None:
     assert store.record_calls == 3
     (record,) = store.records
     assert (record.classification, record.http_status, record.next_status) == ("success", 200, "succeeded")
-    assert (record.ticket_id, record.ticket_key, record.response_excerpt, record.exchange) == (None, None, None, None)
+    assert (record.ticket_id, record.ticket_key, record.response_excerpt, record.exchange) == ("T-1", None, None, None)
     assert record.error == MINIMAL_ERROR
     assert store.status(delivery_id) == "succeeded"
+    assert store.deliveries[delivery_id].row.ticket_id == "T-1"
     [minimal] = [e for e in logs if e["event"] == "delivery.record_minimal"]
     assert (minimal["ticket_id"], minimal["error"]) == ("T-1", "the store refused it: reduced (SQLSTATE 22P05)")
-    assert "delivery.record_failed" not in [e["event"] for e in logs]
+    assert minimal["dropped"] == []
+    events = [e["event"] for e in logs]
+    assert "delivery.record_failed" not in events and "conversation.ticket_lost" not in events
+
+
+REFUSED_TWICE = [StoreRefused("full (SQLSTATE 22P05)", "SQLSTATE 22P05"),
+                 StoreRefused("reduced (SQLSTATE 22P05)", "SQLSTATE 22P05")]
+
+
+async def test_a_conversations_create_recorded_minimal_keeps_its_ticket_for_the_next_message() -> None:
+    """A conversation's first message whose full and reduced records are refused is recorded minimal with its
+    (plain) ticket id: the conversation has its ticket, so the thread's next message is claimed as a follow-up of
+    T-1, not a second create; no `conversation.ticket_lost`."""
+    store = FaultyStore()
+    store.record_raises = list(REFUSED_TWICE)
+    [first] = await store.add(conversation="m|case-1")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+        assert requests(m) == 1
+    assert store.records[0].error == MINIMAL_ERROR
+    assert store.conversations["m|case-1"].ticket_id == "T-1"
+    [second] = await store.add(conversation="m|case-1")
+    [claimed] = (await store.claim("kapture", 10, "test", 30.0)).items
+    assert claimed.id == second != first
+    assert claimed.ticket is not None and claimed.ticket["id"] == "T-1"  # sent as the follow-up of T-1
+    assert "conversation.ticket_lost" not in [e["event"] for e in logs]
+
+
+@pytest.mark.parametrize("ticket_id", ["7\U0001F600", "caf\u00e9", "T-\n1", "T\x7f"],
+                         ids=["emoji", "latin1", "newline", "delete"])
+async def test_a_ticket_id_not_every_store_takes_is_dropped_from_a_minimal_record_and_the_loss_logged(
+    ticket_id: str,
+) -> None:
+    """A ticket id that is not plainly storable (past ASCII, a control character) may be what the store refused: a
+    minimal record leaves it out, and for a conversation's create `conversation.ticket_lost` says loudly that the
+    conversation has no ticket, naming it and the ticket."""
+    store = FaultyStore()
+    store.record_raises = list(REFUSED_TWICE)
+    [delivery_id] = await store.add(conversation="m|case-1")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((200, {"status": "success", "ticket_id": ticket_id})),
+               repeat=True, response_class=MockResponse)
+        async with running(store, destination()):
+            await eventually(lambda: len(store.records) == 1)
+    (record,) = store.records
+    assert (record.ticket_id, record.next_status, record.error) == (None, "succeeded", MINIMAL_ERROR)
+    assert store.conversations["m|case-1"].ticket_id is None
+    [minimal] = [e for e in logs if e["event"] == "delivery.record_minimal"]
+    assert minimal["dropped"] == ["ticket_id"]
+    [lost] = [e for e in logs if e["event"] == "conversation.ticket_lost"]
+    assert (lost["log_level"], lost["conversation"], lost["ticket_id"], lost["delivery_id"]) == (
+        "error", "m|case-1", ticket_id, delivery_id)
+
+
+def test_a_minimal_record_drops_only_the_ticket_ids_not_every_store_takes() -> None:
+    """`minimal` keeps each plainly storable ticket id (printable ASCII up to ID_CHARS) and leaves out
+    the others, with every text from outside and the excerpt and exchange."""
+    full = AttemptResult(delivery_id="d", started_at_ms=1, duration_ms=2.0, http_status=200,
+                         response_excerpt="ok", classification="success", error="e", ticket_id="143",
+                         ticket_key="K-\u2603", ticket_uuid="a" * ID_CHARS, next_status="succeeded",
+                         exchange={"request": {}}, role="follow_up", action="update_ticket", body={"c": 1})
+    kept = minimal(full)
+    assert (kept.ticket_id, kept.ticket_key, kept.ticket_uuid) == ("143", None, "a" * ID_CHARS)
+    assert (kept.response_excerpt, kept.exchange, kept.action, kept.body, kept.error) == (
+        None, None, None, None, MINIMAL_ERROR)
+    assert (kept.classification, kept.http_status, kept.next_status, kept.role) == (
+        "success", 200, "succeeded", "follow_up")
+    assert [plainly_storable(t) for t in ("T-1 x", "~", "", "a" * (ID_CHARS + 1), "\x7f", "\t")] == [
+        True, True, True, False, False, False]
 
 
 async def test_a_minimal_record_refused_too_is_logged_and_left_to_its_lease() -> None:
