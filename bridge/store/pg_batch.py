@@ -4,9 +4,10 @@ Accepts are queued. A flusher takes everything queued (up to `group_max`) and st
 connection in one transaction: accepts without a nonce with one statement per table for the whole
 group (arrays unnested: one round trip each, whatever the group's size), then each accept with a
 nonce in a savepoint of its own, since a replay must leave nothing behind. When a statement of the
-group fails (a delivery id stored twice, a deadlock with another process), the transaction is rolled
-back and the group is run again with a savepoint around every accept, so that the failure costs that
-accept alone. Every caller is answered only once its group's COMMIT has returned.
+group fails (a delivery id stored twice, a deadlock with another process, a statement cancelled by
+`statement_timeout`), the transaction is rolled back and the group is run again on the same connection with a
+savepoint around every accept, so that the failure costs that accept alone; only a lost connection fails the
+group as a whole. Every caller is answered only once its group's COMMIT has returned.
 
 Dedup and nonces keep the semantics of one transaction per accept, in queue order: within a group a
 dedup key's later uses are duplicates of its first, and across processes the upserts lock the rows a
@@ -45,8 +46,14 @@ each into StoreUnavailable (intake answers 503), never an error of the request."
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError) if asyncpg is None else (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
-_VALUE_ERRORS: tuple[type[BaseException], ...] = () if asyncpg is None else (
-    asyncpg.exceptions._base.DataError, asyncpg.exceptions._base.OutdatedSchemaCacheError)
+_STATEMENT_ERRORS: tuple[type[BaseException], ...] = () if asyncpg is None else (
+    asyncpg.exceptions._base.DataError, asyncpg.exceptions._base.OutdatedSchemaCacheError,
+    asyncpg.exceptions.QueryCanceledError)
+"""Errors of CONNECTION_ERRORS' classes that end a statement, not its connection: a value the driver cannot send,
+a cached statement the schema outdated, and 57014 (query_canceled, a class 57 "operator intervention" as a
+server shutting down is): a statement cut off by `statement_timeout` or by an operator's pg_cancel_backend, which
+PostgreSQL ends without committing it (and a transaction it is part of aborted, to be rolled back), leaving the
+connection ready for the next statement."""
 
 
 REFUSED_CLASSES = ("22", "23", "54")
@@ -75,8 +82,10 @@ def refusal(exc: BaseException) -> StoreRefused:
 
 def lost_connection(exc: BaseException) -> bool:
     """Whether `exc` says the connection itself is gone (running the group again on it cannot help), rather
-    than that a statement failed (a value the driver cannot send is the statement's failure)."""
-    return isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, _VALUE_ERRORS)
+    than that a statement failed (_STATEMENT_ERRORS: a value the driver cannot send, a statement cancelled by a
+    timeout). A group whose statement failed is run again item by item on the same connection, so that one slow or
+    large item does not fail the others."""
+    return isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, _STATEMENT_ERRORS)
 
 _DEDUP = ("INSERT INTO dedup_keys AS d SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) "
           "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
@@ -276,8 +285,8 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
         list[Outcome]:
     """Store `group` on `conn`: straight through (in one statement when no accept has a nonce), or, when a
     statement fails, again with each accept in a savepoint of its own: an accept the database refused for its data
-    (`refused`) comes to StoreRefused, another failed statement to StoreUnavailable. Connection failures propagate
-    (the group fails as a whole), and so does the failure of a group of one."""
+    (`refused`) comes to StoreRefused, another failed statement (one cancelled by a timeout, say) to StoreUnavailable.
+    Connection failures propagate (the group fails as a whole), and so does the failure of a group of one."""
     try:
         if all(item.nonce is None for item in group):
             return list(await _one_statement(conn, group, channel))

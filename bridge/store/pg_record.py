@@ -7,9 +7,11 @@ updated under its own lease check, each attempt numbered by its row's new count,
 ticket of its group's last create to succeed. The statement returns which records it wrote; every other one (its
 lease lost, its delivery missing, or recorded without an owner after its lease was taken back) then takes the
 unleased path on its own (`record_unleased`): LeaseLost, NotFound, or the attempt kept alone, as a record alone
-would. When the group's statement fails (a value the database refuses, a deadlock with another process), nothing
-of it was written, and each record is written again alone, so that a failure is its own record's. Every caller
-is answered only once the statement that wrote its record has committed.
+would. When the group's statement fails (a value the database refuses, a deadlock with another process, a
+`statement_timeout` cutting off a slow or large group), nothing of it was written, and each record is written again
+alone on the same connection, under the same lease checks, so that a failure is its own record's and no attempt is
+numbered twice; only a lost connection (whose statement may or may not have committed) fails the group as a whole.
+Every caller is answered only once the statement that wrote its record has committed.
 """
 
 from __future__ import annotations
