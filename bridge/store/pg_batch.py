@@ -242,13 +242,18 @@ class GroupBatcher(Generic[Q, R]):
             if len(self._pending) < self.linger_below:
                 await asyncio.sleep(0)  # a small group: one more turn lets requests parsed now join it
             await self._slots.acquire()  # items arriving meanwhile join the group taken once a slot is free
-            group = self._pending[: self.group_max]
-            del self._pending[: len(group)]
+            group = self._take()
             self.groups += 1
             self.grouped += len(group)
             task = asyncio.get_running_loop().create_task(self._store(group), name="postgres group")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _take(self) -> list[Q]:
+        """The next group, taken off the queue (which holds one item at least): the first `group_max` items."""
+        group = self._pending[: self.group_max]
+        del self._pending[: len(group)]
+        return group
 
     async def _store(self, group: list[Q]) -> None:
         try:

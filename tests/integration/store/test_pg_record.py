@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
 from bridge.store.base import AttemptResult, DeliveryFilter
+from bridge.store.pg_record import GROUP_BYTES, PendingRecord
 from bridge.store.postgres import PostgresStore
 from tests.bench.pg_round_trips import RoundTrips
 from tests.integration.processes import DSN
@@ -305,3 +306,25 @@ async def test_a_lost_connection_fails_the_whole_group(store: PostgresStore, pg_
     assert [await numbered(store, d) for d in ids] == [("succeeded", 1, [1])] * 3
     assert store.problem() is None
 
+
+def follow_up(d: str, body_chars: int) -> AttemptResult:
+    return msgspec.structs.replace(result(d, "succeeded"), role="follow_up", action="add_comment",
+                                   body={"comment": "x" * body_chars})
+
+
+async def test_a_group_closes_at_group_bytes_and_a_larger_record_goes_alone(store: PostgresStore) -> None:
+    """Records made together are grouped up to GROUP_BYTES of texts, not only up to group_commit_max records:
+    follow-ups whose bodies are each over a third of it go two to a group, one over the bound by itself goes
+    alone, and every record is written, once."""
+    third = GROUP_BYTES // 3 + 1
+    sizes = [third, third, third, GROUP_BYTES + 1, third, 10]
+    ids = await claimed(store, len(sizes))
+    attempts = [follow_up(d, n) for d, n in zip(ids, sizes, strict=True)]
+    # PendingRecord.size must be the cost of the bodies themselves, so the groups below are the bound's doing.
+    assert [PendingRecord(a, "me").size for a in attempts[:4]] == [third + 14 + 21] * 3 + [GROUP_BYTES + 1 + 14 + 21]
+    assert await record_all(store, [(a, "me") for a in attempts]) == [None] * len(sizes)
+    assert (store.records.groups, store.records.grouped) == (4, 6)  # [third, third], [third], [big], [third, 10]
+    for d, n in zip(ids, sizes, strict=True):
+        detail = await store.get_delivery(d)
+        assert (detail.delivery.status, [a.n for a in detail.attempts]) == ("succeeded", [1])
+        assert detail.body == {"comment": "x" * n}
