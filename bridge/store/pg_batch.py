@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
+
+import structlog
 
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
@@ -31,6 +33,8 @@ try:
     import asyncpg
 except ImportError:  # pragma: no cover - reported when a postgresql:// store is opened
     asyncpg = None
+
+log = structlog.get_logger("ticketbridge.store")
 
 SMALL_GROUP = 8
 NONCE_SWEEP = 32
@@ -78,6 +82,45 @@ def refusal(exc: BaseException) -> StoreRefused:
     """The StoreRefused that says what the database refused: its message and SQLSTATE."""
     code = f"SQLSTATE {getattr(exc, 'sqlstate', None)}"
     return StoreRefused(f"{str(exc) or type(exc).__name__} ({code})", code)
+
+
+CUT_OFF_ALONE_MAX = 2
+"""When a group whose statement failed is written again item by item (`each_alone`), how many of its items may be
+cut off by a statement timeout in turn before the rest are failed untried: one item slow by itself (its row locked
+by another transaction) costs only itself, and a server too slow for every item (a table locked, a stalled disk)
+fails the group within three timeouts rather than one per item, its callers waiting hours."""
+
+
+def cut_off(exc: BaseException | None) -> bool:
+    """Whether `exc` is a statement cancelled (57014: a statement_timeout, an operator's pg_cancel_backend)."""
+    return asyncpg is not None and isinstance(exc, asyncpg.exceptions.QueryCanceledError)
+
+
+ItemT = TypeVar("ItemT")
+OutcomeT = TypeVar("OutcomeT")
+
+
+async def each_alone(items: Sequence[ItemT], write: Callable[[ItemT], Awaitable[OutcomeT]],
+                     ) -> list[OutcomeT | StoreUnavailable]:
+    """Each of `items` written by `write` (which returns its outcome, a failure as StoreUnavailable caused by the
+    driver's error), in turn; once CUT_OFF_ALONE_MAX of them were cut off by a timeout (`cut_off`), the rest fail
+    with StoreUnavailable without being tried (nothing of them written)."""
+    out: list[OutcomeT | StoreUnavailable] = []
+    cut = 0
+    for item in items:
+        if cut >= CUT_OFF_ALONE_MAX:
+            break
+        outcome = await write(item)
+        if isinstance(outcome, StoreUnavailable) and cut_off(outcome.__cause__):
+            cut += 1
+        out.append(outcome)
+    if len(out) < len(items):
+        log.warning("store.group_cut_off", tried=len(out), untried=len(items) - len(out),
+                    note="items of a group were cut off by a statement timeout one after another: the rest fail "
+                         "untried, as a store failure (an accept answered 503, a record retried)")
+        reason = f"postgresql: not written: {cut} others of its group were cut off by a statement timeout in turn"
+        out.extend(StoreUnavailable(reason) for _ in range(len(items) - len(out)))
+    return out
 
 
 def lost_connection(exc: BaseException) -> bool:
@@ -311,7 +354,7 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
         if lost_connection(exc) or len(group) == 1:
             raise  # the connection's failure, or the only accept's own
     async with conn.transaction():  # one statement of the group failed: find out which accept it was
-        return [await _in_savepoint(conn, item, channel, sweep_due) for item in group]
+        return await each_alone(group, lambda item: _in_savepoint(conn, item, channel, sweep_due))
 
 
 async def warm_connection(conn: Any) -> None:
@@ -340,7 +383,11 @@ async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due:
     except DB_ERRORS as exc:
         if lost_connection(exc):
             raise
-        return refusal(exc) if refused(exc) else StoreUnavailable(f"postgresql: {exc}")
+        if refused(exc):
+            return refusal(exc)
+        failed = StoreUnavailable(f"postgresql: {exc}")
+        failed.__cause__ = exc
+        return failed
 
 
 async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> AcceptResult:

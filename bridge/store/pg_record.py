@@ -10,7 +10,8 @@ unleased path on its own (`record_unleased`): LeaseLost, NotFound, or the attemp
 would. When the group's statement fails (a value the database refuses, a deadlock with another process, a
 `statement_timeout` cutting off a slow or large group), nothing of it was written, and each record is written again
 alone on the same connection, under the same lease checks, so that a failure is its own record's and no attempt is
-numbered twice; only a lost connection (whose statement may or may not have committed) fails the group as a whole.
+numbered twice (once CUT_OFF_ALONE_MAX records alone were cut off by the timeout too, the rest fail untried); only
+a lost connection (whose statement may or may not have committed) fails the group as a whole.
 A group closes at `group_commit_max` records or GROUP_BYTES of texts, whichever comes first. Every caller is
 answered only once the statement that wrote its record has committed.
 """
@@ -26,7 +27,7 @@ import structlog
 
 from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.store.base import AttemptResult
-from bridge.store.pg_batch import DB_ERRORS, GroupBatcher, lost_connection, refusal, refused
+from bridge.store.pg_batch import DB_ERRORS, GroupBatcher, each_alone, lost_connection, refusal, refused
 from bridge.store.rows import doubt_after, encode, gives_ticket, now_ms, storable_result
 
 try:
@@ -169,7 +170,7 @@ async def record_group(conn: Any, group: list[PendingRecord]) -> list[Outcome]:
         if lost_connection(exc):
             raise
         # Nothing of the group was written: find out whose record it was, each written alone.
-        return [await _alone(conn, item) for item in group]
+        return await each_alone(group, lambda item: _alone(conn, item))
     done = {together[o - 1][1] for o in written}
     out: list[Outcome] = []
     for i, item in enumerate(group):

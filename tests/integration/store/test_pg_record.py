@@ -281,6 +281,33 @@ async def test_a_group_cut_off_by_a_statement_timeout_is_written_record_by_recor
         await timed.close()
 
 
+async def test_records_alone_cut_off_in_turn_fail_the_rest_untried(store: PostgresStore, pg_schema: str,
+                                                                   admin: asyncpg.Connection) -> None:
+    """When two records written alone after their group was cut off are cut off in turn (here two rows held
+    locked), the server is taken to be slow for every record: the records after them fail with StoreUnavailable
+    untried, within three timeouts rather than one per record, and each is written once when recorded again."""
+    ids = await claimed(store, 5)
+    timed = PostgresStore(f"{DSN}?statement_timeout={STATEMENT_TIMEOUT_MS}", schema=pg_schema)
+    await timed.open()
+    try:
+        async with admin.transaction():
+            await admin.execute(f'SELECT 1 FROM "{pg_schema}".deliveries WHERE id = ANY($1::text[]) FOR UPDATE',
+                                ids[1:3])
+            with capture_logs() as logs:
+                outcomes = await record_all(timed, [(result(d, "succeeded"), "me") for d in ids])
+        assert timed.records.groups == 1
+        assert outcomes[0] is None
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes[1:])
+        assert ["statement timeout" in str(o) and "not written" not in str(o) for o in outcomes[1:3]] == [True] * 2
+        assert ["not written" in str(o) for o in outcomes[3:]] == [True] * 2
+        assert [(e["tried"], e["untried"]) for e in logs if e["event"] == "store.group_cut_off"] == [(3, 2)]
+        assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] + [("in_flight", 0, [])] * 4
+        assert await record_all(timed, [(result(d, "succeeded"), "me") for d in ids[1:]]) == [None] * 4
+        assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] * 5
+    finally:
+        await timed.close()
+
+
 async def test_a_lost_connection_fails_the_whole_group(store: PostgresStore, pg_schema: str,
                                                        admin: asyncpg.Connection) -> None:
     """A group whose connection the server drops while its statement runs fails as a whole with StoreUnavailable
