@@ -4,9 +4,10 @@ Accepts are queued. A flusher takes everything queued (up to `group_max`) and st
 connection in one transaction: accepts without a nonce with one statement per table for the whole
 group (arrays unnested: one round trip each, whatever the group's size), then each accept with a
 nonce in a savepoint of its own, since a replay must leave nothing behind. When a statement of the
-group fails (a delivery id stored twice, a deadlock with another process), the transaction is rolled
-back and the group is run again with a savepoint around every accept, so that the failure costs that
-accept alone. Every caller is answered only once its group's COMMIT has returned.
+group fails (a delivery id stored twice, a deadlock with another process, a statement cancelled by
+`statement_timeout`), the transaction is rolled back and the group is run again on the same connection with a
+savepoint around every accept, so that the failure costs that accept alone; only a lost connection fails the
+group as a whole. Every caller is answered only once its group's COMMIT has returned.
 
 Dedup and nonces keep the semantics of one transaction per accept, in queue order: within a group a
 dedup key's later uses are duplicates of its first, and across processes the upserts lock the rows a
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
+
+import structlog
 
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
@@ -30,6 +33,8 @@ try:
     import asyncpg
 except ImportError:  # pragma: no cover - reported when a postgresql:// store is opened
     asyncpg = None
+
+log = structlog.get_logger("ticketbridge.store")
 
 SMALL_GROUP = 8
 NONCE_SWEEP = 32
@@ -45,8 +50,14 @@ each into StoreUnavailable (intake answers 503), never an error of the request."
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError) if asyncpg is None else (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
-_VALUE_ERRORS: tuple[type[BaseException], ...] = () if asyncpg is None else (
-    asyncpg.exceptions._base.DataError, asyncpg.exceptions._base.OutdatedSchemaCacheError)
+_STATEMENT_ERRORS: tuple[type[BaseException], ...] = () if asyncpg is None else (
+    asyncpg.exceptions._base.DataError, asyncpg.exceptions._base.OutdatedSchemaCacheError,
+    asyncpg.exceptions.QueryCanceledError)
+"""Errors of CONNECTION_ERRORS' classes that end a statement, not its connection: a value the driver cannot send,
+a cached statement the schema outdated, and 57014 (query_canceled, a class 57 "operator intervention" as a
+server shutting down is): a statement cut off by `statement_timeout` or by an operator's pg_cancel_backend, which
+PostgreSQL ends without committing it (and a transaction it is part of aborted, to be rolled back), leaving the
+connection ready for the next statement."""
 
 
 REFUSED_CLASSES = ("22", "23", "54")
@@ -73,10 +84,51 @@ def refusal(exc: BaseException) -> StoreRefused:
     return StoreRefused(f"{str(exc) or type(exc).__name__} ({code})", code)
 
 
+CUT_OFF_ALONE_MAX = 2
+"""When a group whose statement failed is written again item by item (`each_alone`), how many of its items may be
+cut off by a statement timeout in turn before the rest are failed untried: one item slow by itself (its row locked
+by another transaction) costs only itself, and a server too slow for every item (a table locked, a stalled disk)
+fails the group within three timeouts rather than one per item, its callers waiting hours."""
+
+
+def cut_off(exc: BaseException | None) -> bool:
+    """Whether `exc` is a statement cancelled (57014: a statement_timeout, an operator's pg_cancel_backend)."""
+    return asyncpg is not None and isinstance(exc, asyncpg.exceptions.QueryCanceledError)
+
+
+ItemT = TypeVar("ItemT")
+OutcomeT = TypeVar("OutcomeT")
+
+
+async def each_alone(items: Sequence[ItemT], write: Callable[[ItemT], Awaitable[OutcomeT]],
+                     ) -> list[OutcomeT | StoreUnavailable]:
+    """Each of `items` written by `write` (which returns its outcome, a failure as StoreUnavailable caused by the
+    driver's error), in turn; once CUT_OFF_ALONE_MAX of them were cut off by a timeout (`cut_off`), the rest fail
+    with StoreUnavailable without being tried (nothing of them written)."""
+    out: list[OutcomeT | StoreUnavailable] = []
+    cut = 0
+    for item in items:
+        if cut >= CUT_OFF_ALONE_MAX:
+            break
+        outcome = await write(item)
+        if isinstance(outcome, StoreUnavailable) and cut_off(outcome.__cause__):
+            cut += 1
+        out.append(outcome)
+    if len(out) < len(items):
+        log.warning("store.group_cut_off", tried=len(out), untried=len(items) - len(out),
+                    note="items of a group were cut off by a statement timeout one after another: the rest fail "
+                         "untried, as a store failure (an accept answered 503, a record retried)")
+        reason = f"postgresql: not written: {cut} others of its group were cut off by a statement timeout in turn"
+        out.extend(StoreUnavailable(reason) for _ in range(len(items) - len(out)))
+    return out
+
+
 def lost_connection(exc: BaseException) -> bool:
     """Whether `exc` says the connection itself is gone (running the group again on it cannot help), rather
-    than that a statement failed (a value the driver cannot send is the statement's failure)."""
-    return isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, _VALUE_ERRORS)
+    than that a statement failed (_STATEMENT_ERRORS: a value the driver cannot send, a statement cancelled by a
+    timeout). A group whose statement failed is run again item by item on the same connection, so that one slow or
+    large item does not fail the others."""
+    return isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, _STATEMENT_ERRORS)
 
 _DEDUP = ("INSERT INTO dedup_keys AS d SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) "
           "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
@@ -233,13 +285,18 @@ class GroupBatcher(Generic[Q, R]):
             if len(self._pending) < self.linger_below:
                 await asyncio.sleep(0)  # a small group: one more turn lets requests parsed now join it
             await self._slots.acquire()  # items arriving meanwhile join the group taken once a slot is free
-            group = self._pending[: self.group_max]
-            del self._pending[: len(group)]
+            group = self._take()
             self.groups += 1
             self.grouped += len(group)
             task = asyncio.get_running_loop().create_task(self._store(group), name="postgres group")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _take(self) -> list[Q]:
+        """The next group, taken off the queue (which holds one item at least): the first `group_max` items."""
+        group = self._pending[: self.group_max]
+        del self._pending[: len(group)]
+        return group
 
     async def _store(self, group: list[Q]) -> None:
         try:
@@ -276,8 +333,8 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
         list[Outcome]:
     """Store `group` on `conn`: straight through (in one statement when no accept has a nonce), or, when a
     statement fails, again with each accept in a savepoint of its own: an accept the database refused for its data
-    (`refused`) comes to StoreRefused, another failed statement to StoreUnavailable. Connection failures propagate
-    (the group fails as a whole), and so does the failure of a group of one."""
+    (`refused`) comes to StoreRefused, another failed statement (one cancelled by a timeout, say) to StoreUnavailable.
+    Connection failures propagate (the group fails as a whole), and so does the failure of a group of one."""
     try:
         if all(item.nonce is None for item in group):
             return list(await _one_statement(conn, group, channel))
@@ -297,7 +354,7 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
         if lost_connection(exc) or len(group) == 1:
             raise  # the connection's failure, or the only accept's own
     async with conn.transaction():  # one statement of the group failed: find out which accept it was
-        return [await _in_savepoint(conn, item, channel, sweep_due) for item in group]
+        return await each_alone(group, lambda item: _in_savepoint(conn, item, channel, sweep_due))
 
 
 async def warm_connection(conn: Any) -> None:
@@ -326,7 +383,11 @@ async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due:
     except DB_ERRORS as exc:
         if lost_connection(exc):
             raise
-        return refusal(exc) if refused(exc) else StoreUnavailable(f"postgresql: {exc}")
+        if refused(exc):
+            return refusal(exc)
+        failed = StoreUnavailable(f"postgresql: {exc}")
+        failed.__cause__ = exc
+        return failed
 
 
 async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> AcceptResult:

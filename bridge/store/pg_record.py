@@ -1,28 +1,33 @@
 """Attempts' records on PostgreSQL: the records of attempts that finish together share one statement and one commit.
 
-Records are queued (pg_batch.GroupBatcher). A record alone is written as before, by one self-committing statement
+Records are queued (RecordBatcher). A record alone is written as before, by one self-committing statement
 (RECORD: the delivery's row under its lease, the attempt, the conversation's ticket). A group is written by one
 statement over unnested arrays (RECORDS), which PostgreSQL runs as one transaction: each delivery's row is
 updated under its own lease check, each attempt numbered by its row's new count, and each conversation given the
 ticket of its group's last create to succeed. The statement returns which records it wrote; every other one (its
 lease lost, its delivery missing, or recorded without an owner after its lease was taken back) then takes the
 unleased path on its own (`record_unleased`): LeaseLost, NotFound, or the attempt kept alone, as a record alone
-would. When the group's statement fails (a value the database refuses, a deadlock with another process), nothing
-of it was written, and each record is written again alone, so that a failure is its own record's. Every caller
-is answered only once the statement that wrote its record has committed.
+would. When the group's statement fails (a value the database refuses, a deadlock with another process, a
+`statement_timeout` cutting off a slow or large group), nothing of it was written, and each record is written again
+alone on the same connection, under the same lease checks, so that a failure is its own record's and no attempt is
+numbered twice (once CUT_OFF_ALONE_MAX records alone were cut off by the timeout too, the rest fail untried); only
+a lost connection (whose statement may or may not have committed) fails the group as a whole.
+A group closes at `group_commit_max` records or GROUP_BYTES of texts, whichever comes first. Every caller is
+answered only once the statement that wrote its record has committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.store.base import AttemptResult
-from bridge.store.pg_batch import DB_ERRORS, lost_connection, refusal, refused
+from bridge.store.pg_batch import DB_ERRORS, GroupBatcher, each_alone, lost_connection, refusal, refused
 from bridge.store.rows import doubt_after, encode, gives_ticket, now_ms, storable_result
 
 try:
@@ -81,12 +86,22 @@ time does not allow) keeps the one with the larger delivery id. Returns the ordi
 written."""
 
 WIDTH = 21
+GROUP_BYTES = 2 * 1024 * 1024
+"""The most text a group of records carries (PendingRecord.size: follow-up bodies, response excerpts, exchanges,
+errors), a record larger than this by itself making a group of one: 2 MiB. Grouping shares a round trip and a
+commit, a fixed cost per group that a few hundred kilobytes of text already outweigh: writing follow-ups of 16 to
+256 KiB of incompressible text cost the same per MiB with groups bounded at 256 KiB, 1 MiB or 2 MiB, 10-35 % more
+at 4 MiB and twice as much at 16 MiB. Ordinary records (an excerpt of at most 2,000 characters and a small
+exchange) stay far below it, so the count still closes their groups. The bound also keeps what one statement holds
+in memory (the client's arrays and message, the server's message and unnested rows, per concurrent group) to a few
+times 2 MiB, where 512 (`group_commit_max`) follow-ups of 1 MiB each would make a statement of half a gigabyte,
+and one of 2 MiB each would pass the most PostgreSQL takes in one message (1 GiB)."""
 
 
 class PendingRecord:
     """One attempt's record waiting for its group: the values of its statement, encoded before it queues."""
 
-    __slots__ = ("args", "future", "owner", "result")
+    __slots__ = ("args", "future", "owner", "result", "size")
 
     def __init__(self, result: AttemptResult, owner: str | None) -> None:
         r = storable_result(result)
@@ -100,11 +115,40 @@ class PendingRecord:
             int(unknown), duplicates, r.ticket_uuid, r.duration_ms, r.http_status, r.response_excerpt,
             r.classification, None if r.exchange is None else encode(r.exchange), gives_ticket(r))
         """RECORD's arguments without the time ($3), in order."""
+        a = self.args
+        self.size = len(a[2] or "") + len(a[7] or b"") + len(a[17] or "") + len(a[19] or b"")
+        """The texts the record carries, which GROUP_BYTES bounds per group: error and response excerpt (in
+        characters: each at most a few kilobytes), the follow-up's encoded body and the encoded exchange (bytes)."""
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 Outcome = BaseException | None
 """What one record of a group came to: written (None), or the error it alone failed with."""
+
+
+class RecordBatcher(GroupBatcher[PendingRecord, None]):
+    """Queues records and writes them a group at a time (pg_batch.GroupBatcher, without lingering: a record is
+    written as soon as a group slot is free), a group closing at `group_max` records or at `group_bytes` of their
+    texts, whichever comes first; a record larger than `group_bytes` by itself makes a group of one."""
+
+    def __init__(self, run_group: Callable[[list[PendingRecord]], Awaitable[list[Outcome]]], group_max: int,
+                 concurrent: int = 1, group_bytes: int = GROUP_BYTES) -> None:
+        super().__init__(run_group, group_max, concurrent=concurrent, linger_below=0)
+        self.group_bytes = group_bytes
+
+    def _take(self) -> list[PendingRecord]:
+        pending = self._pending
+        end = min(len(pending), self.group_max)
+        total = pending[0].size
+        n = 1
+        while n < end:
+            total += pending[n].size
+            if total > self.group_bytes:
+                break
+            n += 1
+        group = pending[:n]
+        del pending[:n]
+        return group
 
 
 async def record_group(conn: Any, group: list[PendingRecord]) -> list[Outcome]:
@@ -126,7 +170,7 @@ async def record_group(conn: Any, group: list[PendingRecord]) -> list[Outcome]:
         if lost_connection(exc):
             raise
         # Nothing of the group was written: find out whose record it was, each written alone.
-        return [await _alone(conn, item) for item in group]
+        return await each_alone(group, lambda item: _alone(conn, item))
     done = {together[o - 1][1] for o in written}
     out: list[Outcome] = []
     for i, item in enumerate(group):

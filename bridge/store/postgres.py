@@ -56,7 +56,6 @@ from bridge.store.pg_batch import (
     NONCE_SWEEP,
     NONCE_SWEEP_EVERY,
     AcceptBatcher,
-    GroupBatcher,
     Outcome,
     PendingAccept,
     lost_connection,
@@ -67,7 +66,7 @@ from bridge.store.pg_batch import (
 )
 from bridge.store.pg_coordination import PgCoordination
 from bridge.store.pg_record import Outcome as RecordOutcome
-from bridge.store.pg_record import PendingRecord, record_group, warm_records
+from bridge.store.pg_record import PendingRecord, RecordBatcher, record_group, warm_records
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -152,8 +151,7 @@ class PostgresStore(Store):
         self.min_size = min_size
         self.max_size = max_size
         self.batcher = AcceptBatcher(self._store_group, group_commit_max, concurrent=group_slots(max_size))
-        self.records: GroupBatcher[PendingRecord, None] = GroupBatcher(
-            self._record_group, group_commit_max, concurrent=group_slots(max_size), linger_below=0)
+        self.records = RecordBatcher(self._record_group, group_commit_max, concurrent=group_slots(max_size))
         self._lost_listener = asyncio.Event()
         self._pool: Any = None
         self._listener: Any = None

@@ -149,6 +149,37 @@ async def test_a_broken_connection_fails_the_group_with_store_unavailable(store:
     assert len(await store.list_deliveries(DeliveryFilter())) == 6
 
 
+async def test_an_accept_held_past_the_statement_timeout_fails_alone(store: PostgresStore, pg_schema: str) -> None:
+    """A statement_timeout (57014) that cuts off a group's statement, held up here by a dedup key another
+    transaction inserted and has not committed, costs the accept held up alone: the group is stored again accept by
+    accept on the same connection, the others are stored (once each), the held one fails with StoreUnavailable
+    and leaves its key free. The connection is not taken for lost: the pool keeps it."""
+    timed = PostgresStore(f"{DSN}?statement_timeout=1000", schema=pg_schema)
+    await timed.open()
+    admin = await asyncpg.connect(DSN)
+    try:
+        before = set(pool_pids(timed))
+        events = [make_event(dedup_key=k) for k in ("k-0", "k-1", "held", "k-3")]
+        async with admin.transaction():
+            await admin.execute(f'INSERT INTO "{pg_schema}".dedup_keys VALUES ($1, $2, $3, $4)',
+                                events[2].source, "held", "evt_other", 0)
+            results = await asyncio.gather(*(timed.accept(e, [make_delivery()], WEEK) for e in events),
+                                           return_exceptions=True)
+        assert timed.batcher.groups == 1
+        assert isinstance(results[2], StoreUnavailable) and "statement timeout" in str(results[2])
+        assert [(r.event_id, r.duplicate) for r in results if isinstance(r, AcceptResult)] == [
+            (e.id, False) for i, e in enumerate(events) if i != 2]
+        assert set(pool_pids(timed)) == before  # no connection given up for lost
+        assert len(await timed.list_deliveries(DeliveryFilter())) == 3
+        with pytest.raises(NotFound):
+            await timed.get_event(events[2].id)
+        assert (await timed.accept(events[2], [make_delivery()], WEEK)).duplicate is False
+        assert timed.problem() is None
+    finally:
+        await admin.close()
+        await timed.close()
+
+
 async def test_a_pool_whose_connections_were_all_terminated_recovers(store: PostgresStore) -> None:
     """Every pooled connection terminated while idle: the next check() or accept opens new ones, and /readyz's
     check reports the store fine again."""

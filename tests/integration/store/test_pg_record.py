@@ -4,16 +4,19 @@ the fate it would have had alone (its lease, its numbering, its conversation's t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.errors import LeaseLost, NotFound, StoreRefused
+from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
 from bridge.store.base import AttemptResult, DeliveryFilter
+from bridge.store.pg_record import GROUP_BYTES, PendingRecord
 from bridge.store.postgres import PostgresStore
 from tests.bench.pg_round_trips import RoundTrips
+from tests.integration.processes import DSN
 from tests.integration.store.contract import accept_one, make_delivery, result, row
 
 pytestmark = pytest.mark.integration
@@ -219,3 +222,136 @@ async def test_a_group_writes_each_record_as_it_would_be_written_alone(store: Po
     for a, g in zip(alone, grouped, strict=True):
         assert await written(a) == await written(g)
         assert await attempts(a) == await attempts(g)
+
+
+STATEMENT_TIMEOUT_MS = 1000
+"""A statement_timeout the tests' statements meet only when held up on a lock they hold open on purpose."""
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own, to hold rows locked and to look at the store's sessions."""
+    conn = await asyncpg.connect(DSN)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def pool_pids(store: PostgresStore) -> set[int]:
+    return {h._con.get_server_pid() for h in store._pool._holders if h._con is not None}
+
+
+async def numbered(store: PostgresStore, d: str) -> tuple[str, int, list[int]]:
+    """A delivery's status, its attempt count, and the numbers of its attempts."""
+    detail = await store.get_delivery(d)
+    return detail.delivery.status, detail.delivery.attempts, [a.n for a in detail.attempts]
+
+
+async def test_a_group_cut_off_by_a_statement_timeout_is_written_record_by_record(
+        store: PostgresStore, pg_schema: str, admin: asyncpg.Connection) -> None:
+    """A statement_timeout (57014) that cuts off a group's statement, here held up by a row another transaction has
+    locked, costs the record held up alone: the group's other records are written again one by one on the same
+    connection (never twice: each attempt numbered 1), and the held-up one fails with StoreUnavailable, written
+    once it is recorded again. The connection is not taken for lost: the pool keeps it."""
+    ids = await claimed(store, 4)
+    slow = ids[2]
+    timed = PostgresStore(f"{DSN}?statement_timeout={STATEMENT_TIMEOUT_MS}", schema=pg_schema)
+    await timed.open()
+    try:
+        assert await timed._run(lambda conn: conn.fetchval("SHOW statement_timeout"), transaction=False) == "1s"
+        before = pool_pids(timed)
+        async with admin.transaction():
+            await admin.execute(f'SELECT 1 FROM "{pg_schema}".deliveries WHERE id = $1 FOR UPDATE', slow)
+            with capture_logs() as logs:
+                outcomes = await record_all(timed, [(result(d, "succeeded", ticket_id=f"T-{i}"), "me")
+                                                    for i, d in enumerate(ids)])
+        assert timed.records.groups == 1
+        assert [o for i, o in enumerate(outcomes) if i != 2] == [None] * 3
+        assert isinstance(outcomes[2], StoreUnavailable) and "statement timeout" in str(outcomes[2])
+        assert isinstance(outcomes[2].__cause__, asyncpg.QueryCanceledError)
+        assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] * 2 + [("in_flight", 0, [])] + [
+            ("succeeded", 1, [1])]
+        assert pool_pids(timed) == before  # no connection given up for lost
+        assert timed.commit_failures == 1 and "store.failing" in [e["event"] for e in logs]
+        await timed.record(result(slow, "succeeded", ticket_id="T-2"), owner="me")
+        assert await numbered(timed, slow) == ("succeeded", 1, [1])
+        assert timed.problem() is None
+    finally:
+        await timed.close()
+
+
+async def test_records_alone_cut_off_in_turn_fail_the_rest_untried(store: PostgresStore, pg_schema: str,
+                                                                   admin: asyncpg.Connection) -> None:
+    """When two records written alone after their group was cut off are cut off in turn (here two rows held
+    locked), the server is taken to be slow for every record: the records after them fail with StoreUnavailable
+    untried, within three timeouts rather than one per record, and each is written once when recorded again."""
+    ids = await claimed(store, 5)
+    timed = PostgresStore(f"{DSN}?statement_timeout={STATEMENT_TIMEOUT_MS}", schema=pg_schema)
+    await timed.open()
+    try:
+        async with admin.transaction():
+            await admin.execute(f'SELECT 1 FROM "{pg_schema}".deliveries WHERE id = ANY($1::text[]) FOR UPDATE',
+                                ids[1:3])
+            with capture_logs() as logs:
+                outcomes = await record_all(timed, [(result(d, "succeeded"), "me") for d in ids])
+        assert timed.records.groups == 1
+        assert outcomes[0] is None
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes[1:])
+        assert ["statement timeout" in str(o) and "not written" not in str(o) for o in outcomes[1:3]] == [True] * 2
+        assert ["not written" in str(o) for o in outcomes[3:]] == [True] * 2
+        assert [(e["tried"], e["untried"]) for e in logs if e["event"] == "store.group_cut_off"] == [(3, 2)]
+        assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] + [("in_flight", 0, [])] * 4
+        assert await record_all(timed, [(result(d, "succeeded"), "me") for d in ids[1:]]) == [None] * 4
+        assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] * 5
+    finally:
+        await timed.close()
+
+
+async def test_a_lost_connection_fails_the_whole_group(store: PostgresStore, pg_schema: str,
+                                                       admin: asyncpg.Connection) -> None:
+    """A group whose connection the server drops while its statement runs fails as a whole with StoreUnavailable
+    (whether it committed cannot be known, so no record is written again on another connection), nothing of it is
+    written, the store says it is failing, and the records made again are each written once."""
+    ids = await claimed(store, 3)
+    async with admin.transaction():
+        await admin.execute(f'SELECT 1 FROM "{pg_schema}".deliveries WHERE id = $1 FOR UPDATE', ids[1])
+        pending = record_all(store, [(result(d, "succeeded", ticket_id="T"), "me") for d in ids])
+        waiting = asyncio.ensure_future(pending)
+        ours = list(pool_pids(store))
+        while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                                       "AND wait_event_type = 'Lock'", ours):
+            await asyncio.sleep(0.01)
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                            "AND wait_event_type = 'Lock'", ours)
+        outcomes = await waiting
+    assert store.records.groups == 1
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    assert store.problem() is not None
+    assert [await numbered(store, d) for d in ids] == [("in_flight", 0, [])] * 3
+    assert await record_all(store, [(result(d, "succeeded", ticket_id="T"), "me") for d in ids]) == [None] * 3
+    assert [await numbered(store, d) for d in ids] == [("succeeded", 1, [1])] * 3
+    assert store.problem() is None
+
+
+def follow_up(d: str, body_chars: int) -> AttemptResult:
+    return msgspec.structs.replace(result(d, "succeeded"), role="follow_up", action="add_comment",
+                                   body={"comment": "x" * body_chars})
+
+
+async def test_a_group_closes_at_group_bytes_and_a_larger_record_goes_alone(store: PostgresStore) -> None:
+    """Records made together are grouped up to GROUP_BYTES of texts, not only up to group_commit_max records:
+    follow-ups whose bodies are each over a third of it go two to a group, one over the bound by itself goes
+    alone, and every record is written, once."""
+    third = GROUP_BYTES // 3 + 1
+    sizes = [third, third, third, GROUP_BYTES + 1, third, 10]
+    ids = await claimed(store, len(sizes))
+    attempts = [follow_up(d, n) for d, n in zip(ids, sizes, strict=True)]
+    # PendingRecord.size must be the cost of the bodies themselves, so the groups below are the bound's doing.
+    assert [PendingRecord(a, "me").size for a in attempts[:4]] == [third + 14 + 21] * 3 + [GROUP_BYTES + 1 + 14 + 21]
+    assert await record_all(store, [(a, "me") for a in attempts]) == [None] * len(sizes)
+    assert (store.records.groups, store.records.grouped) == (4, 6)  # [third, third], [third], [big], [third, 10]
+    for d, n in zip(ids, sizes, strict=True):
+        detail = await store.get_delivery(d)
+        assert (detail.delivery.status, [a.n for a in detail.attempts]) == ("succeeded", [1])
+        assert detail.body == {"comment": "x" * n}

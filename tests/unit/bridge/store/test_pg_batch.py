@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+from structlog.testing import capture_logs
+
+from bridge.errors import StoreUnavailable
 from bridge.store.base import AcceptResult
-from bridge.store.pg_batch import AcceptBatcher, Outcome, PendingAccept
+from bridge.store.pg_batch import CUT_OFF_ALONE_MAX, AcceptBatcher, Outcome, PendingAccept, each_alone
 from tests.integration.store.contract import make_delivery, make_event
 
 
@@ -68,3 +72,34 @@ async def test_each_caller_gets_its_own_outcome() -> None:
     assert isinstance(second, ValueError)
     assert isinstance(first, AcceptResult)
     assert isinstance(third, AcceptResult)
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    failed = StoreUnavailable(f"postgresql: {exc}")
+    failed.__cause__ = exc
+    return failed
+
+
+async def test_items_written_alone_stop_after_two_are_cut_off_by_a_timeout() -> None:
+    """Written again one by one, a group's items are each tried while at most one was cut off by a statement
+    timeout, whatever else failed; once CUT_OFF_ALONE_MAX were, the rest fail untried with StoreUnavailable."""
+    timeout = asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")
+    deadlock = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    tried: list[int] = []
+
+    async def write(i: int) -> BaseException | None:
+        tried.append(i)
+        return {1: unavailable(deadlock), 2: unavailable(timeout), 4: unavailable(timeout)}.get(i)
+
+    with capture_logs() as logs:
+        out = await each_alone(range(7), write)
+    assert CUT_OFF_ALONE_MAX == 2
+    assert tried == [0, 1, 2, 3, 4]
+    assert out[0] is None and out[3] is None
+    assert [type(o).__name__ for o in out[5:]] == ["StoreUnavailable"] * 2
+    assert "cut off by a statement timeout" in str(out[5]) and out[5].__cause__ is None
+    assert [(e["event"], e["tried"], e["untried"]) for e in logs] == [("store.group_cut_off", 5, 2)]
+    tried.clear()
+    again = await each_alone(range(4), write)  # one cut off: every item tried
+    assert [None if o is None else str(o) for o in again] == [None, str(out[1]), str(out[2]), None]
+    assert tried == [0, 1, 2, 3]

@@ -65,6 +65,37 @@ def test_postgresql_connection_server_resource_and_retried_errors_are_the_stores
 
 
 @pytest.mark.parametrize("exc", [
+    asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),  # 57014
+    asyncpg.exceptions.QueryCanceledError("canceling statement due to user request"),  # 57014
+    asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),  # 40P01
+    asyncpg.DataError("invalid input for query argument $2: 2**70 (value out of int64 range)"),
+    asyncpg.exceptions.OutdatedSchemaCacheError("cached statement plan is invalid"),
+], ids=lambda e: f"{getattr(e, 'sqlstate', None) or type(e).__name__}-{e}")
+def test_postgresql_a_statement_cut_off_or_refused_leaves_its_connection(exc: BaseException) -> None:
+    """A statement cancelled (a statement_timeout, an operator's pg_cancel_backend: 57014, though class 57 is also
+    a server shutting down), a deadlock, a value the driver cannot send: the statement failed, not the connection,
+    so a group is run again item by item on it."""
+    assert not pg_batch.lost_connection(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),  # 57P01
+    asyncpg.exceptions.CrashShutdownError("terminating connection because of crash of another server process"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),  # 57P03
+    asyncpg.exceptions.IdleSessionTimeoutError("terminating connection due to idle-session timeout"),  # 57P05
+    asyncpg.exceptions.ConnectionFailureError("connection failure"),  # 08006
+    asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.InterfaceError("cannot perform operation: connection is closed"),
+    ConnectionResetError("reset by peer"),
+    TimeoutError(),
+], ids=lambda e: getattr(e, "sqlstate", None) or type(e).__name__)
+def test_postgresql_a_connection_ended_or_unanswered_is_lost(exc: BaseException) -> None:
+    """The server ending the session, the network failing, no answer in time (whether the statement committed is
+    unknown): the group fails as a whole, and the pool replaces its connections."""
+    assert pg_batch.lost_connection(exc)
+
+
+@pytest.mark.parametrize("exc", [
     sqlite3.DataError("string or blob too big"),
     sqlite3.IntegrityError("CHECK constraint failed: status IN ('pending', 'in_flight', 'succeeded', 'dead')"),
     OverflowError("Python int too large to convert to SQLite INTEGER"),
