@@ -102,14 +102,14 @@ async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], gi
 
 async def names_kept(store: Store, config: Config, mappings: MappingSet | None, *, changes: bool) -> bool:
     """`serve`'s check of the names the store keeps, for a verb on the open `store`: False (the verb is not to run)
-    when the store cannot keep one and the verb `changes` it, or when the check cannot be made; each name it cannot
-    keep, and why not, printed to stderr."""
+    when the store cannot keep one, or the check cannot be made, and the verb `changes` the store; each name it
+    cannot keep, and why not, printed to stderr."""
     names = [*config_names(config), *([] if mappings is None else mapping_names(mappings))]
     try:
         unheld = await unheld_names(store, names)
     except StoreUnavailable as exc:
         print(f"cannot check the names the store keeps: {exc}", file=sys.stderr)
-        return False
+        return not changes  # a verb that only reads goes on, as past a name the store cannot keep
     if not unheld:
         return True
     print_errors(ErrorList(unheld))

@@ -165,7 +165,8 @@ class VendorSimulator(ABC):
 
     def app(self, guard: Callable[[Handler], Handler] | None = None) -> web.Application:
         """A new aiohttp application: the shared routes first, so a catch-all vendor path cannot shadow them;
-        `guard` wraps each route's handler (who may use it)."""
+        `guard` wraps each route's handler (who may use it), and answers every other path and method under the
+        mount (404, 405) behind it too."""
         routes = [
             web.get("/tickets", self.listing),
             web.get("/", self.listing),
@@ -177,6 +178,23 @@ class VendorSimulator(ABC):
               for method, path, handler in self.vendor_routes()),
         ]
         app = web.Application()
-        app.add_routes(routes if guard is None else
-                       [web.route(r.method, r.path, guard(r.handler), **r.kwargs) for r in routes])
+        if guard is None:
+            app.add_routes(routes)
+            return app
+        app.add_routes([web.route(r.method, r.path, guard(r.handler), **r.kwargs) for r in routes])
+        routed = list(app.router.resources())
+
+        async def unrouted(request: web.Request) -> web.StreamResponse:
+            """What aiohttp answers a path or a method no route takes: 405 naming the methods the path takes, else
+            404. Answered behind the guard, so that a client it refuses learns nothing of the routes."""
+            allowed: set[str] = set()
+            for resource in routed:
+                allowed |= (await resource.resolve(request))[1]
+            if allowed:
+                raise web.HTTPMethodNotAllowed(request.method, allowed)
+            raise web.HTTPNotFound()
+
+        # Last, so that they take only what no route does: the mount's own path, and any path under it.
+        app.router.add_route("*", "", guard(unrouted))
+        app.router.add_route("*", "/{tail:.*}", guard(unrouted))
         return app

@@ -86,7 +86,7 @@ def refusal(exc: BaseException) -> StoreRefused:
 
 CUT_OFF_ALONE_MAX = 2
 """When a group whose statement failed is written again item by item (`each_alone`), how many of its items may be
-cut off by a statement timeout in turn before the rest are failed untried: one item slow by itself (its row locked
+cut off by a statement timeout (in all) before the rest are failed untried: one item slow by itself (its row locked
 by another transaction) costs only itself, and a server too slow for every item (a table locked, a stalled disk)
 fails the group within three timeouts rather than one per item, its callers waiting hours."""
 
@@ -103,8 +103,8 @@ OutcomeT = TypeVar("OutcomeT")
 async def each_alone(items: Sequence[ItemT], write: Callable[[ItemT], Awaitable[OutcomeT]],
                      ) -> list[OutcomeT | StoreUnavailable]:
     """Each of `items` written by `write` (which returns its outcome, a failure as StoreUnavailable caused by the
-    driver's error), in turn; once CUT_OFF_ALONE_MAX of them were cut off by a timeout (`cut_off`), the rest fail
-    with StoreUnavailable without being tried (nothing of them written)."""
+    driver's error), in turn; once CUT_OFF_ALONE_MAX of them (in all, not only in a row) were cut off by a timeout
+    (`cut_off`), the rest fail with StoreUnavailable without being tried (nothing of them written)."""
     out: list[OutcomeT | StoreUnavailable] = []
     cut = 0
     for item in items:
@@ -115,10 +115,10 @@ async def each_alone(items: Sequence[ItemT], write: Callable[[ItemT], Awaitable[
             cut += 1
         out.append(outcome)
     if len(out) < len(items):
-        log.warning("store.group_cut_off", tried=len(out), untried=len(items) - len(out),
-                    note="items of a group were cut off by a statement timeout one after another: the rest fail "
+        log.warning("store.group_cut_off", tried=len(out), untried=len(items) - len(out), cut_off=cut,
+                    note="items of a group written item by item were cut off by a statement timeout: the rest fail "
                          "untried, as a store failure (an accept answered 503, a record retried)")
-        reason = f"postgresql: not written: {cut} others of its group were cut off by a statement timeout in turn"
+        reason = f"postgresql: not written: {cut} other items of its group were cut off by a statement timeout"
         out.extend(StoreUnavailable(reason) for _ in range(len(items) - len(out)))
     return out
 

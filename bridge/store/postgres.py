@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -58,6 +58,7 @@ from bridge.store.pg_batch import (
     AcceptBatcher,
     Outcome,
     PendingAccept,
+    cut_off,
     lost_connection,
     refusal,
     refused,
@@ -280,6 +281,19 @@ class PostgresStore(Store):
             log.error("store.failing", error=_describe(exc), note="/readyz answers 503 until a commit succeeds again")
         self._failing = _describe(exc)
 
+    def _cut_off_only(self, failed: Sequence[BaseException], written: bool) -> bool:
+        """Whether a group's failures are only items a statement timeout cut off while others of it were written:
+        those items' own slowness (a row another transaction holds locked), not the store's. They are counted
+        (`commit_failures`) and logged, and the store is not marked failing: /readyz stays 200, rather than a
+        replica being taken out of its load balancer for one locked row."""
+        if not written or not all(cut_off(f.__cause__) for f in failed):
+            return False
+        self.commit_failures += len(failed)
+        log.warning("store.items_cut_off", items=len(failed), error=_describe(failed[0].__cause__ or failed[0]),
+                    note="items of a group were cut off by a statement timeout while the others were written: they "
+                         "fail alone (an accept answered 503, a record retried); the store is not marked failing")
+        return True
+
     def _succeeded(self) -> None:
         if self._failing is not None:
             log.info("store.recovered", failed_commits=self.commit_failures)
@@ -299,9 +313,10 @@ class PostgresStore(Store):
             await self._failed(exc, len(group))
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
         failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, StoreRefused)]
-        if failed:
+        written = any(not isinstance(o, BaseException) for o in outcomes)
+        if failed and not self._cut_off_only(failed, written):
             await self._failed(failed[0], len(failed))
-        elif any(not isinstance(o, BaseException) for o in outcomes):
+        elif written:
             self._succeeded()
         return outcomes
 
@@ -454,9 +469,10 @@ class PostgresStore(Store):
             await self._failed(exc, len(group))
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
         failed = [o for o in outcomes if isinstance(o, StoreUnavailable) and not isinstance(o, StoreRefused)]
-        if failed:
+        written = any(o is None for o in outcomes)
+        if failed and not self._cut_off_only(failed, written):
             await self._failed(failed[0].__cause__ or failed[0], len(failed))
-        elif any(o is None for o in outcomes):
+        elif written:
             self._succeeded()
         return outcomes
 

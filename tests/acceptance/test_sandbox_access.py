@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge.app import build_app
+from bridge.simulators.kapture import KaptureSimulator
 from bridge.vendors.kapture import CREATE_PATH, SANDBOX_TOKEN
 from tests.conftest import ConfigFactory, eventually, runtime
 
@@ -165,18 +166,42 @@ async def test_a_page_of_another_site_cannot_use_the_sandbox_through_a_browser_o
         assert await every_route(client, header) == [200] * 5, header
 
 
+UNROUTED = [("OPTIONS", "/sandbox/kapture/tickets"), ("PATCH", "/sandbox/kapture/tickets"),
+            ("TRACE", "/sandbox/kapture/_knobs"), ("POST", "/sandbox/kapture/"), ("GET", "/sandbox/kapture/nope"),
+            ("GET", "/sandbox/kapture")]
+"""Paths and methods under the mount that no route takes."""
+
+
 async def test_every_route_of_every_simulator_is_guarded(start: Start) -> None:
-    """Each route each simulator mounts (vendor API, listing, received log, faults, knobs), whatever its method,
-    is refused to a client that is not local while no token is set."""
+    """Each route each simulator mounts (vendor API, listing, received log, faults, knobs), with each method it
+    takes, and every path or method under the mount that no route takes, is refused to a client that is not local
+    while no token is set: a refused client learns nothing of the routes (no 404 or 405, no Allow)."""
     client = await start(remote=True)
     mounted = list(client.app._subapps)  # the applications build_app mounted
     assert mounted
-    for sub in mounted:
-        for route in sub.router.routes():
-            info = route.resource.get_info() if route.resource is not None else {}
-            path = info.get("path") or info["formatter"].replace("{", "").replace("}", "")
-            resp = await client.session.request(route.method, path)
-            assert resp.status == 403, (route.method, path, resp.status)
+    routed = [(route.method, (route.resource.get_info().get("path") or route.resource.get_info()["formatter"])
+               .replace("{", "").replace("}", ""))
+              for sub in mounted for route in sub.router.routes() if route.method != "*"]
+    assert ("HEAD", "/sandbox/kapture/tickets") in routed
+    for method, path in [*routed, *UNROUTED]:
+        resp = await client.session.request(method, path)
+        assert (resp.status, "Allow" in resp.headers) == (403, False), (method, path)
+
+
+async def test_paths_no_route_takes_answer_clients_on_this_machine_as_before(start: Start,
+                                                                             aiohttp_client: Any) -> None:
+    """To a client the guard lets through, a path or method no route takes is answered as aiohttp answers it on the
+    simulator mounted without a guard: 405 naming the methods the path takes, or 404."""
+    plain = web.Application()
+    plain.add_subapp("/sandbox/kapture/", KaptureSimulator().app())
+    clients = [await start(), await aiohttp_client(plain)]
+    answers: list[list[tuple[int, str | None]]] = [[], []]
+    for client, seen in zip(clients, answers, strict=True):
+        for method, path in UNROUTED:
+            resp = await client.request(method, path)
+            seen.append((resp.status, resp.headers.get("Allow")))
+    assert answers[0] == answers[1]
+    assert [status for status, _allow in answers[0]] == [405, 405, 405, 405, 404, 404]
 
 
 async def test_intake_runs_no_middleware(start: Start) -> None:

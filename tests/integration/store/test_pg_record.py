@@ -16,6 +16,7 @@ from bridge.store.base import AttemptResult, DeliveryFilter
 from bridge.store.pg_record import GROUP_BYTES, PendingRecord
 from bridge.store.postgres import PostgresStore
 from tests.bench.pg_round_trips import RoundTrips
+from tests.conftest import eventually
 from tests.integration.processes import DSN
 from tests.integration.store.contract import accept_one, make_delivery, result, row
 
@@ -273,7 +274,10 @@ async def test_a_group_cut_off_by_a_statement_timeout_is_written_record_by_recor
         assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] * 2 + [("in_flight", 0, [])] + [
             ("succeeded", 1, [1])]
         assert pool_pids(timed) == before  # no connection given up for lost
-        assert timed.commit_failures == 1 and "store.failing" in [e["event"] for e in logs]
+        # The held-up record's own slowness, not the store's: counted and logged, the store not marked failing.
+        events = [e["event"] for e in logs]
+        assert timed.commit_failures == 1 and "store.items_cut_off" in events and "store.failing" not in events
+        assert timed.problem() is None
         await timed.record(result(slow, "succeeded", ticket_id="T-2"), owner="me")
         assert await numbered(timed, slow) == ("succeeded", 1, [1])
         assert timed.problem() is None
@@ -283,7 +287,7 @@ async def test_a_group_cut_off_by_a_statement_timeout_is_written_record_by_recor
 
 async def test_records_alone_cut_off_in_turn_fail_the_rest_untried(store: PostgresStore, pg_schema: str,
                                                                    admin: asyncpg.Connection) -> None:
-    """When two records written alone after their group was cut off are cut off in turn (here two rows held
+    """When two records written alone after their group was cut off are both cut off (here two rows held
     locked), the server is taken to be slow for every record: the records after them fail with StoreUnavailable
     untried, within three timeouts rather than one per record, and each is written once when recorded again."""
     ids = await claimed(store, 5)
@@ -301,6 +305,7 @@ async def test_records_alone_cut_off_in_turn_fail_the_rest_untried(store: Postgr
         assert ["statement timeout" in str(o) and "not written" not in str(o) for o in outcomes[1:3]] == [True] * 2
         assert ["not written" in str(o) for o in outcomes[3:]] == [True] * 2
         assert [(e["tried"], e["untried"]) for e in logs if e["event"] == "store.group_cut_off"] == [(3, 2)]
+        assert timed.problem() is not None  # a server too slow for two items: the store is marked failing
         assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] + [("in_flight", 0, [])] * 4
         assert await record_all(timed, [(result(d, "succeeded"), "me") for d in ids[1:]]) == [None] * 4
         assert [await numbered(timed, d) for d in ids] == [("succeeded", 1, [1])] * 5
@@ -319,9 +324,12 @@ async def test_a_lost_connection_fails_the_whole_group(store: PostgresStore, pg_
         pending = record_all(store, [(result(d, "succeeded", ticket_id="T"), "me") for d in ids])
         waiting = asyncio.ensure_future(pending)
         ours = list(pool_pids(store))
-        while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
-                                       "AND wait_event_type = 'Lock'", ours):
-            await asyncio.sleep(0.01)
+
+        async def blocked() -> bool:
+            return bool(await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                                             "AND wait_event_type = 'Lock'", ours))
+
+        await eventually(blocked)  # fails, rather than hangs, if the group's statement never waits on the lock
         await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
                             "AND wait_event_type = 'Lock'", ours)
         outcomes = await waiting

@@ -132,15 +132,27 @@ async def test_names_the_store_keeps_print_nothing(
     assert capsys.readouterr().err == "" and len(ran) == 1
 
 
-async def test_a_check_the_store_cannot_answer_stops_the_verb(
+async def test_a_check_the_store_cannot_answer_stops_a_verb_that_changes_it(
     config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     store = Latin1Store(fails=True)
     use(monkeypatch, store)
     ran: list[Store] = []
-    assert await common.with_store(config, lambda s: body_ran(ran, s)) == 2
+    assert await common.with_store(config, lambda s: body_ran(ran, s), changes=True) == 2
     assert capsys.readouterr().err == ("cannot check the names the store keeps: postgresql: connection lost\n")
     assert ran == [] and store.closed
+
+
+async def test_a_verb_that_only_reads_goes_on_when_the_check_cannot_be_answered(
+    config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As past a name the store cannot keep: reading is how a store whose server will not start is looked into."""
+    store = Latin1Store(fails=True)
+    use(monkeypatch, store)
+    ran: list[Store] = []
+    assert await common.with_store(config, lambda s: body_ran(ran, s)) == 0
+    assert capsys.readouterr().err == ("cannot check the names the store keeps: postgresql: connection lost\n")
+    assert len(ran) == 1 and store.closed
 
 
 def _write(folder: Path, text: str) -> Path:
