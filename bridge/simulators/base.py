@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bridge.simulators.faults import Faults, Handler, fault_routes, knob_routes
 from bridge.simulators.received import RequestLog
-from bridge.simulators.weights import TicketWeight, field_weight, weigh
+from bridge.simulators.weights import TicketWeight, weigh
 from bridge.vendors.files import ReceivedPart, parse_multipart
 
 
@@ -153,7 +153,7 @@ class VendorSimulator(ABC):
         weight = self._weight(ticket)
         for name, value in fields.items():
             if weight is not None:
-                self._bytes += weight.set(name, field_weight(name, value))
+                self._bytes += weight.set(ticket, name, value)
             ticket[name] = value
         if weight is not None:
             self._shrink()
@@ -162,10 +162,12 @@ class VendorSimulator(ABC):
         """Replace field `name` with `value`, which the caller knows weighs `grown` bytes more than what it
         replaces: a vendor that merges a follow-up into a field weighs what the merge adds and removes, not the
         field whole."""
+        if name in self.histories or name not in ticket:
+            raise ValueError(f"{name!r} is not a field the ticket holds (nor a history): change sets it")
         held = self._weight(ticket)
         ticket[name] = value
         if held is not None:
-            self._bytes += held.set(name, held.fields[name] + grown)
+            self._bytes += held.grow(grown)
             self._shrink()
 
     def add_history(self, ticket: dict[str, Any], name: str, entries: list[Any]) -> None:

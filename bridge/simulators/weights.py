@@ -1,6 +1,7 @@
 """What the simulators keep, weighed in bytes: a value weighs its JSON encoding's length, and a held ticket's
-weight is kept as it changes, each value weighed once as it comes and once as it goes (never the whole ticket
-again), so a bound in bytes costs each follow-up in proportion to what it brings."""
+weight is kept as it changes: a history entry is weighed once as it comes (its weight kept for when it goes), a
+field's value once as it is set and once as it is replaced; never the whole ticket again, so a bound in bytes
+costs each follow-up in proportion to what it brings."""
 
 from __future__ import annotations
 
@@ -45,45 +46,42 @@ def set_delta(obj: Mapping[Any, Any], name: Any, value: Any) -> int:
 
 
 def ticket_weight(ticket: Mapping[Any, Any], histories: Iterable[str]) -> int:
-    """A ticket's weight from scratch: its JSON encoding's length, composed field by field and history entry by
-    entry (so that a value only the fallback weighs counts as `TicketWeight` counts it)."""
+    """A ticket's weight from scratch, its JSON encoding's length: the ticket with its histories empty, and
+    each history entry on its own (as `TicketWeight` weighs it, even where only the fallback weighs a value)."""
     named = set(histories)
-    total = 2 + _commas(len(ticket))
-    for name, value in ticket.items():
-        total += field_weight(name, value) if name not in named else \
-            field_weight(name, []) + sum(map(weigh, value)) + _commas(len(value))
-    return total
+    kept = [value for name, value in ticket.items() if name in named]
+    return weigh({name: [] if name in named else value for name, value in ticket.items()}) + sum(
+        sum(map(weigh, entries)) + _commas(len(entries)) for entries in kept)
 
 
 class TicketWeight:
-    """A held ticket's weight (`total`, equal to `ticket_weight` of it), kept as it changes: the weight of
-    each field (a history's without its entries), and of each history entry in a queue, oldest first, so that
-    dropping the oldest costs nothing to weigh. Each method answers how much the total changed."""
+    """A held ticket's weight (`total`, equal to `ticket_weight` of it), kept as it changes: the ticket is
+    weighed once, whole but for its histories' entries, each of which is weighed on its own and kept in a queue,
+    oldest first, so that dropping the oldest weighs nothing again. Each method answers how much the total
+    changed."""
 
-    __slots__ = ("entries", "fields", "sums", "total")
+    __slots__ = ("entries", "sums", "total")
 
     def __init__(self, ticket: Mapping[Any, Any], histories: Iterable[str]) -> None:
         named = set(histories)
-        self.fields: dict[Any, int] = {}
         self.entries: dict[str, deque[int]] = {}
         self.sums: dict[str, int] = {}  # a history's entries' weights added up
         for name, value in ticket.items():
             if name in named:
-                self.fields[name] = field_weight(name, [])
                 self.entries[name] = deque(map(weigh, value))
                 self.sums[name] = sum(self.entries[name])
-            else:
-                self.fields[name] = field_weight(name, value)
-        self.total = 2 + sum(self.fields.values()) + _commas(len(self.fields)) + sum(
+        bare = {name: [] if name in self.entries else value for name, value in ticket.items()}
+        self.total = weigh(bare) + sum(
             self.sums[name] + _commas(len(kept)) for name, kept in self.entries.items())
 
-    def set(self, name: Any, weight: int) -> int:
-        """Field `name` (not a history) now weighs `weight` (as `field_weight` counts it)."""
+    def set(self, ticket: Mapping[Any, Any], name: Any, value: Any) -> int:
+        """`ticket`'s field `name` (not a history) is about to be set to `value`."""
         if name in self.entries:
             raise ValueError(f"{name!r} is a history: its entries change through add and drop_oldest")
-        old = self.fields.get(name)
-        delta = weight - old if old is not None else weight + (1 if self.fields else 0)
-        self.fields[name] = weight
+        return self.grow(set_delta(ticket, name, value))
+
+    def grow(self, delta: int) -> int:
+        """A field (not a history) changes to weigh `delta` bytes more (as the caller weighed it)."""
         self.total += delta
         return delta
 
@@ -94,9 +92,7 @@ class TicketWeight:
         kept.extend(weights)
         added = sum(weights)
         self.sums[name] += added
-        delta = added + _commas(len(kept)) - _commas(before)
-        self.total += delta
-        return delta
+        return self.grow(added + _commas(len(kept)) - _commas(before))
 
     def drop_oldest(self, name: str, count: int) -> int:
         """History `name` loses its `count` oldest entries."""
@@ -104,6 +100,4 @@ class TicketWeight:
         before = len(kept)
         dropped = sum(kept.popleft() for _ in range(min(count, before)))
         self.sums[name] -= dropped
-        delta = -dropped - _commas(before) + _commas(len(kept))
-        self.total += delta
-        return delta
+        return self.grow(-dropped - _commas(before) + _commas(len(kept)))

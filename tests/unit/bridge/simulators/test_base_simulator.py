@@ -176,6 +176,20 @@ def test_alone_over_the_budget_a_ticket_keeps_the_newest_entry_of_each_history(v
     assert sim.held_bytes == held_json(sim) > sim.max_ticket_bytes
 
 
+def test_a_merge_replaces_a_field_the_ticket_holds_and_never_a_history() -> None:
+    """`change_by` takes the caller's weighing of a replaced field; a new field or a history is refused (their
+    weight would be wrong), and `change` refuses a history."""
+    sim = LeadSquaredSimulator()
+    ticket: dict[str, Any] = {"Id": "1", "Fields": [], "Notes": []}
+    sim.hold(ticket)
+    for name in ("Notes", "New"):
+        with pytest.raises(ValueError, match=f"'{name}' is not a field the ticket holds"):
+            sim.change_by(ticket, name, [], 0)
+    with pytest.raises(ValueError, match="'Notes' is a history"):
+        sim.change(ticket, Notes=["x"])
+    assert (ticket, sim.held_bytes) == ({"Id": "1", "Fields": [], "Notes": []}, held_json(sim))
+
+
 def random_value(rng: random.Random) -> Any:
     return rng.choice([lambda: "é" * rng.randrange(60), lambda: rng.randrange(10 ** 6), lambda: None,
                        lambda: {"k": "v" * rng.randrange(30), "n": [1, 2]}, lambda: [rng.random()]])()
