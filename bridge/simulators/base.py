@@ -54,10 +54,11 @@ MAX_TICKET_BYTES = 64 * 1024 * 1024
 """Bytes the tickets held weigh in all, their fields and histories together (each value weighs its JSON
 encoding's length), the oldest tickets dropped first. The entry bounds alone let each ticket, comment or note be
 as large as intake's 1 MiB body: 10,000 such tickets are ~10 GiB. 64 MiB is 6.5 KiB for each of 10,000 tickets,
-several times a demo's or a test's ticket, or 64 tickets of a full 1 MiB; Python holds big strings at about their
-length (small dicts take a few times theirs), and the four simulators a server runs hold 256 MiB of tickets at
-most. A ticket heavier than the whole budget is still held (the newest is never dropped on arrival), alone; past
-the budget it then keeps the newest entry of each history, its heaviest history's oldest dropped first."""
+several times a demo's or a test's ticket, or 64 tickets of a full 1 MiB. Python holds about the weight (1.2x for
+Kapture tickets with 1 KB texts, 0.5x with 100 KB ones, whose text two fields share; tickets of a title only take
+6x, and MAX_TICKETS bounds them first), so the four simulators a server runs hold some 300 MiB of tickets at most.
+A ticket heavier than the whole budget is still held (the newest is never dropped on arrival), alone; past the
+budget it then keeps the newest entry of each history, its heaviest history's oldest dropped first."""
 MAX_TOKENS = 10_000
 """Tokens a simulator's log-in or token endpoint keeps live, the oldest forgotten first (refused from then on, as
 revoked): the sandbox's demo credentials are public, so anyone who reaches it may ask for tokens without end."""
