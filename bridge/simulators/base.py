@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bridge.simulators.faults import Faults, Handler, fault_routes, knob_routes
 from bridge.simulators.received import RequestLog
+from bridge.simulators.weights import TicketWeight, weigh
 from bridge.vendors.files import ReceivedPart, parse_multipart
 
 
@@ -49,6 +50,15 @@ MAX_HISTORY = 1_000
 Notes; http's updates), the oldest dropped first: whoever sends a ticket's follow-ups may send them without end."""
 MAX_HISTORY_TOTAL = 50_000
 """History entries the tickets held keep in all: past it the oldest tickets are dropped, as past MAX_TICKETS."""
+MAX_TICKET_BYTES = 64 * 1024 * 1024
+"""Bytes the tickets held weigh in all, their fields and histories together (each value weighs its JSON
+encoding's length), the oldest tickets dropped first. The entry bounds alone let each ticket, comment or note be
+as large as intake's 1 MiB body: 10,000 such tickets are ~10 GiB. 64 MiB is 6.5 KiB for each of 10,000 tickets,
+several times a demo's or a test's ticket, or 64 tickets of a full 1 MiB. Python holds about the weight (1.2x for
+Kapture tickets with 1 KB texts, 0.5x with 100 KB ones, whose text two fields share; tickets of a title only take
+6x, and MAX_TICKETS bounds them first), so the four simulators a server runs hold some 300 MiB of tickets at most.
+A ticket heavier than the whole budget is still held (the newest is never dropped on arrival), alone; past the
+budget it then keeps the newest entry of each history, its heaviest history's oldest dropped first."""
 MAX_TOKENS = 10_000
 """Tokens a simulator's log-in or token endpoint keeps live, the oldest forgotten first (refused from then on, as
 revoked): the sandbox's demo credentials are public, so anyone who reaches it may ask for tokens without end."""
@@ -73,7 +83,9 @@ class VendorSimulator(ABC):
     Tickets are held by the id the vendor's follow-ups name them with (`key`, a field of each ticket), oldest
     first, so a follow-up finds its ticket in one look-up whatever the number held. The lists named in
     `histories` are what follow-ups add to a ticket (`add_history`), each kept to its newest `max_history`
-    entries, and all of them together to `max_history_total`."""
+    entries, and all of them together to `max_history_total`; the tickets held weigh at most `max_ticket_bytes`
+    (see MAX_TICKET_BYTES). A held ticket changes through `change` and `add_history`, which keep its weight (a
+    `TicketWeight`) right without weighing it whole again."""
 
     Knobs: ClassVar[type[msgspec.Struct]] = NoKnobs
     key: ClassVar[str]
@@ -81,10 +93,13 @@ class VendorSimulator(ABC):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._held: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+        self._weights: dict[Any, TicketWeight] = {}  # each held ticket's, by its key
         self._history = 0  # entries in the histories of the tickets held
+        self._bytes = 0  # what the tickets held weigh
         self.max_tickets = MAX_TICKETS
         self.max_history = MAX_HISTORY
         self.max_history_total = MAX_HISTORY_TOTAL
+        self.max_ticket_bytes = MAX_TICKET_BYTES
         self.max_tokens = MAX_TOKENS
         self.faults = Faults()
         self.received = RequestLog(clock)
@@ -103,26 +118,73 @@ class VendorSimulator(ABC):
         """The held ticket whose `key` field is `key`, or None (never made, dropped or deleted)."""
         return self._held.get(key)
 
+    @property
+    def held_bytes(self) -> int:
+        """What the tickets held weigh (MAX_TICKET_BYTES), kept as they change."""
+        return self._bytes
+
+    @property
+    def held_entries(self) -> int:
+        """The entries in the histories of the tickets held (MAX_HISTORY_TOTAL), kept as they change."""
+        return self._history
+
     def hold(self, ticket: dict[str, Any]) -> None:
-        """Add a ticket (its histories cut to their newest `max_history`), dropping the oldest tickets past
-        `max_tickets` or `max_history_total` (a later call on a dropped one finds no ticket)."""
+        """Add a ticket (its histories cut to their newest `max_history`), weighed once, dropping the oldest
+        tickets past `max_tickets`, `max_history_total` or `max_ticket_bytes` (a later call on a dropped one
+        finds no ticket). The ticket added is never dropped for its bytes, however heavy: alone over the budget,
+        it keeps the newest entry of each history (see MAX_TICKET_BYTES)."""
         for name in self.histories:
             if len(ticket.get(name, ())) > self.max_history:
                 del ticket[name][:-self.max_history]
         self.drop(ticket[self.key])
         self._held[ticket[self.key]] = ticket
+        weight = self._weights[ticket[self.key]] = TicketWeight(ticket, self.histories)
         self._history += self._entries(ticket)
+        self._bytes += weight.total
         self._shrink()
+
+    def _weight(self, ticket: dict[str, Any]) -> TicketWeight | None:
+        """The weight of `ticket` if it is held (not a copy made or kept elsewhere), else None."""
+        key = ticket.get(self.key)
+        return self._weights.get(key) if self._held.get(key) is ticket else None
+
+    def change(self, ticket: dict[str, Any], **fields: Any) -> None:
+        """Set fields of a ticket (never one of its histories: `add_history` adds to those), keeping the
+        weight of a held one: each value is weighed as it is set, and the one it replaces as it goes."""
+        weight = self._weight(ticket)
+        for name, value in fields.items():
+            if weight is not None:
+                self._bytes += weight.set(ticket, name, value)
+            ticket[name] = value
+        if weight is not None:
+            self._shrink()
+
+    def change_by(self, ticket: dict[str, Any], name: str, value: Any, grown: int) -> None:
+        """Replace field `name` with `value`, which the caller knows weighs `grown` bytes more than what it
+        replaces: a vendor that merges a follow-up into a field weighs what the merge adds and removes, not the
+        field whole."""
+        if name in self.histories or name not in ticket:
+            raise ValueError(f"{name!r} is not a field the ticket holds (nor a history): change sets it")
+        held = self._weight(ticket)
+        ticket[name] = value
+        if held is not None:
+            self._bytes += held.grow(grown)
+            self._shrink()
 
     def add_history(self, ticket: dict[str, Any], name: str, entries: list[Any]) -> None:
         """Add `entries` to a held ticket's history `name`, keeping its newest `max_history`, and drop the
-        oldest tickets while those held keep more than `max_history_total` entries."""
+        oldest tickets while those held keep more than `max_history_total` entries or `max_ticket_bytes`.
+        Each entry is weighed once, as it is added; its weight is kept for when it is dropped."""
         kept: list[Any] = ticket[name]
         kept.extend(entries)
         over = len(kept) - self.max_history
         if over > 0:
             del kept[:over]
-        if self._held.get(ticket[self.key]) is ticket:
+        weight = self._weight(ticket)
+        if weight is not None:
+            self._bytes += weight.add(name, [weigh(entry) for entry in entries])
+            if over > 0:
+                self._bytes += weight.drop_oldest(name, over)
             self._history += len(entries) - max(over, 0)
             self._shrink()
 
@@ -130,16 +192,43 @@ class VendorSimulator(ABC):
         """Forget one ticket, as the vendor does one deleted in the account; the ticket, or None if not held."""
         ticket = self._held.pop(key, None)
         if ticket is not None:
-            self._history -= self._entries(ticket)
+            self._forget(ticket, self._weights.pop(key))
         return ticket
+
+    def _forget(self, ticket: dict[str, Any], weight: TicketWeight) -> None:
+        self._history -= self._entries(ticket)
+        self._bytes -= weight.total
 
     def _entries(self, ticket: dict[str, Any]) -> int:
         return sum(len(ticket.get(name, ())) for name in self.histories)
 
     def _shrink(self) -> None:
-        while len(self._held) > self.max_tickets or (self._held and self._history > self.max_history_total):
-            _, oldest = self._held.popitem(last=False)
-            self._history -= self._entries(oldest)
+        while self._held and (len(self._held) > self.max_tickets or self._history > self.max_history_total
+                              or (len(self._held) > 1 and self._bytes > self.max_ticket_bytes)):
+            key, oldest = self._held.popitem(last=False)
+            self._forget(oldest, self._weights.pop(key))
+        if self._held and self._bytes > self.max_ticket_bytes:
+            self._trim_alone()
+
+    def _trim_alone(self) -> None:
+        """The one ticket held weighs more than the budget: drop its histories' oldest entries, the heaviest
+        history's first, down to the newest of each."""
+        key, ticket = next(iter(self._held.items()))
+        weight = self._weights[key]
+        while self._bytes > self.max_ticket_bytes:
+            heaviest = max((name for name, kept in weight.entries.items() if len(kept) > 1),
+                           key=weight.sums.__getitem__, default=None)
+            if heaviest is None:
+                return
+            kept = weight.entries[heaviest]
+            count = 0
+            over = self._bytes - self.max_ticket_bytes
+            while count < len(kept) - 1 and over > 0:
+                over -= kept[count] + 1  # the entry and its comma
+                count += 1
+            del ticket[heaviest][:count]
+            self._bytes += weight.drop_oldest(heaviest, count)
+            self._history -= count
 
     def listed(self) -> dict[str, Any]:
         """What `GET /tickets` answers."""
@@ -148,7 +237,9 @@ class VendorSimulator(ABC):
     def clear(self) -> None:
         """Forget the tickets (and whatever else a simulator counts), for `DELETE /tickets`."""
         self._held.clear()
+        self._weights.clear()
         self._history = 0
+        self._bytes = 0
 
     async def listing(self, request: web.Request) -> web.Response:
         return web.json_response(self.listed())

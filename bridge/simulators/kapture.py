@@ -159,12 +159,10 @@ class KaptureSimulator(VendorSimulator):
         sub_status = item.get("sub_status")
         if not isinstance(sub_status, str) or not sub_status.strip():
             return self._failed("sub_status is missing")
-        found["substatus"] = sub_status
-        for key in ("queue", "disposition"):
-            if item.get(key):
-                found[key] = item[key]
+        changes = {"substatus": sub_status, **{key: item[key] for key in ("queue", "disposition") if item.get(key)}}
         if callback:
-            found["callback_time"] = callback
+            changes["callback_time"] = callback
+        self.change(found, **changes)
         if item.get("comment"):
             self.add_history(found, "comments", [item["comment"]])
             self.received.note(request, ticket_id=ticket_id, comment=item["comment"])

@@ -37,6 +37,7 @@ from aiohttp import web
 from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
 from bridge.simulators.received import keep_newest
+from bridge.simulators.weights import weigh
 from bridge.vendors.leadsquared import (
     DEFAULT_PER_SECONDS,
     DEFAULT_REQUESTS,
@@ -70,6 +71,23 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 
 def _too_many_fields(count: int) -> str:
     return f"a ticket holds at most {MAX_FIELDS:,} fields (distinct SchemaNames); this one would hold {count:,}"
+
+
+def _merged(held: list[dict[str, Any]], changes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """`held` with `changes` (by SchemaName, the last of a name kept, in the place of its first), and how many
+    bytes the merged list weighs more than `held`: only the fields added and those they replace are weighed."""
+    current: dict[str, dict[str, Any]] = {}
+    weighed = 0  # the items added, less those dropped
+    for item in held:
+        gone = current.get(item["SchemaName"])
+        if gone is not None:  # a name the list holds twice (as a create may send it): the last is kept
+            weighed -= weigh(gone)
+        current[item["SchemaName"]] = item
+    for item in changes:
+        gone = current.get(item["SchemaName"])
+        weighed += weigh(item) - (weigh(gone) if gone is not None else 0)
+        current[item["SchemaName"]] = item
+    return list(current.values()), weighed + max(len(current) - 1, 0) - max(len(held) - 1, 0)
 
 
 class LeadSquaredSimulator(VendorSimulator):
@@ -221,12 +239,10 @@ class LeadSquaredSimulator(VendorSimulator):
             return _error(400, "MXInvalidInputException", problem)
         if str(body.get("Id")) != ticket["Id"]:
             return _error(400, "MXInvalidInputException", "Id in ticketDTO does not match the ticket in the URL")
-        current = {f["SchemaName"]: f for f in ticket["Fields"]}
-        for item in body["Fields"]:
-            current[item["SchemaName"]] = item
-        if len(current) > MAX_FIELDS:
-            return _error(400, "MXInvalidInputException", _too_many_fields(len(current)))
-        ticket["Fields"] = list(current.values())
+        merged, grown = _merged(ticket["Fields"], body["Fields"])
+        if len(merged) > MAX_FIELDS:
+            return _error(400, "MXInvalidInputException", _too_many_fields(len(merged)))
+        self.change_by(ticket, "Fields", merged, grown)
         self.add_history(ticket, "Files", files)
         self.add_history(ticket, "Updates", [{"Fields": body["Fields"], "Files": files}])
         return web.json_response({"Status": "Success", "ReasonForFailure": None, "Id": ticket["Id"],

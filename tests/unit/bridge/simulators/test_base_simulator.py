@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import msgspec
 import pytest
 
 from bridge.simulators import registry
+from bridge.simulators.base import VendorSimulator
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.simulators.leadsquared import LeadSquaredSimulator
+from bridge.simulators.weights import ticket_weight
 from bridge.vendors.kapture import PULL_PATH, SANDBOX_TOKEN
 from bridge.vendors.leadsquared import SANDBOX_ACCESS_KEY, SANDBOX_ORG, SANDBOX_SECRET_KEY
 
@@ -114,3 +118,117 @@ def test_histories_keep_their_newest_entries_and_their_total_drops_the_oldest_ti
     sim.hold(third)
     sim.hold(fourth)
     assert (third[name], sim.tickets) == ([2, 3, 4], [third, fourth])
+
+
+def held_json(sim: VendorSimulator) -> int:
+    """What the tickets held weigh, each encoded afresh."""
+    return sum(len(msgspec.json.encode(t)) for t in sim.tickets)
+
+
+@pytest.mark.parametrize("vendor", sorted(registry()))
+def test_past_max_ticket_bytes_the_oldest_tickets_are_dropped(vendor: str) -> None:
+    """Tickets weighing more than `max_ticket_bytes` in all drop the oldest first, however few they are; the
+    entry bound still holds beside it."""
+    sim = registry()[vendor]()
+    made = [{sim.key: f"t{n}", "body": "x" * 100} for n in range(4)]
+    one = len(msgspec.json.encode(made[0]))
+    sim.max_ticket_bytes = 2 * one + 10
+    for ticket in made:
+        sim.hold(ticket)
+    assert (sim.tickets, sim.held_bytes) == (made[2:], 2 * one)
+    sim.max_ticket_bytes, sim.max_tickets = 10 * one, 1
+    sim.hold({sim.key: "t4"})
+    assert sim.tickets == [{sim.key: "t4"}]
+
+
+@pytest.mark.parametrize("vendor", sorted(registry()))
+def test_a_ticket_heavier_than_the_budget_is_held_alone(vendor: str) -> None:
+    """The newest ticket is never dropped for its bytes: heavier than the whole budget, it is held alone."""
+    sim = registry()[vendor]()
+    sim.max_ticket_bytes = 100
+    sim.hold({sim.key: "small"})
+    heavy = {sim.key: "heavy", "body": "x" * 1000}
+    sim.hold(heavy)
+    assert (sim.tickets, sim.held_bytes) == ([heavy], held_json(sim))
+
+
+@pytest.mark.parametrize("vendor", [v for v, made in sorted(registry().items()) if made.histories])
+def test_alone_over_the_budget_a_ticket_keeps_the_newest_entry_of_each_history(vendor: str) -> None:
+    """A ticket held alone past the budget drops its heaviest history's oldest entries first, and keeps the
+    newest of each: whoever sends its follow-ups cannot grow it past the budget by more than one of each."""
+    sim = registry()[vendor]()
+    first, last = sim.histories[0], sim.histories[-1]
+    ticket: dict[str, Any] = {sim.key: "t", **{name: [] for name in sim.histories}}
+    sim.hold(ticket)
+    sim.max_ticket_bytes = len(msgspec.json.encode(ticket)) + 300
+    sim.add_history(ticket, first, ["a" * 50] * 3)
+    assert (ticket[first], sim.held_bytes) == (["a" * 50] * 3, held_json(sim))
+    sim.add_history(ticket, last, ["b" * 100, "c" * 100])
+    if first == last:  # the one history drops its oldest
+        assert ticket[last] == ["a" * 50, "b" * 100, "c" * 100]
+    else:  # the heaviest drops its oldest, even one just added
+        assert (ticket[first], ticket[last]) == (["a" * 50] * 3, ["c" * 100])
+    assert sim.held_bytes == held_json(sim) <= sim.max_ticket_bytes
+    sim.add_history(ticket, last, ["d" * 400])
+    assert sim.tickets == [ticket]
+    assert (ticket[first][-1:], ticket[last]) == (["a" * 50] if first != last else ["d" * 400], ["d" * 400])
+    assert all(len(ticket[name]) <= 1 for name in sim.histories)
+    assert sim.held_bytes == held_json(sim) > sim.max_ticket_bytes
+
+
+def test_a_merge_replaces_a_field_the_ticket_holds_and_never_a_history() -> None:
+    """`change_by` takes the caller's weighing of a replaced field; a new field or a history is refused (their
+    weight would be wrong), and `change` refuses a history."""
+    sim = LeadSquaredSimulator()
+    ticket: dict[str, Any] = {"Id": "1", "Fields": [], "Notes": []}
+    sim.hold(ticket)
+    for name in ("Notes", "New"):
+        with pytest.raises(ValueError, match=f"'{name}' is not a field the ticket holds"):
+            sim.change_by(ticket, name, [], 0)
+    with pytest.raises(ValueError, match="'Notes' is a history"):
+        sim.change(ticket, Notes=["x"])
+    assert (ticket, sim.held_bytes) == ({"Id": "1", "Fields": [], "Notes": []}, held_json(sim))
+
+
+def random_value(rng: random.Random) -> Any:
+    return rng.choice([lambda: "é" * rng.randrange(60), lambda: rng.randrange(10 ** 6), lambda: None,
+                       lambda: {"k": "v" * rng.randrange(30), "n": [1, 2]}, lambda: [rng.random()]])()
+
+
+@pytest.mark.parametrize("vendor", sorted(registry()))
+def test_the_weight_kept_is_the_tickets_weighed_afresh_after_any_changes(vendor: str) -> None:
+    """A seeded random run of holds (new and again), history entries added, drops, field changes, merges and
+    clears, under small bounds that all trim: the weight kept always equals the held tickets encoded afresh."""
+    rng = random.Random(f"{vendor}-20240419")
+    sim = registry()[vendor]()
+    sim.max_tickets, sim.max_history, sim.max_history_total, sim.max_ticket_bytes = 6, 4, 15, 700
+    for step in range(3_000):
+        held = sim.tickets
+        kind = rng.randrange(20) if held else 0
+        if kind < 5:
+            sim.hold({sim.key: f"t{rng.randrange(12)}", "body": random_value(rng),
+                      **{name: [random_value(rng) for _ in range(rng.randrange(6))] for name in sim.histories}})
+        elif kind < 12 and sim.histories:
+            ticket = rng.choice(held)
+            sim.add_history(ticket, rng.choice(sim.histories), [random_value(rng) for _ in range(rng.randrange(6))])
+        elif kind < 15:
+            sim.change(rng.choice(held), **{f"f{rng.randrange(3)}": random_value(rng),
+                                            "body": random_value(rng)})
+        elif kind < 17:
+            ticket = rng.choice(held)
+            merged = [*ticket.get("merged", []), random_value(rng)]
+            grown = len(msgspec.json.encode(merged)) - len(msgspec.json.encode(ticket["merged"])) \
+                if "merged" in ticket else len(msgspec.json.encode({"merged": merged})) - 1
+            if "merged" in ticket:
+                sim.change_by(ticket, "merged", merged, grown)
+            else:
+                sim.change(ticket, merged=merged)
+        elif kind < 19:
+            sim.drop(rng.choice(held)[sim.key])
+        elif step % 7 == 0:
+            sim.clear()
+        assert sim.held_bytes == held_json(sim) == sum(ticket_weight(t, sim.histories) for t in sim.tickets)
+        assert sim.held_entries == sum(len(t[name]) for t in sim.tickets for name in sim.histories)
+        assert len(sim.tickets) <= sim.max_tickets
+        assert all(len(t[name]) <= sim.max_history for t in sim.tickets for name in sim.histories)
+        assert len(sim.tickets) == 1 or sim.held_bytes <= sim.max_ticket_bytes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -249,3 +250,17 @@ async def test_pulls_and_gets_keep_as_many_as_calls_received(aiohttp_client: Any
         await call(client, PULL_PATH, [{"start_date": "2024-04-19", "end_date": "2024-04-19", "n": n}])
         await call(client, GET_PATH, {"ticket_ids": f"id{n}"})
     assert ([p["n"] for p in sim.pulls], sim.gets) == ([1, 2], [["id1"], ["id2"]])
+
+
+async def test_updates_keep_the_weight_of_what_a_ticket_holds(aiohttp_client: Any) -> None:
+    """Updates setting the sub-status, queue, disposition and call-back and adding comments: the weight the
+    simulator keeps is the held tickets encoded afresh after each."""
+    sim, client = await start(aiohttp_client)
+    _, made = await call(client, CREATE_PATH, [{"title": "TEST 1", "custom": {"k": [1, 2]}}])
+    for n in range(4):
+        update = {"ticket_id": made["ticket_id"], "sub_status": "P" * (n + 1), "queue": "q" * n,
+                  "disposition": f"d{n}", "callback_time": "2024-04-19 10:00:00" if n % 2 else "",
+                  "comment": "c" * n}
+        assert (await call(client, UPDATE_PATH, [update]))[1]["status"] == "success"
+        assert sim.held_bytes == sum(len(msgspec.json.encode(t)) for t in sim.tickets)
+    assert (sim.tickets[0]["queue"], sim.tickets[0]["comments"]) == ("qqq", ["c", "cc", "ccc"])

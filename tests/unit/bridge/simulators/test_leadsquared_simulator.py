@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.simulators.leadsquared import MAX_FIELDS, LeadSquaredSimulator
+from bridge.simulators.leadsquared import MAX_FIELDS, LeadSquaredSimulator, _merged
 from bridge.vendors.base import VendorRequest
 from bridge.vendors.leadsquared import (
     SANDBOX_ACCESS_KEY,
@@ -371,3 +372,36 @@ async def test_a_ticket_holds_at_most_max_fields(aiohttp_client: Any) -> None:
     assert (refused[0], taken[0]) == (400, 200)
     fields = {f["SchemaName"]: f["Value"] for f in sim.tickets[0]["Fields"]}
     assert (len(fields), fields["F0"], "New" in fields) == (MAX_FIELDS, "y", False)
+
+
+def test_a_merge_weighs_what_it_adds_and_drops_as_the_merged_list_is_encoded() -> None:
+    """Seeded random held lists (a create may repeat a SchemaName) and changes: the merge keeps the last of each
+    name in the place of its first, and what it says the list grew by is what encoding both finds."""
+    rng = random.Random(20240419)
+
+    def fields() -> list[dict[str, Any]]:
+        return [{"SchemaName": f"F{rng.randrange(6)}", "Value": "v" * rng.randrange(40)}
+                for _ in range(rng.randrange(6))]
+
+    for _ in range(500):
+        held, changes = fields(), fields()
+        merged, grown = _merged(held, changes)
+        expected = {f["SchemaName"]: f for f in [*held, *changes]}
+        assert merged == list(expected.values())
+        assert grown == len(msgspec.json.encode(merged)) - len(msgspec.json.encode(held))
+
+
+async def test_follow_ups_keep_the_weight_of_what_a_ticket_holds(aiohttp_client: Any) -> None:
+    """Creates (one repeating a field), updates merging fields and files, activities and notes: the weight the
+    simulator keeps is the held tickets encoded afresh after each."""
+    sim, client = await start(aiohttp_client)
+    repeated = {**TICKET, "Fields": [*TICKET["Fields"], {"SchemaName": "Title", "Value": "Again"}]}
+    made = lsq_adapter()
+    for body in (TICKET, repeated):
+        ticket = {"id": (await post(client, body))[1]["Id"]}
+        for n in range(3):
+            for action, fields in (("update_ticket", {"Status": f"s{n}", "Title": "t" * n}),
+                                   ("add_activity", {"Text": f"a{n}"}), ("add_note", {"TextPart": f"n{n}"})):
+                assert (await send(client, made.build_request(action, fields, {}, ticket=ticket)))[0] == 200
+                assert sim.held_bytes == sum(len(msgspec.json.encode(t)) for t in sim.tickets)
+    assert [f["Value"] for f in sim.tickets[1]["Fields"]] == ["a@b.io", "tt", "s2"]
