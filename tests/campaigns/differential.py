@@ -2,7 +2,8 @@
 code it replaced, on real mail from tests/fixtures mutated byte by byte and on the unit tests' generators run
 for many more examples.
 
-    python -m tests.campaigns.differential [mailboxes|multipart|split|replies|all] [--examples N] [--seed S]
+    python -m tests.campaigns.differential [mailboxes|multipart|split|headers|replies|all] [--examples N]
+        [--seed S]
         [--hypothesis N]
 
 Paths and their references:
@@ -12,6 +13,8 @@ Paths and their references:
   split against the split that cuts and parses every body (its parts built by hand turned off); and each message
   the split builds by hand against the parser's whole parse, all it holds (headers, defects, parts, texts);
 - split: the same inputs, only the split's own comparisons (the last two), for many more bodies;
+- headers: handlers.email.Headers.from_block against itself reading every block with the parser
+  (HeaderParser), and the fields its pattern reads (handlers.email._block_fields) against the parser's;
 - replies: bridge.replies.strip_reply against tests/unit/bridge/replies_by_line.
 
 A divergence is printed with its input (repr) and written to /tmp/divergence-<path>-<n>.txt; the exit status is
@@ -26,15 +29,16 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from email.parser import BytesParser
+from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
 from bridge.errors import Rejected
 from bridge.replies import strip_reply
+from handlers import email as mail
 from handlers import formdata, multipart_split
-from handlers.email import OpaqueMessage
+from handlers.email import Headers, OpaqueMessage
 from handlers.form_part import simple_fields
 from handlers.multipart_split import parse_split
 from handlers.simple_mailboxes import simple_mailboxes
@@ -420,6 +424,50 @@ def split_campaign(rng: random.Random, examples: int) -> Campaign:
     return campaign
 
 
+# -- header blocks ----------------------------------------------------------------------------------------------
+
+def _header_seeds() -> list[bytes]:
+    seeds = [b"Subject: x\r\nTo: a@b.c,\r\n d@e.f\r\n\r\n", b"X-A:\r\n\t\r\nX-B: \t y \r\n"]
+    for path in sorted(FIXTURES.rglob("*.json")):
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("headers"), str):
+                seeds.append(data["headers"].encode("utf-8", "surrogateescape"))
+    for eml in _emls():
+        seeds.append(eml[:4000])
+    return seeds
+
+
+_HEADER_PIECES = [b"From nobody\r\n", b"From: a@b.c\r\n", b": x\r\n", b" folded\r\n", b"\tfolded\n", b"X:\r\n",
+                  b"Sub ject: x\r\n", b"Subject : x\r\n", b"X: \t \r\n", b"\r\n\r\n", b"\r \r", b"\n ", b"\r\t"]
+
+
+def headers_campaign(rng: random.Random, examples: int) -> Campaign:
+    campaign = Campaign("headers")
+    seeds = _header_seeds()
+    read = 0
+    while campaign.runs < examples:
+        raw = rng.choice(seeds)
+        if rng.random() < 0.9:
+            raw = mutate(rng, raw, seeds, _HEADER_PIECES)
+        block = raw.decode("utf-8", "surrogateescape") if rng.random() < 0.7 else raw.decode("latin-1")
+
+        def outcome(block: str = block, parser: bool = False) -> object:
+            if not parser:
+                return Headers.from_block(block)._fields
+            with _replaced(mail, _block_fields=_none):
+                return Headers.from_block(block)._fields
+
+        campaign.check("Headers.from_block", block, outcome, lambda block=block: outcome(block, parser=True))  # type: ignore[misc]
+        fields = mail._block_fields(block)
+        if fields is not None:
+            read += 1
+            campaign.check("_block_fields", block, lambda fields=fields: fields,  # type: ignore[misc]
+                           lambda block=block: list(HeaderParser().parsestr(block).raw_items()))  # type: ignore[misc]
+    print(f"headers: {campaign.runs} comparisons; the pattern read {read} blocks itself", flush=True)
+    return campaign
+
+
 # -- replies ----------------------------------------------------------------------------------------------------
 
 def _reply_seeds() -> list[bytes]:
@@ -466,6 +514,9 @@ def hypothesis_campaigns(paths: list[str], examples: int) -> int:
         from tests.unit.handlers import test_multipart_split as s
         tests += [s.test_any_body_gives_what_the_whole_parse_gave, f.test_any_part_gives_what_the_email_package_gives,
                   f.test_any_ordinary_form_gives_what_the_email_package_gives]
+    if "headers" in paths:
+        from tests.unit.handlers import test_email as e
+        tests.append(e.test_any_header_block_reads_as_the_parser_reads_it)
     if "replies" in paths:
         from tests.unit.bridge import test_replies_differential as r
         tests += [r.test_the_reply_is_what_looking_at_every_line_gave, r.test_markers_among_many_plain_lines]
@@ -489,7 +540,7 @@ def hypothesis_campaigns(paths: list[str], examples: int) -> int:
 
 
 CAMPAIGNS = {"mailboxes": mailboxes_campaign, "multipart": multipart_campaign, "split": split_campaign,
-             "replies": replies_campaign}
+             "headers": headers_campaign, "replies": replies_campaign}
 
 
 def main(argv: list[str] | None = None) -> int:
