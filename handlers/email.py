@@ -16,6 +16,7 @@ from email.utils import collapse_rfc2231_value, getaddresses, parseaddr, parseda
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
+from bridge.escaping import encodable
 from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
@@ -197,7 +198,12 @@ def _block_fields(block: str) -> list[tuple[str, str]] | None:
     """The (name, raw value) pairs `HeaderParser` reads from a header block, read without the parser: the
     headers end at the end of the block or at the first line that is not a header line (a blank line, or
     the first line of a body). None when the parser would read a line otherwise: an envelope (`From `) line,
-    a line starting with a colon, or a continuation line with no header above it."""
+    a line starting with a colon, or a continuation line with no header above it; and when the block holds
+    a byte kept as a surrogate: the parser reads the Content-Type of the headers it made, and a value with
+    such a byte becomes a `Header`, which raises UnicodeEncodeError when the value also holds other text that
+    is not ASCII (so from_block did, and does)."""
+    if not encodable(block):
+        return None
     pairs = []
     at = 0
     while (field := _BLOCK_FIELD.match(block, at)) is not None:
