@@ -16,6 +16,7 @@ from email.utils import collapse_rfc2231_value, getaddresses, parseaddr, parseda
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
+from bridge.escaping import encodable
 from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
@@ -184,6 +185,33 @@ def _header_value(name: str, raw: str) -> str:
     return value if name.lower() in ADDRESS_HEADERS else decode_words(value)
 
 
+# A header of a header block as the email package's parser reads it: a line with a name (email.feedparser's
+# headerRE less the `From ` envelope line and a line starting with a colon) and the continuation lines below it,
+# which start with a blank; the name, then the value as the compat32 policy's `header_source_parse` gives it:
+# less the blanks after the colon and the last line end. Possessive: nothing given back, each character read once.
+_BLOCK_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]++):[ \t]*+([^\r\n]*+(?:(?:\r\n|\r|\n)[\t ][^\r\n]*+)*+)"
+                          r"(?:\r\n|\r|\n|\Z)")
+_HEADER_LINE = re.compile(r"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")  # email.feedparser's headerRE
+
+
+def _block_fields(block: str) -> list[tuple[str, str]] | None:
+    """The (name, raw value) pairs `HeaderParser` reads from a header block, read without the parser: the
+    headers end at the end of the block or at the first line that is not a header line (a blank line, or
+    the first line of a body). None when the parser would read a line otherwise: an envelope (`From `) line,
+    a line starting with a colon, or a continuation line with no header above it; and when the block holds
+    a byte kept as a surrogate: the parser reads the Content-Type of the headers it made, and a value with
+    such a byte becomes a `Header`, which raises UnicodeEncodeError when the value also holds other text that
+    is not ASCII (so from_block did, and does)."""
+    if not encodable(block):
+        return None
+    pairs = []
+    at = 0
+    while (field := _BLOCK_FIELD.match(block, at)) is not None:
+        pairs.append((field[1], field[2]))
+        at = field.end()
+    return None if _HEADER_LINE.match(block, at) else pairs
+
+
 class Headers:
     """Header fields by case-insensitive name, keeping repeats in order; at most MAX_HEADER_FIELDS of them."""
 
@@ -204,7 +232,10 @@ class Headers:
     def from_block(cls, block: str) -> Headers:
         """Headers from a raw header block (`Name: value` lines, folded lines joined, encoded words decoded)."""
         check_chars("the header block", len(block), MAX_HEADER_BYTES)
-        return cls.from_message(HeaderParser().parsestr(block), "the header block")
+        pairs = _block_fields(block)
+        if pairs is None:
+            return cls.from_message(HeaderParser().parsestr(block), "the header block")
+        return cls([(name, _header_value(name, raw)) for name, raw in pairs], "the header block")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], underscores: bool = False) -> Headers:

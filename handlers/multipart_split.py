@@ -8,7 +8,14 @@ read it: the text from after its header block to the next delimiter line, less t
 that delimiter (RFC 2046). Everything the parser decides from the headers and the delimiters (the parts, their
 headers, its defects) is then its own. Where a part's content is itself parsed (a nested multipart, a
 message/delivery-status), or the Content-Type could be read differently, None tells the caller to parse the
-whole body."""
+whole body.
+
+In the common case the parser is not run at all: when the first delimiter opens a part, the parts end at a close
+delimiter, and each part's header block is `Name: value` lines (no continuation lines) ended by a blank line
+or by the next delimiter, the messages are built here as the parser builds them: each line a header, its value
+less the blanks after the colon and the line end, as the compat32 policy's `header_source_parse` gives it; the
+content cut as above; the preamble and epilogue as the parser keeps them. A body of any other shape is cut and
+parsed as above."""
 
 from __future__ import annotations
 
@@ -25,6 +32,9 @@ _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # What may follow the boundary on a delimiter line: `--` (the close delimiter), blanks, the line's end.
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+# A header line as the built parts take it: a name (no `From ` envelope line, no line starting with `:`), then
+# the value, its leading blanks apart, and the line's end. Possessive: nothing is given back, each byte is read once.
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]++):[ \t]*+([^\r\n]*+)(?:\r\n|\r|\n)")
 
 
 class _Delimiter(NamedTuple):
@@ -36,18 +46,23 @@ class _Delimiter(NamedTuple):
 def parse_split(prefix: bytes, body: bytes) -> Message | None:
     """`prefix + body` parsed as `BytesParser(_class=OpaqueMessage)` parses it, `prefix` being the header
     block (a Content-Type line and a blank line), reading only the headers of the body's parts; None when
-    the body has to be parsed whole. The preamble and epilogue, which the parser keeps apart, are left out."""
+    the body has to be parsed whole. The preamble and epilogue, which the parser keeps apart, are left out of
+    a body that is cut and parsed; a body whose parts are built keeps them as the parser does."""
     head = prefix.removesuffix(b"\r\n\r\n")
     if b"\r" in head or b"\n" in head:
         return None
     parser = BytesParser(_class=OpaqueMessage)
-    top = parser.parsebytes(prefix, headersonly=True)
+    top = _top(head) if head != prefix else None
+    if top is None:
+        top = parser.parsebytes(prefix, headersonly=True)
     boundary = top.get_boundary() if top.get_content_maintype() == "multipart" else None
     if not boundary or not boundary.isascii():
         return None
     delimiters = _delimiters(body, ("--" + boundary).encode("ascii"))
     if not delimiters:
         return None
+    if (built := _built(top, body, delimiters)) is not None:
+        return built
     cut = []
     for i, delimiter in enumerate(delimiters):
         stop = delimiters[i + 1].start if i + 1 < len(delimiters) else len(body)
@@ -70,6 +85,72 @@ def parse_split(prefix: bytes, body: bytes) -> Message | None:
         content = body[block[1]:stop]
         part.set_payload(_without_line_end(content).decode("ascii", "surrogateescape"))
     return message
+
+
+def _top(head: bytes) -> Message | None:
+    """The message the parser makes of the header block `head` and a blank line, `head` being one line without
+    its line end: its one header, no payload yet; None when that line is not a `Name: value` line."""
+    field = _FIELD.match(head + b"\r\n")
+    if field is None:
+        return None
+    top = OpaqueMessage()
+    top.set_raw(field[1].decode("ascii"), field[2].decode("ascii", "surrogateescape"))
+    return top
+
+
+def _built(top: Message, body: bytes, delimiters: list[_Delimiter]) -> Message | None:
+    """`top` with the parts of `body` built as the parser builds them, its preamble and epilogue as the parser
+    keeps them; None when the body is not of the common shape (see the module's docstring)."""
+    if delimiters[0].close:
+        return None  # the parser takes it for the end of a multipart whose start it never saw, a defect
+    digest = top.get_content_type() == "multipart/digest"  # its parts' default type is message/rfc822
+    parts: list[Message | str] = []  # as set_payload is typed
+    k = 0
+    while True:  # the spans of _part_spans; the last must end at a close delimiter
+        start = delimiters[k].end
+        k += 1
+        while k < len(delimiters) and delimiters[k].start == start:
+            start = delimiters[k].end
+            k += 1
+        if k == len(delimiters):
+            return None  # no close delimiter: the parser reads to the end and notes a defect
+        if (part := _built_part(body, start, delimiters[k].start, digest)) is None:
+            return None
+        parts.append(part)
+        if delimiters[k].close:
+            break
+    first, close = delimiters[0], delimiters[k]
+    if first.start:  # the preamble less the line end that belongs to the first delimiter
+        top.preamble = _without_line_end(body[:first.start]).decode("ascii", "surrogateescape")
+    top.epilogue = body[close.end:].decode("ascii", "surrogateescape")  # all after the close delimiter's line
+    top.set_payload(parts)
+    return top
+
+
+def _built_part(body: bytes, start: int, stop: int, digest: bool) -> Message | None:
+    """The part from start to stop (the next delimiter line) as the parser builds it, when its header lines
+    are all `Name: value` lines ended by a blank line or by the delimiter; else None."""
+    part = OpaqueMessage()
+    if digest:
+        part.set_default_type("message/rfc822")
+    typed = False
+    at = start
+    while (field := _FIELD.match(body, at, stop)) is not None:
+        name = field[1]
+        part.set_raw(name.decode("ascii"), field[2].decode("ascii", "surrogateescape"))
+        typed = typed or name.lower() == b"content-type"
+        at = field.end()
+    if at < stop:
+        blank = _LINE_END.match(body, at, stop)
+        if blank is None:  # a continuation, envelope or other line, or content where the blank line should be
+            return None
+        at = blank.end()
+    if typed:
+        ctype = part.get_content_type()
+        if ctype.partition("/")[0] == "multipart" or ctype == "message/delivery-status":
+            return None
+    part.set_payload(_without_line_end(body[at:stop]).decode("ascii", "surrogateescape"))
+    return part
 
 
 def _delimiters(body: bytes, separator: bytes) -> list[_Delimiter]:

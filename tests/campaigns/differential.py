@@ -2,13 +2,19 @@
 code it replaced, on real mail from tests/fixtures mutated byte by byte and on the unit tests' generators run
 for many more examples.
 
-    python -m tests.campaigns.differential [mailboxes|multipart|replies|all] [--examples N] [--seed S]
+    python -m tests.campaigns.differential [mailboxes|multipart|split|headers|replies|all] [--examples N]
+        [--seed S]
         [--hypothesis N]
 
 Paths and their references:
 - mailboxes: handlers.simple_mailboxes (when it reads a value) against email.utils.getaddresses;
 - multipart: handlers.formdata.multipart_parts and parse_multipart with the split (handlers.multipart_split)
-  and the strict part readers (handlers.form_part) against the same with both turned off, and each alone;
+  and the strict part readers (handlers.form_part) against the same with both turned off, and each alone; the
+  split against the split that cuts and parses every body (its parts built by hand turned off); and each message
+  the split builds by hand against the parser's whole parse, all it holds (headers, defects, parts, texts);
+- split: the same inputs, only the split's own comparisons (the last two), for many more bodies;
+- headers: handlers.email.Headers.from_block against itself reading every block with the parser
+  (HeaderParser), and the fields its pattern reads (handlers.email._block_fields) against the parser's;
 - replies: bridge.replies.strip_reply against tests/unit/bridge/replies_by_line.
 
 A divergence is printed with its input (repr) and written to /tmp/divergence-<path>-<n>.txt; the exit status is
@@ -23,13 +29,16 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
+from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
 from bridge.errors import Rejected
 from bridge.replies import strip_reply
-from handlers import formdata
+from handlers import email as mail
+from handlers import formdata, multipart_split
+from handlers.email import Headers, OpaqueMessage
 from handlers.form_part import simple_fields
 from handlers.multipart_split import parse_split
 from handlers.simple_mailboxes import simple_mailboxes
@@ -261,7 +270,7 @@ def _ctype_variants(rng: random.Random, ctype: str) -> str:
     ])
 
 
-FAST = {"split": 0, "split_none": 0, "fields": 0, "fields_none": 0}
+FAST = {"split": 0, "split_none": 0, "fields": 0, "fields_none": 0, "built": 0, "built_none": 0}
 
 
 def _counted(name: str, fast: Callable[..., Any]) -> Callable[..., Any]:
@@ -291,10 +300,31 @@ def multipart_check(campaign: Campaign, body: bytes, ctype: str) -> None:
             with _replaced(formdata, parse_split=_none):
                 return read(body, ctype)
 
+        def cut_only(read: Any = read) -> object:  # the split before it built parts by hand
+            with _replaced(formdata, simple_fields=_none), _replaced(multipart_split, _built=_none):
+                return read(body, ctype)
+
         name = read.__name__
         campaign.check(f"{name} (both)", (body, ctype), new, old)
         campaign.check(f"{name} (split alone)", (body, ctype), split_only, old)
         campaign.check(f"{name} (form_part alone)", (body, ctype), fields_only, old)
+        campaign.check(f"{name} (split against the cut split)", (body, ctype), split_only, cut_only)
+    built_check(campaign, body, ctype)
+
+
+def built_check(campaign: Campaign, body: bytes, ctype: str) -> None:
+    """The message the split builds by hand, when it does, against the parser's reading of the whole body."""
+    from tests.unit.handlers.test_multipart_split import built, structure
+
+    prefix = b"Content-Type: " + ctype.encode("utf-8", "surrogateescape") + b"\r\n\r\n"
+    try:
+        fast = built(prefix, body)
+    except Rejected:  # the boundary given in both of RFC 2231's forms: refused before any part is read
+        fast = None
+    FAST["built" if fast is not None else "built_none"] += 1
+    if fast is not None:
+        campaign.check("parse_split built (structure)", (body, ctype), lambda: structure(fast),
+                       lambda: structure(BytesParser(_class=OpaqueMessage).parsebytes(prefix + body)))
 
 
 _DISPOSITIONS = ['form-data; name="a"', 'form-data; name="f"; filename="r.pdf"', 'form-data; name="caf\xc3\xa9"',
@@ -340,27 +370,101 @@ def _made_form(rng: random.Random) -> tuple[bytes, str]:
     return "".join(out).encode("latin-1"), ctype
 
 
+def _multipart_input(rng: random.Random, seeds: list[tuple[bytes, str]], pool: list[bytes]) -> tuple[bytes, str]:
+    """A seed or a made form, mutated nine times in ten, and a Content-Type for it."""
+    body, ctype = rng.choice(seeds) if rng.random() < 0.6 else _made_form(rng)
+    boundary = formdata._BOUNDARY.search(ctype)
+    b = (boundary.group(1) if boundary else B).encode("latin-1")
+    extra = [b"--" + b, b"--" + b + b"--", b"\r\n--" + b + b"\r\n", b"--" + b[:-1], b"--" + b + b"x",
+             b"--" + b + b" \t", b"\n--" + b + b"--\n", b"--" + b + b"\r\n--" + b + b"--\r\n",
+             b'Content-Disposition: form-data; name="z"\r\n', b'Content-Disposition: form-data; name="a\\"b"\r\n',
+             b"Content-Type: text/plain\r\n", b"Content-Type: TEXT/x; charset=\"UTF-8\"\r\n",
+             b"Content-ID: <x@y>\r\n", b"Content-Transfer-Encoding: quoted-printable\r\n", b"\r\n\r\n"]
+    if rng.random() < 0.9:
+        body = mutate(rng, body, pool, extra)
+    return body, _ctype_variants(rng, ctype)
+
+
 def multipart_campaign(rng: random.Random, examples: int) -> Campaign:
     campaign = Campaign("multipart")
     seeds = _multipart_seeds()
     pool = [b for b, _ in seeds]
     bodies = 0
     while campaign.runs < examples:
-        body, ctype = rng.choice(seeds) if rng.random() < 0.6 else _made_form(rng)
-        boundary = formdata._BOUNDARY.search(ctype)
-        b = (boundary.group(1) if boundary else B).encode("latin-1")
-        extra = [b"--" + b, b"--" + b + b"--", b"\r\n--" + b + b"\r\n", b"--" + b[:-1], b"--" + b + b"x",
-                 b"--" + b + b" \t", b"\n--" + b + b"--\n", b"--" + b + b"\r\n--" + b + b"--\r\n",
-                 b'Content-Disposition: form-data; name="z"\r\n', b'Content-Disposition: form-data; name="a\\"b"\r\n',
-                 b"Content-Type: text/plain\r\n", b"Content-Type: TEXT/x; charset=\"UTF-8\"\r\n",
-                 b"Content-ID: <x@y>\r\n", b"Content-Transfer-Encoding: quoted-printable\r\n", b"\r\n\r\n"]
-        if rng.random() < 0.9:
-            body = mutate(rng, body, pool, extra)
-        multipart_check(campaign, body, _ctype_variants(rng, ctype))
+        multipart_check(campaign, *_multipart_input(rng, seeds, pool))
         bodies += 1
     print(f"multipart: {bodies} bodies, {campaign.runs} comparisons; the split read {FAST['split']} bodies "
           f"(left {FAST['split_none']} to the whole parse), the strict readers {FAST['fields']} parts "
-          f"(left {FAST['fields_none']})", flush=True)
+          f"(left {FAST['fields_none']}); the split built {FAST['built']} bodies by hand (left {FAST['built_none']} "
+          "to its cut parse or the whole parse)", flush=True)
+    return campaign
+
+
+def split_campaign(rng: random.Random, examples: int) -> Campaign:
+    campaign = Campaign("split")
+    seeds = _multipart_seeds()
+    pool = [b for b, _ in seeds]
+    bodies = 0
+    while campaign.runs < examples:
+        body, ctype = _multipart_input(rng, seeds, pool)
+
+        def split_only(body: bytes = body, ctype: str = ctype) -> object:
+            with _replaced(formdata, simple_fields=_none):
+                return formdata.multipart_parts(body, ctype)
+
+        def cut_only(body: bytes = body, ctype: str = ctype) -> object:
+            with _replaced(formdata, simple_fields=_none), _replaced(multipart_split, _built=_none):
+                return formdata.multipart_parts(body, ctype)
+
+        campaign.check("multipart_parts (split against the cut split)", (body, ctype), split_only, cut_only)
+        built_check(campaign, body, ctype)
+        bodies += 1
+    print(f"split: {bodies} bodies; built {FAST['built']} by hand and compared with the whole parse (left "
+          f"{FAST['built_none']} to the cut parse or the whole parse)", flush=True)
+    return campaign
+
+
+# -- header blocks ----------------------------------------------------------------------------------------------
+
+def _header_seeds() -> list[bytes]:
+    seeds = [b"Subject: x\r\nTo: a@b.c,\r\n d@e.f\r\n\r\n", b"X-A:\r\n\t\r\nX-B: \t y \r\n"]
+    for path in sorted(FIXTURES.rglob("*.json")):
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("headers"), str):
+                seeds.append(data["headers"].encode("utf-8", "surrogateescape"))
+    for eml in _emls():
+        seeds.append(eml[:4000])
+    return seeds
+
+
+_HEADER_PIECES = [b"From nobody\r\n", b"From: a@b.c\r\n", b": x\r\n", b" folded\r\n", b"\tfolded\n", b"X:\r\n",
+                  b"Sub ject: x\r\n", b"Subject : x\r\n", b"X: \t \r\n", b"\r\n\r\n", b"\r \r", b"\n ", b"\r\t"]
+
+
+def headers_campaign(rng: random.Random, examples: int) -> Campaign:
+    campaign = Campaign("headers")
+    seeds = _header_seeds()
+    read = 0
+    while campaign.runs < examples:
+        raw = rng.choice(seeds)
+        if rng.random() < 0.9:
+            raw = mutate(rng, raw, seeds, _HEADER_PIECES)
+        block = raw.decode("utf-8", "surrogateescape") if rng.random() < 0.7 else raw.decode("latin-1")
+
+        def outcome(block: str = block, parser: bool = False) -> object:
+            if not parser:
+                return Headers.from_block(block)._fields
+            with _replaced(mail, _block_fields=_none):
+                return Headers.from_block(block)._fields
+
+        campaign.check("Headers.from_block", block, outcome, lambda block=block: outcome(block, parser=True))  # type: ignore[misc]
+        fields = mail._block_fields(block)
+        if fields is not None:
+            read += 1
+            campaign.check("_block_fields", block, lambda fields=fields: fields,  # type: ignore[misc]
+                           lambda block=block: list(HeaderParser().parsestr(block).raw_items()))  # type: ignore[misc]
+    print(f"headers: {campaign.runs} comparisons; the pattern read {read} blocks itself", flush=True)
     return campaign
 
 
@@ -402,11 +506,17 @@ def hypothesis_campaigns(paths: list[str], examples: int) -> int:
     if "mailboxes" in paths:
         from tests.unit.handlers import test_simple_mailboxes as m
         tests.append(m.test_what_is_read_is_what_the_email_package_reads)
+    if "split" in paths and "multipart" not in paths:
+        from tests.unit.handlers import test_multipart_split as s
+        tests.append(s.test_any_body_gives_what_the_whole_parse_gave)
     if "multipart" in paths:
         from tests.unit.handlers import test_form_part as f
         from tests.unit.handlers import test_multipart_split as s
         tests += [s.test_any_body_gives_what_the_whole_parse_gave, f.test_any_part_gives_what_the_email_package_gives,
                   f.test_any_ordinary_form_gives_what_the_email_package_gives]
+    if "headers" in paths:
+        from tests.unit.handlers import test_email as e
+        tests.append(e.test_any_header_block_reads_as_the_parser_reads_it)
     if "replies" in paths:
         from tests.unit.bridge import test_replies_differential as r
         tests += [r.test_the_reply_is_what_looking_at_every_line_gave, r.test_markers_among_many_plain_lines]
@@ -429,7 +539,8 @@ def hypothesis_campaigns(paths: list[str], examples: int) -> int:
     return failed
 
 
-CAMPAIGNS = {"mailboxes": mailboxes_campaign, "multipart": multipart_campaign, "replies": replies_campaign}
+CAMPAIGNS = {"mailboxes": mailboxes_campaign, "multipart": multipart_campaign, "split": split_campaign,
+             "headers": headers_campaign, "replies": replies_campaign}
 
 
 def main(argv: list[str] | None = None) -> int:

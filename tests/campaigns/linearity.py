@@ -15,7 +15,7 @@ from email.message import Message
 from typing import Any
 
 from bridge.replies import strip_reply
-from handlers.email import OpaqueMessage
+from handlers.email import OpaqueMessage, _block_fields
 from handlers.form_part import simple_fields
 from handlers.multipart_split import parse_split
 from handlers.simple_mailboxes import simple_mailboxes
@@ -71,6 +71,16 @@ SHAPES: dict[str, tuple[Callable[[Any], object], Callable[[int], Any]]] = {
     "split: boundary text inside lines": (lambda b: parse_split(PREFIX, b),
                                           lambda s: D + b"\r\n" + PART + _times(b"x" + D, 1, s) + b"\r\n" + D + b"--"),
     "split: bare CRs": (lambda b: parse_split(PREFIX, b), lambda s: D + b"\r\n" + PART + b"\r" * s + D + b"--"),
+    "split: a header value of n blanks": (lambda b: parse_split(PREFIX, b),
+                                          lambda s: D + b"\r\nX:" + b" \t" * (s // 2) + b"\r\n" + D + b"--"),
+    "split: a header name of n bytes, then a blank": (
+        lambda b: parse_split(PREFIX, b), lambda s: D + b"\r\n" + b"X" * s + b" : y\r\n\r\n" + D + b"--"),
+    "header block: one field of n lines": (_block_fields, lambda s: "X: a" + _times("\r\n b", 1, s)),
+    "header block: n fields": (_block_fields, lambda s: _times("X: y\r\n", 1, s)),
+    "header block: a value of n blanks, no line end": (_block_fields, lambda s: "X:" + " \t" * (s // 2)),
+    "header block: a name of n characters, no colon": (_block_fields, lambda s: "a" * s),
+    "header block: a field folded n times by a CR and a tab": (_block_fields, lambda s: "X: a" + "\r\t" * (s // 2)),
+    "header block: n fields ended by CRs": (_block_fields, lambda s: _times("X: a\r", 1, s)),
     "form_part: long name": (simple_fields, lambda s: _part(None, f'form-data; name="{"x" * s}"')),
     "form_part: unterminated name": (simple_fields, lambda s: _part(None, f'form-data; name="{"x" * s}')),
     "form_part: long type": (simple_fields, lambda s: _part("a" * s + "/b; charset=" + "c" * s + "!")),

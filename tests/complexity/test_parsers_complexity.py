@@ -123,6 +123,9 @@ CASES: dict[str, tuple[Any, Any, int]] = {
     "urlencoded form: one key repeated n times": (parse_urlencoded, lambda n: b"&".join([b"k=v"] * n), 500),
     "multipart form: n parts": (lambda b: parse_multipart(b, MULTIPART), multipart, 100),
     "header block: n addresses and n/4 references": (Headers.from_block, header_block, 1_000),
+    "header block: a field folded n times": (Headers.from_block, lambda n: "X: a" + "\r\n b" * n + "\r\n\r\n", 2_000),
+    "header block: n fields, the last an envelope line": (
+        Headers.from_block, lambda n: "X: y\r\n" * min(n, 900) + "Y:" + " " * n + "\r\nFrom x\r\n", 2_000),
     "encoded words: n unterminated words": (decode_words, lambda n: "=?a?q?x" * n, 1_000),
     "MIME: n attachment parts": (parse_mime, mime_parts, 25),
     "MIME: n nested multipart sections, 50 lines each": (parse_mime, mime_nested, 40),

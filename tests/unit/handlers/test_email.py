@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import json
 from email.message import Message
-from email.parser import BytesParser
+from email.parser import BytesParser, HeaderParser
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import Rejected
+from handlers import email as email_module
 from handlers.attachments import attachment
 from handlers.email import (
     Headers,
@@ -31,6 +34,7 @@ from handlers.email import (
 from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
 from tests.fixtures.providers import (
     ASHA_TEXT,
+    FIXTURES,
     FORWARDED,
     JPEG,
     JPEG_SHA256,
@@ -112,6 +116,88 @@ def test_headers_from_a_raw_block() -> None:
     assert headers.get_all("received") == ["a", "b"]
     assert address_list(headers.get_all("To")) == ["a@b", "c@d"]
     assert headers.get("cc") is None
+
+
+def parsed_fields(block: str) -> list[tuple[str, Any]]:
+    """The header fields the email package's parser reads from a header block."""
+    return list(HeaderParser().parsestr(block).raw_items())
+
+
+def block_outcome(block: str, parser: bool) -> Any:
+    """What Headers.from_block gives, read without the parser where it can be (or, `parser`, always with it,
+    as it was read before): its fields, the refusal, or the error raised."""
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            if parser:
+                patch.setattr(email_module, "_block_fields", lambda block: None)
+            return Headers.from_block(block)._fields
+    except Rejected as exc:
+        return exc.status, str(exc)
+    except Exception as exc:  # the parser's own failures are compared too
+        return type(exc).__name__, str(exc)
+
+
+def same_block(block: str) -> None:
+    """The block's fields read without the parser, when they are, are the parser's; from_block gives what it
+    gave reading every block with the parser."""
+    fields = email_module._block_fields(block)
+    if fields is not None:
+        assert fields == parsed_fields(block)
+    assert block_outcome(block, parser=False) == block_outcome(block, parser=True)
+
+
+SENDGRID_HEADERS = json.loads((FIXTURES / "sendgrid" / "parse.json").read_text())["headers"]
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"])
+def test_an_ordinary_header_block_is_read_without_the_parser(newline: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Name: value` lines, folded ones among them, in any line end: read here, as the parser reads them."""
+    block = (SENDGRID_HEADERS + "X-Folded: one\n two\n\tthree\nX-Blank:\nX-Blanks: \t \n\nbody: x\n"
+             ).replace("\n", newline)
+    fields = email_module._block_fields(block)
+    assert fields is not None and fields == parsed_fields(block)
+    assert ("X-Folded", f"one{newline} two{newline}\tthree") in fields
+    same_block(block)
+    monkeypatch.setattr(email_module, "HeaderParser", None)  # the parser is not used
+    assert Headers.from_block(block).get("x-folded") == "one two\tthree"
+
+
+@pytest.mark.parametrize("block", [
+    "From nobody Mon Jun  3 10:00:00 2024\r\nSubject: x\r\n",  # an envelope line first
+    "Subject: x\r\nFrom nobody\r\nTo: a@b.c\r\n",  # in the middle, a defect
+    "Subject: x\r\nFrom nobody",  # last, the body's first line
+    # bytes kept as surrogates beside other text that is not ASCII, in the Content-Type the parser reads:
+    # UnicodeEncodeError, from_block's before and still
+    "Content-Type: text/plain; c\u2029harset=\udc80\r\n",
+    "Subject: Caf\udcc3\udca9\r\n",  # bytes kept as surrogates anywhere
+    " folded first\r\nSubject: x\r\n",  # a continuation with no header above it
+    "Subject: x\r\n: no name\r\n folded\r\nTo: a@b.c\r\n",  # a line starting with a colon
+])
+def test_header_blocks_the_parser_reads_otherwise_are_left_to_it(block: str) -> None:
+    assert email_module._block_fields(block) is None
+    same_block(block)
+
+
+@pytest.mark.parametrize("block", [
+    "", "\r\n", "Subject: x", "Subject: x\r", "Subject: x\r\r\n\tnot folded", "Subject: x\n\rbody",
+    "Subject: x\r\nno colon\r\nTo: a@b.c\r\n", "X-A:\r\n\r\n", "X-A:\r\n \r\n", "X-A: \t\r\n\t \r\nX-B: y",
+    "Subject: a\x00b\x85c\u2028d\x0be\x0cf\udcff\r\n", "Sub ject: x\r\n", "Subject : x\r\n", "From: a@b.c\r\n",
+    "Subject:x\r\n\r\nFrom nobody\r\n", "S\xe9: x\r\n",
+])
+def test_header_block_edges(block: str) -> None:
+    same_block(block)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["Subject: x", "To: a@b.c,", "X-A:", "X-A:  \t", "Received: by x", " folded", "\tfolded",
+                     "From nobody", "From: a@b.c", ":", ": v", "", "", "body", "no colon", "=?utf-8?q?a?=", "\t",
+                     "Sub ject: x", "Subject : x", "Caf\xe9: x", "X:\x00\x85\u2028\udcff",
+                     "Content-Type: a\udcff\u3000", "content-type: text/x"])
+    | st.text(alphabet="ab :\t\r\n\xe9-", max_size=8),
+    st.sampled_from(["\r\n", "\n", "\r", ""])), max_size=20))
+def test_any_header_block_reads_as_the_parser_reads_it(lines: list[tuple[str, str]]) -> None:
+    same_block("".join(text + end for text, end in lines))
 
 
 def test_headers_from_a_mapping_with_underscores() -> None:

@@ -3,18 +3,21 @@ headers, must give what the parser gives reading the whole body: the same parts,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from email.message import Message
 from email.parser import BytesParser
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import Rejected
-from handlers import formdata
+from handlers import formdata, multipart_split
 from handlers.email import OpaqueMessage
 from handlers.formdata import Part, multipart_parts
 from handlers.multipart_split import parse_split
+from tests.fixtures.providers import sendgrid_multipart
 
 B = "xYzZY"
 CTYPE = f"multipart/form-data; boundary={B}"
@@ -36,6 +39,58 @@ def split(body: bytes, ctype: str) -> list[Part] | tuple[int, str]:
 
 def same(body: bytes, ctype: str = CTYPE) -> None:
     assert split(body, ctype) == whole(body, ctype)
+    prefix = f"Content-Type: {ctype}\r\n\r\n".encode()
+    if (fast := built(prefix, body)) is not None:
+        assert structure(fast) == structure(BytesParser(_class=OpaqueMessage).parsebytes(prefix + body))
+
+
+def structure(message: Message) -> Any:
+    """All the parser decides about a message: envelope line, raw headers, default type, defects, preamble,
+    epilogue, and its parts' structures or its text."""
+    payload = message.get_payload()
+    return (message.get_unixfrom(), list(message.raw_items()), message.get_default_type(),
+            [type(d).__name__ for d in message.defects], message.preamble, message.epilogue,
+            [structure(p) for p in payload] if isinstance(payload, list) else payload)
+
+
+class _ParserRun(Exception):
+    pass
+
+
+class _NoParser:
+    """In place of BytesParser: any parse raises _ParserRun."""
+
+    def __init__(self, **_kwargs: object) -> None:
+        pass
+
+    def parsebytes(self, *_args: object, **_kwargs: object) -> Message:
+        raise _ParserRun
+
+
+def built(prefix: bytes, body: bytes) -> Message | None:
+    """What parse_split gives when it builds the parts itself; None when it would run the parser (to cut
+    the body) or leave the body to the whole parse."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(multipart_split, "BytesParser", _NoParser)
+        try:
+            return parse_split(prefix, body)
+        except _ParserRun:
+            return None
+
+
+@pytest.fixture
+def counted_parses() -> Iterator[list[int]]:
+    """How many times parse_split runs the parser."""
+    runs = [0]
+
+    class Counted(BytesParser):
+        def parsebytes(self, *args: Any, **kwargs: Any) -> Message:
+            runs[0] += 1
+            return super().parsebytes(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(multipart_split, "BytesParser", Counted)
+        yield runs
 
 
 # Pieces of a form body near every edge of the split: delimiters where a line starts and where it does not,
@@ -136,3 +191,55 @@ def test_a_text_part_of_200000_lines_is_split_whole() -> None:
     body = head + mail + f"\r\n--{B}--\r\n".encode()
     [part] = multipart_parts(body, CTYPE)
     assert part.data == mail
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"])
+def test_an_ordinary_form_is_built_without_the_parser(newline: str, counted_parses: list[int]) -> None:
+    """`Name: value` header lines and a blank line, in every part: the parts are built, the parser never runs,
+    and the message is the one the parser makes of the whole body, preamble and epilogue included."""
+    body, ctype = sendgrid_multipart()
+    body = b"preamble\r\n" + body.replace(b"\r\n", newline.encode()) + b"epilogue"
+    prefix = f"Content-Type: {ctype}\r\n\r\n".encode()
+    fast = parse_split(prefix, body)
+    assert fast is not None and counted_parses == [0]
+    slow = BytesParser(_class=OpaqueMessage).parsebytes(prefix + body)
+    assert structure(fast) == structure(slow)
+    assert len(slow.get_payload()) == 18
+    same(body, ctype)
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (f'--{B}\r\nContent-Disposition: form-data; name="a"\r\n folded\r\n\r\nx\r\n--{B}--\r\n', "continuation line"),
+    (f'--{B}\r\n folded\r\nX: y\r\n\r\nx\r\n--{B}--\r\n', "first line a continuation"),
+    (f'--{B}\r\n:x\r\n\r\nx\r\n--{B}--\r\n', "line starting with a colon"),
+    (f'--{B}\r\nX: y\r\ncontent\r\n--{B}--\r\n', "no blank line below the headers"),
+    (f'--{B}\r\nX: y\r\n\r\nx\r\n--{B}\r\nX: y\r\n\r\nx\r\n', "no close delimiter"),
+])
+def test_other_shapes_are_cut_and_parsed(body: str, why: str, counted_parses: list[int]) -> None:
+    """A part the builder does not read goes to the cut parse, which gives what the whole parse gives."""
+    assert built(f"Content-Type: {CTYPE}\r\n\r\n".encode(), body.encode()) is None, why
+    same(body.encode())
+    assert counted_parses[0] >= 1
+
+
+@pytest.mark.parametrize("ctype", [f"multipart/digest; boundary={B}", f"multipart/mixed; boundary={B}",
+                                   f'multipart/form-data; boundary="{B}"; charset=utf-8'])
+def test_built_parts_take_the_parsers_default_type(ctype: str) -> None:
+    """The parts of a multipart/digest are message/rfc822 unless they say otherwise."""
+    body = f"--{B}\r\nX-A:  b \t\r\n\r\nx\r\n--{B}\r\nContent-Type: text/plain\r\n\r\ny\r\n--{B}--".encode()
+    fast = built(f"Content-Type: {ctype}\r\n\r\n".encode(), body)
+    assert fast is not None
+    parts = fast.get_payload()
+    assert isinstance(parts, list)
+    assert [p.get_content_type() for p in parts] == \
+        ["message/rfc822" if "digest" in ctype else "text/plain", "text/plain"]
+    assert parts[0].items() == [("X-A", "b \t")]
+    same(body, ctype)
+
+
+@pytest.mark.parametrize("ctype", ["multipart/mixed; boundary=in", "message/delivery-status", "Multipart/X"])
+def test_a_part_the_parser_reads_inside_is_not_built(ctype: str) -> None:
+    """A nested multipart or a delivery status: the parser reads its content, so the builder leaves it."""
+    body = f"--{B}\r\nContent-Type: {ctype}\r\n\r\n--in\r\n\r\nx\r\n--in--\r\n--{B}--\r\n".encode()
+    assert built(f"Content-Type: {CTYPE}\r\n\r\n".encode(), body) is None
+    same(body)
