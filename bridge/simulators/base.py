@@ -58,7 +58,9 @@ several times a demo's or a test's ticket, or 64 tickets of a full 1 MiB. Python
 Kapture tickets with 1 KB texts, 0.5x with 100 KB ones, whose text two fields share; tickets of a title only take
 6x, and MAX_TICKETS bounds them first), so the four simulators a server runs hold some 300 MiB of tickets at most.
 A ticket heavier than the whole budget is still held (the newest is never dropped on arrival), alone; past the
-budget it then keeps the newest entry of each history, its heaviest history's oldest dropped first."""
+budget it then keeps the newest entry of each history, its heaviest history's oldest dropped first. A ticket held
+alone that a follow-up makes heavier than the budget with its histories so trimmed (fields grown by updates) is
+dropped, as the oldest are: its next follow-up finds no ticket."""
 MAX_TOKENS = 10_000
 """Tokens a simulator's log-in or token endpoint keeps live, the oldest forgotten first (refused from then on, as
 revoked): the sandbox's demo credentials are public, so anyone who reaches it may ask for tokens without end."""
@@ -141,7 +143,7 @@ class VendorSimulator(ABC):
         weight = self._weights[ticket[self.key]] = TicketWeight(ticket, self.histories)
         self._history += self._entries(ticket)
         self._bytes += weight.total
-        self._shrink()
+        self._shrink(arriving=True)
 
     def _weight(self, ticket: dict[str, Any]) -> TicketWeight | None:
         """The weight of `ticket` if it is held (not a copy made or kept elsewhere), else None."""
@@ -202,13 +204,18 @@ class VendorSimulator(ABC):
     def _entries(self, ticket: dict[str, Any]) -> int:
         return sum(len(ticket.get(name, ())) for name in self.histories)
 
-    def _shrink(self) -> None:
+    def _shrink(self, arriving: bool = False) -> None:
+        """Drop the oldest tickets past the bounds; a ticket held alone past the byte budget is trimmed
+        (`_trim_alone`), and dropped if that is not enough, unless it is `arriving` (just held)."""
         while self._held and (len(self._held) > self.max_tickets or self._history > self.max_history_total
                               or (len(self._held) > 1 and self._bytes > self.max_ticket_bytes)):
             key, oldest = self._held.popitem(last=False)
             self._forget(oldest, self._weights.pop(key))
         if self._held and self._bytes > self.max_ticket_bytes:
             self._trim_alone()
+            if self._bytes > self.max_ticket_bytes and not arriving:
+                key, alone = self._held.popitem()
+                self._forget(alone, self._weights.pop(key))
 
     def _trim_alone(self) -> None:
         """The one ticket held weighs more than the budget: drop its histories' oldest entries, the heaviest

@@ -221,7 +221,7 @@ class LeadSquaredSimulator(VendorSimulator):
                   "Key": f"#{number:03d}"}
         self.hold({**answer, "TypeId": body["TypeId"], "LeadId": body.get("LeadId"),
                     "RelatedTicketTypeId": body["RelatedTicketTypeId"], "Fields": body["Fields"],
-                    "Files": files, "Updates": [], "Activities": [], "Notes": []})
+                    "Files": list(files), "Updates": [], "Activities": [], "Notes": []})  # the noted list stays as sent
         return web.json_response(answer)
 
     async def update(self, request: web.Request) -> web.StreamResponse:

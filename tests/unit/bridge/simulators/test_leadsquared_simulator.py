@@ -8,11 +8,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.simulators.leadsquared import MAX_FIELDS, LeadSquaredSimulator, _merged
+from bridge.simulators.weights import weigh
 from bridge.vendors.base import VendorRequest
 from bridge.vendors.leadsquared import (
     SANDBOX_ACCESS_KEY,
@@ -405,3 +407,41 @@ async def test_follow_ups_keep_the_weight_of_what_a_ticket_holds(aiohttp_client:
                 assert (await send(client, made.build_request(action, fields, {}, ticket=ticket)))[0] == 200
                 assert sim.held_bytes == sum(len(msgspec.json.encode(t)) for t in sim.tickets)
     assert [f["Value"] for f in sim.tickets[1]["Fields"]] == ["a@b.io", "tt", "s2"]
+
+
+def update_form(dto: dict[str, Any], files: int) -> aiohttp.FormData:
+    """An update's multipart body: `ticketDTO` and `files` small files."""
+    form = aiohttp.FormData(default_to_multipart=True)
+    form.add_field("ticketDTO", json.dumps(dto))
+    for i in range(files):
+        form.add_field("files", b"x" * 10, filename=f"f{i}.bin", content_type="application/octet-stream")
+    return form
+
+
+async def test_a_creates_noted_files_stay_as_sent_while_its_ticket_gains_files(aiohttp_client: Any) -> None:
+    """The create's entry in the received log keeps the files it was sent, and the log's weight stays that of its
+    entries, while updates add files to the ticket."""
+    sim, client = await start(aiohttp_client)
+    resp = await client.post(URL, data=update_form(TICKET, 1), headers=KEYS)
+    assert resp.status == 200
+    for _ in range(5):
+        resp = await client.put(f"{URL}/1/update", data=update_form({**TICKET, "Id": "1"}, 3), headers=KEYS)
+        assert resp.status == 200
+    assert len(sim.tickets[0]["Files"]) == 16
+    assert len(sim.received.entries[0]["files"]) == 1
+    assert sim.received.held_bytes == sum(weigh(entry) for entry in sim.received.entries)
+
+
+async def test_a_lone_ticket_its_updates_grow_past_the_budget_is_dropped(aiohttp_client: Any) -> None:
+    """Updates adding fields make a ticket held alone heavier than the byte budget, which trimming its histories
+    cannot cure: it is dropped, as the oldest tickets are, and the budget holds."""
+    sim, client = await start(aiohttp_client)
+    sim.max_ticket_bytes = 1_000_000
+    assert (await post(client))[0] == 200
+    for i in range(12):
+        dto = {**TICKET, "Id": "1", "Fields": [{"SchemaName": f"F{i}", "Value": "v" * 100_000}]}
+        resp = await client.put(f"{URL}/1/update", data=update_form(dto, 0), headers=KEYS)
+        if resp.status != 200:
+            break
+        assert sim.held_bytes <= sim.max_ticket_bytes
+    assert (resp.status, sim.tickets, sim.held_bytes) == (404, [], 0)
