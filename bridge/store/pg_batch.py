@@ -233,10 +233,12 @@ class PendingAccept:
         self.rows = new_delivery_rows(event, deliveries, self.created)
         size = len(self.data)
         for row in self.rows:
-            size += len(row[8] or b"") + len(row[9])
+            if (body := row[8]) is not None:
+                size += len(body)
         self.size = size
-        """What GROUP_BYTES bounds per group: the bytes the accept sends encoded, its event (payload, headers) and
-        its deliveries' bodies and options, already encoded for the statement (ids, keys and times are short)."""
+        """What GROUP_BYTES bounds per group: the bytes of what the request sent that the accept's statement
+        carries, already encoded for it: the event (payload, headers) and its deliveries' bodies. Ids, keys and
+        times are short, and a delivery's options come from its mapping, not from the request."""
         self.threads = [(event.id, d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination,
                          self.created, d.known_ticket, d.reopen_after_ms)
                         for d in deliveries if d.conversation is not None]
@@ -289,6 +291,8 @@ class GroupBatcher(Generic[Q, R]):
         self.concurrent = concurrent
         self.linger_below = linger_below
         self._pending: list[Q] = []
+        self._pending_size = 0
+        """The sum of the queued items' sizes."""
         self._flusher: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrent)
         self._running: set[asyncio.Task[None]] = set()
@@ -297,6 +301,7 @@ class GroupBatcher(Generic[Q, R]):
 
     async def submit(self, item: Q) -> R:
         self._pending.append(item)
+        self._pending_size += item.size
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="postgres group commit")
         out: R = await item.future
@@ -319,16 +324,19 @@ class GroupBatcher(Generic[Q, R]):
         """The next group, taken off the queue (which holds one item at least): its first items, up to `group_max`
         of them and `group_bytes` of their sizes, the first item whatever its size."""
         pending = self._pending
+        if len(pending) <= self.group_max and self._pending_size <= self.group_bytes:
+            self._pending = []  # the common case: everything queued makes one group
+            self._pending_size = 0
+            return pending
         end = min(len(pending), self.group_max)
         total = pending[0].size
         n = 1
-        while n < end:
-            total += pending[n].size
-            if total > self.group_bytes:
-                break
+        while n < end and (more := total + pending[n].size) <= self.group_bytes:
+            total = more
             n += 1
         group = pending[:n]
         del pending[:n]
+        self._pending_size -= total
         return group
 
     async def _store(self, group: list[Q]) -> None:

@@ -131,17 +131,17 @@ async def group_sizes(items: list[PendingAccept], group_max: int, group_bytes: i
     results = await asyncio.gather(*(batcher.submit(item) for item in items))
     assert [r.event_id for r in results] == [item.event.id for item in items]
     assert (batcher.groups, batcher.grouped) == (len(sizes), len(items))
+    assert (batcher._pending, batcher._pending_size) == ([], 0)
     return sizes
 
 
 async def test_an_accept_counts_its_encoded_event_and_deliveries() -> None:
-    """Its size is the bytes its statement sends encoded: the event (payload, headers) and each delivery's body
-    and options, as encoded for the statement (no second encoding)."""
+    """Its size is the bytes of the request its statement sends encoded: the event (payload, headers) and each
+    delivery's body, as encoded for the statement (no second encoding); a delivery's options are its mapping's."""
     event = make_event(text="p" * 1000)
     deliveries = [make_delivery(body={"b": "x" * 300}), make_delivery(body=None, options={"o": "y" * 7})]
     item = PendingAccept(event, deliveries, 60, None)
-    assert item.size == len(encode(event)) + len(encode({"b": "x" * 300})) + len(encode({})) + len(
-        encode({"o": "y" * 7}))
+    assert item.size == len(encode(event)) + len(encode({"b": "x" * 300}))
     assert sized(5000, 3000).size > 8000
 
 
@@ -155,6 +155,8 @@ async def test_a_group_closes_at_its_bytes_or_its_count_whichever_comes_first() 
     assert await group_sizes([sized(400) for _ in range(5)], group_max=2, group_bytes=10**9) == [2, 2, 1]
     mixed = [sized(400), sized(4000), sized(400), sized(400), sized(4000), sized(400)]
     assert await group_sizes(mixed, group_max=100, group_bytes=bound) == [1, 1, 2, 1, 1]
+    assert await group_sizes([sized(400), sized(4000)], group_max=100, group_bytes=bound) == [1, 1]
+    assert await group_sizes([sized(4000)], group_max=100, group_bytes=bound) == [1]
     assert await group_sizes([sized(400) for _ in range(4)], group_max=100, group_bytes=bound - 1) == [2, 2]
 
 
