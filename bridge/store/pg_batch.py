@@ -7,7 +7,8 @@ nonce in a savepoint of its own, since a replay must leave nothing behind. When 
 group fails (a delivery id stored twice, a deadlock with another process, a statement cancelled by
 `statement_timeout`), the transaction is rolled back and the group is run again on the same connection with a
 savepoint around every accept, so that the failure costs that accept alone; only a lost connection fails the
-group as a whole. Every caller is answered only once its group's COMMIT has returned.
+group as a whole. A group closes at `group_max` accepts or GROUP_BYTES of what they send (PendingAccept.size),
+whichever comes first. Every caller is answered only once its group's COMMIT has returned.
 
 Dedup and nonces keep the semantics of one transaction per accept, in queue order: within a group a
 dedup key's later uses are duplicates of its first, and across processes the upserts lock the rows a
@@ -37,6 +38,17 @@ except ImportError:  # pragma: no cover - reported when a postgresql:// store is
 log = structlog.get_logger("ticketbridge.store")
 
 SMALL_GROUP = 8
+GROUP_BYTES = 2 * 1024 * 1024
+"""The most a group carries of its items' sizes (the texts and encoded values one statement sends:
+PendingAccept.size, pg_record.PendingRecord.size), an item larger than this by itself making a group of one:
+2 MiB. Grouping shares a round trip and a commit, a fixed cost per group that a few hundred kilobytes already
+outweigh: writing follow-ups of 16 to 256 KiB of incompressible text cost the same per MiB with groups bounded at
+256 KiB, 1 MiB or 2 MiB, 10-35 % more at 4 MiB and twice as much at 16 MiB. Ordinary items (a form or an email of
+a few kilobytes, a record's excerpt of at most 2,000 characters) stay far below it, so the count still closes
+their groups. The bound also keeps what one statement holds in memory (the client's arrays and message, the
+server's message and unnested rows, per concurrent group) to a few times 2 MiB, where 512 (`group_commit_max`)
+accepts or follow-ups of 1 MiB each (`server.max_body_bytes`) would make a statement of half a gigabyte, and of
+2 MiB each would pass the most PostgreSQL takes in one message (1 GiB)."""
 NONCE_SWEEP = 32
 NONCE_SWEEP_EVERY = 16
 """Every NONCE_SWEEP_EVERY-th nonce a process records deletes up to NONCE_SWEEP expired ones: two per nonce on
@@ -206,7 +218,8 @@ upsert included)."""
 class PendingAccept:
     """One accept waiting for its group: everything its statements need, encoded before it queues."""
 
-    __slots__ = ("created", "data", "event", "expires", "future", "nonce", "received", "rows", "threads", "wake")
+    __slots__ = ("created", "data", "event", "expires", "future", "nonce", "received", "rows", "size", "threads",
+                 "wake")
 
     def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                  nonce: Nonce | None) -> None:
@@ -218,6 +231,14 @@ class PendingAccept:
         self.created = now_ms()
         self.expires = self.created + int(dedup_window_s * 1000)
         self.rows = new_delivery_rows(event, deliveries, self.created)
+        size = len(self.data)
+        for row in self.rows:
+            if (body := row[8]) is not None:
+                size += len(body)
+        self.size = size
+        """What GROUP_BYTES bounds per group: the bytes of what the request sent that the accept's statement
+        carries, already encoded for it: the event (payload, headers) and its deliveries' bodies. Ids, keys and
+        times are short, and a delivery's options come from its mapping, not from the request."""
         self.threads = [(event.id, d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination,
                          self.created, d.known_ticket, d.reopen_after_ms)
                         for d in deliveries if d.conversation is not None]
@@ -246,6 +267,7 @@ REPLAYED = AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=Tru
 
 class _Queued(Protocol):
     future: asyncio.Future[Any]
+    size: int
 
 
 Q = TypeVar("Q", bound=_Queued)
@@ -257,15 +279,20 @@ class GroupBatcher(Generic[Q, R]):
     item (or raises, failing the whole group). Up to `concurrent` groups are stored at once, each on its own
     connection: while one waits for its COMMIT (the server's disk), the next is already being written. A group
     holds what was queued in the turn of the loop that queued its first item; one smaller than `linger_below`
-    waits one more turn for the items being parsed now."""
+    waits one more turn for the items being parsed now. A group closes at `group_max` items or at `group_bytes`
+    of their sizes (`item.size`), whichever comes first; an item larger than `group_bytes` by itself makes a group
+    of one."""
 
     def __init__(self, run_group: Callable[[list[Q]], Awaitable[list[R | BaseException]]], group_max: int,
-                 concurrent: int = 1, linger_below: int = SMALL_GROUP) -> None:
+                 concurrent: int = 1, linger_below: int = SMALL_GROUP, group_bytes: int = GROUP_BYTES) -> None:
         self.run_group = run_group
         self.group_max = group_max
+        self.group_bytes = group_bytes
         self.concurrent = concurrent
         self.linger_below = linger_below
         self._pending: list[Q] = []
+        self._pending_size = 0
+        """The sum of the queued items' sizes."""
         self._flusher: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrent)
         self._running: set[asyncio.Task[None]] = set()
@@ -274,6 +301,7 @@ class GroupBatcher(Generic[Q, R]):
 
     async def submit(self, item: Q) -> R:
         self._pending.append(item)
+        self._pending_size += item.size
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="postgres group commit")
         out: R = await item.future
@@ -293,9 +321,22 @@ class GroupBatcher(Generic[Q, R]):
             task.add_done_callback(self._running.discard)
 
     def _take(self) -> list[Q]:
-        """The next group, taken off the queue (which holds one item at least): the first `group_max` items."""
-        group = self._pending[: self.group_max]
-        del self._pending[: len(group)]
+        """The next group, taken off the queue (which holds one item at least): its first items, up to `group_max`
+        of them and `group_bytes` of their sizes, the first item whatever its size."""
+        pending = self._pending
+        if len(pending) <= self.group_max and self._pending_size <= self.group_bytes:
+            self._pending = []  # the common case: everything queued makes one group
+            self._pending_size = 0
+            return pending
+        end = min(len(pending), self.group_max)
+        total = pending[0].size
+        n = 1
+        while n < end and (more := total + pending[n].size) <= self.group_bytes:
+            total = more
+            n += 1
+        group = pending[:n]
+        del pending[:n]
+        self._pending_size -= total
         return group
 
     async def _store(self, group: list[Q]) -> None:
@@ -326,7 +367,8 @@ class GroupBatcher(Generic[Q, R]):
 
 
 class AcceptBatcher(GroupBatcher[PendingAccept, AcceptResult]):
-    """Queues accepts and stores them a group at a time (GroupBatcher)."""
+    """Queues accepts and stores them a group at a time (GroupBatcher): up to `group_max` accepts or `group_bytes`
+    of what they send (PendingAccept.size), whichever comes first."""
 
 
 async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool]) -> \

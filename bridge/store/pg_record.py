@@ -27,7 +27,15 @@ import structlog
 
 from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.store.base import AttemptResult
-from bridge.store.pg_batch import DB_ERRORS, GroupBatcher, each_alone, lost_connection, refusal, refused
+from bridge.store.pg_batch import (
+    DB_ERRORS,
+    GROUP_BYTES,
+    GroupBatcher,
+    each_alone,
+    lost_connection,
+    refusal,
+    refused,
+)
 from bridge.store.rows import doubt_after, encode, gives_ticket, now_ms, storable_result
 
 try:
@@ -86,18 +94,6 @@ time does not allow) keeps the one with the larger delivery id. Returns the ordi
 written."""
 
 WIDTH = 21
-GROUP_BYTES = 2 * 1024 * 1024
-"""The most text a group of records carries (PendingRecord.size: follow-up bodies, response excerpts, exchanges,
-errors), a record larger than this by itself making a group of one: 2 MiB. Grouping shares a round trip and a
-commit, a fixed cost per group that a few hundred kilobytes of text already outweigh: writing follow-ups of 16 to
-256 KiB of incompressible text cost the same per MiB with groups bounded at 256 KiB, 1 MiB or 2 MiB, 10-35 % more
-at 4 MiB and twice as much at 16 MiB. Ordinary records (an excerpt of at most 2,000 characters and a small
-exchange) stay far below it, so the count still closes their groups. The bound also keeps what one statement holds
-in memory (the client's arrays and message, the server's message and unnested rows, per concurrent group) to a few
-times 2 MiB, where 512 (`group_commit_max`) follow-ups of 1 MiB each would make a statement of half a gigabyte,
-and one of 2 MiB each would pass the most PostgreSQL takes in one message (1 GiB)."""
-
-
 class PendingRecord:
     """One attempt's record waiting for its group: the values of its statement, encoded before it queues."""
 
@@ -133,22 +129,7 @@ class RecordBatcher(GroupBatcher[PendingRecord, None]):
 
     def __init__(self, run_group: Callable[[list[PendingRecord]], Awaitable[list[Outcome]]], group_max: int,
                  concurrent: int = 1, group_bytes: int = GROUP_BYTES) -> None:
-        super().__init__(run_group, group_max, concurrent=concurrent, linger_below=0)
-        self.group_bytes = group_bytes
-
-    def _take(self) -> list[PendingRecord]:
-        pending = self._pending
-        end = min(len(pending), self.group_max)
-        total = pending[0].size
-        n = 1
-        while n < end:
-            total += pending[n].size
-            if total > self.group_bytes:
-                break
-            n += 1
-        group = pending[:n]
-        del pending[:n]
-        return group
+        super().__init__(run_group, group_max, concurrent=concurrent, linger_below=0, group_bytes=group_bytes)
 
 
 async def record_group(conn: Any, group: list[PendingRecord]) -> list[Outcome]:

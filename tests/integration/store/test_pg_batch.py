@@ -10,7 +10,9 @@ import asyncpg
 import pytest
 
 from bridge.errors import NotFound, StoreUnavailable
+from bridge.events import Event
 from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
+from bridge.store.pg_batch import GROUP_BYTES, PendingAccept
 from bridge.store.postgres import PostgresStore, channel_for
 from tests.integration.processes import DSN
 from tests.integration.store.contract import WEEK, accept_one, make_delivery, make_event, nonce
@@ -271,3 +273,29 @@ async def test_a_group_counts_each_message_in_its_conversation(store: PostgresSt
     (found,) = await store.get_conversations("k")
     assert found.conversation.messages == 5
     assert [c.id for c in (await store.claim("kapture-support", 10, "w", 30)).items] == [first[0].id]
+
+
+async def test_a_burst_of_large_accepts_is_stored_in_groups_of_at_most_group_bytes(store: PostgresStore) -> None:
+    """Accepts made together are grouped up to GROUP_BYTES of what they send, not only up to group_commit_max:
+    accepts over a third of it each (event payload and delivery body) go two to a group, one over the bound by
+    itself goes alone, and every accept is stored and answered with its own result; a dedup key used again in a
+    later group is still a duplicate of the first."""
+    sixth = GROUP_BYTES // 6
+
+    def large(chars: int, key: str | None = None) -> tuple[Event, NewDelivery]:
+        return make_event(dedup_key=key, text="p" * chars), make_delivery(body={"comment": "b" * chars})
+
+    accepts = [large(sixth, "k"), large(sixth), large(sixth), large(GROUP_BYTES), large(sixth, "k"), large(10)]
+    sizes = [PendingAccept(e, [d], WEEK, None).size for e, d in accepts]
+    assert all(GROUP_BYTES // 3 < s < GROUP_BYTES // 2 for s in sizes[:3]) and sizes[3] > GROUP_BYTES
+    results = await asyncio.gather(*(store.accept(e, [d], WEEK) for e, d in accepts))
+    assert (store.batcher.groups, store.batcher.grouped) == (4, 6)  # [1, 2], [3], [big], [duplicate of 1, small]
+    assert [(r.event_id, r.duplicate, r.deliveries) for r in results] == [
+        (e.id, False, 1) for e, _ in accepts[:4]] + [(accepts[0][0].id, True, 0), (accepts[5][0].id, False, 1)]
+    for i, (e, d) in enumerate(accepts):
+        if i == 4:
+            with pytest.raises(NotFound):
+                await store.get_event(e.id)
+            continue
+        assert await store.get_event(e.id) == e
+        assert (await store.get_delivery(d.id)).body == d.body

@@ -9,7 +9,15 @@ from structlog.testing import capture_logs
 
 from bridge.errors import StoreUnavailable
 from bridge.store.base import AcceptResult
-from bridge.store.pg_batch import CUT_OFF_ALONE_MAX, AcceptBatcher, Outcome, PendingAccept, each_alone
+from bridge.store.pg_batch import (
+    CUT_OFF_ALONE_MAX,
+    GROUP_BYTES,
+    AcceptBatcher,
+    Outcome,
+    PendingAccept,
+    each_alone,
+)
+from bridge.store.rows import encode
 from tests.integration.store.contract import make_delivery, make_event
 
 
@@ -103,3 +111,57 @@ async def test_items_written_alone_stop_after_two_are_cut_off_by_a_timeout() -> 
     again = await each_alone(range(4), write)  # one cut off: every item tried
     assert [None if o is None else str(o) for o in again] == [None, str(out[1]), str(out[2]), None]
     assert tried == [0, 1, 2, 3]
+
+
+def sized(payload_chars: int, body_chars: int = 0) -> PendingAccept:
+    """An accept whose event carries `payload_chars` of text and whose delivery's body `body_chars`."""
+    return PendingAccept(make_event(text="p" * payload_chars), [make_delivery(body={"b": "x" * body_chars})], 60,
+                         None)
+
+
+async def group_sizes(items: list[PendingAccept], group_max: int, group_bytes: int) -> list[int]:
+    """The sizes of the groups `items`, accepted together, are stored in; each caller answered with its own."""
+    sizes: list[int] = []
+
+    async def run(group: list[PendingAccept]) -> list[Outcome]:
+        sizes.append(len(group))
+        return [item.stored() for item in group]
+
+    batcher = AcceptBatcher(run, group_max, group_bytes=group_bytes)
+    results = await asyncio.gather(*(batcher.submit(item) for item in items))
+    assert [r.event_id for r in results] == [item.event.id for item in items]
+    assert (batcher.groups, batcher.grouped) == (len(sizes), len(items))
+    assert (batcher._pending, batcher._pending_size) == ([], 0)
+    return sizes
+
+
+async def test_an_accept_counts_its_encoded_event_and_deliveries() -> None:
+    """Its size is the bytes of the request its statement sends encoded: the event (payload, headers) and each
+    delivery's body, as encoded for the statement (no second encoding); a delivery's options are its mapping's."""
+    event = make_event(text="p" * 1000)
+    deliveries = [make_delivery(body={"b": "x" * 300}), make_delivery(body=None, options={"o": "y" * 7})]
+    item = PendingAccept(event, deliveries, 60, None)
+    assert item.size == len(encode(event)) + len(encode({"b": "x" * 300}))
+    assert sized(5000, 3000).size > 8000
+
+
+async def test_a_group_closes_at_its_bytes_or_its_count_whichever_comes_first() -> None:
+    """Accepts of a third of the bound go three to a group; under a bound they do not reach, the
+    count closes groups; an accept over the bound goes alone, and does not carry its neighbours with it."""
+    small, big = sized(400), sized(4000)
+    bound = 3 * small.size
+    assert big.size > bound
+    assert await group_sizes([sized(400) for _ in range(7)], group_max=100, group_bytes=bound) == [3, 3, 1]
+    assert await group_sizes([sized(400) for _ in range(5)], group_max=2, group_bytes=10**9) == [2, 2, 1]
+    mixed = [sized(400), sized(4000), sized(400), sized(400), sized(4000), sized(400)]
+    assert await group_sizes(mixed, group_max=100, group_bytes=bound) == [1, 1, 2, 1, 1]
+    assert await group_sizes([sized(400), sized(4000)], group_max=100, group_bytes=bound) == [1, 1]
+    assert await group_sizes([sized(4000)], group_max=100, group_bytes=bound) == [1]
+    assert await group_sizes([sized(400) for _ in range(4)], group_max=100, group_bytes=bound - 1) == [2, 2]
+
+
+async def test_the_default_bound_is_group_bytes() -> None:
+    async def run(group: list[PendingAccept]) -> list[Outcome]:
+        return [item.stored() for item in group]
+
+    assert AcceptBatcher(run, 512).group_bytes == GROUP_BYTES == 2 * 1024 * 1024
