@@ -17,7 +17,8 @@ from bridge.store.base import AttemptResult, DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from bridge.vendors.kapture import CREATE_PATH, UPDATE_PATH
-from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.fixtures.threads import post_thread
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
@@ -105,15 +106,7 @@ async def test_a_thread_s_next_message_is_a_follow_up_after_its_first_was_record
     with capture_logs() as logs:
         client = await bridge_client(write_config(config, MAPPINGS), store=store)
         kept = runtime(client).store
-        for text in ("first", "second"):
-            resp = await client.post("/hooks/events", json={"case": "c1", "text": text})
-            assert resp.status == 202, await resp.text()
-
-        async def settled() -> bool:
-            rows = await kept.list_deliveries(DeliveryFilter())
-            return len(rows) == 2 and all(r.status in ("succeeded", "dead") for r in rows)
-
-        await eventually(settled)
+        await post_thread(client, kept)
     assert len(store.refused) == 2
     assert len(creates) == 1 and creates[0][0]["title"] == "Case c1"
     assert [(u[0]["ticket_id"], u[0]["comment"]) for u in updates] == [("7", "second")]

@@ -16,9 +16,10 @@ from structlog.testing import capture_logs
 from bridge.delivery.dispatcher import MINIMAL_ERROR
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
-from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.kapture_answering import delivered
 from tests.fixtures.providers import compact, load
+from tests.fixtures.threads import post_thread
 
 pytestmark = pytest.mark.integration
 
@@ -227,15 +228,7 @@ async def test_a_key_the_database_refuses_leaves_the_conversation_its_ticket_id(
     with capture_logs() as logs:
         client = await bridge_client(write_config(config, LSQ_CASE), store=PostgresStore(latin1_dsn))
         store = runtime(client).store
-        for text in ("first", "second"):
-            resp = await client.post("/hooks/events", json={"case": "c1", "text": text})
-            assert resp.status == 202, await resp.text()
-
-        async def settled() -> bool:
-            rows = await store.list_deliveries(DeliveryFilter())
-            return len(rows) == 2 and all(r.status in ("succeeded", "dead") for r in rows)
-
-        await eventually(settled)
+        await post_thread(client, store)
     assert len(creates) == 1
     assert [(n["RelatedTicketId"], n["TextPart"]) for n in notes] == [(143, "second")]
     first, second = sorted(await store.list_deliveries(DeliveryFilter()), key=lambda r: r.id)
