@@ -59,8 +59,8 @@ Kapture tickets with 1 KB texts, 0.5x with 100 KB ones, whose text two fields sh
 6x, and MAX_TICKETS bounds them first), so the four simulators a server runs hold some 300 MiB of tickets at most.
 A ticket heavier than the whole budget is still held (the newest is never dropped on arrival), alone; past the
 budget it then keeps the newest entry of each history, its heaviest history's oldest dropped first. A ticket held
-alone that a follow-up makes heavier than the budget with its histories so trimmed (fields grown by updates) is
-dropped, as the oldest are: its next follow-up finds no ticket."""
+alone that a follow-up leaves heavier than the budget with its histories so trimmed (fields grown by updates, or a
+ticket that arrived heavy) is dropped, as the oldest are: its next follow-up finds no ticket."""
 MAX_TOKENS = 10_000
 """Tokens a simulator's log-in or token endpoint keeps live, the oldest forgotten first (refused from then on, as
 revoked): the sandbox's demo credentials are public, so anyone who reaches it may ask for tokens without end."""

@@ -281,7 +281,7 @@ class GroupBatcher(Generic[Q, R]):
     holds what was queued in the turn of the loop that queued its first item; one smaller than `linger_below`
     waits one more turn for the items being parsed now. A group closes at `group_max` items or at `group_bytes`
     of their sizes (`item.size`), whichever comes first; an item larger than `group_bytes` by itself makes a group
-    of one."""
+    of one. The groups of one burst so split are stored one after another, in arrival order."""
 
     def __init__(self, run_group: Callable[[list[Q]], Awaitable[list[R | BaseException]]], group_max: int,
                  concurrent: int = 1, linger_below: int = SMALL_GROUP, group_bytes: int = GROUP_BYTES) -> None:
@@ -296,6 +296,8 @@ class GroupBatcher(Generic[Q, R]):
         self._flusher: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrent)
         self._running: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None
+        """The group taken last, while it may be followed by the rest of its burst (see _flush)."""
         self.groups = 0
         self.grouped = 0
 
@@ -313,12 +315,18 @@ class GroupBatcher(Generic[Q, R]):
             if len(self._pending) < self.linger_below:
                 await asyncio.sleep(0)  # a small group: one more turn lets requests parsed now join it
             await self._slots.acquire()  # items arriving meanwhile join the group taken once a slot is free
+            after, self._last = self._last, None
             group = self._take()
             self.groups += 1
             self.grouped += len(group)
-            task = asyncio.get_running_loop().create_task(self._store(group), name="postgres group")
+            task = asyncio.get_running_loop().create_task(self._store(group, after), name="postgres group")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            if self._pending:
+                # A burst split by the bounds: the rest of it is stored once this group is, not beside it. Beside
+                # it, the rest's smaller statement could reach the server first, and a dedup key or conversation
+                # both hold would go to the later request.
+                self._last = task
 
     def _take(self) -> list[Q]:
         """The next group, taken off the queue (which holds one item at least): its first items, up to `group_max`
@@ -339,9 +347,12 @@ class GroupBatcher(Generic[Q, R]):
         self._pending_size -= total
         return group
 
-    async def _store(self, group: list[Q]) -> None:
+    async def _store(self, group: list[Q], after: asyncio.Task[None] | None = None) -> None:
+        """Store `group` (once `after`, the group before it in its burst, is stored) and answer its items."""
         try:
             try:
+                if after is not None:
+                    await asyncio.wait([after])  # its outcome is its own items'
                 outcomes = await self.run_group(group)
             except Exception as exc:
                 outcomes = [exc] * len(group)

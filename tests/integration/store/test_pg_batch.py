@@ -299,3 +299,21 @@ async def test_a_burst_of_large_accepts_is_stored_in_groups_of_at_most_group_byt
             continue
         assert await store.get_event(e.id) == e
         assert (await store.get_delivery(d.id)).body == d.body
+
+
+async def test_a_dedup_key_in_a_split_burst_goes_to_the_first_request(store: PostgresStore) -> None:
+    """A burst split by the byte bound into [A] and [filler, B], A and B holding one dedup key: the second group's
+    smaller statement is not sent beside the first, so A always owns the key and B is its duplicate (run beside
+    it, the second group's statement reached the server first in about one burst of ten)."""
+    part = GROUP_BYTES * 3 // 8
+    assert store.batcher.concurrent >= 2  # a slot is free for the second group
+    for trial in range(20):
+        key = f"k{trial}"
+        first = make_event(dedup_key=key, text="a" * part), make_delivery(body={"c": "b" * part})
+        filler = make_event(text="f" * (GROUP_BYTES // 4)), make_delivery()
+        second = make_event(dedup_key=key, text="x"), make_delivery()
+        groups = store.batcher.groups
+        results = await asyncio.gather(*(store.accept(e, [d], WEEK) for e, d in (first, filler, second)))
+        assert store.batcher.groups - groups == 2
+        assert [(r.event_id, r.duplicate) for r in results] == [
+            (first[0].id, False), (filler[0].id, False), (first[0].id, True)], trial

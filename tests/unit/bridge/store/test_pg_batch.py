@@ -26,8 +26,8 @@ def pending() -> PendingAccept:
 
 
 async def test_at_most_concurrent_groups_are_stored_at_once() -> None:
-    """With `concurrent=2`, a third group waits until one of the two running groups is done, and the accepts
-    queued meanwhile join it."""
+    """With `concurrent=2`, groups queued in different turns are stored at once, a third waits until one of the two
+    running groups is done, and the accepts queued meanwhile join it."""
     running: list[int] = []
     peak = 0
     release = asyncio.Event()
@@ -42,8 +42,14 @@ async def test_at_most_concurrent_groups_are_stored_at_once() -> None:
 
     batcher = AcceptBatcher(run, group_max=2, concurrent=2)
     items = [pending() for _ in range(7)]
-    calls = [asyncio.create_task(batcher.submit(item)) for item in items]
+    calls = [asyncio.create_task(batcher.submit(item)) for item in items[:2]]
+    while len(running) < 1:
+        await asyncio.sleep(0)
+    calls += [asyncio.create_task(batcher.submit(item)) for item in items[2:4]]
     while len(running) < 2:
+        await asyncio.sleep(0)
+    calls += [asyncio.create_task(batcher.submit(item)) for item in items[4:]]
+    for _ in range(5):
         await asyncio.sleep(0)
     assert batcher.groups == 2
     release.set()
@@ -51,6 +57,33 @@ async def test_at_most_concurrent_groups_are_stored_at_once() -> None:
     assert [r.event_id for r in results] == [i.event.id for i in items]
     assert peak == 2
     assert (batcher.groups, batcher.grouped) == (4, 7)
+
+
+async def test_the_groups_of_a_split_burst_are_stored_one_after_another() -> None:
+    """A burst the bounds split (by bytes, here) is stored in arrival order: its next group's statement starts only
+    once the group before it is stored, even with a slot free, so that a dedup key both hold goes to the first."""
+    log: list[str] = []
+    release = asyncio.Event()
+
+    async def run(group: list[PendingAccept]) -> list[Outcome]:
+        name = "big" if len(group) == 1 and group[0].size > 1000 else "rest"
+        log.append(f"{name} starts")
+        if name == "big":
+            await release.wait()
+        log.append(f"{name} ends")
+        return [item.stored() for item in group]
+
+    batcher = AcceptBatcher(run, group_max=100, concurrent=2, group_bytes=sized(4000).size)
+    burst = [sized(4000), sized(400), sized(400)]
+    calls = [asyncio.create_task(batcher.submit(item)) for item in burst]
+    while batcher.groups < 2:
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert log == ["big starts"]
+    release.set()
+    await asyncio.gather(*calls)
+    assert log == ["big starts", "big ends", "rest starts", "rest ends"]
 
 
 async def test_a_failing_group_fails_each_of_its_callers() -> None:
