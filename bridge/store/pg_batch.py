@@ -28,7 +28,14 @@ import structlog
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
-from bridge.store.rows import NEW_DELIVERY_COLUMNS, encode, new_delivery_rows, now_ms, storable_accept
+from bridge.store.rows import (
+    GROUP_BYTES,
+    NEW_DELIVERY_COLUMNS,
+    encode,
+    new_delivery_rows,
+    now_ms,
+    storable_accept,
+)
 
 try:
     import asyncpg
@@ -38,17 +45,6 @@ except ImportError:  # pragma: no cover - reported when a postgresql:// store is
 log = structlog.get_logger("ticketbridge.store")
 
 SMALL_GROUP = 8
-GROUP_BYTES = 2 * 1024 * 1024
-"""The most a group carries of its items' sizes (the texts and encoded values one statement sends:
-PendingAccept.size, pg_record.PendingRecord.size), an item larger than this by itself making a group of one:
-2 MiB. Grouping shares a round trip and a commit, a fixed cost per group that a few hundred kilobytes already
-outweigh: writing follow-ups of 16 to 256 KiB of incompressible text cost the same per MiB with groups bounded at
-256 KiB, 1 MiB or 2 MiB, 10-35 % more at 4 MiB and twice as much at 16 MiB. Ordinary items (a form or an email of
-a few kilobytes, a record's excerpt of at most 2,000 characters) stay far below it, so the count still closes
-their groups. The bound also keeps what one statement holds in memory (the client's arrays and message, the
-server's message and unnested rows, per concurrent group) to a few times 2 MiB, where 512 (`group_commit_max`)
-accepts or follow-ups of 1 MiB each (`server.max_body_bytes`) would make a statement of half a gigabyte, and of
-2 MiB each would pass the most PostgreSQL takes in one message (1 GiB)."""
 NONCE_SWEEP = 32
 NONCE_SWEEP_EVERY = 16
 """Every NONCE_SWEEP_EVERY-th nonce a process records deletes up to NONCE_SWEEP expired ones: two per nonce on

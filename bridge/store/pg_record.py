@@ -29,14 +29,13 @@ from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.store.base import AttemptResult
 from bridge.store.pg_batch import (
     DB_ERRORS,
-    GROUP_BYTES,
     GroupBatcher,
     each_alone,
     lost_connection,
     refusal,
     refused,
 )
-from bridge.store.rows import doubt_after, encode, gives_ticket, now_ms, storable_result
+from bridge.store.rows import GROUP_BYTES, doubt_after, encode, gives_ticket, now_ms, storable_result
 
 try:
     import asyncpg

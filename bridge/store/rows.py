@@ -1,4 +1,4 @@
-"""What the SQL backends share: the delivery columns, row conversion, and the JSON codecs."""
+"""What the SQL backends share: the delivery columns, row conversion, the JSON codecs, and the bound of a group."""
 
 from __future__ import annotations
 
@@ -220,6 +220,19 @@ DELIVERY_COUNTS = " UNION ALL ".join(
 each counts its partial index (deliveries_due, _leased, _succeeded, _dead) rather than the rows: a million
 succeeded deliveries on SQLite, 830 ms as one GROUP BY over the table, 100 ms this way."""
 
+GROUP_BYTES = 2 * 1024 * 1024
+"""The most a group commit carries of its items' sizes (the texts and encoded values its statements write:
+pg_batch.PendingAccept.size, pg_record.PendingRecord.size, the SQLite store's _Op.size), an item larger than this by
+itself making a group of one: 2 MiB. Grouping shares a round trip and a commit, a fixed cost per group that a few
+hundred kilobytes already outweigh: writing follow-ups of 16 to 256 KiB of incompressible text to PostgreSQL cost the
+same per MiB with groups bounded at 256 KiB, 1 MiB or 2 MiB, 10-35 % more at 4 MiB and twice as much at 16 MiB.
+Ordinary items (a form or an email of a few kilobytes, a record's excerpt of at most 2,000 characters) stay far below
+it, so the count (`group_commit_max`) still closes their groups. On PostgreSQL the bound keeps what one statement holds
+in memory (the client's arrays and message, the server's message and unnested rows, per concurrent group) to a few
+times 2 MiB, where 512 accepts or follow-ups of 1 MiB each (`server.max_body_bytes`) would make a statement of half a
+gigabyte, and of 2 MiB each would pass the most PostgreSQL takes in one message (1 GiB). On SQLite, whose statements
+run on the event loop's thread, it keeps a group's statements to a few milliseconds: 256 accepts of about 1 MiB each
+in one group held the loop 666-925 ms, groups of about 2 MiB 5-6 ms."""
 NEVER = -1
 """A cutoff nothing is older than: a kind kept forever."""
 REFS_PAGE = 2000

@@ -1,6 +1,7 @@
 """The embedded SQLite store: WAL, durable commits, and group commit.
 
-Writes are queued as functions. A flusher takes everything queued (up to `group_commit_max`), runs
+Writes are queued as functions. A flusher takes everything queued (up to `group_commit_max` writes or GROUP_BYTES
+of what they write, _Op.size, whichever comes first; a write larger than that alone), runs
 the statements on the event loop's thread (microseconds each, with no hand-over of the GIL between
 threads), and runs only the COMMIT, whose fsync is the slow part, on a worker thread. Requests that
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
@@ -64,6 +65,7 @@ from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
     DELIVERY_COUNTS,
+    GROUP_BYTES,
     HEAD_OF_CONVERSATION,
     NEVER,
     NEW_DELIVERY_COLUMNS,
@@ -172,16 +174,22 @@ def _failure(exc: BaseException) -> BaseException:
 class _Op:
     """One write of a group. `inserts`, when set, is all that `fn` does: an accepted event's row, its
     deliveries' rows, the deliveries that join a conversation (with the time they do), and the result, which the
-    group writes together with its neighbours' (see SqliteStore._run_straight)."""
+    group writes together with its neighbours' (see SqliteStore._run_straight). `size` is what GROUP_BYTES bounds
+    per group: the bytes the write carries that were encoded before it queued. An accept's are its event's JSON
+    and its deliveries' bodies (what the request sent; a delivery's options come from its mapping), a record's
+    its error, response excerpt, follow-up body and exchange. Every other write weighs 0: a claim, a release, a
+    lease's extension or reaping, a replay, a purge, an audit entry, a mapping set (small or rare, and what they
+    write is not at hand before they run)."""
 
-    __slots__ = ("durable", "fn", "future", "inserts")
+    __slots__ = ("durable", "fn", "future", "inserts", "size")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], durable: bool,
-                 inserts: _Inserts | None = None) -> None:
+                 inserts: _Inserts | None, size: int) -> None:
         self.fn = fn
         self.future = future
         self.durable = durable
         self.inserts = inserts
+        self.size = size
 
 
 _Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[NewDelivery, int]], AcceptResult]
@@ -201,6 +209,9 @@ class SqliteStore(Store):
         self.owner = owner
         self.watch_s = watch_s
         self._pending: list[_Op] = []
+        self._pending_size = 0
+        """The sum of the queued writes' sizes (_Op.size)."""
+        self.group_bytes = GROUP_BYTES
         self._flusher: asyncio.Task[None] | None = None
         self._full = True
         self._commits: queue.SimpleQueue[tuple[sqlite3.Connection, asyncio.Future[None]] | None] = queue.SimpleQueue()
@@ -352,13 +363,14 @@ class SqliteStore(Store):
     # -- the writer thread ------------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True,
-                     inserts: _Inserts | None = None) -> Any:
+                     inserts: _Inserts | None = None, size: int = 0) -> Any:
         if self._closed or self._loop is None:
             raise StoreUnavailable("the store is closed")
         if self._lost is not None:
             raise StoreUnavailable(self._lost)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_Op(fn, future, durable, inserts))
+        self._pending.append(_Op(fn, future, durable, inserts, size))
+        self._pending_size += size
         if self._flusher is None or self._flusher.done():
             self._flusher = self._loop.create_task(self._flush(), name="sqlite group commit")
         return await future
@@ -368,12 +380,32 @@ class SqliteStore(Store):
         while self._pending:
             if len(self._pending) < SMALL_GROUP:
                 await asyncio.sleep(0)  # a small group: one more turn lets writes completing now join it
-            batch = self._pending[: self.group_commit_max]
-            del self._pending[: len(batch)]
+            batch = self._take()
             results = await self._commit(batch)
             self.batches += 1
             self.batched_ops += len(batch)
             _resolve(batch, results)
+
+    def _take(self) -> list[_Op]:
+        """The next group, taken off the queue (which holds one write at least): its first writes, up to
+        `group_commit_max` of them and `group_bytes` of their sizes, the first write whatever its size. The
+        statements of a group run on the event loop's thread, so the bound is what keeps a burst of large accepts
+        from holding the loop: about 3 ms per MiB."""
+        pending = self._pending
+        if len(pending) <= self.group_commit_max and self._pending_size <= self.group_bytes:
+            self._pending = []  # the common case: everything queued makes one group
+            self._pending_size = 0
+            return pending
+        end = min(len(pending), self.group_commit_max)
+        total = pending[0].size
+        n = 1
+        while n < end and (more := total + pending[n].size) <= self.group_bytes:
+            total = more
+            n += 1
+        group = pending[:n]
+        del pending[:n]
+        self._pending_size -= total
+        return group
 
     def _commit_worker(self) -> None:
         """The thread that runs COMMIT (the fsync), so that the event loop never waits on the disk."""
@@ -631,6 +663,10 @@ class SqliteStore(Store):
         event_row = _event_row(event, received, len(rows))
         joins = [(d, created) for d in deliveries if d.conversation is not None]
         stored = AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
+        size = len(event_row[-2])  # the event's JSON, and each delivery's body (_Op.size)
+        for row in rows:
+            if (body := row[8]) is not None:
+                size += len(body)
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if event.dedup_key is not None:
@@ -652,7 +688,8 @@ class SqliteStore(Store):
             return stored
 
         plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
-        result: AcceptResult = await self._write(op, inserts=(event_row, rows, joins, stored) if plain else None)
+        result: AcceptResult = await self._write(op, inserts=(event_row, rows, joins, stored) if plain else None,
+                                                 size=size)
         return result
 
     # -- delivery -------------------------------------------------------------------------------
@@ -690,10 +727,16 @@ class SqliteStore(Store):
         r = storable_result(result)
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
         unknown, duplicates = doubt_after(r)
+        body = None if role_body is None else _json_blob(role_body)
+        exchange = None if r.exchange is None else _json_blob(r.exchange)
+        size = len(r.error or "") + len(r.response_excerpt or "")  # its texts (_Op.size)
+        if body is not None:
+            size += len(body)
+        if exchange is not None:
+            size += len(exchange)
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
-            body = None if role_body is None else _json_blob(role_body)
             updated = conn.execute(*_RECORD.bind(
                 (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id),
                 (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action, body, owner)),
@@ -716,13 +759,12 @@ class SqliteStore(Store):
             n, conversation = updated
             conn.execute(*_INSERT_ATTEMPT.bind(
                 (r.delivery_id, n, r.started_at_ms, r.duration_ms, r.classification),
-                (r.http_status, r.response_excerpt, r.error,
-                 None if r.exchange is None else _json_blob(r.exchange))))
+                (r.http_status, r.response_excerpt, r.error, exchange)))
             if conversation is not None and gives_ticket(r):
                 conn.execute(*_TICKET_OF_CONVERSATION.bind((now, conversation),
                                                            (r.ticket_id, r.ticket_key, r.ticket_uuid)))
 
-        await self._write(op)
+        await self._write(op, size=size)
 
     async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
         if not delivery_ids:

@@ -12,8 +12,9 @@ import pytest
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
-from bridge.store.pg_batch import GROUP_BYTES, PendingAccept
+from bridge.store.pg_batch import PendingAccept
 from bridge.store.postgres import PostgresStore, channel_for
+from bridge.store.rows import GROUP_BYTES
 from tests.integration.processes import DSN
 from tests.integration.store.contract import WEEK, accept_one, make_delivery, make_event, nonce
 

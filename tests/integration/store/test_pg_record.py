@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 
 from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
 from bridge.store.base import AttemptResult, DeliveryFilter
-from bridge.store.pg_record import GROUP_BYTES, PendingRecord
+from bridge.store.pg_record import PendingRecord
 from bridge.store.postgres import PostgresStore
+from bridge.store.rows import GROUP_BYTES
 from tests.bench.pg_round_trips import RoundTrips
 from tests.conftest import eventually
 from tests.integration.processes import DSN

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -18,8 +19,9 @@ from structlog.testing import capture_logs
 
 from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
+from bridge.events import Event
 from bridge.store.base import AttemptResult, ClaimBatch, DeliveryFilter, NewDelivery
-from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
+from bridge.store.rows import GROUP_BYTES, HEAD_OF_CONVERSATION, ROW_COLUMNS
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS, STATUS_COMPARED, STATUS_IN_LIST, rewrite_table
 from tests.conftest import eventually
@@ -453,6 +455,97 @@ async def test_a_group_stores_plain_and_other_accepts_in_their_order(store: Sqli
         (d.id,) for ds in deliveries for d in ds]
     for e in events:
         assert await store.get_event(e.id) == e
+
+
+def large(chars: int, key: str | None = None) -> tuple[Event, NewDelivery]:
+    """An accept carrying about twice `chars` bytes: an event payload and a delivery body of `chars` each."""
+    return make_event(dedup_key=key, text="p" * chars), make_delivery(body={"comment": "b" * chars})
+
+
+async def test_a_burst_of_large_accepts_is_stored_in_groups_of_at_most_group_bytes(store: SqliteStore,
+                                                                                  tmp_path: Path) -> None:
+    """Accepts made together are grouped up to GROUP_BYTES of what they write, not only up to group_commit_max:
+    accepts over a third of it each (event JSON and delivery body) go two to a group, one over the bound by itself
+    goes alone, and every accept is stored in its order and answered once with its own result; a dedup key used
+    again in a later group is still a duplicate of the first."""
+    sixth = GROUP_BYTES // 6
+    accepts = [large(sixth, "k"), large(sixth), large(sixth), large(GROUP_BYTES), large(sixth, "k"), large(10)]
+    batches, ops = store.batches, store.batched_ops
+    results = await asyncio.gather(*(store.accept(e, [d], WEEK) for e, d in accepts))
+    assert (store.batches - batches, store.batched_ops - ops) == (4, 6)  # [1, 2], [3], [big], [duplicate, small]
+    assert [(r.event_id, r.duplicate, r.deliveries) for r in results] == [
+        (e.id, False, 1) for e, _ in accepts[:4]] + [(accepts[0][0].id, True, 0), (accepts[5][0].id, False, 1)]
+    stored = [e for i, (e, _) in enumerate(accepts) if i != 4]
+    assert query(tmp_path / "s.db", "SELECT id FROM events ORDER BY rowid") == [(e.id,) for e in stored]
+    with pytest.raises(NotFound):
+        await store.get_event(accepts[4][0].id)
+    for i, (e, d) in enumerate(accepts):
+        if i != 4:
+            assert await store.get_event(e.id) == e
+            assert (await store.get_delivery(d.id)).body == d.body
+
+
+async def test_a_write_over_group_bytes_goes_alone_between_small_ones(store: SqliteStore) -> None:
+    """A write larger than GROUP_BYTES by itself is a group of one, wherever it stands in the queue: the small
+    writes before it make a group, and so do those after it."""
+    accepts = [large(10), large(10), large(GROUP_BYTES // 2 + 1), large(10), large(10)]
+    batches, ops = store.batches, store.batched_ops
+    results = await asyncio.gather(*(store.accept(e, [d], WEEK) for e, d in accepts))
+    assert (store.batches - batches, store.batched_ops - ops) == (3, 5)  # [small, small], [big], [small, small]
+    assert [r.event_id for r in results] == [e.id for e, _ in accepts]
+
+
+async def test_a_group_of_records_closes_at_group_bytes(store: SqliteStore) -> None:
+    """A record weighs its texts (follow-up body, exchange, error, response excerpt): follow-ups whose bodies are
+    each over a third of GROUP_BYTES go two to a group, and every one is written, once."""
+    await asyncio.gather(*(accept_one(store) for _ in range(3)))
+    items = (await store.claim("kapture-support", 3, "me", 30)).items
+    assert len(items) == 3
+    third = GROUP_BYTES // 3 + 1
+    follow_ups = [msgspec.structs.replace(result(i.id, "succeeded"), role="follow_up", action="add_comment",
+                                          body={"comment": str(n) * third}) for n, i in enumerate(items)]
+    batches, ops = store.batches, store.batched_ops
+    await asyncio.gather(*(store.record(f, owner="me") for f in follow_ups))
+    assert (store.batches - batches, store.batched_ops - ops) == (2, 3)  # [1, 2], [3]
+    for n, i in enumerate(items):
+        detail = await store.get_delivery(i.id)
+        assert (detail.delivery.status, [a.n for a in detail.attempts]) == ("succeeded", [1])
+        assert detail.body == {"comment": str(n) * third}
+
+
+async def test_the_event_loop_stays_responsive_during_a_burst_of_large_accepts(store: SqliteStore,
+                                                                                 tmp_path: Path) -> None:
+    """A group's statements run on the event loop's thread: 256 accepts of 1 MiB queued together (a burst of large
+    mails, held up by another writer) are written in groups of GROUP_BYTES, so that no turn of the loop waits on
+    more than a few of them. A ticker measures the longest gap between its turns from when they are all queued:
+    a few milliseconds (30-45 ms when a full garbage collection falls in it); one group of them all held the loop
+    for a few milliseconds per MiB, over half a second."""
+    text = "p" * (512 * 1024)  # one string for every event and body: the test holds 256 MiB of encoded rows only
+    accepts = [(make_event(text=text), make_delivery(body={"comment": text})) for _ in range(256)]
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    batches = store.batches
+    with write_locked(tmp_path / "s.db"):  # encoding the accepts is their callers' work, done before the ticker
+        tasks = await handed_over([store.accept(e, [d], WEEK) for e, d in accepts])
+        ticker = asyncio.create_task(tick())
+        await eventually(lambda: len(gaps) > 0)
+    try:
+        results = await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await ticker
+    assert [r.event_id for r in results] == [e.id for e, _ in accepts]
+    assert max(gaps) < 0.2, f"the loop was held {max(gaps) * 1000:.0f} ms"
+    assert store.batches - batches >= 128
 
 
 @contextmanager

@@ -11,13 +11,12 @@ from bridge.errors import StoreUnavailable
 from bridge.store.base import AcceptResult
 from bridge.store.pg_batch import (
     CUT_OFF_ALONE_MAX,
-    GROUP_BYTES,
     AcceptBatcher,
     Outcome,
     PendingAccept,
     each_alone,
 )
-from bridge.store.rows import encode
+from bridge.store.rows import GROUP_BYTES, encode
 from tests.integration.store.contract import make_delivery, make_event
 
 

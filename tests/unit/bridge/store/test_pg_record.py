@@ -8,8 +8,8 @@ import asyncio
 import msgspec
 
 from bridge.store.base import AttemptResult
-from bridge.store.pg_record import GROUP_BYTES, Outcome, PendingRecord, RecordBatcher
-from bridge.store.rows import encode
+from bridge.store.pg_record import Outcome, PendingRecord, RecordBatcher
+from bridge.store.rows import GROUP_BYTES, encode
 from tests.integration.store.contract import result
 
 
