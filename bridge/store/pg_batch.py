@@ -35,6 +35,7 @@ from bridge.store.rows import (
     new_delivery_rows,
     now_ms,
     storable_accept,
+    take_group,
 )
 
 try:
@@ -327,20 +328,8 @@ class GroupBatcher(Generic[Q, R]):
     def _take(self) -> list[Q]:
         """The next group, taken off the queue (which holds one item at least): its first items, up to `group_max`
         of them and `group_bytes` of their sizes, the first item whatever its size."""
-        pending = self._pending
-        if len(pending) <= self.group_max and self._pending_size <= self.group_bytes:
-            self._pending = []  # the common case: everything queued makes one group
-            self._pending_size = 0
-            return pending
-        end = min(len(pending), self.group_max)
-        total = pending[0].size
-        n = 1
-        while n < end and (more := total + pending[n].size) <= self.group_bytes:
-            total = more
-            n += 1
-        group = pending[:n]
-        del pending[:n]
-        self._pending_size -= total
+        group, self._pending, self._pending_size = take_group(self._pending, self._pending_size, self.group_max,
+                                                              self.group_bytes)
         return group
 
     async def _store(self, group: list[Q], after: asyncio.Task[None] | None = None) -> None:

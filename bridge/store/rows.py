@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
 
@@ -233,6 +233,35 @@ times 2 MiB, where 512 accepts or follow-ups of 1 MiB each (`server.max_body_byt
 gigabyte, and of 2 MiB each would pass the most PostgreSQL takes in one message (1 GiB). On SQLite, whose statements
 run on the event loop's thread, it keeps a group's statements to a few milliseconds: 256 accepts of about 1 MiB each
 in one group held the loop 666-925 ms, groups of about 2 MiB 5-6 ms."""
+
+
+class Weighed(Protocol):
+    """An item of a group commit: `size`, what it carries (see GROUP_BYTES)."""
+
+    size: int
+
+
+W = TypeVar("W", bound=Weighed)
+
+
+def take_group(pending: list[W], pending_size: int, max_items: int, max_bytes: int) -> tuple[list[W], list[W], int]:
+    """The next group of a group commit's queue `pending` (one item at least, whose sizes sum to `pending_size`):
+    its first items, up to `max_items` of them and `max_bytes` of their sizes, the first whatever its size; with
+    the items left queued and their size. The common case, everything queued in one group, walks nothing and copies
+    nothing."""
+    if len(pending) <= max_items and pending_size <= max_bytes:
+        return pending, [], 0
+    end = min(len(pending), max_items)
+    total = pending[0].size
+    n = 1
+    while n < end and (more := total + pending[n].size) <= max_bytes:
+        total = more
+        n += 1
+    group = pending[:n]
+    del pending[:n]
+    return group, pending, pending_size - total
+
+
 NEVER = -1
 """A cutoff nothing is older than: a kind kept forever."""
 REFS_PAGE = 2000

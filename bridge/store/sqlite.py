@@ -95,6 +95,7 @@ from bridge.store.rows import (
     storable_audit,
     storable_filter,
     storable_result,
+    take_group,
     with_tickets,
 )
 from bridge.store.sqlite_binds import NullsWritten
@@ -391,20 +392,8 @@ class SqliteStore(Store):
         `group_commit_max` of them and `group_bytes` of their sizes, the first write whatever its size. The
         statements of a group run on the event loop's thread, so the bound is what keeps a burst of large accepts
         from holding the loop: about 3 ms per MiB."""
-        pending = self._pending
-        if len(pending) <= self.group_commit_max and self._pending_size <= self.group_bytes:
-            self._pending = []  # the common case: everything queued makes one group
-            self._pending_size = 0
-            return pending
-        end = min(len(pending), self.group_commit_max)
-        total = pending[0].size
-        n = 1
-        while n < end and (more := total + pending[n].size) <= self.group_bytes:
-            total = more
-            n += 1
-        group = pending[:n]
-        del pending[:n]
-        self._pending_size -= total
+        group, self._pending, self._pending_size = take_group(self._pending, self._pending_size,
+                                                              self.group_commit_max, self.group_bytes)
         return group
 
     def _commit_worker(self) -> None:
