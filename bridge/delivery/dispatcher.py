@@ -496,15 +496,16 @@ class Lane:
                        note="its reduced record failed too: recorded with its outcome, next state and the ticket ids "
                             "any store takes (no follow-up body or text; `dropped` names the ticket ids left out), "
                             "so that it is not sent again; the ticket ids are in this log line")
-            if "ticket_id" in dropped and full.role == "create" and full.next_status == "succeeded":
+            if not dropped or full.role != "create" or full.next_status != "succeeded":
+                return minimal(full)
+            if "ticket_id" in dropped:
                 blog.error("conversation.ticket_lost", ticket_id=full.ticket_id, ticket_key=full.ticket_key,
-                           error=why,
-                           conversation=conversation,
+                           error=why, conversation=conversation,
                            note="the ticket id the vendor gave this conversation's create is not one every store "
                                 "takes, so it is not recorded: the conversation has no ticket, and the thread's "
                                 "next message creates a new one (a second ticket for the customer); the ticket "
                                 "made is in this log line")
-            elif dropped and full.role == "create" and full.next_status == "succeeded":
+            else:
                 blog.warning("conversation.ticket_partial", ticket_id=full.ticket_id, dropped=dropped, error=why,
                              note="the conversation keeps its ticket id; the ticket ids left out (`dropped`) are "
                                   "null to its follow-ups' templates")
