@@ -45,17 +45,8 @@ def set_delta(obj: Mapping[Any, Any], name: Any, value: Any) -> int:
     return field_weight(name, value) + (1 if obj else 0)
 
 
-def ticket_weight(ticket: Mapping[Any, Any], histories: Iterable[str]) -> int:
-    """A ticket's weight from scratch, its JSON encoding's length: the ticket with its histories empty, and
-    each history entry on its own (as `TicketWeight` weighs it, even where only the fallback weighs a value)."""
-    named = set(histories)
-    kept = [value for name, value in ticket.items() if name in named]
-    return weigh({name: [] if name in named else value for name, value in ticket.items()}) + sum(
-        sum(map(weigh, entries)) + _commas(len(entries)) for entries in kept)
-
-
 class TicketWeight:
-    """A held ticket's weight (`total`, equal to `ticket_weight` of it), kept as it changes: the ticket is
+    """A held ticket's weight (`total`, its JSON encoding's length), kept as it changes: the ticket is
     weighed once, whole but for its histories' entries, each of which is weighed on its own and kept in a queue,
     oldest first, so that dropping the oldest weighs nothing again. Each method answers how much the total
     changed."""

@@ -12,9 +12,9 @@ from bridge.simulators import registry
 from bridge.simulators.base import VendorSimulator
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.simulators.leadsquared import LeadSquaredSimulator
-from bridge.simulators.weights import ticket_weight
 from bridge.vendors.kapture import PULL_PATH, SANDBOX_TOKEN
 from bridge.vendors.leadsquared import SANDBOX_ACCESS_KEY, SANDBOX_ORG, SANDBOX_SECRET_KEY
+from tests.fixtures.ticket_weight import ticket_weight
 
 
 @pytest.mark.parametrize("vendor", sorted(registry()))

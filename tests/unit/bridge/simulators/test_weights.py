@@ -8,7 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from bridge.simulators.weights import TicketWeight, field_weight, set_delta, ticket_weight, weigh
+from bridge.simulators.weights import TicketWeight, field_weight, set_delta, weigh
+from tests.fixtures.ticket_weight import ticket_weight
 
 
 def json_length(value: Any) -> int:
