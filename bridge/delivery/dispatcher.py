@@ -46,7 +46,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import ID_CHARS, LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
+from bridge.delivery.sender import ERROR_CHARS, ID_CHARS, LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreRefused, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
@@ -387,14 +387,15 @@ class Lane:
         await self._record(item, result, blog)
 
     def _redacted(self, sent: Sent) -> Sent:
-        """`sent` as it is logged and recorded: its error cut (`bounded`), and the destination's secrets redacted
-        by value from its error, excerpt and exchange, wherever the vendor echoed them."""
-        outcome = bounded(sent.outcome)
+        """`sent` as it is logged and recorded: the destination's secrets redacted by value from its error, excerpt
+        and exchange, wherever the vendor echoed them, and its error cut at ERROR_CHARS (`bounded`) once redacted,
+        so that the cut never splits a secret unseen."""
         redactor = self.dest.adapter.redactor
         matcher = self.dest.adapter.redaction()
+        outcome = sent.outcome
         if outcome.error is not None:
-            outcome = msgspec.structs.replace(outcome, error=matcher.text(outcome.error))
-        sent.outcome = outcome
+            outcome = msgspec.structs.replace(outcome, error=matcher.clip(outcome.error, ERROR_CHARS))
+        sent.outcome = bounded(outcome)
         sent.excerpt = None if sent.excerpt is None else matcher.text(sent.excerpt)
         sent.exchange = redactor.exchange(sent.exchange, matcher)
         return sent

@@ -14,9 +14,15 @@ The forms are compiled into one pattern per destination when its adapter is made
 credentials obtain later adds a pattern compiled once per token (the last EXTRA_KEPT kept). A record is ruled out
 by one substring search per secret over its texts joined (most hold none); only a text that holds one is searched
 by the regex engine, from each position a secret starts at, so that secrets that overlap (one's tail another's head)
-are each found, and every character any of them covers is redacted. Both are linear in the text. A text cut short
-(an excerpt, a clipped header value) may end with the start of a secret: a cut-off part of MIN_SECRET_CHARS or more
-is redacted too. Cost per attempt record: tests/bench/test_redaction_bench.py.
+are each found, and every character any of them covers is redacted. Both are linear in the text.
+
+A text cut short may end a secret's first characters: an excerpt (cut without a mark at CUT_CHARS or more, or with
+`…`), a clipped header value, and an excerpt quoted inside a longer text (`(HTTP 401: {excerpt}…): check …`). So
+before each `…` anywhere in a text, and at the end of one that may have been cut, a cut-off part of MIN_SECRET_CHARS
+or more is redacted too (before each `…` only the characters since the one before it are searched: still linear).
+What the bridge cuts itself after it was said, an attempt's error (sender.ERROR_CHARS), it redacts first and cuts
+after (`Matcher.clip`), so that the cut never splits a secret, however few of its characters stand before it. Cost
+per attempt record: tests/bench/test_redaction_bench.py.
 
 With `secret_url` (an http destination's `url_secret: true`: a webhook URL that is itself the credential), every
 URL of the destination is shown as its scheme and host followed by `/[redacted]`, and its base URL's path and
@@ -119,16 +125,33 @@ class Matcher:
         return cls(re.compile("|".join(map(re.escape, found))), re.compile("|".join(map(re.escape, heads))),
                    tuple(sorted(needles)), tuple(found), len(found[0]))
 
-    def text(self, text: str) -> str:
-        """`text` with every secret, and a secret cut off at its end (before a `…` marking the cut), redacted: each
+    def text(self, text: str, *, cut: bool = False) -> str:
+        """`text` with every secret, and a secret cut off before a cut (a `…` anywhere, marking where an excerpt
+        or a value was cut; the end of a text that may have been cut short, or is, `cut`), redacted: each
         character any of them covers, where they overlap too."""
         # A substring test per needle (a fast search in C) rules out most texts at a fraction of a ns a character;
         # the regex engine, which tries every form at every position, runs only on a text that holds a needle.
         spans = self._found(text) if self.holds(text) else []
-        cut = self._cut(text)
-        if cut is not None:
-            spans.append(cut)
+        spans += self._cuts(text, cut)
         return _redacted(text, spans) if spans else text
+
+    def clip(self, text: str, limit: int) -> str:
+        """`text` redacted (`text`) and then cut to `limit` characters, an ellipsis marking the cut: redacted
+        before it is cut, so that the cut never splits a secret unseen. Only what may be shown is searched: the
+        first `limit` characters and as many as the longest form past them (every form starting before the
+        cut), their end a cut; the cut is moved back to before a REDACTED it would split."""
+        if len(text) <= limit:
+            return self.text(text)
+        window = text[:limit + self.longest]
+        more = len(text) > len(window)
+        shown = self.text(window, cut=more)
+        if len(shown) < limit or (len(shown) == limit and not more):
+            return shown + (_CUT if more else "")
+        end = limit - 1
+        split = shown.find(REDACTED, max(0, end - len(REDACTED) + 1), end + len(REDACTED) - 1)
+        if 0 <= split < end:
+            end = split
+        return shown[:end] + _CUT
 
     def holds(self, text: str) -> bool:
         """Whether `text` may hold a whole secret: it holds one of the needles."""
@@ -146,19 +169,32 @@ class Matcher:
             found = self.whole.search(text, found.start() + 1)
         return spans
 
-    def _cut(self, text: str) -> tuple[int, int] | None:
-        """Where a secret cut off at the end of `text` stands, when it may have been cut: it ends with `…` or is as
-        long as CUT_CHARS or more (excerpts are cut without a mark)."""
-        if not self.forms or (len(text) < CUT_CHARS and not text.endswith(_CUT)):
-            return None
-        end = len(text) - 1 if text.endswith(_CUT) else len(text)
-        found = self.head.search(text, max(0, end - self.longest), end)
-        while found is not None:
-            piece = text[found.start():end]
-            if any(f.startswith(piece) for f in self.forms):
-                return found.start(), end
-            found = self.head.search(text, found.start() + 1, end)
-        return None
+    def _cuts(self, text: str, cut: bool = False) -> list[tuple[int, int]]:
+        """Where a secret cut off by a cut stands: before each `…` in `text` (an excerpt, a clipped value, each
+        may be inside a longer text: `HTTP 400: {excerpt}; …`), and at its end when `cut` is set or it is as long
+        as CUT_CHARS or more (excerpts are cut without a mark). Before each cut only the characters since the
+        one before it are searched, at most as many as the longest form: linear in the text."""
+        if not self.forms:
+            return []
+        ends = []
+        mark = text.find(_CUT)  # an ASCII text (most) cannot hold it: no search at all
+        while mark >= 0:
+            ends.append(mark)
+            mark = text.find(_CUT, mark + 1)
+        if (cut or len(text) >= CUT_CHARS) and not text.endswith(_CUT):
+            ends.append(len(text))
+        spans = []
+        since = 0
+        for end in ends:
+            found = self.head.search(text, max(since, end - self.longest), end)
+            while found is not None:
+                piece = text[found.start():end]
+                if any(f.startswith(piece) for f in self.forms):
+                    spans.append((found.start(), end))
+                    break
+                found = self.head.search(text, found.start() + 1, end)
+            since = end + 1
+        return spans
 
     def value(self, value: Any, texts: list[str] | None = None) -> Any:
         """`value` (JSON-like: dicts, lists, text) with `text` applied to each text it holds (`texts`, when the
@@ -177,7 +213,7 @@ class Matcher:
         if not self.forms:
             return False
         cut = texts if _CUT in joined else [t for t in texts if len(t) >= CUT_CHARS]
-        return any(self._cut(t) is not None for t in cut)
+        return any(self._cuts(t) for t in cut)
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bridge.cli import main
 from bridge.config import Config
+from bridge.delivery.redaction import MIN_SECRET_CHARS
 from bridge.store.base import DeliveryFilter
 from bridge.vendors.http_auth import basic
 from bridge.vendors.kapture import CREATE_PATH
@@ -202,3 +203,32 @@ async def test_a_webhook_url_marked_secret_is_shown_without_its_path(
     assert_hidden(json.dumps(logs, default=str), hook, "Xa1b2c3d4e5f6g7h8i9j0")
     assert f'"url":"{base}/[redacted]"' in texts
     assert "no_service: [redacted]/ is not active" in texts
+
+
+async def test_a_secret_cut_off_inside_an_error_shows_no_part(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A token endpoint refusing the client with a page that echoes the form it was sent: the error quotes the
+    page's first 200 bytes, cut with `…` inside the client secret, in the middle of the error (`(HTTP 401:
+    …client_secret=cs-77aa88b…): check …`). The start of the secret before that cut is redacted too, in the
+    attempt and in the log lines."""
+    secret = "cs-77aa88bb99cc"
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        page = "x" * 176 + f"client_secret={form['client_secret']}&client_id=acme"  # the cut: 10 characters in
+        return web.Response(status=401, text=page)
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    cfg = write_config(config(f"""{{vendor: http, base_url: '{base}', path: /tickets,
+            auth: {{oauth2: {{token_url: /oauth/token, client_id: acme, client_secret: {secret},
+                              client_auth: body}}}}}}"""), MAPPING)
+    client = await bridge_client(cfg)
+    with structlog.testing.capture_logs() as logs:
+        delivery_id = await dead_delivery(client)
+    texts = await shown(client, cfg, delivery_id, capsys)
+    for where in (texts, json.dumps(logs, default=str)):
+        assert_hidden(where, secret[:MIN_SECRET_CHARS])
+    assert "client_secret=[redacted]…): check auth.oauth2.client_id" in texts

@@ -156,6 +156,37 @@ def test_a_secret_cut_off_inside_another_is_redacted_with_it() -> None:
     assert redactor.text("the keys AAAAAAAA1234BBBB…") == "the keys [redacted]…"
 
 
+def test_a_secret_cut_off_before_a_cut_mark_inside_a_text_is_redacted() -> None:
+    """An excerpt cut with `…` and then quoted inside a longer text (`(HTTP 401: {excerpt}): check …`) ending in
+    the first characters of a secret has them redacted, before each such mark; fewer than MIN_SECRET_CHARS are
+    left, as at a text's end; so is a mark no secret's start stands before."""
+    secret = "cs-77aa88bb99cc"
+    redactor = Redactor({"client_secret": secret})
+    said = f"(HTTP 401: client_secret={secret[:10]}…): check auth.oauth2.client_secret"
+    assert redactor.text(said) == "(HTTP 401: client_secret=[redacted]…): check auth.oauth2.client_secret"
+    twice = f"a {secret[:9]}… b {secret[:12]}… c {secret[:MIN_SECRET_CHARS - 1]}… and so on…"
+    assert redactor.text(twice) == f"a [redacted]… b [redacted]… c {secret[:MIN_SECRET_CHARS - 1]}… and so on…"
+    matcher = redactor.matcher()
+    assert matcher.value({"error": said, "n": 1}) == {"error": redactor.text(said), "n": 1}
+
+
+@pytest.mark.parametrize("before", range(1, 22))
+def test_a_text_is_redacted_before_it_is_clipped(before: int) -> None:
+    """`clip` redacts a text before it cuts it: a secret across the cut shows no character, however few stand
+    before the cut (`before`), the cut moved back rather than split REDACTED; the text is at most `limit` long,
+    and `…` marks a cut."""
+    secret, limit = "S3CR3T-S3CR3T-S3CR3T", 300  # no character of it in the rest of the text
+    matcher = Redactor({"token": secret}).matcher()
+    for rest in (" tail", " tail" + "t" * 1000):
+        said = "a" * (limit - 1 - before) + secret + rest
+        shown = matcher.clip(said, limit)
+        assert len(shown) <= limit
+        assert set(shown.replace(REDACTED, "")) <= set("a tail…"), shown
+        assert shown.endswith("…") == (len(said) - len(secret) + len(REDACTED) > limit), shown
+    assert matcher.clip("short " + secret, limit) == "short [redacted]"
+    assert matcher.clip("a" * 1000, limit) == "a" * (limit - 1) + "…"
+
+
 _SECRET_CHARS = "XY01"
 """Secrets of few characters, so that spliced ones overlap often; none in REDACTED, nor changed by any encoding."""
 
