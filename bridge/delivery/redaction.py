@@ -10,11 +10,12 @@ replaced by REDACTED, in the forms a vendor may write it in: as given, the token
 HTML-escaped. A value shorter than MIN_SECRET_CHARS is left alone: it would redact ordinary words, and is
 too short to be a secret anyway (`Redactor.short` names such keys, for a warning).
 
-The forms are compiled into one pattern per destination when its adapter is made (at start); a token the
-credentials obtain later adds a pattern compiled once per token (the last EXTRA_KEPT kept). A record is ruled out
-by one substring search per secret over its texts joined (most hold none); only a text that holds one is searched
-by the regex engine, from each position a secret starts at, so that secrets that overlap (one's tail another's head)
-are each found, and every character any of them covers is redacted. Both are linear in the text.
+The forms are compiled into one pattern per destination when its adapter is made (at start); values known per
+attempt (a token the credentials obtain later, the secret parts of a mapping's path) add a pattern compiled once
+per set of them (the last EXTRA_KEPT used kept). A record is ruled out by one substring search per secret over
+its texts joined (most hold none); only a text that holds one is searched by the regex engine, from each position
+a secret starts at, so that secrets that overlap (one's tail another's head) are each found, and every character
+any of them covers is redacted. Both are linear in the text.
 
 A text cut short may end a secret's first characters: an excerpt (cut without a mark at CUT_CHARS or more, or with
 `…`), a clipped header value, and an excerpt quoted inside a longer text (`(HTTP 401: {excerpt}…): check …`). So
@@ -25,8 +26,11 @@ after (`Matcher.clip`), so that the cut never splits a secret, however few of it
 per attempt record: tests/bench/test_redaction_bench.py.
 
 With `secret_url` (an http destination's `url_secret: true`: a webhook URL that is itself the credential), every
-URL of the destination is shown as its scheme and host followed by `/[redacted]`, and its base URL's path and
-query are secret values like any other.
+URL of the destination is shown as its scheme and host followed by `/[redacted]`, and the secret parts of its
+paths are secret values like any other (`url_secrets`): the base URL's path and query, and the literal parts of
+the destination's `path` (and `doctor.path`, `lookup.path`) and of a mapping's `options.path` (placeholders are
+filled from the event's fields: no secret), each whole and by each segment that is no word of the API (an id, a
+token), since a hook may quote its token alone. Without `url_secret` no path is a secret.
 """
 
 from __future__ import annotations
@@ -44,12 +48,16 @@ from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 from bridge.delivery.exchange import REDACTED
 
 MIN_SECRET_CHARS = 8
-EXTRA_KEPT = 4
+EXTRA_KEPT = 16
 CUT_CHARS = 200
 """A text this long may be an excerpt cut without a mark (the shortest excerpt kept is 200 characters)."""
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 _PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
 _CUT = "…"
+_SEGMENT = re.compile(r"[/?&=;#]+")
+_WORD = re.compile(r"[A-Za-z][a-z]*(?:[-_.][a-z]+)*")
+WORD_CHARS = 20
+"""A segment of a secret path this long is a secret by itself even when it reads as a word (`url_secrets`)."""
 
 
 def _written(value: str) -> set[str]:
@@ -267,16 +275,18 @@ class Redactor:
         self._held: dict[frozenset[str], Matcher] = {}
 
     def matcher(self, held: Iterable[str] = ()) -> Matcher:
-        """The matcher of the configured secrets and of `held` (what the credentials hold now: an obtained token),
-        compiled once per set of held values."""
+        """The matcher of the configured secrets and of `held` (those known per attempt: what the credentials hold
+        now, an obtained token; the secret parts of a mapping's path), compiled once per set of such values (the
+        last EXTRA_KEPT used kept: a token or two at a time, times the few paths a destination's mappings give)."""
         extra = frozenset(v for v in held if len(v) >= MIN_SECRET_CHARS and v not in self.values)
         if not extra:
             return self._static
-        found = self._held.get(extra)
+        found = self._held.pop(extra, None)
         if found is None:
             if len(self._held) >= EXTRA_KEPT:
                 del self._held[next(iter(self._held))]
-            found = self._held[extra] = Matcher.of(self.values | extra)
+            found = Matcher.of(self.values | extra)
+        self._held[extra] = found  # the last used last, the least recently used first
         return found
 
     def url(self, url: str, matcher: Matcher | None = None) -> str:
@@ -317,10 +327,30 @@ class Redactor:
         return None if text is None else self.matcher(held).text(text)
 
 
+def url_secrets(key: str, text: str) -> dict[str, str]:
+    """The secret parts of a secret URL's path or query, or of a literal part of a path template (`text`,
+    configured at `key`), by where each is: `text` itself, a `/` at its end aside (`key`), and each of its
+    segments (between `/`, `?`, `&`, `=`, `;`, `#`) of MIN_SECRET_CHARS characters or more (`key[i]`): a webhook
+    path (`/services/T…/B…/…`) is the secret as a whole, and so is each of its ids and tokens, which a vendor may
+    quote alone. A segment (or a `text` of one segment) that reads as a word of the API is no secret by itself:
+    letters alone, lower-case but for the first, in runs joined by `-`, `_` or `.` (`services`,
+    `incoming-webhook`), shorter than WORD_CHARS."""
+    whole = text.rstrip("/")
+    segments = [s for s in _SEGMENT.split(whole) if s]
+    out = {} if not segments or (len(segments) == 1 and _word(segments[0])) else {key: whole}
+    out.update((f"{key}[{i}]", s) for i, s in enumerate(segments)
+               if s != whole and len(s) >= MIN_SECRET_CHARS and not _word(s))
+    return out
+
+
+def _word(segment: str) -> bool:
+    return len(segment) < WORD_CHARS and _WORD.fullmatch(segment) is not None
+
+
 def base_url_secrets(base_url: str | None) -> dict[str, str]:
-    """The parts of a base URL that are secret when the whole URL is (a webhook URL): its path and its query."""
+    """The parts of a base URL that are secret when the whole URL is (a webhook URL): its path and its query,
+    each as `url_secrets` splits it."""
     if not base_url:
         return {}
     parts = urlsplit(base_url)
-    return {key: value for key, value in (("base_url.path", parts.path.rstrip("/")), ("base_url.query", parts.query))
-            if value}
+    return {**url_secrets("base_url.path", parts.path), **url_secrets("base_url.query", parts.query)}
