@@ -46,7 +46,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import ID_CHARS, LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
+from bridge.delivery.sender import ERROR_CHARS, ID_CHARS, LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
 from bridge.errors import BridgeError, LeaseLost, StoreRefused, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
@@ -354,7 +354,7 @@ class Lane:
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
                         int(d.clock() * 1000), 0.0, None, None)
-        sent = self._redacted(sent)  # what the vendor said, as long as logs and the store take it, secrets redacted
+        sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
         self._answered(item.id)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
@@ -386,15 +386,16 @@ class Lane:
         await self._tell_gate(sent, breaker, blog)
         await self._record(item, result, blog)
 
-    def _redacted(self, sent: Sent) -> Sent:
-        """`sent` as it is logged and recorded: its error cut (`bounded`), and the destination's secrets redacted
-        by value from its error, excerpt and exchange, wherever the vendor echoed them."""
-        outcome = bounded(sent.outcome)
+    def _redacted(self, sent: Sent, item: Claimed) -> Sent:
+        """`sent` as it is logged and recorded: the destination's secrets (and those of `item`'s mapping options:
+        a secret path) redacted by value from its error, excerpt and exchange, wherever the vendor echoed them,
+        and its error cut at ERROR_CHARS (`bounded`) once redacted, so that the cut never splits a secret unseen."""
         redactor = self.dest.adapter.redactor
-        matcher = self.dest.adapter.redaction()
+        matcher = self.dest.adapter.redaction(item.options)
+        outcome = sent.outcome
         if outcome.error is not None:
-            outcome = msgspec.structs.replace(outcome, error=matcher.text(outcome.error))
-        sent.outcome = outcome
+            outcome = msgspec.structs.replace(outcome, error=matcher.clip(outcome.error, ERROR_CHARS))
+        sent.outcome = bounded(outcome)
         sent.excerpt = None if sent.excerpt is None else matcher.text(sent.excerpt)
         sent.exchange = redactor.exchange(sent.exchange, matcher)
         return sent
@@ -536,7 +537,7 @@ class Lane:
         except CannotReconcile as exc:
             return Outcome(classification="held", error=f"{HELD} ({exc})"), False
         except SearchStopped as exc:
-            blog.warning("delivery.reconcile_stopped", reason=adapter.redaction().text(str(exc)),
+            blog.warning("delivery.reconcile_stopped", reason=adapter.redaction(item.options).text(str(exc)),
                          in_doubt_since_ms=item.in_doubt_since_ms,
                          note="the outcome stays unknown: looked up again on the retry schedule, then left to an "
                               "operator")
@@ -549,7 +550,8 @@ class Lane:
             blog.info("delivery.reconcile_not_found", in_doubt_since_ms=item.in_doubt_since_ms,
                       note="the vendor holds no ticket from the earlier send: sending it now")
             return None, False
-        blog.info("delivery.reconciled", ticket_id=found.ticket_id, matched=adapter.redaction().text(found.detail))
+        blog.info("delivery.reconciled", ticket_id=found.ticket_id,
+                  matched=adapter.redaction(item.options).text(found.detail))
         return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
                        ticket_uuid=found.ticket_uuid,
                        error=f"found at the vendor after an unknown outcome: {found.detail}"), False

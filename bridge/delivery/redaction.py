@@ -10,17 +10,27 @@ replaced by REDACTED, in the forms a vendor may write it in: as given, the token
 HTML-escaped. A value shorter than MIN_SECRET_CHARS is left alone: it would redact ordinary words, and is
 too short to be a secret anyway (`Redactor.short` names such keys, for a warning).
 
-The forms are compiled into one pattern per destination when its adapter is made (at start); a token the
-credentials obtain later adds a pattern compiled once per token (the last EXTRA_KEPT kept). A record is ruled out
-by one substring search per secret over its texts joined (most hold none); only a text that holds one is searched
-by the regex engine, from each position a secret starts at, so that secrets that overlap (one's tail another's head)
-are each found, and every character any of them covers is redacted. Both are linear in the text. A text cut short
-(an excerpt, a clipped header value) may end with the start of a secret: a cut-off part of MIN_SECRET_CHARS or more
-is redacted too. Cost per attempt record: tests/bench/test_redaction_bench.py.
+The forms are compiled into one pattern per destination when its adapter is made (at start); values known per
+attempt (a token the credentials obtain later, the secret parts of a mapping's path) add a pattern compiled once
+per set of them (the last EXTRA_KEPT used kept). A record is ruled out by one substring search per secret over
+its texts joined (most hold none); only a text that holds one is searched by the regex engine, from each position
+a secret starts at, so that secrets that overlap (one's tail another's head) are each found, and every character
+any of them covers is redacted. Both are linear in the text.
+
+A text cut short may end a secret's first characters: an excerpt (cut without a mark at CUT_CHARS or more, or with
+`…`), a clipped header value, and an excerpt quoted inside a longer text (`(HTTP 401: {excerpt}…): check …`). So
+before each `…` anywhere in a text, and at the end of one that may have been cut, a cut-off part of MIN_SECRET_CHARS
+or more is redacted too (before each `…` only the characters since the one before it are searched: still linear).
+What the bridge cuts itself after it was said, an attempt's error (sender.ERROR_CHARS), it redacts first and cuts
+after (`Matcher.clip`), so that the cut never splits a secret, however few of its characters stand before it. Cost
+per attempt record: tests/bench/test_redaction_bench.py.
 
 With `secret_url` (an http destination's `url_secret: true`: a webhook URL that is itself the credential), every
-URL of the destination is shown as its scheme and host followed by `/[redacted]`, and its base URL's path and
-query are secret values like any other.
+URL of the destination is shown as its scheme and host followed by `/[redacted]`, and the secret parts of its
+paths are secret values like any other (`url_secrets`): the base URL's path and query, and the literal parts of
+the destination's `path` (and `doctor.path`, `lookup.path`) and of a mapping's `options.path` (placeholders are
+filled from the event's fields: no secret), each whole and by each segment that is no word of the API (an id, a
+token), since a hook may quote its token alone. Without `url_secret` no path is a secret.
 """
 
 from __future__ import annotations
@@ -38,12 +48,16 @@ from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 from bridge.delivery.exchange import REDACTED
 
 MIN_SECRET_CHARS = 8
-EXTRA_KEPT = 4
+EXTRA_KEPT = 16
 CUT_CHARS = 200
 """A text this long may be an excerpt cut without a mark (the shortest excerpt kept is 200 characters)."""
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 _PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
 _CUT = "…"
+_SEGMENT = re.compile(r"[/?&=;#]+")
+_WORD = re.compile(r"[A-Za-z][a-z]*(?:[-_.][a-z]+)*")
+WORD_CHARS = 20
+"""A segment of a secret path this long is a secret by itself even when it reads as a word (`url_secrets`)."""
 
 
 def _written(value: str) -> set[str]:
@@ -119,16 +133,33 @@ class Matcher:
         return cls(re.compile("|".join(map(re.escape, found))), re.compile("|".join(map(re.escape, heads))),
                    tuple(sorted(needles)), tuple(found), len(found[0]))
 
-    def text(self, text: str) -> str:
-        """`text` with every secret, and a secret cut off at its end (before a `…` marking the cut), redacted: each
+    def text(self, text: str, *, cut: bool = False) -> str:
+        """`text` with every secret, and a secret cut off before a cut (a `…` anywhere, marking where an excerpt
+        or a value was cut; the end of a text that may have been cut short, or is, `cut`), redacted: each
         character any of them covers, where they overlap too."""
         # A substring test per needle (a fast search in C) rules out most texts at a fraction of a ns a character;
         # the regex engine, which tries every form at every position, runs only on a text that holds a needle.
         spans = self._found(text) if self.holds(text) else []
-        cut = self._cut(text)
-        if cut is not None:
-            spans.append(cut)
+        spans += self._cuts(text, cut)
         return _redacted(text, spans) if spans else text
+
+    def clip(self, text: str, limit: int) -> str:
+        """`text` redacted (`text`) and then cut to `limit` characters, an ellipsis marking the cut: redacted
+        before it is cut, so that the cut never splits a secret unseen. Only what may be shown is searched: the
+        first `limit` characters and as many as the longest form past them (every form starting before the
+        cut), their end a cut; the cut is moved back to before a REDACTED it would split."""
+        if len(text) <= limit:
+            return self.text(text)
+        window = text[:limit + self.longest]
+        more = len(text) > len(window)
+        shown = self.text(window, cut=more)
+        if len(shown) < limit or (len(shown) == limit and not more):
+            return shown + (_CUT if more else "")
+        end = limit - 1
+        split = shown.find(REDACTED, max(0, end - len(REDACTED) + 1), end + len(REDACTED) - 1)
+        if 0 <= split < end:
+            end = split
+        return shown[:end] + _CUT
 
     def holds(self, text: str) -> bool:
         """Whether `text` may hold a whole secret: it holds one of the needles."""
@@ -146,19 +177,32 @@ class Matcher:
             found = self.whole.search(text, found.start() + 1)
         return spans
 
-    def _cut(self, text: str) -> tuple[int, int] | None:
-        """Where a secret cut off at the end of `text` stands, when it may have been cut: it ends with `…` or is as
-        long as CUT_CHARS or more (excerpts are cut without a mark)."""
-        if not self.forms or (len(text) < CUT_CHARS and not text.endswith(_CUT)):
-            return None
-        end = len(text) - 1 if text.endswith(_CUT) else len(text)
-        found = self.head.search(text, max(0, end - self.longest), end)
-        while found is not None:
-            piece = text[found.start():end]
-            if any(f.startswith(piece) for f in self.forms):
-                return found.start(), end
-            found = self.head.search(text, found.start() + 1, end)
-        return None
+    def _cuts(self, text: str, cut: bool = False) -> list[tuple[int, int]]:
+        """Where a secret cut off by a cut stands: before each `…` in `text` (an excerpt, a clipped value, each
+        may be inside a longer text: `HTTP 400: {excerpt}; …`), and at its end when `cut` is set or it is as long
+        as CUT_CHARS or more (excerpts are cut without a mark). Before each cut only the characters since the
+        one before it are searched, at most as many as the longest form: linear in the text."""
+        if not self.forms:
+            return []
+        ends = []
+        mark = text.find(_CUT)  # an ASCII text (most) cannot hold it: no search at all
+        while mark >= 0:
+            ends.append(mark)
+            mark = text.find(_CUT, mark + 1)
+        if (cut or len(text) >= CUT_CHARS) and not text.endswith(_CUT):
+            ends.append(len(text))
+        spans = []
+        since = 0
+        for end in ends:
+            found = self.head.search(text, max(since, end - self.longest), end)
+            while found is not None:
+                piece = text[found.start():end]
+                if any(f.startswith(piece) for f in self.forms):
+                    spans.append((found.start(), end))
+                    break
+                found = self.head.search(text, found.start() + 1, end)
+            since = end + 1
+        return spans
 
     def value(self, value: Any, texts: list[str] | None = None) -> Any:
         """`value` (JSON-like: dicts, lists, text) with `text` applied to each text it holds (`texts`, when the
@@ -177,7 +221,7 @@ class Matcher:
         if not self.forms:
             return False
         cut = texts if _CUT in joined else [t for t in texts if len(t) >= CUT_CHARS]
-        return any(self._cut(t) is not None for t in cut)
+        return any(self._cuts(t) for t in cut)
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -231,16 +275,18 @@ class Redactor:
         self._held: dict[frozenset[str], Matcher] = {}
 
     def matcher(self, held: Iterable[str] = ()) -> Matcher:
-        """The matcher of the configured secrets and of `held` (what the credentials hold now: an obtained token),
-        compiled once per set of held values."""
+        """The matcher of the configured secrets and of `held` (those known per attempt: what the credentials hold
+        now, an obtained token; the secret parts of a mapping's path), compiled once per set of such values (the
+        last EXTRA_KEPT used kept: a token or two at a time, times the few paths a destination's mappings give)."""
         extra = frozenset(v for v in held if len(v) >= MIN_SECRET_CHARS and v not in self.values)
         if not extra:
             return self._static
-        found = self._held.get(extra)
+        found = self._held.pop(extra, None)
         if found is None:
             if len(self._held) >= EXTRA_KEPT:
                 del self._held[next(iter(self._held))]
-            found = self._held[extra] = Matcher.of(self.values | extra)
+            found = Matcher.of(self.values | extra)
+        self._held[extra] = found  # the last used last, the least recently used first
         return found
 
     def url(self, url: str, matcher: Matcher | None = None) -> str:
@@ -281,10 +327,30 @@ class Redactor:
         return None if text is None else self.matcher(held).text(text)
 
 
+def url_secrets(key: str, text: str) -> dict[str, str]:
+    """The secret parts of a secret URL's path or query, or of a literal part of a path template (`text`,
+    configured at `key`), by where each is: `text` itself, a `/` at its end aside (`key`), and each of its
+    segments (between `/`, `?`, `&`, `=`, `;`, `#`) of MIN_SECRET_CHARS characters or more (`key[i]`): a webhook
+    path (`/services/T…/B…/…`) is the secret as a whole, and so is each of its ids and tokens, which a vendor may
+    quote alone. A segment (or a `text` of one segment) that reads as a word of the API is no secret by itself:
+    letters alone, lower-case but for the first, in runs joined by `-`, `_` or `.` (`services`,
+    `incoming-webhook`), shorter than WORD_CHARS."""
+    whole = text.rstrip("/")
+    segments = [s for s in _SEGMENT.split(whole) if s]
+    out = {} if not segments or (len(segments) == 1 and _word(segments[0])) else {key: whole}
+    out.update((f"{key}[{i}]", s) for i, s in enumerate(segments)
+               if s != whole and len(s) >= MIN_SECRET_CHARS and not _word(s))
+    return out
+
+
+def _word(segment: str) -> bool:
+    return len(segment) < WORD_CHARS and _WORD.fullmatch(segment) is not None
+
+
 def base_url_secrets(base_url: str | None) -> dict[str, str]:
-    """The parts of a base URL that are secret when the whole URL is (a webhook URL): its path and its query."""
+    """The parts of a base URL that are secret when the whole URL is (a webhook URL): its path and its query,
+    each as `url_secrets` splits it."""
     if not base_url:
         return {}
     parts = urlsplit(base_url)
-    return {key: value for key, value in (("base_url.path", parts.path.rstrip("/")), ("base_url.query", parts.query))
-            if value}
+    return {**url_secrets("base_url.path", parts.path), **url_secrets("base_url.query", parts.query)}

@@ -98,8 +98,9 @@ def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
 
 
 def bounded(outcome: Outcome) -> Outcome:
-    """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS, and a ticket id, key or uuid that is
-    no id left out, the error saying so (a success stays a success: the vendor took the request)."""
+    """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS (the lane cuts it as it redacts it,
+    `Matcher.clip`, before this), and a ticket id, key or uuid that is no id left out, the error saying so (a
+    success stays a success: the vendor took the request)."""
     dropped = {key: why for key in ("ticket_id", "ticket_key", "ticket_uuid")
                if (value := getattr(outcome, key)) is not None and (why := _not_an_id(key, value)) is not None}
     error = outcome.error

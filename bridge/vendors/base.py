@@ -107,9 +107,17 @@ class Adapter(ABC):
         self.redactor = Redactor(config.secret_values(), secret_url=config.secret_url())
         """The destination's secrets, found by value in what its attempts keep and log (compiled once, here)."""
 
-    def redaction(self) -> Matcher:
-        """What redacts the destination's secrets now: those configured and those its credentials hold."""
-        return self.redactor.matcher(() if self.credentials is None else self.credentials.held())
+    def redaction(self, options: Mapping[str, Any] | None = None) -> Matcher:
+        """What redacts the destination's secrets now: those configured, those its credentials hold, and those in
+        the attempt's mapping `options` (`option_secrets`)."""
+        held = () if self.credentials is None else self.credentials.held()
+        extra = self.option_secrets(options) if options else ()
+        return self.redactor.matcher([*held, *extra] if extra else held)
+
+    def option_secrets(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The secret values a mapping's `options:` for this destination hold (an http destination's secret
+        `path`), redacted from its attempts beside the configured ones. The default: none."""
+        return ()
 
     async def close(self, session: aiohttp.ClientSession) -> None:
         """Give back what the destination's credentials obtained (a log-out), at shutdown."""

@@ -15,6 +15,7 @@ attachments' metadata like any other field.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import string
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from urllib.parse import quote
 import msgspec
 
 from bridge.config import Base, DestinationConfig
-from bridge.delivery.redaction import base_url_secrets
+from bridge.delivery.redaction import MIN_SECRET_CHARS, base_url_secrets, url_secrets
 from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
@@ -85,6 +86,29 @@ def placeholders(template: str) -> list[str]:
     return [name for _, name in template_parts(template) if name is not None]
 
 
+def path_secrets(key: str, template: str) -> dict[str, str]:
+    """With `url_secret`, the secret parts of a path template configured at `key`: those `url_secrets` finds in
+    each of its literal parts (`key`, or `key.i` for the i-th when placeholders part them). A placeholder is
+    filled from the event's fields, which are no secret, and a templated path's literal part shorter than
+    MIN_SECRET_CHARS is one of the API's words (`/tickets/`, `/v1/`): left out; a whole path that short is kept,
+    to be named as too short. ValueError for a malformed template."""
+    parts = template_parts(template)
+    if all(name is None for _, name in parts):
+        return url_secrets(key, template)
+    found = {k: v for i, (literal, _) in enumerate(parts) for k, v in url_secrets(f"{key}.{i}", literal).items()}
+    return {k: v for k, v in found.items() if len(v) >= MIN_SECRET_CHARS}
+
+
+@functools.lru_cache(maxsize=256)
+def _mapping_path_secrets(template: str) -> tuple[str, ...]:
+    """A mapping's `options.path`'s secret parts (`path_secrets`), worked out once per path; none for a
+    malformed one (the mapping's check refuses it, and the attempt fails on it before it sends)."""
+    try:
+        return tuple(sorted(set(path_secrets("options.path", template).values())))
+    except ValueError:
+        return ()
+
+
 def _check_path(template: str) -> None:
     if not template.startswith("/"):
         raise ValueError(f"`path` {template!r} must start with /, e.g. /api/tickets")
@@ -141,14 +165,17 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
     doctor: HttpDoctor | None = None
     lookup: HttpLookup | None = None
     url_secret: bool = False
-    """The base URL is itself the credential (an incoming-webhook URL): its path and query are never shown."""
+    """The URL is itself the credential (an incoming-webhook URL): its path and query are never shown, and the
+    base URL's path and query and the literal parts of each configured path are secrets (`path_secrets`)."""
 
     def secret_url(self) -> bool:
         return self.url_secret
 
     def secret_values(self) -> dict[str, str]:
         """The configured `headers` but those that describe content, the `auth` block's secrets (a Basic
-        credential also as the header it makes), and with `url_secret` the base URL's path and query."""
+        credential also as the header it makes), and with `url_secret` the base URL's path and query and the
+        secret parts of `path`, `doctor.path` and `lookup.path` (`path_secrets`). Without it, no path is a secret:
+        a path is where the API takes a request."""
         keys = {f"headers.{name}": value for name, value in self.headers.items() if name.lower() not in PLAIN_HEADERS}
         auth = self.auth
         if auth is not None and auth.header is not None:
@@ -163,6 +190,11 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
             keys["auth.oauth2"] = basic(auth.oauth2.client_id, auth.oauth2.client_secret)
         if self.url_secret:
             keys.update(base_url_secrets(self.base_url))
+            keys.update(path_secrets("path", self.path))
+            if self.doctor is not None:  # sent as written: no template
+                keys.update(url_secrets("doctor.path", self.doctor.path))
+            if self.lookup is not None:
+                keys.update(path_secrets("lookup.path", self.lookup.path))
         return {key: value for key, value in keys.items() if value}
 
     def can_reconcile(self) -> str | None:
@@ -173,7 +205,13 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_path(self.path)
+        try:
+            _check_path(self.path)
+        except ValueError as exc:
+            if not self.url_secret:
+                raise
+            # The path may be the credential: the error says what is wrong without it, as for `base_url`.
+            raise ValueError(str(exc).replace(repr(self.path), "(not shown: url_secret)")) from None
         for key in ("multipart_json_part", "multipart_files_part"):
             if not getattr(self, key).strip():
                 raise ValueError(f"`{key}` must name a form part, e.g. data")
@@ -218,6 +256,12 @@ class HttpAdapter(Adapter):
                 names.add(o.auth.header.name.lower())
             self._secret_headers = frozenset(names)
         return self._secret_headers
+
+    def option_secrets(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """With `url_secret`, the secret parts of a mapping's `options.path` (`path_secrets`), beside those of
+        the destination's own paths."""
+        path = options.get("path")
+        return _mapping_path_secrets(path) if self.options.url_secret and isinstance(path, str) else ()
 
     @classmethod
     def static_check(cls, action: str, fields: list[str], options: Mapping[str, Any]) -> list[str]:

@@ -14,6 +14,8 @@ from aiohttp import web
 
 from bridge.cli import main
 from bridge.config import Config
+from bridge.delivery.redaction import MIN_SECRET_CHARS
+from bridge.delivery.sender import ERROR_CHARS
 from bridge.store.base import DeliveryFilter
 from bridge.vendors.http_auth import basic
 from bridge.vendors.kapture import CREATE_PATH
@@ -202,3 +204,77 @@ async def test_a_webhook_url_marked_secret_is_shown_without_its_path(
     assert_hidden(json.dumps(logs, default=str), hook, "Xa1b2c3d4e5f6g7h8i9j0")
     assert f'"url":"{base}/[redacted]"' in texts
     assert "no_service: [redacted]/ is not active" in texts
+
+
+HOOK_TOKEN = "Zq7Wv3Lp9Rt2Ks8M"
+HOOK_PATH = f"/services/T0001ABCD/B0002EFGH/{HOOK_TOKEN}"
+
+
+@pytest.mark.parametrize("where", ["destination", "mapping"])
+async def test_a_webhook_secret_written_in_the_path_is_shown_nowhere(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    """A webhook's secret written in the `path` (the destination's, or a mapping's `options.path`) rather than in
+    `base_url`, with `url_secret: true`: the hook's refusal quotes the path and the token alone, and its error is
+    long enough to be cut with the token across the cut (five of its characters before it). The attempt in the
+    admin API and the CLI, and the log lines, show neither the path, nor the token, nor any start of it (a
+    mapping's options are shown as the mapping file has them: no place for a secret)."""
+    prefix = "http: HTTP 400: "  # the error is this, then what the hook said
+
+    async def refuse(request: web.Request) -> web.Response:
+        said = f"no_service: {request.path} is not active; token {HOOK_TOKEN} unknown; "
+        filler = "x" * (ERROR_CHARS - 1 - 5 - len(prefix) - len(said))
+        return web.json_response({"error": said + filler + HOOK_TOKEN + " (end)"}, status=400)
+
+    app = web.Application()
+    app.router.add_post(HOOK_PATH, refuse)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    path = f"path: '{HOOK_PATH}', " if where == "destination" else ""
+    mapping = MAPPING["m"] + (f"    options: {{path: '{HOOK_PATH}'}}\n" if where == "mapping" else "")
+    cfg = write_config(config(f"{{vendor: http, base_url: '{base}', {path}url_secret: true, error_path: error}}"),
+                       {"m": mapping})
+    client = await bridge_client(cfg)
+    with structlog.testing.capture_logs() as logs:
+        delivery_id = await dead_delivery(client)
+    texts = await shown(client, cfg, delivery_id, capsys)
+    if where == "mapping":  # the delivery shows its mapping's options as they are, like the mapping file itself
+        options = f'"options":{{"path":"{HOOK_PATH}"}}'
+        assert options in texts
+        texts = texts.replace(options, "")
+    logged = json.dumps(logs, default=str)
+    for where_shown in (texts, logged):
+        assert_hidden(where_shown, HOOK_PATH, HOOK_TOKEN, HOOK_TOKEN[:5], "T0001ABCD", "B0002EFGH")
+    assert "no_service: [redacted] is not active; token [redacted] unknown" in texts
+    assert f'"url":"{base}/[redacted]"' in texts
+    (dead,) = [e for e in logs if e["event"] == "delivery.dead"]
+    assert dead["error"].startswith(prefix + "no_service: [redacted]") and dead["error"].endswith("[redacted] (end)")
+
+
+async def test_a_secret_cut_off_inside_an_error_shows_no_part(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A token endpoint refusing the client with a page that echoes the form it was sent: the error quotes the
+    page's first 200 bytes, cut with `…` inside the client secret, in the middle of the error (`(HTTP 401:
+    …client_secret=cs-77aa88b…): check …`). The start of the secret before that cut is redacted too, in the
+    attempt and in the log lines."""
+    secret = "cs-77aa88bb99cc"
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        page = "x" * 176 + f"client_secret={form['client_secret']}&client_id=acme"  # the cut: 10 characters in
+        return web.Response(status=401, text=page)
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    cfg = write_config(config(f"""{{vendor: http, base_url: '{base}', path: /tickets,
+            auth: {{oauth2: {{token_url: /oauth/token, client_id: acme, client_secret: {secret},
+                              client_auth: body}}}}}}"""), MAPPING)
+    client = await bridge_client(cfg)
+    with structlog.testing.capture_logs() as logs:
+        delivery_id = await dead_delivery(client)
+    texts = await shown(client, cfg, delivery_id, capsys)
+    for where in (texts, json.dumps(logs, default=str)):
+        assert_hidden(where, secret[:MIN_SECRET_CHARS])
+    assert "client_secret=[redacted]…): check auth.oauth2.client_id" in texts

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.delivery.exchange import REDACTED, exchange
-from bridge.delivery.redaction import CUT_CHARS, MIN_SECRET_CHARS, Redactor, base_url_secrets
+from bridge.delivery.redaction import (
+    CUT_CHARS,
+    EXTRA_KEPT,
+    MIN_SECRET_CHARS,
+    WORD_CHARS,
+    Redactor,
+    base_url_secrets,
+    url_secrets,
+)
 from bridge.vendors.http import HttpOptions
 from bridge.vendors.http_auth import basic
 from bridge.vendors.kapture import KaptureOptions
@@ -154,6 +162,84 @@ def test_a_secret_cut_off_inside_another_is_redacted_with_it() -> None:
     at the end, is redacted with the first."""
     redactor = Redactor({"a": "AAAAAAAA1234", "b": "1234BBBBBBBB"})
     assert redactor.text("the keys AAAAAAAA1234BBBB…") == "the keys [redacted]…"
+
+
+def test_a_secret_cut_off_before_a_cut_mark_inside_a_text_is_redacted() -> None:
+    """An excerpt cut with `…` and then quoted inside a longer text (`(HTTP 401: {excerpt}): check …`) ending in
+    the first characters of a secret has them redacted, before each such mark; fewer than MIN_SECRET_CHARS are
+    left, as at a text's end; so is a mark no secret's start stands before."""
+    secret = "cs-77aa88bb99cc"
+    redactor = Redactor({"client_secret": secret})
+    said = f"(HTTP 401: client_secret={secret[:10]}…): check auth.oauth2.client_secret"
+    assert redactor.text(said) == "(HTTP 401: client_secret=[redacted]…): check auth.oauth2.client_secret"
+    twice = f"a {secret[:9]}… b {secret[:12]}… c {secret[:MIN_SECRET_CHARS - 1]}… and so on…"
+    assert redactor.text(twice) == f"a [redacted]… b [redacted]… c {secret[:MIN_SECRET_CHARS - 1]}… and so on…"
+    matcher = redactor.matcher()
+    assert matcher.value({"error": said, "n": 1}) == {"error": redactor.text(said), "n": 1}
+
+
+@pytest.mark.parametrize("before", range(1, 22))
+def test_a_text_is_redacted_before_it_is_clipped(before: int) -> None:
+    """`clip` redacts a text before it cuts it: a secret across the cut shows no character, however few stand
+    before the cut (`before`), the cut moved back rather than split REDACTED; the text is at most `limit` long,
+    and `…` marks a cut."""
+    secret, limit = "S3CR3T-S3CR3T-S3CR3T", 300  # no character of it in the rest of the text
+    matcher = Redactor({"token": secret}).matcher()
+    for rest in (" tail", " tail" + "t" * 1000):
+        said = "a" * (limit - 1 - before) + secret + rest
+        shown = matcher.clip(said, limit)
+        assert len(shown) <= limit
+        assert set(shown.replace(REDACTED, "")) <= set("a tail…"), shown
+        assert shown.endswith("…") == (len(said) - len(secret) + len(REDACTED) > limit), shown
+    assert matcher.clip("short " + secret, limit) == "short [redacted]"
+    assert matcher.clip("a" * 1000, limit) == "a" * (limit - 1) + "…"
+
+
+def test_a_secret_url_s_ids_and_tokens_are_secrets_alone() -> None:
+    """A secret URL's path and query are secrets whole and each of their segments that is no word of the API (of
+    MIN_SECRET_CHARS or more, not lower-case letters alone), so that a hook quoting only its token, or only an id,
+    has it redacted; `services` is left."""
+    base = "https://hooks.slack.com/services/T0001ABCD/B0002EFGH/XXXXXXXXXXXXXXXXXXXXXXXX?key=zz-9f8e7d6c&a=b"
+    secrets = base_url_secrets(base)
+    assert secrets == {"base_url.path": "/services/T0001ABCD/B0002EFGH/XXXXXXXXXXXXXXXXXXXXXXXX",
+                       "base_url.path[1]": "T0001ABCD", "base_url.path[2]": "B0002EFGH",
+                       "base_url.path[3]": "XXXXXXXXXXXXXXXXXXXXXXXX",
+                       "base_url.query": "key=zz-9f8e7d6c&a=b", "base_url.query[1]": "zz-9f8e7d6c"}
+    redactor = Redactor(secrets, secret_url=True)
+    assert redactor.text("invalid_token XXXXXXXXXXXXXXXXXXXXXXXX for team T0001ABCD; services down") == (
+        "invalid_token [redacted] for team [redacted]; services down")
+    assert redactor.text("key zz-9f8e7d6c") == "key [redacted]"
+
+
+@pytest.mark.parametrize(("text", "secrets"), [
+    ("/services", {}),
+    ("/", {}),
+    ("/Incoming-webhook/", {}),
+    ("/hook/abc", {"k": "/hook/abc"}),
+    ("/services/incoming-webhook/", {"k": "/services/incoming-webhook"}),
+    ("/a/" + "w" * WORD_CHARS, {"k": "/a/" + "w" * WORD_CHARS, "k[1]": "w" * WORD_CHARS}),
+    ("/a/" + "w" * (WORD_CHARS - 1), {"k": "/a/" + "w" * (WORD_CHARS - 1)}),
+    ("/hooks/9f8e7d6c5b4a", {"k": "/hooks/9f8e7d6c5b4a", "k[1]": "9f8e7d6c5b4a"}),
+    ("/9f8e7d6c5b4a/", {"k": "/9f8e7d6c5b4a", "k[0]": "9f8e7d6c5b4a"}),
+    ("9f8e7d6c5b4a", {"k": "9f8e7d6c5b4a"}),
+], ids=["word", "root", "capitalised-word", "short", "words", "long-letters", "word-length", "token", "one-segment",
+        "bare-token"])
+def test_which_parts_of_a_secret_path_are_secrets(text: str, secrets: dict[str, str]) -> None:
+    """The path whole unless it is one word; each segment of MIN_SECRET_CHARS or more unless it is a word (lower-case
+    letters, joined by `-`, `_` or `.`, shorter than WORD_CHARS)."""
+    assert url_secrets("k", text) == secrets
+
+
+def test_a_matcher_in_use_is_kept_while_others_come_and_go() -> None:
+    """The matchers of per-attempt values are kept by last use: one used between others (a mapping's secret path,
+    on every attempt) is compiled once, however many others are made meanwhile."""
+    redactor = Redactor({"client_secret": "cs-77aa88bb99cc"})
+    held = ["/services/T0001ABCD/B0002EFGH"]
+    matcher = redactor.matcher(held)
+    for i in range(2 * EXTRA_KEPT):
+        redactor.matcher([f"at-{i:04d}aaaa2222bbbb"])
+        assert redactor.matcher(held) is matcher
+    assert matcher.text("no /services/T0001ABCD/B0002EFGH") == "no [redacted]"
 
 
 _SECRET_CHARS = "XY01"

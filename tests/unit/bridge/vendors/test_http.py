@@ -247,3 +247,51 @@ def test_a_secret_base_url_without_a_scheme_is_refused_without_showing_it(tmp_pa
     said = str(info.value) + "".join(e.render() for e in info.value.errors)
     assert "bridge.yaml:2:" in said and "destinations.hook" in said and shown in said
     assert "SECRET" not in said
+
+
+HOOK_TOKEN = "XXXXXXXXXXXXXXXX"
+HOOK_PATH = f"/services/T0001ABCD/B0002EFGH/{HOOK_TOKEN}"
+
+
+def test_with_url_secret_the_parts_of_each_configured_path_are_secrets() -> None:
+    """With `url_secret`, the `path` (a webhook's secret may be written there rather than in `base_url`) is a
+    secret whole and by its ids and tokens, as the base URL's path is; so are those of `doctor.path` and
+    `lookup.path`. A templated path's literal parts are, those long enough to be secrets; placeholders (the
+    event's fields) and the API's words are not. Without `url_secret` no path is a secret."""
+    opts = adapter(path=HOOK_PATH, url_secret=True, doctor={"path": "/api/test/9f8e7d6c5b4a"},
+                   lookup={"path": "/s/{ref}/Q0003IJKL?x={ref}", "ticket_id_path": "id"}).options
+    assert opts.secret_values() == {
+        "path": HOOK_PATH, "path[1]": "T0001ABCD", "path[2]": "B0002EFGH", "path[3]": HOOK_TOKEN,
+        "doctor.path": "/api/test/9f8e7d6c5b4a", "doctor.path[2]": "9f8e7d6c5b4a",
+        "lookup.path.1": "/Q0003IJKL?x=", "lookup.path.1[0]": "Q0003IJKL"}
+    templated = adapter(path="/services/{team}/B0002EFGH/{hook}/tickets", url_secret=True).options
+    assert templated.secret_values() == {"path.1": "/B0002EFGH", "path.1[0]": "B0002EFGH"}
+    assert adapter(path=HOOK_PATH).options.secret_values() == {}
+    braces = adapter(url_secret=True, doctor={"path": "/x/{y}/9f8e7d6c5b4a"}).options  # the doctor's: no template
+    assert braces.secret_values() == {"doctor.path": "/x/{y}/9f8e7d6c5b4a", "doctor.path[2]": "9f8e7d6c5b4a"}
+
+
+def test_with_url_secret_a_mapping_s_path_is_redacted_from_its_attempts() -> None:
+    """A mapping's `options.path` holding the secret: its parts are redacted by the attempt's matcher (worked out
+    from the attempt's options, beside the destination's); without `url_secret`, and for another mapping's path,
+    they are not."""
+    secret = adapter(url_secret=True)
+    said = f"no_service: {HOOK_PATH} (token {HOOK_TOKEN})"
+    assert secret.redaction({"path": HOOK_PATH}).text(said) == "no_service: [redacted] (token [redacted])"
+    assert secret.redaction({"path": "/other/{id}"}).text(said) == said
+    assert secret.redaction().text(said) == said
+    assert adapter().redaction({"path": HOOK_PATH}).text(said) == said
+    assert secret.redaction({"path": "/t/{{x}}"}).text(said) == said  # a malformed path: none of it
+
+
+@pytest.mark.parametrize(("path", "shown"), [
+    ("services/T0001ABCD/SECRETSECRET", "`path` (not shown: url_secret) must start with /, e.g. /api/tickets"),
+    ("/services/{{hook}}/SECRETSECRET", "`path` (not shown: url_secret) holds a template"),
+])
+def test_with_url_secret_a_bad_path_is_refused_without_showing_it(path: str, shown: str) -> None:
+    """With `url_secret`, a `path` that cannot be used is refused saying why, without the path (the credential)."""
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert({"vendor": "http", "base_url": BASE, "path": path, "url_secret": True}, HttpOptions)
+    assert shown in str(info.value) and "SECRET" not in str(info.value)
+    with pytest.raises(msgspec.ValidationError, match="SECRETSECRET"):
+        msgspec.convert({"vendor": "http", "base_url": BASE, "path": path}, HttpOptions)
