@@ -20,6 +20,7 @@ from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
 from bridge.delivery.redaction import MIN_SECRET_CHARS
+from bridge.delivery.sender import VendorResponse
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.fdlimit import delivery_pool
 from bridge.intake import hook_get, hook_options, hook_post
@@ -223,10 +224,11 @@ def delivery_session(config: Config) -> aiohttp.ClientSession:
     """The HTTP client the delivery loop sends with. Each lane holds at most its max_in_flight connections, so the
     pool adds no cap of its own per host (a vendor holding one destination's requests would stall every other
     destination on its host), and holds every destination's max_in_flight in total (fdlimit.delivery_pool, which
-    serve's open-file check counts)."""
+    serve's open-file check counts). A connection that brought an interim status (1xx) as the answer is closed, never
+    pooled (`VendorResponse`)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300),
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": USER_AGENT}, response_class=VendorResponse,
     )
 
 
@@ -299,6 +301,8 @@ def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
 
     def observe(attempt: Attempted) -> None:
         rt.count("delivery.attempt", destination=attempt.destination, classification=attempt.classification)
+        if attempt.ticket_id_dropped:
+            rt.count("delivery.ticket_id_dropped", destination=attempt.destination)
         if attempt.duration_s is not None:
             latencies.attempt.observe(attempt.destination, attempt.duration_s)
         if attempt.latency_s is not None:

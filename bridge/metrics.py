@@ -2,10 +2,11 @@
 read token (`admin.read_tokens`).
 
 Intake outcomes and latency by source, events no mapping took and render failures, delivery attempts (and
-their duration) and delivery latency by destination, destinations paused (by their circuit breaker or an
-operator), their backlog and its oldest delivery's age, the store's health and failed commits, mapping
-reloads, lease take-overs, and the deliveries in the store by destination and status (these, with the
-destinations' state, read at most every BACKLOG_SECONDS, so that scrapes never load the store).
+their duration), ticket ids dropped from vendors' answers and delivery latency by destination, destinations
+paused (by their circuit breaker or an operator), their backlog and its oldest delivery's age, the store's
+health and failed commits, mapping reloads, lease take-overs, and the deliveries in the store by destination
+and status (these, with the destinations' state, read at most every BACKLOG_SECONDS, so that scrapes never load
+the store).
 
 Written by hand rather than with prometheus_client: every figure already lives in the Runtime (the console
 reads the same ones), tests build many apps in one process where that library's registry is global, and
@@ -53,6 +54,7 @@ LABELLED: dict[str, tuple[str, tuple[str, ...]]] = {
     "handler_error": ("handler_errors", ("source",)),
     "retention.purged": ("purged", ("kind",)),
     "delivery.attempt": ("attempts", ("destination", "classification")),
+    "delivery.ticket_id_dropped": ("ticket_ids_dropped", ("destination",)),
     "events.unmatched": ("unmatched", ("source", "reason")),
     "render.failed": ("render_failures", ("mapping",)),
     "leases.taken_over": ("takeovers", ()),
@@ -120,6 +122,10 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
     out += _family("ticketbridge_delivery_attempts_total", "counter",
                    "Delivery attempts by destination and classification (success, retry, permanent, auth; "
                    "unknown, reconciled, held).", attempts)
+    out += _family("ticketbridge_delivery_ticket_ids_dropped_total", "counter",
+                   "Successes whose answer's ticket id was no id (an object, an array, a boolean, a fraction, empty "
+                   "or over-long text), so not kept, by destination: a conversation's create so answered leaves its "
+                   "thread without a ticket, and its next message creates another.", samples["ticket_ids_dropped"])
     out += _histogram("ticketbridge_delivery_attempt_duration_seconds",
                       "How long each request to a destination took, by destination.", latencies.attempt)
     out += _histogram("ticketbridge_delivery_latency_seconds",

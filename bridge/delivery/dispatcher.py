@@ -88,6 +88,7 @@ class Attempted:
     duration_s: float | None  # None: no request was made (a follow-up settled unsent)
     latency_s: float | None  # on success: from the delivery's creation to now
     http_status: int | None
+    ticket_id_dropped: bool = False  # a success whose answer's ticket id was no id, so not kept
 
 
 LOOKUP_MAX_BYTES = 32 * 1024 * 1024  # a reconciliation's answer (a day's tickets); a longer one fails the look-up
@@ -363,7 +364,7 @@ class Lane:
                 event_id=item.event_id, mapping=item.mapping, started_at_ms=sent.started_at_ms,
                 duration_s=None if settled is not None else sent.duration_ms / 1000,
                 latency_s=max(0.0, d.clock() - timestamp_ms(item.id) / 1000) if classification == "success" else None,
-                http_status=sent.http_status))
+                http_status=sent.http_status, ticket_id_dropped=sent.outcome.ticket_id_dropped))
         result = self._decide(item, sent, blog)
         if resent and result.classification in ("success", UNKNOWN):
             # Sent again after an unknown outcome, and this send too may have made a ticket: one more possible
@@ -627,6 +628,27 @@ class Lane:
         elif change == "closed":
             self.log.info("destination.resumed")
 
+    @staticmethod
+    def _ticket_dropped(item: Claimed, outcome: Outcome, sent: Sent, blog: Any) -> str:
+        """Make loud a success whose answer's ticket id was no id (an object, empty text…: the adapter left it out,
+        `outcome.error` saying where and what): a conversation's create logs `conversation.ticket_lost` (its thread
+        has no ticket, so its next message creates another), any other delivery `delivery.ticket_id_dropped`. The
+        attempt's error: what was dropped and what follows from it. Still a success: the vendor made the ticket, and
+        sending it again would make a second one."""
+        why = outcome.error or "the answer's ticket id is no id, not kept"
+        if item.conversation is not None and item.ticket is None:
+            error = f"{why}; the conversation has no ticket, so its next message will create a new ticket"
+            blog.warning("conversation.ticket_lost", conversation=item.conversation, error=why,
+                         status=sent.http_status,
+                         note="the vendor made the ticket (a success, not sent again) but its answer's ticket id is no "
+                              "id, so it is not kept: the conversation has no ticket, and the thread's next message "
+                              "creates a new one (a second ticket for the customer)")
+            return error
+        blog.warning("delivery.ticket_id_dropped", error=why, status=sent.http_status,
+                     note="the vendor took the request (a success, not sent again) but its answer's ticket id is no "
+                          "id, so the delivery keeps none")
+        return f"{why}; the delivery keeps no ticket id"
+
     def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
         outcome = sent.outcome
         if outcome.classification == "skipped":
@@ -655,6 +677,8 @@ class Lane:
             key = {"ticket_key": outcome.ticket_key} if outcome.ticket_key else {}
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
+            if outcome.ticket_id_dropped:
+                result = msgspec.structs.replace(result, error=self._ticket_dropped(item, outcome, sent, blog))
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
                                            ticket_uuid=outcome.ticket_uuid, next_status="succeeded")
         decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)

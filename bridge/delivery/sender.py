@@ -12,12 +12,14 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from aiohttp.connector import Connection
 from aiohttp_retry import ExponentialRetry, RetryClient
 
 from bridge.delivery.exchange import clip, exchange
 from bridge.errors import MappingError
 from bridge.escaping import NUL
 from bridge.store.base import Claimed
+from bridge.vendors.base import ID_CHARS as ID_CHARS  # noqa: PLC0414 - where the delivery loop has imported it from
 from bridge.vendors.base import (
     Adapter,
     Outcome,
@@ -25,6 +27,7 @@ from bridge.vendors.base import (
     VendorRequest,
     VendorUnavailable,
     classify_status,
+    interim_answer,
     read_bounded,
     read_capped,
 )
@@ -32,10 +35,8 @@ from bridge.vendors.credentials import authorized
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
-# What of a vendor's words an attempt's error keeps (a message field may hold the whole 256 KiB read), and the
-# longest id kept: an answer's id longer than this is no id, and would fill the store, logs and follow-up URLs.
+# What of a vendor's words an attempt's error keeps (a message field may hold the whole 256 KiB read).
 ERROR_CHARS = 2000
-ID_CHARS = 256
 # What a request can fail with before the vendor answers: each is a retry.
 # Failures of a connection that was made, before the whole answer came: the request may have been acted on.
 LOST_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
@@ -59,6 +60,22 @@ async def _lookup_settled(response: aiohttp.ClientResponse) -> bool:
         response.release()
         return False
     return True
+
+
+class VendorResponse(aiohttp.ClientResponse):
+    """The delivery session's answers (its `response_class`). One with an interim status (1xx) closes its
+    connection, which is then never used again: aiohttp hands a `101 Switching Protocols` over as the answer (other
+    1xx it reads past, waiting for the final answer) and, unless the 101 says `Upgrade`, gives its connection back
+    to the pool at once, though what follows on it (a body the 101 announced, the other protocol's bytes) is no
+    answer to the next request sent there."""
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        started = await super().start(connection)
+        if interim_answer(self.status) is not None and protocol is not None:
+            # Already back in the pool (its empty body ended as it started): closed, the pool drops it unused.
+            protocol.close()
+        return started
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,7 +117,8 @@ def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
 def bounded(outcome: Outcome) -> Outcome:
     """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS (the lane cuts it as it redacts it,
     `Matcher.clip`, before this), and a ticket id, key or uuid that is no id left out, the error saying so (a
-    success stays a success: the vendor took the request)."""
+    success stays a success: the vendor took the request; a ticket id so left out sets `ticket_id_dropped`). The
+    adapters read ids so already (`answer_id`); this holds for every outcome, a reconciliation's found ticket too."""
     dropped = {key: why for key in ("ticket_id", "ticket_key", "ticket_uuid")
                if (value := getattr(outcome, key)) is not None and (why := _not_an_id(key, value)) is not None}
     error = outcome.error
@@ -108,8 +126,9 @@ def bounded(outcome: Outcome) -> Outcome:
         error = clip(error, ERROR_CHARS)
     if not dropped and error is outcome.error:
         return outcome
+    lost = {"ticket_id_dropped": True} if "ticket_id" in dropped else {}
     return msgspec.structs.replace(outcome, error="; ".join(p for p in (error, *dropped.values()) if p),
-                                   **dict.fromkeys(dropped))
+                                   **dict.fromkeys(dropped), **lost)
 
 
 def _not_an_id(key: str, value: str) -> str | None:
@@ -224,6 +243,9 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
             timeout=send_timeout(timeout_s),
             allow_redirects=False,
         ) as response:
+            interim = interim_answer(response.status)
+            if interim is not None:  # a 101 (VendorResponse has closed its connection): no body, no adapter's say
+                return response.status, None, dict(response.headers), interim
             try:
                 body, cut = await read_capped(response, MAX_RESPONSE_BYTES)
             except TRANSPORT_ERRORS as exc:

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator
 from bridge.simulators.faults import Handler, apply_faults, hang_after
-from bridge.simulators.received import keep_newest
+from bridge.simulators.received import Newest
 from bridge.vendors.kapture import CALLBACK_FORMAT, CREATE_PATH, GET_PATH, PULL_PATH, SANDBOX_TOKEN, UPDATE_PATH
 
 STAMP = "%Y-%m-%d %H:%M:%S"  # how tickets keep their creation time (as the create answer writes it)
@@ -74,8 +74,9 @@ class KaptureSimulator(VendorSimulator):
         self.pagination_enabled = pagination_enabled
         self.page_size = page_size
         self.clock = clock
-        self.pulls: list[dict[str, Any]] = []  # the newest pulls and gets asked (as many as calls), for tests
-        self.gets: list[list[str]] = []
+        # The newest pulls and gets asked, for tests: as many and as heavy as the calls `received` keeps.
+        self.pulls: Newest[dict[str, Any]] = Newest()
+        self.gets: Newest[list[str]] = Newest()
         self.requests = 0
         self._ids = itertools.count(530348198)
 
@@ -196,7 +197,7 @@ class KaptureSimulator(VendorSimulator):
         item = await self._open(request, "pull", object_only=self.pull_refuses_array)
         if not isinstance(item, dict):
             return item
-        keep_newest(self.pulls, [dict(item)], self.received.max_entries)
+        self.pulls.keep([dict(item)], self.received.max_entries, self.received.max_bytes)
         days = self._range(item)
         if isinstance(days, str):
             return self._failed(days)
@@ -226,7 +227,7 @@ class KaptureSimulator(VendorSimulator):
         wanted = {i.strip() for i in str(item.get("ticket_ids") or "").split(",") if i.strip()}
         if not wanted:
             return self._failed("ticket_ids is missing")
-        keep_newest(self.gets, [sorted(wanted)], self.received.max_entries)
+        self.gets.keep([sorted(wanted)], self.received.max_entries, self.received.max_bytes)
         found = sorted((t for t in map(self.ticket, wanted) if t is not None), key=lambda t: int(t["id"]))
         return web.json_response([
             {"additional_info": self._pull_json(t)["additional_info"], "history": {},

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
-from bridge.simulators.received import keep_newest
+from bridge.simulators.received import Newest
 from bridge.simulators.weights import weigh
 from bridge.vendors.leadsquared import (
     DEFAULT_PER_SECONDS,
@@ -106,7 +106,8 @@ class LeadSquaredSimulator(VendorSimulator):
         self.mandatory_fields = mandatory_fields
         self.clock = clock
         self._accepted: deque[float] = deque()
-        self.deleted: list[str] = []  # the newest Ids moved to the trash (as many as calls)
+        # The newest Ids moved to the trash, for tests: as many and as heavy as the calls `received` keeps.
+        self.deleted: Newest[str] = Newest()
         self._ids = itertools.count(1)
         self._activity_ids = itertools.count(1)
 
@@ -312,7 +313,7 @@ class LeadSquaredSimulator(VendorSimulator):
         removed = set(done)
         for ticket_id in removed:
             self.drop(ticket_id)
-        keep_newest(self.deleted, done, self.received.max_entries)
+        self.deleted.keep(done, self.received.max_entries, self.received.max_bytes)
         return {"SuccessfulIds": [int(i) for i in done], "FailedIds": [i for i in ids if str(i) not in removed]}
 
     def clear(self) -> None:

@@ -16,14 +16,15 @@ from bridge.simulators.weights import set_delta, weigh
 
 MAX_ENTRIES = 10_000
 """Arrivals kept, the oldest dropped first: a sandbox's calls come from deliveries of posts anyone may send.
-The same bound (`max_entries`) holds what a simulator keeps of one kind of call for tests to read (Kapture's pulls
-and gets, LeadSquared's trashed Ids)."""
+The same bounds (`max_entries`, `max_bytes`) hold each kind of call a simulator keeps for tests to read (Kapture's
+pulls and gets, LeadSquared's trashed Ids: `Newest`)."""
 MAX_BYTES = 16 * 1024 * 1024
 """Bytes the arrivals kept weigh in all, with what handlers noted of them (a comment, a text, the files'
 names and hashes), each entry weighing its JSON encoding's length; the oldest dropped first. A noted comment or
 text may be as large as intake's 1 MiB body, so 10,000 entries could be ~10 GiB. An entry without one weighs
 ~100 bytes (10,000 of them ~1 MiB): 16 MiB keeps every entry of ordinary traffic and 16 of full 1 MiB texts, and
-the four simulators a server runs keep 64 MiB at most. The newest entry is kept however heavy."""
+the four simulators a server runs keep 64 MiB at most. The newest entry is kept however heavy. Each kind of call a
+simulator keeps for tests (`Newest`) weighs at most as much again: a pull's body may be as large as a post."""
 
 
 class _Weight:
@@ -41,11 +42,45 @@ WEIGHT_KEY = web.RequestKey("received_weight", _Weight)
 T = TypeVar("T")
 
 
-def keep_newest(items: list[T], added: Iterable[T], limit: int) -> None:
-    """Add to `items`, then drop its oldest past `limit`."""
-    items.extend(added)
-    if len(items) > limit:
-        del items[:len(items) - limit]
+class Newest(list[T]):
+    """The newest items of one kind a simulator keeps for tests to read (a list, oldest first): at most
+    `max_entries` of them, weighing at most `max_bytes` (each its JSON encoding's length; the newest kept however
+    heavy), as its RequestLog's bounds say when items are added. Each item is weighed once, as it is added, and its
+    weight kept for when it is dropped: a call never weighs what is already held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._weights: deque[int] = deque()  # each item's, in the same order
+        self._bytes = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """What the items kept weigh, kept as they change."""
+        return self._bytes
+
+    def keep(self, added: Iterable[T], max_entries: int, max_bytes: int) -> None:
+        """Add `added` (oldest first), then drop the oldest past `max_entries` or while they weigh more than
+        `max_bytes`."""
+        for item in added:
+            weight = weigh(item)
+            self.append(item)
+            self._weights.append(weight)
+            self._bytes += weight
+        count = max(len(self) - max_entries, 0)
+        for weight in itertools.islice(self._weights, count):
+            self._bytes -= weight
+        while count < len(self) - 1 and self._bytes > max_bytes:
+            self._bytes -= self._weights[count]
+            count += 1
+        if count:
+            del self[:count]
+            for _ in range(count):
+                self._weights.popleft()
+
+    def clear(self) -> None:
+        super().clear()
+        self._weights.clear()
+        self._bytes = 0
 
 
 class RequestLog:

@@ -6,10 +6,10 @@ import email.utils
 import io
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import aiohttp
 import msgspec
@@ -17,6 +17,7 @@ import msgspec
 from bridge.config import DestinationConfig
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
+from bridge.escaping import NUL
 from bridge.vendors.credentials import Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
@@ -31,6 +32,9 @@ Classification = Literal["success", "retry", "permanent", "auth", "skipped", "un
 unknown outcome, until an operator replays it or marks it succeeded (`on_unknown: hold`)."""
 # GET a vendor URL: (url, headers) -> (status, body); the delivery loop supplies one bound to its session.
 Fetch = Callable[[str, dict[str, str]], Awaitable[tuple[int, bytes]]]
+ID_CHARS = 256
+"""The longest id (ticket id, key or uuid) kept from a vendor's answer: a longer one is no id, and would fill the
+store, logs and follow-up URLs."""
 
 
 class CannotReconcile(BridgeError):
@@ -76,6 +80,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     ticket_key: str | None = None
     # A third reference some vendors give beside the id and key (LeadSquared's `TicketId`, a UUID).
     ticket_uuid: str | None = None
+    # A success whose answer held a ticket id that is no id (an object, an array, a boolean, a fraction, empty text,
+    # text too long): the id is not kept (`ticket_id` is None) and `error` says where it was and what it was.
+    ticket_id_dropped: bool = False
 
 
 class Diagnosis(msgspec.Struct, kw_only=True):
@@ -223,8 +230,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, (when - current).total_seconds())
 
 
+def interim_answer(status: int) -> Outcome | None:
+    """What an interim status (1xx) given as the answer means: `unknown`; None for a final status. ticketbridge
+    asks for no protocol switch and waits for no interim answer, so a `101 Switching Protocols` (which aiohttp hands
+    over as the answer; other 1xx it reads past, waiting for the final one) is a proxy's or the vendor's protocol
+    error that came after the request was written: the vendor may or may not have acted on it."""
+    if not 100 <= status < 200:
+        return None
+    said = "Switching Protocols, which ticketbridge never asks for" if status == 101 else "an interim status"
+    return Outcome(classification="unknown",
+                   error=f"HTTP {status} ({said}) came where the final answer was due: a proxy's or the vendor's "
+                         "protocol error; the vendor may have acted on the request")
+
+
 def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
-    """The classification an HTTP status alone decides, or None when the body must be read."""
+    """The classification an HTTP status alone decides, or None when the body must be read. An interim status
+    (1xx) is `unknown` (`interim_answer`)."""
+    interim = interim_answer(status)
+    if interim is not None:
+        return interim
     if status in (408, 425, 429) or status >= 500:
         return Outcome(classification="retry", error=f"HTTP {status}",
                        retry_after=parse_retry_after(headers.get("Retry-After")))
@@ -285,6 +309,88 @@ def text_or_none(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list) or value == "":
         return None
     return str(value)
+
+
+class AnswerId(NamedTuple):
+    """An id read from a vendor's answer: its text (None when there is none to keep), and what was wrong with what
+    the answer held (None when nothing was): with no text, the id the answer gave was dropped; with text, an
+    earlier place of the id held something that is no id, and the text came from a later one."""
+
+    text: str | None = None
+    problem: str | None = None
+
+
+NO_ID = AnswerId()
+_SHOWN_CHARS = 60
+
+
+def _shown(value: Any) -> str:
+    """`value` as JSON, cut to _SHOWN_CHARS: enough to recognise it in an attempt's error, never the whole of it."""
+    try:
+        text = msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, OverflowError):  # not from a JSON answer; never fails for one
+        text = type(value).__name__
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 1] + "…"
+
+
+def id_problem(value: Any) -> str | None:
+    """Why `value` (read from a vendor's answer where an id goes, not null) is no id, or None when it is one: an id
+    is a whole number (kept as its decimal text) or text of at most ID_CHARS characters, not blank and without a NUL
+    (which no id has; a follow-up or a look-up naming the ticket by it would name another)."""
+    if isinstance(value, bool):
+        return f"a boolean ({_shown(value)})"
+    if isinstance(value, int):
+        return None
+    if isinstance(value, float):
+        return f"a number with a fraction or an exponent ({_shown(value)})"
+    if isinstance(value, dict):
+        return f"an object ({_shown(value)})"
+    if isinstance(value, list):
+        return f"an array ({_shown(value)})"
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    if not value.strip():
+        return "empty text" if not value else f"blank text ({_shown(value)})"
+    if len(value) > ID_CHARS:
+        return f"text of {len(value)} characters"
+    if NUL in value:
+        return "text holding a NUL character (\\x00)"
+    return None
+
+
+def answer_id(value: Any, where: str, name: str = "ticket id") -> AnswerId:
+    """The id a vendor's answer holds at `where` (its path, as the vendor writes it): its text, nothing (null or
+    absent), or why what it holds is not kept (`id_problem`), in words naming `where`, the value and what an id
+    would be."""
+    if value is None:
+        return NO_ID
+    problem = id_problem(value)
+    if problem is None:
+        return AnswerId(str(value))
+    return AnswerId(problem=f"the answer's {name} at `{where}` is {problem}, not kept (an id is a whole number or "
+                            f"non-blank text of at most {ID_CHARS} characters, no NUL)")
+
+
+def first_id(places: Iterable[tuple[str, Any]], name: str = "ticket id") -> AnswerId:
+    """The first id kept of `places` ((path, value) in the order the vendor's answer is read); an earlier place
+    holding what is no id is said in `problem` beside it. None anywhere: NO_ID."""
+    problems: list[str] = []
+    for where, value in places:
+        found = answer_id(value, where, name)
+        if found.problem is not None:
+            problems.append(found.problem)
+        if found.text is not None:
+            return AnswerId(found.text, "; ".join(problems) or None)
+    return AnswerId(problem="; ".join(problems) or None)
+
+
+def succeeded(ticket: AnswerId = NO_ID, *, key: AnswerId = NO_ID, uuid: AnswerId = NO_ID) -> Outcome:
+    """A success with the ids its answer gave: an id that is no id is left out, `error` saying where and what it
+    was; one left out of `ticket` sets `ticket_id_dropped`, so that the delivery loop makes it loud."""
+    problems = [found.problem for found in (ticket, key, uuid) if found.problem is not None]
+    return Outcome(classification="success", ticket_id=ticket.text, ticket_key=key.text, ticket_uuid=uuid.text,
+                   error="; ".join(problems) or None,
+                   ticket_id_dropped=ticket.text is None and ticket.problem is not None)
 
 
 def ticket_ref(ticket: Mapping[str, Any] | None, key: str = "id") -> str | None:

@@ -29,6 +29,7 @@ from bridge.delivery.redaction import MIN_SECRET_CHARS, base_url_secrets, url_se
 from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.vendors.base import (
+    NO_ID,
     Adapter,
     Call,
     CannotReconcile,
@@ -39,9 +40,11 @@ from bridge.vendors.base import (
     VendorAuthFailed,
     VendorRequest,
     VendorUnavailable,
+    answer_id,
     classify_status,
     decode_json,
     excerpt,
+    succeeded,
     text_or_none,
     ticket_ref,
 )
@@ -224,6 +227,11 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
                     raise ValueError(f"`{key}`: {exc}") from None
         if not self.success_statuses or any(not 100 <= s <= 599 for s in self.success_statuses):
             raise ValueError(f"`success_statuses` {self.success_statuses} must list HTTP statuses, e.g. [200, 201]")
+        interim = [s for s in self.success_statuses if s < 200]
+        if interim:
+            # An interim status given as the answer is a protocol error whose outcome is unknown, never a success.
+            raise ValueError(f"`success_statuses` lists {', '.join(map(str, interim))}: an interim status (1xx) is "
+                             "no answer, so no success; list final statuses (200-599), e.g. [200, 201]")
 
 
 PLAIN_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "content-type", "user-agent"})
@@ -327,8 +335,11 @@ class HttpAdapter(Adapter):
             return None
         if 200 <= status < 300:
             value = body_path(lookup.ticket_id_path).get({"body": decode_json(body)})
-            found = None if value is MISSING else text_or_none(value)
-            return None if found is None else Found(ticket_id=found, detail=f"GET {url} -> {found}")
+            found = NO_ID if value is MISSING else answer_id(value, lookup.ticket_id_path)
+            if found.problem is not None:
+                # It names a ticket, by something that is no id: not "none found", which would send it again.
+                raise CannotReconcile(f"http: the look-up answered HTTP {status}, but {found.problem}")
+            return None if found.text is None else Found(ticket_id=found.text, detail=f"GET {url} -> {found.text}")
         refused = classify_status(status, {})
         if refused is not None and refused.classification == "auth":
             raise VendorAuthFailed(f"http: the look-up was refused: HTTP {status}")
@@ -397,11 +408,9 @@ class HttpAdapter(Adapter):
                     return Outcome(classification="permanent",
                                    error=f"http: HTTP {status} but {self.options.success_path} is {shown}, "
                                          f"not {self.options.success_value!r}: {detail}")
-            ticket_id = None
-            if self._ticket_id is not None:
-                value = self._ticket_id.get(root)
-                ticket_id = None if value is MISSING else text_or_none(value)
-            return Outcome(classification="success", ticket_id=ticket_id)
+            if self._ticket_id is None or (value := self._ticket_id.get(root)) is MISSING:
+                return succeeded()
+            return succeeded(answer_id(value, str(self.options.ticket_id_path)))
         by_status = classify_status(status, headers)
         if by_status is not None:
             by_status.error = f"http: {by_status.error}: {detail}"

@@ -12,6 +12,7 @@ from bridge.config import DestinationConfig
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    AnswerId,
     Call,
     Found,
     Outcome,
@@ -22,7 +23,9 @@ from bridge.vendors.base import (
     classify_status,
     decode_json,
     excerpt,
+    first_id,
     lower_keys,
+    succeeded,
     ticket_id_from,
 )
 from bridge.vendors.files import split_files
@@ -106,16 +109,13 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
                                  f"or a key per operation in `tokens`: {', '.join(missing)} has none")
 
 
-def ticket_id_of(body: Mapping[str, Any]) -> str | None:
-    """`ticket_id`, else `ticket.ticketId`, else `Ticket Id`."""
-    for key in ("ticket_id", "Ticket Id"):
-        value = body.get(key)
-        if value not in (None, ""):
-            return str(value)
+def ticket_id_of(body: Mapping[str, Any]) -> AnswerId:
+    """`ticket_id`, else `Ticket Id`, else `ticket.ticketId` (`first_id`: a place holding what is no id, such as an
+    object or empty text, is passed over and said; none kept, the id is dropped, saying why)."""
     ticket = body.get("ticket")
-    if isinstance(ticket, Mapping) and ticket.get("ticketId") not in (None, ""):
-        return str(ticket["ticketId"])
-    return None
+    nested = ticket.get("ticketId") if isinstance(ticket, Mapping) else None
+    return first_id((("ticket_id", body.get("ticket_id")), ("Ticket Id", body.get("Ticket Id")),
+                     ("ticket.ticketId", nested)))
 
 
 def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[Outcome, Any]:
@@ -266,5 +266,5 @@ class KaptureAdapter(Adapter):
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         outcome, parsed = read_answer(status, headers, body)
         if outcome.classification == "success" and isinstance(parsed, dict):
-            outcome.ticket_id = ticket_id_of(parsed)
+            return succeeded(ticket_id_of(parsed))
         return outcome

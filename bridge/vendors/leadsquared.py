@@ -17,16 +17,20 @@ from bridge.config import DestinationConfig, RateLimit
 from bridge.errors import MappingError
 from bridge.vendors.base import (
     Adapter,
+    AnswerId,
     Diagnosis,
     Fetch,
     Outcome,
     VendorRequest,
+    answer_id,
     blank,
     classify_status,
     decode_json,
     excerpt,
+    first_id,
     lower_keys,
     parse_retry_after,
+    succeeded,
     text_or_none,
     ticket_id_from,
 )
@@ -114,7 +118,7 @@ def deleted(data: Mapping[str, Any], status: int) -> Outcome:
                        error=f"leadsquared: HTTP {status}: the ticket was not deleted (FailedIds {failed}); "
                              "deleting takes an admin user's keys")
     if isinstance(done, list) and done:
-        return Outcome(classification="success", ticket_id=text_or_none(done[0]))
+        return succeeded(answer_id(done[0], "SuccessfulIds[0]"))
     return Outcome(classification="permanent", error=f"leadsquared: HTTP {status}: nothing was deleted: {data}")
 
 
@@ -340,15 +344,16 @@ class LeadSquaredAdapter(Adapter):
         if 200 <= status < 300 and data and not kind:
             if action == "add_note" and state not in ("error", "failure", "failed"):
                 # The note's answer has no Status: {"Message": "Activity Created", "RelatedTicketId": "143"}.
-                return Outcome(classification="success", ticket_id=text_or_none(data.get("relatedticketid")))
+                return succeeded(answer_id(data.get("relatedticketid"), "RelatedTicketId"))
             if state == "success":
                 if action == "add_activity":  # its `Id` is the activity's, not the ticket's
                     return Outcome(classification="success")
                 # The numeric Id is what every later call takes; the UUID TicketId only if no Id came back.
-                uuid = text_or_none(data.get("ticketid"))
-                ticket_id = text_or_none(data.get("id")) or uuid
-                return Outcome(classification="success", ticket_id=ticket_id,
-                               ticket_key=text_or_none(data.get("key")), ticket_uuid=uuid)
+                uuid = answer_id(data.get("ticketid"), "TicketId", "ticket uuid")
+                ticket = first_id((("Id", data.get("id")), ("TicketId", data.get("ticketid"))))
+                if ticket.text == uuid.text:  # the id is the uuid (or neither is kept): its problem is said once
+                    uuid = AnswerId(uuid.text)
+                return succeeded(ticket, key=answer_id(data.get("key"), "Key", "ticket key"), uuid=uuid)
         if not data:
             return Outcome(classification="permanent",
                            error=f"leadsquared: HTTP {status} with a body that is not a JSON object: {excerpt(body)}")

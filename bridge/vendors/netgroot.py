@@ -18,6 +18,7 @@ from bridge.durations import parse_duration
 from bridge.errors import MappingError
 from bridge.logs import mask_text
 from bridge.vendors.base import (
+    NO_ID,
     Adapter,
     Diagnosis,
     Fetch,
@@ -25,11 +26,13 @@ from bridge.vendors.base import (
     VendorAuthFailed,
     VendorRequest,
     VendorUnavailable,
+    answer_id,
     blank,
     classify_status,
     decode_json,
     excerpt,
     read_bounded,
+    succeeded,
     text_or_none,
 )
 from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials, jwt_expiry
@@ -351,6 +354,6 @@ class NetgrootAdapter(Adapter):
             return by_status
         if 200 <= status < 300 and data.get("success") is True:
             ticket = data.get("data")
-            ticket_id = text_or_none(ticket.get("ticket_id")) if isinstance(ticket, dict) else None
-            return Outcome(classification="success", ticket_id=ticket_id)
+            return succeeded(answer_id(ticket.get("ticket_id"), "data.ticket_id") if isinstance(ticket, dict)
+                             else NO_ID)
         return Outcome(classification="permanent", error=f"netgroot: HTTP {status}: {message}")

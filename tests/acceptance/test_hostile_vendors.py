@@ -56,8 +56,9 @@ async def test_a_vendor_s_huge_answers_are_cut_before_the_store_and_the_logs(
     write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
 ) -> None:
     """A success whose ticket id is 200,000 characters, sent with 120 headers of 8 KB, is a success without
-    that id (the error says why); a failure whose message is 200,000 characters is dead with the message cut.
-    No stored attempt and no log line holds more than a few kilobytes of what the vendor said."""
+    that id (the error says why, and `delivery.ticket_id_dropped` is logged); a failure whose message is 200,000
+    characters is dead with the message cut. No stored attempt and no log line holds more than a few kilobytes of
+    what the vendor said."""
     answers = iter([
         {"status": "success", "ticket_id": "7" * 200_000},
         {"status": "fail", "message": "m" * 200_000},
@@ -78,8 +79,10 @@ async def test_a_vendor_s_huge_answers_are_cut_before_the_store_and_the_logs(
     assert first.delivery.status == "succeeded" and first.delivery.ticket_id is None
     (attempt,) = first.attempts
     assert attempt.classification == "success"
-    assert attempt.error == ("the vendor's ticket id is 200000 characters long, more than the 256 an id may "
-                             "have: not kept")
+    assert [e["log_level"] for e in logs if e["event"] == "delivery.ticket_id_dropped"] == ["warning"]
+    assert attempt.error == ("the answer's ticket id at `ticket_id` is text of 200000 characters, not kept (an id "
+                             "is a whole number or non-blank text of at most 256 characters, no NUL); the delivery "
+                             "keeps no ticket id")
     assert second.delivery.status == "dead"
     (attempt,) = second.attempts
     assert attempt.classification == "permanent"

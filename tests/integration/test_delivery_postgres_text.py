@@ -38,7 +38,9 @@ async def test_a_ticket_id_holding_a_nul_is_a_success_without_that_id(
     assert (detail.delivery.status, detail.delivery.ticket_id) == ("succeeded", None)
     (attempt,) = detail.attempts
     assert attempt.classification == "success"
-    assert attempt.error == ("the vendor's ticket id holds a NUL character (\\x00), which no id has: not kept")
+    assert attempt.error == ("the answer's ticket id at `ticket_id` is text holding a NUL character (\\x00), not kept "
+                             "(an id is a whole number or non-blank text of at most 256 characters, no NUL); the "
+                             "delivery keeps no ticket id")
     assert runtime(client).store.problem() is None
     assert (await client.get("/readyz")).status == 200
 

@@ -256,6 +256,75 @@ async def test_an_answer_whose_head_cannot_be_read_is_unknown(
     assert base not in error and len(error) < 400
 
 
+@contextlib.asynccontextmanager
+async def keep_alive_vendor(first: bytes, then: bytes) -> AsyncIterator[tuple[str, list[int]]]:
+    """A vendor on a bare socket that keeps its connections open, answering the first request `first` and the rest
+    `then`; yields its base URL and, per request, the number of the connection it came on."""
+    came_on: list[int] = []
+    made = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal made
+        made += 1
+        mine = made
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                came_on.append(mine)
+                writer.write(first if len(came_on) == 1 else then)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", came_on
+    finally:
+        server.close()
+
+
+OK_BODY = b'[{"status":"success","ticket_id":"T-100001"}]'
+OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(OK_BODY),
+                                                                                                   OK_BODY)
+SWITCHING = {
+    "bare": b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    "with-a-body": b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 5\r\n\r\nhello",
+    "upgrade": b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("first", SWITCHING.values(), ids=SWITCHING.keys())
+async def test_an_unrequested_101_is_unknown_and_its_connection_never_reused(first: bytes) -> None:
+    """A create answered `101 Switching Protocols` (never asked for) is an unknown outcome with its status, not left
+    to the adapter (Kapture would call the empty body a refusal); on the delivery session (`VendorResponse`) its
+    connection is closed, so the next send goes out on a new one, whatever followed the 101 on the old."""
+    async with keep_alive_vendor(first, OK_ANSWER) as (base, came_on), \
+            aiohttp.ClientSession(response_class=sender.VendorResponse) as session:
+        adapter = RecordingKapture(base)
+        switched = await asyncio.wait_for(send_once(session, adapter, claimed(), 5.0), timeout=10.0)
+        again = await asyncio.wait_for(send_once(session, adapter, claimed(), 5.0), timeout=10.0)
+    assert (switched.outcome.classification, switched.http_status, switched.excerpt) == ("unknown", 101, None)
+    assert (switched.outcome.error or "").startswith("HTTP 101 (Switching Protocols, which ticketbridge never asks")
+    assert (again.outcome.classification, again.outcome.ticket_id, came_on) == ("success", "T-100001", [1, 2]), \
+        (again, came_on)
+    assert adapter.classified == [(200, OK_BODY)]
+
+
+def test_bounded_marks_a_ticket_id_it_leaves_out_as_dropped() -> None:
+    """`bounded` leaves out a ticket id no adapter checked (a reconciliation's found one) when it is no id, saying so
+    and marking it `ticket_id_dropped`; a key so left out is said without that mark."""
+    long_id = sender.bounded(Outcome(classification="reconciled", ticket_id="7" * (sender.ID_CHARS + 1)))
+    assert (long_id.ticket_id, long_id.ticket_id_dropped) == (None, True)
+    assert (long_id.error or "").startswith("the vendor's ticket id is 257 characters long")
+    key = sender.bounded(Outcome(classification="success", ticket_id="7", ticket_key="k\x00"))
+    assert (key.ticket_id, key.ticket_key, key.ticket_id_dropped) == ("7", None, False)
+
+
 async def test_unmocked_host_is_a_connection_failure(
     session: aiohttp.ClientSession, adapter: RecordingKapture,
 ) -> None:

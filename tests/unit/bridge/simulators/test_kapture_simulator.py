@@ -252,6 +252,33 @@ async def test_pulls_and_gets_keep_as_many_as_calls_received(aiohttp_client: Any
     assert ([p["n"] for p in sim.pulls], sim.gets) == ([1, 2], [["id1"], ["id2"]])
 
 
+async def test_pulls_are_bounded_in_bytes_too(aiohttp_client: Any) -> None:
+    """Pulls whose bodies weigh more than `received.max_bytes` in all drop the oldest first, however few they are;
+    the newest is kept however heavy, and the weight kept is theirs."""
+    sim, client = await start(aiohttp_client)
+    sim.received.max_bytes = 5_000
+    for n in range(4):
+        await call(client, PULL_PATH, [{"start_date": "2024-04-19", "end_date": "2024-04-19", "n": n,
+                                        "pad": "x" * 2_000}])
+    assert [p["n"] for p in sim.pulls] == [2, 3]
+    assert sim.pulls.held_bytes == sum(len(msgspec.json.encode(p)) for p in sim.pulls)
+    await call(client, PULL_PATH, [{"start_date": "2024-04-19", "end_date": "2024-04-19", "n": 4,
+                                    "pad": "x" * 9_000}])
+    assert [p["n"] for p in sim.pulls] == [4]
+
+
+async def test_gets_are_bounded_in_bytes_too(aiohttp_client: Any) -> None:
+    """Gets whose ticket ids weigh more than `received.max_bytes` in all drop the oldest first; the newest is kept
+    however heavy."""
+    sim, client = await start(aiohttp_client)
+    sim.received.max_bytes = 5_000
+    for n in range(4):
+        await call(client, GET_PATH, {"ticket_ids": ",".join(f"{n}-{i:04}" for i in range(250))})  # ~2.2 KB
+    assert [g[0] for g in sim.gets] == ["2-0000", "3-0000"] and sim.gets.held_bytes <= 5_000
+    await call(client, GET_PATH, {"ticket_ids": ",".join(f"4-{i:04}" for i in range(1_000))})
+    assert [g[0] for g in sim.gets] == ["4-0000"]
+
+
 async def test_updates_keep_the_weight_of_what_a_ticket_holds(aiohttp_client: Any) -> None:
     """Updates setting the sub-status, queue, disposition and call-back and adding comments: the weight the
     simulator keeps is the held tickets encoded afresh after each."""

@@ -356,6 +356,18 @@ async def test_trashed_ids_keep_as_many_as_calls_received(aiohttp_client: Any) -
     assert (sim.tickets, sim.deleted) == ([], ids[1:])
 
 
+async def test_trashed_ids_are_bounded_in_bytes_too(aiohttp_client: Any) -> None:
+    """Trashed Ids weighing more than `received.max_bytes` in all drop the oldest first, the newest kept; the
+    weight kept is theirs."""
+    sim, client = await start(aiohttp_client)
+    sim.received.max_bytes = 10  # three Ids of one digit (`"1"`: 3 bytes each)
+    ids = [(await post(client))[1]["Id"] for _ in range(6)]
+    await client.put(f"{URL}/trash", json={"TicketIds": ids[:5]}, headers=KEYS)
+    assert sim.deleted == ids[2:5] and sim.deleted.held_bytes == sum(weigh(i) for i in sim.deleted) == 9
+    await client.put(f"{URL}/trash", json={"TicketIds": ids[5:]}, headers=KEYS)
+    assert sim.deleted == ids[3:]
+
+
 async def test_a_ticket_holds_at_most_max_fields(aiohttp_client: Any) -> None:
     """A create or an update that would leave a ticket with more than MAX_FIELDS distinct fields is a 400 naming
     the bound, and changes nothing; an update of fields it holds is taken."""

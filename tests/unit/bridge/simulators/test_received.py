@@ -9,7 +9,8 @@ from typing import Any, cast
 import msgspec
 from aiohttp import web
 
-from bridge.simulators.received import RequestLog
+from bridge.simulators import received
+from bridge.simulators.received import Newest, RequestLog
 
 
 class FakeRequest(dict[Any, Any]):
@@ -104,3 +105,30 @@ async def test_the_weight_kept_is_the_entries_weighed_afresh_after_any_calls() -
         assert log.held_bytes == entries_json(log)
         assert len(log.entries) <= log.max_entries
         assert len(log.entries) == 1 or log.held_bytes <= log.max_bytes
+
+
+def test_newest_keeps_its_bounds_weighing_each_item_once(monkeypatch: Any) -> None:
+    """A seeded random run of additions (one or several items of any size) and clears under small bounds: what
+    `Newest` holds always weighs what it says (each item encoded afresh), within both bounds (the newest kept
+    however heavy); and each addition weighs only the items it brings, never those already held."""
+    weighed: list[Any] = []
+
+    def counting(value: Any) -> int:
+        weighed.append(value)
+        return len(msgspec.json.encode(value))
+
+    monkeypatch.setattr(received, "weigh", counting)
+    rng = random.Random(20240420)
+    kept: Newest[dict[str, Any]] = Newest()
+    for step in range(2_000):
+        if step % 89 == 88:
+            kept.clear()
+        added = [{"n": step, "text": "é" * rng.randrange(400)} for _ in range(rng.randrange(1, 4))]
+        weighed.clear()
+        kept.keep(added, 6, 1_000)
+        assert weighed == added
+        assert kept.held_bytes == sum(len(msgspec.json.encode(item)) for item in kept)
+        assert len(kept) <= 6 and (len(kept) == 1 or kept.held_bytes <= 1_000)
+        assert kept[-1] is added[-1]
+    kept.clear()
+    assert (kept, kept.held_bytes) == ([], 0)

@@ -1,5 +1,6 @@
-"""The shared adapter pieces: Retry-After parsing, status classification, the bounded reader, JSON decoding and
-excerpts."""
+"""The shared adapter pieces: Retry-After parsing, status classification (an interim 1xx answer included), the ids
+read from an answer, the bounded reader, JSON decoding and excerpts; and each adapter's use of the shared rules for
+1xx answers and ticket ids."""
 
 from __future__ import annotations
 
@@ -10,23 +11,34 @@ from email.utils import format_datetime
 from typing import Any, cast
 
 import aiohttp
+import msgspec
 import pytest
 from multidict import CIMultiDict
 
 from bridge.config import DestinationConfig
 from bridge.vendors.base import (
+    ID_CHARS,
+    NO_ID,
     Adapter,
+    AnswerId,
     Outcome,
     VendorRequest,
+    answer_id,
     blank,
     classify_status,
     decode_json,
     excerpt,
+    first_id,
     lower_keys,
     parse_retry_after,
     read_bounded,
     read_capped,
+    succeeded,
 )
+from bridge.vendors.http import HttpAdapter, HttpOptions
+from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
+from bridge.vendors.leadsquared import LeadSquaredAdapter, LeadSquaredOptions
+from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
 
 NOW = datetime(2024, 4, 19, 14, 19, 11, tzinfo=UTC).timestamp()
 
@@ -107,6 +119,140 @@ def test_auth_statuses(status: int) -> None:
 def test_other_statuses_leave_it_to_the_body(status: int) -> None:
     """Success and other client errors are decided by the vendor's body, so the status alone says nothing."""
     assert classify_status(status, {}) is None
+
+
+@pytest.mark.parametrize("status", [100, 101, 102, 103, 199])
+def test_an_interim_status_given_as_the_answer_is_unknown(status: int) -> None:
+    """A 1xx where the final answer was due (aiohttp hands a 101 over so) is an unknown outcome, not a refusal: a
+    proxy's or the vendor's protocol error after the request was written, which the vendor may have acted on."""
+    outcome = classify_status(status, {"Retry-After": "5"})
+    assert outcome is not None and outcome.classification == "unknown" and outcome.retry_after is None
+    assert outcome.error is not None and outcome.error.startswith(f"HTTP {status} (")
+    assert outcome.error.endswith("the vendor may have acted on the request")
+    assert ("Switching Protocols, which ticketbridge never asks for" in outcome.error) == (status == 101)
+
+
+# -- ids read from an answer ----------------------------------------------------------------------
+
+NOT_IDS = [
+    ({"number": 5}, 'an object ({"number":5})'),
+    ([5], "an array ([5])"),
+    (True, "a boolean (true)"),
+    (False, "a boolean (false)"),
+    (143.0, "a number with a fraction or an exponent (143.0)"),
+    (1.5e3, "a number with a fraction or an exponent (1500.0)"),
+    ("", "empty text"),
+    ("  ", 'blank text ("  ")'),
+    ("7" * (ID_CHARS + 1), f"text of {ID_CHARS + 1} characters"),
+    ("14\x003", "text holding a NUL character (\\x00)"),
+]
+
+
+@pytest.mark.parametrize(("value", "said"), NOT_IDS)
+def test_what_is_no_id_is_not_kept_and_said(value: Any, said: str) -> None:
+    """An object, an array, a boolean, a number with a fraction, empty or blank text, text longer than ID_CHARS or
+    holding a NUL is no id: nothing is kept, and the problem names the path, the value and what an id would be."""
+    assert answer_id(value, "data.id") == AnswerId(problem=(
+        f"the answer's ticket id at `data.id` is {said}, not kept (an id is a whole number or non-blank text of "
+        f"at most {ID_CHARS} characters, no NUL)"))
+
+
+@pytest.mark.parametrize(("value", "kept"), [
+    (143, "143"), (-7, "-7"), (2**63, str(2**63)), ("T-143", "T-143"), (" 143 ", " 143 "),
+    ("7" * ID_CHARS, "7" * ID_CHARS), ("\u2603", "\u2603")])
+def test_whole_numbers_and_text_are_ids(value: Any, kept: str) -> None:
+    """A whole number is kept as its decimal text, and text of at most ID_CHARS characters as it is."""
+    assert answer_id(value, "id") == AnswerId(kept)
+
+
+def test_null_is_no_id_given() -> None:
+    """null (or a missing key, read as None) is an answer without an id: nothing to keep and nothing to say."""
+    assert answer_id(None, "id") == NO_ID
+
+
+def test_the_first_id_kept_wins_and_what_came_before_is_said() -> None:
+    """`first_id` takes the first place holding an id; a place before it holding what is no id is said beside it;
+    with none kept, every problem is said and no id given."""
+    assert first_id([("a", None), ("b", 7), ("c", "9")]) == AnswerId("7")
+    found = first_id([("a", {}), ("b", None), ("c", "9")])
+    assert found.text == "9" and found.problem is not None and found.problem.startswith(
+        "the answer's ticket id at `a` is an object ({})")
+    lost = first_id([("a", ""), ("b", [])])
+    assert lost.text is None and lost.problem is not None and "`a` is empty text" in lost.problem \
+        and "; the answer's ticket id at `b` is an array ([])" in lost.problem
+    assert first_id([("a", None)]) == NO_ID
+
+
+def test_a_success_says_the_ids_it_could_not_keep() -> None:
+    """A success without its ticket id because the answer's was no id is marked `ticket_id_dropped`, its error
+    saying why; a key or uuid left out is said without that mark; a success without any id says nothing."""
+    dropped = succeeded(answer_id({}, "id"), key=AnswerId("#5"))
+    assert (dropped.classification, dropped.ticket_id, dropped.ticket_key, dropped.ticket_id_dropped) == (
+        "success", None, "#5", True)
+    assert dropped.error is not None and dropped.error.startswith("the answer's ticket id at `id` is an object")
+    keyless = succeeded(AnswerId("5"), key=answer_id([], "Key", "ticket key"))
+    assert (keyless.ticket_id, keyless.ticket_key, keyless.ticket_id_dropped) == ("5", None, False)
+    assert keyless.error is not None and keyless.error.startswith("the answer's ticket key at `Key` is an array")
+    assert succeeded() == Outcome(classification="success")
+
+
+def _kapture() -> Adapter:
+    return KaptureAdapter("k", KaptureOptions(vendor="kapture", base_url="http://k.test", token="t"), "http://k.test")
+
+
+def _leadsquared() -> Adapter:
+    opts = msgspec.convert({"vendor": "leadsquared", "base_url": "http://l.test", "org_id": "o", "access_key": "a",
+                            "secret_key": "s"}, LeadSquaredOptions)
+    return LeadSquaredAdapter("l", opts, "http://l.test")
+
+
+def _netgroot() -> Adapter:
+    opts = msgspec.convert({"vendor": "netgroot", "base_url": "http://n.test", "token": "t"}, NetgrootOptions)
+    return NetgrootAdapter("n", opts, "http://n.test")
+
+
+def _http() -> Adapter:
+    opts = msgspec.convert({"vendor": "http", "base_url": "http://h.test", "ticket_id_path": "data.id"}, HttpOptions)
+    return HttpAdapter("h", opts, "http://h.test")
+
+
+# Each adapter, and a create's success answer with `value` where it reads the ticket id (that place's path).
+ANSWERS: dict[str, tuple[Any, str, Any]] = {
+    "kapture": (_kapture, "ticket_id", lambda value: [{"status": "success", "ticket_id": value}]),
+    "leadsquared": (_leadsquared, "Id", lambda value: {"Status": "Success", "Id": value}),
+    "netgroot": (_netgroot, "data.ticket_id", lambda value: {"success": True, "data": {"ticket_id": value}}),
+    "http": (_http, "data.id", lambda value: {"data": {"id": value}}),
+}
+
+
+@pytest.mark.parametrize("vendor", ANSWERS)
+@pytest.mark.parametrize("status", [100, 101, 103])
+def test_each_adapter_reads_an_interim_answer_as_unknown(vendor: str, status: int) -> None:
+    """Whatever the vendor, a create answered with a 1xx status is an unknown outcome (the shared rule)."""
+    make, _, _ = ANSWERS[vendor]
+    outcome = make().classify("create_ticket", status, {}, b"")
+    assert outcome.classification == "unknown" and f"HTTP {status} (" in (outcome.error or "")
+
+
+@pytest.mark.parametrize("vendor", ANSWERS)
+@pytest.mark.parametrize(("value", "said"), NOT_IDS)
+def test_each_adapter_drops_a_ticket_id_that_is_no_id_loudly(vendor: str, value: Any, said: str) -> None:
+    """Whatever the vendor, a create's success whose ticket id is no id stays a success (the ticket was made) without
+    the id, marked `ticket_id_dropped`, its error naming where the vendor put it and what it was."""
+    make, where, answer = ANSWERS[vendor]
+    outcome = make().classify("create_ticket", 200, {}, msgspec.json.encode(answer(value)))
+    assert (outcome.classification, outcome.ticket_id, outcome.ticket_id_dropped) == ("success", None, True)
+    assert outcome.error is not None and outcome.error.startswith(f"the answer's ticket id at `{where}` is {said}, ")
+
+
+@pytest.mark.parametrize("vendor", ANSWERS)
+@pytest.mark.parametrize(("value", "kept"), [(143, "143"), ("T-143", "T-143")])
+def test_each_adapter_keeps_whole_numbers_and_text_as_ids(vendor: str, value: Any, kept: str) -> None:
+    """Whatever the vendor, a whole number is kept as its decimal text and text as it is, with nothing said."""
+    make, _, answer = ANSWERS[vendor]
+    outcome = make().classify("create_ticket", 200, {}, msgspec.json.encode(answer(value)))
+    assert (outcome.classification, outcome.ticket_id, outcome.ticket_id_dropped, outcome.error) == (
+        "success", kept, False, None)
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,7 @@ def test_a_placeholder_without_a_usable_field_is_a_mapping_error(value: Any) -> 
     ({"ticket_id_path": ""}, "`ticket_id_path`: bad body path ''"),
     ({"success_statuses": []}, "`success_statuses` [] must list HTTP statuses"),
     ({"success_statuses": [20]}, "must list HTTP statuses"),
+    ({"success_statuses": [200, 101]}, "`success_statuses` lists 101: an interim status (1xx) is no answer"),
 ])
 def test_options_are_checked_with_a_clear_error(table: dict[str, Any], message: str) -> None:
     """A bad path, method, body path or status list is refused when the config loads, saying what is wrong."""

@@ -66,6 +66,21 @@ async def test_a_failed_lookup_says_why(aiohttp_server: Any, status: int, error:
         await look(a, {"title": "t", "ref": "evt_1"})
 
 
+async def test_a_found_ticket_whose_id_is_no_id_cannot_tell(aiohttp_server: Any) -> None:
+    """A look-up answering a ticket whose id is an object names a ticket it cannot give: not "none found" (which
+    would send the create again, a second ticket) but CannotReconcile (held for an operator), saying what it was."""
+
+    async def find(request: web.Request) -> web.Response:
+        return web.json_response({"items": [{"id": {"number": 9}}]})
+
+    app = web.Application()
+    app.router.add_get("/tickets", find)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    with pytest.raises(CannotReconcile, match=r"HTTP 200, but the answer's ticket id at `items\[0\]\.id` is an "
+                                              r"object \(\{\"number\":9\}\), not kept"):
+        await look(adapter(base, LOOKUP), {"title": "t", "ref": "evt_1"})
+
+
 async def test_a_reference_missing_from_the_fields_cannot_tell() -> None:
     """A create whose fields lack the path's placeholder cannot be looked up: CannotReconcile."""
     with pytest.raises(CannotReconcile, match="cannot be filled"):

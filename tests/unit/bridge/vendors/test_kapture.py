@@ -301,7 +301,7 @@ def test_permanent_error_excerpt_is_bounded() -> None:
 )
 def test_ticket_id_fallbacks(body: dict[str, Any], expected: str | None) -> None:
     """The id is `ticket_id`, else `Ticket Id`, else `ticket.ticketId`; the numeric task id is not used."""
-    assert ticket_id_of(body) == expected
+    assert ticket_id_of(body).text == expected
 
 
 # -- update_ticket ------------------------------------------------------------------------------
