@@ -516,7 +516,8 @@ async def replay(call: Call) -> ReplayResult:
                _given(given.mapping, "body.mapping"), _given(given.source, "body.source")):
         ids = await _replay_ids(store, given)
         mappings = rt.mappings if given.rerender else None
-        moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars, dry_run=given.dry_run,
+        moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars,
+                                                 destinations=rt.config.destinations, dry_run=given.dry_run,
                                                  rerender_hint="rerender")
     if moved:  # none on a dry run
         await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",

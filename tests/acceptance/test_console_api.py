@@ -10,8 +10,10 @@ from aiohttp.test_utils import TestClient
 
 from bridge.console.api import ROUTES
 from bridge.console.openapi import spec
+from bridge.events import Event
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
+from bridge.store.base import NewDelivery
 from tests.acceptance.console_app import ADMIN, READ, console_app
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
@@ -192,6 +194,28 @@ async def test_a_dry_run_names_a_delivery_still_under_way(write_config: ConfigFa
     dry = await post(client, "/admin/api/replay", {"ids": [pending["id"]], "dry_run": True})
     assert (dry["matched"], dry["replayed"]) == ([pending["id"]], [])
     assert dry["refused"] == [{"id": pending["id"], "reason": "it is pending"}]
+
+
+async def test_a_replay_to_a_destination_no_longer_configured_is_refused(write_config: ConfigFactory,
+                                                                           bridge_client: AppClient) -> None:
+    """A dead delivery whose destination the config no longer names is refused by id, by filter, on a dry run and
+    re-rendered, naming the destination and saying to restore it; it stays dead rather than pending for good."""
+    client = await start(write_config, bridge_client)
+    store = runtime(client).store
+    assert store is not None
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "old"})
+    await store.accept(event, [NewDelivery(id="dlv_retired", mapping="partner", mapping_version="v0",
+                                           destination="retired", action="create_ticket", body={"title": "old"},
+                                           status="dead", error="HTTP 500")], 0)
+    reason = ("its destination 'retired' is no longer configured, so nothing would send it: restore 'retired' "
+              "under `destinations:` in the config, then replay it")
+    for given in ({"ids": ["dlv_retired"]}, {"ids": ["dlv_retired"], "dry_run": True},
+                  {"ids": ["dlv_retired"], "rerender": True}, {"destination": "retired", "status": "dead"}):
+        out = await post(client, "/admin/api/replay", given)
+        assert (out["matched"], out["replayed"]) == (["dlv_retired"], []), given
+        assert out["refused"] == [{"id": "dlv_retired", "reason": reason}], given
+    assert (await get(client, "/admin/api/deliveries/dlv_retired"))["delivery"]["status"] == "dead"
+    assert (await get(client, "/admin/api/audit"))["items"] == []
 
 
 async def _has(client: Client, **params: Any) -> bool:
