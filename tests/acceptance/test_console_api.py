@@ -196,6 +196,21 @@ async def test_a_dry_run_names_a_delivery_still_under_way(write_config: ConfigFa
     assert dry["refused"] == [{"id": pending["id"], "reason": "it is pending"}]
 
 
+async def test_on_sqlite_a_pause_lasts_until_the_process_restarts(write_config: ConfigFactory,
+                                                                   bridge_client: AppClient) -> None:
+    """SQLite's one process keeps a pause in memory: started again on the same store, it sends the destination's
+    work (README, "Ops console and admin API"; on PostgreSQL a pause survives the restart)."""
+    config = write_config(CONFIG, MAPPINGS)
+    first = await bridge_client(config)
+    await post(first, "/admin/api/destinations/kapture/pause", {"reason": "vendor maintenance"})
+    assert (await first.post("/hooks/partner", json={"title": "held"})).status == 202
+    await first.close()
+    again = await bridge_client(config)
+    [lane] = (await get(again, "/admin/api/destinations"))["items"]
+    assert lane["paused"] is False
+    await eventually(lambda: _has(again, status="succeeded"))
+
+
 async def test_a_replay_to_a_destination_no_longer_configured_is_refused(write_config: ConfigFactory,
                                                                            bridge_client: AppClient) -> None:
     """A dead delivery whose destination the config no longer names is refused by id, by filter, on a dry run and
