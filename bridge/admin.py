@@ -12,7 +12,7 @@ from aiohttp import web
 from bridge.appkeys import RUNTIME
 from bridge.bearer import check_bearer
 from bridge.console import add_console
-from bridge.console.api import mapping_infos
+from bridge.console.api import API_HEADERS, mapping_infos
 from bridge.console.auth import api_on, identify
 
 
@@ -31,15 +31,17 @@ def refuse(request: web.Request, token: str) -> web.Response | None:
 
 
 async def mappings_status(request: web.Request) -> web.Response:
-    """The mapping set in force (names, version hash, load time) and how hot reload is going."""
+    """The mapping set in force (names, version hash, load time) and how hot reload is going; every answer with the
+    admin API's headers (nosniff, no-store)."""
     rt = request.app[RUNTIME]
     admin = rt.config.admin
     if not api_on(admin):
         return web.json_response({"error": "the admin API is off: set admin.token (or admin.read_tokens) in the "
-                                           "config"}, status=404)
+                                           "config"}, status=404, headers=API_HEADERS)
     if identify(request.headers.get("Authorization", ""), admin) is None:
         return web.json_response({"error": "this needs a token: Authorization: Bearer <admin.token or a read token>"},
-                                 status=401, headers={"WWW-Authenticate": 'Bearer realm="ticketbridge admin"'})
+                                 status=401, headers={**API_HEADERS,
+                                                      "WWW-Authenticate": 'Bearer realm="ticketbridge admin"'})
     current = rt.mappings
     status = rt.mapping_status
     body: dict[str, Any] = {
@@ -68,7 +70,7 @@ async def mappings_status(request: web.Request) -> web.Response:
             "last_error_at": _iso(status.last_error_at),
         },
     }
-    return web.json_response(body)
+    return web.json_response(body, headers=API_HEADERS)  # as the admin API's: customers' names, kept in no cache
 
 
 def add_routes(app: web.Application) -> None:

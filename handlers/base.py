@@ -92,6 +92,20 @@ _request_key = getattr(web, "RequestKey", None)  # aiohttp >= 3.13 wants typed r
 _PARSED: Any = _request_key("ticketbridge.parsed", dict) if _request_key else "ticketbridge.parsed"
 
 
+_UNCHECKED: Any = _request_key("ticketbridge.unchecked", bool) if _request_key else "ticketbridge.unchecked"
+
+
+def skip_signatures(request: web.Request) -> None:
+    """Mark a request whose auth and signature are not to be checked (the console's playground with `verify`
+    off): `verify` is not called for it, and an `intercept` that finishes a signature check skips that part."""
+    request[_UNCHECKED] = True
+
+
+def signatures_checked(request: web.Request) -> bool:
+    """Whether the request's signature is checked: false only for one marked by `skip_signatures`."""
+    return not request.get(_UNCHECKED, False)
+
+
 def per_request(request: web.Request, key: str, make: Callable[[], T]) -> T:
     """`make()` once per request: verify, intercept and parse share one parse of the body."""
     parsed: dict[str, Any] | None = request.get(_PARSED)
@@ -140,7 +154,8 @@ class Handler(ABC):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         """Run after `verify`, before `parse`: answer a POST that must not become an event (a handshake, a
         notification this source ignores), or finish a check that needs I/O, raising Rejected.
-        None lets the request go on to `parse`."""
+        None lets the request go on to `parse`. It runs also when `verify` did not (the playground with `verify`
+        off: `signatures_checked` is false), and then skips any signature check of its own."""
         return None
 
     @abstractmethod

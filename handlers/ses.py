@@ -28,6 +28,7 @@ from handlers.base import (
     obj,
     optional_json_object,
     per_request,
+    signatures_checked,
 )
 from handlers.email import Headers, MimeContent, Spam, email_payload, message_files, parse_mime
 from handlers.limits import CHECK as LIMITS_CHECK
@@ -145,12 +146,17 @@ class SesHandler(Handler):
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         message = self._message(request, body)
-        cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
-        cert = await self.certificates.get(cert_url, self.fetch)
-        verify_signature(self._signed(request, message), cert, datetime.fromtimestamp(self.clock(), UTC))
-        self.certificates.proven(cert_url)
+        checked = signatures_checked(request)
+        if checked:
+            cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
+            cert = await self.certificates.get(cert_url, self.fetch)
+            verify_signature(self._signed(request, message), cert, datetime.fromtimestamp(self.clock(), UTC))
+            self.certificates.proven(cert_url)
         kind = message.get("Type")
         if kind == "SubscriptionConfirmation":
+            if not checked:  # an unsigned message confirms nothing: it would subscribe whoever wrote it
+                return handshake_answer(web.json_response({"accepted": True, "subscribed": None}),
+                                        "SNS subscription confirmation, not confirmed: its signature was not checked")
             return await self._confirm(message)
         if kind == "UnsubscribeConfirmation":
             log.warning("ses.unsubscribed", source=self.name, topic=message.get("TopicArn"))
@@ -162,7 +168,8 @@ class SesHandler(Handler):
             return not_a_message("notification",
                                  f"an SES {str(notification.get('notificationType'))[:40]!r} notification")
         action = obj(obj(notification.get("receipt")).get("action"))
-        if action.get("type") == "S3" and self.s3 is not None:
+        # Unsigned, the message could name any object the S3 credentials read: it is read only for a signed one.
+        if action.get("type") == "S3" and self.s3 is not None and checked:
             return await self._read_s3(request, message, action)
         return None
 

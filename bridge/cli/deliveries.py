@@ -310,11 +310,10 @@ def run_replay(args: argparse.Namespace) -> int:
         return _with_server(args.url, lambda client: _replay_remote(client, args))
     mappings: MappingSet | None = None
     vars_: dict[str, Any] = {}
-    config: Config | None = None
+    config = config_from(args)  # its destinations: a delivery to one no longer configured is refused
+    if config is None:
+        return 2
     if args.rerender:
-        config = config_from(args)
-        if config is None:
-            return 2
         try:
             mappings = load_mappings(config)
         except ErrorList as exc:
@@ -335,8 +334,8 @@ def run_replay(args: argparse.Namespace) -> int:
                     break
                 before = rows[-1].id
         started = time.monotonic()
-        moved, refused = await replay_deliveries(store, ids, mappings, vars_, dry_run=args.dry_run,
-                                                 rerender_hint="--rerender",
+        moved, refused = await replay_deliveries(store, ids, mappings, vars_, destinations=config.destinations,
+                                                 dry_run=args.dry_run, rerender_hint="--rerender",
                                                  progress=lambda done: _progress(done, len(ids), started))
         return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
                                     refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],

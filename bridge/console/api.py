@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -205,6 +206,92 @@ def refuse_media_type(route: Route, request: web.Request) -> web.Response | None
                       f"(UTF-8); this request came with {got}")
 
 
+SHOWN_CHARS = 100
+"""How much of a refused value an error quotes."""
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _shown(value: Any) -> str:
+    """`value` as JSON, cut to SHOWN_CHARS."""
+    try:
+        text = _encode(value).decode()
+    except (TypeError, UnicodeEncodeError):
+        text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(text)} characters in all)"
+
+
+def _range(what: str, low: Any, high: Any, strict_low: bool = False, strict_high: bool = False) -> str:
+    if low is not None and high is not None and not strict_low and not strict_high:
+        return f"{what} from {low} to {high}"
+    said = ([f"{'over' if strict_low else 'at least'} {low}"] if low is not None else []) + (
+        [f"{'under' if strict_high else 'at most'} {high}"] if high is not None else [])
+    return " ".join([what, " and ".join(said)]) if said else what
+
+
+def _allowed(kind: Any) -> str | None:
+    """In words, what a field of this msgspec type takes (None when there is nothing worth saying)."""
+    inspect = msgspec.inspect
+    while isinstance(kind, inspect.Metadata):
+        kind = kind.type
+    if isinstance(kind, inspect.UnionType):
+        kinds = [k for k in kind.types if not isinstance(k, inspect.NoneType)]
+        return _allowed(kinds[0]) if len(kinds) == 1 else None
+    if isinstance(kind, inspect.IntType):
+        return _range("a whole number", kind.ge if kind.gt is None else kind.gt + 1,
+                      kind.le if kind.lt is None else kind.lt - 1)
+    if isinstance(kind, inspect.FloatType):
+        return _range("a number", kind.ge if kind.gt is None else kind.gt, kind.le if kind.lt is None else kind.lt,
+                      kind.gt is not None, kind.lt is not None)
+    if isinstance(kind, inspect.StrType):
+        if kind.max_length is None:
+            return None
+        return f"text of {kind.min_length or 0} to {kind.max_length} characters"
+    if isinstance(kind, inspect.LiteralType):
+        return "one of " + ", ".join(_shown(v) for v in kind.values)
+    if isinstance(kind, inspect.BoolType):
+        return "true or false"
+    return None
+
+
+def _value_at(given: Any, steps: list[str | int]) -> tuple[bool, Any]:
+    """Whether `given` has a value at `steps` (keys and indexes), and that value."""
+    for step in steps:
+        there = (isinstance(given, dict) and isinstance(step, str) and step in given) or (
+            isinstance(given, list) and isinstance(step, int) and 0 <= step < len(given))
+        if not there:
+            return False, None
+        given = given[step]
+    return True, given
+
+
+def _field_type(struct: type[msgspec.Struct], steps: list[str | int]) -> Any:
+    """The msgspec type of a top-level field (`[name]`) or of an item of a top-level list (`[name, i]`)."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    kind: Any = next((f.type for f in info.fields if f.name == steps[0]), None)
+    if len(steps) == 1:
+        return kind
+    while isinstance(kind, msgspec.inspect.Metadata):
+        kind = kind.type
+    return kind.item_type if len(steps) == 2 and isinstance(kind, msgspec.inspect.ListType) else None
+
+
+def invalid(exc: msgspec.ValidationError, struct: type[msgspec.Struct], given: Any) -> str:
+    """msgspec's message for a query or body that does not fit `struct`, with the value given at the place it
+    names (cut to SHOWN_CHARS) and what that field takes: "Expected `int` >= 1 - at `$.limit`" says neither."""
+    text = str(exc)
+    at = _AT.search(text)
+    steps: list[str | int] = [name or int(index) for name, index in _STEP.findall(at["path"])] if at else []
+    if not steps or not isinstance(steps[0], str):  # a missing or unknown field: msgspec's words name it
+        return text
+    found, value = _value_at(given, steps)
+    allowed = _allowed(_field_type(struct, steps))
+    field = f"`{steps[0]}`" if len(steps) == 1 else f"each item of `{steps[0]}`"
+    return (text + (f"; given {_shown(value)}" if found else "")
+            + (f"; {field} takes {allowed}" if allowed is not None else ""))
+
+
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         caller = authorize(request, route.change)
@@ -213,15 +300,24 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
         if (refused := refuse_media_type(route, request)) is not None:
             return refused
         call = Call(request.app[RUNTIME], request, caller)
+        query = dict(request.query)
+        raw = b""
         try:
             if route.query is not None:
-                call.query = msgspec.convert(dict(request.query), route.query, strict=False)
+                call.query = msgspec.convert(query, route.query, strict=False)
             if route.body is not None:
                 call.unread = request.clone()  # a request cannot be cloned once read
                 raw = await request.read()
                 call.body = msgspec.json.decode(raw or b"{}", type=route.body, strict=False)
+        except web.HTTPRequestEntityTooLarge:
+            limit = call.rt.config.server.max_body_bytes
+            return error(413, f"the body is over the limit of {limit} bytes (server.max_body_bytes): send a smaller "
+                              "one")
         except msgspec.ValidationError as exc:
-            return error(400, f"invalid {'query' if call.query is None and route.query else 'body'}: {exc}")
+            if call.query is None and route.query is not None:
+                return error(400, "invalid query: " + invalid(exc, route.query, query))
+            assert route.body is not None
+            return error(400, "invalid body: " + invalid(exc, route.body, msgspec.json.decode(raw or b"{}")))
         except msgspec.DecodeError as exc:
             return error(400, f"the body is not JSON: {exc}")
         if (refused := _refuse_nul(route, call)) is not None:
@@ -516,7 +612,8 @@ async def replay(call: Call) -> ReplayResult:
                _given(given.mapping, "body.mapping"), _given(given.source, "body.source")):
         ids = await _replay_ids(store, given)
         mappings = rt.mappings if given.rerender else None
-        moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars, dry_run=given.dry_run,
+        moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars,
+                                                 destinations=rt.config.destinations, dry_run=given.dry_run,
                                                  rerender_hint="rerender")
     if moved:  # none on a dry run
         await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",

@@ -17,6 +17,10 @@ NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
 """In the schema of every string the store keeps or is asked for: no NUL character (the API answers 400)."""
 Limit = Annotated[int, Meta(ge=1, le=500, description="how many items a page holds")]
 Name = Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL)]
+Cursor = Annotated[str, Meta(min_length=1, max_length=100, extra_json_schema=NO_NUL,
+                             description="next_cursor of the previous page (absent: the first page)")]
+"""Never empty: the stores would read an empty cursor differently (SQLite as none, PostgreSQL as before
+everything), so it is refused rather than read either way."""
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -40,8 +44,7 @@ class DeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     q: Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL,
                            description="text in the id, event id, ticket id, key or uuid, or last error")] | None = None
     limit: Limit = 50
-    cursor: Annotated[str, Meta(max_length=100, extra_json_schema=NO_NUL,
-                                description="next_cursor of the previous page")] | None = None
+    cursor: Cursor | None = None
 
 
 class DeliveryPage(msgspec.Struct, kw_only=True):
@@ -157,7 +160,7 @@ class Overview(msgspec.Struct, kw_only=True):
 
 class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     limit: Limit = 50
-    cursor: Annotated[str, Meta(max_length=100, extra_json_schema=NO_NUL)] | None = None
+    cursor: Cursor | None = None
 
 
 class AuditPage(msgspec.Struct, kw_only=True):

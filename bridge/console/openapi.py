@@ -65,6 +65,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         if status != 404:
             responses[str(status)] = _error(text)
     if route.body is not None:
+        responses["413"] = _error("the body is over server.max_body_bytes; `error` names the limit")
         responses["415"] = _error("the body was not sent as application/json (UTF-8); `error` names what was sent")
     elif route.method != "GET":
         responses["415"] = _error("a body was sent, and not as application/json: this route takes none")

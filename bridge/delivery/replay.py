@@ -4,7 +4,7 @@ re-rendered with the mappings in force, and for each one left out, why."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from bridge.errors import NotFound
@@ -29,17 +29,45 @@ async def _why_not(store: Store, delivery_id: str, rerender_hint: str) -> str:
         return "no such delivery"
 
 
+def unconfigured(destination: str) -> str:
+    """Why a delivery to a destination the config no longer names is not replayed: no lane would ever send it,
+    and it would wait as pending for good."""
+    return (f"its destination {destination!r} is no longer configured, so nothing would send it: restore "
+            f"{destination!r} under `destinations:` in the config, then replay it")
+
+
+async def _to_gone(store: Store, chunk: list[str], gone: set[str]) -> dict[str, str]:
+    """The ids in `chunk` whose destination is among `gone`, each with its reason."""
+    out: dict[str, str] = {}
+    for i in chunk:
+        try:
+            destination = (await store.get_delivery(i)).delivery.destination
+        except NotFound:
+            continue  # said below, as for any other id
+        if destination in gone:
+            out[i] = unconfigured(destination)
+    return out
+
+
 async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet | None, vars_: dict[str, Any], *,
-                            dry_run: bool, rerender_hint: str, progress: Callable[[int], None] | None = None,
-                            ) -> tuple[list[str], dict[str, str]]:
+                            destinations: Collection[str], dry_run: bool, rerender_hint: str,
+                            progress: Callable[[int], None] | None = None) -> tuple[list[str], dict[str, str]]:
     """Move `ids` back to pending, REPLAY_CHUNK at a time, each re-rendered first when `mappings` is given: the
     ids moved, and why each other one was not (on a dry run: none moved, and why each would not be).
+    A delivery to a destination not among `destinations` (the configured ones) is refused, naming it.
     `rerender_hint` names the option that re-renders, for the reason a delivery without a body gets;
     `progress` hears how many ids are done after each chunk."""
     refused: dict[str, str] = {}
     moved: list[str] = []
+    # Destinations the store has deliveries for and the config no longer names: only when there are any does a
+    # replay look each id up, to refuse those going there.
+    gone = set(await store.counts()) - set(destinations) if ids else set()
     for start in range(0, len(ids), REPLAY_CHUNK):
         chunk = ids[start:start + REPLAY_CHUNK]
+        if gone:
+            to_gone = await _to_gone(store, chunk, gone)
+            refused.update(to_gone)
+            chunk = [i for i in chunk if i not in to_gone]
         bodies = None
         if mappings is not None:
             bodies, not_rendered = await rerender_bodies(store, chunk, mappings, vars_)

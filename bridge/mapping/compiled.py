@@ -88,7 +88,9 @@ class CompiledMapping:
         return fields if self.vendor_body is None else self.vendor_body(fields)
 
     def explain(self, ctx: Context) -> MappingTrace:
-        """The render of `ctx`, field by field; never raises a MappingError (it is recorded instead)."""
+        """The render of `ctx`, field by field; never raises a MappingError (it is recorded instead). The fields run
+        under one time budget, as in `render`, so that an explanation costs no more than a render and fails on
+        the field the render fails on."""
         trace = MappingTrace(self.name, self.version, self.destination, self.action, when=self.when_text)
         try:
             trace.matched = self.matches(ctx)
@@ -97,7 +99,11 @@ class CompiledMapping:
             return trace
         if not trace.matched:
             return trace
-        trace.fields = [f.explain(ctx) for f in self.fields]
+        if self._budgeted:
+            with Budget():  # one budget for all the fields, as `render` has: the same field runs out of it first
+                trace.fields = [f.explain(ctx) for f in self.fields]
+        else:
+            trace.fields = [f.explain(ctx) for f in self.fields]
         failed = next((t for t in trace.fields if t.error is not None), None)
         if failed is not None:
             trace.error = failed.error

@@ -123,11 +123,14 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
         plain = rendering(strict=True)
 
         def explain_plain(ctx: Context) -> FieldTrace:
+            # Rendered once: `plain` is `source` with an undefined name made the render error it is here.
             trace = FieldTrace(name, described)
             try:
                 value = source(ctx)
-                trace.raw, trace.why_missing = (MISSING, value.why(ctx)) if type(value) is Absent else (value, "")
-                trace.value = plain(ctx)
+                if type(value) is Absent:
+                    trace.raw, trace.why_missing = MISSING, value.why(ctx)
+                    raise RenderError(trace.why_missing, path=name)
+                trace.raw = trace.value = value
             except RenderError as exc:
                 trace.error = str(exc)
             return trace

@@ -154,6 +154,21 @@ def test_replay_by_destination_takes_its_dead_deliveries(config_file: Path,
     assert "dlv_3: not replayed: it never rendered" in err
 
 
+def test_replay_refuses_a_delivery_whose_destination_is_no_longer_configured(
+        config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With `kapture` gone from the config, its dead delivery is refused by name and stays dead, by id, by
+    --destination and on a dry run: no lane would ever send it."""
+    config_file.write_text(CONFIG.replace("  kapture: {vendor: kapture, sandbox: true}\n", ""))
+    (config_file.parent / "mappings" / "partner.yaml").write_text(MAPPING.replace("kapture", "other"))
+    reason = "its destination 'kapture' is no longer configured, so nothing would send it: restore 'kapture' under"
+    for args in (["dlv_2"], ["dlv_2", "--dry-run"], ["--destination", "kapture", "--status", "dead"]):
+        code, _out, err = run(capsys, "replay", *args, "-c", str(config_file))
+        assert f"dlv_2: {'would not be' if '--dry-run' in args else 'not'} replayed: {reason}" in err, err
+        assert code == (0 if "--dry-run" in args else 1)
+    code, out, _ = run(capsys, "deliveries", "list", "-c", str(config_file), "--status", "dead", "--json")
+    assert "dlv_2" in {json.loads(line)["id"] for line in out.splitlines()}
+
+
 def test_replay_needs_ids_or_a_destination(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Giving both ids and --destination (or neither) is a usage error."""
     assert run(capsys, "replay", "dlv_1", "--destination", "kapture", "-c", str(config_file))[0] == 2

@@ -10,8 +10,10 @@ from aiohttp.test_utils import TestClient
 
 from bridge.console.api import ROUTES
 from bridge.console.openapi import spec
+from bridge.events import Event
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
+from bridge.store.base import NewDelivery
 from tests.acceptance.console_app import ADMIN, READ, console_app
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
@@ -192,6 +194,43 @@ async def test_a_dry_run_names_a_delivery_still_under_way(write_config: ConfigFa
     dry = await post(client, "/admin/api/replay", {"ids": [pending["id"]], "dry_run": True})
     assert (dry["matched"], dry["replayed"]) == ([pending["id"]], [])
     assert dry["refused"] == [{"id": pending["id"], "reason": "it is pending"}]
+
+
+async def test_on_sqlite_a_pause_lasts_until_the_process_restarts(write_config: ConfigFactory,
+                                                                   bridge_client: AppClient) -> None:
+    """SQLite's one process keeps a pause in memory: started again on the same store, it sends the destination's
+    work (README, "Ops console and admin API"; on PostgreSQL a pause survives the restart)."""
+    config = write_config(CONFIG, MAPPINGS)
+    first = await bridge_client(config)
+    await post(first, "/admin/api/destinations/kapture/pause", {"reason": "vendor maintenance"})
+    assert (await first.post("/hooks/partner", json={"title": "held"})).status == 202
+    await first.close()
+    again = await bridge_client(config)
+    [lane] = (await get(again, "/admin/api/destinations"))["items"]
+    assert lane["paused"] is False
+    await eventually(lambda: _has(again, status="succeeded"))
+
+
+async def test_a_replay_to_a_destination_no_longer_configured_is_refused(write_config: ConfigFactory,
+                                                                           bridge_client: AppClient) -> None:
+    """A dead delivery whose destination the config no longer names is refused by id, by filter, on a dry run and
+    re-rendered, naming the destination and saying to restore it; it stays dead rather than pending for good."""
+    client = await start(write_config, bridge_client)
+    store = runtime(client).store
+    assert store is not None
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "old"})
+    await store.accept(event, [NewDelivery(id="dlv_retired", mapping="partner", mapping_version="v0",
+                                           destination="retired", action="create_ticket", body={"title": "old"},
+                                           status="dead", error="HTTP 500")], 0)
+    reason = ("its destination 'retired' is no longer configured, so nothing would send it: restore 'retired' "
+              "under `destinations:` in the config, then replay it")
+    for given in ({"ids": ["dlv_retired"]}, {"ids": ["dlv_retired"], "dry_run": True},
+                  {"ids": ["dlv_retired"], "rerender": True}, {"destination": "retired", "status": "dead"}):
+        out = await post(client, "/admin/api/replay", given)
+        assert (out["matched"], out["replayed"]) == (["dlv_retired"], []), given
+        assert out["refused"] == [{"id": "dlv_retired", "reason": reason}], given
+    assert (await get(client, "/admin/api/deliveries/dlv_retired"))["delivery"]["status"] == "dead"
+    assert (await get(client, "/admin/api/audit"))["items"] == []
 
 
 async def _has(client: Client, **params: Any) -> bool:
@@ -393,3 +432,73 @@ async def test_every_console_file_forbids_framing_and_every_answer_sniffing(writ
         assert resp.content_type == "application/json", path
         assert resp.headers["X-Content-Type-Options"] == "nosniff", path
         assert resp.headers["Cache-Control"] == "no-store", path
+
+
+@pytest.mark.parametrize("path", ["/admin/api/deliveries?cursor=", "/admin/api/audit?cursor="])
+async def test_an_empty_cursor_is_a_400_naming_it(write_config: ConfigFactory, bridge_client: AppClient,
+                                                  path: str) -> None:
+    """An empty cursor is refused, naming the parameter, rather than read as no cursor (SQLite: every item) or as
+    one before everything (PostgreSQL: none)."""
+    client = await start(write_config, bridge_client)
+    await _audited(client)
+    resp = await client.get(path, headers=ADMIN)
+    assert resp.status == 400, await resp.text()
+    said = (await resp.json())["error"]
+    assert said.startswith("invalid query: ") and "$.cursor" in said and 'given ""' in said, said
+
+
+async def _audited(client: Client) -> None:
+    assert (await client.post("/hooks/partner", json={"title": "t"})).status == 202
+    await post(client, "/admin/api/destinations/kapture/pause", {"reason": "r"})
+
+
+@pytest.mark.parametrize(("method", "path", "body", "said"), [
+    ("GET", "/admin/api/deliveries?limit=0", None,
+     'at `$.limit`; given "0"; `limit` takes a whole number from 1 to 500'),
+    ("GET", "/admin/api/deliveries?status=lost", None,
+     'given "lost"; `status` takes one of "dead", "in_flight", "pending", "succeeded"'),
+    ("POST", "/admin/api/replay", {"limit": 0}, "given 0; `limit` takes a whole number from 1 to 10000"),
+    ("POST", "/admin/api/replay", {"ids": ["dlv_a", ""]}, 'at `$.ids[1]`; given ""; each item of `ids` takes text of'
+                                                          " 1 to 100 characters"),
+    ("POST", "/admin/api/destinations/kapture/pause", {"seconds": -5},
+     "given -5; `seconds` takes a number over 0 and at most 2592000"),
+    ("POST", "/admin/api/replay", {"destination": "k" * 5000},
+     'given "' + "k" * 99 + "… (5002 characters in all); `destination` takes text of 1 to 200 characters"),
+])
+async def test_an_invalid_value_is_named_with_what_was_given_and_what_is_allowed(
+        write_config: ConfigFactory, bridge_client: AppClient, method: str, path: str, body: dict[str, Any] | None,
+        said: str) -> None:
+    """A query or body value out of bounds is a 400 quoting the value given (a long one cut short) and saying
+    what the field takes, besides msgspec's own words."""
+    client = await start(write_config, bridge_client, workers=False)
+    resp = await client.request(method, path, headers=ADMIN, json=body)
+    assert resp.status == 400, await resp.text()
+    error = (await resp.json())["error"]
+    assert error.startswith("invalid query: " if method == "GET" else "invalid body: ") and error.endswith(said), error
+
+
+async def test_a_body_over_the_size_limit_is_the_apis_json_413(write_config: ConfigFactory,
+                                                              bridge_client: AppClient) -> None:
+    """A body past server.max_body_bytes is refused as every admin API error is: JSON naming the setting and the
+    limit, nosniff and no-store; the spec lists 413 for every route that takes a body."""
+    config = CONFIG.replace("store:", "server: {max_body_bytes: 2048}\nstore:")
+    client = await bridge_client(write_config(config, MAPPINGS), workers=False)
+    for path in ("/admin/api/playground", "/admin/api/replay"):
+        resp = await client.post(path, headers=ADMIN, json={"source": "partner", "body": "x" * 5000})
+        assert resp.status == 413 and resp.content_type == "application/json", (path, await resp.text())
+        assert (await resp.json())["error"] == ("the body is over the limit of 2048 bytes (server.max_body_bytes): "
+                                                "send a smaller one")
+        assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Cache-Control"] == "no-store"
+    for route in ROUTES:
+        responses = spec()["paths"][route.path][route.method.lower()]["responses"]
+        assert ("413" in responses) == (route.body is not None), route.path
+
+
+async def test_the_legacy_mappings_route_is_kept_in_no_cache_and_never_sniffed(write_config: ConfigFactory,
+                                                                               bridge_client: AppClient) -> None:
+    """GET /admin/mappings answers, a refusal too, with the admin API's nosniff and no-store."""
+    client = await start(write_config, bridge_client, workers=False)
+    for headers, status in ((ADMIN, 200), (READ, 200), ({}, 401)):
+        resp = await client.get("/admin/mappings", headers=headers)
+        assert resp.status == status
+        assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Cache-Control"] == "no-store"

@@ -214,7 +214,7 @@ STEPS = [  # (depth, where: module:attribute); a step's figure includes those in
     (0, "aiohttp.web_urldispatcher:UrlDispatcher.resolve"),
     (0, "bridge.app:hook_post"),
     (1, "bridge.intake:_read_body"),
-    (1, "bridge.intake:_run_handler"),
+    (1, "bridge.intake:run_handler"),
     (2, "handlers.form:FormHandler.parse"),
     (1, "bridge.intake:_kept"),
     (1, "bridge.intake:_dedup_key"),

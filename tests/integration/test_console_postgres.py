@@ -88,6 +88,24 @@ async def test_a_pause_through_one_process_holds_both_until_resumed(
     assert [e["action"] for e in (await resp.json())["items"]] == ["destination.resume", "destination.pause"]
 
 
+async def test_a_pause_survives_a_restart_of_every_process(
+    pg_schema: str, write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """The pause is kept in the database: with the process that took it gone, one started afresh on the store
+    still holds the destination, and holds its work, until it is resumed (README, "Ops console and admin API")."""
+    config = write_config(CONFIG, MAPPINGS)
+    first = await bridge_client(config, store=PostgresStore(DSN, schema=pg_schema))
+    await change(first, "pause", {"reason": "vendor maintenance"})
+    await first.close()
+    again = await bridge_client(config, store=PostgresStore(DSN, schema=pg_schema))
+    assert (await lane(again))["paused"] is True
+    assert (await again.post("/hooks/partner", json={"title": "held"})).status == 202
+    await eventually(lambda: _backlog(again, 1))
+    assert sim(again).tickets == []
+    assert (await change(again, "resume", {}))["paused"] is False
+    await eventually(lambda: len(sim(again).tickets) == 1)
+
+
 async def _is(value: Any, expected: int) -> bool:
     return bool(await value == expected)
 

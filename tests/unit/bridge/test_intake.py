@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Request
 
 from bridge.config import ServerConfig, SourceConfig
-from bridge.intake import OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _run_handler, offloaded
+from bridge.intake import OFFLOAD_BYTES, OFFLOAD_MIME_LINES, offloaded, run_handler
 from bridge.runtime import Runtime, Source
 from handlers.base import Handler, Inbound, Intercepted
 
@@ -62,7 +62,7 @@ async def test_the_body_is_looked_at_once_to_place_verify_and_parse(monkeypatch:
     monkeypatch.setattr("bridge.intake.offloaded", counting)
     handler = Recording()
     request = make_mocked_request("POST", "/hooks/src")
-    handled = await _run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, body)
+    handled = await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, body)
     assert not isinstance(handled, Intercepted)
     assert handled[0][0].payload == {"size": len(body)}
     assert looks == [len(body)]

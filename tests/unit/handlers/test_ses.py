@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from bridge.errors import Rejected
+from handlers.base import skip_signatures
 from handlers.s3_client import S3Client, S3NoSuchKey, S3TooLarge, S3Unavailable
 from handlers.ses import SesHandler, SesOptions
 from handlers.sns_certificates import CertificateCache
@@ -386,3 +387,26 @@ async def test_setup_notification_reads_nothing() -> None:
     early = await run(s3_handler(bucket), ses_notification(Message=json.dumps(received)))
     assert early.outcome == "ignored" and "AMAZON_SES_SETUP_NOTIFICATION" in early.reason
     assert bucket.reads == []
+
+
+async def unchecked(h: SesHandler, message: dict[str, Any]) -> Any:
+    """intercept then parse with the signature not checked (the playground with `verify` off)."""
+    body, req = compact(message), post(SNS)
+    skip_signatures(req)
+    early = await h.intercept(req, body)
+    return early if early is not None else h.parse(req, body)
+
+
+async def test_unchecked_an_unsigned_message_fetches_no_certificate_and_confirms_nothing() -> None:
+    """With signatures not checked, intercept still sorts the message (a notification parses, a subscription is a
+    handshake) but fetches no certificate, confirms no subscription and reads no S3 object a forger could name."""
+    fake = FakeSns()
+    [inbound] = await unchecked(handler(fake), {**ses_notification(), "Signature": "forged"})
+    assert inbound.payload["subject"] == ASHA_EMAIL["subject"]
+    subscription = {**load("ses/sns_subscription.json"), "Timestamp": iso(NOW)}
+    early = await unchecked(handler(fake), subscription)
+    assert (early.outcome, early.response.status) == ("handshake", 200) and "not confirmed" in early.reason
+    bucket = FakeBucket({SES_KEY: ses_s3_received()[1]})
+    [from_headers] = await unchecked(s3_handler(bucket), s3_message())
+    assert from_headers.payload["text"] is None
+    assert fake.fetched == [] and bucket.reads == []

@@ -39,7 +39,8 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 async def test_a_dry_run_names_what_would_be_left_and_moves_nothing(store: SqliteStore) -> None:
     """A dry run moves nothing and gives, for each delivery that would not be replayed, the reason a real one
     would give."""
-    moved, refused = await replay_deliveries(store, IDS, None, {}, dry_run=True, rerender_hint="--again")
+    moved, refused = await replay_deliveries(store, IDS, None, {}, destinations=["kapture"], dry_run=True,
+                                             rerender_hint="--again")
     assert (moved, refused) == ([], REFUSED)
     assert (await store.get_delivery("dlv_dead")).delivery.status == "dead"
 
@@ -50,7 +51,21 @@ async def test_a_replay_moves_what_it_can_chunk_by_chunk(store: SqliteStore,
     the count done after each chunk."""
     monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 3)
     done: list[int] = []
-    moved, refused = await replay_deliveries(store, IDS, None, {}, dry_run=False, rerender_hint="--again",
-                                             progress=done.append)
+    moved, refused = await replay_deliveries(store, IDS, None, {}, destinations=["kapture"], dry_run=False,
+                                             rerender_hint="--again", progress=done.append)
     assert (moved, refused, done) == (["dlv_dead"], REFUSED, [3, 4])
     assert (await store.get_delivery("dlv_dead")).delivery.status == "pending"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+async def test_a_delivery_to_a_destination_no_longer_configured_is_refused_by_name(store: SqliteStore,
+                                                                                    dry_run: bool) -> None:
+    """With its destination gone from the config, a dead delivery is refused naming it and saying to restore it,
+    and stays dead (pending, no lane would ever send it)."""
+    moved, refused = await replay_deliveries(store, ["dlv_dead", "dlv_missing"], None, {}, destinations=["other"],
+                                             dry_run=dry_run, rerender_hint="--again")
+    assert moved == []
+    assert refused == {"dlv_missing": "no such delivery",
+                       "dlv_dead": "its destination 'kapture' is no longer configured, so nothing would send it: "
+                                   "restore 'kapture' under `destinations:` in the config, then replay it"}
+    assert (await store.get_delivery("dlv_dead")).delivery.status == "dead"

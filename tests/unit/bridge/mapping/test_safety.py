@@ -181,6 +181,42 @@ def test_a_mapping_has_one_budget_for_all_its_fields(monkeypatch: pytest.MonkeyP
     assert str(info.value) == "slow.spin: render budget of 20 ms exceeded in field spin"
 
 
+class Ticks:
+    """A clock for the budget that moves 1 ms each time it is read: a render's cost counted in clock reads."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        self.now += 0.001
+        return self.now
+
+
+def test_explain_has_the_one_budget_render_has_and_blames_the_same_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explaining a mapping costs what rendering it costs (one budget for all its fields, each plain template
+    rendered once), and it fails on the field the render fails on: each field alone is within the budget, the
+    third is past it, counted from the first."""
+    clock = Ticks()
+    monkeypatch.setattr(limits, "time", clock)
+    loop = "\"{% for x in payload.list %}{% endfor %}x\""
+    text = "name: slow\nsource: s\ndestination: d\naction: create_ticket\nfields:\n" + "".join(
+        f"  {name}: {loop}\n" for name in "abcd")
+    mapping, errors = compile_document(load_yaml(text, "slow.yaml"), "slow", "v1", {"s"},
+                                       {"d": frozenset({"create_ticket"})})
+    assert errors == [] and mapping is not None
+    context = ctx({"list": list(range(100))})  # ~100 reads a field; the budget is 250
+    with pytest.raises(MappingError) as info:
+        mapping.render(context)
+    assert str(info.value) == "slow.c: render budget of 250 ms exceeded in field c"
+    rendered = clock.reads
+    trace = mapping.explain(context)
+    assert trace.error == "c: render budget of 250 ms exceeded in field c"
+    assert [f.name for f in trace.fields if f.error is None] == ["a", "b"]
+    assert clock.reads - rendered <= rendered + 2
+
+
 @pytest.mark.parametrize(("template", "message"), [
     ("{{ (((10**999)**999)**999) }}", "integer result over 4300 digits"),
     ("{% set x = 2 ** 1000 %}{{ x * x * x * x * x * x * x * x * x * x * x * x * x * x * x }}",
