@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 
 from bridge import USER_AGENT
-from bridge.app import load_mappings
+from bridge.app import load_mappings, load_stored_mappings
 from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
@@ -23,7 +23,8 @@ from bridge.console.models import MarkSucceededBody, Refusal, ReplayBody, Replay
 from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
 from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
-from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
+from bridge.mapping.testing import run_tests
+from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store, StoredMappingSet
 
 URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
@@ -309,18 +310,17 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.url:
         return _with_server(args.url, lambda client: _replay_remote(client, args))
     mappings: MappingSet | None = None
+    used: str | None = None
     vars_: dict[str, Any] = {}
     config: Config | None = None
     if args.rerender:
         config = config_from(args)
         if config is None:
             return 2
-        try:
-            mappings = load_mappings(config)
-        except ErrorList as exc:
-            print_errors(exc)
-            print("fix the mappings (ticketbridge check) before replaying with --rerender", file=sys.stderr)
-            return 2
+        in_force = _set_in_force(config)
+        if isinstance(in_force, int):
+            return in_force
+        mappings, used = in_force
         vars_ = config.vars
 
     async def body(store: Store) -> int:
@@ -341,7 +341,7 @@ def run_replay(args: argparse.Namespace) -> int:
         return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
                                     refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],
                                     mappings_version=mappings.version if mappings is not None else None),
-                       "a running server")
+                       "a running server", used)
 
     return _with_store(args, body, config, changes=not args.dry_run, mappings=mappings)
 
@@ -353,9 +353,60 @@ async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
     return _report(await client.replay(given), "the server")
 
 
-def _report(result: ReplayResult, sender: str) -> int:
+def _set_in_force(config: Config) -> tuple[MappingSet, str] | int:
+    """The mapping set a local `replay --rerender` renders with, and which one it is: the folder's when it loads
+    and passes its tests (as a server's reload takes it), else the last good set the store keeps, which the
+    server serves in its place; an exit code (2) when neither is there, the folder's problems printed."""
+    problem: ErrorList | str
+    try:
+        folder = load_mappings(config)
+    except ErrorList as exc:
+        problem = exc
+    else:
+        failed = [r for r in run_tests(folder, config.vars) if not r.passed]
+        if not folder.mappings and not config.mappings_allow_empty:
+            problem = "the mappings folder holds no mapping file"
+        elif failed:
+            problem = "\n".join([f"{len(failed)} mapping tests failed:"] + [
+                f"{r.where}: {r.mapping}: {r.name}: {r.message}" for r in failed])
+        else:
+            return folder, "the mappings folder's set, which loads and passes its tests"
+    kept: list[StoredMappingSet | None] = []
+
+    async def read(store: Store) -> int:
+        kept.append(await store.load_mapping_set())
+        return 0
+
+    code = asyncio.run(with_store(config, read))
+    if code != 0:
+        return code
+    stored = kept[0] if kept else None
+    if stored is None or (not stored.files and not config.mappings_allow_empty):
+        if isinstance(problem, ErrorList):
+            print_errors(problem)
+        else:
+            print(problem, file=sys.stderr)
+        print("the store keeps no last good set to re-render with instead: fix the mappings (ticketbridge check) "
+              "before replaying with --rerender", file=sys.stderr)
+        return 2
+    try:
+        mappings = load_stored_mappings(config, stored.files)
+    except ErrorList as exc:
+        print_errors(exc)
+        print(f"the last good set kept in the store (version {stored.version}) does not load with this config: fix "
+              "the mappings (ticketbridge check) before replaying with --rerender", file=sys.stderr)
+        return 2
+    why = str(problem).splitlines()[0] if str(problem) else "it does not load"
+    saved = datetime.fromtimestamp(stored.saved_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    print(f"the mappings folder's set is not the one a server takes ({why}; `ticketbridge check` shows all): "
+          f"re-rendering with the last good set kept in the store, version {stored.version} (saved {saved} UTC)",
+          file=sys.stderr)
+    return mappings, f"the last good set kept in the store, saved {saved} UTC"
+
+
+def _report(result: ReplayResult, sender: str, used: str | None = None) -> int:
     """What a replay did (or, on a dry run, would do): the ids, each refusal with its reason, and the count;
-    exit 1 when some were refused."""
+    exit 1 when some were refused. `used` says which mapping set re-rendered them."""
     if result.dry_run:
         for i in result.matched:
             print(i)
@@ -365,7 +416,8 @@ def _report(result: ReplayResult, sender: str) -> int:
         return 0
     for refusal in result.refused:
         print(f"{refusal.id}: not replayed: {refusal.reason}", file=sys.stderr)
-    rerendered = f" (re-rendered with mappings version {result.mappings_version})" if result.mappings_version else ""
+    rerendered = (f" (re-rendered with mappings version {result.mappings_version}"
+                  + (f": {used}" if used else "") + ")") if result.mappings_version else ""
     print(f"replayed {len(result.replayed)} of {len(result.matched)} deliveries{rerendered}; {sender} sends them "
           "within seconds")
     return 0 if not result.refused else 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.app import load_mappings
 from bridge.config import load_config
 from bridge.events import Event
 from bridge.registries import REGISTRIES
@@ -269,3 +270,50 @@ def test_render_with_a_ticket_renders_the_follow_up(tmp_path: Path, capsys: pyte
     code, out, err = run(capsys, "render", "partner", "-c", cfg, "--input", given)
     assert (code, err) == (0, "")
     assert json.loads(out) == [{"ticket_id": "713", "sub_status": "P", "comment": "Still slow"}]
+
+
+def test_replay_rerender_uses_the_kept_set_when_the_folder_fails_its_tests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder whose edit fails its own tests is not what a server serves: a local `replay --rerender` renders
+    with the last good set the store keeps, and says so; with no set kept it refuses, naming the failures."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    config = load_config(Path(cfg), {}, registries=REGISTRIES)
+    good = load_mappings(config)
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"id": "p-5", "title": "Fixed"})
+    dead = NewDelivery(id="dlv_dead", mapping="partner", mapping_version="old", destination="kapture",
+                       action="create_ticket", body=None, status="dead", error="title: template failed")
+
+    async def seed(keep: bool) -> None:
+        store = open_store(config)
+        await store.open()
+        if keep:
+            await store.save_mapping_set(good.files, good.version)
+        else:
+            await store.accept(event, [dead], 0)
+        await store.close()
+
+    rejected = PARTNER.replace("title: {from: payload.title, required: true, transform: [strip]}",
+                               'title: "Rejected {{ payload.title }}"')
+    (tmp_path / "mappings" / "partner.yaml").write_text(rejected)
+    asyncio.run(seed(keep=False))
+    capsys.readouterr()
+    code, out, err = run(capsys, "replay", "dlv_dead", "--rerender", "-c", cfg)
+    assert (code, out) == (2, "")
+    assert "mapping tests failed" in err and "keeps no last good set" in err
+
+    asyncio.run(seed(keep=True))
+    capsys.readouterr()
+    code, out, err = run(capsys, "replay", "dlv_dead", "--rerender", "-c", cfg)
+    assert code == 0, err
+    assert f"re-rendering with the last good set kept in the store, version {good.version}" in err
+    assert out.startswith(f"replayed 1 of 1 deliveries (re-rendered with mappings version {good.version}: "
+                          "the last good set kept in the store")
+
+    async def body() -> object:
+        store = open_store(config, owner=False)
+        await store.open()
+        detail = await store.get_delivery("dlv_dead")
+        await store.close()
+        return detail.body
+
+    assert asyncio.run(body()) == {"title": "Fixed", "priority": "P2", "source_ref": "p-5"}
