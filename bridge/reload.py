@@ -272,8 +272,37 @@ class MappingReloader:
             else:
                 log.info("mappings.reloaded", reason=reason, version=new.version, previous=old.version,
                          mappings=sorted(new.mappings))
+            await self._warn_stranded(old, new)
             await self.save(new)
             return True
+
+    async def _warn_stranded(self, old: MappingSet, new: MappingSet) -> None:
+        """Log `mappings.removed_with_work` (a warning) for each mapping `new` no longer has whose deliveries are
+        pending, in flight or dead, or whose conversations are open: the reload stands (a removal or a rename may
+        be meant), but its follow-ups go dead when claimed and its dead deliveries cannot be re-rendered with it."""
+        removed = sorted(set(old.mappings) - set(new.mappings))
+        store = self.rt.store
+        if not removed or store is None:
+            return
+        now = time.time_ns() // 1_000_000
+        try:
+            backlog = await store.mapping_backlog(
+                {name: now - int(old.mappings[name].reopen_after_s * 1000) for name in removed})
+        except StoreUnavailable as exc:
+            log.warning("mappings.removed_unchecked", mappings=removed, error=str(exc),
+                        note="the store could not say whether the removed mappings have deliveries left")
+            return
+        for name in removed:
+            counts = backlog.get(name)
+            if not counts:
+                continue
+            log.warning("mappings.removed_with_work", mapping=name, pending=counts.get("pending", 0),
+                        in_flight=counts.get("in_flight", 0), dead=counts.get("dead", 0),
+                        conversations=counts.get("conversations", 0), mappings=sorted(new.mappings),
+                        note=f"mapping {name!r} is no longer loaded: its pending creates go as rendered, but its "
+                             "conversations' follow-ups go dead when claimed, and its dead deliveries cannot be "
+                             "re-rendered with it. Renamed? Put the old name back, or replay them with `ticketbridge "
+                             f"replay --rerender --mapping NEW` (`deliveries list --mapping {name}` lists them)")
 
     def _check_not_emptied(self, new: MappingSet) -> None:
         """ReloadFailed when the folder now loads to no mapping while the set in force has some, unless

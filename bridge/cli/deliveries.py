@@ -78,6 +78,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     r.add_argument("--rerender", action="store_true",
                    help="render each delivery's event again with the current mappings before sending it")
+    r.add_argument("--mapping", metavar="NEW",
+                   help="with --rerender: render with this loaded mapping instead of each delivery's own (a renamed "
+                        "mapping's stranded deliveries); it must take their source and feed their destination and "
+                        "action, and they belong to it from then on")
     r.add_argument("--url", help=URL_HELP + " (re-rendering uses the server's mappings)")
     r.set_defaults(run=run_replay)
 
@@ -307,6 +311,9 @@ def run_replay(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.destination):
         print("replay takes delivery ids, or --destination NAME (with --status), not both", file=sys.stderr)
         return 2
+    if args.mapping and not args.rerender:
+        print(f"--mapping {args.mapping} names the mapping to re-render with: it takes --rerender", file=sys.stderr)
+        return 2
     if args.url:
         return _with_server(args.url, lambda client: _replay_remote(client, args))
     mappings: MappingSet | None = None
@@ -322,6 +329,10 @@ def run_replay(args: argparse.Namespace) -> int:
             return in_force
         mappings, used = in_force
         vars_ = config.vars
+        if args.mapping and args.mapping not in mappings.mappings:
+            print(f"--mapping {args.mapping}: no such mapping in the set re-rendering ({used}); loaded: "
+                  f"{', '.join(sorted(mappings.mappings)) or '(none)'}", file=sys.stderr)
+            return 2
 
     async def body(store: Store) -> int:
         ids: list[str] = list(args.ids)
@@ -337,7 +348,8 @@ def run_replay(args: argparse.Namespace) -> int:
         started = time.monotonic()
         moved, refused = await replay_deliveries(store, ids, mappings, vars_, dry_run=args.dry_run,
                                                  rerender_hint="--rerender",
-                                                 progress=lambda done: _progress(done, len(ids), started))
+                                                 progress=lambda done: _progress(done, len(ids), started),
+                                                 with_mapping=args.mapping)
         return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
                                     refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],
                                     mappings_version=mappings.version if mappings is not None else None),
@@ -349,6 +361,7 @@ def run_replay(args: argparse.Namespace) -> int:
 async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
     """`replay --url`: the server replays (and re-renders with its own mappings); the change is audited there."""
     given = ReplayBody(ids=list(args.ids), rerender=args.rerender, dry_run=args.dry_run, limit=10000,
+                       rerender_mapping=args.mapping,
                        **({"destination": args.destination, "status": args.status} if args.destination else {}))
     return _report(await client.replay(given), "the server")
 

@@ -512,16 +512,21 @@ async def replay(call: Call) -> ReplayResult:
     given: ReplayBody = call.body
     rt = call.rt
     store = _store(rt)
+    rerender = given.rerender or given.rerender_mapping is not None
+    if given.rerender_mapping is not None and given.rerender_mapping not in rt.mappings.mappings:
+        raise ApiError(409, f"body.rerender_mapping: no mapping {given.rerender_mapping!r} is in force; loaded: "
+                            f"{', '.join(sorted(rt.mappings.mappings)) or '(none)'}")
     with blame(422, _given(given.ids, "body.ids"), _given(given.destination, "body.destination"),
                _given(given.mapping, "body.mapping"), _given(given.source, "body.source")):
         ids = await _replay_ids(store, given)
-        mappings = rt.mappings if given.rerender else None
+        mappings = rt.mappings if rerender else None
         moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars, dry_run=given.dry_run,
-                                                 rerender_hint="rerender")
+                                                 rerender_hint="rerender", with_mapping=given.rerender_mapping)
     if moved:  # none on a dry run
-        await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
+        await _audit(call, "deliveries.rerender" if rerender else "deliveries.replay",
                      moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
-                     {"ids": moved[:1000], "count": len(moved), "refused": len(refused)})
+                     {"ids": moved[:1000], "count": len(moved), "refused": len(refused),
+                      **({"mapping": given.rerender_mapping} if given.rerender_mapping else {})})
         if rt.dispatcher is not None:
             rt.dispatcher.notify(set(rt.dispatcher.lanes))
     return ReplayResult(dry_run=given.dry_run, matched=ids, replayed=moved,
@@ -563,7 +568,8 @@ ROUTES: list[Route] = [
     Route("POST", "/admin/api/destinations/{destination}/resume", resume_destination, "Send to a destination again",
           LaneState, change=True, errors={**NOT_FOUND, 409: "no delivery workers run in this process"}),
     Route("POST", "/admin/api/replay", replay, "Send deliveries again (by id or filter), optionally re-rendered; "
-          "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody),
+          "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody,
+          errors={409: "`rerender_mapping` names no mapping in force"}),
     Route("POST", "/admin/api/deliveries/{delivery_id}/mark-succeeded", mark_delivery_succeeded,
           "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
           DeliveryView, change=True, body=MarkSucceededBody,

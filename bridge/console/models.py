@@ -185,6 +185,10 @@ class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     source: Name | None = None
     rerender: bool = False
     """Render each again with the mappings in force, from its stored event."""
+    rerender_mapping: Name | None = None
+    """Re-render (as `rerender` does) with this mapping in force instead of each delivery's own (the deliveries of
+    a renamed mapping); it must take their source and feed their destination and action, and they belong to it
+    from then on. (`mapping` is the filter: the deliveries of a mapping.)"""
     dry_run: bool = False
     limit: Annotated[int, Meta(ge=1, le=10000)] = 1000
 

@@ -31,18 +31,19 @@ async def _why_not(store: Store, delivery_id: str, rerender_hint: str) -> str:
 
 async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet | None, vars_: dict[str, Any], *,
                             dry_run: bool, rerender_hint: str, progress: Callable[[int], None] | None = None,
-                            ) -> tuple[list[str], dict[str, str]]:
+                            with_mapping: str | None = None) -> tuple[list[str], dict[str, str]]:
     """Move `ids` back to pending, REPLAY_CHUNK at a time, each re-rendered first when `mappings` is given: the
     ids moved, and why each other one was not (on a dry run: none moved, and why each would not be).
     `rerender_hint` names the option that re-renders, for the reason a delivery without a body gets;
-    `progress` hears how many ids are done after each chunk."""
+    `progress` hears how many ids are done after each chunk. `with_mapping` re-renders each with that mapping of
+    `mappings` rather than its own, and gives the delivery to it."""
     refused: dict[str, str] = {}
     moved: list[str] = []
     for start in range(0, len(ids), REPLAY_CHUNK):
         chunk = ids[start:start + REPLAY_CHUNK]
         bodies = None
         if mappings is not None:
-            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, vars_)
+            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, vars_, with_mapping)
             refused.update(not_rendered)
             chunk = [i for i in chunk if i in bodies]
         if dry_run:
@@ -55,7 +56,7 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
                 if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
                     refused[i] = _stuck(d, rerender_hint)
         else:
-            moved.extend(await store.replay(chunk, bodies))
+            moved.extend(await store.replay(chunk, bodies, mapping=with_mapping if bodies is not None else None))
         if progress is not None:
             progress(min(start + REPLAY_CHUNK, len(ids)))
     if not dry_run:

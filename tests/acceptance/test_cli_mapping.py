@@ -244,7 +244,8 @@ def test_replay_rerender_renders_dead_deliveries_with_the_current_mapping(
     assert "dlv_dead: not replayed: it never rendered (fix the mapping, then replay with --rerender)" in err
     code, out, err = run(capsys, "replay", "dlv_dead", "dlv_gone", "--rerender", "-c", cfg)
     assert code == 1
-    assert err == "dlv_gone: not replayed: mapping 'retired' is not among the current mappings\n"
+    assert err == ("dlv_gone: not replayed: mapping 'retired' is not among the current mappings; if it was renamed, "
+                   "re-render with the new one (--mapping NEW)\n")
     assert out.startswith("replayed 1 of 2 deliveries (re-rendered with mappings version ")
 
     async def read() -> tuple[str, str, object]:
@@ -317,3 +318,43 @@ def test_replay_rerender_uses_the_kept_set_when_the_folder_fails_its_tests(
         return detail.body
 
     assert asyncio.run(body()) == {"title": "Fixed", "priority": "P2", "source_ref": "p-5"}
+
+
+def test_replay_rerender_with_mapping_renders_a_renamed_mappings_deliveries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --rerender --mapping NEW` renders a delivery of a mapping no longer loaded with NEW, which it then
+    belongs to; NEW must be loaded, feed the same destination and action, and --mapping needs --rerender."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    config = load_config(Path(cfg), {}, registries=REGISTRIES)
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"id": "p-6", "title": "Moved"})
+    gone = NewDelivery(id="dlv_gone", mapping="retired", mapping_version="old", destination="kapture",
+                       action="create_ticket", body=None, status="dead", error="x")
+    other = NewDelivery(id="dlv_other", mapping="retired", mapping_version="old", destination="kapture",
+                        action="update_ticket", body=None, status="dead", error="x")
+
+    async def seed() -> None:
+        store = open_store(config)
+        await store.open()
+        await store.accept(event, [gone, other], 0)
+        await store.close()
+
+    asyncio.run(seed())
+    capsys.readouterr()
+    code, _, err = run(capsys, "replay", "dlv_gone", "--mapping", "partner", "-c", cfg)
+    assert (code, err) == (2, "--mapping partner names the mapping to re-render with: it takes --rerender\n")
+    code, _, err = run(capsys, "replay", "dlv_gone", "--rerender", "--mapping", "nope", "-c", cfg)
+    assert code == 2 and "--mapping nope: no such mapping" in err and "loaded: partner" in err
+    code, out, err = run(capsys, "replay", "dlv_gone", "dlv_other", "--rerender", "--mapping", "partner", "-c", cfg)
+    assert code == 1
+    assert err == ("dlv_other: not replayed: mapping 'partner' feeds kapture create_ticket, but this delivery goes "
+                   "to kapture update_ticket; name a mapping of the same destination and action\n")
+    assert out.startswith("replayed 1 of 2 deliveries")
+
+    async def read() -> tuple[str, str, object]:
+        store = open_store(config, owner=False)
+        await store.open()
+        detail = await store.get_delivery("dlv_gone")
+        await store.close()
+        return detail.delivery.status, detail.delivery.mapping, detail.body
+
+    assert asyncio.run(read()) == ("pending", "partner", {"title": "Moved", "priority": "P2", "source_ref": "p-6"})
