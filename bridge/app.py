@@ -19,6 +19,7 @@ from bridge.admin import add_routes as add_admin_routes
 from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
+from bridge.delivery.orphans import log_orphaned
 from bridge.delivery.redaction import MIN_SECRET_CHARS
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.fdlimit import delivery_pool
@@ -158,6 +159,7 @@ def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | N
             raise
         rt.store = opened
         log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
+        await log_orphaned(rt.config.destinations, opened)
         try:
             async with background(stop_when_lost(rt, opened), "store watcher"):
                 yield

@@ -19,7 +19,8 @@ from bridge.app import load_mappings, load_stored_mappings
 from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
-from bridge.console.models import MarkSucceededBody, Refusal, ReplayBody, ReplayResult
+from bridge.console.models import MarkDeadBody, MarkSucceededBody, Refusal, ReplayBody, ReplayResult
+from bridge.delivery.orphans import mark_dead
 from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
 from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
@@ -56,6 +57,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     mark.add_argument("--note", help="why, kept with the delivery's attempts (and the audit log, with --url)")
     mark.add_argument("--url", help=URL_HELP + " (the change is audited there)")
     mark.set_defaults(run=run_mark_succeeded)
+    _add_mark_dead(dsub, common)
     e = sub.add_parser("events", help="inspect events")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
     unmatched = esub.add_parser("unmatched", parents=[common],
@@ -84,6 +86,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "action, and they belong to it from then on")
     r.add_argument("--url", help=URL_HELP + " (re-rendering uses the server's mappings)")
     r.set_defaults(run=run_replay)
+
+
+def _add_mark_dead(dsub: Any, common: argparse.ArgumentParser) -> None:
+    dead = dsub.add_parser("mark-dead", parents=[common],
+                           help="mark the pending deliveries of a destination no longer configured dead, with a reason")
+    dead.add_argument("--destination", required=True, help="a destination removed from bridge.yaml")
+    dead.add_argument("--status", choices=("pending",), default="pending",
+                      help="which deliveries (pending; one in flight is pending again once its lease runs out)")
+    dead.add_argument("--reason", required=True,
+                      help="why, kept as each delivery's last error (and audited, with --url)")
+    dead.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    dead.set_defaults(run=run_mark_dead)
 
 
 def _ticket(ticket_id: str | None, key: str | None, uuid: str | None, none: str = "-") -> str:
@@ -253,6 +267,39 @@ def run_mark_succeeded(args: argparse.Namespace) -> int:
     if args.url:
         return _with_server(args.url, remote)
     return _with_store(args, local, changes=True)
+
+
+def run_mark_dead(args: argparse.Namespace) -> int:
+    def done(marked: int) -> int:
+        print(f"{marked} pending deliveries of {args.destination} marked dead; `ticketbridge replay --destination "
+              f"{args.destination}` sends them again once it is configured, and retention purges them after its "
+              "`dead` limit")
+        return 0
+
+    async def remote(client: AdminClient) -> int:
+        try:
+            result = await client.mark_dead(args.destination, MarkDeadBody(reason=args.reason, status=args.status))
+        except RemoteError as exc:
+            if exc.status != 409:
+                raise
+            print(str(exc), file=sys.stderr)  # the destination is configured: refused, as on the store
+            return 1
+        return done(result.marked)
+
+    if args.url:
+        return _with_server(args.url, remote)
+    config = config_from(args)
+    if config is None:
+        return 2
+    if args.destination in config.destinations:
+        print(f"destination {args.destination!r} is configured: its lane sends its deliveries; remove it from "
+              "bridge.yaml (and restart the server) before marking its deliveries dead", file=sys.stderr)
+        return 1
+
+    async def local(store: Store) -> int:
+        return done(await mark_dead(store, args.destination, by=f"cli:{getpass.getuser()}", reason=args.reason))
+
+    return _with_store(args, local, config, changes=True)
 
 
 def run_unmatched(args: argparse.Namespace) -> int:
