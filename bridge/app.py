@@ -19,6 +19,7 @@ from bridge.admin import add_routes as add_admin_routes
 from bridge.appkeys import RUNTIME
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
+from bridge.delivery.orphans import log_orphaned
 from bridge.delivery.redaction import MIN_SECRET_CHARS
 from bridge.delivery.sender import VendorResponse
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
@@ -27,7 +28,7 @@ from bridge.intake import hook_get, hook_options, hook_post
 from bridge.kept_names import config_names, mapping_names, unheld_names
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
-from bridge.reload import MappingReloader, reload_context, serve_last_good
+from bridge.reload import MappingReloader, reload_context, serve_last_good, serve_last_good_if_empty
 from bridge.retention import run_retention
 from bridge.routing import render_follow_up
 from bridge.runtime import Runtime, Source
@@ -136,10 +137,12 @@ async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterato
         await asyncio.gather(task, return_exceptions=True)
 
 
-def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | None = None) -> CleanupCtx:
-    """Open the store first and close it last. After a start with a broken mappings folder, the last
-    good set kept in the store is put in force before anything else runs (or the start fails). A name the
-    store cannot keep (kept_names) fails the start."""
+def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | None = None, *,
+                  empty_folder: bool = False) -> CleanupCtx:
+    """Open the store first and close it last. After a start with a broken mappings folder, or one that loads to
+    no mapping (`empty_folder`, unless `mappings_allow_empty`), the last good set kept in the store is put in
+    force before anything else runs (or the start fails). A name the store cannot keep (kept_names) fails the
+    start."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         opened = store or open_store(rt.config)
@@ -147,6 +150,8 @@ def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | N
         try:
             if folder_errors is not None:
                 await serve_last_good(rt, opened, folder_errors, lambda files: load_stored_mappings(rt.config, files))
+            elif empty_folder:
+                await serve_last_good_if_empty(rt, opened, lambda files: load_stored_mappings(rt.config, files))
             unheld = await unheld_names(opened, [*config_names(rt.config), *mapping_names(rt.mappings)])
             if unheld:
                 raise ErrorList(unheld)
@@ -155,6 +160,7 @@ def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | N
             raise
         rt.store = opened
         log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
+        await log_orphaned(rt.config.destinations, opened)
         try:
             async with background(stop_when_lost(rt, opened), "store watcher"):
                 yield
@@ -381,6 +387,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     raises ErrorList at once; with `last_good`, the app starts with the last good set kept in the store
     (its start-up raises ErrorList when there is none)."""
     folder_errors: ErrorList | None = None
+    from_folder = mappings is None
     if mappings is None:
         try:
             mappings = load_mappings(config)
@@ -408,7 +415,9 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
         public = sim.app(guard=sandbox_guard(config.admin.token))
         app.add_subapp(f"/sandbox/{vendor}/", public)
     app.cleanup_ctx.append(tracing_context(rt))
-    app.cleanup_ctx.append(store_context(rt, store, folder_errors))
+    empty_folder = (from_folder and folder_errors is None and not mappings.mappings
+                    and not config.mappings_allow_empty)
+    app.cleanup_ctx.append(store_context(rt, store, folder_errors, empty_folder=empty_folder))
     app.cleanup_ctx.append(handlers_context(rt))
     app.cleanup_ctx.append(reload_context(MappingReloader(rt, lambda: load_mappings(config))))
     app.cleanup_ctx.append(sandbox_context(rt))

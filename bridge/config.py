@@ -267,6 +267,7 @@ class _RawConfig(Base):
     mappings: str | None = None
     mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
     mappings_reload_timeout: str | float = "30s"
+    mappings_allow_empty: bool = False
     vars: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     destinations: dict[str, Any] = {}
@@ -304,6 +305,10 @@ class Config:
     # With a broken mappings folder at start: serve the last good set kept in the store, or refuse to start.
     mappings_on_start_error: Literal["last_good", "fail"] = "last_good"
     mappings_reload_timeout_s: float = 30.0  # how long a hot reload may load and test before it is failed
+    # An empty mappings folder is taken as it is (served, kept as the last good set) only with this set; without
+    # it a folder emptied while mappings are in force (a deploy, `rsync --delete`) is refused on reload, and at
+    # start the last good set kept in the store is served instead.
+    mappings_allow_empty: bool = False
 
     @functools.cached_property
     def attachments_dir(self) -> Path:
@@ -431,6 +436,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         retention=raw.retention, tracing=raw.tracing,
         mappings_on_start_error=raw.mappings_on_start_error,
         mappings_reload_timeout_s=parse_duration(raw.mappings_reload_timeout),
+        mappings_allow_empty=raw.mappings_allow_empty,
     )
 
 

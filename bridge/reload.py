@@ -248,6 +248,7 @@ class MappingReloader:
                 except Exception as exc:  # a bug while loading must not stop the watch, nor pass for success
                     log.exception("mappings.reload_crashed", folder=str(self.folder))
                     raise ReloadFailed(f"internal error while loading: {type(exc).__name__}: {exc}") from exc
+                self._check_not_emptied(new)
                 await self._check_names(new)
             except ReloadFailed as exc:
                 status.failures += 1
@@ -271,8 +272,50 @@ class MappingReloader:
             else:
                 log.info("mappings.reloaded", reason=reason, version=new.version, previous=old.version,
                          mappings=sorted(new.mappings))
+            await self._warn_stranded(old, new)
             await self.save(new)
             return True
+
+    async def _warn_stranded(self, old: MappingSet, new: MappingSet) -> None:
+        """Log `mappings.removed_with_work` (a warning) for each mapping `new` no longer has whose deliveries are
+        pending, in flight or dead, or whose conversations are open: the reload stands (a removal or a rename may
+        be meant), but its follow-ups go dead when claimed and its dead deliveries cannot be re-rendered with it."""
+        removed = sorted(set(old.mappings) - set(new.mappings))
+        store = self.rt.store
+        if not removed or store is None:
+            return
+        now = time.time_ns() // 1_000_000
+        try:
+            backlog = await store.mapping_backlog(
+                {name: now - int(old.mappings[name].reopen_after_s * 1000) for name in removed})
+        except StoreUnavailable as exc:
+            log.warning("mappings.removed_unchecked", mappings=removed, error=str(exc),
+                        note="the store could not say whether the removed mappings have deliveries left")
+            return
+        for name in removed:
+            counts = backlog.get(name)
+            if not counts:
+                continue
+            log.warning("mappings.removed_with_work", mapping=name, pending=counts.get("pending", 0),
+                        in_flight=counts.get("in_flight", 0), dead=counts.get("dead", 0),
+                        conversations=counts.get("conversations", 0), mappings=sorted(new.mappings),
+                        note=f"mapping {name!r} is no longer loaded: its pending creates go as rendered, but its "
+                             "conversations' follow-ups go dead when claimed, and its dead deliveries cannot be "
+                             "re-rendered with it. Renamed? Put the old name back, or replay them with `ticketbridge "
+                             f"replay --rerender --mapping NEW` (`deliveries list --mapping {name}` lists them)")
+
+    def _check_not_emptied(self, new: MappingSet) -> None:
+        """ReloadFailed when the folder now loads to no mapping while the set in force has some, unless
+        `mappings_allow_empty`: a deploy or an `rsync --delete` that moved every file away must not leave every
+        event unmatched."""
+        in_force = sorted(self.rt.mappings.mappings)
+        if new.mappings or not in_force or self.rt.config.mappings_allow_empty:
+            return
+        raise ReloadFailed(
+            f"the mappings folder {self.folder} holds no mapping file (*.yaml, *.yml) while {len(in_force)} "
+            f"mapping(s) are in force ({_names(in_force)}): refused, the set in force is kept. Put the mapping files "
+            "back (a deploy or `rsync --delete` may have moved them away); to run with no mappings, set "
+            "`mappings_allow_empty: true` in bridge.yaml and restart")
 
     async def _check_names(self, mappings: MappingSet) -> None:
         """ReloadFailed when the store cannot keep the name of one of `mappings` (kept_names), or cannot be asked."""
@@ -292,6 +335,10 @@ class MappingReloader:
         store = self.rt.store
         status = self.rt.mapping_status
         if store is None or _is_kept(status, mappings):
+            return
+        if not mappings.mappings and not self.rt.config.mappings_allow_empty:
+            log.info("mappings.not_saved", version=mappings.version,
+                     error="an empty set is not kept as the last good one (mappings_allow_empty is false)")
             return
         try:
             await store.save_mapping_set(mappings.files, mappings.version)
@@ -378,6 +425,38 @@ async def serve_last_good(rt: Runtime, store: Store, folder_errors: ErrorList,
     log.error("mappings.folder_broken", folder=str(folder), errors=[e.render() for e in folder_errors.errors],
               serving="last_good", version=mappings.version, saved_at=saved_at.isoformat(),
               note="the folder's mappings did not load: serving the last good set kept in the store")
+
+
+async def serve_last_good_if_empty(rt: Runtime, store: Store,
+                                   compile_files: Callable[[dict[str, str]], MappingSet]) -> None:
+    """At start, with a mappings folder that loads to no mapping (and `mappings_allow_empty` false): when the
+    store keeps a last good set that has mappings, serve it instead, degraded, as after a broken folder (with
+    `mappings_on_start_error: fail`, raise ErrorList). A store that keeps none (a first start) serves the
+    empty folder, with a warning."""
+    folder = rt.config.mappings_dir
+    try:
+        stored = await store.load_mapping_set()
+    except StoreUnavailable as exc:
+        raise ErrorList([MappingError(
+            f"the mappings folder holds no mapping file, and the store could not be asked for the last good set "
+            f"({exc})", file=str(folder))]) from None
+    if stored is None or not stored.files:
+        log.warning("mappings.none", folder=str(folder),
+                    note="the mappings folder holds no mapping file: every event is stored unmatched")
+        return
+    names = sorted(stored.files)
+    problem = ErrorList([MappingError(
+        f"the mappings folder holds no mapping file (*.yaml, *.yml), while the last good set kept in the store "
+        f"(version {stored.version}) has {len(names)} ({_names(names)}); put the mapping files back, or, to run "
+        "with no mappings, set `mappings_allow_empty: true` in bridge.yaml", file=str(folder))])
+    if rt.config.mappings_on_start_error == "fail":
+        raise problem
+    await serve_last_good(rt, store, problem, compile_files)
+
+
+def _names(names: list[str], most: int = 10) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def reload_context(reloader: MappingReloader) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -79,8 +79,11 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
 
 
 async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, vars_: dict[str, Any],
-                    ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str]]:
-    """New bodies (and the mapping version they came from) for `ids`, and why the others cannot have one."""
+                          with_mapping: str | None = None,
+                          ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str]]:
+    """New bodies (and the mapping version they came from) for `ids`, and why the others cannot have one. Each is
+    rendered with its own mapping, or with `with_mapping` when given (a renamed mapping's stranded deliveries:
+    that mapping must take the event's source and feed the delivery's destination and action)."""
     bodies: dict[str, tuple[dict[str, Any], str]] = {}
     refused: dict[str, str] = {}
     for i in ids:
@@ -90,17 +93,25 @@ async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, va
             refused[i] = "no such delivery"
             continue
         d = detail.delivery
-        mapping = mappings.mappings.get(d.mapping)
+        name = with_mapping or d.mapping
+        mapping = mappings.mappings.get(name)
         if mapping is None:
-            refused[i] = f"mapping {d.mapping!r} is not among the current mappings"
+            refused[i] = f"mapping {name!r} is not among the current mappings" + (
+                "" if with_mapping else "; if it was renamed, re-render with the new one (--mapping NEW)")
             continue
         if (mapping.destination, mapping.action) != (d.destination, d.action):
-            refused[i] = (f"mapping {d.mapping!r} now feeds {mapping.destination} {mapping.action}, but this "
-                          f"delivery goes to {d.destination} {d.action}; replay it without re-rendering")
+            refused[i] = (f"mapping {name!r} {'now ' if name == d.mapping else ''}feeds {mapping.destination} "
+                          f"{mapping.action}, but this delivery goes to {d.destination} {d.action}; "
+                          + ("replay it without re-rendering" if name == d.mapping
+                             else "name a mapping of the same destination and action"))
+            continue
+        if with_mapping and d.source not in mapping.sources:
+            refused[i] = (f"mapping {name!r} takes {', '.join(mapping.sources)}, not this delivery's source "
+                          f"{d.source}; name a mapping of its source")
             continue
         rendered = render_event(mapping, render_context(detail.event, vars_), detail.event.id)
         if rendered.skipped:
-            refused[i] = f"the current {d.mapping!r} skips its event (when: {mapping.when_text})"
+            refused[i] = f"the current {name!r} skips its event (when: {mapping.when_text})"
         elif rendered.body is None:
             refused[i] = f"it does not render with the current mapping: {rendered.error}"
         else:

@@ -53,7 +53,8 @@ def print_errors(exc: BridgeError) -> None:
 
 STORE_ARGUMENTS = {"id": "ID", "ids": "ID", "key": "KEY", "destination": "--destination", "source": "--source",
                    "mapping": "--mapping", "conversation": "--conversation", "limit": "--limit",
-                   "before": "--before", "ticket_id": "--ticket-id", "ticket_key": "--ticket-key", "note": "--note"}
+                   "before": "--before", "ticket_id": "--ticket-id", "ticket_key": "--ticket-key", "note": "--note",
+                   "reason": "--reason"}
 """The arguments whose values a verb hands to the store, as its usage names them."""
 
 

@@ -15,15 +15,17 @@ import aiohttp
 import msgspec
 
 from bridge import USER_AGENT
-from bridge.app import load_mappings
+from bridge.app import load_mappings, load_stored_mappings
 from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
-from bridge.console.models import MarkSucceededBody, Refusal, ReplayBody, ReplayResult
+from bridge.console.models import MarkDeadBody, MarkSucceededBody, Refusal, ReplayBody, ReplayResult
+from bridge.delivery.orphans import mark_dead
 from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
 from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
-from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store
+from bridge.mapping.testing import run_tests
+from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store, StoredMappingSet
 
 URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
@@ -55,6 +57,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     mark.add_argument("--note", help="why, kept with the delivery's attempts (and the audit log, with --url)")
     mark.add_argument("--url", help=URL_HELP + " (the change is audited there)")
     mark.set_defaults(run=run_mark_succeeded)
+    _add_mark_dead(dsub, common)
     e = sub.add_parser("events", help="inspect events")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
     unmatched = esub.add_parser("unmatched", parents=[common],
@@ -77,8 +80,24 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     r.add_argument("--rerender", action="store_true",
                    help="render each delivery's event again with the current mappings before sending it")
+    r.add_argument("--mapping", metavar="NEW",
+                   help="with --rerender: render with this loaded mapping instead of each delivery's own (a renamed "
+                        "mapping's stranded deliveries); it must take their source and feed their destination and "
+                        "action, and they belong to it from then on")
     r.add_argument("--url", help=URL_HELP + " (re-rendering uses the server's mappings)")
     r.set_defaults(run=run_replay)
+
+
+def _add_mark_dead(dsub: Any, common: argparse.ArgumentParser) -> None:
+    dead = dsub.add_parser("mark-dead", parents=[common],
+                           help="mark the pending deliveries of a destination no longer configured dead, with a reason")
+    dead.add_argument("--destination", required=True, help="a destination removed from bridge.yaml")
+    dead.add_argument("--status", choices=("pending",), default="pending",
+                      help="which deliveries (pending; one in flight is pending again once its lease runs out)")
+    dead.add_argument("--reason", required=True,
+                      help="why, kept as each delivery's last error (and audited, with --url)")
+    dead.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    dead.set_defaults(run=run_mark_dead)
 
 
 def _ticket(ticket_id: str | None, key: str | None, uuid: str | None, none: str = "-") -> str:
@@ -250,6 +269,39 @@ def run_mark_succeeded(args: argparse.Namespace) -> int:
     return _with_store(args, local, changes=True)
 
 
+def run_mark_dead(args: argparse.Namespace) -> int:
+    def done(marked: int) -> int:
+        print(f"{marked} pending deliveries of {args.destination} marked dead; `ticketbridge replay --destination "
+              f"{args.destination}` sends them again once it is configured, and retention purges them after its "
+              "`dead` limit")
+        return 0
+
+    async def remote(client: AdminClient) -> int:
+        try:
+            result = await client.mark_dead(args.destination, MarkDeadBody(reason=args.reason, status=args.status))
+        except RemoteError as exc:
+            if exc.status != 409:
+                raise
+            print(str(exc), file=sys.stderr)  # the destination is configured: refused, as on the store
+            return 1
+        return done(result.marked)
+
+    if args.url:
+        return _with_server(args.url, remote)
+    config = config_from(args)
+    if config is None:
+        return 2
+    if args.destination in config.destinations:
+        print(f"destination {args.destination!r} is configured: its lane sends its deliveries; remove it from "
+              "bridge.yaml (and restart the server) before marking its deliveries dead", file=sys.stderr)
+        return 1
+
+    async def local(store: Store) -> int:
+        return done(await mark_dead(store, args.destination, by=f"cli:{getpass.getuser()}", reason=args.reason))
+
+    return _with_store(args, local, config, changes=True)
+
+
 def run_unmatched(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
         events = await store.list_unmatched(args.limit, args.before)
@@ -306,21 +358,27 @@ def run_replay(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.destination):
         print("replay takes delivery ids, or --destination NAME (with --status), not both", file=sys.stderr)
         return 2
+    if args.mapping and not args.rerender:
+        print(f"--mapping {args.mapping} names the mapping to re-render with: it takes --rerender", file=sys.stderr)
+        return 2
     if args.url:
         return _with_server(args.url, lambda client: _replay_remote(client, args))
     mappings: MappingSet | None = None
+    used: str | None = None
     vars_: dict[str, Any] = {}
     config = config_from(args)  # its destinations: a delivery to one no longer configured is refused
     if config is None:
         return 2
     if args.rerender:
-        try:
-            mappings = load_mappings(config)
-        except ErrorList as exc:
-            print_errors(exc)
-            print("fix the mappings (ticketbridge check) before replaying with --rerender", file=sys.stderr)
-            return 2
+        in_force = _set_in_force(config)
+        if isinstance(in_force, int):
+            return in_force
+        mappings, used = in_force
         vars_ = config.vars
+        if args.mapping and args.mapping not in mappings.mappings:
+            print(f"--mapping {args.mapping}: no such mapping in the set re-rendering ({used}); loaded: "
+                  f"{', '.join(sorted(mappings.mappings)) or '(none)'}", file=sys.stderr)
+            return 2
 
     async def body(store: Store) -> int:
         ids: list[str] = list(args.ids)
@@ -336,11 +394,12 @@ def run_replay(args: argparse.Namespace) -> int:
         started = time.monotonic()
         moved, refused = await replay_deliveries(store, ids, mappings, vars_, destinations=config.destinations,
                                                  dry_run=args.dry_run, rerender_hint="--rerender",
-                                                 progress=lambda done: _progress(done, len(ids), started))
+                                                 progress=lambda done: _progress(done, len(ids), started),
+                                                 with_mapping=args.mapping)
         return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
                                     refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],
                                     mappings_version=mappings.version if mappings is not None else None),
-                       "a running server")
+                       "a running server", used)
 
     return _with_store(args, body, config, changes=not args.dry_run, mappings=mappings)
 
@@ -348,13 +407,65 @@ def run_replay(args: argparse.Namespace) -> int:
 async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
     """`replay --url`: the server replays (and re-renders with its own mappings); the change is audited there."""
     given = ReplayBody(ids=list(args.ids), rerender=args.rerender, dry_run=args.dry_run, limit=10000,
+                       rerender_mapping=args.mapping,
                        **({"destination": args.destination, "status": args.status} if args.destination else {}))
     return _report(await client.replay(given), "the server")
 
 
-def _report(result: ReplayResult, sender: str) -> int:
+def _set_in_force(config: Config) -> tuple[MappingSet, str] | int:
+    """The mapping set a local `replay --rerender` renders with, and which one it is: the folder's when it loads
+    and passes its tests (as a server's reload takes it), else the last good set the store keeps, which the
+    server serves in its place; an exit code (2) when neither is there, the folder's problems printed."""
+    problem: ErrorList | str
+    try:
+        folder = load_mappings(config)
+    except ErrorList as exc:
+        problem = exc
+    else:
+        failed = [r for r in run_tests(folder, config.vars) if not r.passed]
+        if not folder.mappings and not config.mappings_allow_empty:
+            problem = "the mappings folder holds no mapping file"
+        elif failed:
+            problem = "\n".join([f"{len(failed)} mapping tests failed:"] + [
+                f"{r.where}: {r.mapping}: {r.name}: {r.message}" for r in failed])
+        else:
+            return folder, "the mappings folder's set, which loads and passes its tests"
+    kept: list[StoredMappingSet | None] = []
+
+    async def read(store: Store) -> int:
+        kept.append(await store.load_mapping_set())
+        return 0
+
+    code = asyncio.run(with_store(config, read))
+    if code != 0:
+        return code
+    stored = kept[0] if kept else None
+    if stored is None or (not stored.files and not config.mappings_allow_empty):
+        if isinstance(problem, ErrorList):
+            print_errors(problem)
+        else:
+            print(problem, file=sys.stderr)
+        print("the store keeps no last good set to re-render with instead: fix the mappings (ticketbridge check) "
+              "before replaying with --rerender", file=sys.stderr)
+        return 2
+    try:
+        mappings = load_stored_mappings(config, stored.files)
+    except ErrorList as exc:
+        print_errors(exc)
+        print(f"the last good set kept in the store (version {stored.version}) does not load with this config: fix "
+              "the mappings (ticketbridge check) before replaying with --rerender", file=sys.stderr)
+        return 2
+    why = str(problem).splitlines()[0] if str(problem) else "it does not load"
+    saved = datetime.fromtimestamp(stored.saved_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    print(f"the mappings folder's set is not the one a server takes ({why}; `ticketbridge check` shows all): "
+          f"re-rendering with the last good set kept in the store, version {stored.version} (saved {saved} UTC)",
+          file=sys.stderr)
+    return mappings, f"the last good set kept in the store, saved {saved} UTC"
+
+
+def _report(result: ReplayResult, sender: str, used: str | None = None) -> int:
     """What a replay did (or, on a dry run, would do): the ids, each refusal with its reason, and the count;
-    exit 1 when some were refused."""
+    exit 1 when some were refused. `used` says which mapping set re-rendered them."""
     if result.dry_run:
         for i in result.matched:
             print(i)
@@ -364,7 +475,8 @@ def _report(result: ReplayResult, sender: str) -> int:
         return 0
     for refusal in result.refused:
         print(f"{refusal.id}: not replayed: {refusal.reason}", file=sys.stderr)
-    rerendered = f" (re-rendered with mappings version {result.mappings_version})" if result.mappings_version else ""
+    rerendered = (f" (re-rendered with mappings version {result.mappings_version}"
+                  + (f": {used}" if used else "") + ")") if result.mappings_version else ""
     print(f"replayed {len(result.replayed)} of {len(result.matched)} deliveries{rerendered}; {sender} sends them "
           "within seconds")
     return 0 if not result.refused else 1

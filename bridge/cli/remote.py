@@ -10,7 +10,16 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-from bridge.console.models import DeliveryPage, DeliveryView, ErrorBody, MarkSucceededBody, ReplayBody, ReplayResult
+from bridge.console.models import (
+    DeliveryPage,
+    DeliveryView,
+    ErrorBody,
+    MarkDeadBody,
+    MarkDeadResult,
+    MarkSucceededBody,
+    ReplayBody,
+    ReplayResult,
+)
 from bridge.errors import NotFound
 from bridge.store.base import DeliveryDetail, DeliveryFilter, DeliveryRow
 
@@ -96,4 +105,9 @@ class AdminClient:
 
     async def replay(self, body: ReplayBody) -> ReplayResult:
         result: ReplayResult = await self._call("POST", "/admin/api/replay", ReplayResult, body=body)
+        return result
+
+    async def mark_dead(self, destination: str, body: MarkDeadBody) -> MarkDeadResult:
+        result: MarkDeadResult = await self._call(
+            "POST", f"/admin/api/destinations/{segment(destination)}/mark-dead", MarkDeadResult, body=body)
         return result

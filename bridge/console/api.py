@@ -31,6 +31,8 @@ from bridge.console.models import (
     LaneState,
     MappingInfo,
     MappingSetView,
+    MarkDeadBody,
+    MarkDeadResult,
     MarkSucceededBody,
     Overview,
     PauseBody,
@@ -44,6 +46,7 @@ from bridge.console.models import (
 )
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.coordination import Gate
+from bridge.delivery.orphans import mark_dead, unconfigured
 from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
 from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.ids import id_floor, new_id
@@ -511,7 +514,19 @@ async def get_event(call: Call) -> EventView:
 
 
 async def list_destinations(call: Call) -> DestinationList:
-    return DestinationList(items=await _lanes(call.rt))
+    """The configured destinations, then those no longer configured whose deliveries the store still has."""
+    rt = call.rt
+    store = _store(rt)
+    counts, oldest = await store.counts(), await store.oldest_pending()
+    now = time.time()
+    orphans = [LaneState(
+        name=name, vendor="", running=False, breaker="closed", breaker_reopens_at=None, paused=False,
+        paused_until=None, counts={s: by_status.get(s, 0) for s in STATUSES},
+        backlog=by_status.get("pending", 0) + by_status.get("in_flight", 0),
+        oldest_pending_age_s=max(0.0, now - oldest[name] / 1000) if name in oldest else None, in_flight=0,
+        max_in_flight=0, rate_limit=None, configured=False)
+        for name, by_status in unconfigured(rt.config.destinations, counts).items()]
+    return DestinationList(items=[*await lane_states(rt, counts, oldest), *orphans])
 
 
 def mapping_infos(mappings: MappingSet) -> list[MappingInfo]:
@@ -584,6 +599,20 @@ async def resume_destination(call: Call) -> LaneState:
     return await _state(call, name)
 
 
+async def mark_destination_dead(call: Call) -> MarkDeadResult:
+    """Every pending delivery of a destination no longer configured made dead with the reason given; audited."""
+    given: MarkDeadBody = call.body
+    name = call.param("destination")
+    if name in call.rt.config.destinations:
+        raise ApiError(409, f"destination {name!r} is configured: its lane sends its deliveries; pause it, or remove "
+                            "it from bridge.yaml and restart, before marking its deliveries dead")
+    with blame(422, "path.destination", "body.reason"):
+        marked = await mark_dead(_store(call.rt), name, by=call.caller.name, reason=given.reason)
+    await _audit(call, "destination.mark_dead", name, {"status": given.status, "reason": given.reason,
+                                                       "marked": marked})
+    return MarkDeadResult(destination=name, marked=marked)
+
+
 async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
     """`ids`, then those the filter matches (when it has a field), up to `limit`; neither: none."""
     ids: list[str] = list(dict.fromkeys(given.ids))
@@ -608,17 +637,22 @@ async def replay(call: Call) -> ReplayResult:
     given: ReplayBody = call.body
     rt = call.rt
     store = _store(rt)
+    rerender = given.rerender or given.rerender_mapping is not None
+    if given.rerender_mapping is not None and given.rerender_mapping not in rt.mappings.mappings:
+        raise ApiError(409, f"body.rerender_mapping: no mapping {given.rerender_mapping!r} is in force; loaded: "
+                            f"{', '.join(sorted(rt.mappings.mappings)) or '(none)'}")
     with blame(422, _given(given.ids, "body.ids"), _given(given.destination, "body.destination"),
                _given(given.mapping, "body.mapping"), _given(given.source, "body.source")):
         ids = await _replay_ids(store, given)
-        mappings = rt.mappings if given.rerender else None
+        mappings = rt.mappings if rerender else None
         moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars,
                                                  destinations=rt.config.destinations, dry_run=given.dry_run,
-                                                 rerender_hint="rerender")
+                                                 rerender_hint="rerender", with_mapping=given.rerender_mapping)
     if moved:  # none on a dry run
-        await _audit(call, "deliveries.rerender" if given.rerender else "deliveries.replay",
+        await _audit(call, "deliveries.rerender" if rerender else "deliveries.replay",
                      moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
-                     {"ids": moved[:1000], "count": len(moved), "refused": len(refused)})
+                     {"ids": moved[:1000], "count": len(moved), "refused": len(refused),
+                      **({"mapping": given.rerender_mapping} if given.rerender_mapping else {})})
         if rt.dispatcher is not None:
             rt.dispatcher.notify(set(rt.dispatcher.lanes))
     return ReplayResult(dry_run=given.dry_run, matched=ids, replayed=moved,
@@ -659,8 +693,12 @@ ROUTES: list[Route] = [
           errors={**NOT_FOUND, 409: "no delivery workers run in this process"}),
     Route("POST", "/admin/api/destinations/{destination}/resume", resume_destination, "Send to a destination again",
           LaneState, change=True, errors={**NOT_FOUND, 409: "no delivery workers run in this process"}),
+    Route("POST", "/admin/api/destinations/{destination}/mark-dead", mark_destination_dead,
+          "Mark the pending deliveries of a destination no longer configured dead, with a reason", MarkDeadResult,
+          change=True, body=MarkDeadBody, errors={409: "the destination is configured"}),
     Route("POST", "/admin/api/replay", replay, "Send deliveries again (by id or filter), optionally re-rendered; "
-          "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody),
+          "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody,
+          errors={409: "`rerender_mapping` names no mapping in force"}),
     Route("POST", "/admin/api/deliveries/{delivery_id}/mark-succeeded", mark_delivery_succeeded,
           "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
           DeliveryView, change=True, body=MarkSucceededBody,

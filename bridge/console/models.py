@@ -81,6 +81,9 @@ class LaneState(msgspec.Struct, kw_only=True):
     in_flight: int
     max_in_flight: int
     rate_limit: RateUse | None
+    configured: bool = True
+    """False: a destination no longer in bridge.yaml that still has deliveries in the store; nothing sends them
+    (mark them dead with `POST /admin/api/destinations/{name}/mark-dead`)."""
 
 
 class DestinationList(msgspec.Struct, kw_only=True):
@@ -188,6 +191,10 @@ class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     source: Name | None = None
     rerender: bool = False
     """Render each again with the mappings in force, from its stored event."""
+    rerender_mapping: Name | None = None
+    """Re-render (as `rerender` does) with this mapping in force instead of each delivery's own (the deliveries of
+    a renamed mapping); it must take their source and feed their destination and action, and they belong to it
+    from then on. (`mapping` is the filter: the deliveries of a mapping.)"""
     dry_run: bool = False
     limit: Annotated[int, Meta(ge=1, le=10000)] = 1000
 
@@ -199,6 +206,20 @@ class MarkSucceededBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     ticket_key: Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL)] | None = None
     note: Annotated[str, Meta(max_length=500, extra_json_schema=NO_NUL)] | None = None
     """Why (e.g. "found in the Kapture console"), kept with the attempt and the audit entry."""
+
+
+class MarkDeadBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An operator's word that a destination's deliveries are not to be sent (it is no longer configured)."""
+
+    reason: Annotated[str, Meta(min_length=1, max_length=500, extra_json_schema=NO_NUL)]
+    """Why, kept as each delivery's last error and in the audit log."""
+    status: Literal["pending"] = "pending"
+    """Which deliveries: the pending ones (one in flight is pending again once its lease runs out)."""
+
+
+class MarkDeadResult(msgspec.Struct, kw_only=True):
+    destination: str
+    marked: int
 
 
 class Refusal(msgspec.Struct, kw_only=True):

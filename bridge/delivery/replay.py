@@ -51,12 +51,14 @@ async def _to_gone(store: Store, chunk: list[str], gone: set[str]) -> dict[str, 
 
 async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet | None, vars_: dict[str, Any], *,
                             destinations: Collection[str], dry_run: bool, rerender_hint: str,
-                            progress: Callable[[int], None] | None = None) -> tuple[list[str], dict[str, str]]:
+                            progress: Callable[[int], None] | None = None,
+                            with_mapping: str | None = None) -> tuple[list[str], dict[str, str]]:
     """Move `ids` back to pending, REPLAY_CHUNK at a time, each re-rendered first when `mappings` is given: the
     ids moved, and why each other one was not (on a dry run: none moved, and why each would not be).
     A delivery to a destination not among `destinations` (the configured ones) is refused, naming it.
     `rerender_hint` names the option that re-renders, for the reason a delivery without a body gets;
-    `progress` hears how many ids are done after each chunk."""
+    `progress` hears how many ids are done after each chunk. `with_mapping` re-renders each with that mapping of
+    `mappings` rather than its own, and gives the delivery to it."""
     refused: dict[str, str] = {}
     moved: list[str] = []
     # Destinations the store has deliveries for and the config no longer names: only when there are any does a
@@ -70,7 +72,7 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
             chunk = [i for i in chunk if i not in to_gone]
         bodies = None
         if mappings is not None:
-            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, vars_)
+            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, vars_, with_mapping)
             refused.update(not_rendered)
             chunk = [i for i in chunk if i in bodies]
         if dry_run:
@@ -83,7 +85,7 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
                 if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
                     refused[i] = _stuck(d, rerender_hint)
         else:
-            moved.extend(await store.replay(chunk, bodies))
+            moved.extend(await store.replay(chunk, bodies, mapping=with_mapping if bodies is not None else None))
         if progress is not None:
             progress(min(start + REPLAY_CHUNK, len(ids)))
     if not dry_run:

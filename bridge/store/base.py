@@ -358,9 +358,11 @@ class Store(ABC):
     @abstractmethod
     async def replay(
         self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
+        mapping: str | None = None,
     ) -> list[str]:
         """Make succeeded or dead deliveries pending again, due now, their schedule restarted; with
-        `bodies` (id → (body, mapping version)) replace what they send. Returns the ids moved."""
+        `bodies` (id → (body, mapping version)) replace what they send, and with `mapping` too, the mapping the
+        re-rendered ones (those in `bodies`) belong to. Returns the ids moved."""
 
     @abstractmethod
     async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
@@ -399,6 +401,17 @@ class Store(ABC):
         the process should stop and be started again. Never returns for a store that cannot be lost."""
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
+
+    @abstractmethod
+    async def mapping_backlog(self, open_since_ms: dict[str, int]) -> dict[str, dict[str, int]]:
+        """For each mapping named in `open_since_ms` that has any: its deliveries `pending`, `in_flight` and
+        `dead`, and its `conversations` open (a message at or after the time given for it), each count left out
+        at zero."""
+
+    @abstractmethod
+    async def mark_dead(self, destination: str, error: str, limit: int) -> int:
+        """An operator's word that up to `limit` pending deliveries of `destination` are not to be sent: dead, with
+        `error` as their last error, their schedule left as it was; how many were."""
 
     @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:

@@ -314,6 +314,7 @@ class MemoryStore(Store):
 
     async def replay(
         self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
+        mapping: str | None = None,
     ) -> list[str]:
         self._check_open()
         new = bodies or {}
@@ -326,7 +327,7 @@ class MemoryStore(Store):
             if delivery_id in new:
                 body, version = new[delivery_id]
                 d.body = encode(body)
-                self._update(d, mapping_version=version)
+                self._update(d, mapping_version=version, mapping=storable(mapping) if mapping else d.row.mapping)
             elif d.body is None:
                 continue
             self._update(d, status="pending", tries=0, next_attempt_at_ms=now, last_error=None, in_doubt_since_ms=None)
@@ -356,6 +357,32 @@ class MemoryStore(Store):
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:
         self._subscribers.append(callback)
+
+    async def mapping_backlog(self, open_since_ms: dict[str, int]) -> dict[str, dict[str, int]]:
+        self._check_open()
+        since = {storable(name): at for name, at in open_since_ms.items()}
+        out: dict[str, dict[str, int]] = {}
+        for d in self.deliveries.values():
+            if d.row.mapping in since and d.row.status in ("pending", "in_flight", "dead"):
+                counts = out.setdefault(d.row.mapping, {})
+                counts[d.row.status] = counts.get(d.row.status, 0) + 1
+        for c in self.conversations.values():
+            if c.mapping in since and c.last_message_at_ms >= since[c.mapping]:
+                counts = out.setdefault(c.mapping, {})
+                counts["conversations"] = counts.get("conversations", 0) + 1
+        return out
+
+    async def mark_dead(self, destination: str, error: str, limit: int) -> int:
+        self._check_open()
+        destination, error = storable(destination), storable(error)
+        marked = 0
+        for d in sorted(self.deliveries.values(), key=lambda d: d.row.id):
+            if marked >= limit:
+                break
+            if d.row.destination == destination and d.row.status == "pending":
+                self._update(d, status="dead", last_error=error)
+                marked += 1
+        return marked
 
     async def counts(self) -> dict[str, dict[str, int]]:
         self._check_open()

@@ -593,8 +593,10 @@ class PostgresStore(Store):
 
     async def replay(
         self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
+        mapping: str | None = None,
     ) -> list[str]:
         new = bodies or {}
+        renamed = storable(mapping) if mapping else None
 
         async def op(conn: Any) -> list[str]:
             now = now_ms()
@@ -604,9 +606,10 @@ class PostgresStore(Store):
                     body, version = new[i]
                     got = await conn.fetchrow(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1, "
-                        "last_error = NULL, in_doubt_since = NULL, body = $2, mapping_version = $3 "
-                        "WHERE id = $4 AND status IN ('succeeded', 'dead') RETURNING destination",
-                        now, encode(body), version, i)
+                        "last_error = NULL, in_doubt_since = NULL, body = $2, mapping_version = $3, "
+                        "mapping = COALESCE($5, mapping) WHERE id = $4 AND status IN ('succeeded', 'dead') "
+                        "RETURNING destination",
+                        now, encode(body), version, i, renamed)
                 else:
                     got = await conn.fetchrow(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1, "
@@ -649,6 +652,39 @@ class PostgresStore(Store):
 
         done: bool = await self._run(op)
         return done
+
+    async def mapping_backlog(self, open_since_ms: dict[str, int]) -> dict[str, dict[str, int]]:
+        since = {storable(name): at for name, at in open_since_ms.items()}
+
+        async def op(conn: Any) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for name, at in since.items():
+                for status in ("pending", "in_flight", "dead"):  # each through its partial index
+                    n = await conn.fetchval(f"SELECT COUNT(*) FROM deliveries WHERE status = '{status}' "  # noqa: S608
+                                            "AND mapping = $1", name)
+                    if n:
+                        out.setdefault(name, {})[status] = n
+                n = await conn.fetchval("SELECT COUNT(*) FROM conversations WHERE mapping = $1 "
+                                        "AND last_message_at >= $2", name, at)
+                if n:
+                    out.setdefault(name, {})["conversations"] = n
+            return out
+
+        found: dict[str, dict[str, int]] = await self._run(op, transaction=False)
+        return found
+
+    async def mark_dead(self, destination: str, error: str, limit: int) -> int:
+        destination, error = storable(destination), storable(error)
+
+        async def op(conn: Any) -> int:
+            done = await conn.execute(
+                "UPDATE deliveries SET status = 'dead', last_error = $1, updated_at = $2 WHERE id IN "
+                "(SELECT id FROM deliveries WHERE destination = $3 AND status = 'pending' ORDER BY id LIMIT $4 "
+                "FOR UPDATE SKIP LOCKED)", error, now_ms(), destination, limit)
+            return int(done.split()[-1])
+
+        marked: int = await self._run(op)
+        return marked
 
     async def counts(self) -> dict[str, dict[str, int]]:
         async def op(conn: Any) -> dict[str, dict[str, int]]:

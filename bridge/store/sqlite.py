@@ -850,8 +850,10 @@ class SqliteStore(Store):
 
     async def replay(
         self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
+        mapping: str | None = None,
     ) -> list[str]:
         new = bodies or {}
+        renamed = storable(mapping) if mapping else None
 
         def op(conn: sqlite3.Connection) -> list[str]:
             now = now_ms()
@@ -861,9 +863,9 @@ class SqliteStore(Store):
                     body, version = new[i]
                     row = conn.execute(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
-                        "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ? "
-                        "WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
-                        (now, now, encode(body), version, i)).fetchone()
+                        "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ?, "
+                        "mapping = COALESCE(?, mapping) WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
+                        (now, now, encode(body), version, renamed, i)).fetchone()
                 else:
                     row = conn.execute(
                         "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
@@ -942,6 +944,40 @@ class SqliteStore(Store):
             for callback in self._subscribers:
                 callback(destination)
         return done
+
+    async def mapping_backlog(self, open_since_ms: dict[str, int]) -> dict[str, dict[str, int]]:
+        since = {storable(name): at for name, at in open_since_ms.items()}
+
+        def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for name, at in since.items():
+                for status in ("pending", "in_flight", "dead"):  # each through its partial index
+                    n = conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE status = '{status}' "  # noqa: S608
+                                     "AND mapping = ?", (name,)).fetchone()[0]
+                    if n:
+                        out.setdefault(name, {})[status] = n
+                n = conn.execute("SELECT COUNT(*) FROM conversations WHERE id >= ? AND id < ? AND mapping = ? "
+                                 "AND last_message_at >= ?", (f"{name}|", f"{name}}}", name, at)).fetchone()[0]
+                if n:
+                    out.setdefault(name, {})["conversations"] = n
+            return out
+
+        found: dict[str, dict[str, int]] = await self._read(run)
+        return found
+
+    async def mark_dead(self, destination: str, error: str, limit: int) -> int:
+        destination, error = storable(destination), storable(error)
+
+        def op(conn: sqlite3.Connection) -> int:
+            now = now_ms()
+            marked: int = conn.execute(
+                "UPDATE deliveries SET status = 'dead', last_error = ?, updated_at = ? WHERE id IN "
+                "(SELECT id FROM deliveries WHERE destination = ? AND status = 'pending' ORDER BY id LIMIT ?)",
+                (error, now, destination, limit)).rowcount
+            return marked
+
+        marked: int = await self._write(op)
+        return marked
 
     async def counts(self) -> dict[str, dict[str, int]]:
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:

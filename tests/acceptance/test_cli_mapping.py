@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.app import load_mappings
 from bridge.config import load_config
 from bridge.events import Event
 from bridge.registries import REGISTRIES
@@ -243,7 +244,8 @@ def test_replay_rerender_renders_dead_deliveries_with_the_current_mapping(
     assert "dlv_dead: not replayed: it never rendered (fix the mapping, then replay with --rerender)" in err
     code, out, err = run(capsys, "replay", "dlv_dead", "dlv_gone", "--rerender", "-c", cfg)
     assert code == 1
-    assert err == "dlv_gone: not replayed: mapping 'retired' is not among the current mappings\n"
+    assert err == ("dlv_gone: not replayed: mapping 'retired' is not among the current mappings; if it was renamed, "
+                   "re-render with the new one (--mapping NEW)\n")
     assert out.startswith("replayed 1 of 2 deliveries (re-rendered with mappings version ")
 
     async def read() -> tuple[str, str, object]:
@@ -269,3 +271,90 @@ def test_render_with_a_ticket_renders_the_follow_up(tmp_path: Path, capsys: pyte
     code, out, err = run(capsys, "render", "partner", "-c", cfg, "--input", given)
     assert (code, err) == (0, "")
     assert json.loads(out) == [{"ticket_id": "713", "sub_status": "P", "comment": "Still slow"}]
+
+
+def test_replay_rerender_uses_the_kept_set_when_the_folder_fails_its_tests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder whose edit fails its own tests is not what a server serves: a local `replay --rerender` renders
+    with the last good set the store keeps, and says so; with no set kept it refuses, naming the failures."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    config = load_config(Path(cfg), {}, registries=REGISTRIES)
+    good = load_mappings(config)
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"id": "p-5", "title": "Fixed"})
+    dead = NewDelivery(id="dlv_dead", mapping="partner", mapping_version="old", destination="kapture",
+                       action="create_ticket", body=None, status="dead", error="title: template failed")
+
+    async def seed(keep: bool) -> None:
+        store = open_store(config)
+        await store.open()
+        if keep:
+            await store.save_mapping_set(good.files, good.version)
+        else:
+            await store.accept(event, [dead], 0)
+        await store.close()
+
+    rejected = PARTNER.replace("title: {from: payload.title, required: true, transform: [strip]}",
+                               'title: "Rejected {{ payload.title }}"')
+    (tmp_path / "mappings" / "partner.yaml").write_text(rejected)
+    asyncio.run(seed(keep=False))
+    capsys.readouterr()
+    code, out, err = run(capsys, "replay", "dlv_dead", "--rerender", "-c", cfg)
+    assert (code, out) == (2, "")
+    assert "mapping tests failed" in err and "keeps no last good set" in err
+
+    asyncio.run(seed(keep=True))
+    capsys.readouterr()
+    code, out, err = run(capsys, "replay", "dlv_dead", "--rerender", "-c", cfg)
+    assert code == 0, err
+    assert f"re-rendering with the last good set kept in the store, version {good.version}" in err
+    assert out.startswith(f"replayed 1 of 1 deliveries (re-rendered with mappings version {good.version}: "
+                          "the last good set kept in the store")
+
+    async def body() -> object:
+        store = open_store(config, owner=False)
+        await store.open()
+        detail = await store.get_delivery("dlv_dead")
+        await store.close()
+        return detail.body
+
+    assert asyncio.run(body()) == {"title": "Fixed", "priority": "P2", "source_ref": "p-5"}
+
+
+def test_replay_rerender_with_mapping_renders_a_renamed_mappings_deliveries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --rerender --mapping NEW` renders a delivery of a mapping no longer loaded with NEW, which it then
+    belongs to; NEW must be loaded, feed the same destination and action, and --mapping needs --rerender."""
+    cfg = setup(tmp_path, {"partner": PARTNER})
+    config = load_config(Path(cfg), {}, registries=REGISTRIES)
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"id": "p-6", "title": "Moved"})
+    gone = NewDelivery(id="dlv_gone", mapping="retired", mapping_version="old", destination="kapture",
+                       action="create_ticket", body=None, status="dead", error="x")
+    other = NewDelivery(id="dlv_other", mapping="retired", mapping_version="old", destination="kapture",
+                        action="update_ticket", body=None, status="dead", error="x")
+
+    async def seed() -> None:
+        store = open_store(config)
+        await store.open()
+        await store.accept(event, [gone, other], 0)
+        await store.close()
+
+    asyncio.run(seed())
+    capsys.readouterr()
+    code, _, err = run(capsys, "replay", "dlv_gone", "--mapping", "partner", "-c", cfg)
+    assert (code, err) == (2, "--mapping partner names the mapping to re-render with: it takes --rerender\n")
+    code, _, err = run(capsys, "replay", "dlv_gone", "--rerender", "--mapping", "nope", "-c", cfg)
+    assert code == 2 and "--mapping nope: no such mapping" in err and "loaded: partner" in err
+    code, out, err = run(capsys, "replay", "dlv_gone", "dlv_other", "--rerender", "--mapping", "partner", "-c", cfg)
+    assert code == 1
+    assert err == ("dlv_other: not replayed: mapping 'partner' feeds kapture create_ticket, but this delivery goes "
+                   "to kapture update_ticket; name a mapping of the same destination and action\n")
+    assert out.startswith("replayed 1 of 2 deliveries")
+
+    async def read() -> tuple[str, str, object]:
+        store = open_store(config, owner=False)
+        await store.open()
+        detail = await store.get_delivery("dlv_gone")
+        await store.close()
+        return detail.delivery.status, detail.delivery.mapping, detail.body
+
+    assert asyncio.run(read()) == ("pending", "partner", {"title": "Moved", "priority": "P2", "source_ref": "p-6"})

@@ -86,6 +86,7 @@ BODIES: dict[str, tuple[bytes, int]] = {
     # or resume: 409, as the app of this test runs no delivery workers)
     "/admin/api/destinations/{destination}/pause": (b'{"reason": "maintenance"}', 409),
     "/admin/api/destinations/{destination}/resume": (b"{}", 409),
+    "/admin/api/destinations/{destination}/mark-dead": (b'{"reason": "retired"}', 409),  # a configured destination
     "/admin/api/replay": (b'{"ids": ["dlv_x"], "dry_run": true}', 200),
     "/admin/api/deliveries/{delivery_id}/mark-succeeded": (b'{"ticket_id": "T-1"}', 404),
     "/admin/api/playground": (b'{"source": "partner", "body": "{}"}', 200),

@@ -348,3 +348,67 @@ async def test_a_reload_past_its_deadline_is_a_failed_reload(
     await eventually(lambda: rt.mapping_status.failures == 1, timeout=10.0)
     assert "ran past its deadline of 0.2 s (mappings_reload_timeout)" in (rt.mapping_status.last_error or "")
     assert rt.mappings is good
+
+
+async def test_emptying_the_folder_is_refused_and_the_set_in_force_kept(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """Moving every mapping file out of the folder (a deploy, `rsync --delete`) is a failed reload: the set in
+    force keeps taking events, the error names the folder and what to do, and the kept last good set stays."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    store = rt.store
+    assert store is not None
+    await eventually(lambda: rt.mapping_status.stored_version == rt.mappings.version, timeout=10.0)
+    good = rt.mappings
+    folder = tmp_path / "mappings"
+    with capture_logs() as logs:
+        (folder / "partner.yaml").rename(tmp_path / "partner.yaml.away")
+        await eventually(lambda: rt.mapping_status.failures == 1)
+    assert rt.mappings is good
+    [failed] = [e for e in logs if e["event"] == "mappings.reload_failed"]
+    assert str(folder) in failed["error"] and "mappings_allow_empty: true" in failed["error"]
+    assert "partner" in failed["error"]
+    resp = await client.post("/hooks/partner", json={"id": "e", "title": "Router down"})
+    assert (await resp.json())["deliveries"] == 1
+    kept = await store.load_mapping_set()
+    assert kept is not None and kept.version == good.version
+
+
+async def test_with_an_empty_folder_at_restart_the_last_good_set_serves(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """A start whose folder holds no mapping file, while the store keeps a last good set with some, serves that
+    set, degraded, the folder's problem shown; the empty set is never kept over it."""
+    config = write_config(CONFIG, {"partner": PARTNER})
+    first = await bridge_client(config, workers=False)
+    await eventually(lambda: runtime(first).mapping_status.stored_version is not None, timeout=10.0)
+    good = runtime(first).mappings.version
+    await first.close()
+    (tmp_path / "mappings" / "partner.yaml").unlink()
+
+    with capture_logs() as logs:
+        client = await bridge_client(config, workers=False)
+    rt = runtime(client)
+    assert (rt.mapping_status.source, rt.mappings.version) == ("last_good", good)
+    assert "holds no mapping file" in (rt.mapping_status.folder_error or "")
+    assert any(e["event"] == "mappings.folder_broken" for e in logs)
+    await post(client, "h")
+    assert await titles(client) == ["Partner: Router down"]
+    body = await (await client.get("/admin/mappings", headers=AUTH)).json()
+    assert (body["source"], body["degraded"]) == ("last_good", True)
+    store = rt.store
+    assert store is not None
+    kept = await store.load_mapping_set()
+    assert kept is not None and kept.version == good
+
+
+async def test_mappings_allow_empty_takes_an_emptied_folder(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """With `mappings_allow_empty: true`, emptying the folder is a reload like any other: no mapping in force."""
+    client = await bridge_client(write_config(CONFIG + "mappings_allow_empty: true\n", {"partner": PARTNER}),
+                                 workers=False)
+    rt = runtime(client)
+    (tmp_path / "mappings" / "partner.yaml").unlink()
+    await eventually(lambda: not rt.mappings.mappings)
+    assert rt.mapping_status.last_result == "ok"
+    resp = await client.post("/hooks/partner", json={"id": "e", "title": "Router down"})
+    assert (await resp.json())["deliveries"] == 0

@@ -745,6 +745,52 @@ class StoreContract:
         assert (da.body, da.delivery.mapping_version) == ({"title": "new"}, "v9")
         assert (db.body, db.delivery.mapping_version) == ({"title": "Router down"}, "v1")
 
+    async def test_replay_with_a_mapping_gives_the_rerendered_ones_to_it(self, store: Store) -> None:
+        """With `mapping`, the re-rendered deliveries belong to that mapping from then on (a claim names it); a
+        delivery replayed without a new body keeps its own."""
+        _, (a, b) = await accept_one(store, make_delivery(mapping="old-name"), make_delivery(mapping="old-name"))
+        await store.claim("kapture-support", 10, "w", 30)
+        for d in (a, b):
+            await store.record(result(d, "dead", classification="permanent", error="x"))
+        moved = await store.replay([a, b], {a: ({"title": "new"}, "v9")}, mapping="new-name")
+        assert sorted(moved) == sorted([a, b])
+        assert ((await row(store, a)).mapping, (await row(store, b)).mapping) == ("new-name", "old-name")
+        claimed = {c.id: c.mapping for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        assert claimed == {a: "new-name", b: "old-name"}
+
+    async def test_mapping_backlog_counts_unsettled_and_dead_deliveries_and_open_conversations(
+            self, store: Store) -> None:
+        """mapping_backlog gives, for each mapping asked about, its pending, in-flight and dead deliveries and its
+        conversations with a message since the time given; succeeded ones and other mappings are not counted."""
+        assert await store.mapping_backlog({"gone": 0}) == {}
+        dead = make_delivery(mapping="gone", body=None, status="dead", error="x")
+        await accept_one(store, make_delivery(mapping="gone", destination="lsq"),
+                         make_delivery(mapping="gone", conversation="gone|k1", conversation_key="k1"), dead)
+        await accept_one(store, make_delivery(mapping="gone", conversation="gone|k2", conversation_key="k2"))
+        await accept_one(store, make_delivery(mapping="kept"))
+        await store.claim("lsq", 10, "w", 30)
+        assert await store.mapping_backlog({"gone": 0, "other": 0}) == {
+            "gone": {"pending": 2, "in_flight": 1, "dead": 1, "conversations": 2}}
+        assert (await store.mapping_backlog({"gone": now_ms() + 60_000}))["gone"] == {
+            "pending": 2, "in_flight": 1, "dead": 1}
+
+    async def test_mark_dead_takes_a_destinations_pending_deliveries_only(self, store: Store) -> None:
+        """mark_dead makes up to `limit` pending deliveries of the destination dead with the reason given; in-flight,
+        settled and other destinations' deliveries are left alone, and the dead ones can be replayed."""
+        _, ids = await accept_one(store, *(make_delivery(destination="gone") for _ in range(3)),
+                                  make_delivery(destination="kept"))
+        leased = (await store.claim("gone", 1, "w", 30)).items[0].id
+        assert await store.mark_dead("gone", "marked dead by ops: removed", 1) == 1
+        assert await store.mark_dead("gone", "marked dead by ops: removed", 10) == 1
+        assert await store.mark_dead("gone", "again", 10) == 0
+        rows = {d: await row(store, d) for d in ids}
+        assert sorted(r.status for r in rows.values()) == ["dead", "dead", "in_flight", "pending"]
+        assert rows[leased].status == "in_flight" and rows[ids[3]].status == "pending"
+        assert {r.last_error for r in rows.values() if r.status == "dead"} == {"marked dead by ops: removed"}
+        assert await store.counts() == {"gone": {"dead": 2, "in_flight": 1}, "kept": {"pending": 1}}
+        dead = [d for d, r in rows.items() if r.status == "dead"]
+        assert sorted(await store.replay(dead)) == sorted(dead)
+
     # -- conversations ----------------------------------------------------------------------------
 
     async def test_a_conversation_is_claimed_one_delivery_at_a_time_in_arrival_order(self, store: Store) -> None:

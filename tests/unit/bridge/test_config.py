@@ -696,6 +696,12 @@ def test_mapping_start_and_reload_options(tmp_path: Path) -> None:
     assert slow.line == 2 and "mappings_reload_timeout" in str(slow)
 
 
+def test_mappings_allow_empty_is_off_unless_set(tmp_path: Path) -> None:
+    """`mappings_allow_empty` defaults to false (an emptied folder is refused) and takes true."""
+    assert load(tmp_path, "sources: {}\n").mappings_allow_empty is False
+    assert load(tmp_path, "mappings_allow_empty: true\n").mappings_allow_empty is True
+
+
 def test_pool_keys_reach_the_postgresql_store(tmp_path: Path) -> None:
     """`store.pool_min`/`pool_max` size the PostgreSQL pool, and `group_commit_max` its accept groups."""
     from bridge.store import open_store
