@@ -19,6 +19,7 @@ from bridge.errors import Rejected, StoreRefused, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
 from bridge.logs import LEVEL
+from bridge.mapping.limits import LoopSlice, SliceOver
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
@@ -88,13 +89,12 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
                     check="parse")
 
 
-async def _run_handler(rt: Runtime, source: Source, request: web.Request,
-                       body: bytes) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
-    """The handler's checks and parse (in the parser thread when the body calls for it): the request's events
-    and its signed nonce, or the answer to a handshake or an ignored notification. Rejected passes through; any
-    other exception is a handler bug met on these bytes."""
+async def _run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes,
+                       off: bool) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
+    """The handler's checks and parse (in the parser thread when `off`, the body's `offloaded`): the request's
+    events and its signed nonce, or the answer to a handshake or an ignored notification. Rejected passes through;
+    any other exception is a handler bug met on these bytes."""
     handler = source.handler
-    off = offloaded(body)  # one look at the body decides for both steps
     try:
         check_auth(handler.options.auth, request)
         handler.check_content_type(request)
@@ -121,7 +121,7 @@ def _kept(rt: Runtime, source: Source, request: web.Request) -> tuple[dict[str, 
     return headers, meta
 
 
-def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
+async def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
     """Make the event's payload and dedup key storable, and plan its deliveries again from the escaped payload.
     The store refused text that is not UTF-8: lone surrogates, such as the 8-bit bytes of a raw MIME header the
     email package could not parse (kept raw, read with surrogateescape). Parsers escape what they decode
@@ -132,7 +132,7 @@ def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSe
         event.dedup_key = escape_text(event.dedup_key)
     rt.count("escaped", source=source.name, where="payload")
     log.warning("intake.escaped", source=source.name, event_id=event.id, where="payload", strings=changed)
-    deliveries, _errors = plan_deliveries(mappings, event, rt.config.vars)
+    [(deliveries, _errors)] = await _plan(rt, source, [event], mappings, False)
     return deliveries
 
 
@@ -257,7 +257,7 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
             try:
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
             except UnicodeEncodeError:
-                deliveries = _escape_event(rt, source, event, mappings)
+                deliveries = await _escape_event(rt, source, event, mappings)
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
         except StoreRefused as exc:
             raise _Refused(event, exc, results) from exc
@@ -290,6 +290,32 @@ async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, bo
     if not off:
         return step(request, body)
     return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
+
+
+LOOP_SLICE_S = 0.005
+"""How long the mappings' render of a request may hold the event loop before it is run again in the parser thread."""
+
+
+def _plan_each(events: list[Event], mappings: MappingSet,
+               vars_: dict[str, Any]) -> list[tuple[list[NewDelivery], list[str]]]:
+    return [plan_deliveries(mappings, event, vars_) for event in events]
+
+
+async def _plan(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
+                off: bool) -> list[tuple[list[NewDelivery], list[str]]]:
+    """Each event's deliveries and render errors. The render runs where the parse did: a large request's in the
+    parser thread; any other's on the loop, under a loop slice of LOOP_SLICE_S, and if its templates run past it
+    (a mapping that loops over a payload made to be large), again in the parser thread under the whole render
+    budget. The loop is held for at most the slice, whatever the mappings and the payload."""
+    vars_ = rt.config.vars
+    if not off:
+        try:
+            with LoopSlice(LOOP_SLICE_S):
+                return _plan_each(events, mappings, vars_)
+        except SliceOver:
+            rt.count("render.offloaded", source=source.name)
+            log.info("intake.render_offloaded", source=source.name, slice_ms=LOOP_SLICE_S * 1000)
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, _plan_each, events, mappings, vars_)
 
 
 def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[NewDelivery],
@@ -335,7 +361,8 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
         body = await _read_body(rt, source, request)
         if body is None:
             return web.Response(status=400)
-        handled = await _run_handler(rt, source, request, body)
+        off = offloaded(body)  # one look at the body places the checks, the parse and the render
+        handled = await _run_handler(rt, source, request, body, off)
         if isinstance(handled, Intercepted):
             return _intercepted(rt, source, handled)
         inbounds, signed = handled
@@ -348,11 +375,10 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
     planned: list[tuple[Event, list[NewDelivery]]] = []
     invalid: list[str] = []
     mappings = rt.mappings
-    for inbound in inbounds:
-        event = Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
-                          headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
-                          spam=inbound.spam)
-        deliveries, errors = plan_deliveries(mappings, event, rt.config.vars)
+    events = [Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
+                        headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
+                        spam=inbound.spam) for inbound in inbounds]
+    for event, (deliveries, errors) in zip(events, await _plan(rt, source, events, mappings, off), strict=True):
         if not deliveries and not event.spam:
             event.meta["unmatched"] = ("every mapping's `when` skipped it" if mappings.for_source(source.name)
                                        else "no mapping takes this source")

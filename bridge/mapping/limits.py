@@ -6,6 +6,10 @@ rendered on its own), and checked by everything that can take long: each loop st
 iterating filter reads, each call, attribute and item look-up. Sizes are checked before an operation
 allocates where its result can be foreseen (`*`, `+`, `~`, `join`, `replace`, padding), and after it
 otherwise, so no string or list past MAX_RESULT_CHARS ever reaches the next step.
+
+A render on the event loop may also run under a loop slice (`LoopSlice`): past it, the same checks raise
+SliceOver, and the caller renders again off the loop, under the whole budget. The budget bounds a render's cost;
+the slice bounds how long one may hold the loop, which answers every other request meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ TIME_BUDGET_S = 0.25
 INFINITY = float("inf")
 # (deadline on the monotonic clock, the budget in ms for the message); no deadline outside a render.
 _deadline: ContextVar[tuple[float, float]] = ContextVar("template_deadline", default=(INFINITY, 0.0))
+# The end of the loop slice, on the monotonic clock; none outside a LoopSlice (nor in other threads).
+_slice: ContextVar[float] = ContextVar("loop_slice", default=INFINITY)
 T = TypeVar("T")
 
 
@@ -33,10 +39,38 @@ class BudgetExceeded(SecurityError, ValueError):
     """A render went past its time budget, or an operation past a size limit."""
 
 
+class SliceOver(BaseException):
+    """A render on the event loop went past its loop slice: render it again off the loop. A BaseException, as
+    CancelledError is, so that no handler of a render's errors (`except Exception`, a filter's fallback) takes
+    it for the render's own failure."""
+
+
 def check_time() -> None:
     deadline, budget_ms = _deadline.get()
-    if time.monotonic() > deadline:
+    now = time.monotonic()
+    if now > deadline:
         raise BudgetExceeded(f"render budget of {budget_ms:.0f} ms exceeded")
+    if now > _slice.get():
+        raise SliceOver
+
+
+class LoopSlice:
+    """Renders in this `with` raise SliceOver once `seconds` have passed from its start (checked where the time
+    budget is). Set in the caller's context only: a render handed to a thread runs without a slice."""
+
+    __slots__ = ("seconds", "token")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.token: Token[float] | None = None
+
+    def __enter__(self) -> None:
+        self.token = _slice.set(time.monotonic() + self.seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _slice.reset(self.token)
+            self.token = None
 
 
 def too_long(size: int, what: str = "string") -> BudgetExceeded:
