@@ -132,7 +132,7 @@ async def _escape_event(rt: Runtime, source: Source, event: Event, mappings: Map
         event.dedup_key = escape_text(event.dedup_key)
     rt.count("escaped", source=source.name, where="payload")
     log.warning("intake.escaped", source=source.name, event_id=event.id, where="payload", strings=changed)
-    [(deliveries, _errors)] = await _plan(rt, source, [event], mappings, False)
+    [(deliveries, _errors)] = _plan_on_loop(rt, source, [event], mappings) or await _plan_off(rt, [event], mappings)
     return deliveries
 
 
@@ -301,21 +301,28 @@ def _plan_each(events: list[Event], mappings: MappingSet,
     return [plan_deliveries(mappings, event, vars_) for event in events]
 
 
-async def _plan(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
-                off: bool) -> list[tuple[list[NewDelivery], list[str]]]:
-    """Each event's deliveries and render errors. The render runs where the parse did: a large request's in the
-    parser thread; any other's on the loop, under a loop slice of LOOP_SLICE_S, and if its templates run past it
-    (a mapping that loops over a payload made to be large), again in the parser thread under the whole render
-    budget. The loop is held for at most the slice, whatever the mappings and the payload."""
-    vars_ = rt.config.vars
-    if not off:
-        try:
-            with LoopSlice(LOOP_SLICE_S):
-                return _plan_each(events, mappings, vars_)
-        except SliceOver:
-            rt.count("render.offloaded", source=source.name)
-            log.info("intake.render_offloaded", source=source.name, slice_ms=LOOP_SLICE_S * 1000)
-    return await asyncio.get_running_loop().run_in_executor(_PARSER, _plan_each, events, mappings, vars_)
+def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
+                  off: bool = False) -> list[tuple[list[NewDelivery], list[str]]] | None:
+    """Each event's deliveries and render errors, rendered on the loop under a loop slice of LOOP_SLICE_S; None
+    when its templates run past it (a mapping that loops over a payload made to be large), or at once when the
+    request is `off` the loop: then `_plan_off`. (A request of no events plans nothing, on either.)"""
+    if off:
+        return None
+    try:
+        with LoopSlice(LOOP_SLICE_S):
+            return _plan_each(events, mappings, rt.config.vars)
+    except SliceOver:
+        rt.count("render.offloaded", source=source.name)
+        log.info("intake.render_offloaded", source=source.name, slice_ms=LOOP_SLICE_S * 1000)
+        return None
+
+
+async def _plan_off(rt: Runtime, events: list[Event],
+                    mappings: MappingSet) -> list[tuple[list[NewDelivery], list[str]]]:
+    """The same in the parser thread, under the whole render budget: a large request's from the start (its parse
+    ran there too), any other's once it ran past its loop slice. The loop is held for at most the slice, whatever
+    the mappings and the payload."""
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, _plan_each, events, mappings, rt.config.vars)
 
 
 def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[NewDelivery],
@@ -378,7 +385,8 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
     events = [Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
                         headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
                         spam=inbound.spam) for inbound in inbounds]
-    for event, (deliveries, errors) in zip(events, await _plan(rt, source, events, mappings, off), strict=True):
+    for event, (deliveries, errors) in zip(events, _plan_on_loop(rt, source, events, mappings, off)
+                                           or await _plan_off(rt, events, mappings), strict=True):
         if not deliveries and not event.spam:
             event.meta["unmatched"] = ("every mapping's `when` skipped it" if mappings.for_source(source.name)
                                        else "no mapping takes this source")
