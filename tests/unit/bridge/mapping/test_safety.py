@@ -144,7 +144,7 @@ def test_a_render_past_its_loop_slice_signals_the_caller_and_is_no_render_error(
     mapping, errors = compile_document(load_yaml(text, "loops.yaml"), "loops", "v1", {"s"},
                                        {"d": frozenset({"create_ticket"})})
     assert errors == [] and mapping is not None
-    with limits.LoopSlice(0.0), pytest.raises(limits.SliceOver):
+    with limits.LoopSlice(-1.0), pytest.raises(limits.SliceOver):
         render_event(mapping, ctx({"list": [1, 2]}), "evt_1")
     assert limits._slice.get() == float("inf")  # the slice ends with its `with`
     assert render_event(mapping, ctx({"list": [1, 2]}), "evt_1").body == {"title": "12"}
@@ -155,7 +155,7 @@ def test_a_loop_slice_holds_in_its_own_context_only() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     field = compile_field("f", "{% for a in range(3) %}{{ a }}{% endfor %}")
-    with limits.LoopSlice(0.0), ThreadPoolExecutor(max_workers=1) as pool:
+    with limits.LoopSlice(-1.0), ThreadPoolExecutor(max_workers=1) as pool:
         assert pool.submit(field, ctx({})).result() == "012"
         with pytest.raises(limits.SliceOver):
             field(ctx({}))
