@@ -6,13 +6,13 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import msgspec
 import structlog
 from aiohttp import web
 
+from bridge import offload
 from bridge.appkeys import RUNTIME, STORED_IDS
 from bridge.connections import BodyTimeout
 from bridge.errors import Rejected, StoreRefused, StoreUnavailable
@@ -280,20 +280,11 @@ def offloaded(body: bytes) -> bool:
     return len(body) > OFFLOAD_BYTES or body.count(b"\n--") + body.count(b"\\n--") > OFFLOAD_MIME_LINES
 
 
-# One thread for them all: CPU-bound threads take the GIL in turns with the loop, so each more thread parsing
-# at once would delay every other request further; heavy requests queue for the parser instead.
-_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
-
-
 async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes, off: bool) -> T:
     """`step(request, body)`, in the parser thread when `off` (the body's `offloaded`)."""
     if not off:
         return step(request, body)
-    return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
-
-
-LOOP_SLICE_S = 0.005
-"""How long the mappings' render of a request may hold the event loop before it is run again in the parser thread."""
+    return await offload.in_parser(step, request, body)
 
 
 def _plan_each(events: list[Event], mappings: MappingSet,
@@ -303,17 +294,17 @@ def _plan_each(events: list[Event], mappings: MappingSet,
 
 def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
                   off: bool = False) -> list[tuple[list[NewDelivery], list[str]]] | None:
-    """Each event's deliveries and render errors, rendered on the loop under a loop slice of LOOP_SLICE_S; None
+    """Each event's deliveries and render errors, rendered on the loop under offload.LOOP_SLICE_S; None
     when its templates run past it (a mapping that loops over a payload made to be large), or at once when the
     request is `off` the loop: then `_plan_off`. (A request of no events plans nothing, on either.)"""
     if off:
         return None
     try:
-        with LoopSlice(LOOP_SLICE_S):
+        with LoopSlice(offload.LOOP_SLICE_S):
             return _plan_each(events, mappings, rt.config.vars)
     except SliceOver:
         rt.count("render.offloaded", source=source.name)
-        log.info("intake.render_offloaded", source=source.name, slice_ms=LOOP_SLICE_S * 1000)
+        log.info("intake.render_offloaded", source=source.name, slice_ms=offload.LOOP_SLICE_S * 1000)
         return None
 
 
@@ -322,7 +313,7 @@ async def _plan_off(rt: Runtime, events: list[Event],
     """The same in the parser thread, under the whole render budget: a large request's from the start (its parse
     ran there too), any other's once it ran past its loop slice. The loop is held for at most the slice, whatever
     the mappings and the payload."""
-    return await asyncio.get_running_loop().run_in_executor(_PARSER, _plan_each, events, mappings, rt.config.vars)
+    return await offload.in_parser(_plan_each, events, mappings, rt.config.vars)
 
 
 def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[NewDelivery],

@@ -387,15 +387,15 @@ LOOPING = {"orders": """
 async def test_a_render_past_its_slice_of_the_loop_is_done_again_in_the_parser_thread(
         write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch,
         past_slice: bool) -> None:
-    """A small request's mappings render on the loop; one whose templates run past LOOP_SLICE_S (here over before
-    it starts, so at their first loop step) is rendered again in the parser thread, with the same body, and
-    counted."""
+    """A small request's mappings render on the loop; one whose templates run past offload.LOOP_SLICE_S (here over
+    before it starts, so at their first loop step) is rendered again in the parser thread, with the same body,
+    and counted."""
     import threading
 
-    from bridge import intake
+    from bridge import intake, offload
 
     if past_slice:
-        monkeypatch.setattr(intake, "LOOP_SLICE_S", -1.0)  # over before it starts
+        monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)  # over before it starts
     threads: list[str] = []
     plan_each = intake._plan_each
 
