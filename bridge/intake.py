@@ -19,7 +19,7 @@ from bridge.errors import Rejected, StoreRefused, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
 from bridge.logs import LEVEL
-from bridge.mapping.limits import LoopSlice, SliceOver
+from bridge.mapping.limits import SliceOver, end_slice, start_slice
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
@@ -299,13 +299,15 @@ def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: Ma
     request is `off` the loop: then `_plan_off`. (A request of no events plans nothing, on either.)"""
     if off:
         return None
+    token = start_slice(offload.LOOP_SLICE_S)
     try:
-        with LoopSlice(offload.LOOP_SLICE_S):
-            return _plan_each(events, mappings, rt.config.vars)
+        return _plan_each(events, mappings, rt.config.vars)
     except SliceOver:
         rt.count("render.offloaded", source=source.name)
         log.info("intake.render_offloaded", source=source.name, slice_ms=offload.LOOP_SLICE_S * 1000)
         return None
+    finally:
+        end_slice(token)
 
 
 async def _plan_off(rt: Runtime, events: list[Event],

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from bridge.mapping.limits import LoopSlice, SliceOver
+from bridge.mapping.limits import SliceOver, end_slice, start_slice
 
 log = structlog.get_logger("ticketbridge.offload")
 
@@ -35,9 +35,11 @@ async def render_sliced(fn: Callable[..., T], *args: Any, what: str, **ids: str)
     """`fn(*args)`, a render (pure: it may be begun again), on the loop under a loop slice of LOOP_SLICE_S; when
     its templates run past the slice, again from the start in the parser thread under the whole render budget.
     `what` and `ids` name it in the `render.offloaded` line."""
+    token = start_slice(LOOP_SLICE_S)
     try:
-        with LoopSlice(LOOP_SLICE_S):
-            return fn(*args)
+        return fn(*args)
     except SliceOver:
         log.info("render.offloaded", what=what, slice_ms=LOOP_SLICE_S * 1000, **ids)
+    finally:
+        end_slice(token)
     return await in_parser(fn, *args)

@@ -7,7 +7,7 @@ iterating filter reads, each call, attribute and item look-up. Sizes are checked
 allocates where its result can be foreseen (`*`, `+`, `~`, `join`, `replace`, padding), and after it
 otherwise, so no string or list past MAX_RESULT_CHARS ever reaches the next step.
 
-A render on the event loop may also run under a loop slice (`LoopSlice`): past it, the same checks raise
+A render on the event loop may also run under a loop slice (`start_slice`): past it, the same checks raise
 SliceOver, and the caller renders again off the loop, under the whole budget. The budget bounds a render's cost;
 the slice bounds how long one may hold the loop, which answers every other request meanwhile.
 """
@@ -29,11 +29,11 @@ TIME_BUDGET_S = 0.25
 
 INFINITY = float("inf")
 # (deadline on the monotonic clock, the budget in ms for the message); no deadline outside a render.
-# The third item says whether that deadline is a loop slice's end, which comes before the budget's (LoopSlice):
+# The third item says whether that deadline is a loop slice's end, which comes before the budget's (start_slice):
 # one look-up and one comparison per check either way.
 _deadline: ContextVar[tuple[float, float, bool]] = ContextVar("template_deadline", default=(INFINITY, 0.0, False))
-# The end of the loop slice, on the monotonic clock; none outside a LoopSlice (nor in other threads). Read once per
-# render, by Budget.
+# The end of the loop slice, on the monotonic clock; none outside start_slice … end_slice (nor in other threads).
+# Read once per render, by Budget.
 _slice: ContextVar[float] = ContextVar("loop_slice", default=INFINITY)
 T = TypeVar("T")
 
@@ -56,23 +56,15 @@ def check_time() -> None:
         raise BudgetExceeded(f"render budget of {budget_ms:.0f} ms exceeded")
 
 
-class LoopSlice:
-    """Renders begun in this `with` raise SliceOver once `seconds` have passed from its start (checked where the
-    time budget is). Set in the caller's context only: a render handed to a thread runs without a slice."""
+def start_slice(seconds: float) -> Token[float]:
+    """From now until `end_slice`, renders begun in this context raise SliceOver once `seconds` have passed
+    (checked where the time budget is). The caller's context only: a render handed to a thread runs without a
+    slice. Two calls rather than a `with`: the intake makes one per request."""
+    return _slice.set(time.monotonic() + seconds)
 
-    __slots__ = ("seconds", "token")
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.token: Token[float] | None = None
-
-    def __enter__(self) -> None:
-        self.token = _slice.set(time.monotonic() + self.seconds)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.token is not None:
-            _slice.reset(self.token)
-            self.token = None
+def end_slice(token: Token[float]) -> None:
+    _slice.reset(token)
 
 
 def too_long(size: int, what: str = "string") -> BudgetExceeded:
