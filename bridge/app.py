@@ -28,6 +28,7 @@ from bridge.intake import hook_get, hook_options, hook_post
 from bridge.kept_names import config_names, mapping_names, unheld_names
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
 from bridge.metrics import metrics
+from bridge.offload import render_sliced
 from bridge.reload import MappingReloader, reload_context, serve_last_good, serve_last_good_if_empty
 from bridge.retention import run_retention
 from bridge.routing import render_follow_up
@@ -242,7 +243,9 @@ def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) 
     """The delivery loop as the server runs it, on `store`, sending with `session` (not started)."""
 
     async def follow_ups(item: Claimed) -> Claimed | Outcome:
-        return render_follow_up(rt.mappings, rt.config.vars, await store.get_event(item.event_id), item)
+        event = await store.get_event(item.event_id)
+        return await render_sliced(render_follow_up, rt.mappings, rt.config.vars, event, item, what="follow_up",
+                                   delivery_id=item.id)
 
     return Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
                       coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,

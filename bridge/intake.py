@@ -6,19 +6,20 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import msgspec
 import structlog
 from aiohttp import web
 
+from bridge import offload
 from bridge.appkeys import RUNTIME, STORED_IDS
 from bridge.connections import BodyTimeout
 from bridge.errors import Rejected, StoreRefused, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
 from bridge.logs import LEVEL
+from bridge.mapping.limits import SliceOver, end_slice, start_slice
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.routing import plan_deliveries
@@ -88,14 +89,16 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
                     check="parse")
 
 
-async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *,
-                      verify: bool = True) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
-    """The handler's checks and parse (in the parser thread when the body calls for it): the request's events
-    and its signed nonce, or the answer to a handshake or an ignored notification. Rejected passes through; any
-    other exception is a handler bug met on these bytes. `verify` false (the console's playground) skips the
-    auth and signature checks, and the nonce, and nothing else: `intercept` runs as for intake."""
+async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *, verify: bool = True,
+                      off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
+    """The handler's checks and parse (in the parser thread when `off`, the body's `offloaded`, worked out here
+    when not given): the request's events and its signed nonce, or the answer to a handshake or an ignored
+    notification. Rejected passes through; any other exception is a handler bug met on these bytes. `verify`
+    false (the console's playground) skips the auth and signature checks, and the nonce, and nothing else:
+    `intercept` runs as for intake."""
+    if off is None:
+        off = offloaded(body)
     handler = source.handler
-    off = offloaded(body)  # one look at the body decides for both steps
     try:
         if verify:
             check_auth(handler.options.auth, request)
@@ -126,7 +129,7 @@ def _kept(rt: Runtime, source: Source, request: web.Request) -> tuple[dict[str, 
     return headers, meta
 
 
-def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
+async def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
     """Make the event's payload and dedup key storable, and plan its deliveries again from the escaped payload.
     The store refused text that is not UTF-8: lone surrogates, such as the 8-bit bytes of a raw MIME header the
     email package could not parse (kept raw, read with surrogateescape). Parsers escape what they decode
@@ -137,7 +140,7 @@ def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSe
         event.dedup_key = escape_text(event.dedup_key)
     rt.count("escaped", source=source.name, where="payload")
     log.warning("intake.escaped", source=source.name, event_id=event.id, where="payload", strings=changed)
-    deliveries, _errors = plan_deliveries(mappings, event, rt.config.vars)
+    [(deliveries, _errors)] = _plan_on_loop(rt, source, [event], mappings) or await _plan_off(rt, [event], mappings)
     return deliveries
 
 
@@ -262,7 +265,7 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
             try:
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
             except UnicodeEncodeError:
-                deliveries = _escape_event(rt, source, event, mappings)
+                deliveries = await _escape_event(rt, source, event, mappings)
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
         except StoreRefused as exc:
             raise _Refused(event, exc, results) from exc
@@ -285,16 +288,42 @@ def offloaded(body: bytes) -> bool:
     return len(body) > OFFLOAD_BYTES or body.count(b"\n--") + body.count(b"\\n--") > OFFLOAD_MIME_LINES
 
 
-# One thread for them all: CPU-bound threads take the GIL in turns with the loop, so each more thread parsing
-# at once would delay every other request further; heavy requests queue for the parser instead.
-_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
-
-
 async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes, off: bool) -> T:
     """`step(request, body)`, in the parser thread when `off` (the body's `offloaded`)."""
     if not off:
         return step(request, body)
-    return await asyncio.get_running_loop().run_in_executor(_PARSER, step, request, body)
+    return await offload.in_parser(step, request, body)
+
+
+def _plan_each(events: list[Event], mappings: MappingSet,
+               vars_: dict[str, Any]) -> list[tuple[list[NewDelivery], list[str]]]:
+    return [plan_deliveries(mappings, event, vars_) for event in events]
+
+
+def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
+                  off: bool = False) -> list[tuple[list[NewDelivery], list[str]]] | None:
+    """Each event's deliveries and render errors, rendered on the loop under offload.LOOP_SLICE_S; None
+    when its templates run past it (a mapping that loops over a payload made to be large), or at once when the
+    request is `off` the loop: then `_plan_off`. (A request of no events plans nothing, on either.)"""
+    if off:
+        return None
+    token = start_slice(offload.LOOP_SLICE_S)
+    try:
+        return _plan_each(events, mappings, rt.config.vars)
+    except SliceOver:
+        rt.count("render.offloaded", source=source.name)
+        log.info("intake.render_offloaded", source=source.name, slice_ms=offload.LOOP_SLICE_S * 1000)
+        return None
+    finally:
+        end_slice(token)
+
+
+async def _plan_off(rt: Runtime, events: list[Event],
+                    mappings: MappingSet) -> list[tuple[list[NewDelivery], list[str]]]:
+    """The same in the parser thread, under the whole render budget: a large request's from the start (its parse
+    ran there too), any other's once it ran past its loop slice. The loop is held for at most the slice, whatever
+    the mappings and the payload."""
+    return await offload.in_parser(_plan_each, events, mappings, rt.config.vars)
 
 
 def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[NewDelivery],
@@ -340,7 +369,8 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
         body = await _read_body(rt, source, request)
         if body is None:
             return web.Response(status=400)
-        handled = await run_handler(rt, source, request, body)
+        off = offloaded(body)  # one look at the body places the checks, the parse and the render
+        handled = await run_handler(rt, source, request, body, off=off)
         if isinstance(handled, Intercepted):
             return _intercepted(rt, source, handled)
         inbounds, signed = handled
@@ -353,11 +383,11 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
     planned: list[tuple[Event, list[NewDelivery]]] = []
     invalid: list[str] = []
     mappings = rt.mappings
-    for inbound in inbounds:
-        event = Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
-                          headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
-                          spam=inbound.spam)
-        deliveries, errors = plan_deliveries(mappings, event, rt.config.vars)
+    events = [Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
+                        headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
+                        spam=inbound.spam) for inbound in inbounds]
+    for event, (deliveries, errors) in zip(events, _plan_on_loop(rt, source, events, mappings, off)
+                                           or await _plan_off(rt, events, mappings), strict=True):
         if not deliveries and not event.spam:
             event.meta["unmatched"] = ("every mapping's `when` skipped it" if mappings.for_source(source.name)
                                        else "no mapping takes this source")

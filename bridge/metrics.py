@@ -57,6 +57,7 @@ LABELLED: dict[str, tuple[str, tuple[str, ...]]] = {
     "delivery.ticket_id_dropped": ("ticket_ids_dropped", ("destination",)),
     "events.unmatched": ("unmatched", ("source", "reason")),
     "render.failed": ("render_failures", ("mapping",)),
+    "render.offloaded": ("render_offloaded", ("source",)),
     "leases.taken_over": ("takeovers", ()),
 }
 
@@ -119,6 +120,9 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
     out += _family("ticketbridge_render_failures_total", "counter",
                    "Deliveries dead at intake because their mapping did not render the event, by mapping.",
                    samples["render_failures"])
+    out += _family("ticketbridge_render_offloaded_total", "counter",
+                   "Requests whose mappings' render ran past its slice of the event loop and was done again in the "
+                   "parser thread, by source: templates that loop over large payloads.", samples["render_offloaded"])
     out += _family("ticketbridge_delivery_attempts_total", "counter",
                    "Delivery attempts by destination and classification (success, retry, permanent, auth; "
                    "unknown, reconciled, held).", attempts)

@@ -14,6 +14,7 @@ from bridge.events import Event
 from bridge.ids import new_id
 from bridge.mapping.compiled import CompiledMapping
 from bridge.mapping.mappingset import MappingSet
+from bridge.offload import render_sliced
 from bridge.store.base import Claimed, NewDelivery, Store
 from bridge.vendors.base import Outcome
 
@@ -109,7 +110,8 @@ async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, va
             refused[i] = (f"mapping {name!r} takes {', '.join(mapping.sources)}, not this delivery's source "
                           f"{d.source}; name a mapping of its source")
             continue
-        rendered = render_event(mapping, render_context(detail.event, vars_), detail.event.id)
+        rendered = await render_sliced(render_event, mapping, render_context(detail.event, vars_), detail.event.id,
+                                       what="rerender", delivery_id=i)
         if rendered.skipped:
             refused[i] = f"the current {name!r} skips its event (when: {mapping.when_text})"
         elif rendered.body is None:

@@ -6,6 +6,10 @@ rendered on its own), and checked by everything that can take long: each loop st
 iterating filter reads, each call, attribute and item look-up. Sizes are checked before an operation
 allocates where its result can be foreseen (`*`, `+`, `~`, `join`, `replace`, padding), and after it
 otherwise, so no string or list past MAX_RESULT_CHARS ever reaches the next step.
+
+A render on the event loop may also run under a loop slice (`start_slice`): past it, the same checks raise
+SliceOver, and the caller renders again off the loop, under the whole budget. The budget bounds a render's cost;
+the slice bounds how long one may hold the loop, which answers every other request meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ TIME_BUDGET_S = 0.25
 
 INFINITY = float("inf")
 # (deadline on the monotonic clock, the budget in ms for the message); no deadline outside a render.
-_deadline: ContextVar[tuple[float, float]] = ContextVar("template_deadline", default=(INFINITY, 0.0))
+# The third item says whether that deadline is a loop slice's end, which comes before the budget's (start_slice):
+# one look-up and one comparison per check either way.
+_deadline: ContextVar[tuple[float, float, bool]] = ContextVar("template_deadline", default=(INFINITY, 0.0, False))
+# The end of the loop slice, on the monotonic clock; none outside start_slice … end_slice (nor in other threads).
+# Read once per render, by Budget.
+_slice: ContextVar[float] = ContextVar("loop_slice", default=INFINITY)
 T = TypeVar("T")
 
 
@@ -33,10 +42,29 @@ class BudgetExceeded(SecurityError, ValueError):
     """A render went past its time budget, or an operation past a size limit."""
 
 
+class SliceOver(BaseException):
+    """A render on the event loop went past its loop slice: render it again off the loop. A BaseException, as
+    CancelledError is, so that no handler of a render's errors (`except Exception`, a filter's fallback) takes
+    it for the render's own failure."""
+
+
 def check_time() -> None:
-    deadline, budget_ms = _deadline.get()
+    deadline, budget_ms, sliced = _deadline.get()
     if time.monotonic() > deadline:
+        if sliced:
+            raise SliceOver
         raise BudgetExceeded(f"render budget of {budget_ms:.0f} ms exceeded")
+
+
+def start_slice(seconds: float) -> Token[float]:
+    """From now until `end_slice`, renders begun in this context raise SliceOver once `seconds` have passed
+    (checked where the time budget is). The caller's context only: a render handed to a thread runs without a
+    slice. Two calls rather than a `with`: the intake makes one per request."""
+    return _slice.set(time.monotonic() + seconds)
+
+
+def end_slice(token: Token[float]) -> None:
+    _slice.reset(token)
 
 
 def too_long(size: int, what: str = "string") -> BudgetExceeded:
@@ -93,12 +121,15 @@ class Budget:
     __slots__ = ("token",)
 
     def __init__(self) -> None:
-        self.token: Token[tuple[float, float]] | None = None
+        self.token: Token[tuple[float, float, bool]] | None = None
 
     def __enter__(self) -> None:
         if _deadline.get()[0] == INFINITY:
             seconds = TIME_BUDGET_S
-            self.token = _deadline.set((time.monotonic() + seconds, seconds * 1000))
+            deadline = time.monotonic() + seconds
+            ends = _slice.get()
+            self.token = _deadline.set((ends, seconds * 1000, True) if ends < deadline
+                                       else (deadline, seconds * 1000, False))
 
     def __exit__(self, *exc: object) -> None:
         if self.token is not None:

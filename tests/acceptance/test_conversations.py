@@ -380,3 +380,26 @@ async def test_the_thread_through_the_newer_email_kinds_is_one_conversation(
     assert sim.tickets[0]["comments"] == ["Still down this morning", "Now it works, thanks"]
     assert [r.source for r in rows] == ["support-mailgun", second, third]
     assert {r.conversation for r in rows} == {"email-to-kapture|mail:root.1@mail.example.com"}
+
+
+async def test_a_follow_up_render_past_its_slice_of_the_loop_is_done_in_the_parser_thread(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follow-up is rendered at send time, on the delivery loop's thread; one whose templates run past the loop
+    slice (here over before it starts) is rendered again in the parser thread, and its comment is the same."""
+    from structlog.testing import capture_logs
+
+    from bridge import offload
+
+    monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)
+    looping = MAPPING.replace('comment: "{{ payload.stripped_text }}"',
+                              'comment: "{% for part in [payload.stripped_text] %}{{ part }}{% endfor %}"')
+    assert looping != MAPPING
+    c = await bridge_client(write_config(CONFIG, {"email": looping}, ENV))
+    for source in runtime(c).sources.values():
+        source.handler.clock = lambda: float(NOW)
+    with capture_logs() as logs:
+        for n in range(2):
+            await post(c, n)
+        await settled(c, 2)
+    assert runtime(c).simulators["kapture"].tickets[0]["comments"] == ["Still down this morning"]
+    assert [e["what"] for e in logs if e["event"] == "render.offloaded"] == ["follow_up"]

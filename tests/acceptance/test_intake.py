@@ -365,3 +365,63 @@ async def test_a_sandbox_holds_the_newest_tickets_and_calls_only(client: Any) ->
     await eventually(all_sent)
     assert [t["email"] for t in sim.tickets] == [f"a{n}@b.com" for n in range(15, 20)]
     assert len(sim.received.entries) == 5
+
+
+LOOPING_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  orders: {kind: json}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+LOOPING = {"orders": """
+    source: orders
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{% for line in payload.lines %}{{ line.sku }};{% endfor %}"
+"""}
+
+
+@pytest.mark.parametrize("past_slice", [False, True], ids=["within", "past"])
+async def test_a_render_past_its_slice_of_the_loop_is_done_again_in_the_parser_thread(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch,
+        past_slice: bool) -> None:
+    """A small request's mappings render on the loop; one whose templates run past offload.LOOP_SLICE_S (here over
+    before it starts, so at their first loop step) is rendered again in the parser thread, with the same body,
+    and counted."""
+    import threading
+
+    from bridge import intake, offload
+
+    if past_slice:
+        monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)  # over before it starts
+    threads: list[str] = []
+    plan_each = intake._plan_each
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return plan_each(*args)
+
+    looks: list[int] = []
+    offloaded = intake.offloaded
+
+    def counting(body: bytes) -> bool:
+        looks.append(len(body))
+        return offloaded(body)
+
+    monkeypatch.setattr(intake, "_plan_each", recording)
+    monkeypatch.setattr(intake, "offloaded", counting)
+    client = await bridge_client(write_config(LOOPING_CONFIG, LOOPING))
+    resp = await client.post("/hooks/orders", json={"lines": [{"sku": "A1"}, {"sku": "B2"}]})
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["deliveries"] == 1
+    assert [name.startswith("ticketbridge-parse") for name in threads] == ([False, True] if past_slice else [False])
+    [row] = await all_deliveries(client)
+    store = runtime(client).store
+    assert store is not None
+    detail = await store.get_delivery(row.id)
+    assert detail.delivery.status != "dead"
+    assert detail.body == {"title": "A1;B2;"}, detail.body
+    assert runtime(client).counters.get("render.offloaded", 0) == (1 if past_slice else 0)
+    assert len(looks) == 1  # one look at the body places the checks, the parse and the render

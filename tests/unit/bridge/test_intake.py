@@ -49,25 +49,17 @@ class Recording(Handler):
         return [Inbound(payload={"size": len(body)})]
 
 
-@pytest.mark.parametrize("body", [b"name=Asha", b"x" * (OFFLOAD_BYTES + 1)], ids=["small", "large"])
-async def test_the_body_is_looked_at_once_to_place_verify_and_parse(monkeypatch: pytest.MonkeyPatch,
-                                                                     body: bytes) -> None:
-    """`offloaded` scans the body once per request, and verify and parse both run where it says."""
-    looks: list[int] = []
-
-    def counting(seen: bytes) -> bool:
-        looks.append(len(seen))
-        return offloaded(seen)
-
-    monkeypatch.setattr("bridge.intake.offloaded", counting)
+@pytest.mark.parametrize("off", [False, True], ids=["on_loop", "off_loop"])
+async def test_verify_and_parse_run_where_the_request_is_placed(off: bool) -> None:
+    """Verify and parse both run in the parser thread when the request is `off` the loop (the body's
+    `offloaded`, looked at once per request by the caller), both on the loop otherwise."""
     handler = Recording()
     request = make_mocked_request("POST", "/hooks/src")
-    handled = await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, body)
+    handled = await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, b"name=Asha",
+                                off=off)
     assert not isinstance(handled, Intercepted)
-    assert handled[0][0].payload == {"size": len(body)}
-    assert looks == [len(body)]
-    on_parser = [name.startswith("ticketbridge-parse") for name in handler.threads]
-    assert on_parser == [offloaded(body)] * 2
+    assert handled[0][0].payload == {"size": 9}
+    assert [name.startswith("ticketbridge-parse") for name in handler.threads] == [off] * 2
 
 
 def test_a_long_dedup_key_is_kept_as_its_digest() -> None:

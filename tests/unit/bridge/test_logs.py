@@ -54,6 +54,8 @@ def test_masks_emails(text: str, masked: str) -> None:
         ("+44 20 7946 0958", "+**********58"),
         ("+1 (555) 123-4567", "+*********67"),
         ("12345678", "******78"),
+        ("tel:+919876543210", "tel:+**********10"),
+        ("phone:9876543210", "phone:********10"),
     ],
 )
 def test_masks_phone_numbers(text: str, masked: str) -> None:
@@ -83,6 +85,8 @@ def test_masks_every_phone_in_a_sentence() -> None:
         "1234567890123456",  # longer than any phone number (E.164 allows 15 digits)
         "evt_01HZY3K4M5N6P7Q8R9S0T1V2W3",
         "2026-11-23T17:34:05.123456Z",
+        "2026-11-27T13:23:45.123400+00:00",  # datetime.isoformat() of an aware time
+        "saved at 13:23:45.123400 today",
         "http://127.0.0.1:38080/hooks/x",
         "HTTP 503: try again",
         "v1.2.3",

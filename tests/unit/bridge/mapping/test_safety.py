@@ -127,6 +127,48 @@ def test_any_payload_renders_or_raises_a_mapping_error(payload: dict[str, Any]) 
         pass
 
 
+
+def test_a_render_past_its_loop_slice_signals_the_caller_and_is_no_render_error() -> None:
+    """Under a loop slice, a template still running past it raises SliceOver, which no render error handler takes
+    (render_event would make it a dead delivery): the caller renders again elsewhere. Without one, it renders."""
+    from bridge.routing import render_event
+
+    text = textwrap.dedent("""\
+        name: loops
+        source: s
+        destination: d
+        action: create_ticket
+        fields:
+          title: "{% for a in payload.list %}{{ a }}{% endfor %}"
+        """)
+    mapping, errors = compile_document(load_yaml(text, "loops.yaml"), "loops", "v1", {"s"},
+                                       {"d": frozenset({"create_ticket"})})
+    assert errors == [] and mapping is not None
+    token = limits.start_slice(-1.0)
+    try:
+        with pytest.raises(limits.SliceOver):
+            render_event(mapping, ctx({"list": [1, 2]}), "evt_1")
+    finally:
+        limits.end_slice(token)
+    assert limits._slice.get() == float("inf")  # the slice ends with end_slice
+    assert render_event(mapping, ctx({"list": [1, 2]}), "evt_1").body == {"title": "12"}
+
+
+def test_a_loop_slice_holds_in_its_own_context_only() -> None:
+    """A render handed to a thread from inside a loop slice runs without it (under its time budget alone)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    field = compile_field("f", "{% for a in range(3) %}{{ a }}{% endfor %}")
+    token = limits.start_slice(-1.0)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            assert pool.submit(field, ctx({})).result() == "012"
+        with pytest.raises(limits.SliceOver):
+            field(ctx({}))
+    finally:
+        limits.end_slice(token)
+
+
 # -- the budgets hold for every loop, string operation and integer ---------------------------------
 
 def small_budget(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,45 @@
+"""Work whose cost is set by what a request or a vendor sent (a large body's parse, a template that loops over
+a large payload): done on the event loop while it is cheap, in one worker thread otherwise, so that the loop,
+which answers every other request and /healthz, is never held for long.
+
+One thread for it all: CPU-bound threads take the GIL in turns with the loop, so each more thread working at
+once would delay every other request further; heavy work queues for the thread instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+
+from bridge.mapping.limits import SliceOver, end_slice, start_slice
+
+log = structlog.get_logger("ticketbridge.offload")
+
+T = TypeVar("T")
+
+PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
+LOOP_SLICE_S = 0.005
+"""How long a render may hold the event loop before it is run again, from the start, in the parser thread."""
+
+
+async def in_parser(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in the parser thread."""
+    return await asyncio.get_running_loop().run_in_executor(PARSER, fn, *args)
+
+
+async def render_sliced(fn: Callable[..., T], *args: Any, what: str, **ids: str) -> T:
+    """`fn(*args)`, a render (pure: it may be begun again), on the loop under a loop slice of LOOP_SLICE_S; when
+    its templates run past the slice, again from the start in the parser thread under the whole render budget.
+    `what` and `ids` name it in the `render.offloaded` line."""
+    token = start_slice(LOOP_SLICE_S)
+    try:
+        return fn(*args)
+    except SliceOver:
+        log.info("render.offloaded", what=what, slice_ms=LOOP_SLICE_S * 1000, **ids)
+    finally:
+        end_slice(token)
+    return await in_parser(fn, *args)

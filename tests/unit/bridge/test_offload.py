@@ -1,0 +1,53 @@
+"""bridge/offload.py: renders run on the loop while cheap, again in the parser thread once past their slice."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridge import offload
+from bridge.mapping.compiler import compile_field
+
+LOOP = compile_field("f", "{% for i in range(3) %}{{ i }}{% endfor %}")
+PLAIN = compile_field("f", "plain text")
+
+
+def render_recording(threads: list[str], field: Any) -> Any:
+    threads.append(threading.current_thread().name)
+    return field({"payload": {}, "headers": {}, "event": {}, "vars": {}})
+
+
+async def test_a_render_within_its_slice_stays_on_the_loop() -> None:
+    threads: list[str] = []
+    with capture_logs() as logs:
+        out = await offload.render_sliced(render_recording, threads, LOOP,
+                                          what="test")
+    assert out == "012"
+    assert threads == [threading.current_thread().name]
+    assert logs == []
+
+
+async def test_a_render_past_its_slice_is_begun_again_in_the_parser_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the slice (here over before it starts), the render stops at its first check and is run again, whole,
+    in the parser thread, where no slice holds; one line says so."""
+    monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)
+    threads: list[str] = []
+    with capture_logs() as logs:
+        out = await offload.render_sliced(render_recording, threads, LOOP,
+                                          what="test", delivery_id="dlv_1")
+    assert out == "012"
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("ticketbridge-parse") and len(threads) == 2
+    assert [(e["event"], e["what"], e["delivery_id"]) for e in logs] == [("render.offloaded", "test", "dlv_1")]
+
+
+async def test_a_render_without_templates_is_never_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only template checks end a slice: a render with none (plain text, a path) finishes on the loop even past
+    it; it takes time in proportion to its input alone."""
+    monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)
+    threads: list[str] = []
+    out = await offload.render_sliced(render_recording, threads, PLAIN, what="test")
+    assert out == "plain text" and len(threads) == 1
