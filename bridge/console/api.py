@@ -51,6 +51,7 @@ from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveri
 from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
+from bridge.offload import render_sliced
 from bridge.runtime import Runtime
 from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, DeliveryStatus, Store
 
@@ -510,7 +511,8 @@ async def get_event(call: Call) -> EventView:
         event = await _store(call.rt).get_event(call.param("event_id"))
     mappings = call.rt.mappings
     return EventView(event=event, mappings_version=mappings.version,
-                     decisions=decisions(mappings, event, call.rt.config.vars))
+                     decisions=await render_sliced(decisions, mappings, event, call.rt.config.vars,
+                                                   what="event_view", event_id=event.id))
 
 
 async def list_destinations(call: Call) -> DestinationList:

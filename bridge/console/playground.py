@@ -17,6 +17,7 @@ from bridge.intake import run_handler
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.mapping.trace import OMIT, format_trace
+from bridge.offload import render_sliced
 from bridge.routing import render_context
 from bridge.runtime import Runtime
 from handlers.base import Intercepted
@@ -78,5 +79,6 @@ async def run_playground(rt: Runtime, given: PlaygroundBody, like: web.Request) 
         event = Event.new(source=given.source, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
                           headers=kept, meta={"playground": True}, dedup_key=inbound.dedup_key, spam=inbound.spam)
         result.events.append(PlaygroundEvent(payload=inbound.payload, dedup_key=inbound.dedup_key, spam=inbound.spam,
-                                             decisions=decisions(mappings, event, rt.config.vars)))
+                                             decisions=await render_sliced(
+                                                 decisions, mappings, event, rt.config.vars, what="playground")))
     return result

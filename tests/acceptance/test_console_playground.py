@@ -144,3 +144,32 @@ async def test_the_playground_parses_a_many_part_body_in_intakes_parser_thread(
     intake = await client.post("/hooks/sg", data=body, headers={"Content-Type": content_type})
     assert intake.status == 202
     assert len(threads) == 2 and all(name.startswith("ticketbridge-parse") for name in threads), threads
+
+
+async def test_the_playground_and_an_events_page_explain_past_the_loop_slice_in_the_parser_thread(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explaining a mapping renders its templates as intake does: past the loop slice (here over before it
+    starts), the explanation is made again in the parser thread, and says the same."""
+    from structlog.testing import capture_logs
+
+    from bridge import offload
+
+    looping = {"partner": MAPPINGS["partner"].replace('"{{ payload.title }}"',
+                                                      '"{% for w in [payload.title] %}{{ w }}{% endfor %}"')}
+    client = await bridge_client(write_config(CONFIG, looping), workers=False)
+    body = compact({"title": "Printer on fire"})
+    ask = {"source": "partner", "body": body.decode(), "headers": JSON}
+    within = await (await client.post("/admin/api/playground", headers=ADMIN, json=ask)).json()
+    monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)
+    with capture_logs() as logs:
+        past = await (await client.post("/admin/api/playground", headers=ADMIN, json=ask)).json()
+        accepted = await client.post("/hooks/partner", data=body, headers=JSON)
+        event_id = (await accepted.json())["event_id"]
+        page = await (await client.get(f"/admin/api/events/{event_id}", headers=ADMIN)).json()
+    [decision] = past["events"][0]["decisions"]
+    assert decision["fields"] == {"title": "Printer on fire"}
+    assert past["events"][0]["decisions"] == within["events"][0]["decisions"]
+    assert page["decisions"] == within["events"][0]["decisions"]
+    assert [(e["event"], e.get("what")) for e in logs if e["event"].endswith(("render.offloaded", "render_offloaded"))
+            ] == [("render.offloaded", "playground"), ("intake.render_offloaded", None),
+                  ("render.offloaded", "event_view")]
