@@ -155,7 +155,8 @@ class Handler(ABC):
         """Run after `verify`, before `parse`: answer a POST that must not become an event (a handshake, a
         notification this source ignores), or finish a check that needs I/O, raising Rejected.
         None lets the request go on to `parse`. It runs also when `verify` did not (the playground with `verify`
-        off: `signatures_checked` is false), and then skips any signature check of its own."""
+        off: `signatures_checked` is false), and then skips any signature check of its own and makes no request
+        with the source's credentials (a fetch of what the body names): anyone with a read token may post one."""
         return None
 
     @abstractmethod

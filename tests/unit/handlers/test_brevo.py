@@ -157,3 +157,17 @@ def test_api_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"`api_url` 'api\.brevo\.com/v3' must be an http\(s\) URL, "
                                                       r"e\.g\. https://api\.brevo\.com/v3"):
         build("brevo", api_key="xkeysib-123", api_url="api.brevo.com/v3")
+
+
+def test_an_unchecked_request_downloads_nothing() -> None:
+    """The playground with `verify` off marks the request unchecked: its DownloadTokens are not fetched with the
+    API key; the attachments are listed as not downloaded."""
+    from handlers.base import skip_signatures
+
+    api = FakeBrevoApi()
+    h, req = with_api(api), post(JSON)
+    skip_signatures(req)
+    assert asyncio.run(h.intercept(req, BODY)) is None
+    [inbound] = h.parse(req, BODY)
+    assert api.asked == []
+    assert inbound.attachments[0].content is None

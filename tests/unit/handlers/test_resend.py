@@ -145,3 +145,17 @@ def test_api_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"`api_url` 'api\.resend\.com' must be an http\(s\) URL, "
                                                       r"e\.g\. https://api\.resend\.com"):
         build("resend", secret=SECRET, api_key="re_123", api_url="api.resend.com")
+
+
+def test_an_unchecked_request_fetches_nothing() -> None:
+    """The playground with `verify` off marks the request unchecked: an unsigned body naming any email id must not
+    have the API key fetch it. The event's own fields are read instead."""
+    from handlers.base import skip_signatures
+
+    h, api = handler()
+    req = post({"Content-Type": "application/json"})
+    skip_signatures(req)
+    assert asyncio.run(h.intercept(req, BODY)) is None
+    [inbound] = h.parse(req, BODY)
+    assert api.asked == []
+    assert inbound.payload["provider"]["email"] == {} and inbound.payload["text"] in (None, "")  # nothing fetched
