@@ -27,6 +27,7 @@ from bridge.vendors.http_auth import basic
 from bridge.vendors.kapture import KaptureOptions
 from bridge.vendors.leadsquared import LeadSquaredOptions
 from bridge.vendors.netgroot import NetgrootOptions
+from tests.complexity.scaling import assert_linear
 
 TOKEN = "tok/9f8e+7d6c 5b4a"  # with characters each encoding writes apart
 
@@ -305,6 +306,14 @@ def test_no_secret_shows_in_a_text_spliced_of_secrets(case: tuple[list[str], str
     covered = {i for secret in secrets for at in range(len(said)) if said.startswith(secret, at)
                for i in range(at, at + len(secret))}
     assert shown.replace(REDACTED, "") == "".join(c for i, c in enumerate(said) if i not in covered), shown
+
+
+def test_clipping_a_text_that_shrinks_under_its_redactions_grows_linearly() -> None:
+    """However far the search must go for what may be shown (a text of secrets that each shrink to REDACTED, the
+    limit half of it), `clip` costs about as much more as the text is longer: its window doubles."""
+    secret = "sk_live_ABCDEFGHIJKLMNOPQRST"
+    matcher = Redactor({"token": secret}).matcher()
+    assert_linear(lambda said: matcher.clip(said, len(said) // 2), lambda n: (secret + " ") * n, 2_000)
 
 
 @settings(max_examples=500, deadline=None)
