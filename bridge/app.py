@@ -249,7 +249,8 @@ def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) 
 
     return Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
                       coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
-                      follow_ups=follow_ups, instance=instance_name(rt.config.server.port))
+                      follow_ups=follow_ups, instance=instance_name(rt.config.server.port),
+                      on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name))
 
 
 def delivery_context(rt: Runtime) -> CleanupCtx:
@@ -310,8 +311,6 @@ def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
 
     def observe(attempt: Attempted) -> None:
         rt.count("delivery.attempt", destination=attempt.destination, classification=attempt.classification)
-        if attempt.ticket_id_dropped:
-            rt.count("delivery.ticket_id_dropped", destination=attempt.destination)
         if attempt.duration_s is not None:
             latencies.attempt.observe(attempt.destination, attempt.duration_s)
         if attempt.latency_s is not None:

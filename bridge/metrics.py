@@ -127,8 +127,9 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
                    "Delivery attempts by destination and classification (success, retry, permanent, auth; "
                    "unknown, reconciled, held).", attempts)
     out += _family("ticketbridge_delivery_ticket_ids_dropped_total", "counter",
-                   "Successes whose answer's ticket id was no id (an object, an array, a boolean, a fraction, empty "
-                   "or over-long text), so not kept, by destination: a conversation's create so answered leaves its "
+                   "Successes whose ticket id was not kept, by destination: the answer's was no id (an object, an "
+                   "array, a boolean, a fraction, empty text, text or a number over 256 characters), or a minimal "
+                   "record left out one not every store takes. A conversation's create so answered leaves its "
                    "thread without a ticket, and its next message creates another.", samples["ticket_ids_dropped"])
     out += _histogram("ticketbridge_delivery_attempt_duration_seconds",
                       "How long each request to a destination took, by destination.", latencies.attempt)

@@ -88,7 +88,6 @@ class Attempted:
     duration_s: float | None  # None: no request was made (a follow-up settled unsent)
     latency_s: float | None  # on success: from the delivery's creation to now
     http_status: int | None
-    ticket_id_dropped: bool = False  # a success whose answer's ticket id was no id, so not kept
 
 
 LOOKUP_MAX_BYTES = 32 * 1024 * 1024  # a reconciliation's answer (a day's tickets); a longer one fails the look-up
@@ -364,7 +363,7 @@ class Lane:
                 event_id=item.event_id, mapping=item.mapping, started_at_ms=sent.started_at_ms,
                 duration_s=None if settled is not None else sent.duration_ms / 1000,
                 latency_s=max(0.0, d.clock() - timestamp_ms(item.id) / 1000) if classification == "success" else None,
-                http_status=sent.http_status, ticket_id_dropped=sent.outcome.ticket_id_dropped))
+                http_status=sent.http_status))
         result = self._decide(item, sent, blog)
         if resent and result.classification in ("success", UNKNOWN):
             # Sent again after an unknown outcome, and this send too may have made a ticket: one more possible
@@ -476,14 +475,14 @@ class Lane:
                                 "lost with this process; it will be sent again")
             raise
 
-    @staticmethod
-    def _reduce(full: AttemptResult, tried: AttemptResult, why: str, blog: Any, *, crashed: bool = False,
+    def _reduce(self, full: AttemptResult, tried: AttemptResult, why: str, blog: Any, *, crashed: bool = False,
                 conversation: str | None = None) -> AttemptResult | None:
         """What to record after the record of `tried` failed for `why` (not the store's failure): `full` reduced
         after the full record; the minimal record after the reduced one (its ticket ids or a follow-up's body may be
         what the store refused); None, with `delivery.record_failed` logged, after the minimal one. A minimal record
-        that leaves out the ticket_id of a create giving its conversation (`conversation`) its ticket logs
-        `conversation.ticket_lost`: the thread's next message will make a second ticket."""
+        that leaves out the ticket_id of a success counts it as dropped (`Dispatcher.on_ticket_dropped`), and for a
+        create giving its conversation (`conversation`) its ticket logs `conversation.ticket_lost`: the thread's
+        next message will make a second ticket."""
         if tried is full:
             blog.error("delivery.record_reduced", error=why, classification=full.classification,
                        ticket_id=full.ticket_id, exc_info=crashed,
@@ -498,6 +497,8 @@ class Lane:
                        note="its reduced record failed too: recorded with its outcome, next state and the ticket ids "
                             "any store takes (no follow-up body or text; `dropped` names the ticket ids left out), "
                             "so that it is not sent again; the ticket ids are in this log line")
+            if "ticket_id" in dropped and full.next_status == "succeeded":
+                self._ticket_id_dropped()
             if not dropped or full.role != "create" or full.next_status != "succeeded":
                 return minimal(full)
             if "ticket_id" in dropped:
@@ -628,17 +629,22 @@ class Lane:
         elif change == "closed":
             self.log.info("destination.resumed")
 
-    @staticmethod
-    def _ticket_dropped(item: Claimed, outcome: Outcome, sent: Sent, blog: Any) -> str:
-        """Make loud a success whose answer's ticket id was no id (an object, empty text…: the adapter left it out,
-        `outcome.error` saying where and what): a conversation's create logs `conversation.ticket_lost` (its thread
-        has no ticket, so its next message creates another), any other delivery `delivery.ticket_id_dropped`. The
-        attempt's error: what was dropped and what follows from it. Still a success: the vendor made the ticket, and
-        sending it again would make a second one."""
+    def _ticket_id_dropped(self) -> None:
+        """Count a success whose ticket id is not kept (`Dispatcher.on_ticket_dropped`)."""
+        if self.dispatcher.on_ticket_dropped is not None:
+            self.dispatcher.on_ticket_dropped(self.dest.name)
+
+    def _ticket_dropped(self, item: Claimed, outcome: Outcome, sent: Sent, blog: Any) -> str:
+        """Make loud, and count, a success whose answer's ticket id was no id (an object, empty text…: the adapter
+        left it out, `outcome.error` saying where and what): a conversation's create logs `conversation.ticket_lost`
+        as an error (its thread has no ticket, so its next message creates another), any other delivery
+        `delivery.ticket_id_dropped` as a warning. The attempt's error: what was dropped and what follows from it.
+        Still a success: the vendor made the ticket, and sending it again would make a second one."""
+        self._ticket_id_dropped()
         why = outcome.error or "the answer's ticket id is no id, not kept"
         if item.conversation is not None and item.ticket is None:
             error = f"{why}; the conversation has no ticket, so its next message will create a new ticket"
-            blog.warning("conversation.ticket_lost", conversation=item.conversation, error=why,
+            blog.error("conversation.ticket_lost", conversation=item.conversation, error=why,
                          status=sent.http_status,
                          note="the vendor made the ticket (a success, not sent again) but its answer's ticket id is no "
                               "id, so it is not kept: the conversation has no ticket, and the thread's next message "
@@ -762,7 +768,11 @@ class Dispatcher:
                  clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
                  lease_s: float = LEASE_SECONDS,
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None) -> None:
+        self.on_ticket_dropped = on_ticket_dropped
+        """Called with the destination's name for each success whose ticket id is not kept: the vendor's answer
+        held no id there (an object, `true`…), or the store refused the attempt's record and the minimal record left
+        the id out (not every store takes it). For the metrics."""
         self.follow_ups = follow_ups
         """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
         self.coordination = coordination or LocalCoordination()

@@ -22,15 +22,17 @@ A text cut short may end a secret's first characters: an excerpt (cut without a 
 before each `…` anywhere in a text, and at the end of one that may have been cut, a cut-off part of MIN_SECRET_CHARS
 or more is redacted too (before each `…` only the characters since the one before it are searched: still linear).
 What the bridge cuts itself after it was said, an attempt's error (sender.ERROR_CHARS), it redacts first and cuts
-after (`Matcher.clip`), so that the cut never splits a secret, however few of its characters stand before it. Cost
-per attempt record: tests/bench/test_redaction_bench.py.
+after (`Matcher.clip`), so that the cut never splits a secret, however few of its characters stand before it and
+however much the secrets before it shrink the text. Cost per attempt record: tests/bench/test_redaction_bench.py.
 
 With `secret_url` (an http destination's `url_secret: true`: a webhook URL that is itself the credential), every
 URL of the destination is shown as its scheme and host followed by `/[redacted]`, and the secret parts of its
 paths are secret values like any other (`url_secrets`): the base URL's path and query, and the literal parts of
 the destination's `path` (and `doctor.path`, `lookup.path`) and of a mapping's `options.path` (placeholders are
 filled from the event's fields: no secret), each whole and by each segment that is no word of the API (an id, a
-token), since a hook may quote its token alone. Without `url_secret` no path is a secret.
+token), since a hook may quote its token alone. A literal part that is one word (`/tickets`) is none, but the base
+URL's path and query are the credential: secret whole whatever they read as. Without `url_secret` no path is a
+secret.
 """
 
 from __future__ import annotations
@@ -145,16 +147,27 @@ class Matcher:
 
     def clip(self, text: str, limit: int) -> str:
         """`text` redacted (`text`) and then cut to `limit` characters, an ellipsis marking the cut: redacted
-        before it is cut, so that the cut never splits a secret unseen. Only what may be shown is searched: the
-        first `limit` characters and as many as the longest form past them (every form starting before the
-        cut), their end a cut; the cut is moved back to before a REDACTED it would split."""
-        if len(text) <= limit:
-            return self.text(text)
-        window = text[:limit + self.longest]
-        more = len(text) > len(window)
-        shown = self.text(window, cut=more)
-        if len(shown) < limit or (len(shown) == limit and not more):
-            return shown + (_CUT if more else "")
+        before it is cut, so that the cut never splits a secret, however few of its characters stand before it.
+        Only what may be shown is searched: a window of the text, of which only what stands as many characters as
+        the longest form before its end is shown (a form that the window's end cuts starts after that, unseen);
+        while redaction shrinks what may be shown under `limit` (a long secret said many times), the window is
+        doubled, so that the work stays linear in what is shown. The cut is moved back to before a REDACTED it
+        would split; a text that REDACTED lengthens (a secret shorter than it) is cut to `limit` too."""
+        reach = limit + self.longest
+        while True:
+            more = reach < len(text)
+            if not more:
+                shown = self.text(text)
+                if len(shown) <= limit:
+                    return shown
+                break
+            window = text[:reach]
+            spans = self._found(window) if self.holds(window) else []
+            spans += self._cuts(window, True)
+            shown = _redacted(window, spans, until=reach - self.longest)
+            if len(shown) >= limit - 1:
+                break
+            reach *= 2
         end = limit - 1
         split = shown.find(REDACTED, max(0, end - len(REDACTED) + 1), end + len(REDACTED) - 1)
         if 0 <= split < end:
@@ -233,9 +246,10 @@ class Matcher:
         return value
 
 
-def _redacted(text: str, spans: list[tuple[int, int]]) -> str:
+def _redacted(text: str, spans: list[tuple[int, int]], until: int | None = None) -> str:
     """`text` with REDACTED for each run of characters `spans` cover, overlapping spans merged (adjacent ones are
-    not: two secrets side by side show as two)."""
+    not: two secrets side by side show as two); with `until`, only what stands before it: the characters before
+    it, and a run starting before it whole (as REDACTED)."""
     out: list[str] = []
     shown = 0
     start = end = -1
@@ -246,8 +260,14 @@ def _redacted(text: str, spans: list[tuple[int, int]]) -> str:
         if end >= 0:
             out += (text[shown:start], REDACTED)
             shown = end
+        if until is not None and s >= until:
+            start = end = -1
+            break
         start, end = s, e
-    out += (text[shown:start], REDACTED, text[end:])
+    if end >= 0:
+        out += (text[shown:start], REDACTED)
+        shown = end
+    out.append(text[shown:until] if until is None or shown < until else "")
     return "".join(out)
 
 
@@ -327,19 +347,20 @@ class Redactor:
         return None if text is None else self.matcher(held).text(text)
 
 
-def url_secrets(key: str, text: str) -> dict[str, str]:
+def url_secrets(key: str, text: str, *, whole: bool = False) -> dict[str, str]:
     """The secret parts of a secret URL's path or query, or of a literal part of a path template (`text`,
     configured at `key`), by where each is: `text` itself, a `/` at its end aside (`key`), and each of its
     segments (between `/`, `?`, `&`, `=`, `;`, `#`) of MIN_SECRET_CHARS characters or more (`key[i]`): a webhook
     path (`/services/T…/B…/…`) is the secret as a whole, and so is each of its ids and tokens, which a vendor may
-    quote alone. A segment (or a `text` of one segment) that reads as a word of the API is no secret by itself:
-    letters alone, lower-case but for the first, in runs joined by `-`, `_` or `.` (`services`,
-    `incoming-webhook`), shorter than WORD_CHARS."""
-    whole = text.rstrip("/")
-    segments = [s for s in _SEGMENT.split(whole) if s]
-    out = {} if not segments or (len(segments) == 1 and _word(segments[0])) else {key: whole}
+    quote alone. A segment (or a `text` of one segment, unless `whole`) that reads as a word of the API is no
+    secret by itself: letters alone, lower-case but for the first, in runs joined by `-`, `_` or `.` (`services`,
+    `incoming-webhook`), shorter than WORD_CHARS. With `whole` (a base URL's path or query: the credential itself)
+    `text` is a secret whatever it reads as (`/hooksupersecret`)."""
+    text = text.rstrip("/")
+    segments = [s for s in _SEGMENT.split(text) if s]
+    out = {} if not segments or (not whole and len(segments) == 1 and _word(segments[0])) else {key: text}
     out.update((f"{key}[{i}]", s) for i, s in enumerate(segments)
-               if s != whole and len(s) >= MIN_SECRET_CHARS and not _word(s))
+               if s != text and len(s) >= MIN_SECRET_CHARS and not _word(s))
     return out
 
 
@@ -349,8 +370,9 @@ def _word(segment: str) -> bool:
 
 def base_url_secrets(base_url: str | None) -> dict[str, str]:
     """The parts of a base URL that are secret when the whole URL is (a webhook URL): its path and its query,
-    each as `url_secrets` splits it."""
+    each a secret whole whatever it reads as, and each of their segments that is no word (`url_secrets`)."""
     if not base_url:
         return {}
     parts = urlsplit(base_url)
-    return {**url_secrets("base_url.path", parts.path), **url_secrets("base_url.query", parts.query)}
+    return {**url_secrets("base_url.path", parts.path, whole=True),
+            **url_secrets("base_url.query", parts.query, whole=True)}

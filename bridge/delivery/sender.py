@@ -116,9 +116,12 @@ def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
 
 def bounded(outcome: Outcome) -> Outcome:
     """`outcome` as it is logged and recorded: its error cut at ERROR_CHARS (the lane cuts it as it redacts it,
-    `Matcher.clip`, before this), and a ticket id, key or uuid that is no id left out, the error saying so (a
-    success stays a success: the vendor took the request; a ticket id so left out sets `ticket_id_dropped`). The
-    adapters read ids so already (`answer_id`); this holds for every outcome, a reconciliation's found ticket too."""
+    `Matcher.clip`, before this), and a ticket id, key or uuid longer than ID_CHARS or holding a NUL left out, the
+    error saying so (a success stays a success: the vendor took the request; a ticket id so left out sets
+    `ticket_id_dropped`). The adapters read the ids of an answer by `answer_id`, and so do their reconciliations
+    the ids of a ticket they find (the http look-up's, Kapture's pulled ticket's), which refuses these and more
+    (an object, `true`, 12.5); this is the last guard, for every outcome, whatever made it (Kapture's task id,
+    taken when a pulled ticket has no ticket id at all, is read by no such rule)."""
     dropped = {key: why for key in ("ticket_id", "ticket_key", "ticket_uuid")
                if (value := getattr(outcome, key)) is not None and (why := _not_an_id(key, value)) is not None}
     error = outcome.error
@@ -278,7 +281,8 @@ def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, 
 def cut_answer(status: int, outcome: Outcome) -> Outcome:
     """The outcome of an answer longer than MAX_RESPONSE_BYTES, classified on its first MAX_RESPONSE_BYTES. A 2xx
     that does not read as a success is unknown, not the vendor's refusal: it may have made the ticket and said so
-    past the cut. A success stands, saying the id may have been past the cut when none was read."""
+    past the cut. A success stands, saying the id may have been past the cut when none was read, after what the
+    adapter said of an id it left out (where it was and what: `answer_id`)."""
     limit = f"{MAX_RESPONSE_BYTES // 1024} KiB" if MAX_RESPONSE_BYTES % 1024 == 0 else f"{MAX_RESPONSE_BYTES:,} bytes"
     said = f"HTTP {status}: the answer is longer than the {limit} read limit and was cut there"
     if not 200 <= status < 300:
@@ -287,5 +291,6 @@ def cut_answer(status: int, outcome: Outcome) -> Outcome:
         return Outcome(classification="unknown",
                        error=f"{said}, so what it says could not be read: the vendor may have acted on it")
     if outcome.ticket_id is None:
-        return msgspec.structs.replace(outcome, error=f"{said}: no ticket id was read before the cut")
+        cut = f"{said}: no ticket id was read before the cut"
+        return msgspec.structs.replace(outcome, error="; ".join(p for p in (outcome.error, cut) if p))
     return outcome

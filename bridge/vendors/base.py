@@ -335,12 +335,16 @@ def _shown(value: Any) -> str:
 
 def id_problem(value: Any) -> str | None:
     """Why `value` (read from a vendor's answer where an id goes, not null) is no id, or None when it is one: an id
-    is a whole number (kept as its decimal text) or text of at most ID_CHARS characters, not blank and without a NUL
-    (which no id has; a follow-up or a look-up naming the ticket by it would name another)."""
+    is a whole number (kept as its decimal text) or text, of at most ID_CHARS characters, not blank and without a
+    NUL (which no id has; a follow-up or a look-up naming the ticket by it would name another)."""
     if isinstance(value, bool):
         return f"a boolean ({_shown(value)})"
     if isinstance(value, int):
-        return None
+        try:
+            digits = len(str(value))
+        except ValueError:  # more digits than Python writes out (msgspec reads no such number from JSON)
+            return f"a whole number of more than {ID_CHARS} characters"
+        return None if digits <= ID_CHARS else f"a whole number of {digits} characters"
     if isinstance(value, float):
         return f"a number with a fraction or an exponent ({_shown(value)})"
     if isinstance(value, dict):

@@ -112,6 +112,10 @@ def _mapping_path_secrets(template: str) -> tuple[str, ...]:
         return ()
 
 
+NOT_SHOWN = "(not shown: url_secret)"
+"""What a config error says for a path that may be the credential (`url_secret`)."""
+
+
 def _check_path(template: str) -> None:
     if not template.startswith("/"):
         raise ValueError(f"`path` {template!r} must start with /, e.g. /api/tickets")
@@ -122,30 +126,36 @@ def _check_path(template: str) -> None:
 
 
 class HttpDoctor(Base):
-    """The harmless request `ticketbridge doctor` makes (a look-up, never a create); a 2xx answer is OK."""
+    """The harmless request `ticketbridge doctor` makes (a look-up, never a create); a 2xx answer is OK. Its
+    `path` is checked by the destination (`HttpOptions`), which knows whether it may be a secret."""
 
     method: Literal["GET", "HEAD", "POST"] = "GET"
     path: str = "/"
     body: dict[str, Any] | None = None
 
-    def __post_init__(self) -> None:
-        if not self.path.startswith("/"):
-            raise KeyValueError(("path",), f"`path` {self.path!r} must start with /, e.g. /api/me")
+
+def _check_doctor_path(path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"`path` {path!r} must start with /, e.g. /api/me")
+
+
+def _check_lookup_path(path: str) -> None:
+    _check_path(path.split("?", 1)[0])
+    placeholders(path)
 
 
 class HttpLookup(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How to find the ticket a create of unknown outcome may have made (`on_unknown: reconcile`): a GET of
     `path` (its `{field}` placeholders filled from the create's rendered fields, e.g. a reference the mapping
     sent), whose answer holds the ticket's id at `ticket_id_path`; a status in `not_found_statuses`, or
-    nothing at that path, means the target holds no such ticket."""
+    nothing at that path, means the target holds no such ticket. `path` is checked by the destination
+    (`HttpOptions`), which knows whether it may be a secret."""
 
     path: str
     ticket_id_path: str
     not_found_statuses: list[int] = msgspec.field(default_factory=lambda: [404])
 
     def __post_init__(self) -> None:
-        _check_path(self.path.split("?", 1)[0])
-        placeholders(self.path)
         try:
             body_path(self.ticket_id_path)
         except ValueError as exc:
@@ -214,7 +224,19 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
             if not self.url_secret:
                 raise
             # The path may be the credential: the error says what is wrong without it, as for `base_url`.
-            raise ValueError(str(exc).replace(repr(self.path), "(not shown: url_secret)")) from None
+            raise ValueError(str(exc).replace(repr(self.path), NOT_SHOWN)) from None
+        for where, path, check in ((("doctor", "path"), self.doctor.path if self.doctor else None, _check_doctor_path),
+                                   (("lookup", "path"), self.lookup.path if self.lookup else None,
+                                    _check_lookup_path)):
+            if path is None:
+                continue
+            try:
+                check(path)
+            except ValueError as exc:
+                said = str(exc)
+                if self.url_secret:  # as for `path`: the full path, and the part before its query, not shown
+                    said = said.replace(repr(path), NOT_SHOWN).replace(repr(path.split("?", 1)[0]), NOT_SHOWN)
+                raise KeyValueError(where, said) from None
         for key in ("multipart_json_part", "multipart_files_part"):
             if not getattr(self, key).strip():
                 raise ValueError(f"`{key}` must name a form part, e.g. data")

@@ -19,8 +19,8 @@ from bridge.vendors.base import (
     VendorAuthFailed,
     VendorRequest,
     VendorUnavailable,
+    first_id,
     lower_keys,
-    text_or_none,
 )
 from bridge.vendors.kapture import PULL_PATH, REFUSES_ARRAY, KaptureAdapter, read_answer
 
@@ -259,10 +259,12 @@ async def find_created(adapter: KaptureAdapter, fields: dict[str, Any], since_ms
     """The ticket a create of `fields` (sent at or after `since_ms`) made, found by pulling each day from the
     day before the send (the account's day may start earlier than ours) to today, at most RECONCILE_MAX_DAYS,
     and matching the body's `reference_field` value against each ticket's `additional_info` (else its own keys),
-    one page at a time; None when no ticket carries it. CannotReconcile when the body holds no reference to match
-    on; SearchStopped, saying what was pulled, when the search ends before it can tell: `call` stopped it (the
-    reconciliation's deadline), a day has more than RECONCILE_MAX_PAGES pages, or the send is older than the
-    days pulled and no ticket matched."""
+    one page at a time; None when no ticket carries it. Its id is read by `answer_id` (`ticketId`, else
+    `ticket_id`; neither given, its task id). CannotReconcile when the body holds no reference to match on, or
+    the ticket carrying it holds what is no id where its id goes (held: it names a ticket); SearchStopped, saying
+    what was pulled, when the search ends before it can tell: `call` stopped it (the reconciliation's deadline),
+    a day has more than RECONCILE_MAX_PAGES pages, or the send is older than the days pulled and no ticket
+    matched."""
     field_name = adapter.options.reference_field
     if not field_name:
         raise CannotReconcile("kapture: no `reference_field` is configured to match on")
@@ -281,12 +283,17 @@ async def find_created(adapter: KaptureAdapter, fields: dict[str, Any], since_ms
         info = ticket.get("additional_info")
         if reference not in reference_at(info, path) and reference not in reference_at(ticket, path):
             return None
-        found = ticket_key(ticket)
-        ticket_id = text_or_none(ticket.get("ticketId") or ticket.get("ticket_id"))
-        if ticket_id is None and found is None:
-            return None
-        return Found(ticket_id=ticket_id or str(found),
-                     detail=f"{field_name} = {reference!r}, pulled for {day.isoformat()}")
+        detail = f"{field_name} = {reference!r}, pulled for {day.isoformat()}"
+        # Its id read as a create's answer is (`answer_id`): `true` or 12.5 is no id, not "True" or "12.5".
+        ticket_id = first_id((("ticketId", ticket.get("ticketId")), ("ticket_id", ticket.get("ticket_id"))))
+        if ticket_id.text is not None:
+            return Found(ticket_id=ticket_id.text, detail=detail)
+        if ticket_id.problem is not None:
+            # It names the ticket, by something that is no id: not "none found", which would send it again.
+            raise CannotReconcile(f"kapture: the ticket pulled for {day.isoformat()} carrying {field_name} = "
+                                  f"{reference!r} has no usable id: {ticket_id.problem}")
+        found = ticket_key(ticket)  # no ticket id at all: its task id
+        return None if found is None else Found(ticket_id=found, detail=detail)
 
     try:
         for day in searched.days:

@@ -129,7 +129,8 @@ async def test_a_create_whose_ticket_id_is_an_object_succeeds_loudly_without_it(
 ) -> None:
     """A conversation's create answered 201 with `data.id` an object is a success (not sent again: the ticket was
     made) without a ticket id: the attempt's error names the path, the value and what follows (the conversation's
-    next message creates a new ticket), `conversation.ticket_lost` is logged as a warning, /metrics counts it in
+    next message creates a new ticket), `conversation.ticket_lost` is logged as an error (as when a minimal record
+    leaves the id out: one event, one level, what operators alert on), /metrics counts it in
     `ticketbridge_delivery_ticket_ids_dropped_total`, and the next message is indeed a create."""
     paths: list[str] = []
 
@@ -160,7 +161,7 @@ async def test_a_create_whose_ticket_id_is_an_object_succeeds_loudly_without_it(
         "next message will create a new ticket")
     assert row.last_error == attempt.error
     lost = [e for e in logs if e["event"] == "conversation.ticket_lost"]
-    assert len(lost) == 2 and all(e["log_level"] == "warning" for e in lost)
+    assert len(lost) == 2 and all(e["log_level"] == "error" for e in lost)
     assert lost[0]["conversation"] == row.conversation and "`data.id` is an object" in lost[0]["error"]
     assert (second.delivery.role, paths) == ("create", ["/tickets", "/tickets"])
     metrics = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})

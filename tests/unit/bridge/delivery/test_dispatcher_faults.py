@@ -152,10 +152,11 @@ async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
 
 @asynccontextmanager
 async def running(store: FaultyStore, dest: Destination, *, max_unrecorded: int = 256,
-                  breaker: Breaker | None = None) -> AsyncIterator[Dispatcher]:
+                  breaker: Breaker | None = None,
+                  on_ticket_dropped: Callable[[str], None] | None = None) -> AsyncIterator[Dispatcher]:
     async with aiohttp.ClientSession() as session:
         d = Dispatcher(store, session, {dest.name: dest}, timings=FAST, max_unrecorded=max_unrecorded,
-                       clock=lambda: store.now)
+                       clock=lambda: store.now, on_ticket_dropped=on_ticket_dropped)
         d.start()
         if breaker is not None:
             d.lanes[dest.name].breaker = breaker  # before the lane's first turn
@@ -326,16 +327,19 @@ async def test_a_ticket_id_not_every_store_takes_is_dropped_from_a_minimal_recor
     ticket_id: str,
 ) -> None:
     """A ticket id that is not plainly storable (past ASCII, a control character) may be what the store refused: a
-    minimal record leaves it out, and for a conversation's create `conversation.ticket_lost` says loudly that the
-    conversation has no ticket, naming it and the ticket."""
+    minimal record leaves it out, counted as a dropped ticket id (`on_ticket_dropped`, the metrics' counter), and
+    for a conversation's create `conversation.ticket_lost` says loudly (an error) that the conversation has no
+    ticket, naming it and the ticket."""
     store = FaultyStore()
     store.record_raises = list(REFUSED_TWICE)
     [delivery_id] = await store.add(conversation="m|case-1")
+    dropped: list[str] = []
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers((200, {"status": "success", "ticket_id": ticket_id})),
                repeat=True, response_class=MockResponse)
-        async with running(store, destination()):
+        async with running(store, destination(), on_ticket_dropped=dropped.append):
             await eventually(lambda: len(store.records) == 1)
+    assert dropped == ["kapture"]
     (record,) = store.records
     assert (record.ticket_id, record.next_status, record.error) == (None, "succeeded", MINIMAL_ERROR)
     assert store.conversations["m|case-1"].ticket_id is None

@@ -27,6 +27,7 @@ from bridge.vendors.http_auth import basic
 from bridge.vendors.kapture import KaptureOptions
 from bridge.vendors.leadsquared import LeadSquaredOptions
 from bridge.vendors.netgroot import NetgrootOptions
+from tests.complexity.scaling import assert_linear
 
 TOKEN = "tok/9f8e+7d6c 5b4a"  # with characters each encoding writes apart
 
@@ -195,6 +196,24 @@ def test_a_text_is_redacted_before_it_is_clipped(before: int) -> None:
     assert matcher.clip("a" * 1000, limit) == "a" * (limit - 1) + "…"
 
 
+def test_a_text_shrunk_by_its_redactions_is_clipped_without_a_secret_s_head() -> None:
+    """A long secret said many times shrinks the text under REDACTED, so that more of it may be shown than was
+    first searched: a secret that the search's end cut with fewer than MIN_SECRET_CHARS of its characters before
+    it is found all the same, none of them shown."""
+    secret, limit = "sk_live_ABCDEFGHIJKLMNOPQRST", 2000
+    matcher = Redactor({"token": secret}).matcher()
+    head = (secret + " ") * 10
+    for before in range(1, MIN_SECRET_CHARS + 1):
+        at = limit + len(secret) - before
+        for rest in (" and more", " and more" + "y" * 2000):
+            said = head + "x" * (at - len(head)) + secret + rest
+            shown = matcher.clip(said, limit)
+            assert len(shown) <= limit
+            assert secret[:2] not in shown, shown[-20:]
+            assert shown.removesuffix("…") == matcher.text(said)[:len(shown.removesuffix("…"))], shown[-20:]
+            assert len(shown) >= min(limit - len(REDACTED), len(matcher.text(said))), len(shown)
+
+
 def test_a_secret_url_s_ids_and_tokens_are_secrets_alone() -> None:
     """A secret URL's path and query are secrets whole and each of their segments that is no word of the API (of
     MIN_SECRET_CHARS or more, not lower-case letters alone), so that a hook quoting only its token, or only an id,
@@ -228,6 +247,25 @@ def test_which_parts_of_a_secret_path_are_secrets(text: str, secrets: dict[str, 
     """The path whole unless it is one word; each segment of MIN_SECRET_CHARS or more unless it is a word (lower-case
     letters, joined by `-`, `_` or `.`, shorter than WORD_CHARS)."""
     assert url_secrets("k", text) == secrets
+
+
+@pytest.mark.parametrize(("base", "secrets"), [
+    ("https://hooks.example.com/hooksupersecret", {"base_url.path": "/hooksupersecret"}),
+    ("https://hooks.example.com/Abcdefghijklmnopqrs/", {"base_url.path": "/Abcdefghijklmnopqrs"}),
+    ("https://hooks.example.com/abc-defgh-ijklmn", {"base_url.path": "/abc-defgh-ijklmn"}),
+    ("https://example.com/services?tokenabcdefghij",
+     {"base_url.path": "/services", "base_url.query": "tokenabcdefghij"}),
+    ("https://example.com/services/incoming-webhook", {"base_url.path": "/services/incoming-webhook"}),
+], ids=["one-word", "capitalised", "hyphened", "query", "words"])
+def test_a_secret_base_url_s_path_and_query_are_secrets_whatever_they_read_as(base: str,
+                                                                              secrets: dict[str, str]) -> None:
+    """A base URL's path and query are the credential itself: each is a secret whole even when it reads as a word
+    (only their segments, and a path template's literal parts, are exempt as words), so a vendor echoing the
+    path it could not route has it redacted."""
+    assert base_url_secrets(base) == secrets
+    path = "/" + base.split("/", 3)[3].rstrip("/")
+    shown = Redactor(secrets, secret_url=True).text(f"404: no route for {path}")
+    assert shown == "404: no route for " + "?".join([REDACTED] * len(secrets))
 
 
 def test_a_matcher_in_use_is_kept_while_others_come_and_go() -> None:
@@ -268,3 +306,30 @@ def test_no_secret_shows_in_a_text_spliced_of_secrets(case: tuple[list[str], str
     covered = {i for secret in secrets for at in range(len(said)) if said.startswith(secret, at)
                for i in range(at, at + len(secret))}
     assert shown.replace(REDACTED, "") == "".join(c for i, c in enumerate(said) if i not in covered), shown
+
+
+def test_clipping_a_text_that_shrinks_under_its_redactions_grows_linearly() -> None:
+    """However far the search must go for what may be shown (a text of secrets that each shrink to REDACTED, the
+    limit half of it), `clip` costs about as much more as the text is longer: its window doubles."""
+    secret = "sk_live_ABCDEFGHIJKLMNOPQRST"
+    matcher = Redactor({"token": secret}).matcher()
+    assert_linear(lambda said: matcher.clip(said, len(said) // 2), lambda n: (secret + " ") * n, 2_000)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_spliced(), st.integers(1, 60))
+def test_a_clipped_text_is_the_start_of_the_text_redacted(case: tuple[list[str], str], limit: int) -> None:
+    """However secrets are spliced together and however much their redaction shrinks the text, `clip` shows the
+    start of the text as `text` redacts it whole: no character of a secret, at most `limit` characters, `…` after
+    a cut, and no more than a REDACTED short of the limit. (A text whose redaction is `limit` long or one less may
+    be shown cut all the same: what follows the part searched is not looked at.)"""
+    secrets, said = case
+    matcher = Redactor({f"s{i}": secret for i, secret in enumerate(secrets)}).matcher()
+    full, shown = matcher.text(said), matcher.clip(said, limit)
+    assert len(shown) <= limit
+    if len(full) < limit - 1 or (len(full) <= limit and len(said) <= limit):
+        assert shown == full
+    else:
+        kept = shown.removesuffix("…")
+        assert full.startswith(kept), (shown, full)
+        assert shown == full or (shown.endswith("…") and len(shown) >= min(limit, len(full)) - len(REDACTED))

@@ -22,7 +22,7 @@ from yarl import URL
 from bridge.delivery import sender
 from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
 from bridge.store.base import Claimed
-from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable
+from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable, answer_id, succeeded
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
 
@@ -690,6 +690,21 @@ async def test_a_success_status_whose_answer_passes_the_read_limit_is_unknown_no
     assert (sent.outcome.classification, sent.http_status) == ("unknown", 200)
     assert sent.outcome.error == ("HTTP 200: the answer is longer than the 256 KiB read limit and was cut there, "
                                   "so what it says could not be read: the vendor may have acted on it")
+
+
+def test_a_cut_success_keeps_what_was_said_of_the_ticket_id_it_dropped() -> None:
+    """A success read from a cut answer whose ticket id was no id keeps the adapter's words on it (where the id was
+    and what), the cut said after them, so that the record and the log of the lost ticket name both; a success
+    whose id was simply not read says the cut alone."""
+    dropped = succeeded(answer_id({"number": 5}, "data.id"))
+    cut = sender.cut_answer(200, dropped)
+    assert (cut.classification, cut.ticket_id, cut.ticket_id_dropped) == ("success", None, True)
+    assert cut.error == (f"{dropped.error}; HTTP 200: the answer is longer than the 256 KiB read limit and was cut "
+                         "there: no ticket id was read before the cut")
+    assert dropped.error is not None and 'at `data.id` is an object ({"number":5})' in dropped.error
+    assert sender.cut_answer(200, succeeded()).error == ("HTTP 200: the answer is longer than the 256 KiB read "
+                                                         "limit and was cut there: no ticket id was read before the "
+                                                         "cut")
 
 
 def test_only_a_status_that_says_the_vendor_did_not_act_decides_an_unread_body() -> None:

@@ -143,23 +143,35 @@ NOT_IDS = [
     (1.5e3, "a number with a fraction or an exponent (1500.0)"),
     ("", "empty text"),
     ("  ", 'blank text ("  ")'),
-    ("7" * (ID_CHARS + 1), f"text of {ID_CHARS + 1} characters"),
+    pytest.param("7" * (ID_CHARS + 1), f"text of {ID_CHARS + 1} characters", id="long-text"),
+    pytest.param(int("7" * (ID_CHARS + 1)), f"a whole number of {ID_CHARS + 1} characters", id="long-number"),
+    pytest.param(-int("7" * ID_CHARS), f"a whole number of {ID_CHARS + 1} characters", id="long-negative-number"),
     ("14\x003", "text holding a NUL character (\\x00)"),
 ]
 
 
 @pytest.mark.parametrize(("value", "said"), NOT_IDS)
 def test_what_is_no_id_is_not_kept_and_said(value: Any, said: str) -> None:
-    """An object, an array, a boolean, a number with a fraction, empty or blank text, text longer than ID_CHARS or
-    holding a NUL is no id: nothing is kept, and the problem names the path, the value and what an id would be."""
+    """An object, an array, a boolean, a number with a fraction, empty or blank text, text or a whole number longer
+    than ID_CHARS written out, or text holding a NUL is no id: nothing is kept, and the problem names the path, the
+    value and what an id would be."""
     assert answer_id(value, "data.id") == AnswerId(problem=(
         f"the answer's ticket id at `data.id` is {said}, not kept (an id is a whole number or non-blank text of "
         f"at most {ID_CHARS} characters, no NUL)"))
 
 
+def test_a_whole_number_too_long_to_write_out_is_no_id() -> None:
+    """A whole number with more digits than Python writes out as text is no id either, said without writing it."""
+    assert answer_id(10**5000, "id").problem == (
+        f"the answer's ticket id at `id` is a whole number of more than {ID_CHARS} characters, not kept (an id is a "
+        f"whole number or non-blank text of at most {ID_CHARS} characters, no NUL)")
+
+
 @pytest.mark.parametrize(("value", "kept"), [
-    (143, "143"), (-7, "-7"), (2**63, str(2**63)), ("T-143", "T-143"), (" 143 ", " 143 "),
-    ("7" * ID_CHARS, "7" * ID_CHARS), ("\u2603", "\u2603")])
+    (143, "143"), (-7, "-7"), (2**63, str(2**63)),
+    pytest.param(int("7" * ID_CHARS), "7" * ID_CHARS, id="longest-number"),
+    ("T-143", "T-143"), (" 143 ", " 143 "), pytest.param("7" * ID_CHARS, "7" * ID_CHARS, id="longest-text"),
+    ("\u2603", "\u2603")])
 def test_whole_numbers_and_text_are_ids(value: Any, kept: str) -> None:
     """A whole number is kept as its decimal text, and text of at most ID_CHARS characters as it is."""
     assert answer_id(value, "id") == AnswerId(kept)

@@ -296,3 +296,39 @@ def test_with_url_secret_a_bad_path_is_refused_without_showing_it(path: str, sho
     assert shown in str(info.value) and "SECRET" not in str(info.value)
     with pytest.raises(msgspec.ValidationError, match="SECRETSECRET"):
         msgspec.convert({"vendor": "http", "base_url": BASE, "path": path}, HttpOptions)
+
+
+@pytest.mark.parametrize(("lines", "key", "shown"), [
+    ("    doctor:\n      path: '${P}'\n", "doctor.path",
+     "`path` (not shown: url_secret) must start with /, e.g. /api/me"),
+    ("    on_unknown: reconcile\n    lookup:\n      ticket_id_path: id\n      path: '${P}'\n", "lookup.path",
+     "`path` (not shown: url_secret) must start with /, e.g. /api/tickets"),
+], ids=["doctor", "lookup"])
+@pytest.mark.parametrize("value", ["services/T0001ABCD/SECRETSECRET", "services/T0001ABCD/SECRETSECRET?k=SECRET"],
+                         ids=["path", "query"])
+def test_with_url_secret_a_bad_doctor_or_lookup_path_is_refused_without_showing_it(tmp_path: Path, lines: str,
+                                                                                  key: str, shown: str,
+                                                                                  value: str) -> None:
+    """With `url_secret`, a `doctor.path` or `lookup.path` that cannot be used is refused at its key and line,
+    saying why without the path, as `path` is; without `url_secret` the path is shown."""
+    config = ("destinations:\n  hook:\n    vendor: http\n    base_url: https://hooks.example.com\n"
+              "    url_secret: SECRET_URL\n" + lines)
+    (tmp_path / "bridge.yaml").write_text(config.replace("SECRET_URL", "true"))
+    with pytest.raises(ErrorList) as info:
+        load_config(tmp_path / "bridge.yaml", {"P": value}, registries=REGISTRIES)
+    said = "".join(e.render() for e in info.value.errors)
+    line = 1 + config.splitlines().index("      path: '${P}'")
+    assert f"bridge.yaml:{line}:" in said and f"destinations.hook.{key}: {shown}" in said, said
+    assert "SECRET" not in said
+    (tmp_path / "bridge.yaml").write_text(config.replace("SECRET_URL", "false"))
+    with pytest.raises(ErrorList, match="SECRETSECRET"):
+        load_config(tmp_path / "bridge.yaml", {"P": value}, registries=REGISTRIES)
+
+
+@pytest.mark.parametrize("path", ["/services/{{hook}}/SECRETSECRET", "/services/{hook!r}/SECRETSECRET?q={ref}"])
+def test_with_url_secret_a_malformed_lookup_template_is_refused_without_showing_it(path: str) -> None:
+    """A `lookup.path` whose template cannot be read is refused without it too (a placeholder's fault said)."""
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert({"vendor": "http", "base_url": BASE, "url_secret": True,
+                         "lookup": {"path": path, "ticket_id_path": "id"}}, HttpOptions)
+    assert "(not shown: url_secret)" in str(info.value) and "SECRET" not in str(info.value)

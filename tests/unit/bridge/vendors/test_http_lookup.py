@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bridge.vendors.base import CannotReconcile, VendorAuthFailed, VendorRequest, VendorUnavailable
+from bridge.vendors.base import ID_CHARS, CannotReconcile, VendorAuthFailed, VendorRequest, VendorUnavailable
 from bridge.vendors.http import HttpAdapter, HttpLookup, HttpOptions
 
 
@@ -66,18 +66,23 @@ async def test_a_failed_lookup_says_why(aiohttp_server: Any, status: int, error:
         await look(a, {"title": "t", "ref": "evt_1"})
 
 
-async def test_a_found_ticket_whose_id_is_no_id_cannot_tell(aiohttp_server: Any) -> None:
-    """A look-up answering a ticket whose id is an object names a ticket it cannot give: not "none found" (which
-    would send the create again, a second ticket) but CannotReconcile (held for an operator), saying what it was."""
+@pytest.mark.parametrize(("found", "said"), [
+    ({"number": 9}, r"an object \(\{\"number\":9\}\)"),
+    (int("7" * (ID_CHARS + 1)), f"a whole number of {ID_CHARS + 1} characters"),
+], ids=["object", "long-number"])
+async def test_a_found_ticket_whose_id_is_no_id_cannot_tell(aiohttp_server: Any, found: Any, said: str) -> None:
+    """A look-up answering a ticket whose id is an object, or a number longer than an id may be, names a ticket it
+    cannot give: not "none found" (which would send the create again, a second ticket) but CannotReconcile (held
+    for an operator), saying what it was."""
 
     async def find(request: web.Request) -> web.Response:
-        return web.json_response({"items": [{"id": {"number": 9}}]})
+        return web.json_response({"items": [{"id": found}]})
 
     app = web.Application()
     app.router.add_get("/tickets", find)
     base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
-    with pytest.raises(CannotReconcile, match=r"HTTP 200, but the answer's ticket id at `items\[0\]\.id` is an "
-                                              r"object \(\{\"number\":9\}\), not kept"):
+    with pytest.raises(CannotReconcile, match=r"HTTP 200, but the answer's ticket id at `items\[0\]\.id` is "
+                                              f"{said}, not kept"):
         await look(adapter(base, LOOKUP), {"title": "t", "ref": "evt_1"})
 
 

@@ -276,3 +276,50 @@ async def test_find_created_with_endless_pages_or_a_send_older_than_its_days_can
                                             r"2024-04-12 \(2 pages, 1 ticket\), "):
         await find_created(a, {"title": "t", "ref": "evt_x"}, ten_days_ago, PagedDay(pages=1, per_page=1),
                            now_ms=since)
+
+
+class OneTicket:
+    """A Kapture pull answering, for every day, one page holding one ticket: `ticket` with the reference evt_1."""
+
+    def __init__(self, ticket: dict[str, Any]) -> None:
+        self.ticket = {**ticket, "additional_info": {"ref": "evt_1"}}
+
+    async def __call__(self, request: VendorRequest) -> tuple[int, bytes]:
+        page = json.loads(request.body)[0].get("limit")
+        tickets = [self.ticket] if page in (None, 1) else []
+        return 200, json.dumps({"status": "success", "message": tickets}).encode()
+
+
+@pytest.mark.parametrize(("ticket", "kept"), [
+    ({"ticketId": "713516551148"}, "713516551148"),
+    ({"ticketId": 713516551148}, "713516551148"),
+    ({"ticket_id": "T-9"}, "T-9"),
+    ({"ticketId": {"n": 1}, "ticket_id": "T-9"}, "T-9"),
+    ({"taskId": 530348198}, "taskId:530348198"),
+], ids=["text", "number", "ticket_id", "no-id-then-an-id", "task-id"])
+async def test_find_created_reads_the_found_ticket_s_id_as_an_answer_s(ticket: dict[str, Any], kept: str) -> None:
+    """The ticket found is named by its `ticketId`, else `ticket_id`, each read as a create's answer is (a whole
+    number as its decimal text); with neither, by its task id."""
+    since = int(NOW.timestamp() * 1000)
+    found = await find_created(adapter(reference_field="ref"), {"title": "t", "ref": "evt_1"}, since,
+                               OneTicket(ticket), now_ms=since)
+    assert found is not None and found.ticket_id == kept
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    (True, "a boolean (true)"),
+    (12.5, "a number with a fraction or an exponent (12.5)"),
+    ({"n": 1}, 'an object ({"n":1})'),
+    ("", "empty text"),
+], ids=["true", "fraction", "object", "empty"])
+async def test_find_created_with_a_found_ticket_whose_id_is_no_id_cannot_tell(value: Any, said: str) -> None:
+    """A ticket carrying the reference whose id is no id (`true`, 12.5, an object) is not taken as "True" or
+    "12.5": it names a ticket the bridge cannot keep, so the look-up cannot tell (held), not "none found" (which
+    would send the create again), saying where and what the id was."""
+    since = int(NOW.timestamp() * 1000)
+    with pytest.raises(CannotReconcile) as info:
+        await find_created(adapter(reference_field="ref"), {"title": "t", "ref": "evt_1"}, since,
+                           OneTicket({"ticketId": value, "taskId": 530348198}), now_ms=since)
+    assert str(info.value) == ("kapture: the ticket pulled for 2024-04-18 carrying ref = 'evt_1' has no usable id: "
+                               f"the answer's ticket id at `ticketId` is {said}, not kept (an id is a whole number or "
+                               "non-blank text of at most 256 characters, no NUL)")
