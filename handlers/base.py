@@ -106,6 +106,20 @@ def signatures_checked(request: web.Request) -> bool:
     return not request.get(_UNCHECKED, False)
 
 
+def content_type(request: web.Request) -> str:
+    """The request's media type, as aiohttp reads it (once; its charset and parameters are then read too), or
+    Rejected(400) naming the header: aiohttp reads it with the email package's header parser, which raises on
+    some malformed parameters (`application/json; x=;+*`: IndexError) rather than leaving them out."""
+    try:
+        return request.content_type
+    except Exception as exc:  # whatever the header parser raises: a bad header, not a handler bug
+        raw = request.headers.get("Content-Type", "")
+        shown = raw if len(raw) <= 100 else raw[:100] + "…"
+        raise Rejected(400, f"the Content-Type header {shown!r} cannot be read ({type(exc).__name__}); send a "
+                            "media type with well-formed parameters, e.g. application/json; charset=utf-8",
+                       check="content_type") from None
+
+
 def per_request(request: web.Request, key: str, make: Callable[[], T]) -> T:
     """`make()` once per request: verify, intercept and parse share one parse of the body."""
     parsed: dict[str, Any] | None = request.get(_PARSED)
@@ -172,12 +186,15 @@ class Handler(ABC):
         return None
 
     def check_content_type(self, request: web.Request) -> None:
+        """Rejected(415) for a content type the source does not take; Rejected(400) for a Content-Type header that
+        cannot be read at all (read here first, for every source, so that no later step meets it)."""
+        ctype = content_type(request)
         if not self.content_types:
             return
-        if request.content_type not in self.content_types and not (
-            "application/json" in self.content_types and request.content_type.endswith("+json")
+        if ctype not in self.content_types and not (
+            "application/json" in self.content_types and ctype.endswith("+json")
         ):
-            got = request.content_type if request.headers.get("Content-Type") else "none"
+            got = ctype if request.headers.get("Content-Type") else "none"
             raise Rejected(415, f"content type {got!r} is not taken by this source; send one of: "
                                 f"{', '.join(sorted(self.content_types))}", check="content_type")
 

@@ -24,7 +24,11 @@ async def read_json_or_parts(request: web.Request, not_json: str) -> tuple[Any, 
     """A JSON body as (its value, None), a multipart/form-data one as (None, its parts), or why it cannot be
     read (`not_json` for a body that is not JSON, in the vendor's words)."""
     raw = await request.read()
-    if request.content_type != "multipart/form-data":
+    try:
+        ctype = request.content_type
+    except Exception:  # the email package's header parser raises on some malformed parameters
+        return "the Content-Type header cannot be read"
+    if ctype != "multipart/form-data":
         try:
             return json.loads(raw), None
         except ValueError:

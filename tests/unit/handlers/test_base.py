@@ -92,6 +92,17 @@ def test_json_handler_refuses_other_types(ctype: str) -> None:
     assert "application/json" in str(err)
 
 
+@pytest.mark.parametrize("handler", [Plain, JsonOnly])
+@pytest.mark.parametrize("ctype", ["application/json; x=;+*", "text/plain; x=;+*"])
+def test_a_content_type_header_that_cannot_be_read_is_a_400_naming_it(handler: type[Handler], ctype: str) -> None:
+    """aiohttp reads the header with the email package's parser, which raises IndexError on some malformed
+    parameters: for any source, that is the client's bad header (400, naming it), not a handler bug."""
+    with pytest.raises(Rejected) as info:
+        make(handler).check_content_type(request(ctype))
+    assert (info.value.status, info.value.check) == (400, "content_type")
+    assert repr(ctype) in str(info.value) and "cannot be read (IndexError)" in str(info.value)
+
+
 def test_missing_content_type_is_reported_as_none() -> None:
     """A request with no Content-Type is a 415 that says `none` rather than aiohttp's default."""
     err = rejected_415(make(JsonOnly), request(None))
