@@ -9,7 +9,15 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, UndefinedError
 
 from bridge.errors import MappingError
-from bridge.mapping.base import TEMPLATE_ERRORS, CompiledField, CompileError, Context, LimitExceeded, RenderError
+from bridge.mapping.base import (
+    TEMPLATE_ERRORS,
+    CompiledField,
+    CompileError,
+    Context,
+    LimitExceeded,
+    RenderError,
+    out_of,
+)
 from bridge.mapping.fastpath import compile_fast_expression
 from bridge.mapping.limits import Budget, BudgetExceeded
 from bridge.mapping.model import MappingSpec
@@ -59,6 +67,8 @@ class CompiledMapping:
             return bool(self.when(ctx))  # a `when` that needs Jinja runs under its own budget (compile_when)
         except BudgetExceeded as exc:
             raise LimitExceeded(f"when: {exc}", path=self.name) from None
+        except (MemoryError, RecursionError) as exc:
+            raise LimitExceeded(f"when: {out_of(exc, 'expression')}", path=self.name) from None
         except UndefinedError as exc:
             raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
         except TEMPLATE_ERRORS as exc:

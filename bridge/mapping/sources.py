@@ -21,6 +21,7 @@ from bridge.mapping.base import (
     RenderError,
     Source,
     Step,
+    out_of,
 )
 from bridge.mapping.fastpath import compile_fast_source
 from bridge.mapping.limits import BudgetExceeded
@@ -104,6 +105,8 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
                 out = Absent(f"template: {exc.message}")
             except BudgetExceeded as exc:
                 raise LimitExceeded(f"{exc} in field {name}", path=name) from None
+            except (MemoryError, RecursionError) as exc:
+                raise LimitExceeded(f"{out_of(exc)} in field {name}", path=name) from None
             except TEMPLATE_ERRORS as exc:
                 raise RenderError(f"template failed: {exc}", path=name) from None
             if type(out) is Absent:
