@@ -28,7 +28,7 @@ from bridge.mapping.limits import BudgetExceeded
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.modifiers import finish
 from bridge.mapping.paths import MISSING, Absent, PathSyntaxError, compile_lookup, compile_path
-from bridge.mapping.templatecheck import check_template
+from bridge.mapping.templatecheck import check_template, too_deep
 from bridge.mapping.templates import ENV, MAX_RENDERED_CHARS, render_bounded
 from bridge.mapping.trace import FieldTrace
 
@@ -91,6 +91,9 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
         template = ENV.from_string(text)
     except TemplateSyntaxError as exc:
         problems.append(CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}", at))
+        return None
+    except (RecursionError, MemoryError, SyntaxError) as exc:  # Python's limits on the code Jinja generates
+        problems.append(CompileError(too_deep("template", exc), at))
         return None
     fast = compile_fast_source(text)
 

@@ -16,7 +16,10 @@ Bounds, because payloads come from strangers (limits.py holds them):
   literal, a filter or a method — and refused past MAX_RESULT_CHARS; and whatever writes a value as text
   (output, `~`, `%`, `format`, `join`, and every filter but those that never write their input) weighs it
   first;
-- arithmetic: `**` and `*` on integers are refused before they build an integer past MAX_INT_DIGITS.
+- arithmetic: `**` and `*` on integers are refused before they build an integer past MAX_INT_DIGITS;
+- shape: a template longer than MAX_TEMPLATE_CHARS, or nesting more than MAX_TEMPLATE_BLOCKS blocks or
+  MAX_TEMPLATE_DEPTH levels in all (past which Jinja's compiler or Python's runs out of stack, indentation or
+  nested blocks), is a compile error (`parse_checked`).
 Jinja's padding filters (center, indent, wordwrap, format) and `random` are removed.
 """
 
@@ -28,7 +31,7 @@ import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -54,6 +57,13 @@ from bridge.mapping.limits import (
 MAX_RANGE = 10_000
 MAX_RENDERED_CHARS = MAX_RESULT_CHARS
 MAX_EXPONENT = 1_000
+MAX_TEMPLATE_CHARS = 100_000
+# Blocks ({% for %}, {% if %}, {% macro %}, …) inside one another: Python allows 20 nested loops and 100 levels of
+# indentation in the code Jinja generates. Levels of the parse tree in all: Python allows 200 nested parentheses,
+# and Jinja's compiler recurses once or more per level.
+MAX_TEMPLATE_BLOCKS = 16
+MAX_TEMPLATE_DEPTH = 64
+MAX_TEMPLATE_BRACKETS = 24  # Jinja's parser recurses a dozen calls deep per bracket
 GLOBAL_NAMES = frozenset({"range"})
 _REMOVED_FILTERS = ("center", "indent", "wordwrap", "format", "random", "d")
 # Filters that never write their input as text (nor copy what it holds more than once), and `join`, which weighs
@@ -73,7 +83,8 @@ _NUMBER = re.compile(r"\d+")
 _FIELD_ROOT = re.compile(r"[^.\[]*")  # what a format field names: `0` of `0.x`, `k` of `k[1]`
 _PERCENT_KEY = re.compile(r"%\(([^)]*)\)")
 
-__all__ = ["MAX_INT_DIGITS", "MAX_RANGE", "MAX_RENDERED_CHARS", "BudgetExceeded", "bounded", "render_bounded"]
+__all__ = ["MAX_INT_DIGITS", "MAX_RANGE", "MAX_RENDERED_CHARS", "MAX_TEMPLATE_BLOCKS", "MAX_TEMPLATE_CHARS",
+           "MAX_TEMPLATE_DEPTH", "BudgetExceeded", "TemplateShapeError", "bounded", "parse_checked", "render_bounded"]
 
 
 def is_template(text: str) -> bool:
@@ -351,6 +362,94 @@ def _check_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: 
             parts.append(part)
         return (parts, *args[1:])
     return args
+
+
+class TemplateShapeError(ValueError):
+    """A template too long, or nesting too deeply, to compile; the message says which limit and by how much."""
+
+
+# What nests a level of Python blocks in the code Jinja generates.
+_BLOCKS = (nodes.For, nodes.If, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.With, nodes.AssignBlock,
+           nodes.Scope, nodes.ScopedEvalContextModifier, nodes.Block)
+
+
+def parse_checked(text: str, kind: str = "template") -> nodes.Template:
+    """Jinja's parse of `text`, refused (TemplateShapeError) when it is longer than MAX_TEMPLATE_CHARS, nests
+    more than MAX_TEMPLATE_BLOCKS blocks or MAX_TEMPLATE_DEPTH levels in all, or nests too deeply for Jinja's
+    parser: each past what Jinja's compiler or Python's can take (the stack, 100 levels of indentation, 20
+    nested loops, 200 nested parentheses). Raises TemplateSyntaxError as Jinja does."""
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise TemplateShapeError(f"{kind} is {len(text):,} characters, over the limit of {MAX_TEMPLATE_CHARS:,}")
+    blocks, brackets = _lexed_nesting(text)  # before the parser, which recurses on both
+    if brackets > MAX_TEMPLATE_BRACKETS:
+        raise TemplateShapeError(f"{kind} nests too deeply: {brackets} brackets inside one another, over the limit "
+                                 f"of {MAX_TEMPLATE_BRACKETS}")
+    depth = 0
+    if blocks <= MAX_TEMPLATE_BLOCKS:
+        try:
+            tree = ENV.parse(text)
+        except (RecursionError, MemoryError):
+            raise TemplateShapeError(f"{kind} nests too deeply: Jinja's parser ran out of stack reading it (a chain "
+                                     "of `not` or `-`, or brackets, too long)") from None
+        depth, blocks = _nesting(tree)
+    if blocks > MAX_TEMPLATE_BLOCKS:
+        raise TemplateShapeError(f"{kind} nests too deeply: {blocks} blocks ({{% for %}}, {{% if %}}, {{% macro %}}, "
+                                 f"…) inside one another, over the limit of {MAX_TEMPLATE_BLOCKS}")
+    if depth > MAX_TEMPLATE_DEPTH:
+        raise TemplateShapeError(f"{kind} nests too deeply: {depth} levels of operators, filters and blocks inside "
+                                 f"one another, over the limit of {MAX_TEMPLATE_DEPTH}; break a long chain up "
+                                 "with {% set %}")
+    return tree
+
+
+_OPENERS = frozenset({"for", "if", "macro", "call", "filter", "with", "block", "autoescape"})
+_BRACKETS = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
+
+
+def _lexed_nesting(text: str) -> tuple[int, int]:
+    """The most blocks and the most brackets inside one another in `text`, read from Jinja's tokens (which its
+    lexer finds without recursion); (0, 0) when it does not lex, which the parser then reports."""
+    blocks = most_blocks = brackets = most_brackets = 0
+    tag: list[str] | None = None  # the names and operators of the block tag being read
+    try:
+        for _line, kind, value in ENV.lex(text):
+            if kind == "block_begin":
+                tag = []
+            elif tag is not None and kind == "block_end":
+                head = tag[0] if tag else ""
+                if head in _OPENERS or (head == "set" and "=" not in tag):  # a block `set` has no `=`
+                    blocks += 1
+                    most_blocks = max(most_blocks, blocks)
+                elif head.startswith("end"):
+                    blocks -= 1
+                tag = None
+            elif tag is not None and kind in ("name", "operator"):
+                tag.append(value)
+            if kind == "operator" and value in _BRACKETS:
+                brackets += _BRACKETS[value]
+                most_brackets = max(most_brackets, brackets)
+    except TemplateSyntaxError:
+        return 0, 0
+    return most_blocks, most_brackets
+
+
+def _nesting(tree: nodes.Node) -> tuple[int, int]:
+    """The depth of `tree` and the most blocks inside one another in it, found without recursion. An `elif`
+    stands level with its `if`, as Jinja compiles it."""
+    deepest = most = 0
+    stack: list[tuple[nodes.Node, int, int]] = [(tree, 0, 0)]
+    while stack:
+        node, depth, blocks = stack.pop()
+        if isinstance(node, _BLOCKS):
+            blocks += 1
+        deepest, most = max(deepest, depth), max(most, blocks)
+        elifs = {id(n) for n in node.elif_} if isinstance(node, nodes.If) else set()
+        for child in node.iter_child_nodes():
+            if id(child) in elifs:
+                stack.append((child, depth, blocks - 1))
+            else:
+                stack.append((child, depth + 1, blocks))
+    return deepest, most
 
 
 def make_environment() -> BridgeEnvironment:

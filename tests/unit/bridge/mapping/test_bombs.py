@@ -1,4 +1,5 @@
-"""Templates that would allocate without bound: refused before the allocation, naming the field and the limit."""
+"""Templates that would allocate without bound or nest past what Jinja and Python can compile: refused before the
+allocation (naming the field and the limit), and compile errors placed on their field, never a crash."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from bridge.mapping import limits, templates
 from bridge.mapping.base import LimitExceeded
-from bridge.mapping.compiler import RenderError, compile_field, compile_when
+from bridge.mapping.compiler import CompileError, RenderError, compile_field, compile_when
 from bridge.mapping.limits import MAX_RESULT_CHARS
 from bridge.mapping.mappingset import compile_document
 from bridge.routing import render_event
@@ -214,3 +215,71 @@ def test_running_out_of_memory_inside_a_render_is_a_limit_error_naming_the_field
     assert errors == [] and mapping is not None
     rendered = render_event(mapping, ctx({"s": "x"}), "evt_1")
     assert rendered.error == ("hungry.title: template needs more memory than a render may use in field title")
+
+
+# -- templates that nest too deeply to compile --------------------------------------------------------------
+
+DEEP = [
+    "{% if true %}" * 400 + "x" + "{% endif %}" * 400,
+    "{% if true %}" * 101 + "x" + "{% endif %}" * 101,  # Python: too many levels of indentation
+    "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21,  # Python: too many statically nested blocks
+    "{{ " + " + ".join(["1"] * 3000) + " }}",
+    "{{ " + " + ".join(["payload.a"] * 250) + " }}",  # Python: too many nested parentheses
+    "{{ " + "(" * 300 + "1" + ")" * 300 + " }}",
+    "{{ " + "[" * 300 + "]" * 300 + " }}",
+    "{{ " + "not " * 300 + "payload.a }}",
+    "{{ payload.a" + " | lower" * 2000 + " }}",
+    "{{ " + " if payload.a else ".join(["1"] * 300) + " }}",
+]
+
+
+@pytest.mark.parametrize("template", DEEP, ids=range(len(DEEP)))
+def test_a_template_nesting_too_deeply_is_a_compile_error(template: str) -> None:
+    """Deep nesting of blocks or expressions is a compile error on the field, never a RecursionError or a Python
+    SyntaxError escaping the loader."""
+    with pytest.raises(CompileError, match=r"^template nests too deeply"):
+        compile_field("f", template)
+
+
+def test_a_when_nesting_too_deeply_is_a_compile_error() -> None:
+    with pytest.raises(CompileError, match=r"^expression nests too deeply"):
+        compile_when(" + ".join(["1"] * 3000) + " > 1")
+
+
+def test_a_template_too_long_is_a_compile_error() -> None:
+    text = "{{ payload.a }}" + "x" * templates.MAX_TEMPLATE_CHARS
+    with pytest.raises(CompileError, match=rf"^template is {len(text):,} characters, over the limit of "
+                                           rf"{templates.MAX_TEMPLATE_CHARS:,}"):
+        compile_field("f", text)
+
+
+def test_templates_within_the_nesting_limits_compile() -> None:
+    """The limits sit well above any real mapping: 16 nested blocks, long chains of operators and filters."""
+    blocks = templates.MAX_TEMPLATE_BLOCKS
+    nested = "{% for a in [1] %}{% if true %}" * (blocks // 2) + "x" + "{% endif %}{% endfor %}" * (blocks // 2)
+    assert compile_field("f", nested)(ctx({})) == "x"
+    chain = "{{ " + " + ".join(["1"] * 40) + " }}{{ payload.a" + " | lower" * 40 + " }}"
+    assert compile_field("f", chain)(ctx({"a": "B"})) == "40b"
+
+
+def test_a_deep_template_in_a_mapping_file_is_placed_at_its_field_and_line() -> None:
+    deep = "{% if true %}" * 400 + "x" + "{% endif %}" * 400
+    text = textwrap.dedent(f"""\
+        name: deep
+        source: s
+        destination: d
+        action: create_ticket
+        when: "{' + '.join(['1'] * 3000)} > 1"
+        fields:
+          ok: "{{{{ payload.a }}}}"
+          title: "{deep}"
+          body: {{template: "{deep}", default: ""}}
+        """)
+    mapping, errors = compile_document(load_yaml(text, "deep.yaml"), "deep", "v1", {"s"},
+                                       {"d": frozenset({"create_ticket"})})
+    assert mapping is None
+    assert [(e.line, e.path, str(e.message).split(":")[0]) for e in errors] == [
+        (5, "deep.when", "expression nests too deeply"),
+        (8, "deep.title", "template nests too deeply"),
+        (9, "deep.body.template", "template nests too deeply"),
+    ]
