@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import msgspec
 from jinja2.exceptions import SecurityError, TemplateRuntimeError
 
 from bridge.errors import MappingError
+from bridge.mapping.limits import text_weight
 from bridge.mapping.trace import FieldTrace
 
 Context = dict[str, Any]
@@ -23,6 +25,10 @@ At = tuple[str | int, ...]
 # What a filter may raise on a value it cannot take; anything else is a bug, and crashes loudly.
 FILTER_ERRORS = (TypeError, ValueError, ArithmeticError, LookupError, RecursionError)
 TEMPLATE_ERRORS = (SecurityError, TemplateRuntimeError, *FILTER_ERRORS)
+# How `describe` writes a value too long to write whole: a few items of each list, the start of each string.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 3
 
 
 class RenderError(MappingError):
@@ -62,8 +68,17 @@ class CompiledField:
         return self.render(ctx)
 
 
+def out_of(exc: MemoryError | RecursionError, what: str = "template") -> str:
+    """What a render that ran out of memory or stack says (a limit error, not a crash)."""
+    if isinstance(exc, MemoryError):
+        return f"{what} needs more memory than a render may use"
+    return f"{what} nests or recurses too deeply (past Python's recursion limit)"
+
+
 def describe(value: Any) -> str:
-    text = repr(value)
+    """`repr(value)` cut to 60 characters; a value longer than that as text is shortened before it is written,
+    so describing a large payload costs no more than a small one."""
+    text = repr(value) if text_weight(value, 60) <= 60 else _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -9,12 +9,20 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, UndefinedError
 
 from bridge.errors import MappingError
-from bridge.mapping.base import TEMPLATE_ERRORS, CompiledField, CompileError, Context, LimitExceeded, RenderError
+from bridge.mapping.base import (
+    TEMPLATE_ERRORS,
+    CompiledField,
+    CompileError,
+    Context,
+    LimitExceeded,
+    RenderError,
+    out_of,
+)
 from bridge.mapping.fastpath import compile_fast_expression
 from bridge.mapping.limits import Budget, BudgetExceeded
 from bridge.mapping.model import MappingSpec
-from bridge.mapping.templatecheck import check_template
-from bridge.mapping.templates import ENV, bounded
+from bridge.mapping.templatecheck import check_template, too_deep
+from bridge.mapping.templates import ENV, TemplateShapeError, bounded, parse_checked
 from bridge.mapping.trace import OMIT, MappingTrace
 
 
@@ -59,6 +67,8 @@ class CompiledMapping:
             return bool(self.when(ctx))  # a `when` that needs Jinja runs under its own budget (compile_when)
         except BudgetExceeded as exc:
             raise LimitExceeded(f"when: {exc}", path=self.name) from None
+        except (MemoryError, RecursionError) as exc:
+            raise LimitExceeded(f"when: {out_of(exc, 'expression')}", path=self.name) from None
         except UndefinedError as exc:
             raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
         except TEMPLATE_ERRORS as exc:
@@ -119,8 +129,16 @@ class CompiledMapping:
 def compile_when(text: str, vars_: Mapping[str, Any] | None = None) -> Callable[..., Any]:
     """`when`, compiled: the fast path where it can, else Jinja under the time budget."""
     try:
+        parse_checked(f"{{{{ {text} }}}}", "expression")
+    except TemplateShapeError as exc:
+        raise CompileError(str(exc)) from None
+    except TemplateSyntaxError:
+        pass  # said below, as Jinja's expression parser words it
+    try:
         # undefined_to_none=False: a bare undefined name must fail (StrictUndefined), not read as false.
         expr = ENV.compile_expression(text, undefined_to_none=False)
+    except (RecursionError, MemoryError, SyntaxError) as exc:  # Python's limits on the code Jinja generates
+        raise CompileError(too_deep("expression", exc)) from None
     except TemplateSyntaxError as exc:
         # Jinja refuses an unknown filter here, as a syntax error; the template check names it with the
         # nearest known one and the list, as for templates.

@@ -17,6 +17,7 @@ from typing import Any
 from jinja2 import UndefinedError, nodes
 
 from bridge.mapping.filters import FILTERS
+from bridge.mapping.limits import as_text
 from bridge.mapping.paths import MISSING, ROOTS, Absent, Path, compile_lookup
 from bridge.mapping.templates import ENV
 
@@ -142,7 +143,7 @@ def compile_fast_source(text: str) -> Lookup | None:
             value = get(ctx)
             if value is MISSING:
                 return absent
-            out.append(value if isinstance(value, str) else str(value))
+            out.append(as_text(value))
         return "".join(out)
 
     return render
@@ -162,7 +163,7 @@ def _one_piece(pieces: list[str | tuple[Absent, Lookup]], at: int) -> Lookup:
             return prefix + value + suffix
         if value is MISSING:
             return absent
-        return "".join([prefix, value if isinstance(value, str) else str(value), suffix])
+        return "".join([prefix, as_text(value), suffix])
 
     return render
 

@@ -16,7 +16,7 @@ import phonenumbers
 from jinja2 import Undefined
 
 from bridge.mapping.dates import check_date_args, date
-from bridge.mapping.limits import MAX_RESULT_CHARS, check_time, replaced_size, too_long
+from bridge.mapping.limits import MAX_RESULT_CHARS, check_time, replaced_size, text_weight, too_long
 from bridge.mapping.text import html_to_text, strip_quoted
 from bridge.vendors.files import attachment_list
 
@@ -64,18 +64,18 @@ def replace(value: Any, old: str, new: str) -> Any:
 
 def join(value: Any, sep: str = ", ") -> Any:
     """A list's (or a sequence's, as `map` or `range` give) items as text, with `sep` between them; refused
-    (under the time budget, item by item) as soon as the text it would build passes the size cap."""
+    (under the time budget, item by item, each weighed before it is written) as soon as the text it would
+    build passes the size cap."""
     if not isinstance(value, list | tuple | range | Iterator):
         return value
     parts: list[str] = []
     size = -len(sep)
     for item in value:
         check_time()
-        part = _text(item)
-        size += len(sep) + len(part)
+        size += len(sep) + (len(item) if type(item) is str else text_weight(item, MAX_RESULT_CHARS - size))
         if size > MAX_RESULT_CHARS:
             raise too_long(size)
-        parts.append(part)
+        parts.append(_text(item))
     return sep.join(parts)
 
 

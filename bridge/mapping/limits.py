@@ -136,3 +136,124 @@ class Budget:
             _deadline.reset(self.token)
             self.token = None
 
+
+
+# -- what a value weighs as text ------------------------------------------------------------------------
+# A list of a million references to one long string costs a few megabytes, yet writing it out (str, repr, JSON,
+# format, join) builds a string of a million times that string's length, in one C call the time budget cannot
+# stop. So whatever writes a value as text, copies a list or builds one weighs it first: its strings' lengths,
+# each integer's digits and one for every item, nested lists and tables counted through, by a walk that stops
+# once past the cap. That weight is never more than the text str(), repr() or JSON make of the value, and that
+# text is never more than a few times the weight (quotes, separators, escapes).
+
+_WALKED: tuple[type, ...] = (list, tuple, set, frozenset, type({}.keys()), type({}.values()), type({}.items()))
+_WEIGHED: tuple[type, ...] = (*_WALKED, dict)
+
+
+def _scalar_weight(value: Any) -> int:
+    """What a value that is not walked weighs: a string's length, an integer's digits (a lower bound, from its
+    bits), else 1."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if type(value) is int:
+        return _digits(value)
+    return 1
+
+
+def _digits(value: int) -> int:
+    """A lower bound of the digits of `value`, from its bits (0.30102 < log10(2)), without writing it."""
+    return (value.bit_length() - 1) * 30102 // 100000 + 1 if value else 1
+
+
+def text_weight(value: Any, limit: int = MAX_RESULT_CHARS, indent: int = 0) -> int:
+    """What `value` weighs as text (see above), found without building any text; the walk stops, and the
+    count so far is returned, as soon as it passes `limit` (so it takes at most about `limit` steps), and it
+    checks the time budget as it goes. `indent`: what a pretty printer adds to each item's line per level of
+    nesting (tojson's indent, pprint's)."""
+    if type(value) is str:
+        return len(value)
+    if not isinstance(value, _WEIGHED):
+        return _scalar_weight(value)
+    total = 0
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    opened = 0
+    while todo:
+        opened += 1
+        if not opened & 1023:
+            check_time()
+        container, depth = todo.pop()
+        per_item = 1 + indent * depth
+        if type(container) is dict:
+            for n, (key, member) in enumerate(container.items(), 1):
+                total += per_item + (len(key) if type(key) is str else _member_weight(key, limit - total))
+                if type(member) is str:
+                    total += len(member)
+                elif isinstance(member, _WEIGHED):
+                    if member:
+                        todo.append((member, depth + 1))
+                else:
+                    total += _member_weight(member, 0)
+                if total > limit:
+                    return total
+                if not n & 8191:
+                    check_time()
+            continue
+        for n, member in enumerate(container, 1):
+            if type(member) is str:
+                total += per_item + len(member)
+            elif type(member) is int:
+                total += per_item + _digits(member)
+            elif member is None:
+                total += per_item + 1
+            elif isinstance(member, _WEIGHED):
+                total += per_item
+                if member:
+                    todo.append((member, depth + 1))
+            else:
+                total += per_item + _member_weight(member, 0)
+            if total > limit:
+                return total
+            if not n & 8191:
+                check_time()
+    return total
+
+
+def _member_weight(member: Any, limit: int) -> int:
+    """What an item not walked in place weighs (a table's key may be a tuple: weighed up to `limit`)."""
+    if member is None or member is True or member is False or type(member) is float:
+        return 1
+    if type(member) is int:
+        return _digits(member)
+    if isinstance(member, _WEIGHED):
+        return text_weight(member, limit)
+    return _scalar_weight(member)
+
+
+def too_heavy(weight: int, value: Any) -> BudgetExceeded:
+    what = "table" if isinstance(value, dict) else "list" if isinstance(value, _WALKED) else "string"
+    return BudgetExceeded(f"{what} result over {MAX_RESULT_CHARS} characters "
+                          f"(it would be at least {weight} as text)")
+
+
+def check_weight(value: Any, indent: int = 0) -> Any:
+    """`value`, unless it is a string longer than the cap, or a list, tuple, set or table that would write more
+    than the cap as text (weighed by a bounded walk, before anything writes or copies it)."""
+    if type(value) is str:
+        if len(value) > MAX_RESULT_CHARS:
+            raise too_long(len(value))
+        return value
+    if isinstance(value, str | bytes):
+        return check_size(value)
+    if isinstance(value, _WEIGHED):
+        weight = text_weight(value, indent=indent)
+        if weight > MAX_RESULT_CHARS:
+            raise too_heavy(weight, value)
+    return value
+
+
+def as_text(value: Any) -> str:
+    """`str(value)`, refused before it is built when it would pass the cap."""
+    if isinstance(value, str):
+        return value
+    check_weight(value)
+    return str(value)

@@ -26,6 +26,7 @@ from bridge.mapping.model import (
     MappingSpec,
     MappingTest,
 )
+from bridge.mapping.templatecheck import too_deep
 from bridge.names import escaped, name_problem
 from bridge.yamlfile import Document, KeyPath, format_mapping_path, load_yaml
 
@@ -151,7 +152,12 @@ def _load_one(path: Path, text: bytes, result: LoadResult, seen: dict[str, str],
         result.broken.append(str(path))
         return
     version = hashlib.sha256(text).hexdigest()[:12]
-    mapping, file_errors = compile_document(doc, path.stem, version, sources, destinations, vars_=vars_)
+    try:
+        mapping, file_errors = compile_document(doc, path.stem, version, sources, destinations, vars_=vars_)
+    except (RecursionError, MemoryError) as exc:  # a file no field-level check caught: an error, never a crash
+        result.errors.append(MappingError(too_deep("mapping", exc), file=str(path)))
+        result.broken.append(str(path))
+        return
     if mapping is not None and mapping.name in seen:
         file_errors.append(_Checker(doc, mapping.name).error(
             ("name",), f"mapping name {mapping.name!r} is already used by {seen[mapping.name]}"))
@@ -340,6 +346,8 @@ def _compile_body(check: _Checker, at: KeyPath, when_text: str | None, raw_field
         except CompileError as exc:
             for err in exc.errors:
                 check.add((*at, "when"), str(err))
+        except (RecursionError, MemoryError) as exc:  # past what the template checks foresee
+            check.add((*at, "when"), too_deep("expression", exc))
     fields: list[CompiledField] = []
     for field_name, raw in raw_fields.items():
         problem = name_problem(field_name, "field key", bounded=False)
@@ -353,6 +361,8 @@ def _compile_body(check: _Checker, at: KeyPath, when_text: str | None, raw_field
         except CompileError as exc:
             for err in exc.errors:
                 check.add((*at, "fields", field_name, *err.subpath), str(err))
+        except (RecursionError, MemoryError) as exc:  # past what the template checks foresee
+            check.add((*at, "fields", field_name), too_deep("field", exc))
     if target is not None and target.static_check is not None and action in target.actions:
         for problem in target.static_check(action, list(raw_fields), options):
             path, message = _vendor_problem(problem, raw_fields)

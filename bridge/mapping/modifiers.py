@@ -18,6 +18,7 @@ from bridge.mapping.base import (
     Step,
     copier,
     describe,
+    out_of,
 )
 from bridge.mapping.limits import BudgetExceeded
 from bridge.mapping.model import FieldSpec
@@ -72,6 +73,9 @@ class Modifiers:
             return fn(value)
         except BudgetExceeded as exc:
             raise LimitExceeded(f"transform {label}: {exc} in field {self.name}", path=self.name) from None
+        except (MemoryError, RecursionError) as exc:
+            raise LimitExceeded(f"transform {label}: {out_of(exc, 'it')} in field {self.name}",
+                                path=self.name) from None
         except FILTER_ERRORS as exc:
             raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=self.name) from None
 
@@ -108,6 +112,10 @@ def finish(name: str, source: Source, described: str, steps: list[Step], spec: F
         for label, fn in steps:
             try:
                 value = fn(value)
+            except BudgetExceeded as exc:
+                raise LimitExceeded(f"transform {label}: {exc} in field {name}", path=name) from None
+            except (MemoryError, RecursionError) as exc:
+                raise LimitExceeded(f"transform {label}: {out_of(exc, 'it')} in field {name}", path=name) from None
             except FILTER_ERRORS as exc:
                 raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=name) from None
         if mapped:

@@ -21,13 +21,14 @@ from bridge.mapping.base import (
     RenderError,
     Source,
     Step,
+    out_of,
 )
 from bridge.mapping.fastpath import compile_fast_source
 from bridge.mapping.limits import BudgetExceeded
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.modifiers import finish
 from bridge.mapping.paths import MISSING, Absent, PathSyntaxError, compile_lookup, compile_path
-from bridge.mapping.templatecheck import check_template
+from bridge.mapping.templatecheck import check_template, too_deep
 from bridge.mapping.templates import ENV, MAX_RENDERED_CHARS, render_bounded
 from bridge.mapping.trace import FieldTrace
 
@@ -91,6 +92,9 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
     except TemplateSyntaxError as exc:
         problems.append(CompileError(f"template syntax error at template line {exc.lineno}: {exc.message}", at))
         return None
+    except (RecursionError, MemoryError, SyntaxError) as exc:  # Python's limits on the code Jinja generates
+        problems.append(CompileError(too_deep("template", exc), at))
+        return None
     fast = compile_fast_source(text)
 
     def rendering(strict: bool) -> Source:
@@ -104,6 +108,8 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
                 out = Absent(f"template: {exc.message}")
             except BudgetExceeded as exc:
                 raise LimitExceeded(f"{exc} in field {name}", path=name) from None
+            except (MemoryError, RecursionError) as exc:
+                raise LimitExceeded(f"{out_of(exc)} in field {name}", path=name) from None
             except TEMPLATE_ERRORS as exc:
                 raise RenderError(f"template failed: {exc}", path=name) from None
             if type(out) is Absent:

@@ -10,7 +10,7 @@ from jinja2 import TemplateSyntaxError, meta, nodes
 
 from bridge.mapping.filters import ARGUMENT_CHECKS, FILTERS
 from bridge.mapping.paths import ROOTS
-from bridge.mapping.templates import ENV, GLOBAL_NAMES
+from bridge.mapping.templates import ENV, GLOBAL_NAMES, TemplateShapeError, parse_checked
 from bridge.yamlfile import did_you_mean
 
 
@@ -18,7 +18,9 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
     """Every problem of `text`, as messages; empty when it is fine. With `vars_`, a `vars.X` used
     without `default` or an `is defined` test must be set in the config."""
     try:
-        tree = ENV.parse(text)
+        tree = parse_checked(text, kind)
+    except TemplateShapeError as exc:
+        return [str(exc)]
     except TemplateSyntaxError as exc:
         return [f"template syntax error at template line {exc.lineno}: {exc.message}"]
     problems: list[str] = []
@@ -42,6 +44,8 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
         names = meta.find_undeclared_variables(tree)
     except TemplateSyntaxError as exc:  # an unknown test (`is foo`), found as the template compiles
         return [f"template syntax error at template line {exc.lineno}: {exc.message}"]
+    except (RecursionError, MemoryError) as exc:  # past what parse_checked foresees: deep already in the stack
+        return [too_deep(kind, exc)]
     # Jinja declares `self` (the template's blocks) implicitly; mappings have no blocks to call.
     if any(n.name == "self" and n.ctx == "load" for n in tree.find_all(nodes.Name)):
         names = {*names, "self"}
@@ -58,6 +62,13 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
                                 f"(the config's vars: {', '.join(sorted(vars_)) or '(none)'}); "
                                 f"set it, or write `vars.{key} | default(…)`")
     return problems
+
+
+def too_deep(kind: str, exc: BaseException) -> str:
+    """The compile error for a RecursionError, MemoryError or Python SyntaxError met compiling a template that
+    passed `parse_checked` (Python's own limits on the code Jinja generates)."""
+    detail = exc.msg if isinstance(exc, SyntaxError) else type(exc).__name__
+    return f"{kind} nests too deeply to compile ({detail})"
 
 
 def _var_key(node: nodes.Node) -> str | None:

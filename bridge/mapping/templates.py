@@ -10,7 +10,16 @@ Bounds, because payloads come from strangers (limits.py holds them):
   are refused before they would build a string or list past MAX_RESULT_CHARS, and every filter's and
   method's result is checked after; `range` gives at most MAX_RANGE items; block `set`s and macros are
   joined under the same cap; output is counted as it streams and stops at MAX_RENDERED_CHARS;
-- arithmetic: `**` and `*` on integers are refused before they build an integer past MAX_INT_DIGITS.
+- weight: a list of a million references to one long string is small in memory and enormous as text, and
+  one C call (str, repr, JSON) writes it whatever the time budget. So a list, tuple or table is weighed (its
+  text length, by a walk that stops past the cap: limits.text_weight) where it is built — by `*`, `+`, a
+  literal, a filter or a method — and refused past MAX_RESULT_CHARS; and whatever writes a value as text
+  (output, `~`, `%`, `format`, `join`, and every filter but those that never write their input) weighs it
+  first;
+- arithmetic: `**` and `*` on integers are refused before they build an integer past MAX_INT_DIGITS;
+- shape: a template longer than MAX_TEMPLATE_CHARS, or nesting more than MAX_TEMPLATE_BLOCKS blocks or
+  MAX_TEMPLATE_DEPTH levels in all (past which Jinja's compiler or Python's runs out of stack, indentation or
+  nested blocks), is a compile error (`parse_checked`).
 Jinja's padding filters (center, indent, wordwrap, format) and `random` are removed.
 """
 
@@ -19,10 +28,10 @@ from __future__ import annotations
 import functools
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -37,17 +46,33 @@ from bridge.mapping.limits import (
     check_int,
     check_size,
     check_time,
-    joined_size,
+    check_weight,
     replaced_size,
     sized_iter,
+    text_weight,
+    too_heavy,
     too_long,
 )
 
 MAX_RANGE = 10_000
 MAX_RENDERED_CHARS = MAX_RESULT_CHARS
 MAX_EXPONENT = 1_000
+MAX_TEMPLATE_CHARS = 100_000
+# Blocks ({% for %}, {% if %}, {% macro %}, …) inside one another: Python allows 20 nested loops and 100 levels of
+# indentation in the code Jinja generates. Levels of the parse tree in all: Python allows 200 nested parentheses,
+# and Jinja's compiler recurses once or more per level.
+MAX_TEMPLATE_BLOCKS = 16
+MAX_TEMPLATE_DEPTH = 64
+MAX_TEMPLATE_BRACKETS = 24  # Jinja's parser recurses a dozen calls deep per bracket
 GLOBAL_NAMES = frozenset({"range"})
 _REMOVED_FILTERS = ("center", "indent", "wordwrap", "format", "random", "d")
+# Filters that never write their input as text (nor copy what it holds more than once), and `join`, which weighs
+# each item itself as it reads it: the others weigh their input first.
+_WRITE_NOTHING = frozenset({
+    "abs", "attr", "batch", "bool", "count", "d", "date", "default", "dictsort", "filesizeformat", "first", "float",
+    "groupby", "html_to_text", "int", "items", "last", "length", "list", "lower", "map", "max", "min", "phone_e164",
+    "reject", "rejectattr", "replace", "reverse", "round", "select", "selectattr", "slice", "sort", "split", "strip",
+    "strip_quoted", "sum", "title", "truncate", "unique", "upper", "join"})
 # Filters that read their whole input: it is handed to them through a budget-checking iterator.
 _ITERATING = frozenset({"map", "select", "reject", "selectattr", "rejectattr", "list", "sort", "unique",
                         "batch", "slice", "groupby", "min", "max"})
@@ -55,8 +80,11 @@ _CONCATENATING = frozenset({"sum"})
 _PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
 _REFUSED_METHODS = frozenset({"translate", "maketrans"})  # a table can map each character to a long text
 _NUMBER = re.compile(r"\d+")
+_FIELD_ROOT = re.compile(r"[^.\[]*")  # what a format field names: `0` of `0.x`, `k` of `k[1]`
+_PERCENT_KEY = re.compile(r"%\(([^)]*)\)")
 
-__all__ = ["MAX_INT_DIGITS", "MAX_RANGE", "MAX_RENDERED_CHARS", "BudgetExceeded", "bounded", "render_bounded"]
+__all__ = ["MAX_INT_DIGITS", "MAX_RANGE", "MAX_RENDERED_CHARS", "MAX_TEMPLATE_BLOCKS", "MAX_TEMPLATE_CHARS",
+           "MAX_TEMPLATE_DEPTH", "BudgetExceeded", "TemplateShapeError", "bounded", "parse_checked", "render_bounded"]
 
 
 def is_template(text: str) -> bool:
@@ -68,8 +96,9 @@ def _sized(value: Any) -> bool:
 
 
 class BudgetCodeGenerator(CodeGenerator):
-    """Jinja's code generator, with every `for` iterable run through `environment.budget_iter` and every
-    `~` through `environment.tilde`."""
+    """Jinja's code generator, with every `for` iterable run through `environment.budget_iter`, every
+    `~` through `environment.tilde`, and every list, tuple and table a template writes through
+    `environment.weighed`."""
 
     _loop_iterables: set[int] | None = None
 
@@ -94,23 +123,55 @@ class BudgetCodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.weighed(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.weighed(")
+        super().visit_Dict(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # a target: `{% for a, b in … %}`, `{% set a, b = … %}`
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.weighed(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
+
 
 def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` under the budget: time checked before it runs, its input read through a checking iterator
-    when it iterates, size arguments checked, and its result's size checked after."""
+    """`fn` under the budget: time checked before it runs, its input weighed first unless it never writes
+    it as text, read through a checking iterator when it iterates, size arguments checked, and its result
+    weighed after."""
     skip = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0
     wrap: Callable[[Iterable[Any]], Iterator[Any]] | None = (
         budget_iter if name in _ITERATING else sized_iter if name in _CONCATENATING else None)
+    writes = name not in _WRITE_NOTHING
 
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         check_time()
         _check_filter_args(name, args[skip + 1:], kwargs)
+        if writes and len(args) > skip:
+            check_weight(args[skip], _indent_of(name, args[skip + 1:], kwargs))
         if wrap is not None and len(args) > skip and not isinstance(args[skip], StrictUndefined):
             args = (*args[:skip], wrap(args[skip]), *args[skip + 1:])
-        return check_size(fn(*args, **kwargs))
+        return check_weight(fn(*args, **kwargs))
 
     return guarded
+
+
+def _indent_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """What a pretty-printing filter adds to each item's line per level of nesting."""
+    if name == "pprint":
+        return 1
+    if name == "tojson":
+        indent = args[0] if args else kwargs.get("indent")
+        return indent if isinstance(indent, int) and indent > 0 else 0
+    return 0
 
 
 # Arguments that set how much a filter builds: batch's and slice's counts, tojson's indent.
@@ -139,11 +200,23 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
 
     @staticmethod
     def tilde(parts: tuple[Any, ...]) -> str:
-        texts = [p if isinstance(p, str) else str(p) for p in parts]
-        size = sum(len(t) for t in texts)
-        if size > MAX_RESULT_CHARS:
-            raise too_long(size)
-        return "".join(texts)
+        size = 0
+        for part in parts:  # weighed before any is written
+            size += len(part) if isinstance(part, str) else text_weight(part, MAX_RESULT_CHARS - size)
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+        return "".join([p if isinstance(p, str) else str(p) for p in parts])
+
+    @staticmethod
+    def weighed(value: Any) -> Any:
+        """A list, tuple or table the template writes (`[a, b]`, `(a, b)`, `{'k': a}`), refused past the cap."""
+        return check_weight(value)
+
+    @staticmethod
+    def weigh_output(value: Any) -> Any:
+        """The environment's `finalize`: what `{{ … }}` writes, weighed before Jinja turns it into text
+        (strings are counted as they stream)."""
+        return value if isinstance(value, str) else check_weight(value)
 
     @staticmethod
     def concat(parts: Iterable[str]) -> str:
@@ -158,6 +231,10 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
                 if _sized(seq) and isinstance(n, int) and len(seq) * n > MAX_RESULT_CHARS:
                     raise BudgetExceeded(f"repeating {len(seq)} items {n} times is over the limit of "
                                          f"{MAX_RESULT_CHARS}")
+                if isinstance(seq, list | tuple) and isinstance(n, int) and n > 1:
+                    weight = text_weight(seq, MAX_RESULT_CHARS // n) * n
+                    if weight > MAX_RESULT_CHARS:
+                        raise too_heavy(weight, seq)
             if isinstance(left, int) and isinstance(right, int) \
                     and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
                 raise BudgetExceeded(f"integer result over {MAX_INT_DIGITS} digits")
@@ -170,6 +247,10 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
         elif operator == "+":
             if _sized(left) and _sized(right) and len(left) + len(right) > MAX_RESULT_CHARS:
                 raise too_long(len(left) + len(right), "string" if isinstance(left, str | bytes) else "list")
+            if isinstance(left, list | tuple) and isinstance(right, list | tuple):
+                weight = text_weight(left) + text_weight(right)
+                if weight > MAX_RESULT_CHARS:
+                    raise too_heavy(weight, left)
         elif operator == "%" and isinstance(left, str | bytes):
             _check_percent(left, right)
         return check_int(check_size(super().call_binop(context, operator, left, right)))
@@ -187,7 +268,7 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str | bytes):
             args = _check_method(owner, __obj.__name__, args, kwargs)
-        return check_size(super().call(__context, __obj, *args, **kwargs))
+        return check_weight(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """`str.format` and `format_map` in the sandbox, with their widths bounded and their result's size
@@ -200,32 +281,53 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
 
         def checked(*args: Any, **kwargs: Any) -> str:
             check_time()
-            _check_format(fmt, (*args, *kwargs.values()))
+            if value.__name__ == "format_map":
+                _check_format(fmt, (), args[0] if len(args) == 1 and isinstance(args[0], Mapping) else {})
+            else:
+                _check_format(fmt, args, kwargs)
             return check_size(run(*args, **kwargs))  # type: ignore[no-any-return]
 
         return checked
 
 
-def _check_format(fmt: str, values: tuple[Any, ...]) -> None:
-    size = len(fmt) + sum(len(v) if _sized(v) else 24 for v in values)
+def _check_format(fmt: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """`fmt.format(*args, **kwargs)`: refused when its text, widths and the values its fields name (each as
+    often as it is named, weighed) could make it longer than the cap."""
+    size = len(fmt)
+    auto = 0
     for _text, field, spec, _conv in string.Formatter().parse(fmt):
-        if field is None or not spec:
+        if field is None:
             continue
-        if "{" in spec:
+        if spec and "{" in spec:
             raise BudgetExceeded("str.format: a width or precision taken from an argument is not allowed")
-        size += sum(int(n) for n in _NUMBER.findall(spec))
+        size += sum(int(n) for n in _NUMBER.findall(spec or ""))
+        root = _FIELD_ROOT.match(field)
+        key = root.group() if root else ""
+        if key == "":
+            key, auto = str(auto), auto + 1
+        value = (args[int(key)] if int(key) < len(args) else None) if key.isdigit() else kwargs.get(key)
+        size += text_weight(value, MAX_RESULT_CHARS - size)
+        if size > MAX_RESULT_CHARS:
+            raise too_long(size)
     if size > MAX_RESULT_CHARS:
         raise too_long(size)
 
 
 def _check_percent(fmt: str | bytes, args: Any) -> None:
-    """`fmt % args`: refused when its widths and arguments could make it longer than the cap."""
+    """`fmt % args`: refused when its widths and arguments (weighed; a table's values each as often as a
+    `%(key)` names them) could make it longer than the cap."""
     text = fmt if isinstance(fmt, str) else fmt.decode("latin-1")
     if "*" in text:
         raise BudgetExceeded("`%`: a width taken from an argument (`*`) is not allowed")
-    values = args if isinstance(args, tuple) else (args,)
-    size = len(text) + sum(int(n) for n in _NUMBER.findall(text)) \
-        + sum(len(v) if _sized(v) else 24 for v in values)
+    size = len(text) + sum(int(n) for n in _NUMBER.findall(text))
+    if isinstance(args, Mapping):
+        values: Iterable[Any] = (args.get(key) for key in _PERCENT_KEY.findall(text))
+    else:
+        values = args if isinstance(args, tuple) else (args,)
+    for value in values:
+        size += text_weight(value, MAX_RESULT_CHARS - size)
+        if size > MAX_RESULT_CHARS:
+            raise too_long(size)
     if size > MAX_RESULT_CHARS:
         raise too_long(size)
 
@@ -251,16 +353,108 @@ def _check_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: 
         if size > MAX_RESULT_CHARS:
             raise too_long(size)
     elif name == "join" and args:
-        parts = list(sized_iter(args[0]))
-        size = joined_size(parts, owner if isinstance(owner, str) else owner.decode("latin-1"))
-        if size > MAX_RESULT_CHARS:
-            raise too_long(size)
+        parts = []
+        size = -len(owner)
+        for part in budget_iter(args[0]):  # each weighed before anything writes it
+            size += len(owner) + text_weight(part, MAX_RESULT_CHARS - size)
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+            parts.append(part)
         return (parts, *args[1:])
     return args
 
 
+class TemplateShapeError(ValueError):
+    """A template too long, or nesting too deeply, to compile; the message says which limit and by how much."""
+
+
+# What nests a level of Python blocks in the code Jinja generates.
+_BLOCKS = (nodes.For, nodes.If, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.With, nodes.AssignBlock,
+           nodes.Scope, nodes.ScopedEvalContextModifier, nodes.Block)
+
+
+def parse_checked(text: str, kind: str = "template") -> nodes.Template:
+    """Jinja's parse of `text`, refused (TemplateShapeError) when it is longer than MAX_TEMPLATE_CHARS, nests
+    more than MAX_TEMPLATE_BLOCKS blocks or MAX_TEMPLATE_DEPTH levels in all, or nests too deeply for Jinja's
+    parser: each past what Jinja's compiler or Python's can take (the stack, 100 levels of indentation, 20
+    nested loops, 200 nested parentheses). Raises TemplateSyntaxError as Jinja does."""
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise TemplateShapeError(f"{kind} is {len(text):,} characters, over the limit of {MAX_TEMPLATE_CHARS:,}")
+    blocks, brackets = _lexed_nesting(text)  # before the parser, which recurses on both
+    if brackets > MAX_TEMPLATE_BRACKETS:
+        raise TemplateShapeError(f"{kind} nests too deeply: {brackets} brackets inside one another, over the limit "
+                                 f"of {MAX_TEMPLATE_BRACKETS}")
+    depth = 0
+    if blocks <= MAX_TEMPLATE_BLOCKS:
+        try:
+            tree = ENV.parse(text)
+        except (RecursionError, MemoryError):
+            raise TemplateShapeError(f"{kind} nests too deeply: Jinja's parser ran out of stack reading it (a chain "
+                                     "of `not` or `-`, or brackets, too long)") from None
+        depth, blocks = _nesting(tree)
+    if blocks > MAX_TEMPLATE_BLOCKS:
+        raise TemplateShapeError(f"{kind} nests too deeply: {blocks} blocks ({{% for %}}, {{% if %}}, {{% macro %}}, "
+                                 f"…) inside one another, over the limit of {MAX_TEMPLATE_BLOCKS}")
+    if depth > MAX_TEMPLATE_DEPTH:
+        raise TemplateShapeError(f"{kind} nests too deeply: {depth} levels of operators, filters and blocks inside "
+                                 f"one another, over the limit of {MAX_TEMPLATE_DEPTH}; break a long chain up "
+                                 "with {% set %}")
+    return tree
+
+
+_OPENERS = frozenset({"for", "if", "macro", "call", "filter", "with", "block", "autoescape"})
+_BRACKETS = {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}
+
+
+def _lexed_nesting(text: str) -> tuple[int, int]:
+    """The most blocks and the most brackets inside one another in `text`, read from Jinja's tokens (which its
+    lexer finds without recursion); (0, 0) when it does not lex, which the parser then reports."""
+    blocks = most_blocks = brackets = most_brackets = 0
+    tag: list[str] | None = None  # the names and operators of the block tag being read
+    try:
+        for _line, kind, value in ENV.lex(text):
+            if kind == "block_begin":
+                tag = []
+            elif tag is not None and kind == "block_end":
+                head = tag[0] if tag else ""
+                if head in _OPENERS or (head == "set" and "=" not in tag):  # a block `set` has no `=`
+                    blocks += 1
+                    most_blocks = max(most_blocks, blocks)
+                elif head.startswith("end"):
+                    blocks -= 1
+                tag = None
+            elif tag is not None and kind in ("name", "operator"):
+                tag.append(value)
+            if kind == "operator" and value in _BRACKETS:
+                brackets += _BRACKETS[value]
+                most_brackets = max(most_brackets, brackets)
+    except TemplateSyntaxError:
+        return 0, 0
+    return most_blocks, most_brackets
+
+
+def _nesting(tree: nodes.Node) -> tuple[int, int]:
+    """The depth of `tree` and the most blocks inside one another in it, found without recursion. An `elif`
+    stands level with its `if`, as Jinja compiles it."""
+    deepest = most = 0
+    stack: list[tuple[nodes.Node, int, int]] = [(tree, 0, 0)]
+    while stack:
+        node, depth, blocks = stack.pop()
+        if isinstance(node, _BLOCKS):
+            blocks += 1
+        deepest, most = max(deepest, depth), max(most, blocks)
+        elifs = {id(n) for n in node.elif_} if isinstance(node, nodes.If) else set()
+        for child in node.iter_child_nodes():
+            if id(child) in elifs:
+                stack.append((child, depth, blocks - 1))
+            else:
+                stack.append((child, depth + 1, blocks))
+    return deepest, most
+
+
 def make_environment() -> BridgeEnvironment:
-    env = BridgeEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, cache_size=0)
+    env = BridgeEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, cache_size=0,
+                            finalize=BridgeEnvironment.weigh_output)
     for name in _REMOVED_FILTERS:
         env.filters.pop(name, None)
     env.filters.update(FILTERS)

@@ -129,6 +129,30 @@ def test_check_fails_on_a_failing_mapping_test(tmp_path: Path, capsys: pytest.Ca
     assert '  -    "priority": "P9",' in err.splitlines()
 
 
+def test_check_test_and_render_place_a_template_nesting_too_deeply_at_its_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A template nesting deeper than Jinja and Python can compile is a mapping error at its file, line and field
+    for `check` (exit 1), `test` (exit 1) and `render` (exit 2), never a traceback."""
+    ifs = "{% if true %}" * 400 + "x" + "{% endif %}" * 400
+    sums = "{{ " + " + ".join(["1"] * 3000) + " }}"
+    cfg = setup(tmp_path, {"partner": PARTNER, "deep": PARTNER.replace('"{{ payload.id }}"', f'"{ifs}"'),
+                           "sums": PARTNER.replace('"{{ payload.id }}"', f'"{sums}"')})
+    deep, summed = tmp_path / "mappings" / "deep.yaml", tmp_path / "mappings" / "sums.yaml"
+    errors = [f"{deep}:7:3: deep.source_ref: template nests too deeply: 400 blocks ({{% for %}}, {{% if %}}, "
+              "{% macro %}, …) inside one another, over the limit of 16",
+              f"{summed}:7:3: sums.source_ref: template nests too deeply: 3001 levels of operators, filters and "
+              "blocks inside one another, over the limit of 64; break a long chain up with {% set %}"]
+    code, out, err = run(capsys, "check", "-c", cfg)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[:2] == errors
+    assert out.startswith("check FAILED: ")
+    code, out, err = run(capsys, "test", "-c", cfg)
+    assert code == 1 and err == ""
+    assert out.splitlines()[:2] == errors
+    given = write_input(tmp_path, {"payload": {"id": "p-1", "title": "x"}})
+    assert run(capsys, "render", "deep", "-c", cfg, "--input", given) == (2, "", errors[0] + "\n")
+
+
 # -- test -----------------------------------------------------------------------------------------
 
 

@@ -154,6 +154,26 @@ async def test_an_edit_whose_aliases_multiply_a_block_is_refused_at_its_line_and
     assert await titles(client) == ["Partner: Router down"]
 
 
+async def test_an_edit_nesting_a_template_too_deeply_is_refused_at_its_line_and_serving_goes_on(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """A template nesting deeper than Jinja and Python can compile (400 `{% if %}`, 3,000 `+`) is a failed reload
+    naming file, line, field and the limit, not an internal error; the set in force keeps serving."""
+    client = await bridge_client(write_config(CONFIG, {"partner": PARTNER}), workers=False)
+    rt = runtime(client)
+    good = rt.mappings
+    path = tmp_path / "mappings" / "partner.yaml"
+    for deep, message in [("{% if true %}" * 400 + "x" + "{% endif %}" * 400, "400 blocks"),
+                          ("{{ " + " + ".join(["1"] * 3000) + " }}", "3001 levels")]:
+        wanted = rt.mapping_status.failures + 1
+        write_mapping(tmp_path / "mappings", "partner", PARTNER.replace("{{ payload.id }}", deep))
+        await eventually(lambda wanted=wanted: rt.mapping_status.failures == wanted)
+        assert rt.mappings is good
+        assert rt.mapping_status.last_error is not None and rt.mapping_status.last_error.startswith(
+            f"{path}:7:3: partner.source_ref: template nests too deeply: {message}")
+    await post(client, "f")
+    assert await titles(client) == ["Partner: Router down"]
+
+
 async def test_an_edit_whose_own_tests_fail_is_refused(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """A change that loads but fails its mapping tests is not swapped in, and its failing test is named."""

@@ -143,6 +143,45 @@ async def test_a_fresh_store_and_a_broken_folder_refuse_to_start(tmp_path: Path)
     assert "no last good mapping set is kept in the store" in out
 
 
+# Line 7 holds a template nesting 400 blocks deep, past what Jinja's parser and Python's compiler can follow.
+DEEP = PARTNER_MAPPING.replace('"{{ payload.id }}"', '"' + "{% if true %}" * 400 + "x" + "{% endif %}" * 400 + '"')
+
+
+async def test_a_restart_with_a_template_nesting_too_deeply_serves_the_last_good_set(tmp_path: Path) -> None:
+    """A template nesting too deeply to compile at restart is a mapping error like any other: the last good set
+    serves, and the folder's error names file, line, field and the limit."""
+    port, sandbox_port = free_port(), free_port()
+    cfg = config(tmp_path, port, sandbox_port)
+    version = await start_good_and_stop(tmp_path, cfg, port)
+    (tmp_path / "mappings" / "partner.yaml").write_text(DEEP)
+    log = tmp_path / "second.log"
+    server = spawn(["serve", "-c", str(cfg)], log)
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", server)
+        body = await admin(port)
+        assert (body["source"], body["degraded"], body["version"]) == ("last_good", True, version)
+        assert f"{tmp_path / 'mappings' / 'partner.yaml'}:7:3: partner.source_ref: template nests too deeply: " \
+               "400 blocks" in body["folder_error"]
+        server.send_signal(signal.SIGTERM)
+        assert await exit_code(server, 10) == 0
+    finally:
+        stop(server)
+    assert "Traceback" not in log.read_text()
+
+
+async def test_a_fresh_store_and_a_template_nesting_too_deeply_refuse_to_start_with_exit_2(tmp_path: Path) -> None:
+    port, sandbox_port = free_port(), free_port()
+    cfg = config(tmp_path, port, sandbox_port)
+    (tmp_path / "mappings" / "partner.yaml").write_text(DEEP)
+    server = spawn(["serve", "-c", str(cfg)], tmp_path / "serve.log")
+    try:
+        assert await exit_code(server, 30) == 2
+    finally:
+        stop(server)
+    out = (tmp_path / "serve.log").read_text()
+    assert "partner.yaml:7:3: partner.source_ref: template nests too deeply" in out and "Traceback" not in out
+
+
 def slow_mapping(tests: int) -> str:
     """A mapping whose every test renders a loop that only the time budget stops (about 250 ms each)."""
     spin = "{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}x"
