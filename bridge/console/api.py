@@ -199,8 +199,11 @@ def refuse_media_type(route: Route, request: web.Request) -> web.Response | None
     sent = request.headers.get("Content-Type")
     if route.body is None and not request.body_exists:
         return None  # nothing to read: whatever type it names
-    charset = request.charset
-    if sent is not None and request.content_type == JSON_TYPE and (charset is None or charset.lower() in UTF8):
+    try:
+        ctype, charset = request.content_type, request.charset
+    except Exception:  # the email package's header parser raises on some malformed parameters: not JSON either
+        ctype, charset = None, None
+    if sent is not None and ctype == JSON_TYPE and (charset is None or charset.lower() in UTF8):
         return None
     got = "no Content-Type" if sent is None else f"Content-Type {sent[:100]!r}"
     if route.body is None:
