@@ -18,8 +18,8 @@ import structlog
 from bridge.escaping import escape_text, escape_tree
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
-# Not after `12:` either: the seconds and fraction of a time (`13:23:45.123400+00:00`) are not a phone number.
-_PHONE = re.compile(r"(?<![\w.-])(?<!\d:)(\+?)(\d[\d ().-]{6,}\d)(?![\w-])")
+# Not after `13:23:` either: the seconds and fraction of a time (`13:23:45.123400+00:00`) are not a phone number.
+_PHONE = re.compile(r"(?<![\w.-])(?<!\d\d:\d\d:)(\+?)(\d[\d ().-]{6,}\d)(?![\w-])")
 # Ids and timestamps are digits too; values under these keys are not personal data.
 _SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "event_id", "delivery_id", "id",
                         "version", "status", "duration_ms", "count", "path"})

@@ -56,6 +56,8 @@ def test_masks_emails(text: str, masked: str) -> None:
         ("12345678", "******78"),
         ("tel:+919876543210", "tel:+**********10"),
         ("phone:9876543210", "phone:********10"),
+        ("phone2:9876543210", "phone2:********10"),
+        ("alt 1:020 7946 0958", "alt 1:*********58"),
     ],
 )
 def test_masks_phone_numbers(text: str, masked: str) -> None:
