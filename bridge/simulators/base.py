@@ -20,6 +20,21 @@ from bridge.simulators.weights import TicketWeight, weigh
 from bridge.vendors.files import ReceivedPart, parse_multipart
 
 
+def _readable_type(handler: Handler) -> Handler:
+    """`handler`, behind a 400 for a Content-Type header aiohttp cannot read: it reads the header with the email
+    package's parser, which raises on some malformed parameters (`application/json; x=;+*`) wherever the body is
+    read as text, JSON or a form. Read here once, first, as intake reads it."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            request.content_type  # noqa: B018 - read for its parse
+        except Exception:  # whatever the header parser raises: the client's bad header
+            return web.json_response({"error": "the Content-Type header cannot be read"}, status=400)
+        return await handler(request)
+
+    return run
+
+
 async def read_json_or_parts(request: web.Request, not_json: str) -> tuple[Any, list[ReceivedPart] | None] | str:
     """A JSON body as (its value, None), a multipart/form-data one as (None, its parts), or why it cannot be
     read (`not_json` for a body that is not JSON, in the vendor's words)."""
@@ -276,7 +291,7 @@ class VendorSimulator(ABC):
             *self.received.routes(),
             *fault_routes(lambda: self.faults, self._set_faults),
             *knob_routes("/_knobs", self.Knobs, lambda: self.knobs, self._set_knobs),
-            *(web.route(method, path, self.received.recorded(handler))
+            *(web.route(method, path, self.received.recorded(_readable_type(handler)))
               for method, path, handler in self.vendor_routes()),
         ]
         app = web.Application()
