@@ -72,7 +72,7 @@ class VendorResponse(aiohttp.ClientResponse):
     async def start(self, connection: Connection) -> aiohttp.ClientResponse:
         protocol = connection.protocol
         started = await super().start(connection)
-        if interim_answer(self.status) is not None and protocol is not None:
+        if self.status < 200 and protocol is not None:  # interim (1xx): see interim_answer
             # Already back in the pool (its empty body ended as it started): closed, the pool drops it unused.
             protocol.close()
         return started
@@ -246,8 +246,8 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
             timeout=send_timeout(timeout_s),
             allow_redirects=False,
         ) as response:
-            interim = interim_answer(response.status)
-            if interim is not None:  # a 101 (VendorResponse has closed its connection): no body, no adapter's say
+            if response.status < 200 and (interim := interim_answer(response.status)) is not None:
+                # a 101 (VendorResponse has closed its connection): no body, no adapter's say
                 return response.status, None, dict(response.headers), interim
             try:
                 body, cut = await read_capped(response, MAX_RESPONSE_BYTES)

@@ -246,9 +246,8 @@ def interim_answer(status: int) -> Outcome | None:
 def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     """The classification an HTTP status alone decides, or None when the body must be read. An interim status
     (1xx) is `unknown` (`interim_answer`)."""
-    interim = interim_answer(status)
-    if interim is not None:
-        return interim
+    if status < 200:  # a status line aiohttp read has three digits: 1xx (a call only then: this runs per answer)
+        return interim_answer(status)
     if status in (408, 425, 429) or status >= 500:
         return Outcome(classification="retry", error=f"HTTP {status}",
                        retry_after=parse_retry_after(headers.get("Retry-After")))
