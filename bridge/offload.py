@@ -22,19 +22,23 @@ log = structlog.get_logger("ticketbridge.offload")
 T = TypeVar("T")
 
 PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
+CONSOLE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-console")
+"""The console's own thread (explanations an operator or a read token asks for): what it queues never delays
+intake's parses and renders, nor a follow-up's."""
 LOOP_SLICE_S = 0.005
 """How long a render may hold the event loop before it is run again, from the start, in the parser thread."""
 
 
-async def in_parser(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in the parser thread."""
-    return await asyncio.get_running_loop().run_in_executor(PARSER, fn, *args)
+async def in_parser(fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor = PARSER) -> T:
+    """`fn(*args)` in the parser thread (or `pool`'s)."""
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
-async def render_sliced(fn: Callable[..., T], *args: Any, what: str, **ids: str) -> T:
+async def render_sliced(fn: Callable[..., T], *args: Any, what: str, pool: ThreadPoolExecutor = PARSER,
+                        **ids: str) -> T:
     """`fn(*args)`, a render (pure: it may be begun again), on the loop under a loop slice of LOOP_SLICE_S; when
-    its templates run past the slice, again from the start in the parser thread under the whole render budget.
-    `what` and `ids` name it in the `render.offloaded` line."""
+    its templates run past the slice, again from the start in the parser thread (or `pool`'s) under the whole
+    render budget. `what` and `ids` name it in the `render.offloaded` line."""
     token = start_slice(LOOP_SLICE_S)
     try:
         return fn(*args)
@@ -42,4 +46,4 @@ async def render_sliced(fn: Callable[..., T], *args: Any, what: str, **ids: str)
         log.info("render.offloaded", what=what, slice_ms=LOOP_SLICE_S * 1000, **ids)
     finally:
         end_slice(token)
-    return await in_parser(fn, *args)
+    return await in_parser(fn, *args, pool=pool)

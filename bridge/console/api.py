@@ -51,7 +51,7 @@ from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveri
 from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
-from bridge.offload import render_sliced
+from bridge.offload import CONSOLE, render_sliced
 from bridge.runtime import Runtime
 from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, DeliveryStatus, Store
 
@@ -515,7 +515,7 @@ async def get_event(call: Call) -> EventView:
     mappings = call.rt.mappings
     return EventView(event=event, mappings_version=mappings.version,
                      decisions=await render_sliced(decisions, mappings, event, call.rt.config.vars,
-                                                   what="event_view", event_id=event.id))
+                                                   what="event_view", pool=CONSOLE, event_id=event.id))
 
 
 async def list_destinations(call: Call) -> DestinationList:

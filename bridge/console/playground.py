@@ -17,7 +17,7 @@ from bridge.intake import run_handler
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
 from bridge.mapping.trace import OMIT, format_trace
-from bridge.offload import render_sliced
+from bridge.offload import CONSOLE, render_sliced
 from bridge.routing import render_context
 from bridge.runtime import Runtime
 from handlers.base import Intercepted
@@ -80,5 +80,6 @@ async def run_playground(rt: Runtime, given: PlaygroundBody, like: web.Request) 
                           headers=kept, meta={"playground": True}, dedup_key=inbound.dedup_key, spam=inbound.spam)
         result.events.append(PlaygroundEvent(payload=inbound.payload, dedup_key=inbound.dedup_key, spam=inbound.spam,
                                              decisions=await render_sliced(
-                                                 decisions, mappings, event, rt.config.vars, what="playground")))
+                                                 decisions, mappings, event, rt.config.vars, what="playground",
+                                                 pool=CONSOLE)))
     return result

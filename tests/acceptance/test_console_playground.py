@@ -149,11 +149,22 @@ async def test_the_playground_parses_a_many_part_body_in_intakes_parser_thread(
 async def test_the_playground_and_an_events_page_explain_past_the_loop_slice_in_the_parser_thread(
         write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """Explaining a mapping renders its templates as intake does: past the loop slice (here over before it
-    starts), the explanation is made again in the parser thread, and says the same."""
+    starts), the explanation is made again off the loop, in the console's own thread (so that a read token's
+    explanations never queue ahead of intake's parses), and says the same."""
     from structlog.testing import capture_logs
 
     from bridge import offload
+    from bridge.console import api, playground
 
+    threads: list[str] = []
+    decisions = playground.decisions
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return decisions(*args)
+
+    monkeypatch.setattr(playground, "decisions", recording)
+    monkeypatch.setattr(api, "decisions", recording)
     looping = {"partner": MAPPINGS["partner"].replace('"{{ payload.title }}"',
                                                       '"{% for w in [payload.title] %}{{ w }}{% endfor %}"')}
     client = await bridge_client(write_config(CONFIG, looping), workers=False)
@@ -173,3 +184,7 @@ async def test_the_playground_and_an_events_page_explain_past_the_loop_slice_in_
     assert [(e["event"], e.get("what")) for e in logs if e["event"].endswith(("render.offloaded", "render_offloaded"))
             ] == [("render.offloaded", "playground"), ("intake.render_offloaded", None),
                   ("render.offloaded", "event_view")]
+    # the loop's (within), then each past the slice begun on the loop and made again in the console's own thread,
+    # never intake's parser thread
+    assert [name.split("_")[0] for name in threads] == [
+        "MainThread", "MainThread", "ticketbridge-console", "MainThread", "ticketbridge-console"]
