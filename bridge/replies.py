@@ -21,6 +21,9 @@ above the quote (top-posting), below it (bottom-posting) or between quoted lines
 - A `-- ` line starts a signature that runs to the next quote; an app's footer ("Sent from my iPhone") is
   dropped when nothing of the customer's follows it.
 - Trailing whitespace is trimmed, runs of blank lines become one, and leading and trailing blank lines go.
+
+Inside a template (the `strip_quoted` filter) the stripper checks the render's time budget, and its loop slice, as
+it goes (`check_time`, every few lines); elsewhere that check does nothing.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ import re
 from enum import Enum, auto
 
 from bridge import reply_markers as mk
+from bridge.mapping.limits import check_time
 
 _MARKER_ENDS = (*mk.COLONS, "-")
 _FORWARDED = -1
 # A header block is the marker line and the `Key: value` lines under it; no client writes more.
 _HEADER_LINES = 8
+# How many steps of a walk over the lines (or over the items found) pass between two looks at the clock.
+_CHECK = 64
 
 
 class _Kind(Enum):
@@ -74,8 +80,11 @@ def strip_reply(text: str | None, subject: str | None = None) -> str:
     its header block, which in the body alone looks like a reply's history."""
     if not text:
         return ""
+    check_time()
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    check_time()
     items, quotes_elsewhere = _Scan(lines, forwarding=mk.forward_subject(subject)).run()
+    check_time()
     return _assemble(lines, items, quotes_elsewhere)
 
 
@@ -88,23 +97,30 @@ def _marked(lines: list[str]) -> tuple[list[int] | None, set[int]]:
     text = "" if len(lines) < _FEW_LINES else "\n" + "\n".join(lines) + "\n"
     if not text or 4 * sum(map(text.count, _DENSE)) >= len(lines):
         return None, {i for i, line in enumerate(lines) if line.lstrip().startswith(">")}
+    check_time()  # here and below: between steps that each cost a pass over the text or its lines
     quoted = [m.start() for m in _QUOTED.finditer(text)]
     starts = [m.start() for m in _STARTS.finditer(text)]
+    check_time()
     ends = [m.start() for m in _ENDS.finditer(text)]
     colons = [m.start() for m in _COLON_ENDS.finditer(text)]
     above = [m.start() for m in _ABOVE.finditer(text)]
+    check_time()
     if not (quoted or starts or ends or colons or above):
         return [], set()
     # Where each line but the first starts in `text`: the line a position is in is the number of these at or
     # before it. A match of _QUOTED or _STARTS begins at the newline before its line.
     offsets = list(map(operator.add, itertools.accumulate(map(len, lines[:-1])), itertools.count(2)))
     at = functools.partial(bisect.bisect_right, offsets)
+    check_time()
     quoted_lines = set(map(at, map(operator.add, quoted, itertools.repeat(1))))
     colon_lines = list(map(at, colons))
+    check_time()
     found = set(map(at, map(operator.add, starts, itertools.repeat(1))))
+    check_time()
     found.update(quoted_lines, map(at, ends), map(at, above), colon_lines)
     for above_it in (1, 2):  # a wrapped attribution's first lines
         found.update(map(operator.sub, colon_lines, itertools.repeat(above_it)))
+    check_time()
     found.discard(-1)
     found.discard(-2)
     return sorted(found), quoted_lines
@@ -149,8 +165,11 @@ class _Scan:
         lines, n, items = self.lines, self.n, self.items
         marked, quoted = self.marked, self.quoted
         in_signature = False
-        i = k = 0
+        i = k = steps = 0
         while i < n:
+            steps += 1
+            if not steps % _CHECK:
+                check_time()
             if marked is not None:
                 k = bisect.bisect_left(marked, i, k)
                 if (stop := marked[k] if k < len(marked) else n) > i:
@@ -208,6 +227,8 @@ class _Scan:
         while j < n and j in self.quoted:
             shaped = shaped or _quote_shaped(lines[j])
             j += 1
+            if not j % _CHECK:
+                check_time()
         if not shaped:  # `>50% of users`, `>_<`: prose that happens to start with ">"
             if not in_signature:
                 self.items.append((_Kind.TEXT, i, j))
@@ -226,6 +247,8 @@ class _Scan:
         lines = self.lines
         while j < self.n and not lines[j]:
             j += 1
+            if not j % _CHECK:
+                check_time()
         return j == self.n
 
     def _marker(self, i: int) -> int | None:
@@ -270,6 +293,8 @@ class _Scan:
         stop = self.n if limit is None else min(self.n, j + limit)
         while j < stop and not self.lines[j]:
             j += 1
+            if not j % _CHECK:
+                check_time()
         return j
 
     def _skip_quote(self, j: int) -> int:
@@ -277,6 +302,8 @@ class _Scan:
         lines, n = self.lines, self.n
         end = j
         while j < n:
+            if not j % _CHECK:
+                check_time()
             if j in self.quoted:
                 j += 1
                 end = j
@@ -338,7 +365,9 @@ def _assemble(lines: list[str], items: list[_Item], quotes_elsewhere: bool) -> s
     last line is found, each line is asked whether it is a footer; above it, ranges are joined whole."""
     pieces: list[str] = []  # from the end up
     text_follows = False
-    for kind, start, stop in reversed(items):
+    for steps, (kind, start, stop) in enumerate(reversed(items), 1):
+        if not steps % _CHECK:
+            check_time()
         end = stop
         if kind is _Kind.CUT or (kind is _Kind.MAYBE and quotes_elsewhere):
             continue
@@ -355,6 +384,8 @@ def _assemble(lines: list[str], items: list[_Item], quotes_elsewhere: bool) -> s
                     text_follows = True
                     break
                 end -= 1
+                if not end % _CHECK:
+                    check_time()
         if end > start:
             pieces.append("\n".join(lines[start:end]))
     pieces.reverse()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from bridge.mapping import limits
 from bridge.mapping.text import html_to_text, strip_quoted
 
 
@@ -46,3 +49,42 @@ def test_html_to_text_passes_non_text_through(value: object) -> None:
 def test_strip_quoted_keeps_only_the_reply(text: str, expected: str) -> None:
     """Quoted history (On … wrote:, Original Message, Outlook headers, > lines) and signatures are cut."""
     assert strip_quoted(text) == expected
+
+
+def test_html_to_text_keeps_unfinished_markup_and_unknown_entities_as_text() -> None:
+    """A `<` that starts no finished tag and an entity that names nothing are the writer's text."""
+    assert html_to_text("<p>a &unknown; b</p>x <y") == "a &unknown; b\n\nx <y"
+    assert html_to_text("<a<a<a") == "<a<a<a"
+
+
+def test_html_to_text_reads_xml_declarations_and_marked_sections() -> None:
+    """An XML declaration, Word's `<![if …]>` sections and CDATA give what a reader sees, without a warning."""
+    html = '<?xml version="1.0"?><p><![if !supportLists]>1.<![endif]> Item</p><![CDATA[ raw  text ]]>'
+    assert html_to_text(html) == "1. Item\n\nraw text"
+
+
+# A body a tree-building converter took minutes over: thousands of list items left open.
+HUGE = "<li>x" * 20_000
+
+
+@pytest.mark.parametrize("run", [html_to_text, strip_quoted])
+def test_the_time_budget_stops_the_text_filters(run: Callable[[str], object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a render, html_to_text and strip_quoted stop at the render's time budget, however long the body."""
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.001)
+    body = HUGE if run is html_to_text else "a:\n" * 200_000
+    with limits.Budget(), pytest.raises(limits.BudgetExceeded, match=r"render budget of 1 ms exceeded"):
+        run(body)
+
+
+@pytest.mark.parametrize("run", [html_to_text, strip_quoted])
+def test_a_loop_slice_stops_the_text_filters(run: Callable[[str], object]) -> None:
+    """Under a loop slice that is over, html_to_text and strip_quoted raise SliceOver (to be run again off the
+    loop) rather than holding the loop to the end."""
+    body = HUGE if run is html_to_text else "a:\n" * 200_000
+    token = limits.start_slice(-1.0)
+    try:
+        with limits.Budget(), pytest.raises(limits.SliceOver):
+            run(body)
+    finally:
+        limits.end_slice(token)
+    assert run("<p>ok</p>") in ("ok", "<p>ok</p>")  # without a slice or budget, it runs to the end
