@@ -44,6 +44,7 @@ from bridge.store.rows import (
     decode_event,
     doubt_after,
     encode,
+    held_create_blocks,
     settled,
     storable,
     storable_accept,
@@ -174,15 +175,23 @@ class MemoryStore(Store):
         """Whether `d` may be sent now that it is due: no earlier delivery of its conversation waits, none is sent."""
         if d.row.conversation is None:
             return True
-        return not any(o.row.conversation == d.row.conversation and o.row.id != d.row.id and (
-            o.row.status == "in_flight" or (o.row.status == "pending" and o.row.id < d.row.id))
-            for o in self.deliveries.values())
+        if any(o.row.conversation == d.row.conversation and o.row.id != d.row.id and (
+                o.row.status == "in_flight" or (o.row.status == "pending" and o.row.id < d.row.id))
+                for o in self.deliveries.values()):
+            return False
+        return not self._behind_held_create(d)
+
+    def _behind_held_create(self, d: _Delivery) -> bool:
+        c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
+        return c is not None and held_create_blocks(c.ticket_id is not None, (
+            (o.row.status, o.row.role, o.row.in_doubt_since_ms) for o in self.deliveries.values()
+            if o.row.conversation == d.row.conversation and o.row.id < d.row.id))
 
     def _listed(self, d: _Delivery) -> DeliveryRow:
-        waiting = d.row.status == "pending" and d.row.conversation is not None and any(
+        waiting = d.row.status == "pending" and d.row.conversation is not None and (any(
             o.row.conversation == d.row.conversation and o.row.id < d.row.id
             and o.row.status in ("pending", "in_flight")
-            for o in self.deliveries.values())
+            for o in self.deliveries.values()) or self._behind_held_create(d))
         return msgspec.structs.replace(d.row, waiting=waiting)
 
     def _ticket(self, d: _Delivery) -> dict[str, Any] | None:

@@ -214,3 +214,36 @@ async def test_a_follow_up_checks_its_ticket_still_exists(write_config: ConfigFa
     latest = (await rows(client))[0]
     assert f"ticket {ticket['ticketId']} no longer exists" in (latest.last_error or "")
     assert len(sim.gets) == 2 and ticket["comments"] == ["still down"]
+
+
+async def test_a_held_create_keeps_its_thread_waiting_for_the_operator(write_config: ConfigFactory,
+                                                                       bridge_client: AppClient) -> None:
+    """With `on_unknown: hold`, a thread's create answered too late is held; the thread's next message waits for
+    it (no second ticket), and marking the create succeeded with the vendor's ticket sends the waiting message as
+    a comment on that ticket."""
+    client = await bridge_client(write_config(config("hold"), CHAT))
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    sim.faults = Faults(hang_after_count=1, hang_seconds=2)
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "c-held", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    await say("router down")
+    await eventually(lambda: all_settled(client, 1, "dead"))
+    await say("still down")
+
+    async def second_waits() -> bool:
+        found = await rows(client)
+        return len(found) == 2 and found[0].status == "pending" and found[0].waiting
+
+    await eventually(second_waits)
+    held = (await rows(client))[1]
+    assert len(sim.tickets) == 1 and sim.tickets[0]["comments"] == []
+    ticket = sim.tickets[0]["ticketId"]
+    resp = await client.post(f"/admin/api/deliveries/{held.id}/mark-succeeded",
+                             headers={"Authorization": "Bearer t0k"}, json={"ticket_id": ticket})
+    assert resp.status == 200, await resp.text()
+    await eventually(lambda: all_settled(client, 2, "succeeded"))
+    assert len(sim.tickets) == 1 and sim.tickets[0]["comments"] == ["still down"]
+    assert (await rows(client))[0].role == "follow_up"

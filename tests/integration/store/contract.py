@@ -861,6 +861,53 @@ class StoreContract:
         (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert nxt.id == second.id and nxt.ticket is None
 
+    async def _held_create(self, store: Store) -> tuple[NewDelivery, NewDelivery]:
+        """A conversation whose create was held (its send's outcome unknown, then dead: on_unknown hold), and its
+        next message."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(
+            result(first.id, "dead", http_status=None, classification="unknown", error="timed out; held"),
+            role="create"))
+        assert (await row(store, first.id)).in_doubt_since_ms is not None
+        return first, second
+
+    async def test_a_held_create_keeps_its_conversations_next_message_waiting(self, store: Store) -> None:
+        """A create held in doubt (the vendor may hold its ticket) keeps the conversation's later messages waiting,
+        not claimed as a second create; mark-succeeded with its ticket gives the conversation the ticket and the
+        next message goes as a follow-up on it."""
+        first, second = await self._held_create(store)
+        batch = await store.claim("kapture-support", 10, "w", 30)
+        assert batch.items == [] and batch.next_due_ms is None
+        assert (await row(store, second.id)).waiting is True
+        done = msgspec.structs.replace(result(first.id, "succeeded", http_status=None, classification="marked",
+                                              ticket_id="T-7"), role="create")
+        assert await store.mark_succeeded(first.id, done) is True
+        assert (await row(store, second.id)).waiting is False
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and nxt.ticket is not None and nxt.ticket["id"] == "T-7"
+
+    async def test_a_replayed_held_create_goes_first_and_its_next_message_follows(self, store: Store) -> None:
+        """Replaying the held create makes it the conversation's head again: it is claimed, the next message
+        waits for it, and follows its ticket."""
+        first, second = await self._held_create(store)
+        assert await store.replay([first.id]) == [first.id]
+        (again,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert again.id == first.id and again.ticket is None
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-8"), role="create"))
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and nxt.ticket is not None and nxt.ticket["id"] == "T-8"
+
+    async def test_a_held_create_holds_only_its_own_conversation(self, store: Store) -> None:
+        """Another conversation, and a conversation whose create died for certain, are not held."""
+        await self._held_create(store)
+        other = make_delivery(conversation="m|other", conversation_key="other")
+        await accept_one(store, other)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == other.id
+
     async def test_a_subject_token_joins_the_named_ticket(self, store: Store) -> None:
         """A message naming a ticket (`known_ticket`) is a follow-up on it from the start."""
         d = make_delivery(conversation="m|ticket:713", conversation_key="ticket:713", known_ticket="713")
