@@ -75,6 +75,10 @@ class Claimed(msgspec.Struct, kw_only=True):
     in_doubt_since_ms: int | None = None
     """An earlier send's outcome is unknown (a timeout after the request went out, a reset, a crash): it may
     have reached the vendor at or after this time. The destination's `on_unknown` says what happens first."""
+    role: str | None = None
+    """How it was last sent (`create`, `follow_up`), None before: a follow-up sent again when its conversation has
+    no ticket (reset by an operator) is rendered as a create first, its stored action and body being the
+    follow-up's."""
 
 
 class ClaimBatch(msgspec.Struct, kw_only=True):
@@ -426,6 +430,12 @@ class Store(ABC):
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
         """Every conversation whose key (or scoped id `mapping|key`) is `key`, each with its deliveries in
         arrival order; empty when none."""
+
+    @abstractmethod
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        """An operator's word that the ticket of every conversation whose key (or scoped id) is `key` is gone at
+        the vendor (deleted, merged): each loses its ticket, so its next message, or a dead one sent again, is a
+        create. The conversations as they were before (empty when none is found)."""
 
     @abstractmethod
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:

@@ -219,7 +219,8 @@ class MemoryStore(Store):
             Claimed(id=d.row.id, event_id=d.row.event_id, mapping=d.row.mapping, destination=d.row.destination,
                     action=d.row.action, body=decode_dict(d.body) if d.body is not None else {},
                     options=decode_dict(d.options), tries=d.row.tries, attempts=d.row.attempts,
-                    conversation=d.row.conversation, ticket=self._ticket(d), in_doubt_since_ms=d.row.in_doubt_since_ms)
+                    conversation=d.row.conversation, ticket=self._ticket(d), in_doubt_since_ms=d.row.in_doubt_since_ms,
+                    role=d.row.role)
             for d in due
         ])
 
@@ -413,6 +414,15 @@ class MemoryStore(Store):
                     self._listed(d) for d in sorted(self.deliveries.values(), key=lambda d: d.row.id)
                     if d.row.conversation == c.id])
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
+
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        self._check_open()
+        key = storable(key)
+        found = sorted((c for c in self.conversations.values() if key in (c.key, c.id)), key=lambda c: c.id)
+        for c in found:
+            self.conversations[c.id] = msgspec.structs.replace(c, ticket_id=None, ticket_key=None, ticket_uuid=None,
+                                                               ticket_at_ms=None)
+        return found
 
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         self._check_open()

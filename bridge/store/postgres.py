@@ -39,6 +39,7 @@ from bridge.store.base import (
     AuditEntry,
     ClaimBatch,
     ConversationDetail,
+    ConversationRow,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -77,6 +78,7 @@ from bridge.store.rows import (
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
+    RESET_CONVERSATION,
     ROW_COLUMNS,
     ROW_WIDTH,
     TICKETS_OF_CLAIMED,
@@ -408,7 +410,7 @@ class PostgresStore(Store):
                 f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
                 "FOR UPDATE SKIP LOCKED) due "
                 "WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, x.body, "
-                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since",
+                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since, x.role",
                 owner, now + int(lease_s * 1000), now, destination, limit)
             if got:
                 items = claimed_items(got)
@@ -717,6 +719,18 @@ class PostgresStore(Store):
             return out
 
         return await self._run(op, transaction=False)
+
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        key = storable(key)
+
+        async def op(conn: Any) -> list[ConversationRow]:
+            found = [conversation_row(c) for c in await conn.fetch(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = $1 OR id = $1 "  # noqa: S608
+                "ORDER BY id FOR UPDATE", key)]
+            await conn.execute(RESET_CONVERSATION + "WHERE key = $1 OR id = $1", key)
+            return found
+
+        return await self._run(op)
 
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         data = encode(files)

@@ -67,6 +67,9 @@ def held_create_blocks(conversation_has_ticket: bool, earlier: Iterable[tuple[st
         status == "dead" and role == "create" and doubt is not None for status, role, doubt in earlier)
 CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
                         "ticket_key, ticket_at, ticket_uuid")
+RESET_CONVERSATION = ("UPDATE conversations SET ticket_id = NULL, ticket_key = NULL, ticket_uuid = NULL, "
+                      "ticket_at = NULL ")
+"""Followed by the conversations' condition: they lose their ticket (`Store.reset_conversation`)."""
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
                         "next_attempt_at, created_at, updated_at, last_error, conversation")
@@ -199,11 +202,11 @@ def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: i
 
 def claimed_items(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Rows a claim returned (id, event_id, mapping, destination, action, body, options, tries, attempts,
-    next_attempt_at, conversation, in_doubt_since), in due order: RETURNING promises no order."""
+    next_attempt_at, conversation, in_doubt_since, role), in due order: RETURNING promises no order."""
     return [
         Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
                 body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]), tries=r[7],
-                attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11])
+                attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11], role=r[12])
         for r in sorted(rows, key=lambda r: (r[9], r[0]))
     ]
 

@@ -49,6 +49,7 @@ from bridge.store.base import (
     AuditEntry,
     ClaimBatch,
     ConversationDetail,
+    ConversationRow,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -72,6 +73,7 @@ from bridge.store.rows import (
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
+    RESET_CONVERSATION,
     ROW_COLUMNS,
     ROW_WIDTH,
     TICKETS_OF_CLAIMED,
@@ -691,7 +693,7 @@ class SqliteStore(Store):
                 "WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = ? "
                 f"AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT ?) "
                 "RETURNING id, event_id, mapping, destination, action, body, options, tries, attempts, "
-                "next_attempt_at, conversation, in_doubt_since",
+                "next_attempt_at, conversation, in_doubt_since, role",
                 (owner, now + int(lease_s * 1000), now, destination, now, limit),
             ).fetchall()
             if got:
@@ -1013,6 +1015,19 @@ class SqliteStore(Store):
             return out
 
         found: list[ConversationDetail] = await self._read(run)
+        return found
+
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        key = storable(key)
+
+        def op(conn: sqlite3.Connection) -> list[ConversationRow]:
+            found = [conversation_row(c) for c in conn.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = ? OR id = ? ORDER BY id",  # noqa: S608
+                (key, key)).fetchall()]
+            conn.execute(RESET_CONVERSATION + "WHERE key = ? OR id = ?", (key, key))
+            return found
+
+        found: list[ConversationRow] = await self._write(op)
         return found
 
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:

@@ -908,6 +908,35 @@ class StoreContract:
         (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert got.id == other.id
 
+    async def test_a_reset_conversation_loses_its_ticket_and_its_next_message_creates(self, store: Store) -> None:
+        """reset_conversation clears the ticket of the conversations with that key (returning them as they were):
+        a dead follow-up replayed, and the next message, are claimed without a ticket (creates), the replayed one
+        saying it was last sent as a follow-up."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create",
+                                                   ticket_key="#1"))
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(
+            result(second.id, "dead", classification="permanent", error="No Data found"), role="follow_up",
+            action="update_ticket", body={"comment": "hi"}))
+        assert await store.reset_conversation("nothing") == []
+        (was,) = await store.reset_conversation("k")
+        assert (was.id, was.ticket_id, was.ticket_key) == ("m|k", "T-1", "#1")
+        (found,) = await store.get_conversations("m|k")
+        c = found.conversation
+        assert (c.ticket_id, c.ticket_key, c.ticket_uuid, c.ticket_at_ms) == (None, None, None, None)
+        assert await store.replay([second.id]) == [second.id]
+        (again,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert (again.id, again.ticket, again.role) == (second.id, None, "follow_up")
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded", ticket_id="T-2"), role="create"))
+        third = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, third)
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.ticket is not None and nxt.ticket["id"] == "T-2"
+
     async def test_a_subject_token_joins_the_named_ticket(self, store: Store) -> None:
         """A message naming a ticket (`known_ticket`) is a follow-up on it from the start."""
         d = make_delivery(conversation="m|ticket:713", conversation_key="ticket:713", known_ticket="713")
