@@ -30,7 +30,7 @@ from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, l
 from bridge.metrics import metrics
 from bridge.offload import render_sliced
 from bridge.reload import MappingReloader, reload_context, serve_last_good, serve_last_good_if_empty
-from bridge.retention import run_retention
+from bridge.retention import longest_reopen_after, run_retention
 from bridge.routing import render_create_again, render_follow_up
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
@@ -382,7 +382,9 @@ def retention_context(rt: Runtime) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert rt.store is not None
         async with background(run_retention(rt.store, rt.config.retention, rt.config.attachments_dir,
-                                            lambda name, n, kind: rt.count(name, n, kind=kind)), "retention"):
+                                            lambda name, n, kind: rt.count(name, n, kind=kind),
+                                            lambda: longest_reopen_after(rt.mappings.mappings.values())),
+                              "retention"):
             yield
 
     return ctx

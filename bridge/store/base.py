@@ -233,6 +233,9 @@ class Cutoffs(msgspec.Struct, frozen=True, kw_only=True):
     """Attempts started before this go, except each kept delivery's latest (which shows why it ended so)."""
     dedup_ms: int | None = None
     """Dedup keys that expired at or before this go (no duplicate can match them any more)."""
+    conversations_ms: int | None = None
+    """Conversations (their keys hold a customer's address or phone number) whose last message came before this
+    and that have no delivery left go: no message of theirs is kept any more."""
 
 
 class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,6 +246,8 @@ class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
     """(received_at, id) of the last event looked at."""
     attempts: tuple[int, str, int] | None = None
     """(started_at, delivery_id, n) of the last attempt looked at."""
+    conversations: str | None = None
+    """The id of the last conversation looked at."""
 
 
 class PurgeCounts(msgspec.Struct, kw_only=True):
@@ -252,6 +257,7 @@ class PurgeCounts(msgspec.Struct, kw_only=True):
     deliveries: int = 0
     attempts: int = 0
     dedup: int = 0
+    conversations: int = 0
     more: bool = False
     """A kind hit the batch limit: call again (with `after`) for the rest."""
     after: PurgeMark = PurgeMark()
@@ -264,6 +270,7 @@ class PurgeCounts(msgspec.Struct, kw_only=True):
         self.deliveries += other.deliveries
         self.attempts += other.attempts
         self.dedup += other.dedup
+        self.conversations += other.conversations
 
 
 class StoredMappingSet(msgspec.Struct, kw_only=True):

@@ -504,7 +504,25 @@ class MemoryStore(Store):
                     del self.dedup[key]
                 out.more = out.more or len(expired) >= limit
             out.dedup = len(expired)
+        if cutoffs.conversations_ms is not None:
+            self._purge_conversations(cutoffs.conversations_ms, limit, mark.conversations, dry_run, out)
         return out
+
+    def _purge_conversations(self, cutoff: int, limit: int, after: str | None, dry_run: bool,
+                             out: PurgeCounts) -> None:
+        threaded = {d.row.conversation for d in self.deliveries.values()}
+        ids = sorted(self.conversations)
+        if dry_run:
+            looked = ids
+        else:
+            looked = [i for i in ids if after is None or i > after][:limit]
+            out.more = out.more or len(looked) >= limit
+            out.after = msgspec.structs.replace(out.after, conversations=looked[-1] if looked else after)
+        gone = [i for i in looked if self.conversations[i].last_message_at_ms < cutoff and i not in threaded]
+        if not dry_run:
+            for i in gone:
+                del self.conversations[i]
+        out.conversations = len(gone)
 
     async def attachment_refs(self, received_before_ms: int) -> set[str]:
         self._check_open()

@@ -72,6 +72,7 @@ from bridge.store.pg_record import PendingRecord, RecordBatcher, record_group, w
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
+    CONVERSATION_GONE,
     DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
     NEVER,
@@ -781,6 +782,19 @@ class PostgresStore(Store):
                     "DELETE FROM dedup_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM dedup_keys WHERE expires_at <= $1 "
                     "LIMIT $2 FOR UPDATE SKIP LOCKED)) AND expires_at <= $1 RETURNING 1", cutoffs.dedup_ms, limit))
                 out.more = out.more or out.dedup >= limit
+            if cutoffs.conversations_ms is not None:
+                looked = await conn.fetch(
+                    f"SELECT c.id, {CONVERSATION_GONE.format('$1')} FROM conversations c "  # noqa: S608 - constants
+                    "WHERE $2::text IS NULL OR c.id > $2 ORDER BY c.id LIMIT $3",
+                    cutoffs.conversations_ms, mark.conversations, limit)
+                gone = [r[0] for r in looked if r[1]]
+                if gone:
+                    out.conversations = len(await conn.fetch(
+                        f"DELETE FROM conversations c WHERE c.id = ANY($2::text[]) AND "  # noqa: S608 - constants
+                        f"{CONVERSATION_GONE.format('$1')} RETURNING 1", cutoffs.conversations_ms, gone))
+                out.more = out.more or len(looked) >= limit
+                out.after = msgspec.structs.replace(out.after, conversations=looked[-1][0] if looked
+                                                    else mark.conversations)
             return out
 
         return await self._run(op)
@@ -898,6 +912,9 @@ async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:
             events, dead, cutoffs.attempts_ms)
     if cutoffs.dedup_ms is not None:
         out.dedup = await conn.fetchval("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= $1", cutoffs.dedup_ms)
+    if cutoffs.conversations_ms is not None:
+        out.conversations = await conn.fetchval(f"SELECT COUNT(*) FROM conversations c WHERE "  # noqa: S608
+                                                f"{CONVERSATION_GONE.format('$1')}", cutoffs.conversations_ms)
     return out
 
 

@@ -305,6 +305,11 @@ def kept_condition(events: str, dead: str) -> str:
             f"AND d.updated_at < {events}) OR (d.status = 'dead' AND d.updated_at < {dead})))")
 
 
+CONVERSATION_GONE = "c.last_message_at < {0} AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.conversation = c.id)"
+"""SQL true for a conversation `c` a purge deletes, given the placeholder of its cutoff (Cutoffs.conversations_ms):
+its last message is older, and none of its deliveries is kept (looked up by deliveries_conversation)."""
+
+
 def attachment_hashes(data: bytes) -> Iterator[str]:
     """The sha256 of each attachment a stored event's JSON names."""
     for m in _SHA256.finditer(data):

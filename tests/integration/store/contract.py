@@ -1185,6 +1185,51 @@ class StoreContract:
         got = await store.purge(Cutoffs(attempts_ms=after_now()), 500)
         assert got.attempts == 0 and [a.n for a in (await store.get_delivery(d)).attempts] == [4]
 
+    async def test_purge_deletes_a_conversation_once_none_of_its_deliveries_is_kept(self, store: Store) -> None:
+        """A conversation goes, in the purge that deletes its last delivery or a later one, once its last message
+        is older than its cutoff; one with a delivery kept (pending, or dead within the dead limit) stays, as does
+        one whose last message is newer than the cutoff. A dry run counts those that would go now."""
+        threads = {}
+        for name in ("done", "waiting", "dead"):
+            d = make_delivery(destination=f"d-{name}", conversation=f"m|chat:{name}", conversation_key=f"chat:{name}")
+            await accept_one(store, d)
+            threads[name] = d
+        await settle(store, threads["done"].id, "succeeded", "d-done")
+        await settle(store, threads["dead"].id, "dead", "d-dead")
+        quiet_since = tick()
+        kept_back = await store.purge(Cutoffs(events_ms=after_now(), conversations_ms=quiet_since - 60_000), 500)
+        assert (kept_back.events, kept_back.conversations) == (1, 0)  # its messages gone, but not quiet long enough
+        assert (await store.purge(Cutoffs(conversations_ms=after_now()), 500, dry_run=True)).conversations == 1
+        got = await store.purge(Cutoffs(events_ms=after_now(), conversations_ms=after_now()), 500)
+        assert got.conversations == 1
+        assert await store.get_conversations("chat:done") == []
+        assert [len(await store.get_conversations(k)) for k in ("chat:waiting", "chat:dead")] == [1, 1]
+        got = await store.purge(Cutoffs(events_ms=after_now(), dead_ms=after_now(), conversations_ms=after_now()),
+                                500)
+        assert (got.events, got.conversations) == (1, 1)
+        assert await store.get_conversations("chat:dead") == []
+        assert len(await store.get_conversations("chat:waiting")) == 1
+
+    async def test_conversations_are_purged_in_batches(self, store: Store) -> None:
+        """Each batch looks at `limit` conversations after the last one looked at; the batches go on to the end."""
+        for n in range(5):
+            d = make_delivery(destination="d-b", conversation=f"m|chat:{n}", conversation_key=f"chat:{n}")
+            await accept_one(store, d)
+            await settle(store, d.id, "succeeded", "d-b")
+        cutoffs = Cutoffs(events_ms=after_now(), conversations_ms=after_now())
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 5
+        total, after, batches = 0, None, 0
+        while True:
+            got = await store.purge(Cutoffs(conversations_ms=cutoffs.conversations_ms), 2, after=after)
+            total += got.conversations
+            batches += 1
+            assert got.conversations <= 2
+            if not got.more:
+                break
+            after = got.after
+        assert total == 5 and batches >= 3
+        assert [await store.get_conversations(f"chat:{n}") for n in range(5)] == [[]] * 5
+
     async def test_expired_dedup_keys_are_deleted_and_live_ones_still_match(self, store: Store) -> None:
         """Dedup keys whose window has passed go; a key within its window still answers duplicates."""
         old = make_event(dedup_key="msg-old")
