@@ -30,8 +30,8 @@ from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, l
 from bridge.metrics import metrics
 from bridge.offload import render_sliced
 from bridge.reload import MappingReloader, reload_context, serve_last_good, serve_last_good_if_empty
-from bridge.retention import run_retention
-from bridge.routing import render_follow_up
+from bridge.retention import longest_reopen_after, run_retention
+from bridge.routing import render_create_again, render_follow_up
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
 from bridge.server_name import name_the_server
@@ -247,9 +247,14 @@ def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) 
         return await render_sliced(render_follow_up, rt.mappings, rt.config.vars, event, item, what="follow_up",
                                    delivery_id=item.id)
 
+    async def creates(item: Claimed) -> Claimed | Outcome:
+        event = await store.get_event(item.event_id)
+        return await render_sliced(render_create_again, rt.mappings, rt.config.vars, event, item,
+                                   what="create_again", delivery_id=item.id)
+
     return Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
                       coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
-                      follow_ups=follow_ups, instance=instance_name(rt.config.server.port),
+                      follow_ups=follow_ups, creates=creates, instance=instance_name(rt.config.server.port),
                       on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name))
 
 
@@ -377,7 +382,9 @@ def retention_context(rt: Runtime) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         assert rt.store is not None
         async with background(run_retention(rt.store, rt.config.retention, rt.config.attachments_dir,
-                                            lambda name, n, kind: rt.count(name, n, kind=kind)), "retention"):
+                                            lambda name, n, kind: rt.count(name, n, kind=kind),
+                                            lambda: longest_reopen_after(rt.mappings.mappings.values())),
+                              "retention"):
             yield
 
     return ctx

@@ -6,6 +6,11 @@ for the longer `dead` limit), counted from the delivery's last change: pending a
 anything replayed within the limit, stay. Attachment files are content-addressed and shared between events:
 intake touches a file each time an event names it, so a file older than its limit is named by no event newer
 than it, and only the (few) older events still kept need to be read to know whether it may go.
+
+A conversation (its key holds a customer's message id or phone number) goes once none of its deliveries is kept
+and its last message is older than the events limit and the longest `reopen_after` of the mappings in force,
+whichever is longer (7 days, the default `reopen_after`, where the mappings are not known): until then its next
+message would still follow up on its ticket.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
 from bridge.config import RetentionConfig
+from bridge.conversations import DEFAULT_REOPEN_AFTER_S
 from bridge.durations import parse_duration
 from bridge.errors import StoreUnavailable
+from bridge.mapping.compiled import CompiledMapping
 from bridge.store.base import Cutoffs, PurgeCounts, PurgeMark, Store
 
 log = structlog.get_logger("ticketbridge.retention")
@@ -47,6 +54,9 @@ class Policy:
     attempts_s: float | None
     attachments_s: float | None
     dedup: bool = True
+    reopen_after_s: float = DEFAULT_REOPEN_AFTER_S
+    """The longest `reopen_after` of the mappings: a conversation is kept at least this long after its last
+    message (its next one would follow up on its ticket), whatever the events limit."""
 
     @classmethod
     def from_config(cls, cfg: RetentionConfig) -> Policy:
@@ -57,8 +67,10 @@ class Policy:
         def before(limit: float | None) -> int | None:
             return None if limit is None else now_ms - int(limit * 1000)
 
+        conversations = None if self.events_s is None else max(self.events_s, self.reopen_after_s)
         return Cutoffs(events_ms=before(self.events_s), dead_ms=before(self.dead_s),
-                       attempts_ms=before(self.attempts_s), dedup_ms=now_ms if self.dedup else None)
+                       attempts_ms=before(self.attempts_s), dedup_ms=now_ms if self.dedup else None,
+                       conversations_ms=before(conversations))
 
     @property
     def keeps_everything(self) -> bool:
@@ -70,6 +82,12 @@ class Policy:
 class FileCounts:
     files: int = 0
     bytes: int = 0
+
+
+def longest_reopen_after(mappings: Iterable[CompiledMapping]) -> float:
+    """The longest `reopen_after` of the threaded mappings: how long a conversation is kept at least (the default
+    when none is threaded)."""
+    return max((m.reopen_after_s for m in mappings if m.threaded), default=DEFAULT_REOPEN_AFTER_S)
 
 
 def now_ms() -> int:
@@ -195,8 +213,10 @@ async def sweep(store: Store, policy: Policy, folder: Path, batch: int, *, pause
 
 
 async def run_retention(store: Store, cfg: RetentionConfig, folder: Path,
-                        count: Callable[[str, int, str], None]) -> None:
-    """The server's background task: a sweep every `retention.every`, logged and counted when it deletes."""
+                        count: Callable[[str, int, str], None],
+                        reopen_after: Callable[[], float] = lambda: DEFAULT_REOPEN_AFTER_S) -> None:
+    """The server's background task: a sweep every `retention.every`, logged and counted when it deletes.
+    `reopen_after`: the longest `reopen_after` of the mappings in force at each sweep."""
     policy = Policy.from_config(cfg)
     if policy.keeps_everything:
         return
@@ -204,17 +224,18 @@ async def run_retention(store: Store, cfg: RetentionConfig, folder: Path,
     await asyncio.sleep(min(every, FIRST_SWEEP_SECONDS))
     while True:
         try:
-            done = await sweep(store, policy, folder, cfg.batch)
+            done = await sweep(store, replace(policy, reopen_after_s=reopen_after()), folder, cfg.batch)
         except (StoreUnavailable, OSError) as exc:
             log.warning("retention.failed", error=str(exc), note="the next sweep tries again")
         else:
             c = done.store
             for kind, n in (("events", c.events), ("deliveries", c.deliveries), ("attempts", c.attempts),
-                            ("dedup", c.dedup), ("attachments", done.attachments.files)):
+                            ("dedup", c.dedup), ("conversations", c.conversations),
+                            ("attachments", done.attachments.files)):
                 if n:
                     count("retention.purged", n, kind)
-            if c.events or c.attempts or c.dedup or done.attachments.files:
+            if c.events or c.attempts or c.dedup or c.conversations or done.attachments.files:
                 log.info("retention.purged", events=c.events, deliveries=c.deliveries, attempts=c.attempts,
-                         dedup=c.dedup, attachments=done.attachments.files,
+                         dedup=c.dedup, conversations=c.conversations, attachments=done.attachments.files,
                          attachment_bytes=done.attachments.bytes, seconds=round(done.seconds, 3))
         await asyncio.sleep(every)

@@ -121,6 +121,26 @@ async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, va
     return bodies, refused
 
 
+def render_create_again(mappings: MappingSet, vars_: dict[str, Any], event: Event,
+                        item: Claimed) -> Claimed | Outcome:
+    """A delivery last sent as a follow-up, sent now as its conversation's create (an operator reset the
+    conversation's ticket): the mapping's own action, body and options rendered from its event again, or the
+    Outcome that settles it unsent (`permanent`: the mapping is gone or no longer feeds the delivery's destination,
+    or it does not render; `skipped`: its `when` is false)."""
+    mapping = mappings.mappings.get(item.mapping)
+    if mapping is None:
+        return Outcome(classification="permanent", error=f"not sent: mapping {item.mapping!r} is no longer loaded")
+    if mapping.destination != item.destination:
+        return Outcome(classification="permanent", error=f"not sent: mapping {item.mapping!r} now feeds "
+                                                         f"{mapping.destination}, not {item.destination}")
+    rendered = render_event(mapping, render_context(event, vars_), event.id)
+    if rendered.skipped:
+        return Outcome(classification="skipped", error=f"create skipped: its `when` is false ({mapping.when_text})")
+    if rendered.error is not None or rendered.body is None:
+        return Outcome(classification="permanent", error=f"not sent: {rendered.error}")
+    return msgspec.structs.replace(item, action=mapping.action, body=rendered.body, options=mapping.options)
+
+
 def conversation_of(mapping: CompiledMapping, ctx: dict[str, Any], event: Event) -> ConversationKey | None:
     """The event's conversation for a threaded mapping: the mapping's `conversation:` expression when it renders
     a value, else the channel's own key (email thread, chat id). None: the message stands alone."""

@@ -19,9 +19,16 @@ from bridge.app import load_mappings, load_stored_mappings
 from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
 from bridge.config import Config
-from bridge.console.models import MarkDeadBody, MarkSucceededBody, Refusal, ReplayBody, ReplayResult
+from bridge.console.models import (
+    MarkDeadBody,
+    MarkSucceededBody,
+    Refusal,
+    ReplayBody,
+    ReplayResult,
+    ResetConversationBody,
+)
 from bridge.delivery.orphans import mark_dead
-from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
+from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries, reset_conversation
 from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import run_tests
@@ -66,12 +73,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     unmatched.add_argument("--before", help="page: only events older than this id")
     unmatched.add_argument("--json", action="store_true", help="one JSON object per line")
     unmatched.set_defaults(run=run_unmatched)
-    c = sub.add_parser("conversations", help="inspect conversations (email threads, chats)")
-    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
-    cshow = csub.add_parser("show", parents=[common], help="a conversation's ticket, messages and deliveries")
-    cshow.add_argument("key", help="the conversation key (e.g. mail:<root message id>, chat:<id>) or `mapping|key`")
-    cshow.add_argument("--json", action="store_true")
-    cshow.set_defaults(run=run_conversation)
+    _add_conversations(sub, common)
     r = sub.add_parser("replay", parents=[common], help="send deliveries again (by id, or every dead one of a filter)")
     r.add_argument("ids", nargs="*", help="delivery ids")
     r.add_argument("--destination", help="replay the deliveries of this destination")
@@ -86,6 +88,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "action, and they belong to it from then on")
     r.add_argument("--url", help=URL_HELP + " (re-rendering uses the server's mappings)")
     r.set_defaults(run=run_replay)
+
+
+def _add_conversations(sub: Any, common: argparse.ArgumentParser) -> None:
+    c = sub.add_parser("conversations", help="inspect conversations (email threads, chats)")
+    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cshow = csub.add_parser("show", parents=[common], help="a conversation's ticket, messages and deliveries")
+    cshow.add_argument("key", help="the conversation key (e.g. mail:<root message id>, chat:<id>) or `mapping|key`")
+    cshow.add_argument("--json", action="store_true")
+    cshow.set_defaults(run=run_conversation)
+    reset = csub.add_parser("reset", parents=[common],
+                            help="detach a conversation from its ticket, gone at the vendor (deleted, merged): its "
+                                 "next message, or a dead one replayed, creates a ticket")
+    reset.add_argument("key", help="the conversation key (as `conversations show` takes it)")
+    reset.add_argument("--reason", help="why, kept in the audit log")
+    reset.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    reset.set_defaults(run=run_reset_conversation)
 
 
 def _add_mark_dead(dsub: Any, common: argparse.ArgumentParser) -> None:
@@ -340,6 +358,36 @@ def run_conversation(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, body)
+
+
+def run_reset_conversation(args: argparse.Namespace) -> int:
+    def done(found: list[tuple[str, str | None]]) -> int:
+        if not found:
+            print(f"no conversation {args.key!r}; keys look like mail:<root message id>, chat:<id>, ticket:<id>, "
+                  "key:<value>, or mapping|key (see `conversations show`)", file=sys.stderr)
+            return 1
+        for conversation, ticket in found:
+            print(f"conversation {conversation}: ticket {ticket or '- (none)'} detached; its next message, or a "
+                  "dead one replayed, creates a ticket")
+        return 0
+
+    async def remote(client: AdminClient) -> int:
+        try:
+            result = await client.reset_conversation(args.key, ResetConversationBody(reason=args.reason))
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
+            return done([])
+        return done([(c.id, c.ticket_id) for c in result.conversations])
+
+    async def local(store: Store) -> int:
+        found = await reset_conversation(store, args.key, by=f"cli:{getpass.getuser()}", reason=args.reason,
+                                         audit=True)
+        return done([(c.id, c.ticket_id) for c in found])
+
+    if args.url:
+        return _with_server(args.url, remote)
+    return _with_store(args, local, changes=True)
 
 
 def _progress(done: int, total: int, started: float) -> None:

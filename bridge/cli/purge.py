@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import msgspec
 
+from bridge.app import load_mappings
 from bridge.cli.common import config_from, with_store
 from bridge.config import Config
 from bridge.durations import parse_duration
-from bridge.errors import StoreUnavailable
-from bridge.retention import FileCounts, Policy, now_ms, purge_store, sweep_attachments
+from bridge.errors import ErrorList, StoreUnavailable
+from bridge.retention import FileCounts, Policy, longest_reopen_after, now_ms, purge_store, sweep_attachments
 from bridge.store.base import PurgeCounts, Store
 
 KINDS = ("events", "attempts", "attachments", "dedup")
@@ -85,6 +88,8 @@ def _report(counts: PurgeCounts, files: FileCounts | None, policy: Policy) -> li
         lines.append(f"events       {counts.events} (with {counts.deliveries} deliveries)")
     if policy.events_s is not None or policy.attempts_s is not None:
         lines.append(f"attempts     {counts.attempts}")
+    if policy.events_s is not None:
+        lines.append(f"conversations {counts.conversations}")
     if policy.dedup:
         lines.append(f"dedup keys   {counts.dedup}")
     if files is not None:
@@ -101,6 +106,8 @@ def run_purge(args: argparse.Namespace) -> int:
         print(f"--batch {args.batch}: give a number of rows from 1 to 10000", file=sys.stderr)
         return 2
     policy = policy_for(args, config)
+    with contextlib.suppress(ErrorList):  # the mappings' reopen_after, where they load; else the default's
+        policy = replace(policy, reopen_after_s=longest_reopen_after(load_mappings(config).mappings.values()))
     if policy.keeps_everything:
         print("nothing to purge: every kind asked for is kept forever by the config (give --older-than AGE)",
               file=sys.stderr)

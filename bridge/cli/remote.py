@@ -19,6 +19,8 @@ from bridge.console.models import (
     MarkSucceededBody,
     ReplayBody,
     ReplayResult,
+    ResetConversationBody,
+    ResetConversationResult,
 )
 from bridge.errors import NotFound
 from bridge.store.base import DeliveryDetail, DeliveryFilter, DeliveryRow
@@ -105,6 +107,11 @@ class AdminClient:
 
     async def replay(self, body: ReplayBody) -> ReplayResult:
         result: ReplayResult = await self._call("POST", "/admin/api/replay", ReplayResult, body=body)
+        return result
+
+    async def reset_conversation(self, key: str, body: ResetConversationBody) -> ResetConversationResult:
+        result: ResetConversationResult = await self._call(
+            "POST", f"/admin/api/conversations/{segment(key)}/reset", ResetConversationResult, body=body)
         return result
 
     async def mark_dead(self, destination: str, body: MarkDeadBody) -> MarkDeadResult:

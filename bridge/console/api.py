@@ -43,11 +43,14 @@ from bridge.console.models import (
     ReloadInfo,
     ReplayBody,
     ReplayResult,
+    ResetConversationBody,
+    ResetConversationResult,
+    ResetTicket,
 )
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.coordination import Gate
 from bridge.delivery.orphans import mark_dead, unconfigured
-from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries
+from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries, reset_conversation, reset_detail
 from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
@@ -682,6 +685,21 @@ async def mark_delivery_succeeded(call: Call) -> DeliveryView:
     return await get_delivery(call)
 
 
+async def reset_conversation_ticket(call: Call) -> ResetConversationResult:
+    """The conversation's ticket is gone at the vendor: it loses it, so its next message is a create; audited."""
+    given: ResetConversationBody = call.body
+    key = call.param("key")
+    with blame(422, "path.key", _given(given.reason, "body.reason")):
+        found = await reset_conversation(_store(call.rt), key, by=call.caller.name, reason=given.reason)
+    if not found:
+        raise ApiError(404, f"path.key: no conversation {key!r}; keys look like mail:<root message id>, chat:<id>, "
+                            "ticket:<id>, key:<value>, or mapping|key")
+    await _audit(call, "conversation.reset", key, reset_detail(found, given.reason))
+    return ResetConversationResult(key=key, conversations=[
+        ResetTicket(id=c.id, mapping=c.mapping, destination=c.destination, ticket_id=c.ticket_id,
+                    ticket_key=c.ticket_key, ticket_uuid=c.ticket_uuid) for c in found])
+
+
 NOT_FOUND = {404: "no such record"}
 ROUTES: list[Route] = [
     Route("GET", "/admin/api/overview", get_overview, "Intake counters, deliveries by status, destinations' health, "
@@ -708,6 +726,10 @@ ROUTES: list[Route] = [
           "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
           DeliveryView, change=True, body=MarkSucceededBody,
           errors={**NOT_FOUND, 409: "the delivery is in flight or succeeded already"}),
+    Route("POST", "/admin/api/conversations/{key}/reset", reset_conversation_ticket,
+          "Detach a conversation from its ticket (gone at the vendor: deleted, merged): its next message, or a dead "
+          "one replayed, creates a ticket", ResetConversationResult, change=True, body=ResetConversationBody,
+          errors={404: "no conversation has that key"}),
     Route("GET", "/admin/api/mappings", get_mappings, "The mapping set in force and how reload is going",
           MappingSetView),
     Route("POST", "/admin/api/playground", playground, "Run a raw provider body through its handler and every "

@@ -222,6 +222,30 @@ class MarkDeadResult(msgspec.Struct, kw_only=True):
     marked: int
 
 
+class ResetConversationBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An operator's word that a conversation's ticket is gone at the vendor (deleted, merged)."""
+
+    reason: Annotated[str, Meta(max_length=500, extra_json_schema=NO_NUL)] | None = None
+    """Why, kept in the audit log."""
+
+
+class ResetTicket(msgspec.Struct, kw_only=True):
+    """A conversation reset, and the ticket it no longer has (null: it had none)."""
+
+    id: str
+    mapping: str
+    destination: str
+    ticket_id: str | None
+    ticket_key: str | None
+    ticket_uuid: str | None
+
+
+class ResetConversationResult(msgspec.Struct, kw_only=True):
+    key: str
+    conversations: list[ResetTicket]
+    """Each conversation with that key (one per mapping that threads it): its next message is a create."""
+
+
 class Refusal(msgspec.Struct, kw_only=True):
     id: str
     reason: str

@@ -376,8 +376,9 @@ class Lane:
         if settled is not None:
             result = msgspec.structs.replace(result, unsent=True)
         if role is not None:
-            result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
-                                             body=item.body if role == "follow_up" and settled is None else None)
+            rendered = role == "follow_up" or item.role == "follow_up"  # a follow-up, or a create rendered again
+            result = msgspec.structs.replace(result, role=role, action=item.action if rendered else None,
+                                             body=item.body if rendered and settled is None else None)
         # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe);
         # so does a reconciliation (the vendor answered its look-up). An unknown outcome is the vendor's failure.
         kind = sent.outcome.classification
@@ -572,6 +573,9 @@ class Lane:
         if item.conversation is None:
             return item, None, None
         if item.ticket is None:
+            if item.role == "follow_up":  # its ticket was reset: the create, rendered again
+                again = await self._render(self.dispatcher.creates, item, "create")
+                return (item, "create", again) if isinstance(again, Outcome) else (again, "create", None)
             return item, "create", None
         prepared = await self._follow_up(item)
         if isinstance(prepared, Outcome):
@@ -598,7 +602,10 @@ class Lane:
 
     async def _follow_up(self, item: Claimed) -> Claimed | Outcome:
         """The follow-up's request, rendered now that its ticket is known; an Outcome when it is not sent."""
-        render = self.dispatcher.follow_ups
+        return await self._render(self.dispatcher.follow_ups, item, "follow-up")
+
+    async def _render(self, render: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None, item: Claimed,
+                      what: str) -> Claimed | Outcome:
         if render is None:
             return item
         try:
@@ -608,7 +615,7 @@ class Lane:
         except Exception as exc:  # a bug must settle the follow-up like a render failure, not kill its task
             self.log.exception("delivery.follow_up_crashed", delivery_id=item.id, event_id=item.event_id)
             return Outcome(classification="permanent",
-                           error=f"not sent: the follow-up could not be rendered: {type(exc).__name__}: {exc}")
+                           error=f"not sent: the {what} could not be rendered: {type(exc).__name__}: {exc}")
 
     async def _tell_gate(self, sent: Sent, classification: str, blog: Any) -> None:
         """Pass an answer on to the destination's gate: a 429's pause, and `classification` to the breaker."""
@@ -768,13 +775,17 @@ class Dispatcher:
                  clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
                  lease_s: float = LEASE_SECONDS,
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
-                 instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None) -> None:
+                 instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None,
+                 creates: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
         self.on_ticket_dropped = on_ticket_dropped
         """Called with the destination's name for each success whose ticket id is not kept: the vendor's answer
         held no id there (an object, `true`…), or the store refused the attempt's record and the minimal record left
         the id out (not every store takes it). For the metrics."""
         self.follow_ups = follow_ups
         """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
+        self.creates = creates
+        """Renders a create again from its event: for a delivery last sent as a follow-up whose conversation has
+        no ticket now (an operator reset it), whose stored action and body are the follow-up's; None: as stored."""
         self.coordination = coordination or LocalCoordination()
         self.lease_s = lease_s
         self.claim_batch = claim_batch

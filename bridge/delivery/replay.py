@@ -7,10 +7,13 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
+import structlog
+
 from bridge.errors import NotFound
+from bridge.ids import new_id
 from bridge.mapping.mappingset import MappingSet
 from bridge.routing import rerender_bodies
-from bridge.store.base import AttemptResult, DeliveryDetail, Store
+from bridge.store.base import AttemptResult, AuditEntry, ConversationRow, DeliveryDetail, Store
 
 REPLAY_CHUNK = 500
 
@@ -93,6 +96,7 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
             refused[i] = await _why_not(store, i, rerender_hint)
     return moved, refused
 
+log = structlog.get_logger("bridge.delivery.replay")
 
 MARKED = "marked"
 """The classification of the attempt an operator's mark-succeeded records (no request is made)."""
@@ -112,3 +116,26 @@ async def mark_succeeded(store: Store, delivery_id: str, ticket_id: str, *, tick
         return None
     status = (await store.get_delivery(delivery_id)).delivery.status
     return f"it is {status}" + (": wait for its attempt to be recorded" if status == "in_flight" else "")
+
+
+async def reset_conversation(store: Store, key: str, *, by: str, reason: str | None = None,
+                             audit: bool = False) -> list[ConversationRow]:
+    """An operator's word that the ticket of conversation `key` (its key or scoped id) is gone at the vendor:
+    the conversation loses it (`Store.reset_conversation`), so its next message, or a dead one replayed, creates
+    a ticket. The conversations as they were (empty: none has that key). Logged; with `audit`, also kept in the
+    audit log (the admin API audits its own changes)."""
+    found = await store.reset_conversation(key)
+    for c in found:
+        log.warning("conversation.reset", conversation=c.id, ticket_id=c.ticket_id, by=by, reason=reason)
+    if found and audit:
+        await store.add_audit(AuditEntry(
+            id=new_id("aud"), at_ms=time.time_ns() // 1_000_000, actor=by, action="conversation.reset", target=key,
+            detail=reset_detail(found, reason)))
+    return found
+
+
+def reset_detail(found: list[ConversationRow], reason: str | None) -> dict[str, Any]:
+    """What the audit log keeps of a reset: each conversation and the ticket it lost, and why."""
+    return {"reason": reason, "conversations": [
+        {"id": c.id, "ticket_id": c.ticket_id, "ticket_key": c.ticket_key, "ticket_uuid": c.ticket_uuid}
+        for c in found]}

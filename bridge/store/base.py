@@ -75,6 +75,10 @@ class Claimed(msgspec.Struct, kw_only=True):
     in_doubt_since_ms: int | None = None
     """An earlier send's outcome is unknown (a timeout after the request went out, a reset, a crash): it may
     have reached the vendor at or after this time. The destination's `on_unknown` says what happens first."""
+    role: str | None = None
+    """How it was last sent (`create`, `follow_up`), None before: a follow-up sent again when its conversation has
+    no ticket (reset by an operator) is rendered as a create first, its stored action and body being the
+    follow-up's."""
 
 
 class ClaimBatch(msgspec.Struct, kw_only=True):
@@ -229,6 +233,9 @@ class Cutoffs(msgspec.Struct, frozen=True, kw_only=True):
     """Attempts started before this go, except each kept delivery's latest (which shows why it ended so)."""
     dedup_ms: int | None = None
     """Dedup keys that expired at or before this go (no duplicate can match them any more)."""
+    conversations_ms: int | None = None
+    """Conversations (their keys hold a customer's address or phone number) whose last message came before this
+    and that have no delivery left go: no message of theirs is kept any more."""
 
 
 class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
@@ -239,6 +246,8 @@ class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
     """(received_at, id) of the last event looked at."""
     attempts: tuple[int, str, int] | None = None
     """(started_at, delivery_id, n) of the last attempt looked at."""
+    conversations: str | None = None
+    """The id of the last conversation looked at."""
 
 
 class PurgeCounts(msgspec.Struct, kw_only=True):
@@ -248,6 +257,7 @@ class PurgeCounts(msgspec.Struct, kw_only=True):
     deliveries: int = 0
     attempts: int = 0
     dedup: int = 0
+    conversations: int = 0
     more: bool = False
     """A kind hit the batch limit: call again (with `after`) for the rest."""
     after: PurgeMark = PurgeMark()
@@ -260,6 +270,7 @@ class PurgeCounts(msgspec.Struct, kw_only=True):
         self.deliveries += other.deliveries
         self.attempts += other.attempts
         self.dedup += other.dedup
+        self.conversations += other.conversations
 
 
 class StoredMappingSet(msgspec.Struct, kw_only=True):
@@ -426,6 +437,12 @@ class Store(ABC):
     async def get_conversations(self, key: str) -> list[ConversationDetail]:
         """Every conversation whose key (or scoped id `mapping|key`) is `key`, each with its deliveries in
         arrival order; empty when none."""
+
+    @abstractmethod
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        """An operator's word that the ticket of every conversation whose key (or scoped id) is `key` is gone at
+        the vendor (deleted, merged): each loses its ticket, so its next message, or a dead one sent again, is a
+        create. The conversations as they were before (empty when none is found)."""
 
     @abstractmethod
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:

@@ -44,6 +44,7 @@ from bridge.store.rows import (
     decode_event,
     doubt_after,
     encode,
+    held_create_blocks,
     settled,
     storable,
     storable_accept,
@@ -174,15 +175,23 @@ class MemoryStore(Store):
         """Whether `d` may be sent now that it is due: no earlier delivery of its conversation waits, none is sent."""
         if d.row.conversation is None:
             return True
-        return not any(o.row.conversation == d.row.conversation and o.row.id != d.row.id and (
-            o.row.status == "in_flight" or (o.row.status == "pending" and o.row.id < d.row.id))
-            for o in self.deliveries.values())
+        if any(o.row.conversation == d.row.conversation and o.row.id != d.row.id and (
+                o.row.status == "in_flight" or (o.row.status == "pending" and o.row.id < d.row.id))
+                for o in self.deliveries.values()):
+            return False
+        return not self._behind_held_create(d)
+
+    def _behind_held_create(self, d: _Delivery) -> bool:
+        c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
+        return c is not None and held_create_blocks(c.ticket_id is not None, (
+            (o.row.status, o.row.role, o.row.in_doubt_since_ms) for o in self.deliveries.values()
+            if o.row.conversation == d.row.conversation and o.row.id < d.row.id))
 
     def _listed(self, d: _Delivery) -> DeliveryRow:
-        waiting = d.row.status == "pending" and d.row.conversation is not None and any(
+        waiting = d.row.status == "pending" and d.row.conversation is not None and (any(
             o.row.conversation == d.row.conversation and o.row.id < d.row.id
             and o.row.status in ("pending", "in_flight")
-            for o in self.deliveries.values())
+            for o in self.deliveries.values()) or self._behind_held_create(d))
         return msgspec.structs.replace(d.row, waiting=waiting)
 
     def _ticket(self, d: _Delivery) -> dict[str, Any] | None:
@@ -210,7 +219,8 @@ class MemoryStore(Store):
             Claimed(id=d.row.id, event_id=d.row.event_id, mapping=d.row.mapping, destination=d.row.destination,
                     action=d.row.action, body=decode_dict(d.body) if d.body is not None else {},
                     options=decode_dict(d.options), tries=d.row.tries, attempts=d.row.attempts,
-                    conversation=d.row.conversation, ticket=self._ticket(d), in_doubt_since_ms=d.row.in_doubt_since_ms)
+                    conversation=d.row.conversation, ticket=self._ticket(d), in_doubt_since_ms=d.row.in_doubt_since_ms,
+                    role=d.row.role)
             for d in due
         ])
 
@@ -405,6 +415,15 @@ class MemoryStore(Store):
                     if d.row.conversation == c.id])
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
 
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        self._check_open()
+        key = storable(key)
+        found = sorted((c for c in self.conversations.values() if key in (c.key, c.id)), key=lambda c: c.id)
+        for c in found:
+            self.conversations[c.id] = msgspec.structs.replace(c, ticket_id=None, ticket_key=None, ticket_uuid=None,
+                                                               ticket_at_ms=None)
+        return found
+
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         self._check_open()
         self.mapping_set = StoredMappingSet(files=dict(files), version=version, saved_at_ms=self.clock())
@@ -485,7 +504,25 @@ class MemoryStore(Store):
                     del self.dedup[key]
                 out.more = out.more or len(expired) >= limit
             out.dedup = len(expired)
+        if cutoffs.conversations_ms is not None:
+            self._purge_conversations(cutoffs.conversations_ms, limit, mark.conversations, dry_run, out)
         return out
+
+    def _purge_conversations(self, cutoff: int, limit: int, after: str | None, dry_run: bool,
+                             out: PurgeCounts) -> None:
+        threaded = {d.row.conversation for d in self.deliveries.values()}
+        ids = sorted(self.conversations)
+        if dry_run:
+            looked = ids
+        else:
+            looked = [i for i in ids if after is None or i > after][:limit]
+            out.more = out.more or len(looked) >= limit
+            out.after = msgspec.structs.replace(out.after, conversations=looked[-1] if looked else after)
+        gone = [i for i in looked if self.conversations[i].last_message_at_ms < cutoff and i not in threaded]
+        if not dry_run:
+            for i in gone:
+                del self.conversations[i]
+        out.conversations = len(gone)
 
     async def attachment_refs(self, received_before_ms: int) -> set[str]:
         self._check_open()

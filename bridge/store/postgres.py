@@ -39,6 +39,7 @@ from bridge.store.base import (
     AuditEntry,
     ClaimBatch,
     ConversationDetail,
+    ConversationRow,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -71,12 +72,14 @@ from bridge.store.pg_record import PendingRecord, RecordBatcher, record_group, w
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
+    CONVERSATION_GONE,
     DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
     NEVER,
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
+    RESET_CONVERSATION,
     ROW_COLUMNS,
     ROW_WIDTH,
     TICKETS_OF_CLAIMED,
@@ -408,7 +411,7 @@ class PostgresStore(Store):
                 f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
                 "FOR UPDATE SKIP LOCKED) due "
                 "WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, x.body, "
-                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since",
+                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since, x.role",
                 owner, now + int(lease_s * 1000), now, destination, limit)
             if got:
                 items = claimed_items(got)
@@ -718,6 +721,18 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        key = storable(key)
+
+        async def op(conn: Any) -> list[ConversationRow]:
+            found = [conversation_row(c) for c in await conn.fetch(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = $1 OR id = $1 "  # noqa: S608
+                "ORDER BY id FOR UPDATE", key)]
+            await conn.execute(RESET_CONVERSATION + "WHERE key = $1 OR id = $1", key)
+            return found
+
+        return await self._run(op)
+
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         data = encode(files)
 
@@ -767,6 +782,19 @@ class PostgresStore(Store):
                     "DELETE FROM dedup_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM dedup_keys WHERE expires_at <= $1 "
                     "LIMIT $2 FOR UPDATE SKIP LOCKED)) AND expires_at <= $1 RETURNING 1", cutoffs.dedup_ms, limit))
                 out.more = out.more or out.dedup >= limit
+            if cutoffs.conversations_ms is not None:
+                looked = await conn.fetch(
+                    f"SELECT c.id, {CONVERSATION_GONE.format('$1')} FROM conversations c "  # noqa: S608 - constants
+                    "WHERE $2::text IS NULL OR c.id > $2 ORDER BY c.id LIMIT $3",
+                    cutoffs.conversations_ms, mark.conversations, limit)
+                gone = [r[0] for r in looked if r[1]]
+                if gone:
+                    out.conversations = len(await conn.fetch(
+                        f"DELETE FROM conversations c WHERE c.id = ANY($2::text[]) AND "  # noqa: S608 - constants
+                        f"{CONVERSATION_GONE.format('$1')} RETURNING 1", cutoffs.conversations_ms, gone))
+                out.more = out.more or len(looked) >= limit
+                out.after = msgspec.structs.replace(out.after, conversations=looked[-1][0] if looked
+                                                    else mark.conversations)
             return out
 
         return await self._run(op)
@@ -884,6 +912,9 @@ async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:
             events, dead, cutoffs.attempts_ms)
     if cutoffs.dedup_ms is not None:
         out.dedup = await conn.fetchval("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= $1", cutoffs.dedup_ms)
+    if cutoffs.conversations_ms is not None:
+        out.conversations = await conn.fetchval(f"SELECT COUNT(*) FROM conversations c WHERE "  # noqa: S608
+                                                f"{CONVERSATION_GONE.format('$1')}", cutoffs.conversations_ms)
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
@@ -35,19 +35,41 @@ decode_files = msgspec.json.Decoder(dict[str, str]).decode
 
 ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
                "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
-               "(status = 'pending' AND conversation IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries w "
+               "(status = 'pending' AND conversation IS NOT NULL AND (EXISTS (SELECT 1 FROM deliveries w "
                "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
-               "AND w.id < deliveries.id)), in_doubt_since, unknowns, duplicates, ticket_uuid")
+               "AND w.id < deliveries.id) OR EXISTS (SELECT 1 FROM conversations c WHERE c.id = "
+               "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
+               "WHERE h.conversation = deliveries.conversation AND h.id < deliveries.id AND h.status = 'dead' "
+               "AND h.in_doubt_since IS NOT NULL AND h.role = 'create')))), in_doubt_since, unknowns, duplicates, "
+               "ticket_uuid")
 ROW_WIDTH = 23
 HEAD_OF_CONVERSATION = (
-    "(d.conversation IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "
-    "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id AND (o.status = 'in_flight' OR o.id < d.id)))")
+    "(d.conversation IS NULL OR (NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "
+    "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id AND (o.status = 'in_flight' OR o.id < d.id)) "
+    "AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = d.conversation AND c.ticket_id IS NULL "
+    "AND EXISTS (SELECT 1 FROM deliveries h WHERE h.conversation = d.conversation AND h.id < d.id "
+    "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create'))))")
 """A pending delivery `d` may be sent: outside conversations always; in one, only when no earlier delivery of
-it waits and none is being sent (so a conversation is worked by one sender at a time, in arrival order). Its
-`status IN (…)`, as in ROW_COLUMNS' `waiting`, is the condition of the partial index deliveries_open_conversation,
-spelt so that both databases use it: a conversation's settled history is never walked."""
+it waits and none is being sent (so a conversation is worked by one sender at a time, in arrival order), and
+no earlier create of it is held (dead while in doubt: the vendor may hold its ticket) while the conversation has
+no ticket: sent now, it would be a second create. It waits until an operator settles the held create
+(`mark-succeeded` with the ticket gives the conversation its ticket; a replay makes it pending again, the head).
+The first test's `status IN (…)`, as in ROW_COLUMNS' `waiting`, is the condition of the partial index
+deliveries_open_conversation, spelt so that both databases use it: a conversation's settled history is never
+walked. The second looks the conversation up by its key, and walks its earlier deliveries (deliveries_conversation)
+only while it has no ticket: a conversation with a ticket, the usual case for a follow-up, costs one look-up."""
+
+
+def held_create_blocks(conversation_has_ticket: bool, earlier: Iterable[tuple[str, str | None, int | None]]) -> bool:
+    """HEAD_OF_CONVERSATION's second test for the stores without SQL: whether a held create of the conversation
+    (earlier deliveries as status, role, in_doubt_since) keeps a later delivery waiting."""
+    return not conversation_has_ticket and any(
+        status == "dead" and role == "create" and doubt is not None for status, role, doubt in earlier)
 CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
                         "ticket_key, ticket_at, ticket_uuid")
+RESET_CONVERSATION = ("UPDATE conversations SET ticket_id = NULL, ticket_key = NULL, ticket_uuid = NULL, "
+                      "ticket_at = NULL ")
+"""Followed by the conversations' condition: they lose their ticket (`Store.reset_conversation`)."""
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
                         "next_attempt_at, created_at, updated_at, last_error, conversation")
@@ -180,11 +202,11 @@ def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: i
 
 def claimed_items(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Rows a claim returned (id, event_id, mapping, destination, action, body, options, tries, attempts,
-    next_attempt_at, conversation, in_doubt_since), in due order: RETURNING promises no order."""
+    next_attempt_at, conversation, in_doubt_since, role), in due order: RETURNING promises no order."""
     return [
         Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
                 body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]), tries=r[7],
-                attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11])
+                attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11], role=r[12])
         for r in sorted(rows, key=lambda r: (r[9], r[0]))
     ]
 
@@ -281,6 +303,11 @@ def kept_condition(events: str, dead: str) -> str:
     """SQL true for an event `e` some delivery of which keeps it, given the placeholders of the two cutoffs."""
     return (f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND NOT ((d.status = 'succeeded' "  # noqa: S608
             f"AND d.updated_at < {events}) OR (d.status = 'dead' AND d.updated_at < {dead})))")
+
+
+CONVERSATION_GONE = "c.last_message_at < {0} AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.conversation = c.id)"
+"""SQL true for a conversation `c` a purge deletes, given the placeholder of its cutoff (Cutoffs.conversations_ms):
+its last message is older, and none of its deliveries is kept (looked up by deliveries_conversation)."""
 
 
 def attachment_hashes(data: bytes) -> Iterator[str]:

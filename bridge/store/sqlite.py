@@ -49,6 +49,7 @@ from bridge.store.base import (
     AuditEntry,
     ClaimBatch,
     ConversationDetail,
+    ConversationRow,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -64,6 +65,7 @@ from bridge.store.base import (
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
+    CONVERSATION_GONE,
     DELIVERY_COUNTS,
     GROUP_BYTES,
     HEAD_OF_CONVERSATION,
@@ -72,6 +74,7 @@ from bridge.store.rows import (
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
+    RESET_CONVERSATION,
     ROW_COLUMNS,
     ROW_WIDTH,
     TICKETS_OF_CLAIMED,
@@ -691,7 +694,7 @@ class SqliteStore(Store):
                 "WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = ? "
                 f"AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT ?) "
                 "RETURNING id, event_id, mapping, destination, action, body, options, tries, attempts, "
-                "next_attempt_at, conversation, in_doubt_since",
+                "next_attempt_at, conversation, in_doubt_since, role",
                 (owner, now + int(lease_s * 1000), now, destination, now, limit),
             ).fetchall()
             if got:
@@ -1015,6 +1018,19 @@ class SqliteStore(Store):
         found: list[ConversationDetail] = await self._read(run)
         return found
 
+    async def reset_conversation(self, key: str) -> list[ConversationRow]:
+        key = storable(key)
+
+        def op(conn: sqlite3.Connection) -> list[ConversationRow]:
+            found = [conversation_row(c) for c in conn.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = ? OR id = ? ORDER BY id",  # noqa: S608
+                (key, key)).fetchall()]
+            conn.execute(RESET_CONVERSATION + "WHERE key = ? OR id = ?", (key, key))
+            return found
+
+        found: list[ConversationRow] = await self._write(op)
+        return found
+
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:
         data = encode(files)
 
@@ -1064,6 +1080,13 @@ class SqliteStore(Store):
                 "(SELECT source, key FROM dedup_keys WHERE expires_at <= ? LIMIT ?)", (dedup_ms, limit)).rowcount)
             out.dedup = expired
             out.more = out.more or expired >= limit
+        if cutoffs.conversations_ms is not None:
+            cutoff = cutoffs.conversations_ms
+            gone, more, last = await self._write(lambda conn: _purge_conversations(conn, cutoff, limit,
+                                                                                   mark.conversations))
+            out.conversations = gone
+            out.more = out.more or more
+            out.after = msgspec.structs.replace(out.after, conversations=last)
         return out
 
     async def attachment_refs(self, received_before_ms: int) -> set[str]:
@@ -1248,6 +1271,20 @@ def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
     return out
 
 
+def _purge_conversations(conn: sqlite3.Connection, cutoff: int, limit: int,
+                         after: str | None) -> tuple[int, bool, str | None]:
+    """Look at the next `limit` conversations (by id, after `after`) and delete those CONVERSATION_GONE: how many
+    went, whether there may be more, the last id looked at."""
+    looked = conn.execute(f"SELECT c.id, {CONVERSATION_GONE.format('?1')} FROM conversations c "  # noqa: S608
+                          "WHERE c.id > ?2 ORDER BY c.id LIMIT ?3", (cutoff, after or "", limit)).fetchall()
+    gone = [(cutoff, r[0]) for r in looked if r[1]]
+    deleted = 0
+    if gone:
+        deleted = conn.executemany(f"DELETE FROM conversations AS c WHERE {CONVERSATION_GONE.format('?1')} "  # noqa: S608
+                                   "AND c.id = ?2", gone).rowcount
+    return deleted, len(looked) >= limit, looked[-1][0] if looked else after
+
+
 def _count_purgeable(conn: sqlite3.Connection, cutoffs: Cutoffs) -> PurgeCounts:
     """What a purge with these cutoffs would delete, counted without deleting anything."""
     out = PurgeCounts()
@@ -1268,6 +1305,11 @@ def _count_purgeable(conn: sqlite3.Connection, cutoffs: Cutoffs) -> PurgeCounts:
     if cutoffs.dedup_ms is not None:
         out.dedup = conn.execute("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= ?",
                                  (cutoffs.dedup_ms,)).fetchone()[0]
+    if cutoffs.conversations_ms is not None:
+        # Those a purge would delete now, before the events it would delete: a conversation of those goes in a later
+        # sweep.
+        out.conversations = conn.execute(f"SELECT COUNT(*) FROM conversations c WHERE "  # noqa: S608 - constants
+                                         f"{CONVERSATION_GONE.format('?')}", (cutoffs.conversations_ms,)).fetchone()[0]
     return out
 
 

@@ -104,6 +104,7 @@ def test_dry_run_reports_what_would_go_and_deletes_nothing(config_file: Path,
         "would purge:",
         "  events       3 (with 2 deliveries)",
         "  attempts     2",
+        "  conversations 0",
         "  dedup keys   1",
         "  attachments  1 files, 700 bytes",
     ]
@@ -121,6 +122,7 @@ def test_purge_deletes_what_aged_out_and_keeps_the_rest(config_file: Path,
     assert out.splitlines()[1:] == [
         "  events       3 (with 2 deliveries)",
         "  attempts     2",
+        "  conversations 0",
         "  dedup keys   1",
         "  attachments  2 files, 1000 bytes",
     ]
@@ -168,3 +170,62 @@ def test_a_long_purge_shows_its_progress(config_file: Path, capsys: pytest.Captu
     assert code == 0
     lines = [line for line in err.splitlines() if line.startswith("purging: ")]
     assert len(lines) >= 3 and lines[-1].startswith("purging: 3 events, 2 attempts, 1 dedup keys so far")
+
+
+async def _threads(db: Path) -> None:
+    """Two chats 40 days quiet (keys: the customers' phone numbers), one whose only message succeeded then (its
+    event goes at 30 days), one whose message is dead (its event kept for the 90-day dead limit); and a chat
+    whose last message came 3 days ago, its deliveries already gone."""
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        for ident, outcome in (("t1", "succeeded"), ("t2", "dead")):
+            d = msgspec.structs.replace(delivery(f"dlv_{ident}"), conversation=f"partner|chat:+9100000{ident}",
+                                        conversation_key=f"chat:+9100000{ident}")
+            event = Event.new(source="partner", kind="json", channel="webhook", payload={})
+            await store.accept(msgspec.structs.replace(event, id=f"evt_{ident}"), [d], 0)
+            claimed = [c.id for c in (await store.claim("kapture", 10, "t", 60)).items]
+            assert f"dlv_{ident}" in claimed
+            await store.release([i for i in claimed if i != f"dlv_{ident}"])  # the seed's pending one
+            await store.record(AttemptResult(
+                delivery_id=f"dlv_{ident}", started_at_ms=1, duration_ms=3.0, http_status=200, response_excerpt="",
+                classification="success", error=None, next_status=outcome, role="create"))  # type: ignore[arg-type]
+        recent = msgspec.structs.replace(delivery("dlv_t3"), conversation="partner|chat:+91000003",
+                                         conversation_key="chat:+91000003")
+        await store.accept(Event.new(source="partner", kind="json", channel="webhook", payload={}), [recent], 0)
+    finally:
+        await store.close()
+    now = time.time_ns() // 1_000_000
+    with closing(sqlite3.connect(db)) as conn, conn:
+        for ident in ("t1", "t2"):
+            conn.execute("UPDATE events SET received_at = ? WHERE id = ?", (now - 40 * DAY_MS, f"evt_{ident}"))
+            conn.execute("UPDATE deliveries SET updated_at = ? WHERE id = ?", (now - 40 * DAY_MS, f"dlv_{ident}"))
+        conn.execute("UPDATE conversations SET last_message_at = ? WHERE key <> 'chat:+91000003'",
+                     (now - 40 * DAY_MS,))
+        conn.execute("UPDATE conversations SET last_message_at = ? WHERE key = 'chat:+91000003'", (now - 3 * DAY_MS,))
+        conn.execute("DELETE FROM deliveries WHERE id = 'dlv_t3'")
+
+
+def conversations(config_file: Path) -> list[str]:
+    with closing(sqlite3.connect(config_file.parent / "var" / "bridge.db")) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT key FROM conversations"))
+
+
+def test_a_conversation_goes_once_none_of_its_messages_is_kept_and_it_is_past_the_limits(
+        config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A conversation whose messages are all purged and whose last message is older than the events limit (and
+    than reopen_after) goes with them: its key (a phone number) is not kept past its messages. One whose dead
+    message is kept stays, and so does one quiet for less than reopen_after (7 days by default) though its
+    deliveries are gone, as its next message would still follow up on its ticket."""
+    asyncio.run(_threads(config_file.parent / "var" / "bridge.db"))
+    code, out, _ = run(capsys, "purge", "--older-than", "30d", "--dry-run", "-c", str(config_file))
+    assert code == 0 and "  conversations 0" in out.splitlines()  # its event goes first: counted next time
+    code, out, _ = run(capsys, "purge", "--older-than", "30d", "-c", str(config_file))
+    assert code == 0 and "  conversations 1" in out.splitlines(), out
+    assert conversations(config_file) == ["chat:+91000003", "chat:+9100000t2"]
+    code, out, _ = run(capsys, "purge", "--older-than", "1d", "--dead-older-than", "90d", "-c", str(config_file))
+    assert code == 0 and "  conversations 0" in out.splitlines(), out
+    assert conversations(config_file) == ["chat:+91000003", "chat:+9100000t2"]
+    code, out, _ = run(capsys, "purge", "--older-than", "10d", "--dead-older-than", "30d", "-c", str(config_file))
+    assert code == 0 and "  conversations 1" in out.splitlines(), out
+    assert conversations(config_file) == ["chat:+91000003"]

@@ -54,7 +54,8 @@ async def deliveries(client: Client, **params: Any) -> list[dict[str, Any]]:
 
 
 def concrete(path: str) -> str:
-    return path.replace("{delivery_id}", "dlv_x").replace("{event_id}", "evt_x").replace("{destination}", "kapture")
+    return (path.replace("{delivery_id}", "dlv_x").replace("{event_id}", "evt_x").replace("{destination}", "kapture")
+            .replace("{key}", "chat:x"))
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{r.method} {r.path}" for r in ROUTES])
@@ -90,6 +91,7 @@ BODIES: dict[str, tuple[bytes, int]] = {
     "/admin/api/replay": (b'{"ids": ["dlv_x"], "dry_run": true}', 200),
     "/admin/api/deliveries/{delivery_id}/mark-succeeded": (b'{"ticket_id": "T-1"}', 404),
     "/admin/api/playground": (b'{"source": "partner", "body": "{}"}', 200),
+    "/admin/api/conversations/{key}/reset": (b'{"reason": "merged"}', 404),  # no such conversation
 }
 NOT_JSON = ["text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", "multipart/form-data",
             "application/json; charset=latin-1", "text/json", "application/jsonx", "json",

@@ -403,3 +403,44 @@ async def test_a_follow_up_render_past_its_slice_of_the_loop_is_done_in_the_pars
         await settled(c, 2)
     assert runtime(c).simulators["kapture"].tickets[0]["comments"] == ["Still down this morning"]
     assert [e["what"] for e in logs if e["event"] == "render.offloaded"] == ["follow_up"]
+
+
+async def test_a_thread_whose_ticket_is_gone_is_reset_and_its_dead_reply_replayed_as_a_create(
+        client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The thread's ticket is deleted at Kapture: the reply dies (the vendor has no such ticket). `conversations
+    reset KEY` detaches the conversation from it (audited); the dead reply replayed is then the thread's create,
+    a new ticket from the reply's own event, and the next reply a comment on that one."""
+    store = runtime(client).store
+    await post(client, 0)
+    await settled(client, 1)
+    sim = runtime(client).simulators["kapture"]
+    gone = sim.tickets[0]["ticketId"]
+    sim.drop(gone)
+    await post(client, 1)
+
+    async def reply_dead() -> bool:
+        return [r.status for r in await store.list_deliveries(DeliveryFilter(limit=10))] == ["dead", "succeeded"]
+
+    await eventually(reply_dead)
+    dead = (await store.list_deliveries(DeliveryFilter(limit=1)))[0]
+    monkeypatch.setenv("MAILGUN_KEY", KEY)
+    config = str(tmp_path / "bridge.yaml")
+    key = "mail:root.1@mail.example.com"
+    code = await asyncio.to_thread(main, ["conversations", "reset", "mail:nothing@x", "-c", config])
+    assert code == 1 and "no conversation 'mail:nothing@x'" in capsys.readouterr().err
+    code = await asyncio.to_thread(main, ["conversations", "reset", key, "--reason", "merged in Kapture",
+                                          "-c", config])
+    out = capsys.readouterr().out
+    assert code == 0 and f"email-to-kapture|{key}: ticket {gone} detached" in out, out
+    (audit,) = await store.list_audit()
+    assert (audit.action, audit.target, audit.detail["reason"]) == ("conversation.reset", key, "merged in Kapture")
+    assert audit.detail["conversations"][0]["ticket_id"] == gone
+    assert await asyncio.to_thread(main, ["replay", dead.id, "-c", config]) == 0
+    capsys.readouterr()
+    rows = await settled(client, 2)
+    assert [r.role for r in rows] == ["create", "create"]
+    assert len(sim.tickets) == 1 and sim.tickets[0]["ticketId"] != gone  # the gone one was dropped
+    assert sim.tickets[0]["detail"] == "Still down this morning"
+    await post(client, 2)
+    rows = await settled(client, 3)
+    assert rows[-1].role == "follow_up" and sim.tickets[0]["comments"] == ["Now it works, thanks"]

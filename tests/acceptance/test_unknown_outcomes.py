@@ -4,8 +4,10 @@ each `on_unknown` makes of it (reconcile finds the ticket, resend counts the dup
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from typing import Any
+from urllib.parse import quote
 
 from bridge.cli import main
 from bridge.cli.remote import TOKEN_ENV
@@ -214,3 +216,89 @@ async def test_a_follow_up_checks_its_ticket_still_exists(write_config: ConfigFa
     latest = (await rows(client))[0]
     assert f"ticket {ticket['ticketId']} no longer exists" in (latest.last_error or "")
     assert len(sim.gets) == 2 and ticket["comments"] == ["still down"]
+
+
+async def test_a_held_create_keeps_its_thread_waiting_for_the_operator(write_config: ConfigFactory,
+                                                                       bridge_client: AppClient) -> None:
+    """With `on_unknown: hold`, a thread's create answered too late is held; the thread's next message waits for
+    it (no second ticket), and marking the create succeeded with the vendor's ticket sends the waiting message as
+    a comment on that ticket."""
+    client = await bridge_client(write_config(config("hold"), CHAT))
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    sim.faults = Faults(hang_after_count=1, hang_seconds=2)
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "c-held", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    await say("router down")
+    await eventually(lambda: all_settled(client, 1, "dead"))
+    await say("still down")
+
+    async def second_waits() -> bool:
+        found = await rows(client)
+        return len(found) == 2 and found[0].status == "pending" and found[0].waiting
+
+    await eventually(second_waits)
+    held = (await rows(client))[1]
+    assert len(sim.tickets) == 1 and sim.tickets[0]["comments"] == []
+    ticket = sim.tickets[0]["ticketId"]
+    resp = await client.post(f"/admin/api/deliveries/{held.id}/mark-succeeded",
+                             headers={"Authorization": "Bearer t0k"}, json={"ticket_id": ticket})
+    assert resp.status == 200, await resp.text()
+    await eventually(lambda: all_settled(client, 2, "succeeded"))
+    assert len(sim.tickets) == 1 and sim.tickets[0]["comments"] == ["still down"]
+    assert (await rows(client))[0].role == "follow_up"
+
+
+async def test_an_operator_resets_a_conversation_whose_ticket_is_gone(write_config: ConfigFactory,
+                                                                     bridge_client: AppClient, capsys: Any) -> None:
+    """The chat's ticket is deleted at Kapture, so its next message dies. `POST /admin/api/conversations/{key}/reset`
+    (admin token, audited, in the OpenAPI document) detaches the conversation; the dead message replayed is then
+    a create. `conversations reset --url` goes through the same route."""
+    client = await bridge_client(write_config(config("hold"), CHAT))
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    headers = {"Authorization": "Bearer t0k"}
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "c-gone", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    await say("router down")
+    await eventually(lambda: all_settled(client, 1, "succeeded"))
+    gone = sim.tickets[0]["ticketId"]
+    sim.drop(gone)
+    await say("still down")
+
+    async def second_dead() -> bool:
+        return [r.status for r in await rows(client)] == ["dead", "succeeded"]
+
+    await eventually(second_dead)
+    dead = (await rows(client))[0]
+    assert dead.conversation is not None
+    key = dead.conversation.split("|", 1)[1]
+    path = f"/admin/api/conversations/{quote(key, safe='')}/reset"
+    assert (await client.post(path, json={})).status == 401
+    missing = await client.post("/admin/api/conversations/chat%3Anothing/reset", headers=headers, json={})
+    assert missing.status == 404 and "no conversation 'chat:nothing'" in (await missing.json())["error"]
+    resp = await client.post(path, headers=headers, json={"reason": "merged"})
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"key": key, "conversations": [
+        {"id": dead.conversation, "mapping": "chat", "destination": "kapture", "ticket_id": gone,
+         "ticket_key": None, "ticket_uuid": None}]}
+    audit = await (await client.get("/admin/api/audit", headers=headers)).json()
+    assert (audit["items"][0]["action"], audit["items"][0]["target"]) == ("conversation.reset", key)
+    assert audit["items"][0]["detail"]["reason"] == "merged"
+    spec = await (await client.get("/admin/openapi.json", headers=headers)).json()
+    assert "post" in spec["paths"]["/admin/api/conversations/{key}/reset"]
+    replayed = await client.post("/admin/api/replay", headers=headers, json={"ids": [dead.id]})
+    assert replayed.status == 200, await replayed.text()
+    await eventually(lambda: all_settled(client, 2, "succeeded"))
+    assert [t["taskTitle"] for t in sim.tickets] == ["still down"]
+    assert [r.role for r in await rows(client)] == ["create", "create"]
+    os.environ[TOKEN_ENV] = "t0k"
+    try:
+        code, out, _ = await cli(client, capsys, "conversations", "reset", key)
+    finally:
+        del os.environ[TOKEN_ENV]
+    assert code == 0 and f"conversation {dead.conversation}: ticket {sim.tickets[0]['ticketId']} detached" in out

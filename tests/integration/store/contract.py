@@ -861,6 +861,82 @@ class StoreContract:
         (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert nxt.id == second.id and nxt.ticket is None
 
+    async def _held_create(self, store: Store) -> tuple[NewDelivery, NewDelivery]:
+        """A conversation whose create was held (its send's outcome unknown, then dead: on_unknown hold), and its
+        next message."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(
+            result(first.id, "dead", http_status=None, classification="unknown", error="timed out; held"),
+            role="create"))
+        assert (await row(store, first.id)).in_doubt_since_ms is not None
+        return first, second
+
+    async def test_a_held_create_keeps_its_conversations_next_message_waiting(self, store: Store) -> None:
+        """A create held in doubt (the vendor may hold its ticket) keeps the conversation's later messages waiting,
+        not claimed as a second create; mark-succeeded with its ticket gives the conversation the ticket and the
+        next message goes as a follow-up on it."""
+        first, second = await self._held_create(store)
+        batch = await store.claim("kapture-support", 10, "w", 30)
+        assert batch.items == [] and batch.next_due_ms is None
+        assert (await row(store, second.id)).waiting is True
+        done = msgspec.structs.replace(result(first.id, "succeeded", http_status=None, classification="marked",
+                                              ticket_id="T-7"), role="create")
+        assert await store.mark_succeeded(first.id, done) is True
+        assert (await row(store, second.id)).waiting is False
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and nxt.ticket is not None and nxt.ticket["id"] == "T-7"
+
+    async def test_a_replayed_held_create_goes_first_and_its_next_message_follows(self, store: Store) -> None:
+        """Replaying the held create makes it the conversation's head again: it is claimed, the next message
+        waits for it, and follows its ticket."""
+        first, second = await self._held_create(store)
+        assert await store.replay([first.id]) == [first.id]
+        (again,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert again.id == first.id and again.ticket is None
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-8"), role="create"))
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and nxt.ticket is not None and nxt.ticket["id"] == "T-8"
+
+    async def test_a_held_create_holds_only_its_own_conversation(self, store: Store) -> None:
+        """Another conversation, and a conversation whose create died for certain, are not held."""
+        await self._held_create(store)
+        other = make_delivery(conversation="m|other", conversation_key="other")
+        await accept_one(store, other)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == other.id
+
+    async def test_a_reset_conversation_loses_its_ticket_and_its_next_message_creates(self, store: Store) -> None:
+        """reset_conversation clears the ticket of the conversations with that key (returning them as they were):
+        a dead follow-up replayed, and the next message, are claimed without a ticket (creates), the replayed one
+        saying it was last sent as a follow-up."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create",
+                                                   ticket_key="#1"))
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(
+            result(second.id, "dead", classification="permanent", error="No Data found"), role="follow_up",
+            action="update_ticket", body={"comment": "hi"}))
+        assert await store.reset_conversation("nothing") == []
+        (was,) = await store.reset_conversation("k")
+        assert (was.id, was.ticket_id, was.ticket_key) == ("m|k", "T-1", "#1")
+        (found,) = await store.get_conversations("m|k")
+        c = found.conversation
+        assert (c.ticket_id, c.ticket_key, c.ticket_uuid, c.ticket_at_ms) == (None, None, None, None)
+        assert await store.replay([second.id]) == [second.id]
+        (again,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert (again.id, again.ticket, again.role) == (second.id, None, "follow_up")
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded", ticket_id="T-2"), role="create"))
+        third = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, third)
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.ticket is not None and nxt.ticket["id"] == "T-2"
+
     async def test_a_subject_token_joins_the_named_ticket(self, store: Store) -> None:
         """A message naming a ticket (`known_ticket`) is a follow-up on it from the start."""
         d = make_delivery(conversation="m|ticket:713", conversation_key="ticket:713", known_ticket="713")
@@ -1108,6 +1184,51 @@ class StoreContract:
         assert (await row(store, d)).attempts == 4
         got = await store.purge(Cutoffs(attempts_ms=after_now()), 500)
         assert got.attempts == 0 and [a.n for a in (await store.get_delivery(d)).attempts] == [4]
+
+    async def test_purge_deletes_a_conversation_once_none_of_its_deliveries_is_kept(self, store: Store) -> None:
+        """A conversation goes, in the purge that deletes its last delivery or a later one, once its last message
+        is older than its cutoff; one with a delivery kept (pending, or dead within the dead limit) stays, as does
+        one whose last message is newer than the cutoff. A dry run counts those that would go now."""
+        threads = {}
+        for name in ("done", "waiting", "dead"):
+            d = make_delivery(destination=f"d-{name}", conversation=f"m|chat:{name}", conversation_key=f"chat:{name}")
+            await accept_one(store, d)
+            threads[name] = d
+        await settle(store, threads["done"].id, "succeeded", "d-done")
+        await settle(store, threads["dead"].id, "dead", "d-dead")
+        quiet_since = tick()
+        kept_back = await store.purge(Cutoffs(events_ms=after_now(), conversations_ms=quiet_since - 60_000), 500)
+        assert (kept_back.events, kept_back.conversations) == (1, 0)  # its messages gone, but not quiet long enough
+        assert (await store.purge(Cutoffs(conversations_ms=after_now()), 500, dry_run=True)).conversations == 1
+        got = await store.purge(Cutoffs(events_ms=after_now(), conversations_ms=after_now()), 500)
+        assert got.conversations == 1
+        assert await store.get_conversations("chat:done") == []
+        assert [len(await store.get_conversations(k)) for k in ("chat:waiting", "chat:dead")] == [1, 1]
+        got = await store.purge(Cutoffs(events_ms=after_now(), dead_ms=after_now(), conversations_ms=after_now()),
+                                500)
+        assert (got.events, got.conversations) == (1, 1)
+        assert await store.get_conversations("chat:dead") == []
+        assert len(await store.get_conversations("chat:waiting")) == 1
+
+    async def test_conversations_are_purged_in_batches(self, store: Store) -> None:
+        """Each batch looks at `limit` conversations after the last one looked at; the batches go on to the end."""
+        for n in range(5):
+            d = make_delivery(destination="d-b", conversation=f"m|chat:{n}", conversation_key=f"chat:{n}")
+            await accept_one(store, d)
+            await settle(store, d.id, "succeeded", "d-b")
+        cutoffs = Cutoffs(events_ms=after_now(), conversations_ms=after_now())
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 5
+        total, after, batches = 0, None, 0
+        while True:
+            got = await store.purge(Cutoffs(conversations_ms=cutoffs.conversations_ms), 2, after=after)
+            total += got.conversations
+            batches += 1
+            assert got.conversations <= 2
+            if not got.more:
+                break
+            after = got.after
+        assert total == 5 and batches >= 3
+        assert [await store.get_conversations(f"chat:{n}") for n in range(5)] == [[]] * 5
 
     async def test_expired_dedup_keys_are_deleted_and_live_ones_still_match(self, store: Store) -> None:
         """Dedup keys whose window has passed go; a key within its window still answers duplicates."""

@@ -15,7 +15,7 @@ import pytest
 from bridge.config import RetentionConfig
 from bridge.events import Event
 from bridge.ids import new_id
-from bridge.retention import MARKER, Policy, _remove, purge_store, sweep, sweep_attachments
+from bridge.retention import MARKER, Policy, _remove, longest_reopen_after, purge_store, sweep, sweep_attachments
 from bridge.store.base import Cutoffs, NewDelivery
 from bridge.store.sqlite import SqliteStore
 from handlers.attachments import attachment, content_path, save_attachments
@@ -38,6 +38,29 @@ def test_policy_defaults_keep_what_replay_needs() -> None:
         30 * DAY, 90 * DAY, 30 * DAY, 30 * DAY, True)
     assert Policy.from_config(RetentionConfig(events="7d")).attachments_s == 7 * DAY
     assert Policy.from_config(RetentionConfig(attachments="2d")).attachments_s == 2 * DAY
+
+
+def test_a_conversation_is_kept_for_the_events_limit_or_the_longest_reopen_after_whichever_is_longer() -> None:
+    """The conversations' cutoff: the longer of the events limit and the mappings' longest reopen_after (7 days
+    when none is known); none while events are kept forever."""
+    now = 1_000 * DAY * 1000
+    p = Policy(events_s=30 * DAY, dead_s=90 * DAY, attempts_s=None, attachments_s=None)
+    assert p.cutoffs(now).conversations_ms == now - 30 * DAY * 1000
+    short = Policy(events_s=1 * DAY, dead_s=1 * DAY, attempts_s=None, attachments_s=None)
+    assert short.cutoffs(now).conversations_ms == now - 7 * DAY * 1000
+    longer = Policy(events_s=1 * DAY, dead_s=1 * DAY, attempts_s=None, attachments_s=None, reopen_after_s=60 * DAY)
+    assert longer.cutoffs(now).conversations_ms == now - 60 * DAY * 1000
+    assert Policy(events_s=None, dead_s=None, attempts_s=None, attachments_s=None).cutoffs(now).conversations_ms \
+        is None
+
+
+def test_the_longest_reopen_after_counts_threaded_mappings_only() -> None:
+    class Mapping:
+        def __init__(self, threaded: bool, reopen_after_s: float) -> None:
+            self.threaded, self.reopen_after_s = threaded, reopen_after_s
+
+    assert longest_reopen_after([]) == 7 * DAY
+    assert longest_reopen_after([Mapping(True, 2 * DAY), Mapping(False, 90 * DAY)]) == 2 * DAY  # type: ignore[list-item]
 
 
 def test_disabled_or_null_limits_keep_forever() -> None:
