@@ -10,6 +10,7 @@ A mapping may compute the key itself (`conversation:`), which takes precedence.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -18,6 +19,18 @@ DEFAULT_REOPEN_AFTER_S = 7 * 24 * 3600.0
 TICKET_TOKEN = re.compile(r"\[#(\d{1,32})\]")
 """A helpdesk's ticket number in a subject, `[#713516551148]`: digits only, so that `[#urgent]` is no ticket."""
 MAX_KEY_CHARS = 512
+"""A value longer than this is kept as its first KEEP_CHARS characters and the sha256 of the whole value
+(`bounded`), so that two long values that share a prefix stay two conversations."""
+KEEP_CHARS = MAX_KEY_CHARS - 72
+
+
+def bounded(value: str) -> str:
+    """`value` when it fits MAX_KEY_CHARS, else its first KEEP_CHARS characters, `~sha256:` and the hex digest
+    of the whole value (at most MAX_KEY_CHARS characters either way)."""
+    if len(value) <= MAX_KEY_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{value[:KEEP_CHARS]}~sha256:{digest}"
 
 
 class ConversationKey(NamedTuple):
@@ -45,7 +58,7 @@ def email_key(payload: dict[str, Any]) -> ConversationKey | None:
     root: Any = refs[0] if isinstance(refs, list) and refs else None
     for candidate in (root, payload.get("in_reply_to"), payload.get("message_id")):
         if isinstance(candidate, str) and candidate.strip("<> "):
-            return ConversationKey(f"mail:{normalise_message_id(candidate)[:MAX_KEY_CHARS]}")
+            return ConversationKey(f"mail:{bounded(normalise_message_id(candidate))}")
     return None
 
 
@@ -53,7 +66,7 @@ def _scalar_key(kind: str, value: Any) -> ConversationKey | None:
     """`kind:value` for a scalar value; None for nothing, an empty string, a boolean or a structure."""
     if value is None or value == "" or isinstance(value, bool | dict | list):
         return None
-    return ConversationKey(f"{kind}:{str(value)[:MAX_KEY_CHARS]}")
+    return ConversationKey(f"{kind}:{bounded(str(value))}")
 
 
 def chat_key(payload: dict[str, Any]) -> ConversationKey | None:

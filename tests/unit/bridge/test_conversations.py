@@ -5,6 +5,7 @@ from __future__ import annotations
 from bridge.conversations import (
     ConversationKey,
     channel_key,
+    chat_key,
     email_key,
     given_key,
     normalise_message_id,
@@ -54,3 +55,17 @@ def test_the_ticket_context_uses_utc_iso_times() -> None:
         "messages": 2, "last_message_at": "1970-01-01T00:00:01Z"}
     assert ticket_context("34", "#034", "lsq", created_at_ms=0, messages=1, last_message_at_ms=0,
                           ticket_uuid="27e8259d")["uuid"] == "27e8259d"
+
+
+def test_a_long_key_keeps_a_prefix_and_the_hash_of_the_whole_value() -> None:
+    """Two ids that share their first 512 characters are two conversations (they were cut to one key)."""
+    base = "c-".ljust(600, "p")
+    a, b = chat_key({"conversation_id": base + "customerA"}), chat_key({"conversation_id": base + "customerB"})
+    assert a is not None and b is not None and a.key != b.key
+    assert len(a.key) <= len("chat:") + 512 and a.key.startswith("chat:" + base[:400])
+    assert chat_key({"conversation_id": base + "customerA"}) == a  # stable
+    short = "x" * 512
+    assert chat_key({"conversation_id": short}) == ConversationKey("chat:" + short)  # a key that fits is as it was
+    ref = "<" + "r" * 600 + "@x.io>"
+    one, two = email_key({"references": [ref]}), email_key({"references": [ref.replace("r@", "s@")]})
+    assert one is not None and two is not None and one.key != two.key and len(one.key) <= len("mail:") + 512
