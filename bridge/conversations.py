@@ -6,6 +6,10 @@ received before the message it answers still names the same root. A `[#12345]` t
 joins the mail to that vendor ticket. A chat's key is the provider's `conversation_id` (Slack thread or
 channel and person, WhatsApp and Twilio the customer's number, Telegram the chat, Intercom the conversation).
 A mapping may compute the key itself (`conversation:`), which takes precedence.
+
+An email's key is written by its sender, so the store lets it join a conversation only from that conversation's
+first sender (`ConversationKey.by_sender`); another sender's message gets a conversation of its own
+(`split_key`). See docs/security.md, "Conversations".
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class ConversationKey(NamedTuple):
 
     key: str
     ticket_id: str | None = None
+    by_sender: bool = False
+    """The key comes from what any sender may write (an email's subject token, References, In-Reply-To or
+    Message-ID): the message joins the conversation only when its sender is the conversation's first sender."""
 
 
 def normalise_message_id(value: str) -> str:
@@ -53,12 +60,12 @@ def email_key(payload: dict[str, Any]) -> ConversationKey | None:
     """The key of an email-shaped payload (handlers/email.py), or None when it names no message at all."""
     subject = payload.get("subject")
     if isinstance(subject, str) and "[#" in subject and (token := TICKET_TOKEN.search(subject)) is not None:
-        return ConversationKey(f"ticket:{token.group(1)}", ticket_id=token.group(1))
+        return ConversationKey(f"ticket:{token.group(1)}", ticket_id=token.group(1), by_sender=True)
     refs = payload.get("references")
     root: Any = refs[0] if isinstance(refs, list) and refs else None
     for candidate in (root, payload.get("in_reply_to"), payload.get("message_id")):
         if isinstance(candidate, str) and candidate.strip("<> "):
-            return ConversationKey(f"mail:{bounded(normalise_message_id(candidate))}")
+            return ConversationKey(f"mail:{bounded(normalise_message_id(candidate))}", by_sender=True)
     return None
 
 
@@ -94,6 +101,19 @@ def given_key(value: Any) -> ConversationKey | None:
     return _scalar_key("key", value)
 
 
+def message_sender(payload: dict[str, Any]) -> str:
+    """The sender a conversation remembers and compares: an email's bare `from`, trimmed and lower-cased (an
+    address's case carries no meaning in practice); "" when the message names none."""
+    sender = payload.get("from")
+    return sender.strip().lower() if isinstance(sender, str) else ""
+
+
+def split_key(delivery_id: str) -> str:
+    """The key of the conversation of its own that a message gets when its sender is not the first sender of the
+    conversation its key names: in a namespace no channel's key uses, so it cannot collide with one."""
+    return f"split:{delivery_id}"
+
+
 def scoped(mapping: str, key: str) -> str:
     """The conversation's id in the store: per mapping, since each mapping's destination keeps its own ticket."""
     return f"{mapping}|{key}"
@@ -104,8 +124,12 @@ def iso_ms(ms: int | None) -> str | None:
 
 
 def ticket_context(ticket_id: str, ticket_key: str | None, destination: str, *, created_at_ms: int | None,
-                   messages: int, last_message_at_ms: int | None, ticket_uuid: str | None = None) -> dict[str, Any]:
-    """`ticket` as a follow-up's expressions see it (the same names a mapping test's `input.ticket` uses)."""
+                   messages: int, last_message_at_ms: int | None, ticket_uuid: str | None = None,
+                   first_sender: str | None = None) -> dict[str, Any]:
+    """`ticket` as a follow-up's expressions see it (the same names a mapping test's `input.ticket` uses).
+    `first_sender`: the sender of the conversation's first message (None for a conversation older than the
+    column, or one whose first message named no sender)."""
     return {"id": ticket_id, "key": ticket_key, "uuid": ticket_uuid, "destination": destination,
-            "created_at": iso_ms(created_at_ms), "messages": messages, "last_message_at": iso_ms(last_message_at_ms)}
+            "created_at": iso_ms(created_at_ms), "messages": messages, "last_message_at": iso_ms(last_message_at_ms),
+            "first_sender": first_sender or None}
 

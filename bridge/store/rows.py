@@ -8,8 +8,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
+import structlog
 
-from bridge.conversations import ticket_context
+from bridge.conversations import scoped, split_key, ticket_context
 from bridge.escaping import NUL, write_nul
 from bridge.events import Event
 from bridge.store.base import (
@@ -27,6 +28,23 @@ from bridge.store.base import (
     NewDelivery,
     Nonce,
 )
+
+log = structlog.get_logger("ticketbridge.store")
+
+
+def split_conversation_id(d: NewDelivery) -> tuple[str, str]:
+    """The (id, key) of the conversation of its own that `d` gets on a sender mismatch."""
+    key = split_key(d.id)
+    return scoped(d.mapping, key), key
+
+
+def sender_mismatch(d: NewDelivery, named: str, sender: str, first: str | None, own: str) -> None:
+    """Log that `d`'s sender is not the first sender of the conversation (`named`: "conversation") or of the
+    ticket its subject names ("ticket"), so that it opens `own` instead (addresses are masked by the logs)."""
+    log.warning("conversation.sender_mismatch", mapping=d.mapping, delivery_id=d.id, conversation=d.conversation,
+                named=named, ticket_id=d.known_ticket, sender=sender, first_sender=first, opened=own,
+                note="a message whose thread (subject token, References, In-Reply-To) names a conversation another "
+                     "sender opened does not join it: it starts a conversation, and a ticket, of its own")
 
 encode = msgspec.json.Encoder().encode
 decode_event = msgspec.json.Decoder(Event).decode
@@ -47,7 +65,7 @@ it waits and none is being sent (so a conversation is worked by one sender at a 
 `status IN (…)`, as in ROW_COLUMNS' `waiting`, is the condition of the partial index deliveries_open_conversation,
 spelt so that both databases use it: a conversation's settled history is never walked."""
 CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
-                        "ticket_key, ticket_at, ticket_uuid")
+                        "ticket_key, ticket_at, ticket_uuid, sender")
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
                         "next_attempt_at, created_at, updated_at, last_error, conversation")
@@ -147,18 +165,19 @@ def conversation_row(r: Sequence[Any]) -> ConversationRow:
     """A row selected with CONVERSATION_COLUMNS."""
     return ConversationRow(id=r[0], key=r[1], mapping=r[2], destination=r[3], messages=r[4], started_at_ms=r[5],
                            last_message_at_ms=r[6], ticket_id=r[7], ticket_key=r[8], ticket_at_ms=r[9],
-                           ticket_uuid=r[10])
+                           ticket_uuid=r[10], sender=r[11])
 
 
 def with_tickets(items: list[Claimed], found: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Claimed deliveries with their conversation's ticket (rows: conversation id, ticket id, ticket key,
-    destination, ticket_at, last_message_at, messages up to the delivery, delivery id, ticket uuid)."""
+    destination, ticket_at, last_message_at, messages up to the delivery, delivery id, ticket uuid, first sender)."""
     tickets = {r[7]: r for r in found if r[1] is not None}
     out = []
     for item in items:
         r = tickets.get(item.id)
         out.append(item if r is None else msgspec.structs.replace(item, ticket=ticket_context(
-            r[1], r[2], r[3], created_at_ms=r[4], messages=r[6], last_message_at_ms=r[5], ticket_uuid=r[8])))
+            r[1], r[2], r[3], created_at_ms=r[4], messages=r[6], last_message_at_ms=r[5], ticket_uuid=r[8],
+            first_sender=r[9])))
     return out
 
 
@@ -200,7 +219,7 @@ def status_condition(status: DeliveryStatus) -> str:
 TICKETS_OF_CLAIMED = (
     "SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "
     "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation AND o.id <= d.id), d.id, "
-    "c.ticket_uuid "
+    "c.ticket_uuid, c.sender "
     "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
 """Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket."""
 
