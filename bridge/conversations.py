@@ -6,10 +6,15 @@ received before the message it answers still names the same root. A `[#12345]` t
 joins the mail to that vendor ticket. A chat's key is the provider's `conversation_id` (Slack thread or
 channel and person, WhatsApp and Twilio the customer's number, Telegram the chat, Intercom the conversation).
 A mapping may compute the key itself (`conversation:`), which takes precedence.
+
+An email's key is written by its sender, so the store lets it join a conversation only from that conversation's
+first sender (`ConversationKey.by_sender`); another sender's message gets a conversation of its own
+(`split_key`). See docs/security.md, "Conversations".
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -18,6 +23,18 @@ DEFAULT_REOPEN_AFTER_S = 7 * 24 * 3600.0
 TICKET_TOKEN = re.compile(r"\[#(\d{1,32})\]")
 """A helpdesk's ticket number in a subject, `[#713516551148]`: digits only, so that `[#urgent]` is no ticket."""
 MAX_KEY_CHARS = 512
+"""A value longer than this is kept as its first KEEP_CHARS characters and the sha256 of the whole value
+(`bounded`), so that two long values that share a prefix stay two conversations."""
+KEEP_CHARS = MAX_KEY_CHARS - 72
+
+
+def bounded(value: str) -> str:
+    """`value` when it fits MAX_KEY_CHARS, else its first KEEP_CHARS characters, `~sha256:` and the hex digest
+    of the whole value (at most MAX_KEY_CHARS characters either way)."""
+    if len(value) <= MAX_KEY_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{value[:KEEP_CHARS]}~sha256:{digest}"
 
 
 class ConversationKey(NamedTuple):
@@ -26,6 +43,9 @@ class ConversationKey(NamedTuple):
 
     key: str
     ticket_id: str | None = None
+    by_sender: bool = False
+    """The key comes from what any sender may write (an email's subject token, References, In-Reply-To or
+    Message-ID): the message joins the conversation only when its sender is the conversation's first sender."""
 
 
 def normalise_message_id(value: str) -> str:
@@ -40,12 +60,12 @@ def email_key(payload: dict[str, Any]) -> ConversationKey | None:
     """The key of an email-shaped payload (handlers/email.py), or None when it names no message at all."""
     subject = payload.get("subject")
     if isinstance(subject, str) and "[#" in subject and (token := TICKET_TOKEN.search(subject)) is not None:
-        return ConversationKey(f"ticket:{token.group(1)}", ticket_id=token.group(1))
+        return ConversationKey(f"ticket:{token.group(1)}", ticket_id=token.group(1), by_sender=True)
     refs = payload.get("references")
     root: Any = refs[0] if isinstance(refs, list) and refs else None
     for candidate in (root, payload.get("in_reply_to"), payload.get("message_id")):
         if isinstance(candidate, str) and candidate.strip("<> "):
-            return ConversationKey(f"mail:{normalise_message_id(candidate)[:MAX_KEY_CHARS]}")
+            return ConversationKey(f"mail:{bounded(normalise_message_id(candidate))}", by_sender=True)
     return None
 
 
@@ -53,7 +73,7 @@ def _scalar_key(kind: str, value: Any) -> ConversationKey | None:
     """`kind:value` for a scalar value; None for nothing, an empty string, a boolean or a structure."""
     if value is None or value == "" or isinstance(value, bool | dict | list):
         return None
-    return ConversationKey(f"{kind}:{str(value)[:MAX_KEY_CHARS]}")
+    return ConversationKey(f"{kind}:{bounded(str(value))}")
 
 
 def chat_key(payload: dict[str, Any]) -> ConversationKey | None:
@@ -81,6 +101,19 @@ def given_key(value: Any) -> ConversationKey | None:
     return _scalar_key("key", value)
 
 
+def message_sender(payload: dict[str, Any]) -> str:
+    """The sender a conversation remembers and compares: an email's bare `from`, trimmed and lower-cased (an
+    address's case carries no meaning in practice); "" when the message names none."""
+    sender = payload.get("from")
+    return sender.strip().lower() if isinstance(sender, str) else ""
+
+
+def split_key(delivery_id: str) -> str:
+    """The key of the conversation of its own that a message gets when its sender is not the first sender of the
+    conversation its key names: in a namespace no channel's key uses, so it cannot collide with one."""
+    return f"split:{delivery_id}"
+
+
 def scoped(mapping: str, key: str) -> str:
     """The conversation's id in the store: per mapping, since each mapping's destination keeps its own ticket."""
     return f"{mapping}|{key}"
@@ -91,8 +124,12 @@ def iso_ms(ms: int | None) -> str | None:
 
 
 def ticket_context(ticket_id: str, ticket_key: str | None, destination: str, *, created_at_ms: int | None,
-                   messages: int, last_message_at_ms: int | None, ticket_uuid: str | None = None) -> dict[str, Any]:
-    """`ticket` as a follow-up's expressions see it (the same names a mapping test's `input.ticket` uses)."""
+                   messages: int, last_message_at_ms: int | None, ticket_uuid: str | None = None,
+                   first_sender: str | None = None) -> dict[str, Any]:
+    """`ticket` as a follow-up's expressions see it (the same names a mapping test's `input.ticket` uses).
+    `first_sender`: the sender of the conversation's first message (None for a conversation older than the
+    column, or one whose first message named no sender)."""
     return {"id": ticket_id, "key": ticket_key, "uuid": ticket_uuid, "destination": destination,
-            "created_at": iso_ms(created_at_ms), "messages": messages, "last_message_at": iso_ms(last_message_at_ms)}
+            "created_at": iso_ms(created_at_ms), "messages": messages, "last_message_at": iso_ms(last_message_at_ms),
+            "first_sender": first_sender or None}
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from bridge.conversations import ConversationKey, channel_key, given_key, scoped
+from bridge.conversations import ConversationKey, channel_key, given_key, message_sender, scoped
 from bridge.errors import MappingError, NotFound
 from bridge.events import Event
 from bridge.ids import new_id
@@ -75,6 +75,9 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
             conversation_key=None if found is None else found.key,
             known_ticket=None if found is None else found.ticket_id,
             reopen_after_ms=int(mapping.reopen_after_s * 1000),
+            sender=None if found is None else (message_sender(event.payload) if found.by_sender
+                                               else message_sender(event.payload) or None),
+            sender_checked=found is not None and found.by_sender,
         ))
     return deliveries, errors
 

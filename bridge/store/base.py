@@ -37,6 +37,13 @@ class NewDelivery(msgspec.Struct, kw_only=True):
     """A vendor ticket the message names (a `[#id]` subject token): its conversation starts with that ticket."""
     reopen_after_ms: int = 7 * 86_400_000
     """A message this long after the conversation's last one starts a new ticket."""
+    sender: str | None = None
+    """The message's sender (an email's lower-cased address): the conversation's first sender when it opens it."""
+    sender_checked: bool = False
+    """The key is one any sender may write (an email thread's): the message joins the conversation, or the ticket
+    it names, only when `sender` is the conversation's first sender (or the conversation predates the column);
+    otherwise it opens a conversation of its own (conversations.split_key) and `conversation.sender_mismatch`
+    is logged."""
 
 
 class Nonce(msgspec.Struct, kw_only=True, frozen=True):
@@ -166,6 +173,8 @@ class ConversationRow(msgspec.Struct, kw_only=True):
     ticket_key: str | None
     ticket_at_ms: int | None
     ticket_uuid: str | None = None
+    sender: str | None = None
+    """Its first message's sender (None: opened before the column existed, or by a message without one)."""
 
 
 class ConversationDetail(msgspec.Struct, kw_only=True):

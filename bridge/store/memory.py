@@ -45,7 +45,9 @@ from bridge.store.rows import (
     doubt_after,
     encode,
     held_create_blocks,
+    sender_mismatch,
     settled,
+    split_conversation_id,
     storable,
     storable_accept,
     storable_audit,
@@ -145,31 +147,49 @@ class MemoryStore(Store):
         self.events[event.id] = event_data
         if not deliveries:
             self.unmatched.add(event.id)
+        moved: dict[str, str] = {}
         for d in deliveries:
-            if d.conversation is not None:
-                self._join_conversation(d, now)
+            if d.conversation is not None and (own := self._join_conversation(d, now)) is not None:
+                moved[d.id] = own
         for d, (body, options) in zip(deliveries, encoded, strict=True):
             row = DeliveryRow(
                 id=d.id, event_id=event.id, source=event.source, mapping=d.mapping, mapping_version=d.mapping_version,
                 destination=d.destination, action=d.action, status=d.status, attempts=0, tries=0,
                 next_attempt_at_ms=now, created_at_ms=now, updated_at_ms=now, last_error=d.error, ticket_id=None,
-                conversation=d.conversation,
+                conversation=moved.get(d.id, d.conversation),
             )
             self.deliveries[d.id] = _Delivery(row, body, options)
         return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(deliveries))
 
-    def _join_conversation(self, d: NewDelivery, now: int) -> None:
+    def _join_conversation(self, d: NewDelivery, now: int) -> str | None:
+        """As the SQL stores' (sqlite.py's _join_conversation): the id of the conversation of its own a message
+        opens when its sender may not join the one it names, else None."""
         assert d.conversation is not None
         c = self.conversations.get(d.conversation)
+        sender = d.sender or ""
+        if d.sender_checked and (
+                (c is not None and c.sender is not None and c.sender != sender)
+                or (d.known_ticket is not None and (c is None or now - c.last_message_at_ms > d.reopen_after_ms)
+                    and not any(o.destination == d.destination and o.ticket_id == d.known_ticket
+                                and o.sender in (None, sender) for o in self.conversations.values()))):
+            own, key = split_conversation_id(d)
+            sender_mismatch(d, "conversation" if c is not None and c.sender not in (None, sender) else "ticket",
+                            sender, None if c is None else c.sender, own)
+            self.conversations[own] = ConversationRow(
+                id=own, key=key, mapping=d.mapping, destination=d.destination, messages=1, started_at_ms=now,
+                last_message_at_ms=now, ticket_id=None, ticket_key=None, ticket_at_ms=None, sender=sender)
+            return own
         if c is None or now - c.last_message_at_ms > d.reopen_after_ms:
             self.conversations[d.conversation] = ConversationRow(
                 id=d.conversation, key=d.conversation_key or d.conversation, mapping=d.mapping,
                 destination=d.destination, messages=1, started_at_ms=now,
                 last_message_at_ms=max(now, c.last_message_at_ms) if c is not None else now,
-                ticket_id=d.known_ticket, ticket_key=None, ticket_at_ms=None if d.known_ticket is None else now)
+                ticket_id=d.known_ticket, ticket_key=None, ticket_at_ms=None if d.known_ticket is None else now,
+                sender=(sender if d.sender_checked else d.sender) if c is None else c.sender)
         else:
             self.conversations[d.conversation] = msgspec.structs.replace(
                 c, messages=c.messages + 1, last_message_at_ms=max(now, c.last_message_at_ms))
+        return None
 
     def _head(self, d: _Delivery) -> bool:
         """Whether `d` may be sent now that it is due: no earlier delivery of its conversation waits, none is sent."""
@@ -201,7 +221,8 @@ class MemoryStore(Store):
         messages = sum(1 for o in self.deliveries.values()
                        if o.row.conversation == c.id and o.row.id <= d.row.id)
         return ticket_context(c.ticket_id, c.ticket_key, c.destination, created_at_ms=c.ticket_at_ms,
-                              messages=messages, last_message_at_ms=c.last_message_at_ms, ticket_uuid=c.ticket_uuid)
+                              messages=messages, last_message_at_ms=c.last_message_at_ms, ticket_uuid=c.ticket_uuid,
+                              first_sender=c.sender)
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
         self._check_open()

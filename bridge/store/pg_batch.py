@@ -34,6 +34,8 @@ from bridge.store.rows import (
     encode,
     new_delivery_rows,
     now_ms,
+    sender_mismatch,
+    split_conversation_id,
     storable_accept,
     take_group,
 )
@@ -153,25 +155,26 @@ _DELIVERIES = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT * FROM u
 
 def _conversations(first: int, where: str = "") -> str:
     """Count a group's messages in their conversations, as one upsert whose arrays (from `$first`: event id,
-    conversation id, key, mapping, destination, arrival, known ticket, one element per delivery in a
+    conversation id, key, mapping, destination, arrival, known ticket, sender, one element per delivery in a
     conversation, in arrival order; then each conversation id once with its reopen_after in ms: see
     _thread_args) are grouped per conversation first, since one statement may change a row only once. As the
     per-accept upsert does message by message: the first message opens the conversation (with the ticket it
     names, if any), and a message after the quiet period (`reopen_after`) starts it anew, without a ticket, so
     that it becomes a create. `where` filters the rows (u.event_id)."""
-    a = [f"${first + i}" for i in range(9)]
-    reopen = (f"(EXCLUDED.started_at - c.last_message_at > (SELECT r.ms FROM unnest({a[7]}::text[], "  # noqa: S608
-              f"{a[8]}::bigint[]) AS r (id, ms) WHERE r.id = EXCLUDED.id))")
+    a = [f"${first + i}" for i in range(10)]
+    reopen = (f"(EXCLUDED.started_at - c.last_message_at > (SELECT r.ms FROM unnest({a[8]}::text[], "  # noqa: S608
+              f"{a[9]}::bigint[]) AS r (id, ms) WHERE r.id = EXCLUDED.id))")
     return (
         "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "  # noqa: S608
-        "ticket_id, ticket_at) SELECT g.id, g.key, g.mapping, g.destination, g.n, g.first_at, g.last_at, g.ticket, "
-        "CASE WHEN g.ticket IS NULL THEN NULL ELSE g.first_at END FROM (SELECT u.id, "
+        "ticket_id, ticket_at, sender) SELECT g.id, g.key, g.mapping, g.destination, g.n, g.first_at, g.last_at, "
+        "g.ticket, CASE WHEN g.ticket IS NULL THEN NULL ELSE g.first_at END, g.sender FROM (SELECT u.id, "
         "(array_agg(u.key ORDER BY u.o))[1] AS key, (array_agg(u.mapping ORDER BY u.o))[1] AS mapping, "
         "(array_agg(u.destination ORDER BY u.o))[1] AS destination, count(*)::int AS n, min(u.at) AS first_at, "
-        "max(u.at) AS last_at, (array_agg(u.ticket ORDER BY u.o))[1] AS ticket "
+        "max(u.at) AS last_at, (array_agg(u.ticket ORDER BY u.o))[1] AS ticket, "
+        "(array_agg(u.sender ORDER BY u.o))[1] AS sender "
         f"FROM unnest({a[0]}::text[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], {a[4]}::text[], "
-        f"{a[5]}::bigint[], {a[6]}::text[]) WITH ORDINALITY AS u (event_id, id, key, mapping, destination, at, "
-        f"ticket, o) {where} GROUP BY u.id) g ORDER BY g.id "
+        f"{a[5]}::bigint[], {a[6]}::text[], {a[7]}::text[]) WITH ORDINALITY AS u (event_id, id, key, mapping, "
+        f"destination, at, ticket, sender, o) {where} GROUP BY u.id) g ORDER BY g.id "
         f"ON CONFLICT (id) DO UPDATE SET "
         f"messages = CASE WHEN {reopen} THEN EXCLUDED.messages ELSE c.messages + EXCLUDED.messages END, "
         f"started_at = CASE WHEN {reopen} THEN EXCLUDED.started_at ELSE c.started_at END, "
@@ -189,8 +192,8 @@ def _thread_args(threads: list[tuple[Any, ...]]) -> list[list[Any]]:
     """The arrays of _conversations for PendingAccept.threads."""
     reopen: dict[str, int] = {}
     for t in threads:
-        reopen.setdefault(t[1], t[7])
-    return [*_columns([t[:7] for t in threads], 7), list(reopen), list(reopen.values())]
+        reopen.setdefault(t[1], t[8])
+    return [*_columns([t[:8] for t in threads], 8), list(reopen), list(reopen.values())]
 _NOTIFY = "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d"
 _GROUP = (
     "WITH k AS (INSERT INTO dedup_keys AS d "  # noqa: S608 - constants only; every value is bound
@@ -215,8 +218,8 @@ upsert included)."""
 class PendingAccept:
     """One accept waiting for its group: everything its statements need, encoded before it queues."""
 
-    __slots__ = ("created", "data", "event", "expires", "future", "nonce", "received", "rows", "size", "threads",
-                 "wake")
+    __slots__ = ("checked", "created", "data", "event", "expires", "future", "nonce", "received", "rows", "size",
+                 "threads", "wake")
 
     def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                  nonce: Nonce | None) -> None:
@@ -237,9 +240,12 @@ class PendingAccept:
         carries, already encoded for it: the event (payload, headers) and its deliveries' bodies. Ids, keys and
         times are short, and a delivery's options come from its mapping, not from the request."""
         self.threads = [(event.id, d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination,
-                         self.created, d.known_ticket, d.reopen_after_ms)
-                        for d in deliveries if d.conversation is not None]
+                         self.created, d.known_ticket, d.sender, d.reopen_after_ms)
+                        for d in deliveries if d.conversation is not None and not d.sender_checked]
         """What counts the message in its conversations: the _conversations columns, one tuple per delivery."""
+        self.checked = [d for d in deliveries if d.conversation is not None and d.sender_checked]
+        """The deliveries whose conversation depends on its first sender (_join_checked): stored by accept_one, one
+        conversation at a time, never by the group's statements."""
         self.wake = sorted({d.destination for d in deliveries if d.status == "pending"})
         self.future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
 
@@ -374,18 +380,18 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
     (`refused`) comes to StoreRefused, another failed statement (one cancelled by a timeout, say) to StoreUnavailable.
     Connection failures propagate (the group fails as a whole), and so does the failure of a group of one."""
     try:
-        if all(item.nonce is None for item in group):
+        if all(item.nonce is None and not item.checked for item in group):
             return list(await _one_statement(conn, group, channel))
         if len(group) == 1:
             return [await _alone(conn, group[0], channel, sweep_due)]
         out: dict[int, Outcome] = {}
         async with conn.transaction():
-            plain = [(i, item) for i, item in enumerate(group) if item.nonce is None]
+            plain = [(i, item) for i, item in enumerate(group) if item.nonce is None and not item.checked]
             if plain:
                 out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel),
                                strict=True))
             for i, item in enumerate(group):
-                if item.nonce is not None:
+                if item.nonce is not None or item.checked:
                     out[i] = await _in_savepoint(conn, item, channel, sweep_due)
         return [out[i] for i in range(len(group))]
     except DB_ERRORS as exc:
@@ -450,12 +456,61 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
                        len(item.rows))
     if item.threads:
         await conn.execute(_CONVERSATIONS, *_thread_args(item.threads))
-    if item.rows:
+    rows = item.rows
+    if item.checked:
+        moved = {}
+        for d in item.checked:
+            if (own := await _join_checked(conn, d, item.created)) is not None:
+                moved[d.id] = own
+        if moved:
+            rows = [(*row[:-1], moved[row[0]]) if row[0] in moved else row for row in rows]
+    if rows:
         await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)", item.rows)
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)", rows)
     if item.wake:
         await conn.execute(_NOTIFY, channel, item.wake)
     return item.stored()
+
+
+_JOIN_CHECKED = (
+    "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
+    "ticket_at, sender) VALUES ($1, $2, $3, $4, 1, $5, $5, $6, "
+    "CASE WHEN $6::text IS NULL THEN NULL ELSE $5::bigint END, $8) "
+    "ON CONFLICT (id) DO UPDATE SET "
+    "messages = CASE WHEN $5 - c.last_message_at > $7 THEN 1 ELSE c.messages + 1 END, "
+    "started_at = CASE WHEN $5 - c.last_message_at > $7 THEN $5 ELSE c.started_at END, "
+    "ticket_id = CASE WHEN $5 - c.last_message_at > $7 THEN EXCLUDED.ticket_id ELSE c.ticket_id END, "
+    "ticket_key = CASE WHEN $5 - c.last_message_at > $7 THEN NULL ELSE c.ticket_key END, "
+    "ticket_uuid = CASE WHEN $5 - c.last_message_at > $7 THEN NULL ELSE c.ticket_uuid END, "
+    "ticket_at = CASE WHEN $5 - c.last_message_at > $7 THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
+    "last_message_at = GREATEST(c.last_message_at, $5) "
+    "WHERE c.sender IS NULL OR c.sender = $8 RETURNING 1")
+"""One message counted in a conversation whose key any sender may write, as _conversations counts one, but only
+when the conversation's first sender is the message's (or it has none, being older than the column): the row a
+conflict locks is left as it was, and nothing is returned, otherwise."""
+
+
+async def _join_checked(conn: Any, d: NewDelivery, now: int) -> str | None:
+    """Count `d` in its conversation when its sender may join it (see sqlite.py's _join_conversation, which this
+    follows); else open the conversation of its own it gets, and return that one's id."""
+    sender = d.sender or ""
+    named = "conversation"
+    if d.known_ticket is not None and not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND (sender IS NULL OR sender = $2) "
+            "AND $3 - last_message_at <= $4) OR EXISTS (SELECT 1 FROM conversations WHERE destination = $5 "
+            "AND ticket_id = $6 AND (sender IS NULL OR sender = $2))",
+            d.conversation, sender, now, d.reopen_after_ms, d.destination, d.known_ticket):
+        named = "ticket"
+    elif await conn.fetchval(_JOIN_CHECKED, d.conversation, d.conversation_key or d.conversation, d.mapping,
+                             d.destination, now, d.known_ticket, d.reopen_after_ms, sender) is not None:
+        return None
+    first = await conn.fetchval("SELECT sender FROM conversations WHERE id = $1", d.conversation)
+    own, key = split_conversation_id(d)
+    sender_mismatch(d, named, sender, first, own)
+    await conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, started_at, "
+                       "last_message_at, sender) VALUES ($1, $2, $3, $4, 1, $5, $5, $6)",
+                       own, key, d.mapping, d.destination, now, sender)
+    return own
 
 
 def _firsts(group: list[PendingAccept]) -> tuple[list[PendingAccept], dict[tuple[str, str], PendingAccept]]:

@@ -8,8 +8,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
+import structlog
 
-from bridge.conversations import ticket_context
+from bridge.conversations import scoped, split_key, ticket_context
 from bridge.escaping import NUL, write_nul
 from bridge.events import Event
 from bridge.store.base import (
@@ -27,6 +28,23 @@ from bridge.store.base import (
     NewDelivery,
     Nonce,
 )
+
+log = structlog.get_logger("ticketbridge.store")
+
+
+def split_conversation_id(d: NewDelivery) -> tuple[str, str]:
+    """The (id, key) of the conversation of its own that `d` gets on a sender mismatch."""
+    key = split_key(d.id)
+    return scoped(d.mapping, key), key
+
+
+def sender_mismatch(d: NewDelivery, named: str, sender: str, first: str | None, own: str) -> None:
+    """Log that `d`'s sender is not the first sender of the conversation (`named`: "conversation") or of the
+    ticket its subject names ("ticket"), so that it opens `own` instead (addresses are masked by the logs)."""
+    log.warning("conversation.sender_mismatch", mapping=d.mapping, delivery_id=d.id, conversation=d.conversation,
+                named=named, ticket_id=d.known_ticket, sender=sender, first_sender=first, opened=own,
+                note="a message whose thread (subject token, References, In-Reply-To) names a conversation another "
+                     "sender opened does not join it: it starts a conversation, and a ticket, of its own")
 
 encode = msgspec.json.Encoder().encode
 decode_event = msgspec.json.Decoder(Event).decode
@@ -66,7 +84,7 @@ def held_create_blocks(conversation_has_ticket: bool, earlier: Iterable[tuple[st
     return not conversation_has_ticket and any(
         status == "dead" and role == "create" and doubt is not None for status, role, doubt in earlier)
 CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
-                        "ticket_key, ticket_at, ticket_uuid")
+                        "ticket_key, ticket_at, ticket_uuid, sender")
 RESET_CONVERSATION = ("UPDATE conversations SET ticket_id = NULL, ticket_key = NULL, ticket_uuid = NULL, "
                       "ticket_at = NULL ")
 """Followed by the conversations' condition: they lose their ticket (`Store.reset_conversation`)."""
@@ -169,18 +187,19 @@ def conversation_row(r: Sequence[Any]) -> ConversationRow:
     """A row selected with CONVERSATION_COLUMNS."""
     return ConversationRow(id=r[0], key=r[1], mapping=r[2], destination=r[3], messages=r[4], started_at_ms=r[5],
                            last_message_at_ms=r[6], ticket_id=r[7], ticket_key=r[8], ticket_at_ms=r[9],
-                           ticket_uuid=r[10])
+                           ticket_uuid=r[10], sender=r[11])
 
 
 def with_tickets(items: list[Claimed], found: Sequence[Sequence[Any]]) -> list[Claimed]:
     """Claimed deliveries with their conversation's ticket (rows: conversation id, ticket id, ticket key,
-    destination, ticket_at, last_message_at, messages up to the delivery, delivery id, ticket uuid)."""
+    destination, ticket_at, last_message_at, messages up to the delivery, delivery id, ticket uuid, first sender)."""
     tickets = {r[7]: r for r in found if r[1] is not None}
     out = []
     for item in items:
         r = tickets.get(item.id)
         out.append(item if r is None else msgspec.structs.replace(item, ticket=ticket_context(
-            r[1], r[2], r[3], created_at_ms=r[4], messages=r[6], last_message_at_ms=r[5], ticket_uuid=r[8])))
+            r[1], r[2], r[3], created_at_ms=r[4], messages=r[6], last_message_at_ms=r[5], ticket_uuid=r[8],
+            first_sender=r[9])))
     return out
 
 
@@ -222,7 +241,7 @@ def status_condition(status: DeliveryStatus) -> str:
 TICKETS_OF_CLAIMED = (
     "SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "
     "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation AND o.id <= d.id), d.id, "
-    "c.ticket_uuid "
+    "c.ticket_uuid, c.sender "
     "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
 """Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket."""
 

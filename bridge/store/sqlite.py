@@ -92,6 +92,8 @@ from bridge.store.rows import (
     gives_ticket,
     kept_condition,
     now_ms,
+    sender_mismatch,
+    split_conversation_id,
     status_condition,
     storable,
     storable_accept,
@@ -1172,10 +1174,15 @@ def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list
     else:
         conn.executemany(_INSERT_EVENT, [(*row[:5], None, *row[5:]) if len(row) == _EVENT_WIDTH_NO_KEY else row
                                          for row in events])
+    moved: dict[str, str] = {}
     for d, created in joins:
-        _join_conversation(conn, d, created)
+        if (own := _join_conversation(conn, d, created)) is not None:
+            moved[d.id] = own
     if not deliveries:
         return
+    if moved:  # a message its sender may not add to the conversation it names: in its own (a row with a conversation
+        # has every column, see _delivery_rows)
+        deliveries = [(*row[:-1], moved[row[0]]) if row[0] in moved else row for row in deliveries]
     if all(len(row) == _PLAIN_DELIVERY_WIDTH for row in deliveries):
         conn.executemany(_INSERT_PLAIN_DELIVERY, deliveries)
     else:
@@ -1207,19 +1214,30 @@ def _sweep_nonces(conn: sqlite3.Connection, now: int) -> None:
                  (now, NONCE_SWEEP))
 
 
-def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> None:
+def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> str | None:
     """Count the message in its conversation: the first message opens it, and a message after the quiet period
     (`reopen_after`) starts it anew, without a ticket, so that it becomes a create. The usual case, a message
     within the period of an open conversation, is one plain UPDATE by key; only when that finds no row to count
-    in does the upsert that opens or restarts the conversation run."""
+    in does the upsert that opens or restarts the conversation run. A message whose key any sender may write
+    (`sender_checked`) counts only in a conversation its sender opened (or one older than the sender column), and
+    names a ticket only one such conversation holds; else it opens a conversation of its own, whose id it returns
+    (None: it joined the one it named)."""
+    checked = d.sender_checked
+    sender = d.sender or ""
+    same_sender = " AND (sender IS NULL OR sender = ?4)" if checked else ""
     counted = conn.execute(
-        "UPDATE conversations SET messages = messages + 1, last_message_at = max(last_message_at, ?1) "
-        "WHERE id = ?2 AND ?1 - last_message_at <= ?3", (now, d.conversation, d.reopen_after_ms)).rowcount
+        "UPDATE conversations SET messages = messages + 1, last_message_at = max(last_message_at, ?1) "  # noqa: S608
+        f"WHERE id = ?2 AND ?1 - last_message_at <= ?3{same_sender}",
+        (now, d.conversation, d.reopen_after_ms, *((sender,) if checked else ()))).rowcount
     if counted:
-        return
-    conn.execute(
-        "INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
-        "ticket_at) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END) "
+        return None
+    if checked and d.known_ticket is not None and conn.execute(
+            "SELECT 1 FROM conversations WHERE destination = ? AND ticket_id = ? AND (sender IS NULL OR sender = ?) "
+            "LIMIT 1", (d.destination, d.known_ticket, sender)).fetchone() is None:
+        return _split_conversation(conn, d, now, sender, "ticket")
+    opened = conn.execute(
+        "INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "  # noqa: S608
+        "ticket_at, sender) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END, ?8) "
         "ON CONFLICT (id) DO UPDATE SET "
         "messages = CASE WHEN ?5 - last_message_at > ?7 THEN 1 ELSE messages + 1 END, "
         "started_at = CASE WHEN ?5 - last_message_at > ?7 THEN ?5 ELSE started_at END, "
@@ -1227,9 +1245,25 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> No
         "ticket_key = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_key END, "
         "ticket_uuid = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_uuid END, "
         "ticket_at = CASE WHEN ?5 - last_message_at > ?7 THEN excluded.ticket_at ELSE ticket_at END, "
-        "last_message_at = max(last_message_at, ?5)",
+        "last_message_at = max(last_message_at, ?5)"
+        + (" WHERE sender IS NULL OR sender = ?8" if checked else "") + " RETURNING 1",
         (d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
-         d.reopen_after_ms))
+         d.reopen_after_ms, sender if checked else d.sender)).fetchone()
+    if opened is None:
+        return _split_conversation(conn, d, now, sender, "conversation")
+    return None
+
+
+def _split_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int, sender: str, named: str) -> str:
+    """Open the conversation of its own that `d` gets when its sender is not the first sender of the conversation
+    (or of the ticket: `named`) its key names; its id."""
+    assert d.conversation is not None
+    first = conn.execute("SELECT sender FROM conversations WHERE id = ?", (d.conversation,)).fetchone()
+    own, key = split_conversation_id(d)
+    sender_mismatch(d, named, sender, None if first is None else first[0], own)
+    conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, "
+                 "sender) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)", (own, key, d.mapping, d.destination, now, sender))
+    return own
 
 
 def _trim_attempts(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,

@@ -227,6 +227,7 @@ def postmark(n: int) -> tuple[bytes, dict[str, str]]:
     """Message `n` of the thread as Postmark posts it (its fixture, with this message's ids and text)."""
     mid, reply_to, refs, text = THREAD[n]
     data = load("postmark/inbound.json")
+    data.update(From="asha@example.com", FromFull={"Email": "asha@example.com", "Name": "Asha", "MailboxHash": ""})
     data.update(Subject="Re: Router down", TextBody=f"{text}\n\n> quoted", StrippedTextReply=text, Attachments=[],
                 Headers=[{"Name": "Message-ID", "Value": mid}, {"Name": "In-Reply-To", "Value": reply_to or ""},
                          {"Name": "References", "Value": refs or ""}])
@@ -237,6 +238,7 @@ def sendgrid(n: int) -> tuple[bytes, dict[str, str]]:
     """Message `n` of the thread as SendGrid's Inbound Parse posts it (its fixture, this message's headers)."""
     mid, reply_to, refs, text = THREAD[n]
     fields = load("sendgrid/parse.json")
+    fields.update({"from": "asha@example.com"})  # the thread's sender (a thread is joined only by its first sender)
     fields.update(subject="Re: Router down", text=f"{text}\n\nOn Mon, Asha wrote:\n> quoted\n", attachments="0",
                   headers=f"From: asha@example.com\nMessage-ID: {mid}\nIn-Reply-To: {reply_to}\nReferences: {refs}\n"
                           "Subject: Re: Router down\n")

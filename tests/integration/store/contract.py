@@ -3,6 +3,7 @@ provides a `store` fixture yielding an opened store."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import EllipsisType
 from typing import Any, Literal
@@ -943,6 +944,71 @@ class StoreContract:
         await accept_one(store, d)
         (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert got.ticket is not None and got.ticket["id"] == "713"
+
+    async def test_a_thread_is_joined_only_by_its_first_sender(self, store: Store) -> None:
+        """A message whose key any sender may write (`sender_checked`: an email's References, subject token) joins
+        the conversation only from the sender who opened it; another sender's message opens a conversation of its
+        own (`split:<delivery id>`), a create, and leaves the first one as it was."""
+        conv, key = "m|mail:root@corp.example", "mail:root@corp.example"
+
+        def mail(sender: str, **kw: Any) -> NewDelivery:
+            return make_delivery(conversation=conv, conversation_key=key, sender=sender, sender_checked=True, **kw)
+
+        first = mail("victim@corp.example")
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create"))
+        intruders = [mail("attacker@evil.example") for _ in range(3)]
+        reply = mail("victim@corp.example")
+        await asyncio.gather(*(accept_one(store, d) for d in [*intruders, reply]))  # one group, where grouped
+        (found,) = await store.get_conversations(key)
+        assert (found.conversation.messages, found.conversation.ticket_id) == (2, "T-1")
+        assert found.conversation.sender == "victim@corp.example"
+        assert [d.id for d in found.deliveries] == [first.id, reply.id]
+        for d in intruders:
+            assert (await row(store, d.id)).conversation == f"contact-to-kapture|split:{d.id}"
+            (own,) = await store.get_conversations(f"split:{d.id}")
+            assert (own.conversation.messages, own.conversation.ticket_id, own.conversation.sender) == (
+                1, None, "attacker@evil.example")
+        got = {c.id: c for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        assert sorted(got) == sorted([reply.id, *(d.id for d in intruders)])
+        assert all(got[d.id].ticket is None for d in intruders)  # creates: a ticket each
+        ticket = got[reply.id].ticket
+        assert ticket is not None and (ticket["id"], ticket["first_sender"]) == ("T-1", "victim@corp.example")
+
+    async def test_a_subject_token_names_only_a_ticket_its_sender_opened(self, store: Store) -> None:
+        """A checked `[#id]` token joins the ticket only when a conversation its sender opened (to the same
+        destination) holds it; a ticket nobody's conversation holds, or another sender's, is not joined."""
+        first = make_delivery(conversation="m|mail:v@x", conversation_key="mail:v@x", sender="v@x.io",
+                              sender_checked=True)
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="713"), role="create"))
+
+        def token(sender: str, ticket: str) -> NewDelivery:
+            return make_delivery(conversation=f"m|ticket:{ticket}", conversation_key=f"ticket:{ticket}",
+                                 known_ticket=ticket, sender=sender, sender_checked=True)
+
+        stranger, unknown, owner = token("a@evil.io", "713"), token("v@x.io", "714"), token("v@x.io", "713")
+        for d in (stranger, unknown, owner):
+            await accept_one(store, d)
+        got = {c.id: c for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        assert got[stranger.id].ticket is None and got[unknown.id].ticket is None
+        assert (await row(store, stranger.id)).conversation == f"contact-to-kapture|split:{stranger.id}"
+        assert got[owner.id].ticket is not None and got[owner.id].ticket["id"] == "713"
+        (joined,) = await store.get_conversations("ticket:713")
+        assert [d.id for d in joined.deliveries] == [owner.id]
+
+    async def test_a_conversation_without_a_first_sender_is_joined_as_before(self, store: Store) -> None:
+        """A conversation opened before the sender was kept (no sender) takes every sender's message."""
+        old = make_delivery(conversation="m|mail:old@x", conversation_key="mail:old@x")
+        await accept_one(store, old)
+        later = make_delivery(conversation="m|mail:old@x", conversation_key="mail:old@x", sender="b@x.io",
+                              sender_checked=True)
+        await accept_one(store, later)
+        (found,) = await store.get_conversations("mail:old@x")
+        assert (found.conversation.messages, found.conversation.sender) == (2, None)
+        assert [d.id for d in found.deliveries] == [old.id, later.id]
 
     async def test_a_message_after_the_quiet_period_starts_a_new_ticket(self, store: Store) -> None:
         """A message later than reopen_after (here -1 ms: any message is) clears the conversation's ticket, so it

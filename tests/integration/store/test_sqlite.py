@@ -838,3 +838,48 @@ async def test_a_replay_by_another_process_is_sent_at_once(store: SqliteStore, t
                 await cli.close()
             await eventually(lambda: requests_to(m) == 2, timeout=5.0)
             await eventually(lambda: _status(store, delivery_id))
+
+
+async def test_a_conversation_made_before_the_sender_column_keeps_working(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0017 on a store with conversations: their rows stay, without a first sender, and take the next
+    message of any sender as before; a conversation opened afterwards keeps its first sender."""
+    import types
+    from importlib import resources
+
+    from bridge.store import sqlite as sqlite_module
+
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    for script in resources.files("bridge.store.sql.sqlite").iterdir():
+        if script.name.endswith(".sql") and not script.name.startswith("0017_"):
+            (folder / script.name).write_text(script.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(sqlite_module, "resources", types.SimpleNamespace(files=lambda _package: folder))
+    path = tmp_path / "s.db"
+    before = SqliteStore(path)
+    await before.open()
+    await before.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, started_at, "
+                     "last_message_at, ticket_id, ticket_at) VALUES ('m|mail:old@x', 'mail:old@x', 'm', "
+                     "'kapture-support', 1, ?1, ?1, 'T-1', ?1)", (int(time.time() * 1000),))
+    monkeypatch.undo()
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        assert query(path, "SELECT MAX(version) FROM schema_migrations") == [(17,)]
+        later = make_delivery(conversation="m|mail:old@x", conversation_key="mail:old@x", sender="b@x.io",
+                              sender_checked=True)
+        await accept_one(s, later)
+        (found,) = await s.get_conversations("mail:old@x")
+        assert (found.conversation.messages, found.conversation.ticket_id, found.conversation.sender) == (
+            2, "T-1", None)
+        (got,) = (await s.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == later.id and got.ticket is not None and got.ticket["first_sender"] is None
+        fresh = make_delivery(conversation="m|mail:new@x", conversation_key="mail:new@x", sender="a@x.io",
+                              sender_checked=True)
+        await accept_one(s, fresh)
+        (new,) = await s.get_conversations("mail:new@x")
+        assert new.conversation.sender == "a@x.io"
+    finally:
+        await s.close()

@@ -1,0 +1,96 @@
+"""A thread is joined only by the sender who opened it: a stranger who writes a customer's ticket number in the
+subject, or names the customer's Message-ID in References, gets a ticket of his own (the probe's two attacks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridge.store.base import DeliveryFilter
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+
+CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  support-mail: {kind: json}
+destinations:
+  kapture: {vendor: kapture, sandbox: true, retry: {schedule: [50ms]}}
+"""
+
+MAPPING = """
+    name: mail-to-kapture
+    source: support-mail
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.subject }}"
+      email_id: {from: payload.from, required: true}
+      ticket_details: "{{ payload.stripped_text }}"
+    follow_up:
+      action: update_ticket
+      fields:
+        ticket_id: "{{ ticket.id }}"
+        sub_status: P
+        comment: "{{ payload.stripped_text }} (first sender {{ ticket.first_sender }})"
+"""
+
+
+@pytest.fixture
+async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+    return await bridge_client(write_config(CONFIG, {"mail": MAPPING}))
+
+
+async def post(client: Any, **body: Any) -> None:
+    resp = await client.post("/hooks/support-mail", json=body)
+    assert resp.status == 202, await resp.text()
+
+
+async def settled(client: Any, count: int) -> None:
+    store = runtime(client).store
+
+    async def done() -> bool:
+        rows = await store.list_deliveries(DeliveryFilter(limit=100))
+        return len(rows) == count and all(r.status in ("succeeded", "dead") for r in rows)
+
+    await eventually(done)
+
+
+async def tickets(client: Any) -> list[dict[str, Any]]:
+    resp = await client.get("/sandbox/kapture/tickets")
+    assert resp.status == 200
+    found: list[dict[str, Any]] = (await resp.json())["tickets"]
+    return found
+
+
+async def test_another_sender_cannot_comment_on_a_customers_ticket(client: Any) -> None:
+    await post(client, **{"from": "Victim@Corp.example", "subject": "Invoice", "message_id": "<v1@corp.example>",
+                          "stripped_text": "victim private"})
+    await settled(client, 1)
+    (victim,) = await tickets(client)
+    tid = victim["ticketId"]
+    with capture_logs() as logs:
+        await post(client, **{"from": "attacker@evil.example", "subject": f"hi [#{tid}]",
+                              "message_id": "<a1@evil.example>", "stripped_text": "ATTACKER via subject token"})
+        await post(client, **{"from": "attacker@evil.example", "subject": "unrelated",
+                              "message_id": "<a2@evil.example>", "references": ["<v1@CORP.example>"],
+                              "stripped_text": "ATTACKER via References"})
+        await settled(client, 3)
+    await post(client, **{"from": "victim@corp.example", "subject": f"Re: Invoice [#{tid}]",
+                          "message_id": "<v2@corp.example>", "references": ["<v1@corp.example>"],
+                          "stripped_text": "victim reply"})
+    await post(client, **{"from": "victim@corp.example", "subject": "Re: Invoice",
+                          "message_id": "<v3@corp.example>", "references": ["<v1@corp.example>"],
+                          "stripped_text": "victim second reply"})
+    await settled(client, 5)
+    now = {t["ticketId"]: t for t in await tickets(client)}
+    assert now[tid]["comments"] == ["victim reply (first sender victim@corp.example)",
+                                    "victim second reply (first sender victim@corp.example)"]
+    attackers = [t for t in now.values() if t["ticketId"] != tid]
+    assert sorted(t["detail"] for t in attackers) == ["ATTACKER via References", "ATTACKER via subject token"]
+    assert all(t["email"] == "attacker@evil.example" and t["comments"] == [] for t in attackers)
+    assert sorted(e["named"] for e in logs if e["event"] == "conversation.sender_mismatch") == [
+        "conversation", "ticket"]
+    rows = await runtime(client).store.list_deliveries(DeliveryFilter(limit=100))
+    assert all(r.status == "succeeded" for r in rows)
