@@ -490,15 +490,15 @@ class PostgresStore(Store):
 
         await self._run(op)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
         if not delivery_ids:
-            return 0
+            return []
 
-        async def op(conn: Any) -> int:
+        async def op(conn: Any) -> list[str]:
             rows = await conn.fetch(
                 "UPDATE deliveries SET lease_until = $1 WHERE id = ANY($2::text[]) AND status = 'in_flight' "
                 "AND lease_owner = $3 RETURNING id", now_ms() + int(lease_s * 1000), delivery_ids, owner)
-            return len(rows)
+            return [r[0] for r in rows]
 
         return await self._run(op)
 

@@ -17,8 +17,9 @@ from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 from bridge.app import reap_expired_leases
-from bridge.config import RetryConfig
+from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
+from bridge.delivery.coordination import Admission, Gate, LocalCoordination
 from bridge.delivery.dispatcher import (
     MINIMAL_ERROR,
     Destination,
@@ -27,6 +28,7 @@ from bridge.delivery.dispatcher import (
     minimal,
     plainly_storable,
 )
+from bridge.delivery.ratelimit import Limiter
 from bridge.delivery.sender import ID_CHARS
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
@@ -109,7 +111,7 @@ class FaultyStore(MemoryStore):
         self.released += delivery_ids
         await super().release(delivery_ids, owner=owner)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
         self.calls.append("extend")
         return await super().extend_leases(delivery_ids, owner, lease_s)
 
@@ -467,3 +469,110 @@ async def test_a_result_whose_lease_was_taken_is_not_recorded_over_the_new_claim
     assert (kept.row.status, kept.lease_owner, kept.row.attempts) == ("in_flight", "another-process", 0)
     [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
     assert (lost["delivery_id"], lost["classification"], lost["ticket_id"]) == (delivery_id, "success", "T-9")
+
+
+class HeldStarts(LocalCoordination):
+    """Gates whose sends wait, once admitted, until `go` is set (one send each time): a process stalled between
+    its claim and its request (a slow token, a SIGSTOP)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.waiting = 0
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        held = super().gate(destination, rate, limiter)
+        starts = held.start
+
+        async def start(admission: Admission, index: int) -> None:
+            self.waiting += 1
+            await self.go.wait()
+            self.go.clear()  # one send each
+            await starts(admission, index)
+
+        held.start = start  # type: ignore[method-assign]
+        return held
+
+
+class Ticking:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def stalling(store: FaultyStore) -> AsyncIterator[tuple[Dispatcher, HeldStarts, Ticking]]:
+    coordination, ticking = HeldStarts(), Ticking()
+    async with aiohttp.ClientSession() as session:
+        d = Dispatcher(store, session, {"kapture": destination()}, timings=FAST, clock=lambda: store.now,
+                       coordination=coordination, monotonic=ticking, lease_s=3.0)
+        d.start()
+        try:
+            yield d, coordination, ticking
+        finally:
+            if not d.stopping:
+                await d.stop(0.0)
+
+
+async def test_a_send_stalled_past_its_lease_is_not_sent_and_records_nothing() -> None:
+    """A process that stalls between its claim and its request for longer than the lease (less its margin) does
+    not send: another may have taken the delivery over and sent it. No attempt is recorded, and the delivery,
+    its lease still this process's, goes back due now."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (_, coordination, ticking):
+            await eventually(lambda: coordination.waiting == 1)
+            ticking.now += 2.4  # past 3 s less a quarter
+            coordination.go.set()
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+            await eventually(lambda: delivery_id in store.released)
+            await eventually(lambda: coordination.waiting == 2)  # given back due now, claimed again at once
+        assert requests(m) == 0
+    assert store.record_calls == 0
+    [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
+    assert (lost["delivery_id"], lost["unsent"]) == (delivery_id, True)
+    assert "3s" in lost["error"]
+    assert store.deliveries[delivery_id].row.attempts == 0
+
+
+async def test_a_send_within_its_renewed_lease_goes_out() -> None:
+    """Each extension that returns the delivery confirms its lease again: a send waiting longer than a lease in
+    all, its lease kept, goes out."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (d, coordination, ticking):
+            await eventually(lambda: coordination.waiting == 1)
+            for _ in range(4):
+                ticking.now += 1.0
+                assert await d.keep_leases() == 1
+            coordination.go.set()
+            await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+        assert requests(m) == 1
+
+
+async def test_a_send_whose_lease_was_not_extended_is_not_sent_nor_given_back() -> None:
+    """An extension that does not return the delivery (its lease ran out and another process claimed it) loses
+    it at once: its request is not written, and the new holder's claim is left as it is."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (d, coordination, _):
+            await eventually(lambda: coordination.waiting == 1)
+            store.deliveries[delivery_id].lease_owner = "another-process"
+            assert await d.keep_leases() == 0
+            coordination.go.set()
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+            await eventually(lambda: not d.lanes["kapture"].inflight)
+        assert requests(m) == 0
+    assert store.record_calls == 0
+    kept = store.deliveries[delivery_id]
+    assert (kept.row.status, kept.lease_owner, kept.row.attempts) == ("in_flight", "another-process", 0)
