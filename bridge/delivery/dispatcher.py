@@ -357,8 +357,15 @@ class Lane:
         resent = False
         t0 = time.perf_counter()
 
+        admitted = False
+
         async def went() -> None:
-            await start()
+            nonlocal admitted
+            if admitted:  # a resend after refused credentials: one more request at the vendor
+                await self.gate.admit_request()
+            else:
+                await start()
+                admitted = True
             self.check_lease(item.id)  # after the gate's wait, just before the request is written
             self.written.add(item.id)
 

@@ -37,6 +37,7 @@ from bridge.store.base import (
     NewDelivery,
 )
 from bridge.store.memory import MemoryStore
+from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
 
 BASE = "http://kapture.test"
@@ -576,3 +577,60 @@ async def test_a_send_whose_lease_was_not_extended_is_not_sent_nor_given_back() 
     assert store.record_calls == 0
     kept = store.deliveries[delivery_id]
     assert (kept.row.status, kept.lease_owner, kept.row.attempts) == ("in_flight", "another-process", 0)
+
+
+class CountingGates(LocalCoordination):
+    """Gates counting each request they let out: a send's start, and each request beside it (`admit_request`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admitted: list[str] = []
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        counted = super().gate(destination, rate, limiter)
+        starts, requests = counted.start, counted.admit_request
+
+        async def start(admission: Admission, index: int) -> None:
+            self.admitted.append("start")
+            await starts(admission, index)
+
+        async def admit_request() -> None:
+            self.admitted.append("request")
+            await requests()
+
+        counted.start = start  # type: ignore[method-assign]
+        counted.admit_request = admit_request  # type: ignore[method-assign]
+        return counted
+
+
+class NumberedTokens(TokenCredentials):
+    """Hands out tok-1, tok-2, …, each for an hour."""
+
+    async def obtain(self, session: aiohttp.ClientSession) -> Token:
+        now = self.clock()
+        return Token(value=f"tok-{self.obtained + 1}", obtained_at=now, expires_at=now + 3600)
+
+
+async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
+    """A send refused for its token (401) is made again with a new one: that second request is let out by the
+    destination's gate (its rate limit) as the first was, not around it."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter.credentials = NumberedTokens("kapture")
+    gates = CountingGates()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"}),
+                                                 (201, {"status": "success", "ticket_id": "T-1"})),
+               repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 2
+    assert store.records[0].classification == "success"
+    assert gates.admitted == ["start", "request"]
