@@ -114,13 +114,15 @@ class Deadline:
 
 
 async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str, str], deadline: Deadline | None,
-                request: VendorRequest) -> tuple[int, bytes]:
+                request: VendorRequest, *, admit: Callable[[], Awaitable[None]]) -> tuple[int, bytes]:
     """One look-up request to the vendor (a reconciliation's, a ticket check's) with the credential headers
-    `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer. Within a
-    reconciliation's `deadline`, each request ends by then: SearchStopped when it passes, or when an answer is
+    `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer. It goes
+    out once `admit` lets it (the destination's rate limit, as a send). Within a reconciliation's `deadline`, each
+    request, its wait for `admit` included, ends by then: SearchStopped when it passes, or when an answer is
     longer than LOOKUP_MAX_BYTES (what it says past the cut is not known)."""
     try:
         async with asyncio.timeout_at(None if deadline is None else deadline.at) as bound:
+            await admit()
             async with session.request(request.method, request.url, headers={**request.headers, **auth},
                                        data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:
@@ -611,11 +613,15 @@ class Lane:
 
     async def _looking_up(self, look: Callable[[Call], Awaitable[T]], deadline: Deadline | None = None) -> T:
         """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
-        makes: refused, they are renewed and `look` is made once more, as a send is. Its requests end by
-        `deadline` (a reconciliation's, for both tries), else SearchStopped (`_call`)."""
+        makes: refused, they are renewed and `look` is made once more, as a send is. Each request waits for its
+        slot at the destination's gate (`Gate.admit_request`: its rate limit, a 429's pause), as a send does; the
+        delivery making it holds its in-flight slot meanwhile. Its requests end by `deadline` (a reconciliation's,
+        for both tries), else SearchStopped (`_call`)."""
         session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
+        admit = self.gate.admit_request
         return await authorized(session, self.dest.adapter.credentials,
-                                lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline)))
+                                lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
+                                                                          admit=admit)))
 
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
