@@ -286,3 +286,32 @@ async def test_take_back_gives_back_only_what_a_gone_earlier_process_of_the_inst
     batch = await store.claim("kapture-support", 4, "h:8080/13.cc", 600)
     assert [c.id for c in batch.items] == [claimed["h:8080/11.aa"]]
     assert await store.take_back("h:8080/", lambda owner: False) == 0
+
+
+SKEW_MS = 120_000  # two minutes: far more than a lease
+
+
+async def test_leases_run_by_the_databases_clock_whatever_a_hosts_clock_says(
+        two: tuple[PostgresStore, PostgresStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease taken by a process whose clock is behind does not look run out to a reaper whose clock is right,
+    and a reaper whose clock is ahead does not reap a live lease: leases are set, extended and reaped by the
+    database's clock, one for every process."""
+    a, b = two
+
+    def host_clock(skew_ms: int) -> None:
+        for module in ("bridge.store.postgres", "bridge.store.pg_batch", "bridge.store.pg_record"):
+            monkeypatch.setattr(f"{module}.now_ms", lambda: now_ms() + skew_ms)
+
+    host_clock(-SKEW_MS)  # a's host is behind
+    _, [late] = await accept_one(a)
+    assert [i.id for i in (await a.claim("kapture-support", 1, "a", 10)).items] == [late]
+    assert await a.extend_leases([late], "a", 10) == [late]
+    host_clock(0)  # b's host is right
+    assert await b.release_expired() == 0
+    host_clock(SKEW_MS)  # and if it were ahead
+    assert await b.release_expired() == 0
+    assert (await row(b, late)).status == "in_flight"
+    host_clock(0)
+    assert await a.extend_leases([late], "a", -1) == [late]  # its lease ran out: now reaped, by any clock
+    assert await b.release_expired() == 1
+    assert (await row(b, late)).status == "pending"
