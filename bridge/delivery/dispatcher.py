@@ -48,7 +48,7 @@ import msgspec
 import structlog
 
 from bridge.config import DestinationConfig
-from bridge.delivery.breaker import Breaker
+from bridge.delivery.breaker import DESTINATION_FAILURES, Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
@@ -388,7 +388,19 @@ class Lane:
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
                         int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
-        self._answered(item.id)
+        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe);
+        # so does a reconciliation (the vendor answered its look-up). An unknown outcome is the vendor's failure.
+        kind = sent.outcome.classification
+        breaker = ("retry" if kind == UNKNOWN else kind) if settled is None or kind in ("retry", "auth") \
+            else "success"
+        if breaker in DESTINATION_FAILURES or sent.http_status == 429:
+            # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause) holds
+            # back the next claim, rather than let another wave out before it is counted.
+            await self._tell_gate(sent, breaker, blog)
+            self._answered(item.id)
+        else:
+            self._answered(item.id)  # a success need not wait for the gate (a store round trip on PostgreSQL)
+            await self._tell_gate(sent, breaker, blog)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
             d.on_attempt(Attempted(
@@ -411,12 +423,6 @@ class Lane:
         if role is not None:
             result = msgspec.structs.replace(result, role=role, action=item.action if role == "follow_up" else None,
                                              body=item.body if role == "follow_up" and settled is None else None)
-        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe);
-        # so does a reconciliation (the vendor answered its look-up). An unknown outcome is the vendor's failure.
-        kind = sent.outcome.classification
-        breaker = ("retry" if kind == UNKNOWN else kind) if settled is None or kind in ("retry", "auth") \
-            else "success"
-        await self._tell_gate(sent, breaker, blog)
         await self._record(item, result, blog)
 
     def check_lease(self, delivery_id: str) -> None:

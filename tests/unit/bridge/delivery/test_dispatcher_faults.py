@@ -19,7 +19,7 @@ from yarl import URL
 from bridge.app import reap_expired_leases
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.coordination import Admission, Gate, LocalCoordination
+from bridge.delivery.coordination import Admission, Change, Gate, LocalCoordination
 from bridge.delivery.dispatcher import (
     MINIMAL_ERROR,
     Destination,
@@ -634,3 +634,42 @@ async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
         assert requests(m) == 2
     assert store.records[0].classification == "success"
     assert gates.admitted == ["start", "request"]
+
+
+async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
+    """The failure that opens the breaker is told to the gate while its send still holds its in-flight slot: the
+    lane, waiting for that slot, asks the gate only once the breaker is open, and no second request goes out."""
+    store = FaultyStore()
+    await store.add(3)
+    held_when_told: list[int] = []
+    admitted_while_told: list[int] = []
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(*[(503, {"status": "error"})] * 3), repeat=True,
+               response_class=MockResponse)
+        async with running(store, destination(max_in_flight=1),
+                           breaker=Breaker(threshold=1, base_cooldown=3600.0)) as d:
+            lane = d.lanes["kapture"]
+            gate = lane.gate
+            admit, outcome = gate.admit, gate.outcome
+            admits = 0
+
+            async def counted_admit(want: int) -> Admission:
+                nonlocal admits
+                admits += 1
+                return await admit(want)
+
+            async def slow_outcome(classification: str) -> Change:
+                held_when_told.append(len(lane.sending))
+                before = admits
+                for _ in range(20):  # the gate's own round trip (PostgreSQL's): other tasks run meanwhile
+                    await asyncio.sleep(0)
+                admitted_while_told.append(admits - before)
+                return await outcome(classification)
+
+            gate.admit = counted_admit  # type: ignore[method-assign]
+            gate.outcome = slow_outcome  # type: ignore[method-assign]
+            await eventually(lambda: len(store.records) >= 1 and admits >= 2)  # asked again, and held back
+            assert lane.breaker.state == "open"
+        assert requests(m) == 1
+    assert held_when_told == [1]
+    assert admitted_while_told == [0]
