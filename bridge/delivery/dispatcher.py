@@ -301,7 +301,10 @@ class Lane:
                 self.sending.add(item.id)
                 self.confirmed[item.id] = claimed_at
                 start = functools.partial(self.gate.start, admission, index)
-                task = asyncio.create_task(self._deliver(item, start), name=f"deliver {item.id}")
+                # A probe given up unsent (its lease lost) is given back, or the breaker would wait for its answer.
+                unsent = functools.partial(self.gate.unused, admission, admission.granted) if admission.probe \
+                    else None
+                task = asyncio.create_task(self._deliver(item, start, unsent), name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
         finally:
@@ -339,9 +342,10 @@ class Lane:
             for w in waiters:
                 w.cancel()
 
-    async def _deliver(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
+    async def _deliver(self, item: Claimed, start: Callable[[], Awaitable[None]],
+                       unsent: Callable[[], Awaitable[None]] | None = None) -> None:
         try:
-            await self._send_and_record(item, start)
+            await self._send_and_record(item, start, unsent)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (to its end whatever becomes of this task: see _record) and must not be undone by a
@@ -352,7 +356,10 @@ class Lane:
                 self.dispatcher.cancelled.append(item.id)
             raise
 
-    async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
+    async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]],
+                               unsent: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Send `item` once `start` lets it (its slot at the gate), and record the attempt; `unsent` gives its
+        admission back when it is not sent after all (a breaker's probe whose lease was lost)."""
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         item, role, settled = await self._prepare(item)
@@ -380,8 +387,7 @@ class Lane:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
                                        on_send=went)
         except LeaseExpired as exc:
-            self._answered(item.id)
-            await self._lease_expired(item, str(exc), blog)
+            await self._lease_expired(item, str(exc), blog, unsent)
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
@@ -437,9 +443,15 @@ class Lane:
             raise LeaseExpired(f"its lease was last confirmed {age:.1f}s ago, and it lasts {d.lease_s:g}s: it may "
                                "have run out and been taken over")
 
-    async def _lease_expired(self, item: Claimed, why: str, blog: Any) -> None:
-        """Give up, unsent, a delivery whose lease may have run out (`check_lease`): nothing is recorded, and it
-        goes back due now only when this process still holds its lease (otherwise its new holder has it)."""
+    async def _lease_expired(self, item: Claimed, why: str, blog: Any,
+                             unsent: Callable[[], Awaitable[None]] | None) -> None:
+        """Give up, unsent, a delivery whose lease may have run out (`check_lease`): its admission given back when
+        it was the breaker's probe (`unsent`), nothing recorded, and the delivery back due now only when this
+        process still holds its lease (otherwise its new holder has it)."""
+        if unsent is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await unsent()
+        self._answered(item.id)
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "
                         "sender may hold it now; no attempt is recorded")

@@ -673,3 +673,22 @@ async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
         assert requests(m) == 1
     assert held_when_told == [1]
     assert admitted_while_told == [0]
+
+
+async def test_a_probe_given_up_for_its_lease_is_given_back_to_the_breaker() -> None:
+    """The breaker's probe, given up unsent as its lease may have run out, is given back: the breaker does not
+    wait for an answer that will not come, and the next probe goes out."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (d, coordination, ticking):
+            d.lanes["kapture"].breaker = Breaker(state="open", until=0.0)  # half-open: its first send is the probe
+            await eventually(lambda: coordination.waiting == 1)
+            ticking.now += 2.4  # past 3 s less a quarter
+            coordination.go.set()
+            await eventually(lambda: coordination.waiting == 2)  # given back, and claimed again as a probe
+            coordination.go.set()
+            await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            assert d.lanes["kapture"].breaker.state == "closed"
+        assert requests(m) == 1
