@@ -22,7 +22,7 @@ from typing import Literal
 
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker, State
-from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, make_limiter
+from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, acquire, make_limiter
 
 Change = Literal["opened", "closed", None]
 
@@ -75,6 +75,13 @@ class Gate(ABC):
     async def start(self, admission: Admission, index: int) -> None:  # noqa: B027 - optional hook
         """The `index`-th send `admission` granted starts now (awaited just before the request goes out);
         a gate may hold a send that is late for its slot until a slot is free again."""
+
+    @abstractmethod
+    async def admit_request(self) -> None:
+        """One more request made for a send already admitted (its resend after a refused credential, a
+        reconciliation's or a ticket check's look-up): waits until the rate limit and a 429's pause let it go,
+        and counts it there, as a send. The breaker and an operator's hold are not asked again: the send it is
+        made for was admitted (maybe as the breaker's probe, whose answer this request may be)."""
 
     async def keep_probe(self) -> None:  # noqa: B027 - optional hook
         """Renew the hold of a probe this process has out (a gate shared between processes)."""
@@ -152,6 +159,9 @@ class LocalGate(Gate):
 
     async def start(self, admission: Admission, index: int) -> None:
         self.limiter.sent()  # the in-process log moves the slot to when the send really starts
+
+    async def admit_request(self) -> None:
+        await acquire(self.limiter)
 
     async def pause(self, seconds: float) -> None:
         self.limiter.pause(seconds)

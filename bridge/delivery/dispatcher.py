@@ -5,11 +5,17 @@ how many sends may start now, claims at most that many due deliveries (up to its
 sends them at once, and records each attempt with its lease: a result whose lease another process has
 taken meanwhile is not recorded over that process's claim (`delivery.lease_lost`). Leases are short and
 renewed while held (`keep_leases`, every third of a lease), so a dead process's work is taken over within
-about a lease, whatever the send timeout. A claim waits on a store commit (behind the fsync of results
-being recorded): without a rate limit, slots freed meanwhile are claimed beside it, each claim reserving
-its slots, so the vendor is kept busy rather than waiting a commit per claim. When nothing is due it sleeps
-until the next due time, or until intake wakes it: new work is sent at once, without polling. Work added by
-other processes (the CLI's replay) wakes it through the store's `subscribe`; a slow poll remains the fallback.
+about a lease, whatever the send timeout. A lane notes when each lease was last confirmed (its claim, then each
+extension that returned it) and does not write a request whose lease may have run out: one confirmed more than
+`lease_s * (1 - LEASE_MARGIN)` ago, or whose last extension did not return it (a process that stalled past its
+lease, another having taken it over). That delivery is given up unsent (`delivery.lease_lost`, unsent), no
+attempt recorded, and given back when its lease is still this process's.
+
+A claim waits on a store commit (behind the fsync of results being recorded): without a rate limit, slots freed
+meanwhile are claimed beside it, each claim reserving its slots, so the vendor is kept busy rather than waiting a
+commit per claim. When nothing is due it sleeps until the next due time, or until intake wakes it: new work is sent
+at once, without polling. Work added by other processes (the CLI's replay) wakes it through the store's `subscribe`;
+a slow poll remains the fallback.
 
 An attempt whose result the store cannot take (a full disk, a lost file) is held in memory and its
 record retried, with backoff, for as long as the process lives: the vendor has answered, and giving
@@ -42,7 +48,7 @@ import msgspec
 import structlog
 
 from bridge.config import DestinationConfig
-from bridge.delivery.breaker import Breaker
+from bridge.delivery.breaker import DESTINATION_FAILURES, Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
@@ -70,6 +76,9 @@ CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
+LEASE_MARGIN = 0.25
+"""The part of a lease a send may not start in: one whose lease was last confirmed (claimed, or extended) more than
+`lease_s * (1 - LEASE_MARGIN)` ago is not sent, as the lease may have run out and been taken over meanwhile."""
 T = TypeVar("T")
 PROCESS_TOKEN = secrets.token_hex(4)
 """Tells this process from an earlier one that had the same pid (a restarted container's pid 1)."""
@@ -105,13 +114,15 @@ class Deadline:
 
 
 async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str, str], deadline: Deadline | None,
-                request: VendorRequest) -> tuple[int, bytes]:
+                request: VendorRequest, *, admit: Callable[[], Awaitable[None]]) -> tuple[int, bytes]:
     """One look-up request to the vendor (a reconciliation's, a ticket check's) with the credential headers
-    `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer. Within a
-    reconciliation's `deadline`, each request ends by then: SearchStopped when it passes, or when an answer is
+    `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer. It goes
+    out once `admit` lets it (the destination's rate limit, as a send). Within a reconciliation's `deadline`, each
+    request, its wait for `admit` included, ends by then: SearchStopped when it passes, or when an answer is
     longer than LOOKUP_MAX_BYTES (what it says past the cut is not known)."""
     try:
         async with asyncio.timeout_at(None if deadline is None else deadline.at) as bound:
+            await admit()
             async with session.request(request.method, request.url, headers={**request.headers, **auth},
                                        data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:
@@ -155,6 +166,10 @@ class Destination:
                    policy=RetryPolicy.from_config(config.retry), limiter=make_limiter(config.rate_limit))
 
 
+class LeaseExpired(Exception):
+    """A send's lease may have run out before its request was written: it is not sent (`Lane.check_lease`)."""
+
+
 class Lane:
     def __init__(self, dispatcher: Dispatcher, dest: Destination) -> None:
         self.dispatcher = dispatcher
@@ -164,6 +179,9 @@ class Lane:
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
         self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
         self.written: set[str] = set()  # those whose request has gone out (past the rate limit), not yet answered
+        self.confirmed: dict[str, float] = {}
+        """When each delivery's lease was last confirmed (`Dispatcher.monotonic`): its claim, then each extension
+        that returned it. One whose extension did not return it is left out: its lease is lost."""
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
         self.resumed = asyncio.Event()  # an operator's hold ended here (one ended elsewhere is seen when asking)
@@ -255,6 +273,7 @@ class Lane:
         d = self.dispatcher
         try:
             try:
+                claimed_at = d.monotonic()  # before: the lease runs from when the store writes it, later
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
             except Exception as exc:  # the store failing, or a bug: the slots go back and the lane sleeps a while
                 if isinstance(exc, StoreRefused):
@@ -280,8 +299,12 @@ class Lane:
             self.idle = None  # an earlier claim that found nothing is out of date: this one found work
             for index, item in enumerate(batch.items):
                 self.sending.add(item.id)
+                self.confirmed[item.id] = claimed_at
                 start = functools.partial(self.gate.start, admission, index)
-                task = asyncio.create_task(self._deliver(item, start), name=f"deliver {item.id}")
+                # A probe given up unsent (its lease lost) is given back, or the breaker would wait for its answer.
+                unsent = functools.partial(self.gate.unused, admission, admission.granted) if admission.probe \
+                    else None
+                task = asyncio.create_task(self._deliver(item, start, unsent), name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
         finally:
@@ -301,6 +324,7 @@ class Lane:
 
     def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
         self.inflight.pop(delivery_id, None)
+        self.confirmed.pop(delivery_id, None)
         self._answered(delivery_id)
 
     async def _wait_for_slot(self) -> None:
@@ -318,9 +342,10 @@ class Lane:
             for w in waiters:
                 w.cancel()
 
-    async def _deliver(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
+    async def _deliver(self, item: Claimed, start: Callable[[], Awaitable[None]],
+                       unsent: Callable[[], Awaitable[None]] | None = None) -> None:
         try:
-            await self._send_and_record(item, start)
+            await self._send_and_record(item, start, unsent)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (to its end whatever becomes of this task: see _record) and must not be undone by a
@@ -331,15 +356,26 @@ class Lane:
                 self.dispatcher.cancelled.append(item.id)
             raise
 
-    async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]]) -> None:
+    async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]],
+                               unsent: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Send `item` once `start` lets it (its slot at the gate), and record the attempt; `unsent` gives its
+        admission back when it is not sent after all (a breaker's probe whose lease was lost)."""
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         item, role, settled = await self._prepare(item)
         resent = False
         t0 = time.perf_counter()
 
+        admitted = False
+
         async def went() -> None:
-            await start()
+            nonlocal admitted
+            if admitted:  # a resend after refused credentials: one more request at the vendor
+                await self.gate.admit_request()
+            else:
+                await start()
+                admitted = True
+            self.check_lease(item.id)  # after the gate's wait, just before the request is written
             self.written.add(item.id)
 
         try:
@@ -350,12 +386,15 @@ class Lane:
             else:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
                                        on_send=went)
+        except LeaseExpired as exc:
+            await self._lease_expired(item, str(exc), blog, unsent)
+            return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             blog.exception("delivery.crashed")
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
                         int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
-        self._answered(item.id)
+        await self._answer_gate(item, sent, settled is not None, blog)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
             d.on_attempt(Attempted(
@@ -379,13 +418,48 @@ class Lane:
             rendered = role == "follow_up" or item.role == "follow_up"  # a follow-up, or a create rendered again
             result = msgspec.structs.replace(result, role=role, action=item.action if rendered else None,
                                              body=item.body if rendered and settled is None else None)
-        # A follow-up settled unsent made no request: the breaker counts it as a success (it may have been a probe);
-        # so does a reconciliation (the vendor answered its look-up). An unknown outcome is the vendor's failure.
-        kind = sent.outcome.classification
-        breaker = ("retry" if kind == UNKNOWN else kind) if settled is None or kind in ("retry", "auth") \
-            else "success"
-        await self._tell_gate(sent, breaker, blog)
         await self._record(item, result, blog)
+
+    async def _answer_gate(self, item: Claimed, sent: Sent, unsent: bool, blog: Any) -> None:
+        """Tell the gate how the send went, and free its slot. A follow-up settled unsent made no request: the
+        breaker counts it as a success (it may have been a probe); so does a reconciliation (the vendor answered
+        its look-up). An unknown outcome is the vendor's failure."""
+        kind = sent.outcome.classification
+        breaker = ("retry" if kind == UNKNOWN else kind) if not unsent or kind in ("retry", "auth") else "success"
+        if breaker in DESTINATION_FAILURES or sent.http_status == 429:
+            # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause) holds
+            # back the next claim, rather than let another wave out before it is counted.
+            await self._tell_gate(sent, breaker, blog)
+            self._answered(item.id)
+        else:
+            self._answered(item.id)  # a success need not wait for the gate (a store round trip on PostgreSQL)
+            await self._tell_gate(sent, breaker, blog)
+
+    def check_lease(self, delivery_id: str) -> None:
+        """Raise LeaseExpired unless `delivery_id`'s lease surely still runs: confirmed less than `lease_s` less
+        LEASE_MARGIN of it ago, and returned by the last extension."""
+        d = self.dispatcher
+        confirmed = self.confirmed.get(delivery_id)
+        if confirmed is None:
+            raise LeaseExpired("its lease was not extended: another sender holds it now, or it was settled")
+        age = d.monotonic() - confirmed
+        if age > d.lease_s * (1 - LEASE_MARGIN):
+            raise LeaseExpired(f"its lease was last confirmed {age:.1f}s ago, and it lasts {d.lease_s:g}s: it may "
+                               "have run out and been taken over")
+
+    async def _lease_expired(self, item: Claimed, why: str, blog: Any,
+                             unsent: Callable[[], Awaitable[None]] | None) -> None:
+        """Give up, unsent, a delivery whose lease may have run out (`check_lease`): its admission given back when
+        it was the breaker's probe (`unsent`), nothing recorded, and the delivery back due now only when this
+        process still holds its lease (otherwise its new holder has it)."""
+        if unsent is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await unsent()
+        self._answered(item.id)
+        blog.error("delivery.lease_lost", error=why, unsent=True,
+                   note="not sent: this process stalled past its lease (or the store did not extend it), and another "
+                        "sender may hold it now; no attempt is recorded")
+        await self.dispatcher.release([item.id])
 
     def _redacted(self, sent: Sent, item: Claimed) -> Sent:
         """`sent` as it is logged and recorded: the destination's secrets (and those of `item`'s mapping options:
@@ -561,11 +635,15 @@ class Lane:
 
     async def _looking_up(self, look: Callable[[Call], Awaitable[T]], deadline: Deadline | None = None) -> T:
         """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
-        makes: refused, they are renewed and `look` is made once more, as a send is. Its requests end by
-        `deadline` (a reconciliation's, for both tries), else SearchStopped (`_call`)."""
+        makes: refused, they are renewed and `look` is made once more, as a send is. Each request waits for its
+        slot at the destination's gate (`Gate.admit_request`: its rate limit, a 429's pause), as a send does; the
+        delivery making it holds its in-flight slot meanwhile. Its requests end by `deadline` (a reconciliation's,
+        for both tries), else SearchStopped (`_call`)."""
         session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
+        admit = self.gate.admit_request
         return await authorized(session, self.dest.adapter.credentials,
-                                lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline)))
+                                lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
+                                                                          admit=admit)))
 
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
@@ -773,6 +851,7 @@ class Dispatcher:
                  on_attempt: Callable[[Attempted], None] | None = None, *, timings: Timings | None = None,
                  max_unrecorded: int = MAX_UNRECORDED, claim_batch: int = CLAIM_BATCH,
                  clock: Callable[[], float] = time.time, coordination: Coordination | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
                  lease_s: float = LEASE_SECONDS,
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
                  instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None,
@@ -790,6 +869,8 @@ class Dispatcher:
         self.lease_s = lease_s
         self.claim_batch = claim_batch
         self.clock = clock
+        self.monotonic = monotonic
+        """How old a lease is (`Lane.check_lease`): a clock that keeps running while the process is stopped."""
         self.on_attempt = on_attempt  # for the metrics and traces
         self.timings = timings or Timings()
         self.max_unrecorded = max_unrecorded
@@ -864,11 +945,22 @@ class Dispatcher:
     async def keep_leases(self) -> int:
         """Extend the lease of every delivery a lane holds (being sent, or its result not yet recorded), so
         that no reaper gives it back meanwhile, and the hold of a breaker probe out from here; returns how many
-        leases. Raises StoreUnavailable."""
+        leases. Each lease extended is confirmed from when it was asked (`Lane.confirmed`); one the store did not
+        extend is lost, and its delivery, unless already written, is not sent. Raises StoreUnavailable."""
         kept = 0
         for lane in self.lanes.values():
             if lane.inflight:
-                kept += await self.store.extend_leases(list(lane.inflight), self.owner, self.lease_s)
+                ids = list(lane.inflight)
+                asked_at = self.monotonic()
+                held = set(await self.store.extend_leases(ids, self.owner, self.lease_s))
+                kept += len(held)
+                for delivery_id in ids:
+                    if delivery_id not in lane.inflight:
+                        continue  # done meanwhile
+                    if delivery_id in held:
+                        lane.confirmed[delivery_id] = max(asked_at, lane.confirmed.get(delivery_id, asked_at))
+                    else:
+                        lane.confirmed.pop(delivery_id, None)
             await lane.gate.keep_probe()
         return kept
 

@@ -164,9 +164,10 @@ LOOKUP_ERRORS = (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS)
 
 async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
                     on_send: Callable[[], Awaitable[None]] | None = None) -> Sent:
-    """`on_send` is awaited just before the request goes out: the rate limit notes the time, or holds a
-    send that is late for its slot until it may go. The request and its look-ups carry the destination's
-    credentials (`authorized`): refused, they are renewed and the attempt made once more, in this attempt."""
+    """`on_send` is awaited just before each request goes out (a resend after refused credentials too): the rate
+    limit notes the time, or holds a send that is late for its slot until it may go. The request and its look-ups
+    carry the destination's credentials (`authorized`): refused, they are renewed and the attempt made once more, in
+    this attempt."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     answered: list[tuple[VendorRequest, Answer]] = []
@@ -185,9 +186,8 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         fields = await adapter.prepare(item.action, item.body, fetch)
         request = adapter.build_request(item.action, fields, item.options, ticket=item.ticket)
         request.headers.update(auth)
-        if on_send is not None and not answered:
-            # A resend after a refusal is not admitted through the rate limit again: a refused request did
-            # no work at the vendor.
+        if on_send is not None:
+            # A resend after a refusal too: the vendor counts the refused request against its limit, and this one.
             await on_send()
         answer = await _exchange(session, adapter, item.action, request, timeout_s)
         answered.append((request, answer))

@@ -342,9 +342,10 @@ class Store(ABC):
         lease `owner` still holds (others are left to their holder)."""
 
     @abstractmethod
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
         """Push the leases `owner` holds on these deliveries out to `lease_s` from now, so that no reaper
-        gives them back while their sender still holds them; returns how many were extended."""
+        gives them back while their sender still holds them; returns the ids whose lease was extended (one
+        missing is no longer `owner`'s: settled, or taken over after its lease ran out)."""
 
     @abstractmethod
     async def release_expired(self) -> int:

@@ -293,14 +293,14 @@ class MemoryStore(Store):
                 self._update(d, status="pending", next_attempt_at_ms=min(d.row.next_attempt_at_ms, now))
                 d.lease_until_ms = None
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
         self._check_open()
         until = self.clock() + int(lease_s * 1000)
         held = [d for i in delivery_ids if (d := self.deliveries.get(i)) is not None
                 and d.row.status == "in_flight" and d.lease_owner == owner]
         for d in held:
             d.lease_until_ms = until
-        return len(held)
+        return [d.row.id for d in held]
 
     async def release_expired(self) -> int:
         self._check_open()

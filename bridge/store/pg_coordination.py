@@ -162,21 +162,36 @@ class PgGate(Gate):
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    async def _reslot(self, slot: int, conn: Any) -> float:
-        """Move `slot` to now if the window (without it) has room and no pause holds; else how long to wait."""
+    async def _reslot(self, slot: int | None, conn: Any) -> float:
+        """Move `slot` (None: a new one) to now if the window (without it) has room and no pause holds; else how
+        long to wait."""
         assert self.rate is not None
         row, now = await self._locked(conn)
         paused_until: int = row[0]
         if paused_until > now:
             return (paused_until - now) / 1000
         recent: list[int] = [r[0] for r in await conn.fetch(
-            "SELECT at_ms FROM send_slots WHERE destination = $1 AND at_ms > $2 AND id <> $3 ORDER BY at_ms",
-            self.destination, now - self._window_ms, slot)]
+            "SELECT at_ms FROM send_slots WHERE destination = $1 AND at_ms > $2 AND id IS DISTINCT FROM $3 "
+            "ORDER BY at_ms", self.destination, now - self._window_ms, slot)]
         if len(recent) >= self.rate.requests:
             return (recent[len(recent) - self.rate.requests] + self._window_ms - now + 1) / 1000
-        await conn.execute("INSERT INTO send_slots (id, destination, at_ms) VALUES ($1, $2, $3) "
-                           "ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms", slot, self.destination, now)
+        if slot is None:
+            await conn.execute("INSERT INTO send_slots (destination, at_ms) VALUES ($1, $2)", self.destination, now)
+        else:
+            await conn.execute("INSERT INTO send_slots (id, destination, at_ms) VALUES ($1, $2, $3) "
+                               "ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms", slot, self.destination, now)
         return 0.0
+
+    async def admit_request(self) -> None:
+        """A slot taken now in the shared window (`_reslot`), waiting until one is free; without a rate limit,
+        nothing to count (as `start`)."""
+        if self.rate is None:
+            return
+        while True:
+            wait: float = await self._run(functools.partial(self._reslot, None))
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def unused(self, admission: Admission, count: int) -> None:
         if count <= 0:

@@ -118,6 +118,9 @@ CHECK_TIMEOUT = 5.0
 MAX_GROUPS = 2
 UNICODE_ENCODINGS = ("UTF8", "SQL_ASCII")
 """Server encodings that keep any text sent (SQL_ASCII keeps the bytes as they come, converting nothing)."""
+DB_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+"""The database's clock, in ms: what leases are set and reaped by (`lease_until`), one clock for every process
+whatever their hosts' clocks say, as the gates' (pg_coordination)."""
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
@@ -406,13 +409,14 @@ class PostgresStore(Store):
             # delivery pending, or one in flight, does not take a later one; two that both see the head
             # pending cannot both lock it (SKIP LOCKED). So one conversation is worked by one sender at a time.
             got = await conn.fetch(
-                "UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease_until = $2, updated_at = $3 "  # noqa: S608
+                f"UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, "  # noqa: S608
+                "updated_at = $3 "
                 "FROM (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = $4 "
                 f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
                 "FOR UPDATE SKIP LOCKED) due "
                 "WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, x.body, "
                 "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since, x.role",
-                owner, now + int(lease_s * 1000), now, destination, limit)
+                owner, int(lease_s * 1000), now, destination, limit)
             if got:
                 items = claimed_items(got)
                 threaded = [i.id for i in items if i.conversation is not None]
@@ -428,19 +432,19 @@ class PostgresStore(Store):
         try:
             return await self._run(op)
         except StoreUnavailable:
-            await self._give_back_claim(destination, owner, now, now + int(lease_s * 1000))
+            await self._give_back_claim(destination, owner, now)
             raise
 
-    async def _give_back_claim(self, destination: str, owner: str, claimed_at: int, lease_until: int) -> None:
+    async def _give_back_claim(self, destination: str, owner: str, claimed_at: int) -> None:
         """A claim whose answer was lost (its connection dropped around COMMIT) may have leased rows nobody will
-        send: give back, on a fresh connection, the rows leased by exactly that claim (its owner, time and lease
-        end), rather than leave them in flight until their lease runs out. When the store is still down, the
-        lease's end gives them back."""
+        send: give back, on a fresh connection, the rows leased by exactly that claim (its owner and time),
+        rather than leave them in flight until their lease runs out. When the store is still down, the lease's
+        end gives them back."""
         async def op(conn: Any) -> int:
             rows = await conn.fetch(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
-                "WHERE status = 'in_flight' AND destination = $2 AND lease_owner = $3 AND lease_until = $4 "
-                "AND updated_at = $5 RETURNING id", now_ms(), destination, owner, lease_until, claimed_at)
+                "WHERE status = 'in_flight' AND destination = $2 AND lease_owner = $3 AND updated_at = $4 "
+                "RETURNING id", now_ms(), destination, owner, claimed_at)
             return len(rows)
 
         try:
@@ -493,15 +497,15 @@ class PostgresStore(Store):
 
         await self._run(op)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
         if not delivery_ids:
-            return 0
+            return []
 
-        async def op(conn: Any) -> int:
+        async def op(conn: Any) -> list[str]:
             rows = await conn.fetch(
-                "UPDATE deliveries SET lease_until = $1 WHERE id = ANY($2::text[]) AND status = 'in_flight' "
-                "AND lease_owner = $3 RETURNING id", now_ms() + int(lease_s * 1000), delivery_ids, owner)
-            return len(rows)
+                f"UPDATE deliveries SET lease_until = {DB_NOW_MS} + $1 WHERE id = ANY($2::text[]) "  # noqa: S608
+                "AND status = 'in_flight' AND lease_owner = $3 RETURNING id", int(lease_s * 1000), delivery_ids, owner)
+            return [r[0] for r in rows]
 
         return await self._run(op)
 
@@ -510,7 +514,8 @@ class PostgresStore(Store):
             now = now_ms()
             released = await conn.fetch(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1, "  # noqa: S608
-                f"{REAPED_IN_DOUBT} WHERE status = 'in_flight' AND lease_until < $1 RETURNING destination", now)
+                f"{REAPED_IN_DOUBT} WHERE status = 'in_flight' AND lease_until < {DB_NOW_MS} "
+                "RETURNING destination", now)
             for destination in sorted({r[0] for r in released}):
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return len(released)

@@ -774,19 +774,18 @@ class SqliteStore(Store):
 
         await self._write(op)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
         if not delivery_ids:
-            return 0
+            return []
 
-        def op(conn: sqlite3.Connection) -> int:
+        def op(conn: sqlite3.Connection) -> list[str]:
             until = now_ms() + int(lease_s * 1000)
-            count: int = conn.executemany(
-                "UPDATE deliveries SET lease_until = ? WHERE id = ? AND status = 'in_flight' AND lease_owner = ?",
-                [(until, i, owner) for i in delivery_ids]).rowcount
-            return count
+            update = ("UPDATE deliveries SET lease_until = ? WHERE id = ? AND status = 'in_flight' "
+                      "AND lease_owner = ? RETURNING id")
+            return [i for i in delivery_ids if conn.execute(update, (until, i, owner)).fetchone() is not None]
 
-        count: int = await self._write(op, durable=False)
-        return count
+        held: list[str] = await self._write(op, durable=False)
+        return held
 
     async def release_expired(self) -> int:
         def op(conn: sqlite3.Connection) -> int:

@@ -241,3 +241,15 @@ async def test_a_failure_is_counted_while_successes_keep_asking_for_resets(
         stop.set()
         await asyncio.gather(*lanes)
     assert await failures() in (0, 1)  # counted, then cleared by a success asked after it, or not yet
+
+
+async def test_a_request_beside_a_send_counts_in_the_shared_window(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A request made beside an admitted send (a resend after a refused token, a look-up) takes a slot in the
+    window every process counts."""
+    ga, gb = gates(two, RateLimit(requests=3, per_seconds=60))
+    assert (await ga.admit(2)).granted == 2
+    await gb.admit_request()  # the third slot: room for it
+    held = await ga.admit(1)
+    assert (held.granted, held.held) == (0, True)
+    assert 59 < held.wait_s <= 63.1

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import asyncpg
 import pytest
+import structlog
+from aioresponses import aioresponses
 
+from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
 from bridge.store.base import Cutoffs, DeliveryFilter
 from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema
 from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
+from tests.conftest import eventually as eventually_async
 from tests.integration.processes import DSN
 from tests.integration.store.contract import (
     WEEK,
@@ -25,6 +30,15 @@ from tests.integration.store.contract import (
     result,
     row,
     settled_event,
+)
+from tests.unit.bridge.delivery.test_dispatcher_faults import (
+    URL_CREATE,
+    HeldStarts,
+    MockResponse,
+    answers,
+    destination,
+    eventually,
+    requests,
 )
 
 pytestmark = pytest.mark.integration
@@ -286,3 +300,64 @@ async def test_take_back_gives_back_only_what_a_gone_earlier_process_of_the_inst
     batch = await store.claim("kapture-support", 4, "h:8080/13.cc", 600)
     assert [c.id for c in batch.items] == [claimed["h:8080/11.aa"]]
     assert await store.take_back("h:8080/", lambda owner: False) == 0
+
+
+SKEW_MS = 120_000  # two minutes: far more than a lease
+
+
+async def test_leases_run_by_the_databases_clock_whatever_a_hosts_clock_says(
+        two: tuple[PostgresStore, PostgresStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease taken by a process whose clock is behind does not look run out to a reaper whose clock is right,
+    and a reaper whose clock is ahead does not reap a live lease: leases are set, extended and reaped by the
+    database's clock, one for every process."""
+    a, b = two
+
+    def host_clock(skew_ms: int) -> None:
+        for module in ("bridge.store.postgres", "bridge.store.pg_batch", "bridge.store.pg_record"):
+            monkeypatch.setattr(f"{module}.now_ms", lambda: now_ms() + skew_ms)
+
+    host_clock(-SKEW_MS)  # a's host is behind
+    _, [late] = await accept_one(a)
+    assert [i.id for i in (await a.claim("kapture-support", 1, "a", 10)).items] == [late]
+    assert await a.extend_leases([late], "a", 10) == [late]
+    host_clock(0)  # b's host is right
+    assert await b.release_expired() == 0
+    host_clock(SKEW_MS)  # and if it were ahead
+    assert await b.release_expired() == 0
+    assert (await row(b, late)).status == "in_flight"
+    host_clock(0)
+    assert await a.extend_leases([late], "a", -1) == [late]  # its lease ran out: now reaped, by any clock
+    assert await b.release_expired() == 1
+    assert (await row(b, late)).status == "pending"
+
+
+async def test_a_process_stalled_past_its_lease_does_not_send_what_another_took_over(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Process A claims a delivery and stalls before its request (a slow token, a SIGSTOP) until its lease runs
+    out; B reaps it, sends it and records its success. When A goes on, it does not send it: the vendor gets
+    B's request alone, and B's record stands."""
+    a, b = two
+    _, [delivery_id] = await accept_one(a, make_delivery(destination="kapture"))
+    coordination = HeldStarts()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            stalled = Dispatcher(a, session, {"kapture": destination()}, coordination=coordination, lease_s=1.0)
+            stalled.start()  # no lease reaper runs for A: its lease is not renewed, as in a stopped process
+            try:
+                await eventually(lambda: coordination.waiting == 1)
+
+                async def reaped() -> bool:
+                    return await b.release_expired() == 1
+
+                await eventually_async(reaped)
+                [taken] = (await b.claim("kapture", 1, "process-b", 30)).items
+                assert taken.id == delivery_id
+                await b.record(result(delivery_id, "succeeded", ticket_id="T-B"), owner="process-b")
+                coordination.go.set()
+                await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+            finally:
+                await stalled.stop(0.0)
+        assert requests(m) == 0
+    done = await row(b, delivery_id)
+    assert (done.status, done.ticket_id, done.attempts) == ("succeeded", "T-B", 1)

@@ -17,8 +17,9 @@ from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 from bridge.app import reap_expired_leases
-from bridge.config import RetryConfig
+from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
+from bridge.delivery.coordination import Admission, Change, Gate, LocalCoordination
 from bridge.delivery.dispatcher import (
     MINIMAL_ERROR,
     Destination,
@@ -27,6 +28,7 @@ from bridge.delivery.dispatcher import (
     minimal,
     plainly_storable,
 )
+from bridge.delivery.ratelimit import Limiter
 from bridge.delivery.sender import ID_CHARS
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
@@ -35,6 +37,7 @@ from bridge.store.base import (
     NewDelivery,
 )
 from bridge.store.memory import MemoryStore
+from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
 
 BASE = "http://kapture.test"
@@ -109,7 +112,7 @@ class FaultyStore(MemoryStore):
         self.released += delivery_ids
         await super().release(delivery_ids, owner=owner)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> int:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
         self.calls.append("extend")
         return await super().extend_leases(delivery_ids, owner, lease_s)
 
@@ -467,3 +470,225 @@ async def test_a_result_whose_lease_was_taken_is_not_recorded_over_the_new_claim
     assert (kept.row.status, kept.lease_owner, kept.row.attempts) == ("in_flight", "another-process", 0)
     [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
     assert (lost["delivery_id"], lost["classification"], lost["ticket_id"]) == (delivery_id, "success", "T-9")
+
+
+class HeldStarts(LocalCoordination):
+    """Gates whose sends wait, once admitted, until `go` is set (one send each time): a process stalled between
+    its claim and its request (a slow token, a SIGSTOP)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.waiting = 0
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        held = super().gate(destination, rate, limiter)
+        starts = held.start
+
+        async def start(admission: Admission, index: int) -> None:
+            self.waiting += 1
+            await self.go.wait()
+            self.go.clear()  # one send each
+            await starts(admission, index)
+
+        held.start = start  # type: ignore[method-assign]
+        return held
+
+
+class Ticking:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def stalling(store: FaultyStore) -> AsyncIterator[tuple[Dispatcher, HeldStarts, Ticking]]:
+    coordination, ticking = HeldStarts(), Ticking()
+    async with aiohttp.ClientSession() as session:
+        d = Dispatcher(store, session, {"kapture": destination()}, timings=FAST, clock=lambda: store.now,
+                       coordination=coordination, monotonic=ticking, lease_s=3.0)
+        d.start()
+        try:
+            yield d, coordination, ticking
+        finally:
+            if not d.stopping:
+                await d.stop(0.0)
+
+
+async def test_a_send_stalled_past_its_lease_is_not_sent_and_records_nothing() -> None:
+    """A process that stalls between its claim and its request for longer than the lease (less its margin) does
+    not send: another may have taken the delivery over and sent it. No attempt is recorded, and the delivery,
+    its lease still this process's, goes back due now."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (_, coordination, ticking):
+            await eventually(lambda: coordination.waiting == 1)
+            ticking.now += 2.4  # past 3 s less a quarter
+            coordination.go.set()
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+            await eventually(lambda: delivery_id in store.released)
+            await eventually(lambda: coordination.waiting == 2)  # given back due now, claimed again at once
+        assert requests(m) == 0
+    assert store.record_calls == 0
+    [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
+    assert (lost["delivery_id"], lost["unsent"]) == (delivery_id, True)
+    assert "3s" in lost["error"]
+    assert store.deliveries[delivery_id].row.attempts == 0
+
+
+async def test_a_send_within_its_renewed_lease_goes_out() -> None:
+    """Each extension that returns the delivery confirms its lease again: a send waiting longer than a lease in
+    all, its lease kept, goes out."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (d, coordination, ticking):
+            await eventually(lambda: coordination.waiting == 1)
+            for _ in range(4):
+                ticking.now += 1.0
+                assert await d.keep_leases() == 1
+            coordination.go.set()
+            await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+        assert requests(m) == 1
+
+
+async def test_a_send_whose_lease_was_not_extended_is_not_sent_nor_given_back() -> None:
+    """An extension that does not return the delivery (its lease ran out and another process claimed it) loses
+    it at once: its request is not written, and the new holder's claim is left as it is."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (d, coordination, _):
+            await eventually(lambda: coordination.waiting == 1)
+            store.deliveries[delivery_id].lease_owner = "another-process"
+            assert await d.keep_leases() == 0
+            coordination.go.set()
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+            await eventually(lambda: not d.lanes["kapture"].inflight)
+        assert requests(m) == 0
+    assert store.record_calls == 0
+    kept = store.deliveries[delivery_id]
+    assert (kept.row.status, kept.lease_owner, kept.row.attempts) == ("in_flight", "another-process", 0)
+
+
+class CountingGates(LocalCoordination):
+    """Gates counting each request they let out: a send's start, and each request beside it (`admit_request`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admitted: list[str] = []
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        counted = super().gate(destination, rate, limiter)
+        starts, requests = counted.start, counted.admit_request
+
+        async def start(admission: Admission, index: int) -> None:
+            self.admitted.append("start")
+            await starts(admission, index)
+
+        async def admit_request() -> None:
+            self.admitted.append("request")
+            await requests()
+
+        counted.start = start  # type: ignore[method-assign]
+        counted.admit_request = admit_request  # type: ignore[method-assign]
+        return counted
+
+
+class NumberedTokens(TokenCredentials):
+    """Hands out tok-1, tok-2, …, each for an hour."""
+
+    async def obtain(self, session: aiohttp.ClientSession) -> Token:
+        now = self.clock()
+        return Token(value=f"tok-{self.obtained + 1}", obtained_at=now, expires_at=now + 3600)
+
+
+async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
+    """A send refused for its token (401) is made again with a new one: that second request is let out by the
+    destination's gate (its rate limit) as the first was, not around it."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter.credentials = NumberedTokens("kapture")
+    gates = CountingGates()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"}),
+                                                 (201, {"status": "success", "ticket_id": "T-1"})),
+               repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 2
+    assert store.records[0].classification == "success"
+    assert gates.admitted == ["start", "request"]
+
+
+async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
+    """The failure that opens the breaker is told to the gate while its send still holds its in-flight slot: the
+    lane, waiting for that slot, asks the gate only once the breaker is open, and no second request goes out."""
+    store = FaultyStore()
+    await store.add(3)
+    held_when_told: list[int] = []
+    admitted_while_told: list[int] = []
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(*[(503, {"status": "error"})] * 3), repeat=True,
+               response_class=MockResponse)
+        async with running(store, destination(max_in_flight=1),
+                           breaker=Breaker(threshold=1, base_cooldown=3600.0)) as d:
+            lane = d.lanes["kapture"]
+            gate = lane.gate
+            admit, outcome = gate.admit, gate.outcome
+            admits = 0
+
+            async def counted_admit(want: int) -> Admission:
+                nonlocal admits
+                admits += 1
+                return await admit(want)
+
+            async def slow_outcome(classification: str) -> Change:
+                held_when_told.append(len(lane.sending))
+                before = admits
+                for _ in range(20):  # the gate's own round trip (PostgreSQL's): other tasks run meanwhile
+                    await asyncio.sleep(0)
+                admitted_while_told.append(admits - before)
+                return await outcome(classification)
+
+            gate.admit = counted_admit  # type: ignore[method-assign]
+            gate.outcome = slow_outcome  # type: ignore[method-assign]
+            await eventually(lambda: len(store.records) >= 1 and admits >= 2)  # asked again, and held back
+            assert lane.breaker.state == "open"
+        assert requests(m) == 1
+    assert held_when_told == [1]
+    assert admitted_while_told == [0]
+
+
+async def test_a_probe_given_up_for_its_lease_is_given_back_to_the_breaker() -> None:
+    """The breaker's probe, given up unsent as its lease may have run out, is given back: the breaker does not
+    wait for an answer that will not come, and the next probe goes out."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with stalling(store) as (d, coordination, ticking):
+            d.lanes["kapture"].breaker = Breaker(state="open", until=0.0)  # half-open: its first send is the probe
+            await eventually(lambda: coordination.waiting == 1)
+            ticking.now += 2.4  # past 3 s less a quarter
+            coordination.go.set()
+            await eventually(lambda: coordination.waiting == 2)  # given back, and claimed again as a probe
+            coordination.go.set()
+            await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            assert d.lanes["kapture"].breaker.state == "closed"
+        assert requests(m) == 1

@@ -23,6 +23,7 @@ from bridge.delivery import sender
 from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
 from bridge.store.base import Claimed
 from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable, answer_id, succeeded
+from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
 
@@ -784,3 +785,37 @@ async def test_a_brotli_answer_is_read_and_its_refusal_classified_by_its_status(
     async with raw_vendor(limited) as base:
         sent = await asyncio.wait_for(send_once(session, RecordingKapture(base), claimed(), 5.0), timeout=10.0)
     assert (sent.outcome.classification, sent.outcome.retry_after, sent.http_status) == ("retry", 7.0, 429)
+
+
+class NumberedTokens(TokenCredentials):
+    """Hands out tok-1, tok-2, …, each for an hour."""
+
+    async def obtain(self, session: aiohttp.ClientSession) -> Token:
+        now = self.clock()
+        return Token(value=f"tok-{self.obtained + 1}", obtained_at=now, expires_at=now + 3600)
+
+
+async def test_a_resend_after_a_refused_token_goes_through_on_send_again(session: aiohttp.ClientSession,
+                                                                         aiohttp_server: Any) -> None:
+    """The vendor counts a refused request against its rate limit as any other: the resend made with a new token
+    is announced to `on_send` (the rate limit) like the first request, each time just before it goes out."""
+    calls: list[str] = []
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append(f"vendor {request.headers['Authorization']}")
+        if request.headers["Authorization"] == "Bearer tok-1":
+            return web.json_response({"status": "failed", "message": "token expired"}, status=401)
+        return web.json_response({"status": "success", "ticket_id": "T-1"}, status=201)
+
+    app.router.add_post(CREATE_PATH, answer)
+    server = await aiohttp_server(app)
+    real = RecordingKapture(str(server.make_url("")))
+    real.credentials = NumberedTokens("kapture")
+
+    async def on_send() -> None:
+        calls.append("on_send")
+
+    sent = await send_once(session, real, claimed(), 5.0, on_send=on_send)
+    assert sent.outcome.classification == "success"
+    assert calls == ["on_send", "vendor Bearer tok-1", "on_send", "vendor Bearer tok-2"]

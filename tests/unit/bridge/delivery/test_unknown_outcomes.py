@@ -4,6 +4,7 @@ and with a delivery found in doubt (resend, reconcile, hold)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import date, timedelta
 from typing import Any, ClassVar
@@ -15,15 +16,19 @@ from aiohttp import web
 from aioresponses import aioresponses
 
 from bridge.config import RetryConfig
+from bridge.delivery.coordination import Admission, LocalGate
 from bridge.delivery.dispatcher import Destination
+from bridge.delivery.ratelimit import Unlimited
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
-from bridge.vendors.base import Call, CannotReconcile, Found, VendorAuthFailed, VendorUnavailable
+from bridge.store.base import Claimed
+from bridge.vendors.base import Call, CannotReconcile, Found, VendorAuthFailed, VendorRequest, VendorUnavailable
 from bridge.vendors.credentials import Token
 from bridge.vendors.http import HttpOptions
 from bridge.vendors.http_auth import OAuth2Credentials
 from bridge.vendors.kapture import PULL_PATH, KaptureAdapter, KaptureOptions
 from tests.unit.bridge.delivery.test_dispatcher import (
     FAST,
+    MockResponse,
     RecordingStore,
     eventually,
     mock_vendor,
@@ -259,3 +264,72 @@ async def test_a_reconciliation_past_its_deadline_stays_unknown_saying_what_it_s
     assert pulls == [None, 1, 2, 3]
     row = store.deliveries[delivery_id].row
     assert (row.status, row.in_doubt_since_ms, row.unknowns) == ("pending", since_ms, 1)
+
+
+class PagingKapture(KaptureAdapter):
+    """Kapture whose look-up reads `pages` pages from the vendor (each a request through `call`), finding nothing;
+    and whose ticket check is one request."""
+
+    pages = 2
+
+    async def find(self, action: str, fields: dict[str, Any], since_ms: int, call: Call) -> Found | None:
+        for page in range(self.pages):
+            await call(VendorRequest(method="GET", url=f"{self.base_url}/look?page={page}", headers={}, body=b""))
+        return None
+
+    async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
+        status, _ = await call(VendorRequest(method="GET", url=f"{self.base_url}/look?page=0", headers={}, body=b""))
+        return status == 200
+
+
+class CountingGate(LocalGate):
+    """A gate counting what it lets out: each send's start, each request made beside one (`admit_request`)."""
+
+    def __init__(self) -> None:
+        super().__init__(Unlimited())
+        self.admitted: list[str] = []
+
+    async def start(self, admission: Admission, index: int) -> None:
+        self.admitted.append("send")
+        await super().start(admission, index)
+
+    async def admit_request(self) -> None:
+        self.admitted.append("request")
+        await super().admit_request()
+
+
+async def test_a_reconciliations_look_ups_are_each_admitted_by_the_gate() -> None:
+    """Each request a reconciliation makes waits for its slot at the destination's gate (its rate limit) as a
+    send does: two pages looked up, then the send, are three requests let out by the gate."""
+    store = RecordingStore()
+    await in_doubt(store)
+    dest = destination("reconcile")
+    dest.adapter = PagingKapture("kapture", dest.config, FAST)
+    counting = CountingGate()
+    with aioresponses() as m:
+        mock_vendor(m)
+        m.get(re.compile(re.escape(FAST) + r"/look\?page=\d"), status=200, body=b"[]", repeat=True,
+              response_class=MockResponse)
+        async with running(store, dest) as d:
+            d.lanes["kapture"].gate = counting  # before its first turn
+            await eventually(lambda: len(store.records) == 1)
+        assert requests_to(m) == 1
+    assert [r.classification for r in store.records] == ["success"]
+    assert counting.admitted == ["request", "request", "send"]
+
+
+async def test_a_follow_ups_ticket_check_is_admitted_by_the_gate() -> None:
+    """A follow-up's ticket check is a request to the vendor like any other: the gate lets it out."""
+    dest = destination("reconcile")
+    dest.adapter = PagingKapture("kapture", dest.config, FAST)
+    counting = CountingGate()
+    with aioresponses() as m:
+        m.get(re.compile(re.escape(FAST) + r"/look\?page=\d"), status=200, body=b"[]", repeat=True,
+              response_class=MockResponse)
+        async with running(RecordingStore(), dest) as d:
+            lane = d.lanes["kapture"]
+            lane.gate = counting
+            item = Claimed(id="dlv_1", event_id="evt_1", mapping="m", destination="kapture", action="create_ticket",
+                           body={}, options={}, tries=0, attempts=0, ticket={"id": "T-1"})
+            assert await lane._ticket_gone(item) is None
+    assert counting.admitted == ["request"]
