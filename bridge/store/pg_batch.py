@@ -401,10 +401,16 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
         return await each_alone(group, lambda item: _in_savepoint(conn, item, channel, sweep_due))
 
 
+NOT_YET_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError)
+"""What preparing a statement raises on a database the migrations have not brought up to date yet."""
+
+
 async def warm_connection(conn: Any) -> None:
     """Prepare a group's statement on a new connection: its first preparation, when the server process reads the
-    tables' catalogue, takes tens of milliseconds. Before the migrations have made the tables, nothing to do."""
-    with contextlib.suppress(asyncpg.UndefinedTableError):
+    tables' catalogue, takes tens of milliseconds. Before the migrations have made the tables, or the columns the
+    statements name (a database of an earlier version, opened to be migrated), nothing to do: the pool is warmed
+    again once they have run."""
+    with contextlib.suppress(*NOT_YET_MIGRATED):
         await conn.prepare(_GROUP)
         await conn.prepare(_DEDUP_SEEN)
 

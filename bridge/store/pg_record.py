@@ -216,8 +216,8 @@ async def record_unleased(conn: Any, r: AttemptResult, owner: str | None) -> Non
 
 async def warm_records(conn: Any) -> None:
     """Prepare the record statements on a new connection (their first preparation reads the tables' catalogue and
-    the arrays' types). Before the migrations have made the tables, nothing to do."""
-    with contextlib.suppress(asyncpg.UndefinedTableError):
+    the arrays' types). Before the migrations have brought the tables up to date, nothing to do."""
+    with contextlib.suppress(asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError):
         await conn.prepare(RECORD)
         await conn.prepare(RECORDS)
 

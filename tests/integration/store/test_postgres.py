@@ -361,3 +361,32 @@ async def test_a_process_stalled_past_its_lease_does_not_send_what_another_took_
         assert requests(m) == 0
     done = await row(b, delivery_id)
     assert (done.status, done.ticket_id, done.attempts) == ("succeeded", "T-B", 1)
+
+
+async def test_a_database_of_the_previous_version_opens_and_is_migrated(pg_schema: str) -> None:
+    """A store opened on a database one migration behind (here 0017 undone: no `conversations.sender`) opens,
+    although its pool's connections are warmed before the migrations run and the warmed statements name the new
+    column; it is migrated, and takes accepts."""
+    store = PostgresStore(DSN, schema=pg_schema)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("DROP INDEX conversations_ticket; ALTER TABLE conversations DROP COLUMN sender; "
+                           "DELETE FROM schema_migrations WHERE version = 17")
+    finally:
+        await conn.close()
+    store = PostgresStore(DSN, schema=pg_schema)
+    try:
+        await store.open()
+        await accept_one(store)
+        assert len(await store.list_deliveries(DeliveryFilter())) == 1
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        assert await conn.fetchval("SELECT MAX(version) FROM schema_migrations") >= 17
+        assert await conn.fetchval("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = $1 "
+                                   "AND table_name = 'conversations' AND column_name = 'sender'", pg_schema) == 1
+    finally:
+        await conn.close()
