@@ -84,11 +84,16 @@ EMAIL_KEYS = ("message_id", "in_reply_to", "references")
 
 
 def channel_key(channel: str, payload: dict[str, Any]) -> ConversationKey | None:
-    """The key the event's channel gives it. Another channel's payload (a plain JSON source) is keyed the same
-    way when it has the chat shape (`conversation_id`, which a chat message's `message_id` does not override)
-    or the email shape (`message_id`, `in_reply_to` or `references`); else None: the message stands alone."""
+    """The key the event's channel gives it. A plain JSON source's payload (the `webhook` channel: a sender that
+    posts messages it has already normalised) is keyed the same way when it has the chat shape
+    (`conversation_id`, which a chat message's `message_id` does not override) or the email shape (`message_id`,
+    `in_reply_to` or `references`); else None: the message stands alone. A form's fields are typed by whoever
+    fills the form in, so they never name another channel's thread: a form threads only by its mapping's
+    `conversation:` expression."""
     if channel == "email":
         return email_key(payload)
+    if channel == "form":
+        return None
     if channel == "chat" or payload.get("conversation_id"):
         return chat_key(payload)
     if payload.get("message_id") or payload.get("in_reply_to") or payload.get("references"):  # EMAIL_KEYS

@@ -67,6 +67,11 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
         if rendered.error is not None:
             errors.append(rendered.error)
         found = conversation_of(mapping, ctx, event) if mapping.threaded else None
+        sender = None
+        if found is not None:
+            sender = message_sender(event.payload)
+            if found.by_sender and not sender:
+                found = sender = None  # a key any sender may write, from a message naming none: it joins no thread
         deliveries.append(NewDelivery(
             id=new_id("dlv"), mapping=mapping.name, mapping_version=mapping.version,
             destination=mapping.destination, action=mapping.action, body=rendered.body, options=mapping.options,
@@ -75,8 +80,9 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
             conversation_key=None if found is None else found.key,
             known_ticket=None if found is None else found.ticket_id,
             reopen_after_ms=int(mapping.reopen_after_s * 1000),
-            sender=None if found is None else (message_sender(event.payload) if found.by_sender
-                                               else message_sender(event.payload) or None),
+            # "" for a conversation opened by a message naming no sender (a chat, an expression's key): NULL is kept
+            # for conversations older than the sender column, which any sender may join.
+            sender=sender,
             sender_checked=found is not None and found.by_sender,
         ))
     return deliveries, errors

@@ -45,6 +45,9 @@ def test_chat_and_plain_json_payloads_are_keyed_by_their_shape() -> None:
     assert channel_key("webhook", {"conversation_id": "c1"}) == ConversationKey("chat:c1")
     assert channel_key("webhook", {"conversation_id": "c1", "message_id": "m-7"}) == ConversationKey("chat:c1")
     assert channel_key("form", {"email": "a@b.io"}) is None
+    # a form's fields are typed by whoever fills it in: they never name a chat's or an email thread
+    assert channel_key("form", {"conversation_id": "919876543210"}) is None
+    assert channel_key("form", {"from": "victim@corp.example", "message_id": "x", "subject": "re [#713]"}) is None
     assert given_key("case-7") == ConversationKey("key:case-7")
     assert given_key("") is None
 

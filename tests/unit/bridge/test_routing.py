@@ -253,3 +253,29 @@ def test_render_event_is_skipped_a_body_or_an_error_never_a_raise() -> None:
     assert missing.error is not None and missing.error.startswith("email_id: required")
     assert render_event(buggy, render_context(good, VARS), good.id) == Rendered(
         error="buggy: internal error while rendering: RuntimeError: filter bug")
+
+
+THREADED_MAIL = """
+name: mail
+source: website-contact
+destination: kapture-support
+action: create_ticket
+fields:
+  title: "{{ payload.subject }}"
+follow_up:
+  action: create_ticket
+  fields: {title: "{{ payload.subject }}"}
+"""
+
+
+def test_a_key_any_sender_may_write_joins_nothing_without_a_sender() -> None:
+    """An email-shaped message naming no sender (no `from`) stands alone: its References or `[#id]` token, which
+    anyone may write, joins no thread (a conversation opened without a sender keeps "", never matched)."""
+    mappings = mapping_set(THREADED_MAIL)
+    mail = {"subject": "re [#713]", "message_id": "<m2@x.io>", "references": ["<m1@x.io>"]}
+    webhook = Event.new(source="website-contact", kind="json", channel="webhook", payload=mail)
+    [alone], _ = plan_deliveries(mappings, webhook, VARS)
+    assert (alone.conversation, alone.known_ticket, alone.sender) == (None, None, None)
+    [joined], _ = plan_deliveries(mappings, Event.new(source="website-contact", kind="json", channel="webhook",
+                                                      payload={**mail, "from": " Asha@Example.com "}), VARS)
+    assert (joined.conversation_key, joined.sender, joined.sender_checked) == ("ticket:713", "asha@example.com", True)
