@@ -125,13 +125,26 @@ def address_list(*values: AddressInput, field: str = "email") -> list[str]:
     return list(seen)
 
 
+_ANGLED = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
+
+
 def sender(value: AddressInput) -> tuple[str | None, str | None]:
-    """(display name, bare lower-cased address) of a From value; the first mailbox when there are several."""
+    """(display name, bare lower-cased address) of a From value. A From of several mailboxes (which no ordinary
+    mail has) is read as its one address in angle brackets, the one a provider's DMARC check reads
+    (`victim@corp.example <a@evil.example>` is a@evil.example, not the first mailbox a list parse gives); with
+    none or several such, it names no address: conversations trust a message's sender (docs/security.md)."""
     texts = _texts(value)
     if not texts:
         return None, None
     pairs = _mailboxes(texts, "From")
     name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
+    addresses = {a.strip().lower() for _n, a in pairs if "@" in a}
+    if len(addresses) > 1:
+        angled = {a.lower() for t in texts for a in _ANGLED.findall(_outside_quotes(t))}
+        if len(angled) != 1:
+            return None, None
+        addr = angled.pop()
+        return next((n.strip() or None for n, a in pairs if a.strip().lower() == addr), None), addr
     addr = addr.strip().lower()
     return (name.strip() or None), (addr if "@" in addr else None)
 

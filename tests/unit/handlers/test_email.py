@@ -590,3 +590,19 @@ def test_an_rfc2231_parameter_in_no_character_set_python_reads_is_read_as_utf8(r
 def test_an_rfc2231_parameter_in_an_unknown_charset_is_still_read() -> None:
     raw = b"Content-Type: application/pdf; name*=bogus''report.pdf\n\nx\n"
     assert [a.meta["name"] for a in parse_mime(raw).attachments] == ["report.pdf"]
+
+
+@pytest.mark.parametrize(("value", "address"), [
+    ("victim@corp.example <a@evil.example>", "a@evil.example"),  # the angle-bracketed one, as DMARC reads it
+    ("victim@corp.example, a@evil.example", None),  # several, none in brackets: no address
+    ("A <a@x.io>, B <b@y.io>", None),  # several in brackets: no address
+    ('"victim@corp.example" <a@evil.example>', "a@evil.example"),
+    ("asha@x.io, Asha <asha@x.io>", "asha@x.io"),  # one address twice is one mailbox
+    ("Asha Rao <ASHA@x.io>", "asha@x.io"),
+])
+def test_a_from_of_several_mailboxes_names_the_one_in_brackets_or_none(value: str, address: str | None) -> None:
+    """Conversations trust a message's sender: a From a list parse splits into several mailboxes must not give
+    the first (a victim's address a DMARC check never read)."""
+    from handlers.email import sender
+
+    assert sender(value)[1] == address
