@@ -73,6 +73,9 @@ class _Reader:
         # Void tags written without `/>`, by name: as many end tags of that name after them are no markup at all
         # (they do not even end a text), as html.parser's tree builder reads `<img>…</img>`.
         self.voids: dict[str, int] = {}
+        # From where the text is known to hold no `]]>`: a run of unclosed CDATA sections searches once, not once
+        # each (which took time in the square of their number).
+        self.no_cdata_end = len(html) + 1
 
     def read(self) -> str:
         html, n = self.html, len(self.html)
@@ -105,8 +108,10 @@ class _Reader:
                 m = _COMMENT_END.search(html, i + 4)
                 return self._skip(i, m.end() if m else -1)
             if html.startswith("<![CDATA[", i):
-                close = html.find("]]>", i + 9)
-                if close >= 0:
+                close = html.find("]]>", i + 9) if i + 9 < self.no_cdata_end else -1
+                if close < 0:
+                    self.no_cdata_end = min(self.no_cdata_end, i + 9)
+                else:
                     self._flush()
                     self._text(html[i + 9:close], raw=True)
                     return close + 3

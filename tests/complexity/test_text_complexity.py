@@ -24,6 +24,7 @@ CASES: dict[str, tuple[Callable[[int], str], int]] = {
     "quotes never closed in a tag": (lambda n: "<a b='" * n, 4_000),
     "entities": (lambda n: "&amp;" * n, 4_000),
     "blanks without a tag": (lambda n: " \t" * n, 8_000),
+    "CDATA sections never closed": (lambda n: "<![CDATA[>" * n, 4_000),
 }
 
 
