@@ -203,8 +203,8 @@ class MemoryStore(Store):
 
     def _behind_held_create(self, d: _Delivery) -> bool:
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
-        return c is not None and held_create_blocks(c.ticket_id is not None, (
-            (o.row.status, o.row.role, o.row.in_doubt_since_ms) for o in self.deliveries.values()
+        return c is not None and held_create_blocks(c.ticket_id is not None, c.started_at_ms, (
+            (o.row.status, o.row.role, o.row.in_doubt_since_ms, o.row.created_at_ms) for o in self.deliveries.values()
             if o.row.conversation == d.row.conversation and o.row.id < d.row.id))
 
     def _listed(self, d: _Delivery) -> DeliveryRow:
@@ -442,7 +442,7 @@ class MemoryStore(Store):
         found = sorted((c for c in self.conversations.values() if key in (c.key, c.id)), key=lambda c: c.id)
         for c in found:
             self.conversations[c.id] = msgspec.structs.replace(c, ticket_id=None, ticket_key=None, ticket_uuid=None,
-                                                               ticket_at_ms=None)
+                                                               ticket_at_ms=None, started_at_ms=self.clock())
         return found
 
     async def save_mapping_set(self, files: dict[str, str], version: str) -> None:

@@ -733,7 +733,7 @@ class PostgresStore(Store):
             found = [conversation_row(c) for c in await conn.fetch(
                 f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = $1 OR id = $1 "  # noqa: S608
                 "ORDER BY id FOR UPDATE", key)]
-            await conn.execute(RESET_CONVERSATION + "WHERE key = $1 OR id = $1", key)
+            await conn.execute(RESET_CONVERSATION.format(now="$2") + "WHERE key = $1 OR id = $1", key, now_ms())
             return found
 
         return await self._run(op)

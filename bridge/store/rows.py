@@ -58,7 +58,8 @@ ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, act
                "AND w.id < deliveries.id) OR EXISTS (SELECT 1 FROM conversations c WHERE c.id = "
                "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
                "WHERE h.conversation = deliveries.conversation AND h.id < deliveries.id AND h.status = 'dead' "
-               "AND h.in_doubt_since IS NOT NULL AND h.role = 'create')))), in_doubt_since, unknowns, duplicates, "
+               "AND h.in_doubt_since IS NOT NULL AND h.role = 'create' AND h.created_at >= c.started_at)))), "
+               "in_doubt_since, unknowns, duplicates, "
                "ticket_uuid")
 ROW_WIDTH = 23
 HEAD_OF_CONVERSATION = (
@@ -66,11 +67,14 @@ HEAD_OF_CONVERSATION = (
     "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id AND (o.status = 'in_flight' OR o.id < d.id)) "
     "AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = d.conversation AND c.ticket_id IS NULL "
     "AND EXISTS (SELECT 1 FROM deliveries h WHERE h.conversation = d.conversation AND h.id < d.id "
-    "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create'))))")
+    "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
+    "AND h.created_at >= c.started_at))))")
 """A pending delivery `d` may be sent: outside conversations always; in one, only when no earlier delivery of
 it waits and none is being sent (so a conversation is worked by one sender at a time, in arrival order), and
 no earlier create of it is held (dead while in doubt: the vendor may hold its ticket) while the conversation has
-no ticket: sent now, it would be a second create. It waits until an operator settles the held create
+no ticket: sent now, it would be a second create (a held create of an earlier round, before a quiet period
+restarted the conversation or an operator reset it, holds nothing: that round's ticket is not this one's). It
+waits until an operator settles the held create
 (`mark-succeeded` with the ticket gives the conversation its ticket; a replay makes it pending again, the head).
 The first test's `status IN (…)`, as in ROW_COLUMNS' `waiting`, is the condition of the partial index
 deliveries_open_conversation, spelt so that both databases use it: a conversation's settled history is never
@@ -78,16 +82,19 @@ walked. The second looks the conversation up by its key, and walks its earlier d
 only while it has no ticket: a conversation with a ticket, the usual case for a follow-up, costs one look-up."""
 
 
-def held_create_blocks(conversation_has_ticket: bool, earlier: Iterable[tuple[str, str | None, int | None]]) -> bool:
-    """HEAD_OF_CONVERSATION's second test for the stores without SQL: whether a held create of the conversation
-    (earlier deliveries as status, role, in_doubt_since) keeps a later delivery waiting."""
+def held_create_blocks(conversation_has_ticket: bool, started_at_ms: int,
+                       earlier: Iterable[tuple[str, str | None, int | None, int]]) -> bool:
+    """HEAD_OF_CONVERSATION's second test for the stores without SQL: whether a held create of the conversation's
+    current round (earlier deliveries as status, role, in_doubt_since, created_at) keeps a later delivery waiting."""
     return not conversation_has_ticket and any(
-        status == "dead" and role == "create" and doubt is not None for status, role, doubt in earlier)
+        status == "dead" and role == "create" and doubt is not None and created >= started_at_ms
+        for status, role, doubt, created in earlier)
 CONVERSATION_COLUMNS = ("id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
                         "ticket_key, ticket_at, ticket_uuid, sender")
 RESET_CONVERSATION = ("UPDATE conversations SET ticket_id = NULL, ticket_key = NULL, ticket_uuid = NULL, "
-                      "ticket_at = NULL ")
-"""Followed by the conversations' condition: they lose their ticket (`Store.reset_conversation`)."""
+                      "ticket_at = NULL, started_at = {now} ")
+"""With `now`'s placeholder filled in, and followed by the conversations' condition: they lose their ticket and
+start a new round (`Store.reset_conversation`: a held create of the round before holds nothing)."""
 ATTEMPT_COLUMNS = "n, started_at, duration_ms, http_status, response_excerpt, classification, error, exchange"
 NEW_DELIVERY_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, body, options, "
                         "next_attempt_at, created_at, updated_at, last_error, conversation")

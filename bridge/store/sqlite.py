@@ -1026,7 +1026,7 @@ class SqliteStore(Store):
             found = [conversation_row(c) for c in conn.execute(
                 f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = ? OR id = ? ORDER BY id",  # noqa: S608
                 (key, key)).fetchall()]
-            conn.execute(RESET_CONVERSATION + "WHERE key = ? OR id = ?", (key, key))
+            conn.execute(RESET_CONVERSATION.format(now="?1") + "WHERE key = ?2 OR id = ?2", (now_ms(), key))
             return found
 
         found: list[ConversationRow] = await self._write(op)

@@ -909,6 +909,26 @@ class StoreContract:
         (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert got.id == other.id
 
+    async def test_a_held_create_of_an_earlier_round_holds_nothing(self, store: Store) -> None:
+        """A message after the quiet period restarts the conversation: the held create of the round before holds
+        no ticket of this round, so the conversation's messages go on (an operator still settles the held one)."""
+        _first, second = await self._held_create(store)
+        tick()
+        later = make_delivery(conversation="m|k", conversation_key="k", reopen_after_ms=-1)
+        await accept_one(store, later)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == second.id and got.ticket is None
+        assert (await row(store, later.id)).waiting is True  # behind the second, as any conversation's message
+
+    async def test_a_reset_starts_a_new_round_that_a_held_create_does_not_hold(self, store: Store) -> None:
+        """An operator's reset detaches the conversation and starts a new round: a held create from before it no
+        longer keeps its messages waiting."""
+        _first, second = await self._held_create(store)
+        tick()
+        assert [c.id for c in await store.reset_conversation("k")] == ["m|k"]
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == second.id and got.ticket is None
+
     async def test_a_reset_conversation_loses_its_ticket_and_its_next_message_creates(self, store: Store) -> None:
         """reset_conversation clears the ticket of the conversations with that key (returning them as they were):
         a dead follow-up replayed, and the next message, are claimed without a ticket (creates), the replayed one
