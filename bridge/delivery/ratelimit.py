@@ -146,8 +146,14 @@ def make_limiter(rate: RateLimit | None) -> Limiter:
 
 
 async def acquire(limiter: Limiter) -> None:
-    """Wait for the next slot and mark it used: for callers that send as soon as it returns."""
+    """Wait for the next slot and mark it used: for callers that send as soon as it returns. Cancelled while it
+    waits (a reconciliation's deadline, a stop), it gives its reservation back: kept, it would count as one more
+    request in every window from then on."""
     delay = limiter.reserve()
     if delay > 0:
-        await asyncio.sleep(delay)
+        try:
+            await asyncio.sleep(delay)
+        except BaseException:
+            limiter.unreserve()
+            raise
     limiter.sent()

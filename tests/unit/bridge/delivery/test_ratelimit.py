@@ -324,3 +324,16 @@ def test_used_counts_the_sends_of_the_current_window_and_reserves_nothing() -> N
     assert limiter.next_delay() == delay
     clock.advance(4.1)  # the first two are out of the window; the reserved slot is not due yet
     assert limiter.used() == 1
+
+
+async def test_an_acquire_cancelled_while_it_waits_gives_its_slot_back() -> None:
+    """A wait for a slot cut short (a reconciliation's deadline, a stop) leaves the log as it was: a reservation
+    kept would count as one more request in every window, and each such cut would slow the lane for good."""
+    limiter = SlidingWindowLimiter(3, 60.0)
+    for _ in range(3):
+        await acquire(limiter)  # the window is full: the next slot is a minute away
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await acquire(limiter)
+    assert (limiter._pending, len(limiter._sends)) == (0, 3)
