@@ -322,7 +322,11 @@ class Lane:
         self.written.discard(delivery_id)
         self.slot_freed.set()
 
-    def _done(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
+    def _done(self, delivery_id: str, task: asyncio.Task[None]) -> None:
+        if self.inflight.get(delivery_id) not in (task, None):
+            # Claimed again before this callback ran (given back, or settled and replayed at once): the entries are
+            # its new send's, which an earlier send's end must not take away (its lease would look lost).
+            return
         self.inflight.pop(delivery_id, None)
         self.confirmed.pop(delivery_id, None)
         self._answered(delivery_id)
