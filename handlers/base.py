@@ -106,18 +106,27 @@ def signatures_checked(request: web.Request) -> bool:
     return not request.get(_UNCHECKED, False)
 
 
-def content_type(request: web.Request) -> str:
-    """The request's media type, as aiohttp reads it (once; its charset and parameters are then read too), or
-    Rejected(400) naming the header: aiohttp reads it with the email package's header parser, which raises on
-    some malformed parameters (`application/json; x=;+*`: IndexError) rather than leaving them out."""
+def read_content_type(request: web.Request) -> str | Exception:
+    """The request's media type, as aiohttp reads it (once; its charset and parameters are then read too), or what
+    reading it raised: aiohttp reads it with the email package's header parser, which raises on some malformed
+    parameters (`application/json; x=;+*`: IndexError) rather than leaving them out. Read it here first, for any
+    body: a later read of the charset or a form meets the same header."""
     try:
         return request.content_type
     except Exception as exc:  # whatever the header parser raises: a bad header, not a handler bug
+        return exc
+
+
+def content_type(request: web.Request) -> str:
+    """`read_content_type`, or Rejected(400) naming the header it cannot read."""
+    ctype = read_content_type(request)
+    if isinstance(ctype, Exception):
         raw = request.headers.get("Content-Type", "")
         shown = raw if len(raw) <= 100 else raw[:100] + "…"
-        raise Rejected(400, f"the Content-Type header {shown!r} cannot be read ({type(exc).__name__}); send a "
+        raise Rejected(400, f"the Content-Type header {shown!r} cannot be read ({type(ctype).__name__}); send a "
                             "media type with well-formed parameters, e.g. application/json; charset=utf-8",
-                       check="content_type") from None
+                       check="content_type")
+    return ctype
 
 
 def per_request(request: web.Request, key: str, make: Callable[[], T]) -> T:

@@ -57,6 +57,7 @@ from bridge.mapping.mappingset import MappingSet
 from bridge.offload import CONSOLE, render_sliced
 from bridge.runtime import Runtime
 from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, DeliveryStatus, Store
+from handlers.base import read_content_type
 
 log = structlog.get_logger("ticketbridge.admin")
 
@@ -202,10 +203,8 @@ def refuse_media_type(route: Route, request: web.Request) -> web.Response | None
     sent = request.headers.get("Content-Type")
     if route.body is None and not request.body_exists:
         return None  # nothing to read: whatever type it names
-    try:
-        ctype, charset = request.content_type, request.charset
-    except Exception:  # the email package's header parser raises on some malformed parameters: not JSON either
-        ctype, charset = None, None
+    ctype = read_content_type(request)  # a header aiohttp cannot read is not JSON either
+    charset = None if isinstance(ctype, Exception) else request.charset
     if sent is not None and ctype == JSON_TYPE and (charset is None or charset.lower() in UTF8):
         return None
     got = "no Content-Type" if sent is None else f"Content-Type {sent[:100]!r}"

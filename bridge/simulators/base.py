@@ -18,6 +18,7 @@ from bridge.simulators.faults import Faults, Handler, fault_routes, knob_routes
 from bridge.simulators.received import RequestLog
 from bridge.simulators.weights import TicketWeight, weigh
 from bridge.vendors.files import ReceivedPart, parse_multipart
+from handlers.base import read_content_type
 
 
 def _readable_type(handler: Handler) -> Handler:
@@ -26,9 +27,7 @@ def _readable_type(handler: Handler) -> Handler:
     read as text, JSON or a form. Read here once, first, as intake reads it."""
 
     async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            request.content_type  # noqa: B018 - read for its parse
-        except Exception:  # whatever the header parser raises: the client's bad header
+        if isinstance(read_content_type(request), Exception):
             return web.json_response({"error": "the Content-Type header cannot be read"}, status=400)
         return await handler(request)
 
@@ -39,9 +38,8 @@ async def read_json_or_parts(request: web.Request, not_json: str) -> tuple[Any, 
     """A JSON body as (its value, None), a multipart/form-data one as (None, its parts), or why it cannot be
     read (`not_json` for a body that is not JSON, in the vendor's words)."""
     raw = await request.read()
-    try:
-        ctype = request.content_type
-    except Exception:  # the email package's header parser raises on some malformed parameters
+    ctype = read_content_type(request)
+    if isinstance(ctype, Exception):
         return "the Content-Type header cannot be read"
     if ctype != "multipart/form-data":
         try:
