@@ -789,14 +789,15 @@ class PostgresStore(Store):
                 out.more = out.more or out.dedup >= limit
             if cutoffs.conversations_ms is not None:
                 looked = await conn.fetch(
-                    f"SELECT c.id, {CONVERSATION_GONE.format('$1')} FROM conversations c "  # noqa: S608 - constants
+                    f"SELECT c.id, {CONVERSATION_GONE.format('$1', '$4')} FROM conversations c "  # noqa: S608
                     "WHERE $2::text IS NULL OR c.id > $2 ORDER BY c.id LIMIT $3",
-                    cutoffs.conversations_ms, mark.conversations, limit)
+                    cutoffs.conversations_ms, mark.conversations, limit, cutoffs.tickets_ms)
                 gone = [r[0] for r in looked if r[1]]
                 if gone:
                     out.conversations = len(await conn.fetch(
                         f"DELETE FROM conversations c WHERE c.id = ANY($2::text[]) AND "  # noqa: S608 - constants
-                        f"{CONVERSATION_GONE.format('$1')} RETURNING 1", cutoffs.conversations_ms, gone))
+                        f"{CONVERSATION_GONE.format('$1', '$3')} RETURNING 1", cutoffs.conversations_ms, gone,
+                        cutoffs.tickets_ms))
                 out.more = out.more or len(looked) >= limit
                 out.after = msgspec.structs.replace(out.after, conversations=looked[-1][0] if looked
                                                     else mark.conversations)
@@ -919,7 +920,8 @@ async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:
         out.dedup = await conn.fetchval("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= $1", cutoffs.dedup_ms)
     if cutoffs.conversations_ms is not None:
         out.conversations = await conn.fetchval(f"SELECT COUNT(*) FROM conversations c WHERE "  # noqa: S608
-                                                f"{CONVERSATION_GONE.format('$1')}", cutoffs.conversations_ms)
+                                                f"{CONVERSATION_GONE.format('$1', '$2')}", cutoffs.conversations_ms,
+                                                cutoffs.tickets_ms)
     return out
 
 

@@ -1082,8 +1082,8 @@ class SqliteStore(Store):
             out.dedup = expired
             out.more = out.more or expired >= limit
         if cutoffs.conversations_ms is not None:
-            cutoff = cutoffs.conversations_ms
-            gone, more, last = await self._write(lambda conn: _purge_conversations(conn, cutoff, limit,
+            cutoff, tickets = cutoffs.conversations_ms, cutoffs.tickets_ms
+            gone, more, last = await self._write(lambda conn: _purge_conversations(conn, cutoff, tickets, limit,
                                                                                    mark.conversations))
             out.conversations = gone
             out.more = out.more or more
@@ -1304,16 +1304,16 @@ def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
     return out
 
 
-def _purge_conversations(conn: sqlite3.Connection, cutoff: int, limit: int,
+def _purge_conversations(conn: sqlite3.Connection, cutoff: int, tickets: int | None, limit: int,
                          after: str | None) -> tuple[int, bool, str | None]:
     """Look at the next `limit` conversations (by id, after `after`) and delete those CONVERSATION_GONE: how many
     went, whether there may be more, the last id looked at."""
-    looked = conn.execute(f"SELECT c.id, {CONVERSATION_GONE.format('?1')} FROM conversations c "  # noqa: S608
-                          "WHERE c.id > ?2 ORDER BY c.id LIMIT ?3", (cutoff, after or "", limit)).fetchall()
-    gone = [(cutoff, r[0]) for r in looked if r[1]]
+    looked = conn.execute(f"SELECT c.id, {CONVERSATION_GONE.format('?1', '?4')} FROM conversations c "  # noqa: S608
+                          "WHERE c.id > ?2 ORDER BY c.id LIMIT ?3", (cutoff, after or "", limit, tickets)).fetchall()
+    gone = [(cutoff, r[0], tickets) for r in looked if r[1]]
     deleted = 0
     if gone:
-        deleted = conn.executemany(f"DELETE FROM conversations AS c WHERE {CONVERSATION_GONE.format('?1')} "  # noqa: S608
+        deleted = conn.executemany(f"DELETE FROM conversations AS c WHERE {CONVERSATION_GONE.format('?1', '?3')} "  # noqa: S608
                                    "AND c.id = ?2", gone).rowcount
     return deleted, len(looked) >= limit, looked[-1][0] if looked else after
 
@@ -1342,7 +1342,8 @@ def _count_purgeable(conn: sqlite3.Connection, cutoffs: Cutoffs) -> PurgeCounts:
         # Those a purge would delete now, before the events it would delete: a conversation of those goes in a later
         # sweep.
         out.conversations = conn.execute(f"SELECT COUNT(*) FROM conversations c WHERE "  # noqa: S608 - constants
-                                         f"{CONVERSATION_GONE.format('?')}", (cutoffs.conversations_ms,)).fetchone()[0]
+                                         f"{CONVERSATION_GONE.format('?1', '?2')}",
+                                         (cutoffs.conversations_ms, cutoffs.tickets_ms)).fetchone()[0]
     return out
 
 
