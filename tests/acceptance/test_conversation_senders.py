@@ -147,3 +147,18 @@ async def test_a_customers_token_reply_follows_up_after_retention_took_the_threa
     assert now[tid]["comments"] == ["victim reply (first sender victim@corp.example)"]
     others = sorted(t["detail"] for t in now.values() if t["ticketId"] != tid)
     assert others == ["ATTACKER via subject token", "hello"]
+
+
+async def test_a_json_senders_display_name_does_not_split_the_thread(client: Any) -> None:
+    """A JSON source's `from` with a display name and without it is one sender: the reply comments on the
+    ticket rather than opening one of its own."""
+    await post(client, **{"from": "Bob Smith <Bob@Example.COM>", "subject": "Printer", "message_id": "<b1@x.io>",
+                          "stripped_text": "printer jammed"})
+    await settled(client, 1)
+    with capture_logs() as logs:
+        await post(client, **{"from": "bob@example.com", "subject": "Re: Printer", "message_id": "<b2@x.io>",
+                              "references": ["<b1@x.io>"], "stripped_text": "still jammed"})
+        await settled(client, 2)
+    (ticket,) = await tickets(client)
+    assert ticket["comments"] == ["still jammed (first sender bob@example.com)"]
+    assert [e for e in logs if e["event"] == "conversation.sender_mismatch"] == []

@@ -279,3 +279,21 @@ def test_a_key_any_sender_may_write_joins_nothing_without_a_sender() -> None:
     [joined], _ = plan_deliveries(mappings, Event.new(source="website-contact", kind="json", channel="webhook",
                                                       payload={**mail, "from": " Asha@Example.com "}), VARS)
     assert (joined.conversation_key, joined.sender, joined.sender_checked) == ("ticket:713", "asha@example.com", True)
+
+
+def test_a_json_senders_display_name_is_not_part_of_the_sender() -> None:
+    """A JSON source's `from` is compared as the email handlers give it: the bare address, lower-cased, so
+    `Bob <Bob@X.io>` and `bob@x.io` are one sender (one conversation), and a value naming no address is kept as
+    written (trimmed, lower-cased)."""
+    mappings = mapping_set(THREADED_MAIL)
+
+    def sender_of(from_: str) -> str | None:
+        payload = {"subject": "re", "message_id": "<m2@x.io>", "references": ["<m1@x.io>"], "from": from_}
+        [d], _ = plan_deliveries(mappings, Event.new(source="website-contact", kind="json", channel="webhook",
+                                                     payload=payload), VARS)
+        return d.sender
+
+    assert {sender_of(f) for f in ("Bob <Bob@X.io>", "bob@x.io", ' "Bob, B." <BOB@x.IO> ', "<bob@x.io>")} == {
+        "bob@x.io"}
+    assert sender_of("victim@corp.example <a@evil.example>") == "a@evil.example"  # the address DMARC reads
+    assert sender_of(" Helpdesk Bot ") == "helpdesk bot"
