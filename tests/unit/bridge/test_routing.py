@@ -12,7 +12,7 @@ from bridge.events import Event
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.mappingset import MappingSet, compile_document
-from bridge.routing import Rendered, plan_deliveries, render_context, render_event
+from bridge.routing import HeldLogs, Rendered, plan_deliveries, render_context, render_event
 from bridge.yamlfile import load_yaml
 
 SOURCES = {"website-contact", "partner-api"}
@@ -173,6 +173,27 @@ def test_unexpected_exception_in_a_filter_gives_a_dead_delivery() -> None:
     [crash] = [e for e in logs if e["event"] == "routing.render_crashed"]
     assert crash["log_level"] == "error"
     assert crash["mapping"] == "buggy"
+
+
+@pytest.mark.usefixtures("exploding_filter")
+def test_held_render_failures_are_logged_when_kept_and_dropped_when_begun_again() -> None:
+    """Under HeldLogs a plan's render failures are logged at `end(emit=True)` (a crash with its exception, whose
+    traceback the line's formatter writes though it is logged after its `except`), and not at all at
+    `end(emit=False)` (the plan is begun again elsewhere); with nothing held they are logged at once."""
+    for emit in (False, True):
+        with structlog.testing.capture_logs() as logs:
+            held = HeldLogs()
+            plan_deliveries(mapping_set(BUGGY), event(GOOD), {})
+            assert logs == []
+            held.end(emit=emit)
+        assert [e["event"] for e in logs] == ([] if not emit else ["routing.render_crashed", "routing.render_failed"])
+    crash = logs[0]
+    assert crash["log_level"] == "error" and isinstance(crash["exc_info"], RuntimeError)
+    formatted = structlog.processors.format_exc_info(None, "error", dict(crash))
+    assert "RuntimeError: filter bug" in formatted["exception"] and "Traceback" in formatted["exception"]
+    with structlog.testing.capture_logs() as logs:
+        plan_deliveries(mapping_set(BUGGY), event(GOOD), {})
+    assert [e["event"] for e in logs] == ["routing.render_crashed", "routing.render_failed"]
 
 
 @pytest.mark.usefixtures("exploding_filter")
