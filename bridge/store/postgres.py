@@ -75,6 +75,7 @@ from bridge.store.rows import (
     CONVERSATION_GONE,
     DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
+    MAPPING_CONVERSATIONS,
     NEVER,
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
@@ -672,8 +673,7 @@ class PostgresStore(Store):
                                             "AND mapping = $1", name)
                     if n:
                         out.setdefault(name, {})[status] = n
-                n = await conn.fetchval("SELECT COUNT(*) FROM conversations WHERE mapping = $1 "
-                                        "AND last_message_at >= $2", name, at)
+                n = await conn.fetchval(MAPPING_CONVERSATIONS.format("$1", "$2"), name, at)
                 if n:
                     out.setdefault(name, {})["conversations"] = n
             return out

@@ -331,6 +331,9 @@ def kept_condition(events: str, dead: str) -> str:
             f"AND d.updated_at < {events}) OR (d.status = 'dead' AND d.updated_at < {dead})))")
 
 
+MAPPING_CONVERSATIONS = "SELECT COUNT(*) FROM conversations WHERE mapping = {0} AND last_message_at >= {1}"
+"""With its placeholders filled in: a mapping's conversations whose last message came at or after a time (those a
+reload that drops the mapping cuts off), counted from the index conversations_mapping (migration 0018)."""
 CONVERSATION_GONE = ("c.last_message_at < {0} AND (c.ticket_id IS NULL OR c.sender IS NULL OR c.sender = '' "
                      "OR c.last_message_at < {1}) "
                      "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.conversation = c.id)")

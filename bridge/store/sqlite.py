@@ -69,6 +69,7 @@ from bridge.store.rows import (
     DELIVERY_COUNTS,
     GROUP_BYTES,
     HEAD_OF_CONVERSATION,
+    MAPPING_CONVERSATIONS,
     NEVER,
     NEW_DELIVERY_COLUMNS,
     OLDEST_UNSETTLED,
@@ -960,8 +961,7 @@ class SqliteStore(Store):
                                      "AND mapping = ?", (name,)).fetchone()[0]
                     if n:
                         out.setdefault(name, {})[status] = n
-                n = conn.execute("SELECT COUNT(*) FROM conversations WHERE id >= ? AND id < ? AND mapping = ? "
-                                 "AND last_message_at >= ?", (f"{name}|", f"{name}}}", name, at)).fetchone()[0]
+                n = conn.execute(MAPPING_CONVERSATIONS.format("?", "?"), (name, at)).fetchone()[0]
                 if n:
                     out.setdefault(name, {})["conversations"] = n
             return out
