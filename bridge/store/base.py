@@ -439,6 +439,11 @@ class Store(ABC):
         `error` as their last error, their schedule left as it was; how many were."""
 
     @abstractmethod
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        """id → destination of each of `delivery_ids` the store has (the others left out): one look-up by
+        primary key for them all."""
+
+    @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:
         """destination → status → number of deliveries."""
 

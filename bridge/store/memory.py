@@ -415,6 +415,10 @@ class MemoryStore(Store):
                 marked += 1
         return marked
 
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        self._check_open()
+        return {i: d.row.destination for i in delivery_ids if (d := self.deliveries.get(i)) is not None}
+
     async def counts(self) -> dict[str, dict[str, int]]:
         self._check_open()
         out: dict[str, dict[str, int]] = {}

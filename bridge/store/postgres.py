@@ -694,6 +694,16 @@ class PostgresStore(Store):
         marked: int = await self._run(op)
         return marked
 
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        asked = {storable(i): i for i in delivery_ids}
+
+        async def op(conn: Any) -> dict[str, str]:
+            return {asked[i]: dest for i, dest in await conn.fetch(
+                "SELECT id, destination FROM deliveries WHERE id = ANY($1::text[])", list(asked))}
+
+        found: dict[str, str] = await self._run(op, transaction=False)
+        return found
+
     async def counts(self) -> dict[str, dict[str, int]]:
         async def op(conn: Any) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}

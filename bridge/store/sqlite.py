@@ -983,6 +983,22 @@ class SqliteStore(Store):
         marked: int = await self._write(op)
         return marked
 
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        asked = {storable(i): i for i in delivery_ids}
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            keys = list(asked)
+            for start in range(0, len(keys), 500):  # bound to the statement's host parameters
+                part = keys[start:start + 500]
+                marks = ", ".join("?" * len(part))
+                out.update((asked[i], dest) for i, dest in conn.execute(
+                    f"SELECT id, destination FROM deliveries WHERE id IN ({marks})", part))  # noqa: S608
+            return out
+
+        found: dict[str, str] = await self._read(run)
+        return found
+
     async def counts(self) -> dict[str, dict[str, int]]:
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
             out: dict[str, dict[str, int]] = {}

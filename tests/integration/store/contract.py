@@ -1339,6 +1339,14 @@ class StoreContract:
         assert [await store.get_conversations(k) for k in ("mail:v1@x", "ticket:713", f"split:{stranger.id}")] == [
             [], [], []]
 
+    async def test_destinations_of_names_each_known_deliverys_destination(self, store: Store) -> None:
+        """One look-up gives the destination of each id the store has, and leaves out the others."""
+        a, b = make_delivery(destination="d-a"), make_delivery(destination="d-b")
+        await accept_one(store, a, b)
+        assert await store.destinations_of([b.id, "dlv_missing", a.id, "dlv_\x00nul"]) == {
+            a.id: "d-a", b.id: "d-b"}
+        assert await store.destinations_of([]) == {}
+
     async def test_conversations_are_purged_in_batches(self, store: Store) -> None:
         """Each batch looks at `limit` conversations after the last one looked at; the batches go on to the end."""
         for n in range(5):
