@@ -142,12 +142,15 @@ class RetentionConfig(Base):
     """Older attempts of kept deliveries (each delivery's latest is kept)."""
     attachments: str | float | None = "events"
     """Attachment files no kept event names; `events` (the default): the events limit."""
+    tickets: str | float | None = "90d"
+    """A conversation that holds a ticket and knows its first sender, after its last message: while it is kept
+    that sender's `[#id]` reply follows up on the ticket (a stranger's never does); after, it makes a new ticket."""
     every: str | float = "5m"
     batch: Annotated[int, Meta(ge=1, le=10_000)] = 200
     """Events (or attempts, or dedup keys) looked at per transaction: about three rows deleted for each event."""
 
     def __post_init__(self) -> None:
-        for key in ("events", "dead", "attempts", "every"):
+        for key in ("events", "dead", "attempts", "tickets", "every"):
             value = getattr(self, key)
             if value is not None:
                 check_duration(value, (key,))
@@ -156,7 +159,7 @@ class RetentionConfig(Base):
         if parse_duration(self.every) == 0:
             raise KeyValueError(("every",), f"{self.every!r} would sweep without a pause: give a duration, e.g. 5m")
 
-    def limit(self, kind: Literal["events", "dead", "attempts", "attachments"]) -> float | None:
+    def limit(self, kind: Literal["events", "dead", "attempts", "attachments", "tickets"]) -> float | None:
         """The age limit of `kind` in seconds; None: kept forever."""
         if not self.enabled:
             return None

@@ -19,6 +19,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from bridge.errors import Rejected
+from handlers.email import sender as email_sender
+
 DEFAULT_REOPEN_AFTER_S = 7 * 24 * 3600.0
 TICKET_TOKEN = re.compile(r"\[#(\d{1,32})\]")
 """A helpdesk's ticket number in a subject, `[#713516551148]`: digits only, so that `[#urgent]` is no ticket."""
@@ -107,10 +110,22 @@ def given_key(value: Any) -> ConversationKey | None:
 
 
 def message_sender(payload: dict[str, Any]) -> str:
-    """The sender a conversation remembers and compares: an email's bare `from`, trimmed and lower-cased (an
-    address's case carries no meaning in practice); "" when the message names none."""
-    sender = payload.get("from")
-    return sender.strip().lower() if isinstance(sender, str) else ""
+    """The sender a conversation remembers and compares: the bare, lower-cased address of `from`, read as the
+    email handlers read a From (handlers/email.py `sender`: an email's payload has it so already; a JSON
+    source's `Bob <Bob@X.io>` is `bob@x.io`, as its `bob@x.io` is; an address's case carries no meaning in
+    practice); a `from` naming no one address (a name, a phone number, an unreadable list) trimmed and
+    lower-cased as written; "" when the message names none."""
+    value = payload.get("from")
+    if not isinstance(value, str):
+        return ""
+    if "@" in value:
+        try:
+            address = email_sender(value)[1]
+        except Rejected:  # over the address caps: not one sender's address
+            address = None
+        if address is not None:
+            return address
+    return value.strip().lower()
 
 
 def split_key(delivery_id: str) -> str:

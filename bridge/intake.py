@@ -22,7 +22,7 @@ from bridge.logs import LEVEL
 from bridge.mapping.limits import SliceOver, end_slice, start_slice
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
-from bridge.routing import plan_deliveries
+from bridge.routing import HeldLogs, plan_deliveries
 from bridge.runtime import Runtime, Source
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.rows import now_ms
@@ -308,13 +308,18 @@ def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: Ma
     if off:
         return None
     token = start_slice(offload.LOOP_SLICE_S)
+    held = HeldLogs()  # a render failure is logged by the run kept: this one, or _plan_off's
+    kept = False
     try:
-        return _plan_each(events, mappings, rt.config.vars)
+        planned = _plan_each(events, mappings, rt.config.vars)
+        kept = True
+        return planned
     except SliceOver:
         rt.count("render.offloaded", source=source.name)
         log.info("intake.render_offloaded", source=source.name, slice_ms=offload.LOOP_SLICE_S * 1000)
         return None
     finally:
+        held.end(emit=kept)
         end_slice(token)
 
 

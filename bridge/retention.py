@@ -10,7 +10,10 @@ than it, and only the (few) older events still kept need to be read to know whet
 A conversation (its key holds a customer's message id or phone number) goes once none of its deliveries is kept
 and its last message is older than the events limit and the longest `reopen_after` of the mappings in force,
 whichever is longer (7 days, the default `reopen_after`, where the mappings are not known): until then its next
-message would still follow up on its ticket.
+message would still follow up on its ticket. One that holds a ticket and knows its first sender (an email's) is
+kept until the `tickets` limit too, if that is longer: a `[#id]` token joins a ticket only while a conversation
+of the token's sender holds it, so that the customer's reply to an old ticket follows up on it rather than
+opening another, and a stranger's never joins it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from bridge.store.base import Cutoffs, PurgeCounts, PurgeMark, Store
 
 log = structlog.get_logger("ticketbridge.retention")
 
+DEFAULT_TICKETS_S = 90 * 86400.0
+"""`retention.tickets`' default."""
 PAUSE_SECONDS = 0.05
 """Between two batches when there is more: intake and delivery writes get the writer in between."""
 FIRST_SWEEP_SECONDS = 60.0
@@ -54,6 +59,9 @@ class Policy:
     attempts_s: float | None
     attachments_s: float | None
     dedup: bool = True
+    tickets_s: float | None = DEFAULT_TICKETS_S
+    """How long a conversation holding a ticket its first sender may answer by token is kept after its last
+    message, at least (None: forever)."""
     reopen_after_s: float = DEFAULT_REOPEN_AFTER_S
     """The longest `reopen_after` of the mappings: a conversation is kept at least this long after its last
     message (its next one would follow up on its ticket), whatever the events limit."""
@@ -61,16 +69,17 @@ class Policy:
     @classmethod
     def from_config(cls, cfg: RetentionConfig) -> Policy:
         return cls(events_s=cfg.limit("events"), dead_s=cfg.limit("dead"), attempts_s=cfg.limit("attempts"),
-                   attachments_s=cfg.limit("attachments"), dedup=cfg.enabled)
+                   attachments_s=cfg.limit("attachments"), dedup=cfg.enabled, tickets_s=cfg.limit("tickets"))
 
     def cutoffs(self, now_ms: int) -> Cutoffs:
         def before(limit: float | None) -> int | None:
             return None if limit is None else now_ms - int(limit * 1000)
 
         conversations = None if self.events_s is None else max(self.events_s, self.reopen_after_s)
+        tickets = None if conversations is None or self.tickets_s is None else max(conversations, self.tickets_s)
         return Cutoffs(events_ms=before(self.events_s), dead_ms=before(self.dead_s),
                        attempts_ms=before(self.attempts_s), dedup_ms=now_ms if self.dedup else None,
-                       conversations_ms=before(conversations))
+                       conversations_ms=before(conversations), tickets_ms=before(tickets))
 
     @property
     def keeps_everything(self) -> bool:

@@ -68,7 +68,7 @@ def policy_for(args: argparse.Namespace, config: Config) -> Policy:
                   dead_s=dead if "events" in kinds else None,
                   attempts_s=attempts if "attempts" in kinds else None,
                   attachments_s=attachments if "attachments" in kinds else None,
-                  dedup="dedup" in kinds)
+                  dedup="dedup" in kinds, tickets_s=configured.tickets_s)
 
 
 def _size(n: int) -> str:

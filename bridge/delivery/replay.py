@@ -39,17 +39,11 @@ def unconfigured(destination: str) -> str:
             f"{destination!r} under `destinations:` in the config, then replay it")
 
 
-async def _to_gone(store: Store, chunk: list[str], gone: set[str]) -> dict[str, str]:
-    """The ids in `chunk` whose destination is among `gone`, each with its reason."""
-    out: dict[str, str] = {}
-    for i in chunk:
-        try:
-            destination = (await store.get_delivery(i)).delivery.destination
-        except NotFound:
-            continue  # said below, as for any other id
-        if destination in gone:
-            out[i] = unconfigured(destination)
-    return out
+async def _to_gone(store: Store, chunk: list[str], configured: Collection[str]) -> dict[str, str]:
+    """The ids in `chunk` whose destination is not among `configured`, each with its reason: one look-up of the
+    chunk's destinations (an id the store has not is said below, as for any other reason)."""
+    return {i: unconfigured(destination) for i, destination in (await store.destinations_of(chunk)).items()
+            if destination not in configured}
 
 
 async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet | None, vars_: dict[str, Any], *,
@@ -64,13 +58,13 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
     `mappings` rather than its own, and gives the delivery to it."""
     refused: dict[str, str] = {}
     moved: list[str] = []
-    # Destinations the store has deliveries for and the config no longer names: only when there are any does a
-    # replay look each id up, to refuse those going there.
-    gone = set(await store.counts()) - set(destinations) if ids else set()
+    configured = set(destinations)
     for start in range(0, len(ids), REPLAY_CHUNK):
         chunk = ids[start:start + REPLAY_CHUNK]
-        if gone:
-            to_gone = await _to_gone(store, chunk, gone)
+        # Every delivery is replayable (succeeded, dead) or under way (refused below): any to a destination the
+        # config no longer names is refused here, found by one look-up of the chunk's destinations.
+        to_gone = await _to_gone(store, chunk, configured)
+        if to_gone:
             refused.update(to_gone)
             chunk = [i for i in chunk if i not in to_gone]
         bodies = None

@@ -245,6 +245,10 @@ class Cutoffs(msgspec.Struct, frozen=True, kw_only=True):
     conversations_ms: int | None = None
     """Conversations (their keys hold a customer's address or phone number) whose last message came before this
     and that have no delivery left go: no message of theirs is kept any more."""
+    tickets_ms: int | None = None
+    """A conversation that holds a ticket and knows its first sender (an email's, not "") goes only once its last
+    message also came before this (None: it is kept): until then its sender's `[#id]` reply still follows up on
+    the ticket, which only a kept conversation of that sender lets a token join."""
 
 
 class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):
@@ -433,6 +437,11 @@ class Store(ABC):
     async def mark_dead(self, destination: str, error: str, limit: int) -> int:
         """An operator's word that up to `limit` pending deliveries of `destination` are not to be sent: dead, with
         `error` as their last error, their schedule left as it was; how many were."""
+
+    @abstractmethod
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        """id → destination of each of `delivery_ids` the store has (the others left out): one look-up by
+        primary key for them all."""
 
     @abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:

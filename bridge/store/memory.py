@@ -415,6 +415,10 @@ class MemoryStore(Store):
                 marked += 1
         return marked
 
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        self._check_open()
+        return {i: d.row.destination for i in delivery_ids if (d := self.deliveries.get(i)) is not None}
+
     async def counts(self) -> dict[str, dict[str, int]]:
         self._check_open()
         out: dict[str, dict[str, int]] = {}
@@ -526,11 +530,13 @@ class MemoryStore(Store):
                 out.more = out.more or len(expired) >= limit
             out.dedup = len(expired)
         if cutoffs.conversations_ms is not None:
-            self._purge_conversations(cutoffs.conversations_ms, limit, mark.conversations, dry_run, out)
+            self._purge_conversations(cutoffs, limit, mark.conversations, dry_run, out)
         return out
 
-    def _purge_conversations(self, cutoff: int, limit: int, after: str | None, dry_run: bool,
+    def _purge_conversations(self, cutoffs: Cutoffs, limit: int, after: str | None, dry_run: bool,
                              out: PurgeCounts) -> None:
+        cutoff, tickets = cutoffs.conversations_ms, cutoffs.tickets_ms
+        assert cutoff is not None
         threaded = {d.row.conversation for d in self.deliveries.values()}
         ids = sorted(self.conversations)
         if dry_run:
@@ -539,7 +545,11 @@ class MemoryStore(Store):
             looked = [i for i in ids if after is None or i > after][:limit]
             out.more = out.more or len(looked) >= limit
             out.after = msgspec.structs.replace(out.after, conversations=looked[-1] if looked else after)
-        gone = [i for i in looked if self.conversations[i].last_message_at_ms < cutoff and i not in threaded]
+        def aged(c: ConversationRow) -> bool:  # as rows.CONVERSATION_GONE
+            return c.last_message_at_ms < cutoff and (
+                c.ticket_id is None or not c.sender or (tickets is not None and c.last_message_at_ms < tickets))
+
+        gone = [i for i in looked if aged(self.conversations[i]) and i not in threaded]
         if not dry_run:
             for i in gone:
                 del self.conversations[i]

@@ -75,6 +75,7 @@ from bridge.store.rows import (
     CONVERSATION_GONE,
     DELIVERY_COUNTS,
     HEAD_OF_CONVERSATION,
+    MAPPING_CONVERSATIONS,
     NEVER,
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
@@ -672,8 +673,7 @@ class PostgresStore(Store):
                                             "AND mapping = $1", name)
                     if n:
                         out.setdefault(name, {})[status] = n
-                n = await conn.fetchval("SELECT COUNT(*) FROM conversations WHERE mapping = $1 "
-                                        "AND last_message_at >= $2", name, at)
+                n = await conn.fetchval(MAPPING_CONVERSATIONS.format("$1", "$2"), name, at)
                 if n:
                     out.setdefault(name, {})["conversations"] = n
             return out
@@ -693,6 +693,16 @@ class PostgresStore(Store):
 
         marked: int = await self._run(op)
         return marked
+
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        asked = {storable(i): i for i in delivery_ids}
+
+        async def op(conn: Any) -> dict[str, str]:
+            return {asked[i]: dest for i, dest in await conn.fetch(
+                "SELECT id, destination FROM deliveries WHERE id = ANY($1::text[])", list(asked))}
+
+        found: dict[str, str] = await self._run(op, transaction=False)
+        return found
 
     async def counts(self) -> dict[str, dict[str, int]]:
         async def op(conn: Any) -> dict[str, dict[str, int]]:
@@ -789,14 +799,15 @@ class PostgresStore(Store):
                 out.more = out.more or out.dedup >= limit
             if cutoffs.conversations_ms is not None:
                 looked = await conn.fetch(
-                    f"SELECT c.id, {CONVERSATION_GONE.format('$1')} FROM conversations c "  # noqa: S608 - constants
+                    f"SELECT c.id, {CONVERSATION_GONE.format('$1', '$4')} FROM conversations c "  # noqa: S608
                     "WHERE $2::text IS NULL OR c.id > $2 ORDER BY c.id LIMIT $3",
-                    cutoffs.conversations_ms, mark.conversations, limit)
+                    cutoffs.conversations_ms, mark.conversations, limit, cutoffs.tickets_ms)
                 gone = [r[0] for r in looked if r[1]]
                 if gone:
                     out.conversations = len(await conn.fetch(
                         f"DELETE FROM conversations c WHERE c.id = ANY($2::text[]) AND "  # noqa: S608 - constants
-                        f"{CONVERSATION_GONE.format('$1')} RETURNING 1", cutoffs.conversations_ms, gone))
+                        f"{CONVERSATION_GONE.format('$1', '$3')} RETURNING 1", cutoffs.conversations_ms, gone,
+                        cutoffs.tickets_ms))
                 out.more = out.more or len(looked) >= limit
                 out.after = msgspec.structs.replace(out.after, conversations=looked[-1][0] if looked
                                                     else mark.conversations)
@@ -919,7 +930,8 @@ async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:
         out.dedup = await conn.fetchval("SELECT COUNT(*) FROM dedup_keys WHERE expires_at <= $1", cutoffs.dedup_ms)
     if cutoffs.conversations_ms is not None:
         out.conversations = await conn.fetchval(f"SELECT COUNT(*) FROM conversations c WHERE "  # noqa: S608
-                                                f"{CONVERSATION_GONE.format('$1')}", cutoffs.conversations_ms)
+                                                f"{CONVERSATION_GONE.format('$1', '$2')}", cutoffs.conversations_ms,
+                                                cutoffs.tickets_ms)
     return out
 
 

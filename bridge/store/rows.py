@@ -331,9 +331,16 @@ def kept_condition(events: str, dead: str) -> str:
             f"AND d.updated_at < {events}) OR (d.status = 'dead' AND d.updated_at < {dead})))")
 
 
-CONVERSATION_GONE = "c.last_message_at < {0} AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.conversation = c.id)"
-"""SQL true for a conversation `c` a purge deletes, given the placeholder of its cutoff (Cutoffs.conversations_ms):
-its last message is older, and none of its deliveries is kept (looked up by deliveries_conversation)."""
+MAPPING_CONVERSATIONS = "SELECT COUNT(*) FROM conversations WHERE mapping = {0} AND last_message_at >= {1}"
+"""With its placeholders filled in: a mapping's conversations whose last message came at or after a time (those a
+reload that drops the mapping cuts off), counted from the index conversations_mapping (migration 0018)."""
+CONVERSATION_GONE = ("c.last_message_at < {0} AND (c.ticket_id IS NULL OR c.sender IS NULL OR c.sender = '' "
+                     "OR c.last_message_at < {1}) "
+                     "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.conversation = c.id)")
+"""SQL true for a conversation `c` a purge deletes, given the placeholders of its cutoffs (Cutoffs.conversations_ms,
+Cutoffs.tickets_ms: NULL keeps): its last message is older, and also older than the tickets' cutoff when it holds a
+ticket its first sender may name by token, and none of its deliveries is kept (looked up by
+deliveries_conversation). A NULL `sender` (older than the column) is not kept longer: any sender's token joins it."""
 
 
 def attachment_hashes(data: bytes) -> Iterator[str]:

@@ -69,6 +69,7 @@ from bridge.store.rows import (
     DELIVERY_COUNTS,
     GROUP_BYTES,
     HEAD_OF_CONVERSATION,
+    MAPPING_CONVERSATIONS,
     NEVER,
     NEW_DELIVERY_COLUMNS,
     OLDEST_UNSETTLED,
@@ -960,8 +961,7 @@ class SqliteStore(Store):
                                      "AND mapping = ?", (name,)).fetchone()[0]
                     if n:
                         out.setdefault(name, {})[status] = n
-                n = conn.execute("SELECT COUNT(*) FROM conversations WHERE id >= ? AND id < ? AND mapping = ? "
-                                 "AND last_message_at >= ?", (f"{name}|", f"{name}}}", name, at)).fetchone()[0]
+                n = conn.execute(MAPPING_CONVERSATIONS.format("?", "?"), (name, at)).fetchone()[0]
                 if n:
                     out.setdefault(name, {})["conversations"] = n
             return out
@@ -982,6 +982,22 @@ class SqliteStore(Store):
 
         marked: int = await self._write(op)
         return marked
+
+    async def destinations_of(self, delivery_ids: list[str]) -> dict[str, str]:
+        asked = {storable(i): i for i in delivery_ids}
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            keys = list(asked)
+            for start in range(0, len(keys), 500):  # bound to the statement's host parameters
+                part = keys[start:start + 500]
+                marks = ", ".join("?" * len(part))
+                out.update((asked[i], dest) for i, dest in conn.execute(
+                    f"SELECT id, destination FROM deliveries WHERE id IN ({marks})", part))  # noqa: S608
+            return out
+
+        found: dict[str, str] = await self._read(run)
+        return found
 
     async def counts(self) -> dict[str, dict[str, int]]:
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
@@ -1082,8 +1098,8 @@ class SqliteStore(Store):
             out.dedup = expired
             out.more = out.more or expired >= limit
         if cutoffs.conversations_ms is not None:
-            cutoff = cutoffs.conversations_ms
-            gone, more, last = await self._write(lambda conn: _purge_conversations(conn, cutoff, limit,
+            cutoff, tickets = cutoffs.conversations_ms, cutoffs.tickets_ms
+            gone, more, last = await self._write(lambda conn: _purge_conversations(conn, cutoff, tickets, limit,
                                                                                    mark.conversations))
             out.conversations = gone
             out.more = out.more or more
@@ -1304,16 +1320,16 @@ def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
     return out
 
 
-def _purge_conversations(conn: sqlite3.Connection, cutoff: int, limit: int,
+def _purge_conversations(conn: sqlite3.Connection, cutoff: int, tickets: int | None, limit: int,
                          after: str | None) -> tuple[int, bool, str | None]:
     """Look at the next `limit` conversations (by id, after `after`) and delete those CONVERSATION_GONE: how many
     went, whether there may be more, the last id looked at."""
-    looked = conn.execute(f"SELECT c.id, {CONVERSATION_GONE.format('?1')} FROM conversations c "  # noqa: S608
-                          "WHERE c.id > ?2 ORDER BY c.id LIMIT ?3", (cutoff, after or "", limit)).fetchall()
-    gone = [(cutoff, r[0]) for r in looked if r[1]]
+    looked = conn.execute(f"SELECT c.id, {CONVERSATION_GONE.format('?1', '?4')} FROM conversations c "  # noqa: S608
+                          "WHERE c.id > ?2 ORDER BY c.id LIMIT ?3", (cutoff, after or "", limit, tickets)).fetchall()
+    gone = [(cutoff, r[0], tickets) for r in looked if r[1]]
     deleted = 0
     if gone:
-        deleted = conn.executemany(f"DELETE FROM conversations AS c WHERE {CONVERSATION_GONE.format('?1')} "  # noqa: S608
+        deleted = conn.executemany(f"DELETE FROM conversations AS c WHERE {CONVERSATION_GONE.format('?1', '?3')} "  # noqa: S608
                                    "AND c.id = ?2", gone).rowcount
     return deleted, len(looked) >= limit, looked[-1][0] if looked else after
 
@@ -1342,7 +1358,8 @@ def _count_purgeable(conn: sqlite3.Connection, cutoffs: Cutoffs) -> PurgeCounts:
         # Those a purge would delete now, before the events it would delete: a conversation of those goes in a later
         # sweep.
         out.conversations = conn.execute(f"SELECT COUNT(*) FROM conversations c WHERE "  # noqa: S608 - constants
-                                         f"{CONVERSATION_GONE.format('?')}", (cutoffs.conversations_ms,)).fetchone()[0]
+                                         f"{CONVERSATION_GONE.format('?1', '?2')}",
+                                         (cutoffs.conversations_ms, cutoffs.tickets_ms)).fetchone()[0]
     return out
 
 

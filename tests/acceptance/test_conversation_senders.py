@@ -94,3 +94,71 @@ async def test_another_sender_cannot_comment_on_a_customers_ticket(client: Any) 
         "conversation", "ticket"]
     rows = await runtime(client).store.list_deliveries(DeliveryFilter(limit=100))
     assert all(r.status == "succeeded" for r in rows)
+
+
+RETAINED = CONFIG.replace("  support-mail: {kind: json}\n", "  support-mail: {kind: json}\n  chat: {kind: json}\n") + (
+    "retention: {events: 0s, attempts: 0s, every: 50ms}\n")
+CHAT = """
+    name: chat-to-kapture
+    source: chat
+    destination: kapture
+    action: create_ticket
+    reopen_after: 1ms
+    fields:
+      title: chat
+      email_id: chat@example.com
+      ticket_details: "{{ payload.text }}"
+"""
+
+
+async def test_a_customers_token_reply_follows_up_after_retention_took_the_thread(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """Retention purges a thread's messages, but keeps the conversation that holds the customer's ticket (for
+    `retention.tickets`, 90 days by default): the customer's `[#id]` reply still comments on the ticket, and a
+    stranger's still opens a ticket of his own. A chat's conversation (no sender to answer by token) goes with
+    its messages, as before: its going shows that a sweep has run after every message was purged."""
+    client = await bridge_client(write_config(RETAINED, {"mail": MAPPING + "    reopen_after: 1ms\n", "chat": CHAT}))
+    store = runtime(client).store
+    await post(client, **{"from": "victim@corp.example", "subject": "Invoice", "message_id": "<v1@corp.example>",
+                          "stripped_text": "victim private"})
+    await settled(client, 1)
+    resp = await client.post("/hooks/chat", json={"conversation_id": "+9100001", "text": "hello"})
+    assert resp.status == 202, await resp.text()
+
+    async def swept() -> bool:
+        rows = await store.list_deliveries(DeliveryFilter(limit=100))
+        return not rows and not await store.get_conversations("chat:+9100001")
+
+    await eventually(swept)
+    (victim,) = [t for t in await tickets(client) if t["email"] == "victim@corp.example"]
+    tid = victim["ticketId"]
+    (kept,) = await store.get_conversations("mail:v1@corp.example")
+    assert (kept.conversation.ticket_id, kept.deliveries) == (tid, [])
+    await post(client, **{"from": "victim@corp.example", "subject": f"Re: Invoice [#{tid}]",
+                          "message_id": "<v2@corp.example>", "stripped_text": "victim reply"})
+    await post(client, **{"from": "attacker@evil.example", "subject": f"hi [#{tid}]",
+                          "message_id": "<a1@evil.example>", "stripped_text": "ATTACKER via subject token"})
+
+    async def answered() -> bool:
+        return len(await tickets(client)) >= 3 and any(t["comments"] for t in await tickets(client))
+
+    await eventually(answered)
+    now = {t["ticketId"]: t for t in await tickets(client)}
+    assert now[tid]["comments"] == ["victim reply (first sender victim@corp.example)"]
+    others = sorted(t["detail"] for t in now.values() if t["ticketId"] != tid)
+    assert others == ["ATTACKER via subject token", "hello"]
+
+
+async def test_a_json_senders_display_name_does_not_split_the_thread(client: Any) -> None:
+    """A JSON source's `from` with a display name and without it is one sender: the reply comments on the
+    ticket rather than opening one of its own."""
+    await post(client, **{"from": "Bob Smith <Bob@Example.COM>", "subject": "Printer", "message_id": "<b1@x.io>",
+                          "stripped_text": "printer jammed"})
+    await settled(client, 1)
+    with capture_logs() as logs:
+        await post(client, **{"from": "bob@example.com", "subject": "Re: Printer", "message_id": "<b2@x.io>",
+                              "references": ["<b1@x.io>"], "stripped_text": "still jammed"})
+        await settled(client, 2)
+    (ticket,) = await tickets(client)
+    assert ticket["comments"] == ["still jammed (first sender bob@example.com)"]
+    assert [e for e in logs if e["event"] == "conversation.sender_mismatch"] == []

@@ -383,6 +383,32 @@ LOOPING = {"orders": """
 """}
 
 
+async def test_a_render_failure_before_the_slice_ran_out_is_logged_once(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mapping that failed to render on the loop before another ran past the loop slice fails again when the
+    plan is begun again in the parser thread: `routing.render_failed` is logged once (for the plan kept), as it
+    is counted once and stored as one dead delivery."""
+    from bridge import offload
+
+    monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)  # over at the first check of a render that loops
+    bad = """
+    source: orders
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: {from: payload.customer, required: true}
+"""
+    client = await bridge_client(write_config(LOOPING_CONFIG, {"a-bad": bad, "b-orders": LOOPING["orders"]}))
+    with capture_logs() as logs:
+        resp = await client.post("/hooks/orders", json={"lines": [{"sku": "A1"}, {"sku": "B2"}]})
+        assert resp.status == 202, await resp.text()
+    assert [e["event"] for e in logs if e["event"] in ("intake.render_offloaded", "routing.render_failed")] == [
+        "intake.render_offloaded", "routing.render_failed"]
+    rows = await all_deliveries(client)
+    assert sorted((r.mapping, r.status) for r in rows)[0] == ("a-bad", "dead")
+    assert runtime(client).counters.get("render.offloaded", 0) == 1
+
+
 @pytest.mark.parametrize("past_slice", [False, True], ids=["within", "past"])
 async def test_a_render_past_its_slice_of_the_loop_is_done_again_in_the_parser_thread(
         write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch,

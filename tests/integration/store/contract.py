@@ -1296,6 +1296,57 @@ class StoreContract:
         assert await store.get_conversations("chat:dead") == []
         assert len(await store.get_conversations("chat:waiting")) == 1
 
+    async def test_a_purge_keeps_a_senders_ticket_reference_until_the_tickets_cutoff(self, store: Store) -> None:
+        """A conversation that holds a ticket and knows its first sender stays past the conversations' cutoff
+        until the tickets' cutoff (`tickets_ms`; None: kept), so that its sender's `[#id]` reply still follows
+        up on the ticket after retention took every message of the thread; another sender's reply still gets a
+        ticket of its own. Past the tickets' cutoff it goes; a conversation without a ticket or without a
+        sender goes at the conversations' cutoff, as before."""
+        first = make_delivery(conversation="m|mail:v1@x", conversation_key="mail:v1@x", sender="v@x.io",
+                              sender_checked=True)
+        chat = make_delivery(conversation="m|chat:+91", conversation_key="chat:+91")
+        await accept_one(store, first, chat)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="713"), role="create"))
+        await store.record(msgspec.structs.replace(result(chat.id, "succeeded", ticket_id="714"), role="create"))
+        purged = await store.purge(Cutoffs(events_ms=after_now()), 500)
+        assert purged.events == 1
+        got = await store.purge(Cutoffs(conversations_ms=after_now()), 500)
+        assert got.conversations == 1  # the chat's: no sender to answer its ticket by token
+        assert await store.get_conversations("chat:+91") == []
+        (kept_row,) = await store.get_conversations("mail:v1@x")
+        assert (kept_row.conversation.ticket_id, kept_row.deliveries) == ("713", [])
+
+        def token(sender: str) -> NewDelivery:
+            return make_delivery(conversation="m|ticket:713", conversation_key="ticket:713", known_ticket="713",
+                                 sender=sender, sender_checked=True)
+
+        owner, stranger = token("v@x.io"), token("a@evil.io")
+        await accept_one(store, owner)
+        await accept_one(store, stranger)
+        got_items = {c.id: c for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        assert got_items[owner.id].ticket is not None and got_items[owner.id].ticket["id"] == "713"
+        assert got_items[stranger.id].ticket is None
+        assert (await row(store, stranger.id)).conversation == f"contact-to-kapture|split:{stranger.id}"
+        for d in (owner, stranger):
+            await store.record(result(d.id, "succeeded"))
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 2
+        cutoff = after_now()
+        assert (await store.purge(Cutoffs(conversations_ms=cutoff, tickets_ms=cutoff), 500, dry_run=True)
+                ).conversations == 3
+        got = await store.purge(Cutoffs(conversations_ms=cutoff, tickets_ms=cutoff), 500)
+        assert got.conversations == 3
+        assert [await store.get_conversations(k) for k in ("mail:v1@x", "ticket:713", f"split:{stranger.id}")] == [
+            [], [], []]
+
+    async def test_destinations_of_names_each_known_deliverys_destination(self, store: Store) -> None:
+        """One look-up gives the destination of each id the store has, and leaves out the others."""
+        a, b = make_delivery(destination="d-a"), make_delivery(destination="d-b")
+        await accept_one(store, a, b)
+        assert await store.destinations_of([b.id, "dlv_missing", a.id, "dlv_\x00nul"]) == {
+            a.id: "d-a", b.id: "d-b"}
+        assert await store.destinations_of([]) == {}
+
     async def test_conversations_are_purged_in_batches(self, store: Store) -> None:
         """Each batch looks at `limit` conversations after the last one looked at; the batches go on to the end."""
         for n in range(5):

@@ -15,7 +15,7 @@ from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
 from bridge.store.base import Cutoffs, DeliveryFilter
 from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema
-from bridge.store.rows import HEAD_OF_CONVERSATION, ROW_COLUMNS
+from bridge.store.rows import HEAD_OF_CONVERSATION, MAPPING_CONVERSATIONS, ROW_COLUMNS
 from tests.conftest import eventually as eventually_async
 from tests.integration.processes import DSN
 from tests.integration.store.contract import (
@@ -274,6 +274,26 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
         for query in queries:
             plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
             assert "deliveries_open_conversation" in plan, plan
+    finally:
+        await conn.close()
+
+
+async def test_a_removed_mappings_conversations_are_counted_from_an_index(
+        store: PostgresStore, pg_schema: str) -> None:
+    """mapping_backlog's count of a mapping's recent conversations (a reload that drops the mapping) reads the
+    index conversations_mapping (0018), not the whole table. Sequential scans are turned off: on a table this
+    small one would be cheaper, on one of a year's threads it is not."""
+    for n in range(50):
+        await accept_one(store, make_delivery(mapping=f"m{n % 5}", conversation=f"m{n % 5}|chat:{n}",
+                                              conversation_key=f"chat:{n}"))
+    assert (await store.mapping_backlog({"m1": 0}))["m1"]["conversations"] == 10
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("ANALYZE conversations")
+        await conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            f"EXPLAIN {MAPPING_CONVERSATIONS.format('$1::text', '$2::bigint')}", "m1", 0))
+        assert "conversations_mapping" in plan and "Seq Scan" not in plan, plan
     finally:
         await conn.close()
 

@@ -21,7 +21,7 @@ from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AttemptResult, ClaimBatch, DeliveryFilter, NewDelivery
-from bridge.store.rows import GROUP_BYTES, HEAD_OF_CONVERSATION, ROW_COLUMNS
+from bridge.store.rows import GROUP_BYTES, HEAD_OF_CONVERSATION, MAPPING_CONVERSATIONS, ROW_COLUMNS
 from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS, STATUS_COMPARED, STATUS_IN_LIST, rewrite_table
 from tests.conftest import eventually
@@ -682,6 +682,14 @@ async def test_expired_nonces_are_swept_a_few_at_a_time(store: SqliteStore, tmp_
     assert query(tmp_path / "s.db", "SELECT count(*) FROM nonces") == [(NONCE_SWEEP_EVERY + 2,)]
 
 
+async def test_a_removed_mappings_conversations_are_counted_from_an_index(store: SqliteStore, tmp_path: Path) -> None:
+    """mapping_backlog's count of a mapping's recent conversations searches conversations_mapping (0018)."""
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        plan = " / ".join(r[3] for r in conn.execute(
+            f"EXPLAIN QUERY PLAN {MAPPING_CONVERSATIONS.format('?', '?')}", ("m", 0)))
+    assert "USING COVERING INDEX conversations_mapping (mapping=? AND last_message_at>?)" in plan, plan
+
+
 async def test_a_conversations_head_and_waiting_are_found_without_walking_its_history(
         store: SqliteStore, tmp_path: Path) -> None:
     """The claim's head check and a listed delivery's `waiting` look up only the conversation's unsettled
@@ -867,7 +875,7 @@ async def test_a_conversation_made_before_the_sender_column_keeps_working(
     s = SqliteStore(path)
     await s.open()
     try:
-        assert query(path, "SELECT MAX(version) FROM schema_migrations") == [(17,)]
+        assert query(path, "SELECT MAX(version) FROM schema_migrations") == [(shipped_scripts()[-1][0],)]
         later = make_delivery(conversation="m|mail:old@x", conversation_key="mail:old@x", sender="b@x.io",
                               sender_checked=True)
         await accept_one(s, later)

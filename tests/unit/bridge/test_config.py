@@ -678,6 +678,8 @@ def test_retention_limits_are_durations_named_where_they_are_written(tmp_path: P
     """A retention limit that is not a duration, or a sweep interval of zero, is an error naming its line and key."""
     [bad] = errors_of(tmp_path, "retention:\n  events: 30d\n  dead: soon\n")
     assert bad.line == 3 and "retention.dead: 'soon' is not a duration" in str(bad)
+    [late] = errors_of(tmp_path, "retention:\n  tickets: someday\n")
+    assert late.line == 2 and "retention.tickets: 'someday' is not a duration" in str(late)
     [busy] = errors_of(tmp_path, "retention:\n  every: 0s\n")
     assert busy.line == 2 and "retention.every: '0s' would sweep without a pause" in str(busy)
     loaded = load(tmp_path, "retention: {events: null, attachments: 7d}\n").retention

@@ -12,7 +12,7 @@ from bridge.events import Event
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.mappingset import MappingSet, compile_document
-from bridge.routing import Rendered, plan_deliveries, render_context, render_event
+from bridge.routing import HeldLogs, Rendered, plan_deliveries, render_context, render_event
 from bridge.yamlfile import load_yaml
 
 SOURCES = {"website-contact", "partner-api"}
@@ -176,6 +176,27 @@ def test_unexpected_exception_in_a_filter_gives_a_dead_delivery() -> None:
 
 
 @pytest.mark.usefixtures("exploding_filter")
+def test_held_render_failures_are_logged_when_kept_and_dropped_when_begun_again() -> None:
+    """Under HeldLogs a plan's render failures are logged at `end(emit=True)` (a crash with its exception, whose
+    traceback the line's formatter writes though it is logged after its `except`), and not at all at
+    `end(emit=False)` (the plan is begun again elsewhere); with nothing held they are logged at once."""
+    for emit in (False, True):
+        with structlog.testing.capture_logs() as logs:
+            held = HeldLogs()
+            plan_deliveries(mapping_set(BUGGY), event(GOOD), {})
+            assert logs == []
+            held.end(emit=emit)
+        assert [e["event"] for e in logs] == ([] if not emit else ["routing.render_crashed", "routing.render_failed"])
+    crash = logs[0]
+    assert crash["log_level"] == "error" and isinstance(crash["exc_info"], RuntimeError)
+    formatted = structlog.processors.format_exc_info(None, "error", dict(crash))
+    assert "RuntimeError: filter bug" in formatted["exception"] and "Traceback" in formatted["exception"]
+    with structlog.testing.capture_logs() as logs:
+        plan_deliveries(mapping_set(BUGGY), event(GOOD), {})
+    assert [e["event"] for e in logs] == ["routing.render_crashed", "routing.render_failed"]
+
+
+@pytest.mark.usefixtures("exploding_filter")
 def test_crash_in_one_mapping_does_not_cost_the_others() -> None:
     """When one mapping of a source crashes, the source's other mappings still give pending deliveries."""
     mappings = mapping_set(CONTACT, BUGGY)
@@ -279,3 +300,21 @@ def test_a_key_any_sender_may_write_joins_nothing_without_a_sender() -> None:
     [joined], _ = plan_deliveries(mappings, Event.new(source="website-contact", kind="json", channel="webhook",
                                                       payload={**mail, "from": " Asha@Example.com "}), VARS)
     assert (joined.conversation_key, joined.sender, joined.sender_checked) == ("ticket:713", "asha@example.com", True)
+
+
+def test_a_json_senders_display_name_is_not_part_of_the_sender() -> None:
+    """A JSON source's `from` is compared as the email handlers give it: the bare address, lower-cased, so
+    `Bob <Bob@X.io>` and `bob@x.io` are one sender (one conversation), and a value naming no address is kept as
+    written (trimmed, lower-cased)."""
+    mappings = mapping_set(THREADED_MAIL)
+
+    def sender_of(from_: str) -> str | None:
+        payload = {"subject": "re", "message_id": "<m2@x.io>", "references": ["<m1@x.io>"], "from": from_}
+        [d], _ = plan_deliveries(mappings, Event.new(source="website-contact", kind="json", channel="webhook",
+                                                     payload=payload), VARS)
+        return d.sender
+
+    assert {sender_of(f) for f in ("Bob <Bob@X.io>", "bob@x.io", ' "Bob, B." <BOB@x.IO> ', "<bob@x.io>")} == {
+        "bob@x.io"}
+    assert sender_of("victim@corp.example <a@evil.example>") == "a@evil.example"  # the address DMARC reads
+    assert sender_of(" Helpdesk Bot ") == "helpdesk bot"

@@ -69,3 +69,31 @@ async def test_a_delivery_to_a_destination_no_longer_configured_is_refused_by_na
                        "dlv_dead": "its destination 'kapture' is no longer configured, so nothing would send it: "
                                    "restore 'kapture' under `destinations:` in the config, then replay it"}
     assert (await store.get_delivery("dlv_dead")).delivery.status == "dead"
+
+
+async def test_a_removed_destination_costs_one_look_up_per_chunk_not_one_per_id(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a destination removed from the config still has deliveries in the store (here a succeeded one,
+    which a replay would make pending for no lane), a replay finds the chunk's destinations by one look-up per
+    chunk: no delivery is read one by one to check it, and the store's counts are not read at all."""
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "t"})
+    retired = NewDelivery(id="dlv_retired", mapping="partner", mapping_version="v1", destination="retired",
+                          action="create_ticket", body={"title": "t"}, status="dead", error="refused")
+    await store.accept(event, [retired, *(_delivery(f"dlv_more{n}", {"title": "t"}, "dead") for n in range(5))], 0)
+    monkeypatch.setattr(replay_module, "REPLAY_CHUNK", 4)
+    calls: list[str] = []
+    for name in ("get_delivery", "counts", "destinations_of"):
+        original = getattr(store, name)
+
+        def counted(*args: object, _name: str = name, _original: object = original) -> object:
+            calls.append(_name)
+            return _original(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(store, name, counted)
+    ids = ["dlv_dead", "dlv_retired", *(f"dlv_more{n}" for n in range(5))]
+    moved, refused = await replay_deliveries(store, ids, None, {}, destinations=["kapture"], dry_run=False,
+                                             rerender_hint="--again")
+    assert sorted(moved) == sorted(i for i in ids if i != "dlv_retired")
+    assert list(refused) == ["dlv_retired"] and "'retired' is no longer configured" in refused["dlv_retired"]
+    assert calls == ["destinations_of", "destinations_of"]  # 7 ids, chunks of 4
+    assert (await store.get_delivery("dlv_retired")).delivery.status == "dead"
