@@ -152,13 +152,20 @@ class LocalGate(Gate):
         return Admission(granted=granted, wait_s=wait_s, held=granted == 0, probe=probe)
 
     async def unused(self, admission: Admission, count: int) -> None:
-        for _ in range(count):
+        # Reservations not yet used are alike (the oldest is used first): any goes back. A send that started (a
+        # probe given up for its lease) gives back its own slot, not a reservation another request waits with.
+        unstarted = min(count, admission.granted - len(admission.slots))
+        for _ in range(unstarted):
             self.limiter.unreserve()
+        for _ in range(count - unstarted):
+            self.limiter.unsend(admission.slots.pop())
         if admission.probe and count >= admission.granted:
             self.breaker.probing = False
 
     async def start(self, admission: Admission, index: int) -> None:
-        self.limiter.sent()  # the in-process log moves the slot to when the send really starts
+        handle = self.limiter.sent()  # the in-process log moves the slot to when the send really starts
+        if handle is not None:
+            admission.slots.append(handle)
 
     async def admit_request(self) -> None:
         await acquire(self.limiter)

@@ -455,10 +455,15 @@ class Lane:
                              unsent: Callable[[], Awaitable[None]] | None) -> None:
         """Give up, unsent, a delivery whose lease may have run out (`check_lease`): its admission given back when
         it was the breaker's probe (`unsent`), nothing recorded, and the delivery back due now only when this
-        process still holds its lease (otherwise its new holder has it)."""
+        process still holds its lease (otherwise its new holder has it). A probe whose request went out, refused
+        for its credentials, and whose resend is given up, keeps its slot (it was used): the breaker is told the
+        refusal, its answer."""
         if unsent is not None:
             with contextlib.suppress(StoreUnavailable):
-                await unsent()
+                if item.id in self.written:
+                    await self.gate.outcome("auth")
+                else:
+                    await unsent()
         self._answered(item.id)
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "

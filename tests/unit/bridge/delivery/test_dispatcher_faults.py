@@ -28,7 +28,7 @@ from bridge.delivery.dispatcher import (
     minimal,
     plainly_storable,
 )
-from bridge.delivery.ratelimit import Limiter
+from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter
 from bridge.delivery.sender import ID_CHARS
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
@@ -692,3 +692,56 @@ async def test_a_probe_given_up_for_its_lease_is_given_back_to_the_breaker() -> 
             await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
             assert d.lanes["kapture"].breaker.state == "closed"
         assert requests(m) == 1
+
+
+class HeldRequests(LocalCoordination):
+    """Gates whose requests beside a send (`admit_request`: a resend after a refused token) wait, once let out,
+    until `go` is set: a process stalled between a refusal and its resend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.waiting = 0
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        held = super().gate(destination, rate, limiter)
+        requests = held.admit_request
+
+        async def admit_request() -> None:
+            await requests()
+            self.waiting += 1
+            await self.go.wait()
+
+        held.admit_request = admit_request  # type: ignore[method-assign]
+        return held
+
+
+async def test_a_refused_probe_whose_resend_is_given_up_for_its_lease_keeps_its_slot_and_reopens_the_breaker() -> None:
+    """The breaker's probe went out and was refused for its token; its resend, with a new one, is given up as its
+    lease may have run out. The probe's request did go out: its slot stays counted, and its answer (refused
+    credentials) reaches the breaker, which opens again, rather than the probe being given back as if unsent."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter.credentials = NumberedTokens("kapture")
+    limiter = dest.limiter = SlidingWindowLimiter(5, 3600.0)
+    coordination, ticking = HeldRequests(), Ticking()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"})),
+               repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=coordination, monotonic=ticking, lease_s=3.0)
+            d.start()
+            d.lanes["kapture"].breaker = Breaker(state="open", until=0.0)  # half-open: its first send is the probe
+            try:
+                await eventually(lambda: coordination.waiting == 1)  # refused; the resend waits, its slot taken
+                ticking.now += 2.4  # past 3 s less a quarter
+                coordination.go.set()
+                await eventually(lambda: delivery_id in store.released)
+                assert d.lanes["kapture"].breaker.state == "open"
+                assert limiter.used() == 2  # the refused request, and the slot its resend took before giving up
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert store.record_calls == 0
