@@ -33,7 +33,8 @@ class Admission:
     sense, and `held` when the destination itself is held back (breaker open, a 429's pause), so that new
     work need not wake the lane. `probe`: the one send allowed is the breaker's probe. `slots` are the gate's
     own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic), to
-    tell a send that starts late for its slot."""
+    tell a send that starts late for its slot; `probe_mark` a shared gate's mark on the probe it granted, so that
+    giving it back ends that probe's hold, not one granted since."""
 
     granted: int
     wait_s: float = 0.0
@@ -41,6 +42,7 @@ class Admission:
     probe: bool = False
     slots: list[int] = field(default_factory=list)
     asked_at: float = field(default_factory=time.monotonic)
+    probe_mark: str | None = None
 
 
 @dataclass(frozen=True)
