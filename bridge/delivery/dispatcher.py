@@ -389,7 +389,7 @@ class Lane:
                 sent = Sent(settled, int(d.clock() * 1000), round((time.perf_counter() - t0) * 1000, 3), None, None)
             else:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                       on_send=went)
+                                       on_send=went, on_lookup=self.gate.admit_request)
         except LeaseExpired as exc:
             await self._lease_expired(item, str(exc), blog, unsent)
             return

@@ -38,7 +38,7 @@ from bridge.store.base import (
 )
 from bridge.store.memory import MemoryStore
 from bridge.vendors.credentials import Token, TokenCredentials
-from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
+from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
 BASE = "http://kapture.test"
 URL_CREATE = URL(BASE + CREATE_PATH)
@@ -634,6 +634,41 @@ async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
         assert requests(m) == 2
     assert store.records[0].classification == "success"
     assert gates.admitted == ["start", "request"]
+
+
+class LookingUp(KaptureAdapter):
+    """A Kapture adapter that looks a value up at the vendor while it prepares its request, as Netgroot looks up its
+    subject ids."""
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        status, body = await fetch(self.base_url + "/lookup", {})
+        assert status == 200
+        return {**fields, "title": body.decode()}
+
+
+async def test_look_ups_made_while_a_request_is_prepared_are_admitted_by_the_gate() -> None:
+    """Each request a look-up makes while the send is prepared (a retried one too) is let out by the destination's
+    gate (its rate limit), as the send itself is: the vendor counts them all."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter = LookingUp("kapture", dest.config, BASE)
+    gates = CountingGates()
+    with aioresponses() as m:
+        m.get(BASE + "/lookup", status=503, body="busy", response_class=MockResponse)
+        m.get(BASE + "/lookup", status=200, body="Router down", response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert len(m.requests[("GET", URL(BASE + "/lookup"))]) == 2
+    assert store.records[0].classification == "success"
+    assert gates.admitted == ["request", "request", "start"]
 
 
 async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
