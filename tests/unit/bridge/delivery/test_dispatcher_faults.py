@@ -780,3 +780,32 @@ async def test_a_refused_probe_whose_resend_is_given_up_for_its_lease_keeps_its_
                 await d.stop(0.0)
         assert requests(m) == 1
     assert store.record_calls == 0
+
+
+@pytest.mark.parametrize(("status", "classification"), [(503, "retry"), (200, "success")])
+async def test_a_stop_while_an_answer_is_told_to_the_gate_records_the_vendors_answer(
+        status: int, classification: str) -> None:
+    """A stop whose cancel lands while an answer is being told to the gate (a round trip on PostgreSQL) cuts that
+    short, but the vendor has answered: the attempt is recorded as its answer (a 503: retry), not as unknown; a
+    success (told to the gate once its slot is freed) is recorded too, not lost to be sent again."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    telling = asyncio.Event()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((status, {"status": "error"} if status == 503 else
+                                                  {"status": "success", "ticket_id": "T-1"})),
+               repeat=True, response_class=MockResponse)
+        async with running(store, destination()) as d:
+            gate = d.lanes["kapture"].gate
+
+            async def never_told(classification: str) -> Change:
+                telling.set()
+                await asyncio.Event().wait()  # the gate's round trip, not over when the stop comes
+                return None
+
+            gate.outcome = never_told  # type: ignore[method-assign]
+            await telling.wait()
+            await d.stop(0.0)
+        assert requests(m) == 1
+    [record] = store.records
+    assert (record.delivery_id, record.classification, record.http_status) == (delivery_id, classification, status)
