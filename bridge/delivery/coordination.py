@@ -33,7 +33,8 @@ class Admission:
     sense, and `held` when the destination itself is held back (breaker open, a 429's pause), so that new
     work need not wake the lane. `probe`: the one send allowed is the breaker's probe. `slots` are the gate's
     own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic), to
-    tell a send that starts late for its slot."""
+    tell a send that starts late for its slot; `probe_mark` a shared gate's mark on the probe it granted, so that
+    giving it back ends that probe's hold, not one granted since."""
 
     granted: int
     wait_s: float = 0.0
@@ -41,6 +42,7 @@ class Admission:
     probe: bool = False
     slots: list[int] = field(default_factory=list)
     asked_at: float = field(default_factory=time.monotonic)
+    probe_mark: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,13 +154,20 @@ class LocalGate(Gate):
         return Admission(granted=granted, wait_s=wait_s, held=granted == 0, probe=probe)
 
     async def unused(self, admission: Admission, count: int) -> None:
-        for _ in range(count):
+        # Reservations not yet used are alike (the oldest is used first): any goes back. A send that started (a
+        # probe given up for its lease) gives back its own slot, not a reservation another request waits with.
+        unstarted = min(count, admission.granted - len(admission.slots))
+        for _ in range(unstarted):
             self.limiter.unreserve()
+        for _ in range(count - unstarted):
+            self.limiter.unsend(admission.slots.pop())
         if admission.probe and count >= admission.granted:
             self.breaker.probing = False
 
     async def start(self, admission: Admission, index: int) -> None:
-        self.limiter.sent()  # the in-process log moves the slot to when the send really starts
+        handle = self.limiter.sent()  # the in-process log moves the slot to when the send really starts
+        if handle is not None:
+            admission.slots.append(handle)
 
     async def admit_request(self) -> None:
         await acquire(self.limiter)

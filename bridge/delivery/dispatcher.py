@@ -389,7 +389,7 @@ class Lane:
                 sent = Sent(settled, int(d.clock() * 1000), round((time.perf_counter() - t0) * 1000, 3), None, None)
             else:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
-                                       on_send=went)
+                                       on_send=went, on_lookup=self.gate.admit_request)
         except LeaseExpired as exc:
             await self._lease_expired(item, str(exc), blog, unsent)
             return
@@ -398,7 +398,7 @@ class Lane:
             sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
                         int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
-        await self._answer_gate(item, sent, settled is not None, blog)
+        stopped = await self._answer_gate(item, sent, settled is not None, blog)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
             d.on_attempt(Attempted(
@@ -423,21 +423,32 @@ class Lane:
             result = msgspec.structs.replace(result, role=role, action=item.action if rendered else None,
                                              body=item.body if rendered and settled is None else None)
         await self._record(item, result, blog)
+        if stopped is not None:  # the stop that cut the gate's update short, once the answer is recorded
+            raise stopped
 
-    async def _answer_gate(self, item: Claimed, sent: Sent, unsent: bool, blog: Any) -> None:
+    async def _answer_gate(self, item: Claimed, sent: Sent, unsent: bool,
+                           blog: Any) -> asyncio.CancelledError | None:
         """Tell the gate how the send went, and free its slot. A follow-up settled unsent made no request: the
         breaker counts it as a success (it may have been a probe); so does a reconciliation (the vendor answered
-        its look-up). An unknown outcome is the vendor's failure."""
+        its look-up). An unknown outcome is the vendor's failure. A stop that cuts this short (the gate's round trip
+        on PostgreSQL) is returned, not raised: the vendor's answer is known all the same, and the caller records it
+        (shielded: `_record`) before raising the stop, rather than leave it to the stop as unknown, or lose a
+        success to be sent again."""
         kind = sent.outcome.classification
         breaker = ("retry" if kind == UNKNOWN else kind) if not unsent or kind in ("retry", "auth") else "success"
-        if breaker in DESTINATION_FAILURES or sent.http_status == 429:
-            # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause) holds
-            # back the next claim, rather than let another wave out before it is counted.
-            await self._tell_gate(sent, breaker, blog)
+        try:
+            if breaker in DESTINATION_FAILURES or sent.http_status == 429:
+                # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause)
+                # holds back the next claim, rather than let another wave out before it is counted.
+                await self._tell_gate(sent, breaker, blog)
+                self._answered(item.id)
+            else:
+                self._answered(item.id)  # a success need not wait for the gate (a store round trip on PostgreSQL)
+                await self._tell_gate(sent, breaker, blog)
+        except asyncio.CancelledError as exc:
             self._answered(item.id)
-        else:
-            self._answered(item.id)  # a success need not wait for the gate (a store round trip on PostgreSQL)
-            await self._tell_gate(sent, breaker, blog)
+            return exc
+        return None
 
     def check_lease(self, delivery_id: str) -> None:
         """Raise LeaseExpired unless `delivery_id`'s lease surely still runs: confirmed less than `lease_s` less
@@ -455,10 +466,15 @@ class Lane:
                              unsent: Callable[[], Awaitable[None]] | None) -> None:
         """Give up, unsent, a delivery whose lease may have run out (`check_lease`): its admission given back when
         it was the breaker's probe (`unsent`), nothing recorded, and the delivery back due now only when this
-        process still holds its lease (otherwise its new holder has it)."""
+        process still holds its lease (otherwise its new holder has it). A probe whose request went out, refused
+        for its credentials, and whose resend is given up, keeps its slot (it was used): the breaker is told the
+        refusal, its answer."""
         if unsent is not None:
             with contextlib.suppress(StoreUnavailable):
-                await unsent()
+                if item.id in self.written:
+                    await self.gate.outcome("auth")
+                else:
+                    await unsent()
         self._answered(item.id)
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "

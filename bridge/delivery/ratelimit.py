@@ -26,8 +26,9 @@ class Limiter(Protocol):
     def reserve(self) -> float:
         """Take the next send slot; returns how many seconds to wait before using it."""
 
-    def sent(self) -> None:
-        """A reserved slot is being used now: the request starts (call it just before sending)."""
+    def sent(self) -> int | None:
+        """A reserved slot is being used now: the request starts (call it just before sending). Returns a handle on
+        the slot for `unsend` (None: the limiter keeps nothing to give back)."""
 
     def pause(self, seconds: float) -> None:
         """Allow no send for `seconds` (after a 429)."""
@@ -37,6 +38,10 @@ class Limiter(Protocol):
 
     def unreserve(self) -> None:
         """Give back the newest reserved slot whose send has not started."""
+
+    def unsend(self, handle: int) -> None:
+        """Give back the slot `sent` returned `handle` for, whose request did not go out after all (a breaker's probe
+        given up for its lease): that slot, not another request's reservation."""
 
     @property
     def window(self) -> float: ...
@@ -51,12 +56,15 @@ class Unlimited:
         return max(0.0, self._paused_until - self._clock())
 
     def sent(self) -> None:
-        pass
+        return None
 
     def next_delay(self) -> float:
         return self.reserve()
 
     def unreserve(self) -> None:
+        pass
+
+    def unsend(self, handle: int) -> None:
         pass
 
     def pause(self, seconds: float) -> None:
@@ -85,8 +93,11 @@ class SlidingWindowLimiter:
         self.per_seconds = per_seconds
         self._window = per_seconds + max(per_seconds * margin, min_margin_s)
         self._clock = clock
-        # The last `requests` send times, and after them the reserved slots not yet used (`_pending`).
+        # The last `requests` send times, and after them the reserved slots not yet used (`_pending`); `_ids` numbers
+        # each entry (`sent` hands the number out, for `unsend`).
         self._sends: deque[float] = deque()
+        self._ids: deque[int] = deque()
+        self._next_id = 0
         self._pending = 0  # the newest `_pending` entries are reserved slots whose send has not started
         self._paused_until = 0.0
 
@@ -110,24 +121,38 @@ class SlidingWindowLimiter:
         now = self._clock()
         at = self._next_at(now)
         self._sends.append(at)
+        self._ids.append(self._next_id)
+        self._next_id += 1
         self._pending += 1
         while len(self._sends) > self.requests + self._pending:
             self._sends.popleft()
+            self._ids.popleft()
         return at - now
 
     def unreserve(self) -> None:
         if self._pending:
             self._sends.pop()
+            self._ids.pop()
             self._pending -= 1
 
-    def sent(self) -> None:
+    def sent(self) -> int | None:
         if not self._pending:
-            return
+            return None
         now = self._clock()
         # Every slot not yet used starts now at the earliest; moving them all keeps the log in order.
-        for i in range(len(self._sends) - self._pending, len(self._sends)):
+        first = len(self._sends) - self._pending
+        for i in range(first, len(self._sends)):
             self._sends[i] = max(self._sends[i], now)
         self._pending -= 1
+        return self._ids[first]
+
+    def unsend(self, handle: int) -> None:
+        # Among the sends (not the reservations after them); gone from the log already, it counts no more.
+        for i in range(len(self._sends) - self._pending - 1, -1, -1):
+            if self._ids[i] == handle:
+                del self._sends[i]
+                del self._ids[i]
+                return
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)

@@ -8,7 +8,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import msgspec
@@ -52,6 +52,22 @@ def lookup_retry() -> ExponentialRetry:
     error. The delivery itself is retried on its schedule, which lives in the store."""
     return ExponentialRetry(attempts=3, start_timeout=0.1, max_timeout=1.0, retry_all_server_errors=False,
                             evaluate_response_callback=_lookup_settled, exceptions=set(TRANSPORT_ERRORS))
+
+
+class _Paced:
+    """A session whose requests after the first wait for `admit` (the destination's gate) before they go out, for
+    a look-up's retries: aiohttp-retry calls only `.request` of the session it is given, once per try."""
+
+    def __init__(self, session: aiohttp.ClientSession, admit: Callable[[], Awaitable[None]]) -> None:
+        self.session = session
+        self.admit = admit
+        self.tries = 0
+
+    async def request(self, method: str, url: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        self.tries += 1
+        if self.tries > 1:
+            await self.admit()
+        return await self.session.request(method, url, **kwargs)
 
 
 async def _lookup_settled(response: aiohttp.ClientResponse) -> bool:
@@ -163,11 +179,13 @@ LOOKUP_ERRORS = (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS)
 
 
 async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
-                    on_send: Callable[[], Awaitable[None]] | None = None) -> Sent:
+                    on_send: Callable[[], Awaitable[None]] | None = None,
+                    *, on_lookup: Callable[[], Awaitable[None]] | None = None) -> Sent:
     """`on_send` is awaited just before each request goes out (a resend after refused credentials too): the rate
-    limit notes the time, or holds a send that is late for its slot until it may go. The request and its look-ups
-    carry the destination's credentials (`authorized`): refused, they are renewed and the attempt made once more, in
-    this attempt."""
+    limit notes the time, or holds a send that is late for its slot until it may go. `on_lookup` is awaited before
+    each request a look-up makes while the request is prepared (`Adapter.prepare`; each of its retries too): the
+    vendor counts those against its limit as well. The request and its look-ups carry the destination's credentials
+    (`authorized`): refused, they are renewed and the attempt made once more, in this attempt."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     answered: list[tuple[VendorRequest, Answer]] = []
@@ -176,7 +194,11 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     async def attempt(auth: dict[str, str]) -> Answer:
         hidden.update(name.lower() for name in auth)
         async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-            lookups = RetryClient(client_session=session, retry_options=lookup_retry())  # only a send that looks up
+            client = session
+            if on_lookup is not None:
+                await on_lookup()  # the first try's slot, waited for before the look-up's timeout runs
+                client = cast(aiohttp.ClientSession, _Paced(session, on_lookup))
+            lookups = RetryClient(client_session=client, retry_options=lookup_retry())  # only a send that looks up
             async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
                 # Not followed: a redirect would carry the look-up, and what it reads into a stored error, to any
                 # host the vendor names (an admin port on this machine); the adapter sees the 3xx.

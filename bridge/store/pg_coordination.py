@@ -12,7 +12,9 @@ request leaving: the claim that follows the grant, and network jitter.
 The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
 process's failures count for all and only one probe is out at a time. A probe holds the others back for
 `probe_hold_s` (the dispatcher's lease), renewed with the leases while its sender lives (`keep_probe`), so
-that a probe whose sender dies is given up within a lease, as its delivery is. A 429's pause is
+that a probe whose sender dies is given up within a lease, as its delivery is. The hold carries its probe's mark
+(`probe_owner`, migration 0019): renewed or given back, only that probe's hold is, not one another process took
+after a stall outlasted it. A 429's pause is
 `paused_until` on the row; an operator's pause is `held_until` (HELD_FOREVER: until resumed), which
 other processes see when they next ask, within HOLD_RECHECK_S.
 """
@@ -23,6 +25,7 @@ import asyncio
 import functools
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,7 +49,7 @@ class PgGate(Gate):
         self.destination = destination
         self.rate = rate
         self.breaker = Breaker()
-        self.probing_here = False  # a probe granted in this process is out, its answer not yet fed back
+        self.probe_mark: str | None = None  # the mark of a probe granted here that is out, its answer not yet fed back
         self._next_reset: asyncio.Future[None] | None = None  # successes' reset of the failures, not yet sent
         self._sending_reset: asyncio.Future[None] | None = None  # the reset being sent now
         self._resetting: asyncio.Task[None] | None = None  # what sends the resets asked for, one at a time
@@ -76,13 +79,15 @@ class PgGate(Gate):
                     max_cooldown=self.breaker.max_cooldown, clock=lambda: now / 1000, state=row[1],
                     failures=row[2], opened=row[3], until=row[4] / 1000, probing=row[5] > now)
 
-    async def _save(self, conn: Any, b: Breaker, now: int) -> None:
+    async def _save(self, conn: Any, b: Breaker, now: int, probe_mark: str | None = None) -> None:
+        """Write `b` to the row; `probe_mark` marks the probe just granted."""
         probe_until = now + int(self.probe_hold_s * 1000) if b.probing else 0
         await conn.execute(
             "UPDATE destination_gates SET breaker_state = $2, failures = $3, opened = $4, open_until = $5, "
-            "probe_until = GREATEST(probe_until * $7::int, $6) WHERE destination = $1",
+            "probe_until = GREATEST(probe_until * $7::int, $6), probe_owner = COALESCE($8, probe_owner) "
+            "WHERE destination = $1",
             self.destination, b.state, b.failures, b.opened, int(b.until * 1000), probe_until,
-            1 if b.probing else 0)
+            1 if b.probing else 0, probe_mark)
         self.breaker = Breaker(threshold=b.threshold, base_cooldown=b.base_cooldown, max_cooldown=b.max_cooldown,
                                state=b.state, failures=b.failures, opened=b.opened, probing=b.probing,
                                until=time.monotonic() + max(0.0, b.until - now / 1000))
@@ -137,13 +142,14 @@ class PgGate(Gate):
                     "INSERT INTO send_slots (destination, at_ms) SELECT $1, $2 FROM generate_series(1, $3) "
                     "RETURNING id", self.destination, now, n)]
             probe = cap == 1 and n == 1
+            mark = None
             if probe:
                 b.probe_sent()
-                self.probing_here = True
+                mark = self.probe_mark = uuid.uuid4().hex
             if (b.state, b.probing) != was:
-                await self._save(conn, b, now)
+                await self._save(conn, b, now, mark)
             return Admission(granted=n, wait_s=max(wait_ms, 1) / 1000 if n == 0 else 0.0, held=n == 0,
-                             probe=probe, slots=slots)
+                             probe=probe, slots=slots, probe_mark=mark)
 
         result: Admission = await self._run(op)
         return result
@@ -199,15 +205,15 @@ class PgGate(Gate):
         give_back = admission.slots[len(admission.slots) - count:] if admission.slots else []
         probe_back = admission.probe and count >= admission.granted
 
-        if probe_back:
-            self.probing_here = False
+        if probe_back and self.probe_mark == admission.probe_mark:
+            self.probe_mark = None
 
         async def op(conn: Any) -> None:
             if give_back:
                 await conn.execute("DELETE FROM send_slots WHERE id = ANY($1::bigint[])", give_back)
-            if probe_back:
-                await conn.execute("UPDATE destination_gates SET probe_until = 0 WHERE destination = $1",
-                                   self.destination)
+            if probe_back:  # its own hold only: after a stall past it, another process's probe may hold the row
+                await conn.execute("UPDATE destination_gates SET probe_until = 0 WHERE destination = $1 "
+                                   "AND probe_owner = $2", self.destination, admission.probe_mark)
 
         await self._run(op)
 
@@ -263,18 +269,20 @@ class PgGate(Gate):
         return result
 
     async def keep_probe(self) -> None:
-        if not self.probing_here:
+        mark = self.probe_mark
+        if mark is None:
             return
 
         async def op(conn: Any) -> None:
             await conn.execute(
                 f"UPDATE destination_gates SET probe_until = ({CLOCK}) + $2::bigint "  # noqa: S608 - a constant
-                "WHERE destination = $1 AND probe_until > 0", self.destination, int(self.probe_hold_s * 1000))
+                "WHERE destination = $1 AND probe_until > 0 AND probe_owner = $3", self.destination,
+                int(self.probe_hold_s * 1000), mark)
 
         await self._run(op)
 
     async def outcome(self, classification: str) -> Change:
-        self.probing_here = False
+        self.probe_mark = None
         if classification == "success" and self.breaker.state == "closed" and self.breaker.failures == 0:
             # The common case: reset only a row that has counted failures (another process's), in one statement.
             await self._reset_failures()

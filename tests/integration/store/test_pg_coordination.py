@@ -253,3 +253,26 @@ async def test_a_request_beside_a_send_counts_in_the_shared_window(
     held = await ga.admit(1)
     assert (held.granted, held.held) == (0, True)
     assert 59 < held.wait_s <= 63.1
+
+
+async def test_a_probe_given_back_after_its_hold_ran_out_leaves_the_probe_another_process_took(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A probe given back unsent (its lease lost) by a process that stalled past the probe's hold clears its own
+    mark only: the probe another process took once that hold ran out still holds every process back, so that one
+    probe is out at a time."""
+    ga, gb = gates(two, None)
+    ga.breaker.base_cooldown = gb.breaker.base_cooldown = 0.0
+    for _ in range(5):
+        await ga.outcome("retry")
+    stalled = await ga.admit(1)
+    assert stalled.probe
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": two[0].schema or "public"})
+    try:  # the stall: the probe's hold ran out unrenewed
+        await conn.execute("UPDATE destination_gates SET probe_until = 1 WHERE destination = 'lsq'")
+    finally:
+        await conn.close()
+    assert (await gb.admit(1)).probe
+    await ga.unused(stalled, 1)
+    for gate in (ga, gb):
+        held = await gate.admit(3)
+        assert (held.granted, held.held) == (0, True), "a second probe out while the first one is"

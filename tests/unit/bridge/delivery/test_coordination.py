@@ -96,3 +96,21 @@ async def test_an_operators_hold_grants_nothing_until_it_ends_or_is_lifted() -> 
     until = (await g.view()).held_until_s
     assert until is not None and abs(until - (time.time() + 60)) < 1
     assert (await g.admit(1)).granted == 0
+
+
+async def test_a_started_probe_given_back_returns_its_own_slot_not_another_requests() -> None:
+    """A probe whose send started, then given up for its lease (not sent), gives back the slot it took: not the
+    reservation of a request still waiting for the window (a look-up's, `admit_request`), which must count once it
+    goes out. With 1 per 10 s, nothing more may go out within a window of that request."""
+    g, clock = gate(requests=1)
+    await g.outcome("retry")
+    assert await g.outcome("retry") == "opened"
+    clock.advance(5.0)
+    probe = await g.admit(1)
+    assert probe.probe
+    await g.start(probe, 0)  # the probe's send starts; its lease check then fails: not sent
+    assert g.limiter.reserve() > 10  # another request's slot, waited for (as admit_request does meanwhile)
+    await g.unused(probe, 1)  # the probe given back
+    clock.advance(10.6)
+    g.limiter.sent()  # that request goes out
+    assert (await g.admit(1)).granted == 0, "a second request within the window of the one that went out"

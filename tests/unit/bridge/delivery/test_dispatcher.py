@@ -173,6 +173,9 @@ class RecordingLimiter:
     def unreserve(self) -> None:
         pass
 
+    def unsend(self, handle: int) -> None:
+        pass
+
     def sent(self) -> None:
         pass
 

@@ -28,7 +28,7 @@ from bridge.delivery.dispatcher import (
     minimal,
     plainly_storable,
 )
-from bridge.delivery.ratelimit import Limiter
+from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter
 from bridge.delivery.sender import ID_CHARS
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
@@ -38,7 +38,7 @@ from bridge.store.base import (
 )
 from bridge.store.memory import MemoryStore
 from bridge.vendors.credentials import Token, TokenCredentials
-from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
+from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
 BASE = "http://kapture.test"
 URL_CREATE = URL(BASE + CREATE_PATH)
@@ -636,6 +636,41 @@ async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
     assert gates.admitted == ["start", "request"]
 
 
+class LookingUp(KaptureAdapter):
+    """A Kapture adapter that looks a value up at the vendor while it prepares its request, as Netgroot looks up its
+    subject ids."""
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        status, body = await fetch(self.base_url + "/lookup", {})
+        assert status == 200
+        return {**fields, "title": body.decode()}
+
+
+async def test_look_ups_made_while_a_request_is_prepared_are_admitted_by_the_gate() -> None:
+    """Each request a look-up makes while the send is prepared (a retried one too) is let out by the destination's
+    gate (its rate limit), as the send itself is: the vendor counts them all."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter = LookingUp("kapture", dest.config, BASE)
+    gates = CountingGates()
+    with aioresponses() as m:
+        m.get(BASE + "/lookup", status=503, body="busy", response_class=MockResponse)
+        m.get(BASE + "/lookup", status=200, body="Router down", response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert len(m.requests[("GET", URL(BASE + "/lookup"))]) == 2
+    assert store.records[0].classification == "success"
+    assert gates.admitted == ["request", "request", "start"]
+
+
 async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
     """The failure that opens the breaker is told to the gate while its send still holds its in-flight slot: the
     lane, waiting for that slot, asks the gate only once the breaker is open, and no second request goes out."""
@@ -692,3 +727,85 @@ async def test_a_probe_given_up_for_its_lease_is_given_back_to_the_breaker() -> 
             await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
             assert d.lanes["kapture"].breaker.state == "closed"
         assert requests(m) == 1
+
+
+class HeldRequests(LocalCoordination):
+    """Gates whose requests beside a send (`admit_request`: a resend after a refused token) wait, once let out,
+    until `go` is set: a process stalled between a refusal and its resend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.waiting = 0
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        held = super().gate(destination, rate, limiter)
+        requests = held.admit_request
+
+        async def admit_request() -> None:
+            await requests()
+            self.waiting += 1
+            await self.go.wait()
+
+        held.admit_request = admit_request  # type: ignore[method-assign]
+        return held
+
+
+async def test_a_refused_probe_whose_resend_is_given_up_for_its_lease_keeps_its_slot_and_reopens_the_breaker() -> None:
+    """The breaker's probe went out and was refused for its token; its resend, with a new one, is given up as its
+    lease may have run out. The probe's request did go out: its slot stays counted, and its answer (refused
+    credentials) reaches the breaker, which opens again, rather than the probe being given back as if unsent."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter.credentials = NumberedTokens("kapture")
+    limiter = dest.limiter = SlidingWindowLimiter(5, 3600.0)
+    coordination, ticking = HeldRequests(), Ticking()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"})),
+               repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=coordination, monotonic=ticking, lease_s=3.0)
+            d.start()
+            d.lanes["kapture"].breaker = Breaker(state="open", until=0.0)  # half-open: its first send is the probe
+            try:
+                await eventually(lambda: coordination.waiting == 1)  # refused; the resend waits, its slot taken
+                ticking.now += 2.4  # past 3 s less a quarter
+                coordination.go.set()
+                await eventually(lambda: delivery_id in store.released)
+                assert d.lanes["kapture"].breaker.state == "open"
+                assert limiter.used() == 2  # the refused request, and the slot its resend took before giving up
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert store.record_calls == 0
+
+
+@pytest.mark.parametrize(("status", "classification"), [(503, "retry"), (200, "success")])
+async def test_a_stop_while_an_answer_is_told_to_the_gate_records_the_vendors_answer(
+        status: int, classification: str) -> None:
+    """A stop whose cancel lands while an answer is being told to the gate (a round trip on PostgreSQL) cuts that
+    short, but the vendor has answered: the attempt is recorded as its answer (a 503: retry), not as unknown; a
+    success (told to the gate once its slot is freed) is recorded too, not lost to be sent again."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    telling = asyncio.Event()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((status, {"status": "error"} if status == 503 else
+                                                  {"status": "success", "ticket_id": "T-1"})),
+               repeat=True, response_class=MockResponse)
+        async with running(store, destination()) as d:
+            gate = d.lanes["kapture"].gate
+
+            async def never_told(classification: str) -> Change:
+                telling.set()
+                await asyncio.Event().wait()  # the gate's round trip, not over when the stop comes
+                return None
+
+            gate.outcome = never_told  # type: ignore[method-assign]
+            await telling.wait()
+            await d.stop(0.0)
+        assert requests(m) == 1
+    [record] = store.records
+    assert (record.delivery_id, record.classification, record.http_status) == (delivery_id, classification, status)

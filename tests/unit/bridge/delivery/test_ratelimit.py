@@ -232,6 +232,31 @@ def test_a_late_send_pushes_the_slots_reserved_after_it() -> None:
     assert limiter.reserve() == pytest.approx(1.0)
 
 
+
+def test_a_send_given_back_frees_its_own_slot_and_only_while_the_log_holds_it() -> None:
+    """`unsend` takes out the send `sent` numbered, leaving the reservations after it; once the log has let that
+    send go (a window's worth of sends after it), it takes out nothing."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    limiter.reserve()
+    handle = limiter.sent()
+    assert handle is not None
+    assert limiter.reserve() == 0.0  # the second slot, reserved, its send not started
+    limiter.unsend(handle)
+    assert limiter.reserve() == 0.0  # the given-back slot is free again; the reservation still holds the other
+    assert limiter.reserve() == pytest.approx(1.0)
+    clock.advance(5.0)
+    limiter = SlidingWindowLimiter(1, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    limiter.reserve()
+    gone = limiter.sent()
+    assert limiter.reserve() == pytest.approx(1.0)
+    clock.advance(1.0)
+    limiter.sent()  # the first leaves the log of one
+    assert gone is not None
+    limiter.unsend(gone)
+    assert limiter.reserve() == pytest.approx(1.0)
+
+
 # too_slow: as above.
 @settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
