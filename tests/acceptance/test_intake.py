@@ -133,6 +133,24 @@ async def test_same_dedup_key_is_answered_200_duplicate(client: Any) -> None:
     assert len(await all_deliveries(client)) == 1
 
 
+async def test_a_configured_dedup_key_is_exact_to_its_type(client: Any) -> None:
+    """A `dedup:` path's values are keys by type: `5` and `"5"`, `true` and `"True"`, `[1]` and `"[1]"` are six
+    events, and an id sent again is a duplicate of its own kind only. Null, {} and [] name no event: each such
+    post is stored, none is taken for another's duplicate."""
+    async def post(value: Any) -> tuple[int, dict[str, Any]]:
+        body = json.dumps({"id": value, "title": "Outage"}).encode()
+        resp = await client.post("/hooks/partner", data=body, headers={"Content-Type": "application/json",
+                                                                        "X-Signature": sign(body)})
+        return resp.status, await resp.json()
+
+    values = [5, "5", True, "True", [1], "[1]", {"a": 1, "b": 2}]
+    assert [status for status, _ in [await post(v) for v in values]] == [202] * len(values)
+    again = await post({"b": 2, "a": 1})  # the same object, its keys in another order
+    assert again[0] == 200 and again[1]["duplicate"] is True
+    assert [(await post(v))[0] for v in ["5", 5, None, None, {}, {}, [], []]] == [200, 200] + [202] * 6
+    assert len(await all_deliveries(client)) == len(values) + 6
+
+
 async def test_unknown_source_is_404(client: Any) -> None:
     """A source that is not configured is answered 404."""
     resp = await client.post("/hooks/nope", json={"a": 1})
