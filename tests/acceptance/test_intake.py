@@ -112,6 +112,21 @@ async def test_browser_form_post_with_redirect_gets_303(client: Any) -> None:
     assert len(await all_deliveries(client)) == 1
 
 
+async def test_a_page_scripts_form_fetch_gets_json_not_the_redirect(client: Any) -> None:
+    """A page's fetch() of a FormData to a source with `redirect` (multipart, `Accept: */*`, and the browser's
+    `Sec-Fetch-Mode: cors`) is answered 202 JSON its script can read, not a 303 to another site; the same
+    form submitted by the browser itself (`navigate`) is still redirected."""
+    form = {"email": "a@b.com", "subject": "x"}
+    fetched = await client.post("/hooks/contact", data=form, allow_redirects=False, headers={
+        "Accept": "*/*", "Origin": "https://example.com", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"})
+    assert fetched.status == 202, await fetched.text()
+    assert (await fetched.json())["accepted"] is True
+    assert fetched.headers["Access-Control-Allow-Origin"] == "https://example.com"
+    navigated = await client.post("/hooks/contact", data=form, allow_redirects=False, headers={
+        "Accept": "*/*", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+    assert (navigated.status, navigated.headers["Location"]) == (303, "https://example.com/thanks")
+
+
 async def test_repeated_form_keys_become_lists(client: Any) -> None:
     """Repeated keys in a form body become a list in the payload."""
     resp = await client.post("/hooks/contact", data=[("email", "a@b.com"), ("subject", "x"), ("topic", "a"),
