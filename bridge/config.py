@@ -100,6 +100,16 @@ class BasicAuth(Base):
     username: str
     password: str
 
+    def __post_init__(self) -> None:
+        # The password is the secret: an empty one (an environment variable set to "") would let in anyone
+        # who sends `Basic Og==`. The username may be empty, but the header splits at its first colon.
+        if not self.password:
+            raise KeyValueError(("password",), "`password` is empty: basic auth without a password lets anyone "
+                                "in; set it from the environment, e.g. password: ${FORM_PASSWORD}")
+        if ":" in self.username:
+            raise KeyValueError(("username",), f"`username` {self.username!r} holds a colon, which no basic auth "
+                                "header can carry (the colon ends the username): choose one without")
+
 
 class AuthConfig(Base):
     basic: BasicAuth | None = None

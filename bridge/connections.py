@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
@@ -101,10 +102,11 @@ class GuardedRequestHandler(RequestHandler):
     behaviour, so an aiohttp upgrade that changes them fails there first.
     """
 
-    __slots__ = ("_body", "_counted", "_deadline", "_limits", "_phase", "_stats", "_timer")
+    __slots__ = ("_bad_requests", "_body", "_counted", "_deadline", "_limits", "_phase", "_quiet", "_stats", "_timer")
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, stats: ConnectionStats,
-                 loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+                 loop: asyncio.AbstractEventLoop, bad_requests: ThrottledWarning | None = None,
+                 **kwargs: Any) -> None:
         # aiohttp's own keep-alive timer closes a connection whose next head is not complete in time,
         # counted from the previous answer; ours counts the head from its first byte, so aiohttp's
         # must never fire before ours would.
@@ -117,6 +119,8 @@ class GuardedRequestHandler(RequestHandler):
         self._timer: asyncio.TimerHandle | None = None
         self._body: Any = None
         self._counted = True  # GuardedServer counted it open when it made it
+        self._bad_requests = bad_requests or ThrottledWarning("server.bad_request")
+        self._quiet = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -147,6 +151,27 @@ class GuardedRequestHandler(RequestHandler):
             elif self._phase != _BUSY:
                 self._body = None
                 self._phase = _BUSY
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> StreamResponse:
+        """aiohttp answers a request its parser refuses (no Host header, two, a malformed header line) with a
+        400, and logs it at error level with a traceback: any client could fill the error log. Such a request
+        is the client's fault, so it is one `server.bad_request` warning per interval, with aiohttp's reason
+        and no traceback; a 5xx (a handler's own failure) is logged by aiohttp as before."""
+        if status >= 500 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        peer = self.peername
+        self._bad_requests(status=status, error=str(exc.message)[:200],
+                           remote=peer[0] if isinstance(peer, tuple) else str(peer))
+        self._quiet = True
+        try:
+            return super().handle_error(request, status, exc, message)
+        finally:
+            self._quiet = False
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if not self._quiet:
+            super().log_exception(*args, **kw)
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
         # Called once each answer is written: the connection now waits for its next request, unless a
@@ -260,6 +285,7 @@ class GuardedServer(web.Server):
         self.limits = limits
         self.stats = stats
         self._refusals = ThrottledWarning("server.connections_full")
+        self._bad_requests = ThrottledWarning("server.bad_request")
 
     def __call__(self) -> Any:
         stats = self.stats
@@ -267,7 +293,8 @@ class GuardedServer(web.Server):
             return RefusedConnection(stats, self._refusals, self.limits.max_connections)
         # Counted here, when asyncio accepts, not in connection_made: a burst of accepts in one loop
         # turn makes every protocol before any of them is connected.
-        handler = GuardedRequestHandler(self, limits=self.limits, stats=stats, loop=self._loop, **self._kwargs)
+        handler = GuardedRequestHandler(self, limits=self.limits, stats=stats, loop=self._loop,
+                                        bad_requests=self._bad_requests, **self._kwargs)
         stats.open += 1
         return handler
 

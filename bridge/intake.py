@@ -173,9 +173,38 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
 def _dedup_key(source: Source, inbound: Inbound, headers: dict[str, str]) -> str | None:
     value = MISSING if source.dedup_path is None else source.dedup_path.get({"payload": inbound.payload,
                                                                                "headers": headers})
-    if value is MISSING or value is None or value == "":
+    key = None if value is MISSING else dedup_value_key(value)
+    if key is None:
         return None if inbound.dedup_key is None else _indexable(inbound.dedup_key)
-    return _indexable(str(value))
+    return _indexable(key)
+
+
+JSON_KEY = "json:"
+_canonical_json = msgspec.json.Encoder(order="sorted", enc_hook=str)
+
+
+def dedup_value_key(value: Any) -> str | None:
+    """The dedup key a configured `dedup` path's value gives, exact to its type: a string as it is (the key
+    it always was), any other value as `json:` and its canonical JSON (`5` and `"5"`, `true` and `"True"`,
+    `[1]` and `"[1]"` are other keys), a string that itself starts with `json:` as `json:` and its JSON
+    string. None (no key: the provider's own, if any) for null, "", {} and [], which name no event."""
+    if isinstance(value, str):
+        if not value:
+            return None
+        return JSON_KEY + _canonical(value) if value.startswith(JSON_KEY) else value
+    if value is None or (isinstance(value, dict | list) and not value):
+        return None
+    return JSON_KEY + _canonical(value)
+
+
+def _canonical(value: Any) -> str:
+    """`value` as JSON with sorted object keys; text read with surrogateescape (not UTF-8) written out as the
+    store keeps it (bridge/escaping.py), in a copy: the payload is left as it is."""
+    try:
+        return _canonical_json.encode(value).decode()
+    except UnicodeEncodeError:
+        escaped, _changed = escape_tree(msgspec.to_builtins(value, enc_hook=str))
+        return _canonical_json.encode(escaped).decode()
 
 
 MAX_DEDUP_KEY_CHARS = 512

@@ -44,7 +44,7 @@ def check_auth(auth: AuthConfig | None, request: web.Request) -> None:
             raise Rejected(401, "basic auth header is not valid base64", check="basic_auth") from None
         ok_user = hmac.compare_digest(user.encode(), auth.basic.username.encode())
         ok_password = hmac.compare_digest(password.encode(), auth.basic.password.encode())
-        if not (ok_user and ok_password):
+        if not (ok_user and ok_password and password):  # an empty password is never a credential
             raise Rejected(401, "wrong username or password", check="basic_auth")
     elif auth.bearer is not None:
         bearer = check_bearer(header, auth.bearer)

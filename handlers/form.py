@@ -59,8 +59,16 @@ class FormHandler(Handler):
         return "*" in self.form.cors_origins or origin in self.form.cors_origins
 
     def redirect_to(self, request: web.Request) -> str | None:
+        """The `redirect` for a browser's own form submission; None (a JSON answer) for a script's post. A
+        browser says which with Fetch Metadata: `Sec-Fetch-Mode: navigate` is the page going to the form's
+        action; `cors`, `same-origin` or `no-cors` is a page script's fetch(), whose answer that script reads
+        (a redirect elsewhere would be a CORS failure to it, after the event was stored). Without the header
+        (older browsers, other clients) the Accept header decides."""
         if self.form.redirect is None or request.content_type not in (URLENCODED, MULTIPART):
             return None
+        mode = request.headers.get("Sec-Fetch-Mode")
+        if mode is not None:
+            return self.form.redirect if mode.strip().lower() == "navigate" else None
         accept = request.headers.get("Accept", "")
         if "text/html" not in accept and "*/*" not in accept and accept:
             return None

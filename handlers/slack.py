@@ -1,6 +1,10 @@
 """Slack Events API: the v0 signature (hex HMAC-SHA256 of `v0:timestamp:body`) within the tolerance,
-the `url_verification` handshake, messages as chat events; bot messages and other events are ignored,
-and Slack's retries are de-duplicated by `event_id`."""
+the `url_verification` handshake, messages as chat events; bot messages and other events are ignored.
+A message is de-duplicated by its channel and `ts` (what identifies a Slack message): Slack's retries, and
+the `message` and `app_mention` events one message gives an app subscribed to both, are stored once. An
+edit is never a new message: `message_changed` is ignored, and an `app_mention` for a message edited to
+mention the app (the message's own `ts`) is a duplicate when the message is stored already. An event
+without a channel and `ts` falls back to its `event_id`."""
 
 from __future__ import annotations
 
@@ -101,5 +105,18 @@ class SlackHandler(Handler):
             f"{channel}/{event.get('user')}" if channel and event.get("user") else channel,
             message_id=event.get("client_msg_id") or event.get("ts"), media=files, provider=data,
         )
-        event_id = data.get("event_id")
-        return [Inbound(payload=payload, dedup_key=str(event_id) if event_id else None)]
+        return [Inbound(payload=payload, dedup_key=_message_key(event) or _event_id(data))]
+
+
+def _message_key(event: dict[str, Any]) -> str | None:
+    """`message:<channel>/<ts>` for a message-like event: a message's `ts` is unique within its channel, and
+    the `message` and `app_mention` events of one message (each with its own `event_id`) share both."""
+    channel, ts = event.get("channel"), event.get("ts")
+    if isinstance(channel, str) and channel and isinstance(ts, str) and ts:
+        return f"message:{channel}/{ts}"
+    return None
+
+
+def _event_id(data: dict[str, Any]) -> str | None:
+    event_id = data.get("event_id")
+    return str(event_id) if event_id else None

@@ -112,6 +112,21 @@ async def test_browser_form_post_with_redirect_gets_303(client: Any) -> None:
     assert len(await all_deliveries(client)) == 1
 
 
+async def test_a_page_scripts_form_fetch_gets_json_not_the_redirect(client: Any) -> None:
+    """A page's fetch() of a FormData to a source with `redirect` (multipart, `Accept: */*`, and the browser's
+    `Sec-Fetch-Mode: cors`) is answered 202 JSON its script can read, not a 303 to another site; the same
+    form submitted by the browser itself (`navigate`) is still redirected."""
+    form = {"email": "a@b.com", "subject": "x"}
+    fetched = await client.post("/hooks/contact", data=form, allow_redirects=False, headers={
+        "Accept": "*/*", "Origin": "https://example.com", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"})
+    assert fetched.status == 202, await fetched.text()
+    assert (await fetched.json())["accepted"] is True
+    assert fetched.headers["Access-Control-Allow-Origin"] == "https://example.com"
+    navigated = await client.post("/hooks/contact", data=form, allow_redirects=False, headers={
+        "Accept": "*/*", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+    assert (navigated.status, navigated.headers["Location"]) == (303, "https://example.com/thanks")
+
+
 async def test_repeated_form_keys_become_lists(client: Any) -> None:
     """Repeated keys in a form body become a list in the payload."""
     resp = await client.post("/hooks/contact", data=[("email", "a@b.com"), ("subject", "x"), ("topic", "a"),
@@ -131,6 +146,24 @@ async def test_same_dedup_key_is_answered_200_duplicate(client: Any) -> None:
     first_id = (await first.json())["event_id"]
     assert await second.json() == {"accepted": True, "duplicate": True, "event_id": first_id}
     assert len(await all_deliveries(client)) == 1
+
+
+async def test_a_configured_dedup_key_is_exact_to_its_type(client: Any) -> None:
+    """A `dedup:` path's values are keys by type: `5` and `"5"`, `true` and `"True"`, `[1]` and `"[1]"` are six
+    events, and an id sent again is a duplicate of its own kind only. Null, {} and [] name no event: each such
+    post is stored, none is taken for another's duplicate."""
+    async def post(value: Any) -> tuple[int, dict[str, Any]]:
+        body = json.dumps({"id": value, "title": "Outage"}).encode()
+        resp = await client.post("/hooks/partner", data=body, headers={"Content-Type": "application/json",
+                                                                        "X-Signature": sign(body)})
+        return resp.status, await resp.json()
+
+    values = [5, "5", True, "True", [1], "[1]", {"a": 1, "b": 2}]
+    assert [status for status, _ in [await post(v) for v in values]] == [202] * len(values)
+    again = await post({"b": 2, "a": 1})  # the same object, its keys in another order
+    assert again[0] == 200 and again[1]["duplicate"] is True
+    assert [(await post(v))[0] for v in ["5", 5, None, None, {}, {}, [], []]] == [200, 200] + [202] * 6
+    assert len(await all_deliveries(client)) == len(values) + 6
 
 
 async def test_unknown_source_is_404(client: Any) -> None:

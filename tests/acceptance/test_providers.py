@@ -557,7 +557,7 @@ async def test_ignored_notification_still_needs_its_signature(client: Any) -> No
 
 
 async def test_slack_retry_is_a_duplicate(client: Any) -> None:
-    """Slack's retry of an event (X-Slack-Retry-Num, freshly signed) is de-duplicated by event_id."""
+    """Slack's retry of an event (X-Slack-Retry-Num, freshly signed) is a duplicate."""
     path, body, headers = slack()
     first = await client.post(path, data=body, headers=headers)
     runtime(client).sources["slack"].handler.clock = lambda: float(NOW + 60)
@@ -566,6 +566,20 @@ async def test_slack_retry_is_a_duplicate(client: Any) -> None:
     retry = await client.post(path, data=body, headers=retry_headers)
     assert (first.status, retry.status) == (202, 200)
     assert (await retry.json())["duplicate"] is True
+
+
+async def test_slack_message_and_its_app_mention_are_one_event(client: Any, tmp_path: Path) -> None:
+    """One message that mentions the app comes as a `message` and an `app_mention` event_callback, each signed,
+    each with its own event_id: the second is a 200 duplicate of the first, and one event is stored."""
+    data = load("slack/message.json")
+    first = await client.post("/hooks/slack", data=(body := compact(data)), headers=slack_headers(
+        S["SLACK_SECRET"], body))
+    data["event_id"], data["event"]["type"] = "Ev0PV52K22", "app_mention"
+    second = await client.post("/hooks/slack", data=(body := compact(data)), headers=slack_headers(
+        S["SLACK_SECRET"], body))
+    assert (first.status, second.status) == (202, 200), await second.text()
+    assert (await second.json())["event_id"] == (await first.json())["event_id"]
+    assert stored_events(tmp_path) == 1
 
 
 async def test_email_payload_is_the_same_shape_from_every_provider(client: Any) -> None:

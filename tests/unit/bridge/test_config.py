@@ -370,6 +370,37 @@ def test_basic_auth_needs_both_fields(tmp_path: Path) -> None:
     assert err.message == "missing required key 'password'"
 
 
+@pytest.mark.parametrize(("basic", "environ"), [
+    ("{username: u, password: ''}", {}),
+    ("{username: '', password: ''}", {}),
+    ("{username: '${BU:-}', password: '${BP:-}'}", {}),
+    ("{username: u, password: '${BP}'}", {"BP": ""}),
+])
+def test_basic_auth_refuses_an_empty_password(tmp_path: Path, basic: str, environ: dict[str, str]) -> None:
+    """An empty basic-auth password (written so, or from an environment variable set to "") is refused at load,
+    naming the file, line and `password`: with it, `Authorization: Basic Og==` would let anyone in."""
+    err = only_error(tmp_path, f"sources:\n  web:\n    kind: form\n    auth:\n      basic: {basic}\n", environ)
+    assert (err.line, err.path) == (5, "sources.web.auth.basic.password")
+    assert "`password` is empty" in err.message
+    assert "${" in err.message  # says how to set it
+
+
+def test_basic_auth_refuses_a_colon_in_the_username(tmp_path: Path) -> None:
+    """A username with a colon could never match (the header's first colon ends the username): refused at load."""
+    err = only_error(tmp_path,
+                     "sources:\n  web:\n    kind: form\n    auth:\n      basic: {username: 'a:b', password: p}\n")
+    assert err.path == "sources.web.auth.basic.username"
+    assert "'a:b' holds a colon" in err.message
+
+
+def test_basic_auth_takes_an_empty_username_with_a_password(tmp_path: Path) -> None:
+    """The password is the secret: an empty username beside one loads."""
+    cfg = load(tmp_path, "sources:\n  web:\n    kind: form\n    auth:\n      basic: {username: '', password: p}\n")
+    auth = cfg.sources["web"].auth
+    assert auth is not None and auth.basic is not None
+    assert (auth.basic.username, auth.basic.password) == ("", "p")
+
+
 def test_base_url_required_unless_sandbox(tmp_path: Path) -> None:
     """A non-sandbox destination without `base_url` is an error naming it."""
     err = only_error(tmp_path, "destinations:\n  k:\n    vendor: kapture\n    token: t\n")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from bridge.connections import REFUSAL, ConnectionLimits, ConnectionStats, GuardedAppRunner
 
@@ -256,3 +259,52 @@ async def test_a_busy_connection_does_not_arm_a_timer_per_request() -> None:
         finally:
             del loop.call_at  # type: ignore[method-assign]
     assert 1 <= armed <= 2
+
+
+async def _boom(request: web.Request) -> web.Response:
+    raise RuntimeError("a handler's own failure")
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /ping HTTP/1.1\r\n\r\n",
+    b"GET /ping HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /ping HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+], ids=["no_host", "two_hosts", "bad_header_line"])
+async def test_a_request_the_parser_refuses_is_a_400_and_one_warning_not_an_error_per_request(
+        head: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A request with no Host header, two, or a malformed header line is answered 400 by aiohttp's parser. It
+    is logged as one `server.bad_request` warning per interval, with the reason and no traceback, not as an
+    error with a traceback per request, which any client could use to flood the error log."""
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    with capture_logs() as logs:
+        async with serving(FAST) as (port, stats):
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head)
+                answer = await read_to_eof(reader)
+                assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), answer
+                writer.close()
+            await until(lambda: stats.open == 0)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    [warning] = [e for e in logs if e["event"] == "server.bad_request"]
+    assert warning["log_level"] == "warning" and warning["status"] == 400
+    assert warning["remote"] == "127.0.0.1" and warning["suppressed"] == 0
+    assert len(warning["error"]) <= 200 and ("Host" in warning["error"] or "header" in warning["error"].lower())
+
+
+async def test_a_handlers_own_failure_is_still_an_error_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """Only the parser's 400s are quietened: a handler raising is a 500 logged by aiohttp with its traceback."""
+    app = web.Application()
+    app.router.add_get("/boom", _boom)
+    runner = GuardedAppRunner(app, limits=FAST, stats=ConnectionStats(), access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(get("/boom"))
+        assert (await read_to_eof(reader)).startswith(b"HTTP/1.1 500 ")
+        writer.close()
+    finally:
+        await runner.cleanup()
+    [record] = [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno == logging.ERROR]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)

@@ -72,3 +72,21 @@ def test_a_long_dedup_key_is_kept_as_its_digest() -> None:
     long = "k" * (MAX_DEDUP_KEY_CHARS + 1)
     assert _indexable(long) == "sha256:" + hashlib.sha256(long.encode()).hexdigest() == _indexable(long)
     assert _indexable(long + "\udcff") != _indexable(long)  # a lone surrogate is hashed, not refused
+
+
+def test_a_configured_dedup_value_is_a_key_exact_to_its_type() -> None:
+    """A string is its own key, as it always was (keys already stored still match); any other value is `json:`
+    and its canonical JSON, so no value of one type shares a key with another's text; a string that starts
+    with `json:` is written as JSON too. Null, "", {} and [] are no key."""
+    from bridge.intake import dedup_value_key
+
+    assert dedup_value_key("p-1") == "p-1"
+    assert dedup_value_key("5") == "5"
+    keys = [dedup_value_key(v) for v in
+            [5, "5", 5.0, True, "True", "true", [1], "[1]", "json:[1]", "json:5", {"a": 1}, '{"a": 1}', [None]]]
+    assert None not in keys and len(set(keys)) == len(keys)
+    assert dedup_value_key({"b": [1, 2], "a": "x"}) == dedup_value_key({"a": "x", "b": [1, 2]})
+    assert [dedup_value_key(v) for v in (None, "", {}, [])] == [None] * 4
+    text = ["a\udcff"]  # a header byte that was not UTF-8: written out, and the payload left as it is
+    assert dedup_value_key(text) == 'json:["a\\\\xff"]'
+    assert text == ["a\udcff"]

@@ -149,6 +149,23 @@ def test_basic_compares_in_constant_time(spy: Spy) -> None:
     assert (b"guess", b"s3cret:with:colons") in spy.calls
 
 
+def test_basic_empty_credentials_never_pass() -> None:
+    """Empty credentials (`Basic Og==`, the text ":") get no one in, even where a config holds an empty password
+    (refused at load; here set after it): an empty password is never a credential."""
+    cfg = AuthConfig(basic=BasicAuth(username="forms", password="p"))
+    assert cfg.basic is not None
+    cfg.basic.username, cfg.basic.password = "", ""
+    err = rejected(cfg, {"Authorization": "Basic Og=="})
+    assert err.check == "basic_auth"
+    rejected(cfg, {"Authorization": basic_header("", "")})
+
+
+def test_basic_config_refuses_an_empty_password() -> None:
+    """BasicAuth itself refuses an empty password, however it is made."""
+    with pytest.raises(ValueError, match="`password` is empty"):
+        BasicAuth(username="forms", password="")
+
+
 # -- bearer ------------------------------------------------------------------------------------------
 
 

@@ -170,6 +170,23 @@ def test_json_post_is_never_redirected(accept: str | None) -> None:
     assert handler(redirect=THANKS).redirect_to(request("application/json", **headers)) is None
 
 
+@pytest.mark.parametrize("mode", ["cors", "same-origin", "no-cors", "websocket", ""])
+@pytest.mark.parametrize("accept", [None, "*/*", "text/html"])
+def test_a_page_scripts_fetch_is_answered_json_not_redirected(mode: str, accept: str | None) -> None:
+    """A page's fetch() of a FormData (multipart, `Accept: */*`) says it is no navigation with Fetch Metadata:
+    it gets JSON, which its script can read, not a 303 elsewhere that it would see as a CORS failure."""
+    headers = {"Sec_Fetch_Mode": mode, **({} if accept is None else {"Accept": accept})}
+    assert handler(redirect=THANKS).redirect_to(request(MULTIPART, **headers)) is None
+    assert handler(redirect=THANKS).redirect_to(request(URLENCODED, **headers)) is None
+
+
+@pytest.mark.parametrize("mode", ["navigate", "Navigate", " navigate "])
+def test_a_browser_navigation_is_redirected_whatever_it_accepts(mode: str) -> None:
+    """`Sec-Fetch-Mode: navigate` is the browser submitting the form itself: redirected."""
+    assert handler(redirect=THANKS).redirect_to(request(URLENCODED, Sec_Fetch_Mode=mode)) == THANKS
+    assert handler(redirect=THANKS).redirect_to(request(MULTIPART, Sec_Fetch_Mode=mode, Accept="*/*")) == THANKS
+
+
 def test_no_redirect_configured() -> None:
     """Without `redirect`, even a browser form post gets no redirect."""
     assert handler().redirect_to(request(URLENCODED, Accept="text/html")) is None

@@ -40,7 +40,7 @@ def test_signature_matches_slacks_documented_example() -> None:
 
 
 async def test_signed_message_becomes_a_chat_event() -> None:
-    """A person's message gives the chat shape, de-duplicated by event_id."""
+    """A person's message gives the chat shape, de-duplicated by its channel and ts."""
     h, req = handler(), post(slack_headers(SECRET, BODY))
     h.verify(req, BODY)
     assert await h.intercept(req, BODY) is None
@@ -49,7 +49,28 @@ async def test_signed_message_becomes_a_chat_event() -> None:
         "from": "U061F7AUR", "from_name": None, "to": "D024BE91L", "text": "My router is down again",
         "conversation_id": "D024BE91L/U061F7AUR", "message_id": "0f5a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8", "media": [],
     }
-    assert inbound.dedup_key == "Ev0PV52K21"
+    assert inbound.dedup_key == "message:D024BE91L/1717408960.000200"
+
+
+def test_the_message_and_app_mention_events_of_one_message_share_a_dedup_key() -> None:
+    """An app subscribed to `message.*` and `app_mention` gets two events, each with its own event_id, for one
+    message that mentions it: one key (channel and ts), so one ticket. Another message (ts) or channel is
+    another key, and an event without a channel or ts falls back to its event_id."""
+    def key(event_id: str, **change: Any) -> str | None:
+        data = load("slack/message.json")
+        data["event_id"] = event_id
+        data["event"].update(change)
+        for name in [k for k, v in change.items() if v is None]:
+            del data["event"][name]
+        [inbound] = handler().parse(post(), compact(data))
+        return inbound.dedup_key
+
+    message = key("Ev1")
+    assert message == key("Ev2", type="app_mention") == key("Ev3", type="app_mention", edited={"ts": "1"})
+    assert len({message, key("Ev1", ts="1717408960.000300"), key("Ev1", channel="C0OTHER")}) == 3
+    assert key("Ev4", ts=None) == "Ev4"
+    assert key("Ev5", channel=None) == "Ev5"
+    assert key("Ev6", ts=1717408960.0002) == "Ev6"
 
 
 def test_threaded_reply_names_the_thread() -> None:
