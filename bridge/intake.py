@@ -91,8 +91,8 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
 
 async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *, verify: bool = True,
                       off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
-    """The handler's checks and parse (in the parser thread when `off`, the body's `offloaded`, worked out here
-    when not given): the request's events and its signed nonce, or the answer to a handshake or an ignored
+    """The handler's checks, `prepare` and parse (in the parser thread when `off`, the body's `offloaded`, worked
+    out here when not given): the request's events and its signed nonce, or the answer to a handshake or an ignored
     notification. Rejected passes through; any other exception is a handler bug met on these bytes. `verify`
     false (the console's playground) skips the auth and signature checks, and the nonce, and nothing else:
     `intercept` runs as for intake."""
@@ -105,8 +105,13 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
         else:
             skip_signatures(request)
         handler.check_content_type(request)
-        if verify:
-            await _run(handler.verify, request, body, off)
+
+        def checks(request: web.Request, body: bytes) -> None:
+            if verify:
+                handler.verify(request, body)
+            handler.prepare(request, body)  # what intercept reads, parsed here rather than on the loop
+
+        await _run(checks, request, body, off)
         if (early := await handler.intercept(request, body)) is not None:
             return early
         inbounds = await _run(handler.parse, request, body, off)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -72,3 +73,76 @@ def test_a_long_dedup_key_is_kept_as_its_digest() -> None:
     long = "k" * (MAX_DEDUP_KEY_CHARS + 1)
     assert _indexable(long) == "sha256:" + hashlib.sha256(long.encode()).hexdigest() == _indexable(long)
     assert _indexable(long + "\udcff") != _indexable(long)  # a lone surrogate is hashed, not refused
+
+
+JSON = {"Content-Type": "application/json"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _intercepting_kinds() -> list[tuple[str, dict[str, Any], bytes, dict[str, str]]]:
+    """Each kind whose `intercept` reads the body, with options and a body its provider sends."""
+    from tests.fixtures.providers import compact, load, mandrill_request, postal_public_key
+
+    def fixture(name: str) -> bytes:
+        return compact(load(name))
+
+    mandrill_body, mandrill_headers = mandrill_request("k", "https://bridge.example.com/hooks/mandrill")
+    return [
+        ("slack", {"signing_secret": "s"}, fixture("slack/message.json"), JSON),
+        ("whatsapp", {"app_secret": "s", "verify_token": "v"}, fixture("whatsapp/messages.json"), JSON),
+        ("telegram", {"secret_token": "s"}, fixture("telegram/message.json"), JSON),
+        ("typeform", {"secret": "s"}, fixture("typeform/form_response.json"), JSON),
+        ("tally", {"secret": "s"}, fixture("tally/form_response.json"), JSON),
+        ("webflow", {"secret": "s"}, fixture("webflow/form_submission.json"), JSON),
+        ("intercom", {"secret": "s"}, fixture("intercom/conversation_replied.json"), JSON),
+        ("postmark", {}, fixture("postmark/inbound.json"), JSON),
+        ("postal", {"public_key": postal_public_key()}, fixture("postal/hash.json"), JSON),
+        ("mailersend", {"secret": "s"}, fixture("mailersend/inbound.json"), JSON),
+        ("resend", {"secret": "whsec_c2VjcmV0", "api_key": "re_1"}, fixture("resend/email_received.json"), JSON),
+        ("brevo", {}, fixture("brevo/inbound.json"), JSON),
+        ("ses", {"topic_arns": ["arn:aws:sns:us-east-1:1:t"]}, fixture("ses/sns_notification.json"), JSON),
+        ("sparkpost", {}, fixture("sparkpost/relay.json"), JSON),
+        ("sendgrid", {}, b'[{"event": "delivered", "email": "a@example.com"}]', JSON),
+        ("mandrill", {"webhook_key": "k", "public_url": "https://bridge.example.com/hooks/mandrill"}, mandrill_body,
+         mandrill_headers),
+        ("twilio", {"auth_token": "t" * 32, "public_url": "https://bridge.example.com/hooks/twilio"},
+         urlencode(load("twilio/sms.json")).encode(), FORM),
+    ]
+
+
+@pytest.mark.parametrize(("kind", "options", "body", "headers"), _intercepting_kinds(),
+                         ids=[k[0] for k in _intercepting_kinds()])
+async def test_what_intercept_reads_is_parsed_once_in_the_parser_thread_for_a_large_body(
+        monkeypatch: pytest.MonkeyPatch, kind: str, options: dict[str, Any], body: bytes,
+        headers: dict[str, str]) -> None:
+    """`intercept` runs on the loop; the body it reads is parsed by `prepare`, where the main parse runs (the
+    parser thread for a request `off` the loop), once: a signed 1 MB Telegram update of `[[],[],…]` held the
+    loop for a quarter of a second in intercept's parse."""
+    import handlers.base
+    import handlers.mandrill
+    import handlers.sendgrid
+    import handlers.sparkpost
+    import handlers.twilio
+    from tests.fixtures.providers import build
+
+    reads: list[str] = []
+
+    def recorded(module: Any, name: str) -> None:
+        real = getattr(module, name)
+
+        def read(data: Any, *args: Any, **kwargs: Any) -> Any:
+            if data is body:
+                reads.append(threading.current_thread().name)
+            return real(data, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, read)
+
+    for module in (handlers.base, handlers.sendgrid, handlers.sparkpost):
+        recorded(module, "decode_json")
+    for module in (handlers.mandrill, handlers.twilio):
+        recorded(module, "parse_urlencoded")
+    handler = build(kind, **options)
+    request = make_mocked_request("POST", f"/hooks/{kind}", headers={"Host": "bridge.example.com", **headers})
+    await run_handler(cast(Runtime, None), Source(kind, handler, None, 0.0), request, body, verify=False, off=True)
+    assert len(reads) == 1 and reads[0].startswith("ticketbridge-parse"), reads
+
