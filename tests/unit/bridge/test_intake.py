@@ -12,7 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Request
 
 from bridge.config import ServerConfig, SourceConfig
-from bridge.intake import OFFLOAD_BYTES, OFFLOAD_MIME_LINES, offloaded, run_handler
+from bridge.intake import EVENTS_ON_LOOP, OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _new_events, offloaded, run_handler
 from bridge.runtime import Runtime, Source
 from handlers.base import Handler, Inbound, Intercepted
 
@@ -146,3 +146,48 @@ async def test_what_intercept_reads_is_parsed_once_in_the_parser_thread_for_a_la
     await run_handler(cast(Runtime, None), Source(kind, handler, None, 0.0), request, body, verify=False, off=True)
     assert len(reads) == 1 and reads[0].startswith("ticketbridge-parse"), reads
 
+
+class Batch(Recording):
+    """A handler whose request carries `count` events."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def parse(self, request: Request, body: bytes) -> list[Inbound]:
+        return [Inbound(payload={"i": i}) for i in range(self.count)]
+
+
+async def test_a_request_of_more_events_than_the_cap_is_a_413_naming_both() -> None:
+    """A signed WhatsApp post of 10,000 messages was stored as 10,000 events, taking 20 s to answer."""
+    from bridge.errors import Rejected
+    from bridge.intake import MAX_EVENTS
+
+    request = make_mocked_request("POST", "/hooks/src")
+    handled = await run_handler(cast(Runtime, None), Source("src", Batch(MAX_EVENTS), None, 0.0), request, b"{}")
+    assert not isinstance(handled, Intercepted) and len(handled[0]) == MAX_EVENTS
+    with pytest.raises(Rejected) as info:
+        await run_handler(cast(Runtime, None), Source("src", Batch(10_000), None, 0.0), request, b"{}")
+    assert (info.value.status, str(info.value)) == (413, f"too many events in one request: 10000, at most {MAX_EVENTS}")
+
+
+@pytest.mark.parametrize(("count", "off"), [(1, False), (EVENTS_ON_LOOP, False), (EVENTS_ON_LOOP + 1, True)])
+async def test_the_events_of_a_large_batch_are_built_in_the_parser_thread(
+        monkeypatch: pytest.MonkeyPatch, count: int, off: bool) -> None:
+    """Building each event (its id, time and dedup key) runs on the loop for a few, in the thread for many."""
+    import bridge.intake
+    from bridge.events import Event
+
+    threads: list[str] = []
+
+    class Recorded(Event):
+        @classmethod
+        def new(cls, **fields: Any) -> Event:
+            threads.append(threading.current_thread().name)
+            return Event.new(**fields)
+
+    monkeypatch.setattr(bridge.intake, "Event", Recorded)
+    inbounds = [Inbound(payload={"i": i}, dedup_key=str(i)) for i in range(count)]
+    events = await _new_events(Source("src", Recording(), None, 0.0), inbounds, {}, {"remote": None})
+    assert [e.dedup_key for e in events] == [str(i) for i in range(count)]
+    assert {name.startswith("ticketbridge-parse") for name in threads} == {off}
