@@ -29,6 +29,7 @@ from bridge.store.rows import now_ms
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
 from handlers.base import Inbound, Intercepted, SignedNonce, skip_signatures
+from handlers.limits import check_count
 
 log = structlog.get_logger("ticketbridge.intake")
 
@@ -36,6 +37,11 @@ _encode = msgspec.json.Encoder().encode
 NONCE_MARGIN_S = 60.0
 HASH_ON_LOOP_BYTES = 262_144
 """Bodies larger than this are hashed on a worker thread (hashlib lets go of the GIL), not on the loop."""
+MAX_EVENTS = 2_000
+"""Events one request may carry: twice the largest batch a provider sends (Meta's webhooks and Mandrill's
+batch up to 1,000 updates, Brevo's 500). Past it, a 413 naming both: each event is stored on its own."""
+EVENTS_ON_LOOP = 100
+"""Past this many events in one request, they are built in the parser thread, not on the loop."""
 T = TypeVar("T")
 
 
@@ -91,8 +97,8 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
 
 async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *, verify: bool = True,
                       off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
-    """The handler's checks and parse (in the parser thread when `off`, the body's `offloaded`, worked out here
-    when not given): the request's events and its signed nonce, or the answer to a handshake or an ignored
+    """The handler's checks, `prepare` and parse (in the parser thread when `off`, the body's `offloaded`, worked
+    out here when not given): the request's events and its signed nonce, or the answer to a handshake or an ignored
     notification. Rejected passes through; any other exception is a handler bug met on these bytes. `verify`
     false (the console's playground) skips the auth and signature checks, and the nonce, and nothing else:
     `intercept` runs as for intake."""
@@ -105,11 +111,17 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
         else:
             skip_signatures(request)
         handler.check_content_type(request)
-        if verify:
-            await _run(handler.verify, request, body, off)
+
+        def checks(request: web.Request, body: bytes) -> None:
+            if verify:
+                handler.verify(request, body)
+            handler.prepare(request, body)  # what intercept reads, parsed here rather than on the loop
+
+        await _run(checks, request, body, off)
         if (early := await handler.intercept(request, body)) is not None:
             return early
         inbounds = await _run(handler.parse, request, body, off)
+        check_count("events in one request", len(inbounds), MAX_EVENTS)
         return inbounds, handler.nonce(request, body) if verify else None
     except (Rejected, web.HTTPException):
         raise
@@ -393,6 +405,22 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
                 rt.tracing.intake(name, elapsed, status, request.get(STORED_IDS))
 
 
+def _events_of(source: Source, inbounds: list[Inbound], headers: dict[str, str],
+               meta: dict[str, Any]) -> list[Event]:
+    handler = source.handler
+    return [Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
+                      headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
+                      spam=inbound.spam) for inbound in inbounds]
+
+
+async def _new_events(source: Source, inbounds: list[Inbound], headers: dict[str, str],
+                      meta: dict[str, Any]) -> list[Event]:
+    """The request's events, with their dedup keys: built in the parser thread past EVENTS_ON_LOOP of them."""
+    if len(inbounds) > EVENTS_ON_LOOP:
+        return await offload.in_parser(_events_of, source, inbounds, headers, meta)
+    return _events_of(source, inbounds, headers, meta)
+
+
 async def _hook_post(request: web.Request) -> web.StreamResponse:
     found = _source(request)
     if isinstance(found, web.Response):
@@ -417,9 +445,7 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
     planned: list[tuple[Event, list[NewDelivery]]] = []
     invalid: list[str] = []
     mappings = rt.mappings
-    events = [Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
-                        headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
-                        spam=inbound.spam) for inbound in inbounds]
+    events = await _new_events(source, inbounds, headers, meta)
     for event, (deliveries, errors) in zip(events, _plan_on_loop(rt, source, events, mappings, off)
                                            or await _plan_off(rt, events, mappings), strict=True):
         if not deliveries and not event.spam:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
@@ -174,8 +176,13 @@ class Handler(ABC):
         second use of; None when the signature covers the body (a new body needs a new signature)."""
         return None
 
+    def prepare(self, request: web.Request, body: bytes) -> None:  # noqa: B027 - optional hook
+        """Read what `intercept` reads from the body (with `per_request`, so that `intercept` and `parse` find it
+        read): run after `verify` and before `intercept`, where the parse runs, in the parser thread for a large
+        body, whereas `intercept` runs on the event loop."""
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        """Run after `verify`, before `parse`: answer a POST that must not become an event (a handshake, a
+        """Run after `verify` and `prepare`, before `parse`: answer a POST that must not become an event (a handshake, a
         notification this source ignores), or finish a check that needs I/O, raising Rejected.
         None lets the request go on to `parse`. It runs also when `verify` did not (the playground with `verify`
         off: `signatures_checked` is false), and then skips any signature check of its own and makes no request
@@ -222,15 +229,29 @@ recursion limit (about a thousand, less the stack in use), and a value nested ju
 later recursive step (encoding the event, str() of a list) fail instead; this keeps 850 levels of headroom."""
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
+# A JSON string (the text is valid JSON: parsed already); what is left once they are out is read for its
+# brackets alone, both kinds as one, each a step in or out.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_STEP = {ord("["): 1, ord("]"): -1}
+_DEPTH_CHUNK = 65_536
+"""Brackets read in one call: C code holds the interpreter lock throughout, so a large body's walk in the
+parser thread lets the loop in between chunks (some 2 ms each)."""
+
+
+def _deeper_than(text: bytes | str, limit: int) -> bool:
+    """Whether JSON text, valid (parsed already), nests arrays and objects deeper than `limit`: the highest
+    running sum of its brackets outside strings, each step summed in C. Walking the parsed value visited every
+    array and object in Python (a body of `[],` holds one every three bytes)."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    brackets = _JSON_STRING.sub(b"", raw).translate(_BRACKETS, _NOT_BRACKETS)
+    depth = 0
+    for start in range(0, len(brackets), _DEPTH_CHUNK):
+        chunk = brackets[start:start + _DEPTH_CHUNK]
+        if max(accumulate(map(_STEP.__getitem__, chunk), initial=depth)) > limit:
             return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
+        depth += chunk.count(b"[") * 2 - len(chunk)
     return False
 
 
@@ -248,7 +269,7 @@ def decode_json(data: bytes | str, field: str | None = None, check: str = "json"
         pass  # deeper than the parser goes: refused below, as any value past the limit
     else:
         brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
-        if brackets <= MAX_JSON_DEPTH or not isinstance(value, dict | list) or not _deeper_than(value, MAX_JSON_DEPTH):
+        if brackets <= MAX_JSON_DEPTH or not isinstance(value, dict | list) or not _deeper_than(data, MAX_JSON_DEPTH):
             return value
     raise Rejected(400, f"{what} is nested too deeply: more than {MAX_JSON_DEPTH} levels of arrays and objects",
                    check=check)
@@ -269,3 +290,8 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Rejected(400, f"expected a JSON object, got a JSON {type(value).__name__}", check="json")
     return value
+
+
+def json_body(request: web.Request, body: bytes) -> dict[str, Any]:
+    """`decode_json_object(body)` once per request, under the key the JSON handlers share ("json")."""
+    return per_request(request, "json", lambda: decode_json_object(body))

@@ -118,6 +118,9 @@ class BrevoHandler(Handler):
 
         return per_request(request, "brevo", read)
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._items(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         messages = [item for item in self._items(request, body) if isinstance(item, dict)]
         if (event := self._event(self._data(request, body))) is not None:

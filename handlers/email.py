@@ -300,6 +300,20 @@ class OpaqueMessage(Message):
         maintype = super().get_content_maintype()
         return "application" if maintype == "message" else maintype
 
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        # Every reader of a parameter (get_param, get_content_charset, get_boundary, get_filename) parses the
+        # whole header again, in time that grows with its length times its semicolons: read once per value.
+        value = self.get(header)
+        if not isinstance(value, str):
+            return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
+        read: dict[str, tuple[str, Any]] = self.__dict__.setdefault("_params_read", {})
+        key = header.lower()
+        cached = read.get(key)
+        if cached is None or cached[0] != value:
+            cached = read[key] = (value, super()._get_params_preserve(failobj, header))  # type: ignore[misc]
+        params = cached[1]
+        return list(params) if isinstance(params, list) else params
+
     def get_param(self, param: str, failobj: Any = None, header: str = "content-type",
                   unquote: bool = True) -> Any:
         try:
@@ -325,8 +339,11 @@ def raw_param(part: Message, header: str, param: str) -> str | None:
     raw = _raw_header(part, header)
     if raw is None:
         return None
-    probe = OpaqueMessage()
-    probe[header] = raw
+    if isinstance(part, OpaqueMessage) and part.get(header) == raw:
+        probe = part  # the header as the part holds it: its parameters are read once, for every reader
+    else:
+        probe = OpaqueMessage()
+        probe[header] = raw
     value = probe.get_param(param, header=header, unquote=False)
     if isinstance(value, tuple):  # the parser quoted (and escaped) the percent-decoded value: undone exactly
         charset, language, quoted = value

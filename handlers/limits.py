@@ -23,6 +23,15 @@ MAX_HEADER_BYTES = 256 * 1024
 """Characters in the header block of an email (or of one MIME part)."""
 MAX_CONTENT_HEADER_CHARS = 8 * 1024
 """Characters in one Content-* header of a MIME part: these are parsed structurally, costlier per character."""
+MAX_HEADER_PARAMS = 100
+"""Semicolons (parameters) in one Content-Type or Content-Disposition of a MIME part: the email package reads a
+header's parameters in time that grows with its length times its semicolons, again at each read. A browser's
+form part has one or two (RFC 7578: `form-data; name="x"; filename="y"`), a mail client's attachment up to
+five (size, dates); a long file name split in RFC 2231 continuations (`filename*0*=…; filename*1*=…`) some forty."""
+MAX_BODY_PARAMS = 2_000
+"""Semicolons in all the Content-Type and Content-Disposition headers of one MIME body: two a part over
+MAX_FORM_FIELDS parts (a browser's text field has one, its file field two), eight a part over MAX_MIME_PARTS.
+Reading each costs some 3 µs, once per header."""
 MAX_MIME_PARTS = 250
 """Parts of one email, all sections together: bodies, attachments, inline images, forwarded messages."""
 MAX_ATTACHMENTS = 100
@@ -77,15 +86,27 @@ def check_header_block(pairs: list[tuple[str, str]], what: str) -> None:
     check_chars(f"the header block of {what}", sum(len(n) + len(v) + 2 for n, v in pairs), MAX_HEADER_BYTES)
 
 
+_PARAMETERISED = frozenset({"content-type", "content-disposition"})
+
+
 def check_parts(message: Message, what: str, limit: int = MAX_MIME_PARTS) -> None:
     """Check a parsed MIME body before any of its headers is parsed structurally: the number of parts (at most
-    `limit`), and each part's header block and Content-* headers."""
+    `limit`), each part's header block and Content-* headers, and the semicolons (parameters) of its
+    Content-Type and Content-Disposition, each and all together."""
     parts = list(message.walk())
     check_count(f"MIME parts in {what}", len(parts) - 1 if len(parts) > 1 else 1, limit)
+    params = 0
     for i, part in enumerate(parts):
         pairs = list(part.raw_items())
         where = what if i == 0 else f"part {i} of {what}"
         check_header_block(pairs, where)
         for name, value in pairs:
-            if name.lower().startswith("content-"):
+            key = name.lower()
+            if key.startswith("content-"):
                 check_chars(f"header {name} of {where}", len(value), MAX_CONTENT_HEADER_CHARS)
+                if key in _PARAMETERISED:
+                    count = str(value).count(";")
+                    check_count(f"parameters (semicolons) in header {name} of {where}", count, MAX_HEADER_PARAMS)
+                    params += count
+    check_count(f"parameters (semicolons) in the Content-Type and Content-Disposition headers of {what}", params,
+                MAX_BODY_PARAMS)

@@ -53,6 +53,9 @@ class MailersendHandler(Handler):
     def _event(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "mailersend", lambda: decode_json_object(body))
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._event(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         kind = self._event(request, body).get("type")
         if kind != "inbound.message":

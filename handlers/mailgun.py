@@ -120,6 +120,9 @@ class MailgunHandler(Handler):
         left = stamp + self.mailgun.tolerance_s - self.clock()
         return SignedNonce(value=token, name="Mailgun `token`", valid_for_s=max(0.0, left))
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._form(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         form = self._form(request, body)
         fields = form.fields

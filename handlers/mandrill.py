@@ -89,6 +89,9 @@ class MandrillHandler(Handler):
 
         return per_request(request, "mandrill.events", read)
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._events(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         if not self._events(request, body):
             return not_a_message("event", "a Mandrill post with no inbound event (a webhook test, or other events)")

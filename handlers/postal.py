@@ -85,6 +85,9 @@ class PostalHandler(Handler):
     def _message(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "postal", lambda: decode_json_object(body))
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._message(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = self._message(request, body)
         if "event" in data and "payload" in data:

@@ -42,6 +42,9 @@ class PostmarkHandler(Handler):
     def _data(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "postmark", lambda: decode_json_object(body))
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._data(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = self._data(request, body)
         record = data.get("RecordType", "Inbound")

@@ -94,6 +94,9 @@ class ResendHandler(Handler):
     def _event(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "resend", lambda: decode_json_object(body))
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._event(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         event = self._event(request, body)
         if event.get("type") != "email.received":

@@ -11,7 +11,16 @@ from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from bridge.escaping import escape_text
 from handlers.attachments import Attachment
-from handlers.base import Handler, Inbound, Intercepted, decode_json, not_a_message, obj, optional_json_object
+from handlers.base import (
+    Handler,
+    Inbound,
+    Intercepted,
+    decode_json,
+    not_a_message,
+    obj,
+    optional_json_object,
+    per_request,
+)
 from handlers.charsets import text_codec
 from handlers.email import Headers, Spam, basename, email_payload, message_files, parse_mime, spam_score
 from handlers.formdata import Part, add_value, file_attachment, first_value, multipart_parts
@@ -51,10 +60,17 @@ class SendgridHandler(Handler):
     # JSON is taken only to answer the Event Webhook (delivery events) should it be pointed at this URL.
     content_types: ClassVar[frozenset[str]] = frozenset({MULTIPART, "application/json"})
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        if request.content_type != MULTIPART:
+            self._events(request, body)
+
+    def _events(self, request: web.Request, body: bytes) -> Any:
+        return per_request(request, "sendgrid.events", lambda: decode_json(body))
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         if request.content_type == MULTIPART:
             return None
-        events = decode_json(body)
+        events = self._events(request, body)
         if isinstance(events, list) and events and all(isinstance(e, dict) and "event" in e for e in events):
             return not_a_message("event", f"a SendGrid Event Webhook post of {len(events)} delivery event(s)")
         raise Rejected(415, "Inbound Parse posts multipart/form-data; a JSON body is taken only as an Event "

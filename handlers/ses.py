@@ -144,6 +144,9 @@ class SesHandler(Handler):
     def _signed(self, request: web.Request, message: dict[str, Any]) -> Signed:
         return per_request(request, "sns.signed", lambda: signed(message))
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._message(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         message = self._message(request, body)
         checked = signatures_checked(request)

@@ -25,6 +25,7 @@ from handlers.base import (
     handshake_answer,
     ignored,
     items,
+    json_body,
     obj,
     per_request,
 )
@@ -69,6 +70,9 @@ class SlackHandler(Handler):
         if version.lower() != "v0" or not signature_matches(expected, value, "hex"):
             raise Rejected(401, "signature in X-Slack-Signature does not match timestamp and body",
                            check="signature")
+
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))

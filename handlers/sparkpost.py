@@ -56,6 +56,9 @@ class SparkpostHandler(Handler):
 
         return per_request(request, "sparkpost", read)
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._relays(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         relays = self._relays(request, body)
         if not relays:

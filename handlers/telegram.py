@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, obj, per_request
 from handlers.chat import chat_payload
 from handlers.signing import require, same
 
@@ -60,6 +60,9 @@ class TelegramHandler(Handler):
             raise Rejected(401, f"secret header {HEADER} is missing", check="secret_token")
         if not same(self.options.secret_token, given):
             raise Rejected(401, f"{HEADER} does not match this source's secret_token", check="secret_token")
+
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         update = per_request(request, "json", lambda: decode_json_object(body))

@@ -125,6 +125,9 @@ class TwilioHandler(Handler):
     def _form(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "twilio", lambda: parse_urlencoded(body, request.charset))
 
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        self._form(request, body)
+
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         form = self._form(request, body)
         if "MessageStatus" in form:

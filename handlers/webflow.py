@@ -10,7 +10,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import hmac_digest, signature_matches
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, per_request
 from handlers.hosted_form import flatten
 from handlers.signing import TimedOptions, check_timestamp, require
 
@@ -45,6 +45,9 @@ class WebflowHandler(Handler):
         if not signature_matches(expected, signature, "hex"):
             raise Rejected(401, "signature in x-webflow-signature does not match timestamp and body",
                            check="signature")
+
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))

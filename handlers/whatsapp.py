@@ -12,7 +12,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, json_body, obj, per_request
 from handlers.chat import chat_payload
 from handlers.signing import require, same
 
@@ -87,6 +87,9 @@ class WhatsappHandler(Handler):
 
     def verify(self, request: web.Request, body: bytes) -> None:
         check_hmac(self.signature, request, body, check="signature")
+
+    def prepare(self, request: web.Request, body: bytes) -> None:
+        json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Request
 
 from bridge.config import ServerConfig, SourceConfig
-from bridge.intake import OFFLOAD_BYTES, OFFLOAD_MIME_LINES, offloaded, run_handler
+from bridge.intake import EVENTS_ON_LOOP, OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _new_events, offloaded, run_handler
 from bridge.runtime import Runtime, Source
 from handlers.base import Handler, Inbound, Intercepted
 
@@ -90,3 +91,121 @@ def test_a_configured_dedup_value_is_a_key_exact_to_its_type() -> None:
     text = ["a\udcff"]  # a header byte that was not UTF-8: written out, and the payload left as it is
     assert dedup_value_key(text) == 'json:["a\\\\xff"]'
     assert text == ["a\udcff"]
+
+
+JSON = {"Content-Type": "application/json"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _intercepting_kinds() -> list[tuple[str, dict[str, Any], bytes, dict[str, str]]]:
+    """Each kind whose `intercept` reads the body, with options and a body its provider sends."""
+    from tests.fixtures.providers import compact, load, mandrill_request, postal_public_key
+
+    def fixture(name: str) -> bytes:
+        return compact(load(name))
+
+    mandrill_body, mandrill_headers = mandrill_request("k", "https://bridge.example.com/hooks/mandrill")
+    return [
+        ("slack", {"signing_secret": "s"}, fixture("slack/message.json"), JSON),
+        ("whatsapp", {"app_secret": "s", "verify_token": "v"}, fixture("whatsapp/messages.json"), JSON),
+        ("telegram", {"secret_token": "s"}, fixture("telegram/message.json"), JSON),
+        ("typeform", {"secret": "s"}, fixture("typeform/form_response.json"), JSON),
+        ("tally", {"secret": "s"}, fixture("tally/form_response.json"), JSON),
+        ("webflow", {"secret": "s"}, fixture("webflow/form_submission.json"), JSON),
+        ("intercom", {"secret": "s"}, fixture("intercom/conversation_replied.json"), JSON),
+        ("postmark", {}, fixture("postmark/inbound.json"), JSON),
+        ("postal", {"public_key": postal_public_key()}, fixture("postal/hash.json"), JSON),
+        ("mailersend", {"secret": "s"}, fixture("mailersend/inbound.json"), JSON),
+        ("resend", {"secret": "whsec_c2VjcmV0", "api_key": "re_1"}, fixture("resend/email_received.json"), JSON),
+        ("brevo", {}, fixture("brevo/inbound.json"), JSON),
+        ("ses", {"topic_arns": ["arn:aws:sns:us-east-1:1:t"]}, fixture("ses/sns_notification.json"), JSON),
+        ("sparkpost", {}, fixture("sparkpost/relay.json"), JSON),
+        ("sendgrid", {}, b'[{"event": "delivered", "email": "a@example.com"}]', JSON),
+        ("mandrill", {"webhook_key": "k", "public_url": "https://bridge.example.com/hooks/mandrill"}, mandrill_body,
+         mandrill_headers),
+        ("twilio", {"auth_token": "t" * 32, "public_url": "https://bridge.example.com/hooks/twilio"},
+         urlencode(load("twilio/sms.json")).encode(), FORM),
+    ]
+
+
+@pytest.mark.parametrize(("kind", "options", "body", "headers"), _intercepting_kinds(),
+                         ids=[k[0] for k in _intercepting_kinds()])
+async def test_what_intercept_reads_is_parsed_once_in_the_parser_thread_for_a_large_body(
+        monkeypatch: pytest.MonkeyPatch, kind: str, options: dict[str, Any], body: bytes,
+        headers: dict[str, str]) -> None:
+    """`intercept` runs on the loop; the body it reads is parsed by `prepare`, where the main parse runs (the
+    parser thread for a request `off` the loop), once: a signed 1 MB Telegram update of `[[],[],…]` held the
+    loop for a quarter of a second in intercept's parse."""
+    import handlers.base
+    import handlers.mandrill
+    import handlers.sendgrid
+    import handlers.sparkpost
+    import handlers.twilio
+    from tests.fixtures.providers import build
+
+    reads: list[str] = []
+
+    def recorded(module: Any, name: str) -> None:
+        real = getattr(module, name)
+
+        def read(data: Any, *args: Any, **kwargs: Any) -> Any:
+            if data is body:
+                reads.append(threading.current_thread().name)
+            return real(data, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, read)
+
+    for module in (handlers.base, handlers.sendgrid, handlers.sparkpost):
+        recorded(module, "decode_json")
+    for module in (handlers.mandrill, handlers.twilio):
+        recorded(module, "parse_urlencoded")
+    handler = build(kind, **options)
+    request = make_mocked_request("POST", f"/hooks/{kind}", headers={"Host": "bridge.example.com", **headers})
+    await run_handler(cast(Runtime, None), Source(kind, handler, None, 0.0), request, body, verify=False, off=True)
+    assert len(reads) == 1 and reads[0].startswith("ticketbridge-parse"), reads
+
+
+class Batch(Recording):
+    """A handler whose request carries `count` events."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def parse(self, request: Request, body: bytes) -> list[Inbound]:
+        return [Inbound(payload={"i": i}) for i in range(self.count)]
+
+
+async def test_a_request_of_more_events_than_the_cap_is_a_413_naming_both() -> None:
+    """A signed WhatsApp post of 10,000 messages was stored as 10,000 events, taking 20 s to answer."""
+    from bridge.errors import Rejected
+    from bridge.intake import MAX_EVENTS
+
+    request = make_mocked_request("POST", "/hooks/src")
+    handled = await run_handler(cast(Runtime, None), Source("src", Batch(MAX_EVENTS), None, 0.0), request, b"{}")
+    assert not isinstance(handled, Intercepted) and len(handled[0]) == MAX_EVENTS
+    with pytest.raises(Rejected) as info:
+        await run_handler(cast(Runtime, None), Source("src", Batch(10_000), None, 0.0), request, b"{}")
+    assert (info.value.status, str(info.value)) == (413, f"too many events in one request: 10000, at most {MAX_EVENTS}")
+
+
+@pytest.mark.parametrize(("count", "off"), [(1, False), (EVENTS_ON_LOOP, False), (EVENTS_ON_LOOP + 1, True)])
+async def test_the_events_of_a_large_batch_are_built_in_the_parser_thread(
+        monkeypatch: pytest.MonkeyPatch, count: int, off: bool) -> None:
+    """Building each event (its id, time and dedup key) runs on the loop for a few, in the thread for many."""
+    import bridge.intake
+    from bridge.events import Event
+
+    threads: list[str] = []
+
+    class Recorded(Event):
+        @classmethod
+        def new(cls, **fields: Any) -> Event:
+            threads.append(threading.current_thread().name)
+            return Event.new(**fields)
+
+    monkeypatch.setattr(bridge.intake, "Event", Recorded)
+    inbounds = [Inbound(payload={"i": i}, dedup_key=str(i)) for i in range(count)]
+    events = await _new_events(Source("src", Recording(), None, 0.0), inbounds, {}, {"remote": None})
+    assert [e.dedup_key for e in events] == [str(i) for i in range(count)]
+    assert {name.startswith("ticketbridge-parse") for name in threads} == {off}
