@@ -101,6 +101,7 @@ from bridge.store.rows import (
     storable_filter,
     storable_result,
     take_group,
+    too_deep,
     with_tickets,
 )
 from bridge.store.sqlite_binds import NullsWritten
@@ -1137,7 +1138,10 @@ class SqliteStore(Store):
 def _json_blob(value: Any) -> bytearray:
     """`value` as JSON (as rows.encode writes it), encoded straight into a bytearray: no copy of a large mail's."""
     blob = bytearray()
-    _encode_into(value, blob)
+    try:
+        _encode_into(value, blob)
+    except RecursionError:
+        raise too_deep(value) from None
     return blob
 
 

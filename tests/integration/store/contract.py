@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from bridge.errors import LeaseLost, NotFound, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import (
@@ -1116,6 +1116,24 @@ class StoreContract:
         assert await store.list_deliveries(DeliveryFilter()) == []
         ok, _ = await accept_one(store, event=make_event(dedup_key="k\\xff"))
         assert (await store.get_event(ok.id)).dedup_key == "k\\xff"
+
+    async def test_accept_refuses_data_nested_past_the_encoder_before_writing_anything(self, store: Store) -> None:
+        """An event payload or delivery body nested deeper than the JSON encoder follows raises StoreRefused (the
+        data's fault: intake answers 422), never a RecursionError, and stores nothing; its nonce stays unused."""
+        deep: dict[str, Any] = {"leaf": "x"}
+        for _ in range(5000):
+            deep = {"a": deep}
+        bad = [(make_event(dedup_key="deep-1", envelope=deep), make_delivery(), nonce("tok-deep", "body-a")),
+               (make_event(), make_delivery(body={"title": deep}), None)]
+        for event, delivery, signed in bad:
+            with pytest.raises(StoreRefused, match="nest") as refused:
+                await store.accept(event, [delivery], WEEK, signed)
+            assert refused.value.code == "nested_too_deeply"
+            with pytest.raises(NotFound):
+                await store.get_event(event.id)
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        retry = await store.accept(make_event(dedup_key="deep-1"), [make_delivery()], WEEK, nonce("tok-deep", "b"))
+        assert (retry.duplicate, retry.replayed) == (False, False)
 
     # -- text holding a NUL (PostgreSQL's text refuses it) ---------------------------------------
 
