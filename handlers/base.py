@@ -43,6 +43,9 @@ class SignedNonce(msgspec.Struct, kw_only=True, frozen=True):
     """How an answer names it, e.g. "Mailgun `token`"."""
     valid_for_s: float
     """How much longer the request's signed timestamp stays within the tolerance."""
+    scope: str | None = None
+    """Where the value must be unique (signing.key_scope of the key that signs it): every source with that key;
+    None, this source alone. A replay is a reuse anywhere in the scope."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from handlers.base import (
 )
 from handlers.email import Headers, email_payload, header_spam, message_files, parse_mime_text
 from handlers.formdata import add_value, decode_part, file_attachment, first_value, multipart_parts, parse_urlencoded
-from handlers.signing import TimedOptions, check_timestamp, require
+from handlers.signing import TimedOptions, check_timestamp, key_scope, require
 
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
@@ -118,7 +118,9 @@ class MailgunHandler(Handler):
             return None
         stamp = check_timestamp(timestamp, self.clock(), self.mailgun.tolerance_s, header="field `timestamp`")
         left = stamp + self.mailgun.tolerance_s - self.clock()
-        return SignedNonce(value=token, name="Mailgun `token`", valid_for_s=max(0.0, left))
+        # Mailgun's signing key is the account's: a token is used once across every source that shares it.
+        return SignedNonce(value=token, name="Mailgun `token`", valid_for_s=max(0.0, left),
+                           scope=key_scope(self.mailgun.signing_key))
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         form = self._form(request, body)

@@ -671,7 +671,7 @@ class SqliteStore(Store):
                     return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
             # Checked before anything is written, so that a replay leaves the transaction as it found it.
             if nonce is not None:
-                if not _claim_nonce(conn, event.source, nonce, created):
+                if not _claim_nonce(conn, nonce.scope_for(event.source), nonce, created):
                     return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
                 if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
                     _sweep_nonces(conn, created)

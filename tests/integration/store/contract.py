@@ -66,8 +66,8 @@ async def accept_one(store: Store, *deliveries: NewDelivery, event: Event | None
     return ev, [d.id for d in ds]
 
 
-def nonce(value: str = "tok-1", digest: str = "body-a", ttl_ms: int = 600_000) -> Nonce:
-    return Nonce(value=value, digest=digest, expires_at_ms=now_ms() + ttl_ms)
+def nonce(value: str = "tok-1", digest: str = "body-a", ttl_ms: int = 600_000, scope: str | None = None) -> Nonce:
+    return Nonce(value=value, digest=digest, expires_at_ms=now_ms() + ttl_ms, scope=scope)
 
 
 async def row(store: Store, delivery_id: str) -> DeliveryRow:
@@ -324,6 +324,21 @@ class StoreContract:
         await store.accept(make_event(source="a"), [], WEEK, nonce("tok", "body-a"))
         res = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b"))
         assert res.replayed is False
+
+    async def test_nonces_of_one_scope_are_shared_by_its_sources(self, store: Store) -> None:
+        """A nonce with a scope (a signing key's) is one nonce for every source that names it: another request
+        from another source is a replay, the same request is not; a nonce of another scope, or of none, is not."""
+        key = "key:" + "ab" * 16
+        await store.accept(make_event(source="a"), [], WEEK, nonce("tok", "body-a", scope=key))
+        res = await store.accept(make_event(source="b"), [make_delivery()], WEEK, nonce("tok", "body-b", scope=key))
+        assert res.replayed is True
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        same = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-a", scope=key))
+        assert same.replayed is False
+        other = "key:" + "cd" * 16
+        other_key = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b", scope=other))
+        unscoped = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b"))
+        assert (other_key.replayed, unscoped.replayed) == (False, False)
 
     async def test_an_expired_nonce_may_be_used_again(self, store: Store) -> None:
         """Past its expiry a nonce no longer refuses another request, which then holds it."""
