@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -64,6 +65,23 @@ def ignored(reason: str, code: str = "other") -> Intercepted:
     body = msgspec.json.encode({"accepted": True, "ignored": reason})
     return Intercepted(web.Response(body=body, status=200, content_type="application/json"), "ignored", reason,
                        code)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+"""What every provider's event and record names look like (`inbound.message`, `MessageLinkClicked`)."""
+
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", dict: "object", list: "array"}
+
+
+def named(value: Any) -> str:
+    """A provider's event, record or update name for a reason a person reads (logged, and sent back): quoted when
+    it looks like a name, else only its type and length. Request text is never echoed, whole or cut: a cut can
+    leave an address the log's mask no longer recognises (`<asha.rao@ex`)."""
+    if isinstance(value, str):
+        return repr(value) if _NAME.fullmatch(value) else f"<text of {len(value)} characters>"
+    if value is None:
+        return "<none>"
+    return f"<a JSON {_JSON_TYPES.get(type(value), type(value).__name__)}>"
 
 
 def not_a_message(code: str, reason: str) -> Intercepted:

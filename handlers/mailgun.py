@@ -18,6 +18,7 @@ from handlers.base import (
     SignedNonce,
     decode_json,
     decode_json_object,
+    named,
     not_a_message,
     obj,
     optional_json_object,
@@ -131,7 +132,7 @@ class MailgunHandler(Handler):
             return not_a_message("stored", "a Mailgun stored-message notification (set the route to forward)")
         if "event" in fields or "event-data" in fields:  # a tracking webhook (form: legacy) pointed at this URL
             event = first_value(fields.get("event")) or str(obj(fields.get("event-data")).get("event") or "tracking")
-            return not_a_message("tracking", f"a Mailgun {event[:40]!r} tracking notification")
+            return not_a_message("tracking", f"a Mailgun {named(event)} tracking notification")
         if request.content_type == JSON:
             raise Rejected(415, "a Mailgun route posts a form; a JSON body is taken only as an event webhook "
                                 "(`event-data`), answered and not stored", check="content_type")
