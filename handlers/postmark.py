@@ -105,8 +105,9 @@ class PostmarkHandler(Handler):
             envelope_to=_text(data.get("OriginalRecipient")),
             spam=header_spam(headers),
         )
-        postmark_id = data.get("MessageID")
-        return [Inbound(payload=payload, dedup_key=str(postmark_id) if postmark_id else None, attachments=files)]
+        postmark_id = data.get("MessageID")  # a UUID string: any other type is read as missing, never str()'d
+        key = postmark_id if isinstance(postmark_id, str) and postmark_id else None
+        return [Inbound(payload=payload, dedup_key=key, attachments=files)]
 
 
 def _text(value: Any) -> str | None:
