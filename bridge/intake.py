@@ -250,15 +250,20 @@ async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes
         return None
 
 
-async def _nonce(signed: SignedNonce | None, body: bytes) -> Nonce | None:
-    """The store's record of a signed nonce: this request's digest, kept while the request is within its
-    tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
+async def _nonce(signed: SignedNonce | None, source: str, body: bytes) -> Nonce | None:
+    """The store's record of a signed nonce in its scope: this request's digest (of the source it came to and its
+    body: the same bytes sent to another source of the scope are another request), kept while the request is
+    within its tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
     if signed is None:
         return None
-    hashed = await asyncio.to_thread(hashlib.sha256, body) if len(body) > HASH_ON_LOOP_BYTES else hashlib.sha256(body)
-    digest = hashed.hexdigest()[:32]  # 128 bits: no other body can be made to match, and the row stays small
+    hashed = hashlib.sha256(source.encode("utf-8", "surrogatepass") + b"\0")
+    if len(body) > HASH_ON_LOOP_BYTES:
+        await asyncio.to_thread(hashed.update, body)
+    else:
+        hashed.update(body)
+    digest = hashed.hexdigest()[:32]  # 128 bits: no other request can be made to match, and the row stays small
     return Nonce(value=_indexable(signed.value), digest=digest,  # signed, but kept in an index as a dedup key is
-                 expires_at_ms=now_ms() + int((signed.valid_for_s + NONCE_MARGIN_S) * 1000))
+                 expires_at_ms=now_ms() + int((signed.valid_for_s + NONCE_MARGIN_S) * 1000), scope=signed.scope)
 
 
 class _Refused(Exception):
@@ -460,7 +465,7 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
                       "errors": invalid}, 422, _cors(source, request))
 
     try:
-        results = await _accept_all(rt, source, planned, await _nonce(signed, body), mappings)
+        results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings)
     except _Refused as refused:
         return _store_refused(rt, source, request, refused)
     except StoreUnavailable as exc:
@@ -472,7 +477,8 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
         assert signed is not None
         return _reject(rt, source, Rejected(
             401, f"{signed.name} was already used by another request within the tolerance window: a signed "
-                 "request cannot be sent again with a different body; nothing was stored", check="replay"), request)
+                 "request cannot be sent again with a different body, nor to another source with the same signing "
+                 "key; nothing was stored", check="replay"), request)
 
     if rt.tracing is not None:
         request[STORED_IDS] = ([r.event_id for r in results],

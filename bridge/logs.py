@@ -17,7 +17,15 @@ import structlog
 
 from bridge.escaping import escape_text, escape_tree
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")
+# Addresses in any script (RFC 6531, IDNA): beyond ASCII, a letter is any character but the Latin-1 and general
+# punctuation, spaces, CJK punctuation, surrogates and specials (marks are in: a vowel sign, a combining accent).
+_WORLD = ("\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u167f\u1681-\u1fff\u200c\u200d\u2070-\u2fff\u3040-\ud7ff"
+          "\ue000-\ufefe\uff10-\uff19\uff21-\uff3a\uff41-\uff5a\uff66-\uffef\U00010000-\U0010ffff")
+# The local part is matched backwards from its `@` (in the reversed text), so that each character is read once
+# whatever the input: a search from each start of a long run that finds no domain is quadratic.
+_LOCAL_BACKWARDS = re.compile(f"[A-Za-z0-9._%+\\-{_WORLD}]+")
+_DOMAIN = re.compile(f"[A-Za-z0-9\\-{_WORLD}]++(?:\\.[A-Za-z0-9\\-{_WORLD}]++)*"
+                     f"\\.(?:xn--[A-Za-z0-9-]++|[A-Za-z{_WORLD}]{{2,}})")
 # Not after `13:23:` either: the seconds and fraction of a time (`13:23:45.123400+00:00`) are not a phone number.
 _PHONE = re.compile(r"(?<![\w.-])(?<!\d\d:\d\d:)(\+?)(\d[\d ().-]{6,}\d)(?![\w-])")
 # Ids and timestamps are digits too; values under these keys are not personal data.
@@ -38,8 +46,32 @@ def _mask_phone(m: re.Match[str]) -> str:
 def mask_text(text: str) -> str:
     """`asha@example.com` → `a***@example.com`; `+91 98765 43210` → `+**********10`."""
     if "@" in text:
-        text = _EMAIL.sub(r"\1***@\2", text)
+        text = _mask_emails(text)
     return _PHONE.sub(_mask_phone, text)
+
+
+def _mask_emails(text: str) -> str:
+    """Each address's local part but its first character as `***`. Linear: each `@` reads forward over the
+    domain characters up to the next `@` (the domain's labels taken whole) and backward over the local part's
+    down to the previous address, and neither run holds an `@`."""
+    out: list[str] = []
+    done = 0  # text[:done] is in `out`
+    backwards = ""
+    at = text.find("@")
+    while at != -1:
+        domain = _DOMAIN.match(text, at + 1)
+        if domain is not None:
+            backwards = backwards or text[::-1]
+            local = _LOCAL_BACKWARDS.match(backwards, len(text) - at, len(text) - done)
+            if local is not None:
+                start = at - (local.end() - local.start())
+                out += (text[done:start], text[start], "***@", domain.group())
+                done = domain.end()
+                at = text.find("@", done)
+                continue
+        at = text.find("@", at + 1)
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _is_safe_key(key: Any) -> bool:

@@ -45,6 +45,9 @@ class SignedNonce(msgspec.Struct, kw_only=True, frozen=True):
     """How an answer names it, e.g. "Mailgun `token`"."""
     valid_for_s: float
     """How much longer the request's signed timestamp stays within the tolerance."""
+    scope: str | None = None
+    """Where the value must be unique (signing.key_scope of the key that signs it): every source with that key;
+    None, this source alone. A replay is a reuse anywhere in the scope."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,23 @@ def ignored(reason: str, code: str = "other") -> Intercepted:
     body = msgspec.json.encode({"accepted": True, "ignored": reason})
     return Intercepted(web.Response(body=body, status=200, content_type="application/json"), "ignored", reason,
                        code)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+"""What every provider's event and record names look like (`inbound.message`, `MessageLinkClicked`)."""
+
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", dict: "object", list: "array"}
+
+
+def named(value: Any) -> str:
+    """A provider's event, record or update name for a reason a person reads (logged, and sent back): quoted when
+    it looks like a name, else only its type and length. Request text is never echoed, whole or cut: a cut can
+    leave an address the log's mask no longer recognises (`<asha.rao@ex`)."""
+    if isinstance(value, str):
+        return repr(value) if _NAME.fullmatch(value) else f"<text of {len(value)} characters>"
+    if value is None:
+        return "<none>"
+    return f"<a JSON {_JSON_TYPES.get(type(value), type(value).__name__)}>"
 
 
 def not_a_message(code: str, reason: str) -> Intercepted:
@@ -255,6 +275,26 @@ def _deeper_than(text: bytes | str, limit: int) -> bool:
     return False
 
 
+# A high surrogate escape not followed by a low one, after a backslash that is not itself escaped (an odd run).
+_LONE = r"(?<!\\)(?:\\\\)*+(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+_LONE_TEXT = re.compile(_LONE)
+_LONE_BYTES = re.compile(_LONE.encode())
+
+
+def _lone_surrogate(data: bytes | str) -> str | None:
+    """Why `data` is not JSON when it holds a lone high surrogate escape (`\ud800` and no `\udc00`-`\udfff`
+    after it), which msgspec reports as "Input data was truncated"; None when it holds none. Linear: a start
+    inside a run of backslashes is refused by the look-behind, so each run is read once."""
+    found = (_LONE_BYTES if isinstance(data, bytes) else _LONE_TEXT).search(data)  # type: ignore[arg-type]
+    if found is None:
+        return None
+    escape = found.group(1)
+    shown = escape.decode() if isinstance(escape, bytes) else escape
+    unit = "byte" if isinstance(data, bytes) else "character"
+    return (f"the escape {shown} at {unit} {found.start(1)} is a lone UTF-16 surrogate: a high surrogate "
+            "(\\ud800-\\udbff) must be followed by a low one (\\udc00-\\udfff), the two escaping one character")
+
+
 def decode_json(data: bytes | str, field: str | None = None, check: str = "json") -> Any:
     """`data` (the body, or the named `field` of it) parsed as JSON, or Rejected(400, check) with the parser's
     reason: malformed text, bytes that are not UTF-8, or nesting deeper than MAX_JSON_DEPTH. The depth is only
@@ -263,7 +303,10 @@ def decode_json(data: bytes | str, field: str | None = None, check: str = "json"
     try:
         value = msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
-        raise Rejected(400, f"{field} is not JSON: {exc}" if field else f"malformed JSON: {exc}",
+        reason = str(exc)
+        if reason == "Input data was truncated":  # also what msgspec says of a lone high surrogate escape
+            reason = _lone_surrogate(data) or reason
+        raise Rejected(400, f"{field} is not JSON: {reason}" if field else f"malformed JSON: {reason}",
                        check=check) from None
     except RecursionError:
         pass  # deeper than the parser goes: refused below, as any value past the limit

@@ -24,6 +24,7 @@ from handlers.base import (
     Intercepted,
     decode_json_object,
     items,
+    named,
     not_a_message,
     obj,
     per_request,
@@ -124,7 +125,7 @@ class BrevoHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         messages = [item for item in self._items(request, body) if isinstance(item, dict)]
         if (event := self._event(self._data(request, body))) is not None:
-            return not_a_message("event", f"a Brevo {event[:40]!r} event, not an inbound message")
+            return not_a_message("event", f"a Brevo {named(event)} event, not an inbound message")
         if not messages:
             return not_a_message("empty", "a Brevo payload with no message in `items`")
         if self.brevo.api_key is not None and signatures_checked(request):  # unchecked: the playground, verify off

@@ -11,7 +11,17 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from handlers.attachments import Attachment, decode_base64
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
+from handlers.base import (
+    Handler,
+    Inbound,
+    Intercepted,
+    decode_json_object,
+    items,
+    named,
+    not_a_message,
+    obj,
+    per_request,
+)
 from handlers.cloudmailin import byte_count
 from handlers.mail_message import (
     Fields,
@@ -59,7 +69,7 @@ class MailersendHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         kind = self._event(request, body).get("type")
         if kind != "inbound.message":
-            return not_a_message("event", f"a MailerSend {str(kind)[:40]!r} event, not an inbound message")
+            return not_a_message("event", f"a MailerSend {named(kind)} event, not an inbound message")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

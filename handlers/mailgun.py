@@ -18,6 +18,7 @@ from handlers.base import (
     SignedNonce,
     decode_json,
     decode_json_object,
+    named,
     not_a_message,
     obj,
     optional_json_object,
@@ -25,7 +26,7 @@ from handlers.base import (
 )
 from handlers.email import Headers, email_payload, header_spam, message_files, parse_mime_text
 from handlers.formdata import add_value, decode_part, file_attachment, first_value, multipart_parts, parse_urlencoded
-from handlers.signing import TimedOptions, check_timestamp, require
+from handlers.signing import TimedOptions, check_timestamp, key_scope, require
 
 URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
@@ -118,7 +119,9 @@ class MailgunHandler(Handler):
             return None
         stamp = check_timestamp(timestamp, self.clock(), self.mailgun.tolerance_s, header="field `timestamp`")
         left = stamp + self.mailgun.tolerance_s - self.clock()
-        return SignedNonce(value=token, name="Mailgun `token`", valid_for_s=max(0.0, left))
+        # Mailgun's signing key is the account's: a token is used once across every source that shares it.
+        return SignedNonce(value=token, name="Mailgun `token`", valid_for_s=max(0.0, left),
+                           scope=key_scope(self.mailgun.signing_key))
 
     def prepare(self, request: web.Request, body: bytes) -> None:
         self._form(request, body)
@@ -132,7 +135,7 @@ class MailgunHandler(Handler):
             return not_a_message("stored", "a Mailgun stored-message notification (set the route to forward)")
         if "event" in fields or "event-data" in fields:  # a tracking webhook (form: legacy) pointed at this URL
             event = first_value(fields.get("event")) or str(obj(fields.get("event-data")).get("event") or "tracking")
-            return not_a_message("tracking", f"a Mailgun {event[:40]!r} tracking notification")
+            return not_a_message("tracking", f"a Mailgun {named(event)} tracking notification")
         if request.content_type == JSON:
             raise Rejected(415, "a Mailgun route posts a form; a JSON body is taken only as an event webhook "
                                 "(`event-data`), answered and not stored", check="content_type")

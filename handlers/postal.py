@@ -20,7 +20,17 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, decode_base64
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, items, not_a_message, obj, per_request
+from handlers.base import (
+    Handler,
+    Inbound,
+    Intercepted,
+    decode_json_object,
+    items,
+    named,
+    not_a_message,
+    obj,
+    per_request,
+)
 from handlers.email import Spam, spam_score
 from handlers.mail_message import Fields, mail_inbound, provider_file, raw_bytes, text, without
 from handlers.signing import require
@@ -91,7 +101,7 @@ class PostalHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = self._message(request, body)
         if "event" in data and "payload" in data:
-            return not_a_message("event", f"a Postal {str(data.get('event'))[:40]!r} event, not an inbound message")
+            return not_a_message("event", f"a Postal {named(data.get('event'))} event, not an inbound message")
         if not any(k in data for k in ("message", "plain_body", "html_body", "subject")):
             return not_a_message("empty", "a Postal post with no message in it")
         if data.get("base64") is True:

@@ -10,7 +10,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment, decode_base64
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, not_a_message, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, named, not_a_message, per_request
 from handlers.email import Headers, basename, email_payload, header_spam, message_files, parse_mime_text
 
 # Postmark's other webhooks (RecordType), should one be pointed at the inbound URL: words for the metric.
@@ -51,7 +51,7 @@ class PostmarkHandler(Handler):
         if record != "Inbound":
             word = str(record).lower()
             return not_a_message(word if word in _RECORD_TYPES else "other",
-                                 f"a Postmark {str(record)[:40]!r} record, not an inbound message")
+                                 f"a Postmark {named(record)} record, not an inbound message")
         files = data.get("Attachments")
         # The dashboard's "Check" button posts a sample whose attachments carry `Data`, not `Content`.
         if isinstance(files, list) and any(isinstance(f, dict) and "Data" in f and "Content" not in f for f in files):
@@ -108,8 +108,9 @@ class PostmarkHandler(Handler):
             envelope_to=_text(data.get("OriginalRecipient")),
             spam=header_spam(headers),
         )
-        postmark_id = data.get("MessageID")
-        return [Inbound(payload=payload, dedup_key=str(postmark_id) if postmark_id else None, attachments=files)]
+        postmark_id = data.get("MessageID")  # a UUID string: any other type is read as missing, never str()'d
+        key = postmark_id if isinstance(postmark_id, str) and postmark_id else None
+        return [Inbound(payload=payload, dedup_key=key, attachments=files)]
 
 
 def _text(value: Any) -> str | None:

@@ -25,6 +25,7 @@ from handlers.base import (
     Intercepted,
     decode_json_object,
     items,
+    named,
     not_a_message,
     obj,
     per_request,
@@ -100,7 +101,7 @@ class ResendHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         event = self._event(request, body)
         if event.get("type") != "email.received":
-            return not_a_message("event", f"a Resend {str(event.get('type'))[:40]!r} event, not a received email")
+            return not_a_message("event", f"a Resend {named(event.get('type'))} event, not a received email")
         email_id = obj(event.get("data")).get("email_id")
         if not isinstance(email_id, str) or not email_id:
             raise Rejected(400, "`data.email_id` is missing: the received email cannot be fetched", check="json")

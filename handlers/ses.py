@@ -24,6 +24,7 @@ from handlers.base import (
     decode_json_object,
     handshake_answer,
     ignored,
+    named,
     not_a_message,
     obj,
     optional_json_object,
@@ -169,7 +170,7 @@ class SesHandler(Handler):
             return ignored("the SNS message is not an SES notification")
         if notification.get("notificationType") != "Received":
             return not_a_message("notification",
-                                 f"an SES {str(notification.get('notificationType'))[:40]!r} notification")
+                                 f"an SES {named(notification.get('notificationType'))} notification")
         action = obj(obj(notification.get("receipt")).get("action"))
         # Unsigned, the message could name any object the S3 credentials read: it is read only for a signed one.
         if action.get("type") == "S3" and self.s3 is not None and checked:

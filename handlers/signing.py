@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Literal
 
@@ -80,3 +81,10 @@ def check_token(expected: str, given: str | None, where: str) -> None:
         raise Rejected(401, f"no token in {where}", check="token")
     if not same(expected, given):
         raise Rejected(401, f"the token in {where} is wrong", check="token")
+
+
+def key_scope(key: str) -> str:
+    """The nonce scope of a signing key: `key:` and 128 bits of an HMAC under the key, so that sources sharing a
+    key (Mailgun's is the account's) share their nonces, and what the store keeps tells nothing of the key."""
+    return "key:" + hmac.new(key.encode("utf-8", "surrogatepass"), b"ticketbridge nonce scope",
+                             hashlib.sha256).hexdigest()[:32]

@@ -26,6 +26,7 @@ from handlers.base import (
     ignored,
     items,
     json_body,
+    named,
     obj,
     per_request,
 )
@@ -82,16 +83,16 @@ class SlackHandler(Handler):
                                   content_type="application/json")
             return handshake_answer(answer, "Slack url_verification")
         if kind != "event_callback":
-            return ignored(f"Slack payload type {kind!r}")
+            return ignored(f"Slack payload type {named(kind)}")
         event = data.get("event")
         if not isinstance(event, dict):
             raise Rejected(400, "event_callback without an `event` object", check="json")
         if event.get("type") not in TAKEN_EVENTS:
-            return ignored(f"Slack event {event.get('type')!r}")
+            return ignored(f"Slack event {named(event.get('type'))}")
         if event.get("bot_id") or event.get("subtype") == "bot_message" or event.get("bot_profile"):
             return ignored("a bot's message")
         if event.get("subtype") not in PERSON_SUBTYPES:
-            return ignored(f"Slack message subtype {event.get('subtype')!r}")
+            return ignored(f"Slack message subtype {named(event.get('subtype'))}")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

@@ -10,7 +10,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, named, per_request
 from handlers.hosted_form import SignedFormOptions, flatten
 
 HEADER = "Tally-Signature"
@@ -60,7 +60,7 @@ class TallyHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))
         if data.get("eventType", "FORM_RESPONSE") != "FORM_RESPONSE":
-            return ignored(f"Tally event {data.get('eventType')!r}")
+            return ignored(f"Tally event {named(data.get('eventType'))}")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, named, obj, per_request
 from handlers.chat import chat_payload
 from handlers.signing import require, same
 
@@ -69,7 +69,8 @@ class TelegramHandler(Handler):
         message = _message(update)
         if message is None:
             kinds = sorted(k for k in update if k != "update_id")
-            return ignored(f"Telegram update without a new message ({', '.join(kinds) or 'empty'})")
+            shown = ", ".join(named(k) for k in kinds[:8]) + (f" and {len(kinds) - 8} more" if len(kinds) > 8 else "")
+            return ignored(f"Telegram update without a new message ({shown or 'empty'})")
         sender = message.get("from")
         if isinstance(sender, dict) and sender.get("is_bot"):
             return ignored("a bot's message")

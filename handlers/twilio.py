@@ -13,7 +13,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import hmac_digest
-from handlers.base import Handler, Inbound, Intercepted, ignored, per_request
+from handlers.base import Handler, Inbound, Intercepted, ignored, named, per_request
 from handlers.chat import chat_payload
 from handlers.formdata import parse_urlencoded
 from handlers.signing import require, same
@@ -131,7 +131,7 @@ class TwilioHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         form = self._form(request, body)
         if "MessageStatus" in form:
-            return ignored(f"Twilio status callback ({form.get('MessageStatus')})")
+            return ignored(f"Twilio status callback ({named(form.get('MessageStatus'))})")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

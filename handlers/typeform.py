@@ -10,7 +10,18 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, json_body, obj, per_request
+from handlers.base import (
+    Handler,
+    Inbound,
+    Intercepted,
+    decode_json_object,
+    ignored,
+    items,
+    json_body,
+    named,
+    obj,
+    per_request,
+)
 from handlers.hosted_form import SignedFormOptions, flatten
 
 HEADER = "Typeform-Signature"
@@ -60,7 +71,7 @@ class TypeformHandler(Handler):
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
         data = per_request(request, "json", lambda: decode_json_object(body))
         if data.get("event_type", "form_response") != "form_response":
-            return ignored(f"Typeform event {data.get('event_type')!r}")  # partial responses come again, whole
+            return ignored(f"Typeform event {named(data.get('event_type'))}")  # partial responses come again, whole
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:

@@ -52,8 +52,15 @@ class Nonce(msgspec.Struct, kw_only=True, frozen=True):
 
     value: str
     digest: str
-    """A fingerprint of the request that uses it (intake: 128 bits of the SHA-256 of its body, in hex)."""
+    """A fingerprint of the request that uses it (intake: 128 bits of the SHA-256 of its source and body, in hex)."""
     expires_at_ms: int
+    scope: str | None = None
+    """Where the value must be unique: a name derived from the key that signs it (`key:` and 32 hex digits, never
+    the key), shared by every source with that key; None, the event's source alone. Kept in the `source` column."""
+
+    def scope_for(self, source: str) -> str:
+        """What the store keys the nonce by, with its value: its scope, else `source`."""
+        return source if self.scope is None else self.scope
 
 
 class AcceptResult(msgspec.Struct, kw_only=True):

@@ -124,7 +124,7 @@ class MemoryStore(Store):
             if seen is not None and seen[1] > now:
                 return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
         if nonce is not None:
-            held = self.nonces.get((event.source, nonce.value))
+            held = self.nonces.get((nonce.scope_for(event.source), nonce.value))
             if held is not None and held[1] > now and held[0] != nonce.digest:
                 return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
         ids = [d.id for d in deliveries]
@@ -140,10 +140,10 @@ class MemoryStore(Store):
         if key is not None:
             self.dedup[key] = (event.id, now + int(dedup_window_s * 1000))
         if nonce is not None:
-            held = self.nonces.get((event.source, nonce.value))
+            held = self.nonces.get((nonce.scope_for(event.source), nonce.value))
             expires = max(held[1], nonce.expires_at_ms) if held is not None else nonce.expires_at_ms
             self.nonces = {k: v for k, v in self.nonces.items() if v[1] > now}  # expired ones go as new ones come
-            self.nonces[(event.source, nonce.value)] = (nonce.digest, expires)
+            self.nonces[(nonce.scope_for(event.source), nonce.value)] = (nonce.digest, expires)
         self.events[event.id] = event_data
         if not deliveries:
             self.unmatched.add(event.id)

@@ -454,7 +454,7 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
                                         event.source, event.dedup_key)
             return AcceptResult(event_id=first, duplicate=True, deliveries=0)
     if item.nonce is not None:
-        await _claim_nonce(conn, event.source, item.nonce, item.created)
+        await _claim_nonce(conn, item.nonce.scope_for(event.source), item.nonce, item.created)
         if sweep_due():
             await _sweep_nonces(conn, item.created)
     await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id, event.source,

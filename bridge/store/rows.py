@@ -11,6 +11,7 @@ import msgspec
 import structlog
 
 from bridge.conversations import scoped, split_key, ticket_context
+from bridge.errors import StoreRefused
 from bridge.escaping import NUL, write_nul
 from bridge.events import Event
 from bridge.store.base import (
@@ -46,7 +47,23 @@ def sender_mismatch(d: NewDelivery, named: str, sender: str, first: str | None, 
                 note="a message whose thread (subject token, References, In-Reply-To) names a conversation another "
                      "sender opened does not join it: it starts a conversation, and a ticket, of its own")
 
-encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder().encode
+
+
+def encode(value: Any) -> bytes:
+    """`value` as JSON; StoreRefused (see `too_deep`) when it nests past what the encoder follows."""
+    try:
+        return _encode(value)
+    except RecursionError:
+        raise too_deep(value) from None
+
+
+def too_deep(value: Any) -> StoreRefused:
+    """The refusal of a value nested past Python's recursion limit, which msgspec's encoder follows: the data's
+    fault, the same on every try (intake answers 422). Intake refuses such payloads before they reach a store
+    (MAX_JSON_DEPTH); this keeps one that slips past from being a RecursionError, and a 500."""
+    return StoreRefused(f"a {type(value).__name__} nests too deeply to encode as JSON (past Python's recursion "
+                        "limit); nothing was stored", "nested_too_deeply")
 decode_event = msgspec.json.Decoder(Event).decode
 decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 decode_files = msgspec.json.Decoder(dict[str, str]).decode

@@ -102,6 +102,7 @@ from bridge.store.rows import (
     storable_filter,
     storable_result,
     take_group,
+    too_deep,
     with_tickets,
 )
 from bridge.store.sqlite_binds import NullsWritten
@@ -671,7 +672,7 @@ class SqliteStore(Store):
                     return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
             # Checked before anything is written, so that a replay leaves the transaction as it found it.
             if nonce is not None:
-                if not _claim_nonce(conn, event.source, nonce, created):
+                if not _claim_nonce(conn, nonce.scope_for(event.source), nonce, created):
                     return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
                 if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
                     _sweep_nonces(conn, created)
@@ -1153,7 +1154,10 @@ class SqliteStore(Store):
 def _json_blob(value: Any) -> bytearray:
     """`value` as JSON (as rows.encode writes it), encoded straight into a bytearray: no copy of a large mail's."""
     blob = bytearray()
-    _encode_into(value, blob)
+    try:
+        _encode_into(value, blob)
+    except RecursionError:
+        raise too_deep(value) from None
     return blob
 
 

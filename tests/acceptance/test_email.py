@@ -379,6 +379,36 @@ NOT_MESSAGES: dict[str, Callable[[], Request]] = {
 }
 
 
+@pytest.mark.parametrize("depth", [129, 1000, 2700])
+async def test_a_cloudmailin_envelope_field_nested_too_deeply_is_400_and_stores_nothing(
+        client: Any, tmp_path: Path, depth: int) -> None:
+    """A raw-format field name of more bracketed keys than MAX_JSON_DEPTH (`envelope[a][a]…`, 3 KB for a
+    thousand) is refused with a 400 naming the field and the limit, at any depth: not stored 129 levels deep,
+    not a 500 from the store's JSON encoder a thousand deep."""
+    fields = {"message": THREAD.decode(), "envelope" + "[a]" * depth: "x"}
+    body, ctype = multipart(fields)
+    resp = await client.post("/hooks/support-cloudmailin", data=body,
+                             headers={"Content-Type": ctype, "Authorization": basic("cm", ENV["CLOUDMAILIN_PW"])})
+    assert resp.status == 400, await resp.text()
+    error = (await resp.json())["error"]
+    assert "'envelope[a][a]" in error and f"{depth} levels" in error and "at most 128" in error, error
+    assert len(error) < 400
+    with sqlite3.connect(f"file:{tmp_path / 'var' / 'bridge.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+async def test_a_cloudmailin_envelope_field_at_the_depth_limit_is_taken(client: Any) -> None:
+    """MAX_JSON_DEPTH bracketed keys are still an envelope field: the event is stored with them nested."""
+    body, ctype = multipart({"message": THREAD.decode(), "envelope" + "[a]" * 128: "x"})
+    resp = await client.post("/hooks/support-cloudmailin", data=body,
+                             headers={"Content-Type": ctype, "Authorization": basic("cm", ENV["CLOUDMAILIN_PW"])})
+    assert resp.status == 202, await resp.text()
+    node = (await runtime(client).store.get_event((await resp.json())["event_id"])).payload["provider"]["envelope"]
+    for _ in range(127):
+        node = node["a"]
+    assert node == {"a": "x"}
+
+
 async def test_attachment_content_is_kept_on_disk_by_digest(client: Any, tmp_path: Path) -> None:
     """An attachment's content is written under the configured folder by its sha256, and the event says so."""
     body, headers = mailgun_post()

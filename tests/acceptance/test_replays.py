@@ -109,3 +109,38 @@ async def test_a_new_token_with_a_new_message_is_accepted(
     other = forged_from(mailgun_fields(KEY, token="b" * 50))
     assert (await post(client, other)).status == 202
     assert len(stored(tmp_path)) == 2
+
+
+TWO_SOURCES = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  mail: {kind: mailgun, signing_key: "${MAILGUN_KEY}"}
+  sales: {kind: mailgun, signing_key: "${MAILGUN_KEY}"}
+  other-account: {kind: mailgun, signing_key: "${OTHER_KEY}"}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+TWO_MAPPING = MAPPING.replace("source: mail", "source: [mail, sales, other-account]")
+
+
+async def test_a_token_is_refused_on_every_source_sharing_its_signing_key(
+    write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+) -> None:
+    """Mailgun's signing key is the account's: a token captured on one source and replayed to another source
+    with the same key, with another body or the same one, is a 401 replay there too, and nothing is stored; a
+    source with another key never sees a token of this one's (its signature fails first)."""
+    client = await bridge_client(write_config(TWO_SOURCES, {"mail": TWO_MAPPING},
+                                              {"MAILGUN_KEY": KEY, "OTHER_KEY": "key-" + "9" * 32}))
+    for source in runtime(client).sources.values():
+        source.handler.clock = lambda: float(NOW + 30)
+    fields = mailgun_fields(KEY)
+    assert (await post(client, fields)).status == 202
+    for replay in (forged_from(fields), fields):
+        body, ctype = multipart(replay)
+        resp = await client.post("/hooks/sales", data=body, headers={"Content-Type": ctype})
+        assert (resp.status, (await resp.json())["check"]) == (401, "replay")
+    body, ctype = multipart(forged_from(fields))
+    resp = await client.post("/hooks/other-account", data=body, headers={"Content-Type": ctype})
+    assert (resp.status, (await resp.json())["check"]) == (401, "signature")
+    assert stored(tmp_path) == ["<CAF=asha.1@mail.example.com>"]
+    assert (await post(client, fields)).status == 200  # Mailgun's own retry to the first source: a duplicate

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from bridge.errors import LeaseLost, NotFound, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import (
@@ -66,8 +66,8 @@ async def accept_one(store: Store, *deliveries: NewDelivery, event: Event | None
     return ev, [d.id for d in ds]
 
 
-def nonce(value: str = "tok-1", digest: str = "body-a", ttl_ms: int = 600_000) -> Nonce:
-    return Nonce(value=value, digest=digest, expires_at_ms=now_ms() + ttl_ms)
+def nonce(value: str = "tok-1", digest: str = "body-a", ttl_ms: int = 600_000, scope: str | None = None) -> Nonce:
+    return Nonce(value=value, digest=digest, expires_at_ms=now_ms() + ttl_ms, scope=scope)
 
 
 async def row(store: Store, delivery_id: str) -> DeliveryRow:
@@ -324,6 +324,21 @@ class StoreContract:
         await store.accept(make_event(source="a"), [], WEEK, nonce("tok", "body-a"))
         res = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b"))
         assert res.replayed is False
+
+    async def test_nonces_of_one_scope_are_shared_by_its_sources(self, store: Store) -> None:
+        """A nonce with a scope (a signing key's) is one nonce for every source that names it: another request
+        from another source is a replay, the same request is not; a nonce of another scope, or of none, is not."""
+        key = "key:" + "ab" * 16
+        await store.accept(make_event(source="a"), [], WEEK, nonce("tok", "body-a", scope=key))
+        res = await store.accept(make_event(source="b"), [make_delivery()], WEEK, nonce("tok", "body-b", scope=key))
+        assert res.replayed is True
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        same = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-a", scope=key))
+        assert same.replayed is False
+        other = "key:" + "cd" * 16
+        other_key = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b", scope=other))
+        unscoped = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b"))
+        assert (other_key.replayed, unscoped.replayed) == (False, False)
 
     async def test_an_expired_nonce_may_be_used_again(self, store: Store) -> None:
         """Past its expiry a nonce no longer refuses another request, which then holds it."""
@@ -1116,6 +1131,24 @@ class StoreContract:
         assert await store.list_deliveries(DeliveryFilter()) == []
         ok, _ = await accept_one(store, event=make_event(dedup_key="k\\xff"))
         assert (await store.get_event(ok.id)).dedup_key == "k\\xff"
+
+    async def test_accept_refuses_data_nested_past_the_encoder_before_writing_anything(self, store: Store) -> None:
+        """An event payload or delivery body nested deeper than the JSON encoder follows raises StoreRefused (the
+        data's fault: intake answers 422), never a RecursionError, and stores nothing; its nonce stays unused."""
+        deep: dict[str, Any] = {"leaf": "x"}
+        for _ in range(5000):
+            deep = {"a": deep}
+        bad = [(make_event(dedup_key="deep-1", envelope=deep), make_delivery(), nonce("tok-deep", "body-a")),
+               (make_event(), make_delivery(body={"title": deep}), None)]
+        for event, delivery, signed in bad:
+            with pytest.raises(StoreRefused, match="nest") as refused:
+                await store.accept(event, [delivery], WEEK, signed)
+            assert refused.value.code == "nested_too_deeply"
+            with pytest.raises(NotFound):
+                await store.get_event(event.id)
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        retry = await store.accept(make_event(dedup_key="deep-1"), [make_delivery()], WEEK, nonce("tok-deep", "b"))
+        assert (retry.duplicate, retry.replayed) == (False, False)
 
     # -- text holding a NUL (PostgreSQL's text refuses it) ---------------------------------------
 

@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from bridge.logs import LEVEL, STDLIB_HANDLER, configure_logging, mask_personal_data, mask_text
+from tests.complexity.scaling import assert_linear
 
 
 @pytest.fixture
@@ -105,6 +106,40 @@ def test_masks_inside_longer_text() -> None:
     """Personal data inside an error message is masked and the message kept."""
     text = "kapture: HTTP 400: customer asha@example.com with phone +91 98765 43210 is unknown"
     assert mask_text(text) == "kapture: HTTP 400: customer a***@example.com with phone +**********10 is unknown"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("владимир@пример.рф", "в***@пример.рф"),
+        ("josé.garcía@correo.example", "j***@correo.example"),
+        ("from: josé.garcía@correo.example, to: 张伟@例子.中国", "from: j***@correo.example, to: 张***@例子.中国"),
+        ("राम@उदाहरण.भारत wrote", "र***@उदाहरण.भारत wrote"),  # vowel signs are marks, not letters
+        ("jose\u0301@correo.example", "j***@correo.example"),  # é as e and a combining accent
+        ("müller@bücher.de", "m***@bücher.de"),
+        ("user@xn--e1afmkfd.xn--p1ai", "u***@xn--e1afmkfd.xn--p1ai"),  # the punycode of пример.рф
+        ("«юля@пример.рф»", "«ю***@пример.рф»"),
+    ],
+)
+def test_masks_internationalised_emails(text: str, masked: str) -> None:
+    """Addresses in any script (RFC 6531 local parts, IDNA domains as Unicode or punycode) are masked as ASCII
+    ones are: the local part's first character and the domain kept, nothing else of the local part."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: "a" * n + "@",
+    lambda n: "a" * n + "@" + "b." * n,
+    lambda n: "x@" + "a-" * n + ".",
+    lambda n: "я" * n + "@" + "ж." * n + "1",
+    lambda n: "a@" * n,
+    lambda n: ("a@b." + "c" * 30 + " ") * n,
+    lambda n: "@." * n,
+], ids=["local-run", "local-then-labels", "hyphen-label", "cyrillic-labels", "ats", "addresses", "at-dots"])
+def test_masking_emails_grows_linearly(make: Any) -> None:
+    """However an input is made to defeat the email mask (a long local part whose domain never ends in a TLD,
+    a thousand one-letter labels), masking it costs about as much more as it is longer."""
+    assert_linear(mask_text, make, 4_000)
 
 
 def run_processor(**event_dict: Any) -> dict[str, Any]:

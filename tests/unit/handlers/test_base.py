@@ -29,6 +29,7 @@ from handlers.base import (
     optional_json_object,
     per_request,
 )
+from tests.complexity.scaling import assert_linear
 from tests.fixtures.providers import passes
 
 
@@ -194,6 +195,44 @@ def test_decode_json_malformed(body: bytes) -> None:
     assert (info.value.status, info.value.check) == (400, "json")
     assert str(info.value).startswith("malformed JSON: ")
     assert len(str(info.value)) > len("malformed JSON: ")
+
+
+@pytest.mark.parametrize(("body", "at"), [
+    (b'{"a": "\\ud800"}', 7), (b'{"a": "x\\uDBFFy"}', 8), (b'{"a": "\\\\\\ud800\\n"}', 9),
+    (b'{"a": "\\ud83d\\ude00", "b": "\\ud83d"}', 28),
+])
+def test_a_lone_high_surrogate_is_named_with_its_position(body: bytes, at: int) -> None:
+    """A high surrogate escape with no low one after it (which msgspec reports as "Input data was truncated") is
+    a 400 saying so and naming the escape and its byte, not a truncated body; nor is it for a text field."""
+    for data in (body, body.decode()):
+        with pytest.raises(Rejected) as info:
+            decode_json(data)
+        said = str(info.value)
+        unit = "byte" if isinstance(data, bytes) else "character"
+        assert "truncated" not in said and "lone UTF-16 surrogate" in said and f"{unit} {at}" in said, said
+        assert body[at:at + 6].decode().lower() in said.lower()
+
+
+@pytest.mark.parametrize("body", [b'{"a": "\\\\ud800"}', b'{"a": "\\ud83d\\ude00"}'])
+def test_an_escaped_backslash_or_a_pair_is_no_lone_surrogate(body: bytes) -> None:
+    """`\\\\ud800` is a backslash and text, and a high surrogate with its low one is a character: both decode."""
+    assert isinstance(decode_json_object(body)["a"], str)
+
+
+def test_a_truncated_body_is_still_said_to_be_truncated() -> None:
+    with pytest.raises(Rejected, match="truncated"):
+        decode_json_object(b'{"a": "\\ud83d\\ude00')
+
+
+def test_finding_a_lone_surrogate_grows_linearly() -> None:
+    """Looking for the escape after a truncated-input error reads each byte once: runs of backslashes and of
+    high surrogate escapes in pairs cost no more than they are long."""
+    assert_linear(_refused, lambda n: b'{"a": "' + b"\\\\" * n + b"\\ud83d\\ude00" * n + b"\\ud800" + b'"}', 4_000)
+
+
+def _refused(body: bytes) -> None:
+    with pytest.raises(Rejected):
+        decode_json_object(body)
 
 
 @pytest.mark.parametrize("data", [b"", b"{", "[1, 2]", '"text"', b"null", "[" * (MAX_JSON_DEPTH + 1)])

@@ -48,6 +48,16 @@ def test_dedup_key_is_postmarks_message_id() -> None:
     assert inbound.dedup_key == "73e6d360-66eb-11e1-8e72-a8904824019b"
 
 
+@pytest.mark.parametrize("value", [1e308, 1, True, False, 0, {"id": "x"}, ["x"], None, ""])
+def test_a_message_id_that_is_not_text_is_no_dedup_key(value: Any) -> None:
+    """Postmark sends MessageID as a UUID string: a number, a bool or a container is read as missing (no dedup
+    key), not written out as `1e+308` or `True` to collide with every other post doing the same."""
+    data = load("postmark/inbound.json")
+    data["MessageID"] = value
+    [inbound] = build("postmark").parse(post(JSON), compact(data))
+    assert inbound.dedup_key is None
+
+
 def test_provider_keeps_the_raw_fields_but_not_the_content() -> None:
     """The raw fields are kept under provider; attachment content is on disk, not in the payload twice."""
     [inbound] = build("postmark").parse(post(JSON), compact(load("postmark/inbound.json")))
