@@ -809,3 +809,32 @@ async def test_a_stop_while_an_answer_is_told_to_the_gate_records_the_vendors_an
         assert requests(m) == 1
     [record] = store.records
     assert (record.delivery_id, record.classification, record.http_status) == (delivery_id, classification, status)
+
+
+async def test_a_stop_while_an_answer_is_told_to_the_gate_does_not_wait_for_a_store_that_is_down() -> None:
+    """A stop whose cancel lands in the gate's update while the store is down tries the vendor's answer's record
+    once, logs delivery.record_failed (the lease is left to run out) and returns: it does not wait, retrying, for
+    the store to come back."""
+    store = FaultyStore(record_fails=-1)  # the store takes no record
+    [delivery_id] = await store.add()
+    telling = asyncio.Event()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((503, {"status": "error"})), repeat=True,
+               response_class=MockResponse)
+        async with running(store, destination()) as d:
+            gate = d.lanes["kapture"].gate
+
+            async def never_told(classification: str) -> Change:
+                telling.set()
+                await asyncio.Event().wait()
+                return None
+
+            gate.outcome = never_told  # type: ignore[method-assign]
+            await telling.wait()
+            await asyncio.wait_for(d.stop(0.0), 5.0)
+        assert requests(m) == 1
+    assert store.record_calls == 1
+    [failed] = [e for e in logs if e["event"] == "delivery.record_failed"]
+    assert (failed["delivery_id"], failed["classification"]) == (delivery_id, "retry")
+    assert "lease" in failed["note"]
+    assert store.released == []
