@@ -128,6 +128,17 @@ def message_sender(payload: dict[str, Any]) -> str:
     return value.strip().lower()
 
 
+EMAIL_KEY_PREFIXES = ("mail:", "ticket:", "split:")
+"""How the keys of email-keyed conversations begin (`email_key`, and `split_key`: only an email's sender check
+splits): the only ones whose ticket a sender answers by `[#id]` token, and so the only ones retention keeps past
+their messages (`retention.tickets`). A chat's key (`chat:`) and an expression's (`key:`) never begin so."""
+
+
+def email_keyed(key: str) -> bool:
+    """Whether a conversation's `key` is an email thread's (EMAIL_KEY_PREFIXES)."""
+    return key.startswith(EMAIL_KEY_PREFIXES)
+
+
 def split_key(delivery_id: str) -> str:
     """The key of the conversation of its own that a message gets when its sender is not the first sender of the
     conversation its key names: in a namespace no channel's key uses, so it cannot collide with one."""
