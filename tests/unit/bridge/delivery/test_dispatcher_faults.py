@@ -671,6 +671,38 @@ async def test_look_ups_made_while_a_request_is_prepared_are_admitted_by_the_gat
     assert gates.admitted == ["request", "request", "start"]
 
 
+class TracingLimiter(SlidingWindowLimiter):
+    """The sliding-window limiter, noting on its own clock when each request it lets out starts."""
+
+    def __init__(self, requests: int, per_seconds: float) -> None:
+        super().__init__(requests, per_seconds)
+        self.started: list[float] = []
+
+    def sent(self) -> int | None:
+        self.started.append(self._clock())
+        return super().sent()
+
+
+async def test_look_ups_and_the_sends_they_are_made_for_keep_to_the_rate_limit() -> None:
+    """On the in-process gate, two sends admitted together whose requests each look a value up first: the
+    look-ups wait behind the sends' reserved slots, and the sends, passed by them, wait for room in the window
+    rather than go out with them. No window of the limit (2 requests in 0.3 s) counts more than 2 of the 4."""
+    store = FaultyStore()
+    ids = await store.add(2)
+    dest = destination()
+    dest.adapter = LookingUp("kapture", dest.config, BASE)
+    limiter = dest.limiter = TracingLimiter(2, 0.3)
+    with aioresponses() as m:
+        m.get(BASE + "/lookup", status=200, body="Router down", repeat=True, response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, dest):
+            await eventually(lambda: {r.delivery_id for r in store.records} >= set(ids))
+        made = len(m.requests[("GET", URL(BASE + "/lookup"))]) + requests(m)
+    assert made == len(limiter.started) == 4
+    assert all(later - earlier >= 0.3 for earlier, later in zip(limiter.started, limiter.started[2:], strict=False))
+    assert all(r.classification == "success" for r in store.records)
+
+
 async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
     """The failure that opens the breaker is told to the gate while its send still holds its in-flight slot: the
     lane, waiting for that slot, asks the gate only once the breaker is open, and no second request goes out."""
