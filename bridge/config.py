@@ -153,7 +153,8 @@ class RetentionConfig(Base):
     attachments: str | float | None = "events"
     """Attachment files no kept event names; `events` (the default): the events limit."""
     tickets: str | float | None = "90d"
-    """A conversation that holds a ticket and knows its first sender, after its last message: while it is kept
+    """An email thread's conversation that holds a ticket and knows its first sender (not a chat's), after its
+    last message: while it is kept
     that sender's `[#id]` reply follows up on the ticket (a stranger's never does); after, it makes a new ticket."""
     every: str | float = "5m"
     batch: Annotated[int, Meta(ge=1, le=10_000)] = 200

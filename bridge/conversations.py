@@ -29,6 +29,10 @@ MAX_KEY_CHARS = 512
 """A value longer than this is kept as its first KEEP_CHARS characters and the sha256 of the whole value
 (`bounded`), so that two long values that share a prefix stay two conversations."""
 KEEP_CHARS = MAX_KEY_CHARS - 72
+MAX_SENDER_CHARS = 998
+"""The longest `from` read as an address (`message_sender`): RFC 5322's limit on a header line, which a From
+naming one mailbox fits. A longer value is no one sender's address, and is not parsed: parsing costs about a
+millisecond per thousand characters, up to the email handlers' 256 KiB for an address field."""
 
 
 def bounded(value: str) -> str:
@@ -113,12 +117,12 @@ def message_sender(payload: dict[str, Any]) -> str:
     """The sender a conversation remembers and compares: the bare, lower-cased address of `from`, read as the
     email handlers read a From (handlers/email.py `sender`: an email's payload has it so already; a JSON
     source's `Bob <Bob@X.io>` is `bob@x.io`, as its `bob@x.io` is; an address's case carries no meaning in
-    practice); a `from` naming no one address (a name, a phone number, an unreadable list) trimmed and
-    lower-cased as written; "" when the message names none."""
+    practice); a `from` naming no one address (a name, a phone number, an unreadable list), or longer than
+    MAX_SENDER_CHARS (not parsed), trimmed and lower-cased as written; "" when the message names none."""
     value = payload.get("from")
     if not isinstance(value, str):
         return ""
-    if "@" in value:
+    if "@" in value and len(value) <= MAX_SENDER_CHARS:
         try:
             address = email_sender(value)[1]
         except Rejected:  # over the address caps: not one sender's address
@@ -126,6 +130,17 @@ def message_sender(payload: dict[str, Any]) -> str:
         if address is not None:
             return address
     return value.strip().lower()
+
+
+EMAIL_KEY_PREFIXES = ("mail:", "ticket:", "split:")
+"""How the keys of email-keyed conversations begin (`email_key`, and `split_key`: only an email's sender check
+splits): the only ones whose ticket a sender answers by `[#id]` token, and so the only ones retention keeps past
+their messages (`retention.tickets`). A chat's key (`chat:`) and an expression's (`key:`) never begin so."""
+
+
+def email_keyed(key: str) -> bool:
+    """Whether a conversation's `key` is an email thread's (EMAIL_KEY_PREFIXES)."""
+    return key.startswith(EMAIL_KEY_PREFIXES)
 
 
 def split_key(delivery_id: str) -> str:

@@ -10,10 +10,11 @@ than it, and only the (few) older events still kept need to be read to know whet
 A conversation (its key holds a customer's message id or phone number) goes once none of its deliveries is kept
 and its last message is older than the events limit and the longest `reopen_after` of the mappings in force,
 whichever is longer (7 days, the default `reopen_after`, where the mappings are not known): until then its next
-message would still follow up on its ticket. One that holds a ticket and knows its first sender (an email's) is
-kept until the `tickets` limit too, if that is longer: a `[#id]` token joins a ticket only while a conversation
-of the token's sender holds it, so that the customer's reply to an old ticket follows up on it rather than
-opening another, and a stranger's never joins it.
+message would still follow up on its ticket. An email thread's (conversations.email_keyed) that holds a
+ticket and knows its first sender is kept until the `tickets` limit too, if that is longer: a `[#id]` token
+joins a ticket only while a conversation of the token's sender holds it, so that the customer's reply to an old
+ticket follows up on it rather than opening another, and a stranger's never joins it. A chat's, whose sender is
+the customer's phone number or id, is not: no token answers it.
 """
 
 from __future__ import annotations

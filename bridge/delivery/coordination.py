@@ -22,7 +22,7 @@ from typing import Literal
 
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker, State
-from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, acquire, make_limiter
+from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, acquire, make_limiter, use_slot
 
 Change = Literal["opened", "closed", None]
 
@@ -165,7 +165,9 @@ class LocalGate(Gate):
             self.breaker.probing = False
 
     async def start(self, admission: Admission, index: int) -> None:
-        handle = self.limiter.sent()  # the in-process log moves the slot to when the send really starts
+        # The in-process log moves the slot to when the send really starts. A send passed by requests reserved after
+        # its admission (look-ups made while it was prepared, `admit_request`) waits until the window has room.
+        handle = await use_slot(self.limiter)
         if handle is not None:
             admission.slots.append(handle)
 

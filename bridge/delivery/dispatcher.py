@@ -422,8 +422,10 @@ class Lane:
             rendered = role == "follow_up" or item.role == "follow_up"  # a follow-up, or a create rendered again
             result = msgspec.structs.replace(result, role=role, action=item.action if rendered else None,
                                              body=item.body if rendered and settled is None else None)
-        await self._record(item, result, blog)
-        if stopped is not None:  # the stop that cut the gate's update short, once the answer is recorded
+        # The stop that cut the gate's update short is raised once the answer is recorded: tried once (a stop does
+        # not wait for a store that is down), its failure left to the lease.
+        await self._record(item, result, blog, once=stopped is not None)
+        if stopped is not None:
             raise stopped
 
     async def _answer_gate(self, item: Claimed, sent: Sent, unsent: bool,
@@ -432,8 +434,8 @@ class Lane:
         breaker counts it as a success (it may have been a probe); so does a reconciliation (the vendor answered
         its look-up). An unknown outcome is the vendor's failure. A stop that cuts this short (the gate's round trip
         on PostgreSQL) is returned, not raised: the vendor's answer is known all the same, and the caller records it
-        (shielded: `_record`) before raising the stop, rather than leave it to the stop as unknown, or lose a
-        success to be sent again."""
+        (shielded, and tried once: `_record`) before raising the stop, rather than leave it to the stop as unknown,
+        or lose a success to be sent again."""
         kind = sent.outcome.classification
         breaker = ("retry" if kind == UNKNOWN else kind) if not unsent or kind in ("retry", "auth") else "success"
         try:
@@ -505,12 +507,14 @@ class Lane:
             await self.dispatcher.store.record(msgspec.structs.replace(result, next_attempt_at_ms=now),
                                                owner=self.dispatcher.owner)
 
-    async def _record(self, item: Claimed, result: AttemptResult, blog: Any) -> None:
+    async def _record(self, item: Claimed, result: AttemptResult, blog: Any, *, once: bool = False) -> None:
         """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered).
         A record refused for its data (StoreRefused), or failing with an error that is not the store's (a value the
         store cannot take), is recorded again reduced (`reduced`), then minimal (`minimal`), so that the outcome is
         kept and the delivery is not sent again once its lease runs out; when even that fails,
-        `delivery.record_failed` is logged and the lease left to run out."""
+        `delivery.record_failed` is logged and the lease left to run out. `once`: a stop is under way (its cancel
+        already caught), so a store that is down is not waited for: its first failure logs `delivery.record_failed`
+        and the lease is left to run out."""
         d = self.dispatcher
         failures = 0
         delay = d.timings.store_retry_s
@@ -539,6 +543,13 @@ class Lane:
                 except StoreUnavailable as exc:
                     failures += 1
                     error = str(exc)
+                    if once:
+                        blog.error("delivery.record_failed", error=error, classification=result.classification,
+                                   ticket_id=result.ticket_id, failed_records=failures,
+                                   note="stopping, and the store did not take the vendor's answer: the delivery "
+                                        "stays in flight until its lease runs out, and is then sent again (a "
+                                        "possible duplicate)")
+                        return
                     if failures == 1:
                         blog.error("delivery.record_retrying", error=error, classification=result.classification,
                                    note="the vendor has answered; the result is held in memory and its record "

@@ -36,6 +36,11 @@ class Limiter(Protocol):
     def next_delay(self) -> float:
         """How many seconds until a slot is free, without taking it (0: one is free now)."""
 
+    def start_delay(self) -> float:
+        """How many seconds until the oldest reserved slot may be used (`sent`) without a window counting more than
+        its limit (0: now). A slot is free when it is reserved, but requests reserved after it may start first (a
+        look-up's, made while an admitted send is prepared) and take the window's room."""
+
     def unreserve(self) -> None:
         """Give back the newest reserved slot whose send has not started."""
 
@@ -60,6 +65,9 @@ class Unlimited:
 
     def next_delay(self) -> float:
         return self.reserve()
+
+    def start_delay(self) -> float:
+        return 0.0
 
     def unreserve(self) -> None:
         pass
@@ -116,6 +124,13 @@ class SlidingWindowLimiter:
     def next_delay(self) -> float:
         now = self._clock()
         return self._next_at(now) - now
+
+    def start_delay(self) -> float:
+        # The oldest reserved slot is the first not started; the send `requests` before it must be a window back.
+        first = len(self._sends) - self._pending
+        if not self._pending or first < self.requests:
+            return 0.0
+        return max(0.0, self._sends[first - self.requests] + self._window - self._clock())
 
     def reserve(self) -> float:
         now = self._clock()
@@ -181,4 +196,19 @@ async def acquire(limiter: Limiter) -> None:
         except BaseException:
             limiter.unreserve()
             raise
-    limiter.sent()
+    await use_slot(limiter)
+
+
+async def use_slot(limiter: Limiter) -> int | None:
+    """Mark the oldest reserved slot used (`sent`, whose handle it returns) once the window has room for it
+    (`start_delay`): at once for a request that starts on time, later for one that requests reserved after it
+    passed. Cancelled while it waits, it gives a reservation back (as `acquire`)."""
+    try:
+        while True:  # a timed wait: the window frees up by the clock, not on an event
+            delay = limiter.start_delay()
+            if delay <= 0:
+                return limiter.sent()
+            await asyncio.sleep(delay)
+    except BaseException:
+        limiter.unreserve()
+        raise

@@ -253,9 +253,10 @@ class Cutoffs(msgspec.Struct, frozen=True, kw_only=True):
     """Conversations (their keys hold a customer's address or phone number) whose last message came before this
     and that have no delivery left go: no message of theirs is kept any more."""
     tickets_ms: int | None = None
-    """A conversation that holds a ticket and knows its first sender (an email's, not "") goes only once its last
-    message also came before this (None: it is kept): until then its sender's `[#id]` reply still follows up on
-    the ticket, which only a kept conversation of that sender lets a token join."""
+    """An email-keyed conversation (conversations.email_keyed) that holds a ticket and knows its first sender
+    (not "") goes only once its last message also came before this (None: it is kept): until then its sender's
+    `[#id]` reply still follows up on the ticket, which only a kept conversation of that sender lets a token
+    join. A chat's (its sender the customer's phone number or id) goes at `conversations_ms`."""
 
 
 class PurgeMark(msgspec.Struct, frozen=True, kw_only=True):

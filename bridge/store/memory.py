@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from bridge.conversations import ticket_context
+from bridge.conversations import email_keyed, ticket_context
 from bridge.delivery.coordination import LocalCoordination
 from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.events import Event
@@ -547,7 +547,8 @@ class MemoryStore(Store):
             out.after = msgspec.structs.replace(out.after, conversations=looked[-1] if looked else after)
         def aged(c: ConversationRow) -> bool:  # as rows.CONVERSATION_GONE
             return c.last_message_at_ms < cutoff and (
-                c.ticket_id is None or not c.sender or (tickets is not None and c.last_message_at_ms < tickets))
+                c.ticket_id is None or not c.sender or not email_keyed(c.key)
+                or (tickets is not None and c.last_message_at_ms < tickets))
 
         gone = [i for i in looked if aged(self.conversations[i]) and i not in threaded]
         if not dry_run:

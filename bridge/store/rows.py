@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeVar, overload
 import msgspec
 import structlog
 
-from bridge.conversations import scoped, split_key, ticket_context
+from bridge.conversations import EMAIL_KEY_PREFIXES, scoped, split_key, ticket_context
 from bridge.errors import StoreRefused
 from bridge.escaping import NUL, write_nul
 from bridge.events import Event
@@ -351,13 +351,18 @@ def kept_condition(events: str, dead: str) -> str:
 MAPPING_CONVERSATIONS = "SELECT COUNT(*) FROM conversations WHERE mapping = {0} AND last_message_at >= {1}"
 """With its placeholders filled in: a mapping's conversations whose last message came at or after a time (those a
 reload that drops the mapping cuts off), counted from the index conversations_mapping (migration 0018)."""
-CONVERSATION_GONE = ("c.last_message_at < {0} AND (c.ticket_id IS NULL OR c.sender IS NULL OR c.sender = '' "
-                     "OR c.last_message_at < {1}) "
+EMAIL_KEYED = "(" + " OR ".join(f"substr(c.key, 1, {len(p)}) = '{p}'" for p in EMAIL_KEY_PREFIXES) + ")"
+"""SQL true for a conversation `c` keyed by an email thread (conversations.email_keyed), alike in SQLite and
+PostgreSQL (substr, not LIKE: SQLite's LIKE ignores case)."""
+CONVERSATION_GONE = ("c.last_message_at < {0} AND (c.ticket_id IS NULL OR c.sender IS NULL OR c.sender = '' "  # noqa: S608 - constants
+                     f"OR NOT {EMAIL_KEYED} OR c.last_message_at < {{1}}) "
                      "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.conversation = c.id)")
 """SQL true for a conversation `c` a purge deletes, given the placeholders of its cutoffs (Cutoffs.conversations_ms,
-Cutoffs.tickets_ms: NULL keeps): its last message is older, and also older than the tickets' cutoff when it holds a
-ticket its first sender may name by token, and none of its deliveries is kept (looked up by
-deliveries_conversation). A NULL `sender` (older than the column) is not kept longer: any sender's token joins it."""
+Cutoffs.tickets_ms: NULL keeps): its last message is older, and also older than the tickets' cutoff when it is an
+email thread holding a ticket its first sender may name by token, and none of its deliveries is kept (looked up
+by deliveries_conversation). A NULL `sender` (older than the column) is not kept longer: any sender's token joins
+it; nor is a chat's or an expression's conversation, whose sender (a chat's: the customer's phone number or id)
+no token needs."""
 
 
 def attachment_hashes(data: bytes) -> Iterator[str]:

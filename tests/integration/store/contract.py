@@ -1372,6 +1372,30 @@ class StoreContract:
         assert [await store.get_conversations(k) for k in ("mail:v1@x", "ticket:713", f"split:{stranger.id}")] == [
             [], [], []]
 
+    async def test_only_an_email_threads_ticket_reference_outlives_its_messages(self, store: Store) -> None:
+        """Only an email-keyed conversation (`mail:`, `ticket:`, `split:`) is kept past the conversations' cutoff
+        for its ticket: a chat's, whose sender is the customer's phone number, and an expression's go with their
+        messages even though each holds a ticket and a sender (no `[#id]` token needs them)."""
+        mail = make_delivery(conversation="m|mail:v1@x", conversation_key="mail:v1@x", sender="v@x.io",
+                             sender_checked=True)
+        chat = make_delivery(conversation="m|chat:919876543210", conversation_key="chat:919876543210",
+                             sender="919876543210")
+        given = make_delivery(conversation="m|key:order-7", conversation_key="key:order-7", sender="v@x.io")
+        await accept_one(store, mail, chat, given)
+        await store.claim("kapture-support", 10, "w", 30)
+        for n, d in enumerate((mail, chat, given)):
+            await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id=f"71{n}"), role="create"))
+        (chat_row,) = await store.get_conversations("chat:919876543210")
+        assert (chat_row.conversation.ticket_id, chat_row.conversation.sender) == ("711", "919876543210")
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 1
+        cutoffs = Cutoffs(conversations_ms=after_now())  # tickets_ms None: a ticket's reference kept forever
+        assert (await store.purge(cutoffs, 500, dry_run=True)).conversations == 2
+        assert (await store.purge(cutoffs, 500)).conversations == 2
+        assert await store.get_conversations("chat:919876543210") == []
+        assert await store.get_conversations("key:order-7") == []
+        (kept,) = await store.get_conversations("mail:v1@x")
+        assert kept.conversation.ticket_id == "710"
+
     async def test_destinations_of_names_each_known_deliverys_destination(self, store: Store) -> None:
         """One look-up gives the destination of each id the store has, and leaves out the others."""
         a, b = make_delivery(destination="d-a"), make_delivery(destination="d-b")

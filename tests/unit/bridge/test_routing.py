@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import structlog
 
+from bridge import conversations
+from bridge.conversations import MAX_SENDER_CHARS, message_sender
 from bridge.events import Event
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
@@ -318,3 +320,23 @@ def test_a_json_senders_display_name_is_not_part_of_the_sender() -> None:
         "bob@x.io"}
     assert sender_of("victim@corp.example <a@evil.example>") == "a@evil.example"  # the address DMARC reads
     assert sender_of(" Helpdesk Bot ") == "helpdesk bot"
+
+
+def test_a_json_from_longer_than_a_header_line_is_not_parsed_as_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `from` longer than MAX_SENDER_CHARS (RFC 5322's 998-character line) is no one sender's address: it is not
+    parsed (which costs time in proportion to its length, up to the 256 KiB of an address field) and is kept as
+    its trimmed, lower-cased text; one at the limit is still read as an address."""
+    parsed: list[int] = []
+    real = conversations.email_sender
+
+    def counting(value: str) -> tuple[str | None, str | None]:
+        parsed.append(len(value))
+        return real(value)
+
+    monkeypatch.setattr(conversations, "email_sender", counting)
+    at_limit = "B" * (MAX_SENDER_CHARS - len(" <Bob@X.io>")) + " <Bob@X.io>"
+    assert message_sender({"from": at_limit}) == "bob@x.io"
+    longer = ";" * 200_000 + " <Bob@X.io> "
+    assert message_sender({"from": "B" + at_limit}) == "b" + at_limit.lower()
+    assert message_sender({"from": longer}) == longer.strip().lower()
+    assert parsed == [MAX_SENDER_CHARS]

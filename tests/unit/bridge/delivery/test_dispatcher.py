@@ -170,6 +170,9 @@ class RecordingLimiter:
     def next_delay(self) -> float:
         return 0.0
 
+    def start_delay(self) -> float:
+        return 0.0
+
     def unreserve(self) -> None:
         pass
 

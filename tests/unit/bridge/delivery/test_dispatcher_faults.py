@@ -671,6 +671,38 @@ async def test_look_ups_made_while_a_request_is_prepared_are_admitted_by_the_gat
     assert gates.admitted == ["request", "request", "start"]
 
 
+class TracingLimiter(SlidingWindowLimiter):
+    """The sliding-window limiter, noting on its own clock when each request it lets out starts."""
+
+    def __init__(self, requests: int, per_seconds: float) -> None:
+        super().__init__(requests, per_seconds)
+        self.started: list[float] = []
+
+    def sent(self) -> int | None:
+        self.started.append(self._clock())
+        return super().sent()
+
+
+async def test_look_ups_and_the_sends_they_are_made_for_keep_to_the_rate_limit() -> None:
+    """On the in-process gate, two sends admitted together whose requests each look a value up first: the
+    look-ups wait behind the sends' reserved slots, and the sends, passed by them, wait for room in the window
+    rather than go out with them. No window of the limit (2 requests in 0.3 s) counts more than 2 of the 4."""
+    store = FaultyStore()
+    ids = await store.add(2)
+    dest = destination()
+    dest.adapter = LookingUp("kapture", dest.config, BASE)
+    limiter = dest.limiter = TracingLimiter(2, 0.3)
+    with aioresponses() as m:
+        m.get(BASE + "/lookup", status=200, body="Router down", repeat=True, response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, dest):
+            await eventually(lambda: {r.delivery_id for r in store.records} >= set(ids))
+        made = len(m.requests[("GET", URL(BASE + "/lookup"))]) + requests(m)
+    assert made == len(limiter.started) == 4
+    assert all(later - earlier >= 0.3 for earlier, later in zip(limiter.started, limiter.started[2:], strict=False))
+    assert all(r.classification == "success" for r in store.records)
+
+
 async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
     """The failure that opens the breaker is told to the gate while its send still holds its in-flight slot: the
     lane, waiting for that slot, asks the gate only once the breaker is open, and no second request goes out."""
@@ -809,3 +841,32 @@ async def test_a_stop_while_an_answer_is_told_to_the_gate_records_the_vendors_an
         assert requests(m) == 1
     [record] = store.records
     assert (record.delivery_id, record.classification, record.http_status) == (delivery_id, classification, status)
+
+
+async def test_a_stop_while_an_answer_is_told_to_the_gate_does_not_wait_for_a_store_that_is_down() -> None:
+    """A stop whose cancel lands in the gate's update while the store is down tries the vendor's answer's record
+    once, logs delivery.record_failed (the lease is left to run out) and returns: it does not wait, retrying, for
+    the store to come back."""
+    store = FaultyStore(record_fails=-1)  # the store takes no record
+    [delivery_id] = await store.add()
+    telling = asyncio.Event()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers((503, {"status": "error"})), repeat=True,
+               response_class=MockResponse)
+        async with running(store, destination()) as d:
+            gate = d.lanes["kapture"].gate
+
+            async def never_told(classification: str) -> Change:
+                telling.set()
+                await asyncio.Event().wait()
+                return None
+
+            gate.outcome = never_told  # type: ignore[method-assign]
+            await telling.wait()
+            await asyncio.wait_for(d.stop(0.0), 5.0)
+        assert requests(m) == 1
+    assert store.record_calls == 1
+    [failed] = [e for e in logs if e["event"] == "delivery.record_failed"]
+    assert (failed["delivery_id"], failed["classification"]) == (delivery_id, "retry")
+    assert "lease" in failed["note"]
+    assert store.released == []

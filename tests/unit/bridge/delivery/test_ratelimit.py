@@ -281,6 +281,55 @@ def test_actual_send_times_keep_the_guarantee_whatever_the_lateness(
     assert max_in_any_window(started, per_seconds - EPS) <= requests
 
 
+def test_a_send_passed_by_requests_reserved_after_it_waits_for_room() -> None:
+    """Two slots reserved for sends, then two look-ups reserved behind them that start first (each takes the
+    oldest reserved slot): the sends may no longer go at once, `start_delay` says until when; a send on time
+    need not wait."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    assert [limiter.reserve() for _ in range(2)] == [0.0, 0.0]
+    assert limiter.start_delay() == 0.0
+    assert [limiter.reserve() for _ in range(2)] == [pytest.approx(1.0)] * 2
+    clock.advance(1.0)
+    for _ in range(2):  # the look-ups
+        assert limiter.start_delay() == 0.0
+        limiter.sent()
+    assert limiter.start_delay() == pytest.approx(1.0)
+    clock.advance(1.0)
+    assert limiter.start_delay() == 0.0
+    limiter.sent()
+    assert limiter.start_delay() == 0.0
+
+
+# too_slow: as above.
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.integers(min_value=1, max_value=6),
+    per_seconds=st.floats(min_value=0.05, max_value=30.0),
+    steps=st.lists(st.tuples(st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=3),
+                             st.floats(min_value=0.0, max_value=3.0)), min_size=1, max_size=60),
+)
+def test_starts_that_wait_for_room_keep_the_guarantee_in_any_order(
+    requests: int, per_seconds: float, steps: list[tuple[int, int, float]],
+) -> None:
+    """Slots reserved in batches and used in any order, late or on time, each start waiting for `start_delay`
+    (as `use_slot` does), never put more than `requests` starts in one window."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(requests, per_seconds, margin=0.0, min_margin_s=0.0, clock=clock)
+    ready: list[float] = []  # when each reserved slot's wait ends
+    started: list[float] = []
+    for reserve, start, lag in steps:
+        ready += [clock.now + limiter.reserve() for _ in range(reserve)]
+        for _ in range(min(start, len(ready))):
+            clock.now = max(clock.now, ready.pop()) + lag  # the newest reservation's request starts first
+            while (delay := limiter.start_delay()) > 0:
+                clock.advance(delay)
+            limiter.sent()
+            started.append(clock.now)
+    if started:
+        assert max_in_any_window(started, per_seconds - EPS) <= requests
+
+
 def test_unlimited_never_waits() -> None:
     """Unlimited grants every slot at once."""
     assert [Unlimited().reserve() for _ in range(1000)] == [0.0] * 1000
