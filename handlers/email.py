@@ -125,23 +125,64 @@ def address_list(*values: AddressInput, field: str = "email") -> list[str]:
     return list(seen)
 
 
-_ANGLED = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
+# A From value's tokens as RFC 5322 reads them: a quoted string whole, with its backslash escapes; an angle-addr
+# holding neither a quote, a comment nor a bracket (group 1); a run of other text; else one character. A comment
+# is read by _COMMENT_PAREN, up to each of its parentheses in turn: ctext and escapes, possessive, read once.
+_FROM_TOKEN = re.compile(r'"(?:[^"\\]++|\\[\s\S])*+"|<([^<>"()\\]*+)>|[^"()<>\\]++|[\s\S]')
+_COMMENT_PAREN = re.compile(r"(?:[^()\\]++|\\[\s\S])*+([()])")
+
+
+def _angled(text: str) -> list[str] | None:
+    """The lower-cased addresses in angle brackets in a From value, read outside its quoted strings (escapes
+    honoured) and its comments (nested, escapes honoured): an address written inside a display name or a comment
+    is text, not a mailbox. None when the value cannot be read exactly: a quote, comment or bracket left open, a
+    `>`, `)` or backslash outside them, an angle-addr holding a quote, a comment or a bracket."""
+    found: list[str] = []
+    at, end = 0, len(text)
+    while at < end:
+        token = _FROM_TOKEN.match(text, at)
+        assert token is not None  # the last alternative takes any character
+        at = token.end()
+        if token[1] is not None:
+            found.append(token[1].strip().lower())
+        elif token[0] == "(":
+            depth = 1
+            while depth:
+                paren = _COMMENT_PAREN.match(text, at)
+                if paren is None:
+                    return None
+                depth += 1 if paren[1] == "(" else -1
+                at = paren.end()
+        elif token[0] in ('"', "<", ">", ")", "\\"):
+            return None
+    return found
 
 
 def sender(value: AddressInput) -> tuple[str | None, str | None]:
-    """(display name, bare lower-cased address) of a From value. A From of several mailboxes (which no ordinary
-    mail has) is read as its one address in angle brackets, the one a provider's DMARC check reads
+    """(display name, bare lower-cased address) of a From value: the mailbox it is, as a provider's DMARC check
+    reads it, or no address when that cannot be told (conversations trust a message's sender: docs/security.md).
+
+    The mailboxes are the list parse's (the standard library's reading of quotes, escapes and comments, or the
+    fast path's of the forms it reads exactly). Their addresses must agree with the angle-addrs read outside
+    quoted strings and comments (`_angled`): an address inside a display name or a comment is never the sender,
+    and a value that cannot be read exactly (a quote left open, as in a name built without escaping) has none.
+    A From of several mailboxes (which no ordinary mail has) is read as its one address in angle brackets
     (`victim@corp.example <a@evil.example>` is a@evil.example, not the first mailbox a list parse gives); with
-    none or several such, it names no address: conversations trust a message's sender (docs/security.md)."""
+    none or several such, it names no address."""
     texts = _texts(value)
     if not texts:
         return None, None
     pairs = _mailboxes(texts, "From")
     name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
     addresses = {a.strip().lower() for _n, a in pairs if "@" in a}
-    if len(addresses) > 1:
-        angled = {a.lower() for t in texts for a in _ANGLED.findall(_outside_quotes(t))}
-        if len(angled) != 1:
+    angled: set[str] = set()
+    for text in texts:
+        found = _angled(text)
+        if found is None:
+            return None, None
+        angled.update(found)
+    if len(addresses) > 1 or (angled and angled != addresses):
+        if len(angled) != 1 or not angled <= addresses:
             return None, None
         addr = angled.pop()
         return next((n.strip() or None for n, a in pairs if a.strip().lower() == addr), None), addr

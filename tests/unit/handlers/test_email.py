@@ -606,3 +606,37 @@ def test_a_from_of_several_mailboxes_names_the_one_in_brackets_or_none(value: st
     from handlers.email import sender
 
     assert sender(value)[1] == address
+
+
+@pytest.mark.parametrize("value", [
+    # an address inside a display name whose quote is escaped, then a second mailbox
+    '"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example',
+    # an address inside a comment, then a second mailbox
+    "attacker@evil.example (<ceo@corp.example>), b@evil.example",
+    # a quote inside a comment, which opens no quoted string
+    'attacker@evil.example (" <ceo@corp.example> "), b@evil.example',
+    # nested comments, escaped parentheses
+    "attacker@evil.example (a (b \\) <ceo@corp.example>) c), b@evil.example",
+    # a name built from a provider's decoded name without escaping: the quote is left open
+    '"M" <ceo@corp.example>" <attacker@evil.example>',
+    # an angle bracket left open, or closed twice
+    "<ceo@corp.example, b@evil.example",
+    "ceo@corp.example>, <attacker@evil.example>>",
+])
+def test_an_address_in_a_name_or_a_comment_is_never_the_sender(value: str) -> None:
+    """An address written inside a quoted display name (escapes read as RFC 5322 reads them) or a comment is
+    text, not a mailbox: the sender is the mailbox the From really is, or none when that cannot be told."""
+    assert sender(value)[1] != "ceo@corp.example"
+
+
+@pytest.mark.parametrize(("value", "address"), [
+    ('"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example', "attacker@evil.example"),
+    ("attacker@evil.example (<ceo@corp.example>), b@evil.example", None),
+    ('"M" <ceo@corp.example>" <attacker@evil.example>', None),
+    ('"M\\" <ceo@corp.example>" <attacker@evil.example>', "attacker@evil.example"),
+    ("Asha (the <boss@x.io>) <asha@x.io>", "asha@x.io"),
+    ("asha@x.io (Asha <boss@x.io>)", "asha@x.io"),
+    ('"Rao \\"Asha\\" (ops)" <asha@x.io>', "asha@x.io"),
+])
+def test_the_sender_is_the_mailbox_read_with_its_quotes_and_comments(value: str, address: str | None) -> None:
+    assert sender(value)[1] == address
