@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
 from bridge.escaping import encodable
+from bridge.offload import LOOP_BYTES, LOOP_MIME_LINES, OffLoop, on_loop, spend_on_loop
 from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
@@ -24,6 +25,7 @@ from handlers.limits import (
     MAX_ADDRESS_FIELD_CHARS,
     MAX_ADDRESSES,
     MAX_ATTACHMENTS,
+    MAX_FROM_CHARS,
     MAX_HEADER_BYTES,
     MAX_MESSAGE_IDS,
     check_chars,
@@ -99,6 +101,9 @@ def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
     check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_ADDRESS_FIELD_CHARS)
     pairs = simple_mailboxes(texts)
     if pairs is None:
+        # The standard library's parser reads a character in microseconds: on the loop, a few KiB of it is
+        # handed to the parser thread.
+        spend_on_loop(sum(len(t) for t in texts), f"the {field} field is read by the full address parser")
         try:
             pairs = getaddresses(texts)
         except RecursionError:  # comments nested a thousand deep
@@ -109,7 +114,9 @@ def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
     # encoded it all) is parsed decoded.
     decoded = [(" ".join(decode_words(name).split()), addr) for name, addr in pairs]
     if not any("@" in addr for _name, addr in decoded) and any("=?" in t for t in texts):
-        decoded = getaddresses([decode_words(t) for t in texts])
+        again = [decode_words(t) for t in texts]
+        spend_on_loop(sum(len(t) for t in again), f"the {field} field is read by the full address parser")
+        decoded = getaddresses(again)
     return decoded
 
 
@@ -158,7 +165,7 @@ def _angled(text: str) -> list[str] | None:
     return found
 
 
-def sender(value: AddressInput) -> tuple[str | None, str | None]:
+def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | None]:
     """(display name, bare lower-cased address) of a From value: the mailbox it is, as a provider's DMARC check
     reads it, or no address when that cannot be told (conversations trust a message's sender: docs/security.md).
 
@@ -168,11 +175,14 @@ def sender(value: AddressInput) -> tuple[str | None, str | None]:
     and a value that cannot be read exactly (a quote left open, as in a name built without escaping) has none.
     A From of several mailboxes (which no ordinary mail has) is read as its one address in angle brackets
     (`victim@corp.example <a@evil.example>` is a@evil.example, not the first mailbox a list parse gives); with
-    none or several such, it names no address."""
+    none or several such, it names no address. Over MAX_FROM_CHARS, Rejected(413) naming `field`."""
     texts = _texts(value)
     if not texts:
         return None, None
-    pairs = _mailboxes(texts, "From")
+    check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_FROM_CHARS)
+    pairs = _mailboxes(texts, field)
+    if not pairs:
+        spend_on_loop(len(texts[0]), f"the {field} field is read by the full address parser")
     name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
     addresses = {a.strip().lower() for _n, a in pairs if "@" in a}
     angled: set[str] = set()
@@ -457,6 +467,10 @@ def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content. An
     attached message is kept as its exact bytes; a part with a Content-ID is marked `inline`."""
     check_mime_shape(raw, "the message")
+    if on_loop():  # a raw message the body held encoded (base64, URL-encoded), which a look at it did not see
+        lines = raw.count(b"\n--")
+        if len(raw) > LOOP_BYTES or lines > LOOP_MIME_LINES:
+            raise OffLoop(f"the raw message is {len(raw)} bytes with {lines} MIME delimiter lines")
     # The compat32 policy: headers stay raw text, read by this module's own parsers and `Message`'s light
     # parameter reader; the default policy's structured parse costs some ten times more per part, and decodes
     # parameters and encoded words in whatever character set the sender names.
@@ -638,7 +652,7 @@ def email_payload(
         "message_id": message_id(message_id_),
         "in_reply_to": message_id(in_reply_to, "In-Reply-To"),
         "references": message_ids(references),
-        "envelope_from": sender(envelope_from)[1],
+        "envelope_from": sender(envelope_from, "envelope From")[1],
         "envelope_to": address_list(envelope_to, field="envelope To"),
         "spam": None if spam is None else {"verdict": spam.verdict, "score": spam.score},
         "attachments": [a.meta for a in attachments],

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge import offload
 from bridge.errors import Rejected
 from handlers import email as email_module
 from handlers.attachments import attachment
@@ -31,7 +32,14 @@ from handlers.email import (
     sender,
     spam_score,
 )
-from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
+from handlers.limits import (
+    MAX_ADDRESSES,
+    MAX_ATTACHMENTS,
+    MAX_FROM_CHARS,
+    MAX_HEADER_FIELDS,
+    MAX_MESSAGE_IDS,
+    MAX_MIME_PARTS,
+)
 from tests.fixtures.providers import (
     ASHA_TEXT,
     FIXTURES,
@@ -640,3 +648,69 @@ def test_an_address_in_a_name_or_a_comment_is_never_the_sender(value: str) -> No
 ])
 def test_the_sender_is_the_mailbox_read_with_its_quotes_and_comments(value: str, address: str | None) -> None:
     assert sender(value)[1] == address
+
+
+
+@pytest.fixture
+def loop_parse() -> Any:
+    """A parse marked as running on the event loop, as intake marks one its body placed there."""
+    token = offload.start_loop_parse()
+    yield
+    offload.end_loop_parse(token)
+
+
+@pytest.mark.parametrize("value", ["[." * 32000, "<" * 2000, "a@b.example (c) " * 100])
+def test_on_the_loop_a_long_address_field_the_fast_path_cannot_read_goes_to_the_parser_thread(
+        loop_parse: None, value: str) -> None:
+    """The standard library's address parser reads a character in microseconds (64 KB of "[." held the loop for
+    a quarter of a second): on the loop, past LOOP_ADDRESS_CHARS of such text the parse stops (OffLoop), to be
+    run again in the parser thread; nothing of it is parsed first."""
+    with pytest.raises(offload.OffLoop, match=r"^the To field is read by the full address parser$"):
+        address_list(value, field="To")
+
+
+def test_the_loop_budget_is_the_requests_over_all_its_fields(loop_parse: None) -> None:
+    """Each field within the budget, all of them past it: the request's parse stops at the field that is."""
+    field = "a@b.example (c), " * (offload.LOOP_ADDRESS_CHARS // 17 // 2)
+    assert sender(field)[1] == "a@b.example"
+    assert len(address_list(field, field="To")) == 1
+    with pytest.raises(offload.OffLoop, match="the Cc field"):
+        address_list(field, field="Cc")
+
+
+def test_on_the_loop_ordinary_addresses_cost_nothing_from_the_budget(loop_parse: None) -> None:
+    """The fast path (the forms most mail carries, read by one regular expression) stays on the loop whatever
+    the length: a To of as many addresses as the cap, named and quoted."""
+    many = ", ".join(f'"Customer {i}" <c{i}@ex.co>' for i in range(MAX_ADDRESSES))
+    assert len(address_list(many, field="To")) == MAX_ADDRESSES
+    assert len(address_list(many, field="Cc")) == MAX_ADDRESSES
+    assert sender("Asha Rao <asha@example.com>") == ("Asha Rao", "asha@example.com")
+
+
+def test_off_the_loop_a_long_address_field_is_parsed_whole() -> None:
+    """In the parser thread (no loop parse marked) nothing bounds the parse but the caps."""
+    assert address_list("<" * 4000, field="To") == []
+    assert len(address_list("a@b.example (c), " * 200, field="To")) == 1
+
+
+def test_on_the_loop_a_raw_message_of_many_parts_goes_to_the_parser_thread(loop_parse: None) -> None:
+    """A raw message a body carried encoded (SES's base64 `content`, Mailgun's urlencoded `body-mime`): its
+    decoded delimiter lines and size, which a look at the body did not see, send its parse to the thread."""
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(offload.LOOP_MIME_LINES + 1))
+    raw = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n"
+    with pytest.raises(offload.OffLoop, match="MIME delimiter lines"):
+        parse_mime(raw)
+    large = b"Subject: x\r\n\r\n" + b"x" * offload.LOOP_BYTES
+    with pytest.raises(offload.OffLoop, match=rf"^the raw message is {len(large)} bytes with 0 MIME"):
+        parse_mime(large)
+    assert parse_mime(b"Subject: x\r\n\r\nhi\r\n").text == "hi\r\n"
+
+
+def test_a_from_longer_than_any_mailbox_is_a_413_naming_the_field() -> None:
+    """A From is one mailbox: past MAX_FROM_CHARS it is refused before it is parsed, naming which field."""
+    assert sender("a" * (MAX_FROM_CHARS - 14) + " <a@b.example>")[1] == "a@b.example"
+    over = rf"^the From field is {MAX_FROM_CHARS + 1} characters, at most {MAX_FROM_CHARS}$"
+    with pytest.raises(Rejected, match=over):
+        sender("[" * (MAX_FROM_CHARS + 1))
+    with pytest.raises(Rejected, match=r"^the envelope From field is"):
+        payload(envelope_from="[" * (MAX_FROM_CHARS + 1))
