@@ -151,7 +151,8 @@ def _angled(text: str) -> list[str] | None:
         assert token is not None  # the last alternative takes any character
         at = token.end()
         if token[1] is not None:
-            found.append(token[1].strip().lower())
+            if "@" in token[1]:  # `<>` (a bounce's null path) or `<Team>` holds no address
+                found.append(token[1].strip().lower())
         elif token[0] == "(":
             depth = 1
             while depth:
@@ -175,8 +176,12 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     and a value that cannot be read exactly (a quote left open, as in a name built without escaping) has none.
     A From of several mailboxes (which no ordinary mail has) is read as its one address in angle brackets
     (`victim@corp.example <a@evil.example>` is a@evil.example, not the first mailbox a list parse gives); with
-    none or several such, it names no address. Over MAX_FROM_CHARS, Rejected(413) naming `field`."""
-    texts = _texts(value)
+    none or several such, it names no address. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
+
+    A provider's JSON field may hold line breaks a header's value never keeps: unfolded first (RFC 5322 2.2.3),
+    as the standard library's parser would otherwise end a quoted string or a comment at a CR the scan reads
+    on through."""
+    texts = [_FOLD.sub("", t) for t in _texts(value)]
     if not texts:
         return None, None
     check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_FROM_CHARS)
@@ -194,7 +199,9 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     if len(addresses) > 1 or (angled and angled != addresses):
         if len(angled) != 1 or not angled <= addresses:
             return None, None
-        addr = angled.pop()
+        addresses = angled
+    if addresses:  # one: the name beside it (an `<x>` holding no address is no mailbox)
+        addr = addresses.pop()
         return next((n.strip() or None for n, a in pairs if a.strip().lower() == addr), None), addr
     addr = addr.strip().lower()
     return (name.strip() or None), (addr if "@" in addr else None)

@@ -630,6 +630,10 @@ def test_a_from_of_several_mailboxes_names_the_one_in_brackets_or_none(value: st
     # an angle bracket left open, or closed twice
     "<ceo@corp.example, b@evil.example",
     "ceo@corp.example>, <attacker@evil.example>>",
+    # a line break in a provider's field, where the standard library's parser ends a quoted string or comment
+    '"x\r<ceo@corp.example>"',
+    '"x\r\n <ceo@corp.example>"',
+    "attacker@evil.example (x\r<ceo@corp.example>)",
 ])
 def test_an_address_in_a_name_or_a_comment_is_never_the_sender(value: str) -> None:
     """An address written inside a quoted display name (escapes read as RFC 5322 reads them) or a comment is
@@ -645,6 +649,8 @@ def test_an_address_in_a_name_or_a_comment_is_never_the_sender(value: str) -> No
     ("Asha (the <boss@x.io>) <asha@x.io>", "asha@x.io"),
     ("asha@x.io (Asha <boss@x.io>)", "asha@x.io"),
     ('"Rao \\"Asha\\" (ops)" <asha@x.io>', "asha@x.io"),
+    ("Asha <Support> <asha@x.io>", "asha@x.io"),
+    ("<>", None),
 ])
 def test_the_sender_is_the_mailbox_read_with_its_quotes_and_comments(value: str, address: str | None) -> None:
     assert sender(value)[1] == address
