@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from email._header_value_parser import get_address_list  # the strict RFC 5322 reader
 from email.message import Message
 from email.parser import BytesParser, HeaderParser
 from typing import Any
@@ -720,3 +721,29 @@ def test_a_from_longer_than_any_mailbox_is_a_413_naming_the_field() -> None:
         sender("[" * (MAX_FROM_CHARS + 1))
     with pytest.raises(Rejected, match=r"^the envelope From field is"):
         payload(envelope_from="[" * (MAX_FROM_CHARS + 1))
+
+
+
+_IN_QUOTES = st.lists(st.sampled_from(["x", " ", "<ceo@corp.example>", '\\"', "\\\\", "(", ")", ",", "<", ">"]),
+                      max_size=6).map(lambda parts: '"' + "".join(parts) + '"')
+_IN_COMMENT = st.lists(st.sampled_from(["x", " ", "<ceo@corp.example>", "\\(", "\\)", "\\\\", '"', ",", "<",
+                                        "(in <ceo@corp.example>)"]),
+                       max_size=6).map(lambda parts: "(" + "".join(parts) + ")")
+_MAILBOX = st.one_of(
+    st.builds(lambda name: f"{name} <a@evil.example>", _IN_QUOTES),
+    st.builds(lambda comment: f"a@evil.example {comment}", _IN_COMMENT),
+    st.builds(lambda name, comment: f"{name} <b@evil.example> {comment}", _IN_QUOTES, _IN_COMMENT),
+    st.just("b@evil.example"),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_MAILBOX, min_size=1, max_size=3).map(", ".join))
+def test_an_address_only_in_names_and_comments_is_never_the_sender(value: str) -> None:
+    """A From of one to three mailboxes whose display names and comments hold quotes, escapes, brackets and a
+    victim's address: the sender is one of its mailboxes (as the standard library's RFC 5322 parser reads
+    them), or none; never the victim."""
+    got = sender(value)[1]
+    parsed, rest = get_address_list(value)
+    assert rest == ""
+    assert got is None or got in {m.addr_spec for m in parsed.all_mailboxes}

@@ -8,6 +8,8 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import Rejected
 from handlers.attachments import attachment
@@ -283,3 +285,14 @@ def test_a_raw_from_naming_an_address_in_a_name_or_comment_is_not_that_sender(ki
            "hello\r\n").encode()
     [inbound] = raw_post(kind, eml)
     assert inbound.payload["from"] in ("attacker@evil.example", None)
+
+
+NAME_PIECES = [*'ab "\\<>(),;:@.\r\n\t', "=?utf-8?q?", "?=", "ceo@corp.example", "\x00", "é"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(NAME_PIECES), max_size=16).map("".join))
+def test_any_name_a_provider_gives_beside_an_address_leaves_that_address_the_sender(name: str) -> None:
+    """Whatever the name holds (quotes, escapes, brackets, comments, addresses, line breaks), the mailbox built
+    of it and an address is read as that address."""
+    assert sender(mailbox(name, "attacker@evil.example"))[1] == "attacker@evil.example"
