@@ -323,21 +323,36 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
     return results
 
 
-OFFLOAD_BYTES = 64 * 1024
-OFFLOAD_MIME_LINES = 32
+OFFLOAD_BYTES = offload.LOOP_BYTES
+OFFLOAD_MIME_LINES = offload.LOOP_MIME_LINES
 
 
 def offloaded(body: bytes) -> bool:
     """Whether to verify and parse in a thread, so the loop keeps answering: a large body, or one with many
-    MIME delimiter lines (a MIME part costs most of a millisecond), raw or inside a JSON string. Small
-    ordinary requests stay on the loop, where they cost less than the hand-off."""
-    return len(body) > OFFLOAD_BYTES or body.count(b"\n--") + body.count(b"\\n--") > OFFLOAD_MIME_LINES
+    MIME delimiter lines (a MIME part costs most of a millisecond), raw, inside a JSON string or URL-encoded in a
+    form (Mailgun's `body-mime`). Small ordinary requests stay on the loop, where they cost less than the
+    hand-off; what a body holds only once decoded (base64, long address lists) is met by the parse itself,
+    which then goes on in the thread (`_run`)."""
+    if len(body) > OFFLOAD_BYTES:
+        return True
+    lines = body.count(b"\n--") + body.count(b"\\n--")
+    if lines <= OFFLOAD_MIME_LINES and b"%0" in body:
+        lines += body.count(b"%0A--") + body.count(b"%0a--")
+    return lines > OFFLOAD_MIME_LINES
 
 
 async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes, off: bool) -> T:
-    """`step(request, body)`, in the parser thread when `off` (the body's `offloaded`)."""
+    """`step(request, body)`, in the parser thread when `off` (the body's `offloaded`). On the loop it runs
+    marked as a loop parse: one that meets work too costly there stops (OffLoop) and is run again, from the
+    start, in the parser thread (a step is pure: what it read of the body is kept per request)."""
     if not off:
-        return step(request, body)
+        token = offload.start_loop_parse()
+        try:
+            return step(request, body)
+        except offload.OffLoop as exc:
+            log.info("intake.parse_offloaded", step=getattr(step, "__name__", "step"), reason=str(exc))
+        finally:
+            offload.end_loop_parse(token)
     return await offload.in_parser(step, request, body)
 
 

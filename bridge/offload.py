@@ -1,6 +1,8 @@
 """Work whose cost is set by what a request or a vendor sent (a large body's parse, a template that loops over
 a large payload): done on the event loop while it is cheap, in one worker thread otherwise, so that the loop,
-which answers every other request and /healthz, is never held for long.
+which answers every other request and /healthz, is never held for long. A parse placed on the loop by its body
+alone is marked (`start_loop_parse`): one that meets costly work inside it (a long address list the fast path
+cannot read, a decoded raw message of many parts) stops with OffLoop and is run again in the thread.
 
 One thread for it all: CPU-bound threads take the GIL in turns with the loop, so each more thread working at
 once would delay every other request further; heavy work queues for the thread instead.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
 import structlog
@@ -27,6 +30,56 @@ CONSOLE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-con
 intake's parses and renders, nor a follow-up's."""
 LOOP_SLICE_S = 0.005
 """How long a render may hold the event loop before it is run again, from the start, in the parser thread."""
+LOOP_BYTES = 64 * 1024
+"""A request body (or a raw message decoded from one) larger than this is parsed in the parser thread."""
+LOOP_MIME_LINES = 32
+"""A raw message with more MIME delimiter lines than this is parsed in the parser thread: a part costs most of a
+millisecond."""
+LOOP_ADDRESS_CHARS = 1024
+"""Characters of address header text a parse on the loop may hand the standard library's address parser, over
+all of a request's fields: it reads a character in 1 to 6 µs (runs of `[`, `<`, `;`, `@`, `:` the slowest), so
+this bounds the loop's hold at a few milliseconds. The fast path (ordinary addresses, read by one regular
+expression) costs nothing from it."""
+
+
+class OffLoop(BaseException):
+    """A parse on the event loop met work too costly for it (see `spend_on_loop`, `on_loop`): the parse is run
+    again, from the start, in the parser thread. A BaseException, as SliceOver is, so that no handler's `except
+    Exception` takes it for the parse's own failure."""
+
+
+class _LoopParse:
+    def __init__(self) -> None:
+        self.address_chars = LOOP_ADDRESS_CHARS
+
+
+_LOOP_PARSE: ContextVar[_LoopParse | None] = ContextVar("loop_parse", default=None)
+
+
+def start_loop_parse() -> Token[_LoopParse | None]:
+    """Mark the parse that follows as running on the loop, with a fresh budget; `end_loop_parse` unmarks it. A
+    parse in a thread runs unmarked (an executor does not carry the loop's context): nothing bounds it there."""
+    return _LOOP_PARSE.set(_LoopParse())
+
+
+def end_loop_parse(token: Token[_LoopParse | None]) -> None:
+    _LOOP_PARSE.reset(token)
+
+
+def on_loop() -> bool:
+    """Whether a parse marked by `start_loop_parse` is running: the caller raises OffLoop for costly work."""
+    return _LOOP_PARSE.get() is not None
+
+
+def spend_on_loop(address_chars: int, what: str) -> None:
+    """Take `address_chars` from the loop parse's budget of LOOP_ADDRESS_CHARS; OffLoop(`what`) once it is spent.
+    Nothing outside a loop parse."""
+    parse = _LOOP_PARSE.get()
+    if parse is None:
+        return
+    parse.address_chars -= address_chars
+    if parse.address_chars < 0:
+        raise OffLoop(what)
 
 
 async def in_parser(fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor = PARSER) -> T:

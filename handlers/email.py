@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
 from bridge.escaping import encodable
+from bridge.offload import LOOP_BYTES, LOOP_MIME_LINES, OffLoop, on_loop, spend_on_loop
 from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
@@ -24,6 +25,7 @@ from handlers.limits import (
     MAX_ADDRESS_FIELD_CHARS,
     MAX_ADDRESSES,
     MAX_ATTACHMENTS,
+    MAX_FROM_CHARS,
     MAX_HEADER_BYTES,
     MAX_MESSAGE_IDS,
     check_chars,
@@ -99,6 +101,9 @@ def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
     check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_ADDRESS_FIELD_CHARS)
     pairs = simple_mailboxes(texts)
     if pairs is None:
+        # The standard library's parser reads a character in microseconds: on the loop, a few KiB of it is
+        # handed to the parser thread.
+        spend_on_loop(sum(len(t) for t in texts), f"the {field} field is read by the full address parser")
         try:
             pairs = getaddresses(texts)
         except RecursionError:  # comments nested a thousand deep
@@ -109,7 +114,9 @@ def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
     # encoded it all) is parsed decoded.
     decoded = [(" ".join(decode_words(name).split()), addr) for name, addr in pairs]
     if not any("@" in addr for _name, addr in decoded) and any("=?" in t for t in texts):
-        decoded = getaddresses([decode_words(t) for t in texts])
+        again = [decode_words(t) for t in texts]
+        spend_on_loop(sum(len(t) for t in again), f"the {field} field is read by the full address parser")
+        decoded = getaddresses(again)
     return decoded
 
 
@@ -125,25 +132,76 @@ def address_list(*values: AddressInput, field: str = "email") -> list[str]:
     return list(seen)
 
 
-_ANGLED = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
+# A From value's tokens as RFC 5322 reads them: a quoted string whole, with its backslash escapes; an angle-addr
+# holding neither a quote, a comment nor a bracket (group 1); a run of other text; else one character. A comment
+# is read by _COMMENT_PAREN, up to each of its parentheses in turn: ctext and escapes, possessive, read once.
+_FROM_TOKEN = re.compile(r'"(?:[^"\\]++|\\[\s\S])*+"|<([^<>"()\\]*+)>|[^"()<>\\]++|[\s\S]')
+_COMMENT_PAREN = re.compile(r"(?:[^()\\]++|\\[\s\S])*+([()])")
 
 
-def sender(value: AddressInput) -> tuple[str | None, str | None]:
-    """(display name, bare lower-cased address) of a From value. A From of several mailboxes (which no ordinary
-    mail has) is read as its one address in angle brackets, the one a provider's DMARC check reads
+def _angled(text: str) -> list[str] | None:
+    """The lower-cased addresses in angle brackets in a From value, read outside its quoted strings (escapes
+    honoured) and its comments (nested, escapes honoured): an address written inside a display name or a comment
+    is text, not a mailbox. None when the value cannot be read exactly: a quote, comment or bracket left open, a
+    `>`, `)` or backslash outside them, an angle-addr holding a quote, a comment or a bracket."""
+    found: list[str] = []
+    at, end = 0, len(text)
+    while at < end:
+        token = _FROM_TOKEN.match(text, at)
+        assert token is not None  # the last alternative takes any character
+        at = token.end()
+        if token[1] is not None:
+            if "@" in token[1]:  # `<>` (a bounce's null path) or `<Team>` holds no address
+                found.append(token[1].strip().lower())
+        elif token[0] == "(":
+            depth = 1
+            while depth:
+                paren = _COMMENT_PAREN.match(text, at)
+                if paren is None:
+                    return None
+                depth += 1 if paren[1] == "(" else -1
+                at = paren.end()
+        elif token[0] in ('"', "<", ">", ")", "\\"):
+            return None
+    return found
+
+
+def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | None]:
+    """(display name, bare lower-cased address) of a From value: the mailbox it is, as a provider's DMARC check
+    reads it, or no address when that cannot be told (conversations trust a message's sender: docs/security.md).
+
+    The mailboxes are the list parse's (the standard library's reading of quotes, escapes and comments, or the
+    fast path's of the forms it reads exactly). Their addresses must agree with the angle-addrs read outside
+    quoted strings and comments (`_angled`): an address inside a display name or a comment is never the sender,
+    and a value that cannot be read exactly (a quote left open, as in a name built without escaping) has none.
+    A From of several mailboxes (which no ordinary mail has) is read as its one address in angle brackets
     (`victim@corp.example <a@evil.example>` is a@evil.example, not the first mailbox a list parse gives); with
-    none or several such, it names no address: conversations trust a message's sender (docs/security.md)."""
-    texts = _texts(value)
+    none or several such, it names no address. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
+
+    A provider's JSON field may hold line breaks a header's value never keeps: unfolded first (RFC 5322 2.2.3),
+    as the standard library's parser would otherwise end a quoted string or a comment at a CR the scan reads
+    on through."""
+    texts = [_FOLD.sub("", t) for t in _texts(value)]
     if not texts:
         return None, None
-    pairs = _mailboxes(texts, "From")
+    check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_FROM_CHARS)
+    pairs = _mailboxes(texts, field)
+    if not pairs:
+        spend_on_loop(len(texts[0]), f"the {field} field is read by the full address parser")
     name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
     addresses = {a.strip().lower() for _n, a in pairs if "@" in a}
-    if len(addresses) > 1:
-        angled = {a.lower() for t in texts for a in _ANGLED.findall(_outside_quotes(t))}
-        if len(angled) != 1:
+    angled: set[str] = set()
+    for text in texts:
+        found = _angled(text)
+        if found is None:
             return None, None
-        addr = angled.pop()
+        angled.update(found)
+    if len(addresses) > 1 or (angled and angled != addresses):
+        if len(angled) != 1 or not angled <= addresses:
+            return None, None
+        addresses = angled
+    if addresses:  # one: the name beside it (an `<x>` holding no address is no mailbox)
+        addr = addresses.pop()
         return next((n.strip() or None for n, a in pairs if a.strip().lower() == addr), None), addr
     addr = addr.strip().lower()
     return (name.strip() or None), (addr if "@" in addr else None)
@@ -433,6 +491,10 @@ def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content. An
     attached message is kept as its exact bytes; a part with a Content-ID is marked `inline`."""
     check_mime_shape(raw, "the message")
+    if on_loop():  # a raw message the body held encoded (base64, URL-encoded), which a look at it did not see
+        lines = raw.count(b"\n--")
+        if len(raw) > LOOP_BYTES or lines > LOOP_MIME_LINES:
+            raise OffLoop(f"the raw message is {len(raw)} bytes with {lines} MIME delimiter lines")
     # The compat32 policy: headers stay raw text, read by this module's own parsers and `Message`'s light
     # parameter reader; the default policy's structured parse costs some ten times more per part, and decodes
     # parameters and encoded words in whatever character set the sender names.
@@ -614,7 +676,7 @@ def email_payload(
         "message_id": message_id(message_id_),
         "in_reply_to": message_id(in_reply_to, "In-Reply-To"),
         "references": message_ids(references),
-        "envelope_from": sender(envelope_from)[1],
+        "envelope_from": sender(envelope_from, "envelope From")[1],
         "envelope_to": address_list(envelope_to, field="envelope To"),
         "spam": None if spam is None else {"verdict": spam.verdict, "score": spam.score},
         "attachments": [a.meta for a in attachments],

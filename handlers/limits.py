@@ -13,6 +13,11 @@ MAX_ADDRESSES = 1_000
 """Addresses in one address field (To, Cc) of an email."""
 MAX_ADDRESS_FIELD_CHARS = 256 * 1024
 """Characters in one address field: 1,000 addresses of 256 characters each."""
+MAX_FROM_CHARS = 8 * 1024
+"""Characters in a From (or the envelope's sender): one mailbox, whose address SMTP caps at 254 characters and
+whose display name is a few words (a few hundred characters as RFC 2047 encoded words); Postfix, Exim and
+Exchange pass no longer one either. Bounds the full address parse of a hostile one to some 30 ms of the parser
+thread, where 256 KiB took a second."""
 MAX_MESSAGE_IDS = 500
 """Message ids in References (or Message-ID, In-Reply-To); a thread of 500 messages."""
 MAX_FORM_FIELDS = 1_000

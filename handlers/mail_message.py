@@ -66,12 +66,20 @@ def text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_NOT_IN_ADDRESS = frozenset("<>\r\n")
+
+
 def mailbox(name: Any, address: Any) -> str | None:
-    """`"Name" <address>` from a provider's name and address pair (the address alone when unnamed)."""
-    if not isinstance(address, str) or not address:
+    """`"Name" <address>` from a provider's name and address pair (the address alone when unnamed), the name
+    quoted with its quotes and backslashes escaped, so that it reads back as that name and that address whatever
+    it holds (its line breaks made spaces). None for an address holding an angle bracket or a line break, which
+    no one address does."""
+    if not isinstance(address, str) or not address or not _NOT_IN_ADDRESS.isdisjoint(address):
         return None
     if isinstance(name, str) and name.strip():
-        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + f'" <{address}>'
+        # A line break ends a quoted string for the standard library's parser: it is whitespace in a name.
+        one_line: str = name.replace("\r", " ").replace("\n", " ")
+        return '"' + one_line.replace("\\", "\\\\").replace('"', '\\"') + f'" <{address}>'
     return address
 
 

@@ -12,6 +12,7 @@ from bridge.errors import Rejected
 from handlers.attachments import Attachment, attachment, decode_base64
 from handlers.base import Handler, Inbound, Intercepted, decode_json_object, named, not_a_message, per_request
 from handlers.email import Headers, basename, email_payload, header_spam, message_files, parse_mime_text
+from handlers.mail_message import mailbox, mailboxes
 
 # Postmark's other webhooks (RecordType), should one be pointed at the inbound URL: words for the metric.
 _RECORD_TYPES = frozenset({"delivery", "bounce", "spamcomplaint", "open", "click", "subscriptionchange"})
@@ -22,15 +23,9 @@ class PostmarkOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 
 
 def _full(value: Any) -> list[str]:
-    """`ToFull`/`CcFull` entries as `Name <address>` texts."""
-    if not isinstance(value, list):
-        return []
-    out = []
-    for item in value:
-        if isinstance(item, dict) and isinstance(item.get("Email"), str):
-            name = item.get("Name")
-            out.append(f'"{name}" <{item["Email"]}>' if isinstance(name, str) and name else item["Email"])
-    return out
+    """`ToFull`/`CcFull` entries (Postmark's decoded names and addresses) as `"Name" <address>` texts, each name
+    escaped: a name holding a quote and an address stays a name."""
+    return mailboxes(value, "Name", "Email")
 
 
 class PostmarkHandler(Handler):
@@ -86,7 +81,7 @@ class PostmarkHandler(Handler):
         provider.pop("RawEmail", None)  # parsed, not kept twice
         files = message_files(mime, files)
         from_full = data.get("FromFull")
-        from_ = (f'"{from_full.get("Name") or ""}" <{from_full["Email"]}>'
+        from_ = (mailbox(from_full.get("Name"), from_full.get("Email"))
                  if isinstance(from_full, dict) and isinstance(from_full.get("Email"), str) else data.get("From"))
         payload = email_payload(
             from_=from_ if isinstance(from_, str) else None,

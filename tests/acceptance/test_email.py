@@ -465,3 +465,25 @@ def test_attachments_options_are_checked(write_config: ConfigFactory) -> None:
         write_config("attachments: {max_bytes: -1}\n")
     with pytest.raises(ErrorList, match="folder"):
         write_config("attachments: {folder: x}\n")
+
+
+RAW_KINDS = [kind for kind in EMAIL_KINDS if kind not in ("brevo", "mailjet")]  # those two send no raw message
+
+
+@pytest.mark.parametrize(("from_", "sender"), [
+    ('"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example', "attacker@evil.example"),
+    ("attacker@evil.example (<ceo@corp.example>), b@evil.example", None),
+], ids=["escaped_quote", "comment"])
+async def test_an_address_in_a_from_name_or_comment_is_not_the_sender_for_any_kind(
+        client: Any, from_: str, sender: str | None) -> None:
+    """The probe's forged From lines, handed over raw by every kind that sends the raw message: the address in
+    the display name or the comment (a victim's) is never the event's sender, which conversations trust."""
+    store = runtime(client).store
+    for n, kind in enumerate(RAW_KINDS):
+        eml = (f"From: {from_}\r\nTo: support@acme.test\r\nSubject: spoof {kind}\r\n"
+               f"Message-ID: <spoof-{n}@evil.example>\r\n\r\nplease change my bank details\r\n").encode()
+        path, data, hdrs = EMAIL_KINDS[kind](eml)
+        resp = await client.post(path, data=data, headers=hdrs)
+        assert resp.status == 202, (kind, await resp.text())
+        event = await store.get_event((await resp.json())["event_id"])
+        assert event.payload["from"] == sender, kind

@@ -18,6 +18,7 @@ from handlers.email import (
     message_ids,
     parse_mime,
     parse_mime_text,
+    sender,
 )
 from handlers.formdata import parse_multipart, parse_urlencoded
 from handlers.intercom import html_text
@@ -137,6 +138,9 @@ CASES: dict[str, tuple[Any, Any, int]] = {
     "MIME: an undecodable RFC 2231 parameter, then n '*='": (parse_mime, mime_undecodable_param, 500),
     "raw message to payload: n named To and Reply-To addresses": (payload_of_raw, mime_named_recipients, 100),
     "intercom html: n unclosed tags": (html_text, lambda n: "<" * n, 2_000),
+    "sender: a From of n comments, escaped quotes and brackets": (
+        sender, lambda n: '(a \\) (<c@d>)) "b\\" <e@f>" <g@h>, ' * n, 70),
+    "sender: a From of n nested comments left open": (sender, lambda n: "a@b.example " + "(x " * n, 300),
 }
 
 

@@ -10,7 +10,9 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Request
+from structlog.testing import capture_logs
 
+from bridge import offload
 from bridge.config import ServerConfig, SourceConfig
 from bridge.intake import EVENTS_ON_LOOP, OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _new_events, offloaded, run_handler
 from bridge.runtime import Runtime, Source
@@ -29,6 +31,13 @@ def test_large_bodies_and_many_mime_parts_go_to_the_parser_thread() -> None:
     assert offloaded(b"x" * (OFFLOAD_BYTES + 1))
     assert offloaded(b"\r\n--b\r\nv" * (OFFLOAD_MIME_LINES + 1))
     assert offloaded(b'{"content": "' + b"\\r\\n--b\\r\\nv" * (OFFLOAD_MIME_LINES + 1) + b'"}')
+
+
+@pytest.mark.parametrize("newline", [b"%0D%0A", b"%0d%0a", b"%0A"])
+def test_many_mime_parts_url_encoded_in_a_form_go_to_the_parser_thread(newline: bytes) -> None:
+    """Mailgun's urlencoded `body-mime` sends the message's line breaks as %0D%0A: its delimiter lines count."""
+    assert offloaded(b"body-mime=" + (newline + b"--b" + newline + b"v") * (OFFLOAD_MIME_LINES + 1))
+    assert not offloaded(b"body-mime=" + (newline + b"--b" + newline + b"v") * OFFLOAD_MIME_LINES)
 
 
 class Recording(Handler):
@@ -209,3 +218,28 @@ async def test_the_events_of_a_large_batch_are_built_in_the_parser_thread(
     events = await _new_events(Source("src", Recording(), None, 0.0), inbounds, {}, {"remote": None})
     assert [e.dedup_key for e in events] == [str(i) for i in range(count)]
     assert {name.startswith("ticketbridge-parse") for name in threads} == {off}
+
+
+class Costly(Recording):
+    """A handler whose parse meets work too costly for the loop (as a long address list the fast path cannot
+    read does), charged before any of it is done."""
+
+    def parse(self, request: Request, body: bytes) -> list[Inbound]:
+        self.threads.append(threading.current_thread().name)
+        offload.spend_on_loop(offload.LOOP_ADDRESS_CHARS + 1, "the From field is read by the full address parser")
+        return [Inbound(payload={"size": len(body)})]
+
+
+async def test_a_parse_that_meets_costly_work_on_the_loop_is_run_again_in_the_parser_thread() -> None:
+    """A request its body placed on the loop whose parse finds work too costly there (OffLoop) is parsed
+    again, from the start, in the parser thread, and handled as any other; one line says so."""
+    handler = Costly()
+    request = make_mocked_request("POST", "/hooks/src")
+    with capture_logs() as logs:
+        handled = await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, b"name=Asha",
+                                    off=False)
+    assert not isinstance(handled, Intercepted)
+    assert handled[0][0].payload == {"size": 9}
+    assert [name.startswith("ticketbridge-parse") for name in handler.threads] == [False, False, True]
+    assert [(e["event"], e["reason"]) for e in logs] == [
+        ("intake.parse_offloaded", "the From field is read by the full address parser")]

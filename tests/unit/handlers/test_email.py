@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from email._header_value_parser import get_address_list  # the strict RFC 5322 reader
 from email.message import Message
 from email.parser import BytesParser, HeaderParser
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge import offload
 from bridge.errors import Rejected
 from handlers import email as email_module
 from handlers.attachments import attachment
@@ -31,7 +33,14 @@ from handlers.email import (
     sender,
     spam_score,
 )
-from handlers.limits import MAX_ADDRESSES, MAX_ATTACHMENTS, MAX_HEADER_FIELDS, MAX_MESSAGE_IDS, MAX_MIME_PARTS
+from handlers.limits import (
+    MAX_ADDRESSES,
+    MAX_ATTACHMENTS,
+    MAX_FROM_CHARS,
+    MAX_HEADER_FIELDS,
+    MAX_MESSAGE_IDS,
+    MAX_MIME_PARTS,
+)
 from tests.fixtures.providers import (
     ASHA_TEXT,
     FIXTURES,
@@ -606,3 +615,135 @@ def test_a_from_of_several_mailboxes_names_the_one_in_brackets_or_none(value: st
     from handlers.email import sender
 
     assert sender(value)[1] == address
+
+
+@pytest.mark.parametrize("value", [
+    # an address inside a display name whose quote is escaped, then a second mailbox
+    '"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example',
+    # an address inside a comment, then a second mailbox
+    "attacker@evil.example (<ceo@corp.example>), b@evil.example",
+    # a quote inside a comment, which opens no quoted string
+    'attacker@evil.example (" <ceo@corp.example> "), b@evil.example',
+    # nested comments, escaped parentheses
+    "attacker@evil.example (a (b \\) <ceo@corp.example>) c), b@evil.example",
+    # a name built from a provider's decoded name without escaping: the quote is left open
+    '"M" <ceo@corp.example>" <attacker@evil.example>',
+    # an angle bracket left open, or closed twice
+    "<ceo@corp.example, b@evil.example",
+    "ceo@corp.example>, <attacker@evil.example>>",
+    # a line break in a provider's field, where the standard library's parser ends a quoted string or comment
+    '"x\r<ceo@corp.example>"',
+    '"x\r\n <ceo@corp.example>"',
+    "attacker@evil.example (x\r<ceo@corp.example>)",
+])
+def test_an_address_in_a_name_or_a_comment_is_never_the_sender(value: str) -> None:
+    """An address written inside a quoted display name (escapes read as RFC 5322 reads them) or a comment is
+    text, not a mailbox: the sender is the mailbox the From really is, or none when that cannot be told."""
+    assert sender(value)[1] != "ceo@corp.example"
+
+
+@pytest.mark.parametrize(("value", "address"), [
+    ('"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example', "attacker@evil.example"),
+    ("attacker@evil.example (<ceo@corp.example>), b@evil.example", None),
+    ('"M" <ceo@corp.example>" <attacker@evil.example>', None),
+    ('"M\\" <ceo@corp.example>" <attacker@evil.example>', "attacker@evil.example"),
+    ("Asha (the <boss@x.io>) <asha@x.io>", "asha@x.io"),
+    ("asha@x.io (Asha <boss@x.io>)", "asha@x.io"),
+    ('"Rao \\"Asha\\" (ops)" <asha@x.io>', "asha@x.io"),
+    ("Asha <Support> <asha@x.io>", "asha@x.io"),
+    ("<>", None),
+])
+def test_the_sender_is_the_mailbox_read_with_its_quotes_and_comments(value: str, address: str | None) -> None:
+    assert sender(value)[1] == address
+
+
+
+@pytest.fixture
+def loop_parse() -> Any:
+    """A parse marked as running on the event loop, as intake marks one its body placed there."""
+    token = offload.start_loop_parse()
+    yield
+    offload.end_loop_parse(token)
+
+
+@pytest.mark.parametrize("value", ["[." * 32000, "<" * 2000, "a@b.example (c) " * 100])
+def test_on_the_loop_a_long_address_field_the_fast_path_cannot_read_goes_to_the_parser_thread(
+        loop_parse: None, value: str) -> None:
+    """The standard library's address parser reads a character in microseconds (64 KB of "[." held the loop for
+    a quarter of a second): on the loop, past LOOP_ADDRESS_CHARS of such text the parse stops (OffLoop), to be
+    run again in the parser thread; nothing of it is parsed first."""
+    with pytest.raises(offload.OffLoop, match=r"^the To field is read by the full address parser$"):
+        address_list(value, field="To")
+
+
+def test_the_loop_budget_is_the_requests_over_all_its_fields(loop_parse: None) -> None:
+    """Each field within the budget, all of them past it: the request's parse stops at the field that is."""
+    field = "a@b.example (c), " * (offload.LOOP_ADDRESS_CHARS // 17 // 2)
+    assert sender(field)[1] == "a@b.example"
+    assert len(address_list(field, field="To")) == 1
+    with pytest.raises(offload.OffLoop, match="the Cc field"):
+        address_list(field, field="Cc")
+
+
+def test_on_the_loop_ordinary_addresses_cost_nothing_from_the_budget(loop_parse: None) -> None:
+    """The fast path (the forms most mail carries, read by one regular expression) stays on the loop whatever
+    the length: a To of as many addresses as the cap, named and quoted."""
+    many = ", ".join(f'"Customer {i}" <c{i}@ex.co>' for i in range(MAX_ADDRESSES))
+    assert len(address_list(many, field="To")) == MAX_ADDRESSES
+    assert len(address_list(many, field="Cc")) == MAX_ADDRESSES
+    assert sender("Asha Rao <asha@example.com>") == ("Asha Rao", "asha@example.com")
+
+
+def test_off_the_loop_a_long_address_field_is_parsed_whole() -> None:
+    """In the parser thread (no loop parse marked) nothing bounds the parse but the caps."""
+    assert address_list("<" * 4000, field="To") == []
+    assert len(address_list("a@b.example (c), " * 200, field="To")) == 1
+
+
+def test_on_the_loop_a_raw_message_of_many_parts_goes_to_the_parser_thread(loop_parse: None) -> None:
+    """A raw message a body carried encoded (SES's base64 `content`, Mailgun's urlencoded `body-mime`): its
+    decoded delimiter lines and size, which a look at the body did not see, send its parse to the thread."""
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(offload.LOOP_MIME_LINES + 1))
+    raw = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n"
+    with pytest.raises(offload.OffLoop, match="MIME delimiter lines"):
+        parse_mime(raw)
+    large = b"Subject: x\r\n\r\n" + b"x" * offload.LOOP_BYTES
+    with pytest.raises(offload.OffLoop, match=rf"^the raw message is {len(large)} bytes with 0 MIME"):
+        parse_mime(large)
+    assert parse_mime(b"Subject: x\r\n\r\nhi\r\n").text == "hi\r\n"
+
+
+def test_a_from_longer_than_any_mailbox_is_a_413_naming_the_field() -> None:
+    """A From is one mailbox: past MAX_FROM_CHARS it is refused before it is parsed, naming which field."""
+    assert sender("a" * (MAX_FROM_CHARS - 14) + " <a@b.example>")[1] == "a@b.example"
+    over = rf"^the From field is {MAX_FROM_CHARS + 1} characters, at most {MAX_FROM_CHARS}$"
+    with pytest.raises(Rejected, match=over):
+        sender("[" * (MAX_FROM_CHARS + 1))
+    with pytest.raises(Rejected, match=r"^the envelope From field is"):
+        payload(envelope_from="[" * (MAX_FROM_CHARS + 1))
+
+
+
+_IN_QUOTES = st.lists(st.sampled_from(["x", " ", "<ceo@corp.example>", '\\"', "\\\\", "(", ")", ",", "<", ">"]),
+                      max_size=6).map(lambda parts: '"' + "".join(parts) + '"')
+_IN_COMMENT = st.lists(st.sampled_from(["x", " ", "<ceo@corp.example>", "\\(", "\\)", "\\\\", '"', ",", "<",
+                                        "(in <ceo@corp.example>)"]),
+                       max_size=6).map(lambda parts: "(" + "".join(parts) + ")")
+_MAILBOX = st.one_of(
+    st.builds(lambda name: f"{name} <a@evil.example>", _IN_QUOTES),
+    st.builds(lambda comment: f"a@evil.example {comment}", _IN_COMMENT),
+    st.builds(lambda name, comment: f"{name} <b@evil.example> {comment}", _IN_QUOTES, _IN_COMMENT),
+    st.just("b@evil.example"),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_MAILBOX, min_size=1, max_size=3).map(", ".join))
+def test_an_address_only_in_names_and_comments_is_never_the_sender(value: str) -> None:
+    """A From of one to three mailboxes whose display names and comments hold quotes, escapes, brackets and a
+    victim's address: the sender is one of its mailboxes (as the standard library's RFC 5322 parser reads
+    them), or none; never the victim."""
+    got = sender(value)[1]
+    parsed, rest = get_address_list(value)
+    assert rest == ""
+    assert got is None or got in {m.addr_spec for m in parsed.all_mailboxes}

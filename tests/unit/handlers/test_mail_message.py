@@ -8,10 +8,12 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import Rejected
 from handlers.attachments import attachment
-from handlers.email import Headers
+from handlers.email import Headers, address_list, sender
 from handlers.mail_message import MAX_BATCH_MESSAGES, Fields, mail_inbound, mailbox, mailboxes, part_file
 from tests.fixtures.providers import (
     ASHA_EMAIL,
@@ -92,6 +94,22 @@ def test_mailbox_quotes_the_display_name() -> None:
     assert mailbox(None, "a@example.com") == "a@example.com"
     assert mailbox("A", 3) is None
     assert mailboxes([{"N": "A", "E": "a@x.test"}, "junk", {"E": None}], "N", "E") == ['"A" <a@x.test>']
+
+
+@pytest.mark.parametrize("name", ['M" <ceo@corp.example>', 'M\\" <ceo@corp.example>', "M\\", "M (<ceo@corp.example>",
+                                  'M", <ceo@corp.example>, "x', "M\r\n<ceo@corp.example>"])
+def test_a_providers_name_and_address_read_back_as_that_mailbox(name: str) -> None:
+    """Brevo, Mandrill and MailerSend give a sender's name and address apart: whatever the name holds, the
+    mailbox built of them reads back as that address, the name as its name (whitespace made single spaces)."""
+    assert sender(mailbox(name, "attacker@evil.example")) == (" ".join(name.split()), "attacker@evil.example")
+    assert address_list(mailboxes([{"N": name, "E": "a@evil.example"}, {"N": name, "E": "b@evil.example"}],
+                                  "N", "E")) == ["a@evil.example", "b@evil.example"]
+
+
+@pytest.mark.parametrize("address", ["attacker@evil.example>, <ceo@corp.example", "attacker@evil.example\r\n"])
+def test_a_providers_address_that_is_no_address_gives_no_mailbox(address: str) -> None:
+    """An address field holding angle brackets or a line break is not one address: no mailbox is built of it."""
+    assert mailbox("M", address) is None
 
 
 def test_part_file_reads_the_name_and_type_from_part_headers() -> None:
@@ -255,3 +273,26 @@ def test_the_raw_thread_gives_the_email_channels_shape(kind: str) -> None:
     forwarded = next(a for a in inbound.attachments if a.meta["name"] == "forwarded.eml")
     assert forwarded.content == FORWARDED
     assert inbound.dedup_key == "<CAF=asha.2@mail.example.com>"
+
+
+@pytest.mark.parametrize("kind", ["mandrill", "sparkpost", "mailersend", "postal"])
+@pytest.mark.parametrize("from_", ['"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example',
+                                   "attacker@evil.example (<ceo@corp.example>), b@evil.example"])
+def test_a_raw_from_naming_an_address_in_a_name_or_comment_is_not_that_sender(kind: str, from_: str) -> None:
+    """The probe's forged From lines, sent raw through each kind: the address in the name or the comment is
+    never the sender (the one angle-addr outside them is, or none)."""
+    eml = (f"From: {from_}\r\nTo: support@acme.test\r\nSubject: spoof\r\nMessage-ID: <s@evil.example>\r\n\r\n"
+           "hello\r\n").encode()
+    [inbound] = raw_post(kind, eml)
+    assert inbound.payload["from"] in ("attacker@evil.example", None)
+
+
+NAME_PIECES = [*'ab "\\<>(),;:@.\r\n\t', "=?utf-8?q?", "?=", "ceo@corp.example", "\x00", "é"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(NAME_PIECES), max_size=16).map("".join))
+def test_any_name_a_provider_gives_beside_an_address_leaves_that_address_the_sender(name: str) -> None:
+    """Whatever the name holds (quotes, escapes, brackets, comments, addresses, line breaks), the mailbox built
+    of it and an address is read as that address."""
+    assert sender(mailbox(name, "attacker@evil.example"))[1] == "attacker@evil.example"

@@ -153,3 +153,20 @@ async def test_the_dashboard_check_is_answered_200() -> None:
     early = await run(data)
     assert isinstance(early, Intercepted)
     assert (early.code, early.response.status) == ("not_a_message:check", 200)
+
+
+@pytest.mark.parametrize("name", ['M" <ceo@corp.example>', 'M\\" <ceo@corp.example>', 'M\\', '"<ceo@corp.example>"',
+                                  "M (<ceo@corp.example>", 'M", <ceo@corp.example>, "x'])
+def test_a_name_holding_quotes_and_an_address_is_only_a_name(name: str) -> None:
+    """FromFull, ToFull and CcFull are Postmark's decoded reading of the headers: a name holding a quote and an
+    address stays the name of the mailbox Postmark read, never makes another (the reply of a stranger named
+    `M" <ceo@corp.example>` is his, not the CEO's)."""
+    data = load("postmark/inbound.json")
+    data["FromFull"] = {"Email": "attacker@evil.example", "Name": name, "MailboxHash": ""}
+    data["ToFull"] = [{"Email": "support@acme.test", "Name": name, "MailboxHash": ""}]
+    data["CcFull"] = [{"Email": "ops@acme.test", "Name": name, "MailboxHash": ""}]
+    [inbound] = build("postmark").parse(post(JSON), compact(data))
+    payload = inbound.payload
+    assert (payload["from"], payload["from_name"]) == ("attacker@evil.example", name)
+    assert (payload["to"], payload["to_names"]) == (["support@acme.test"], [name])
+    assert (payload["cc"], payload["cc_names"]) == (["ops@acme.test"], [name])
