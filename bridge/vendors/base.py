@@ -212,7 +212,8 @@ class Adapter(ABC):
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date)."""
+    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date); None when it is neither, or
+    names a date no calendar holds (year 9999999999: the retry schedule decides then)."""
     if not value:
         return None
     value = value.strip()
@@ -222,7 +223,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -52,7 +52,8 @@ def test_retry_after_delta_seconds(value: str, expected: float) -> None:
     assert parse_retry_after(value, now=NOW) == expected
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "Fri, 99 Foo 2024 25:61:00 GMT", "12 apples"])
+@pytest.mark.parametrize("value", [None, "", "soon", "Fri, 99 Foo 2024 25:61:00 GMT", "12 apples",
+                                   "Fri, 01 Jan 9999999999 00:00:00 GMT"])
 def test_retry_after_absent_or_unreadable_is_none(value: str | None) -> None:
     """No header, or one that is neither seconds nor an HTTP date, gives None."""
     assert parse_retry_after(value, now=NOW) is None
