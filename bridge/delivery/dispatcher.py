@@ -136,6 +136,18 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
     return response.status, body
 
 
+def crashed(exc: Exception, *, written: bool) -> Outcome:
+    """The outcome of an attempt that raised `exc` (a bug): before its request was written, a retry on the
+    schedule; once written (while its answer was read or classified), `unknown`, as the vendor may have acted on it
+    (a 2xx whose reading crashed may have made the ticket): the destination's `on_unknown` decides, as for a lost
+    answer, rather than send it again as if nothing had gone out."""
+    error = f"internal error: {type(exc).__name__}: {exc}"
+    if written:
+        return Outcome(classification="unknown", error=f"{error}, after its request was written: the vendor may have "
+                                                     "acted on it")
+    return Outcome(classification="retry", error=error)
+
+
 @dataclass(frozen=True)
 class Timings:
     """How long the delivery loop waits, in seconds: after a store failure (doubling, for a record, up to
@@ -394,9 +406,8 @@ class Lane:
             await self._lease_expired(item, str(exc), blog, unsent)
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
-            blog.exception("delivery.crashed")
-            sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
-                        int(d.clock() * 1000), 0.0, None, None)
+            blog.exception("delivery.crashed", written=item.id in self.written)
+            sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
         stopped = await self._answer_gate(item, sent, settled is not None, blog)
         if d.on_attempt is not None:
