@@ -149,14 +149,21 @@ RECONCILE_MAX_PAGES = 100  # per day, a guard against endless paging
 
 def reference_at(value: Any, path: list[str]) -> list[str]:
     """The texts found at the dotted `path` under `value`, through objects and any lists on the way
-    (Kapture groups custom fields as `"section": [{"field": …}]`, or nests them as objects)."""
-    if isinstance(value, list):
-        return [found for item in value for found in reference_at(item, path)]
-    if not path:
-        return [] if value is None or isinstance(value, dict) else [str(value)]
-    if not isinstance(value, dict):
-        return []
-    return reference_at(value.get(path[0]), path[1:])
+    (Kapture groups custom fields as `"section": [{"field": …}]`, or nests them as objects). Walked without
+    recursion, in the order the ticket holds them: lists within lists, however deeply a vendor nests them, cost
+    a step each, never the stack."""
+    found: list[str] = []
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        here, depth = stack.pop()
+        if isinstance(here, list):
+            stack.extend((item, depth) for item in reversed(here))
+        elif depth == len(path):
+            if here is not None and not isinstance(here, dict):
+                found.append(str(here))
+        elif isinstance(here, dict):
+            stack.append((here.get(path[depth]), depth + 1))
+    return found
 
 
 def _day_of(ms: int) -> date:

@@ -323,3 +323,21 @@ async def test_find_created_with_a_found_ticket_whose_id_is_no_id_cannot_tell(va
     assert str(info.value) == ("kapture: the ticket pulled for 2024-04-18 carrying ref = 'evt_1' has no usable id: "
                                f"the answer's ticket id at `ticketId` is {said}, not kept (an id is a whole number or "
                                "non-blank text of at most 256 characters, no NUL)")
+
+
+@pytest.mark.parametrize("depth", [700, 5000])
+def test_reference_is_looked_for_in_lists_nested_however_deep(depth: int) -> None:
+    """A pulled ticket whose `additional_info` nests lists hundreds deep (as a hostile account answers) is walked
+    without recursion: no RecursionError, and a reference at the bottom is still found."""
+    nested: Any = [{"bridge_ref": "evt_1"}]
+    for _ in range(depth):
+        nested = [nested]
+    assert reference_at(nested, ["bridge_ref"]) == ["evt_1"]
+    assert reference_at({"additional_info": nested}, ["bridge_ref"]) == []
+
+
+def test_reference_keeps_the_tickets_order() -> None:
+    """Texts are found in the order the ticket holds them, a list's items first to last."""
+    info = {"ref": [{"bridge_ref": "a"}, [{"bridge_ref": "b"}, {"bridge_ref": None}], {"bridge_ref": {"x": 1}},
+                    {"bridge_ref": "c"}]}
+    assert reference_at(info, ["ref", "bridge_ref"]) == ["a", "b", "c"]
