@@ -46,6 +46,7 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 import msgspec
 import structlog
+from yarl import URL
 
 from bridge.config import DestinationConfig
 from bridge.delivery.breaker import DESTINATION_FAILURES, Breaker
@@ -63,6 +64,7 @@ from bridge.vendors.base import (
     Outcome,
     SearchStopped,
     VendorRequest,
+    look_up_limited,
     read_capped,
 )
 from bridge.vendors.credentials import authorized
@@ -126,6 +128,8 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
             async with session.request(request.method, request.url, headers={**request.headers, **auth},
                                        data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:
+                look_up_limited(response.status, response.headers, f"a look-up ({request.method} "
+                                                                   f"{URL(request.url).path})")
                 body, cut = await read_capped(response, LOOKUP_MAX_BYTES)
     except TimeoutError:
         if deadline is not None and bound.expired():
@@ -727,8 +731,10 @@ class Lane:
                            error=f"not sent: the {what} could not be rendered: {type(exc).__name__}: {exc}")
 
     async def _tell_gate(self, sent: Sent, classification: str, blog: Any) -> None:
-        """Pass an answer on to the destination's gate: a 429's pause, and `classification` to the breaker."""
-        if sent.http_status == 429:
+        """Pass an answer on to the destination's gate: a rate limit's pause (a 429's, or one the adapter read in
+        another answer, a 200 included, or a look-up's: `Outcome.rate_limited`), and `classification` to the
+        breaker."""
+        if sent.http_status == 429 or sent.outcome.rate_limited:
             pause = sent.outcome.retry_after if sent.outcome.retry_after is not None else self.gate.window
             pause = min(pause, self.dest.policy.max_retry_after)
             blog.warning("delivery.rate_limited", pause_s=round(pause, 3))

@@ -22,6 +22,7 @@ from bridge.vendors.credentials import Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
 from bridge.vendors.failures import VendorAuthFailed as VendorAuthFailed  # noqa: PLC0414
+from bridge.vendors.failures import VendorRateLimited as VendorRateLimited  # noqa: PLC0414
 from bridge.vendors.failures import VendorUnavailable as VendorUnavailable  # noqa: PLC0414
 from bridge.vendors.files import FileSet, attachment_list, with_text
 
@@ -80,6 +81,10 @@ class Outcome(msgspec.Struct, kw_only=True):
     ticket_key: str | None = None
     # A third reference some vendors give beside the id and key (LeadSquared's `TicketId`, a UUID).
     ticket_uuid: str | None = None
+    # The vendor said to slow down (a 429, a rate limit inside a 200 as LeadSquared's, a look-up's 429 or 503 with
+    # Retry-After): the delivery loop pauses the destination for `retry_after` (else its rate window), whatever the
+    # HTTP status.
+    rate_limited: bool = False
     # A success whose answer held a ticket id that is no id (an object, an array, a boolean, a fraction, empty text,
     # text too long): the id is not kept (`ticket_id` is None) and `error` says where it was and what it was.
     ticket_id_dropped: bool = False
@@ -244,14 +249,30 @@ def interim_answer(status: int) -> Outcome | None:
                          "protocol error; the vendor may have acted on the request")
 
 
+def rate_limited(status: int, retry_after: float | None) -> bool:
+    """Whether a look-up's answer of `status` tells the caller to slow down: a 429, or a 503 that says when to come
+    back (Retry-After read as `retry_after`): not tried again at once, and the destination paused. (A send's 503
+    retries that delivery alone, on its schedule: `classify_status`.)"""
+    return status == 429 or (status == 503 and retry_after is not None)
+
+
+def look_up_limited(status: int, headers: Mapping[str, str], what: str) -> None:
+    """Raise VendorRateLimited, naming `what` (the look-up), when its answer of `status` is a rate limit's
+    (`rate_limited`): the destination pauses rather than the look-up being tried again at once."""
+    wait = parse_retry_after(headers.get("Retry-After"))
+    if rate_limited(status, wait):
+        said = "" if wait is None else f", Retry-After {wait:g}s"
+        raise VendorRateLimited(f"{what} was rate limited (HTTP {status}{said})", wait)
+
+
 def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     """The classification an HTTP status alone decides, or None when the body must be read. An interim status
     (1xx) is `unknown` (`interim_answer`)."""
     if status < 200:  # a status line aiohttp read has three digits: 1xx (a call only then: this runs per answer)
         return interim_answer(status)
     if status in (408, 425, 429) or status >= 500:
-        return Outcome(classification="retry", error=f"HTTP {status}",
-                       retry_after=parse_retry_after(headers.get("Retry-After")))
+        wait = parse_retry_after(headers.get("Retry-After"))
+        return Outcome(classification="retry", error=f"HTTP {status}", retry_after=wait, rate_limited=status == 429)
     if status in (401, 403):
         return Outcome(classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
     return None
