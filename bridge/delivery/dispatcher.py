@@ -102,6 +102,9 @@ class Attempted:
 
 
 LOOKUP_MAX_BYTES = 32 * 1024 * 1024  # a reconciliation's answer (a day's tickets); a longer one fails the look-up
+READ_GRACE_S = 0.25
+"""How long past a reconciliation's deadline the reading of an answer that came in time may run (it is stopped
+then: SearchStopped); its requests end at the deadline itself."""
 HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
         "(send again) or `mark-succeeded` (with the ticket id)")
 
@@ -676,9 +679,20 @@ class Lane:
         for both tries), else SearchStopped (`_call`)."""
         session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
         admit = self.gate.admit_request
-        return await authorized(session, self.dest.adapter.credentials,
-                                lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
-                                                                          admit=admit)))
+        looking = authorized(session, self.dest.adapter.credentials,
+                             lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
+                                                                       admit=admit)))
+        if deadline is None:
+            return await looking
+        try:  # the reading of its answers too (off the loop, `read_answer_off_loop`) ends by the deadline, a moment
+            # after its requests' (`_call`), whose stop says what was searched
+            async with asyncio.timeout_at(deadline.at + READ_GRACE_S) as bound:
+                return await looking
+        except TimeoutError:
+            if bound.expired():
+                raise SearchStopped(f"its {deadline.seconds:g}s (the destination's reconcile_timeout) ran out while "
+                                    "an answer was read") from None
+            raise
 
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled

@@ -305,6 +305,33 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return body
 
 
+LOOKUP_MAX_CONTAINERS = 400_000
+"""The most objects and arrays a look-up answer may hold (a day of 36,000 Kapture tickets holds about 110,000 in
+32 MiB): past it the answer is refused before it is decoded, so that what decoding it builds stays bounded (about
+a gigabyte, for an answer of 32 MiB of empty objects, without it)."""
+
+
+def containers_over(body: bytes, limit: int = LOOKUP_MAX_CONTAINERS) -> int | None:
+    """How many objects and arrays `body` may hold, when that is more than `limit` (None otherwise): its `{` and
+    `[` counted, in text too (an over-count, never an under-count), a megabyte at a time."""
+    count = 0
+    for start in range(0, len(body), 1 << 20):
+        end = start + (1 << 20)
+        count += body.count(b"{", start, end) + body.count(b"[", start, end)
+        if count > limit:
+            return count
+    return None
+
+
+def too_many_containers(body: bytes, what: str) -> str | None:
+    """Why the look-up answer `body` (of `what`) is not read (`containers_over`), or None to read it."""
+    count = containers_over(body)
+    if count is None:
+        return None
+    return (f"{what} holds more than {LOOKUP_MAX_CONTAINERS:,} objects and arrays ({count:,} or more, in "
+            f"{len(body):,} bytes), the most a look-up answer is read with")
+
+
 def decode_json(body: bytes) -> Any:
     """The body as JSON, or None when it is not JSON: malformed, a number out of range, text that is not UTF-8
     (msgspec's UnicodeDecodeError) or nesting too deep to follow (its RecursionError), as a hostile or broken
