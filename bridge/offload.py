@@ -28,6 +28,11 @@ PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-pars
 CONSOLE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-console")
 """The console's own thread (explanations an operator or a read token asks for): what it queues never delays
 intake's parses and renders, nor a follow-up's."""
+LOOKUPS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-lookup")
+"""Where a vendor's look-up answer (a reconciliation's day of tickets, up to 32 MiB) is decoded and scanned when
+it is not small: its own thread, so that a look-up never queues behind intake's parses, nor they behind it."""
+SMALL_ANSWER_BYTES = 64 * 1024
+"""A look-up answer up to this long is read on the loop (well under a millisecond); a longer one in LOOKUPS."""
 LOOP_SLICE_S = 0.005
 """How long a render may hold the event loop before it is run again, from the start, in the parser thread."""
 LOOP_BYTES = 64 * 1024
@@ -100,3 +105,11 @@ async def render_sliced(fn: Callable[..., T], *args: Any, what: str, pool: Threa
     finally:
         end_slice(token)
     return await in_parser(fn, *args, pool=pool)
+
+
+async def read_answer_off_loop(fn: Callable[..., T], body: bytes, *args: Any) -> T:
+    """`fn(body, *args)`, reading a vendor's look-up answer: on the loop when `body` is at most SMALL_ANSWER_BYTES,
+    else in the LOOKUPS thread."""
+    if len(body) <= SMALL_ANSWER_BYTES:
+        return fn(body, *args)
+    return await in_parser(fn, body, *args, pool=LOOKUPS)

@@ -46,6 +46,7 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 import msgspec
 import structlog
+from yarl import URL
 
 from bridge.config import DestinationConfig
 from bridge.delivery.breaker import DESTINATION_FAILURES, Breaker
@@ -63,6 +64,7 @@ from bridge.vendors.base import (
     Outcome,
     SearchStopped,
     VendorRequest,
+    look_up_limited,
     read_capped,
 )
 from bridge.vendors.credentials import authorized
@@ -100,6 +102,9 @@ class Attempted:
 
 
 LOOKUP_MAX_BYTES = 32 * 1024 * 1024  # a reconciliation's answer (a day's tickets); a longer one fails the look-up
+READ_GRACE_S = 0.25
+"""How long past a reconciliation's deadline the reading of an answer that came in time may run (it is stopped
+then: SearchStopped); its requests end at the deadline itself."""
 HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
         "(send again) or `mark-succeeded` (with the ticket id)")
 
@@ -126,6 +131,8 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
             async with session.request(request.method, request.url, headers={**request.headers, **auth},
                                        data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:
+                look_up_limited(response.status, response.headers, f"a look-up ({request.method} "
+                                                                   f"{URL(request.url).path})")
                 body, cut = await read_capped(response, LOOKUP_MAX_BYTES)
     except TimeoutError:
         if deadline is not None and bound.expired():
@@ -134,6 +141,18 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
     if cut and deadline is not None:
         raise SearchStopped(f"an answer was longer than the {LOOKUP_MAX_BYTES // (1 << 20)} MiB a look-up reads")
     return response.status, body
+
+
+def crashed(exc: Exception, *, written: bool) -> Outcome:
+    """The outcome of an attempt that raised `exc` (a bug): before its request was written, a retry on the
+    schedule; once written (while its answer was read or classified), `unknown`, as the vendor may have acted on it
+    (a 2xx whose reading crashed may have made the ticket): the destination's `on_unknown` decides, as for a lost
+    answer, rather than send it again as if nothing had gone out."""
+    error = f"internal error: {type(exc).__name__}: {exc}"
+    if written:
+        return Outcome(classification="unknown", error=f"{error}, after its request was written: the vendor may have "
+                                                     "acted on it")
+    return Outcome(classification="retry", error=error)
 
 
 @dataclass(frozen=True)
@@ -394,9 +413,8 @@ class Lane:
             await self._lease_expired(item, str(exc), blog, unsent)
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
-            blog.exception("delivery.crashed")
-            sent = Sent(Outcome(classification="retry", error=f"internal error: {type(exc).__name__}: {exc}"),
-                        int(d.clock() * 1000), 0.0, None, None)
+            blog.exception("delivery.crashed", written=item.id in self.written)
+            sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
         stopped = await self._answer_gate(item, sent, settled is not None, blog)
         if d.on_attempt is not None:
@@ -672,9 +690,20 @@ class Lane:
         for both tries), else SearchStopped (`_call`)."""
         session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
         admit = self.gate.admit_request
-        return await authorized(session, self.dest.adapter.credentials,
-                                lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
-                                                                          admit=admit)))
+        looking = authorized(session, self.dest.adapter.credentials,
+                             lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
+                                                                       admit=admit)))
+        if deadline is None:
+            return await looking
+        try:  # the reading of its answers too (off the loop, `read_answer_off_loop`) ends by the deadline, a moment
+            # after its requests' (`_call`), whose stop says what was searched
+            async with asyncio.timeout_at(deadline.at + READ_GRACE_S) as bound:
+                return await looking
+        except TimeoutError:
+            if bound.expired():
+                raise SearchStopped(f"its {deadline.seconds:g}s (the destination's reconcile_timeout) ran out while "
+                                    "an answer was read") from None
+            raise
 
     async def _prepare(self, item: Claimed) -> tuple[Claimed, Literal["create", "follow_up"] | None, Outcome | None]:
         """In a conversation: a create (no ticket yet) is sent as stored; a follow-up is rendered now, or settled
@@ -727,8 +756,10 @@ class Lane:
                            error=f"not sent: the {what} could not be rendered: {type(exc).__name__}: {exc}")
 
     async def _tell_gate(self, sent: Sent, classification: str, blog: Any) -> None:
-        """Pass an answer on to the destination's gate: a 429's pause, and `classification` to the breaker."""
-        if sent.http_status == 429:
+        """Pass an answer on to the destination's gate: a rate limit's pause (a 429's, or one the adapter read in
+        another answer, a 200 included, or a look-up's: `Outcome.rate_limited`), and `classification` to the
+        breaker."""
+        if sent.http_status == 429 or sent.outcome.rate_limited:
             pause = sent.outcome.retry_after if sent.outcome.retry_after is not None else self.gate.window
             pause = min(pause, self.dest.policy.max_retry_after)
             blog.warning("delivery.rate_limited", pause_s=round(pause, 3))

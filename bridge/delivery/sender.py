@@ -14,6 +14,7 @@ import aiohttp
 import msgspec
 from aiohttp.connector import Connection
 from aiohttp_retry import ExponentialRetry, RetryClient
+from yarl import URL
 
 from bridge.delivery.exchange import clip, exchange
 from bridge.errors import MappingError
@@ -24,10 +25,14 @@ from bridge.vendors.base import (
     Adapter,
     Outcome,
     VendorAuthFailed,
+    VendorRateLimited,
     VendorRequest,
     VendorUnavailable,
     classify_status,
     interim_answer,
+    look_up_limited,
+    parse_retry_after,
+    rate_limited,
     read_bounded,
     read_capped,
 )
@@ -71,8 +76,12 @@ class _Paced:
 
 
 async def _lookup_settled(response: aiohttp.ClientResponse) -> bool:
-    """Whether a look-up's answer is final; one that is not is released here, as it is dropped for another try."""
-    if response.status == 429 or response.status >= 500:
+    """Whether a look-up's answer is final; one that is not is released here, as it is dropped for another try. A
+    rate limit's (a 429, a 503 with Retry-After) is final: tried again at once it would only be refused again, so
+    the delivery is retried later and the destination paused (`look_up_limited`)."""
+    if rate_limited(response.status, parse_retry_after(response.headers.get("Retry-After"))):
+        return True
+    if response.status >= 500:
         response.release()
         return False
     return True
@@ -203,6 +212,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
                 # Not followed: a redirect would carry the look-up, and what it reads into a stored error, to any
                 # host the vendor names (an admin port on this machine); the adapter sees the 3xx.
                 async with lookups.get(url, headers={**headers, **auth}, allow_redirects=False) as resp:
+                    look_up_limited(resp.status, resp.headers, f"a look-up (GET {URL(url).path})")
                     return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
         fields = await adapter.prepare(item.action, item.body, fetch)
@@ -246,6 +256,9 @@ def lookup_failure(exc: BaseException, *, failed: str, refused: str = "", name_u
     names its look-up already)."""
     if isinstance(exc, VendorAuthFailed):
         return Outcome(classification="auth", error=f"not sent: {refused}{exc}")
+    if isinstance(exc, VendorRateLimited):  # the destination pauses, as for a send refused so
+        return Outcome(classification="retry", error=f"not sent: {exc}", retry_after=exc.retry_after,
+                       rate_limited=True)
     if isinstance(exc, VendorUnavailable) and not name_unavailable:
         return Outcome(classification="retry", error=f"not sent: {exc}")
     return Outcome(classification="retry", error=f"not sent: {failed}{type(exc).__name__}: {exc}")

@@ -22,6 +22,7 @@ from bridge.vendors.credentials import Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
 from bridge.vendors.failures import VendorAuthFailed as VendorAuthFailed  # noqa: PLC0414
+from bridge.vendors.failures import VendorRateLimited as VendorRateLimited  # noqa: PLC0414
 from bridge.vendors.failures import VendorUnavailable as VendorUnavailable  # noqa: PLC0414
 from bridge.vendors.files import FileSet, attachment_list, with_text
 
@@ -80,6 +81,10 @@ class Outcome(msgspec.Struct, kw_only=True):
     ticket_key: str | None = None
     # A third reference some vendors give beside the id and key (LeadSquared's `TicketId`, a UUID).
     ticket_uuid: str | None = None
+    # The vendor said to slow down (a 429, a rate limit inside a 200 as LeadSquared's, a look-up's 429 or 503 with
+    # Retry-After): the delivery loop pauses the destination for `retry_after` (else its rate window), whatever the
+    # HTTP status.
+    rate_limited: bool = False
     # A success whose answer held a ticket id that is no id (an object, an array, a boolean, a fraction, empty text,
     # text too long): the id is not kept (`ticket_id` is None) and `error` says where it was and what it was.
     ticket_id_dropped: bool = False
@@ -212,7 +217,8 @@ class Adapter(ABC):
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date)."""
+    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date); None when it is neither, or
+    names a date no calendar holds (year 9999999999: the retry schedule decides then)."""
     if not value:
         return None
     value = value.strip()
@@ -222,7 +228,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -243,14 +249,30 @@ def interim_answer(status: int) -> Outcome | None:
                          "protocol error; the vendor may have acted on the request")
 
 
+def rate_limited(status: int, retry_after: float | None) -> bool:
+    """Whether a look-up's answer of `status` tells the caller to slow down: a 429, or a 503 that says when to come
+    back (Retry-After read as `retry_after`): not tried again at once, and the destination paused. (A send's 503
+    retries that delivery alone, on its schedule: `classify_status`.)"""
+    return status == 429 or (status == 503 and retry_after is not None)
+
+
+def look_up_limited(status: int, headers: Mapping[str, str], what: str) -> None:
+    """Raise VendorRateLimited, naming `what` (the look-up), when its answer of `status` is a rate limit's
+    (`rate_limited`): the destination pauses rather than the look-up being tried again at once."""
+    wait = parse_retry_after(headers.get("Retry-After"))
+    if rate_limited(status, wait):
+        said = "" if wait is None else f", Retry-After {wait:g}s"
+        raise VendorRateLimited(f"{what} was rate limited (HTTP {status}{said})", wait)
+
+
 def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     """The classification an HTTP status alone decides, or None when the body must be read. An interim status
     (1xx) is `unknown` (`interim_answer`)."""
     if status < 200:  # a status line aiohttp read has three digits: 1xx (a call only then: this runs per answer)
         return interim_answer(status)
     if status in (408, 425, 429) or status >= 500:
-        return Outcome(classification="retry", error=f"HTTP {status}",
-                       retry_after=parse_retry_after(headers.get("Retry-After")))
+        wait = parse_retry_after(headers.get("Retry-After"))
+        return Outcome(classification="retry", error=f"HTTP {status}", retry_after=wait, rate_limited=status == 429)
     if status in (401, 403):
         return Outcome(classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
     return None
@@ -281,6 +303,33 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The answer's body, to its end or its first `limit` bytes: `read_capped` without saying whether it was cut."""
     body, _cut = await read_capped(response, limit)
     return body
+
+
+LOOKUP_MAX_CONTAINERS = 400_000
+"""The most objects and arrays a look-up answer may hold (a day of 36,000 Kapture tickets holds about 110,000 in
+32 MiB): past it the answer is refused before it is decoded, so that what decoding it builds stays bounded (about
+a gigabyte, for an answer of 32 MiB of empty objects, without it)."""
+
+
+def containers_over(body: bytes, limit: int = LOOKUP_MAX_CONTAINERS) -> int | None:
+    """How many objects and arrays `body` may hold, when that is more than `limit` (None otherwise): its `{` and
+    `[` counted, in text too (an over-count, never an under-count), a megabyte at a time."""
+    count = 0
+    for start in range(0, len(body), 1 << 20):
+        end = start + (1 << 20)
+        count += body.count(b"{", start, end) + body.count(b"[", start, end)
+        if count > limit:
+            return count
+    return None
+
+
+def too_many_containers(body: bytes, what: str) -> str | None:
+    """Why the look-up answer `body` (of `what`) is not read (`containers_over`), or None to read it."""
+    count = containers_over(body)
+    if count is None:
+        return None
+    return (f"{what} holds more than {LOOKUP_MAX_CONTAINERS:,} objects and arrays ({count:,} or more, in "
+            f"{len(body):,} bytes), the most a look-up answer is read with")
 
 
 def decode_json(body: bytes) -> Any:

@@ -11,3 +11,13 @@ class VendorUnavailable(BridgeError):
 
 class VendorAuthFailed(BridgeError):
     """The vendor refused the destination's credentials during a look-up or log-in; the delivery is dead (auth)."""
+
+
+class VendorRateLimited(VendorUnavailable):
+    """A look-up the request needs was refused for the vendor's rate limit (a 429, or a 503 with Retry-After): the
+    delivery is retried, and the destination paused for `retry_after` seconds (None: its rate window), as after a
+    send refused so."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -28,6 +28,7 @@ from bridge.config import Base, DestinationConfig
 from bridge.delivery.redaction import MIN_SECRET_CHARS, base_url_secrets, url_secrets
 from bridge.errors import MappingError
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
+from bridge.offload import read_answer_off_loop
 from bridge.vendors.base import (
     NO_ID,
     Adapter,
@@ -37,6 +38,7 @@ from bridge.vendors.base import (
     Fetch,
     Found,
     Outcome,
+    SearchStopped,
     VendorAuthFailed,
     VendorRequest,
     VendorUnavailable,
@@ -47,6 +49,7 @@ from bridge.vendors.base import (
     succeeded,
     text_or_none,
     ticket_ref,
+    too_many_containers,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
 from bridge.vendors.http_auth import HttpAuth, basic, http_credentials
@@ -356,7 +359,7 @@ class HttpAdapter(Adapter):
         if status in lookup.not_found_statuses:
             return None
         if 200 <= status < 300:
-            value = body_path(lookup.ticket_id_path).get({"body": decode_json(body)})
+            value = await read_answer_off_loop(_looked_up, body, body_path(lookup.ticket_id_path))
             found = NO_ID if value is MISSING else answer_id(value, lookup.ticket_id_path)
             if found.problem is not None:
                 # It names a ticket, by something that is no id: not "none found", which would send it again.
@@ -438,3 +441,12 @@ class HttpAdapter(Adapter):
             by_status.error = f"http: {by_status.error}: {detail}"
             return by_status
         return Outcome(classification="permanent", error=f"http: HTTP {status}: {detail}")
+
+
+def _looked_up(body: bytes, path: Path) -> Any:
+    """What a look-up's answer holds at `path` (MISSING: nothing), read where `read_answer_off_loop` puts it;
+    SearchStopped for an answer holding more objects than a look-up reads (`too_many_containers`), not decoded."""
+    refused = too_many_containers(body, "the look-up's answer")
+    if refused is not None:
+        raise SearchStopped(f"http: {refused}")
+    return path.get({"body": decode_json(body)})

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
@@ -130,12 +131,31 @@ class OAuth2Credentials(TokenCredentials):
                                     f"access_token: {said}")
         now = self.clock()
         # `expires_in` is only RECOMMENDED (RFC 6749 §5.1): without it the token is kept until it is refused.
-        expires_in = data.get("expires_in")
-        if isinstance(expires_in, str) and expires_in.strip().isdigit():
-            expires_in = int(expires_in)
-        expires_at = now + float(expires_in) if isinstance(expires_in, int | float) \
-            and not isinstance(expires_in, bool) and expires_in > 0 else None
-        return Token(value=token, expires_at=expires_at, obtained_at=now)
+        seconds = expires_in_seconds(data.get("expires_in"))
+        return Token(value=token, expires_at=None if seconds is None else now + seconds, obtained_at=now)
+
+
+EXPIRES_IN_DIGITS = 12
+"""The most digits an `expires_in` given as text is read with (31,000 years of seconds): a longer one is no
+lifetime, and Python refuses to read 4,300 digits or more as a number at all."""
+
+
+def expires_in_seconds(value: Any) -> float | None:
+    """An OAuth2 answer's `expires_in` as seconds: a positive, finite number, or text of at most EXPIRES_IN_DIGITS
+    digits; None for anything else (absent, zero, negative, a boolean, text of thousands of digits), and the token
+    is then kept until it is refused."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > EXPIRES_IN_DIGITS:
+            return None
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # a whole number too large for a float
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def http_credentials(destination: str, auth: HttpAuth, base_url: Callable[[], str], timeout_s: float

@@ -10,6 +10,7 @@ import msgspec
 
 from bridge.config import DestinationConfig
 from bridge.errors import MappingError
+from bridge.offload import read_answer_off_loop
 from bridge.vendors.base import (
     Adapter,
     AnswerId,
@@ -27,6 +28,7 @@ from bridge.vendors.base import (
     lower_keys,
     succeeded,
     ticket_id_from,
+    too_many_containers,
 )
 from bridge.vendors.files import split_files
 
@@ -149,7 +151,11 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[O
 
 def read_tickets(status: int, body: bytes) -> list[dict[str, Any]]:
     """A get-by-id answer: a top-level array of `{additional_info, history, task_details}` [doc]; an empty
-    array, or a "No Data found" failure, is no ticket. Raises VendorAuthFailed or VendorUnavailable."""
+    array, or a "No Data found" failure, is no ticket. Raises VendorAuthFailed or VendorUnavailable (an answer
+    holding more objects than a look-up reads among them, `too_many_containers`)."""
+    refused = too_many_containers(body, "the ticket look-up's answer")
+    if refused is not None:
+        raise VendorUnavailable(f"the ticket look-up failed: {refused}")
     parsed = decode_json(body)
     if 200 <= status < 300 and isinstance(parsed, list):
         return [t for t in parsed if isinstance(t, dict)]
@@ -256,7 +262,7 @@ class KaptureAdapter(Adapter):
         """The tickets Kapture holds of `ticket_ids`, each `{additional_info, history, task_details}`; raises
         VendorUnavailable or VendorAuthFailed when the call fails."""
         status, body = await call(self.get_request(ticket_ids))
-        return read_tickets(status, body)
+        return await read_answer_off_loop(lambda answer: read_tickets(status, answer), body)
 
     async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
         if not self.options.check_ticket:

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from bridge.offload import read_answer_off_loop
 from bridge.vendors.base import (
     Call,
     CannotReconcile,
@@ -21,6 +22,7 @@ from bridge.vendors.base import (
     VendorUnavailable,
     first_id,
     lower_keys,
+    too_many_containers,
 )
 from bridge.vendors.kapture import PULL_PATH, REFUSES_ARRAY, KaptureAdapter, read_answer
 
@@ -77,9 +79,13 @@ def limit_is_a_size(adapter: KaptureAdapter, page: int | None, tickets: list[dic
     page 2 or later, it repeats tickets an earlier page gave *and* adds some (a size of n gives the first n
     again, growing; an account that ignores `limit` repeats the same page, adding none, and paging just
     stops). The adapter then pages by `offset` and `limit` from now on; True means start the day again."""
+    return keys_show_a_size(adapter, page, [ticket_key(t) for t in tickets], seen)
+
+
+def keys_show_a_size(adapter: KaptureAdapter, page: int | None, keys: list[str | None], seen: set[str]) -> bool:
+    """`limit_is_a_size`, from the page's ticket keys (`ticket_key`)."""
     if adapter.limit_is_size or page is None or page < 2:
         return False
-    keys = [ticket_key(t) for t in tickets]
     if not any(k in seen for k in keys if k is not None) or all(k in seen for k in keys if k is not None):
         return False
     adapter.limit_is_size = True
@@ -149,14 +155,21 @@ RECONCILE_MAX_PAGES = 100  # per day, a guard against endless paging
 
 def reference_at(value: Any, path: list[str]) -> list[str]:
     """The texts found at the dotted `path` under `value`, through objects and any lists on the way
-    (Kapture groups custom fields as `"section": [{"field": …}]`, or nests them as objects)."""
-    if isinstance(value, list):
-        return [found for item in value for found in reference_at(item, path)]
-    if not path:
-        return [] if value is None or isinstance(value, dict) else [str(value)]
-    if not isinstance(value, dict):
-        return []
-    return reference_at(value.get(path[0]), path[1:])
+    (Kapture groups custom fields as `"section": [{"field": …}]`, or nests them as objects). Walked without
+    recursion, in the order the ticket holds them: lists within lists, however deeply a vendor nests them, cost
+    a step each, never the stack."""
+    found: list[str] = []
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        here, depth = stack.pop()
+        if isinstance(here, list):
+            stack.extend((item, depth) for item in reversed(here))
+        elif depth == len(path):
+            if here is not None and not isinstance(here, dict):
+                found.append(str(here))
+        elif isinstance(here, dict):
+            stack.append((here.get(path[depth]), depth + 1))
+    return found
 
 
 def _day_of(ms: int) -> date:
@@ -195,21 +208,36 @@ class _Page:
     restart: bool = False  # the account reads `limit` as a page size: the day is pulled again, by offset
 
 
-async def _read_page(adapter: KaptureAdapter, day: date, page: int | None, call: Call, *, previous: set[str],
-                     match: Callable[[dict[str, Any], date], Found | None]) -> _Page:
-    """Pull one page of `day` and look for the match in it; the answer itself goes when this returns."""
-    status, body = await call(pull_request(adapter, day, page))
+def _scan_page(body: bytes, status: int, day: date, match: Callable[[dict[str, Any], date], Found | None]) -> _Page:
+    """One pull answer read: its outcome, the ticket `match` finds in it, each ticket's key and the total. Plain
+    code, run where `read_answer_off_loop` puts it (the look-up thread for an answer that is not small); the
+    tickets it decodes go when it returns. SearchStopped for an answer holding more objects than a look-up reads
+    (`too_many_containers`), before it is decoded."""
+    refused = too_many_containers(body, f"the pull answer for {day.isoformat()}")
+    if refused is not None:
+        raise SearchStopped(refused)
     answer = parse_pull(status, {}, body)
-    del body
-    if refuses_array(adapter, answer):
-        return _Page(outcome=answer.outcome, again=True)
     if answer.outcome.classification != "success":
         return _Page(outcome=answer.outcome)
     found = next((f for ticket in answer.tickets if (f := match(ticket, day)) is not None), None)
-    if found is None and limit_is_a_size(adapter, page, answer.tickets, previous):
-        return _Page(outcome=answer.outcome, restart=True)
     return _Page(outcome=answer.outcome, found=found, keys=[ticket_key(t) for t in answer.tickets],
                  total=answer.total)
+
+
+async def _read_page(adapter: KaptureAdapter, day: date, page: int | None, call: Call, *, previous: set[str],
+                     match: Callable[[dict[str, Any], date], Found | None]) -> _Page:
+    """Pull one page of `day` and look for the match in it, off the loop when the answer is not small
+    (`read_answer_off_loop`); the answer itself goes when this returns."""
+    status, body = await call(pull_request(adapter, day, page))
+    read = await read_answer_off_loop(_scan_page, body, status, day, match)
+    del body
+    if refuses_array(adapter, PullPage(outcome=read.outcome)):
+        return _Page(outcome=read.outcome, again=True)
+    if read.outcome.classification != "success":
+        return read
+    if read.found is None and keys_show_a_size(adapter, page, read.keys, previous):
+        return _Page(outcome=read.outcome, restart=True)
+    return read
 
 
 async def _search_day(adapter: KaptureAdapter, day: date, call: Call,

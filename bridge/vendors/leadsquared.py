@@ -331,7 +331,8 @@ class LeadSquaredAdapter(Adapter):
             # Retry-After leaves the wait to the delivery loop, which pauses the destination for its limiter's window.
             said = parse_retry_after(headers.get("Retry-After"))
             wait = None if status == 429 and said is None else max(said or 0.0, self.window_s)
-            return Outcome(classification="retry", error=f"leadsquared: HTTP {status}: {detail}", retry_after=wait)
+            return Outcome(classification="retry", error=f"leadsquared: HTTP {status}: {detail}", retry_after=wait,
+                           rate_limited=True)
         if kind and kind.lower().startswith("mx"):
             # "Application errors (… exceptions starting with 'MX') are not retried", whatever the HTTP code.
             return Outcome(classification="permanent", error=f"leadsquared: HTTP {status}: {detail}")

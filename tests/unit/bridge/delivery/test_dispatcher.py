@@ -22,13 +22,14 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
-from bridge.delivery.dispatcher import LEASE_SECONDS, PROCESS_TOKEN, Destination, Dispatcher, Timings
+from bridge.delivery.dispatcher import LEASE_SECONDS, PROCESS_TOKEN, Destination, Dispatcher, Timings, _call
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
+from bridge.delivery.sender import lookup_failure
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AttemptResult, ClaimBatch, NewDelivery
 from bridge.store.memory import MemoryStore
-from bridge.vendors.base import VendorAuthFailed, VendorUnavailable
+from bridge.vendors.base import Outcome, VendorAuthFailed, VendorRateLimited, VendorRequest, VendorUnavailable
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
 FAST = "http://kapture.test"
@@ -937,8 +938,10 @@ async def test_the_vendor_slot_is_freed_before_the_attempt_is_recorded() -> None
             await eventually(lambda: len(store.records) == 6)
 
 
-async def test_an_unexpected_error_while_sending_is_a_recorded_retry() -> None:
-    """A bug in sending costs the delivery one attempt on its schedule, recorded with the error, never a stuck lease."""
+async def test_an_unexpected_error_while_sending_is_a_recorded_attempt() -> None:
+    """A bug in sending costs the delivery one attempt on its schedule, recorded with the error, never a stuck lease.
+    Raised once the request was let out (here, by the HTTP client), the request may have reached the vendor: the
+    outcome is unknown, for `on_unknown` to settle."""
     store = RecordingStore()
     delivery_id = await store.add("kapture")
     with aioresponses() as m:
@@ -947,9 +950,10 @@ async def test_an_unexpected_error_while_sending_is_a_recorded_retry() -> None:
             await eventually(lambda: len(store.records) == 1)
     [result] = store.records
     assert result.delivery_id == delivery_id
-    assert result.classification == "retry"
+    assert result.classification == "unknown"
     assert result.next_status == "pending"
-    assert result.error == "internal error: RuntimeError: boom"
+    assert result.error == ("internal error: RuntimeError: boom, after its request was written: the vendor may have "
+                            "acted on it")
 
 
 async def test_a_send_answered_before_the_grace_ends_is_recorded_not_given_back() -> None:
@@ -1060,3 +1064,101 @@ async def test_a_failed_ticket_check_is_recorded_auth_or_retry_naming_it(
         assert requests_to(m) == 0
     [result] = store.recorded(delivery_id)
     assert (result.classification, result.next_status, result.error) == (classification, status, error)
+
+
+class RateLimitedIn200(KaptureAdapter):
+    """An adapter that reads a rate limit inside an HTTP 200 (as LeadSquared's MXAPIRateLimitExceededException)."""
+
+    def classify(self, action: str, status: int, headers: Any, body: bytes) -> Outcome:
+        return Outcome(classification="retry", error="API calls exceeded", retry_after=7.0, rate_limited=True)
+
+
+async def test_a_rate_limit_the_adapter_reads_in_a_200_pauses_the_destination() -> None:
+    """A rate limit an adapter reads in an answer whose status is no 429 (a 200) pauses the destination for the
+    wait it read, as a 429 does: not only this delivery is retried later."""
+    store = RecordingStore()
+    await store.add("kapture")
+    limiter = RecordingLimiter()
+    dest = destination(limiter=limiter)
+    dest.adapter = RateLimitedIn200("kapture", dest.config, FAST)
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with running(store, dest):
+            await eventually(lambda: len(store.records) == 1)
+    assert limiter.pauses == [7.0]
+    assert store.records[0].next_status == "pending"
+
+
+class LookingUp(KaptureAdapter):
+    """A Kapture adapter that looks a value up at the vendor while it prepares its request (as Netgroot's
+    getSubjects)."""
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        status, _body = await fetch(self.base_url + "/lookup", {})
+        if status != 200:
+            raise VendorUnavailable(f"lookup: HTTP {status}")
+        return fields
+
+
+@pytest.mark.parametrize(("status", "headers", "pause"), [
+    (429, {"Retry-After": "30"}, 30.0), (429, {}, 2.5), (503, {"Retry-After": "20"}, 20.0)])
+async def test_a_look_ups_rate_limit_pauses_the_destination_and_retries_the_delivery_later(
+        status: int, headers: dict[str, str], pause: float) -> None:
+    """A look-up made while the request is prepared and answered with a rate limit (a 429, a 503 with Retry-After)
+    is not tried again at once: the delivery is retried on its schedule (no sooner than Retry-After), and the
+    destination paused as after a send's 429."""
+    store = RecordingStore()
+    await store.add("kapture")
+    limiter = RecordingLimiter()
+    dest = destination(limiter=limiter, schedule=["1s", "5m"])
+    dest.adapter = LookingUp("kapture", dest.config, FAST)
+    with aioresponses() as m:
+        m.get(FAST + "/lookup", status=status, body="slow down", headers=headers, repeat=True,
+              response_class=MockResponse)
+        mock_vendor(m)
+        async with running(store, dest):
+            await eventually(lambda: len(store.records) == 1)
+        assert len(m.requests[("GET", URL(FAST + "/lookup"))]) == 1
+        assert requests_to(m) == 0
+    [result] = store.records
+    assert limiter.pauses == [pause]
+    assert result.classification == "retry" and result.next_status == "pending"
+    assert result.next_attempt_at_ms is not None and result.next_attempt_at_ms >= now_ms() + (pause - 3) * 1000
+    assert f"rate limited (HTTP {status}" in (result.error or "")
+
+
+async def test_a_look_ups_503_without_retry_after_is_tried_again_and_pauses_nothing() -> None:
+    """A look-up's 503 that says nothing of when to come back is a failure in passing: tried again at once (up to
+    twice), and the destination is not paused."""
+    store = RecordingStore()
+    await store.add("kapture")
+    limiter = RecordingLimiter()
+    dest = destination(limiter=limiter)
+    dest.adapter = LookingUp("kapture", dest.config, FAST)
+    with aioresponses() as m:
+        m.get(FAST + "/lookup", status=503, body="busy", repeat=True, response_class=MockResponse)
+        mock_vendor(m)
+        async with running(store, dest):
+            await eventually(lambda: len(store.records) == 1)
+        assert len(m.requests[("GET", URL(FAST + "/lookup"))]) == 3
+    assert limiter.pauses == []
+    assert store.records[0].classification == "retry"
+
+
+async def test_a_reconciliations_rate_limited_look_up_raises_for_the_pause() -> None:
+    """A reconciliation's or a ticket check's request (`_call`) answered 429 raises VendorRateLimited with the
+    wait, which the delivery turns into a paused destination (`lookup_failure`)."""
+
+    async def admitted() -> None:
+        pass
+
+    with aioresponses() as m:
+        m.get(FAST + "/pull", status=429, body="slow down", headers={"Retry-After": "12"},
+              response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(VendorRateLimited) as caught:
+                await _call(session, 5.0, {}, None, VendorRequest(method="GET", url=FAST + "/pull", headers={},
+                                                                  body=b""), admit=admitted)
+    assert caught.value.retry_after == 12.0
+    outcome = lookup_failure(caught.value, failed="reconciliation could not look the ticket up: ")
+    assert outcome.rate_limited and outcome.retry_after == 12.0 and outcome.classification == "retry"

@@ -870,3 +870,53 @@ async def test_a_stop_while_an_answer_is_told_to_the_gate_does_not_wait_for_a_st
     assert (failed["delivery_id"], failed["classification"]) == (delivery_id, "retry")
     assert "lease" in failed["note"]
     assert store.released == []
+
+
+class CrashingOnSuccess(KaptureAdapter):
+    """A Kapture adapter whose reading of a 2xx answer raises (a bug): the vendor has taken the request."""
+
+    def classify(self, action: str, status: int, headers: Any, body: bytes) -> Any:
+        if 200 <= status < 300:
+            raise KeyError("ticket")
+        return super().classify(action, status, headers, body)
+
+
+async def test_a_crash_after_the_request_was_written_is_an_unknown_outcome_not_a_plain_retry() -> None:
+    """An attempt that raises once its request went out (here, classifying the vendor's 2xx) is recorded as
+    `unknown` and the delivery marked in doubt, so that `on_unknown` decides its next send (a resend counted as a
+    possible duplicate, a reconciliation, a hold), not retried as if nothing had reached the vendor."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter = CrashingOnSuccess("kapture", dest.config, BASE)
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, dest):
+            await eventually(lambda: bool(store.records))
+        assert requests(m) == 1
+    [result] = store.records
+    assert result.classification == "unknown"
+    assert "internal error: KeyError" in (result.error or "")
+    assert store.deliveries[delivery_id].row.in_doubt_since_ms is not None
+    assert store.status(delivery_id) == "pending"
+
+
+async def test_a_crash_before_the_request_was_written_is_a_retry() -> None:
+    """An attempt that raises before its request goes out (building it) is a plain retry on the schedule: nothing
+    reached the vendor, so the delivery is not in doubt."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("title")
+
+    dest.adapter.build_request = broken  # type: ignore[method-assign]
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, dest):
+            await eventually(lambda: bool(store.records))
+        assert requests(m) == 0
+    [result] = store.records
+    assert result.classification == "retry"
+    assert store.deliveries[delivery_id].row.in_doubt_since_ms is None

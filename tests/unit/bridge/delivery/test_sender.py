@@ -576,11 +576,22 @@ async def lookup_vendor(aiohttp_server: Any, answers: list[int]) -> tuple[Lookin
 
 async def test_a_look_up_failing_in_passing_is_tried_again_within_the_attempt(
         session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
-    """A 503 then a 429 from a look-up are retried at once (aiohttp-retry); the third answer lets the send go out."""
-    vendor, asked = await lookup_vendor(aiohttp_server, [503, 429, 200])
+    """A 503 then a 502 from a look-up are retried at once (aiohttp-retry); the third answer lets the send go out."""
+    vendor, asked = await lookup_vendor(aiohttp_server, [503, 502, 200])
     sent = await send_once(session, vendor, claimed(), 5.0)
     assert sent.outcome.classification == "success"
     assert asked == ["lookup", "lookup", "lookup", "create"]
+
+
+async def test_a_rate_limited_look_up_is_not_tried_again_and_says_so(
+        session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
+    """A 429 from a look-up is final: one try (tried again at once it would only be refused again), and the attempt
+    is a retry that says it was rate limited, for the delivery loop to pause the destination."""
+    vendor, asked = await lookup_vendor(aiohttp_server, [429, 200])
+    sent = await send_once(session, vendor, claimed(), 5.0)
+    assert sent.outcome == Outcome(classification="retry", rate_limited=True,
+                                   error="not sent: a look-up (GET /lookup) was rate limited (HTTP 429)")
+    assert asked == ["lookup"]
 
 
 async def test_a_look_up_still_failing_ends_the_attempt_as_a_retry(

@@ -52,7 +52,8 @@ def test_retry_after_delta_seconds(value: str, expected: float) -> None:
     assert parse_retry_after(value, now=NOW) == expected
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "Fri, 99 Foo 2024 25:61:00 GMT", "12 apples"])
+@pytest.mark.parametrize("value", [None, "", "soon", "Fri, 99 Foo 2024 25:61:00 GMT", "12 apples",
+                                   "Fri, 01 Jan 9999999999 00:00:00 GMT"])
 def test_retry_after_absent_or_unreadable_is_none(value: str | None) -> None:
     """No header, or one that is neither seconds nor an HTTP date, gives None."""
     assert parse_retry_after(value, now=NOW) is None
@@ -88,9 +89,11 @@ def test_retry_after_uses_the_clock_by_default() -> None:
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 599])
 def test_retryable_statuses(status: int) -> None:
-    """Timeouts, 425, 429 and every 5xx are retried, with the status as the error."""
+    """Timeouts, 425, 429 and every 5xx are retried, with the status as the error; a 429 says it is a rate limit
+    (the destination pauses)."""
     outcome = classify_status(status, {})
-    assert outcome == Outcome(classification="retry", error=f"HTTP {status}", retry_after=None)
+    assert outcome == Outcome(classification="retry", error=f"HTTP {status}", retry_after=None,
+                              rate_limited=status == 429)
 
 
 def test_retry_carries_retry_after() -> None:

@@ -185,3 +185,29 @@ async def test_a_token_answer_sent_in_pieces_is_read_whole(aiohttp_server: Any, 
         else NetgrootLoginCredentials("isp", NetgrootLogin(username="u", password="p"), lambda: base, 5.0))
     async with aiohttp.ClientSession() as session:
         assert await creds.headers(session) == {"Authorization": "Bearer tok-1"}
+
+
+@pytest.mark.parametrize(("expires_in", "lifetime"), [
+    ('"' + "9" * 5000 + '"', None), ('"' + "9" * 13 + '"', None), ('"3600"', 3600.0), ('" 60 "', 60.0),
+    ("true", None), ("0", None), ("-5", None), ("9" * 400, None), ("12.5", 12.5), ("3600", 3600.0),
+])
+async def test_a_token_lifetime_no_clock_holds_is_no_lifetime(aiohttp_server: Any, expires_in: str,
+                                                              lifetime: float | None) -> None:
+    """An `expires_in` of thousands of digits (more than Python reads as a number), or one no float holds, gives
+    the token without a lifetime (kept until refused), not an error; a readable one sets its expiry."""
+    app = web.Application()
+    answer = b'{"access_token": "tok-1", "expires_in": ' + expires_in.encode() + b"}"
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(body=answer, content_type="application/json")
+
+    app.router.add_post(TOKEN_PATH, token)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    clock = ManualClock(1000.0)
+    creds = OAuth2Credentials("api", OAuth2ClientCredentials(token_url=TOKEN_PATH, client_id="c", client_secret="s"),
+                              lambda: base, 5.0, clock=clock)
+    async with aiohttp.ClientSession() as session:
+        got = await creds.obtain(session)
+    assert got.value == "tok-1"
+    assert got.expires_at == (None if lifetime is None else 1000.0 + lifetime)

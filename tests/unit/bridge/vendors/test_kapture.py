@@ -235,7 +235,8 @@ def test_an_expired_key_is_auth_not_permanent(status: int, body: Any) -> None:
 def test_server_errors_and_throttling_are_retried(status: int) -> None:
     """5xx, 429 and 408 are retried."""
     outcome = classify(status, b"<html>busy</html>")
-    assert outcome == Outcome(classification="retry", error=f"HTTP {status}", retry_after=None)
+    assert outcome == Outcome(classification="retry", error=f"HTTP {status}", retry_after=None,
+                              rate_limited=status == 429)
 
 
 def test_retry_keeps_kapture_message() -> None:

@@ -4,6 +4,7 @@ pull's `message`, both callback names, and reconciliation's look-up against the 
 from __future__ import annotations
 
 import json
+import threading
 import tracemalloc
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ import msgspec
 import pytest
 
 from bridge.simulators.kapture import KaptureSimulator
-from bridge.vendors.base import CannotReconcile, SearchStopped, VendorAuthFailed, VendorRequest
+from bridge.vendors.base import LOOKUP_MAX_CONTAINERS, CannotReconcile, SearchStopped, VendorAuthFailed, VendorRequest
 from bridge.vendors.kapture import KaptureAdapter, KaptureKeys, KaptureOptions
 from bridge.vendors.kapture_pull import find_created, parse_pull, pull_request, reference_at
 
@@ -323,3 +324,79 @@ async def test_find_created_with_a_found_ticket_whose_id_is_no_id_cannot_tell(va
     assert str(info.value) == ("kapture: the ticket pulled for 2024-04-18 carrying ref = 'evt_1' has no usable id: "
                                f"the answer's ticket id at `ticketId` is {said}, not kept (an id is a whole number or "
                                "non-blank text of at most 256 characters, no NUL)")
+
+
+@pytest.mark.parametrize("depth", [700, 5000])
+def test_reference_is_looked_for_in_lists_nested_however_deep(depth: int) -> None:
+    """A pulled ticket whose `additional_info` nests lists hundreds deep (as a hostile account answers) is walked
+    without recursion: no RecursionError, and a reference at the bottom is still found."""
+    nested: Any = [{"bridge_ref": "evt_1"}]
+    for _ in range(depth):
+        nested = [nested]
+    assert reference_at(nested, ["bridge_ref"]) == ["evt_1"]
+    assert reference_at({"additional_info": nested}, ["bridge_ref"]) == []
+
+
+def test_reference_keeps_the_tickets_order() -> None:
+    """Texts are found in the order the ticket holds them, a list's items first to last."""
+    info = {"ref": [{"bridge_ref": "a"}, [{"bridge_ref": "b"}, {"bridge_ref": None}], {"bridge_ref": {"x": 1}},
+                    {"bridge_ref": "c"}]}
+    assert reference_at(info, ["ref", "bridge_ref"]) == ["a", "b", "c"]
+
+
+def pulls_answering(body: bytes) -> Any:
+    """A `call` whose every pull is answered HTTP 200 with `body`."""
+
+    async def call(request: VendorRequest) -> tuple[int, bytes]:
+        return 200, body
+
+    return call
+
+
+async def test_a_pull_answer_of_too_many_objects_stops_the_search_before_it_is_decoded() -> None:
+    """A pull answered with more objects and arrays than a look-up reads (`{"message": [{}, {}, …]}`, as a hostile
+    account answers 32 MiB of them) stops the reconciliation (the outcome stays unknown) without decoding it, so
+    that what decoding builds stays bounded."""
+    body = b'{"status":"success","message":[' + b",".join([b"{}"] * (LOOKUP_MAX_CONTAINERS + 1)) + b"]}"
+    a = adapter(reference_field="ref")
+    since = int(NOW.timestamp() * 1000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SearchStopped, match="holds more than 400,000 objects and arrays"):
+            await find_created(a, {"title": "t", "ref": "evt_1"}, since, pulls_answering(body), now_ms=since)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * len(body)  # not the ~100 bytes per object a decode of them builds
+
+
+async def test_a_large_pull_answer_is_read_off_the_event_loop() -> None:
+    """A pull answer that is not small (here about 1 MiB) is decoded and scanned in the look-up thread, not on
+    the event loop, which answers every other request meanwhile; a small one is read on the loop."""
+    seen: list[str] = []
+    a = adapter(reference_field="ref")
+    since = int(NOW.timestamp() * 1000)
+
+    def answer(count: int) -> bytes:
+        tickets = [{"ticketId": str(n), "date": "19-04-2024 14:19", "additional_info": {"ref": f"evt_{n}"},
+                    "detail": "x" * 200} for n in range(count)]
+        return msgspec.json.encode({"status": "success", "message": tickets})
+
+    import bridge.vendors.kapture_pull as pull
+
+    scan = pull._scan_page
+
+    def watched(*args: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return scan(*args)
+
+    pull._scan_page = watched  # type: ignore[assignment]
+    try:
+        found = await find_created(a, {"title": "t", "ref": "evt_3999"}, since, pulls_answering(answer(4000)),
+                                   now_ms=since)
+        assert found is not None and found.ticket_id == "3999"
+        await find_created(a, {"title": "t", "ref": "evt_1"}, since, pulls_answering(answer(3)), now_ms=since)
+    finally:
+        pull._scan_page = scan  # type: ignore[assignment]
+    assert seen[0].startswith("ticketbridge-lookup")
+    assert seen[-1] == threading.current_thread().name

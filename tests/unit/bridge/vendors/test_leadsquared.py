@@ -205,7 +205,14 @@ def test_rate_limited_waits_at_least_the_window(headers: dict[str, str], waited:
             "ExceptionMessage": "API calls exceeded the limit of 25 in 5 second(s)"}
     assert classify(429, body, headers) == Outcome(
         classification="retry", error="leadsquared: HTTP 429: MXAPIRateLimitExceededException: API calls exceeded "
-                                      "the limit of 25 in 5 second(s)", retry_after=waited)
+                                      "the limit of 25 in 5 second(s)", retry_after=waited, rate_limited=True)
+
+
+def test_a_rate_limit_inside_a_200_is_said_to_be_one() -> None:
+    """MXAPIRateLimitExceededException inside an HTTP 200 is read as a rate limit (`rate_limited`), so that the
+    delivery loop pauses the destination, not only this delivery, though the status is no 429."""
+    outcome = classify(200, {"Status": "Error", "ExceptionType": "MXAPIRateLimitExceededException"})
+    assert outcome.classification == "retry" and outcome.rate_limited and outcome.retry_after == 5.0
 
 
 def test_the_window_waited_is_the_destinations() -> None:
