@@ -34,7 +34,8 @@ class Admission:
     work need not wake the lane. `probe`: the one send allowed is the breaker's probe. `slots` are the gate's
     own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic), to
     tell a send that starts late for its slot; `probe_mark` a shared gate's mark on the probe it granted, so that
-    giving it back ends that probe's hold, not one granted since."""
+    giving it back ends that probe's hold, not one granted since. `started`: the sends started (`Gate.start`), by
+    index, with the in-process limiter's handle on the slot each took (None: it keeps nothing to give back)."""
 
     granted: int
     wait_s: float = 0.0
@@ -43,6 +44,7 @@ class Admission:
     slots: list[int] = field(default_factory=list)
     asked_at: float = field(default_factory=time.monotonic)
     probe_mark: str | None = None
+    started: dict[int, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,12 @@ class Gate(ABC):
     @abstractmethod
     async def unused(self, admission: Admission, count: int) -> None:
         """`count` of what `admission` granted will not be sent (nothing was due): give them back."""
+
+    @abstractmethod
+    async def give_back(self, admission: Admission, index: int) -> None:
+        """The `index`-th send `admission` granted is not made (settled unsent, failed or stopped before it
+        started, or given up for its lease before its request was written): give back its slot, the one `start`
+        took for it if it started. Called at most once per send, never for one whose request went out."""
 
     async def start(self, admission: Admission, index: int) -> None:  # noqa: B027 - optional hook
         """The `index`-th send `admission` granted starts now (awaited just before the request goes out);
@@ -114,6 +122,42 @@ class Gate(ABC):
         """The rate limit's window in seconds (1 without one): the pause after a 429 without Retry-After."""
 
 
+class SendSlot:
+    """The `index`-th send `admission` granted, as the delivery it went to holds it: used once its send starts
+    (`start`), or given back (`unused`, `unsent`), once. A gate counts a grant against its limit until then, so
+    one neither used nor given back (a delivery settled without sending) would lower the limit for good."""
+
+    def __init__(self, gate: Gate, admission: Admission, index: int) -> None:
+        self.gate = gate
+        self.admission = admission
+        self.index = index
+        self.state: Literal["granted", "starting", "started", "given back"] = "granted"
+
+    async def start(self) -> None:
+        """The send starts now (`Gate.start`). Stopped or failing while the gate holds it, it is not given back here:
+        an in-process gate has given its reservation back (`ratelimit.use_slot`), a shared one's ages out."""
+        self.state = "starting"
+        await self.gate.start(self.admission, self.index)
+        self.state = "started"
+
+    async def unused(self) -> bool:
+        """The send never started (settled unsent, failed or stopped before): its slot back, unless it was already;
+        says whether it went back now."""
+        if self.state != "granted":
+            return False
+        await self._give_back()
+        return True
+
+    async def unsent(self) -> None:
+        """The send started, but its request was not written (given up for its lease): its slot back all the same."""
+        if self.state in ("granted", "started"):
+            await self._give_back()
+
+    async def _give_back(self) -> None:
+        self.state = "given back"
+        await self.gate.give_back(self.admission, self.index)
+
+
 class Coordination(ABC):
     """Gives each destination its gate."""
 
@@ -129,6 +173,7 @@ class LocalGate(Gate):
         self.limiter = limiter
         self.breaker = breaker or Breaker()
         self.held_until = 0.0  # an operator's hold, monotonic (inf: until resumed)
+        self.probe: Admission | None = None  # the probe granted, until an outcome is fed back or it is given back
 
     async def admit(self, want: int) -> Admission:
         held = self.held_until - time.monotonic()
@@ -149,27 +194,46 @@ class LocalGate(Gate):
 
     def _granted(self, granted: int, cap: int | None, wait_s: float = 0.0) -> Admission:
         probe = cap == 1 and granted == 1
+        admission = Admission(granted=granted, wait_s=wait_s, held=granted == 0, probe=probe)
         if probe:
             self.breaker.probe_sent()
-        return Admission(granted=granted, wait_s=wait_s, held=granted == 0, probe=probe)
+            self.probe = admission
+        return admission
 
     async def unused(self, admission: Admission, count: int) -> None:
         # Reservations not yet used are alike (the oldest is used first): any goes back. A send that started (a
         # probe given up for its lease) gives back its own slot, not a reservation another request waits with.
-        unstarted = min(count, admission.granted - len(admission.slots))
+        unstarted = min(count, admission.granted - len(admission.started))
         for _ in range(unstarted):
             self.limiter.unreserve()
         for _ in range(count - unstarted):
-            self.limiter.unsend(admission.slots.pop())
+            self._unsend(admission.started.popitem()[1])
         if admission.probe and count >= admission.granted:
+            self._probe_back(admission)
+
+    async def give_back(self, admission: Admission, index: int) -> None:
+        if index in admission.started:
+            self._unsend(admission.started.pop(index))
+        else:
+            self.limiter.unreserve()
+        if admission.probe:
+            self._probe_back(admission)
+
+    def _unsend(self, handle: int | None) -> None:
+        if handle is not None:
+            self.limiter.unsend(handle)
+
+    def _probe_back(self, admission: Admission) -> None:
+        """A probe given back ends its hold; not one granted since an outcome ended it (a probe settled unsent is
+        given back after the breaker was told its outcome)."""
+        if self.probe is admission:
+            self.probe = None
             self.breaker.probing = False
 
     async def start(self, admission: Admission, index: int) -> None:
         # The in-process log moves the slot to when the send really starts. A send passed by requests reserved after
         # its admission (look-ups made while it was prepared, `admit_request`) waits until the window has room.
-        handle = await use_slot(self.limiter)
-        if handle is not None:
-            admission.slots.append(handle)
+        admission.started[index] = await use_slot(self.limiter)
 
     async def admit_request(self) -> None:
         await acquire(self.limiter)
@@ -178,6 +242,7 @@ class LocalGate(Gate):
         self.limiter.pause(seconds)
 
     async def outcome(self, classification: str) -> Change:
+        self.probe = None  # any answer while half-open ends the probe (Breaker.record)
         return self.breaker.record(classification)
 
     async def hold(self, seconds: float | None) -> None:

@@ -50,7 +50,7 @@ from yarl import URL
 
 from bridge.config import DestinationConfig
 from bridge.delivery.breaker import DESTINATION_FAILURES, Breaker
-from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination
+from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination, SendSlot
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sender import ERROR_CHARS, ID_CHARS, LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
@@ -203,7 +203,9 @@ class Lane:
         that returned it. One whose extension did not return it is left out: its lease is lost."""
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
-        self.resumed = asyncio.Event()  # an operator's hold ended here (one ended elsewhere is seen when asking)
+        self.resumed = asyncio.Event()
+        """Wakes a lane held back at its gate: an operator's hold ended here (one ended elsewhere is seen when asking),
+        or a slot was given back unsent (`_deliver`)."""
         self.claim_step = max(1, min(dispatcher.claim_batch, dest.config.max_in_flight // 4))
         self.claiming = 0  # slots reserved by claims still out
         self.paced = dest.config.rate_limit is not None or not isinstance(dest.limiter, Unlimited)
@@ -294,15 +296,17 @@ class Lane:
             try:
                 claimed_at = d.monotonic()  # before: the lease runs from when the store writes it, later
                 batch = await d.store.claim(self.dest.name, admission.granted, d.owner, d.lease_s)
-            except Exception as exc:  # the store failing, or a bug: the slots go back and the lane sleeps a while
+            except BaseException as exc:  # the store failing, a bug, or a stop: the slots go back (and the lane sleeps)
                 if isinstance(exc, StoreRefused):
                     self._refused("delivery.claim_refused", exc)
                 elif isinstance(exc, StoreUnavailable):
                     self.log.error("delivery.claim_failed", error=str(exc))
-                else:
+                elif isinstance(exc, Exception):
                     self.log.exception("delivery.lane_crashed")
                 with contextlib.suppress(StoreUnavailable):
                     await self.gate.unused(admission, admission.granted)
+                if not isinstance(exc, Exception):
+                    raise
                 if not isinstance(exc, StoreRefused):
                     self.idle = (self.wake, d.timings.store_retry_s)
                 return
@@ -319,11 +323,8 @@ class Lane:
             for index, item in enumerate(batch.items):
                 self.sending.add(item.id)
                 self.confirmed[item.id] = claimed_at
-                start = functools.partial(self.gate.start, admission, index)
-                # A probe given up unsent (its lease lost) is given back, or the breaker would wait for its answer.
-                unsent = functools.partial(self.gate.unused, admission, admission.granted) if admission.probe \
-                    else None
-                task = asyncio.create_task(self._deliver(item, start, unsent), name=f"deliver {item.id}")
+                task = asyncio.create_task(self._deliver(item, SendSlot(self.gate, admission, index)),
+                                           name=f"deliver {item.id}")
                 self.inflight[item.id] = task
                 task.add_done_callback(functools.partial(self._done, item.id))
         finally:
@@ -365,10 +366,13 @@ class Lane:
             for w in waiters:
                 w.cancel()
 
-    async def _deliver(self, item: Claimed, start: Callable[[], Awaitable[None]],
-                       unsent: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def _deliver(self, item: Claimed, slot: SendSlot) -> None:
+        """Send and record `item` in its `slot` at the gate, which is given back when its send never started
+        (settled unsent, crashed or stopped before): kept, it would count against the rate limit for good; given back,
+        it wakes the lane, which may have found the window full meanwhile. A probe given up unsent (its lease lost) is
+        given back too, or the breaker would wait for its answer."""
         try:
-            await self._send_and_record(item, start, unsent)
+            await self._send_and_record(item, slot.start, slot.unsent if slot.admission.probe else None)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (to its end whatever becomes of this task: see _record) and must not be undone by a
@@ -378,6 +382,10 @@ class Lane:
             elif item.id in self.sending:
                 self.dispatcher.cancelled.append(item.id)
             raise
+        finally:
+            with contextlib.suppress(StoreUnavailable):
+                if await slot.unused():
+                    self.resumed.set()  # a lane held back by its rate limit may have room now
 
     async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]],
                                unsent: Callable[[], Awaitable[None]] | None = None) -> None:

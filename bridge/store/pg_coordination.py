@@ -203,8 +203,16 @@ class PgGate(Gate):
         if count <= 0:
             return
         give_back = admission.slots[len(admission.slots) - count:] if admission.slots else []
-        probe_back = admission.probe and count >= admission.granted
+        await self._give_back(admission, give_back, admission.probe and count >= admission.granted)
 
+    async def give_back(self, admission: Admission, index: int) -> None:
+        """Its slot's row deleted (moved to when it started, if it did: the same row), so that it counts no more in
+        the window; a probe's hold ended."""
+        await self._give_back(admission, admission.slots[index:index + 1], admission.probe)
+
+    async def _give_back(self, admission: Admission, give_back: list[int], probe_back: bool) -> None:
+        if not give_back and not probe_back:
+            return
         if probe_back and self.probe_mark == admission.probe_mark:
             self.probe_mark = None
 

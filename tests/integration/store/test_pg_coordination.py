@@ -276,3 +276,21 @@ async def test_a_probe_given_back_after_its_hold_ran_out_leaves_the_probe_anothe
     for gate in (ga, gb):
         held = await gate.admit(3)
         assert (held.granted, held.held) == (0, True), "a second probe out while the first one is"
+
+
+async def test_a_send_given_back_deletes_its_own_slot_and_a_sent_one_stays_counted(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Of three sends granted together, the first, settled unsent, gives back its own slot, not the last one's,
+    which went out: every process's window counts the sends made and no more."""
+    ga, gb = gates(two, RateLimit(requests=3, per_seconds=60))
+    admission = await ga.admit(3)
+    for index in (1, 2):
+        await ga.start(admission, index)
+    await ga.give_back(admission, 0)
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": two[0].schema or "public"})
+    try:
+        rows = sorted(r[0] for r in await conn.fetch("SELECT id FROM send_slots WHERE destination = 'lsq'"))
+    finally:
+        await conn.close()
+    assert rows == sorted(admission.slots[1:])
+    assert (await gb.admit(3)).granted == 1

@@ -114,3 +114,35 @@ async def test_a_started_probe_given_back_returns_its_own_slot_not_another_reque
     clock.advance(10.6)
     g.limiter.sent()  # that request goes out
     assert (await g.admit(1)).granted == 0, "a second request within the window of the one that went out"
+
+
+async def test_a_send_given_back_returns_its_own_slot() -> None:
+    """Of three sends granted together, the first settled unsent gives back its reservation and the second, started
+    then given up before its request was written, the slot it took; the third, sent, stays counted."""
+    g, _ = gate()
+    admission = await g.admit(3)
+    await g.start(admission, 1)
+    await g.start(admission, 2)
+    await g.give_back(admission, 0)
+    await g.give_back(admission, 1)
+    assert (g.limiter._pending, g.limiter.used()) == (0, 1)
+    assert (await g.admit(5)).granted == 2
+
+
+async def test_a_probe_given_back_after_its_outcome_leaves_a_later_probe_out() -> None:
+    """A probe settled unsent is given back after the breaker was told its outcome: if that outcome opened the
+    breaker again and a new probe has gone out since, the new probe still holds every other send back."""
+    g, clock = gate(requests=100)
+    await g.outcome("retry")
+    await g.outcome("retry")
+    clock.advance(5.0)
+    first = await g.admit(1)
+    assert first.probe
+    assert await g.outcome("retry") == "opened"  # its outcome (a look-up failed in passing)
+    clock.advance(10.0)
+    second = await g.admit(1)
+    assert second.probe
+    await g.give_back(first, 0)
+    assert (await g.admit(4)).granted == 0, "a second probe out while the first is"
+    await g.give_back(second, 0)
+    assert (await g.admit(4)).probe

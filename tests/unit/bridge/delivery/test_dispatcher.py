@@ -861,7 +861,7 @@ async def test_each_send_marks_its_rate_limit_slot_used() -> None:
         async with running(store, destination(limiter=limiter)):
             await eventually(lambda: len(store.records) == 4)
         assert requests_to(m) == 3
-    assert (limiter.reserved, limiter.started) == (4, 3)
+    assert (limiter.reserved, limiter.started) == (3, 3)  # the unsent one's reservation given back
 
 
 async def test_a_down_vendor_is_probed_not_hammered() -> None:
@@ -1008,6 +1008,62 @@ async def test_a_follow_up_whose_rendering_crashes_is_recorded_dead_not_left_to_
     assert store.status(first) == "dead"
     assert store.recorded(second)[0].next_status == "succeeded"
     assert not d.lanes["kapture"].inflight
+
+
+async def test_deliveries_settled_unsent_give_their_rate_limit_slots_back() -> None:
+    """With 2 requests a minute, two follow-ups settled without a request (a render that fails, a body the vendor's
+    mapping refuses) leave the window to the two sends after them, which go out at once: a slot kept by each
+    would hold them back for a minute, and every later window by as many."""
+    store = FollowUpStore()
+    first = now_ms() - 1000  # claimed, and settled, first
+    broken = await store.add("kapture", due_ms=first)
+    unmappable = await store.add("kapture", body={"email_id": "no title: never sent"}, due_ms=first)
+    sent = [await store.add("kapture") for _ in range(2)]
+
+    async def render(item: Any) -> Any:
+        if item.id == broken:
+            raise KeyError("ticket")
+        return item
+
+    limiter = SlidingWindowLimiter(2, 60.0)
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": destination(max_in_flight=10, limiter=limiter)},
+                           follow_ups=render, timings=Timings(store_retry_s=0.01, poll_s=3600.0))
+            d.start()
+            try:
+                await eventually(lambda: len(store.records) == 4, within=5.0)
+            finally:
+                await d.stop(0.0)
+        assert requests_to(m) == 2
+    assert [store.status(i) for i in (broken, unmappable, *sent)] == ["dead", "dead", "succeeded", "succeeded"]
+    assert (limiter._pending, limiter.used()) == (0, 2)
+
+
+async def test_a_delivery_stopped_before_its_send_starts_gives_its_slot_back() -> None:
+    """A stop that cancels a delivery still being prepared (its follow-up rendering) gives back the slot it was
+    admitted in: nothing was sent, and a gate shared with other dispatchers must not count it."""
+    store = FollowUpStore()
+    await store.add("kapture")
+    rendering = asyncio.Event()
+
+    async def render(item: Any) -> Any:
+        rendering.set()
+        await asyncio.Event().wait()  # never done: cut short by the stop
+
+    limiter = SlidingWindowLimiter(2, 60.0)
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": destination(limiter=limiter)}, follow_ups=render,
+                           timings=Timings(store_retry_s=0.01, poll_s=3600.0))
+            d.start()
+            await asyncio.wait_for(rendering.wait(), 5.0)
+            assert limiter._pending == 1
+            await d.stop(0.0)
+        assert requests_to(m) == 0
+    assert (limiter._pending, limiter.used()) == (0, 0)
 
 
 def ended_pid() -> int:
