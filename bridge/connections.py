@@ -17,6 +17,7 @@ request. Past `max_connections`, a new connection is answered a fixed 503 withou
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import SINGLETON_HEADERS
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
@@ -45,6 +47,24 @@ REFUSED_LINGER_SECONDS = 1.0
 REFUSED_LINGERING = 64
 ACCEPT_BATCH = 1024
 """How many connections asyncio accepts in one loop turn (it is also the listen backlog)."""
+
+
+# Text the parser quotes from the request (`b'POST /hooks/x?token=…'`, `'Bearer …'`), to its end when cut.
+_QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*(?:'|$)|b?"(?:[^"\\]|\\.)*(?:"|$)""")
+_NAMES = frozenset(SINGLETON_HEADERS | {"host"})
+
+
+def _unquoted(found: re.Match[str]) -> str:
+    text = found.group()
+    # A header name the parser checks itself ("Duplicate 'Host' header found."), never a value.
+    return text if text[1:-1].lower() in _NAMES and text[0] == "'" else "<request text>"
+
+
+def refusal_reason(message: str) -> str:
+    """The parser's reason for refusing a request, fit to log: its first line (the lines after it show the
+    refused bytes), with any request text it quotes left out: a query string or a header holds tokens."""
+    first = message.split("\n", 1)[0].strip()
+    return _QUOTED.sub(_unquoted, first)[:200].rstrip(": ") or "malformed request"
 
 
 @dataclass(frozen=True)
@@ -161,7 +181,7 @@ class GuardedRequestHandler(RequestHandler):
         if status >= 500 or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         peer = self.peername
-        self._bad_requests(status=status, error=str(exc.message)[:200],
+        self._bad_requests(status=status, error=refusal_reason(str(exc.message)),
                            remote=peer[0] if isinstance(peer, tuple) else str(peer))
         self._quiet = True
         try:

@@ -29,7 +29,7 @@ from bridge.store.rows import now_ms
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
 from handlers.base import Inbound, Intercepted, SignedNonce, skip_signatures
-from handlers.limits import check_count
+from handlers.limits import check_count, many_parameters
 
 log = structlog.get_logger("ticketbridge.intake")
 
@@ -98,12 +98,14 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
 async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *, verify: bool = True,
                       off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
     """The handler's checks, `prepare` and parse (in the parser thread when `off`, the body's `offloaded`, worked
-    out here when not given): the request's events and its signed nonce, or the answer to a handshake or an ignored
-    notification. Rejected passes through; any other exception is a handler bug met on these bytes. `verify`
+    out here when not given; also when the body holds many MIME header parameters, `many_parameters`): the
+    request's events and its signed nonce, or the answer to a handshake or an ignored notification. Rejected
+    passes through; any other exception is a handler bug met on these bytes. `verify`
     false (the console's playground) skips the auth and signature checks, and the nonce, and nothing else:
     `intercept` runs as for intake."""
     if off is None:
         off = offloaded(body)
+    off = off or many_parameters(body)  # MIME header parameters cost up to 15 µs each: see handlers/limits.py
     handler = source.handler
     try:
         if verify:

@@ -255,24 +255,49 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 _STEP = {ord("["): 1, ord("]"): -1}
-_DEPTH_CHUNK = 65_536
-"""Brackets read in one call: C code holds the interpreter lock throughout, so a large body's walk in the
-parser thread lets the loop in between chunks (some 2 ms each)."""
+TEXT_DEPTH_BYTES = 64 * 1024
+"""Up to this size, JSON text's depth is read from its brackets, in C: some 2 ms at most, fewer steps than a walk
+of the value (a body of `[],` holds an array every three bytes), and what a body the event loop parses may be
+(bridge/intake.py's OFFLOAD_BYTES). Past it, the parsed value is walked in Python instead: C code holds the
+interpreter lock throughout, and over 1 MB of strings (`"",` or `\\"`) the one pass took 60-160 ms, the loop
+held all along even from the parser thread, where the walk lets it in every few milliseconds."""
 
 
 def _deeper_than(text: bytes | str, limit: int) -> bool:
     """Whether JSON text, valid (parsed already), nests arrays and objects deeper than `limit`: the highest
-    running sum of its brackets outside strings, each step summed in C. Walking the parsed value visited every
-    array and object in Python (a body of `[],` holds one every three bytes)."""
+    running sum of its brackets outside strings, each step summed in C. For text up to TEXT_DEPTH_BYTES."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     brackets = _JSON_STRING.sub(b"", raw).translate(_BRACKETS, _NOT_BRACKETS)
-    depth = 0
-    for start in range(0, len(brackets), _DEPTH_CHUNK):
-        chunk = brackets[start:start + _DEPTH_CHUNK]
-        if max(accumulate(map(_STEP.__getitem__, chunk), initial=depth)) > limit:
-            return True
-        depth += chunk.count(b"[") * 2 - len(chunk)
+    return max(accumulate(map(_STEP.__getitem__, brackets), initial=0)) > limit
+
+
+def _value_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests arrays and objects deeper than `limit`, walked in Python, without
+    recursion, and stopping at the first container past it."""
+    if not isinstance(value, dict | list):
+        return limit < 0
+    if limit < 1:
+        return True
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        depth += 1
+        for child in node.values() if type(node) is dict else node:
+            kind = type(child)
+            if kind is list or kind is dict:
+                if depth > limit:
+                    return True
+                if child:
+                    stack.append((child, depth))
     return False
+
+
+def _too_deep(data: bytes | str, value: Any, limit: int) -> bool:
+    """Whether `value`, parsed from `data`, nests deeper than `limit`: read from the text when it is small (see
+    TEXT_DEPTH_BYTES), else walked."""
+    if len(data) <= TEXT_DEPTH_BYTES:
+        return _deeper_than(data, limit)
+    return _value_deeper_than(value, limit)
 
 
 # A high surrogate escape not followed by a low one, after a backslash that is not itself escaped (an odd run).
@@ -312,7 +337,8 @@ def decode_json(data: bytes | str, field: str | None = None, check: str = "json"
         pass  # deeper than the parser goes: refused below, as any value past the limit
     else:
         brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
-        if brackets <= MAX_JSON_DEPTH or not isinstance(value, dict | list) or not _deeper_than(data, MAX_JSON_DEPTH):
+        if (brackets <= MAX_JSON_DEPTH or not isinstance(value, dict | list)
+                or not _too_deep(data, value, MAX_JSON_DEPTH)):
             return value
     raise Rejected(400, f"{what} is nested too deeply: more than {MAX_JSON_DEPTH} levels of arrays and objects",
                    check=check)

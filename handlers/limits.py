@@ -33,10 +33,18 @@ MAX_HEADER_PARAMS = 100
 header's parameters in time that grows with its length times its semicolons, again at each read. A browser's
 form part has one or two (RFC 7578: `form-data; name="x"; filename="y"`), a mail client's attachment up to
 five (size, dates); a long file name split in RFC 2231 continuations (`filename*0*=…; filename*1*=…`) some forty."""
-MAX_BODY_PARAMS = 2_000
-"""Semicolons in all the Content-Type and Content-Disposition headers of one MIME body: two a part over
-MAX_FORM_FIELDS parts (a browser's text field has one, its file field two), eight a part over MAX_MIME_PARTS.
-Reading each costs some 3 µs, once per header."""
+MAX_BODY_PARAMS = 8_000
+"""Semicolons in all the Content-Type and Content-Disposition headers of one MIME body: MAX_ATTACHMENTS
+attachments, each with a long non-ASCII file name (RFC 2231 continuations, some forty a name) in both its
+Content-Type and its Content-Disposition, as mail clients write them; eight a part over MAX_FORM_FIELDS parts (a
+browser's text field has one, its file field two). Python's EmailMessage writes 70 PDFs with 200-character
+Japanese names with 2,032. Reading one costs 3 to 15 µs (an RFC 2231 continuation the most), once per header:
+8,000 some 120 ms at most, which a body holding more than LOOP_PARAMS spends in the parser thread."""
+LOOP_PARAMS = 200
+"""Semicolons a body parsed on the event loop may hold (raw, or URL-encoded as %3B): past it, what the body
+holds is verified and parsed in the parser thread (bridge/intake.py), so that reading MIME header parameters
+holds the loop for a few milliseconds at most (19 form parts of 99 RFC 2231 continuations, under 64 KB,
+held it for 30 ms). A form, a JSON webhook or a mail of a few parts has a few dozen."""
 MAX_MIME_PARTS = 250
 """Parts of one email, all sections together: bodies, attachments, inline images, forwarded messages."""
 MAX_ATTACHMENTS = 100
@@ -52,6 +60,14 @@ CHECK = "limits"
 # The boundary parameter, also in RFC 2231's forms (boundary*=, boundary*0=); a bare "boundary" is often in
 # the delimiter lines themselves (browsers' ----WebKitFormBoundary…).
 _BOUNDARY = re.compile(rb"boundary(?:\*[0-9]*)?\*?\s*[=(]", re.IGNORECASE)
+
+
+def many_parameters(body: bytes) -> bool:
+    """Whether `body` holds more than LOOP_PARAMS semicolons, each a possible MIME header parameter."""
+    count = body.count(b";")
+    if count <= LOOP_PARAMS and b"%3" in body:
+        count += body.count(b"%3B") + body.count(b"%3b")
+    return count > LOOP_PARAMS
 
 
 def too_many(what: str, count: int, limit: int) -> Rejected:

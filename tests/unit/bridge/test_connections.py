@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from bridge.connections import REFUSAL, ConnectionLimits, ConnectionStats, GuardedAppRunner
+from bridge.connections import REFUSAL, ConnectionLimits, ConnectionStats, GuardedAppRunner, refusal_reason
 
 OUTER = 20.0  # far above every deadline here: only a server that never closes reaches it
 
@@ -308,3 +308,47 @@ async def test_a_handlers_own_failure_is_still_an_error_with_its_traceback(caplo
         await runner.cleanup()
     [record] = [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno == logging.ERROR]
     assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /echo?token=SECRET\x01TOKEN HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"GET /ping?token=SECRETTOKEN HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer SECRET\x01TOKEN\r\n\r\n",
+    b"GET /ping?token=SECRETTOKEN HTTP/1.1\r\nHost: a\r\nX-Api-Key: SECRETTOKEN\x00\r\n\r\n",
+    b"GET /ping HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer SECRETTOKEN" + b"x" * 9000 + b"\r\n\r\n",
+    b"GET /ping HTTP/1.1\r\nHost: a\r\nSECRETTOKEN\r\n\r\n",
+    b"GET /ping?token=SECRETTOKEN HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+], ids=["request_line", "header_value", "nul_in_value", "long_value", "no_colon", "two_hosts"])
+async def test_a_refused_requests_warning_names_the_reason_and_none_of_its_bytes(
+        head: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """The parser's reason quotes the bytes it refused (`b'POST /hooks/x?token=…'`, a header line): the
+    warning keeps its first line, with quoted request text left out, so that a token in a query string or
+    a header never reaches the log."""
+    caplog.set_level(logging.DEBUG)
+    with capture_logs() as logs:
+        async with serving(FAST) as (port, stats):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head)
+            assert (await read_to_eof(reader)).startswith(b"HTTP/1.0 4"), head[:60]
+            writer.close()
+            await until(lambda: stats.open == 0)
+    [warning] = [e for e in logs if e["event"] == "server.bad_request"]
+    assert "SECRET" not in repr(logs) and "SECRET" not in caplog.text
+    assert warning["error"] and "\n" not in warning["error"], warning
+
+
+@pytest.mark.parametrize(("message", "logged"), [
+    ("Bad status line 'GET /x?token=SECRET HTTP/1.1'", "Bad status line <request text>"),
+    ("Bad HTTP method in status line 'G\\'ET /x?token=SECRET'", "Bad HTTP method in status line <request text>"),
+    ("Invalid HTTP header: b'Authorization Bearer SECRET'", "Invalid HTTP header: <request text>"),
+    ("Got more than 8190 bytes when reading: b'Bearer SECRET...'.", "Got more than 8190 bytes when reading: "
+                                                                     "<request text>."),
+    ("Invalid header value char:\n\n  b'Authorization: Bearer SECRET'\n  ^", "Invalid header value char"),
+    ("Invalid URL: b'/x?token=SECRET", "Invalid URL: <request text>"),
+    ("Duplicate 'Host' header found.", "Duplicate 'Host' header found."),
+    ("Duplicate 'SECRET' header found.", "Duplicate <request text> header found."),
+    ("\n  b'SECRET'", "malformed request"),
+])
+def test_a_refusals_reason_keeps_no_request_text(message: str, logged: str) -> None:
+    """aiohttp's two parsers word their reasons differently; the Python one quotes the refused line in the
+    first line itself."""
+    assert refusal_reason(message) == logged

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import random
-import sys
+import re
 import time
-import types
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -18,8 +17,11 @@ from bridge.errors import Rejected
 from handlers.base import (
     KEEP_HEADERS,
     MAX_JSON_DEPTH,
+    TEXT_DEPTH_BYTES,
     Handler,
     Inbound,
+    _deeper_than,
+    _value_deeper_than,
     decode_json,
     decode_json_object,
     handshake_answer,
@@ -342,7 +344,7 @@ def test_not_a_message_is_an_ignored_200_counted_under_its_code() -> None:
 
 
 def _walked_depth(value: object) -> int:
-    """The nesting of a parsed value, walked: what the text's depth check must agree with."""
+    """The nesting of a parsed value, walked: what the depth checks must agree with."""
     if isinstance(value, dict):
         return 1 + max(map(_walked_depth, value.values()), default=0)
     if isinstance(value, list):
@@ -350,47 +352,94 @@ def _walked_depth(value: object) -> int:
     return 0
 
 
+_ATOMS = ['"', "\\", "\\\\", '\\"', "[", "]", "{", "}", "\\u005b", "\\u0022", "a", "é", "\U0001F600", "\\/", "\n",
+          ",", ":"]
+
+
+def _random_text(rng: random.Random) -> str:
+    return "".join(rng.choice(_ATOMS) for _ in range(rng.randint(0, 6)))
+
+
 def _random_json(rng: random.Random, level: int) -> object:
     pick = rng.random()
-    if level > 10 or pick < 0.3:
-        return rng.choice([1, None, 'a[{"\\"}]', "\\", "]]]{{", "é[ü"])
+    if level <= 0 or pick < 0.3:
+        return _random_text(rng) if rng.random() < 0.5 else rng.choice([1, -2.5, True, None, 0])
     if pick < 0.65:
-        return [_random_json(rng, level + 1) for _ in range(rng.randint(0, 3))]
-    return {f"k{rng.randint(0, 9)}[\\": _random_json(rng, level + 1) for _ in range(rng.randint(0, 3))}
+        return [_random_json(rng, level - 1) for _ in range(rng.randint(0, 3))]
+    return {_random_text(rng): _random_json(rng, level - 1) for _ in range(rng.randint(0, 3))}
 
 
-@pytest.mark.parametrize("chunk", [65_536, 3])
-def test_the_depth_read_from_the_text_is_the_depth_of_the_value(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    """Brackets and escaped quotes inside strings, both kinds of bracket, and (with a small chunk) the running
-    depth carried from one chunk of brackets to the next."""
+def _deep_json(rng: random.Random, levels: int, kind: str) -> object:
+    """Arrays, objects or both in turn, `levels` deep, with text beside each level."""
+    value: object = 1
+    for i in range(levels):
+        if kind == "arrays" or (kind == "mixed" and i % 2):
+            value = [value, _random_text(rng)]
+        else:
+            value = {_random_text(rng): value, "k" + _random_text(rng): _random_text(rng)}
+    return value
+
+
+@pytest.mark.parametrize("text_up_to", [TEXT_DEPTH_BYTES, 0], ids=["read_from_the_text", "walked"])
+def test_the_depth_checks_agree_with_the_depth_of_the_value(monkeypatch: pytest.MonkeyPatch, text_up_to: int) -> None:
+    """Differential: random values, and values nested just under and over MAX_JSON_DEPTH, each written four ways
+    (ASCII or not, indented or not), as bytes and as text; brackets, quotes and escapes inside strings. Both
+    checks (the text's brackets; the walk of the value) and decode_json, which picks one by size, must refuse
+    exactly the values nested deeper than the limit."""
     import handlers.base
 
-    monkeypatch.setattr(handlers.base, "_DEPTH_CHUNK", chunk)
-    rng = random.Random(7)
-    for _ in range(1_000):
-        value = [_random_json(rng, 0)]
-        text = json.dumps(value, ensure_ascii=rng.random() < 0.5)
+    monkeypatch.setattr(handlers.base, "TEXT_DEPTH_BYTES", text_up_to)
+    rng = random.Random(1)
+    for trial in range(500):
+        value = _deep_json(rng, rng.randint(120, 140), rng.choice(["arrays", "objects", "mixed"])) if trial % 2 \
+            else _random_json(rng, rng.randint(1, 8))
         depth = _walked_depth(value)
-        for limit in (depth - 1, depth):
-            assert handlers.base._deeper_than(text.encode(), limit) is (depth > limit), (text, limit)
-            assert handlers.base._deeper_than(text, limit) is (depth > limit), (text, limit)
+        assert _value_deeper_than(value, depth - 1) and not _value_deeper_than(value, depth)
+        for ensure_ascii in (True, False):
+            for indent in (None, 1):
+                text = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
+                for data in (text.encode("utf-8", "surrogatepass"), text):
+                    if trial % 2 == 0:
+                        for limit in (depth - 1, depth):
+                            assert _deeper_than(data, limit) is (depth > limit), (text, limit)
+                    refused = False
+                    try:
+                        decode_json(data)
+                    except Rejected:
+                        refused = True
+                    assert refused is (depth > MAX_JSON_DEPTH), text[:200]
 
 
-def test_a_wide_body_s_depth_is_read_without_visiting_its_values_in_python() -> None:
-    """A body of 100,000 empty arrays side by side: its depth is read from the text in a few steps, where a walk
-    of the parsed value ran a Python loop for each array (a quarter second for 1 MB of them)."""
-    body = b'{"x":[' + b",".join([b"[]"] * 100_000) + b"]}"
-    lines = 0
+class _Spy:
+    """A compiled pattern that notes the length of each text it is run over."""
 
-    def count(frame: types.FrameType, event: str, arg: object) -> Any:
-        nonlocal lines
-        if event == "line":
-            lines += 1
-        return count
+    def __init__(self, pattern: re.Pattern[bytes]) -> None:
+        self.pattern = pattern
+        self.lengths: list[int] = []
 
-    sys.settrace(lambda frame, event, arg: count if frame.f_code.co_filename.endswith("base.py") else None)
-    try:
-        assert decode_json(body) == {"x": [[]] * 100_000}
-    finally:
-        sys.settrace(None)
-    assert lines < 100
+    def sub(self, replacement: bytes, text: bytes) -> bytes:
+        self.lengths.append(len(text))
+        return self.pattern.sub(replacement, text)
+
+
+def test_a_large_bodys_depth_is_walked_not_read_from_its_text_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 MB: an array nested 130 deep beside 340,000 empty strings, or 520,000 escaped quotes. Reading the
+    brackets outside strings takes one regular expression over the whole text, 60-160 ms in C holding the
+    interpreter lock, so the event loop, even when the parse runs in the parser thread; such a body is
+    walked instead (Python: the loop gets the lock every few milliseconds). A small one is still read from
+    its text, in at most a few milliseconds."""
+    import handlers.base
+
+    spy = _Spy(handlers.base._JSON_STRING)
+    monkeypatch.setattr(handlers.base, "_JSON_STRING", spy)
+    deep = b"[" + b",".join([b"[]"] * 130) + b"]"
+    nested = b"[" * 130 + b"]" * 130
+    for body in (b'{"email":"a@b.c","a":' + nested + b',"x":[' + b",".join([b'""'] * 340_000) + b"]}",
+                 b'{"a":' + nested + b',"x":"' + b'\\"' * 520_000 + b'"}'):
+        with pytest.raises(Rejected, match="nested too deeply"):
+            decode_json(body)
+    assert decode_json(b'{"a":' + deep + b',"x":[' + b",".join([b'""'] * 340_000) + b"]}")["a"] == [[]] * 130
+    assert spy.lengths == []
+    with pytest.raises(Rejected, match="nested too deeply"):
+        decode_json(b'{"a":' + nested + b',"x":[' + b",".join([b'""'] * 20_000) + b"]}")
+    assert spy.lengths and max(spy.lengths) <= TEXT_DEPTH_BYTES
