@@ -247,6 +247,11 @@ MAX_JSON_DEPTH = 128
 """How deep a request's JSON may nest. Providers nest a dozen levels; the parser itself stops near Python's
 recursion limit (about a thousand, less the stack in use), and a value nested just under that would make any
 later recursive step (encoding the event, str() of a list) fail instead; this keeps 850 levels of headroom."""
+MAX_JSON_CONTAINERS = 100_000
+"""Arrays and objects in one JSON text at most, counted as its `[` and `{` (those in strings too) before it is
+parsed: the parser builds them all in one call that holds the interpreter (some 7 ms per 100,000 here, with the
+collections they set off), so a body of 1 MiB made of `[],` would hold the event loop some 40 ms even from the
+parser thread. Real payloads hold a few thousand (a batch of 1,000 messages, some ten each)."""
 
 
 # A JSON string (the text is valid JSON: parsed already); what is left once they are out is read for its
@@ -325,6 +330,10 @@ def decode_json(data: bytes | str, field: str | None = None, check: str = "json"
     reason: malformed text, bytes that are not UTF-8, or nesting deeper than MAX_JSON_DEPTH. The depth is only
     walked when the text holds that many brackets at all (two counts in C), so ordinary bodies never pay."""
     what = field or "the JSON body"
+    brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
+    if brackets > MAX_JSON_CONTAINERS:  # an upper bound on its arrays and objects: checked before any is built
+        raise Rejected(413, f"{what} holds too many arrays and objects: {brackets} `[` and `{{`, at most "
+                            f"{MAX_JSON_CONTAINERS}", check=check)
     try:
         value = msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
@@ -336,7 +345,6 @@ def decode_json(data: bytes | str, field: str | None = None, check: str = "json"
     except RecursionError:
         pass  # deeper than the parser goes: refused below, as any value past the limit
     else:
-        brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
         if (brackets <= MAX_JSON_DEPTH or not isinstance(value, dict | list)
                 or not _too_deep(data, value, MAX_JSON_DEPTH)):
             return value

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.store.base import DeliveryFilter
+from handlers.base import MAX_JSON_CONTAINERS
 from tests.acceptance.rawhttp import RawClient
 from tests.acceptance.test_metrics import samples
 from tests.acceptance.test_providers import CASES, CONFIG, MAPPINGS, SECRETS, Request, S, providers_client
@@ -70,9 +71,10 @@ def deep(levels: int) -> bytes:
     return b'{"a":' + b"[" * levels + b"]" * levels + b"}"
 
 
-@pytest.mark.parametrize("levels", [1_000, 100_000])
+@pytest.mark.parametrize("levels", [1_000, 49_000])
 async def test_json_nested_past_the_parser_limit_is_400(client: Any, levels: int) -> None:
-    """A signed JSON body nested 1,000 levels or more is refused with 400 naming the nesting, and counted."""
+    """A signed JSON body nested 1,000 levels or more (and within the bound on its arrays and objects) is refused
+    with 400 naming the nesting, and counted."""
     body = deep(levels)
     resp = await client.post("/hooks/google-forms", data=body, headers={
         "Content-Type": "application/json", "X-Signature": google_forms_signature(S["GOOGLE_FORMS_SECRET"], body)})
@@ -81,6 +83,20 @@ async def test_json_nested_past_the_parser_limit_is_400(client: Any, levels: int
     assert answer["check"] == "json"
     assert "nested" in answer["error"]
     assert (await metrics(client))[rejected("google-forms")] == 1
+
+
+async def test_json_of_more_arrays_and_objects_than_the_bound_is_413(client: Any) -> None:
+    """A signed JSON body of more `[` and `{` than MAX_JSON_CONTAINERS (here nested 100,000 deep) is refused with
+    413 naming the count and the bound before it is parsed, and counted."""
+    body = deep(100_000)
+    resp = await client.post("/hooks/google-forms", data=body, headers={
+        "Content-Type": "application/json", "X-Signature": google_forms_signature(S["GOOGLE_FORMS_SECRET"], body)})
+    assert resp.status == 413
+    answer = await resp.json()
+    assert answer["check"] == "json"
+    assert answer["error"] == ("the JSON body holds too many arrays and objects: 100001 `[` and `{`, at most "
+                               f"{MAX_JSON_CONTAINERS}")
+    assert (await metrics(client))[rejected("google-forms", 413)] == 1
 
 
 async def test_json_nested_inside_a_form_field_is_400(client: Any) -> None:

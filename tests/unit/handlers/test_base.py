@@ -8,6 +8,7 @@ import re
 import time
 from typing import ClassVar
 
+import msgspec
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Request, Response
@@ -16,6 +17,7 @@ from bridge.config import ServerConfig, SourceConfig
 from bridge.errors import Rejected
 from handlers.base import (
     KEEP_HEADERS,
+    MAX_JSON_CONTAINERS,
     MAX_JSON_DEPTH,
     TEXT_DEPTH_BYTES,
     Handler,
@@ -178,6 +180,34 @@ def test_inbound_defaults() -> None:
 def test_decode_json_object() -> None:
     """A JSON object decodes to a dict with nested values intact."""
     assert decode_json_object(b'{"a": [1, {"b": null}], "c": "\\u00e9"}') == {"a": [1, {"b": None}], "c": "é"}
+
+
+@pytest.mark.parametrize("shape", [b"[],", b"{},", b"[[]],"])
+def test_a_body_of_more_arrays_and_objects_than_the_bound_is_a_413_before_it_is_parsed(
+        shape: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """msgspec builds every container of a text in one call that holds the interpreter: past MAX_JSON_CONTAINERS
+    `[` and `{` the body is refused, naming the count and the bound, and the parser is never called."""
+    body = b'{"x":[' + shape * MAX_JSON_CONTAINERS + b"1]}"
+    calls: list[int] = []
+    real = msgspec.json.decode
+    monkeypatch.setattr(msgspec.json, "decode", lambda data: calls.append(1) or real(data))
+    with pytest.raises(Rejected) as info:
+        decode_json_object(body)
+    count = body.count(b"[") + body.count(b"{")
+    assert (info.value.status, info.value.check) == (413, "json")
+    assert str(info.value) == (f"the JSON body holds too many arrays and objects: {count} `[` and `{{`, at most "
+                               f"{MAX_JSON_CONTAINERS}")
+    assert calls == []
+    with pytest.raises(Rejected) as field:
+        decode_json(body.decode(), field="payload")
+    assert str(field.value).startswith("payload holds too many arrays and objects")
+
+
+def test_a_body_at_the_container_bound_is_parsed() -> None:
+    """Exactly MAX_JSON_CONTAINERS `[` and `{` (the outer object and array included) is still a body."""
+    body = b'{"x":[' + b"[]," * (MAX_JSON_CONTAINERS - 3) + b"[]]}"
+    assert body.count(b"[") + body.count(b"{") == MAX_JSON_CONTAINERS
+    assert len(decode_json_object(body)["x"]) == MAX_JSON_CONTAINERS - 2
 
 
 @pytest.mark.parametrize(("body", "kind"), [(b"[]", "list"), (b"1.5", "float"), (b"true", "bool")])
