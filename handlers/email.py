@@ -174,9 +174,11 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     fast path's of the forms it reads exactly). Their addresses must agree with the angle-addrs read outside
     quoted strings and comments (`_angled`): an address inside a display name or a comment is never the sender,
     and a value that cannot be read exactly (a quote left open, as in a name built without escaping) has none.
-    A From of several mailboxes (which no ordinary mail has) is read as its one address in angle brackets
-    (`victim@corp.example <a@evil.example>` is a@evil.example, not the first mailbox a list parse gives); with
-    none or several such, it names no address. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
+    A From of mailboxes of more than one address (which no ordinary mail has) names no address: which one a
+    provider's DMARC check read cannot be told, and the one in angle brackets may be a victim's
+    (`x@evil.example, <ceo@corp.example>`; `victim@corp.example <a@evil.example>` is two mailboxes to a list
+    parse). A mailbox without an address does not count: `John Doe, Support <john@x.example>` (a display name's
+    unquoted comma) is john@x.example. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
 
     A provider's JSON field may hold line breaks a header's value never keeps: unfolded first (RFC 5322 2.2.3),
     as the standard library's parser would otherwise end a quoted string or a comment at a CR the scan reads
@@ -190,16 +192,16 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
         spend_on_loop(len(texts[0]), f"the {field} field is read by the full address parser")
     name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
     addresses = {a.strip().lower() for _n, a in pairs if "@" in a}
+    if len(addresses) > 1:
+        return None, None
     angled: set[str] = set()
     for text in texts:
         found = _angled(text)
         if found is None:
             return None, None
         angled.update(found)
-    if len(addresses) > 1 or (angled and angled != addresses):
-        if len(angled) != 1 or not angled <= addresses:
-            return None, None
-        addresses = angled
+    if angled and angled != addresses:
+        return None, None
     if addresses:  # one: the name beside it (an `<x>` holding no address is no mailbox)
         addr = addresses.pop()
         return next((n.strip() or None for n, a in pairs if a.strip().lower() == addr), None), addr
