@@ -325,6 +325,7 @@ def test_a_json_senders_display_name_is_not_part_of_the_sender() -> None:
 @pytest.mark.parametrize("from_", [
     "x@evil.example, <CEO@corp.example>",  # several mailboxes, one in angle brackets
     "victim@corp.example <ceo@corp.example>",  # an unquoted address as a name: two mailboxes to a list parse
+    "=?utf-8?q?=3Cceo=40corp.example=3E?= (via a@evil.example)",  # an address only inside an encoded word
 ])
 def test_a_json_from_naming_no_one_mailbox_is_not_read_as_an_address(from_: str) -> None:
     """A JSON source's `from` is read as the email handlers read a From: one of several mailboxes, or an address

@@ -392,9 +392,23 @@ def test_encoded_words_are_decoded_after_addresses_are_parsed() -> None:
     assert address_list(comma, smuggled, "ops@acme.test") == ["asha@example.com", "ops@acme.test"]
 
 
-def test_address_only_inside_an_encoded_word_is_still_read() -> None:
-    """A sender that encoded the whole mailbox, address included, is still read once decoded."""
-    assert sender("=?utf-8?q?Asha_Rao_=3Casha=40example=2Ecom=3E?=") == ("Asha Rao", "asha@example.com")
+@pytest.mark.parametrize("value", [
+    "=?utf-8?q?=3Cceo=40corp.example=3E?=",
+    "=?utf-8?q?Asha_Rao_=3Casha=40example=2Ecom=3E?=",
+    "=?utf-8?b?Y2VvQGNvcnAuZXhhbXBsZQ==?=",
+    "<=?utf-8?q?ceo=40corp.example?=>",
+    "Boss =?utf-8?q?=3Cceo=40corp.example=3E?= (via a@evil.example)",
+])
+def test_an_address_only_inside_an_encoded_word_names_no_sender(value: str) -> None:
+    """An encoded word is display text, never an address (RFC 2047 5): a From whose address exists only once
+    decoded names no mailbox a provider's DMARC check read, so it names no sender."""
+    assert sender(value)[1] is None
+
+
+def test_an_encoded_name_beside_an_address_leaves_that_address_the_sender() -> None:
+    assert sender("=?utf-8?q?x?= <a@b.example>") == ("x", "a@b.example")
+    assert sender("=?utf-8?q?=3Cceo=40corp.example=3E?= <a@evil.example>") == ("<ceo@corp.example>",
+                                                                                  "a@evil.example")
 
 
 def test_mime_part_whose_charset_holds_a_nul_is_read_as_utf8() -> None:
@@ -779,3 +793,26 @@ def test_a_names_unquoted_commas_leave_its_address_the_sender(words: list[str], 
     as mailboxes without an address and then the one with it: that address is the sender."""
     name = words[0] + "".join(gap + word for gap, word in zip(gaps, words[1:], strict=False))
     assert sender(f"{name} <{address}>")[1] == address.lower()
+
+
+def _encoded(text: str, how: str) -> str:
+    data = text.encode()
+    if how == "b":
+        return f"=?utf-8?b?{base64.b64encode(data).decode()}?="
+    return "=?utf-8?q?" + "".join(f"={byte:02X}" for byte in data) + "?="
+
+
+_WORD_TEXT = st.lists(st.sampled_from(["<ceo@corp.example>", "ceo@corp.example", "Boss ", ", ", '"', "(", ")",
+                                       "<", ">", "é", "?", "_", "=", ":", ";"]),
+                      min_size=1, max_size=6).map("".join)
+_WORDS = st.lists(st.tuples(_WORD_TEXT, st.sampled_from("bq")), min_size=1, max_size=3).map(
+    lambda words: " ".join(_encoded(text, how) for text, how in words))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_WORDS, st.sampled_from(["{}", "<{}>", "Boss {}", "{} (note)", '"Boss" {}']))
+def test_an_encoded_word_is_never_an_address(words: str, form: str) -> None:
+    """Whatever an encoded word decodes to (an address, brackets, commas, quotes), a From whose only address
+    would be inside one names no sender; beside an address, it leaves that address the sender."""
+    assert sender(form.replace("{}", words))[1] is None
+    assert sender(f"{words} <a@b.example>")[1] == "a@b.example"
