@@ -117,8 +117,9 @@ def message_sender(payload: dict[str, Any]) -> str:
     """The sender a conversation remembers and compares: the bare, lower-cased address of `from`, read as the
     email handlers read a From (handlers/email.py `sender`: an email's payload has it so already; a JSON
     source's `Bob <Bob@X.io>` is `bob@x.io`, as its `bob@x.io` is; an address's case carries no meaning in
-    practice); a `from` naming no one address (a name, a phone number, an unreadable list), or longer than
-    MAX_SENDER_CHARS (not parsed), trimmed and lower-cased as written; "" when the message names none."""
+    practice); a `from` naming no one address (a name, a phone number, several mailboxes, an unreadable list,
+    an address only inside an encoded word), or longer than MAX_SENDER_CHARS (not parsed), trimmed and
+    lower-cased as written; "" when the message names none."""
     value = payload.get("from")
     if not isinstance(value, str):
         return ""

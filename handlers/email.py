@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from email.message import Message
 from email.parser import BytesParser, HeaderParser
-from email.utils import collapse_rfc2231_value, getaddresses, parseaddr, parsedate_to_datetime, unquote
+from email.utils import collapse_rfc2231_value, getaddresses, parsedate_to_datetime, unquote
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
@@ -91,9 +91,10 @@ def _outside_quotes(text: str) -> str:
     return "".join(text.split('"')[::2])
 
 
-def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
+def _mailboxes(texts: list[str], field: str, *, encoded_addresses: bool = True) -> list[tuple[str, str]]:
     """(display name, address) pairs of address header values, split before encoded words are decoded (a
-    decoded name may hold a comma or an "@"); Rejected(413/400) over the caps or when it cannot be read."""
+    decoded name may hold a comma or an "@"); Rejected(413/400) over the caps or when it cannot be read.
+    `encoded_addresses=False`: a value that holds an address only once decoded has none (a From's sender)."""
     # An address has its "@" outside quotes: counting those bounds a real list before the (costlier) parse;
     # the addresses parsed are counted again after it.
     estimate = sum(_outside_quotes(t).count("@") for t in texts)
@@ -110,10 +111,10 @@ def _mailboxes(texts: list[str], field: str) -> list[tuple[str, str]]:
             raise Rejected(400, f"{field} is not an address list: comments are nested too deep",
                            check="email") from None
     # Decoded after the split (RFC 2047): a word may decode to a comma, a line break or a whole `Bcc: x@y`
-    # and must stay part of its display name. A value that holds an address only once decoded (a sender that
-    # encoded it all) is parsed decoded.
+    # and must stay part of its display name. A list that holds an address only once decoded (a sender that
+    # encoded it all) is parsed decoded, unless it is read for a sender, which a decoded text never names.
     decoded = [(" ".join(decode_words(name).split()), addr) for name, addr in pairs]
-    if not any("@" in addr for _name, addr in decoded) and any("=?" in t for t in texts):
+    if encoded_addresses and not any("@" in addr for _name, addr in decoded) and any("=?" in t for t in texts):
         again = [decode_words(t) for t in texts]
         spend_on_loop(sum(len(t) for t in again), f"the {field} field is read by the full address parser")
         decoded = getaddresses(again)
@@ -174,9 +175,12 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     fast path's of the forms it reads exactly). Their addresses must agree with the angle-addrs read outside
     quoted strings and comments (`_angled`): an address inside a display name or a comment is never the sender,
     and a value that cannot be read exactly (a quote left open, as in a name built without escaping) has none.
-    A From of several mailboxes (which no ordinary mail has) is read as its one address in angle brackets
-    (`victim@corp.example <a@evil.example>` is a@evil.example, not the first mailbox a list parse gives); with
-    none or several such, it names no address. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
+    A From of mailboxes of more than one address (which no ordinary mail has) names no address: which one a
+    provider's DMARC check read cannot be told, and the one in angle brackets may be a victim's
+    (`x@evil.example, <ceo@corp.example>`; `victim@corp.example <a@evil.example>` is two mailboxes to a list
+    parse). A mailbox without an address does not count: `John Doe, Support <john@x.example>` (a display name's
+    unquoted comma) is john@x.example. An RFC 2047 encoded word is display text, never an address (RFC 2047 5):
+    a From whose address exists only once decoded names none. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
 
     A provider's JSON field may hold line breaks a header's value never keeps: unfolded first (RFC 5322 2.2.3),
     as the standard library's parser would otherwise end a quoted string or a comment at a CR the scan reads
@@ -185,26 +189,22 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     if not texts:
         return None, None
     check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_FROM_CHARS)
-    pairs = _mailboxes(texts, field)
-    if not pairs:
-        spend_on_loop(len(texts[0]), f"the {field} field is read by the full address parser")
-    name, addr = pairs[0] if pairs else parseaddr(decode_words(texts[0]))
+    pairs = _mailboxes(texts, field, encoded_addresses=False)
     addresses = {a.strip().lower() for _n, a in pairs if "@" in a}
+    if len(addresses) > 1:
+        return None, None
     angled: set[str] = set()
     for text in texts:
         found = _angled(text)
         if found is None:
             return None, None
         angled.update(found)
-    if len(addresses) > 1 or (angled and angled != addresses):
-        if len(angled) != 1 or not angled <= addresses:
-            return None, None
-        addresses = angled
+    if angled and angled != addresses:
+        return None, None
     if addresses:  # one: the name beside it (an `<x>` holding no address is no mailbox)
         addr = addresses.pop()
         return next((n.strip() or None for n, a in pairs if a.strip().lower() == addr), None), addr
-    addr = addr.strip().lower()
-    return (name.strip() or None), (addr if "@" in addr else None)
+    return ((pairs[0][0].strip() or None) if pairs else None), None
 
 
 _MSG_ID = re.compile(r"<[^<>\s]+>")

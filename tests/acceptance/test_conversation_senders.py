@@ -162,3 +162,25 @@ async def test_a_json_senders_display_name_does_not_split_the_thread(client: Any
     (ticket,) = await tickets(client)
     assert ticket["comments"] == ["still jammed (first sender bob@example.com)"]
     assert [e for e in logs if e["event"] == "conversation.sender_mismatch"] == []
+
+
+async def test_a_from_naming_the_customer_beside_another_mailbox_or_only_encoded_opens_its_own_ticket(
+        client: Any) -> None:
+    """A `from` of two mailboxes, the customer's in angle brackets, or naming the customer's address only inside
+    an encoded word, is not the customer: its message gets a ticket of its own rather than the customer's."""
+    await post(client, **{"from": "CEO <ceo@corp.example>", "subject": "Payroll", "message_id": "<c1@corp.example>",
+                          "stripped_text": "payroll question"})
+    await settled(client, 1)
+    (ceo,) = await tickets(client)
+    with capture_logs() as logs:
+        for n, from_ in enumerate(["x@evil.example, <ceo@corp.example>",
+                                   "=?utf-8?q?=3Cceo=40corp.example=3E?= (via x@evil.example)"]):
+            await post(client, **{"from": from_, "subject": f"Re: Payroll [#{ceo['ticketId']}]",
+                                  "message_id": f"<x{n}@evil.example>", "references": ["<c1@corp.example>"],
+                                  "stripped_text": f"ATTACKER {n}"})
+        await settled(client, 3)
+    now = {t["ticketId"]: t for t in await tickets(client)}
+    assert now[ceo["ticketId"]]["comments"] == []
+    assert sorted(t["detail"] for t in now.values() if t["ticketId"] != ceo["ticketId"]) == ["ATTACKER 0",
+                                                                                              "ATTACKER 1"]
+    assert len([e for e in logs if e["event"] == "conversation.sender_mismatch"]) == 2

@@ -471,9 +471,15 @@ RAW_KINDS = [kind for kind in EMAIL_KINDS if kind not in ("brevo", "mailjet")]  
 
 
 @pytest.mark.parametrize(("from_", "sender"), [
-    ('"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example', "attacker@evil.example"),
+    ('"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example', None),
+    ('"\\"<ceo@corp.example>" <attacker@evil.example>', "attacker@evil.example"),
     ("attacker@evil.example (<ceo@corp.example>), b@evil.example", None),
-], ids=["escaped_quote", "comment"])
+    ("x@evil.example, <ceo@corp.example>", None),
+    ("=?utf-8?q?=3Cceo=40corp.example=3E?=", None),
+    ("John Doe, Support <john@x.example>", "john@x.example"),
+    ("=?utf-8?q?x?= <a@b.example>", "a@b.example"),
+], ids=["escaped_quote_two_mailboxes", "escaped_quote", "comment", "several_mailboxes", "encoded_word",
+        "name_with_comma", "encoded_name"])
 async def test_an_address_in_a_from_name_or_comment_is_not_the_sender_for_any_kind(
         client: Any, from_: str, sender: str | None) -> None:
     """The probe's forged From lines, handed over raw by every kind that sends the raw message: the address in

@@ -318,8 +318,19 @@ def test_a_json_senders_display_name_is_not_part_of_the_sender() -> None:
 
     assert {sender_of(f) for f in ("Bob <Bob@X.io>", "bob@x.io", ' "Bob, B." <BOB@x.IO> ', "<bob@x.io>")} == {
         "bob@x.io"}
-    assert sender_of("victim@corp.example <a@evil.example>") == "a@evil.example"  # the address DMARC reads
     assert sender_of(" Helpdesk Bot ") == "helpdesk bot"
+    assert sender_of("John Doe, Support <John@X.example>") == "john@x.example"  # a name's unquoted comma
+
+
+@pytest.mark.parametrize("from_", [
+    "x@evil.example, <CEO@corp.example>",  # several mailboxes, one in angle brackets
+    "victim@corp.example <ceo@corp.example>",  # an unquoted address as a name: two mailboxes to a list parse
+    "=?utf-8?q?=3Cceo=40corp.example=3E?= (via a@evil.example)",  # an address only inside an encoded word
+])
+def test_a_json_from_naming_no_one_mailbox_is_not_read_as_an_address(from_: str) -> None:
+    """A JSON source's `from` is read as the email handlers read a From: one of several mailboxes, or an address
+    only an encoded word holds, is not the sender; the value is kept as written, which is no one's address."""
+    assert message_sender({"from": from_}) == from_.strip().lower()
 
 
 def test_a_json_from_longer_than_a_header_line_is_not_parsed_as_an_address(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,7 +74,8 @@ def test_sender_splits_name_and_address() -> None:
     """The From value gives its display name and its bare, lower-cased address."""
     assert sender('"Rao, Asha" <ASHA@example.com>') == ("Rao, Asha", "asha@example.com")
     assert sender("asha@example.com") == (None, "asha@example.com")
-    assert sender(["Asha <a@x.org>", "b@y.org"]) == ("Asha", "a@x.org")
+    assert sender(["Asha <a@x.org>"]) == ("Asha", "a@x.org")  # SES's commonHeaders.from: a list of mailboxes
+    assert sender(["Asha <a@x.org>", "b@y.org"]) == (None, None)  # several mailboxes: no sender
     assert sender(None) == (None, None)
 
 
@@ -391,9 +392,23 @@ def test_encoded_words_are_decoded_after_addresses_are_parsed() -> None:
     assert address_list(comma, smuggled, "ops@acme.test") == ["asha@example.com", "ops@acme.test"]
 
 
-def test_address_only_inside_an_encoded_word_is_still_read() -> None:
-    """A sender that encoded the whole mailbox, address included, is still read once decoded."""
-    assert sender("=?utf-8?q?Asha_Rao_=3Casha=40example=2Ecom=3E?=") == ("Asha Rao", "asha@example.com")
+@pytest.mark.parametrize("value", [
+    "=?utf-8?q?=3Cceo=40corp.example=3E?=",
+    "=?utf-8?q?Asha_Rao_=3Casha=40example=2Ecom=3E?=",
+    "=?utf-8?b?Y2VvQGNvcnAuZXhhbXBsZQ==?=",
+    "<=?utf-8?q?ceo=40corp.example?=>",
+    "Boss =?utf-8?q?=3Cceo=40corp.example=3E?= (via a@evil.example)",
+])
+def test_an_address_only_inside_an_encoded_word_names_no_sender(value: str) -> None:
+    """An encoded word is display text, never an address (RFC 2047 5): a From whose address exists only once
+    decoded names no mailbox a provider's DMARC check read, so it names no sender."""
+    assert sender(value)[1] is None
+
+
+def test_an_encoded_name_beside_an_address_leaves_that_address_the_sender() -> None:
+    assert sender("=?utf-8?q?x?= <a@b.example>") == ("x", "a@b.example")
+    assert sender("=?utf-8?q?=3Cceo=40corp.example=3E?= <a@evil.example>") == ("<ceo@corp.example>",
+                                                                                  "a@evil.example")
 
 
 def test_mime_part_whose_charset_holds_a_nul_is_read_as_utf8() -> None:
@@ -602,16 +617,21 @@ def test_an_rfc2231_parameter_in_an_unknown_charset_is_still_read() -> None:
 
 
 @pytest.mark.parametrize(("value", "address"), [
-    ("victim@corp.example <a@evil.example>", "a@evil.example"),  # the angle-bracketed one, as DMARC reads it
+    ("x@evil.example, <ceo@corp.example>", None),  # several, one in brackets: still no address
+    ("x@evil.example, Boss <ceo@corp.example>", None),
+    ("victim@corp.example <a@evil.example>", None),  # an unquoted address as a name: two mailboxes to a parser
     ("victim@corp.example, a@evil.example", None),  # several, none in brackets: no address
     ("A <a@x.io>, B <b@y.io>", None),  # several in brackets: no address
     ('"victim@corp.example" <a@evil.example>', "a@evil.example"),
+    ("John Doe, Support <john@x.example>", "john@x.example"),  # a name's unquoted comma: one address
     ("asha@x.io, Asha <asha@x.io>", "asha@x.io"),  # one address twice is one mailbox
+    ("asha@x.io <ASHA@x.io>", "asha@x.io"),
     ("Asha Rao <ASHA@x.io>", "asha@x.io"),
 ])
-def test_a_from_of_several_mailboxes_names_the_one_in_brackets_or_none(value: str, address: str | None) -> None:
-    """Conversations trust a message's sender: a From a list parse splits into several mailboxes must not give
-    the first (a victim's address a DMARC check never read)."""
+def test_a_from_of_several_mailboxes_names_no_sender(value: str, address: str | None) -> None:
+    """Conversations trust a message's sender: a From a list parse splits into mailboxes of more than one address
+    names none of them (which one a provider's DMARC check read, if any, cannot be told: the one in angle
+    brackets may be a victim's); mailboxes without an address (a display name's unquoted comma) do not count."""
     from handlers.email import sender
 
     assert sender(value)[1] == address
@@ -643,7 +663,8 @@ def test_an_address_in_a_name_or_a_comment_is_never_the_sender(value: str) -> No
 
 
 @pytest.mark.parametrize(("value", "address"), [
-    ('"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example', "attacker@evil.example"),
+    ('"\\"<ceo@corp.example>" <attacker@evil.example>, b@evil.example', None),  # two mailboxes
+    ('"\\"<ceo@corp.example>" <attacker@evil.example>', "attacker@evil.example"),
     ("attacker@evil.example (<ceo@corp.example>), b@evil.example", None),
     ('"M" <ceo@corp.example>" <attacker@evil.example>', None),
     ('"M\\" <ceo@corp.example>" <attacker@evil.example>', "attacker@evil.example"),
@@ -741,9 +762,57 @@ _MAILBOX = st.one_of(
 @given(st.lists(_MAILBOX, min_size=1, max_size=3).map(", ".join))
 def test_an_address_only_in_names_and_comments_is_never_the_sender(value: str) -> None:
     """A From of one to three mailboxes whose display names and comments hold quotes, escapes, brackets and a
-    victim's address: the sender is one of its mailboxes (as the standard library's RFC 5322 parser reads
-    them), or none; never the victim."""
+    victim's address: the sender is the one address of its mailboxes (as the standard library's RFC 5322
+    parser reads them), or none; never the victim, nor any of several."""
     got = sender(value)[1]
     parsed, rest = get_address_list(value)
     assert rest == ""
-    assert got is None or got in {m.addr_spec for m in parsed.all_mailboxes}
+    addresses = {m.addr_spec for m in parsed.all_mailboxes}
+    assert got is None or (addresses == {got})
+
+
+_ADDRESS = st.sampled_from(["ceo@corp.example", "a@evil.example", "b@evil.example", "CEO@corp.example.net"])
+_FORMS = st.sampled_from(["{}", "<{}>", "Boss <{}>", '"Boss, CEO" <{}>', "{} (Boss)", "John Doe, Support <{}>",
+                          "=?utf-8?q?x?= <{}>", "(in <{}>) <{}>"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_ADDRESS, _FORMS), min_size=2, max_size=3, unique_by=lambda m: m[0].lower()))
+def test_a_from_of_mailboxes_of_several_addresses_names_no_sender(mailboxes: list[tuple[str, str]]) -> None:
+    """However they are written, with names, comments, quotes or a name's unquoted comma, and whichever of them
+    is in angle brackets, two or three mailboxes of different addresses name no sender."""
+    value = ", ".join(form.replace("{}", address) for address, form in mailboxes)
+    assert sender(value)[1] is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["John", "Doe", "Support", "Acme-Co", "=?utf-8?q?M=C3=BCller?="]), min_size=1,
+                max_size=4), st.lists(st.sampled_from([" ", ", "]), min_size=3, max_size=3), _ADDRESS)
+def test_a_names_unquoted_commas_leave_its_address_the_sender(words: list[str], gaps: list[str], address: str) -> None:
+    """A display name written with unquoted commas (`John Doe, Support <john@x.example>`) is read by a list parse
+    as mailboxes without an address and then the one with it: that address is the sender."""
+    name = words[0] + "".join(gap + word for gap, word in zip(gaps, words[1:], strict=False))
+    assert sender(f"{name} <{address}>")[1] == address.lower()
+
+
+def _encoded(text: str, how: str) -> str:
+    data = text.encode()
+    if how == "b":
+        return f"=?utf-8?b?{base64.b64encode(data).decode()}?="
+    return "=?utf-8?q?" + "".join(f"={byte:02X}" for byte in data) + "?="
+
+
+_WORD_TEXT = st.lists(st.sampled_from(["<ceo@corp.example>", "ceo@corp.example", "Boss ", ", ", '"', "(", ")",
+                                       "<", ">", "é", "?", "_", "=", ":", ";"]),
+                      min_size=1, max_size=6).map("".join)
+_WORDS = st.lists(st.tuples(_WORD_TEXT, st.sampled_from("bq")), min_size=1, max_size=3).map(
+    lambda words: " ".join(_encoded(text, how) for text, how in words))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_WORDS, st.sampled_from(["{}", "<{}>", "Boss {}", "{} (note)", '"Boss" {}']))
+def test_an_encoded_word_is_never_an_address(words: str, form: str) -> None:
+    """Whatever an encoded word decodes to (an address, brackets, commas, quotes), a From whose only address
+    would be inside one names no sender; beside an address, it leaves that address the sender."""
+    assert sender(form.replace("{}", words))[1] is None
+    assert sender(f"{words} <a@b.example>")[1] == "a@b.example"

@@ -296,3 +296,19 @@ def test_any_name_a_provider_gives_beside_an_address_leaves_that_address_the_sen
     """Whatever the name holds (quotes, escapes, brackets, comments, addresses, line breaks), the mailbox built
     of it and an address is read as that address."""
     assert sender(mailbox(name, "attacker@evil.example"))[1] == "attacker@evil.example"
+
+
+@pytest.mark.parametrize(("fields", "sender_"), [
+    (Fields(from_="x@evil.example, <ceo@corp.example>"), None),  # a provider's From field (Mailjet, Postal)
+    (Fields(from_=["x@evil.example", "<ceo@corp.example>"]), None),  # a From the provider split into a list
+    (Fields(from_="=?utf-8?q?=3Cceo=40corp.example=3E?="), None),
+    (Fields(from_=mailbox("Boss", "=?utf-8?q?ceo=40corp.example?=")), None),  # a name and address pair (Brevo)
+    (Fields(headers=Headers([("From", "x@evil.example, <ceo@corp.example>")])), None),  # its copy of the headers
+    (Fields(from_="John Doe, Support <john@x.example>"), "john@x.example"),
+    (Fields(from_=mailbox("=?utf-8?q?=3Cceo=40corp.example=3E?=", "x@evil.example")), "x@evil.example"),
+])
+def test_a_providers_parsed_from_of_several_mailboxes_or_an_encoded_address_names_no_sender(
+        fields: Fields, sender_: str | None) -> None:
+    """The kinds that hand over parsed fields rather than the raw message read their From as a raw one is read:
+    mailboxes of several addresses, or an address only inside an encoded word, name no sender."""
+    assert mail_inbound({"id": 1}, fields).payload["from"] == sender_
