@@ -390,10 +390,12 @@ class Lane:
     async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]],
                                unsent: Callable[[], Awaitable[None]] | None = None) -> None:
         """Send `item` once `start` lets it (its slot at the gate), and record the attempt; `unsent` gives its
-        admission back when it is not sent after all (a breaker's probe whose lease was lost)."""
+        admission back when it is not sent after all (a breaker's probe whose lease was lost). A bug, while it is
+        prepared as well as sent, costs it an attempt (`crashed`), recorded like any other."""
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
-        item, role, settled = await self._prepare(item)
+        role: Literal["create", "follow_up"] | None = None
+        settled: Outcome | None = None
         resent = False
         t0 = time.perf_counter()
 
@@ -410,6 +412,7 @@ class Lane:
             self.written.add(item.id)
 
         try:
+            item, role, settled = await self._prepare(item)
             if settled is None and item.in_doubt_since_ms is not None:
                 settled, resent = await self._settle_doubt(item, role, blog)
             if settled is not None:

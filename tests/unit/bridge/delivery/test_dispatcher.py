@@ -1122,6 +1122,58 @@ async def test_a_failed_ticket_check_is_recorded_auth_or_retry_naming_it(
     assert (result.classification, result.next_status, result.error) == (classification, status, error)
 
 
+class CheckCrashingOnce(KaptureAdapter):
+    """Kapture whose first check of a follow-up's ticket raises what no look-up fails with (a bug: a KeyError
+    reading its answer); later checks find the ticket."""
+
+    checks = 0
+
+    async def ticket_exists(self, ticket_id: str, call: Any) -> bool | None:
+        self.checks += 1
+        if self.checks == 1:
+            raise KeyError("ticketId")
+        return True
+
+
+@pytest.mark.parametrize("where", ["ticket check", "preparing"])
+async def test_a_crash_while_a_delivery_is_prepared_is_a_recorded_attempt_and_the_lane_goes_on(where: str) -> None:
+    """An unexpected error while a delivery is prepared, before any request of its own went out (its ticket check
+    raising a KeyError; any other bug in preparing it, here a store error reading its conversation), costs it one
+    attempt on its schedule, recorded and logged (`delivery.crashed`, with its traceback) as a crash before its
+    request was written: not a dead task whose delivery waits, unrecorded, for its lease to run out. The lane goes
+    on to the next delivery."""
+    store = FollowUpStore()
+    broken = await store.add("kapture", due_ms=now_ms() - 1000)
+    after = await store.add("kapture")
+    dest = destination(schedule=["30s"], max_in_flight=1)
+    if where == "ticket check":
+        dest.adapter = CheckCrashingOnce("kapture", dest.config, FAST)
+    with aioresponses() as m, structlog.testing.capture_logs() as logs:
+        mock_vendor(m)
+        async with running(store, dest) as d:
+            lane = d.lanes["kapture"]
+            if where == "preparing":
+                prepare = lane._prepare
+
+                async def crashing(item: Any) -> Any:
+                    if item.id == broken:
+                        raise RuntimeError("conversation row unreadable")
+                    return await prepare(item)
+
+                lane._prepare = crashing  # type: ignore[method-assign]
+            await eventually(lambda: len(store.records) == 2)
+        assert requests_to(m) == 1
+    error = "internal error: KeyError: 'ticketId'" if where == "ticket check" else \
+        "internal error: RuntimeError: conversation row unreadable"
+    [crashed] = store.recorded(broken)
+    assert (crashed.classification, crashed.next_status, crashed.http_status, crashed.error) == (
+        "retry", "pending", None, error)
+    assert store.status(broken) == "pending" and store.tries(broken) == 1
+    assert store.recorded(after)[0].next_status == "succeeded"
+    [logged] = [e for e in logs if e["event"] == "delivery.crashed"]
+    assert (logged["delivery_id"], logged["written"], logged["exc_info"]) == (broken, False, True)
+
+
 class RateLimitedIn200(KaptureAdapter):
     """An adapter that reads a rate limit inside an HTTP 200 (as LeadSquared's MXAPIRateLimitExceededException)."""
 
