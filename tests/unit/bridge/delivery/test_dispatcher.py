@@ -22,6 +22,7 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
+from bridge.delivery.coordination import Admission, Gate
 from bridge.delivery.dispatcher import LEASE_SECONDS, PROCESS_TOKEN, Destination, Dispatcher, Timings, _call
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.delivery.sender import lookup_failure
@@ -1039,6 +1040,68 @@ async def test_deliveries_settled_unsent_give_their_rate_limit_slots_back() -> N
         assert requests_to(m) == 2
     assert [store.status(i) for i in (broken, unmappable, *sent)] == ["dead", "dead", "succeeded", "succeeded"]
     assert (limiter._pending, limiter.used()) == (0, 2)
+
+
+def watch_starts(gate: Gate) -> list[tuple[bool, str]]:
+    """Each send that starts at `gate`, as (whether it is the breaker's probe, the breaker's state then)."""
+    seen: list[tuple[bool, str]] = []
+    start = gate.start
+
+    async def watched(admission: Admission, index: int) -> None:
+        seen.append((admission.probe, (await gate.view()).breaker))
+        await start(admission, index)
+
+    gate.start = watched  # type: ignore[method-assign]
+    return seen
+
+
+class TicketGoneOnce(KaptureAdapter):
+    """Kapture whose first check of a follow-up's ticket finds it gone; later checks find it."""
+
+    checks = 0
+
+    async def ticket_exists(self, ticket_id: str, call: Any) -> bool | None:
+        self.checks += 1
+        return self.checks > 1
+
+
+@pytest.mark.parametrize("unsent", ["render failed", "ticket gone", "mapping refused"])
+async def test_a_probe_settled_without_a_send_leaves_the_breaker_half_open_and_the_next_send_probes(
+        unsent: str) -> None:
+    """The half-open breaker's probe settled without its request going out (a follow-up that failed to render, its
+    ticket gone, a body the vendor's mapping refuses) says nothing of the vendor: it is given back, not counted as
+    a success, so the breaker stays half-open and the next delivery sent is the probe, whose success closes it."""
+    store = FollowUpStore()
+    body = {"email_id": "no title: never sent"} if unsent == "mapping refused" else None
+    first = await store.add("kapture", body=body, due_ms=now_ms() - 1000)  # claimed first: the probe
+    after = await store.add("kapture")
+    dest = destination(schedule=["30s"])
+    if unsent == "ticket gone":
+        dest.adapter = TicketGoneOnce("kapture", dest.config, FAST)
+
+    async def render(item: Any) -> Any:
+        if unsent == "render failed" and item.id == first:
+            raise KeyError("ticket")
+        return item
+
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, follow_ups=render,
+                           timings=Timings(store_retry_s=0.01, poll_s=3600.0))
+            d.start()
+            gate = d.lanes["kapture"].gate
+            gate.breaker = Breaker(state="open", until=0.0)  # half-open: its first delivery is the probe
+            starts = watch_starts(gate)
+            try:
+                await eventually(lambda: len(store.records) == 2)
+                assert starts == [(True, "half_open")]
+                assert gate.breaker.state == "closed"
+            finally:
+                await d.stop(0.0)
+        assert requests_to(m) == 1
+    assert [(r.delivery_id, r.classification, r.next_status) for r in store.records] == [
+        (first, "permanent", "dead"), (after, "success", "succeeded")]
 
 
 async def test_a_delivery_stopped_before_its_send_starts_gives_its_slot_back() -> None:
