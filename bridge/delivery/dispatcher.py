@@ -369,8 +369,9 @@ class Lane:
     async def _deliver(self, item: Claimed, slot: SendSlot) -> None:
         """Send and record `item` in its `slot` at the gate, which is given back when its send never started
         (settled unsent, crashed or stopped before): kept, it would count against the rate limit for good; given back,
-        it wakes the lane, which may have found the window full meanwhile. A probe given up unsent (its lease lost) is
-        given back too, or the breaker would wait for its answer."""
+        it wakes the lane, which may have found the window full meanwhile. A probe settled unsent (the breaker told
+        nothing of it: `_answer_gate`) or given up unsent (its lease lost) is given back too, or the breaker would wait
+        for its answer."""
         try:
             await self._send_and_record(item, slot.start, slot.unsent if slot.admission.probe else None)
         except asyncio.CancelledError:
@@ -390,10 +391,12 @@ class Lane:
     async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]],
                                unsent: Callable[[], Awaitable[None]] | None = None) -> None:
         """Send `item` once `start` lets it (its slot at the gate), and record the attempt; `unsent` gives its
-        admission back when it is not sent after all (a breaker's probe whose lease was lost)."""
+        admission back when it is not sent after all (a breaker's probe whose lease was lost). A bug, while it is
+        prepared as well as sent, costs it an attempt (`crashed`), recorded like any other."""
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
-        item, role, settled = await self._prepare(item)
+        role: Literal["create", "follow_up"] | None = None
+        settled: Outcome | None = None
         resent = False
         t0 = time.perf_counter()
 
@@ -410,6 +413,7 @@ class Lane:
             self.written.add(item.id)
 
         try:
+            item, role, settled = await self._prepare(item)
             if settled is None and item.in_doubt_since_ms is not None:
                 settled, resent = await self._settle_doubt(item, role, blog)
             if settled is not None:
@@ -424,7 +428,7 @@ class Lane:
             blog.exception("delivery.crashed", written=item.id in self.written)
             sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
-        stopped = await self._answer_gate(item, sent, settled is not None, blog)
+        stopped = await self._answer_gate(item, sent, item.id not in self.written, blog)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
             d.on_attempt(Attempted(
@@ -456,14 +460,23 @@ class Lane:
 
     async def _answer_gate(self, item: Claimed, sent: Sent, unsent: bool,
                            blog: Any) -> asyncio.CancelledError | None:
-        """Tell the gate how the send went, and free its slot. A follow-up settled unsent made no request: the
-        breaker counts it as a success (it may have been a probe); so does a reconciliation (the vendor answered
-        its look-up). An unknown outcome is the vendor's failure. A stop that cuts this short (the gate's round trip
-        on PostgreSQL) is returned, not raised: the vendor's answer is known all the same, and the caller records it
-        (shielded, and tried once: `_record`) before raising the stop, rather than leave it to the stop as unknown,
-        or lose a success to be sent again."""
+        """Tell the gate how the send went, and free its slot. An unknown outcome is the vendor's failure; a
+        reconciliation's finding is a success (an earlier send's answer, found late: the vendor did make its
+        ticket). Any other delivery settled without its request going out (`unsent`: a follow-up that failed to
+        render or whose ticket is gone, a mapping the vendor cannot take, one held in doubt or whose reconciliation
+        stopped) is no answer from the vendor, and the breaker is told nothing of it unless it failed (`retry`,
+        `auth`: a look-up refused or failing, a crash before the write): were it the breaker's probe, it is
+        given back (`_deliver`), so that the breaker stays half-open and the next delivery is the probe, rather
+        than be closed by a vendor that answered nothing. A rate limit a look-up met pauses the destination all
+        the same. A stop that cuts this short (the gate's round trip on PostgreSQL) is returned, not raised: the
+        vendor's answer is known all the same, and the caller records it (shielded, and tried once: `_record`)
+        before raising the stop, rather than leave it to the stop as unknown, or lose a success to be sent again."""
         kind = sent.outcome.classification
-        breaker = ("retry" if kind == UNKNOWN else kind) if not unsent or kind in ("retry", "auth") else "success"
+        breaker: str | None = "retry" if kind == UNKNOWN else kind
+        if kind == "reconciled":
+            breaker = "success"
+        elif unsent and kind not in DESTINATION_FAILURES:
+            breaker = None
         try:
             if breaker in DESTINATION_FAILURES or sent.http_status == 429:
                 # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause)
@@ -763,16 +776,18 @@ class Lane:
             return Outcome(classification="permanent",
                            error=f"not sent: the {what} could not be rendered: {type(exc).__name__}: {exc}")
 
-    async def _tell_gate(self, sent: Sent, classification: str, blog: Any) -> None:
+    async def _tell_gate(self, sent: Sent, classification: str | None, blog: Any) -> None:
         """Pass an answer on to the destination's gate: a rate limit's pause (a 429's, or one the adapter read in
         another answer, a 200 included, or a look-up's: `Outcome.rate_limited`), and `classification` to the
-        breaker."""
+        breaker (None: nothing for it, the delivery settled unsent)."""
         if sent.http_status == 429 or sent.outcome.rate_limited:
             pause = sent.outcome.retry_after if sent.outcome.retry_after is not None else self.gate.window
             pause = min(pause, self.dest.policy.max_retry_after)
             blog.warning("delivery.rate_limited", pause_s=round(pause, 3))
             with contextlib.suppress(StoreUnavailable):
                 await self.gate.pause(pause)
+        if classification is None:
+            return
         try:
             change = await self.gate.outcome(classification)
         except StoreUnavailable:

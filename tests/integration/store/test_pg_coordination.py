@@ -6,14 +6,25 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import asyncpg
+import msgspec
 import pytest
+from aioresponses import aioresponses
+from yarl import URL
 
-from bridge.config import RateLimit
+from bridge.config import RateLimit, RetryConfig
+from bridge.delivery.coordination import Admission
+from bridge.delivery.dispatcher import Destination, Dispatcher, Timings
+from bridge.events import Event
+from bridge.store.base import ClaimBatch, NewDelivery
+from bridge.store.memory import MemoryStore
 from bridge.store.pg_coordination import HOLD_RECHECK_S, PgGate
 from bridge.store.postgres import PostgresStore
+from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
 from tests.conftest import eventually
 from tests.integration.processes import DSN
 
@@ -294,3 +305,81 @@ async def test_a_send_given_back_deletes_its_own_slot_and_a_sent_one_stays_count
         await conn.close()
     assert rows == sorted(admission.slots[1:])
     assert (await gb.admit(3)).granted == 1
+
+
+class MockResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 omits the `stream_writer` that aiohttp 3.14 requires (aioresponses#289)."""
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+class FollowUps(MemoryStore):
+    """The in-memory store, born open, claiming every delivery as a follow-up of a conversation with ticket T-1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = True
+
+    async def add(self, delivery_id: str, due_ms: int) -> None:
+        event = Event.new(source="website-contact", kind="form", channel="form", payload={})
+        await self.accept(event, [NewDelivery(id=delivery_id, mapping="m", mapping_version="v1", destination="lsq",
+                                              action="create_ticket", body={"title": delivery_id})], 0)
+        kept = self.deliveries[delivery_id]
+        kept.row = msgspec.structs.replace(kept.row, next_attempt_at_ms=due_ms)
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        batch = await super().claim(destination, limit, owner, lease_s)
+        return msgspec.structs.replace(batch, items=[
+            msgspec.structs.replace(item, conversation="email:<root@example.com>", ticket={"id": "T-1"})
+            for item in batch.items])
+
+
+async def test_a_probe_settled_without_a_send_gives_its_mark_back_and_the_next_send_probes(
+        pg_store: PostgresStore) -> None:
+    """The shared breaker's probe settled without its request going out (a follow-up that failed to render) is no
+    answer from the vendor: its mark is given back, not told as a success, so the breaker stays half-open for
+    every process and the next delivery sent is the probe (at once: not after the given-back probe's hold)."""
+    coordination = pg_store.coordination()
+    gate = coordination.gate("lsq", None)
+    assert isinstance(gate, PgGate)
+    gate.breaker.base_cooldown = 0.0  # open, then half-open at once
+    for _ in range(5):
+        await gate.outcome("retry")
+    store = FollowUps()
+    await store.add("dlv_broken", store.clock() - 1000)  # claimed first: the probe
+    await store.add("dlv_after", store.clock())
+    starts: list[tuple[bool, str]] = []
+    start = gate.start
+
+    async def watched(admission: Admission, index: int) -> None:
+        starts.append((admission.probe, (await gate.view()).breaker))
+        await start(admission, index)
+
+    gate.start = watched  # type: ignore[method-assign]
+
+    async def render(item: Any) -> Any:
+        if item.id == "dlv_broken":
+            raise KeyError("ticket")
+        return item
+
+    base = "http://kapture.test"
+    cfg = KaptureOptions(vendor="kapture", base_url=base, token="t", max_in_flight=4, timeout_seconds=5.0,
+                         retry=RetryConfig(schedule=["1h"], jitter=0))
+    with aioresponses() as m:
+        m.post(base + CREATE_PATH, status=200, payload={"status": "success", "ticket_id": "T-1"}, repeat=True,
+               response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"lsq": Destination.from_config("lsq", cfg, base)}, follow_ups=render,
+                           coordination=coordination, timings=Timings(store_retry_s=0.01, poll_s=3600.0))
+            d.start()
+            try:
+                await eventually(lambda: all(store.deliveries[i].row.status in ("dead", "succeeded")
+                                             for i in ("dlv_broken", "dlv_after")))
+            finally:
+                await d.stop(0.0)
+        assert len(m.requests[("POST", URL(base + CREATE_PATH))]) == 1
+    assert starts == [(True, "half_open")]
+    assert [store.deliveries[i].row.status for i in ("dlv_broken", "dlv_after")] == ["dead", "succeeded"]
+    assert (await gate.view()).breaker == "closed"

@@ -22,6 +22,7 @@ from yarl import URL
 
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.breaker import Breaker
+from bridge.delivery.coordination import Admission, Gate
 from bridge.delivery.dispatcher import LEASE_SECONDS, PROCESS_TOKEN, Destination, Dispatcher, Timings, _call
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.delivery.sender import lookup_failure
@@ -1041,6 +1042,68 @@ async def test_deliveries_settled_unsent_give_their_rate_limit_slots_back() -> N
     assert (limiter._pending, limiter.used()) == (0, 2)
 
 
+def watch_starts(gate: Gate) -> list[tuple[bool, str]]:
+    """Each send that starts at `gate`, as (whether it is the breaker's probe, the breaker's state then)."""
+    seen: list[tuple[bool, str]] = []
+    start = gate.start
+
+    async def watched(admission: Admission, index: int) -> None:
+        seen.append((admission.probe, (await gate.view()).breaker))
+        await start(admission, index)
+
+    gate.start = watched  # type: ignore[method-assign]
+    return seen
+
+
+class TicketGoneOnce(KaptureAdapter):
+    """Kapture whose first check of a follow-up's ticket finds it gone; later checks find it."""
+
+    checks = 0
+
+    async def ticket_exists(self, ticket_id: str, call: Any) -> bool | None:
+        self.checks += 1
+        return self.checks > 1
+
+
+@pytest.mark.parametrize("unsent", ["render failed", "ticket gone", "mapping refused"])
+async def test_a_probe_settled_without_a_send_leaves_the_breaker_half_open_and_the_next_send_probes(
+        unsent: str) -> None:
+    """The half-open breaker's probe settled without its request going out (a follow-up that failed to render, its
+    ticket gone, a body the vendor's mapping refuses) says nothing of the vendor: it is given back, not counted as
+    a success, so the breaker stays half-open and the next delivery sent is the probe, whose success closes it."""
+    store = FollowUpStore()
+    body = {"email_id": "no title: never sent"} if unsent == "mapping refused" else None
+    first = await store.add("kapture", body=body, due_ms=now_ms() - 1000)  # claimed first: the probe
+    after = await store.add("kapture")
+    dest = destination(schedule=["30s"])
+    if unsent == "ticket gone":
+        dest.adapter = TicketGoneOnce("kapture", dest.config, FAST)
+
+    async def render(item: Any) -> Any:
+        if unsent == "render failed" and item.id == first:
+            raise KeyError("ticket")
+        return item
+
+    with aioresponses() as m:
+        mock_vendor(m)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, follow_ups=render,
+                           timings=Timings(store_retry_s=0.01, poll_s=3600.0))
+            d.start()
+            gate = d.lanes["kapture"].gate
+            gate.breaker = Breaker(state="open", until=0.0)  # half-open: its first delivery is the probe
+            starts = watch_starts(gate)
+            try:
+                await eventually(lambda: len(store.records) == 2)
+                assert starts == [(True, "half_open")]
+                assert gate.breaker.state == "closed"
+            finally:
+                await d.stop(0.0)
+        assert requests_to(m) == 1
+    assert [(r.delivery_id, r.classification, r.next_status) for r in store.records] == [
+        (first, "permanent", "dead"), (after, "success", "succeeded")]
+
+
 async def test_a_delivery_stopped_before_its_send_starts_gives_its_slot_back() -> None:
     """A stop that cancels a delivery still being prepared (its follow-up rendering) gives back the slot it was
     admitted in: nothing was sent, and a gate shared with other dispatchers must not count it."""
@@ -1120,6 +1183,58 @@ async def test_a_failed_ticket_check_is_recorded_auth_or_retry_naming_it(
         assert requests_to(m) == 0
     [result] = store.recorded(delivery_id)
     assert (result.classification, result.next_status, result.error) == (classification, status, error)
+
+
+class CheckCrashingOnce(KaptureAdapter):
+    """Kapture whose first check of a follow-up's ticket raises what no look-up fails with (a bug: a KeyError
+    reading its answer); later checks find the ticket."""
+
+    checks = 0
+
+    async def ticket_exists(self, ticket_id: str, call: Any) -> bool | None:
+        self.checks += 1
+        if self.checks == 1:
+            raise KeyError("ticketId")
+        return True
+
+
+@pytest.mark.parametrize("where", ["ticket check", "preparing"])
+async def test_a_crash_while_a_delivery_is_prepared_is_a_recorded_attempt_and_the_lane_goes_on(where: str) -> None:
+    """An unexpected error while a delivery is prepared, before any request of its own went out (its ticket check
+    raising a KeyError; any other bug in preparing it, here a store error reading its conversation), costs it one
+    attempt on its schedule, recorded and logged (`delivery.crashed`, with its traceback) as a crash before its
+    request was written: not a dead task whose delivery waits, unrecorded, for its lease to run out. The lane goes
+    on to the next delivery."""
+    store = FollowUpStore()
+    broken = await store.add("kapture", due_ms=now_ms() - 1000)
+    after = await store.add("kapture")
+    dest = destination(schedule=["30s"], max_in_flight=1)
+    if where == "ticket check":
+        dest.adapter = CheckCrashingOnce("kapture", dest.config, FAST)
+    with aioresponses() as m, structlog.testing.capture_logs() as logs:
+        mock_vendor(m)
+        async with running(store, dest) as d:
+            lane = d.lanes["kapture"]
+            if where == "preparing":
+                prepare = lane._prepare
+
+                async def crashing(item: Any) -> Any:
+                    if item.id == broken:
+                        raise RuntimeError("conversation row unreadable")
+                    return await prepare(item)
+
+                lane._prepare = crashing  # type: ignore[method-assign]
+            await eventually(lambda: len(store.records) == 2)
+        assert requests_to(m) == 1
+    error = "internal error: KeyError: 'ticketId'" if where == "ticket check" else \
+        "internal error: RuntimeError: conversation row unreadable"
+    [crashed] = store.recorded(broken)
+    assert (crashed.classification, crashed.next_status, crashed.http_status, crashed.error) == (
+        "retry", "pending", None, error)
+    assert store.status(broken) == "pending" and store.tries(broken) == 1
+    assert store.recorded(after)[0].next_status == "succeeded"
+    [logged] = [e for e in logs if e["event"] == "delivery.crashed"]
+    assert (logged["delivery_id"], logged["written"], logged["exc_info"]) == (broken, False, True)
 
 
 class RateLimitedIn200(KaptureAdapter):
