@@ -383,6 +383,10 @@ class Lane:
             elif item.id in self.sending:
                 self.dispatcher.cancelled.append(item.id)
             raise
+        except Exception:  # a bug past the attempt's own net (telling the gate, redacting): logged, not lost
+            self.log.exception("delivery.task_failed", delivery_id=item.id, event_id=item.event_id,
+                               note="the delivery stays in flight until its lease runs out, and is then claimed "
+                                    "again (as after a crash: in doubt when its request went out)")
         finally:
             with contextlib.suppress(StoreUnavailable):
                 if await slot.unused():

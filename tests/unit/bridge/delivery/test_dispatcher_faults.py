@@ -920,3 +920,33 @@ async def test_a_crash_before_the_request_was_written_is_a_retry() -> None:
     [result] = store.records
     assert result.classification == "retry"
     assert store.deliveries[delivery_id].row.in_doubt_since_ms is None
+
+
+async def test_a_bug_past_the_attempts_own_net_is_logged_and_the_lane_goes_on() -> None:
+    """An exception the attempt's own handling does not take (here, telling the gate its answer) ends that
+    delivery's task with `delivery.task_failed` logged with its traceback: the task's
+    exception is taken, not left for asyncio to report, and the delivery stays in flight for its lease to run out.
+    The lane goes on with the next."""
+    store = FaultyStore()
+    first, second = await store.add(2)
+    told: list[str] = []
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with running(store, destination()) as d:
+            gate = d.lanes["kapture"].gate
+            real = gate.outcome
+
+            async def outcome(classification: str) -> Change:
+                told.append(classification)
+                if len(told) == 1:
+                    raise RuntimeError("a bug in the gate")
+                return await real(classification)
+
+            gate.outcome = outcome  # type: ignore[method-assign]
+            await eventually(lambda: any(r.delivery_id == second for r in store.records))
+            await eventually(lambda: not d.lanes["kapture"].inflight)
+    failed = [e for e in logs if e["event"] == "delivery.task_failed"]
+    assert [(e["delivery_id"], e["log_level"], e["exc_info"]) for e in failed] == [(first, "error", True)]
+    assert "lease" in failed[0]["note"]
+    assert [r.delivery_id for r in store.records] == [second]
+    assert store.released == []
