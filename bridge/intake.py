@@ -28,8 +28,8 @@ from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.rows import now_ms
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
-from handlers.base import Inbound, Intercepted, SignedNonce, skip_signatures
-from handlers.limits import check_count, many_parameters
+from handlers.base import Handler, Inbound, Intercepted, SignedNonce, skip_signatures
+from handlers.limits import many_parameters, too_many
 
 log = structlog.get_logger("ticketbridge.intake")
 
@@ -119,11 +119,14 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
                 handler.verify(request, body)
             handler.prepare(request, body)  # what intercept reads, parsed here rather than on the loop
 
-        await _run(checks, request, body, off)
-        if (early := await handler.intercept(request, body)) is not None:
+        kind = type(handler)  # hooks a handler leaves as they are do nothing: not run (a web form's every request)
+        if (verify and kind.verify is not Handler.verify) or kind.prepare is not Handler.prepare:
+            await _run(checks, request, body, off)
+        if kind.intercept is not Handler.intercept and (early := await handler.intercept(request, body)) is not None:
             return early
         inbounds = await _run(handler.parse, request, body, off)
-        check_count("events in one request", len(inbounds), MAX_EVENTS)
+        if len(inbounds) > MAX_EVENTS:
+            raise too_many("events in one request", len(inbounds), MAX_EVENTS)
         return inbounds, handler.nonce(request, body) if verify else None
     except (Rejected, web.HTTPException):
         raise

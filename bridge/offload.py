@@ -53,21 +53,17 @@ class OffLoop(BaseException):
     Exception` takes it for the parse's own failure."""
 
 
-class _LoopParse:
-    def __init__(self) -> None:
-        self.address_chars = LOOP_ADDRESS_CHARS
+_LOOP_PARSE: ContextVar[list[int] | None] = ContextVar("loop_parse", default=None)
+"""While a parse runs on the loop: its budget, [address characters left] (a list: no object to build per request)."""
 
 
-_LOOP_PARSE: ContextVar[_LoopParse | None] = ContextVar("loop_parse", default=None)
-
-
-def start_loop_parse() -> Token[_LoopParse | None]:
+def start_loop_parse() -> Token[list[int] | None]:
     """Mark the parse that follows as running on the loop, with a fresh budget; `end_loop_parse` unmarks it. A
     parse in a thread runs unmarked (an executor does not carry the loop's context): nothing bounds it there."""
-    return _LOOP_PARSE.set(_LoopParse())
+    return _LOOP_PARSE.set([LOOP_ADDRESS_CHARS])
 
 
-def end_loop_parse(token: Token[_LoopParse | None]) -> None:
+def end_loop_parse(token: Token[list[int] | None]) -> None:
     _LOOP_PARSE.reset(token)
 
 
@@ -82,8 +78,8 @@ def spend_on_loop(address_chars: int, what: str) -> None:
     parse = _LOOP_PARSE.get()
     if parse is None:
         return
-    parse.address_chars -= address_chars
-    if parse.address_chars < 0:
+    parse[0] -= address_chars
+    if parse[0] < 0:
         raise OffLoop(what)
 
 
