@@ -11,6 +11,7 @@ once would delay every other request further; heavy work queues for the thread i
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
@@ -105,7 +106,23 @@ async def render_sliced(fn: Callable[..., T], *args: Any, what: str, pool: Threa
 
 async def read_answer_off_loop(fn: Callable[..., T], body: bytes, *args: Any) -> T:
     """`fn(body, *args)`, reading a vendor's look-up answer: on the loop when `body` is at most SMALL_ANSWER_BYTES,
-    else in the LOOKUPS thread."""
+    else in the LOOKUPS thread, the cyclic collector paused meanwhile (`_uncollected`)."""
     if len(body) <= SMALL_ANSWER_BYTES:
         return fn(body, *args)
-    return await in_parser(fn, body, *args, pool=LOOKUPS)
+    return await in_parser(_uncollected, fn, body, *args, pool=LOOKUPS)
+
+
+def _uncollected(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` with the cyclic garbage collector paused. A look-up answer decoded in steps (vendors/json_steps)
+    lets the loop run between them, but the tens of thousands of objects it builds call for collections, and one
+    of the oldest generation, walking every ticket built so far, holds the GIL for tens of milliseconds (as the
+    whole answer's decode did). The readers free what they built before they return (`json_steps.release`), so
+    that the collector has little to walk once it runs again. Only the LOOKUPS thread pauses it, one read at a
+    time; a collector paused by someone else is left so."""
+    if not gc.isenabled():
+        return fn(*args)
+    gc.disable()
+    try:
+        return fn(*args)
+    finally:
+        gc.enable()

@@ -5,7 +5,8 @@ quote the request back in its answer (an error that repeats the token, an echo o
 keys of a query string), under any name or none. So every text an attempt keeps or logs (the vendor's error,
 its answer's excerpt, the exchange's URL, headers and body) has each secret the destination is configured with
 (`DestinationConfig.secret_values`), and each its credentials hold now (a token obtained from the vendor),
-replaced by REDACTED, in the forms a vendor may write it in: as given, the token after an auth scheme
+replaced by REDACTED (a header's name holding one by `[redacted-N]`, unique in its headers: a vendor may echo a
+key as a header's name), in the forms a vendor may write it in: as given, the token after an auth scheme
 (`Bearer …`, `Basic …`), a Basic credential's `user:password` and password, URL-encoded, JSON- and
 HTML-escaped. A value shorter than MIN_SECRET_CHARS is left alone: it would redact ordinary words, and is
 too short to be a secret anyway (`Redactor.short` names such keys, for a warning).
@@ -58,6 +59,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
 _CUT = "…"
 _SEGMENT = re.compile(r"[/?&=;#]+")
 _WORD = re.compile(r"[A-Za-z][a-z]*(?:[-_.][a-z]+)*")
+_TEXT = frozenset({str})
 WORD_CHARS = 20
 """A segment of a secret path this long is a secret by itself even when it reads as a word (`url_secrets`)."""
 
@@ -219,8 +221,8 @@ class Matcher:
 
     def value(self, value: Any, texts: list[str] | None = None) -> Any:
         """`value` (JSON-like: dicts, lists, text) with `text` applied to each text it holds (`texts`, when the
-        caller has them at hand), keys aside; `value` itself when that changes nothing (the needles are looked
-        for once, in all its texts joined)."""
+        caller has them at hand), keys aside (a headers' names: `names`); `value` itself when that changes nothing
+        (the needles are looked for once, in all its texts joined)."""
         if texts is None:
             texts = []
             _texts(value, texts)
@@ -235,6 +237,24 @@ class Matcher:
             return False
         cut = texts if _CUT in joined else [t for t in texts if len(t) >= CUT_CHARS]
         return any(self._cuts(t) for t in cut)
+
+    def names(self, headers: Mapping[str, Any]) -> dict[str, Any]:
+        """`headers` with each name that holds a secret (or a secret cut off: `text`) shown as `[redacted-N]`, N
+        counting from 1 and skipping any name the headers already have, so that two never collide; the values as
+        they are. A vendor may echo a key as a header's name (`X-<key>: 1`); a part of the name redacted in place
+        (`X-[redacted]`) would make two such names one, and keep the other's value under it alone. One `holds`
+        test per name; the regex engine only on a name that holds a needle or a cut."""
+        out: dict[str, Any] = {}
+        n = 0
+        for name, value in headers.items():
+            if isinstance(name, str) and self.text(name) != name:
+                n += 1
+                while f"[redacted-{n}]" in headers:
+                    n += 1
+                out[f"[redacted-{n}]"] = value
+            else:
+                out[name] = value
+        return out
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -322,7 +342,9 @@ class Redactor:
         return (matcher or self._static).text(url)
 
     def exchange(self, kept: dict[str, Any] | None, matcher: Matcher) -> dict[str, Any] | None:
-        """An attempt's exchange (exchange.exchange) with its URL shown as `url` shows it, and every text redacted."""
+        """An attempt's exchange (exchange.exchange) with its URL shown as `url` shows it, every text redacted, and
+        each request or response header whose name holds a secret renamed `[redacted-N]` (`Matcher.names`). The
+        names are searched with the texts, in the one pass that rules most exchanges out."""
         if kept is None:
             return None
         sent = kept.get("request")
@@ -331,14 +353,20 @@ class Redactor:
         # The URL apart: with `secret_url` it always holds a secret, which must not cost a walk of the rest.
         url = self.url(sent["url"], matcher)
         rest = {**kept, "request": {**sent, "url": ""}}
-        try:  # the texts of exchange.exchange's shape, gathered without walking it
-            texts: list[str] | None = [sent["method"], *sent["headers"].values(), sent["body"],
-                                       *(kept.get("response_headers") or {}).values()]
+        answered = kept.get("response_headers")
+        try:  # the texts of exchange.exchange's shape, gathered without walking it: the headers' names too
+            texts: list[str] | None = [sent["method"], *sent["headers"].values(), *sent["headers"], sent["body"],
+                                       *(answered or {}).values(), *(answered or {})]
         except (KeyError, AttributeError, TypeError):
             texts = None
-        if texts is not None and not all(type(t) is str for t in texts):
+        if texts is not None and not set(map(type, texts)) <= _TEXT:  # all texts: checked at C speed
             texts = None
         out: dict[str, Any] = matcher.value(rest, texts)
+        if out is not rest or texts is None:  # some text or name holds a secret (or, not that shape: may)
+            if isinstance(out["request"].get("headers"), dict):
+                out["request"]["headers"] = matcher.names(out["request"]["headers"])
+            if isinstance(out.get("response_headers"), dict):
+                out["response_headers"] = matcher.names(out["response_headers"])
         out["request"]["url"] = url
         return out
 

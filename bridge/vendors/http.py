@@ -53,6 +53,7 @@ from bridge.vendors.base import (
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
 from bridge.vendors.http_auth import HttpAuth, basic, http_credentials
+from bridge.vendors.json_steps import decode_in_steps, release
 from bridge.yamlfile import KeyValueError
 
 Method = Literal["POST", "PUT", "PATCH"]
@@ -449,4 +450,8 @@ def _looked_up(body: bytes, path: Path) -> Any:
     refused = too_many_containers(body, "the look-up's answer")
     if refused is not None:
         raise SearchStopped(f"http: {refused}")
-    return path.get({"body": decode_json(body)})
+    decoded = decode_in_steps(body)
+    value = path.get({"body": decoded})
+    if not isinstance(value, list | dict):  # else it is part of what is freed
+        release(decoded)
+    return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal, get_args
 
@@ -31,6 +31,7 @@ from bridge.vendors.base import (
     too_many_containers,
 )
 from bridge.vendors.files import split_files
+from bridge.vendors.json_steps import decode_in_steps, release
 
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
@@ -120,13 +121,15 @@ def ticket_id_of(body: Mapping[str, Any]) -> AnswerId:
                      ("ticket.ticketId", nested)))
 
 
-def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[Outcome, Any]:
-    """The classification every Kapture call shares, and the decoded answer (a one-item array unwrapped).
+def read_answer(status: int, headers: Mapping[str, str], body: bytes,
+                decode: Callable[[bytes], Any] = decode_json) -> tuple[Outcome, Any]:
+    """The classification every Kapture call shares, and the decoded answer (a one-item array unwrapped; decoded
+    by `decode`: `decode_in_steps` for a look-up's, which may be large).
 
     `status`/`Status` and its value are read case-insensitively; anything but `success` is a failure,
     whatever the HTTP code; "Invalid Auth Key" and "Auth Key Expired" (any case) are auth failures even inside
     an HTTP 200, so the destination pauses rather than dropping each delivery as permanent."""
-    parsed = decode_json(body)
+    parsed = decode(body)
     if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
         parsed = parsed[0]
     data = lower_keys(parsed) if isinstance(parsed, dict) else None
@@ -156,15 +159,24 @@ def read_tickets(status: int, body: bytes) -> list[dict[str, Any]]:
     refused = too_many_containers(body, "the ticket look-up's answer")
     if refused is not None:
         raise VendorUnavailable(f"the ticket look-up failed: {refused}")
-    parsed = decode_json(body)
+    parsed = decode_in_steps(body)
     if 200 <= status < 300 and isinstance(parsed, list):
         return [t for t in parsed if isinstance(t, dict)]
-    outcome, _ = read_answer(status, {}, body)
+    outcome, _ = read_answer(status, {}, body, decode_in_steps)
     if outcome.classification == "auth":
         raise VendorAuthFailed(f"the ticket look-up was refused: {outcome.error}")
     if "no data found" in (outcome.error or "").lower():
         return []
     raise VendorUnavailable(f"the ticket look-up failed: {outcome.error or 'an answer that is not a list'}")
+
+
+def _holds_tickets(body: bytes, status: int) -> bool:
+    """Whether a get-by-id answer holds a ticket (`read_tickets`), what it built freed where it is read
+    (`release`)."""
+    tickets = read_tickets(status, body)
+    held = bool(tickets)
+    release(tickets)
+    return held
 
 
 def check_callback_time(value: Any) -> None:
@@ -267,7 +279,8 @@ class KaptureAdapter(Adapter):
     async def ticket_exists(self, ticket_id: str, call: Call) -> bool | None:
         if not self.options.check_ticket:
             return None
-        return bool(await self.get_tickets([ticket_id], call))
+        status, body = await call(self.get_request([ticket_id]))
+        return await read_answer_off_loop(_holds_tickets, body, status)
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         outcome, parsed = read_answer(status, headers, body)

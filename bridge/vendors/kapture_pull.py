@@ -20,10 +20,12 @@ from bridge.vendors.base import (
     VendorAuthFailed,
     VendorRequest,
     VendorUnavailable,
+    decode_json,
     first_id,
     lower_keys,
     too_many_containers,
 )
+from bridge.vendors.json_steps import decode_in_steps, release
 from bridge.vendors.kapture import PULL_PATH, REFUSES_ARRAY, KaptureAdapter, read_answer
 
 DATE_FORMAT = "%Y-%m-%d"  # the API's YYYY-MM-DD
@@ -103,9 +105,11 @@ def refuses_array(adapter: KaptureAdapter, page: PullPage) -> bool:
     return True
 
 
-def parse_pull(status: int, headers: Mapping[str, str], body: bytes) -> PullPage:
-    """The tickets of one answer. A "No Data found" failure is read as an empty day, not an error."""
-    outcome, parsed = read_answer(status, headers, body)
+def parse_pull(status: int, headers: Mapping[str, str], body: bytes,
+               decode: Callable[[bytes], Any] = decode_json) -> PullPage:
+    """The tickets of one answer (decoded by `decode`: `read_answer`). A "No Data found" failure is read as an
+    empty day, not an error."""
+    outcome, parsed = read_answer(status, headers, body, decode)
     if outcome.classification == "permanent" and NO_DATA in (outcome.error or "").lower():
         return PullPage(outcome=Outcome(classification="success"))
     if outcome.classification != "success":
@@ -216,12 +220,14 @@ def _scan_page(body: bytes, status: int, day: date, match: Callable[[dict[str, A
     refused = too_many_containers(body, f"the pull answer for {day.isoformat()}")
     if refused is not None:
         raise SearchStopped(refused)
-    answer = parse_pull(status, {}, body)
+    answer = parse_pull(status, {}, body, decode_in_steps)  # a large answer in steps: the loop runs between them
     if answer.outcome.classification != "success":
         return _Page(outcome=answer.outcome)
     found = next((f for ticket in answer.tickets if (f := match(ticket, day)) is not None), None)
-    return _Page(outcome=answer.outcome, found=found, keys=[ticket_key(t) for t in answer.tickets],
-                 total=answer.total)
+    keys = [ticket_key(t) for t in answer.tickets]
+    tickets, answer.tickets = answer.tickets, []
+    release(tickets)  # freed a slice at a time here, not all at once when this returns
+    return _Page(outcome=answer.outcome, found=found, keys=keys, total=answer.total)
 
 
 async def _read_page(adapter: KaptureAdapter, day: date, page: int | None, call: Call, *, previous: set[str],

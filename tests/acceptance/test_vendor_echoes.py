@@ -116,6 +116,35 @@ async def test_an_http_vendor_echoing_the_basic_credentials_and_a_key_shows_none
     assert any(e["event"] == "delivery.dead" and "[redacted]" in e["error"] for e in logs)
 
 
+async def test_a_vendor_echoing_the_key_as_header_names_shows_it_nowhere(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An API refusing the request with the API key as the name of two response headers (`X-<key>: 1`,
+    `<key>: 2`): the attempt the admin API and the CLI show keeps both under their own placeholder, with their
+    values, and the key nowhere."""
+    key = API_KEY
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"message": "no"}, status=400, headers={f"X-{key}": "1", key: "2"})
+
+    app = web.Application()
+    app.router.add_post("/tickets", refuse)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    cfg = write_config(config(f"""{{vendor: http, base_url: '{base}', path: /tickets,
+            headers: {{X-Api-Key: "${{API_KEY}}"}}}}"""), MAPPING, environ={"API_KEY": key})
+    monkeypatch.setenv("API_KEY", key)  # for the CLI, which reads the config again
+    client = await bridge_client(cfg)
+    delivery_id = await dead_delivery(client)
+    texts = await shown(client, cfg, delivery_id, capsys)
+    assert_hidden(texts, key)
+    resp = await client.get(f"/admin/api/deliveries/{delivery_id}", headers=READ)
+    (attempt,) = (await resp.json())["attempts"]
+    answered = attempt["exchange"]["response_headers"]
+    assert {answered["[redacted-1]"], answered["[redacted-2]"]} == {"1", "2"}
+    assert attempt["exchange"]["request"]["headers"]["X-Api-Key"] == "[redacted]"
+
+
 async def test_a_kapture_error_repeating_the_token_shows_it_nowhere(
     write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, capsys: pytest.CaptureFixture[str],
 ) -> None:

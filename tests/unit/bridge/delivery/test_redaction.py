@@ -79,6 +79,22 @@ def test_a_secret_cut_off_at_the_end_of_a_text_is_redacted() -> None:
     assert shown is not None and shown["response_headers"]["X-Echo"].endswith("v[redacted]…")
 
 
+def test_a_header_named_with_a_secret_is_kept_under_a_placeholder() -> None:
+    """A vendor echoing a secret as a response header's name (`X-<key>: 1`), and a request header so named: each
+    such name (whole, cut off at HEADER_CHARS too) is kept as `[redacted-N]`, N counting so that two never
+    collide, not even with a header the vendor itself called `[redacted-1]`; the other names stay as they are."""
+    key, other = "SuperSecretKey123456", "a1b2c3d4e5f6g7h8"
+    redactor = Redactor({"headers.X-Api-Key": key, "headers.X-Id": other})
+    answered = {f"X-{key}": "1", other: "2", "[redacted-1]": "3", "X-" + "n" * 488 + other: "4", "Server": "nginx"}
+    kept = exchange("POST", "https://api.example.com/t", {f"X-Echo-{other}": "v", "Accept": "x"}, b"", answered)
+    shown = redactor.exchange(kept, redactor.matcher())
+    assert shown is not None
+    assert shown["response_headers"] == {"[redacted-2]": "[redacted]", "[redacted-3]": "2", "[redacted-1]": "3",
+                                         "[redacted-4]": "4", "Server": "nginx"}
+    assert shown["request"]["headers"] == {"[redacted-1]": "v", "Accept": "x"}
+    assert key not in json.dumps(shown) and other[:MIN_SECRET_CHARS] not in json.dumps(shown)
+
+
 def test_a_text_without_secrets_is_returned_as_it_is() -> None:
     """What holds no secret is given back unchanged, the exchange not even copied."""
     redactor = Redactor({"token": TOKEN})
