@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,8 +17,8 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
 from bridge.delivery.exchange import clip, exchange
-from bridge.errors import MappingError
-from bridge.escaping import NUL
+from bridge.errors import BridgeError, MappingError
+from bridge.escaping import NUL, header_problem
 from bridge.store.base import Claimed
 from bridge.vendors.base import ID_CHARS as ID_CHARS  # noqa: PLC0414 - where the delivery loop has imported it from
 from bridge.vendors.base import (
@@ -183,8 +183,33 @@ class Sent:
 
 Answer = tuple[int | None, str | None, dict[str, str] | None, Outcome]
 """An exchange's status, excerpt and headers (None when no answer came), and its outcome."""
-LOOKUP_ERRORS = (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS)
-"""What getting credentials or looking something up for a delivery can fail with (`lookup_failure`: what each means)."""
+
+
+class UnsendableHeader(BridgeError):
+    """A request's header holds what no HTTP header can carry (`header_problem`): the request is not made (aiohttp
+    would refuse to write it, before any byte goes out), and sending it again would fail alike."""
+
+
+def check_headers(headers: Mapping[str, str], credentials: Collection[str], what: str) -> None:
+    """Raise when a header of `headers` (those of `what`: "the request", "a look-up (GET /path)") cannot be sent:
+    VendorAuthFailed when it is one the destination's credentials added (`credentials`, their names), else
+    UnsendableHeader. The error names the header and what is wrong, never its value (a secret, often)."""
+    for name, value in headers.items():
+        problem = header_problem(value)
+        part = "value"
+        if problem is None:
+            problem, part = header_problem(name), "name"
+            if problem is None:
+                continue
+        said = f"{what}'s header {name!r}: its {part} {problem}, which no HTTP header can carry"
+        if name in credentials:
+            raise VendorAuthFailed(f"{said} (the destination's credentials: check its auth)")
+        raise UnsendableHeader(said)
+
+
+LOOKUP_ERRORS = (VendorAuthFailed, VendorUnavailable, UnsendableHeader, *TRANSPORT_ERRORS)
+"""What getting credentials or looking something up for a delivery can fail with (`lookup_failure`: what each means),
+and what a request whose header cannot be sent raises (UnsendableHeader: `check_headers`)."""
 
 
 async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
@@ -208,16 +233,19 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
                 await on_lookup()  # the first try's slot, waited for before the look-up's timeout runs
                 client = cast(aiohttp.ClientSession, _Paced(session, on_lookup))
             lookups = RetryClient(client_session=client, retry_options=lookup_retry())  # only a send that looks up
+            sent = {**headers, **auth}
+            check_headers(sent, auth, f"a look-up (GET {URL(url).path})")
             async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
                 # Not followed: a redirect would carry the look-up, and what it reads into a stored error, to any
                 # host the vendor names (an admin port on this machine); the adapter sees the 3xx.
-                async with lookups.get(url, headers={**headers, **auth}, allow_redirects=False) as resp:
+                async with lookups.get(url, headers=sent, allow_redirects=False) as resp:
                     look_up_limited(resp.status, resp.headers, f"a look-up (GET {URL(url).path})")
                     return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
         fields = await adapter.prepare(item.action, item.body, fetch)
         request = adapter.build_request(item.action, fields, item.options, ticket=item.ticket)
         request.headers.update(auth)
+        check_headers(request.headers, auth, "the request")  # before it counts as written (`on_send`)
         if on_send is not None:
             # A resend after a refusal too: the vendor counts the refused request against its limit, and this one.
             await on_send()
@@ -253,7 +281,10 @@ def lookup_failure(exc: BaseException, *, failed: str, refused: str = "", name_u
     else `retry` (the vendor or the network failing in passing: `VendorUnavailable` or a transport error).
     The error says it was not sent; `refused` (auth) or `failed` (retry) names the look-up, and a retry's names
     the exception's type, unless `name_unavailable` is false and it is a VendorUnavailable (whose message
-    names its look-up already)."""
+    names its look-up already). A request whose header cannot be sent (UnsendableHeader, naming it) is `permanent`:
+    made again, it would fail alike."""
+    if isinstance(exc, UnsendableHeader):
+        return Outcome(classification="permanent", error=f"not sent: {exc}")
     if isinstance(exc, VendorAuthFailed):
         return Outcome(classification="auth", error=f"not sent: {refused}{exc}")
     if isinstance(exc, VendorRateLimited):  # the destination pauses, as for a send refused so
