@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import aiohttp
 import msgspec
+import structlog
 from aiohttp.connector import Connection
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
@@ -37,6 +38,8 @@ from bridge.vendors.base import (
     read_capped,
 )
 from bridge.vendors.credentials import authorized
+
+log = structlog.get_logger("ticketbridge.delivery")
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
@@ -249,7 +252,7 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
         if on_send is not None:
             # A resend after a refusal too: the vendor counts the refused request against its limit, and this one.
             await on_send()
-        answer = await _exchange(session, adapter, item.action, request, timeout_s)
+        answer = await _exchange(session, adapter, item.action, request, timeout_s, delivery_id=item.id)
         answered.append((request, answer))
         return answer
 
@@ -304,8 +307,10 @@ def _not_sent(exc: BaseException) -> Outcome:
 
 
 async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: str, request: VendorRequest,
-                    timeout_s: float) -> Answer:
-    """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome."""
+                    timeout_s: float, *, delivery_id: str | None = None) -> Answer:
+    """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome. The
+    adapter crashing on an answer whose status alone says what became of the request (`classify_status`: 5xx,
+    429, 401…) gives that status's outcome (`classified_anyway`); on any other, the crash is raised."""
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,
@@ -322,13 +327,29 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
                 if refused is None:
                     raise
                 return response.status, None, dict(response.headers), refused
-            outcome = adapter.classify(action, response.status, response.headers, body)
+            try:
+                outcome = adapter.classify(action, response.status, response.headers, body)
+            except Exception as exc:
+                outcome = classified_anyway(response.status, response.headers, exc, delivery_id)
             if cut:
                 outcome = cut_answer(response.status, outcome)
             return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
                     outcome)
     except TRANSPORT_ERRORS as exc:
         return None, None, None, send_failure(exc, timeout_s)
+
+
+def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, delivery_id: str | None) -> Outcome:
+    """The outcome of an answer whose classification crashed with `exc` (a bug): what its status alone says
+    (`classify_status`) when it says the vendor did not act, its error naming the crash, logged; else `exc` is raised
+    (the delivery loop records the outcome as unknown: the vendor may have acted on it)."""
+    by_status = classify_status(status, headers)
+    if by_status is None or by_status.classification == "unknown":
+        raise exc
+    log.error("delivery.classify_crashed", delivery_id=delivery_id, status=status,
+              classification=by_status.classification, exc_info=exc, note="recorded as its status alone says")
+    return msgspec.structs.replace(by_status, error=f"{by_status.error}; internal error classifying its answer: "
+                                                   f"{type(exc).__name__}: {exc}")
 
 
 def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, timeout_s: float) -> Outcome | None:

@@ -1,8 +1,9 @@
 """bridge/delivery: a request that cannot go out (a header no HTTP request can carry) is recorded as not sent, never
-as an unknown outcome."""
+as an unknown outcome; a crash while classifying an answer whose status alone decides is recorded by that status."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -11,7 +12,8 @@ from aiohttp import web
 
 from bridge.config import RetryConfig
 from bridge.delivery.dispatcher import Destination
-from bridge.vendors.http import HttpOptions
+from bridge.vendors.base import Outcome
+from bridge.vendors.http import HttpAdapter, HttpOptions
 from tests.unit.bridge.delivery.test_dispatcher import RecordingStore, eventually, running
 from tests.unit.bridge.delivery.test_unknown_outcomes import in_doubt
 
@@ -115,3 +117,29 @@ async def test_an_access_token_with_a_newline_is_an_auth_failure_naming_it(aioht
     assert result.error is not None and "access_token" in result.error and "tok-abc" not in result.error
     assert store.deliveries[delivery_id].row.in_doubt_since_ms is None
     assert asked == ["/oauth/token"]
+
+
+class CrashingClassifier(HttpAdapter):
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        raise KeyError("boom")
+
+
+@pytest.mark.parametrize(("status", "classification", "next_status"), [
+    (503, "retry", "pending"), (401, "auth", "dead"), (200, "unknown", "dead")])
+async def test_a_crash_classifying_an_answer_its_status_decides_is_recorded_by_its_status(
+        aiohttp_server: Any, status: int, classification: str, next_status: str) -> None:
+    """The adapter crashing on an answer whose status alone says the vendor did not act (5xx, 401) records what
+    the status says; on any other answer (a 2xx that may have made the ticket) the outcome stays unknown."""
+    base, _ = await vendor(aiohttp_server, status=status)
+    dest = http_destination(base, "hold")
+    dest.adapter = CrashingClassifier("api", dest.config, base)
+    store = RecordingStore()
+    delivery_id = await store.add("api")
+    async with running(store, dest):
+        await eventually(lambda: len(store.records) == 1)
+    [result] = store.records
+    assert (result.classification, result.next_status, result.http_status if status != 200 else None) == (
+        classification, next_status, status if status != 200 else None)
+    assert "KeyError" in (result.error or "")
+    in_doubt_since = store.deliveries[delivery_id].row.in_doubt_since_ms
+    assert (in_doubt_since is not None) == (classification == "unknown")
