@@ -26,6 +26,7 @@ from bridge.vendors.base import (
     Adapter,
     Outcome,
     VendorAuthFailed,
+    VendorBusy,
     VendorRateLimited,
     VendorRequest,
     VendorUnavailable,
@@ -81,7 +82,7 @@ class _Paced:
 async def _lookup_settled(response: aiohttp.ClientResponse) -> bool:
     """Whether a look-up's answer is final; one that is not is released here, as it is dropped for another try. A
     rate limit's (a 429, a 503 with Retry-After) is final: tried again at once it would only be refused again, so
-    the delivery is retried later and the destination paused (`look_up_limited`)."""
+    the delivery is retried later, and after a 429 the destination paused (`look_up_limited`)."""
     if rate_limited(response.status, parse_retry_after(response.headers.get("Retry-After"))):
         return True
     if response.status >= 500:
@@ -290,9 +291,9 @@ def lookup_failure(exc: BaseException, *, failed: str, refused: str = "", name_u
         return Outcome(classification="permanent", error=f"not sent: {exc}")
     if isinstance(exc, VendorAuthFailed):
         return Outcome(classification="auth", error=f"not sent: {refused}{exc}")
-    if isinstance(exc, VendorRateLimited):  # the destination pauses, as for a send refused so
+    if isinstance(exc, VendorBusy):  # retried no sooner than asked; a rate limit pauses the destination too
         return Outcome(classification="retry", error=f"not sent: {exc}", retry_after=exc.retry_after,
-                       rate_limited=True)
+                       rate_limited=isinstance(exc, VendorRateLimited))
     if isinstance(exc, VendorUnavailable) and not name_unavailable:
         return Outcome(classification="retry", error=f"not sent: {exc}")
     return Outcome(classification="retry", error=f"not sent: {failed}{type(exc).__name__}: {exc}")
