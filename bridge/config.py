@@ -14,6 +14,7 @@ from msgspec import Meta
 
 from bridge.durations import parse_duration
 from bridge.errors import ErrorList, Located
+from bridge.escaping import header_problem
 from bridge.names import name_problem
 from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, load_yaml_file
 
@@ -252,7 +253,24 @@ class DestinationConfig(Base):
         """Whether the destination's URLs are themselves a secret (a webhook URL): shown without path and query."""
         return False
 
+    def header_texts(self) -> dict[KeyPath, str]:
+        """What the destination sends as it is written in an HTTP header (a header's value, a key or token it sends),
+        by its key path: checked at load (`check_header_texts`). Vendors override; the default: none."""
+        return {}
+
+    def check_header_texts(self) -> None:
+        """Refuse, at its key, a `header_texts` value that no HTTP header can carry (CR, LF or another control
+        character: a secret file's trailing newline, most often), saying what is wrong but never the value."""
+        for key, text in self.header_texts().items():
+            problem = header_problem(text)
+            if problem is None:
+                continue
+            hint = " (a secret file's trailing newline? remove it)" if problem == "ends with a newline" else ""
+            raise KeyValueError(key, f"`{'.'.join(map(str, key))}` {problem}, which no HTTP header can carry: "
+                                f"no request could be sent with it{hint}")
+
     def __post_init__(self) -> None:
+        self.check_header_texts()
         check_duration(self.reconcile_timeout, ("reconcile_timeout",))
         if parse_duration(self.reconcile_timeout) <= 0:
             raise KeyValueError(("reconcile_timeout",), f"{self.reconcile_timeout!r} would stop every reconciliation "

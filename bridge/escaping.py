@@ -85,3 +85,20 @@ def escape_tree(value: Any) -> tuple[Any, int]:
             elif isinstance(v, dict | list):
                 stack.append(v)
     return value, changed
+
+
+HEADER_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+"""What no HTTP header name or value may hold (RFC 9110 §5.5): CR, LF, NUL and every other control character
+but tab. aiohttp refuses to write a request with one (a ValueError, before any byte goes out)."""
+
+
+def header_problem(text: str) -> str | None:
+    """Why `text` cannot be sent in an HTTP header, or None when it can: "ends with a newline" (all it holds: the
+    trailing newline a secret file brings), else the first control character it holds. Never the text itself,
+    which may be a secret."""
+    found = HEADER_FORBIDDEN.search(text)
+    if found is None:
+        return None
+    if HEADER_FORBIDDEN.search(text.rstrip("\r\n")) is None:
+        return "ends with a newline"
+    return f"holds a control character ({found.group()!r})"

@@ -53,7 +53,16 @@ from bridge.delivery.breaker import DESTINATION_FAILURES, Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination, SendSlot
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
-from bridge.delivery.sender import ERROR_CHARS, ID_CHARS, LOOKUP_ERRORS, Sent, bounded, lookup_failure, send_once
+from bridge.delivery.sender import (
+    ERROR_CHARS,
+    ID_CHARS,
+    LOOKUP_ERRORS,
+    Sent,
+    bounded,
+    check_headers,
+    lookup_failure,
+    send_once,
+)
 from bridge.errors import BridgeError, LeaseLost, StoreRefused, StoreUnavailable
 from bridge.ids import timestamp_ms
 from bridge.store.base import UNKNOWN, AttemptResult, Claimed, Store
@@ -124,11 +133,14 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
     `auth`, its answer read up to LOOKUP_MAX_BYTES: a day of tickets is far larger than a send's answer. It goes
     out once `admit` lets it (the destination's rate limit, as a send). Within a reconciliation's `deadline`, each
     request, its wait for `admit` included, ends by then: SearchStopped when it passes, or when an answer is
-    longer than LOOKUP_MAX_BYTES (what it says past the cut is not known)."""
+    longer than LOOKUP_MAX_BYTES (what it says past the cut is not known). One with a header no request can carry is
+    not made (`check_headers`)."""
+    headers = {**request.headers, **auth}
+    check_headers(headers, auth, f"a look-up ({request.method} {URL(request.url).path})")
     try:
         async with asyncio.timeout_at(None if deadline is None else deadline.at) as bound:
             await admit()
-            async with session.request(request.method, request.url, headers={**request.headers, **auth},
+            async with session.request(request.method, request.url, headers=headers,
                                        data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:
                 look_up_limited(response.status, response.headers, f"a look-up ({request.method} "

@@ -6,25 +6,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import aiohttp
 import msgspec
+import structlog
 from aiohttp.connector import Connection
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
 from bridge.delivery.exchange import clip, exchange
-from bridge.errors import MappingError
-from bridge.escaping import NUL
+from bridge.errors import BridgeError, MappingError
+from bridge.escaping import NUL, header_problem
 from bridge.store.base import Claimed
 from bridge.vendors.base import ID_CHARS as ID_CHARS  # noqa: PLC0414 - where the delivery loop has imported it from
 from bridge.vendors.base import (
     Adapter,
     Outcome,
     VendorAuthFailed,
+    VendorBusy,
     VendorRateLimited,
     VendorRequest,
     VendorUnavailable,
@@ -37,6 +39,8 @@ from bridge.vendors.base import (
     read_capped,
 )
 from bridge.vendors.credentials import authorized
+
+log = structlog.get_logger("ticketbridge.delivery")
 
 MAX_RESPONSE_BYTES = 256 * 1024
 EXCERPT_CHARS = 2000
@@ -78,7 +82,7 @@ class _Paced:
 async def _lookup_settled(response: aiohttp.ClientResponse) -> bool:
     """Whether a look-up's answer is final; one that is not is released here, as it is dropped for another try. A
     rate limit's (a 429, a 503 with Retry-After) is final: tried again at once it would only be refused again, so
-    the delivery is retried later and the destination paused (`look_up_limited`)."""
+    the delivery is retried later, and after a 429 the destination paused (`look_up_limited`)."""
     if rate_limited(response.status, parse_retry_after(response.headers.get("Retry-After"))):
         return True
     if response.status >= 500:
@@ -183,8 +187,33 @@ class Sent:
 
 Answer = tuple[int | None, str | None, dict[str, str] | None, Outcome]
 """An exchange's status, excerpt and headers (None when no answer came), and its outcome."""
-LOOKUP_ERRORS = (VendorAuthFailed, VendorUnavailable, *TRANSPORT_ERRORS)
-"""What getting credentials or looking something up for a delivery can fail with (`lookup_failure`: what each means)."""
+
+
+class UnsendableHeader(BridgeError):
+    """A request's header holds what no HTTP header can carry (`header_problem`): the request is not made (aiohttp
+    would refuse to write it, before any byte goes out), and sending it again would fail alike."""
+
+
+def check_headers(headers: Mapping[str, str], credentials: Collection[str], what: str) -> None:
+    """Raise when a header of `headers` (those of `what`: "the request", "a look-up (GET /path)") cannot be sent:
+    VendorAuthFailed when it is one the destination's credentials added (`credentials`, their names), else
+    UnsendableHeader. The error names the header and what is wrong, never its value (a secret, often)."""
+    for name, value in headers.items():
+        problem = header_problem(value)
+        part = "value"
+        if problem is None:
+            problem, part = header_problem(name), "name"
+            if problem is None:
+                continue
+        said = f"{what}'s header {name!r}: its {part} {problem}, which no HTTP header can carry"
+        if name in credentials:
+            raise VendorAuthFailed(f"{said} (the destination's credentials: check its auth)")
+        raise UnsendableHeader(said)
+
+
+LOOKUP_ERRORS = (VendorAuthFailed, VendorUnavailable, UnsendableHeader, *TRANSPORT_ERRORS)
+"""What getting credentials or looking something up for a delivery can fail with (`lookup_failure`: what each means),
+and what a request whose header cannot be sent raises (UnsendableHeader: `check_headers`)."""
 
 
 async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Claimed, timeout_s: float,
@@ -208,20 +237,23 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
                 await on_lookup()  # the first try's slot, waited for before the look-up's timeout runs
                 client = cast(aiohttp.ClientSession, _Paced(session, on_lookup))
             lookups = RetryClient(client_session=client, retry_options=lookup_retry())  # only a send that looks up
+            sent = {**headers, **auth}
+            check_headers(sent, auth, f"a look-up (GET {URL(url).path})")
             async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
                 # Not followed: a redirect would carry the look-up, and what it reads into a stored error, to any
                 # host the vendor names (an admin port on this machine); the adapter sees the 3xx.
-                async with lookups.get(url, headers={**headers, **auth}, allow_redirects=False) as resp:
+                async with lookups.get(url, headers=sent, allow_redirects=False) as resp:
                     look_up_limited(resp.status, resp.headers, f"a look-up (GET {URL(url).path})")
                     return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
         fields = await adapter.prepare(item.action, item.body, fetch)
         request = adapter.build_request(item.action, fields, item.options, ticket=item.ticket)
         request.headers.update(auth)
+        check_headers(request.headers, auth, "the request")  # before it counts as written (`on_send`)
         if on_send is not None:
             # A resend after a refusal too: the vendor counts the refused request against its limit, and this one.
             await on_send()
-        answer = await _exchange(session, adapter, item.action, request, timeout_s)
+        answer = await _exchange(session, adapter, item.action, request, timeout_s, delivery_id=item.id)
         answered.append((request, answer))
         return answer
 
@@ -253,12 +285,15 @@ def lookup_failure(exc: BaseException, *, failed: str, refused: str = "", name_u
     else `retry` (the vendor or the network failing in passing: `VendorUnavailable` or a transport error).
     The error says it was not sent; `refused` (auth) or `failed` (retry) names the look-up, and a retry's names
     the exception's type, unless `name_unavailable` is false and it is a VendorUnavailable (whose message
-    names its look-up already)."""
+    names its look-up already). A request whose header cannot be sent (UnsendableHeader, naming it) is `permanent`:
+    made again, it would fail alike."""
+    if isinstance(exc, UnsendableHeader):
+        return Outcome(classification="permanent", error=f"not sent: {exc}")
     if isinstance(exc, VendorAuthFailed):
         return Outcome(classification="auth", error=f"not sent: {refused}{exc}")
-    if isinstance(exc, VendorRateLimited):  # the destination pauses, as for a send refused so
+    if isinstance(exc, VendorBusy):  # retried no sooner than asked; a rate limit pauses the destination too
         return Outcome(classification="retry", error=f"not sent: {exc}", retry_after=exc.retry_after,
-                       rate_limited=True)
+                       rate_limited=isinstance(exc, VendorRateLimited))
     if isinstance(exc, VendorUnavailable) and not name_unavailable:
         return Outcome(classification="retry", error=f"not sent: {exc}")
     return Outcome(classification="retry", error=f"not sent: {failed}{type(exc).__name__}: {exc}")
@@ -273,8 +308,10 @@ def _not_sent(exc: BaseException) -> Outcome:
 
 
 async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: str, request: VendorRequest,
-                    timeout_s: float) -> Answer:
-    """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome."""
+                    timeout_s: float, *, delivery_id: str | None = None) -> Answer:
+    """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome. The
+    adapter crashing on an answer whose status alone says what became of the request (`classify_status`: 5xx,
+    429, 401…) gives that status's outcome (`classified_anyway`); on any other, the crash is raised."""
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request.body,
@@ -291,13 +328,29 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
                 if refused is None:
                     raise
                 return response.status, None, dict(response.headers), refused
-            outcome = adapter.classify(action, response.status, response.headers, body)
+            try:
+                outcome = adapter.classify(action, response.status, response.headers, body)
+            except Exception as exc:
+                outcome = classified_anyway(response.status, response.headers, exc, delivery_id)
             if cut:
                 outcome = cut_answer(response.status, outcome)
             return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
                     outcome)
     except TRANSPORT_ERRORS as exc:
         return None, None, None, send_failure(exc, timeout_s)
+
+
+def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, delivery_id: str | None) -> Outcome:
+    """The outcome of an answer whose classification crashed with `exc` (a bug): what its status alone says
+    (`classify_status`) when it says the vendor did not act, its error naming the crash, logged; else `exc` is raised
+    (the delivery loop records the outcome as unknown: the vendor may have acted on it)."""
+    by_status = classify_status(status, headers)
+    if by_status is None or by_status.classification == "unknown":
+        raise exc
+    log.error("delivery.classify_crashed", delivery_id=delivery_id, status=status,
+              classification=by_status.classification, exc_info=exc, note="recorded as its status alone says")
+    return msgspec.structs.replace(by_status, error=f"{by_status.error}; internal error classifying its answer: "
+                                                   f"{type(exc).__name__}: {exc}")
 
 
 def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, timeout_s: float) -> Outcome | None:

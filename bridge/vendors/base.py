@@ -22,6 +22,7 @@ from bridge.vendors.credentials import Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
 from bridge.vendors.failures import VendorAuthFailed as VendorAuthFailed  # noqa: PLC0414
+from bridge.vendors.failures import VendorBusy as VendorBusy  # noqa: PLC0414
 from bridge.vendors.failures import VendorRateLimited as VendorRateLimited  # noqa: PLC0414
 from bridge.vendors.failures import VendorUnavailable as VendorUnavailable  # noqa: PLC0414
 from bridge.vendors.files import FileSet, attachment_list, with_text
@@ -251,17 +252,19 @@ def interim_answer(status: int) -> Outcome | None:
 
 def rate_limited(status: int, retry_after: float | None) -> bool:
     """Whether a look-up's answer of `status` tells the caller to slow down: a 429, or a 503 that says when to come
-    back (Retry-After read as `retry_after`): not tried again at once, and the destination paused. (A send's 503
-    retries that delivery alone, on its schedule: `classify_status`.)"""
+    back (Retry-After read as `retry_after`): not tried again at once (`look_up_limited`)."""
     return status == 429 or (status == 503 and retry_after is not None)
 
 
 def look_up_limited(status: int, headers: Mapping[str, str], what: str) -> None:
-    """Raise VendorRateLimited, naming `what` (the look-up), when its answer of `status` is a rate limit's
-    (`rate_limited`): the destination pauses rather than the look-up being tried again at once."""
+    """Raise, naming `what` (the look-up), when its answer of `status` says to slow down (`rate_limited`), rather
+    than the look-up being tried again at once: VendorRateLimited for a 429 (the destination pauses, as after a
+    send's 429), VendorBusy for a 503 with Retry-After (its delivery alone waits, as after a send's 503)."""
     wait = parse_retry_after(headers.get("Retry-After"))
     if rate_limited(status, wait):
         said = "" if wait is None else f", Retry-After {wait:g}s"
+        if status == 503:
+            raise VendorBusy(f"{what} answered HTTP 503 with Retry-After {wait:g}s", wait)
         raise VendorRateLimited(f"{what} was rate limited (HTTP {status}{said})", wait)
 
 

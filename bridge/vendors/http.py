@@ -54,7 +54,7 @@ from bridge.vendors.base import (
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
 from bridge.vendors.http_auth import HttpAuth, basic, http_credentials
 from bridge.vendors.json_steps import decode_in_steps, release
-from bridge.yamlfile import KeyValueError
+from bridge.yamlfile import KeyPath, KeyValueError
 
 Method = Literal["POST", "PUT", "PATCH"]
 METHODS = ("POST", "PUT", "PATCH")
@@ -213,6 +213,18 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
             if self.lookup is not None:
                 keys.update(path_secrets("lookup.path", self.lookup.path))
         return {key: value for key, value in keys.items() if value}
+
+    def header_texts(self) -> dict[KeyPath, str]:
+        """Each configured header's value, and the `auth` block's header and bearer token (Basic and OAuth2
+        credentials are sent encoded, or in a body)."""
+        texts: dict[KeyPath, str] = {("headers", name): value for name, value in self.headers.items()}
+        auth = self.auth
+        if auth is not None and auth.header is not None:
+            texts[("auth", "header", "name")] = auth.header.name
+            texts[("auth", "header", "value")] = auth.header.value
+        if auth is not None and auth.bearer is not None:
+            texts[("auth", "bearer")] = auth.bearer
+        return texts
 
     def can_reconcile(self) -> str | None:
         if self.lookup is not None:

@@ -32,6 +32,7 @@ from bridge.vendors.base import (
 )
 from bridge.vendors.files import split_files
 from bridge.vendors.json_steps import decode_in_steps, release
+from bridge.yamlfile import KeyPath
 
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
 UPDATE_PATH = "/update-ticket-from-other-source.html/v.2.0"
@@ -92,6 +93,10 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
         return ("kapture finds a ticket by pulling the day's tickets and matching a reference the mapping put in "
                 "the ticket: set `reference_field` (e.g. `ref_details.bridge_ref`, filled with "
                 "\"{{ event.id }}\" by the mapping)")
+
+    def header_texts(self) -> dict[KeyPath, str]:
+        """`token` and `tokens.*`, each sent in an `Authorization` header."""
+        return {("token",): self.token} | {("tokens", op): getattr(self.tokens, op) for op in ALL_OPERATIONS}
 
     def secret_values(self) -> dict[str, str]:
         keys = {"token": self.token} | {f"tokens.{op}": getattr(self.tokens, op) for op in ALL_OPERATIONS}

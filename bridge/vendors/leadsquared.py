@@ -35,7 +35,7 @@ from bridge.vendors.base import (
     ticket_id_from,
 )
 from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files
-from bridge.yamlfile import KeyValueError, did_you_mean
+from bridge.yamlfile import KeyPath, KeyValueError, did_you_mean
 
 SANDBOX_ORG = "sandbox-org"
 SANDBOX_ACCESS_KEY = "sandbox-access-key"
@@ -134,6 +134,10 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
 
     def secret_values(self) -> dict[str, str]:
         return {key: getattr(self, key) for key in ("access_key", "secret_key") if getattr(self, key)}
+
+    def header_texts(self) -> dict[KeyPath, str]:
+        """The access and secret keys, each sent in a header of its own."""
+        return {(key,): getattr(self, key) for key in ("access_key", "secret_key")}
 
     def __post_init__(self) -> None:
         super().__post_init__()

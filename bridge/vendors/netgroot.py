@@ -16,6 +16,7 @@ from msgspec import Meta
 from bridge.config import Base, DestinationConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import MappingError
+from bridge.escaping import header_problem
 from bridge.logs import mask_text
 from bridge.vendors.base import (
     NO_ID,
@@ -37,7 +38,7 @@ from bridge.vendors.base import (
 )
 from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials, jwt_expiry
 from bridge.vendors.files import split_files
-from bridge.yamlfile import KeyValueError
+from bridge.yamlfile import KeyPath, KeyValueError
 
 log = structlog.get_logger("ticketbridge.vendors")
 
@@ -108,6 +109,13 @@ class NetgrootOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=Tru
             if self.auth.login is not None:
                 keys["auth.login.password"] = self.auth.login.password
         return {key: value for key, value in keys.items() if value}
+
+    def header_texts(self) -> dict[KeyPath, str]:
+        """The API token (`token`, `auth.token`), sent as a bearer token."""
+        texts: dict[KeyPath, str] = {("token",): self.token}
+        if self.auth is not None and self.auth.token is not None:
+            texts[("auth", "token")] = self.auth.token
+        return texts
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -218,6 +226,9 @@ class NetgrootLoginCredentials(TokenCredentials):
         token = text_or_none(data.get("token"))
         if status != 200 or token is None:
             raise VendorUnavailable(f"netgroot: Login: HTTP {status} without a token: {message}")
+        if (problem := header_problem(token)) is not None:  # it could not be sent: refused, the field named
+            raise VendorAuthFailed(f"netgroot: Login: the answer's token {problem}: no request can carry it, so it "
+                                   "is not used")
         subscriber = data.get("subscriber")
         if isinstance(subscriber, dict):
             self.subscriber = text_or_none(subscriber.get("username"))

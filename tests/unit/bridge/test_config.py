@@ -815,3 +815,29 @@ def test_names_of_printable_characters_in_any_script_load(tmp_path: Path) -> Non
     cfg = load(tmp_path, 'sources:\n  "Kundendienst Süd / été": {kind: json}\ndestinations:\n'
                          '  "サポート.kapture": {vendor: kapture, sandbox: true}\n')
     assert list(cfg.sources) == ["Kundendienst Süd / été"] and list(cfg.destinations) == ["サポート.kapture"]
+
+
+@pytest.mark.parametrize(("destination", "line", "path", "said"), [
+    ("  h:\n    vendor: http\n    base_url: https://api.test\n    headers:\n      X-Api-Key: \"${KEY}\"\n",
+     6, "destinations.h.headers.X-Api-Key", "ends with a newline, which no HTTP header can carry: no request could "
+                                            "be sent with it (a secret file's trailing newline? remove it)"),
+    ("  h:\n    vendor: http\n    base_url: https://api.test\n    auth: {bearer: \"${KEY}\"}\n",
+     5, "destinations.h.auth.bearer", "ends with a newline"),
+    ("  k:\n    vendor: kapture\n    base_url: https://k.test\n    token: \"${KEY}\"\n",
+     5, "destinations.k.token", "ends with a newline"),
+    ("  k:\n    vendor: kapture\n    base_url: https://k.test\n    token: t\n    tokens: {pull: \"a\\rb\"}\n",
+     6, "destinations.k.tokens.pull", "holds a control character ('\\r'), which no HTTP header can carry"),
+    ("  l:\n    vendor: leadsquared\n    base_url: https://l.test\n    org_id: o\n    access_key: a\n"
+     "    secret_key: \"${KEY}\"\n", 7, "destinations.l.secret_key", "ends with a newline"),
+    ("  n:\n    vendor: netgroot\n    base_url: https://n.test\n    auth: {token: \"${KEY}\"}\n",
+     5, "destinations.n.auth.token", "ends with a newline"),
+])
+def test_a_destination_value_sent_in_a_header_may_hold_no_control_character(
+        tmp_path: Path, destination: str, line: int, path: str, said: str) -> None:
+    """A header value, key or token with a newline (a Kubernetes or Docker secret file's trailing newline, through
+    `${VAR}`) or another control character could never be sent: refused at load, at its key and line, saying what
+    is wrong and never the secret."""
+    err = only_error(tmp_path, "destinations:\n" + destination, {"KEY": "s3cret-value\n"})
+    assert (err.line, err.path) == (line, path), err.render()
+    assert said in err.message
+    assert "s3cret" not in err.render()

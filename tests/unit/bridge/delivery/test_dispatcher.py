@@ -1271,13 +1271,12 @@ class LookingUp(KaptureAdapter):
         return fields
 
 
-@pytest.mark.parametrize(("status", "headers", "pause"), [
-    (429, {"Retry-After": "30"}, 30.0), (429, {}, 2.5), (503, {"Retry-After": "20"}, 20.0)])
+@pytest.mark.parametrize(("status", "headers", "pause"), [(429, {"Retry-After": "30"}, 30.0), (429, {}, 2.5)])
 async def test_a_look_ups_rate_limit_pauses_the_destination_and_retries_the_delivery_later(
         status: int, headers: dict[str, str], pause: float) -> None:
-    """A look-up made while the request is prepared and answered with a rate limit (a 429, a 503 with Retry-After)
-    is not tried again at once: the delivery is retried on its schedule (no sooner than Retry-After), and the
-    destination paused as after a send's 429."""
+    """A look-up made while the request is prepared and answered with a rate limit (a 429) is not tried again at
+    once: the delivery is retried on its schedule (no sooner than Retry-After), and the destination paused as after
+    a send's 429."""
     store = RecordingStore()
     await store.add("kapture")
     limiter = RecordingLimiter()
@@ -1296,6 +1295,30 @@ async def test_a_look_ups_rate_limit_pauses_the_destination_and_retries_the_deli
     assert result.classification == "retry" and result.next_status == "pending"
     assert result.next_attempt_at_ms is not None and result.next_attempt_at_ms >= now_ms() + (pause - 3) * 1000
     assert f"rate limited (HTTP {status}" in (result.error or "")
+
+
+async def test_a_look_ups_503_with_retry_after_delays_that_delivery_alone() -> None:
+    """A look-up's 503 with Retry-After is not tried again at once: its delivery is retried no sooner than
+    Retry-After, and the destination is not paused (a send's 503 with Retry-After delays that delivery alone too;
+    only a 429 pauses the destination)."""
+    store = RecordingStore()
+    await store.add("kapture")
+    limiter = RecordingLimiter()
+    dest = destination(limiter=limiter, schedule=["1s", "5m"])
+    dest.adapter = LookingUp("kapture", dest.config, FAST)
+    with aioresponses() as m:
+        m.get(FAST + "/lookup", status=503, body="maintenance", headers={"Retry-After": "120"}, repeat=True,
+              response_class=MockResponse)
+        mock_vendor(m)
+        async with running(store, dest):
+            await eventually(lambda: len(store.records) == 1)
+        assert len(m.requests[("GET", URL(FAST + "/lookup"))]) == 1
+        assert requests_to(m) == 0
+    [result] = store.records
+    assert limiter.pauses == []
+    assert result.classification == "retry" and result.next_status == "pending"
+    assert result.next_attempt_at_ms is not None and result.next_attempt_at_ms >= now_ms() + 117 * 1000
+    assert result.error == "not sent: a look-up (GET /lookup) answered HTTP 503 with Retry-After 120s"
 
 
 async def test_a_look_ups_503_without_retry_after_is_tried_again_and_pauses_nothing() -> None:
@@ -1333,3 +1356,21 @@ async def test_a_reconciliations_rate_limited_look_up_raises_for_the_pause() -> 
     assert caught.value.retry_after == 12.0
     outcome = lookup_failure(caught.value, failed="reconciliation could not look the ticket up: ")
     assert outcome.rate_limited and outcome.retry_after == 12.0 and outcome.classification == "retry"
+
+
+async def test_a_reconciliations_look_up_answered_503_with_retry_after_pauses_nothing() -> None:
+    """A reconciliation's or a ticket check's request answered 503 with Retry-After delays its delivery (retried no
+    sooner than the wait) without pausing the destination: only a 429 does."""
+
+    async def admitted() -> None:
+        pass
+
+    with aioresponses() as m:
+        m.get(FAST + "/pull", status=503, body="maintenance", headers={"Retry-After": "120"},
+              response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(VendorUnavailable) as caught:
+                await _call(session, 5.0, {}, None, VendorRequest(method="GET", url=FAST + "/pull", headers={},
+                                                                  body=b""), admit=admitted)
+    outcome = lookup_failure(caught.value, failed="reconciliation could not look the ticket up: ")
+    assert (outcome.classification, outcome.retry_after, outcome.rate_limited) == ("retry", 120.0, False)

@@ -109,6 +109,25 @@ async def test_a_redirected_logout_is_not_followed(aiohttp_server: Any) -> None:
     assert [e["error"] for e in logs if e["event"] == "vendor.logout_failed"] == ["HTTP 302"]
 
 
+async def test_a_log_in_token_no_header_can_carry_is_refused_naming_it(aiohttp_server: Any) -> None:
+    """A Login answering a token with CR/LF in it is refused as the credentials' failure (VendorAuthFailed), the
+    error naming the answer's token and never its value: no request could be sent with it."""
+    app = web.Application()
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"success": True, "token": "tok-1\r\nX-Injected: 1"})
+
+    app.router.add_post(LOGIN_PATH, login)
+    server = await aiohttp_server(app)
+    creds = NetgrootLoginCredentials("isp", NetgrootLogin(username="u", password="p"),
+                                     lambda: str(server.make_url("")).rstrip("/"), 5.0)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(VendorAuthFailed) as info:
+            await creds.headers(session)
+    assert str(info.value) == ("netgroot: Login: the answer's token holds a control character ('\\r'): no request "
+                               "can carry it, so it is not used")
+
+
 def options(auth: dict[str, Any] | None = None, **kwargs: Any) -> NetgrootOptions:
     table: dict[str, Any] = {"vendor": "netgroot", "base_url": "https://crm.example", **kwargs}
     if auth is not None:
