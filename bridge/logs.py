@@ -24,8 +24,11 @@ _WORLD = ("\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u167f\u1681-\u1fff\u200c\u200d\u207
 # The local part is matched backwards from its `@` (in the reversed text), so that each character is read once
 # whatever the input: a search from each start of a long run that finds no domain is quadratic.
 _LOCAL_BACKWARDS = re.compile(f"[A-Za-z0-9._%+\\-{_WORLD}]+")
-_DOMAIN = re.compile(f"[A-Za-z0-9\\-{_WORLD}]++(?:\\.[A-Za-z0-9\\-{_WORLD}]++)*"
-                     f"\\.(?:xn--[A-Za-z0-9-]++|[A-Za-z{_WORLD}]{{2,}})")
+# Labels are separated by a full stop, or by one of the stops IDNA reads as one (UTS 46): the ideographic (U+3002),
+# fullwidth (U+FF0E) and halfwidth ideographic (U+FF61), as typed in Chinese or Japanese text.
+_DOT = "[.\u3002\uff0e\uff61]"
+_DOMAIN = re.compile(f"[A-Za-z0-9\\-{_WORLD}]++(?:{_DOT}[A-Za-z0-9\\-{_WORLD}]++)*"
+                     f"{_DOT}(?:xn--[A-Za-z0-9-]++|[A-Za-z{_WORLD}]{{2,}})")
 # Not after `13:23:` either: the seconds and fraction of a time (`13:23:45.123400+00:00`) are not a phone number.
 _PHONE = re.compile(r"(?<![\w.-])(?<!\d\d:\d\d:)(\+?)(\d[\d ().-]{6,}\d)(?![\w-])")
 # Ids and timestamps are digits too; values under these keys are not personal data.

@@ -133,37 +133,171 @@ def address_list(*values: AddressInput, field: str = "email") -> list[str]:
     return list(seen)
 
 
-# A From value's tokens as RFC 5322 reads them: a quoted string whole, with its backslash escapes; an angle-addr
-# holding neither a quote, a comment nor a bracket (group 1); a run of other text; else one character. A comment
-# is read by _COMMENT_PAREN, up to each of its parentheses in turn: ctext and escapes, possessive, read once.
-_FROM_TOKEN = re.compile(r'"(?:[^"\\]++|\\[\s\S])*+"|<([^<>"()\\]*+)>|[^"()<>\\]++|[\s\S]')
+# A From value's tokens as RFC 5322 reads them (each read once, possessive): whitespace; a quoted string whole,
+# with its backslash escapes; an atom (any run of characters but whitespace and the specials, so an encoded word
+# and non-ASCII text are atoms); a domain literal; else one character (a special, or a quote or bracket left
+# open). A comment is read by _COMMENT_PAREN, up to each of its parentheses in turn: ctext and escapes.
+_FROM_TOKEN = re.compile(r'(\s++)|("(?:[^"\\]++|\\[\s\S])*+")|([^\s"(),.:;<>@\[\]\\]++)'
+                         r"|(\[(?:[^\[\]\\]++|\\[\s\S])*+\])|([\s\S])")
 _COMMENT_PAREN = re.compile(r"(?:[^()\\]++|\\[\s\S])*+([()])")
+_ATOM_CHAR = re.compile(r'[^\s"(),.:;<>@\[\]\\]')
+_DOT_ATOM = re.compile(r"[^\s\"(),.:;<>@\[\]\\]++(?:\.[^\s\"(),.:;<>@\[\]\\]++)*+")
+_QUOTED_PAIR = re.compile(r"\\([\s\S])")
+_CFWS, _WORD, _TEXT = "cfws", "word", "text"  # token kinds beside the specials and "<" (an angle-addr)
 
 
-def _angled(text: str) -> list[str] | None:
-    """The lower-cased addresses in angle brackets in a From value, read outside its quoted strings (escapes
-    honoured) and its comments (nested, escapes honoured): an address written inside a display name or a comment
-    is text, not a mailbox. None when the value cannot be read exactly: a quote, comment or bracket left open, a
-    `>`, `)` or backslash outside them, an angle-addr holding a quote, a comment or a bracket."""
-    found: list[str] = []
-    at, end = 0, len(text)
+class _Token(NamedTuple):
+    kind: str  # _CFWS, _WORD (an atom or a quoted string), "[" (a domain literal), _TEXT, "<" or a special
+    text: str  # as written; for "<", the angle-addr's address or "" when it holds no "@"
+    tainted: bool = False  # a comment holding "<", ">" or "@" (read otherwise by a parser that skips no comment)
+
+
+def _comment_end(text: str, at: int) -> int | None:
+    """The end of the comment whose "(" is just before `at` (nested, escapes honoured), or None if left open."""
+    depth = 1
+    while depth:
+        paren = _COMMENT_PAREN.match(text, at)
+        if paren is None:
+            return None
+        depth += 1 if paren[1] == "(" else -1
+        at = paren.end()
+    return at
+
+
+def _from_tokens(text: str, at: int, angle: bool) -> tuple[list[_Token], int] | None:
+    """The tokens of a From value from `at`, up to the end or, in an angle-addr (`angle`), up to its ">"; with
+    where they end. None when the value cannot be read exactly: a quote, comment, literal or bracket left open,
+    a ">" or "]" outside them; in an angle-addr, a "<", ";", backslash or stray ")". Outside one, a backslash
+    before an atom's character and a stray ")" (`CORP\\asha`, `Asha :)`) are display text."""
+    tokens: list[_Token] = []
+    end = len(text)
     while at < end:
         token = _FROM_TOKEN.match(text, at)
         assert token is not None  # the last alternative takes any character
         at = token.end()
-        if token[1] is not None:
-            if "@" in token[1]:  # `<>` (a bounce's null path) or `<Team>` holds no address
-                found.append(token[1].strip().lower())
-        elif token[0] == "(":
-            depth = 1
-            while depth:
-                paren = _COMMENT_PAREN.match(text, at)
-                if paren is None:
-                    return None
-                depth += 1 if paren[1] == "(" else -1
-                at = paren.end()
-        elif token[0] in ('"', "<", ">", ")", "\\"):
+        char = token[5]
+        if char is None:
+            kind = _CFWS if token[1] else _WORD if token[2] or token[3] else "["
+            tokens.append(_Token(kind, token[0]))
+        elif char == "(":
+            start = at
+            at_end = _comment_end(text, at)
+            if at_end is None:
+                return None
+            at = at_end
+            tokens.append(_Token(_CFWS, "", any(c in text[start:at] for c in "<>@")))
+        elif char == ">" and angle:
+            return tokens, at
+        elif char == "<" and not angle:
+            inner = _from_tokens(text, at, True)
+            if inner is None:
+                return None
+            content, at = inner
+            address = _angle_address(content)
+            if address is None:
+                return None
+            tokens.append(_Token("<", address))
+        elif char in ",.:;@" and not (angle and char == ";"):
+            tokens.append(_Token(char, char))
+        elif not angle and (char == ")" or (char == "\\" and _ATOM_CHAR.match(text, at))):
+            tokens.append(_Token(_TEXT, char))
+        else:  # a quote, "[" or "<" left open, a stray ">" or "]"; in an angle-addr, ";", "\\" or ")"
             return None
+    return (None if angle else (tokens, at))
+
+
+def _local_part(word: str) -> str:
+    """A local part as one form: a quoted string whose text needs no quotes (`"asha.rao"`) unquoted, any other
+    quoted string with only `\\` and `"` escaped, as the standard library's list parse writes it."""
+    if not word.startswith('"'):
+        return word
+    inner = _QUOTED_PAIR.sub(r"\1", word[1:-1])
+    if _DOT_ATOM.fullmatch(inner):
+        return inner
+    return '"' + inner.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _addr_spec(tokens: list[_Token]) -> str | None:
+    """The lower-cased address `tokens` are (obsolete folding whitespace and comments between them allowed), or
+    None when they are not one addr-spec: `local@domain`, the local part words joined by dots, the domain atoms
+    joined by dots (a final dot kept) or one domain literal."""
+    words = [t for t in tokens if t.kind != _CFWS]
+    if [t.kind for t in words].count("@") != 1:
+        return None
+    at = next(i for i, t in enumerate(words) if t.kind == "@")
+    local, domain = words[:at], words[at + 1:]
+    if not local or len(local) % 2 == 0 or not domain:
+        return None
+    if any(t.kind != (_WORD if i % 2 == 0 else ".") for i, t in enumerate(local)):
+        return None
+    if [t.kind for t in domain] != ["["]:
+        if domain[-1].kind == "." and len(domain) > 1:
+            domain = domain[:-1]
+        if len(domain) % 2 == 0 or any(t.kind != (_WORD if i % 2 == 0 else ".") or t.text.startswith('"')
+                                       for i, t in enumerate(domain)):
+            return None
+    text = ".".join(_local_part(t.text) for t in local[::2]) + "@" + "".join(t.text for t in words[at + 1:])
+    return text.lower()
+
+
+def _angle_address(tokens: list[_Token]) -> str | None:
+    """The address an angle-addr's content is ("" for one with no "@" at all: `<>`, `<Support>`), after an
+    obsolete route (`<@relay.example:asha@corp.example>`); None when it is not exactly one addr-spec, or when
+    a comment or a quoted string in it holds "<", ">" or "@" (which a parser reading no comment or quote
+    inside brackets would read otherwise)."""
+    if all(t.kind != "@" for t in tokens):
+        return ""
+    if any(t.tainted or (t.text.startswith('"') and any(c in t.text for c in "<>@")) for t in tokens):
+        return None
+    colons = [i for i, t in enumerate(tokens) if t.kind == ":"]
+    if colons:  # the obsolete route: "@" domain, then any more after commas, then ":"
+        route = [t for t in tokens[:colons[0]] if t.kind not in (_CFWS, ",")]
+        if len(colons) > 1 or not route or route[0].kind != "@" or any(t.text.startswith('"') for t in route):
+            return None
+        tokens = tokens[colons[0] + 1:]
+    return _addr_spec(tokens)
+
+
+def _mailbox(tokens: list[_Token]) -> set[str] | None:
+    """The addresses of one mailbox's tokens: its angle-addr's, with a display name that is itself an address
+    (`victim@corp.example <a@evil.example>` is two mailboxes to a list parse); a bare addr-spec that is the
+    whole mailbox; none for display text alone (a name's unquoted comma, a quoted string, an encoded word).
+    None when it cannot be read as one of those."""
+    words = [t for t in tokens if t.kind != _CFWS]
+    angles = [i for i, t in enumerate(words) if t.kind == "<" and t.text]
+    if len(angles) > 1 or (angles and angles[0] != len(words) - 1):
+        return None  # two addresses in brackets, or text after one
+    name, found = (words[:-1], {words[-1].text}) if angles else (words, set())
+    if any(t.kind == "@" for t in name):  # a "<Support>" or display text in it: not an addr-spec
+        address = _addr_spec(name)
+        if address is None:
+            return None
+        found.add(address)
+    return found
+
+
+def _from_addresses(text: str) -> set[str] | None:
+    """The addresses of a From value read outside its quoted strings, comments and groups' display names: each
+    a real addr-spec, in angle brackets or a whole mailbox; never a name's text, a comment's, or an encoded
+    word's (RFC 2047 5). None when the value cannot be read exactly (`_from_tokens`, `_mailbox`)."""
+    read = _from_tokens(text, 0, False)
+    if read is None:
+        return None
+    found: set[str] = set()
+    mailbox: list[_Token] = []
+    for token in [*read[0], _Token(";", ";")]:
+        if token.kind == ":":  # what came before is a group's display name: text, unless it holds a mailbox
+            if any(t.kind == "<" and t.text for t in mailbox):
+                return None
+            mailbox = []
+        elif token.kind in (",", ";"):
+            addresses = _mailbox(mailbox)
+            if addresses is None:
+                return None
+            found |= addresses
+            mailbox = []
+        else:
+            mailbox.append(token)
     return found
 
 
@@ -171,16 +305,19 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     """(display name, bare lower-cased address) of a From value: the mailbox it is, as a provider's DMARC check
     reads it, or no address when that cannot be told (conversations trust a message's sender: docs/security.md).
 
-    The mailboxes are the list parse's (the standard library's reading of quotes, escapes and comments, or the
-    fast path's of the forms it reads exactly). Their addresses must agree with the angle-addrs read outside
-    quoted strings and comments (`_angled`): an address inside a display name or a comment is never the sender,
-    and a value that cannot be read exactly (a quote left open, as in a name built without escaping) has none.
+    The address is taken only from a real addr-spec (`_from_addresses`): an angle-addr's (after an obsolete
+    route, with comments or folding whitespace in it, a quoted local part written in one form), or a bare one
+    that is the whole mailbox. Text inside a quoted string, a comment, a group's display name or an encoded
+    word (RFC 2047 5) is never an address: `"ceo@corp.example"`, `ceo@corp.example:;` and
+    `=?utf-8?q?ceo=40corp.example?=` name none. A value that cannot be read exactly (a quote left open, as in a
+    name built without escaping) names none, and so does one the list parse (the standard library's reading,
+    or the fast path's of the forms it reads exactly) reads as another address: both must read the same one.
     A From of mailboxes of more than one address (which no ordinary mail has) names no address: which one a
     provider's DMARC check read cannot be told, and the one in angle brackets may be a victim's
     (`x@evil.example, <ceo@corp.example>`; `victim@corp.example <a@evil.example>` is two mailboxes to a list
     parse). A mailbox without an address does not count: `John Doe, Support <john@x.example>` (a display name's
-    unquoted comma) is john@x.example. An RFC 2047 encoded word is display text, never an address (RFC 2047 5):
-    a From whose address exists only once decoded names none. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
+    unquoted comma) is john@x.example. The display name is the list parse's. Over MAX_FROM_CHARS,
+    Rejected(413) naming `field`.
 
     A provider's JSON field may hold line breaks a header's value never keeps: unfolded first (RFC 5322 2.2.3),
     as the standard library's parser would otherwise end a quoted string or a comment at a CR the scan reads
@@ -190,21 +327,30 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
         return None, None
     check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_FROM_CHARS)
     pairs = _mailboxes(texts, field, encoded_addresses=False)
-    addresses = {a.strip().lower() for _n, a in pairs if "@" in a}
-    if len(addresses) > 1:
+    listed = {_address_form(a) for _n, a in pairs if "@" in a}
+    if len(listed) > 1:
         return None, None
-    angled: set[str] = set()
+    read: set[str] = set()
     for text in texts:
-        found = _angled(text)
+        found = _from_addresses(text)
         if found is None:
             return None, None
-        angled.update(found)
-    if angled and angled != addresses:
+        read |= found
+    if read and read != listed:
         return None, None
-    if addresses:  # one: the name beside it (an `<x>` holding no address is no mailbox)
-        addr = addresses.pop()
-        return next((n.strip() or None for n, a in pairs if a.strip().lower() == addr), None), addr
+    if read:  # one: the name beside it (an `<x>` holding no address is no mailbox)
+        addr = read.pop()
+        return next((n.strip() or None for n, a in pairs if _address_form(a) == addr), None), addr
     return ((pairs[0][0].strip() or None) if pairs else None), None
+
+
+def _address_form(address: str) -> str:
+    """A list parse's address as `_addr_spec` writes one: lower-cased, a quoted local part in one form."""
+    address = address.strip().lower()
+    quoted = _FROM_TOKEN.match(address) if address.startswith('"') else None
+    if quoted is None or quoted[2] is None:
+        return address
+    return _local_part(quoted[2]) + address[quoted.end():]
 
 
 _MSG_ID = re.compile(r"<[^<>\s]+>")

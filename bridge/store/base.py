@@ -62,6 +62,12 @@ class Nonce(msgspec.Struct, kw_only=True, frozen=True):
         """What the store keys the nonce by, with its value: its scope, else `source`."""
         return source if self.scope is None else self.scope
 
+    def unscoped_for(self, source: str) -> str | None:
+        """For a scoped nonce, the key a version before scopes recorded its value by (`source`): a row under it,
+        unexpired and of another digest, refuses the request too, so that a token captured before an upgrade
+        is not replayed after it within its tolerance. None for an unscoped nonce."""
+        return None if self.scope is None else source
+
 
 class AcceptResult(msgspec.Struct, kw_only=True):
     event_id: str
@@ -333,8 +339,9 @@ class Store(ABC):
                      nonce: Nonce | None = None) -> AcceptResult:
         """Store the event and its deliveries in one transaction, unless its dedup key was seen in the window.
 
-        With `nonce`: an event that is not a duplicate is stored only while the nonce (per source) is unused,
-        expired, or held by the same digest; the nonce is then recorded (or refreshed) in the same transaction,
+        With `nonce`: an event that is not a duplicate is stored only while the nonce (in its scope, and a scoped
+        one also under its source alone: Nonce.unscoped_for) is unused, expired, or held by the same digest; the
+        nonce is then recorded (or refreshed) in its scope in the same transaction,
         so an accept that fails leaves it unused. Held by another digest: nothing is written, and the result
         says `replayed`. A duplicate is answered as a duplicate whatever its nonce. Expired nonces are deleted
         a few at a time as new ones are recorded."""

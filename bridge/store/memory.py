@@ -124,9 +124,10 @@ class MemoryStore(Store):
             if seen is not None and seen[1] > now:
                 return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
         if nonce is not None:
-            held = self.nonces.get((nonce.scope_for(event.source), nonce.value))
-            if held is not None and held[1] > now and held[0] != nonce.digest:
-                return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
+            for scope in (nonce.scope_for(event.source), nonce.unscoped_for(event.source)):
+                held = self.nonces.get((scope, nonce.value)) if scope is not None else None
+                if held is not None and held[1] > now and held[0] != nonce.digest:
+                    return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
         ids = [d.id for d in deliveries]
         clash = [i for i in ids if i in self.deliveries] or [i for i in ids if ids.count(i) > 1]
         if event.id in self.events or clash:

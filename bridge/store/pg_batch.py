@@ -454,7 +454,7 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
                                         event.source, event.dedup_key)
             return AcceptResult(event_id=first, duplicate=True, deliveries=0)
     if item.nonce is not None:
-        await _claim_nonce(conn, item.nonce.scope_for(event.source), item.nonce, item.created)
+        await _claim_nonce(conn, event.source, item.nonce, item.created)
         if sweep_due():
             await _sweep_nonces(conn, item.created)
     await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id, event.source,
@@ -609,13 +609,17 @@ async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[
 
 
 async def _claim_nonce(conn: Any, source: str, nonce: Nonce, now: int) -> None:
-    """Record `nonce` for `source`, or raise _Replayed when another request holds it. A concurrent claim of the
-    same nonce waits for this transaction, then sees its row."""
+    """Record `nonce` in its scope for an event of `source`, or raise _Replayed when another request holds it
+    there, or (a scoped nonce) under `source` alone (Nonce.unscoped_for: a row only a version before scopes
+    wrote, so no concurrent claim of this version's). One statement: an insert of nothing when the unscoped row
+    holds it (NULL, for an unscoped nonce, matches no row), else an upsert. A concurrent claim of the same nonce
+    waits for this transaction, then sees its row."""
     claimed = await conn.fetchval(
-        "INSERT INTO nonces AS n VALUES ($1, $2, $3, $4) ON CONFLICT (source, nonce) DO UPDATE "
+        "INSERT INTO nonces AS n SELECT $1, $2, $3, $4::bigint WHERE NOT EXISTS (SELECT 1 FROM nonces "
+        "WHERE source = $6 AND nonce = $2 AND expires_at > $5 AND digest <> $3) ON CONFLICT (source, nonce) DO UPDATE "
         "SET digest = EXCLUDED.digest, expires_at = GREATEST(n.expires_at, EXCLUDED.expires_at) "
         "WHERE n.expires_at <= $5 OR n.digest = EXCLUDED.digest RETURNING 1",
-        source, nonce.value, nonce.digest, nonce.expires_at_ms, now)
+        nonce.scope_for(source), nonce.value, nonce.digest, nonce.expires_at_ms, now, nonce.unscoped_for(source))
     if claimed is None:
         raise _Replayed
 

@@ -672,7 +672,7 @@ class SqliteStore(Store):
                     return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
             # Checked before anything is written, so that a replay leaves the transaction as it found it.
             if nonce is not None:
-                if not _claim_nonce(conn, nonce.scope_for(event.source), nonce, created):
+                if not _claim_nonce(conn, event.source, nonce, created):
                     return AcceptResult(event_id="", duplicate=False, deliveries=0, replayed=True)
                 if self._nonces_recorded % NONCE_SWEEP_EVERY == 0:
                     _sweep_nonces(conn, created)
@@ -1217,12 +1217,17 @@ def _run_script(sql: str, conn: sqlite3.Connection) -> None:
 
 
 def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) -> bool:
-    """Record `nonce` for `source`; False, writing nothing, when another request holds it (one statement: an
-    upsert whose update applies only to an expired row or one of the same digest)."""
+    """Record `nonce` in its scope for an event of `source`; False, writing nothing, when another request holds it
+    there, or (a scoped nonce) under `source` alone (Nonce.unscoped_for). One statement: an insert of nothing
+    when the unscoped row holds it (NULL, for an unscoped nonce, matches no row), else an upsert whose update
+    applies only to an expired row or one of the same digest."""
     claimed = conn.execute(
-        "INSERT INTO nonces VALUES (?, ?, ?, ?) ON CONFLICT (source, nonce) DO UPDATE SET digest = excluded.digest, "
-        "expires_at = max(expires_at, excluded.expires_at) WHERE expires_at <= ? OR digest = excluded.digest "
-        "RETURNING 1", (source, nonce.value, nonce.digest, nonce.expires_at_ms, now)).fetchone()
+        "INSERT INTO nonces SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM nonces WHERE source = ?6 "
+        "AND nonce = ?2 AND expires_at > ?5 AND digest <> ?3) ON CONFLICT (source, nonce) DO UPDATE "
+        "SET digest = excluded.digest, expires_at = max(expires_at, excluded.expires_at) "
+        "WHERE expires_at <= ?5 OR digest = excluded.digest RETURNING 1",
+        (nonce.scope_for(source), nonce.value, nonce.digest, nonce.expires_at_ms, now,
+         nonce.unscoped_for(source))).fetchone()
     return claimed is not None
 
 

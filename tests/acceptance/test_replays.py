@@ -99,6 +99,26 @@ async def test_the_token_is_remembered_across_a_restart(
     assert len(stored(tmp_path)) == 1
 
 
+async def test_a_token_recorded_before_scopes_is_refused_with_another_body_after_the_upgrade(
+    write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+) -> None:
+    """A version before signing-key scopes recorded a Mailgun token under its source's name alone: after an
+    upgrade within the token's tolerance, the captured token around a new body on that same source is still a
+    401 replay, and Mailgun's retry of the first message still a 200 duplicate."""
+    fields = mailgun_fields(KEY)
+    first = await start(write_config, bridge_client)
+    assert (await post(first, fields)).status == 202
+    await first.close()
+    with sqlite3.connect(tmp_path / "var" / "bridge.db") as db:  # the row as the earlier version keyed it
+        assert db.execute("UPDATE nonces SET source = 'mail' WHERE source LIKE 'key:%'").rowcount == 1
+    db.close()
+    second = await start(write_config, bridge_client)
+    resp = await post(second, forged_from(fields))
+    assert (resp.status, (await resp.json())["check"]) == (401, "replay")
+    assert (await post(second, fields)).status == 200
+    assert stored(tmp_path) == ["<CAF=asha.1@mail.example.com>"]
+
+
 async def test_a_new_token_with_a_new_message_is_accepted(
     write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
 ) -> None:

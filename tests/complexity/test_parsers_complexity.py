@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from handlers import email as email_module
 from handlers.email import (
     Headers,
     address_list,
@@ -141,6 +142,12 @@ CASES: dict[str, tuple[Any, Any, int]] = {
     "sender: a From of n comments, escaped quotes and brackets": (
         sender, lambda n: '(a \\) (<c@d>)) "b\\" <e@f>" <g@h>, ' * n, 70),
     "sender: a From of n nested comments left open": (sender, lambda n: "a@b.example " + "(x " * n, 300),
+    # The From reader alone, without the From's cap: routes, comments and quoted words in brackets; group names
+    # and quoted strings, then a quote left open.
+    "From reader: n mailboxes of one address, each in brackets with a route and comments": (
+        email_module._from_addresses, lambda n: 'A (x) <@r.example:"a" (c) . b @ c . example (d)>, ' * n, 300),
+    "From reader: n group names and quoted strings, then a quote left open": (
+        email_module._from_addresses, lambda n: 'G "a@b.example": "c@d.example" (e@f.example), ' * n + '"', 300),
 }
 
 

@@ -340,6 +340,25 @@ class StoreContract:
         unscoped = await store.accept(make_event(source="b"), [], WEEK, nonce("tok", "body-b"))
         assert (other_key.replayed, unscoped.replayed) == (False, False)
 
+    async def test_a_scoped_nonce_is_refused_while_its_source_holds_it_unscoped(self, store: Store) -> None:
+        """A nonce recorded for its source alone (as a version before scopes recorded every nonce) still refuses
+        another request on that source once its value comes scoped, until it expires: a token captured before
+        an upgrade is not replayed after it with a new body. Nothing is written; other sources are not held by
+        it, and the same request (its digest) is not refused."""
+        key = "key:" + "ab" * 16
+        await store.accept(make_event(source="a"), [], WEEK, nonce("tok", "body-a"))  # the earlier version's row
+        res = await store.accept(make_event(source="a"), [make_delivery()], WEEK, nonce("tok", "body-b", scope=key))
+        assert res.replayed is True
+        assert await store.list_deliveries(DeliveryFilter()) == []
+        same = await store.accept(make_event(source="a"), [], WEEK, nonce("tok", "body-a", scope=key))
+        assert same.replayed is False
+        await store.accept(make_event(source="a"), [], WEEK, nonce("tok2", "body-a"))
+        elsewhere = await store.accept(make_event(source="b"), [], WEEK, nonce("tok2", "body-b", scope=key))
+        assert elsewhere.replayed is False
+        await store.accept(make_event(source="c"), [], WEEK, nonce("tok3", "body-a", ttl_ms=-1))
+        expired = await store.accept(make_event(source="c"), [], WEEK, nonce("tok3", "body-b", scope=key))
+        assert expired.replayed is False
+
     async def test_an_expired_nonce_may_be_used_again(self, store: Store) -> None:
         """Past its expiry a nonce no longer refuses another request, which then holds it."""
         await store.accept(make_event(), [], WEEK, nonce("tok", "body-a", ttl_ms=-1))

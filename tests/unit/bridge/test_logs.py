@@ -108,6 +108,9 @@ def test_masks_inside_longer_text() -> None:
     assert mask_text(text) == "kapture: HTTP 400: customer a***@example.com with phone +**********10 is unknown"
 
 
+_FULLWIDTH = "".join(chr(ord(c) + 0xFEE0) for c in "example.com")  # as typed on a Japanese keyboard
+
+
 @pytest.mark.parametrize(
     ("text", "masked"),
     [
@@ -119,6 +122,11 @@ def test_masks_inside_longer_text() -> None:
         ("müller@bücher.de", "m***@bücher.de"),
         ("user@xn--e1afmkfd.xn--p1ai", "u***@xn--e1afmkfd.xn--p1ai"),  # the punycode of пример.рф
         ("«юля@пример.рф»", "«ю***@пример.рф»"),
+        # IDNA's other label separators (UTS 46): the ideographic, fullwidth and halfwidth ideographic full stops
+        ("user@例え。テスト", "u***@例え。テスト"),
+        ("asha@" + _FULLWIDTH, "a***@" + _FULLWIDTH),
+        ("asha@example\uff61com said", "a***@example\uff61com said"),
+        ("ユーザー@例え。テスト。", "ユ***@例え。テスト。"),  # a sentence's full stop after it stays
     ],
 )
 def test_masks_internationalised_emails(text: str, masked: str) -> None:
@@ -135,7 +143,10 @@ def test_masks_internationalised_emails(text: str, masked: str) -> None:
     lambda n: "a@" * n,
     lambda n: ("a@b." + "c" * 30 + " ") * n,
     lambda n: "@." * n,
-], ids=["local-run", "local-then-labels", "hyphen-label", "cyrillic-labels", "ats", "addresses", "at-dots"])
+    lambda n: "a@" + "例。" * n + "1",
+    lambda n: "@。" * n,
+], ids=["local-run", "local-then-labels", "hyphen-label", "cyrillic-labels", "ats", "addresses", "at-dots",
+        "ideographic-labels", "at-ideographic-dots"])
 def test_masking_emails_grows_linearly(make: Any) -> None:
     """However an input is made to defeat the email mask (a long local part whose domain never ends in a TLD,
     a thousand one-letter labels), masking it costs about as much more as it is longer."""

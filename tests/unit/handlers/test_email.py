@@ -816,3 +816,69 @@ def test_an_encoded_word_is_never_an_address(words: str, form: str) -> None:
     would be inside one names no sender; beside an address, it leaves that address the sender."""
     assert sender(form.replace("{}", words))[1] is None
     assert sender(f"{words} <a@b.example>")[1] == "a@b.example"
+
+
+@pytest.mark.parametrize("value", [
+    '"ceo@corp.example"',  # a quoted string alone: a display name without a mailbox
+    '"ceo@corp.example" attacker',
+    '"<ceo@corp.example>"',
+    "ceo@corp.example:;",  # a group's display name, no members
+    'Group: "ceo@corp.example";',  # a group whose member is a quoted string
+    "ceo@corp.example: Team <evil>;",
+    'Team <evil>, "ceo@corp.example"',  # an angle-addr without "@", then a quoted string
+    "Team <>, (ceo@corp.example)",
+    "=?utf-8?q?ceo=40corp.example?=",
+    "=?utf-8?q?CEO_=3Cceo=40corp.example=3E?=",
+])
+def test_an_address_written_in_a_name_with_no_mailbox_is_never_the_sender(value: str) -> None:
+    """A From with no real mailbox names no sender, whatever address its name text holds: a list parse reads a
+    lone quoted string, or a group's display name, as that address, and the message would join the thread of
+    the address it only writes."""
+    assert sender(value)[1] is None
+
+
+@pytest.mark.parametrize(("value", "name", "address"), [
+    ("Asha Rao <@route.example:asha@corp.example>", "Asha Rao", "asha@corp.example"),  # obsolete route
+    ("Asha Rao <asha @ corp.example>", "Asha Rao", "asha@corp.example"),  # folding whitespace in the addr-spec
+    ("CORP\\asha <asha@corp.example>", "CORP\\asha", "asha@corp.example"),  # a backslash in a bare name
+    ("Asha :) <asha@corp.example>", None, "asha@corp.example"),
+    ("Asha <asha@corp.example (home)>", "Asha (home)", "asha@corp.example"),  # a comment in the brackets
+    ('Asha Rao <"asha.rao"@corp.example>', "Asha Rao", "asha.rao@corp.example"),  # quoting that changes nothing
+    ('Asha Rao <"asha rao"@corp.example>', "Asha Rao", '"asha rao"@corp.example'),
+    ("Team: Asha <asha@corp.example>;", "Asha", "asha@corp.example"),  # a group of one
+    ('"asha" . rao@corp.example', None, "asha.rao@corp.example"),  # a bare one, words joined by a spaced dot
+])
+def test_an_old_style_from_with_one_addr_spec_names_its_sender(value: str, name: str | None, address: str) -> None:
+    """Old but valid forms (RFC 5322 4.4) whose one angle-addr or bare addr-spec is unambiguous are read, so a
+    sender who writes them keeps one conversation."""
+    assert sender(value) == (name, address)
+
+
+@pytest.mark.parametrize("value", [
+    "Asha <asha@corp.example",  # the bracket left open
+    "Asha <mailto:asha@corp.example>",
+    "Asha <a@evil.example (ceo@corp.example)>",  # an address in a comment inside the brackets
+    'Asha <"ceo@corp.example"@evil.example>',
+    "Asha <@a.example:@b.example:asha@corp.example>",
+])
+def test_an_angle_addr_that_is_not_one_plain_addr_spec_names_no_sender(value: str) -> None:
+    assert sender(value)[1] is None
+
+
+_NAME_PIECE = st.sampled_from([
+    '"ceo@corp.example"', '"<ceo@corp.example>"', '"x\\"ceo@corp.example"', "(ceo@corp.example)",
+    "(<ceo@corp.example>)", "ceo@corp.example:", '"ceo@corp.example":', "Team:", "=?utf-8?q?ceo=40corp.example?=",
+    "=?utf-8?q?=3Cceo=40corp.example=3E?=", "Boss", '"Boss"', "<evil>", "<>", ", ", ";", " ", "<a@evil.example>",
+    "a@evil.example"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_NAME_PIECE, min_size=1, max_size=7).map(" ".join))
+def test_an_address_only_in_quoted_strings_comments_group_names_or_encoded_words_is_never_the_sender(
+        value: str) -> None:
+    """Quoted strings with no angle-addr, groups' display names, comments and encoded words holding a victim's
+    address, mixed with names, separators and an attacker's real mailbox: the sender is never the victim, and
+    none at all without the attacker's mailbox."""
+    got = sender(value)[1]
+    assert got in (None, "a@evil.example")
+    assert got is None or "a@evil.example" in value
