@@ -207,7 +207,7 @@ fields:
 # `up`, which Prometheus itself records for each scrape.
 PROMQL_WORDS = {"sum", "max", "min", "by", "rate", "increase", "delta", "histogram_quantile", "le", "source",
                 "outcome", "destination", "classification", "mapping", "reason", "status", "instance", "result",
-                "job", "problem", "up"}
+                "job", "problem", "up", "or"}
 
 
 def test_alerting_rules_pass_promtool_and_prometheus_loads_them() -> None:
