@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -63,6 +64,8 @@ class Document:
     file: str
     data: Any
     positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    digest: str | None = None
+    """The sha256 of the bytes the file was read from (`load_yaml_file`); None for text given as it is."""
 
     def where(self, path: KeyPath) -> tuple[int | None, int | None]:
         """The line and column of `path`, or of its nearest known parent."""
@@ -321,13 +324,18 @@ def load_yaml(
 def load_yaml_file(
     path: Path, scalar_hook: Callable[[Any, KeyPath, yaml.Node], Any] | None = None,
 ) -> Document:
+    """Read and parse `path` once: the document keeps the digest of the very bytes it was parsed from, which a
+    second read (to fingerprint the file later) would not be when the file changed in between."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text's newlines
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)) from None
-    return load_yaml(text, str(path), scalar_hook)
+    doc = load_yaml(text, str(path), scalar_hook)
+    doc.digest = hashlib.sha256(raw).hexdigest()
+    return doc
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{([^}]*)\}?")
