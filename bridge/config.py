@@ -432,7 +432,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
     base_dir = (cwd or Path.cwd()) if shipped else file.resolve().parent
     errors: list[Located] = []
     try:
-        raw = doc.convert(doc.data, _RawConfig)
+        raw = doc.convert(doc.data, _RawConfig, key_hint=True, show_value=True)
     except Located as exc:
         raise ErrorList([exc]) from None
 
@@ -493,7 +493,7 @@ def _typed_entry(
         errors.append(doc.error((*path, tag), str(exc.args[0])))
         return None
     try:
-        return doc.convert(table, typ, path)
+        return doc.convert(table, typ, path, key_hint=True, show_value=True)
     except Located as exc:
         errors.append(exc)
         return None
