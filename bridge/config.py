@@ -341,6 +341,8 @@ class Config:
     # it a folder emptied while mappings are in force (a deploy, `rsync --delete`) is refused on reload, and at
     # start the last good set kept in the store is served instead.
     mappings_allow_empty: bool = False
+    file_digest: str | None = None
+    """The sha256 of the bytes `file` was loaded from: what the server runs on, whatever the file holds later."""
 
     @functools.cached_property
     def attachments_dir(self) -> Path:
@@ -430,7 +432,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
     base_dir = (cwd or Path.cwd()) if shipped else file.resolve().parent
     errors: list[Located] = []
     try:
-        raw = doc.convert(doc.data, _RawConfig)
+        raw = doc.convert(doc.data, _RawConfig, key_hint=True, show_value=True)
     except Located as exc:
         raise ErrorList([exc]) from None
 
@@ -468,7 +470,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         retention=raw.retention, tracing=raw.tracing,
         mappings_on_start_error=raw.mappings_on_start_error,
         mappings_reload_timeout_s=parse_duration(raw.mappings_reload_timeout),
-        mappings_allow_empty=raw.mappings_allow_empty,
+        mappings_allow_empty=raw.mappings_allow_empty, file_digest=None if shipped else doc.digest,
     )
 
 
@@ -491,7 +493,7 @@ def _typed_entry(
         errors.append(doc.error((*path, tag), str(exc.args[0])))
         return None
     try:
-        return doc.convert(table, typ, path)
+        return doc.convert(table, typ, path, key_hint=True, show_value=True)
     except Located as exc:
         errors.append(exc)
         return None

@@ -29,6 +29,7 @@ from bridge.console.models import LaneState
 from bridge.errors import StoreUnavailable
 from bridge.histograms import HistogramFamily
 from bridge.runtime import Runtime
+from bridge.store.base import STATUSES
 
 BACKLOG_SECONDS = 10.0
 
@@ -187,9 +188,13 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
                    "Connections the OS could not accept (out of file descriptors or memory).",
                    [({}, conns.accept_errors)])
     if backlog is not None:
+        # Every status of every destination, 0 when the store has none: an alert comparing with a while ago
+        # (a first dead delivery) needs the series to exist before its first row does.
+        counts = backlog[0]
         out += _family("ticketbridge_deliveries", "gauge", "Deliveries in the store by destination and status.",
-                       [({"destination": dest, "status": status}, n)
-                        for dest, by in sorted(backlog[0].items()) for status, n in sorted(by.items())])
+                       [({"destination": dest, "status": status}, counts.get(dest, {}).get(status, 0))
+                        for dest in sorted(set(counts) | set(rt.config.destinations))
+                        for status in sorted(set(STATUSES) | set(counts.get(dest, {})))])
     return "\n".join(out) + "\n"
 
 

@@ -140,8 +140,11 @@ class MappingReloader:
         self._stop_test = threading.Event()
         self._worker: asyncio.Future[Any] | None = None
         self.config_file = rt.config.file
-        self._config_state = file_state(self.config_file)
-        self._config_digest = self._config_at_start = file_digest(self.config_file)
+        # The server runs on the bytes it loaded, not on what the file holds now: an edit made between the load
+        # and this watch (a slow start) is a change too. A state no file has: the first check reads the file.
+        loaded = rt.config.file_digest
+        self._config_state: tuple[int, int] | None = file_state(self.config_file) if loaded is None else (-1, -1)
+        self._config_digest = self._config_at_start = loaded if loaded is not None else file_digest(self.config_file)
 
     def request(self) -> None:
         """Reload now, whatever the folder looks like (SIGHUP)."""

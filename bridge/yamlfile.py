@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -14,6 +15,7 @@ import msgspec
 import msgspec.inspect
 import yaml
 
+from bridge.delivery.exchange import secret_name
 from bridge.errors import ConfigError, Located
 
 Key = str | int
@@ -63,6 +65,10 @@ class Document:
     file: str
     data: Any
     positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    digest: str | None = None
+    """The sha256 of the bytes the file was read from (`load_yaml_file`); None for text given as it is."""
+    written: dict[KeyPath, str] = field(default_factory=dict)
+    """Each scalar the scalar hook changed, as written in the file (`${PORT}`), by its key path."""
 
     def where(self, path: KeyPath) -> tuple[int | None, int | None]:
         """The line and column of `path`, or of its nearest known parent."""
@@ -79,19 +85,145 @@ class Document:
 
     def convert(
         self, data: Any, typ: type[T], path: KeyPath = (), cls: type[Located] = ConfigError,
-        fmt: PathFormat = format_path, *, key_hint: bool = False,
+        fmt: PathFormat = format_path, *, key_hint: bool = False, show_value: bool = False,
     ) -> T:
         """`msgspec.convert` whose errors name the file, line and full key path (and, with `key_hint`, the keys
-        a table takes after an unknown one)."""
+        a table takes after an unknown one; with `show_value`, a value of the wrong type or out of range as
+        `got …, expected …`: see `wrong_value`)."""
         try:
             return msgspec.convert(data, typ, strict=False)
         except msgspec.ValidationError as exc:
-            raise self._translate(exc, path, cls, fmt, typ, key_hint=key_hint) from None
+            raise self._translate(exc, path, cls, fmt, typ, key_hint=key_hint,
+                                  data=data if show_value else _NOTHING) from None
 
     def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
-                   fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False) -> Located:
+                   fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
+                   data: Any = None) -> Located:
         message, sub = split_validation_error(exc, typ, key_hint=key_hint)
+        if data is not _NOTHING and message.startswith("Expected `") and "[...]" not in str(exc):
+            message = self.wrong_value(message, data, base, sub, typ)
         return self.error((*base, *sub), message, cls, fmt)
+
+    def wrong_value(self, message: str, data: Any, base: KeyPath, sub: KeyPath, typ: Any) -> str:
+        """msgspec's `Expected `int`, got `str`` (or `Expected `int` <= 65535`) about the value at `sub` inside
+        `data` as `got 'four', expected a whole number from 1 to 1000`: the value as written (bounded, with the
+        `${VAR}` it came from), never a secret's (`shown_value`), and what the key takes, its bounds included."""
+        found, value = _value_at(data, sub)
+        if not found:
+            return message
+        path = (*base, *sub)
+        info = _type_at(msgspec.inspect.type_info(typ), sub) if typ is not None else None
+        keys = [k for k in path if isinstance(k, str)]
+        key = keys[-1] if keys else ""
+        expected = _described(info, key) if info is not None else None
+        if expected is None:
+            expected = re.sub(r"^Expected |, got `[^`]*`$", "", message)
+        hint = ""
+        if isinstance(value, str) and isinstance(info, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+            if key.endswith("_bytes"):
+                hint = " (such as 10485760 for 10 MiB: units such as MB are not read)"
+            elif key.endswith("_seconds"):
+                hint = " (such as 30 or 0.5: units such as s are not read)"
+        return f"got {shown_value(value, path, self.written.get(path))}, expected {expected}{hint}"
+
+
+_NOTHING: Any = object()
+SHOWN_CHARS = 60
+"""The most characters of a bad value (or of the text it was written as) an error quotes."""
+
+
+def _value_at(data: Any, path: KeyPath) -> tuple[bool, Any]:
+    """Whether `path` leads somewhere inside `data`, and the value there."""
+    for key in path:
+        inside = ((isinstance(data, dict) and key in data)
+                  or (isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data)))
+        if not inside:
+            return False, None
+        data = data[key]
+    return True, data
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+
+
+def _quoted(text: str) -> str:
+    return repr(text) if len(text) <= SHOWN_CHARS else repr(text[:SHOWN_CHARS]) + "…"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "a table"
+
+
+_VAR_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def shown_value(value: Any, path: KeyPath, written: str | None = None) -> str:
+    """`value` as an error about the key at `path` may show it: a scalar quoted and cut at SHOWN_CHARS, a list or
+    a table by its kind, with the text it was written as when that differs (`${PORT}`). A secret is shown by its
+    kind alone: the value of a key named like a credential (token, secret, password, key, auth, ...: the names
+    an attempt's record redacts, bridge/delivery/exchange.py), of a configured header, or one written with a
+    variable so named; the variable's name is still given."""
+    names = [k for k in path if isinstance(k, str)]
+    variables = _VAR_NAME.findall(written or "")
+    secret = any(secret_name(k) for k in names) or "headers" in names or any(secret_name(v) for v in variables)
+    if secret:
+        where = f" from ${{{variables[0]}}}" if variables else ""
+        return f"{_kind(value)}{where} (not shown: a secret)"
+    if isinstance(value, str):
+        shown = _quoted(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        shown = _cut(repr(value))
+    else:
+        shown = _kind(value)
+    if written is not None and written != value:
+        shown += f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+    return shown
+
+
+def _bounds(info: Any) -> str:
+    """` from 1 to 1000`, `, above 0`, `, 0 or more`: a number's constraints (msgspec.inspect's), or nothing."""
+    if info.ge is not None and info.le is not None:
+        return f" from {info.ge} to {info.le}"
+    low = f"{info.ge} or more" if info.ge is not None else f"above {info.gt}" if info.gt is not None else None
+    high = f"at most {info.le}" if info.le is not None else f"below {info.lt}" if info.lt is not None else None
+    parts = [part for part in (low, high) if part is not None]
+    return f", {' and '.join(parts)}" if parts else ""
+
+
+def _described(info: Any, key: str) -> str | None:
+    """What a value of the type `info` (msgspec.inspect's) is, in words, for the key `key`; None when it has
+    none to give."""
+    i = msgspec.inspect
+    if isinstance(info, i.UnionType):
+        parts = [_described(t, key) for t in info.types]
+        return None if None in parts else " or ".join(dict.fromkeys(p for p in parts if p is not None))
+    unit = " of bytes" if key.endswith("_bytes") else " of seconds" if key.endswith("_seconds") else ""
+    if isinstance(info, i.IntType):
+        return f"a whole number{unit}{_bounds(info)}"
+    if isinstance(info, i.FloatType):
+        return f"a number{unit}{_bounds(info)}"
+    if isinstance(info, i.BoolType):
+        return "true or false"
+    if isinstance(info, i.StrType):
+        return "text"
+    if isinstance(info, i.NoneType):
+        return "null"
+    if isinstance(info, i.LiteralType):
+        return "one of: " + ", ".join(str(v) for v in info.values)
+    if isinstance(info, i.ListType | i.SetType | i.FrozenSetType | i.VarTupleType | i.TupleType):
+        return "a list"
+    if isinstance(info, i.StructType | i.DictType | i.TypedDictType | i.DataclassType):
+        return "a table of keys"
+    return None
 
 
 def split_validation_error(exc: msgspec.ValidationError, typ: Any = None, *,
@@ -184,6 +316,7 @@ class _Builder:
         self.hook = scalar_hook
         self.constructor = yaml.constructor.SafeConstructor()
         self.positions: dict[KeyPath, tuple[int, int]] = {}
+        self.written: dict[KeyPath, str] = {}
         self.errors: list[Located] = []
 
     def construct(self, node: yaml.Node) -> Any:
@@ -222,7 +355,9 @@ class _Builder:
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         value = self.construct(node)
         if self.hook is not None:
-            value = self.hook(value, path, node)
+            given, value = value, self.hook(value, path, node)
+            if isinstance(given, str) and given != value:
+                self.written[path] = given
         return value
 
 
@@ -315,19 +450,24 @@ def load_yaml(
         return Document(file, None)
     builder = _Builder(file, scalar_hook)
     data = builder.build(node, ())
-    return Document(file, data, builder.positions)
+    return Document(file, data, builder.positions, written=builder.written)
 
 
 def load_yaml_file(
     path: Path, scalar_hook: Callable[[Any, KeyPath, yaml.Node], Any] | None = None,
 ) -> Document:
+    """Read and parse `path` once: the document keeps the digest of the very bytes it was parsed from, which a
+    second read (to fingerprint the file later) would not be when the file changed in between."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text's newlines
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)) from None
-    return load_yaml(text, str(path), scalar_hook)
+    doc = load_yaml(text, str(path), scalar_hook)
+    doc.digest = hashlib.sha256(raw).hexdigest()
+    return doc
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{([^}]*)\}?")

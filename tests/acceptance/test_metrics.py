@@ -191,3 +191,22 @@ async def test_metrics_take_a_read_token(write_config: ConfigFactory, bridge_cli
     resp = await client.get("/metrics", headers={"Authorization": "Bearer r3ad-only-token"})
     assert resp.status == 200
     assert "ticketbridge_info" in await resp.text()
+
+
+async def test_metrics_show_every_delivery_status_of_each_destination_before_it_has_any(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """Each configured destination has a `ticketbridge_deliveries` series for every status from the first scrape,
+    0 while the store has none: an alert comparing the dead count with a while ago sees the first dead delivery."""
+    client: Any = await bridge_client(write_config(OBSERVED, OBSERVED_MAPPINGS), workers=False)
+    statuses = ("pending", "in_flight", "succeeded", "dead")
+
+    def deliveries(got: dict[str, float]) -> dict[str, float]:
+        return {s: got[f'ticketbridge_deliveries{{destination="kapture",status="{s}"}}'] for s in statuses}
+
+    got = samples(await (await client.get("/metrics", headers=AUTH)).text())
+    assert deliveries(got) == dict.fromkeys(statuses, 0)
+    resp = await client.post("/hooks/contact", data={"subject": "no level"}, headers={"Accept": "application/json"})
+    assert resp.status == 202, await resp.text()  # its mapping does not render it: dead at intake
+    runtime(client).backlog_cache = None  # read the store now rather than within BACKLOG_SECONDS
+    got = samples(await (await client.get("/metrics", headers=AUTH)).text())
+    assert deliveries(got) == {"pending": 0, "in_flight": 0, "succeeded": 0, "dead": 1}

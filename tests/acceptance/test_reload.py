@@ -353,6 +353,25 @@ async def test_a_changed_config_is_logged_once_as_needing_a_restart(
     assert [e["event"] for e in logs if e["event"].startswith("config.")] == ["config.changed", "config.restored"]
 
 
+async def test_a_config_edited_while_the_server_starts_is_flagged_as_needing_a_restart(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """bridge.yaml edited after it was read but before the watch began (a slow start) is a change: the server
+    runs on the bytes it loaded, not on what the file holds once it watches."""
+    config = write_config(CONFIG, {"partner": PARTNER})
+    path = tmp_path / "bridge.yaml"
+    path.write_text(path.read_text() + "vars: {brand: Acme}\n")  # after the load, before the app is built
+    with capture_logs() as logs:
+        client = await bridge_client(config, workers=False)
+        rt = runtime(client)
+        reloader = rt.reloader
+        assert reloader is not None
+        reloader.check_config()
+    assert rt.mapping_status.config_changed_at is not None
+    assert [e["event"] for e in logs if e["event"].startswith("config.")] == ["config.changed"]
+    body = await (await client.get("/admin/mappings", headers=AUTH)).json()
+    assert body["config"]["restart_needed"] is True
+
+
 async def test_a_reload_past_its_deadline_is_a_failed_reload(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """A load-and-test that outlasts mappings_reload_timeout fails the reload, names the deadline, keeps the set."""

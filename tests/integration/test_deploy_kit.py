@@ -207,7 +207,7 @@ fields:
 # `up`, which Prometheus itself records for each scrape.
 PROMQL_WORDS = {"sum", "max", "min", "by", "rate", "increase", "delta", "histogram_quantile", "le", "source",
                 "outcome", "destination", "classification", "mapping", "reason", "status", "instance", "result",
-                "job", "problem", "up"}
+                "job", "problem", "up", "or", "absent"}
 
 
 def test_alerting_rules_pass_promtool_and_prometheus_loads_them() -> None:
@@ -219,7 +219,8 @@ def test_alerting_rules_pass_promtool_and_prometheus_loads_them() -> None:
     assert "./prometheus/alerts.yaml:/etc/prometheus/alerts.yaml:ro" in mounts
     names = {r["alert"] for g in yaml.safe_load((PROMETHEUS / "alerts.yaml").read_text())["groups"] for r in g["rules"]}
     assert {"TicketbridgeDestinationPaused", "TicketbridgeDeadDeliveriesRising", "TicketbridgeBacklogOld",
-            "TicketbridgeMappingReloadFailed", "TicketbridgeStoreNotReady"} <= names
+            "TicketbridgeMappingReloadFailed", "TicketbridgeMappingsDegraded", "TicketbridgeStoreNotReady",
+            "TicketbridgeDown", "TicketbridgeAbsent"} <= names
 
 
 def test_alerting_rules_fire_on_the_series_they_watch() -> None:

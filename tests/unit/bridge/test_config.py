@@ -253,11 +253,13 @@ def test_missing_file_is_an_error_list(tmp_path: Path) -> None:
     ],
 )
 def test_unknown_key_names_file_line_and_path(tmp_path: Path, text: str, line: int, path: str) -> None:
-    """An unknown key anywhere is an error naming the file, the key's line and its full key path."""
+    """An unknown key anywhere is an error naming the file, the key's line and its full key path, and the keys
+    its table takes."""
     err = only_error(tmp_path, text)
     assert err.line == line
     assert err.path == path
-    assert err.message == f"unknown key {path.rsplit('.', 1)[-1]!r}"
+    assert err.message.startswith(f"unknown key {path.rsplit('.', 1)[-1]!r}")
+    assert "; it takes " in err.message
 
 
 def test_unknown_key_in_a_form_source_is_an_error(tmp_path: Path) -> None:
@@ -760,7 +762,7 @@ def test_store_lease_seconds_defaults_to_ten_and_is_bounded(tmp_path: Path) -> N
     assert load(tmp_path, "store: {lease_seconds: 4}").store.lease_seconds == 4.0
     err = only_error(tmp_path, "store: {lease_seconds: 0.5}")
     assert err.path == "store.lease_seconds"
-    assert ">= 1" in err.message
+    assert err.message == "got 0.5, expected a number of seconds from 1 to 3600"
 
 
 def test_read_tokens_map_names_to_tokens(tmp_path: Path) -> None:
@@ -841,3 +843,71 @@ def test_a_destination_value_sent_in_a_header_may_hold_no_control_character(
     assert (err.line, err.path) == (line, path), err.render()
     assert said in err.message
     assert "s3cret" not in err.render()
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "where", "message"),
+    [
+        ("destinations:\n  k: {vendor: kapture, sandbox: true, max_in_flight: four}\n", {},
+         (2, "destinations.k.max_in_flight"), "got 'four', expected a whole number from 1 to 1000"),
+        ("attachments:\n  max_bytes: 10MB\n", {}, (2, "attachments.max_bytes"),
+         "got '10MB', expected a whole number of bytes, 0 or more (such as 10485760 for 10 MiB: units such as MB "
+         "are not read)"),
+        ("server:\n  port: ${PORT}\n", {"PORT": "12x"}, (2, "server.port"),
+         "got '12x' (written ${PORT}), expected a whole number from 0 to 65535"),
+        ("server:\n  port: 99999\n", {}, (2, "server.port"), "got 99999, expected a whole number from 0 to 65535"),
+        ("server:\n  shutdown_grace_seconds: 10s\n", {}, (2, "server.shutdown_grace_seconds"),
+         "got '10s', expected a number of seconds, 0 or more (such as 30 or 0.5: units such as s are not read)"),
+        ("destinations:\n  k: {vendor: kapture, sandbox: true, rate_limit: [1, 2]}\n", {},
+         (2, "destinations.k.rate_limit"), "got a list, expected a table of keys or null"),
+        ("server:\n  port: '" + "9" * 100 + "'\n", {}, (2, "server.port"),
+         f"got {'9' * 60!r}…, expected a whole number from 0 to 65535"),
+    ],
+)
+def test_a_value_of_the_wrong_type_or_range_is_quoted_with_what_the_key_takes(
+        tmp_path: Path, text: str, environ: dict[str, str], where: tuple[int, str], message: str) -> None:
+    """A bad value is named as written (cut short when long, with the variable it came from) beside what the key
+    takes: its type in words, its unit and its bounds."""
+    err = only_error(tmp_path, text, environ)
+    assert (err.line, err.path) == where
+    assert err.message == message
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("admin: {token: 123456789012}\n", {}, "got a number (not shown: a secret), expected text"),
+        ("sources:\n  p: {kind: json, auth: {basic: {username: u, password: [hunter2-hunter2]}}}\n", {},
+         "got a list (not shown: a secret), expected text"),
+        ("destinations:\n  k: {vendor: kapture, base_url: 'https://x.example', token: 123456789012}\n", {},
+         "got a number (not shown: a secret), expected text"),
+        ("server:\n  port: ${API_TOKEN}\n", {"API_TOKEN": "tok-123456789012"},
+         "got text from ${API_TOKEN} (not shown: a secret), expected a whole number from 0 to 65535"),
+    ],
+)
+def test_a_secret_of_the_wrong_type_is_not_quoted(tmp_path: Path, text: str, environ: dict[str, str],
+                                                  message: str) -> None:
+    """The value of a key named like a credential, or one written with a variable so named, is described by its
+    kind, never shown."""
+    err = only_error(tmp_path, text, environ)
+    assert err.message == message
+    assert "123456789012" not in err.render() and "hunter2" not in err.render()
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "close"),
+    [
+        ("destinations:\n  k: {vendor: kapture, sandbox: true, timeout_secs: 3}\n", "destinations.k.timeout_secs",
+         "timeout_seconds"),
+        ("sources:\n  c: {kind: form, honeypott: website}\n", "sources.c.honeypott", "honeypot"),
+        ("sever:\n  port: 80\n", "sever", "server"),
+    ],
+)
+def test_an_unknown_key_gets_the_nearest_known_one_and_the_keys_its_table_takes(
+        tmp_path: Path, text: str, path: str, close: str) -> None:
+    """A misspelt key is answered with the key it likely meant and every key its table takes."""
+    err = only_error(tmp_path, text)
+    assert err.path == path
+    key = path.rsplit(".", 1)[-1]
+    assert err.message.startswith(f"unknown key {key!r} (did you mean {close!r}?); it takes ")
+    assert close in err.message.split("; it takes ", 1)[1].split(", ")
