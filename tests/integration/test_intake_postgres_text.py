@@ -125,7 +125,8 @@ async def test_nul_in_a_chat_conversation_id_is_one_conversation_written_out(thr
     ids = []
     for n in range(2):
         data = load("slack/message.json")
-        data["event"] = {**data["event"], "channel": "D024\u0000BE91L", "client_msg_id": f"m-{n}"}
+        data["event"] = {**data["event"], "channel": "D024\u0000BE91L", "client_msg_id": f"m-{n}",
+                         "ts": f"1717408960.00020{n}"}  # two messages: Slack's ts is each one's id in its channel
         data["event_id"] = f"Ev-{n}"
         body = compact(data)
         resp = await threaded.post("/hooks/slack", data=body, headers=slack_headers("s3cret", body))
