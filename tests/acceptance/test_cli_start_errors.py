@@ -112,3 +112,13 @@ def test_serve_and_cli_say_the_same_when_postgresql_cannot_be_reached(
     assert code == 2 and served.startswith("cannot open the store: postgresql: "), served
     code, listed = run(capsys, "deliveries", "list", "-c", cfg)
     assert code == 2 and listed.startswith("cannot open the store: postgresql: "), listed
+
+
+def test_a_postgresql_store_without_asyncpg_says_to_install_the_extra(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "postgresql://127.0.0.1:5432/test")
+    no_asyncpg = "sys.modules['asyncpg'] = None  # `import asyncpg` raises ImportError, as when not installed"
+    for verb in (["serve"], ["deliveries", "list"]):
+        code, err = cli(*verb, "-c", cfg, before=no_asyncpg)
+        assert code == 2, err
+        assert err == ("cannot open the store: a postgresql:// store needs the asyncpg package: "
+                       "pip install 'ticketbridge[postgres]'\n"), err
