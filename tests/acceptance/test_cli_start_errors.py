@@ -122,3 +122,12 @@ def test_a_postgresql_store_without_asyncpg_says_to_install_the_extra(tmp_path: 
         assert code == 2, err
         assert err == ("cannot open the store: a postgresql:// store needs the asyncpg package: "
                        "pip install 'ticketbridge[postgres]'\n"), err
+
+
+def test_a_bad_schema_in_the_store_url_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by `check` (and refused by `serve` and every verb) at `store.url`, with the file and line."""
+    cfg = config(tmp_path, "postgresql://127.0.0.1:1/test?schema=Po-Probe")
+    for verb in (["check"], ["deliveries", "list"]):
+        code, err = run(capsys, *verb, "-c", cfg)
+        assert code in (1, 2), err
+        assert f"{cfg}:3:3: store.url: schema 'Po-Probe' in the store url must be a lower-case identifier" in err
