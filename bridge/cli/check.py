@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.cli.check_formats import as_json, as_junit
+from bridge.cli.common import attachments_problem
 from bridge.cli.mapping_tools import load_report
 from bridge.config import Config, load_config, resolve_config_path
 from bridge.errors import ConfigError, ErrorList, Located
@@ -71,6 +72,9 @@ def build_report(args: argparse.Namespace) -> CheckReport:
     report.results = run_tests(mappings, config.vars)
     report.warnings = [f"{m.file}: {m.name}: warning: this mapping has no tests"
                        for m in sorted(loaded.mappings, key=lambda m: m.name) if not m.spec.tests]
+    unwritable = attachments_problem(config, warning=True)
+    if unwritable is not None:
+        report.warnings.insert(0, unwritable.render())
     failed = len(report.failed_tests)
     files = f"{len(loaded.mappings)} mappings" + (f", {len(loaded.broken)} broken files" if loaded.broken else "")
     verdict = "check FAILED: " if not report.ok else "config ok: "

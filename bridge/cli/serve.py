@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bridge.app import build_app
 from bridge.appkeys import RUNTIME
-from bridge.cli.common import config_from, print_errors
+from bridge.cli.common import attachments_problem, config_from, print_errors
 from bridge.config import Config
 from bridge.connections import GuardedAppRunner
 from bridge.errors import BridgeError, StoreLocked, StoreUnavailable
@@ -106,6 +106,10 @@ def run_serve(args: argparse.Namespace) -> int:
         server = msgspec.structs.replace(config.server, host=args.host or config.server.host,
                                          port=config.server.port if args.port is None else args.port)
         config = dataclasses.replace(config, server=server)
+    unwritable = attachments_problem(config)
+    if unwritable is not None:
+        print_errors(unwritable)
+        return 2
     configure_logging(config.log.level, config.log.format)
     try:
         status = run_on_loop(lambda: serve(config, workers=not args.no_workers), config.server.event_loop)

@@ -131,3 +131,27 @@ def test_a_bad_schema_in_the_store_url_is_a_config_error(tmp_path: Path, capsys:
         code, err = run(capsys, *verb, "-c", cfg)
         assert code in (1, 2), err
         assert f"{cfg}:3:3: store.url: schema 'Po-Probe' in the store url must be a lower-case identifier" in err
+
+
+# -- the config file, the attachments folder and the extras ----------------------------------------------------
+
+
+def test_serve_refuses_an_attachments_folder_it_cannot_write(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: plain/files}\n")
+    code, err = cli("serve", "-c", cfg)
+    assert code == 2, err
+    assert err.startswith(f"{cfg}:5:"), err
+    assert f"attachments.dir: the attachments folder {tmp_path / 'plain' / 'files'} cannot be written" in err
+    assert f"{tmp_path / 'plain'} is not a folder" in err and "Traceback" not in err
+
+
+def test_check_warns_of_an_attachments_folder_it_cannot_write(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` says so as a warning: the folder is this machine's, which may not be the one the server runs on."""
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: plain/files}\n")
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 0
+    assert (f"{cfg}:5:15: attachments.dir: warning: the attachments folder {tmp_path / 'plain' / 'files'} cannot be "
+            f"written here: {tmp_path / 'plain'} is not a folder") in err
