@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.cli.check_formats import as_json, as_junit
-from bridge.cli.common import attachments_problem
+from bridge.cli.common import attachments_problem, config_file_problem
 from bridge.cli.mapping_tools import load_report
 from bridge.config import Config, load_config, resolve_config_path
 from bridge.errors import ConfigError, ErrorList, Located
@@ -48,8 +48,9 @@ class CheckReport:
 def _load(args: argparse.Namespace) -> tuple[Config | None, str | None, list[Located]]:
     path = resolve_config_path(args.config)
     name = None if path is None else str(path)
-    if path is not None and not path.is_file():
-        return None, name, [ConfigError("no such config file", file=name)]
+    problem = None if path is None else config_file_problem(path)
+    if problem is not None:
+        return None, name, [ConfigError(problem, file=name)]
     try:
         return load_config(path, registries=REGISTRIES), name, []
     except ErrorList as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from bridge.config import Config, load_config, resolve_config_path
 from bridge.errors import BridgeError, ConfigError, ErrorList, Located, StoreLocked, StoreRefused, StoreUnavailable
@@ -20,14 +21,24 @@ from bridge.yamlfile import KeyPath, format_path
 def config_from(args: argparse.Namespace) -> Config | None:
     """The config, or None after printing every error to stderr."""
     path = resolve_config_path(args.config)
-    if path is not None and not path.is_file():
-        print(f"{path}: no such config file", file=sys.stderr)
+    problem = None if path is None else config_file_problem(path)
+    if problem is not None:
+        print(f"{path}: {problem}", file=sys.stderr)
         return None
     try:
         return load_config(path, registries=REGISTRIES)
     except ErrorList as exc:
         print_errors(exc)
         return None
+
+
+def config_file_problem(path: Path) -> str | None:
+    """Why `path`, given as the config, cannot be read as one; None when it is a file."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder, not a config file; give the path of a YAML file such as bridge.yaml"
+    return "no such config file"
 
 
 def config_error(config: Config, path: KeyPath, message: str) -> Located:

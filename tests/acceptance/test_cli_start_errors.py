@@ -136,6 +136,15 @@ def test_a_bad_schema_in_the_store_url_is_a_config_error(tmp_path: Path, capsys:
 # -- the config file, the attachments folder and the extras ----------------------------------------------------
 
 
+@pytest.mark.parametrize("verb", [["check"], ["deliveries", "list"], ["serve"]])
+def test_a_folder_given_as_the_config_is_named_a_folder(verb: list[str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, *verb, "-c", str(tmp_path))
+    assert code in (1, 2)
+    assert f"{tmp_path}: is a folder, not a config file; give the path of a YAML file such as bridge.yaml" in err
+    assert "no such config file" not in err
+
+
 def test_serve_refuses_an_attachments_folder_it_cannot_write(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("a file")
     cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: plain/files}\n")
@@ -155,3 +164,11 @@ def test_check_warns_of_an_attachments_folder_it_cannot_write(tmp_path: Path,
     assert code == 0
     assert (f"{cfg}:5:15: attachments.dir: warning: the attachments folder {tmp_path / 'plain' / 'files'} cannot be "
             f"written here: {tmp_path / 'plain'} is not a folder") in err
+
+
+def test_a_url_without_a_scheme_is_named(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "t")
+    code, err = run(capsys, "deliveries", "list", "--url", "localhost:8080")
+    assert code == 2
+    assert err == ("--url 'localhost:8080': not an http:// or https:// URL; give the server's address with its "
+                   "scheme, e.g. http://localhost:8080\n")
