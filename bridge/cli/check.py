@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.cli.check_formats import as_json, as_junit
-from bridge.cli.common import attachments_problem, config_file_problem
+from bridge.cli.common import attachments_problem, config_error, config_file_problem
 from bridge.cli.mapping_tools import load_report
 from bridge.config import Config, load_config, resolve_config_path
 from bridge.errors import ConfigError, ErrorList, Located
+from bridge.eventloop import LoopUnavailable, choose
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import TestResult, describe_failure, run_tests
 from bridge.registries import REGISTRIES
+from bridge.tracing import tracing_problem
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -57,12 +59,27 @@ def _load(args: argparse.Namespace) -> tuple[Config | None, str | None, list[Loc
         return None, name, exc.errors
 
 
+def missing_extras(config: Config) -> list[Located]:
+    """What `serve` refuses to start without, as it says it, at the key that asks for it: uvloop for
+    `server.event_loop: uvloop`, OpenTelemetry for `tracing.enabled: true`."""
+    errors = []
+    try:
+        choose(config.server.event_loop)
+    except LoopUnavailable as exc:
+        errors.append(config_error(config, ("server", "event_loop"), str(exc)))
+    tracing = tracing_problem(config.tracing)
+    if tracing is not None:
+        errors.append(config_error(config, ("tracing", "enabled"), tracing.message))
+    return errors
+
+
 def build_report(args: argparse.Namespace) -> CheckReport:
     config, name, errors = _load(args)
     report = CheckReport(config_file=name, config_errors=errors)
     if config is None:
         report.summary = f"check FAILED: the config does not load ({len(errors)} errors)"
         return report
+    report.config_errors.extend(missing_extras(config))
     if not config.mappings_dir.is_dir():
         report.config_errors.append(ConfigError("the mappings folder does not exist", file=str(config.mappings_dir)))
         report.summary = "check FAILED: the mappings folder does not exist"

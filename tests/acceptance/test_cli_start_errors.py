@@ -166,6 +166,27 @@ def test_check_warns_of_an_attachments_folder_it_cannot_write(tmp_path: Path,
             f"written here: {tmp_path / 'plain'} is not a folder") in err
 
 
+def test_check_says_as_serve_does_that_uvloop_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(tmp_path, "sqlite:///var/bridge.db")
+    Path(cfg).write_text(Path(cfg).read_text().replace("port: 0}", "port: 0, event_loop: uvloop}"))
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 1
+    assert f"{cfg}:1:" in err and "server.event_loop is uvloop, but uvloop is not installed" in err
+
+
+def test_check_says_as_serve_does_that_opentelemetry_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "tracing: {enabled: true}\n")
+    for name in ["opentelemetry", *(n for n in sys.modules if n.startswith("opentelemetry."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # each one imported raises ImportError, as when not installed
+    monkeypatch.delitem(sys.modules, "bridge.otel", raising=False)
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 1
+    assert f"{cfg}:5:" in err and "tracing.enabled: tracing.enabled is true, but OpenTelemetry is not installed" in err
+
+
 def test_a_url_without_a_scheme_is_named(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "t")
     code, err = run(capsys, "deliveries", "list", "--url", "localhost:8080")
