@@ -16,6 +16,7 @@ from bridge.durations import parse_duration
 from bridge.errors import ErrorList, Located
 from bridge.escaping import header_problem
 from bridge.names import name_problem
+from bridge.pg_schema import split_schema
 from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, load_yaml_file
 
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
@@ -361,6 +362,7 @@ def parse_store_url(url: str, base_dir: Path) -> StoreURL:
         path = Path(rest) if rest.startswith("/") else base_dir / rest
         return StoreURL("sqlite", path, url)
     if url.startswith(("postgresql://", "postgres://")):
+        split_schema(url)  # a schema that is not an identifier: refused here, with the file and line
         return StoreURL("postgresql", None, url)
     raise ValueError(
         f"store url {_shown_store_url(url)!r} is not supported: write sqlite:///relative.db, sqlite:////abs/path.db "

@@ -181,7 +181,8 @@ async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]
         await asyncio.to_thread(save_attachments, files, rt.config.attachments_dir, rt.config.attachments.max_bytes)
     except OSError as exc:
         rt.count("intake.attachments_unavailable", source=source.name)
-        log.error("intake.attachments_unavailable", source=source.name, error=str(exc))
+        log.error("intake.attachments_unavailable", source=source.name, folder=str(rt.config.attachments_dir),
+                  error=str(exc))
         return _json({"accepted": False, "error": "attachments could not be written; nothing was stored, try again"},
                      503, {"Retry-After": "5"})
     return None

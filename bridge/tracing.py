@@ -26,7 +26,22 @@ def build_tracing(config: TracingConfig) -> Tracing | None:
     try:
         from bridge.otel import exporting  # noqa: PLC0415 - the optional extra, loaded only when enabled
     except ImportError as exc:
-        raise ConfigError(f"tracing.enabled is true, but OpenTelemetry is not installed ({exc.name} is missing): "
-                          "pip install 'ticketbridge[otel]', or set tracing.enabled: false",
-                          path="tracing.enabled") from None
+        raise _not_installed(exc) from None
     return exporting(config)
+
+
+def tracing_problem(config: TracingConfig) -> ConfigError | None:
+    """The error build_tracing would raise for `config` (the `otel` extra missing while tracing is on), found
+    without building anything, for `check`; None when it would raise none."""
+    if not config.enabled:
+        return None
+    try:
+        import bridge.otel  # noqa: F401, PLC0415 - the optional extra, loaded only when enabled
+    except ImportError as exc:
+        return _not_installed(exc)
+    return None
+
+
+def _not_installed(exc: ImportError) -> ConfigError:
+    return ConfigError(f"tracing.enabled is true, but OpenTelemetry is not installed ({exc.name} is missing): "
+                       "pip install 'ticketbridge[otel]', or set tracing.enabled: false", path="tracing.enabled")

@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.cli.check_formats import as_json, as_junit
+from bridge.cli.common import attachments_problem, config_error, config_file_problem
 from bridge.cli.mapping_tools import load_report
 from bridge.config import Config, load_config, resolve_config_path
 from bridge.errors import ConfigError, ErrorList, Located
+from bridge.eventloop import LoopUnavailable, choose
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import TestResult, describe_failure, run_tests
 from bridge.registries import REGISTRIES
+from bridge.tracing import tracing_problem
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -47,12 +50,27 @@ class CheckReport:
 def _load(args: argparse.Namespace) -> tuple[Config | None, str | None, list[Located]]:
     path = resolve_config_path(args.config)
     name = None if path is None else str(path)
-    if path is not None and not path.is_file():
-        return None, name, [ConfigError("no such config file", file=name)]
+    problem = None if path is None else config_file_problem(path)
+    if problem is not None:
+        return None, name, [ConfigError(problem, file=name)]
     try:
         return load_config(path, registries=REGISTRIES), name, []
     except ErrorList as exc:
         return None, name, exc.errors
+
+
+def missing_extras(config: Config) -> list[Located]:
+    """What `serve` refuses to start without, as it says it, at the key that asks for it: uvloop for
+    `server.event_loop: uvloop`, OpenTelemetry for `tracing.enabled: true`."""
+    errors = []
+    try:
+        choose(config.server.event_loop)
+    except LoopUnavailable as exc:
+        errors.append(config_error(config, ("server", "event_loop"), str(exc)))
+    tracing = tracing_problem(config.tracing)
+    if tracing is not None:
+        errors.append(config_error(config, ("tracing", "enabled"), tracing.message))
+    return errors
 
 
 def build_report(args: argparse.Namespace) -> CheckReport:
@@ -61,6 +79,7 @@ def build_report(args: argparse.Namespace) -> CheckReport:
     if config is None:
         report.summary = f"check FAILED: the config does not load ({len(errors)} errors)"
         return report
+    report.config_errors.extend(missing_extras(config))
     if not config.mappings_dir.is_dir():
         report.config_errors.append(ConfigError("the mappings folder does not exist", file=str(config.mappings_dir)))
         report.summary = "check FAILED: the mappings folder does not exist"
@@ -71,6 +90,9 @@ def build_report(args: argparse.Namespace) -> CheckReport:
     report.results = run_tests(mappings, config.vars)
     report.warnings = [f"{m.file}: {m.name}: warning: this mapping has no tests"
                        for m in sorted(loaded.mappings, key=lambda m: m.name) if not m.spec.tests]
+    unwritable = attachments_problem(config, warning=True)
+    if unwritable is not None:
+        report.warnings.insert(0, unwritable.render())
     failed = len(report.failed_tests)
     files = f"{len(loaded.mappings)} mappings" + (f", {len(loaded.broken)} broken files" if loaded.broken else "")
     verdict = "check FAILED: " if not report.ok else "config ok: "

@@ -5,27 +5,61 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from bridge.config import Config, load_config, resolve_config_path
-from bridge.errors import BridgeError, ErrorList, StoreLocked, StoreRefused, StoreUnavailable
+from bridge.errors import BridgeError, ConfigError, ErrorList, Located, StoreLocked, StoreRefused, StoreUnavailable
+from bridge.folders import folder_problem
 from bridge.kept_names import config_names, mapping_names, unheld_names
 from bridge.mapping.mappingset import MappingSet
 from bridge.registries import REGISTRIES
 from bridge.store import open_store
 from bridge.store.base import Store
+from bridge.yamlfile import KeyPath, format_path
 
 
 def config_from(args: argparse.Namespace) -> Config | None:
     """The config, or None after printing every error to stderr."""
     path = resolve_config_path(args.config)
-    if path is not None and not path.is_file():
-        print(f"{path}: no such config file", file=sys.stderr)
+    problem = None if path is None else config_file_problem(path)
+    if problem is not None:
+        print(f"{path}: {problem}", file=sys.stderr)
         return None
     try:
         return load_config(path, registries=REGISTRIES)
     except ErrorList as exc:
         print_errors(exc)
         return None
+
+
+def config_file_problem(path: Path) -> str | None:
+    """Why `path`, given as the config, cannot be read as one; None when it is a file."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder, not a config file; give the path of a YAML file such as bridge.yaml"
+    return "no such config file"
+
+
+def config_error(config: Config, path: KeyPath, message: str) -> Located:
+    """An error at the config's key `path`: with its file and line (a config built in code has neither)."""
+    if config.document is not None:
+        return config.document.error(path, message)
+    return ConfigError(message, file=None if config.file is None else str(config.file), path=format_path(path))
+
+
+def attachments_problem(config: Config, *, warning: bool = False) -> Located | None:
+    """Why email attachments could not be written to the config's `attachments.dir` on this machine (told without
+    writing anything: see folder_problem), at that key; None when nothing stands in the way. A server would answer
+    every email with a file 503 until it is fixed, so `serve` refuses to start; `check`, which may run on another
+    machine than the server, says it as a `warning`."""
+    folder = config.attachments_dir
+    why = folder_problem(folder)
+    if why is None:
+        return None
+    return config_error(config, ("attachments", "dir"),
+                        f"{'warning: ' if warning else ''}the attachments folder {folder} cannot be written"
+                        f"{' here' if warning else ''}: {why}; set attachments.dir to a folder this process can write")
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

@@ -17,7 +17,7 @@ import msgspec
 from bridge import USER_AGENT
 from bridge.app import load_mappings, load_stored_mappings
 from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
-from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, token_from_env
+from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, check_url, token_from_env
 from bridge.config import Config
 from bridge.console.models import (
     MarkDeadBody,
@@ -135,6 +135,7 @@ def _with_server(url: str, body: Any) -> int:
             return code
 
     try:
+        check_url(url)
         return asyncio.run(run())
     except RemoteError as exc:
         print(str(exc), file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import msgspec
@@ -52,6 +52,20 @@ def segment(value: str) -> str:
     if value in (".", ".."):
         raise NotFound(f"no delivery {value!r}")
     return quote(value, safe="")
+
+
+def check_url(url: str) -> None:
+    """RemoteError unless `url` is an http:// or https:// address with a host (`localhost:8080` is not: it reads as
+    the scheme `localhost`)."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a bracketed host that is not an IPv6 address, a port that is not a number
+        usable = False
+    if not usable:
+        example = f"http://{url}" if "://" not in url and url.isprintable() else "http://localhost:8080"
+        raise RemoteError(f"--url {url!r}: not an http:// or https:// URL; give the server's address with its "
+                          f"scheme, e.g. {example}")
 
 
 def token_from_env() -> str:

@@ -16,10 +16,10 @@ from aiohttp import web
 
 from bridge.app import build_app
 from bridge.appkeys import RUNTIME
-from bridge.cli.common import config_from, print_errors
+from bridge.cli.common import attachments_problem, config_from, print_errors
 from bridge.config import Config
 from bridge.connections import GuardedAppRunner
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, StoreLocked, StoreUnavailable
 from bridge.eventloop import LoopUnavailable, running_loop_name
 from bridge.eventloop import run as run_on_loop
 from bridge.fdlimit import connection_limits, delivery_pool, install_accept_error_handler, raise_nofile_limit
@@ -31,6 +31,10 @@ from bridge.store.base import Store
 
 log = structlog.get_logger("ticketbridge.server")
 EXIT_FATAL = 3  # the server stopped by itself (its store was lost): a supervisor should start it again
+
+
+class CannotListen(BridgeError):
+    """The server's socket could not be bound (the address is not this machine's, the port is taken)."""
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -65,7 +69,12 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True,
                            backlog=limits.accept_batch)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}; "
+                               "give server.host an address of this machine and server.port a free port "
+                               "(or --host/--port)") from exc
         host, port = runner.addresses[0][:2]
         url = f"http://{_loopback(str(host))}:{port}" if ":" not in str(host) else f"http://[{host}]:{port}"
         stop = stop or asyncio.Event()
@@ -97,17 +106,24 @@ def run_serve(args: argparse.Namespace) -> int:
         server = msgspec.structs.replace(config.server, host=args.host or config.server.host,
                                          port=config.server.port if args.port is None else args.port)
         config = dataclasses.replace(config, server=server)
+    unwritable = attachments_problem(config)
+    if unwritable is not None:
+        print_errors(unwritable)
+        return 2
     configure_logging(config.log.level, config.log.format)
     try:
         status = run_on_loop(lambda: serve(config, workers=not args.no_workers), config.server.event_loop)
     except LoopUnavailable as exc:
         print(exc, file=sys.stderr)
         return 2
+    except (StoreUnavailable, StoreLocked) as exc:
+        print(f"cannot open the store: {exc}", file=sys.stderr)  # as every verb on the store says it
+        return 2
     except BridgeError as exc:
         print_errors(exc)
         return 2
-    except OSError as exc:
-        print(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
+    except OSError as exc:  # what nothing above names: the file it names, and the system's reason
+        print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     return status
 

@@ -401,8 +401,10 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
         return await each_alone(group, lambda item: _in_savepoint(conn, item, channel, sweep_due))
 
 
-NOT_YET_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError)
-"""What preparing a statement raises on a database the migrations have not brought up to date yet."""
+NOT_YET_MIGRATED: tuple[type[BaseException], ...] = () if asyncpg is None else (
+    asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError)
+"""What preparing a statement raises on a database the migrations have not brought up to date yet. (Nothing
+without asyncpg: the module is then imported only for PostgresStore.open to say the package is missing.)"""
 
 
 async def warm_connection(conn: Any) -> None:

@@ -29,6 +29,7 @@ from bridge.errors import LeaseLost, NotFound, StoreUnavailable
 from bridge.store.base import AttemptResult
 from bridge.store.pg_batch import (
     DB_ERRORS,
+    NOT_YET_MIGRATED,
     GroupBatcher,
     each_alone,
     lost_connection,
@@ -36,11 +37,6 @@ from bridge.store.pg_batch import (
     refused,
 )
 from bridge.store.rows import GROUP_BYTES, doubt_after, encode, gives_ticket, now_ms, storable_result
-
-try:
-    import asyncpg
-except ImportError:  # pragma: no cover - reported when a postgresql:// store is opened
-    asyncpg = None
 
 log = structlog.get_logger("ticketbridge.store")
 
@@ -217,7 +213,7 @@ async def record_unleased(conn: Any, r: AttemptResult, owner: str | None) -> Non
 async def warm_records(conn: Any) -> None:
     """Prepare the record statements on a new connection (their first preparation reads the tables' catalogue and
     the arrays' types). Before the migrations have brought the tables up to date, nothing to do."""
-    with contextlib.suppress(asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError):
+    with contextlib.suppress(*NOT_YET_MIGRATED):
         await conn.prepare(RECORD)
         await conn.prepare(RECORDS)
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import structlog
@@ -33,6 +31,7 @@ import structlog
 from bridge.delivery.coordination import Coordination
 from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.events import Event
+from bridge.pg_schema import split_schema
 from bridge.store.base import (
     AcceptResult,
     AttemptResult,
@@ -123,17 +122,7 @@ DB_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 """The database's clock, in ms: what leases are set and reaped by (`lease_until`), one clock for every process
 whatever their hosts' clocks say, as the gates' (pg_coordination)."""
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 T = TypeVar("T")
-def split_schema(dsn: str) -> tuple[str, str | None]:
-    """`postgresql://…?schema=name` → (the DSN without it, name): ticketbridge's tables in their own schema."""
-    parts = urlsplit(dsn)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    if schema is not None and not _SCHEMA.match(schema):
-        raise ValueError(f"schema {schema!r} in the store url must be a lower-case identifier, e.g. ticketbridge")
-    return urlunsplit(parts._replace(query=rest)), schema
 
 
 def group_slots(pool_max: int) -> int:

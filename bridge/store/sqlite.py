@@ -43,6 +43,7 @@ import structlog
 
 from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreRefused, StoreUnavailable
 from bridge.events import Event
+from bridge.folders import folder_problem
 from bridge.store.base import (
     AcceptResult,
     AttemptResult,
@@ -109,6 +110,7 @@ from bridge.store.sqlite_binds import NullsWritten
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS
 
 log = structlog.get_logger("ticketbridge.store")
+WRITABLE = "store.url must name a file in a folder this process can write"
 BUSY_SECONDS = 10.0
 SMALL_GROUP = 8
 NONCE_SWEEP = 32
@@ -264,7 +266,7 @@ class SqliteStore(Store):
 
     def _open_sync(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folder()
             if self.owner:
                 self._take_lock()
             writer = self._connect()
@@ -291,9 +293,20 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             self._drop_lock()
             raise StoreUnavailable(f"{self.path}: {exc}") from exc
+        except OSError as exc:  # the lock file or the database's own, on a read-only or failing file system
+            self._drop_lock()
+            raise StoreUnavailable(f"{self.path}: {exc}; {WRITABLE}") from exc
         except BaseException:
             self._drop_lock()
             raise
+
+    def _make_folder(self) -> None:
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = folder_problem(folder) or exc.strerror
+            raise StoreUnavailable(f"{self.path}: cannot make its folder {folder}: {why}; {WRITABLE}") from None
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.store.base import DeliveryFilter
 from handlers.attachments import content_path
@@ -440,13 +441,17 @@ async def test_attachment_over_the_cap_is_recorded_not_stored(client: Any, tmp_p
 
 
 async def test_unwritable_attachment_folder_is_503_and_stores_nothing(client: Any, tmp_path: Path) -> None:
-    """When attachments cannot be written, the answer is 503 (the provider retries) and no event is stored."""
+    """When attachments cannot be written, the answer is 503 (the provider retries) and no event is stored; the
+    log names the folder."""
     (tmp_path / "var" / "files").write_text("a file where the folder should be")
     body, headers = mailgun_post()
-    resp = await client.post("/hooks/support-mailgun", data=body, headers=headers)
+    with capture_logs() as logs:
+        resp = await client.post("/hooks/support-mailgun", data=body, headers=headers)
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "5"
     assert runtime(client).counters["intake.attachments_unavailable"] == 1
+    [logged] = [e for e in logs if e["event"] == "intake.attachments_unavailable"]
+    assert logged["folder"] == str(tmp_path / "var" / "files") and "Not a directory" in logged["error"]
     assert await all_deliveries(client) == []
 
 

@@ -157,6 +157,8 @@ async def test_compose_config_runs_three_processes_on_one_postgresql(
     text = (DEPLOY / "compose" / "bridge.yaml").read_text()
     text, n = re.subn(r"url: postgresql://\S+", f"url: {DSN}?schema={pg_schema}", text)
     assert n == 1
+    text, n = re.subn(r"dir: /data/attachments", f"dir: {tmp_path / 'attachments'}", text)  # the volume's place
+    assert n == 1
     cfg = config_in_folder(tmp_path, text)
     ports = [free_port() for _ in range(3)]
     log = tmp_path / "processes.log"

@@ -1,0 +1,26 @@
+"""Whether files can be made in a folder, told without making anything: for the errors that name a store's or the
+attachments' folder at start rather than on the first write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why files cannot be made in `folder` (with the folders missing on its way made first), as far as the file
+    system tells without writing: a file standing where a folder should be, or the nearest folder that exists on a
+    read-only file system or not writable by this process. None when nothing stands in the way."""
+    probe = folder
+    try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            return f"{probe} is not a folder"
+        if os.access(probe, os.W_OK | os.X_OK):
+            return None
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            return f"{probe} is on a read-only file system"
+    except OSError as exc:  # a folder on the way that cannot be looked into
+        return f"{exc.filename or probe}: {exc.strerror}"
+    return f"{probe} cannot be written by this process (uid {os.getuid()})"

@@ -1,0 +1,195 @@
+"""What an operator meets when `serve` or a CLI verb cannot start: each error names what failed (the path, the key,
+the value) and what would be right, exits 2, and shows no traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import main
+
+CONFIG = """\
+server: {{host: 127.0.0.1, port: 0}}
+store:
+  url: "{url}"
+log: {{level: warning}}
+"""
+
+
+def config(folder: Path, url: str, extra: str = "") -> str:
+    """bridge.yaml (store at `url`, plus `extra`) and an empty mappings folder in `folder`; the config's path."""
+    (folder / "bridge.yaml").write_text(CONFIG.format(url=url) + extra)
+    (folder / "mappings").mkdir(exist_ok=True)
+    return str(folder / "bridge.yaml")
+
+
+def cli(*args: str, before: str = "") -> tuple[int, str]:
+    """`ticketbridge <args>` in its own process, after running the Python `before` in it: exit code and stderr."""
+    script = f"import sys\n{before}\nfrom bridge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60, env=env,
+                          check=False)
+    return done.returncode, done.stderr
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+READ_ONLY = """
+import errno, pathlib
+def mkdir(self, *args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system", str(self))
+pathlib.Path.mkdir = mkdir
+"""
+"""Python making every folder fail as on a read-only file system (what systemd's ProtectSystem=strict gives)."""
+
+
+def read_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+def test_serve_names_the_store_when_its_folder_is_a_file(tmp_path: Path) -> None:
+    """An SQLite store under a regular file is a store problem, not a port one: `cannot open the store: <path>`."""
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///plain/sub/bridge.db")
+    code, err = cli("serve", "-c", cfg)
+    assert code == 2, err
+    assert err.startswith(f"cannot open the store: {tmp_path / 'plain' / 'sub' / 'bridge.db'}: "), err
+    assert f"cannot make its folder {tmp_path / 'plain' / 'sub'}: {tmp_path / 'plain'} is not a folder" in err
+    assert "cannot listen" not in err and "Traceback" not in err
+
+
+def test_serve_names_the_store_on_a_read_only_file_system(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "sqlite:///var/bridge.db")
+    code, err = cli("serve", "-c", cfg, before=READ_ONLY)
+    assert code == 2, err
+    assert err.startswith(f"cannot open the store: {tmp_path / 'var' / 'bridge.db'}: "), err
+    assert "Read-only file system" in err and "cannot listen" not in err and "Traceback" not in err
+
+
+def test_serve_still_says_when_it_cannot_listen(tmp_path: Path) -> None:
+    """The bind's own failure is the one a port is named for."""
+    cfg = config(tmp_path, "sqlite:///var/bridge.db")
+    code, err = cli("serve", "-c", cfg, "--host", "192.0.2.1")  # TEST-NET-1: no interface has it
+    assert code == 2, err
+    assert err.startswith("cannot listen on 192.0.2.1:0: "), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", [["deliveries", "list"], ["purge", "--older-than", "30d"],
+                                  ["replay", "--destination", "kapture", "--dry-run"]])
+def test_cli_verbs_name_the_store_when_its_folder_cannot_be_made(
+    verb: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README: a verb on the store exits 2 when the store cannot be opened; a read-only file system included."""
+    cfg = config(tmp_path, "sqlite:///var/bridge.db")
+    read_only(monkeypatch)
+    code, err = run(capsys, *verb, "-c", cfg)
+    assert code == 2, err
+    assert err == (f"cannot open the store: {tmp_path / 'var' / 'bridge.db'}: cannot make its folder "
+                   f"{tmp_path / 'var'}: Read-only file system; store.url must name a file in a folder this "
+                   "process can write\n")
+
+
+def test_serve_and_cli_say_the_same_when_postgresql_cannot_be_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = config(tmp_path, "postgresql://127.0.0.1:1/test")  # port 1: nothing listens
+    code, served = cli("serve", "-c", cfg)
+    assert code == 2 and served.startswith("cannot open the store: postgresql: "), served
+    code, listed = run(capsys, "deliveries", "list", "-c", cfg)
+    assert code == 2 and listed.startswith("cannot open the store: postgresql: "), listed
+
+
+def test_a_postgresql_store_without_asyncpg_says_to_install_the_extra(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "postgresql://127.0.0.1:5432/test")
+    no_asyncpg = "sys.modules['asyncpg'] = None  # `import asyncpg` raises ImportError, as when not installed"
+    for verb in (["serve"], ["deliveries", "list"]):
+        code, err = cli(*verb, "-c", cfg, before=no_asyncpg)
+        assert code == 2, err
+        assert err == ("cannot open the store: a postgresql:// store needs the asyncpg package: "
+                       "pip install 'ticketbridge[postgres]'\n"), err
+
+
+def test_a_bad_schema_in_the_store_url_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by `check` (and refused by `serve` and every verb) at `store.url`, with the file and line."""
+    cfg = config(tmp_path, "postgresql://127.0.0.1:1/test?schema=Po-Probe")
+    for verb in (["check"], ["deliveries", "list"]):
+        code, err = run(capsys, *verb, "-c", cfg)
+        assert code in (1, 2), err
+        assert f"{cfg}:3:3: store.url: schema 'Po-Probe' in the store url must be a lower-case identifier" in err
+
+
+# -- the config file, the attachments folder and the extras ----------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", [["check"], ["deliveries", "list"], ["serve"]])
+def test_a_folder_given_as_the_config_is_named_a_folder(verb: list[str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, *verb, "-c", str(tmp_path))
+    assert code in (1, 2)
+    assert f"{tmp_path}: is a folder, not a config file; give the path of a YAML file such as bridge.yaml" in err
+    assert "no such config file" not in err
+
+
+def test_serve_refuses_an_attachments_folder_it_cannot_write(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: plain/files}\n")
+    code, err = cli("serve", "-c", cfg)
+    assert code == 2, err
+    assert err.startswith(f"{cfg}:5:"), err
+    assert f"attachments.dir: the attachments folder {tmp_path / 'plain' / 'files'} cannot be written" in err
+    assert f"{tmp_path / 'plain'} is not a folder" in err and "Traceback" not in err
+
+
+def test_check_warns_of_an_attachments_folder_it_cannot_write(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` says so as a warning: the folder is this machine's, which may not be the one the server runs on."""
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: plain/files}\n")
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 0
+    assert (f"{cfg}:5:15: attachments.dir: warning: the attachments folder {tmp_path / 'plain' / 'files'} cannot be "
+            f"written here: {tmp_path / 'plain'} is not a folder") in err
+
+
+def test_check_says_as_serve_does_that_uvloop_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(tmp_path, "sqlite:///var/bridge.db")
+    Path(cfg).write_text(Path(cfg).read_text().replace("port: 0}", "port: 0, event_loop: uvloop}"))
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 1
+    assert f"{cfg}:1:" in err and "server.event_loop is uvloop, but uvloop is not installed" in err
+
+
+def test_check_says_as_serve_does_that_opentelemetry_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "tracing: {enabled: true}\n")
+    for name in ["opentelemetry", *(n for n in sys.modules if n.startswith("opentelemetry."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # each one imported raises ImportError, as when not installed
+    monkeypatch.delitem(sys.modules, "bridge.otel", raising=False)
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 1
+    assert f"{cfg}:5:" in err and "tracing.enabled: tracing.enabled is true, but OpenTelemetry is not installed" in err
+
+
+def test_a_url_without_a_scheme_is_named(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "t")
+    code, err = run(capsys, "deliveries", "list", "--url", "localhost:8080")
+    assert code == 2
+    assert err == ("--url 'localhost:8080': not an http:// or https:// URL; give the server's address with its "
+                   "scheme, e.g. http://localhost:8080\n")
