@@ -258,47 +258,62 @@ def _angle_address(tokens: list[_Token]) -> str | None:
     return _addr_spec(tokens)
 
 
-def _mailbox(tokens: list[_Token]) -> set[str] | None:
-    """The addresses of one mailbox's tokens: its angle-addr's, with a display name that is itself an address
-    (`victim@corp.example <a@evil.example>` is two mailboxes to a list parse); a bare addr-spec that is the
-    whole mailbox; none for display text alone (a name's unquoted comma, a quoted string, an encoded word).
-    None when it cannot be read as one of those."""
+def _mailbox(tokens: list[_Token]) -> tuple[set[str], set[str]] | None:
+    """(addresses, in_name) of one mailbox's tokens: its angle-addr's address, or a bare addr-spec that is the
+    whole mailbox; and, beside an angle-addr, the addr-spec its display text is (`'john@x.example'
+    <john@x.example>`: a list parse reads that text as a mailbox of its own). Neither for display text alone
+    (a name's unquoted comma, a quoted string, an encoded word). None when it cannot be read as one of those."""
     words = [t for t in tokens if t.kind != _CFWS]
     angles = [i for i, t in enumerate(words) if t.kind == "<" and t.text]
     if len(angles) > 1 or (angles and angles[0] != len(words) - 1):
         return None  # two addresses in brackets, or text after one
-    name, found = (words[:-1], {words[-1].text}) if angles else (words, set())
-    if any(t.kind == "@" for t in name):  # a "<Support>" or display text in it: not an addr-spec
-        address = _addr_spec(name)
-        if address is None:
-            return None
-        found.add(address)
-    return found
+    name = words[:-1] if angles else words
+    if not any(t.kind == "@" for t in name):
+        return {words[-1].text} if angles else set(), set()
+    address = _addr_spec(name)  # a "<Support>" or display text in it: not an addr-spec
+    if address is None:
+        return None
+    return ({words[-1].text}, {address}) if angles else ({address}, set())
 
 
-def _from_addresses(text: str) -> set[str] | None:
+class _FromRead(NamedTuple):
+    addresses: set[str]  # the mailboxes' addresses
+    in_name: set[str]  # a lone mailbox's display text that is an addr-spec: no address, but one to a list parse
+
+
+def _from_addresses(text: str) -> _FromRead | None:
     """The addresses of a From value read outside its quoted strings, comments and groups' display names: each
     a real addr-spec, in angle brackets or a whole mailbox; never a name's text, a comment's, or an encoded
-    word's (RFC 2047 5). None when the value cannot be read exactly (`_from_tokens`, `_mailbox`)."""
+    word's (RFC 2047 5). Mailboxes are told apart by the commas outside those and outside angle brackets: a
+    value of one mailbox with an angle-addr is that address, whatever its display text holds (the RFC5322.From
+    a DMARC check reads), and an addr-spec in that text is `in_name`; in a value of several mailboxes, such
+    text counts as an address. None when the value cannot be read exactly (`_from_tokens`, `_mailbox`)."""
     read = _from_tokens(text, 0, False)
     if read is None:
         return None
     found: set[str] = set()
+    in_names: set[str] = set()
+    mailboxes = 0
     mailbox: list[_Token] = []
     for token in [*read[0], _Token(";", ";")]:
         if token.kind == ":":  # what came before is a group's display name: text, unless it holds a mailbox
             if any(t.kind == "<" and t.text for t in mailbox):
                 return None
             mailbox = []
+            mailboxes += 1  # a group is never one lone mailbox
         elif token.kind in (",", ";"):
             addresses = _mailbox(mailbox)
             if addresses is None:
                 return None
-            found |= addresses
+            found |= addresses[0]
+            in_names |= addresses[1]
             mailbox = []
+            mailboxes += 1
         else:
             mailbox.append(token)
-    return found
+    if mailboxes > 1:
+        return _FromRead(found | in_names, set())
+    return _FromRead(found, in_names - found)
 
 
 def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | None]:
@@ -312,12 +327,15 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     `=?utf-8?q?ceo=40corp.example?=` name none. A value that cannot be read exactly (a quote left open, as in a
     name built without escaping) names none, and so does one the list parse (the standard library's reading,
     or the fast path's of the forms it reads exactly) reads as another address: both must read the same one.
-    A From of mailboxes of more than one address (which no ordinary mail has) names no address: which one a
-    provider's DMARC check read cannot be told, and the one in angle brackets may be a victim's
-    (`x@evil.example, <ceo@corp.example>`; `victim@corp.example <a@evil.example>` is two mailboxes to a list
-    parse). A mailbox without an address does not count: `John Doe, Support <john@x.example>` (a display name's
-    unquoted comma) is john@x.example. The display name is the list parse's. Over MAX_FROM_CHARS,
-    Rejected(413) naming `field`.
+    Mailboxes are counted by the commas outside quoted strings, comments, angle brackets and groups. A From of
+    one mailbox with an angle-addr names that address whatever its display text holds: the display text of
+    `'john@x.example' <john@x.example>` (as Outlook writes it) or `victim@corp.example <a@evil.example>` is
+    no address, though a list parse reads it as a mailbox of its own; the angle-addr is the RFC5322.From a
+    provider's DMARC check reads. A From of mailboxes of more than one address (which no ordinary mail has)
+    names no address: which one a provider's DMARC check read cannot be told, and the one in angle brackets
+    may be a victim's (`x@evil.example, <ceo@corp.example>`). A mailbox without an address does not count:
+    `John Doe, Support <john@x.example>` (a display name's unquoted comma) is john@x.example. The display name
+    is the list parse's. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
 
     A provider's JSON field may hold line breaks a header's value never keeps: unfolded first (RFC 5322 2.2.3),
     as the standard library's parser would otherwise end a quoted string or a comment at a CR the scan reads
@@ -327,15 +345,15 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
         return None, None
     check_chars(f"the {field} field", sum(len(t) for t in texts), MAX_FROM_CHARS)
     pairs = _mailboxes(texts, field, encoded_addresses=False)
-    listed = {_address_form(a) for _n, a in pairs if "@" in a}
+    reads = [_from_addresses(text) for text in texts]
+    if any(r is None for r in reads):
+        return None, None
+    read = {a for r in reads if r is not None for a in r.addresses}
+    # a lone mailbox's display text that is an addr-spec is a mailbox to a list parse, but no address
+    in_name = reads[0].in_name if len(reads) == 1 and reads[0] is not None else set()
+    listed = {_address_form(a) for _n, a in pairs if "@" in a} - in_name
     if len(listed) > 1:
         return None, None
-    read: set[str] = set()
-    for text in texts:
-        found = _from_addresses(text)
-        if found is None:
-            return None, None
-        read |= found
     if read and read != listed:
         return None, None
     if read:  # one: the name beside it (an `<x>` holding no address is no mailbox)

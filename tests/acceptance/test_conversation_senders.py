@@ -168,6 +168,28 @@ async def test_a_json_senders_display_name_does_not_split_the_thread(client: Any
     assert [e for e in logs if e["event"] == "conversation.sender_mismatch"] == []
 
 
+async def test_a_customer_whose_client_writes_the_address_as_the_name_keeps_the_thread(client: Any) -> None:
+    """Outlook and Exchange write a From as `'john@x.com' <john@x.com>`: one mailbox, whose angle-addr is the
+    sender. The customer's `[#id]` replies (so written, or bare) comment on the ticket; a stranger who writes
+    the customer's address as his display name is himself, and gets a ticket of his own."""
+    await post(client, **{"from": "'john@x.com' <John@X.com>", "subject": "Invoice", "message_id": "<j1@x.com>",
+                          "stripped_text": "invoice wrong"})
+    await settled(client, 1)
+    (john,) = await tickets(client)
+    tid = john["ticketId"]
+    with capture_logs() as logs:
+        for n, from_ in enumerate(["'john@x.com' <john@x.com>", "john@x.com", "jdoe@x.onmicrosoft.com <john@x.com>"]):
+            await post(client, **{"from": from_, "subject": f"Re: Invoice [#{tid}]", "message_id": f"<j{n + 2}@x.com>",
+                                  "stripped_text": f"reply {n}"})
+        await post(client, **{"from": "john@x.com <a@evil.example>", "subject": f"Re: Invoice [#{tid}]",
+                              "message_id": "<a1@evil.example>", "stripped_text": "ATTACKER"})
+        await settled(client, 5)
+    now = {t["ticketId"]: t for t in await tickets(client)}
+    assert sorted(now[tid]["comments"]) == [f"reply {n} (first sender john@x.com)" for n in range(3)]
+    assert [t["detail"] for t in now.values() if t["ticketId"] != tid] == ["ATTACKER"]
+    assert [e["named"] for e in logs if e["event"] == "conversation.sender_mismatch"] == ["ticket"]
+
+
 async def test_a_from_naming_the_customer_beside_another_mailbox_or_only_encoded_opens_its_own_ticket(
         client: Any) -> None:
     """A `from` of two mailboxes, the customer's in angle brackets, or naming the customer's address only inside

@@ -320,11 +320,12 @@ def test_a_json_senders_display_name_is_not_part_of_the_sender() -> None:
         "bob@x.io"}
     assert sender_of(" Helpdesk Bot ") == "helpdesk bot"
     assert sender_of("John Doe, Support <John@X.example>") == "john@x.example"  # a name's unquoted comma
+    assert sender_of("'John@X.example' <John@X.example>") == "john@x.example"  # an address as the name
 
 
 @pytest.mark.parametrize("from_", [
     "x@evil.example, <CEO@corp.example>",  # several mailboxes, one in angle brackets
-    "victim@corp.example <ceo@corp.example>",  # an unquoted address as a name: two mailboxes to a list parse
+    "ceo@corp.example <x@evil.example>, <ceo@corp.example>",  # several mailboxes of two addresses
     "=?utf-8?q?=3Cceo=40corp.example=3E?= (via a@evil.example)",  # an address only inside an encoded word
 ])
 def test_a_json_from_naming_no_one_mailbox_is_not_read_as_an_address(from_: str) -> None:

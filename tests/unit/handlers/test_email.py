@@ -619,7 +619,6 @@ def test_an_rfc2231_parameter_in_an_unknown_charset_is_still_read() -> None:
 @pytest.mark.parametrize(("value", "address"), [
     ("x@evil.example, <ceo@corp.example>", None),  # several, one in brackets: still no address
     ("x@evil.example, Boss <ceo@corp.example>", None),
-    ("victim@corp.example <a@evil.example>", None),  # an unquoted address as a name: two mailboxes to a parser
     ("victim@corp.example, a@evil.example", None),  # several, none in brackets: no address
     ("A <a@x.io>, B <b@y.io>", None),  # several in brackets: no address
     ('"victim@corp.example" <a@evil.example>', "a@evil.example"),
@@ -634,6 +633,26 @@ def test_a_from_of_several_mailboxes_names_no_sender(value: str, address: str | 
     brackets may be a victim's); mailboxes without an address (a display name's unquoted comma) do not count."""
     from handlers.email import sender
 
+    assert sender(value)[1] == address
+
+
+@pytest.mark.parametrize(("value", "address"), [
+    ("'john@x.com' <john@x.com>", "john@x.com"),  # Outlook/Exchange: the address, single-quoted, as the name
+    ("'jdoe@x.com' <john@x.com>", "john@x.com"),
+    ("jdoe@corp.onmicrosoft.com <john@corp.com>", "john@corp.com"),
+    ("victim@corp.example <a@evil.example>", "a@evil.example"),  # the angle-addr is what DMARC checked
+    ("victim@corp.example (x) <A@Evil.example>", "a@evil.example"),
+    # several mailboxes (a top-level comma, or a group) of more than one address: none, as before
+    ("victim@corp.example <a@evil.example>, b <a@evil.example>", None),
+    ("'jdoe@x.com' <john@x.com>,", None),
+    ("Team: victim@corp.example <a@evil.example>;", None),
+    ("victim@corp.example a <a@evil.example>", None),  # display text that is no one addr-spec: not read
+])
+def test_a_lone_mailbox_whose_display_text_is_an_address_names_its_angle_addr(
+        value: str, address: str | None) -> None:
+    """A From of one mailbox (no comma outside quotes, comments, brackets and groups) names its angle-addr,
+    whatever its display text holds: a list parse reads an address written there as a mailbox of its own, but
+    display text is never an address (and never the sender)."""
     assert sender(value)[1] == address
 
 
