@@ -101,8 +101,11 @@ class Gate(ABC):
         """Allow no send for `seconds` (after a 429), in every process."""
 
     @abstractmethod
-    async def outcome(self, classification: str) -> Change:
-        """Feed an attempt's classification to the breaker; says when it opened or closed."""
+    async def outcome(self, classification: str, admission: Admission | None = None) -> Change:
+        """Feed an attempt's classification to the breaker; says when it opened or closed. `admission`: the one its
+        send was granted in. Only the breaker's probe (an admission granted as the probe, and still this gate's
+        probe) ends the half-open state; an answer to a send granted before the breaker opened does not, nor does
+        it end the probe's hold (`Breaker.record`)."""
 
     @abstractmethod
     async def hold(self, seconds: float | None) -> None:
@@ -241,9 +244,11 @@ class LocalGate(Gate):
     async def pause(self, seconds: float) -> None:
         self.limiter.pause(seconds)
 
-    async def outcome(self, classification: str) -> Change:
-        self.probe = None  # any answer while half-open ends the probe (Breaker.record)
-        return self.breaker.record(classification)
+    async def outcome(self, classification: str, admission: Admission | None = None) -> Change:
+        probe = admission is not None and admission.probe and self.probe is admission
+        if probe:
+            self.probe = None  # its answer ends the probe; another send's answer leaves it out (Breaker.record)
+        return self.breaker.record(classification, probe=probe)
 
     async def hold(self, seconds: float | None) -> None:
         self.held_until = math.inf if seconds is None else time.monotonic() + seconds

@@ -69,7 +69,7 @@ class PgGate(Gate):
         await conn.execute("INSERT INTO destination_gates (destination) VALUES ($1) ON CONFLICT DO NOTHING",
                            self.destination)
         row = await conn.fetchrow(
-            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until, held_until "
+            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until, held_until, probe_owner "
             "FROM destination_gates WHERE destination = $1 FOR UPDATE", self.destination)
         now: int = await conn.fetchval(CLOCK)
         return row, now
@@ -80,14 +80,14 @@ class PgGate(Gate):
                     failures=row[2], opened=row[3], until=row[4] / 1000, probing=row[5] > now)
 
     async def _save(self, conn: Any, b: Breaker, now: int, probe_mark: str | None = None) -> None:
-        """Write `b` to the row; `probe_mark` marks the probe just granted."""
-        probe_until = now + int(self.probe_hold_s * 1000) if b.probing else 0
+        """Write `b` to the row; `probe_mark` marks the probe just granted, whose hold starts now. A probe still out
+        keeps its hold as its owner last renewed it (an answer to another send does not renew it); none out, none."""
         await conn.execute(
             "UPDATE destination_gates SET breaker_state = $2, failures = $3, opened = $4, open_until = $5, "
-            "probe_until = GREATEST(probe_until * $7::int, $6), probe_owner = COALESCE($8, probe_owner) "
-            "WHERE destination = $1",
-            self.destination, b.state, b.failures, b.opened, int(b.until * 1000), probe_until,
-            1 if b.probing else 0, probe_mark)
+            "probe_until = CASE WHEN $8::text IS NOT NULL THEN $6 WHEN $7 THEN probe_until ELSE 0 END, "
+            "probe_owner = COALESCE($8, probe_owner) WHERE destination = $1",
+            self.destination, b.state, b.failures, b.opened, int(b.until * 1000),
+            now + int(self.probe_hold_s * 1000), b.probing, probe_mark)
         self.breaker = Breaker(threshold=b.threshold, base_cooldown=b.base_cooldown, max_cooldown=b.max_cooldown,
                                state=b.state, failures=b.failures, opened=b.opened, probing=b.probing,
                                until=time.monotonic() + max(0.0, b.until - now / 1000))
@@ -289,9 +289,16 @@ class PgGate(Gate):
 
         await self._run(op)
 
-    async def outcome(self, classification: str) -> Change:
-        self.probe_mark = None
-        if classification == "success" and self.breaker.state == "closed" and self.breaker.failures == 0:
+    async def outcome(self, classification: str, admission: Admission | None = None) -> Change:
+        """The probe's answer is the one whose admission carries the mark the row's hold has (`probe_owner`): it
+        ends the half-open state, and this process's hold (no longer renewed by `keep_probe`). Any other answer
+        (a send granted before the breaker opened, or a probe whose hold ran out and another process took the
+        probe since) leaves the probe out and held (`Breaker.record`)."""
+        mark = admission.probe_mark if admission is not None and admission.probe else None
+        if mark is not None and self.probe_mark == mark:
+            self.probe_mark = None
+        if mark is None and classification == "success" and self.breaker.state == "closed" \
+                and self.breaker.failures == 0:
             # The common case: reset only a row that has counted failures (another process's), in one statement.
             await self._reset_failures()
             return None
@@ -300,7 +307,7 @@ class PgGate(Gate):
         async def op(conn: Any) -> Change:
             row, now = await self._locked(conn)
             b = self._breaker(row, now)
-            change = b.record(classification)
+            change = b.record(classification, probe=mark is not None and row[7] == mark)
             await self._save(conn, b, now)
             return change
 

@@ -125,7 +125,10 @@ async def test_a_pause_a_hold_or_an_open_breaker_still_hold_the_admit(
         await ga.outcome("retry")
     opened = await gb.admit(2)
     assert (opened.granted, opened.held) == (0, True) and 29 < opened.wait_s <= 30
-    assert await ga.outcome("success") == "closed"  # as the probe's answer would
+    await sql.execute("UPDATE destination_gates SET open_until = 0")  # as if its 30 s were over
+    probe = await ga.admit(2)
+    assert probe.probe
+    assert await ga.outcome("success", probe) == "closed"
     trips.counting = True
     assert (await gb.admit(2)).granted == 2
     assert statements(trips) == 1, trips.statements

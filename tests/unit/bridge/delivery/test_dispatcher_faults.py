@@ -725,13 +725,13 @@ async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
                 admits += 1
                 return await admit(want)
 
-            async def slow_outcome(classification: str) -> Change:
+            async def slow_outcome(classification: str, admission: Admission | None = None) -> Change:
                 held_when_told.append(len(lane.sending))
                 before = admits
                 for _ in range(20):  # the gate's own round trip (PostgreSQL's): other tasks run meanwhile
                     await asyncio.sleep(0)
                 admitted_while_told.append(admits - before)
-                return await outcome(classification)
+                return await outcome(classification, admission)
 
             gate.admit = counted_admit  # type: ignore[method-assign]
             gate.outcome = slow_outcome  # type: ignore[method-assign]
@@ -830,7 +830,7 @@ async def test_a_stop_while_an_answer_is_told_to_the_gate_records_the_vendors_an
         async with running(store, destination()) as d:
             gate = d.lanes["kapture"].gate
 
-            async def never_told(classification: str) -> Change:
+            async def never_told(classification: str, admission: Admission | None = None) -> Change:
                 telling.set()
                 await asyncio.Event().wait()  # the gate's round trip, not over when the stop comes
                 return None
@@ -856,7 +856,7 @@ async def test_a_stop_while_an_answer_is_told_to_the_gate_does_not_wait_for_a_st
         async with running(store, destination()) as d:
             gate = d.lanes["kapture"].gate
 
-            async def never_told(classification: str) -> Change:
+            async def never_told(classification: str, admission: Admission | None = None) -> Change:
                 telling.set()
                 await asyncio.Event().wait()
                 return None
@@ -936,11 +936,11 @@ async def test_a_bug_past_the_attempts_own_net_is_logged_and_the_lane_goes_on() 
             gate = d.lanes["kapture"].gate
             real = gate.outcome
 
-            async def outcome(classification: str) -> Change:
+            async def outcome(classification: str, admission: Admission | None = None) -> Change:
                 told.append(classification)
                 if len(told) == 1:
                     raise RuntimeError("a bug in the gate")
-                return await real(classification)
+                return await real(classification, admission)
 
             gate.outcome = outcome  # type: ignore[method-assign]
             await eventually(lambda: any(r.delivery_id == second for r in store.records))
