@@ -23,6 +23,7 @@ from typing import Literal
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker, State
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, acquire, make_limiter, use_slot
+from bridge.errors import StoreUnavailable
 
 Change = Literal["opened", "closed", None]
 
@@ -137,10 +138,15 @@ class SendSlot:
         self.state: Literal["granted", "starting", "started", "given back"] = "granted"
 
     async def start(self) -> None:
-        """The send starts now (`Gate.start`). Stopped or failing while the gate holds it, it is not given back here:
-        an in-process gate has given its reservation back (`ratelimit.use_slot`), a shared one's ages out."""
+        """The send starts now (`Gate.start`). Stopped while the gate holds it, it is not given back here: an
+        in-process gate has given its reservation back (`ratelimit.use_slot`), a shared one's ages out. The store
+        failing (StoreUnavailable: a shared gate's slot not moved) leaves it granted, for `unused` to give back."""
         self.state = "starting"
-        await self.gate.start(self.admission, self.index)
+        try:
+            await self.gate.start(self.admission, self.index)
+        except StoreUnavailable:
+            self.state = "granted"  # the store failed before the slot moved: still the grant's, to give back (`unused`)
+            raise
         self.state = "started"
 
     async def unused(self) -> bool:

@@ -406,7 +406,8 @@ class Lane:
 
     async def _send_and_record(self, item: Claimed, slot: SendSlot) -> None:
         """Send `item` once its `slot` at the gate lets it (`SendSlot.start`), and record the attempt. A bug, while
-        it is prepared as well as sent, costs it an attempt (`crashed`), recorded like any other."""
+        it is prepared as well as sent, costs it an attempt (`crashed`), recorded like any other; the store failing
+        the gate before the request went out (`_gate_failed`) does not."""
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         role: Literal["create", "follow_up"] | None = None
@@ -439,6 +440,9 @@ class Lane:
             await self._lease_expired(item, str(exc), blog, slot)
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
+            if isinstance(exc, StoreUnavailable) and item.id not in self.written:
+                await self._gate_failed(item, exc, blog)
+                return
             blog.exception("delivery.crashed", written=item.id in self.written)
             sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
@@ -533,6 +537,18 @@ class Lane:
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "
                         "sender may hold it now; no attempt is recorded")
+        await self.dispatcher.release([item.id])
+
+    async def _gate_failed(self, item: Claimed, exc: StoreUnavailable, blog: Any) -> None:
+        """Give up, unsent, a delivery whose gate could not be asked (the store that keeps the destination's rate
+        limit and breaker failed: moving its slot as it started, or admitting a look-up's request) before its
+        request went out: the vendor was asked nothing, so no attempt is recorded, no try used and the breaker told
+        nothing. Its slot (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the
+        delivery is given back due now, or, the store still down, once its lease runs out."""
+        self._answered(item.id)
+        blog.error("delivery.gate_failed", error=str(exc),
+                   note="not sent: the store failed before its request went out; no attempt is recorded and no try "
+                        "used: it is sent once the store is back (given back now, or when its lease runs out)")
         await self.dispatcher.release([item.id])
 
     def _redacted(self, sent: Sent, item: Claimed) -> Sent:
