@@ -2,11 +2,11 @@
 
 Each destination has a row in `destination_gates`; granting sends locks it (`SELECT … FOR UPDATE`), so processes
 take turns, each seeing every grant made before it. The common grant (breaker closed, no hold nor pause) is one
-statement, the function `gate_admit` (migration 0016), which does so under the same lock. A grant is a row in
-`send_slots` at the database's clock (one clock for every process, whatever their hosts' clocks say): a
-destination limited to N per T grants a send only while fewer than N of its slots lie in the last T plus a
-margin, which is the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps it.
-The margin (MARGIN_SHARE of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its
+statement, the function `gate_admit` (migration 0016; 0020 reads its window once), which does so under the same
+lock. A grant is a row in `send_slots` at the database's clock (one clock for every process, whatever their hosts'
+clocks say): a destination limited to N per T grants a send only while fewer than N of its slots lie in the last T
+plus a margin, which is the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps
+it. The margin (MARGIN_SHARE of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its
 request leaving: the claim that follows the grant, and network jitter.
 
 The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
@@ -93,7 +93,7 @@ class PgGate(Gate):
                                until=time.monotonic() + max(0.0, b.until - now / 1000))
 
     async def admit(self, want: int) -> Admission:
-        """The common case (breaker closed, no hold nor pause) in one statement, `gate_admit` (migration 0016),
+        """The common case (breaker closed, no hold nor pause) in one statement, `gate_admit` (migrations 0016, 0020),
         which checks and takes under the row's lock as `_admit` does; any other state in `_admit`'s transaction."""
         async def common(conn: Any) -> Any:
             return await conn.fetchrow(
@@ -105,7 +105,9 @@ class PgGate(Gate):
             return await self._admit(want)
         slots: list[int] = list(row[0])
         n = want if self.rate is None else len(slots)
-        return Admission(granted=n, wait_s=max(row[1], 1) / 1000 if n == 0 else 0.0, held=n == 0, slots=slots)
+        # A full window says how long until a slot is free; were it to say nothing (NULL), ask again soon.
+        wait_s = max(row[1] or 0, 1) / 1000 if n == 0 else 0.0
+        return Admission(granted=n, wait_s=wait_s, held=n == 0, slots=slots)
 
     async def _admit(self, want: int) -> Admission:
         async def op(conn: Any) -> Admission:
