@@ -33,8 +33,9 @@ class Admission:
     """What a gate allows now: `granted` sends (maybe none); with none, `wait_s` until asking again makes
     sense, and `held` when the destination itself is held back (breaker open, a 429's pause), so that new
     work need not wake the lane. `probe`: the one send allowed is the breaker's probe. `slots` are the gate's
-    own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic), to
-    tell a send that starts late for its slot; `probe_mark` a shared gate's mark on the probe it granted, so that
+    own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic: before the
+    round trip to a shared gate, whose slots are dated somewhere within it), to tell a send that starts late for its
+    slot; `probe_mark` a shared gate's mark on the probe it granted, so that
     giving it back ends that probe's hold, not one granted since. `started`: the sends started (`Gate.start`), by
     index, with the in-process limiter's handle on the slot each took (None: it keeps nothing to give back)."""
 

@@ -100,6 +100,7 @@ class PgGate(Gate):
                 "SELECT slots, wait_ms FROM gate_admit($1, $2, $3, $4)", self.destination, want,
                 None if self.rate is None else self.rate.requests, self._window_ms)
 
+        asked = time.monotonic()  # before: its slots are dated once the row's lock is held, later
         row = await self._run(common, autocommit=True)  # one statement: no BEGIN and COMMIT around it
         if row[0] is None:
             return await self._admit(want)
@@ -107,9 +108,11 @@ class PgGate(Gate):
         n = want if self.rate is None else len(slots)
         # A full window says how long until a slot is free; were it to say nothing (NULL), ask again soon.
         wait_s = max(row[1] or 0, 1) / 1000 if n == 0 else 0.0
-        return Admission(granted=n, wait_s=wait_s, held=n == 0, slots=slots)
+        return Admission(granted=n, wait_s=wait_s, held=n == 0, slots=slots, asked_at=asked)
 
     async def _admit(self, want: int) -> Admission:
+        asked = time.monotonic()  # before the transaction: its slots are dated once the row's lock is held
+
         async def op(conn: Any) -> Admission:
             row, now = await self._locked(conn)
             if row[6] > now:
@@ -151,7 +154,7 @@ class PgGate(Gate):
             if (b.state, b.probing) != was:
                 await self._save(conn, b, now, mark)
             return Admission(granted=n, wait_s=max(wait_ms, 1) / 1000 if n == 0 else 0.0, held=n == 0,
-                             probe=probe, slots=slots, probe_mark=mark)
+                             probe=probe, slots=slots, probe_mark=mark, asked_at=asked)
 
         result: Admission = await self._run(op)
         return result

@@ -42,7 +42,30 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
     return manual
 
 
-RATE = RateLimit(requests=20, per_seconds=1)
+RATE = RateLimit(requests=20, per_seconds=1)  # a window of 1.2 s: a send more than 0.1 s late is moved
+
+
+async def test_a_send_whose_admit_waited_on_the_database_is_moved_to_a_slot_taken_now(clock: ManualClock) -> None:
+    """The slot `gate_admit` grants is dated when it runs, which may be anywhere in its round trip (after a wait on
+    the gate row's lock, before a slow commit): the admission dates its asking from before the call, so that a send
+    whose admit took longer than the gate's punctuality counts as late when it starts, and is moved to a slot taken
+    then, rather than reach the vendor up to a round trip after the slot it was counted in."""
+    database = Database(clock, row=([7], 0), round_trip=0.3)
+    gate = PgGate(database, "lsq", RATE)
+    admission = await gate.admit(1)
+    assert (admission.granted, admission.slots, admission.asked_at) == (1, [7], 100.0)
+    await gate.start(admission, 0)
+    assert database.moved == [7]
+
+
+async def test_a_send_that_starts_in_time_keeps_its_slot(clock: ManualClock) -> None:
+    """An admit answered, and its send started, within the punctuality keeps the slot granted: no round trip more."""
+    database = Database(clock, row=([7, 8], 0), round_trip=0.04)
+    gate = PgGate(database, "lsq", RATE)
+    admission = await gate.admit(2)
+    clock.now += 0.05
+    await gate.start(admission, 1)
+    assert database.moved == []
 
 
 async def test_a_full_window_whose_wait_is_unknown_is_asked_again_soon(clock: ManualClock) -> None:
