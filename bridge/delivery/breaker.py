@@ -4,10 +4,13 @@ Without one, a down vendor with a backlog is sent every due delivery, each faili
 spends its CPU on refused connections, and each delivery burns its retries (or, on bad credentials,
 goes dead) for a fault that is the destination's, not the delivery's. After `threshold` consecutive
 destination-level failures the breaker opens: the lane claims nothing for a cooldown that doubles on
-each failed probe (up to `max_cooldown`), then sends a single probe. Any answer to the probe ends the
-half-open state: a success or a permanent failure (the vendor is up and answered; that delivery's
-body was the problem) closes it; a retry, a timeout or an auth failure opens it again for a longer
-cooldown. Deliveries held back meanwhile keep their schedule and their tries.
+each failed probe (up to `max_cooldown`), then sends a single probe. The probe's answer, and only
+it, ends the half-open state: a success or a permanent failure (the vendor is up and answered; that
+delivery's body was the problem) closes it; a retry, a timeout or an auth failure opens it again for a
+longer cooldown. An answer to a request that went out before the breaker opened, coming in while it
+is open or half-open, tells nothing of the vendor now and settles nothing: it neither closes nor opens
+the breaker, nor ends the probe's wait (the probe is still out). Deliveries held back meanwhile keep
+their schedule and their tries.
 """
 
 from __future__ import annotations
@@ -50,15 +53,19 @@ class Breaker:
         if self.state == "half_open":
             self.probing = True
 
-    def record(self, classification: str) -> Literal["opened", "closed", None]:
-        """Feed an attempt's classification; says when the breaker opened or closed."""
+    def record(self, classification: str, *, probe: bool = False) -> Literal["opened", "closed", None]:
+        """Feed an attempt's classification (`probe`: the attempt was the breaker's probe); says when the breaker
+        opened or closed. Open or half-open, only the probe's answer counts: any other is a request's that went out
+        before the breaker opened, answered late, and changes nothing (its probe, if out, stays out)."""
+        if self.state != "closed" and not (probe and self.state == "half_open"):
+            return None
         if classification == "success":
             was_open = self.state != "closed"
             self._close()
             return "closed" if was_open else None
         if classification not in DESTINATION_FAILURES:
-            # The vendor answered; this delivery's body was the problem. While half-open that answer
-            # is the probe's: the vendor is up, so the breaker closes (else the lane waits forever).
+            # The vendor answered; this delivery's body was the problem. While half-open this is the probe's
+            # answer: the vendor is up, so the breaker closes (else the lane waits forever).
             if self.state != "half_open":
                 return None
             self._close()

@@ -23,6 +23,7 @@ from typing import Literal
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker, State
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, acquire, make_limiter, use_slot
+from bridge.errors import StoreUnavailable
 
 Change = Literal["opened", "closed", None]
 
@@ -32,8 +33,9 @@ class Admission:
     """What a gate allows now: `granted` sends (maybe none); with none, `wait_s` until asking again makes
     sense, and `held` when the destination itself is held back (breaker open, a 429's pause), so that new
     work need not wake the lane. `probe`: the one send allowed is the breaker's probe. `slots` are the gate's
-    own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic), to
-    tell a send that starts late for its slot; `probe_mark` a shared gate's mark on the probe it granted, so that
+    own handles on what it granted (given back with `unused`); `asked_at` when it was asked (monotonic: before the
+    round trip to a shared gate, whose slots are dated somewhere within it), to tell a send that starts late for its
+    slot; `probe_mark` a shared gate's mark on the probe it granted, so that
     giving it back ends that probe's hold, not one granted since. `started`: the sends started (`Gate.start`), by
     index, with the in-process limiter's handle on the slot each took (None: it keeps nothing to give back)."""
 
@@ -101,8 +103,11 @@ class Gate(ABC):
         """Allow no send for `seconds` (after a 429), in every process."""
 
     @abstractmethod
-    async def outcome(self, classification: str) -> Change:
-        """Feed an attempt's classification to the breaker; says when it opened or closed."""
+    async def outcome(self, classification: str, admission: Admission | None = None) -> Change:
+        """Feed an attempt's classification to the breaker; says when it opened or closed. `admission`: the one its
+        send was granted in. Only the breaker's probe (an admission granted as the probe, and still this gate's
+        probe) ends the half-open state; an answer to a send granted before the breaker opened does not, nor does
+        it end the probe's hold (`Breaker.record`)."""
 
     @abstractmethod
     async def hold(self, seconds: float | None) -> None:
@@ -134,10 +139,15 @@ class SendSlot:
         self.state: Literal["granted", "starting", "started", "given back"] = "granted"
 
     async def start(self) -> None:
-        """The send starts now (`Gate.start`). Stopped or failing while the gate holds it, it is not given back here:
-        an in-process gate has given its reservation back (`ratelimit.use_slot`), a shared one's ages out."""
+        """The send starts now (`Gate.start`). Stopped while the gate holds it, it is not given back here: an
+        in-process gate has given its reservation back (`ratelimit.use_slot`), a shared one's ages out. The store
+        failing (StoreUnavailable: a shared gate's slot not moved) leaves it granted, for `unused` to give back."""
         self.state = "starting"
-        await self.gate.start(self.admission, self.index)
+        try:
+            await self.gate.start(self.admission, self.index)
+        except StoreUnavailable:
+            self.state = "granted"  # the store failed before the slot moved: still the grant's, to give back (`unused`)
+            raise
         self.state = "started"
 
     async def unused(self) -> bool:
@@ -241,9 +251,11 @@ class LocalGate(Gate):
     async def pause(self, seconds: float) -> None:
         self.limiter.pause(seconds)
 
-    async def outcome(self, classification: str) -> Change:
-        self.probe = None  # any answer while half-open ends the probe (Breaker.record)
-        return self.breaker.record(classification)
+    async def outcome(self, classification: str, admission: Admission | None = None) -> Change:
+        probe = admission is not None and admission.probe and self.probe is admission
+        if probe:
+            self.probe = None  # its answer ends the probe; another send's answer leaves it out (Breaker.record)
+        return self.breaker.record(classification, probe=probe)
 
     async def hold(self, seconds: float | None) -> None:
         self.held_until = math.inf if seconds is None else time.monotonic() + seconds

@@ -385,7 +385,7 @@ class Lane:
         nothing of it: `_answer_gate`) or given up unsent (its lease lost) is given back too, or the breaker would wait
         for its answer."""
         try:
-            await self._send_and_record(item, slot.start, slot.unsent if slot.admission.probe else None)
+            await self._send_and_record(item, slot)
         except asyncio.CancelledError:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (to its end whatever becomes of this task: see _record) and must not be undone by a
@@ -404,11 +404,10 @@ class Lane:
                 if await slot.unused():
                     self.resumed.set()  # a lane held back by its rate limit may have room now
 
-    async def _send_and_record(self, item: Claimed, start: Callable[[], Awaitable[None]],
-                               unsent: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Send `item` once `start` lets it (its slot at the gate), and record the attempt; `unsent` gives its
-        admission back when it is not sent after all (a breaker's probe whose lease was lost). A bug, while it is
-        prepared as well as sent, costs it an attempt (`crashed`), recorded like any other."""
+    async def _send_and_record(self, item: Claimed, slot: SendSlot) -> None:
+        """Send `item` once its `slot` at the gate lets it (`SendSlot.start`), and record the attempt. A bug, while
+        it is prepared as well as sent, costs it an attempt (`crashed`), recorded like any other; the store failing
+        the gate before the request went out (`_gate_failed`) does not."""
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         role: Literal["create", "follow_up"] | None = None
@@ -423,7 +422,7 @@ class Lane:
             if admitted:  # a resend after refused credentials: one more request at the vendor
                 await self.gate.admit_request()
             else:
-                await start()
+                await slot.start()
                 admitted = True
             self.check_lease(item.id)  # after the gate's wait, just before the request is written
             self.written.add(item.id)
@@ -438,13 +437,16 @@ class Lane:
                 sent = await send_once(d.session, self.dest.adapter, item, self.dest.config.timeout_seconds,
                                        on_send=went, on_lookup=self.gate.admit_request)
         except LeaseExpired as exc:
-            await self._lease_expired(item, str(exc), blog, unsent)
+            await self._lease_expired(item, str(exc), blog, slot)
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
+            if isinstance(exc, StoreUnavailable) and item.id not in self.written:
+                await self._gate_failed(item, exc, blog)
+                return
             blog.exception("delivery.crashed", written=item.id in self.written)
             sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
-        stopped = await self._answer_gate(item, sent, item.id not in self.written, blog)
+        stopped = await self._answer_gate(item, sent, item.id not in self.written, blog, slot.admission)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
             d.on_attempt(Attempted(
@@ -474,14 +476,14 @@ class Lane:
         if stopped is not None:
             raise stopped
 
-    async def _answer_gate(self, item: Claimed, sent: Sent, unsent: bool,
-                           blog: Any) -> asyncio.CancelledError | None:
-        """Tell the gate how the send went, and free its slot. An unknown outcome is the vendor's failure; a
-        reconciliation's finding is a success (an earlier send's answer, found late: the vendor did make its
-        ticket). Any other delivery settled without its request going out (`unsent`: a follow-up that failed to
-        render or whose ticket is gone, a mapping the vendor cannot take, one held in doubt or whose reconciliation
-        stopped) is no answer from the vendor, and the breaker is told nothing of it unless it failed (`retry`,
-        `auth`: a look-up refused or failing, a crash before the write): were it the breaker's probe, it is
+    async def _answer_gate(self, item: Claimed, sent: Sent, unsent: bool, blog: Any,
+                           admission: Admission) -> asyncio.CancelledError | None:
+        """Tell the gate how the send granted in `admission` went, and free its slot. An unknown outcome is the
+        vendor's failure; a reconciliation's finding is a success (an earlier send's answer, found late: the vendor
+        did make its ticket). Any other delivery settled without its request going out (`unsent`: a follow-up that
+        failed to render or whose ticket is gone, a mapping the vendor cannot take, one held in doubt or whose
+        reconciliation stopped) is no answer from the vendor, and the breaker is told nothing of it unless it failed
+        (`retry`, `auth`: a look-up refused or failing, a crash before the write): were it the breaker's probe, it is
         given back (`_deliver`), so that the breaker stays half-open and the next delivery is the probe, rather
         than be closed by a vendor that answered nothing. A rate limit a look-up met pauses the destination all
         the same. A stop that cuts this short (the gate's round trip on PostgreSQL) is returned, not raised: the
@@ -497,11 +499,11 @@ class Lane:
             if breaker in DESTINATION_FAILURES or sent.http_status == 429:
                 # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause)
                 # holds back the next claim, rather than let another wave out before it is counted.
-                await self._tell_gate(sent, breaker, blog)
+                await self._tell_gate(sent, breaker, blog, admission)
                 self._answered(item.id)
             else:
                 self._answered(item.id)  # a success need not wait for the gate (a store round trip on PostgreSQL)
-                await self._tell_gate(sent, breaker, blog)
+                await self._tell_gate(sent, breaker, blog, admission)
         except asyncio.CancelledError as exc:
             self._answered(item.id)
             return exc
@@ -519,23 +521,34 @@ class Lane:
             raise LeaseExpired(f"its lease was last confirmed {age:.1f}s ago, and it lasts {d.lease_s:g}s: it may "
                                "have run out and been taken over")
 
-    async def _lease_expired(self, item: Claimed, why: str, blog: Any,
-                             unsent: Callable[[], Awaitable[None]] | None) -> None:
+    async def _lease_expired(self, item: Claimed, why: str, blog: Any, slot: SendSlot) -> None:
         """Give up, unsent, a delivery whose lease may have run out (`check_lease`): its admission given back when
-        it was the breaker's probe (`unsent`), nothing recorded, and the delivery back due now only when this
-        process still holds its lease (otherwise its new holder has it). A probe whose request went out, refused
+        it was the breaker's probe (`SendSlot.unsent`), nothing recorded, and the delivery back due now only when
+        this process still holds its lease (otherwise its new holder has it). A probe whose request went out, refused
         for its credentials, and whose resend is given up, keeps its slot (it was used): the breaker is told the
         refusal, its answer."""
-        if unsent is not None:
+        if slot.admission.probe:
             with contextlib.suppress(StoreUnavailable):
                 if item.id in self.written:
-                    await self.gate.outcome("auth")
+                    await self.gate.outcome("auth", slot.admission)
                 else:
-                    await unsent()
+                    await slot.unsent()
         self._answered(item.id)
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "
                         "sender may hold it now; no attempt is recorded")
+        await self.dispatcher.release([item.id])
+
+    async def _gate_failed(self, item: Claimed, exc: StoreUnavailable, blog: Any) -> None:
+        """Give up, unsent, a delivery whose gate could not be asked (the store that keeps the destination's rate
+        limit and breaker failed: moving its slot as it started, or admitting a look-up's request) before its
+        request went out: the vendor was asked nothing, so no attempt is recorded, no try used and the breaker told
+        nothing. Its slot (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the
+        delivery is given back due now, or, the store still down, once its lease runs out."""
+        self._answered(item.id)
+        blog.error("delivery.gate_failed", error=str(exc),
+                   note="not sent: the store failed before its request went out; no attempt is recorded and no try "
+                        "used: it is sent once the store is back (given back now, or when its lease runs out)")
         await self.dispatcher.release([item.id])
 
     def _redacted(self, sent: Sent, item: Claimed) -> Sent:
@@ -792,10 +805,11 @@ class Lane:
             return Outcome(classification="permanent",
                            error=f"not sent: the {what} could not be rendered: {type(exc).__name__}: {exc}")
 
-    async def _tell_gate(self, sent: Sent, classification: str | None, blog: Any) -> None:
+    async def _tell_gate(self, sent: Sent, classification: str | None, blog: Any, admission: Admission) -> None:
         """Pass an answer on to the destination's gate: a rate limit's pause (a 429's, or one the adapter read in
         another answer, a 200 included, or a look-up's: `Outcome.rate_limited`), and `classification` to the
-        breaker (None: nothing for it, the delivery settled unsent)."""
+        breaker (None: nothing for it, the delivery settled unsent), with the `admission` its send was granted in
+        (the breaker's probe's answer settles the half-open state; no other does)."""
         if sent.http_status == 429 or sent.outcome.rate_limited:
             pause = sent.outcome.retry_after if sent.outcome.retry_after is not None else self.gate.window
             pause = min(pause, self.dest.policy.max_retry_after)
@@ -805,7 +819,7 @@ class Lane:
         if classification is None:
             return
         try:
-            change = await self.gate.outcome(classification)
+            change = await self.gate.outcome(classification, admission)
         except StoreUnavailable:
             return
         if change == "opened":

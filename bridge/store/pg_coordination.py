@@ -2,11 +2,11 @@
 
 Each destination has a row in `destination_gates`; granting sends locks it (`SELECT … FOR UPDATE`), so processes
 take turns, each seeing every grant made before it. The common grant (breaker closed, no hold nor pause) is one
-statement, the function `gate_admit` (migration 0016), which does so under the same lock. A grant is a row in
-`send_slots` at the database's clock (one clock for every process, whatever their hosts' clocks say): a
-destination limited to N per T grants a send only while fewer than N of its slots lie in the last T plus a
-margin, which is the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps it.
-The margin (MARGIN_SHARE of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its
+statement, the function `gate_admit` (migration 0016; 0020 reads its window once), which does so under the same
+lock. A grant is a row in `send_slots` at the database's clock (one clock for every process, whatever their hosts'
+clocks say): a destination limited to N per T grants a send only while fewer than N of its slots lie in the last T
+plus a margin, which is the vendor's own count ("N in any window of T"), as the in-process sliding-window log keeps
+it. The margin (MARGIN_SHARE of the window, at least SHARED_MIN_MARGIN_S) covers the time between a grant and its
 request leaving: the claim that follows the grant, and network jitter.
 
 The breaker is the in-process `Breaker`'s logic run on the row's state under the same lock, so one
@@ -69,7 +69,7 @@ class PgGate(Gate):
         await conn.execute("INSERT INTO destination_gates (destination) VALUES ($1) ON CONFLICT DO NOTHING",
                            self.destination)
         row = await conn.fetchrow(
-            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until, held_until "
+            "SELECT paused_until, breaker_state, failures, opened, open_until, probe_until, held_until, probe_owner "
             "FROM destination_gates WHERE destination = $1 FOR UPDATE", self.destination)
         now: int = await conn.fetchval(CLOCK)
         return row, now
@@ -80,34 +80,39 @@ class PgGate(Gate):
                     failures=row[2], opened=row[3], until=row[4] / 1000, probing=row[5] > now)
 
     async def _save(self, conn: Any, b: Breaker, now: int, probe_mark: str | None = None) -> None:
-        """Write `b` to the row; `probe_mark` marks the probe just granted."""
-        probe_until = now + int(self.probe_hold_s * 1000) if b.probing else 0
+        """Write `b` to the row; `probe_mark` marks the probe just granted, whose hold starts now. A probe still out
+        keeps its hold as its owner last renewed it (an answer to another send does not renew it); none out, none."""
         await conn.execute(
             "UPDATE destination_gates SET breaker_state = $2, failures = $3, opened = $4, open_until = $5, "
-            "probe_until = GREATEST(probe_until * $7::int, $6), probe_owner = COALESCE($8, probe_owner) "
-            "WHERE destination = $1",
-            self.destination, b.state, b.failures, b.opened, int(b.until * 1000), probe_until,
-            1 if b.probing else 0, probe_mark)
+            "probe_until = CASE WHEN $8::text IS NOT NULL THEN $6 WHEN $7 THEN probe_until ELSE 0 END, "
+            "probe_owner = COALESCE($8, probe_owner) WHERE destination = $1",
+            self.destination, b.state, b.failures, b.opened, int(b.until * 1000),
+            now + int(self.probe_hold_s * 1000), b.probing, probe_mark)
         self.breaker = Breaker(threshold=b.threshold, base_cooldown=b.base_cooldown, max_cooldown=b.max_cooldown,
                                state=b.state, failures=b.failures, opened=b.opened, probing=b.probing,
                                until=time.monotonic() + max(0.0, b.until - now / 1000))
 
     async def admit(self, want: int) -> Admission:
-        """The common case (breaker closed, no hold nor pause) in one statement, `gate_admit` (migration 0016),
+        """The common case (breaker closed, no hold nor pause) in one statement, `gate_admit` (migrations 0016, 0020),
         which checks and takes under the row's lock as `_admit` does; any other state in `_admit`'s transaction."""
         async def common(conn: Any) -> Any:
             return await conn.fetchrow(
                 "SELECT slots, wait_ms FROM gate_admit($1, $2, $3, $4)", self.destination, want,
                 None if self.rate is None else self.rate.requests, self._window_ms)
 
+        asked = time.monotonic()  # before: its slots are dated once the row's lock is held, later
         row = await self._run(common, autocommit=True)  # one statement: no BEGIN and COMMIT around it
         if row[0] is None:
             return await self._admit(want)
         slots: list[int] = list(row[0])
         n = want if self.rate is None else len(slots)
-        return Admission(granted=n, wait_s=max(row[1], 1) / 1000 if n == 0 else 0.0, held=n == 0, slots=slots)
+        # A full window says how long until a slot is free; were it to say nothing (NULL), ask again soon.
+        wait_s = max(row[1] or 0, 1) / 1000 if n == 0 else 0.0
+        return Admission(granted=n, wait_s=wait_s, held=n == 0, slots=slots, asked_at=asked)
 
     async def _admit(self, want: int) -> Admission:
+        asked = time.monotonic()  # before the transaction: its slots are dated once the row's lock is held
+
         async def op(conn: Any) -> Admission:
             row, now = await self._locked(conn)
             if row[6] > now:
@@ -149,7 +154,7 @@ class PgGate(Gate):
             if (b.state, b.probing) != was:
                 await self._save(conn, b, now, mark)
             return Admission(granted=n, wait_s=max(wait_ms, 1) / 1000 if n == 0 else 0.0, held=n == 0,
-                             probe=probe, slots=slots, probe_mark=mark)
+                             probe=probe, slots=slots, probe_mark=mark, asked_at=asked)
 
         result: Admission = await self._run(op)
         return result
@@ -289,9 +294,16 @@ class PgGate(Gate):
 
         await self._run(op)
 
-    async def outcome(self, classification: str) -> Change:
-        self.probe_mark = None
-        if classification == "success" and self.breaker.state == "closed" and self.breaker.failures == 0:
+    async def outcome(self, classification: str, admission: Admission | None = None) -> Change:
+        """The probe's answer is the one whose admission carries the mark the row's hold has (`probe_owner`): it
+        ends the half-open state, and this process's hold (no longer renewed by `keep_probe`). Any other answer
+        (a send granted before the breaker opened, or a probe whose hold ran out and another process took the
+        probe since) leaves the probe out and held (`Breaker.record`)."""
+        mark = admission.probe_mark if admission is not None and admission.probe else None
+        if mark is not None and self.probe_mark == mark:
+            self.probe_mark = None
+        if mark is None and classification == "success" and self.breaker.state == "closed" \
+                and self.breaker.failures == 0:
             # The common case: reset only a row that has counted failures (another process's), in one statement.
             await self._reset_failures()
             return None
@@ -300,7 +312,7 @@ class PgGate(Gate):
         async def op(conn: Any) -> Change:
             row, now = await self._locked(conn)
             b = self._breaker(row, now)
-            change = b.record(classification)
+            change = b.record(classification, probe=mark is not None and row[7] == mark)
             await self._save(conn, b, now)
             return change
 

@@ -4,6 +4,7 @@ transaction it replaces granted, across processes sharing the gate; other states
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -13,6 +14,7 @@ from bridge.config import RateLimit
 from bridge.store.pg_coordination import PgGate
 from bridge.store.postgres import PostgresStore
 from tests.bench.pg_round_trips import RoundTrips
+from tests.conftest import eventually
 from tests.integration.processes import DSN
 
 pytestmark = pytest.mark.integration
@@ -89,6 +91,45 @@ async def test_a_full_window_is_answered_in_one_statement_with_the_wait_for_its_
     assert 12.5 < held.wait_s <= 13.001  # 50 s ago, leaving the 63 s window in 13 s
 
 
+async def test_slots_given_back_while_an_admit_reads_a_full_window_leave_it_a_wait(
+        two: tuple[PostgresStore, PostgresStore], sql: asyncpg.Connection) -> None:
+    """Slots given back (their rows deleted, without the gate row's lock: `PgGate.unused`) while an admit reads a
+    full window do not leave it without a wait: what it counts and the slot it waits for are read together. A copy of
+    `gate_admit` held, right after the read that counts the window, on an advisory lock the test holds lets the
+    slots go back at that very point."""
+    ga, _gb = gates(two, RateLimit(requests=2, per_seconds=60))
+    full = await ga.admit(2)
+    assert full.granted == 2
+    source: str = await sql.fetchval(
+        "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE p.proname = 'gate_admit' AND n.nspname = current_schema()")
+    key = secrets.randbits(62)
+    counted = source.index(";", source.index("INTO taken")) + 1
+    paused = f"{source[:counted]}\n    PERFORM pg_advisory_lock({key}); PERFORM pg_advisory_unlock({key});" \
+             f"{source[counted:]}"
+    await sql.execute("CREATE FUNCTION gate_admit_paused(p_destination TEXT, p_want INTEGER, p_requests INTEGER, "
+                      "p_window_ms BIGINT, OUT slots BIGINT[], OUT wait_ms BIGINT) LANGUAGE plpgsql VOLATILE AS "
+                      f"$paused${paused}$paused$")
+    admitting = await asyncpg.connect(DSN, server_settings={"search_path": two[0].schema or "public"})
+    try:
+        await sql.execute("SELECT pg_advisory_lock($1)", key)
+        answer = asyncio.ensure_future(admitting.fetchrow(
+            "SELECT slots, wait_ms FROM gate_admit_paused('lsq', 1, 2, $1)", ga._window_ms))
+
+        async def counted_and_waiting() -> bool:
+            return bool(await sql.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                           "AND NOT granted AND pid = $1", admitting.get_server_pid()))
+
+        await eventually(counted_and_waiting)
+        await ga.unused(full, 2)
+        await sql.execute("SELECT pg_advisory_unlock($1)", key)
+        slots, wait_ms = await answer
+    finally:
+        await admitting.close()
+    assert slots == []
+    assert wait_ms is not None and wait_ms >= 1, "a full window answered without a wait"
+
+
 async def test_admits_at_once_in_two_processes_grant_the_limit_exactly(
         two: tuple[PostgresStore, PostgresStore], trips: RoundTrips, sql: asyncpg.Connection) -> None:
     """Admits sent together from two processes take turns on the gate's row: each sees the slots the others took
@@ -125,7 +166,10 @@ async def test_a_pause_a_hold_or_an_open_breaker_still_hold_the_admit(
         await ga.outcome("retry")
     opened = await gb.admit(2)
     assert (opened.granted, opened.held) == (0, True) and 29 < opened.wait_s <= 30
-    assert await ga.outcome("success") == "closed"  # as the probe's answer would
+    await sql.execute("UPDATE destination_gates SET open_until = 0")  # as if its 30 s were over
+    probe = await ga.admit(2)
+    assert probe.probe
+    assert await ga.outcome("success", probe) == "closed"
     trips.counting = True
     assert (await gb.admit(2)).granted == 2
     assert statements(trips) == 1, trips.statements

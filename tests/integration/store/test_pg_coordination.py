@@ -77,7 +77,7 @@ async def test_failures_in_every_process_open_one_breaker_and_one_probe_goes_out
     assert (probe.granted, probe.probe) == (1, True)
     other = await gb.admit(4)
     assert (other.granted, other.held) == (0, True)
-    assert await ga.outcome("success") == "closed"
+    assert await ga.outcome("success", probe) == "closed"
     assert (await gb.admit(4)).granted == 4
 
 
@@ -109,10 +109,10 @@ async def test_a_probe_is_held_while_renewed_and_given_up_within_its_hold_once_i
         assert (await gb.admit(3)).granted == 0, "a renewed probe was given up"
         await asyncio.sleep(0.1)
     stopped = time.monotonic()
-    while not (await gb.admit(3)).probe:
+    while not (taken := await gb.admit(3)).probe:
         assert time.monotonic() - stopped < 1.0 + 0.5, "a probe nobody renews was never given up"
         await asyncio.sleep(0.02)
-    assert await gb.outcome("success") == "closed"
+    assert await gb.outcome("success", taken) == "closed"
 
 
 async def test_a_send_late_for_its_slot_waits_for_a_free_one(two: tuple[PostgresStore, PostgresStore]) -> None:
@@ -287,6 +287,42 @@ async def test_a_probe_given_back_after_its_hold_ran_out_leaves_the_probe_anothe
     for gate in (ga, gb):
         held = await gate.admit(3)
         assert (held.granted, held.held) == (0, True), "a second probe out while the first one is"
+
+
+async def test_only_the_probes_answer_ends_the_half_open_state_in_every_process(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Sends granted before the breaker opened, answered (failing or not) while the probe is out, in the probe's
+    process or another, are not its answer: the probe stays out, held and renewed by its process (`keep_probe`),
+    and no process is granted a second one; the probe's own answer closes the breaker for all. So are the answers
+    of a stalled process's probe whose hold ran out and another's probe is out since."""
+    ga, gb = gates(two, None)
+    ga.breaker.base_cooldown = gb.breaker.base_cooldown = 0.0
+    early_a, early_b = await ga.admit(2), await gb.admit(2)  # out before the breaker opens, answered late
+    for _ in range(5):
+        await ga.outcome("retry", early_a)
+    probe = await ga.admit(1)
+    assert probe.probe
+    for gate, early in ((ga, early_a), (gb, early_b), (ga, early_a)):
+        for classification in ("retry", "auth", "success", "permanent"):
+            assert await gate.outcome(classification, early) is None
+            for other in (ga, gb):
+                assert (await other.admit(3)).granted == 0, f"a second probe out after a late {classification}"
+    assert ga.probe_mark == probe.probe_mark, "the probe's process no longer renews its hold"
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": two[0].schema or "public"})
+    try:
+        held_until = await conn.fetchval("SELECT probe_until FROM destination_gates WHERE destination = 'lsq'")
+        await ga.keep_probe()
+        assert await conn.fetchval("SELECT probe_until FROM destination_gates WHERE destination = 'lsq'") \
+            >= held_until > 0, "the probe's hold is no longer renewed"
+        await conn.execute("UPDATE destination_gates SET probe_until = 1")  # a stall past the hold
+    finally:
+        await conn.close()
+    taken = await gb.admit(1)
+    assert taken.probe
+    assert await ga.outcome("retry", probe) is None  # the stalled probe's answer: no longer the probe
+    assert (await ga.admit(3)).granted == 0, "a second probe out while the one taken since is"
+    assert await gb.outcome("success", taken) == "closed"
+    assert (await ga.admit(3)).granted == 3
 
 
 async def test_a_send_given_back_deletes_its_own_slot_and_a_sent_one_stays_counted(

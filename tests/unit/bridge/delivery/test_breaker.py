@@ -71,7 +71,7 @@ def test_a_successful_probe_closes_it(clock: ManualClock) -> None:
     clock.now += 5
     b.allowance()
     b.probe_sent()
-    assert b.record("success") == "closed"
+    assert b.record("success", probe=True) == "closed"
     assert b.allowance() == (0.0, None)
 
 
@@ -85,7 +85,7 @@ def test_a_failed_probe_doubles_the_cooldown_up_to_the_cap(clock: ManualClock) -
         clock.now = b.until
         b.allowance()
         b.probe_sent()
-        assert b.record("retry") == "opened"
+        assert b.record("retry", probe=True) == "opened"
     assert cooldowns == [1, 2, 4, 5, 5]
 
 
@@ -102,7 +102,7 @@ def probing(clock: ManualClock) -> Breaker:
 def test_a_probe_answered_with_a_permanent_failure_closes_it(clock: ManualClock) -> None:
     """A permanent answer to the probe (the vendor is up, the body was wrong) closes the breaker."""
     b = probing(clock)
-    assert b.record("permanent") == "closed"
+    assert b.record("permanent", probe=True) == "closed"
     assert (b.state, b.probing, b.failures) == ("closed", False, 0)
     assert b.allowance() == (0.0, None)
 
@@ -110,7 +110,7 @@ def test_a_probe_answered_with_a_permanent_failure_closes_it(clock: ManualClock)
 def test_a_probe_answered_with_success_closes_it(clock: ManualClock) -> None:
     """A successful probe closes the breaker and lets the lane claim freely."""
     b = probing(clock)
-    assert b.record("success") == "closed"
+    assert b.record("success", probe=True) == "closed"
     assert (b.state, b.probing) == ("closed", False)
     assert b.allowance() == (0.0, None)
 
@@ -118,7 +118,7 @@ def test_a_probe_answered_with_success_closes_it(clock: ManualClock) -> None:
 def test_a_probe_answered_with_an_auth_failure_opens_it_again(clock: ManualClock) -> None:
     """Bad credentials on the probe reopen the breaker for a doubled cooldown, the probe no longer out."""
     b = probing(clock)
-    assert b.record("auth") == "opened"
+    assert b.record("auth", probe=True) == "opened"
     assert (b.state, b.probing) == ("open", False)
     assert b.allowance() == (2.0, None)
     clock.now = b.until
@@ -128,7 +128,7 @@ def test_a_probe_answered_with_an_auth_failure_opens_it_again(clock: ManualClock
 def test_a_probe_that_timed_out_opens_it_again(clock: ManualClock) -> None:
     """A timeout (a retry) on the probe reopens the breaker, and a new probe follows the cooldown."""
     b = probing(clock)
-    assert b.record("retry") == "opened"
+    assert b.record("retry", probe=True) == "opened"
     assert (b.state, b.probing) == ("open", False)
     clock.now = b.until
     assert b.allowance() == (0.0, 1)
@@ -140,3 +140,29 @@ def test_a_permanent_failure_while_closed_changes_nothing(clock: ManualClock) ->
     b.record("retry")
     assert b.record("permanent") is None
     assert (b.state, b.failures) == ("closed", 1)
+
+
+@pytest.mark.parametrize("classification", ["retry", "auth", "success", "permanent"])
+def test_an_answer_to_a_send_from_before_it_opened_leaves_the_probe_out(clock: ManualClock,
+                                                                         classification: str) -> None:
+    """Half-open with its probe out, the late answer of a send that went out before the breaker opened is not the
+    probe's: the breaker stays half-open, the probe out (no second one granted), until the probe answers."""
+    b = probing(clock)
+    assert b.record(classification) is None
+    assert (b.state, b.probing) == ("half_open", True)
+    wait, limit = b.allowance()
+    assert wait > 0 and limit is None, "a second probe granted while the first is out"
+    assert b.record("success", probe=True) == "closed"
+
+
+def test_an_answer_to_a_send_from_before_it_opened_does_not_reopen_it_before_its_probe(clock: ManualClock) -> None:
+    """Open, or half-open with no probe out yet, a late failure neither reopens the breaker nor lengthens its
+    cooldown: the next probe goes out when the cooldown it opened with ends."""
+    b = Breaker(threshold=1, base_cooldown=1, max_cooldown=60, clock=clock)
+    assert b.record("retry") == "opened"
+    until = b.until
+    assert b.record("retry") is None
+    clock.now = until
+    assert b.allowance() == (0.0, 1)
+    assert b.record("retry") is None
+    assert (b.state, b.until, b.allowance()) == ("half_open", until, (0.0, 1))

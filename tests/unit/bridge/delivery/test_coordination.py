@@ -138,7 +138,7 @@ async def test_a_probe_given_back_after_its_outcome_leaves_a_later_probe_out() -
     clock.advance(5.0)
     first = await g.admit(1)
     assert first.probe
-    assert await g.outcome("retry") == "opened"  # its outcome (a look-up failed in passing)
+    assert await g.outcome("retry", first) == "opened"  # its outcome (a look-up failed in passing)
     clock.advance(10.0)
     second = await g.admit(1)
     assert second.probe
@@ -146,3 +146,20 @@ async def test_a_probe_given_back_after_its_outcome_leaves_a_later_probe_out() -
     assert (await g.admit(4)).granted == 0, "a second probe out while the first is"
     await g.give_back(second, 0)
     assert (await g.admit(4)).probe
+
+
+async def test_only_the_probes_answer_ends_the_half_open_state() -> None:
+    """Sends granted before the breaker opened and answered while its probe is out (a failure, a success) are not
+    the probe's answer: the probe stays out and no second one is granted; the probe's own answer closes it."""
+    g, clock = gate(requests=100)
+    early = await g.admit(3)  # out before the breaker opens, answered late
+    await g.outcome("retry", early)
+    assert await g.outcome("retry", early) == "opened"
+    clock.advance(5.0)
+    probe = await g.admit(1)
+    assert probe.probe
+    for classification in ("retry", "auth", "success"):
+        assert await g.outcome(classification, early) is None
+        assert (await g.admit(4)).granted == 0, f"a second probe out after a late {classification}"
+    assert await g.outcome("success", probe) == "closed"
+    assert (await g.admit(4)).granted == 4

@@ -725,13 +725,13 @@ async def test_a_failure_opens_the_breaker_before_its_slot_is_freed() -> None:
                 admits += 1
                 return await admit(want)
 
-            async def slow_outcome(classification: str) -> Change:
+            async def slow_outcome(classification: str, admission: Admission | None = None) -> Change:
                 held_when_told.append(len(lane.sending))
                 before = admits
                 for _ in range(20):  # the gate's own round trip (PostgreSQL's): other tasks run meanwhile
                     await asyncio.sleep(0)
                 admitted_while_told.append(admits - before)
-                return await outcome(classification)
+                return await outcome(classification, admission)
 
             gate.admit = counted_admit  # type: ignore[method-assign]
             gate.outcome = slow_outcome  # type: ignore[method-assign]
@@ -830,7 +830,7 @@ async def test_a_stop_while_an_answer_is_told_to_the_gate_records_the_vendors_an
         async with running(store, destination()) as d:
             gate = d.lanes["kapture"].gate
 
-            async def never_told(classification: str) -> Change:
+            async def never_told(classification: str, admission: Admission | None = None) -> Change:
                 telling.set()
                 await asyncio.Event().wait()  # the gate's round trip, not over when the stop comes
                 return None
@@ -856,7 +856,7 @@ async def test_a_stop_while_an_answer_is_told_to_the_gate_does_not_wait_for_a_st
         async with running(store, destination()) as d:
             gate = d.lanes["kapture"].gate
 
-            async def never_told(classification: str) -> Change:
+            async def never_told(classification: str, admission: Admission | None = None) -> Change:
                 telling.set()
                 await asyncio.Event().wait()
                 return None
@@ -936,11 +936,11 @@ async def test_a_bug_past_the_attempts_own_net_is_logged_and_the_lane_goes_on() 
             gate = d.lanes["kapture"].gate
             real = gate.outcome
 
-            async def outcome(classification: str) -> Change:
+            async def outcome(classification: str, admission: Admission | None = None) -> Change:
                 told.append(classification)
                 if len(told) == 1:
                     raise RuntimeError("a bug in the gate")
-                return await real(classification)
+                return await real(classification, admission)
 
             gate.outcome = outcome  # type: ignore[method-assign]
             await eventually(lambda: any(r.delivery_id == second for r in store.records))
@@ -950,3 +950,78 @@ async def test_a_bug_past_the_attempts_own_net_is_logged_and_the_lane_goes_on() 
     assert "lease" in failed[0]["note"]
     assert [r.delivery_id for r in store.records] == [second]
     assert store.released == []
+
+
+class FailingGates(LocalCoordination):
+    """Gates kept by a store that fails: the next `fails` sends' starts (`where="start"`), or requests beside a send
+    (`where="look-up"`: `admit_request`), raise StoreUnavailable, as a shared gate's round trip does while its
+    database is unreachable. Each classification fed to the breaker is noted (`outcomes`)."""
+
+    def __init__(self, where: str, fails: int = 1) -> None:
+        super().__init__()
+        self.where, self.fails = where, fails
+        self.outcomes: list[str] = []
+
+    def failing(self, where: str) -> None:
+        if self.where == where and self.fails > 0:
+            self.fails -= 1
+            raise StoreUnavailable("postgresql: connection refused")
+
+    def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
+        kept = super().gate(destination, rate, limiter)
+        starts, requests, outcomes = kept.start, kept.admit_request, kept.outcome
+
+        async def start(admission: Admission, index: int) -> None:
+            self.failing("start")
+            await starts(admission, index)
+
+        async def admit_request() -> None:
+            self.failing("look-up")
+            await requests()
+
+        async def outcome(classification: str, admission: Admission | None = None) -> Change:
+            self.outcomes.append(classification)
+            return await outcomes(classification, admission)
+
+        kept.start = start  # type: ignore[method-assign]
+        kept.admit_request = admit_request  # type: ignore[method-assign]
+        kept.outcome = outcome  # type: ignore[method-assign]
+        return kept
+
+
+@pytest.mark.parametrize("where", ["start", "look-up"])
+async def test_a_store_failing_the_gate_before_the_request_costs_no_try_and_tells_the_breaker_nothing(
+        where: str) -> None:
+    """The store that keeps the gate failing as a send starts, or as a look-up made while it is prepared is
+    admitted, sent nothing: no attempt is recorded, no try used (a delivery on its last try does not go dead for
+    it), the breaker is told nothing and the lane does not log a crash. The delivery goes back and is sent once the
+    store answers again; its slot at the gate is given back."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    cfg = KaptureOptions(vendor="kapture", base_url=BASE, token="t", max_in_flight=4, timeout_seconds=5.0,
+                         retry=RetryConfig(schedule=[], jitter=0))  # its first try is its last
+    dest = Destination.from_config("kapture", cfg, BASE)
+    dest.adapter = LookingUp("kapture", dest.config, BASE)
+    limiter = dest.limiter = SlidingWindowLimiter(100, 60)
+    gates = FailingGates(where)
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.get(BASE + "/lookup", status=200, body="Router down", repeat=True, response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert gates.fails == 0
+    assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
+    assert store.deliveries[delivery_id].row.attempts == 1
+    assert gates.outcomes == ["success"]
+    assert store.released == [delivery_id]
+    events = [e["event"] for e in logs]
+    assert "delivery.gate_failed" in events and "delivery.crashed" not in events, events
+    # the requests made: a look-up and the send, and before them the look-up of the try the failing start stopped
+    assert limiter.used() == 2 + (where == "start"), "a slot neither used nor given back"
