@@ -399,6 +399,12 @@ class Lane:
             self.log.exception("delivery.task_failed", delivery_id=item.id, event_id=item.event_id,
                                note="the delivery stays in flight until its lease runs out, and is then claimed "
                                     "again (as after a crash: in doubt when its request went out)")
+            if slot.admission.probe and slot.state == "started":
+                # The breaker's probe went out and its answer may never have been told: told as a failure, so that
+                # the breaker opens again and a later probe goes (its hold otherwise renewed while this process
+                # lives, and the destination half-open for good). A gate whose probe it no longer is ignores it.
+                with contextlib.suppress(Exception):
+                    await self.gate.outcome("retry", slot.admission)
         finally:
             with contextlib.suppress(StoreUnavailable):
                 if await slot.unused():

@@ -1374,3 +1374,33 @@ async def test_a_reconciliations_look_up_answered_503_with_retry_after_pauses_no
                                                                   body=b""), admit=admitted)
     outcome = lookup_failure(caught.value, failed="reconciliation could not look the ticket up: ")
     assert (outcome.classification, outcome.retry_after, outcome.rate_limited) == ("retry", 120.0, False)
+
+
+async def test_a_probe_whose_task_fails_after_it_went_out_opens_the_breaker_again() -> None:
+    """The half-open breaker's probe went out, and a bug after the vendor answered (here, redacting the answer)
+    ended its task before the gate was told: the probe is told as a failure, so that the breaker opens again
+    rather than staying half-open, its probe out for good."""
+    store = FollowUpStore()
+    first = await store.add("kapture", due_ms=now_ms() - 1000)  # claimed first: the probe
+    dest = destination(schedule=["30s"])
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        mock_vendor(m)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=Timings(store_retry_s=0.01, poll_s=3600.0))
+
+            def broken(sent: Any, item: Any) -> Any:
+                raise RuntimeError("a bug while redacting")
+
+            d.start()
+            lane = d.lanes["kapture"]
+            lane._redacted = broken  # type: ignore[method-assign]
+            gate = lane.gate
+            gate.breaker = Breaker(state="open", until=0.0)  # half-open: its first delivery is the probe
+            try:
+                await eventually(lambda: any(e["event"] == "delivery.task_failed" for e in logs))
+                await eventually(lambda: not lane.inflight)
+                assert (gate.breaker.state, gate.breaker.probing) == ("open", False)
+            finally:
+                await d.stop(0.0)
+        assert requests_to(m) == 1
+    assert [e["delivery_id"] for e in logs if e["event"] == "delivery.task_failed"] == [first]
