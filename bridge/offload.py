@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
@@ -25,13 +27,49 @@ log = structlog.get_logger("ticketbridge.offload")
 
 T = TypeVar("T")
 
+
+class DaemonWorker(Executor):
+    """One daemon thread that runs what is submitted, in turn. A ThreadPoolExecutor's thread is joined when the
+    interpreter exits, after it has run all that was queued for it: a stop would wait out every queued read.
+    This one's thread is left behind at exit: the process ends once the thread's current call into C returns
+    (a read's step, or its one whole decode), what was queued behind it never run."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, fn, args, kwargs))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to whoever awaits the future
+                future.set_exception(exc)
+            del future, fn, args, kwargs  # the answer read is freed before the next waits
+
+
 PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-parse")
 CONSOLE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-console")
 """The console's own thread (explanations an operator or a read token asks for): what it queues never delays
 intake's parses and renders, nor a follow-up's."""
-LOOKUPS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-lookup")
+LOOKUPS = DaemonWorker("ticketbridge-lookup")
 """Where a vendor's look-up answer (a reconciliation's day of tickets, up to 32 MiB) is decoded and scanned when
-it is not small: its own thread, so that a look-up never queues behind intake's parses, nor they behind it."""
+it is not small: its own thread, so that a look-up never queues behind intake's parses, nor they behind it. A
+daemon thread: a stop waits for no look-up still queued or being read."""
 SMALL_ANSWER_BYTES = 64 * 1024
 """A look-up answer up to this long is read on the loop (well under a millisecond); a longer one in LOOKUPS."""
 LOOP_SLICE_S = 0.005
@@ -84,12 +122,12 @@ def spend_on_loop(address_chars: int, what: str) -> None:
         raise OffLoop(what)
 
 
-async def in_parser(fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor = PARSER) -> T:
+async def in_parser(fn: Callable[..., T], *args: Any, pool: Executor = PARSER) -> T:
     """`fn(*args)` in the parser thread (or `pool`'s)."""
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
-async def render_sliced(fn: Callable[..., T], *args: Any, what: str, pool: ThreadPoolExecutor = PARSER,
+async def render_sliced(fn: Callable[..., T], *args: Any, what: str, pool: Executor = PARSER,
                         **ids: str) -> T:
     """`fn(*args)`, a render (pure: it may be begun again), on the loop under a loop slice of LOOP_SLICE_S; when
     its templates run past the slice, again from the start in the parser thread (or `pool`'s) under the whole

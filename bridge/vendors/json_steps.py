@@ -17,10 +17,15 @@ decoding a body larger than STEP_BYTES a piece at a time:
 - the rest in one call (a long string, a group of small members).
 
 Every piece is checked as it is read (a group decodes as an array; an element is followed by `,` or the
-container's end; nothing but white space follows the body's value), so that what the steps build is the body's
-value. Where a step cannot tell (a body that is not JSON, a shape whose cuts keep failing, more than MAX_CALLS
-steps, an msgspec that words its errors otherwise), the body is decoded whole, as `decode_json` does: the same
+container's end, a `,` by another element; nothing but white space follows the body's value), so that what the
+steps build is the body's value. Where a step cannot tell (a body that is not JSON, a shape whose cuts keep
+failing, an msgspec that words its errors otherwise), the body is decoded whole, as `decode_json` does: the same
 value, the loop held as long as that takes. The loop's longest stall: tests/bench/test_lookup_stall_bench.py.
+
+The steps' work is linear in the body on every input: a stretch searched for a cut without finding one is not
+searched again (when the array's elements changed shape, it is searched once more with cuts made from the
+element at hand), and the steps may take at most one call per CALL_BYTES of the body and read at most
+WORK_TIMES its length (searched, skipped over, decoded): past either, the body is decoded whole, once.
 """
 
 from __future__ import annotations
@@ -36,9 +41,15 @@ STEP_BYTES = 256 * 1024
 """About the most one step decodes (~2 ms of msgspec's time); a body up to this long is decoded whole."""
 WINDOW_BYTES = 2 * 1024 * 1024
 """How far an element's end is looked for (a `Raw` skip, ~1 ms a MiB); a longer one is read in steps."""
-MAX_CALLS = 65536
-"""The most steps one body is read in (a page of 36,000 tickets takes a few hundred, one read a ticket at a time
-one per ticket: ~4 us each); past it, it is decoded whole."""
+BASE_CALLS = 64
+CALL_BYTES = 256
+"""A body is read in at most BASE_CALLS + one step per CALL_BYTES of it (a page of 36,000 tickets takes a few
+hundred; elements read one at a time take one each, ~4 us however small: a few per KiB cost about what the
+whole decode does); past it, it is decoded whole."""
+WORK_TIMES = 8
+"""The most bytes the steps may read, as a multiple of the body's length (plus a few windows): each stretch
+searched for a cut, skipped over or decoded counts. Nesting re-reads a large element once a level; past it, the
+body is decoded whole."""
 RELEASE_SLICE = 256
 """How many elements `release` frees at a time (~1 ms of tickets)."""
 FAILED_CUTS = 16
@@ -77,7 +88,9 @@ def _cuts(first: bytes) -> tuple[re.Pattern[bytes], ...]:
     space = rb"[ \t\n\r]*"
 
     def after(end: bytes, start: bytes) -> re.Pattern[bytes]:
-        return re.compile(end + space + rb"(?P<comma>,)" + space + rb"(?P<next>" + start + rb")")
+        # white space only after a character that ends a value: a search from each byte of a long run of it
+        # would read the rest of the run again
+        return re.compile(end + (space if end else b"") + rb"(?P<comma>,)" + space + rb"(?P<next>" + start + rb")")
 
     if first.startswith(b"{"):
         head = _FIRST_KEY.match(first)
@@ -94,6 +107,9 @@ class _Steps:
         self.body = body
         self.view = memoryview(body)
         self.calls = 0
+        self.max_calls = BASE_CALLS + len(body) // CALL_BYTES
+        self.work = 0
+        self.max_work = WORK_TIMES * len(body) + 4 * WINDOW_BYTES
         self.failed = 0
 
     def skip(self, at: int) -> int:
@@ -101,13 +117,15 @@ class _Steps:
         end = _SPACE.match(self.body, at)
         return at if end is None else end.end()
 
-    def call(self) -> None:
+    def call(self, work: int) -> None:
+        """Count a step that reads `work` bytes: past the body's budget of calls or bytes, it is decoded whole."""
         self.calls += 1
-        if self.calls > MAX_CALLS:
+        self.work += work
+        if self.calls > self.max_calls or self.work > self.max_work:
             raise _Whole
 
     def decode(self, text: bytes | memoryview) -> Any:
-        self.call()
+        self.call(len(text))
         return msgspec.json.decode(text)
 
     def value(self, at: int) -> tuple[Any, int]:
@@ -122,11 +140,12 @@ class _Steps:
     def end(self, at: int, closers: tuple[bytes, ...]) -> int | None:
         """Where the value starting at `at` is followed by one of `closers` (its index); None when the value runs
         past WINDOW_BYTES."""
-        self.call()
+        self.call(0)
         try:
             msgspec.json.decode(self.view[at:at + WINDOW_BYTES], type=msgspec.Raw)
         except msgspec.DecodeError as exc:
             trailing = _TRAILING.search(str(exc))
+            self.work += min(WINDOW_BYTES, len(self.body) - at) if trailing is None else int(trailing.group(1))
             if trailing is None:
                 if at + WINDOW_BYTES < len(self.body):
                     return None  # cut off by the window (or broken: read in steps, that shows)
@@ -135,6 +154,7 @@ class _Steps:
             if self.body[after:after + 1] not in closers:
                 raise _Whole from None
             return after
+        self.work += WINDOW_BYTES
         if at + WINDOW_BYTES < len(self.body):
             return None  # the window ends where a value may (a number's digits): read in steps
         raise _Whole  # the body ends with this value, inside its container
@@ -147,11 +167,17 @@ class _Steps:
         first = at
         cuts: tuple[re.Pattern[bytes], ...] = ()
         tried = tail_tried = 0  # cuts before `tried` failed; no tail ends before `tail_tried`
+        searched = 0  # no cut was found before `searched`: not searched again
         pending: int | None = None  # where elements start whose ends are known, not yet decoded
         while True:
+            if self.body[at:at + 1] == b"]":
+                raise _Whole  # a comma before the array's end: no JSON
             if cuts and self.failed < FAILED_CUTS:
                 group = at if pending is None else pending  # the elements read one at a time go with it
-                found = self.cut(cuts, max(group + STEP_BYTES, tried, at), group + 2 * STEP_BYTES)
+                begin, end = max(group + STEP_BYTES, tried, at, searched), group + 2 * STEP_BYTES
+                cuts, found = self.cut(cuts, at, begin, end)
+                if found is None:
+                    searched = max(searched, end)
                 if found is not None:
                     try:
                         out.extend(self.decode(b"[" + self.body[group:found.start("comma")] + b"]"))
@@ -188,18 +214,28 @@ class _Steps:
                 cuts = _cuts(self.body[first:first + 80])
             at = self.skip(after + 1)
 
-    def cut(self, cuts: tuple[re.Pattern[bytes], ...], begin: int, end: int) -> re.Match[bytes] | None:
-        for pattern in cuts:
-            found = pattern.search(self.body, begin, end)
-            if found is not None:
-                return found
-        return None
+    def cut(self, cuts: tuple[re.Pattern[bytes], ...], at: int, begin: int,
+            end: int) -> tuple[tuple[re.Pattern[bytes], ...], re.Match[bytes] | None]:
+        """The first place in `begin`..`end` where one of `cuts` matches (the likeliest first), or else one of the
+        cuts made from the element at `at` when its shape differs from the one `cuts` were made from (an array's
+        first element may be unlike the rest); the cuts to go on with, and the place, None when none matches."""
+        if begin >= end:
+            return cuts, None
+        for shape in (cuts, _cuts(self.body[at:at + 80])):
+            if shape is not cuts and [p.pattern for p in shape] == [p.pattern for p in cuts]:
+                break
+            for pattern in shape:
+                self.call(end - begin)
+                found = pattern.search(self.body, begin, end)
+                if found is not None:
+                    return shape, found
+        return shape, None
 
     def tail(self, at: int) -> tuple[list[Any], int] | None:
         """The array's elements from `at` to its end and the index past it, when it ends within 2 x STEP_BYTES;
         else None."""
-        self.call()
         window = self.body[at:at + 2 * STEP_BYTES]
+        self.call(len(window))
         try:
             return msgspec.json.decode(b"[" + window), at + len(window)
         except _FAILURES as exc:
@@ -220,6 +256,8 @@ class _Steps:
             return out, at + 1
         pending: int | None = None  # where members start whose ends are known, not yet decoded
         while True:
+            if self.body[at:at + 1] == b"}":
+                raise _Whole  # a comma before the object's end: no JSON
             colon = self.end(at, (b":",))
             if colon is None:
                 raise _Whole  # a key longer than a window

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,3 +56,37 @@ async def test_a_render_without_templates_is_never_cut(monkeypatch: pytest.Monke
     threads: list[str] = []
     out = await offload.render_sliced(render_recording, threads, PLAIN, what="test")
     assert out == "plain text" and len(threads) == 1
+
+
+def test_a_process_exits_though_the_lookups_thread_is_busy_and_more_queued() -> None:
+    """The LOOKUPS thread holds no stop: a process whose look-up read never ends, with another queued behind
+    it, still exits once its main thread is done. Before, its worker was joined at exit and the process waited
+    out every read queued (a look-up that took minutes kept a SIGTERM'd server up for as long)."""
+    script = textwrap.dedent("""
+        import sys, threading
+        from bridge import offload
+        started = threading.Event()
+        def read_forever():
+            started.set()
+            threading.Event().wait()
+        offload.LOOKUPS.submit(read_forever)
+        offload.LOOKUPS.submit(print, "queued read ran")
+        assert started.wait(30)
+        print("main done", flush=True)
+    """)
+    root = str(Path(__file__).parents[3])
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=30,
+                          cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "main done\n"
+
+
+async def test_a_lookup_read_runs_in_the_lookups_thread_and_gives_its_value_or_its_error() -> None:
+    def read(body: bytes) -> str:
+        if body.startswith(b"!"):
+            raise ValueError("bad answer")
+        return threading.current_thread().name
+
+    assert await offload.read_answer_off_loop(read, b"x" * (offload.SMALL_ANSWER_BYTES + 1)) == "ticketbridge-lookup"
+    with pytest.raises(ValueError, match="bad answer"):
+        await offload.read_answer_off_loop(read, b"!" * (offload.SMALL_ANSWER_BYTES + 1))

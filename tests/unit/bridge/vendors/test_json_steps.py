@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from datetime import date
 from typing import Any
 
@@ -15,6 +17,7 @@ import bridge.vendors.json_steps as steps
 from bridge.vendors.base import decode_json
 from bridge.vendors.json_steps import decode_in_steps, release
 from bridge.vendors.kapture_pull import _scan_page
+from tests.complexity.scaling import assert_linear
 
 TRICKY = ['a,"b"],[{x}', '},{"taskId":1}', "\\", '"', "]", "[", "}", "{", ",", "é ✓ \u2028", "\\u0000", ""]
 
@@ -28,8 +31,10 @@ def ticket(n: int, detail: str = "") -> dict[str, Any]:
 
 @pytest.fixture
 def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Steps of a few hundred bytes, so that answers of a few kilobytes are read in many of them."""
+    """Steps of a few hundred bytes, so that answers of a few kilobytes are read in many of them (and as many
+    more steps allowed a KiB)."""
     monkeypatch.setattr(steps, "STEP_BYTES", 300)
+    monkeypatch.setattr(steps, "CALL_BYTES", 4)
     monkeypatch.setattr(steps, "WINDOW_BYTES", 900)
     monkeypatch.setattr(steps, "RELEASE_SLICE", 3)
 
@@ -114,6 +119,7 @@ def test_generated_answers_read_in_steps_give_the_same_value(values: list[Any], 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(steps, "STEP_BYTES", 64)
         patch.setattr(steps, "WINDOW_BYTES", 256)
+        patch.setattr(steps, "CALL_BYTES", 1)
         answer: Any = {"array": values, "pull": {"status": "success", "message": values},
                        "wrapped-pull": [{"Status": "success", "Message": values, "totalCount": len(values)}]}[wrap]
         text = json.dumps(answer, indent=1 if space else None, ensure_ascii=False)
@@ -155,3 +161,165 @@ def test_a_large_pull_page_is_never_decoded_in_one_call(monkeypatch: pytest.Monk
     assert scanned.outcome.classification == "success" and len(scanned.keys) == len(tickets)
     assert scanned.keys[-1] == tickets[-1]["ticketId"]
     assert max(read) <= max(steps.WINDOW_BYTES, 3 * steps.STEP_BYTES)
+
+
+def test_a_trailing_comma_is_no_json() -> None:
+    """An array or object whose last element is followed by a comma is no JSON (None), however large the element:
+    before, the steps read a large element and then took the `]` after its comma for the array's end."""
+    big = msgspec.json.encode({"a": "x" * 300_000})
+    for body in (b"[" + big + b",]", b"[" + big + b", ]", b'{"m": ' + big + b",}", b"[[" + big + b",] ]",
+                 b"[1, " + big + b",\n]"):
+        assert decode_json(body) is None
+        assert decode_in_steps(body) is None, body[-20:]
+
+
+TICKET = msgspec.json.encode(ticket(1, "Router down since morning"))
+
+
+def adversarial(shape: str, n: int) -> bytes:
+    """A body of about `n` KiB in one of the shapes that once made the steps search or decode the same bytes
+    again and again."""
+    k = n * 1024
+    return {
+        "mixed first": b'[1,' + b",".join([b'"a"'] * (k // 4)) + b"]",
+        "object then numbers": b'[{"a":1},' + b",".join([b"1"] * (k // 2)) + b"]",
+        "null then tickets": page([None, *[ticket(i) for i in range(k // len(TICKET))]]),
+        "tiny, no cut": b"[" + b",".join([b'"a",{}'] * (k // 7)) + b"]",
+        "spaces": b"[1,2" + b" " * k + b"]",
+        "huge single": b'[{"a":"' + b"x" * k + b'"}]',
+        "deep": b"[" * 200 + msgspec.json.encode("x" * k) + b"]" * 200,
+        "separators in strings": msgspec.json.encode([ticket(0), *['},{"tat":\\"},{' * 4] * (k // 70)]),
+        "escapes": msgspec.json.encode(["\\\"é\u2028\\" * 16] * (k // 100)),
+    }[shape]
+
+
+SHAPES = ["mixed first", "object then numbers", "null then tickets", "tiny, no cut", "spaces", "huge single",
+          "deep", "separators in strings", "escapes"]
+
+
+class Reads:
+    """Counts the calls into msgspec and the regular expression searches for cuts, and the bytes each reads (a
+    `Raw` skip: up to where it stopped); AssertionError once more than `limit` bytes are read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = self.read = 0
+        self.limit = 0
+        decode = msgspec.json.decode
+
+        def counted(text: Any, **kwargs: Any) -> Any:
+            try:
+                value = decode(text, **kwargs)
+            except Exception as exc:
+                at = str(exc).rpartition("(byte ")[2].rstrip(")")  # where msgspec stopped, when it says
+                self.count(int(at) if at.isdigit() else len(text))
+                raise
+            self.count(len(text))
+            return value
+
+        class Pattern:
+            def __init__(self, compiled: Any) -> None:
+                self.compiled, self.pattern = compiled, compiled.pattern
+
+            def search(pattern, text: bytes, begin: int = 0, end: int = 2 ** 62) -> Any:
+                self.count(min(end, len(text)) - begin)
+                return pattern.compiled.search(text, begin, end)
+
+        monkeypatch.setattr(msgspec.json, "decode", counted)
+        monkeypatch.setattr(steps, "re", type("re", (), {"compile": lambda p: Pattern(re.compile(p)),
+                                                         "escape": re.escape}))
+
+    def count(self, read: int) -> None:
+        self.calls += 1
+        self.read += read
+        if self.read > self.limit:
+            raise AssertionError(f"read {self.read} bytes in {self.calls} calls, more than {self.limit}")
+
+    def of(self, body: bytes) -> Any:
+        """`decode_in_steps(body)`, allowed 16 times the body's bytes (and a few windows) and counted afresh."""
+        self.calls = self.read = 0
+        self.limit = 16 * len(body) + 8 * steps.WINDOW_BYTES
+        return decode_in_steps(body)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_steps_read_each_byte_a_bounded_number_of_times(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On every shape, the steps (and their one whole decode, when they give up) read at most 16 times the body's
+    bytes, in at most ~4 calls a KiB: before, an array whose first element differs from the rest had the same
+    256 KiB searched again for each element (a 0.76 MiB body: 8 minutes), a run of white space was searched from
+    each of its bytes."""
+    reads = Reads(monkeypatch)
+    for kib in (300, 1200):
+        body = adversarial(shape, kib)
+        assert reads.of(body) == decode_json(body)
+        assert reads.calls <= 64 + 4 * len(body) // 1024 + 4, (kib, reads.calls)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_steps_cost_grows_linearly_with_the_body(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 times the body costs about 8 times the time, not 64, on each adversarial shape (each read bounded as
+    above, so that a quadratic read fails fast)."""
+    reads = Reads(monkeypatch)
+    assert_linear(reads.of, lambda kib: adversarial(shape, kib), 300)
+
+
+FRAGMENTS = ['},{"tat":', '"},{\\"tat\\":', "\\", '\\"', "\\u00e9", "\\ud83d\\ude00", "\\ud800", "é✓\u2028", "]", "[",
+             "}", "{", ",", ":", " ", "\n", "\t", '"', "\x00", "\\n"]
+
+
+def test_random_bodies_broken_or_not_read_in_steps_give_what_decoding_whole_gives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A differential fuzz, seeded: nested values with strings of separators and escapes, keys given twice, odd
+    numbers and white space, a third of them broken a byte or three (not UTF-8, a comma or bracket added or
+    lost), read in steps of 64 bytes: each gives what one decode gives."""
+    monkeypatch.setattr(steps, "STEP_BYTES", 64)
+    monkeypatch.setattr(steps, "WINDOW_BYTES", 200)
+    monkeypatch.setattr(steps, "CALL_BYTES", 1)
+    rand = random.Random(20240419)
+
+    def text() -> str:
+        return "".join(rand.choice([*FRAGMENTS, "abc", "x" * rand.randint(0, 300)])
+                       for _ in range(rand.randint(0, 6)))
+
+    def value(depth: int = 0) -> Any:
+        r = rand.random()
+        if depth > 3 or r < 0.3:
+            return rand.choice([rand.randint(-10 ** 20, 10 ** 20), rand.random() * 1e300, 1e-320, True, False, None,
+                                text(), 0, -0.0, 2 ** 63, 2 ** 64, -2 ** 63 - 1])
+        if r < 0.6:
+            return [value(depth + 1) for _ in range(rand.randint(0, 8))]
+        return {rand.choice(["tat", "a", text(), "b"]): value(depth + 1) for _ in range(rand.randint(0, 6))}
+
+    def space() -> str:
+        return rand.choice([" ", "\n", "\t", "\r", "", "  "])
+
+    def encode(v: Any) -> str:
+        if isinstance(v, list):
+            return "[" + space() + ("," + space()).join(encode(x) for x in v) + space() + "]"
+        if isinstance(v, dict):
+            items = list(v.items())
+            if items and rand.random() < 0.3:
+                items.append((items[0][0], value(3)))  # a key given twice
+            return "{" + ",".join(space() + json.dumps(k, ensure_ascii=rand.random() < 0.5) + space() + ":" + space()
+                                  + encode(x) for k, x in items) + space() + "}"
+        if isinstance(v, float) and rand.random() < 0.3:
+            return rand.choice(["1E5", "1e-5", "-0", "0.0e+0", "123456789012345678901234567890", "1.5E+300"])
+        return json.dumps(v, ensure_ascii=rand.random() < 0.5)
+
+    read = 0
+    for _ in range(3000):
+        body = bytearray(encode(value()).encode("utf-8", "surrogatepass"))
+        if rand.random() < 0.3:
+            for _ in range(rand.randint(1, 3)):
+                if body:
+                    at, how = rand.randrange(len(body)), rand.random()
+                    if how < 0.3:
+                        body[at] = rand.choice(b'\xff\xc3\x80,]}"\\ 0')
+                    elif how < 0.6:
+                        del body[at]
+                    else:
+                        body.insert(at, rand.choice(b',]}[{"\\ '))
+        if len(body) > steps.STEP_BYTES:
+            read += 1
+            got, expected = decode_in_steps(bytes(body)), decode_json(bytes(body))
+            assert got == expected and json.dumps(got) == json.dumps(expected), bytes(body)
+    assert read > 1000
