@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
+from multidict import istr
+
 from bridge.delivery.exchange import REDACTED
 
 MIN_SECRET_CHARS = 8
@@ -59,7 +61,8 @@ _PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
 _CUT = "…"
 _SEGMENT = re.compile(r"[/?&=;#]+")
 _WORD = re.compile(r"[A-Za-z][a-z]*(?:[-_.][a-z]+)*")
-_TEXT = frozenset({str})
+_TEXT = frozenset({str, istr})
+"""The types of text an exchange holds: header names are aiohttp's case-insensitive `istr`, a `str`."""
 WORD_CHARS = 20
 """A segment of a secret path this long is a secret by itself even when it reads as a word (`url_secrets`)."""
 

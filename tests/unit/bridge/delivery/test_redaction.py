@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, istr
 
 from bridge.delivery.exchange import REDACTED, exchange
 from bridge.delivery.redaction import (
@@ -93,6 +94,24 @@ def test_a_header_named_with_a_secret_is_kept_under_a_placeholder() -> None:
                                          "[redacted-4]": "4", "Server": "nginx"}
     assert shown["request"]["headers"] == {"[redacted-1]": "v", "Accept": "x"}
     assert key not in json.dumps(shown) and other[:MIN_SECRET_CHARS] not in json.dumps(shown)
+
+
+def test_an_exchange_of_aiohttps_header_names_holding_no_secret_is_not_walked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Header names as aiohttp gives them (`istr`, a `str` of multidict's) count as texts: an exchange holding no
+    secret is ruled out by the one search over its texts, never walked value by value nor its names looked at."""
+    import bridge.delivery.redaction as redaction
+
+    walked: list[object] = []
+    monkeypatch.setattr(redaction, "_texts", lambda value, out: walked.append(value))
+    redactor = Redactor({"token": TOKEN})
+    answered = CIMultiDict({istr("Server"): "nginx", istr("Content-Type"): "application/json"})
+    kept = exchange("POST", "https://api.example.com/t", CIMultiDict({istr("Accept"): "x"}), b'{"a": 1}', answered)
+    assert any(type(name) is istr for name in kept["response_headers"])
+    monkeypatch.setattr(redaction.Matcher, "names", lambda self, headers: pytest.fail(f"names looked at: {headers}"))
+    shown = redactor.exchange(kept, redactor.matcher())
+    assert walked == []
+    assert shown == {**kept, "request": {**kept["request"], "url": "https://api.example.com/t"}}
 
 
 def test_a_text_without_secrets_is_returned_as_it_is() -> None:
