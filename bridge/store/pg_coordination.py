@@ -166,12 +166,14 @@ class PgGate(Gate):
         a window after that grant."""
         if self.rate is None or index >= len(admission.slots):
             return
-        slot, asked = admission.slots[index], admission.asked_at
-        while time.monotonic() - asked > self.punctual:
-            asked = time.monotonic()
+        slot = admission.slots[index]
+        if time.monotonic() - admission.asked_at <= self.punctual:
+            return
+        while True:  # moved once the window has room: dated then, by the database, under the row's lock
             wait: float = await self._run(functools.partial(self._reslot, slot))
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def _reslot(self, slot: int | None, conn: Any) -> float:
         """Move `slot` (None: a new one) to now if the window (without it) has room and no pause holds; else how
