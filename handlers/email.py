@@ -278,16 +278,23 @@ def _mailbox(tokens: list[_Token]) -> tuple[set[str], set[str]] | None:
 
 class _FromRead(NamedTuple):
     addresses: set[str]  # the mailboxes' addresses
-    in_name: set[str]  # a lone mailbox's display text that is an addr-spec: no address, but one to a list parse
+    in_name: set[str]  # a lone mailbox's display text that is its own angle-addr: a mailbox to a list parse
+
+
+def _unquoted(address: str) -> str:
+    """An addr-spec read from display text without the single quotes Outlook writes around it."""
+    return address[1:-1] if len(address) > 2 and address[0] == address[-1] == "'" else address
 
 
 def _from_addresses(text: str) -> _FromRead | None:
     """The addresses of a From value read outside its quoted strings, comments and groups' display names: each
     a real addr-spec, in angle brackets or a whole mailbox; never a name's text, a comment's, or an encoded
     word's (RFC 2047 5). Mailboxes are told apart by the commas outside those and outside angle brackets: a
-    value of one mailbox with an angle-addr is that address, whatever its display text holds (the RFC5322.From
-    a DMARC check reads), and an addr-spec in that text is `in_name`; in a value of several mailboxes, such
-    text counts as an address. None when the value cannot be read exactly (`_from_tokens`, `_mailbox`)."""
+    value of one mailbox with an angle-addr whose display text is an addr-spec is that address only when the
+    text is the same one (Outlook's `'john@x.example' <john@x.example>`; the text is then `in_name`), and
+    otherwise that text counts as an address too, as it does in a value of several mailboxes: a lenient
+    parse (`email.utils.parseaddr`) reads it as the From, so a provider's DMARC check may have been for its
+    domain. None when the value cannot be read exactly (`_from_tokens`, `_mailbox`)."""
     read = _from_tokens(text, 0, False)
     if read is None:
         return None
@@ -311,7 +318,7 @@ def _from_addresses(text: str) -> _FromRead | None:
             mailboxes += 1
         else:
             mailbox.append(token)
-    if mailboxes > 1:
+    if mailboxes > 1 or any(_unquoted(a) not in found for a in in_names):
         return _FromRead(found | in_names, set())
     return _FromRead(found, in_names - found)
 
@@ -328,12 +335,14 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     name built without escaping) names none, and so does one the list parse (the standard library's reading,
     or the fast path's of the forms it reads exactly) reads as another address: both must read the same one.
     Mailboxes are counted by the commas outside quoted strings, comments, angle brackets and groups. A From of
-    one mailbox with an angle-addr names that address whatever its display text holds: the display text of
-    `'john@x.example' <john@x.example>` (as Outlook writes it) or `victim@corp.example <a@evil.example>` is
-    no address, though a list parse reads it as a mailbox of its own; the angle-addr is the RFC5322.From a
-    provider's DMARC check reads. A From of mailboxes of more than one address (which no ordinary mail has)
-    names no address: which one a provider's DMARC check read cannot be told, and the one in angle brackets
-    may be a victim's (`x@evil.example, <ceo@corp.example>`). A mailbox without an address does not count:
+    one mailbox with an angle-addr whose display text is an addr-spec names that address only when the text
+    is the same address, case aside (`'john@x.example' <john@x.example>`, as Outlook writes it); otherwise
+    (`attacker@evil.example <victim@corp.example>`, or the reverse) it names none: `email.utils.parseaddr`
+    and `policy.default`'s `From.addresses` read the display text's address, so a provider's DMARC check
+    that parsed that way passed for the attacker's domain, and the angle-addr may be a victim's. A From of
+    mailboxes of more than one address (which no ordinary mail has) names no address: which one a provider's
+    DMARC check read cannot be told, and the one in angle brackets may be a victim's (`x@evil.example,
+    <ceo@corp.example>`). A mailbox without an address does not count:
     `John Doe, Support <john@x.example>` (a display name's unquoted comma) is john@x.example. The display name
     is the list parse's. Over MAX_FROM_CHARS, Rejected(413) naming `field`.
 
@@ -349,7 +358,7 @@ def sender(value: AddressInput, field: str = "From") -> tuple[str | None, str | 
     if any(r is None for r in reads):
         return None, None
     read = {a for r in reads if r is not None for a in r.addresses}
-    # a lone mailbox's display text that is an addr-spec is a mailbox to a list parse, but no address
+    # a lone mailbox's display text that is its own angle-addr is a mailbox to a list parse, but no other address
     in_name = reads[0].in_name if len(reads) == 1 and reads[0] is not None else set()
     listed = {_address_form(a) for _n, a in pairs if "@" in a} - in_name
     if len(listed) > 1:

@@ -169,25 +169,29 @@ async def test_a_json_senders_display_name_does_not_split_the_thread(client: Any
 
 
 async def test_a_customer_whose_client_writes_the_address_as_the_name_keeps_the_thread(client: Any) -> None:
-    """Outlook and Exchange write a From as `'john@x.com' <john@x.com>`: one mailbox, whose angle-addr is the
-    sender. The customer's `[#id]` replies (so written, or bare) comment on the ticket; a stranger who writes
-    the customer's address as his display name is himself, and gets a ticket of his own."""
+    """Outlook and Exchange write a From as `'john@x.com' <john@x.com>`: one mailbox whose display text is its
+    own angle-addr, the sender. The customer's `[#id]` replies (so written, or bare) comment on the ticket. A
+    From whose display text is another address names no sender, whichever of the two is the customer's: a
+    lenient parse (`parseaddr`) reads the display text's, so a provider's DMARC check may have passed for it;
+    such a message gets a ticket of its own."""
     await post(client, **{"from": "'john@x.com' <John@X.com>", "subject": "Invoice", "message_id": "<j1@x.com>",
                           "stripped_text": "invoice wrong"})
     await settled(client, 1)
     (john,) = await tickets(client)
     tid = john["ticketId"]
     with capture_logs() as logs:
-        for n, from_ in enumerate(["'john@x.com' <john@x.com>", "john@x.com", "jdoe@x.onmicrosoft.com <john@x.com>"]):
+        for n, from_ in enumerate(["'john@x.com' <john@x.com>", "john@x.com", "JOHN@x.com <john@X.com>"]):
             await post(client, **{"from": from_, "subject": f"Re: Invoice [#{tid}]", "message_id": f"<j{n + 2}@x.com>",
                                   "stripped_text": f"reply {n}"})
-        await post(client, **{"from": "john@x.com <a@evil.example>", "subject": f"Re: Invoice [#{tid}]",
-                              "message_id": "<a1@evil.example>", "stripped_text": "ATTACKER"})
-        await settled(client, 5)
+        for n, from_ in enumerate(["john@x.com <a@evil.example>", "a@evil.example <john@x.com>",
+                                   "jdoe@x.onmicrosoft.com <john@x.com>"]):
+            await post(client, **{"from": from_, "subject": f"Re: Invoice [#{tid}]",
+                                  "message_id": f"<a{n}@evil.example>", "stripped_text": f"ATTACKER {n}"})
+        await settled(client, 7)
     now = {t["ticketId"]: t for t in await tickets(client)}
     assert sorted(now[tid]["comments"]) == [f"reply {n} (first sender john@x.com)" for n in range(3)]
-    assert [t["detail"] for t in now.values() if t["ticketId"] != tid] == ["ATTACKER"]
-    assert [e["named"] for e in logs if e["event"] == "conversation.sender_mismatch"] == ["ticket"]
+    assert sorted(t["detail"] for t in now.values() if t["ticketId"] != tid) == [f"ATTACKER {n}" for n in range(3)]
+    assert [e["named"] for e in logs if e["event"] == "conversation.sender_mismatch"] == ["ticket"] * 3
 
 
 async def test_a_from_naming_the_customer_beside_another_mailbox_or_only_encoded_opens_its_own_ticket(

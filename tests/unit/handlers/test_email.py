@@ -7,6 +7,8 @@ import json
 from email._header_value_parser import get_address_list  # the strict RFC 5322 reader
 from email.message import Message
 from email.parser import BytesParser, HeaderParser
+from email.policy import default as default_policy
+from email.utils import parseaddr
 from typing import Any
 
 import pytest
@@ -638,21 +640,35 @@ def test_a_from_of_several_mailboxes_names_no_sender(value: str, address: str | 
 
 @pytest.mark.parametrize(("value", "address"), [
     ("'john@x.com' <john@x.com>", "john@x.com"),  # Outlook/Exchange: the address, single-quoted, as the name
-    ("'jdoe@x.com' <john@x.com>", "john@x.com"),
-    ("jdoe@corp.onmicrosoft.com <john@corp.com>", "john@corp.com"),
-    ("victim@corp.example <a@evil.example>", "a@evil.example"),  # the angle-addr is what DMARC checked
-    ("victim@corp.example (x) <A@Evil.example>", "a@evil.example"),
+    ("'John@X.com' <john@x.com>", "john@x.com"),
+    ("john@x.com <John@X.com>", "john@x.com"),
+    ("john@x.com (x) <john@x.com> (y)", "john@x.com"),
+    # display text naming another address: a lenient parse (parseaddr, policy.default's From.addresses) reads
+    # that one, and a provider's DMARC check may have passed for its domain
+    ("attacker@evil.example <victim@corp.example>", None),
+    ("attacker@evil.example <victim@corp.example> (x)", None),
+    ("attacker@evil.example (x) <victim@corp.example>", None),
+    ("victim@corp.example <attacker@evil.example>", None),
+    ("victim@corp.example (x) <A@Evil.example>", None),
+    ("'jdoe@x.com' <john@x.com>", None),
+    ("jdoe@corp.onmicrosoft.com <john@corp.com>", None),
+    ("'john@x.com <john@x.com>", None),  # one quote: not Outlook's form, another address
     # several mailboxes (a top-level comma, or a group) of more than one address: none, as before
     ("victim@corp.example <a@evil.example>, b <a@evil.example>", None),
     ("'jdoe@x.com' <john@x.com>,", None),
     ("Team: victim@corp.example <a@evil.example>;", None),
     ("victim@corp.example a <a@evil.example>", None),  # display text that is no one addr-spec: not read
+    # display text that is no address at all: the angle-addr
+    ('"victim@corp.example" <a@evil.example>', "a@evil.example"),
+    ("Asha Rao <ASHA@x.io>", "asha@x.io"),
 ])
-def test_a_lone_mailbox_whose_display_text_is_an_address_names_its_angle_addr(
+def test_a_lone_mailbox_whose_display_text_is_an_address_names_it_only_when_it_is_the_angle_addr(
         value: str, address: str | None) -> None:
-    """A From of one mailbox (no comma outside quotes, comments, brackets and groups) names its angle-addr,
-    whatever its display text holds: a list parse reads an address written there as a mailbox of its own, but
-    display text is never an address (and never the sender)."""
+    """A From of one mailbox (no comma outside quotes, comments, brackets and groups) whose display text is an
+    addr-spec names its angle-addr only when that text is the same address (case aside; Outlook writes
+    `'john@x.com' <john@x.com>`). Otherwise it names none: `email.utils.parseaddr` and `policy.default`'s
+    `From.addresses` read the display text's address, so a provider or verifier parsing that way may have
+    checked DMARC for the attacker's domain while the angle-addr is a victim's."""
     assert sender(value)[1] == address
 
 
@@ -802,6 +818,26 @@ def test_a_from_of_mailboxes_of_several_addresses_names_no_sender(mailboxes: lis
     is in angle brackets, two or three mailboxes of different addresses name no sender."""
     value = ", ".join(form.replace("{}", address) for address, form in mailboxes)
     assert sender(value)[1] is None
+
+
+_DISPLAY_FORMS = st.sampled_from(["{}", "'{}'", "{} (x)", "(x) {}"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ADDRESS, _DISPLAY_FORMS, _ADDRESS, st.sampled_from(["", " (x)", " (<ceo@corp.example>)"]))
+def test_a_lone_mailbox_names_no_address_a_lenient_parse_reads_otherwise(
+        shown: str, form: str, address: str, comment: str) -> None:
+    """A lone mailbox whose display text is an address (bare, single-quoted as Outlook writes it, beside a
+    comment) names its angle-addr only when the two are one address; and whatever it names, `parseaddr` and
+    `policy.default`'s `From.addresses` (which read the display text's address) read the same one, quotes
+    aside: a provider's DMARC check that parsed it that way checked the sender's own domain."""
+    value = f"{form.replace('{}', shown)} <{address}>{comment}"
+    got = sender(value)[1]
+    assert got == (address.lower() if shown.lower() == address.lower() else None)
+    if got is not None:
+        header = HeaderParser(policy=default_policy).parsestr(f"From: {value}\n\n")["From"]
+        lenient = {parseaddr(value)[1], header.addresses[0].addr_spec}
+        assert {a.strip("'").lower() for a in lenient} == {got}
 
 
 @settings(max_examples=300, deadline=None)
