@@ -190,6 +190,16 @@ def test_serve_refuses_an_attachments_folder_it_cannot_write(tmp_path: Path) -> 
     assert "source mail (postmark) saves the files of its events there" in err and "hooks" not in err
 
 
+def test_serve_names_a_dangling_symlink_as_the_attachments_folder(tmp_path: Path) -> None:
+    """A link left behind by a moved data folder: every write would fail with `File exists`, so serve says so."""
+    (tmp_path / "files").symlink_to(tmp_path / "moved")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: files/attachments}\n" + EMAIL_SOURCE)
+    code, err = cli("serve", "-c", cfg)
+    assert code == 2, err
+    assert (f"attachments.dir: the attachments folder {tmp_path / 'files' / 'attachments'} cannot be written: "
+            f"{tmp_path / 'files'} is a symbolic link to {tmp_path / 'moved'}, which does not exist") in err, err
+
+
 def test_serve_starts_with_an_unwritable_attachments_folder_no_source_writes_to(tmp_path: Path) -> None:
     """A deployment whose sources never carry files (JSON webhooks, forms, chats) never writes the attachments
     folder: under systemd's ProtectSystem=strict the default var/attachments may be read-only, and it starts."""
