@@ -3,17 +3,21 @@ attachments' folder at start rather than on the first write."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 
 def folder_problem(folder: Path) -> str | None:
     """Why files cannot be made in `folder` (with the folders missing on its way made first), as far as the file
-    system tells without writing: a file standing where a folder should be, or the nearest folder that exists on a
-    read-only file system or not writable by this process. None when nothing stands in the way."""
+    system tells without writing: a file standing where a folder should be, a symbolic link on the way that leads
+    nowhere (its target missing, or a loop), or the nearest folder that exists on a read-only file system or not
+    writable by this process. None when nothing stands in the way."""
     probe = folder
     try:
         while not probe.exists() and probe.parent != probe:
+            if probe.is_symlink():  # there, but leading nowhere: no folder can be made in its place
+                return _broken_link(probe)
             probe = probe.parent
         if not probe.is_dir():
             return f"{probe} is not a folder"
@@ -24,3 +28,16 @@ def folder_problem(folder: Path) -> str | None:
     except OSError as exc:  # a folder on the way that cannot be looked into
         return f"{exc.filename or probe}: {exc.strerror}"
     return f"{probe} cannot be written by this process (uid {os.getuid()})"
+
+
+def _broken_link(link: Path) -> str:
+    """What is wrong with `link`, a symbolic link that cannot be followed: a loop, or a target that is missing."""
+    try:
+        link.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{link} is a symbolic link that loops ({exc.strerror}); point it at a folder"
+        if exc.errno != errno.ENOENT:
+            return f"{link} is a symbolic link to {os.readlink(link)}, which cannot be followed ({exc.strerror})"
+    return (f"{link} is a symbolic link to {os.readlink(link)}, which does not exist; make that folder or remove "
+            "the link")

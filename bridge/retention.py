@@ -174,7 +174,11 @@ def _mark(folder: Path, refs: set[str]) -> int:
 
 
 async def sweep_attachments(store: Store, folder: Path, cutoff_ms: int, *, dry_run: bool = False) -> FileCounts:
-    """Delete (or count) the files under `folder` older than `cutoff_ms` that no stored event names."""
+    """Delete (or count) the files under `folder` older than `cutoff_ms` that no stored event names. Nothing when
+    there is no `folder` (no source carries files, or none has come yet), which is not made: it may not be
+    writable (see attachments_problem), and what intake writes there later keeps its times."""
+    if not await asyncio.to_thread(os.path.isdir, folder):
+        return FileCounts()
     candidates = await asyncio.to_thread(_candidates, folder, cutoff_ms)
     marked = await asyncio.to_thread(os.path.exists, folder / MARKER)
     if not candidates and marked:

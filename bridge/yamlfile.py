@@ -106,8 +106,8 @@ class Document:
 
     def wrong_value(self, message: str, data: Any, base: KeyPath, sub: KeyPath, typ: Any) -> str:
         """msgspec's `Expected `int`, got `str`` (or `Expected `int` <= 65535`) about the value at `sub` inside
-        `data` as `got 'four', expected a whole number from 1 to 1000`: the value as written (bounded, with the
-        `${VAR}` it came from), never a secret's (`shown_value`), and what the key takes, its bounds included."""
+        `data` as `got 'four', expected a whole number from 1 to 1000`: the value as written (bounded), never one
+        from a `${VAR}` nor a secret's (`shown_value`), and what the key takes, its bounds included."""
         found, value = _value_at(data, sub)
         if not found:
             return message
@@ -163,21 +163,31 @@ def _kind(value: Any) -> str:
     return "a list" if isinstance(value, list) else "a table"
 
 
-_VAR_NAME = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+def _variables(written: str | None) -> list[str]:
+    """The names of the environment variables `written` (a scalar as the file has it) takes a value from, in
+    order, each once: `${NAME}`, `${NAME:-default}`, `${NAME-default}`, never an escaped `$${NAME}`."""
+    found = (m.group(1) for m in _VAR.finditer(written or "") if m.group(1) is not None)
+    return list(dict.fromkeys(found))
 
 
 def shown_value(value: Any, path: KeyPath, written: str | None = None) -> str:
     """`value` as an error about the key at `path` may show it: a scalar quoted and cut at SHOWN_CHARS, a list or
-    a table by its kind, with the text it was written as when that differs (`${PORT}`). A secret is shown by its
-    kind alone: the value of a key named like a credential (token, secret, password, key, auth, ...: the names
-    an attempt's record redacts, bridge/delivery/exchange.py), of a configured header, or one written with a
-    variable so named; the variable's name is still given."""
+    a table by its kind, with the text it was written as when that differs (`$$` for `$`). A value that came from
+    an environment variable is never quoted, whatever the variable's name (`${DATABASE_URL}`, `${SLACK_HOOK}`
+    hold credentials under plain names): its kind and length and the variable's name are given instead. A secret
+    written in the file is shown by its kind alone: the value of a key named like a credential (token, secret,
+    password, key, auth, ...: the names an attempt's record redacts, bridge/delivery/exchange.py), or of a
+    configured header."""
     names = [k for k in path if isinstance(k, str)]
-    variables = _VAR_NAME.findall(written or "")
-    secret = any(secret_name(k) for k in names) or "headers" in names or any(secret_name(v) for v in variables)
-    if secret:
-        where = f" from ${{{variables[0]}}}" if variables else ""
+    variables = _variables(written)
+    where = f" from {', '.join(f'${{{v}}}' for v in variables)}" if variables else ""
+    if any(secret_name(k) for k in names) or "headers" in names or any(secret_name(v) for v in variables):
         return f"{_kind(value)}{where} (not shown: a secret)"
+    if written is not None and variables:
+        size = f" of {len(value)} character{'' if len(value) == 1 else 's'}" if isinstance(value, str) else ""
+        if not _ONE_VARIABLE.fullmatch(written):  # `https://${HOST}/x`: the rest is the file's own text
+            where += f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+        return f"{_kind(value)}{size}{where}"
     if isinstance(value, str):
         shown = _quoted(value)
     elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -471,6 +481,8 @@ def load_yaml_file(
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$\{([^}]*)\}?")
+_ONE_VARIABLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-[^}]*)?\}")
+"""A scalar written as one variable reference and nothing else: `${PORT}`, `${PORT:-8080}`."""
 
 
 def env_expander(environ: Mapping[str, str], file: str,

@@ -170,6 +170,9 @@ class Handler(ABC):
     Options: ClassVar[type[SourceConfig]]
     content_types: ClassVar[frozenset[str]] = frozenset()
     keep_headers: ClassVar[tuple[str, ...]] = KEEP_HEADERS
+    saves_attachments: ClassVar[bool] = False
+    """Whether its events can carry files (`Inbound.attachments`), which intake writes to `attachments.dir`: a
+    server with such a source refuses to start when that folder cannot be written; one without never writes it."""
 
     def __init__(self, name: str, options: SourceConfig, server: ServerConfig) -> None:
         self.name = name

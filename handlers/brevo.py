@@ -76,6 +76,7 @@ class BrevoOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 class BrevoHandler(Handler):
     kind: ClassVar[str] = "brevo"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = BrevoOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

@@ -74,6 +74,7 @@ class CloudmailinOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True)
 class CloudmailinHandler(Handler):
     kind: ClassVar[str] = "cloudmailin"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = CloudmailinOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json", MULTIPART})
 

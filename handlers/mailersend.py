@@ -52,6 +52,7 @@ class MailersendOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 class MailersendHandler(Handler):
     kind: ClassVar[str] = "mailersend"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = MailersendOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

@@ -51,6 +51,7 @@ class MailgunForm(msgspec.Struct):
 class MailgunHandler(Handler):
     kind: ClassVar[str] = "mailgun"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = MailgunOptions
     # JSON is what Mailgun's (current) event webhooks post: taken only to answer one pointed at a route's URL.
     content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART, JSON})

@@ -22,6 +22,7 @@ class MailjetOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 class MailjetHandler(Handler):
     kind: ClassVar[str] = "mailjet"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = MailjetOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

@@ -48,6 +48,7 @@ class MandrillOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 class MandrillHandler(Handler):
     kind: ClassVar[str] = "mandrill"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = MandrillOptions
     content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED})
 

@@ -70,6 +70,7 @@ class PostalOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 class PostalHandler(Handler):
     kind: ClassVar[str] = "postal"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = PostalOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

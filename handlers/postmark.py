@@ -31,6 +31,7 @@ def _full(value: Any) -> list[str]:
 class PostmarkHandler(Handler):
     kind: ClassVar[str] = "postmark"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = PostmarkOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

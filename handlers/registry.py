@@ -50,5 +50,12 @@ def source_options(kind: str) -> type[SourceConfig]:
     return handler_class(kind).Options
 
 
+def saves_attachments(kind: str) -> bool:
+    """Whether the events of a source of `kind` can carry files written to `attachments.dir`; False for a kind
+    that is not known (the config that names it does not load)."""
+    cls = HANDLERS.get(kind)
+    return cls is not None and cls.saves_attachments
+
+
 def build_handler(name: str, options: SourceConfig, server: ServerConfig) -> Handler:
     return handler_class(options.kind)(name, options, server)

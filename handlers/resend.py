@@ -77,6 +77,7 @@ class Fetched:
 class ResendHandler(Handler):
     kind: ClassVar[str] = "resend"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = ResendOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

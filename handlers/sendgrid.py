@@ -56,6 +56,7 @@ def _text(part: Part, charsets: dict[str, str]) -> str:
 class SendgridHandler(Handler):
     kind: ClassVar[str] = "sendgrid"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = SendgridOptions
     # JSON is taken only to answer the Event Webhook (delivery events) should it be pointed at this URL.
     content_types: ClassVar[frozenset[str]] = frozenset({MULTIPART, "application/json"})

@@ -94,6 +94,7 @@ def _timestamp(value: Any) -> datetime:
 class SesHandler(Handler):
     kind: ClassVar[str] = "ses"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = SesOptions
     # SNS posts JSON labelled text/plain.
     content_types: ClassVar[frozenset[str]] = frozenset({"text/plain", "application/json"})

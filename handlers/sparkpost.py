@@ -34,6 +34,7 @@ class SparkpostOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 class SparkpostHandler(Handler):
     kind: ClassVar[str] = "sparkpost"
     channel = "email"
+    saves_attachments = True
     Options: ClassVar[type[SourceConfig]] = SparkpostOptions
     content_types: ClassVar[frozenset[str]] = frozenset({"application/json"})
 

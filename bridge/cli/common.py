@@ -16,6 +16,7 @@ from bridge.registries import REGISTRIES
 from bridge.store import open_store
 from bridge.store.base import Store
 from bridge.yamlfile import KeyPath, format_path
+from handlers.registry import saves_attachments
 
 
 def config_from(args: argparse.Namespace) -> Config | None:
@@ -50,16 +51,25 @@ def config_error(config: Config, path: KeyPath, message: str) -> Located:
 
 def attachments_problem(config: Config, *, warning: bool = False) -> Located | None:
     """Why email attachments could not be written to the config's `attachments.dir` on this machine (told without
-    writing anything: see folder_problem), at that key; None when nothing stands in the way. A server would answer
-    every email with a file 503 until it is fixed, so `serve` refuses to start; `check`, which may run on another
+    writing anything: see folder_problem), at that key; None when nothing stands in the way, or when no source of
+    the config carries files (JSON webhooks, forms and chats never write there, and a read-only folder such as
+    systemd's ProtectSystem=strict makes of the default one is no problem for them). A server would answer every
+    email with a file 503 until it is fixed, so `serve` refuses to start; `check`, which may run on another
     machine than the server, says it as a `warning`."""
+    writers = [f"{name} ({source.kind})" for name, source in sorted(config.sources.items())
+               if saves_attachments(source.kind)]
+    if not writers:
+        return None
     folder = config.attachments_dir
     why = folder_problem(folder)
     if why is None:
         return None
     return config_error(config, ("attachments", "dir"),
                         f"{'warning: ' if warning else ''}the attachments folder {folder} cannot be written"
-                        f"{' here' if warning else ''}: {why}; set attachments.dir to a folder this process can write")
+                        f"{' here' if warning else ''}: {why}; source{'s' if len(writers) > 1 else ''} "
+                        f"{', '.join(writers)} save{'' if len(writers) > 1 else 's'} the files of "
+                        f"{'their' if len(writers) > 1 else 'its'} events there; set attachments.dir to a folder "
+                        "this process can write")
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

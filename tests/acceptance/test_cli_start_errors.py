@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -145,25 +146,88 @@ def test_a_folder_given_as_the_config_is_named_a_folder(verb: list[str], tmp_pat
     assert "no such config file" not in err
 
 
+EMAIL_SOURCE = "sources:\n  hooks: {kind: json}\n  mail: {kind: postmark}\n"
+"""A source whose events carry files (an email kind) beside one whose events never do."""
+
+UNWRITABLE_ATTACHMENTS = "attachments: {dir: plain/files}\n"
+"""The attachments folder under a regular file (`plain`, made by each test): nothing can be written there."""
+
+
+def serve_until_started(cfg: str) -> tuple[bool, str]:
+    """`ticketbridge serve -c <cfg>` in its own process (its log at level info), stopped once it logs
+    `server.started`: whether it did, and what it wrote (log and errors) until then, or until it exited."""
+    Path(cfg).write_text(Path(cfg).read_text().replace("level: warning", "level: info"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    script = "import sys\nfrom bridge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = subprocess.Popen([sys.executable, "-c", script, "serve", "-c", cfg], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    watchdog = threading.Timer(60, proc.kill)  # neither started nor exited: the read below ends all the same
+    watchdog.start()
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends when the process exits
+            seen.append(line)
+            if "server.started" in line:
+                return True, "".join(seen)
+        return False, "".join(seen)
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        proc.wait(timeout=60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def test_serve_refuses_an_attachments_folder_it_cannot_write(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("a file")
-    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: plain/files}\n")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", UNWRITABLE_ATTACHMENTS + EMAIL_SOURCE)
     code, err = cli("serve", "-c", cfg)
     assert code == 2, err
     assert err.startswith(f"{cfg}:5:"), err
     assert f"attachments.dir: the attachments folder {tmp_path / 'plain' / 'files'} cannot be written" in err
     assert f"{tmp_path / 'plain'} is not a folder" in err and "Traceback" not in err
+    assert "source mail (postmark) saves the files of its events there" in err and "hooks" not in err
+
+
+def test_serve_names_a_dangling_symlink_as_the_attachments_folder(tmp_path: Path) -> None:
+    """A link left behind by a moved data folder: every write would fail with `File exists`, so serve says so."""
+    (tmp_path / "files").symlink_to(tmp_path / "moved")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: files/attachments}\n" + EMAIL_SOURCE)
+    code, err = cli("serve", "-c", cfg)
+    assert code == 2, err
+    assert (f"attachments.dir: the attachments folder {tmp_path / 'files' / 'attachments'} cannot be written: "
+            f"{tmp_path / 'files'} is a symbolic link to {tmp_path / 'moved'}, which does not exist") in err, err
+
+
+def test_serve_starts_with_an_unwritable_attachments_folder_no_source_writes_to(tmp_path: Path) -> None:
+    """A deployment whose sources never carry files (JSON webhooks, forms, chats) never writes the attachments
+    folder: under systemd's ProtectSystem=strict the default var/attachments may be read-only, and it starts."""
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", UNWRITABLE_ATTACHMENTS + "sources:\n  hooks: {kind: json}\n")
+    started, out = serve_until_started(cfg)
+    assert started, out
+    assert "attachments" not in out, out
 
 
 def test_check_warns_of_an_attachments_folder_it_cannot_write(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """`check` says so as a warning: the folder is this machine's, which may not be the one the server runs on."""
     (tmp_path / "plain").write_text("a file")
-    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: plain/files}\n")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", UNWRITABLE_ATTACHMENTS + EMAIL_SOURCE)
     code, err = run(capsys, "check", "-c", cfg)
     assert code == 0
     assert (f"{cfg}:5:15: attachments.dir: warning: the attachments folder {tmp_path / 'plain' / 'files'} cannot be "
             f"written here: {tmp_path / 'plain'} is not a folder") in err
+
+
+def test_check_says_nothing_of_an_attachments_folder_no_source_writes_to(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", UNWRITABLE_ATTACHMENTS + "sources:\n  hooks: {kind: json}\n")
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 0, err
+    assert "attachments" not in err, err
 
 
 def test_check_says_as_serve_does_that_uvloop_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],

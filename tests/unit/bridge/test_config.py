@@ -854,7 +854,7 @@ def test_a_destination_value_sent_in_a_header_may_hold_no_control_character(
          "got '10MB', expected a whole number of bytes, 0 or more (such as 10485760 for 10 MiB: units such as MB "
          "are not read)"),
         ("server:\n  port: ${PORT}\n", {"PORT": "12x"}, (2, "server.port"),
-         "got '12x' (written ${PORT}), expected a whole number from 0 to 65535"),
+         "got text of 3 characters from ${PORT}, expected a whole number from 0 to 65535"),
         ("server:\n  port: 99999\n", {}, (2, "server.port"), "got 99999, expected a whole number from 0 to 65535"),
         ("server:\n  shutdown_grace_seconds: 10s\n", {}, (2, "server.shutdown_grace_seconds"),
          "got '10s', expected a number of seconds, 0 or more (such as 30 or 0.5: units such as s are not read)"),
@@ -892,6 +892,32 @@ def test_a_secret_of_the_wrong_type_is_not_quoted(tmp_path: Path, text: str, env
     err = only_error(tmp_path, text, environ)
     assert err.message == message
     assert "123456789012" not in err.render() and "hunter2" not in err.render()
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ("server:\n  port: ${DATABASE_URL}\n", {"DATABASE_URL": "postgresql://app:S3cretPw@db.internal/tickets"},
+         "got text of 45 characters from ${DATABASE_URL}, expected a whole number from 0 to 65535"),
+        ("destinations:\n  k: {vendor: kapture, sandbox: true, max_in_flight: '${SLACK_HOOK}'}\n",
+         {"SLACK_HOOK": "https://hooks.slack.com/services/T0/B0/sEcReTpAtH"},
+         "got text of 49 characters from ${SLACK_HOOK}, expected a whole number from 1 to 1000"),
+        ("server:\n  port: ${KAPTURE_PASS}\n", {"KAPTURE_PASS": "hunter2"},
+         "got text of 7 characters from ${KAPTURE_PASS}, expected a whole number from 0 to 65535"),
+        ("server:\n  port: ${PORT:-8080}\n", {"PORT": "S3cretPw"},
+         "got text of 8 characters from ${PORT}, expected a whole number from 0 to 65535"),
+        ("server:\n  port: '80${SUFFIX}'\n", {"SUFFIX": "S3cretPw"},
+         "got text of 10 characters from ${SUFFIX} (written 80${SUFFIX}), expected a whole number from 0 to 65535"),
+    ],
+)
+def test_a_value_from_an_environment_variable_is_never_quoted(tmp_path: Path, text: str, environ: dict[str, str],
+                                                               message: str) -> None:
+    """A variable holds credentials under plain names (DATABASE_URL, SLACK_HOOK): a bad value that came from one is
+    described by its kind and length, with the variable's name, whatever that name is."""
+    err = only_error(tmp_path, text, environ)
+    assert err.message == message
+    for value in environ.values():
+        assert value not in err.render()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ kept event names them."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import AsyncIterator
@@ -151,6 +152,24 @@ async def test_the_first_sweep_keeps_files_any_stored_event_names(store: SqliteS
     assert got.files == 1 and (folder / MARKER).exists()
     assert content_path(folder, named.meta["sha256"]).stat().st_mtime > time.time() - DAY
     assert not content_path(folder, unnamed.meta["sha256"]).exists()
+
+
+async def test_a_sweep_makes_no_attachments_folder(store: SqliteStore, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment whose sources carry no files has no attachments folder, and may be unable to make one
+    (systemd's ProtectSystem=strict): the sweep finds nothing to delete or mark there, and reports the store's
+    purge as usual rather than failing every time."""
+    await store.accept(_old_event([], 40), [], 0)
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    folder = tmp_path / "attachments"
+    policy = Policy(events_s=30 * DAY, dead_s=90 * DAY, attempts_s=30 * DAY, attachments_s=30 * DAY)
+    done = await sweep(store, policy, folder, 500, pause_s=0)
+    assert done.store.events == 1 and (done.attachments.files, done.attachments.bytes) == (0, 0)
+    assert not folder.exists()
 
 
 def test_a_file_named_again_while_being_removed_is_put_back(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from bridge.events import Channel
 from handlers.base import Handler
 from handlers.form import FormHandler, FormOptions
 from handlers.json_hook import JsonHandler, JsonOptions
-from handlers.registry import HANDLERS, build_handler, handler_class, source_options
+from handlers.registry import HANDLERS, build_handler, handler_class, saves_attachments, source_options
 from tests.fixtures.providers import postal_public_key
 
 
@@ -88,6 +88,14 @@ def test_every_registered_handler_is_consistent(kind: str) -> None:
     assert cls.channel in typing.get_args(Channel)
     assert issubclass(cls.Options, SourceConfig)
     assert msgspec.convert({"kind": kind, **REQUIRED.get(kind, {})}, cls.Options).kind == kind
+
+
+def test_the_email_kinds_are_the_ones_whose_events_carry_files() -> None:
+    """Only a source whose events carry files writes `attachments.dir` (what decides whether `serve` needs that
+    folder writable): every email kind, and no form, chat or webhook one (forms keep only a file's metadata)."""
+    assert {k for k in HANDLERS if saves_attachments(k)} == {k for k, cls in HANDLERS.items() if cls.channel == "email"}
+    assert not saves_attachments("form") and not saves_attachments("json")
+    assert not saves_attachments("wufoo")  # an unknown kind: its config does not load
 
 
 @pytest.mark.parametrize("kind", sorted(REQUIRED))
