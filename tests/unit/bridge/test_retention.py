@@ -172,6 +172,22 @@ async def test_a_sweep_makes_no_attachments_folder(store: SqliteStore, tmp_path:
     assert not folder.exists()
 
 
+async def test_a_sweep_leaves_an_attachments_folder_it_cannot_write(store: SqliteStore, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attachments folder that exists but cannot be written (a read-only file system; made by an earlier
+    version, under a config whose sources carry no files): the sweep writes no marker there and deletes nothing,
+    and reports the store's purge as usual rather than failing every time."""
+    await store.accept(_old_event([], 40), [], 0)
+    folder = tmp_path / "attachments"
+    folder.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == folder else real(path, mode))
+    policy = Policy(events_s=30 * DAY, dead_s=90 * DAY, attempts_s=30 * DAY, attachments_s=30 * DAY)
+    done = await sweep(store, policy, folder, 500, pause_s=0)
+    assert done.store.events == 1 and (done.attachments.files, done.attachments.bytes) == (0, 0)
+    assert list(folder.iterdir()) == []
+
+
 def test_a_file_named_again_while_being_removed_is_put_back(tmp_path: Path) -> None:
     """A file chosen for removal but touched by intake before it goes is put back where it was."""
     item = attachment("a.txt", "text/plain", b"hello")
