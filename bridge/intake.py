@@ -29,7 +29,7 @@ from bridge.store.rows import now_ms
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
 from handlers.base import Handler, Inbound, Intercepted, SignedNonce, skip_signatures
-from handlers.limits import many_parameters, too_many
+from handlers.limits import LOOP_PARAMS, too_many
 
 log = structlog.get_logger("ticketbridge.intake")
 
@@ -98,14 +98,13 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
 async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *, verify: bool = True,
                       off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
     """The handler's checks, `prepare` and parse (in the parser thread when `off`, the body's `offloaded`, worked
-    out here when not given; also when the body holds many MIME header parameters, `many_parameters`): the
+    out here when not given): the
     request's events and its signed nonce, or the answer to a handshake or an ignored notification. Rejected
     passes through; any other exception is a handler bug met on these bytes. `verify`
     false (the console's playground) skips the auth and signature checks, and the nonce, and nothing else:
     `intercept` runs as for intake."""
     if off is None:
         off = offloaded(body)
-    off = off or many_parameters(body)  # MIME header parameters cost up to 15 µs each: see handlers/limits.py
     handler = source.handler
     try:
         if verify:
@@ -334,17 +333,24 @@ OFFLOAD_MIME_LINES = offload.LOOP_MIME_LINES
 
 
 def offloaded(body: bytes) -> bool:
-    """Whether to verify and parse in a thread, so the loop keeps answering: a large body, or one with many
-    MIME delimiter lines (a MIME part costs most of a millisecond), raw, inside a JSON string or URL-encoded in a
-    form (Mailgun's `body-mime`). Small ordinary requests stay on the loop, where they cost less than the
-    hand-off; what a body holds only once decoded (base64, long address lists) is met by the parse itself,
-    which then goes on in the thread (`_run`)."""
+    """Whether to verify, parse and render in a thread, so the loop keeps answering: a large body, or one with
+    many MIME delimiter lines (a MIME part costs most of a millisecond) or more than LOOP_PARAMS semicolons (a
+    MIME header parameter costs up to 15 µs), raw, inside a JSON string or URL-encoded in a form (Mailgun's
+    `body-mime`). Small ordinary requests stay on the loop, where they cost less than the hand-off; what a body
+    holds only once decoded (base64, long address lists) is met by the parse itself, which then goes on in the
+    thread (`_run`)."""
     if len(body) > OFFLOAD_BYTES:
         return True
+    encoded = b"%" in body
     lines = body.count(b"\n--") + body.count(b"\\n--")
-    if lines <= OFFLOAD_MIME_LINES and b"%0" in body:
+    if lines <= OFFLOAD_MIME_LINES and encoded:
         lines += body.count(b"%0A--") + body.count(b"%0a--")
-    return lines > OFFLOAD_MIME_LINES
+    if lines > OFFLOAD_MIME_LINES:
+        return True
+    semicolons = body.count(b";")
+    if semicolons <= LOOP_PARAMS and encoded:
+        semicolons += body.count(b"%3B") + body.count(b"%3b")
+    return semicolons > LOOP_PARAMS
 
 
 async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, body: bytes, off: bool) -> T:

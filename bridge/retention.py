@@ -173,13 +173,17 @@ def _mark(folder: Path, refs: set[str]) -> int:
     return touched
 
 
+def _writable_folder(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
 async def sweep_attachments(store: Store, folder: Path, cutoff_ms: int, *, dry_run: bool = False) -> FileCounts:
     """Delete (or count) the files under `folder` older than `cutoff_ms` that no stored event names. Nothing when
     there is no `folder` (no source carries files, or none has come yet), which is not made: it may not be
     writable (see attachments_problem), and what intake writes there later keeps its times. Nothing either when it
     cannot be written (a read-only file system, a config whose sources carry no files): nothing there can be
     deleted, nor its marker written, and the store's purge is reported as usual."""
-    if not await asyncio.to_thread(os.path.isdir, folder) or not await asyncio.to_thread(os.access, folder, os.W_OK):
+    if not await asyncio.to_thread(_writable_folder, folder):
         return FileCounts()
     candidates = await asyncio.to_thread(_candidates, folder, cutoff_ms)
     marked = await asyncio.to_thread(os.path.exists, folder / MARKER)

@@ -4,7 +4,7 @@ failure into a dead delivery that names its reason, so a bad mapping never fails
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -86,6 +86,9 @@ def render_event(mapping: CompiledMapping, ctx: dict[str, Any], event_id: str) -
     return Rendered(error=error)
 
 
+_UNREAD = object()
+
+
 def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -> tuple[list[NewDelivery], list[str]]:
     """The deliveries for `event`, and the render errors among them (each also a dead delivery)."""
     if event.spam:
@@ -96,6 +99,7 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
     ctx = render_context(event, vars_)
     deliveries: list[NewDelivery] = []
     errors: list[str] = []
+    event_sender: object = _UNREAD  # str | None once read
     for mapping in candidates:
         rendered = render_event(mapping, ctx, event.id)
         if rendered.skipped:
@@ -105,7 +109,9 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
         found = conversation_of(mapping, ctx, event) if mapping.threaded else None
         sender = None
         if found is not None:
-            sender = message_sender(event.payload)
+            if event_sender is _UNREAD:  # read once per event, for its first threaded mapping
+                event_sender = message_sender(event.payload)
+            sender = cast(str | None, event_sender)
             if found.by_sender and not sender:
                 found = sender = None  # a key any sender may write, from a message naming none: it joins no thread
         deliveries.append(NewDelivery(

@@ -13,7 +13,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, json_body, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, ignored, items, json_body, obj
 from handlers.chat import chat_payload
 from handlers.signing import require
 
@@ -67,13 +67,13 @@ class IntercomHandler(Handler):
         json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         if data.get("topic") == "ping":
             return ignored("Intercom ping")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         inner = data.get("data")
         item = inner.get("item") if isinstance(inner, dict) else None
         if not isinstance(item, dict):

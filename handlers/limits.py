@@ -42,9 +42,9 @@ Japanese names with 2,032. Reading one costs 3 to 15 µs (an RFC 2231 continuati
 8,000 some 120 ms at most, which a body holding more than LOOP_PARAMS spends in the parser thread."""
 LOOP_PARAMS = 200
 """Semicolons a body parsed on the event loop may hold (raw, or URL-encoded as %3B): past it, what the body
-holds is verified and parsed in the parser thread (bridge/intake.py), so that reading MIME header parameters
-holds the loop for a few milliseconds at most (19 form parts of 99 RFC 2231 continuations, under 64 KB,
-held it for 30 ms). A form, a JSON webhook or a mail of a few parts has a few dozen."""
+holds is verified, parsed and rendered in the parser thread (bridge/intake.py `offloaded`), so that reading MIME
+header parameters holds the loop for a few milliseconds at most (19 form parts of 99 RFC 2231 continuations,
+under 64 KB, held it for 30 ms). A form, a JSON webhook or a mail of a few parts has a few dozen."""
 MAX_MIME_PARTS = 250
 """Parts of one email, all sections together: bodies, attachments, inline images, forwarded messages."""
 MAX_ATTACHMENTS = 100
@@ -60,14 +60,6 @@ CHECK = "limits"
 # The boundary parameter, also in RFC 2231's forms (boundary*=, boundary*0=); a bare "boundary" is often in
 # the delimiter lines themselves (browsers' ----WebKitFormBoundary…).
 _BOUNDARY = re.compile(rb"boundary(?:\*[0-9]*)?\*?\s*[=(]", re.IGNORECASE)
-
-
-def many_parameters(body: bytes) -> bool:
-    """Whether `body` holds more than LOOP_PARAMS semicolons, each a possible MIME header parameter."""
-    count = body.count(b";")
-    if count <= LOOP_PARAMS and b"%3" in body:
-        count += body.count(b"%3B") + body.count(b"%3b")
-    return count > LOOP_PARAMS
 
 
 def too_many(what: str, count: int, limit: int) -> Rejected:

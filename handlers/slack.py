@@ -21,14 +21,12 @@ from handlers.base import (
     Handler,
     Inbound,
     Intercepted,
-    decode_json_object,
     handshake_answer,
     ignored,
     items,
     json_body,
     named,
     obj,
-    per_request,
 )
 from handlers.chat import chat_payload
 from handlers.signing import TimedOptions, check_timestamp, require
@@ -76,7 +74,7 @@ class SlackHandler(Handler):
         json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         kind = data.get("type")
         if kind == "url_verification":
             answer = web.Response(body=msgspec.json.encode({"challenge": data.get("challenge")}),
@@ -96,7 +94,7 @@ class SlackHandler(Handler):
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         event: dict[str, Any] = data["event"]
         profile = obj(event.get("user_profile"))
         channel, thread = event.get("channel"), event.get("thread_ts")

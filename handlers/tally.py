@@ -10,7 +10,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, named, per_request
+from handlers.base import Handler, Inbound, Intercepted, ignored, json_body, named
 from handlers.hosted_form import SignedFormOptions, flatten
 
 HEADER = "Tally-Signature"
@@ -58,13 +58,13 @@ class TallyHandler(Handler):
         json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         if data.get("eventType", "FORM_RESPONSE") != "FORM_RESPONSE":
             return ignored(f"Tally event {named(data.get('eventType'))}")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         inner = data.get("data")
         if not isinstance(inner, dict) or not isinstance(inner.get("fields"), list):
             raise Rejected(400, "no `data.fields` list in the body", check="json")

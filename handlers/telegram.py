@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, named, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, ignored, json_body, named, obj
 from handlers.chat import chat_payload
 from handlers.signing import require, same
 
@@ -65,7 +65,7 @@ class TelegramHandler(Handler):
         json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        update = per_request(request, "json", lambda: decode_json_object(body))
+        update = json_body(request, body)
         message = _message(update)
         if message is None:
             kinds = sorted(k for k in update if k != "update_id")
@@ -77,7 +77,7 @@ class TelegramHandler(Handler):
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        update = per_request(request, "json", lambda: decode_json_object(body))
+        update = json_body(request, body)
         message = _message(update)
         if message is None:
             raise Rejected(400, "the update has no message", check="json")

@@ -14,13 +14,11 @@ from handlers.base import (
     Handler,
     Inbound,
     Intercepted,
-    decode_json_object,
     ignored,
     items,
     json_body,
     named,
     obj,
-    per_request,
 )
 from handlers.hosted_form import SignedFormOptions, flatten
 
@@ -69,13 +67,13 @@ class TypeformHandler(Handler):
         json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         if data.get("event_type", "form_response") != "form_response":
             return ignored(f"Typeform event {named(data.get('event_type'))}")  # partial responses come again, whole
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         response = data.get("form_response")
         if not isinstance(response, dict):
             raise Rejected(400, "no `form_response` object in the body", check="json")

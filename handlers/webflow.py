@@ -10,7 +10,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import hmac_digest, signature_matches
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, json_body, named, per_request
+from handlers.base import Handler, Inbound, Intercepted, ignored, json_body, named
 from handlers.hosted_form import flatten
 from handlers.signing import TimedOptions, check_timestamp, require
 
@@ -50,13 +50,13 @@ class WebflowHandler(Handler):
         json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         if data.get("triggerType") != "form_submission":
             return ignored(f"Webflow trigger {named(data.get('triggerType'))}")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         inner = data.get("payload")
         if not isinstance(inner, dict) or not isinstance(inner.get("data"), dict):
             raise Rejected(400, "no `payload.data` object in the body", check="json")

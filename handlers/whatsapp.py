@@ -12,7 +12,7 @@ from aiohttp import web
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
 from handlers.auth import HmacConfig, check_hmac
-from handlers.base import Handler, Inbound, Intercepted, decode_json_object, ignored, items, json_body, obj, per_request
+from handlers.base import Handler, Inbound, Intercepted, ignored, items, json_body, obj
 from handlers.chat import chat_payload
 from handlers.signing import require, same
 
@@ -92,14 +92,14 @@ class WhatsappHandler(Handler):
         json_body(request, body)
 
     async def intercept(self, request: web.Request, body: bytes) -> Intercepted | None:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         if not any(v.get("messages") for v in _values(data)):
             statuses = sum(len(items(v.get("statuses"))) for v in _values(data))
             return ignored(f"no messages ({statuses} status updates)" if statuses else "no messages")
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        data = per_request(request, "json", lambda: decode_json_object(body))
+        data = json_body(request, body)
         out = []
         for value in _values(data):
             metadata = obj(value.get("metadata"))

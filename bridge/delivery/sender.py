@@ -232,18 +232,19 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     async def attempt(auth: dict[str, str]) -> Answer:
         hidden.update(name.lower() for name in auth)
         async def fetch(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+            what = f"a look-up (GET {URL(url).path})"
+            sent = {**headers, **auth}
+            check_headers(sent, auth, what)  # before its slot: a look-up never made takes none
             client = session
             if on_lookup is not None:
                 await on_lookup()  # the first try's slot, waited for before the look-up's timeout runs
                 client = cast(aiohttp.ClientSession, _Paced(session, on_lookup))
             lookups = RetryClient(client_session=client, retry_options=lookup_retry())  # only a send that looks up
-            sent = {**headers, **auth}
-            check_headers(sent, auth, f"a look-up (GET {URL(url).path})")
             async with asyncio.timeout(timeout_s):  # the look-up, its retries included, within one timeout
                 # Not followed: a redirect would carry the look-up, and what it reads into a stored error, to any
                 # host the vendor names (an admin port on this machine); the adapter sees the 3xx.
                 async with lookups.get(url, headers=sent, allow_redirects=False) as resp:
-                    look_up_limited(resp.status, resp.headers, f"a look-up (GET {URL(url).path})")
+                    look_up_limited(resp.status, resp.headers, what)
                     return resp.status, await read_bounded(resp, MAX_RESPONSE_BYTES)
 
         fields = await adapter.prepare(item.action, item.body, fetch)

@@ -167,7 +167,7 @@ def read_tickets(status: int, body: bytes) -> list[dict[str, Any]]:
     parsed = decode_in_steps(body)
     if 200 <= status < 300 and isinstance(parsed, list):
         return [t for t in parsed if isinstance(t, dict)]
-    outcome, _ = read_answer(status, {}, body, decode_in_steps)
+    outcome, _ = read_answer(status, {}, body, lambda _: parsed)  # decoded once, above
     if outcome.classification == "auth":
         raise VendorAuthFailed(f"the ticket look-up was refused: {outcome.error}")
     if "no data found" in (outcome.error or "").lower():

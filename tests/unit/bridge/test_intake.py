@@ -259,10 +259,11 @@ def _disposition(semicolons: bytes) -> bytes:
 async def test_a_small_body_of_many_header_parameters_is_parsed_in_the_parser_thread(body: bytes, off: bool) -> None:
     """MIME header parameters cost up to 15 µs each to read (RFC 2231 continuations): 19 parts of 99 in 63 KB
     held the loop for 30 ms. A body with more than LOOP_PARAMS semicolons (raw, or URL-encoded as in Mailgun's
-    `body-mime`) is verified and parsed in the parser thread, though its size placed it on the loop."""
-    assert len(body) < OFFLOAD_BYTES and not offloaded(body)
+    `body-mime`) is verified, parsed and rendered in the parser thread (`offloaded`), though its size would place it
+    on the loop."""
+    assert len(body) < OFFLOAD_BYTES and offloaded(body) is off
     handler = Recording()
     handled = await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0),
-                                make_mocked_request("POST", "/hooks/src"), body, off=False)
+                                make_mocked_request("POST", "/hooks/src"), body)
     assert not isinstance(handled, Intercepted)
     assert [name.startswith("ticketbridge-parse") for name in handler.threads] == [off] * 2

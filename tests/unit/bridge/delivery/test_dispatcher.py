@@ -1339,40 +1339,37 @@ async def test_a_look_ups_503_without_retry_after_is_tried_again_and_pauses_noth
     assert store.records[0].classification == "retry"
 
 
-async def test_a_reconciliations_rate_limited_look_up_raises_for_the_pause() -> None:
-    """A reconciliation's or a ticket check's request (`_call`) answered 429 raises VendorRateLimited with the
-    wait, which the delivery turns into a paused destination (`lookup_failure`)."""
+async def _pull_answered(status: int, body: str, retry_after: str) -> Exception:
+    """What a reconciliation's request (`_call`) raises for a pull the vendor answers `status` with `Retry-After`."""
 
     async def admitted() -> None:
         pass
 
     with aioresponses() as m:
-        m.get(FAST + "/pull", status=429, body="slow down", headers={"Retry-After": "12"},
+        m.get(FAST + "/pull", status=status, body=body, headers={"Retry-After": retry_after},
               response_class=MockResponse)
         async with aiohttp.ClientSession() as session:
-            with pytest.raises(VendorRateLimited) as caught:
+            with pytest.raises(Exception) as caught:
                 await _call(session, 5.0, {}, None, VendorRequest(method="GET", url=FAST + "/pull", headers={},
                                                                   body=b""), admit=admitted)
-    assert caught.value.retry_after == 12.0
-    outcome = lookup_failure(caught.value, failed="reconciliation could not look the ticket up: ")
+    return caught.value
+
+
+async def test_a_reconciliations_rate_limited_look_up_raises_for_the_pause() -> None:
+    """A reconciliation's or a ticket check's request (`_call`) answered 429 raises VendorRateLimited with the
+    wait, which the delivery turns into a paused destination (`lookup_failure`)."""
+    raised = await _pull_answered(429, "slow down", "12")
+    assert type(raised) is VendorRateLimited and raised.retry_after == 12.0
+    outcome = lookup_failure(raised, failed="reconciliation could not look the ticket up: ")
     assert outcome.rate_limited and outcome.retry_after == 12.0 and outcome.classification == "retry"
 
 
 async def test_a_reconciliations_look_up_answered_503_with_retry_after_pauses_nothing() -> None:
     """A reconciliation's or a ticket check's request answered 503 with Retry-After delays its delivery (retried no
     sooner than the wait) without pausing the destination: only a 429 does."""
-
-    async def admitted() -> None:
-        pass
-
-    with aioresponses() as m:
-        m.get(FAST + "/pull", status=503, body="maintenance", headers={"Retry-After": "120"},
-              response_class=MockResponse)
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(VendorUnavailable) as caught:
-                await _call(session, 5.0, {}, None, VendorRequest(method="GET", url=FAST + "/pull", headers={},
-                                                                  body=b""), admit=admitted)
-    outcome = lookup_failure(caught.value, failed="reconciliation could not look the ticket up: ")
+    raised = await _pull_answered(503, "maintenance", "120")
+    assert isinstance(raised, VendorUnavailable) and not isinstance(raised, VendorRateLimited)
+    outcome = lookup_failure(raised, failed="reconciliation could not look the ticket up: ")
     assert (outcome.classification, outcome.retry_after, outcome.rate_limited) == ("retry", 120.0, False)
 
 
