@@ -171,8 +171,10 @@ class Handler(ABC):
     content_types: ClassVar[frozenset[str]] = frozenset()
     keep_headers: ClassVar[tuple[str, ...]] = KEEP_HEADERS
     saves_attachments: ClassVar[bool] = False
-    """Whether its events can carry files (`Inbound.attachments`), which intake writes to `attachments.dir`: a
-    server with such a source refuses to start when that folder cannot be written; one without never writes it."""
+    """Whether its events can carry files (`Inbound.attachments` with content), which intake writes to
+    `attachments.dir`: a server with such a source refuses to start when that folder cannot be written; one
+    without never writes it. Set by what `parse` gives, whatever the channel: tests/unit/handlers/test_registry.py
+    holds it to each kind's documented samples."""
 
     def __init__(self, name: str, options: SourceConfig, server: ServerConfig) -> None:
         self.name = name
