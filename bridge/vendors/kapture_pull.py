@@ -23,9 +23,8 @@ from bridge.vendors.base import (
     decode_json,
     first_id,
     lower_keys,
-    too_many_containers,
 )
-from bridge.vendors.json_steps import decode_in_steps, release
+from bridge.vendors.json_steps import decode_lookup, release
 from bridge.vendors.kapture import PULL_PATH, REFUSES_ARRAY, KaptureAdapter, read_answer
 
 DATE_FORMAT = "%Y-%m-%d"  # the API's YYYY-MM-DD
@@ -217,10 +216,9 @@ def _scan_page(body: bytes, status: int, day: date, match: Callable[[dict[str, A
     code, run where `read_answer_off_loop` puts it (the look-up thread for an answer that is not small); the
     tickets it decodes go when it returns. SearchStopped for an answer holding more objects than a look-up reads
     (`too_many_containers`), before it is decoded."""
-    refused = too_many_containers(body, f"the pull answer for {day.isoformat()}")
-    if refused is not None:
-        raise SearchStopped(refused)
-    answer = parse_pull(status, {}, body, decode_in_steps)  # a large answer in steps: the loop runs between them
+    what = f"the pull answer for {day.isoformat()}"
+    # A large answer in steps: the loop runs between them.
+    answer = parse_pull(status, {}, body, lambda raw: decode_lookup(raw, what, SearchStopped))
     if answer.outcome.classification != "success":
         return _Page(outcome=answer.outcome)
     found = next((f for ticket in answer.tickets if (f := match(ticket, day)) is not None), None)
