@@ -151,6 +151,11 @@ def _quoted(text: str) -> str:
     return repr(text) if len(text) <= SHOWN_CHARS else repr(text[:SHOWN_CHARS]) + "…"
 
 
+def _as_written(written: str) -> str:
+    """` (written …)`: the text a value was written as, cut, and quoted when it holds what does not print."""
+    return f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -186,7 +191,7 @@ def shown_value(value: Any, path: KeyPath, written: str | None = None) -> str:
     if written is not None and variables:
         size = f" of {len(value)} character{'' if len(value) == 1 else 's'}" if isinstance(value, str) else ""
         if not _ONE_VARIABLE.fullmatch(written):  # `https://${HOST}/x`: the rest is the file's own text
-            where += f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+            where += _as_written(written)
         return f"{_kind(value)}{size}{where}"
     if isinstance(value, str):
         shown = _quoted(value)
@@ -195,7 +200,7 @@ def shown_value(value: Any, path: KeyPath, written: str | None = None) -> str:
     else:
         shown = _kind(value)
     if written is not None and written != value:
-        shown += f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+        shown += _as_written(written)
     return shown
 
 
