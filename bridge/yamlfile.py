@@ -47,6 +47,8 @@ def format_mapping_path(mapping: str, path: KeyPath) -> str:
 
 
 PathFormat = Callable[[KeyPath], str]
+_NOTHING: Any = object()
+"""No data given (None is a value: YAML's null)."""
 
 
 class KeyValueError(ValueError):
@@ -98,7 +100,7 @@ class Document:
 
     def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
                    fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
-                   data: Any = None) -> Located:
+                   data: Any = _NOTHING) -> Located:
         message, sub = split_validation_error(exc, typ, key_hint=key_hint)
         if data is not _NOTHING and message.startswith("Expected `") and "[...]" not in str(exc):
             message = self.wrong_value(message, data, base, sub, typ)
@@ -127,7 +129,6 @@ class Document:
         return f"got {shown_value(value, path, self.written.get(path))}, expected {expected}{hint}"
 
 
-_NOTHING: Any = object()
 SHOWN_CHARS = 60
 """The most characters of a bad value (or of the text it was written as) an error quotes."""
 

@@ -560,3 +560,16 @@ def test_a_value_is_shown_with_the_text_it_was_written_as(value: str, written: s
     """A value written otherwise than it reads (`$$`, a variable inside other text) shows that text too, as it is
     when it prints, quoted when it holds what does not (a tab); a variable alone is named, not repeated."""
     assert shown_value(value, ("server", "port"), written) == shown
+
+
+def test_a_null_of_the_wrong_type_is_shown_as_null_and_no_data_as_nothing() -> None:
+    """With `show_value`, a null where a number goes is `got null` (None is a value); a translation given no
+    data at all keeps msgspec's own words rather than reading a null nobody gave."""
+    doc = Document("f.yaml", None)
+    with pytest.raises(ConfigError) as info:
+        doc.convert(None, int, ("port",), show_value=True)
+    assert info.value.message == "got null, expected a whole number"
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.convert(None, int)
+    translated = doc._translate(caught.value, ("port",), ConfigError, typ=int)
+    assert (translated.message, translated.path) == ("Expected `int`, got `null`", "port")
