@@ -93,11 +93,12 @@ def keys_show_a_size(adapter: KaptureAdapter, page: int | None, keys: list[str |
     return True
 
 
-def refuses_array(adapter: KaptureAdapter, page: PullPage) -> bool:
-    """Whether this answer refuses the documented array body ("Invalid Json … should be in object format", as
-    the pull page's own error table says): the adapter then sends an object from now on; True means ask again."""
-    error = (page.outcome.error or "").lower()
-    if adapter.pull_as_object or page.outcome.classification != "permanent" or not any(
+def refuses_array(adapter: KaptureAdapter, outcome: Outcome) -> bool:
+    """Whether an answer of this `outcome` refuses the documented array body ("Invalid Json … should be in object
+    format", as the pull page's own error table says): the adapter then sends an object from now on; True means
+    ask again."""
+    error = (outcome.error or "").lower()
+    if adapter.pull_as_object or outcome.classification != "permanent" or not any(
             sign in error for sign in REFUSES_ARRAY):
         return False
     adapter.pull_as_object = True
@@ -235,7 +236,7 @@ async def _read_page(adapter: KaptureAdapter, day: date, page: int | None, call:
     status, body = await call(pull_request(adapter, day, page))
     read = await read_answer_off_loop(_scan_page, body, status, day, match)
     del body
-    if refuses_array(adapter, PullPage(outcome=read.outcome)):
+    if refuses_array(adapter, read.outcome):
         return _Page(outcome=read.outcome, again=True)
     if read.outcome.classification != "success":
         return read
