@@ -125,8 +125,7 @@ class GuardedRequestHandler(RequestHandler):
     __slots__ = ("_bad_requests", "_body", "_counted", "_deadline", "_limits", "_phase", "_quiet", "_stats", "_timer")
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, stats: ConnectionStats,
-                 loop: asyncio.AbstractEventLoop, bad_requests: ThrottledWarning | None = None,
-                 **kwargs: Any) -> None:
+                 loop: asyncio.AbstractEventLoop, bad_requests: ThrottledWarning, **kwargs: Any) -> None:
         # aiohttp's own keep-alive timer closes a connection whose next head is not complete in time,
         # counted from the previous answer; ours counts the head from its first byte, so aiohttp's
         # must never fire before ours would.
@@ -139,7 +138,7 @@ class GuardedRequestHandler(RequestHandler):
         self._timer: asyncio.TimerHandle | None = None
         self._body: Any = None
         self._counted = True  # GuardedServer counted it open when it made it
-        self._bad_requests = bad_requests or ThrottledWarning("server.bad_request")
+        self._bad_requests = bad_requests  # the server's, shared by its connections: one warning per interval in all
         self._quiet = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

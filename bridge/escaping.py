@@ -38,6 +38,13 @@ def escape_text(text: str) -> str:
     return text if encodable(text) else _SURROGATE.sub(_escape, text)
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """A sender's text as an error a human reads quotes it: `repr` of its first `limit` characters (an undecodable
+    byte written `\\xNN`), and when it is longer, `…` and its length."""
+    shown = repr(escape_text(text[:limit]))
+    return shown if len(text) <= limit else f"{shown}… ({len(text)} characters)"
+
+
 def write_nul(text: str) -> str:
     """`text` with each NUL character written out as `\\x00` (itself when it holds none: one scan in C)."""
     return text.replace(NUL, NUL_WRITTEN) if NUL in text else text

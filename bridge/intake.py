@@ -28,7 +28,7 @@ from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.rows import now_ms
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
-from handlers.base import Handler, Inbound, Intercepted, SignedNonce, skip_signatures
+from handlers.base import Inbound, Intercepted, SignedNonce, skip_signatures
 from handlers.limits import LOOP_PARAMS, too_many
 
 log = structlog.get_logger("ticketbridge.intake")
@@ -118,10 +118,10 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
                 handler.verify(request, body)
             handler.prepare(request, body)  # what intercept reads, parsed here rather than on the loop
 
-        kind = type(handler)  # hooks a handler leaves as they are do nothing: not run (a web form's every request)
-        if (verify and kind.verify is not Handler.verify) or kind.prepare is not Handler.prepare:
+        # Hooks a handler leaves as they are do nothing: not run (a web form's every request).
+        if (verify and handler.defines_verify) or handler.defines_prepare:
             await _run(checks, request, body, off)
-        if kind.intercept is not Handler.intercept and (early := await handler.intercept(request, body)) is not None:
+        if handler.defines_intercept and (early := await handler.intercept(request, body)) is not None:
             return early
         inbounds = await _run(handler.parse, request, body, off)
         if len(inbounds) > MAX_EVENTS:

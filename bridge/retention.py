@@ -38,8 +38,6 @@ from bridge.store.base import Cutoffs, PurgeCounts, PurgeMark, Store
 
 log = structlog.get_logger("ticketbridge.retention")
 
-DEFAULT_TICKETS_S = 90 * 86400.0
-"""`retention.tickets`' default."""
 PAUSE_SECONDS = 0.05
 """Between two batches when there is more: intake and delivery writes get the writer in between."""
 FIRST_SWEEP_SECONDS = 60.0
@@ -60,9 +58,9 @@ class Policy:
     attempts_s: float | None
     attachments_s: float | None
     dedup: bool = True
-    tickets_s: float | None = DEFAULT_TICKETS_S
+    tickets_s: float | None = RetentionConfig().limit("tickets")
     """How long a conversation holding a ticket its first sender may answer by token is kept after its last
-    message, at least (None: forever)."""
+    message, at least (None: forever); by default `retention.tickets`' default."""
     reopen_after_s: float = DEFAULT_REOPEN_AFTER_S
     """The longest `reopen_after` of the mappings: a conversation is kept at least this long after its last
     message (its next one would follow up on its ticket), whatever the events limit."""
@@ -77,7 +75,9 @@ class Policy:
             return None if limit is None else now_ms - int(limit * 1000)
 
         conversations = None if self.events_s is None else max(self.events_s, self.reopen_after_s)
-        tickets = None if conversations is None or self.tickets_s is None else max(conversations, self.tickets_s)
+        # A conversation holding a ticket goes once it is past both cutoffs (Cutoffs.tickets_ms): a tickets limit
+        # shorter than the conversations' keeps it no shorter.
+        tickets = None if conversations is None else self.tickets_s
         return Cutoffs(events_ms=before(self.events_s), dead_ms=before(self.dead_s),
                        attempts_ms=before(self.attempts_s), dedup_ms=now_ms if self.dedup else None,
                        conversations_ms=before(conversations), tickets_ms=before(tickets))

@@ -3,6 +3,7 @@ failure into a dead delivery that names its reason, so a bad mapping never fails
 
 from __future__ import annotations
 
+import logging
 from contextvars import ContextVar
 from typing import Any, cast
 
@@ -21,7 +22,7 @@ from bridge.vendors.base import Outcome
 
 log = structlog.get_logger("ticketbridge.routing")
 
-_held: ContextVar[list[tuple[str, dict[str, Any]]] | None] = ContextVar("routing_held_logs", default=None)
+_held: ContextVar[list[tuple[int, str, dict[str, Any]]] | None] = ContextVar("routing_held_logs", default=None)
 
 
 class HeldLogs:
@@ -30,31 +31,24 @@ class HeldLogs:
     so only the run that is kept may log them (once, as they are counted and stored once)."""
 
     def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
+        self.lines: list[tuple[int, str, dict[str, Any]]] = []
         self._token = _held.set(self.lines)
 
     def end(self, *, emit: bool) -> None:
         """Stop holding; log what was held when `emit` (the run is kept), else drop it (it is begun again)."""
         _held.reset(self._token)
         if emit:
-            for event, fields in self.lines:
-                _emit(event, fields)
+            for level, event, fields in self.lines:
+                log.log(level, event, **fields)
 
 
-def _emit(event: str, fields: dict[str, Any]) -> None:
-    if event == "routing.render_crashed":  # `exc_info`: the exception, whose traceback the line carries
-        log.error(event, **fields)
-    else:
-        log.warning(event, **fields)
-
-
-def _failed(event: str, **fields: Any) -> None:
-    """Log a render failure, or hold it back while a HeldLogs holds this context's."""
+def _failed(level: int, event: str, **fields: Any) -> None:
+    """Log a render failure at `level` (logging's), or hold it back while a HeldLogs holds this context's."""
     held = _held.get()
     if held is None:
-        _emit(event, fields)
+        log.log(level, event, **fields)
     else:
-        held.append((event, fields))
+        held.append((level, event, fields))
 
 
 def render_context(event: Event, vars_: dict[str, Any]) -> dict[str, Any]:
@@ -80,9 +74,10 @@ def render_event(mapping: CompiledMapping, ctx: dict[str, Any], event_id: str) -
     except MappingError as exc:
         error = str(exc) if exc.path else f"{mapping.name}: {exc}"
     except Exception as exc:  # a bug in a filter must cost one delivery, not the request
-        _failed("routing.render_crashed", mapping=mapping.name, event_id=event_id, exc_info=exc)
+        # `exc_info`: the exception, whose traceback the line carries
+        _failed(logging.ERROR, "routing.render_crashed", mapping=mapping.name, event_id=event_id, exc_info=exc)
         error = f"{mapping.name}: internal error while rendering: {type(exc).__name__}: {exc}"
-    _failed("routing.render_failed", mapping=mapping.name, event_id=event_id, error=error)
+    _failed(logging.WARNING, "routing.render_failed", mapping=mapping.name, event_id=event_id, error=error)
     return Rendered(error=error)
 
 

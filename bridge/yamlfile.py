@@ -47,6 +47,8 @@ def format_mapping_path(mapping: str, path: KeyPath) -> str:
 
 
 PathFormat = Callable[[KeyPath], str]
+_NOTHING: Any = object()
+"""No data given (None is a value: YAML's null)."""
 
 
 class KeyValueError(ValueError):
@@ -98,7 +100,7 @@ class Document:
 
     def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
                    fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
-                   data: Any = None) -> Located:
+                   data: Any = _NOTHING) -> Located:
         message, sub = split_validation_error(exc, typ, key_hint=key_hint)
         if data is not _NOTHING and message.startswith("Expected `") and "[...]" not in str(exc):
             message = self.wrong_value(message, data, base, sub, typ)
@@ -127,7 +129,6 @@ class Document:
         return f"got {shown_value(value, path, self.written.get(path))}, expected {expected}{hint}"
 
 
-_NOTHING: Any = object()
 SHOWN_CHARS = 60
 """The most characters of a bad value (or of the text it was written as) an error quotes."""
 
@@ -149,6 +150,11 @@ def _cut(text: str) -> str:
 
 def _quoted(text: str) -> str:
     return repr(text) if len(text) <= SHOWN_CHARS else repr(text[:SHOWN_CHARS]) + "…"
+
+
+def _as_written(written: str) -> str:
+    """` (written …)`: the text a value was written as, cut, and quoted when it holds what does not print."""
+    return f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
 
 
 def _kind(value: Any) -> str:
@@ -186,7 +192,7 @@ def shown_value(value: Any, path: KeyPath, written: str | None = None) -> str:
     if written is not None and variables:
         size = f" of {len(value)} character{'' if len(value) == 1 else 's'}" if isinstance(value, str) else ""
         if not _ONE_VARIABLE.fullmatch(written):  # `https://${HOST}/x`: the rest is the file's own text
-            where += f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+            where += _as_written(written)
         return f"{_kind(value)}{size}{where}"
     if isinstance(value, str):
         shown = _quoted(value)
@@ -195,7 +201,7 @@ def shown_value(value: Any, path: KeyPath, written: str | None = None) -> str:
     else:
         shown = _kind(value)
     if written is not None and written != value:
-        shown += f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+        shown += _as_written(written)
     return shown
 
 

@@ -171,8 +171,22 @@ class Handler(ABC):
     content_types: ClassVar[frozenset[str]] = frozenset()
     keep_headers: ClassVar[tuple[str, ...]] = KEEP_HEADERS
     saves_attachments: ClassVar[bool] = False
-    """Whether its events can carry files (`Inbound.attachments`), which intake writes to `attachments.dir`: a
-    server with such a source refuses to start when that folder cannot be written; one without never writes it."""
+    """Whether its events can carry files (`Inbound.attachments` with content), which intake writes to
+    `attachments.dir`: a server with such a source refuses to start when that folder cannot be written; one
+    without never writes it. Set by what `parse` gives, whatever the channel: tests/unit/handlers/test_registry.py
+    holds it to each kind's documented samples."""
+
+    defines_verify: ClassVar[bool] = False
+    defines_prepare: ClassVar[bool] = False
+    defines_intercept: ClassVar[bool] = False
+    """Whether the class has its own `verify`, `prepare` and `intercept` (set once per class, as it is made): a
+    hook a handler leaves as it is does nothing, and intake does not run it (a web form's every request)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defines_verify = cls.verify is not Handler.verify
+        cls.defines_prepare = cls.prepare is not Handler.prepare
+        cls.defines_intercept = cls.intercept is not Handler.intercept
 
     def __init__(self, name: str, options: SourceConfig, server: ServerConfig) -> None:
         self.name = name

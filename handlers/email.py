@@ -571,8 +571,11 @@ def raw_param(part: Message, header: str, param: str) -> str | None:
     if raw is None:
         return None
     if isinstance(part, OpaqueMessage) and part.get(header) == raw:
-        probe = part  # the header as the part holds it: its parameters are read once, for every reader
+        probe = part  # the part holds the header as read here: its parameters, read once, serve every reader
     else:
+        # A folded header is read here unfolded (and its 8-bit bytes as UTF-8), as the part's own readers never
+        # see it: their parse keeps a line break inside a quoted value, so it cannot serve here, and the header
+        # is parsed once more.
         probe = OpaqueMessage()
         probe[header] = raw
     value = probe.get_param(param, header=header, unquote=False)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bridge import USER_AGENT
 from bridge.errors import Rejected
+from bridge.escaping import quoted
 
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
@@ -89,23 +90,18 @@ def certificate_url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return f"SigningCertURL {_shown(url)} is not a URL; {expected}"
+        return f"SigningCertURL {quoted(url)} is not a URL; {expected}"
     if parts.scheme != "https":
-        return f"SigningCertURL's scheme {_shown(parts.scheme)} is not https; {expected}"
+        return f"SigningCertURL's scheme {quoted(parts.scheme)} is not https; {expected}"
     if not SNS_HOST.fullmatch(parts.netloc):
-        return (f"SigningCertURL's host {_shown(parts.netloc)} is not an SNS host (in lower case, with no user or "
+        return (f"SigningCertURL's host {quoted(parts.netloc)} is not an SNS host (in lower case, with no user or "
                 f"port); {expected}")
     if not CERTIFICATE_PATH.fullmatch(parts.path):
-        return f"SigningCertURL's path {_shown(parts.path)} is not an SNS certificate's; {expected}"
+        return f"SigningCertURL's path {quoted(parts.path)} is not an SNS certificate's; {expected}"
     if parts.query or parts.fragment:
         part, value = ("query", parts.query) if parts.query else ("fragment", parts.fragment)
-        return f"SigningCertURL has a {part} ({_shown(value)}), which SNS's never have; {expected}"
-    return f"SigningCertURL {_shown(url)} is not an SNS certificate's URL; {expected}"
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    """A sender's value quoted in an answer, cut to `limit` characters."""
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
+        return f"SigningCertURL has a {part} ({quoted(value)}), which SNS's never have; {expected}"
+    return f"SigningCertURL {quoted(url)} is not an SNS certificate's URL; {expected}"
 
 
 class Signed(NamedTuple):

@@ -132,7 +132,7 @@ class Puller:
 
     async def _call(self, day: date, page: int | None) -> PullPage:
         answer = await self._try(day, page)
-        if refuses_array(self.adapter, answer):  # the account wants an object: ask again, and so from now on
+        if refuses_array(self.adapter, answer.outcome):  # the account wants an object: ask again, and so from now on
             answer = await self._try(day, page)
         outcome = answer.outcome
         if outcome.classification == "success":

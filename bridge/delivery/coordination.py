@@ -37,7 +37,8 @@ class Admission:
     round trip to a shared gate, whose slots are dated somewhere within it), to tell a send that starts late for its
     slot; `probe_mark` a shared gate's mark on the probe it granted, so that
     giving it back ends that probe's hold, not one granted since. `started`: the sends started (`Gate.start`), by
-    index, with the in-process limiter's handle on the slot each took (None: it keeps nothing to give back)."""
+    index, with the in-process limiter's handle on the slot each took (None: it keeps nothing to give back);
+    `given_back`: the indexes whose slot the in-process gate gave back (`give_back`, `unused`), each once."""
 
     granted: int
     wait_s: float = 0.0
@@ -47,6 +48,7 @@ class Admission:
     asked_at: float = field(default_factory=time.monotonic)
     probe_mark: str | None = None
     started: dict[int, int | None] = field(default_factory=dict)
+    given_back: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ class Gate(ABC):
 
     @abstractmethod
     async def unused(self, admission: Admission, count: int) -> None:
-        """`count` of what `admission` granted will not be sent (nothing was due): give them back."""
+        """The last `count` sends `admission` granted will not be made (nothing was due): give back their slots (a
+        send given back already is not given back again)."""
 
     @abstractmethod
     async def give_back(self, admission: Admission, index: int) -> None:
@@ -211,27 +214,31 @@ class LocalGate(Gate):
         return admission
 
     async def unused(self, admission: Admission, count: int) -> None:
-        # Reservations not yet used are alike (the oldest is used first): any goes back. A send that started (a
-        # probe given up for its lease) gives back its own slot, not a reservation another request waits with.
-        unstarted = min(count, admission.granted - len(admission.started))
-        for _ in range(unstarted):
-            self.limiter.unreserve()
-        for _ in range(count - unstarted):
-            self._unsend(admission.started.popitem()[1])
+        # The last `count` sends granted, as a shared gate reads it (its last slots), each giving back what it
+        # holds, once.
+        for index in range(max(0, admission.granted - count), admission.granted):
+            self._back(admission, index)
         if admission.probe and count >= admission.granted:
             self._probe_back(admission)
 
     async def give_back(self, admission: Admission, index: int) -> None:
-        if index in admission.started:
-            self._unsend(admission.started.pop(index))
-        else:
-            self.limiter.unreserve()
+        self._back(admission, index)
         if admission.probe:
             self._probe_back(admission)
 
-    def _unsend(self, handle: int | None) -> None:
-        if handle is not None:
-            self.limiter.unsend(handle)
+    def _back(self, admission: Admission, index: int) -> None:
+        """The `index`-th send's slot back, unless it is already: a send that started (a probe given up for its
+        lease) gives back its own slot, not a reservation another request waits with; one not started, a
+        reservation (they are alike: the oldest is used first)."""
+        if index in admission.given_back:
+            return
+        admission.given_back.add(index)
+        if index in admission.started:
+            handle = admission.started.pop(index)
+            if handle is not None:
+                self.limiter.unsend(handle)
+        else:
+            self.limiter.unreserve()
 
     def _probe_back(self, admission: Admission) -> None:
         """A probe given back ends its hold; not one granted since an outcome ended it (a probe settled unsent is

@@ -25,6 +25,7 @@ import msgspec
 import structlog
 
 from bridge.errors import BridgeError
+from bridge.escaping import header_problem
 from bridge.vendors.failures import VendorAuthFailed
 
 log = structlog.get_logger("ticketbridge.vendors")
@@ -106,6 +107,17 @@ class TokenCredentials(Credentials):
     async def obtain(self, session: aiohttp.ClientSession) -> Token:
         """A new token from the vendor."""
 
+    def token_named(self) -> str:
+        """The obtained token as an error names it, before what is wrong with it."""
+        return f"the token obtained for destination {self.destination!r}"
+
+    async def _obtain_usable(self, session: aiohttp.ClientSession) -> Token:
+        """`obtain`, refused (VendorAuthFailed, naming the token, never its value) when no header can carry it."""
+        token = await self.obtain(session)
+        if (problem := header_problem(token.value)) is not None:
+            raise VendorAuthFailed(f"{self.token_named()} {problem}: no request can carry it, so it is not used")
+        return token
+
     async def revoke(self, session: aiohttp.ClientSession, token: Token) -> None:
         """Invalidate `token` at the vendor; the default has nothing to call."""
 
@@ -140,7 +152,7 @@ class TokenCredentials(Credentials):
                 raise self._refused[0]
             self.attempts += 1
             try:
-                token = await self.obtain(session)
+                token = await self._obtain_usable(session)
             except VendorAuthFailed as exc:
                 self._refused = (exc, self.clock() + REFUSAL_HOLD_SECONDS)
                 raise

@@ -49,11 +49,10 @@ from bridge.vendors.base import (
     succeeded,
     text_or_none,
     ticket_ref,
-    too_many_containers,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
 from bridge.vendors.http_auth import HttpAuth, basic, http_credentials
-from bridge.vendors.json_steps import decode_in_steps, release
+from bridge.vendors.json_steps import decode_lookup, release
 from bridge.yamlfile import KeyPath, KeyValueError
 
 Method = Literal["POST", "PUT", "PATCH"]
@@ -459,10 +458,7 @@ class HttpAdapter(Adapter):
 def _looked_up(body: bytes, path: Path) -> Any:
     """What a look-up's answer holds at `path` (MISSING: nothing), read where `read_answer_off_loop` puts it;
     SearchStopped for an answer holding more objects than a look-up reads (`too_many_containers`), not decoded."""
-    refused = too_many_containers(body, "the look-up's answer")
-    if refused is not None:
-        raise SearchStopped(f"http: {refused}")
-    decoded = decode_in_steps(body)
+    decoded = decode_lookup(body, "the look-up's answer", lambda reason: SearchStopped(f"http: {reason}"))
     value = path.get({"body": decoded})
     if not isinstance(value, list | dict):  # else it is part of what is freed
         release(decoded)

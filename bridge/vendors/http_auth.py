@@ -13,7 +13,6 @@ import aiohttp
 import msgspec
 
 from bridge.config import Base
-from bridge.escaping import header_problem
 from bridge.vendors.base import (
     VendorAuthFailed,
     VendorUnavailable,
@@ -104,6 +103,9 @@ class OAuth2Credentials(TokenCredentials):
         url = self.config.token_url
         return self.base_url() + url if url.startswith("/") else url
 
+    def token_named(self) -> str:
+        return f"http: the token endpoint {self.token_url} answered an access_token that"
+
     async def obtain(self, session: aiohttp.ClientSession) -> Token:
         c = self.config
         form = {"grant_type": "client_credentials"}
@@ -130,9 +132,6 @@ class OAuth2Credentials(TokenCredentials):
         if status != 200 or token is None:
             raise VendorUnavailable(f"http: the token endpoint {self.token_url} answered HTTP {status} without an "
                                     f"access_token: {said}")
-        if (problem := header_problem(token)) is not None:  # it could not be sent: refused, the field named
-            raise VendorAuthFailed(f"http: the token endpoint {self.token_url} answered an access_token that "
-                                   f"{problem}: no request can carry it, so it is not used")
         now = self.clock()
         # `expires_in` is only RECOMMENDED (RFC 6749 §5.1): without it the token is kept until it is refused.
         seconds = expires_in_seconds(data.get("expires_in"))

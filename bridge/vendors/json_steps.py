@@ -31,11 +31,12 @@ WORK_TIMES its length (searched, skipped over, decoded): past either, the body i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from bridge.vendors.base import decode_json
+from bridge.vendors.base import decode_json, too_many_containers
 
 STEP_BYTES = 256 * 1024
 """About the most one step decodes (~2 ms of msgspec's time); a body up to this long is decoded whole."""
@@ -79,6 +80,16 @@ def decode_in_steps(body: bytes) -> Any:
         return value
     except (_Whole, *_FAILURES):
         return decode_json(body)
+
+
+def decode_lookup(body: bytes, what: str, refused: Callable[[str], Exception]) -> Any:
+    """A look-up's answer (`what`, as its errors name it) decoded in steps (`decode_in_steps`); `refused(reason)`
+    raised instead, before anything is decoded, when it holds more objects and arrays than a look-up reads
+    (`too_many_containers`)."""
+    reason = too_many_containers(body, what)
+    if reason is not None:
+        raise refused(reason)
+    return decode_in_steps(body)
 
 
 def _cuts(first: bytes) -> tuple[re.Pattern[bytes], ...]:

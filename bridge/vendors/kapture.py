@@ -28,10 +28,9 @@ from bridge.vendors.base import (
     lower_keys,
     succeeded,
     ticket_id_from,
-    too_many_containers,
 )
 from bridge.vendors.files import split_files
-from bridge.vendors.json_steps import decode_in_steps, release
+from bridge.vendors.json_steps import decode_lookup, release
 from bridge.yamlfile import KeyPath
 
 CREATE_PATH = "/add-ticket-from-other-source.html/v.2.0"
@@ -161,10 +160,8 @@ def read_tickets(status: int, body: bytes) -> list[dict[str, Any]]:
     """A get-by-id answer: a top-level array of `{additional_info, history, task_details}` [doc]; an empty
     array, or a "No Data found" failure, is no ticket. Raises VendorAuthFailed or VendorUnavailable (an answer
     holding more objects than a look-up reads among them, `too_many_containers`)."""
-    refused = too_many_containers(body, "the ticket look-up's answer")
-    if refused is not None:
-        raise VendorUnavailable(f"the ticket look-up failed: {refused}")
-    parsed = decode_in_steps(body)
+    parsed = decode_lookup(body, "the ticket look-up's answer",
+                           lambda reason: VendorUnavailable(f"the ticket look-up failed: {reason}"))
     if 200 <= status < 300 and isinstance(parsed, list):
         return [t for t in parsed if isinstance(t, dict)]
     outcome, _ = read_answer(status, {}, body, lambda _: parsed)  # decoded once, above

@@ -23,9 +23,8 @@ from bridge.vendors.base import (
     decode_json,
     first_id,
     lower_keys,
-    too_many_containers,
 )
-from bridge.vendors.json_steps import decode_in_steps, release
+from bridge.vendors.json_steps import decode_lookup, release
 from bridge.vendors.kapture import PULL_PATH, REFUSES_ARRAY, KaptureAdapter, read_answer
 
 DATE_FORMAT = "%Y-%m-%d"  # the API's YYYY-MM-DD
@@ -94,11 +93,12 @@ def keys_show_a_size(adapter: KaptureAdapter, page: int | None, keys: list[str |
     return True
 
 
-def refuses_array(adapter: KaptureAdapter, page: PullPage) -> bool:
-    """Whether this answer refuses the documented array body ("Invalid Json … should be in object format", as
-    the pull page's own error table says): the adapter then sends an object from now on; True means ask again."""
-    error = (page.outcome.error or "").lower()
-    if adapter.pull_as_object or page.outcome.classification != "permanent" or not any(
+def refuses_array(adapter: KaptureAdapter, outcome: Outcome) -> bool:
+    """Whether an answer of this `outcome` refuses the documented array body ("Invalid Json … should be in object
+    format", as the pull page's own error table says): the adapter then sends an object from now on; True means
+    ask again."""
+    error = (outcome.error or "").lower()
+    if adapter.pull_as_object or outcome.classification != "permanent" or not any(
             sign in error for sign in REFUSES_ARRAY):
         return False
     adapter.pull_as_object = True
@@ -217,10 +217,9 @@ def _scan_page(body: bytes, status: int, day: date, match: Callable[[dict[str, A
     code, run where `read_answer_off_loop` puts it (the look-up thread for an answer that is not small); the
     tickets it decodes go when it returns. SearchStopped for an answer holding more objects than a look-up reads
     (`too_many_containers`), before it is decoded."""
-    refused = too_many_containers(body, f"the pull answer for {day.isoformat()}")
-    if refused is not None:
-        raise SearchStopped(refused)
-    answer = parse_pull(status, {}, body, decode_in_steps)  # a large answer in steps: the loop runs between them
+    what = f"the pull answer for {day.isoformat()}"
+    # A large answer in steps: the loop runs between them.
+    answer = parse_pull(status, {}, body, lambda raw: decode_lookup(raw, what, SearchStopped))
     if answer.outcome.classification != "success":
         return _Page(outcome=answer.outcome)
     found = next((f for ticket in answer.tickets if (f := match(ticket, day)) is not None), None)
@@ -237,7 +236,7 @@ async def _read_page(adapter: KaptureAdapter, day: date, page: int | None, call:
     status, body = await call(pull_request(adapter, day, page))
     read = await read_answer_off_loop(_scan_page, body, status, day, match)
     del body
-    if refuses_array(adapter, PullPage(outcome=read.outcome)):
+    if refuses_array(adapter, read.outcome):
         return _Page(outcome=read.outcome, again=True)
     if read.outcome.classification != "success":
         return read

@@ -1391,6 +1391,24 @@ class StoreContract:
         assert [await store.get_conversations(k) for k in ("mail:v1@x", "ticket:713", f"split:{stranger.id}")] == [
             [], [], []]
 
+    async def test_a_ticket_reference_is_kept_until_both_cutoffs_have_passed_it(self, store: Store) -> None:
+        """A conversation holding a sender's ticket goes only once its last message is older than both the
+        conversations' and the tickets' cutoff, whichever comes first: a tickets limit shorter than the
+        conversations' (a later cutoff) does not make it go sooner."""
+        first = make_delivery(conversation="m|mail:v2@x", conversation_key="mail:v2@x", sender="v@x.io",
+                              sender_checked=True)
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="715"), role="create"))
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 1
+        for kept in (Cutoffs(conversations_ms=1, tickets_ms=after_now()),
+                     Cutoffs(conversations_ms=after_now(), tickets_ms=1)):
+            assert (await store.purge(kept, 500, dry_run=True)).conversations == 0
+            assert (await store.purge(kept, 500)).conversations == 0
+            assert len(await store.get_conversations("mail:v2@x")) == 1
+        assert (await store.purge(Cutoffs(conversations_ms=after_now(), tickets_ms=after_now()), 500)
+                ).conversations == 1
+
     async def test_only_an_email_threads_ticket_reference_outlives_its_messages(self, store: Store) -> None:
         """Only an email-keyed conversation (`mail:`, `ticket:`, `split:`) is kept past the conversations' cutoff
         for its ticket: a chat's, whose sender is the customer's phone number, and an expression's go with their

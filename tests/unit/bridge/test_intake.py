@@ -73,6 +73,38 @@ async def test_verify_and_parse_run_where_the_request_is_placed(off: bool) -> No
     assert [name.startswith("ticketbridge-parse") for name in handler.threads] == [off] * 2
 
 
+class Intercepting(Recording):
+    """A subclass that adds `intercept` to what Recording defines."""
+
+    async def intercept(self, request: Request, body: bytes) -> Intercepted | None:
+        self.threads.append("intercept")
+        return None
+
+
+def test_the_hooks_a_handler_class_defines_are_known_once_per_class() -> None:
+    """Which optional hooks a class defines (its own or inherited from a subclass of Handler) is set when the class
+    is made, not worked out per request: a web form defines none, Recording only `verify`, its subclass
+    `verify` and `intercept`."""
+    from handlers.form import FormHandler
+
+    assert (FormHandler.defines_verify, FormHandler.defines_prepare, FormHandler.defines_intercept) == (
+        False, False, False)
+    assert (Recording.defines_verify, Recording.defines_prepare, Recording.defines_intercept) == (True, False, False)
+    assert (Intercepting.defines_verify, Intercepting.defines_prepare, Intercepting.defines_intercept) == (
+        True, False, True)
+
+
+async def test_only_the_hooks_a_handler_defines_are_run() -> None:
+    """`intercept` runs for the class that defines it, before `parse`; `verify` only when asked for."""
+    handler = Intercepting()
+    request = make_mocked_request("POST", "/hooks/src")
+    await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, b"x", off=False)
+    assert handler.threads == ["MainThread", "intercept", "MainThread"]
+    handler.threads.clear()
+    await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, b"x", off=False, verify=False)
+    assert handler.threads == ["intercept", "MainThread"]
+
+
 def test_a_long_dedup_key_is_kept_as_its_digest() -> None:
     """Past MAX_DEDUP_KEY_CHARS the SHA-256 of the key, the same for the same key, different for another
     (PostgreSQL indexes at most 2,704 bytes of a row)."""

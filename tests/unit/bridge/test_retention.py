@@ -56,14 +56,14 @@ def test_a_conversation_is_kept_for_the_events_limit_or_the_longest_reopen_after
 
 
 def test_a_conversation_holding_a_senders_ticket_is_kept_for_the_tickets_limit_too() -> None:
-    """The tickets' cutoff (a conversation holding a ticket its first sender may answer by token): the longer of
-    the conversations' limit and `tickets` (90 days by default); none (kept) for a null `tickets`, and none
-    while events are kept forever."""
+    """The tickets' cutoff (a conversation holding a ticket its first sender may answer by token): `tickets` (90
+    days by default; the store keeps such a conversation until the conversations' cutoff too, whichever is
+    later); none (kept) for a null `tickets`, and none while events are kept forever."""
     now = 1_000 * DAY * 1000
     p = Policy.from_config(RetentionConfig())
     assert p.tickets_s == 90 * DAY
     assert p.cutoffs(now).tickets_ms == now - 90 * DAY * 1000
-    assert Policy.from_config(RetentionConfig(tickets="1d")).cutoffs(now).tickets_ms == now - 30 * DAY * 1000
+    assert Policy.from_config(RetentionConfig(tickets="1d")).cutoffs(now).tickets_ms == now - 1 * DAY * 1000
     assert Policy.from_config(RetentionConfig(tickets=None)).cutoffs(now).tickets_ms is None
     assert Policy.from_config(RetentionConfig(events=None)).cutoffs(now).tickets_ms is None
 

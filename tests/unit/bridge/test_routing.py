@@ -188,14 +188,16 @@ def test_held_render_failures_are_logged_when_kept_and_dropped_when_begun_again(
             plan_deliveries(mapping_set(BUGGY), event(GOOD), {})
             assert logs == []
             held.end(emit=emit)
-        assert [e["event"] for e in logs] == ([] if not emit else ["routing.render_crashed", "routing.render_failed"])
+        assert [(e["event"], e["log_level"]) for e in logs] == (
+            [] if not emit else [("routing.render_crashed", "error"), ("routing.render_failed", "warning")])
     crash = logs[0]
     assert crash["log_level"] == "error" and isinstance(crash["exc_info"], RuntimeError)
     formatted = structlog.processors.format_exc_info(None, "error", dict(crash))
     assert "RuntimeError: filter bug" in formatted["exception"] and "Traceback" in formatted["exception"]
     with structlog.testing.capture_logs() as logs:
         plan_deliveries(mapping_set(BUGGY), event(GOOD), {})
-    assert [e["event"] for e in logs] == ["routing.render_crashed", "routing.render_failed"]
+    assert [(e["event"], e["log_level"]) for e in logs] == [("routing.render_crashed", "error"),
+                                                            ("routing.render_failed", "warning")]
 
 
 @pytest.mark.usefixtures("exploding_filter")

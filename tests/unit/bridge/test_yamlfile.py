@@ -9,7 +9,16 @@ import msgspec
 import pytest
 
 from bridge.errors import ConfigError, MappingError
-from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, format_path, load_yaml, load_yaml_file
+from bridge.yamlfile import (
+    Document,
+    KeyPath,
+    KeyValueError,
+    env_expander,
+    format_path,
+    load_yaml,
+    load_yaml_file,
+    shown_value,
+)
 
 
 def expand(text: str, environ: dict[str, str], file: str = "bridge.yaml") -> Any:
@@ -538,3 +547,29 @@ def test_nesting_past_the_limit_is_an_error_at_the_block_that_passes_it() -> Non
             load_yaml("a: " + "[" * depth + "]" * depth + "\n", "f.yaml")
         assert (caught.value.line, caught.value.col) == (1, 3 + MAX_DEPTH)
         assert f"nested more than {MAX_DEPTH} levels deep" in str(caught.value)
+
+
+@pytest.mark.parametrize(("value", "written", "shown"), [
+    ("a$b", "a$$b", "'a$b' (written a$$b)"),
+    ("a$b", "a$$b\t", "'a$b' (written 'a$$b\\t')"),
+    ("80x", "80${SUFFIX}", "text of 3 characters from ${SUFFIX} (written 80${SUFFIX})"),
+    ("80\tx", "80\t${SUFFIX}", "text of 4 characters from ${SUFFIX} (written '80\\t${SUFFIX}')"),
+    ("x", "${SUFFIX}", "text of 1 character from ${SUFFIX}"),
+])
+def test_a_value_is_shown_with_the_text_it_was_written_as(value: str, written: str, shown: str) -> None:
+    """A value written otherwise than it reads (`$$`, a variable inside other text) shows that text too, as it is
+    when it prints, quoted when it holds what does not (a tab); a variable alone is named, not repeated."""
+    assert shown_value(value, ("server", "port"), written) == shown
+
+
+def test_a_null_of_the_wrong_type_is_shown_as_null_and_no_data_as_nothing() -> None:
+    """With `show_value`, a null where a number goes is `got null` (None is a value); a translation given no
+    data at all keeps msgspec's own words rather than reading a null nobody gave."""
+    doc = Document("f.yaml", None)
+    with pytest.raises(ConfigError) as info:
+        doc.convert(None, int, ("port",), show_value=True)
+    assert info.value.message == "got null, expected a whole number"
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.convert(None, int)
+    translated = doc._translate(caught.value, ("port",), ConfigError, typ=int)
+    assert (translated.message, translated.path) == ("Expected `int`, got `null`", "port")

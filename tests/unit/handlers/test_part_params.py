@@ -83,6 +83,25 @@ def test_each_part_header_s_parameters_are_read_once(monkeypatch: pytest.MonkeyP
     assert all(n == 1 for value, n in part_headers.items() if "form-data" in value), part_headers
 
 
+def test_a_folded_part_header_is_read_unfolded_for_its_file_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folded Content-Disposition (a long one, as mail libraries write it) is read for its file name from its
+    unfolded text, parsed once more: the part's own parse keeps the line break inside a quoted value, and
+    reusing it would put that break in the file name."""
+    reads: Counter[str] = Counter()
+    parse = email.message._parseparam  # type: ignore[attr-defined]
+
+    def counted(value: Any) -> Any:
+        reads[str(value)] += 1
+        return parse(value)
+
+    monkeypatch.setattr(email.message, "_parseparam", counted)
+    body = (b'--B\r\nContent-Disposition: form-data; name="upload";\r\n filename="annual\r\n report.pdf"\r\n\r\n'
+            b"x\r\n--B--\r\n")
+    [part] = multipart_parts(body, CTYPE)
+    assert (part.name, part.filename) == ("upload", "annual report.pdf")
+    assert sorted(n for value, n in reads.items() if value.startswith("form-data")) == [1, 1]  # folded, unfolded
+
+
 def test_a_mime_message_part_with_thousands_of_semicolons_is_a_413() -> None:
     """Raw MIME messages (every email kind) are checked by the same caps."""
     raw = (b"From: a@example.com\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"

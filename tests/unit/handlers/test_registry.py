@@ -13,6 +13,7 @@ from handlers.base import Handler
 from handlers.form import FormHandler, FormOptions
 from handlers.json_hook import JsonHandler, JsonOptions
 from handlers.registry import HANDLERS, build_handler, handler_class, saves_attachments, source_options
+from tests.fixtures.provider_docs import SAMPLES, inbounds
 from tests.fixtures.providers import postal_public_key
 
 
@@ -90,12 +91,20 @@ def test_every_registered_handler_is_consistent(kind: str) -> None:
     assert msgspec.convert({"kind": kind, **REQUIRED.get(kind, {})}, cls.Options).kind == kind
 
 
-def test_the_email_kinds_are_the_ones_whose_events_carry_files() -> None:
-    """Only a source whose events carry files writes `attachments.dir` (what decides whether `serve` needs that
-    folder writable): every email kind, and no form, chat or webhook one (forms keep only a file's metadata)."""
-    assert {k for k in HANDLERS if saves_attachments(k)} == {k for k, cls in HANDLERS.items() if cls.channel == "email"}
-    assert not saves_attachments("form") and not saves_attachments("json")
-    assert not saves_attachments("wufoo")  # an unknown kind: its config does not load
+@pytest.mark.parametrize("kind", sorted(HANDLERS))
+def test_a_kind_saves_attachments_exactly_when_its_events_carry_files(kind: str) -> None:
+    """`saves_attachments` (what decides whether `serve` needs `attachments.dir` writable) says what the kind's
+    handler does, whatever its channel: it is set exactly for the kinds whose documented samples (every kind
+    has some: tests/fixtures/provider_docs.py) give events carrying a file's content for intake to write. Today
+    that is every email kind, and no form (which keeps only a file's metadata), chat or webhook one."""
+    carried = [item for sample in SAMPLES[kind] for inbound in inbounds(kind, sample) for item in inbound.attachments
+               if item.content is not None]
+    assert saves_attachments(kind) == bool(carried), (kind, len(carried))
+
+
+def test_an_unknown_kind_saves_no_attachments() -> None:
+    """An unknown kind saves nothing: its config does not load."""
+    assert not saves_attachments("wufoo")
 
 
 @pytest.mark.parametrize("kind", sorted(REQUIRED))

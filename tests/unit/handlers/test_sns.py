@@ -63,9 +63,10 @@ def test_other_urls_are_refused_naming_the_part(url: str, named: str) -> None:
 
 
 def test_a_long_value_is_cut_in_the_reason() -> None:
-    """A sender's long value is quoted only in part."""
+    """A sender's long value is quoted only in part, and its length said."""
     problem = certificate_url_problem(GOOD + "?" + "x" * 10_000)
     assert problem is not None and len(problem) < 300
+    assert f"('{'x' * 80}'… (10000 characters))" in problem
 
 
 @pytest.mark.parametrize(("url", "taken"), [

@@ -129,6 +129,33 @@ async def test_a_send_given_back_returns_its_own_slot() -> None:
     assert (await g.admit(5)).granted == 2
 
 
+async def test_unused_after_give_back_returns_only_what_the_unused_sends_hold() -> None:
+    """`unused` after `give_back` (the last sends of an admission, as a shared gate reads them: its last slots)
+    gives back what each of those holds, once: the reservation of one not started, the slot of one started, and
+    nothing for one given back already. Of three granted, the first settled unsent (its reservation back), the
+    second started, then the last two unused: nothing stays counted, and the limit grants all three again."""
+    g, _ = gate()
+    admission = await g.admit(3)
+    await g.give_back(admission, 0)
+    await g.start(admission, 1)
+    await g.unused(admission, 2)
+    assert (g.limiter._pending, g.limiter.used()) == (0, 0)
+    assert (await g.admit(5)).granted == 3
+
+
+async def test_unused_skips_a_send_given_back_already() -> None:
+    """The last send given back, then the last two unused: the second's reservation goes back, not another's
+    (the first's, still held, whose send then starts and counts)."""
+    g, _ = gate()
+    admission = await g.admit(3)
+    await g.give_back(admission, 2)
+    await g.unused(admission, 2)
+    assert g.limiter._pending == 1
+    await g.start(admission, 0)
+    assert (g.limiter._pending, g.limiter.used()) == (0, 1)
+    assert (await g.admit(5)).granted == 2
+
+
 async def test_a_probe_given_back_after_its_outcome_leaves_a_later_probe_out() -> None:
     """A probe settled unsent is given back after the breaker was told its outcome: if that outcome opened the
     breaker again and a new probe has gone out since, the new probe still holds every other send back."""

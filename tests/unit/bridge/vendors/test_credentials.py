@@ -159,6 +159,27 @@ async def test_a_refused_log_in_is_not_repeated_for_a_while(session: aiohttp.Cli
     assert creds.attempts == 2
 
 
+class UnsendableTokens(CountingTokens):
+    """Hands out a token no header can carry (a vendor's answer with CR/LF in it)."""
+
+    async def obtain(self, session: aiohttp.ClientSession) -> Token:
+        return Token(value="tok-1\r\nX-Injected: 1", obtained_at=self.clock())
+
+
+async def test_any_obtained_token_no_header_can_carry_is_refused_as_a_log_in_refusal(
+        session: aiohttp.ClientSession) -> None:
+    """Whatever the vendor, a token no header can carry is the credentials' failure (VendorAuthFailed), named
+    and never shown, kept as the log-in's refusal (not asked again for REFUSAL_HOLD_SECONDS), never sent."""
+    clock = ManualClock()
+    creds = UnsendableTokens(clock)
+    for _ in range(2):
+        with pytest.raises(VendorAuthFailed) as info:
+            await creds.headers(session)
+        assert str(info.value) == ("the token obtained for destination 'dest' holds a control character ('\\r'): "
+                                   "no request can carry it, so it is not used")
+    assert (creds.attempts, creds.obtained, creds.token) == (1, 0, None)
+
+
 async def test_authorized_renews_once_on_a_refusal(session: aiohttp.ClientSession) -> None:
     """`authorized` makes the attempt with the current token; refused (a refused answer, or VendorAuthFailed
     raised), it obtains a new token and makes the attempt once more, never a third time."""

@@ -187,6 +187,26 @@ async def test_a_token_answer_sent_in_pieces_is_read_whole(aiohttp_server: Any, 
         assert await creds.headers(session) == {"Authorization": "Bearer tok-1"}
 
 
+async def test_an_access_token_no_header_can_carry_is_refused_naming_the_endpoint(aiohttp_server: Any) -> None:
+    """A token endpoint answering an access_token with CR/LF in it is refused as the credentials' failure, the
+    error naming the endpoint and the field, never the value."""
+    app = web.Application()
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "tok-1\r\nX-Injected: 1", "expires_in": 3600})
+
+    app.router.add_post(TOKEN_PATH, token)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    creds = OAuth2Credentials("api", OAuth2ClientCredentials(token_url=TOKEN_PATH, client_id="c", client_secret="s"),
+                              lambda: base, 5.0)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(VendorAuthFailed) as info:
+            await creds.headers(session)
+    assert str(info.value) == (f"http: the token endpoint {base}{TOKEN_PATH} answered an access_token that holds a "
+                               "control character ('\\r'): no request can carry it, so it is not used")
+
+
 @pytest.mark.parametrize(("expires_in", "lifetime"), [
     ('"' + "9" * 5000 + '"', None), ('"' + "9" * 13 + '"', None), ('"3600"', 3600.0), ('" 60 "', 60.0),
     ("true", None), ("0", None), ("-5", None), ("9" * 400, None), ("12.5", 12.5), ("3600", 3600.0),

@@ -14,8 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.vendors.json_steps as steps
-from bridge.vendors.base import decode_json
-from bridge.vendors.json_steps import decode_in_steps, release
+from bridge.vendors.base import LOOKUP_MAX_CONTAINERS, SearchStopped, VendorUnavailable, decode_json
+from bridge.vendors.http import _looked_up, body_path
+from bridge.vendors.json_steps import decode_in_steps, decode_lookup, release
+from bridge.vendors.kapture import read_tickets
 from bridge.vendors.kapture_pull import _scan_page
 from tests.complexity.scaling import assert_linear
 
@@ -323,3 +325,29 @@ def test_random_bodies_broken_or_not_read_in_steps_give_what_decoding_whole_give
             got, expected = decode_in_steps(bytes(body)), decode_json(bytes(body))
             assert got == expected and json.dumps(got) == json.dumps(expected), bytes(body)
     assert read > 1000
+
+
+def test_a_look_up_answer_is_decoded_in_steps_unless_it_holds_too_many_objects(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    """`decode_lookup` gives what decoding gives; an answer of more objects and arrays than a look-up reads is
+    refused with the caller's error, naming it, before anything is decoded."""
+    assert decode_lookup(b'{"a": [1, {"b": null}]}', "x", SearchStopped) == {"a": [1, {"b": None}]}
+    assert decode_lookup(b"not json", "x", SearchStopped) is None
+    hostile = b"[" + b",".join([b"{}"] * (LOOKUP_MAX_CONTAINERS + 1)) + b"]"
+    decoded: list[bytes] = []
+    monkeypatch.setattr(steps, "decode_in_steps", decoded.append)
+    with pytest.raises(SearchStopped, match=r"^the answer holds more than 400,000 objects and arrays"):
+        decode_lookup(hostile, "the answer", SearchStopped)
+    assert decoded == []
+
+
+def test_every_look_up_refuses_an_answer_of_too_many_objects_with_its_own_error() -> None:
+    """Kapture's ticket look-up (the ticket is not known to be there or not: try later), the `http` vendor's
+    look-up and Kapture's pull (the search stops, the outcome stays unknown) each name what they read."""
+    hostile = b"[" + b",".join([b"{}"] * (LOOKUP_MAX_CONTAINERS + 1)) + b"]"
+    with pytest.raises(VendorUnavailable, match=r"^the ticket look-up failed: the ticket look-up's answer holds more"):
+        read_tickets(200, hostile)
+    with pytest.raises(SearchStopped, match=r"^http: the look-up's answer holds more than 400,000"):
+        _looked_up(hostile, body_path("id"))
+    with pytest.raises(SearchStopped, match=r"^the pull answer for 2024-04-19 holds more than 400,000"):
+        _scan_page(hostile, 200, date(2024, 4, 19), lambda ticket, day: None)

@@ -16,6 +16,7 @@ from bridge.vendors.kapture_pull import (
     parse_day,
     parse_pull,
     pull_request,
+    refuses_array,
     ticket_day,
     ticket_key,
 )
@@ -140,3 +141,16 @@ def test_ticket_key_prefers_the_ticket_id() -> None:
 def test_ticket_day_reads_the_answers_date_forms(text: str | None, expected: date | None) -> None:
     """The creation day is read from the pull answer's dd-MM-yyyy HH:mm (or the create answer's form)."""
     assert ticket_day({"date": text}) == expected
+
+
+def test_an_outcome_refusing_the_array_body_switches_the_adapter_to_an_object_once() -> None:
+    """A permanent failure saying the body must be an object ("Invalid Json … should be in object format") asks
+    again, the adapter sending an object from then on; any other outcome, or a second such one, does not."""
+    a = adapter()
+    refused = Outcome(classification="permanent", error="kapture: HTTP 200: Invalid Json, should be in object format")
+    assert not refuses_array(a, Outcome(classification="permanent", error="kapture: HTTP 200: No Data found"))
+    assert not refuses_array(a, Outcome(classification="retry", error=refused.error))
+    assert a.pull_as_object is False
+    assert refuses_array(a, refused)
+    assert a.pull_as_object is True
+    assert not refuses_array(a, refused)
