@@ -44,7 +44,7 @@ class S3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole read, retries included: short, as SNS waits for the answer meanwhile."""
 
     def __post_init__(self) -> None:
-        check_duration(self.timeout, ("s3", "timeout"))
+        check_duration(self.timeout, ("timeout",))
         if parse_duration(self.timeout) <= 0:
             raise ValueError(f"`s3.timeout` {self.timeout!r} must be more than 0s")
         if self.region is not None and not _REGION.fullmatch(self.region):

@@ -343,6 +343,8 @@ def test_dedup_window_must_be_a_duration(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("section", "text", "path"), [
     ("sources", "  mail:\n    kind: mailgun\n    signing_key: k\n    tolerance: forever\n", "sources.mail.tolerance"),
+    ("sources", "  ses:\n    kind: ses\n    topic_arns: ['arn:aws:sns:eu-west-1:1:t']\n    s3: {timeout: forever}\n",
+     "sources.ses.s3.timeout"),
     ("destinations", "  isp:\n    vendor: netgroot\n    sandbox: true\n    subjects_ttl: forever\n",
      "destinations.isp.subjects_ttl"),
 ])
