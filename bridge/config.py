@@ -13,11 +13,11 @@ import msgspec
 from msgspec import Meta
 
 from bridge.durations import parse_duration
-from bridge.errors import ErrorList, Located
+from bridge.errors import VALUE, ErrorList, Located, ValueProblem
 from bridge.escaping import header_problem
 from bridge.names import name_problem
 from bridge.pg_schema import split_schema
-from bridge.yamlfile import Document, KeyPath, KeyValueError, env_expander, load_yaml_file
+from bridge.yamlfile import Document, KeyPath, KeyValueError, Quoted, env_expander, load_yaml_file
 
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
 
@@ -26,8 +26,8 @@ def check_duration(value: str | float, key: KeyPath) -> None:
     """A duration option checked where it is written, so that its error names its key and line."""
     try:
         parse_duration(value)
-    except ValueError as exc:
-        raise KeyValueError(key, str(exc)) from None
+    except ValueProblem as exc:
+        raise KeyValueError.of(key, exc) from None
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -61,8 +61,9 @@ class StoreConfig(Base):
 
     def __post_init__(self) -> None:
         if self.pool_min > self.pool_max:
-            raise KeyValueError(("pool_min",), f"pool_min ({self.pool_min}) is above pool_max ({self.pool_max}): "
-                                "give a pool_min no larger than pool_max")
+            raise KeyValueError(("pool_min",), f"pool_min ({VALUE}) is above pool_max ({{pool_max}}): give a pool_min "
+                                "no larger than pool_max", self.pool_min,
+                                quotes={"pool_max": Quoted(("pool_max",), self.pool_max)})
 
 
 class AdminConfig(Base):
@@ -109,8 +110,8 @@ class BasicAuth(Base):
             raise KeyValueError(("password",), "`password` is empty: basic auth without a password lets anyone "
                                 "in; set it from the environment, e.g. password: ${FORM_PASSWORD}")
         if ":" in self.username:
-            raise KeyValueError(("username",), f"`username` {self.username!r} holds a colon, which no basic auth "
-                                "header can carry (the colon ends the username): choose one without")
+            raise KeyValueError(("username",), f"`username` {VALUE} holds a colon, which no basic auth header can "
+                                "carry (the colon ends the username): choose one without", self.username)
 
 
 class AuthConfig(Base):
@@ -170,7 +171,8 @@ class RetentionConfig(Base):
         if self.attachments is not None and self.attachments != "events":
             check_duration(self.attachments, ("attachments",))
         if parse_duration(self.every) == 0:
-            raise KeyValueError(("every",), f"{self.every!r} would sweep without a pause: give a duration, e.g. 5m")
+            raise KeyValueError(("every",), f"{VALUE} would sweep without a pause: give a duration, e.g. 5m",
+                                self.every)
 
     def limit(self, kind: Literal["events", "dead", "attempts", "attachments", "tickets"]) -> float | None:
         """The age limit of `kind` in seconds; None: kept forever."""
@@ -274,19 +276,20 @@ class DestinationConfig(Base):
         self.check_header_texts()
         check_duration(self.reconcile_timeout, ("reconcile_timeout",))
         if parse_duration(self.reconcile_timeout) <= 0:
-            raise KeyValueError(("reconcile_timeout",), f"{self.reconcile_timeout!r} would stop every reconciliation "
-                                "before its first look-up: give a duration, e.g. 5m")
+            raise KeyValueError(("reconcile_timeout",), f"{VALUE} would stop every reconciliation before its first "
+                                "look-up: give a duration, e.g. 5m", self.reconcile_timeout)
         if self.on_unknown == "reconcile" and (why := self.can_reconcile()) is not None:
             raise ValueError(f"`on_unknown: reconcile` cannot work here: {why}")
         if not self.sandbox and not self.base_url:
             raise ValueError("`base_url` is required unless `sandbox: true`")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            shown = repr(self.base_url)
+            quote = None
             if self.secret_url():  # the URL is the credential: its host alone, as everywhere else it is shown
                 host, slash, _ = self.base_url.partition("/")
-                shown = (f"{host[:80]!r}/… (the rest not shown: url_secret)" if slash and host
+                quote = (f"{host[:80]!r}/… (the rest not shown: url_secret)" if slash and host
                          else "(not shown: url_secret)")
-            raise ValueError(f"`base_url` {shown} must start with http:// or https://")
+            raise KeyValueError(("base_url",), f"`base_url` {VALUE} must start with http:// or https://",
+                                self.base_url, quote=quote)
 
 
 class _RawConfig(Base):
@@ -354,20 +357,19 @@ class Config:
 
 
 def parse_store_url(url: str, base_dir: Path) -> StoreURL:
-    """`sqlite:///rel.db` (relative to the config's folder), `sqlite:////abs.db`, `postgresql://…`."""
+    """`sqlite:///rel.db` (relative to the config's folder), `sqlite:////abs.db`, `postgresql://…`. Raises
+    ValueProblem, about the url or the schema it names."""
     if url.startswith("sqlite:///"):
         rest = url[len("sqlite:///"):]
         if not rest or rest == "/":
-            raise ValueError(f"store url {url!r} names no file: write sqlite:///var/ticketbridge.db")
+            raise ValueProblem(f"store url {VALUE} names no file: write sqlite:///var/ticketbridge.db", url)
         path = Path(rest) if rest.startswith("/") else base_dir / rest
         return StoreURL("sqlite", path, url)
     if url.startswith(("postgresql://", "postgres://")):
         split_schema(url)  # a schema that is not an identifier: refused here, with the file and line
         return StoreURL("postgresql", None, url)
-    raise ValueError(
-        f"store url {_shown_store_url(url)!r} is not supported: write sqlite:///relative.db, sqlite:////abs/path.db "
-        "or postgresql://user@host:5432/db"
-    )
+    raise ValueProblem(f"store url {VALUE} is not supported: write sqlite:///relative.db, sqlite:////abs/path.db or "
+                       "postgresql://user@host:5432/db", url, quote=repr(_shown_store_url(url)))
 
 
 def _shown_store_url(url: str) -> str:
@@ -440,8 +442,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
 
     try:
         store_url = parse_store_url(raw.store.url, base_dir)
-    except ValueError as exc:
-        errors.append(doc.error(("store", "url"), str(exc)))
+    except ValueProblem as exc:  # the url, or its schema: either is shown as the url may be
+        errors.append(doc.error(("store", "url"), exc.told(doc.shown(("store", "url"), Quoted((), exc.value,
+                                                                                               exc.quote)))))
         store_url = StoreURL("sqlite", base_dir / "var" / "ticketbridge.db", "")
 
     for section, what in (("sources", "source name"), ("destinations", "destination name")):
@@ -492,7 +495,9 @@ def _typed_entry(
     try:
         typ = lookup(name)
     except KeyError as exc:
-        errors.append(doc.error((*path, tag), str(exc.args[0])))
+        where = (*path, tag)
+        said = exc.told(doc.shown(where, Quoted((), name))) if isinstance(exc, ValueProblem) else str(exc.args[0])
+        errors.append(doc.error(where, said))
         return None
     try:
         return doc.convert(table, typ, path, key_hint=True, show_value=True)

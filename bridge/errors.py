@@ -12,6 +12,45 @@ class BridgeError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
+SHOWN_CHARS = 60
+"""The most characters of a bad value (or of the text it was written as) an error quotes."""
+VALUE = "{value}"
+"""Where the message of a ValueProblem (or of bridge/yamlfile.py's KeyValueError) puts the value it is about."""
+
+
+def quoted(value: object) -> str:
+    """`value` as an error quotes one it was given as it is: text quoted and cut at SHOWN_CHARS, else its repr, cut."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= SHOWN_CHARS else repr(value[:SHOWN_CHARS]) + "…"
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+
+
+class ValueProblem(ValueError):
+    """What is wrong with one value, the words and the value kept apart: the message holds VALUE where the value
+    goes. As it stands (`str`) it quotes the value (`quoted`), as for one given on a command line; a config loader,
+    which knows where the value came from, tells it with `told` instead, never quoting one from an environment
+    variable nor a secret (bridge/yamlfile.py `shown_value`). `quote`: how to quote the value where it may be
+    quoted, when `quoted` would say too much (a URL's password) or too long."""
+
+    def __init__(self, message: str, value: object, *, quote: str | None = None) -> None:
+        self.template = message
+        self.value = value
+        self.quote = quote
+        super().__init__(self.told(quoted(value) if quote is None else quote))
+
+    def told(self, shown: str) -> str:
+        """The message with `shown` where the value goes."""
+        return self.template.replace(VALUE, shown)
+
+    def __str__(self) -> str:  # a KeyError's own would quote the message
+        return str(self.args[0])
+
+
+class UnknownName(ValueProblem, KeyError):
+    """A name looked up in a registry (a source kind, a vendor) that is not there; the message lists those that are."""
+
+
 class Located(BridgeError):
     """An error tied to a place in a file: `file:line:col: path: message`."""
 

@@ -31,13 +31,32 @@ def folder_problem(folder: Path) -> str | None:
 
 
 def _broken_link(link: Path) -> str:
-    """What is wrong with `link`, a symbolic link that cannot be followed: a loop, or a target that is missing."""
+    """What is wrong with `link`, a symbolic link that cannot be followed: a loop, or a target that is missing
+    (through the links it leads to, each named: `a is a symbolic link to b, a symbolic link to c, which does not
+    exist`)."""
     try:
         link.stat()
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return f"{link} is a symbolic link that loops ({exc.strerror}); point it at a folder"
         if exc.errno != errno.ENOENT:
-            return f"{link} is a symbolic link to {os.readlink(link)}, which cannot be followed ({exc.strerror})"
-    return (f"{link} is a symbolic link to {os.readlink(link)}, which does not exist; make that folder or remove "
-            "the link")
+            return f"{link} is a symbolic link {_chain(link)}, which cannot be followed ({exc.strerror})"
+    return f"{link} is a symbolic link {_chain(link)}, which does not exist; make that folder or remove the link"
+
+
+def _chain(link: Path) -> str:
+    """`to b`, or `to b, a symbolic link to c`: where `link` leads, link by link, to the first path that is not a
+    link (missing, or one that cannot be looked at). The kernel follows at most 40 links, and a longer chain was
+    told as a loop by the caller's stat: at most that many are named."""
+    said = []
+    here = link
+    for _ in range(40):
+        target = os.readlink(here)
+        said.append(target)
+        here = here.parent / target
+        try:
+            if not here.is_symlink():
+                break
+        except OSError:
+            break
+    return "to " + ", a symbolic link to ".join(said)

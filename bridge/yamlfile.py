@@ -16,7 +16,7 @@ import msgspec.inspect
 import yaml
 
 from bridge.delivery.exchange import secret_name
-from bridge.errors import ConfigError, Located
+from bridge.errors import SHOWN_CHARS, ConfigError, Located, ValueProblem, quoted
 
 Key = str | int
 T = TypeVar("T")
@@ -47,17 +47,52 @@ def format_mapping_path(mapping: str, path: KeyPath) -> str:
 
 
 PathFormat = Callable[[KeyPath], str]
+
+
 _NOTHING: Any = object()
 """No data given (None is a value: YAML's null)."""
 
 
+@dataclass(frozen=True)
+class Quoted:
+    """A value an error quotes: the one at `key` (a key path inside the struct that checks it). `quote`: how to
+    quote it where it may be quoted (else `quoted`); `hidden`: what to say where it may not be (a value from an
+    environment variable, a secret) instead of what `shown_value` says: for a number worked out from the value,
+    which would tell it."""
+
+    key: KeyPath
+    value: Any
+    quote: str | None = None
+    hidden: str | None = None
+
+
 class KeyValueError(ValueError):
     """A struct's own check (`__post_init__`) that is about one of its keys. msgspec reports it at the
-    struct; the loader places it at `key` (a key path inside the struct), line and all."""
+    struct; the loader places it at `key` (a key path inside the struct), line and all. A message that quotes
+    values holds `{name}` for each, given in `quotes` by name (`value`: the one at `key`, with its `quote`): the
+    loader shows each as `shown_value` does, never one from an environment variable nor a secret. Told without
+    a loader (`str`), each is shown as one written at its key would be."""
 
-    def __init__(self, key: KeyPath, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, key: KeyPath, message: str, value: Any = _NOTHING, *, quote: str | None = None,
+                 quotes: Mapping[str, Quoted] | None = None) -> None:
         self.key = key
+        self.template = message
+        self.quotes = dict(quotes or {})
+        if value is not _NOTHING:
+            self.quotes["value"] = Quoted(key, value, quote)
+        super().__init__(self.told(lambda q: shown_quoted(q, q.key)))
+
+    @classmethod
+    def of(cls, key: KeyPath, problem: ValueProblem, before: str = "") -> KeyValueError:
+        """`problem`, about the value at `key`, as an error at that key; `before`: words put before its message."""
+        return cls(key, before + problem.template, problem.value, quote=problem.quote)
+
+    def told(self, show: Callable[[Quoted], str]) -> str:
+        """The message with each value it quotes as `show` says it."""
+        text = self.template
+        for name, quote in self.quotes.items():
+            text = text.replace(f"{{{name}}}", show(quote))
+        return text
 
 
 @dataclass
@@ -91,7 +126,8 @@ class Document:
     ) -> T:
         """`msgspec.convert` whose errors name the file, line and full key path (and, with `key_hint`, the keys
         a table takes after an unknown one; with `show_value`, a value of the wrong type or out of range as
-        `got …, expected …`: see `wrong_value`)."""
+        `got …, expected …`, and one that is not one of the choices: see `wrong_value`, `not_a_choice`). The values
+        a struct's own check quotes (KeyValueError) are shown as `shown_value` does, knowing how each was written."""
         try:
             return msgspec.convert(data, typ, strict=False)
         except msgspec.ValidationError as exc:
@@ -102,9 +138,35 @@ class Document:
                    fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
                    data: Any = _NOTHING) -> Located:
         message, sub = split_validation_error(exc, typ, key_hint=key_hint)
-        if data is not _NOTHING and message.startswith("Expected `") and "[...]" not in str(exc):
+        path = (*base, *sub)
+        cause = exc.__cause__
+        if isinstance(cause, KeyValueError) and cause.quotes:
+            at = path[: len(path) - len(cause.key)]  # the struct that raised it
+            message = cause.told(lambda q: self.shown((*at, *q.key), q))
+        elif isinstance(cause, ValueProblem):  # no key to tell where the value came from: never quoted
+            message = cause.told(f"{_kind(cause.value)} (not shown)")
+        elif data is not _NOTHING and message.startswith("Expected `") and "[...]" not in str(exc):
             message = self.wrong_value(message, data, base, sub, typ)
-        return self.error((*base, *sub), message, cls, fmt)
+        elif data is not _NOTHING and str(exc).startswith("Invalid enum value") and typ is not None:
+            message = self.not_a_choice(message, data, path, sub, typ)
+        return self.error(path, message, cls, fmt)
+
+    def shown(self, path: KeyPath, item: Quoted) -> str:
+        """The value `item` is about, at `path`, as an error may show it (`shown_quoted`), knowing how it was
+        written."""
+        return shown_quoted(item, path, self.written.get(path))
+
+    def not_a_choice(self, message: str, data: Any, path: KeyPath, sub: KeyPath, typ: Any) -> str:
+        """msgspec's `Invalid enum value 'x'` about the value at `sub` inside `data` as `'x' is not one of: a, b
+        (did you mean 'a'?)`, the value shown as `shown_value` does; where it may not be quoted, the nearest choice,
+        which would tell it, is left out."""
+        found, value = _value_at(data, sub)
+        choices = _choices(msgspec.inspect.type_info(typ), sub)
+        if not found or not choices:
+            return message
+        near = did_you_mean(value, choices) if isinstance(value, str) else ""
+        return self.shown(path, Quoted((), value)) + f" is not one of: {', '.join(choices)}" + self.shown(
+            path, Quoted((), value, quote=near, hidden=""))
 
     def wrong_value(self, message: str, data: Any, base: KeyPath, sub: KeyPath, typ: Any) -> str:
         """msgspec's `Expected `int`, got `str`` (or `Expected `int` <= 65535`) about the value at `sub` inside
@@ -129,10 +191,6 @@ class Document:
         return f"got {shown_value(value, path, self.written.get(path))}, expected {expected}{hint}"
 
 
-SHOWN_CHARS = 60
-"""The most characters of a bad value (or of the text it was written as) an error quotes."""
-
-
 def _value_at(data: Any, path: KeyPath) -> tuple[bool, Any]:
     """Whether `path` leads somewhere inside `data`, and the value there."""
     for key in path:
@@ -148,13 +206,9 @@ def _cut(text: str) -> str:
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
-def _quoted(text: str) -> str:
-    return repr(text) if len(text) <= SHOWN_CHARS else repr(text[:SHOWN_CHARS]) + "…"
-
-
 def _as_written(written: str) -> str:
     """` (written …)`: the text a value was written as, cut, and quoted when it holds what does not print."""
-    return f" (written {_cut(written) if written.isprintable() else _quoted(written)})"
+    return f" (written {_cut(written) if written.isprintable() else quoted(written)})"
 
 
 def _kind(value: Any) -> str:
@@ -176,33 +230,46 @@ def _variables(written: str | None) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def shown_value(value: Any, path: KeyPath, written: str | None = None) -> str:
-    """`value` as an error about the key at `path` may show it: a scalar quoted and cut at SHOWN_CHARS, a list or
-    a table by its kind, with the text it was written as when that differs (`$$` for `$`). A value that came from
-    an environment variable is never quoted, whatever the variable's name (`${DATABASE_URL}`, `${SLACK_HOOK}`
-    hold credentials under plain names): its kind and length and the variable's name are given instead. A secret
-    written in the file is shown by its kind alone: the value of a key named like a credential (token, secret,
-    password, key, auth, ...: the names an attempt's record redacts, bridge/delivery/exchange.py), or of a
-    configured header."""
+def _secret(path: KeyPath, variables: list[str]) -> bool:
+    """Whether a value at `path`, written with `variables`, is a secret: see `shown_value`."""
     names = [k for k in path if isinstance(k, str)]
+    return any(secret_name(k) for k in names) or "headers" in names or any(secret_name(v) for v in variables)
+
+
+def shown_value(value: Any, path: KeyPath, written: str | None = None, quote: str | None = None) -> str:
+    """`value` as an error about the key at `path` may show it: a scalar quoted and cut at SHOWN_CHARS (or as
+    `quote` says, when given), a list or a table by its kind, with the text it was written as when that differs
+    (`$$` for `$`). A value that came from an environment variable is never quoted, whatever the variable's name
+    (`${DATABASE_URL}`, `${SLACK_HOOK}` hold credentials under plain names): its kind and length and the
+    variable's name are given instead. A secret written in the file is shown by its kind alone: the value of a key
+    named like a credential (token, secret, password, key, auth, ...: the names an attempt's record redacts,
+    bridge/delivery/exchange.py, on the way to it too), or of a configured header."""
     variables = _variables(written)
     where = f" from {', '.join(f'${{{v}}}' for v in variables)}" if variables else ""
-    if any(secret_name(k) for k in names) or "headers" in names or any(secret_name(v) for v in variables):
+    if _secret(path, variables):
         return f"{_kind(value)}{where} (not shown: a secret)"
     if written is not None and variables:
         size = f" of {len(value)} character{'' if len(value) == 1 else 's'}" if isinstance(value, str) else ""
         if not _ONE_VARIABLE.fullmatch(written):  # `https://${HOST}/x`: the rest is the file's own text
             where += _as_written(written)
         return f"{_kind(value)}{size}{where}"
-    if isinstance(value, str):
-        shown = _quoted(value)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        shown = _cut(repr(value))
+    if quote is not None:
+        shown = quote
+    elif isinstance(value, str | int | float) and not isinstance(value, bool):
+        shown = quoted(value)
     else:
         shown = _kind(value)
     if written is not None and written != value:
         shown += _as_written(written)
     return shown
+
+
+def shown_quoted(item: Quoted, path: KeyPath, written: str | None = None) -> str:
+    """The value `item` is about, at `path` and written as `written`, as an error may show it: as `shown_value`
+    does, or as its `hidden` says where the value may not be quoted."""
+    if item.hidden is not None and (_variables(written) or _secret(path, [])):
+        return item.hidden
+    return shown_value(item.value, path, written, item.quote)
 
 
 def _bounds(info: Any) -> str:

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from bridge import USER_AGENT
+from bridge.errors import VALUE
+from bridge.yamlfile import KeyValueError
 
 Getter = Callable[[str, dict[str, str], float, int], Awaitable[bytes]]
 """GET a URL with headers, a timeout in seconds and a cap on the body's bytes; raises FetchFailed."""
@@ -16,7 +18,7 @@ Getter = Callable[[str, dict[str, str], float, int], Awaitable[bytes]]
 def check_api_url(api_url: str, example: str) -> None:
     """Refuse an `api_url` option that is not an http(s) URL, naming the provider's own as the example."""
     if not api_url.startswith(("https://", "http://")):
-        raise ValueError(f"`api_url` {api_url!r} must be an http(s) URL, e.g. {example}")
+        raise KeyValueError(("api_url",), f"`api_url` {VALUE} must be an http(s) URL, e.g. {example}", api_url)
 
 
 class FetchFailed(Exception):

@@ -8,6 +8,8 @@ import msgspec
 from aiohttp import web
 
 from bridge.config import SourceConfig
+from bridge.errors import VALUE
+from bridge.yamlfile import KeyValueError
 from handlers.base import Handler, Inbound, decode_json_object
 from handlers.formdata import parse_multipart, parse_urlencoded
 
@@ -24,10 +26,12 @@ class FormOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
         super().__post_init__()
         if self.redirect is not None and (not self.redirect.startswith(("http://", "https://", "/"))
                                           or self.redirect.startswith("//")):
-            raise ValueError(f"`redirect` {self.redirect!r} must be an absolute URL or a path starting with /")
-        for origin in self.cors_origins:
+            raise KeyValueError(("redirect",), f"`redirect` {VALUE} must be an absolute URL or a path starting with /",
+                                self.redirect)
+        for i, origin in enumerate(self.cors_origins):
             if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
-                raise ValueError(f"cors origin {origin!r} must look like https://example.com (no path), or be *")
+                raise KeyValueError(("cors_origins", i), f"cors origin {VALUE} must look like https://example.com (no "
+                                    "path), or be *", origin)
 
 
 class FormHandler(Handler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bridge.config import ServerConfig, SourceConfig
+from bridge.errors import VALUE, UnknownName
 from handlers.base import Handler
 from handlers.brevo import BrevoHandler
 from handlers.cloudmailin import CloudmailinHandler
@@ -43,7 +44,7 @@ def handler_class(kind: str) -> type[Handler]:
     try:
         return HANDLERS[kind]
     except KeyError:
-        raise KeyError(f"unknown source kind {kind!r}; known kinds: {', '.join(sorted(HANDLERS))}") from None
+        raise UnknownName(f"unknown source kind {VALUE}; known kinds: {', '.join(sorted(HANDLERS))}", kind) from None
 
 
 def source_options(kind: str) -> type[SourceConfig]:

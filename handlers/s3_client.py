@@ -19,6 +19,8 @@ from msgspec import Meta
 
 from bridge.config import check_duration
 from bridge.durations import parse_duration
+from bridge.errors import VALUE
+from bridge.yamlfile import KeyValueError
 
 MAX_SES_MESSAGE_BYTES = 40 * 1024 * 1024
 """The largest message SES receives with the S3 action (40 MB): no larger object can come from it."""
@@ -44,16 +46,17 @@ class S3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole read, retries included: short, as SNS waits for the answer meanwhile."""
 
     def __post_init__(self) -> None:
-        check_duration(self.timeout, ("s3", "timeout"))
+        check_duration(self.timeout, ("timeout",))
         if parse_duration(self.timeout) <= 0:
-            raise ValueError(f"`s3.timeout` {self.timeout!r} must be more than 0s")
+            raise KeyValueError(("timeout",), f"`s3.timeout` {VALUE} must be more than 0s", self.timeout)
         if self.region is not None and not _REGION.fullmatch(self.region):
-            raise ValueError(f"`s3.region` {self.region!r} is not a region name: write it as eu-west-1")
+            raise KeyValueError(("region",), f"`s3.region` {VALUE} is not a region name: write it as eu-west-1",
+                                self.region)
         if self.endpoint_url is not None:
             parts = urlsplit(self.endpoint_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"`s3.endpoint_url` {self.endpoint_url!r} is not an http(s) URL with a host: "
-                                 f"write it as https://s3.example.net:9000")
+                raise KeyValueError(("endpoint_url",), f"`s3.endpoint_url` {VALUE} is not an http(s) URL with a "
+                                    "host: write it as https://s3.example.net:9000", self.endpoint_url)
 
 
 class S3Error(Exception):

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
-from bridge.errors import Rejected
+from bridge.errors import VALUE, Rejected
+from bridge.yamlfile import KeyValueError, Quoted
 from handlers.attachments import decode_base64
 from handlers.base import (
     Handler,
@@ -75,12 +76,15 @@ class SesOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("`s3` needs the S3 client: pip install 'ticketbridge[ses-s3]'")
         if not self.topic_arns:
             raise ValueError("`topic_arns` is empty: list the SNS topics whose messages this source takes")
-        for arn in self.topic_arns:
+        for i, arn in enumerate(self.topic_arns):
             if not arn.startswith(("arn:aws:sns:", "arn:aws-cn:sns:", "arn:aws-us-gov:sns:")):
-                raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC)")
+                raise KeyValueError(("topic_arns", i), f"{VALUE} is not an SNS topic ARN "
+                                    "(arn:aws:sns:REGION:ACCOUNT:TOPIC)", arn)
         check_duration(self.max_age, ("max_age",))
         check_dedup_covers(self.dedup_window, parse_duration(self.max_age) + FUTURE_SKEW_S,
-                           f"`max_age` {self.max_age}, and {FUTURE_SKEW_S:.0f}s ahead")
+                           f"`max_age` {{made}}, and {FUTURE_SKEW_S:.0f}s ahead",
+                           Quoted(("max_age",), self.max_age, quote=self.max_age),
+                           f"`max_age` and {FUTURE_SKEW_S:.0f}s")
 
 
 def _timestamp(value: Any) -> datetime:

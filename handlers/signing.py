@@ -8,8 +8,8 @@ from typing import Literal
 
 from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
-from bridge.errors import Rejected
-from bridge.yamlfile import KeyValueError
+from bridge.errors import VALUE, Rejected
+from bridge.yamlfile import KeyValueError, Quoted
 
 MAX_TIMESTAMP_DIGITS = 20
 """More digits than any time in milliseconds until the year 3 billion has; a longer number is refused unread."""
@@ -29,20 +29,27 @@ class TimedOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_duration(self.tolerance, ("tolerance",))
-        check_dedup_covers(self.dedup_window, 2 * self.tolerance_s, f"`tolerance` {self.tolerance} either way")
+        check_dedup_covers(self.dedup_window, 2 * self.tolerance_s, "`tolerance` {made} either way",
+                           Quoted(("tolerance",), self.tolerance, quote=self.tolerance), "twice `tolerance`")
 
     @property
     def tolerance_s(self) -> float:
         return parse_duration(self.tolerance)
 
 
-def check_dedup_covers(dedup_window: str, valid_s: float, why: str) -> None:
+def check_dedup_covers(dedup_window: str, valid_s: float, why: str, made: Quoted, least: str) -> None:
     """Refuse a `dedup_window` shorter than the time a signed request stays valid (`valid_s`): an identical
-    replay after the window, still within its timestamp's limit, would be stored again."""
+    replay after the window, still within its timestamp's limit, would be stored again. `why` says how that time
+    is made, quoting the option it is made of (`made`) as `{made}`; `least` says, in words, what the window must
+    be at least: what the error says instead of the seconds where that option's value may not be shown."""
     if parse_duration(dedup_window) < valid_s:
-        raise KeyValueError(("dedup_window",), f"`dedup_window` {dedup_window} is shorter than the {valid_s:.0f}s a "
-                                               f"signed request stays valid ({why}): the same request sent again "
-                                               f"after it would be stored twice; make it {valid_s:.0f}s or more")
+        seconds = f"{valid_s:.0f}s"
+        raise KeyValueError(("dedup_window",), f"`dedup_window` {VALUE} is shorter than {{valid}} a signed request "
+                            f"stays valid ({why}): the same request sent again after it would be stored twice; make "
+                            "it {least} or more", dedup_window, quote=dedup_window, quotes={
+                                "made": made,
+                                "valid": Quoted(made.key, made.value, quote=f"the {seconds}", hidden="the time"),
+                                "least": Quoted(made.key, made.value, quote=seconds, hidden=least)})
 
 
 def check_timestamp(value: str | None, now: float, tolerance_s: float, *, header: str,

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from bridge.config import SourceConfig
-from bridge.errors import Rejected
+from bridge.errors import VALUE, Rejected
+from bridge.yamlfile import KeyValueError
 from handlers.auth import hmac_digest
 from handlers.base import Handler, Inbound, Intercepted, ignored, named, per_request
 from handlers.chat import chat_payload
@@ -37,7 +38,8 @@ class TwilioOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
 def check_public_url(public_url: str | None, vendor: str) -> None:
     """Refuse a `public_url` option that is not a full http(s) URL: the signature covers the whole URL."""
     if public_url is not None and not public_url.startswith(("https://", "http://")):
-        raise ValueError(f"`public_url` {public_url!r} must be the full URL {vendor} calls, https://…")
+        raise KeyValueError(("public_url",), f"`public_url` {VALUE} must be the full URL {vendor} calls, https://…",
+                            public_url)
 
 
 def signed_url(request: web.Request, public_url: str | None, server_public_url: str | None, vendor: str) -> str:

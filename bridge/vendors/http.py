@@ -26,7 +26,7 @@ import msgspec
 
 from bridge.config import Base, DestinationConfig
 from bridge.delivery.redaction import MIN_SECRET_CHARS, base_url_secrets, url_secrets
-from bridge.errors import MappingError
+from bridge.errors import VALUE, MappingError, ValueProblem, quoted
 from bridge.mapping.paths import MISSING, Path, PathSyntaxError, compile_path
 from bridge.offload import read_answer_off_loop
 from bridge.vendors.base import (
@@ -64,26 +64,26 @@ NOTE_KEY = "attachments_note"  # where the names of unsent files go unless `atta
 
 
 def body_path(text: str) -> Path:
-    """A path into a JSON answer (`data.ticket_id`, `items[0].id`); ValueError when it cannot be read."""
+    """A path into a JSON answer (`data.ticket_id`, `items[0].id`); ValueProblem when it cannot be read."""
     src = text.strip()
     try:
         return compile_path(("body" if src.startswith("[") else "body.") + src, frozenset({"body"}))
     except PathSyntaxError:
-        raise ValueError(f"bad body path {text!r}: write parts like data.ticket_id or items[0].id") from None
+        raise ValueProblem(f"bad body path {VALUE}: write parts like data.ticket_id or items[0].id", text) from None
 
 
 def template_parts(template: str) -> list[tuple[str, str | None]]:
-    """A path template as (literal text, placeholder name or None) pairs; ValueError for a malformed one."""
+    """A path template as (literal text, placeholder name or None) pairs; ValueProblem for a malformed one."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"bad path template {template!r}: {exc}; write e.g. /tickets/{{ticket_id}}") from None
+        raise ValueProblem(f"bad path template {VALUE}: {exc}; write e.g. /tickets/{{ticket_id}}", template) from None
     for _, name, spec, conversion in parsed:
         if name is not None and ((not name.isidentifier() and name not in TICKET_PLACEHOLDERS)
                                  or spec or conversion):
-            raise ValueError(f"bad placeholder in path {template!r}: write {{field_name}}, naming a rendered "
-                             "field (letters, digits and _), or {ticket.id} / {ticket.key}, with no format "
-                             "or conversion")
+            raise ValueProblem(f"bad placeholder in path {VALUE}: write {{field_name}}, naming a rendered "
+                               "field (letters, digits and _), or {ticket.id} / {ticket.key}, with no format "
+                               "or conversion", template)
     return [(literal, name) for literal, name, _, _ in parsed]
 
 
@@ -120,11 +120,12 @@ NOT_SHOWN = "(not shown: url_secret)"
 
 
 def _check_path(template: str) -> None:
+    """ValueProblem, about `template` (or the part of it checked), when it cannot be a path."""
     if not template.startswith("/"):
-        raise ValueError(f"`path` {template!r} must start with /, e.g. /api/tickets")
+        raise ValueProblem(f"`path` {VALUE} must start with /, e.g. /api/tickets", template)
     if "{{" in template or "}}" in template:
-        raise ValueError(f"`path` {template!r} holds a template: path placeholders take single braces, "
-                         "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}")
+        raise ValueProblem(f"`path` {VALUE} holds a template: path placeholders take single braces, "
+                           "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}", template)
     placeholders(template)
 
 
@@ -139,7 +140,7 @@ class HttpDoctor(Base):
 
 def _check_doctor_path(path: str) -> None:
     if not path.startswith("/"):
-        raise ValueError(f"`path` {path!r} must start with /, e.g. /api/me")
+        raise ValueProblem(f"`path` {VALUE} must start with /, e.g. /api/me", path)
 
 
 def _check_lookup_path(path: str) -> None:
@@ -161,8 +162,8 @@ class HttpLookup(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         try:
             body_path(self.ticket_id_path)
-        except ValueError as exc:
-            raise ValueError(f"`lookup.ticket_id_path`: {exc}") from None
+        except ValueProblem as exc:
+            raise KeyValueError.of(("ticket_id_path",), exc, "`lookup.ticket_id_path`: ") from None
 
 
 class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
@@ -233,25 +234,19 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        try:
-            _check_path(self.path)
-        except ValueError as exc:
-            if not self.url_secret:
-                raise
-            # The path may be the credential: the error says what is wrong without it, as for `base_url`.
-            raise ValueError(str(exc).replace(repr(self.path), NOT_SHOWN)) from None
-        for where, path, check in ((("doctor", "path"), self.doctor.path if self.doctor else None, _check_doctor_path),
+        for where, path, check in ((("path",), self.path, _check_path),
+                                   (("doctor", "path"), self.doctor.path if self.doctor else None, _check_doctor_path),
                                    (("lookup", "path"), self.lookup.path if self.lookup else None,
                                     _check_lookup_path)):
             if path is None:
                 continue
             try:
                 check(path)
-            except ValueError as exc:
-                said = str(exc)
-                if self.url_secret:  # as for `path`: the full path, and the part before its query, not shown
-                    said = said.replace(repr(path), NOT_SHOWN).replace(repr(path.split("?", 1)[0]), NOT_SHOWN)
-                raise KeyValueError(where, said) from None
+            except ValueProblem as exc:
+                # About the path or the part before its query, which is quoted; with `url_secret` the path may be
+                # the credential: the error says what is wrong without it, as for `base_url`.
+                said = NOT_SHOWN if self.url_secret else quoted(exc.value) if exc.quote is None else exc.quote
+                raise KeyValueError(where, exc.template, path, quote=said) from None
         for key in ("multipart_json_part", "multipart_files_part"):
             if not getattr(self, key).strip():
                 raise ValueError(f"`{key}` must name a form part, e.g. data")
@@ -260,15 +255,19 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
             if value is not None:
                 try:
                     body_path(value)
-                except ValueError as exc:
-                    raise ValueError(f"`{key}`: {exc}") from None
-        if not self.success_statuses or any(not 100 <= s <= 599 for s in self.success_statuses):
-            raise ValueError(f"`success_statuses` {self.success_statuses} must list HTTP statuses, e.g. [200, 201]")
-        interim = [s for s in self.success_statuses if s < 200]
-        if interim:
-            # An interim status given as the answer is a protocol error whose outcome is unknown, never a success.
-            raise ValueError(f"`success_statuses` lists {', '.join(map(str, interim))}: an interim status (1xx) is "
-                             "no answer, so no success; list final statuses (200-599), e.g. [200, 201]")
+                except ValueProblem as exc:
+                    raise KeyValueError.of((key,), exc, f"`{key}`: ") from None
+        if not self.success_statuses:
+            raise KeyValueError(("success_statuses",), "`success_statuses` [] must list HTTP statuses, e.g. [200, 201]")
+        for i, status in enumerate(self.success_statuses):
+            if not 100 <= status <= 599:
+                raise KeyValueError(("success_statuses", i), f"`success_statuses` lists {VALUE}, which is no HTTP "
+                                    "status: it must list HTTP statuses, e.g. [200, 201]", status)
+            if status < 200:
+                # An interim status given as the answer is a protocol error whose outcome is unknown, never a success.
+                raise KeyValueError(("success_statuses", i), f"`success_statuses` lists {VALUE}: an interim status "
+                                    "(1xx) is no answer, so no success; list final statuses (200-599), e.g. [200, 201]",
+                                    status)
 
 
 PLAIN_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "content-type", "user-agent"})

@@ -13,6 +13,7 @@ import aiohttp
 import msgspec
 
 from bridge.config import Base
+from bridge.errors import VALUE
 from bridge.vendors.base import (
     VendorAuthFailed,
     VendorUnavailable,
@@ -66,8 +67,8 @@ class OAuth2ClientCredentials(Base):
     def __post_init__(self) -> None:
         _required(self, "client_id", "client_secret")
         if not self.token_url.startswith(("http://", "https://", "/")):
-            raise KeyValueError(("token_url",), f"`token_url` {self.token_url!r} must be a URL (https://…) or a "
-                                "path under the destination's base_url (/oauth/token)")
+            raise KeyValueError(("token_url",), f"`token_url` {VALUE} must be a URL (https://…) or a path under the "
+                                "destination's base_url (/oauth/token)", self.token_url)
 
 
 class HttpAuth(Base):

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 from bridge.config import DestinationConfig, RateLimit
-from bridge.errors import MappingError
+from bridge.errors import VALUE, MappingError
 from bridge.vendors.base import (
     Adapter,
     AnswerId,
@@ -35,7 +35,7 @@ from bridge.vendors.base import (
     ticket_id_from,
 )
 from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files
-from bridge.yamlfile import KeyPath, KeyValueError, did_you_mean
+from bridge.yamlfile import KeyPath, KeyValueError, Quoted, did_you_mean
 
 SANDBOX_ORG = "sandbox-org"
 SANDBOX_ACCESS_KEY = "sandbox-access-key"
@@ -151,9 +151,10 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
         elif isinstance(self.rate_limit, str):
             preset = RATE_PRESETS.get(self.rate_limit.strip().lower())
             if preset is None:
-                raise KeyValueError(("rate_limit",), f"unknown LeadSquared plan {self.rate_limit!r}; write one of "
-                                    f"{', '.join(RATE_PRESETS)} or {{requests: N, per_seconds: S}}"
-                                    + did_you_mean(self.rate_limit, RATE_PRESETS))
+                raise KeyValueError(("rate_limit",), f"unknown LeadSquared plan {VALUE}; write one of "
+                                    f"{', '.join(RATE_PRESETS)} or {{requests: N, per_seconds: S}}{{near}}",
+                                    self.rate_limit, quotes={"near": Quoted(("rate_limit",), self.rate_limit,
+                                    quote=did_you_mean(self.rate_limit, RATE_PRESETS), hidden="")})
             self.rate_limit = preset
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bridge.config import DestinationConfig
+from bridge.errors import VALUE, UnknownName
 from bridge.vendors.base import Adapter
 from bridge.vendors.http import HttpAdapter
 from bridge.vendors.kapture import KaptureAdapter
@@ -18,7 +19,7 @@ def adapter_class(vendor: str) -> type[Adapter]:
     try:
         return ADAPTERS[vendor]
     except KeyError:
-        raise KeyError(f"unknown vendor {vendor!r}; known vendors: {', '.join(sorted(ADAPTERS))}") from None
+        raise UnknownName(f"unknown vendor {VALUE}; known vendors: {', '.join(sorted(ADAPTERS))}", vendor) from None
 
 
 def vendor_options(vendor: str) -> type[DestinationConfig]:

@@ -10,6 +10,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from tests.acceptance.test_cli_mapping import PARTNER, run, setup
+from tests.fixtures.bad_config_values import CASES, VARIABLE, BadValue
 
 
 def test_check_json_lists_errors_with_their_place_and_every_test(tmp_path: Path,
@@ -75,3 +76,26 @@ def test_check_names_every_missing_environment_variable_and_says_failed(
     assert code == 1
     assert [e["message"].split(" is ")[0] for e in json.loads(out)["errors"]] == [
         "environment variable TB_A", "environment variable TB_B", "environment variable TB_C"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_check_never_shows_a_bad_value_from_an_environment_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, case: BadValue,
+) -> None:
+    """`check` on a config whose bad value comes from a variable of a plain name: the error is at the value's line,
+    names the variable, and neither the text nor the JSON report holds the value; written in the file, the value is
+    quoted."""
+    monkeypatch.setenv(VARIABLE, case.value)
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(case.text(env=True))
+    code, out, err = run(capsys, "check", "-c", str(cfg))
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith(f"{cfg}:{case.line}:")
+    assert err.endswith(f": {case.path}: {case.env_message}\n")
+    _, json_out, _ = run(capsys, "check", "-c", str(cfg), "--format", "json")
+    said = (out + err + json_out).replace(str(cfg), "")
+    assert f"${{{VARIABLE}}}" in json_out
+    assert [secret for secret in case.hidden if secret in said] == []
+    cfg.write_text(case.text(env=False))
+    code, _, err = run(capsys, "check", "-c", str(cfg))
+    assert code == 1 and err.endswith(f": {case.path}: {case.written}\n")

@@ -23,6 +23,7 @@ from bridge.registries import REGISTRIES
 from bridge.vendors.kapture import KaptureOptions
 from handlers.form import FormOptions
 from handlers.json_hook import JsonOptions
+from tests.fixtures.bad_config_values import CASES, VARIABLE, BadValue
 
 
 def write(folder: Path, text: str, name: str = "bridge.yaml") -> Path:
@@ -343,6 +344,8 @@ def test_dedup_window_must_be_a_duration(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("section", "text", "path"), [
     ("sources", "  mail:\n    kind: mailgun\n    signing_key: k\n    tolerance: forever\n", "sources.mail.tolerance"),
+    ("sources", "  ses:\n    kind: ses\n    topic_arns: ['arn:aws:sns:eu-west-1:1:t']\n    s3: {timeout: forever}\n",
+     "sources.ses.s3.timeout"),
     ("destinations", "  isp:\n    vendor: netgroot\n    sandbox: true\n    subjects_ttl: forever\n",
      "destinations.isp.subjects_ttl"),
 ])
@@ -388,11 +391,13 @@ def test_basic_auth_refuses_an_empty_password(tmp_path: Path, basic: str, enviro
 
 
 def test_basic_auth_refuses_a_colon_in_the_username(tmp_path: Path) -> None:
-    """A username with a colon could never match (the header's first colon ends the username): refused at load."""
+    """A username with a colon could never match (the header's first colon ends the username): refused at load,
+    without the username, which is half of the credential (`user:password` written as one, most often)."""
     err = only_error(tmp_path,
                      "sources:\n  web:\n    kind: form\n    auth:\n      basic: {username: 'a:b', password: p}\n")
     assert err.path == "sources.web.auth.basic.username"
-    assert "'a:b' holds a colon" in err.message
+    assert err.message.startswith("`username` text (not shown: a secret) holds a colon")
+    assert "a:b" not in err.render()
 
 
 def test_basic_auth_takes_an_empty_username_with_a_password(tmp_path: Path) -> None:
@@ -420,9 +425,9 @@ def test_sandbox_needs_neither_base_url_nor_token(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("url", ["acme.kapturecrm.com", "ftp://acme.example", "//acme.example"])
 def test_base_url_must_be_http(tmp_path: Path, url: str) -> None:
-    """A `base_url` that is not http(s) is an error naming the value."""
+    """A `base_url` that is not http(s) is an error at that key naming the value."""
     err = only_error(tmp_path, f"destinations:\n  k: {{vendor: kapture, token: t, base_url: '{url}'}}\n")
-    assert err.path == "destinations.k"
+    assert err.path == "destinations.k.base_url"
     assert url in err.message
 
 
@@ -937,3 +942,21 @@ def test_an_unknown_key_gets_the_nearest_known_one_and_the_keys_its_table_takes(
     key = path.rsplit(".", 1)[-1]
     assert err.message.startswith(f"unknown key {key!r} (did you mean {close!r}?); it takes ")
     assert close in err.message.split("; it takes ", 1)[1].split(", ")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_a_bad_value_written_in_the_file_is_quoted(tmp_path: Path, case: BadValue) -> None:
+    """Each check that refuses a value at load names its key and line and quotes the value as written (a URL's
+    password cut, a credential's value not shown)."""
+    err = only_error(tmp_path, case.text(env=False))
+    assert (err.line, err.path, err.message) == (case.line, case.path, case.written)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_a_bad_value_from_an_environment_variable_is_never_shown(tmp_path: Path, case: BadValue) -> None:
+    """The same checks with the value taken from a variable of a plain name (DATABASE_URL, SLACK_HOOK hold
+    credentials): the error says its kind, length and variable, never the value, nor what is worked out from it."""
+    err = only_error(tmp_path, case.text(env=True), {VARIABLE: case.value})
+    assert (err.line, err.path, err.message) == (case.line, case.path, case.env_message)
+    said = err.render().replace(str(err.file), "")
+    assert [secret for secret in case.hidden if secret in said] == []

@@ -34,6 +34,22 @@ def test_a_dangling_symlink_on_the_way_is_named(tmp_path: Path, below: tuple[str
 
 
 @pytest.mark.parametrize("below", [(), ("files",)])
+def test_a_symlink_to_a_dangling_symlink_names_each_link(tmp_path: Path, below: tuple[str, ...]) -> None:
+    """A link to a link that leads nowhere: the second link exists (as a link), so the error says what it is and
+    where it leads, down to the path that does not exist, relative targets as written."""
+    (tmp_path / "b").symlink_to(tmp_path / "gone")
+    (tmp_path / "c").symlink_to("b")
+    link = tmp_path / "a"
+    link.symlink_to(tmp_path / "c")
+    folder = link.joinpath(*below)
+    with pytest.raises(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+    assert folder_problem(folder) == (f"{link} is a symbolic link to {tmp_path / 'c'}, a symbolic link to b, a "
+                                      f"symbolic link to {tmp_path / 'gone'}, which does not exist; make that folder "
+                                      "or remove the link")
+
+
+@pytest.mark.parametrize("below", [(), ("files",)])
 def test_a_symlink_loop_on_the_way_is_named(tmp_path: Path, below: tuple[str, ...]) -> None:
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")

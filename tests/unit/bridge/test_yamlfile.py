@@ -8,11 +8,12 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from bridge.errors import ConfigError, MappingError
+from bridge.errors import VALUE, ConfigError, MappingError, ValueProblem
 from bridge.yamlfile import (
     Document,
     KeyPath,
     KeyValueError,
+    Quoted,
     env_expander,
     format_path,
     load_yaml,
@@ -449,6 +450,74 @@ def test_convert_post_init_error_about_one_key_is_placed_at_that_key() -> None:
     err = convert_error("windows:\n  - every: [5s,\n      soon]\n", Windows)
     assert (err.line, err.col, err.path) == (3, 7, "windows[0].every[1]")
     assert err.message == "'soon' is not a number of seconds"
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    every: list[str] = []
+    low: int = 0
+    high: int = 10
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        for i, item in enumerate(self.every):
+            if not item.endswith("s"):
+                raise KeyValueError(("every", i), f"{VALUE} is not a number of seconds", item)
+        if self.low > self.high:
+            raise KeyValueError(("low",), f"low {VALUE} is above high {{high}}, by {{by}}", self.low, quotes={
+                "high": Quoted(("high",), self.high),
+                "by": Quoted(("low",), self.low, quote=str(self.low - self.high), hidden="some")})
+        if ":" in self.token:
+            raise KeyValueError(("token",), f"`token` {VALUE} holds a colon", self.token)
+        if self.token == "x":
+            raise ValueProblem(f"{VALUE} is not a token", self.token)
+
+
+class AllLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    limits: list[Limits]
+
+
+def limits_error(text: str, environ: dict[str, str] | None = None) -> ConfigError:
+    doc = load_yaml(text, "c.yaml", env_expander(environ or {}, "c.yaml"))
+    with pytest.raises(ConfigError) as info:
+        doc.convert(doc.data, AllLimits)
+    return info.value
+
+
+def test_a_value_a_struct_check_quotes_is_shown_as_it_was_written() -> None:
+    """A KeyValueError's values are placed by their keys inside the struct: one written in the file is quoted, one
+    from an environment variable described (kind, length, variable), whatever the variable's name; a number worked
+    out from it is said in words instead (`hidden`)."""
+    def text(every: str, low: str) -> str:
+        return f"limits:\n  - {{}}\n  - every: [5s, {every}]\n    low: {low}\n    high: 3\n"
+
+    written = limits_error(text("hunter2", "9"))
+    assert (written.line, written.path, written.message) == (3, "limits[1].every[1]", "'hunter2' is not a number of "
+                                                                                        "seconds")
+    from_env = limits_error(text("'${PLAIN}'", "9"), {"PLAIN": "hunter2"})
+    assert (from_env.line, from_env.path) == (3, "limits[1].every[1]")
+    assert from_env.message == "text of 7 characters from ${PLAIN} is not a number of seconds"
+    assert limits_error(text("5s", "9")).message == "low 9 is above high 3, by 6"
+    from_env = limits_error(text("5s", "'${LOW}'"), {"LOW": "9"})
+    assert from_env.message == "low a number from ${LOW} is above high 3, by some"
+
+
+def test_a_value_a_struct_check_quotes_is_never_shown_under_a_credentials_key() -> None:
+    """Under a key named like a credential, the value is described by its kind, from the file as from a variable;
+    told without a loader (`str`), the error does the same by the key it names."""
+    err = limits_error("limits:\n  - token: 'admin:hunter2'\n")
+    assert err.message == "`token` text (not shown: a secret) holds a colon"
+    assert str(KeyValueError(("token",), f"`token` {VALUE} holds a colon", "a:b")) == (
+        "`token` text (not shown: a secret) holds a colon")
+    assert str(KeyValueError(("every", 0), f"{VALUE} is not a number of seconds", "soon")) == (
+        "'soon' is not a number of seconds")
+
+
+def test_a_value_problem_not_placed_at_a_key_is_never_quoted() -> None:
+    """A struct's check that raises a ValueProblem without saying its key: where the value came from is not known,
+    so it is described by its kind alone; given as it is (`str`), the value is quoted."""
+    err = limits_error("limits:\n  - token: x\n")
+    assert (err.path, err.message) == ("limits[0]", "text (not shown) is not a token")
+    assert str(ValueProblem(f"{VALUE} is not a token", "x" * 70)) == f"{'x' * 60!r}… is not a token"
 
 
 def test_convert_nested_unknown_key() -> None:

@@ -240,11 +240,11 @@ def test_a_jinja_style_path_is_refused_with_the_single_brace_form() -> None:
 def test_a_secret_base_url_without_a_scheme_is_refused_without_showing_it(tmp_path: Path, base_url: str,
                                                                          shown: str) -> None:
     """With `url_secret`, a base URL missing its scheme is refused naming the file, the key and its host at most:
-    the path, which is the credential, is not in the error."""
-    (tmp_path / "bridge.yaml").write_text('destinations:\n  hook: {vendor: http, base_url: "${HOOK}", '
+    the path, which is the credential, is not in the error. (One from an environment variable is never shown.)"""
+    (tmp_path / "bridge.yaml").write_text(f'destinations:\n  hook: {{vendor: http, base_url: "{base_url}", '
                                           'url_secret: true}\n')
     with pytest.raises(ErrorList) as info:
-        load_config(tmp_path / "bridge.yaml", {"HOOK": base_url}, registries=REGISTRIES)
+        load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
     said = str(info.value) + "".join(e.render() for e in info.value.errors)
     assert "bridge.yaml:2:" in said and "destinations.hook" in said and shown in said
     assert "SECRET" not in said
@@ -310,19 +310,19 @@ def test_with_url_secret_a_bad_doctor_or_lookup_path_is_refused_without_showing_
                                                                                   key: str, shown: str,
                                                                                   value: str) -> None:
     """With `url_secret`, a `doctor.path` or `lookup.path` that cannot be used is refused at its key and line,
-    saying why without the path, as `path` is; without `url_secret` the path is shown."""
+    saying why without the path, as `path` is; without `url_secret` the path written in the file is shown."""
     config = ("destinations:\n  hook:\n    vendor: http\n    base_url: https://hooks.example.com\n"
-              "    url_secret: SECRET_URL\n" + lines)
+              "    url_secret: SECRET_URL\n" + lines.replace("${P}", value))
     (tmp_path / "bridge.yaml").write_text(config.replace("SECRET_URL", "true"))
     with pytest.raises(ErrorList) as info:
-        load_config(tmp_path / "bridge.yaml", {"P": value}, registries=REGISTRIES)
+        load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
     said = "".join(e.render() for e in info.value.errors)
-    line = 1 + config.splitlines().index("      path: '${P}'")
+    line = 1 + config.splitlines().index(f"      path: '{value}'")
     assert f"bridge.yaml:{line}:" in said and f"destinations.hook.{key}: {shown}" in said, said
     assert "SECRET" not in said
     (tmp_path / "bridge.yaml").write_text(config.replace("SECRET_URL", "false"))
     with pytest.raises(ErrorList, match="SECRETSECRET"):
-        load_config(tmp_path / "bridge.yaml", {"P": value}, registries=REGISTRIES)
+        load_config(tmp_path / "bridge.yaml", {}, registries=REGISTRIES)
 
 
 @pytest.mark.parametrize("path", ["/services/{{hook}}/SECRETSECRET", "/services/{hook!r}/SECRETSECRET?q={ref}"])
