@@ -62,6 +62,7 @@ from handlers.base import read_content_type
 log = structlog.get_logger("ticketbridge.admin")
 
 SCAN_LIMIT = 5000  # deliveries one page may read to fill itself under a text or time filter
+SCAN_BATCH = 200  # deliveries read at a time under such a filter, whatever the page's limit (one read a row, else)
 COMMIT_SLACK_MS = 60_000  # how much older than its commit a delivery's id may be
 _encode = msgspec.json.Encoder().encode
 
@@ -528,7 +529,8 @@ async def list_deliveries(call: Call) -> DeliveryPage:
     floor = id_floor("dlv", q.since_ms - COMMIT_SLACK_MS) if q.since_ms is not None else None
     items: list[DeliveryRow] = []
     scanned = 0
-    step = q.limit if q.q is None else max(q.limit, 200)
+    filtered = q.q is not None or q.since_ms is not None or q.until_ms is not None  # rows may be skipped
+    step = max(q.limit, SCAN_BATCH) if filtered else q.limit
     given = (_given(q.destination, "query.destination"), _given(q.source, "query.source"),
              _given(q.mapping, "query.mapping"), _given(q.cursor, "query.cursor"))
     while True:

@@ -563,3 +563,42 @@ async def test_a_value_of_the_wrong_type_is_named_with_what_was_given(write_conf
     assert (await resp.json())["error"] == (
         "invalid body: Expected `array`, got `int` - at `$.ids`; given 5; `ids` takes a list of up to 10000 items, "
         "each text of 1 to 100 characters")
+
+
+async def test_a_time_filter_reads_deliveries_in_batches_not_one_query_per_row(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page under a time filter reads the store in batches of at least 200 whatever its `limit`: a `since_ms`
+    past every delivery, with `limit=1`, skips 30 deliveries in one read (not 31), and pages of 7 through those
+    in range list each once, one read a page."""
+    client = await start(write_config, bridge_client, workers=False)
+    for i in range(30):
+        assert (await client.post("/hooks/partner", json={"title": f"t{i}"})).status == 202
+    store = runtime(client).store
+    assert store is not None
+    reads: list[int] = []
+    read = store.list_deliveries
+
+    async def counted(flt: Any) -> Any:
+        reads.append(flt.limit)
+        return await read(flt)
+
+    monkeypatch.setattr(store, "list_deliveries", counted)
+    made = [r["created_at_ms"] for r in await deliveries(client, limit=100)]
+    reads.clear()
+    page = await get(client, "/admin/api/deliveries", since_ms=max(made) + 1, limit=1)
+    assert (page["items"], page["next_cursor"], page["scanned"]) == ([], None, 30)
+    assert len(reads) == 1 and reads[0] >= 200, reads
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    reads.clear()
+    while True:
+        page = await get(client, "/admin/api/deliveries", since_ms=min(made), limit=7,
+                         **({"cursor": cursor} if cursor else {}))
+        seen += [d["id"] for d in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 30 and seen == sorted(seen, reverse=True)
+    assert len(reads) == pages, (reads, pages)
