@@ -532,11 +532,13 @@ async def list_deliveries(call: Call) -> DeliveryPage:
     filtered = q.q is not None or q.since_ms is not None or q.until_ms is not None  # rows may be skipped
     step = max(q.limit, SCAN_BATCH) if filtered else q.limit
     given = (_given(q.destination, "query.destination"), _given(q.source, "query.source"),
-             _given(q.mapping, "query.mapping"), _given(q.cursor, "query.cursor"))
+             _given(q.mapping, "query.mapping"), _given(q.conversation, "query.conversation"),
+             _given(q.cursor, "query.cursor"))
     while True:
         with blame(400, *given):
             rows = await store.list_deliveries(DeliveryFilter(status=q.status, destination=q.destination,
-                                                              source=q.source, mapping=q.mapping, limit=step,
+                                                              source=q.source, mapping=q.mapping,
+                                                              conversation=q.conversation, limit=step,
                                                               before_id=before))
         for row in rows:
             scanned += 1
