@@ -57,7 +57,7 @@ from bridge.mapping.mappingset import MappingSet
 from bridge.offload import CONSOLE, render_sliced
 from bridge.runtime import Runtime
 from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, DeliveryStatus, Store
-from handlers.base import read_content_type
+from handlers.base import lone_surrogate, read_content_type
 
 log = structlog.get_logger("ticketbridge.admin")
 
@@ -326,11 +326,16 @@ def _json_to(depth: int) -> Any:
 _decode_shallow = msgspec.json.Decoder(_json_to(BODY_DEPTH)).decode
 
 
-def not_json(exc: msgspec.DecodeError, raw: bytes) -> str:
+def not_json(exc: msgspec.DecodeError | UnicodeError, raw: bytes) -> str:
     """What a 400 says of a body the JSON parser refuses: its reason, with the byte it stopped at."""
     said = str(exc)
-    if said == "Input data was truncated":  # the one reason msgspec gives without its byte
-        said += f": it ends at byte {len(raw)} with a value or bracket still open"
+    if isinstance(exc, UnicodeError):  # msgspec's, for a string that is not UTF-8, counts within that string
+        try:
+            raw.decode()
+        except UnicodeDecodeError as bad:
+            said = f"byte {bad.start} (0x{raw[bad.start]:02x}) is not UTF-8 ({bad.reason})"
+    elif said == "Input data was truncated":  # the one reason msgspec gives without its byte; a lone surrogate too
+        said = lone_surrogate(raw) or f"{said}: it ends at byte {len(raw)} with a value or bracket still open"
     return f"the body is not JSON: {said}"
 
 
@@ -346,7 +351,7 @@ def body_refused(exc: msgspec.ValidationError, struct: type[msgspec.Struct], raw
             return (f"invalid body: it nests deeper than {BODY_DEPTH} levels (no body this API takes nests more than "
                     f"two); {invalid(exc, struct, None)}")
         return "invalid body: " + invalid(exc, struct, None)  # a number out of range: msgspec's words name it
-    except msgspec.DecodeError as bad:
+    except (msgspec.DecodeError, UnicodeError) as bad:
         return not_json(bad, raw)
     return "invalid body: " + invalid(exc, struct, given)
 
@@ -377,7 +382,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
                 return error(400, "invalid query: " + invalid(exc, route.query, query))
             assert route.body is not None
             return error(400, body_refused(exc, route.body, raw))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeError) as exc:
             return error(400, not_json(exc, raw))
         if (refused := _refuse_nul(route, call)) is not None:
             return refused

@@ -513,9 +513,9 @@ DEEP = 100_000  # levels: far past any recursion limit
 
 
 def _malformed(field: str) -> list[tuple[bytes, str]]:
-    """Bodies that are not JSON, nest too deeply or hold a number no value takes, each with what the 400 says:
-    each has a value of the wrong type for `field` before the fault, so that the fault is found only once the
-    value is refused."""
+    """Bodies that are not JSON (malformed, cut short, not UTF-8, a lone surrogate escape), nest too deeply or hold
+    a number no value takes, each with what the 400 says: most have a value of the wrong type for `field` before
+    the fault, so that the fault is found only once the value is refused."""
     start = f'{{"{field}": '.encode()
     return [
         (start + b"[5], garbage", f"the body is not JSON: JSON is malformed: object keys must be strings (byte "
@@ -529,6 +529,11 @@ def _malformed(field: str) -> list[tuple[bytes, str]]:
         (start + b"{\"a\":" * DEEP + b"1" + b"}" * DEEP + b"}", "invalid body: it nests deeper than 8 levels (no body "
                                                                "this API takes nests more than two); "),
         (start + b"1e999}", f"invalid body: Number out of range - at `$.{field}`"),
+        (start + b'"\xff"}', f"the body is not JSON: byte {len(start) + 1} (0xff) is not UTF-8 (invalid start byte)"),
+        (start + b'[5], "x": "ok \xe2\x82"}', f"the body is not JSON: byte {len(start) + 14} (0xe2) is not UTF-8 "
+                                              "(invalid continuation byte)"),
+        (start + b'[5], "x": "\\ud800"}', f"the body is not JSON: the escape \\ud800 at byte {len(start) + 11} is a "
+                                           "lone UTF-16 surrogate"),
     ]
 
 
@@ -537,10 +542,10 @@ def _malformed(field: str) -> list[tuple[bytes, str]]:
 async def test_a_body_that_is_not_json_or_nests_too_deeply_is_a_400_saying_so(write_config: ConfigFactory,
                                                                                bridge_client: AppClient,
                                                                                route: Any) -> None:
-    """A body that is not JSON is a 400 with the parser's reason and the byte where it failed, even when a value
-    of the wrong type comes before the fault; one nesting deeper than any body the API takes is refused as such,
-    read no deeper than that (never to a recursion limit); a number too large for any value is named. Nothing is
-    changed or audited."""
+    """A body that is not JSON (malformed, cut short, bytes that are not UTF-8, a lone surrogate escape) is a 400
+    with the parser's reason and the byte where it failed, even when a value of the wrong type comes before it;
+    one nesting deeper than any body the API takes is refused as such, read no deeper than that (never to a
+    recursion limit); a number too large for any value is named. Nothing is changed or audited."""
     client = await start(write_config, bridge_client, workers=False)
     assert route.body is not None
     field = msgspec.structs.fields(route.body)[0].name
