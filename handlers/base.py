@@ -328,7 +328,7 @@ _LONE_TEXT = re.compile(_LONE)
 _LONE_BYTES = re.compile(_LONE.encode())
 
 
-def _lone_surrogate(data: bytes | str) -> str | None:
+def lone_surrogate(data: bytes | str) -> str | None:
     """Why `data` is not JSON when it holds a lone high surrogate escape (`\ud800` and no `\udc00`-`\udfff`
     after it), which msgspec reports as "Input data was truncated"; None when it holds none. Linear: a start
     inside a run of backslashes is refused by the look-behind, so each run is read once."""
@@ -356,7 +356,7 @@ def decode_json(data: bytes | str, field: str | None = None, check: str = "json"
     except (msgspec.DecodeError, UnicodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
         reason = str(exc)
         if reason == "Input data was truncated":  # also what msgspec says of a lone high surrogate escape
-            reason = _lone_surrogate(data) or reason
+            reason = lone_surrogate(data) or reason
         raise Rejected(400, f"{field} is not JSON: {reason}" if field else f"malformed JSON: {reason}",
                        check=check) from None
     except RecursionError:

@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 
 from bridge.console.models import (
+    MAX_PAGE,
     DeliveryPage,
     DeliveryView,
     ErrorBody,
@@ -103,12 +104,22 @@ class AdminClient:
         raise RemoteError(f"{self.url} answered {status}: {message}", status)
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
-        params = {k: str(v) for k, v in (("status", flt.status), ("destination", flt.destination),
-                                         ("source", flt.source), ("mapping", flt.mapping),
-                                         ("cursor", flt.before_id)) if v is not None}
-        params["limit"] = str(min(flt.limit, 500))
-        page: DeliveryPage = await self._call("GET", "/admin/api/deliveries", DeliveryPage, params=params)
-        return page.items
+        """Up to `flt.limit` deliveries, newest first, as the store lists them: pages of at most MAX_PAGE, each
+        after the last one's `next_cursor`, until the limit or the last page."""
+        params = {k: v for k, v in (("status", flt.status), ("destination", flt.destination),
+                                    ("source", flt.source), ("mapping", flt.mapping),
+                                    ("conversation", flt.conversation)) if v is not None}
+        items: list[DeliveryRow] = []
+        cursor = flt.before_id
+        while True:
+            page: DeliveryPage = await self._call(
+                "GET", "/admin/api/deliveries", DeliveryPage,
+                params={**params, "limit": str(min(flt.limit - len(items), MAX_PAGE)),
+                        **({} if cursor is None else {"cursor": cursor})})
+            items.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None or len(items) >= flt.limit:
+                return items[:flt.limit]
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
         view: DeliveryView = await self._call("GET", f"/admin/api/deliveries/{segment(delivery_id)}", DeliveryView)

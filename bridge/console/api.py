@@ -57,11 +57,12 @@ from bridge.mapping.mappingset import MappingSet
 from bridge.offload import CONSOLE, render_sliced
 from bridge.runtime import Runtime
 from bridge.store.base import STATUSES, AuditEntry, DeliveryFilter, DeliveryRow, DeliveryStatus, Store
-from handlers.base import read_content_type
+from handlers.base import lone_surrogate, read_content_type
 
 log = structlog.get_logger("ticketbridge.admin")
 
 SCAN_LIMIT = 5000  # deliveries one page may read to fill itself under a text or time filter
+SCAN_BATCH = 200  # deliveries read at a time under such a filter, whatever the page's limit (one read a row, else)
 COMMIT_SLACK_MS = 60_000  # how much older than its commit a delivery's id may be
 _encode = msgspec.json.Encoder().encode
 
@@ -260,6 +261,13 @@ def _allowed(kind: Any) -> str | None:
         return "one of " + ", ".join(_shown(v) for v in kind.values)
     if isinstance(kind, inspect.BoolType):
         return "true or false"
+    if isinstance(kind, inspect.ListType):
+        item = _allowed(kind.item_type)
+        return (f"a list of {'' if kind.max_length is None else f'up to {kind.max_length} '}items"
+                + ("" if item is None else f", each {item}"))
+    if isinstance(kind, inspect.DictType):
+        value = _allowed(kind.value_type) or ("text" if isinstance(kind.value_type, inspect.StrType) else None)
+        return "an object" + ("" if value is None else f" whose values are {value}")
     return None
 
 
@@ -301,6 +309,53 @@ def invalid(exc: msgspec.ValidationError, struct: type[msgspec.Struct], given: A
             + (f"; {field} takes {allowed}" if allowed is not None else ""))
 
 
+BODY_DEPTH = 8
+"""How deep a refused body is read to quote the value it gave: deeper than any body the API takes (two levels),
+and shallow enough that reading it never nears a recursion limit (its decoder, built at import, costs 2^levels:
+a few milliseconds for 8)."""
+
+
+def _json_to(depth: int) -> Any:
+    """The type of any JSON value nesting at most `depth` levels: decoding a deeper one stops at that level."""
+    kind: Any = str | int | float | bool | None
+    for _ in range(depth):
+        kind = str | int | float | bool | None | list[kind] | dict[str, kind]
+    return kind
+
+
+_decode_shallow = msgspec.json.Decoder(_json_to(BODY_DEPTH)).decode
+
+
+def not_json(exc: msgspec.DecodeError | UnicodeError, raw: bytes) -> str:
+    """What a 400 says of a body the JSON parser refuses: its reason, with the byte it stopped at."""
+    said = str(exc)
+    if isinstance(exc, UnicodeError):  # msgspec's, for a string that is not UTF-8, counts within that string
+        try:
+            raw.decode()
+        except UnicodeDecodeError as bad:
+            said = f"byte {bad.start} (0x{raw[bad.start]:02x}) is not UTF-8 ({bad.reason})"
+    elif said == "Input data was truncated":  # the one reason msgspec gives without its byte; a lone surrogate too
+        said = lone_surrogate(raw) or f"{said}: it ends at byte {len(raw)} with a value or bracket still open"
+    return f"the body is not JSON: {said}"
+
+
+def body_refused(exc: msgspec.ValidationError, struct: type[msgspec.Struct], raw: bytes) -> str:
+    """What a 400 says of a body that does not fit `struct` (`exc`, found maybe before its end): that it is not
+    JSON at all, when it is not; else msgspec's words, the value given and what the field takes (`invalid`). The
+    body is read again only BODY_DEPTH levels deep (any deeper nesting is refused as such) and never raises."""
+    try:
+        given = _decode_shallow(raw)
+    except msgspec.ValidationError as deeper:  # a DecodeError too: checked first
+        said = str(deeper)
+        if "got `array`" in said or "got `object`" in said:  # only the last level takes neither
+            return (f"invalid body: it nests deeper than {BODY_DEPTH} levels (no body this API takes nests more than "
+                    f"two); {invalid(exc, struct, None)}")
+        return "invalid body: " + invalid(exc, struct, None)  # a number out of range: msgspec's words name it
+    except (msgspec.DecodeError, UnicodeError) as bad:
+        return not_json(bad, raw)
+    return "invalid body: " + invalid(exc, struct, given)
+
+
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         caller = authorize(request, route.change)
@@ -326,9 +381,9 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
             if call.query is None and route.query is not None:
                 return error(400, "invalid query: " + invalid(exc, route.query, query))
             assert route.body is not None
-            return error(400, "invalid body: " + invalid(exc, route.body, msgspec.json.decode(raw or b"{}")))
-        except msgspec.DecodeError as exc:
-            return error(400, f"the body is not JSON: {exc}")
+            return error(400, body_refused(exc, route.body, raw))
+        except (msgspec.DecodeError, UnicodeError) as exc:
+            return error(400, not_json(exc, raw))
         if (refused := _refuse_nul(route, call)) is not None:
             return refused
         try:
@@ -479,13 +534,16 @@ async def list_deliveries(call: Call) -> DeliveryPage:
     floor = id_floor("dlv", q.since_ms - COMMIT_SLACK_MS) if q.since_ms is not None else None
     items: list[DeliveryRow] = []
     scanned = 0
-    step = q.limit if q.q is None else max(q.limit, 200)
+    filtered = q.q is not None or q.since_ms is not None or q.until_ms is not None  # rows may be skipped
+    step = max(q.limit, SCAN_BATCH) if filtered else q.limit
     given = (_given(q.destination, "query.destination"), _given(q.source, "query.source"),
-             _given(q.mapping, "query.mapping"), _given(q.cursor, "query.cursor"))
+             _given(q.mapping, "query.mapping"), _given(q.conversation, "query.conversation"),
+             _given(q.cursor, "query.cursor"))
     while True:
         with blame(400, *given):
             rows = await store.list_deliveries(DeliveryFilter(status=q.status, destination=q.destination,
-                                                              source=q.source, mapping=q.mapping, limit=step,
+                                                              source=q.source, mapping=q.mapping,
+                                                              conversation=q.conversation, limit=step,
                                                               before_id=before))
         for row in rows:
             scanned += 1

@@ -15,7 +15,9 @@ from bridge.store.base import AuditEntry, DeliveryDetail, DeliveryRow, DeliveryS
 
 NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
 """In the schema of every string the store keeps or is asked for: no NUL character (the API answers 400)."""
-Limit = Annotated[int, Meta(ge=1, le=500, description="how many items a page holds")]
+MAX_PAGE = 500
+"""The most items one page holds: a client wanting more follows `next_cursor`."""
+Limit = Annotated[int, Meta(ge=1, le=MAX_PAGE, description="how many items a page holds")]
 Name = Annotated[str, Meta(min_length=1, max_length=200, extra_json_schema=NO_NUL)]
 Cursor = Annotated[str, Meta(min_length=1, max_length=100, extra_json_schema=NO_NUL,
                              description="next_cursor of the previous page (absent: the first page)")]
@@ -37,6 +39,9 @@ class DeliveryQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     destination: Name | None = None
     mapping: Name | None = None
     source: Name | None = None
+    conversation: Annotated[str, Meta(min_length=1, max_length=2000, extra_json_schema=NO_NUL,
+                                      description="a conversation's id (`mapping|key`, as each delivery's "
+                                                  "`conversation` has it)")] | None = None
     since_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or after (ms since the epoch)")] | None \
         = None
     until_ms: Annotated[int, Meta(ge=0, le=2**47, description="created at or before (ms since the epoch)")] | None \

@@ -3,14 +3,21 @@ with only the admin token in the environment (no config, store or source secrets
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from bridge.cli import main
+from bridge.events import Event
+from bridge.ids import new_id
+from bridge.store.base import NewDelivery
+from bridge.store.sqlite import SqliteStore
 from tests.acceptance.console_app import ADMIN, console_app
 from tests.acceptance.threaded import serve_in_thread
 
@@ -112,3 +119,39 @@ def test_an_id_is_one_path_segment_never_another_route(server: str, monkeypatch:
         assert f"no delivery {odd!r}" in capsys.readouterr().err
     assert main(["deliveries", "mark-succeeded", "--url", server, "../replay?x=", "--ticket-id", "T-1"]) == 1
     assert "no delivery '../replay?x='" in capsys.readouterr().err
+
+
+async def seed_many(db: Path) -> None:
+    """900 dead deliveries of one event, then one of a chat conversation."""
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        def dead(**kw: Any) -> NewDelivery:
+            return NewDelivery(id=new_id("dlv"), mapping="partner", mapping_version="v1", destination="kapture",
+                               action="create_ticket", body={"title": "t"}, status="dead", error="seeded", **kw)
+
+        many = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "many"})
+        await store.accept(many, [dead() for _ in range(900)], 0)
+        chat = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "chat"})
+        await store.accept(chat, [dead(conversation="partner|chat:one", conversation_key="chat:one")], 0)
+    finally:
+        await store.close()
+
+
+def test_list_through_the_server_filters_by_conversation_and_pages_to_the_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`deliveries list --url` lists as it does on the store: `--conversation` lists that conversation's
+    deliveries alone, and a `--limit` past the API's page of 500 is reached by following its cursor."""
+    root = tmp_path / "server"
+    (root / "var").mkdir(parents=True)
+    asyncio.run(seed_many(root / "var" / "bridge.db"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
+    with serve_in_thread(root, *console_app()) as url:
+        assert main(["deliveries", "list", "--url", url, "--conversation", "partner|chat:one", "--json"]) == 0
+        [one] = [json.loads(line) for line in rows(capsys.readouterr().out)]
+        assert one["conversation"] == "partner|chat:one"
+        for limit, listed in ((900, 900), (2000, 901)):
+            assert main(["deliveries", "list", "--url", url, "--limit", str(limit), "--json"]) == 0
+            ids = [json.loads(line)["id"] for line in rows(capsys.readouterr().out)]
+            assert len(ids) == len(set(ids)) == listed and ids == sorted(ids, reverse=True)

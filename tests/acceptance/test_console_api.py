@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -506,3 +507,103 @@ async def test_the_legacy_mappings_route_is_kept_in_no_cache_and_never_sniffed(w
         resp = await client.get("/admin/mappings", headers=headers)
         assert resp.status == status
         assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Cache-Control"] == "no-store"
+
+
+DEEP = 100_000  # levels: far past any recursion limit
+
+
+def _malformed(field: str) -> list[tuple[bytes, str]]:
+    """Bodies that are not JSON (malformed, cut short, not UTF-8, a lone surrogate escape), nest too deeply or hold
+    a number no value takes, each with what the 400 says: most have a value of the wrong type for `field` before
+    the fault, so that the fault is found only once the value is refused."""
+    start = f'{{"{field}": '.encode()
+    return [
+        (start + b"[5], garbage", f"the body is not JSON: JSON is malformed: object keys must be strings (byte "
+                                  f"{len(start) + 5})"),
+        (start + b"[5]", f"the body is not JSON: Input data was truncated: it ends at byte {len(start) + 3} with a "
+                         "value or bracket still open"),
+        (start + b"[" * DEEP, "invalid body: it nests deeper than 8 levels (no body this API takes nests more than "
+                              "two); "),
+        (start + b"[" * DEEP + b"]" * DEEP + b"}", "invalid body: it nests deeper than 8 levels (no body this API "
+                                                   "takes nests more than two); "),
+        (start + b"{\"a\":" * DEEP + b"1" + b"}" * DEEP + b"}", "invalid body: it nests deeper than 8 levels (no body "
+                                                               "this API takes nests more than two); "),
+        (start + b"1e999}", f"invalid body: Number out of range - at `$.{field}`"),
+        (start + b'"\xff"}', f"the body is not JSON: byte {len(start) + 1} (0xff) is not UTF-8 (invalid start byte)"),
+        (start + b'[5], "x": "ok \xe2\x82"}', f"the body is not JSON: byte {len(start) + 14} (0xe2) is not UTF-8 "
+                                              "(invalid continuation byte)"),
+        (start + b'[5], "x": "\\ud800"}', f"the body is not JSON: the escape \\ud800 at byte {len(start) + 11} is a "
+                                           "lone UTF-16 surrogate"),
+    ]
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.body is not None], ids=[r.path for r in ROUTES
+                                                                                   if r.body is not None])
+async def test_a_body_that_is_not_json_or_nests_too_deeply_is_a_400_saying_so(write_config: ConfigFactory,
+                                                                               bridge_client: AppClient,
+                                                                               route: Any) -> None:
+    """A body that is not JSON (malformed, cut short, bytes that are not UTF-8, a lone surrogate escape) is a 400
+    with the parser's reason and the byte where it failed, even when a value of the wrong type comes before it;
+    one nesting deeper than any body the API takes is refused as such, read no deeper than that (never to a
+    recursion limit); a number too large for any value is named. Nothing is changed or audited."""
+    client = await start(write_config, bridge_client, workers=False)
+    assert route.body is not None
+    field = msgspec.structs.fields(route.body)[0].name
+    for body, said in _malformed(field):
+        resp = await client.post(concrete(route.path), data=body, headers={**ADMIN, "Content-Type": "application/json"})
+        assert resp.status == 400 and resp.content_type == "application/json", (body[:40], await resp.text())
+        error = (await resp.json())["error"]
+        assert error.startswith(said), (body[:40], error)
+        assert "not JSON" in said or f"`$.{field}" in error, (body[:40], error)
+    assert (await get(client, "/admin/api/audit"))["items"] == []
+    assert (await get(client, "/admin/api/destinations"))["items"][0]["paused"] is False
+
+
+async def test_a_value_of_the_wrong_type_is_named_with_what_was_given(write_config: ConfigFactory,
+                                                                      bridge_client: AppClient) -> None:
+    """`ids` given as a number is a 400 quoting it and saying that `ids` takes a list of delivery ids."""
+    client = await start(write_config, bridge_client, workers=False)
+    resp = await client.post("/admin/api/replay", headers=ADMIN, json={"ids": 5})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == (
+        "invalid body: Expected `array`, got `int` - at `$.ids`; given 5; `ids` takes a list of up to 10000 items, "
+        "each text of 1 to 100 characters")
+
+
+async def test_a_time_filter_reads_deliveries_in_batches_not_one_query_per_row(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page under a time filter reads the store in batches of at least 200 whatever its `limit`: a `since_ms`
+    past every delivery, with `limit=1`, skips 30 deliveries in one read (not 31), and pages of 7 through those
+    in range list each once, one read a page."""
+    client = await start(write_config, bridge_client, workers=False)
+    for i in range(30):
+        assert (await client.post("/hooks/partner", json={"title": f"t{i}"})).status == 202
+    store = runtime(client).store
+    assert store is not None
+    reads: list[int] = []
+    read = store.list_deliveries
+
+    async def counted(flt: Any) -> Any:
+        reads.append(flt.limit)
+        return await read(flt)
+
+    monkeypatch.setattr(store, "list_deliveries", counted)
+    made = [r["created_at_ms"] for r in await deliveries(client, limit=100)]
+    reads.clear()
+    page = await get(client, "/admin/api/deliveries", since_ms=max(made) + 1, limit=1)
+    assert (page["items"], page["next_cursor"], page["scanned"]) == ([], None, 30)
+    assert len(reads) == 1 and reads[0] >= 200, reads
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    reads.clear()
+    while True:
+        page = await get(client, "/admin/api/deliveries", since_ms=min(made), limit=7,
+                         **({"cursor": cursor} if cursor else {}))
+        seen += [d["id"] for d in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 30 and seen == sorted(seen, reverse=True)
+    assert len(reads) == pages, (reads, pages)
