@@ -1025,3 +1025,104 @@ async def test_a_store_failing_the_gate_before_the_request_costs_no_try_and_tell
     assert "delivery.gate_failed" in events and "delivery.crashed" not in events, events
     # the requests made: a look-up and the send, and before them the look-up of the try the failing start stopped
     assert limiter.used() == 2 + (where == "start"), "a slot neither used nor given back"
+
+
+class FollowUps(FaultyStore):
+    """Claims every delivery as a conversation's follow-up (its ticket T-1 known), rendered by `render`, which reads
+    its event from the store (`get_event`, as the server's renderer does): the next reads raise `event_raises`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event_raises: list[Exception] = []
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> Any:
+        batch = await super().claim(destination, limit, owner, lease_s)
+        return msgspec.structs.replace(batch, items=[
+            msgspec.structs.replace(item, conversation="email:<root@example.com>", ticket={"id": "T-1"})
+            for item in batch.items])
+
+    async def get_event(self, event_id: str) -> Event:
+        if self.event_raises:
+            raise self.event_raises.pop(0)
+        return await super().get_event(event_id)
+
+    async def render(self, item: Any) -> Any:
+        await self.get_event(item.event_id)
+        return item
+
+
+def last_try() -> Destination:
+    """Kapture whose first try is its last: a try used goes dead."""
+    cfg = KaptureOptions(vendor="kapture", base_url=BASE, token="t", max_in_flight=4, timeout_seconds=5.0,
+                         retry=RetryConfig(schedule=[], jitter=0))
+    return Destination.from_config("kapture", cfg, BASE)
+
+
+@pytest.mark.parametrize("probe", [False, True])
+async def test_a_store_failing_a_follow_ups_render_costs_no_try_and_tells_the_breaker_nothing(probe: bool) -> None:
+    """A follow-up whose event the store cannot give as it is rendered (its ticket known) sends nothing: no attempt
+    is recorded, no try used (on its last try, it does not go dead), the breaker is told nothing, its slot at the
+    gate goes back, and `delivery.event_unread` says so. It is given back and sent once the store answers again;
+    the breaker's probe so given back leaves the breaker half-open, and the send that follows probes and closes
+    it."""
+    store = FollowUps()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    dest = last_try()
+    limiter = dest.limiter = SlidingWindowLimiter(100, 60)
+    gates = FailingGates("nowhere")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates, follow_ups=store.render)
+            d.start()
+            gate = d.lanes["kapture"].gate
+            if probe:
+                gate.breaker = Breaker(state="open", until=0.0)  # half-open: its first delivery is the probe
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert store.event_raises == []
+    assert [(r.classification, r.next_status, r.role) for r in store.records] == [
+        ("success", "succeeded", "follow_up")]
+    assert store.deliveries[delivery_id].row.attempts == 1
+    assert gates.outcomes == ["success"]
+    assert gate.breaker.state == "closed"
+    assert store.released == [delivery_id]
+    assert limiter.used() == 1, "the slot of the send not made was kept"
+    unread = [e for e in logs if e["event"] == "delivery.event_unread"]
+    assert [(e["delivery_id"], e["log_level"]) for e in unread] == [(delivery_id, "error")]
+    assert "to render the follow-up: postgresql: connection refused" in unread[0]["error"]
+    assert not {"delivery.crashed", "delivery.gate_failed"} & {e["event"] for e in logs}
+
+
+async def test_a_follow_up_whose_event_the_store_refuses_to_read_is_dead_and_tells_the_breaker_nothing() -> None:
+    """A follow-up whose event the store refuses to read for its data (StoreRefused: so it would on every try) is
+    settled unsent as `permanent` (dead, for an operator), its error naming the refusal: not given back to be
+    refused again at once, and the breaker is told nothing (the vendor was asked nothing)."""
+    store = FollowUps()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreRefused("value too long for the row", "54000"))
+    gates = FailingGates("nowhere")
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": destination()}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates, follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 0
+    [result] = store.records
+    assert (result.classification, result.next_status, result.http_status, result.unsent) == (
+        "permanent", "dead", None, True)
+    assert result.error == ("not sent: the store refused to read its event, to render the follow-up: value too long "
+                            "for the row")
+    assert gates.outcomes == []
+    assert store.released == []
+
