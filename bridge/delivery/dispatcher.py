@@ -553,7 +553,7 @@ class Lane:
     async def _store_failed(self, item: Claimed, exc: StoreUnavailable, blog: Any) -> None:
         """Give up, unsent, a delivery for which the store failed before its request went out: its gate could not
         be asked (the store that keeps the destination's rate limit and breaker: moving its slot as it started, or
-        admitting a look-up's request; `delivery.gate_failed`), or its event could not be read to
+        admitting a look-up's or a token's request; `delivery.gate_failed`), or its event could not be read to
         render it (a conversation's follow-up, or a create rendered again: EventUnread, `delivery.event_unread`).
         The vendor was asked nothing, so no attempt is recorded, no try used and the breaker told nothing. Its slot
         (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the delivery is given
@@ -753,15 +753,15 @@ class Lane:
 
     async def _looking_up(self, look: Callable[[Call], Awaitable[T]], deadline: Deadline | None = None) -> T:
         """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
-        makes: refused, they are renewed and `look` is made once more, as a send is. Each request waits for its
-        slot at the destination's gate (`Gate.admit_request`: its rate limit, a 429's pause), as a send does; the
-        delivery making it holds its in-flight slot meanwhile. Its requests end by `deadline` (a reconciliation's,
-        for both tries), else SearchStopped (`_call`)."""
+        makes: refused, they are renewed and `look` is made once more, as a send is. Each request, a token's for
+        its credentials too, waits for its slot at the destination's gate (`Gate.admit_request`: its rate limit, a
+        429's pause), as a send does; the delivery making it holds its in-flight slot meanwhile. Its requests end by
+        `deadline` (a reconciliation's, for both tries), else SearchStopped (`_call`)."""
         session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
         admit = self.gate.admit_request
         looking = authorized(session, self.dest.adapter.credentials,
                              lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
-                                                                       admit=admit)))
+                                                                       admit=admit)), admit=admit)
         if deadline is None:
             return await looking
         try:  # the reading of its answers too (off the loop, `read_answer_off_loop`) ends by the deadline, a moment

@@ -221,9 +221,10 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
                     *, on_lookup: Callable[[], Awaitable[None]] | None = None) -> Sent:
     """`on_send` is awaited just before each request goes out (a resend after refused credentials too): the rate
     limit notes the time, or holds a send that is late for its slot until it may go. `on_lookup` is awaited before
-    each request a look-up makes while the request is prepared (`Adapter.prepare`; each of its retries too): the
-    vendor counts those against its limit as well. The request and its look-ups carry the destination's credentials
-    (`authorized`): refused, they are renewed and the attempt made once more, in this attempt."""
+    each request a look-up makes while the request is prepared (`Adapter.prepare`; each of its retries too) and
+    before each request for a token (`authorized`): the vendor counts those against its limit as well. The request
+    and its look-ups carry the destination's credentials (`authorized`): refused, they are renewed and the attempt
+    made once more, in this attempt."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     answered: list[tuple[VendorRequest, Answer]] = []
@@ -260,7 +261,8 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
 
     try:
         status, excerpt, headers, outcome = await authorized(session, adapter.credentials, attempt,
-                                                             lambda a: a[3].classification == "auth")
+                                                             lambda a: a[3].classification == "auth",
+                                                             admit=on_lookup)
     except (MappingError, *LOOKUP_ERRORS) as exc:
         duration = (time.perf_counter() - t0) * 1000
         if not answered:

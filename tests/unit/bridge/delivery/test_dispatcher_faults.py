@@ -37,6 +37,7 @@ from bridge.store.base import (
     NewDelivery,
 )
 from bridge.store.memory import MemoryStore
+from bridge.vendors.base import VendorAuthFailed, VendorRequest
 from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
@@ -613,7 +614,8 @@ class NumberedTokens(TokenCredentials):
 
 async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
     """A send refused for its token (401) is made again with a new one: that second request is let out by the
-    destination's gate (its rate limit) as the first was, not around it."""
+    destination's gate (its rate limit) as the first was, not around it, and so is each token's request (the first
+    token's, the new one's): the vendor counts them all."""
     store = FaultyStore()
     [delivery_id] = await store.add()
     dest = destination()
@@ -633,7 +635,41 @@ async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
                 await d.stop(0.0)
         assert requests(m) == 2
     assert store.records[0].classification == "success"
-    assert gates.admitted == ["start", "request"]
+    assert gates.admitted == ["request", "start", "request", "request"]  # token, send, new token, resend
+
+
+class CheckingTickets(KaptureAdapter):
+    """A Kapture adapter that asks the vendor whether a follow-up's ticket is still there before it is sent."""
+
+    async def ticket_exists(self, ticket_id: str, call: Any) -> bool | None:
+        status, _ = await call(VendorRequest(method="GET", url=f"{self.base_url}/ticket/{ticket_id}", headers={},
+                                             body=b""))
+        return status == 200
+
+
+async def test_a_token_obtained_for_a_ticket_check_is_admitted_by_the_gate() -> None:
+    """The token a follow-up's ticket check obtains is let out by the destination's gate before the check, as the
+    check itself and the send after it are."""
+    store = FollowUps()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter = CheckingTickets("kapture", dest.config, BASE)
+    dest.adapter.credentials = NumberedTokens("kapture")
+    gates = CountingGates()
+    with aioresponses() as m:
+        m.get(BASE + "/ticket/T-1", status=200, body="{}", response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates, follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert store.records[0].classification == "success"
+    assert gates.admitted == ["request", "request", "start"]  # the token, the check, the send
 
 
 class LookingUp(KaptureAdapter):
@@ -762,13 +798,15 @@ async def test_a_probe_given_up_for_its_lease_is_given_back_to_the_breaker() -> 
 
 
 class HeldRequests(LocalCoordination):
-    """Gates whose requests beside a send (`admit_request`: a resend after a refused token) wait, once let out,
-    until `go` is set: a process stalled between a refusal and its resend."""
+    """Gates whose requests beside a send (`admit_request`: a new token's and a resend's after a refused token)
+    made once `holding()` is true wait, once let out, until `go` is set: a process stalled between a refusal and its
+    resend."""
 
     def __init__(self) -> None:
         super().__init__()
         self.go = asyncio.Event()
         self.waiting = 0
+        self.holding: Callable[[], bool] = lambda: True
 
     def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
         held = super().gate(destination, rate, limiter)
@@ -776,8 +814,9 @@ class HeldRequests(LocalCoordination):
 
         async def admit_request() -> None:
             await requests()
-            self.waiting += 1
-            await self.go.wait()
+            if self.holding():
+                self.waiting += 1
+                await self.go.wait()
 
         held.admit_request = admit_request  # type: ignore[method-assign]
         return held
@@ -794,6 +833,7 @@ async def test_a_refused_probe_whose_resend_is_given_up_for_its_lease_keeps_its_
     limiter = dest.limiter = SlidingWindowLimiter(5, 3600.0)
     coordination, ticking = HeldRequests(), Ticking()
     with aioresponses() as m:
+        coordination.holding = lambda: requests(m) == 1  # from the refusal on
         m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"})),
                repeat=True, response_class=MockResponse)
         async with aiohttp.ClientSession() as session:
@@ -802,12 +842,14 @@ async def test_a_refused_probe_whose_resend_is_given_up_for_its_lease_keeps_its_
             d.start()
             d.lanes["kapture"].breaker = Breaker(state="open", until=0.0)  # half-open: its first send is the probe
             try:
-                await eventually(lambda: coordination.waiting == 1)  # refused; the resend waits, its slot taken
+                await eventually(lambda: coordination.waiting == 1)  # refused; the new token waits, its slot taken
                 ticking.now += 2.4  # past 3 s less a quarter
                 coordination.go.set()
                 await eventually(lambda: delivery_id in store.released)
                 assert d.lanes["kapture"].breaker.state == "open"
-                assert limiter.used() == 2  # the refused request, and the slot its resend took before giving up
+                # the first token's, the refused request, the new token's and the slot its resend took before
+                # giving up
+                assert limiter.used() == 4
             finally:
                 await d.stop(0.0)
         assert requests(m) == 1
@@ -954,16 +996,16 @@ async def test_a_bug_past_the_attempts_own_net_is_logged_and_the_lane_goes_on() 
 
 class FailingGates(LocalCoordination):
     """Gates kept by a store that fails: the next `fails` sends' starts (`where="start"`), or requests beside a send
-    (`where="look-up"`: `admit_request`), raise StoreUnavailable, as a shared gate's round trip does while its
-    database is unreachable. Each classification fed to the breaker is noted (`outcomes`)."""
+    (`where="look-up"`: `admit_request`), made once `when()` is true, raise StoreUnavailable, as a shared gate's round
+    trip does while its database is unreachable. Each classification fed to the breaker is noted (`outcomes`)."""
 
-    def __init__(self, where: str, fails: int = 1) -> None:
+    def __init__(self, where: str, fails: int = 1, when: Callable[[], bool] = lambda: True) -> None:
         super().__init__()
-        self.where, self.fails = where, fails
+        self.where, self.fails, self.when = where, fails, when
         self.outcomes: list[str] = []
 
     def failing(self, where: str) -> None:
-        if self.where == where and self.fails > 0:
+        if self.where == where and self.fails > 0 and self.when():
             self.fails -= 1
             raise StoreUnavailable("postgresql: connection refused")
 
@@ -1126,3 +1168,46 @@ async def test_a_follow_up_whose_event_the_store_refuses_to_read_is_dead_and_tel
     assert gates.outcomes == []
     assert store.released == []
 
+
+class RefusedLookUp(KaptureAdapter):
+    """A Kapture adapter that looks a value up while it prepares its request, and raises VendorAuthFailed when the
+    look-up is refused (401), as Netgroot's subject list does."""
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        status, body = await fetch(self.base_url + "/lookup", {})
+        if status == 401:
+            raise VendorAuthFailed("the look-up was refused (HTTP 401)")
+        return {**fields, "title": body.decode()}
+
+
+async def test_a_renewal_the_store_keeps_back_after_a_refused_look_up_is_given_back_unsent() -> None:
+    """A token refused by a look-up made while the send was prepared, whose renewal the store keeps back: nothing of
+    the send was written, so it goes as at the gate: no attempt recorded, no try used, the breaker told nothing;
+    the delivery is given back and sent once the store answers again."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = last_try()
+    dest.adapter = RefusedLookUp("kapture", dest.config, BASE)
+    creds = dest.adapter.credentials = NumberedTokens("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        # the new token's request, the first let out once the look-up was refused
+        gates = FailingGates("look-up", when=lambda: len(m.requests.get(("GET", URL(BASE + "/lookup")), [])) == 1)
+        m.get(BASE + "/lookup", status=401, body="token expired", response_class=MockResponse)
+        m.get(BASE + "/lookup", status=200, body="Router down", repeat=True, response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert (gates.fails, creds.obtained) == (0, 1)  # the new token was not asked for
+    assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
+    assert store.deliveries[delivery_id].row.attempts == 1
+    assert gates.outcomes == ["success"]
+    assert store.released == [delivery_id]
+    events = [e["event"] for e in logs]
+    assert "delivery.gate_failed" in events and "delivery.crashed" not in events, events
