@@ -497,15 +497,26 @@ class Lane:
         (`retry`, `auth`: a look-up refused or failing, a crash before the write): were it the breaker's probe, it is
         given back (`_deliver`), so that the breaker stays half-open and the next delivery is the probe, rather
         than be closed by a vendor that answered nothing. A rate limit a look-up met pauses the destination all
-        the same. A stop that cuts this short (the gate's round trip on PostgreSQL) is returned, not raised: the
-        vendor's answer is known all the same, and the caller records it (shielded, and tried once: `_record`)
-        before raising the stop, rather than leave it to the stop as unknown, or lose a success to be sent again."""
+        the same. A send whose request was refused for its credentials and whose resend the store kept from going
+        out (`Sent.resend_unsent`) tells the breaker nothing either (an old token refused, then the store failing,
+        says nothing of the vendor), unless it is the probe: its request went out, so its slot stays used and the
+        breaker is told the refusal, its answer, as when such a resend is given up for its lease. A stop that cuts
+        this short (the gate's round trip on PostgreSQL) is returned, not raised: the vendor's answer is known all
+        the same, and the caller records it (shielded, and tried once: `_record`) before raising the stop, rather
+        than leave it to the stop as unknown, or lose a success to be sent again."""
         kind = sent.outcome.classification
         breaker: str | None = "retry" if kind == UNKNOWN else kind
         if kind == "reconciled":
             breaker = "success"
         elif unsent and kind not in DESTINATION_FAILURES:
             breaker = None
+        elif sent.resend_unsent:
+            breaker = "auth" if admission.probe else None
+            blog.error("delivery.resend_unsent", error=sent.outcome.error, status=sent.http_status,
+                       probe=admission.probe,
+                       note="its request was refused for its credentials and the store failed before the resend "
+                            "went out: recorded as that refusal, a retry; the breaker is told nothing (the breaker's "
+                            "probe: the refusal)")
         try:
             if breaker in DESTINATION_FAILURES or sent.http_status == 429:
                 # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause)

@@ -1169,6 +1169,54 @@ async def test_a_follow_up_whose_event_the_store_refuses_to_read_is_dead_and_tel
     assert store.released == []
 
 
+@pytest.mark.parametrize(("failing", "probe"), [("token", False), ("resend", False), ("resend", True)])
+async def test_a_resend_the_store_keeps_back_after_a_refused_token_is_recorded_as_the_refusal(
+        failing: str, probe: bool) -> None:
+    """A send refused for its token (401) whose resend the store keeps from going out (the gate's store failing
+    as the new token's request, or the resend itself, is let out) is no crash and no unknown outcome: one request
+    was written, and its answer, a refusal, says the vendor did not act on it. The attempt is recorded as that
+    refusal (its status and exchange), a `retry` on the schedule, its error saying the resend was not made; the
+    breaker is told nothing (an old token refused, then the store failing, says nothing of the vendor), unless it
+    was the probe, whose answer the refusal is. The slot of the request written stays used."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    limiter = dest.limiter = SlidingWindowLimiter(100, 60)
+    creds = dest.adapter.credentials = NumberedTokens("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        refused = (lambda: requests(m) == 1) if failing == "token" else (lambda: creds.obtained == 2)
+        gates = FailingGates("look-up", when=refused)
+        m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"})),
+               repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            gate = d.lanes["kapture"].gate
+            if probe:
+                gate.breaker = Breaker(state="open", until=0.0)  # half-open: its first delivery is the probe
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert gates.fails == 0
+    [result] = store.records
+    assert (result.classification, result.next_status, result.http_status) == ("retry", "pending", 401)
+    assert result.error == ("HTTP 401: the vendor refused the credentials: token expired; its resend with renewed "
+                            "credentials was not made: the store failed before it went out: postgresql: connection "
+                            "refused")
+    assert result.exchange is not None and result.exchange["request"]["headers"]["Authorization"] == "[redacted]"
+    assert result.exchange["response_headers"] == {"Content-Type": "application/json"}
+    assert result.response_excerpt is not None and "token expired" in result.response_excerpt
+    assert store.deliveries[delivery_id].row.in_doubt_since_ms is None
+    assert gates.outcomes == (["auth"] if probe else [])
+    assert gate.breaker.state == ("open" if probe else "closed")
+    assert limiter.used() == 2 + (failing == "resend"), "the slot of the request written was given back"
+    events = [e["event"] for e in logs]
+    assert "delivery.resend_unsent" in events and "delivery.crashed" not in events, events
+
+
 class RefusedLookUp(KaptureAdapter):
     """A Kapture adapter that looks a value up while it prepares its request, and raises VendorAuthFailed when the
     look-up is refused (401), as Netgroot's subject list does."""
