@@ -93,10 +93,11 @@ class Gate(ABC):
 
     @abstractmethod
     async def admit_request(self) -> None:
-        """One more request made for a send already admitted (its resend after a refused credential, a
-        reconciliation's or a ticket check's look-up): waits until the rate limit and a 429's pause let it go,
-        and counts it there, as a send. The breaker and an operator's hold are not asked again: the send it is
-        made for was admitted (maybe as the breaker's probe, whose answer this request may be)."""
+        """One more request made for a send already admitted (its resend after a refused credential, a look-up made
+        while it is prepared, a reconciliation's or a ticket check's look-up, a token's request for its credentials:
+        OAuth2's, Netgroot's Login): waits until the rate limit and a 429's pause let it go, and counts it there, as
+        a send. The breaker and an operator's hold are not asked again: the send it is made for was admitted (maybe
+        as the breaker's probe, whose answer this request may be)."""
 
     async def keep_probe(self) -> None:  # noqa: B027 - optional hook
         """Renew the hold of a probe this process has out (a gate shared between processes)."""

@@ -201,6 +201,11 @@ class LeaseExpired(Exception):
     """A send's lease may have run out before its request was written: it is not sent (`Lane.check_lease`)."""
 
 
+class EventUnread(StoreUnavailable):
+    """The store failed as a conversation's message was to be rendered (a follow-up, or a create rendered again: its
+    event read from the store): nothing was sent, and the delivery is given back unsent (`Lane._store_failed`)."""
+
+
 class Lane:
     def __init__(self, dispatcher: Dispatcher, dest: Destination) -> None:
         self.dispatcher = dispatcher
@@ -413,7 +418,7 @@ class Lane:
     async def _send_and_record(self, item: Claimed, slot: SendSlot) -> None:
         """Send `item` once its `slot` at the gate lets it (`SendSlot.start`), and record the attempt. A bug, while
         it is prepared as well as sent, costs it an attempt (`crashed`), recorded like any other; the store failing
-        the gate before the request went out (`_gate_failed`) does not."""
+        before the request went out (the gate, or the read of a follow-up's event: `_store_failed`) does not."""
         d = self.dispatcher
         blog = self.log.bind(delivery_id=item.id, event_id=item.event_id, mapping=item.mapping)
         role: Literal["create", "follow_up"] | None = None
@@ -447,7 +452,7 @@ class Lane:
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             if isinstance(exc, StoreUnavailable) and item.id not in self.written:
-                await self._gate_failed(item, exc, blog)
+                await self._store_failed(item, exc, blog)
                 return
             blog.exception("delivery.crashed", written=item.id in self.written)
             sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
@@ -492,15 +497,26 @@ class Lane:
         (`retry`, `auth`: a look-up refused or failing, a crash before the write): were it the breaker's probe, it is
         given back (`_deliver`), so that the breaker stays half-open and the next delivery is the probe, rather
         than be closed by a vendor that answered nothing. A rate limit a look-up met pauses the destination all
-        the same. A stop that cuts this short (the gate's round trip on PostgreSQL) is returned, not raised: the
-        vendor's answer is known all the same, and the caller records it (shielded, and tried once: `_record`)
-        before raising the stop, rather than leave it to the stop as unknown, or lose a success to be sent again."""
+        the same. A send whose request was refused for its credentials and whose resend the store kept from going
+        out (`Sent.resend_unsent`) tells the breaker nothing either (an old token refused, then the store failing,
+        says nothing of the vendor), unless it is the probe: its request went out, so its slot stays used and the
+        breaker is told the refusal, its answer, as when such a resend is given up for its lease. A stop that cuts
+        this short (the gate's round trip on PostgreSQL) is returned, not raised: the vendor's answer is known all
+        the same, and the caller records it (shielded, and tried once: `_record`) before raising the stop, rather
+        than leave it to the stop as unknown, or lose a success to be sent again."""
         kind = sent.outcome.classification
         breaker: str | None = "retry" if kind == UNKNOWN else kind
         if kind == "reconciled":
             breaker = "success"
         elif unsent and kind not in DESTINATION_FAILURES:
             breaker = None
+        elif sent.resend_unsent:
+            breaker = "auth" if admission.probe else None
+            blog.error("delivery.resend_unsent", error=sent.outcome.error, status=sent.http_status,
+                       probe=admission.probe,
+                       note="its request was refused for its credentials and the store failed before the resend "
+                            "went out: recorded as that refusal, a retry; the breaker is told nothing (the breaker's "
+                            "probe: the refusal)")
         try:
             if breaker in DESTINATION_FAILURES or sent.http_status == 429:
                 # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause)
@@ -545,16 +561,24 @@ class Lane:
                         "sender may hold it now; no attempt is recorded")
         await self.dispatcher.release([item.id])
 
-    async def _gate_failed(self, item: Claimed, exc: StoreUnavailable, blog: Any) -> None:
-        """Give up, unsent, a delivery whose gate could not be asked (the store that keeps the destination's rate
-        limit and breaker failed: moving its slot as it started, or admitting a look-up's request) before its
-        request went out: the vendor was asked nothing, so no attempt is recorded, no try used and the breaker told
-        nothing. Its slot (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the
-        delivery is given back due now, or, the store still down, once its lease runs out."""
+    async def _store_failed(self, item: Claimed, exc: StoreUnavailable, blog: Any) -> None:
+        """Give up, unsent, a delivery for which the store failed before its request went out: its gate could not
+        be asked (the store that keeps the destination's rate limit and breaker: moving its slot as it started, or
+        admitting a look-up's or a token's request; `delivery.gate_failed`), or its event could not be read to
+        render it (a conversation's follow-up, or a create rendered again: EventUnread, `delivery.event_unread`).
+        The vendor was asked nothing, so no attempt is recorded, no try used and the breaker told nothing. Its slot
+        (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the delivery is given
+        back due now, or, the store still down, once its lease runs out."""
         self._answered(item.id)
-        blog.error("delivery.gate_failed", error=str(exc),
-                   note="not sent: the store failed before its request went out; no attempt is recorded and no try "
-                        "used: it is sent once the store is back (given back now, or when its lease runs out)")
+        if isinstance(exc, EventUnread):
+            blog.error("delivery.event_unread", error=str(exc),
+                       note="not sent: the store failed as its event was read to render it; no attempt is recorded "
+                            "and no try used: it is rendered and sent once the store is back (given back now, or "
+                            "when its lease runs out)")
+        else:
+            blog.error("delivery.gate_failed", error=str(exc),
+                       note="not sent: the store failed before its request went out; no attempt is recorded and no "
+                            "try used: it is sent once the store is back (given back now, or when its lease runs out)")
         await self.dispatcher.release([item.id])
 
     def _redacted(self, sent: Sent, item: Claimed) -> Sent:
@@ -740,15 +764,15 @@ class Lane:
 
     async def _looking_up(self, look: Callable[[Call], Awaitable[T]], deadline: Deadline | None = None) -> T:
         """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
-        makes: refused, they are renewed and `look` is made once more, as a send is. Each request waits for its
-        slot at the destination's gate (`Gate.admit_request`: its rate limit, a 429's pause), as a send does; the
-        delivery making it holds its in-flight slot meanwhile. Its requests end by `deadline` (a reconciliation's,
-        for both tries), else SearchStopped (`_call`)."""
+        makes: refused, they are renewed and `look` is made once more, as a send is. Each request, a token's for
+        its credentials too, waits for its slot at the destination's gate (`Gate.admit_request`: its rate limit, a
+        429's pause), as a send does; the delivery making it holds its in-flight slot meanwhile. Its requests end by
+        `deadline` (a reconciliation's, for both tries), else SearchStopped (`_call`)."""
         session, timeout_s = self.dispatcher.session, self.dest.config.timeout_seconds
         admit = self.gate.admit_request
         looking = authorized(session, self.dest.adapter.credentials,
                              lambda auth: look(functools.partial(_call, session, timeout_s, auth, deadline,
-                                                                       admit=admit)))
+                                                                       admit=admit)), admit=admit)
         if deadline is None:
             return await looking
         try:  # the reading of its answers too (off the loop, `read_answer_off_loop`) ends by the deadline, a moment
@@ -804,8 +828,11 @@ class Lane:
             return item
         try:
             return await render(item)
-        except StoreUnavailable as exc:
-            return Outcome(classification="retry", error=f"not sent: its event could not be read: {exc}")
+        except StoreRefused as exc:  # the store refuses to read it for its data: so it would on every try
+            return Outcome(classification="permanent", error=f"not sent: the store refused to read its event, to "
+                                                             f"render the {what}: {exc}")
+        except StoreUnavailable as exc:  # not sent, no try used: given back, rendered once the store is back
+            raise EventUnread(f"its event could not be read, to render the {what}: {exc}") from exc
         except Exception as exc:  # a bug must settle the follow-up like a render failure, not kill its task
             self.log.exception("delivery.follow_up_crashed", delivery_id=item.id, event_id=item.event_id)
             return Outcome(classification="permanent",

@@ -18,7 +18,7 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
 from bridge.delivery.exchange import clip, exchange
-from bridge.errors import BridgeError, MappingError
+from bridge.errors import BridgeError, MappingError, StoreUnavailable
 from bridge.escaping import NUL, header_problem
 from bridge.store.base import Claimed
 from bridge.vendors.base import ID_CHARS as ID_CHARS  # noqa: PLC0414 - where the delivery loop has imported it from
@@ -183,6 +183,10 @@ class Sent:
     http_status: int | None
     excerpt: str | None
     exchange: dict[str, Any] | None = None
+    resend_unsent: bool = False
+    """The request written was refused for its credentials, and the store failed before its resend went out: the
+    attempt ends with that refusal (`send_once`), which tells nothing of the vendor's health (its old token was
+    refused; the store failed): the breaker is told nothing of it unless it was the probe (`Lane._answer_gate`)."""
 
 
 Answer = tuple[int | None, str | None, dict[str, str] | None, Outcome]
@@ -221,9 +225,16 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
                     *, on_lookup: Callable[[], Awaitable[None]] | None = None) -> Sent:
     """`on_send` is awaited just before each request goes out (a resend after refused credentials too): the rate
     limit notes the time, or holds a send that is late for its slot until it may go. `on_lookup` is awaited before
-    each request a look-up makes while the request is prepared (`Adapter.prepare`; each of its retries too): the
-    vendor counts those against its limit as well. The request and its look-ups carry the destination's credentials
-    (`authorized`): refused, they are renewed and the attempt made once more, in this attempt."""
+    each request a look-up makes while the request is prepared (`Adapter.prepare`; each of its retries too) and
+    before each request for a token (`authorized`): the vendor counts those against its limit as well. The request
+    and its look-ups carry the destination's credentials (`authorized`): refused, they are renewed and the attempt
+    made once more, in this attempt.
+
+    The store failing (StoreUnavailable, from `on_send` or `on_lookup`: a gate kept in the database) before any
+    request of the send was written is raised: nothing reached the vendor. Once a request was written and refused
+    for its credentials, the store failing before its resend went out (the new token's slot, a look-up's, the
+    resend's own) ends the attempt with that refusal, the one answer the vendor gave: a `retry` keeping its status,
+    excerpt and exchange, its error saying the resend was not made (`Sent.resend_unsent`)."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     answered: list[tuple[VendorRequest, Answer]] = []
@@ -260,7 +271,20 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
 
     try:
         status, excerpt, headers, outcome = await authorized(session, adapter.credentials, attempt,
-                                                             lambda a: a[3].classification == "auth")
+                                                             lambda a: a[3].classification == "auth",
+                                                             admit=on_lookup)
+    except StoreUnavailable as exc:
+        if not answered:
+            raise  # nothing was written: the caller gives the delivery back unsent
+        # The one request written was refused for its credentials and answered (`authorized` makes a resend only
+        # then); its resend, not written, needed the store. The vendor acted on neither.
+        request, (status, excerpt, headers, refusal) = answered[0]
+        outcome = Outcome(classification="retry",
+                          error=f"{refusal.error}; its resend with renewed credentials was not made: the store "
+                                f"failed before it went out: {exc}")
+        return Sent(outcome, started_ms, (time.perf_counter() - t0) * 1000, status, excerpt,
+                    exchange(request.method, request.url, request.headers, request.body, headers,
+                             hidden=frozenset(hidden)), resend_unsent=True)
     except (MappingError, *LOOKUP_ERRORS) as exc:
         duration = (time.perf_counter() - t0) * 1000
         if not answered:

@@ -6,7 +6,8 @@ Every request to a vendor (a send and the look-ups it makes, a reconciliation, a
 through `authorized`: it asks `headers()`, makes the request with them, and after a refusal calls `renew()` with
 the headers it sent and makes the request once more. Concurrent senders share one token and
 one log-in: a token is obtained by one coroutine at a time, and a renewal asked for a token that another
-coroutine has already replaced costs nothing.
+coroutine has already replaced costs nothing. A token's request waits for `admit` (the destination's gate: its
+rate limit), as every other request to the vendor does, when the caller gives one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ REFUSAL_HOLD_SECONDS = 30.0
 
 
 T = TypeVar("T")
+Admit = Callable[[], Awaitable[None]]
+"""Awaited just before a request to the vendor goes out: the destination's gate (`Gate.admit_request`), which
+counts it against the rate limit and holds it through a 429's pause."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,14 @@ class Credentials(ABC):
     renewable: ClassVar[bool] = False
 
     @abstractmethod
-    async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
-        """The headers to add to the next request. May raise VendorAuthFailed (the vendor refused the
-        credentials), VendorUnavailable or a transport error (try later)."""
+    async def headers(self, session: aiohttp.ClientSession, admit: Admit | None = None) -> dict[str, str]:
+        """The headers to add to the next request; a request made to obtain them (a token's) waits for `admit`
+        first. May raise VendorAuthFailed (the vendor refused the credentials), VendorUnavailable or a transport
+        error (try later), and whatever `admit` raises."""
 
-    async def renew(self, session: aiohttp.ClientSession, sent: dict[str, str]) -> bool:
-        """After the vendor refused `sent`: whether newer credentials are now available to try once more."""
+    async def renew(self, session: aiohttp.ClientSession, sent: dict[str, str], admit: Admit | None = None) -> bool:
+        """After the vendor refused `sent`: whether newer credentials are now available to try once more (a
+        request made to obtain them waits for `admit` first)."""
         return False
 
     async def close(self, session: aiohttp.ClientSession) -> None:  # noqa: B027 - most credentials hold nothing
@@ -79,7 +85,7 @@ class StaticCredentials(Credentials):
     def __init__(self, headers: dict[str, str]) -> None:
         self._headers = dict(headers)
 
-    async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+    async def headers(self, session: aiohttp.ClientSession, admit: Admit | None = None) -> dict[str, str]:
         return dict(self._headers)
 
     def held(self) -> frozenset[str]:
@@ -139,7 +145,10 @@ class TokenCredentials(Credentials):
             return token
         return None
 
-    async def _get(self, session: aiohttp.ClientSession, refused: str | None = None) -> Token:
+    async def _get(self, session: aiohttp.ClientSession, refused: str | None = None,
+                   admit: Admit | None = None) -> Token:
+        """The token to send: the one kept while it is fresh (and not `refused`), else a new one, its request let
+        out by `admit` (the destination's gate) as any other request to the vendor; none while a refusal holds."""
         found = self._current(refused)
         if found is not None:
             return found
@@ -150,6 +159,8 @@ class TokenCredentials(Credentials):
             reason = "refused" if refused is not None else "expired" if self.token is not None else "first use"
             if self._refused is not None and self.clock() < self._refused[1]:
                 raise self._refused[0]
+            if admit is not None:
+                await admit()  # the vendor counts the token's request against its limit too
             self.attempts += 1
             try:
                 token = await self._obtain_usable(session)
@@ -163,14 +174,14 @@ class TokenCredentials(Credentials):
         log.info("vendor.token_obtained", destination=self.destination, reason=reason, expires_in_s=expires_in)
         return token
 
-    async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
-        return self.header_for(await self._get(session))
+    async def headers(self, session: aiohttp.ClientSession, admit: Admit | None = None) -> dict[str, str]:
+        return self.header_for(await self._get(session, admit=admit))
 
-    async def renew(self, session: aiohttp.ClientSession, sent: dict[str, str]) -> bool:
+    async def renew(self, session: aiohttp.ClientSession, sent: dict[str, str], admit: Admit | None = None) -> bool:
         token = self.token
         if token is None or sent != self.header_for(token):
             return True  # a newer token is already there (or the sent one is gone): try with it
-        await self._get(session, refused=token.value)
+        await self._get(session, refused=token.value, admit=admit)
         return True
 
     def held(self) -> frozenset[str]:
@@ -188,22 +199,24 @@ class TokenCredentials(Credentials):
 
 async def authorized(session: aiohttp.ClientSession, credentials: Credentials | None,
                      attempt: Callable[[dict[str, str]], Awaitable[T]],
-                     refused: Callable[[T], bool] = lambda _: False) -> T:
+                     refused: Callable[[T], bool] = lambda _: False, *, admit: Admit | None = None) -> T:
     """`attempt` (one or more requests to a vendor) made with the destination's credential headers. When the
     vendor refuses them (`attempt` raises VendorAuthFailed, or `refused` says so of its result) and the
-    credentials have a lifetime, new ones are obtained and `attempt` is made once more, never more. What
-    obtaining credentials raises (VendorAuthFailed, VendorUnavailable, a transport error) is raised."""
+    credentials have a lifetime, new ones are obtained and `attempt` is made once more, never more. A request
+    made to obtain credentials (a token's) waits for `admit` first, as `attempt`'s own requests do theirs. What
+    obtaining credentials raises (VendorAuthFailed, VendorUnavailable, a transport error, what `admit` raises) is
+    raised."""
     if credentials is None:
         return await attempt({})
-    sent = await credentials.headers(session)
+    sent = await credentials.headers(session, admit)
     try:
         result = await attempt(sent)
     except VendorAuthFailed:
-        if not credentials.renewable or not await credentials.renew(session, sent):
+        if not credentials.renewable or not await credentials.renew(session, sent, admit):
             raise
-        return await attempt(await credentials.headers(session))
-    if credentials.renewable and refused(result) and await credentials.renew(session, sent):
-        return await attempt(await credentials.headers(session))
+        return await attempt(await credentials.headers(session, admit))
+    if credentials.renewable and refused(result) and await credentials.renew(session, sent, admit):
+        return await attempt(await credentials.headers(session, admit))
     return result
 
 

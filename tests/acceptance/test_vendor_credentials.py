@@ -89,6 +89,24 @@ async def test_a_revoked_token_is_renewed_once_and_the_delivery_succeeds(write_c
     assert sim.logins == 2
 
 
+async def test_a_log_in_waits_for_its_slot_in_the_rate_limit(write_config: ConfigFactory,
+                                                              bridge_client: AppClient) -> None:
+    """The Login a delivery makes for its token counts against the destination's rate limit, as the ticket it
+    files does: with one request allowed in 0.2 s, the CRM sees the Login and the CreateTicket at least 0.2 s
+    apart, not back to back."""
+    dest = ISP.replace("type_id: 1,", "type_id: 1, rate_limit: {requests: 1, per_seconds: 0.2},")
+    mapping = {"m": MAPPING["m"].replace('subject: "{{ payload.subject }}"', "subject_id: 2")}  # no look-up
+    client = await bridge_client(write_config(CONFIG.replace(f"isp: {ISP}", f"isp: {dest}"), mapping,
+                                              environ={"ISP_PASSWORD": "sandbox-password"}))
+    sim: NetgrootSimulator = runtime(client).simulators["netgroot"]
+    await post(client, 1, 0)
+    (detail,) = await all_settled(client, 1)
+    assert detail.delivery.status == "succeeded"
+    arrived = [(e["path"].rsplit("/", 1)[-1], e["t"]) for e in sim.received.entries]
+    assert [path for path, _ in arrived] == ["Login", "CreateTicket"]
+    assert arrived[1][1] - arrived[0][1] >= 0.2
+
+
 async def test_a_wrong_password_is_auth_and_names_the_fix(write_config: ConfigFactory,
                                                           bridge_client: AppClient) -> None:
     """A refused log-in makes the delivery dead with `auth`, its error naming the keys to fix."""

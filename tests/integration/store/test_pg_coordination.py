@@ -24,6 +24,7 @@ from bridge.store.base import ClaimBatch, NewDelivery
 from bridge.store.memory import MemoryStore
 from bridge.store.pg_coordination import HOLD_RECHECK_S, PgGate
 from bridge.store.postgres import PostgresStore
+from bridge.vendors.http import HttpOptions
 from bridge.vendors.kapture import CREATE_PATH, KaptureOptions
 from tests.conftest import eventually
 from tests.integration.processes import DSN
@@ -351,8 +352,8 @@ class MockResponse(aiohttp.ClientResponse):
         super().__init__(method, url, **kwargs)
 
 
-class FollowUps(MemoryStore):
-    """The in-memory store, born open, claiming every delivery as a follow-up of a conversation with ticket T-1."""
+class Queue(MemoryStore):
+    """The in-memory store, born open, holding the deliveries `add` makes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -364,6 +365,10 @@ class FollowUps(MemoryStore):
                                               action="create_ticket", body={"title": delivery_id})], 0)
         kept = self.deliveries[delivery_id]
         kept.row = msgspec.structs.replace(kept.row, next_attempt_at_ms=due_ms)
+
+
+class FollowUps(Queue):
+    """The queue, claiming every delivery as a follow-up of a conversation with ticket T-1."""
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
         batch = await super().claim(destination, limit, owner, lease_s)
@@ -419,3 +424,35 @@ async def test_a_probe_settled_without_a_send_gives_its_mark_back_and_the_next_s
     assert starts == [(True, "half_open")]
     assert [store.deliveries[i].row.status for i in ("dlv_broken", "dlv_after")] == ["dead", "succeeded"]
     assert (await gate.view()).breaker == "closed"
+
+
+async def test_a_token_request_takes_a_slot_in_the_shared_window(two: tuple[PostgresStore, PostgresStore]) -> None:
+    """The OAuth2 token an http destination obtains for a send is let out by the shared gate, as the send itself
+    is: the window every process counts holds both requests, and another process is granted what is left. (One
+    send in flight at most: the lane asks for no slot beside it, which a claim finding nothing gives back.)"""
+    a, b = two
+    rate = RateLimit(requests=4, per_seconds=60)
+    base = "http://api.test"
+    cfg = msgspec.convert({"vendor": "http", "base_url": base, "path": "/tickets", "ticket_id_path": "data.id",
+                           "rate_limit": {"requests": 4, "per_seconds": 60}, "timeout_seconds": 5.0,
+                           "max_in_flight": 1,
+                           "auth": {"oauth2": {"token_url": "/oauth/token", "client_id": "c", "client_secret": "s"}}},
+                          HttpOptions)
+    store = Queue()
+    await store.add("dlv_1", store.clock())
+    with aioresponses() as m:
+        m.post(base + "/oauth/token", status=200, payload={"access_token": "tok-1", "expires_in": 3600},
+               response_class=MockResponse)
+        m.post(base + "/tickets", status=201, payload={"data": {"id": "T-2"}}, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"lsq": Destination.from_config("lsq", cfg, base)},
+                           coordination=a.coordination(), timings=Timings(store_retry_s=0.01, poll_s=3600.0))
+            d.start()
+            try:
+                await eventually(lambda: store.deliveries["dlv_1"].row.status == "succeeded")
+            finally:
+                await d.stop(0.0)
+        assert [key[1].path for key in m.requests] == ["/oauth/token", "/tickets"]
+    other = b.coordination().gate("lsq", rate)
+    assert (await other.view()).rate_used == 2
+    assert (await other.admit(4)).granted == 2

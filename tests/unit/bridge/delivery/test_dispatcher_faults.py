@@ -37,6 +37,7 @@ from bridge.store.base import (
     NewDelivery,
 )
 from bridge.store.memory import MemoryStore
+from bridge.vendors.base import VendorAuthFailed, VendorRequest
 from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 
@@ -613,7 +614,8 @@ class NumberedTokens(TokenCredentials):
 
 async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
     """A send refused for its token (401) is made again with a new one: that second request is let out by the
-    destination's gate (its rate limit) as the first was, not around it."""
+    destination's gate (its rate limit) as the first was, not around it, and so is each token's request (the first
+    token's, the new one's): the vendor counts them all."""
     store = FaultyStore()
     [delivery_id] = await store.add()
     dest = destination()
@@ -633,7 +635,41 @@ async def test_a_resend_after_a_token_renewal_is_admitted_by_the_gate() -> None:
                 await d.stop(0.0)
         assert requests(m) == 2
     assert store.records[0].classification == "success"
-    assert gates.admitted == ["start", "request"]
+    assert gates.admitted == ["request", "start", "request", "request"]  # token, send, new token, resend
+
+
+class CheckingTickets(KaptureAdapter):
+    """A Kapture adapter that asks the vendor whether a follow-up's ticket is still there before it is sent."""
+
+    async def ticket_exists(self, ticket_id: str, call: Any) -> bool | None:
+        status, _ = await call(VendorRequest(method="GET", url=f"{self.base_url}/ticket/{ticket_id}", headers={},
+                                             body=b""))
+        return status == 200
+
+
+async def test_a_token_obtained_for_a_ticket_check_is_admitted_by_the_gate() -> None:
+    """The token a follow-up's ticket check obtains is let out by the destination's gate before the check, as the
+    check itself and the send after it are."""
+    store = FollowUps()
+    [delivery_id] = await store.add()
+    dest = destination()
+    dest.adapter = CheckingTickets("kapture", dest.config, BASE)
+    dest.adapter.credentials = NumberedTokens("kapture")
+    gates = CountingGates()
+    with aioresponses() as m:
+        m.get(BASE + "/ticket/T-1", status=200, body="{}", response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates, follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert store.records[0].classification == "success"
+    assert gates.admitted == ["request", "request", "start"]  # the token, the check, the send
 
 
 class LookingUp(KaptureAdapter):
@@ -762,13 +798,15 @@ async def test_a_probe_given_up_for_its_lease_is_given_back_to_the_breaker() -> 
 
 
 class HeldRequests(LocalCoordination):
-    """Gates whose requests beside a send (`admit_request`: a resend after a refused token) wait, once let out,
-    until `go` is set: a process stalled between a refusal and its resend."""
+    """Gates whose requests beside a send (`admit_request`: a new token's and a resend's after a refused token)
+    made once `holding()` is true wait, once let out, until `go` is set: a process stalled between a refusal and its
+    resend."""
 
     def __init__(self) -> None:
         super().__init__()
         self.go = asyncio.Event()
         self.waiting = 0
+        self.holding: Callable[[], bool] = lambda: True
 
     def gate(self, destination: str, rate: RateLimit | None, limiter: Limiter | None = None) -> Gate:
         held = super().gate(destination, rate, limiter)
@@ -776,8 +814,9 @@ class HeldRequests(LocalCoordination):
 
         async def admit_request() -> None:
             await requests()
-            self.waiting += 1
-            await self.go.wait()
+            if self.holding():
+                self.waiting += 1
+                await self.go.wait()
 
         held.admit_request = admit_request  # type: ignore[method-assign]
         return held
@@ -794,6 +833,7 @@ async def test_a_refused_probe_whose_resend_is_given_up_for_its_lease_keeps_its_
     limiter = dest.limiter = SlidingWindowLimiter(5, 3600.0)
     coordination, ticking = HeldRequests(), Ticking()
     with aioresponses() as m:
+        coordination.holding = lambda: requests(m) == 1  # from the refusal on
         m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"})),
                repeat=True, response_class=MockResponse)
         async with aiohttp.ClientSession() as session:
@@ -802,12 +842,14 @@ async def test_a_refused_probe_whose_resend_is_given_up_for_its_lease_keeps_its_
             d.start()
             d.lanes["kapture"].breaker = Breaker(state="open", until=0.0)  # half-open: its first send is the probe
             try:
-                await eventually(lambda: coordination.waiting == 1)  # refused; the resend waits, its slot taken
+                await eventually(lambda: coordination.waiting == 1)  # refused; the new token waits, its slot taken
                 ticking.now += 2.4  # past 3 s less a quarter
                 coordination.go.set()
                 await eventually(lambda: delivery_id in store.released)
                 assert d.lanes["kapture"].breaker.state == "open"
-                assert limiter.used() == 2  # the refused request, and the slot its resend took before giving up
+                # the first token's, the refused request, the new token's and the slot its resend took before
+                # giving up
+                assert limiter.used() == 4
             finally:
                 await d.stop(0.0)
         assert requests(m) == 1
@@ -954,16 +996,16 @@ async def test_a_bug_past_the_attempts_own_net_is_logged_and_the_lane_goes_on() 
 
 class FailingGates(LocalCoordination):
     """Gates kept by a store that fails: the next `fails` sends' starts (`where="start"`), or requests beside a send
-    (`where="look-up"`: `admit_request`), raise StoreUnavailable, as a shared gate's round trip does while its
-    database is unreachable. Each classification fed to the breaker is noted (`outcomes`)."""
+    (`where="look-up"`: `admit_request`), made once `when()` is true, raise StoreUnavailable, as a shared gate's round
+    trip does while its database is unreachable. Each classification fed to the breaker is noted (`outcomes`)."""
 
-    def __init__(self, where: str, fails: int = 1) -> None:
+    def __init__(self, where: str, fails: int = 1, when: Callable[[], bool] = lambda: True) -> None:
         super().__init__()
-        self.where, self.fails = where, fails
+        self.where, self.fails, self.when = where, fails, when
         self.outcomes: list[str] = []
 
     def failing(self, where: str) -> None:
-        if self.where == where and self.fails > 0:
+        if self.where == where and self.fails > 0 and self.when():
             self.fails -= 1
             raise StoreUnavailable("postgresql: connection refused")
 
@@ -1025,3 +1067,195 @@ async def test_a_store_failing_the_gate_before_the_request_costs_no_try_and_tell
     assert "delivery.gate_failed" in events and "delivery.crashed" not in events, events
     # the requests made: a look-up and the send, and before them the look-up of the try the failing start stopped
     assert limiter.used() == 2 + (where == "start"), "a slot neither used nor given back"
+
+
+class FollowUps(FaultyStore):
+    """Claims every delivery as a conversation's follow-up (its ticket T-1 known), rendered by `render`, which reads
+    its event from the store (`get_event`, as the server's renderer does): the next reads raise `event_raises`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event_raises: list[Exception] = []
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> Any:
+        batch = await super().claim(destination, limit, owner, lease_s)
+        return msgspec.structs.replace(batch, items=[
+            msgspec.structs.replace(item, conversation="email:<root@example.com>", ticket={"id": "T-1"})
+            for item in batch.items])
+
+    async def get_event(self, event_id: str) -> Event:
+        if self.event_raises:
+            raise self.event_raises.pop(0)
+        return await super().get_event(event_id)
+
+    async def render(self, item: Any) -> Any:
+        await self.get_event(item.event_id)
+        return item
+
+
+def last_try() -> Destination:
+    """Kapture whose first try is its last: a try used goes dead."""
+    cfg = KaptureOptions(vendor="kapture", base_url=BASE, token="t", max_in_flight=4, timeout_seconds=5.0,
+                         retry=RetryConfig(schedule=[], jitter=0))
+    return Destination.from_config("kapture", cfg, BASE)
+
+
+@pytest.mark.parametrize("probe", [False, True])
+async def test_a_store_failing_a_follow_ups_render_costs_no_try_and_tells_the_breaker_nothing(probe: bool) -> None:
+    """A follow-up whose event the store cannot give as it is rendered (its ticket known) sends nothing: no attempt
+    is recorded, no try used (on its last try, it does not go dead), the breaker is told nothing, its slot at the
+    gate goes back, and `delivery.event_unread` says so. It is given back and sent once the store answers again;
+    the breaker's probe so given back leaves the breaker half-open, and the send that follows probes and closes
+    it."""
+    store = FollowUps()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    dest = last_try()
+    limiter = dest.limiter = SlidingWindowLimiter(100, 60)
+    gates = FailingGates("nowhere")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates, follow_ups=store.render)
+            d.start()
+            gate = d.lanes["kapture"].gate
+            if probe:
+                gate.breaker = Breaker(state="open", until=0.0)  # half-open: its first delivery is the probe
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert store.event_raises == []
+    assert [(r.classification, r.next_status, r.role) for r in store.records] == [
+        ("success", "succeeded", "follow_up")]
+    assert store.deliveries[delivery_id].row.attempts == 1
+    assert gates.outcomes == ["success"]
+    assert gate.breaker.state == "closed"
+    assert store.released == [delivery_id]
+    assert limiter.used() == 1, "the slot of the send not made was kept"
+    unread = [e for e in logs if e["event"] == "delivery.event_unread"]
+    assert [(e["delivery_id"], e["log_level"]) for e in unread] == [(delivery_id, "error")]
+    assert "to render the follow-up: postgresql: connection refused" in unread[0]["error"]
+    assert not {"delivery.crashed", "delivery.gate_failed"} & {e["event"] for e in logs}
+
+
+async def test_a_follow_up_whose_event_the_store_refuses_to_read_is_dead_and_tells_the_breaker_nothing() -> None:
+    """A follow-up whose event the store refuses to read for its data (StoreRefused: so it would on every try) is
+    settled unsent as `permanent` (dead, for an operator), its error naming the refusal: not given back to be
+    refused again at once, and the breaker is told nothing (the vendor was asked nothing)."""
+    store = FollowUps()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreRefused("value too long for the row", "54000"))
+    gates = FailingGates("nowhere")
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": destination()}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates, follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 0
+    [result] = store.records
+    assert (result.classification, result.next_status, result.http_status, result.unsent) == (
+        "permanent", "dead", None, True)
+    assert result.error == ("not sent: the store refused to read its event, to render the follow-up: value too long "
+                            "for the row")
+    assert gates.outcomes == []
+    assert store.released == []
+
+
+@pytest.mark.parametrize(("failing", "probe"), [("token", False), ("resend", False), ("resend", True)])
+async def test_a_resend_the_store_keeps_back_after_a_refused_token_is_recorded_as_the_refusal(
+        failing: str, probe: bool) -> None:
+    """A send refused for its token (401) whose resend the store keeps from going out (the gate's store failing
+    as the new token's request, or the resend itself, is let out) is no crash and no unknown outcome: one request
+    was written, and its answer, a refusal, says the vendor did not act on it. The attempt is recorded as that
+    refusal (its status and exchange), a `retry` on the schedule, its error saying the resend was not made; the
+    breaker is told nothing (an old token refused, then the store failing, says nothing of the vendor), unless it
+    was the probe, whose answer the refusal is. The slot of the request written stays used."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = destination()
+    limiter = dest.limiter = SlidingWindowLimiter(100, 60)
+    creds = dest.adapter.credentials = NumberedTokens("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        refused = (lambda: requests(m) == 1) if failing == "token" else (lambda: creds.obtained == 2)
+        gates = FailingGates("look-up", when=refused)
+        m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"})),
+               repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            gate = d.lanes["kapture"].gate
+            if probe:
+                gate.breaker = Breaker(state="open", until=0.0)  # half-open: its first delivery is the probe
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert gates.fails == 0
+    [result] = store.records
+    assert (result.classification, result.next_status, result.http_status) == ("retry", "pending", 401)
+    assert result.error == ("HTTP 401: the vendor refused the credentials: token expired; its resend with renewed "
+                            "credentials was not made: the store failed before it went out: postgresql: connection "
+                            "refused")
+    assert result.exchange is not None and result.exchange["request"]["headers"]["Authorization"] == "[redacted]"
+    assert result.exchange["response_headers"] == {"Content-Type": "application/json"}
+    assert result.response_excerpt is not None and "token expired" in result.response_excerpt
+    assert store.deliveries[delivery_id].row.in_doubt_since_ms is None
+    assert gates.outcomes == (["auth"] if probe else [])
+    assert gate.breaker.state == ("open" if probe else "closed")
+    assert limiter.used() == 2 + (failing == "resend"), "the slot of the request written was given back"
+    events = [e["event"] for e in logs]
+    assert "delivery.resend_unsent" in events and "delivery.crashed" not in events, events
+
+
+class RefusedLookUp(KaptureAdapter):
+    """A Kapture adapter that looks a value up while it prepares its request, and raises VendorAuthFailed when the
+    look-up is refused (401), as Netgroot's subject list does."""
+
+    async def prepare(self, action: str, fields: dict[str, Any], fetch: Any) -> dict[str, Any]:
+        status, body = await fetch(self.base_url + "/lookup", {})
+        if status == 401:
+            raise VendorAuthFailed("the look-up was refused (HTTP 401)")
+        return {**fields, "title": body.decode()}
+
+
+async def test_a_renewal_the_store_keeps_back_after_a_refused_look_up_is_given_back_unsent() -> None:
+    """A token refused by a look-up made while the send was prepared, whose renewal the store keeps back: nothing of
+    the send was written, so it goes as at the gate: no attempt recorded, no try used, the breaker told nothing;
+    the delivery is given back and sent once the store answers again."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = last_try()
+    dest.adapter = RefusedLookUp("kapture", dest.config, BASE)
+    creds = dest.adapter.credentials = NumberedTokens("kapture")
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        # the new token's request, the first let out once the look-up was refused
+        gates = FailingGates("look-up", when=lambda: len(m.requests.get(("GET", URL(BASE + "/lookup")), [])) == 1)
+        m.get(BASE + "/lookup", status=401, body="token expired", response_class=MockResponse)
+        m.get(BASE + "/lookup", status=200, body="Router down", repeat=True, response_class=MockResponse)
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    assert (gates.fails, creds.obtained) == (0, 1)  # the new token was not asked for
+    assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
+    assert store.deliveries[delivery_id].row.attempts == 1
+    assert gates.outcomes == ["success"]
+    assert store.released == [delivery_id]
+    events = [e["event"] for e in logs]
+    assert "delivery.gate_failed" in events and "delivery.crashed" not in events, events

@@ -214,3 +214,54 @@ async def test_authorized_without_renewable_credentials_tries_once(session: aioh
     assert await authorized(session, StaticCredentials({"X-Key": "k"}), attempt, lambda s: s == 401) == 401
     assert await authorized(session, None, attempt, lambda s: s == 401) == 401
     assert sent == [{"X-Key": "k"}, {}]
+
+
+async def test_each_token_request_waits_for_admit_and_no_other_does(session: aiohttp.ClientSession) -> None:
+    """A token's request is let out by `admit` (the destination's gate), once per token obtained and before it is
+    made: not for a token kept, nor for a renewal another sender has made already, nor while a refused log-in is
+    repeated without asking the vendor; `authorized` passes its `admit` to the first token and to the renewal."""
+    clock = ManualClock()
+    creds = CountingTokens(clock, life=100.0)
+    admitted: list[int] = []  # how many tokens had been obtained when each request was let out
+
+    async def admit() -> None:
+        admitted.append(creds.obtained)
+
+    sent = await creds.headers(session, admit)
+    assert await creds.headers(session, admit) == sent  # kept
+    assert admitted == [0]
+    assert await creds.renew(session, sent, admit)
+    assert await creds.renew(session, sent, admit)  # already renewed: nothing asked
+    assert admitted == [0, 1]
+
+    async def refused_answer(headers: dict[str, str]) -> int:
+        return 401
+
+    clock.now += 100.0  # tok-2 is past its renewal time: tok-3 first, tok-4 after its refusal
+    assert await authorized(session, creds, refused_answer, lambda status: status == 401, admit=admit) == 401
+    assert admitted == [0, 1, 2, 3]
+
+    refusing = RefusedTokens(clock)
+    refusals: list[int] = []
+
+    async def admit_refused() -> None:
+        refusals.append(refusing.attempts)
+
+    for _ in range(2):
+        with pytest.raises(VendorAuthFailed):
+            await refusing.headers(session, admit_refused)
+    assert refusals == [0]  # the second refusal is repeated, not asked for
+
+
+async def test_a_token_request_that_admit_stops_is_not_made(session: aiohttp.ClientSession) -> None:
+    """What `admit` raises (the store that keeps the gate failing) stops the token's request before it is made: no
+    token asked for, and the next sender asks again."""
+    creds = CountingTokens(ManualClock())
+
+    async def failing() -> None:
+        raise RuntimeError("the gate's store is down")
+
+    with pytest.raises(RuntimeError, match="store is down"):
+        await creds.headers(session, failing)
+    assert (creds.attempts, creds.obtained, creds.token) == (0, 0, None)
+    assert await creds.headers(session) == {"Authorization": "Bearer tok-1"}

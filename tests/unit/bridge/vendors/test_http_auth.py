@@ -231,3 +231,54 @@ async def test_a_token_lifetime_no_clock_holds_is_no_lifetime(aiohttp_server: An
         got = await creds.obtain(session)
     assert got.value == "tok-1"
     assert got.expires_at == (None if lifetime is None else 1000.0 + lifetime)
+
+
+@pytest.mark.parametrize("vendor", ["oauth2", "netgroot-login"])
+async def test_a_token_request_is_made_once_admit_lets_it_out(aiohttp_server: Any, vendor: str) -> None:
+    """A token endpoint (OAuth2's, Netgroot's Login) is asked only once `admit` (the destination's gate) lets the
+    request out, as every other request to the vendor; a token kept asks neither."""
+    arrived: list[str] = []
+    app = web.Application()
+
+    async def token(request: web.Request) -> web.Response:
+        arrived.append(request.path)
+        return web.json_response({"access_token": "tok-1", "expires_in": 3600} if vendor == "oauth2"
+                                 else {"message": "Login successful", "token": "tok-1"})
+
+    app.router.add_post(TOKEN_PATH if vendor == "oauth2" else LOGIN_PATH, token)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    creds: TokenCredentials = (
+        OAuth2Credentials("api", OAuth2ClientCredentials(token_url=TOKEN_PATH, client_id="c", client_secret="s"),
+                          lambda: base, 5.0) if vendor == "oauth2"
+        else NetgrootLoginCredentials("isp", NetgrootLogin(username="u", password="p"), lambda: base, 5.0))
+    admitted: list[int] = []  # how many token requests had arrived when each was let out
+
+    async def admit() -> None:
+        admitted.append(len(arrived))
+
+    async with aiohttp.ClientSession() as session:
+        assert await creds.headers(session, admit) == {"Authorization": "Bearer tok-1"}
+        assert await creds.headers(session, admit) == {"Authorization": "Bearer tok-1"}
+    assert (admitted, len(arrived)) == ([0], 1)
+
+
+async def test_a_send_lets_its_token_requests_out_as_look_ups(aiohttp_server: Any) -> None:
+    """`send_once` lets each token request out through `on_lookup`, as a look-up's, before the send it is for
+    (`on_send`): the first token, and the one obtained after the API refused the token (then the resend)."""
+    sim, made, _, _ = await oauth(aiohttp_server)
+    let_out: list[str] = []
+
+    async def on_lookup() -> None:
+        let_out.append(f"look-up {sim.token_requests}")
+
+    async def on_send() -> None:
+        let_out.append("send")
+
+    async with aiohttp.ClientSession() as session:
+        first = await send_once(session, made, item(0), 5.0, on_send, on_lookup=on_lookup)
+        sim.issued.clear()  # the API revokes every token
+        renewed = await send_once(session, made, item(1), 5.0, on_send, on_lookup=on_lookup)
+    assert (first.outcome.classification, renewed.outcome.classification) == ("success", "success")
+    assert let_out == ["look-up 0", "send", "send", "look-up 1", "send"]
+    assert sim.token_requests == 2
