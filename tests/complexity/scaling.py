@@ -1,6 +1,12 @@
-"""Measure how a parser's cost grows: the time of n and of 8n hostile inputs, in one run, each the best of
+"""Measure how a parser's cost grows: the CPU time of n and of 8n hostile inputs, in one run, each the best of
 several repetitions. A linear (or n log n) parser costs about 8x more on the larger input; a quadratic one
-about 64x. The bound sits between, wide enough for the noise of a shared machine."""
+about 64x. The bound sits between, wide enough for the noise of a shared machine.
+
+The time is the process's CPU time, not the wall clock's: on a machine busy with other work, the time the
+process waits for a core is noise, and it falls on the longer run more often. The garbage collector is off
+while a run is timed: its full collections walk the whole test process's heap, so a larger input, which
+allocates more, pays for collections whose cost is the test runner's, not the parser's (the reading of a
+vendor's large answer runs with it paused too)."""
 
 from __future__ import annotations
 
@@ -18,15 +24,22 @@ REPEAT = 5
 ATTEMPTS = 3
 
 
-def cost(run: Callable[[Any], object], arg: Any, clock: Callable[[], float] = time.perf_counter) -> float:
-    """The best of REPEAT timings of `run(arg)` on `clock`; an input refused with Rejected counts as parsed."""
+def cost(run: Callable[[Any], object], arg: Any, clock: Callable[[], float] = time.process_time) -> float:
+    """The best of REPEAT timings of `run(arg)` on `clock`, the collector off; an input refused with Rejected
+    counts as parsed."""
     best = float("inf")
+    collecting = gc.isenabled()
     for _ in range(REPEAT):
         gc.collect()
-        start = clock()
-        with contextlib.suppress(Rejected):
-            run(arg)
-        best = min(best, clock() - start)
+        gc.disable()
+        try:
+            start = clock()
+            with contextlib.suppress(Rejected):
+                run(arg)
+            best = min(best, clock() - start)
+        finally:
+            if collecting:
+                gc.enable()
     return best
 
 
