@@ -20,9 +20,9 @@ from structlog.testing import capture_logs
 from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
-from bridge.store.base import AttemptResult, ClaimBatch, DeliveryFilter, NewDelivery
+from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.rows import GROUP_BYTES, HEAD_OF_CONVERSATION, MAPPING_CONVERSATIONS, ROW_COLUMNS
-from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
+from bridge.store.sqlite import BODY_INLINE, NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS, STATUS_COMPARED, STATUS_IN_LIST, rewrite_table
 from tests.conftest import eventually
 from tests.integration.store.contract import (
@@ -891,3 +891,71 @@ async def test_a_conversation_made_before_the_sender_column_keeps_working(
         assert new.conversation.sender == "a@x.io"
     finally:
         await s.close()
+
+
+def dead(body: dict[str, Any] | None) -> NewDelivery:
+    return make_delivery(body=body, status="dead", error="HTTP 500")
+
+
+def wal_bytes(path: Path) -> int:
+    return os.path.getsize(path.with_name(path.name + "-wal"))
+
+
+async def test_a_status_change_does_not_write_a_large_body_again(store: SqliteStore, tmp_path: Path) -> None:
+    """A body over BODY_INLINE is kept apart from its delivery's row: the claim, the record and the replay that
+    change its status write a page or two each to the WAL, not the 900 kB body again (SQLite writes a row whole
+    whenever one of its columns changes). Claimed, shown and replayed, the body is the one stored."""
+    body = {"comment": os.urandom(450_000).hex()}  # 900 kB, incompressible
+    d = make_delivery(body=body)
+    await accept_one(store, d)
+    path = tmp_path / "s.db"
+    assert query(path, "PRAGMA wal_checkpoint(TRUNCATE)")[0][0] == 0  # the WAL emptied: what follows alone is in it
+    assert wal_bytes(path) == 0
+    [claimed] = (await store.claim("kapture-support", 10, "w", 30)).items
+    assert claimed.body == body
+    await store.record(result(d.id, "dead", http_status=422, classification="permanent", error="HTTP 422"),
+                       owner="w")
+    assert await store.replay([d.id]) == [d.id]
+    assert wal_bytes(path) < 100_000, wal_bytes(path)
+    assert (await store.get_delivery(d.id)).body == body
+    assert query(path, "SELECT typeof(body) FROM deliveries") == [("null",)]
+    assert query(path, "SELECT COUNT(*) FROM delivery_bodies") == [(1,)]
+
+
+async def test_a_body_is_kept_apart_or_in_its_row_by_its_size_wherever_it_is_written(store: SqliteStore,
+                                                                                      tmp_path: Path) -> None:
+    """A body over BODY_INLINE is kept apart, one at most is kept in its row, whichever writes it (an accept, a
+    replay's new body, a follow-up's record), a new one replacing the old wherever that was; a purge takes the
+    bodies kept apart with their deliveries."""
+    path = tmp_path / "s.db"
+    big, small = {"comment": "b" * (BODY_INLINE + 1)}, {"comment": "s"}
+
+    def kept(delivery_id: str) -> tuple[str, int]:
+        [(inline, apart)] = query(path, f"SELECT typeof(body), (SELECT COUNT(*) FROM delivery_bodies b WHERE "
+                                        f"b.id = d.id) FROM deliveries d WHERE id = '{delivery_id}'")
+        return str(inline), int(str(apart))
+
+    d = dead(big)
+    event, _ = await accept_one(store, d)
+    assert kept(d.id) == ("null", 1)
+    assert await store.replay([d.id], {d.id: (small, "v2")}) == [d.id]
+    assert kept(d.id) == ("blob", 0)
+    assert (await store.get_delivery(d.id)).body == small
+    await store.claim("kapture-support", 10, "w", 30)
+    await store.record(result(d.id, "dead", http_status=422, classification="permanent", error="HTTP 422"),
+                       owner="w")
+    assert await store.replay([d.id], {d.id: (big, "v3")}) == [d.id]
+    assert kept(d.id) == ("null", 1)
+    assert (await store.get_delivery(d.id)).body == big
+    await store.claim("kapture-support", 10, "w", 30)
+    follow_up = msgspec.structs.replace(result(d.id, "succeeded"), role="follow_up", action="add_comment",
+                                        body={"comment": "f" * (BODY_INLINE * 2)})
+    await store.record(follow_up, owner="w")
+    assert kept(d.id) == ("null", 1)
+    assert (await store.get_delivery(d.id)).body == follow_up.body
+    gone = await store.purge(Cutoffs(events_ms=now_ms() + 1), 100)
+    assert (gone.events, gone.deliveries) == (1, 1)
+    assert query(path, "SELECT COUNT(*) FROM delivery_bodies") == [(0,)]
+    with pytest.raises(NotFound):
+        await store.get_event(event.id)
+
