@@ -5,7 +5,9 @@ of what they write, _Op.size, whichever comes first; a write larger than that al
 the statements on the event loop's thread (microseconds each, with no hand-over of the GIL between
 threads), and runs only the COMMIT, whose fsync is the slow part, on a worker thread. Requests that
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
-is on disk. Reads use a second connection on worker threads.
+is on disk. A write whose statements may take longer, a replay's, goes alone with its statements on a worker
+thread too (`off_loop`), and is cut into parts bounded as a group is. Reads use a second connection on worker
+threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
 lets start-up hand every delivery left in flight straight back to the queue. The CLI still writes to it beside
@@ -198,18 +200,21 @@ class _Op:
     SqliteStore._run_straight). `size` is what GROUP_BYTES bounds per group: the bytes the write carries that were
     encoded before it queued. An accept's are its event's JSON and its deliveries' bodies (what the request sent; a
     delivery's options come from its mapping), a record's its error, response excerpt, follow-up body and
-    exchange. Every other write weighs 0: a claim, a release, a lease's extension or reaping, a replay, a purge, an
-    audit entry, a mapping set (small or rare, and what they write is not at hand before they run)."""
+    exchange, a replay's the bodies it writes (SqliteStore.replay). Every other write weighs 0: a claim, a release,
+    a lease's extension or reaping, a purge, an audit entry, a mapping set (small or rare, and what they write is
+    not at hand before they run). `off_loop`: the write is a group by itself, its statements run on a worker
+    thread rather than the event loop's."""
 
-    __slots__ = ("durable", "fn", "future", "inserts", "size")
+    __slots__ = ("durable", "fn", "future", "inserts", "off_loop", "size")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], durable: bool,
-                 inserts: _Inserts | None, size: int) -> None:
+                 inserts: _Inserts | None, size: int, *, off_loop: bool = False) -> None:
         self.fn = fn
         self.future = future
         self.durable = durable
         self.inserts = inserts
         self.size = size
+        self.off_loop = off_loop
 
 
 _Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, bytearray]], list[tuple[NewDelivery, int]],
@@ -232,6 +237,8 @@ class SqliteStore(Store):
         self._pending: list[_Op] = []
         self._pending_size = 0
         """The sum of the queued writes' sizes (_Op.size)."""
+        self._off_loop_queued = 0
+        """How many of the queued writes are `off_loop` (each a group by itself)."""
         self.group_bytes = GROUP_BYTES
         self._flusher: asyncio.Task[None] | None = None
         self._full = True
@@ -255,7 +262,8 @@ class SqliteStore(Store):
         self._subscribers: list[Callable[[str], None]] = []
         self._watch_timer: asyncio.TimerHandle | None = None
         self._data_version: int | None = None  # the writer's PRAGMA data_version at the last look
-        self._committing: asyncio.Future[None] | None = None  # the writer's COMMIT, while the commit thread runs it
+        self._elsewhere: asyncio.Future[Any] | None = None
+        """The writer's work on another thread (its COMMIT, an off-loop write's statements), while it runs."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -395,14 +403,15 @@ class SqliteStore(Store):
     # -- the writer thread ------------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True,
-                     inserts: _Inserts | None = None, size: int = 0) -> Any:
+                     inserts: _Inserts | None = None, size: int = 0, off_loop: bool = False) -> Any:
         if self._closed or self._loop is None:
             raise StoreUnavailable("the store is closed")
         if self._lost is not None:
             raise StoreUnavailable(self._lost)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_Op(fn, future, durable, inserts, size))
+        self._pending.append(_Op(fn, future, durable, inserts, size, off_loop=off_loop))
         self._pending_size += size
+        self._off_loop_queued += off_loop
         if self._flusher is None or self._flusher.done():
             self._flusher = self._loop.create_task(self._flush(), name="sqlite group commit")
         return await future
@@ -425,6 +434,14 @@ class SqliteStore(Store):
         from holding the loop: about 3 ms per MiB."""
         group, self._pending, self._pending_size = take_group(self._pending, self._pending_size,
                                                               self.group_commit_max, self.group_bytes)
+        if self._off_loop_queued and (cut := next((n for n, op in enumerate(group) if op.off_loop), None)) is not None:
+            cut = cut or 1  # an off-loop write goes alone: first, by itself; later, the group ends before it
+            if cut < len(group):
+                rest = group[cut:]
+                group = group[:cut]
+                self._pending[:0] = rest
+                self._pending_size += sum(op.size for op in rest)
+            self._off_loop_queued -= sum(op.off_loop for op in group)
         return group
 
     def _commit_worker(self) -> None:
@@ -545,7 +562,7 @@ class SqliteStore(Store):
     async def _commit_off_loop(self, conn: sqlite3.Connection) -> None:
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._committing = future
+        self._elsewhere = future
         self._commits.put((conn, future))
         await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-commit
 
@@ -580,7 +597,9 @@ class SqliteStore(Store):
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._full = durable
             await self._begin(conn)
-            if len(batch) == 1:
+            if batch[0].off_loop:  # by itself (_take)
+                results = [(True, await self._run_off_loop(conn, batch[0].fn))]
+            elif len(batch) == 1:
                 results = self._run_isolated(conn, batch)
             else:
                 straight = self._run_straight(conn, batch)
@@ -606,6 +625,15 @@ class SqliteStore(Store):
                 log.info("store.recovered", path=str(self.path), failed_commits=self.commit_failures)
                 self._failing = None
         return results
+
+    async def _run_off_loop(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`fn`'s statements, in the open transaction, on a worker thread: the event loop goes on meanwhile, while
+        the writes queued behind wait for the group after. Nothing else uses the writer until it is done (the
+        flusher waits for it, and look_for_others keeps off while it runs)."""
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.run_in_executor(None, fn, conn)
+        self._elsewhere = future
+        return await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-statement
 
     @staticmethod
     def _run_straight(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]] | None:
@@ -893,10 +921,21 @@ class SqliteStore(Store):
         self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
         mapping: str | None = None,
     ) -> list[str]:
+        """Written in parts, each a write by itself whose statements run off the event loop's thread (`off_loop`),
+        bounded as a group is: at most `group_commit_max` deliveries and `group_bytes` of what it writes besides
+        their statuses, the first whatever its size (a new body; a body stored in its row before 0021, which SQLite
+        writes again with the row, its size read first). So the loop goes on meanwhile, and the intake waiting
+        behind a part waits for that part alone."""
         renamed = storable(mapping) if mapping else None
         new = {i: (_json_blob(body), version) for i, (body, version) in (bodies or {}).items()}
-        moved: list[str] = await self._write(functools.partial(_replay, delivery_ids=delivery_ids, new=new,
-                                                               renamed=renamed))
+        kept: dict[str, int] = await self._read(
+            functools.partial(_bodies_in_rows, delivery_ids=[i for i in delivery_ids if i not in new]))
+        moved: list[str] = []
+        for part, size in _parts(delivery_ids, [len(new[i][0]) if i in new else kept.get(i, 0) for i in delivery_ids],
+                                 self.group_commit_max, self.group_bytes):
+            done: list[str] = await self._write(functools.partial(_replay, delivery_ids=part, new=new,
+                                                                  renamed=renamed), size=size, off_loop=True)
+            moved.extend(done)
         return moved
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:
@@ -916,10 +955,10 @@ class SqliteStore(Store):
     def look_for_others(self) -> bool:
         """Whether another connection (another process) committed since the last look; if one did, the subscribers
         hear "*" (any lane may have work now). The writer connection is asked, on the event loop's thread where its
-        statements run, and not while the commit thread runs its COMMIT (the next look sees what this one missed):
+        statements run, and not while another thread uses it (the next look sees what this one missed):
         its `data_version` never moves for its own commits, so the server's own writes wake nothing here."""
         conn = self._writer
-        if conn is None or self._lost is not None or (self._committing is not None and not self._committing.done()):
+        if conn is None or self._lost is not None or (self._elsewhere is not None and not self._elsewhere.done()):
             return False
         try:
             version: int = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -1167,7 +1206,7 @@ class SqliteStore(Store):
 
 def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], new: dict[str, tuple[bytearray, str]],
             renamed: str | None) -> list[str]:
-    """SqliteStore.replay's write: each succeeded or dead delivery back to pending, with its new body
+    """SqliteStore.replay's write of one part: each succeeded or dead delivery back to pending, with its new body
     (and mapping version, and mapping when renamed) when `new` has one, else only if it has a body; those moved."""
     now = now_ms()
     moved = []
@@ -1189,6 +1228,34 @@ def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], new: dict[str,
         if row is not None:
             moved.append(i)
     return moved
+
+
+def _bodies_in_rows(conn: sqlite3.Connection, *, delivery_ids: list[str]) -> dict[str, int]:
+    """The size of each body kept in its delivery's row among `delivery_ids` (length() reads a row's header, not
+    its body)."""
+    out: dict[str, int] = {}
+    for start in range(0, len(delivery_ids), 500):  # bound to the statement's host parameters
+        part = delivery_ids[start:start + 500]
+        out.update(conn.execute(f"SELECT id, length(body) FROM deliveries WHERE id IN ({', '.join('?' * len(part))}) "  # noqa: S608
+                                "AND body IS NOT NULL", part).fetchall())
+    return out
+
+
+def _parts(ids: list[str], sizes: list[int], max_items: int, max_bytes: int) -> list[tuple[list[str], int]]:
+    """`ids` cut in order into parts of at most `max_items` ids and `max_bytes` of their `sizes`, the first of a
+    part whatever its size; each with its size."""
+    parts: list[tuple[list[str], int]] = []
+    part: list[str] = []
+    total = 0
+    for i, size in zip(ids, sizes, strict=True):
+        if part and (len(part) >= max_items or total + size > max_bytes):
+            parts.append((part, total))
+            part, total = [], 0
+        part.append(i)
+        total += size
+    if part:
+        parts.append((part, total))
+    return parts
 
 
 def _put_body(conn: sqlite3.Connection, delivery_id: str, body: bytearray) -> None:
