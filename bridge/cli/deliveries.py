@@ -20,6 +20,7 @@ from bridge.cli.common import at_least, config_from, print_errors, store_argumen
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, check_url, token_from_env
 from bridge.config import Config
 from bridge.console.models import (
+    REPLAY_MOST,
     MarkDeadBody,
     MarkSucceededBody,
     Refusal,
@@ -454,11 +455,43 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 async def _replay_remote(client: AdminClient, args: argparse.Namespace) -> int:
-    """`replay --url`: the server replays (and re-renders with its own mappings); the change is audited there."""
-    given = ReplayBody(ids=list(args.ids), rerender=args.rerender, dry_run=args.dry_run, limit=10000,
-                       rerender_mapping=args.mapping,
-                       **({"destination": args.destination, "status": args.status} if args.destination else {}))
-    return _report(await client.replay(given), "the server")
+    """`replay --url`: the server replays (and re-renders with its own mappings); the change is audited there. One
+    call takes at most REPLAY_MOST deliveries: more ids go in several calls, and a filter's matches are taken
+    page by page, each call continuing at the cursor the one before answered, until none are left."""
+    filtered: dict[str, Any] = {"destination": args.destination, "status": args.status} if args.destination else {}
+    first = ReplayBody(rerender=args.rerender, dry_run=args.dry_run, limit=REPLAY_MOST, rerender_mapping=args.mapping,
+                       **filtered)
+    ids: list[str] = list(args.ids)
+    calls = [msgspec.structs.replace(first, ids=ids[start:start + REPLAY_MOST])
+             for start in range(0, len(ids), REPLAY_MOST)] or [first]
+    done = ReplayResult(dry_run=args.dry_run, matched=[], replayed=[], refused=[], mappings_version=None)
+    versions: list[str] = []
+    for call in calls:
+        given = call
+        while True:
+            try:
+                got = await client.replay(given)
+            except RemoteError:
+                if done.matched:  # what the calls before this one did stands: say so before the error
+                    _report(done, "the server")
+                raise
+            done.matched += got.matched
+            done.replayed += got.replayed
+            done.refused += got.refused
+            if got.mappings_version is not None and got.mappings_version not in versions:
+                versions.append(got.mappings_version)
+            done.mappings_version = ", then ".join(versions) or None
+            if got.next_cursor is None:
+                break
+            _paged(len(done.matched))
+            given = msgspec.structs.replace(given, ids=[], cursor=got.next_cursor)
+    return _report(done, "the server")
+
+
+def _paged(matched: int) -> None:
+    """A long `replay --url`'s progress, between its calls: how many deliveries matched so far."""
+    if sys.stderr.isatty():
+        print(f"{matched} matched so far; asking the server for the next ones", file=sys.stderr, flush=True)
 
 
 def _set_in_force(config: Config) -> tuple[MappingSet, str] | int:

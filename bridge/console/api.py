@@ -678,24 +678,40 @@ async def mark_destination_dead(call: Call) -> MarkDeadResult:
     return MarkDeadResult(destination=name, marked=marked)
 
 
-async def _replay_ids(store: Store, given: ReplayBody) -> list[str]:
-    """`ids`, then those the filter matches (when it has a field), up to `limit`; neither: none."""
-    ids: list[str] = list(dict.fromkeys(given.ids))
+async def _replay_ids(store: Store, given: ReplayBody) -> tuple[list[str], str | None]:
+    """`ids` (not when `cursor` continues an earlier call's matches), then up to `limit` more that the filter
+    matches (when it has a field), newest first; neither: none. With the cursor to the rest when more matched than
+    `limit` took (None: no more did): the last id taken. The statuses' matches are taken as one list by id, so that
+    a delivery replayed from dead and succeeded since is not matched again after it."""
+    ids: list[str] = [] if given.cursor is not None else list(dict.fromkeys(given.ids))
     if not any((given.status, given.destination, given.mapping, given.source)):
-        return ids[:given.limit]
+        if given.cursor is not None:
+            raise ApiError(409, "body.cursor continues a filter's matches, and this body has no filter: send it "
+                                "with the filter (status, destination, mapping, source) of the replay whose "
+                                "next_cursor it is")
+        return ids, None
     named = set(ids)
     statuses: list[DeliveryStatus] = [given.status] if given.status else ["dead", "succeeded"]
-    for status in statuses:
-        before: str | None = None
-        while len(ids) < given.limit:
-            rows = await store.list_deliveries(DeliveryFilter(
-                status=status, destination=given.destination, mapping=given.mapping,
-                source=given.source, limit=min(REPLAY_CHUNK, given.limit - len(ids)), before_id=before))
-            ids.extend(r.id for r in rows if r.id not in named)
-            if not rows:
-                break
-            before = rows[-1].id
-    return ids[:given.limit]
+    before = given.cursor
+
+    async def matching(limit: int) -> list[str]:
+        """The newest `limit` ids the filter matches before `before`, whatever their status."""
+        found = [r.id for status in statuses for r in await store.list_deliveries(DeliveryFilter(
+            status=status, destination=given.destination, mapping=given.mapping, source=given.source, limit=limit,
+            before_id=before))]
+        return sorted(found, reverse=True)[:limit]
+
+    taken = 0
+    while taken < given.limit:
+        wanted = min(REPLAY_CHUNK, given.limit - taken)
+        found = await matching(wanted)
+        fresh = [i for i in found if i not in named]
+        ids.extend(fresh)
+        taken += len(fresh)
+        if len(found) < wanted:
+            return ids, None
+        before = found[-1]
+    return ids, (before if await matching(1) else None)
 
 
 async def replay(call: Call) -> ReplayResult:
@@ -707,8 +723,9 @@ async def replay(call: Call) -> ReplayResult:
         raise ApiError(409, f"body.rerender_mapping: no mapping {given.rerender_mapping!r} is in force; loaded: "
                             f"{', '.join(sorted(rt.mappings.mappings)) or '(none)'}")
     with blame(422, _given(given.ids, "body.ids"), _given(given.destination, "body.destination"),
-               _given(given.mapping, "body.mapping"), _given(given.source, "body.source")):
-        ids = await _replay_ids(store, given)
+               _given(given.mapping, "body.mapping"), _given(given.source, "body.source"),
+               _given(given.cursor, "body.cursor")):
+        ids, more = await _replay_ids(store, given)
         mappings = rt.mappings if rerender else None
         moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars,
                                                  destinations=rt.config.destinations, dry_run=given.dry_run,
@@ -722,7 +739,7 @@ async def replay(call: Call) -> ReplayResult:
             rt.dispatcher.notify(set(rt.dispatcher.lanes))
     return ReplayResult(dry_run=given.dry_run, matched=ids, replayed=moved,
                         refused=[Refusal(id=i, reason=r) for i, r in refused.items()],
-                        mappings_version=mappings.version if mappings is not None else None)
+                        mappings_version=mappings.version if mappings is not None else None, next_cursor=more)
 
 
 async def mark_delivery_succeeded(call: Call) -> DeliveryView:
@@ -778,7 +795,7 @@ ROUTES: list[Route] = [
           change=True, body=MarkDeadBody, errors={409: "the destination is configured"}),
     Route("POST", "/admin/api/replay", replay, "Send deliveries again (by id or filter), optionally re-rendered; "
           "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody,
-          errors={409: "`rerender_mapping` names no mapping in force"}),
+          errors={409: "`rerender_mapping` names no mapping in force, or `cursor` comes without a filter"}),
     Route("POST", "/admin/api/deliveries/{delivery_id}/mark-succeeded", mark_delivery_succeeded,
           "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
           DeliveryView, change=True, body=MarkSucceededBody,

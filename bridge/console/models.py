@@ -184,12 +184,18 @@ class PauseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[str, Meta(max_length=500, extra_json_schema=NO_NUL)] = ""
 
 
-class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Deliveries sent again: those in `ids`, and every one the filter (status, destination, mapping, source)
-    matches when it has a field; up to `limit`. Without a status the filter takes dead and succeeded ones."""
+REPLAY_MOST = 10000
+"""The most deliveries one replay call takes (`limit`, and `ids`)."""
+
+
+class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Deliveries sent again: those in `ids`, and those the filter (status, destination, mapping, source) matches
+    when it has a field, newest first, up to `limit` of them besides the ids. Without a status the filter takes dead
+    and succeeded ones. When more match, the answer's `next_cursor` continues with them. (Encoded without its
+    defaults, so that a client sends `cursor` only when it continues.)"""
 
     ids: Annotated[list[Annotated[str, Meta(min_length=1, max_length=100, extra_json_schema=NO_NUL)]],
-                   Meta(max_length=10000)] = []
+                   Meta(max_length=REPLAY_MOST)] = []
     status: Literal["succeeded", "dead"] | None = None
     destination: Name | None = None
     mapping: Name | None = None
@@ -201,7 +207,10 @@ class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     a renamed mapping); it must take their source and feed their destination and action, and they belong to it
     from then on. (`mapping` is the filter: the deliveries of a mapping.)"""
     dry_run: bool = False
-    limit: Annotated[int, Meta(ge=1, le=10000)] = 1000
+    limit: Annotated[int, Meta(ge=1, le=REPLAY_MOST)] = 1000
+    cursor: Cursor | None = None
+    """The `next_cursor` of a replay with the same filter: this one takes the deliveries it matches after those
+    (older ones: the filter takes them newest first), and not `ids` again (the first call took them)."""
 
 
 class MarkSucceededBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -263,6 +272,9 @@ class ReplayResult(msgspec.Struct, kw_only=True):
     """Empty on a dry run."""
     refused: list[Refusal]
     mappings_version: str | None
+    next_cursor: str | None = None
+    """More deliveries match the filter than `limit` took: send the same body with this as `cursor` to replay the
+    next ones (null: none are left). Deliveries this call replayed are not matched again."""
 
 
 class PlaygroundBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -18,11 +18,23 @@ from bridge.store.base import AttemptResult, AuditEntry, ConversationRow, Delive
 REPLAY_CHUNK = 500
 
 
+UNDER_WAY = "it was under way when this replay came (replayed meanwhile, or retrying) and "
+
+
 def _stuck(d: DeliveryDetail, rerender_hint: str) -> str:
-    """Why the store does not replay a delivery it has: it is under way, or it has no body to send."""
-    if d.delivery.status in ("pending", "in_flight"):
-        return f"it is {d.delivery.status}"
-    return f"it never rendered (fix the mapping, then replay with {rerender_hint})"
+    """Why the store does not replay a delivery it has: it is under way, or it has no body to send. Read after the
+    replay's write, so a delivery under way then (another replay moved it first, or it was retrying) may have
+    settled since: with a body, that is what it says, not that it never rendered."""
+    status = d.delivery.status
+    if status == "pending":
+        return "it is pending (waiting for its next try, or replayed already): it is sent without another replay"
+    if status == "in_flight":
+        return "it is in flight: it is being sent now"
+    if d.body is None:
+        return f"it never rendered (fix the mapping, then replay with {rerender_hint})"
+    if status == "succeeded":
+        return UNDER_WAY + "has succeeded since: it was sent; replay it again to send it once more"
+    return UNDER_WAY + "is dead again since: see its attempts"
 
 
 async def _why_not(store: Store, delivery_id: str, rerender_hint: str) -> str:

@@ -5,7 +5,9 @@ of what they write, _Op.size, whichever comes first; a write larger than that al
 the statements on the event loop's thread (microseconds each, with no hand-over of the GIL between
 threads), and runs only the COMMIT, whose fsync is the slow part, on a worker thread. Requests that
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
-is on disk. Reads use a second connection on worker threads.
+is on disk. A write whose statements may take longer, a replay's, goes alone with its statements on a worker
+thread too (`off_loop`), and is cut into parts bounded as a group is. Reads use a second connection on worker
+threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
 lets start-up hand every delivery left in flight straight back to the queue. The CLI still writes to it beside
@@ -118,6 +120,12 @@ NONCE_SWEEP_EVERY = 16
 """Every NONCE_SWEEP_EVERY-th nonce recorded deletes up to NONCE_SWEEP expired ones: two per nonce on average,
 so the table shrinks back after a burst, in one statement rather than sixteen."""
 RECOVERY_FREE_BYTES = 1 << 20
+BODY_INLINE = 2048
+"""The largest body (encoded) a delivery's row keeps; a larger one is kept in delivery_bodies (migration 0021), the
+row's body NULL. SQLite writes a row whole whenever one of its columns changes: a body kept in it is written again by
+every change of its status (a claim, a record, a replay), about 14 ms per MiB. A row with a body this size still fits
+in one page (4 KiB), so a status change writes at most that page; a body kept apart costs its own insert when stored.
+The rows stored before 0021 keep their bodies, whatever their size."""
 WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
@@ -137,6 +145,10 @@ _INSERT_PLAIN_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  #
 _EVENT_WIDTH_NO_KEY = 8
 _PLAIN_DELIVERY_WIDTH = 13
 """A delivery row's values up to its last error and conversation, the two the plain statement writes NULL."""
+_INSERT_BODY = "INSERT INTO delivery_bodies (id, body) VALUES (?, ?)"
+_BODY = "COALESCE(body, (SELECT b.body FROM delivery_bodies b WHERE b.id = deliveries.id))"
+"""A delivery's body, wherever it is kept (see BODY_INLINE)."""
+_HAS_BODY = "(body IS NOT NULL OR EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.id = deliveries.id))"
 # An attempt's record is bound in the same way, by NullsWritten: the values that may be None (an ordinary success's
 # error, next due time and role; a retry's ticket and role) are written NULL in the statement when they are, its
 # JSON is bound as bytearrays and its flag as an int.
@@ -183,26 +195,30 @@ def _failure(exc: BaseException) -> BaseException:
 
 class _Op:
     """One write of a group. `inserts`, when set, is all that `fn` does: an accepted event's row, its
-    deliveries' rows, the deliveries that join a conversation (with the time they do), and the result, which the
-    group writes together with its neighbours' (see SqliteStore._run_straight). `size` is what GROUP_BYTES bounds
-    per group: the bytes the write carries that were encoded before it queued. An accept's are its event's JSON
-    and its deliveries' bodies (what the request sent; a delivery's options come from its mapping), a record's
-    its error, response excerpt, follow-up body and exchange. Every other write weighs 0: a claim, a release, a
-    lease's extension or reaping, a replay, a purge, an audit entry, a mapping set (small or rare, and what they
-    write is not at hand before they run)."""
+    deliveries' rows and the bodies kept apart from them (BODY_INLINE), the deliveries that join a conversation
+    (with the time they do), and the result, which the group writes together with its neighbours' (see
+    SqliteStore._run_straight). `size` is what GROUP_BYTES bounds per group: the bytes the write carries that were
+    encoded before it queued. An accept's are its event's JSON and its deliveries' bodies (what the request sent; a
+    delivery's options come from its mapping), a record's its error, response excerpt, follow-up body and
+    exchange, a replay's the bodies it writes (SqliteStore.replay). Every other write weighs 0: a claim, a release,
+    a lease's extension or reaping, a purge, an audit entry, a mapping set (small or rare, and what they write is
+    not at hand before they run). `off_loop`: the write is a group by itself, its statements run on a worker
+    thread rather than the event loop's."""
 
-    __slots__ = ("durable", "fn", "future", "inserts", "size")
+    __slots__ = ("durable", "fn", "future", "inserts", "off_loop", "size")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], durable: bool,
-                 inserts: _Inserts | None, size: int) -> None:
+                 inserts: _Inserts | None, size: int, *, off_loop: bool = False) -> None:
         self.fn = fn
         self.future = future
         self.durable = durable
         self.inserts = inserts
         self.size = size
+        self.off_loop = off_loop
 
 
-_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[NewDelivery, int]], AcceptResult]
+_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, bytearray]], list[tuple[NewDelivery, int]],
+                 AcceptResult]
 
 
 class SqliteStore(Store):
@@ -221,6 +237,8 @@ class SqliteStore(Store):
         self._pending: list[_Op] = []
         self._pending_size = 0
         """The sum of the queued writes' sizes (_Op.size)."""
+        self._off_loop_queued = 0
+        """How many of the queued writes are `off_loop` (each a group by itself)."""
         self.group_bytes = GROUP_BYTES
         self._flusher: asyncio.Task[None] | None = None
         self._full = True
@@ -244,7 +262,8 @@ class SqliteStore(Store):
         self._subscribers: list[Callable[[str], None]] = []
         self._watch_timer: asyncio.TimerHandle | None = None
         self._data_version: int | None = None  # the writer's PRAGMA data_version at the last look
-        self._committing: asyncio.Future[None] | None = None  # the writer's COMMIT, while the commit thread runs it
+        self._elsewhere: asyncio.Future[Any] | None = None
+        """The writer's work on another thread (its COMMIT, an off-loop write's statements), while it runs."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -384,14 +403,15 @@ class SqliteStore(Store):
     # -- the writer thread ------------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = True,
-                     inserts: _Inserts | None = None, size: int = 0) -> Any:
+                     inserts: _Inserts | None = None, size: int = 0, off_loop: bool = False) -> Any:
         if self._closed or self._loop is None:
             raise StoreUnavailable("the store is closed")
         if self._lost is not None:
             raise StoreUnavailable(self._lost)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_Op(fn, future, durable, inserts, size))
+        self._pending.append(_Op(fn, future, durable, inserts, size, off_loop=off_loop))
         self._pending_size += size
+        self._off_loop_queued += off_loop
         if self._flusher is None or self._flusher.done():
             self._flusher = self._loop.create_task(self._flush(), name="sqlite group commit")
         return await future
@@ -414,6 +434,14 @@ class SqliteStore(Store):
         from holding the loop: about 3 ms per MiB."""
         group, self._pending, self._pending_size = take_group(self._pending, self._pending_size,
                                                               self.group_commit_max, self.group_bytes)
+        if self._off_loop_queued and (cut := next((n for n, op in enumerate(group) if op.off_loop), None)) is not None:
+            cut = cut or 1  # an off-loop write goes alone: first, by itself; later, the group ends before it
+            if cut < len(group):
+                rest = group[cut:]
+                group = group[:cut]
+                self._pending[:0] = rest
+                self._pending_size += sum(op.size for op in rest)
+            self._off_loop_queued -= sum(op.off_loop for op in group)
         return group
 
     def _commit_worker(self) -> None:
@@ -534,7 +562,7 @@ class SqliteStore(Store):
     async def _commit_off_loop(self, conn: sqlite3.Connection) -> None:
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._committing = future
+        self._elsewhere = future
         self._commits.put((conn, future))
         await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-commit
 
@@ -569,7 +597,9 @@ class SqliteStore(Store):
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._full = durable
             await self._begin(conn)
-            if len(batch) == 1:
+            if batch[0].off_loop:  # by itself (_take)
+                results = [(True, await self._run_off_loop(conn, batch[0].fn))]
+            elif len(batch) == 1:
                 results = self._run_isolated(conn, batch)
             else:
                 straight = self._run_straight(conn, batch)
@@ -596,6 +626,15 @@ class SqliteStore(Store):
                 self._failing = None
         return results
 
+    async def _run_off_loop(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`fn`'s statements, in the open transaction, on a worker thread: the event loop goes on meanwhile, while
+        the writes queued behind wait for the group after. Nothing else uses the writer until it is done (the
+        flusher waits for it, and look_for_others keeps off while it runs)."""
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.run_in_executor(None, fn, conn)
+        self._elsewhere = future
+        return await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-statement
+
     @staticmethod
     def _run_straight(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]] | None:
         """Every write of the open transaction; None (rolled back) when one fails. The rows of consecutive
@@ -606,22 +645,25 @@ class SqliteStore(Store):
         results: list[tuple[bool, Any]] = []
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[Any, ...]] = []
+        bodies: list[tuple[str, bytearray]] = []
         joins: list[tuple[NewDelivery, int]] = []
         try:
             for op in batch:
                 if op.inserts is not None:
-                    event, rows, joining, result = op.inserts
+                    event, rows, apart, joining, result = op.inserts
                     events.append(event)
                     deliveries.extend(rows)
+                    if apart:
+                        bodies.extend(apart)
                     joins.extend(joining)
                     results.append((True, result))
                     continue
                 if events:
-                    _insert(conn, events, joins, deliveries)
-                    events, joins, deliveries = [], [], []
+                    _insert(conn, events, joins, deliveries, bodies)
+                    events, joins, deliveries, bodies = [], [], [], []
                 results.append((True, op.fn(conn)))
             if events:
-                _insert(conn, events, joins, deliveries)
+                _insert(conn, events, joins, deliveries, bodies)
         except Exception:
             conn.execute("ROLLBACK")
             return None
@@ -668,7 +710,7 @@ class SqliteStore(Store):
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
         created = now_ms()
-        rows = _delivery_rows(event, deliveries, created)
+        rows, apart = _delivery_rows(event, deliveries, created)
         event_row = _event_row(event, received, len(rows))
         joins = [(d, created) for d in deliveries if d.conversation is not None]
         stored = AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
@@ -676,6 +718,8 @@ class SqliteStore(Store):
         for row in rows:
             if (body := row[8]) is not None:
                 size += len(body)
+        for _, body in apart:
+            size += len(body)
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if event.dedup_key is not None:
@@ -693,11 +737,11 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            _insert(conn, [event_row], joins, rows)
+            _insert(conn, [event_row], joins, rows, apart)
             return stored
 
         plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
-        result: AcceptResult = await self._write(op, inserts=(event_row, rows, joins, stored) if plain else None,
+        result: AcceptResult = await self._write(op, inserts=(event_row, rows, apart, joins, stored) if plain else None,
                                                  size=size)
         return result
 
@@ -715,6 +759,8 @@ class SqliteStore(Store):
                 (owner, now + int(lease_s * 1000), now, destination, now, limit),
             ).fetchall()
             if got:
+                if any(r[5] is None for r in got):  # a body kept apart, or none yet (a follow-up's)
+                    got = _with_bodies(conn, got, 5)
                 items = claimed_items(got)
                 threaded = [i.id for i in items if i.conversation is not None]
                 if threaded:
@@ -737,6 +783,7 @@ class SqliteStore(Store):
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
         unknown, duplicates = doubt_after(r)
         body = None if role_body is None else _json_blob(role_body)
+        apart = body if body is not None and len(body) > BODY_INLINE else None  # written after the row (BODY_INLINE)
         exchange = None if r.exchange is None else _json_blob(r.exchange)
         size = len(r.error or "") + len(r.response_excerpt or "")  # its texts (_Op.size)
         if body is not None:
@@ -748,8 +795,11 @@ class SqliteStore(Store):
             now = now_ms()
             updated = conn.execute(*_RECORD.bind(
                 (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id),
-                (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action, body, owner)),
+                (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
+                 None if apart is not None else body, owner)),
             ).fetchone()
+            if updated is not None and body is not None:
+                _put_body(conn, r.delivery_id, body)
             if updated is not None and r.ticket_uuid is not None:
                 # Apart from the statement above: only a few vendors give a third reference (LeadSquared).
                 conn.execute("UPDATE deliveries SET ticket_uuid = ? WHERE id = ?", (r.ticket_uuid, r.delivery_id))
@@ -842,7 +892,7 @@ class SqliteStore(Store):
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
         def run(conn: sqlite3.Connection) -> DeliveryDetail:
-            r = conn.execute(f"SELECT {ROW_COLUMNS}, body, options FROM deliveries WHERE id = ?",  # noqa: S608
+            r = conn.execute(f"SELECT {ROW_COLUMNS}, {_BODY}, options FROM deliveries WHERE id = ?",  # noqa: S608
                              (delivery_id,)).fetchone()
             if r is None:
                 raise NotFound(f"no delivery {delivery_id!r}")
@@ -871,31 +921,21 @@ class SqliteStore(Store):
         self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,
         mapping: str | None = None,
     ) -> list[str]:
-        new = bodies or {}
+        """Written in parts, each a write by itself whose statements run off the event loop's thread (`off_loop`),
+        bounded as a group is: at most `group_commit_max` deliveries and `group_bytes` of what it writes besides
+        their statuses, the first whatever its size (a new body; a body stored in its row before 0021, which SQLite
+        writes again with the row, its size read first). So the loop goes on meanwhile, and the intake waiting
+        behind a part waits for that part alone."""
         renamed = storable(mapping) if mapping else None
-
-        def op(conn: sqlite3.Connection) -> list[str]:
-            now = now_ms()
-            moved = []
-            for i in delivery_ids:
-                if i in new:
-                    body, version = new[i]
-                    row = conn.execute(
-                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
-                        "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ?, "
-                        "mapping = COALESCE(?, mapping) WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
-                        (now, now, encode(body), version, renamed, i)).fetchone()
-                else:
-                    row = conn.execute(
-                        "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
-                        "last_error = NULL, in_doubt_since = NULL WHERE id = ? AND status IN ('succeeded', 'dead') "
-                        "AND body IS NOT NULL "
-                        "RETURNING id", (now, now, i)).fetchone()
-                if row is not None:
-                    moved.append(i)
-            return moved
-
-        moved: list[str] = await self._write(op)
+        new = {i: (_json_blob(body), version) for i, (body, version) in (bodies or {}).items()}
+        kept: dict[str, int] = await self._read(
+            functools.partial(_bodies_in_rows, delivery_ids=[i for i in delivery_ids if i not in new]))
+        moved: list[str] = []
+        for part, size in _parts(delivery_ids, [len(new[i][0]) if i in new else kept.get(i, 0) for i in delivery_ids],
+                                 self.group_commit_max, self.group_bytes):
+            done: list[str] = await self._write(functools.partial(_replay, delivery_ids=part, new=new,
+                                                                  renamed=renamed), size=size, off_loop=True)
+            moved.extend(done)
         return moved
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:
@@ -915,10 +955,10 @@ class SqliteStore(Store):
     def look_for_others(self) -> bool:
         """Whether another connection (another process) committed since the last look; if one did, the subscribers
         hear "*" (any lane may have work now). The writer connection is asked, on the event loop's thread where its
-        statements run, and not while the commit thread runs its COMMIT (the next look sees what this one missed):
+        statements run, and not while another thread uses it (the next look sees what this one missed):
         its `data_version` never moves for its own commits, so the server's own writes wake nothing here."""
         conn = self._writer
-        if conn is None or self._lost is not None or (self._committing is not None and not self._committing.done()):
+        if conn is None or self._lost is not None or (self._elsewhere is not None and not self._elsewhere.done()):
             return False
         try:
             version: int = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -1164,6 +1204,81 @@ class SqliteStore(Store):
         return entries
 
 
+def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], new: dict[str, tuple[bytearray, str]],
+            renamed: str | None) -> list[str]:
+    """SqliteStore.replay's write of one part: each succeeded or dead delivery back to pending, with its new body
+    (and mapping version, and mapping when renamed) when `new` has one, else only if it has a body; those moved."""
+    now = now_ms()
+    moved = []
+    for i in delivery_ids:
+        if i in new:
+            body, version = new[i]
+            row = conn.execute(
+                "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
+                "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ?, "
+                "mapping = COALESCE(?, mapping) WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
+                (now, now, body if len(body) <= BODY_INLINE else None, version, renamed, i)).fetchone()
+            if row is not None:
+                _put_body(conn, i, body)
+        else:
+            row = conn.execute(
+                "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "  # noqa: S608
+                "last_error = NULL, in_doubt_since = NULL WHERE id = ? AND status IN ('succeeded', 'dead') "
+                f"AND {_HAS_BODY} RETURNING id", (now, now, i)).fetchone()
+        if row is not None:
+            moved.append(i)
+    return moved
+
+
+def _bodies_in_rows(conn: sqlite3.Connection, *, delivery_ids: list[str]) -> dict[str, int]:
+    """The size of each body kept in its delivery's row among `delivery_ids` (length() reads a row's header, not
+    its body)."""
+    out: dict[str, int] = {}
+    for start in range(0, len(delivery_ids), 500):  # bound to the statement's host parameters
+        part = delivery_ids[start:start + 500]
+        out.update(conn.execute(f"SELECT id, length(body) FROM deliveries WHERE id IN ({', '.join('?' * len(part))}) "  # noqa: S608
+                                "AND body IS NOT NULL", part).fetchall())
+    return out
+
+
+def _parts(ids: list[str], sizes: list[int], max_items: int, max_bytes: int) -> list[tuple[list[str], int]]:
+    """`ids` cut in order into parts of at most `max_items` ids and `max_bytes` of their `sizes`, the first of a
+    part whatever its size; each with its size."""
+    parts: list[tuple[list[str], int]] = []
+    part: list[str] = []
+    total = 0
+    for i, size in zip(ids, sizes, strict=True):
+        if part and (len(part) >= max_items or total + size > max_bytes):
+            parts.append((part, total))
+            part, total = [], 0
+        part.append(i)
+        total += size
+    if part:
+        parts.append((part, total))
+    return parts
+
+
+def _put_body(conn: sqlite3.Connection, delivery_id: str, body: bytearray) -> None:
+    """What keeps a body just written where BODY_INLINE says: a small one, written in the row, loses any kept apart
+    before; a large one, written NULL in the row (or not at all), is kept apart, and the row loses any it held."""
+    if len(body) <= BODY_INLINE:
+        conn.execute("DELETE FROM delivery_bodies WHERE id = ?", (delivery_id,))
+        return
+    conn.execute("UPDATE deliveries SET body = NULL WHERE id = ? AND body IS NOT NULL", (delivery_id,))
+    conn.execute("INSERT OR REPLACE INTO delivery_bodies (id, body) VALUES (?, ?)", (delivery_id, body))
+
+
+def _with_bodies(conn: sqlite3.Connection, rows: list[Any], at: int) -> list[Any]:
+    """`rows` (each a delivery's id first, its body at `at`) with the bodies kept apart filled in where the row's
+    own is NULL (BODY_INLINE); one look-up of them all."""
+    wanted = [r[0] for r in rows if r[at] is None]
+    found = dict(conn.execute(f"SELECT id, body FROM delivery_bodies WHERE id IN ({', '.join('?' * len(wanted))})",  # noqa: S608
+                              wanted).fetchall())
+    if not found:
+        return rows
+    return [(*r[:at], found[r[0]], *r[at + 1:]) if r[0] in found else r for r in rows]
+
+
 def _json_blob(value: Any) -> bytearray:
     """`value` as JSON (as rows.encode writes it), encoded straight into a bytearray: no copy of a large mail's."""
     blob = bytearray()
@@ -1183,24 +1298,30 @@ def _event_row(event: Event, received_ms: int, deliveries: int) -> tuple[Any, ..
             _json_blob(event), deliveries)
 
 
-def _delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int) -> list[tuple[Any, ...]]:
+def _delivery_rows(event: Event, deliveries: list[NewDelivery],
+                   created_ms: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytearray]]]:
     """NEW_DELIVERY_COLUMNS' values (new_delivery_rows') with the JSON as bytearrays, and without the last error and
-    conversation when both are None (for _INSERT_PLAIN_DELIVERY)."""
+    conversation when both are None (for _INSERT_PLAIN_DELIVERY); with the bodies kept apart from their rows (over
+    BODY_INLINE: the row's body is NULL), as (delivery id, body)."""
     rows: list[tuple[Any, ...]] = []
+    apart: list[tuple[str, bytearray]] = []
     for d in deliveries:
         body = None if d.body is None else _json_blob(d.body)
+        if body is not None and len(body) > BODY_INLINE:
+            apart.append((d.id, body))
+            body = None
         row = (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status, body,
                _json_blob(d.options), created_ms, created_ms, created_ms)
         rows.append(row if d.error is None and d.conversation is None else (*row, d.error, d.conversation))
-    return rows
+    return rows, apart
 
 
 def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
-            deliveries: list[tuple[Any, ...]]) -> None:
+            deliveries: list[tuple[Any, ...]], bodies: list[tuple[str, bytearray]]) -> None:
     """Write accepted events: their rows first (deliveries refer to them), then the conversations they join, in
-    arrival order, then their deliveries' rows; one accept's or, gathered by _run_straight, a group's. Rows
-    without the ordinary NULLs' values (see _event_row, _delivery_rows) go in by the statements that write them
-    NULL, unless a row of the same call has them."""
+    arrival order, then their deliveries' rows and the bodies kept apart from them (which refer to those); one
+    accept's or, gathered by _run_straight, a group's. Rows without the ordinary NULLs' values (see _event_row,
+    _delivery_rows) go in by the statements that write them NULL, unless a row of the same call has them."""
     if all(len(row) == _EVENT_WIDTH_NO_KEY for row in events):
         conn.executemany(_INSERT_EVENT_NO_KEY, events)
     else:
@@ -1220,6 +1341,8 @@ def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list
     else:
         conn.executemany(_INSERT_DELIVERY, [(*row, None, None) if len(row) == _PLAIN_DELIVERY_WIDTH else row
                                             for row in deliveries])
+    if bodies:
+        conn.executemany(_INSERT_BODY, bodies)
 
 
 def _run_script(sql: str, conn: sqlite3.Connection) -> None:

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 import requests
 
+from bridge.cli import deliveries as deliveries_cli
 from bridge.cli import main
+from bridge.cli.remote import AdminClient
+from bridge.console.models import ReplayBody, ReplayResult
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import NewDelivery
@@ -83,6 +86,40 @@ def test_replay_goes_through_the_server_and_a_read_token_is_refused(
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
     assert main(["replay", "--url", server, ids[0]]) == 2
     assert "403" in capsys.readouterr().err
+
+
+def test_replay_by_filter_pages_through_every_match(server: str, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --url --destination` replays every delivery the filter matches, not only the most one call takes
+    (REPLAY_MOST, here 2): it follows the server's cursor call after call, and each delivery is replayed once, though
+    those of the first call have succeeded again before the last; ids beyond REPLAY_MOST go in further calls."""
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
+    for title in ("three", "four", "five"):
+        requests.post(f"{server}/hooks/partner", json={"title": title}, timeout=10).raise_for_status()
+    assert main(["deliveries", "list", "--url", server, "--json"]) == 0
+    ids = [line.split('"id":"')[1].split('"')[0] for line in rows(capsys.readouterr().out)]
+    assert len(ids) == 5
+    for i in ids:
+        settled(server, i)
+    monkeypatch.setattr(deliveries_cli, "REPLAY_MOST", 2, raising=False)
+    calls: list[ReplayBody] = []
+    asked = AdminClient.replay
+
+    async def replay(client: AdminClient, body: ReplayBody) -> ReplayResult:
+        calls.append(body)
+        answer = await asked(client, body)
+        for i in answer.replayed:
+            settled(server, i)
+        return answer
+
+    monkeypatch.setattr(AdminClient, "replay", replay)
+    assert main(["replay", "--url", server, "--destination", "kapture", "--status", "succeeded"]) == 0
+    assert "replayed 5 of 5 deliveries" in capsys.readouterr().out
+    assert [(len(c.ids), c.cursor is not None) for c in calls] == [(0, False), (0, True), (0, True)]
+    calls.clear()
+    assert main(["replay", "--url", server, *ids[:3], "--dry-run"]) == 0
+    assert [c.ids for c in calls] == [ids[:2], ids[2:3]]
+    assert "3 deliveries would be replayed" in capsys.readouterr().err
 
 
 def test_a_missing_token_is_named(server: str, capsys: pytest.CaptureFixture[str]) -> None:

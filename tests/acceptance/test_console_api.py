@@ -17,6 +17,7 @@ from bridge.simulators.kapture import KaptureSimulator
 from bridge.store.base import NewDelivery
 from tests.acceptance.console_app import ADMIN, READ, console_app
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.integration.store.contract import result
 
 CONFIG, PARTNER = console_app()
 MAPPINGS = {
@@ -198,7 +199,7 @@ async def test_a_dry_run_names_a_delivery_still_under_way(write_config: ConfigFa
     [pending] = await deliveries(client, status="pending")
     dry = await post(client, "/admin/api/replay", {"ids": [pending["id"]], "dry_run": True})
     assert (dry["matched"], dry["replayed"]) == ([pending["id"]], [])
-    assert dry["refused"] == [{"id": pending["id"], "reason": "it is pending"}]
+    assert [(r["id"], r["reason"].split(" (")[0]) for r in dry["refused"]] == [(pending["id"], "it is pending")]
 
 
 async def test_on_sqlite_a_pause_lasts_until_the_process_restarts(write_config: ConfigFactory,
@@ -236,6 +237,41 @@ async def test_a_replay_to_a_destination_no_longer_configured_is_refused(write_c
         assert out["refused"] == [{"id": "dlv_retired", "reason": reason}], given
     assert (await get(client, "/admin/api/deliveries/dlv_retired"))["delivery"]["status"] == "dead"
     assert (await get(client, "/admin/api/audit"))["items"] == []
+
+
+async def test_a_filter_matching_more_than_the_limit_is_continued_by_cursor(write_config: ConfigFactory,
+                                                                              bridge_client: AppClient) -> None:
+    """A filter matching more deliveries than `limit` takes says so: `next_cursor` continues with the rest, from
+    dead ones on to succeeded ones (no status given), so that following it replays each delivery once, even one
+    that a page before replayed and that succeeded again meanwhile; the last page answers null. Ids named are all
+    taken, `limit` bounding what the filter adds to them; a cursor without the filter it continues is a 409."""
+    client = await start(write_config, bridge_client, workers=False)
+    store = runtime(client).store
+    assert store is not None
+    made = [NewDelivery(id=f"dlv_{n}", mapping="partner", mapping_version="v1", destination="kapture",
+                        action="create_ticket", body={"title": str(n)}, status="succeeded" if n < 2 else "dead",
+                        error=None if n < 2 else "HTTP 500") for n in range(5)]
+    await store.accept(Event.new(source="partner", kind="json", channel="webhook", payload={"title": "t"}), made, 0)
+    given: dict[str, Any] = {"destination": "kapture", "limit": 2}
+    pages: list[tuple[list[str], str | None]] = []
+    while True:
+        out = await post(client, "/admin/api/replay", given)
+        assert out["refused"] == []
+        pages.append((out["replayed"], out["next_cursor"]))
+        claimed = (await store.claim("kapture", 10, "lane", 30)).items
+        assert sorted(c.id for c in claimed) == sorted(out["replayed"])
+        for c in claimed:  # sent, and succeeded again, before the next page
+            await store.record(result(c.id, "succeeded"), owner="lane")
+        if out["next_cursor"] is None:
+            break
+        given = {**given, "cursor": out["next_cursor"]}
+    assert pages == [(["dlv_4", "dlv_3"], "dlv_3"), (["dlv_2", "dlv_1"], "dlv_1"), (["dlv_0"], None)]
+    named = await post(client, "/admin/api/replay", {"ids": ["dlv_0", "dlv_1", "dlv_2"], "status": "succeeded",
+                                                      "limit": 1, "dry_run": True})
+    assert (named["matched"], named["next_cursor"]) == (["dlv_0", "dlv_1", "dlv_2", "dlv_4"], "dlv_4")
+    resp = await client.post("/admin/api/replay", json={"ids": ["dlv_0"], "cursor": "dlv_3"}, headers=ADMIN)
+    assert resp.status == 409 and "body.cursor continues a filter's matches" in (await resp.json())["error"]
+    assert [e["detail"]["count"] for e in (await get(client, "/admin/api/audit"))["items"]] == [1, 2, 2]
 
 
 async def _has(client: Client, **params: Any) -> bool:

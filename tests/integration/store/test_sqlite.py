@@ -20,9 +20,9 @@ from structlog.testing import capture_logs
 from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
-from bridge.store.base import AttemptResult, ClaimBatch, DeliveryFilter, NewDelivery
+from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.rows import GROUP_BYTES, HEAD_OF_CONVERSATION, MAPPING_CONVERSATIONS, ROW_COLUMNS
-from bridge.store.sqlite import NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
+from bridge.store.sqlite import BODY_INLINE, NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS, STATUS_COMPARED, STATUS_IN_LIST, rewrite_table
 from tests.conftest import eventually
 from tests.integration.store.contract import (
@@ -891,3 +891,177 @@ async def test_a_conversation_made_before_the_sender_column_keeps_working(
         assert new.conversation.sender == "a@x.io"
     finally:
         await s.close()
+
+
+def dead(body: dict[str, Any] | None) -> NewDelivery:
+    return make_delivery(body=body, status="dead", error="HTTP 500")
+
+
+@contextmanager
+def traced(store: SqliteStore) -> Iterator[list[tuple[int, str]]]:
+    """Each statement the store's writer runs meanwhile, with the thread that runs it."""
+    seen: list[tuple[int, str]] = []
+    assert store._writer is not None
+    store._writer.set_trace_callback(lambda sql: seen.append((threading.get_ident(), sql)))
+    try:
+        yield seen
+    finally:
+        store._writer.set_trace_callback(None)
+
+
+def transactions(seen: list[tuple[int, str]], marker: str) -> list[list[tuple[int, str]]]:
+    """The statements starting with `marker` of each transaction that runs one, transaction by transaction."""
+    out: list[list[tuple[int, str]]] = []
+    for thread, sql in seen:
+        if sql.startswith("BEGIN"):
+            out.append([])
+        elif sql.startswith(marker):
+            out[-1].append((thread, sql))
+    return [t for t in out if t]
+
+
+REPLAYED = "UPDATE deliveries SET status = 'pending', tries = 0"
+
+
+async def test_a_replay_writes_off_the_event_loop_in_parts_bounded_like_a_group(store: SqliteStore) -> None:
+    """A replay's statements run on a worker thread, never the event loop's, in parts each committed by itself: at
+    most group_commit_max deliveries, and at most group_bytes of new bodies (the first whatever its size), so that
+    neither the loop nor the intake queued behind waits for the whole of a large replay."""
+    store.group_commit_max = 4
+    store.group_bytes = 100_000
+    small = [dead({"title": str(n)}) for n in range(10)]
+    await accept_one(store, *small)
+    ids = [d.id for d in small]
+    with traced(store) as seen:
+        assert await store.replay(ids) == ids
+    parts = transactions(seen, REPLAYED)
+    loop_thread = threading.get_ident()
+    assert {thread for p in parts for thread, _ in p}.isdisjoint({loop_thread})
+    assert [len(p) for p in parts] == [4, 4, 2]
+
+    large = [dead({"title": str(n)}) for n in range(5)]
+    await accept_one(store, *large)
+    ids = [d.id for d in large]
+    new = {i: ({"comment": "x" * 45_000}, "v2") for i in ids}  # each about 45 kB encoded: two to a part
+    with traced(store) as seen:
+        assert await store.replay(ids, new) == ids
+    parts = transactions(seen, REPLAYED)
+    assert {thread for p in parts for thread, _ in p}.isdisjoint({loop_thread})
+    assert [len(p) for p in parts] == [2, 2, 1]
+    for i in ids:
+        detail = await store.get_delivery(i)
+        assert (detail.delivery.status, detail.delivery.mapping_version, detail.body) == ("pending", "v2", new[i][0])
+
+
+async def test_a_replay_counts_a_body_kept_in_its_row_before_0021_in_its_bound(store: SqliteStore,
+                                                                              tmp_path: Path) -> None:
+    """A large body stored in its row (before 0021 kept bodies apart) is written again with the row by a replay:
+    its size is read first and bounds the parts as a new body's does. Such rows read and replay as before."""
+    store.group_bytes = 100_000
+    olds = [dead({"title": str(n)}) for n in range(3)]
+    await accept_one(store, *olds)
+    old_body = {"comment": "o" * 60_000}
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:  # as a version before 0021 stored them
+        conn.executemany("UPDATE deliveries SET body = ? WHERE id = ?",
+                         [(msgspec.json.encode(old_body), d.id) for d in olds])
+        conn.commit()
+    ids = [d.id for d in olds]
+    with traced(store) as seen:
+        assert await store.replay(ids) == ids
+    assert [len(p) for p in transactions(seen, REPLAYED)] == [1, 1, 1]
+    assert (await store.get_delivery(ids[0])).body == old_body
+    claimed = (await store.claim("kapture-support", 10, "w", 30)).items
+    assert {c.id: c.body for c in claimed} == {i: old_body for i in ids}
+
+
+def wal_bytes(path: Path) -> int:
+    return os.path.getsize(path.with_name(path.name + "-wal"))
+
+
+async def test_a_status_change_does_not_write_a_large_body_again(store: SqliteStore, tmp_path: Path) -> None:
+    """A body over BODY_INLINE is kept apart from its delivery's row: the claim, the record and the replay that
+    change its status write a page or two each to the WAL, not the 900 kB body again (SQLite writes a row whole
+    whenever one of its columns changes). Claimed, shown and replayed, the body is the one stored."""
+    body = {"comment": os.urandom(450_000).hex()}  # 900 kB, incompressible
+    d = make_delivery(body=body)
+    await accept_one(store, d)
+    path = tmp_path / "s.db"
+    assert query(path, "PRAGMA wal_checkpoint(TRUNCATE)")[0][0] == 0  # the WAL emptied: what follows alone is in it
+    assert wal_bytes(path) == 0
+    [claimed] = (await store.claim("kapture-support", 10, "w", 30)).items
+    assert claimed.body == body
+    await store.record(result(d.id, "dead", http_status=422, classification="permanent", error="HTTP 422"),
+                       owner="w")
+    assert await store.replay([d.id]) == [d.id]
+    assert wal_bytes(path) < 100_000, wal_bytes(path)
+    assert (await store.get_delivery(d.id)).body == body
+    assert query(path, "SELECT typeof(body) FROM deliveries") == [("null",)]
+    assert query(path, "SELECT COUNT(*) FROM delivery_bodies") == [(1,)]
+
+
+async def test_a_body_is_kept_apart_or_in_its_row_by_its_size_wherever_it_is_written(store: SqliteStore,
+                                                                                      tmp_path: Path) -> None:
+    """A body over BODY_INLINE is kept apart, one at most is kept in its row, whichever writes it (an accept, a
+    replay's new body, a follow-up's record), a new one replacing the old wherever that was; a purge takes the
+    bodies kept apart with their deliveries."""
+    path = tmp_path / "s.db"
+    big, small = {"comment": "b" * (BODY_INLINE + 1)}, {"comment": "s"}
+
+    def kept(delivery_id: str) -> tuple[str, int]:
+        [(inline, apart)] = query(path, f"SELECT typeof(body), (SELECT COUNT(*) FROM delivery_bodies b WHERE "
+                                        f"b.id = d.id) FROM deliveries d WHERE id = '{delivery_id}'")
+        return str(inline), int(str(apart))
+
+    d = dead(big)
+    event, _ = await accept_one(store, d)
+    assert kept(d.id) == ("null", 1)
+    assert await store.replay([d.id], {d.id: (small, "v2")}) == [d.id]
+    assert kept(d.id) == ("blob", 0)
+    assert (await store.get_delivery(d.id)).body == small
+    await store.claim("kapture-support", 10, "w", 30)
+    await store.record(result(d.id, "dead", http_status=422, classification="permanent", error="HTTP 422"),
+                       owner="w")
+    assert await store.replay([d.id], {d.id: (big, "v3")}) == [d.id]
+    assert kept(d.id) == ("null", 1)
+    assert (await store.get_delivery(d.id)).body == big
+    await store.claim("kapture-support", 10, "w", 30)
+    follow_up = msgspec.structs.replace(result(d.id, "succeeded"), role="follow_up", action="add_comment",
+                                        body={"comment": "f" * (BODY_INLINE * 2)})
+    await store.record(follow_up, owner="w")
+    assert kept(d.id) == ("null", 1)
+    assert (await store.get_delivery(d.id)).body == follow_up.body
+    gone = await store.purge(Cutoffs(events_ms=now_ms() + 1), 100)
+    assert (gone.events, gone.deliveries) == (1, 1)
+    assert query(path, "SELECT COUNT(*) FROM delivery_bodies") == [(0,)]
+    with pytest.raises(NotFound):
+        await store.get_event(event.id)
+
+
+async def test_a_replays_write_is_a_group_by_itself_between_the_writes_queued_around_it(
+        store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued between other writes (here while another process holds the write lock), a replay's write goes by
+    itself: the writes before it make a group, and so do those after it; each is answered with its own result."""
+    d = dead({"title": "t"})
+    await accept_one(store, d)
+    groups: list[list[bool]] = []  # each group taken, as whether each of its writes runs off the loop
+    take = store._take
+
+    def taken() -> list[Any]:
+        group = take()
+        groups.append([op.off_loop for op in group])
+        return group
+
+    monkeypatch.setattr(store, "_take", taken)
+    accepts = [make_event() for _ in range(3)]
+    with write_locked(tmp_path / "s.db"):
+        first = asyncio.create_task(store.accept(accepts[0], [make_delivery()], WEEK))
+        await eventually(lambda: len(groups) == 1)  # taken, waiting for the lock
+        before = asyncio.create_task(store.accept(accepts[1], [make_delivery()], WEEK))
+        replay = asyncio.create_task(store.replay([d.id]))
+        await eventually(lambda: len(store._pending) == 2)
+        after = asyncio.create_task(store.accept(accepts[2], [make_delivery()], WEEK))
+        await eventually(lambda: len(store._pending) == 3)
+    results = await asyncio.gather(first, before, replay, after)
+    assert [r.event_id for r in (results[0], results[1], results[3])] == [e.id for e in accepts]
+    assert results[2] == [d.id]
+    assert groups == [[False], [False], [True], [False]]

@@ -12,10 +12,12 @@ from bridge.delivery.replay import replay_deliveries
 from bridge.events import Event
 from bridge.store.base import NewDelivery
 from bridge.store.sqlite import SqliteStore
+from tests.integration.store.contract import result
 
 IDS = ["dlv_dead", "dlv_unrendered", "dlv_pending", "dlv_missing"]
+PENDING = "it is pending (waiting for its next try, or replayed already): it is sent without another replay"
 REFUSED = {"dlv_unrendered": "it never rendered (fix the mapping, then replay with --again)",
-           "dlv_pending": "it is pending", "dlv_missing": "no such delivery"}
+           "dlv_pending": PENDING, "dlv_missing": "no such delivery"}
 
 
 def _delivery(ident: str, body: dict[str, str] | None, status: str) -> NewDelivery:
@@ -97,3 +99,33 @@ async def test_a_removed_destination_costs_one_look_up_per_chunk_not_one_per_id(
     assert list(refused) == ["dlv_retired"] and "'retired' is no longer configured" in refused["dlv_retired"]
     assert calls == ["destinations_of", "destinations_of"]  # 7 ids, chunks of 4
     assert (await store.get_delivery("dlv_retired")).delivery.status == "dead"
+
+
+@pytest.mark.parametrize(("outcome", "reason"), [
+    (None, PENDING),
+    ("in_flight", "it is in flight: it is being sent now"),
+    ("succeeded", "it was under way when this replay came (replayed meanwhile, or retrying) and has succeeded "
+                  "since: it was sent; replay it again to send it once more"),
+    ("dead", "it was under way when this replay came (replayed meanwhile, or retrying) and is dead again since: see "
+             "its attempts"),
+])
+async def test_a_delivery_another_replay_moved_first_is_refused_with_what_became_of_it(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, outcome: str | None, reason: str) -> None:
+    """Two replays of one delivery at once: the one whose write comes second finds it pending (the first moved it)
+    and moves nothing; by the time it says why, the delivery may be in flight, or sent and settled. Its reason says
+    what became of it, not that it never rendered (it has a body)."""
+    own_replay = store.replay
+
+    async def second(ids: list[str], *args: object, **kwargs: object) -> list[str]:
+        assert await own_replay(ids) == ids  # the other replay, first
+        moved = await own_replay(ids, *args, **kwargs)  # type: ignore[arg-type]
+        if outcome is not None:
+            assert ids[0] in [c.id for c in (await store.claim("kapture", 10, "lane", 30)).items]
+            if outcome != "in_flight":
+                await store.record(result(ids[0], outcome), owner="lane")  # type: ignore[arg-type]
+        return moved
+
+    monkeypatch.setattr(store, "replay", second)
+    moved, refused = await replay_deliveries(store, ["dlv_dead"], None, {}, destinations=["kapture"], dry_run=False,
+                                             rerender_hint="--again")
+    assert (moved, refused) == ([], {"dlv_dead": reason})
