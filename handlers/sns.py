@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bridge import USER_AGENT
+from bridge.bodies import read_capped
 from bridge.errors import Rejected
 
 Fetcher = Callable[[str], Awaitable[bytes]]
@@ -60,10 +61,10 @@ async def https_get(url: str) -> bytes:
                 session.get(url, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise FetchError(f"HTTP {resp.status}", resp.status)
-            data = await resp.content.read(MAX_FETCH_BYTES + 1)
+            data, cut = await read_capped(resp, MAX_FETCH_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}") from None
-    if len(data) > MAX_FETCH_BYTES:
+    if cut:
         raise FetchError(f"more than {MAX_FETCH_BYTES} bytes", 200)
     return data
 
