@@ -35,7 +35,10 @@ fragment, a port, another spelling of the host or path) nor have a path of its c
 FETCH_TIMEOUT_S = 10.0
 MAX_FETCH_BYTES = 65_536
 
-# The keys signed, in order, for each message type (absent keys are skipped: Subject is optional).
+# The keys signed, in order, for each message type (absent keys are skipped: Subject is optional). Each is
+# written as `Key\nValue\n`, so only a value without a line break ends where it seems to: every one but Message,
+# the first (SNS's own subscription text holds one), must have none, and then no other set of values signs the
+# same text (a MessageId of `id\nSubject\nsubject` with Subject left out would otherwise sign as the message did).
 SIGNED_KEYS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
@@ -129,7 +132,11 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
             if key == "Subject":
                 continue
             raise Rejected(401, f"SNS message has no {key}", check="signature")
-        out.append(f"{key}\n{value}\n")
+        text = str(value)
+        if key != "Message" and "\n" in text:
+            raise Rejected(401, f"SNS {key} {_shown(text)} holds a line break, which no field SNS signs but "
+                                "Message has: the signed text would not say where it ends", check="signature")
+        out.append(f"{key}\n{text}\n")
     return "".join(out).encode()
 
 

@@ -174,6 +174,19 @@ async def test_forged_signature_is_401_and_confirms_nothing() -> None:
     assert fake.fetched == [CERT_URL]
 
 
+async def test_a_captured_notification_cannot_be_sent_again_under_another_message_id() -> None:
+    """Subject is optional, so a MessageId of `id\nSubject\n<subject>` with Subject left out signs the same text:
+    such a message is refused (401, naming MessageId) rather than stored again under a new dedup key."""
+    captured = ses_notification()
+    [inbound] = await run(handler(), captured)
+    replayed = {k: v for k, v in captured.items() if k != "Subject"}
+    replayed["MessageId"] = f"{captured['MessageId']}\nSubject\n{captured['Subject']}"
+    with pytest.raises(Rejected, match=r"SNS MessageId .* holds a line break") as info:
+        await run(handler(), replayed)
+    assert (info.value.status, info.value.check) == (401, "signature")
+    assert inbound.dedup_key == captured["MessageId"]
+
+
 def rejected_by_verify(message: dict[str, Any], **options: Any) -> Rejected:
     fake = FakeSns()
     with pytest.raises(Rejected) as info:

@@ -106,6 +106,18 @@ def test_unknown_type_or_missing_key_is_401(message: dict[str, str]) -> None:
     assert (info.value.status, info.value.check) == (401, "signature")
 
 
+@pytest.mark.parametrize("key", ["MessageId", "Subject", "Timestamp", "TopicArn"])
+def test_a_line_break_in_a_signed_field_but_message_is_401(key: str) -> None:
+    """A line break in any signed field but Message would let two sets of values sign one text: refused, naming
+    the field. Message may hold one (SNS's subscription text does): it is first, and every field after it has none."""
+    message = {"Type": "Notification", "MessageId": "m", "TopicArn": "t", "Message": "hi\nthere", "Subject": "s",
+               "Timestamp": "ts"}
+    assert string_to_sign(message).startswith(b"Message\nhi\nthere\nMessageId\n")
+    with pytest.raises(Rejected, match=f"SNS {key} '.*' holds a line break") as info:
+        string_to_sign({**message, key: message[key] + "\nSubject\ns"})
+    assert (info.value.status, info.value.check) == (401, "signature")
+
+
 def certificate() -> x509.Certificate:
     return x509.load_pem_x509_certificate(sns_key()[1])
 
