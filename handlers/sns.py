@@ -24,7 +24,11 @@ from bridge.errors import Rejected
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
 
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]{1,63}\.amazonaws\.com(\.cn)?")  # a region is one DNS label
+REGION = r"[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}"
+"""An AWS region's name: us-east-1, eu-central-2, us-gov-west-1, cn-northwest-1."""
+SNS_HOST = re.compile(rf"sns\.(?:(?!cn-){REGION}\.amazonaws\.com|cn-[a-z]+-[0-9]{{1,2}}\.amazonaws\.com\.cn)")
+"""SNS's host in a region: sns.<region>.amazonaws.com, or in China's regions (cn-) .amazonaws.com.cn. Only a
+region's name: one DNS label of anything was also the host of an S3 bucket named `sns` (sns.s3.amazonaws.com)."""
 CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
 CERTIFICATE_URL = re.compile(r"https://" + SNS_HOST.pattern + CERTIFICATE_PATH.pattern)
 CERTIFICATE_SHAPE = "https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
@@ -97,8 +101,8 @@ def certificate_url_problem(url: str) -> str | None:
     if parts.scheme != "https":
         return f"SigningCertURL's scheme {_shown(parts.scheme)} is not https; {expected}"
     if not SNS_HOST.fullmatch(parts.netloc):
-        return (f"SigningCertURL's host {_shown(parts.netloc)} is not an SNS host (in lower case, with no user or "
-                f"port); {expected}")
+        return (f"SigningCertURL's host {_shown(parts.netloc)} is not an SNS host (sns.<region>.amazonaws.com, "
+                f"the region such as us-east-1, in lower case, with no user or port); {expected}")
     if not CERTIFICATE_PATH.fullmatch(parts.path):
         return f"SigningCertURL's path {_shown(parts.path)} is not an SNS certificate's; {expected}"
     if parts.query or parts.fragment:
