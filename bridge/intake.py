@@ -28,7 +28,7 @@ from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.rows import now_ms
 from handlers.attachments import save_attachments
 from handlers.auth import check_auth
-from handlers.base import Inbound, Intercepted, SignedNonce, skip_signatures
+from handlers.base import Inbound, Intercepted, SignedNonce, answered, fetched_bytes, skip_signatures
 from handlers.limits import LOOP_PARAMS, too_many
 
 log = structlog.get_logger("ticketbridge.intake")
@@ -98,11 +98,11 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
 async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *, verify: bool = True,
                       off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
     """The handler's checks, `prepare` and parse (in the parser thread when `off`, the body's `offloaded`, worked
-    out here when not given): the
+    out here when not given, or when what `intercept` fetched is large: `fetched_off`): the
     request's events and its signed nonce, or the answer to a handshake or an ignored notification. Rejected
     passes through; any other exception is a handler bug met on these bytes. `verify`
     false (the console's playground) skips the auth and signature checks, and the nonce, and nothing else:
-    `intercept` runs as for intake."""
+    `intercept` runs as for intake. The caller calls `answered` once it has answered."""
     if off is None:
         off = offloaded(body)
     handler = source.handler
@@ -123,7 +123,7 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
             await _run(checks, request, body, off)
         if handler.defines_intercept and (early := await handler.intercept(request, body)) is not None:
             return early
-        inbounds = await _run(handler.parse, request, body, off)
+        inbounds = await _run(handler.parse, request, body, off or fetched_off(request))
         if len(inbounds) > MAX_EVENTS:
             raise too_many("events in one request", len(inbounds), MAX_EVENTS)
         return inbounds, handler.nonce(request, body) if verify else None
@@ -332,6 +332,12 @@ OFFLOAD_BYTES = offload.LOOP_BYTES
 OFFLOAD_MIME_LINES = offload.LOOP_MIME_LINES
 
 
+def fetched_off(request: web.Request) -> bool:
+    """Whether what the handler's `intercept` fetched for the request (an S3 object, a download) is large enough
+    that its parse and render run in the parser thread, as a body of that size would: the body alone cannot tell."""
+    return fetched_bytes(request) > OFFLOAD_BYTES
+
+
 def offloaded(body: bytes) -> bool:
     """Whether to verify, parse and render in a thread, so the loop keeps answering: a large body, or one with
     many MIME delimiter lines (a MIME part costs most of a millisecond) or more than LOOP_PARAMS semicolons (a
@@ -427,6 +433,7 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
         status = exc.status
         raise
     finally:
+        answered(request)  # what the handler held or kept for the request (an S3 read's turn, its parse) is let go
         # Known sources only, so that the series stay bounded by the config whatever path is posted to.
         rt = request.app[RUNTIME]
         name = request.match_info["source"]
@@ -468,6 +475,7 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
         if isinstance(handled, Intercepted):
             return _intercepted(rt, source, handled)
         inbounds, signed = handled
+        off = off or fetched_off(request)  # a small notification whose fetched message is large: rendered off too
     except Rejected as exc:
         return _reject(rt, source, exc, request)
     if (unsaved := await _save_attachments(rt, source, inbounds)) is not None:

@@ -115,6 +115,8 @@ _PARSED: Any = _request_key("ticketbridge.parsed", dict) if _request_key else "t
 
 
 _UNCHECKED: Any = _request_key("ticketbridge.unchecked", bool) if _request_key else "ticketbridge.unchecked"
+_FETCHED: Any = _request_key("ticketbridge.fetched", int) if _request_key else "ticketbridge.fetched"
+_HELD: Any = _request_key("ticketbridge.held", list) if _request_key else "ticketbridge.held"
 
 
 def skip_signatures(request: web.Request) -> None:
@@ -160,6 +162,41 @@ def per_request(request: web.Request, key: str, make: Callable[[], T]) -> T:
         parsed[key] = make()
     value: T = parsed[key]
     return value
+
+
+def count_fetched(request: web.Request, size: int) -> None:
+    """Count `size` bytes a handler fetched for the request (an S3 object, a provider's download). The request's
+    body alone decides where it is parsed; what `intercept` fetches is weighed as well (`fetched_bytes`), so that
+    a small notification whose fetched message is large is parsed and rendered in the parser thread, as a large
+    body is."""
+    request[_FETCHED] = request.get(_FETCHED, 0) + size
+
+
+def fetched_bytes(request: web.Request) -> int:
+    """The bytes `count_fetched` counted for the request."""
+    count: int = request.get(_FETCHED, 0)
+    return count
+
+
+def hold_until_answered(request: web.Request, release: Callable[[], object]) -> None:
+    """Keep a turn of something bounded (an S3 read's, which bounds the messages held at once) for the rest of
+    the request: `release` is called by `answered` once intake has answered it (its events stored, or the
+    request refused), so that what the turn guards stays held through the parse and the store, not only the read."""
+    held: list[Callable[[], object]] | None = request.get(_HELD)
+    if held is None:
+        held = request[_HELD] = []
+    held.append(release)
+
+
+def answered(request: web.Request) -> None:
+    """The request is answered (intake, or the console's playground, calls this last): give back the turns
+    `hold_until_answered` kept, and drop what `per_request` kept (a message fetched for it, its parse). aiohttp
+    keeps a keep-alive connection's last request until the next one arrives on it, or the connection has been
+    idle for the keep-alive timeout: each idle connection would otherwise hold its last message and payload."""
+    held: list[Callable[[], object]] = request.pop(_HELD, [])
+    request.pop(_PARSED, None)
+    for release in held:
+        release()
 
 
 class Handler(ABC):

@@ -22,6 +22,7 @@ from handlers.base import (
     Handler,
     Inbound,
     Intercepted,
+    count_fetched,
     decode_json_object,
     items,
     named,
@@ -130,7 +131,10 @@ class BrevoHandler(Handler):
         if not messages:
             return not_a_message("empty", "a Brevo payload with no message in `items`")
         if self.brevo.api_key is not None and signatures_checked(request):  # unchecked: the playground, verify off
-            await self._download(messages, per_request(request, "brevo.files", dict))
+            files: dict[str, bytes | str] = per_request(request, "brevo.files", dict)
+            await self._download(messages, files)
+            # Counted, so that intake parses the post in the parser thread when its attachments are large.
+            count_fetched(request, sum(len(f) for f in files.values() if isinstance(f, bytes)))
         return None
 
     async def _download(self, messages: list[dict[str, Any]], files: dict[str, bytes | str]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from bridge import USER_AGENT
+from bridge.bodies import read_capped
 from bridge.errors import VALUE
 from bridge.yamlfile import KeyValueError
 
@@ -38,11 +39,11 @@ async def http_get(url: str, headers: dict[str, str], timeout_s: float, max_byte
                 session.get(url, headers=headers, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise FetchFailed(f"HTTP {resp.status}")
-            data = await resp.content.read(max_bytes + 1)
+            data, cut = await read_capped(resp, max_bytes)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         # A download URL may be signed in its query: the reason, which is logged and answered, names it without.
         reason = str(exc).replace(url, url.partition("?")[0])
         raise FetchFailed(f"{type(exc).__name__}: {reason}".rstrip(": ")) from None
-    if len(data) > max_bytes:
+    if cut:
         raise TooLarge(f"the answer is over {max_bytes} bytes")
     return data

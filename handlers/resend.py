@@ -8,7 +8,6 @@ is a 503 with nothing stored: Resend retries the event. Other event types posted
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ from handlers.base import (
     Handler,
     Inbound,
     Intercepted,
+    count_fetched,
     decode_json_object,
     items,
     named,
@@ -71,7 +71,6 @@ class Fetched:
         self.raw: bytes | None = None
         self.files: dict[str, bytes | str] = {}
         """Without a raw message: each attachment's content by its id (or why it was not downloaded)."""
-        self.inbounds: list[Inbound] | None = None
 
 
 class ResendHandler(Handler):
@@ -114,14 +113,17 @@ class ResendHandler(Handler):
         timeout, cap = parse_duration(self.resend.fetch_timeout), self.server.max_body_bytes
         url = f"{self.resend.api_url.rstrip('/')}/emails/receiving/{quote(email_id, safe='')}"
         try:
-            fetched.email = decode_json_object(
-                await self.get(url, {"Authorization": f"Bearer {self.resend.api_key}",
-                                     "Accept": "application/json"}, timeout, cap))
+            answer = await self.get(url, {"Authorization": f"Bearer {self.resend.api_key}",
+                                          "Accept": "application/json"}, timeout, cap)
+            count_fetched(request, len(answer))
+            fetched.email = decode_json_object(answer)
             download = obj(fetched.email.get("raw")).get("download_url")
             if isinstance(download, str) and download.startswith(("https://", "http://")):
                 fetched.raw = await self.get(download, {}, timeout, cap)
+                count_fetched(request, len(fetched.raw))
             else:
                 await self._attachments(url, fetched, timeout, cap)
+                count_fetched(request, sum(len(f) for f in fetched.files.values() if isinstance(f, bytes)))
         except TooLarge as exc:
             raise Rejected(413, f"received email {email_id} fetched from Resend is too large: {exc} "
                                 "(server.max_body_bytes)", check="limits") from None
@@ -129,9 +131,8 @@ class ResendHandler(Handler):
             log.warning("resend.fetch_failed", source=self.name, email_id=email_id, error=str(exc))
             raise Rejected(503, f"could not fetch received email {email_id} from Resend ({exc}); nothing was "
                                 "stored, Resend will send the event again", check="fetch") from None
-        # The request's body is a small event, so intake parses it on the loop; the fetched message may be
-        # megabytes of MIME, parsed here in a thread so that the loop keeps answering.
-        fetched.inbounds = await asyncio.to_thread(self._inbounds, event, fetched)
+        # The request's body is a small event; what was fetched (megabytes of MIME, perhaps) is counted, so that
+        # intake parses it in the parser thread when it is large.
         return None
 
     async def _attachments(self, email_url: str, fetched: Fetched, timeout_s: float, cap: int) -> None:
@@ -155,10 +156,7 @@ class ResendHandler(Handler):
                 fetched.files[attachment_id] = f"not downloaded: {exc} (server.max_body_bytes)"
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        fetched = per_request(request, "resend.fetched", Fetched)
-        if fetched.inbounds is None:  # intercept did not run: nothing was fetched
-            fetched.inbounds = self._inbounds(self._event(request, body), fetched)
-        return fetched.inbounds
+        return self._inbounds(self._event(request, body), per_request(request, "resend.fetched", Fetched))
 
     @staticmethod
     def _inbounds(event: dict[str, Any], fetched: Fetched) -> list[Inbound]:

@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import functools
 import importlib.util
+import io
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -20,6 +22,7 @@ from msgspec import Meta
 from bridge.config import check_duration
 from bridge.durations import parse_duration
 from bridge.errors import VALUE
+from bridge.offload import LOOP_BYTES
 from bridge.yamlfile import KeyValueError
 
 MAX_SES_MESSAGE_BYTES = 40 * 1024 * 1024
@@ -28,8 +31,15 @@ DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 """The default cap on one object: the largest message the common mail services send (25 MB)."""
 CHUNK_BYTES = 256 * 1024
 MAX_READS = 8
-"""Objects read at once per source, so that memory stays bounded (8 times `max_bytes`, and their parses) however
-many notifications arrive together; the others wait their turn within their timeout."""
+"""Objects read or held at once per source: a turn is taken before the read and kept until the request that read
+the object is answered (`S3Object.release`), through its parse and storing, not only while it is read; the others
+wait their turn within their timeout."""
+MAX_LARGE = 2
+"""Of those, objects over LARGE_BYTES: one parsed in the parser thread while the next is read. Parses run one at
+a time there, so more would only hold more messages waiting; this is what bounds memory (two messages of
+`max_bytes`, and what their parse builds) however many large ones arrive together."""
+LARGE_BYTES = LOOP_BYTES
+"""An object larger than this is parsed in the parser thread (bridge/offload.py), and takes a large turn."""
 _REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
@@ -78,6 +88,33 @@ class S3TooLarge(S3Error):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+
+class S3Object:
+    """An object's bytes, and the turns its read took, kept until `release`."""
+
+    def __init__(self, data: bytes, release: Callable[[], None] = lambda: None) -> None:
+        self.data = data
+        self.release = release
+        """Give the turns back (once: later calls do nothing)."""
+
+
+class _Turns:
+    """The turns one read took, of one or more semaphores, given back together, once."""
+
+    def __init__(self) -> None:
+        self._taken: list[asyncio.Semaphore] = []
+
+    async def take(self, turns: asyncio.Semaphore) -> None:
+        await turns.acquire()
+        self._taken.append(turns)
+
+    def holds(self, turns: asyncio.Semaphore) -> bool:
+        return turns in self._taken
+
+    def release(self) -> None:
+        while self._taken:
+            self._taken.pop().release()
 
 
 def available() -> bool:
@@ -131,14 +168,16 @@ def _prepared_session(config: S3Config, default_region: str | None) -> tuple[Any
 class S3Client:
     """One long-lived S3 client per source, made at first use; `close` at shutdown."""
 
-    def __init__(self, config: S3Config, default_region: str | None = None, max_reads: int = MAX_READS) -> None:
+    def __init__(self, config: S3Config, default_region: str | None = None, max_reads: int = MAX_READS,
+                 max_large: int = MAX_LARGE) -> None:
         self.config = config
         self.default_region = default_region
         self.timeout_s = parse_duration(config.timeout)
         self._client: Any = None
         self._exit: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
-        self._reads = asyncio.Semaphore(max_reads)
+        self._turns = asyncio.Semaphore(max_reads)
+        self._large = asyncio.Semaphore(max_large)
 
     async def open(self) -> None:
         """Make the client now (the app's start) rather than at the first read: making one holds the event loop
@@ -154,17 +193,34 @@ class S3Client:
                 self._exit = stack
             return self._client
 
-    async def get(self, bucket: str, key: str) -> bytes:
-        """The object's bytes; raises S3NoSuchKey, S3TooLarge, or S3Unavailable for anything else."""
+    async def get(self, bucket: str, key: str) -> S3Object:
+        """The object's bytes, holding its turns (one of `max_reads`, and for a large object one of `max_large`,
+        taken once its length is known, before its body is read) until the caller's `release`; given back here
+        when the read fails. Raises S3NoSuchKey, S3TooLarge, or S3Unavailable for anything else."""
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - the optional extra is loaded at first use, not by every start
 
         where = f"s3://{bucket}/{key}"
+        turns = _Turns()
         try:
-            client = await self._session_client()  # once per process, and not S3's time: outside the timeout
-            async with asyncio.timeout(self.timeout_s), self._reads:  # a read waiting its turn counts its wait
-                answer = await client.get_object(Bucket=bucket, Key=key)
-                async with answer["Body"] as stream:
-                    return await self._read(stream, answer.get("ContentLength"), where)
+            try:
+                client = await self._session_client()  # once per process, and not S3's time: outside the timeout
+                async with asyncio.timeout(self.timeout_s):  # a read waiting for its turns counts the wait
+                    await turns.take(self._turns)
+                    answer = await client.get_object(Bucket=bucket, Key=key)
+                    async with answer["Body"] as stream:
+                        length, cap = answer.get("ContentLength"), self.config.max_bytes
+                        if isinstance(length, int) and length > cap:  # refused unread, without waiting for a turn
+                            raise S3TooLarge(f"{where} is {length} bytes, over the source's s3.max_bytes of {cap}",
+                                             length)
+                        if not isinstance(length, int) or length > LARGE_BYTES:
+                            await turns.take(self._large)
+                        data = await self._read(stream, where)
+                    if len(data) > LARGE_BYTES and not turns.holds(self._large):  # longer than it said
+                        await turns.take(self._large)
+                return S3Object(data, turns.release)
+            except BaseException:
+                turns.release()
+                raise
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
@@ -179,18 +235,17 @@ class S3Client:
             # no credentials, connection refused or reset, a bad endpoint, a body cut off mid-read
             raise S3Unavailable(f"{where} could not be read: {type(exc).__name__}: {exc}") from None
 
-    async def _read(self, stream: Any, length: Any, where: str) -> bytes:
+    async def _read(self, stream: Any, where: str) -> bytes:
         cap = self.config.max_bytes
-        if isinstance(length, int) and length > cap:
-            raise S3TooLarge(f"{where} is {length} bytes, over the source's s3.max_bytes of {cap}", length)
-        chunks: list[bytes] = []
-        total = 0
+        # Each chunk goes into one buffer, which becomes the result without a copy: a join of a large object's
+        # chunks was one callback copying all of it on the loop.
+        buffer = io.BytesIO()
         while chunk := await stream.read(CHUNK_BYTES):
-            total += len(chunk)
-            if total > cap:  # a length the server did not state, or stated wrong
-                raise S3TooLarge(f"{where} is over the source's s3.max_bytes of {cap}", total)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if buffer.tell() + len(chunk) > cap:  # a length the server did not state, or stated wrong
+                raise S3TooLarge(f"{where} is over the source's s3.max_bytes of {cap}", buffer.tell() + len(chunk))
+            buffer.write(chunk)
+            del chunk  # not held while the next one is read
+        return buffer.getvalue()
 
     async def close(self) -> None:
         async with self._lock:

@@ -5,7 +5,6 @@ raw message read from the bucket before the event is stored."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
@@ -22,8 +21,10 @@ from handlers.base import (
     Handler,
     Inbound,
     Intercepted,
+    count_fetched,
     decode_json_object,
     handshake_answer,
+    hold_until_answered,
     ignored,
     named,
     not_a_message,
@@ -34,7 +35,7 @@ from handlers.base import (
 )
 from handlers.email import Headers, MimeContent, Spam, email_payload, message_files, parse_mime
 from handlers.limits import CHECK as LIMITS_CHECK
-from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable, available
+from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3Object, S3TooLarge, S3Unavailable, available
 from handlers.signing import check_dedup_covers
 from handlers.sns import (
     Fetcher,
@@ -58,9 +59,9 @@ FUTURE_SKEW_S = 300.0
 
 
 class ObjectReader(Protocol):
-    """What reads an S3 object (S3Client; a fake in tests)."""
+    """What reads an S3 object (S3Client; a fake in tests), holding a turn until the object is released."""
 
-    async def get(self, bucket: str, key: str) -> bytes: ...
+    async def get(self, bucket: str, key: str) -> S3Object: ...
 
 
 class SesOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
@@ -184,15 +185,17 @@ class SesHandler(Handler):
 
     async def _read_s3(self, request: web.Request, message: dict[str, Any],
                        action: dict[str, Any]) -> Intercepted | None:
-        """Read and parse the raw message the S3 action stored, before anything is stored: a read that may
-        succeed later is a 503 (SNS sends the notification again), an object that is gone is not a message."""
+        """Read the raw message the S3 action stored, for `parse`, before anything is stored: a read that may
+        succeed later is a 503 (SNS sends the notification again), an object that is gone is not a message. The
+        read's turn is held until the request is answered, and its size tells intake where to parse (`count_fetched`):
+        a large message is parsed and rendered in the parser thread, though the notification is small."""
         assert self.s3 is not None
         bucket, key = action.get("bucketName"), action.get("objectKey")
         if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
             return not_a_message("s3_action", "an SES S3 action without bucketName and objectKey")
         ids = {"source": self.name, "sns_message_id": message.get("MessageId"), "bucket": bucket, "key": key}
         try:
-            raw = await self.s3.get(bucket, key)
+            read = await self.s3.get(bucket, key)
         except S3NoSuchKey as exc:
             log.error("ses.s3_object_missing", **ids, error=str(exc))
             return not_a_message("s3_gone", f"the SES S3 action's object is gone: {exc}")
@@ -204,10 +207,23 @@ class SesHandler(Handler):
             log.warning("ses.s3_unavailable", **ids, error=str(exc))
             raise Rejected(503, f"the message could not be read from S3 ({exc}); nothing was stored, send it again",
                            check="s3", retry_after=RETRY_AFTER_S) from None
-        log.info("ses.s3_read", **ids, size=len(raw))
-        mime = await asyncio.to_thread(_parse_raw, raw)  # a large message parses for many milliseconds
-        per_request(request, "ses.s3", lambda: mime)
+        hold_until_answered(request, read.release)
+        log.info("ses.s3_read", **ids, size=len(read.data))
+        count_fetched(request, len(read.data))
+        per_request(request, "ses.s3", lambda: read)
         return None
+
+    @staticmethod
+    def _s3_mime(request: web.Request) -> MimeContent | None:
+        """The message read from S3, parsed once (None when none was read). Its bytes are let go of once parsed:
+        the parse is what the request keeps until it is answered. On the loop, a large one stops the parse
+        (OffLoop, from `parse_mime`), which is run again in the parser thread."""
+        read: S3Object | None = per_request(request, "ses.s3", lambda: None)
+        if read is None:
+            return None
+        mime = per_request(request, "ses.s3.mime", lambda: _parse_raw(read.data))
+        read.data = b""
+        return mime
 
     async def _confirm(self, message: dict[str, Any]) -> Intercepted:
         url = message.get("SubscribeURL")
@@ -237,7 +253,7 @@ class SesHandler(Handler):
         headers = Headers((str(h["name"]), str(h["value"])) for h in raw_headers
                           if isinstance(h, dict) and isinstance(h.get("name"), str) and "value" in h) \
             if isinstance(raw_headers, list) else Headers()
-        mime = per_request(request, "ses.s3", lambda: None) or self._content(notification, receipt)
+        mime = self._s3_mime(request) or self._content(notification, receipt)
         files = message_files(mime, [])
         verdict = obj(receipt.get("spamVerdict")).get("status")
         payload = email_payload(

@@ -18,13 +18,18 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from bridge import USER_AGENT
+from bridge.bodies import read_capped
 from bridge.errors import Rejected
 from bridge.escaping import quoted
 
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
 
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]{1,63}\.amazonaws\.com(\.cn)?")  # a region is one DNS label
+REGION = r"[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}"
+"""An AWS region's name: us-east-1, eu-central-2, us-gov-west-1, cn-northwest-1."""
+SNS_HOST = re.compile(rf"sns\.(?:(?!cn-){REGION}\.amazonaws\.com|cn-[a-z]+-[0-9]{{1,2}}\.amazonaws\.com\.cn)")
+"""SNS's host in a region: sns.<region>.amazonaws.com, or in China's regions (cn-) .amazonaws.com.cn. Only a
+region's name: one DNS label of anything was also the host of an S3 bucket named `sns` (sns.s3.amazonaws.com)."""
 CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
 CERTIFICATE_URL = re.compile(r"https://" + SNS_HOST.pattern + CERTIFICATE_PATH.pattern)
 CERTIFICATE_SHAPE = "https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
@@ -35,7 +40,10 @@ fragment, a port, another spelling of the host or path) nor have a path of its c
 FETCH_TIMEOUT_S = 10.0
 MAX_FETCH_BYTES = 65_536
 
-# The keys signed, in order, for each message type (absent keys are skipped: Subject is optional).
+# The keys signed, in order, for each message type (absent keys are skipped: Subject is optional). Each is
+# written as `Key\nValue\n`, so only a value without a line break ends where it seems to: every one but Message,
+# the first (SNS's own subscription text holds one), must have none, and then no other set of values signs the
+# same text (a MessageId of `id\nSubject\nsubject` with Subject left out would otherwise sign as the message did).
 SIGNED_KEYS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
@@ -61,10 +69,10 @@ async def https_get(url: str) -> bytes:
                 session.get(url, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise FetchError(f"HTTP {resp.status}", resp.status)
-            data = await resp.content.read(MAX_FETCH_BYTES + 1)
+            data, cut = await read_capped(resp, MAX_FETCH_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}") from None
-    if len(data) > MAX_FETCH_BYTES:
+    if cut:
         raise FetchError(f"more than {MAX_FETCH_BYTES} bytes", 200)
     return data
 
@@ -94,8 +102,8 @@ def certificate_url_problem(url: str) -> str | None:
     if parts.scheme != "https":
         return f"SigningCertURL's scheme {quoted(parts.scheme)} is not https; {expected}"
     if not SNS_HOST.fullmatch(parts.netloc):
-        return (f"SigningCertURL's host {quoted(parts.netloc)} is not an SNS host (in lower case, with no user or "
-                f"port); {expected}")
+        return (f"SigningCertURL's host {quoted(parts.netloc)} is not an SNS host (sns.<region>.amazonaws.com, "
+                f"the region such as us-east-1, in lower case, with no user or port); {expected}")
     if not CERTIFICATE_PATH.fullmatch(parts.path):
         return f"SigningCertURL's path {quoted(parts.path)} is not an SNS certificate's; {expected}"
     if parts.query or parts.fragment:
@@ -124,7 +132,11 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
             if key == "Subject":
                 continue
             raise Rejected(401, f"SNS message has no {key}", check="signature")
-        out.append(f"{key}\n{value}\n")
+        text = str(value)
+        if key != "Message" and "\n" in text:
+            raise Rejected(401, f"SNS {key} {quoted(text)} holds a line break, which no field SNS signs but "
+                                "Message has: the signed text would not say where it ends", check="signature")
+        out.append(f"{key}\n{text}\n")
     return "".join(out).encode()
 
 

@@ -19,8 +19,8 @@ from bridge.mapping.paths import MISSING
 from bridge.mapping.trace import OMIT, format_trace
 from bridge.offload import CONSOLE, render_sliced
 from bridge.routing import render_context
-from bridge.runtime import Runtime
-from handlers.base import Intercepted
+from bridge.runtime import Runtime, Source
+from handlers.base import Intercepted, answered
 
 
 def _plain(value: Any) -> Any:
@@ -54,11 +54,18 @@ async def run_playground(rt: Runtime, given: PlaygroundBody, like: web.Request) 
     """Raises KeyError for an unknown source. The handler sees a real request: `like` (the request asking, or
     any other) cloned as a POST to /hooks/{source} with the given headers and query; its body is not read."""
     source = rt.sources[given.source]
+    request = like.clone(method="POST", rel_url=URL.build(path=f"/hooks/{given.source}", query=given.query),
+                         headers=CIMultiDictProxy(CIMultiDict(given.headers)))
+    try:
+        return await _played(rt, source, given, request)
+    finally:
+        answered(request)  # as intake does: what the handler held or kept for the request is let go
+
+
+async def _played(rt: Runtime, source: Source, given: PlaygroundBody, request: web.Request) -> PlaygroundResult:
     handler = source.handler
     mappings = rt.mappings
     body = given.body.encode()
-    request = like.clone(method="POST", rel_url=URL.build(path=f"/hooks/{given.source}", query=given.query),
-                         headers=CIMultiDictProxy(CIMultiDict(given.headers)))
     result = PlaygroundResult(source=given.source, outcome="events", mappings_version=mappings.version)
     try:
         # Intake's own step: the same checks (auth and signature only with `verify`), intercept, and parse in the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import io
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -14,6 +13,9 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import aiohttp
 import msgspec
 
+# Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
+from bridge.bodies import read_bounded as read_bounded  # noqa: PLC0414
+from bridge.bodies import read_capped as read_capped  # noqa: PLC0414
 from bridge.config import DestinationConfig
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
@@ -279,33 +281,6 @@ def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     if status in (401, 403):
         return Outcome(classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
     return None
-
-
-READ_CHUNK = 65536
-
-
-async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The answer's body, to its end or its first `limit` bytes (decompressed as they arrive, so an encoded
-    body that inflates to gigabytes costs `limit`), and whether it went on past `limit` (then cut there).
-    Unlike `content.read(limit)`, which gives what has arrived so far, an answer that comes in several pieces
-    is read whole. At most `limit` bytes and the chunk being read are held: each chunk goes into one buffer
-    (the last one cut to fit) and the buffer becomes the result without a copy. (The buffer's growth may reserve
-    up to an eighth more than it holds, reserved, not written, and given back when it becomes the result.)"""
-    buffer = io.BytesIO()
-    async for chunk in response.content.iter_chunked(READ_CHUNK):
-        room = limit - buffer.tell()
-        if len(chunk) > room:
-            buffer.write(memoryview(chunk)[:room])
-            return buffer.getvalue(), True
-        buffer.write(chunk)
-        del chunk  # not held while the next one is read
-    return buffer.getvalue(), False
-
-
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The answer's body, to its end or its first `limit` bytes: `read_capped` without saying whether it was cut."""
-    body, _cut = await read_capped(response, limit)
-    return body
 
 
 LOOKUP_MAX_CONTAINERS = 400_000

@@ -1,8 +1,9 @@
 """SES via S3 with large mail: whether the event loop stays free while 2 MB messages are read from a real
-S3-compatible server (moto, in a process of its own) and parsed.
+S3-compatible server (moto, in a process of its own), parsed and stored: half of them a binary attachment under a
+short text, half of them plain text alone (the costly kind: its lines parsed, its reply stripped, its text stored).
 
 Two figures: the CPU time the loop's thread spends in its longest single callback (the time it holds the loop
-without a turn for anyone else, whatever the machine's load), which must stay under 50 ms for every message,
+without a turn for anyone else, whatever the machine's load), which must stay under 30 ms for every message,
 the first included (the S3 client is made as the app starts); and, for the record, the longest wait of a
 ticker that asks for a turn every millisecond, busy and idle (wall time: on a loaded machine it includes the
 OS, and the parser thread holding the GIL through its C steps, handing the loop its turns late).
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.test_ses_s3 import MAPPINGS, big_email, notification, send
+from tests.acceptance.test_ses_s3 import MAPPINGS, big_email, big_text_email, notification, send
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.providers import NOW, TOPIC, FakeSns
 from tests.fixtures.s3 import S3Process, S3Server, s3_serving
@@ -26,7 +27,7 @@ from tests.fixtures.s3 import S3Process, S3Server, s3_serving
 pytestmark = pytest.mark.bench
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "8"))
-MAX_CALLBACK_CPU_MS = 50.0
+MAX_CALLBACK_CPU_MS = 30.0
 
 
 @pytest.fixture
@@ -78,9 +79,14 @@ class Ticker:
         self.task.cancel()
 
 
+# The mapping sends the 2 MB text on to Kapture's stand-in, and aiohttp warns of a request body over 1 MiB given as
+# bytes (a warning is an error under pytest): the delivery's concern, not what is measured here.
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
 async def test_large_mail_from_s3_leaves_the_loop_free(write_config: ConfigFactory, bridge_client: AppClient,
                                                        s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reading and parsing 2 MB messages from S3 never holds the event loop for 50 ms."""
+    """Reading, parsing and storing 2 MB messages from S3, of text or with an attachment, never holds the event
+    loop for 30 ms: the longest is storing the event (some 3 ms per MiB it holds, a text message's text kept twice,
+    as `text` and `stripped_text`); a 2 MB text message parsed on the loop held it for 45 ms."""
     config = write_config(f"""
         store: {{url: "sqlite:///var/bridge.db"}}
         sources:
@@ -92,7 +98,8 @@ async def test_large_mail_from_s3_leaves_the_loop_free(write_config: ConfigFacto
     handler: Any = runtime(client).sources["ses"].handler
     handler.clock = lambda: float(NOW)
     handler.fetch = FakeSns()
-    messages = [big_email(os.urandom(1_600_000)) for _ in range(MESSAGES)]
+    messages = [big_text_email(2_000_000) if number % 2 else big_email(os.urandom(1_600_000))
+                for number in range(MESSAGES)]
     for number, message in enumerate(messages):
         s3.put(f"inbound/m{number}", message.as_bytes())
 

@@ -16,7 +16,7 @@ from bridge import offload
 from bridge.config import ServerConfig, SourceConfig
 from bridge.intake import EVENTS_ON_LOOP, OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _new_events, offloaded, run_handler
 from bridge.runtime import Runtime, Source
-from handlers.base import Handler, Inbound, Intercepted
+from handlers.base import Handler, Inbound, Intercepted, count_fetched
 from handlers.limits import LOOP_PARAMS
 
 
@@ -251,6 +251,29 @@ async def test_the_events_of_a_large_batch_are_built_in_the_parser_thread(
     events = await _new_events(Source("src", Recording(), None, 0.0), inbounds, {}, {"remote": None})
     assert [e.dedup_key for e in events] == [str(i) for i in range(count)]
     assert {name.startswith("ticketbridge-parse") for name in threads} == {off}
+
+
+class Fetching(Recording):
+    """A handler whose intercept fetches `size` bytes for the request (as SES reads its message from S3)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    async def intercept(self, request: Request, body: bytes) -> Intercepted | None:
+        count_fetched(request, self.size)
+        return None
+
+
+@pytest.mark.parametrize(("size", "off"), [(0, False), (OFFLOAD_BYTES, False), (OFFLOAD_BYTES + 1, True)])
+async def test_what_intercept_fetched_places_the_parse(size: int, off: bool) -> None:
+    """A small body whose handler fetched more than OFFLOAD_BYTES for it (an S3 object, a download) is parsed in
+    the parser thread, as a body that large is; its checks, run before anything was fetched, stay on the loop."""
+    handler = Fetching(size)
+    request = make_mocked_request("POST", "/hooks/src")
+    handled = await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, b"{}")
+    assert not isinstance(handled, Intercepted)
+    assert [name.startswith("ticketbridge-parse") for name in handler.threads] == [False, off]
 
 
 class Costly(Recording):

@@ -24,9 +24,13 @@ from handlers.base import (
     Inbound,
     _deeper_than,
     _value_deeper_than,
+    answered,
+    count_fetched,
     decode_json,
     decode_json_object,
+    fetched_bytes,
     handshake_answer,
+    hold_until_answered,
     ignored,
     not_a_message,
     obj,
@@ -313,6 +317,22 @@ def test_per_request_makes_once_per_request() -> None:
     assert per_request(first, "n", make_value) == 1
     assert per_request(first, "n", make_value) == 1
     assert per_request(second, "n", make_value) == 2
+
+
+def test_answered_gives_back_what_was_held_and_drops_what_was_kept() -> None:
+    """Once a request is answered, each turn held for it is given back once, and what `per_request` kept (a
+    fetched message's parse) is dropped; what was fetched for it is counted until then."""
+    req = request()
+    released: list[str] = []
+    count_fetched(req, 10)
+    count_fetched(req, 5)
+    assert fetched_bytes(req) == 15
+    per_request(req, "parse", lambda: "a large parse")
+    hold_until_answered(req, lambda: released.append("s3"))
+    answered(req)
+    answered(req)
+    assert released == ["s3"]
+    assert per_request(req, "parse", lambda: None) is None
 
 
 def test_obj_reads_optional_objects() -> None:

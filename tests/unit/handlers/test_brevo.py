@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
 
 from bridge.errors import Rejected
+from bridge.intake import run_handler
+from bridge.runtime import Runtime, Source
 from handlers.base import Intercepted
 from handlers.brevo import BrevoHandler
 from handlers.fetch import FetchFailed, TooLarge
@@ -98,6 +101,7 @@ class FakeBrevoApi:
 
     status: str = "ok"
     asked: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    content: bytes = JPEG
 
     async def __call__(self, url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> bytes:
         self.asked.append((url, headers))
@@ -105,13 +109,33 @@ class FakeBrevoApi:
             raise FetchFailed("HTTP 502")
         if self.status == "large":
             raise TooLarge(f"the answer is over {max_bytes} bytes")
-        return JPEG
+        return self.content
 
 
 def with_api(api: FakeBrevoApi) -> BrevoHandler:
     h: BrevoHandler = build("brevo", api_key="xkeysib-123", api_url="https://api.brevo.test/v3")
     h.get = api
     return h
+
+
+@pytest.mark.parametrize(("size", "off"), [(len(JPEG), False), (128 * 1024, True)], ids=["small", "large"])
+async def test_a_post_is_parsed_where_its_downloads_place_it(monkeypatch: pytest.MonkeyPatch, size: int,
+                                                            off: bool) -> None:
+    """The post is small, so its body alone would place the parse (each attachment hashed, the payload built) on
+    the event loop; what was downloaded for it decides instead: large attachments, the parser thread."""
+    threads: list[str] = []
+    original = BrevoHandler._message
+
+    def recorded(item: dict[str, Any], downloaded: dict[str, bytes | str]) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(item, downloaded)
+
+    monkeypatch.setattr(BrevoHandler, "_message", staticmethod(recorded))
+    api = FakeBrevoApi(content=JPEG[:size] + b"\0" * (size - len(JPEG)))
+    handled = await run_handler(cast(Runtime, None), Source("brevo", with_api(api), None, 0.0), post(JSON), BODY)
+    assert not isinstance(handled, Intercepted)
+    assert handled[0][0].attachments[0].content == api.content
+    assert [name.startswith("ticketbridge-parse") for name in threads] == [off]
 
 
 def test_with_an_api_key_attachments_are_downloaded() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import threading
+from typing import Any, cast
 
 import msgspec
 import pytest
 
 from bridge.errors import Rejected
+from bridge.intake import run_handler
+from bridge.runtime import Runtime, Source
 from handlers.base import Intercepted
 from handlers.resend import ResendHandler
 from tests.fixtures.providers import (
@@ -159,3 +162,29 @@ def test_an_unchecked_request_fetches_nothing() -> None:
     [inbound] = h.parse(req, BODY)
     assert api.asked == []
     assert inbound.payload["provider"]["email"] == {} and inbound.payload["text"] in (None, "")  # nothing fetched
+
+
+@pytest.mark.parametrize(("large", "off"), [(False, False), (True, True)], ids=["small", "large"])
+async def test_a_fetched_message_is_parsed_where_its_size_places_it(monkeypatch: pytest.MonkeyPatch, large: bool,
+                                                                    off: bool) -> None:
+    """The event is small, so its body alone would place the parse on the event loop; what was fetched for it
+    decides instead: a raw message of megabytes is parsed in the parser thread (the one thread for every large
+    parse), a small one on the loop."""
+    threads: list[str] = []
+    original = ResendHandler._inbounds
+
+    def recorded(event: dict[str, Any], fetched: Any) -> list[Any]:
+        threads.append(threading.current_thread().name)
+        return original(event, fetched)
+
+    monkeypatch.setattr(ResendHandler, "_inbounds", staticmethod(recorded))
+    api = FakeResendApi()
+    if large:
+        api.message = api.message.replace(b"\r\n\r\n", b"\r\n\r\n" + b"the router blinks red\r\n" * 80_000, 1)
+    h, _fake = handler(api)
+    request = post(svix_headers(SECRET, BODY))
+    handled = await run_handler(cast(Runtime, None), Source("resend", h, None, 0.0), request, BODY)
+    assert not isinstance(handled, Intercepted)
+    assert handled[0][0].payload["subject"] == ASHA_EMAIL["subject"]
+    assert [name.startswith("ticketbridge-parse") for name in threads] == [off]
+

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from handlers.s3_client import S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable
+from handlers.s3_client import LARGE_BYTES, S3Client, S3Config, S3NoSuchKey, S3TooLarge, S3Unavailable
 from tests.conftest import eventually
 from tests.fixtures.s3 import BUCKET, S3Server, s3_serving
 
@@ -40,7 +40,7 @@ async def test_reads_an_object_whole(s3: S3Server, make_client: Any) -> None:
     """A 2 MB object comes back byte for byte."""
     data = os.urandom(2 * 1024 * 1024)
     s3.put("inbound/big", data)
-    assert await make_client(s3.url).get(BUCKET, "inbound/big") == data
+    assert (await make_client(s3.url).get(BUCKET, "inbound/big")).data == data
 
 
 async def test_one_client_serves_every_read(s3: S3Server, make_client: Any) -> None:
@@ -48,13 +48,13 @@ async def test_one_client_serves_every_read(s3: S3Server, make_client: Any) -> N
     s3.put("a", b"first")
     s3.put("b", b"second")
     client = make_client(s3.url)
-    assert await client.get(BUCKET, "a") == b"first"
+    assert (await client.get(BUCKET, "a")).data == b"first"
     kept = client._client
-    assert await client.get(BUCKET, "b") == b"second"
+    assert (await client.get(BUCKET, "b")).data == b"second"
     assert client._client is kept
     await client.close()
     assert client._client is None
-    assert await client.get(BUCKET, "a") == b"first"
+    assert (await client.get(BUCKET, "a")).data == b"first"
 
 
 @pytest.mark.parametrize(("configured", "environment", "expected"), [
@@ -105,7 +105,7 @@ async def test_server_down_is_unavailable(s3: S3Server, make_client: Any) -> Non
     with pytest.raises(S3Unavailable, match="could not be read"):
         await client.get(BUCKET, "inbound/m")
     s3.start()
-    assert await client.get(BUCKET, "inbound/m") == b"mail"
+    assert (await client.get(BUCKET, "inbound/m")).data == b"mail"
 
 
 async def test_no_credentials_is_unavailable(s3: S3Server, make_client: Any, monkeypatch: pytest.MonkeyPatch,
@@ -215,11 +215,73 @@ async def test_reads_at_once_are_capped(aiohttp_server: Any, monkeypatch: pytest
         await eventually(lambda: in_flight[0] == 2)
         assert not any(read.done() for read in reads)
         release.set()
-        bodies = await asyncio.gather(*reads)
+        bodies = []
+        for read in reads:  # each object let go of as soon as it is read, as a request answered at once would
+            bodies.append((await read).data)
+            (await read).release()
     finally:
         await client.close()
     assert bodies == [f"/{BUCKET}/inbound/{n}".encode() for n in range(5)]
     assert most[0] == 2
+
+
+async def test_an_object_holds_its_turn_until_it_is_released(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             ) -> None:
+    """An object read keeps its turn until `release` (the request that read it answered), not only while it is
+    read: with 2 turns, both are taken while two objects are held, however fast S3 answers; a failed read gives
+    its turn back at once, and a second `release` gives back nothing more."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    async def fast(request: web.Request) -> web.Response:
+        if request.path.endswith("/gone"):
+            return web.Response(status=404, body=b"<Error><Code>NoSuchKey</Code></Error>")
+        return web.Response(body=request.path.encode())
+
+    client = S3Client(S3Config(endpoint_url=await fake_s3(aiohttp_server, fast)), "us-east-1", max_reads=2)
+    turns = client._turns
+    try:
+        with pytest.raises(S3NoSuchKey):
+            await client.get(BUCKET, "inbound/gone")
+        first = await client.get(BUCKET, "inbound/0")
+        assert not turns.locked()  # the failed read gave its turn back
+        second = await client.get(BUCKET, "inbound/1")
+        assert turns.locked()  # two objects held, though both are read: a third read waits for a turn
+        first.release()
+        first.release()
+        assert not turns.locked()
+        third = await client.get(BUCKET, "inbound/2")
+        assert turns.locked()  # the second release gave back nothing more
+        assert [first.data, second.data, third.data] == [f"/{BUCKET}/inbound/{n}".encode() for n in range(3)]
+        second.release()
+        third.release()
+    finally:
+        await client.close()
+
+
+async def test_large_objects_held_at_once_are_fewer(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of the objects held, at most `max_large` are over LARGE_BYTES (those parsed in the parser thread, one at a
+    time): another large read waits for one to be released, its length known and its body not read, while a small
+    read is not held up."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (LARGE_BYTES + 1 if "large" in request.path else 10))
+
+    client = S3Client(S3Config(endpoint_url=await fake_s3(aiohttp_server, answer)), "us-east-1", max_large=1)
+    try:
+        first = await client.get(BUCKET, "inbound/large-1")
+        small = await client.get(BUCKET, "inbound/small")
+        second = asyncio.ensure_future(client.get(BUCKET, "inbound/large-2"))
+        await eventually(lambda: bool(client._large._waiters))  # its length read: waiting for a large turn
+        assert not second.done()
+        first.release()
+        assert [len(first.data), len(small.data), len((await second).data)] == [LARGE_BYTES + 1, 10,
+                                                                                 LARGE_BYTES + 1]
+        second.result().release()
+        small.release()
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import threading
+from typing import Any, cast
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
+import handlers.ses
 from bridge.errors import Rejected
-from handlers.base import skip_signatures
-from handlers.s3_client import S3Client, S3NoSuchKey, S3TooLarge, S3Unavailable
+from bridge.intake import OFFLOAD_BYTES, run_handler
+from bridge.runtime import Runtime, Source
+from handlers.base import Intercepted, answered, per_request, skip_signatures
+from handlers.email import email_payload
+from handlers.s3_client import S3Client, S3NoSuchKey, S3Object, S3TooLarge, S3Unavailable
 from handlers.ses import SesHandler, SesOptions
 from handlers.sns_certificates import CertificateCache
 from tests.fixtures.providers import (
@@ -174,6 +180,19 @@ async def test_forged_signature_is_401_and_confirms_nothing() -> None:
     assert fake.fetched == [CERT_URL]
 
 
+async def test_a_captured_notification_cannot_be_sent_again_under_another_message_id() -> None:
+    """Subject is optional, so a MessageId of `id\nSubject\n<subject>` with Subject left out signs the same text:
+    such a message is refused (401, naming MessageId) rather than stored again under a new dedup key."""
+    captured = ses_notification()
+    [inbound] = await run(handler(), captured)
+    replayed = {k: v for k, v in captured.items() if k != "Subject"}
+    replayed["MessageId"] = f"{captured['MessageId']}\nSubject\n{captured['Subject']}"
+    with pytest.raises(Rejected, match=r"SNS MessageId .* holds a line break") as info:
+        await run(handler(), replayed)
+    assert (info.value.status, info.value.check) == (401, "signature")
+    assert inbound.dedup_key == captured["MessageId"]
+
+
 def rejected_by_verify(message: dict[str, Any], **options: Any) -> Rejected:
     fake = FakeSns()
     with pytest.raises(Rejected) as info:
@@ -264,20 +283,26 @@ async def test_raw_thread_keeps_its_attachments_intact() -> None:
 
 
 class FakeBucket:
-    """Stands in for S3 behind the handler's reader: serves `objects`, or raises `error`; records each read."""
+    """Stands in for S3 behind the handler's reader: serves `objects`, or raises `error`; records each read, and
+    how many turns are held (taken by a read, given back by its release)."""
 
     def __init__(self, objects: dict[str, bytes] | None = None, error: Exception | None = None) -> None:
         self.objects = objects or {}
         self.error = error
         self.reads: list[tuple[str, str]] = []
+        self.held = 0
 
-    async def get(self, bucket: str, key: str) -> bytes:
+    async def get(self, bucket: str, key: str) -> S3Object:
         self.reads.append((bucket, key))
         if self.error is not None:
             raise self.error
         if key not in self.objects:
             raise S3NoSuchKey(f"s3://{bucket}/{key} does not exist (S3 answered 404 NoSuchKey)")
-        return self.objects[key]
+        self.held += 1
+        return S3Object(self.objects[key], self._released)
+
+    def _released(self) -> None:
+        self.held -= 1
 
 
 def s3_handler(bucket: FakeBucket) -> SesHandler:
@@ -303,6 +328,45 @@ async def test_s3_action_reads_the_message_from_the_bucket() -> None:
     assert inbound.attachments[0].content == JPEG
     assert inbound.dedup_key == "d6f4c2a0-3f2b-5b9a-9e4d-2a1c0b7e6f11"
     assert inbound.payload["provider"]["receipt"]["action"]["objectKey"] == SES_KEY
+
+
+def large_text_mail(size: int) -> bytes:
+    """A plain text message of about `size` bytes: one body, no attachment, nothing that looks like MIME parts."""
+    line = b"the router blinks red and the line drops every few minutes, please help\r\n"
+    return (b"From: Asha Rao <asha.rao@example.com>\r\nTo: support@acme.test\r\nSubject: Router logs\r\n"
+            b"Message-ID: <big.1@mail.example.com>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            + line * (size // len(line)))
+
+
+@pytest.mark.parametrize(("size", "off"), [(8 * 1024, False), (OFFLOAD_BYTES * 16, True)], ids=["small", "large"])
+async def test_an_s3_message_is_parsed_where_its_size_places_it(monkeypatch: pytest.MonkeyPatch, size: int,
+                                                               off: bool) -> None:
+    """The notification is small, so its body alone would place the parse on the event loop; the message read
+    from S3 decides instead: a large one is parsed (the MIME, the payload with its reply stripping) in the parser
+    thread, a small one on the loop. The read's turn is held until intake has answered the request, and then
+    given back, and the parse let go of."""
+    threads: list[str] = []
+
+    def recorded(**fields: Any) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return email_payload(**fields)
+
+    monkeypatch.setattr(handlers.ses, "email_payload", recorded)
+    raw = large_text_mail(size)
+    bucket = FakeBucket({SES_KEY: raw})
+    h = s3_handler(bucket)
+    body, request = compact(s3_message()), post(SNS)
+    with capture_logs() as logs:
+        handled = await run_handler(cast(Runtime, None), Source("ses", h, None, 0.0), request, body)
+    assert not isinstance(handled, Intercepted)
+    [inbound] = handled[0]
+    assert inbound.payload["text"] == raw.partition(b"\r\n\r\n")[2].decode().replace("\r\n", "\n")
+    assert [name.startswith("ticketbridge-parse") for name in threads] == [off]
+    assert not [e for e in logs if e["event"] == "intake.parse_offloaded"]  # placed there at once, not run twice
+    assert bucket.held == 1
+    answered(request)
+    assert bucket.held == 0
+    assert per_request(request, "ses.s3.mime", lambda: None) is None  # not kept by an idle keep-alive connection
 
 
 async def test_s3_action_is_not_read_without_the_option() -> None:

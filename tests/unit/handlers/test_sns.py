@@ -21,9 +21,14 @@ WHEN = datetime.fromtimestamp(NOW, UTC)
     "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
     "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-01d088a6f77103d0fe307c0069e40ed6.pem",
+    "https://sns.eu-central-2.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.ap-southeast-4.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.il-central-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
 ])
 def test_certificate_urls_are_taken(url: str) -> None:
-    """https URLs of SimpleNotificationService-<hex>.pem on sns.<region>.amazonaws.com(.cn) are certificates'."""
+    """https URLs of SimpleNotificationService-<hex>.pem on sns.<region>.amazonaws.com, or for a China region
+    .amazonaws.com.cn, are certificates'."""
     assert certificate_url_problem(url) is None
 
 
@@ -44,6 +49,11 @@ GOOD = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
     (GOOD.replace(".com/", ".com:bad/"), "host 'sns.us-east-1.amazonaws.com:bad'"),
     (GOOD.replace("sns.us-east-1", "SNS.us-east-1"), "host 'SNS.us-east-1.amazonaws.com'"),
     ("https://s3.amazonaws.com/SimpleNotificationService-abc.pem", "host 's3.amazonaws.com'"),
+    ("https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem", "host 'sns.s3.amazonaws.com'"),
+    ("https://sns.sns.amazonaws.com/SimpleNotificationService-abc.pem", "host 'sns.sns.amazonaws.com'"),
+    ("https://sns.us-east.amazonaws.com/SimpleNotificationService-abc.pem", "host 'sns.us-east.amazonaws.com'"),
+    (GOOD.replace(".com/", ".com.cn/"), "host 'sns.us-east-1.amazonaws.com.cn'"),
+    (GOOD.replace("us-east-1", "cn-north-1"), "host 'sns.cn-north-1.amazonaws.com'"),
     ("https://sns.us-east-1.amazonaws.com/x.pem", "path '/x.pem'"),
     (GOOD.replace(".pem", ".txt"), "path '/SimpleNotificationService-abc.txt'"),
     (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
@@ -76,9 +86,11 @@ def test_a_long_value_is_cut_in_the_reason() -> None:
     ("https://evil.example/?Action=ConfirmSubscription", False),
     ("https://user@sns.us-east-1.amazonaws.com/", False),
     ("https://sns.us-east-1.amazonaws.com:bad/", False),
+    ("https://sns.s3.amazonaws.com/?Action=ConfirmSubscription", False),
 ])
 def test_subscribe_urls_are_on_an_sns_host(url: str, taken: bool) -> None:
-    """A SubscribeURL is any https URL on an SNS host, with no user or other port."""
+    """A SubscribeURL is any https URL on an SNS host, with no user or other port; a bucket named `sns` is no
+    SNS host (`sns.s3.amazonaws.com`)."""
     assert is_sns_url(url) is taken
 
 
@@ -104,6 +116,18 @@ def test_unknown_type_or_missing_key_is_401(message: dict[str, str]) -> None:
     """An unknown Type, or a signed key missing, fails the signature check."""
     with pytest.raises(Rejected) as info:
         string_to_sign(message)
+    assert (info.value.status, info.value.check) == (401, "signature")
+
+
+@pytest.mark.parametrize("key", ["MessageId", "Subject", "Timestamp", "TopicArn"])
+def test_a_line_break_in_a_signed_field_but_message_is_401(key: str) -> None:
+    """A line break in any signed field but Message would let two sets of values sign one text: refused, naming
+    the field. Message may hold one (SNS's subscription text does): it is first, and every field after it has none."""
+    message = {"Type": "Notification", "MessageId": "m", "TopicArn": "t", "Message": "hi\nthere", "Subject": "s",
+               "Timestamp": "ts"}
+    assert string_to_sign(message).startswith(b"Message\nhi\nthere\nMessageId\n")
+    with pytest.raises(Rejected, match=f"SNS {key} '.*' holds a line break") as info:
+        string_to_sign({**message, key: message[key] + "\nSubject\ns"})
     assert (info.value.status, info.value.check) == (401, "signature")
 
 
