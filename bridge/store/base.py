@@ -380,8 +380,9 @@ class Store(ABC):
 
     async def take_back(self, instance: str, gone: Callable[[str], bool]) -> int:
         """Give back, due now, the deliveries in flight under an earlier process of this `instance` (a lease
-        owner starting with it) that `gone(owner)` says is no longer running; returns how many. A store that one
-        process owns gives back everything in flight when it opens, so by default there is nothing to do."""
+        owner starting with it) that `gone(owner)` says is no longer running; returns how many. Each is in doubt
+        from then on, as `release_expired` leaves it: that process may have sent it. A store that one process owns
+        gives back everything in flight when it opens (in doubt alike), so by default there is nothing to do."""
         return 0
 
     @abstractmethod

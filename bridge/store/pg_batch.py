@@ -13,7 +13,14 @@ whichever comes first. Every caller is answered only once its group's COMMIT has
 Dedup and nonces keep the semantics of one transaction per accept, in queue order: within a group a
 dedup key's later uses are duplicates of its first, and across processes the upserts lock the rows a
 concurrent transaction inserts, waiting for it to end. Keys are upserted in sorted order, so that two
-processes' groups lock them in the same order.
+processes' groups lock them in the same order. So are conversations: the group's statement upserts them in the
+order of their ids, and a group whose accepts are stored one at a time (a nonce, a sender-checked delivery: every
+email thread's), which write their conversations in arrival order, first locks every existing conversation they
+may write in that same order (`_lock_conversations`). A row not yet made cannot be locked before it is inserted:
+two groups opening the same new threads in opposite orders can still deadlock, and the server then fails one
+accept's statement (40P01). Such an accept is stored once more, in a transaction of its own once its group has
+committed (as if it had come after the group: a dedup key it shares with a later accept of the group is then
+that one's), and fails (503) only when it deadlocks again.
 """
 
 from __future__ import annotations
@@ -378,7 +385,54 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
     """Store `group` on `conn`: straight through (in one statement when no accept has a nonce), or, when a
     statement fails, again with each accept in a savepoint of its own: an accept the database refused for its data
     (`refused`) comes to StoreRefused, another failed statement (one cancelled by a timeout, say) to StoreUnavailable.
-    Connection failures propagate (the group fails as a whole), and so does the failure of a group of one."""
+    Connection failures propagate (the group fails as a whole), and so does the failure of a group of one. Accepts
+    that deadlocked with another transaction (`deadlocked`) are stored once more after the group (`_once_more`),
+    and fail only if they deadlock again."""
+    try:
+        outcomes = await _store_group(conn, group, channel, sweep_due)
+    except DB_ERRORS as exc:
+        if len(group) > 1 or not deadlocked(exc):
+            raise
+        _retrying(1)
+        return await _store_group(conn, group, channel, sweep_due)  # its failure, a deadlock again too, is its own
+    again = [i for i, o in enumerate(outcomes) if isinstance(o, StoreUnavailable) and deadlocked(o.__cause__)]
+    if again:
+        _retrying(len(again))
+        for i, outcome in zip(again, await _once_more(conn, [group[i] for i in again], channel, sweep_due),
+                              strict=True):
+            outcomes[i] = outcome
+    return outcomes
+
+
+def deadlocked(exc: BaseException | None) -> bool:
+    """Whether `exc` is a deadlock the server broke by failing this statement (40P01, deadlock_detected)."""
+    return asyncpg is not None and isinstance(exc, asyncpg.exceptions.DeadlockDetectedError)
+
+
+def _retrying(count: int) -> None:
+    log.warning("store.deadlock_retried", accepts=count,
+                note="accepts whose statements deadlocked with another transaction are stored once more, after "
+                     "their group committed; only a second deadlock fails them (503)")
+
+
+async def _once_more(conn: Any, items: list[PendingAccept], channel: str, sweep_due: Callable[[], bool],
+                     ) -> list[Outcome]:
+    """Store `items` (accepts of a group that deadlocked, the rest of the group committed), each in a savepoint of
+    one new transaction, as when a statement of a group fails. A lost connection fails these items alone: the
+    others' results are committed and stand."""
+    try:
+        async with conn.transaction():
+            await _lock_conversations(conn, items, alone=True)
+            return list(await each_alone(items, lambda item: _in_savepoint(conn, item, channel, sweep_due)))
+    except DB_ERRORS as exc:
+        failed = StoreUnavailable(f"postgresql: {exc}")
+        failed.__cause__ = exc
+        return [failed for _ in items]
+
+
+async def _store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool]) -> \
+        list[Outcome]:
+    """`store_group` without its retry of accepts that deadlocked."""
     try:
         if all(item.nonce is None and not item.checked for item in group):
             return list(await _one_statement(conn, group, channel))
@@ -386,6 +440,7 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
             return [await _alone(conn, group[0], channel, sweep_due)]
         out: dict[int, Outcome] = {}
         async with conn.transaction():
+            await _lock_conversations(conn, group)
             plain = [(i, item) for i, item in enumerate(group) if item.nonce is None and not item.checked]
             if plain:
                 out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel),
@@ -397,8 +452,39 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
     except DB_ERRORS as exc:
         if lost_connection(exc) or len(group) == 1:
             raise  # the connection's failure, or the only accept's own
+        # Cut off by a timeout, most likely waiting for a row another transaction holds: locking the group's rows
+        # first would wait for it once more, and the accept that writes it meets that wait anyway.
+        lock_first = not cut_off(exc)
     async with conn.transaction():  # one statement of the group failed: find out which accept it was
+        if lock_first:
+            await _lock_conversations(conn, group, alone=True)
         return await each_alone(group, lambda item: _in_savepoint(conn, item, channel, sweep_due))
+
+
+_LOCK_CONVERSATIONS = "SELECT 1 FROM conversations WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
+"""Lock the conversations named that exist, in the order of their ids (the order the group's statement upserts
+them in, _conversations), as an upsert of one does (the lock that changes no key)."""
+
+
+async def _lock_conversations(conn: Any, group: list[PendingAccept], *, alone: bool = False) -> None:
+    """Lock, in the open transaction, every existing conversation the accepts of `group` may write, in the order of
+    their ids, before any of them writes: those stored one at a time (a nonce, a sender-checked delivery: every
+    email thread's) write theirs in arrival order, and two groups holding the same threads in opposite orders
+    would each hold what the other waits for. Nothing to do for fewer than two. `alone`: in a savepoint of its
+    own, its failure (other than the connection's) left for the accepts' own statements to meet."""
+    ids = {t[1] for item in group for t in item.threads}
+    ids.update(d.conversation for item in group for d in item.checked if d.conversation is not None)
+    if len(ids) < 2:
+        return
+    if not alone:
+        await conn.execute(_LOCK_CONVERSATIONS, sorted(ids))
+        return
+    try:
+        async with conn.transaction():
+            await conn.execute(_LOCK_CONVERSATIONS, sorted(ids))
+    except DB_ERRORS as exc:
+        if lost_connection(exc):
+            raise
 
 
 NOT_YET_MIGRATED: tuple[type[BaseException], ...] = () if asyncpg is None else (
@@ -420,6 +506,7 @@ async def warm_connection(conn: Any) -> None:
 async def _alone(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> Outcome:
     try:
         async with conn.transaction():
+            await _lock_conversations(conn, [item])
             return await accept_one(conn, item, channel, sweep_due)
     except _Replayed:  # raised inside the transaction, so that its dedup key is rolled back with it
         return REPLAYED

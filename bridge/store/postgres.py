@@ -523,9 +523,11 @@ class PostgresStore(Store):
             return 0
 
         async def op(conn: Any) -> int:
+            # In doubt as a lease reaped is (release_expired): the process that held it may have sent it.
             released = await conn.fetch(
-                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
-                "WHERE status = 'in_flight' AND lease_owner = ANY($2::text[]) RETURNING destination", now_ms(), dead)
+                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1, "  # noqa: S608
+                f"{REAPED_IN_DOUBT} WHERE status = 'in_flight' AND lease_owner = ANY($2::text[]) "
+                "RETURNING destination", now_ms(), dead)
             for destination in sorted({r[0] for r in released}):
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, destination)
             return len(released)

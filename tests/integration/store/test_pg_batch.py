@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
+from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.events import Event
+from bridge.store import pg_batch
 from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
 from bridge.store.pg_batch import PendingAccept
 from bridge.store.postgres import PostgresStore, channel_for
 from bridge.store.rows import GROUP_BYTES
+from tests.conftest import eventually
 from tests.integration.processes import DSN
 from tests.integration.store.contract import WEEK, accept_one, make_delivery, make_event, nonce
 
@@ -318,3 +323,125 @@ async def test_a_dedup_key_in_a_split_burst_goes_to_the_first_request(store: Pos
         assert store.batcher.groups - groups == 2
         assert [(r.event_id, r.duplicate) for r in results] == [
             (first[0].id, False), (filler[0].id, False), (first[0].id, True)], trial
+
+
+def mail(thread: str) -> NewDelivery:
+    """A reply in the email thread `thread`, whose conversation only its first sender joins (sender_checked)."""
+    return make_delivery(conversation=f"m|mail:{thread}", conversation_key=f"mail:{thread}", sender="u@x.example",
+                         sender_checked=True)
+
+
+async def each_waits_on_a_lock(conn: asyncpg.Connection, stores: tuple[PostgresStore, ...]) -> bool:
+    """Whether a pooled connection of each of `stores` waits for a lock another transaction holds."""
+    for store in stores:
+        if not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                                   "AND wait_event_type = 'Lock'", pool_pids(store)):
+            return False
+    return True
+
+
+async def test_replies_to_the_same_threads_in_opposite_orders_do_not_deadlock(
+        two: tuple[PostgresStore, PostgresStore], pg_schema: str) -> None:
+    """Two processes' groups of sender-checked replies (every email thread's) to the same threads, arriving in
+    opposite orders, lock the threads' conversations in one order: neither deadlocks, so no reply is answered 503,
+    none is tried twice, and every one is counted in its thread. The middle thread is held locked until both groups
+    wait, so that they are sure to meet (run one message at a time in arrival order, each group held the threads on
+    its side of the middle and waited for the other's: a deadlock every time)."""
+    a, b = two
+    threads = [f"t{i:02}" for i in range(20)]
+    await asyncio.gather(*(accept_one(a, mail(t)) for t in threads))
+    holder = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", "m|mail:t10")
+        groups = (a.batcher.groups, b.batcher.groups)
+        with capture_logs() as logs:
+            accepts = asyncio.gather(*(a.accept(make_event(), [mail(t)], WEEK) for t in threads),
+                                     *(b.accept(make_event(), [mail(t)], WEEK) for t in reversed(threads)),
+                                     return_exceptions=True)
+            await eventually(lambda: each_waits_on_a_lock(holder, two))
+            await held.rollback()
+            results = await accepts
+    finally:
+        await holder.close()
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert (a.batcher.groups - groups[0], b.batcher.groups - groups[1]) == (1, 1)
+    assert not [e for e in logs if e["event"] in ("store.failing", "store.deadlock_retried")]
+    assert a.problem() is None and b.problem() is None
+    for t in threads:
+        (found,) = await a.get_conversations(f"mail:{t}")
+        assert (found.conversation.messages, len(found.deliveries)) == (3, 3), t
+
+
+async def test_replies_that_deadlock_opening_the_same_threads_are_stored_once_more(
+        two: tuple[PostgresStore, PostgresStore], pg_schema: str) -> None:
+    """Threads not yet stored cannot be locked before they are written: two groups opening the same new threads in
+    opposite orders deadlock, and the server fails one's statement. That accept is stored once more after its group
+    commits, so every message is stored and counted, none answered 503. The middle thread is held, inserted but
+    not committed, until both groups wait for it, so that they are sure to meet."""
+    a, b = two
+    threads = ["t0", "t1", "t2"]
+    holder = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("INSERT INTO conversations (id, key, mapping, destination, messages, started_at, "
+                             "last_message_at) VALUES ('m|mail:t1', 'mail:t1', 'm', 'kapture-support', 1, 0, 0)")
+        with capture_logs() as logs:
+            accepts = asyncio.gather(*(a.accept(make_event(), [mail(t)], WEEK) for t in threads),
+                                     *(b.accept(make_event(), [mail(t)], WEEK) for t in reversed(threads)),
+                                     return_exceptions=True)
+            await eventually(lambda: each_waits_on_a_lock(holder, two))
+            await held.rollback()
+            results = await accepts
+    finally:
+        await holder.close()
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    events = [e["event"] for e in logs]
+    assert "store.deadlock_retried" in events and "store.failing" not in events
+    assert a.problem() is None and b.problem() is None
+    for t in threads:
+        (found,) = await a.get_conversations(f"mail:{t}")
+        assert (found.conversation.messages, len(found.deliveries)) == (2, 2), t
+
+
+async def test_an_accept_is_stored_once_more_after_a_deadlock_and_fails_alone_after_two(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accept whose statements the server fails as a deadlock (40P01) is stored once more after its group
+    commits; a second deadlock fails it alone (StoreUnavailable: 503), nothing of it stored, the rest of its group
+    stored. So for a group of one."""
+    deadlocks: dict[str, int] = {}  # event id → how many of its tries deadlock
+    tries: Counter[str] = Counter()
+    accept_one_really = pg_batch.accept_one
+
+    async def deadlocking(conn: asyncpg.Connection, item: PendingAccept, *args: Any) -> AcceptResult:
+        tries[item.event.id] += 1
+        if tries[item.event.id] <= deadlocks.get(item.event.id, 0):
+            await conn.execute("SELECT 1")  # a statement of its own, rolled back with it
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        return await accept_one_really(conn, item, *args)
+
+    monkeypatch.setattr(pg_batch, "accept_one", deadlocking)
+    once, twice, never = make_event(), make_event(), make_event()
+    deadlocks.update({once.id: 1, twice.id: 2})
+    with capture_logs() as logs:
+        results = await asyncio.gather(*(store.accept(e, [mail(t)], WEEK)
+                                         for e, t in ((once, "a"), (twice, "b"), (never, "c"))),
+                                       return_exceptions=True)
+    assert store.batcher.groups == 1
+    assert [type(r).__name__ for r in results] == ["AcceptResult", "StoreUnavailable", "AcceptResult"]
+    assert "deadlock detected" in str(results[1])
+    assert [e["accepts"] for e in logs if e["event"] == "store.deadlock_retried"] == [2]
+    assert (tries[once.id], tries[twice.id], tries[never.id]) == (2, 2, 1)
+    with pytest.raises(NotFound):
+        await store.get_event(twice.id)
+    assert [await store.get_event(e.id) for e in (once, never)] == [once, never]
+    for alone, times in ((make_event(), 1), (make_event(), 2)):
+        deadlocks[alone.id] = times
+        if times == 1:
+            assert (await store.accept(alone, [mail("d")], WEEK)).event_id == alone.id
+        else:
+            with pytest.raises(StoreUnavailable, match="deadlock detected"):
+                await store.accept(alone, [mail("e")], WEEK)
+        assert tries[alone.id] == 2

@@ -302,11 +302,13 @@ async def test_take_back_gives_back_only_what_a_gone_earlier_process_of_the_inst
     store: PostgresStore,
 ) -> None:
     """take_back frees at once the in-flight work of this instance's owners that `gone` says are gone, and
-    leaves a running predecessor's, another instance's (`host:80` is not `host:8080`) and the finished alone."""
+    leaves a running predecessor's, another instance's (`host:80` is not `host:8080`) and the finished alone.
+    What it frees is in doubt since its claim, as a lease that ran out is: the gone process may have sent it."""
     for _ in range(4):
         await accept_one(store)
     owners = ["h:8080/11.aa", "h:8080/12.bb", "h:80/11.aa", "other:8080/11.aa"]
     claimed = {owner: (await store.claim("kapture-support", 1, owner, 600)).items[0].id for owner in owners}
+    claimed_at = (await row(store, claimed["h:8080/11.aa"])).updated_at_ms
     asked: list[str] = []
 
     def gone(owner: str) -> bool:
@@ -315,10 +317,12 @@ async def test_take_back_gives_back_only_what_a_gone_earlier_process_of_the_inst
 
     assert await store.take_back("h:8080/", gone) == 1
     assert sorted(asked) == ["h:8080/11.aa", "h:8080/12.bb"]
-    assert (await row(store, claimed["h:8080/11.aa"])).status == "pending"
-    assert [(await row(store, claimed[o])).status for o in owners[1:]] == ["in_flight"] * 3
+    taken = await row(store, claimed["h:8080/11.aa"])
+    assert (taken.status, taken.in_doubt_since_ms, taken.unknowns) == ("pending", claimed_at, 1)
+    kept = [await row(store, claimed[o]) for o in owners[1:]]
+    assert [(r.status, r.in_doubt_since_ms, r.unknowns) for r in kept] == [("in_flight", None, 0)] * 3
     batch = await store.claim("kapture-support", 4, "h:8080/13.cc", 600)
-    assert [c.id for c in batch.items] == [claimed["h:8080/11.aa"]]
+    assert [(c.id, c.in_doubt_since_ms) for c in batch.items] == [(claimed["h:8080/11.aa"], claimed_at)]
     assert await store.take_back("h:8080/", lambda owner: False) == 0
 
 
