@@ -68,6 +68,9 @@ class _Delivery:
     row: DeliveryRow
     body: bytes | None
     options: bytes
+    arrival: int
+    """Its place in the order the store took deliveries in, which orders a conversation (as the SQL stores'
+    arrival, rows.head_of_conversation), never its id: an id holds the clock of the host that made it."""
     lease_until_ms: int | None = None
     lease_owner: str | None = None
     attempts: list[AttemptRow] = field(default_factory=list)
@@ -82,6 +85,7 @@ class MemoryStore(Store):
         self.events: dict[str, bytes] = {}
         self.dedup: dict[tuple[str, str], tuple[str, int]] = {}  # (source, key) → (event id, expires at)
         self.deliveries: dict[str, _Delivery] = {}
+        self._arrivals = 0  # the last delivery's arrival
         self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
         self.mapping_set: StoredMappingSet | None = None
         self.conversations: dict[str, ConversationRow] = {}
@@ -159,7 +163,8 @@ class MemoryStore(Store):
                 next_attempt_at_ms=now, created_at_ms=now, updated_at_ms=now, last_error=d.error, ticket_id=None,
                 conversation=moved.get(d.id, d.conversation),
             )
-            self.deliveries[d.id] = _Delivery(row, body, options)
+            self._arrivals += 1
+            self.deliveries[d.id] = _Delivery(row, body, options, self._arrivals)
         return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(deliveries))
 
     def _join_conversation(self, d: NewDelivery, now: int) -> str | None:
@@ -197,7 +202,7 @@ class MemoryStore(Store):
         if d.row.conversation is None:
             return True
         if any(o.row.conversation == d.row.conversation and o.row.id != d.row.id and (
-                o.row.status == "in_flight" or (o.row.status == "pending" and o.row.id < d.row.id))
+                o.row.status == "in_flight" or (o.row.status == "pending" and o.arrival < d.arrival))
                 for o in self.deliveries.values()):
             return False
         return not self._behind_held_create(d)
@@ -206,11 +211,11 @@ class MemoryStore(Store):
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
         return c is not None and held_create_blocks(c.ticket_id is not None, c.started_at_ms, (
             (o.row.status, o.row.role, o.row.in_doubt_since_ms, o.row.created_at_ms) for o in self.deliveries.values()
-            if o.row.conversation == d.row.conversation and o.row.id < d.row.id))
+            if o.row.conversation == d.row.conversation and o.arrival < d.arrival))
 
     def _listed(self, d: _Delivery) -> DeliveryRow:
         waiting = d.row.status == "pending" and d.row.conversation is not None and (any(
-            o.row.conversation == d.row.conversation and o.row.id < d.row.id
+            o.row.conversation == d.row.conversation and o.arrival < d.arrival
             and o.row.status in ("pending", "in_flight")
             for o in self.deliveries.values()) or self._behind_held_create(d))
         return msgspec.structs.replace(d.row, waiting=waiting)
@@ -220,7 +225,7 @@ class MemoryStore(Store):
         if c is None or c.ticket_id is None:
             return None
         messages = sum(1 for o in self.deliveries.values()
-                       if o.row.conversation == c.id and o.row.id <= d.row.id)
+                       if o.row.conversation == c.id and o.arrival <= d.arrival)
         return ticket_context(c.ticket_id, c.ticket_key, c.destination, created_at_ms=c.ticket_at_ms,
                               messages=messages, last_message_at_ms=c.last_message_at_ms, ticket_uuid=c.ticket_uuid,
                               first_sender=c.sender)
@@ -437,8 +442,7 @@ class MemoryStore(Store):
         self._check_open()
         key = storable(key)
         return [ConversationDetail(conversation=c, deliveries=[
-                    self._listed(d) for d in sorted(self.deliveries.values(), key=lambda d: d.row.id)
-                    if d.row.conversation == c.id])
+                    self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id])
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:

@@ -73,16 +73,13 @@ from bridge.store.rows import (
     CONVERSATION_COLUMNS,
     CONVERSATION_GONE,
     DELIVERY_COUNTS,
-    HEAD_OF_CONVERSATION,
     MAPPING_CONVERSATIONS,
     NEVER,
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
     RESET_CONVERSATION,
-    ROW_COLUMNS,
     ROW_WIDTH,
-    TICKETS_OF_CLAIMED,
     attachment_hashes,
     attempt_row,
     audit_entry,
@@ -93,14 +90,17 @@ from bridge.store.rows import (
     decode_files,
     delivery_row,
     encode,
+    head_of_conversation,
     kept_condition,
     now_ms,
+    row_columns,
     settled,
     status_condition,
     storable,
     storable_audit,
     storable_filter,
     storable_result,
+    tickets_of_claimed,
     with_tickets,
 )
 
@@ -110,6 +110,16 @@ except ImportError:  # pragma: no cover - reported when a postgresql:// store is
     asyncpg = None
 
 log = structlog.get_logger("ticketbridge.store")
+ARRIVAL = "({t}.arrival, {t}.id)"
+"""What orders a conversation's deliveries (rows.head_of_conversation): `deliveries.arrival`, the next value of the
+sequence deliveries_arrival, which the insert takes itself (the column's default, migration 0022; no statement or
+round trip of its own). A delivery accepted after another's accept has committed takes a larger value, whichever
+process, on whichever host, accepted each: their clocks, which make the ids, do not enter. The deliveries stored
+before the migration have arrival 0 (the column was added with that default, without rewriting the table), so they
+come before every later one and, among themselves, in id order, the order that decided when they were stored."""
+HEAD_OF_CONVERSATION = head_of_conversation(ARRIVAL)
+ROW_COLUMNS = row_columns(ARRIVAL)
+TICKETS_OF_CLAIMED = tickets_of_claimed(ARRIVAL)
 CHANNEL = "ticketbridge_work"
 LISTEN_CHECK_SECONDS = 5.0
 ACQUIRE_TIMEOUT = 10.0
@@ -721,7 +731,7 @@ class PostgresStore(Store):
             for c in await conn.fetch(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
                                       "WHERE key = $1 OR id = $1 ORDER BY id", key):
                 rows = [delivery_row(r) for r in await conn.fetch(
-                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = $1 ORDER BY id", c[0])]  # noqa: S608
+                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = $1 ORDER BY arrival, id", c[0])]  # noqa: S608
                 out.append(ConversationDetail(conversation=conversation_row(c), deliveries=rows))
             return out
 

@@ -68,40 +68,62 @@ decode_event = msgspec.json.Decoder(Event).decode
 decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 decode_files = msgspec.json.Decoder(dict[str, str]).decode
 
-ROW_COLUMNS = ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "
-               "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
-               "(status = 'pending' AND conversation IS NOT NULL AND (EXISTS (SELECT 1 FROM deliveries w "
-               "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
-               "AND w.id < deliveries.id) OR EXISTS (SELECT 1 FROM conversations c WHERE c.id = "
-               "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
-               "WHERE h.conversation = deliveries.conversation AND h.id < deliveries.id AND h.status = 'dead' "
-               "AND h.in_doubt_since IS NOT NULL AND h.role = 'create' AND h.created_at >= c.started_at)))), "
-               "in_doubt_since, unknowns, duplicates, "
-               "ticket_uuid")
+def before(arrival: str, a: str, b: str, op: str = "<") -> str:
+    """SQL comparing the deliveries aliased `a` and `b` by arrival (`arrival`: the backend's order key, `{t}` standing
+    for the alias; see `head_of_conversation`): with `op` "<", true when `a` came before `b`."""
+    return f"{arrival.format(t=a)} {op} {arrival.format(t=b)}"
+
+
+def row_columns(arrival: str) -> str:
+    """The columns a listed delivery is selected with (`delivery_row` reads them), given the backend's order key
+    (see `head_of_conversation`): `waiting` compares the conversation's deliveries by it."""
+    return ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "  # noqa: S608 - constants
+            "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
+            "(status = 'pending' AND conversation IS NOT NULL AND (EXISTS (SELECT 1 FROM deliveries w "
+            "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
+            f"AND {before(arrival, 'w', 'deliveries')}) OR EXISTS (SELECT 1 FROM conversations c WHERE c.id = "
+            "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
+            f"WHERE h.conversation = deliveries.conversation AND {before(arrival, 'h', 'deliveries')} "
+            "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
+            "AND h.created_at >= c.started_at)))), in_doubt_since, unknowns, duplicates, ticket_uuid")
+
+
 ROW_WIDTH = 23
-HEAD_OF_CONVERSATION = (
-    "(d.conversation IS NULL OR (NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "
-    "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id AND (o.status = 'in_flight' OR o.id < d.id)) "
-    "AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = d.conversation AND c.ticket_id IS NULL "
-    "AND EXISTS (SELECT 1 FROM deliveries h WHERE h.conversation = d.conversation AND h.id < d.id "
-    "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
-    "AND h.created_at >= c.started_at))))")
-"""A pending delivery `d` may be sent: outside conversations always; in one, only when no earlier delivery of
-it waits and none is being sent (so a conversation is worked by one sender at a time, in arrival order), and
-no earlier create of it is held (dead while in doubt: the vendor may hold its ticket) while the conversation has
-no ticket: sent now, it would be a second create (a held create of an earlier round, before a quiet period
-restarted the conversation or an operator reset it, holds nothing: that round's ticket is not this one's). It
-waits until an operator settles the held create
-(`mark-succeeded` with the ticket gives the conversation its ticket; a replay makes it pending again, the head).
-The first test's `status IN (…)`, as in ROW_COLUMNS' `waiting`, is the condition of the partial index
-deliveries_open_conversation, spelt so that both databases use it: a conversation's settled history is never
-walked. The second looks the conversation up by its key, and walks its earlier deliveries (deliveries_conversation)
-only while it has no ticket: a conversation with a ticket, the usual case for a follow-up, costs one look-up."""
+
+
+def head_of_conversation(arrival: str) -> str:
+    """SQL true for a pending delivery `d` that may be sent, given the backend's order key (`{t}` for a delivery's
+    alias): what the store gives each delivery as it is inserted, larger for each later one (SQLite: the rowid,
+    which its one writer gives in the order it writes; PostgreSQL: `arrival`, from a sequence, then the id, which
+    orders only the deliveries stored before migration 0022, all of arrival 0). A conversation's order is the order
+    its deliveries reached the store, never their ids: an id holds the clock of the host that accepted it, so a
+    reply accepted by a process whose clock is behind another's would sort before the message it answers, and,
+    that message's create in doubt, be sent as a second create.
+
+    Outside conversations always; in one, only when no earlier delivery of it waits and none is being sent (so a
+    conversation is worked by one sender at a time, in arrival order), and no earlier create of it is held (dead
+    while in doubt: the vendor may hold its ticket) while the conversation has no ticket: sent now, it would be a
+    second create (a held create of an earlier round, before a quiet period restarted the conversation or an
+    operator reset it, holds nothing: that round's ticket is not this one's). It waits until an operator settles
+    the held create (`mark-succeeded` with the ticket gives the conversation its ticket; a replay makes it pending
+    again, the head). The first test's `status IN (…)`, as in `row_columns`' `waiting`, is the condition of the
+    partial index deliveries_open_conversation, spelt so that both databases use it: a conversation's settled
+    history is never walked. The second looks the conversation up by its key, and walks its earlier deliveries
+    (deliveries_conversation, by conversation and arrival) only while it has no ticket: a conversation with a
+    ticket, the usual case for a follow-up, costs one look-up."""
+    return (
+        "(d.conversation IS NULL OR (NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "  # noqa: S608
+        "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id "
+        f"AND (o.status = 'in_flight' OR {before(arrival, 'o', 'd')})) "
+        "AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = d.conversation AND c.ticket_id IS NULL "
+        f"AND EXISTS (SELECT 1 FROM deliveries h WHERE h.conversation = d.conversation AND {before(arrival, 'h', 'd')} "
+        "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
+        "AND h.created_at >= c.started_at))))")
 
 
 def held_create_blocks(conversation_has_ticket: bool, started_at_ms: int,
                        earlier: Iterable[tuple[str, str | None, int | None, int]]) -> bool:
-    """HEAD_OF_CONVERSATION's second test for the stores without SQL: whether a held create of the conversation's
+    """head_of_conversation's second test for the stores without SQL: whether a held create of the conversation's
     current round (earlier deliveries as status, role, in_doubt_since, created_at) keeps a later delivery waiting."""
     return not conversation_has_ticket and any(
         status == "dead" and role == "create" and doubt is not None and created >= started_at_ms
@@ -192,7 +214,7 @@ def now_ms() -> int:
 
 
 def delivery_row(r: Sequence[Any]) -> DeliveryRow:
-    """A row selected with ROW_COLUMNS."""
+    """A row selected with `row_columns`."""
     return DeliveryRow(
         id=r[0], event_id=r[1], source=r[2], mapping=r[3], mapping_version=r[4], destination=r[5],
         action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
@@ -262,12 +284,14 @@ def status_condition(status: DeliveryStatus) -> str:
     return f"status = '{status}'"
 
 
-TICKETS_OF_CLAIMED = (
-    "SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "
-    "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation AND o.id <= d.id), d.id, "
-    "c.ticket_uuid, c.sender "
-    "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
-"""Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket."""
+def tickets_of_claimed(arrival: str) -> str:
+    """Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket, with
+    the conversation's messages up to the delivery in arrival order (see `head_of_conversation`)."""
+    return ("SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "  # noqa: S608
+            "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation "
+            f"AND {before(arrival, 'o', 'd', '<=')}), d.id, c.ticket_uuid, c.sender "
+            "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
+
 
 OLDEST_UNSETTLED = (
     "SELECT destination, MIN(created_at) FROM (SELECT destination, created_at FROM deliveries "

@@ -13,7 +13,7 @@ import pytest
 
 from bridge.errors import LeaseLost, NotFound, StoreRefused, StoreUnavailable
 from bridge.events import Event
-from bridge.ids import new_id
+from bridge.ids import id_floor, new_id
 from bridge.store.base import (
     AttemptResult,
     AuditEntry,
@@ -100,6 +100,12 @@ async def kept(store: Store, event_id: str) -> bool:
 def after_now() -> int:
     """A cutoff past every row written so far: everything already stored is older than it."""
     return now_ms() + 1000
+
+
+def id_made_behind(ms: int = 3000) -> str:
+    """A delivery id as a process whose clock is `ms` behind this one's makes it now: it sorts before the ids made
+    here in the last `ms` (its random part new, so that each is unique)."""
+    return id_floor("dlv", now_ms() - ms)[:-16] + new_id("dlv")[-16:]
 
 
 def tick() -> int:
@@ -942,6 +948,43 @@ class StoreContract:
         await accept_one(store, other)
         (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert got.id == other.id
+
+    async def test_a_conversation_goes_in_arrival_order_whatever_its_ids_say(self, store: Store) -> None:
+        """A conversation's order is the order the store took its messages in, not their ids' (which hold the clock
+        of the host that accepted each): a reply accepted second, by a process whose clock is behind, carries the
+        smaller id and still waits behind the first message, follows up on its ticket as the second message, and is
+        listed second."""
+        first = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, first)
+        reply = make_delivery(conversation="m|k", conversation_key="k", delivery_id=id_made_behind())
+        assert reply.id < first.id
+        await accept_one(store, reply)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == first.id and got.ticket is None
+        assert (await row(store, reply.id)).waiting is True
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create"))
+        (follow,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert follow.id == reply.id and follow.ticket is not None
+        assert (follow.ticket["id"], follow.ticket["messages"]) == ("T-1", 2)
+        (found,) = await store.get_conversations("k")
+        assert [d.id for d in found.deliveries] == [first.id, reply.id]
+
+    async def test_a_held_create_keeps_a_reply_with_a_smaller_id_waiting(self, store: Store) -> None:
+        """A create held in doubt keeps the conversation's next message waiting even when that message's id sorts
+        before the create's (accepted later by a process whose clock is behind): sent, it would be a second create,
+        a second ticket for one thread."""
+        first = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, first)
+        reply = make_delivery(conversation="m|k", conversation_key="k", delivery_id=id_made_behind())
+        await accept_one(store, reply)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == first.id
+        await store.record(msgspec.structs.replace(
+            result(first.id, "dead", http_status=None, classification="unknown", error="timed out; held"),
+            role="create"))
+        batch = await store.claim("kapture-support", 10, "w", 30)
+        assert batch.items == [] and batch.next_due_ms is None
+        assert (await row(store, reply.id)).waiting is True
 
     async def test_a_held_create_of_an_earlier_round_holds_nothing(self, store: Store) -> None:
         """A message after the quiet period restarts the conversation: the held create of the round before holds

@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 import structlog
 from aioresponses import aioresponses
@@ -14,14 +15,22 @@ from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
 from bridge.store.base import Cutoffs, DeliveryFilter
-from bridge.store.postgres import NONCE_SWEEP, NONCE_SWEEP_EVERY, PostgresStore, split_schema
-from bridge.store.rows import HEAD_OF_CONVERSATION, MAPPING_CONVERSATIONS, ROW_COLUMNS
+from bridge.store.postgres import (
+    HEAD_OF_CONVERSATION,
+    NONCE_SWEEP,
+    NONCE_SWEEP_EVERY,
+    ROW_COLUMNS,
+    PostgresStore,
+    split_schema,
+)
+from bridge.store.rows import MAPPING_CONVERSATIONS
 from tests.conftest import eventually as eventually_async
 from tests.integration.processes import DSN
 from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
+    id_made_behind,
     kept,
     make_delivery,
     make_event,
@@ -353,6 +362,78 @@ async def test_leases_run_by_the_databases_clock_whatever_a_hosts_clock_says(
     assert await a.extend_leases([late], "a", -1) == [late]  # its lease ran out: now reaped, by any clock
     assert await b.release_expired() == 1
     assert (await row(b, late)).status == "pending"
+
+
+async def test_a_reply_accepted_by_a_host_whose_clock_is_behind_waits_behind_a_held_create(
+        two: tuple[PostgresStore, PostgresStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread's first message accepted by one process, its reply half a second later by another whose clock is
+    3 s behind (so the reply's id, and its times, sort before the first's): the first is the conversation's head, and
+    once its create is held in doubt the reply waits, in either process, rather than go as a second create."""
+    a, b = two
+    conv = {"conversation": "m|mail:r1@ex.com", "conversation_key": "mail:r1@ex.com"}
+    first = make_delivery(**conv)
+    await accept_one(a, first)
+    for module in ("bridge.store.postgres", "bridge.store.pg_batch", "bridge.store.pg_record"):
+        monkeypatch.setattr(f"{module}.now_ms", lambda: now_ms() - 3000)  # b's host, and b's ids, are behind
+    reply = make_delivery(delivery_id=id_made_behind(3000), **conv)
+    assert reply.id < first.id
+    await accept_one(b, reply)
+    monkeypatch.undo()  # a's host (its due times are b's plus 3 s)
+    assert [i.id for i in (await a.claim("kapture-support", 10, "a", 30)).items] == [first.id]
+    await a.record(msgspec.structs.replace(
+        result(first.id, "dead", http_status=None, classification="unknown", error="timed out; held"),
+        role="create"))
+    for store in (a, b):
+        batch = await store.claim("kapture-support", 10, "w", 30)
+        assert batch.items == [] and batch.next_due_ms is None
+        assert (await row(store, reply.id)).waiting is True
+
+
+async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their_id_order(pg_schema: str) -> None:
+    """A database from before 0022 (no `arrival`): its deliveries get arrival 0 without the table being rewritten,
+    so a conversation's stored deliveries keep the id order that decided when they were stored, and come before
+    every delivery accepted after the migration, whatever its id."""
+    store = PostgresStore(DSN, schema=pg_schema)
+    await store.open()
+    try:
+        later = make_delivery(conversation="m|k", conversation_key="k")
+        earlier = make_delivery(conversation="m|k", conversation_key="k", delivery_id=id_made_behind())
+        await accept_one(store, later)
+        await accept_one(store, earlier)
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute(
+            "ALTER TABLE deliveries DROP COLUMN arrival; "
+            "CREATE INDEX deliveries_conversation ON deliveries (conversation, id) WHERE conversation IS NOT NULL; "
+            "CREATE INDEX deliveries_open_conversation ON deliveries (conversation, id) "
+            "WHERE conversation IS NOT NULL AND status IN ('pending', 'in_flight'); "
+            "DELETE FROM schema_migrations WHERE version = 22")
+        stored_at = await conn.fetchval("SELECT relfilenode FROM pg_class WHERE relname = 'deliveries'")
+    finally:
+        await conn.close()
+    store = PostgresStore(DSN, schema=pg_schema)
+    try:
+        await store.open()
+        third = make_delivery(conversation="m|k", conversation_key="k", delivery_id=id_made_behind(60_000))
+        await accept_one(store, third)
+        (found,) = await store.get_conversations("k")
+        assert [d.id for d in found.deliveries] == [earlier.id, later.id, third.id]
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == earlier.id
+        await store.record(msgspec.structs.replace(result(earlier.id, "succeeded", ticket_id="T-1"), role="create"))
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == later.id and got.ticket is not None and got.ticket["messages"] == 2
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        assert await conn.fetchval("SELECT relfilenode FROM pg_class WHERE relname = 'deliveries'") == stored_at
+        arrivals = dict(await conn.fetch("SELECT id, arrival FROM deliveries"))
+        assert arrivals[earlier.id] == arrivals[later.id] == 0 < arrivals[third.id]
+    finally:
+        await conn.close()
 
 
 async def test_a_process_stalled_past_its_lease_does_not_send_what_another_took_over(

@@ -21,8 +21,16 @@ from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
-from bridge.store.rows import GROUP_BYTES, HEAD_OF_CONVERSATION, MAPPING_CONVERSATIONS, ROW_COLUMNS
-from bridge.store.sqlite import BODY_INLINE, NONCE_SWEEP, NONCE_SWEEP_EVERY, SqliteStore
+from bridge.store.rows import GROUP_BYTES, MAPPING_CONVERSATIONS
+from bridge.store.sqlite import (
+    BODY_INLINE,
+    HEAD_OF_CONVERSATION,
+    NONCE_SWEEP,
+    NONCE_SWEEP_EVERY,
+    ROW_COLUMNS,
+    TICKETS_OF_CLAIMED,
+    SqliteStore,
+)
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS, STATUS_COMPARED, STATUS_IN_LIST, rewrite_table
 from tests.conftest import eventually
 from tests.integration.store.contract import (
@@ -701,6 +709,18 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
         for query in queries:
             plan = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
             assert "USING INDEX deliveries_open_conversation" in plan, plan
+
+
+async def test_a_conversations_earlier_deliveries_are_read_by_arrival_from_an_index(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """What compares a conversation's deliveries by arrival (the rowid) reads a range of deliveries_conversation
+    (0022: by conversation, then rowid): the messages a follow-up counts, and the walk for a held create."""
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        counted = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {TICKETS_OF_CLAIMED}(?)", ("x",)))
+        head = " / ".join(r[3] for r in conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT id FROM deliveries d WHERE id = ? AND {HEAD_OF_CONVERSATION}", ("x",)))
+    assert "USING COVERING INDEX deliveries_conversation (conversation=? AND rowid<?)" in counted, counted
+    assert "USING INDEX deliveries_conversation (conversation=? AND rowid<?)" in head, head
 
 
 async def test_marking_an_in_doubt_create_succeeded_sends_the_waiting_follow_up_at_once(store: SqliteStore) -> None:
