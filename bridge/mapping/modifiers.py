@@ -20,7 +20,7 @@ from bridge.mapping.base import (
     describe,
     out_of,
 )
-from bridge.mapping.limits import BudgetExceeded
+from bridge.mapping.limits import BudgetExceeded, text_weight
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.paths import MISSING, Absent
 from bridge.mapping.trace import OMIT, FieldTrace
@@ -36,6 +36,9 @@ class Modifiers:
         # Each entry as a copier, so that a list or table entry is handed out fresh to every render.
         self.entries = {k: copier(v) for k, v in spec.map.items()} if spec.map else {}
         self.folded = {str(k).casefold(): get for k, get in self.entries.items()}
+        # No text longer than this is an entry's key, nor folds to one (folding never shortens a text): a longer
+        # value is not looked up, so that a large one costs no fold nor hash.
+        self.longest = max(map(len, self.folded), default=0)
         self.default_of = copier(spec.default)
         has_default = spec.default is not msgspec.UNSET
         self.map_fallback = "map_default" if spec.map_default is not msgspec.UNSET else "default" if has_default \
@@ -82,10 +85,14 @@ class Modifiers:
     def look_up(self, value: Any) -> tuple[Any, bool]:
         """The map's entry for `value` (an exact key, else one that differs only in case), and whether the
         map's default stood in."""
-        key = value if isinstance(value, str) else str(value)
-        get = self.entries.get(key) or self.folded.get(key.casefold())
-        if get is not None:
-            return get(), False
+        if isinstance(value, str):
+            key: str | None = value
+        else:  # written as text only when it may be short enough (its weight never exceeds its text's length)
+            key = str(value) if text_weight(value, self.longest) <= self.longest else None
+        if key is not None and len(key) <= self.longest:
+            get = self.entries.get(key) or self.folded.get(key.casefold())
+            if get is not None:
+                return get(), False
         if self.map_fallback is not None:
             return self.map_default_of(), True
         raise RenderError(f"{describe(value)} is not in the map (known: {', '.join(self.entries)}) "
