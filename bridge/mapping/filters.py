@@ -207,6 +207,11 @@ FILTERS: dict[str, Filter] = {
     "attachment_list": attachment_list,
 }
 
+GROWING = frozenset({"replace", "join"})
+"""Filters that may make a large value of a small one (by the payload: each match replaced, each item joined with a
+separator): a chain that has one looks at the clock after each of its steps on a value that is not small, whatever
+its value to begin with. The others give at most a few times what they are given (a case mapping) or less."""
+
 # Argument checks run when a mapping compiles, so a bad literal is a load error, not a failed event.
 ARGUMENT_CHECKS: dict[str, Callable[..., None]] = {
     "date": check_date_args,

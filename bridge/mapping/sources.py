@@ -24,7 +24,7 @@ from bridge.mapping.base import (
     Step,
     out_of,
 )
-from bridge.mapping.fastpath import compile_fast_source
+from bridge.mapping.fastpath import compile_fast_source, fast_steps
 from bridge.mapping.limits import BudgetExceeded, check_time
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.modifiers import finish
@@ -165,7 +165,7 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
                 trace.error = str(exc)
             return trace
 
-        return CompiledField(name, plain, explain_plain, jinja=fast is None)
-    field = finish(name, source, described, steps or [], spec)
+        return CompiledField(name, plain, explain_plain, jinja=fast is None, steps=1 + fast_steps(text))
+    field = finish(name, source, described, steps or [], spec, source_steps=fast_steps(text))
     field.jinja = fast is None
     return field
