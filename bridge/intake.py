@@ -382,8 +382,9 @@ def _plan_each(events: list[Event], mappings: MappingSet,
 def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
                   off: bool = False) -> list[tuple[list[NewDelivery], list[str]]] | None:
     """Each event's deliveries and render errors, rendered on the loop under offload.LOOP_SLICE_S; None
-    when its templates run past it (a mapping that loops over a payload made to be large), or at once when the
-    request is `off` the loop: then `_plan_off`. (A request of no events plans nothing, on either.)"""
+    when a render runs past it (a template looping over a payload made to be large, a filter on a long value, in a
+    mapping with templates or without), or at once when the request is `off` the loop: then `_plan_off`. (A
+    request of no events plans nothing, on either.)"""
     if off:
         return None
     token = start_slice(offload.LOOP_SLICE_S)

@@ -129,9 +129,10 @@ async def in_parser(fn: Callable[..., T], *args: Any, pool: Executor = PARSER) -
 
 async def render_sliced(fn: Callable[..., T], *args: Any, what: str, pool: Executor = PARSER,
                         **ids: str) -> T:
-    """`fn(*args)`, a render (pure: it may be begun again), on the loop under a loop slice of LOOP_SLICE_S; when
-    its templates run past the slice, again from the start in the parser thread (or `pool`'s) under the whole
-    render budget. `what` and `ids` name it in the `render.offloaded` line."""
+    """`fn(*args)`, a render (pure: it may be begun again), on the loop under a loop slice of LOOP_SLICE_S, which
+    every mapping's render looks at (limits.start_slice); when it runs past the slice, again from the start in the
+    parser thread (or `pool`'s) under the whole render budget. `what` and `ids` name it in the `render.offloaded`
+    line."""
     token = start_slice(LOOP_SLICE_S)
     try:
         return fn(*args)

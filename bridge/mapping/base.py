@@ -11,7 +11,7 @@ import msgspec
 from jinja2.exceptions import SecurityError, TemplateRuntimeError
 
 from bridge.errors import MappingError
-from bridge.mapping.limits import text_weight
+from bridge.mapping.limits import check_slice, text_weight
 from bridge.mapping.trace import FieldTrace
 
 Context = dict[str, Any]
@@ -63,9 +63,24 @@ class CompiledField:
     explain: Callable[[Context], FieldTrace]
     constant: bool = False
     jinja: bool = False  # some part of it renders through Jinja (and so needs the time budget)
+    steps: int = 1
+    """The most steps on small values (a read, a filter, a map look-up) a render of it takes without a look at the
+    clock (limits.UNCHECKED_STEPS): a whole mapping, list or table of more looks after each of its fields or items."""
 
     def __call__(self, ctx: Context) -> Any:
         return self.render(ctx)
+
+
+def then_check(fn: FieldFn) -> FieldFn:
+    """`fn`, followed by a look at the loop slice (for the fields or items of a mapping, list or table of more than
+    limits.UNCHECKED_STEPS steps)."""
+
+    def checked(ctx: Context) -> Any:
+        value = fn(ctx)
+        check_slice()
+        return value
+
+    return checked
 
 
 def out_of(exc: MemoryError | RecursionError, what: str = "template") -> str:

@@ -17,13 +17,14 @@ from bridge.mapping.base import (
     LimitExceeded,
     RenderError,
     out_of,
+    then_check,
 )
 from bridge.mapping.fastpath import compile_fast_expression
-from bridge.mapping.limits import Budget, BudgetExceeded
+from bridge.mapping.limits import UNCHECKED_STEPS, Budget, BudgetExceeded, check_slice
 from bridge.mapping.model import MappingSpec
 from bridge.mapping.templatecheck import check_template, too_deep
 from bridge.mapping.templates import ENV, TemplateShapeError, bounded, parse_checked
-from bridge.mapping.trace import OMIT, MappingTrace
+from bridge.mapping.trace import OMIT, FieldTrace, MappingTrace
 
 
 @dataclass
@@ -56,8 +57,11 @@ class CompiledMapping:
         return self.follow_up is not None or self.follow_up_skip or self.conversation is not None
 
     def __post_init__(self) -> None:
-        self._plan = [(f.name, f.render) for f in self.fields]
-        # Only Jinja can loop: a mapping without it renders in linear time and needs no deadline.
+        # A mapping of many steps on small values looks at the loop slice after each field (limits.UNCHECKED_STEPS).
+        checked = sum(f.steps for f in self.fields) > UNCHECKED_STEPS
+        self._plan = [(f.name, then_check(f.render) if checked else f.render) for f in self.fields]
+        # Only Jinja can loop: a mapping without it renders in linear time and needs no budget of its own. On the
+        # loop, any mapping renders under the loop slice (limits.start_slice), which its filters look at.
         self._budgeted = any(f.jinja for f in self.fields)
 
     def matches(self, ctx: Context) -> bool:
@@ -92,6 +96,14 @@ class CompiledMapping:
                 out[name] = value
         return out
 
+    def _explain_fields(self, ctx: Context) -> list[FieldTrace]:
+        """Each field explained, with a look at the loop slice after each (an explanation is no hot path)."""
+        out = []
+        for f in self.fields:
+            out.append(f.explain(ctx))
+            check_slice()
+        return out
+
     def body(self, fields: dict[str, Any]) -> Any:
         """What the vendor is sent for these fields (its envelope), or the fields when the destination
         cannot say. Raises MappingError when the vendor would refuse them."""
@@ -111,9 +123,9 @@ class CompiledMapping:
             return trace
         if self._budgeted:
             with Budget():  # one budget for all the fields, as `render` has: the same field runs out of it first
-                trace.fields = [f.explain(ctx) for f in self.fields]
+                trace.fields = self._explain_fields(ctx)
         else:
-            trace.fields = [f.explain(ctx) for f in self.fields]
+            trace.fields = self._explain_fields(ctx)
         failed = next((t for t in trace.fields if t.error is not None), None)
         if failed is not None:
             trace.error = failed.error

@@ -14,8 +14,20 @@ from typing import Any
 
 import msgspec
 
-from bridge.mapping.base import At, CompiledField, CompileError, Context, FieldFn, RenderError, Source, Step, copier
+from bridge.mapping.base import (
+    At,
+    CompiledField,
+    CompileError,
+    Context,
+    FieldFn,
+    RenderError,
+    Source,
+    Step,
+    copier,
+    then_check,
+)
 from bridge.mapping.compiled import CompiledMapping, compile_when
+from bridge.mapping.limits import UNCHECKED_STEPS, check_slice
 from bridge.mapping.model import FIELD_KEYS, FieldSpec
 from bridge.mapping.modifiers import finish
 from bridge.mapping.sources import jmespath_source, path_source, template_field
@@ -75,7 +87,9 @@ def _list_field(name: str, raw: list[Any], at: At, problems: list[CompileError],
     members = [item for item in items if item is not None]
     if all(item.constant for item in members):
         return _constant(name, [item.render({}) for item in members], "constant list")
-    renders = [item.render for item in members]
+    steps = sum(item.steps for item in members)
+    checked = steps > UNCHECKED_STEPS  # then each item looks at the loop slice after it
+    renders = [then_check(item.render) if checked else item.render for item in members]
 
     def render(ctx: Context) -> Any:
         out = []
@@ -86,12 +100,21 @@ def _list_field(name: str, raw: list[Any], at: At, problems: list[CompileError],
         return out
 
     def explain(ctx: Context) -> FieldTrace:
-        trace = FieldTrace(name, f"list of {len(members)} items",
-                           children=[item.explain(ctx) for item in members])
+        trace = FieldTrace(name, f"list of {len(members)} items", children=_explained(members, ctx))
         _gather(trace, [c.value for c in trace.children if c.value is not OMIT])
         return trace
 
-    return CompiledField(name, render, explain, jinja=any(item.jinja for item in members))
+    return CompiledField(name, render, explain, jinja=any(item.jinja for item in members),
+                         steps=1 if checked else steps)
+
+
+def _explained(members: list[CompiledField], ctx: Context) -> list[FieldTrace]:
+    """Each member explained, with a look at the loop slice after each (an explanation is no hot path)."""
+    out = []
+    for item in members:
+        out.append(item.explain(ctx))
+        check_slice()
+    return out
 
 
 def _gather(trace: FieldTrace, value: Any) -> None:
@@ -110,7 +133,9 @@ def _object_field(name: str, members_raw: dict[str, Any], at: At, problems: list
         return None
     if all(item.constant for _, item in members):
         return _constant(name, {key: item.render({}) for key, item in members}, "constant table")
-    plan = [(key, item.render) for key, item in members]
+    steps = sum(item.steps for _, item in members)
+    checked = steps > UNCHECKED_STEPS  # then each member looks at the loop slice after it
+    plan = [(key, then_check(item.render) if checked else item.render) for key, item in members]
 
     def render(ctx: Context) -> Any:
         out = {}
@@ -122,12 +147,13 @@ def _object_field(name: str, members_raw: dict[str, Any], at: At, problems: list
 
     def explain(ctx: Context) -> FieldTrace:
         trace = FieldTrace(name, f"object of {len(members)} fields",
-                           children=[item.explain(ctx) for _, item in members])
+                           children=_explained([item for _, item in members], ctx))
         _gather(trace, {key: c.value for (key, _), c in zip(members, trace.children, strict=True)
                         if c.value is not OMIT})
         return trace
 
-    return CompiledField(name, render, explain, jinja=any(item.jinja for _, item in members))
+    return CompiledField(name, render, explain, jinja=any(item.jinja for _, item in members),
+                         steps=1 if checked else steps)
 
 
 def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileError],

@@ -16,8 +16,8 @@ from typing import Any
 
 from jinja2 import UndefinedError, nodes
 
-from bridge.mapping.filters import FILTERS
-from bridge.mapping.limits import as_text
+from bridge.mapping.filters import FILTERS, GROWING
+from bridge.mapping.limits import SMALL_CHARS, UNCHECKED_STEPS, as_text, check_large, check_time, looking
 from bridge.mapping.paths import MISSING, ROOTS, Absent, Path, compile_lookup
 from bridge.mapping.templates import ENV
 
@@ -91,10 +91,14 @@ def _piece(path: Path, chain: list[tuple[Any, tuple[Any, ...]]]) -> Lookup:
     get = compile_lookup(path)
     if not chain:
         return get
+    # As a transform's steps (modifiers.finish): on a value that is not small, or in a chain that may make one, each
+    # filter on a value that is not small looks at the clock after it.
+    looked: list[tuple[Any, tuple[Any, ...]]] = [(fn if fn is _DEFAULT else looking(fn), args) for fn, args in chain]
+    small = -1 if any(fn is FILTERS[name] for name in GROWING for fn, _ in chain) else SMALL_CHARS
 
     def filtered(ctx: dict[str, Any]) -> Any:
         value = get(ctx)
-        for fn, args in chain:
+        for fn, args in chain if type(value) is str and len(value) <= small else looked:
             if fn is _DEFAULT:
                 if value is MISSING or value is None or (args[1] and not value):
                     value = args[0]
@@ -107,9 +111,18 @@ def _piece(path: Path, chain: list[tuple[Any, tuple[Any, ...]]]) -> Lookup:
     return filtered
 
 
+def fast_steps(text: str) -> int:
+    """At most how many steps on small values a fast-path render of `text` takes without a look at the clock: its
+    filters (counted, more than once at worst, as the `|`s of its text)."""
+    return text.count("|")
+
+
 def compile_fast_source(text: str) -> Lookup | None:
-    """A direct renderer for `text`, or None when the template needs Jinja. It gives the text, or the Absent
-    of the first missing path."""
+    """A direct renderer for `text`, or None when the template needs Jinja (which looks at the clock before each
+    filter: so do templates of more than limits.UNCHECKED_STEPS filters). It gives the text, or the Absent of the
+    first missing path."""
+    if fast_steps(text) > UNCHECKED_STEPS:
+        return None
     try:
         tree = ENV.parse(text)
     except Exception:  # the Jinja path reports syntax errors with their line
@@ -143,10 +156,19 @@ def compile_fast_source(text: str) -> Lookup | None:
             value = get(ctx)
             if value is MISSING:
                 return absent
-            out.append(as_text(value))
-        return "".join(out)
+            out.append(value if type(value) is str else _text(value))
+        text = "".join(out)
+        if len(text) > SMALL_CHARS:
+            check_time()
+        return text
 
     return render
+
+
+def _text(value: Any) -> str:
+    """A value that is not a string, written as the template's text (not begun on the loop when too large for it)."""
+    check_large(value)
+    return as_text(value)
 
 
 def _one_piece(pieces: list[str | tuple[Absent, Lookup]], at: int) -> Lookup:
@@ -157,13 +179,29 @@ def _one_piece(pieces: list[str | tuple[Absent, Lookup]], at: int) -> Lookup:
     prefix = "".join(p for p in pieces[:at] if isinstance(p, str))
     suffix = "".join(p for p in pieces[at + 1:] if isinstance(p, str))
 
+    if not prefix and not suffix:  # the value itself: no copy made
+
+        def alone(ctx: dict[str, Any]) -> Any:
+            value = get(ctx)
+            if type(value) is str:
+                return value
+            if value is MISSING:
+                return absent
+            return _text(value)
+
+        return alone
+
     def render(ctx: dict[str, Any]) -> Any:
         value = get(ctx)
         if type(value) is str:
-            return prefix + value + suffix
+            if len(value) <= SMALL_CHARS:
+                return prefix + value + suffix
+            text = prefix + value + suffix  # a copy: a look at the clock after it
+            check_time()
+            return text
         if value is MISSING:
             return absent
-        return "".join([prefix, as_text(value), suffix])
+        return "".join([prefix, _text(value), suffix])
 
     return render
 
@@ -282,6 +320,8 @@ def _compare_to_constant(node: nodes.Node, op: Callable[[Any, Any], Any], right:
 def compile_fast_expression(text: str) -> Expr | None:
     """A direct evaluator for the expression `text`, or None when it needs Jinja. The evaluator raises
     jinja2's UndefinedError where Jinja with StrictUndefined would."""
+    if fast_steps(text) > UNCHECKED_STEPS:
+        return None  # Jinja looks at the clock before each filter
     try:
         expr = ENV.parse(f"{{{{ {text} }}}}")
         [output] = expr.body

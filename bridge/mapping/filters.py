@@ -80,10 +80,21 @@ def join(value: Any, sep: str = ", ") -> Any:
 
 
 def split(value: Any, sep: str | None = ",") -> Any:
-    """`"a, b,,c"` → `["a", "b", "c"]`: parts stripped, empty parts dropped."""
+    """`"a, b,,c"` → `["a", "b", "c"]`: parts stripped, empty parts dropped; the time budget (and a loop slice)
+    checked every _SPLIT_CHUNK parts."""
     if not isinstance(value, str):
         return value
-    return [part.strip() for part in value.split(sep) if part.strip()]
+    parts = value.split(sep)
+    if len(parts) <= _SPLIT_CHUNK:
+        return [part.strip() for part in parts if part.strip()]
+    out: list[str] = []
+    for at in range(0, len(parts), _SPLIT_CHUNK):
+        check_time()
+        out += [part.strip() for part in parts[at:at + _SPLIT_CHUNK] if part.strip()]
+    return out
+
+
+_SPLIT_CHUNK = 1024
 
 
 def first(value: Any) -> Any:
@@ -195,6 +206,11 @@ FILTERS: dict[str, Filter] = {
     "strip_quoted": strip_quoted,
     "attachment_list": attachment_list,
 }
+
+GROWING = frozenset({"replace", "join"})
+"""Filters that may make a large value of a small one (by the payload: each match replaced, each item joined with a
+separator): a chain that has one looks at the clock after each of its steps on a value that is not small, whatever
+its value to begin with. The others give at most a few times what they are given (a case mapping) or less."""
 
 # Argument checks run when a mapping compiles, so a bad literal is a load error, not a failed event.
 ARGUMENT_CHECKS: dict[str, Callable[..., None]] = {

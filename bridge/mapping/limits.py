@@ -2,21 +2,28 @@
 operation builds, and a cap on the size of integers.
 
 The deadline lives in a context variable, set once per mapping render (or per field when a field is
-rendered on its own), and checked by everything that can take long: each loop step, each item an
+rendered on its own) or by a loop slice, and checked by everything that can take long: each loop step, each item an
 iterating filter reads, each call, attribute and item look-up. Sizes are checked before an operation
 allocates where its result can be foreseen (`*`, `+`, `~`, `join`, `replace`, padding), and after it
 otherwise, so no string or list past MAX_RESULT_CHARS ever reaches the next step.
 
-A render on the event loop may also run under a loop slice (`start_slice`): past it, the same checks raise
-SliceOver, and the caller renders again off the loop, under the whole budget. The budget bounds a render's cost;
-the slice bounds how long one may hold the loop, which answers every other request meanwhile.
+A render on the event loop runs under a loop slice (`start_slice`), whatever its mapping: past it, the same checks
+raise SliceOver, and the caller renders again off the loop, under the whole budget (a mapping without Jinja has no
+budget there: it renders in time linear in its input). The budget bounds a render's cost; the slice bounds how long
+one may hold the loop, which answers every other request meanwhile. So that the slice holds for a mapping without
+Jinja too, every step of a render that can take long looks at the clock: a filter on a value that is not small (past
+SMALL_CHARS) is followed by a look (`after_large`), one on a value too large for the loop (past LOOP_BULK_CHARS,
+which no filter of one uninterruptible call, a case mapping or a strip, handles within a slice) is not begun on it
+(`check_large`), and a mapping, list or table of more than UNCHECKED_STEPS steps on small values looks after each
+of its fields. Steps on small values take microseconds each, and cost no look at the clock.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
@@ -26,15 +33,25 @@ MAX_RESULT_CHARS = 1_000_000
 MAX_INT_DIGITS = 4_300  # Python's own limit for turning an int into text
 MAX_INT_BITS = math.ceil(MAX_INT_DIGITS * math.log2(10))
 TIME_BUDGET_S = 0.25
+SMALL_CHARS = 1024
+"""A filter on a string up to this long takes microseconds: no look at the clock after it. One on a longer string,
+or on anything else (a list, a table, a number), is followed by one (`after_large`)."""
+LOOP_BULK_CHARS = 32_768
+"""The most a value may weigh (characters, `text_weight`) for a filter to begin on it under a loop slice: a filter
+that is one call into C (a case mapping of non-ASCII text takes some 40 ns a character, `str()` of a list more) cannot
+stop part-way, so a larger value ends the slice at once (`check_large`) and the render runs off the loop."""
+UNCHECKED_STEPS = 64
+"""How many steps on small values (a field read, a filter) a mapping, list or table may take between two looks at
+the clock, counted when it compiles (`CompiledField.steps`): one with more looks after each of its fields or items,
+a longer `transform:` list after each filter, and a fast-path template or `when` with more filters than this runs
+in Jinja, which looks before each."""
 
 INFINITY = float("inf")
-# (deadline on the monotonic clock, the budget in ms for the message); no deadline outside a render.
-# The third item says whether that deadline is a loop slice's end, which comes before the budget's (start_slice):
-# one look-up and one comparison per check either way.
-_deadline: ContextVar[tuple[float, float, bool]] = ContextVar("template_deadline", default=(INFINITY, 0.0, False))
-# The end of the loop slice, on the monotonic clock; none outside start_slice … end_slice (nor in other threads).
-# Read once per render, by Budget.
-_slice: ContextVar[float] = ContextVar("loop_slice", default=INFINITY)
+# (deadline on the monotonic clock, the budget in ms for the message, whether that deadline is a loop slice's end,
+# whether a loop slice is running): no deadline outside a render or a slice. A slice's end comes before the budget of
+# a render begun inside it (start_slice, Budget): one look-up and one comparison per check either way.
+Deadline = tuple[float, float, bool, bool]
+_deadline: ContextVar[Deadline] = ContextVar("template_deadline", default=(INFINITY, 0.0, False, False))
 T = TypeVar("T")
 
 
@@ -49,22 +66,63 @@ class SliceOver(BaseException):
 
 
 def check_time() -> None:
-    deadline, budget_ms, sliced = _deadline.get()
+    deadline, budget_ms, sliced, _ = _deadline.get()
     if time.monotonic() > deadline:
         if sliced:
             raise SliceOver
         raise BudgetExceeded(f"render budget of {budget_ms:.0f} ms exceeded")
 
 
-def start_slice(seconds: float) -> Token[float]:
-    """From now until `end_slice`, renders begun in this context raise SliceOver once `seconds` have passed
-    (checked where the time budget is). The caller's context only: a render handed to a thread runs without a
-    slice. Two calls rather than a `with`: the intake makes one per request."""
-    return _slice.set(time.monotonic() + seconds)
+def check_slice() -> None:
+    """`check_time` for the loop slice alone: SliceOver past it, nothing for a render's budget. Between a mapping's
+    fields (or a list's items), where a budget run out would belong to no field."""
+    deadline, _, sliced, _ = _deadline.get()
+    if sliced and time.monotonic() > deadline:
+        raise SliceOver
 
 
-def end_slice(token: Token[float]) -> None:
-    _slice.reset(token)
+def start_slice(seconds: float) -> Token[Deadline]:
+    """From now until `end_slice`, every check in this context raises SliceOver once `seconds` have passed: those of
+    any render begun in it (a mapping with Jinja or without, its `when`, a conversation key, an explanation), whose
+    budget (`Budget`) ends later. Begun outside any render (it replaces a running render's deadline). The caller's
+    context only: a render handed to a thread runs without a slice. Two calls rather than a `with`: the intake makes
+    one per request."""
+    return _deadline.set((time.monotonic() + seconds, 0.0, True, True))
+
+
+def end_slice(token: Token[Deadline]) -> None:
+    _deadline.reset(token)
+
+
+def check_large(value: Any) -> None:
+    """Before a filter (one call that may not stop part-way) on `value`, not a small one: under a loop slice, a value
+    weighing more than LOOP_BULK_CHARS ends the slice at once (SliceOver), for the render to run off the loop.
+    Elsewhere nothing. Its weight is found by a walk of at most LOOP_BULK_CHARS steps."""
+    if _deadline.get()[3] and text_weight(value, LOOP_BULK_CHARS) > LOOP_BULK_CHARS:
+        raise SliceOver
+
+
+def after_large(fn: Callable[..., T], value: Any, *args: Any) -> T:
+    """`fn(value, *args)`, a filter on a value that is not small (see SMALL_CHARS): not begun on the loop when the
+    value is too large for it (`check_large`), and followed by a look at the clock."""
+    check_large(value)
+    out = fn(value, *args)
+    check_time()
+    return out
+
+
+def looking(fn: Callable[..., T], every: bool = False) -> Callable[..., T]:
+    """`fn`, a filter, as a step that looks at the clock after it when its value is not small (`after_large`), or
+    after every value with `every`."""
+    if every:
+        return functools.partial(after_large, fn)
+
+    def step(value: Any, *args: Any) -> T:
+        if type(value) is str and len(value) <= SMALL_CHARS:
+            return fn(value, *args)
+        return after_large(fn, value, *args)
+
+    return step
 
 
 def too_long(size: int, what: str = "string") -> BudgetExceeded:
@@ -116,20 +174,21 @@ def replaced_size(text: str, old: str, new: str, count: int = -1) -> int:
 
 
 class Budget:
-    """Sets the deadline for the duration of a `with`, unless an outer one is already running."""
+    """Sets the deadline for the duration of a `with`, unless an outer one is already running, or a loop slice that
+    ends before it would."""
 
     __slots__ = ("token",)
 
     def __init__(self) -> None:
-        self.token: Token[tuple[float, float, bool]] | None = None
+        self.token: Token[Deadline] | None = None
 
     def __enter__(self) -> None:
-        if _deadline.get()[0] == INFINITY:
+        ends, _, sliced, on_loop = _deadline.get()
+        if ends == INFINITY or sliced:  # no render's budget running yet (a loop slice's end may be set)
             seconds = TIME_BUDGET_S
             deadline = time.monotonic() + seconds
-            ends = _slice.get()
-            self.token = _deadline.set((ends, seconds * 1000, True) if ends < deadline
-                                       else (deadline, seconds * 1000, False))
+            if deadline < ends:  # else the slice ends first, and stays the deadline
+                self.token = _deadline.set((deadline, seconds * 1000, False, on_loop))
 
     def __exit__(self, *exc: object) -> None:
         if self.token is not None:

@@ -20,7 +20,8 @@ from bridge.mapping.base import (
     describe,
     out_of,
 )
-from bridge.mapping.limits import BudgetExceeded
+from bridge.mapping.filters import GROWING
+from bridge.mapping.limits import SMALL_CHARS, UNCHECKED_STEPS, BudgetExceeded, after_large, looking, text_weight
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.paths import MISSING, Absent
 from bridge.mapping.trace import OMIT, FieldTrace
@@ -36,6 +37,9 @@ class Modifiers:
         # Each entry as a copier, so that a list or table entry is handed out fresh to every render.
         self.entries = {k: copier(v) for k, v in spec.map.items()} if spec.map else {}
         self.folded = {str(k).casefold(): get for k, get in self.entries.items()}
+        # No text longer than this is an entry's key, nor folds to one (folding never shortens a text): a longer
+        # value is not looked up, so that a large one costs no fold nor hash.
+        self.longest = max(map(len, self.folded), default=0)
         self.default_of = copier(spec.default)
         has_default = spec.default is not msgspec.UNSET
         self.map_fallback = "map_default" if spec.map_default is not msgspec.UNSET else "default" if has_default \
@@ -69,8 +73,10 @@ class Modifiers:
         raise RenderError(f"required ({why})" if self.required else f"missing ({why})", path=self.name)
 
     def apply(self, value: Any, label: str, fn: Callable[[Any], Any]) -> Any:
+        """`fn(value)` as a render's step (see `finish`), for an explanation: not begun on the loop on a value too
+        large for it, and followed by a look at the clock."""
         try:
-            return fn(value)
+            return after_large(fn, value)
         except BudgetExceeded as exc:
             raise LimitExceeded(f"transform {label}: {exc} in field {self.name}", path=self.name) from None
         except (MemoryError, RecursionError) as exc:
@@ -82,10 +88,14 @@ class Modifiers:
     def look_up(self, value: Any) -> tuple[Any, bool]:
         """The map's entry for `value` (an exact key, else one that differs only in case), and whether the
         map's default stood in."""
-        key = value if isinstance(value, str) else str(value)
-        get = self.entries.get(key) or self.folded.get(key.casefold())
-        if get is not None:
-            return get(), False
+        if isinstance(value, str):
+            key: str | None = value
+        else:  # written as text only when it may be short enough (its weight never exceeds its text's length)
+            key = str(value) if text_weight(value, self.longest) <= self.longest else None
+        if key is not None and len(key) <= self.longest:
+            get = self.entries.get(key) or self.folded.get(key.casefold())
+            if get is not None:
+                return get(), False
         if self.map_fallback is not None:
             return self.map_default_of(), True
         raise RenderError(f"{describe(value)} is not in the map (known: {', '.join(self.entries)}) "
@@ -98,33 +108,50 @@ class Modifiers:
         return value
 
 
-def finish(name: str, source: Source, described: str, steps: list[Step], spec: FieldSpec) -> CompiledField:
+def finish(name: str, source: Source, described: str, steps: list[Step], spec: FieldSpec, *,
+           source_steps: int = 0) -> CompiledField:
+    """The field that reads `source` (itself `source_steps` steps on small values: a fast-path template's filters),
+    then applies the modifiers. A value that is not small (limits.SMALL_CHARS) makes each filter on a value that is
+    not small look at the clock after it (`looking`), as does a chain that may make a large value of a small one
+    (`GROWING`); a chain longer than UNCHECKED_STEPS looks after each filter. Filters on a small value, the common
+    case, take no look and cost one test for the whole chain."""
     mods = Modifiers(name, spec)
     fixed, missing, look_up, check_required = mods.fixed, mods.stand_in, mods.look_up, mods.check_required
     mapped = mods.table is not None
     required = mods.required
     unset = msgspec.UNSET
+    every = len(steps) > UNCHECKED_STEPS
+    looked = [(label, looking(fn, every)) for label, fn in steps]
+    small = -1 if every or any(_filter_name(label) in GROWING for label, _ in steps) else SMALL_CHARS  # -1: none
 
     def run(ctx: Context) -> Any:
         value = source(ctx)
         if type(value) is Absent:
             return missing(value, ctx) if fixed is unset else fixed
-        for label, fn in steps:
-            try:
-                value = fn(value)
-            except BudgetExceeded as exc:
-                raise LimitExceeded(f"transform {label}: {exc} in field {name}", path=name) from None
-            except (MemoryError, RecursionError) as exc:
-                raise LimitExceeded(f"transform {label}: {out_of(exc, 'it')} in field {name}", path=name) from None
-            except FILTER_ERRORS as exc:
-                raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=name) from None
+        if steps:
+            for label, fn in steps if type(value) is str and len(value) <= small else looked:
+                try:
+                    value = fn(value)
+                except BudgetExceeded as exc:
+                    raise LimitExceeded(f"transform {label}: {exc} in field {name}", path=name) from None
+                except (MemoryError, RecursionError) as exc:
+                    raise LimitExceeded(f"transform {label}: {out_of(exc, 'it')} in field {name}",
+                                        path=name) from None
+                except FILTER_ERRORS as exc:
+                    raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=name) from None
         if mapped:
             value = look_up(value)[0]
         if required and (value is None or value == ""):
             check_required(value)
         return value
 
-    return CompiledField(name, run, _explainer(mods, source, described, steps))
+    unchecked = 1 + source_steps + (0 if every else len(steps)) + (1 if mapped else 0)
+    return CompiledField(name, run, _explainer(mods, source, described, steps), steps=unchecked)
+
+
+def _filter_name(label: str) -> str:
+    """The filter a `transform:` entry names: `replace` of `replace('a', 'b')`."""
+    return label.split("(", 1)[0].strip()
 
 
 def _explainer(mods: Modifiers, source: Source, described: str, steps: list[Step],

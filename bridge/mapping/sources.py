@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jmespath
 import msgspec
 from jinja2 import TemplateSyntaxError, UndefinedError
 from jmespath.exceptions import JMESPathError
+from jmespath.visitor import TreeInterpreter
 
 from bridge.mapping.base import (
     FILTER_ERRORS,
@@ -23,14 +24,17 @@ from bridge.mapping.base import (
     Step,
     out_of,
 )
-from bridge.mapping.fastpath import compile_fast_source
-from bridge.mapping.limits import BudgetExceeded
+from bridge.mapping.fastpath import compile_fast_source, fast_steps
+from bridge.mapping.limits import BudgetExceeded, check_time
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.modifiers import finish
 from bridge.mapping.paths import MISSING, Absent, PathSyntaxError, compile_lookup, compile_path
 from bridge.mapping.templatecheck import check_template, too_deep
 from bridge.mapping.templates import ENV, MAX_RENDERED_CHARS, render_bounded
 from bridge.mapping.trace import FieldTrace
+
+if TYPE_CHECKING:
+    from jmespath.visitor import _TreeNode
 
 
 def path_source(spec: FieldSpec, at: At, problems: list[CompileError], vars_: Mapping[str, Any] | None,
@@ -64,18 +68,38 @@ def jmespath_source(name: str, text: str, at: At, problems: list[CompileError]) 
         where = f" at character {position + 1}" if isinstance(position, int) else ""
         problems.append(CompileError(f"bad jmespath expression {text!r}{where}: {reason}", at))
         return None, ""
-    search = expr.search
+    parsed = expr.parsed
     nothing = Absent(f"jmespath {text!r} found nothing")
 
     def source(ctx: Context) -> Any:
         try:
-            value = search(ctx)
+            value = _Interpreter().visit(parsed, ctx)
+        except BudgetExceeded as exc:
+            raise LimitExceeded(f"jmespath {text!r}: {exc} in field {name}", path=name) from None
         except (JMESPathError, *FILTER_ERRORS) as exc:
             raise RenderError(f"jmespath {text!r} failed: {exc}", path=name) from None
         # JMESPath cannot tell an absent key from a null: both count as missing.
         return nothing if value is None else value
 
     return source, f"jmespath {text}"
+
+
+class _Interpreter(TreeInterpreter):
+    """JMESPath's own interpreter (as `search` runs it), looking at the clock every _VISITS nodes it visits: a
+    projection or filter over a large list visits nodes for each of its items."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._visits = 0
+
+    def visit(self, node: _TreeNode, *args: Any, **kwargs: Any) -> Any:
+        self._visits += 1
+        if not self._visits % _VISITS:
+            check_time()
+        return super().visit(node, *args, **kwargs)
+
+
+_VISITS = 64
 
 
 def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list[CompileError], *,
@@ -141,7 +165,7 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
                 trace.error = str(exc)
             return trace
 
-        return CompiledField(name, plain, explain_plain, jinja=fast is None)
-    field = finish(name, source, described, steps or [], spec)
+        return CompiledField(name, plain, explain_plain, jinja=fast is None, steps=1 + fast_steps(text))
+    field = finish(name, source, described, steps or [], spec, source_steps=fast_steps(text))
     field.jinja = fast is None
     return field

@@ -44,6 +44,7 @@ from bridge.mapping.limits import (
     BudgetExceeded,
     budget_iter,
     check_int,
+    check_large,
     check_size,
     check_time,
     check_weight,
@@ -154,6 +155,8 @@ def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         check_time()
+        if len(args) > skip:
+            check_large(args[skip])  # not begun on the loop on a value too large for it
         _check_filter_args(name, args[skip + 1:], kwargs)
         if writes and len(args) > skip:
             check_weight(args[skip], _indent_of(name, args[skip + 1:], kwargs))
@@ -216,7 +219,10 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
     def weigh_output(value: Any) -> Any:
         """The environment's `finalize`: what `{{ … }}` writes, weighed before Jinja turns it into text
         (strings are counted as they stream)."""
-        return value if isinstance(value, str) else check_weight(value)
+        if isinstance(value, str):
+            return value
+        check_large(value)  # written as text by one call into C
+        return check_weight(value)
 
     @staticmethod
     def concat(parts: Iterable[str]) -> str:
@@ -267,6 +273,7 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
         check_time()
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str | bytes):
+            check_large(owner)  # a string method is one call into C
             args = _check_method(owner, __obj.__name__, args, kwargs)
         return check_weight(super().call(__context, __obj, *args, **kwargs))
 

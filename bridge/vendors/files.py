@@ -26,6 +26,7 @@ from jinja2 import Undefined
 
 from bridge.config import DestinationAttachments
 from bridge.errors import MappingError
+from bridge.mapping.limits import check_time
 from handlers.attachments import content_path
 
 FILES_FIELD = "files"
@@ -78,7 +79,12 @@ def attachment_list(value: Any, heading: str = "Attachments:") -> Any:
         return ""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise TypeError(f"attachment_list takes the event's attachments (a list of tables), got {value!r:.80}")
-    return "\n".join([heading, *(f"- {describe(item)}" for item in value)])
+    lines = [heading]
+    for n, item in enumerate(value, 1):
+        if not n % 64:
+            check_time()  # the render's budget, and a loop slice
+        lines.append(f"- {describe(item)}")
+    return "\n".join(lines)
 
 
 def with_text(text: Any, addition: str) -> Any:

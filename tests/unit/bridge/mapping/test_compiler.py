@@ -526,6 +526,38 @@ def test_map_keys_match_non_string_values_by_text() -> None:
     assert render(raw, {"v": True}) == "yes"
 
 
+class Folding(str):
+    """A string that counts its case folds."""
+
+    folds = 0
+
+    def casefold(self) -> str:
+        Folding.folds += 1
+        return super().casefold()
+
+
+class Written(list[Any]):
+    """A list that counts how often it is written as text."""
+
+    times = 0
+
+    def __str__(self) -> str:
+        Written.times += 1
+        return super().__str__()
+
+
+def test_map_looks_up_no_value_longer_than_its_keys() -> None:
+    """A value longer than every key of the map (as text, or folded: folding never shortens a text) matches none,
+    and is neither folded nor written as text: a payload's megabyte of non-ASCII text took 30 ms to fold, and a
+    large list longer to write, before the map's default stood in."""
+    raw = {"from": "payload.v", "map": {"high": "P2", "STRASSE": "S"}, "default": "P3"}
+    assert [render(raw, {"v": v}) for v in ("HIGH", "Straße", "strasse", "low")] == ["P2", "S", "S", "P3"]
+    assert render(raw, {"v": Folding("HIGH")}) == "P2" and Folding.folds == 1
+    assert render(raw, {"v": Folding("é" * 100_000)}) == "P3"
+    assert render(raw, {"v": Written(["high"] * 100_000)}) == "P3"
+    assert (Folding.folds, Written.times) == (1, 0)
+
+
 def test_map_runs_after_transforms() -> None:
     """Transforms run before the map look-up."""
     raw = {"from": "payload.v", "map": {"high": "High"}, "transform": ["strip"]}

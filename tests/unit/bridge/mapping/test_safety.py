@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from bridge.errors import MappingError
 from bridge.mapping import limits, templates
+from bridge.mapping.base import LimitExceeded
 from bridge.mapping.compiler import CompileError, RenderError, compile_field
+from bridge.mapping.filters import FILTERS
 from bridge.mapping.mappingset import compile_document
 from bridge.yamlfile import load_yaml
 
@@ -150,7 +152,7 @@ def test_a_render_past_its_loop_slice_signals_the_caller_and_is_no_render_error(
             render_event(mapping, ctx({"list": [1, 2]}), "evt_1")
     finally:
         limits.end_slice(token)
-    assert limits._slice.get() == float("inf")  # the slice ends with end_slice
+    assert limits._deadline.get()[0] == float("inf")  # the slice ends with end_slice
     assert render_event(mapping, ctx({"list": [1, 2]}), "evt_1").body == {"title": "12"}
 
 
@@ -173,6 +175,33 @@ def test_a_loop_slice_holds_in_its_own_context_only() -> None:
 
 def small_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.02)
+
+
+def test_a_spent_budget_stops_jmespath_with_a_limit_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JMESPath projection over a large list visits nodes for each item: it looks at the clock every few visits,
+    and a spent budget (a Jinja mapping's) is a limit error naming the field. Before, it ran to the end."""
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
+    field = compile_field("f", {"jmespath": "payload.items[*].name"})
+    with limits.Budget(), pytest.raises(LimitExceeded, match=r"^f: jmespath 'payload.items\[\*\].name': render "
+                                                               r"budget of 0 ms exceeded in field f$"):
+        field(ctx({"items": [{"name": "x"}] * 200}))
+    monkeypatch.undo()
+    assert field(ctx({"items": [{"name": "x"}] * 200})) == ["x"] * 200
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("split", "a," * 5000),
+    ("attachment_list", [{"name": "a.pdf", "size": 10}] * 200),
+])
+def test_the_filters_that_loop_in_python_check_the_time_budget(name: str, value: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`split` strips each part and `attachment_list` writes each item in Python: they look at the clock as they go,
+    so a spent budget (or a loop slice) stops them part-way."""
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
+    with limits.Budget(), pytest.raises(limits.BudgetExceeded):
+        FILTERS[name](value)
+    monkeypatch.undo()
+    assert FILTERS[name](value)  # without a budget, to the end
 
 
 @pytest.mark.parametrize("template", [
