@@ -234,7 +234,8 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     request of the send was written is raised: nothing reached the vendor. Once a request was written and refused
     for its credentials, the store failing before its resend went out (the new token's slot, a look-up's, the
     resend's own) ends the attempt with that refusal, the one answer the vendor gave: a `retry` keeping its status,
-    excerpt and exchange, its error saying the resend was not made (`Sent.resend_unsent`)."""
+    excerpt and exchange, its error saying the resend was not made (`Sent.resend_unsent`: recorded without using a
+    try)."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     answered: list[tuple[VendorRequest, Answer]] = []

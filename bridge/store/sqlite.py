@@ -161,7 +161,7 @@ _HAS_BODY = "(body IS NOT NULL OR EXISTS (SELECT 1 FROM delivery_bodies b WHERE 
 # error, next due time and role; a retry's ticket and role) are written NULL in the statement when they are, its
 # JSON is bound as bytearrays and its flag as an int.
 _RECORD = NullsWritten(
-    "UPDATE deliveries SET status = ?1, attempts = attempts + 1, tries = tries + 1, "
+    "UPDATE deliveries SET status = ?1, attempts = attempts + 1, tries = tries + ?7, "
     "next_attempt_at = COALESCE({0}, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
     "updated_at = ?2, last_error = {1}, ticket_id = COALESCE({2}, ticket_id), "
     "ticket_key = COALESCE({3}, ticket_key), role = COALESCE({4}, role), action = COALESCE({5}, action), "
@@ -802,7 +802,7 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
             updated = conn.execute(*_RECORD.bind(
-                (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id),
+                (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id, int(r.uses_try)),
                 (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
                  None if apart is not None else body, owner)),
             ).fetchone()
