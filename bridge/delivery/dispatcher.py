@@ -61,6 +61,7 @@ from bridge.delivery.sender import (
     bounded,
     check_headers,
     lookup_failure,
+    request_data,
     send_once,
 )
 from bridge.errors import BridgeError, LeaseLost, StoreRefused, StoreUnavailable
@@ -141,7 +142,8 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
         async with asyncio.timeout_at(None if deadline is None else deadline.at) as bound:
             await admit()
             async with session.request(request.method, request.url, headers=headers,
-                                       data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                       data=request_data(request.body),
+                                       timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:
                 look_up_limited(response.status, response.headers, f"a look-up ({request.method} "
                                                                    f"{URL(request.url).path})")
