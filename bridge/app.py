@@ -77,6 +77,8 @@ def destination_targets(config: Config) -> dict[str, Target]:
 
 def load_mappings(config: Config) -> MappingSet:
     """The config's mapping folder, loaded and checked; raises ErrorList."""
+    if not config.mappings_dir.is_dir():
+        raise ErrorList([config.mappings_missing(MappingError)])
     return load_mapping_folder(config.mappings_dir, sources=set(config.sources),
                                destinations=destination_targets(config), vars_=config.vars)
 

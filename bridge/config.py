@@ -17,7 +17,16 @@ from bridge.errors import VALUE, ErrorList, Located, ValueProblem
 from bridge.escaping import header_problem
 from bridge.names import name_problem
 from bridge.pg_schema import split_schema
-from bridge.yamlfile import Document, KeyPath, KeyValueError, Quoted, env_expander, load_yaml_file
+from bridge.yamlfile import (
+    Document,
+    KeyPath,
+    KeyValueError,
+    Quoted,
+    env_expander,
+    from_variable,
+    load_yaml_file,
+    shown_value,
+)
 
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
 
@@ -347,6 +356,39 @@ class Config:
     mappings_allow_empty: bool = False
     file_digest: str | None = None
     """The sha256 of the bytes `file` was loaded from: what the server runs on, whatever the file holds later."""
+
+    def shown_setting(self, path: KeyPath, made: Path | str) -> str:
+        """`made`, what the setting at `path` gave (the mappings folder for `mappings`), as a message may name it:
+        as it is, unless the setting took its value from an environment variable (`mappings: ${MAPPINGS}`), which
+        a message never quotes: then as `shown_value` shows such a value (its kind, length and variable's name)."""
+        written = None if self.document is None else self.document.written.get(path)
+        if self.document is None or not from_variable(written):
+            return str(made)
+        value: Any = self.document.data
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return shown_value(value, path, written)
+
+    @property
+    def shown_mappings_dir(self) -> str:
+        """The mappings folder as a message or a log may name it (`shown_setting`)."""
+        return self.shown_setting(("mappings",), self.mappings_dir)
+
+    def mappings_missing(self, cls: type[Located]) -> Located:
+        """The error (of class `cls`) that the mappings folder does not exist: naming it as the error's file, or, when
+        `mappings` took it from an environment variable, at that key with the folder as `shown_setting` shows it."""
+        shown = self.shown_mappings_dir
+        if self.document is None or shown == str(self.mappings_dir):
+            return cls("the mappings folder does not exist", file=str(self.mappings_dir))
+        return self.document.error(("mappings",), f"the mappings folder ({shown}) does not exist", cls)
+
+    def mappings_error(self, message: str, cls: type[Located]) -> Located:
+        """An error (of class `cls`) about the mappings folder: naming it as the error's file, or, when `mappings`
+        took it from an environment variable, at that key with the folder as `shown_setting` shows it."""
+        shown = self.shown_mappings_dir
+        if self.document is None or shown == str(self.mappings_dir):
+            return cls(message, file=str(self.mappings_dir))
+        return self.document.error(("mappings",), f"{message} (the mappings folder: {shown})", cls)
 
     @functools.cached_property
     def attachments_dir(self) -> Path:

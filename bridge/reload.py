@@ -178,7 +178,7 @@ class MappingReloader:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("mappings.watch_crashed", folder=str(self.folder))
+                log.exception("mappings.watch_crashed", folder=self.rt.config.shown_mappings_dir)
                 await asyncio.sleep(self.poll_s)
 
     def check_config(self) -> None:
@@ -249,7 +249,7 @@ class MappingReloader:
                 except ReloadFailed:
                     raise
                 except Exception as exc:  # a bug while loading must not stop the watch, nor pass for success
-                    log.exception("mappings.reload_crashed", folder=str(self.folder))
+                    log.exception("mappings.reload_crashed", folder=self.rt.config.shown_mappings_dir)
                     raise ReloadFailed(f"internal error while loading: {type(exc).__name__}: {exc}") from exc
                 self._check_not_emptied(new)
                 await self._check_names(new)
@@ -260,7 +260,7 @@ class MappingReloader:
                 if status.source == "last_good":
                     status.folder_error = str(exc)
                 self.rt.count("mappings.reload_failed")
-                log.error("mappings.reload_failed", reason=reason, folder=str(self.folder),
+                log.error("mappings.reload_failed", reason=reason, folder=self.rt.config.shown_mappings_dir,
                           error=str(exc), kept_version=self.rt.mappings.version)
                 return False
             old = self.rt.mappings
@@ -315,9 +315,9 @@ class MappingReloader:
         if new.mappings or not in_force or self.rt.config.mappings_allow_empty:
             return
         raise ReloadFailed(
-            f"the mappings folder {self.folder} holds no mapping file (*.yaml, *.yml) while {len(in_force)} "
-            f"mapping(s) are in force ({_names(in_force)}): refused, the set in force is kept. Put the mapping files "
-            "back (a deploy or `rsync --delete` may have moved them away); to run with no mappings, set "
+            f"the mappings folder {self.rt.config.shown_mappings_dir} holds no mapping file (*.yaml, *.yml) while "
+            f"{len(in_force)} mapping(s) are in force ({_names(in_force)}): refused, the set in force is kept. Put the "
+            "mapping files back (a deploy or `rsync --delete` may have moved them away); to run with no mappings, set "
             "`mappings_allow_empty: true` in bridge.yaml and restart")
 
     async def _check_names(self, mappings: MappingSet) -> None:
@@ -409,24 +409,24 @@ async def serve_last_good(rt: Runtime, store: Store, folder_errors: ErrorList,
     say what is wrong with the folder. Raises ErrorList (the folder's errors) when no set is kept, or
     when the kept one does not load with this config either."""
     stored = await store.load_mapping_set()
-    folder = rt.config.mappings_dir
     if stored is None:
-        raise ErrorList([*folder_errors.errors, MappingError(
+        raise ErrorList([*folder_errors.errors, rt.config.mappings_error(
             "no last good mapping set is kept in the store to serve instead (one is kept once a set loads "
-            "and passes its tests); fix the files above", file=str(folder))])
+            "and passes its tests); fix the files above", MappingError)])
     try:
         mappings = compile_files(stored.files)
     except ErrorList as exc:
-        raise ErrorList([*folder_errors.errors, MappingError(
+        raise ErrorList([*folder_errors.errors, rt.config.mappings_error(
             f"the last good mapping set kept in the store (version {stored.version}) does not load with this "
-            f"config either: {exc.errors[0].render()}", file=str(folder))]) from None
+            f"config either: {exc.errors[0].render()}", MappingError)]) from None
     status = rt.mapping_status
     rt.mappings = mappings
     status.source, status.folder_error = "last_good", str(folder_errors)
     saved_at = _note_kept(status, stored)
     rt.count("mappings.started_degraded")
-    log.error("mappings.folder_broken", folder=str(folder), errors=[e.render() for e in folder_errors.errors],
-              serving="last_good", version=mappings.version, saved_at=saved_at.isoformat(),
+    log.error("mappings.folder_broken", folder=rt.config.shown_mappings_dir,
+              errors=[e.render() for e in folder_errors.errors], serving="last_good", version=mappings.version,
+              saved_at=saved_at.isoformat(),
               note="the folder's mappings did not load: serving the last good set kept in the store")
 
 
@@ -436,22 +436,21 @@ async def serve_last_good_if_empty(rt: Runtime, store: Store,
     store keeps a last good set that has mappings, serve it instead, degraded, as after a broken folder (with
     `mappings_on_start_error: fail`, raise ErrorList). A store that keeps none (a first start) serves the
     empty folder, with a warning."""
-    folder = rt.config.mappings_dir
     try:
         stored = await store.load_mapping_set()
     except StoreUnavailable as exc:
-        raise ErrorList([MappingError(
+        raise ErrorList([rt.config.mappings_error(
             f"the mappings folder holds no mapping file, and the store could not be asked for the last good set "
-            f"({exc})", file=str(folder))]) from None
+            f"({exc})", MappingError)]) from None
     if stored is None or not stored.files:
-        log.warning("mappings.none", folder=str(folder),
+        log.warning("mappings.none", folder=rt.config.shown_mappings_dir,
                     note="the mappings folder holds no mapping file: every event is stored unmatched")
         return
     names = sorted(stored.files)
-    problem = ErrorList([MappingError(
+    problem = ErrorList([rt.config.mappings_error(
         f"the mappings folder holds no mapping file (*.yaml, *.yml), while the last good set kept in the store "
         f"(version {stored.version}) has {len(names)} ({_names(names)}); put the mapping files back, or, to run "
-        "with no mappings, set `mappings_allow_empty: true` in bridge.yaml", file=str(folder))])
+        "with no mappings, set `mappings_allow_empty: true` in bridge.yaml", MappingError)])
     if rt.config.mappings_on_start_error == "fail":
         raise problem
     await serve_last_good(rt, store, problem, compile_files)

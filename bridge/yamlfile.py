@@ -223,6 +223,12 @@ def _kind(value: Any) -> str:
     return "a list" if isinstance(value, list) else "a table"
 
 
+def from_variable(written: str | None) -> bool:
+    """Whether a scalar written as `written` (as the file has it; None: as its value) takes its value, or part of
+    it, from an environment variable."""
+    return bool(_variables(written))
+
+
 def _variables(written: str | None) -> list[str]:
     """The names of the environment variables `written` (a scalar as the file has it) takes a value from, in
     order, each once: `${NAME}`, `${NAME:-default}`, `${NAME-default}`, never an escaped `$${NAME}`."""

@@ -81,7 +81,7 @@ def build_report(args: argparse.Namespace) -> CheckReport:
         return report
     report.config_errors.extend(missing_extras(config))
     if not config.mappings_dir.is_dir():
-        report.config_errors.append(ConfigError("the mappings folder does not exist", file=str(config.mappings_dir)))
+        report.config_errors.append(config.mappings_missing(ConfigError))
         report.summary = "check FAILED: the mappings folder does not exist"
         return report
     loaded = load_report(config)

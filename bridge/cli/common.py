@@ -64,8 +64,11 @@ def attachments_problem(config: Config, *, warning: bool = False) -> Located | N
     why = folder_problem(folder)
     if why is None:
         return None
+    shown = config.shown_setting(("attachments", "dir"), folder)
+    if shown != str(folder):  # from an environment variable: neither it nor what folder_problem says of it shown
+        shown, why = f"({shown})", "it is missing or not writable"
     return config_error(config, ("attachments", "dir"),
-                        f"{'warning: ' if warning else ''}the attachments folder {folder} cannot be written"
+                        f"{'warning: ' if warning else ''}the attachments folder {shown} cannot be written"
                         f"{' here' if warning else ''}: {why}; source{'s' if len(writers) > 1 else ''} "
                         f"{', '.join(writers)} save{'' if len(writers) > 1 else 's'} the files of "
                         f"{'their' if len(writers) > 1 else 'its'} events there; set attachments.dir to a folder "

@@ -166,7 +166,8 @@ def run_render(args: argparse.Namespace) -> int:
             print(error.render(), file=sys.stderr)
         if not report.errors:
             known = ", ".join(sorted(m.name for m in report.mappings)) or "(none)"
-            print(f"no mapping named {args.mapping!r} in {config.mappings_dir}; known: {known}", file=sys.stderr)
+            print(f"no mapping named {args.mapping!r} in {config.shown_setting(('mappings',), config.mappings_dir)}; "
+                  f"known: {known}", file=sys.stderr)
         return 2
     if given.ticket is not None and mapping.follow_up_skip:
         print(f"{mapping.name}: its follow_up says skip; nothing would be sent for a follow-up", file=sys.stderr)

@@ -20,6 +20,7 @@ from bridge import __version__
 from bridge.appkeys import RUNTIME
 from bridge.console.auth import Caller, api_on, identify
 from bridge.console.models import (
+    REPLAY_MOST,
     AuditPage,
     AuditQuery,
     DeliveryPage,
@@ -719,6 +720,13 @@ async def replay(call: Call) -> ReplayResult:
     rt = call.rt
     store = _store(rt)
     rerender = given.rerender or given.rerender_mapping is not None
+    filtered = any((given.status, given.destination, given.mapping, given.source))
+    if filtered and given.cursor is None and len(given.ids) + given.limit > REPLAY_MOST:
+        room = REPLAY_MOST - len(given.ids)
+        raise ApiError(400, f"body.ids ({len(given.ids)} ids) and body.limit ({given.limit}) ask for more than "
+                            f"one call replays: at most {REPLAY_MOST} deliveries, the ids and the filter's matches "
+                            "together; " + (f"set body.limit to at most {room}, or " if room > 0 else "")
+                            + "send some of the ids in another call")
     if given.rerender_mapping is not None and given.rerender_mapping not in rt.mappings.mappings:
         raise ApiError(409, f"body.rerender_mapping: no mapping {given.rerender_mapping!r} is in force; loaded: "
                             f"{', '.join(sorted(rt.mappings.mappings)) or '(none)'}")

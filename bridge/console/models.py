@@ -190,7 +190,8 @@ REPLAY_MOST = 10000
 
 class ReplayBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Deliveries sent again: those in `ids`, and those the filter (status, destination, mapping, source) matches
-    when it has a field, newest first, up to `limit` of them besides the ids. Without a status the filter takes dead
+    when it has a field, newest first, up to `limit` of them besides the ids: with a filter, the ids and `limit`
+    together at most REPLAY_MOST (the replay answers 400 otherwise). Without a status the filter takes dead
     and succeeded ones. When more match, the answer's `next_cursor` continues with them. (Encoded without its
     defaults, so that a client sends `cursor` only when it continues.)"""
 

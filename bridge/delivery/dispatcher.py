@@ -61,6 +61,7 @@ from bridge.delivery.sender import (
     bounded,
     check_headers,
     lookup_failure,
+    request_data,
     send_once,
 )
 from bridge.errors import BridgeError, LeaseLost, StoreRefused, StoreUnavailable
@@ -141,7 +142,8 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
         async with asyncio.timeout_at(None if deadline is None else deadline.at) as bound:
             await admit()
             async with session.request(request.method, request.url, headers=headers,
-                                       data=request.body, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                       data=request_data(request.body),
+                                       timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:
                 look_up_limited(response.status, response.headers, f"a look-up ({request.method} "
                                                                    f"{URL(request.url).path})")
@@ -515,8 +517,8 @@ class Lane:
             blog.error("delivery.resend_unsent", error=sent.outcome.error, status=sent.http_status,
                        probe=admission.probe,
                        note="its request was refused for its credentials and the store failed before the resend "
-                            "went out: recorded as that refusal, a retry; the breaker is told nothing (the breaker's "
-                            "probe: the refusal)")
+                            "went out: recorded as that refusal, a retry that uses no try; the breaker is told "
+                            "nothing (the breaker's probe: the refusal)")
         try:
             if breaker in DESTINATION_FAILURES or sent.http_status == 429:
                 # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause)
@@ -920,6 +922,15 @@ class Lane:
                 result = msgspec.structs.replace(result, error=self._ticket_dropped(item, outcome, sent, blog))
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
                                            ticket_uuid=outcome.ticket_uuid, next_status="succeeded")
+        if sent.resend_unsent:
+            # The vendor refused only the credentials, renewed since, and our store kept the resend from going out:
+            # recorded (the refusal, its one answer) without using a try, so that its last try does not go dead
+            # for an outage of ours. Due again once a store failure's wait has passed, as a send given back is.
+            due = int((self.dispatcher.clock() + self.dispatcher.timings.store_retry_s) * 1000)
+            blog.warning("delivery.retry_scheduled", error=outcome.error, status=sent.http_status,
+                         attempt=item.tries, try_used=False,
+                         retry_in_s=round(self.dispatcher.timings.store_retry_s, 1))
+            return msgspec.structs.replace(result, next_status="pending", next_attempt_at_ms=due, uses_try=False)
         decision = self.dest.policy.decide(tries, outcome.classification, outcome.retry_after)
         if decision.action == "retry":
             due = int((self.dispatcher.clock() + decision.delay_s) * 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -234,7 +235,8 @@ async def send_once(session: aiohttp.ClientSession, adapter: Adapter, item: Clai
     request of the send was written is raised: nothing reached the vendor. Once a request was written and refused
     for its credentials, the store failing before its resend went out (the new token's slot, a look-up's, the
     resend's own) ends the attempt with that refusal, the one answer the vendor gave: a `retry` keeping its status,
-    excerpt and exchange, its error saying the resend was not made (`Sent.resend_unsent`)."""
+    excerpt and exchange, its error saying the resend was not made (`Sent.resend_unsent`: recorded without using a
+    try)."""
     started_ms = time.time_ns() // 1_000_000
     t0 = time.perf_counter()
     answered: list[tuple[VendorRequest, Answer]] = []
@@ -332,6 +334,18 @@ def _not_sent(exc: BaseException) -> Outcome:
     return lookup_failure(exc, failed="a look-up failed: ", name_unavailable=False)
 
 
+LARGE_BODY_BYTES = 2**20
+"""aiohttp writes a request body given as bytes in one go, and warns (ResourceWarning) over 1 MiB that it may hold
+the event loop (aiohttp.payload.TOO_LARGE_BYTES_BODY)."""
+
+
+def request_data(body: bytes) -> bytes | io.BytesIO:
+    """What aiohttp is given to send `body`: the bytes themselves, or, over LARGE_BODY_BYTES (a mail's attachments),
+    a BytesIO over them, which aiohttp writes in chunks, giving the loop back between them, and does not warn of.
+    Made for each request: aiohttp reads it once."""
+    return io.BytesIO(body) if len(body) > LARGE_BODY_BYTES else body
+
+
 async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: str, request: VendorRequest,
                     timeout_s: float, *, delivery_id: str | None = None) -> Answer:
     """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome. The
@@ -339,7 +353,7 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     429, 401…) gives that status's outcome (`classified_anyway`); on any other, the crash is raised."""
     try:
         async with session.request(
-            request.method, request.url, headers=request.headers, data=request.body,
+            request.method, request.url, headers=request.headers, data=request_data(request.body),
             timeout=send_timeout(timeout_s),
             allow_redirects=False,
         ) as response:

@@ -134,6 +134,10 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     unsent: bool = False
     """Settled without a request (before sending, such as a reconciliation that stopped before it could tell): an
     `unknown` one leaves the doubt as it was and is not counted in `unknowns`, which counts sends."""
+    uses_try: bool = True
+    """The attempt counts against the retry schedule (`tries`; `attempts` counts every attempt). False for one our
+    store cut short before the vendor could act on it: a request refused for its credentials whose resend the store
+    kept from going out (`Sent.resend_unsent`), recorded with that refusal and not counted as a try."""
 
 
 UNKNOWN = "unknown"

@@ -261,7 +261,7 @@ class MemoryStore(Store):
         if d.row.status == "in_flight":
             r = result
             self._update(
-                d, status=r.next_status, attempts=n, tries=d.row.tries + 1, last_error=r.error,
+                d, status=r.next_status, attempts=n, tries=d.row.tries + int(r.uses_try), last_error=r.error,
                 next_attempt_at_ms=r.next_attempt_at_ms if r.next_attempt_at_ms is not None
                 else d.row.next_attempt_at_ms,
                 ticket_id=r.ticket_id if r.ticket_id is not None else d.row.ticket_id,

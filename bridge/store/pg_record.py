@@ -41,7 +41,7 @@ from bridge.store.rows import GROUP_BYTES, doubt_after, encode, gives_ticket, no
 log = structlog.get_logger("ticketbridge.store")
 
 RECORD = (
-    "WITH u AS (UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + 1, "
+    "WITH u AS (UPDATE deliveries SET status = $1, attempts = attempts + 1, tries = tries + $23, "
     "next_attempt_at = COALESCE($2, next_attempt_at), lease_owner = NULL, lease_until = NULL, updated_at = $3, "
     "last_error = $4, ticket_id = COALESCE($5, ticket_id), ticket_key = COALESCE($6, ticket_key), "
     "ticket_uuid = COALESCE($16, ticket_uuid), role = COALESCE($7, role), action = COALESCE($8, action), "
@@ -60,11 +60,11 @@ new count), and, when the attempt gives its conversation a ticket ($22), the con
 RECORDS = (
     "WITH v AS (SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], "
     "$8::text[], $9::bytea[], $10::text[], $11::text[], $12::boolean[], $13::bigint[], $14::int[], $15::int[], "
-    "$16::text[], $17::float8[], $18::int[], $19::text[], $20::text[], $21::bytea[], $22::boolean[]) "
-    "WITH ORDINALITY AS v (status, next_at, error, ticket_id, ticket_key, role, action, body, id, owner, unknown, "
-    "started, unknowns, duplicates, ticket_uuid, duration, http_status, excerpt, classification, exchange, gives, "
-    "o)), "
-    "u AS (UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, tries = d.tries + 1, "
+    "$16::text[], $17::float8[], $18::int[], $19::text[], $20::text[], $21::bytea[], $22::boolean[], "
+    "$23::int[]) WITH ORDINALITY AS v (status, next_at, error, ticket_id, ticket_key, role, action, body, id, owner, "
+    "unknown, started, unknowns, duplicates, ticket_uuid, duration, http_status, excerpt, classification, exchange, "
+    "gives, tried, o)), "
+    "u AS (UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, tries = d.tries + v.tried, "
     "next_attempt_at = COALESCE(v.next_at, d.next_attempt_at), lease_owner = NULL, lease_until = NULL, "
     "updated_at = $1, last_error = v.error, ticket_id = COALESCE(v.ticket_id, d.ticket_id), "
     "ticket_key = COALESCE(v.ticket_key, d.ticket_key), ticket_uuid = COALESCE(v.ticket_uuid, d.ticket_uuid), "
@@ -88,7 +88,7 @@ conversation given tickets by two creates of the group (which one conversation's
 time does not allow) keeps the one with the larger delivery id. Returns the ordinals (from 1) of the attempts
 written."""
 
-WIDTH = 21
+WIDTH = 22
 class PendingRecord:
     """One attempt's record waiting for its group: the values of its statement, encoded before it queues."""
 
@@ -104,7 +104,8 @@ class PendingRecord:
             r.next_status, r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
             None if role_body is None else encode(role_body), r.delivery_id, owner, unknown, r.started_at_ms,
             int(unknown), duplicates, r.ticket_uuid, r.duration_ms, r.http_status, r.response_excerpt,
-            r.classification, None if r.exchange is None else encode(r.exchange), gives_ticket(r))
+            r.classification, None if r.exchange is None else encode(r.exchange), gives_ticket(r),
+            int(r.uses_try))
         """RECORD's arguments without the time ($3), in order."""
         a = self.args
         self.size = len(a[2] or "") + len(a[7] or b"") + len(a[17] or "") + len(a[19] or b"")

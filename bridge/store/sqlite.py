@@ -161,7 +161,7 @@ _HAS_BODY = "(body IS NOT NULL OR EXISTS (SELECT 1 FROM delivery_bodies b WHERE 
 # error, next due time and role; a retry's ticket and role) are written NULL in the statement when they are, its
 # JSON is bound as bytearrays and its flag as an int.
 _RECORD = NullsWritten(
-    "UPDATE deliveries SET status = ?1, attempts = attempts + 1, tries = tries + 1, "
+    "UPDATE deliveries SET status = ?1, attempts = attempts + 1, tries = tries + ?7, "
     "next_attempt_at = COALESCE({0}, next_attempt_at), lease_owner = NULL, lease_until = NULL, "
     "updated_at = ?2, last_error = {1}, ticket_id = COALESCE({2}, ticket_id), "
     "ticket_key = COALESCE({3}, ticket_key), role = COALESCE({4}, role), action = COALESCE({5}, action), "
@@ -802,7 +802,7 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
             updated = conn.execute(*_RECORD.bind(
-                (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id),
+                (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id, int(r.uses_try)),
                 (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
                  None if apart is not None else body, owner)),
             ).fetchone()
@@ -933,17 +933,24 @@ class SqliteStore(Store):
         bounded as a group is: at most `group_commit_max` deliveries and `group_bytes` of what it writes besides
         their statuses, the first whatever its size (a new body; a body stored in its row before 0021, which SQLite
         writes again with the row, its size read first). So the loop goes on meanwhile, and the intake waiting
-        behind a part waits for that part alone."""
+        behind a part waits for that part alone. The new bodies are encoded by the part that writes them, on its
+        worker thread, as it takes its deliveries in order (`_replay`): none is encoded on the loop's thread, and no
+        more than a part's are held encoded at once."""
         renamed = storable(mapping) if mapping else None
-        new = {i: (_json_blob(body), version) for i, (body, version) in (bodies or {}).items()}
+        fresh = bodies or {}
         kept: dict[str, int] = await self._read(
-            functools.partial(_bodies_in_rows, delivery_ids=[i for i in delivery_ids if i not in new]))
+            functools.partial(_bodies_in_rows, delivery_ids=[i for i in delivery_ids if i not in fresh]))
         moved: list[str] = []
-        for part, size in _parts(delivery_ids, [len(new[i][0]) if i in new else kept.get(i, 0) for i in delivery_ids],
-                                 self.group_commit_max, self.group_bytes):
-            done: list[str] = await self._write(functools.partial(_replay, delivery_ids=part, new=new,
-                                                                  renamed=renamed), size=size, off_loop=True)
+        rest = delivery_ids
+        carried: dict[str, bytearray] = {}
+        while rest:
+            # Its size is found as its bodies are encoded, off the loop; the part goes alone whatever it is.
+            done, taken, carried = await self._write(
+                functools.partial(_replay, delivery_ids=rest, fresh=fresh, kept=kept, carried=carried,
+                                  renamed=renamed, max_items=self.group_commit_max, max_bytes=self.group_bytes),
+                size=self.group_bytes, off_loop=True)
             moved.extend(done)
+            rest = rest[taken:]
         return moved
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:
@@ -1212,20 +1219,42 @@ class SqliteStore(Store):
         return entries
 
 
-def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], new: dict[str, tuple[bytearray, str]],
-            renamed: str | None) -> list[str]:
-    """SqliteStore.replay's write of one part: each succeeded or dead delivery back to pending, with its new body
-    (and mapping version, and mapping when renamed) when `new` has one, else only if it has a body; those moved."""
+def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], str]],
+            kept: dict[str, int], carried: dict[str, bytearray], renamed: str | None, max_items: int,
+            max_bytes: int) -> tuple[list[str], int, dict[str, bytearray]]:
+    """SqliteStore.replay's write of one part, on a worker thread: the first of `delivery_ids` that fit in a part
+    (at most `max_items`, and `max_bytes` of their sizes, the first whatever its size), in order, each
+    succeeded or dead one back to pending, with its new body (`fresh`, encoded here, unless `carried` holds it
+    encoded; and its mapping version, and mapping when renamed) when it has one, else only if it has a body (whose
+    size, when kept in its row, `kept` gives). Returns those moved, how many of `delivery_ids` the part took, and
+    the new body encoded and found not to fit (the next part's first), by id."""
+    part: dict[str, bytearray | None] = {}
+    total = 0
+    left: dict[str, bytearray] = {}
+    for i in delivery_ids:
+        if len(part) >= max_items:
+            break
+        body: bytearray | None = None
+        if i in fresh:
+            body = carried.get(i)
+            if body is None:
+                body = _json_blob(fresh[i][0])
+        size = len(body) if body is not None else kept.get(i, 0)
+        if part and total + size > max_bytes:
+            if body is not None:
+                left[i] = body
+            break
+        part[i] = body
+        total += size
     now = now_ms()
     moved = []
-    for i in delivery_ids:
-        if i in new:
-            body, version = new[i]
+    for i, body in part.items():
+        if body is not None:
             row = conn.execute(
                 "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
                 "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ?, "
                 "mapping = COALESCE(?, mapping) WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
-                (now, now, body if len(body) <= BODY_INLINE else None, version, renamed, i)).fetchone()
+                (now, now, body if len(body) <= BODY_INLINE else None, fresh[i][1], renamed, i)).fetchone()
             if row is not None:
                 _put_body(conn, i, body)
         else:
@@ -1235,7 +1264,7 @@ def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], new: dict[str,
                 f"AND {_HAS_BODY} RETURNING id", (now, now, i)).fetchone()
         if row is not None:
             moved.append(i)
-    return moved
+    return moved, len(part), left
 
 
 def _bodies_in_rows(conn: sqlite3.Connection, *, delivery_ids: list[str]) -> dict[str, int]:
@@ -1247,23 +1276,6 @@ def _bodies_in_rows(conn: sqlite3.Connection, *, delivery_ids: list[str]) -> dic
         out.update(conn.execute(f"SELECT id, length(body) FROM deliveries WHERE id IN ({', '.join('?' * len(part))}) "  # noqa: S608
                                 "AND body IS NOT NULL", part).fetchall())
     return out
-
-
-def _parts(ids: list[str], sizes: list[int], max_items: int, max_bytes: int) -> list[tuple[list[str], int]]:
-    """`ids` cut in order into parts of at most `max_items` ids and `max_bytes` of their `sizes`, the first of a
-    part whatever its size; each with its size."""
-    parts: list[tuple[list[str], int]] = []
-    part: list[str] = []
-    total = 0
-    for i, size in zip(ids, sizes, strict=True):
-        if part and (len(part) >= max_items or total + size > max_bytes):
-            parts.append((part, total))
-            part, total = [], 0
-        part.append(i)
-        total += size
-    if part:
-        parts.append((part, total))
-    return parts
 
 
 def _put_body(conn: sqlite3.Connection, delivery_id: str, body: bytearray) -> None:

@@ -221,6 +221,42 @@ def test_check_warns_of_an_attachments_folder_it_cannot_write(tmp_path: Path,
             f"written here: {tmp_path / 'plain'} is not a folder") in err
 
 
+SECRET_FOLDER = "hunter2-secret"
+"""A folder's name given by an environment variable, which no message may show."""
+
+
+def test_check_and_serve_never_show_a_mappings_folder_taken_from_a_variable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mappings folder that does not exist, given by `${VAR}`, is named at its key by its kind, length and
+    variable, as any value from a variable is, never by its path; one written in the file is named as before."""
+    monkeypatch.setenv("MAPS", str(tmp_path / SECRET_FOLDER))
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "mappings: ${MAPS}\n")
+    shown = f"text of {len(str(tmp_path / SECRET_FOLDER))} characters from ${{MAPS}}"
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 1, err
+    assert f"{cfg}:5:1: mappings: the mappings folder ({shown}) does not exist" in err, err
+    assert SECRET_FOLDER not in err, err
+    code, err = cli("serve", "-c", cfg)
+    assert code == 2, err
+    assert f"mappings: the mappings folder ({shown}) does not exist" in err and SECRET_FOLDER not in err, err
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", f"mappings: {tmp_path / 'gone'}\n")
+    code, err = run(capsys, "check", "-c", cfg)
+    assert f"{tmp_path / 'gone'}: the mappings folder does not exist" in err, err
+
+
+def test_check_never_shows_an_attachments_folder_taken_from_a_variable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / SECRET_FOLDER).write_text("a file")
+    monkeypatch.setenv("FILES", str(tmp_path / SECRET_FOLDER / "files"))
+    cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: '${FILES}'}\n" + EMAIL_SOURCE)
+    code, err = run(capsys, "check", "-c", cfg)
+    assert code == 0, err
+    shown = f"text of {len(str(tmp_path / SECRET_FOLDER / 'files'))} characters from ${{FILES}}"
+    assert (f"attachments.dir: warning: the attachments folder ({shown}) cannot be written here: it is missing or "
+            "not writable") in err, err
+    assert SECRET_FOLDER not in err, err
+
+
 def test_check_says_nothing_of_an_attachments_folder_no_source_writes_to(tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "plain").write_text("a file")

@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge.console.api import ROUTES
+from bridge.console.models import REPLAY_MOST
 from bridge.console.openapi import spec
 from bridge.events import Event
 from bridge.simulators.faults import Faults
@@ -189,6 +190,28 @@ async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_co
     assert (entry["actor"], entry["action"], entry["target"]) == ("admin", "deliveries.replay", dead["id"])
     again = await post(client, "/admin/api/replay", {"ids": [dead["id"], "dlv_missing"], "dry_run": True})
     assert again["refused"] == [{"id": "dlv_missing", "reason": "no such delivery"}]
+
+
+async def test_one_replay_call_takes_at_most_replay_most_ids_and_matches_together(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """A replay's ids and its filter's `limit` together are at most REPLAY_MOST deliveries (the work of one call):
+    more is refused (400) naming both and what would do; a cursor's continuation takes no ids, so its limit alone
+    counts, and ids without a filter are bounded by themselves."""
+    client = await start(write_config, bridge_client, workers=False)
+    ids = [f"dlv_{n}" for n in range(REPLAY_MOST - 500)]
+    resp = await client.post("/admin/api/replay", json={"ids": ids, "status": "dead", "dry_run": True},
+                             headers=ADMIN)
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"] == (
+        f"body.ids ({len(ids)} ids) and body.limit (1000) ask for more than one call replays: at most {REPLAY_MOST} "
+        "deliveries, the ids and the filter's matches together; set body.limit to at most 500, or send some of the "
+        "ids in another call")
+    resp = await client.post("/admin/api/replay", json={"ids": [*ids, *ids[:500]], "source": "partner", "limit": 1},
+                             headers=ADMIN)
+    assert resp.status == 400 and "; send some of the ids in another call" in (await resp.json())["error"]
+    done = await post(client, "/admin/api/replay", {"ids": ["dlv_1"], "status": "dead", "limit": REPLAY_MOST - 1,
+                                                    "dry_run": True})
+    assert done["matched"] == ["dlv_1"]
 
 
 async def test_a_dry_run_names_a_delivery_still_under_way(write_config: ConfigFactory,

@@ -120,9 +120,6 @@ async def test_two_megabyte_email_arrives_whole(client: Any, s3: S3Server, tmp_p
     await eventually(lambda: len(sim.tickets) == 1)
 
 
-# The mapping sends the 2 MB text on to Kapture's stand-in, and aiohttp warns of a request body over 1 MiB given as
-# bytes (a warning is an error under pytest): the delivery's concern, not what is measured here.
-@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
 async def test_a_large_text_message_is_parsed_off_the_loop_and_each_turn_given_back(
         client: Any, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2 MB plain text message, whose notification is a few KB, is parsed in the parser thread (its payload,

@@ -79,9 +79,6 @@ class Ticker:
         self.task.cancel()
 
 
-# The mapping sends the 2 MB text on to Kapture's stand-in, and aiohttp warns of a request body over 1 MiB given as
-# bytes (a warning is an error under pytest): the delivery's concern, not what is measured here.
-@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
 async def test_large_mail_from_s3_leaves_the_loop_free(write_config: ConfigFactory, bridge_client: AppClient,
                                                        s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading, parsing and storing 2 MB messages from S3, of text or with an attachment, never holds the event

@@ -522,6 +522,21 @@ class StoreContract:
             (1, 500, "HTTP 500"), (2, 501, "HTTP 501"), (3, 502, "HTTP 502"), (4, None, "timed out")]
         assert (detail.delivery.attempts, detail.delivery.tries, detail.delivery.status) == (4, 4, "dead")
 
+    async def test_an_attempt_that_uses_no_try_is_counted_but_not_as_a_try(self, store: Store) -> None:
+        """An attempt recorded with `uses_try` false (our store cut it short) is kept and counted in `attempts`,
+        and leaves `tries`, which the retry schedule counts, as it was."""
+        _, (d,) = await accept_one(store)
+        await store.claim("kapture-support", 1, "w", 30)
+        await store.record(msgspec.structs.replace(
+            result(d, "pending", http_status=401, classification="retry", error="HTTP 401",
+                   next_attempt_at_ms=now_ms() - 1), uses_try=False), owner="w")
+        [c] = (await store.claim("kapture-support", 1, "w", 30)).items
+        assert (c.tries, c.attempts) == (0, 1)
+        await store.record(result(d, "dead", http_status=500, classification="retry", error="HTTP 500"), owner="w")
+        detail = await store.get_delivery(d)
+        assert [(a.n, a.http_status) for a in detail.attempts] == [(1, 401), (2, 500)]
+        assert (detail.delivery.attempts, detail.delivery.tries) == (2, 1)
+
     async def test_record_for_an_unknown_delivery_is_not_found(self, store: Store) -> None:
         """Recording an attempt of a delivery that does not exist raises NotFound."""
         with pytest.raises(NotFound):

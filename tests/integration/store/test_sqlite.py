@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
+from bridge.store import sqlite as sqlite_store
 from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.rows import GROUP_BYTES, MAPPING_CONVERSATIONS
 from bridge.store.sqlite import (
@@ -971,6 +972,33 @@ async def test_a_replay_writes_off_the_event_loop_in_parts_bounded_like_a_group(
     for i in ids:
         detail = await store.get_delivery(i)
         assert (detail.delivery.status, detail.delivery.mapping_version, detail.body) == ("pending", "v2", new[i][0])
+
+
+async def test_a_replay_encodes_its_new_bodies_off_the_event_loop_each_once(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-rendered replay's new bodies are encoded by the part that writes them, on its worker thread, never on
+    the event loop's (where 500 large ones held the loop for a third of a second), each once: one found not to fit
+    its part is carried, encoded, to the next."""
+    store.group_bytes = 100_000
+    large = [dead({"title": str(n)}) for n in range(5)]
+    await accept_one(store, *large)
+    ids = [d.id for d in large]
+    new = {i: ({"comment": "x" * 45_000}, "v2") for i in ids}  # each about 45 kB encoded: two to a part
+    encoded: list[tuple[int, Any]] = []
+    encode = sqlite_store._json_blob
+
+    def noted(value: Any) -> bytearray:
+        encoded.append((threading.get_ident(), value))
+        return encode(value)
+
+    monkeypatch.setattr(sqlite_store, "_json_blob", noted)
+    with traced(store) as seen:
+        assert await store.replay(ids, new) == ids
+    assert [len(p) for p in transactions(seen, REPLAYED)] == [2, 2, 1]
+    assert sorted(id(value) for _, value in encoded) == sorted(id(body) for body, _ in new.values())
+    assert threading.get_ident() not in {thread for thread, _ in encoded}
+    for i in ids:
+        assert (await store.get_delivery(i)).body == new[i][0]
 
 
 async def test_a_replay_counts_a_body_kept_in_its_row_before_0021_in_its_bound(store: SqliteStore,

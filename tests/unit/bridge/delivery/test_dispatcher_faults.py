@@ -1217,6 +1217,41 @@ async def test_a_resend_the_store_keeps_back_after_a_refused_token_is_recorded_a
     assert "delivery.resend_unsent" in events and "delivery.crashed" not in events, events
 
 
+async def test_a_resend_the_store_keeps_back_on_the_last_try_uses_no_try() -> None:
+    """On a delivery's last try, a send refused for its token (401) whose resend the store keeps from going out does
+    not make it dead: the vendor refused only the old token, and our store stopped the resend. The refusal is
+    recorded (an attempt) without using a try, and the delivery is due again once a store failure's wait has
+    passed; sent then, it succeeds with the renewed token on that same last try."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    dest = last_try()
+    creds = dest.adapter.credentials = NumberedTokens("kapture")
+    with aioresponses() as m:
+        gates = FailingGates("look-up", when=lambda: creds.obtained == 2)
+        m.post(str(URL_CREATE), callback=answers((401, {"status": "failed", "message": "token expired"})),
+               repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": dest}, timings=FAST, clock=lambda: store.now,
+                           coordination=gates)
+            d.start()
+            try:
+                await eventually(lambda: delivery_id in {r.delivery_id for r in store.records})
+                [refused] = store.records
+                assert (refused.classification, refused.next_status, refused.http_status, refused.uses_try) == (
+                    "retry", "pending", 401, False)
+                assert refused.next_attempt_at_ms == int((store.now + FAST.store_retry_s) * 1000)
+                row = store.deliveries[delivery_id].row
+                assert (row.status, row.attempts, row.tries) == ("pending", 1, 0)
+                store.now += FAST.store_retry_s
+                d.notify({"kapture"})
+                await eventually(lambda: store.status(delivery_id) == "succeeded")
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 2
+    row = store.deliveries[delivery_id].row
+    assert (row.attempts, row.tries) == (2, 1)
+
+
 class RefusedLookUp(KaptureAdapter):
     """A Kapture adapter that looks a value up while it prepares its request, and raises VendorAuthFailed when the
     look-up is refused (401), as Netgroot's subject list does."""

@@ -395,6 +395,29 @@ async def test_response_body_is_bounded_on_a_real_connection(
     assert sent.excerpt == "y" * EXCERPT_CHARS
 
 
+async def test_a_body_over_a_mebibyte_is_sent_whole_without_a_warning(
+    session: aiohttp.ClientSession, aiohttp_server: Any,
+) -> None:
+    """A 2 MiB request body (a mail's attachments) reaches a real server whole, with its length and content type,
+    and aiohttp does not warn that it may hold the event loop (a ResourceWarning, an error under pytest)."""
+    got: list[tuple[bytes, str | None, str]] = []
+
+    async def create(request: web.Request) -> web.Response:
+        got.append((await request.read(), request.headers.get("Content-Length"), request.content_type))
+        return web.json_response({"status": "success", "ticket_id": "T-9"})
+
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_post(CREATE_PATH, create)
+    server = await aiohttp_server(app)
+    real = RecordingKapture(str(server.make_url("")))
+    body = {"title": "logs", "description": "x" * (2 * 1024 * 1024)}
+    sent = await send_once(session, real, claimed(body), 10.0)
+    assert sent.outcome == Outcome(classification="success", ticket_id="T-9")
+    [(data, length, content_type)] = got
+    assert msgspec.json.decode(data) == [body]
+    assert (length, content_type) == (str(len(data)), "application/json")
+
+
 async def test_slow_vendor_times_out_on_a_real_connection(
     session: aiohttp.ClientSession, aiohttp_server: Any,
 ) -> None:
