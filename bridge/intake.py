@@ -123,7 +123,9 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
             await _run(checks, request, body, off)
         if handler.defines_intercept and (early := await handler.intercept(request, body)) is not None:
             return early
-        inbounds = await _run(handler.parse, request, body, off or fetched_off(request))
+        # What `intercept` fetched (an S3 object) may place the parse: only a handler with an intercept fetches.
+        inbounds = await _run(handler.parse, request, body,
+                              off or (handler.defines_intercept and fetched_off(request)))
         if len(inbounds) > MAX_EVENTS:
             raise too_many("events in one request", len(inbounds), MAX_EVENTS)
         return inbounds, handler.nonce(request, body) if verify else None

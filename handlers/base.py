@@ -174,6 +174,8 @@ def count_fetched(request: web.Request, size: int) -> None:
 
 def fetched_bytes(request: web.Request) -> int:
     """The bytes `count_fetched` counted for the request."""
+    if not len(request):  # nothing kept for it (most requests): no look-up, which would raise and catch a KeyError
+        return 0
     count: int = request.get(_FETCHED, 0)
     return count
 
@@ -193,6 +195,8 @@ def answered(request: web.Request) -> None:
     `hold_until_answered` kept, and drop what `per_request` kept (a message fetched for it, its parse). aiohttp
     keeps a keep-alive connection's last request until the next one arrives on it, or the connection has been
     idle for the keep-alive timeout: each idle connection would otherwise hold its last message and payload."""
+    if not len(request):  # nothing held or kept (most requests): no look-ups, each of which would raise a KeyError
+        return
     held: list[Callable[[], object]] = request.pop(_HELD, [])
     request.pop(_PARSED, None)
     for release in held:
