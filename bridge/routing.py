@@ -192,7 +192,7 @@ def conversation_of(mapping: CompiledMapping, ctx: dict[str, Any], event: Event)
     a value, else the channel's own key (email thread, chat id). None: the message stands alone."""
     if mapping.conversation is not None:
         try:
-            found = given_key(mapping.conversation.render(ctx))
+            found = given_key(mapping.conversation_key(ctx))
         except MappingError:
             found = None
         if found is not None:

@@ -20,7 +20,7 @@ from bridge.mapping.base import (
     then_check,
 )
 from bridge.mapping.fastpath import compile_fast_expression
-from bridge.mapping.limits import UNCHECKED_STEPS, Budget, BudgetExceeded, check_slice
+from bridge.mapping.limits import UNCHECKED_STEPS, Budget, BudgetExceeded, check_slice, unbounded
 from bridge.mapping.model import MappingSpec
 from bridge.mapping.templatecheck import check_template, too_deep
 from bridge.mapping.templates import ENV, TemplateShapeError, bounded, parse_checked
@@ -60,14 +60,18 @@ class CompiledMapping:
         # A mapping of many steps on small values looks at the loop slice after each field (limits.UNCHECKED_STEPS).
         checked = sum(f.steps for f in self.fields) > UNCHECKED_STEPS
         self._plan = [(f.name, then_check(f.render) if checked else f.render) for f in self.fields]
-        # Only Jinja can loop: a mapping without it renders in linear time and needs no budget of its own. On the
-        # loop, any mapping renders under the loop slice (limits.start_slice), which its filters look at.
+        # A mapping with Jinja renders under its budget everywhere. One without renders under it where nothing else
+        # bounds it (limits.unbounded: the parser thread, the CLI), as a filter may be costly on a large value; on the
+        # loop it takes none, as the loop slice (limits.start_slice), which its filters look at, ends first.
         self._budgeted = any(f.jinja for f in self.fields)
 
     def matches(self, ctx: Context) -> bool:
         if self.when is None:
             return True
         try:
+            if unbounded():  # off the loop: a budget for a `when` without Jinja too
+                with Budget():
+                    return bool(self.when(ctx))
             return bool(self.when(ctx))  # a `when` that needs Jinja runs under its own budget (compile_when)
         except BudgetExceeded as exc:
             raise LimitExceeded(f"when: {exc}", path=self.name) from None
@@ -79,14 +83,24 @@ class CompiledMapping:
             raise RenderError(f"when: {exc}", path=self.name) from None
 
     def render(self, ctx: Context) -> dict[str, Any]:
-        """The fields for `ctx`, all rendered under one time budget."""
+        """The fields for `ctx`, all rendered under one time budget (on the loop, one without Jinja under the loop
+        slice alone)."""
         try:
-            if not self._budgeted:
-                return self._render(ctx)
-            with Budget():
-                return self._render(ctx)
+            if self._budgeted or unbounded():
+                with Budget():
+                    return self._render(ctx)
+            return self._render(ctx)
         except LimitExceeded as exc:
             raise LimitExceeded(exc.message, path=f"{self.name}.{exc.path}") from None
+
+    def conversation_key(self, ctx: Context) -> Any:
+        """The `conversation:` expression's value for `ctx` (a MappingError when it does not render), under a budget
+        of its own where nothing else bounds it, as a render (`render`)."""
+        assert self.conversation is not None
+        if unbounded():
+            with Budget():
+                return self.conversation.render(ctx)
+        return self.conversation.render(ctx)
 
     def _render(self, ctx: Context) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -121,7 +135,7 @@ class CompiledMapping:
             return trace
         if not trace.matched:
             return trace
-        if self._budgeted:
+        if self._budgeted or unbounded():
             with Budget():  # one budget for all the fields, as `render` has: the same field runs out of it first
                 trace.fields = self._explain_fields(ctx)
         else:

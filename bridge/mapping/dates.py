@@ -5,7 +5,7 @@ milliseconds (a number or digits; above 10^11 counts as milliseconds), e-mail da
 (`Tue, 05 Mar 2024 10:00:00 +0000`), a month written as a word (`5 March 2024`, `Mar 5, 2024 10:30`),
 year-first numbers (`2024/03/05`), and day-first or month-first numbers (`05/03/2024 10:30 pm`), which
 are read only when the mapping says which: `date('%d %b %Y', 'Asia/Kolkata', 'dmy')`. A time without a
-zone is taken to be in `tz`.
+zone is taken to be in `tz`. A text longer than any of these could be (MAX_DATE_CHARS) is refused unread.
 
 Written: `iso` (the default), `epoch`, `epoch_ms`, or any strftime format.
 """
@@ -26,6 +26,12 @@ from jinja2 import Undefined
 ORDERS = ("dmy", "mdy")
 SPECIAL_FORMATS = ("iso", "epoch", "epoch_ms")
 _MS_THRESHOLD = 10**11  # 10^11 seconds is the year 5138; as milliseconds it is 1973
+MAX_DATE_CHARS = 64
+"""The longest text read as a date (once stripped): a longer one is refused before any form is tried, as trying them
+all (fifteen worded forms, each with eight times of day) costs about 1 s per MB of text. No date this filter reads is
+that long: written out with the longest names, a worded date is at most 43 characters ('Wednesday, September 30th,
+2024 10:30:30 PM'), an ISO-8601 time 35 (nine decimals and an offset), and an e-mail date 60 with the zone's name in
+a comment ('Mon, 30 Sep 2024 22:30:00 +0000 (Coordinated Universal Time)')."""
 
 _NUMERIC = re.compile(
     r"^(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{1,4})"
@@ -108,6 +114,9 @@ def parse_datetime(value: Any, tz: str = "UTC", order: str | None = None) -> dat
         return _from_epoch(value)
     elif isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_DATE_CHARS:
+            raise ValueError(f"a text of {len(text)} characters is not a date this filter reads: "
+                             f"none is longer than {MAX_DATE_CHARS}")
         # Nine digits or more is epoch time; eight is an ISO basic date (20240305).
         if re.fullmatch(r"-?\d{9,}(\.\d+)?", text):
             return _from_epoch(float(text))

@@ -8,14 +8,15 @@ allocates where its result can be foreseen (`*`, `+`, `~`, `join`, `replace`, pa
 otherwise, so no string or list past MAX_RESULT_CHARS ever reaches the next step.
 
 A render on the event loop runs under a loop slice (`start_slice`), whatever its mapping: past it, the same checks
-raise SliceOver, and the caller renders again off the loop, under the whole budget (a mapping without Jinja has no
-budget there: it renders in time linear in its input). The budget bounds a render's cost; the slice bounds how long
-one may hold the loop, which answers every other request meanwhile. So that the slice holds for a mapping without
-Jinja too, every step of a render that can take long looks at the clock: a filter on a value that is not small (past
-SMALL_CHARS) is followed by a look (`after_large`), one on a value too large for the loop (past LOOP_BULK_CHARS,
-which no filter of one uninterruptible call, a case mapping or a strip, handles within a slice) is not begun on it
-(`check_large`), and a mapping, list or table of more than UNCHECKED_STEPS steps on small values looks after each
-of its fields. Steps on small values take microseconds each, and cost no look at the clock.
+raise SliceOver, and the caller renders again off the loop, under the whole budget, which every mapping's render
+takes there, with Jinja or without (`unbounded`), so that a filter costly on a large value holds the one parser
+thread no longer than a template may. The budget bounds a render's cost; the slice bounds how long one may hold the
+loop, which answers every other request meanwhile. So that the slice holds for a mapping without Jinja too, every
+step of a render that can take long looks at the clock: a filter on a value that is not small (past SMALL_CHARS) is
+followed by a look (`after_large`), one on a value too large for the loop (past LOOP_BULK_CHARS, which no filter of
+one uninterruptible call, a case mapping or a strip, handles within a slice) is not begun on it (`check_large`), and
+a mapping, list or table of more than UNCHECKED_STEPS steps on small values looks after each of its fields. Steps on
+small values take microseconds each, and cost no look at the clock.
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ def start_slice(seconds: float) -> Token[Deadline]:
 
 def end_slice(token: Token[Deadline]) -> None:
     _deadline.reset(token)
+
+
+def unbounded() -> bool:
+    """Whether nothing bounds a render begun now: no loop slice nor render's budget running, as in the parser thread
+    (which no loop slice reaches), where every render takes a budget of its own (`Budget`). On the loop, one without
+    Jinja takes none: the slice bounds it, and ends before a budget would."""
+    return _deadline.get()[0] == INFINITY
 
 
 def check_large(value: Any) -> None:

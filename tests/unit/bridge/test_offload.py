@@ -14,7 +14,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge import offload
+from bridge.mapping import limits
 from bridge.mapping.compiler import compile_field
+from bridge.mapping.mappingset import compile_document
+from bridge.routing import Rendered, render_event
+from bridge.yamlfile import load_yaml
 
 LOOP = compile_field("f", "{% for i in range(3) %}{{ i }}{% endfor %}")
 PLAIN = compile_field("f", "plain text")
@@ -76,6 +80,37 @@ async def test_a_render_without_templates_past_its_slice_is_begun_again_in_the_p
     assert threads[0] == threading.current_thread().name
     assert threads[1].startswith("ticketbridge-parse") and len(threads) == 2
     assert [e["event"] for e in logs] == ["render.offloaded"]
+
+
+async def test_a_render_without_templates_in_the_parser_thread_stops_at_the_render_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped partner-to-kapture mapping has no Jinja field. Past its loop slice it ran again in the parser thread
+    with no budget at all: a filter costly on a large value held that thread (and every large parse and render queued
+    behind it) for as long as it took. Now it runs there under the budget a template gets, and stops with the limit
+    error naming the field (here a budget over once it begins)."""
+    monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
+    root = Path(__file__).parents[3]
+    partner, errors = compile_document(load_yaml((root / "mappings" / "partner-to-kapture.yaml").read_text(),
+                                                 "partner-to-kapture.yaml"),
+                                       "partner-to-kapture", "v1", {"partner-api"},
+                                       {"demo-kapture": frozenset({"create_ticket"})})
+    assert errors == [] and partner is not None
+    html = "<p>Fibre cut near <b>MG Road</b>.</p>" * 200  # 8 KB: a filter on it looks at the clock
+    context = {"payload": {"id": "p-1", "title": "Outage", "description_html": html}, "headers": {}, "event": {},
+               "vars": {}}
+    threads: list[str] = []
+
+    def render(mapping: Any, ctx: dict[str, Any]) -> Rendered:
+        threads.append(threading.current_thread().name)
+        return render_event(mapping, ctx, "evt_1")
+
+    with capture_logs() as logs:
+        rendered = await offload.render_sliced(render, partner, context, what="test")
+    assert threads[1].startswith("ticketbridge-parse") and len(threads) == 2
+    assert rendered.error == ("partner-to-kapture.ticket_details: transform html_to_text: render budget of 0 ms "
+                              "exceeded in field ticket_details")
+    assert [e["event"] for e in logs] == ["render.offloaded", "routing.render_failed"]
 
 
 def test_a_process_exits_though_the_lookups_thread_is_busy_and_more_queued() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bridge.mapping import limits
+from bridge.mapping.base import LimitExceeded
 from bridge.mapping.compiled import CompiledMapping, compile_when
 from bridge.mapping.compiler import compile_field
 from bridge.mapping.mappingset import compile_document
@@ -215,3 +216,41 @@ def test_a_slice_holds_outside_a_render_and_a_shorter_budget_inside_it(monkeypat
         limits.check_slice()
     limits.check_time()
     assert limits._deadline.get()[0] == float("inf")
+
+
+def test_off_the_loop_a_mapping_without_jinja_renders_under_the_whole_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no slice runs (the parser thread, the CLI), a mapping without Jinja takes the budget a template takes:
+    its render, its explanation, its fast-path `when` and its conversation key stop with the limit error naming the
+    field (here a budget over once it begins, at the first look at the clock). Before, they had no budget there, and
+    a filter costly on a large value held the parser thread for as long as it took. On the loop they take none: the
+    slice bounds them, and ends first."""
+    m = mapping("""
+        source: s
+        destination: d
+        action: create_ticket
+        fields: {title: {value: t}, details: {from: payload.html, transform: [html_to_text]}}
+    """)
+    w = mapping("""
+        source: s
+        when: "payload.html | html_to_text != ''"
+        conversation: "{{ payload.html | html_to_text }}"
+        destination: d
+        action: create_ticket
+        fields: {title: {value: t}}
+    """, "w")
+    context = ctx({"html": PARAGRAPH * 100})  # 8 KB: a filter on it looks at the clock
+    assert m.render(context)["details"].startswith("Fibre cut near MG Road.")
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 0.0)
+    with pytest.raises(LimitExceeded, match=r"^m.details: transform html_to_text: render budget of 0 ms exceeded in "
+                                            r"field details$"):
+        m.render(context)
+    assert m.explain(context).error == ("details: transform html_to_text: render budget of 0 ms exceeded in field "
+                                        "details")
+    with pytest.raises(LimitExceeded, match=r"^w: when: render budget of 0 ms exceeded$"):
+        w.matches(context)
+    with pytest.raises(LimitExceeded, match=r"^conversation: render budget of 0 ms exceeded in field conversation$"):
+        w.conversation_key(context)
+    with sliced(ROOMY):  # on the loop, the slice alone bounds them
+        assert m.render(context)["details"].startswith("Fibre cut near MG Road.")
+        assert w.matches(context) is True
+        assert w.conversation_key(context).startswith("Fibre cut near MG Road.")
