@@ -454,7 +454,7 @@ class Lane:
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
             if isinstance(exc, StoreUnavailable) and item.id not in self.written:
-                await self._store_failed(item, exc, blog)
+                await self._store_failed(item, exc, blog, slot)
                 return
             blog.exception("delivery.crashed", written=item.id in self.written)
             sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
@@ -561,27 +561,78 @@ class Lane:
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "
                         "sender may hold it now; no attempt is recorded")
-        await self.dispatcher.release([item.id])
+        await self._give_back(item, blog)
 
-    async def _store_failed(self, item: Claimed, exc: StoreUnavailable, blog: Any) -> None:
+    async def _store_failed(self, item: Claimed, exc: StoreUnavailable, blog: Any, slot: SendSlot) -> None:
         """Give up, unsent, a delivery for which the store failed before its request went out: its gate could not
         be asked (the store that keeps the destination's rate limit and breaker: moving its slot as it started, or
         admitting a look-up's or a token's request; `delivery.gate_failed`), or its event could not be read to
         render it (a conversation's follow-up, or a create rendered again: EventUnread, `delivery.event_unread`).
         The vendor was asked nothing, so no attempt is recorded, no try used and the breaker told nothing. Its slot
         (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the delivery is given
-        back due now, or, the store still down, once its lease runs out."""
+        back due now: the store still down, its release is asked again while this process holds its lease
+        (`_give_back`)."""
         self._answered(item.id)
+        with contextlib.suppress(StoreUnavailable):
+            if await slot.unused():  # now, not once the store takes the release: the gate is not held meanwhile
+                self.resumed.set()
         if isinstance(exc, EventUnread):
             blog.error("delivery.event_unread", error=str(exc),
                        note="not sent: the store failed as its event was read to render it; no attempt is recorded "
-                            "and no try used: it is rendered and sent once the store is back (given back now, or "
-                            "when its lease runs out)")
+                            "and no try used: it is given back, and rendered and sent once the store is back")
         else:
             blog.error("delivery.gate_failed", error=str(exc),
                        note="not sent: the store failed before its request went out; no attempt is recorded and no "
-                            "try used: it is sent once the store is back (given back now, or when its lease runs out)")
-        await self.dispatcher.release([item.id])
+                            "try used: it is given back, and sent once the store is back")
+        await self._give_back(item, blog)
+
+    async def _give_back(self, item: Claimed, blog: Any) -> None:
+        """Give `item`, whose request did not go out (`_lease_expired`, `_store_failed`), back due now. A store that
+        fails the release is asked again, with the backoff a record uses (`_record`), for as long as this process
+        surely still holds the lease (`check_lease`): the delivery stays in flight here meanwhile (`inflight`), so
+        that its lease is kept (`Dispatcher.keep_leases`) and no reaper gives it back in doubt, as one whose holder
+        may have sent it. A stop asks once more (at once; or, when it cancels this task, `Dispatcher.stop` does).
+        Once its lease may have run out, it is left to the reaper, `delivery.release_failed` logged: the store keeps
+        no mark that it was given back unsent, so it is then in doubt (`unknowns` + 1) though nothing was sent.
+        Never a second release once the lease may have run out: this process may have claimed it again since."""
+        d = self.dispatcher
+        failures = 0
+        delay = d.timings.store_retry_s
+        error = ""
+        try:
+            while True:
+                last = d.stopping
+                try:
+                    await d.store.release([item.id], owner=d.owner)
+                except StoreUnavailable as exc:
+                    failures += 1
+                    error = str(exc)
+                else:
+                    if failures:
+                        blog.warning("delivery.released_late", failed_releases=failures)
+                    self.wake.set()  # due now: a lane that found nothing due meanwhile sleeps until the poll
+                    return
+                why = "stopping" if last else None
+                try:
+                    self.check_lease(item.id)
+                except LeaseExpired as lost:
+                    why = str(lost)
+                if why is not None:
+                    blog.error("delivery.release_failed", error=error, failed_releases=failures, why=why,
+                               note="not sent, and the store did not take it back: it stays in flight until its "
+                                    "lease runs out, and is then given back in doubt (counted as an unknown "
+                                    "outcome), though nothing reached the vendor")
+                    return
+                if failures == 1:
+                    blog.error("delivery.release_retrying", error=error,
+                               note="not sent; its release is retried, its lease kept, until the store takes it")
+                if not d.stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(d.stop_event.wait(), delay)
+                    delay = min(delay * 2, d.timings.record_retry_max_s)
+        except asyncio.CancelledError:
+            d.cancelled.append(item.id)  # cancelled by a stop: it is given back once more there
+            raise
 
     def _redacted(self, sent: Sent, item: Claimed) -> Sent:
         """`sent` as it is logged and recorded: the destination's secrets (and those of `item`'s mapping options:
@@ -1070,9 +1121,14 @@ class Dispatcher:
                 lane.wake.set()
 
     async def release(self, ids: list[str]) -> None:
+        """Give back, once, deliveries a stop cancelled before their request went out."""
         if ids:
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await self.store.release(ids, owner=self.owner)
+            except StoreUnavailable as exc:
+                log.error("delivery.release_failed", count=len(ids), error=str(exc), why="stopping",
+                          note="not sent, and the store did not take them back: they stay in flight until their "
+                               "leases run out, and are then given back in doubt (counted as an unknown outcome)")
 
     async def take_back(self) -> int:
         """Give back, due now, what an earlier process of this instance left in flight when it stopped (killed, or

@@ -1141,6 +1141,76 @@ async def test_a_store_failing_a_follow_ups_render_costs_no_try_and_tells_the_br
     assert not {"delivery.crashed", "delivery.gate_failed"} & {e["event"] for e in logs}
 
 
+class ReleaseDown(FollowUps):
+    """FollowUps whose `release` fails while `release_down` (counted in `release_failures`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release_down = True
+        self.release_failures = 0
+
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+        if self.release_down:
+            self.release_failures += 1
+            raise StoreUnavailable("postgresql: connection refused")
+        await super().release(delivery_ids, owner=owner)
+
+
+async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reaped_in_doubt() -> None:
+    """A follow-up whose event the store cannot read is given back unsent; the store fails that release too. The
+    release is retried while its lease is kept (a reaper pass past the claim's lease does not take it), and once the
+    store answers it is pending, not in doubt, and sent once, not flagged as a possible duplicate."""
+    store = ReleaseDown()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": last_try()}, timings=FAST, clock=lambda: store.now,
+                           follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(lambda: store.release_failures >= 3)
+                for _ in range(2):  # the reaper's passes, the claim's own lease long run out
+                    await d.keep_leases()
+                    store.now += 0.9 * d.lease_s
+                    assert await store.release_expired() == 0
+                store.release_down = False
+                await eventually(lambda: bool(store.records))
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    row = store.deliveries[delivery_id].row
+    assert (row.status, row.unknowns, row.in_doubt_since_ms, row.duplicates) == ("succeeded", 0, None, 0)
+    assert [(r.classification, r.duplicate) for r in store.records] == [("success", False)]
+    events = [e["event"] for e in logs]
+    assert events.count("delivery.release_retrying") == 1 and "delivery.released_late" in events, events
+    assert "delivery.release_failed" not in events
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 30.0])
+async def test_a_stop_while_a_release_keeps_failing_tries_once_more_and_does_not_wait(grace_s: float) -> None:
+    """A stop while the store keeps failing the release of a delivery given back unsent asks once more, does not
+    wait for the store (whatever its grace), and says the delivery is left to its lease."""
+    store = ReleaseDown()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": last_try()}, timings=FAST, clock=lambda: store.now,
+                           follow_ups=store.render)
+            d.start()
+            await eventually(lambda: store.release_failures >= 2)
+            before = store.release_failures
+            await asyncio.wait_for(d.stop(grace_s), 5.0)
+        assert requests(m) == 0
+    assert store.release_failures > before, "not asked once more at the stop"
+    assert store.status(delivery_id) == "in_flight" and d.in_flight() == 0
+    failed = [e for e in logs if e["event"] == "delivery.release_failed"]
+    assert [e["why"] for e in failed] == ["stopping"], failed
+
+
 async def test_a_follow_up_whose_event_the_store_refuses_to_read_is_dead_and_tells_the_breaker_nothing() -> None:
     """A follow-up whose event the store refuses to read for its data (StoreRefused: so it would on every try) is
     settled unsent as `permanent` (dead, for an operator), its error naming the refusal: not given back to be
