@@ -16,11 +16,13 @@ concurrent transaction inserts, waiting for it to end. Keys are upserted in sort
 processes' groups lock them in the same order. So are conversations: the group's statement upserts them in the
 order of their ids, and a group whose accepts are stored one at a time (a nonce, a sender-checked delivery: every
 email thread's), which write their conversations in arrival order, first locks every existing conversation they
-may write in that same order (`_lock_conversations`). A row not yet made cannot be locked before it is inserted:
-two groups opening the same new threads in opposite orders can still deadlock, and the server then fails one
-statement (40P01). The whole group is then rolled back and run once more from its start, in queue order, in a new
-transaction (none of its callers was answered yet): its accepts keep their arrival order, so a thread's first
-message stays first. A deadlock in that second run fails the accepts it hits (503).
+may write in that same order (`_lock_conversations`). Both take the dedup keys of accepts without a nonce or a
+checked delivery before any conversation, so that such an accept and a provider's retry of it, in two processes'
+groups of either kind, take the key and the conversation in one order. A row not yet made cannot be locked
+before it is inserted: two groups opening the same new threads in opposite orders can still deadlock, and the
+server then fails one statement (40P01). The whole group is then rolled back and run once more from its start,
+in queue order, in a new transaction (none of its callers was answered yet): its accepts keep their arrival
+order, so a thread's first message stays first. A deadlock in that second run fails the accepts it hits (503).
 """
 
 from __future__ import annotations
@@ -425,11 +427,14 @@ async def _store_group(conn: Any, group: list[PendingAccept], channel: str, swee
             return [await _alone(conn, group[0], channel, sweep_due)]
         out: dict[int, Outcome] = {}
         async with conn.transaction():
-            await _lock_conversations(conn, group)
             plain = [(i, item) for i, item in enumerate(group) if item.nonce is None and not item.checked]
+            # The plain accepts' dedup keys before the conversations, as the group statement (_GROUP) takes them:
+            # a provider's retry of one of them may be in another process's group statement.
+            keys = await _claim_keys(conn, [item for _, item in plain])
+            await _lock_conversations(conn, group)
             if plain:
-                out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel),
-                               strict=True))
+                out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel,
+                                                                     keys), strict=True))
             for i, item in enumerate(group):
                 if item.nonce is not None or item.checked:
                     out[i] = await in_savepoint(item)
@@ -641,9 +646,12 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[AcceptResult]:
-    """Accepts without a nonce, one statement per table for them all, in the open transaction."""
-    now = now_ms()
+Keys = tuple[dict[tuple[str, str], PendingAccept], dict[tuple[str, str], str]]
+"""What _claim_keys returns: each dedup key's first accept, and the keys already in the window (→ their event)."""
+
+
+async def _claim_keys(conn: Any, group: list[PendingAccept]) -> Keys:
+    """Upsert the dedup keys of `group` (accepts without a nonce), in sorted order, in the open transaction."""
     first: dict[tuple[str, str], PendingAccept] = {}
     for item in group:
         if (key := item.key) is not None:
@@ -654,10 +662,17 @@ async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[
         owners = [first[k] for k in keys]
         fresh = {(r[0], r[1]) for r in await conn.fetch(
             _DEDUP, [k[0] for k in keys], [k[1] for k in keys], [o.event.id for o in owners],
-            [o.expires for o in owners], now)}
+            [o.expires for o in owners], now_ms())}
         if stale := [k for k in keys if k not in fresh]:
             seen = {(r[0], r[1]): r[2] for r in await conn.fetch(
                 _DEDUP_SEEN, [k[0] for k in stale], [k[1] for k in stale])}
+    return first, seen
+
+
+async def _batched(conn: Any, group: list[PendingAccept], channel: str, keys: Keys) -> list[AcceptResult]:
+    """Accepts without a nonce, one statement per table for them all, in the open transaction, once their dedup
+    keys are upserted (`keys`, from _claim_keys)."""
+    first, seen = keys
     results: list[AcceptResult] = []
     stored: list[PendingAccept] = []
     for item in group:

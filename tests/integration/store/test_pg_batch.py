@@ -406,6 +406,46 @@ async def test_replies_that_deadlock_opening_the_same_threads_are_stored_once_mo
         assert (found.conversation.messages, len(found.deliveries)) == (2, 2), t
 
 
+async def test_a_key_and_a_conversation_are_taken_in_one_order_by_both_kinds_of_group(
+        two: tuple[PostgresStore, PostgresStore], pg_schema: str) -> None:
+    """An accept with dedup key K and a delivery in conversation C, in a group with an email reply (stored one
+    accept at a time), and a provider's retry of it in another process's group statement: both take K before C,
+    so the retry waits for the first group and is its duplicate, with no deadlock (the first group locked the
+    conversations before K, the statement K before C: a deadlock every time). The email thread is held locked
+    until both wait, so that they are sure to meet."""
+    a, b = two
+
+    def plain() -> NewDelivery:
+        return make_delivery(conversation="a|C", conversation_key="C")
+
+    await accept_one(a, plain())
+    await accept_one(a, mail("D"))
+    holder = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    first, retry = make_event(dedup_key="K"), make_event(dedup_key="K")
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM conversations WHERE id = 'm|mail:D' FOR UPDATE")
+        groups = a.batcher.groups
+        with capture_logs() as logs:
+            group = asyncio.gather(a.accept(first, [plain()], WEEK), a.accept(make_event(), [mail("D")], WEEK),
+                                   return_exceptions=True)
+            await eventually(lambda: each_waits_on_a_lock(holder, (a,)))
+            again = asyncio.ensure_future(b.accept(retry, [plain()], WEEK))
+            await eventually(lambda: each_waits_on_a_lock(holder, (b,)))
+            await held.rollback()
+            results = await group
+            result = await again
+    finally:
+        await holder.close()
+    assert a.batcher.groups - groups == 1
+    assert [type(r).__name__ for r in results] == ["AcceptResult", "AcceptResult"]
+    assert (result.event_id, result.duplicate) == (first.id, True)
+    assert not [e for e in logs if e["event"] in ("store.failing", "store.deadlock_retried")]
+    (found,) = await a.get_conversations("C")
+    assert found.conversation.messages == 2
+
+
 def deadlocking_accepts(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], Counter[str]]:
     """Make the store's accept_one fail as a deadlock (40P01) the first n tries of an event (n: the returned dict,
     event id → n, empty to start with); the Counter returned counts every event's tries."""
