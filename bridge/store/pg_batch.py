@@ -16,11 +16,13 @@ concurrent transaction inserts, waiting for it to end. Keys are upserted in sort
 processes' groups lock them in the same order. So are conversations: the group's statement upserts them in the
 order of their ids, and a group whose accepts are stored one at a time (a nonce, a sender-checked delivery: every
 email thread's), which write their conversations in arrival order, first locks every existing conversation they
-may write in that same order (`_lock_conversations`). A row not yet made cannot be locked before it is inserted:
-two groups opening the same new threads in opposite orders can still deadlock, and the server then fails one
-accept's statement (40P01). Such an accept is stored once more, in a transaction of its own once its group has
-committed (as if it had come after the group: a dedup key it shares with a later accept of the group is then
-that one's), and fails (503) only when it deadlocks again.
+may write in that same order (`_lock_conversations`). Both take the dedup keys of accepts without a nonce or a
+checked delivery before any conversation, so that such an accept and a provider's retry of it, in two processes'
+groups of either kind, take the key and the conversation in one order. A row not yet made cannot be locked
+before it is inserted: two groups opening the same new threads in opposite orders can still deadlock, and the
+server then fails one statement (40P01). The whole group is then rolled back and run once more from its start,
+in queue order, in a new transaction (none of its callers was answered yet): its accepts keep their arrival
+order, so a thread's first message stays first. A deadlock in that second run fails the accepts it hits (503).
 """
 
 from __future__ import annotations
@@ -385,23 +387,18 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
     """Store `group` on `conn`: straight through (in one statement when no accept has a nonce), or, when a
     statement fails, again with each accept in a savepoint of its own: an accept the database refused for its data
     (`refused`) comes to StoreRefused, another failed statement (one cancelled by a timeout, say) to StoreUnavailable.
-    Connection failures propagate (the group fails as a whole), and so does the failure of a group of one. Accepts
-    that deadlocked with another transaction (`deadlocked`) are stored once more after the group (`_once_more`),
-    and fail only if they deadlock again."""
+    Connection failures propagate (the group fails as a whole), and so does the failure of a group of one. A
+    statement that deadlocked with another transaction (`deadlocked`) rolls the whole group back, and the group is
+    run once more from its start, in queue order, in a new transaction: its accepts keep the order they arrived in
+    (a conversation's first message stays first), and none was answered yet, so none is lost or stored twice. In
+    that second run a deadlock fails the accepts it hits alone (503), as any other failed statement does."""
     try:
-        outcomes = await _store_group(conn, group, channel, sweep_due)
+        return await _store_group(conn, group, channel, sweep_due, first_run=True)
     except DB_ERRORS as exc:
-        if len(group) > 1 or not deadlocked(exc):
+        if not deadlocked(exc):
             raise
-        _retrying(1)
-        return await _store_group(conn, group, channel, sweep_due)  # its failure, a deadlock again too, is its own
-    again = [i for i, o in enumerate(outcomes) if isinstance(o, StoreUnavailable) and deadlocked(o.__cause__)]
-    if again:
-        _retrying(len(again))
-        for i, outcome in zip(again, await _once_more(conn, [group[i] for i in again], channel, sweep_due),
-                              strict=True):
-            outcomes[i] = outcome
-    return outcomes
+    _retrying(len(group))
+    return await _store_group(conn, group, channel, sweep_due, first_run=False)
 
 
 def deadlocked(exc: BaseException | None) -> bool:
@@ -411,28 +408,18 @@ def deadlocked(exc: BaseException | None) -> bool:
 
 def _retrying(count: int) -> None:
     log.warning("store.deadlock_retried", accepts=count,
-                note="accepts whose statements deadlocked with another transaction are stored once more, after "
-                     "their group committed; only a second deadlock fails them (503)")
+                note="a statement of a group deadlocked with another transaction: the group was rolled back and is "
+                     "stored once more from its start, in arrival order; a second deadlock fails the accepts it "
+                     "hits (503)")
 
 
-async def _once_more(conn: Any, items: list[PendingAccept], channel: str, sweep_due: Callable[[], bool],
-                     ) -> list[Outcome]:
-    """Store `items` (accepts of a group that deadlocked, the rest of the group committed), each in a savepoint of
-    one new transaction, as when a statement of a group fails. A lost connection fails these items alone: the
-    others' results are committed and stand."""
-    try:
-        async with conn.transaction():
-            await _lock_conversations(conn, items, alone=True)
-            return list(await each_alone(items, lambda item: _in_savepoint(conn, item, channel, sweep_due)))
-    except DB_ERRORS as exc:
-        failed = StoreUnavailable(f"postgresql: {exc}")
-        failed.__cause__ = exc
-        return [failed for _ in items]
+async def _store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool], *,
+                       first_run: bool) -> list[Outcome]:
+    """`store_group` without its second run. `first_run`: a deadlock, wherever it is met, propagates (rolling back
+    everything of the group) for `store_group` to run the group again; else it fails the accept it hits."""
+    def in_savepoint(item: PendingAccept) -> Awaitable[Outcome]:
+        return _in_savepoint(conn, item, channel, sweep_due, deadlock_raises=first_run)
 
-
-async def _store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool]) -> \
-        list[Outcome]:
-    """`store_group` without its retry of accepts that deadlocked."""
     try:
         if all(item.nonce is None and not item.checked for item in group):
             return list(await _one_statement(conn, group, channel))
@@ -440,25 +427,28 @@ async def _store_group(conn: Any, group: list[PendingAccept], channel: str, swee
             return [await _alone(conn, group[0], channel, sweep_due)]
         out: dict[int, Outcome] = {}
         async with conn.transaction():
-            await _lock_conversations(conn, group)
             plain = [(i, item) for i, item in enumerate(group) if item.nonce is None and not item.checked]
+            # The plain accepts' dedup keys before the conversations, as the group statement (_GROUP) takes them:
+            # a provider's retry of one of them may be in another process's group statement.
+            keys = await _claim_keys(conn, [item for _, item in plain])
+            await _lock_conversations(conn, group)
             if plain:
-                out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel),
-                               strict=True))
+                out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel,
+                                                                     keys), strict=True))
             for i, item in enumerate(group):
                 if item.nonce is not None or item.checked:
-                    out[i] = await _in_savepoint(conn, item, channel, sweep_due)
+                    out[i] = await in_savepoint(item)
         return [out[i] for i in range(len(group))]
     except DB_ERRORS as exc:
-        if lost_connection(exc) or len(group) == 1:
-            raise  # the connection's failure, or the only accept's own
+        if lost_connection(exc) or len(group) == 1 or (first_run and deadlocked(exc)):
+            raise  # the connection's failure, the only accept's own, or a deadlock: the group is run again
         # Cut off by a timeout, most likely waiting for a row another transaction holds: locking the group's rows
         # first would wait for it once more, and the accept that writes it meets that wait anyway.
         lock_first = not cut_off(exc)
     async with conn.transaction():  # one statement of the group failed: find out which accept it was
         if lock_first:
             await _lock_conversations(conn, group, alone=True)
-        return await each_alone(group, lambda item: _in_savepoint(conn, item, channel, sweep_due))
+        return await each_alone(group, in_savepoint)
 
 
 _LOCK_CONVERSATIONS = "SELECT 1 FROM conversations WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
@@ -512,15 +502,17 @@ async def _alone(conn: Any, item: PendingAccept, channel: str, sweep_due: Callab
         return REPLAYED
 
 
-async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> Outcome:
-    """One accept in a savepoint of the open transaction: its failure rolls back its own statements only."""
+async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool], *,
+                       deadlock_raises: bool = False) -> Outcome:
+    """One accept in a savepoint of the open transaction: its failure rolls back its own statements only (but a
+    lost connection, or a deadlock when `deadlock_raises`, propagates)."""
     try:
         async with conn.transaction():
             return await accept_one(conn, item, channel, sweep_due)
     except _Replayed:
         return REPLAYED
     except DB_ERRORS as exc:
-        if lost_connection(exc):
+        if lost_connection(exc) or (deadlock_raises and deadlocked(exc)):
             raise
         if refused(exc):
             return refusal(exc)
@@ -654,9 +646,12 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[AcceptResult]:
-    """Accepts without a nonce, one statement per table for them all, in the open transaction."""
-    now = now_ms()
+Keys = tuple[dict[tuple[str, str], PendingAccept], dict[tuple[str, str], str]]
+"""What _claim_keys returns: each dedup key's first accept, and the keys already in the window (→ their event)."""
+
+
+async def _claim_keys(conn: Any, group: list[PendingAccept]) -> Keys:
+    """Upsert the dedup keys of `group` (accepts without a nonce), in sorted order, in the open transaction."""
     first: dict[tuple[str, str], PendingAccept] = {}
     for item in group:
         if (key := item.key) is not None:
@@ -667,10 +662,17 @@ async def _batched(conn: Any, group: list[PendingAccept], channel: str) -> list[
         owners = [first[k] for k in keys]
         fresh = {(r[0], r[1]) for r in await conn.fetch(
             _DEDUP, [k[0] for k in keys], [k[1] for k in keys], [o.event.id for o in owners],
-            [o.expires for o in owners], now)}
+            [o.expires for o in owners], now_ms())}
         if stale := [k for k in keys if k not in fresh]:
             seen = {(r[0], r[1]): r[2] for r in await conn.fetch(
                 _DEDUP_SEEN, [k[0] for k in stale], [k[1] for k in stale])}
+    return first, seen
+
+
+async def _batched(conn: Any, group: list[PendingAccept], channel: str, keys: Keys) -> list[AcceptResult]:
+    """Accepts without a nonce, one statement per table for them all, in the open transaction, once their dedup
+    keys are upserted (`keys`, from _claim_keys)."""
+    first, seen = keys
     results: list[AcceptResult] = []
     stored: list[PendingAccept] = []
     for item in group:

@@ -377,9 +377,9 @@ async def test_replies_to_the_same_threads_in_opposite_orders_do_not_deadlock(
 async def test_replies_that_deadlock_opening_the_same_threads_are_stored_once_more(
         two: tuple[PostgresStore, PostgresStore], pg_schema: str) -> None:
     """Threads not yet stored cannot be locked before they are written: two groups opening the same new threads in
-    opposite orders deadlock, and the server fails one's statement. That accept is stored once more after its group
-    commits, so every message is stored and counted, none answered 503. The middle thread is held, inserted but
-    not committed, until both groups wait for it, so that they are sure to meet."""
+    opposite orders deadlock, and the server fails one's statement. That group is rolled back and run once more, so
+    every message is stored and counted, none answered 503. The middle thread is held, inserted but not committed,
+    until both groups wait for it, so that they are sure to meet."""
     a, b = two
     threads = ["t0", "t1", "t2"]
     holder = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
@@ -406,12 +406,50 @@ async def test_replies_that_deadlock_opening_the_same_threads_are_stored_once_mo
         assert (found.conversation.messages, len(found.deliveries)) == (2, 2), t
 
 
-async def test_an_accept_is_stored_once_more_after_a_deadlock_and_fails_alone_after_two(
-        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An accept whose statements the server fails as a deadlock (40P01) is stored once more after its group
-    commits; a second deadlock fails it alone (StoreUnavailable: 503), nothing of it stored, the rest of its group
-    stored. So for a group of one."""
-    deadlocks: dict[str, int] = {}  # event id → how many of its tries deadlock
+async def test_a_key_and_a_conversation_are_taken_in_one_order_by_both_kinds_of_group(
+        two: tuple[PostgresStore, PostgresStore], pg_schema: str) -> None:
+    """An accept with dedup key K and a delivery in conversation C, in a group with an email reply (stored one
+    accept at a time), and a provider's retry of it in another process's group statement: both take K before C,
+    so the retry waits for the first group and is its duplicate, with no deadlock (the first group locked the
+    conversations before K, the statement K before C: a deadlock every time). The email thread is held locked
+    until both wait, so that they are sure to meet."""
+    a, b = two
+
+    def plain() -> NewDelivery:
+        return make_delivery(conversation="a|C", conversation_key="C")
+
+    await accept_one(a, plain())
+    await accept_one(a, mail("D"))
+    holder = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    first, retry = make_event(dedup_key="K"), make_event(dedup_key="K")
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM conversations WHERE id = 'm|mail:D' FOR UPDATE")
+        groups = a.batcher.groups
+        with capture_logs() as logs:
+            group = asyncio.gather(a.accept(first, [plain()], WEEK), a.accept(make_event(), [mail("D")], WEEK),
+                                   return_exceptions=True)
+            await eventually(lambda: each_waits_on_a_lock(holder, (a,)))
+            again = asyncio.ensure_future(b.accept(retry, [plain()], WEEK))
+            await eventually(lambda: each_waits_on_a_lock(holder, (b,)))
+            await held.rollback()
+            results = await group
+            result = await again
+    finally:
+        await holder.close()
+    assert a.batcher.groups - groups == 1
+    assert [type(r).__name__ for r in results] == ["AcceptResult", "AcceptResult"]
+    assert (result.event_id, result.duplicate) == (first.id, True)
+    assert not [e for e in logs if e["event"] in ("store.failing", "store.deadlock_retried")]
+    (found,) = await a.get_conversations("C")
+    assert found.conversation.messages == 2
+
+
+def deadlocking_accepts(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], Counter[str]]:
+    """Make the store's accept_one fail as a deadlock (40P01) the first n tries of an event (n: the returned dict,
+    event id → n, empty to start with); the Counter returned counts every event's tries."""
+    deadlocks: dict[str, int] = {}
     tries: Counter[str] = Counter()
     accept_one_really = pg_batch.accept_one
 
@@ -423,6 +461,44 @@ async def test_an_accept_is_stored_once_more_after_a_deadlock_and_fails_alone_af
         return await accept_one_really(conn, item, *args)
 
     monkeypatch.setattr(pg_batch, "accept_one", deadlocking)
+    return deadlocks, tries
+
+
+async def test_a_deadlock_retry_keeps_a_thread_in_arrival_order(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread's first message (alice), a reply from bob and one from alice in one group; alice's first accept
+    deadlocks once. The group is run again from its start, so her message still comes first: the thread is hers,
+    with her two messages in order, and bob's reply, of another sender, opens a conversation of its own (retried
+    after its group committed, her first message drew a later arrival than the replies: bob headed the thread, and
+    both of hers, split off, made conversations and tickets of their own)."""
+    deadlocks, tries = deadlocking_accepts(monkeypatch)
+    events = [make_event(subject="original"), make_event(subject="reply"), make_event(subject="follow-up")]
+    deadlocks[events[0].id] = 1
+
+    def message(sender: str) -> NewDelivery:
+        return make_delivery(conversation="m|mail:x", conversation_key="mail:x", sender=sender, sender_checked=True)
+
+    messages = [message("alice@x.example"), message("bob@x.example"), message("alice@x.example")]
+    with capture_logs() as logs:
+        results = await asyncio.gather(*(store.accept(e, [d], WEEK) for e, d in zip(events, messages, strict=True)))
+    assert [(r.event_id, r.duplicate) for r in results] == [(e.id, False) for e in events]
+    assert store.batcher.groups == 1 and tries[events[0].id] == 2
+    assert [e["accepts"] for e in logs if e["event"] == "store.deadlock_retried"] == [3]
+    assert [e["delivery_id"] for e in logs if e["event"] == "conversation.sender_mismatch"] == [messages[1].id]
+    (found,) = await store.get_conversations("mail:x")
+    assert (found.conversation.id, found.conversation.sender, found.conversation.messages) == (
+        "m|mail:x", "alice@x.example", 2)
+    assert [d.id for d in found.deliveries] == [messages[0].id, messages[2].id]
+    batch = await store.claim("kapture-support", 10, "me", 30)
+    assert [d.id for d in batch.items] == [messages[0].id, messages[1].id]  # alice's reply waits for her first
+
+
+async def test_a_group_is_run_once_more_after_a_deadlock_and_a_second_fails_the_accept_it_hits(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadlock (40P01) rolls its whole group back, and the group is run once more from its start; a deadlock in
+    that second run fails the accept it hits alone (StoreUnavailable: 503), nothing of it stored, the rest of its
+    group stored. So for a group of one."""
+    deadlocks, tries = deadlocking_accepts(monkeypatch)
     once, twice, never = make_event(), make_event(), make_event()
     deadlocks.update({once.id: 1, twice.id: 2})
     with capture_logs() as logs:
@@ -432,8 +508,9 @@ async def test_an_accept_is_stored_once_more_after_a_deadlock_and_fails_alone_af
     assert store.batcher.groups == 1
     assert [type(r).__name__ for r in results] == ["AcceptResult", "StoreUnavailable", "AcceptResult"]
     assert "deadlock detected" in str(results[1])
-    assert [e["accepts"] for e in logs if e["event"] == "store.deadlock_retried"] == [2]
-    assert (tries[once.id], tries[twice.id], tries[never.id]) == (2, 2, 1)
+    assert [e["accepts"] for e in logs if e["event"] == "store.deadlock_retried"] == [3]  # the whole group
+    # once's deadlock ended the first run before the others were tried; in the second, twice's ended only its own
+    assert (tries[once.id], tries[twice.id], tries[never.id]) == (2, 1, 1)
     with pytest.raises(NotFound):
         await store.get_event(twice.id)
     assert [await store.get_event(e.id) for e in (once, never)] == [once, never]
