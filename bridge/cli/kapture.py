@@ -26,7 +26,7 @@ from bridge.cli.common import at_least, config_from
 from bridge.cli.serve import _loopback
 from bridge.config import Config
 from bridge.delivery.ratelimit import Limiter, acquire, make_limiter
-from bridge.delivery.sender import TRANSPORT_ERRORS, request_data, transport_failure
+from bridge.delivery.sender import TRANSPORT_ERRORS, transport_failure
 from bridge.vendors.base import Outcome, read_capped
 from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
 from bridge.vendors.kapture_pull import (
@@ -150,7 +150,9 @@ class Puller:
             # aiohttp-retry calls only `.request` of the session it is given: this Puller's, paced and counted.
             paced = RetryClient(client_session=cast(aiohttp.ClientSession, self), retry_options=retry)
             async with paced.request(
-                    request.method, request.url, headers=request.headers, data=request_data(request.body),
+                    # bytes, never a stream (`request_data`): aiohttp-retry sends the same data again on a retry,
+                    # and a stream read to its end would go out empty.
+                    request.method, request.url, headers=request.headers, data=request.body,
                     allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 answer = await retry.answer(resp)
         except TRANSPORT_ERRORS as exc:

@@ -599,9 +599,15 @@ class Lane:
         failures = 0
         delay = d.timings.store_retry_s
         error = ""
+        me = asyncio.current_task()
         try:
             while True:
                 last = d.stopping
+                if failures and self.inflight.get(item.id) is not me:
+                    # Claimed again since: a release whose answer was lost had been done (the delivery was due, and
+                    # this lane took it). Asking again would give back the new claim, while its request is out.
+                    blog.warning("delivery.released_late", failed_releases=failures, claimed_again=True)
+                    return
                 try:
                     await d.store.release([item.id], owner=d.owner)
                 except StoreUnavailable as exc:

@@ -26,12 +26,13 @@ from jinja2 import Undefined
 ORDERS = ("dmy", "mdy")
 SPECIAL_FORMATS = ("iso", "epoch", "epoch_ms")
 _MS_THRESHOLD = 10**11  # 10^11 seconds is the year 5138; as milliseconds it is 1973
-MAX_DATE_CHARS = 64
+MAX_DATE_CHARS = 256
 """The longest text read as a date (once stripped): a longer one is refused before any form is tried, as trying them
-all (fifteen worded forms, each with eight times of day) costs about 1 s per MB of text. No date this filter reads is
-that long: written out with the longest names, a worded date is at most 43 characters ('Wednesday, September 30th,
-2024 10:30:30 PM'), an ISO-8601 time 35 (nine decimals and an offset), and an e-mail date 60 with the zone's name in
-a comment ('Mon, 30 Sep 2024 22:30:00 +0000 (Coordinated Universal Time)')."""
+all (fifteen worded forms, each with eight times of day) costs about 1 s per MB of text, while 256 characters cost
+well under a millisecond. Dates are shorter: written out with the longest names, a worded date is 43 characters
+('Wednesday, September 30th, 2024 10:30:30 PM'), an ISO-8601 time 35 (nine decimals and an offset); an e-mail date
+with the zone's name in a comment, or JavaScript's `Date.toString()`, 60-75 ('Tue, 05 Mar 2024 10:00:00 +1100
+(Australian Eastern Daylight Time)'), with room above for longer zone names."""
 
 _NUMERIC = re.compile(
     r"^(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{1,4})"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar, Token
@@ -95,11 +96,17 @@ def end_slice(token: Token[Deadline]) -> None:
     _deadline.reset(token)
 
 
+SERVER_THREADS = "ticketbridge-"
+"""How the names of the server's worker threads begin (bridge/offload.py: the parser's, the console's)."""
+
+
 def unbounded() -> bool:
-    """Whether nothing bounds a render begun now: no loop slice nor render's budget running, as in the parser thread
-    (which no loop slice reaches), where every render takes a budget of its own (`Budget`). On the loop, one without
-    Jinja takes none: the slice bounds it, and ends before a budget would."""
-    return _deadline.get()[0] == INFINITY
+    """Whether a render begun now would run with nothing to bound it in a thread where the server must bound it: no
+    loop slice nor render's budget running, in one of the server's worker threads (the parser's, the console's),
+    where every render takes a budget of its own (`Budget`). On the loop, one without Jinja takes none: the slice
+    bounds it, and ends before a budget would. Nor in the CLI (`render`, `test`, `--explain`, in its own thread): an
+    operator's command on a large fixture renders to its end, as it always has."""
+    return _deadline.get()[0] == INFINITY and threading.current_thread().name.startswith(SERVER_THREADS)
 
 
 def check_large(value: Any) -> None:

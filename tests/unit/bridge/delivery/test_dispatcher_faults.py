@@ -1364,3 +1364,53 @@ async def test_a_renewal_the_store_keeps_back_after_a_refused_look_up_is_given_b
     assert store.released == [delivery_id]
     events = [e["event"] for e in logs]
     assert "delivery.gate_failed" in events and "delivery.crashed" not in events, events
+
+
+class ReleaseTakenAnswerLost(FollowUps):
+    """A store whose first release is done but its answer lost (a connection dropped after the COMMIT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release_calls: list[str] = []
+
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+        self.release_calls.append(self.status(delivery_ids[0]))
+        await super().release(delivery_ids, owner=owner)
+        if len(self.release_calls) == 1:
+            raise StoreUnavailable("postgresql: connection lost")
+
+
+async def test_a_release_retried_after_a_lost_answer_never_gives_back_the_claim_that_followed() -> None:
+    """A delivery given back unsent (its event unread) whose release was done but its answer lost: the lane claims it
+    again and sends it. Before, the release's retry then gave back that new claim while its request was out, and the
+    lane claimed and sent it once more: two requests for one delivery. Claimed again, it is not asked again."""
+    store = ReleaseTakenAnswerLost()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    answer = asyncio.Event()
+
+    async def vendor(url: Any, **kwargs: Any) -> CallbackResult:
+        await answer.wait()
+        return CallbackResult(status=200, payload={"status": "success", "ticket_id": "T-1"},
+                              response_class=MockResponse)
+
+    timings = Timings(store_retry_s=0.3, record_retry_max_s=0.6, poll_s=0.05)
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=vendor, repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": last_try()}, timings=timings, clock=lambda: store.now,
+                           follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(lambda: requests(m) >= 1)  # the new claim's request is out, its answer held
+                # The retry's turn: it sees the new claim (or, on a slow machine, a release done before the claim).
+                await eventually(lambda: any(e["event"] == "delivery.released_late" for e in logs)
+                                 or len(store.release_calls) >= 2)
+                answer.set()
+                await eventually(lambda: store.status(delivery_id) == "succeeded")
+            finally:
+                answer.set()
+                await d.stop(1.0)
+    assert requests(m) == 1
+    assert store.release_calls[0] == "in_flight"
+    assert "in_flight" not in store.release_calls[1:]  # never the new claim's

@@ -109,11 +109,14 @@ def test_a_text_longer_than_any_date_is_refused_before_any_form_is_tried(monkeyp
     monkeypatch.setattr(dates, "datetime", Counting)
     monkeypatch.setattr(dates.email.utils, "parsedate_to_datetime", parsedate)
     with pytest.raises(ValueError, match=r"a text of 200000 characters is not a date this filter reads: "
-                                         r"none is longer than 64"):
+                                         r"none is longer than 256"):
         date(("Mar 5, 2024 " * 16_667)[:200_000])
     assert tried == []
     longest = ("Wednesday, September 25th, 2024 10:30:30 PM",
-               "Mon, 30 Sep 2024 22:30:00 +0000 (Coordinated Universal Time)")
-    assert [len(text) <= dates.MAX_DATE_CHARS for text in longest] == [True, True]
-    assert [date(text) for text in longest] == ["2024-09-25T22:30:30+00:00", "2024-09-30T22:30:00+00:00"]
+               "Mon, 30 Sep 2024 22:30:00 +0000 (Coordinated Universal Time)",
+               "Tue, 05 Mar 2024 10:00:00 +1100 (Australian Eastern Daylight Time)",
+               "Wednesday, 30 Sep 2024 22:30:00 +0000 (Coordinated Universal Time)")
+    assert [len(text) <= dates.MAX_DATE_CHARS for text in longest] == [True] * 4
+    assert [date(text) for text in longest] == ["2024-09-25T22:30:30+00:00", "2024-09-30T22:30:00+00:00",
+                                                "2024-03-04T23:00:00+00:00", "2024-09-30T22:30:00+00:00"]
     assert tried  # the counting works: a date is read by trying forms
