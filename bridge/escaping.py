@@ -38,7 +38,7 @@ def escape_text(text: str) -> str:
     return text if encodable(text) else _SURROGATE.sub(_escape, text)
 
 
-def quoted(text: str, limit: int = 80) -> str:
+def quoted_sent(text: str, limit: int = 80) -> str:
     """A sender's text as an error a human reads quotes it: `repr` of its first `limit` characters (an undecodable
     byte written `\\xNN`), and when it is longer, `…` and its length."""
     shown = repr(escape_text(text[:limit]))

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from bridge.config import SourceConfig
 from bridge.errors import Rejected
-from bridge.escaping import quoted
+from bridge.escaping import quoted_sent
 from handlers.attachments import Attachment, attachment, decode_base64, remote_attachment
 from handlers.base import MAX_JSON_DEPTH, Handler, Inbound, decode_json_object, obj
 from handlers.email import Headers, basename, email_payload, header_spam, message_files, parse_mime_text
@@ -38,7 +38,7 @@ def raw_format(body: bytes, content_type: str) -> dict[str, Any]:
             data[part.name] = decode_part(part)
             continue
         if len(keys) > MAX_JSON_DEPTH:
-            raise Rejected(400, f"field {quoted(part.name, 40)} nests {len(keys)} levels of bracketed keys; an "
+            raise Rejected(400, f"field {quoted_sent(part.name, 40)} nests {len(keys)} levels of bracketed keys; an "
                                 f"`envelope[…]` field name takes at most {MAX_JSON_DEPTH}", check="form")
         _put(envelope, keys, decode_part(part))
     data["envelope"] = envelope

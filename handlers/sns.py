@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from bridge import USER_AGENT
 from bridge.bodies import read_capped
 from bridge.errors import Rejected
-from bridge.escaping import quoted
+from bridge.escaping import quoted_sent
 
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
@@ -98,18 +98,18 @@ def certificate_url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return f"SigningCertURL {quoted(url)} is not a URL; {expected}"
+        return f"SigningCertURL {quoted_sent(url)} is not a URL; {expected}"
     if parts.scheme != "https":
-        return f"SigningCertURL's scheme {quoted(parts.scheme)} is not https; {expected}"
+        return f"SigningCertURL's scheme {quoted_sent(parts.scheme)} is not https; {expected}"
     if not SNS_HOST.fullmatch(parts.netloc):
-        return (f"SigningCertURL's host {quoted(parts.netloc)} is not an SNS host (sns.<region>.amazonaws.com, "
+        return (f"SigningCertURL's host {quoted_sent(parts.netloc)} is not an SNS host (sns.<region>.amazonaws.com, "
                 f"the region such as us-east-1, in lower case, with no user or port); {expected}")
     if not CERTIFICATE_PATH.fullmatch(parts.path):
-        return f"SigningCertURL's path {quoted(parts.path)} is not an SNS certificate's; {expected}"
+        return f"SigningCertURL's path {quoted_sent(parts.path)} is not an SNS certificate's; {expected}"
     if parts.query or parts.fragment:
         part, value = ("query", parts.query) if parts.query else ("fragment", parts.fragment)
-        return f"SigningCertURL has a {part} ({quoted(value)}), which SNS's never have; {expected}"
-    return f"SigningCertURL {quoted(url)} is not an SNS certificate's URL; {expected}"
+        return f"SigningCertURL has a {part} ({quoted_sent(value)}), which SNS's never have; {expected}"
+    return f"SigningCertURL {quoted_sent(url)} is not an SNS certificate's URL; {expected}"
 
 
 class Signed(NamedTuple):
@@ -134,7 +134,7 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
             raise Rejected(401, f"SNS message has no {key}", check="signature")
         text = str(value)
         if key != "Message" and "\n" in text:
-            raise Rejected(401, f"SNS {key} {quoted(text)} holds a line break, which no field SNS signs but "
+            raise Rejected(401, f"SNS {key} {quoted_sent(text)} holds a line break, which no field SNS signs but "
                                 "Message has: the signed text would not say where it ends", check="signature")
         out.append(f"{key}\n{text}\n")
     return "".join(out).encode()

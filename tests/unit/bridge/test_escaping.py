@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from bridge.escaping import encodable, escape_text, escape_tree, escape_values, quoted
+from bridge.escaping import encodable, escape_text, escape_tree, escape_values, quoted_sent
 
 
 def test_bytes_read_with_surrogateescape_are_written_as_hex_escapes() -> None:
@@ -59,8 +59,8 @@ def test_escape_tree_leaves_encodable_values_alone() -> None:
 
 def test_a_senders_text_is_quoted_cut_with_its_length_and_its_bytes_written_out() -> None:
     """`quoted`: the text's repr up to `limit` characters; past it, the first `limit`, `…` and the length."""
-    assert quoted("a'b\n") == '"a\'b\\n"'
-    assert quoted("x" * 80) == repr("x" * 80)
-    assert quoted("x" * 81) == repr("x" * 80) + "… (81 characters)"
-    assert quoted("envelope[a]", 8) == "'envelope'… (11 characters)"
-    assert quoted(b"caf\xff".decode("utf-8", "surrogateescape")) == "'caf\\\\xff'"
+    assert quoted_sent("a'b\n") == '"a\'b\\n"'
+    assert quoted_sent("x" * 80) == repr("x" * 80)
+    assert quoted_sent("x" * 81) == repr("x" * 80) + "… (81 characters)"
+    assert quoted_sent("envelope[a]", 8) == "'envelope'… (11 characters)"
+    assert quoted_sent(b"caf\xff".decode("utf-8", "surrogateescape")) == "'caf\\\\xff'"
