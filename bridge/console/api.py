@@ -23,6 +23,9 @@ from bridge.console.models import (
     REPLAY_MOST,
     AuditPage,
     AuditQuery,
+    ConversationList,
+    ConversationQuery,
+    ConversationView,
     DeliveryPage,
     DeliveryQuery,
     DeliveryView,
@@ -570,6 +573,24 @@ async def get_delivery(call: Call) -> DeliveryView:
     return DeliveryView(**msgspec.structs.asdict(detail), destination=lanes[0] if lanes else None)
 
 
+CONVERSATION_KEYS = ("keys look like mail:<root message id>, chat:<id>, ticket:<id>, key:<value>, or mapping|key (as "
+                     "each delivery's `conversation` has it)")
+
+
+async def get_conversation(call: Call) -> ConversationList:
+    """The conversations with that key or id: each with its ticket and its first `limit` deliveries, in the order
+    they are sent in."""
+    q: ConversationQuery = call.query
+    key = call.param("key")
+    with blame(400, "path.key"):
+        found = await _store(call.rt).get_conversations(key, limit=q.limit + 1)
+    if not found:
+        raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}")
+    return ConversationList(key=key, items=[
+        ConversationView(conversation=c.conversation, deliveries=c.deliveries[:q.limit],
+                         more=len(c.deliveries) > q.limit) for c in found])
+
+
 async def get_event(call: Call) -> EventView:
     with blame(400, "path.event_id"):
         event = await _store(call.rt).get_event(call.param("event_id"))
@@ -808,6 +829,9 @@ ROUTES: list[Route] = [
           "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
           DeliveryView, change=True, body=MarkSucceededBody,
           errors={**NOT_FOUND, 409: "the delivery is in flight or succeeded already"}),
+    Route("GET", "/admin/api/conversations/{key}", get_conversation, "The conversations with a key (or id "
+          "`mapping|key`): each one's ticket, once known, and its first deliveries in the order they are sent in",
+          ConversationList, query=ConversationQuery, errors={404: "no conversation has that key"}),
     Route("POST", "/admin/api/conversations/{key}/reset", reset_conversation_ticket,
           "Detach a conversation from its ticket (gone at the vendor: deleted, merged): its next message, or a dead "
           "one replayed, creates a ticket", ResetConversationResult, change=True, body=ResetConversationBody,

@@ -11,7 +11,7 @@ from msgspec import Meta
 
 from bridge.console.auth import Caller
 from bridge.events import Event
-from bridge.store.base import AuditEntry, DeliveryDetail, DeliveryRow, DeliveryStatus
+from bridge.store.base import AuditEntry, ConversationRow, DeliveryDetail, DeliveryRow, DeliveryStatus
 
 NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
 """In the schema of every string the store keeps or is asked for: no NUL character (the API answers 400)."""
@@ -118,6 +118,28 @@ class EventView(msgspec.Struct, kw_only=True):
 
 class DeliveryView(DeliveryDetail, kw_only=True):
     destination: LaneState | None
+
+
+class ConversationQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    limit: Annotated[int, Meta(ge=1, le=MAX_PAGE, description="how many of each conversation's deliveries are "
+                                                              "listed: the first ones")] = 100
+
+
+class ConversationView(msgspec.Struct, kw_only=True):
+    """A conversation (an email thread, a chat): its ticket once its create has made one, and its deliveries in the
+    order the store took them, which is the order they are sent in (not their ids' order)."""
+
+    conversation: ConversationRow
+    deliveries: list[DeliveryRow]
+    more: bool
+    """More deliveries follow the `limit` listed (`GET /admin/api/deliveries?conversation=` lists them all, newest
+    first, page after page)."""
+
+
+class ConversationList(msgspec.Struct, kw_only=True):
+    key: str
+    items: list[ConversationView]
+    """Each conversation with that key or id (one per mapping that threads the key), by id."""
 
 
 class MappingInfo(msgspec.Struct, kw_only=True):

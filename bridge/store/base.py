@@ -473,9 +473,9 @@ class Store(ABC):
         newest first, paged with `before_id`. Their `meta.unmatched` says why (set at intake)."""
 
     @abstractmethod
-    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+    async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         """Every conversation whose key (or scoped id `mapping|key`) is `key`, each with its deliveries in
-        arrival order; empty when none."""
+        arrival order (the first `limit` of them when given: a chat may hold thousands); empty when none."""
 
     @abstractmethod
     async def reset_conversation(self, key: str) -> list[ConversationRow]:

@@ -438,11 +438,11 @@ class MemoryStore(Store):
         ids = sorted((i for i in self.unmatched if before_id is None or i < before_id), reverse=True)[:limit]
         return [decode_event(self.events[i]) for i in ids]
 
-    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+    async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         self._check_open()
         key = storable(key)
         return [ConversationDetail(conversation=c, deliveries=[
-                    self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id])
+                    self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id][:limit])
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:

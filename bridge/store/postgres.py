@@ -723,7 +723,7 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
-    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+    async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         key = storable(key)
 
         async def op(conn: Any) -> list[ConversationDetail]:
@@ -731,7 +731,8 @@ class PostgresStore(Store):
             for c in await conn.fetch(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
                                       "WHERE key = $1 OR id = $1 ORDER BY id", key):
                 rows = [delivery_row(r) for r in await conn.fetch(
-                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = $1 ORDER BY arrival, id", c[0])]  # noqa: S608
+                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = $1 ORDER BY arrival, id "  # noqa: S608
+                    "LIMIT $2", c[0], limit)]
                 out.append(ConversationDetail(conversation=conversation_row(c), deliveries=rows))
             return out
 

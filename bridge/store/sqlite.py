@@ -1088,7 +1088,7 @@ class SqliteStore(Store):
         found: list[Event] = await self._read(run)
         return found
 
-    async def get_conversations(self, key: str) -> list[ConversationDetail]:
+    async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         key = storable(key)
 
         def run(conn: sqlite3.Connection) -> list[ConversationDetail]:
@@ -1096,8 +1096,8 @@ class SqliteStore(Store):
             for c in conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
                                   "WHERE key = ? OR id = ? ORDER BY id", (key, key)).fetchall():
                 rows = [delivery_row(r) for r in conn.execute(
-                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = ? ORDER BY rowid",  # noqa: S608
-                    (c[0],))]
+                    f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = ? ORDER BY rowid "  # noqa: S608
+                    "LIMIT ?", (c[0], -1 if limit is None else limit))]
                 out.append(ConversationDetail(conversation=conversation_row(c), deliveries=rows))
             return out
 

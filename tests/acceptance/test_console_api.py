@@ -4,6 +4,7 @@ and audited, destinations paused and resumed, events explained, and the playgrou
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import pytest
@@ -666,3 +667,57 @@ async def test_a_time_filter_reads_deliveries_in_batches_not_one_query_per_row(
             break
     assert len(seen) == len(set(seen)) == 30 and seen == sorted(seen, reverse=True)
     assert len(reads) == pages, (reads, pages)
+
+
+THREADED = {"chat": """
+        source: partner
+        destination: kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.text }}"
+        follow_up:
+          action: update_ticket
+          fields:
+            sub_status: P
+            comment: "{{ payload.text }}"
+    """}
+
+
+async def test_a_conversation_lists_its_ticket_and_messages_in_the_order_they_are_sent(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """`GET /admin/api/conversations/{key}` (the key, or the id `mapping|key`; a `/` in it escaped) answers the
+    conversation's ticket once its create has made one, and its deliveries in the order they are sent in, the first
+    `limit` of them, with `more` saying whether others follow; an unknown key is a 404 naming it."""
+    client = await bridge_client(write_config(CONFIG, THREADED))
+    await post(client, "/admin/api/destinations/kapture/pause", {})
+    for text in ("router down", "still down", "now it works"):
+        resp = await client.post("/hooks/partner", json={"conversation_id": "C1/1700.1", "text": text})
+        assert resp.status == 202, await resp.text()
+    [listed] = await deliveries(client, limit=1)
+    conversation = listed["conversation"]
+    assert conversation == "chat|chat:C1/1700.1"
+    by_id = await get(client, f"/admin/api/conversations/{quote(conversation, safe='')}")
+    by_key = await get(client, "/admin/api/conversations/chat%3AC1%2F1700.1")
+    assert (by_id["key"], by_key["key"], by_key["items"]) == (conversation, "chat:C1/1700.1", by_id["items"])
+    [view] = by_id["items"]
+    assert (view["conversation"]["id"], view["conversation"]["ticket_id"], view["more"]) == (conversation, None, False)
+    ids = [d["id"] for d in view["deliveries"]]
+    assert ids == sorted(ids) and len(ids) == 3
+    first = await get(client, f"/admin/api/conversations/{quote(conversation, safe='')}", limit=2)
+    assert ([d["id"] for d in first["items"][0]["deliveries"]], first["items"][0]["more"]) == (ids[:2], True)
+
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    await post(client, "/admin/api/destinations/kapture/resume", {})
+
+    async def answered() -> bool:
+        [v] = (await get(client, f"/admin/api/conversations/{quote(conversation, safe='')}"))["items"]
+        return [d["status"] for d in v["deliveries"]] == ["succeeded"] * 3
+
+    await eventually(answered)
+    [view] = (await get(client, f"/admin/api/conversations/{quote(conversation, safe='')}"))["items"]
+    assert view["conversation"]["ticket_id"] == sim.tickets[0]["ticketId"]
+    assert [d["role"] for d in view["deliveries"]] == ["create", "follow_up", "follow_up"]
+    missing = await client.get("/admin/api/conversations/chat%3Anothing", headers=ADMIN)
+    assert missing.status == 404 and "no conversation \"chat:nothing\"" in (await missing.json())["error"]
+    bad = await client.get("/admin/api/conversations/chat%3Anothing", params={"limit": "501"}, headers=ADMIN)
+    assert bad.status == 400 and "`limit` takes a whole number from 1 to 500" in (await bad.json())["error"]

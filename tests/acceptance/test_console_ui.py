@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
-from tests.acceptance.console_app import console_app
+from tests.acceptance.console_app import ADMIN, console_app
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 CHROMIUM = "/usr/bin/chromium"
@@ -217,3 +217,155 @@ def _dead() -> Any:
     from bridge.store.base import DeliveryFilter
 
     return DeliveryFilter(status="dead")
+
+
+CHAT_CONFIG = CONFIG.replace("  website: {kind: json}\n", "  website: {kind: json}\n  chat: {kind: json}\n")
+CHAT_MAPPINGS = {**MAPPINGS, "chat": """
+source: chat
+destination: kapture
+action: create_ticket
+fields:
+  title: "{{ payload.text }}"
+follow_up:
+  action: update_ticket
+  fields:
+    sub_status: P
+    comment: "{{ payload.text }}"
+"""}
+THREAD = "C0123/1700000000.000100"  # a Slack channel and thread
+# A chat id as a sender may write it: markup that would run if parsed, and every character a URL gives a meaning.
+HOSTILE_CHAT = ("<img src=x onerror=\"window.__pwned='img'\"><script>window.__pwned='script'</script>"
+                " a&b=c?d#e/f|g'h%41+i")
+WATCH_POLICY = """
+window.__violations = [];
+document.addEventListener('securitypolicyviolation', (e) => window.__violations.push(e.violatedDirective));
+"""
+
+
+async def test_a_conversation_is_filtered_to_by_its_id_in_order_with_its_ticket_and_kept_in_the_url(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """In Chromium: the deliveries list names each delivery's conversation; clicking one lists only that
+    conversation's messages, in the order they are sent in, with no ticket while its create waits and the ticket's id
+    once it is made (live refresh). The filter is in the address (a reload or a shared link shows the same; back and
+    forward move between it and the full list), in the Conversation field (typed there, by id or by key, it filters
+    alike), and cleared with one click. The id, from a sender, is shown as text and never runs."""
+    from playwright.async_api import expect
+
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
+    rt = runtime(client)
+    sim: KaptureSimulator = rt.simulators["kapture"]
+    store = rt.store
+    assert store is not None
+    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    for chat, text in ((THREAD, "Router down"), (HOSTILE_CHAT, "Hello"), (THREAD, "Still down")):
+        resp = await client.post("/hooks/chat", json={"conversation_id": chat, "text": text})
+        assert resp.status == 202, await resp.text()
+    assert (await client.post("/hooks/website", json={"title": "Printer on fire"})).status == 202
+    thread_id, other = f"chat|chat:{THREAD}", f"chat|chat:{HOSTILE_CHAT}"
+    [thread] = await store.get_conversations(thread_id)
+    in_order = [d.id for d in thread.deliveries]
+    assert len(in_order) == 2
+    base = str(client.make_url("/admin/"))
+    async with chromium_page(tmp_path) as (page, errors, shots):
+        await page.add_init_script(WATCH_POLICY)
+        rows = page.locator("tbody tr")
+        field = page.get_by_label("Conversation", exact=True)
+
+        async def harmless() -> None:
+            main = page.locator("main")
+            assert await main.locator("img, svg, script, iframe, object, embed").count() == 0
+            assert await page.evaluate("window.__pwned") is None
+            assert await page.evaluate("window.__violations") == []
+            hrefs = await main.locator("a").evaluate_all("links => links.map((a) => a.getAttribute('href'))")
+            assert not [h for h in hrefs if not h.startswith("#/")], hrefs
+
+        async def filtered_to_the_thread() -> None:
+            section = page.locator("section.conversation")
+            await expect(section).to_have_count(1)
+            await expect(section.locator("h2")).to_have_text(f"Conversation {thread_id}")
+            await expect(rows).to_have_count(2)
+            await expect(field).to_have_value(thread_id)
+
+        await page.goto(base)
+        await page.get_by_label("Admin token").fill("admin-secret")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        await page.get_by_role("link", name="Deliveries").click()
+        await expect(rows).to_have_count(4)
+        await expect(page.get_by_title(f"Only conversation {other}")).to_have_count(1)
+        await harmless()
+
+        await page.get_by_title(f"Only conversation {thread_id}").first.click()
+        await filtered_to_the_thread()
+        assert [await r.locator("td").nth(1).inner_text() for r in await rows.all()] == in_order
+        assert [await r.locator("td").nth(3).inner_text() for r in await rows.all()] == ["queued", "waiting"]
+        await expect(page.locator(".conversation .ticket")).to_contain_text("No ticket yet")
+        await harmless()
+        shared = page.url
+        assert "conversation=" in shared
+
+        resp = await client.post("/admin/api/destinations/kapture/resume", json={}, headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+        await expect(page.locator(".conversation .ticket")).to_contain_text("Ticket ", timeout=15_000)
+        await expect(rows.nth(1)).to_contain_text("follow up", timeout=15_000)
+        [ticket] = [t for t in sim.tickets if t["taskTitle"] == "Router down"]
+        await expect(page.locator(".conversation .ticket")).to_contain_text(f"Ticket {ticket['ticketId']}")
+        assert [await r.locator("td").nth(3).inner_text() for r in await rows.all()] == ["create", "follow up"]
+        await page.screenshot(path=str(shots / "deliveries-conversation.png"), full_page=True)
+
+        await page.go_back()
+        await expect(rows).to_have_count(4)
+        await expect(field).to_have_value("")
+        await page.go_forward()
+        await filtered_to_the_thread()
+        await page.reload()
+        await filtered_to_the_thread()
+        await harmless()
+        browser = page.context.browser
+        assert browser is not None
+        tab = await browser.new_page()  # a link shared: another tab signs in, then shows the same
+        await tab.goto(shared)
+        await tab.get_by_label("Admin token").fill("admin-secret")
+        await tab.get_by_role("button", name="Sign in").click()
+        await expect(tab.locator("section.conversation h2")).to_have_text(f"Conversation {thread_id}")
+        await expect(tab.locator("tbody tr")).to_have_count(2)
+        await tab.close()
+
+        await page.get_by_role("link", name="Clear conversation filter").click()
+        await expect(rows).to_have_count(4)
+        await expect(page.locator("section.conversation")).to_have_count(0)
+        assert "conversation=" not in page.url
+
+        await field.fill(f"  {other} ")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("section.conversation h2")).to_have_text(f"Conversation {other}")
+        await expect(rows).to_have_count(1)
+        await harmless()
+        await page.reload()
+        await expect(page.locator("section.conversation h2")).to_have_text(f"Conversation {other}")
+        await expect(field).to_have_value(other)
+        await harmless()
+        await field.fill(f"chat:{HOSTILE_CHAT}")  # the key alone: each mapping's conversation with that key
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("section.conversation h2")).to_have_text(f"Conversation {other}")
+        await page.get_by_label("Status").select_option("dead")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("section.conversation")).to_contain_text("0 of the 1 listed match the other filters")
+        await field.fill("chat|nothing")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("#no-conversation")).to_be_visible()
+        await page.get_by_role("link", name="Clear filters").click()
+        await expect(rows).to_have_count(4)
+
+        await page.goto(f"{base}#/delivery/{in_order[1]}")
+        await expect(page.locator("#conversation")).to_contain_text("follow up")
+        await page.locator("#conversation").get_by_role("link").click()
+        await filtered_to_the_thread()
+        await harmless()
+        await page.set_viewport_size({"width": 390, "height": 844})
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the conversation's page scrolls sideways on a phone: {width}px"
+        assert errors == []
+        assert "null" not in await page.locator("main").inner_text()

@@ -32,6 +32,18 @@ const doubtFlags = (d) => [
 const SETTLED = ["success", "reconciled", "marked"]; // attempt classifications whose note is no failure
 const ticketRefs = (d) => [d.ticket_key ? `key ${d.ticket_key}` : null, d.ticket_uuid ? `uuid ${d.ticket_uuid}` : null].filter(Boolean).join(", ");
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : "—");
+// The query of a view's address (`#/deliveries?status=dead`): all that follows its first "?".
+const hashQuery = () => { const at = location.hash.indexOf("?"); return new URLSearchParams(at < 0 ? "" : location.hash.slice(at + 1)); };
+const deliveriesHref = (params) => { const p = new URLSearchParams(params).toString(); return p ? `#/deliveries?${p}` : "#/deliveries"; };
+// A delivery's kind in its conversation: create or follow-up once sent; waiting behind an earlier message; queued.
+const kindOf = (d) => (d.waiting ? "waiting" : d.role ? d.role.replace("_", " ") : d.conversation ? "queued" : "—");
+// A conversation's id (`mapping|key`, from what senders wrote) as a link filtering the deliveries to it: shown by
+// its key, cut short; the whole id is its title.
+function conversationLink(id) {
+  const key = id.slice(id.indexOf("|") + 1) || id;
+  return h("a", { href: deliveriesHref({ conversation: id }), class: "conversation", title: `Only conversation ${id}` },
+    key.length > 40 ? `${key.slice(0, 39)}…` : key);
+}
 const iso = (s) => (s ? new Date(s).toLocaleString() : "—");
 const json = (v) => h("pre", {}, JSON.stringify(v, null, 2));
 function say(text) { statusBox.textContent = text; setTimeout(() => { if (statusBox.textContent === text) statusBox.textContent = ""; }, 4000); }
@@ -121,7 +133,8 @@ function signIn(message) {
     e.preventDefault();
     sessionStorage.setItem(KEY, input.value.trim());
     signedIn = null;
-    try { signedIn = (await api("/admin/api/overview")).caller; location.hash = "#/overview"; route(); }
+    // The view asked for (a link shared, a view whose token lapsed) once signed in; the overview when none was.
+    try { signedIn = (await api("/admin/api/overview")).caller; if (!location.hash.startsWith("#/")) location.hash = "#/overview"; route(); }
     catch (x) { sessionStorage.removeItem(KEY); err.textContent = x.status === 401 ? "That token is not known to this server." : x.message; }
   } },
   h("h1", {}, "Sign in"),
@@ -164,39 +177,97 @@ async function overview() {
     h("p", { class: "muted" }, `Version ${o.version}, mappings ${o.mappings_version}.`));
 }
 
+const THREAD_MOST = 500; // a conversation's messages listed at once (the most the API gives)
+const EXACT_FILTERS = ["status", "destination", "mapping", "source"];
+
+// Whether the other filters match a delivery of a conversation, as the deliveries API matches them.
+function matches(d, p) {
+  const text = (p.q || "").toLowerCase();
+  return EXACT_FILTERS.every((k) => !p[k] || d[k] === p[k])
+    && (!text || [d.id, d.event_id, d.ticket_id, d.ticket_key, d.ticket_uuid, d.last_error].some((v) => (v || "").toLowerCase().includes(text)));
+}
+const shellQuoted = (text) => `'${text.replaceAll("'", "'\\''")}'`;
+
+async function findConversation(id) {
+  if (id === "." || id === "..") return null; // a URL reads such a path segment as a step: no key is one
+  try { return await api(`/admin/api/conversations/${encodeURIComponent(id)}`, { params: { limit: THREAD_MOST } }); }
+  catch (x) { if (x.status === 404) return null; throw x; }
+}
+
+// A conversation: its ticket once known, then its messages in the order they are sent in.
+function conversationSection(v, p) {
+  const c = v.conversation;
+  const shown = v.deliveries.map((d, i) => [i + 1, d]).filter(([, d]) => matches(d, p));
+  const rows = shown.map(([n, d]) => h("tr", {},
+    h("td", {}, n), h("td", {}, h("a", { href: `#/delivery/${d.id}` }, d.id)),
+    h("td", {}, badge(d.status), doubtFlags(d)), h("td", {}, kindOf(d)), h("td", { class: "wrap" }, d.ticket_id || "—"),
+    h("td", { class: "hide-narrow" }, d.attempts), h("td", { class: "hide-narrow" }, when(d.created_at_ms)),
+    h("td", { class: "wrap hide-narrow" }, d.last_error || "")));
+  const refs = ticketRefs(c);
+  return h("section", { class: "conversation card", "aria-label": `Conversation ${c.id}` },
+    h("h2", {}, "Conversation ", h("code", {}, c.id)),
+    h("p", {}, `${c.mapping} → ${c.destination} · `, c.ticket_id
+      ? h("strong", { class: "ticket" }, `Ticket ${c.ticket_id}${refs ? ` (${refs})` : ""}`, c.ticket_at_ms ? `, since ${when(c.ticket_at_ms)}` : "")
+      : h("span", { class: "ticket muted" }, "No ticket yet: its first message sent makes it; the later ones wait for it.")),
+    h("p", { class: "muted" }, `${c.messages} message(s) since ${when(c.started_at_ms)}, the last at ${when(c.last_message_at_ms)}.`,
+      shown.length < v.deliveries.length ? ` ${shown.length} of the ${v.deliveries.length} listed match the other filters.` : ""),
+    table([["#"], ["Delivery"], ["Status"], ["Kind"], ["Ticket"], ["Attempts", "hide-narrow"], ["Created", "hide-narrow"],
+      ["Last error", "hide-narrow"]], rows, "In the order they are sent in"),
+    v.more ? h("p", { class: "muted" }, `Only its first ${v.deliveries.length} deliveries are listed here; `,
+      h("code", {}, `ticketbridge conversations show ${shellQuoted(c.id)}`), " lists them all.") : null);
+}
+
 async function deliveries() {
-  const q = new URLSearchParams(location.hash.split("?")[1] || "");
-  const field = (name, label, opts) => {
+  const q = hashQuery();
+  const conversation = q.get("conversation") || "";
+  const field = (name, label, opts, attrs = {}) => {
     const input = opts
       ? h("select", { name, id: `f-${name}` }, h("option", { value: "" }, "any"), opts.map((o) => h("option", { value: o, selected: q.get(name) === o }, o)))
-      : h("input", { name, id: `f-${name}`, value: q.get(name) || "", type: "search" });
+      : h("input", { name, id: `f-${name}`, value: q.get(name) || "", type: "search", ...attrs });
     return h("label", { for: `f-${name}` }, label, input);
   };
   const live = h("input", { type: "checkbox", id: "live", checked: sessionStorage.getItem("live") !== "off" });
+  const withoutConversation = new URLSearchParams(q);
+  withoutConversation.delete("conversation");
+  withoutConversation.delete("cursor"); // a page of the conversation's deliveries, not of the others'
   const form = h("form", { class: "filters", role: "search", onsubmit: (e) => {
     e.preventDefault();
     const p = new URLSearchParams();
-    for (const [k, v] of new FormData(form)) if (v) p.set(k, v);
-    location.hash = `#/deliveries?${p}`;
+    for (const [k, v] of new FormData(form)) {
+      const value = k === "conversation" ? v.trim() : v; // an id pasted with the spaces around it
+      if (value) p.set(k, value);
+    }
+    location.hash = deliveriesHref(p);
   } },
   field("status", "Status", ["pending", "in_flight", "succeeded", "dead"]), field("destination", "Destination"),
-  field("mapping", "Mapping"), field("source", "Source"), field("q", "Text"),
+  field("mapping", "Mapping"), field("source", "Source"),
+  field("conversation", "Conversation", null, { maxlength: 2000, placeholder: "mapping|key", autocomplete: "off" }),
+  field("q", "Text"),
   h("button", { type: "submit" }, "Filter"),
+  conversation ? h("a", { href: deliveriesHref(withoutConversation), id: "clear-conversation", class: "button secondary" }, "Clear conversation filter") : null,
+  [...withoutConversation.keys()].length ? h("a", { href: "#/deliveries", id: "clear-filters", class: "button secondary" }, "Clear filters") : null,
   h("label", { for: "live", class: "row" }, "Live refresh", live));
   const body = h("div", {});
+  const params = Object.fromEntries(q);
   page("Deliveries", form, body);
   live.addEventListener("change", () => sessionStorage.setItem("live", live.checked ? "on" : "off"));
-  const params = Object.fromEntries(q);
-  const load = async () => {
+  const list = async () => {
     const data = await api("/admin/api/deliveries", { params: { ...params, limit: 50 } });
     const rows = data.items.map((d) => h("tr", {},
       h("td", {}, h("a", { href: `#/delivery/${d.id}` }, d.id)),
       h("td", {}, badge(d.status), doubtFlags(d)), h("td", {}, d.destination), h("td", { class: "hide-narrow" }, d.mapping),
-      h("td", { class: "hide-narrow" }, d.source), h("td", {}, d.attempts),
-      h("td", { class: "hide-narrow" }, when(d.created_at_ms)), h("td", { class: "wrap hide-narrow" }, d.last_error || "")));
-    const more = data.next_cursor ? h("p", {}, h("a", { href: `#/deliveries?${new URLSearchParams({ ...params, cursor: data.next_cursor })}` }, "Older deliveries →")) : null;
-    body.replaceChildren(table([["Delivery"], ["Status"], ["Destination"], ["Mapping", "hide-narrow"], ["Source", "hide-narrow"],
-      ["Attempts"], ["Created", "hide-narrow"], ["Last error", "hide-narrow"]], rows), more || "");
+      h("td", { class: "hide-narrow" }, d.source), h("td", { class: "wrap hide-narrow" }, d.conversation ? conversationLink(d.conversation) : "—"),
+      h("td", {}, d.attempts), h("td", { class: "hide-narrow" }, when(d.created_at_ms)), h("td", { class: "wrap hide-narrow" }, d.last_error || "")));
+    const more = data.next_cursor ? h("p", {}, h("a", { href: deliveriesHref({ ...params, cursor: data.next_cursor }) }, "Older deliveries →")) : null;
+    return [table([["Delivery"], ["Status"], ["Destination"], ["Mapping", "hide-narrow"], ["Source", "hide-narrow"],
+      ["Conversation", "hide-narrow"], ["Attempts"], ["Created", "hide-narrow"], ["Last error", "hide-narrow"]], rows), more || ""];
+  };
+  const load = async () => {
+    if (!conversation) { body.replaceChildren(...await list()); return; }
+    const found = await findConversation(conversation);
+    if (found) { body.replaceChildren(...found.items.map((v) => conversationSection(v, params))); return; }
+    body.replaceChildren(h("p", { class: "warn", id: "no-conversation" }, "No conversation with this key or id is kept (retention removes one a while ",
+      "after its last message). Deliveries that name it, newest first:"), ...await list());
   };
   await load();
   refreshTimer = setInterval(() => { if (live.checked) load().catch(() => {}); }, 3000);
@@ -235,6 +306,8 @@ async function delivery(id) {
   page(`Delivery ${d.id}`,
     h("div", { class: "row" }, badge(d.status), doubtFlags(d), ` to ${d.destination} (${d.action}) by mapping ${d.mapping}, `,
       `${d.attempts} attempt(s)`, d.ticket_id ? ` · ticket ${d.ticket_id}${ticketRefs(d) ? ` (${ticketRefs(d)})` : ""}` : ""),
+    d.conversation ? h("p", { id: "conversation" }, "Conversation ", conversationLink(d.conversation), ` · ${kindOf(d)}`,
+      d.waiting ? " (an earlier message of it is not sent yet)" : "") : null,
     d.in_doubt_since_ms ? h("p", { class: "warn", id: "in-doubt" }, `In doubt since ${when(d.in_doubt_since_ms)}: `,
       `${d.unknowns} send(s) had an unknown outcome, so the vendor may hold its ticket. Check at the vendor, then `,
       "replay it (send again) or mark it succeeded with the ticket found.") : null,
@@ -332,7 +405,7 @@ async function playground() {
 }
 
 async function audit() {
-  const q = new URLSearchParams(location.hash.split("?")[1] || "");
+  const q = hashQuery();
   const data = await api("/admin/api/audit", { params: { cursor: q.get("cursor") || "", limit: 50 } });
   const rows = data.items.map((e) => h("tr", {}, h("td", {}, when(e.at_ms)), h("td", {}, e.actor), h("td", {}, e.action),
     h("td", { class: "wrap" }, e.target), h("td", { class: "wrap hide-narrow" }, JSON.stringify(e.detail))));

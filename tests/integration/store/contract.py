@@ -984,6 +984,22 @@ class StoreContract:
         (found,) = await store.get_conversations("k")
         assert [d.id for d in found.deliveries] == [first.id, reply.id]
 
+    async def test_a_conversation_lists_its_first_messages_up_to_a_limit(self, store: Store) -> None:
+        """Asked for at most `limit` deliveries, a conversation lists the first ones in arrival order (a reply with
+        a smaller id, taken second, is still second), and its message count stays whole."""
+        first = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, first)
+        reply = make_delivery(conversation="m|k", conversation_key="k", delivery_id=id_made_behind())
+        await accept_one(store, reply)
+        await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+        (two,) = await store.get_conversations("m|k", limit=2)
+        assert [d.id for d in two.deliveries] == [first.id, reply.id]
+        assert two.conversation.messages == 3
+        (one,) = await store.get_conversations("k", limit=1)
+        assert [d.id for d in one.deliveries] == [first.id]
+        (every,) = await store.get_conversations("k")
+        assert len(every.deliveries) == 3
+
     async def test_a_held_create_keeps_a_reply_with_a_smaller_id_waiting(self, store: Store) -> None:
         """A create held in doubt keeps the conversation's next message waiting even when that message's id sorts
         before the create's (accepted later by a process whose clock is behind): sent, it would be a second create,
