@@ -3,7 +3,9 @@
 A lane asks its destination's gate (rate limit, a 429's pause, the breaker: bridge.delivery.coordination)
 how many sends may start now, claims at most that many due deliveries (up to its free in-flight slots),
 sends them at once, and records each attempt with its lease: a result whose lease another process has
-taken meanwhile is not recorded over that process's claim (`delivery.lease_lost`). Leases are short and
+taken meanwhile is not recorded over that process's claim (`delivery.lease_lost`). Each lease is its claim's: the
+store gives every claim a token (`Claimed.token`) that the lane's records, releases and extensions name, so a late
+or repeated one never acts on a later claim of the same delivery, even this process's own. Leases are short and
 renewed while held (`keep_leases`, every third of a lease), so a dead process's work is taken over within
 about a lease, whatever the send timeout. A lane notes when each lease was last confirmed (its claim, then each
 extension that returned it) and does not write a request whose lease may have run out: one confirmed more than
@@ -220,6 +222,9 @@ class Lane:
         self.confirmed: dict[str, float] = {}
         """When each delivery's lease was last confirmed (`Dispatcher.monotonic`): its claim, then each extension
         that returned it. One whose extension did not return it is left out: its lease is lost."""
+        self.tokens: dict[str, int] = {}
+        """The token of the claim each delivery of `inflight` is held by (`Claimed.token`): the lane's latest claim
+        of it, which its entries in `confirmed`, `sending` and `written` are of."""
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
         self.resumed = asyncio.Event()
@@ -342,6 +347,7 @@ class Lane:
             for index, item in enumerate(batch.items):
                 self.sending.add(item.id)
                 self.confirmed[item.id] = claimed_at
+                self.tokens[item.id] = item.token
                 task = asyncio.create_task(self._deliver(item, SendSlot(self.gate, admission, index)),
                                            name=f"deliver {item.id}")
                 self.inflight[item.id] = task
@@ -368,6 +374,7 @@ class Lane:
             return
         self.inflight.pop(delivery_id, None)
         self.confirmed.pop(delivery_id, None)
+        self.tokens.pop(delivery_id, None)
         self._answered(delivery_id)
 
     async def _wait_for_slot(self) -> None:
@@ -400,7 +407,7 @@ class Lane:
             if item.id in self.written:  # its request went out: the vendor may have acted on it
                 self.dispatcher.unanswered.append((self, item))
             elif item.id in self.sending:
-                self.dispatcher.cancelled.append(item.id)
+                self.dispatcher.cancelled.append((item.id, item.token))
             raise
         except Exception:  # a bug past the attempt's own net (telling the gate, redacting): logged, not lost
             self.log.exception("delivery.task_failed", delivery_id=item.id, event_id=item.event_id,
@@ -437,7 +444,7 @@ class Lane:
             else:
                 await slot.start()
                 admitted = True
-            self.check_lease(item.id)  # after the gate's wait, just before the request is written
+            self.check_lease(item)  # after the gate's wait, just before the request is written
             self.written.add(item.id)
 
         try:
@@ -533,11 +540,15 @@ class Lane:
             return exc
         return None
 
-    def check_lease(self, delivery_id: str) -> None:
-        """Raise LeaseExpired unless `delivery_id`'s lease surely still runs: confirmed less than `lease_s` less
-        LEASE_MARGIN of it ago, and returned by the last extension."""
+    def check_lease(self, item: Claimed) -> None:
+        """Raise LeaseExpired unless `item`'s lease surely still runs: its claim the lane's latest of the delivery
+        (`tokens`), confirmed less than `lease_s` less LEASE_MARGIN of it ago, and returned by the last extension."""
         d = self.dispatcher
-        confirmed = self.confirmed.get(delivery_id)
+        if self.tokens.get(item.id) != item.token:
+            # Reaped (this process stalled past its lease) and claimed again by this lane: the confirmations are the
+            # new claim's, whose own send goes out.
+            raise LeaseExpired("it was claimed again since: its new claim sends it")
+        confirmed = self.confirmed.get(item.id)
         if confirmed is None:
             raise LeaseExpired("its lease was not extended: another sender holds it now, or it was settled")
         age = d.monotonic() - confirmed
@@ -557,7 +568,8 @@ class Lane:
                     await self.gate.outcome("auth", slot.admission)
                 else:
                     await slot.unsent()
-        self._answered(item.id)
+        if self.tokens.get(item.id) == item.token:  # not claimed again: its slot is free (a new claim's is not)
+            self._answered(item.id)
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "
                         "sender may hold it now; no attempt is recorded")
@@ -594,7 +606,8 @@ class Lane:
         may have sent it. A stop asks once more (at once; or, when it cancels this task, `Dispatcher.stop` does).
         Once its lease may have run out, it is left to the reaper, `delivery.release_failed` logged: the store keeps
         no mark that it was given back unsent, so it is then in doubt (`unknowns` + 1) though nothing was sent.
-        Never a second release once the lease may have run out: this process may have claimed it again since."""
+        Each release names the claim's token: one that is late (waiting on a lock of the row while this lane claims
+        it again) or asked again after its answer was lost leaves a later claim, this process's too, to its send."""
         d = self.dispatcher
         failures = 0
         delay = d.timings.store_retry_s
@@ -605,11 +618,11 @@ class Lane:
                 last = d.stopping
                 if failures and self.inflight.get(item.id) is not me:
                     # Claimed again since: a release whose answer was lost had been done (the delivery was due, and
-                    # this lane took it). Asking again would give back the new claim, while its request is out.
+                    # this lane took it). Asking again would be a release of no lease (the token is the old claim's).
                     blog.warning("delivery.released_late", failed_releases=failures, claimed_again=True)
                     return
                 try:
-                    await d.store.release([item.id], owner=d.owner)
+                    await d.store.release([item.id], owner=d.owner, tokens=[item.token])
                 except StoreUnavailable as exc:
                     failures += 1
                     error = str(exc)
@@ -620,7 +633,7 @@ class Lane:
                     return
                 why = "stopping" if last else None
                 try:
-                    self.check_lease(item.id)
+                    self.check_lease(item)
                 except LeaseExpired as lost:
                     why = str(lost)
                 if why is not None:
@@ -637,7 +650,7 @@ class Lane:
                         await asyncio.wait_for(d.stop_event.wait(), delay)
                     delay = min(delay * 2, d.timings.record_retry_max_s)
         except asyncio.CancelledError:
-            d.cancelled.append(item.id)  # cancelled by a stop: it is given back once more there
+            d.cancelled.append((item.id, item.token))  # cancelled by a stop: it is given back once more there
             raise
 
     def _redacted(self, sent: Sent, item: Claimed) -> Sent:
@@ -662,7 +675,7 @@ class Lane:
         result = self._decide(item, Sent(outcome, now, 0.0, None, None), blog)
         with contextlib.suppress(StoreUnavailable, BridgeError):
             await self.dispatcher.store.record(msgspec.structs.replace(result, next_attempt_at_ms=now),
-                                               owner=self.dispatcher.owner)
+                                               owner=self.dispatcher.owner, token=item.token)
 
     async def _record(self, item: Claimed, result: AttemptResult, blog: Any, *, once: bool = False) -> None:
         """Record the attempt, retrying with backoff while the store does not take it (the vendor has answered).
@@ -682,7 +695,7 @@ class Lane:
                 try:
                     # A stop that cancels this task must not lose an answer the vendor has given: shielded, unless
                     # the store does the record in full once it has been called (Store.records_at_once).
-                    recording = d.store.record(result, owner=d.owner)
+                    recording = d.store.record(result, owner=d.owner, token=item.token)
                     await (recording if d.store.records_at_once else asyncio.shield(recording))
                 except StoreRefused as exc:
                     lesser = self._reduce(full, result, f"the store refused it: {exc.reason}", blog,
@@ -1101,7 +1114,8 @@ class Dispatcher:
         self.stop_event = asyncio.Event()
         self.lanes: dict[str, Lane] = {}
         self.tasks: list[asyncio.Task[None]] = []
-        self.cancelled: list[str] = []
+        self.cancelled: list[tuple[str, int]] = []
+        """(id, claim token) of each delivery a stop cancelled before its request went out: given back at the end."""
         self.unanswered: list[tuple[Lane, Claimed]] = []  # cancelled at shutdown after their request went out
 
     def start(self) -> None:
@@ -1126,13 +1140,13 @@ class Dispatcher:
             if lane is not None:
                 lane.wake.set()
 
-    async def release(self, ids: list[str]) -> None:
-        """Give back, once, deliveries a stop cancelled before their request went out."""
-        if ids:
+    async def release(self, held: list[tuple[str, int]]) -> None:
+        """Give back, once, deliveries a stop cancelled before their request went out: (id, its claim's token)."""
+        if held:
             try:
-                await self.store.release(ids, owner=self.owner)
+                await self.store.release([i for i, _ in held], owner=self.owner, tokens=[t for _, t in held])
             except StoreUnavailable as exc:
-                log.error("delivery.release_failed", count=len(ids), error=str(exc), why="stopping",
+                log.error("delivery.release_failed", count=len(held), error=str(exc), why="stopping",
                           note="not sent, and the store did not take them back: they stay in flight until their "
                                "leases run out, and are then given back in doubt (counted as an unknown outcome)")
 
@@ -1171,13 +1185,14 @@ class Dispatcher:
         kept = 0
         for lane in self.lanes.values():
             if lane.inflight:
-                ids = list(lane.inflight)
+                asked = list(lane.tokens.items())
                 asked_at = self.monotonic()
-                held = set(await self.store.extend_leases(ids, self.owner, self.lease_s))
+                held = set(await self.store.extend_leases([i for i, _ in asked], self.owner, self.lease_s,
+                                                          [t for _, t in asked]))
                 kept += len(held)
-                for delivery_id in ids:
-                    if delivery_id not in lane.inflight:
-                        continue  # done meanwhile
+                for delivery_id, token in asked:
+                    if lane.tokens.get(delivery_id) != token:
+                        continue  # done meanwhile, or claimed again: the new claim's lease was confirmed as it was
                     if delivery_id in held:
                         lane.confirmed[delivery_id] = max(asked_at, lane.confirmed.get(delivery_id, asked_at))
                     else:

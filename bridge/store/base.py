@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -99,6 +99,10 @@ class Claimed(msgspec.Struct, kw_only=True):
     """How it was last sent (`create`, `follow_up`), None before: a follow-up sent again when its conversation has
     no ticket (reset by an operator) is rendered as a create first, its stored action and body being the
     follow-up's."""
+    token: int = 0
+    """The claim's token, which the store gave every delivery of this claim and no other claim (0: not claimed from
+    a store). `record`, `release` and `extend_leases` given it act only while this claim holds the lease: a late or
+    repeated call of an earlier claim never meets a later one, even the same owner's."""
 
 
 class ClaimBatch(msgspec.Struct, kw_only=True):
@@ -352,23 +356,29 @@ class Store(ABC):
 
     @abstractmethod
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
-        """Lease up to `limit` due deliveries of `destination`; with none due, say when the next one is."""
+        """Lease up to `limit` due deliveries of `destination`, each given the claim's token (`Claimed.token`, one
+        no other claim is given); with none due, say when the next one is."""
 
     @abstractmethod
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None, token: int | None = None) -> None:
         """Record an attempt and move its delivery on, in one transaction. With `owner`: only while `owner`
-        holds the delivery's lease; otherwise nothing is written and LeaseLost is raised."""
+        holds the delivery's lease, and with `token` too, by the claim that gave that token; otherwise nothing is
+        written and LeaseLost is raised."""
 
     @abstractmethod
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         """Give leased deliveries back, due now, without counting an attempt; with `owner`, only those whose
-        lease `owner` still holds (others are left to their holder)."""
+        lease `owner` still holds (others are left to their holder), and with `tokens` (one per id), only those
+        still held by the claim that gave each its token (a later claim, the same owner's too, is left alone)."""
 
     @abstractmethod
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
-        """Push the leases `owner` holds on these deliveries out to `lease_s` from now, so that no reaper
-        gives them back while their sender still holds them; returns the ids whose lease was extended (one
-        missing is no longer `owner`'s: settled, or taken over after its lease ran out)."""
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float,
+                            tokens: Sequence[int] | None = None) -> list[str]:
+        """Push the leases `owner` holds on these deliveries (with `tokens`, one per id: by the claim that gave
+        each its token) out to `lease_s` from now, so that no reaper gives them back while their sender still
+        holds them; returns the ids whose lease was extended (one missing is no longer that claim's: settled,
+        given back, or taken over after its lease ran out)."""
 
     @abstractmethod
     async def release_expired(self) -> int:

@@ -7,7 +7,7 @@ only one process can use it, so it never serves a running bridge.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,8 @@ from bridge.store.rows import (
     doubt_after,
     encode,
     held_create_blocks,
+    lease_lost,
+    leases,
     sender_mismatch,
     settled,
     split_conversation_id,
@@ -73,6 +75,8 @@ class _Delivery:
     arrival, rows.head_of_conversation), never its id: an id holds the clock of the host that made it."""
     lease_until_ms: int | None = None
     lease_owner: str | None = None
+    lease_token: int | None = None
+    """The token of the claim that last leased it (meaningful while it is in flight)."""
     attempts: list[AttemptRow] = field(default_factory=list)
 
 
@@ -86,6 +90,7 @@ class MemoryStore(Store):
         self.dedup: dict[tuple[str, str], tuple[str, int]] = {}  # (source, key) → (event id, expires at)
         self.deliveries: dict[str, _Delivery] = {}
         self._arrivals = 0  # the last delivery's arrival
+        self._tokens = 0  # the last claim's token
         self.nonces: dict[tuple[str, str], tuple[str, int]] = {}  # (source, nonce) → (digest, expires at)
         self.mapping_set: StoredMappingSet | None = None
         self.conversations: dict[str, ConversationRow] = {}
@@ -239,24 +244,26 @@ class MemoryStore(Store):
         due = [d for d in pending if d.row.next_attempt_at_ms <= now][:limit]
         if not due:
             return ClaimBatch(items=[], next_due_ms=pending[0].row.next_attempt_at_ms if pending else None)
+        self._tokens += 1
+        token = self._tokens
         for d in due:
             self._update(d, status="in_flight")
-            d.lease_until_ms, d.lease_owner = now + int(lease_s * 1000), owner
+            d.lease_until_ms, d.lease_owner, d.lease_token = now + int(lease_s * 1000), owner, token
         return ClaimBatch(items=[
             Claimed(id=d.row.id, event_id=d.row.event_id, mapping=d.row.mapping, destination=d.row.destination,
                     action=d.row.action, body=decode_dict(d.body) if d.body is not None else {},
                     options=decode_dict(d.options), tries=d.row.tries, attempts=d.row.attempts,
                     conversation=d.row.conversation, ticket=self._ticket(d), in_doubt_since_ms=d.row.in_doubt_since_ms,
-                    role=d.row.role)
+                    role=d.row.role, token=token)
             for d in due
         ])
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None, token: int | None = None) -> None:
         self._check_open()
         result = storable_result(result)
         d = self._get(result.delivery_id)
-        if owner is not None and (d.row.status != "in_flight" or d.lease_owner != owner):
-            raise LeaseLost(f"delivery {result.delivery_id}: the lease of {owner!r} is no longer held")
+        if (owner is not None or token is not None) and not self._held(d, owner, token):
+            raise LeaseLost(lease_lost(result.delivery_id, owner, token))
         n = d.row.attempts + 1
         if d.row.status == "in_flight":
             r = result
@@ -290,20 +297,29 @@ class MemoryStore(Store):
                                      classification=result.classification, error=result.error,
                                      exchange=result.exchange))
 
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    @staticmethod
+    def _held(d: _Delivery, owner: str | None, token: int | None) -> bool:
+        """Whether `d` is in flight under `owner`'s lease (any owner's when None), by the claim that gave `token`
+        (any claim when None)."""
+        return (d.row.status == "in_flight" and (owner is None or d.lease_owner == owner)
+                and (token is None or d.lease_token == token))
+
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         self._check_open()
         now = self.clock()
-        for delivery_id in delivery_ids:
+        for delivery_id, token in leases(delivery_ids, tokens):
             d = self.deliveries.get(delivery_id)
-            if d is not None and d.row.status == "in_flight" and (owner is None or d.lease_owner == owner):
+            if d is not None and self._held(d, owner, token):
                 self._update(d, status="pending", next_attempt_at_ms=min(d.row.next_attempt_at_ms, now))
                 d.lease_until_ms = None
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float,
+                            tokens: Sequence[int] | None = None) -> list[str]:
         self._check_open()
         until = self.clock() + int(lease_s * 1000)
-        held = [d for i in delivery_ids if (d := self.deliveries.get(i)) is not None
-                and d.row.status == "in_flight" and d.lease_owner == owner]
+        held = [d for i, token in leases(delivery_ids, tokens) if (d := self.deliveries.get(i)) is not None
+                and self._held(d, owner, token)]
         for d in held:
             d.lease_until_ms = until
         return [d.row.id for d in held]

@@ -36,7 +36,7 @@ from bridge.store.pg_batch import (
     refusal,
     refused,
 )
-from bridge.store.rows import GROUP_BYTES, doubt_after, encode, gives_ticket, now_ms, storable_result
+from bridge.store.rows import GROUP_BYTES, doubt_after, encode, gives_ticket, lease_lost, now_ms, storable_result
 
 log = structlog.get_logger("ticketbridge.store")
 
@@ -48,22 +48,24 @@ RECORD = (
     "body = COALESCE($9, body), in_doubt_since = CASE WHEN $1 = 'succeeded' THEN NULL "
     "WHEN $12::boolean THEN COALESCE(in_doubt_since, $13) ELSE in_doubt_since END, "
     "unknowns = unknowns + $14, duplicates = duplicates + $15 WHERE id = $10 AND status = 'in_flight' "
-    "AND ($11::text IS NULL OR lease_owner = $11) RETURNING id, attempts, conversation), "
+    "AND ($11::text IS NULL OR lease_owner = $11) AND ($24::bigint IS NULL OR lease_token = $24) "
+    "RETURNING id, attempts, conversation), "
     "a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, "
     "classification, error, exchange) SELECT id, attempts, $13, $17, $18, $19, $20, $4, $21 FROM u), "
     "c AS (UPDATE conversations SET ticket_id = $5, ticket_key = $6, ticket_at = $3, ticket_uuid = $16 "
     "WHERE $22::boolean AND id = (SELECT conversation FROM u)) "
     "SELECT attempts FROM u")
-"""An attempt recorded under its lease, in one statement: the delivery's row, the attempt (numbered by the row's
-new count), and, when the attempt gives its conversation a ticket ($22), the conversation's."""
+"""An attempt recorded under its lease (its owner's, $11, and its claim's token, $24, when given), in one statement:
+the delivery's row, the attempt (numbered by the row's new count), and, when the attempt gives its conversation a
+ticket ($22), the conversation's."""
 
 RECORDS = (
     "WITH v AS (SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], "
     "$8::text[], $9::bytea[], $10::text[], $11::text[], $12::boolean[], $13::bigint[], $14::int[], $15::int[], "
     "$16::text[], $17::float8[], $18::int[], $19::text[], $20::text[], $21::bytea[], $22::boolean[], "
-    "$23::int[]) WITH ORDINALITY AS v (status, next_at, error, ticket_id, ticket_key, role, action, body, id, owner, "
-    "unknown, started, unknowns, duplicates, ticket_uuid, duration, http_status, excerpt, classification, exchange, "
-    "gives, tried, o)), "
+    "$23::int[], $24::bigint[]) WITH ORDINALITY AS v (status, next_at, error, ticket_id, ticket_key, role, action, "
+    "body, id, owner, unknown, started, unknowns, duplicates, ticket_uuid, duration, http_status, excerpt, "
+    "classification, exchange, gives, tried, token, o)), "
     "u AS (UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, tries = d.tries + v.tried, "
     "next_attempt_at = COALESCE(v.next_at, d.next_attempt_at), lease_owner = NULL, lease_until = NULL, "
     "updated_at = $1, last_error = v.error, ticket_id = COALESCE(v.ticket_id, d.ticket_id), "
@@ -73,7 +75,7 @@ RECORDS = (
     "WHEN v.unknown THEN COALESCE(d.in_doubt_since, v.started) ELSE d.in_doubt_since END, "
     "unknowns = d.unknowns + v.unknowns, duplicates = d.duplicates + v.duplicates FROM v "
     "WHERE d.id = v.id AND d.status = 'in_flight' AND (v.owner IS NULL OR d.lease_owner = v.owner) "
-    "RETURNING d.id, d.attempts, d.conversation, v.o), "
+    "AND (v.token IS NULL OR d.lease_token = v.token) RETURNING d.id, d.attempts, d.conversation, v.o), "
     "a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, "
     "classification, error, exchange) SELECT u.id, u.attempts, v.started, v.duration, v.http_status, v.excerpt, "
     "v.classification, v.error, v.exchange FROM u JOIN v ON v.o = u.o), "
@@ -88,24 +90,26 @@ conversation given tickets by two creates of the group (which one conversation's
 time does not allow) keeps the one with the larger delivery id. Returns the ordinals (from 1) of the attempts
 written."""
 
-WIDTH = 22
+WIDTH = 23
+"""How many values each record gives RECORDS (one array each): RECORD's arguments without its time."""
 class PendingRecord:
     """One attempt's record waiting for its group: the values of its statement, encoded before it queues."""
 
-    __slots__ = ("args", "future", "owner", "result", "size")
+    __slots__ = ("args", "future", "owner", "result", "size", "token")
 
-    def __init__(self, result: AttemptResult, owner: str | None) -> None:
+    def __init__(self, result: AttemptResult, owner: str | None, token: int | None = None) -> None:
         r = storable_result(result)
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
         unknown, duplicates = doubt_after(r)
         self.result = r
         self.owner = owner
+        self.token = token
         self.args: tuple[Any, ...] = (
             r.next_status, r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
             None if role_body is None else encode(role_body), r.delivery_id, owner, unknown, r.started_at_ms,
             int(unknown), duplicates, r.ticket_uuid, r.duration_ms, r.http_status, r.response_excerpt,
             r.classification, None if r.exchange is None else encode(r.exchange), gives_ticket(r),
-            int(r.uses_try))
+            int(r.uses_try), token)
         """RECORD's arguments without the time ($3), in order."""
         a = self.args
         self.size = len(a[2] or "") + len(a[7] or b"") + len(a[17] or "") + len(a[19] or b"")
@@ -168,7 +172,7 @@ async def record_one(conn: Any, item: PendingRecord) -> None:
     updated = await conn.fetchrow(RECORD, a[0], a[1], now_ms(), *a[2:])
     if updated is None:  # nothing was written: the lease is not held, or there is no such delivery
         async with conn.transaction():
-            await record_unleased(conn, item.result, item.owner)
+            await record_unleased(conn, item.result, item.owner, item.token)
 
 
 async def _alone(conn: Any, item: PendingRecord, unleased: bool = False) -> Outcome:
@@ -177,7 +181,7 @@ async def _alone(conn: Any, item: PendingRecord, unleased: bool = False) -> Outc
     try:
         if unleased:
             async with conn.transaction():
-                await record_unleased(conn, item.result, item.owner)
+                await record_unleased(conn, item.result, item.owner, item.token)
         else:
             await record_one(conn, item)
     except (LeaseLost, NotFound) as exc:
@@ -191,13 +195,14 @@ async def _alone(conn: Any, item: PendingRecord, unleased: bool = False) -> Outc
     return None
 
 
-async def record_unleased(conn: Any, r: AttemptResult, owner: str | None) -> None:
-    """An attempt whose delivery is not in flight under `owner`'s lease: with an owner, LeaseLost (NotFound when
-    there is no such delivery); without one, the attempt is kept and the delivery's state left alone."""
-    if owner is not None:
+async def record_unleased(conn: Any, r: AttemptResult, owner: str | None, token: int | None = None) -> None:
+    """An attempt whose delivery is not in flight under `owner`'s lease (by the claim that gave `token`): with an
+    owner or a token, LeaseLost (NotFound when there is no such delivery); without either, the attempt is kept and
+    the delivery's state left alone."""
+    if owner is not None or token is not None:
         if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", r.delivery_id) is None:
             raise NotFound(f"no delivery {r.delivery_id}")
-        raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
+        raise LeaseLost(lease_lost(r.delivery_id, owner, token))
     # Its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now.
     n = await conn.fetchval("UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1 "
                             "RETURNING attempts", r.delivery_id)

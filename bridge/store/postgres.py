@@ -92,6 +92,7 @@ from bridge.store.rows import (
     encode,
     head_of_conversation,
     kept_condition,
+    leases,
     now_ms,
     row_columns,
     settled,
@@ -131,6 +132,12 @@ UNICODE_ENCODINGS = ("UTF8", "SQL_ASCII")
 DB_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 """The database's clock, in ms: what leases are set and reaped by (`lease_until`), one clock for every process
 whatever their hosts' clocks say, as the gates' (pg_coordination)."""
+TOKEN_BLOCK = 1024
+"""How many claim tokens (`Claimed.token`) a process takes at a time: each value v of the sequence lease_tokens
+(migration 0023) stands for the tokens v * TOKEN_BLOCK to v * TOKEN_BLOCK + TOKEN_BLOCK - 1, which the process
+gives its claims in turn. So no two claims, of any process, are given one token, and a claim asks the sequence
+(within its own transaction) once in TOKEN_BLOCK claims, not in a round trip of its own each time. Never to be
+changed: processes of different versions share the sequence, and a block of one size could overlap another's."""
 __all__ = ["NONCE_SWEEP", "NONCE_SWEEP_EVERY", "PostgresStore", "channel_for", "split_schema"]
 T = TypeVar("T")
 
@@ -168,6 +175,8 @@ class PostgresStore(Store):
         self._failing: str | None = None
         self._coordination: PgCoordination | None = None
         self.commit_failures = 0
+        self._tokens = range(0)
+        """The claim tokens this process has taken (TOKEN_BLOCK) and not yet given, in order."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -403,22 +412,25 @@ class PostgresStore(Store):
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
         now = now_ms()
+        token: int | None = None
 
         async def op(conn: Any) -> ClaimBatch:
+            nonlocal token
+            token = await self._token(conn)
             # A conversation's head only (HEAD_OF_CONVERSATION): a process whose snapshot still shows an earlier
             # delivery pending, or one in flight, does not take a later one; two that both see the head
             # pending cannot both lock it (SKIP LOCKED). So one conversation is worked by one sender at a time.
             got = await conn.fetch(
                 f"UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, "  # noqa: S608
-                "updated_at = $3 "
+                "updated_at = $3, lease_token = $6 "
                 "FROM (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = $4 "
                 f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
                 "FOR UPDATE SKIP LOCKED) due "
                 "WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, x.body, "
                 "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since, x.role",
-                owner, int(lease_s * 1000), now, destination, limit)
+                owner, int(lease_s * 1000), now, destination, limit, token)
             if got:
-                items = claimed_items(got)
+                items = claimed_items(got, token)
                 threaded = [i.id for i in items if i.conversation is not None]
                 if threaded:
                     found = await conn.fetch(TICKETS_OF_CLAIMED + "(SELECT unnest($1::text[]))", threaded)
@@ -432,19 +444,30 @@ class PostgresStore(Store):
         try:
             return await self._run(op)
         except StoreUnavailable:
-            await self._give_back_claim(destination, owner, now)
+            if token is not None:  # otherwise it failed before its statement was sent: it leased nothing
+                await self._give_back_claim(destination, owner, token)
             raise
 
-    async def _give_back_claim(self, destination: str, owner: str, claimed_at: int) -> None:
+    async def _token(self, conn: Any) -> int:
+        """The next claim's token: the next of those this process has taken, or the first of a block taken now
+        from the sequence (TOKEN_BLOCK), on `conn`. Claims that both find none left take a block each, and the
+        tokens left are the last block's: none is ever given twice."""
+        if not self._tokens:
+            start = int(await conn.fetchval("SELECT nextval('lease_tokens')")) * TOKEN_BLOCK
+            self._tokens = range(start, start + TOKEN_BLOCK)
+        token, self._tokens = self._tokens[0], self._tokens[1:]
+        return token
+
+    async def _give_back_claim(self, destination: str, owner: str, token: int) -> None:
         """A claim whose answer was lost (its connection dropped around COMMIT) may have leased rows nobody will
-        send: give back, on a fresh connection, the rows leased by exactly that claim (its owner and time),
-        rather than leave them in flight until their lease runs out. When the store is still down, the lease's
-        end gives them back."""
+        send: give back, on a fresh connection, the rows leased by exactly that claim (its token, which no other
+        claim is given, and its owner), rather than leave them in flight until their lease runs out. When the store
+        is still down, the lease's end gives them back."""
         async def op(conn: Any) -> int:
             rows = await conn.fetch(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 "
-                "WHERE status = 'in_flight' AND destination = $2 AND lease_owner = $3 AND updated_at = $4 "
-                "RETURNING id", now_ms(), destination, owner, claimed_at)
+                "WHERE status = 'in_flight' AND lease_token = $2 AND lease_owner = $3 RETURNING id",
+                now_ms(), token, owner)
             return len(rows)
 
         try:
@@ -456,10 +479,10 @@ class PostgresStore(Store):
         if given:
             log.warning("store.claim_given_back", destination=destination, count=given)
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None, token: int | None = None) -> None:
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
-        await self.records.submit(PendingRecord(result, owner))
+        await self.records.submit(PendingRecord(result, owner, token))
 
     async def _record_group(self, group: list[PendingRecord]) -> list[RecordOutcome]:
         """Write a group of attempts' records on one connection (see pg_record); its failures are the store's,
@@ -483,28 +506,36 @@ class PostgresStore(Store):
             self._succeeded()
         return outcomes
 
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         if not delivery_ids:
             return
+        held = leases(delivery_ids, tokens)
 
         async def op(conn: Any) -> None:
-            now = now_ms()
+            # The conditions are checked again on the row as it is once a lock it waited for is let go (READ
+            # COMMITTED): a release that waited on a claim of the same owner leaves that claim, its token another.
             await conn.execute(
-                "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
-                "next_attempt_at = LEAST(next_attempt_at, $1), updated_at = $1 "
-                "WHERE id = ANY($2::text[]) AND status = 'in_flight' AND ($3::text IS NULL OR lease_owner = $3)",
-                now, delivery_ids, owner)
+                "UPDATE deliveries d SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
+                "next_attempt_at = LEAST(d.next_attempt_at, $1), updated_at = $1 "
+                "FROM unnest($2::text[], $4::bigint[]) AS r (id, token) WHERE d.id = r.id AND d.status = 'in_flight' "
+                "AND ($3::text IS NULL OR d.lease_owner = $3) AND (r.token IS NULL OR d.lease_token = r.token)",
+                now_ms(), [i for i, _ in held], owner, [t for _, t in held])
 
         await self._run(op)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float,
+                            tokens: Sequence[int] | None = None) -> list[str]:
         if not delivery_ids:
             return []
+        held = leases(delivery_ids, tokens)
 
         async def op(conn: Any) -> list[str]:
             rows = await conn.fetch(
-                f"UPDATE deliveries SET lease_until = {DB_NOW_MS} + $1 WHERE id = ANY($2::text[]) "  # noqa: S608
-                "AND status = 'in_flight' AND lease_owner = $3 RETURNING id", int(lease_s * 1000), delivery_ids, owner)
+                f"UPDATE deliveries d SET lease_until = {DB_NOW_MS} + $1 "  # noqa: S608
+                "FROM unnest($2::text[], $4::bigint[]) AS r (id, token) WHERE d.id = r.id AND d.status = 'in_flight' "
+                "AND d.lease_owner = $3 AND (r.token IS NULL OR d.lease_token = r.token) RETURNING d.id",
+                int(lease_s * 1000), [i for i, _ in held], owner, [t for _, t in held])
             return [r[0] for r in rows]
 
         return await self._run(op)

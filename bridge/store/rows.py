@@ -265,15 +265,32 @@ def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: i
     ]
 
 
-def claimed_items(rows: Sequence[Sequence[Any]]) -> list[Claimed]:
+def claimed_items(rows: Sequence[Sequence[Any]], token: int) -> list[Claimed]:
     """Rows a claim returned (id, event_id, mapping, destination, action, body, options, tries, attempts,
-    next_attempt_at, conversation, in_doubt_since, role), in due order: RETURNING promises no order."""
+    next_attempt_at, conversation, in_doubt_since, role), in due order: RETURNING promises no order. `token`: the
+    claim's."""
     return [
         Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
                 body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]), tries=r[7],
-                attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11], role=r[12])
+                attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11], role=r[12], token=token)
         for r in sorted(rows, key=lambda r: (r[9], r[0]))
     ]
+
+
+def lease_lost(delivery_id: str, owner: str | None, token: int | None) -> str:
+    """What LeaseLost says of a record refused for a lease its caller no longer holds."""
+    held = "" if token is None else f" by its claim {token}"
+    return f"delivery {delivery_id}: the lease of {owner!r} is no longer held{held}"
+
+
+def leases(delivery_ids: Sequence[str], tokens: Sequence[int] | None) -> list[tuple[str, int | None]]:
+    """Each of `delivery_ids` with the token of the claim it is to be held by (`Store.release`, `extend_leases`),
+    None for every one without `tokens`. Raises ValueError unless `tokens` holds one per id."""
+    if tokens is None:
+        return [(i, None) for i in delivery_ids]
+    if len(tokens) != len(delivery_ids):
+        raise ValueError(f"{len(tokens)} tokens for {len(delivery_ids)} deliveries: one per delivery")
+    return [(i, token) for i, token in zip(delivery_ids, tokens, strict=True)]
 
 
 def status_condition(status: DeliveryStatus) -> str:

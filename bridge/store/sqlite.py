@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,8 @@ from bridge.store.rows import (
     gives_ticket,
     head_of_conversation,
     kept_condition,
+    lease_lost,
+    leases,
     now_ms,
     row_columns,
     sender_mismatch,
@@ -169,7 +171,7 @@ _RECORD = NullsWritten(
     "WHEN ?3 THEN COALESCE(in_doubt_since, ?4) ELSE in_doubt_since END, unknowns = unknowns + ?3, "
     "duplicates = duplicates + ?5 "
     "WHERE id = ?6 AND status = 'in_flight' AND ({7} IS NULL OR lease_owner = {7}) "
-    "RETURNING attempts, conversation")
+    "AND ({8} IS NULL OR lease_token = {8}) RETURNING attempts, conversation")
 _INSERT_ATTEMPT = NullsWritten(
     "INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, classification, "
     "error, exchange) VALUES (?1, ?2, ?3, ?4, {0}, {1}, ?5, {2}, {3})")
@@ -270,6 +272,9 @@ class SqliteStore(Store):
         self._subscribers: list[Callable[[str], None]] = []
         self._watch_timer: asyncio.TimerHandle | None = None
         self._data_version: int | None = None  # the writer's PRAGMA data_version at the last look
+        self._last_token = 0
+        """The last claim's token (`Claimed.token`): each claim takes the next, so none is given twice while this
+        store holds the file; it starts past the tokens of the deliveries in flight when it opens."""
         self._elsewhere: asyncio.Future[Any] | None = None
         """The writer's work on another thread (its COMMIT, an off-loop write's statements), while it runs."""
 
@@ -302,6 +307,8 @@ class SqliteStore(Store):
                 raise StoreUnavailable(f"{self.path}: SQLite would not switch to WAL mode (got {mode!r})")
             writer.execute("PRAGMA synchronous = FULL")
             self._migrate(writer)
+            self._last_token = writer.execute(
+                "SELECT COALESCE(MAX(lease_token), 0) FROM deliveries WHERE status = 'in_flight'").fetchone()[0]
             if self.owner:
                 moved = writer.execute(
                     "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "  # noqa: S608
@@ -756,20 +763,24 @@ class SqliteStore(Store):
     # -- delivery -------------------------------------------------------------------------------
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        self._last_token += 1
+        token = self._last_token
+
         def op(conn: sqlite3.Connection) -> ClaimBatch:
             now = now_ms()
             got = conn.execute(
-                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ? "  # noqa: S608
-                "WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = ? "
-                f"AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT ?) "
+                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ?, "  # noqa: S608
+                "lease_token = ? WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' "
+                f"AND destination = ? AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} "
+                "ORDER BY next_attempt_at, id LIMIT ?) "
                 "RETURNING id, event_id, mapping, destination, action, body, options, tries, attempts, "
                 "next_attempt_at, conversation, in_doubt_since, role",
-                (owner, now + int(lease_s * 1000), now, destination, now, limit),
+                (owner, now + int(lease_s * 1000), now, token, destination, now, limit),
             ).fetchall()
             if got:
                 if any(r[5] is None for r in got):  # a body kept apart, or none yet (a follow-up's)
                     got = _with_bodies(conn, got, 5)
-                items = claimed_items(got)
+                items = claimed_items(got, token)
                 threaded = [i.id for i in items if i.conversation is not None]
                 if threaded:
                     found = conn.execute(TICKETS_OF_CLAIMED + f"({', '.join('?' * len(threaded))})",
@@ -786,7 +797,7 @@ class SqliteStore(Store):
         batch: ClaimBatch = await self._write(op, durable=False)
         return batch
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None, token: int | None = None) -> None:
         r = storable_result(result)
         role_action, role_body = (r.action, r.body) if r.role is not None else (None, None)
         unknown, duplicates = doubt_after(r)
@@ -804,7 +815,7 @@ class SqliteStore(Store):
             updated = conn.execute(*_RECORD.bind(
                 (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id, int(r.uses_try)),
                 (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
-                 None if apart is not None else body, owner)),
+                 None if apart is not None else body, owner, token)),
             ).fetchone()
             if updated is not None and body is not None:
                 _put_body(conn, r.delivery_id, body)
@@ -812,10 +823,10 @@ class SqliteStore(Store):
                 # Apart from the statement above: only a few vendors give a third reference (LeadSquared).
                 conn.execute("UPDATE deliveries SET ticket_uuid = ? WHERE id = ?", (r.ticket_uuid, r.delivery_id))
             if updated is None:
-                if owner is not None:
+                if owner is not None or token is not None:
                     if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (r.delivery_id,)).fetchone() is None:
                         raise NotFound(f"no delivery {r.delivery_id}")
-                    raise LeaseLost(f"delivery {r.delivery_id}: the lease of {owner!r} is no longer held")
+                    raise LeaseLost(lease_lost(r.delivery_id, owner, token))
                 # Its lease was taken back meanwhile: keep the attempt, leave the state to whoever holds it now.
                 found = conn.execute("UPDATE deliveries SET attempts = attempts + 1 WHERE id = ? RETURNING attempts",
                                      (r.delivery_id,)).fetchone()
@@ -833,29 +844,33 @@ class SqliteStore(Store):
 
         await self._write(op, size=size)
 
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         if not delivery_ids:
             return
+        held = leases(delivery_ids, tokens)
 
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
             conn.executemany(
                 "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_until = NULL, "
-                "next_attempt_at = MIN(next_attempt_at, ?), updated_at = ? WHERE id = ? AND status = 'in_flight' "
-                "AND (? IS NULL OR lease_owner = ?)",
-                [(now, now, i, owner, owner) for i in delivery_ids])
+                "next_attempt_at = MIN(next_attempt_at, ?1), updated_at = ?1 WHERE id = ?2 AND status = 'in_flight' "
+                "AND (?3 IS NULL OR lease_owner = ?3) AND (?4 IS NULL OR lease_token = ?4)",
+                [(now, i, owner, token) for i, token in held])
 
         await self._write(op)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float,
+                            tokens: Sequence[int] | None = None) -> list[str]:
         if not delivery_ids:
             return []
+        asked = leases(delivery_ids, tokens)
 
         def op(conn: sqlite3.Connection) -> list[str]:
             until = now_ms() + int(lease_s * 1000)
-            update = ("UPDATE deliveries SET lease_until = ? WHERE id = ? AND status = 'in_flight' "
-                      "AND lease_owner = ? RETURNING id")
-            return [i for i in delivery_ids if conn.execute(update, (until, i, owner)).fetchone() is not None]
+            update = ("UPDATE deliveries SET lease_until = ?1 WHERE id = ?2 AND status = 'in_flight' "
+                      "AND lease_owner = ?3 AND (?4 IS NULL OR lease_token = ?4) RETURNING id")
+            return [i for i, token in asked if conn.execute(update, (until, i, owner, token)).fetchone() is not None]
 
         held: list[str] = await self._write(op, durable=False)
         return held

@@ -50,17 +50,19 @@ def refusal(refused: list[AttemptResult], result: AttemptResult) -> None:
 class RefusingSqlite(SqliteStore):
     refused: list[AttemptResult]
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None,
+                     token: int | None = None) -> None:
         refusal(self.refused, result)
-        await super().record(result, owner=owner)
+        await super().record(result, owner=owner, token=token)
 
 
 class RefusingPostgres(PostgresStore):
     refused: list[AttemptResult]
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None,
+                     token: int | None = None) -> None:
         refusal(self.refused, result)
-        await super().record(result, owner=owner)
+        await super().record(result, owner=owner, token=token)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

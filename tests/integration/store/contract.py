@@ -649,6 +649,63 @@ class StoreContract:
         statuses = {i: (await row(store, i)).status for i in (a, b)}
         assert statuses == {a: "pending" if mine == a else "in_flight", b: "pending" if mine == b else "in_flight"}
 
+    async def test_each_claim_gives_its_deliveries_a_token_no_other_claim_is_given(self, store: Store) -> None:
+        """A claim's deliveries share its token; every other claim, of the same delivery given back and claimed
+        again by the same owner too, has another."""
+        await accept_one(store, make_delivery(), make_delivery(), make_delivery())
+        first = (await store.claim("kapture-support", 2, "me", 60)).items
+        second = (await store.claim("kapture-support", 2, "me", 60)).items
+        assert len(first) == 2 and len(second) == 1
+        assert len({c.token for c in first}) == 1
+        await store.release([first[0].id], owner="me", tokens=[first[0].token])
+        [again] = (await store.claim("kapture-support", 2, "me", 60)).items
+        assert again.id == first[0].id
+        assert len({first[0].token, second[0].token, again.token}) == 3
+
+    async def test_a_release_of_an_earlier_claim_leaves_the_claim_that_followed(self, store: Store) -> None:
+        """A release naming an earlier claim's token (asked again after its answer was lost, or late) does not give
+        back the claim the same owner made of the delivery since, whose request may be out; the new claim's does."""
+        _, (d,) = await accept_one(store)
+        [old] = (await store.claim("kapture-support", 1, "me", 60)).items
+        await store.release([d], owner="me", tokens=[old.token])
+        [new] = (await store.claim("kapture-support", 1, "me", 60)).items
+        await store.release([d], owner="me", tokens=[old.token])
+        assert (await row(store, d)).status == "in_flight"
+        await store.release([d], owner="me", tokens=[new.token])
+        assert (await row(store, d)).status == "pending"
+
+    async def test_a_record_of_an_earlier_claim_is_refused_on_the_claim_that_followed(self, store: Store) -> None:
+        """A result of a claim whose lease was reaped is not written over the claim the same owner made since:
+        LeaseLost, nothing written; the new claim's result is recorded."""
+        _, (d,) = await accept_one(store)
+        [old] = (await store.claim("kapture-support", 1, "me", -1)).items  # its lease already ran out
+        assert await store.release_expired() == 1
+        [new] = (await store.claim("kapture-support", 1, "me", 60)).items
+        with pytest.raises(LeaseLost, match=f"claim {old.token}"):
+            await store.record(result(d, "dead", classification="permanent", error="late"), owner="me",
+                               token=old.token)
+        r = await row(store, d)
+        assert (r.status, r.attempts, r.last_error) == ("in_flight", 0, None)
+        await store.record(result(d, "succeeded", ticket_id="T-2"), owner="me", token=new.token)
+        assert (await row(store, d)).status == "succeeded"
+        assert [a.n for a in (await store.get_delivery(d)).attempts] == [1]
+
+    async def test_extend_leases_by_token_extends_only_the_claim_named(self, store: Store) -> None:
+        """An extension naming an earlier claim's token leaves the lease of the claim that followed it (and does
+        not return it); the new claim's token extends it. Tokens must be one per id."""
+        _, (d,) = await accept_one(store)
+        [old] = (await store.claim("kapture-support", 1, "me", 60)).items
+        await store.release([d], owner="me", tokens=[old.token])
+        [new] = (await store.claim("kapture-support", 1, "me", -1)).items  # its lease already ran out
+        assert await store.extend_leases([d], "me", 60, [old.token]) == []
+        assert await store.extend_leases([d, "dlv_unknown"], "me", 60, [new.token, new.token]) == [d]
+        assert await store.release_expired() == 0
+        with pytest.raises(ValueError, match="one per delivery"):
+            await store.extend_leases([d], "me", 60, [])
+        with pytest.raises(ValueError, match="one per delivery"):
+            await store.release([d], owner="me", tokens=[new.token, old.token])
+        assert (await row(store, d)).status == "in_flight"
+
     async def test_a_renewed_lease_outlives_its_first_term(self, store: Store) -> None:
         """A lease renewed before it runs out is not reaped when its first term ends."""
         _, (d,) = await accept_one(store)

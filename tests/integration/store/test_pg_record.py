@@ -114,6 +114,35 @@ async def test_a_lost_lease_in_a_group_fails_only_its_own_record(store: Postgres
     assert (await row(store, lost)).status == "succeeded"
 
 
+async def test_a_record_of_an_earlier_claim_in_a_group_fails_only_its_own_record(store: PostgresStore,
+                                                                                   trips: RoundTrips) -> None:
+    """In one group, all of one owner: a record naming the token of a claim whose lease was reaped (the delivery
+    claimed again since by the same owner) fails alone with LeaseLost, nothing written over the new claim; the
+    others, naming their claims' tokens, are written by the group's one statement."""
+    _, ids = await accept_one(store, *(make_delivery() for _ in range(3)))
+    [stale] = (await store.claim("kapture-support", 1, "me", -1)).items
+    assert await store.release_expired() == 1
+    batch = (await store.claim("kapture-support", 3, "me", 60)).items
+    token = {c.id: c.token for c in batch}
+    assert sorted(token) == sorted(ids) and token[stale.id] != stale.token
+    others = sorted(set(ids) - {stale.id})
+    trips.counting = True
+    outcomes = await asyncio.gather(
+        store.record(result(others[0], "succeeded", ticket_id="T-0"), owner="me", token=token[others[0]]),
+        store.record(result(stale.id, "succeeded", ticket_id="T-late"), owner="me", token=stale.token),
+        store.record(result(others[1], "succeeded", ticket_id="T-1"), owner="me", token=token[others[1]]),
+        return_exceptions=True)
+    trips.counting = False
+    assert [type(o).__name__ for o in outcomes] == ["NoneType", "LeaseLost", "NoneType"]
+    assert trips.statements["WITH v AS (SELECT * FROM"] == 1
+    assert "WITH u AS (UPDATE deliveries SET" not in trips.statements
+    kept = await row(store, stale.id)
+    assert (kept.status, kept.attempts, kept.ticket_id) == ("in_flight", 0, None)
+    assert [(await row(store, d)).status for d in others] == ["succeeded", "succeeded"]
+    await store.record(result(stale.id, "succeeded", ticket_id="T-2"), owner="me", token=token[stale.id])
+    assert (await row(store, stale.id)).ticket_id == "T-2"
+
+
 async def test_a_refused_value_in_a_group_fails_only_its_own_record(store: PostgresStore) -> None:
     """A value the database refuses (an HTTP status past INTEGER) fails its record alone with StoreRefused; the
     group's other records are written, the store is not counted failing, and the refused record's delivery keeps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -20,6 +21,7 @@ from bridge.store.postgres import (
     NONCE_SWEEP,
     NONCE_SWEEP_EVERY,
     ROW_COLUMNS,
+    TOKEN_BLOCK,
     PostgresStore,
     split_schema,
 )
@@ -495,3 +497,55 @@ async def test_a_database_of_the_previous_version_opens_and_is_migrated(pg_schem
                                    "AND table_name = 'conversations' AND column_name = 'sender'", pg_schema) == 1
     finally:
         await conn.close()
+
+
+async def test_a_release_waiting_on_the_rows_lock_leaves_the_claim_that_took_it(
+        store: PostgresStore, pg_schema: str) -> None:
+    """A release asked again after its answer was lost, whose UPDATE waits on the row's lock while the first release
+    and the same owner's next claim of the delivery commit: READ COMMITTED then checks its conditions again on the row
+    as that claim left it, in flight under the same owner. Matched by owner, the release gave back that claim while
+    its request was out; naming the first claim's token, it leaves it."""
+    _, [d] = await accept_one(store)
+    [first] = (await store.claim("kapture-support", 1, "me", 60)).items
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    run = store._run
+    try:
+        held = conn.transaction()
+        await held.start()
+
+        async def in_held_transaction(fn: Any, **_: Any) -> Any:
+            return await fn(conn)
+
+        store._run = in_held_transaction  # type: ignore[method-assign]
+        await store.release([d], owner="me", tokens=[first.token])  # the first release: its answer is lost
+        [second] = (await store.claim("kapture-support", 1, "me", 60)).items  # the lane's next claim
+        store._run = run  # type: ignore[method-assign]
+        assert second.id == d and second.token != first.token
+        retry = asyncio.create_task(store.release([d], owner="me", tokens=[first.token]))
+        holder = conn.get_server_pid()
+
+        async def waiting_on_the_row() -> bool:
+            return bool(await store._pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", holder))
+
+        await eventually_async(waiting_on_the_row)
+        await held.commit()
+        await retry
+    finally:
+        store._run = run  # type: ignore[method-assign]
+        await conn.close()
+    assert (await row(store, d)).status == "in_flight"
+    await store.record(result(d, "succeeded", ticket_id="T-1"), owner="me", token=second.token)
+    assert (await row(store, d)).status == "succeeded"
+
+
+async def test_claim_tokens_come_in_blocks_no_two_processes_share(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Each process takes its claims' tokens a block at a time from one sequence: two processes' claims never share
+    a token, and a process asks the sequence once per TOKEN_BLOCK claims."""
+    a, b = two
+    await accept_one(a, *[make_delivery() for _ in range(6)])
+    tokens = [c.token for s in (a, b, a, b, a, b) for c in (await s.claim("kapture-support", 1, "w", 60)).items]
+    assert len(tokens) == 6 and len(set(tokens)) == 6
+    assert tokens[2] == tokens[0] + 1 and tokens[3] == tokens[1] + 1
+    assert abs(tokens[1] - tokens[0]) >= TOKEN_BLOCK

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.store.base import AttemptResult, DeliveryFilter
 from bridge.store.postgres import PostgresStore
+from bridge.store.rows import now_ms
 from tests.integration.processes import DSN
 from tests.integration.store.contract import accept_one, make_delivery
 
@@ -148,6 +149,40 @@ async def test_a_claim_whose_answer_is_lost_gives_back_what_it_leased(store: Pos
     statuses = {r.id: r.status for r in await store.list_deliveries(DeliveryFilter())}
     assert statuses == {held: "in_flight", lost[0]: "pending", lost[1]: "pending"}
     assert {c.id for c in (await store.claim("kapture-support", 10, "me", 60)).items} == set(lost)
+
+
+async def test_a_claim_whose_answer_is_lost_gives_back_only_its_own_rows_within_one_millisecond(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two claims of one owner and destination in the same millisecond (an unpaced lane's claims run side by side),
+    the second's answer lost: only the rows it leased go back, by its token. Matched by owner and time, the give-back
+    took the first claim's rows too, while their requests were out."""
+    _, (held,) = await accept_one(store, make_delivery())
+    _, lost = await accept_one(store, make_delivery(), make_delivery())
+    frozen = now_ms() + 1000  # every delivery due
+    monkeypatch.setattr("bridge.store.postgres.now_ms", lambda: frozen)
+    [first] = (await store.claim("kapture-support", 1, "me", 60)).items
+    assert first.id == held
+    run = store._run
+    calls = 0
+
+    async def answer_lost(fn: Any, *, transaction: bool = True) -> Any:
+        nonlocal calls
+        calls += 1
+        out = await run(fn, transaction=transaction)
+        if calls == 1:
+            raise StoreUnavailable("postgresql: connection was closed in the middle of operation")
+        return out
+
+    store._run = answer_lost  # type: ignore[method-assign]
+    with capture_logs() as logs, pytest.raises(StoreUnavailable):
+        await store.claim("kapture-support", 10, "me", 60)
+    store._run = run  # type: ignore[method-assign]
+    assert [(e["event"], e.get("count")) for e in logs] == [("store.claim_given_back", 2)]
+    statuses = {r.id: r.status for r in await store.list_deliveries(DeliveryFilter())}
+    assert statuses == {held: "in_flight", lost[0]: "pending", lost[1]: "pending"}
+    await store.record(AttemptResult(delivery_id=held, started_at_ms=1, duration_ms=1.0, http_status=200,
+                                     response_excerpt=None, classification="success", error=None, ticket_id="T-1",
+                                     next_status="succeeded"), owner="me", token=first.token)
 
 
 async def test_values_refused_for_their_data_leave_the_store_healthy(store: PostgresStore) -> None:

@@ -145,6 +145,26 @@ async def test_non_owner_opens_beside_the_owner(store: SqliteStore, tmp_path: Pa
         await viewer.close()
 
 
+async def test_a_store_opened_beside_leases_in_flight_gives_its_claims_later_tokens(store: SqliteStore,
+                                                                                    tmp_path: Path) -> None:
+    """Claim tokens count up from those of the deliveries in flight when the store opens (migration 0023's
+    `lease_token`), so that a store opened beside another's leases never gives a claim one of their tokens."""
+    await accept_one(store, make_delivery(), make_delivery())
+    [given] = (await store.claim("kapture-support", 1, "w", 60)).items
+    [held] = (await store.claim("kapture-support", 1, "w", 60)).items
+    assert given.token < held.token
+    await store.release([given.id], owner="w", tokens=[given.token])
+    other = SqliteStore(tmp_path / "s.db", owner=False)
+    await other.open()
+    try:
+        [taken] = (await other.claim("kapture-support", 1, "x", 60)).items
+        assert taken.id == given.id and taken.token > held.token
+        await other.release([taken.id], owner="x", tokens=[held.token])
+        assert (await row(other, taken.id)).status == "in_flight"
+    finally:
+        await other.close()
+
+
 async def test_in_flight_deliveries_are_given_back_on_reopen(tmp_path: Path) -> None:
     """Deliveries left in flight by a stopped owner are pending and due at once when the store reopens."""
     path = tmp_path / "s.db"
@@ -791,13 +811,14 @@ async def test_a_record_whose_sender_is_cancelled_meanwhile_is_done_in_full(stor
     record = store.record
     recording: list[str] = []
 
-    def counting(result: AttemptResult, *, owner: str | None = None) -> Coroutine[Any, Any, None]:
+    def counting(result: AttemptResult, *, owner: str | None = None,
+                 token: int | None = None) -> Coroutine[Any, Any, None]:
         recording.append(result.delivery_id)
         if cancelled == "as it starts":
             task = asyncio.current_task()
             assert task is not None
             task.cancel()  # lands at the record's first wait
-        return record(result, owner=owner)
+        return record(result, owner=owner, token=token)
 
     store.record = counting  # type: ignore[method-assign]
     answer, hold, in_flight = gate()

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -112,17 +112,19 @@ class RecordingStore(MemoryStore):
             raise self.claim_errors.pop(0)
         return await super().claim(destination, limit, owner, lease_s)
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None,
+                     token: int | None = None) -> None:
         self.calls.append("record")
         if self.record_errors:
             raise self.record_errors.pop(0)
-        await super().record(result, owner=owner)
+        await super().record(result, owner=owner, token=token)
         self.records.append(result)
 
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         self.calls.append("release")
         self.released.extend(delivery_ids)
-        await super().release(delivery_ids, owner=owner)
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
 
     def recorded(self, delivery_id: str) -> list[AttemptResult]:
         return [r for r in self.records if r.delivery_id == delivery_id]
@@ -919,10 +921,11 @@ class SlowRecordStore(RecordingStore):
         self.commit = asyncio.Event()
         self.recording = 0  # records begun
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None,
+                     token: int | None = None) -> None:
         self.recording += 1
         await self.commit.wait()
-        await super().record(result, owner=owner)
+        await super().record(result, owner=owner, token=token)
 
 
 async def test_the_vendor_slot_is_freed_before_the_attempt_is_recorded() -> None:

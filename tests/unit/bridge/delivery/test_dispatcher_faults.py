@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
@@ -99,23 +99,26 @@ class FaultyStore(MemoryStore):
             raise self.claim_raises.pop(0)
         return await super().claim(destination, limit, owner, lease_s)
 
-    async def record(self, result: AttemptResult, *, owner: str | None = None) -> None:
+    async def record(self, result: AttemptResult, *, owner: str | None = None,
+                     token: int | None = None) -> None:
         self.record_calls += 1
         if self.record_raises:
             raise self.record_raises.pop(0)
         if self.record_fails != 0:
             self.record_fails -= 1
             raise StoreUnavailable("sqlite: database or disk is full")
-        await super().record(result, owner=owner)
+        await super().record(result, owner=owner, token=token)
         self.records.append(result)
 
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         self.released += delivery_ids
-        await super().release(delivery_ids, owner=owner)
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
 
-    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float) -> list[str]:
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float,
+                            tokens: Sequence[int] | None = None) -> list[str]:
         self.calls.append("extend")
-        return await super().extend_leases(delivery_ids, owner, lease_s)
+        return await super().extend_leases(delivery_ids, owner, lease_s, tokens)
 
     async def release_expired(self) -> int:
         self.calls.append("release_expired")
@@ -1149,11 +1152,12 @@ class ReleaseDown(FollowUps):
         self.release_down = True
         self.release_failures = 0
 
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         if self.release_down:
             self.release_failures += 1
             raise StoreUnavailable("postgresql: connection refused")
-        await super().release(delivery_ids, owner=owner)
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
 
 
 async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reaped_in_doubt() -> None:
@@ -1373,9 +1377,10 @@ class ReleaseTakenAnswerLost(FollowUps):
         super().__init__()
         self.release_calls: list[str] = []
 
-    async def release(self, delivery_ids: list[str], *, owner: str | None = None) -> None:
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
         self.release_calls.append(self.status(delivery_ids[0]))
-        await super().release(delivery_ids, owner=owner)
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
         if len(self.release_calls) == 1:
             raise StoreUnavailable("postgresql: connection lost")
 
@@ -1414,3 +1419,107 @@ async def test_a_release_retried_after_a_lost_answer_never_gives_back_the_claim_
     assert requests(m) == 1
     assert store.release_calls[0] == "in_flight"
     assert "in_flight" not in store.release_calls[1:]  # never the new claim's
+
+
+class ReleaseMeetsTheNextClaim(FollowUps):
+    """A store whose first release is done but its answer lost, and whose retry of it then waits, as on a row lock on
+    PostgreSQL, until the lane has claimed the delivery again (the lane's claim itself waiting until the retry is out,
+    so that the lane's `claimed_again` look cannot see it coming), and only then runs: a release and a claim of the
+    same owner met within one transaction's time. `after_retry`: the delivery's status once the retry has run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases = 0
+        self.retry_out = asyncio.Event()
+        self.claimed_again = asyncio.Event()
+        self.after_retry: str | None = None
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> Any:
+        if self.releases == 1:
+            await self.retry_out.wait()
+        batch = await super().claim(destination, limit, owner, lease_s)
+        if self.releases >= 2 and batch.items:
+            self.claimed_again.set()
+        return batch
+
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
+        self.releases += 1
+        if self.releases == 2:
+            self.retry_out.set()
+            await self.claimed_again.wait()
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
+        if self.releases == 1:
+            raise StoreUnavailable("postgresql: connection lost")
+        if self.releases == 2:
+            self.after_retry = self.status(delivery_ids[0])
+
+
+async def test_a_release_retried_as_the_lane_claims_again_leaves_the_new_claim_to_its_send() -> None:
+    """A delivery given back unsent whose release was done but its answer lost: the release's retry goes out before
+    the lane has claimed the delivery again, and runs only once it has (a release waiting on the row's lock while the
+    claim that follows it commits). Before, a release matched by owner gave back that new claim while its request was
+    out, and the lane claimed and sent it once more. It names the old claim's token now: the new claim is left."""
+    store = ReleaseMeetsTheNextClaim()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    answer = asyncio.Event()
+
+    async def vendor(url: Any, **kwargs: Any) -> CallbackResult:
+        await answer.wait()
+        return CallbackResult(status=200, payload={"status": "success", "ticket_id": "T-1"},
+                              response_class=MockResponse)
+
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=vendor, repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": last_try()}, timings=FAST, clock=lambda: store.now,
+                           follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(lambda: store.after_retry is not None)
+                await eventually(lambda: requests(m) >= 1)  # the new claim's request is out, its answer held
+                answer.set()
+                await eventually(lambda: store.status(delivery_id) == "succeeded")
+            finally:
+                answer.set()
+                await d.stop(1.0)
+    assert store.after_retry == "in_flight", "the late release gave back the claim that followed it"
+    assert requests(m) == 1
+    assert store.releases == 2
+    assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
+    events = [e["event"] for e in logs]
+    assert "delivery.released_late" in events and "delivery.lease_lost" not in events, events
+
+
+async def test_a_send_held_past_its_lease_does_not_go_once_its_own_lane_claimed_it_again() -> None:
+    """A send held at the gate (the process stalled) until its lease ran out and was reaped, and the lane claimed the
+    delivery again meanwhile: the lane's notes of the lease (`confirmed`) are the new claim's, so the old send saw its
+    lease as fresh and went beside the new one. Only the new claim's send goes now; the old one is given up unsent,
+    and its release, naming its own claim, leaves the new claim be."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    coordination = HeldStarts()
+    cfg = KaptureOptions(vendor="kapture", base_url=BASE, token="t", max_in_flight=4, timeout_seconds=5.0,
+                         on_unknown="resend", retry=RetryConfig(schedule=["1h"], jitter=0))
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": Destination.from_config("kapture", cfg, BASE)},
+                           coordination=coordination, timings=FAST, clock=lambda: store.now)
+            d.start()
+            try:
+                await eventually(lambda: coordination.waiting == 1)
+                store.now += 2 * d.lease_s  # the store's clock: its lease ran out, and a reaper gives it back
+                assert await store.release_expired() == 1
+                d.notify({"kapture"})
+                await eventually(lambda: coordination.waiting == 2)  # claimed again: its new send at the gate too
+                coordination.go.set()  # both go on
+                await eventually(lambda: store.status(delivery_id) == "succeeded")
+                await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+            finally:
+                await d.stop(1.0)
+    assert requests(m) == 1
+    assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
+    [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
+    assert lost["unsent"] is True and "claimed again" in lost["error"]
