@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import jmespath
 import msgspec
 from jinja2 import TemplateSyntaxError, UndefinedError
-from jmespath.exceptions import JMESPathError
+from jmespath.exceptions import JMESPathError, JMESPathTypeError
 from jmespath.visitor import TreeInterpreter
 
 from bridge.mapping.base import (
@@ -22,7 +22,9 @@ from bridge.mapping.base import (
     RenderError,
     Source,
     Step,
+    describe,
     out_of,
+    said,
 )
 from bridge.mapping.fastpath import compile_fast_source, fast_steps
 from bridge.mapping.limits import BudgetExceeded, check_time
@@ -77,11 +79,20 @@ def jmespath_source(name: str, text: str, at: At, problems: list[CompileError]) 
         except BudgetExceeded as exc:
             raise LimitExceeded(f"jmespath {text!r}: {exc} in field {name}", path=name) from None
         except (JMESPathError, *FILTER_ERRORS) as exc:
-            raise RenderError(f"jmespath {text!r} failed: {exc}", path=name) from None
+            raise RenderError(f"jmespath {text!r} failed: {_failure(exc)}", path=name) from None
         # JMESPath cannot tell an absent key from a null: both count as missing.
         return nothing if value is None else value
 
     return source, f"jmespath {text}"
+
+
+def _failure(exc: Exception) -> str:
+    """What a JMESPath expression's failure says: a function's wrong argument described in 60 characters (JMESPath's
+    own message writes it whole, a list of thousands of items as well as a text of 32,000 characters)."""
+    if isinstance(exc, JMESPathTypeError):
+        return (f"In function {exc.function_name}(), invalid type for value: {describe(exc.current_value)}, "
+                f"expected one of: {exc.expected_types}, received: \"{exc.actual_type}\"")
+    return said(exc)
 
 
 class _Interpreter(TreeInterpreter):
@@ -129,13 +140,13 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
             try:
                 out = render_bounded(template, ctx) if fast is None else fast(ctx)
             except UndefinedError as exc:
-                out = Absent(f"template: {exc.message}")
+                out = Absent(f"template: {said(str(exc.message))}")
             except BudgetExceeded as exc:
                 raise LimitExceeded(f"{exc} in field {name}", path=name) from None
             except (MemoryError, RecursionError) as exc:
                 raise LimitExceeded(f"{out_of(exc)} in field {name}", path=name) from None
             except TEMPLATE_ERRORS as exc:
-                raise RenderError(f"template failed: {exc}", path=name) from None
+                raise RenderError(f"template failed: {said(exc)}", path=name) from None
             if type(out) is Absent:
                 if strict:
                     raise RenderError(out.why(ctx), path=name)

@@ -1,0 +1,104 @@
+"""Filters, string methods and JMESPath functions on values a sender chose: an error quotes the value cut short,
+never whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bridge.errors import MappingError
+from bridge.mapping.base import MAX_SAID_CHARS
+from bridge.mapping.compiler import RenderError, compile_field
+from bridge.mapping.filters import FILTERS
+from bridge.vendors.files import as_metas
+from tests.unit.bridge.mapping.test_bombs import BIG, peak_memory
+
+LONG = 32_000
+"""As long as a sender's text gets on the event loop (limits.LOOP_BULK_CHARS)."""
+# An error that quotes its value cut short: the field's and filter's names, the value's start, a few words.
+SHORT_ERROR = 600
+
+
+def ctx(payload: Any) -> dict[str, Any]:
+    return {"payload": payload, "headers": {}, "event": {"id": "evt_1"}, "vars": {}}
+
+
+def failure(spec: Any, payload: Any) -> str:
+    with pytest.raises(RenderError) as info:
+        compile_field("f", spec)(ctx(payload))
+    return str(info.value)
+
+
+# -- errors quote a value cut short ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("transform", "value", "says"), [
+    ("int", "x" * LONG, "is not a number"),
+    ("int", "1.5" + "0" * LONG, "is not a whole number"),
+    ("int", "1" * 5_000, "is too large a number"),
+    ("float", "x" * LONG, "is not a number"),
+    ("bool", "x" * LONG, "is not a yes/no value"),
+    ("phone_e164('IN')", "9" * LONG, "is not a phone number"),
+    ("phone_e164('IN')", "9" * 200, "is not a phone number"),
+    ("date", "x" * 200, "is not a date this filter reads"),
+], ids=["int", "int, fraction", "int, too many digits", "float", "bool", "phone", "phone, 200", "date, 200"])
+def test_a_conversion_error_quotes_the_value_cut_short(transform: str, value: str, says: str) -> None:
+    """A value a conversion cannot take is quoted by its first 80 characters and its length, as a transform's error
+    and a template's alike: Python's own `float()` error, and the filters' own, wrote it whole."""
+    for spec in ({"from": "payload.v", "transform": [transform]}, f"{{{{ payload.v | {transform} }}}}"):
+        message = failure(spec, {"v": value})
+        assert says in message and f"… ({len(value)} characters)" in message, message[:300]
+        assert len(message) < SHORT_ERROR, message[:300]
+
+
+@pytest.mark.parametrize(("template", "payload"), [
+    ("{{ payload.t | xmlattr }}", {"t": {"a b" * LONG: "1"}}),  # Jinja's own error names the key whole
+    ("{{ payload.t[payload.k] }}", {"t": {}, "k": "k" * LONG}),  # the undefined key, named whole
+    ("{{ payload.d | date('iso', payload.tz) }}", {"d": "2024-03-05", "tz": "Z" * LONG}),
+], ids=["jinja filter", "undefined key", "time zone"])
+def test_a_template_error_says_at_most_a_few_hundred_characters(template: str, payload: Any) -> None:
+    """Whatever Jinja or Python says of a sender's value is cut to MAX_SAID_CHARS, the rest counted."""
+    message = failure(template, payload)
+    assert len(message) < SHORT_ERROR and "characters)" in message, message[:300]
+
+
+def test_a_time_zone_too_long_for_a_file_name_is_a_render_error() -> None:
+    """A template's time zone from the payload, longer than a file's name may be, is an unknown zone: the zone
+    look-up's OSError (File name too long) escaped the render as a crash."""
+    field = compile_field("f", "{{ payload.d | date('iso', payload.tz) }}")
+    with pytest.raises(RenderError, match=r"unknown time zone 'ZZZZ.*… \(300 characters\): use an IANA name"):
+        field(ctx({"d": "2024-03-05", "tz": "Z" * 300}))
+    assert field(ctx({"d": "2024-03-05T10:00:00Z", "tz": "Asia/Kolkata"})) == "2024-03-05T15:30:00+05:30"
+
+
+def test_phone_e164_takes_its_region_in_any_case() -> None:
+    """`phone_e164('in')` passes the check when the mapping loads, as `IN` does, and reads numbers as `IN` does
+    (the library it calls knows upper-case codes alone, and refused every number)."""
+    assert FILTERS["phone_e164"]("098765 43210", "in") == "+919876543210"
+    assert compile_field("f", {"from": "payload.p", "transform": ["phone_e164('in')"]})(
+        ctx({"p": "098765 43210"})) == "+919876543210"
+
+
+def test_jmespath_describes_a_wrong_argument_cut_short() -> None:
+    """A JMESPath function given the wrong type names the value in 60 characters (JMESPath's own message wrote a
+    32,000-character text, or a list of thousands of items, whole)."""
+    for value in ("y" * LONG, ["y" * 1_000] * 1_000):
+        message = failure({"jmespath": "abs(payload.v)"}, {"v": value})
+        assert "In function abs(), invalid type for value: " in message and len(message) < 300, message[:300]
+
+
+def test_a_value_that_is_not_attachments_is_refused_without_being_written_whole() -> None:
+    """`attachment_list` and a vendor's `files` field name a wrong value by its start: it was written whole as
+    text (20 MB for this list) to be cut to 80 characters."""
+    with peak_memory() as peak, pytest.raises(TypeError, match=r"got \['xxxx"):
+        FILTERS["attachment_list"](BIG)
+    assert peak() < 1_000_000
+    with peak_memory() as peak, pytest.raises(MappingError, match=r"got \['xxxx"):
+        as_metas(BIG)
+    assert peak() < 1_000_000
+
+
+def test_a_long_message_is_cut_and_counted() -> None:
+    """A render error quotes at most MAX_SAID_CHARS of what an exception says, and says how long it was."""
+    message = failure("{{ payload.t | xmlattr }}", {"t": {"a b" * 200: "1"}})
+    assert message.endswith(" characters)") and len(message) < MAX_SAID_CHARS + 100
