@@ -1,5 +1,5 @@
 """Filters, string methods and JMESPath functions on values a sender chose: an error quotes the value cut short,
-never whole."""
+never whole; nothing builds past the size cap."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from bridge.errors import MappingError
-from bridge.mapping.base import MAX_SAID_CHARS
+from bridge.mapping.base import MAX_SAID_CHARS, LimitExceeded
 from bridge.mapping.compiler import RenderError, compile_field
 from bridge.mapping.filters import FILTERS
+from bridge.mapping.limits import MAX_RESULT_CHARS
 from bridge.vendors.files import as_metas
 from tests.unit.bridge.mapping.test_bombs import BIG, peak_memory
 
@@ -102,3 +103,22 @@ def test_a_long_message_is_cut_and_counted() -> None:
     """A render error quotes at most MAX_SAID_CHARS of what an exception says, and says how long it was."""
     message = failure("{{ payload.t | xmlattr }}", {"t": {"a b" * 200: "1"}})
     assert message.endswith(" characters)") and len(message) < MAX_SAID_CHARS + 100
+
+
+# -- nothing builds past the size cap -------------------------------------------------------------------
+
+def test_jmespath_join_is_refused_before_it_passes_the_size_cap() -> None:
+    """`join` of a long separator between many items would write their product: refused before it does."""
+    field = compile_field("f", {"jmespath": "join(payload.sep, payload.items)"})
+    with pytest.raises(LimitExceeded, match=f"string result over {MAX_RESULT_CHARS} characters "
+                                            r"\(it would be 1999000\) in field f"):
+        field(ctx({"sep": "-" * 2_000, "items": ["a"] * 1_000}))
+    assert field(ctx({"sep": ", ", "items": ["a", "b"]})) == "a, b"
+
+
+def test_jmespath_to_string_weighs_what_it_writes() -> None:
+    """`to_string` of an array holding one long text many times is refused before it is written."""
+    field = compile_field("f", {"jmespath": "to_string([payload.s, payload.s, payload.s])"})
+    with pytest.raises(LimitExceeded, match="list result over 1000000 characters"):
+        field(ctx({"s": "z" * 400_000}))
+    assert field(ctx({"s": "z"})) == '["z","z","z"]'
