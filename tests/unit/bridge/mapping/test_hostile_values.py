@@ -1,16 +1,20 @@
 """Filters, string methods and JMESPath functions on values a sender chose: an error quotes the value cut short,
-never whole; nothing builds past the size cap."""
+never whole; nothing builds past the size cap; and what would take time in the square of its input in one call no
+budget can stop is bounded before it runs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.errors import MappingError
+from bridge.mapping import templates
 from bridge.mapping.base import MAX_SAID_CHARS, LimitExceeded
 from bridge.mapping.compiler import RenderError, compile_field
-from bridge.mapping.filters import FILTERS
+from bridge.mapping.filters import FEW_CHARS, FILTERS, stripped
 from bridge.mapping.limits import MAX_RESULT_CHARS
 from bridge.vendors.files import as_metas
 from tests.unit.bridge.mapping.test_bombs import BIG, peak_memory
@@ -122,3 +126,55 @@ def test_jmespath_to_string_weighs_what_it_writes() -> None:
     with pytest.raises(LimitExceeded, match="list result over 1000000 characters"):
         field(ctx({"s": "z" * 400_000}))
     assert field(ctx({"s": "z"})) == '["z","z","z"]'
+
+
+# -- nothing takes time in the square of its input -------------------------------------------------------
+
+@given(st.text(alphabet="ab-é\U0001f600", max_size=40),
+       st.text(alphabet="ab-é\U0001f600xyz", min_size=FEW_CHARS + 1, max_size=200)
+       | st.lists(st.characters(), min_size=FEW_CHARS + 1, max_size=200).map("".join),
+       st.sampled_from([(True, True), (True, False), (False, True)]))
+def test_stripping_many_characters_strips_as_python_does(text: str, chars: str, sides: tuple[bool, bool]) -> None:
+    """`stripped` gives what Python's strip, lstrip and rstrip give, for more characters to strip than FEW_CHARS."""
+    left, right = sides
+    expected = text.strip(chars) if left and right else text.lstrip(chars) if left else text.rstrip(chars)
+    assert stripped(text, chars, left, right) == expected
+
+
+def test_strip_and_trim_in_templates_strip_as_python_does() -> None:
+    """The `strip` and `trim` filters and the strip methods keep Python's results with many characters to strip,
+    text and bytes alike."""
+    chars = "".join(chr(0x4E00 + i) for i in range(100)) + "-"
+    payload = {"s": "--\u4e00abc\u4e01--", "c": chars}
+    for template, expected in (("{{ payload.s | strip(payload.c) }}", "abc"), ("{{ payload.s | trim(payload.c) }}",
+                               "abc"), ("{{ payload.s.lstrip(payload.c) }}", "abc\u4e01--"),
+                               ("{{ payload.s.rstrip(payload.c) }}", "--\u4e00abc"),
+                               ("{{ payload.s.encode('utf-8').strip(payload.c.encode('utf-8')) }}", "b'abc'"),
+                               ("{{ ' a ' | trim }}|{{ 'xax' | trim('x') }}|{{ '-a-'.strip('-') }}", "a|a|a")):
+        assert compile_field("f", template)(ctx(payload)) == expected, template
+
+
+@pytest.mark.parametrize("codec", ["idna", "IDNA", "puny-code", " punycode"])
+def test_encoding_with_a_codec_that_takes_quadratic_time_is_refused(codec: str) -> None:
+    """Python's idna and punycode codecs take time in the square of the text (30 s for 16,000 distinct characters,
+    in one call): `encode` and `decode` with them are refused, however the name is spelt."""
+    for template in (f"{{{{ payload.s.encode({codec!r}) }}}}", f"{{{{ payload.s.encode(encoding={codec!r}) }}}}",
+                     f"{{{{ payload.s.encode('utf-8').decode({codec!r}) }}}}"):
+        with pytest.raises(LimitExceeded, match=f"with the codec {codec!r} is not available in templates"):
+            compile_field("f", template)(ctx({"s": "bücher"}))
+    assert compile_field("f", "{{ payload.s.encode('utf-8') }}")(ctx({"s": "b"})) == "b'b'"
+
+
+def test_pprint_of_a_deep_and_heavy_value_is_refused_before_it_is_laid_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pprint writes, at each level of a nested value, all that lies below it: a long text 100 lists deep takes
+    seconds in one call. One whose weight times its depth squared passes PPRINT_COST is refused unwritten."""
+    laid_out: list[Any] = []
+    monkeypatch.setattr(templates, "do_pprint", lambda value: laid_out.append(value) or "laid out")
+    deep: Any = "x" * 200_000
+    for _ in range(100):
+        deep = [deep]
+    field = compile_field("f", "{{ payload.v | pprint }}")
+    with pytest.raises(LimitExceeded, match="pprint: a value 100 levels deep weighing at least"):
+        field(ctx({"v": deep}))
+    assert laid_out == []
+    assert field(ctx({"v": {"a": [1, {"b": "c"}]}})) == "laid out"
