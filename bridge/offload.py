@@ -93,13 +93,14 @@ class OffLoop(BaseException):
 
 
 _LOOP_PARSE: ContextVar[list[int] | None] = ContextVar("loop_parse", default=None)
-"""While a parse runs on the loop: its budget, [address characters left] (a list: no object to build per request)."""
+"""While a parse runs on the loop: its budget, [address characters, raw message bytes, MIME delimiter lines left] (a
+list: no object to build per request)."""
 
 
 def start_loop_parse() -> Token[list[int] | None]:
     """Mark the parse that follows as running on the loop, with a fresh budget; `end_loop_parse` unmarks it. A
     parse in a thread runs unmarked (an executor does not carry the loop's context): nothing bounds it there."""
-    return _LOOP_PARSE.set([LOOP_ADDRESS_CHARS])
+    return _LOOP_PARSE.set([LOOP_ADDRESS_CHARS, LOOP_BYTES, LOOP_MIME_LINES])
 
 
 def end_loop_parse(token: Token[list[int] | None]) -> None:
@@ -120,6 +121,22 @@ def spend_on_loop(address_chars: int, what: str) -> None:
     parse[0] -= address_chars
     if parse[0] < 0:
         raise OffLoop(what)
+
+
+def spend_raw_on_loop(raw: bytes) -> None:
+    """Take a raw message a body held encoded (base64, URL-encoded: a look at the body did not see its parts) from
+    the loop parse's budget of LOOP_BYTES and LOOP_MIME_LINES, over all the raw messages of a request (a batch of
+    SparkPost relay messages, each of a few parts); OffLoop once either is spent. Nothing outside a loop parse."""
+    parse = _LOOP_PARSE.get()
+    if parse is None:
+        return
+    lines = raw.count(b"\n--")
+    if len(raw) > parse[1] or lines > parse[2]:
+        alone = len(raw) > LOOP_BYTES or lines > LOOP_MIME_LINES
+        raise OffLoop(f"the raw message is {len(raw)} bytes with {lines} MIME delimiter lines"
+                      + ("" if alone else ", past the loop's share with the request's messages before it"))
+    parse[1] -= len(raw)
+    parse[2] -= lines
 
 
 async def in_parser(fn: Callable[..., T], *args: Any, pool: Executor = PARSER) -> T:

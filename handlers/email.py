@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
 from bridge.escaping import encodable
-from bridge.offload import LOOP_BYTES, LOOP_MIME_LINES, OffLoop, on_loop, spend_on_loop
+from bridge.offload import spend_on_loop, spend_raw_on_loop
 from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
@@ -667,10 +667,7 @@ def parse_mime(raw: bytes) -> MimeContent:
     """Parse a whole message: its headers, plain and HTML bodies, and attachments with their content. An
     attached message is kept as its exact bytes; a part with a Content-ID is marked `inline`."""
     check_mime_shape(raw, "the message")
-    if on_loop():  # a raw message the body held encoded (base64, URL-encoded), which a look at it did not see
-        lines = raw.count(b"\n--")
-        if len(raw) > LOOP_BYTES or lines > LOOP_MIME_LINES:
-            raise OffLoop(f"the raw message is {len(raw)} bytes with {lines} MIME delimiter lines")
+    spend_raw_on_loop(raw)  # a raw message the body held encoded (base64, URL-encoded), which a look did not see
     # The compat32 policy: headers stay raw text, read by this module's own parsers and `Message`'s light
     # parameter reader; the default policy's structured parse costs some ten times more per part, and decodes
     # parameters and encoded words in whatever character set the sender names.

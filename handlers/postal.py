@@ -7,7 +7,6 @@ key is the `p=` value of the server's DNS record (base64 DER), or a PEM. Message
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from typing import Any, ClassVar
@@ -105,16 +104,12 @@ class PostalHandler(Handler):
             return not_a_message("event", f"a Postal {named(data.get('event'))} event, not an inbound message")
         if not any(k in data for k in ("message", "plain_body", "html_body", "subject")):
             return not_a_message("empty", "a Postal post with no message in it")
-        if data.get("base64") is True:
-            # Base64 hides the MIME delimiter lines intake counts to decide whether to parse off the loop: a
-            # small post may still hold hundreds of MIME parts, so its message is read in a thread here.
-            built = await asyncio.to_thread(self._inbounds, data)
-            per_request(request, "postal.inbounds", lambda: built)
         return None
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
-        built: list[Inbound] | None = per_request(request, "postal.inbounds", lambda: None)
-        return built if built is not None else self._inbounds(self._message(request, body))
+        # Base64 hides the MIME delimiter lines intake counts to place the parse: on the loop, the decoded
+        # message's parts send it to the parser thread (email.parse_mime).
+        return self._inbounds(self._message(request, body))
 
     @staticmethod
     def _inbounds(data: dict[str, Any]) -> list[Inbound]:

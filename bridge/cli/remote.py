@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import msgspec
 
+from bridge.bodies import read_capped
 from bridge.console.models import (
     MAX_PAGE,
     DeliveryPage,
@@ -27,6 +28,10 @@ from bridge.errors import NotFound
 from bridge.store.base import DeliveryDetail, DeliveryFilter, DeliveryRow
 
 TOKEN_ENV = "BRIDGE_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""The most of one admin API answer the CLI reads (decompressed): far above the largest a server gives (a delivery
+with its event, body and attempts; a page of 500 deliveries), so that a wrong --url (a server that streams without
+end, or a compressed answer that inflates to gigabytes) cannot fill this machine's memory."""
 
 
 class DeliveryReader(Protocol):
@@ -77,10 +82,12 @@ def token_from_env() -> str:
 
 
 class AdminClient:
-    def __init__(self, url: str, token: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, token: str, session: aiohttp.ClientSession,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self.url = url.rstrip("/")
         self.session = session
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.max_answer_bytes = max_answer_bytes
 
     async def _call(self, method: str, path: str, answer: type[Any], *, params: dict[str, str] | None = None,
                     body: Any = None) -> Any:
@@ -89,10 +96,14 @@ class AdminClient:
             async with self.session.request(method, f"{self.url}{path}", params=params, headers=headers,
                                             data=None if body is None else msgspec.json.encode(body),
                                             timeout=aiohttp.ClientTimeout(total=60)) as resp:
-                raw = await resp.read()
+                raw, cut = await read_capped(resp, self.max_answer_bytes)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RemoteError(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from None
+        if cut:
+            raise RemoteError(f"{method} {self.url}{path} answered {status} with more than {self.max_answer_bytes:,} "
+                              "bytes, the most the CLI reads of an admin API answer: is --url this bridge's server?",
+                              status)
         if status == 200:
             return msgspec.json.decode(raw, type=answer)
         try:

@@ -90,6 +90,18 @@ def out_of(exc: MemoryError | RecursionError, what: str = "template") -> str:
     return f"{what} nests or recurses too deeply (past Python's recursion limit)"
 
 
+MAX_SAID_CHARS = 300
+"""The most of an exception's own words a render error quotes (`said`)."""
+
+
+def said(exc: BaseException | str) -> str:
+    """What `exc` says (or the message itself), for a render error: cut to MAX_SAID_CHARS, the rest counted. Python's,
+    Jinja's and JMESPath's own messages may hold the whole value they failed on (`float()` of a text, an attribute's
+    name, a function's argument), which a sender chose and may make 32,000 characters long."""
+    text = exc if isinstance(exc, str) else str(exc)
+    return text if len(text) <= MAX_SAID_CHARS else f"{text[:MAX_SAID_CHARS]}… ({len(text)} characters)"
+
+
 def describe(value: Any) -> str:
     """`repr(value)` cut to 60 characters; a value longer than that as text is shortened before it is written,
     so describing a large payload costs no more than a small one."""

@@ -17,6 +17,7 @@ from bridge.mapping.base import (
     LimitExceeded,
     RenderError,
     out_of,
+    said,
     then_check,
 )
 from bridge.mapping.fastpath import compile_fast_expression
@@ -78,9 +79,9 @@ class CompiledMapping:
         except (MemoryError, RecursionError) as exc:
             raise LimitExceeded(f"when: {out_of(exc, 'expression')}", path=self.name) from None
         except UndefinedError as exc:
-            raise RenderError(f"when: {exc.message} (test with `is defined`)", path=self.name) from None
+            raise RenderError(f"when: {said(str(exc.message))} (test with `is defined`)", path=self.name) from None
         except TEMPLATE_ERRORS as exc:
-            raise RenderError(f"when: {exc}", path=self.name) from None
+            raise RenderError(f"when: {said(exc)}", path=self.name) from None
 
     def render(self, ctx: Context) -> dict[str, Any]:
         """The fields for `ctx`, all rendered under one time budget (on the loop, one without Jinja under the loop

@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Undefined
 
+from bridge.escaping import quoted_sent
+
 ORDERS = ("dmy", "mdy")
 SPECIAL_FORMATS = ("iso", "epoch", "epoch_ms")
 _MS_THRESHOLD = 10**11  # 10^11 seconds is the year 5138; as milliseconds it is 1973
@@ -48,8 +50,9 @@ _TIME_FORMS = ("", " %H:%M", " %H:%M:%S", " %I:%M %p", " %I:%M:%S %p", " %I %p",
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}: use an IANA name such as UTC or Asia/Kolkata") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file's (a template's tz)
+        raise ValueError(f"unknown time zone {quoted_sent(name)}: use an IANA name such as UTC or "
+                         "Asia/Kolkata") from None
 
 
 def check_date_args(fmt: str = "iso", tz: str = "UTC", order: str | None = None) -> None:
@@ -76,7 +79,8 @@ def _numeric(m: re.Match[str], text: str, order: str | None) -> datetime:
     if len(m.group(1)) == 4:
         year, month, day = a, b, c
     elif order is None:
-        raise ValueError(f"{text!r} could be day-first or month-first: say which, e.g. date('iso', 'UTC', 'dmy')")
+        raise ValueError(f"{quoted_sent(text)} could be day-first or month-first: say which, e.g. "
+                         "date('iso', 'UTC', 'dmy')")
     else:
         day, month = (a, b) if order == "dmy" else (b, a)
         year = c + 2000 if len(m.group(3)) <= 2 else c
@@ -85,7 +89,7 @@ def _numeric(m: re.Match[str], text: str, order: str | None) -> datetime:
     ampm = (m.group(7) or "").lower()
     if ampm:
         if not 1 <= hour <= 12:
-            raise ValueError(f"{text!r}: hour {hour} does not go with {ampm}")
+            raise ValueError(f"{quoted_sent(text)}: hour {hour} does not go with {ampm}")
         hour = hour % 12 + (12 if ampm == "pm" else 0)
     return datetime(year, month, day, hour, minute, second)  # ValueError names a bad day or month
 
@@ -134,7 +138,7 @@ def parse_datetime(value: Any, tz: str = "UTC", order: str | None = None) -> dat
                         found = email.utils.parsedate_to_datetime(text)
                     except (TypeError, ValueError, IndexError):
                         raise ValueError(
-                            f"{text!r} is not a date this filter reads: ISO-8601, epoch seconds or ms, "
+                            f"{quoted_sent(text)} is not a date this filter reads: ISO-8601, epoch seconds or ms, "
                             "'5 March 2024', an e-mail date, or dd/mm/yyyy with 'dmy' (mm/dd/yyyy with 'mdy')"
                         ) from None
                 parsed = found

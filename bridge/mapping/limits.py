@@ -222,6 +222,8 @@ class Budget:
 
 _WALKED: tuple[type, ...] = (list, tuple, set, frozenset, type({}.keys()), type({}.values()), type({}.items()))
 _WEIGHED: tuple[type, ...] = (*_WALKED, dict)
+WEIGHED = _WEIGHED
+"""What `text_weight` walks through: lists, tuples, sets, tables and their views."""
 
 
 def _scalar_weight(value: Any) -> int:

@@ -19,6 +19,7 @@ from bridge.mapping.base import (
     copier,
     describe,
     out_of,
+    said,
 )
 from bridge.mapping.filters import GROWING
 from bridge.mapping.limits import SMALL_CHARS, UNCHECKED_STEPS, BudgetExceeded, after_large, looking, text_weight
@@ -83,7 +84,7 @@ class Modifiers:
             raise LimitExceeded(f"transform {label}: {out_of(exc, 'it')} in field {self.name}",
                                 path=self.name) from None
         except FILTER_ERRORS as exc:
-            raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=self.name) from None
+            raise RenderError(f"transform {label} failed on {describe(value)}: {said(exc)}", path=self.name) from None
 
     def look_up(self, value: Any) -> tuple[Any, bool]:
         """The map's entry for `value` (an exact key, else one that differs only in case), and whether the
@@ -138,7 +139,8 @@ def finish(name: str, source: Source, described: str, steps: list[Step], spec: F
                     raise LimitExceeded(f"transform {label}: {out_of(exc, 'it')} in field {name}",
                                         path=name) from None
                 except FILTER_ERRORS as exc:
-                    raise RenderError(f"transform {label} failed on {describe(value)}: {exc}", path=name) from None
+                    raise RenderError(f"transform {label} failed on {describe(value)}: {said(exc)}",
+                                      path=name) from None
         if mapped:
             value = look_up(value)[0]
         if required and (value is None or value == ""):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jmespath
 import msgspec
 from jinja2 import TemplateSyntaxError, UndefinedError
-from jmespath.exceptions import JMESPathError
-from jmespath.visitor import TreeInterpreter
+from jmespath.exceptions import JMESPathError, JMESPathTypeError
+from jmespath.functions import Functions, signature
+from jmespath.visitor import Options, TreeInterpreter
 
 from bridge.mapping.base import (
     FILTER_ERRORS,
@@ -22,10 +24,20 @@ from bridge.mapping.base import (
     RenderError,
     Source,
     Step,
+    describe,
     out_of,
+    said,
 )
 from bridge.mapping.fastpath import compile_fast_source, fast_steps
-from bridge.mapping.limits import BudgetExceeded, check_time
+from bridge.mapping.limits import (
+    MAX_RESULT_CHARS,
+    BudgetExceeded,
+    check_large,
+    check_time,
+    text_weight,
+    too_heavy,
+    too_long,
+)
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.modifiers import finish
 from bridge.mapping.paths import MISSING, Absent, PathSyntaxError, compile_lookup, compile_path
@@ -77,19 +89,68 @@ def jmespath_source(name: str, text: str, at: At, problems: list[CompileError]) 
         except BudgetExceeded as exc:
             raise LimitExceeded(f"jmespath {text!r}: {exc} in field {name}", path=name) from None
         except (JMESPathError, *FILTER_ERRORS) as exc:
-            raise RenderError(f"jmespath {text!r} failed: {exc}", path=name) from None
+            raise RenderError(f"jmespath {text!r} failed: {_failure(exc)}", path=name) from None
         # JMESPath cannot tell an absent key from a null: both count as missing.
         return nothing if value is None else value
 
     return source, f"jmespath {text}"
 
 
+def _failure(exc: Exception) -> str:
+    """What a JMESPath expression's failure says: a function's wrong argument described in 60 characters (JMESPath's
+    own message writes it whole, a list of thousands of items as well as a text of 32,000 characters)."""
+    if isinstance(exc, JMESPathTypeError):
+        return (f"In function {exc.function_name}(), invalid type for value: {describe(exc.current_value)}, "
+                f"expected one of: {exc.expected_types}, received: \"{exc.actual_type}\"")
+    return said(exc)
+
+
+class _Functions(Functions):
+    """JMESPath's built-in functions under the render's limits. Each is one call that runs whole (a sort of an
+    array, a join), so the clock is looked at before and after it, and on the loop an argument weighing more than
+    limits.LOOP_BULK_CHARS ends the loop slice before it begins (`check_large`), for the render to run off the loop,
+    as a filter's. `join` and `to_string`, which may write more than they read (a long separator between many
+    items; an array holding one long text many times), are refused before they would pass MAX_RESULT_CHARS."""
+
+    def call_function(self, function_name: str, resolved_args: Iterable[Any]) -> Any:
+        check_time()
+        args = list(resolved_args)
+        if function_name not in _CONSTANT_TIME:
+            for arg in args:
+                check_large(arg)
+        out = super().call_function(function_name, args)
+        check_time()
+        return out
+
+    @signature({"types": ["string"]}, {"types": ["array-string"]})
+    def _func_join(self, separator: str, array: list[str]) -> str:
+        size = len(separator) * max(len(array) - 1, 0) + sum(map(len, array))
+        if size > MAX_RESULT_CHARS:
+            raise too_long(size)
+        return separator.join(array)
+
+    @signature({"types": []})
+    def _func_to_string(self, arg: Any) -> str:
+        if isinstance(arg, str):
+            return arg
+        weight = text_weight(arg)
+        if weight > MAX_RESULT_CHARS:
+            raise too_heavy(weight, arg)
+        return json.dumps(arg, separators=(",", ":"), default=str)
+
+
+_CONSTANT_TIME = frozenset({"abs", "ceil", "floor", "length", "not_null", "to_array", "type"})
+"""Functions whose cost does not grow with their arguments: no weighing of them before."""
+_OPTIONS = Options(custom_functions=_Functions())
+
+
 class _Interpreter(TreeInterpreter):
-    """JMESPath's own interpreter (as `search` runs it), looking at the clock every _VISITS nodes it visits: a
-    projection or filter over a large list visits nodes for each of its items."""
+    """JMESPath's own interpreter (as `search` runs it), looking at the clock every _VISITS nodes it visits (a
+    projection or filter over a large list visits nodes for each of its items), with its functions bounded
+    (`_Functions`)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(_OPTIONS)
         self._visits = 0
 
     def visit(self, node: _TreeNode, *args: Any, **kwargs: Any) -> Any:
@@ -129,13 +190,13 @@ def template_field(name: str, text: str, spec: FieldSpec, at: At, problems: list
             try:
                 out = render_bounded(template, ctx) if fast is None else fast(ctx)
             except UndefinedError as exc:
-                out = Absent(f"template: {exc.message}")
+                out = Absent(f"template: {said(str(exc.message))}")
             except BudgetExceeded as exc:
                 raise LimitExceeded(f"{exc} in field {name}", path=name) from None
             except (MemoryError, RecursionError) as exc:
                 raise LimitExceeded(f"{out_of(exc)} in field {name}", path=name) from None
             except TEMPLATE_ERRORS as exc:
-                raise RenderError(f"template failed: {exc}", path=name) from None
+                raise RenderError(f"template failed: {said(exc)}", path=name) from None
             if type(out) is Absent:
                 if strict:
                     raise RenderError(out.why(ctx), path=name)

@@ -20,7 +20,10 @@ Bounds, because payloads come from strangers (limits.py holds them):
 - shape: a template longer than MAX_TEMPLATE_CHARS, or nesting more than MAX_TEMPLATE_BLOCKS blocks or
   MAX_TEMPLATE_DEPTH levels in all (past which Jinja's compiler or Python's runs out of stack, indentation or
   nested blocks), is a compile error (`parse_checked`).
-Jinja's padding filters (center, indent, wordwrap, format) and `random` are removed.
+Jinja's padding filters (center, indent, wordwrap, format) and `random` are removed. What would take time in the
+square of its input in one call no budget can stop is bounded before it runs: `strip` (filter and methods) and
+`trim` with many characters to strip (filters.stripped), `pprint` of a deep and heavy value (PPRINT_COST), and
+`encode`/`decode` with the idna or punycode codec (refused).
 """
 
 from __future__ import annotations
@@ -33,13 +36,17 @@ from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.filters import do_pprint
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import soft_str
 
-from bridge.mapping.filters import FILTERS
+from bridge.escaping import quoted_sent
+from bridge.mapping.filters import FEW_CHARS, FILTERS, stripped
 from bridge.mapping.limits import (
     MAX_INT_BITS,
     MAX_INT_DIGITS,
     MAX_RESULT_CHARS,
+    WEIGHED,
     Budget,
     BudgetExceeded,
     budget_iter,
@@ -80,6 +87,17 @@ _ITERATING = frozenset({"map", "select", "reject", "selectattr", "rejectattr", "
 _CONCATENATING = frozenset({"sum"})
 _PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
 _REFUSED_METHODS = frozenset({"translate", "maketrans"})  # a table can map each character to a long text
+_STRIPPING_METHODS = frozenset({"strip", "lstrip", "rstrip"})
+_SLOW_CODECS = frozenset({"idna", "punycode"})
+"""Codecs that `encode` and `decode` refuse: Python's own, written in Python, take time in the square of the text's
+length (punycode's 16,000 distinct characters: 30 s in one call, which no budget stops; idna runs it on each label).
+Names are compared by their ASCII letters and digits alone, lower-cased: no spelling Python's codec look-up accepts
+slips past."""
+PPRINT_COST = 64 * MAX_RESULT_CHARS
+"""`pprint` lays a nested value out by writing, at each level, all that lies below it (to see whether it fits a
+line), and building each of those texts from the level below: its cost grows with the value's weight times the
+square of its depth (a 1 MB string 128 lists deep: some 2 s in one call). A value whose weight times its depth
+squared passes this is refused; one this costly takes some 50 ms."""
 _NUMBER = re.compile(r"\d+")
 _FIELD_ROOT = re.compile(r"[^.\[]*")  # what a format field names: `0` of `0.x`, `k` of `k[1]`
 _PERCENT_KEY = re.compile(r"%\(([^)]*)\)")
@@ -274,7 +292,11 @@ class BridgeEnvironment(ImmutableSandboxedEnvironment):
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str | bytes):
             check_large(owner)  # a string method is one call into C
-            args = _check_method(owner, __obj.__name__, args, kwargs)
+            name = __obj.__name__
+            if name in _STRIPPING_METHODS and len(args) == 1 and not kwargs:
+                return _strip_method(owner, name, args[0], lambda: super(BridgeEnvironment, __self).call(
+                    __context, __obj, *args))
+            args = _check_method(owner, name, args, kwargs)
         return check_weight(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -339,11 +361,61 @@ def _check_percent(fmt: str | bytes, args: Any) -> None:
         raise too_long(size)
 
 
+def _strip_method(owner: str | bytes, name: str, chars: Any, call: Callable[[], Any]) -> Any:
+    """`owner.strip(chars)` (or `lstrip`, `rstrip`), in time linear in both (filters.stripped): Python's looks each
+    character up in `chars` by a scan. Bytes to strip are at most 256 distinct values: those are handed over."""
+    if isinstance(chars, str) and isinstance(owner, str) and len(chars) > FEW_CHARS:
+        return stripped(owner, chars, left=name != "rstrip", right=name != "lstrip")
+    if isinstance(chars, bytes) and isinstance(owner, bytes) and len(chars) > FEW_CHARS:
+        check_time()
+        distinct = bytes(set(chars))
+        return owner.strip(distinct) if name == "strip" else owner.lstrip(distinct) if name == "lstrip" \
+            else owner.rstrip(distinct)
+    return call()
+
+
+def _trim(value: Any, chars: Any = None) -> str:
+    """Jinja's `trim`, on `filters.stripped` (linear in the text and the characters to strip)."""
+    return stripped(soft_str(value), chars)
+
+
+def _pprint(value: Any) -> str:
+    """Jinja's `pprint`, refused when the value's weight times its depth squared passes PPRINT_COST."""
+    if isinstance(value, WEIGHED):
+        depth = _depth(value)
+        weight = text_weight(value, PPRINT_COST // max(depth * depth, 1), indent=1)
+        if weight * depth * depth > PPRINT_COST:
+            raise BudgetExceeded(f"pprint: a value {depth} levels deep weighing at least {weight} characters would "
+                                 f"take too long to lay out (its weight times its depth squared is over "
+                                 f"{PPRINT_COST}); tojson writes it at once")
+    return do_pprint(value)
+
+
+def _depth(value: Any) -> int:
+    """How many lists, tuples, sets or tables deep `value` nests (1 for one that holds none), found by a walk under
+    the time budget."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        container, depth = todo.pop()
+        deepest = max(deepest, depth)
+        check_time()
+        members = container.values() if isinstance(container, dict) else container
+        todo += [(member, depth + 1) for member in members if isinstance(member, WEIGHED) and member]
+    return deepest
+
+
 def _check_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """String methods that build something larger than their input, checked before they run; returns the
-    arguments to call them with (`join`'s iterable, read once under the budget, as a list)."""
+    """String methods that build something larger than their input, or take time in the square of it (`encode`
+    and `decode` with _SLOW_CODECS), checked before they run; returns the arguments to call them with (`join`'s
+    iterable, read once under the budget, as a list)."""
     if name in _REFUSED_METHODS:
         raise BudgetExceeded(f"str.{name} is not available in templates")
+    if name in ("encode", "decode"):
+        codec = args[0] if args else kwargs.get("encoding")
+        if isinstance(codec, str) and "".join(c for c in codec.lower() if c.isascii() and c.isalnum()) in _SLOW_CODECS:
+            raise BudgetExceeded(f"{name} with the codec {quoted_sent(codec)} is not available in templates: it takes "
+                                 "time in the square of the text's length")
     if name in _PADDING_METHODS:
         width = args[0] if args else kwargs.get("width", 0)
         if isinstance(width, int) and width > MAX_RESULT_CHARS:
@@ -466,6 +538,8 @@ def make_environment() -> BridgeEnvironment:
         env.filters.pop(name, None)
     env.filters.update(FILTERS)
     env.filters["d"] = FILTERS["default"]
+    env.filters["trim"] = _trim
+    env.filters["pprint"] = _pprint
     env.filters = {name: _guard_filter(name, fn) for name, fn in env.filters.items()}
     env.globals.clear()
     env.globals.update({"range": _bounded_range})

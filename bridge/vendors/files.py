@@ -26,6 +26,7 @@ from jinja2 import Undefined
 
 from bridge.config import DestinationAttachments
 from bridge.errors import MappingError
+from bridge.mapping.base import describe as shown
 from bridge.mapping.limits import check_time
 from handlers.attachments import content_path
 
@@ -65,7 +66,7 @@ def as_metas(value: Any) -> list[dict[str, Any]]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise MappingError(f"`files` must be the event's attachments (a list of tables with name, size and "
-                           f"sha256, e.g. `files: {{from: payload.attachments}}`), got {value!r:.120}",
+                           f"sha256, e.g. `files: {{from: payload.attachments}}`), got {shown(value)}",
                            path=FILES_FIELD)
     return value
 
@@ -78,7 +79,7 @@ def attachment_list(value: Any, heading: str = "Attachments:") -> Any:
     if value is None or value == []:
         return ""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise TypeError(f"attachment_list takes the event's attachments (a list of tables), got {value!r:.80}")
+        raise TypeError(f"attachment_list takes the event's attachments (a list of tables), got {shown(value)}")
     lines = [heading]
     for n, item in enumerate(value, 1):
         if not n % 64:

@@ -769,6 +769,19 @@ def test_on_the_loop_a_raw_message_of_many_parts_goes_to_the_parser_thread(loop_
     assert parse_mime(b"Subject: x\r\n\r\nhi\r\n").text == "hi\r\n"
 
 
+def test_on_the_loop_the_raw_messages_of_a_request_share_one_budget(loop_parse: None) -> None:
+    """A batch's raw messages (SparkPost's, base64) each of a few parts, many together: the parse stops at the
+    message that takes the request's decoded parts past LOOP_MIME_LINES."""
+    half = offload.LOOP_MIME_LINES // 2 + 1
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(half - 1))
+    raw = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n"
+    assert raw.count(b"\n--") == half
+    assert len(parse_mime(raw).attachments) == half - 2  # the first part is the text
+    with pytest.raises(offload.OffLoop, match=rf"^the raw message is {len(raw)} bytes with {half} MIME delimiter "
+                                              "lines, past the loop's share with the request's messages before it$"):
+        parse_mime(raw)
+
+
 def test_a_from_longer_than_any_mailbox_is_a_413_naming_the_field() -> None:
     """A From is one mailbox: past MAX_FROM_CHARS it is refused before it is parsed, naming which field."""
     assert sender("a" * (MAX_FROM_CHARS - 14) + " <a@b.example>")[1] == "a@b.example"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import offload
 from bridge.errors import Rejected
+from bridge.intake import offloaded, run_handler
+from bridge.runtime import Runtime, Source
 from handlers.base import Intercepted
 from handlers.postal import PostalHandler
 from tests.fixtures.providers import (
@@ -140,27 +144,38 @@ def test_spam_status_marks_the_event_as_spam() -> None:
     assert inbound.payload["spam"] == {"verdict": "spam", "score": 5.1}
 
 
-def test_base64_message_is_read_off_the_loop() -> None:
-    """A base64 raw message (whose MIME parts intake cannot count) is parsed in a thread during intercept;
-    parse then hands over that result."""
-    body = compact(load("postal/raw.json"))
-    h, req = handler(), post(postal_headers(body))
-    loop_thread: list[int] = []
+def with_parts(raw: bytes, count: int) -> bytes:
+    """`raw` (a multipart/mixed message on boundary b1) with `count` more text parts."""
+    extra = b"".join(b"--b1\r\nContent-Type: text/plain\r\n\r\nlog line\r\n" for _ in range(count))
+    head, _, tail = raw.rpartition(b"--b1--")
+    return head + extra + b"--b1--" + tail
 
-    async def intercept() -> None:
-        loop_thread.append(threading.get_ident())
-        await h.intercept(req, body)
 
-    parsed_in: list[int] = []
+@pytest.mark.parametrize(("parts", "off"), [(0, False), (offload.LOOP_MIME_LINES, True)], ids=["few", "many"])
+async def test_a_base64_message_is_parsed_where_its_parts_place_it(monkeypatch: pytest.MonkeyPatch, parts: int,
+                                                                   off: bool) -> None:
+    """Base64 hides the raw message's MIME parts from intake's look at the body: it is parsed on the loop while its
+    decoded parts are few, else again in the parser thread (the one thread for every large parse), as every
+    provider's is; never in a thread of its own, which no bound on the parses at once would hold."""
+    threads: list[str] = []
     original = PostalHandler._inbounds
 
-    def spy(data: dict[str, Any]) -> list[Any]:
-        parsed_in.append(threading.get_ident())
+    def recorded(data: dict[str, Any]) -> list[Any]:
+        threads.append(threading.current_thread().name)
         return original(data)
 
-    h._inbounds = spy  # type: ignore[method-assign]
-    asyncio.run(intercept())
-    [inbound] = h.parse(req, body)
-    assert parsed_in and parsed_in[0] != loop_thread[0]
-    assert len(parsed_in) == 1  # parse did not read it again
-    assert inbound.payload["message_id"] == "<CAF=asha.1@mail.example.com>"
+    monkeypatch.setattr(PostalHandler, "_inbounds", staticmethod(recorded))
+    data = load("postal/raw.json")
+    data["message"] = base64.b64encode(with_parts(base64.b64decode(data["message"]), parts)).decode()
+    body = compact(data)
+    assert not offloaded(body)  # a small body: its look alone would parse it on the loop
+    request = post({"Content-Type": "application/json"})
+    handled = await run_handler(cast(Runtime, None), Source("postal", handler(), None, 0.0), request, body,
+                                verify=False)
+    assert not isinstance(handled, Intercepted)
+    assert handled[0][0].payload["message_id"] == "<CAF=asha.1@mail.example.com>"
+    loop = threading.current_thread().name
+    if off:  # begun on the loop, stopped at the decoded message's parts, and parsed again in the parser thread
+        assert threads[0] == loop and threads[1].startswith("ticketbridge-parse") and len(threads) == 2, threads
+    else:
+        assert threads == [loop]

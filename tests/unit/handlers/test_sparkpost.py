@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import threading
+from typing import Any, cast
 
 import pytest
 
 from bridge.errors import Rejected
+from bridge.intake import offloaded, run_handler
+from bridge.runtime import Runtime, Source
 from handlers.base import Intercepted
 from handlers.sparkpost import SparkpostHandler
 from tests.fixtures.providers import ASHA_EMAIL, ENVELOPE, JPEG, build, compact, load, passes, post, without_provider
@@ -37,9 +41,41 @@ def test_base64_raw_message_is_decoded() -> None:
     content["email_rfc822"] = base64.b64encode(content["email_rfc822"].encode()).decode()
     content["email_rfc822_is_base64"] = True
     h, req, body = build("sparkpost"), post(JSON), compact(data)
-    assert asyncio.run(h.intercept(req, body)) is None  # a base64 message is read in a thread here
+    assert asyncio.run(h.intercept(req, body)) is None
     [inbound] = h.parse(req, body)
     assert without_provider(inbound.payload) == {**ASHA_EMAIL, **ENVELOPE}
+
+
+@pytest.mark.parametrize(("count", "off"), [(1, False), (6, True)], ids=["one message", "a batch"])
+async def test_base64_messages_are_parsed_where_their_parts_place_them(monkeypatch: pytest.MonkeyPatch, count: int,
+                                                                       off: bool) -> None:
+    """Base64 hides each relay message's MIME parts from intake's look at the body: the batch is parsed on the loop
+    while its decoded messages hold few parts in all (one has 6 delimiter lines; six, 36, past LOOP_MIME_LINES),
+    else again in the parser thread (the one thread for every large parse), as every provider's is; never in a
+    thread of its own, which no bound on the parses at once would hold."""
+    threads: list[str] = []
+    original = SparkpostHandler._message
+
+    def recorded(i: int, relay: dict[str, Any]) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(i, relay)
+
+    monkeypatch.setattr(SparkpostHandler, "_message", staticmethod(recorded))
+    [item] = load("sparkpost/relay.json")
+    content = item["msys"]["relay_message"]["content"]
+    content["email_rfc822"] = base64.b64encode(content["email_rfc822"].encode()).decode()
+    content["email_rfc822_is_base64"] = True
+    body = compact([item] * count)
+    assert not offloaded(body)  # a small body: its look alone would parse it on the loop
+    handled = await run_handler(cast(Runtime, None), Source("sparkpost", build("sparkpost"), None, 0.0), post(JSON),
+                                body)
+    assert not isinstance(handled, Intercepted) and len(handled[0]) == count
+    loop = threading.current_thread().name
+    if off:  # begun on the loop, stopped at the sixth message, and parsed again, whole, in the parser thread
+        assert threads[:count] == [loop] * count and len(threads) == 2 * count, threads
+        assert all(name.startswith("ticketbridge-parse") for name in threads[count:]), threads
+    else:
+        assert threads == [loop]
 
 
 def test_batch_gives_one_event_per_relay_message() -> None:

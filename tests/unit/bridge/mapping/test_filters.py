@@ -58,9 +58,9 @@ def test_null_passes_through_conversions_and_string_filters(text: str) -> None:
     [
         ("int", "12.5", "'12.5' is not a whole number"),
         ("int", 2.5, "2.5 is not a whole number"),
-        ("int", "abc", "could not convert string to float: 'abc'"),
+        ("int", "abc", "'abc' is not a number"),
         ("int", [1], "cannot make an integer of a list"),
-        ("float", "x", "could not convert string to float"),
+        ("float", "x", "'x' is not a number"),
         ("bool", "maybe", "'maybe' is not a yes/no value"),
         ("bool", {}, "cannot make a boolean of a dict"),
         ("phone_e164('IN')", "12", "'12' is not a possible phone number for region IN"),

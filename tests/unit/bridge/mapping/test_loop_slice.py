@@ -204,6 +204,21 @@ def test_jmespath_looks_at_the_clock_as_it_visits() -> None:
         field(ctx({"items": items}))
 
 
+@pytest.mark.parametrize("expression", ["sort(payload.names)", "join(', ', payload.names)", "max(payload.names)",
+                                        "to_string(payload.names)", "sort_by(payload.items, &name)[0].name"])
+def test_a_jmespath_function_is_not_begun_on_the_loop_on_an_argument_too_large_for_it(expression: str) -> None:
+    """A JMESPath function (a sort, a join) is one call that runs whole: on an argument weighing more than
+    LOOP_BULK_CHARS it is not begun on the loop, however much of the slice is left, and runs to its end off it."""
+    field = compile_field("f", {"jmespath": expression})
+    names = [f"customer {i:06}" for i in range(limits.LOOP_BULK_CHARS // 10)]
+    payload = {"names": names, "items": [{"name": name} for name in names]}
+    with sliced(ROOMY):
+        assert field(ctx({"names": names[:3], "items": payload["items"][:3]}))
+        with pytest.raises(limits.SliceOver):
+            field(ctx(payload))
+    assert field(ctx(payload))
+
+
 def test_a_slice_holds_outside_a_render_and_a_shorter_budget_inside_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under a slice every check raises SliceOver once it is over, in a render or not; a render's budget that ends
     before the slice (here at once) still says it is the budget; after the slice, no check stops anything."""
