@@ -307,8 +307,8 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
     """Store each planned event and wake the lanes of its deliveries; None when the store refuses the nonce as
     replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored).
     When the store refuses an event's text (UnicodeEncodeError, raised before anything is written), it is
-    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which. `weight`, the
-    request's (Store.accept), goes with each of its events."""
+    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which. `weight`: each
+    event's share of what the request's events were made from (Store.accept)."""
     store = rt.store
     if store is None:
         raise StoreUnavailable("the store is not open")
@@ -504,9 +504,9 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
                       "errors": invalid}, 422, _cors(source, request))
 
     try:
-        # The weight of what the events were made from: a store may encode and write them off the loop when large.
+        # What each event was made from: a store may encode and write a large one off the loop.
         results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings,
-                                    weight=len(body) + fetched_bytes(request) if off else 0)
+                                    weight=(len(body) + fetched_bytes(request)) // max(len(planned), 1) if off else 0)
     except _Refused as refused:
         return _store_refused(rt, source, request, refused)
     except StoreUnavailable as exc:

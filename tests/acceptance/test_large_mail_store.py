@@ -25,11 +25,13 @@ server: {max_body_bytes: 16777216}
 store: {url: "sqlite:///var/bridge.db"}
 sources:
   postmark: {kind: postmark, auth: {basic: {username: postmark, password: "${POSTMARK_PW}"}}}
+  brevo: {kind: brevo, token: "${BREVO_TOKEN}"}
 destinations:
   kapture: {vendor: kapture, sandbox: true}
 """
+ENV = {"POSTMARK_PW": PASSWORD, "BREVO_TOKEN": "brevo-token"}
 MAPPINGS = {"email": """
-    source: postmark
+    source: [postmark, brevo]
     destination: kapture
     action: create_ticket
     fields:
@@ -80,6 +82,19 @@ class LoopCpu:
                 gc.enable()
 
 
+def inserting_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The threads that insert accepted events' rows, one entry per insert, from now on."""
+    inserted: list[int] = []
+    insert = sqlite_store._insert
+
+    def noted(conn: Any, *rows: Any) -> None:
+        inserted.append(threading.get_ident())
+        insert(conn, *rows)
+
+    monkeypatch.setattr(sqlite_store, "_insert", noted)
+    return inserted
+
+
 def large_text_mail() -> bytes:
     """Postmark's inbound JSON with a plain text of TEXT_BYTES and no stripped reply of Postmark's: the bridge strips
     it itself (nothing to strip: `stripped_text` is the text again)."""
@@ -95,15 +110,8 @@ async def test_a_large_text_mail_is_stored_without_holding_the_event_loop(
     and no callback the loop runs meanwhile (reading the request, answering it, the group commit) takes more
     than a few milliseconds of its CPU (5-6 ms, reading the body); encoding and writing the rows on the loop held
     it for 70-80 ms."""
-    client: Any = await bridge_client(write_config(CONFIG, MAPPINGS, {"POSTMARK_PW": PASSWORD}), workers=False)
-    inserted: list[int] = []
-    insert = sqlite_store._insert
-
-    def noted(conn: Any, *rows: Any) -> None:
-        inserted.append(threading.get_ident())
-        insert(conn, *rows)
-
-    monkeypatch.setattr(sqlite_store, "_insert", noted)
+    client: Any = await bridge_client(write_config(CONFIG, MAPPINGS, ENV), workers=False)
+    inserted = inserting_threads(monkeypatch)
     body = large_text_mail()
     headers = {"Content-Type": "application/json", "Authorization": basic("postmark", PASSWORD)}
     with LoopCpu().measuring() as meter:
@@ -115,3 +123,26 @@ async def test_a_large_text_mail_is_stored_without_holding_the_event_loop(
     assert inserted and meter.thread not in inserted
     event = await runtime(client).store.get_event(answer["event_id"])
     assert event.payload["stripped_text"] == event.payload["text"].rstrip("\n")
+
+
+@pytest.mark.parametrize(("mails", "off_loop"), [(1, True), (3, False)])
+async def test_each_event_of_a_request_weighs_its_share_of_the_body(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch, mails: int,
+        off_loop: bool) -> None:
+    """A Brevo post of 1.2 MiB is one large mail, encoded and written off the loop, or three mails of 400 KiB, each
+    small enough to be encoded on the loop and written with its group, where a small write costs least."""
+    client: Any = await bridge_client(write_config(CONFIG, MAPPINGS, ENV), workers=False)
+    inserted = inserting_threads(monkeypatch)
+    line = "the router blinks red and the line drops every few minutes, please help\n"
+    item = load("brevo/inbound.json")["items"][0]
+    items = [{**item, "MessageId": f"<m{n}@example.com>",
+              "Headers": {**item["Headers"], "Message-ID": f"<m{n}@example.com>"},
+              "RawTextBody": line * (1_200_000 // mails // len(line)), "RawHtmlBody": "",
+              "ExtractedMarkdownMessage": "", "Attachments": []} for n in range(mails)]
+    body = compact({"items": items})
+    assert len(body) > sqlite_store.LARGE_ACCEPT_BYTES
+    resp = await client.post("/hooks/brevo?token=brevo-token", data=io.BytesIO(body),
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 202, await resp.text()
+    assert len(inserted) == mails
+    assert {thread != threading.get_ident() for thread in inserted} == {off_loop}
