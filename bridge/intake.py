@@ -303,11 +303,12 @@ def _store_refused(rt: Runtime, source: Source, request: web.Request, refused: _
 
 
 async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, list[NewDelivery]]],
-                      nonce: Nonce | None, mappings: MappingSet) -> list[AcceptResult] | None:
+                      nonce: Nonce | None, mappings: MappingSet, *, weight: int) -> list[AcceptResult] | None:
     """Store each planned event and wake the lanes of its deliveries; None when the store refuses the nonce as
     replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored).
     When the store refuses an event's text (UnicodeEncodeError, raised before anything is written), it is
-    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which."""
+    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which. `weight`: each
+    event's share of what the request's events were made from (Store.accept)."""
     store = rt.store
     if store is None:
         raise StoreUnavailable("the store is not open")
@@ -316,10 +317,10 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
         deliveries = planned_deliveries
         try:
             try:
-                result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+                result = await store.accept(event, deliveries, source.dedup_window_s, nonce, weight=weight)
             except UnicodeEncodeError:
                 deliveries = await _escape_event(rt, source, event, mappings)
-                result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+                result = await store.accept(event, deliveries, source.dedup_window_s, nonce, weight=weight)
         except StoreRefused as exc:
             raise _Refused(event, exc, results) from exc
         if result.replayed:
@@ -503,7 +504,9 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
                       "errors": invalid}, 422, _cors(source, request))
 
     try:
-        results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings)
+        # What each event was made from: a store may encode and write a large one off the loop.
+        results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings,
+                                    weight=(len(body) + fetched_bytes(request)) // max(len(planned), 1) if off else 0)
     except _Refused as refused:
         return _store_refused(rt, source, request, refused)
     except StoreUnavailable as exc:

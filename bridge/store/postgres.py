@@ -403,7 +403,7 @@ class PostgresStore(Store):
     # -- intake -----------------------------------------------------------------------------------
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         return await self.batcher.submit(PendingAccept(event, deliveries, dedup_window_s, nonce))

@@ -5,9 +5,10 @@ of what they write, _Op.size, whichever comes first; a write larger than that al
 the statements on the event loop's thread (microseconds each, with no hand-over of the GIL between
 threads), and runs only the COMMIT, whose fsync is the slow part, on a worker thread. Requests that
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
-is on disk. A write whose statements may take longer, a replay's, goes alone with its statements on a worker
-thread too (`off_loop`), and is cut into parts bounded as a group is. Reads use a second connection on worker
-threads.
+is on disk. A write whose statements may take longer goes alone with its statements on a worker thread too
+(`off_loop`): a replay's, cut into parts bounded as a group is; any write larger than a group (an accept of a large
+mail: about 3 ms per MiB on the loop); and the accept of an event made from a large request, encoded there as well.
+Reads use a second connection on worker threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
 lets start-up hand every delivery left in flight straight back to the queue. The CLI still writes to it beside
@@ -136,6 +137,11 @@ row's body NULL. SQLite writes a row whole whenever one of its columns changes: 
 every change of its status (a claim, a record, a replay), about 14 ms per MiB. A row with a body this size still fits
 in one page (4 KiB), so a status change writes at most that page; a body kept apart costs its own insert when stored.
 The rows stored before 0021 keep their bodies, whatever their size."""
+LARGE_ACCEPT_BYTES = 1 << 20
+"""An accept whose event was made from more bytes than this (Store.accept's `weight`) is encoded and written on a
+worker thread, in a write by itself (see SqliteStore.accept). Below it, what the loop encodes stays within a few
+milliseconds (a mail's text is kept two or three times over, and once more in a body that quotes it), and such
+accepts keep sharing their groups' commits."""
 WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
@@ -213,7 +219,8 @@ class _Op:
     exchange, a replay's the bodies it writes (SqliteStore.replay). Every other write weighs 0: a claim, a release,
     a lease's extension or reaping, a purge, an audit entry, a mapping set (small or rare, and what they write is
     not at hand before they run). `off_loop`: the write is a group by itself, its statements run on a worker
-    thread rather than the event loop's."""
+    thread rather than the event loop's: a replay's part, a large event's accept (SqliteStore.accept). A write
+    larger than a group (`size` over `group_bytes`) is alone too (take_group), and so runs there as well."""
 
     __slots__ = ("durable", "fn", "future", "inserts", "off_loop", "size")
 
@@ -250,6 +257,7 @@ class SqliteStore(Store):
         self._off_loop_queued = 0
         """How many of the queued writes are `off_loop` (each a group by itself)."""
         self.group_bytes = GROUP_BYTES
+        self.large_accept_bytes = LARGE_ACCEPT_BYTES
         self._flusher: asyncio.Task[None] | None = None
         self._full = True
         self._commits: queue.SimpleQueue[tuple[sqlite3.Connection, asyncio.Future[None]] | None] = queue.SimpleQueue()
@@ -446,7 +454,8 @@ class SqliteStore(Store):
         """The next group, taken off the queue (which holds one write at least): its first writes, up to
         `group_commit_max` of them and `group_bytes` of their sizes, the first write whatever its size. The
         statements of a group run on the event loop's thread, so the bound is what keeps a burst of large accepts
-        from holding the loop: about 3 ms per MiB."""
+        from holding the loop: about 3 ms per MiB. A write larger than that, alone, runs on a worker thread
+        (_commit)."""
         group, self._pending, self._pending_size = take_group(self._pending, self._pending_size,
                                                               self.group_commit_max, self.group_bytes)
         if self._off_loop_queued and (cut := next((n for n, op in enumerate(group) if op.off_loop), None)) is not None:
@@ -612,7 +621,9 @@ class SqliteStore(Store):
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._full = durable
             await self._begin(conn)
-            if batch[0].off_loop:  # by itself (_take)
+            if batch[0].off_loop or (len(batch) == 1 and batch[0].size > self.group_bytes):
+                # By itself (_take), or larger than a group, which take_group leaves alone: off the loop, whose turns
+                # its statements would hold about 3 ms per MiB.
                 results = [(True, await self._run_off_loop(conn, batch[0].fn))]
             elif len(batch) == 1:
                 results = self._run_isolated(conn, batch)
@@ -720,7 +731,26 @@ class SqliteStore(Store):
     # -- intake ---------------------------------------------------------------------------------
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
+        """An event made from more than `large_accept_bytes` (`weight`) is encoded and written by a write by itself
+        on a worker thread (`off_loop`): its JSON and its deliveries' bodies (a large mail's text, kept as `text` and
+        `stripped_text`, and again in a body that quotes it) would hold the loop about 1 ms per MiB to encode and 3
+        to write. Any other is encoded here, and written with its group; one that encodes to more than a group
+        (`group_bytes`) goes alone and off the loop all the same (_commit)."""
+        if weight > self.large_accept_bytes:
+            def prepared(conn: sqlite3.Connection) -> AcceptResult:
+                return self._accept_op(event, deliveries, dedup_window_s, nonce)[0](conn)
+
+            heavy: AcceptResult = await self._write(prepared, size=weight, off_loop=True)
+            return heavy
+        op, inserts, size = self._accept_op(event, deliveries, dedup_window_s, nonce)
+        result: AcceptResult = await self._write(op, inserts=inserts, size=size)
+        return result
+
+    def _accept_op(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float, nonce: Nonce | None,
+                   ) -> tuple[Callable[[sqlite3.Connection], AcceptResult], _Inserts | None, int]:
+        """An accept's write (its rows encoded), its rows for `_run_straight` when it checks nothing first, and
+        its size (_Op.size)."""
         event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
@@ -756,9 +786,7 @@ class SqliteStore(Store):
             return stored
 
         plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
-        result: AcceptResult = await self._write(op, inserts=(event_row, rows, apart, joins, stored) if plain else None,
-                                                 size=size)
-        return result
+        return op, (event_row, rows, apart, joins, stored) if plain else None, size
 
     # -- delivery -------------------------------------------------------------------------------
 

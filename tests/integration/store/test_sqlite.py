@@ -1022,6 +1022,78 @@ async def test_a_replay_encodes_its_new_bodies_off_the_event_loop_each_once(
         assert (await store.get_delivery(i)).body == new[i][0]
 
 
+INSERT_EVENT = "INSERT INTO events"
+
+
+def on_loop(transactions_: list[list[tuple[int, str]]]) -> list[list[bool]]:
+    """Each transaction's statements, as whether each ran on this (the event loop's) thread."""
+    loop_thread = threading.get_ident()
+    return [[thread == loop_thread for thread, _ in t] for t in transactions_]
+
+
+async def test_an_accept_larger_than_a_group_is_written_off_the_event_loop_and_answered_once_committed(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """An accept that encodes to more than group_bytes (a large mail, whose statements held the loop about 3 ms per
+    MiB) is written by itself on a worker thread, while the small accepts queued around it are written on the loop's
+    thread in groups of their own; each is answered only once its commit is done, as another connection sees."""
+    store.group_bytes = 100_000
+    accepts = [large(10), large(60_000), large(10)]
+    with traced(store) as seen:
+        results = await asyncio.gather(*(store.accept(e, [d], WEEK) for e, d in accepts))
+    assert on_loop(transactions(seen, INSERT_EVENT)) == [[True], [False], [True]]
+    assert [r.event_id for r in results] == [e.id for e, _ in accepts]
+    event, delivery = large(60_000)
+    with traced(store) as seen:
+        assert (await store.accept(event, [delivery], WEEK)).event_id == event.id
+        assert query(tmp_path / "s.db", f"SELECT id FROM events WHERE id = '{event.id}'") == [(event.id,)]
+    assert on_loop(transactions(seen, INSERT_EVENT)) == [[False]]
+    assert await store.get_event(event.id) == event
+    assert (await store.get_delivery(delivery.id)).body == delivery.body
+
+
+async def test_an_accept_of_an_event_made_from_a_large_request_is_encoded_and_written_off_the_event_loop(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event made from more than large_accept_bytes (`weight`: its request's body) is encoded and written on a
+    worker thread, whatever it encodes to, its dedup key checked there; one made from less is encoded and written
+    on the loop's thread, where a small write costs least."""
+    store.large_accept_bytes = 1000
+    encoded: list[int] = []
+    encode = sqlite_store._json_blob
+
+    def noted(value: Any) -> bytearray:
+        encoded.append(threading.get_ident())
+        return encode(value)
+
+    monkeypatch.setattr(sqlite_store, "_json_blob", noted)
+    heavy, light, again = make_event(dedup_key="k"), make_event(), make_event(dedup_key="k")
+    with traced(store) as seen:
+        first = await store.accept(heavy, [make_delivery()], WEEK, weight=1001)
+        heavy_encodes = len(encoded)
+        second = await store.accept(light, [make_delivery()], WEEK, weight=1000)
+        duplicate = await store.accept(again, [make_delivery()], WEEK, weight=1001)
+    assert (first.event_id, second.event_id, duplicate.event_id, duplicate.duplicate) == (
+        heavy.id, light.id, heavy.id, True)
+    assert on_loop(transactions(seen, INSERT_EVENT)) == [[False], [True]]
+    loop_thread = threading.get_ident()
+    assert heavy_encodes == 3  # the event, its delivery's body and options
+    assert [t == loop_thread for t in encoded] == [False] * 3 + [True] * 3 + [False] * 3
+    assert await store.get_event(heavy.id) == heavy
+
+
+async def test_a_heavy_accept_whose_text_is_refused_stores_nothing_and_leaves_the_store_working(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """Text that is not UTF-8 (a lone surrogate) raises UnicodeEncodeError from the worker thread that encodes it,
+    as it does on the loop, so that intake stores the event again escaped: nothing of it is written, the store is
+    not taken for failing, and the next accept is written."""
+    store.large_accept_bytes = 0
+    refused, fine = make_event(text="\udc80" * 10), make_event()
+    with pytest.raises(UnicodeEncodeError):
+        await store.accept(refused, [make_delivery()], WEEK, weight=1)
+    assert (await store.accept(fine, [make_delivery()], WEEK, weight=1)).event_id == fine.id
+    assert query(tmp_path / "s.db", "SELECT id FROM events") == [(fine.id,)]
+    assert store.problem() is None
+
+
 async def test_a_replay_counts_a_body_kept_in_its_row_before_0021_in_its_bound(store: SqliteStore,
                                                                               tmp_path: Path) -> None:
     """A large body stored in its row (before 0021 kept bodies apart) is written again with the row by a replay:
