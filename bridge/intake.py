@@ -14,7 +14,7 @@ from aiohttp import web
 
 from bridge import offload
 from bridge.appkeys import RUNTIME, STORED_IDS
-from bridge.connections import BodyTimeout
+from bridge.connections import BodyTimeout, content_encoding
 from bridge.errors import Rejected, StoreRefused, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
@@ -242,7 +242,8 @@ def _indexable(key: str) -> str:
 async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
     """The request's body, or None when the client went away mid-upload: nothing to store and nobody to
     answer, so one line is logged, not a traceback. Raises Rejected(413) past the size limit, Rejected(408)
-    when it does not arrive within the body timeout."""
+    when it does not arrive within the body timeout, and Rejected(415), unread, when it is sent encoded."""
+    _refuse_encoded(request)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -255,6 +256,17 @@ async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes
         log.info("intake.client_disconnected", source=source.name, remote=request.remote,
                  content_length=request.content_length)
         return None
+
+
+def _refuse_encoded(request: web.Request) -> None:
+    """Rejected(415) for a body sent with a Content-Encoding (gzip, deflate, br, …), before it is read: the server
+    never inflates a body (bridge/connections.py), and no provider compresses its webhooks, so such a body is
+    refused, never unpacked."""
+    encoding = content_encoding(request)
+    if encoding is not None:
+        shown = encoding if len(encoding) <= 100 else encoding[:100] + "…"
+        raise Rejected(415, f"the body is sent with Content-Encoding {shown!r}, which ticketbridge does not "
+                            "unpack: send it as it is, without a Content-Encoding header", check="content_encoding")
 
 
 async def _nonce(signed: SignedNonce | None, source: str, body: bytes) -> Nonce | None:
