@@ -354,17 +354,20 @@ def fetched_off(request: web.Request) -> bool:
 
 def offloaded(body: bytes) -> bool:
     """Whether to verify, parse and render in a thread, so the loop keeps answering: a large body, or one with
-    many MIME delimiter lines (a MIME part costs most of a millisecond) or more than LOOP_PARAMS semicolons (a
-    MIME header parameter costs up to 15 µs), raw, inside a JSON string or URL-encoded in a form (Mailgun's
-    `body-mime`). Small ordinary requests stay on the loop, where they cost less than the hand-off; what a body
-    holds only once decoded (base64, long address lists) is met by the parse itself, which then goes on in the
-    thread (`_run`)."""
+    many MIME delimiter lines (after a line feed or a bare carriage return, where the MIME parser ends lines too: a
+    MIME part costs most of a millisecond) or more than LOOP_PARAMS semicolons (a MIME header parameter costs up to
+    15 µs), raw, inside a JSON string or URL-encoded in a form (Mailgun's `body-mime`). Small ordinary requests
+    stay on the loop, where they cost less than the hand-off; what a body holds only once decoded (base64, long
+    address lists) or parsed (a multipart body of many lines) is met by the parse itself, which then goes on in
+    the thread (`_run`)."""
     if len(body) > OFFLOAD_BYTES:
         return True
     encoded = b"%" in body
     lines = body.count(b"\n--") + body.count(b"\\n--")
+    if lines <= OFFLOAD_MIME_LINES:  # lines may end in a bare CR too (the MIME parser splits lines there)
+        lines += body.count(b"\r--") + body.count(b"\\r--")
     if lines <= OFFLOAD_MIME_LINES and encoded:
-        lines += body.count(b"%0A--") + body.count(b"%0a--")
+        lines += body.count(b"%0A--") + body.count(b"%0a--") + body.count(b"%0D--") + body.count(b"%0d--")
     if lines > OFFLOAD_MIME_LINES:
         return True
     semicolons = body.count(b";")

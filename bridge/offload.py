@@ -79,6 +79,15 @@ LOOP_BYTES = 64 * 1024
 LOOP_MIME_LINES = 32
 """A raw message with more MIME delimiter lines than this is parsed in the parser thread: a part costs most of a
 millisecond."""
+LOOP_PARSER_LINES = 500
+"""Lines of MIME text (`text_lines`) the email package's parser may be handed in a parse on the loop: a raw message,
+or a multipart form that handlers/multipart_split.py cannot build itself. The parser reads a line in 1 to 5 µs
+(blank lines the fastest; header and continuation lines, and a nested part's, the slowest), so this bounds the
+loop's hold at a few milliseconds: 64 KB of lines (a part of 31,900 continuation lines, a nested part of 21,300
+header lines or 63,800 blank ones) held it 100-170 ms. Past it, the parse goes on in the parser thread, with the
+hand-off's cost (a small fraction of such a parse's). A multipart form of more lines is read on the loop only
+when its parts are built without the parser, of at most this many header lines in all (the lines of their
+content are cut out unread): a form's textarea of many lines stays on the loop."""
 LOOP_ADDRESS_CHARS = 1024
 """Characters of address header text a parse on the loop may hand the standard library's address parser, over
 all of a request's fields: it reads a character in 1 to 6 µs (runs of `[`, `<`, `;`, `@`, `:` the slowest), so
@@ -94,6 +103,12 @@ class OffLoop(BaseException):
 
 _LOOP_PARSE: ContextVar[list[int] | None] = ContextVar("loop_parse", default=None)
 """While a parse runs on the loop: its budget, [address characters left] (a list: no object to build per request)."""
+
+
+def text_lines(data: bytes) -> int:
+    """How many line ends `data` holds as the email package's parser splits lines (at \r\n, \r and \n),
+    counted in C: three scans, some 10 µs over LOOP_BYTES."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
 
 
 def start_loop_parse() -> Token[list[int] | None]:

@@ -17,7 +17,15 @@ from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
 from bridge.escaping import encodable
-from bridge.offload import LOOP_BYTES, LOOP_MIME_LINES, OffLoop, on_loop, spend_on_loop
+from bridge.offload import (
+    LOOP_BYTES,
+    LOOP_MIME_LINES,
+    LOOP_PARSER_LINES,
+    OffLoop,
+    on_loop,
+    spend_on_loop,
+    text_lines,
+)
 from bridge.replies import strip_reply
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
@@ -671,6 +679,8 @@ def parse_mime(raw: bytes) -> MimeContent:
         lines = raw.count(b"\n--")
         if len(raw) > LOOP_BYTES or lines > LOOP_MIME_LINES:
             raise OffLoop(f"the raw message is {len(raw)} bytes with {lines} MIME delimiter lines")
+        if (lines := text_lines(raw)) > LOOP_PARSER_LINES:  # each read by the parser, in Python
+            raise OffLoop(f"the raw message is {lines} lines")
     # The compat32 policy: headers stay raw text, read by this module's own parsers and `Message`'s light
     # parameter reader; the default policy's structured parse costs some ten times more per part, and decodes
     # parameters and encoded words in whatever character set the sender names.

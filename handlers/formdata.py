@@ -11,6 +11,7 @@ from urllib.parse import unquote, unquote_to_bytes
 
 from bridge.errors import Rejected
 from bridge.escaping import escape_text
+from bridge.offload import LOOP_PARSER_LINES, OffLoop, on_loop, text_lines
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import text_codec
 from handlers.email import OpaqueMessage, basename, decode_words, raw_param, raw_utf8
@@ -143,8 +144,14 @@ def multipart_parts(body: bytes, content_type_header: str) -> list[Part]:
     # structured parse of the newer policies costs some 200 µs a part.
     # An attached message (message/rfc822) is kept as the bytes it was sent as, not parsed as a nested message.
     prefix = b"Content-Type: " + sent + b"\r\n\r\n"
-    message = parse_split(prefix, body)
+    # On the event loop, a body of many lines is read only as far as parse_split builds its parts, of few header
+    # lines in all; any other (nested parts, continuation lines, no delimiter) goes on in the parser thread.
+    lines = text_lines(body) if on_loop() else 0
+    bounded = lines > LOOP_PARSER_LINES
+    message = parse_split(prefix, body, LOOP_PARSER_LINES if bounded else None)
     if message is None:
+        if bounded:
+            raise OffLoop(f"the multipart body of {lines} lines is read by the full MIME parser")
         message = BytesParser(_class=OpaqueMessage).parsebytes(prefix + body)
     check_parts(message, "the multipart body", MAX_FORM_FIELDS)
     found = message.get_boundary()

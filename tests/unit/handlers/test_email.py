@@ -769,6 +769,31 @@ def test_on_the_loop_a_raw_message_of_many_parts_goes_to_the_parser_thread(loop_
     assert parse_mime(b"Subject: x\r\n\r\nhi\r\n").text == "hi\r\n"
 
 
+@pytest.mark.parametrize("lines", [b"\n", b"\r\n", b"\r", b" \n"], ids=["lf", "crlf", "cr", "continuation"])
+def test_on_the_loop_a_raw_message_of_many_lines_goes_to_the_parser_thread(
+        loop_parse: None, lines: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser reads a raw message line by line in Python: 60 KB of blank or continuation lines, under the
+    size and delimiter counts that place a parse, held the loop 50-90 ms. Past LOOP_PARSER_LINES lines (however
+    they end) the parse stops before the parser runs, to be done in the parser thread; fewer are parsed there."""
+    runs: list[int] = []
+
+    class Counted(BytesParser):
+        def parsebytes(self, *args: Any, **kwargs: Any) -> Message:
+            runs.append(1)
+            return super().parsebytes(*args, **kwargs)
+
+    monkeypatch.setattr(email_module, "BytesParser", Counted)
+    head = b"Subject: x\r\nX-Note: y\r\n" if lines == b" \n" else b"Subject: x\r\n\r\n"
+    raw = head + lines * 20_000
+    assert len(raw) <= offload.LOOP_BYTES and raw.count(b"\n--") == 0
+    with pytest.raises(offload.OffLoop, match=r"^the raw message is 2000\d lines$"):
+        parse_mime(raw)
+    assert runs == []
+    few = head + lines * (offload.LOOP_PARSER_LINES - 3)
+    assert offload.text_lines(few) <= offload.LOOP_PARSER_LINES
+    assert parse_mime(few).headers.get("subject") == "x" and runs == [1]
+
+
 def test_a_from_longer_than_any_mailbox_is_a_413_naming_the_field() -> None:
     """A From is one mailbox: past MAX_FROM_CHARS it is refused before it is parsed, naming which field."""
     assert sender("a" * (MAX_FROM_CHARS - 14) + " <a@b.example>")[1] == "a@b.example"

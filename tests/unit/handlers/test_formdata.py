@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from email.message import Message
+from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -12,8 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import Rejected
-from handlers import formdata
+from bridge.offload import LOOP_BYTES, LOOP_PARSER_LINES, OffLoop, end_loop_parse, start_loop_parse, text_lines
+from handlers import formdata, multipart_split
 from handlers.formdata import (
+    Part,
     add_value,
     file_attachment,
     first_value,
@@ -325,6 +330,97 @@ def test_multipart_with_too_many_parts_is_a_413_before_the_parse() -> None:
         parse_multipart(multipart(*fields, part("one", b"more")), CTYPE)
     assert (info.value.status, str(info.value)) == (
         413, f"too many multipart parts: {MAX_FORM_FIELDS + 1}, at most {MAX_FORM_FIELDS}")
+
+
+XYZ = "multipart/form-data; boundary=XyZ"
+# Bodies of 64 KB (under the size that sends a parse to the parser thread) whose parse held the event loop 100-170
+# ms, each read line by line by the email package's parser or the split's header reader, and what each gives.
+MANY_LINES = {
+    "continuation_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b" \n" * 31_900
+                           + b"\nv\n--XyZ--\n", 413),
+    "nested_header_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"a:\n" * 21_300
+                            + b"\n--q--\n--XyZ--\n", 413),
+    "nested_blank_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"\n" * 63_800 + b"--XyZ--\n",
+                           400),
+    "no_delimiter": (b"\n" * 65_000, 400),
+    "header_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b"a:\n" * 21_300 + b"\nv\n--XyZ--\n",
+                     413),
+    "from_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\nFrom x\n' + b"\n" * 60_000 + b"--XyZ--\n",
+                   200),
+}
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """What a multipart parse reads: the email package's parser's runs, and the header lines the split builds."""
+    seen = {"parser": 0, "header_lines": 0}
+
+    class Counted(BytesParser):
+        def parsebytes(self, *args: Any, **kwargs: Any) -> Message:
+            seen["parser"] += 1
+            return super().parsebytes(*args, **kwargs)
+
+    field = multipart_split._FIELD
+
+    class CountedField:
+        def match(self, *args: Any) -> re.Match[bytes] | None:
+            found = field.match(*args)
+            seen["header_lines"] += found is not None
+            return found
+
+    monkeypatch.setattr(formdata, "BytesParser", Counted)
+    monkeypatch.setattr(multipart_split, "BytesParser", Counted)
+    monkeypatch.setattr(multipart_split, "_FIELD", CountedField())
+    return seen
+
+
+def on_the_loop(body: bytes, ctype: str = XYZ) -> list[Part]:
+    """`multipart_parts` as a parse placed on the event loop runs it (intake's `_run`)."""
+    token = start_loop_parse()
+    try:
+        return multipart_parts(body, ctype)
+    finally:
+        end_loop_parse(token)
+
+
+@pytest.mark.parametrize(("body", "status"), MANY_LINES.values(), ids=MANY_LINES)
+def test_on_the_loop_a_multipart_body_of_many_lines_is_read_only_as_far_as_its_built_parts(
+        body: bytes, status: int, reads: dict[str, int]) -> None:
+    """On the event loop, a multipart body of more than LOOP_PARSER_LINES lines is read only where its parts are
+    built without the email package's parser, of at most LOOP_PARSER_LINES header lines in all: any other shape
+    (a continuation line, a nested multipart, a `From ` line, no delimiter), or more header lines, stops
+    (OffLoop) before the parser reads a line, and the parse is done again in the parser thread."""
+    assert len(body) <= LOOP_BYTES and text_lines(body) > LOOP_PARSER_LINES
+    with pytest.raises(OffLoop):
+        on_the_loop(body)
+    assert reads == {"parser": 0, "header_lines": reads["header_lines"]}
+    assert reads["header_lines"] <= LOOP_PARSER_LINES + 2  # and the top's Content-Type line, and the one past
+
+
+@pytest.mark.parametrize(("body", "status"), MANY_LINES.values(), ids=MANY_LINES)
+def test_in_the_parser_thread_a_multipart_body_of_many_lines_is_parsed_whole(body: bytes, status: int) -> None:
+    """Outside a loop parse (the parser thread) the same bodies are read as they always were."""
+    if status == 200:
+        [field] = multipart_parts(body, XYZ)
+        assert (field.name, field.data) == ("a", b"From x" + b"\n" * 59_999)
+    else:
+        with pytest.raises(Rejected) as info:
+            multipart_parts(body, XYZ)
+        assert info.value.status == status
+
+
+def test_on_the_loop_a_form_of_many_content_lines_is_built_there(reads: dict[str, int]) -> None:
+    """A textarea of 10,000 lines is no costly parse: its part is built, its content cut out unread, on the loop."""
+    body = multipart(part("notes", b"line\r\n" * 10_000), part("name", b"Asha"))
+    assert [(p.name, len(p.data)) for p in on_the_loop(body, CTYPE)] == [("notes", 60_000), ("name", 4)]
+    assert reads["parser"] == 0
+
+
+def test_on_the_loop_a_multipart_body_of_few_lines_is_parsed_whole_there(reads: dict[str, int]) -> None:
+    """A body of few lines, whatever its shape, costs the parser little: parsed on the loop as ever."""
+    body = b'--XyZ\nContent-Disposition: form-data;\n name="a"\n\nv\n--XyZ--\n'  # a folded header line
+    [field] = on_the_loop(body)
+    assert (field.name, field.data, reads["parser"] > 0) == ("a", b"v", True)
 
 
 def test_multipart_encoded_word_file_name_is_decoded() -> None:
