@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.appkeys import RUNTIME
+from bridge.connections import content_encoding
 from bridge.console.auth import Caller, api_on, identify
 from bridge.console.models import (
     REPLAY_MOST,
@@ -201,13 +202,18 @@ UTF8 = frozenset({"utf-8", "utf8"})
 
 def refuse_media_type(route: Route, request: web.Request) -> web.Response | None:
     """A 415 for a route that takes a body sent without `Content-Type: application/json` (UTF-8), or for a body
-    sent to a route that takes none in any other type. As a browser may post plain text or a form to another site
+    sent to a route that takes none in any other type, or for a body sent with a Content-Encoding (the server never
+    unpacks one: bridge/connections.py). As a browser may post plain text or a form to another site
     without asking it first, this also keeps such a post from ever being read as a change."""
     if route.method == "GET":
         return None
     sent = request.headers.get("Content-Type")
     if route.body is None and not request.body_exists:
         return None  # nothing to read: whatever type it names
+    if (encoding := content_encoding(request)) is not None:  # the server never inflates a body: refused unread
+        return error(415, f"{route.method} {route.path} takes a body as it is sent; this one came with "
+                          f"Content-Encoding {encoding[:100]!r}, which is not unpacked: send it without a "
+                          "Content-Encoding header")
     ctype = read_content_type(request)  # a header aiohttp cannot read is not JSON either
     charset = None if isinstance(ctype, Exception) else request.charset
     if sent is not None and ctype == JSON_TYPE and (charset is None or charset.lower() in UTF8):
