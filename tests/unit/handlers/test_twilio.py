@@ -297,3 +297,16 @@ def test_sids_in_their_own_places_and_in_plain_text_verify() -> None:
         h, req, body = handler(), post(headers), urlencode(params).encode()
         h.verify(req, body)
         assert h.parse(req, body)[0].dedup_key == params.get("MessageSid", params.get("SmsSid"))
+
+
+def test_a_request_url_cannot_take_in_the_first_parameters() -> None:
+    """Without public_url the URL signed is the request's own: a query ending in `AccountSid` and its value, with
+    that parameter left out of the body, signs the same text; AccountSid being required, it is refused."""
+    url = "http://bridge.example.com/hooks/src?src=twilio"
+    headers = {**FORM, "X-Twilio-Signature": twilio_signature(TOKEN, url, SMS)}
+    moved = "AccountSid" + SMS["AccountSid"]
+    h = build("twilio", auth_token=TOKEN)
+    req = post(headers, path="/hooks/src?src=twilio" + moved)
+    assert h.signed_url(req) + signed_text(without(SMS, "AccountSid")) == url + signed_text(list(SMS.items()))
+    with pytest.raises(Rejected, match="AccountSid is missing"):
+        h.verify(req, urlencode(without(SMS, "AccountSid")).encode())
