@@ -99,8 +99,8 @@ def build_destinations(rt: Runtime) -> dict[str, Destination]:
     out = {}
     for name, cfg in rt.config.destinations.items():
         vendor = cfg.vendor
-        base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url and not cfg.sandbox \
-            else (lambda v=vendor: rt.sandbox_url(v))
+        # A sandbox with a base_url is a shared simulator there (`ticketbridge sandbox`); without, this process's.
+        base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url else (lambda v=vendor: rt.sandbox_url(v))
         out[name] = Destination.from_config(name, cfg, base_url, attachments_dir=rt.config.attachments_dir)
         short = out[name].adapter.redactor.short
         if short:
@@ -227,6 +227,24 @@ def sandbox_context(rt: Runtime) -> CleanupCtx:
             rt.sandbox_urls.clear()
 
     return ctx
+
+
+SANDBOX_PER_PROCESS = (
+    "this process's own simulator serves the destination, and its tickets are this process's alone; every process "
+    "on a PostgreSQL store sends what it claims to its own simulator, so a follow-up or an update another process "
+    "sends goes to that process's ticket of the same id (another customer's, or none: 'ticket_id is missing'). "
+    "With several processes, run one `ticketbridge sandbox` and give the destination its `base_url` "
+    "(e.g. http://sandbox:9090/kapture), or run one process")
+
+
+def per_process_sandboxes(config: Config, mappings: MappingSet) -> dict[str, list[str]]:
+    """The destinations this process's own simulator serves (`sandbox: true` without a `base_url`) while the store
+    is PostgreSQL, which other processes may share, each with the mappings that thread conversations into it (whose
+    follow-ups need the ticket their conversation's first message made). Empty on SQLite: one process."""
+    if config.store_url.scheme != "postgresql":
+        return {}
+    return {name: sorted(m.name for m in mappings.mappings.values() if m.destination == name and m.threaded)
+            for name, d in sorted(config.destinations.items()) if d.own_sandbox}
 
 
 def delivery_session(config: Config) -> aiohttp.ClientSession:
@@ -417,7 +435,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     app.router.add_get("/readyz", readyz)
     add_admin_routes(app)
     app.router.add_get("/metrics", metrics)
-    for vendor in sorted({d.vendor for d in config.destinations.values() if d.sandbox}):
+    for vendor in sorted({d.vendor for d in config.destinations.values() if d.own_sandbox}):
         factory = simulator_registry().get(vendor)
         if factory is None:
             raise ValueError(f"no simulator for vendor {vendor!r}")

@@ -226,6 +226,8 @@ class DestinationConfig(Base):
     vendor: str
     base_url: str | None = None
     sandbox: bool = False
+    """Served by the vendor's simulator, with its demo credentials: this process's own, or, with a `base_url`,
+    the one there (a `ticketbridge sandbox` that several processes share)."""
     rate_limit: RateLimit | None = None
     max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 4
     timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
@@ -235,6 +237,12 @@ class DestinationConfig(Base):
     """What follows a send whose outcome is unknown; None: the vendor's default (`unknown_policy`)."""
     reconcile_timeout: str | float = "5m"
     """How long one reconciliation (every look-up it makes) may take in all; past it, the outcome stays unknown."""
+
+    @property
+    def own_sandbox(self) -> bool:
+        """Whether this process's own simulator serves the destination (`sandbox: true` without a `base_url`): its
+        tickets are this process's alone, unseen by any other process sharing the store."""
+        return self.sandbox and not self.base_url
 
     def can_reconcile(self) -> str | None:
         """None when `on_unknown: reconcile` can work for this destination, else why not (vendors override)."""
