@@ -292,6 +292,8 @@ class SqliteStore(Store):
         store holds the file; it starts past the tokens of the deliveries in flight when it opens."""
         self._elsewhere: asyncio.Future[Any] | None = None
         """The writer's work on another thread (its COMMIT, an off-loop write's statements), while it runs."""
+        self._recovered = 0
+        """How many deliveries in flight the owner gave back when it opened (recovered_at_open)."""
         self._committed_at: float | None = None
         """When (time.monotonic) this store's last commit ended: a store beside the owner waits HAND_OVER_SECONDS
         from then before it begins another transaction."""
@@ -333,6 +335,7 @@ class SqliteStore(Store):
                     f"next_attempt_at = MIN(next_attempt_at, ?), {REAPED_IN_DOUBT} WHERE status = 'in_flight'",
                     (now_ms(),),
                 ).rowcount
+                self._recovered = moved
                 if moved:
                     log.warning("store.recovered_in_flight", count=moved, path=str(self.path))
             # The writer runs its statements on the event loop: it must never sleep in SQLite's busy
@@ -351,6 +354,9 @@ class SqliteStore(Store):
         except BaseException:
             self._drop_lock()
             raise
+
+    def recovered_at_open(self) -> int:
+        return self._recovered
 
     def _make_folder(self) -> None:
         folder = self.path.parent
