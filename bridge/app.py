@@ -353,7 +353,10 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
     and a dead process's work is due again within a lease and a third. First the leases of what this process
     still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
-    never given back to be sent again."""
+    never given back to be sent again. `on_released` is told how many deliveries each round took over from a
+    sender that died or stalled (ticketbridge_lease_takeovers_total): the first round also those an earlier
+    process left in flight, which the store gave back when it opened (SQLite, `Store.recovered_at_open`) or
+    `take_back` gives back (PostgreSQL, this host:port's earlier process); every round those whose lease ran out."""
     first, taken_back = True, False
     while True:
         if not first:
@@ -366,6 +369,8 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                 if taken:
                     log.warning("delivery.taken_back", count=taken,
                                 note="left in flight by this instance's previous process; due again now")
+                if (recovered := taken + store.recovered_at_open()) and on_released is not None:
+                    on_released(recovered)
             await dispatcher.keep_leases()
             released = await store.release_expired()
         except StoreUnavailable as exc:

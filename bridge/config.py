@@ -152,6 +152,12 @@ class AttachmentsConfig(Base):
     max_bytes: Annotated[int, Meta(ge=0)] = 10_485_760
 
 
+RETENTION_BATCH_MOST = 1_000
+"""The most `retention.batch` (and `purge --batch`) takes: on SQLite a batch's deletes hold the one writer, and the
+intake waiting behind it, for their whole transaction (about 0.2 s for a thousand events of a few kilobytes, each with
+its delivery and attempt; 10,000 held it 2 s)."""
+
+
 class RetentionConfig(Base):
     """How long what the store and the attachments folder hold is kept; a null limit keeps that kind forever."""
 
@@ -169,8 +175,10 @@ class RetentionConfig(Base):
     last message: while it is kept
     that sender's `[#id]` reply follows up on the ticket (a stranger's never does); after, it makes a new ticket."""
     every: str | float = "5m"
-    batch: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    """Events (or attempts, or dedup keys) looked at per transaction: about three rows deleted for each event."""
+    batch: Annotated[int, Meta(ge=1, le=RETENTION_BATCH_MOST)] = 200
+    """Events (or attempts, or dedup keys) looked at per transaction: about three rows deleted for each event. On
+    SQLite a transaction also stops at `group_bytes` of the events and attempts it deletes (their JSON, bodies and
+    exchanges), the first whatever its size."""
 
     def __post_init__(self) -> None:
         for key in ("events", "dead", "attempts", "tickets", "every"):

@@ -396,6 +396,12 @@ class Store(ABC):
         the ticket and its destination announced to `subscribe`'s callbacks). False when it is in flight or
         succeeded already; raises NotFound."""
 
+    def recovered_at_open(self) -> int:
+        """How many deliveries in flight the store gave back (due now, in doubt) when it opened: a store that one
+        process owns gives back every delivery its previous process left in flight (it died or was killed before
+        giving them back); a shared store none (`take_back` and `release_expired` give back a dead process's)."""
+        return 0
+
     async def take_back(self, instance: str, gone: Callable[[str], bool]) -> int:
         """Give back, due now, the deliveries in flight under an earlier process of this `instance` (a lease
         owner starting with it) that `gone(owner)` says is no longer running; returns how many. Each is in doubt

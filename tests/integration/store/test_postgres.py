@@ -11,6 +11,7 @@ import msgspec
 import pytest
 import structlog
 from aioresponses import aioresponses
+from structlog.testing import capture_logs
 
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import StoreUnavailable
@@ -549,3 +550,70 @@ async def test_claim_tokens_come_in_blocks_no_two_processes_share(
     assert len(tokens) == 6 and len(set(tokens)) == 6
     assert tokens[2] == tokens[0] + 1 and tokens[3] == tokens[1] + 1
     assert abs(tokens[1] - tokens[0]) >= TOKEN_BLOCK
+
+
+BLOCKED_BY = ("WITH RECURSIVE chain (pid) AS (SELECT $1::int UNION SELECT a.pid FROM pg_stat_activity a, chain c "
+              "WHERE c.pid = ANY(pg_blocking_pids(a.pid))) SELECT count(*) - 1 FROM chain")
+"""How many sessions wait, directly or behind another waiting one, for a lock the session $1 holds."""
+
+
+async def waiting_behind(conn: asyncpg.Connection, count: int) -> None:
+    """Until `count` sessions wait for the locks `conn` holds (or behind those that do)."""
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    while await conn.fetchval(BLOCKED_BY, pid) != count:
+        await asyncio.sleep(0.01)  # polling for the sessions to be waiting on the row locks
+
+
+async def test_a_replay_and_a_purge_take_their_rows_in_one_order(two: tuple[PostgresStore, PostgresStore],
+                                                                 pg_schema: str) -> None:
+    """A purge locks its events' deliveries in the order of their ids; a replay given them newest first took them
+    in that order, one update at a time. The purge holding the older and waiting for the newer while the replay held
+    the newer and waited for the older was a deadlock: the replay answered 503, the sweep failed. A replay locks its
+    rows in the order of their ids first: it waits for the purge, then finds the rows gone."""
+    a, b = two
+    older_event, older = await settled_event(a)
+    newer_event, newer = await settled_event(a)
+    assert older < newer
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        with capture_logs() as logs:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", older)  # both wait behind it
+            purge = asyncio.create_task(a.purge(Cutoffs(events_ms=now_ms() + 1000), 500))
+            await waiting_behind(conn, 1)
+            replay = asyncio.create_task(b.replay([newer, older]))
+            await waiting_behind(conn, 2)
+            await tx.commit()
+            purged, moved = await asyncio.gather(purge, replay)
+        assert (purged.events, moved) == (2, [])
+        assert not await kept(a, older_event) and not await kept(a, newer_event)
+        assert "store.deadlock_retried" not in [e["event"] for e in logs]
+    finally:
+        await conn.close()
+
+
+async def test_a_replay_a_deadlock_rolled_back_is_run_again_whole(store: PostgresStore, pg_schema: str) -> None:
+    """A replay whose statement deadlocked with another transaction (here one taking the rows in the opposite order)
+    is run once more from its start, since nothing of it was answered or kept: it moves every delivery, logging
+    store.deadlock_retried, and the store is not marked failing."""
+    _, older = await settled_event(store)
+    _, newer = await settled_event(store)
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("SET deadlock_timeout = '60s'")  # the replay, waiting first, finds the deadlock
+        with capture_logs() as logs:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", newer)
+            replay = asyncio.create_task(store.replay([newer, older]))
+            await waiting_behind(conn, 1)  # the replay holds the older, and waits for the newer
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", older)  # the replay is undone
+            await waiting_behind(conn, 1)  # run again, it waits for both
+            await tx.commit()
+            assert sorted(await replay) == sorted([newer, older])
+        assert [e.get("write") for e in logs if e["event"] == "store.deadlock_retried"] == ["replay"]
+        assert store.problem() is None
+        assert {(await row(store, i)).status for i in (older, newer)} == {"pending"}
+    finally:
+        await conn.close()

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
+from bridge.retention import purge_store
 from bridge.store import sqlite as sqlite_store
 from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.rows import GROUP_BYTES, MAPPING_CONVERSATIONS
@@ -1206,3 +1207,99 @@ async def test_a_replays_write_is_a_group_by_itself_between_the_writes_queued_ar
     assert [r.event_id for r in (results[0], results[1], results[3])] == [e.id for e in accepts]
     assert results[2] == [d.id]
     assert groups == [[False], [False], [True], [False]]
+
+
+PURGED_EVENTS = "DELETE FROM events"
+PURGED_ATTEMPTS = "DELETE FROM attempts WHERE delivery_id = "
+PURGE_STATEMENTS = ("SELECT e.id", "SELECT a.started_at", "DELETE FROM", "SELECT c.id")
+
+
+async def test_a_purge_deletes_off_the_event_loop_in_transactions_bounded_by_their_bytes(store: SqliteStore) -> None:
+    """A purge's statements run on a worker thread, never the event loop's (where deleting 250 events of a 900 kB
+    mail held it for seconds), each kind in a transaction of its own, and the events and attempts a transaction
+    deletes stop at group_bytes of what they hold (the first whatever its size): the writes queued behind wait for a
+    short transaction. Events kept (a pending delivery) are looked at and weigh nothing."""
+    store.group_bytes = 100_000
+    large = [make_delivery(body={"comment": "x" * 45_000}, status="succeeded") for _ in range(5)]
+    for d in large[:2]:
+        await accept_one(store, d)
+    kept = make_delivery(body={"comment": "k" * 90_000})  # pending: kept
+    await accept_one(store, kept)
+    for d in large[2:]:
+        await accept_one(store, d)
+    tried = make_delivery()  # a delivery whose two attempts of 45 kB exchanges each are older than the cutoff
+    await accept_one(store, tried)
+    for n in range(5):
+        await store.claim("kapture-support", 10, "w", 30)
+        attempt = msgspec.structs.replace(result(tried.id, "pending", http_status=500, classification="retry"),
+                                          exchange={"response": f"{n}" * 45_000})
+        await store.record(attempt, owner="w")
+    cutoff = now_ms() + 1
+    with traced(store) as seen:
+        counts = await purge_store(store, Cutoffs(events_ms=cutoff, attempts_ms=cutoff, dedup_ms=cutoff,
+                                                  conversations_ms=cutoff), 100, pause_s=0)
+    assert (counts.events, counts.deliveries, counts.attempts) == (5, 5, 4)
+    loop_thread = threading.get_ident()
+    purging = [(thread, sql) for thread, sql in seen if sql.startswith(PURGE_STATEMENTS)]
+    assert purging
+    assert {thread for thread, _ in purging}.isdisjoint({loop_thread})
+    assert [len(p) for p in transactions(seen, PURGED_EVENTS)] == [2, 2, 1]
+    assert [len(p) for p in transactions(seen, PURGED_ATTEMPTS)] == [2, 2]  # the latest attempt stays
+    assert {r.id for r in await store.list_deliveries(DeliveryFilter())} == {kept.id, tried.id}
+
+
+async def test_a_purge_beside_the_owner_leaves_it_the_writer_between_two_transactions(
+        store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ticketbridge purge` beside a running server purges in short transactions and, after each, leaves the write
+    lock free for longer than the server waits between two tries: a server's write that waited for one of them is
+    stored before the purge's next transaction, rather than after the whole purge (intake's 202 took up to 4.5 s)."""
+    cli = SqliteStore(tmp_path / "s.db", owner=False)
+    await cli.open()
+    try:
+        cli.group_bytes = 100_000
+        for _ in range(4):
+            await accept_one(store, make_delivery(body={"comment": "x" * 45_000}, status="succeeded"))
+        order: list[tuple[str, str]] = []
+        assert store._writer is not None and cli._writer is not None
+        store._writer.set_trace_callback(lambda sql: order.append(("server", sql)))
+        cli._writer.set_trace_callback(lambda sql: order.append(("cli", sql)))
+        loop = asyncio.get_running_loop()
+        refused = threading.Semaphore(0)  # released at each of the server's tries of BEGIN the lock refuses
+        begin = store._begin
+
+        class Tried:
+            def __init__(self, conn: sqlite3.Connection) -> None:
+                self.conn = conn
+
+            def execute(self, sql: str) -> sqlite3.Cursor:
+                try:
+                    return self.conn.execute(sql)
+                except sqlite3.OperationalError:
+                    refused.release()
+                    raise
+
+        async def noted(conn: sqlite3.Connection) -> None:
+            await begin(Tried(conn))  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "_begin", noted)
+        late = make_event()
+        stored: list[asyncio.Task[Any]] = []
+        purge_events = sqlite_store._purge_events
+
+        def purging(*args: Any, **kw: Any) -> Any:
+            if not stored:  # the purge's first transaction holds the lock: the server's write waits for it, until
+                # its tries are BUSY_DELAY_MAX apart (after 1, 2, 4 ... 32 ms)
+                loop.call_soon_threadsafe(lambda: stored.append(asyncio.ensure_future(
+                    store.accept(late, [make_delivery()], WEEK))))
+                for _ in range(8):
+                    assert refused.acquire(timeout=10)
+            return purge_events(*args, **kw)
+
+        monkeypatch.setattr(sqlite_store, "_purge_events", purging)
+        counts = await purge_store(cli, Cutoffs(events_ms=now_ms() + 1), 100, pause_s=0)
+        assert counts.events == 4
+        await stored[0]
+    finally:
+        await cli.close()
+    steps = [(who, sql) for who, sql in order if sql.startswith((PURGED_EVENTS, "INSERT INTO events"))]
+    assert [who for who, _ in steps] == ["cli", "cli", "server", "cli", "cli"]
