@@ -289,6 +289,32 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
         await conn.close()
 
 
+async def test_a_thread_without_a_ticket_looks_for_a_held_create_without_walking_its_history(
+        store: PostgresStore, pg_schema: str) -> None:
+    """While a conversation has no ticket (restarted after its quiet period, or reset), the head's second test and a
+    listed delivery's `waiting` look for an earlier held create in the index of held creates (0024,
+    deliveries_held_create), not through every earlier delivery of the thread (deliveries_conversation)."""
+    for _ in range(100):
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "w", 60)
+        await store.record(result(d.id, "succeeded", ticket_id="T-1"))
+    await store.reset_conversation("k")
+    await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+    queries = (f"SELECT id FROM deliveries d WHERE status = 'pending' AND destination = 'kapture-support' "
+               f"AND next_attempt_at <= {now_ms()} AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT 10",
+               f"SELECT {ROW_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT 50")
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("ANALYZE deliveries")
+        await conn.execute("SET enable_seqscan = off")
+        for query in queries:
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
+            assert "deliveries_held_create" in plan, plan
+    finally:
+        await conn.close()
+
+
 async def test_a_removed_mappings_conversations_are_counted_from_an_index(
         store: PostgresStore, pg_schema: str) -> None:
     """mapping_backlog's count of a mapping's recent conversations (a reload that drops the mapping) reads the

@@ -734,14 +734,19 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
 
 async def test_a_conversations_earlier_deliveries_are_read_by_arrival_from_an_index(
         store: SqliteStore, tmp_path: Path) -> None:
-    """What compares a conversation's deliveries by arrival (the rowid) reads a range of deliveries_conversation
-    (0022: by conversation, then rowid): the messages a follow-up counts, and the walk for a held create."""
+    """What compares a conversation's deliveries by arrival (the rowid) reads a range of an index by conversation,
+    then rowid: the messages a follow-up counts, deliveries_conversation (0022); the look-up of an earlier held
+    create (the head's second test, and `waiting`), deliveries_held_create (0024), which holds the held creates
+    alone, so that a thread without a ticket is not read back to its first message."""
     with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
         counted = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {TICKETS_OF_CLAIMED}(?)", ("x",)))
         head = " / ".join(r[3] for r in conn.execute(
             f"EXPLAIN QUERY PLAN SELECT id FROM deliveries d WHERE id = ? AND {HEAD_OF_CONVERSATION}", ("x",)))
+        waiting = " / ".join(r[3] for r in conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT {ROW_COLUMNS} FROM deliveries WHERE id = ?", ("x",)))
     assert "USING COVERING INDEX deliveries_conversation (conversation=? AND rowid<?)" in counted, counted
-    assert "USING INDEX deliveries_conversation (conversation=? AND rowid<?)" in head, head
+    for plan in (head, waiting):
+        assert "USING INDEX deliveries_held_create (conversation=? AND rowid<?)" in plan, plan
 
 
 async def test_marking_an_in_doubt_create_succeeded_sends_the_waiting_follow_up_at_once(store: SqliteStore) -> None:
