@@ -306,10 +306,16 @@ def status_condition(status: DeliveryStatus) -> str:
 def tickets_of_claimed(arrival: str) -> str:
     """Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket, with
     the conversation's messages up to the delivery in arrival order (see `head_of_conversation`); only those whose
-    conversation holds a ticket (`with_tickets` takes no other), so that a create's claim counts nothing."""
+    conversation holds a ticket (`with_tickets` takes no other), so that a create's claim counts nothing.
+
+    The messages up to the delivery are those the conversation holds (`conversations.stored`, migration 0025: one
+    more for each delivery an accept makes in it, one fewer for each a purge deletes) less those that came after it,
+    counted from deliveries_conversation: the head of a conversation has none after it but the messages waiting
+    behind it. Counting those before it read the whole thread at each follow-up's claim, a cost growing with the
+    thread (a chat of thousands of messages). Both are read by one statement, so from one snapshot."""
     return ("SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "  # noqa: S608
-            "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation "
-            f"AND {before(arrival, 'o', 'd', '<=')}), d.id, c.ticket_uuid, c.sender "
+            "c.stored - (SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation "
+            f"AND {before(arrival, 'd', 'o')}), d.id, c.ticket_uuid, c.sender "
             "FROM deliveries d JOIN conversations c ON c.id = d.conversation AND c.ticket_id IS NOT NULL "
             "WHERE d.id IN ")
 

@@ -1,5 +1,6 @@
 """A conversation's cost per message does not grow with its history: accepting a message into a thread of n earlier
-ones, and claiming it as the create of a thread restarted without a ticket, costs the same at n and at 8n.
+ones, and claiming it (as a follow-up on the thread's ticket, or as the create of a thread restarted without one),
+costs the same at n and at 8n.
 
 A long-lived chat (a WhatsApp customer, a Slack channel) keeps every message it had for the retention window, in
 one conversation. Counted in SQLite's virtual machine steps (the connection's progress handler, called at every
@@ -62,6 +63,8 @@ async def thread(store: SqliteStore, history: int, *, ticket: bool) -> None:
                  "WHERE deliveries.id = ?", (history - 1, first.id))
     conn.execute("UPDATE conversations SET messages = ?, ticket_id = CASE WHEN ? THEN ticket_id END, "
                  "ticket_at = CASE WHEN ? THEN ticket_at END WHERE id = ?", (history, ticket, ticket, CONVERSATION))
+    if any(c[1] == "stored" for c in conn.execute("PRAGMA table_info(conversations)")):  # as accepts count them
+        conn.execute("UPDATE conversations SET stored = ? WHERE id = ?", (history, CONVERSATION))
     conn.execute("COMMIT")
     assert conn.execute("SELECT count(*) FROM deliveries WHERE conversation = ?", (CONVERSATION,)).fetchone() == (
         history,)
@@ -115,6 +118,20 @@ async def test_a_thread_restarted_without_a_ticket_claims_its_create_without_rea
         assert got.ticket is None  # a create
         counts.append(counted)
     assert_flat(*counts, "claiming a restarted thread's create")
+
+
+async def test_a_follow_up_in_a_long_thread_is_claimed_without_reading_its_history(
+        stores: Callable[[str], Awaitable[SqliteStore]]) -> None:
+    """The claim of a follow-up on the thread's ticket counts the messages up to it (`ticket.messages`) as those
+    the conversation holds (`conversations.stored`) less those after it, not by counting every earlier one."""
+    counts = []
+    for history in (N, GROWTH * N):
+        store = await stores(f"follow-up-{history}")
+        await thread(store, history, ticket=True)
+        counted, got = await claim_steps(store)
+        assert got.ticket is not None and got.ticket["messages"] == history + 1
+        counts.append(counted)
+    assert_flat(*counts, "claiming a follow-up in a thread")
 
 
 async def test_accepting_a_message_into_a_long_thread_does_not_read_its_history(
