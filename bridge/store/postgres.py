@@ -955,10 +955,24 @@ async def _purge_events(conn: Any, cutoffs: Cutoffs, limit: int, after: tuple[in
         out.attempts = len(await conn.fetch(
             "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1::text[])) "
             "RETURNING 1", gone))
+        # Their conversations hold as many fewer (`stored`, migration 0025): locked in the order of their ids, as
+        # accepts lock them (pg_batch._lock_conversations), after the deliveries, as a record or mark_succeeded
+        # takes its delivery before its conversation.
+        for statement in _UNSTORED:
+            await conn.execute(statement, gone)
         out.deliveries = len(await conn.fetch(
             "DELETE FROM deliveries WHERE event_id = ANY($1::text[]) RETURNING 1", gone))
         out.events = len(await conn.fetch("DELETE FROM events WHERE id = ANY($1::text[]) RETURNING 1", gone))
     return out
+
+
+_UNSTORED = (
+    "SELECT 1 FROM conversations WHERE id IN (SELECT conversation FROM deliveries WHERE event_id = ANY($1::text[])) "
+    "ORDER BY id FOR NO KEY UPDATE",
+    "UPDATE conversations c SET stored = c.stored - g.n FROM (SELECT conversation, count(*)::int AS n FROM deliveries "
+    "WHERE event_id = ANY($1::text[]) AND conversation IS NOT NULL GROUP BY conversation) g "
+    "WHERE c.id = g.conversation")
+"""Before the deliveries of events (`$1`) are deleted: their conversations hold as many fewer."""
 
 
 async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:

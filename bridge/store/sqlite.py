@@ -1478,12 +1478,14 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> st
     in does the upsert that opens or restarts the conversation run. A message whose key any sender may write
     (`sender_checked`) counts only in a conversation its sender opened (or one older than the sender column), and
     names a ticket only one such conversation holds; else it opens a conversation of its own, whose id it returns
-    (None: it joined the one it named)."""
+    (None: it joined the one it named). Either way the conversation it is counted in holds one more delivery
+    (`stored`, migration 0025)."""
     checked = d.sender_checked
     sender = d.sender or ""
     same_sender = " AND (sender IS NULL OR sender = ?4)" if checked else ""
     counted = conn.execute(
-        "UPDATE conversations SET messages = messages + 1, last_message_at = max(last_message_at, ?1) "  # noqa: S608
+        "UPDATE conversations SET messages = messages + 1, stored = stored + 1, "  # noqa: S608
+        "last_message_at = max(last_message_at, ?1) "
         f"WHERE id = ?2 AND ?1 - last_message_at <= ?3{same_sender}",
         (now, d.conversation, d.reopen_after_ms, *((sender,) if checked else ()))).rowcount
     if counted:
@@ -1493,10 +1495,10 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> st
             "LIMIT 1", (d.destination, d.known_ticket, sender)).fetchone() is None:
         return _split_conversation(conn, d, now, sender, "ticket")
     opened = conn.execute(
-        "INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "  # noqa: S608
-        "ticket_at, sender) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END, ?8) "
-        "ON CONFLICT (id) DO UPDATE SET "
-        "messages = CASE WHEN ?5 - last_message_at > ?7 THEN 1 ELSE messages + 1 END, "
+        "INSERT INTO conversations (id, key, mapping, destination, messages, stored, started_at, last_message_at, "  # noqa: S608
+        "ticket_id, ticket_at, sender) VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, ?5, ?6, "
+        "CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END, ?8) ON CONFLICT (id) DO UPDATE SET "
+        "messages = CASE WHEN ?5 - last_message_at > ?7 THEN 1 ELSE messages + 1 END, stored = stored + 1, "
         "started_at = CASE WHEN ?5 - last_message_at > ?7 THEN ?5 ELSE started_at END, "
         "ticket_id = CASE WHEN ?5 - last_message_at > ?7 THEN ?6 ELSE ticket_id END, "
         "ticket_key = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_key END, "
@@ -1518,8 +1520,9 @@ def _split_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int, send
     first = conn.execute("SELECT sender FROM conversations WHERE id = ?", (d.conversation,)).fetchone()
     own, key = split_conversation_id(d)
     sender_mismatch(d, named, sender, None if first is None else first[0], own)
-    conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, "
-                 "sender) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)", (own, key, d.mapping, d.destination, now, sender))
+    conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, stored, started_at, "
+                 "last_message_at, sender) VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, ?5, ?6)",
+                 (own, key, d.mapping, d.destination, now, sender))
     return own
 
 
@@ -1592,9 +1595,16 @@ def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
     if gone:
         out.attempts = conn.executemany("DELETE FROM attempts WHERE delivery_id IN "
                                         "(SELECT id FROM deliveries WHERE event_id = ?)", gone).rowcount
+        conn.executemany(_UNSTORED, gone)
         out.deliveries = conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone).rowcount
         out.events = conn.executemany("DELETE FROM events WHERE id = ?", gone).rowcount
     return out
+
+
+_UNSTORED = ("UPDATE conversations SET stored = stored - (SELECT count(*) FROM deliveries d WHERE d.event_id = ?1 "
+             "AND d.conversation = conversations.id) WHERE id IN (SELECT conversation FROM deliveries "
+             "WHERE event_id = ?1 AND conversation IS NOT NULL)")
+"""Before an event's deliveries are deleted: their conversations hold as many fewer (`stored`, migration 0025)."""
 
 
 def _purge_conversations(conn: sqlite3.Connection, cutoff: int, tickets: int | None, limit: int,

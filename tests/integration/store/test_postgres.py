@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
-from bridge.store.base import Cutoffs, DeliveryFilter
+from bridge.store.base import Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.postgres import (
     HEAD_OF_CONVERSATION,
     NONCE_SWEEP,
@@ -33,6 +33,7 @@ from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
+    after_now,
     id_made_behind,
     kept,
     make_delivery,
@@ -290,6 +291,32 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
         await conn.close()
 
 
+async def test_a_thread_without_a_ticket_looks_for_a_held_create_without_walking_its_history(
+        store: PostgresStore, pg_schema: str) -> None:
+    """While a conversation has no ticket (restarted after its quiet period, or reset), the head's second test and a
+    listed delivery's `waiting` look for an earlier held create in the index of held creates (0024,
+    deliveries_held_create), not through every earlier delivery of the thread (deliveries_conversation)."""
+    for _ in range(100):
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "w", 60)
+        await store.record(result(d.id, "succeeded", ticket_id="T-1"))
+    await store.reset_conversation("k")
+    await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+    queries = (f"SELECT id FROM deliveries d WHERE status = 'pending' AND destination = 'kapture-support' "
+               f"AND next_attempt_at <= {now_ms()} AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT 10",
+               f"SELECT {ROW_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT 50")
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("ANALYZE deliveries")
+        await conn.execute("SET enable_seqscan = off")
+        for query in queries:
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
+            assert "deliveries_held_create" in plan, plan
+    finally:
+        await conn.close()
+
+
 async def test_a_removed_mappings_conversations_are_counted_from_an_index(
         store: PostgresStore, pg_schema: str) -> None:
     """mapping_backlog's count of a mapping's recent conversations (a reload that drops the mapping) reads the
@@ -435,6 +462,72 @@ async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their
         assert await conn.fetchval("SELECT relfilenode FROM pg_class WHERE relname = 'deliveries'") == stored_at
         arrivals = dict(await conn.fetch("SELECT id, arrival FROM deliveries"))
         assert arrivals[earlier.id] == arrivals[later.id] == 0 < arrivals[third.id]
+    finally:
+        await conn.close()
+
+
+async def test_each_conversation_counts_the_deliveries_it_holds(store: PostgresStore, pg_schema: str) -> None:
+    """`conversations.stored` is the number of deliveries each conversation holds, after a burst of accepts stored
+    together (chats, whose key only the provider writes, and email threads with other senders' messages split off
+    to conversations of their own) and a purge of the settled ones' events."""
+    def message(n: int) -> NewDelivery:
+        if n % 3:
+            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
+        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
+                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
+
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
+    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
+    for _ in range(3):
+        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
+            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
+    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        counted = await conn.fetch("SELECT conversation, count(*) FROM deliveries WHERE conversation IS NOT NULL "
+                                   "GROUP BY conversation")
+        stored = await conn.fetch("SELECT id, stored FROM conversations WHERE stored > 0")
+    finally:
+        await conn.close()
+    assert len(counted) > 4 and dict(stored) == dict(counted)
+
+
+async def test_migration_0025_counts_the_deliveries_each_conversation_holds(pg_schema: str) -> None:
+    """A database from before 0025 (no `conversations.stored`): the migration counts each conversation's deliveries
+    once, so that the follow-ups claimed after it count their messages as before (here the fourth of a thread, one
+    more waiting behind it)."""
+    store = PostgresStore(DSN, schema=pg_schema)
+    await store.open()
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(5)]
+    try:
+        for d in thread:
+            await accept_one(store, d)
+        for n, d in enumerate(thread[:3]):
+            (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+            assert got.id == d.id
+            await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-1"),
+                                                       role="follow_up" if n else "create"))
+        await accept_one(store, make_delivery(conversation="m|other", conversation_key="other"))
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("ALTER TABLE conversations DROP COLUMN stored; "
+                           "DELETE FROM schema_migrations WHERE version = 25")
+    finally:
+        await conn.close()
+    store = PostgresStore(DSN, schema=pg_schema)
+    try:
+        await store.open()
+        got = {c.id: c for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        ticket = got[thread[3].id].ticket
+        assert ticket is not None and ticket["messages"] == 4
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        assert dict(await conn.fetch("SELECT id, stored FROM conversations")) == {"m|k": 5, "m|other": 1}
     finally:
         await conn.close()
 

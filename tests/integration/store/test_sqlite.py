@@ -39,6 +39,7 @@ from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
+    after_now,
     make_delivery,
     make_event,
     nonce,
@@ -735,14 +736,20 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
 
 async def test_a_conversations_earlier_deliveries_are_read_by_arrival_from_an_index(
         store: SqliteStore, tmp_path: Path) -> None:
-    """What compares a conversation's deliveries by arrival (the rowid) reads a range of deliveries_conversation
-    (0022: by conversation, then rowid): the messages a follow-up counts, and the walk for a held create."""
+    """What compares a conversation's deliveries by arrival (the rowid) reads a range of an index by conversation,
+    then rowid: the messages after a follow-up (which its count of messages takes off those the conversation holds,
+    0025), deliveries_conversation (0022); the look-up of an earlier held create (the head's second test, and
+    `waiting`), deliveries_held_create (0024), which holds the held creates alone, so that a thread without a ticket
+    is not read back to its first message."""
     with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
         counted = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {TICKETS_OF_CLAIMED}(?)", ("x",)))
         head = " / ".join(r[3] for r in conn.execute(
             f"EXPLAIN QUERY PLAN SELECT id FROM deliveries d WHERE id = ? AND {HEAD_OF_CONVERSATION}", ("x",)))
-    assert "USING COVERING INDEX deliveries_conversation (conversation=? AND rowid<?)" in counted, counted
-    assert "USING INDEX deliveries_conversation (conversation=? AND rowid<?)" in head, head
+        waiting = " / ".join(r[3] for r in conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT {ROW_COLUMNS} FROM deliveries WHERE id = ?", ("x",)))
+    assert "USING COVERING INDEX deliveries_conversation (conversation=? AND rowid>?)" in counted, counted
+    for plan in (head, waiting):
+        assert "USING INDEX deliveries_held_create (conversation=? AND rowid<?)" in plan, plan
 
 
 async def test_marking_an_in_doubt_create_succeeded_sends_the_waiting_follow_up_at_once(store: SqliteStore) -> None:
@@ -889,6 +896,62 @@ async def test_a_replay_by_another_process_is_sent_at_once(store: SqliteStore, t
                 await cli.close()
             await eventually(lambda: requests_to(m) == 2, timeout=5.0)
             await eventually(lambda: _status(store, delivery_id))
+
+
+async def test_each_conversation_counts_the_deliveries_it_holds(store: SqliteStore, tmp_path: Path) -> None:
+    """`conversations.stored` is the number of deliveries each conversation holds, after a burst of accepts stored
+    together (chats, whose key only the provider writes, and email threads with other senders' messages split off
+    to conversations of their own) and a purge of the settled ones' events."""
+    def message(n: int) -> NewDelivery:
+        if n % 3:
+            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
+        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
+                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
+
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
+    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
+    for _ in range(3):
+        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
+            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
+    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+    counted = query(tmp_path / "s.db", "SELECT conversation, count(*) FROM deliveries WHERE conversation IS NOT NULL "
+                                       "GROUP BY conversation")
+    stored = query(tmp_path / "s.db", "SELECT id, stored FROM conversations WHERE stored > 0")
+    assert len(counted) > 4 and dict(stored) == dict(counted)
+
+
+async def test_migration_0025_counts_the_deliveries_each_conversation_holds(tmp_path: Path) -> None:
+    """A database from before 0025 (no `conversations.stored`): the migration counts each conversation's deliveries
+    once, so that the follow-ups claimed after it count their messages as before (here the fourth of a thread, one
+    more waiting behind it)."""
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    await s.open()
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(5)]
+    try:
+        for d in thread:
+            await accept_one(s, d)
+        for n, d in enumerate(thread[:3]):
+            (got,) = (await s.claim("kapture-support", 10, "w", 30)).items
+            assert got.id == d.id
+            await s.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-1"),
+                                                   role="follow_up" if n else "create"))
+        await accept_one(s, make_delivery(conversation="m|other", conversation_key="other"))
+    finally:
+        await s.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE conversations DROP COLUMN stored")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 25")
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        assert dict(query(path, "SELECT id, stored FROM conversations")) == {"m|k": 5, "m|other": 1}
+        got = {c.id: c for c in (await s.claim("kapture-support", 10, "w", 30)).items}
+        ticket = got[thread[3].id].ticket
+        assert ticket is not None and ticket["messages"] == 4
+    finally:
+        await s.close()
 
 
 async def test_a_conversation_made_before_the_sender_column_keeps_working(
