@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,21 @@ _Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, bytearr
                  AcceptResult]
 
 
+class _Staged:
+    """An off-loop write (`_Op.off_loop`) in two stages, both on the store's writer thread: `prepare` encodes what
+    it writes, SQLite's write lock not yet taken, and returns the write, which runs once BEGIN IMMEDIATE has taken
+    it (SqliteStore._run_off_loop): the lock is held for the statements alone. Called as any write is, it runs both
+    in turn."""
+
+    __slots__ = ("prepare",)
+
+    def __init__(self, prepare: Callable[[], Callable[[sqlite3.Connection], Any]]) -> None:
+        self.prepare = prepare
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.prepare()(conn)
+
+
 class SqliteStore(Store):
     """`owner=True` for the serving process (takes the lock, recovers in-flight work); False for CLI use."""
 
@@ -285,6 +301,9 @@ class SqliteStore(Store):
         store holds the file; it starts past the tokens of the deliveries in flight when it opens."""
         self._elsewhere: asyncio.Future[Any] | None = None
         """The writer's work on another thread (its COMMIT, an off-loop write's statements), while it runs."""
+        self._off_loop: ThreadPoolExecutor | None = None
+        """The thread the off-loop writes run on (_run_off_loop): the store's own, so that no other work queued on
+        a shared pool (the loop's default executor: reads, attachment saves, DNS look-ups) keeps them waiting."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -294,6 +313,7 @@ class SqliteStore(Store):
         self._closed = False
         self._committer = threading.Thread(target=self._commit_worker, name="sqlite-commit", daemon=True)
         self._committer.start()
+        self._off_loop = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
 
     def _connect(self) -> sqlite3.Connection:
         # Statements are kept prepared per text: an attempt's record writes its NULLs into its text (sqlite_binds),
@@ -408,6 +428,11 @@ class SqliteStore(Store):
             self._commits.put(None)
             await asyncio.to_thread(self._committer.join)
             self._committer = None
+        if self._off_loop is not None:
+            # After anything it runs (a write whose flusher was cancelled at shutdown), before the writer is closed.
+            await asyncio.wrap_future(self._off_loop.submit(lambda: None))
+            self._off_loop.shutdown(wait=False)
+            self._off_loop = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -599,7 +624,7 @@ class SqliteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                if not _busy(exc) or time.monotonic() > deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -620,19 +645,20 @@ class SqliteStore(Store):
                 # lease-taking batches use it, and losing a lease just makes the work due again.
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._full = durable
-            await self._begin(conn)
             if batch[0].off_loop or (len(batch) == 1 and batch[0].size > self.group_bytes):
                 # By itself (_take), or larger than a group, which take_group leaves alone: off the loop, whose turns
-                # its statements would hold about 3 ms per MiB.
+                # its statements would hold about 3 ms per MiB. It begins there.
                 results = [(True, await self._run_off_loop(conn, batch[0].fn))]
-            elif len(batch) == 1:
-                results = self._run_isolated(conn, batch)
             else:
-                straight = self._run_straight(conn, batch)
-                if straight is None:  # one write failed and the group was rolled back
-                    await self._begin(conn)
-                    straight = self._run_isolated(conn, batch)
-                results = straight
+                await self._begin(conn)
+                if len(batch) == 1:
+                    results = self._run_isolated(conn, batch)
+                else:
+                    straight = self._run_straight(conn, batch)
+                    if straight is None:  # one write failed and the group was rolled back
+                        await self._begin(conn)
+                        straight = self._run_isolated(conn, batch)
+                    results = straight
             await self._commit_off_loop(conn)
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -653,11 +679,21 @@ class SqliteStore(Store):
         return results
 
     async def _run_off_loop(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """`fn`'s statements, in the open transaction, on a worker thread: the event loop goes on meanwhile, while
-        the writes queued behind wait for the group after. Nothing else uses the writer until it is done (the
-        flusher waits for it, and look_for_others keeps off while it runs)."""
+        """`fn`'s statements in a transaction of their own, begun and run on the store's writer thread (`_off_loop`,
+        no pool another task shares): the event loop goes on meanwhile, while the writes queued behind wait for
+        the group after. BEGIN IMMEDIATE is issued there, once `fn` (a _Staged write's preparation first) is about to
+        run, so SQLite's write lock is taken only then; while another process holds it, that thread waits (up to
+        BUSY_SECONDS), not the loop. Nothing else uses the writer until it is done (the flusher waits for it, and
+        look_for_others keeps off while it runs); COMMIT follows on the commit thread (_commit)."""
         assert self._loop is not None
-        future: asyncio.Future[Any] = self._loop.run_in_executor(None, fn, conn)
+        assert self._off_loop is not None
+
+        def run() -> Any:
+            write = fn.prepare() if isinstance(fn, _Staged) else fn
+            _begin_waiting(conn)
+            return write(conn)
+
+        future: asyncio.Future[Any] = self._loop.run_in_executor(self._off_loop, run)
         self._elsewhere = future
         return await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-statement
 
@@ -738,10 +774,9 @@ class SqliteStore(Store):
         to write. Any other is encoded here, and written with its group; one that encodes to more than a group
         (`group_bytes`) goes alone and off the loop all the same (_commit)."""
         if weight > self.large_accept_bytes:
-            def prepared(conn: sqlite3.Connection) -> AcceptResult:
-                return self._accept_op(event, deliveries, dedup_window_s, nonce)[0](conn)
-
-            heavy: AcceptResult = await self._write(prepared, size=weight, off_loop=True)
+            heavy: AcceptResult = await self._write(
+                _Staged(lambda: self._accept_op(event, deliveries, dedup_window_s, nonce)[0]), size=weight,
+                off_loop=True)
             return heavy
         op, inserts, size = self._accept_op(event, deliveries, dedup_window_s, nonce)
         result: AcceptResult = await self._write(op, inserts=inserts, size=size)
@@ -988,9 +1023,9 @@ class SqliteStore(Store):
         carried: dict[str, bytearray] = {}
         while rest:
             # Its size is found as its bodies are encoded, off the loop; the part goes alone whatever it is.
-            done, taken, carried = await self._write(
+            done, taken, carried = await self._write(_Staged(
                 functools.partial(_replay, delivery_ids=rest, fresh=fresh, kept=kept, carried=carried,
-                                  renamed=renamed, max_items=self.group_commit_max, max_bytes=self.group_bytes),
+                                  renamed=renamed, max_items=self.group_commit_max, max_bytes=self.group_bytes)),
                 size=self.group_bytes, off_loop=True)
             moved.extend(done)
             rest = rest[taken:]
@@ -1262,15 +1297,19 @@ class SqliteStore(Store):
         return entries
 
 
-def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], str]],
-            kept: dict[str, int], carried: dict[str, bytearray], renamed: str | None, max_items: int,
-            max_bytes: int) -> tuple[list[str], int, dict[str, bytearray]]:
-    """SqliteStore.replay's write of one part, on a worker thread: the first of `delivery_ids` that fit in a part
-    (at most `max_items`, and `max_bytes` of their sizes, the first whatever its size), in order, each
-    succeeded or dead one back to pending, with its new body (`fresh`, encoded here, unless `carried` holds it
-    encoded; and its mapping version, and mapping when renamed) when it has one, else only if it has a body (whose
-    size, when kept in its row, `kept` gives). Returns those moved, how many of `delivery_ids` the part took, and
-    the new body encoded and found not to fit (the next part's first), by id."""
+_Replayed = tuple[list[str], int, dict[str, bytearray]]
+
+
+def _replay(*, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], str]], kept: dict[str, int],
+            carried: dict[str, bytearray], renamed: str | None, max_items: int,
+            max_bytes: int) -> Callable[[sqlite3.Connection], _Replayed]:
+    """SqliteStore.replay's write of one part (a _Staged write's preparation, on the writer thread): the first of
+    `delivery_ids` that fit in a part (at most `max_items`, and `max_bytes` of their sizes, the first whatever its
+    size), in order, each succeeded or dead one back to pending, with its new body (`fresh`, encoded here, before
+    the write lock is taken, unless `carried` holds it encoded; and its mapping version, and mapping when renamed)
+    when it has one, else only if it has a body (whose size, when kept in its row, `kept` gives). The write returns
+    those moved, how many of `delivery_ids` the part took, and the new body encoded and found not to fit (the next
+    part's first), by id."""
     part: dict[str, bytearray | None] = {}
     total = 0
     left: dict[str, bytearray] = {}
@@ -1289,6 +1328,13 @@ def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], fresh: dict[st
             break
         part[i] = body
         total += size
+    return functools.partial(_replay_part, part=part, fresh=fresh, renamed=renamed, left=left)
+
+
+def _replay_part(conn: sqlite3.Connection, *, part: dict[str, bytearray | None],
+                 fresh: dict[str, tuple[dict[str, Any], str]], renamed: str | None,
+                 left: dict[str, bytearray]) -> _Replayed:
+    """The statements of a replay's part (_replay), in order."""
     now = now_ms()
     moved = []
     for i, body in part.items():
@@ -1406,6 +1452,28 @@ def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list
                                             for row in deliveries])
     if bodies:
         conn.executemany(_INSERT_BODY, bodies)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether `exc` says another connection holds the lock asked for (a BEGIN IMMEDIATE met a write elsewhere)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE on a thread that may wait (the store's writer thread): retried, up to BUSY_SECONDS, while
+    another process writes, as SqliteStore._begin does on the loop without blocking it (the writer's own
+    busy_timeout is 0, for the loop's sake)."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _run_script(sql: str, conn: sqlite3.Connection) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1078,6 +1079,53 @@ async def test_an_accept_of_an_event_made_from_a_large_request_is_encoded_and_wr
     assert heavy_encodes == 3  # the event, its delivery's body and options
     assert [t == loop_thread for t in encoded] == [False] * 3 + [True] * 3 + [False] * 3
     assert await store.get_event(heavy.id) == heavy
+
+
+@contextmanager
+def default_pool_taken(loop: asyncio.AbstractEventLoop, threads: int) -> Iterator[None]:
+    """Each of the `threads` threads of the event loop's default executor held by work that waits until the block
+    ends: a pool taken by slow work (DNS look-ups, reads, attachment saves)."""
+    go, started = threading.Event(), threading.Semaphore(0)
+
+    def held() -> None:
+        started.release()
+        go.wait()
+
+    for _ in range(threads):
+        loop.run_in_executor(None, held)
+    for _ in range(threads):
+        started.acquire()
+    try:
+        yield
+    finally:
+        go.set()
+
+
+async def test_a_large_accept_is_written_on_the_stores_own_thread_while_the_default_pool_is_taken(
+        tmp_path: Path) -> None:
+    """A large accept's statements run on a thread of the store's own, not the loop's default pool, where slow work
+    (DNS look-ups, reads) could keep them waiting with SQLite's write lock taken: every other write, and every
+    other process's, would wait as long. Its BEGIN runs there too, once that thread has it, so the lock is taken
+    only as its statements run. With the default pool taken, a large accept and a small one queued behind it are
+    both answered."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        store.large_accept_bytes = 1000
+        heavy, light = make_event(text="h" * 2000), make_event()
+        with traced(store) as seen, default_pool_taken(loop, 2):
+            writes = [asyncio.ensure_future(store.accept(heavy, [make_delivery()], WEEK, weight=1001)),
+                      asyncio.ensure_future(store.accept(light, [make_delivery()], WEEK))]
+            await eventually(lambda: all(w.done() for w in writes))
+        assert [w.result().event_id for w in writes] == [heavy.id, light.id]
+        loop_thread = threading.get_ident()
+        begins = [thread for thread, sql in seen if sql.startswith("BEGIN")]
+        assert len(begins) == 2 and begins[0] != loop_thread and begins[1] == loop_thread
+        assert {thread for thread, sql in seen if sql.startswith(INSERT_EVENT)} == {begins[0], loop_thread}
+    finally:
+        await store.close()
 
 
 async def test_a_heavy_accept_whose_text_is_refused_stores_nothing_and_leaves_the_store_working(
