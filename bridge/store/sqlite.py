@@ -5,9 +5,13 @@ of what they write, _Op.size, whichever comes first; a write larger than that al
 the statements on the event loop's thread (microseconds each, with no hand-over of the GIL between
 threads), and runs only the COMMIT, whose fsync is the slow part, on a worker thread. Requests that
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
-is on disk. A write whose statements may take longer goes alone with its statements on a worker thread too
-(`off_loop`): a replay's, cut into parts bounded as a group is; any write larger than a group (an accept of a large
-mail: about 3 ms per MiB on the loop); and the accept of an event made from a large request, encoded there as well.
+is on disk. A write whose statements may take longer goes alone, begun and run on the store's writer thread
+(`off_loop`, a thread of its own): a replay's, cut into parts bounded as a group is; any write larger than a group (an
+accept of a large mail: about 3 ms per MiB on the loop); and a heavy accept (an event made from a large request),
+encoded there as well. What that frees the loop of is the statements' time: sqlite3 runs each step without the GIL.
+Encoding a value (msgspec: one call into C, about 1 ms per MiB) and binding it to a statement (sqlite3 copies a blob
+whole) hold the GIL, wherever they run, so a heavy accept encodes its long strings and writes them into their rows a
+piece at a time (_json_pieces, _Pieces): the loop waits for the GIL a piece at most, not a whole mail.
 Reads use a second connection on worker threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
@@ -33,6 +37,7 @@ import fcntl
 import functools
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -139,10 +144,17 @@ every change of its status (a claim, a record, a replay), about 14 ms per MiB. A
 in one page (4 KiB), so a status change writes at most that page; a body kept apart costs its own insert when stored.
 The rows stored before 0021 keep their bodies, whatever their size."""
 LARGE_ACCEPT_BYTES = 1 << 20
-"""An accept whose event was made from more bytes than this (Store.accept's `weight`) is encoded and written on a
-worker thread, in a write by itself (see SqliteStore.accept). Below it, what the loop encodes stays within a few
-milliseconds (a mail's text is kept two or three times over, and once more in a body that quotes it), and such
-accepts keep sharing their groups' commits."""
+"""An accept whose event was made from more bytes than this (Store.accept's `weight`) is heavy: encoded and written on
+the store's writer thread, in a write by itself (see SqliteStore.accept), its long strings a piece at a time. Below
+it, the loop encodes it and writes it with its group (about 1 ms per MiB to encode, 3 to write: within a few
+milliseconds, though a mail's text is kept two or three times over, and once more in a body that quotes it), and
+such accepts keep sharing their groups' commits."""
+PIECE_CHARS = 256 * 1024
+"""How much of a long string a heavy accept encodes in one call (_json_pieces): a few tenths of a millisecond holding
+the GIL."""
+PIECE_DEPTH = 8
+"""How deep in a heavy accept's values their long strings are looked for (a mail's text is one or two levels down:
+the payload's `text`, the provider's own field of it; a delivery's body's field, one)."""
 WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
@@ -152,9 +164,13 @@ needs, ten a second cost an idle server about 8 CPU seconds an hour."""
 # 3k instructions each, six per accepted event). So a JSON column is bound as a bytearray (stored as the same
 # BLOB), and the NULLs of an ordinary event and delivery are written in the statement: its dedup key, and its
 # delivery's last error and conversation.
-_encode_into = msgspec.json.Encoder().encode_into
+_encoder = msgspec.json.Encoder()
+_encode_into = _encoder.encode_into
+_encode_piece = _encoder.encode
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+_INSERT_EVENT_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, zeroblob(?), ?)"
+_INSERT_EVENT_NO_KEY_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, zeroblob(?), ?)"
 _INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_PLAIN_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
@@ -163,6 +179,7 @@ _EVENT_WIDTH_NO_KEY = 8
 _PLAIN_DELIVERY_WIDTH = 13
 """A delivery row's values up to its last error and conversation, the two the plain statement writes NULL."""
 _INSERT_BODY = "INSERT INTO delivery_bodies (id, body) VALUES (?, ?)"
+_INSERT_BODY_ZEROBLOB = "INSERT INTO delivery_bodies (id, body) VALUES (?, zeroblob(?))"
 _BODY = "COALESCE(body, (SELECT b.body FROM delivery_bodies b WHERE b.id = deliveries.id))"
 """A delivery's body, wherever it is kept (see BODY_INLINE)."""
 _HAS_BODY = "(body IS NOT NULL OR EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.id = deliveries.id))"
@@ -235,7 +252,31 @@ class _Op:
         self.off_loop = off_loop
 
 
-_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, bytearray]], list[tuple[NewDelivery, int]],
+class _Pieces:
+    """A JSON value a heavy accept encoded in pieces (_json_pieces), written into its row a piece at a time by
+    SQLite's incremental blob I/O, each write run without the GIL, into a zeroblob of its size that the row's INSERT
+    makes (_insert_pieces). Bound to a statement as one value, it would be copied whole with the GIL held (sqlite3
+    binds a blob as SQLITE_TRANSIENT): 60 MiB held it over 35 ms."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self, chunks: list[bytes | memoryview]) -> None:
+        self.chunks = chunks
+        self.size = sum(len(chunk) for chunk in chunks)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def write(self, conn: sqlite3.Connection, table: str, column: str, rowid: int | None) -> None:
+        """Into `column` of the row `rowid` of `table`, just inserted with a zeroblob of `size` there."""
+        assert rowid is not None
+        with conn.blobopen(table, column, rowid) as blob:
+            for chunk in self.chunks:
+                blob.write(chunk)
+
+
+_Json = bytearray | _Pieces
+_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, _Json]], list[tuple[NewDelivery, int]],
                  AcceptResult]
 
 
@@ -707,7 +748,7 @@ class SqliteStore(Store):
         results: list[tuple[bool, Any]] = []
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[Any, ...]] = []
-        bodies: list[tuple[str, bytearray]] = []
+        bodies: list[tuple[str, _Json]] = []
         joins: list[tuple[NewDelivery, int]] = []
         try:
             for op in batch:
@@ -768,30 +809,37 @@ class SqliteStore(Store):
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
-        """An event made from more than `large_accept_bytes` (`weight`) is encoded and written by a write by itself
-        on a worker thread (`off_loop`): its JSON and its deliveries' bodies (a large mail's text, kept as `text` and
-        `stripped_text`, and again in a body that quotes it) would hold the loop about 1 ms per MiB to encode and 3
-        to write. Any other is encoded here, and written with its group; one that encodes to more than a group
-        (`group_bytes`) goes alone and off the loop all the same (_commit)."""
+        """An event made from more than `large_accept_bytes` (`weight`) is heavy: encoded and written by a write by
+        itself on the store's writer thread (`off_loop`), as its JSON and its deliveries' bodies (a large mail's text,
+        kept as `text` and `stripped_text`, and again in a body that quotes it) would hold the loop about 1 ms per MiB
+        to encode and 3 to write. The statements run there without the GIL; the encoding holds it, so the long
+        strings are encoded, and written into their rows, a piece at a time (_json_pieces): the loop waits for the
+        GIL at most a piece, not 50-70 ms (a 20 MiB mail). Any other is encoded here, and written with its group; one
+        that encodes to more than a group (`group_bytes`) goes alone and off the loop all the same (_commit), bound
+        whole."""
         if weight > self.large_accept_bytes:
             heavy: AcceptResult = await self._write(
-                _Staged(lambda: self._accept_op(event, deliveries, dedup_window_s, nonce)[0]), size=weight,
-                off_loop=True)
+                _Staged(lambda: self._accept_op(event, deliveries, dedup_window_s, nonce, pieces=True)[0]),
+                size=weight, off_loop=True)
             return heavy
         op, inserts, size = self._accept_op(event, deliveries, dedup_window_s, nonce)
         result: AcceptResult = await self._write(op, inserts=inserts, size=size)
         return result
 
     def _accept_op(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float, nonce: Nonce | None,
+                   *, pieces: bool = False,
                    ) -> tuple[Callable[[sqlite3.Connection], AcceptResult], _Inserts | None, int]:
-        """An accept's write (its rows encoded), its rows for `_run_straight` when it checks nothing first, and
-        its size (_Op.size)."""
+        """An accept's write (its rows encoded; with `pieces`, a heavy accept's, their long strings a piece at a time
+        and written so, _json_pieces), its rows for `_run_straight` when it checks nothing first, and its size
+        (_Op.size)."""
         event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
         created = now_ms()
-        rows, apart = _delivery_rows(event, deliveries, created)
-        event_row = _event_row(event, received, len(rows))
+        blob = _json_pieces if pieces else _json_blob
+        insert = _insert_pieces if pieces else _insert
+        rows, apart = _delivery_rows(event, deliveries, created, blob)
+        event_row = _event_row(event, received, len(rows), blob)
         joins = [(d, created) for d in deliveries if d.conversation is not None]
         stored = AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
         size = len(event_row[-2])  # the event's JSON, and each delivery's body (_Op.size)
@@ -817,7 +865,7 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            _insert(conn, [event_row], joins, rows, apart)
+            insert(conn, [event_row], joins, rows, apart)
             return stored
 
         plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
@@ -1398,24 +1446,92 @@ def _json_blob(value: Any) -> bytearray:
     return blob
 
 
-def _event_row(event: Event, received_ms: int, deliveries: int) -> tuple[Any, ...]:
-    """The event's row for _INSERT_EVENT or, without a dedup key, _INSERT_EVENT_NO_KEY (one value fewer)."""
+def _json_pieces(value: Any) -> _Json:
+    """`value` as `_json_blob` encodes it, byte for byte, each string of it longer than PIECE_CHARS (within PIECE_DEPTH
+    of its top) encoded a slice at a time: then in _Pieces, written a piece at a time too. msgspec encodes a value in
+    one call into C, which holds the GIL throughout, about 1 ms per MiB: a worker thread encoding a large mail's
+    event at once (its text kept two or three times over) kept the event loop from running for as long, 50-70 ms for
+    a 20 MiB mail. Between two pieces the interpreter may hand the GIL to the loop, which so waits at most a piece
+    (a few tenths of a millisecond) past its switch interval. The rest of `value` is encoded at once, each long
+    string standing in it as a marker no text holds (a random token), between whose quotes the string's pieces go.
+    A value with no long string is encoded at once, as `_json_blob` does."""
+    found: list[str] = []
+    mark = secrets.token_hex(16)
+    skeleton = _swapped(value, found, mark, PIECE_DEPTH)
+    if not found:
+        return _json_blob(value)
+    encoded = _json_blob(skeleton)
+    markers = [f'"{mark}{n}"'.encode() for n in range(len(found))]
+    places = sorted((encoded.find(marker), n) for n, marker in enumerate(markers))
+    if places[0][0] < 0:  # a marker not written as the string it is: no value the store is given does that
+        return _json_blob(value)
+    whole = memoryview(encoded)
+    chunks: list[bytes | memoryview] = []
+    at = 0
+    for where, n in places:
+        chunks.append(whole[at:where + 1])  # up to the marker's opening quote
+        text = found[n]
+        for start in range(0, len(text), PIECE_CHARS):
+            chunks.append(memoryview(_encode_piece(text[start:start + PIECE_CHARS]))[1:-1])  # without its quotes
+        at = where + len(markers[n]) - 1  # from its closing quote
+    chunks.append(whole[at:])
+    return _Pieces(chunks)
+
+
+def _swapped(value: Any, found: list[str], mark: str, depth: int) -> Any:
+    """`value` with each string longer than PIECE_CHARS, `depth` levels down at most (dicts', lists' and structs'
+    values), replaced by `mark` and its index in `found`, where it is added; the containers holding none are
+    `value`'s own, not copies."""
+    kind = type(value)
+    if kind is str:
+        if len(value) <= PIECE_CHARS:
+            return value
+        found.append(value)
+        return f"{mark}{len(found) - 1}"
+    if depth == 0:
+        return value
+    if kind is dict:
+        changed: dict[Any, Any] | None = None
+        for key, item in value.items():
+            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
+                if changed is None:
+                    changed = dict(value)
+                changed[key] = swapped
+        return value if changed is None else changed
+    if kind is list:
+        items: list[Any] | None = None
+        for n, item in enumerate(value):
+            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
+                if items is None:
+                    items = list(value)
+                items[n] = swapped
+        return value if items is None else items
+    if isinstance(value, msgspec.Struct):
+        fields = {name: swapped for name in value.__struct_fields__
+                  if (swapped := _swapped(item := getattr(value, name), found, mark, depth - 1)) is not item}
+        return msgspec.structs.replace(value, **fields) if fields else value
+    return value
+
+
+def _event_row(event: Event, received_ms: int, deliveries: int, blob: Callable[[Any], _Json]) -> tuple[Any, ...]:
+    """The event's row for _INSERT_EVENT or, without a dedup key, _INSERT_EVENT_NO_KEY (one value fewer), its JSON
+    encoded by `blob`."""
     if event.dedup_key is None:
-        return (event.id, event.source, event.kind, event.channel, received_ms, int(event.spam), _json_blob(event),
+        return (event.id, event.source, event.kind, event.channel, received_ms, int(event.spam), blob(event),
                 deliveries)
     return (event.id, event.source, event.kind, event.channel, received_ms, event.dedup_key, int(event.spam),
-            _json_blob(event), deliveries)
+            blob(event), deliveries)
 
 
-def _delivery_rows(event: Event, deliveries: list[NewDelivery],
-                   created_ms: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytearray]]]:
-    """NEW_DELIVERY_COLUMNS' values (new_delivery_rows') with the JSON as bytearrays, and without the last error and
-    conversation when both are None (for _INSERT_PLAIN_DELIVERY); with the bodies kept apart from their rows (over
-    BODY_INLINE: the row's body is NULL), as (delivery id, body)."""
+def _delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int,
+                   blob: Callable[[Any], _Json]) -> tuple[list[tuple[Any, ...]], list[tuple[str, _Json]]]:
+    """NEW_DELIVERY_COLUMNS' values (new_delivery_rows') with the JSON as bytearrays (encoded by `blob`), and without
+    the last error and conversation when both are None (for _INSERT_PLAIN_DELIVERY); with the bodies kept apart from
+    their rows (over BODY_INLINE: the row's body is NULL), as (delivery id, body)."""
     rows: list[tuple[Any, ...]] = []
-    apart: list[tuple[str, bytearray]] = []
+    apart: list[tuple[str, _Json]] = []
     for d in deliveries:
-        body = None if d.body is None else _json_blob(d.body)
+        body = None if d.body is None else blob(d.body)
         if body is not None and len(body) > BODY_INLINE:
             apart.append((d.id, body))
             body = None
@@ -1426,7 +1542,7 @@ def _delivery_rows(event: Event, deliveries: list[NewDelivery],
 
 
 def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
-            deliveries: list[tuple[Any, ...]], bodies: list[tuple[str, bytearray]]) -> None:
+            deliveries: list[tuple[Any, ...]], bodies: list[tuple[str, _Json]]) -> None:
     """Write accepted events: their rows first (deliveries refer to them), then the conversations they join, in
     arrival order, then their deliveries' rows and the bodies kept apart from them (which refer to those); one
     accept's or, gathered by _run_straight, a group's. Rows without the ordinary NULLs' values (see _event_row,
@@ -1452,6 +1568,23 @@ def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list
                                             for row in deliveries])
     if bodies:
         conn.executemany(_INSERT_BODY, bodies)
+
+
+def _insert_pieces(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
+                   deliveries: list[tuple[Any, ...]], bodies: list[tuple[str, _Json]]) -> None:
+    """`_insert` for a heavy accept (one event), whose event's JSON and bodies kept apart may be _Pieces: each such
+    row is inserted with a zeroblob of its size, its pieces then written into it."""
+    [event] = events
+    data = event[-2]
+    if isinstance(data, _Pieces):
+        statement = _INSERT_EVENT_NO_KEY_ZEROBLOB if len(event) == _EVENT_WIDTH_NO_KEY else _INSERT_EVENT_ZEROBLOB
+        data.write(conn, "events", "data", conn.execute(statement, (*event[:-2], data.size, event[-1])).lastrowid)
+        events = []
+    _insert(conn, events, joins, deliveries, [(i, body) for i, body in bodies if not isinstance(body, _Pieces)])
+    for delivery_id, body in bodies:
+        if isinstance(body, _Pieces):
+            body.write(conn, "delivery_bodies", "body", conn.execute(_INSERT_BODY_ZEROBLOB,
+                                                                     (delivery_id, body.size)).lastrowid)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
