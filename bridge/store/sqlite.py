@@ -7,11 +7,12 @@ threads), and runs only the COMMIT, whose fsync is the slow part, on a worker th
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
 is on disk. A write whose statements may take longer goes alone, begun and run on the store's writer thread
 (`off_loop`, a thread of its own): a replay's, cut into parts bounded as a group is; any write larger than a group (an
-accept of a large mail: about 3 ms per MiB on the loop); and a heavy accept (an event made from a large request),
-encoded there as well. What that frees the loop of is the statements' time: sqlite3 runs each step without the GIL.
-Encoding a value (msgspec: one call into C, about 1 ms per MiB) and binding it to a statement (sqlite3 copies a blob
-whole) hold the GIL, wherever they run, so a heavy accept encodes its long strings and writes them into their rows a
-piece at a time (_json_pieces, _Pieces): the loop waits for the GIL a piece at most, not a whole mail.
+accept of a large mail: about 3 ms per MiB on the loop); and a heavy accept (one whose text weighs over
+LARGE_ACCEPT_BYTES), encoded there as well. What that frees the loop of is the statements' time: sqlite3 runs each
+step without the GIL. Encoding a value (msgspec: one call into C, about 1 ms per MiB) and binding it to a statement
+(sqlite3 copies a blob whole) hold the GIL, wherever they run, so a heavy accept encodes its long strings and writes
+them into their rows a piece at a time (_json_pieces, _Pieces): the loop waits for the GIL a piece at most, not a
+whole mail.
 Reads use a second connection on worker threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
@@ -144,11 +145,11 @@ every change of its status (a claim, a record, a replay), about 14 ms per MiB. A
 in one page (4 KiB), so a status change writes at most that page; a body kept apart costs its own insert when stored.
 The rows stored before 0021 keep their bodies, whatever their size."""
 LARGE_ACCEPT_BYTES = 1 << 20
-"""An accept whose event was made from more bytes than this (Store.accept's `weight`) is heavy: encoded and written on
-the store's writer thread, in a write by itself (see SqliteStore.accept), its long strings a piece at a time. Below
-it, the loop encodes it and writes it with its group (about 1 ms per MiB to encode, 3 to write: within a few
-milliseconds, though a mail's text is kept two or three times over, and once more in a body that quotes it), and
-such accepts keep sharing their groups' commits."""
+"""An accept that weighs more than this (Store.accept's `weight`: about what its event and deliveries encode to, a
+large mail's text two or three times over in its event and once more in a body that quotes it) is heavy: encoded and
+written on the store's writer thread, in a write by itself (see SqliteStore.accept), its long strings a piece at a
+time. Below it, the loop encodes it and writes it with its group (about 1 ms per MiB to encode, 3 to write: a few
+milliseconds at most, a group bounded by GROUP_BYTES), and such accepts keep sharing their groups' commits."""
 PIECE_CHARS = 256 * 1024
 """How much of a long string a heavy accept encodes in one call (_json_pieces): a few tenths of a millisecond holding
 the GIL."""
@@ -809,7 +810,7 @@ class SqliteStore(Store):
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
-        """An event made from more than `large_accept_bytes` (`weight`) is heavy: encoded and written by a write by
+        """An accept weighing more than `large_accept_bytes` (`weight`) is heavy: encoded and written by a write by
         itself on the store's writer thread (`off_loop`), as its JSON and its deliveries' bodies (a large mail's text,
         kept as `text` and `stripped_text`, and again in a body that quotes it) would hold the loop about 1 ms per MiB
         to encode and 3 to write. The statements run there without the GIL; the encoding holds it, so the long
