@@ -1153,6 +1153,17 @@ def test_a_long_string_encoded_in_pieces_is_the_json_encoded_at_once(
     assert joined(sqlite_store._json_pieces(value)) == bytes(sqlite_store._json_blob(value))
 
 
+def test_a_long_string_no_store_takes_is_refused_in_pieces_as_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text that is not UTF-8 (a lone surrogate) raises UnicodeEncodeError from its piece as from the whole value,
+    so that intake stores the event again escaped."""
+    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 16)
+    value = {"text": "fine " * 10 + "\udc80" + "fine " * 10}
+    with pytest.raises(UnicodeEncodeError):
+        sqlite_store._json_blob(value)
+    with pytest.raises(UnicodeEncodeError):
+        sqlite_store._json_pieces(value)
+
+
 def encoded_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """What each call to msgspec's encoder gives the SQLite store, from now on."""
     calls: list[bytes] = []
