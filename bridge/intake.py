@@ -42,6 +42,9 @@ MAX_EVENTS = 2_000
 batch up to 1,000 updates, Brevo's 500). Past it, a 413 naming both: each event is stored on its own."""
 EVENTS_ON_LOOP = 100
 """Past this many events in one request, they are built in the parser thread, not on the loop."""
+WEIGHED_VALUES = 4096
+"""How many of an event's values (its deliveries' bodies' with them) `weighed` looks at for text, breadth first: a
+mail's text and html are at the top of its payload, a provider's copies of them one level down, its headers two."""
 T = TypeVar("T")
 
 
@@ -315,18 +318,20 @@ def _store_refused(rt: Runtime, source: Source, request: web.Request, refused: _
 
 
 async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, list[NewDelivery]]],
-                      nonce: Nonce | None, mappings: MappingSet, *, weight: int) -> list[AcceptResult] | None:
+                      nonce: Nonce | None, mappings: MappingSet, *,
+                      weights: list[int] | None) -> list[AcceptResult] | None:
     """Store each planned event and wake the lanes of its deliveries; None when the store refuses the nonce as
     replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored).
     When the store refuses an event's text (UnicodeEncodeError, raised before anything is written), it is
-    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which. `weight`: each
-    event's share of what the request's events were made from (Store.accept)."""
+    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which. `weights`: each
+    event's (`weighed`: Store.accept's `weight`), when its request was planned in the parser thread; else none."""
     store = rt.store
     if store is None:
         raise StoreUnavailable("the store is not open")
     results: list[AcceptResult] = []
-    for event, planned_deliveries in planned:
+    for n, (event, planned_deliveries) in enumerate(planned):
         deliveries = planned_deliveries
+        weight = 0 if weights is None else weights[n]
         try:
             try:
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce, weight=weight)
@@ -397,6 +402,34 @@ def _plan_each(events: list[Event], mappings: MappingSet,
     return [plan_deliveries(mappings, event, vars_) for event in events]
 
 
+def weighed(event: Event, deliveries: list[NewDelivery], rest: int) -> int:
+    """What storing `event` with `deliveries` encodes, estimated (Store.accept's `weight`): the length of each string
+    of its payload, headers and meta and of its deliveries' bodies (three bytes a character when not ASCII), found
+    among their first WEIGHED_VALUES values, breadth first; past them, `rest` more (what the rest may hold). So a
+    large mail weighs its own text, whatever else its request carries (a batch's other mails), and an attachment
+    saved apart weighs only its entry in the payload (its name, type and digest), not the bytes it came in."""
+    found: list[Any] = [event.payload, event.headers, event.meta, *(d.body for d in deliveries)]
+    total = 0
+    n = 0
+    while n < len(found):
+        value = found[n]
+        n += 1
+        kind = type(value)
+        if kind is str:
+            total += len(value) if value.isascii() else 3 * len(value)
+        elif kind is dict or kind is list:
+            if len(found) + len(value) > WEIGHED_VALUES:
+                return total + rest
+            found.extend(value.values() if kind is dict else value)
+    return total
+
+
+def _plan_weighed(events: list[Event], mappings: MappingSet, vars_: dict[str, Any],
+                  rest: int) -> tuple[list[tuple[list[NewDelivery], list[str]]], list[int]]:
+    planned = _plan_each(events, mappings, vars_)
+    return planned, [weighed(event, deliveries, rest) for event, (deliveries, _) in zip(events, planned, strict=True)]
+
+
 def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
                   off: bool = False) -> list[tuple[list[NewDelivery], list[str]]] | None:
     """Each event's deliveries and render errors, rendered on the loop under offload.LOOP_SLICE_S; None
@@ -427,6 +460,29 @@ async def _plan_off(rt: Runtime, events: list[Event],
     ran there too), any other's once it ran past its loop slice. The loop is held for at most the slice, whatever
     the mappings and the payload."""
     return await offload.in_parser(_plan_each, events, mappings, rt.config.vars)
+
+
+async def _plan_weighed_off(rt: Runtime, events: list[Event], mappings: MappingSet,
+                            made_from: int) -> tuple[list[tuple[list[NewDelivery], list[str]]], list[int]]:
+    """`_plan_off`, with each event's weight, weighed there too (`weighed`: past what it looks at, its share of the
+    `made_from` bytes of its request's body and of what was fetched for it). (Planned on the loop, a request is
+    small, and its events are light: they are not weighed.)"""
+    return await offload.in_parser(_plan_weighed, events, mappings, rt.config.vars, made_from // max(len(events), 1))
+
+
+def _planned(source: Source, events: list[Event], plans: list[tuple[list[NewDelivery], list[str]]],
+             mappings: MappingSet) -> tuple[list[tuple[Event, list[NewDelivery]]], list[str]]:
+    """Each event with its deliveries (one no mapping took marked `unmatched`, unless spam), and every render
+    error."""
+    planned: list[tuple[Event, list[NewDelivery]]] = []
+    invalid: list[str] = []
+    for event, (deliveries, errors) in zip(events, plans, strict=True):
+        if not deliveries and not event.spam:
+            event.meta["unmatched"] = ("every mapping's `when` skipped it" if mappings.for_source(source.name)
+                                       else "no mapping takes this source")
+        invalid.extend(errors)
+        planned.append((event, deliveries))
+    return planned, invalid
 
 
 def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[NewDelivery],
@@ -501,17 +557,13 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
         return unsaved
 
     headers, meta = _kept(rt, source, request)
-    planned: list[tuple[Event, list[NewDelivery]]] = []
-    invalid: list[str] = []
     mappings = rt.mappings
     events = await _new_events(source, inbounds, headers, meta)
-    for event, (deliveries, errors) in zip(events, _plan_on_loop(rt, source, events, mappings, off)
-                                           or await _plan_off(rt, events, mappings), strict=True):
-        if not deliveries and not event.spam:
-            event.meta["unmatched"] = ("every mapping's `when` skipped it" if mappings.for_source(source.name)
-                                       else "no mapping takes this source")
-        invalid.extend(errors)
-        planned.append((event, deliveries))
+    plans = _plan_on_loop(rt, source, events, mappings, off)
+    weights = None  # planned on the loop: a small request, whose events are light
+    if plans is None:
+        plans, weights = await _plan_weighed_off(rt, events, mappings, len(body) + fetched_bytes(request))
+    planned, invalid = _planned(source, events, plans, mappings)
     if invalid and handler.options.reject_invalid:
         rt.count("intake.rejected.422", source=source.name)
         log.info("intake.invalid", source=source.name, errors=invalid)
@@ -519,9 +571,9 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
                       "errors": invalid}, 422, _cors(source, request))
 
     try:
-        # What each event was made from: a store may encode and write a large one off the loop.
+        # What each event weighs: a store may encode and write a heavy one off the loop.
         results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings,
-                                    weight=(len(body) + fetched_bytes(request)) // max(len(planned), 1) if off else 0)
+                                    weights=weights)
     except _Refused as refused:
         return _store_refused(rt, source, request, refused)
     except StoreUnavailable as exc:

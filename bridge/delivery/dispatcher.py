@@ -201,6 +201,11 @@ class Destination:
                    policy=RetryPolicy.from_config(config.retry), limiter=make_limiter(config.rate_limit))
 
 
+def claim_of(item: Claimed) -> tuple[str, int]:
+    """What a lane notes a send by (`Lane.sending`, `Lane.written`): its delivery and the claim that holds it."""
+    return item.id, item.token
+
+
 class LeaseExpired(Exception):
     """A send's lease may have run out before its request was written: it is not sent (`Lane.check_lease`)."""
 
@@ -217,14 +222,18 @@ class Lane:
         self.wake = asyncio.Event()
         self.slot_freed = asyncio.Event()
         self.inflight: dict[str, asyncio.Task[None]] = {}  # every delivery task, until its attempt is recorded
-        self.sending: set[str] = set()  # those whose request to the vendor is not answered yet
-        self.written: set[str] = set()  # those whose request has gone out (past the rate limit), not yet answered
+        self.sending: set[tuple[str, int]] = set()
+        """The claims (delivery id, claim token: `claim_of`) whose request to the vendor is not answered yet, each a
+        slot of `max_in_flight`: a delivery claimed again while its earlier claim's request is out (a stall past the
+        lease) is at the vendor twice, and its earlier claim's answer, coming in late, frees only its own."""
+        self.written: set[tuple[str, int]] = set()
+        """The claims of `sending` whose request has gone out (past the rate limit), not yet answered."""
         self.confirmed: dict[str, float] = {}
         """When each delivery's lease was last confirmed (`Dispatcher.monotonic`): its claim, then each extension
         that returned it. One whose extension did not return it is left out: its lease is lost."""
         self.tokens: dict[str, int] = {}
         """The token of the claim each delivery of `inflight` is held by (`Claimed.token`): the lane's latest claim
-        of it, which its entries in `confirmed`, `sending` and `written` are of."""
+        of it, which its entry in `confirmed` is of."""
         self.gate: Gate = dispatcher.coordination.gate(dest.name, dest.config.rate_limit, dest.limiter)
         self.gate.probe_hold_s = dispatcher.lease_s  # renewed with the leases (`Dispatcher.keep_leases`)
         self.resumed = asyncio.Event()
@@ -264,7 +273,9 @@ class Lane:
                     await self._wait(event, timeout)
                     continue
                 free = self.dest.config.max_in_flight - len(self.sending) - self.claiming
-                unrecorded = len(self.inflight) - len(self.sending)  # answered, their results not yet in the store
+                # Answered, their results not yet in the store (an earlier claim of a delivery claimed again, still
+                # out, is in `sending` but no longer in `inflight`: an undercount of at most max_in_flight)
+                unrecorded = len(self.inflight) - len(self.sending)
                 if free <= 0 or ((self.sending or self.claiming) and free < self.claim_step) \
                         or unrecorded >= d.max_unrecorded:
                     # Busy: let a few slots free up, so that one claim (a store write) serves several sends.
@@ -345,13 +356,13 @@ class Lane:
                 return
             self.idle = None  # an earlier claim that found nothing is out of date: this one found work
             for index, item in enumerate(batch.items):
-                self.sending.add(item.id)
+                self.sending.add(claim_of(item))
                 self.confirmed[item.id] = claimed_at
                 self.tokens[item.id] = item.token
                 task = asyncio.create_task(self._deliver(item, SendSlot(self.gate, admission, index)),
                                            name=f"deliver {item.id}")
                 self.inflight[item.id] = task
-                task.add_done_callback(functools.partial(self._done, item.id))
+                task.add_done_callback(functools.partial(self._done, claim_of(item)))
         finally:
             self.claiming -= admission.granted
 
@@ -361,13 +372,16 @@ class Lane:
         await self.gate.unhold()
         self.resumed.set()
 
-    def _answered(self, delivery_id: str) -> None:
-        """The vendor's slot is free once its answer is in; recording the attempt does not hold it."""
-        self.sending.discard(delivery_id)
-        self.written.discard(delivery_id)
+    def _answered(self, claim: tuple[str, int]) -> None:
+        """The vendor's slot is free once its answer is in; recording the attempt does not hold it. Only `claim`'s
+        (`claim_of`): a later claim of the same delivery keeps its own."""
+        self.sending.discard(claim)
+        self.written.discard(claim)
         self.slot_freed.set()
 
-    def _done(self, delivery_id: str, task: asyncio.Task[None]) -> None:
+    def _done(self, claim: tuple[str, int], task: asyncio.Task[None]) -> None:
+        self._answered(claim)
+        delivery_id = claim[0]
         if self.inflight.get(delivery_id) not in (task, None):
             # Claimed again before this callback ran (given back, or settled and replayed at once): the entries are
             # its new send's, which an earlier send's end must not take away (its lease would look lost).
@@ -375,7 +389,6 @@ class Lane:
         self.inflight.pop(delivery_id, None)
         self.confirmed.pop(delivery_id, None)
         self.tokens.pop(delivery_id, None)
-        self._answered(delivery_id)
 
     async def _wait_for_slot(self) -> None:
         """Until a slot frees up or a claim ends, or the dispatcher stops (Dispatcher.stop sets slot_freed too): a
@@ -404,9 +417,9 @@ class Lane:
             # Cancelled at shutdown before the vendor answered: give it back. Once answered, its result
             # is being recorded (to its end whatever becomes of this task: see _record) and must not be undone by a
             # release.
-            if item.id in self.written:  # its request went out: the vendor may have acted on it
+            if claim_of(item) in self.written:  # its request went out: the vendor may have acted on it
                 self.dispatcher.unanswered.append((self, item))
-            elif item.id in self.sending:
+            elif claim_of(item) in self.sending:
                 self.dispatcher.cancelled.append((item.id, item.token))
             raise
         except Exception:  # a bug past the attempt's own net (telling the gate, redacting): logged, not lost
@@ -445,7 +458,7 @@ class Lane:
                 await slot.start()
                 admitted = True
             self.check_lease(item)  # after the gate's wait, just before the request is written
-            self.written.add(item.id)
+            self.written.add(claim_of(item))
 
         try:
             item, role, settled = await self._prepare(item)
@@ -460,13 +473,13 @@ class Lane:
             await self._lease_expired(item, str(exc), blog, slot)
             return
         except Exception as exc:  # a bug must cost an attempt on the schedule, not leave the delivery stuck
-            if isinstance(exc, StoreUnavailable) and item.id not in self.written:
+            if isinstance(exc, StoreUnavailable) and claim_of(item) not in self.written:
                 await self._store_failed(item, exc, blog, slot)
                 return
-            blog.exception("delivery.crashed", written=item.id in self.written)
-            sent = Sent(crashed(exc, written=item.id in self.written), int(d.clock() * 1000), 0.0, None, None)
+            blog.exception("delivery.crashed", written=claim_of(item) in self.written)
+            sent = Sent(crashed(exc, written=claim_of(item) in self.written), int(d.clock() * 1000), 0.0, None, None)
         sent = self._redacted(sent, item)  # what the vendor said, as long as logs and the store take it, redacted
-        stopped = await self._answer_gate(item, sent, item.id not in self.written, blog, slot.admission)
+        stopped = await self._answer_gate(item, sent, claim_of(item) not in self.written, blog, slot.admission)
         if d.on_attempt is not None:
             classification = sent.outcome.classification
             d.on_attempt(Attempted(
@@ -531,12 +544,12 @@ class Lane:
                 # Told to the gate before the slot is freed: a failure that opens the breaker (or a 429's pause)
                 # holds back the next claim, rather than let another wave out before it is counted.
                 await self._tell_gate(sent, breaker, blog, admission)
-                self._answered(item.id)
+                self._answered(claim_of(item))
             else:
-                self._answered(item.id)  # a success need not wait for the gate (a store round trip on PostgreSQL)
+                self._answered(claim_of(item))  # a success need not wait for the gate (a round trip on PostgreSQL)
                 await self._tell_gate(sent, breaker, blog, admission)
         except asyncio.CancelledError as exc:
-            self._answered(item.id)
+            self._answered(claim_of(item))
             return exc
         return None
 
@@ -564,12 +577,11 @@ class Lane:
         refusal, its answer."""
         if slot.admission.probe:
             with contextlib.suppress(StoreUnavailable):
-                if item.id in self.written:
+                if claim_of(item) in self.written:
                     await self.gate.outcome("auth", slot.admission)
                 else:
                     await slot.unsent()
-        if self.tokens.get(item.id) == item.token:  # not claimed again: its slot is free (a new claim's is not)
-            self._answered(item.id)
+        self._answered(claim_of(item))  # its own slot (a later claim of the delivery keeps its own)
         blog.error("delivery.lease_lost", error=why, unsent=True,
                    note="not sent: this process stalled past its lease (or the store did not extend it), and another "
                         "sender may hold it now; no attempt is recorded")
@@ -584,7 +596,7 @@ class Lane:
         (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the delivery is given
         back due now: the store still down, its release is asked again while this process holds its lease
         (`_give_back`)."""
-        self._answered(item.id)
+        self._answered(claim_of(item))
         with contextlib.suppress(StoreUnavailable):
             if await slot.unused():  # now, not once the store takes the release: the gate is not held meanwhile
                 self.resumed.set()

@@ -347,9 +347,9 @@ class Store(ABC):
                      nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
         """Store the event and its deliveries in one transaction, unless its dedup key was seen in the window.
 
-        `weight`: the bytes the event was made from (its share of its request's body and of what was fetched for
-        it), when the caller knows them; 0 when it does not. A backend may encode and write a heavy event off the
-        event loop (SQLite).
+        `weight`: about how many bytes the event and its deliveries encode to (intake.weighed: the length of their
+        text, an attachment saved apart weighing only its entry), when the caller knows it; 0 when it does not. A
+        backend may encode and write a heavy event off the event loop (SQLite).
 
         With `nonce`: an event that is not a duplicate is stored only while the nonce (in its scope, and a scoped
         one also under its source alone: Nonce.unscoped_for) is unused, expired, or held by the same digest; the

@@ -5,9 +5,14 @@ of what they write, _Op.size, whichever comes first; a write larger than that al
 the statements on the event loop's thread (microseconds each, with no hand-over of the GIL between
 threads), and runs only the COMMIT, whose fsync is the slow part, on a worker thread. Requests that
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
-is on disk. A write whose statements may take longer goes alone with its statements on a worker thread too
-(`off_loop`): a replay's, cut into parts bounded as a group is; any write larger than a group (an accept of a large
-mail: about 3 ms per MiB on the loop); and the accept of an event made from a large request, encoded there as well.
+is on disk. A write whose statements may take longer goes alone, begun and run on the store's writer thread
+(`off_loop`, a thread of its own): a replay's, cut into parts bounded as a group is; any write larger than a group (an
+accept of a large mail: about 3 ms per MiB on the loop); and a heavy accept (one whose text weighs over
+LARGE_ACCEPT_BYTES), encoded there as well. What that frees the loop of is the statements' time: sqlite3 runs each
+step without the GIL. Encoding a value (msgspec: one call into C, about 1 ms per MiB) and binding it to a statement
+(sqlite3 copies a blob whole) hold the GIL, wherever they run, so a heavy accept encodes its long strings and writes
+them into their rows a piece at a time (_json_pieces, _Pieces): the loop waits for the GIL a piece at most, not a
+whole mail.
 Reads use a second connection on worker threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
@@ -33,10 +38,12 @@ import fcntl
 import functools
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -145,10 +152,17 @@ every change of its status (a claim, a record, a replay), about 14 ms per MiB. A
 in one page (4 KiB), so a status change writes at most that page; a body kept apart costs its own insert when stored.
 The rows stored before 0021 keep their bodies, whatever their size."""
 LARGE_ACCEPT_BYTES = 1 << 20
-"""An accept whose event was made from more bytes than this (Store.accept's `weight`) is encoded and written on a
-worker thread, in a write by itself (see SqliteStore.accept). Below it, what the loop encodes stays within a few
-milliseconds (a mail's text is kept two or three times over, and once more in a body that quotes it), and such
-accepts keep sharing their groups' commits."""
+"""An accept that weighs more than this (Store.accept's `weight`: about what its event and deliveries encode to, a
+large mail's text two or three times over in its event and once more in a body that quotes it) is heavy: encoded and
+written on the store's writer thread, in a write by itself (see SqliteStore.accept), its long strings a piece at a
+time. Below it, the loop encodes it and writes it with its group (about 1 ms per MiB to encode, 3 to write: a few
+milliseconds at most, a group bounded by GROUP_BYTES), and such accepts keep sharing their groups' commits."""
+PIECE_CHARS = 256 * 1024
+"""How much of a long string a heavy accept encodes in one call (_json_pieces): a few tenths of a millisecond holding
+the GIL."""
+PIECE_DEPTH = 8
+"""How deep in a heavy accept's values their long strings are looked for (a mail's text is one or two levels down:
+the payload's `text`, the provider's own field of it; a delivery's body's field, one)."""
 WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
@@ -158,9 +172,13 @@ needs, ten a second cost an idle server about 8 CPU seconds an hour."""
 # 3k instructions each, six per accepted event). So a JSON column is bound as a bytearray (stored as the same
 # BLOB), and the NULLs of an ordinary event and delivery are written in the statement: its dedup key, and its
 # delivery's last error and conversation.
-_encode_into = msgspec.json.Encoder().encode_into
+_encoder = msgspec.json.Encoder()
+_encode_into = _encoder.encode_into
+_encode_piece = _encoder.encode
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+_INSERT_EVENT_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, zeroblob(?), ?)"
+_INSERT_EVENT_NO_KEY_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, zeroblob(?), ?)"
 _INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_PLAIN_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
@@ -169,6 +187,7 @@ _EVENT_WIDTH_NO_KEY = 8
 _PLAIN_DELIVERY_WIDTH = 13
 """A delivery row's values up to its last error and conversation, the two the plain statement writes NULL."""
 _INSERT_BODY = "INSERT INTO delivery_bodies (id, body) VALUES (?, ?)"
+_INSERT_BODY_ZEROBLOB = "INSERT INTO delivery_bodies (id, body) VALUES (?, zeroblob(?))"
 _BODY = "COALESCE(body, (SELECT b.body FROM delivery_bodies b WHERE b.id = deliveries.id))"
 """A delivery's body, wherever it is kept (see BODY_INLINE)."""
 _HAS_BODY = "(body IS NOT NULL OR EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.id = deliveries.id))"
@@ -241,8 +260,47 @@ class _Op:
         self.off_loop = off_loop
 
 
-_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, bytearray]], list[tuple[NewDelivery, int]],
+class _Pieces:
+    """A JSON value a heavy accept encoded in pieces (_json_pieces), written into its row a piece at a time by
+    SQLite's incremental blob I/O, each write run without the GIL, into a zeroblob of its size that the row's INSERT
+    makes (_insert_pieces). Bound to a statement as one value, it would be copied whole with the GIL held (sqlite3
+    binds a blob as SQLITE_TRANSIENT): 60 MiB held it over 35 ms."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self, chunks: list[bytes | memoryview]) -> None:
+        self.chunks = chunks
+        self.size = sum(len(chunk) for chunk in chunks)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def write(self, conn: sqlite3.Connection, table: str, column: str, rowid: int | None) -> None:
+        """Into `column` of the row `rowid` of `table`, just inserted with a zeroblob of `size` there."""
+        assert rowid is not None
+        with conn.blobopen(table, column, rowid) as blob:
+            for chunk in self.chunks:
+                blob.write(chunk)
+
+
+_Json = bytearray | _Pieces
+_Inserts = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, _Json]], list[tuple[NewDelivery, int]],
                  AcceptResult]
+
+
+class _Staged:
+    """An off-loop write (`_Op.off_loop`) in two stages, both on the store's writer thread: `prepare` encodes what
+    it writes, SQLite's write lock not yet taken, and returns the write, which runs once BEGIN IMMEDIATE has taken
+    it (SqliteStore._run_off_loop): the lock is held for the statements alone. Called as any write is, it runs both
+    in turn."""
+
+    __slots__ = ("prepare",)
+
+    def __init__(self, prepare: Callable[[], Callable[[sqlite3.Connection], Any]]) -> None:
+        self.prepare = prepare
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.prepare()(conn)
 
 
 class SqliteStore(Store):
@@ -297,6 +355,9 @@ class SqliteStore(Store):
         self._committed_at: float | None = None
         """When (time.monotonic) this store's last commit ended: a store beside the owner waits HAND_OVER_SECONDS
         from then before it begins another transaction."""
+        self._off_loop: ThreadPoolExecutor | None = None
+        """The thread the off-loop writes run on (_run_off_loop): the store's own, so that no other work queued on
+        a shared pool (the loop's default executor: reads, attachment saves, DNS look-ups) keeps them waiting."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -306,6 +367,7 @@ class SqliteStore(Store):
         self._closed = False
         self._committer = threading.Thread(target=self._commit_worker, name="sqlite-commit", daemon=True)
         self._committer.start()
+        self._off_loop = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
 
     def _connect(self) -> sqlite3.Connection:
         # Statements are kept prepared per text: an attempt's record writes its NULLs into its text (sqlite_binds),
@@ -424,6 +486,11 @@ class SqliteStore(Store):
             self._commits.put(None)
             await asyncio.to_thread(self._committer.join)
             self._committer = None
+        if self._off_loop is not None:
+            # After anything it runs (a write whose flusher was cancelled at shutdown), before the writer is closed.
+            await asyncio.wrap_future(self._off_loop.submit(lambda: None))
+            self._off_loop.shutdown(wait=False)
+            self._off_loop = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -615,7 +682,7 @@ class SqliteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                if not _busy(exc) or time.monotonic() > deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, BUSY_DELAY_MAX)
@@ -638,19 +705,20 @@ class SqliteStore(Store):
                 self._full = durable
             if not self.owner:
                 await self._hand_over()
-            await self._begin(conn)
             if batch[0].off_loop or (len(batch) == 1 and batch[0].size > self.group_bytes):
                 # By itself (_take), or larger than a group, which take_group leaves alone: off the loop, whose turns
-                # its statements would hold about 3 ms per MiB.
+                # its statements would hold about 3 ms per MiB. It begins there.
                 results = [(True, await self._run_off_loop(conn, batch[0].fn))]
-            elif len(batch) == 1:
-                results = self._run_isolated(conn, batch)
             else:
-                straight = self._run_straight(conn, batch)
-                if straight is None:  # one write failed and the group was rolled back
-                    await self._begin(conn)
-                    straight = self._run_isolated(conn, batch)
-                results = straight
+                await self._begin(conn)
+                if len(batch) == 1:
+                    results = self._run_isolated(conn, batch)
+                else:
+                    straight = self._run_straight(conn, batch)
+                    if straight is None:  # one write failed and the group was rolled back
+                        await self._begin(conn)
+                        straight = self._run_isolated(conn, batch)
+                    results = straight
             await self._commit_off_loop(conn)
         except Exception as exc:
             self._committed_at = time.monotonic()
@@ -679,11 +747,21 @@ class SqliteStore(Store):
             await asyncio.sleep(wait)
 
     async def _run_off_loop(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """`fn`'s statements, in the open transaction, on a worker thread: the event loop goes on meanwhile, while
-        the writes queued behind wait for the group after. Nothing else uses the writer until it is done (the
-        flusher waits for it, and look_for_others keeps off while it runs)."""
+        """`fn`'s statements in a transaction of their own, begun and run on the store's writer thread (`_off_loop`,
+        no pool another task shares): the event loop goes on meanwhile, while the writes queued behind wait for
+        the group after. BEGIN IMMEDIATE is issued there, once `fn` (a _Staged write's preparation first) is about to
+        run, so SQLite's write lock is taken only then; while another process holds it, that thread waits (up to
+        BUSY_SECONDS), not the loop. Nothing else uses the writer until it is done (the flusher waits for it, and
+        look_for_others keeps off while it runs); COMMIT follows on the commit thread (_commit)."""
         assert self._loop is not None
-        future: asyncio.Future[Any] = self._loop.run_in_executor(None, fn, conn)
+        assert self._off_loop is not None
+
+        def run() -> Any:
+            write = fn.prepare() if isinstance(fn, _Staged) else fn
+            _begin_waiting(conn)
+            return write(conn)
+
+        future: asyncio.Future[Any] = self._loop.run_in_executor(self._off_loop, run)
         self._elsewhere = future
         return await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-statement
 
@@ -697,7 +775,7 @@ class SqliteStore(Store):
         results: list[tuple[bool, Any]] = []
         events: list[tuple[Any, ...]] = []
         deliveries: list[tuple[Any, ...]] = []
-        bodies: list[tuple[str, bytearray]] = []
+        bodies: list[tuple[str, _Json]] = []
         joins: list[tuple[NewDelivery, int]] = []
         try:
             for op in batch:
@@ -758,31 +836,37 @@ class SqliteStore(Store):
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
                      nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
-        """An event made from more than `large_accept_bytes` (`weight`) is encoded and written by a write by itself
-        on a worker thread (`off_loop`): its JSON and its deliveries' bodies (a large mail's text, kept as `text` and
-        `stripped_text`, and again in a body that quotes it) would hold the loop about 1 ms per MiB to encode and 3
-        to write. Any other is encoded here, and written with its group; one that encodes to more than a group
-        (`group_bytes`) goes alone and off the loop all the same (_commit)."""
+        """An accept weighing more than `large_accept_bytes` (`weight`) is heavy: encoded and written by a write by
+        itself on the store's writer thread (`off_loop`), as its JSON and its deliveries' bodies (a large mail's text,
+        kept as `text` and `stripped_text`, and again in a body that quotes it) would hold the loop about 1 ms per MiB
+        to encode and 3 to write. The statements run there without the GIL; the encoding holds it, so the long
+        strings are encoded, and written into their rows, a piece at a time (_json_pieces): the loop waits for the
+        GIL at most a piece, not 50-70 ms (a 20 MiB mail). Any other is encoded here, and written with its group; one
+        that encodes to more than a group (`group_bytes`) goes alone and off the loop all the same (_commit), bound
+        whole."""
         if weight > self.large_accept_bytes:
-            def prepared(conn: sqlite3.Connection) -> AcceptResult:
-                return self._accept_op(event, deliveries, dedup_window_s, nonce)[0](conn)
-
-            heavy: AcceptResult = await self._write(prepared, size=weight, off_loop=True)
+            heavy: AcceptResult = await self._write(
+                _Staged(lambda: self._accept_op(event, deliveries, dedup_window_s, nonce, pieces=True)[0]),
+                size=weight, off_loop=True)
             return heavy
         op, inserts, size = self._accept_op(event, deliveries, dedup_window_s, nonce)
         result: AcceptResult = await self._write(op, inserts=inserts, size=size)
         return result
 
     def _accept_op(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float, nonce: Nonce | None,
+                   *, pieces: bool = False,
                    ) -> tuple[Callable[[sqlite3.Connection], AcceptResult], _Inserts | None, int]:
-        """An accept's write (its rows encoded), its rows for `_run_straight` when it checks nothing first, and
-        its size (_Op.size)."""
+        """An accept's write (its rows encoded; with `pieces`, a heavy accept's, their long strings a piece at a time
+        and written so, _json_pieces), its rows for `_run_straight` when it checks nothing first, and its size
+        (_Op.size)."""
         event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
         created = now_ms()
-        rows, apart = _delivery_rows(event, deliveries, created)
-        event_row = _event_row(event, received, len(rows))
+        blob = _json_pieces if pieces else _json_blob
+        insert = _insert_pieces if pieces else _insert
+        rows, apart = _delivery_rows(event, deliveries, created, blob)
+        event_row = _event_row(event, received, len(rows), blob)
         joins = [(d, created) for d in deliveries if d.conversation is not None]
         stored = AcceptResult(event_id=event.id, duplicate=False, deliveries=len(rows))
         size = len(event_row[-2])  # the event's JSON, and each delivery's body (_Op.size)
@@ -808,7 +892,7 @@ class SqliteStore(Store):
             if event.dedup_key is not None:
                 conn.execute("INSERT OR REPLACE INTO dedup_keys VALUES (?, ?, ?, ?)",
                              (event.source, event.dedup_key, event.id, created + window_ms))
-            _insert(conn, [event_row], joins, rows, apart)
+            insert(conn, [event_row], joins, rows, apart)
             return stored
 
         plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
@@ -1014,9 +1098,9 @@ class SqliteStore(Store):
         carried: dict[str, bytearray] = {}
         while rest:
             # Its size is found as its bodies are encoded, off the loop; the part goes alone whatever it is.
-            done, taken, carried = await self._write(
+            done, taken, carried = await self._write(_Staged(
                 functools.partial(_replay, delivery_ids=rest, fresh=fresh, kept=kept, carried=carried,
-                                  renamed=renamed, max_items=self.group_commit_max, max_bytes=self.group_bytes),
+                                  renamed=renamed, max_items=self.group_commit_max, max_bytes=self.group_bytes)),
                 size=self.group_bytes, off_loop=True)
             moved.extend(done)
             rest = rest[taken:]
@@ -1296,15 +1380,19 @@ class SqliteStore(Store):
         return entries
 
 
-def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], str]],
-            kept: dict[str, int], carried: dict[str, bytearray], renamed: str | None, max_items: int,
-            max_bytes: int) -> tuple[list[str], int, dict[str, bytearray]]:
-    """SqliteStore.replay's write of one part, on a worker thread: the first of `delivery_ids` that fit in a part
-    (at most `max_items`, and `max_bytes` of their sizes, the first whatever its size), in order, each
-    succeeded or dead one back to pending, with its new body (`fresh`, encoded here, unless `carried` holds it
-    encoded; and its mapping version, and mapping when renamed) when it has one, else only if it has a body (whose
-    size, when kept in its row, `kept` gives). Returns those moved, how many of `delivery_ids` the part took, and
-    the new body encoded and found not to fit (the next part's first), by id."""
+_Replayed = tuple[list[str], int, dict[str, bytearray]]
+
+
+def _replay(*, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], str]], kept: dict[str, int],
+            carried: dict[str, bytearray], renamed: str | None, max_items: int,
+            max_bytes: int) -> Callable[[sqlite3.Connection], _Replayed]:
+    """SqliteStore.replay's write of one part (a _Staged write's preparation, on the writer thread): the first of
+    `delivery_ids` that fit in a part (at most `max_items`, and `max_bytes` of their sizes, the first whatever its
+    size), in order, each succeeded or dead one back to pending, with its new body (`fresh`, encoded here, before
+    the write lock is taken, unless `carried` holds it encoded; and its mapping version, and mapping when renamed)
+    when it has one, else only if it has a body (whose size, when kept in its row, `kept` gives). The write returns
+    those moved, how many of `delivery_ids` the part took, and the new body encoded and found not to fit (the next
+    part's first), by id."""
     part: dict[str, bytearray | None] = {}
     total = 0
     left: dict[str, bytearray] = {}
@@ -1323,6 +1411,13 @@ def _replay(conn: sqlite3.Connection, *, delivery_ids: list[str], fresh: dict[st
             break
         part[i] = body
         total += size
+    return functools.partial(_replay_part, part=part, fresh=fresh, renamed=renamed, left=left)
+
+
+def _replay_part(conn: sqlite3.Connection, *, part: dict[str, bytearray | None],
+                 fresh: dict[str, tuple[dict[str, Any], str]], renamed: str | None,
+                 left: dict[str, bytearray]) -> _Replayed:
+    """The statements of a replay's part (_replay), in order."""
     now = now_ms()
     moved = []
     for i, body in part.items():
@@ -1386,24 +1481,92 @@ def _json_blob(value: Any) -> bytearray:
     return blob
 
 
-def _event_row(event: Event, received_ms: int, deliveries: int) -> tuple[Any, ...]:
-    """The event's row for _INSERT_EVENT or, without a dedup key, _INSERT_EVENT_NO_KEY (one value fewer)."""
+def _json_pieces(value: Any) -> _Json:
+    """`value` as `_json_blob` encodes it, byte for byte, each string of it longer than PIECE_CHARS (within PIECE_DEPTH
+    of its top) encoded a slice at a time: then in _Pieces, written a piece at a time too. msgspec encodes a value in
+    one call into C, which holds the GIL throughout, about 1 ms per MiB: a worker thread encoding a large mail's
+    event at once (its text kept two or three times over) kept the event loop from running for as long, 50-70 ms for
+    a 20 MiB mail. Between two pieces the interpreter may hand the GIL to the loop, which so waits at most a piece
+    (a few tenths of a millisecond) past its switch interval. The rest of `value` is encoded at once, each long
+    string standing in it as a marker no text holds (a random token), between whose quotes the string's pieces go.
+    A value with no long string is encoded at once, as `_json_blob` does."""
+    found: list[str] = []
+    mark = secrets.token_hex(16)
+    skeleton = _swapped(value, found, mark, PIECE_DEPTH)
+    if not found:
+        return _json_blob(value)
+    encoded = _json_blob(skeleton)
+    markers = [f'"{mark}{n}"'.encode() for n in range(len(found))]
+    places = sorted((encoded.find(marker), n) for n, marker in enumerate(markers))
+    if places[0][0] < 0:  # a marker not written as the string it is: no value the store is given does that
+        return _json_blob(value)
+    whole = memoryview(encoded)
+    chunks: list[bytes | memoryview] = []
+    at = 0
+    for where, n in places:
+        chunks.append(whole[at:where + 1])  # up to the marker's opening quote
+        text = found[n]
+        for start in range(0, len(text), PIECE_CHARS):
+            chunks.append(memoryview(_encode_piece(text[start:start + PIECE_CHARS]))[1:-1])  # without its quotes
+        at = where + len(markers[n]) - 1  # from its closing quote
+    chunks.append(whole[at:])
+    return _Pieces(chunks)
+
+
+def _swapped(value: Any, found: list[str], mark: str, depth: int) -> Any:
+    """`value` with each string longer than PIECE_CHARS, `depth` levels down at most (dicts', lists' and structs'
+    values), replaced by `mark` and its index in `found`, where it is added; the containers holding none are
+    `value`'s own, not copies."""
+    kind = type(value)
+    if kind is str:
+        if len(value) <= PIECE_CHARS:
+            return value
+        found.append(value)
+        return f"{mark}{len(found) - 1}"
+    if depth == 0:
+        return value
+    if kind is dict:
+        changed: dict[Any, Any] | None = None
+        for key, item in value.items():
+            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
+                if changed is None:
+                    changed = dict(value)
+                changed[key] = swapped
+        return value if changed is None else changed
+    if kind is list:
+        items: list[Any] | None = None
+        for n, item in enumerate(value):
+            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
+                if items is None:
+                    items = list(value)
+                items[n] = swapped
+        return value if items is None else items
+    if isinstance(value, msgspec.Struct):
+        fields = {name: swapped for name in value.__struct_fields__
+                  if (swapped := _swapped(item := getattr(value, name), found, mark, depth - 1)) is not item}
+        return msgspec.structs.replace(value, **fields) if fields else value
+    return value
+
+
+def _event_row(event: Event, received_ms: int, deliveries: int, blob: Callable[[Any], _Json]) -> tuple[Any, ...]:
+    """The event's row for _INSERT_EVENT or, without a dedup key, _INSERT_EVENT_NO_KEY (one value fewer), its JSON
+    encoded by `blob`."""
     if event.dedup_key is None:
-        return (event.id, event.source, event.kind, event.channel, received_ms, int(event.spam), _json_blob(event),
+        return (event.id, event.source, event.kind, event.channel, received_ms, int(event.spam), blob(event),
                 deliveries)
     return (event.id, event.source, event.kind, event.channel, received_ms, event.dedup_key, int(event.spam),
-            _json_blob(event), deliveries)
+            blob(event), deliveries)
 
 
-def _delivery_rows(event: Event, deliveries: list[NewDelivery],
-                   created_ms: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytearray]]]:
-    """NEW_DELIVERY_COLUMNS' values (new_delivery_rows') with the JSON as bytearrays, and without the last error and
-    conversation when both are None (for _INSERT_PLAIN_DELIVERY); with the bodies kept apart from their rows (over
-    BODY_INLINE: the row's body is NULL), as (delivery id, body)."""
+def _delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int,
+                   blob: Callable[[Any], _Json]) -> tuple[list[tuple[Any, ...]], list[tuple[str, _Json]]]:
+    """NEW_DELIVERY_COLUMNS' values (new_delivery_rows') with the JSON as bytearrays (encoded by `blob`), and without
+    the last error and conversation when both are None (for _INSERT_PLAIN_DELIVERY); with the bodies kept apart from
+    their rows (over BODY_INLINE: the row's body is NULL), as (delivery id, body)."""
     rows: list[tuple[Any, ...]] = []
-    apart: list[tuple[str, bytearray]] = []
+    apart: list[tuple[str, _Json]] = []
     for d in deliveries:
-        body = None if d.body is None else _json_blob(d.body)
+        body = None if d.body is None else blob(d.body)
         if body is not None and len(body) > BODY_INLINE:
             apart.append((d.id, body))
             body = None
@@ -1414,7 +1577,7 @@ def _delivery_rows(event: Event, deliveries: list[NewDelivery],
 
 
 def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
-            deliveries: list[tuple[Any, ...]], bodies: list[tuple[str, bytearray]]) -> None:
+            deliveries: list[tuple[Any, ...]], bodies: list[tuple[str, _Json]]) -> None:
     """Write accepted events: their rows first (deliveries refer to them), then the conversations they join, in
     arrival order, then their deliveries' rows and the bodies kept apart from them (which refer to those); one
     accept's or, gathered by _run_straight, a group's. Rows without the ordinary NULLs' values (see _event_row,
@@ -1440,6 +1603,45 @@ def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list
                                             for row in deliveries])
     if bodies:
         conn.executemany(_INSERT_BODY, bodies)
+
+
+def _insert_pieces(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list[tuple[NewDelivery, int]],
+                   deliveries: list[tuple[Any, ...]], bodies: list[tuple[str, _Json]]) -> None:
+    """`_insert` for a heavy accept (one event), whose event's JSON and bodies kept apart may be _Pieces: each such
+    row is inserted with a zeroblob of its size, its pieces then written into it."""
+    [event] = events
+    data = event[-2]
+    if isinstance(data, _Pieces):
+        statement = _INSERT_EVENT_NO_KEY_ZEROBLOB if len(event) == _EVENT_WIDTH_NO_KEY else _INSERT_EVENT_ZEROBLOB
+        data.write(conn, "events", "data", conn.execute(statement, (*event[:-2], data.size, event[-1])).lastrowid)
+        events = []
+    _insert(conn, events, joins, deliveries, [(i, body) for i, body in bodies if not isinstance(body, _Pieces)])
+    for delivery_id, body in bodies:
+        if isinstance(body, _Pieces):
+            body.write(conn, "delivery_bodies", "body", conn.execute(_INSERT_BODY_ZEROBLOB,
+                                                                     (delivery_id, body.size)).lastrowid)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether `exc` says another connection holds the lock asked for (a BEGIN IMMEDIATE met a write elsewhere)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE on a thread that may wait (the store's writer thread): retried, up to BUSY_SECONDS, while
+    another process writes, as SqliteStore._begin does on the loop without blocking it (the writer's own
+    busy_timeout is 0, for the loop's sake)."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _run_script(sql: str, conn: sqlite3.Connection) -> None:

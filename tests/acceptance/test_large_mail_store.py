@@ -5,6 +5,7 @@ on a worker thread, so that no step of storing it holds the event loop, which an
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import io
 import threading
@@ -125,24 +126,46 @@ async def test_a_large_text_mail_is_stored_without_holding_the_event_loop(
     assert event.payload["stripped_text"] == event.payload["text"].rstrip("\n")
 
 
-@pytest.mark.parametrize(("mails", "off_loop"), [(1, True), (3, False)])
-async def test_each_event_of_a_request_weighs_its_share_of_the_body(
-        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch, mails: int,
-        off_loop: bool) -> None:
-    """A Brevo post of 1.2 MiB is one large mail, encoded and written off the loop, or three mails of 400 KiB, each
-    small enough to be encoded on the loop and written with its group, where a small write costs least."""
-    client: Any = await bridge_client(write_config(CONFIG, MAPPINGS, ENV), workers=False)
-    inserted = inserting_threads(monkeypatch)
+def brevo_mails(texts: list[int]) -> bytes:
+    """Brevo's inbound post of one mail per entry of `texts`, each with a text of that many characters."""
     line = "the router blinks red and the line drops every few minutes, please help\n"
     item = load("brevo/inbound.json")["items"][0]
-    items = [{**item, "MessageId": f"<m{n}@example.com>",
-              "Headers": {**item["Headers"], "Message-ID": f"<m{n}@example.com>"},
-              "RawTextBody": line * (1_200_000 // mails // len(line)), "RawHtmlBody": "",
-              "ExtractedMarkdownMessage": "", "Attachments": []} for n in range(mails)]
-    body = compact({"items": items})
-    assert len(body) > sqlite_store.LARGE_ACCEPT_BYTES
+    return compact({"items": [{**item, "MessageId": f"<m{n}@example.com>",
+                               "Headers": {**item["Headers"], "Message-ID": f"<m{n}@example.com>"},
+                               "RawTextBody": line * (chars // len(line)), "RawHtmlBody": "",
+                               "ExtractedMarkdownMessage": "", "Attachments": []} for n, chars in enumerate(texts)]})
+
+
+async def test_each_event_of_a_request_weighs_its_own_text(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Brevo post of one large mail and nine small ones: the large one is encoded and written off the loop, by
+    itself; the small ones are encoded on the loop and written with their groups, where a small write costs least.
+    Each weighed its share of the body before (a tenth of it), so the large one was encoded and written on the
+    loop."""
+    client: Any = await bridge_client(write_config(CONFIG, MAPPINGS, ENV), workers=False)
+    inserted = inserting_threads(monkeypatch)
+    body = brevo_mails([400_000] + [2_000] * 9)  # the large one about 1.6 MB encoded: less than a group
     resp = await client.post("/hooks/brevo?token=brevo-token", data=io.BytesIO(body),
                              headers={"Content-Type": "application/json"})
     assert resp.status == 202, await resp.text()
-    assert len(inserted) == mails
-    assert {thread != threading.get_ident() for thread in inserted} == {off_loop}
+    loop_thread = threading.get_ident()
+    assert [thread != loop_thread for thread in inserted] == [True] + [False] * 9
+
+
+async def test_a_mail_whose_attachment_is_saved_apart_weighs_its_text_alone(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Postmark mail of a short text and a 1.1 MiB attachment: the attachment is saved apart, and its event, which
+    only names it, is small, encoded on the loop and written with its group. It weighed the request's body before
+    (the attachment's base64 with it), and was written by itself off the loop, losing its group's commit."""
+    client: Any = await bridge_client(write_config(CONFIG, MAPPINGS, ENV), workers=False)
+    inserted = inserting_threads(monkeypatch)
+    mail = load("postmark/inbound.json")
+    mail["Attachments"] = [{"Name": "scan.pdf", "ContentType": "application/pdf", "ContentID": "",
+                            "Content": base64.b64encode(bytes(range(256)) * 4400).decode(),
+                            "ContentLength": 256 * 4400}]
+    body = compact(mail)
+    assert len(body) > sqlite_store.LARGE_ACCEPT_BYTES
+    resp = await client.post("/hooks/postmark", data=io.BytesIO(body),
+                             headers={"Content-Type": "application/json", "Authorization": basic("postmark", PASSWORD)})
+    assert resp.status == 202, await resp.text()
+    assert inserted == [threading.get_ident()]

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1142,6 +1143,135 @@ async def test_an_accept_of_an_event_made_from_a_large_request_is_encoded_and_wr
     assert heavy_encodes == 3  # the event, its delivery's body and options
     assert [t == loop_thread for t in encoded] == [False] * 3 + [True] * 3 + [False] * 3
     assert await store.get_event(heavy.id) == heavy
+
+
+@contextmanager
+def default_pool_taken(loop: asyncio.AbstractEventLoop, threads: int) -> Iterator[None]:
+    """Each of the `threads` threads of the event loop's default executor held by work that waits until the block
+    ends: a pool taken by slow work (DNS look-ups, reads, attachment saves)."""
+    go, started = threading.Event(), threading.Semaphore(0)
+
+    def held() -> None:
+        started.release()
+        go.wait()
+
+    for _ in range(threads):
+        loop.run_in_executor(None, held)
+    for _ in range(threads):
+        started.acquire()
+    try:
+        yield
+    finally:
+        go.set()
+
+
+async def test_a_large_accept_is_written_on_the_stores_own_thread_while_the_default_pool_is_taken(
+        tmp_path: Path) -> None:
+    """A large accept's statements run on a thread of the store's own, not the loop's default pool, where slow work
+    (DNS look-ups, reads) could keep them waiting with SQLite's write lock taken: every other write, and every
+    other process's, would wait as long. Its BEGIN runs there too, once that thread has it, so the lock is taken
+    only as its statements run. With the default pool taken, a large accept and a small one queued behind it are
+    both answered."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        store.large_accept_bytes = 1000
+        heavy, light = make_event(text="h" * 2000), make_event()
+        with traced(store) as seen, default_pool_taken(loop, 2):
+            writes = [asyncio.ensure_future(store.accept(heavy, [make_delivery()], WEEK, weight=1001)),
+                      asyncio.ensure_future(store.accept(light, [make_delivery()], WEEK))]
+            await eventually(lambda: all(w.done() for w in writes))
+        assert [w.result().event_id for w in writes] == [heavy.id, light.id]
+        loop_thread = threading.get_ident()
+        begins = [thread for thread, sql in seen if sql.startswith("BEGIN")]
+        assert len(begins) == 2 and begins[0] != loop_thread and begins[1] == loop_thread
+        assert {thread for thread, sql in seen if sql.startswith(INSERT_EVENT)} == {begins[0], loop_thread}
+    finally:
+        await store.close()
+
+
+NESTED = {"a": [1, {"b": "x" * 40}], "c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": {"k": "deep " * 9}}}}}}}}}
+
+
+def joined(encoded: bytearray | sqlite_store._Pieces) -> bytes:
+    return bytes(encoded) if isinstance(encoded, bytearray) else b"".join(encoded.chunks)
+
+
+@pytest.mark.parametrize("value", [
+    {"text": "plain " * 10, "short": "ok", "none": None, "n": 3, "f": 1.5, "t": True},
+    {"text": 'quotes " and \\ backslashes\n\t\x00\x1f, \u00e9t\u00e9, \u2603 and \U0001f600 ' * 3},
+    ["a long item " * 5, ["and a nested " * 4], {"k": "in a dict " * 4}],
+    NESTED,
+    make_event(text="body " * 20, stripped_text="body " * 20, provider={"TextBody": "body " * 20}),
+    {"exactly": "e" * 16, "over": "o" * 17},
+    {"none": "long enough? no"},
+])
+def test_a_long_string_encoded_in_pieces_is_the_json_encoded_at_once(
+        value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each string longer than a piece, down to PIECE_DEPTH, is encoded a piece at a time, and the whole is the
+    same JSON, byte for byte, as the value encoded at once: whatever it escapes (a quote, a control character),
+    whatever its characters (a piece ends between two code points, never within one)."""
+    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 16)
+    assert joined(sqlite_store._json_pieces(value)) == bytes(sqlite_store._json_blob(value))
+
+
+def test_a_long_string_no_store_takes_is_refused_in_pieces_as_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text that is not UTF-8 (a lone surrogate) raises UnicodeEncodeError from its piece as from the whole value,
+    so that intake stores the event again escaped."""
+    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 16)
+    value = {"text": "fine " * 10 + "\udc80" + "fine " * 10}
+    with pytest.raises(UnicodeEncodeError):
+        sqlite_store._json_blob(value)
+    with pytest.raises(UnicodeEncodeError):
+        sqlite_store._json_pieces(value)
+
+
+def encoded_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What each call to msgspec's encoder gives the SQLite store, from now on."""
+    calls: list[bytes] = []
+    encode_into, encode_piece = sqlite_store._encode_into, sqlite_store._encode_piece
+
+    def into(value: Any, buffer: bytearray, *offset: int) -> None:
+        encode_into(value, buffer, *offset)
+        calls.append(bytes(buffer))
+
+    def piece(value: Any) -> bytes:
+        calls.append(encode_piece(value))
+        return calls[-1]
+
+    monkeypatch.setattr(sqlite_store, "_encode_into", into)
+    monkeypatch.setattr(sqlite_store, "_encode_piece", piece)
+    return calls
+
+
+@pytest.mark.parametrize("key", [None, "k"])
+async def test_a_heavy_accept_encodes_and_writes_its_long_strings_a_piece_at_a_time(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: str | None) -> None:
+    """msgspec holds the GIL for all of one call, and so does sqlite3 as it copies a value bound to a statement: a
+    heavy accept's long text (a large mail's, kept in the event and quoted by a delivery's body) is encoded
+    PIECE_CHARS at a time and written into its row so (incremental blob I/O), so that no one call holds the event
+    loop for the whole of it (each value was encoded and bound at once before). It reads back as it was given,
+    with a dedup key or without."""
+    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 1000)
+    store.large_accept_bytes = 1000
+    calls = encoded_calls(monkeypatch)
+    heavy, delivery = make_event(text="~" * 10_000, dedup_key=key), make_delivery(body={"comment": "~" * 10_000})
+    small = make_delivery(body={"title": "small"})
+    with traced(store) as seen:
+        assert (await store.accept(heavy, [delivery, small], WEEK, weight=20_000)).event_id == heavy.id
+    assert sum(call.count(b"~") for call in calls) == 20_000
+    assert max(call.count(b"~") for call in calls) == 1000
+    # No statement was given the text whole (the trace shows each with its values: a blob as X'7E7E…').
+    assert not [sql for _, sql in seen if "7E" * 1001 in sql.upper() or "~" * 1001 in sql]
+    assert len([sql for _, sql in seen if "zeroblob(" in sql]) == 2  # the event's JSON, the long body
+    assert await store.get_event(heavy.id) == heavy
+    assert (await store.get_delivery(delivery.id)).body == delivery.body
+    assert (await store.get_delivery(small.id)).body == small.body
+    assert query(tmp_path / "s.db", "SELECT count(*) FROM delivery_bodies") == [(1,)]
+    again = make_event(text="~" * 10_000, dedup_key=key)
+    assert (await store.accept(again, [make_delivery()], WEEK, weight=20_000)).duplicate is (key is not None)
 
 
 async def test_a_heavy_accept_whose_text_is_refused_stores_nothing_and_leaves_the_store_working(

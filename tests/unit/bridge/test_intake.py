@@ -7,6 +7,7 @@ import threading
 from typing import Any, ClassVar, cast
 from urllib.parse import urlencode
 
+import msgspec
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Request
@@ -14,8 +15,19 @@ from structlog.testing import capture_logs
 
 from bridge import offload
 from bridge.config import ServerConfig, SourceConfig
-from bridge.intake import EVENTS_ON_LOOP, OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _new_events, offloaded, run_handler
+from bridge.events import Event
+from bridge.intake import (
+    EVENTS_ON_LOOP,
+    OFFLOAD_BYTES,
+    OFFLOAD_MIME_LINES,
+    WEIGHED_VALUES,
+    _new_events,
+    offloaded,
+    run_handler,
+    weighed,
+)
 from bridge.runtime import Runtime, Source
+from bridge.store.base import NewDelivery
 from handlers.base import Handler, Inbound, Intercepted, count_fetched
 from handlers.limits import LOOP_PARAMS
 
@@ -330,3 +342,28 @@ async def test_a_small_body_of_many_header_parameters_is_parsed_in_the_parser_th
                                 make_mocked_request("POST", "/hooks/src"), body)
     assert not isinstance(handled, Intercepted)
     assert [name.startswith("ticketbridge-parse") for name in handler.threads] == [off] * 2
+
+
+def weighed_event(payload: dict[str, Any]) -> Event:
+    return Event.new(source="mail", kind="email", channel="email", payload=payload, headers={"user-agent": "x"},
+                     meta={"remote": "10.0.0.1"})
+
+
+def test_an_event_weighs_the_text_it_and_its_deliveries_hold() -> None:
+    """An event weighs what storing it encodes, about: the length of each string of its payload, headers and meta,
+    however deep, and of its deliveries' bodies, a character three bytes when not ASCII; a number, a null or a
+    key weighs nothing. An attachment saved apart weighs its entry alone."""
+    event = weighed_event({"text": "t" * 1000, "html": None, "n": 12345, "provider": {"TextBody": "é" * 100},
+                           "to": ["a" * 10, "b" * 10], "attachments": [{"name": "scan.pdf", "sha256": "f" * 64}]})
+    delivery = NewDelivery(id="dlv_1", mapping="m", mapping_version="v1", destination="d", action="create_ticket",
+                           body={"comment": "c" * 500})
+    own = 1000 + 300 + 20 + len("scan.pdf") + 64 + len("x") + len("10.0.0.1")
+    assert weighed(event, [], rest=10**9) == own
+    assert weighed(event, [delivery, msgspec.structs.replace(delivery, body=None)], rest=10**9) == own + 500
+
+
+def test_past_the_values_it_looks_at_an_event_weighs_its_share_of_the_request_too() -> None:
+    """An event of more values than WEIGHED_VALUES (a long list) is weighed by what it found before them, and the
+    rest it is given (its share of what its request was made from), as what the rest may hold is not looked at."""
+    many = weighed_event({"text": "t" * 100, "ids": ["1"] * WEIGHED_VALUES})
+    assert weighed(many, [], rest=7777) == 100 + 7777  # the text, found first (breadth first), and the rest

@@ -1553,3 +1553,84 @@ async def test_a_send_held_past_its_lease_does_not_go_once_its_own_lane_claimed_
     assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
     [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
     assert lost["unsent"] is True and "claimed again" in lost["error"]
+
+
+class HeldAnswers:
+    """A vendor that holds each request's answer (a success) until the test lets it go (`answer(n)`, the n-th
+    request's), counting the requests out at once (`peak`)."""
+
+    def __init__(self) -> None:
+        self.held: list[asyncio.Event] = []
+        self.out = 0
+        self.peak = 0
+
+    async def respond(self, url: URL, **kwargs: Any) -> CallbackResult:
+        go = asyncio.Event()
+        self.held.append(go)
+        self.out += 1
+        self.peak = max(self.peak, self.out)
+        try:
+            await go.wait()
+        finally:
+            self.out -= 1
+        return CallbackResult(status=200, payload={"status": "success", "ticket_id": f"T-{len(self.held)}"},
+                              response_class=MockResponse)
+
+    def answer(self, n: int) -> None:
+        self.held[n].set()
+
+
+async def _claimed_twice(store: FaultyStore, d: Dispatcher, vendor: HeldAnswers) -> None:
+    """With the delivery's first request out, its answer held: the process stalls, the lease runs out and a reaper
+    gives it back, and the lane claims it again and sends it once more (its second request out, held too)."""
+    await eventually(lambda: len(vendor.held) == 1)
+    store.now += 2 * d.lease_s
+    assert await store.release_expired() == 1
+    d.notify({"kapture"})
+    await eventually(lambda: len(vendor.held) == 2)
+
+
+async def test_an_earlier_claims_late_answer_leaves_the_later_claims_request_to_be_recorded_at_a_stop() -> None:
+    """A delivery claimed again (its first lease reaped while its request was out) whose first claim's answer comes
+    in while the second claim's request is out: that late answer is not recorded (its lease is the new claim's) and
+    must leave the new claim's notes be. Before, it cleared them (the lane's notes were the delivery's, not the
+    claim's): at a stop, the second request, out and unanswered, was neither recorded as an unknown outcome nor given
+    back, and the delivery stayed in flight, no attempt recorded, until its lease ran out."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    vendor = HeldAnswers()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=vendor.respond, repeat=True, response_class=MockResponse)
+        async with running(store, destination()) as d:
+            await _claimed_twice(store, d, vendor)
+            vendor.answer(0)  # the first claim's answer, late
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
+            await d.stop(0.0)  # the second claim's request is out, unanswered
+    [recorded] = store.records
+    assert (recorded.delivery_id, recorded.classification) == (delivery_id, "unknown")
+    kept = store.deliveries[delivery_id]
+    assert (kept.row.status, kept.row.attempts) == ("pending", 1)
+
+
+async def test_a_delivery_claimed_again_while_its_first_request_is_out_counts_twice_against_max_in_flight() -> None:
+    """Both requests of a delivery claimed again while its first was out are at the vendor at once: each holds one of
+    the destination's `max_in_flight` slots. Before, the lane counted the delivery once, and with max_in_flight 2
+    sent a third request beside them."""
+    store = FaultyStore()
+    await store.add()
+    vendor = HeldAnswers()
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=vendor.respond, repeat=True, response_class=MockResponse)
+        async with running(store, destination(max_in_flight=2)) as d:
+            await _claimed_twice(store, d, vendor)
+            [other] = await store.add()
+            d.notify({"kapture"})
+            lane = d.lanes["kapture"]
+            # Until the lane counts both requests (or, counting one, has sent the other delivery beside them):
+            await eventually(lambda: len(lane.sending) == 2 or len(vendor.held) == 3)
+            vendor.answer(0)  # a slot frees: the other delivery goes now
+            await eventually(lambda: len(vendor.held) == 3)
+            for go in vendor.held:
+                go.set()
+            await eventually(lambda: store.status(other) == "succeeded")
+    assert vendor.peak == 2
