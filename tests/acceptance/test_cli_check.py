@@ -99,3 +99,20 @@ def test_check_never_shows_a_bad_value_from_an_environment_variable(
     cfg.write_text(case.text(env=False))
     code, _, err = run(capsys, "check", "-c", str(cfg))
     assert code == 1 and err.endswith(f": {case.path}: {case.written}\n")
+
+
+def test_check_refuses_a_filter_argument_no_render_could_use(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A mapping without tests whose transform would fail (or empty) every event's field fails `check`, at the
+    entry's line, naming the field, the filter, the value and what it takes; so a hot reload refuses it too."""
+    cfg = setup(tmp_path, {"partner": PARTNER.replace("transform: [strip]",
+                                                      "transform: [strip, \"truncate('x')\", truncate(0)]")})
+    code, out, err = run(capsys, "check", "-c", cfg)
+    file = tmp_path / "mappings" / "partner.yaml"
+    assert code == 1 and out.startswith("check FAILED: ")
+    assert err.splitlines() == [
+        f"{file}:5:67: partner.title.transform[1]: bad arguments in \"truncate('x')\": the length must be a whole "
+        "number of characters, 1 or more, not 'x': write e.g. truncate(100)",
+        f"{file}:5:84: partner.title.transform[2]: bad arguments in 'truncate(0)': the length must be a whole "
+        "number of characters, 1 or more, not 0: write e.g. truncate(100)",
+    ]

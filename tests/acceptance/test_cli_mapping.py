@@ -81,8 +81,8 @@ def test_check_prints_every_error_with_its_place_and_fails(tmp_path: Path, capsy
         "bool, date, "
         "default, first, float, html_to_text, int, join, lower, phone_e164, replace, split, strip, strip_quoted, "
         "title, truncate, upper",
-        f"{broken}:6:3: broken.when: bad arguments to the date filter: unknown time zone 'Mars/Base': use an IANA "
-        "name such as UTC or Asia/Kolkata",
+        f"{broken}:6:3: broken.when: bad arguments to the date filter: the time zone must be an IANA time zone name "
+        "such as UTC or Asia/Kolkata, not 'Mars/Base': write e.g. date('iso', 'Asia/Kolkata')",
         f"{broken}:4:1: broken.title: kapture create_ticket needs a `title` field",
         f"{typo}:5:32: typo.title.requird: unknown key 'requird' (did you mean 'required'?): a field table takes "
         "from, jmespath, template, value, object, required, default, on_missing, map, map_default, transform",
