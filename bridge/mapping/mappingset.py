@@ -202,7 +202,7 @@ class _Checker:
 
     def convert(self, data: Any, typ: Any, path: KeyPath) -> Any:
         try:
-            return self.doc.convert(data, typ, path, MappingError, self.fmt, key_hint=True)
+            return self.doc.convert(data, typ, path, MappingError, self.fmt, key_hint=True, show_value=True)
         except Located as exc:
             self.errors.append(exc)
             return msgspec.UNSET
