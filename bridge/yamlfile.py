@@ -131,12 +131,14 @@ class Document:
         try:
             return msgspec.convert(data, typ, strict=False)
         except msgspec.ValidationError as exc:
-            raise self._translate(exc, path, cls, fmt, typ, key_hint=key_hint,
+            raise self.translate(exc, path, cls, fmt, typ, key_hint=key_hint,
                                   data=data if show_value else _NOTHING) from None
 
-    def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
-                   fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
-                   data: Any = _NOTHING) -> Located:
+    def translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
+                  fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
+                  data: Any = _NOTHING) -> Located:
+        """msgspec's error converting `data` (at `base`) to `typ` as an error at its file, line and key path, told
+        as `convert` tells it."""
         message, sub = split_validation_error(exc, typ, key_hint=key_hint)
         path = (*base, *sub)
         cause = exc.__cause__

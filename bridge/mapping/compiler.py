@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from bridge.conversions import convert_each
 from bridge.mapping.base import (
     At,
     CompiledField,
@@ -163,12 +164,13 @@ def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileE
         if key not in FIELD_KEYS:
             problems.append(CompileError(f"unknown key {key!r}{did_you_mean(str(key), FIELD_KEYS)}: a field table "
                                          f"takes {', '.join(FIELD_KEYS)}", (*at, key)))
-    known = {k: v for k, v in raw.items() if k in FIELD_KEYS}
-    try:
-        spec = msgspec.convert(known, FieldSpec)
-    except msgspec.ValidationError as exc:
-        message, sub = told_in_words(exc, FieldSpec, known, (name,))
-        problems.append(CompileError(message, (*at, *sub)))
+    def told(exc: msgspec.ValidationError, data: Any) -> CompileError:
+        message, sub = told_in_words(exc, FieldSpec, data, (name,))
+        return CompileError(message, (*at, *sub))
+
+    spec, wrong = convert_each({k: v for k, v in raw.items() if k in FIELD_KEYS}, FieldSpec, told, strict=True)
+    if wrong or spec is None:
+        problems.extend(wrong)
         return None
     found = spec.sources()
     if len(found) != 1:

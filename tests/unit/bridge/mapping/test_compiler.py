@@ -622,6 +622,16 @@ def test_badly_typed_modifiers_are_compile_errors(raw: dict[str, Any], key: str,
     assert (str(info.value), info.value.subpath) == (message, (key,))
 
 
+def test_every_badly_typed_modifier_of_a_field_is_reported() -> None:
+    """Each of a field table's badly typed keys is its own error, not only the first."""
+    with pytest.raises(CompileError) as info:
+        compile_field("f", {"from": "payload.x", "required": "maybe", "map": ["a"], "transform": "strip"})
+    assert [(str(e), e.subpath) for e in info.value.errors] == [
+        ("got 'maybe', expected true or false", ("required",)),
+        ("got a list, expected a table of keys or null", ("map",)),
+        ("got 'strip', expected a list or null", ("transform",))]
+
+
 @pytest.mark.parametrize("raw", [{1, 2}, (1, 2), b"bytes", object()])
 def test_other_field_types_are_compile_errors(raw: Any) -> None:
     """A field must be a string, number, boolean, null, list or table."""
