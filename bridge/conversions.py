@@ -49,9 +49,7 @@ def convert_each(data: Any, typ: type[T], told: Callable[[msgspec.ValidationErro
         except msgspec.ValidationError as exc:
             error = exc
         message, sub = split_validation_error(error, typ)
-        if _caused_by_taking(error, message, sub, taken):
-            pass
-        else:
+        if not _caused_by_taking(error, message, sub, taken):
             problems.append(told(error, current))
         target = _key_of(sub)
         if not target:
