@@ -99,8 +99,8 @@ def build_destinations(rt: Runtime) -> dict[str, Destination]:
     out = {}
     for name, cfg in rt.config.destinations.items():
         vendor = cfg.vendor
-        base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url and not cfg.sandbox \
-            else (lambda v=vendor: rt.sandbox_url(v))
+        # A sandbox with a base_url is a shared simulator there (`ticketbridge sandbox`); without, this process's.
+        base_url: str | Callable[[], str] = cfg.base_url if cfg.base_url else (lambda v=vendor: rt.sandbox_url(v))
         out[name] = Destination.from_config(name, cfg, base_url, attachments_dir=rt.config.attachments_dir)
         short = out[name].adapter.redactor.short
         if short:
@@ -229,6 +229,24 @@ def sandbox_context(rt: Runtime) -> CleanupCtx:
     return ctx
 
 
+SANDBOX_PER_PROCESS = (
+    "this process's own simulator serves the destination, and its tickets are this process's alone; every process "
+    "on a PostgreSQL store sends what it claims to its own simulator, so a follow-up or an update another process "
+    "sends goes to that process's ticket of the same id (another customer's, or none: 'ticket_id is missing'). "
+    "With several processes, run one `ticketbridge sandbox` and give the destination its `base_url` "
+    "(e.g. http://sandbox:9090/kapture), or run one process")
+
+
+def per_process_sandboxes(config: Config, mappings: MappingSet) -> dict[str, list[str]]:
+    """The destinations this process's own simulator serves (`sandbox: true` without a `base_url`) while the store
+    is PostgreSQL, which other processes may share, each with the mappings that thread conversations into it (whose
+    follow-ups need the ticket their conversation's first message made). Empty on SQLite: one process."""
+    if config.store_url.scheme != "postgresql":
+        return {}
+    return {name: sorted(m.name for m in mappings.mappings.values() if m.destination == name and m.threaded)
+            for name, d in sorted(config.destinations.items()) if d.own_sandbox}
+
+
 def delivery_session(config: Config) -> aiohttp.ClientSession:
     """The HTTP client the delivery loop sends with. Each lane holds at most its max_in_flight connections, so the
     pool adds no cap of its own per host (a vendor holding one destination's requests would stall every other
@@ -335,7 +353,10 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
     and a dead process's work is due again within a lease and a third. First the leases of what this process
     still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
-    never given back to be sent again."""
+    never given back to be sent again. `on_released` is told how many deliveries each round took over from a
+    sender that died or stalled (ticketbridge_lease_takeovers_total): the first round also those an earlier
+    process left in flight, which the store gave back when it opened (SQLite, `Store.recovered_at_open`) or
+    `take_back` gives back (PostgreSQL, this host:port's earlier process); every round those whose lease ran out."""
     first, taken_back = True, False
     while True:
         if not first:
@@ -348,6 +369,8 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                 if taken:
                     log.warning("delivery.taken_back", count=taken,
                                 note="left in flight by this instance's previous process; due again now")
+                if (recovered := taken + store.recovered_at_open()) and on_released is not None:
+                    on_released(recovered)
             await dispatcher.keep_leases()
             released = await store.release_expired()
         except StoreUnavailable as exc:
@@ -417,7 +440,7 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     app.router.add_get("/readyz", readyz)
     add_admin_routes(app)
     app.router.add_get("/metrics", metrics)
-    for vendor in sorted({d.vendor for d in config.destinations.values() if d.sandbox}):
+    for vendor in sorted({d.vendor for d in config.destinations.values() if d.own_sandbox}):
         factory = simulator_registry().get(vendor)
         if factory is None:
             raise ValueError(f"no simulator for vendor {vendor!r}")

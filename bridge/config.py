@@ -153,6 +153,12 @@ class AttachmentsConfig(Base):
     max_bytes: Annotated[int, Meta(ge=0)] = 10_485_760
 
 
+RETENTION_BATCH_MOST = 1_000
+"""The most `retention.batch` (and `purge --batch`) takes: on SQLite a batch's deletes hold the one writer, and the
+intake waiting behind it, for their whole transaction (about 0.2 s for a thousand events of a few kilobytes, each with
+its delivery and attempt; 10,000 held it 2 s)."""
+
+
 class RetentionConfig(Base):
     """How long what the store and the attachments folder hold is kept; a null limit keeps that kind forever."""
 
@@ -170,8 +176,10 @@ class RetentionConfig(Base):
     last message: while it is kept
     that sender's `[#id]` reply follows up on the ticket (a stranger's never does); after, it makes a new ticket."""
     every: str | float = "5m"
-    batch: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    """Events (or attempts, or dedup keys) looked at per transaction: about three rows deleted for each event."""
+    batch: Annotated[int, Meta(ge=1, le=RETENTION_BATCH_MOST)] = 200
+    """Events (or attempts, or dedup keys) looked at per transaction: about three rows deleted for each event. On
+    SQLite a transaction also stops at `group_bytes` of the events and attempts it deletes (their JSON, bodies and
+    exchanges), the first whatever its size."""
 
     def __post_init__(self) -> None:
         for key in ("events", "dead", "attempts", "tickets", "every"):
@@ -227,6 +235,8 @@ class DestinationConfig(Base):
     vendor: str
     base_url: str | None = None
     sandbox: bool = False
+    """Served by the vendor's simulator, with its demo credentials: this process's own, or, with a `base_url`,
+    the one there (a `ticketbridge sandbox` that several processes share)."""
     rate_limit: RateLimit | None = None
     max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 4
     timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
@@ -236,6 +246,12 @@ class DestinationConfig(Base):
     """What follows a send whose outcome is unknown; None: the vendor's default (`unknown_policy`)."""
     reconcile_timeout: str | float = "5m"
     """How long one reconciliation (every look-up it makes) may take in all; past it, the outcome stays unknown."""
+
+    @property
+    def own_sandbox(self) -> bool:
+        """Whether this process's own simulator serves the destination (`sandbox: true` without a `base_url`): its
+        tickets are this process's alone, unseen by any other process sharing the store."""
+        return self.sandbox and not self.base_url
 
     def can_reconcile(self) -> str | None:
         """None when `on_unknown: reconcile` can work for this destination, else why not (vendors override)."""

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from bridge import offload
 from bridge.appkeys import RUNTIME, STORED_IDS
-from bridge.connections import BodyTimeout
+from bridge.connections import BodyTimeout, content_encoding
 from bridge.errors import Rejected, StoreRefused, StoreUnavailable
 from bridge.escaping import escape_text, escape_tree, escape_values
 from bridge.events import Event
@@ -242,7 +242,8 @@ def _indexable(key: str) -> str:
 async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes | None:
     """The request's body, or None when the client went away mid-upload: nothing to store and nobody to
     answer, so one line is logged, not a traceback. Raises Rejected(413) past the size limit, Rejected(408)
-    when it does not arrive within the body timeout."""
+    when it does not arrive within the body timeout, and Rejected(415), unread, when it is sent encoded."""
+    _refuse_encoded(request)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -255,6 +256,17 @@ async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes
         log.info("intake.client_disconnected", source=source.name, remote=request.remote,
                  content_length=request.content_length)
         return None
+
+
+def _refuse_encoded(request: web.Request) -> None:
+    """Rejected(415) for a body sent with a Content-Encoding (gzip, deflate, br, …), before it is read: the server
+    never inflates a body (bridge/connections.py), and no provider compresses its webhooks, so such a body is
+    refused, never unpacked."""
+    encoding = content_encoding(request)
+    if encoding is not None:
+        shown = encoding if len(encoding) <= 100 else encoding[:100] + "…"
+        raise Rejected(415, f"the body is sent with Content-Encoding {shown!r}, which ticketbridge does not "
+                            "unpack: send it as it is, without a Content-Encoding header", check="content_encoding")
 
 
 async def _nonce(signed: SignedNonce | None, source: str, body: bytes) -> Nonce | None:
@@ -303,11 +315,12 @@ def _store_refused(rt: Runtime, source: Source, request: web.Request, refused: _
 
 
 async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, list[NewDelivery]]],
-                      nonce: Nonce | None, mappings: MappingSet) -> list[AcceptResult] | None:
+                      nonce: Nonce | None, mappings: MappingSet, *, weight: int) -> list[AcceptResult] | None:
     """Store each planned event and wake the lanes of its deliveries; None when the store refuses the nonce as
     replayed (a request's events share its nonce and digest, so that happens at the first, before any is stored).
     When the store refuses an event's text (UnicodeEncodeError, raised before anything is written), it is
-    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which."""
+    stored again escaped; when it refuses an event for its data (StoreRefused), _Refused says which. `weight`: each
+    event's share of what the request's events were made from (Store.accept)."""
     store = rt.store
     if store is None:
         raise StoreUnavailable("the store is not open")
@@ -316,10 +329,10 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
         deliveries = planned_deliveries
         try:
             try:
-                result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+                result = await store.accept(event, deliveries, source.dedup_window_s, nonce, weight=weight)
             except UnicodeEncodeError:
                 deliveries = await _escape_event(rt, source, event, mappings)
-                result = await store.accept(event, deliveries, source.dedup_window_s, nonce)
+                result = await store.accept(event, deliveries, source.dedup_window_s, nonce, weight=weight)
         except StoreRefused as exc:
             raise _Refused(event, exc, results) from exc
         if result.replayed:
@@ -342,17 +355,20 @@ def fetched_off(request: web.Request) -> bool:
 
 def offloaded(body: bytes) -> bool:
     """Whether to verify, parse and render in a thread, so the loop keeps answering: a large body, or one with
-    many MIME delimiter lines (a MIME part costs most of a millisecond) or more than LOOP_PARAMS semicolons (a
-    MIME header parameter costs up to 15 µs), raw, inside a JSON string or URL-encoded in a form (Mailgun's
-    `body-mime`). Small ordinary requests stay on the loop, where they cost less than the hand-off; what a body
-    holds only once decoded (base64, long address lists) is met by the parse itself, which then goes on in the
-    thread (`_run`)."""
+    many MIME delimiter lines (after a line feed or a bare carriage return, where the MIME parser ends lines too: a
+    MIME part costs most of a millisecond) or more than LOOP_PARAMS semicolons (a MIME header parameter costs up to
+    15 µs), raw, inside a JSON string or URL-encoded in a form (Mailgun's `body-mime`). Small ordinary requests
+    stay on the loop, where they cost less than the hand-off; what a body holds only once decoded (base64, long
+    address lists) or parsed (a multipart body of many lines) is met by the parse itself, which then goes on in
+    the thread (`_run`)."""
     if len(body) > OFFLOAD_BYTES:
         return True
     encoded = b"%" in body
     lines = body.count(b"\n--") + body.count(b"\\n--")
+    if lines <= OFFLOAD_MIME_LINES:  # lines may end in a bare CR too (the MIME parser splits lines there)
+        lines += body.count(b"\r--") + body.count(b"\\r--")
     if lines <= OFFLOAD_MIME_LINES and encoded:
-        lines += body.count(b"%0A--") + body.count(b"%0a--")
+        lines += body.count(b"%0A--") + body.count(b"%0a--") + body.count(b"%0D--") + body.count(b"%0d--")
     if lines > OFFLOAD_MIME_LINES:
         return True
     semicolons = body.count(b";")
@@ -503,7 +519,9 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
                       "errors": invalid}, 422, _cors(source, request))
 
     try:
-        results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings)
+        # What each event was made from: a store may encode and write a large one off the loop.
+        results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings,
+                                    weight=(len(body) + fetched_bytes(request)) // max(len(planned), 1) if off else 0)
     except _Refused as refused:
         return _store_refused(rt, source, request, refused)
     except StoreUnavailable as exc:

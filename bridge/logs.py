@@ -29,14 +29,18 @@ _LOCAL_BACKWARDS = re.compile(f"[A-Za-z0-9._%+\\-{_WORLD}]+")
 _DOT = "[.\u3002\uff0e\uff61]"
 _DOMAIN = re.compile(f"[A-Za-z0-9\\-{_WORLD}]++(?:{_DOT}[A-Za-z0-9\\-{_WORLD}]++)*"
                      f"{_DOT}(?:xn--[A-Za-z0-9-]++|[A-Za-z{_WORLD}]{{2,}})")
-# Not after `13:23:` either: the seconds and fraction of a time (`13:23:45.123400+00:00`) are not a phone number.
-_PHONE = re.compile(r"(?<![\w.-])(?<!\d\d:\d\d:)(\+?)(\d[\d ().-]{6,}\d)(?![\w-])")
+# Digits with any of ` -._+()/` between them, as people write (and mistype) a number: `98765_43210`, `98765+43210`.
+# Not after a word character, `.` or `-` (the tail of an id, a version or a UUID), nor after `13:23:` (the seconds
+# and fraction of a time, `13:23:45.123400+00:00`); not before a digit or `-` (a UUID's first group), nor before two
+# word characters (an id or hex digest that begins with digits, `20240419T1419`), but before one letter, as a
+# typed O for 0 (`98765+4321O`).
+_PHONE = re.compile(r"(?<![\w.-])(?<!\d\d:\d\d:)(\+?)(\d[\d ()._+/-]{6,}\d)(?![\d-]|\w\w)")
 # Ids and timestamps are digits too; values under these keys are not personal data.
 _SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "event_id", "delivery_id", "id",
                         "version", "status", "duration_ms", "count", "path"})
 
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
+_DATE = re.compile(r"\d{4}[./-]\d{2}[./-]\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
 
 
 def _mask_phone(m: re.Match[str]) -> str:

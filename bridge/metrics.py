@@ -165,8 +165,9 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
                    "1 while the last reload of the mappings folder failed (the set loaded before still serves).",
                    [({}, 1 if rt.mapping_status.last_result == "failed" else 0)])
     out += _family("ticketbridge_lease_takeovers_total", "counter",
-                   "Deliveries given back to the queue because their sender's lease ran out (a process died or "
-                   "stalled); another sender takes them over.", samples["takeovers"] or [({}, 0)])
+                   "Deliveries given back to the queue, in doubt, from a sender that died or stalled: those an "
+                   "earlier process left in flight, given back at start, and those whose lease ran out; another "
+                   "sender takes them over.", samples["takeovers"] or [({}, 0)])
     out += _family("ticketbridge_mappings_loaded_timestamp_seconds", "gauge",
                    "When the mapping set in force was loaded.", [({"version": rt.mappings.version},
                                                                  rt.mappings.loaded_at.timestamp())])

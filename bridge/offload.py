@@ -79,6 +79,15 @@ LOOP_BYTES = 64 * 1024
 LOOP_MIME_LINES = 32
 """A raw message with more MIME delimiter lines than this is parsed in the parser thread: a part costs most of a
 millisecond."""
+LOOP_PARSER_LINES = 500
+"""Lines of MIME text (`text_lines`) the email package's parser may be handed in a parse on the loop: a raw message,
+or a multipart form that handlers/multipart_split.py cannot build itself. The parser reads a line in 1 to 5 µs
+(blank lines the fastest; header and continuation lines, and a nested part's, the slowest), so this bounds the
+loop's hold at a few milliseconds: 64 KB of lines (a part of 31,900 continuation lines, a nested part of 21,300
+header lines or 63,800 blank ones) held it 100-170 ms. Past it, the parse goes on in the parser thread, with the
+hand-off's cost (a small fraction of such a parse's). A multipart form of more lines is read on the loop only
+when its parts are built without the parser, of at most this many header lines in all (the lines of their
+content are cut out unread): a form's textarea of many lines stays on the loop."""
 LOOP_ADDRESS_CHARS = 1024
 """Characters of address header text a parse on the loop may hand the standard library's address parser, over
 all of a request's fields: it reads a character in 1 to 6 µs (runs of `[`, `<`, `;`, `@`, `:` the slowest), so
@@ -93,14 +102,20 @@ class OffLoop(BaseException):
 
 
 _LOOP_PARSE: ContextVar[list[int] | None] = ContextVar("loop_parse", default=None)
-"""While a parse runs on the loop: its budget, [address characters, raw message bytes, MIME delimiter lines left] (a
-list: no object to build per request)."""
+"""While a parse runs on the loop: its budget, [address characters, raw message bytes, MIME delimiter lines, lines
+for the email package's parser left] (a list: no object to build per request)."""
+
+
+def text_lines(data: bytes) -> int:
+    """How many line ends `data` holds as the email package's parser splits lines (at \r\n, \r and \n),
+    counted in C: three scans, some 10 µs over LOOP_BYTES."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
 
 
 def start_loop_parse() -> Token[list[int] | None]:
     """Mark the parse that follows as running on the loop, with a fresh budget; `end_loop_parse` unmarks it. A
     parse in a thread runs unmarked (an executor does not carry the loop's context): nothing bounds it there."""
-    return _LOOP_PARSE.set([LOOP_ADDRESS_CHARS, LOOP_BYTES, LOOP_MIME_LINES])
+    return _LOOP_PARSE.set([LOOP_ADDRESS_CHARS, LOOP_BYTES, LOOP_MIME_LINES, LOOP_PARSER_LINES])
 
 
 def end_loop_parse(token: Token[list[int] | None]) -> None:
@@ -125,8 +140,9 @@ def spend_on_loop(address_chars: int, what: str) -> None:
 
 def spend_raw_on_loop(raw: bytes) -> None:
     """Take a raw message a body held encoded (base64, URL-encoded: a look at the body did not see its parts) from
-    the loop parse's budget of LOOP_BYTES and LOOP_MIME_LINES, over all the raw messages of a request (a batch of
-    SparkPost relay messages, each of a few parts); OffLoop once either is spent. Nothing outside a loop parse."""
+    the loop parse's budget of LOOP_BYTES, LOOP_MIME_LINES and LOOP_PARSER_LINES, over all the raw messages of a
+    request (a batch of SparkPost relay messages, each of a few parts); OffLoop once any is spent.
+    Nothing outside a loop parse."""
     parse = _LOOP_PARSE.get()
     if parse is None:
         return
@@ -135,8 +151,14 @@ def spend_raw_on_loop(raw: bytes) -> None:
         alone = len(raw) > LOOP_BYTES or lines > LOOP_MIME_LINES
         raise OffLoop(f"the raw message is {len(raw)} bytes with {lines} MIME delimiter lines"
                       + ("" if alone else ", past the loop's share with the request's messages before it"))
+    read = text_lines(raw)  # each read by the parser, in Python
+    if read > parse[3]:
+        raise OffLoop(f"the raw message is {read} lines"
+                      + ("" if read > LOOP_PARSER_LINES else ", past the loop's share with the request's messages "
+                                                             "before it"))
     parse[1] -= len(raw)
     parse[2] -= lines
+    parse[3] -= read
 
 
 async def in_parser(fn: Callable[..., T], *args: Any, pool: Executor = PARSER) -> T:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import codecs
 import encodings
+import functools
+import importlib
 import pkgutil
 from encodings.aliases import aliases
 
@@ -68,3 +70,34 @@ def _resolve(name: str) -> str | None:
         codec = canonical if info._is_text_encoding and canonical not in _NOT_CHARSETS else None
     _resolved[canonical] = codec
     return codec
+
+
+
+ASCII_MULTIBYTE = frozenset({"shift_jis", "cp932", "euc_jp", "euc_jis_2004", "euc_jisx0213", "gb2312", "gbk",
+                             "gb18030", "big5", "big5hkscs", "cp950", "cp949", "euc_kr", "johab"})
+"""Codecs of multi-byte character sets that read ASCII as ASCII, keep no state between characters, and never
+read a byte under 0x30 (`%`, NUL) as part of a longer character: a NUL after text ends its last character, or
+shows it unfinished. (Shift_JIS-2004 and JIS X 0213 read `\\` and `~` as `¥` and `‾`; HZ and ISO-2022 shift
+state with ASCII bytes.) tests/unit/handlers/test_charsets.py holds each to it."""
+
+
+@functools.cache  # one entry per codec `text_codec` names, at most
+def byte_table(codec: str) -> dict[int, int | str] | None:
+    """For a codec `text_codec` named that reads text a byte at a time (latin-1, and those whose codec is a table of
+    256 characters: cp1252, the ISO 8859, KOI8 and EBCDIC sets, …): a `str.translate` table that writes each
+    character it reads from a byte back as that byte, in latin-1: a byte over 0x7f as its latin-1 character, one
+    under it as its %-escape (an EBCDIC set reads some of those as characters that are not ASCII). ASCII characters
+    are left as they are. Any other character of U+0080 to U+00FF is written U+0100, which latin-1 refuses. None for
+    any other codec (UTF-8, UTF-16, the multi-byte sets)."""
+    if codec == "latin_1":
+        return {}
+    if text_codec(codec) != codec:  # not a codec's own name: nothing is imported for it
+        return None
+    decoding = getattr(importlib.import_module(f"encodings.{codec}"), "decoding_table", None)
+    if not (isinstance(decoding, str) and len(decoding) == 256):
+        return None
+    table: dict[int, int | str] = dict.fromkeys(range(0x80, 0x100), 0x100)
+    for byte, char in enumerate(decoding):
+        if "\x7f" < char < "\ufffe":  # read as a character that is not ASCII (U+FFFE: the byte is read as none)
+            table[ord(char)] = byte if byte > 0x7F else f"%{byte:02X}"
+    return table

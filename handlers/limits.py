@@ -22,6 +22,12 @@ MAX_MESSAGE_IDS = 500
 """Message ids in References (or Message-ID, In-Reply-To); a thread of 500 messages."""
 MAX_FORM_FIELDS = 1_000
 """Fields of a urlencoded form, or parts of a multipart one."""
+MAX_FORM_RUNS = 4_096
+"""Runs of ASCII text (escapes and the characters between them) that the fields of a urlencoded form in a character
+set neither read a byte at a time nor ASCII-compatible multi-byte (UTF-16, UTF-32, UTF-7, HZ, ISO-2022) may hold
+between other characters, over the whole form: each such run is decoded on its own, a call into the codec each
+(1-2 µs), as `urllib.parse.unquote` decodes it. No browser sends a form in these (WHATWG sends a UTF-16 page's
+form as UTF-8); a UTF-7 field of text and escapes holds a few dozen."""
 MAX_HEADER_FIELDS = 1_000
 """Header fields of an email (or of one MIME part)."""
 MAX_HEADER_BYTES = 256 * 1024

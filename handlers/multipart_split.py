@@ -20,10 +20,12 @@ parsed as above."""
 from __future__ import annotations
 
 import re
+import sys
 from email.message import Message
 from email.parser import BytesParser
 from typing import NamedTuple
 
+from bridge.offload import OffLoop
 from handlers.email import OpaqueMessage
 
 # The parser's own patterns (email.feedparser), over bytes: the parser reads the body as ASCII, any other byte
@@ -43,11 +45,15 @@ class _Delimiter(NamedTuple):
     close: bool
 
 
-def parse_split(prefix: bytes, body: bytes) -> Message | None:
+def parse_split(prefix: bytes, body: bytes, header_lines: int | None = None) -> Message | None:
     """`prefix + body` parsed as `BytesParser(_class=OpaqueMessage)` parses it, `prefix` being the header
     block (a Content-Type line and a blank line), reading only the headers of the body's parts; None when
     the body has to be parsed whole. The preamble and epilogue, which the parser keeps apart, are left out of
-    a body that is cut and parsed; a body whose parts are built keeps them as the parser does."""
+    a body that is cut and parsed; a body whose parts are built keeps them as the parser does.
+
+    With `header_lines` (a parse on the event loop of a body of many lines), only parts built here are taken,
+    of at most that many header lines in all: a body they cannot be built from raises OffLoop before the email
+    package's parser reads a line of it, and so do more header lines, before the next is read."""
     head = prefix.removesuffix(b"\r\n\r\n")
     if b"\r" in head or b"\n" in head:
         return None
@@ -61,8 +67,10 @@ def parse_split(prefix: bytes, body: bytes) -> Message | None:
     delimiters = _delimiters(body, ("--" + boundary).encode("ascii"))
     if not delimiters:
         return None
-    if (built := _built(top, body, delimiters)) is not None:
+    if (built := _built(top, body, delimiters, header_lines)) is not None:
         return built
+    if header_lines is not None:
+        raise OffLoop("the multipart body's parts are not all of the shape read without the MIME parser")
     cut = []
     for i, delimiter in enumerate(delimiters):
         stop = delimiters[i + 1].start if i + 1 < len(delimiters) else len(body)
@@ -98,9 +106,11 @@ def _top(head: bytes) -> Message | None:
     return top
 
 
-def _built(top: Message, body: bytes, delimiters: list[_Delimiter]) -> Message | None:
+def _built(top: Message, body: bytes, delimiters: list[_Delimiter], header_lines: int | None) -> Message | None:
     """`top` with the parts of `body` built as the parser builds them, its preamble and epilogue as the parser
-    keeps them; None when the body is not of the common shape (see the module's docstring)."""
+    keeps them; None when the body is not of the common shape (see the module's docstring). OffLoop past
+    `header_lines` header lines in all, when given."""
+    room = sys.maxsize if header_lines is None else header_lines
     if delimiters[0].close:
         return None  # the parser takes it for the end of a multipart whose start it never saw, a defect
     digest = top.get_content_type() == "multipart/digest"  # its parts' default type is message/rfc822
@@ -114,8 +124,9 @@ def _built(top: Message, body: bytes, delimiters: list[_Delimiter]) -> Message |
             k += 1
         if k == len(delimiters):
             return None  # no close delimiter: the parser reads to the end and notes a defect
-        if (part := _built_part(body, start, delimiters[k].start, digest)) is None:
+        if (part := _built_part(body, start, delimiters[k].start, digest, room)) is None:
             return None
+        room -= len(part)  # its header lines
         parts.append(part)
         if delimiters[k].close:
             break
@@ -127,15 +138,19 @@ def _built(top: Message, body: bytes, delimiters: list[_Delimiter]) -> Message |
     return top
 
 
-def _built_part(body: bytes, start: int, stop: int, digest: bool) -> Message | None:
+def _built_part(body: bytes, start: int, stop: int, digest: bool, room: int) -> Message | None:
     """The part from start to stop (the next delimiter line) as the parser builds it, when its header lines
-    are all `Name: value` lines ended by a blank line or by the delimiter; else None."""
+    are all `Name: value` lines ended by a blank line or by the delimiter; else None. OffLoop at a header
+    line past `room` more."""
     part = OpaqueMessage()
     if digest:
         part.set_default_type("message/rfc822")
     typed = False
     at = start
     while (field := _FIELD.match(body, at, stop)) is not None:
+        if room <= 0:
+            raise OffLoop("the multipart body's parts have more header lines than are read on the event loop")
+        room -= 1
         name = field[1]
         part.set_raw(name.decode("ascii"), field[2].decode("ascii", "surrogateescape"))
         typed = typed or name.lower() == b"content-type"

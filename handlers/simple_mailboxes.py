@@ -21,6 +21,7 @@ _MAILBOX = (rf'(?:"(?P<quoted>[^"\\\r\n\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*)" <(?P<i
             rf"|<(?P<angled>{_ADDRESS})>"
             rf"|(?P<plain>{_ADDRESS}))")
 _MAILBOX_AT = re.compile(_MAILBOX)
+_ONE_MAILBOX = re.compile(rf"(?:{_MAILBOX})\Z")
 
 
 def simple_mailboxes(texts: list[str]) -> list[tuple[str, str]] | None:
@@ -46,3 +47,17 @@ def simple_mailboxes(texts: list[str]) -> list[tuple[str, str]] | None:
                 return None
             at += 2
     return pairs
+
+
+def simple_mailbox(text: str) -> tuple[str, str] | None:
+    """(display name, address) of `text` when it is one mailbox in a simple form, as `getaddresses([text])` gives
+    it; else None. One match, for the sender of a message (handlers/email.py `sender`), whose From nearly always is
+    `a@b.example` (the address a provider's JSON or an email's payload holds) or a named angle-addr."""
+    m = _ONE_MAILBOX.match(text)
+    if m is None:
+        return None
+    if (address := m["plain"] or m["angled"]) is not None:
+        return "", address
+    if m["in_quoted"] is not None:
+        return m["quoted"], m["in_quoted"]
+    return m["bare"], m["in_bare"]

@@ -4,7 +4,8 @@ A message is de-duplicated by its channel and `ts` (what identifies a Slack mess
 the `message` and `app_mention` events one message gives an app subscribed to both, are stored once. An
 edit is never a new message: `message_changed` is ignored, and an `app_mention` for a message edited to
 mention the app (the message's own `ts`) is a duplicate when the message is stored already. An event
-without a channel and `ts` falls back to its `event_id`."""
+without a channel and `ts` falls back to its `event_id`. The app's verification `token` (deprecated, and a
+credential: it let anyone who had it pass for Slack before signatures) is left out of what is stored."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ class SlackHandler(Handler):
             # A thread is one conversation; outside threads, each person's messages in a channel are one.
             conversation_id=f"{channel}/{thread}" if channel and thread else
             f"{channel}/{event.get('user')}" if channel and event.get("user") else channel,
-            message_id=event.get("client_msg_id") or event.get("ts"), media=files, provider=data,
+            message_id=event.get("client_msg_id") or event.get("ts"), media=files,
+            provider={k: v for k, v in data.items() if k != "token"},
         )
         return [Inbound(payload=payload, dedup_key=_message_key(event) or _event_id(data))]
 

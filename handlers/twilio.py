@@ -1,10 +1,16 @@
 """Twilio Messaging (SMS, WhatsApp): `X-Twilio-Signature`, base64 HMAC-SHA1 of the URL Twilio called plus
 each POST parameter's name and value, sorted by name. Behind a proxy the URL we see is not the one Twilio
-signed, so it comes from `public_url` (else server.public_url + the path, else the request itself)."""
+signed, so it comes from `public_url` (else server.public_url + the path, else the request itself).
+
+Twilio joins each name to its value with no separator, so a captured request's parameters cut again at other
+places still match its signature; after the signature, a request whose parameters do not read as one Twilio
+message is refused as a bad signature (401 `signature`): docs/security.md, "Twilio's parameters", says what is
+checked and why."""
 
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,17 +28,33 @@ from handlers.signing import require, same
 HEADER = "X-Twilio-Signature"
 URLENCODED = "application/x-www-form-urlencoded"
 CHANNEL_PREFIXES = ("whatsapp:", "messenger:", "rcs:", "sms:")
+SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
+"""A Twilio SID: two capitals naming its kind (`SM`, `MM` for messages) and 32 lower-case hex digits."""
+SID_LENGTH = 34
+ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
+MESSAGE_SIDS = ("MessageSid", "SmsMessageSid", "SmsSid")
+"""The names Twilio gives a message's SID (the last two are legacy copies of the first), in dedup-key order."""
+_SID_TEXT = re.compile(r"(?:MessageSid|SmsSid)(?=[A-Z]{2}[0-9a-f]{32})|MessageStatus(?=[a-z])")
+"""Signed text that reads as a message's SID, or a status callback's status: the parameters it may belong to
+are `_OWNERS`'."""
+_OWNERS = {"MessageSid": frozenset({*MESSAGE_SIDS, "OriginalRepliedMessageSid"}), "SmsSid": frozenset({"SmsSid"}),
+           "MessageStatus": frozenset({"MessageStatus"})}
 
 
 class TwilioOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
     auth_token: str
     public_url: str | None = None
     """The webhook URL exactly as configured in Twilio (scheme, host, path and query)."""
+    account_sid: str | None = None
+    """The Twilio account (`AC…`) whose messages the source takes; when set, a post naming another is refused."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.auth_token, "auth_token", "TWILIO_AUTH_TOKEN")
         check_public_url(self.public_url, "Twilio")
+        if self.account_sid is not None and not ACCOUNT_SID.fullmatch(self.account_sid):
+            raise KeyValueError(("account_sid",), f"`account_sid` {VALUE} is not a Twilio account SID: AC and 32 "
+                                "lower-case hex digits, as the Twilio console shows it", self.account_sid)
 
 
 def check_public_url(public_url: str | None, vendor: str) -> None:
@@ -61,15 +83,63 @@ def form_params(form: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, v) for name, value in form.items() for v in (value if isinstance(value, list) else [value])]
 
 
-def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> bytes:
-    """Twilio's algorithm: the URL, then each name+value, names sorted, a name's values sorted too."""
+def signed_pairs(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs in the order Twilio signs them: names sorted, a name's values sorted too."""
     values: dict[str, list[str]] = {}
     for name, value in params:
         values.setdefault(name, []).append(value)
-    data = [url]
-    for name in sorted(values):
-        data.extend(name + value for value in sorted(values[name]))
-    return base64.b64encode(hmac_digest(auth_token.encode(), "".join(data).encode(), "sha1"))
+    return [(name, value) for name in sorted(values) for value in sorted(values[name])]
+
+
+def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> bytes:
+    """Twilio's algorithm: the URL, then each name+value, names sorted, a name's values sorted too."""
+    data = url + "".join(name + value for name, value in signed_pairs(params))
+    return base64.b64encode(hmac_digest(auth_token.encode(), data.encode(), "sha1"))
+
+
+def recut(form: dict[str, Any], params: list[tuple[str, str]], account_sid: str | None) -> str | None:
+    """Why the signed parameters do not read as the one Twilio message (or status callback) they were signed as,
+    or None when they do. A captured request cut again at other places signs the same text
+    (`MessageSid=SM…&MessagingServiceSid=MG…` sent as one `MessageSid` holding `SM…MessagingServiceSidMG…`), so
+    what names the message is pinned: `MessageSid`, `SmsMessageSid` and `SmsSid` (at least one) are each a SID and
+    all the same; `AccountSid` is an account SID (the source's `account_sid`, when set); and wherever the signed
+    text reads `MessageSid` or `SmsSid` followed by a SID, or `MessageStatus` followed by a status word, that is
+    a parameter's whole name (one of `_OWNERS`) and, for a SID, its whole value. Then a re-cut keeps the
+    message's SID (its dedup key), and a status callback stays one. The reason names no value: each is request
+    text."""
+    sids = []
+    for name in MESSAGE_SIDS:
+        value = form.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not SID.fullmatch(value):
+            return f"{name} is not one Twilio SID (two capitals and 32 lower-case hex digits)"
+        sids.append(value)
+    if not sids:
+        return "no MessageSid, SmsMessageSid or SmsSid"
+    if len(set(sids)) > 1:
+        return "MessageSid, SmsMessageSid and SmsSid differ"
+    account = form.get("AccountSid")
+    if not isinstance(account, str) or not ACCOUNT_SID.fullmatch(account):
+        return "AccountSid is missing or not a Twilio account SID (AC and 32 lower-case hex digits)"
+    if account_sid is not None and account != account_sid:
+        return "AccountSid is not the source's account_sid"
+    # A name the signed text reads must be a parameter's whole name, and (a SID's) the value after it its whole value.
+    text: list[str] = []
+    owners: dict[int, tuple[str, str]] = {}  # where each value starts in the signed text: its name and value
+    at = 0
+    for name, value in signed_pairs(params):
+        at += len(name)
+        owners[at] = (name, value)
+        at += len(value)
+        text.append(name + value)
+    signed = "".join(text)
+    for found in _SID_TEXT.finditer(signed):
+        read, end = found.group(), found.end()
+        name, value = owners.get(end, ("", ""))
+        if name not in _OWNERS[read] or (read != "MessageStatus" and value != signed[end:end + SID_LENGTH]):
+            return f"the signed text reads {read} inside another parameter"
+    return None
 
 
 def url_variants(url: str) -> list[str]:
@@ -123,6 +193,9 @@ class TwilioHandler(Handler):
         if not ok:
             raise Rejected(401, f"signature in {HEADER} does not match the URL and parameters (is public_url the "
                                 "URL configured in Twilio?)", check="signature")
+        if (why := recut(self._form(request, body), params, self.twilio.account_sid)) is not None:
+            raise Rejected(401, f"the signed parameters do not read as one Twilio message: {why} (a captured "
+                                "request's parameters cut again at other places)", check="signature")
 
     def _form(self, request: web.Request, body: bytes) -> dict[str, Any]:
         return per_request(request, "twilio", lambda: parse_urlencoded(body, request.charset))
@@ -150,7 +223,8 @@ class TwilioHandler(Handler):
         payload = chat_payload(
             from_=_address(sender), from_name=form.get("ProfileName"), to=_address(form.get("To")),
             text=form.get("Body"), conversation_id=form.get("ConversationSid") or sender,
-            message_id=form.get("MessageSid") or form.get("SmsMessageSid"), media=media, provider=form,
+            message_id=next((form[name] for name in MESSAGE_SIDS if form.get(name)), None), media=media,
+            provider=form,
         )
         sid = payload["message_id"]
         return [Inbound(payload=payload, dedup_key=sid)]

@@ -1,5 +1,8 @@
 """Meta WhatsApp Cloud API: the GET `hub.challenge` handshake, `X-Hub-Signature-256` (hex HMAC-SHA256 of the
-body with the app secret), and one event per message in a POST; status callbacks are answered and ignored."""
+body with the app secret), and one event per message in a POST; status callbacks are answered and ignored. Each
+event's `provider` holds its message, the sender's contact (the one whose `wa_id` sent it: `profile.name` and
+`wa_id`) and the metadata's `display_phone_number` and `phone_number_id`, not every contact of the post: a text
+longer than a name or an id (256, 64 characters) is left out there, so a post's size bounds what it stores."""
 
 from __future__ import annotations
 
@@ -18,6 +21,10 @@ from handlers.signing import require, same
 
 HEADER = "X-Hub-Signature-256"
 MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+MAX_ID_CHARS = 64
+"""A phone number, a phone number id, a wa_id, the `object` name: Meta's are under 30 characters."""
+MAX_NAME_CHARS = 256
+"""A contact's profile name (WhatsApp lets a person write a few words)."""
 
 
 class WhatsappOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
@@ -51,6 +58,23 @@ def message_text(message: dict[str, Any]) -> str | None:
         parts = [body.get("name"), body.get("address")]
         return ", ".join(p for p in parts if isinstance(p, str)) or None
     return None
+
+
+def _short(value: Any, limit: int) -> str | None:
+    """`value` when it is text of at most `limit` characters, else None: what every event of a value shares is kept
+    bounded, so that a value's many messages cost in proportion to the body, not messages times the value."""
+    return value if isinstance(value, str) and len(value) <= limit else None
+
+
+def _contacts(value: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each contact of a value by its wa_id, as `{"profile": {"name"}, "wa_id"}` with both bounded."""
+    out: dict[str, dict[str, Any]] = {}
+    for contact in map(obj, items(value.get("contacts"))):
+        wa_id = _short(contact.get("wa_id"), MAX_ID_CHARS)
+        if wa_id is not None and wa_id not in out:
+            name = _short(obj(contact.get("profile")).get("name"), MAX_NAME_CHARS)
+            out[wa_id] = {"profile": {"name": name}, "wa_id": wa_id}
+    return out
 
 
 def _values(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -101,10 +125,12 @@ class WhatsappHandler(Handler):
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         data = json_body(request, body)
         out = []
+        kind_of_object = _short(data.get("object"), MAX_ID_CHARS)
         for value in _values(data):
-            metadata = obj(value.get("metadata"))
-            names = {str(c.get("wa_id")): obj(c.get("profile")).get("name") for c in items(value.get("contacts"))
-                     if isinstance(c, dict)}
+            raw_metadata = obj(value.get("metadata"))
+            metadata = {k: _short(raw_metadata.get(k), MAX_ID_CHARS) for k in ("display_phone_number",
+                                                                                "phone_number_id")}
+            contacts = _contacts(value)
             for message in items(value.get("messages")):
                 if not isinstance(message, dict):
                     continue
@@ -112,12 +138,13 @@ class WhatsappHandler(Handler):
                 media_body = message.get(kind) if kind in MEDIA_TYPES else None
                 media = [{"type": kind, **{k: media_body.get(k) for k in ("id", "mime_type", "sha256", "filename")
                                            if k in media_body}}] if isinstance(media_body, dict) else []
+                sender = contacts.get(str(message.get("from")))
                 payload = chat_payload(
-                    from_=message.get("from"), from_name=names.get(str(message.get("from"))),
-                    to=metadata.get("display_phone_number"), text=message_text(message),
+                    from_=message.get("from"), from_name=sender["profile"]["name"] if sender else None,
+                    to=metadata["display_phone_number"], text=message_text(message),
                     conversation_id=message.get("from"), message_id=message.get("id"), media=media,
-                    provider={"message": message, "metadata": metadata,
-                              "contacts": value.get("contacts") or [], "object": data.get("object")},
+                    provider={"message": message, "metadata": metadata, "contacts": [sender] if sender else [],
+                              "object": kind_of_object},
                 )
                 out.append(Inbound(payload=payload, dedup_key=payload["message_id"]))
         return out

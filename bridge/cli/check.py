@@ -75,6 +75,29 @@ def missing_extras(config: Config) -> list[Located]:
     return errors
 
 
+SIGNED_URL_KINDS = {"twilio": "Twilio", "mandrill": "Mandrill"}
+"""Source kinds whose provider signs the URL it calls (handlers/twilio.py `signed_url`)."""
+
+
+def signed_url_warnings(config: Config) -> list[str]:
+    """A source whose provider signs the URL it calls, with no `public_url` and no `server.public_url`: its
+    signatures are checked against the URL the request arrived at, which behind a TLS proxy (http, another host
+    or port) is not the one signed, so every post would be a 401. Said as a warning: served directly, the
+    request's URL is the one the provider called."""
+    if config.server.public_url:
+        return []
+    out = []
+    for name, source in sorted(config.sources.items()):
+        vendor = SIGNED_URL_KINDS.get(source.kind)
+        if vendor is not None and not getattr(source, "public_url", None):
+            out.append(config_error(config, ("sources", name), (
+                f"warning: {vendor} signs the URL it calls, and this source has no public_url (nor the server a "
+                f"public_url): signatures are checked against the URL each request arrives at, so behind a TLS "
+                f"proxy or load balancer every post gets 401; set public_url to the webhook URL exactly as "
+                f"configured in {vendor}, e.g. https://bridge.example.com/hooks/{name}")).render())
+    return out
+
+
 def build_report(args: argparse.Namespace) -> CheckReport:
     config, name, errors = _load(args)
     report = CheckReport(config_file=name, config_errors=errors)
@@ -93,6 +116,7 @@ def build_report(args: argparse.Namespace) -> CheckReport:
     report.results = run_tests(mappings, config.vars)
     report.warnings = [f"{m.file}: {m.name}: warning: this mapping has no tests"
                        for m in sorted(loaded.mappings, key=lambda m: m.name) if not m.spec.tests]
+    report.warnings[:0] = signed_url_warnings(config)
     unwritable = attachments_problem(config, warning=True)
     if unwritable is not None:
         report.warnings.insert(0, unwritable.render())

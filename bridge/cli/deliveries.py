@@ -29,7 +29,7 @@ from bridge.console.models import (
     ResetConversationBody,
 )
 from bridge.delivery.orphans import mark_dead
-from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries, reset_conversation
+from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries, reset_conversation, unknown_filter
 from bridge.errors import ErrorList, NotFound
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import run_tests
@@ -441,6 +441,10 @@ def run_replay(args: argparse.Namespace) -> int:
                 if len(rows) < 5000:
                     break
                 before = rows[-1].id
+            if not ids and (unknown := unknown_filter({"destination": args.destination},
+                                                      {"destination": config.destinations})) is not None:
+                print(f"--destination {args.destination}: {unknown[1]}", file=sys.stderr)
+                return 2
         started = time.monotonic()
         moved, refused = await replay_deliveries(store, ids, mappings, vars_, destinations=config.destinations,
                                                  dry_run=args.dry_run, rerender_hint="--rerender",

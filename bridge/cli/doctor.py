@@ -1,5 +1,6 @@
 """`ticketbridge doctor [DESTINATION…]`: check each destination's host, keys and permissions with one harmless
-look-up; sandbox destinations are checked against their simulators, started here for the purpose."""
+look-up; sandbox destinations are checked against their simulators, started here for the purpose (a sandbox with a
+`base_url`, a shared `ticketbridge sandbox`, against the one there)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ async def simulators(vendors: set[str]) -> AsyncIterator[str]:
 
 async def check(config: Config, names: list[str]) -> list[Finding]:
     chosen = {name: config.destinations[name] for name in names}
-    async with simulators({d.vendor for d in chosen.values() if d.sandbox}) as sandbox:
+    async with simulators({d.vendor for d in chosen.values() if d.own_sandbox}) as sandbox:
         adapters: list[Adapter] = [
-            adapter_class(d.vendor)(name, d, f"{sandbox}/{d.vendor}" if d.sandbox else d.base_url or "")
+            adapter_class(d.vendor)(name, d, f"{sandbox}/{d.vendor}" if d.own_sandbox else d.base_url or "")
             for name, d in chosen.items()]
         async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
             return await examine_all(adapters, session, TIMEOUT_SECONDS)

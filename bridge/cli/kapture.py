@@ -301,7 +301,7 @@ def _adapter(config: Config, name: str) -> KaptureAdapter:
     if not isinstance(dest, KaptureOptions):
         raise ValueError(f"--destination: {name!r} is a {dest.vendor} destination, not kapture; "
                          f"kapture destinations: {choices}")
-    if dest.sandbox:  # the sandbox lives in the running server
+    if dest.own_sandbox:  # the sandbox lives in the running server
         base = f"http://{_loopback(config.server.host)}:{config.server.port}/sandbox/kapture"
     else:
         assert dest.base_url is not None

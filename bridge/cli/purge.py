@@ -15,7 +15,7 @@ import msgspec
 
 from bridge.app import load_mappings
 from bridge.cli.common import config_from, with_store
-from bridge.config import Config
+from bridge.config import RETENTION_BATCH_MOST, Config
 from bridge.durations import parse_duration
 from bridge.errors import ErrorList, StoreUnavailable
 from bridge.retention import FileCounts, Policy, longest_reopen_after, now_ms, purge_store, sweep_attachments
@@ -102,8 +102,8 @@ def run_purge(args: argparse.Namespace) -> int:
     config = config_from(args)
     if config is None:
         return 2
-    if args.batch is not None and not 1 <= args.batch <= 10_000:
-        print(f"--batch {args.batch}: give a number of rows from 1 to 10000", file=sys.stderr)
+    if args.batch is not None and not 1 <= args.batch <= RETENTION_BATCH_MOST:
+        print(f"--batch {args.batch}: give a number of rows from 1 to {RETENTION_BATCH_MOST}", file=sys.stderr)
         return 2
     policy = policy_for(args, config)
     with contextlib.suppress(ErrorList):  # the mappings' reopen_after, where they load; else the default's

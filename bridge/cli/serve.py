@@ -13,7 +13,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from bridge.app import build_app
+from bridge.app import SANDBOX_PER_PROCESS, build_app, per_process_sandboxes
 from bridge.appkeys import RUNTIME
 from bridge.cli.common import attachments_problem, config_from
 from bridge.config import Config
@@ -89,6 +89,8 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
                  mapping_version=rt.mappings.version, workers=workers, sandboxes=sorted(rt.simulators),
                  max_connections=limits.max_connections, nofile_limit=nofile, event_loop=running_loop_name(),
                  event_loop_setting=config.server.event_loop)
+        for name, threaded in per_process_sandboxes(config, rt.mappings).items():
+            log.warning("sandbox.per_process", destination=name, threaded_mappings=threaded, note=SANDBOX_PER_PROCESS)
         await stop.wait()
         log.info("server.stopping")
     finally:

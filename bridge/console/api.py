@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.appkeys import RUNTIME
+from bridge.connections import content_encoding
 from bridge.console.auth import Caller, api_on, identify
 from bridge.console.models import (
     REPLAY_MOST,
@@ -54,7 +55,14 @@ from bridge.console.models import (
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.coordination import Gate
 from bridge.delivery.orphans import mark_dead, unconfigured
-from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries, reset_conversation, reset_detail
+from bridge.delivery.replay import (
+    REPLAY_CHUNK,
+    mark_succeeded,
+    replay_deliveries,
+    reset_conversation,
+    reset_detail,
+    unknown_filter,
+)
 from bridge.errors import NotFound, StoreRefused, StoreUnavailable
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
@@ -201,13 +209,18 @@ UTF8 = frozenset({"utf-8", "utf8"})
 
 def refuse_media_type(route: Route, request: web.Request) -> web.Response | None:
     """A 415 for a route that takes a body sent without `Content-Type: application/json` (UTF-8), or for a body
-    sent to a route that takes none in any other type. As a browser may post plain text or a form to another site
+    sent to a route that takes none in any other type, or for a body sent with a Content-Encoding (the server never
+    unpacks one: bridge/connections.py). As a browser may post plain text or a form to another site
     without asking it first, this also keeps such a post from ever being read as a change."""
     if route.method == "GET":
         return None
     sent = request.headers.get("Content-Type")
     if route.body is None and not request.body_exists:
         return None  # nothing to read: whatever type it names
+    if (encoding := content_encoding(request)) is not None:  # the server never inflates a body: refused unread
+        return error(415, f"{route.method} {route.path} takes a body as it is sent; this one came with "
+                          f"Content-Encoding {encoding[:100]!r}, which is not unpacked: send it without a "
+                          "Content-Encoding header")
     ctype = read_content_type(request)  # a header aiohttp cannot read is not JSON either
     charset = None if isinstance(ctype, Exception) else request.charset
     if sent is not None and ctype == JSON_TYPE and (charset is None or charset.lower() in UTF8):
@@ -700,18 +713,19 @@ async def mark_destination_dead(call: Call) -> MarkDeadResult:
     return MarkDeadResult(destination=name, marked=marked)
 
 
-async def _replay_ids(store: Store, given: ReplayBody) -> tuple[list[str], str | None]:
+async def _replay_ids(store: Store, given: ReplayBody) -> tuple[list[str], str | None, bool]:
     """`ids` (not when `cursor` continues an earlier call's matches), then up to `limit` more that the filter
     matches (when it has a field), newest first; neither: none. With the cursor to the rest when more matched than
-    `limit` took (None: no more did): the last id taken. The statuses' matches are taken as one list by id, so that
-    a delivery replayed from dead and succeeded since is not matched again after it."""
+    `limit` took (None: no more did): the last id taken; and whether the filter matched any delivery. The statuses'
+    matches are taken as one list by id, so that a delivery replayed from dead and succeeded since is not matched
+    again after it."""
     ids: list[str] = [] if given.cursor is not None else list(dict.fromkeys(given.ids))
     if not any((given.status, given.destination, given.mapping, given.source)):
         if given.cursor is not None:
             raise ApiError(409, "body.cursor continues a filter's matches, and this body has no filter: send it "
                                 "with the filter (status, destination, mapping, source) of the replay whose "
                                 "next_cursor it is")
-        return ids, None
+        return ids, None, False
     named = set(ids)
     statuses: list[DeliveryStatus] = [given.status] if given.status else ["dead", "succeeded"]
     before = given.cursor
@@ -731,9 +745,9 @@ async def _replay_ids(store: Store, given: ReplayBody) -> tuple[list[str], str |
         ids.extend(fresh)
         taken += len(fresh)
         if len(found) < wanted:
-            return ids, None
+            return ids, None, bool(taken or found)
         before = found[-1]
-    return ids, (before if await matching(1) else None)
+    return ids, (before if await matching(1) else None), True
 
 
 async def replay(call: Call) -> ReplayResult:
@@ -754,7 +768,12 @@ async def replay(call: Call) -> ReplayResult:
     with blame(422, _given(given.ids, "body.ids"), _given(given.destination, "body.destination"),
                _given(given.mapping, "body.mapping"), _given(given.source, "body.source"),
                _given(given.cursor, "body.cursor")):
-        ids, more = await _replay_ids(store, given)
+        ids, more, matched = await _replay_ids(store, given)
+        if filtered and given.cursor is None and not matched and (unknown := unknown_filter(
+                {"destination": given.destination, "mapping": given.mapping, "source": given.source},
+                {"destination": rt.config.destinations, "mapping": rt.mappings.mappings,
+                 "source": rt.config.sources})) is not None:
+            raise ApiError(409, f"body.{unknown[0]}: {unknown[1]}")
         mappings = rt.mappings if rerender else None
         moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars,
                                                  destinations=rt.config.destinations, dry_run=given.dry_run,
@@ -824,7 +843,9 @@ ROUTES: list[Route] = [
           change=True, body=MarkDeadBody, errors={409: "the destination is configured"}),
     Route("POST", "/admin/api/replay", replay, "Send deliveries again (by id or filter), optionally re-rendered; "
           "dry_run lists what would be", ReplayResult, change=True, body=ReplayBody,
-          errors={409: "`rerender_mapping` names no mapping in force, or `cursor` comes without a filter"}),
+          errors={409: "`rerender_mapping` names no mapping in force, `cursor` comes without a filter, or the filter "
+                       "matched nothing and names a destination, mapping or source the config lacks (a misspelt name: "
+                       "`error` names those there are)"}),
     Route("POST", "/admin/api/deliveries/{delivery_id}/mark-succeeded", mark_delivery_succeeded,
           "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
           DeliveryView, change=True, body=MarkSucceededBody,

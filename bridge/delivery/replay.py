@@ -51,6 +51,25 @@ def unconfigured(destination: str) -> str:
             f"{destination!r} under `destinations:` in the config, then replay it")
 
 
+FILTER_KINDS = {"destination": "configured", "mapping": "loaded", "source": "configured"}
+"""The names a replay's filter may take, each with what makes one known."""
+
+
+def unknown_filter(named: dict[str, str | None], known: dict[str, Collection[str]]) -> tuple[str, str] | None:
+    """For a replay whose filter matched nothing: the first of its names (`named`, by kind of FILTER_KINDS: the name
+    given, or None) that the config does not have (`known`: the names it has, by the same kinds), and why, naming
+    those it has; None when each name given is known (a filter of known names may match nothing: there is nothing
+    to replay). A misspelt name matches nothing, which would replay "0 of 0" as if all were well; a name removed
+    from the config whose deliveries are still stored matches them, and each is refused by name (`unconfigured`) or
+    replayed (a renamed mapping's, re-rendered with the new one)."""
+    for kind, name in named.items():
+        if name is not None and name not in known[kind]:
+            have = ", ".join(sorted(known[kind])) or "(none)"
+            return kind, (f"no {kind} {name!r} is {FILTER_KINDS[kind]}, and no stored delivery the replay looked for "
+                          f"names it; {FILTER_KINDS[kind]}: {have}")
+    return None
+
+
 async def _to_gone(store: Store, chunk: list[str], configured: Collection[str]) -> dict[str, str]:
     """The ids in `chunk` whose destination is not among `configured`, each with its reason: one look-up of the
     chunk's destinations (an id the store has not is said below, as for any other reason)."""

@@ -1,7 +1,8 @@
 """Vendor simulators: in-process stand-ins for sandbox destinations, tests and benchmarks.
 
 The registry maps a vendor name to its simulator; `sandbox: true` destinations of that vendor are
-served by it, and `ticketbridge sandbox` serves every registered one under /{vendor}/.
+served by it, and `ticketbridge sandbox` serves every registered one under /{vendor}/: one such process can serve
+the `sandbox: true` destinations of several bridge processes, each given its `base_url`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ def registry() -> dict[str, Callable[[], VendorSimulator]]:
             "http": HttpSimulator}
 
 
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 def serving(vendors: Iterable[str]) -> web.Application:
-    """One application with a fresh simulator of each of `vendors` under /{vendor}/."""
+    """One application with a fresh simulator of each of `vendors` under /{vendor}/, and `/healthz` and `/readyz`
+    (200 while it serves: what a container's health check and an orchestrator's probes ask)."""
     app = web.Application()
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _healthz)
     made = registry()
     for vendor in sorted(vendors):
         app.add_subapp(f"/{vendor}/", made[vendor]().app())

@@ -344,8 +344,12 @@ class Store(ABC):
 
     @abstractmethod
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
         """Store the event and its deliveries in one transaction, unless its dedup key was seen in the window.
+
+        `weight`: the bytes the event was made from (its share of its request's body and of what was fetched for
+        it), when the caller knows them; 0 when it does not. A backend may encode and write a heavy event off the
+        event loop (SQLite).
 
         With `nonce`: an event that is not a duplicate is stored only while the nonce (in its scope, and a scoped
         one also under its source alone: Nonce.unscoped_for) is unused, expired, or held by the same digest; the
@@ -391,6 +395,12 @@ class Store(ABC):
         succeeded, no longer in doubt, with `attempt` recorded (and, when it is the create, its conversation given
         the ticket and its destination announced to `subscribe`'s callbacks). False when it is in flight or
         succeeded already; raises NotFound."""
+
+    def recovered_at_open(self) -> int:
+        """How many deliveries in flight the store gave back (due now, in doubt) when it opened: a store that one
+        process owns gives back every delivery its previous process left in flight (it died or was killed before
+        giving them back); a shared store none (`take_back` and `release_expired` give back a dead process's)."""
+        return 0
 
     async def take_back(self, instance: str, gone: Callable[[str], bool]) -> int:
         """Give back, due now, the deliveries in flight under an earlier process of this `instance` (a lease

@@ -123,7 +123,7 @@ class MemoryStore(Store):
         d.row = msgspec.structs.replace(d.row, updated_at_ms=self.clock(), **changes)
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
         self._check_open()
         event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         now = self.clock()

@@ -169,13 +169,15 @@ def _conversations(first: int, where: str = "") -> str:
     _thread_args) are grouped per conversation first, since one statement may change a row only once. As the
     per-accept upsert does message by message: the first message opens the conversation (with the ticket it
     names, if any), and a message after the quiet period (`reopen_after`) starts it anew, without a ticket, so
-    that it becomes a create. `where` filters the rows (u.event_id)."""
+    that it becomes a create; each delivery is one more the conversation holds (`stored`, migration 0025). `where`
+    filters the rows (u.event_id)."""
     a = [f"${first + i}" for i in range(10)]
     reopen = (f"(EXCLUDED.started_at - c.last_message_at > (SELECT r.ms FROM unnest({a[8]}::text[], "  # noqa: S608
               f"{a[9]}::bigint[]) AS r (id, ms) WHERE r.id = EXCLUDED.id))")
     return (
-        "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, "  # noqa: S608
-        "ticket_id, ticket_at, sender) SELECT g.id, g.key, g.mapping, g.destination, g.n, g.first_at, g.last_at, "
+        "INSERT INTO conversations AS c (id, key, mapping, destination, messages, stored, started_at, "  # noqa: S608
+        "last_message_at, ticket_id, ticket_at, sender) SELECT g.id, g.key, g.mapping, g.destination, g.n, g.n, "
+        "g.first_at, g.last_at, "
         "g.ticket, CASE WHEN g.ticket IS NULL THEN NULL ELSE g.first_at END, g.sender FROM (SELECT u.id, "
         "(array_agg(u.key ORDER BY u.o))[1] AS key, (array_agg(u.mapping ORDER BY u.o))[1] AS mapping, "
         "(array_agg(u.destination ORDER BY u.o))[1] AS destination, count(*)::int AS n, min(u.at) AS first_at, "
@@ -186,6 +188,7 @@ def _conversations(first: int, where: str = "") -> str:
         f"destination, at, ticket, sender, o) {where} GROUP BY u.id) g ORDER BY g.id "
         f"ON CONFLICT (id) DO UPDATE SET "
         f"messages = CASE WHEN {reopen} THEN EXCLUDED.messages ELSE c.messages + EXCLUDED.messages END, "
+        "stored = c.stored + EXCLUDED.stored, "
         f"started_at = CASE WHEN {reopen} THEN EXCLUDED.started_at ELSE c.started_at END, "
         f"ticket_id = CASE WHEN {reopen} THEN EXCLUDED.ticket_id ELSE c.ticket_id END, "
         f"ticket_key = CASE WHEN {reopen} THEN NULL ELSE c.ticket_key END, "
@@ -560,11 +563,11 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
 
 
 _JOIN_CHECKED = (
-    "INSERT INTO conversations AS c (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "
-    "ticket_at, sender) VALUES ($1, $2, $3, $4, 1, $5, $5, $6, "
+    "INSERT INTO conversations AS c (id, key, mapping, destination, messages, stored, started_at, last_message_at, "
+    "ticket_id, ticket_at, sender) VALUES ($1, $2, $3, $4, 1, 1, $5, $5, $6, "
     "CASE WHEN $6::text IS NULL THEN NULL ELSE $5::bigint END, $8) "
     "ON CONFLICT (id) DO UPDATE SET "
-    "messages = CASE WHEN $5 - c.last_message_at > $7 THEN 1 ELSE c.messages + 1 END, "
+    "messages = CASE WHEN $5 - c.last_message_at > $7 THEN 1 ELSE c.messages + 1 END, stored = c.stored + 1, "
     "started_at = CASE WHEN $5 - c.last_message_at > $7 THEN $5 ELSE c.started_at END, "
     "ticket_id = CASE WHEN $5 - c.last_message_at > $7 THEN EXCLUDED.ticket_id ELSE c.ticket_id END, "
     "ticket_key = CASE WHEN $5 - c.last_message_at > $7 THEN NULL ELSE c.ticket_key END, "
@@ -594,8 +597,8 @@ async def _join_checked(conn: Any, d: NewDelivery, now: int) -> str | None:
     first = await conn.fetchval("SELECT sender FROM conversations WHERE id = $1", d.conversation)
     own, key = split_conversation_id(d)
     sender_mismatch(d, named, sender, first, own)
-    await conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, started_at, "
-                       "last_message_at, sender) VALUES ($1, $2, $3, $4, 1, $5, $5, $6)",
+    await conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, stored, started_at, "
+                       "last_message_at, sender) VALUES ($1, $2, $3, $4, 1, 1, $5, $5, $6)",
                        own, key, d.mapping, d.destination, now, sender)
     return own
 

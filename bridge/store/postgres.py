@@ -59,6 +59,7 @@ from bridge.store.pg_batch import (
     Outcome,
     PendingAccept,
     cut_off,
+    deadlocked,
     lost_connection,
     refusal,
     refused,
@@ -262,10 +263,14 @@ class PostgresStore(Store):
                 await asyncio.wait_for(pool.close(), 10)
 
     async def _run(self, fn: Callable[[Any], Awaitable[T]], *, transaction: bool = True,
-                   autocommit: bool = False) -> T:
+                   autocommit: bool = False, again: str | None = None) -> T:
         """Run `fn(connection)`, in a transaction; driver and connection errors become StoreUnavailable.
         `autocommit`: `fn` writes with statements that each commit by themselves (one statement, which needs no
-        BEGIN and COMMIT of its own, or transactions it opens), its failures the store's as a transaction's are."""
+        BEGIN and COMMIT of its own, or transactions it opens), its failures the store's as a transaction's are.
+        `again` (what `fn` does, for the log): a transaction that one of its statements deadlocked in (40P01: the
+        server rolled it back whole) is run once more from its start (`store.deadlock_retried`), which only a
+        transaction that answers nobody until it commits, and whose second run finds what the first would have
+        (a replay, a purge's batch), may be; a second deadlock fails it as any other error does."""
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         try:
@@ -275,8 +280,17 @@ class PostgresStore(Store):
                 if autocommit:
                     out = await fn(conn)
                 else:
-                    async with conn.transaction():
-                        out = await fn(conn)
+                    try:
+                        async with conn.transaction():
+                            out = await fn(conn)
+                    except DB_ERRORS as exc:
+                        if again is None or not deadlocked(exc):
+                            raise
+                        log.warning("store.deadlock_retried", write=again,
+                                    note="a statement deadlocked with another transaction: it was rolled back and is "
+                                         "run once more from its start; a second deadlock fails it")
+                        async with conn.transaction():
+                            out = await fn(conn)
         except DB_ERRORS as exc:
             if refused(exc):  # the data's problem: the store is not failing, and a retry would meet it again
                 raise refusal(exc) from exc
@@ -403,7 +417,7 @@ class PostgresStore(Store):
     # -- intake -----------------------------------------------------------------------------------
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         return await self.batcher.submit(PendingAccept(event, deliveries, dedup_window_s, nonce))
@@ -642,6 +656,10 @@ class PostgresStore(Store):
         async def op(conn: Any) -> list[str]:
             now = now_ms()
             moved: list[str] = []
+            # Their rows locked first, in the order of their ids, as a purge locks an event's deliveries: updated in
+            # the order given (newest first), a replay and a purge waiting on each other's rows deadlocked.
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                               delivery_ids)
             for i in delivery_ids:
                 if i in new:
                     body, version = new[i]
@@ -662,7 +680,7 @@ class PostgresStore(Store):
                     await conn.execute("SELECT pg_notify($1, $2)", self.channel, got[0])
             return moved
 
-        return await self._run(op)
+        return await self._run(op, again="replay")
 
     async def mark_succeeded(self, delivery_id: str, attempt: AttemptResult) -> bool:
         r = storable_result(attempt)
@@ -846,7 +864,7 @@ class PostgresStore(Store):
                                                     else mark.conversations)
             return out
 
-        return await self._run(op)
+        return await self._run(op, again="purge")
 
     async def attachment_refs(self, received_before_ms: int) -> set[str]:
         refs: set[str] = set()
@@ -937,10 +955,24 @@ async def _purge_events(conn: Any, cutoffs: Cutoffs, limit: int, after: tuple[in
         out.attempts = len(await conn.fetch(
             "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1::text[])) "
             "RETURNING 1", gone))
+        # Their conversations hold as many fewer (`stored`, migration 0025): locked in the order of their ids, as
+        # accepts lock them (pg_batch._lock_conversations), after the deliveries, as a record or mark_succeeded
+        # takes its delivery before its conversation.
+        for statement in _UNSTORED:
+            await conn.execute(statement, gone)
         out.deliveries = len(await conn.fetch(
             "DELETE FROM deliveries WHERE event_id = ANY($1::text[]) RETURNING 1", gone))
         out.events = len(await conn.fetch("DELETE FROM events WHERE id = ANY($1::text[]) RETURNING 1", gone))
     return out
+
+
+_UNSTORED = (
+    "SELECT 1 FROM conversations WHERE id IN (SELECT conversation FROM deliveries WHERE event_id = ANY($1::text[])) "
+    "ORDER BY id FOR NO KEY UPDATE",
+    "UPDATE conversations c SET stored = c.stored - g.n FROM (SELECT conversation, count(*)::int AS n FROM deliveries "
+    "WHERE event_id = ANY($1::text[]) AND conversation IS NOT NULL GROUP BY conversation) g "
+    "WHERE c.id = g.conversation")
+"""Before the deliveries of events (`$1`) are deleted: their conversations hold as many fewer."""
 
 
 async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:

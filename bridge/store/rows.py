@@ -108,9 +108,11 @@ def head_of_conversation(arrival: str) -> str:
     the held create (`mark-succeeded` with the ticket gives the conversation its ticket; a replay makes it pending
     again, the head). The first test's `status IN (…)`, as in `row_columns`' `waiting`, is the condition of the
     partial index deliveries_open_conversation, spelt so that both databases use it: a conversation's settled
-    history is never walked. The second looks the conversation up by its key, and walks its earlier deliveries
-    (deliveries_conversation, by conversation and arrival) only while it has no ticket: a conversation with a
-    ticket, the usual case for a follow-up, costs one look-up."""
+    history is never walked. The second looks the conversation up by its key and, only while it has no ticket,
+    looks for an earlier held create in the partial index deliveries_held_create (migration 0024, by conversation
+    and arrival), whose condition is the test's own terms: it holds the held creates alone, so that a long thread
+    restarted without a ticket is not read back to its first message. A conversation with a ticket, the usual
+    case for a follow-up, costs one look-up."""
     return (
         "(d.conversation IS NULL OR (NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "  # noqa: S608
         "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id "
@@ -303,11 +305,19 @@ def status_condition(status: DeliveryStatus) -> str:
 
 def tickets_of_claimed(arrival: str) -> str:
     """Followed by the claimed ids (a list of placeholders): each claimed delivery's conversation and its ticket, with
-    the conversation's messages up to the delivery in arrival order (see `head_of_conversation`)."""
+    the conversation's messages up to the delivery in arrival order (see `head_of_conversation`); only those whose
+    conversation holds a ticket (`with_tickets` takes no other), so that a create's claim counts nothing.
+
+    The messages up to the delivery are those the conversation holds (`conversations.stored`, migration 0025: one
+    more for each delivery an accept makes in it, one fewer for each a purge deletes) less those that came after it,
+    counted from deliveries_conversation: the head of a conversation has none after it but the messages waiting
+    behind it. Counting those before it read the whole thread at each follow-up's claim, a cost growing with the
+    thread (a chat of thousands of messages). Both are read by one statement, so from one snapshot."""
     return ("SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "  # noqa: S608
-            "(SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation "
-            f"AND {before(arrival, 'o', 'd', '<=')}), d.id, c.ticket_uuid, c.sender "
-            "FROM deliveries d JOIN conversations c ON c.id = d.conversation WHERE d.id IN ")
+            "c.stored - (SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation "
+            f"AND {before(arrival, 'd', 'o')}), d.id, c.ticket_uuid, c.sender "
+            "FROM deliveries d JOIN conversations c ON c.id = d.conversation AND c.ticket_id IS NOT NULL "
+            "WHERE d.id IN ")
 
 
 OLDEST_UNSETTLED = (

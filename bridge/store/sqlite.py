@@ -5,9 +5,10 @@ of what they write, _Op.size, whichever comes first; a write larger than that al
 the statements on the event loop's thread (microseconds each, with no hand-over of the GIL between
 threads), and runs only the COMMIT, whose fsync is the slow part, on a worker thread. Requests that
 arrive meanwhile queue for the next group, and each caller's future is resolved only once its group
-is on disk. A write whose statements may take longer, a replay's, goes alone with its statements on a worker
-thread too (`off_loop`), and is cut into parts bounded as a group is. Reads use a second connection on worker
-threads.
+is on disk. A write whose statements may take longer goes alone with its statements on a worker thread too
+(`off_loop`): a replay's, cut into parts bounded as a group is; any write larger than a group (an accept of a large
+mail: about 3 ms per MiB on the loop); and the accept of an event made from a large request, encoded there as well.
+Reads use a second connection on worker threads.
 
 One process owns a store file at a time: an exclusive lock file makes that explicit, which is what
 lets start-up hand every delivery left in flight straight back to the queue. The CLI still writes to it beside
@@ -124,6 +125,13 @@ ROW_COLUMNS = row_columns(ARRIVAL)
 TICKETS_OF_CLAIMED = tickets_of_claimed(ARRIVAL)
 WRITABLE = "store.url must name a file in a folder this process can write"
 BUSY_SECONDS = 10.0
+BUSY_DELAY_MAX = 0.05
+"""The longest a writer waits between two tries of BEGIN IMMEDIATE while another process holds the write lock."""
+HAND_OVER_SECONDS = 2 * BUSY_DELAY_MAX
+"""How long a store opened beside the owner (the CLI: a purge, a replay) leaves the write lock free after each of its
+commits before its next BEGIN: longer than the owner waits between two tries (BUSY_DELAY_MAX), so that an owner
+waiting for the lock (an intake, a lane's record) takes it between two of the CLI's transactions rather than waiting
+for the CLI's whole run."""
 SMALL_GROUP = 8
 NONCE_SWEEP = 32
 NONCE_SWEEP_EVERY = 16
@@ -136,6 +144,11 @@ row's body NULL. SQLite writes a row whole whenever one of its columns changes: 
 every change of its status (a claim, a record, a replay), about 14 ms per MiB. A row with a body this size still fits
 in one page (4 KiB), so a status change writes at most that page; a body kept apart costs its own insert when stored.
 The rows stored before 0021 keep their bodies, whatever their size."""
+LARGE_ACCEPT_BYTES = 1 << 20
+"""An accept whose event was made from more bytes than this (Store.accept's `weight`) is encoded and written on a
+worker thread, in a write by itself (see SqliteStore.accept). Below it, what the loop encodes stays within a few
+milliseconds (a mail's text is kept two or three times over, and once more in a body that quotes it), and such
+accepts keep sharing their groups' commits."""
 WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
@@ -213,7 +226,8 @@ class _Op:
     exchange, a replay's the bodies it writes (SqliteStore.replay). Every other write weighs 0: a claim, a release,
     a lease's extension or reaping, a purge, an audit entry, a mapping set (small or rare, and what they write is
     not at hand before they run). `off_loop`: the write is a group by itself, its statements run on a worker
-    thread rather than the event loop's."""
+    thread rather than the event loop's: a replay's part, a large event's accept (SqliteStore.accept). A write
+    larger than a group (`size` over `group_bytes`) is alone too (take_group), and so runs there as well."""
 
     __slots__ = ("durable", "fn", "future", "inserts", "off_loop", "size")
 
@@ -250,6 +264,7 @@ class SqliteStore(Store):
         self._off_loop_queued = 0
         """How many of the queued writes are `off_loop` (each a group by itself)."""
         self.group_bytes = GROUP_BYTES
+        self.large_accept_bytes = LARGE_ACCEPT_BYTES
         self._flusher: asyncio.Task[None] | None = None
         self._full = True
         self._commits: queue.SimpleQueue[tuple[sqlite3.Connection, asyncio.Future[None]] | None] = queue.SimpleQueue()
@@ -277,6 +292,11 @@ class SqliteStore(Store):
         store holds the file; it starts past the tokens of the deliveries in flight when it opens."""
         self._elsewhere: asyncio.Future[Any] | None = None
         """The writer's work on another thread (its COMMIT, an off-loop write's statements), while it runs."""
+        self._recovered = 0
+        """How many deliveries in flight the owner gave back when it opened (recovered_at_open)."""
+        self._committed_at: float | None = None
+        """When (time.monotonic) this store's last commit ended: a store beside the owner waits HAND_OVER_SECONDS
+        from then before it begins another transaction."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -315,6 +335,7 @@ class SqliteStore(Store):
                     f"next_attempt_at = MIN(next_attempt_at, ?), {REAPED_IN_DOUBT} WHERE status = 'in_flight'",
                     (now_ms(),),
                 ).rowcount
+                self._recovered = moved
                 if moved:
                     log.warning("store.recovered_in_flight", count=moved, path=str(self.path))
             # The writer runs its statements on the event loop: it must never sleep in SQLite's busy
@@ -333,6 +354,9 @@ class SqliteStore(Store):
         except BaseException:
             self._drop_lock()
             raise
+
+    def recovered_at_open(self) -> int:
+        return self._recovered
 
     def _make_folder(self) -> None:
         folder = self.path.parent
@@ -446,7 +470,8 @@ class SqliteStore(Store):
         """The next group, taken off the queue (which holds one write at least): its first writes, up to
         `group_commit_max` of them and `group_bytes` of their sizes, the first write whatever its size. The
         statements of a group run on the event loop's thread, so the bound is what keeps a burst of large accepts
-        from holding the loop: about 3 ms per MiB."""
+        from holding the loop: about 3 ms per MiB. A write larger than that, alone, runs on a worker thread
+        (_commit)."""
         group, self._pending, self._pending_size = take_group(self._pending, self._pending_size,
                                                               self.group_commit_max, self.group_bytes)
         if self._off_loop_queued and (cut := next((n for n, op in enumerate(group) if op.off_loop), None)) is not None:
@@ -593,7 +618,7 @@ class SqliteStore(Store):
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                     raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, BUSY_DELAY_MAX)
 
     async def _commit(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
         """Run a group of writes in one transaction and one commit. Optimistically the whole group runs
@@ -611,8 +636,12 @@ class SqliteStore(Store):
                 # lease-taking batches use it, and losing a lease just makes the work due again.
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._full = durable
+            if not self.owner:
+                await self._hand_over()
             await self._begin(conn)
-            if batch[0].off_loop:  # by itself (_take)
+            if batch[0].off_loop or (len(batch) == 1 and batch[0].size > self.group_bytes):
+                # By itself (_take), or larger than a group, which take_group leaves alone: off the loop, whose turns
+                # its statements would hold about 3 ms per MiB.
                 results = [(True, await self._run_off_loop(conn, batch[0].fn))]
             elif len(batch) == 1:
                 results = self._run_isolated(conn, batch)
@@ -624,6 +653,7 @@ class SqliteStore(Store):
                 results = straight
             await self._commit_off_loop(conn)
         except Exception as exc:
+            self._committed_at = time.monotonic()
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = _failure(exc)
@@ -636,10 +666,17 @@ class SqliteStore(Store):
                 log.error("store.commit_failed", error=str(exc), batch=len(batch))
             results = [(False, failure)] * len(batch)
         else:
+            self._committed_at = time.monotonic()
             if self._failing is not None and conn.total_changes != changes and self._has_room():
                 log.info("store.recovered", path=str(self.path), failed_commits=self.commit_failures)
                 self._failing = None
         return results
+
+    async def _hand_over(self) -> None:
+        """Beside the owner, wait until HAND_OVER_SECONDS have passed since this store's last commit (or rollback):
+        the owner, trying BEGIN at least every BUSY_DELAY_MAX, takes the write lock in between."""
+        if self._committed_at is not None and (wait := self._committed_at + HAND_OVER_SECONDS - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
 
     async def _run_off_loop(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """`fn`'s statements, in the open transaction, on a worker thread: the event loop goes on meanwhile, while
@@ -720,7 +757,26 @@ class SqliteStore(Store):
     # -- intake ---------------------------------------------------------------------------------
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
+        """An event made from more than `large_accept_bytes` (`weight`) is encoded and written by a write by itself
+        on a worker thread (`off_loop`): its JSON and its deliveries' bodies (a large mail's text, kept as `text` and
+        `stripped_text`, and again in a body that quotes it) would hold the loop about 1 ms per MiB to encode and 3
+        to write. Any other is encoded here, and written with its group; one that encodes to more than a group
+        (`group_bytes`) goes alone and off the loop all the same (_commit)."""
+        if weight > self.large_accept_bytes:
+            def prepared(conn: sqlite3.Connection) -> AcceptResult:
+                return self._accept_op(event, deliveries, dedup_window_s, nonce)[0](conn)
+
+            heavy: AcceptResult = await self._write(prepared, size=weight, off_loop=True)
+            return heavy
+        op, inserts, size = self._accept_op(event, deliveries, dedup_window_s, nonce)
+        result: AcceptResult = await self._write(op, inserts=inserts, size=size)
+        return result
+
+    def _accept_op(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float, nonce: Nonce | None,
+                   ) -> tuple[Callable[[sqlite3.Connection], AcceptResult], _Inserts | None, int]:
+        """An accept's write (its rows encoded), its rows for `_run_straight` when it checks nothing first, and
+        its size (_Op.size)."""
         event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         received = int(event.received_at.timestamp() * 1000)
         window_ms = int(dedup_window_s * 1000)
@@ -756,9 +812,7 @@ class SqliteStore(Store):
             return stored
 
         plain = event.dedup_key is None and nonce is None  # nothing to check first: it is stored, whatever the group
-        result: AcceptResult = await self._write(op, inserts=(event_row, rows, apart, joins, stored) if plain else None,
-                                                 size=size)
-        return result
+        return op, (event_row, rows, apart, joins, stored) if plain else None, size
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -1156,21 +1210,27 @@ class SqliteStore(Store):
 
     async def purge(self, cutoffs: Cutoffs, limit: int, dry_run: bool = False,
                     after: PurgeMark | None = None) -> PurgeCounts:
-        """Each kind is one write of the group commit, so that no purge holds the writer (and the
-        intake waiting behind it) for more than one batch."""
+        """Each kind is one write by itself, whose statements run off the event loop's thread (`off_loop`), as a
+        replay's parts do: deleting rows reads every page they fill, and a batch of large events took seconds. The
+        events and attempts it deletes are bounded by their bytes too (`group_bytes`, the first whatever its size;
+        `more` then says there is more), so that the writes queued behind it (intake's) wait for a short
+        transaction, not a batch of large mails."""
         if dry_run:
             counted: PurgeCounts = await self._read(lambda conn: _count_purgeable(conn, cutoffs))
             return counted
         mark = after or PurgeMark()
         out = PurgeCounts(after=mark)
         if cutoffs.events_ms is not None:
-            got: PurgeCounts = await self._write(lambda conn: _purge_events(conn, cutoffs, limit, mark.events))
+            got: PurgeCounts = await self._write(
+                functools.partial(_purge_events, cutoffs=cutoffs, limit=limit, after=mark.events,
+                                  max_bytes=self.group_bytes), size=self.group_bytes, off_loop=True)
             out.add(got)
             out.more = got.more
             out.after = msgspec.structs.replace(out.after, events=got.after.events)
         if cutoffs.attempts_ms is not None:
             trimmed: tuple[int, bool, tuple[int, str, int] | None] = await self._write(
-                lambda conn: _trim_attempts(conn, cutoffs, limit, mark.attempts))
+                functools.partial(_trim_attempts, cutoffs=cutoffs, limit=limit, after=mark.attempts,
+                                  max_bytes=self.group_bytes), size=self.group_bytes, off_loop=True)
             out.attempts += trimmed[0]
             out.more = out.more or trimmed[1]
             out.after = msgspec.structs.replace(out.after, attempts=trimmed[2])
@@ -1178,13 +1238,15 @@ class SqliteStore(Store):
             dedup_ms = cutoffs.dedup_ms
             expired: int = await self._write(lambda conn: conn.execute(
                 "DELETE FROM dedup_keys WHERE (source, key) IN "
-                "(SELECT source, key FROM dedup_keys WHERE expires_at <= ? LIMIT ?)", (dedup_ms, limit)).rowcount)
+                "(SELECT source, key FROM dedup_keys WHERE expires_at <= ? LIMIT ?)", (dedup_ms, limit)).rowcount,
+                size=self.group_bytes, off_loop=True)
             out.dedup = expired
             out.more = out.more or expired >= limit
         if cutoffs.conversations_ms is not None:
             cutoff, tickets = cutoffs.conversations_ms, cutoffs.tickets_ms
             gone, more, last = await self._write(lambda conn: _purge_conversations(conn, cutoff, tickets, limit,
-                                                                                   mark.conversations))
+                                                                                   mark.conversations),
+                                                 size=self.group_bytes, off_loop=True)
             out.conversations = gone
             out.more = out.more or more
             out.after = msgspec.structs.replace(out.after, conversations=last)
@@ -1416,12 +1478,14 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> st
     in does the upsert that opens or restarts the conversation run. A message whose key any sender may write
     (`sender_checked`) counts only in a conversation its sender opened (or one older than the sender column), and
     names a ticket only one such conversation holds; else it opens a conversation of its own, whose id it returns
-    (None: it joined the one it named)."""
+    (None: it joined the one it named). Either way the conversation it is counted in holds one more delivery
+    (`stored`, migration 0025)."""
     checked = d.sender_checked
     sender = d.sender or ""
     same_sender = " AND (sender IS NULL OR sender = ?4)" if checked else ""
     counted = conn.execute(
-        "UPDATE conversations SET messages = messages + 1, last_message_at = max(last_message_at, ?1) "  # noqa: S608
+        "UPDATE conversations SET messages = messages + 1, stored = stored + 1, "  # noqa: S608
+        "last_message_at = max(last_message_at, ?1) "
         f"WHERE id = ?2 AND ?1 - last_message_at <= ?3{same_sender}",
         (now, d.conversation, d.reopen_after_ms, *((sender,) if checked else ()))).rowcount
     if counted:
@@ -1431,10 +1495,10 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> st
             "LIMIT 1", (d.destination, d.known_ticket, sender)).fetchone() is None:
         return _split_conversation(conn, d, now, sender, "ticket")
     opened = conn.execute(
-        "INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, ticket_id, "  # noqa: S608
-        "ticket_at, sender) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END, ?8) "
-        "ON CONFLICT (id) DO UPDATE SET "
-        "messages = CASE WHEN ?5 - last_message_at > ?7 THEN 1 ELSE messages + 1 END, "
+        "INSERT INTO conversations (id, key, mapping, destination, messages, stored, started_at, last_message_at, "  # noqa: S608
+        "ticket_id, ticket_at, sender) VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, ?5, ?6, "
+        "CASE WHEN ?6 IS NULL THEN NULL ELSE ?5 END, ?8) ON CONFLICT (id) DO UPDATE SET "
+        "messages = CASE WHEN ?5 - last_message_at > ?7 THEN 1 ELSE messages + 1 END, stored = stored + 1, "
         "started_at = CASE WHEN ?5 - last_message_at > ?7 THEN ?5 ELSE started_at END, "
         "ticket_id = CASE WHEN ?5 - last_message_at > ?7 THEN ?6 ELSE ticket_id END, "
         "ticket_key = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_key END, "
@@ -1456,48 +1520,91 @@ def _split_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int, send
     first = conn.execute("SELECT sender FROM conversations WHERE id = ?", (d.conversation,)).fetchone()
     own, key = split_conversation_id(d)
     sender_mismatch(d, named, sender, None if first is None else first[0], own)
-    conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, started_at, last_message_at, "
-                 "sender) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)", (own, key, d.mapping, d.destination, now, sender))
+    conn.execute("INSERT INTO conversations (id, key, mapping, destination, messages, stored, started_at, "
+                 "last_message_at, sender) VALUES (?1, ?2, ?3, ?4, 1, 1, ?5, ?5, ?6)",
+                 (own, key, d.mapping, d.destination, now, sender))
     return own
 
 
+_ATTEMPT_BYTES = ("COALESCE(length(a.exchange), 0) + COALESCE(length(a.response_excerpt), 0) "
+                  "+ COALESCE(length(a.error), 0)")
+"""What deleting an attempt `a` frees, about: its exchange and texts (length() of a BLOB reads its row's header)."""
+_EVENT_BYTES = ("length(e.data) + COALESCE((SELECT SUM(COALESCE(length(d.body), 0) "  # noqa: S608 - constants
+                "+ COALESCE((SELECT length(b.body) FROM delivery_bodies b WHERE b.id = d.id), 0) "
+                f"+ COALESCE((SELECT SUM({_ATTEMPT_BYTES}) FROM attempts a WHERE a.delivery_id = d.id), 0)) "
+                "FROM deliveries d WHERE d.event_id = e.id), 0)")
+"""What deleting an event `e` with its deliveries and attempts frees, about: its JSON (the payload, a mail's raw
+message), its deliveries' bodies (in their rows, or kept apart: BODY_INLINE) and its attempts' (_ATTEMPT_BYTES)."""
+
+
+def _taken(candidates: Sequence[Sequence[Any]], max_bytes: int) -> tuple[int, list[Sequence[Any]]]:
+    """How many of a purge's `candidates` (in scan order: each with whether it goes second to last and its size
+    last) one write looks at, and those it deletes: up to `max_bytes` of their sizes, the first whatever its size.
+    Deleting a row frees every page it fills, which SQLite reads to free: a batch bounded by its rows alone held the
+    writer for seconds (200 events of a 900 kB mail)."""
+    gone: list[Sequence[Any]] = []
+    total = 0
+    for looked, c in enumerate(candidates):
+        if c[-2]:
+            if gone and total + c[-1] > max_bytes:
+                return looked, gone
+            gone.append(c)
+            total += c[-1]
+    return len(candidates), gone
+
+
 def _trim_attempts(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
-                   after: tuple[int, str, int] | None) -> tuple[int, bool, tuple[int, str, int] | None]:
+                   after: tuple[int, str, int] | None,
+                   max_bytes: int = GROUP_BYTES) -> tuple[int, bool, tuple[int, str, int] | None]:
     """Look at the next `limit` attempts older than the cutoff (after `after`, oldest first) and delete those
-    that are not their delivery's latest: (deleted, more to look at, where the scan stopped)."""
+    that are not their delivery's latest, up to `max_bytes` of them (_taken): (deleted, more to look at, where the
+    scan stopped)."""
     start_at, start_id, start_n = after or (NEVER, "", 0)
     candidates = conn.execute(
-        "SELECT a.started_at, a.delivery_id, a.n, a.n < d.attempts FROM attempts a JOIN deliveries d "
+        f"SELECT a.started_at, a.delivery_id, a.n, a.n < d.attempts, {_ATTEMPT_BYTES} "  # noqa: S608 - constants
+        "FROM attempts a JOIN deliveries d "
         "ON d.id = a.delivery_id WHERE a.started_at < ?1 AND a.started_at >= ?2 "
         "AND NOT (a.started_at = ?2 AND (a.delivery_id < ?3 OR (a.delivery_id = ?3 AND a.n <= ?4))) "
         "ORDER BY a.started_at, a.delivery_id, a.n LIMIT ?5",
         (cutoffs.attempts_ms, start_at, start_id, start_n, limit)).fetchall()
-    gone = [(c[1], c[2]) for c in candidates if c[3]]
-    deleted = conn.executemany("DELETE FROM attempts WHERE delivery_id = ? AND n = ?", gone).rowcount if gone else 0
-    last = (candidates[-1][0], candidates[-1][1], candidates[-1][2]) if candidates else after
-    return deleted, len(candidates) >= limit, last
+    looked, gone = _taken(candidates, max_bytes)
+    deleted = conn.executemany("DELETE FROM attempts WHERE delivery_id = ? AND n = ?",
+                               [(c[1], c[2]) for c in gone]).rowcount if gone else 0
+    last = candidates[looked - 1] if looked else None
+    return (deleted, looked < len(candidates) or len(candidates) >= limit,
+            (last[0], last[1], last[2]) if last is not None else after)
 
 
 def _purge_events(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int,
-                  after: tuple[int, str] | None) -> PurgeCounts:
+                  after: tuple[int, str] | None, max_bytes: int = GROUP_BYTES) -> PurgeCounts:
     """Look at the next `limit` events older than the cutoff (after `after`, oldest first) and delete those
-    whose deliveries are all settled long enough, with their deliveries and attempts."""
+    whose deliveries are all settled long enough, with their deliveries and attempts, up to `max_bytes` of them
+    (_taken, _EVENT_BYTES)."""
     assert cutoffs.events_ms is not None
     dead = cutoffs.dead_ms if cutoffs.dead_ms is not None else NEVER
     start_at, start_id = after or (NEVER, "")
     candidates = conn.execute(
-        f"SELECT e.id, e.received_at, {kept_condition('?1', '?2')} FROM events e "  # noqa: S608 - constants
-        "WHERE e.received_at < ?1 AND e.received_at >= ?3 AND NOT (e.received_at = ?3 AND e.id <= ?4) "
+        f"SELECT e.id, e.received_at, NOT {kept_condition('?1', '?2')}, {_EVENT_BYTES} "  # noqa: S608 - constants
+        "FROM events e WHERE e.received_at < ?1 AND e.received_at >= ?3 AND NOT (e.received_at = ?3 AND e.id <= ?4) "
         "ORDER BY e.received_at, e.id LIMIT ?5", (cutoffs.events_ms, dead, start_at, start_id, limit)).fetchall()
-    gone = [(c[0],) for c in candidates if not c[2]]
-    out = PurgeCounts(more=len(candidates) >= limit,
-                      after=PurgeMark(events=(candidates[-1][1], candidates[-1][0]) if candidates else after))
+    looked, taken = _taken(candidates, max_bytes)
+    gone = [(c[0],) for c in taken]
+    last = candidates[looked - 1] if looked else None
+    out = PurgeCounts(more=looked < len(candidates) or len(candidates) >= limit,
+                      after=PurgeMark(events=(last[1], last[0]) if last is not None else after))
     if gone:
         out.attempts = conn.executemany("DELETE FROM attempts WHERE delivery_id IN "
                                         "(SELECT id FROM deliveries WHERE event_id = ?)", gone).rowcount
+        conn.executemany(_UNSTORED, gone)
         out.deliveries = conn.executemany("DELETE FROM deliveries WHERE event_id = ?", gone).rowcount
         out.events = conn.executemany("DELETE FROM events WHERE id = ?", gone).rowcount
     return out
+
+
+_UNSTORED = ("UPDATE conversations SET stored = stored - (SELECT count(*) FROM deliveries d WHERE d.event_id = ?1 "
+             "AND d.conversation = conversations.id) WHERE id IN (SELECT conversation FROM deliveries "
+             "WHERE event_id = ?1 AND conversation IS NOT NULL)")
+"""Before an event's deliveries are deleted: their conversations hold as many fewer (`stored`, migration 0025)."""
 
 
 def _purge_conversations(conn: sqlite3.Connection, cutoff: int, tickets: int | None, limit: int,

@@ -143,3 +143,37 @@ def test_check_counts_in_the_singular_where_there_is_one(tmp_path: Path, capsys:
     assert code == 1
     assert out == ("check FAILED: 1 source, 1 destination; 1 mapping, 1 broken file; 2 passed, 0 failed; "
                    "1 mapping error\n")
+
+
+TWILIO_SOURCES = """\
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  sms: {kind: twilio, auth_token: t}
+  signed: {kind: twilio, auth_token: t, public_url: "https://bridge.example.com/hooks/signed"}
+  mail: {kind: mandrill, webhook_key: k}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+
+
+def test_check_warns_of_a_signed_url_source_without_public_url(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A Twilio (or Mandrill) source with no public_url, and no server.public_url, would check signatures against
+    the URL each request arrives at, which behind a TLS proxy is not the one signed: `check` warns at the source's
+    line, saying what to set, and still passes; a source with public_url, or a server.public_url, is not warned."""
+    cfg = tmp_path / "bridge.yaml"
+    (tmp_path / "mappings").mkdir()
+    cfg.write_text(TWILIO_SOURCES)
+    code, out, err = run(capsys, "check", "-c", str(cfg))
+    assert code == 0 and out.startswith("config ok: "), err
+    warned = [line for line in err.splitlines() if "public_url" in line]
+    assert [line.split(": ", 1)[0] for line in warned] == [f"{cfg}:5:3", f"{cfg}:3:3"]
+    assert "sources.sms: warning: Twilio signs the URL it calls" in warned[1]
+    assert "every post gets 401; set public_url to the webhook URL exactly as configured in Twilio, e.g. " \
+           "https://bridge.example.com/hooks/sms" in warned[1]
+    assert "sources.mail: warning: Mandrill signs the URL" in warned[0]
+    code, out, _ = run(capsys, "check", "-c", str(cfg), "--format", "json")
+    assert code == 0 and len([w for w in json.loads(out)["warnings"] if "public_url" in w]) == 2
+    cfg.write_text("server: {public_url: \"https://bridge.example.com\"}\n" + TWILIO_SOURCES)
+    code, _, err = run(capsys, "check", "-c", str(cfg))
+    assert code == 0 and "public_url" not in err

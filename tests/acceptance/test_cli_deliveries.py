@@ -154,6 +154,20 @@ def test_replay_by_destination_takes_its_dead_deliveries(config_file: Path,
     assert "dlv_3: not replayed: it never rendered" in err
 
 
+def test_replay_of_a_destination_neither_configured_nor_stored_is_an_error_naming_those_configured(
+        config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --destination` with a misspelt name matches nothing: exit 2, naming it and the configured
+    destinations, rather than "replayed 0 of 0" and exit 0. A configured one with nothing to replay is no error."""
+    for extra in ([], ["--dry-run"], ["--status", "succeeded"]):
+        code, out, err = run(capsys, "replay", "--destination", "kaptur", *extra, "-c", str(config_file))
+        assert code == 2, extra
+        assert out == ""
+        assert err.startswith("--destination kaptur: no destination 'kaptur' is configured"), err
+        assert "configured: kapture, other" in err
+    code, out, _ = run(capsys, "replay", "--destination", "other", "-c", str(config_file))
+    assert code == 0 and "replayed 0 of 0" in out
+
+
 def test_replay_refuses_a_delivery_whose_destination_is_no_longer_configured(
         config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """With `kapture` gone from the config, its dead delivery is refused by name and stays dead, by id, by

@@ -122,6 +122,19 @@ def test_replay_by_filter_pages_through_every_match(server: str, monkeypatch: py
     assert "3 deliveries would be replayed" in capsys.readouterr().err
 
 
+def test_replay_of_a_destination_the_server_has_not_is_an_error_naming_those_it_has(
+        server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --url --destination` with a misspelt name: the server answers 409 naming it and its configured
+    destinations, and the CLI exits 2 with that, rather than "replayed 0 of 0"."""
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
+    for extra in ([], ["--dry-run"]):
+        assert main(["replay", "--url", server, "--destination", "kaptur", *extra]) == 2
+        out, err = capsys.readouterr()
+        assert "replayed" not in out
+        assert "answered 409: body.destination: no destination 'kaptur' is configured" in err, err
+        assert "configured: kapture" in err
+
+
 def test_a_missing_token_is_named(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Without the token in the environment, the CLI says which variable to set, and exits 2."""
     assert main(["deliveries", "list", "--url", server]) == 2

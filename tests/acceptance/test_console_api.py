@@ -241,6 +241,31 @@ async def test_on_sqlite_a_pause_lasts_until_the_process_restarts(write_config: 
     await eventually(lambda: _has(again, status="succeeded"))
 
 
+async def test_a_replay_filter_naming_nothing_configured_or_stored_is_a_409_naming_what_is(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """A filter whose destination, mapping or source the config does not have, and that matched no stored delivery
+    (a misspelt name), is refused naming the field, the name and those configured, rather than replaying "0 of 0".
+    A known name matching nothing, and an unknown one still naming stored deliveries, replay as before."""
+    client = await start(write_config, bridge_client)
+    for given, field, named in (({"destination": "kaptur"}, "destination", "configured: kapture"),
+                                ({"mapping": "partnr", "dry_run": True}, "mapping", "loaded: partner, urgent"),
+                                ({"source": "partnr", "status": "dead"}, "source", "configured: partner")):
+        resp = await client.post("/admin/api/replay", json=given, headers=ADMIN)
+        assert resp.status == 409, given
+        error = (await resp.json())["error"]
+        assert error.startswith(f"body.{field}: no {field} {given[field]!r} is "), error
+        assert error.endswith(named), error
+    assert (await post(client, "/admin/api/replay", {"destination": "kapture"}))["matched"] == []
+    store = runtime(client).store
+    assert store is not None
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "old"})
+    await store.accept(event, [NewDelivery(id="dlv_retired", mapping="partner", mapping_version="v0",
+                                           destination="retired", action="create_ticket", body={"title": "old"},
+                                           status="dead", error="HTTP 500")], 0)
+    out = await post(client, "/admin/api/replay", {"destination": "retired", "dry_run": True})
+    assert (out["matched"], [r["id"] for r in out["refused"]]) == (["dlv_retired"], ["dlv_retired"])
+
+
 async def test_a_replay_to_a_destination_no_longer_configured_is_refused(write_config: ConfigFactory,
                                                                            bridge_client: AppClient) -> None:
     """A dead delivery whose destination the config no longer names is refused by id, by filter, on a dry run and

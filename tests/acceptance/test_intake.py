@@ -260,7 +260,7 @@ class FailingStore(SqliteStore):
     """An SQLite store whose disk has failed: every accept raises StoreUnavailable."""
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
         raise StoreUnavailable("disk I/O error")
 
 

@@ -7,7 +7,9 @@ import hmac
 from typing import Any
 
 from bridge.simulators.faults import Faults
+from bridge.store import open_store
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.integration.store.contract import accept_one, make_delivery
 
 CONFIG = """
 store: {{url: "sqlite:///var/bridge.db"}}
@@ -210,3 +212,27 @@ async def test_metrics_show_every_delivery_status_of_each_destination_before_it_
     runtime(client).backlog_cache = None  # read the store now rather than within BACKLOG_SECONDS
     got = samples(await (await client.get("/metrics", headers=AUTH)).text())
     assert deliveries(got) == {"pending": 0, "in_flight": 0, "succeeded": 0, "dead": 1}
+
+
+async def test_deliveries_a_crash_left_in_flight_count_as_taken_over(write_config: ConfigFactory,
+                                                                    bridge_client: AppClient) -> None:
+    """A server killed while sending (kill -9) leaves its deliveries in flight; on SQLite the restarted server gives
+    them back when it opens the store (store.recovered_in_flight), and counts them in
+    ticketbridge_lease_takeovers_total, as a shared store counts those it takes back or whose leases ran out."""
+    config = write_config(CONFIG.format(token="letmein"), MAPPINGS)
+    crashed = open_store(config)
+    await crashed.open()
+    try:
+        for _ in range(4):
+            await accept_one(crashed, make_delivery(destination="kapture", mapping="contact"))
+        assert len((await crashed.claim("kapture", 10, "host:1/99.1", 3600)).items) == 4
+    finally:
+        await crashed.close()  # its leases stay: nothing gives them back
+    client: Any = await bridge_client(config)
+
+    async def counted() -> bool:
+        got = samples(await (await client.get("/metrics", headers=AUTH)).text())
+        return got["ticketbridge_lease_takeovers_total"] == 4
+
+    await eventually(counted)
+    await eventually(lambda: len(runtime(client).simulators["kapture"].tickets) == 4)

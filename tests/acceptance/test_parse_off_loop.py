@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from bridge import intake
 from handlers import email as email_module
+from handlers import formdata
 from handlers.limits import MAX_FROM_CHARS
 from tests.acceptance.test_providers import CONFIG, MAPPINGS, SECRETS, S, providers_client
 from tests.conftest import AppClient, ConfigFactory
@@ -120,3 +121,65 @@ async def test_an_ses_base64_message_of_many_parts_is_parsed_in_the_parser_threa
     resp = await client.post("/hooks/ses", data=body, headers={"Content-Type": "text/plain; charset=UTF-8"})
     assert resp.status == 202, await resp.text()
     assert in_parser(threads["mime"]), threads
+
+
+FORM_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+sources:
+  contact: {kind: form}
+destinations:
+  kapture: {vendor: kapture, sandbox: true}
+"""
+FORM_MAPPINGS = {"contact": """
+    source: contact
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.a }}"
+"""}
+# A public form's multipart bodies of 64 KB whose parse held the loop 100-170 ms, and the answer each gets.
+FORM_BODIES = {
+    "continuation_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b" \n" * 31_900
+                           + b"\nv\n--XyZ--\n", 413),
+    "nested_header_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"a:\n" * 21_300
+                            + b"\n--q--\n--XyZ--\n", 413),
+    "nested_blank_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"\n" * 63_800 + b"--XyZ--\n",
+                           400),
+    "no_delimiter": (b"\n" * 65_000, 400),
+    "header_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b"a:\n" * 21_300 + b"\nv\n--XyZ--\n",
+                     413),
+    "from_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\nFrom x\n' + b"\n" * 60_000 + b"--XyZ--\n",
+                   202),
+}
+
+
+@pytest.fixture
+def form_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread of each multipart parse of a form body (handlers/formdata.py's `multipart_parts`)."""
+    seen: list[str] = []
+    real = formdata.multipart_parts
+
+    def recorded(*args: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(formdata, "multipart_parts", recorded)
+    return seen
+
+
+@pytest.mark.parametrize(("body", "status"), FORM_BODIES.values(), ids=FORM_BODIES)
+async def test_a_public_forms_multipart_body_of_many_lines_is_parsed_in_the_parser_thread(
+        write_config: ConfigFactory, bridge_client: AppClient, form_parses: list[str], body: bytes,
+        status: int) -> None:
+    """Each is under the size that places a parse, with one delimiter line: its parse is begun on the loop, stops
+    before the email package's parser reads its lines (`intake.parse_offloaded`, with the reason), and is done in
+    the parser thread, which answers as ever."""
+    assert not intake.offloaded(body)
+    client = await bridge_client(write_config(FORM_CONFIG, FORM_MAPPINGS))
+    with capture_logs() as logs:
+        resp = await client.post("/hooks/contact", data=body,
+                                 headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert resp.status == status, await resp.text()
+    assert form_parses[0] == "MainThread" and in_parser(form_parses[1:]), form_parses
+    [offloaded] = [e for e in logs if e["event"] == "intake.parse_offloaded"]
+    assert "multipart body" in offloaded["reason"], offloaded

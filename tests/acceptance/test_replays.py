@@ -1,16 +1,18 @@
 """Replays through the whole app: a signed Mailgun token reused with another body is refused with 401 and
-stores nothing, across a restart too; the provider's own retry of the same message stays a 200 duplicate."""
+stores nothing, across a restart too; the provider's own retry of the same message stays a 200 duplicate. A
+captured Twilio message whose parameters are cut at other places (same signature) is a 401 too."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import AppClient, ConfigFactory, runtime
-from tests.fixtures.providers import NOW, mailgun_fields, multipart
+from tests.fixtures.providers import NOW, load, mailgun_fields, multipart, twilio_signature
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
 CONFIG = """
@@ -164,3 +166,32 @@ async def test_a_token_is_refused_on_every_source_sharing_its_signing_key(
     assert (resp.status, (await resp.json())["check"]) == (401, "signature")
     assert stored(tmp_path) == ["<CAF=asha.1@mail.example.com>"]
     assert (await post(client, fields)).status == 200  # Mailgun's own retry to the first source: a duplicate
+
+
+TWILIO_TOKEN = "12345678901234567890123456789012"
+TWILIO_URL = "https://bridge.example.com/hooks/sms"
+TWILIO = f"""
+store: {{url: "sqlite:///var/bridge.db"}}
+sources:
+  sms: {{kind: twilio, auth_token: "${{TWILIO_TOKEN}}", public_url: "{TWILIO_URL}"}}
+destinations:
+  kapture: {{vendor: kapture, sandbox: true}}
+"""
+TWILIO_MAPPING = MAPPING.replace("source: mail", "source: sms").replace("payload.subject", "payload.text")
+
+
+async def test_a_captured_twilio_message_cut_at_other_places_is_401_and_stores_nothing(
+    write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
+) -> None:
+    """The captured signature over a message whose MessagingServiceSid is moved into MessageSid's value (the
+    same signed text) is refused as a signature failure, and only the genuine message is stored."""
+    client = await bridge_client(write_config(TWILIO, {"sms": TWILIO_MAPPING}, {"TWILIO_TOKEN": TWILIO_TOKEN}))
+    sms: dict[str, str] = load("twilio/sms.json")
+    headers = {"X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, TWILIO_URL, sms),
+               "Content-Type": "application/x-www-form-urlencoded"}
+    assert (await client.post("/hooks/sms", data=urlencode(sms), headers=headers)).status == 202
+    recut = {k: v for k, v in sms.items() if k != "MessagingServiceSid"}
+    recut["MessageSid"] += "MessagingServiceSid" + sms["MessagingServiceSid"]
+    resp = await client.post("/hooks/sms", data=urlencode(recut), headers=headers)
+    assert (resp.status, (await resp.json())["check"]) == (401, "signature")
+    assert stored(tmp_path) == [sms["MessageSid"]]

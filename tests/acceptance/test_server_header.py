@@ -114,9 +114,10 @@ async def test_a_sandbox_on_its_own_port_names_ticketbridge(client: Any) -> None
 
 
 @contextlib.asynccontextmanager
-async def served(write_config: ConfigFactory, **server: Any) -> AsyncIterator[int]:
+async def served(write_config: ConfigFactory, config_yaml: str = CONFIG, mappings: dict[str, str] | None = None,
+                 **server: Any) -> AsyncIterator[int]:
     """The app as `ticketbridge serve` runs it (through the connection guard), on a free port."""
-    config = write_config(CONFIG, MAPPINGS)
+    config = write_config(config_yaml, MAPPINGS if mappings is None else mappings)
     port = free_port()
     config = dataclasses.replace(config, server=msgspec.structs.replace(
         config.server, host="127.0.0.1", port=port, **server))

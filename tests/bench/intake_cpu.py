@@ -11,7 +11,10 @@ Rungs (the cost ladder's, test_intake_cost_bench):
 - `memory`: the same on the in-memory store;
 - `sqlite`: the same durable on SQLite (a fresh file in a temporary folder; the commit thread's CPU counts);
 - `postgres`: the same durable on PostgreSQL (the test database, tests/integration/processes.py's DSN, in a fresh
-  schema dropped at the end; the server's CPU is not counted).
+  schema dropped at the end; the server's CPU is not counted);
+- `threaded`, `unthreaded`: the speed table's row "intake, conversations on vs off" (test_conversation_bench's
+  mapping with its `follow_up:` or without, on SQLite): every request the same reply in one email thread, so each
+  threaded accept counts one more message in a conversation that grows by one delivery a request.
 
 `C` connections each send their next request once the last is answered, as `wrk -c C` does, so that the SQLite
 store groups commits as it does under load.
@@ -59,6 +62,8 @@ from tests.bench.intake_rungs import KeepsNothing
 from tests.bench.pg_round_trips import drop_schema, fresh_schema, store_url
 
 PATH = "/hooks/website-contact"
+THREAD_PATH = "/hooks/support-mail"
+THREADED = ("threaded", "unthreaded")
 GC_DEFAULTS = gc.get_threshold()
 
 
@@ -127,8 +132,10 @@ def ticketbridge_app(store: str, schema: str | None = None) -> web.Application:
     from bridge.app import build_app
     from bridge.config import parse_store_url
 
-    config = load_config(None, registries=REGISTRIES)
+    config = load_config(thread_config(store == "threaded") if store in THREADED else None, registries=REGISTRIES)
     config = dataclasses.replace(config, server=msgspec.structs.replace(config.server, port=0))
+    if store in THREADED:
+        store = "sqlite"
     if store == "postgres":
         assert schema is not None
         config = dataclasses.replace(config, store_url=parse_store_url(store_url(schema), config.base_dir))
@@ -136,6 +143,25 @@ def ticketbridge_app(store: str, schema: str | None = None) -> web.Application:
     configure_logging(config.log.level, config.log.format, sys.stderr)  # as `serve` does, apart from the figures
     given = {"none": KeepsNothing(), "memory": MemoryStore(), "sqlite": None}[store]
     return build_app(config, workers=False, store=given)
+
+
+def thread_config(threaded: bool) -> Path:
+    """The conversation row's config (test_conversation_bench's, PORT 0), written to a folder of its own under the
+    working folder with its one mapping, with its `follow_up:` or without; its path."""
+    from tests.bench.test_conversation_bench import CONFIG, FOLLOW_UP, MAPPING
+
+    folder = Path("threaded" if threaded else "unthreaded").absolute()
+    (folder / "mappings").mkdir(parents=True, exist_ok=True)
+    (folder / "mappings" / "mail.yaml").write_text(MAPPING + (FOLLOW_UP if threaded else ""))
+    (folder / "bridge.yaml").write_text(CONFIG.replace("PORT", "0"))
+    return folder / "bridge.yaml"
+
+
+def thread_request() -> bytes:
+    """The conversation row's request: a reply in one email thread (the speed table's REPLY)."""
+    from tests.bench.test_speed_table_bench import REPLY
+
+    return request_bytes(THREAD_PATH, REPLY.data, REPLY.headers)
 
 
 def callgrind(on: bool) -> None:
@@ -184,7 +210,7 @@ async def one_round(server: web.Server, raw: bytes, requests: int, connections: 
 
 
 async def drive(app: web.Application, requests: int, rounds: int, connections: int,
-                counted: bool = False) -> list[float]:
+                counted: bool = False, raw: bytes | None = None) -> list[float]:
     """Each round's CPU microseconds per request, after one round that warms up; `counted`: callgrind counts
     the instructions of those rounds, not the warm-up's."""
     runner = GuardedAppRunner(app, limits=ConnectionLimits(), stats=ConnectionStats(), access_log=None,
@@ -194,7 +220,7 @@ async def drive(app: web.Application, requests: int, rounds: int, connections: i
     if RUNTIME in app:  # ticketbridge's collector settings, as `serve` makes them once started
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-    raw = request_bytes()
+    raw = request_bytes() if raw is None else raw
     try:
         await one_round(runner.server, raw, requests, connections)
         if counted:
@@ -344,7 +370,8 @@ def main() -> None:
             schema = fresh_schema() if rung == "postgres" else None
             app = bare_app() if rung == "bare" else ticketbridge_app(rung, schema)
             try:
-                runs = asyncio.run(drive(app, args.requests, args.rounds, args.connections, args.callgrind))
+                raw = thread_request() if rung in THREADED else None
+                runs = asyncio.run(drive(app, args.requests, args.rounds, args.connections, args.callgrind, raw))
             finally:
                 if schema is not None:
                     drop_schema(schema)

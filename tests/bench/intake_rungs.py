@@ -29,7 +29,7 @@ class KeepsNothing(MemoryStore):
     """Answers every accept as stored, and stores nothing."""
 
     async def accept(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                     nonce: Nonce | None = None) -> AcceptResult:
+                     nonce: Nonce | None = None, *, weight: int = 0) -> AcceptResult:
         return AcceptResult(event_id=event.id, duplicate=False, deliveries=len(deliveries))
 
 

@@ -123,6 +123,9 @@ CASES: dict[str, tuple[Any, Any, int]] = {
     "message_ids: a References field of n ids": (message_ids, references, 1_000),
     "urlencoded form: n fields": (parse_urlencoded, urlencoded, 500),
     "urlencoded form: one key repeated n times": (parse_urlencoded, lambda n: b"&".join([b"k=v"] * n), 500),
+    "urlencoded form: a value of n `%` that are no escapes": (parse_urlencoded, lambda n: b"k=" + b"%" * n, 20_000),
+    "urlencoded latin-1 form: n raw characters between escapes": (
+        lambda b: parse_urlencoded(b, "latin-1"), lambda n: b"k=" + b"\xe9%41" * n, 5_000),
     "multipart form: n parts": (lambda b: parse_multipart(b, MULTIPART), multipart, 100),
     "header block: n addresses and n/4 references": (Headers.from_block, header_block, 1_000),
     "header block: a field folded n times": (Headers.from_block, lambda n: "X: a" + "\r\n b" * n + "\r\n\r\n", 2_000),

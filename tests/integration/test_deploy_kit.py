@@ -20,16 +20,20 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bridge.app import load_mappings, per_process_sandboxes
+from bridge.config import Config, load_config
+from bridge.registries import REGISTRIES
 from tests.integration.processes import DSN, free_port, spawn, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
 KUBE_FILES = ["namespace.yaml", "config.yaml", "mappings.yaml", "secret.example.yaml", "deployment.yaml",
-              "service.yaml", "pdb.yaml"]
-ENV = {"BRIDGE_ADMIN_TOKEN": "t" * 24, "POSTGRES_PASSWORD": "p" * 24, "GRAFANA_ADMIN_PASSWORD": "g" * 12,
-       "MAILGUN_SIGNING_KEY": "k" * 24,
+              "service.yaml", "pdb.yaml", "sandbox.yaml", "sandbox-service.yaml", "sandbox-networkpolicy.yaml"]
+ENV = {"BRIDGE_ADMIN_TOKEN": "t" * 24, "BRIDGE_METRICS_TOKEN": "m" * 24, "POSTGRES_PASSWORD": "p" * 24,
+       "GRAFANA_ADMIN_PASSWORD": "g" * 12, "MAILGUN_SIGNING_KEY": "k" * 24,
        "TICKETBRIDGE_STORE_URL": f"{DSN}?schema=tb_deploy_check"}
+SECRETS = ("BRIDGE_ADMIN_TOKEN", "BRIDGE_METRICS_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 
 
 def tool(name: str) -> str:
@@ -51,25 +55,70 @@ def kube_docs() -> dict[str, dict[str, Any]]:
     return {name: yaml.safe_load((KUBE / name).read_text()) for name in KUBE_FILES}
 
 
-def test_compose_file_validates_with_docker_compose() -> None:
-    """`docker-compose config` accepts deploy/compose.yaml and sees PostgreSQL, three replicas, Prometheus and
-    Grafana."""
+def compose_services() -> dict[str, Any]:
+    """The compose file's services as `docker-compose config` resolves them (anchors, defaults, the env above)."""
     done = run(tool("docker-compose"), "-f", "deploy/compose.yaml", "config", env=ENV)
     assert done.returncode == 0, done.stderr
-    services = yaml.safe_load(done.stdout)["services"]
-    assert set(services) == {"postgres", "ticketbridge", "balancer", "prometheus", "grafana"}
+    services: dict[str, Any] = yaml.safe_load(done.stdout)["services"]
+    return services
+
+
+def kit_config_text(where: str) -> str:
+    """The bridge.yaml the compose or the Kubernetes kit gives every replica."""
+    if where == "compose":
+        return (DEPLOY / "compose" / "bridge.yaml").read_text()
+    text: str = yaml.safe_load((KUBE / "config.yaml").read_text())["data"]["bridge.yaml"]
+    return text
+
+
+def kit_config(tmp_path: Path, where: str) -> Config:
+    """The kit's bridge.yaml as the bridge loads it, beside a copy of the shipped mappings, with ENV's secrets."""
+    return load_config(config_in_folder(tmp_path, kit_config_text(where)), ENV, registries=REGISTRIES)
+
+
+def test_compose_file_validates_with_docker_compose() -> None:
+    """`docker-compose config` accepts deploy/compose.yaml and sees PostgreSQL, three replicas, the one shared
+    sandbox, Prometheus and Grafana."""
+    services = compose_services()
+    assert set(services) == {"postgres", "ticketbridge", "sandbox", "balancer", "prometheus", "grafana"}
     assert services["ticketbridge"]["deploy"]["replicas"] == 3
     assert "127.0.0.1:8080:8080" in str(services["balancer"]["ports"])
 
 
-def test_compose_file_refuses_to_start_without_its_secrets() -> None:
-    """Without the admin token and database password set, compose names the missing variable."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"BRIDGE_ADMIN_TOKEN", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}}
+@pytest.mark.parametrize("missing", SECRETS)
+def test_compose_file_refuses_to_start_without_its_secrets(missing: str) -> None:
+    """Without each of its secrets set (the admin token, Prometheus's read token, the database and Grafana
+    passwords), compose refuses and names the missing variable."""
+    env = {k: v for k, v in {**os.environ, **ENV}.items() if k != missing}
     done = subprocess.run([tool("docker-compose"), "-f", "deploy/compose.yaml", "config"], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=120, check=False)
     assert done.returncode != 0
-    assert "BRIDGE_ADMIN_TOKEN" in done.stderr or "POSTGRES_PASSWORD" in done.stderr
+    assert missing in done.stderr
+
+
+def test_compose_replicas_send_to_one_shared_sandbox(tmp_path: Path) -> None:
+    """Every sandbox destination of the replicas' config names the compose kit's one `sandbox` service (which runs
+    `ticketbridge sandbox` on the port they name, built from the replicas' image, checked healthy before they
+    start), so no replica runs a simulator of its own: a follow-up any replica sends finds its ticket. Before,
+    each replica ran its own, numbering tickets from the same start."""
+    services = compose_services()
+    sandbox = services["sandbox"]
+    assert sandbox.get("deploy", {}).get("replicas", 1) == 1
+    bridge = services["ticketbridge"]
+    assert (sandbox["image"], sandbox["build"]) == (bridge["image"], bridge["build"])
+    command = sandbox["command"]
+    assert command[:2] == ["ticketbridge", "sandbox"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    port = int(command[command.index("--port") + 1])
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(sandbox["healthcheck"]["test"])
+    assert bridge["depends_on"]["sandbox"]["condition"] == "service_healthy"
+    assert all(p.startswith("127.0.0.1:") for p in map(str, sandbox["ports"]))
+    config = kit_config(tmp_path, "compose")
+    sandboxes = {name: d for name, d in config.destinations.items() if d.sandbox}
+    assert sandboxes, "the kit ships sandbox destinations"
+    for name, d in sandboxes.items():
+        assert d.base_url == f"http://sandbox:{port}/{d.vendor}", name
+    assert per_process_sandboxes(config, load_mappings(config)) == {}
 
 
 def test_prometheus_config_passes_promtool() -> None:
@@ -98,6 +147,66 @@ def test_kubernetes_deployment_waits_longer_than_the_shutdown_grace() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert docs["pdb.yaml"]["spec"]["maxUnavailable"] == 1
+
+
+def test_kubernetes_replicas_send_to_one_shared_sandbox(tmp_path: Path) -> None:
+    """Every sandbox destination of the replicas' config names the ticketbridge-sandbox Service, which selects the
+    one pod (never two: Recreate) running `ticketbridge sandbox` on the port it targets; the replicas' Service and
+    PodDisruptionBudget do not select that pod, a NetworkPolicy lets only the replicas reach it, and kustomize
+    applies it all. No replica runs a simulator of its own."""
+    docs = kube_docs()
+    deployment, service, policy = docs["sandbox.yaml"], docs["sandbox-service.yaml"], docs["sandbox-networkpolicy.yaml"]
+    spec = deployment["spec"]
+    assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= pod_labels.items()
+    [container] = spec["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[:2] == ["ticketbridge", "sandbox"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    port = int(args[args.index("--port") + 1])
+    [named] = [p for p in container["ports"] if p["containerPort"] == port]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": named["name"]}
+    assert container["image"] == docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    [service_port] = service["spec"]["ports"]
+    assert service_port["targetPort"] in (named["name"], port)
+    bridge_pods = docs["deployment.yaml"]["spec"]["template"]["metadata"]["labels"]
+    for selector in (docs["service.yaml"]["spec"]["selector"], docs["pdb.yaml"]["spec"]["selector"]["matchLabels"],
+                     docs["deployment.yaml"]["spec"]["selector"]["matchLabels"]):
+        assert not selector.items() <= pod_labels.items(), selector
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    [rule] = policy["spec"]["ingress"]
+    [source] = rule["from"]
+    assert source["podSelector"]["matchLabels"].items() <= bridge_pods.items()
+    resources = yaml.safe_load((KUBE / "kustomization.yaml").read_text())["resources"]
+    assert sorted(resources) == sorted(n.replace("secret.example.yaml", "secret.yaml") for n in KUBE_FILES)
+    config = kit_config(tmp_path, "kubernetes")
+    sandboxes = {name: d for name, d in config.destinations.items() if d.sandbox}
+    assert sandboxes, "the kit ships sandbox destinations"
+    for name, d in sandboxes.items():
+        assert d.base_url == f"http://{service['metadata']['name']}:{service_port['port']}/{d.vendor}", name
+    assert per_process_sandboxes(config, load_mappings(config)) == {}
+
+
+@pytest.mark.parametrize("where", ["compose", "kubernetes"])
+def test_prometheus_scrapes_with_a_read_token_not_the_admin_one(tmp_path: Path, where: str) -> None:
+    """Each kit's config gives Prometheus a read token of its own (admin.read_tokens.prometheus, from
+    BRIDGE_METRICS_TOKEN), and the compose kit's Prometheus gets that token, never the admin one: its container
+    has no admin token to write, and its scrape reads the file it writes the read token to."""
+    config = kit_config(tmp_path, where)
+    assert config.admin.read_tokens == {"prometheus": ENV["BRIDGE_METRICS_TOKEN"]}
+    assert config.admin.token == ENV["BRIDGE_ADMIN_TOKEN"]
+    if where == "kubernetes":
+        assert "BRIDGE_METRICS_TOKEN" in kube_docs()["secret.example.yaml"]["stringData"]
+        return
+    prometheus = compose_services()["prometheus"]
+    assert set(prometheus["environment"]) == {"BRIDGE_METRICS_TOKEN"}
+    [scrape] = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
+    token_file = scrape["authorization"]["credentials_file"]
+    script = " ".join(prometheus["command"])
+    assert re.search(r'printf %s "\$\$?BRIDGE_METRICS_TOKEN" > ' + re.escape(token_file), script), script
+    assert "ADMIN" not in script.replace("rm -f /prometheus/admin-token", "")
 
 
 def test_kubernetes_mappings_configmap_matches_the_mappings_folder() -> None:
@@ -136,34 +245,52 @@ def config_in_folder(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("where", ["compose", "kubernetes"])
 def test_deploy_configs_pass_ticketbridge_check(tmp_path: Path, where: str) -> None:
     """The bridge.yaml each kit ships loads, and the mappings beside it check and pass their tests."""
-    if where == "compose":
-        text = (DEPLOY / "compose" / "bridge.yaml").read_text()
-    else:
-        text = yaml.safe_load((KUBE / "config.yaml").read_text())["data"]["bridge.yaml"]
-    cfg = config_in_folder(tmp_path, text)
+    cfg = config_in_folder(tmp_path, kit_config_text(where))
     done = subprocess.run([sys.executable, "-m", "bridge", "check", "-c", str(cfg)], capture_output=True, text=True,
                           env={**os.environ, **ENV}, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.integration
-async def test_compose_config_runs_three_processes_on_one_postgresql(
-    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Three processes started with the compose config (its store pointed at the test database) share the
-    queue: forms posted to each are all delivered, each once."""
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
+def compose_config_here(tmp_path: Path, schema: str, sandbox_port: int) -> Path:
+    """The compose kit's bridge.yaml as its replicas run it, its store pointed at the test database's `schema`,
+    its attachments in tmp_path and its shared sandbox service at `sandbox_port` on this machine."""
     text = (DEPLOY / "compose" / "bridge.yaml").read_text()
-    text, n = re.subn(r"url: postgresql://\S+", f"url: {DSN}?schema={pg_schema}", text)
+    text, n = re.subn(r"url: postgresql://\S+", f"url: {DSN}?schema={schema}", text)
     assert n == 1
     text, n = re.subn(r"dir: /data/attachments", f"dir: {tmp_path / 'attachments'}", text)  # the volume's place
     assert n == 1
-    cfg = config_in_folder(tmp_path, text)
+    text, n = re.subn(r"base_url: http://sandbox:9090/", f"base_url: http://127.0.0.1:{sandbox_port}/", text)
+    assert n == 3
+    return config_in_folder(tmp_path, text)
+
+
+async def kapture_tickets(session: aiohttp.ClientSession, sandbox_port: int) -> list[dict[str, Any]]:
+    async with session.get(f"http://127.0.0.1:{sandbox_port}/kapture/tickets") as resp:
+        found: list[dict[str, Any]] = (await resp.json())["tickets"]
+        return found
+
+
+@pytest.mark.integration
+async def test_compose_config_runs_three_processes_on_one_postgresql_and_one_sandbox(
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three processes started with the compose config (its store pointed at the test database), and its one
+    sandbox as `ticketbridge sandbox`: they share the queue (forms posted to each are all delivered, each once),
+    and each email thread's reply, posted to another process than its first message, is a comment on that thread's
+    own ticket in the shared sandbox, whichever process sends it. Prometheus's read token reads /metrics and
+    changes nothing. Before, each process ran its own simulator, numbering tickets from the same start: a reply
+    another process sent went to that process's ticket of the same number (another customer's), or died."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    sandbox_port = free_port()
+    cfg = compose_config_here(tmp_path, pg_schema, sandbox_port)
     ports = [free_port() for _ in range(3)]
     log = tmp_path / "processes.log"
+    sandbox = spawn(["sandbox", "--port", str(sandbox_port)], log)
     procs = [spawn(["serve", "-c", str(cfg), "--host", "127.0.0.1", "--port", str(p)], log) for p in ports]
+    threads = 6
     try:
+        await wait_http(f"http://127.0.0.1:{sandbox_port}/readyz", sandbox, timeout=60)
         for port, proc in zip(ports, procs, strict=True):
             await wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
         async with aiohttp.ClientSession() as session:
@@ -171,19 +298,45 @@ async def test_compose_config_runs_three_processes_on_one_postgresql(
                 form = {"name": f"n{i}", "email": f"c{i}@example.com", "subject": f"s{i}", "message": "m"}
                 async with session.post(f"http://127.0.0.1:{ports[i % 3]}/hooks/website-contact", data=form) as r:
                     assert r.status == 202, await r.text()
-        conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
-        try:
-            for _ in range(600):
-                done = await conn.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'")
-                if done >= 30:
-                    break
-                await asyncio.sleep(0.05)
-            attempts = await conn.fetchval("SELECT COUNT(*) FROM attempts")
-        finally:
-            await conn.close()
-        assert (done, attempts) == (30, 30), log.read_text()[-3000:]
+            for i in range(threads):
+                first = {"from": f"customer{i}@example.com", "subject": f"Router down {i}",
+                         "message_id": f"<m{i}@example.com>", "stripped_text": f"No internet {i}"}
+                async with session.post(f"http://127.0.0.1:{ports[i % 3]}/hooks/support-mail", json=first) as r:
+                    assert r.status == 202, await r.text()
+            for i in range(threads):
+                reply = {"from": f"customer{i}@example.com", "subject": f"Re: Router down {i}",
+                         "message_id": f"<r{i}@example.com>", "in_reply_to": f"<m{i}@example.com>",
+                         "references": [f"<m{i}@example.com>"], "stripped_text": f"Still down {i}"}
+                async with session.post(f"http://127.0.0.1:{ports[(i + 1) % 3]}/hooks/support-mail", json=reply) as r:
+                    assert r.status == 202, await r.text()
+            conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+            try:
+                expected = 30 + 2 * threads
+                for _ in range(600):
+                    settled = await conn.fetchval("SELECT COUNT(*) FROM deliveries WHERE status IN "
+                                                  "('succeeded', 'dead')")
+                    if settled >= expected:
+                        break
+                    await asyncio.sleep(0.05)
+                statuses = dict(await conn.fetch("SELECT status, COUNT(*) FROM deliveries GROUP BY status"))
+                attempts = await conn.fetchval("SELECT COUNT(*) FROM attempts")
+            finally:
+                await conn.close()
+            assert (statuses, attempts) == ({"succeeded": expected}, expected), log.read_text()[-3000:]
+            held = await kapture_tickets(session, sandbox_port)
+            threaded = sorted((t["taskTitle"], t["email"], t["comments"]) for t in held
+                              if t["taskTitle"].startswith("Router down"))
+            assert threaded == sorted((f"Router down {i}", f"customer{i}@example.com", [f"Still down {i}"])
+                                      for i in range(threads))
+            assert sum(t["taskTitle"].startswith("Website enquiry") for t in held) == 30
+            metrics_auth = {"Authorization": f"Bearer {ENV['BRIDGE_METRICS_TOKEN']}"}
+            async with session.get(f"http://127.0.0.1:{ports[0]}/metrics", headers=metrics_auth) as r:
+                assert r.status == 200
+            async with session.post(f"http://127.0.0.1:{ports[0]}/admin/api/destinations/demo-kapture/pause",
+                                    headers=metrics_auth) as r:
+                assert r.status == 403, await r.text()
     finally:
-        for proc in procs:
+        for proc in [*procs, sandbox]:
             with contextlib.suppress(ProcessLookupError):
                 stop(proc)
 

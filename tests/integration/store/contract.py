@@ -930,6 +930,37 @@ class StoreContract:
         assert follow.ticket["created_at"].endswith("Z") and follow.ticket["last_message_at"].endswith("Z")
         assert (follow.ticket["key"], follow.ticket["uuid"]) == (None, None)
 
+    async def test_a_follow_ups_messages_count_the_deliveries_of_its_conversation_up_to_it(self, store: Store) -> None:
+        """`ticket.messages` counts the deliveries of the conversation the store holds, up to the follow-up in arrival
+        order: not those waiting behind it, not another sender's message split off to a conversation of its own,
+        and, once a purge has deleted a settled message's event, not that one."""
+        conv, key = "m|mail:root@x", "mail:root@x"
+
+        def mail(sender: str = "asha@x.io") -> NewDelivery:
+            return make_delivery(conversation=conv, conversation_key=key, sender=sender, sender_checked=True)
+
+        first = mail()
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create"))
+        second, intruder, third, fourth = mail(), mail("mallory@evil.example"), mail(), mail()
+        for d in (second, intruder, third, fourth):
+            await accept_one(store, d)
+        got = {c.id: c for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        assert sorted(got) == sorted([second.id, intruder.id])
+        assert got[intruder.id].ticket is None  # a create, in a conversation of its own
+        ticket = got[second.id].ticket
+        assert ticket is not None and (ticket["id"], ticket["messages"]) == ("T-1", 2)
+        for d in (second, intruder):
+            await store.record(result(d.id, "succeeded"))
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events == 3  # first, second, intruder
+        (follow,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert follow.id == third.id and follow.ticket is not None
+        assert (follow.ticket["id"], follow.ticket["messages"]) == ("T-1", 1)
+        await store.record(result(third.id, "succeeded"))
+        (follow,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert follow.id == fourth.id and follow.ticket is not None and follow.ticket["messages"] == 2
+
     async def test_a_follow_up_sees_every_reference_of_its_ticket(self, store: Store) -> None:
         """The create's ticket id, key and uuid (LeadSquared's Id, Key and TicketId) reach the follow-up's
         `ticket` and the conversation; a message after the quiet period clears all three."""

@@ -11,11 +11,12 @@ import msgspec
 import pytest
 import structlog
 from aioresponses import aioresponses
+from structlog.testing import capture_logs
 
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
-from bridge.store.base import Cutoffs, DeliveryFilter
+from bridge.store.base import Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.postgres import (
     HEAD_OF_CONVERSATION,
     NONCE_SWEEP,
@@ -32,6 +33,7 @@ from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
+    after_now,
     id_made_behind,
     kept,
     make_delivery,
@@ -289,6 +291,32 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
         await conn.close()
 
 
+async def test_a_thread_without_a_ticket_looks_for_a_held_create_without_walking_its_history(
+        store: PostgresStore, pg_schema: str) -> None:
+    """While a conversation has no ticket (restarted after its quiet period, or reset), the head's second test and a
+    listed delivery's `waiting` look for an earlier held create in the index of held creates (0024,
+    deliveries_held_create), not through every earlier delivery of the thread (deliveries_conversation)."""
+    for _ in range(100):
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        await store.claim("kapture-support", 1, "w", 60)
+        await store.record(result(d.id, "succeeded", ticket_id="T-1"))
+    await store.reset_conversation("k")
+    await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+    queries = (f"SELECT id FROM deliveries d WHERE status = 'pending' AND destination = 'kapture-support' "
+               f"AND next_attempt_at <= {now_ms()} AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT 10",
+               f"SELECT {ROW_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT 50")
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("ANALYZE deliveries")
+        await conn.execute("SET enable_seqscan = off")
+        for query in queries:
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
+            assert "deliveries_held_create" in plan, plan
+    finally:
+        await conn.close()
+
+
 async def test_a_removed_mappings_conversations_are_counted_from_an_index(
         store: PostgresStore, pg_schema: str) -> None:
     """mapping_backlog's count of a mapping's recent conversations (a reload that drops the mapping) reads the
@@ -438,6 +466,72 @@ async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their
         await conn.close()
 
 
+async def test_each_conversation_counts_the_deliveries_it_holds(store: PostgresStore, pg_schema: str) -> None:
+    """`conversations.stored` is the number of deliveries each conversation holds, after a burst of accepts stored
+    together (chats, whose key only the provider writes, and email threads with other senders' messages split off
+    to conversations of their own) and a purge of the settled ones' events."""
+    def message(n: int) -> NewDelivery:
+        if n % 3:
+            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
+        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
+                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
+
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
+    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
+    for _ in range(3):
+        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
+            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
+    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        counted = await conn.fetch("SELECT conversation, count(*) FROM deliveries WHERE conversation IS NOT NULL "
+                                   "GROUP BY conversation")
+        stored = await conn.fetch("SELECT id, stored FROM conversations WHERE stored > 0")
+    finally:
+        await conn.close()
+    assert len(counted) > 4 and dict(stored) == dict(counted)
+
+
+async def test_migration_0025_counts_the_deliveries_each_conversation_holds(pg_schema: str) -> None:
+    """A database from before 0025 (no `conversations.stored`): the migration counts each conversation's deliveries
+    once, so that the follow-ups claimed after it count their messages as before (here the fourth of a thread, one
+    more waiting behind it)."""
+    store = PostgresStore(DSN, schema=pg_schema)
+    await store.open()
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(5)]
+    try:
+        for d in thread:
+            await accept_one(store, d)
+        for n, d in enumerate(thread[:3]):
+            (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+            assert got.id == d.id
+            await store.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-1"),
+                                                       role="follow_up" if n else "create"))
+        await accept_one(store, make_delivery(conversation="m|other", conversation_key="other"))
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("ALTER TABLE conversations DROP COLUMN stored; "
+                           "DELETE FROM schema_migrations WHERE version = 25")
+    finally:
+        await conn.close()
+    store = PostgresStore(DSN, schema=pg_schema)
+    try:
+        await store.open()
+        got = {c.id: c for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        ticket = got[thread[3].id].ticket
+        assert ticket is not None and ticket["messages"] == 4
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        assert dict(await conn.fetch("SELECT id, stored FROM conversations")) == {"m|k": 5, "m|other": 1}
+    finally:
+        await conn.close()
+
+
 async def test_a_process_stalled_past_its_lease_does_not_send_what_another_took_over(
         two: tuple[PostgresStore, PostgresStore]) -> None:
     """Process A claims a delivery and stalls before its request (a slow token, a SIGSTOP) until its lease runs
@@ -549,3 +643,70 @@ async def test_claim_tokens_come_in_blocks_no_two_processes_share(
     assert len(tokens) == 6 and len(set(tokens)) == 6
     assert tokens[2] == tokens[0] + 1 and tokens[3] == tokens[1] + 1
     assert abs(tokens[1] - tokens[0]) >= TOKEN_BLOCK
+
+
+BLOCKED_BY = ("WITH RECURSIVE chain (pid) AS (SELECT $1::int UNION SELECT a.pid FROM pg_stat_activity a, chain c "
+              "WHERE c.pid = ANY(pg_blocking_pids(a.pid))) SELECT count(*) - 1 FROM chain")
+"""How many sessions wait, directly or behind another waiting one, for a lock the session $1 holds."""
+
+
+async def waiting_behind(conn: asyncpg.Connection, count: int) -> None:
+    """Until `count` sessions wait for the locks `conn` holds (or behind those that do)."""
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    while await conn.fetchval(BLOCKED_BY, pid) != count:
+        await asyncio.sleep(0.01)  # polling for the sessions to be waiting on the row locks
+
+
+async def test_a_replay_and_a_purge_take_their_rows_in_one_order(two: tuple[PostgresStore, PostgresStore],
+                                                                 pg_schema: str) -> None:
+    """A purge locks its events' deliveries in the order of their ids; a replay given them newest first took them
+    in that order, one update at a time. The purge holding the older and waiting for the newer while the replay held
+    the newer and waited for the older was a deadlock: the replay answered 503, the sweep failed. A replay locks its
+    rows in the order of their ids first: it waits for the purge, then finds the rows gone."""
+    a, b = two
+    older_event, older = await settled_event(a)
+    newer_event, newer = await settled_event(a)
+    assert older < newer
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        with capture_logs() as logs:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", older)  # both wait behind it
+            purge = asyncio.create_task(a.purge(Cutoffs(events_ms=now_ms() + 1000), 500))
+            await waiting_behind(conn, 1)
+            replay = asyncio.create_task(b.replay([newer, older]))
+            await waiting_behind(conn, 2)
+            await tx.commit()
+            purged, moved = await asyncio.gather(purge, replay)
+        assert (purged.events, moved) == (2, [])
+        assert not await kept(a, older_event) and not await kept(a, newer_event)
+        assert "store.deadlock_retried" not in [e["event"] for e in logs]
+    finally:
+        await conn.close()
+
+
+async def test_a_replay_a_deadlock_rolled_back_is_run_again_whole(store: PostgresStore, pg_schema: str) -> None:
+    """A replay whose statement deadlocked with another transaction (here one taking the rows in the opposite order)
+    is run once more from its start, since nothing of it was answered or kept: it moves every delivery, logging
+    store.deadlock_retried, and the store is not marked failing."""
+    _, older = await settled_event(store)
+    _, newer = await settled_event(store)
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("SET deadlock_timeout = '60s'")  # the replay, waiting first, finds the deadlock
+        with capture_logs() as logs:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", newer)
+            replay = asyncio.create_task(store.replay([newer, older]))
+            await waiting_behind(conn, 1)  # the replay holds the older, and waits for the newer
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", older)  # the replay is undone
+            await waiting_behind(conn, 1)  # run again, it waits for both
+            await tx.commit()
+            assert sorted(await replay) == sorted([newer, older])
+        assert [e.get("write") for e in logs if e["event"] == "store.deadlock_retried"] == ["replay"]
+        assert store.problem() is None
+        assert {(await row(store, i)).status for i in (older, newer)} == {"pending"}
+    finally:
+        await conn.close()

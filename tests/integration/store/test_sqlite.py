@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
+from bridge.retention import purge_store
 from bridge.store import sqlite as sqlite_store
 from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.rows import GROUP_BYTES, MAPPING_CONVERSATIONS
@@ -38,6 +39,7 @@ from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
+    after_now,
     make_delivery,
     make_event,
     nonce,
@@ -734,14 +736,20 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
 
 async def test_a_conversations_earlier_deliveries_are_read_by_arrival_from_an_index(
         store: SqliteStore, tmp_path: Path) -> None:
-    """What compares a conversation's deliveries by arrival (the rowid) reads a range of deliveries_conversation
-    (0022: by conversation, then rowid): the messages a follow-up counts, and the walk for a held create."""
+    """What compares a conversation's deliveries by arrival (the rowid) reads a range of an index by conversation,
+    then rowid: the messages after a follow-up (which its count of messages takes off those the conversation holds,
+    0025), deliveries_conversation (0022); the look-up of an earlier held create (the head's second test, and
+    `waiting`), deliveries_held_create (0024), which holds the held creates alone, so that a thread without a ticket
+    is not read back to its first message."""
     with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
         counted = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {TICKETS_OF_CLAIMED}(?)", ("x",)))
         head = " / ".join(r[3] for r in conn.execute(
             f"EXPLAIN QUERY PLAN SELECT id FROM deliveries d WHERE id = ? AND {HEAD_OF_CONVERSATION}", ("x",)))
-    assert "USING COVERING INDEX deliveries_conversation (conversation=? AND rowid<?)" in counted, counted
-    assert "USING INDEX deliveries_conversation (conversation=? AND rowid<?)" in head, head
+        waiting = " / ".join(r[3] for r in conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT {ROW_COLUMNS} FROM deliveries WHERE id = ?", ("x",)))
+    assert "USING COVERING INDEX deliveries_conversation (conversation=? AND rowid>?)" in counted, counted
+    for plan in (head, waiting):
+        assert "USING INDEX deliveries_held_create (conversation=? AND rowid<?)" in plan, plan
 
 
 async def test_marking_an_in_doubt_create_succeeded_sends_the_waiting_follow_up_at_once(store: SqliteStore) -> None:
@@ -890,6 +898,62 @@ async def test_a_replay_by_another_process_is_sent_at_once(store: SqliteStore, t
             await eventually(lambda: _status(store, delivery_id))
 
 
+async def test_each_conversation_counts_the_deliveries_it_holds(store: SqliteStore, tmp_path: Path) -> None:
+    """`conversations.stored` is the number of deliveries each conversation holds, after a burst of accepts stored
+    together (chats, whose key only the provider writes, and email threads with other senders' messages split off
+    to conversations of their own) and a purge of the settled ones' events."""
+    def message(n: int) -> NewDelivery:
+        if n % 3:
+            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
+        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
+                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
+
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
+    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
+    for _ in range(3):
+        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
+            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
+    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+    counted = query(tmp_path / "s.db", "SELECT conversation, count(*) FROM deliveries WHERE conversation IS NOT NULL "
+                                       "GROUP BY conversation")
+    stored = query(tmp_path / "s.db", "SELECT id, stored FROM conversations WHERE stored > 0")
+    assert len(counted) > 4 and dict(stored) == dict(counted)
+
+
+async def test_migration_0025_counts_the_deliveries_each_conversation_holds(tmp_path: Path) -> None:
+    """A database from before 0025 (no `conversations.stored`): the migration counts each conversation's deliveries
+    once, so that the follow-ups claimed after it count their messages as before (here the fourth of a thread, one
+    more waiting behind it)."""
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    await s.open()
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(5)]
+    try:
+        for d in thread:
+            await accept_one(s, d)
+        for n, d in enumerate(thread[:3]):
+            (got,) = (await s.claim("kapture-support", 10, "w", 30)).items
+            assert got.id == d.id
+            await s.record(msgspec.structs.replace(result(d.id, "succeeded", ticket_id="T-1"),
+                                                   role="follow_up" if n else "create"))
+        await accept_one(s, make_delivery(conversation="m|other", conversation_key="other"))
+    finally:
+        await s.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE conversations DROP COLUMN stored")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 25")
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        assert dict(query(path, "SELECT id, stored FROM conversations")) == {"m|k": 5, "m|other": 1}
+        got = {c.id: c for c in (await s.claim("kapture-support", 10, "w", 30)).items}
+        ticket = got[thread[3].id].ticket
+        assert ticket is not None and ticket["messages"] == 4
+    finally:
+        await s.close()
+
+
 async def test_a_conversation_made_before_the_sender_column_keeps_working(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Migration 0017 on a store with conversations: their rows stay, without a first sender, and take the next
@@ -1022,6 +1086,78 @@ async def test_a_replay_encodes_its_new_bodies_off_the_event_loop_each_once(
         assert (await store.get_delivery(i)).body == new[i][0]
 
 
+INSERT_EVENT = "INSERT INTO events"
+
+
+def on_loop(transactions_: list[list[tuple[int, str]]]) -> list[list[bool]]:
+    """Each transaction's statements, as whether each ran on this (the event loop's) thread."""
+    loop_thread = threading.get_ident()
+    return [[thread == loop_thread for thread, _ in t] for t in transactions_]
+
+
+async def test_an_accept_larger_than_a_group_is_written_off_the_event_loop_and_answered_once_committed(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """An accept that encodes to more than group_bytes (a large mail, whose statements held the loop about 3 ms per
+    MiB) is written by itself on a worker thread, while the small accepts queued around it are written on the loop's
+    thread in groups of their own; each is answered only once its commit is done, as another connection sees."""
+    store.group_bytes = 100_000
+    accepts = [large(10), large(60_000), large(10)]
+    with traced(store) as seen:
+        results = await asyncio.gather(*(store.accept(e, [d], WEEK) for e, d in accepts))
+    assert on_loop(transactions(seen, INSERT_EVENT)) == [[True], [False], [True]]
+    assert [r.event_id for r in results] == [e.id for e, _ in accepts]
+    event, delivery = large(60_000)
+    with traced(store) as seen:
+        assert (await store.accept(event, [delivery], WEEK)).event_id == event.id
+        assert query(tmp_path / "s.db", f"SELECT id FROM events WHERE id = '{event.id}'") == [(event.id,)]
+    assert on_loop(transactions(seen, INSERT_EVENT)) == [[False]]
+    assert await store.get_event(event.id) == event
+    assert (await store.get_delivery(delivery.id)).body == delivery.body
+
+
+async def test_an_accept_of_an_event_made_from_a_large_request_is_encoded_and_written_off_the_event_loop(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event made from more than large_accept_bytes (`weight`: its request's body) is encoded and written on a
+    worker thread, whatever it encodes to, its dedup key checked there; one made from less is encoded and written
+    on the loop's thread, where a small write costs least."""
+    store.large_accept_bytes = 1000
+    encoded: list[int] = []
+    encode = sqlite_store._json_blob
+
+    def noted(value: Any) -> bytearray:
+        encoded.append(threading.get_ident())
+        return encode(value)
+
+    monkeypatch.setattr(sqlite_store, "_json_blob", noted)
+    heavy, light, again = make_event(dedup_key="k"), make_event(), make_event(dedup_key="k")
+    with traced(store) as seen:
+        first = await store.accept(heavy, [make_delivery()], WEEK, weight=1001)
+        heavy_encodes = len(encoded)
+        second = await store.accept(light, [make_delivery()], WEEK, weight=1000)
+        duplicate = await store.accept(again, [make_delivery()], WEEK, weight=1001)
+    assert (first.event_id, second.event_id, duplicate.event_id, duplicate.duplicate) == (
+        heavy.id, light.id, heavy.id, True)
+    assert on_loop(transactions(seen, INSERT_EVENT)) == [[False], [True]]
+    loop_thread = threading.get_ident()
+    assert heavy_encodes == 3  # the event, its delivery's body and options
+    assert [t == loop_thread for t in encoded] == [False] * 3 + [True] * 3 + [False] * 3
+    assert await store.get_event(heavy.id) == heavy
+
+
+async def test_a_heavy_accept_whose_text_is_refused_stores_nothing_and_leaves_the_store_working(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """Text that is not UTF-8 (a lone surrogate) raises UnicodeEncodeError from the worker thread that encodes it,
+    as it does on the loop, so that intake stores the event again escaped: nothing of it is written, the store is
+    not taken for failing, and the next accept is written."""
+    store.large_accept_bytes = 0
+    refused, fine = make_event(text="\udc80" * 10), make_event()
+    with pytest.raises(UnicodeEncodeError):
+        await store.accept(refused, [make_delivery()], WEEK, weight=1)
+    assert (await store.accept(fine, [make_delivery()], WEEK, weight=1)).event_id == fine.id
+    assert query(tmp_path / "s.db", "SELECT id FROM events") == [(fine.id,)]
+    assert store.problem() is None
+
+
 async def test_a_replay_counts_a_body_kept_in_its_row_before_0021_in_its_bound(store: SqliteStore,
                                                                               tmp_path: Path) -> None:
     """A large body stored in its row (before 0021 kept bodies apart) is written again with the row by a replay:
@@ -1134,3 +1270,99 @@ async def test_a_replays_write_is_a_group_by_itself_between_the_writes_queued_ar
     assert [r.event_id for r in (results[0], results[1], results[3])] == [e.id for e in accepts]
     assert results[2] == [d.id]
     assert groups == [[False], [False], [True], [False]]
+
+
+PURGED_EVENTS = "DELETE FROM events"
+PURGED_ATTEMPTS = "DELETE FROM attempts WHERE delivery_id = "
+PURGE_STATEMENTS = ("SELECT e.id", "SELECT a.started_at", "DELETE FROM", "SELECT c.id")
+
+
+async def test_a_purge_deletes_off_the_event_loop_in_transactions_bounded_by_their_bytes(store: SqliteStore) -> None:
+    """A purge's statements run on a worker thread, never the event loop's (where deleting 250 events of a 900 kB
+    mail held it for seconds), each kind in a transaction of its own, and the events and attempts a transaction
+    deletes stop at group_bytes of what they hold (the first whatever its size): the writes queued behind wait for a
+    short transaction. Events kept (a pending delivery) are looked at and weigh nothing."""
+    store.group_bytes = 100_000
+    large = [make_delivery(body={"comment": "x" * 45_000}, status="succeeded") for _ in range(5)]
+    for d in large[:2]:
+        await accept_one(store, d)
+    kept = make_delivery(body={"comment": "k" * 90_000})  # pending: kept
+    await accept_one(store, kept)
+    for d in large[2:]:
+        await accept_one(store, d)
+    tried = make_delivery()  # a delivery whose two attempts of 45 kB exchanges each are older than the cutoff
+    await accept_one(store, tried)
+    for n in range(5):
+        await store.claim("kapture-support", 10, "w", 30)
+        attempt = msgspec.structs.replace(result(tried.id, "pending", http_status=500, classification="retry"),
+                                          exchange={"response": f"{n}" * 45_000})
+        await store.record(attempt, owner="w")
+    cutoff = now_ms() + 1
+    with traced(store) as seen:
+        counts = await purge_store(store, Cutoffs(events_ms=cutoff, attempts_ms=cutoff, dedup_ms=cutoff,
+                                                  conversations_ms=cutoff), 100, pause_s=0)
+    assert (counts.events, counts.deliveries, counts.attempts) == (5, 5, 4)
+    loop_thread = threading.get_ident()
+    purging = [(thread, sql) for thread, sql in seen if sql.startswith(PURGE_STATEMENTS)]
+    assert purging
+    assert {thread for thread, _ in purging}.isdisjoint({loop_thread})
+    assert [len(p) for p in transactions(seen, PURGED_EVENTS)] == [2, 2, 1]
+    assert [len(p) for p in transactions(seen, PURGED_ATTEMPTS)] == [2, 2]  # the latest attempt stays
+    assert {r.id for r in await store.list_deliveries(DeliveryFilter())} == {kept.id, tried.id}
+
+
+async def test_a_purge_beside_the_owner_leaves_it_the_writer_between_two_transactions(
+        store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ticketbridge purge` beside a running server purges in short transactions and, after each, leaves the write
+    lock free for longer than the server waits between two tries: a server's write that waited for one of them is
+    stored before the purge's next transaction, rather than after the whole purge (intake's 202 took up to 4.5 s)."""
+    cli = SqliteStore(tmp_path / "s.db", owner=False)
+    await cli.open()
+    try:
+        cli.group_bytes = 100_000
+        for _ in range(4):
+            await accept_one(store, make_delivery(body={"comment": "x" * 45_000}, status="succeeded"))
+        order: list[tuple[str, str]] = []
+        assert store._writer is not None and cli._writer is not None
+        store._writer.set_trace_callback(lambda sql: order.append(("server", sql)))
+        cli._writer.set_trace_callback(lambda sql: order.append(("cli", sql)))
+        loop = asyncio.get_running_loop()
+        refused = threading.Semaphore(0)  # released at each of the server's tries of BEGIN the lock refuses
+        begin = store._begin
+
+        class Tried:
+            def __init__(self, conn: sqlite3.Connection) -> None:
+                self.conn = conn
+
+            def execute(self, sql: str) -> sqlite3.Cursor:
+                try:
+                    return self.conn.execute(sql)
+                except sqlite3.OperationalError:
+                    refused.release()
+                    raise
+
+        async def noted(conn: sqlite3.Connection) -> None:
+            await begin(Tried(conn))  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "_begin", noted)
+        late = make_event()
+        stored: list[asyncio.Task[Any]] = []
+        purge_events = sqlite_store._purge_events
+
+        def purging(*args: Any, **kw: Any) -> Any:
+            if not stored:  # the purge's first transaction holds the lock: the server's write waits for it, until
+                # its tries are BUSY_DELAY_MAX apart (after 1, 2, 4 ... 32 ms)
+                loop.call_soon_threadsafe(lambda: stored.append(asyncio.ensure_future(
+                    store.accept(late, [make_delivery()], WEEK))))
+                for _ in range(8):
+                    assert refused.acquire(timeout=10)
+            return purge_events(*args, **kw)
+
+        monkeypatch.setattr(sqlite_store, "_purge_events", purging)
+        counts = await purge_store(cli, Cutoffs(events_ms=now_ms() + 1), 100, pause_s=0)
+        assert counts.events == 4
+        await stored[0]
+    finally:
+        await cli.close()
+    steps = [(who, sql) for who, sql in order if sql.startswith((PURGED_EVENTS, "INSERT INTO events"))]
+    assert [who for who, _ in steps] == ["cli", "cli", "server", "cli", "cli"]

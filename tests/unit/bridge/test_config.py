@@ -158,7 +158,7 @@ def test_every_bad_value_of_a_table_is_reported(tmp_path: Path) -> None:
                                  "seconds"),
         ("retention.dead", 30, "'1y' is not a duration: write 250ms, 5s, 5m, 2h, 1d, 2w or a number of seconds"),
         ("retention.every", 40, "'0s' would sweep without a pause: give a duration, e.g. 5m"),
-        ("retention.batch", 51, "got 0, expected a whole number from 1 to 10000"),
+        ("retention.batch", 51, "got 0, expected a whole number from 1 to 1000"),
     ]
 
 

@@ -66,6 +66,50 @@ def test_masks_phone_numbers(text: str, masked: str) -> None:
     assert mask_text(text) == masked
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("failed on '98765_43210'", "failed on '********10'"),
+        ("failed on '98765+4321O'", "failed on '*******21O'"),  # a typed O for 0 after the number
+        ("98765/43210", "********10"),
+        ("+91_98765_43210", "+**********10"),
+        ("98765 43210x", "********10x"),
+    ],
+)
+def test_masks_phone_numbers_with_any_separator(text: str, masked: str) -> None:
+    """Digits run together by `_`, `+` or `/` (as people type a number, or a form mangles it) are a phone number
+    as much as with spaces or dashes, and a number followed by one letter is masked too."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize("text", [
+    "123e4567-e89b-12d3-a456-426614174000",
+    "12345678-abcd-ef01-2345-6789abcdef01",  # a UUID whose first group is all digits
+    "12345678-1234-1234-1234-123456789012",
+    "20240419T141911Z",  # an ISO 8601 basic-format time
+    "2024/04/19",
+    "12345678abcdef0123456789",  # a hex digest that begins with digits
+    "file_20240419_123456.log",
+    "1717408960.000200",  # a Slack ts: 16 digits
+])
+def test_ids_and_times_with_the_new_separators_are_left_alone(text: str) -> None:
+    """UUIDs, hex digests, compact and slashed dates, and ids joined by `_` are not phone numbers."""
+    assert mask_text(text) == text
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: "1-" * n + "ab",
+    lambda n: "1" * n + "ab",
+    lambda n: "1 " * n + "ab",
+    lambda n: "1_" * n + "ab",
+    lambda n: "12345678-" * n + "ab",
+], ids=["dashes", "digits", "spaces", "underscores", "dashed-groups"])
+def test_masking_phones_grows_linearly(make: Any) -> None:
+    """A long run of digits and separators that ends where no number may (before `-` or a word) costs masking
+    about as much more as it is longer."""
+    assert_linear(mask_text, make, 4_000)
+
+
 def test_masks_phone_in_parentheses_format() -> None:
     """`(555) 123-4567` shows no digit but the last two."""
     out = mask_text("call (555) 123-4567 now")

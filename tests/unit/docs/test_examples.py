@@ -21,9 +21,9 @@ destinations:
 
 def test_netgroot_follow_up_example_loads_and_passes_its_tests(write_config: ConfigFactory, tmp_path: Path) -> None:
     """The ISP CRM follow-up example (a new ticket naming the first, attachments listed) passes its inline tests,
-    one of which gives a `ticket` as a follow-up's input."""
+    one of which gives a `ticket` as a follow-up's input, and one a message without text (a photo)."""
     config = write_config(CONFIG)
     shutil.copy(EXAMPLES / "chat-to-ispcrm-follow-ups.yaml", tmp_path / "mappings")
     results = run_tests(load_mappings(config), config.vars)
-    assert len(results) == 3
+    assert len(results) == 4
     assert [describe_failure(r) for r in results if not r.passed] == []

@@ -6,12 +6,13 @@ import contextlib
 import encodings
 from collections.abc import Callable
 from encodings.aliases import aliases
+from urllib.parse import unquote_to_bytes
 
 import pytest
 
 from bridge.errors import Rejected
 from handlers import charsets
-from handlers.charsets import MAX_NAME, text_codec
+from handlers.charsets import ASCII_MULTIBYTE, MAX_NAME, byte_table, text_codec
 from handlers.email import decode_words, parse_mime
 from handlers.formdata import parse_multipart, parse_urlencoded
 
@@ -98,3 +99,44 @@ def test_names_senders_choose_do_not_grow_the_codec_registry(parse: Callable[[st
     assert len(encodings._cache) == before  # type: ignore[attr-defined]
     assert len(charsets._resolved) <= len(charsets._MODULES)
     assert len(charsets._spellings) <= charsets.SPELLINGS_KEPT
+
+
+@pytest.mark.parametrize("codec", sorted(ASCII_MULTIBYTE))
+def test_an_ascii_multibyte_set_reads_ascii_as_ascii_and_never_goes_on_with_a_nul(codec: str) -> None:
+    """What handlers/formdata.py relies on to decode a form's field at once: ASCII reads (and writes) as itself,
+    and no character's bytes go on past a NUL: any lead byte, alone or with the bytes after it that a longer
+    character takes (GB 18030's digits, EUC-JP's third byte), then a NUL, does not decode unless it did without."""
+    assert text_codec(codec) == codec
+    ascii_text = bytes(range(0x80))
+    assert ascii_text.decode(codec) == ascii_text.decode("ascii")
+    assert ascii_text.decode("ascii").encode(codec) == ascii_text
+    for lead in range(0x80, 0x100):
+        for rest in (b"", b"\x30", b"\x30\x81", b"\xa1", b"\xa1\xa1", b"\x40"):
+            start = bytes([lead]) + rest
+            try:
+                (start + b"\x00").decode(codec)
+            except UnicodeDecodeError:
+                continue
+            assert (start + b"\x00").decode(codec) == start.decode(codec) + "\x00", (codec, start)
+
+
+@pytest.mark.parametrize(("codec", "byte_read"), [("cp1252", True), ("koi8_r", True), ("cp500", True),
+                                                  ("latin_1", True), ("utf_8", False), ("shift_jis", False),
+                                                  ("utf_16", False), ("x-no-such", False)])
+def test_byte_table_gives_back_the_bytes_a_text_was_read_from(codec: str, byte_read: bool) -> None:
+    """For a set read a byte at a time, every character it reads is written back as the byte it was read from (one
+    under 0x80 that is no ASCII character as its %-escape); None for any other codec."""
+    table = byte_table(codec)
+    assert (table is not None) is byte_read
+    if table is None:
+        return
+    for byte in range(256):
+        try:
+            char = bytes([byte]).decode(codec)
+        except UnicodeDecodeError:
+            continue
+        written = char.translate(table)
+        if char.isascii():
+            assert written == char
+        else:
+            assert unquote_to_bytes(written.encode("latin-1")).decode(codec) == char, (codec, byte)

@@ -782,6 +782,42 @@ def test_on_the_loop_the_raw_messages_of_a_request_share_one_budget(loop_parse: 
         parse_mime(raw)
 
 
+@pytest.mark.parametrize("lines", [b"\n", b"\r\n", b"\r", b" \n"], ids=["lf", "crlf", "cr", "continuation"])
+def test_on_the_loop_a_raw_message_of_many_lines_goes_to_the_parser_thread(
+        loop_parse: None, lines: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser reads a raw message line by line in Python: 60 KB of blank or continuation lines, under the
+    size and delimiter counts that place a parse, held the loop 50-90 ms. Past LOOP_PARSER_LINES lines (however
+    they end) the parse stops before the parser runs, to be done in the parser thread; fewer are parsed there."""
+    runs: list[int] = []
+
+    class Counted(BytesParser):
+        def parsebytes(self, *args: Any, **kwargs: Any) -> Message:
+            runs.append(1)
+            return super().parsebytes(*args, **kwargs)
+
+    monkeypatch.setattr(email_module, "BytesParser", Counted)
+    head = b"Subject: x\r\nX-Note: y\r\n" if lines == b" \n" else b"Subject: x\r\n\r\n"
+    raw = head + lines * 20_000
+    assert len(raw) <= offload.LOOP_BYTES and raw.count(b"\n--") == 0
+    with pytest.raises(offload.OffLoop, match=r"^the raw message is 2000\d lines$"):
+        parse_mime(raw)
+    assert runs == []
+    few = head + lines * (offload.LOOP_PARSER_LINES - 3)
+    assert offload.text_lines(few) <= offload.LOOP_PARSER_LINES
+    assert parse_mime(few).headers.get("subject") == "x" and runs == [1]
+
+
+def test_on_the_loop_the_lines_of_a_requests_raw_messages_share_one_budget(loop_parse: None) -> None:
+    """A batch's raw messages, each under LOOP_PARSER_LINES lines, many together: the parse stops at the message
+    that takes the request's lines for the email package's parser past LOOP_PARSER_LINES."""
+    raw = b"Subject: x\r\n\r\n" + b"\r\n" * (offload.LOOP_PARSER_LINES // 2 + 1)
+    assert offload.text_lines(raw) <= offload.LOOP_PARSER_LINES
+    assert parse_mime(raw).headers.get("subject") == "x"
+    with pytest.raises(offload.OffLoop, match=rf"^the raw message is {offload.text_lines(raw)} lines, past the "
+                                              "loop's share with the request's messages before it$"):
+        parse_mime(raw)
+
+
 def test_a_from_longer_than_any_mailbox_is_a_413_naming_the_field() -> None:
     """A From is one mailbox: past MAX_FROM_CHARS it is refused before it is parsed, naming which field."""
     assert sender("a" * (MAX_FROM_CHARS - 14) + " <a@b.example>")[1] == "a@b.example"

@@ -34,7 +34,7 @@ def before(read: Any, body: bytes, ctype: str) -> object:
     whole body."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(formdata, "simple_fields", lambda part: None)
-        patch.setattr(formdata, "parse_split", lambda prefix, body: None)
+        patch.setattr(formdata, "parse_split", lambda prefix, body, header_lines=None: None)
         return run(read, body, ctype)
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import re
+import sys
+from collections.abc import Callable
+from email.message import Message
+from email.parser import BytesParser
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
 import pytest
 from aiohttp import FormData
@@ -12,8 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import Rejected
-from handlers import formdata
+from bridge.offload import LOOP_BYTES, LOOP_PARSER_LINES, OffLoop, end_loop_parse, start_loop_parse, text_lines
+from handlers import formdata, multipart_split
 from handlers.formdata import (
+    Part,
     add_value,
     file_attachment,
     first_value,
@@ -21,7 +29,7 @@ from handlers.formdata import (
     parse_multipart,
     parse_urlencoded,
 )
-from handlers.limits import MAX_FORM_FIELDS
+from handlers.limits import MAX_FORM_FIELDS, MAX_FORM_RUNS
 
 BOUNDARY = "----tbBoundary7MA4YWxk"
 CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -114,41 +122,97 @@ def test_urlencoded_invalid_utf8_escapes_are_rejected(body: bytes) -> None:
     assert "not valid utf-8 text" in str(form_rejected(body))
 
 
-def test_a_utf8_form_is_unescaped_without_unquote(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A UTF-8 form's escapes are decoded one field part at a time in C, not by urllib's `unquote` run by run
-    (a few microseconds of every form post); a part without escapes is not handed to either."""
-    calls = 0
-    real = formdata.unquote
+def calls(run: Callable[[], object]) -> int:
+    """How many functions, Python or built-in, `run()` calls: the collector paused, whose callbacks (a test
+    library's) would be counted when it runs."""
+    count = 0
 
-    def counting(*args: Any, **kwargs: Any) -> str:
-        nonlocal calls
-        calls += 1
-        return real(*args, **kwargs)
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        count += event in ("call", "c_call")
 
-    monkeypatch.setattr(formdata, "unquote", counting)
-    body = b"name=Asha&email=asha%40example.com&subject=Router+down&na%C3%AFve=Jos%C3%A9+%E2%9C%93"
-    assert parse_urlencoded(body) == parse_urlencoded(body, "utf-8") == {
-        "name": "Asha", "email": "asha@example.com", "subject": "Router down", "naïve": "José ✓"}
-    assert calls == 0
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.sampled_from(["a", "+", "%", "%4", "%41", "%e9", "%C3", "%A9", "%C3%A9", "%E2%82", "%AC", "%ZZ",
-                                 "é", "€", "\U0001f600"]), max_size=12))
-def test_a_utf8_part_unescapes_as_unquote_does(pieces: list[str]) -> None:
-    """Decoding a UTF-8 part's bytes at once gives what `unquote` gives run by run of escapes, and where that
-    raises, the same error: the escapes beside a character never join it into one."""
-    text = "".join(pieces)
+    gc.disable()
+    sys.setprofile(profile)
     try:
-        expected: str | Exception = unquote(text.replace("+", " "), errors="strict")
+        run()
+    finally:
+        sys.setprofile(None)
+        gc.enable()
+    return count
+
+
+@pytest.mark.parametrize(("charset", "unit"), [
+    (None, "%C3%A9"), ("utf-8", "é%41"), ("utf-8", "%"), ("utf-8", "%zz"), ("latin-1", "%E9"), ("latin-1", "é%41"),
+    ("windows-1252", "é%41"), ("cp500", "é%41"), ("shift_jis", "あ%41"), ("gb18030", "中%41"),
+], ids=["utf8", "utf8_mixed", "percent", "not_escapes", "latin1", "latin1_mixed", "cp1252", "ebcdic", "shift_jis",
+        "gb18030"])
+def test_a_fields_escapes_are_decoded_in_calls_as_many_for_ten_thousand_as_for_a_hundred(
+        charset: str | None, unit: str) -> None:
+    """urllib's `unquote` decodes escapes one by one in Python, a microsecond or more each, and runs of ASCII
+    between other characters one by one too: 1 MiB of `%C3%A9` held the parser thread (and, taking the GIL in
+    turns, the loop) 0.2-0.6 s, in a public form or a Twilio post, parsed before its signature is checked. Here a
+    field's escapes are decoded by a few calls into C, as many for 10,000 of them (raw characters between, or
+    `%` that are no escapes) as for 100."""
+    small, large = (f"a={unit * n}&b=1".encode(charset or "utf-8") for n in (100, 10_000))
+    expected = {"a": unquote(unit.replace("+", " ") * 10_000, encoding=charset or "utf-8"), "b": "1"}
+    assert parse_urlencoded(large, charset) == expected  # and whatever is imported or cached, once, is
+    assert calls(lambda: parse_urlencoded(large, charset)) == calls(lambda: parse_urlencoded(small, charset))
+
+
+@pytest.mark.parametrize("charset", ["utf-16-le", "utf-7"])
+def test_a_form_in_a_charset_read_run_by_run_holds_at_most_max_form_runs(charset: str) -> None:
+    """In UTF-16, UTF-7 (and HZ, ISO-2022) each run of ASCII between other characters is decoded on its own, as
+    `unquote` decodes it: a call each, so that a form may hold MAX_FORM_RUNS such runs in all; past them, a 413
+    naming the charset and what to send instead."""
+    unit = "é%41%00"  # a run of two bytes: one UTF-16 character
+
+    def form(runs: int) -> bytes:
+        half = runs // 2
+        return "&".join((f"a={unit * half}", f"b={unit * (runs - half)}")).encode(charset)
+
+    assert parse_urlencoded(form(MAX_FORM_RUNS - 4), charset)["a"] == unquote(unit * ((MAX_FORM_RUNS - 4) // 2),
+                                                                              encoding=charset)
+    with pytest.raises(Rejected) as info:
+        parse_urlencoded(form(MAX_FORM_RUNS + 2), charset)
+    assert (info.value.status, info.value.check) == (413, "limits")
+    assert f"charset {charset.replace('-', '_')}" in str(info.value) and "send the form as UTF-8" in str(info.value)
+
+
+_ESCAPED = ["%", "%%", "=", "==", "\r", "\n", "\r\n", "_", " ", "\x00", "a", "4", "%4", "%41", "%4g", "%zz", "%e9",
+            "%C3", "%A9", "%C3%A9", "%82", "%E3%81", "%3D", "%25", "=41", "=\n", "é", "あ", "中", "\U0001f600"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_ESCAPED), max_size=12))
+def test_unquote_bytes_gives_what_unquote_to_bytes_gives(pieces: list[str]) -> None:
+    """Any bytes, escapes or not, `=` (quoted-printable's own escape), line ends (its soft line breaks)."""
+    raw = "".join(pieces).encode("utf-8")
+    assert formdata.unquote_bytes(raw) == unquote_to_bytes(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from([*_ESCAPED, "+", "%2B", "%81%30", "%30", "0", "%5C", "\\", "~"]), max_size=12),
+       st.sampled_from(["utf_8", "latin_1", "cp1252", "koi8_r", "cp500", "cp864", "shift_jis", "cp932", "gb18030",
+                        "euc_jp", "big5", "cp949", "johab", "utf_16_le", "utf_7", "hz", "shift_jis_2004"]))
+def test_a_field_unescapes_as_unquote_does(pieces: list[str], charset: str) -> None:
+    """A field's text as a body in `charset` is read, decoded by runs where it must be and at once where that
+    gives the same: what `unquote` gives, and an error where it raises one (for text of ASCII alone, the same
+    error). Characters beside a run never join its escapes into one."""
+    try:
+        text = "".join(pieces).encode(charset).decode(charset)  # what parse_urlencoded hands it
+    except UnicodeError:
+        return
+    try:
+        expected: str | Exception = unquote(text.replace("+", " "), encoding=charset, errors="strict")
     except UnicodeDecodeError as exc:
         expected = exc
     if isinstance(expected, str):
-        assert formdata._unquote(text, "utf-8") == expected
+        assert formdata._unquote(text, charset, [MAX_FORM_RUNS]) == expected
     else:
         with pytest.raises(UnicodeDecodeError) as raised:
-            formdata._unquote(text, "utf-8")
-        assert str(raised.value) == str(expected)
+            formdata._unquote(text, charset, [MAX_FORM_RUNS])
+        if text.isascii():
+            assert str(raised.value) == str(expected)
 
 
 def test_urlencoded_unknown_charset_is_rejected() -> None:
@@ -325,6 +389,97 @@ def test_multipart_with_too_many_parts_is_a_413_before_the_parse() -> None:
         parse_multipart(multipart(*fields, part("one", b"more")), CTYPE)
     assert (info.value.status, str(info.value)) == (
         413, f"too many multipart parts: {MAX_FORM_FIELDS + 1}, at most {MAX_FORM_FIELDS}")
+
+
+XYZ = "multipart/form-data; boundary=XyZ"
+# Bodies of 64 KB (under the size that sends a parse to the parser thread) whose parse held the event loop 100-170
+# ms, each read line by line by the email package's parser or the split's header reader, and what each gives.
+MANY_LINES = {
+    "continuation_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b" \n" * 31_900
+                           + b"\nv\n--XyZ--\n", 413),
+    "nested_header_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"a:\n" * 21_300
+                            + b"\n--q--\n--XyZ--\n", 413),
+    "nested_blank_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"\n" * 63_800 + b"--XyZ--\n",
+                           400),
+    "no_delimiter": (b"\n" * 65_000, 400),
+    "header_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b"a:\n" * 21_300 + b"\nv\n--XyZ--\n",
+                     413),
+    "from_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\nFrom x\n' + b"\n" * 60_000 + b"--XyZ--\n",
+                   200),
+}
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """What a multipart parse reads: the email package's parser's runs, and the header lines the split builds."""
+    seen = {"parser": 0, "header_lines": 0}
+
+    class Counted(BytesParser):
+        def parsebytes(self, *args: Any, **kwargs: Any) -> Message:
+            seen["parser"] += 1
+            return super().parsebytes(*args, **kwargs)
+
+    field = multipart_split._FIELD
+
+    class CountedField:
+        def match(self, *args: Any) -> re.Match[bytes] | None:
+            found = field.match(*args)
+            seen["header_lines"] += found is not None
+            return found
+
+    monkeypatch.setattr(formdata, "BytesParser", Counted)
+    monkeypatch.setattr(multipart_split, "BytesParser", Counted)
+    monkeypatch.setattr(multipart_split, "_FIELD", CountedField())
+    return seen
+
+
+def on_the_loop(body: bytes, ctype: str = XYZ) -> list[Part]:
+    """`multipart_parts` as a parse placed on the event loop runs it (intake's `_run`)."""
+    token = start_loop_parse()
+    try:
+        return multipart_parts(body, ctype)
+    finally:
+        end_loop_parse(token)
+
+
+@pytest.mark.parametrize(("body", "status"), MANY_LINES.values(), ids=MANY_LINES)
+def test_on_the_loop_a_multipart_body_of_many_lines_is_read_only_as_far_as_its_built_parts(
+        body: bytes, status: int, reads: dict[str, int]) -> None:
+    """On the event loop, a multipart body of more than LOOP_PARSER_LINES lines is read only where its parts are
+    built without the email package's parser, of at most LOOP_PARSER_LINES header lines in all: any other shape
+    (a continuation line, a nested multipart, a `From ` line, no delimiter), or more header lines, stops
+    (OffLoop) before the parser reads a line, and the parse is done again in the parser thread."""
+    assert len(body) <= LOOP_BYTES and text_lines(body) > LOOP_PARSER_LINES
+    with pytest.raises(OffLoop):
+        on_the_loop(body)
+    assert reads == {"parser": 0, "header_lines": reads["header_lines"]}
+    assert reads["header_lines"] <= LOOP_PARSER_LINES + 2  # and the top's Content-Type line, and the one past
+
+
+@pytest.mark.parametrize(("body", "status"), MANY_LINES.values(), ids=MANY_LINES)
+def test_in_the_parser_thread_a_multipart_body_of_many_lines_is_parsed_whole(body: bytes, status: int) -> None:
+    """Outside a loop parse (the parser thread) the same bodies are read as they always were."""
+    if status == 200:
+        [field] = multipart_parts(body, XYZ)
+        assert (field.name, field.data) == ("a", b"From x" + b"\n" * 59_999)
+    else:
+        with pytest.raises(Rejected) as info:
+            multipart_parts(body, XYZ)
+        assert info.value.status == status
+
+
+def test_on_the_loop_a_form_of_many_content_lines_is_built_there(reads: dict[str, int]) -> None:
+    """A textarea of 10,000 lines is no costly parse: its part is built, its content cut out unread, on the loop."""
+    body = multipart(part("notes", b"line\r\n" * 10_000), part("name", b"Asha"))
+    assert [(p.name, len(p.data)) for p in on_the_loop(body, CTYPE)] == [("notes", 60_000), ("name", 4)]
+    assert reads["parser"] == 0
+
+
+def test_on_the_loop_a_multipart_body_of_few_lines_is_parsed_whole_there(reads: dict[str, int]) -> None:
+    """A body of few lines, whatever its shape, costs the parser little: parsed on the loop as ever."""
+    body = b'--XyZ\nContent-Disposition: form-data;\n name="a"\n\nv\n--XyZ--\n'  # a folded header line
+    [field] = on_the_loop(body)
+    assert (field.name, field.data, reads["parser"] > 0) == ("a", b"v", True)
 
 
 def test_multipart_encoded_word_file_name_is_decoded() -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from html import unescape
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.errors import Rejected
+from handlers import intercom
 from handlers.intercom import IntercomHandler, html_text
 from tests.fixtures.providers import build, compact, hub_signature, load, post
 
@@ -61,3 +67,51 @@ def test_html_text() -> None:
     """Tags go, breaks and paragraphs become lines, entities are decoded."""
     assert html_text("<p>a &amp; b</p><p>c<br>d</p>") == "a & b\nc\nd"
     assert html_text(None) is None
+
+
+@pytest.mark.parametrize("html", ["<" * 1_000_000, "<b>x</b>" * 125_000, "<br>" * 250_000, "&" * 1_000_000,
+                                  "&amp;" * 200_000], ids=["lt", "tags", "breaks", "amp", "references"])
+def test_a_long_body_is_read_a_step_at_a_time(html: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each substitution is one call into C that holds the GIL, and so the event loop, to its end even from the
+    parser thread (1 MB of `<` or of `<b>x</b>` held it 47-107 ms): no call reads much more than HTML_STEP."""
+    read: list[tuple[str, str]] = []  # the text each call read, and the character every match starts with
+
+    class Recorded:
+        def __init__(self, pattern: re.Pattern[str]) -> None:
+            self.pattern = pattern
+
+        def sub(self, replace: str, text: str) -> str:
+            read.append((text, "<"))
+            return self.pattern.sub(replace, text)
+
+    def recorded_unescape(text: str) -> str:
+        read.append((text, "&"))
+        return unescape(text)
+
+    expected = html_text(html)
+    monkeypatch.setattr(intercom, "_TAG", Recorded(intercom._TAG))
+    monkeypatch.setattr(intercom, "_BREAK", Recorded(intercom._BREAK))
+    monkeypatch.setattr(intercom, "unescape", recorded_unescape)
+    assert html_text(html) == expected
+    # Past about HTML_STEP characters a call reads no more places a match could start: the rest (the tags'
+    # text once they are gone) is passed over at the speed of a search for one character.
+    step = intercom.HTML_STEP + len("<b>x</b>")
+    assert len(read) > 3 and all(first not in text[step:] for text, first in read), [len(t) for t, _ in read]
+
+
+def whole(html: str) -> str:
+    """What html_text gave with each substitution made over the whole text at once."""
+    text = unescape(intercom._TAG.sub("", intercom._BREAK.sub("\n", html)))
+    return "\n".join(line.strip() for line in text.strip().splitlines())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["<", ">", "<br>", "< BR />", "</p>", "</div", "li>", "/", " ", "\n", "x", "&", "amp",
+                                 ";", "&#", "x41", "65", "&lt", "&amp;", "<b>"]), max_size=30),
+       st.integers(min_value=1, max_value=6))
+def test_read_in_steps_the_text_is_what_one_read_gives(pieces: list[str], step: int) -> None:
+    """Steps end before a `<` (a `&` for the references): no tag, break or reference spans two."""
+    html = "".join(pieces)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(intercom, "HTML_STEP", step)
+        assert html_text(html) == whole(html)

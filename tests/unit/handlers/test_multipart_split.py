@@ -26,7 +26,7 @@ CTYPE = f"multipart/form-data; boundary={B}"
 def whole(body: bytes, ctype: str) -> list[Part] | tuple[int, str]:
     """What multipart_parts gave before: the parser reading the whole body."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(formdata, "parse_split", lambda prefix, body: None)
+        patch.setattr(formdata, "parse_split", lambda prefix, body, header_lines=None: None)
         return split(body, ctype)
 
 

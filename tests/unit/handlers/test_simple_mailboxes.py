@@ -7,12 +7,16 @@ from email.utils import getaddresses
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import handlers.email
-from handlers.email import address_list, email_payload
-from handlers.simple_mailboxes import simple_mailboxes
+import handlers.simple_mailboxes
+from bridge.conversations import message_sender
+from bridge.errors import Rejected
+from handlers.email import address_list, email_payload, sender
+from handlers.limits import MAX_FROM_CHARS
+from handlers.simple_mailboxes import simple_mailbox, simple_mailboxes
 
 ATOM_CHARS = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
 atoms = st.text(ATOM_CHARS, min_size=1, max_size=6)
@@ -89,3 +93,67 @@ def test_an_ordinary_message_reads_its_addresses_without_the_parser(monkeypatch:
     assert payload["cc"] == ["a@b.co", "c@d.co"]
     monkeypatch.setattr(handlers.email, "getaddresses", getaddresses)
     assert address_list("Asha (home) <a@b.co>") == ["a@b.co"]
+
+
+# -- a message's sender -------------------------------------------------------------------------------
+
+
+def _outcome(read: Any, value: str) -> Any:
+    try:
+        return read(value)
+    except Rejected as exc:
+        return ("rejected", exc.status)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(mailboxes() | values() | st.from_regex(handlers.simple_mailboxes._ONE_MAILBOX, fullmatch=True))
+def test_a_sender_read_in_its_simple_form_is_the_one_both_full_readings_give(value: str) -> None:
+    """`sender`'s one match for a simple mailbox gives what its two full readings (the list parse and the
+    addr-spec reading, which must agree) give, name and address, for the simple forms and the values beside
+    them; and a simple mailbox is what the simple list reading makes of it."""
+    assert _outcome(sender, value) == _outcome(lambda v: handlers.email._read_sender(v, "From"), value)
+    one = simple_mailbox(value)
+    if one is not None:
+        assert simple_mailboxes([value]) == [one]
+
+
+@pytest.mark.parametrize(("value", "name", "address"), [
+    ("asha@example.com", None, "asha@example.com"),
+    ("Asha.Rao@Example.COM", None, "asha.rao@example.com"),
+    ("<asha@example.com>", None, "asha@example.com"),
+    ("Asha Rao <Asha@Example.com>", "Asha Rao", "asha@example.com"),
+    ("O'Brien <ob@x.example>", "O'Brien", "ob@x.example"),
+    ('"Rao, Asha" <a@b.co>', "Rao, Asha", "a@b.co"),
+    ('"" <a@b.co>', None, "a@b.co"),
+    ('" A  b\t" <a@b.co>', "A b", "a@b.co"),
+    ('"ceo@corp.example" <asha@x.io>', "ceo@corp.example", "asha@x.io"),
+    ("=?utf-8?b?w4lsb2RpZQ==?= <E@x.org>", "Élodie", "e@x.org"),
+])
+def test_a_simple_from_is_read_by_one_match(monkeypatch: pytest.MonkeyPatch, value: str, name: str | None,
+                                            address: str) -> None:
+    """A From in a simple form (nearly every one: the bare address a provider's JSON or an email's payload holds,
+    which a threaded message's conversation reads again, or a named angle-addr) is read without the full
+    readings (some 170,000 instructions, most of a threaded message's intake): the same name and address."""
+    def refused(*args: Any) -> Any:
+        raise AssertionError(f"read in full: {args}")
+
+    monkeypatch.setattr(handlers.email, "_from_tokens", refused)
+    monkeypatch.setattr(handlers.email, "getaddresses", refused)
+    assert sender(value) == (name, address)
+    assert message_sender({"from": value}) == address
+
+
+@pytest.mark.parametrize("value", [
+    "a@b.co (Asha)", "Asha <a@b.co>, b@c.co", "a@b.co ", "a@b.co\r\n", '"A\\" B" <a@b.co>', "Asha  Rao <a@b.co>",
+    "attacker@evil.example <victim@corp.example>", "'john@x.example' <john@x.example>",
+    "a" * MAX_FROM_CHARS + "@b.co",
+])
+def test_any_other_from_is_read_in_full(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """A From in no simple form (a comment, several mailboxes, blanks, escapes, an address in its display text),
+    or longer than MAX_FROM_CHARS (refused there), takes the full readings."""
+    def refused(*args: Any) -> Any:
+        raise AssertionError("read in full")
+
+    monkeypatch.setattr(handlers.email, "_read_sender", refused)
+    with pytest.raises(AssertionError, match="read in full"):
+        sender(value)

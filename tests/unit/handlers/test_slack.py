@@ -52,6 +52,14 @@ async def test_signed_message_becomes_a_chat_event() -> None:
     assert inbound.dedup_key == "message:D024BE91L/1717408960.000200"
 
 
+def test_the_apps_verification_token_is_not_stored() -> None:
+    """Slack's deprecated verification `token` is a credential: the event keeps the rest of the body, not it."""
+    [inbound] = handler().parse(post(slack_headers(SECRET, BODY)), BODY)
+    provider = inbound.payload["provider"]
+    assert "token" not in provider and provider["event_id"] == "Ev0PV52K21"
+    assert b"XXYYZZ" in BODY and b"XXYYZZ" not in compact(inbound.payload)
+
+
 def test_the_message_and_app_mention_events_of_one_message_share_a_dedup_key() -> None:
     """An app subscribed to `message.*` and `app_mention` gets two events, each with its own event_id, for one
     message that mentions it: one key (channel and ts), so one ticket. Another message (ts) or channel is

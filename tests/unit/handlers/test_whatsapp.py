@@ -92,3 +92,45 @@ def test_missing_or_wrong_signature_is_401(headers: dict[str, str]) -> None:
 def test_text_of_other_message_types(message: dict[str, Any], text: str | None) -> None:
     """Buttons, list replies, reactions and locations give their text; unknown types give none."""
     assert message_text(message) == text
+
+
+def stored_size(body: bytes) -> int:
+    """The bytes the events of `body` would be stored as (their payloads, as JSON)."""
+    return sum(len(compact(inbound.payload)) for inbound in handler().parse(post(signed(body)), body))
+
+
+def one_value(messages: int, **value: Any) -> bytes:
+    sent = [{"from": "919876543210", "id": f"wamid.{i}", "type": "text", "text": {"body": "hi"}}
+            for i in range(messages)]
+    return compact({"object": "whatsapp_business_account",
+                    "entry": [{"changes": [{"value": {"messages": sent, **value}}]}]})
+
+
+@pytest.mark.parametrize("body", [
+    one_value(1_000, contacts=[{"profile": {"name": "x"}, "wa_id": str(i)} for i in range(1_000)]),
+    one_value(200, metadata={"display_phone_number": "1" * 400_000, "phone_number_id": "106540352242922"}),
+    one_value(200, contacts=[{"profile": {"name": "n" * 400_000}, "wa_id": "919876543210"}]),
+    compact({"object": "o" * 400_000, "entry": [{"changes": [{"value": {"messages": [
+        {"from": "1", "id": f"wamid.{i}", "type": "text"} for i in range(200)]}}]}]}),
+], ids=["1000-contacts", "long-metadata", "long-name", "long-object"])
+def test_what_a_values_messages_share_is_stored_bounded(body: bytes) -> None:
+    """What every message of a value shares (its contacts, its metadata, the post's `object`) is kept once per
+    event only as the sender's contact and the two metadata ids, each bounded: 1,000 messages beside 1,000
+    contacts, or 200 beside a 400 KB field, store a few times their body, not messages times the field."""
+    assert stored_size(body) <= 4 * len(body) + 200_000
+
+
+def test_each_event_keeps_only_its_senders_contact_and_the_metadata_ids() -> None:
+    """An event's provider part holds the contact whose wa_id sent it, and the metadata's phone number and id;
+    a contact or metadata field that is not short text is left out, not failed."""
+    data = load("whatsapp/messages.json")
+    value = data["entry"][0]["changes"][0]["value"]
+    value["contacts"] = [{"profile": {"name": "Someone Else"}, "wa_id": "911111111111", "email": "x@example.com"},
+                         *value["contacts"], {"wa_id": 5}, "junk"]
+    value["metadata"] = {**value["metadata"], "extra": "x" * 100, "phone_number_id": {"nested": 1}}
+    body = compact(data)
+    first, _ = handler().parse(post(signed(body)), body)
+    provider = first.payload["provider"]
+    assert provider["contacts"] == [{"profile": {"name": "Asha Rao"}, "wa_id": "919876543210"}]
+    assert provider["metadata"] == {"display_phone_number": "15550783881", "phone_number_id": None}
+    assert first.payload["from_name"] == "Asha Rao"

@@ -452,6 +452,36 @@ async def test_the_reaper_never_gives_back_a_delivery_whose_result_is_held() -> 
     assert sum(taken_over) == 1  # what /metrics shows as ticketbridge_lease_takeovers_total
 
 
+async def test_the_reaper_counts_what_an_earlier_process_left_in_flight_as_taken_over() -> None:
+    """ticketbridge_lease_takeovers_total counts every delivery given back from a sender that died or stalled: at
+    start those an earlier process left in flight, whether the store gave them back as it opened (SQLite) or
+    take_back does (PostgreSQL, this host:port's earlier process); then those whose leases ran out."""
+    rounds: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 3
+
+        async def release_expired(self) -> int:
+            rounds.append("release_expired")
+            return 1
+
+    async def take_back() -> int:
+        return 2
+
+    async def keep_leases() -> None:
+        return None
+
+    dispatcher = SimpleNamespace(take_back=take_back, keep_leases=keep_leases)
+    taken_over: list[int] = []
+    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0,  # type: ignore[arg-type]
+                                                     on_released=taken_over.append))
+    await eventually(lambda: len(rounds) >= 3)
+    reaper.cancel()
+    await asyncio.gather(reaper, return_exceptions=True)
+    assert taken_over[:3] == [2 + 3, 1, 1]
+
+
 async def test_a_result_whose_lease_was_taken_is_not_recorded_over_the_new_claim() -> None:
     """When another sender holds the lease by the time the vendor answers, the result is refused: the lane
     logs delivery.lease_lost and leaves the new holder's claim as it is, without retrying the record."""

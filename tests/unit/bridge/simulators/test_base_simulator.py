@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from bridge.simulators import registry
+from bridge.simulators import registry, serving
 from bridge.simulators.base import VendorSimulator
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.simulators.leadsquared import LeadSquaredSimulator
@@ -33,6 +33,16 @@ async def test_every_simulator_lists_resets_and_has_its_knobs(aiohttp_client: An
     assert (await (await client.get("/_received")).json())["count"] == 0
     assert (await (await client.put("/_faults", json={"fail_count": 1})).json())["fail_count"] == 1
     assert sim.faults.fail_count == 1
+
+
+async def test_the_standalone_sandbox_answers_health_probes(aiohttp_client: Any) -> None:
+    """`ticketbridge sandbox` (every simulator under /{vendor}/) answers /healthz and /readyz with 200, what a
+    container's health check and an orchestrator's probes ask of the deploy kits' shared sandbox."""
+    client = await aiohttp_client(serving(sorted(registry())))
+    for path in ("/healthz", "/readyz"):
+        resp = await client.get(path)
+        assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+    assert (await (await client.get("/kapture/tickets")).json())["count"] == 0
 
 
 async def test_kapture_reset_forgets_pulls_and_the_request_count(aiohttp_client: Any) -> None:

@@ -1,0 +1,181 @@
+"""A `sandbox: true` destination with a `base_url` delivers to the simulator there (one `ticketbridge sandbox` that
+several processes share) with the sandbox's demo credentials, and runs none of its own; one without a `base_url`
+on a PostgreSQL store (which other processes may share) is named by a warning at start: its tickets are the
+process's alone."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
+
+from bridge.app import load_mappings, per_process_sandboxes
+from bridge.cli import main
+from bridge.cli import serve as serve_cli
+from bridge.config import Config
+from bridge.eventloop import run
+from bridge.simulators import serving
+from bridge.store.memory import MemoryStore
+from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.integration.processes import free_port
+
+MAPPINGS = {
+    "web": """
+        source: contact
+        destination: demo-kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.subject }}"
+    """,
+    "mail": """
+        source: mail
+        destination: demo-kapture
+        action: create_ticket
+        conversation: "{{ payload.thread }}"
+        fields:
+          title: "{{ payload.subject }}"
+        follow_up:
+          action: update_ticket
+          fields:
+            ticket_id: "{{ ticket.id }}"
+            sub_status: P
+            comment: "{{ payload.text }}"
+    """,
+}
+
+
+def config_text(store: str, kapture: str, leadsquared: str = "{vendor: leadsquared, sandbox: true}") -> str:
+    return f"""
+        store: {{url: "{store}"}}
+        sources:
+          contact: {{kind: form}}
+          mail: {{kind: json}}
+        destinations:
+          demo-kapture: {kapture}
+          demo-lsq: {leadsquared}
+    """
+
+
+@pytest.fixture
+async def shared() -> AsyncIterator[str]:
+    """A standalone sandbox as `ticketbridge sandbox` serves it (every vendor under /{vendor}/): its address."""
+    server = TestServer(serving(["kapture", "leadsquared"]), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+async def tickets(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+    async with session.get(url) as resp:
+        assert resp.status == 200
+        found: list[dict[str, Any]] = (await resp.json())["tickets"]
+        return found
+
+
+async def test_a_sandbox_with_a_base_url_delivers_to_the_shared_simulator_there(
+        write_config: ConfigFactory, bridge_client: AppClient, shared: str) -> None:
+    """Two apps (as two processes) whose Kapture sandbox names one shared simulator: each thread's first message
+    and its reply land on one ticket there, whichever app sends which, with the demo key (no `token` given). Neither
+    app runs a Kapture simulator of its own nor mounts /sandbox/kapture/; the sandbox without a base_url still runs
+    in-process. Before, the base_url was ignored: each app's own simulator numbered its tickets from the same start,
+    and a reply sent by the other app commented on that app's ticket of the same number."""
+    config = write_config(config_text("sqlite:///var/bridge.db",
+                                      f'{{vendor: kapture, sandbox: true, base_url: "{shared}/kapture"}}'), MAPPINGS)
+    store = MemoryStore()  # one store, two apps: the PostgreSQL kit's shape in little
+    one, two = await bridge_client(config, store=store), await bridge_client(config, store=store)
+    for app in (one, two):
+        assert sorted(runtime(app).simulators) == ["leadsquared"]
+        assert (await app.get("/sandbox/kapture/tickets")).status == 404
+    for n in range(3):
+        resp = await one.post("/hooks/mail", json={"thread": f"t{n}", "subject": f"thread {n}", "text": "first"})
+        assert resp.status == 202, await resp.text()
+    async with aiohttp.ClientSession() as session:
+
+        async def created() -> bool:
+            return len(await tickets(session, f"{shared}/kapture/tickets")) == 3
+
+        await eventually(created)
+        for n in range(3):
+            resp = await two.post("/hooks/mail", json={"thread": f"t{n}", "subject": "re", "text": f"reply {n}"})
+            assert resp.status == 202, await resp.text()
+
+        async def replied() -> bool:
+            return sum(len(t["comments"]) for t in await tickets(session, f"{shared}/kapture/tickets")) == 3
+
+        await eventually(replied)
+        held = await tickets(session, f"{shared}/kapture/tickets")
+    assert sorted((t["taskTitle"], t["comments"]) for t in held) == [
+        (f"thread {n}", [f"reply {n}"]) for n in range(3)]
+
+
+def test_doctor_checks_a_sandbox_with_a_base_url_at_that_url(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`ticketbridge doctor` asks the shared simulator a sandbox's base_url names (here nothing listens there: it
+    fails naming that address), not one it starts for itself as for a sandbox without one."""
+    port = free_port()
+    (tmp_path / "bridge.yaml").write_text(config_text(
+        "sqlite:///var/bridge.db", f'{{vendor: kapture, sandbox: true, base_url: "http://127.0.0.1:{port}/kapture"}}'))
+    assert main(["doctor", "-c", str(tmp_path / "bridge.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert f"127.0.0.1:{port}/kapture" in out
+    assert out.rstrip().endswith("doctor: 1 ok, 1 failed, 0 skipped"), out
+
+
+def start_and_stop(config: Config) -> list[dict[str, Any]]:
+    """`serve` started on `config` (on a free loopback port, a memory store standing in for the one it names) and
+    stopped: its log."""
+    server = msgspec.structs.replace(config.server, host="127.0.0.1", port=free_port())
+    config = dataclasses.replace(config, server=server)
+
+    async def started_and_stopped() -> int:
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve_cli.serve(config, workers=False, stop=stop, store=MemoryStore()))
+        await eventually(lambda: any(e["event"] == "server.started" for e in logs))
+        stop.set()
+        return await server
+
+    threshold = gc.get_threshold()
+    try:
+        with capture_logs() as logs:
+            assert run(started_and_stopped, "asyncio") == 0
+    finally:  # serve tunes the collector for the process it runs in: not for the tests after this one
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    return logs
+
+
+def test_serve_warns_of_its_own_sandboxes_on_a_postgresql_store(write_config: ConfigFactory) -> None:
+    """On a PostgreSQL store, which other processes may share, each destination this process's own simulator
+    serves is named by a warning at start, with the mappings that thread into it and what to do; a sandbox with a
+    base_url (a shared one) is not named."""
+    shared_url = '{vendor: kapture, sandbox: true, base_url: "http://sandbox.example:9090/kapture"}'
+    config = write_config(config_text("postgresql://u@127.0.0.1:1/db", "{vendor: kapture, sandbox: true}"), MAPPINGS)
+    logs = start_and_stop(config)
+    warned = {e["destination"]: e for e in logs if e["event"] == "sandbox.per_process"}
+    assert sorted(warned) == ["demo-kapture", "demo-lsq"]
+    assert (warned["demo-kapture"]["threaded_mappings"], warned["demo-lsq"]["threaded_mappings"]) == (["mail"], [])
+    assert warned["demo-kapture"]["log_level"] == "warning"
+    assert "ticketbridge sandbox" in warned["demo-kapture"]["note"]
+    assert "base_url" in warned["demo-kapture"]["note"]
+    shared_config = write_config(config_text("postgresql://u@127.0.0.1:1/db", shared_url), MAPPINGS)
+    assert list(per_process_sandboxes(shared_config, load_mappings(shared_config))) == ["demo-lsq"]
+
+
+def test_serve_on_sqlite_says_nothing_of_its_sandboxes(write_config: ConfigFactory) -> None:
+    """An SQLite store is one process's: its own sandboxes are no warning."""
+    config = write_config(config_text("sqlite:///var/bridge.db", "{vendor: kapture, sandbox: true}"), MAPPINGS)
+    assert per_process_sandboxes(config, load_mappings(config)) == {}
+    logs = start_and_stop(config)
+    assert [e for e in logs if e["event"] == "sandbox.per_process"] == []
+
