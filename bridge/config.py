@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from bridge.conversions import convert_all
 from bridge.durations import parse_duration
 from bridge.errors import VALUE, ErrorList, Located, ValueProblem
 from bridge.escaping import header_problem
@@ -492,11 +493,11 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
     if not isinstance(doc.data, dict):
         raise ErrorList([doc.error((), "the config must be a table of keys (server, store, sources, …)")])
     base_dir = (cwd or Path.cwd()) if shipped else file.resolve().parent
-    errors: list[Located] = []
-    try:
-        raw = doc.convert(doc.data, _RawConfig, key_hint=True, show_value=True)
-    except Located as exc:
-        raise ErrorList([exc]) from None
+    # Every table's every problem is told at once (a bad value stands aside for its default while the rest is
+    # checked): the sources, destinations and store url below are checked past a bad `server.port`.
+    raw, errors = convert_all(doc, doc.data, _RawConfig, key_hint=True, show_value=True)
+    if raw is None:
+        raise ErrorList(errors)
 
     try:
         store_url = parse_store_url(raw.store.url, base_dir)
@@ -521,7 +522,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
         if dest is not None:
             destinations[name] = dest
     if errors:
-        raise ErrorList(errors)
+        raise ErrorList(sorted(errors, key=lambda e: (e.line or 0, e.col or 0)))  # in the order of the file
     if raw.mappings is not None:
         mappings_dir = Path(raw.mappings) if Path(raw.mappings).is_absolute() else base_dir / raw.mappings
     else:
@@ -557,8 +558,6 @@ def _typed_entry(
         said = exc.told(doc.shown(where, Quoted((), name))) if isinstance(exc, ValueProblem) else str(exc.args[0])
         errors.append(doc.error(where, said))
         return None
-    try:
-        return doc.convert(table, typ, path, key_hint=True, show_value=True)
-    except Located as exc:
-        errors.append(exc)
-        return None
+    options, problems = convert_all(doc, table, typ, path, key_hint=True, show_value=True)
+    errors.extend(problems)
+    return None if problems else options

@@ -131,12 +131,14 @@ class Document:
         try:
             return msgspec.convert(data, typ, strict=False)
         except msgspec.ValidationError as exc:
-            raise self._translate(exc, path, cls, fmt, typ, key_hint=key_hint,
+            raise self.translate(exc, path, cls, fmt, typ, key_hint=key_hint,
                                   data=data if show_value else _NOTHING) from None
 
-    def _translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
-                   fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
-                   data: Any = _NOTHING) -> Located:
+    def translate(self, exc: msgspec.ValidationError, base: KeyPath, cls: type[Located],
+                  fmt: PathFormat = format_path, typ: Any = None, *, key_hint: bool = False,
+                  data: Any = _NOTHING) -> Located:
+        """msgspec's error converting `data` (at `base`) to `typ` as an error at its file, line and key path, told
+        as `convert` tells it."""
         message, sub = split_validation_error(exc, typ, key_hint=key_hint)
         path = (*base, *sub)
         cause = exc.__cause__
@@ -169,26 +171,43 @@ class Document:
             path, Quoted((), value, quote=near, hidden=""))
 
     def wrong_value(self, message: str, data: Any, base: KeyPath, sub: KeyPath, typ: Any) -> str:
-        """msgspec's `Expected `int`, got `str`` (or `Expected `int` <= 65535`) about the value at `sub` inside
-        `data` as `got 'four', expected a whole number from 1 to 1000`: the value as written (bounded), never one
-        from a `${VAR}` nor a secret's (`shown_value`), and what the key takes, its bounds included."""
-        found, value = _value_at(data, sub)
-        if not found:
-            return message
-        path = (*base, *sub)
-        info = _type_at(msgspec.inspect.type_info(typ), sub) if typ is not None else None
-        keys = [k for k in path if isinstance(k, str)]
-        key = keys[-1] if keys else ""
-        expected = _described(info, key) if info is not None else None
-        if expected is None:
-            expected = re.sub(r"^Expected |, got `[^`]*`$", "", message)
-        hint = ""
-        if isinstance(value, str) and isinstance(info, msgspec.inspect.IntType | msgspec.inspect.FloatType):
-            if key.endswith("_bytes"):
-                hint = " (such as 10485760 for 10 MiB: units such as MB are not read)"
-            elif key.endswith("_seconds"):
-                hint = " (such as 30 or 0.5: units such as s are not read)"
-        return f"got {shown_value(value, path, self.written.get(path))}, expected {expected}{hint}"
+        """`wrong_value`, knowing how each value was written."""
+        return wrong_value(message, data, base, sub, typ, written=self.written)
+
+
+def wrong_value(message: str, data: Any, base: KeyPath, sub: KeyPath, typ: Any, *,
+                written: Mapping[KeyPath, str] | None = None) -> str:
+    """msgspec's `Expected `int`, got `str`` (or `Expected `int` <= 65535`) about the value at `sub` inside `data`
+    (itself at `base`) as `got 'four', expected a whole number from 1 to 1000`: the value as written (`written`, by
+    key path; bounded), never one from a `${VAR}` nor a secret's (`shown_value`), and what the key takes, its bounds
+    included."""
+    found, value = _value_at(data, sub)
+    if not found:
+        return message
+    path = (*base, *sub)
+    info = _type_at(msgspec.inspect.type_info(typ), sub) if typ is not None else None
+    keys = [k for k in path if isinstance(k, str)]
+    key = keys[-1] if keys else ""
+    expected = _described(info, key) if info is not None else None
+    if expected is None:
+        expected = re.sub(r"^Expected |, got `[^`]*`$", "", message)
+    hint = ""
+    if isinstance(value, str) and isinstance(info, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        if key.endswith("_bytes"):
+            hint = " (such as 10485760 for 10 MiB: units such as MB are not read)"
+        elif key.endswith("_seconds"):
+            hint = " (such as 30 or 0.5: units such as s are not read)"
+    return f"got {shown_value(value, path, (written or {}).get(path))}, expected {expected}{hint}"
+
+
+def told_in_words(exc: msgspec.ValidationError, typ: Any, data: Any, base: KeyPath = ()) -> tuple[str, KeyPath]:
+    """`split_validation_error` of converting `data` (at `base`) to `typ`, with a value of the wrong type or out of
+    range told as `wrong_value` tells it (`got 'yes please', expected true or false`), not as msgspec's `Expected
+    `bool`, got `str``: for what is converted outside a Document (a mapping's field table)."""
+    message, sub = split_validation_error(exc, typ)
+    if message.startswith("Expected `") and "[...]" not in str(exc):
+        message = wrong_value(message, data, base, sub, typ)
+    return message, sub
 
 
 def _value_at(data: Any, path: KeyPath) -> tuple[bool, Any]:

@@ -37,6 +37,8 @@ class CheckReport:
     results: list[TestResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     summary: str = ""
+    config_loaded: bool = True
+    """False when the config did not load (nothing else was checked): `check` then exits 2, as every verb does."""
 
     @property
     def failed_tests(self) -> list[TestResult]:
@@ -100,7 +102,8 @@ def build_report(args: argparse.Namespace) -> CheckReport:
     config, name, errors = _load(args)
     report = CheckReport(config_file=name, config_errors=errors)
     if config is None:
-        report.summary = f"check FAILED: the config does not load ({len(errors)} errors)"
+        report.config_loaded = False
+        report.summary = f"check FAILED: the config does not load ({counted(len(errors), 'error')})"
         return report
     report.config_errors.extend(missing_extras(config))
     if not config.mappings_dir.is_dir():
@@ -118,13 +121,20 @@ def build_report(args: argparse.Namespace) -> CheckReport:
     if unwritable is not None:
         report.warnings.insert(0, unwritable.render())
     failed = len(report.failed_tests)
-    files = f"{len(loaded.mappings)} mappings" + (f", {len(loaded.broken)} broken files" if loaded.broken else "")
+    files = counted(len(loaded.mappings), "mapping") + (f", {counted(len(loaded.broken), 'broken file')}"
+                                                       if loaded.broken else "")
     verdict = "check FAILED: " if not report.ok else "config ok: "
-    report.summary = (verdict + f"{len(config.sources)} sources, {len(config.destinations)} destinations; {files}"
+    report.summary = (verdict + f"{counted(len(config.sources), 'source')}, "
+                      f"{counted(len(config.destinations), 'destination')}; {files}"
                       + (f" (version {mappings.version})" if not loaded.broken else "")
                       + f"; {len(report.results) - failed} passed, {failed} failed"
-                      + (f"; {len(loaded.errors)} mapping errors" if loaded.errors else ""))
+                      + (f"; {counted(len(loaded.errors), 'mapping error')}" if loaded.errors else ""))
     return report
+
+
+def counted(n: int, what: str) -> str:
+    """`1 error`, `2 errors`."""
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -141,4 +151,6 @@ def run_check(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(warning, file=sys.stderr)
         print(report.summary)
+    if not report.config_loaded:
+        return 2  # README: 2 is a config that does not load, for `check` as for every other verb
     return 0 if report.ok else 1

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import gc
 import signal
-import sys
 from typing import Any
 
 import msgspec
@@ -16,10 +15,10 @@ from aiohttp import web
 
 from bridge.app import SANDBOX_PER_PROCESS, build_app, per_process_sandboxes
 from bridge.appkeys import RUNTIME
-from bridge.cli.common import attachments_problem, config_from, print_errors
+from bridge.cli.common import attachments_problem, config_from
 from bridge.config import Config
 from bridge.connections import GuardedAppRunner
-from bridge.errors import BridgeError, StoreLocked, StoreUnavailable
+from bridge.errors import BridgeError, ErrorList, StoreLocked, StoreUnavailable
 from bridge.eventloop import LoopUnavailable, running_loop_name
 from bridge.eventloop import run as run_on_loop
 from bridge.fdlimit import connection_limits, delivery_pool, install_accept_error_handler, raise_nofile_limit
@@ -101,33 +100,42 @@ async def serve(config: Config, *, workers: bool = True, stop: asyncio.Event | N
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    config = config_from(args)
+    config = config_from(args)  # a config that does not load is told on stderr: its log format is not known
     if config is None:
         return 2
     if args.host or args.port is not None:
         server = msgspec.structs.replace(config.server, host=args.host or config.server.host,
                                          port=config.server.port if args.port is None else args.port)
         config = dataclasses.replace(config, server=server)
+    # From here on a refusal to start is a log line in the configured format (a JSON line under `log.format:
+    # json`), where whatever reads the server's log finds it.
+    configure_logging(config.log.level, config.log.format)
     unwritable = attachments_problem(config)
     if unwritable is not None:
-        print_errors(unwritable)
-        return 2
-    configure_logging(config.log.level, config.log.format)
+        return refused(unwritable)
     try:
         status = run_on_loop(lambda: serve(config, workers=not args.no_workers), config.server.event_loop)
     except LoopUnavailable as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return refused(str(exc))
     except (StoreUnavailable, StoreLocked) as exc:
-        print(f"cannot open the store: {exc}", file=sys.stderr)  # as every verb on the store says it
-        return 2
+        return refused(f"cannot open the store: {exc}")  # as every verb on the store says it
     except BridgeError as exc:
-        print_errors(exc)
-        return 2
+        return refused(exc)
     except OSError as exc:  # what nothing above names: the file it names, and the system's reason
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 2
+        return refused(f"cannot start: {exc}")
     return status
+
+
+def refused(why: str | BridgeError) -> int:
+    """Log `server.start_refused` with what stopped the start (`error`; each error, when there are several, in
+    `errors`, as `file:line:col: path: message`); the exit status, 2."""
+    lines = [why] if isinstance(why, str) else [str(err) for err in (why.errors if isinstance(why, ErrorList)
+                                                                     else [why])]
+    if len(lines) == 1:
+        log.error("server.start_refused", error=lines[0])
+    else:
+        log.error("server.start_refused", error=f"{len(lines)} errors", errors=lines)
+    return 2
 
 
 async def _sandbox(host: str, port: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from bridge.conversions import convert_each
 from bridge.mapping.base import (
     At,
     CompiledField,
@@ -34,7 +35,7 @@ from bridge.mapping.sources import jmespath_source, path_source, template_field
 from bridge.mapping.templates import MAX_RENDERED_CHARS, is_template
 from bridge.mapping.trace import OMIT, FieldTrace
 from bridge.mapping.transforms import compile_transform
-from bridge.yamlfile import did_you_mean, split_validation_error
+from bridge.yamlfile import did_you_mean, told_in_words
 
 __all__ = ["MAX_RENDERED_CHARS", "OMIT", "CompileError", "CompiledField", "CompiledMapping", "Context",
            "RenderError", "compile_field", "compile_transform", "compile_when"]
@@ -163,11 +164,13 @@ def _table_field(name: str, raw: dict[str, Any], at: At, problems: list[CompileE
         if key not in FIELD_KEYS:
             problems.append(CompileError(f"unknown key {key!r}{did_you_mean(str(key), FIELD_KEYS)}: a field table "
                                          f"takes {', '.join(FIELD_KEYS)}", (*at, key)))
-    try:
-        spec = msgspec.convert({k: v for k, v in raw.items() if k in FIELD_KEYS}, FieldSpec)
-    except msgspec.ValidationError as exc:
-        message, sub = split_validation_error(exc, FieldSpec)
-        problems.append(CompileError(message, (*at, *sub)))
+    def told(exc: msgspec.ValidationError, data: Any) -> CompileError:
+        message, sub = told_in_words(exc, FieldSpec, data, (name,))
+        return CompileError(message, (*at, *sub))
+
+    spec, wrong = convert_each({k: v for k, v in raw.items() if k in FIELD_KEYS}, FieldSpec, told, strict=True)
+    if wrong or spec is None:
+        problems.extend(wrong)
         return None
     found = spec.sources()
     if len(found) != 1:

@@ -55,15 +55,13 @@ def _zone(name: str) -> ZoneInfo:
                          "Asia/Kolkata") from None
 
 
-def check_date_args(fmt: str = "iso", tz: str = "UTC", order: str | None = None) -> None:
-    """Raise ValueError for arguments that could never work, when the mapping compiles."""
-    if not isinstance(fmt, str) or not fmt:
-        raise ValueError("the format must be iso, epoch, epoch_ms or a strftime format such as '%Y-%m-%d'")
-    if not isinstance(tz, str):
-        raise ValueError("the time zone must be a name such as UTC or Asia/Kolkata")
-    _zone(tz)
-    if order is not None and order not in ORDERS:
-        raise ValueError(f"the order must be 'dmy' (day first) or 'mdy' (month first), not {order!r}")
+def known_zone(name: str) -> bool:
+    """Whether `name` is a time zone `date` can write in (checked when a mapping compiles)."""
+    try:
+        _zone(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _from_epoch(number: float) -> datetime:

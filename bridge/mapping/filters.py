@@ -1,6 +1,7 @@
 """The filter registry shared by `transform:` lists and Jinja templates.
 
-A filter takes the value first, then literal arguments. String filters pass other types through
+A filter takes the value first, then literal arguments (what each must be is declared in arguments.py, and checked
+when a mapping compiles). String filters pass other types through
 unchanged; conversions (`int`, `float`, `bool`, `date`, `phone_e164`) keep a null as null. A filter that
 cannot convert its value raises ValueError or TypeError, which the engine reports as a render error
 naming the field and the value; a filter's own message quotes a sender's text by its first 80 characters and
@@ -18,7 +19,7 @@ import phonenumbers
 from jinja2 import Undefined
 
 from bridge.escaping import quoted_sent
-from bridge.mapping.dates import check_date_args, date
+from bridge.mapping.dates import date
 from bridge.mapping.limits import MAX_RESULT_CHARS, check_time, replaced_size, text_weight, too_long
 from bridge.mapping.text import html_to_text, strip_quoted
 from bridge.vendors.files import attachment_list
@@ -223,11 +224,6 @@ def phone_e164(value: Any, region: str | None = None) -> Any:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _check_phone_args(region: str | None = None) -> None:
-    if region is not None and region.upper() not in phonenumbers.SUPPORTED_REGIONS:
-        raise ValueError(f"unknown region {region!r}: use a two-letter country code such as IN, GB or US")
-
-
 FILTERS: dict[str, Filter] = {
     "strip": strip,
     "lower": lower,
@@ -253,9 +249,3 @@ GROWING = frozenset({"replace", "join"})
 """Filters that may make a large value of a small one (by the payload: each match replaced, each item joined with a
 separator): a chain that has one looks at the clock after each of its steps on a value that is not small, whatever
 its value to begin with. The others give at most a few times what they are given (a case mapping) or less."""
-
-# Argument checks run when a mapping compiles, so a bad literal is a load error, not a failed event.
-ARGUMENT_CHECKS: dict[str, Callable[..., None]] = {
-    "date": check_date_args,
-    "phone_e164": _check_phone_args,
-}

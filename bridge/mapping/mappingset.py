@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import msgspec
 
 from bridge.conversations import DEFAULT_REOPEN_AFTER_S
+from bridge.conversions import convert_all
 from bridge.durations import parse_duration
 from bridge.errors import ErrorList, Located, MappingError
 from bridge.mapping.compiler import CompiledField, CompiledMapping, CompileError, compile_field, compile_when
@@ -201,11 +202,11 @@ class _Checker:
         self.errors.append(self.error(path, message))
 
     def convert(self, data: Any, typ: Any, path: KeyPath) -> Any:
-        try:
-            return self.doc.convert(data, typ, path, MappingError, self.fmt, key_hint=True)
-        except Located as exc:
-            self.errors.append(exc)
-            return msgspec.UNSET
+        """`data` (at `path`) as a `typ`, or UNSET after adding each of its problems to the errors."""
+        value, problems = convert_all(self.doc, data, typ, path, cls=MappingError, fmt=self.fmt,
+                                      key_hint=True, show_value=True)
+        self.errors.extend(problems)
+        return msgspec.UNSET if problems else value
 
 
 _MAPPING_TYPES = {f.encode_name: f.type for f in msgspec.structs.fields(MappingSpec)}

@@ -8,7 +8,8 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta, nodes
 
-from bridge.mapping.filters import ARGUMENT_CHECKS, FILTERS
+from bridge.mapping.arguments import UNKNOWN, argument_problems
+from bridge.mapping.filters import FILTERS
 from bridge.mapping.paths import ROOTS
 from bridge.mapping.templates import ENV, GLOBAL_NAMES, TemplateShapeError, parse_checked
 from bridge.yamlfile import did_you_mean
@@ -30,14 +31,12 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
                             "known filters: "
                             f"{', '.join(sorted(FILTERS))} and Jinja's built-ins (length, list, …)")
             continue
-        check = ARGUMENT_CHECKS.get(node.name)
-        if check is None or node.kwargs or node.dyn_args or node.dyn_kwargs \
-                or not all(isinstance(a, nodes.Const) for a in node.args):
+        if node.dyn_args is not None or node.dyn_kwargs is not None:  # `f(*xs)`: the arguments are not known
             continue
-        try:
-            check(*[a.value for a in node.args if isinstance(a, nodes.Const)])
-        except (TypeError, ValueError) as exc:
-            problems.append(f"bad arguments to the {node.name} filter: {exc}")
+        found = argument_problems(node.name, [_literal(a) for a in node.args],
+                                  {str(kw.key): _literal(kw.value) for kw in node.kwargs})
+        if found:
+            problems.append(f"bad arguments to the {node.name} filter: {'; '.join(found)}")
     if problems:
         return problems  # the name analysis below compiles the template, which needs known filters
     try:
@@ -62,6 +61,16 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
                                 f"(the config's vars: {', '.join(sorted(vars_)) or '(none)'}); "
                                 f"set it, or write `vars.{key} | default(…)`")
     return problems
+
+
+def _literal(node: nodes.Expr) -> Any:
+    """A filter argument's value when the template writes it as a literal (`100`, `-5`, `'x'`), else UNKNOWN."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.Neg) and isinstance(node.node, nodes.Const) \
+            and isinstance(node.node.value, int | float) and not isinstance(node.node.value, bool):
+        return -node.node.value
+    return UNKNOWN
 
 
 def too_deep(kind: str, exc: BaseException) -> str:

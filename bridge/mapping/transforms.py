@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ast
-import inspect
 import re
 from collections.abc import Callable
 from typing import Any
 
+from bridge.mapping.arguments import argument_problems
 from bridge.mapping.base import CompileError
-from bridge.mapping.filters import ARGUMENT_CHECKS, FILTERS
+from bridge.mapping.filters import FILTERS
 from bridge.yamlfile import did_you_mean
 
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -33,16 +33,9 @@ def compile_transform(text: str) -> Callable[[Any], Any]:
             raise CompileError(
                 f"bad arguments in {text!r}: arguments must be literals (numbers, 'strings', true/false/null)"
             ) from None
-    try:
-        inspect.signature(fn).bind(None, *args)
-    except TypeError as exc:
-        raise CompileError(f"bad arguments in {text!r}: {exc}") from None
-    check = ARGUMENT_CHECKS.get(name)
-    if check is not None:
-        try:
-            check(*args)
-        except (TypeError, ValueError) as exc:
-            raise CompileError(f"bad arguments in {text!r}: {exc}") from None
+    problems = argument_problems(name, args)
+    if problems:
+        raise CompileError(f"bad arguments in {text.strip()!r}: {'; '.join(problems)}")
     if not args:
         return fn
     return lambda value: fn(value, *args)

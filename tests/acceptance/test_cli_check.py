@@ -68,12 +68,12 @@ def test_check_names_every_missing_environment_variable_and_says_failed(
     cfg.write_text('admin: {token: "${TB_A}"}\nsources:\n  p: {kind: json, hmac: {secret: "${TB_B}"}}\n'
                    'destinations:\n  k: {vendor: kapture, base_url: "https://x.example", token: "${TB_C}"}\n')
     code, out, err = run(capsys, "check", "-c", str(cfg))
-    assert code == 1
+    assert code == 2
     assert [line.split(": ", 1)[0] for line in err.splitlines()] == [f"{cfg}:1:16", f"{cfg}:3:34", f"{cfg}:5:62"]
     assert all(f"environment variable TB_{x} is not set" in err for x in "ABC")
     assert out.startswith("check FAILED: the config does not load (3 errors)")
     code, out, _ = run(capsys, "check", "-c", str(cfg), "--format", "json")
-    assert code == 1
+    assert code == 2
     assert [e["message"].split(" is ")[0] for e in json.loads(out)["errors"]] == [
         "environment variable TB_A", "environment variable TB_B", "environment variable TB_C"]
 
@@ -89,7 +89,7 @@ def test_check_never_shows_a_bad_value_from_an_environment_variable(
     cfg = tmp_path / "bridge.yaml"
     cfg.write_text(case.text(env=True))
     code, out, err = run(capsys, "check", "-c", str(cfg))
-    assert code == 1
+    assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"{cfg}:{case.line}:")
     assert err.endswith(f": {case.path}: {case.env_message}\n")
     _, json_out, _ = run(capsys, "check", "-c", str(cfg), "--format", "json")
@@ -98,7 +98,51 @@ def test_check_never_shows_a_bad_value_from_an_environment_variable(
     assert [secret for secret in case.hidden if secret in said] == []
     cfg.write_text(case.text(env=False))
     code, _, err = run(capsys, "check", "-c", str(cfg))
-    assert code == 1 and err.endswith(f": {case.path}: {case.written}\n")
+    assert code == 2 and err.endswith(f": {case.path}: {case.written}\n")
+
+
+def test_check_refuses_a_filter_argument_no_render_could_use(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A mapping without tests whose transform would fail (or empty) every event's field fails `check`, at the
+    entry's line, naming the field, the filter, the value and what it takes; so a hot reload refuses it too."""
+    cfg = setup(tmp_path, {"partner": PARTNER.replace("transform: [strip]",
+                                                      "transform: [strip, \"truncate('x')\", truncate(0)]")})
+    code, out, err = run(capsys, "check", "-c", cfg)
+    file = tmp_path / "mappings" / "partner.yaml"
+    assert code == 1 and out.startswith("check FAILED: ")
+    assert err.splitlines() == [
+        f"{file}:5:67: partner.title.transform[1]: bad arguments in \"truncate('x')\": the length must be a whole "
+        "number of characters, 1 or more, not 'x': write e.g. truncate(100)",
+        f"{file}:5:84: partner.title.transform[2]: bad arguments in 'truncate(0)': the length must be a whole "
+        "number of characters, 1 or more, not 0: write e.g. truncate(100)",
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "junit"])
+def test_check_exits_2_on_a_config_that_does_not_load_as_every_verb_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str,
+) -> None:
+    """README: exit 2 is a config that does not load, for `check` (in each format) as for `test`, `doctor`, `purge`
+    and `deliveries`; a count of one is said in the singular."""
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text("server: {port: 99999}\n")
+    (tmp_path / "mappings").mkdir()
+    code, out, _ = run(capsys, "check", "-c", str(cfg), "--format", fmt)
+    assert code == 2
+    if fmt == "text":
+        assert out == "check FAILED: the config does not load (1 error)\n"
+    for verb in (["test"], ["doctor"], ["purge", "--older-than", "30d"], ["deliveries", "list"]):
+        assert run(capsys, *verb, "-c", str(cfg))[0] == 2, verb
+
+
+def test_check_counts_in_the_singular_where_there_is_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`1 source, 1 destination; 1 mapping, 1 broken file; … 1 mapping error`, not `1 sources`."""
+    cfg = setup(tmp_path, {"partner": PARTNER, "typo": PARTNER.replace("required: true", "requird: true")})
+    (tmp_path / "bridge.yaml").write_text((tmp_path / "bridge.yaml").read_text().replace("  web: {kind: form}\n", ""))
+    code, out, _ = run(capsys, "check", "-c", cfg)
+    assert code == 1
+    assert out == ("check FAILED: 1 source, 1 destination; 1 mapping, 1 broken file; 2 passed, 0 failed; "
+                   "1 mapping error\n")
 
 
 TWILIO_SOURCES = """\

@@ -81,8 +81,8 @@ def test_check_prints_every_error_with_its_place_and_fails(tmp_path: Path, capsy
         "bool, date, "
         "default, first, float, html_to_text, int, join, lower, phone_e164, replace, split, strip, strip_quoted, "
         "title, truncate, upper",
-        f"{broken}:6:3: broken.when: bad arguments to the date filter: unknown time zone 'Mars/Base': use an IANA "
-        "name such as UTC or Asia/Kolkata",
+        f"{broken}:6:3: broken.when: bad arguments to the date filter: the time zone must be an IANA time zone name "
+        "such as UTC or Asia/Kolkata, not 'Mars/Base': write e.g. date('iso', 'Asia/Kolkata')",
         f"{broken}:4:1: broken.title: kapture create_ticket needs a `title` field",
         f"{typo}:5:32: typo.title.requird: unknown key 'requird' (did you mean 'required'?): a field table takes "
         "from, jmespath, template, value, object, required, default, on_missing, map, map_default, transform",
@@ -94,12 +94,13 @@ def test_check_prints_every_error_with_its_place_and_fails(tmp_path: Path, capsy
 def test_check_refuses_names_no_store_can_keep_naming_file_line_and_value(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`check` on a config whose destination name holds a NUL (YAML's "\\0"), then on a mapping whose field key does:
-    each is an error naming file, line, key and the value escaped, and check exits 1."""
+    each is an error naming file, line, key and the value escaped, and check exits 2 (the config does not load), then
+    1 (a mapping does not)."""
     cfg = setup(tmp_path, {"partner": PARTNER})
     config = tmp_path / "bridge.yaml"
     config.write_text(CONFIG + '  "kapture\\0b": {vendor: kapture, sandbox: true}\n')
     code, _, err = run(capsys, "check", "-c", cfg)
-    assert code == 1
+    assert code == 2
     assert err.startswith(f'{config}:8:3: destinations["kapture\\u0000b"]: destination name \'kapture\\x00b\' holds '
                           "\\x00 (U+0000): a destination name is 1 to 200 printable characters")
     config.write_text(CONFIG)

@@ -4,6 +4,8 @@ the value) and what would be right, exits 2, and shows no traceback."""
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -31,11 +33,28 @@ def config(folder: Path, url: str, extra: str = "") -> str:
 
 def cli(*args: str, before: str = "") -> tuple[int, str]:
     """`ticketbridge <args>` in its own process, after running the Python `before` in it: exit code and stderr."""
+    code, _out, err = _spawned(*args, before=before)
+    return code, err
+
+
+def _spawned(*args: str, before: str = "") -> tuple[int, str, str]:
     script = f"import sys\n{before}\nfrom bridge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60, env=env,
                           check=False)
-    return done.returncode, done.stderr
+    return done.returncode, done.stdout, done.stderr
+
+
+def refused(*args: str, before: str = "") -> tuple[int, str]:
+    """`ticketbridge serve <args>` (its log in JSON lines: stdout is no terminal) refusing to start, as `cli` runs
+    it: the exit code, and what its `server.start_refused` log line says (`error`, then each of `errors`). Nothing
+    else is written: no line on stderr, no line of the log that is not JSON."""
+    code, out, err = _spawned("serve", *args, before=before)
+    assert err == "", err
+    lines = [json.loads(line) for line in out.splitlines()]
+    [refusal] = [line for line in lines if line["event"] == "server.start_refused"]
+    assert refusal["level"] == "error"
+    return code, "\n".join([refusal["error"], *refusal.get("errors", [])])
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -66,7 +85,7 @@ def test_serve_names_the_store_when_its_folder_is_a_file(tmp_path: Path) -> None
     """An SQLite store under a regular file is a store problem, not a port one: `cannot open the store: <path>`."""
     (tmp_path / "plain").write_text("a file")
     cfg = config(tmp_path, "sqlite:///plain/sub/bridge.db")
-    code, err = cli("serve", "-c", cfg)
+    code, err = refused("-c", cfg)
     assert code == 2, err
     assert err.startswith(f"cannot open the store: {tmp_path / 'plain' / 'sub' / 'bridge.db'}: "), err
     assert f"cannot make its folder {tmp_path / 'plain' / 'sub'}: {tmp_path / 'plain'} is not a folder" in err
@@ -75,16 +94,34 @@ def test_serve_names_the_store_when_its_folder_is_a_file(tmp_path: Path) -> None
 
 def test_serve_names_the_store_on_a_read_only_file_system(tmp_path: Path) -> None:
     cfg = config(tmp_path, "sqlite:///var/bridge.db")
-    code, err = cli("serve", "-c", cfg, before=READ_ONLY)
+    code, err = refused("-c", cfg, before=READ_ONLY)
     assert code == 2, err
     assert err.startswith(f"cannot open the store: {tmp_path / 'var' / 'bridge.db'}: "), err
     assert "Read-only file system" in err and "cannot listen" not in err and "Traceback" not in err
 
 
+def test_serve_refused_a_store_in_use_says_so_in_its_log_format(tmp_path: Path) -> None:
+    """A start refused because another process holds the SQLite store is one JSON line under `log.format: json`
+    (`server.start_refused`, naming the store and the holder), not a line of plain text among the JSON ones."""
+    cfg = config(tmp_path, "sqlite:///var/bridge.db")
+    Path(cfg).write_text(Path(cfg).read_text().replace("log: {level: warning}", "log: {level: warning, format: json}"))
+    (tmp_path / "var").mkdir()
+    fd = os.open(tmp_path / "var" / "bridge.db.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a serving process holds it
+        os.write(fd, b"4242")
+        code, err = refused("-c", cfg)
+    finally:
+        os.close(fd)
+    assert (code, err) == (2, f"cannot open the store: {tmp_path / 'var' / 'bridge.db'} is in use by another "
+                              "ticketbridge process (pid 4242); an SQLite store serves one process: stop the other "
+                              "one, or use PostgreSQL to run several")
+
+
 def test_serve_still_says_when_it_cannot_listen(tmp_path: Path) -> None:
     """The bind's own failure is the one a port is named for."""
     cfg = config(tmp_path, "sqlite:///var/bridge.db")
-    code, err = cli("serve", "-c", cfg, "--host", "192.0.2.1")  # TEST-NET-1: no interface has it
+    code, err = refused("-c", cfg, "--host", "192.0.2.1")  # TEST-NET-1: no interface has it
     assert code == 2, err
     assert err.startswith("cannot listen on 192.0.2.1:0: "), err
     assert "Traceback" not in err
@@ -109,7 +146,7 @@ def test_serve_and_cli_say_the_same_when_postgresql_cannot_be_reached(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     cfg = config(tmp_path, "postgresql://127.0.0.1:1/test")  # port 1: nothing listens
-    code, served = cli("serve", "-c", cfg)
+    code, served = refused("-c", cfg)
     assert code == 2 and served.startswith("cannot open the store: postgresql: "), served
     code, listed = run(capsys, "deliveries", "list", "-c", cfg)
     assert code == 2 and listed.startswith("cannot open the store: postgresql: "), listed
@@ -118,11 +155,10 @@ def test_serve_and_cli_say_the_same_when_postgresql_cannot_be_reached(
 def test_a_postgresql_store_without_asyncpg_says_to_install_the_extra(tmp_path: Path) -> None:
     cfg = config(tmp_path, "postgresql://127.0.0.1:5432/test")
     no_asyncpg = "sys.modules['asyncpg'] = None  # `import asyncpg` raises ImportError, as when not installed"
-    for verb in (["serve"], ["deliveries", "list"]):
-        code, err = cli(*verb, "-c", cfg, before=no_asyncpg)
-        assert code == 2, err
-        assert err == ("cannot open the store: a postgresql:// store needs the asyncpg package: "
-                       "pip install 'ticketbridge[postgres]'\n"), err
+    said = ("cannot open the store: a postgresql:// store needs the asyncpg package: "
+            "pip install 'ticketbridge[postgres]'")
+    assert refused("-c", cfg, before=no_asyncpg) == (2, said)
+    assert cli("deliveries", "list", "-c", cfg, before=no_asyncpg) == (2, said + "\n")
 
 
 def test_a_bad_schema_in_the_store_url_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,7 +218,7 @@ def serve_until_started(cfg: str) -> tuple[bool, str]:
 def test_serve_refuses_an_attachments_folder_it_cannot_write(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("a file")
     cfg = config(tmp_path, "sqlite:///var/bridge.db", UNWRITABLE_ATTACHMENTS + EMAIL_SOURCE)
-    code, err = cli("serve", "-c", cfg)
+    code, err = refused("-c", cfg)
     assert code == 2, err
     assert err.startswith(f"{cfg}:5:"), err
     assert f"attachments.dir: the attachments folder {tmp_path / 'plain' / 'files'} cannot be written" in err
@@ -194,7 +230,7 @@ def test_serve_names_a_dangling_symlink_as_the_attachments_folder(tmp_path: Path
     """A link left behind by a moved data folder: every write would fail with `File exists`, so serve says so."""
     (tmp_path / "files").symlink_to(tmp_path / "moved")
     cfg = config(tmp_path, "sqlite:///var/bridge.db", "attachments: {dir: files/attachments}\n" + EMAIL_SOURCE)
-    code, err = cli("serve", "-c", cfg)
+    code, err = refused("-c", cfg)
     assert code == 2, err
     assert (f"attachments.dir: the attachments folder {tmp_path / 'files' / 'attachments'} cannot be written: "
             f"{tmp_path / 'files'} is a symbolic link to {tmp_path / 'moved'}, which does not exist") in err, err
@@ -236,9 +272,9 @@ def test_check_and_serve_never_show_a_mappings_folder_taken_from_a_variable(
     assert code == 1, err
     assert f"{cfg}:5:1: mappings: the mappings folder ({shown}) does not exist" in err, err
     assert SECRET_FOLDER not in err, err
-    code, err = cli("serve", "-c", cfg)
+    code, out, err = _spawned("serve", "-c", cfg)
     assert code == 2, err
-    assert f"mappings: the mappings folder ({shown}) does not exist" in err and SECRET_FOLDER not in err, err
+    assert f"mappings: the mappings folder ({shown}) does not exist" in out and SECRET_FOLDER not in out + err, out
     cfg = config(tmp_path, "sqlite:///var/bridge.db", f"mappings: {tmp_path / 'gone'}\n")
     code, err = run(capsys, "check", "-c", cfg)
     assert f"{tmp_path / 'gone'}: the mappings folder does not exist" in err, err

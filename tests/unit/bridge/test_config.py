@@ -149,6 +149,49 @@ def test_all_errors_are_reported_together(tmp_path: Path) -> None:
                                                      "store.url"]
 
 
+def test_every_bad_value_of_a_table_is_reported(tmp_path: Path) -> None:
+    """Every bad value of one table is reported at once, its own checks' (durations) and its types' (a range) alike,
+    in the order of the file."""
+    errors = errors_of(tmp_path, "retention: {events: 30 days, dead: 1y, every: 0s, batch: 0}\n")
+    assert [(e.path, e.col, e.message) for e in errors] == [
+        ("retention.events", 13, "'30 days' is not a duration: write 250ms, 5s, 5m, 2h, 1d, 2w or a number of "
+                                 "seconds"),
+        ("retention.dead", 30, "'1y' is not a duration: write 250ms, 5s, 5m, 2h, 1d, 2w or a number of seconds"),
+        ("retention.every", 40, "'0s' would sweep without a pause: give a duration, e.g. 5m"),
+        ("retention.batch", 51, "got 0, expected a whole number from 1 to 1000"),
+    ]
+
+
+def test_bad_values_of_several_tables_are_reported_together(tmp_path: Path) -> None:
+    """A bad value in one table hides none in another: the server's port, a retention limit, a source's and a
+    destination's options and the store url are all reported in one run, in the order of the file."""
+    errors = errors_of(tmp_path, """\
+        server: {port: 99999}
+        store: {url: "mysql://x"}
+        retention: {events: soon}
+        sources:
+          a: {kind: json, reject_invalid: maybe}
+        destinations:
+          k: {vendor: kapture, sandbox: true, max_in_flight: 0, retry: {jitter: 3}}
+        """)
+    assert [(e.line, e.path) for e in errors] == [
+        (1, "server.port"), (2, "store.url"), (3, "retention.events"), (5, "sources.a.reject_invalid"),
+        (7, "destinations.k.max_in_flight"), (7, "destinations.k.retry.jitter")]
+
+
+def test_a_check_of_two_keys_is_not_told_against_a_default_standing_in_for_a_bad_one(tmp_path: Path) -> None:
+    """A bad `pool_max` is reported alone: `pool_min` is not compared with the default that stands in for it, nor
+    is a destination's need of a `base_url` told when its `sandbox` is what is wrong."""
+    errors = errors_of(tmp_path, """\
+        store: {url: "sqlite:///x.db", pool_min: 20, pool_max: many}
+        destinations:
+          k: {vendor: kapture, sandbox: "yes please", token: t}
+        """)
+    assert [(e.path, e.message) for e in errors] == [
+        ("store.pool_max", "got 'many', expected a whole number from 1 to 1000"),
+        ("destinations.k.sandbox", "got 'yes please', expected true or false")]
+
+
 def test_error_list_renders_every_error(tmp_path: Path) -> None:
     """The ErrorList's text has one `file:line:col: path: message` line per error."""
     path = write(tmp_path, "sources:\n  a: {kind: nope}\n  b: {kind: nope}\n")

@@ -640,5 +640,5 @@ def test_a_null_of_the_wrong_type_is_shown_as_null_and_no_data_as_nothing() -> N
     assert info.value.message == "got null, expected a whole number"
     with pytest.raises(msgspec.ValidationError) as caught:
         msgspec.convert(None, int)
-    translated = doc._translate(caught.value, ("port",), ConfigError, typ=int)
+    translated = doc.translate(caught.value, ("port",), ConfigError, typ=int)
     assert (translated.message, translated.path) == ("Expected `int`, got `null`", "port")

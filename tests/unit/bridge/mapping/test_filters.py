@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
 
+from bridge.mapping.arguments import ARGUMENTS
 from bridge.mapping.compiler import CompileError, RenderError, compile_field, compile_transform
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.templates import ENV
@@ -91,33 +93,108 @@ def test_phone_e164_writes_numbers_in_e164(value: Any, region: str | None, expec
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("phone_e164('XX')", "unknown region 'XX'"),
-        ("date('iso', 'Mars/Olympus')", "unknown time zone 'Mars/Olympus'"),
-        ("date('iso', 'UTC', 'ymd')", "the order must be 'dmy' (day first) or 'mdy' (month first), not 'ymd'"),
-        ("date('')", "the format must be iso, epoch, epoch_ms or a strftime format"),
+        ("phone_e164('XX')", "the region must be a two-letter country code such as IN, GB or US, or null, not 'XX': "
+                             "write e.g. phone_e164('IN')"),
+        ("phone_e164(5)", "the region must be a two-letter country code such as IN, GB or US, or null, not 5"),
+        ("date('iso', 'Mars/Olympus')", "the time zone must be an IANA time zone name such as UTC or Asia/Kolkata, "
+                                        "not 'Mars/Olympus': write e.g. date('iso', 'Asia/Kolkata')"),
+        ("date('iso', 'UTC', 'ymd')", "the order must be 'dmy' (day first) or 'mdy' (month first), or null, not 'ymd'"),
+        ("date('')", "the format must be iso, epoch, epoch_ms or a strftime format such as '%Y-%m-%d', not ''"),
+        ("truncate('x')", "the length must be a whole number of characters, 1 or more, not 'x': write e.g. "
+                          "truncate(100)"),
+        ("truncate(-5)", "the length must be a whole number of characters, 1 or more, not -5"),
+        ("truncate(0)", "the length must be a whole number of characters, 1 or more, not 0"),
+        ("truncate(2.5)", "the length must be a whole number of characters, 1 or more, not 2.5"),
+        ("truncate(true)", "the length must be a whole number of characters, 1 or more, not true"),
+        ("truncate(100, 5)", "the end (written after a cut text) must be text, not 5: write e.g. truncate(100, '…')"),
+        ("truncate(3, '...')", "the length (3) must be more than the end's 3 characters, or nothing of the text is "
+                               "kept: write e.g. truncate(100, '...')"),
+        ("replace(1, 2)", "the text to find must be text of at least one character, not 1: write e.g. "
+                          "replace('-', ' '); the text put in its place must be text, not 2"),
+        ("replace('', 'x')", "the text to find must be text of at least one character, not ''"),
+        ("replace('a')", "replace needs the text put in its place: write e.g. replace('-', ' ')"),
+        ("strip(5)", "the characters to strip must be text (each of its characters is stripped), or null for "
+                     "whitespace, not 5: write e.g. strip(' -')"),
+        ("split(5)", "the separator must be text of at least one character, or null for any run of whitespace, "
+                     "not 5: write e.g. split(';')"),
+        ("split('')", "the separator must be text of at least one character, or null for any run of whitespace, "
+                      "not ''"),
+        ("join(5)", "the separator must be text, not 5: write e.g. join(', ')"),
+        ("default('x', 'yes')", "the second argument (whether an empty or false value is replaced too) must be true "
+                                "or false, not 'yes': write e.g. default('none', true)"),
+        ("strip_quoted(5)", "the subject must be text or null, not 5"),
+        ("attachment_list(null)", "the heading must be text, not null: write e.g. attachment_list('Files:')"),
+        ("truncate(1, '', 3)", "truncate was given 3 arguments, but it takes 2 arguments (length, end): write e.g. "
+                               "truncate(100)"),
+        ("lower(1)", "lower was given 1 arguments, but it takes no arguments: write lower"),
     ],
 )
 def test_bad_filter_arguments_are_compile_errors(text: str, message: str) -> None:
-    """Arguments a filter could never work with are refused when the mapping compiles, not per event."""
+    """Arguments a filter could never work with are refused when the mapping compiles, not per event, each named
+    with the value given and what it takes."""
     with pytest.raises(CompileError, match=r"^bad arguments in .*: ") as info:
         compile_transform(text)
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["truncate(1)", "truncate(4, '...')", "truncate(100, '')", "replace('-', '')",
+                                  "strip(null)", "strip(' -')", "split(null)", "split(';')", "join('')",
+                                  "default(0, false)", "default(null)", "date('epoch', 'Asia/Kolkata', 'dmy')",
+                                  "date('%d %b', 'UTC', null)", "phone_e164('in')", "phone_e164(null)",
+                                  "strip_quoted(null)", "attachment_list('')"])
+def test_good_filter_arguments_compile(text: str) -> None:
+    """Arguments within what each filter takes compile, nulls where a filter takes one included."""
+    compile_transform(text)
+
+
+def test_every_argument_of_every_filter_is_declared() -> None:
+    """Each filter with arguments declares what each one takes (under the filter's own parameter names), so none
+    reaches a render unchecked."""
+    for name, fn in FILTERS.items():
+        params = list(inspect.signature(fn).parameters)[1:]
+        assert sorted(ARGUMENTS.get(name, {})) == sorted(params), name
+
+
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ("{{ payload.p | phone_e164('XX') }}", "bad arguments to the phone_e164 filter: unknown region 'XX'"),
-        ("{{ payload.d | date('iso', 'Nowhere') }}", "bad arguments to the date filter: unknown time zone"),
+        ("{{ payload.p | phone_e164('XX') }}", "bad arguments to the phone_e164 filter: the region must be a "
+                                               "two-letter country code such as IN, GB or US, or null, not 'XX'"),
+        ("{{ payload.d | date('iso', 'Nowhere') }}", "bad arguments to the date filter: the time zone must be an "
+                                                     "IANA time zone name"),
         ("{{ payload.s | slugify }}", "unknown filter 'slugify' in the template; known filters: "
                                       "attachment_list, bool, date"),
+        ("{{ payload.s | truncate('x') }}", "bad arguments to the truncate filter: the length must be a whole "
+                                            "number of characters, 1 or more, not 'x': write e.g. truncate(100)"),
+        ("{{ payload.s | truncate(-5) }}", "the length must be a whole number of characters, 1 or more, not -5"),
+        ("{{ payload.s | truncate(length=0) }}", "the length must be a whole number of characters, 1 or more, "
+                                                 "not 0"),
+        ("{{ payload.s | truncate(100, true) }}", "the end (written after a cut text) must be text, not true"),
+        ("{{ payload.s | truncate(100, killwords=true) }}", "truncate has no argument 'killwords': it takes 2 "
+                                                            "arguments (length, end)"),
+        ("{{ payload.s | replace(1, 2) }}", "the text to find must be text of at least one character, not 1"),
+        ("{{ payload.s | split(5) }}", "the separator must be text of at least one character"),
+        ("{{ payload.s | trim(5) }}", "bad arguments to the trim filter: the characters to strip must be text "
+                                      "(each of its characters is stripped), or null for whitespace, not 5: write "
+                                      "e.g. trim(' -')"),
+        ("{{ payload.s | d('x', 'yes') }}", "bad arguments to the d filter: the second argument (whether an empty "
+                                            "or false value is replaced too) must be true or false, not 'yes'"),
     ],
 )
 def test_templates_are_checked_for_filters_and_their_arguments(template: str, message: str) -> None:
-    """A template's unknown filters and bad literal filter arguments are compile errors too."""
+    """A template's unknown filters and bad literal filter arguments (in place or by name) are compile errors
+    too."""
     with pytest.raises(CompileError) as info:
         compile_field("f", template)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("template", ["{{ payload.s | truncate(vars.n) }}", "{{ payload.s | replace(payload.a, '') }}",
+                                      "{{ payload.s | truncate(length=100, end='…') }}",
+                                      "{{ payload.s | default(vars.x, true) }}"])
+def test_template_arguments_known_only_at_render_are_left_to_it(template: str) -> None:
+    """An argument that is not a literal is not known before a render, and is not refused for it."""
+    compile_field("f", template, {"n": 5, "x": "y"})
 
 
 def test_every_registry_filter_is_the_one_templates_call() -> None:

@@ -212,11 +212,17 @@ def test_duplicate_default_names_from_yaml_and_yml(tmp_path: Path) -> None:
         (CONTACT + "colour: blue\n", ":7:1: m.colour: unknown key 'colour'; a mapping takes name, description, "),
         (CONTACT.replace(CONTACT[CONTACT.index("fields:"):], "fields: {}\n"),
          ":4:1: m.fields: a mapping needs at least one field"),
-        (CONTACT.replace("source: website-contact", "source: 5"), ":1:1: m.source: Expected `str | array`"),
+        (CONTACT.replace("source: website-contact", "source: 5"), ":1:1: m.source: got 5, expected text or a list"),
+        (CONTACT + "options: [1]\n", ":7:1: m.options: got a list, expected a table of keys"),
+        (CONTACT + "follow_up: {skip: 'yes please'}\n", ":7:13: m.follow_up.skip: got 'yes please', expected true "
+                                                         "or false"),
+        (CONTACT + "tests: [{input: {payload: [1]}, expect: {}}]\n",
+         ":7:18: m.tests[0].input.payload: got a list, expected a table of keys"),
     ],
 )
 def test_malformed_files_are_reported_with_their_place(tmp_path: Path, text: str, expected: str) -> None:
-    """YAML syntax errors, non-tables, missing or unknown keys and empty fields are reported with their place."""
+    """YAML syntax errors, non-tables, missing or unknown keys, values of the wrong type (quoted, with what the key
+    takes) and empty fields are reported with their place."""
     path = write(tmp_path, "m.yaml", text)
     errors = errors_of(tmp_path)
     assert len(errors) == 1
