@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bridge.config import ServerConfig, SourceConfig
 from bridge.errors import Rejected
+from bridge.escaping import quoted_sent
 from bridge.events import Channel
 from handlers.attachments import Attachment
 
@@ -289,7 +290,7 @@ class Handler(ABC):
             "application/json" in self.content_types and ctype.endswith("+json")
         ):
             got = ctype if request.headers.get("Content-Type") else "none"
-            raise Rejected(415, f"content type {got!r} is not taken by this source; send one of: "
+            raise Rejected(415, f"content type {quoted_sent(got)} is not taken by this source; send one of: "
                                 f"{', '.join(sorted(self.content_types))}", check="content_type")
 
     def kept_headers(self, request: web.Request) -> dict[str, str]:

@@ -10,7 +10,7 @@ from email.parser import BytesParser
 from typing import Any, NamedTuple
 
 from bridge.errors import Rejected
-from bridge.escaping import escape_text
+from bridge.escaping import escape_text, quoted_sent
 from bridge.offload import LOOP_PARSER_LINES, OffLoop, on_loop, text_lines
 from handlers.attachments import Attachment, attachment
 from handlers.charsets import ASCII_MULTIBYTE, byte_table, text_codec
@@ -83,7 +83,7 @@ def _pairs(fields: list[str], encoding: str) -> list[tuple[str, str]]:
     for field in fields:
         name, eq, value = field.partition("=")
         if not eq:
-            raise ValueError(f"bad query field: {field!r}")
+            raise ValueError(f"bad query field: {quoted_sent(field)}")
         if "+" in field or "%" in field:
             name = _unquote(name, encoding, runs)
             value = _unquote(value, encoding, runs)
@@ -258,7 +258,7 @@ def decode_part(part: Part, charset: str | None = None) -> str:
     try:
         return escape_text(part.data.decode(codec))
     except ValueError:
-        raise Rejected(400, f"multipart field {part.name!r} is not valid {use} text", check="form") from None
+        raise Rejected(400, f"multipart field {quoted_sent(part.name)} is not valid {use} text", check="form") from None
 
 
 def parse_multipart(body: bytes, content_type_header: str) -> dict[str, Any]:

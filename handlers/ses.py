@@ -15,6 +15,7 @@ from aiohttp import web
 from bridge.config import SourceConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import VALUE, Rejected
+from bridge.escaping import quoted_sent
 from bridge.yamlfile import KeyValueError, Quoted
 from handlers.attachments import decode_base64
 from handlers.base import (
@@ -92,7 +93,8 @@ def _timestamp(value: Any) -> datetime:
     try:
         stamp = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise Rejected(401, f"SNS Timestamp {value!r} is not an ISO 8601 time", check="timestamp") from None
+        raise Rejected(401, f"SNS Timestamp {quoted_sent(str(value))} is not an ISO 8601 time",
+                       check="timestamp") from None
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 

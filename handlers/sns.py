@@ -77,6 +77,11 @@ async def https_get(url: str) -> bytes:
     return data
 
 
+
+def _said(value: Any) -> str:
+    """A field of the message as an error quotes it: text cut short (`quoted_sent`), else its kind."""
+    return quoted_sent(value) if isinstance(value, str) else "None" if value is None else f"a {type(value).__name__}"
+
 def is_sns_url(url: str) -> bool:
     """Whether `url` is https on an SNS host (sns.<region>.amazonaws.com or .com.cn), with no user or port."""
     try:
@@ -124,7 +129,7 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
     """The canonical `Key\\nValue\\n` text SNS signs for this message's type."""
     keys = SIGNED_KEYS.get(str(message.get("Type")))
     if keys is None:
-        raise Rejected(401, f"unknown SNS message Type {message.get('Type')!r}", check="signature")
+        raise Rejected(401, f"unknown SNS message Type {_said(message.get('Type'))}", check="signature")
     out = []
     for key in keys:
         value = message.get(key)
@@ -151,7 +156,7 @@ def signed(message: Mapping[str, Any]) -> Signed:
     elif version == "2":
         algorithm = hashes.SHA256()
     else:
-        raise Rejected(401, f"unsupported SNS SignatureVersion {message.get('SignatureVersion')!r}",
+        raise Rejected(401, f"unsupported SNS SignatureVersion {_said(message.get('SignatureVersion'))}",
                        check="signature")
     try:
         signature = base64.b64decode(str(message.get("Signature") or ""), validate=True)

@@ -603,3 +603,12 @@ def test_a_part_whose_rfc2231_parameter_cannot_be_read_is_a_400_saying_why(dispo
 def test_a_file_name_in_no_character_set_python_reads_is_read_as_utf8(disposition: bytes, filename: str) -> None:
     body = b"--b\r\nContent-Disposition: " + disposition + b"\r\n\r\nx\r\n--b--\r\n"
     assert parse_multipart(body, "multipart/form-data; boundary=b")["a"]["filename"] == filename
+
+
+def test_a_field_without_an_equals_sign_is_quoted_cut_short_in_the_error() -> None:
+    """The error names a malformed field by its first characters and its length, never the whole of a field the
+    sender made as long as the body: the reason is logged, and masked, and echoed in the answer."""
+    said = r"^malformed form body: bad query field: '\+1-\+1-[^']*'… \(30000 characters\)$"
+    with pytest.raises(Rejected, match=said) as caught:
+        parse_urlencoded(b"email=a%40b.io&" + b"+1-" * 10_000)
+    assert len(str(caught.value)) < 200
