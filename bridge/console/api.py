@@ -801,8 +801,7 @@ async def reset_conversation_ticket(call: Call) -> ResetConversationResult:
     with blame(422, "path.key", _given(given.reason, "body.reason")):
         found = await reset_conversation(_store(call.rt), key, by=call.caller.name, reason=given.reason)
     if not found:
-        raise ApiError(404, f"path.key: no conversation {key!r}; keys look like mail:<root message id>, chat:<id>, "
-                            "ticket:<id>, key:<value>, or mapping|key")
+        raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}")
     await _audit(call, "conversation.reset", key, reset_detail(found, given.reason))
     return ResetConversationResult(key=key, conversations=[
         ResetTicket(id=c.id, mapping=c.mapping, destination=c.destination, ticket_id=c.ticket_id,
