@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.appkeys import RUNTIME
+from bridge.config import Config
 from bridge.connections import content_encoding
 from bridge.console.auth import Caller, api_on, identify
 from bridge.console.models import (
@@ -622,10 +623,11 @@ async def list_destinations(call: Call) -> DestinationList:
     return DestinationList(items=[*await lane_states(rt, counts, oldest), *orphans])
 
 
-def mapping_infos(mappings: MappingSet) -> list[MappingInfo]:
-    """Each mapping in the set, by name: where it comes from, where it goes and how many tests it has."""
-    return [MappingInfo(name=m.name, file=m.file, version=m.version, sources=list(m.sources),
-                        destination=m.destination, action=m.action, tests=len(m.spec.tests))
+def mapping_infos(mappings: MappingSet, config: Config) -> list[MappingInfo]:
+    """Each mapping in the set, by name: where it comes from (its file as `config` may name it: see
+    Config.shown_mapping_file), where it goes and how many tests it has."""
+    return [MappingInfo(name=m.name, file=config.shown_mapping_file(m.file), version=m.version,
+                        sources=list(m.sources), destination=m.destination, action=m.action, tests=len(m.spec.tests))
             for m in sorted(mappings.mappings.values(), key=lambda m: m.name)]
 
 
@@ -634,9 +636,9 @@ async def get_mappings(call: Call) -> MappingSetView:
     current = rt.mappings
     status = rt.mapping_status
     return MappingSetView(
-        version=current.version, loaded_at=current.loaded_at, folder=str(rt.config.mappings_dir),
+        version=current.version, loaded_at=current.loaded_at, folder=rt.config.shown_mappings_folder,
         source=status.source, degraded=status.source == "last_good", folder_error=status.folder_error,
-        mappings=mapping_infos(current), reload=_reload_info(rt))
+        mappings=mapping_infos(current, rt.config), reload=_reload_info(rt))
 
 
 async def list_audit(call: Call) -> AuditPage:
