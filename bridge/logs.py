@@ -46,10 +46,12 @@ _ESCAPE = re.compile(r"\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})")
 # Where a phone number may begin: right after an escape (`\n9876543210`: the `n` is not a word before it), or not
 # after a word character, `.` or `-` (the tail of an id, a version or a UUID), nor after `13:23:` (the seconds and
 # fraction of a time, `13:23:45.123400+00:00`). The match runs to the end of the digits and separators, possessively
-# (no backtracking), so that each run of them is read once and the search goes on after it.
-_PHONE_RUN = re.compile(r"(?:(?<=\\[tnrbf])|(?<=\\x[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4})"
+# (no backtracking), so that each run of them is read once and the search goes on after it; a run of fewer than 8
+# (no number) is not matched, and costs no call of _mask_phone. `(?=[+\d])` first: most places fail on it before
+# any look-behind is tried.
+_PHONE_RUN = re.compile(r"(?=[+\d])(?:(?<=\\[tnrbf])|(?<=\\x[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4})"
                         r"|(?<![\w.-])(?<!\d\d:\d\d:))"
-                        f"(\\+?)(\\d(?:\\d|{_SEPARATOR})*+)")
+                        f"(\\+?)(\\d(?:\\d|{_SEPARATOR}){{7,}}+)")
 # Where the number ends in its run: the last digit that is not before a digit or `-` (a UUID's first group), nor
 # before two word characters (an id or hex digest that begins with digits, `20240419T1419`), but may be before one
 # letter, as a typed O for 0 (`98765+4321O`). Matched once from the run's first digit, so it backtracks over that

@@ -265,8 +265,9 @@ def test_ids_and_times_after_control_characters_are_left_alone(text: str) -> Non
     lambda n: "\\n1-" * n + "ab",
     lambda n: "1\\x00" * n + "-",
     lambda n: "\\u00a0" * n + "1",
+    lambda n: "1 1 1 x" * n,
 ], ids=["dash-space", "dash-paren", "dash-nul", "dash-escaped-nul", "escaped-newline-dash", "escaped-nuls",
-        "escapes"])
+        "escapes", "short-runs"])
 def test_masking_phones_with_any_separator_grows_linearly(make: Any) -> None:
     """Runs of digits and separators that each could begin a number but none ends one (each digit before a `-`),
     raw or escaped, cost masking about as much more as they are longer: each run is read once, not once per digit
