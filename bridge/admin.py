@@ -47,7 +47,7 @@ async def mappings_status(request: web.Request) -> web.Response:
     body: dict[str, Any] = {
         "version": current.version,
         "loaded_at": _iso(current.loaded_at),
-        "folder": str(rt.config.mappings_dir),
+        "folder": rt.config.shown_mappings_folder,
         # "folder", or "last_good": the folder did not load at start and the set kept in the store serves.
         "source": status.source,
         "degraded": status.source == "last_good",
@@ -59,7 +59,7 @@ async def mappings_status(request: web.Request) -> web.Response:
             "restart_needed": status.config_changed_at is not None,
             "changed_at": _iso(status.config_changed_at),
         },
-        "mappings": msgspec.to_builtins(mapping_infos(current)),
+        "mappings": msgspec.to_builtins(mapping_infos(current, rt.config)),
         "reload": {
             "watching": rt.reloader is not None,
             "reloads": status.reloads,

@@ -162,7 +162,7 @@ def store_context(rt: Runtime, store: Store | None, folder_errors: ErrorList | N
             await opened.close()
             raise
         rt.store = opened
-        log.info("store.opened", url=rt.config.store_url.scheme, path=str(rt.config.store_url.path or ""))
+        log.info("store.opened", url=rt.config.store_url.scheme, path=rt.config.shown_store_file)
         await log_orphaned(rt.config.destinations, opened)
         try:
             async with background(stop_when_lost(rt, opened), "store watcher"):

@@ -27,6 +27,7 @@ from bridge.yamlfile import (
     from_variable,
     load_yaml_file,
     shown_value,
+    written_text,
 )
 
 DEFAULT_RETRY_SCHEDULE = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
@@ -385,6 +386,40 @@ class Config:
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         return shown_value(value, path, written)
+
+    def named_by(self, path: KeyPath, what: str, prefix: str = "") -> str | None:
+        """`the <what> named by <the setting as written>` (`the file named by ${BRIDGE_DB}`), less `prefix`
+        (`sqlite:///`), when the setting at `path` takes its value from an environment variable: a path so given
+        is named by the text that gives it, as an error or an answer may show it, never by the variable's value.
+        None when the setting is written in the file (or was not loaded from one): the path itself may be named."""
+        written = None if self.document is None else self.document.written.get(path)
+        if written is None or not from_variable(written):
+            return None
+        return f"the {what} named by {written_text(written.removeprefix(prefix))}"
+
+    @property
+    def shown_store_file(self) -> str:
+        """The SQLite store's file as a message, a log line or an answer names it: its path, or `the file named by
+        ${VAR}` when `store.url` took it from an environment variable (`named_by`). Empty for PostgreSQL."""
+        if self.store_url.path is None:
+            return ""
+        return self.named_by(("store", "url"), "file", "sqlite:///") or str(self.store_url.path)
+
+    @property
+    def shown_mappings_folder(self) -> str:
+        """The mappings folder as an answer of the admin API names it: its path, or `the folder named by ${VAR}`
+        when `mappings` took it from an environment variable (`named_by`)."""
+        return self.named_by(("mappings",), "folder") or str(self.mappings_dir)
+
+    def shown_mapping_file(self, file: str) -> str:
+        """A mapping file's path as an answer of the admin API names it: as it is, or, when `mappings` took the
+        folder from an environment variable, `partner.yaml in the folder named by ${VAR}` (`named_by`)."""
+        folder = self.named_by(("mappings",), "folder")
+        if folder is None:
+            return file
+        path = Path(file)
+        name = str(path.relative_to(self.mappings_dir)) if path.is_relative_to(self.mappings_dir) else path.name
+        return f"{name} in {folder}"
 
     @property
     def shown_mappings_dir(self) -> str:

@@ -27,14 +27,36 @@ _LOCAL_BACKWARDS = re.compile(f"[A-Za-z0-9._%+\\-{_WORLD}]+")
 # Labels are separated by a full stop, or by one of the stops IDNA reads as one (UTS 46): the ideographic (U+3002),
 # fullwidth (U+FF0E) and halfwidth ideographic (U+FF61), as typed in Chinese or Japanese text.
 _DOT = "[.\u3002\uff0e\uff61]"
+# A domain: labels ending in a TLD, or an address literal (RFC 5321): `[127.0.0.1]`, `[IPv6:2001:db8::1]`.
 _DOMAIN = re.compile(f"[A-Za-z0-9\\-{_WORLD}]++(?:{_DOT}[A-Za-z0-9\\-{_WORLD}]++)*"
-                     f"{_DOT}(?:xn--[A-Za-z0-9-]++|[A-Za-z{_WORLD}]{{2,}})")
-# Digits with any of ` -._+()/` between them, as people write (and mistype) a number: `98765_43210`, `98765+43210`.
-# Not after a word character, `.` or `-` (the tail of an id, a version or a UUID), nor after `13:23:` (the seconds
-# and fraction of a time, `13:23:45.123400+00:00`); not before a digit or `-` (a UUID's first group), nor before two
-# word characters (an id or hex digest that begins with digits, `20240419T1419`), but before one letter, as a
-# typed O for 0 (`98765+4321O`).
-_PHONE = re.compile(r"(?<![\w.-])(?<!\d\d:\d\d:)(\+?)(\d[\d ()._+/-]{6,}\d)(?![\d-]|\w\w)")
+                     f"{_DOT}(?:xn--[A-Za-z0-9-]++|[A-Za-z{_WORLD}]{{2,}})"
+                     r"|\[(?:\d{1,3}(?:\.\d{1,3}){3}|[Ii][Pp][Vv]6:[0-9A-Fa-f:.]{2,45})\]")
+# A quoted local part (`"asha rao"@example.com`), read backwards from its closing quote: up to 64 characters (RFC
+# 5321's limit for a local part) that are not a quote or a line break, or a quote escaped by a backslash, then the
+# opening quote. Bounded, so each `@` reads a constant number of characters back whatever the input.
+_QUOTED_BACKWARDS = re.compile(r'"(?:"\\|[^"\r\n]){1,64}"')
+# What may stand between the digits of a phone number: ` -._+()/` as people write (and mistype) one
+# (`98765_43210`, `98765+43210`); a control character (a NUL, a tab, a line break), an invisible format character
+# (a soft hyphen, a zero-width space, a byte-order mark) or a space other than U+0020 (no-break, thin, ideographic),
+# which a form or a copy and paste leaves in a number; and any of those written as an escape, as `repr()` and JSON
+# quote them in an error message (`'+9198765\x0043210'`, `\u00a0`, `\n`).
+_SEPARATOR = ("[ ()._+/\\-\x00-\x1f\x7f-\x9f\xa0\xad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]"
+              r"|\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})")
+_ESCAPE = re.compile(r"\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})")
+# Where a phone number may begin: right after an escape (`\n9876543210`: the `n` is not a word before it), or not
+# after a word character, `.` or `-` (the tail of an id, a version or a UUID), nor after `13:23:` (the seconds and
+# fraction of a time, `13:23:45.123400+00:00`). The match runs to the end of the digits and separators, possessively
+# (no backtracking), so that each run of them is read once and the search goes on after it; a run of fewer than 8
+# (no number) is not matched, and costs no call of _mask_phone. `(?=[+\d])` first: most places fail on it before
+# any look-behind is tried.
+_PHONE_RUN = re.compile(r"(?=[+\d])(?:(?<=\\[tnrbf])|(?<=\\x[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4})"
+                        r"|(?<![\w.-])(?<!\d\d:\d\d:))"
+                        f"(\\+?)(\\d(?:\\d|{_SEPARATOR}){{7,}}+)")
+# Where the number ends in its run: the last digit that is not before a digit or `-` (a UUID's first group), nor
+# before two word characters (an id or hex digest that begins with digits, `20240419T1419`), but may be before one
+# letter, as a typed O for 0 (`98765+4321O`). Matched once from the run's first digit, so it backtracks over that
+# run alone.
+_PHONE_BODY = re.compile(f"\\d(?:\\d|{_SEPARATOR}){{6,}}\\d(?![\\d-]|\\w\\w)")
 # Ids and timestamps are digits too; values under these keys are not personal data.
 _SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "event_id", "delivery_id", "id",
                         "version", "status", "duration_ms", "count", "path"})
@@ -43,24 +65,31 @@ _SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "e
 _DATE = re.compile(r"\d{4}[./-]\d{2}[./-]\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
 
 
-def _mask_phone(m: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", m.group(2))
-    if not 8 <= len(digits) <= 15 or _DATE.match(m.group(2)):
-        return m.group(0)
-    return m.group(1) + "*" * (len(digits) - 2) + digits[-2:]
+def _mask_phone(run: re.Match[str]) -> str:
+    """The run of digits and separators with the phone number it begins with masked, or as it is when it holds
+    none: 8 to 15 digits (E.164 allows 15), not a calendar date."""
+    body = _PHONE_BODY.match(run.string, run.start(2))
+    if body is None:
+        return run.group(0)
+    digits = re.sub(r"\D", "", _ESCAPE.sub("", body.group()))
+    if not 8 <= len(digits) <= 15 or _DATE.match(body.group()):
+        return run.group(0)
+    return run.group(1) + "*" * (len(digits) - 2) + digits[-2:] + run.string[body.end():run.end()]
 
 
 def mask_text(text: str) -> str:
     """`asha@example.com` → `a***@example.com`; `+91 98765 43210` → `+**********10`."""
     if "@" in text:
         text = _mask_emails(text)
-    return _PHONE.sub(_mask_phone, text)
+    return _PHONE_RUN.sub(_mask_phone, text)
 
 
 def _mask_emails(text: str) -> str:
-    """Each address's local part but its first character as `***`. Linear: each `@` reads forward over the
-    domain characters up to the next `@` (the domain's labels taken whole) and backward over the local part's
-    down to the previous address, and neither run holds an `@`."""
+    """Each address's local part but its first character as `***` (a quoted one keeps its quotes:
+    `"a***"@example.com`). Linear: each `@` reads forward over the domain characters up to the next `@` (the
+    domain's labels taken whole, an address literal bounded) and backward over the local part's down to the
+    previous address, and neither run holds an `@` (a quoted local part may, but no more than 130 characters of it
+    are read back)."""
     out: list[str] = []
     done = 0  # text[:done] is in `out`
     backwards = ""
@@ -69,6 +98,13 @@ def _mask_emails(text: str) -> str:
         domain = _DOMAIN.match(text, at + 1)
         if domain is not None:
             backwards = backwards or text[::-1]
+            quoted = _QUOTED_BACKWARDS.match(backwards, len(text) - at, len(text) - done)
+            if quoted is not None:
+                start = at - (quoted.end() - quoted.start())
+                out += (text[done:start], text[start:start + 2], '***"@', domain.group())
+                done = domain.end()
+                at = text.find("@", done)
+                continue
             local = _LOCAL_BACKWARDS.match(backwards, len(text) - at, len(text) - done)
             if local is not None:
                 start = at - (local.end() - local.start())

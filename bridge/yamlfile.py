@@ -225,9 +225,15 @@ def _cut(text: str) -> str:
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
+def written_text(written: str) -> str:
+    """The text a value was written as (the file's own, `${VAR}` and all, never a variable's value), as a message
+    shows it: cut, and quoted when it holds what does not print."""
+    return _cut(written) if written.isprintable() else quoted(written)
+
+
 def _as_written(written: str) -> str:
     """` (written …)`: the text a value was written as, cut, and quoted when it holds what does not print."""
-    return f" (written {_cut(written) if written.isprintable() else quoted(written)})"
+    return f" (written {written_text(written)})"
 
 
 def _kind(value: Any) -> str:

@@ -90,6 +90,21 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `minimum` to `maximum`, else an error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value: int | None = int(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {minimum} to {maximum}")
+        return value
+
+    return parse
+
+
 def print_errors(exc: BridgeError) -> None:
     errors = exc.errors if isinstance(exc, ErrorList) else [exc]
     for err in errors:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import shlex
 import sys
 import time
 from collections.abc import Iterable
@@ -16,11 +17,13 @@ import msgspec
 
 from bridge import USER_AGENT
 from bridge.app import load_mappings, load_stored_mappings
-from bridge.cli.common import at_least, config_from, print_errors, store_arguments, with_store
+from bridge.cli.common import at_least, between, config_from, print_errors, store_arguments, with_store
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, check_url, token_from_env
 from bridge.config import Config
 from bridge.console.models import (
+    MAX_PAGE,
     REPLAY_MOST,
+    ConversationView,
     MarkDeadBody,
     MarkSucceededBody,
     Refusal,
@@ -96,7 +99,11 @@ def _add_conversations(sub: Any, common: argparse.ArgumentParser) -> None:
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     cshow = csub.add_parser("show", parents=[common], help="a conversation's ticket, messages and deliveries")
     cshow.add_argument("key", help="the conversation key (e.g. mail:<root message id>, chat:<id>) or `mapping|key`")
+    cshow.add_argument("--limit", type=between(1, MAX_PAGE), default=100,
+                       help=f"how many of each conversation's deliveries are listed, the first ones (default 100, at "
+                            f"most {MAX_PAGE}; `deliveries list --conversation ID` lists them all)")
     cshow.add_argument("--json", action="store_true")
+    cshow.add_argument("--url", help=URL_HELP)
     cshow.set_defaults(run=run_conversation)
     reset = csub.add_parser("reset", parents=[common],
                             help="detach a conversation from its ticket, gone at the vendor (deleted, merged): its "
@@ -141,6 +148,9 @@ def _with_server(url: str, body: Any) -> int:
     except RemoteError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except NotFound as exc:  # a name no path segment can carry (`.`, `..`): no record has it
+        print(str(exc), file=sys.stderr)
+        return 1
 
 
 def _with_store(args: argparse.Namespace, body: Any, config: Config | None = None, *, changes: bool = False,
@@ -339,8 +349,7 @@ def run_unmatched(args: argparse.Namespace) -> int:
 
 
 def run_conversation(args: argparse.Namespace) -> int:
-    async def body(store: Store) -> int:
-        found = await store.get_conversations(args.key)
+    def show(found: list[ConversationView]) -> int:
         if not found:
             print(f"no conversation {args.key!r}; keys look like mail:<root message id>, chat:<id>, "
                   "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
@@ -348,18 +357,35 @@ def run_conversation(args: argparse.Namespace) -> int:
         if args.json:
             _json_lines(found)
             return 0
-        for detail in found:
-            c = detail.conversation
+        for view in found:
+            c = view.conversation
             print(f"conversation {c.id}\n"
                   f"mapping      {c.mapping} -> {c.destination}\n"
                   f"ticket       {_ticket(c.ticket_id, c.ticket_key, c.ticket_uuid, none='- (none yet)')}"
                   + (f" since {_when(c.ticket_at_ms)}" if c.ticket_at_ms else "") + "\n"
                   f"messages     {c.messages} since {_when(c.started_at_ms)}, last {_when(c.last_message_at_ms)}")
-            if detail.deliveries:
-                print(_table(detail.deliveries))
+            if view.deliveries:
+                print(_table(view.deliveries))
+            if view.more:
+                print(f"more deliveries follow these {len(view.deliveries)}: `ticketbridge deliveries list "
+                      f"--conversation {shlex.quote(c.id)}` lists them all, newest first")
         return 0
 
-    return _with_store(args, body)
+    async def local(store: Store) -> int:
+        found = await store.get_conversations(args.key, limit=args.limit + 1)
+        return show([ConversationView(conversation=c.conversation, deliveries=c.deliveries[:args.limit],
+                                      more=len(c.deliveries) > args.limit) for c in found])
+
+    async def remote(client: AdminClient) -> int:
+        try:
+            found = await client.get_conversations(args.key, args.limit)
+        except NotFound:  # the server's 404, or a key no path segment can carry (`.`, `..`)
+            found = []
+        return show(found)
+
+    if args.url:
+        return _with_server(args.url, remote)
+    return _with_store(args, local)
 
 
 def run_reset_conversation(args: argparse.Namespace) -> int:
@@ -376,6 +402,8 @@ def run_reset_conversation(args: argparse.Namespace) -> int:
     async def remote(client: AdminClient) -> int:
         try:
             result = await client.reset_conversation(args.key, ResetConversationBody(reason=args.reason))
+        except NotFound:  # a key no path segment can carry (`.`, `..`)
+            return done([])
         except RemoteError as exc:
             if exc.status != 404:
                 raise

@@ -13,6 +13,8 @@ import msgspec
 from bridge.bodies import read_capped
 from bridge.console.models import (
     MAX_PAGE,
+    ConversationList,
+    ConversationView,
     DeliveryPage,
     DeliveryView,
     ErrorBody,
@@ -51,12 +53,12 @@ class RemoteError(Exception):
         self.status = status
 
 
-def segment(value: str) -> str:
+def segment(value: str, what: str = "delivery") -> str:
     """`value` as one path segment: `/`, `..`, `?`, `#` and the rest escaped, so that an id never names another
     route. A whole segment of `.` or `..` cannot be escaped (URLs read `%2E` as a dot and drop such a segment):
-    no id is one, so it is an unknown id (NotFound), without a request."""
+    no id (key, name) is one, so it names no `what` (NotFound), without a request."""
     if value in (".", ".."):
-        raise NotFound(f"no delivery {value!r}")
+        raise NotFound(f"no {what} {value!r}")
     return quote(value, safe="")
 
 
@@ -145,12 +147,27 @@ class AdminClient:
         result: ReplayResult = await self._call("POST", "/admin/api/replay", ReplayResult, body=body)
         return result
 
+    async def get_conversations(self, key: str, limit: int) -> list[ConversationView]:
+        """The conversations with that key (or id), each with its first `limit` deliveries (at most MAX_PAGE) in the
+        order they are sent in; NotFound when none has it."""
+        try:
+            found: ConversationList = await self._call(
+                "GET", f"/admin/api/conversations/{segment(key, 'conversation')}", ConversationList,
+                params={"limit": str(limit)})
+        except RemoteError as exc:
+            if exc.status == 404:
+                raise NotFound(str(exc)) from None
+            raise
+        return found.items
+
     async def reset_conversation(self, key: str, body: ResetConversationBody) -> ResetConversationResult:
         result: ResetConversationResult = await self._call(
-            "POST", f"/admin/api/conversations/{segment(key)}/reset", ResetConversationResult, body=body)
+            "POST", f"/admin/api/conversations/{segment(key, 'conversation')}/reset", ResetConversationResult,
+            body=body)
         return result
 
     async def mark_dead(self, destination: str, body: MarkDeadBody) -> MarkDeadResult:
         result: MarkDeadResult = await self._call(
-            "POST", f"/admin/api/destinations/{segment(destination)}/mark-dead", MarkDeadResult, body=body)
+            "POST", f"/admin/api/destinations/{segment(destination, 'destination')}/mark-dead", MarkDeadResult,
+            body=body)
         return result

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.appkeys import RUNTIME
+from bridge.config import Config
 from bridge.connections import content_encoding
 from bridge.console.auth import Caller, api_on, identify
 from bridge.console.models import (
@@ -629,10 +630,11 @@ async def list_destinations(call: Call) -> DestinationList:
     return DestinationList(items=[*await lane_states(rt, counts, oldest), *orphans])
 
 
-def mapping_infos(mappings: MappingSet) -> list[MappingInfo]:
-    """Each mapping in the set, by name: where it comes from, where it goes and how many tests it has."""
-    return [MappingInfo(name=m.name, file=m.file, version=m.version, sources=list(m.sources),
-                        destination=m.destination, action=m.action, tests=len(m.spec.tests))
+def mapping_infos(mappings: MappingSet, config: Config) -> list[MappingInfo]:
+    """Each mapping in the set, by name: where it comes from (its file as `config` may name it: see
+    Config.shown_mapping_file), where it goes and how many tests it has."""
+    return [MappingInfo(name=m.name, file=config.shown_mapping_file(m.file), version=m.version,
+                        sources=list(m.sources), destination=m.destination, action=m.action, tests=len(m.spec.tests))
             for m in sorted(mappings.mappings.values(), key=lambda m: m.name)]
 
 
@@ -641,9 +643,9 @@ async def get_mappings(call: Call) -> MappingSetView:
     current = rt.mappings
     status = rt.mapping_status
     return MappingSetView(
-        version=current.version, loaded_at=current.loaded_at, folder=str(rt.config.mappings_dir),
+        version=current.version, loaded_at=current.loaded_at, folder=rt.config.shown_mappings_folder,
         source=status.source, degraded=status.source == "last_good", folder_error=status.folder_error,
-        mappings=mapping_infos(current), reload=_reload_info(rt))
+        mappings=mapping_infos(current, rt.config), reload=_reload_info(rt))
 
 
 async def list_audit(call: Call) -> AuditPage:
@@ -814,8 +816,7 @@ async def reset_conversation_ticket(call: Call) -> ResetConversationResult:
     with blame(422, "path.key", _given(given.reason, "body.reason")):
         found = await reset_conversation(_store(call.rt), key, by=call.caller.name, reason=given.reason)
     if not found:
-        raise ApiError(404, f"path.key: no conversation {key!r}; keys look like mail:<root message id>, chat:<id>, "
-                            "ticket:<id>, key:<value>, or mapping|key")
+        raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}")
     await _audit(call, "conversation.reset", key, reset_detail(found, given.reason))
     return ResetConversationResult(key=key, conversations=[
         ResetTicket(id=c.id, mapping=c.mapping, destination=c.destination, ticket_id=c.ticket_id,

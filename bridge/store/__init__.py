@@ -13,7 +13,9 @@ def open_store(config: Config, *, owner: bool = True) -> Store:
         from bridge.store.sqlite import SqliteStore  # noqa: PLC0415 - keep optional backends lazy
 
         assert url.path is not None
-        return SqliteStore(url.path, group_commit_max=config.store.group_commit_max, owner=owner)
+        shown = config.shown_store_file
+        return SqliteStore(url.path, group_commit_max=config.store.group_commit_max, owner=owner,
+                           shown=None if shown == str(url.path) else shown)
     from bridge.store.postgres import PostgresStore, split_schema  # noqa: PLC0415
 
     dsn, schema = split_schema(url.dsn)

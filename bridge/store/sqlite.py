@@ -311,8 +311,13 @@ class SqliteStore(Store):
     its caller still waits for it, and close() lets it finish."""
 
     def __init__(self, path: Path, *, group_commit_max: int = 512, owner: bool = True,
-                 watch_s: float = WATCH_SECONDS) -> None:
+                 watch_s: float = WATCH_SECONDS, shown: str | None = None) -> None:
         self.path = path
+        self.shown = shown or str(path)
+        """The file as a message or a log line names it: its path, or, when `store.url` took it from an environment
+        variable, `shown` (`the file named by ${BRIDGE_DB}`, Config.shown_store_file), and then neither the path
+        nor a file or folder beside it (its lock, its folder, a salvaged copy) is named by its path."""
+        self._hidden = shown is not None
         self.group_commit_max = group_commit_max
         self.owner = owner
         self.watch_s = watch_s
@@ -386,7 +391,7 @@ class SqliteStore(Store):
             writer = self._connect()
             mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
-                raise StoreUnavailable(f"{self.path}: SQLite would not switch to WAL mode (got {mode!r})")
+                raise StoreUnavailable(f"{self.shown}: SQLite would not switch to WAL mode (got {mode!r})")
             writer.execute("PRAGMA synchronous = FULL")
             self._migrate(writer)
             self._last_token = writer.execute(
@@ -399,7 +404,7 @@ class SqliteStore(Store):
                 ).rowcount
                 self._recovered = moved
                 if moved:
-                    log.warning("store.recovered_in_flight", count=moved, path=str(self.path))
+                    log.warning("store.recovered_in_flight", count=moved, path=self.shown)
             # The writer runs its statements on the event loop: it must never sleep in SQLite's busy
             # handler. A busy database is retried with an asynchronous wait instead (see _begin).
             writer.execute("PRAGMA busy_timeout = 0")
@@ -409,10 +414,10 @@ class SqliteStore(Store):
             self._reader = self._connect()
         except sqlite3.Error as exc:
             self._drop_lock()
-            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+            raise StoreUnavailable(f"{self.shown}: {exc}") from exc
         except OSError as exc:  # the lock file or the database's own, on a read-only or failing file system
             self._drop_lock()
-            raise StoreUnavailable(f"{self.path}: {exc}; {WRITABLE}") from exc
+            raise StoreUnavailable(f"{self.shown}: {self._os_error(exc)}; {WRITABLE}") from exc
         except BaseException:
             self._drop_lock()
             raise
@@ -420,11 +425,18 @@ class SqliteStore(Store):
     def recovered_at_open(self) -> int:
         return self._recovered
 
+    def _os_error(self, exc: OSError) -> str:
+        """What `exc` says, without the file it names when the store's path is not to be shown (`shown`)."""
+        return (exc.strerror or type(exc).__name__) if self._hidden else str(exc)
+
     def _make_folder(self) -> None:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if self._hidden:  # neither the folder nor what folder_problem says of the folders on its way
+                raise StoreUnavailable(f"{self.shown}: cannot make its folder: {self._os_error(exc)}; "
+                                       f"{WRITABLE}") from None
             why = folder_problem(folder) or exc.strerror
             raise StoreUnavailable(f"{self.path}: cannot make its folder {folder}: {why}; {WRITABLE}") from None
 
@@ -437,7 +449,7 @@ class SqliteStore(Store):
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise StoreLocked(
-                f"{self.path} is in use by another ticketbridge process (pid {holder}); an SQLite store "
+                f"{self.shown} is in use by another ticketbridge process (pid {holder}); an SQLite store "
                 "serves one process: stop the other one, or use PostgreSQL to run several"
             ) from None
         os.ftruncate(fd, 0)
@@ -577,36 +589,46 @@ class SqliteStore(Store):
         try:
             st = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):
-            return f"{self.path} was deleted while the store was open"
+            return f"{self.shown} was deleted while the store was open"
         except OSError:
             return None  # not a sign of loss by itself; the commit says whether the disk works
         if (st.st_dev, st.st_ino) != self._identity:
-            return f"{self.path} was replaced by another file while the store was open"
+            return f"{self.shown} was replaced by another file while the store was open"
         return None
 
     def _lose(self, conn: sqlite3.Connection, reason: str) -> StoreUnavailable:
         """Mark the store lost (on the commit thread), save what the orphaned file holds, and say so."""
         self._lost = f"the store is lost: {reason}; nothing more is stored until ticketbridge is restarted"
-        log.error("store.lost", path=str(self.path), reason=reason,
+        log.error("store.lost", path=self.shown, reason=reason,
                   note="every write is refused (intake answers 503) until a restart; saving the data it held")
         try:
             saved = self._salvage(conn)
         except (OSError, sqlite3.Error) as exc:
-            log.error("store.salvage_failed", path=str(self.path), error=str(exc), orphan=_orphan_fd(self.path),
+            log.error("store.salvage_failed", path=self.shown,
+                      error=self._os_error(exc) if isinstance(exc, OSError) else str(exc),
+                      orphan=_orphan_fd(self.path),
                       note="this process holds the only copy of the lost database: copy it from the orphan "
                            "path before stopping the process; until then every write is refused")
         else:
             restored = saved == self.path
-            log.error("store.salvaged", path=str(saved), restored=restored,
+            log.error("store.salvaged", path=self._beside(saved), restored=restored,
                       note="the lost database was copied back to its path; the server stops so that it is "
                            "started again on it" if restored else
                            "another file now stands at the store's path; the lost database was copied beside "
                            "it; the server stops so that it is started again on the file in place")
-            self._gone_reason = f"{reason}; what it held was saved to {saved}"
+            self._gone_reason = f"{reason}; what it held was saved to {self._beside(saved)}"
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._gone.set)
         return StoreUnavailable(self._lost)
+
+    def _beside(self, saved: Path) -> str:
+        """A file beside the store's, named as `shown` allows: its path, or the store's `shown` and what its name
+        adds to the store file's (`.lost-20260101T000000Z`)."""
+        if not self._hidden:
+            return str(saved)
+        added = saved.name.removeprefix(self.path.name)
+        return self.shown if saved == self.path else f"{self.shown}, with {added!r} added to its name"
 
     def _salvage(self, conn: sqlite3.Connection) -> Path:
         """Copy the database through its open connection to its path when free, else beside it."""
@@ -728,7 +750,7 @@ class SqliteStore(Store):
             if isinstance(exc, sqlite3.Error) and not refused(exc):  # the store's failure, not the data's
                 self.commit_failures += 1
                 if self._failing is None:
-                    log.error("store.failing", path=str(self.path), error=str(exc),
+                    log.error("store.failing", path=self.shown, error=str(exc),
                               note="/readyz answers 503 until a commit succeeds again with room on the disk")
                 self._failing = str(exc)
                 log.error("store.commit_failed", error=str(exc), batch=len(batch))
@@ -736,7 +758,7 @@ class SqliteStore(Store):
         else:
             self._committed_at = time.monotonic()
             if self._failing is not None and conn.total_changes != changes and self._has_room():
-                log.info("store.recovered", path=str(self.path), failed_commits=self.commit_failures)
+                log.info("store.recovered", path=self.shown, failed_commits=self.commit_failures)
                 self._failing = None
         return results
 

@@ -4,8 +4,10 @@ read token, the set in force and how hot reload is going."""
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import AppClient, ConfigFactory, runtime
 
@@ -82,3 +84,26 @@ async def test_a_read_token_sees_the_set_in_force(write_config: ConfigFactory, b
     assert resp.status == 200
     assert (await resp.json())["version"] == runtime(client).mappings.version
     assert (await client.get("/admin/mappings", headers={"Authorization": "Bearer gr-tokenx"})).status == 401
+
+
+async def test_folders_and_files_taken_from_variables_are_named_by_them(write_config: ConfigFactory,
+                                                                        bridge_client: AppClient,
+                                                                        tmp_path: Path) -> None:
+    """With `mappings: ${MAPS}` and the store's file from `${BRIDGE_DB}`, the answers (`/admin/mappings`,
+    `/admin/api/mappings`) name the folder and each mapping's file by the variable, and the `store.opened` line the
+    store's file: never their paths, which the variables' values are."""
+    secret = tmp_path / "hunter2-secret"
+    config = CONFIG.format(token="secret").replace(
+        'store: {url: "sqlite:///var/bridge.db"}', 'store: {url: "sqlite:///${BRIDGE_DB}"}\nmappings: ${MAPS}')
+    loaded = write_config(config, MAPPINGS, {"MAPS": str(tmp_path / "mappings"), "BRIDGE_DB": str(secret / "b.db")})
+    with capture_logs() as logs:
+        client = await bridge_client(loaded, workers=False)
+    [opened] = [e for e in logs if e["event"] == "store.opened"]
+    assert opened["path"] == "the file named by ${BRIDGE_DB}"
+    for path in ("/admin/mappings", "/admin/api/mappings"):
+        resp = await client.get(path, headers={"Authorization": "Bearer secret"})
+        assert resp.status == 200
+        body = await resp.json()
+        assert body["folder"] == "the folder named by ${MAPS}"
+        assert [m["file"] for m in body["mappings"]] == ["partner.yaml in the folder named by ${MAPS}"]
+        assert str(tmp_path / "mappings") not in await resp.text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,13 +163,19 @@ def test_mark_succeeded_goes_through_the_server(server: str, monkeypatch: pytest
 def test_an_id_is_one_path_segment_never_another_route(server: str, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """An id given to `show` or `mark-succeeded` with `/`, `..`, `?` or `#` in it names no delivery (404, exit 1):
-    it is sent as one path segment, never read as the path of another admin route."""
+    it is sent as one path segment, never read as the path of another admin route. A conversation key or a
+    destination that is `.` or `..` names none either (exit 1, no request)."""
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
     for odd in ("../overview", "../../api/overview", "x?y", "x#y", ".", ".."):
         assert main(["deliveries", "show", "--url", server, odd]) == 1, odd
         assert f"no delivery {odd!r}" in capsys.readouterr().err
     assert main(["deliveries", "mark-succeeded", "--url", server, "../replay?x=", "--ticket-id", "T-1"]) == 1
     assert "no delivery '../replay?x='" in capsys.readouterr().err
+    for odd in (".", ".."):  # a key or a name that cannot be one path segment: said, not a traceback
+        assert main(["conversations", "reset", "--url", server, odd]) == 1
+        assert f"no conversation {odd!r}; keys look like" in capsys.readouterr().err
+        assert main(["deliveries", "mark-dead", "--url", server, "--destination", odd, "--reason", "x"]) == 1
+        assert f"no destination {odd!r}" in capsys.readouterr().err
 
 
 async def seed_many(db: Path) -> None:
@@ -205,3 +212,63 @@ def test_list_through_the_server_filters_by_conversation_and_pages_to_the_limit(
             assert main(["deliveries", "list", "--url", url, "--limit", str(limit), "--json"]) == 0
             ids = [json.loads(line)["id"] for line in rows(capsys.readouterr().out)]
             assert len(ids) == len(set(ids)) == listed and ids == sorted(ids, reverse=True)
+
+
+THREADED = {"chat": """
+    source: partner
+    destination: kapture
+    action: create_ticket
+    fields:
+      title: "{{ payload.text }}"
+    follow_up:
+      action: update_ticket
+      fields:
+        sub_status: P
+        comment: "{{ payload.text }}"
+    """}
+
+
+def printed(out: str) -> str:
+    """The CLI's lines, without the log lines of the server (in this process, logging to the same stdout) and of the
+    store the CLI opens."""
+    return "".join(line for line in out.splitlines(keepends=True)
+                   if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[", line))
+
+
+def test_conversations_show_through_the_server_prints_what_it_prints_on_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`conversations show --url` prints what it prints on the store: the ticket, the messages and the first
+    `--limit` deliveries in the order they are sent, saying when more follow, as text or JSON; an unknown key (or
+    one no path segment carries) is named, exit 1."""
+    root = tmp_path / "server"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
+    key = "chat:C1/1700.1"
+    shown: dict[str, str] = {}
+    forms = {"all": [], "first two": ["--limit", "2"], "json": ["--json", "--limit", "2"]}
+    with serve_in_thread(root, console_app()[0], THREADED) as url:
+        requests.post(f"{url}/admin/api/destinations/kapture/pause", headers=ADMIN, json={},
+                      timeout=10).raise_for_status()  # the deliveries stay as they are between the two reads
+        for text in ("router down", "still down", "now it works"):
+            requests.post(f"{url}/hooks/partner", json={"conversation_id": "C1/1700.1", "text": text},
+                          timeout=10).raise_for_status()
+        for form, args in forms.items():
+            assert main(["conversations", "show", key, "--url", url, *args]) == 0
+            shown[form] = printed(capsys.readouterr().out)
+        for missing in ("chat:nothing", ".", ".."):
+            assert main(["conversations", "show", missing, "--url", url]) == 1
+            assert f"no conversation {missing!r}; keys look like" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as refused:
+            main(["conversations", "show", key, "--url", url, "--limit", "501"])
+        assert refused.value.code == 2 and "'501' is not a whole number from 1 to 500" in capsys.readouterr().err
+    lines = shown["all"].splitlines()
+    assert lines[0] == "conversation chat|chat:C1/1700.1" and "messages     3 since" in shown["all"]
+    assert [line.split()[4] for line in lines if line.startswith("dlv_")] == ["queued", "waiting", "waiting"]
+    assert "more deliveries follow" not in shown["all"]
+    assert ("more deliveries follow these 2: `ticketbridge deliveries list --conversation "
+            "'chat|chat:C1/1700.1'` lists them all, newest first") in shown["first two"]
+    [view] = [json.loads(line) for line in rows(shown["json"])]
+    assert (len(view["deliveries"]), view["more"]) == (2, True)
+    for form, args in forms.items():
+        assert main(["conversations", "show", key, "-c", str(root / "bridge.yaml"), *args]) == 0
+        assert printed(capsys.readouterr().out) == shown[form], form

@@ -142,6 +142,43 @@ def test_cli_verbs_name_the_store_when_its_folder_cannot_be_made(
                    "process can write\n")
 
 
+@pytest.mark.parametrize(("url", "named"), [("${BRIDGE_DB}", "${BRIDGE_DB}"),
+                                            ("sqlite:///${BRIDGE_DB}", "${BRIDGE_DB}"),
+                                            ("sqlite:///${DATA:-var}/sub/bridge.db", "${DATA:-var}/sub/bridge.db")])
+def test_a_store_file_taken_from_a_variable_is_named_by_it_never_by_its_path(
+    url: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store whose file `store.url` takes from `${VAR}` is named by the text that gives it, as `serve` and every
+    verb say they cannot open it: never by the path, nor by the folders on its way that the system names."""
+    (tmp_path / "plain").write_text("a file")
+    secret = tmp_path / "plain" / SECRET_FOLDER
+    monkeypatch.setenv("BRIDGE_DB", f"sqlite:///{secret / 'bridge.db'}" if url == "${BRIDGE_DB}"
+                       else str(secret / "bridge.db"))
+    monkeypatch.setenv("DATA", str(secret))
+    cfg = config(tmp_path, url)
+    said = (f"cannot open the store: the file named by {named}: cannot make its folder: Not a directory; "
+            "store.url must name a file in a folder this process can write\n")
+    code, err = cli("serve", "-c", cfg)
+    assert (code, err) == (2, said)
+    for verb in (["deliveries", "list"], ["purge", "--older-than", "30d"]):
+        code, err = run(capsys, *verb, "-c", cfg)
+        assert (code, err) == (2, said)
+    read_only(monkeypatch)  # an OSError naming the folder it could not make
+    code, err = run(capsys, "deliveries", "list", "-c", cfg)
+    assert code == 2 and "the file named by" in err and "Read-only file system" in err and SECRET_FOLDER not in err
+
+
+def test_a_store_file_written_in_the_config_is_still_named_by_its_path(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A `${VAR}` elsewhere in the config changes nothing for a store file written as a path."""
+    (tmp_path / "plain").write_text("a file")
+    cfg = config(tmp_path, "sqlite:///plain/sub/bridge.db", "vars: {team: '${TEAM:-noc}'}\n")
+    code, err = run(capsys, "deliveries", "list", "-c", cfg)
+    assert code == 2
+    assert err.startswith(f"cannot open the store: {tmp_path / 'plain' / 'sub' / 'bridge.db'}: cannot make its "
+                          f"folder {tmp_path / 'plain' / 'sub'}: {tmp_path / 'plain'} is not a folder"), err
+
+
 def test_serve_and_cli_say_the_same_when_postgresql_cannot_be_reached(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

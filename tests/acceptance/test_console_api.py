@@ -746,3 +746,19 @@ async def test_a_conversation_lists_its_ticket_and_messages_in_the_order_they_ar
     assert missing.status == 404 and "no conversation \"chat:nothing\"" in (await missing.json())["error"]
     bad = await client.get("/admin/api/conversations/chat%3Anothing", params={"limit": "501"}, headers=ADMIN)
     assert bad.status == 400 and "`limit` takes a whole number from 1 to 500" in (await bad.json())["error"]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_an_unknown_conversation_key_is_quoted_cut_in_the_404(write_config: ConfigFactory,
+                                                                    bridge_client: AppClient, method: str) -> None:
+    """A conversation key no conversation has, as long as a request line allows, is quoted in the 404 of both the
+    conversation route and its reset cut to 100 characters, its length said, not echoed whole."""
+    client = await start(write_config, bridge_client)
+    key = "chat:" + "x" * 6000
+    path = f"/admin/api/conversations/{quote(key, safe='')}" + ("/reset" if method == "POST" else "")
+    resp = await client.request(method, path, headers=ADMIN, **({"json": {}} if method == "POST" else {}))
+    assert resp.status == 404, await resp.text()
+    message = (await resp.json())["error"]
+    assert message.startswith('path.key: no conversation "chat:xxx')
+    assert "… (6007 characters in all); keys look like mail:<root message id>" in message
+    assert len(message) < 400

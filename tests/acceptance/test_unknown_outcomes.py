@@ -280,7 +280,7 @@ async def test_an_operator_resets_a_conversation_whose_ticket_is_gone(write_conf
     path = f"/admin/api/conversations/{quote(key, safe='')}/reset"
     assert (await client.post(path, json={})).status == 401
     missing = await client.post("/admin/api/conversations/chat%3Anothing/reset", headers=headers, json={})
-    assert missing.status == 404 and "no conversation 'chat:nothing'" in (await missing.json())["error"]
+    assert missing.status == 404 and 'no conversation "chat:nothing"' in (await missing.json())["error"]
     resp = await client.post(path, headers=headers, json={"reason": "merged"})
     assert resp.status == 200, await resp.text()
     assert await resp.json() == {"key": key, "conversations": [

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.errors import StoreRefused, StoreUnavailable
+from bridge.errors import StoreLocked, StoreRefused, StoreUnavailable
 from bridge.store.base import DeliveryFilter, StoreProblem
 from bridge.store.sqlite import SqliteStore
 from tests.faults import fill, tiny_disk
@@ -254,3 +254,38 @@ async def test_no_constraint_waits_for_commit_so_a_refusal_is_always_one_writes(
             conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, classification) "
                          "VALUES ('dlv_none', 1, 0, 0, 'success')")
         conn.execute("ROLLBACK")
+
+
+NAMED_BY = "the file named by ${BRIDGE_DB}"
+"""How a store file given by an environment variable is named (Config.shown_store_file)."""
+
+
+async def test_a_file_taken_from_a_variable_is_named_by_it_when_lost_replaced_or_locked(tmp_path: Path) -> None:
+    """A store whose path came from `${BRIDGE_DB}` names itself by that variable in what it says of a lost file (the
+    error, /readyz's reason, the log lines) and of another process holding it, and names the copy it saved beside
+    the file by what it adds to the name: never by the path, which may say more than the operator chose to show."""
+    secret = tmp_path / "hunter2-secret"
+    store = SqliteStore(secret / "s.db", shown=NAMED_BY)
+    await store.open()
+    try:
+        with pytest.raises(StoreLocked) as locked:
+            await SqliteStore(secret / "s.db", shown=NAMED_BY).open()
+        assert str(locked.value).startswith(f"{NAMED_BY} is in use by another ticketbridge process (pid ")
+        await accept_one(store, make_delivery())
+        store.path.unlink()
+        store.path.write_bytes(b"the operator's file")
+        with capture_logs() as logs, pytest.raises(StoreUnavailable) as lost:
+            await accept_one(store, make_delivery())
+        reason = await store.wait_lost()
+        problem = store.problem()
+    finally:
+        await store.close()
+    assert problem is not None
+    assert f"{NAMED_BY} was replaced by another file while the store was open" in str(lost.value)
+    assert f"{NAMED_BY} was replaced" in problem.reason
+    assert f"what it held was saved to {NAMED_BY}, with '.lost-" in reason
+    assert [e["path"] for e in logs if e["event"] == "store.lost"] == [NAMED_BY]
+    [saved] = [e for e in logs if e["event"] == "store.salvaged"]
+    assert saved["path"].startswith(f"{NAMED_BY}, with '.lost-") and saved["restored"] is False
+    said = " ".join([str(locked.value), str(lost.value), problem.reason, reason, repr(logs)])
+    assert "hunter2" not in said, said

@@ -197,6 +197,103 @@ def test_masking_emails_grows_linearly(make: Any) -> None:
     assert_linear(mask_text, make, 4_000)
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ('"asha rao"@example.com', '"a***"@example.com'),
+        ("""'"asha rao"@example.com' is not in the map""", """'"a***"@example.com' is not in the map"""),
+        (r'"asha \"r\" rao"@example.com', '"a***"@example.com'),  # a quote escaped inside
+        ('"a@b"@example.com', '"a***"@example.com'),  # an `@` inside the quotes
+        ('he said "hi" to "bo.k"@example.com', 'he said "hi" to "b***"@example.com'),
+        ("asha@[127.0.0.1]", "a***@[127.0.0.1]"),
+        ("asha@[IPv6:2001:db8::1], ok", "a***@[IPv6:2001:db8::1], ok"),
+        ('"asha rao"@[127.0.0.1]', '"a***"@[127.0.0.1]'),
+    ],
+)
+def test_masks_quoted_local_parts_and_address_literals(text: str, masked: str) -> None:
+    """An address whose local part is quoted (RFC 5321: it may hold spaces, even an `@`) or whose domain is an
+    address literal (an IPv4 or IPv6 address in brackets) is masked as any other: nothing of the local part but
+    its first character."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("+9198765\x0043210", "+**********10"),  # a NUL inside
+        ("+91\t98765\n43210", "+**********10"),
+        ("98765\x1f43210", "********10"),
+        ("98765\u200b43210", "********10"),  # a zero-width space
+        ("+91\xa098765\xa043210", "+**********10"),  # no-break spaces
+        ("98765\u00ad43210\ufeff", "********10\ufeff"),  # a soft hyphen; a byte-order mark after
+        # the same written as escapes, as repr() and JSON quote them in an error message
+        (repr("+9198765\x0043210"), "'+**********10'"),
+        (repr("+91\t98765\n43210"), "'+**********10'"),
+        ("98765\\u200b43210", "********10"),
+        ('{"phone": "+91\\u00a098765\\u00a043210"}', '{"phone": "+**********10"}'),
+        (repr("note:\n9876543210\n"), "'note:\\n********10\\n'"),  # after an escape, not after a word
+        (repr("+91 98765 43210\x00"), "'+**********10\\x00'"),
+    ],
+)
+def test_masks_phone_numbers_with_control_characters_inside(text: str, masked: str) -> None:
+    """A control or invisible character between the digits (a NUL, a tab, a line break, a zero-width or no-break
+    space), as is or written as an escape in a quoted value, does not hide a phone number from the mask."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize("text", [
+    repr("\n2026-11-27T13:23:45.123400+00:00"),
+    repr("\t12345678-abcd-ef01-2345-6789abcdef01"),
+    repr("\n20240419T141911Z"),
+    "saved\\n2024-01-15\\n",
+    "v1.2.3\n1717408960.000200",
+    "x\\x00evt_01HZY3K4M5N6P7Q8R9S0T1V2W3",
+    "order 12345\n",
+    'say "hi"@ noon',  # no domain after the `@`
+    "x@[999]",  # not an address literal
+])
+def test_ids_and_times_after_control_characters_are_left_alone(text: str) -> None:
+    """Ids, UUIDs and timestamps after a line break or a NUL, as is or escaped, are not phone numbers."""
+    assert mask_text(text) == text
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: "1- " * n + "ab",
+    lambda n: "1-(" * n + "ab",
+    lambda n: "1-\x00" * n + "ab",
+    lambda n: "1-\\x00" * n + "ab",
+    lambda n: "\\n1-" * n + "ab",
+    lambda n: "1\\x00" * n + "-",
+    lambda n: "\\u00a0" * n + "1",
+    lambda n: "1 1 1 x" * n,
+], ids=["dash-space", "dash-paren", "dash-nul", "dash-escaped-nul", "escaped-newline-dash", "escaped-nuls",
+        "escapes", "short-runs"])
+def test_masking_phones_with_any_separator_grows_linearly(make: Any) -> None:
+    """Runs of digits and separators that each could begin a number but none ends one (each digit before a `-`),
+    raw or escaped, cost masking about as much more as they are longer: each run is read once, not once per digit
+    in it."""
+    assert_linear(mask_text, make, 4_000)
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: '"a"@' * n,
+    lambda n: '"' + "a" * n + '"@x.co',
+    lambda n: '"@x.co' * n,
+    lambda n: '"' * n + "@x.co",
+    lambda n: '"\\' * n + '"@x.co',
+    lambda n: ('"' + "a@" * 40 + '"@x.co ') * (n // 10),
+    lambda n: "a@[" + "1." * n,
+    lambda n: "@[" * n,
+    lambda n: "a@[IPv6:" + ":" * n + "]",
+    lambda n: "a@[1.1.1.1] " * (n // 4),
+], ids=["quoted-ats", "long-quoted", "quote-at-domain", "quotes", "escaped-quotes", "quoted-with-ats",
+        "literal-dots", "at-brackets", "ipv6-colons", "literals"])
+def test_masking_quoted_and_literal_addresses_grows_linearly(make: Any) -> None:
+    """However the quoted local part or the address literal is made to defeat the mask, masking costs about as
+    much more as the text is longer."""
+    assert_linear(mask_text, make, 4_000)
+
+
 def run_processor(**event_dict: Any) -> dict[str, Any]:
     return dict(mask_personal_data(None, "info", event_dict))
 

@@ -11,6 +11,7 @@ import structlog
 from bridge import conversations
 from bridge.conversations import MAX_SENDER_CHARS, message_sender
 from bridge.events import Event
+from bridge.logs import mask_personal_data
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.mappingset import MappingSet, compile_document
@@ -132,6 +133,31 @@ def test_map_error_names_the_field_and_value() -> None:
     assert d.error.startswith("priority: ")
     assert "'urgent'" in d.error
     assert errors == [d.error]
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ('"asha rao"@example.com', """'"a***"@example.com'"""),
+    ("asha@[127.0.0.1]", "'a***@[127.0.0.1]'"),
+    ("+9198765\x0043210", "'+**********10'"),
+    ("+91 98765\u200b43210", "'+**********10'"),
+])
+def test_a_render_failure_is_logged_with_the_value_it_quotes_masked(value: str, shown: str) -> None:
+    """`routing.render_failed` quotes the value that failed (here one missing from a map): an address with a quoted
+    local part or an address literal, or a phone number with a control or invisible character inside (quoted as an
+    escape), is masked in the line the log writes."""
+    mappings = mapping_set("""\
+        source: website-contact
+        destination: kapture-support
+        action: create_ticket
+        fields:
+          title: x
+          priority: {from: payload.priority, map: {high: P1}}
+        """)
+    with structlog.testing.capture_logs() as logs:
+        plan_deliveries(mappings, event({"priority": value}), {})
+    [entry] = [e for e in logs if e["event"] == "routing.render_failed"]
+    written = mask_personal_data(None, "warning", dict(entry))["error"]
+    assert written.startswith(f"priority: {shown} is not in the map"), written
 
 
 def test_when_error_gives_a_dead_delivery_naming_the_mapping() -> None:
