@@ -72,9 +72,53 @@ def _mask_phone(run: re.Match[str]) -> str:
     if body is None:
         return run.group(0)
     digits = re.sub(r"\D", "", _ESCAPE.sub("", body.group()))
+    if len(digits) > 15 and _BETWEEN.search(body.group()) and not _DATE.match(body.group()):
+        return run.group(1) + _mask_joined(body.group()) + run.string[body.end():run.end()]
     if not 8 <= len(digits) <= 15 or _DATE.match(body.group()):
         return run.group(0)
     return run.group(1) + "*" * (len(digits) - 2) + digits[-2:] + run.string[body.end():run.end()]
+
+
+# A body's pieces: an escape (a separator, though it holds hex digits), a run of digits, or another character.
+_PIECES = re.compile(r"\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})|(\d+)|\D")
+# Between two numbers rather than inside one: a `/`, a `+`, a `,` or `;`, or two spaces or more.
+_BETWEEN = re.compile(r"[/+,;]| {2}")
+
+
+def _mask_joined(body: str) -> str:
+    """A body of more than 15 digits with a separator that stands between numbers: numbers written one after
+    another (`9876543210/9876543211`, `+91-98765-43210 / 080-2345-6789`), each masked as one would be alone. Read
+    once from the left: a number takes groups of digits while it holds at most 15, and stops before a separator that
+    stands between numbers once it holds 8; one of fewer than 8 digits is left as it is written."""
+    groups: list[str] = []  # digit groups, each followed by its separator in `seps`
+    seps: list[str] = []
+    sep: list[str] = []
+    for piece in _PIECES.finditer(body):
+        if piece.group(1) is not None:
+            if groups:
+                seps.append("".join(sep))
+            sep = []
+            groups.append(piece.group(1))
+        else:
+            sep.append(piece.group())
+    seps.append("".join(sep))
+    out: list[str] = []
+    i = 0
+    while i < len(groups):
+        number = groups[i]
+        j = i + 1
+        while j < len(groups) and len(number) + len(groups[j]) <= 15 and not (
+                len(number) >= 8 and _BETWEEN.search(seps[j - 1])):
+            number += groups[j]
+            j += 1
+        if len(number) >= 8:
+            out.append("*" * (len(number) - 2) + number[-2:])
+        else:
+            out.extend(groups[k] + seps[k] for k in range(i, j - 1))
+            out.append(groups[j - 1])
+        out.append(seps[j - 1])
+        i = j
+    return "".join(out)
 
 
 def mask_text(text: str) -> str:

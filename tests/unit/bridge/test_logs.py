@@ -266,8 +266,13 @@ def test_ids_and_times_after_control_characters_are_left_alone(text: str) -> Non
     lambda n: "1\\x00" * n + "-",
     lambda n: "\\u00a0" * n + "1",
     lambda n: "1 1 1 x" * n,
+    lambda n: "+1-" * n,
+    lambda n: "/1-" * n,
+    lambda n: " 1__" * n,
+    lambda n: "+1__" * n,
+    lambda n: "9876543210/" * (n // 4),
 ], ids=["dash-space", "dash-paren", "dash-nul", "dash-escaped-nul", "escaped-newline-dash", "escaped-nuls",
-        "escapes", "short-runs"])
+        "escapes", "short-runs", "plus-dash", "slash-dash", "space-underscores", "plus-underscores", "joined"])
 def test_masking_phones_with_any_separator_grows_linearly(make: Any) -> None:
     """Runs of digits and separators that each could begin a number but none ends one (each digit before a `-`),
     raw or escaped, cost masking about as much more as they are longer: each run is read once, not once per digit
@@ -498,3 +503,18 @@ def test_an_unset_format_is_console_on_a_terminal_and_json_elsewhere(restore_str
     line = stream.getvalue().strip()
     assert "store.opened" in line
     assert line.startswith("{") is not console
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("call 9876543210/9876543211 or +91-98765-43210 / 080-2345-6789",
+     "call ********10/********11 or +**********10 / *********89"),
+    ("+919876543210/+919876543211", "+**********10/+**********11"),
+    ("+14155550100+14155550101", "+*********00+*********01"),
+    ("9876543210, 9876543211; 9876543212", "********10, ********11; ********12"),
+    ("9876543210  9876543211", "********10  ********11"),
+    ("ext 12/9876543210/3456789", "ext **********10/3456789"),
+])
+def test_numbers_written_one_after_another_are_each_masked(text: str, masked: str) -> None:
+    """Numbers joined by a `/`, a `+`, a `,` or `;` or two spaces make a run of more than 15 digits, which is no
+    single number: each is masked as it would be alone, never the whole run left in clear."""
+    assert mask_text(text) == masked
