@@ -236,8 +236,8 @@ class DestinationConfig(Base):
     vendor: str
     base_url: str | None = None
     sandbox: bool = False
-    """Served by the vendor's simulator, with its demo credentials: this process's own, or, with a `base_url`,
-    the one there (a `ticketbridge sandbox` that several processes share)."""
+    """Served by the vendor's simulator, with its demo credentials (a credential key beside it is refused): this
+    process's own, or, with a `base_url`, the one there (a `ticketbridge sandbox` that several processes share)."""
     rate_limit: RateLimit | None = None
     max_in_flight: Annotated[int, Meta(ge=1, le=1000)] = 4
     timeout_seconds: Annotated[float, Meta(gt=0)] = 30.0
@@ -283,6 +283,32 @@ class DestinationConfig(Base):
         """Whether the destination's URLs are themselves a secret (a webhook URL): shown without path and query."""
         return False
 
+    def credentials(self) -> dict[KeyPath, str]:
+        """The credentials the destination is configured with (those set), by their key path: what a `sandbox: true`
+        destination may not have (`check_sandbox_credentials`). Vendors override; the default: none."""
+        return {}
+
+    def demo_credentials(self) -> dict[KeyPath, str]:
+        """The sandbox's demo value of each credential key that has one: the simulator's public demo key, the one
+        value such a key may have beside `sandbox: true` (the shipped demo names the simulator's log-in)."""
+        return {}
+
+    def check_sandbox_credentials(self) -> None:
+        """Refuse, at its key, a credential beside `sandbox: true`: a sandbox sends the simulator's demo credentials
+        only, to wherever `base_url` points, so a real config with `sandbox: true` added would otherwise send the
+        account's real key (and the customers' data) there. Never quotes the value."""
+        if not self.sandbox:
+            return
+        demo = self.demo_credentials()
+        for key, value in self.credentials().items():
+            if demo.get(key) == value:
+                continue
+            dotted = ".".join(map(str, key))
+            raise KeyValueError(key, f"`{dotted}` is a credential, and a `sandbox: true` destination sends only "
+                                "the simulator's demo credentials, never configured ones (to wherever `base_url` "
+                                f"points): remove `{dotted}` to keep the sandbox, or drop `sandbox: true` to send "
+                                "to `base_url` as a real destination")
+
     def header_texts(self) -> dict[KeyPath, str]:
         """What the destination sends as it is written in an HTTP header (a header's value, a key or token it sends),
         by its key path: checked at load (`check_header_texts`). Vendors override; the default: none."""
@@ -300,6 +326,7 @@ class DestinationConfig(Base):
                                 f"no request could be sent with it{hint}")
 
     def __post_init__(self) -> None:
+        self.check_sandbox_credentials()
         self.check_header_texts()
         check_duration(self.reconcile_timeout, ("reconcile_timeout",))
         if parse_duration(self.reconcile_timeout) <= 0:

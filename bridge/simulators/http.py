@@ -31,11 +31,10 @@ from aiohttp import web
 
 from bridge.simulators.base import VendorSimulator, keep_token, read_json_or_parts, received_file
 from bridge.simulators.faults import Handler, apply_faults
+from bridge.vendors.http_auth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
 OUTAGE = {"success": False, "error": "simulated outage"}
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path, not a secret
-SANDBOX_CLIENT_ID = "sandbox-client"
-SANDBOX_CLIENT_SECRET = "sandbox-secret"  # noqa: S105 - the simulator's demo client, not a secret
 
 
 class HttpKnobs(msgspec.Struct, forbid_unknown_fields=True):

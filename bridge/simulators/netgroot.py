@@ -31,13 +31,12 @@ from bridge.vendors.netgroot import (
     ID_FIELDS,
     LOGIN_PATH,
     LOGOUT_PATH,
+    SANDBOX_PASSWORD,
     SANDBOX_TOKEN,
+    SANDBOX_USERNAME,
     SUBJECTS_PATH,
     TICKETS_PATH,
 )
-
-SANDBOX_USERNAME = "sandbox"
-SANDBOX_PASSWORD = "sandbox-password"  # noqa: S105 - the simulator's demo log-in, not a secret
 
 NO_SUBSCRIBER_TOKEN = "sandbox-no-subscriber"  # noqa: S105 - the simulator's demo key for the 404 case
 SUBJECTS = {1: "Technical Support", 2: "Billing Issue", 3: "New Connection", 4: "Relocation"}

@@ -51,7 +51,7 @@ from bridge.vendors.base import (
     ticket_ref,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
-from bridge.vendors.http_auth import HttpAuth, basic, http_credentials
+from bridge.vendors.http_auth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, HttpAuth, basic, http_credentials
 from bridge.vendors.json_steps import decode_lookup, release
 from bridge.yamlfile import KeyPath, KeyValueError
 
@@ -214,6 +214,28 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
                 keys.update(path_secrets("lookup.path", self.lookup.path))
         return {key: value for key, value in keys.items() if value}
 
+    def credentials(self) -> dict[KeyPath, str]:
+        """The configured `headers` but those that describe content, and the `auth` block's names and secrets."""
+        keys: dict[KeyPath, str] = {("headers", name): value for name, value in self.headers.items()
+                                    if name.lower() not in PLAIN_HEADERS}
+        auth = self.auth
+        if auth is not None and auth.header is not None:
+            keys[("auth", "header", "value")] = auth.header.value
+        if auth is not None and auth.basic is not None:
+            keys[("auth", "basic", "username")] = auth.basic.username
+            keys[("auth", "basic", "password")] = auth.basic.password
+        if auth is not None and auth.bearer is not None:
+            keys[("auth", "bearer")] = auth.bearer
+        if auth is not None and auth.oauth2 is not None:
+            keys[("auth", "oauth2", "client_id")] = auth.oauth2.client_id
+            keys[("auth", "oauth2", "client_secret")] = auth.oauth2.client_secret
+        return {key: value for key, value in keys.items() if value}
+
+    def demo_credentials(self) -> dict[KeyPath, str]:
+        """The simulator's OAuth2 demo client (its only credential: it checks no other)."""
+        return {("auth", "oauth2", "client_id"): SANDBOX_CLIENT_ID,
+                ("auth", "oauth2", "client_secret"): SANDBOX_CLIENT_SECRET}
+
     def header_texts(self) -> dict[KeyPath, str]:
         """Each configured header's value, and the `auth` block's header and bearer token (Basic and OAuth2
         credentials are sent encoded, or in a body)."""
@@ -287,8 +309,12 @@ class HttpAdapter(Adapter):
         self._ticket_id = body_path(o.ticket_id_path) if o.ticket_id_path else None
         self._error = body_path(o.error_path) if o.error_path else None
         self._secret_headers: frozenset[str] | None = None
-        if o.auth is not None:
-            self.credentials = http_credentials(name, o.auth, lambda: self.base_url, o.timeout_seconds)
+        auth = o.auth
+        if auth is not None and o.sandbox:  # a sandbox logs in with the simulator's demo client, and only so
+            auth = None if auth.oauth2 is None else HttpAuth(oauth2=msgspec.structs.replace(
+                auth.oauth2, client_id=SANDBOX_CLIENT_ID, client_secret=SANDBOX_CLIENT_SECRET))
+        if auth is not None:
+            self.credentials = http_credentials(name, auth, lambda: self.base_url, o.timeout_seconds)
 
     def secret_headers(self) -> frozenset[str]:
         """The configured `headers` (secrets come through `${VAR}`) but the standard ones that describe content,

@@ -28,6 +28,10 @@ from bridge.yamlfile import KeyValueError
 TOKEN_ANSWER_BYTES = 64 * 1024
 
 
+SANDBOX_CLIENT_ID = "sandbox-client"
+SANDBOX_CLIENT_SECRET = "sandbox-secret"  # noqa: S105 - the simulator's demo client, not a secret
+
+
 def _required(struct: msgspec.Struct, *keys: str) -> None:
     for key in keys:
         if not str(getattr(struct, key)).strip():

@@ -93,6 +93,13 @@ class KaptureOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True
                 "the ticket: set `reference_field` (e.g. `ref_details.bridge_ref`, filled with "
                 "\"{{ event.id }}\" by the mapping)")
 
+    def credentials(self) -> dict[KeyPath, str]:
+        keys = {("token",): self.token} | {("tokens", op): getattr(self.tokens, op) for op in ALL_OPERATIONS}
+        return {key: value for key, value in keys.items() if value}
+
+    def demo_credentials(self) -> dict[KeyPath, str]:
+        return {("token",): SANDBOX_TOKEN} | {("tokens", op): SANDBOX_TOKEN for op in ALL_OPERATIONS}
+
     def header_texts(self) -> dict[KeyPath, str]:
         """`token` and `tokens.*`, each sent in an `Authorization` header."""
         return {("token",): self.token} | {("tokens", op): getattr(self.tokens, op) for op in ALL_OPERATIONS}
@@ -227,10 +234,13 @@ class KaptureAdapter(Adapter):
 
     @property
     def token(self) -> str:
-        return self.options.token or (SANDBOX_TOKEN if self.options.sandbox else "")
+        """The destination's `token`; a sandbox's is always the simulator's demo key."""
+        return SANDBOX_TOKEN if self.options.sandbox else self.options.token
 
     def token_for(self, operation: Operation) -> str:
-        """The Auth Key of `operation` (`tokens.<op>`), else the destination's `token`."""
+        """The Auth Key of `operation` (`tokens.<op>`), else the destination's `token` (a sandbox: the demo key)."""
+        if self.options.sandbox:
+            return SANDBOX_TOKEN
         return getattr(self.options.tokens, operation) or self.token
 
     def headers_for(self, operation: Operation) -> dict[str, str]:

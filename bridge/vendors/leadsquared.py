@@ -135,6 +135,13 @@ class LeadSquaredOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=
     def secret_values(self) -> dict[str, str]:
         return {key: getattr(self, key) for key in ("access_key", "secret_key") if getattr(self, key)}
 
+    def credentials(self) -> dict[KeyPath, str]:
+        """The account's org id (its tenant, in every path) and its keys."""
+        return {(key,): getattr(self, key) for key in ("org_id", "access_key", "secret_key") if getattr(self, key)}
+
+    def demo_credentials(self) -> dict[KeyPath, str]:
+        return {("org_id",): SANDBOX_ORG, ("access_key",): SANDBOX_ACCESS_KEY, ("secret_key",): SANDBOX_SECRET_KEY}
+
     def header_texts(self) -> dict[KeyPath, str]:
         """The access and secret keys, each sent in a header of its own."""
         return {(key,): getattr(self, key) for key in ("access_key", "secret_key")}
@@ -186,8 +193,8 @@ class LeadSquaredAdapter(Adapter):
 
     def keys(self) -> tuple[str, str, str]:
         o = self.options
-        if o.sandbox:
-            return (o.org_id or SANDBOX_ORG, o.access_key or SANDBOX_ACCESS_KEY, o.secret_key or SANDBOX_SECRET_KEY)
+        if o.sandbox:  # always the simulator's demo account: a sandbox never sends configured keys
+            return SANDBOX_ORG, SANDBOX_ACCESS_KEY, SANDBOX_SECRET_KEY
         return o.org_id, o.access_key, o.secret_key
 
     def envelope(self, fields: Mapping[str, Any], options: Mapping[str, Any], ticket_id: str | None = None

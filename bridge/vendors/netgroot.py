@@ -47,6 +47,8 @@ LOGIN_PATH = "/api/v1/subscriber/Login"
 LOGOUT_PATH = "/api/v1/subscriber/Logout"
 TICKETS_PATH = "/api/v1/subscriber/getCustomerTickets"
 SANDBOX_TOKEN = "sandbox-token"  # noqa: S105 - the built-in simulator's well-known demo key, not a secret
+SANDBOX_USERNAME = "sandbox"
+SANDBOX_PASSWORD = "sandbox-password"  # noqa: S105 - the simulator's demo log-in, not a secret
 ID_FIELDS = ("type_id", "status_id", "priority_id", "group_id")
 # An unknown subject name refreshes the list at most this often, so a burst of bad events costs one GET.
 UNKNOWN_REFRESH_MIN_SECONDS = 5.0
@@ -108,6 +110,19 @@ class NetgrootOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=Tru
             if self.auth.login is not None:
                 keys["auth.login.password"] = self.auth.login.password
         return {key: value for key, value in keys.items() if value}
+
+    def credentials(self) -> dict[KeyPath, str]:
+        keys: dict[KeyPath, str] = {("token",): self.token}
+        if self.auth is not None:
+            keys[("auth", "token")] = self.auth.token or ""
+            if self.auth.login is not None:
+                keys[("auth", "login", "username")] = self.auth.login.username
+                keys[("auth", "login", "password")] = self.auth.login.password
+        return {key: value for key, value in keys.items() if value}
+
+    def demo_credentials(self) -> dict[KeyPath, str]:
+        return {("token",): SANDBOX_TOKEN, ("auth", "token"): SANDBOX_TOKEN,
+                ("auth", "login", "username"): SANDBOX_USERNAME, ("auth", "login", "password"): SANDBOX_PASSWORD}
 
     def header_texts(self) -> dict[KeyPath, str]:
         """The API token (`token`, `auth.token`), sent as a bearer token."""
@@ -258,13 +273,13 @@ class NetgrootAdapter(Adapter):
         self.credentials = self.make_credentials()
 
     def make_credentials(self) -> Credentials:
-        """The log-in's renewed JWT, or the fixed token (`auth.token`, `token`, or the sandbox's)."""
-        auth = self.options.auth
+        """The log-in's renewed JWT, or the fixed token (`auth.token` or `token`); a sandbox's are always the
+        simulator's demo log-in or demo token."""
+        auth, sandbox = self.options.auth, self.options.sandbox
         if auth is not None and auth.login is not None:
-            return NetgrootLoginCredentials(self.name, auth.login, lambda: self.base_url,
-                                            self.options.timeout_seconds)
-        token = (auth.token if auth is not None else None) or self.options.token \
-            or (SANDBOX_TOKEN if self.options.sandbox else "")
+            login = NetgrootLogin(username=SANDBOX_USERNAME, password=SANDBOX_PASSWORD) if sandbox else auth.login
+            return NetgrootLoginCredentials(self.name, login, lambda: self.base_url, self.options.timeout_seconds)
+        token = SANDBOX_TOKEN if sandbox else (auth.token if auth is not None else None) or self.options.token
         return StaticCredentials({"Authorization": f"Bearer {token}"})
 
     @classmethod

@@ -369,3 +369,25 @@ async def test_a_conversation_is_filtered_to_by_its_id_in_order_with_its_ticket_
         assert width <= 390, f"the conversation's page scrolls sideways on a phone: {width}px"
         assert errors == []
         assert "null" not in await page.locator("main").inner_text()
+
+
+async def test_a_view_named_after_an_object_built_in_shows_the_overview(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """`#/constructor`, `#/toString` and `#/__proto__` are no views: each shows the Overview, as any unknown view
+    does, with no script error. Before, the view table was an object literal: they found Object's built-ins, and
+    after sign-in nothing rendered (or a TypeError was shown)."""
+    from playwright.async_api import expect
+
+    client = await bridge_client(write_config(CONFIG, MAPPINGS))
+    base = str(client.make_url("/admin/"))
+    async with chromium_page(tmp_path) as (page, errors, _):
+        await page.goto(f"{base}#/constructor")
+        await page.get_by_label("Admin token").fill("admin-secret")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        for name in ("toString", "__proto__", "hasOwnProperty"):
+            await page.goto(f"{base}#/deliveries")
+            await expect(page.get_by_role("heading", name="Deliveries")).to_be_visible()
+            await page.goto(f"{base}#/{name}")
+            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        assert errors == []

@@ -105,8 +105,9 @@ async def test_vendor_down_past_the_schedule_is_dead_then_replayed(write_config:
 
 async def test_bad_credentials_are_dead_at_once(write_config: ConfigFactory, bridge_client: AppClient) -> None:
     """Kapture's 'Invalid Auth Key' (inside an HTTP 200) is an auth failure: dead after one attempt, not retried."""
-    dest = "{vendor: kapture, sandbox: true, token: wrong-key, retry: {schedule: [50ms, 50ms]}}"
+    dest = "{vendor: kapture, sandbox: true, retry: {schedule: [50ms, 50ms]}}"
     client = await bridge_client(write_config(config(dest), MAPPING))
+    runtime(client).simulators["kapture"].tokens = set()  # the sandbox's demo key no longer valid
     await post(client, "a")
     await eventually(lambda: settled(client, "dead"))
     detail = await only_delivery(client)  # dead is final: no claim hands it out again, so no later attempt

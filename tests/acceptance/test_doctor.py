@@ -20,6 +20,7 @@ from bridge.simulators.leadsquared import LeadSquaredSimulator
 from bridge.simulators.netgroot import NO_SUBSCRIBER_TOKEN, NetgrootSimulator
 from bridge.vendors.base import Adapter
 from bridge.vendors.credentials import Token, TokenCredentials
+from bridge.vendors.leadsquared import SANDBOX_ACCESS_KEY, SANDBOX_ORG
 from bridge.vendors.registry import adapter_class, vendor_options
 
 SANDBOXES = """\
@@ -100,21 +101,21 @@ async def test_leadsquared_on_the_core_host_names_the_gateway(aiohttp_server: An
 
 
 async def test_leadsquared_ok_on_a_gateway_and_each_broken_key_or_switch(aiohttp_server: Any) -> None:
-    """On the gateway (the sandbox counts as one) the look-up is OK; a wrong secret names the keys, a disabled
-    API names the switch, a wrong org names org_id."""
-    sandbox = {**LSQ, "sandbox": True}
-    ok = await check(aiohttp_server, LeadSquaredSimulator(orgs={"o"}, keys={"a": "s"}), "leadsquared", **sandbox)
-    assert (ok.state, ok.request is not None and ok.request.endswith("/api/tenants/o/tickets/0")) == ("ok", True)
-    bad_key = await check(aiohttp_server, LeadSquaredSimulator(orgs={"o"}, keys={"a": "other"}), "leadsquared",
+    """On the gateway (the sandbox counts as one; it sends the demo org and keys) the look-up is OK; a wrong secret
+    names the keys, a disabled API names the switch, a wrong org names org_id."""
+    sandbox = {"sandbox": True}
+    ok = await check(aiohttp_server, LeadSquaredSimulator(), "leadsquared", **sandbox)
+    assert (ok.state, ok.request is not None and ok.request.endswith(f"/api/tenants/{SANDBOX_ORG}/tickets/0")
+            ) == ("ok", True)
+    bad_key = await check(aiohttp_server, LeadSquaredSimulator(keys={SANDBOX_ACCESS_KEY: "other"}), "leadsquared",
                           **sandbox)
     assert bad_key.state == "failed" and bad_key.fix is not None and bad_key.fix.startswith("check access_key")
-    disabled = LeadSquaredSimulator(orgs={"o"}, keys={"a": "s"})
+    disabled = LeadSquaredSimulator()
     disabled.knobs.api_disabled = True
     off = await check(aiohttp_server, disabled, "leadsquared", **sandbox)
     assert off.said.startswith("HTTP 401: the Service CRM API is not enabled")
     assert off.fix is not None and off.fix.startswith("Switch the Service CRM API on")
-    wrong_org = await check(aiohttp_server, LeadSquaredSimulator(orgs={"x"}, keys={"a": "s"}), "leadsquared",
-                            **sandbox)
+    wrong_org = await check(aiohttp_server, LeadSquaredSimulator(orgs={"x"}), "leadsquared", **sandbox)
     assert wrong_org.fix is not None and wrong_org.fix.startswith("org_id is the account number")
 
 

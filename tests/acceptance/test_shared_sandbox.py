@@ -15,16 +15,24 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
 from structlog.testing import capture_logs
 
 from bridge.app import load_mappings, per_process_sandboxes
 from bridge.cli import main
 from bridge.cli import serve as serve_cli
 from bridge.config import Config
+from bridge.errors import ErrorList, Located
 from bridge.eventloop import run
 from bridge.simulators import serving
 from bridge.store.memory import MemoryStore
+from bridge.vendors.kapture import CREATE_PATH as KAPTURE_CREATE
+from bridge.vendors.kapture import SANDBOX_TOKEN as KAPTURE_DEMO
+from bridge.vendors.leadsquared import SANDBOX_ACCESS_KEY, SANDBOX_ORG, SANDBOX_SECRET_KEY
+from bridge.vendors.netgroot import CREATE_PATH as NETGROOT_CREATE
+from bridge.vendors.netgroot import SANDBOX_TOKEN as NETGROOT_DEMO
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.integration.processes import free_port
 
@@ -179,3 +187,94 @@ def test_serve_on_sqlite_says_nothing_of_its_sandboxes(write_config: ConfigFacto
     logs = start_and_stop(config)
     assert [e for e in logs if e["event"] == "sandbox.per_process"] == []
 
+
+
+SENDS = {
+    "k": """
+        source: contact
+        destination: demo-kapture
+        action: create_ticket
+        fields:
+          title: "{{ payload.subject }}"
+    """,
+    "l": """
+        source: contact
+        destination: demo-lsq
+        action: create_ticket
+        fields:
+          LeadDetail.EmailAddress: a@b.io
+          Title: "{{ payload.subject }}"
+    """,
+    "n": """
+        source: contact
+        destination: demo-isp
+        action: create_ticket
+        fields:
+          subject_id: 1
+          message: "{{ payload.subject }}"
+    """,
+}
+REAL = {"KAPTURE_TOKEN": "real-kapture-key", "LSQ_ORG": "real-org", "LSQ_ACCESS": "real-access",
+        "LSQ_SECRET": "real-secret", "ISP_TOKEN": "real-isp-token"}
+ISP_IDS = "type_id: 1, status_id: 1, priority_id: 2, group_id: 1"
+
+
+def three_sandboxes(base: str, credentials: bool) -> str:
+    """A config whose three destinations are `sandbox: true` with a base_url; with `credentials`, each also keeps
+    the real account's keys (a production config copied to staging with `sandbox: true` added)."""
+    kapture, lsq, isp = (', token: "${KAPTURE_TOKEN}"',
+                         ', org_id: "${LSQ_ORG}", access_key: "${LSQ_ACCESS}", secret_key: "${LSQ_SECRET}"',
+                         ', auth: {token: "${ISP_TOKEN}"}') if credentials else ("", "", "")
+    return f"""
+        sources:
+          contact: {{kind: form}}
+        destinations:
+          demo-kapture: {{vendor: kapture, sandbox: true, base_url: "{base}/kapture"{kapture}}}
+          demo-lsq: {{vendor: leadsquared, sandbox: true, base_url: "{base}/leadsquared"{lsq}}}
+          demo-isp: {{vendor: netgroot, sandbox: true, base_url: "{base}/netgroot", {ISP_IDS}{isp}}}
+    """
+
+
+async def test_a_sandbox_never_sends_configured_credentials(write_config: ConfigFactory, bridge_client: AppClient
+                                                            ) -> None:
+    """`sandbox: true` beside a credential (a production config with the flag added) is refused at load, each
+    destination at its credential's key, saying what to do and never quoting the value: before, the real keys
+    (and the customers' data) went to whatever `base_url` said. Without them, what reaches the server at
+    `base_url` carries the simulators' demo credentials only."""
+    received: list[tuple[str, dict[str, str]]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        received.append((request.path, dict(request.headers)))
+        return await handler(request)
+
+    app = serving(["kapture", "leadsquared", "netgroot"])
+    app.middlewares.append(record)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = str(server.make_url("")).rstrip("/")
+        with pytest.raises(ErrorList) as refused:
+            write_config(three_sandboxes(base, credentials=True), SENDS, environ=REAL)
+        errors = refused.value.errors
+        assert sorted(e.path for e in errors if isinstance(e, Located)) == [
+            "destinations.demo-isp.auth.token", "destinations.demo-kapture.token", "destinations.demo-lsq.access_key",
+            "destinations.demo-lsq.org_id", "destinations.demo-lsq.secret_key"]
+        shown = "\n".join(e.render() for e in errors)
+        assert shown.count("remove `") == 5 and shown.count("drop `sandbox: true`") == 5, shown
+        assert not [value for value in REAL.values() if value in shown], shown
+
+        client = await bridge_client(write_config(three_sandboxes(base, credentials=False), SENDS, environ=REAL))
+        assert (await client.post("/hooks/contact", data={"subject": "hello"})).status == 202
+        created = {"/kapture" + KAPTURE_CREATE, f"/leadsquared/api/tenants/{SANDBOX_ORG}/tickets",
+                   "/netgroot" + NETGROOT_CREATE}
+        await eventually(lambda: created <= {path for path, _ in received})
+    finally:
+        await server.close()
+    sent = {path: headers for path, headers in received if path in created}
+    assert sent["/kapture" + KAPTURE_CREATE]["Authorization"] == f"Basic {KAPTURE_DEMO}"
+    lsq = sent[f"/leadsquared/api/tenants/{SANDBOX_ORG}/tickets"]
+    assert (lsq["X-LSQ-ACCESS-KEY"], lsq["X-LSQ-SECRET-KEY"]) == (SANDBOX_ACCESS_KEY, SANDBOX_SECRET_KEY)
+    assert sent["/netgroot" + NETGROOT_CREATE]["Authorization"] == f"Bearer {NETGROOT_DEMO}"
+    every = repr(received)
+    assert not [value for value in REAL.values() if value in every]

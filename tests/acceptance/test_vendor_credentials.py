@@ -8,6 +8,7 @@ from typing import Any
 
 from bridge.simulators.netgroot import NetgrootSimulator
 from bridge.store.base import DeliveryDetail, DeliveryFilter
+from bridge.vendors.netgroot import SANDBOX_USERNAME
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 ISP = ("{vendor: netgroot, sandbox: true, type_id: 1, status_id: 1, priority_id: 2, group_id: 1, "
@@ -110,7 +111,8 @@ async def test_a_log_in_waits_for_its_slot_in_the_rate_limit(write_config: Confi
 async def test_a_wrong_password_is_auth_and_names_the_fix(write_config: ConfigFactory,
                                                           bridge_client: AppClient) -> None:
     """A refused log-in makes the delivery dead with `auth`, its error naming the keys to fix."""
-    client = await bridge_client(write_config(CONFIG, MAPPING, environ={"ISP_PASSWORD": "nope"}))
+    client, sim = await start(write_config, bridge_client)
+    sim.subscribers = {SANDBOX_USERNAME: ("another-password", 1)}  # the demo log-in's password no longer valid
     await post(client, 1, 0)
     (detail,) = await all_settled(client, 1)
     assert (detail.delivery.status, detail.attempts[0].classification) == ("dead", "auth")

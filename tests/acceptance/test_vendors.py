@@ -12,10 +12,12 @@ import structlog
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.simulators.leadsquared import LeadSquaredSimulator
-from bridge.simulators.netgroot import NO_SUBSCRIBER_TOKEN, NetgrootSimulator
+from bridge.simulators.netgroot import NetgrootSimulator
 from bridge.store.base import DeliveryDetail, DeliveryFilter
 from bridge.vendors.kapture import UPDATE_PATH, KaptureAdapter, KaptureOptions
+from bridge.vendors.leadsquared import SANDBOX_ACCESS_KEY
 from bridge.vendors.netgroot import CREATE_PATH as NETGROOT_CREATE
+from bridge.vendors.netgroot import SANDBOX_TOKEN as NETGROOT_DEMO
 from bridge.vendors.netgroot import SUBJECTS_PATH
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
@@ -145,8 +147,9 @@ async def test_kapture_simulator_refuses_a_bad_date_the_adapter_would_catch(aioh
 async def test_kapture_update_with_a_bad_key_is_auth_and_not_retried(write_config: ConfigFactory,
                                                                      bridge_client: AppClient) -> None:
     """"Invalid Auth Key" on an update is auth: one attempt, dead, even with retries left in the schedule."""
-    dest = f"{{vendor: kapture, sandbox: true, token: expired, {FAST_RETRY}}}"
+    dest = f"{{vendor: kapture, sandbox: true, {FAST_RETRY}}}"
     client = await start(write_config, bridge_client, dest, mapping("update_ticket", UPDATE_FIELDS))
+    runtime(client).simulators["kapture"].tokens = set()  # the sandbox's demo key no longer valid
     await post(client, {"ticket_id": "1", "status": "CL"})
     [detail] = await settle(client)
     assert summary(detail) == ("dead", [("auth", 200)])
@@ -188,8 +191,10 @@ async def test_leadsquared_create_succeeds_with_ticket_id_and_key(write_config: 
 async def test_leadsquared_bad_keys_are_auth_and_not_retried(write_config: ConfigFactory,
                                                              bridge_client: AppClient) -> None:
     """A 401 for a wrong secret key is auth: one attempt, dead."""
-    dest = f"{{vendor: leadsquared, sandbox: true, secret_key: wrong, {FAST_RETRY}}}"
+    dest = f"{{vendor: leadsquared, sandbox: true, {FAST_RETRY}}}"
     client = await start(write_config, bridge_client, dest, mapping("create_ticket", LSQ_FIELDS))
+    sim: LeadSquaredSimulator = runtime(client).simulators["leadsquared"]
+    sim.keys = {SANDBOX_ACCESS_KEY: "another-secret"}  # the sandbox's demo secret key no longer valid
     await post(client, {"email": "a@b.io", "title": "t"})
     [detail] = await settle(client)
     assert summary(detail) == ("dead", [("auth", 401)])
@@ -315,8 +320,10 @@ async def test_netgroot_unknown_subject_is_permanent_and_lists_the_names(write_c
 
 async def test_netgroot_unknown_subscriber_is_permanent(write_config: ConfigFactory, bridge_client: AppClient) -> None:
     """The documented 404 "Subscriber not found" is permanent."""
-    dest = f"{{{ISP}, token: {NO_SUBSCRIBER_TOKEN}, {FAST_RETRY}}}"
+    dest = f"{{{ISP}, {FAST_RETRY}}}"
     client = await start(write_config, bridge_client, dest, mapping("create_ticket", ISP_FIELDS))
+    sim: NetgrootSimulator = runtime(client).simulators["netgroot"]
+    sim.tokens[NETGROOT_DEMO] = None  # the demo token's subscriber no longer exists
     await post(client, {"subject": "Technical Support", "text": "x"})
     [detail] = await settle(client)
     assert summary(detail) == ("dead", [("permanent", 404)])
@@ -340,9 +347,9 @@ async def test_netgroot_bad_token_is_auth_and_not_retried(write_config: ConfigFa
                                                           fields: str, http_status: int | None,
                                                           subject_calls: int) -> None:
     """A refused token is auth, one attempt, whether the look-up or the create found it out."""
-    client = await start(write_config, bridge_client, f"{{{ISP}, token: wrong, {FAST_RETRY}}}",
-                         mapping("create_ticket", fields))
+    client = await start(write_config, bridge_client, f"{{{ISP}, {FAST_RETRY}}}", mapping("create_ticket", fields))
     sim: NetgrootSimulator = runtime(client).simulators["netgroot"]
+    sim.tokens.clear()  # the sandbox's demo token no longer valid
     await post(client, {"subject": "Technical Support", "text": "x"})
     [detail] = await settle(client)
     assert summary(detail) == ("dead", [("auth", http_status)])

@@ -415,7 +415,8 @@ async function audit() {
 
 // -- routing ---------------------------------------------------------------------------------------------
 
-const VIEWS = { overview, deliveries, destinations, mappings, playground, audit };
+// A Map, not an object literal: `#/constructor` or `#/__proto__` must not find Object's built-ins.
+const VIEWS = new Map(Object.entries({ overview, deliveries, destinations, mappings, playground, audit }));
 
 async function route() {
   clearInterval(refreshTimer);
@@ -429,7 +430,7 @@ async function route() {
   try {
     if (name === "delivery") await delivery(decodeURIComponent(arg));
     else if (name === "event") await eventView(decodeURIComponent(arg));
-    else await (VIEWS[name] || overview)();
+    else await (VIEWS.get(name) || overview)();
   } catch (x) {
     if (x.status === 401) { signIn("Your token is no longer accepted; sign in again."); return; }
     page("Something went wrong", h("p", { class: "error", role: "alert" }, x.message));

@@ -466,6 +466,41 @@ def test_sandbox_needs_neither_base_url_nor_token(tmp_path: Path) -> None:
     assert (dest.sandbox, dest.base_url) == (True, None)
 
 
+@pytest.mark.parametrize(("vendor", "lines", "key"), [
+    ("kapture", "    token: real-key\n", "token"),
+    ("kapture", "    tokens: {add: real-key}\n", "tokens.add"),
+    ("leadsquared", "    access_key: real-key\n", "access_key"),
+    ("netgroot", "    auth: {login: {username: sandbox, password: real-key}}\n", "auth.login.password"),
+    ("http", "    headers: {X-Api-Key: real-key}\n", "headers.X-Api-Key"),
+    ("http", "    auth: {bearer: real-key}\n", "auth.bearer"),
+    ("http", "    auth: {oauth2: {token_url: /t, client_id: sandbox-client, client_secret: real-key}}\n",
+     "auth.oauth2.client_secret"),
+])
+def test_a_sandbox_with_a_credential_is_refused_at_its_key(tmp_path: Path, vendor: str, lines: str, key: str
+                                                           ) -> None:
+    """`sandbox: true` sends only the simulator's demo credentials, wherever `base_url` points: a credential beside
+    it (a real config with the flag added) is an error at that key, on its line, saying to remove it or drop
+    `sandbox: true`, never quoting the value."""
+    err = only_error(tmp_path, f"destinations:\n  k:\n    vendor: {vendor}\n    sandbox: true\n"
+                               f"    base_url: https://api.example\n{lines}")
+    assert (err.line, err.path) == (6, f"destinations.k.{key}")
+    assert f"remove `{key}`" in err.message and "drop `sandbox: true`" in err.message
+    assert "real-key" not in err.render()
+
+
+def test_a_sandbox_may_name_its_demo_credentials(tmp_path: Path) -> None:
+    """The simulators' public demo credentials may be written beside `sandbox: true` (the shipped demo logs in to
+    the ISP CRM's simulator with its demo subscriber)."""
+    cfg = load(tmp_path, """\
+        destinations:
+          k: {vendor: kapture, sandbox: true, token: sandbox-token}
+          i: {vendor: netgroot, sandbox: true, auth: {login: {username: sandbox, password: sandbox-password}}}
+          h: {vendor: http, sandbox: true, headers: {Accept: application/json},
+              auth: {oauth2: {token_url: /oauth/token, client_id: sandbox-client, client_secret: sandbox-secret}}}
+        """)
+    assert sorted(cfg.destinations) == ["h", "i", "k"]
+
+
 @pytest.mark.parametrize("url", ["acme.kapturecrm.com", "ftp://acme.example", "//acme.example"])
 def test_base_url_must_be_http(tmp_path: Path, url: str) -> None:
     """A `base_url` that is not http(s) is an error at that key naming the value."""

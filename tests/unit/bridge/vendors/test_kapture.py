@@ -111,9 +111,21 @@ def test_sandbox_uses_the_simulator_token() -> None:
     assert request.url == "http://127.0.0.1:8080/sandbox/kapture" + CREATE_PATH
 
 
-def test_sandbox_with_a_token_sends_that_token() -> None:
-    """A sandbox destination that has a token sends it."""
-    assert adapter(token="mine", sandbox=True).token == "mine"
+@pytest.mark.parametrize("options", [{"token": "real-key"}, {"tokens": {"add": "real-key"}}])
+def test_a_sandbox_with_a_token_is_refused(options: dict[str, Any]) -> None:
+    """A sandbox sends only the simulator's key: a token beside `sandbox: true` (a real config with the flag
+    added) is refused, naming the key and what to do, never quoting the token."""
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.convert({"vendor": "kapture", "sandbox": True, "base_url": "http://sandbox:9090/kapture"} | options,
+                        KaptureOptions)
+    assert "remove `" in str(caught.value) and "drop `sandbox: true`" in str(caught.value)
+    assert "real-key" not in str(caught.value)
+
+
+def test_a_sandbox_naming_the_demo_token_sends_the_demo_token() -> None:
+    """The simulator's own demo key may be written out; every operation sends it."""
+    sandboxed = adapter(token=SANDBOX_TOKEN, sandbox=True)
+    assert {sandboxed.token_for(op) for op in ("add", "update", "pull", "get")} == {SANDBOX_TOKEN}
 
 
 def test_options_require_a_token_unless_sandbox() -> None:
