@@ -486,8 +486,17 @@ class MemoryStore(Store):
         return int(decode_event(self.events[event_id]).received_at.timestamp() * 1000)
 
     def _purgeable(self, event_id: str, cutoffs: Cutoffs) -> bool:
-        return all(settled(d.row.status, d.row.updated_at_ms, cutoffs)
+        return all(settled(d.row.status, d.row.updated_at_ms, cutoffs) and not self._holds_conversation(d)
                    for d in self.deliveries.values() if d.row.event_id == event_id)
+
+    def _holds_conversation(self, d: _Delivery) -> bool:
+        """rows.HOLDING_CREATE: `d` is a held create something of its conversation waits on."""
+        c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
+        return (c is not None and d.row.status == "dead" and d.row.role == "create"
+                and d.row.in_doubt_since_ms is not None and c.ticket_id is None
+                and d.row.created_at_ms >= c.started_at_ms
+                and any(o.row.conversation == d.row.conversation and o.row.status in ("pending", "in_flight")
+                        for o in self.deliveries.values()))
 
     def _old_attempts(self, cutoffs: Cutoffs) -> list[tuple[tuple[int, str, int], _Delivery, AttemptRow]]:
         assert cutoffs.attempts_ms is not None

@@ -74,6 +74,7 @@ from bridge.store.rows import (
     CONVERSATION_COLUMNS,
     CONVERSATION_GONE,
     DELIVERY_COUNTS,
+    HOLDING_CREATE,
     MAPPING_CONVERSATIONS,
     NEVER,
     OLDEST_UNSETTLED,
@@ -952,13 +953,19 @@ async def _purge_events(conn: Any, cutoffs: Cutoffs, limit: int, after: tuple[in
             keep.add(event_id)
     gone = [i for i in ids if i not in keep]
     if gone:
+        # Their conversations hold as many fewer (`stored`, migration 0025): locked in the order of their ids, as
+        # accepts lock them (pg_batch._lock_conversations), after the deliveries, as a record or mark_succeeded
+        # takes its delivery before its conversation. Locked, no accept adds a delivery to them until this commits:
+        # a held create something of its conversation waits on (rows.HOLDING_CREATE) is looked for then, and keeps
+        # its event.
+        await conn.execute(_UNSTORED[0], gone)
+        keep = {r[0] for r in await conn.fetch(_HOLDING, gone)}
+        gone = [i for i in gone if i not in keep]
+    if gone:
         out.attempts = len(await conn.fetch(
             "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ANY($1::text[])) "
             "RETURNING 1", gone))
-        # Their conversations hold as many fewer (`stored`, migration 0025): locked in the order of their ids, as
-        # accepts lock them (pg_batch._lock_conversations), after the deliveries, as a record or mark_succeeded
-        # takes its delivery before its conversation.
-        for statement in _UNSTORED:
+        for statement in _UNSTORED[1:]:
             await conn.execute(statement, gone)
         out.deliveries = len(await conn.fetch(
             "DELETE FROM deliveries WHERE event_id = ANY($1::text[]) RETURNING 1", gone))
@@ -973,6 +980,8 @@ _UNSTORED = (
     "WHERE event_id = ANY($1::text[]) AND conversation IS NOT NULL GROUP BY conversation) g "
     "WHERE c.id = g.conversation")
 """Before the deliveries of events (`$1`) are deleted: their conversations hold as many fewer."""
+_HOLDING = f"SELECT DISTINCT d.event_id FROM deliveries d WHERE d.event_id = ANY($1::text[]) AND {HOLDING_CREATE}"  # noqa: S608
+"""Of the events `$1`, those a held create keeps (rows.HOLDING_CREATE)."""
 
 
 async def _count_purgeable(conn: Any, cutoffs: Cutoffs) -> PurgeCounts:

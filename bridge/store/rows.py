@@ -393,10 +393,24 @@ def settled(status: str, updated_at: int, cutoffs: Cutoffs) -> bool:
     return False
 
 
+HOLDING_CREATE = ("(d.status = 'dead' AND d.role = 'create' AND d.in_doubt_since IS NOT NULL "
+                  "AND EXISTS (SELECT 1 FROM conversations c WHERE c.id = d.conversation AND c.ticket_id IS NULL "
+                  "AND d.created_at >= c.started_at AND EXISTS (SELECT 1 FROM deliveries o "
+                  "WHERE o.conversation = d.conversation AND o.status IN ('pending', 'in_flight'))))")
+"""SQL true for a delivery `d` that is a held create (dead while in doubt: the vendor may hold its ticket) of its
+conversation's current round, the conversation without a ticket, while a delivery of the conversation is not
+finished (pending, held behind it, or in flight): head_of_conversation keeps such a delivery waiting on it. A purge
+keeps its event: deleted, it would let the waiting delivery go as a second create (a duplicate ticket). Any open
+delivery of the conversation keeps it, not only a later one (the open ones are looked up in the partial index
+deliveries_open_conversation); once they are finished, or an operator settles the create (mark-succeeded gives the
+conversation its ticket), it goes as any dead delivery does."""
+
+
 def kept_condition(events: str, dead: str) -> str:
-    """SQL true for an event `e` some delivery of which keeps it, given the placeholders of the two cutoffs."""
-    return (f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND NOT ((d.status = 'succeeded' "  # noqa: S608
-            f"AND d.updated_at < {events}) OR (d.status = 'dead' AND d.updated_at < {dead})))")
+    """SQL true for an event `e` some delivery of which keeps it, given the placeholders of the two cutoffs: one not
+    settled long enough, or a held create something waits on (HOLDING_CREATE)."""
+    return (f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND (NOT ((d.status = 'succeeded' "  # noqa: S608
+            f"AND d.updated_at < {events}) OR (d.status = 'dead' AND d.updated_at < {dead})) OR {HOLDING_CREATE}))")
 
 
 MAPPING_CONVERSATIONS = "SELECT COUNT(*) FROM conversations WHERE mapping = {0} AND last_message_at >= {1}"

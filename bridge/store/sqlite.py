@@ -138,7 +138,17 @@ HAND_OVER_SECONDS = 2 * BUSY_DELAY_MAX
 """How long a store opened beside the owner (the CLI: a purge, a replay) leaves the write lock free after each of its
 commits before its next BEGIN: longer than the owner waits between two tries (BUSY_DELAY_MAX), so that an owner
 waiting for the lock (an intake, a lane's record) takes it between two of the CLI's transactions rather than waiting
-for the CLI's whole run."""
+for the CLI's whole run. Only while an owner holds the store (_owner_there): with no server running, a purge or a
+replay commits back to back."""
+OWNER_LOOK_SECONDS = 1.0
+"""How often a store beside the owner looks again whether an owner holds the store (_owner_there), so that a server
+started during a long purge is handed the write lock within about this long. A look takes the lock file's lock shared
+for a moment, which a server starting then finds taken: it tries again (LOCK_TRIES)."""
+LOCK_TRIES = 20
+LOCK_TRY_SECONDS = 0.01
+"""An owner opening the store tries LOCK_TRIES times, LOCK_TRY_SECONDS apart, to take the lock file's lock before it
+says another process holds it: a CLI beside it holds the lock shared for the moment of a look (OWNER_LOOK_SECONDS),
+never 0.2 s; a server holds it for its whole run."""
 SMALL_GROUP = 8
 NONCE_SWEEP = 32
 NONCE_SWEEP_EVERY = 16
@@ -357,6 +367,9 @@ class SqliteStore(Store):
         """The writer's work on another thread (its COMMIT, an off-loop write's statements), while it runs."""
         self._recovered = 0
         """How many deliveries in flight the owner gave back when it opened (recovered_at_open)."""
+        self._owner_seen: tuple[float, bool] | None = None
+        """Beside the owner: when (time.monotonic) this store last looked whether an owner holds the store, and
+        whether one did (_beside_owner)."""
         self._committed_at: float | None = None
         """When (time.monotonic) this store's last commit ended: a store beside the owner waits HAND_OVER_SECONDS
         from then before it begins another transaction."""
@@ -440,18 +453,25 @@ class SqliteStore(Store):
             why = folder_problem(folder) or exc.strerror
             raise StoreUnavailable(f"{self.path}: cannot make its folder {folder}: {why}; {WRITABLE}") from None
 
+    def _lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
     def _take_lock(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreLocked(
-                f"{self.shown} is in use by another ticketbridge process (pid {holder}); an SQLite store "
-                "serves one process: stop the other one, or use PostgreSQL to run several"
-            ) from None
+        fd = os.open(self._lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+        for tried in range(1, LOCK_TRIES + 1):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if tried < LOCK_TRIES:  # perhaps a CLI's look (_owner_there), over in microseconds
+                    time.sleep(LOCK_TRY_SECONDS)
+                    continue
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise StoreLocked(
+                    f"{self.shown} is in use by another ticketbridge process (pid {holder}); an SQLite store "
+                    "serves one process: stop the other one, or use PostgreSQL to run several"
+                ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -764,9 +784,39 @@ class SqliteStore(Store):
 
     async def _hand_over(self) -> None:
         """Beside the owner, wait until HAND_OVER_SECONDS have passed since this store's last commit (or rollback):
-        the owner, trying BEGIN at least every BUSY_DELAY_MAX, takes the write lock in between."""
-        if self._committed_at is not None and (wait := self._committed_at + HAND_OVER_SECONDS - time.monotonic()) > 0:
+        the owner, trying BEGIN at least every BUSY_DELAY_MAX, takes the write lock in between. With no owner
+        holding the store (no server running), no wait."""
+        if self._committed_at is not None and (wait := self._committed_at + HAND_OVER_SECONDS - time.monotonic()) > 0 \
+                and self._beside_owner():
             await asyncio.sleep(wait)
+
+    def _beside_owner(self) -> bool:
+        """Whether an owner holds the store, as _owner_there last said, looked at again once OWNER_LOOK_SECONDS have
+        passed since."""
+        now = time.monotonic()
+        if self._owner_seen is None or now - self._owner_seen[0] >= OWNER_LOOK_SECONDS:
+            self._owner_seen = (now, self._owner_there())
+        return self._owner_seen[1]
+
+    def _owner_there(self) -> bool:
+        """Whether a process holds the store's lock file (the owner: a running server), found by taking its lock
+        shared without waiting and giving it back at once; the file left as it is (never made, never written). A
+        lock file that cannot be read says an owner may be there: the CLI then hands over as before."""
+        try:
+            fd = os.open(self._lock_path(), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: held
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
 
     async def _run_off_loop(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """`fn`'s statements in a transaction of their own, begun and run on the store's writer thread (`_off_loop`,

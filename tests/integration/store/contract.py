@@ -1456,6 +1456,24 @@ class StoreContract:
         assert (await store.purge(Cutoffs(events_ms=after_now(), dead_ms=after_now()), 500)).events == 1
         assert not await kept(store, dead)
 
+    async def test_a_held_create_something_waits_on_keeps_its_event_past_the_dead_cutoff(self, store: Store) -> None:
+        """A held create (dead in doubt: the vendor may hold its ticket) older than every cutoff stays while a later
+        message of its conversation waits on it: deleted, it would let that message go as a second create (a
+        duplicate ticket). A dry run counts it kept. Once nothing of the conversation is left unfinished, it goes."""
+        first, second = await self._held_create(store)
+        everything = Cutoffs(events_ms=after_now(), dead_ms=after_now())
+        assert (await store.purge(everything, 500, dry_run=True)).events == 0
+        got = await store.purge(everything, 500)
+        assert (got.events, got.deliveries) == (0, 0)
+        assert (await row(store, first.id)).status == "dead"
+        assert (await row(store, second.id)).waiting is True
+        assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+        gave_up = msgspec.structs.replace(result(second.id, "succeeded", http_status=None, classification="marked"),
+                                          role="follow_up")
+        assert await store.mark_succeeded(second.id, gave_up) is True
+        got = await store.purge(Cutoffs(events_ms=after_now(), dead_ms=after_now()), 500)
+        assert (got.events, got.deliveries) == (2, 2)
+
     async def test_a_delivery_settled_after_the_cutoff_keeps_its_event(self, store: Store) -> None:
         """The age that counts is the deliveries' last change: an old event replayed (or finished) within the
         limit stays for the whole limit."""
