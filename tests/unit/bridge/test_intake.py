@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 from typing import Any, ClassVar, cast
 from urllib.parse import urlencode
@@ -39,6 +40,40 @@ def test_many_mime_parts_url_encoded_in_a_form_go_to_the_parser_thread(newline: 
     """Mailgun's urlencoded `body-mime` sends the message's line breaks as %0D%0A: its delimiter lines count."""
     assert offloaded(b"body-mime=" + (newline + b"--b" + newline + b"v") * (OFFLOAD_MIME_LINES + 1))
     assert not offloaded(b"body-mime=" + (newline + b"--b" + newline + b"v") * OFFLOAD_MIME_LINES)
+
+
+def _offloaded_by_counts(body: bytes) -> bool:
+    """`offloaded` as first written, every pattern counted in the bytes: the reference its tests of `in` keep to."""
+    if len(body) > OFFLOAD_BYTES:
+        return True
+    encoded = b"%" in body
+    lines = body.count(b"\n--") + body.count(b"\\n--")
+    if lines <= OFFLOAD_MIME_LINES and encoded:
+        lines += body.count(b"%0A--") + body.count(b"%0a--")
+    if lines > OFFLOAD_MIME_LINES:
+        return True
+    semicolons = body.count(b";")
+    if semicolons <= LOOP_PARAMS and encoded:
+        semicolons += body.count(b"%3B") + body.count(b"%3b")
+    return semicolons > LOOP_PARAMS
+
+
+_PIECES = [b"\n--", b"\\n--", b"%0A--", b"%0a--", b"%0D--", b";", b"%3B", b"%3b", b"%3D", b"%", b"-", b"--",
+           b"\n-", b"\xff\xfe", b"\xe6\x97", b"x"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_offloaded_gives_what_counting_every_pattern_gives(seed: int) -> None:
+    """`offloaded` looks at the body as Latin-1 text and counts a pattern only where a test finds it: for bodies
+    made of every piece a pattern is built from (8-bit bytes too), around both thresholds, the same answer as
+    counting every pattern in the bytes."""
+    rng = random.Random(seed)
+    for _ in range(25):
+        pieces = rng.sample(_PIECES, rng.randint(1, 4))
+        around = rng.choice([OFFLOAD_MIME_LINES, LOOP_PARAMS // 2, LOOP_PARAMS])
+        body = b"".join(rng.choice(pieces) * rng.randint(0, around + 2) for _ in range(rng.randint(1, 6)))
+        assert offloaded(body) is _offloaded_by_counts(body), body
+    assert offloaded(b"") is _offloaded_by_counts(b"") is False
 
 
 class Recording(Handler):
