@@ -26,7 +26,7 @@ from bridge.routing import HeldLogs, plan_deliveries
 from bridge.runtime import Runtime, Source
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.rows import now_ms
-from handlers.attachments import save_attachments
+from handlers.attachments import Attachment, save_attachments
 from handlers.auth import check_auth
 from handlers.base import Inbound, Intercepted, SignedNonce, answered, fetched_bytes, skip_signatures
 from handlers.limits import LOOP_PARAMS, too_many
@@ -54,7 +54,7 @@ def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = No
 
 
 def _cors(source: Source, request: web.Request) -> dict[str, str]:
-    origin = request.headers.get("Origin")
+    origin = request.headers.get("origin")  # lower case: the headers' own key, no case folding per request
     if origin and origin.isascii() and source.handler.allowed_origin(origin):  # an origin is ASCII (RFC 6454)
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {}
@@ -62,12 +62,16 @@ def _cors(source: Source, request: web.Request) -> dict[str, str]:
 
 def _source(request: web.Request) -> tuple[Runtime, Source] | web.Response:
     rt = request.app[RUNTIME]
-    name = request.match_info["source"]
+    found = _named_source(rt, request.match_info["source"])
+    return found if isinstance(found, web.Response) else (rt, found)
+
+
+def _named_source(rt: Runtime, name: str) -> Source | web.Response:
     source = rt.sources.get(name)
     if source is None:
         rt.count("intake.unknown_source")
         return _json({"accepted": False, "error": f"unknown source {name!r}"}, 404)
-    return rt, source
+    return source
 
 
 def _reject(rt: Runtime, source: Source, exc: Rejected, request: web.Request) -> web.Response:
@@ -107,19 +111,20 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
         off = offloaded(body)
     handler = source.handler
     try:
-        if verify:
-            check_auth(handler.options.auth, request)
-        else:
+        if not verify:
             skip_signatures(request)
+        elif (auth := handler.options.auth) is not None:
+            check_auth(auth, request)
         handler.check_content_type(request)
-
-        def checks(request: web.Request, body: bytes) -> None:
-            if verify:
-                handler.verify(request, body)
-            handler.prepare(request, body)  # what intercept reads, parsed here rather than on the loop
 
         # Hooks a handler leaves as they are do nothing: not run (a web form's every request).
         if (verify and handler.defines_verify) or handler.defines_prepare:
+
+            def checks(request: web.Request, body: bytes) -> None:
+                if verify:
+                    handler.verify(request, body)
+                handler.prepare(request, body)  # what intercept reads, parsed here rather than on the loop
+
             await _run(checks, request, body, off)
         if handler.defines_intercept and (early := await handler.intercept(request, body)) is not None:
             return early
@@ -128,7 +133,7 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
                               off or (handler.defines_intercept and fetched_off(request)))
         if len(inbounds) > MAX_EVENTS:
             raise too_many("events in one request", len(inbounds), MAX_EVENTS)
-        return inbounds, handler.nonce(request, body) if verify else None
+        return inbounds, handler.nonce(request, body) if verify and handler.defines_nonce else None
     except (Rejected, web.HTTPException):
         raise
     except Exception as exc:  # never a 5xx for a request's bytes: see _handler_failed
@@ -140,7 +145,7 @@ def _kept(rt: Runtime, source: Source, request: web.Request) -> tuple[dict[str, 
     as surrogates, which no store takes) are kept written out as `\\xNN`, and counted: refusing them would
     refuse a provider's every request. Ordinary ASCII values cost one `isascii` each."""
     headers = source.handler.kept_headers(request)
-    meta = {"remote": request.remote, "user_agent": request.headers.get("User-Agent")}
+    meta = {"remote": request.remote, "user_agent": request.headers.get("user-agent")}
     if escape_values(headers) + escape_values(meta):
         rt.count("escaped", source=source.name, where="headers")
         log.info("intake.escaped", source=source.name, where="headers")
@@ -173,11 +178,8 @@ def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamR
     return early.response
 
 
-async def _save_attachments(rt: Runtime, source: Source, inbounds: list[Inbound]) -> web.Response | None:
+async def _save_attachments(rt: Runtime, source: Source, files: list[Attachment]) -> web.Response | None:
     """Write the requests' attachment content before the event is stored; a 503 when the disk fails."""
-    files = [item for inbound in inbounds for item in inbound.attachments]
-    if not files:
-        return None
     try:
         await asyncio.to_thread(save_attachments, files, rt.config.attachments_dir, rt.config.attachments.max_bytes)
     except OSError as exc:
@@ -257,12 +259,10 @@ async def _read_body(rt: Runtime, source: Source, request: web.Request) -> bytes
         return None
 
 
-async def _nonce(signed: SignedNonce | None, source: str, body: bytes) -> Nonce | None:
+async def _nonce(signed: SignedNonce, source: str, body: bytes) -> Nonce:
     """The store's record of a signed nonce in its scope: this request's digest (of the source it came to and its
     body: the same bytes sent to another source of the scope are another request), kept while the request is
     within its tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
-    if signed is None:
-        return None
     hashed = hashlib.sha256(source.encode("utf-8", "surrogatepass") + b"\0")
     if len(body) > HASH_ON_LOOP_BYTES:
         await asyncio.to_thread(hashed.update, body)
@@ -436,9 +436,11 @@ def _count_routing(rt: Runtime, source: Source, event: Event, deliveries: list[N
 
 async def hook_post(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
+    rt = request.app[RUNTIME]
+    name = request.match_info["source"]
     status = 500
     try:
-        response = await _hook_post(request)
+        response = await _hook_post(request, rt, name)
         status = response.status
         return response
     except web.HTTPException as exc:  # a form's redirect
@@ -447,8 +449,6 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
     finally:
         answered(request)  # what the handler held or kept for the request (an S3 read's turn, its parse) is let go
         # Known sources only, so that the series stay bounded by the config whatever path is posted to.
-        rt = request.app[RUNTIME]
-        name = request.match_info["source"]
         if name in rt.sources:
             elapsed = time.perf_counter() - started
             rt.latencies.intake.observe(name, elapsed)
@@ -472,11 +472,10 @@ async def _new_events(source: Source, inbounds: list[Inbound], headers: dict[str
     return _events_of(source, inbounds, headers, meta)
 
 
-async def _hook_post(request: web.Request) -> web.StreamResponse:
-    found = _source(request)
-    if isinstance(found, web.Response):
-        return found
-    rt, source = found
+async def _hook_post(request: web.Request, rt: Runtime, name: str) -> web.StreamResponse:
+    source = _named_source(rt, name)
+    if isinstance(source, web.Response):
+        return source
     handler = source.handler
     try:
         body = await _read_body(rt, source, request)
@@ -487,10 +486,12 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
         if isinstance(handled, Intercepted):
             return _intercepted(rt, source, handled)
         inbounds, signed = handled
-        off = off or fetched_off(request)  # a small notification whose fetched message is large: rendered off too
+        # A small notification whose fetched message is large is rendered off too (only an intercept fetches).
+        off = off or (handler.defines_intercept and fetched_off(request))
     except Rejected as exc:
         return _reject(rt, source, exc, request)
-    if (unsaved := await _save_attachments(rt, source, inbounds)) is not None:
+    files = [item for inbound in inbounds for item in inbound.attachments]
+    if files and (unsaved := await _save_attachments(rt, source, files)) is not None:
         return unsaved
 
     headers, meta = _kept(rt, source, request)
@@ -512,7 +513,8 @@ async def _hook_post(request: web.Request) -> web.StreamResponse:
                       "errors": invalid}, 422, _cors(source, request))
 
     try:
-        results = await _accept_all(rt, source, planned, await _nonce(signed, source.name, body), mappings)
+        results = await _accept_all(rt, source, planned,
+                                    None if signed is None else await _nonce(signed, source.name, body), mappings)
     except _Refused as refused:
         return _store_refused(rt, source, request, refused)
     except StoreUnavailable as exc:

@@ -17,7 +17,7 @@ from bridge import offload
 from bridge.config import ServerConfig, SourceConfig
 from bridge.intake import EVENTS_ON_LOOP, OFFLOAD_BYTES, OFFLOAD_MIME_LINES, _new_events, offloaded, run_handler
 from bridge.runtime import Runtime, Source
-from handlers.base import Handler, Inbound, Intercepted, count_fetched
+from handlers.base import Handler, Inbound, Intercepted, SignedNonce, count_fetched
 from handlers.limits import LOOP_PARAMS
 
 
@@ -127,6 +127,29 @@ def test_the_hooks_a_handler_class_defines_are_known_once_per_class() -> None:
     assert (Recording.defines_verify, Recording.defines_prepare, Recording.defines_intercept) == (True, False, False)
     assert (Intercepting.defines_verify, Intercepting.defines_prepare, Intercepting.defines_intercept) == (
         True, False, True)
+
+
+class Noncing(Recording):
+    """A subclass that gives the nonce its signature signs."""
+
+    def nonce(self, request: Request, body: bytes) -> SignedNonce | None:
+        return SignedNonce(name="the token", value="tok-1", valid_for_s=300.0)
+
+
+async def test_the_nonce_is_asked_of_the_handlers_that_give_one() -> None:
+    """A handler that gives no nonce of its own (a web form) is not asked for one; one that does (Mailgun) is,
+    when the request is verified, and its nonce goes with the events."""
+    from handlers.form import FormHandler
+    from handlers.mailgun import MailgunHandler
+
+    assert (FormHandler.defines_nonce, Recording.defines_nonce) == (False, False)
+    assert (MailgunHandler.defines_nonce, Noncing.defines_nonce) == (True, True)
+    request = make_mocked_request("POST", "/hooks/src")
+    handled = await run_handler(cast(Runtime, None), Source("src", Noncing(), None, 0.0), request, b"x", off=False)
+    assert not isinstance(handled, Intercepted) and handled[1] is not None and handled[1].value == "tok-1"
+    handled = await run_handler(cast(Runtime, None), Source("src", Noncing(), None, 0.0), request, b"x", off=False,
+                                verify=False)
+    assert not isinstance(handled, Intercepted) and handled[1] is None
 
 
 async def test_only_the_hooks_a_handler_defines_are_run() -> None:
