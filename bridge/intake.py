@@ -459,9 +459,11 @@ async def hook_post(request: web.Request) -> web.StreamResponse:
 def _events_of(source: Source, inbounds: list[Inbound], headers: dict[str, str],
                meta: dict[str, Any]) -> list[Event]:
     handler = source.handler
+    keyed = source.dedup_path is not None  # else only a key the provider gave: no call to find none
     return [Event.new(source=source.name, kind=handler.kind, channel=handler.channel, payload=inbound.payload,
-                      headers=headers, meta=dict(meta), dedup_key=_dedup_key(source, inbound, headers),
-                      spam=inbound.spam) for inbound in inbounds]
+                      headers=headers, meta=dict(meta),
+                      dedup_key=_dedup_key(source, inbound, headers) if keyed or inbound.dedup_key is not None
+                      else None, spam=inbound.spam) for inbound in inbounds]
 
 
 async def _new_events(source: Source, inbounds: list[Inbound], headers: dict[str, str],
@@ -534,8 +536,8 @@ async def _hook_post(request: web.Request, rt: Runtime, name: str) -> web.Stream
                                [d.id for (_e, ds), r in zip(planned, results, strict=True) if not r.duplicate
                                 for d in ds])
     for (event, deliveries), result in zip(planned, results, strict=True):
-        rt.count("intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted",
-                 source=source.name)
+        rt.add(source.outcomes[
+            "intake.duplicate" if result.duplicate else "intake.spam" if event.spam else "intake.accepted"])
         if not result.duplicate:
             _count_routing(rt, source, event, deliveries, mappings)
         if LEVEL.debug:
