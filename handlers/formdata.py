@@ -55,7 +55,9 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     except ValueError as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
-    fields = [part for part in text.split("&") if part]  # clients leave stray '&'s; they carry no field
+    fields = text.split("&")
+    if "" in fields:  # clients leave stray '&'s; they carry no field
+        fields = [part for part in fields if part]
     check_count("form fields", len(fields), MAX_FORM_FIELDS)
     try:
         pairs = _pairs(fields, codec)
@@ -67,7 +69,10 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     if charset:  # UTF-7 may decode to lone surrogates; UTF-8, read strictly, never does
         pairs = [(escape_text(key), escape_text(value)) for key, value in pairs]
     for key, value in pairs:
-        add_value(out, key, value)
+        if key in out:
+            add_value(out, key, value)
+        else:  # add_value's first value of a key, without a call for each field
+            out[key] = value
     return out
 
 
@@ -75,15 +80,22 @@ def _pairs(fields: list[str], encoding: str) -> list[tuple[str, str]]:
     """Each `name=value` field's name and value, `+` read as a space and %-escapes decoded strictly in
     `encoding`, in order: what `parse_qsl(..., keep_blank_values=True, strict_parsing=True)` gives, and the
     same errors (ValueError for a field without `=`, UnicodeError for an escape that is not text), without
-    its per-field copies when a field holds neither `+` nor `%` (most fields of most forms)."""
+    its per-field copies when a field holds neither `+` nor `%` (most fields of most forms): `+` is made a space
+    where the field holds one, and %-escapes are decoded where the name or the value holds one (a space put for a
+    `+` is no `%`), so that a field without escapes takes no call."""
     pairs = []
     for field in fields:
         name, eq, value = field.partition("=")
         if not eq:
             raise ValueError(f"bad query field: {field!r}")
-        if "+" in field or "%" in field:
-            name = _unquote(name, encoding)
-            value = _unquote(value, encoding)
+        if "+" in field:
+            name = name.replace("+", " ")
+            value = value.replace("+", " ")
+        if "%" in field:
+            if "%" in name:
+                name = _percent_decoded(name, encoding)
+            if "%" in value:
+                value = _percent_decoded(value, encoding)
         pairs.append((name, value))
     return pairs
 
@@ -91,14 +103,12 @@ def _pairs(fields: list[str], encoding: str) -> list[tuple[str, str]]:
 _UTF8 = frozenset({"utf-8", "utf_8"})
 
 
-def _unquote(text: str, encoding: str) -> str:
-    """`text` with `+` read as a space and %-escapes decoded strictly in `encoding`, as `unquote` does. In UTF-8
-    the whole text is decoded at once, in C: it decodes to what `unquote` gives run by run of escapes, since a
-    run's bytes cannot join a neighbouring character's into one (the text between runs is whole characters).
-    A text that does not decode is left to `unquote`, which raises its own error, naming the run."""
-    text = text.replace("+", " ")
-    if "%" not in text:
-        return text
+def _percent_decoded(text: str, encoding: str) -> str:
+    """`text`'s %-escapes decoded strictly in `encoding`, as `unquote` does (its `+`s, which `unquote_plus` reads as
+    spaces, made spaces by the caller). In UTF-8 the whole text is decoded at once, in C: it decodes to what
+    `unquote` gives run by run of escapes, since a run's bytes cannot join a neighbouring character's into one (the
+    text between runs is whole characters). A text that does not decode is left to `unquote`, which raises its own
+    error, naming the run."""
     if encoding in _UTF8:
         try:
             return unquote_to_bytes(text).decode("utf-8")

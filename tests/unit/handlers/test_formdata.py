@@ -137,18 +137,21 @@ def test_a_utf8_form_is_unescaped_without_unquote(monkeypatch: pytest.MonkeyPatc
                                  "é", "€", "\U0001f600"]), max_size=12))
 def test_a_utf8_part_unescapes_as_unquote_does(pieces: list[str]) -> None:
     """Decoding a UTF-8 part's bytes at once gives what `unquote` gives run by run of escapes, and where that
-    raises, the same error: the escapes beside a character never join it into one."""
+    raises, the same error: the escapes beside a character never join it into one. So for a field's name and its
+    value, each read with the other plain, and with the other the same."""
     text = "".join(pieces)
     try:
         expected: str | Exception = unquote(text.replace("+", " "), errors="strict")
     except UnicodeDecodeError as exc:
         expected = exc
-    if isinstance(expected, str):
-        assert formdata._unquote(text, "utf-8") == expected
-    else:
-        with pytest.raises(UnicodeDecodeError) as raised:
-            formdata._unquote(text, "utf-8")
-        assert str(raised.value) == str(expected)
+    fields = {f"{text}=v": (expected, "v"), f"k={text}": ("k", expected), f"{text}={text}": (expected, expected)}
+    for field, pair in fields.items():
+        if not isinstance(expected, Exception):
+            assert formdata._pairs([field], "utf-8") == [pair]
+        else:
+            with pytest.raises(UnicodeDecodeError) as raised:
+                formdata._pairs([field], "utf-8")
+            assert str(raised.value) == str(expected)
 
 
 def test_urlencoded_unknown_charset_is_rejected() -> None:
