@@ -22,7 +22,7 @@ from bridge.logs import LEVEL
 from bridge.mapping.limits import SliceOver, end_slice, start_slice
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.paths import MISSING
-from bridge.routing import HeldLogs, plan_deliveries
+from bridge.routing import hold_logs, plan_deliveries, release_logs
 from bridge.runtime import Runtime, Source
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.rows import now_ms
@@ -50,7 +50,8 @@ def _json(data: dict[str, Any], status: int, headers: dict[str, str] | None = No
         body = _encode(data)
     except UnicodeEncodeError:  # a reason quoting request text that is not UTF-8
         body = _encode(escape_tree(data)[0])
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+    # No headers as None, not {}: aiohttp copies a mapping given into a new one.
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers or None)
 
 
 def _cors(source: Source, request: web.Request) -> dict[str, str]:
@@ -399,7 +400,7 @@ def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: Ma
     if off:
         return None
     token = start_slice(offload.LOOP_SLICE_S)
-    held = HeldLogs()  # a render failure is logged by the run kept: this one, or _plan_off's
+    held = hold_logs()  # a render failure is logged by the run kept: this one, or _plan_off's
     kept = False
     try:
         planned = _plan_each(events, mappings, rt.config.vars)
@@ -410,7 +411,7 @@ def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: Ma
         log.info("intake.render_offloaded", source=source.name, slice_ms=offload.LOOP_SLICE_S * 1000)
         return None
     finally:
-        held.end(emit=kept)
+        release_logs(held, emit=kept)
         end_slice(token)
 
 

@@ -254,17 +254,10 @@ def _expr(node: nodes.Node) -> Expr:
         items = [_expr(item) for item in node.items]
         return lambda ctx: [item(ctx) for item in items]
     if isinstance(node, nodes.Test):
-        if node.name not in ("defined", "undefined", "none") or node.args or node.kwargs or node.dyn_args \
-                or node.dyn_kwargs:
-            raise _Unsupported
-        inner, label = _filtered(node.node)
-        if node.name == "defined":
-            return lambda ctx: inner(ctx) is not MISSING
-        if node.name == "undefined":
-            return lambda ctx: inner(ctx) is MISSING
-        need = _value(inner, label)
-        return lambda ctx: need(ctx) is None
+        return _test(node)
     if isinstance(node, nodes.Not):
+        if isinstance(node.node, nodes.Test) and node.node.name in ("defined", "undefined"):
+            return _test(node.node, negated=True)  # `x is not defined`: `x is undefined`, one call the fewer
         inner = _expr(node.node)
         return lambda ctx: not inner(ctx)
     if isinstance(node, nodes.And):
@@ -299,6 +292,20 @@ def _expr(node: nodes.Node) -> Expr:
         return compare
     fn, label = _filtered(node)
     return _value(fn, label)
+
+
+def _test(node: nodes.Test, negated: bool = False) -> Expr:
+    """`is defined`, `is undefined` (the other when `negated`), `is none`."""
+    if node.name not in ("defined", "undefined", "none") or node.args or node.kwargs or node.dyn_args \
+            or node.dyn_kwargs:
+        raise _Unsupported
+    inner, label = _filtered(node.node)
+    if node.name != "none" and (node.name == "defined") != negated:
+        return lambda ctx: inner(ctx) is not MISSING
+    if node.name != "none":
+        return lambda ctx: inner(ctx) is MISSING
+    need = _value(inner, label)
+    return lambda ctx: need(ctx) is None
 
 
 _NOT_PATHS = (nodes.Const, nodes.List, nodes.Tuple, nodes.Test, nodes.Not, nodes.And, nodes.Or, nodes.Compare)
