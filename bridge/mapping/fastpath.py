@@ -16,7 +16,7 @@ from typing import Any
 
 from jinja2 import UndefinedError, nodes
 
-from bridge.mapping.filters import FILTERS, GROWING
+from bridge.mapping.filters import FILTERS, GROWING, STR_METHODS
 from bridge.mapping.limits import SMALL_CHARS, UNCHECKED_STEPS, as_text, check_large, check_time, looking
 from bridge.mapping.paths import MISSING, ROOTS, Absent, Path, compile_lookup
 from bridge.mapping.templates import ENV
@@ -95,10 +95,11 @@ def _piece(path: Path, chain: list[tuple[Any, tuple[Any, ...]]]) -> Lookup:
     # filter on a value that is not small looks at the clock after it.
     looked: list[tuple[Any, tuple[Any, ...]]] = [(fn if fn is _DEFAULT else looking(fn), args) for fn, args in chain]
     small = -1 if any(fn is FILTERS[name] for name in GROWING for fn, _ in chain) else SMALL_CHARS
+    quick = _str_methods(chain)
 
     def filtered(ctx: dict[str, Any]) -> Any:
         value = get(ctx)
-        for fn, args in chain if type(value) is str and len(value) <= small else looked:
+        for fn, args in quick if type(value) is str and len(value) <= small else looked:
             if fn is _DEFAULT:
                 if value is MISSING or value is None or (args[1] and not value):
                     value = args[0]
@@ -109,6 +110,22 @@ def _piece(path: Path, chain: list[tuple[Any, tuple[Any, ...]]]) -> Lookup:
         return value
 
     return filtered
+
+
+def _str_methods(chain: list[tuple[Any, tuple[Any, ...]]]) -> list[tuple[Any, tuple[Any, ...]]]:
+    """`chain` as run on a str: its first filters that are str methods (filters.STR_METHODS) called as those methods,
+    in C, as a `default` of a str keeps the value a str; from the first other step on, the steps themselves."""
+    out = []
+    methods = True
+    for fn, args in chain:
+        if fn is _DEFAULT:
+            methods = methods and type(args[0]) is str
+            out.append((fn, args))
+            continue
+        method = STR_METHODS.get(fn) if methods else None
+        methods = method is not None
+        out.append((method or fn, args))
+    return out
 
 
 def fast_steps(text: str) -> int:
