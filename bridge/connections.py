@@ -141,7 +141,8 @@ class GuardedRequestHandler(RequestHandler):
     behaviour, so an aiohttp upgrade that changes them fails there first.
     """
 
-    __slots__ = ("_bad_requests", "_body", "_counted", "_deadline", "_limits", "_phase", "_quiet", "_stats", "_timer")
+    __slots__ = ("_bad_requests", "_body", "_counted", "_deadline", "_limits", "_phase", "_quiet", "_stats", "_timer",
+                 "_timer_at")
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, stats: ConnectionStats,
                  loop: asyncio.AbstractEventLoop, bad_requests: ThrottledWarning, **kwargs: Any) -> None:
@@ -156,6 +157,7 @@ class GuardedRequestHandler(RequestHandler):
         self._phase = _HEADER
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the timer fires: its `when()`, kept rather than asked for on each arming
         self._body: Any = None
         self._counted = True  # GuardedServer counted it open when it made it
         self._bad_requests = bad_requests  # the server's, shared by its connections: one warning per interval in all
@@ -179,7 +181,8 @@ class GuardedRequestHandler(RequestHandler):
         if self._phase == _IDLE:
             self._arm(_HEADER, self._limits.header_timeout)
         parsed = self._request_count
-        super().data_received(data)
+        # Twice a request (its bytes; aiohttp's own b"" as its body is read): called by name, no super() made.
+        RequestHandler.data_received(self, data)
         if self._request_count != parsed and self._messages:
             # New heads are in (pipelined ones too, behind a request still being handled): the last
             # one's body, if it is still to come, has its own deadline.
@@ -215,7 +218,7 @@ class GuardedRequestHandler(RequestHandler):
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
         # Called once each answer is written: the connection now waits for its next request, unless a
         # pipelined request's body is still due (its deadline stands).
-        super().log_access(request, response, time)
+        RequestHandler.log_access(self, request, response, time)
         body = self._body
         if body is not None and not body.is_eof():
             return
@@ -230,9 +233,11 @@ class GuardedRequestHandler(RequestHandler):
         timer = self._timer
         if timer is None:
             self._timer = loop.call_at(deadline, self._expire)
-        elif timer.when() > deadline:
+            self._timer_at = deadline
+        elif self._timer_at > deadline:
             timer.cancel()
             self._timer = loop.call_at(deadline, self._expire)
+            self._timer_at = deadline
 
     def _expire(self) -> None:
         self._timer = None
@@ -241,6 +246,7 @@ class GuardedRequestHandler(RequestHandler):
         loop = self._loop
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._expire)
+            self._timer_at = self._deadline
             return
         phase = self._phase
         if phase == _BODY:

@@ -54,7 +54,7 @@ def escape_values(mapping: dict[str, Any]) -> int:
     """Escape, in place, the str values of a flat mapping (kept headers, request meta); how many changed."""
     changed = 0
     for key, value in mapping.items():
-        if isinstance(value, str) and not encodable(value):
+        if isinstance(value, str) and not value.isascii() and not encodable(value):  # ASCII: no call
             mapping[key] = _SURROGATE.sub(_escape, value)
             changed += 1
     return changed

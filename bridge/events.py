@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -10,22 +10,29 @@ import msgspec
 from bridge.ids import new_id
 
 Channel = Literal["email", "form", "chat", "webhook"]
-_LAST_SECOND: list[tuple[tuple[int, ...], str]] = [((), "")]
-"""The last second `utc_isoformat` wrote, and its text (one tuple, replaced whole: threads may share it)."""
+_NEVER = datetime.min.replace(tzinfo=UTC)
+_LAST_START = datetime.max.replace(microsecond=0, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+_LAST_SECOND: list[tuple[datetime, datetime, str]] = [(_NEVER, _NEVER, "")]
+"""The last second `utc_isoformat` wrote: its start, the next second's start, and its text (one tuple, replaced
+whole: threads may share it)."""
 
 
 def utc_isoformat(moment: datetime) -> str:
     """`moment.isoformat()`, with the text up to the second reused while the second is the same one (isoformat
-    cost 11k instructions, more than an event's whole render)."""
+    cost 11k instructions, more than an event's whole render). The second is told by two comparisons with its
+    bounds (datetimes of one tzinfo compare their bytes), not by reading its six fields."""
     if moment.tzinfo is not UTC or type(moment) is not datetime:
         return moment.isoformat()
-    second = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
-    last, text = _LAST_SECOND[0]
-    if second != last:
-        text = moment.replace(microsecond=0, tzinfo=None).isoformat()
-        _LAST_SECOND[0] = (second, text)
+    start, end, text = _LAST_SECOND[0]
+    if not start <= moment < end:
+        start = moment.replace(microsecond=0)
+        if start == _LAST_START:  # the last second there is: no next one to bound it
+            return moment.isoformat()
+        text = start.replace(tzinfo=None).isoformat()
+        _LAST_SECOND[0] = (start, start + _SECOND, text)
     micro = moment.microsecond
-    return text + "." + str(micro + 1_000_000)[1:] + "+00:00" if micro else text + "+00:00"
+    return text + "." + str(micro).zfill(6) + "+00:00" if micro else text + "+00:00"
 
 
 class Event(msgspec.Struct, kw_only=True):

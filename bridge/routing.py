@@ -4,7 +4,7 @@ failure into a dead delivery that names its reason, so a bad mapping never fails
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, cast
 
 import msgspec
@@ -25,25 +25,25 @@ log = structlog.get_logger("ticketbridge.routing")
 _held: ContextVar[list[tuple[int, str, dict[str, Any]]] | None] = ContextVar("routing_held_logs", default=None)
 
 
-class HeldLogs:
-    """The render failures logged in this context from now until `end`, kept back: a plan begun on the loop may
-    run past its slice (SliceOver) and be begun again in the parser thread, where each failure happens again,
-    so only the run that is kept may log them (once, as they are counted and stored once)."""
+def hold_logs() -> Token[list[tuple[int, str, dict[str, Any]]] | None]:
+    """Keep back the render failures logged in this context from now until `release_logs`: a plan begun on the
+    loop may run past its slice (SliceOver) and be begun again in the parser thread, where each failure happens
+    again, so only the run that is kept may log them (once, as they are counted and stored once). Two calls
+    rather than an object: the intake makes one per request."""
+    return _held.set([])
 
-    def __init__(self) -> None:
-        self.lines: list[tuple[int, str, dict[str, Any]]] = []
-        self._token = _held.set(self.lines)
 
-    def end(self, *, emit: bool) -> None:
-        """Stop holding; log what was held when `emit` (the run is kept), else drop it (it is begun again)."""
-        _held.reset(self._token)
-        if emit:
-            for level, event, fields in self.lines:
-                log.log(level, event, **fields)
+def release_logs(token: Token[list[tuple[int, str, dict[str, Any]]] | None], *, emit: bool) -> None:
+    """Stop holding; log what was held when `emit` (the run is kept), else drop it (it is begun again)."""
+    lines = _held.get()
+    _held.reset(token)
+    if emit and lines:
+        for level, event, fields in lines:
+            log.log(level, event, **fields)
 
 
 def _failed(level: int, event: str, **fields: Any) -> None:
-    """Log a render failure at `level` (logging's), or hold it back while a HeldLogs holds this context's."""
+    """Log a render failure at `level` (logging's), or hold it back while `hold_logs` holds this context's."""
     held = _held.get()
     if held is None:
         log.log(level, event, **fields)

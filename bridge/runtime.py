@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     from bridge.reload import MappingReloader
 
 
+CountKey = tuple[str, tuple[tuple[str, str], ...]]
+"""A count's name and its labels, sorted: its key in `Runtime.labelled`, as /metrics shows it."""
+
+
+def count_key(name: str, **labels: str) -> CountKey:
+    return (name, tuple(sorted(labels.items())))
+
+
+INTAKE_OUTCOMES = ("intake.accepted", "intake.duplicate", "intake.spam")
+
+
 @dataclass
 class Source:
     """A configured source, ready to take requests."""
@@ -30,6 +41,11 @@ class Source:
     handler: Handler
     dedup_path: Path | None
     dedup_window_s: float
+    outcomes: dict[str, CountKey] = field(init=False, repr=False)
+    """The count key of each of INTAKE_OUTCOMES for this source, made once: counted per event with `Runtime.add`."""
+
+    def __post_init__(self) -> None:
+        self.outcomes = {name: count_key(name, source=self.name) for name in INTAKE_OUTCOMES}
 
     @classmethod
     def build(cls, name: str, handler: Handler) -> Source:
@@ -67,7 +83,7 @@ class Runtime:
     dispatcher: Dispatcher | None = None
     simulators: dict[str, Any] = field(default_factory=dict)
     sandbox_urls: dict[str, str] = field(default_factory=dict)
-    labelled: dict[tuple[str, tuple[tuple[str, str], ...]], int] = field(default_factory=dict)
+    labelled: dict[CountKey, int] = field(default_factory=dict)
     # for /metrics: (when, (destination → status → count, destination → oldest unsettled delivery's creation
     # ms) or None when the store did not say, each destination's state)
     backlog_cache: tuple[float, tuple[dict[str, dict[str, int]], dict[str, int]] | None, list[Any]] | None = None
@@ -79,15 +95,19 @@ class Runtime:
     latencies: Latencies = field(default_factory=Latencies)  # for /metrics
     tracing: Tracing | None = None  # OpenTelemetry spans, while tracing.enabled
     # each call site's (name, *labels in its order) -> its key in `labelled`
-    _label_keys: dict[tuple[Any, ...], tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=dict,
-                                                                                       repr=False)
+    _label_keys: dict[tuple[Any, ...], CountKey] = field(default_factory=dict, repr=False)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Count `name` by its labels (source, destination, …), as /metrics shows it."""
         given = (name, *labels.items())
         key = self._label_keys.get(given)
         if key is None:  # a call site's first call: its labels come in its own order, sorted once
-            key = self._label_keys[given] = (name, tuple(sorted(labels.items())))
+            key = self._label_keys[given] = count_key(name, **labels)
+        self.labelled[key] = self.labelled.get(key, 0) + n
+
+    def add(self, key: CountKey, n: int = 1) -> None:
+        """`count` under a key made once (`count_key`): a count on every request, without its labels gathered and
+        looked up on each."""
         self.labelled[key] = self.labelled.get(key, 0) + n
 
     @property

@@ -144,14 +144,15 @@ def read_content_type(request: web.Request) -> str | Exception:
 
 def content_type(request: web.Request) -> str:
     """`read_content_type`, or Rejected(400) naming the header it cannot read."""
-    ctype = read_content_type(request)
-    if isinstance(ctype, Exception):
-        raw = request.headers.get("Content-Type", "")
-        shown = raw if len(raw) <= 100 else raw[:100] + "…"
-        raise Rejected(400, f"the Content-Type header {shown!r} cannot be read ({type(ctype).__name__}); send a "
-                            "media type with well-formed parameters, e.g. application/json; charset=utf-8",
-                       check="content_type")
-    return ctype
+    try:
+        return request.content_type  # read_content_type's read, without one call more on every request
+    except Exception as exc:  # whatever the header parser raises: a bad header, not a handler bug
+        failed = type(exc).__name__
+    raw = request.headers.get("Content-Type", "")
+    shown = raw if len(raw) <= 100 else raw[:100] + "…"
+    raise Rejected(400, f"the Content-Type header {shown!r} cannot be read ({failed}); send a "
+                        "media type with well-formed parameters, e.g. application/json; charset=utf-8",
+                   check="content_type")
 
 
 def per_request(request: web.Request, key: str, make: Callable[[], T]) -> T:
@@ -221,14 +222,17 @@ class Handler(ABC):
     defines_verify: ClassVar[bool] = False
     defines_prepare: ClassVar[bool] = False
     defines_intercept: ClassVar[bool] = False
-    """Whether the class has its own `verify`, `prepare` and `intercept` (set once per class, as it is made): a
-    hook a handler leaves as it is does nothing, and intake does not run it (a web form's every request)."""
+    defines_nonce: ClassVar[bool] = False
+    """Whether the class has its own `verify`, `prepare`, `intercept` and `nonce` (set once per class, as it is made):
+    a hook a handler leaves as it is does nothing (`nonce`: gives None), and intake does not run it (a web form's
+    every request)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.defines_verify = cls.verify is not Handler.verify
         cls.defines_prepare = cls.prepare is not Handler.prepare
         cls.defines_intercept = cls.intercept is not Handler.intercept
+        cls.defines_nonce = cls.nonce is not Handler.nonce
 
     def __init__(self, name: str, options: SourceConfig, server: ServerConfig) -> None:
         self.name = name
@@ -295,8 +299,9 @@ class Handler(ABC):
 
     def kept_headers(self, request: web.Request) -> dict[str, str]:
         out = {}
+        headers = request.headers  # a property: read once, not once per name
         for name in self.keep_headers:
-            value = request.headers.get(name)
+            value = headers.get(name)
             if value is not None:
                 out[name] = value
         return out

@@ -7,7 +7,7 @@ from typing import ClassVar
 import msgspec
 from aiohttp import web
 
-from bridge.config import SourceConfig
+from bridge.config import ServerConfig, SourceConfig
 from bridge.errors import VALUE
 from bridge.yamlfile import KeyValueError
 from handlers.base import Handler, Inbound, decode_json_object
@@ -40,10 +40,10 @@ class FormHandler(Handler):
     Options: ClassVar[type[SourceConfig]] = FormOptions
     content_types: ClassVar[frozenset[str]] = frozenset({URLENCODED, MULTIPART, "application/json"})
 
-    @property
-    def form(self) -> FormOptions:
-        assert isinstance(self.options, FormOptions)
-        return self.options
+    def __init__(self, name: str, options: SourceConfig, server: ServerConfig) -> None:
+        super().__init__(name, options, server)
+        assert isinstance(options, FormOptions)
+        self.form = options  # typed once, not looked at again on each of a request's reads
 
     def parse(self, request: web.Request, body: bytes) -> list[Inbound]:
         ctype = request.content_type

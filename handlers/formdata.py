@@ -57,7 +57,9 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     except ValueError as exc:
         raise Rejected(400, f"form body is not valid {charset or 'utf-8'} text: {exc}", check="form") from None
     out: dict[str, Any] = {}
-    fields = [part for part in text.split("&") if part]  # clients leave stray '&'s; they carry no field
+    fields = text.split("&")
+    if "" in fields:  # clients leave stray '&'s; they carry no field
+        fields = [part for part in fields if part]
     check_count("form fields", len(fields), MAX_FORM_FIELDS)
     try:
         pairs = _pairs(fields, codec)
@@ -69,7 +71,10 @@ def parse_urlencoded(body: bytes, charset: str | None = None) -> dict[str, Any]:
     if charset:  # UTF-7 may decode to lone surrogates; UTF-8, read strictly, never does
         pairs = [(escape_text(key), escape_text(value)) for key, value in pairs]
     for key, value in pairs:
-        add_value(out, key, value)
+        if key in out:
+            add_value(out, key, value)
+        else:  # add_value's first value of a key, without a call for each field
+            out[key] = value
     return out
 
 

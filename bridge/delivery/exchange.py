@@ -4,7 +4,6 @@ header the destination's credentials or configuration put on the request, whatev
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,26 +25,46 @@ SECRET_NAME_KEPT_CHARS = 64
 form's answers) can be as long as the request body, and SECRET_NAMES_KEPT of those would hold gigabytes."""
 
 
-@functools.lru_cache(maxsize=SECRET_NAMES_KEPT)
-def _kept_secret_name(name: str) -> bool:
-    return SECRET_NAME.search(name) is not None
+class _SecretNames(dict[str, bool]):
+    """Whether each name suggests a credential (`secret_name`), the answers kept: a name asked again is a look-up
+    in C, no call. A name longer than SECRET_NAME_KEPT_CHARS is searched each time, never kept; once
+    SECRET_NAMES_KEPT answers are kept, they are dropped all at once and kept anew."""
+
+    def __missing__(self, name: str) -> bool:
+        found = SECRET_NAME.search(name) is not None
+        if len(name) <= SECRET_NAME_KEPT_CHARS:
+            if len(self) >= SECRET_NAMES_KEPT:
+                self.clear()
+            self[name] = found
+        return found
+
+
+_SECRET = _SecretNames()
+_secret_key = _SECRET.__getitem__
 
 
 def secret_name(name: str) -> bool:
     """Whether `name` (a header, query parameter or JSON key) suggests a credential. Every attempt asks about
-    the same few names (its mapping's fields, its vendor's headers): the answer is kept for the last
-    SECRET_NAMES_KEPT of them rather than searched again (a search costs microseconds; a look-up, a tenth),
-    for names of at most SECRET_NAME_KEPT_CHARS characters."""
-    if len(name) > SECRET_NAME_KEPT_CHARS:
-        return SECRET_NAME.search(name) is not None
-    return _kept_secret_name(name)
+    the same few names (its mapping's fields, its vendor's headers): the answer is kept (`_SecretNames`) rather
+    than searched again (a search costs microseconds; a look-up, a tenth)."""
+    return _SECRET[name]
+
+
+_CONTAINERS = (dict, list)  # a tuple made once: `dict | list` would make a union at each test
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _redact_json(value: Any) -> Any:
+    """`value` (decoded JSON) with the values of credential-named keys redacted; a value that is neither an object
+    nor an array is taken as it is, without a call, and so is an object of scalars none of whose keys (text, in
+    JSON) is credential-named, looked at in C: no comprehension builds its copy."""
     if isinstance(value, dict):
-        return {k: REDACTED if secret_name(str(k)) else _redact_json(v) for k, v in value.items()}
+        if not any(map(_secret_key, value)) and set(map(type, value.values())) <= _SCALARS:
+            return value
+        return {k: REDACTED if _SECRET[str(k)] else _redact_json(v) if isinstance(v, _CONTAINERS) else v
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact_json(v) for v in value]
+        return [_redact_json(v) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
 
 
@@ -59,13 +78,13 @@ def redact_url(url: str) -> str:
         parts = parts._replace(netloc=f"{name}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}")
     elif not parts.query:
         return url
-    query = [(k, REDACTED if secret_name(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, REDACTED if _SECRET[k] else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit(parts._replace(query=urlencode(query), fragment=""))
 
 
 def redact_headers(headers: Mapping[str, str], hidden: frozenset[str] = frozenset()) -> dict[str, str]:
     """`headers` with those named like a credential, and those in `hidden` (lower-case names), redacted."""
-    return {k: REDACTED if secret_name(k) or k.lower() in hidden else v for k, v in headers.items()}
+    return {k: REDACTED if _SECRET[k] or k.lower() in hidden else v for k, v in headers.items()}
 
 
 def clip(text: str, limit: int) -> str:
@@ -81,8 +100,11 @@ def kept_response_headers(headers: Mapping[str, str], hidden: frozenset[str] = f
     left_out = 0
     for name, value in dict(headers.items()).items():  # a name given twice (a multidict's) once, its last value
         if len(kept) < HEADERS_KEPT:
-            secret = secret_name(name) or name.lower() in hidden
-            kept[_kept_text(name)] = REDACTED if secret else _kept_text(value)
+            secret = _SECRET[name] or name.lower() in hidden
+            # As _kept_text keeps them, an ASCII name or value that fits without a call.
+            kept[name if len(name) <= HEADER_CHARS and name.isascii() else _kept_text(name)] = (
+                REDACTED if secret else value if len(value) <= HEADER_CHARS and value.isascii()
+                else _kept_text(value))
         else:
             left_out += 1
     if left_out:
@@ -92,7 +114,7 @@ def kept_response_headers(headers: Mapping[str, str], hidden: frozenset[str] = f
 
 def _kept_text(text: str) -> str:
     """A response header's name or value as kept: escaped (`escape_text`) and cut at HEADER_CHARS; an ASCII text
-    that fits is itself, checked without a call."""
+    that fits is itself (which kept_response_headers checks before it calls)."""
     if len(text) <= HEADER_CHARS and text.isascii():
         return text
     return clip(escape_text(text), HEADER_CHARS)

@@ -16,7 +16,7 @@ from typing import Any
 
 from jinja2 import UndefinedError, nodes
 
-from bridge.mapping.filters import FILTERS, GROWING
+from bridge.mapping.filters import FILTERS, GROWING, STR_METHODS
 from bridge.mapping.limits import SMALL_CHARS, UNCHECKED_STEPS, as_text, check_large, check_time, looking
 from bridge.mapping.paths import MISSING, ROOTS, Absent, Path, compile_lookup
 from bridge.mapping.templates import ENV
@@ -95,10 +95,11 @@ def _piece(path: Path, chain: list[tuple[Any, tuple[Any, ...]]]) -> Lookup:
     # filter on a value that is not small looks at the clock after it.
     looked: list[tuple[Any, tuple[Any, ...]]] = [(fn if fn is _DEFAULT else looking(fn), args) for fn, args in chain]
     small = -1 if any(fn is FILTERS[name] for name in GROWING for fn, _ in chain) else SMALL_CHARS
+    quick = _str_methods(chain)
 
     def filtered(ctx: dict[str, Any]) -> Any:
         value = get(ctx)
-        for fn, args in chain if type(value) is str and len(value) <= small else looked:
+        for fn, args in quick if type(value) is str and len(value) <= small else looked:
             if fn is _DEFAULT:
                 if value is MISSING or value is None or (args[1] and not value):
                     value = args[0]
@@ -109,6 +110,22 @@ def _piece(path: Path, chain: list[tuple[Any, tuple[Any, ...]]]) -> Lookup:
         return value
 
     return filtered
+
+
+def _str_methods(chain: list[tuple[Any, tuple[Any, ...]]]) -> list[tuple[Any, tuple[Any, ...]]]:
+    """`chain` as run on a str: its first filters that are str methods (filters.STR_METHODS) called as those methods,
+    in C, as a `default` of a str keeps the value a str; from the first other step on, the steps themselves."""
+    out = []
+    methods = True
+    for fn, args in chain:
+        if fn is _DEFAULT:
+            methods = methods and type(args[0]) is str
+            out.append((fn, args))
+            continue
+        method = STR_METHODS.get(fn) if methods else None
+        methods = method is not None
+        out.append((method or fn, args))
+    return out
 
 
 def fast_steps(text: str) -> int:
@@ -254,17 +271,10 @@ def _expr(node: nodes.Node) -> Expr:
         items = [_expr(item) for item in node.items]
         return lambda ctx: [item(ctx) for item in items]
     if isinstance(node, nodes.Test):
-        if node.name not in ("defined", "undefined", "none") or node.args or node.kwargs or node.dyn_args \
-                or node.dyn_kwargs:
-            raise _Unsupported
-        inner, label = _filtered(node.node)
-        if node.name == "defined":
-            return lambda ctx: inner(ctx) is not MISSING
-        if node.name == "undefined":
-            return lambda ctx: inner(ctx) is MISSING
-        need = _value(inner, label)
-        return lambda ctx: need(ctx) is None
+        return _test(node)
     if isinstance(node, nodes.Not):
+        if isinstance(node.node, nodes.Test) and node.node.name in ("defined", "undefined"):
+            return _test(node.node, negated=True)  # `x is not defined`: `x is undefined`, one call the fewer
         inner = _expr(node.node)
         return lambda ctx: not inner(ctx)
     if isinstance(node, nodes.And):
@@ -299,6 +309,20 @@ def _expr(node: nodes.Node) -> Expr:
         return compare
     fn, label = _filtered(node)
     return _value(fn, label)
+
+
+def _test(node: nodes.Test, negated: bool = False) -> Expr:
+    """`is defined`, `is undefined` (the other when `negated`), `is none`."""
+    if node.name not in ("defined", "undefined", "none") or node.args or node.kwargs or node.dyn_args \
+            or node.dyn_kwargs:
+        raise _Unsupported
+    inner, label = _filtered(node.node)
+    if node.name != "none" and (node.name == "defined") != negated:
+        return lambda ctx: inner(ctx) is not MISSING
+    if node.name != "none":
+        return lambda ctx: inner(ctx) is MISSING
+    need = _value(inner, label)
+    return lambda ctx: need(ctx) is None
 
 
 _NOT_PATHS = (nodes.Const, nodes.List, nodes.Tuple, nodes.Test, nodes.Not, nodes.And, nodes.Or, nodes.Compare)

@@ -245,6 +245,10 @@ FILTERS: dict[str, Filter] = {
     "attachment_list": attachment_list,
 }
 
+STR_METHODS: dict[Filter, Filter] = {strip: str.strip, lower: str.lower, upper: str.upper, title: str.title}
+"""Filters that, given a str, give what its str method gives (a str): a chain of them on a str calls the methods (in
+C), not the filters, which first test the value's type (modifiers.str_methods, fastpath._piece)."""
+
 GROWING = frozenset({"replace", "join"})
 """Filters that may make a large value of a small one (by the payload: each match replaced, each item joined with a
 separator): a chain that has one looks at the clock after each of its steps on a value that is not small, whatever

@@ -21,7 +21,7 @@ from bridge.mapping.base import (
     out_of,
     said,
 )
-from bridge.mapping.filters import GROWING
+from bridge.mapping.filters import GROWING, STR_METHODS
 from bridge.mapping.limits import SMALL_CHARS, UNCHECKED_STEPS, BudgetExceeded, after_large, looking, text_weight
 from bridge.mapping.model import FieldSpec
 from bridge.mapping.paths import MISSING, Absent
@@ -123,6 +123,7 @@ def finish(name: str, source: Source, described: str, steps: list[Step], spec: F
     unset = msgspec.UNSET
     every = len(steps) > UNCHECKED_STEPS
     looked = [(label, looking(fn, every)) for label, fn in steps]
+    quick = str_methods(steps)
     small = -1 if every or any(_filter_name(label) in GROWING for label, _ in steps) else SMALL_CHARS  # -1: none
 
     def run(ctx: Context) -> Any:
@@ -130,7 +131,7 @@ def finish(name: str, source: Source, described: str, steps: list[Step], spec: F
         if type(value) is Absent:
             return missing(value, ctx) if fixed is unset else fixed
         if steps:
-            for label, fn in steps if type(value) is str and len(value) <= small else looked:
+            for label, fn in quick if type(value) is str and len(value) <= small else looked:
                 try:
                     value = fn(value)
                 except BudgetExceeded as exc:
@@ -149,6 +150,19 @@ def finish(name: str, source: Source, described: str, steps: list[Step], spec: F
 
     unchecked = 1 + source_steps + (0 if every else len(steps)) + (1 if mapped else 0)
     return CompiledField(name, run, _explainer(mods, source, described, steps), steps=unchecked)
+
+
+def str_methods(steps: list[Step]) -> list[Step]:
+    """`steps` as run on a str: the first steps that are str methods without arguments (`strip`, `lower`, `upper`,
+    `title`, each giving a str of a str) called as those methods, in C, rather than through the filter that first
+    tests its value's type; from the first other step on, the filters themselves."""
+    out: list[Step] = []
+    methods = True
+    for label, fn in steps:
+        method = STR_METHODS.get(fn) if methods else None
+        methods = method is not None
+        out.append((label, method or fn))
+    return out
 
 
 def _filter_name(label: str) -> str:

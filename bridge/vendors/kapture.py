@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
 import msgspec
@@ -222,10 +223,11 @@ class KaptureAdapter(Adapter):
     pull_paged: bool = False
     """The account answered a pull without `limit` by asking for it: pull page by page from then on."""
 
-    @property
-    def options(self) -> KaptureOptions:
-        assert isinstance(self.config, KaptureOptions)
-        return self.config
+    def __init__(self, name: str, config: DestinationConfig, base_url: str | Callable[[], str], *,
+                 attachments_dir: Path | None = None) -> None:
+        super().__init__(name, config, base_url, attachments_dir=attachments_dir)
+        assert isinstance(config, KaptureOptions)
+        self.options = config  # typed once, not looked at again on each of an attempt's reads
 
     limit_is_size: bool = False
     """The account showed its pull reads `limit` as a page size (pages repeat): page by `offset` from then on."""

@@ -31,3 +31,16 @@ def test_context_shows_received_at_as_isoformat() -> None:
     assert event.context()["received_at"] == event.received_at.isoformat()
     event.received_at = datetime(2024, 1, 1, tzinfo=UTC)
     assert event.context()["received_at"] == "2024-01-01T00:00:00+00:00"
+
+
+def test_utc_isoformat_tells_neighbouring_seconds_apart() -> None:
+    """The text kept for a second is reused within that second only: a microsecond before it, at its start, at its
+    last microsecond and at the next second's start, in either order, and at the first and last seconds there are."""
+    start = datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC)
+    tick = timedelta(microseconds=1)
+    edges = [start - tick, start, start + timedelta(microseconds=999_999), start + timedelta(seconds=1)]
+    for moment in [*edges, *reversed(edges), start, start - tick, start + timedelta(seconds=1), start]:
+        assert utc_isoformat(moment) == moment.isoformat()
+    first, last = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    for moment in [first, first + tick, last, last.replace(microsecond=0), last, first]:
+        assert utc_isoformat(moment) == moment.isoformat()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 from typing import Any, ClassVar, cast
 from urllib.parse import urlencode
@@ -28,7 +29,7 @@ from bridge.intake import (
 )
 from bridge.runtime import Runtime, Source
 from bridge.store.base import NewDelivery
-from handlers.base import Handler, Inbound, Intercepted, count_fetched
+from handlers.base import Handler, Inbound, Intercepted, SignedNonce, count_fetched
 from handlers.limits import LOOP_PARAMS
 
 
@@ -59,6 +60,43 @@ def test_many_mime_parts_url_encoded_in_a_form_go_to_the_parser_thread(newline: 
     """Mailgun's urlencoded `body-mime` sends the message's line breaks as %0D%0A: its delimiter lines count."""
     assert offloaded(b"body-mime=" + (newline + b"--b" + newline + b"v") * (OFFLOAD_MIME_LINES + 1))
     assert not offloaded(b"body-mime=" + (newline + b"--b" + newline + b"v") * OFFLOAD_MIME_LINES)
+
+
+def _offloaded_by_counts(body: bytes) -> bool:
+    """`offloaded` as first written, every pattern counted in the bytes: the reference its tests of `in` keep to."""
+    if len(body) > OFFLOAD_BYTES:
+        return True
+    encoded = b"%" in body
+    lines = body.count(b"\n--") + body.count(b"\\n--")
+    if lines <= OFFLOAD_MIME_LINES:
+        lines += body.count(b"\r--") + body.count(b"\\r--")
+    if lines <= OFFLOAD_MIME_LINES and encoded:
+        lines += body.count(b"%0A--") + body.count(b"%0a--") + body.count(b"%0D--") + body.count(b"%0d--")
+    if lines > OFFLOAD_MIME_LINES:
+        return True
+    semicolons = body.count(b";")
+    if semicolons <= LOOP_PARAMS and encoded:
+        semicolons += body.count(b"%3B") + body.count(b"%3b")
+    return semicolons > LOOP_PARAMS
+
+
+_PIECES = [b"\n--", b"\\n--", b"\r--", b"\\r--", b"%0A--", b"%0a--", b"%0D--", b"%0d--", b";", b"%3B", b"%3b",
+           b"%3D", b"%", b"-", b"--",
+           b"\n-", b"\xff\xfe", b"\xe6\x97", b"x"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_offloaded_gives_what_counting_every_pattern_gives(seed: int) -> None:
+    """`offloaded` looks at the body as Latin-1 text and counts a pattern only where a test finds it: for bodies
+    made of every piece a pattern is built from (8-bit bytes too), around both thresholds, the same answer as
+    counting every pattern in the bytes."""
+    rng = random.Random(seed)
+    for _ in range(25):
+        pieces = rng.sample(_PIECES, rng.randint(1, 4))
+        around = rng.choice([OFFLOAD_MIME_LINES, LOOP_PARAMS // 2, LOOP_PARAMS])
+        body = b"".join(rng.choice(pieces) * rng.randint(0, around + 2) for _ in range(rng.randint(1, 6)))
+        assert offloaded(body) is _offloaded_by_counts(body), body
+    assert offloaded(b"") is _offloaded_by_counts(b"") is False
 
 
 class Recording(Handler):
@@ -112,6 +150,29 @@ def test_the_hooks_a_handler_class_defines_are_known_once_per_class() -> None:
     assert (Recording.defines_verify, Recording.defines_prepare, Recording.defines_intercept) == (True, False, False)
     assert (Intercepting.defines_verify, Intercepting.defines_prepare, Intercepting.defines_intercept) == (
         True, False, True)
+
+
+class Noncing(Recording):
+    """A subclass that gives the nonce its signature signs."""
+
+    def nonce(self, request: Request, body: bytes) -> SignedNonce | None:
+        return SignedNonce(name="the token", value="tok-1", valid_for_s=300.0)
+
+
+async def test_the_nonce_is_asked_of_the_handlers_that_give_one() -> None:
+    """A handler that gives no nonce of its own (a web form) is not asked for one; one that does (Mailgun) is,
+    when the request is verified, and its nonce goes with the events."""
+    from handlers.form import FormHandler
+    from handlers.mailgun import MailgunHandler
+
+    assert (FormHandler.defines_nonce, Recording.defines_nonce) == (False, False)
+    assert (MailgunHandler.defines_nonce, Noncing.defines_nonce) == (True, True)
+    request = make_mocked_request("POST", "/hooks/src")
+    handled = await run_handler(cast(Runtime, None), Source("src", Noncing(), None, 0.0), request, b"x", off=False)
+    assert not isinstance(handled, Intercepted) and handled[1] is not None and handled[1].value == "tok-1"
+    handled = await run_handler(cast(Runtime, None), Source("src", Noncing(), None, 0.0), request, b"x", off=False,
+                                verify=False)
+    assert not isinstance(handled, Intercepted) and handled[1] is None
 
 
 async def test_only_the_hooks_a_handler_defines_are_run() -> None:

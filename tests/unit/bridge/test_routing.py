@@ -15,7 +15,7 @@ from bridge.logs import mask_personal_data
 from bridge.mapping.compiler import CompiledMapping
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.mappingset import MappingSet, compile_document
-from bridge.routing import HeldLogs, Rendered, plan_deliveries, render_context, render_event
+from bridge.routing import Rendered, hold_logs, plan_deliveries, release_logs, render_context, render_event
 from bridge.yamlfile import load_yaml
 
 SOURCES = {"website-contact", "partner-api"}
@@ -205,15 +205,15 @@ def test_unexpected_exception_in_a_filter_gives_a_dead_delivery() -> None:
 
 @pytest.mark.usefixtures("exploding_filter")
 def test_held_render_failures_are_logged_when_kept_and_dropped_when_begun_again() -> None:
-    """Under HeldLogs a plan's render failures are logged at `end(emit=True)` (a crash with its exception, whose
-    traceback the line's formatter writes though it is logged after its `except`), and not at all at
-    `end(emit=False)` (the plan is begun again elsewhere); with nothing held they are logged at once."""
+    """Held (hold_logs), a plan's render failures are logged at `release_logs(emit=True)` (a crash with its exception,
+    whose traceback the line's formatter writes though it is logged after its `except`), and not at all at
+    `release_logs(emit=False)` (the plan is begun again elsewhere); with nothing held they are logged at once."""
     for emit in (False, True):
         with structlog.testing.capture_logs() as logs:
-            held = HeldLogs()
+            held = hold_logs()
             plan_deliveries(mapping_set(BUGGY), event(GOOD), {})
             assert logs == []
-            held.end(emit=emit)
+            release_logs(held, emit=emit)
         assert [(e["event"], e["log_level"]) for e in logs] == (
             [] if not emit else [("routing.render_crashed", "error"), ("routing.render_failed", "warning")])
     crash = logs[0]

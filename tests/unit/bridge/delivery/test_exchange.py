@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.delivery import exchange as exchange_module
 from bridge.delivery.exchange import (
@@ -41,13 +45,16 @@ def test_a_body_that_is_not_json_is_kept_as_text_up_to_its_limit() -> None:
 
 def test_names_are_judged_the_same_when_asked_again_and_after_the_kept_answers_turn_over() -> None:
     """A credential-named header is redacted every time, also after more distinct names than the kept answers
-    have passed through (the oldest answers are dropped, not mixed up)."""
+    have passed through (the answers kept are dropped, not mixed up), which never number more than
+    SECRET_NAMES_KEPT."""
     headers = {"X-Api-Token": "t", "X-Trace": "r"}
     assert redact_headers(headers) == {"X-Api-Token": REDACTED, "X-Trace": "r"}
     for n in range(SECRET_NAMES_KEPT + 10):
         assert redact_headers({f"X-Name-{n}": "v", f"X-Session-{n}": "s"}) == {f"X-Name-{n}": "v",
                                                                                 f"X-Session-{n}": REDACTED}
+        assert len(exchange_module._SECRET) <= SECRET_NAMES_KEPT
     assert redact_headers(headers) == {"X-Api-Token": REDACTED, "X-Trace": "r"}
+    assert exchange_module.secret_name("X-Api-Token") and not exchange_module.secret_name("X-Trace")
 
 
 def test_user_info_in_the_url_keeps_its_user_name_only() -> None:
@@ -71,12 +78,51 @@ def test_long_json_keys_of_a_senders_object_are_judged_but_never_kept() -> None:
     """A field carrying a sender's object (a form's answers) brings keys the sender named, as long as the request
     allowed: each is still judged, but only short names are kept, so the kept answers never hold the senders'
     text (SECRET_NAMES_KEPT keys of a megabyte each would be gigabytes)."""
-    kept = exchange_module._kept_secret_name
-    kept.cache_clear()
+    kept = exchange_module._SECRET
+    kept.clear()
     long_key = "q" * 300
     for n in range(200):
         body = msgspec.json.encode({f"{n}{long_key}": "answer", f"{n}{long_key}_token": "t", "title": "Router down"})
         text = exchange("POST", "https://api.test/x", {}, body, None)["request"]["body"]
         assert REDACTED in text and "Router down" in text
-    assert kept.cache_info().currsize <= 1  # "title" alone: every long key was searched, not kept
+    assert list(kept) == ["title"]  # every long key was searched, not kept
     assert exchange_module.secret_name("x" * (SECRET_NAME_KEPT_CHARS + 1) + "password") is True
+
+
+def test_credential_named_keys_are_redacted_at_any_depth() -> None:
+    """Inside objects and arrays, arrays of arrays too, each credential-named key's value is redacted, whatever it
+    holds, and every other value is kept as sent (scalars, null, empty containers)."""
+    body = {"a": {"b": [[{"password": 1, "n": None}], 2, "x", [], {}], "token": {"x": [1]}},
+            "list": [{"Session_Id": "s", "ok": [True, 1.5]}], "title": "t"}
+    kept = msgspec.json.decode(exchange("POST", "https://api.test/x", {}, msgspec.json.encode(body),
+                                        None)["request"]["body"])
+    assert kept == {"a": {"b": [[{"password": REDACTED, "n": None}], 2, "x", [], {}], "token": REDACTED},
+                    "list": [{"Session_Id": REDACTED, "ok": [True, 1.5]}], "title": "t"}
+
+
+def _redacted_by_walk(value: Any) -> Any:
+    """The redaction as first written: every key judged, every value walked."""
+    if isinstance(value, dict):
+        return {k: REDACTED if exchange_module.SECRET_NAME.search(str(k)) else _redacted_by_walk(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted_by_walk(v) for v in value]
+    return value
+
+
+_KEYS = st.sampled_from(["title", "n", "apiKey", "X-Token", "passwd", "sessionId", "naïve", "K\u212aEY", "\u017fecret",
+                         "", "a" * 70 + "auth"])
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=5),
+                     max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_the_redaction_is_the_walk_of_every_key_and_value(value: Any) -> None:
+    """What is kept of a JSON body is what judging every key and walking every value gives, however it skips the
+    objects with nothing to redact: keys whose case folds onto a credential's name (the Kelvin sign, the long s)
+    and long keys too."""
+    body = msgspec.json.encode(value)
+    assert exchange("POST", "https://api.test/x", {}, body, None)["request"]["body"] == \
+        msgspec.json.encode(_redacted_by_walk(value)).decode()[:BODY_CHARS]

@@ -17,6 +17,8 @@ import msgspec
 import pytest
 from aiohttp import web
 from aioresponses import aioresponses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from bridge.delivery import sender
@@ -853,3 +855,24 @@ async def test_a_resend_after_a_refused_token_goes_through_on_send_again(session
     sent = await send_once(session, real, claimed(), 5.0, on_send=on_send)
     assert sent.outcome.classification == "success"
     assert calls == ["on_send", "vendor Bearer tok-1", "on_send", "vendor Bearer tok-2"]
+
+
+_HEADER_TEXT = st.text(alphabet=st.sampled_from(["a", " ", "\t", "\r", "\n", "\x00", "\x1f", "\x7f", "\x85", "é",
+                                                 "\u2028", "\u00a0", "\U0001f600", ":"]), max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=_HEADER_TEXT, value=_HEADER_TEXT)
+def test_a_header_is_refused_exactly_when_it_holds_what_no_header_can_carry(name: str, value: str) -> None:
+    """check_headers passes a header whose name and value are printable without searching them; whatever it passes
+    holds nothing `header_problem` finds, and whatever it refuses is named for what that finds (the value first)."""
+    from bridge.escaping import header_problem
+
+    problem = header_problem(value) or header_problem(name)
+    if problem is None:
+        sender.check_headers({name: value}, (), "the request")
+        return
+    with pytest.raises(sender.UnsendableHeader) as refused:
+        sender.check_headers({name: value}, (), "the request")
+    assert problem in str(refused.value)
+    assert ("its value" if header_problem(value) else "its name") in str(refused.value)

@@ -85,7 +85,10 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)
 
 @given(value=st.one_of(scalars, st.lists(scalars, max_size=3)),
        template=st.sampled_from(["{{ payload.v }}", "<{{ payload.v | default('-') }}>", "{{ payload.v | first }}",
-                                 "{{ payload.v | strip | upper }}", "{{ payload.v | join(',') }}"]))
+                                 "{{ payload.v | strip | upper }}", "{{ payload.v | join(',') }}",
+                                 "{{ payload.v | default('x', true) | strip | title }}",
+                                 "{{ payload.v | default(5, true) | strip | lower }}",
+                                 "{{ payload.v | lower | truncate(3) | upper }}", "{{ payload.v | strip('a') }}"]))
 def test_fast_path_agrees_with_jinja_on_any_value(value: Any, template: str) -> None:
     """For any payload value, the fast path and Jinja render the same text."""
     fast = compile_fast(template)
@@ -98,7 +101,14 @@ EXPRESSIONS = [
     "payload.n > 3 and payload.a == 'A'",
     "payload.missing is not defined or payload.missing != 'spam'",
     "payload.missing is undefined",
+    "payload.a is not defined",
+    "payload.a is not undefined",
+    "payload.missing is not undefined",
+    "not payload.missing is defined",
+    "not (payload.a is undefined)",
     "payload.none is none",
+    "payload.none is not none",
+    "payload.a is not none",
     "not payload.flag",
     "payload.a in ['A', 'B']",
     "payload.a not in ('X',)",

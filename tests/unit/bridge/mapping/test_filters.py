@@ -243,3 +243,39 @@ def test_join_stops_reading_once_its_text_passes_the_size_cap() -> None:
     with pytest.raises(ValueError, match="string result over 1000000 characters"):
         FILTERS["join"](items())
     assert read == 3
+
+
+_CHAINS = [["strip"], ["strip", "lower"], ["strip", "title"], ["upper", "strip"],
+           ["lower", "truncate(3, '…')", "upper"], ["strip", "split", "first"], ["title", "replace('A', 'b')", "strip"],
+           ["int"], ["strip", "int"]]
+_VALUES = ["  asha RAO ", "Straße ǆemal", "ﬁnance İstanbul", "", " 12 ", "\t\n", "x" * 1030, 5, None, ["a"]]
+
+
+@pytest.mark.parametrize("chain", _CHAINS, ids="|".join)
+def test_a_transform_chain_of_str_methods_gives_what_its_filters_give(chain: list[str]) -> None:
+    """A chain's first steps that are str methods (strip, lower, upper, title) run on a small str as those methods
+    (modifiers.str_methods): every value gives what the filters give one after another, or the same error, whether
+    small, large (looked at the clock after each step) or no str at all."""
+    field = compile_field("f", {"from": "payload.v", "transform": chain})
+    for value in _VALUES:
+        expected: Any = value
+        try:
+            for text in chain:
+                expected = transform(text, expected)
+        except (TypeError, ValueError):
+            with pytest.raises(RenderError, match="failed on"):
+                field.render({"payload": {"v": value}})
+            continue
+        got = field.render({"payload": {"v": value}})
+        assert got == expected and type(got) is type(expected)
+
+
+def test_only_a_chains_leading_str_methods_are_called_as_methods() -> None:
+    """From the first step that is no str method without arguments on, the value may be anything: those steps stay
+    the filters, which pass what is not a str through."""
+    from bridge.mapping.modifiers import str_methods
+
+    steps = [(name, compile_transform(name)) for name in ("strip", "lower", "truncate(3)", "int", "upper")]
+    assert [fn for _, fn in str_methods(steps)][:2] == [str.strip, str.lower]
+    assert [fn for _, fn in str_methods(steps)][2:] == [fn for _, fn in steps[2:]]
+    assert [label for label, _ in str_methods(steps)] == [label for label, _ in steps]
