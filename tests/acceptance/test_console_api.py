@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import msgspec
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge.console.api import ROUTES
@@ -472,7 +473,7 @@ sources:
 destinations:
   psa:
     vendor: http
-    sandbox: true
+    base_url: "{vendor}"
     path: /tickets
     ticket_id_path: data.id
     headers: {X-Tenant: "${TENANT_CODE}", Accept: application/json}
@@ -480,12 +481,20 @@ destinations:
 """
 
 
-async def test_an_attempt_never_shows_the_destinations_configured_secret_headers(write_config: ConfigFactory,
-                                                                                bridge_client: AppClient) -> None:
+async def test_an_attempt_never_shows_the_destinations_configured_secret_headers(
+        write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any) -> None:
     """An http destination's `auth.header` and configured `headers` carry its secrets under any name a vendor
     chose (here none that looks like a credential): the attempt kept for the console shows them redacted, to
-    every token, and the secrets appear nowhere in the answer."""
-    config = write_config(SECRET_HEADERS_CONFIG, {"partner": PARTNER["partner"].replace("kapture", "psa")},
+    every token, and the secrets appear nowhere in the answer. (A real destination, a vendor of the test's own:
+    a sandbox sends no configured credentials.)"""
+    async def create(request: web.Request) -> web.Response:
+        return web.json_response({"data": {"id": "T-1"}}, status=201)
+
+    vendor = web.Application()
+    vendor.router.add_post("/tickets", create)
+    server = await aiohttp_server(vendor)
+    config = write_config(SECRET_HEADERS_CONFIG.replace("{vendor}", str(server.make_url(""))),
+                          {"partner": PARTNER["partner"].replace("kapture", "psa")},
                           environ={"TENANT_CODE": "tenant-7f3a9c", "PSA_INTEGRATION_CODE": "integ-51b2e8d4"})
     client = await bridge_client(config)
     assert (await client.post("/hooks/partner", json={"title": "Printer on fire"})).status == 202
