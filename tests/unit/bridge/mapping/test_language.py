@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jmespath
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from bridge.mapping import sources
 from bridge.mapping.compiler import OMIT, CompileError, RenderError, compile_field, compile_when
 
 
@@ -37,6 +41,41 @@ def test_jmespath_null_counts_as_missing() -> None:
     assert render({"jmespath": "payload.nothing", "default": "d"}, {}) == "d"
     with pytest.raises(RenderError, match=r"^f: required \(jmespath 'payload.nothing' found nothing\)$"):
         render({"jmespath": "payload.nothing", "required": True}, {})
+
+
+_FIELDS = st.sampled_from(["payload", "a", "b", "phone"])
+_LITERALS = st.sampled_from(["`null`", "`\"\"`", "`0`", "`false`", "`[]`", "`{}`", "'x'", "`[1]`"])
+_PLAIN = st.recursive(
+    st.one_of(st.lists(_FIELDS, min_size=1, max_size=3).map(".".join), _LITERALS),
+    lambda inner: st.tuples(inner, inner).map(" || ".join), max_leaves=4)
+_VALUES = st.recursive(st.sampled_from([None, "", "0", 0, False, True, [], {}, [1], "x"]),
+                       lambda inner: st.dictionaries(_FIELDS, inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_PLAIN, st.dictionaries(_FIELDS, _VALUES, max_size=3))
+def test_a_jmespath_of_fields_literals_and_ors_gives_what_the_interpreter_gives(
+        text: str, payload: dict[str, Any]) -> None:
+    """Fields, literals and `||` are looked up in Python rather than interpreted: the same value (or missing) as
+    JMESPath's own interpreter gives, for any nesting and for every value JMESPath reads as false (0 is true)."""
+    parsed = jmespath.compile(text).parsed
+    assert sources._plain(parsed) is not None
+    expected = sources._Interpreter().visit(parsed, ctx(payload))
+    got = render({"jmespath": text, "default": "(missing)"}, payload)
+    assert got == ("(missing)" if expected is None else expected)
+
+
+def test_a_jmespath_of_fields_and_an_or_is_not_interpreted(monkeypatch: pytest.MonkeyPatch) -> None:
+    r"""A blank value read as missing (`payload.phone || \`null\``, the shipped contact mapping's phone, on every
+    form post) takes no interpreter; any other expression still does."""
+    def refused() -> None:
+        raise AssertionError("interpreted")
+
+    monkeypatch.setattr(sources, "_Interpreter", refused)
+    assert render({"jmespath": "payload.phone || `null`", "default": "none"}, {"phone": ""}) == "none"
+    assert render({"jmespath": "payload.phone || `null`"}, {"phone": "+91 98765 43210"}) == "+91 98765 43210"
+    with pytest.raises(AssertionError, match="interpreted"):
+        render({"jmespath": "length(payload.items)"}, ORDER)
 
 
 def test_jmespath_syntax_error_is_a_compile_error_at_the_key() -> None:
