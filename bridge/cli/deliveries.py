@@ -372,9 +372,7 @@ def run_conversation(args: argparse.Namespace) -> int:
         return 0
 
     async def local(store: Store) -> int:
-        found = await store.get_conversations(args.key, limit=args.limit + 1)
-        return show([ConversationView(conversation=c.conversation, deliveries=c.deliveries[:args.limit],
-                                      more=len(c.deliveries) > args.limit) for c in found])
+        return show(await ConversationView.read(store, args.key, args.limit))
 
     async def remote(client: AdminClient) -> int:
         try:
