@@ -22,7 +22,7 @@ from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import NewDelivery
 from bridge.store.sqlite import SqliteStore
-from tests.acceptance.console_app import ADMIN, console_app
+from tests.acceptance.console_app import ADMIN, console_app, threaded_mapping
 from tests.acceptance.threaded import serve_in_thread
 
 
@@ -214,18 +214,7 @@ def test_list_through_the_server_filters_by_conversation_and_pages_to_the_limit(
             assert len(ids) == len(set(ids)) == listed and ids == sorted(ids, reverse=True)
 
 
-THREADED = {"chat": """
-    source: partner
-    destination: kapture
-    action: create_ticket
-    fields:
-      title: "{{ payload.text }}"
-    follow_up:
-      action: update_ticket
-      fields:
-        sub_status: P
-        comment: "{{ payload.text }}"
-    """}
+THREADED = {"chat": threaded_mapping()}
 
 
 def printed(out: str) -> str:
