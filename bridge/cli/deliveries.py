@@ -372,9 +372,7 @@ def run_conversation(args: argparse.Namespace) -> int:
         return 0
 
     async def local(store: Store) -> int:
-        found = await store.get_conversations(args.key, limit=args.limit + 1)
-        return show([ConversationView(conversation=c.conversation, deliveries=c.deliveries[:args.limit],
-                                      more=len(c.deliveries) > args.limit) for c in found])
+        return show(await ConversationView.read(store, args.key, args.limit))
 
     async def remote(client: AdminClient) -> int:
         try:
@@ -402,11 +400,7 @@ def run_reset_conversation(args: argparse.Namespace) -> int:
     async def remote(client: AdminClient) -> int:
         try:
             result = await client.reset_conversation(args.key, ResetConversationBody(reason=args.reason))
-        except NotFound:  # a key no path segment can carry (`.`, `..`)
-            return done([])
-        except RemoteError as exc:
-            if exc.status != 404:
-                raise
+        except NotFound:  # the server's 404, or a key no path segment can carry (`.`, `..`)
             return done([])
         return done([(c.id, c.ticket_id) for c in result.conversations])
 

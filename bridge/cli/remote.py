@@ -35,6 +35,10 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 with its event, body and attempts; a page of 500 deliveries), so that a wrong --url (a server that streams without
 end, or a compressed answer that inflates to gigabytes) cannot fill this machine's memory."""
 
+RECORD_ROUTES = ("/admin/api/deliveries/", "/admin/api/conversations/")
+"""The routes under which a path names one record (a delivery's id, a conversation's key): their 404 says that no
+record has it (NotFound), as the store says; any other 404 is a RemoteError (a --url that is not this bridge's)."""
+
 
 class DeliveryReader(Protocol):
     """What `deliveries list|show` read: the store, or a server's admin API."""
@@ -112,7 +116,7 @@ class AdminClient:
             message = msgspec.json.decode(raw, type=ErrorBody).error
         except msgspec.DecodeError:  # not JSON, or not an ErrorBody (ValidationError is a DecodeError)
             message = raw[:200].decode("utf-8", "replace")
-        if status == 404 and path.startswith("/admin/api/deliveries/"):
+        if status == 404 and path.startswith(RECORD_ROUTES):
             raise NotFound(message)
         raise RemoteError(f"{self.url} answered {status}: {message}", status)
 
@@ -150,14 +154,9 @@ class AdminClient:
     async def get_conversations(self, key: str, limit: int) -> list[ConversationView]:
         """The conversations with that key (or id), each with its first `limit` deliveries (at most MAX_PAGE) in the
         order they are sent in; NotFound when none has it."""
-        try:
-            found: ConversationList = await self._call(
-                "GET", f"/admin/api/conversations/{segment(key, 'conversation')}", ConversationList,
-                params={"limit": str(limit)})
-        except RemoteError as exc:
-            if exc.status == 404:
-                raise NotFound(str(exc)) from None
-            raise
+        found: ConversationList = await self._call(
+            "GET", f"/admin/api/conversations/{segment(key, 'conversation')}", ConversationList,
+            params={"limit": str(limit)})
         return found.items
 
     async def reset_conversation(self, key: str, body: ResetConversationBody) -> ResetConversationResult:

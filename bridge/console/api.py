@@ -597,12 +597,10 @@ async def get_conversation(call: Call) -> ConversationList:
     q: ConversationQuery = call.query
     key = call.param("key")
     with blame(400, "path.key"):
-        found = await _store(call.rt).get_conversations(key, limit=q.limit + 1)
+        found = await ConversationView.read(_store(call.rt), key, q.limit)
     if not found:
         raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}")
-    return ConversationList(key=key, items=[
-        ConversationView(conversation=c.conversation, deliveries=c.deliveries[:q.limit],
-                         more=len(c.deliveries) > q.limit) for c in found])
+    return ConversationList(key=key, items=found)
 
 
 async def get_event(call: Call) -> EventView:

@@ -11,7 +11,7 @@ from msgspec import Meta
 
 from bridge.console.auth import Caller
 from bridge.events import Event
-from bridge.store.base import AuditEntry, ConversationRow, DeliveryDetail, DeliveryRow, DeliveryStatus
+from bridge.store.base import AuditEntry, ConversationRow, DeliveryDetail, DeliveryRow, DeliveryStatus, Store
 
 NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
 """In the schema of every string the store keeps or is asked for: no NUL character (the API answers 400)."""
@@ -134,6 +134,14 @@ class ConversationView(msgspec.Struct, kw_only=True):
     more: bool
     """More deliveries follow the `limit` listed (`GET /admin/api/deliveries?conversation=` lists them all, newest
     first, page after page)."""
+
+    @classmethod
+    async def read(cls, store: Store, key: str, limit: int) -> list[ConversationView]:
+        """The conversations with that key or id, each with its first `limit` deliveries and whether more follow
+        (one more is read to know): what `conversations show` and `GET /admin/api/conversations/{key}` answer."""
+        found = await store.get_conversations(key, limit=limit + 1)
+        return [cls(conversation=c.conversation, deliveries=c.deliveries[:limit], more=len(c.deliveries) > limit)
+                for c in found]
 
 
 class ConversationList(msgspec.Struct, kw_only=True):

@@ -122,9 +122,10 @@ def _shown(value: Any) -> str:
 
 
 def _cross_problems(name: str, given: Mapping[str, Any]) -> list[str]:
-    """What no single argument says, only two together."""
+    """What no single argument says, only two together (`given`: each argument's value, its default when not
+    given)."""
     if name == "truncate":
-        length, end = given.get("length", 255), given.get("end", "")
+        length, end = given["length"], given["end"]
         if _length(length) and _text(end) and UNKNOWN not in (length, end) and length <= len(end):
             return [f"the length ({length}) must be more than the end's {len(end)} characters, or nothing of the "
                     f"text is kept: write e.g. truncate(100, {quoted(end)})"]
@@ -164,7 +165,7 @@ def argument_problems(name: str, args: Sequence[Any], kwargs: Mapping[str, Any] 
         arg = declared.get(key)
         if arg is not None and value is not UNKNOWN and not arg.fits(value):
             problems.append(f"{arg.role} must be {arg.takes}, not {_shown(value)}: write e.g. {arg.example}")
-    return problems or _cross_problems(name, given)
+    return problems or _cross_problems(name, {p.name: p.default for p in params} | given)
 
 
 def _first_example(declared: Mapping[str, Arg]) -> str:

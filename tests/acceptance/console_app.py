@@ -28,3 +28,20 @@ fields:
   title: "{{{{ payload.title }}}}"
 """
     return config, {source: mapping}
+
+
+def threaded_mapping(source: str = "partner") -> str:
+    """A mapping of `source`'s `{"text": ...}` bodies to Kapture that threads them: a conversation's first message
+    makes a ticket, each next one comments on it (`sub_status: P`)."""
+    return f"""
+source: {source}
+destination: kapture
+action: create_ticket
+fields:
+  title: "{{{{ payload.text }}}}"
+follow_up:
+  action: update_ticket
+  fields:
+    sub_status: P
+    comment: "{{{{ payload.text }}}}"
+"""

@@ -22,7 +22,7 @@ from bridge.events import Event
 from bridge.ids import new_id
 from bridge.store.base import NewDelivery
 from bridge.store.sqlite import SqliteStore
-from tests.acceptance.console_app import ADMIN, console_app
+from tests.acceptance.console_app import ADMIN, console_app, threaded_mapping
 from tests.acceptance.threaded import serve_in_thread
 
 
@@ -164,7 +164,7 @@ def test_an_id_is_one_path_segment_never_another_route(server: str, monkeypatch:
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """An id given to `show` or `mark-succeeded` with `/`, `..`, `?` or `#` in it names no delivery (404, exit 1):
     it is sent as one path segment, never read as the path of another admin route. A conversation key or a
-    destination that is `.` or `..` names none either (exit 1, no request)."""
+    destination that is `.` or `..` names none either (exit 1, no request), as an unknown conversation key does."""
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
     for odd in ("../overview", "../../api/overview", "x?y", "x#y", ".", ".."):
         assert main(["deliveries", "show", "--url", server, odd]) == 1, odd
@@ -176,6 +176,8 @@ def test_an_id_is_one_path_segment_never_another_route(server: str, monkeypatch:
         assert f"no conversation {odd!r}; keys look like" in capsys.readouterr().err
         assert main(["deliveries", "mark-dead", "--url", server, "--destination", odd, "--reason", "x"]) == 1
         assert f"no destination {odd!r}" in capsys.readouterr().err
+    assert main(["conversations", "reset", "--url", server, "chat:nothing"]) == 1  # the server's 404
+    assert "no conversation 'chat:nothing'; keys look like" in capsys.readouterr().err
 
 
 async def seed_many(db: Path) -> None:
@@ -214,18 +216,7 @@ def test_list_through_the_server_filters_by_conversation_and_pages_to_the_limit(
             assert len(ids) == len(set(ids)) == listed and ids == sorted(ids, reverse=True)
 
 
-THREADED = {"chat": """
-    source: partner
-    destination: kapture
-    action: create_ticket
-    fields:
-      title: "{{ payload.text }}"
-    follow_up:
-      action: update_ticket
-      fields:
-        sub_status: P
-        comment: "{{ payload.text }}"
-    """}
+THREADED = {"chat": threaded_mapping()}
 
 
 def printed(out: str) -> str:

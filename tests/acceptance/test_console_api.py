@@ -18,7 +18,7 @@ from bridge.events import Event
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.store.base import NewDelivery
-from tests.acceptance.console_app import ADMIN, READ, console_app
+from tests.acceptance.console_app import ADMIN, READ, console_app, threaded_mapping
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.integration.store.contract import result
 
@@ -703,18 +703,7 @@ async def test_a_time_filter_reads_deliveries_in_batches_not_one_query_per_row(
     assert len(reads) == pages, (reads, pages)
 
 
-THREADED = {"chat": """
-        source: partner
-        destination: kapture
-        action: create_ticket
-        fields:
-          title: "{{ payload.text }}"
-        follow_up:
-          action: update_ticket
-          fields:
-            sub_status: P
-            comment: "{{ payload.text }}"
-    """}
+THREADED = {"chat": threaded_mapping()}
 
 
 async def test_a_conversation_lists_its_ticket_and_messages_in_the_order_they_are_sent(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
-from tests.acceptance.console_app import ADMIN, console_app
+from tests.acceptance.console_app import ADMIN, console_app, threaded_mapping
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 CHROMIUM = "/usr/bin/chromium"
@@ -220,18 +220,7 @@ def _dead() -> Any:
 
 
 CHAT_CONFIG = CONFIG.replace("  website: {kind: json}\n", "  website: {kind: json}\n  chat: {kind: json}\n")
-CHAT_MAPPINGS = {**MAPPINGS, "chat": """
-source: chat
-destination: kapture
-action: create_ticket
-fields:
-  title: "{{ payload.text }}"
-follow_up:
-  action: update_ticket
-  fields:
-    sub_status: P
-    comment: "{{ payload.text }}"
-"""}
+CHAT_MAPPINGS = {**MAPPINGS, "chat": threaded_mapping("chat")}
 THREAD = "C0123/1700000000.000100"  # a Slack channel and thread
 # A chat id as a sender may write it: markup that would run if parsed, and every character a URL gives a meaning.
 HOSTILE_CHAT = ("<img src=x onerror=\"window.__pwned='img'\"><script>window.__pwned='script'</script>"

@@ -14,6 +14,7 @@ from bridge.cli.remote import TOKEN_ENV
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.store.base import DeliveryFilter, DeliveryRow
+from tests.acceptance.console_app import threaded_mapping
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 MAPPING = {
@@ -167,20 +168,7 @@ async def test_hold_waits_for_the_operator(write_config: ConfigFactory, bridge_c
     assert audit["items"][0]["detail"]["ticket_id"] == ticket
 
 
-CHAT = {
-    "chat": """
-        source: partner
-        destination: kapture
-        action: create_ticket
-        fields:
-          title: "{{ payload.text }}"
-        follow_up:
-          action: update_ticket
-          fields:
-            sub_status: P
-            comment: "{{ payload.text }}"
-    """,
-}
+CHAT = {"chat": threaded_mapping()}
 
 
 async def test_a_follow_up_checks_its_ticket_still_exists(write_config: ConfigFactory,

@@ -170,6 +170,8 @@ def test_every_argument_of_every_filter_is_declared() -> None:
         ("{{ payload.s | truncate(length=0) }}", "the length must be a whole number of characters, 1 or more, "
                                                  "not 0"),
         ("{{ payload.s | truncate(100, true) }}", "the end (written after a cut text) must be text, not true"),
+        ("{{ payload.s | truncate(end='%s') }}" % ("." * 255), "the length (255) must be more than the end's 255 "
+                                                            "characters"),  # the length its default
         ("{{ payload.s | truncate(100, killwords=true) }}", "truncate has no argument 'killwords': it takes 2 "
                                                             "arguments (length, end)"),
         ("{{ payload.s | replace(1, 2) }}", "the text to find must be text of at least one character, not 1"),
