@@ -104,13 +104,13 @@ def _handler_failed(rt: Runtime, source: Source, request: web.Request, exc: Exce
 
 
 async def run_handler(rt: Runtime, source: Source, request: web.Request, body: bytes, *, verify: bool = True,
-                      off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None] | Intercepted:
+                      off: bool | None = None) -> tuple[list[Inbound], SignedNonce | None, bool] | Intercepted:
     """The handler's checks, `prepare` and parse (in the parser thread when `off`, the body's `offloaded`, worked
-    out here when not given, or when what `intercept` fetched is large: `fetched_off`): the
-    request's events and its signed nonce, or the answer to a handshake or an ignored notification. Rejected
-    passes through; any other exception is a handler bug met on these bytes. `verify`
-    false (the console's playground) skips the auth and signature checks, and the nonce, and nothing else:
-    `intercept` runs as for intake. The caller calls `answered` once it has answered."""
+    out here when not given, or when what `intercept` fetched is large: `fetched_off`): the request's events, its
+    signed nonce and whether its parse was placed in the parser thread (where its render goes too), or the answer
+    to a handshake or an ignored notification. Rejected passes through; any other exception is a handler bug met
+    on these bytes. `verify` false (the console's playground) skips the auth and signature checks, and the nonce,
+    and nothing else: `intercept` runs as for intake. The caller calls `answered` once it has answered."""
     if off is None:
         off = offloaded(body)
     handler = source.handler
@@ -133,11 +133,11 @@ async def run_handler(rt: Runtime, source: Source, request: web.Request, body: b
         if handler.defines_intercept and (early := await handler.intercept(request, body)) is not None:
             return early
         # What `intercept` fetched (an S3 object) may place the parse: only a handler with an intercept fetches.
-        inbounds = await _run(handler.parse, request, body,
-                              off or (handler.defines_intercept and fetched_off(request)))
+        off = off or (handler.defines_intercept and fetched_off(request))
+        inbounds = await _run(handler.parse, request, body, off)
         if len(inbounds) > MAX_EVENTS:
             raise too_many("events in one request", len(inbounds), MAX_EVENTS)
-        return inbounds, handler.nonce(request, body) if verify and handler.defines_nonce else None
+        return inbounds, handler.nonce(request, body) if verify and handler.defines_nonce else None, off
     except (Rejected, web.HTTPException):
         raise
     except Exception as exc:  # never a 5xx for a request's bytes: see _handler_failed
@@ -556,13 +556,11 @@ async def _hook_post(request: web.Request, rt: Runtime, name: str) -> web.Stream
         body = await _read_body(rt, source, request)
         if body is None:
             return web.Response(status=400)
-        off = offloaded(body)  # one look at the body places the checks, the parse and the render
-        handled = await run_handler(rt, source, request, body, off=off)
+        # One look at the body (and at what `intercept` fetched) places the checks, the parse and the render.
+        handled = await run_handler(rt, source, request, body)
         if isinstance(handled, Intercepted):
             return _intercepted(rt, source, handled)
-        inbounds, signed = handled
-        # A small notification whose fetched message is large is rendered off too (only an intercept fetches).
-        off = off or (handler.defines_intercept and fetched_off(request))
+        inbounds, signed, off = handled
     except Rejected as exc:
         return _reject(rt, source, exc, request)
     files = [item for inbound in inbounds for item in inbound.attachments]

@@ -40,9 +40,10 @@ _QUOTED_BACKWARDS = re.compile(r'"(?:"\\|[^"\r\n]){1,64}"')
 # (a soft hyphen, a zero-width space, a byte-order mark) or a space other than U+0020 (no-break, thin, ideographic),
 # which a form or a copy and paste leaves in a number; and any of those written as an escape, as `repr()` and JSON
 # quote them in an error message (`'+9198765\x0043210'`, `\u00a0`, `\n`).
+_ESCAPED = r"\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})"  # a separator written as an escape
 _SEPARATOR = ("[ ()._+/\\-\x00-\x1f\x7f-\x9f\xa0\xad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]"
-              r"|\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})")
-_ESCAPE = re.compile(r"\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})")
+              f"|{_ESCAPED}")
+_ESCAPE = re.compile(_ESCAPED)
 # Where a phone number may begin: right after an escape (`\n9876543210`: the `n` is not a word before it), or not
 # after a word character, `.` or `-` (the tail of an id, a version or a UUID), nor after `13:23:` (the seconds and
 # fraction of a time, `13:23:45.123400+00:00`). The match runs to the end of the digits and separators, possessively
@@ -69,18 +70,18 @@ def _mask_phone(run: re.Match[str]) -> str:
     """The run of digits and separators with the phone number it begins with masked, or as it is when it holds
     none: 8 to 15 digits (E.164 allows 15), not a calendar date."""
     body = _PHONE_BODY.match(run.string, run.start(2))
-    if body is None:
+    if body is None or _DATE.match(text := body.group()):
         return run.group(0)
-    digits = re.sub(r"\D", "", _ESCAPE.sub("", body.group()))
-    if len(digits) > 15 and _BETWEEN.search(body.group()) and not _DATE.match(body.group()):
-        return run.group(1) + _mask_joined(body.group()) + run.string[body.end():run.end()]
-    if not 8 <= len(digits) <= 15 or _DATE.match(body.group()):
+    digits = re.sub(r"\D", "", _ESCAPE.sub("", text))
+    if len(digits) > 15 and _BETWEEN.search(text):
+        return run.group(1) + _mask_joined(text) + run.string[body.end():run.end()]
+    if not 8 <= len(digits) <= 15:
         return run.group(0)
     return run.group(1) + "*" * (len(digits) - 2) + digits[-2:] + run.string[body.end():run.end()]
 
 
 # A body's pieces: an escape (a separator, though it holds hex digits), a run of digits, or another character.
-_PIECES = re.compile(r"\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})|(\d+)|\D")
+_PIECES = re.compile(f"{_ESCAPED}|(\\d+)|\\D")
 # Between two numbers rather than inside one: a `/`, a `+`, a `,` or `;`, or two spaces or more.
 _BETWEEN = re.compile(r"[/+,;]| {2}")
 

@@ -102,8 +102,11 @@ class OffLoop(BaseException):
 
 
 _LOOP_PARSE: ContextVar[list[int] | None] = ContextVar("loop_parse", default=None)
-"""While a parse runs on the loop: its budget, [address characters, raw message bytes, MIME delimiter lines, lines
-for the email package's parser left] (a list: no object to build per request)."""
+"""While a parse runs on the loop: what is left of its budget, a list (no object to build per request) indexed by
+the positions below."""
+_ADDRESS_CHARS, _RAW_BYTES, _MIME_LINES, _PARSER_LINES = range(4)
+"""The budget's positions: address characters (LOOP_ADDRESS_CHARS), raw message bytes (LOOP_BYTES), MIME delimiter
+lines (LOOP_MIME_LINES), and lines for the email package's parser (LOOP_PARSER_LINES)."""
 
 
 def text_lines(data: bytes) -> int:
@@ -115,7 +118,7 @@ def text_lines(data: bytes) -> int:
 def start_loop_parse() -> Token[list[int] | None]:
     """Mark the parse that follows as running on the loop, with a fresh budget; `end_loop_parse` unmarks it. A
     parse in a thread runs unmarked (an executor does not carry the loop's context): nothing bounds it there."""
-    return _LOOP_PARSE.set([LOOP_ADDRESS_CHARS, LOOP_BYTES, LOOP_MIME_LINES, LOOP_PARSER_LINES])
+    return _LOOP_PARSE.set([LOOP_ADDRESS_CHARS, LOOP_BYTES, LOOP_MIME_LINES, LOOP_PARSER_LINES])  # by position
 
 
 def end_loop_parse(token: Token[list[int] | None]) -> None:
@@ -133,8 +136,8 @@ def spend_on_loop(address_chars: int, what: str) -> None:
     parse = _LOOP_PARSE.get()
     if parse is None:
         return
-    parse[0] -= address_chars
-    if parse[0] < 0:
+    parse[_ADDRESS_CHARS] -= address_chars
+    if parse[_ADDRESS_CHARS] < 0:
         raise OffLoop(what)
 
 
@@ -147,18 +150,18 @@ def spend_raw_on_loop(raw: bytes) -> None:
     if parse is None:
         return
     lines = raw.count(b"\n--")
-    if len(raw) > parse[1] or lines > parse[2]:
+    if len(raw) > parse[_RAW_BYTES] or lines > parse[_MIME_LINES]:
         alone = len(raw) > LOOP_BYTES or lines > LOOP_MIME_LINES
         raise OffLoop(f"the raw message is {len(raw)} bytes with {lines} MIME delimiter lines"
                       + ("" if alone else ", past the loop's share with the request's messages before it"))
     read = text_lines(raw)  # each read by the parser, in Python
-    if read > parse[3]:
+    if read > parse[_PARSER_LINES]:
         raise OffLoop(f"the raw message is {read} lines"
                       + ("" if read > LOOP_PARSER_LINES else ", past the loop's share with the request's messages "
                                                              "before it"))
-    parse[1] -= len(raw)
-    parse[2] -= lines
-    parse[3] -= read
+    parse[_RAW_BYTES] -= len(raw)
+    parse[_MIME_LINES] -= lines
+    parse[_PARSER_LINES] -= read
 
 
 async def in_parser(fn: Callable[..., T], *args: Any, pool: Executor = PARSER) -> T:

@@ -93,11 +93,18 @@ def signed_pairs(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> bytes:
     """Twilio's algorithm: the URL, then each name+value, names sorted, a name's values sorted too."""
-    data = url + "".join(name + value for name, value in signed_pairs(params))
+    return _signed(auth_token, url + _joined(signed_pairs(params)))
+
+
+def _joined(pairs: list[tuple[str, str]]) -> str:
+    return "".join(name + value for name, value in pairs)
+
+
+def _signed(auth_token: str, data: str) -> bytes:
     return base64.b64encode(hmac_digest(auth_token.encode(), data.encode(), "sha1"))
 
 
-def recut(form: dict[str, Any], params: list[tuple[str, str]], account_sid: str | None) -> str | None:
+def recut(form: dict[str, Any], pairs: list[tuple[str, str]], account_sid: str | None) -> str | None:
     """Why the signed parameters do not read as the one Twilio message (or status callback) they were signed as,
     or None when they do. A captured request cut again at other places signs the same text
     (`MessageSid=SM…&MessagingServiceSid=MG…` sent as one `MessageSid` holding `SM…MessagingServiceSidMG…`), so
@@ -105,8 +112,8 @@ def recut(form: dict[str, Any], params: list[tuple[str, str]], account_sid: str 
     all the same; `AccountSid` is an account SID (the source's `account_sid`, when set); and wherever the signed
     text reads `MessageSid` or `SmsSid` followed by a SID, or `MessageStatus` followed by a status word, that is
     a parameter's whole name (one of `_OWNERS`) and, for a SID, its whole value. Then a re-cut keeps the
-    message's SID (its dedup key), and a status callback stays one. The reason names no value: each is request
-    text."""
+    message's SID (its dedup key), and a status callback stays one. `pairs`: the signed parameters in the order
+    they are signed (`signed_pairs`). The reason names no value: each is request text."""
     sids = []
     for name in MESSAGE_SIDS:
         value = form.get(name)
@@ -125,15 +132,13 @@ def recut(form: dict[str, Any], params: list[tuple[str, str]], account_sid: str 
     if account_sid is not None and account != account_sid:
         return "AccountSid is not the source's account_sid"
     # A name the signed text reads must be a parameter's whole name, and (a SID's) the value after it its whole value.
-    text: list[str] = []
     owners: dict[int, tuple[str, str]] = {}  # where each value starts in the signed text: its name and value
     at = 0
-    for name, value in signed_pairs(params):
+    for name, value in pairs:
         at += len(name)
         owners[at] = (name, value)
         at += len(value)
-        text.append(name + value)
-    signed = "".join(text)
+    signed = _joined(pairs)
     for found in _SID_TEXT.finditer(signed):
         read, end = found.group(), found.end()
         name, value = owners.get(end, ("", ""))
@@ -185,15 +190,18 @@ class TwilioHandler(Handler):
         given = request.headers.get(HEADER, "")
         if not given:
             raise Rejected(401, f"signature header {HEADER} is missing", check="signature")
-        # The parameters signed are the form `parse` reads: one parser, run once per request.
-        params = form_params(self._form(request, body))
+        # The parameters signed are the form `parse` reads: one parser, run once per request; put in the order
+        # they are signed once, for each URL Twilio may have signed and for `recut`.
+        form = self._form(request, body)
+        pairs = signed_pairs(form_params(form))
+        text = _joined(pairs)
         ok = False
         for url in url_variants(self.signed_url(request)):
-            ok |= same(signature(self.twilio.auth_token, url, params), given)
+            ok |= same(_signed(self.twilio.auth_token, url + text), given)
         if not ok:
             raise Rejected(401, f"signature in {HEADER} does not match the URL and parameters (is public_url the "
                                 "URL configured in Twilio?)", check="signature")
-        if (why := recut(self._form(request, body), params, self.twilio.account_sid)) is not None:
+        if (why := recut(form, pairs, self.twilio.account_sid)) is not None:
             raise Rejected(401, f"the signed parameters do not read as one Twilio message: {why} (a captured "
                                 "request's parameters cut again at other places)", check="signature")
 

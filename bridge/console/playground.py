@@ -80,7 +80,7 @@ async def _played(rt: Runtime, source: Source, given: PlaygroundBody, request: w
     if isinstance(handled, Intercepted):
         result.outcome, result.status, result.message = handled.outcome, handled.response.status, handled.reason
         return result
-    inbounds, _nonce = handled
+    inbounds, _nonce, _off = handled
     kept = handler.kept_headers(request)
     for inbound in inbounds:
         event = Event.new(source=given.source, kind=handler.kind, channel=handler.channel, payload=inbound.payload,

@@ -13,28 +13,10 @@ import pytest
 from aiohttp import http_parser
 
 from tests.acceptance.rawhttp import RawClient
-from tests.acceptance.test_server_header import served
+from tests.acceptance.test_server_header import ADMIN, JSON, served
 from tests.conftest import ConfigFactory
 
-CONFIG = """
-server: {max_body_bytes: 1048576}
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: ops-token}
-sources:
-  contact: {kind: form}
-destinations:
-  kapture: {vendor: kapture, sandbox: true}
-"""
-MAPPINGS = {"contact": """
-    source: contact
-    destination: kapture
-    action: create_ticket
-    fields:
-      title: "{{ payload.subject }}"
-"""}
-FORM = ("Content-Type", "application/x-www-form-urlencoded")
-JSON = ("Content-Type", "application/json")
-ADMIN = ("Authorization", "Bearer ops-token")
+MAX_BODY_BYTES = 1_048_576  # test_server_header's source and mapping, taking bodies larger than the ones posted
 INFLATES = b"x" * 20_000_000  # 20 MB: some 20 KB once compressed
 
 
@@ -68,21 +50,22 @@ async def test_an_encoded_body_is_refused_with_415_on_intake_and_inflated_on_no_
     body), and not one decompressor made for any of them."""
     body = encoded[coding]
     sent = ("Content-Encoding", coding)
-    async with served(write_config, CONFIG, MAPPINGS) as port:
+    async with served(write_config, max_body_bytes=MAX_BODY_BYTES) as port:
         raw = RawClient("127.0.0.1", port)
         try:
-            hook = await raw.post("/hooks/contact", body, [FORM, sent])
+            hook = await raw.post("/hooks/partner", body, [JSON, sent])
             assert hook.status == 415, hook.body
             refused = hook.json()
             assert refused["accepted"] is False and refused["check"] == "content_encoding", refused
             assert f"Content-Encoding '{coding}'" in str(refused["error"]), refused
-            assert (await raw.post("/hooks/nosuch", body, [FORM, sent])).status == 404
-            assert (await raw.post("/no/such/path", body, [FORM, sent])).status == 404
+            assert (await raw.post("/hooks/nosuch", body, [JSON, sent])).status == 404
+            assert (await raw.post("/no/such/path", body, [JSON, sent])).status == 404
             assert (await raw.post("/healthz", body, [sent])).status == 405
             admin = await raw.post("/admin/api/playground", body, [ADMIN, JSON, sent])
             assert admin.status == 415 and b"Content-Encoding" in admin.body, admin.body
             assert (await raw.request("GET", "/healthz", b"", [])).status == 200
-            plain = await raw.post("/hooks/contact", b"subject=Router+down", [FORM, ("Content-Encoding", "identity")])
+            plain = await raw.post("/hooks/partner", b'{"title": "Router down"}',
+                                   [JSON, ("Content-Encoding", "identity")])
             assert plain.status == 202, plain.body
         finally:
             await raw.close()

@@ -21,6 +21,7 @@ from handlers import formdata
 from handlers.limits import MAX_FROM_CHARS
 from tests.acceptance.test_providers import CONFIG, MAPPINGS, SECRETS, S, providers_client
 from tests.conftest import AppClient, ConfigFactory
+from tests.fixtures.many_line_forms import MANY_LINE_FORMS
 from tests.fixtures.providers import basic, compact, load, mailgun_fields, ses_raw
 
 HOSTILE = "[." * 31_000  # 62 KB: the body stays under OFFLOAD_BYTES
@@ -137,20 +138,6 @@ FORM_MAPPINGS = {"contact": """
     fields:
       title: "{{ payload.a }}"
 """}
-# A public form's multipart bodies of 64 KB whose parse held the loop 100-170 ms, and the answer each gets.
-FORM_BODIES = {
-    "continuation_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b" \n" * 31_900
-                           + b"\nv\n--XyZ--\n", 413),
-    "nested_header_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"a:\n" * 21_300
-                            + b"\n--q--\n--XyZ--\n", 413),
-    "nested_blank_lines": (b"--XyZ\nContent-Type: multipart/mixed; boundary=q\n" + b"\n" * 63_800 + b"--XyZ--\n",
-                           400),
-    "no_delimiter": (b"\n" * 65_000, 400),
-    "header_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\n' + b"a:\n" * 21_300 + b"\nv\n--XyZ--\n",
-                     413),
-    "from_lines": (b'--XyZ\nContent-Disposition: form-data; name="a"\nFrom x\n' + b"\n" * 60_000 + b"--XyZ--\n",
-                   202),
-}
 
 
 @pytest.fixture
@@ -167,7 +154,7 @@ def form_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize(("body", "status"), FORM_BODIES.values(), ids=FORM_BODIES)
+@pytest.mark.parametrize(("body", "status"), MANY_LINE_FORMS.values(), ids=MANY_LINE_FORMS)
 async def test_a_public_forms_multipart_body_of_many_lines_is_parsed_in_the_parser_thread(
         write_config: ConfigFactory, bridge_client: AppClient, form_parses: list[str], body: bytes,
         status: int) -> None:

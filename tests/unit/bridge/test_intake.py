@@ -349,12 +349,14 @@ class Fetching(Recording):
 @pytest.mark.parametrize(("size", "off"), [(0, False), (OFFLOAD_BYTES, False), (OFFLOAD_BYTES + 1, True)])
 async def test_what_intercept_fetched_places_the_parse(size: int, off: bool) -> None:
     """A small body whose handler fetched more than OFFLOAD_BYTES for it (an S3 object, a download) is parsed in
-    the parser thread, as a body that large is; its checks, run before anything was fetched, stay on the loop."""
+    the parser thread, as a body that large is; its checks, run before anything was fetched, stay on the loop. The
+    placement is handed back with the events, for the render to follow the parse without asking again."""
     handler = Fetching(size)
     request = make_mocked_request("POST", "/hooks/src")
     handled = await run_handler(cast(Runtime, None), Source("src", handler, None, 0.0), request, b"{}")
     assert not isinstance(handled, Intercepted)
     assert [name.startswith("ticketbridge-parse") for name in handler.threads] == [False, off]
+    assert handled[2] is off
 
 
 class Costly(Recording):
