@@ -42,7 +42,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -716,18 +716,9 @@ class SqliteStore(Store):
         await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-commit
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, waiting asynchronously (up to BUSY_SECONDS) while another process writes."""
-        deadline = time.monotonic() + BUSY_SECONDS
-        delay = 0.001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() > deadline:
-                    raise
+        """BEGIN IMMEDIATE, waiting asynchronously (_begin_tries) while another process writes."""
+        for delay in _begin_tries(conn):
             await asyncio.sleep(delay)
-            delay = min(delay * 2, BUSY_DELAY_MAX)
 
     async def _commit(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
         """Run a group of writes in one transaction and one commit. Optimistically the whole group runs
@@ -1699,10 +1690,11 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-def _begin_waiting(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE on a thread that may wait (the store's writer thread): retried, up to BUSY_SECONDS, while
-    another process writes, as SqliteStore._begin does on the loop without blocking it (the writer's own
-    busy_timeout is 0, for the loop's sake)."""
+def _begin_tries(conn: sqlite3.Connection) -> Iterator[float]:
+    """BEGIN IMMEDIATE, tried again while another process writes: yields how long to wait before the next try
+    (from 1 ms, doubling up to BUSY_DELAY_MAX), and raises the busy error once BUSY_SECONDS have passed. The writer's
+    own busy_timeout is 0, for the loop's sake; its caller waits as its thread may: SqliteStore._begin on the loop
+    without blocking it, _begin_waiting on the store's writer thread."""
     deadline = time.monotonic() + BUSY_SECONDS
     delay = 0.001
     while True:
@@ -1712,8 +1704,14 @@ def _begin_waiting(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if not _busy(exc) or time.monotonic() > deadline:
                 raise
+        yield delay
+        delay = min(delay * 2, BUSY_DELAY_MAX)
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE on a thread that may wait (the store's writer thread), as _begin_tries says."""
+    for delay in _begin_tries(conn):
         time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def _run_script(sql: str, conn: sqlite3.Connection) -> None:

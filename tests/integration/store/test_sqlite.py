@@ -1442,6 +1442,37 @@ async def test_a_purge_deletes_off_the_event_loop_in_transactions_bounded_by_the
     assert {r.id for r in await store.list_deliveries(DeliveryFilter())} == {kept.id, tried.id}
 
 
+async def test_the_writer_thread_tries_begin_as_often_as_the_loop_does(store: SqliteStore, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another process holds the write lock, an off-loop write's BEGIN (on the store's writer thread) is tried
+    again after 1, 2, 4 ... ms up to BUSY_DELAY_MAX, as a group's on the loop is, and goes through once the lock is
+    given back."""
+    monkeypatch.setattr(sqlite_store, "BUSY_DELAY_MAX", 0.004)
+    waits: list[float] = []
+    fifth = threading.Event()
+    released = threading.Event()
+
+    def sleep(delay: float) -> None:  # the writer thread's wait between two tries
+        waits.append(delay)
+        if len(waits) == 5:
+            fifth.set()
+            assert released.wait(timeout=10)
+
+    assert store._writer is not None
+    with write_locked(tmp_path / "s.db"):
+        monkeypatch.setattr(sqlite_store.time, "sleep", sleep)
+        written = asyncio.ensure_future(store._run_off_loop(store._writer, _one))
+        assert await asyncio.to_thread(fifth.wait, 10)
+    released.set()
+    assert await written == 1
+    store._writer.execute("ROLLBACK")
+    assert waits == [0.001, 0.002, 0.004, 0.004, 0.004]
+
+
+def _one(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT 1").fetchone()[0])
+
+
 async def test_a_purge_beside_the_owner_leaves_it_the_writer_between_two_transactions(
         store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ticketbridge purge` beside a running server purges in short transactions and, after each, leaves the write
