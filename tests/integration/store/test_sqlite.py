@@ -41,7 +41,7 @@ from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
-    after_now,
+    conversations_burst_and_purge,
     make_delivery,
     make_event,
     nonce,
@@ -904,19 +904,7 @@ async def test_each_conversation_counts_the_deliveries_it_holds(store: SqliteSto
     """`conversations.stored` is the number of deliveries each conversation holds, after a burst of accepts stored
     together (chats, whose key only the provider writes, and email threads with other senders' messages split off
     to conversations of their own) and a purge of the settled ones' events."""
-    def message(n: int) -> NewDelivery:
-        if n % 3:
-            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
-        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
-                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
-
-    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
-    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
-    for _ in range(3):
-        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
-            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
-    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
-    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+    await conversations_burst_and_purge(store)
     counted = query(tmp_path / "s.db", "SELECT conversation, count(*) FROM deliveries WHERE conversation IS NOT NULL "
                                        "GROUP BY conversation")
     stored = query(tmp_path / "s.db", "SELECT id, stored FROM conversations WHERE stored > 0")
