@@ -42,7 +42,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -716,18 +716,12 @@ class SqliteStore(Store):
         await asyncio.shield(future)  # a cancelled caller must not leave the connection mid-commit
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, waiting asynchronously (up to BUSY_SECONDS) while another process writes."""
-        deadline = time.monotonic() + BUSY_SECONDS
-        delay = 0.001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BUSY_DELAY_MAX)
+        """BEGIN IMMEDIATE, tried again while another process writes (_begin_tries), waiting asynchronously."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            for delay in _begin_tries(conn, exc):
+                await asyncio.sleep(delay)
 
     async def _commit(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
         """Run a group of writes in one transaction and one commit. Optimistically the whole group runs
@@ -1699,21 +1693,34 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-def _begin_waiting(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE on a thread that may wait (the store's writer thread): retried, up to BUSY_SECONDS, while
-    another process writes, as SqliteStore._begin does on the loop without blocking it (the writer's own
-    busy_timeout is 0, for the loop's sake)."""
+def _begin_tries(conn: sqlite3.Connection, refused: sqlite3.OperationalError) -> Iterator[float]:
+    """After a BEGIN IMMEDIATE `refused` (raised again unless another process writes): how long to wait before each
+    next try (from 1 ms, doubling up to BUSY_DELAY_MAX), until one begins; the busy error raised once BUSY_SECONDS
+    have passed. The writer's own busy_timeout is 0, for the loop's sake; its caller waits as its thread may:
+    SqliteStore._begin on the loop without blocking it, _begin_waiting on the store's writer thread. The first try is
+    the caller's own, so that a BEGIN that goes through costs nothing more."""
+    if not _busy(refused):
+        raise refused
     deadline = time.monotonic() + BUSY_SECONDS
     delay = 0.001
     while True:
+        yield delay
         try:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
             if not _busy(exc) or time.monotonic() > deadline:
                 raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        delay = min(delay * 2, BUSY_DELAY_MAX)
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE on a thread that may wait (the store's writer thread), tried again as _begin_tries says."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        for delay in _begin_tries(conn, exc):
+            time.sleep(delay)
 
 
 def _run_script(sql: str, conn: sqlite3.Connection) -> None:

@@ -102,6 +102,25 @@ def after_now() -> int:
     return now_ms() + 1000
 
 
+async def conversations_burst_and_purge(store: Store) -> None:
+    """A burst of accepts stored together (chats, whose key only the provider writes, and email threads with other
+    senders' messages split off to conversations of their own), the settled ones' events purged, then more accepts:
+    what `conversations.stored` (migration 0025) must count through."""
+    def message(n: int) -> NewDelivery:
+        if n % 3:
+            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
+        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
+                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
+
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
+    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
+    for _ in range(3):
+        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
+            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
+    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
+    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+
+
 def id_made_behind(ms: int = 3000) -> str:
     """A delivery id as a process whose clock is `ms` behind this one's makes it now: it sorts before the ids made
     here in the last `ms` (its random part new, so that each is unique)."""

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from bridge.delivery.dispatcher import Dispatcher
 from bridge.errors import StoreUnavailable
 from bridge.retention import purge_store
-from bridge.store.base import Cutoffs, DeliveryFilter, NewDelivery
+from bridge.store.base import Cutoffs, DeliveryFilter
 from bridge.store.postgres import (
     HEAD_OF_CONVERSATION,
     NONCE_SWEEP,
@@ -33,7 +33,7 @@ from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
-    after_now,
+    conversations_burst_and_purge,
     id_made_behind,
     kept,
     make_delivery,
@@ -266,17 +266,18 @@ async def test_a_replay_committed_while_the_purge_waits_keeps_its_event(store: P
         await conn.close()
 
 
-async def test_a_conversations_head_and_waiting_are_found_without_walking_its_history(
-        store: PostgresStore, pg_schema: str) -> None:
-    """The claim's head check and a listed delivery's `waiting` look up only the conversation's unsettled
-    deliveries (the partial index deliveries_open_conversation), not every delivery it ever had. Sequential scans
-    are turned off: on a table this small one would be cheaper, on a real queue it is not."""
+async def _settled_thread(store: PostgresStore) -> None:
+    """A conversation `k` of 100 deliveries, each claimed and settled with a ticket in turn: its history."""
     for _ in range(100):
         d = make_delivery(conversation="m|k", conversation_key="k")
         await accept_one(store, d)
         await store.claim("kapture-support", 1, "w", 60)
         await store.record(result(d.id, "succeeded", ticket_id="T-1"))
-    await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+
+
+async def _head_and_waiting_use(pg_schema: str, index: str) -> None:
+    """The claim's head check and a listed delivery's `waiting` are planned (the table analyzed, sequential scans
+    off) through `index`."""
     queries = (f"SELECT id FROM deliveries d WHERE status = 'pending' AND destination = 'kapture-support' "
                f"AND next_attempt_at <= {now_ms()} AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT 10",
                f"SELECT {ROW_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT 50")
@@ -286,9 +287,19 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
         await conn.execute("SET enable_seqscan = off")
         for query in queries:
             plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
-            assert "deliveries_open_conversation" in plan, plan
+            assert index in plan, plan
     finally:
         await conn.close()
+
+
+async def test_a_conversations_head_and_waiting_are_found_without_walking_its_history(
+        store: PostgresStore, pg_schema: str) -> None:
+    """The claim's head check and a listed delivery's `waiting` look up only the conversation's unsettled
+    deliveries (the partial index deliveries_open_conversation), not every delivery it ever had. Sequential scans
+    are turned off: on a table this small one would be cheaper, on a real queue it is not."""
+    await _settled_thread(store)
+    await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+    await _head_and_waiting_use(pg_schema, "deliveries_open_conversation")
 
 
 async def test_a_thread_without_a_ticket_looks_for_a_held_create_without_walking_its_history(
@@ -296,25 +307,10 @@ async def test_a_thread_without_a_ticket_looks_for_a_held_create_without_walking
     """While a conversation has no ticket (restarted after its quiet period, or reset), the head's second test and a
     listed delivery's `waiting` look for an earlier held create in the index of held creates (0024,
     deliveries_held_create), not through every earlier delivery of the thread (deliveries_conversation)."""
-    for _ in range(100):
-        d = make_delivery(conversation="m|k", conversation_key="k")
-        await accept_one(store, d)
-        await store.claim("kapture-support", 1, "w", 60)
-        await store.record(result(d.id, "succeeded", ticket_id="T-1"))
+    await _settled_thread(store)
     await store.reset_conversation("k")
     await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
-    queries = (f"SELECT id FROM deliveries d WHERE status = 'pending' AND destination = 'kapture-support' "
-               f"AND next_attempt_at <= {now_ms()} AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT 10",
-               f"SELECT {ROW_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT 50")
-    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
-    try:
-        await conn.execute("ANALYZE deliveries")
-        await conn.execute("SET enable_seqscan = off")
-        for query in queries:
-            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
-            assert "deliveries_held_create" in plan, plan
-    finally:
-        await conn.close()
+    await _head_and_waiting_use(pg_schema, "deliveries_held_create")
 
 
 async def test_a_removed_mappings_conversations_are_counted_from_an_index(
@@ -470,19 +466,7 @@ async def test_each_conversation_counts_the_deliveries_it_holds(store: PostgresS
     """`conversations.stored` is the number of deliveries each conversation holds, after a burst of accepts stored
     together (chats, whose key only the provider writes, and email threads with other senders' messages split off
     to conversations of their own) and a purge of the settled ones' events."""
-    def message(n: int) -> NewDelivery:
-        if n % 3:
-            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
-        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
-                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
-
-    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
-    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
-    for _ in range(3):
-        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
-            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
-    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
-    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+    await conversations_burst_and_purge(store)
     conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
     try:
         counted = await conn.fetch("SELECT conversation, count(*) FROM deliveries WHERE conversation IS NOT NULL "

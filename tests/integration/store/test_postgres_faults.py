@@ -124,12 +124,9 @@ async def test_an_unreachable_server_is_reported_until_it_answers_again(pg_schem
         await proxy.cut()
 
 
-async def test_a_claim_whose_answer_is_lost_gives_back_what_it_leased(store: PostgresStore) -> None:
-    """A claim that committed but whose answer never arrived (the connection dropped around COMMIT) raises
-    StoreUnavailable and gives back the rows it leased; rows the same owner leased before stay in flight."""
-    _, (held,) = await accept_one(store, make_delivery())
-    assert [c.id for c in (await store.claim("kapture-support", 1, "me", 60)).items] == [held]
-    _, lost = await accept_one(store, make_delivery(), make_delivery())
+async def _claim_answer_lost(store: PostgresStore) -> list[Any]:
+    """A claim of "me" (up to 10, kapture-support) that commits but whose answer is lost (the connection dropped
+    around COMMIT): it raises StoreUnavailable. What it logged."""
     run = store._run
     calls = 0
 
@@ -142,9 +139,21 @@ async def test_a_claim_whose_answer_is_lost_gives_back_what_it_leased(store: Pos
         return out
 
     store._run = answer_lost  # type: ignore[method-assign]
-    with capture_logs() as logs, pytest.raises(StoreUnavailable):
-        await store.claim("kapture-support", 10, "me", 60)
-    store._run = run  # type: ignore[method-assign]
+    try:
+        with capture_logs() as logs, pytest.raises(StoreUnavailable):
+            await store.claim("kapture-support", 10, "me", 60)
+    finally:
+        store._run = run  # type: ignore[method-assign]
+    return logs
+
+
+async def test_a_claim_whose_answer_is_lost_gives_back_what_it_leased(store: PostgresStore) -> None:
+    """A claim that committed but whose answer never arrived (the connection dropped around COMMIT) raises
+    StoreUnavailable and gives back the rows it leased; rows the same owner leased before stay in flight."""
+    _, (held,) = await accept_one(store, make_delivery())
+    assert [c.id for c in (await store.claim("kapture-support", 1, "me", 60)).items] == [held]
+    _, lost = await accept_one(store, make_delivery(), make_delivery())
+    logs = await _claim_answer_lost(store)
     assert [(e["event"], e.get("count")) for e in logs] == [("store.claim_given_back", 2)]
     statuses = {r.id: r.status for r in await store.list_deliveries(DeliveryFilter())}
     assert statuses == {held: "in_flight", lost[0]: "pending", lost[1]: "pending"}
@@ -162,21 +171,7 @@ async def test_a_claim_whose_answer_is_lost_gives_back_only_its_own_rows_within_
     monkeypatch.setattr("bridge.store.postgres.now_ms", lambda: frozen)
     [first] = (await store.claim("kapture-support", 1, "me", 60)).items
     assert first.id == held
-    run = store._run
-    calls = 0
-
-    async def answer_lost(fn: Any, *, transaction: bool = True) -> Any:
-        nonlocal calls
-        calls += 1
-        out = await run(fn, transaction=transaction)
-        if calls == 1:
-            raise StoreUnavailable("postgresql: connection was closed in the middle of operation")
-        return out
-
-    store._run = answer_lost  # type: ignore[method-assign]
-    with capture_logs() as logs, pytest.raises(StoreUnavailable):
-        await store.claim("kapture-support", 10, "me", 60)
-    store._run = run  # type: ignore[method-assign]
+    logs = await _claim_answer_lost(store)
     assert [(e["event"], e.get("count")) for e in logs] == [("store.claim_given_back", 2)]
     statuses = {r.id: r.status for r in await store.list_deliveries(DeliveryFilter())}
     assert statuses == {held: "in_flight", lost[0]: "pending", lost[1]: "pending"}

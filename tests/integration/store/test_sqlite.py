@@ -41,7 +41,7 @@ from tests.integration.store.contract import (
     WEEK,
     StoreContract,
     accept_one,
-    after_now,
+    conversations_burst_and_purge,
     make_delivery,
     make_event,
     nonce,
@@ -904,19 +904,7 @@ async def test_each_conversation_counts_the_deliveries_it_holds(store: SqliteSto
     """`conversations.stored` is the number of deliveries each conversation holds, after a burst of accepts stored
     together (chats, whose key only the provider writes, and email threads with other senders' messages split off
     to conversations of their own) and a purge of the settled ones' events."""
-    def message(n: int) -> NewDelivery:
-        if n % 3:
-            return make_delivery(conversation=f"m|chat:{n % 4}", conversation_key=f"chat:{n % 4}")
-        return make_delivery(conversation="m|mail:root@x", conversation_key="mail:root@x", sender_checked=True,
-                             sender="asha@x.io" if n % 2 else "mallory@evil.example")
-
-    await asyncio.gather(*(accept_one(store, message(n)) for n in range(60)))  # stored together, where grouped
-    await asyncio.gather(*(accept_one(store, message(n), make_delivery()) for n in range(60, 90)))
-    for _ in range(3):
-        for c in (await store.claim("kapture-support", 100, "w", 30)).items:
-            await store.record(result(c.id, "succeeded", ticket_id="T-1"))
-    assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).events > 0
-    await asyncio.gather(*(accept_one(store, message(n)) for n in range(90, 120)))
+    await conversations_burst_and_purge(store)
     counted = query(tmp_path / "s.db", "SELECT conversation, count(*) FROM deliveries WHERE conversation IS NOT NULL "
                                        "GROUP BY conversation")
     stored = query(tmp_path / "s.db", "SELECT id, stored FROM conversations WHERE stored > 0")
@@ -1440,6 +1428,37 @@ async def test_a_purge_deletes_off_the_event_loop_in_transactions_bounded_by_the
     assert [len(p) for p in transactions(seen, PURGED_EVENTS)] == [2, 2, 1]
     assert [len(p) for p in transactions(seen, PURGED_ATTEMPTS)] == [2, 2]  # the latest attempt stays
     assert {r.id for r in await store.list_deliveries(DeliveryFilter())} == {kept.id, tried.id}
+
+
+async def test_the_writer_thread_tries_begin_as_often_as_the_loop_does(store: SqliteStore, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another process holds the write lock, an off-loop write's BEGIN (on the store's writer thread) is tried
+    again after 1, 2, 4 ... ms up to BUSY_DELAY_MAX, as a group's on the loop is, and goes through once the lock is
+    given back."""
+    monkeypatch.setattr(sqlite_store, "BUSY_DELAY_MAX", 0.004)
+    waits: list[float] = []
+    fifth = threading.Event()
+    released = threading.Event()
+
+    def sleep(delay: float) -> None:  # the writer thread's wait between two tries
+        waits.append(delay)
+        if len(waits) == 5:
+            fifth.set()
+            assert released.wait(timeout=10)
+
+    assert store._writer is not None
+    with write_locked(tmp_path / "s.db"):
+        monkeypatch.setattr(sqlite_store.time, "sleep", sleep)
+        written = asyncio.ensure_future(store._run_off_loop(store._writer, _one))
+        assert await asyncio.to_thread(fifth.wait, 10)
+    released.set()
+    assert await written == 1
+    store._writer.execute("ROLLBACK")
+    assert waits == [0.001, 0.002, 0.004, 0.004, 0.004]
+
+
+def _one(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT 1").fetchone()[0])
 
 
 async def test_a_purge_beside_the_owner_leaves_it_the_writer_between_two_transactions(

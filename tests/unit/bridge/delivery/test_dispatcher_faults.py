@@ -1522,6 +1522,24 @@ async def test_a_release_retried_as_the_lane_claims_again_leaves_the_new_claim_t
     assert "delivery.released_late" in events and "delivery.lease_lost" not in events, events
 
 
+@asynccontextmanager
+async def _claiming_again(store: FaultyStore) -> AsyncIterator[tuple[Dispatcher, HeldStarts]]:
+    """A dispatcher of one lane (an unknown outcome sent again), on the store's clock, whose sends wait at the gate
+    until the test lets them go (HeldStarts): the lane may claim a delivery again while its earlier send waits there.
+    Stopped at the end."""
+    coordination = HeldStarts()
+    cfg = KaptureOptions(vendor="kapture", base_url=BASE, token="t", max_in_flight=4, timeout_seconds=5.0,
+                         on_unknown="resend", retry=RetryConfig(schedule=["1h"], jitter=0))
+    async with aiohttp.ClientSession() as session:
+        d = Dispatcher(store, session, {"kapture": Destination.from_config("kapture", cfg, BASE)},
+                       coordination=coordination, timings=FAST, clock=lambda: store.now)
+        d.start()
+        try:
+            yield d, coordination
+        finally:
+            await d.stop(1.0)
+
+
 async def test_a_send_held_past_its_lease_does_not_go_once_its_own_lane_claimed_it_again() -> None:
     """A send held at the gate (the process stalled) until its lease ran out and was reaped, and the lane claimed the
     delivery again meanwhile: the lane's notes of the lease (`confirmed`) are the new claim's, so the old send saw its
@@ -1529,30 +1547,56 @@ async def test_a_send_held_past_its_lease_does_not_go_once_its_own_lane_claimed_
     and its release, naming its own claim, leaves the new claim be."""
     store = FaultyStore()
     [delivery_id] = await store.add()
-    coordination = HeldStarts()
-    cfg = KaptureOptions(vendor="kapture", base_url=BASE, token="t", max_in_flight=4, timeout_seconds=5.0,
-                         on_unknown="resend", retry=RetryConfig(schedule=["1h"], jitter=0))
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
-        async with aiohttp.ClientSession() as session:
-            d = Dispatcher(store, session, {"kapture": Destination.from_config("kapture", cfg, BASE)},
-                           coordination=coordination, timings=FAST, clock=lambda: store.now)
-            d.start()
-            try:
-                await eventually(lambda: coordination.waiting == 1)
-                store.now += 2 * d.lease_s  # the store's clock: its lease ran out, and a reaper gives it back
-                assert await store.release_expired() == 1
-                d.notify({"kapture"})
-                await eventually(lambda: coordination.waiting == 2)  # claimed again: its new send at the gate too
-                coordination.go.set()  # both go on
-                await eventually(lambda: store.status(delivery_id) == "succeeded")
-                await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
-            finally:
-                await d.stop(1.0)
+        async with _claiming_again(store) as (d, coordination):
+            await eventually(lambda: coordination.waiting == 1)
+            store.now += 2 * d.lease_s  # the store's clock: its lease ran out, and a reaper gives it back
+            assert await store.release_expired() == 1
+            d.notify({"kapture"})
+            await eventually(lambda: coordination.waiting == 2)  # claimed again: its new send at the gate too
+            coordination.go.set()  # both go on
+            await eventually(lambda: store.status(delivery_id) == "succeeded")
+            await eventually(lambda: any(e["event"] == "delivery.lease_lost" for e in logs))
     assert requests(m) == 1
     assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
     [lost] = [e for e in logs if e["event"] == "delivery.lease_lost"]
     assert lost["unsent"] is True and "claimed again" in lost["error"]
+
+
+async def test_an_extension_asked_for_an_earlier_claim_leaves_the_claim_that_followed_confirmed() -> None:
+    """An extension asked while the delivery was held by its first claim, answered once the lane claimed it again
+    (the first claim reaped meanwhile): the store does not extend the first claim's lease (its token is no longer the
+    row's), and that answer is not taken as the new claim's lease lost. The new claim's send goes out."""
+    store = FaultyStore()
+    [delivery_id] = await store.add()
+    extend = store.extend_leases
+    asked = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def held_extension(delivery_ids: list[str], owner: str, lease_s: float,
+                             tokens: Sequence[int] | None = None) -> list[str]:
+        asked.set()
+        await answer.wait()
+        return await extend(delivery_ids, owner, lease_s, tokens)
+
+    store.extend_leases = held_extension  # type: ignore[method-assign]
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with _claiming_again(store) as (d, coordination):
+            await eventually(lambda: coordination.waiting == 1)
+            keeping = asyncio.ensure_future(d.keep_leases())
+            await eventually(asked.is_set)  # asked for the first claim's token
+            store.now += 2 * d.lease_s  # the store's clock: its lease ran out, and a reaper gives it back
+            assert await store.release_expired() == 1
+            d.notify({"kapture"})
+            await eventually(lambda: coordination.waiting == 2)  # claimed again: its new send at the gate too
+            answer.set()
+            assert await keeping == 0
+            coordination.go.set()  # both go on
+            await eventually(lambda: store.status(delivery_id) == "succeeded")
+    assert requests(m) == 1
+    assert [(r.classification, r.next_status) for r in store.records] == [("success", "succeeded")]
 
 
 class HeldAnswers:
