@@ -80,13 +80,15 @@ def load_mappings(config: Config) -> MappingSet:
     if not config.mappings_dir.is_dir():
         raise ErrorList([config.mappings_missing(MappingError)])
     return load_mapping_folder(config.mappings_dir, sources=set(config.sources),
-                               destinations=destination_targets(config), vars_=config.vars)
+                               destinations=destination_targets(config), vars_=config.vars,
+                               named=config.mapping_file_name)
 
 
 def load_stored_mappings(config: Config, files: dict[str, str]) -> MappingSet:
     """A stored set of files, compiled as the config's folder would compile them; raises ErrorList."""
     return load_mapping_texts(config.mappings_dir, files, sources=set(config.sources),
-                              destinations=destination_targets(config), vars_=config.vars)
+                              destinations=destination_targets(config), vars_=config.vars,
+                              named=config.mapping_file_name)
 
 
 def build_runtime(config: Config, mappings: MappingSet | None = None) -> Runtime:
