@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, TextIO
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any, TextIO, cast
 
 import msgspec
 import structlog
@@ -244,9 +245,11 @@ def _route_stdlib(out: TextIO, level: str, renderer: Any) -> None:
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
 
 
-def configure_logging(level: str = "info", fmt: str | None = "json", stream: TextIO | None = None) -> None:
-    """Structlog (and stdlib records) to `stream` (stdout), masked, as JSON lines or for a person to read
-    (`console`); `fmt` None picks console when the stream is a terminal, else JSON."""
+def configure_logging(level: str = "info", fmt: str | None = "json", stream: TextIO | None = None, *,
+                      cache: bool = True, stdlib: bool = True) -> None:
+    """Structlog (and, with `stdlib`, stdlib records) to `stream` (stdout), masked, as JSON lines or for a person
+    to read (`console`); `fmt` None picks console when the stream is a terminal, else JSON. `cache`: each logger
+    keeps this configuration from its first use on (a server's, configured once); without, a later one applies."""
     out = stream or sys.stdout
     LEVEL.debug = logging.getLevelNamesMapping()[level.upper()] <= logging.DEBUG
     if fmt is None:
@@ -271,6 +274,39 @@ def configure_logging(level: str = "info", fmt: str | None = "json", stream: Tex
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=factory,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
-    _route_stdlib(out, level, render_json_text if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False))
+    if stdlib:
+        _route_stdlib(out, level, render_json_text if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False))
+
+
+class _Stderr:
+    """`sys.stderr` as it is when a line is written (a redirect, or a test's capture, made after the logs were
+    configured)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+@contextmanager
+def cli_logging() -> Iterator[None]:
+    """While a command that prints its results runs (every verb but `serve` and `sandbox`): its log lines
+    (`render.offloaded`, `store.opened`, …) on stderr, masked, at info, for a person on a terminal and as JSON
+    lines otherwise; never on stdout, where what it prints (a rendered body piped on, JSON lines) is all there is.
+    The configuration before it is put back after (the command may run inside another program's process). Stdlib
+    records are left as they are: Python writes their warnings to stderr (and an in-process simulator's access
+    lines stay out)."""
+    before = structlog.get_config()
+    debug = LEVEL.debug
+    configure_logging("info", None, cast(TextIO, _Stderr()), cache=False, stdlib=False)
+    try:
+        yield
+    finally:
+        structlog.configure(**before)
+        LEVEL.debug = debug

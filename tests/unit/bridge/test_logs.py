@@ -13,7 +13,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from bridge.logs import LEVEL, STDLIB_HANDLER, configure_logging, mask_personal_data, mask_text
+from bridge.logs import LEVEL, STDLIB_HANDLER, cli_logging, configure_logging, mask_personal_data, mask_text
 from tests.complexity.scaling import assert_linear
 
 
@@ -518,3 +518,19 @@ def test_numbers_written_one_after_another_are_each_masked(text: str, masked: st
     """Numbers joined by a `/`, a `+`, a `,` or `;` or two spaces make a run of more than 15 digits, which is no
     single number: each is masked as it would be alone, never the whole run left in clear."""
     assert mask_text(text) == masked
+
+
+def test_cli_logging_writes_masked_lines_on_stderr_and_puts_the_config_back(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """While a command runs, its log lines go to stderr (the stderr of that moment), masked, never to stdout;
+    after it, the logging configuration is what it was (a command run inside another program's process, a test's,
+    leaves its logging alone)."""
+    before, debug = structlog.get_config(), LEVEL.debug
+    with cli_logging():
+        structlog.get_logger("t").info("cli.said", to="asha.rao@example.com")
+        structlog.get_logger("t").debug("cli.chatter")
+    out, err = capsys.readouterr()
+    assert out == ""
+    [said] = [json.loads(line) for line in err.splitlines()]
+    assert (said["event"], said["to"]) == ("cli.said", "a***@example.com")
+    assert (structlog.get_config(), LEVEL.debug) == (before, debug)
