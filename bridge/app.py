@@ -34,6 +34,7 @@ from bridge.retention import longest_reopen_after, run_retention
 from bridge.routing import render_create_again, render_follow_up
 from bridge.runtime import Runtime, Source
 from bridge.sandbox_access import guard as sandbox_guard
+from bridge.sandbox_identity import sandbox_problem
 from bridge.server_name import name_the_server
 from bridge.simulators import registry as simulator_registry
 from bridge.store import open_store
@@ -80,13 +81,15 @@ def load_mappings(config: Config) -> MappingSet:
     if not config.mappings_dir.is_dir():
         raise ErrorList([config.mappings_missing(MappingError)])
     return load_mapping_folder(config.mappings_dir, sources=set(config.sources),
-                               destinations=destination_targets(config), vars_=config.vars)
+                               destinations=destination_targets(config), vars_=config.vars,
+                               named=config.mapping_file_name)
 
 
 def load_stored_mappings(config: Config, files: dict[str, str]) -> MappingSet:
     """A stored set of files, compiled as the config's folder would compile them; raises ErrorList."""
     return load_mapping_texts(config.mappings_dir, files, sources=set(config.sources),
-                              destinations=destination_targets(config), vars_=config.vars)
+                              destinations=destination_targets(config), vars_=config.vars,
+                              named=config.mapping_file_name)
 
 
 def build_runtime(config: Config, mappings: MappingSet | None = None) -> Runtime:
@@ -272,10 +275,14 @@ def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) 
         return await render_sliced(render_create_again, rt.mappings, rt.config.vars, event, item,
                                    what="create_again", delivery_id=item.id)
 
+    async def sandbox_check(dest: Destination) -> str | None:
+        return await sandbox_problem(session, dest.config.base_url or "", dest.config.vendor)
+
     return Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
                       coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
                       follow_ups=follow_ups, creates=creates, instance=instance_name(rt.config.server.port),
-                      on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name))
+                      on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name),
+                      sandbox_check=sandbox_check)
 
 
 def delivery_context(rt: Runtime) -> CleanupCtx:

@@ -439,14 +439,21 @@ class Config:
         return self.named_by(("mappings",), "folder") or str(self.mappings_dir)
 
     def shown_mapping_file(self, file: str) -> str:
-        """A mapping file's path as an answer of the admin API names it: as it is, or, when `mappings` took the
-        folder from an environment variable, `partner.yaml in the folder named by ${VAR}` (`named_by`)."""
+        """A mapping's file (as `mapping_file_name` named it at load) as an answer of the admin API names it: as it
+        is, or, when `mappings` took the folder from an environment variable, `partner.yaml in the folder named by
+        ${VAR}` (`named_by`; the folder's own files are the mappings, none in a folder below)."""
         folder = self.named_by(("mappings",), "folder")
-        if folder is None:
-            return file
-        path = Path(file)
-        name = str(path.relative_to(self.mappings_dir)) if path.is_relative_to(self.mappings_dir) else path.name
-        return f"{name} in {folder}"
+        return file if folder is None else f"{Path(file).name} in {folder}"
+
+    def mapping_file_name(self, path: Path) -> str:
+        """A mapping file as its errors, a log line or a test result name it: its path, or, when `mappings` took the
+        folder from an environment variable, that path relative to the text that gives it (`${MAPS}/partner.yaml`,
+        never the variable's value, as `named_by`). A file outside the folder (given on a command line) by its path
+        as given."""
+        written = None if self.document is None else self.document.written.get(("mappings",))
+        if written is None or not from_variable(written) or not path.is_relative_to(self.mappings_dir):
+            return str(path)
+        return f"{written_text(written.rstrip('/'))}/{path.relative_to(self.mappings_dir)}"
 
     @property
     def shown_mappings_dir(self) -> str:

@@ -10,6 +10,7 @@ import aiohttp
 import msgspec
 
 from bridge.delivery.exchange import redact_url
+from bridge.sandbox_identity import sandbox_problem
 from bridge.vendors import kapture_doctor
 from bridge.vendors.base import Adapter, Diagnosis, VendorAuthFailed, VendorRequest, VendorUnavailable, read_capped
 from bridge.vendors.credentials import authorized
@@ -54,6 +55,15 @@ async def examine(adapter: Adapter, session: aiohttp.ClientSession, timeout_s: f
     if isinstance(probe, str):
         return Finding(destination=name, vendor=vendor, state="skipped", said=probe)
     shown = f"{probe.method} {redact_url(probe.url)}"
+    config = adapter.config
+    if config.sandbox and config.base_url:  # a shared sandbox: nothing is sent to it before it answers as one
+        why = await sandbox_problem(session, config.base_url, vendor, timeout_s)
+        if why is not None:  # asked before any log-in: nothing to give back
+            return Finding(destination=name, vendor=vendor, state="failed", request=shown,
+                           said=f"base_url is not a ticketbridge sandbox: {why}; the server sends this destination "
+                                "nothing until it is",
+                           fix=f"point base_url at a `ticketbridge sandbox` (http://HOST:9090/{vendor}), or drop "
+                               "`sandbox: true` for a real destination")
     try:
         try:  # the log-in first, so that its failure is told apart from the look-up's
             if adapter.credentials is not None:

@@ -26,6 +26,18 @@ def quoted(value: object) -> str:
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
+NAMED_CHARS = 100
+"""The most characters of an id, key or name given in a path or on a command line that a "no such …" answer quotes."""
+
+
+def named(value: str) -> str:
+    """An id, key or name that names nothing, as a "no such …" answer quotes it: its `repr`, cut to NAMED_CHARS
+    with its length said when longer (a path segment may be as long as a request line allows: never echoed whole)."""
+    if len(value) <= NAMED_CHARS:
+        return repr(value)
+    return f"{value[:NAMED_CHARS]!r}… ({len(value)} characters in all)"
+
+
 class ValueProblem(ValueError):
     """What is wrong with one value, the words and the value kept apart: the message holds VALUE where the value
     goes. As it stands (`str`) it quotes the value (`quoted`), as for one given on a command line; a config loader,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, TextIO
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any, TextIO, cast
 
 import msgspec
 import structlog
@@ -44,15 +45,30 @@ _ESCAPED = r"\\(?:[tnrbf]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})"  # a separator writt
 _SEPARATOR = ("[ ()._+/\\-\x00-\x1f\x7f-\x9f\xa0\xad\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]"
               f"|{_ESCAPED}")
 _ESCAPE = re.compile(_ESCAPED)
+# A calendar date where a run begins, its separators alike (`2024-04-19`, `2024_04_19`, `19/04/2024`, `04/19/2024`),
+# or a compact one (`20240419`) that an id goes on from with `_` or `/` (`20240419_0001`): not a phone number, and
+# the search goes on after it, so that a number written after a date (`2024-04-19 98765 43210`) is still masked.
+# Fixed lengths: each costs a constant whatever the input.
+_YEAR = "(?:19|20)\\d\\d"
+_MONTH = "(?:0[1-9]|1[0-2])"
+_DAY = "(?:0[1-9]|[12]\\d|3[01])"
+_DATE_SHAPED = (f"{_YEAR}(?P<ymd>[-./_]){_MONTH}(?P=ymd){_DAY}(?!\\d)"
+                f"|{_DAY}(?P<dmy>[-./_]){_DAY}(?P=dmy){_YEAR}(?!\\d)"
+                f"|{_YEAR}{_MONTH}{_DAY}(?=[_/]\\d)")
+# An id that begins with a year and goes on in groups joined by `_` or `/` (`2024/000123`, an order or invoice
+# number, `INV/2024/000123` read from its digits; `2024_0419_0001_03`): not a phone number. Each group at most 7
+# digits, so that a number of 8 or more written after one (`2024/9876543210`) is no part of it and is masked; taken
+# possessively, each group read once.
+_YEAR_ID = f"{_YEAR}(?:[_/]\\d{{1,7}}+(?!\\d))++"
 # Where a phone number may begin: right after an escape (`\n9876543210`: the `n` is not a word before it), or not
 # after a word character, `.` or `-` (the tail of an id, a version or a UUID), nor after `13:23:` (the seconds and
-# fraction of a time, `13:23:45.123400+00:00`). The match runs to the end of the digits and separators, possessively
-# (no backtracking), so that each run of them is read once and the search goes on after it; a run of fewer than 8
-# (no number) is not matched, and costs no call of _mask_phone. `(?=[+\d])` first: most places fail on it before
-# any look-behind is tried.
+# fraction of a time, `13:23:45.123400+00:00`). There a date or a year-led id is taken alone (and left as it is);
+# else the match runs to the end of the digits and separators, possessively (no backtracking), so that each run of
+# them is read once and the search goes on after it; a run of fewer than 8 (no number) is not matched, and costs no
+# call of _mask_phone. `(?=[+\d])` first: most places fail on it before any look-behind is tried.
 _PHONE_RUN = re.compile(r"(?=[+\d])(?:(?<=\\[tnrbf])|(?<=\\x[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4})"
                         r"|(?<![\w.-])(?<!\d\d:\d\d:))"
-                        f"(\\+?)(\\d(?:\\d|{_SEPARATOR}){{7,}}+)")
+                        f"(?:{_DATE_SHAPED}|{_YEAR_ID}|(?P<plus>\\+?)(?P<digits>\\d(?:\\d|{_SEPARATOR}){{7,}}+))")
 # Where the number ends in its run: the last digit that is not before a digit or `-` (a UUID's first group), nor
 # before two word characters (an id or hex digest that begins with digits, `20240419T1419`), but may be before one
 # letter, as a typed O for 0 (`98765+4321O`). Matched once from the run's first digit, so it backtracks over that
@@ -63,21 +79,22 @@ _SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "e
                         "version", "status", "duration_ms", "count", "path"})
 
 
-_DATE = re.compile(r"\d{4}[./-]\d{2}[./-]\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
-
-
 def _mask_phone(run: re.Match[str]) -> str:
     """The run of digits and separators with the phone number it begins with masked, or as it is when it holds
-    none: 8 to 15 digits (E.164 allows 15), not a calendar date."""
-    body = _PHONE_BODY.match(run.string, run.start(2))
-    if body is None or _DATE.match(text := body.group()):
+    none (8 to 15 digits: E.164 allows 15) or is a date or a year-led id (`_DATE_SHAPED`, `_YEAR_ID`)."""
+    plus = run.group("plus")
+    if plus is None:  # a date or an id
         return run.group(0)
+    body = _PHONE_BODY.match(run.string, run.start("digits"))
+    if body is None:
+        return run.group(0)
+    text = body.group()
     digits = re.sub(r"\D", "", _ESCAPE.sub("", text))
     if len(digits) > 15 and _BETWEEN.search(text):
-        return run.group(1) + _mask_joined(text) + run.string[body.end():run.end()]
+        return plus + _mask_joined(text) + run.string[body.end():run.end()]
     if not 8 <= len(digits) <= 15:
         return run.group(0)
-    return run.group(1) + "*" * (len(digits) - 2) + digits[-2:] + run.string[body.end():run.end()]
+    return plus + "*" * (len(digits) - 2) + digits[-2:] + run.string[body.end():run.end()]
 
 
 # A body's pieces: an escape (a separator, though it holds hex digits), a run of digits, or another character.
@@ -244,9 +261,11 @@ def _route_stdlib(out: TextIO, level: str, renderer: Any) -> None:
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
 
 
-def configure_logging(level: str = "info", fmt: str | None = "json", stream: TextIO | None = None) -> None:
-    """Structlog (and stdlib records) to `stream` (stdout), masked, as JSON lines or for a person to read
-    (`console`); `fmt` None picks console when the stream is a terminal, else JSON."""
+def configure_logging(level: str = "info", fmt: str | None = "json", stream: TextIO | None = None, *,
+                      cache: bool = True, stdlib: bool = True) -> None:
+    """Structlog (and, with `stdlib`, stdlib records) to `stream` (stdout), masked, as JSON lines or for a person
+    to read (`console`); `fmt` None picks console when the stream is a terminal, else JSON. `cache`: each logger
+    keeps this configuration from its first use on (a server's, configured once); without, a later one applies."""
     out = stream or sys.stdout
     LEVEL.debug = logging.getLevelNamesMapping()[level.upper()] <= logging.DEBUG
     if fmt is None:
@@ -271,6 +290,39 @@ def configure_logging(level: str = "info", fmt: str | None = "json", stream: Tex
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=factory,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
-    _route_stdlib(out, level, render_json_text if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False))
+    if stdlib:
+        _route_stdlib(out, level, render_json_text if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False))
+
+
+class _Stderr:
+    """`sys.stderr` as it is when a line is written (a redirect, or a test's capture, made after the logs were
+    configured)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+@contextmanager
+def cli_logging() -> Iterator[None]:
+    """While a command that prints its results runs (every verb but `serve` and `sandbox`): its log lines
+    (`render.offloaded`, `store.opened`, …) on stderr, masked, at info, for a person on a terminal and as JSON
+    lines otherwise; never on stdout, where what it prints (a rendered body piped on, JSON lines) is all there is.
+    The configuration before it is put back after (the command may run inside another program's process). Stdlib
+    records are left as they are: Python writes their warnings to stderr (and an in-process simulator's access
+    lines stay out)."""
+    before = structlog.get_config()
+    debug = LEVEL.debug
+    configure_logging("info", None, cast(TextIO, _Stderr()), cache=False, stdlib=False)
+    try:
+        yield
+    finally:
+        structlog.configure(**before)
+        LEVEL.debug = debug

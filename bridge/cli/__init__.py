@@ -9,6 +9,11 @@ from collections.abc import Sequence
 
 from bridge import __version__
 from bridge.cli import check, deliveries, doctor, kapture, mapping_tools, purge, serve
+from bridge.logs import cli_logging
+
+SERVERS = ("serve", "sandbox")
+"""The verbs that run a server: they log where the config says (stdout); every other verb prints its results there
+and logs on stderr (`cli_logging`)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.run(args)
+        if args.verb in SERVERS:
+            code: int = args.run(args)
+        else:
+            with cli_logging():
+                code = args.run(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

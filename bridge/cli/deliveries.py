@@ -33,7 +33,7 @@ from bridge.console.models import (
 )
 from bridge.delivery.orphans import mark_dead
 from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries, reset_conversation, unknown_filter
-from bridge.errors import ErrorList, NotFound
+from bridge.errors import ErrorList, NotFound, named
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import run_tests
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store, StoredMappingSet
@@ -351,7 +351,7 @@ def run_unmatched(args: argparse.Namespace) -> int:
 def run_conversation(args: argparse.Namespace) -> int:
     def show(found: list[ConversationView]) -> int:
         if not found:
-            print(f"no conversation {args.key!r}; keys look like mail:<root message id>, chat:<id>, "
+            print(f"no conversation {named(args.key)}; keys look like mail:<root message id>, chat:<id>, "
                   "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
             return 1
         if args.json:
@@ -389,7 +389,7 @@ def run_conversation(args: argparse.Namespace) -> int:
 def run_reset_conversation(args: argparse.Namespace) -> int:
     def done(found: list[tuple[str, str | None]]) -> int:
         if not found:
-            print(f"no conversation {args.key!r}; keys look like mail:<root message id>, chat:<id>, ticket:<id>, "
+            print(f"no conversation {named(args.key)}; keys look like mail:<root message id>, chat:<id>, ticket:<id>, "
                   "key:<value>, or mapping|key (see `conversations show`)", file=sys.stderr)
             return 1
         for conversation, ticket in found:

@@ -18,6 +18,7 @@ from bridge import USER_AGENT
 from bridge.cli.common import config_from
 from bridge.config import Config
 from bridge.doctor import Finding, examine_all, render
+from bridge.errors import named
 from bridge.simulators import serving
 from bridge.vendors.base import Adapter
 from bridge.vendors.registry import adapter_class
@@ -66,7 +67,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     names = list(args.destinations) or sorted(config.destinations)
     unknown = [n for n in names if n not in config.destinations]
     if unknown:
-        print(f"no destination {', '.join(repr(n) for n in unknown)} in the config; it has: "
+        print(f"no destination {', '.join(named(n) for n in unknown)} in the config; it has: "
               f"{', '.join(sorted(config.destinations)) or '(none)'}", file=sys.stderr)
         return 2
     if not names:

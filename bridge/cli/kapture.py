@@ -27,6 +27,7 @@ from bridge.cli.serve import _loopback
 from bridge.config import Config
 from bridge.delivery.ratelimit import Limiter, acquire, make_limiter
 from bridge.delivery.sender import TRANSPORT_ERRORS, transport_failure
+from bridge.errors import named
 from bridge.vendors.base import Outcome, read_capped
 from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
 from bridge.vendors.kapture_pull import (
@@ -297,7 +298,7 @@ def _adapter(config: Config, name: str) -> KaptureAdapter:
     dest = config.destinations.get(name)
     choices = ", ".join(sorted(n for n, d in config.destinations.items() if d.vendor == "kapture")) or "(none)"
     if dest is None:
-        raise ValueError(f"--destination: no destination {name!r}; kapture destinations: {choices}")
+        raise ValueError(f"--destination: no destination {named(name)}; kapture destinations: {choices}")
     if not isinstance(dest, KaptureOptions):
         raise ValueError(f"--destination: {name!r} is a {dest.vendor} destination, not kapture; "
                          f"kapture destinations: {choices}")

@@ -55,7 +55,7 @@ def load_report(config: Config, paths: list[Path] | None = None) -> LoadResult:
     """Load the given mapping files (default: the config's folder), keeping going past broken ones."""
     files = mapping_files(config.mappings_dir) if paths is None else paths
     return load_mapping_files(files, sources=set(config.sources), destinations=destination_targets(config),
-                              vars_=config.vars)
+                              vars_=config.vars, named=config.mapping_file_name)
 
 
 def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:

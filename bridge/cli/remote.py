@@ -26,7 +26,7 @@ from bridge.console.models import (
     ResetConversationBody,
     ResetConversationResult,
 )
-from bridge.errors import NotFound
+from bridge.errors import NotFound, named
 from bridge.store.base import DeliveryDetail, DeliveryFilter, DeliveryRow
 
 TOKEN_ENV = "BRIDGE_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -62,7 +62,7 @@ def segment(value: str, what: str = "delivery") -> str:
     route. A whole segment of `.` or `..` cannot be escaped (URLs read `%2E` as a dot and drop such a segment):
     no id (key, name) is one, so it names no `what` (NotFound), without a request."""
     if value in (".", ".."):
-        raise NotFound(f"no {what} {value!r}")
+        raise NotFound(f"no {what} {named(value)}")
     return quote(value, safe="")
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bridge.console.api import add_api_routes
 from bridge.console.openapi import openapi_json
+from bridge.errors import named
 
 STATIC = Path(__file__).parent / "static"
 FILES = {"console.js": "text/javascript", "console.css": "text/css", "index.html": "text/html"}
@@ -32,7 +33,7 @@ async def console_file(request: web.Request) -> web.StreamResponse:
     """One of the console's own files, with the page's headers."""
     name = request.match_info["name"]
     if name not in FILES:
-        raise web.HTTPNotFound(text=f"no console file {name!r}; there are {', '.join(sorted(FILES))}",
+        raise web.HTTPNotFound(text=f"no console file {named(name)}; there are {', '.join(sorted(FILES))}",
                                headers={"X-Content-Type-Options": "nosniff"})
     return web.FileResponse(STATIC / name, headers={**PAGE_HEADERS, "Content-Type": FILES[name]})
 

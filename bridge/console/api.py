@@ -64,7 +64,7 @@ from bridge.delivery.replay import (
     reset_detail,
     unknown_filter,
 )
-from bridge.errors import NotFound, StoreRefused, StoreUnavailable
+from bridge.errors import NotFound, StoreRefused, StoreUnavailable, named
 from bridge.ids import id_floor, new_id
 from bridge.mapping.mappingset import MappingSet
 from bridge.offload import CONSOLE, render_sliced
@@ -656,7 +656,8 @@ async def list_audit(call: Call) -> AuditPage:
 async def playground(call: Call) -> PlaygroundResult:
     given: PlaygroundBody = call.body
     if given.source not in call.rt.sources:
-        raise ApiError(404, f"no source {given.source!r}; configured: {', '.join(sorted(call.rt.sources)) or 'none'}")
+        raise ApiError(404, f"no source {named(given.source)}; configured: "
+                            f"{', '.join(sorted(call.rt.sources)) or 'none'}")
     assert call.unread is not None  # the playground route takes a body
     return await run_playground(call.rt, given, call.unread)
 
@@ -667,7 +668,8 @@ async def playground(call: Call) -> PlaygroundResult:
 def _held_gate(call: Call) -> tuple[str, Gate]:
     name = call.param("destination")
     if name not in call.rt.config.destinations:
-        raise ApiError(404, f"no destination {name!r}; configured: {', '.join(sorted(call.rt.config.destinations))}")
+        raise ApiError(404, f"no destination {named(name)}; configured: "
+                            f"{', '.join(sorted(call.rt.config.destinations))}")
     gate = _gate(call.rt, name)
     if gate is None:
         raise ApiError(409, "this process runs no delivery workers; pause the destination where they run")

@@ -53,6 +53,7 @@ from yarl import URL
 from bridge.config import DestinationConfig
 from bridge.delivery.breaker import DESTINATION_FAILURES, Breaker
 from bridge.delivery.coordination import Admission, Coordination, Gate, LocalCoordination, SendSlot
+from bridge.delivery.exchange import redact_url
 from bridge.delivery.ratelimit import Limiter, Unlimited, make_limiter
 from bridge.delivery.retry import RetryPolicy
 from bridge.delivery.sender import (
@@ -88,6 +89,8 @@ POLL_SECONDS = 2.0
 STORE_RETRY_SECONDS = 1.0
 CLAIM_BATCH = 64
 RECORD_RETRY_MAX_SECONDS = 30.0
+SANDBOX_RETRY_SECONDS = 2.0
+SANDBOX_RETRY_MAX_SECONDS = 60.0
 MAX_UNRECORDED = 256  # per lane: results held in memory while the store does not take them
 LEASE_SECONDS = 10.0  # how long a claim lasts unless renewed; renewed every third of it
 LEASE_MARGIN = 0.25
@@ -174,11 +177,14 @@ def crashed(exc: Exception, *, written: bool) -> Outcome:
 @dataclass(frozen=True)
 class Timings:
     """How long the delivery loop waits, in seconds: after a store failure (doubling, for a record, up to
-    `record_retry_max_s`) and between polls for work added by other processes."""
+    `record_retry_max_s`), between polls for work added by other processes, and before asking again whether a shared
+    sandbox's base_url is one (doubling up to `sandbox_retry_max_s`)."""
 
     store_retry_s: float = STORE_RETRY_SECONDS
     record_retry_max_s: float = RECORD_RETRY_MAX_SECONDS
     poll_s: float = POLL_SECONDS
+    sandbox_retry_s: float = SANDBOX_RETRY_SECONDS
+    sandbox_retry_max_s: float = SANDBOX_RETRY_MAX_SECONDS
 
 
 @dataclass
@@ -249,6 +255,9 @@ class Lane:
         """Set when a claim found nothing due (or the store failed): what the lane waits for, and how long at most,
         before it asks again."""
         self.log = log.bind(destination=dest.name)
+        self.sandbox_verified = not (dest.config.sandbox and dest.config.base_url) or dispatcher.sandbox_check is None
+        """Whether the lane may send: always, but for a sandbox with a base_url (a shared sandbox), whose URL must
+        first answer as a ticketbridge sandbox (`_until_sandbox`)."""
 
     @property
     def breaker(self) -> Breaker:
@@ -259,8 +268,33 @@ class Lane:
     def breaker(self, breaker: Breaker) -> None:
         self.gate.breaker = breaker
 
+    async def _until_sandbox(self) -> None:
+        """Until the shared sandbox's base_url answers as a ticketbridge sandbox (or the dispatcher stops): the lane
+        claims nothing, so its deliveries wait pending, keeping their tries, and are sent once it does. Each failed
+        check is logged (`sandbox.unverified`, an error) and asked again later, the wait doubling up to
+        `sandbox_retry_max_s`; startup and intake do not wait for it."""
+        d = self.dispatcher
+        assert d.sandbox_check is not None
+        wait = d.timings.sandbox_retry_s
+        shown = redact_url(self.dest.config.base_url or "")
+        while not d.stopping:
+            why = await d.sandbox_check(self.dest)
+            if why is None:
+                self.sandbox_verified = True
+                self.log.info("sandbox.verified", base_url=shown)
+                return
+            self.log.error("sandbox.unverified", base_url=shown, error=why, retry_in_s=wait,
+                           note="nothing is sent to this sandbox destination until its base_url answers as a "
+                                "`ticketbridge sandbox`: its deliveries wait, pending. Point base_url at one "
+                                f"(http://HOST:9090/{self.dest.config.vendor}), or drop `sandbox: true` for a real "
+                                "destination")
+            await self._wait(d.stop_event, wait)
+            wait = min(wait * 2, d.timings.sandbox_retry_max_s)
+
     async def run(self) -> None:
         d = self.dispatcher
+        if not self.sandbox_verified:
+            await self._until_sandbox()
         try:
             while not d.stopping:
                 self.slot_freed.clear()  # before counting, so that a slot freed meanwhile is not missed
@@ -1096,7 +1130,11 @@ class Dispatcher:
                  lease_s: float = LEASE_SECONDS,
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
                  instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None,
-                 creates: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
+                 creates: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
+                 sandbox_check: Callable[[Destination], Awaitable[str | None]] | None = None) -> None:
+        self.sandbox_check = sandbox_check
+        """Whether a sandbox destination's base_url answers as a ticketbridge sandbox: None when it does, else what
+        it answered (bridge/sandbox_identity.py). None: not asked (every lane sends at once)."""
         self.on_ticket_dropped = on_ticket_dropped
         """Called with the destination's name for each success whose ticket id is not kept: the vendor's answer
         held no id there (an object, `true`…), or the store refused the attempt's record and the minimal record left

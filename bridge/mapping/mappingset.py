@@ -107,26 +107,32 @@ def mapping_files(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+FileNamer = Callable[[Path], str]
+"""How errors, test results and the mappings loaded name a mapping file (Config.mapping_file_name: never by the
+value of a variable that gave its folder); `str`, its path, by default."""
+
+
 def load_mapping_files(
     paths: Iterable[Path], *, sources: set[str], destinations: Destinations, vars_: Mapping[str, Any] | None = None,
+    named: FileNamer = str,
 ) -> LoadResult:
-    """Load and check each file, keeping going past broken ones."""
+    """Load and check each file, keeping going past broken ones; each named as `named` names it."""
     result = LoadResult()
     seen: dict[str, str] = {}
     for path in paths:
         try:
             text = path.read_bytes()
         except OSError as exc:
-            result.errors.append(MappingError(f"cannot read: {exc.strerror}", file=str(path)))
-            result.broken.append(str(path))
+            result.errors.append(MappingError(f"cannot read: {exc.strerror}", file=named(path)))
+            result.broken.append(named(path))
             continue
-        _load_one(path, text, result, seen, sources=sources, destinations=destinations, vars_=vars_)
+        _load_one(path, text, result, seen, sources=sources, destinations=destinations, vars_=vars_, named=named)
     return result
 
 
 def load_mapping_texts(
     folder: Path, files: Mapping[str, str], *, sources: set[str], destinations: Destinations,
-    vars_: Mapping[str, Any] | None = None,
+    vars_: Mapping[str, Any] | None = None, named: FileNamer = str,
 ) -> MappingSet:
     """Compile `files` (file name → text, as a folder held them) exactly as `load_mapping_folder` would
     compile those files in `folder`; raise ErrorList with every error of every file."""
@@ -134,51 +140,54 @@ def load_mapping_texts(
     seen: dict[str, str] = {}
     for name in sorted(files):
         _load_one(folder / name, files[name].encode("utf-8"), result, seen, sources=sources,
-                  destinations=destinations, vars_=vars_)
+                  destinations=destinations, vars_=vars_, named=named)
     if result.errors:
         raise ErrorList(result.errors)
     return MappingSet.build(result.mappings, result.files)
 
 
 def _load_one(path: Path, text: bytes, result: LoadResult, seen: dict[str, str], *, sources: set[str],
-              destinations: Destinations, vars_: Mapping[str, Any] | None) -> None:
+              destinations: Destinations, vars_: Mapping[str, Any] | None, named: FileNamer) -> None:
+    shown = named(path)
     try:
-        doc = load_yaml(text.decode("utf-8"), str(path))
+        doc = load_yaml(text.decode("utf-8"), shown)
     except Located as exc:
         result.errors.append(MappingError(exc.message, file=exc.file, line=exc.line, col=exc.col, path=exc.path))
-        result.broken.append(str(path))
+        result.broken.append(shown)
         return
     except UnicodeDecodeError as exc:
-        result.errors.append(MappingError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)))
-        result.broken.append(str(path))
+        result.errors.append(MappingError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=shown))
+        result.broken.append(shown)
         return
     version = hashlib.sha256(text).hexdigest()[:12]
     try:
         mapping, file_errors = compile_document(doc, path.stem, version, sources, destinations, vars_=vars_)
     except (RecursionError, MemoryError) as exc:  # a file no field-level check caught: an error, never a crash
-        result.errors.append(MappingError(too_deep("mapping", exc), file=str(path)))
-        result.broken.append(str(path))
+        result.errors.append(MappingError(too_deep("mapping", exc), file=shown))
+        result.broken.append(shown)
         return
     if mapping is not None and mapping.name in seen:
         file_errors.append(_Checker(doc, mapping.name).error(
             ("name",), f"mapping name {mapping.name!r} is already used by {seen[mapping.name]}"))
     if file_errors:
         result.errors.extend(file_errors)
-        result.broken.append(str(path))
+        result.broken.append(shown)
         return
     assert mapping is not None
-    seen[mapping.name] = str(path)
+    seen[mapping.name] = shown
     result.mappings.append(mapping)
     result.files[path.name] = text.decode("utf-8")
 
 
 def load_mapping_folder(
     folder: Path, *, sources: set[str], destinations: Destinations, vars_: Mapping[str, Any] | None = None,
+    named: FileNamer = str,
 ) -> MappingSet:
     """Load every mapping file under `folder`; raise ErrorList with every error of every file."""
     if not folder.is_dir():
         raise ErrorList([MappingError("the mappings folder does not exist", file=str(folder))])
-    result = load_mapping_files(mapping_files(folder), sources=sources, destinations=destinations, vars_=vars_)
+    result = load_mapping_files(mapping_files(folder), sources=sources, destinations=destinations, vars_=vars_,
+                                named=named)
     if result.errors:
         raise ErrorList(result.errors)
     return MappingSet.build(result.mappings, result.files)

@@ -1,5 +1,6 @@
 """What every vendor simulator serves beside the vendor's own API: the tickets it holds (`GET /tickets`,
-`GET /`, `DELETE /tickets`), what it received (`/_received`) and its fault knobs (`/_faults`)."""
+`GET /`, `DELETE /tickets`), what it received (`/_received`), its fault knobs (`/_faults`) and what it is
+(`GET /_sandbox`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 from aiohttp import web
 
+from bridge.sandbox_identity import IDENTITY_PATH, identity
 from bridge.simulators.faults import Faults, Handler, fault_routes, knob_routes
 from bridge.simulators.received import RequestLog
 from bridge.simulators.weights import TicketWeight, weigh
@@ -107,6 +109,8 @@ class VendorSimulator(ABC):
     `TicketWeight`) right without weighing it whole again."""
 
     Knobs: ClassVar[type[msgspec.Struct]] = NoKnobs
+    vendor: ClassVar[str]
+    """The vendor simulated, as `identity` says it (bridge/sandbox_identity.py)."""
     key: ClassVar[str]
     histories: ClassVar[tuple[str, ...]] = ()
 
@@ -278,11 +282,17 @@ class VendorSimulator(ABC):
     def _set_knobs(self, knobs: msgspec.Struct) -> None:
         self.knobs = knobs
 
+    async def identity(self, request: web.Request) -> web.Response:
+        """What this server is: a ticketbridge sandbox's simulator of `vendor` (what a shared sandbox's
+        destinations ask before they send: bridge/sandbox_identity.py)."""
+        return web.json_response(identity(self.vendor))
+
     def app(self, guard: Callable[[Handler], Handler] | None = None) -> web.Application:
         """A new aiohttp application: the shared routes first, so a catch-all vendor path cannot shadow them;
         `guard` wraps each route's handler (who may use it), and answers every other path and method under the
         mount (404, 405) behind it too."""
         routes = [
+            web.get(IDENTITY_PATH, self.identity),
             web.get("/tickets", self.listing),
             web.get("/", self.listing),
             web.delete("/tickets", self.reset),

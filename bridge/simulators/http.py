@@ -58,6 +58,7 @@ def _client(request: web.Request, form: Any) -> tuple[str, str]:
 
 class HttpSimulator(VendorSimulator):
     Knobs = HttpKnobs
+    vendor = "http"
     key = "id"
     histories = ("updates",)
 

@@ -53,6 +53,7 @@ class KaptureKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 class KaptureSimulator(VendorSimulator):
     Knobs = KaptureKnobs
+    vendor = "kapture"
     key = "ticketId"
     histories = ("comments",)
 

@@ -92,6 +92,7 @@ def _merged(held: list[dict[str, Any]], changes: list[dict[str, Any]]) -> tuple[
 
 class LeadSquaredSimulator(VendorSimulator):
     Knobs = LeadSquaredKnobs
+    vendor = "leadsquared"
     key = "Id"
     histories = ("Files", "Updates", "Activities", "Notes")
 

@@ -59,6 +59,7 @@ class NetgrootKnobs(msgspec.Struct, forbid_unknown_fields=True):
 
 class NetgrootSimulator(VendorSimulator):
     Knobs = NetgrootKnobs
+    vendor = "netgroot"
     key = "ticket_id"
 
     def __init__(self, *, tokens: dict[str, int | None] | None = None,

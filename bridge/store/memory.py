@@ -15,7 +15,7 @@ import msgspec
 
 from bridge.conversations import email_keyed, ticket_context
 from bridge.delivery.coordination import LocalCoordination
-from bridge.errors import LeaseLost, NotFound, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreUnavailable, named
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -117,7 +117,7 @@ class MemoryStore(Store):
         try:
             return self.deliveries[delivery_id]
         except KeyError:
-            raise NotFound(f"no delivery {delivery_id!r}") from None
+            raise NotFound(f"no delivery {named(delivery_id)}") from None
 
     def _update(self, d: _Delivery, **changes: Any) -> None:
         d.row = msgspec.structs.replace(d.row, updated_at_ms=self.clock(), **changes)
@@ -363,7 +363,7 @@ class MemoryStore(Store):
         try:
             return decode_event(self.events[event_id])
         except KeyError:
-            raise NotFound(f"no event {event_id!r}") from None
+            raise NotFound(f"no event {named(event_id)}") from None
 
     async def replay(
         self, delivery_ids: list[str], bodies: dict[str, tuple[dict[str, Any], str]] | None = None,

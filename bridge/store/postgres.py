@@ -29,7 +29,7 @@ import msgspec
 import structlog
 
 from bridge.delivery.coordination import Coordination
-from bridge.errors import NotFound, StoreRefused, StoreUnavailable
+from bridge.errors import NotFound, StoreRefused, StoreUnavailable, named
 from bridge.events import Event
 from bridge.pg_schema import split_schema
 from bridge.store.base import (
@@ -627,7 +627,7 @@ class PostgresStore(Store):
             r = await conn.fetchrow(f"SELECT {ROW_COLUMNS}, body, options FROM deliveries WHERE id = $1",  # noqa: S608
                                     delivery_id)
             if r is None:
-                raise NotFound(f"no delivery {delivery_id!r}")
+                raise NotFound(f"no delivery {named(delivery_id)}")
             event = await conn.fetchval("SELECT data FROM events WHERE id = $1", r[1])
             attempts = [attempt_row(a) for a in await conn.fetch(
                 f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = $1 ORDER BY n",  # noqa: S608
@@ -642,7 +642,7 @@ class PostgresStore(Store):
         async def op(conn: Any) -> Event:
             data = await conn.fetchval("SELECT data FROM events WHERE id = $1", event_id)
             if data is None:
-                raise NotFound(f"no event {event_id!r}")
+                raise NotFound(f"no event {named(event_id)}")
             return decode_event(data)
 
         return await self._run(op, transaction=False)
@@ -696,7 +696,7 @@ class PostgresStore(Store):
                 now, r.error, r.ticket_id, r.ticket_key, delivery_id, r.ticket_uuid)
             if row is None:
                 if await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", delivery_id) is None:
-                    raise NotFound(f"no delivery {delivery_id!r}")
+                    raise NotFound(f"no delivery {named(delivery_id)}")
                 return False
             n, conversation, role, destination = row
             await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "

@@ -51,7 +51,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreRefused, StoreUnavailable
+from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreRefused, StoreUnavailable, named
 from bridge.events import Event
 from bridge.folders import folder_problem
 from bridge.store.base import (
@@ -1122,7 +1122,7 @@ class SqliteStore(Store):
             r = conn.execute(f"SELECT {ROW_COLUMNS}, {_BODY}, options FROM deliveries WHERE id = ?",  # noqa: S608
                              (delivery_id,)).fetchone()
             if r is None:
-                raise NotFound(f"no delivery {delivery_id!r}")
+                raise NotFound(f"no delivery {named(delivery_id)}")
             event = conn.execute("SELECT data FROM events WHERE id = ?", (r[1],)).fetchone()
             attempts = [attempt_row(a) for a in conn.execute(
                 f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY n",  # noqa: S608
@@ -1138,7 +1138,7 @@ class SqliteStore(Store):
         def run(conn: sqlite3.Connection) -> Event:
             row = conn.execute("SELECT data FROM events WHERE id = ?", (event_id,)).fetchone()
             if row is None:
-                raise NotFound(f"no event {event_id!r}")
+                raise NotFound(f"no event {named(event_id)}")
             return decode_event(row[0])
 
         event: Event = await self._read(run)
@@ -1219,7 +1219,7 @@ class SqliteStore(Store):
                 (now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)).fetchone()
             if row is None:
                 if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone() is None:
-                    raise NotFound(f"no delivery {delivery_id!r}")
+                    raise NotFound(f"no delivery {named(delivery_id)}")
                 return False
             n, conversation, role, destination = row
             conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "

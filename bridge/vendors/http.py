@@ -215,9 +215,12 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
         return {key: value for key, value in keys.items() if value}
 
     def credentials(self) -> dict[KeyPath, str]:
-        """The configured `headers` but those that describe content, and the `auth` block's names and secrets."""
+        """The configured `headers` but those that describe content, the `auth` block's names and secrets, and
+        `url_secret` when set (it says the URL is the credential: a sandbox's is the simulator's, never one)."""
         keys: dict[KeyPath, str] = {("headers", name): value for name, value in self.headers.items()
                                     if name.lower() not in PLAIN_HEADERS}
+        if self.url_secret:
+            keys[("url_secret",)] = "true"
         auth = self.auth
         if auth is not None and auth.header is not None:
             keys[("auth", "header", "value")] = auth.header.value

@@ -9,7 +9,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from tests.acceptance.test_cli_mapping import PARTNER, run, setup
+from tests.acceptance.test_cli_mapping import CONFIG, PARTNER, run, setup
 from tests.fixtures.bad_config_values import CASES, VARIABLE, BadValue
 
 
@@ -55,6 +55,31 @@ def test_check_formats_say_ok_on_a_good_folder(tmp_path: Path, capsys: pytest.Ca
     assert code == 0 and json.loads(out)["ok"] is True and json.loads(out)["summary"].startswith("config ok: ")
     code, out, _ = run(capsys, "check", "-c", cfg, "--format", "junit")
     assert code == 0 and ET.fromstring(out).get("failures") == "0"
+
+
+def test_check_names_mapping_files_of_a_folder_from_a_variable_by_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `mappings: ${MAPS}`, check names each mapping file relative to the variable (`${MAPS}/typo.yaml`), in
+    its errors, failed tests and warnings, as text, JSON and JUnit: never by the folder's path, the value."""
+    folder = tmp_path / "secret-maps"
+    cfg = setup(tmp_path, {})
+    (tmp_path / "bridge.yaml").write_text(CONFIG + "mappings: ${MAPS}\n")
+    folder.mkdir()
+    (folder / "partner.yaml").write_text(PARTNER.replace("priority: P1, ", "priority: P9, "))
+    (folder / "typo.yaml").write_text(PARTNER.replace("required: true", "requird: true"))
+    (folder / "untested.yaml").write_text(PARTNER.split("tests:")[0])
+    monkeypatch.setenv("MAPS", str(folder))
+    code, out, err = run(capsys, "check", "-c", cfg)
+    assert code == 1
+    assert "${MAPS}/typo.yaml:5:" in err and "${MAPS}/partner.yaml" in out + err
+    assert "${MAPS}/untested.yaml: untested: warning: this mapping has no tests" in out + err
+    assert str(folder) not in out + err
+    for form in ("json", "junit"):
+        code, out, _ = run(capsys, "check", "-c", cfg, "--format", form)
+        assert code == 1 and "${MAPS}/typo.yaml" in out and str(folder) not in out, out
+    [error] = json.loads(run(capsys, "check", "-c", cfg, "--format", "json")[1])["errors"]
+    assert error["file"] == "${MAPS}/typo.yaml"
 
 
 def test_check_names_every_missing_environment_variable_and_says_failed(

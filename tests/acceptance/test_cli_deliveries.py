@@ -127,6 +127,16 @@ def test_show_of_an_unknown_id_fails_clearly(config_file: Path, capsys: pytest.C
     assert "no delivery 'dlv_nope'" in err
 
 
+@pytest.mark.parametrize("command", [["deliveries", "show"], ["conversations", "show"], ["conversations", "reset"]])
+def test_an_unknown_long_id_is_quoted_cut(config_file: Path, capsys: pytest.CaptureFixture[str],
+                                          command: list[str]) -> None:
+    """An id or key that names nothing is quoted cut to 100 characters, its length said, not echoed whole."""
+    given = "chat:" + "x" * 5000
+    code, _, err = run(capsys, *command, given, "-c", str(config_file))
+    assert code == 1
+    assert "'chat:xxx" in err and "… (5005 characters in all)" in err and len(err) < 400, err
+
+
 def test_replay_by_id_makes_dead_work_pending(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Replaying a dead delivery by id makes it pending again; a pending one is refused with its reason."""
     code, out, _ = run(capsys, "replay", "dlv_2", "-c", str(config_file))

@@ -746,6 +746,28 @@ async def test_a_conversation_lists_its_ticket_and_messages_in_the_order_they_ar
     assert bad.status == 400 and "`limit` takes a whole number from 1 to 500" in (await bad.json())["error"]
 
 
+ID_ROUTES = [("GET", "/admin/api/deliveries/{}"), ("GET", "/admin/api/events/{}"),
+             ("POST", "/admin/api/deliveries/{}/mark-succeeded"), ("POST", "/admin/api/destinations/{}/pause"),
+             ("POST", "/admin/api/destinations/{}/resume"), ("GET", "/admin/static/{}")]
+
+
+@pytest.mark.parametrize(("method", "path"), ID_ROUTES, ids=[f"{m} {p}" for m, p in ID_ROUTES])
+async def test_an_unknown_id_from_the_path_is_quoted_cut_in_the_404(write_config: ConfigFactory,
+                                                                     bridge_client: AppClient, method: str,
+                                                                     path: str) -> None:
+    """An id (a destination, a console file's name) that names nothing, as long as a request line allows, is
+    quoted in the 404 cut to 100 characters, its length said, never echoed whole."""
+    client = await start(write_config, bridge_client, workers=False)
+    given = "dlv_" + "x" * 6000
+    body = {"ticket_id": "T-1"} if path.endswith("mark-succeeded") else {}
+    resp = await client.request(method, path.format(given), headers=ADMIN, json=body)
+    assert resp.status == 404, await resp.text()
+    text = await resp.text()
+    message = (await resp.json())["error"] if resp.content_type == "application/json" else text
+    assert "'dlv_xxx" in message and "… (6004 characters in all)" in message, message
+    assert len(text) < 400
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_an_unknown_conversation_key_is_quoted_cut_in_the_404(write_config: ConfigFactory,
                                                                     bridge_client: AppClient, method: str) -> None:

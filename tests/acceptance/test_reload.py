@@ -174,6 +174,30 @@ async def test_an_edit_nesting_a_template_too_deeply_is_refused_at_its_line_and_
     assert await titles(client) == ["Partner: Router down"]
 
 
+async def test_a_broken_edit_in_a_folder_from_a_variable_names_its_file_by_the_variable(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """With `mappings: ${MAPS}`, a failed reload (a file that does not load, then one whose test fails) names the
+    file relative to the variable in its log line, the admin API's reload answer and its status: never the folder's
+    path, the variable's value."""
+    folder = tmp_path / "mappings"
+    loaded = write_config(CONFIG + "mappings: ${MAPS}\n", {"partner": PARTNER}, {"MAPS": str(folder)})
+    client = await bridge_client(loaded, workers=False)
+    rt = runtime(client)
+    with capture_logs() as logs:
+        write_mapping(folder, "partner", PARTNER.replace("{{ payload.title }}", "{{ payload.title "))
+        await eventually(lambda: rt.mapping_status.failures == 1)
+        write_mapping(folder, "partner", PARTNER.replace('"Partner: {{', '"Ticket: {{'))
+        await eventually(lambda: rt.mapping_status.failures == 2)
+    errors = [e["error"] for e in logs if e["event"] == "mappings.reload_failed"]
+    assert errors[0].startswith("${MAPS}/partner.yaml:6:3: partner.title: template syntax error"), errors
+    assert "${MAPS}/partner.yaml:" in errors[1] and "partner: test 1: fields differ: title" in errors[1], errors
+    for path in ("/admin/mappings", "/admin/api/mappings"):
+        resp = await client.get(path, headers=AUTH)
+        assert resp.status == 200 and str(folder) not in await resp.text()
+        assert "${MAPS}/partner.yaml:" in (await resp.json())["reload"]["last_error"]
+    assert all(str(folder) not in repr(e) for e in logs)
+
+
 async def test_an_edit_whose_own_tests_fail_is_refused(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """A change that loads but fails its mapping tests is not swapped in, and its failing test is named."""

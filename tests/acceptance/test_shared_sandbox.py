@@ -27,6 +27,7 @@ from bridge.config import Config
 from bridge.errors import ErrorList, Located
 from bridge.eventloop import run
 from bridge.simulators import serving
+from bridge.store.base import DeliveryFilter
 from bridge.store.memory import MemoryStore
 from bridge.vendors.kapture import CREATE_PATH as KAPTURE_CREATE
 from bridge.vendors.kapture import SANDBOX_TOKEN as KAPTURE_DEMO
@@ -138,6 +139,78 @@ def test_doctor_checks_a_sandbox_with_a_base_url_at_that_url(tmp_path: Path,
     out = capsys.readouterr().out
     assert f"127.0.0.1:{port}/kapture" in out
     assert out.rstrip().endswith("doctor: 1 ok, 1 failed, 0 skipped"), out
+
+
+@pytest.fixture
+async def impostor() -> AsyncIterator[tuple[str, list[str], list[bool]]]:
+    """A standalone sandbox behind a switch: while `posing[0]` is true it is not one (it answers every request 200
+    `{"ok": true}`, as a vendor or any web server might), then it is. Its address, the paths it was asked, the
+    switch."""
+    asked: list[str] = []
+    posing = [True]
+
+    @web.middleware
+    async def pose(request: web.Request, handler: Handler) -> web.StreamResponse:
+        asked.append(request.path)
+        return web.json_response({"ok": True}) if posing[0] else await handler(request)
+
+    app = serving(["kapture", "leadsquared"])
+    app.middlewares.append(pose)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), asked, posing
+    finally:
+        await server.close()
+
+
+async def test_a_base_url_that_is_no_sandbox_is_sent_nothing_until_it_answers_as_one(
+        write_config: ConfigFactory, bridge_client: AppClient,
+        impostor: tuple[str, list[str], list[bool]]) -> None:
+    """A sandbox's base_url that does not answer as a `ticketbridge sandbox` (a typo naming a real vendor or any
+    other server) is sent no delivery: the start and intake go on, the lane logs `sandbox.unverified` with what the
+    URL answered, and the delivery waits, pending, with no attempt. Once the URL answers as a sandbox, it is sent
+    there. Before, the demo body went to whatever the base_url named."""
+    base, asked, posing = impostor
+    config = write_config(config_text("sqlite:///var/bridge.db",
+                                      f'{{vendor: kapture, sandbox: true, base_url: "{base}/kapture"}}'), MAPPINGS)
+    with capture_logs() as logs:
+        client = await bridge_client(config)
+        assert (await client.post("/hooks/contact", data={"subject": "held"})).status == 202
+        await eventually(lambda: any(e["event"] == "sandbox.unverified" for e in logs))
+        store = runtime(client).store
+        assert store is not None
+        [row] = await store.list_deliveries(DeliveryFilter(limit=10))
+        assert (row.status, row.attempts) == ("pending", 0)
+        assert set(asked) == {"/kapture/_sandbox"}, asked  # asked what it is, sent nothing
+        [unverified] = [e for e in logs if e["event"] == "sandbox.unverified"][:1]
+        assert unverified["log_level"] == "error" and unverified["destination"] == "demo-kapture"
+        assert f"GET {base}/kapture/_sandbox answered 200 but not" in unverified["error"]
+        assert "ticketbridge sandbox" in unverified["note"]
+        posing[0] = False
+
+        async def delivered() -> bool:
+            [row] = await store.list_deliveries(DeliveryFilter(limit=10))
+            return row.status == "succeeded"
+
+        await eventually(delivered, timeout=20)
+    assert any(e["event"] == "sandbox.verified" for e in logs)
+    async with aiohttp.ClientSession() as session:
+        assert [t["taskTitle"] for t in await tickets(session, f"{base}/kapture/tickets")] == ["held"]
+
+
+async def test_doctor_fails_a_sandbox_whose_base_url_is_no_sandbox(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], impostor: tuple[str, list[str], list[bool]]) -> None:
+    """`ticketbridge doctor` fails a sandbox whose base_url does not answer as a `ticketbridge sandbox`, saying
+    so and how to fix it, before any log-in or look-up there."""
+    base, asked, _ = impostor
+    (tmp_path / "bridge.yaml").write_text(config_text(
+        "sqlite:///var/bridge.db", f'{{vendor: kapture, sandbox: true, base_url: "{base}/kapture"}}'))
+    assert await asyncio.to_thread(main, ["doctor", "-c", str(tmp_path / "bridge.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED  demo-kapture (kapture): base_url is not a ticketbridge sandbox: " in out, out
+    assert "point base_url at a `ticketbridge sandbox`" in out
+    assert asked == ["/kapture/_sandbox"]
 
 
 def start_and_stop(config: Config) -> list[dict[str, Any]]:

@@ -802,6 +802,14 @@ class StoreContract:
         with pytest.raises(NotFound):
             await store.get_event("evt_nope")
 
+    async def test_an_unknown_long_id_is_quoted_cut(self, store: Store) -> None:
+        """NotFound quotes an unknown id cut to 100 characters, its length said, never whole."""
+        for read, given in ((store.get_delivery, "dlv_" + "x" * 5000), (store.get_event, "evt_" + "x" * 5000)):
+            with pytest.raises(NotFound) as missing:
+                await read(given)
+            assert str(missing.value).endswith("xxx'… (5004 characters in all)"), str(missing.value)[:200]
+            assert len(str(missing.value)) < 200
+
     async def test_event_round_trips_exactly(self, store: Store) -> None:
         """A stored event reads back equal, time zone, headers, meta and payload types included."""
         event = make_event(dedup_key="d", n=1, f=1.5, none=None, nested={"l": [1, "x"]}, flag=True)

@@ -475,6 +475,7 @@ def test_sandbox_needs_neither_base_url_nor_token(tmp_path: Path) -> None:
     ("http", "    auth: {bearer: real-key}\n", "auth.bearer"),
     ("http", "    auth: {oauth2: {token_url: /t, client_id: sandbox-client, client_secret: real-key}}\n",
      "auth.oauth2.client_secret"),
+    ("http", "    url_secret: true\n", "url_secret"),
 ])
 def test_a_sandbox_with_a_credential_is_refused_at_its_key(tmp_path: Path, vendor: str, lines: str, key: str
                                                            ) -> None:

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from bridge.logs import LEVEL, STDLIB_HANDLER, configure_logging, mask_personal_data, mask_text
+from bridge.logs import LEVEL, STDLIB_HANDLER, cli_logging, configure_logging, mask_personal_data, mask_text
 from tests.complexity.scaling import assert_linear
 
 
@@ -103,11 +103,54 @@ def test_ids_and_times_with_the_new_separators_are_left_alone(text: str) -> None
     lambda n: "1 " * n + "ab",
     lambda n: "1_" * n + "ab",
     lambda n: "12345678-" * n + "ab",
-], ids=["dashes", "digits", "spaces", "underscores", "dashed-groups"])
+    lambda n: "2024_04_19_" * n + "ab",
+    lambda n: "2024/" * n + "ab",
+    lambda n: "2024/000123/" * n + "9876543210",
+    lambda n: "2024-04-19 " * n + "ab",
+    lambda n: "20240419_" * n + "ab",
+], ids=["dashes", "digits", "spaces", "underscores", "dashed-groups", "dates-joined", "years-joined", "year-ids",
+        "dates-spaced", "compact-dates"])
 def test_masking_phones_grows_linearly(make: Any) -> None:
     """A long run of digits and separators that ends where no number may (before `-` or a word) costs masking
     about as much more as it is longer."""
     assert_linear(mask_text, make, 4_000)
+
+
+@pytest.mark.parametrize("text", [
+    "2024_04_19_0001",
+    "2024/04/19/0001",
+    "order 2024_04_19_0001 placed",
+    "batch 2024_04_19",
+    "04/19/2024",  # a US date: month first
+    "ref 20240419_0001",
+    "20240419/0001",
+    "invoice 2024/0001/17",
+    "INV/2024/000123",
+    "shipment 2024_0419_0001_03",
+    "1999/1234567",
+])
+def test_date_and_year_led_ids_joined_by_underscores_or_slashes_stay_readable(text: str) -> None:
+    """Ids joined by `_` or `/` that begin with a date (`2024_04_19_0001`, `20240419_0001`) or a year (an order or
+    invoice number, `INV/2024/000123`) are not phone numbers: left as they are. Before, those joined by `_` and the
+    year-led ones were masked as one."""
+    assert mask_text(text) == text
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("2024-04-19 9876543210", "2024-04-19 ********10"),
+    ("on 19/04/2024 98765 43210", "on 19/04/2024 ********10"),
+    ("2024/04/19/9876543210", "2024/04/19/********10"),
+    ("2024/000123/9876543210", "2024/000123/********10"),
+    ("20240419/9876543210", "20240419/********10"),
+    ("2024/9876543210", "************10"),  # a group of 8 digits or more is no id's: the whole run is a number
+    ("9876_54_3210", "********10"),  # no month 54: no date
+    ("5551-23-45", "******45"),  # no month 23: no date
+])
+def test_a_number_beside_a_date_or_an_id_is_still_masked(text: str, masked: str) -> None:
+    """A date or a year-led id is left alone, not the run it begins: a phone number written after it is masked, as
+    is a run shaped like a date whose month or day cannot be one. Before, a date took its whole run with it
+    (`2024-04-19 9876543210` in clear)."""
+    assert mask_text(text) == masked
 
 
 def test_masks_phone_in_parentheses_format() -> None:
@@ -518,3 +561,19 @@ def test_numbers_written_one_after_another_are_each_masked(text: str, masked: st
     """Numbers joined by a `/`, a `+`, a `,` or `;` or two spaces make a run of more than 15 digits, which is no
     single number: each is masked as it would be alone, never the whole run left in clear."""
     assert mask_text(text) == masked
+
+
+def test_cli_logging_writes_masked_lines_on_stderr_and_puts_the_config_back(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """While a command runs, its log lines go to stderr (the stderr of that moment), masked, never to stdout;
+    after it, the logging configuration is what it was (a command run inside another program's process, a test's,
+    leaves its logging alone)."""
+    before, debug = structlog.get_config(), LEVEL.debug
+    with cli_logging():
+        structlog.get_logger("t").info("cli.said", to="asha.rao@example.com")
+        structlog.get_logger("t").debug("cli.chatter")
+    out, err = capsys.readouterr()
+    assert out == ""
+    [said] = [json.loads(line) for line in err.splitlines()]
+    assert (said["event"], said["to"]) == ("cli.said", "a***@example.com")
+    assert (structlog.get_config(), LEVEL.debug) == (before, debug)
