@@ -132,9 +132,12 @@ SLICE_BEFORE = _SLICE + "AND (arrival, id) < ($3, $4) ORDER BY arrival DESC, id 
 """A conversation's deliveries in arrival order (Store.conversation_slice): a range of the index
 deliveries_conversation (conversation, arrival, id), read from where the slice starts (the row comparison is the
 index's own order), never counted from the conversation's first message."""
-SLICE_PROBE = {op: "SELECT EXISTS (SELECT 1 FROM deliveries WHERE conversation = $1 "  # noqa: S608 - constants
-                   f"AND (arrival, id) {op} ($2, $3))" for op in ("<", "<=", ">", ">=")}
-"""Whether the conversation has a delivery before (or after) a place: one look-up in the same index."""
+SLICE_PROBE = {op: "SELECT 1 FROM deliveries WHERE conversation = $1 "  # noqa: S608 - constants
+                   f"AND (arrival, id) {op} ($2, $3) ORDER BY arrival {way}, id {way} LIMIT 1"
+               for op, way in (("<", "DESC"), ("<=", "DESC"), (">", "ASC"), (">=", "ASC"))}
+"""Whether the conversation has a delivery before (or after) a place (a row, or none): the one next to it in the
+same index. Not an EXISTS, whose order the planner drops: for a place with many rows on that side it would read
+the table from its start instead."""
 CHANNEL = "ticketbridge_work"
 LISTEN_CHECK_SECONDS = 5.0
 ACQUIRE_TIMEOUT = 10.0
@@ -809,7 +812,7 @@ class PostgresStore(Store):
 
         async def op(conn: Any) -> ConversationSlice:
             async def probe(op: str, at: Arrival) -> bool:
-                return bool(await conn.fetchval(SLICE_PROBE[op], conversation, at[0], at[1]))
+                return await conn.fetchval(SLICE_PROBE[op], conversation, at[0], at[1]) is not None
 
             found = await conn.fetch(statement, *args)
             rows = found[:limit]
