@@ -599,7 +599,7 @@ async def get_conversation(call: Call) -> ConversationList:
     q: ConversationQuery = call.query
     key = call.param("key")
     try:
-        with blame(400, "path.key"):
+        with blame(400, "path.key", _given(q.cursor, "query.cursor")):
             found = await ConversationView.read(_store(call.rt), key, q.limit, q.cursor)
     except BadCursor as exc:
         if not await _store(call.rt).get_conversations(key, limit=0):
