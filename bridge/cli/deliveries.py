@@ -8,7 +8,7 @@ import getpass
 import shlex
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -355,7 +355,8 @@ def run_unmatched(args: argparse.Namespace) -> int:
     return _with_store(args, body)
 
 
-Pages = Any  # (key, limit, cursor) -> the conversations' views: ConversationView.read on a store, or the API
+Pages = Callable[[str, int, str | None], Awaitable[list[ConversationView]]]
+"""(key, limit, cursor) → the conversations' pages: ConversationView.read on a store, or the admin API's."""
 
 
 async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
