@@ -8,7 +8,7 @@ import getpass
 import shlex
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +21,10 @@ from bridge.cli.common import at_least, between, config_from, print_errors, stor
 from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteError, check_url, token_from_env
 from bridge.config import Config
 from bridge.console.models import (
+    CONVERSATION_PAGE,
     MAX_PAGE,
     REPLAY_MOST,
+    BadCursor,
     ConversationView,
     MarkDeadBody,
     MarkSucceededBody,
@@ -99,9 +101,14 @@ def _add_conversations(sub: Any, common: argparse.ArgumentParser) -> None:
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     cshow = csub.add_parser("show", parents=[common], help="a conversation's ticket, messages and deliveries")
     cshow.add_argument("key", help="the conversation key (e.g. mail:<root message id>, chat:<id>) or `mapping|key`")
-    cshow.add_argument("--limit", type=between(1, MAX_PAGE), default=100,
-                       help=f"how many of each conversation's deliveries are listed, the first ones (default 100, at "
-                            f"most {MAX_PAGE}; `deliveries list --conversation ID` lists them all)")
+    cshow.add_argument("--limit", type=between(1, MAX_PAGE),
+                       help=f"how many of each conversation's deliveries a page lists (default {CONVERSATION_PAGE}, "
+                            f"or {MAX_PAGE} with --all; at most {MAX_PAGE})")
+    cshow.add_argument("--cursor", help="the page a cursor printed by an earlier `conversations show` reads (its "
+                                        "conversation's next or previous page)")
+    cshow.add_argument("--all", action="store_true",
+                       help="every delivery of each conversation (from --cursor's page on, when given): page after "
+                            "page, each printed as it is read")
     cshow.add_argument("--json", action="store_true")
     cshow.add_argument("--url", help=URL_HELP)
     cshow.set_defaults(run=run_conversation)
@@ -348,38 +355,74 @@ def run_unmatched(args: argparse.Namespace) -> int:
     return _with_store(args, body)
 
 
-def run_conversation(args: argparse.Namespace) -> int:
-    def show(found: list[ConversationView]) -> int:
-        if not found:
-            print(f"no conversation {named(args.key)}; keys look like mail:<root message id>, chat:<id>, "
-                  "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
-            return 1
-        if args.json:
-            _json_lines(found)
-            return 0
-        for view in found:
-            c = view.conversation
+Pages = Callable[[str, int, str | None], Awaitable[list[ConversationView]]]
+"""(key, limit, cursor) → the conversations' pages: ConversationView.read on a store, or the admin API's."""
+
+
+async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
+    """`conversations show`: each conversation's page (with --all, every page after it, each printed as it is
+    read, so that a conversation of any length takes one page of memory), and the cursors of the pages around."""
+    limit = args.limit or (MAX_PAGE if args.all else CONVERSATION_PAGE)
+    found: list[ConversationView] = await read(args.key, limit, args.cursor)
+    if not found:
+        print(f"no conversation {named(args.key)}; keys look like mail:<root message id>, chat:<id>, "
+              "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
+        return 1
+    for view in found:
+        c = view.conversation
+        if not args.json:
             print(f"conversation {c.id}\n"
                   f"mapping      {c.mapping} -> {c.destination}\n"
                   f"ticket       {_ticket(c.ticket_id, c.ticket_key, c.ticket_uuid, none='- (none yet)')}"
                   + (f" since {_when(c.ticket_at_ms)}" if c.ticket_at_ms else "") + "\n"
                   f"messages     {c.messages} since {_when(c.started_at_ms)}, last {_when(c.last_message_at_ms)}")
-            if view.deliveries:
-                print(_table(view.deliveries))
-            if view.more:
-                print(f"more deliveries follow these {len(view.deliveries)}: `ticketbridge deliveries list "
-                      f"--conversation {shlex.quote(c.id)}` lists them all, newest first")
-        return 0
+        page: ConversationView | None = view
+        while page is not None:
+            _print_page(args, page)
+            if not (args.all and page.more and page.next_cursor):
+                break
+            page = next((v for v in await read(c.id, limit, page.next_cursor) if v.conversation.id == c.id), None)
+        if page is not None and not args.json and not args.all:
+            id_ = shlex.quote(c.id)
+            if page.prev_cursor:
+                print(f"earlier deliveries: `ticketbridge conversations show {id_} --cursor {page.prev_cursor}`")
+            if page.more and page.next_cursor:
+                print(f"more deliveries follow: `ticketbridge conversations show {id_} --cursor "
+                      f"{page.next_cursor}` (the next {limit}), or --all for every one")
+    return 0
 
+
+def _print_page(args: argparse.Namespace, page: ConversationView) -> None:
+    if args.json:
+        _json_lines([page])
+    elif page.deliveries:
+        print(f"deliveries {page.offset + 1}-{page.offset + len(page.deliveries)}, in the order they are sent in")
+        print(_table(page.deliveries))
+
+
+def run_conversation(args: argparse.Namespace) -> int:
     async def local(store: Store) -> int:
-        return show(await ConversationView.read(store, args.key, args.limit))
+        async def read(key: str, limit: int, cursor: str | None) -> list[ConversationView]:
+            return await ConversationView.read(store, key, limit, cursor)
+
+        try:
+            return await _show_conversations(args, read)
+        except BadCursor as exc:
+            if not await store.get_conversations(args.key, limit=0):
+                args.cursor = None
+                return await _show_conversations(args, read)  # no such conversation: said as without a cursor
+            print(f"--cursor {args.cursor[:100]!r}: {exc}; give one that `conversations show {args.key}` printed, "
+                  "or none for the first page", file=sys.stderr)
+            return 2
 
     async def remote(client: AdminClient) -> int:
-        try:
-            found = await client.get_conversations(args.key, args.limit)
-        except NotFound:  # the server's 404, or a key no path segment can carry (`.`, `..`)
-            found = []
-        return show(found)
+        async def read(key: str, limit: int, cursor: str | None) -> list[ConversationView]:
+            try:
+                return await client.get_conversations(key, limit, cursor)
+            except NotFound:  # the server's 404, or a key no path segment can carry (`.`, `..`)
+                return []
+
+        return await _show_conversations(args, read)
 
     if args.url:
         return _with_server(args.url, remote)

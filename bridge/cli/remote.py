@@ -151,12 +151,13 @@ class AdminClient:
         result: ReplayResult = await self._call("POST", "/admin/api/replay", ReplayResult, body=body)
         return result
 
-    async def get_conversations(self, key: str, limit: int) -> list[ConversationView]:
+    async def get_conversations(self, key: str, limit: int, cursor: str | None = None) -> list[ConversationView]:
         """The conversations with that key (or id), each with its first `limit` deliveries (at most MAX_PAGE) in the
-        order they are sent in; NotFound when none has it."""
+        order they are sent in; with `cursor`, the page it reads of the conversation it was given for. NotFound
+        when none has the key."""
         found: ConversationList = await self._call(
             "GET", f"/admin/api/conversations/{segment(key, 'conversation')}", ConversationList,
-            params={"limit": str(limit)})
+            params={"limit": str(limit), **({} if cursor is None else {"cursor": cursor})})
         return found.items
 
     async def reset_conversation(self, key: str, body: ResetConversationBody) -> ResetConversationResult:

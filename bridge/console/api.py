@@ -25,6 +25,7 @@ from bridge.console.models import (
     REPLAY_MOST,
     AuditPage,
     AuditQuery,
+    BadCursor,
     ConversationList,
     ConversationQuery,
     ConversationView,
@@ -592,12 +593,20 @@ CONVERSATION_KEYS = ("keys look like mail:<root message id>, chat:<id>, ticket:<
 
 
 async def get_conversation(call: Call) -> ConversationList:
-    """The conversations with that key or id: each with its ticket and its first `limit` deliveries, in the order
-    they are sent in."""
+    """The conversations with that key or id: each with its ticket and the first `limit` of its deliveries, in the
+    order they are sent in; with `cursor`, the conversation it was given for alone, with the page after or before
+    the one that gave it."""
     q: ConversationQuery = call.query
     key = call.param("key")
-    with blame(400, "path.key"):
-        found = await ConversationView.read(_store(call.rt), key, q.limit)
+    try:
+        with blame(400, "path.key", _given(q.cursor, "query.cursor")):
+            found = await ConversationView.read(_store(call.rt), key, q.limit, q.cursor)
+    except BadCursor as exc:
+        if not await _store(call.rt).get_conversations(key, limit=0):
+            raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}") from None
+        raise ApiError(400, f"query.cursor: {exc}: {_shown(q.cursor)}; give the next_cursor or prev_cursor of "
+                            f"a conversation in an answer for path.key {_shown(key)}, or none for the first "
+                            "page") from None
     if not found:
         raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}")
     return ConversationList(key=key, items=found)
@@ -852,7 +861,8 @@ ROUTES: list[Route] = [
           DeliveryView, change=True, body=MarkSucceededBody,
           errors={**NOT_FOUND, 409: "the delivery is in flight or succeeded already"}),
     Route("GET", "/admin/api/conversations/{key}", get_conversation, "The conversations with a key (or id "
-          "`mapping|key`): each one's ticket, once known, and its first deliveries in the order they are sent in",
+          "`mapping|key`): each one's ticket, once known, and a page of its deliveries in the order they are sent in "
+          "(`cursor`: the next or previous page of one)",
           ConversationList, query=ConversationQuery, errors={404: "no conversation has that key"}),
     Route("POST", "/admin/api/conversations/{key}/reset", reset_conversation_ticket,
           "Detach a conversation from its ticket (gone at the vendor: deleted, merged): its next message, or a dead "

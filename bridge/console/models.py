@@ -3,15 +3,27 @@ is generated from (bridge/console/openapi.py), so the two cannot drift."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
 
 from bridge.console.auth import Caller
 from bridge.events import Event
-from bridge.store.base import AuditEntry, ConversationRow, DeliveryDetail, DeliveryRow, DeliveryStatus, Store
+from bridge.store.base import (
+    Arrival,
+    AuditEntry,
+    ConversationRow,
+    ConversationSlice,
+    DeliveryDetail,
+    DeliveryRow,
+    DeliveryStatus,
+    Store,
+)
 
 NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
 """In the schema of every string the store keeps or is asked for: no NUL character (the API answers 400)."""
@@ -120,28 +132,115 @@ class DeliveryView(DeliveryDetail, kw_only=True):
     destination: LaneState | None
 
 
+CONVERSATION_PAGE = 100
+"""The deliveries a page of a conversation holds unless `limit` says otherwise (at most MAX_PAGE)."""
+
+
 class ConversationQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
-    limit: Annotated[int, Meta(ge=1, le=MAX_PAGE, description="how many of each conversation's deliveries are "
-                                                              "listed: the first ones")] = 100
+    limit: Annotated[int, Meta(ge=1, le=MAX_PAGE, description="how many of each conversation's deliveries a page "
+                                                              "holds")] = CONVERSATION_PAGE
+    cursor: Annotated[str, Meta(min_length=1, max_length=400, extra_json_schema=NO_NUL,
+                                description="a conversation's `next_cursor` or `prev_cursor` from an earlier "
+                                            "answer: the page after or before that one, of that conversation "
+                                            "alone (absent: each conversation's first page)")] | None = None
+
+
+class BadCursor(ValueError):
+    """A `cursor` that is not one this API gave for the conversations of the key asked (a 400 naming it)."""
+
+
+class Place(NamedTuple):
+    """What a conversation's cursor holds: which way it reads, which conversation (a digest of its id), the
+    delivery it reads from (its arrival, Store.conversation_slice), and how many deliveries come before the page it
+    reads (counted along the cursors from the first page, for the numbers a listing shows)."""
+
+    way: Literal["after", "before"]
+    tag: str
+    at: Arrival
+    offset: int
+
+
+CURSOR_VERSION = 1
+MAX_ARRIVAL = 2**63 - 1
+_cursor_decoder = msgspec.json.Decoder(tuple[int, Literal["a", "b"], str, int, str, int])
+
+
+def conversation_tag(conversation_id: str) -> str:
+    """A short digest of a conversation's id: which conversation a cursor reads, without its key (a customer's
+    address or number) in the cursor."""
+    return hashlib.sha256(conversation_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def write_cursor(place: Place) -> str:
+    """`place` as an opaque token: URL-safe base64 (unpadded) of a small JSON array, no secret in it."""
+    raw = msgspec.json.encode([CURSOR_VERSION, place.way[0], place.tag, place.at[0], place.at[1], place.offset])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def read_cursor(cursor: str) -> Place:
+    """The place `cursor` holds; BadCursor, saying what is wrong, for text no `write_cursor` made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, way, tag, arrival, delivery, offset = _cursor_decoder.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):  # not base64, not the array: not a cursor
+        raise BadCursor("not a cursor this API gave") from None
+    if version != CURSOR_VERSION:
+        raise BadCursor(f"a cursor of version {version}; this server reads version {CURSOR_VERSION}")
+    if not (0 <= arrival <= MAX_ARRIVAL and 0 <= offset <= MAX_ARRIVAL and 0 < len(delivery) <= 200
+            and "\x00" not in delivery and len(tag) == 16):
+        raise BadCursor("not a cursor this API gave (a value in it is out of range)")
+    return Place("after" if way == "a" else "before", tag, (arrival, delivery), offset)
 
 
 class ConversationView(msgspec.Struct, kw_only=True):
-    """A conversation (an email thread, a chat): its ticket once its create has made one, and its deliveries in the
-    order the store took them, which is the order they are sent in (not their ids' order)."""
+    """A conversation (an email thread, a chat): its ticket once its create has made one, and a page of its
+    deliveries in the order the store took them, which is the order they are sent in (not their ids' order)."""
 
     conversation: ConversationRow
     deliveries: list[DeliveryRow]
     more: bool
-    """More deliveries follow the `limit` listed (`GET /admin/api/deliveries?conversation=` lists them all, newest
-    first, page after page)."""
+    """More deliveries follow this page now (`next_cursor` reads them)."""
+    offset: int = 0
+    """How many of its deliveries come before this page's first one, counted along the cursors from its first
+    page (a listing numbers them from offset + 1)."""
+    next_cursor: str | None = None
+    """The page after this one (`cursor`): given whenever the page ends somewhere, so that a client reading it once
+    `more` is false gets the messages that arrived since (an empty page until one does). Null: an empty first
+    page."""
+    prev_cursor: str | None = None
+    """The page before this one: null when none of its deliveries come before it (the first page), and on an empty
+    page."""
 
     @classmethod
-    async def read(cls, store: Store, key: str, limit: int) -> list[ConversationView]:
-        """The conversations with that key or id, each with its first `limit` deliveries and whether more follow
-        (one more is read to know): what `conversations show` and `GET /admin/api/conversations/{key}` answer."""
-        found = await store.get_conversations(key, limit=limit + 1)
-        return [cls(conversation=c.conversation, deliveries=c.deliveries[:limit], more=len(c.deliveries) > limit)
-                for c in found]
+    def page(cls, conversation: ConversationRow, got: ConversationSlice, offset: int,
+             after: Place | None) -> ConversationView:
+        tag = conversation_tag(conversation.id)
+        end = len(got.deliveries)
+        next_cursor = write_cursor(Place("after", tag, got.arrivals[-1], offset + end)) if end else (
+            None if after is None else write_cursor(after))
+        prev_cursor = write_cursor(Place("before", tag, got.arrivals[0], offset)) if end and got.earlier else None
+        return cls(conversation=conversation, deliveries=got.deliveries, more=got.later, offset=offset,
+                   next_cursor=next_cursor, prev_cursor=prev_cursor)
+
+    @classmethod
+    async def read(cls, store: Store, key: str, limit: int, cursor: str | None = None) -> list[ConversationView]:
+        """The conversations with that key or id, each with its first `limit` deliveries; with `cursor`, the
+        conversation it was given for alone, with the `limit` after or before its place (BadCursor for a cursor not
+        given for one of them). What `conversations show` and `GET /admin/api/conversations/{key}` answer."""
+        place = None if cursor is None else read_cursor(cursor)
+        found = [c.conversation for c in await store.get_conversations(key, limit=0)]
+        if place is None:
+            return [cls.page(c, await store.conversation_slice(c.id, limit), 0, None) for c in found]
+        found = [c for c in found if conversation_tag(c.id) == place.tag]
+        if not found:
+            raise BadCursor("a cursor of another conversation than the key names")
+        c = found[0]
+        if place.way == "after":
+            return [cls.page(c, await store.conversation_slice(c.id, limit, after=place.at), place.offset, place)]
+        got = await store.conversation_slice(c.id, limit, before=place.at)
+        if not got.deliveries:  # nothing comes before it (any more): the first page
+            return [cls.page(c, await store.conversation_slice(c.id, limit), 0, None)]
+        return [cls.page(c, got, 0 if not got.earlier else max(place.offset - len(got.deliveries), 0), None)]
 
 
 class ConversationList(msgspec.Struct, kw_only=True):

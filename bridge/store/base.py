@@ -203,6 +203,23 @@ class ConversationDetail(msgspec.Struct, kw_only=True):
     deliveries: list[DeliveryRow]
 
 
+Arrival = tuple[int, str]
+"""A delivery's place in its conversation's order, as the store keeps it (rows.head_of_conversation): the number the
+store gave it as it took it (SQLite's rowid, PostgreSQL's `arrival`, the memory store's count), then its id, which
+orders only PostgreSQL's deliveries stored before migration 0022 (all of arrival 0). A later delivery of the
+conversation has a larger one, so a page that starts after (or ends before) one is stable while others arrive."""
+
+
+class ConversationSlice(msgspec.Struct, kw_only=True):
+    """Some of a conversation's deliveries, in arrival order, each with its place (`arrivals`, one per delivery),
+    and whether others of the conversation come before the first listed and after the last."""
+
+    deliveries: list[DeliveryRow]
+    arrivals: list[Arrival]
+    earlier: bool
+    later: bool
+
+
 class AttemptRow(msgspec.Struct, kw_only=True):
     n: int
     started_at_ms: int
@@ -496,6 +513,15 @@ class Store(ABC):
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         """Every conversation whose key (or scoped id `mapping|key`) is `key`, each with its deliveries in
         arrival order (the first `limit` of them when given: a chat may hold thousands); empty when none."""
+
+    @abstractmethod
+    async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
+                                 before: Arrival | None = None) -> ConversationSlice:
+        """Up to `limit` deliveries of the conversation whose id (`mapping|key`) is `conversation`, in arrival
+        order: the first ones; with `after`, the first ones that came after that place; with `before`, the last
+        ones that came before it (not both). One range read of the conversation's index, however long its
+        history (never an offset counted from its first message); `earlier` and `later` are each known from that
+        read or from one probe of the index."""
 
     @abstractmethod
     async def reset_conversation(self, key: str) -> list[ConversationRow]:

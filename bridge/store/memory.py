@@ -20,6 +20,7 @@ from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
     AcceptResult,
+    Arrival,
     AttemptResult,
     AttemptRow,
     AuditEntry,
@@ -27,6 +28,7 @@ from bridge.store.base import (
     Claimed,
     ConversationDetail,
     ConversationRow,
+    ConversationSlice,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -460,6 +462,24 @@ class MemoryStore(Store):
         return [ConversationDetail(conversation=c, deliveries=[
                     self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id][:limit])
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
+
+    async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
+                                 before: Arrival | None = None) -> ConversationSlice:
+        self._check_open()
+        conversation = storable(conversation)
+        held = sorted(((d.arrival, d.row.id), d) for d in self.deliveries.values()
+                      if d.row.conversation == conversation)
+        if before is not None:
+            ahead = [x for x in held if x[0] < before]
+            rows, earlier = ahead[-limit:], len(ahead) > limit
+            later = any(x[0] > rows[-1][0] for x in held) if rows else any(x[0] >= before for x in held)
+        else:
+            ahead = [x for x in held if after is None or x[0] > after]
+            rows, later = ahead[:limit], len(ahead) > limit
+            earlier = after is not None and (any(x[0] < rows[0][0] for x in held) if rows
+                                             else any(x[0] <= after for x in held))
+        return ConversationSlice(deliveries=[self._listed(d) for _, d in rows], arrivals=[a for a, _ in rows],
+                                 earlier=earlier, later=later)
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
         self._check_open()

@@ -215,16 +215,23 @@ _GROUP = (
     "e AS (INSERT INTO events SELECT u.* FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], "
     "$11::text[], $12::boolean[], $13::bytea[], $14::int[]) AS u (id, source, kind, channel, received_at, dedup_key, "
     "spam, data, routed) WHERE u.dedup_key IS NULL OR u.id IN (SELECT event_id FROM k) RETURNING id), "
+    f"c AS ({_conversations(31, 'WHERE u.event_id IN (SELECT id FROM e)')} RETURNING 1), "
     f"n AS (INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT u.* FROM unnest($15::text[], $16::text[], "
     "$17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bytea[], $24::bytea[], "
     "$25::bigint[], $26::bigint[], $27::bigint[], $28::text[], $29::text[]) AS u (id, event_id, source, mapping, "
     "mapping_version, destination, action, status, body, options, next_attempt_at, created_at, updated_at, "
-    "last_error, conversation) WHERE u.event_id IN (SELECT id FROM e) RETURNING destination, status), "
-    f"c AS ({_conversations(31, 'WHERE u.event_id IN (SELECT id FROM e)')} RETURNING 1) "
+    "last_error, conversation) WHERE u.event_id IN (SELECT id FROM e) AND (SELECT count(*) FROM c) >= 0 "
+    "RETURNING destination, status) "
     "SELECT ARRAY(SELECT id FROM e) FROM (SELECT count(pg_notify($30, w.destination)) "
     "FROM (SELECT DISTINCT destination FROM n WHERE status = 'pending') AS w) AS notified")
 """A group of accepts without a nonce as one statement: PostgreSQL runs it as one transaction (the conversations'
-upsert included)."""
+upsert included). The conversations are upserted before the deliveries are inserted (`n` waits for all of `c`:
+a condition always true, evaluated once, before its first row), as the accepts stored one at a time do: each
+delivery takes its arrival (the column's default) while its transaction holds its conversation's row, so a
+conversation's deliveries are numbered in the order their transactions commit, and a reader paging a conversation
+after the last delivery it read (Store.conversation_slice) skips none. (A data-modifying CTE the main query does
+not read runs after it: before, the deliveries took their arrival first, then the group waited for a conversation
+another transaction held, and committed a delivery numbered before that transaction's.)"""
 
 
 class PendingAccept:

@@ -34,11 +34,13 @@ from bridge.events import Event
 from bridge.pg_schema import split_schema
 from bridge.store.base import (
     AcceptResult,
+    Arrival,
     AttemptResult,
     AuditEntry,
     ClaimBatch,
     ConversationDetail,
     ConversationRow,
+    ConversationSlice,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -123,6 +125,19 @@ come before every later one and, among themselves, in id order, the order that d
 HEAD_OF_CONVERSATION = head_of_conversation(ARRIVAL)
 ROW_COLUMNS = row_columns(ARRIVAL)
 TICKETS_OF_CLAIMED = tickets_of_claimed(ARRIVAL)
+_SLICE = f"SELECT {ROW_COLUMNS}, arrival FROM deliveries WHERE conversation = $1 "  # noqa: S608 - constants
+SLICE_FIRST = _SLICE + "ORDER BY arrival, id LIMIT $2"
+SLICE_AFTER = _SLICE + "AND (arrival, id) > ($3, $4) ORDER BY arrival, id LIMIT $2"
+SLICE_BEFORE = _SLICE + "AND (arrival, id) < ($3, $4) ORDER BY arrival DESC, id DESC LIMIT $2"
+"""A conversation's deliveries in arrival order (Store.conversation_slice): a range of the index
+deliveries_conversation (conversation, arrival, id), read from where the slice starts (the row comparison is the
+index's own order), never counted from the conversation's first message."""
+SLICE_PROBE = {op: "SELECT 1 FROM deliveries WHERE conversation = $1 "  # noqa: S608 - constants
+                   f"AND (arrival, id) {op} ($2, $3) ORDER BY arrival {way}, id {way} LIMIT 1"
+               for op, way in (("<", "DESC"), ("<=", "DESC"), (">", "ASC"), (">=", "ASC"))}
+"""Whether the conversation has a delivery before (or after) a place (a row, or none): the one next to it in the
+same index. Not an EXISTS, whose order the planner drops: for a place with many rows on that side it would read
+the table from its start instead."""
 CHANNEL = "ticketbridge_work"
 LISTEN_CHECK_SECONDS = 5.0
 ACQUIRE_TIMEOUT = 10.0
@@ -785,6 +800,33 @@ class PostgresStore(Store):
                     "LIMIT $2", c[0], limit)]
                 out.append(ConversationDetail(conversation=conversation_row(c), deliveries=rows))
             return out
+
+        return await self._run(op, transaction=False)
+
+    async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
+                                 before: Arrival | None = None) -> ConversationSlice:
+        conversation = storable(conversation)
+        place = after or before
+        statement = SLICE_FIRST if place is None else SLICE_AFTER if after is not None else SLICE_BEFORE
+        args: tuple[Any, ...] = (conversation, limit + 1) + (() if place is None else (place[0], storable(place[1])))
+
+        async def op(conn: Any) -> ConversationSlice:
+            async def probe(op: str, at: Arrival) -> bool:
+                return await conn.fetchval(SLICE_PROBE[op], conversation, at[0], at[1]) is not None
+
+            found = await conn.fetch(statement, *args)
+            rows = found[:limit]
+            if before is not None:
+                rows.reverse()
+            arrivals = [(r[ROW_WIDTH], r[0]) for r in rows]
+            if before is not None:
+                earlier = len(found) > limit
+                later = await probe(">", arrivals[-1]) if rows else await probe(">=", before)
+            else:
+                later = len(found) > limit
+                earlier = after is not None and (await probe("<", arrivals[0]) if rows else await probe("<=", after))
+            return ConversationSlice(deliveries=[delivery_row(r) for r in rows], arrivals=arrivals, earlier=earlier,
+                                     later=later)
 
         return await self._run(op, transaction=False)
 

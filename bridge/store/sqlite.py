@@ -56,11 +56,13 @@ from bridge.events import Event
 from bridge.folders import folder_problem
 from bridge.store.base import (
     AcceptResult,
+    Arrival,
     AttemptResult,
     AuditEntry,
     ClaimBatch,
     ConversationDetail,
     ConversationRow,
+    ConversationSlice,
     Cutoffs,
     DeliveryDetail,
     DeliveryFilter,
@@ -130,6 +132,16 @@ with them); migration 0022 indexes a conversation's deliveries by it."""
 HEAD_OF_CONVERSATION = head_of_conversation(ARRIVAL)
 ROW_COLUMNS = row_columns(ARRIVAL)
 TICKETS_OF_CLAIMED = tickets_of_claimed(ARRIVAL)
+_SLICE = f"SELECT {ROW_COLUMNS}, rowid FROM deliveries WHERE conversation = ?1 "  # noqa: S608 - constants
+SLICE_FIRST = _SLICE + "ORDER BY rowid LIMIT ?2"
+SLICE_AFTER = _SLICE + "AND rowid > ?3 ORDER BY rowid LIMIT ?2"
+SLICE_BEFORE = _SLICE + "AND rowid < ?3 ORDER BY rowid DESC LIMIT ?2"
+"""A conversation's deliveries in arrival order (Store.conversation_slice): a range of the index
+deliveries_conversation, which holds each delivery's rowid after its conversation, read from where the slice
+starts, never counted from the conversation's first message."""
+SLICE_PROBE = {op: f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE conversation = ?1 AND rowid {op} ?2)"  # noqa: S608
+               for op in ("<", "<=", ">", ">=")}
+"""Whether the conversation has a delivery before (or after) a place: one look-up in the same index."""
 WRITABLE = "store.url must name a file in a folder this process can write"
 BUSY_SECONDS = 10.0
 BUSY_DELAY_MAX = 0.05
@@ -1321,6 +1333,34 @@ class SqliteStore(Store):
             return out
 
         found: list[ConversationDetail] = await self._read(run)
+        return found
+
+    async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
+                                 before: Arrival | None = None) -> ConversationSlice:
+        conversation = storable(conversation)
+        place = after or before
+        statement = SLICE_FIRST if place is None else SLICE_AFTER if after is not None else SLICE_BEFORE
+        args: tuple[Any, ...] = (conversation, limit + 1) + (() if place is None else (place[0],))
+
+        def probe(conn: sqlite3.Connection, op: str, at: int) -> bool:
+            return bool(conn.execute(SLICE_PROBE[op], (conversation, at)).fetchone()[0])
+
+        def run(conn: sqlite3.Connection) -> ConversationSlice:
+            found = conn.execute(statement, args).fetchall()
+            rows = found[:limit]
+            if before is not None:
+                rows.reverse()
+            arrivals = [(r[ROW_WIDTH], r[0]) for r in rows]
+            if before is not None:
+                earlier, later = len(found) > limit, probe(conn, *((">", arrivals[-1][0]) if rows else
+                                                                   (">=", before[0])))
+            else:
+                later = len(found) > limit
+                earlier = after is not None and probe(conn, *(("<", arrivals[0][0]) if rows else ("<=", after[0])))
+            return ConversationSlice(deliveries=[delivery_row(r) for r in rows], arrivals=arrivals, earlier=earlier,
+                                     later=later)
+
+        found: ConversationSlice = await self._read(run)
         return found
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:

@@ -229,14 +229,16 @@ def printed(out: str) -> str:
 def test_conversations_show_through_the_server_prints_what_it_prints_on_the_store(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """`conversations show --url` prints what it prints on the store: the ticket, the messages and the first
-    `--limit` deliveries in the order they are sent, saying when more follow, as text or JSON; an unknown key (or
-    one no path segment carries) is named, exit 1."""
+    `--limit` deliveries in the order they are sent, saying when more follow and the cursor of the next page,
+    which `--cursor` reads (and that page the cursor of the one before it), as text or JSON; `--all` every page;
+    an unknown key (or one no path segment carries) is named, exit 1; a cursor not given for the key, exit 2."""
     root = tmp_path / "server"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
     key = "chat:C1/1700.1"
     shown: dict[str, str] = {}
-    forms = {"all": [], "first two": ["--limit", "2"], "json": ["--json", "--limit", "2"]}
+    forms = {"all": [], "first two": ["--limit", "2"], "json": ["--json", "--limit", "2"],
+             "every page": ["--all", "--limit", "2"]}
     with serve_in_thread(root, console_app()[0], THREADED) as url:
         requests.post(f"{url}/admin/api/destinations/kapture/pause", headers=ADMIN, json={},
                       timeout=10).raise_for_status()  # the deliveries stay as they are between the two reads
@@ -246,6 +248,25 @@ def test_conversations_show_through_the_server_prints_what_it_prints_on_the_stor
         for form, args in forms.items():
             assert main(["conversations", "show", key, "--url", url, *args]) == 0
             shown[form] = printed(capsys.readouterr().out)
+        (after,) = re.findall(r"--cursor (\S+)` \(the next 2\)", shown["first two"])
+        forms["next page"] = ["--limit", "2", "--cursor", after]
+        assert main(["conversations", "show", key, "--url", url, *forms["next page"]]) == 0
+        shown["next page"] = printed(capsys.readouterr().out)
+        (before,) = re.findall(r"earlier deliveries: `ticketbridge conversations show \S+ --cursor (\S+)`",
+                               shown["next page"])
+        forms["back"] = ["--limit", "2", "--cursor", before]
+        assert main(["conversations", "show", key, "--url", url, *forms["back"]]) == 0
+        shown["back"] = printed(capsys.readouterr().out)
+        assert main(["conversations", "show", "chat:other", "--url", url, "--cursor", after]) == 1  # no such key
+        capsys.readouterr()
+        requests.post(f"{url}/hooks/partner", json={"conversation_id": "other", "text": "hi"},
+                      timeout=10).raise_for_status()
+        for bad, said in ((after[:-4], "query.cursor: not a cursor this API gave"),
+                          (after + "x" * 500, "text of 1 to 400 characters")):
+            assert main(["conversations", "show", key, "--url", url, "--cursor", bad]) == 2
+            assert said in capsys.readouterr().err
+        assert main(["conversations", "show", "chat:other", "--url", url, "--cursor", after]) == 2
+        assert "query.cursor: a cursor of another conversation than the key names" in capsys.readouterr().err
         for missing in ("chat:nothing", ".", ".."):
             assert main(["conversations", "show", missing, "--url", url]) == 1
             assert f"no conversation {missing!r}; keys look like" in capsys.readouterr().err
@@ -256,10 +277,23 @@ def test_conversations_show_through_the_server_prints_what_it_prints_on_the_stor
     assert lines[0] == "conversation chat|chat:C1/1700.1" and "messages     3 since" in shown["all"]
     assert [line.split()[4] for line in lines if line.startswith("dlv_")] == ["queued", "waiting", "waiting"]
     assert "more deliveries follow" not in shown["all"]
-    assert ("more deliveries follow these 2: `ticketbridge deliveries list --conversation "
-            "'chat|chat:C1/1700.1'` lists them all, newest first") in shown["first two"]
+    assert "deliveries 1-3, in the order they are sent in" in shown["all"]
+    ids = [line.split()[0] for line in lines if line.startswith("dlv_")]
+    assert f"more deliveries follow: `ticketbridge conversations show 'chat|chat:C1/1700.1' --cursor {after}` " \
+           "(the next 2), or --all for every one" in shown["first two"]
+    assert "earlier deliveries" not in shown["first two"]
+    assert [line.split()[0] for line in shown["next page"].splitlines() if line.startswith("dlv_")] == ids[2:]
+    assert "deliveries 3-3, in the order they are sent in" in shown["next page"]
+    assert "more deliveries follow" not in shown["next page"]
+    assert [line.split()[0] for line in shown["back"].splitlines() if line.startswith("dlv_")] == ids[:2]
+    assert "deliveries 1-2," in shown["back"] and f"--cursor {after}`" in shown["back"]
+    every = shown["every page"]
+    assert [line.split()[0] for line in every.splitlines() if line.startswith("dlv_")] == ids
+    assert "deliveries 1-2," in every and "deliveries 3-3," in every and "--cursor" not in every
     [view] = [json.loads(line) for line in rows(shown["json"])]
-    assert (len(view["deliveries"]), view["more"]) == (2, True)
+    assert (len(view["deliveries"]), view["more"], view["next_cursor"], view["offset"]) == (2, True, after, 0)
     for form, args in forms.items():
         assert main(["conversations", "show", key, "-c", str(root / "bridge.yaml"), *args]) == 0
         assert printed(capsys.readouterr().out) == shown[form], form
+    assert main(["conversations", "show", "chat:other", "-c", str(root / "bridge.yaml"), "--cursor", after]) == 2
+    assert "--cursor" in (err := capsys.readouterr().err) and "a cursor of another conversation than the key" in err

@@ -3,6 +3,7 @@ and audited, destinations paused and resumed, events explained, and the playgrou
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote
 
@@ -766,6 +767,74 @@ async def test_an_unknown_id_from_the_path_is_quoted_cut_in_the_404(write_config
     message = (await resp.json())["error"] if resp.content_type == "application/json" else text
     assert "'dlv_xxx" in message and "… (6004 characters in all)" in message, message
     assert len(text) < 400
+
+
+async def test_a_conversation_is_paged_by_cursor_in_arrival_order_while_messages_arrive(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """`cursor` pages one conversation of a key in the order its deliveries are sent in: `next_cursor` the page
+    after, `prev_cursor` the page before (null on the first), `offset` how many come before the page, `more`
+    whether others follow now. A message arriving while the pages are read is listed once, at its place; the
+    last page's `next_cursor` reads what arrives later. A cursor answers its own conversation alone."""
+    client = await bridge_client(write_config(CONFIG, {"chat": threaded_mapping(), "chat2": threaded_mapping()}))
+    await post(client, "/admin/api/destinations/kapture/pause", {})
+
+    async def say(text: str, chat: str = "C9") -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": chat, "text": text})
+        assert resp.status == 202, await resp.text()
+
+    for n in range(5):
+        await say(f"message {n}")
+    path = "/admin/api/conversations/chat%3AC9"
+    first = await get(client, path, limit=2)
+    assert [v["conversation"]["id"] for v in first["items"]] == ["chat2|chat:C9", "chat|chat:C9"]
+    view = first["items"][1]
+    assert (len(view["deliveries"]), view["more"], view["offset"], view["prev_cursor"]) == (2, True, 0, None)
+    read = [d["id"] for d in view["deliveries"]]
+    pages = [view]
+    while view["more"]:
+        page = await get(client, path, limit=2, cursor=view["next_cursor"])
+        [view] = page["items"]
+        assert view["conversation"]["id"] == "chat|chat:C9"
+        assert view["offset"] == len(read) and view["prev_cursor"] is not None
+        read += [d["id"] for d in view["deliveries"]]
+        pages.append(view)
+        if len(read) == 4:
+            await say("message 5")  # arrives while the conversation is read
+    [whole] = (await get(client, "/admin/api/conversations/chat%7Cchat%3AC9", limit=500))["items"]
+    assert read == [d["id"] for d in whole["deliveries"]] and len(read) == 6
+    back = await get(client, path, limit=2, cursor=pages[-1]["prev_cursor"])
+    [back_view] = back["items"]
+    assert [back_view[k] for k in ("deliveries", "offset", "more", "next_cursor", "prev_cursor")] == [
+        pages[-2][k] for k in ("deliveries", "offset", "more", "next_cursor", "prev_cursor")]
+    tail = (await get(client, path, limit=2, cursor=pages[-1]["next_cursor"]))["items"][0]
+    assert (tail["deliveries"], tail["more"], tail["next_cursor"], tail["offset"]) == (
+        [], False, pages[-1]["next_cursor"], 6)
+    await say("message 6")
+    later = (await get(client, path, limit=2, cursor=pages[-1]["next_cursor"]))["items"][0]
+    assert [d["id"] for d in later["deliveries"]] == [d["id"] for d in (await get(
+        client, path, limit=1, cursor=whole["next_cursor"]))["items"][0]["deliveries"]]
+    assert len(later["deliveries"]) == 1 and later["offset"] == 6
+
+    await say("hello", chat="C10")
+    other = (await get(client, "/admin/api/conversations/chat%3AC10"))["items"][0]["next_cursor"]
+    forged = base64.urlsafe_b64encode(b'[2,"a","0123456789abcdef",1,"dlv_x",0]').decode().rstrip("=")
+    for cursor, said in (("nope", 'query.cursor: not a cursor this API gave: "nope"'),
+                         ("A" * 399, 'not a cursor this API gave: "' + "A" * 99 + "… (401 characters in all)"),
+                         (forged, "a cursor of version 2; this server reads version 1"),
+                         (other, "a cursor of another conversation than the key names"),
+                         ("", "`cursor` takes text of 1 to 400 characters")):
+        resp = await client.get(path, params={"cursor": cursor}, headers=ADMIN)
+        assert resp.status == 400, await resp.text()
+        assert said in (await resp.json())["error"], cursor
+    missing = await client.get("/admin/api/conversations/chat%3Anothing", params={"cursor": other}, headers=ADMIN)
+    assert missing.status == 404, await missing.text()
+    served = await get(client, "/admin/openapi.json")
+    params = {p["name"]: p for p in served["paths"]["/admin/api/conversations/{key}"]["get"]["parameters"]}
+    (given, _) = params["cursor"]["schema"]["anyOf"]
+    assert given["maxLength"] == 400 and "prev_cursor" in given["description"]
+    assert (params["limit"]["schema"]["maximum"], params["limit"]["schema"]["default"]) == (500, 100)
+    view = served["components"]["schemas"]["ConversationView"]["properties"]
+    assert {"more", "offset", "next_cursor", "prev_cursor"} <= set(view)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
@@ -17,6 +18,7 @@ from tests.acceptance.console_app import ADMIN, console_app, threaded_mapping
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 
 CHROMIUM = "/usr/bin/chromium"
+DASH = "\N{EN DASH}"  # between the first and last numbers of a page the console lists
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 
 CONFIG, MAPPINGS = console_app("website")
@@ -358,6 +360,86 @@ async def test_a_conversation_is_filtered_to_by_its_id_in_order_with_its_ticket_
         assert width <= 390, f"the conversation's page scrolls sideways on a phone: {width}px"
         assert errors == []
         assert "null" not in await page.locator("main").inner_text()
+
+
+async def test_a_long_conversation_is_read_page_by_page_older_and_newer_while_messages_arrive(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """In Chromium: a conversation longer than a page (`limit` in the address; 500 unless told) lists its first
+    page, numbered from 1, with **Newer messages**; that page the next ones, numbered on, with **Older
+    messages**; a message arriving meanwhile is listed once, on the last page, which has no **Newer messages**.
+    The page is in the address (reload, back and forward show the same), and an edited one is refused, saying
+    why."""
+    from playwright.async_api import expect
+
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
+    store = runtime(client).store
+    assert store is not None
+    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
+        assert resp.status == 202, await resp.text()
+
+    for n in range(5):
+        await say(f"message {n}")
+    thread_id = f"chat|chat:{THREAD}"
+    base = str(client.make_url("/admin/"))
+    async with chromium_page(tmp_path) as (page, errors, shots):
+        rows = page.locator("section.conversation tbody tr")
+        older = page.get_by_role("link", name="← Older messages")
+        newer = page.get_by_role("link", name="Newer messages →")
+
+        async def listed() -> list[tuple[str, str]]:
+            return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
+                    for r in await rows.all()]
+
+        async def in_order() -> list[str]:
+            [thread] = await store.get_conversations(thread_id)
+            return [d.id for d in thread.deliveries]
+
+        await page.goto(f"{base}#/deliveries?{urlencode({'conversation': thread_id, 'limit': '2'})}")
+        await page.get_by_label("Admin token").fill("admin-secret")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(rows).to_have_count(2)
+        ids = await in_order()
+        assert await listed() == [("1", ids[0]), ("2", ids[1])]
+        await expect(older).to_have_count(0)
+        await expect(newer).to_have_count(2)  # above the table and below it
+        await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 1{DASH}2")
+
+        await newer.first.click()
+        await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 3{DASH}4")
+        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        await expect(older).to_have_count(2)
+        second = page.url
+        await say("message 5")  # arrives while the conversation is read
+        await newer.last.click()
+        await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
+        ids = await in_order()
+        assert len(ids) == 6 and await listed() == [("5", ids[4]), ("6", ids[5])]
+        await expect(newer).to_have_count(0)
+        await expect(older).to_have_count(2)
+        await page.screenshot(path=str(shots / "deliveries-conversation-paged.png"), full_page=True)
+
+        await older.first.click()
+        await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 3{DASH}4")
+        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        await expect(newer).to_have_count(2)
+        await page.go_back()
+        await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
+        await page.reload()
+        await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
+        assert await listed() == [("5", ids[4]), ("6", ids[5])]
+        await older.first.click()
+        await older.first.click()
+        await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 1{DASH}2")
+        await expect(older).to_have_count(0)
+
+        await page.goto(second.replace("from=", "from=x"))
+        await expect(page.get_by_role("alert")).to_contain_text("query.cursor: not a cursor this API gave")
+        assert errors == []
 
 
 async def test_a_view_named_after_an_object_built_in_shows_the_overview(

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from bridge.console.models import read_cursor, write_cursor
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
 from tests.acceptance.cli_store import run
-from tests.acceptance.console_app import ADMIN
+from tests.acceptance.console_app import ADMIN, threaded_mapping
 from tests.acceptance.threaded import serve_in_thread
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.integration.processes import DSN
@@ -78,6 +79,24 @@ async def test_path_and_query_values_the_database_refuses_are_400s_naming_them(
     assert all("LATIN1" in e["error"] and e["code"] == "SQLSTATE 22P05" for e in refusals)
     assert "store.failing" not in [e["event"] for e in logs]
     assert store.problem() is None and store.commit_failures == 0
+
+
+async def test_a_conversation_cursor_whose_place_the_database_refuses_is_a_400_naming_it(
+    latin1_dsn: str, write_config: ConfigFactory, bridge_client: AppClient,
+) -> None:
+    """A conversation's cursor, well made for its conversation but holding a delivery id with 😀 (no cursor the API
+    gives has one), on a LATIN1 database: 400 naming the key and the cursor, and the SQLSTATE."""
+    client = await bridge_client(write_config(CONFIG, {"partner": threaded_mapping()}), store=PostgresStore(latin1_dsn),
+                                 workers=False)
+    resp = await client.post("/hooks/partner", json={"conversation_id": "C1", "text": "Router down"})
+    assert resp.status == 202, await resp.text()
+    resp = await client.get("/admin/api/conversations/chat%3AC1", headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    place = read_cursor((await resp.json())["items"][0]["next_cursor"])
+    cursor = write_cursor(place._replace(at=(place.at[0], f"dlv_{SMILE}")))
+    resp = await client.get("/admin/api/conversations/chat%3AC1", params={"cursor": cursor}, headers=ADMIN)
+    assert await error_of(resp, 400) == f"path.key or query.cursor: {REFUSED}"
+    assert runtime(client).store.problem() is None
 
 
 async def test_body_values_the_database_refuses_are_422s_and_change_nothing(

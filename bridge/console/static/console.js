@@ -177,7 +177,7 @@ async function overview() {
     h("p", { class: "muted" }, `Version ${o.version}, mappings ${o.mappings_version}.`));
 }
 
-const THREAD_MOST = 500; // a conversation's messages listed at once (the most the API gives)
+const THREAD_PAGE = 500; // a conversation's messages a page lists (the most the API gives), unless the address says `limit`
 const EXACT_FILTERS = ["status", "destination", "mapping", "source"];
 
 // Whether the other filters match a delivery of a conversation, as the deliveries API matches them.
@@ -188,16 +188,24 @@ function matches(d, p) {
 }
 const shellQuoted = (text) => `'${text.replaceAll("'", "'\\''")}'`;
 
-async function findConversation(id) {
+// A page of the conversations of a key (`from`: a cursor, the page after or before one of them), or null.
+async function findConversation(id, from, limit) {
   if (id === "." || id === "..") return null; // a URL reads such a path segment as a step: no key is one
-  try { return await api(`/admin/api/conversations/${encodeURIComponent(id)}`, { params: { limit: THREAD_MOST } }); }
+  try { return await api(`/admin/api/conversations/${encodeURIComponent(id)}`, { params: { limit: limit || THREAD_PAGE, cursor: from } }); }
   catch (x) { if (x.status === 404) return null; throw x; }
 }
 
-// A conversation: its ticket once known, then its messages in the order they are sent in.
+// A conversation: its ticket once known, then a page of its messages in the order they are sent in, numbered from
+// its first, with links to the older and newer pages (a cursor each, kept in the address as `from`).
 function conversationSection(v, p) {
   const c = v.conversation;
-  const shown = v.deliveries.map((d, i) => [i + 1, d]).filter(([, d]) => matches(d, p));
+  const shown = v.deliveries.map((d, i) => [v.offset + i + 1, d]).filter(([, d]) => matches(d, p));
+  const pageLink = (cursor, rel, text) => h("a", { href: deliveriesHref({ ...p, from: cursor }), rel, class: "button secondary" }, text);
+  const paged = v.prev_cursor || v.more;
+  const pages = () => h("nav", { class: "row pages", "aria-label": `Pages of conversation ${c.id}` },
+    v.prev_cursor ? pageLink(v.prev_cursor, "prev", "← Older messages") : null,
+    v.deliveries.length ? h("span", { class: "muted" }, `Messages ${v.offset + 1}–${v.offset + v.deliveries.length}`) : null,
+    v.more && v.next_cursor ? pageLink(v.next_cursor, "next", "Newer messages →") : null);
   const rows = shown.map(([n, d]) => h("tr", {},
     h("td", {}, n), h("td", {}, h("a", { href: `#/delivery/${d.id}` }, d.id)),
     h("td", {}, badge(d.status), doubtFlags(d)), h("td", {}, kindOf(d)), h("td", { class: "wrap" }, d.ticket_id || "—"),
@@ -211,10 +219,12 @@ function conversationSection(v, p) {
       : h("span", { class: "ticket muted" }, "No ticket yet: its first message sent makes it; the later ones wait for it.")),
     h("p", { class: "muted" }, `${c.messages} message(s) since ${when(c.started_at_ms)}, the last at ${when(c.last_message_at_ms)}.`,
       shown.length < v.deliveries.length ? ` ${shown.length} of the ${v.deliveries.length} listed match the other filters.` : ""),
+    paged ? pages() : null,
     table([["#"], ["Delivery"], ["Status"], ["Kind"], ["Ticket"], ["Attempts", "hide-narrow"], ["Created", "hide-narrow"],
       ["Last error", "hide-narrow"]], rows, "In the order they are sent in"),
-    v.more ? h("p", { class: "muted" }, `Only its first ${v.deliveries.length} deliveries are listed here; `,
-      h("code", {}, `ticketbridge conversations show ${shellQuoted(c.id)}`), " lists them all.") : null);
+    paged ? pages() : null,
+    v.more ? h("p", { class: "muted" }, "More follow; ", h("code", {}, `ticketbridge conversations show ${shellQuoted(c.id)} --all`),
+      " prints them all.") : null);
 }
 
 async function deliveries() {
@@ -230,6 +240,8 @@ async function deliveries() {
   const withoutConversation = new URLSearchParams(q);
   withoutConversation.delete("conversation");
   withoutConversation.delete("cursor"); // a page of the conversation's deliveries, not of the others'
+  withoutConversation.delete("from"); // a page of that conversation's messages
+  withoutConversation.delete("limit");
   const form = h("form", { class: "filters", role: "search", onsubmit: (e) => {
     e.preventDefault();
     const p = new URLSearchParams();
@@ -264,7 +276,7 @@ async function deliveries() {
   };
   const load = async () => {
     if (!conversation) { body.replaceChildren(...await list()); return; }
-    const found = await findConversation(conversation);
+    const found = await findConversation(conversation, q.get("from"), q.get("limit"));
     if (found) { body.replaceChildren(...found.items.map((v) => conversationSection(v, params))); return; }
     body.replaceChildren(h("p", { class: "warn", id: "no-conversation" }, "No conversation with this key or id is kept (retention removes one a while ",
       "after its last message). Deliveries that name it, newest first:"), ...await list());

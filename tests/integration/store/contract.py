@@ -1115,6 +1115,62 @@ class StoreContract:
         (every,) = await store.get_conversations("k")
         assert len(every.deliveries) == 3
 
+    async def test_a_conversation_is_read_in_slices_by_arrival_both_ways(self, store: Store) -> None:
+        """`conversation_slice` reads a conversation in arrival order a slice at a time: from its start, after a
+        place (the next slice) and before one (the previous), each saying whether others come before and after;
+        a reply with a smaller id, taken later, keeps its place, and another conversation's deliveries never
+        enter."""
+        ids = []
+        for n in range(7):
+            d = make_delivery(conversation="m|k", conversation_key="k",
+                              delivery_id=id_made_behind() if n == 3 else None)
+            await accept_one(store, d)
+            await accept_one(store, make_delivery(conversation="m|other", conversation_key="other"))
+            ids.append(d.id)
+        assert ids[3] < ids[2]
+        first = await store.conversation_slice("m|k", 3)
+        assert ([d.id for d in first.deliveries], first.earlier, first.later) == (ids[:3], False, True)
+        assert [a[1] for a in first.arrivals] == ids[:3]
+        assert first.arrivals == sorted(first.arrivals)
+        second = await store.conversation_slice("m|k", 3, after=first.arrivals[-1])
+        assert ([d.id for d in second.deliveries], second.earlier, second.later) == (ids[3:6], True, True)
+        last = await store.conversation_slice("m|k", 3, after=second.arrivals[-1])
+        assert ([d.id for d in last.deliveries], last.earlier, last.later) == (ids[6:], True, False)
+        beyond = await store.conversation_slice("m|k", 3, after=last.arrivals[-1])
+        assert (beyond.deliveries, beyond.arrivals, beyond.earlier, beyond.later) == ([], [], True, False)
+        back = await store.conversation_slice("m|k", 3, before=last.arrivals[0])
+        assert ([d.id for d in back.deliveries], back.earlier, back.later) == (ids[3:6], True, True)
+        assert back.arrivals == second.arrivals
+        start = await store.conversation_slice("m|k", 2, before=back.arrivals[0])
+        assert ([d.id for d in start.deliveries], start.earlier, start.later) == (ids[1:3], True, True)
+        before_all = await store.conversation_slice("m|k", 2, before=first.arrivals[0])
+        assert (before_all.deliveries, before_all.earlier, before_all.later) == ([], False, True)
+        whole = await store.conversation_slice("m|k", 500)
+        assert ([d.id for d in whole.deliveries], whole.earlier, whole.later) == (ids, False, False)
+        assert (await store.conversation_slice("m|nothing", 5)).deliveries == []
+
+    async def test_a_slice_read_after_a_place_takes_what_arrived_since_once(self, store: Store) -> None:
+        """A conversation read slice after slice while messages arrive lists each of its deliveries once, in
+        arrival order: a slice starts after the last one read, not at a count from the start, so a message
+        arriving meanwhile neither shifts the later slices nor is skipped."""
+        ids = []
+        for _ in range(4):
+            d = make_delivery(conversation="m|k", conversation_key="k")
+            await accept_one(store, d)
+            ids.append(d.id)
+        read: list[str] = []
+        got = await store.conversation_slice("m|k", 3)
+        while got.deliveries:
+            read += [d.id for d in got.deliveries]
+            if len(ids) < 8:  # two more arrive while the conversation is being read
+                for _ in range(2):
+                    d = make_delivery(conversation="m|k", conversation_key="k", delivery_id=id_made_behind())
+                    await accept_one(store, d)
+                    ids.append(d.id)
+            got = await store.conversation_slice("m|k", 3, after=got.arrivals[-1])
+        assert read == ids
+        assert not got.later and got.earlier
+
     async def test_a_held_create_keeps_a_reply_with_a_smaller_id_waiting(self, store: Store) -> None:
         """A create held in doubt keeps the conversation's next message waiting even when that message's id sorts
         before the create's (accepted later by a process whose clock is behind): sent, it would be a second create,

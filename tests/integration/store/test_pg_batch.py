@@ -522,3 +522,37 @@ async def test_a_group_is_run_once_more_after_a_deadlock_and_a_second_fails_the_
             with pytest.raises(StoreUnavailable, match="deadlock detected"):
                 await store.accept(alone, [mail("e")], WEEK)
         assert tries[alone.id] == 2
+
+
+async def test_a_message_held_behind_its_conversation_takes_its_place_after_the_one_committed_first(
+        store: PostgresStore) -> None:
+    """A group's accept of a message in a conversation another transaction is writing (an accept of another process,
+    holding the conversation's row) waits for that transaction before it takes its arrival, so the two are ordered
+    as they commit: a reader following a conversation page after page (`conversation_slice` after the last one
+    read) sees each message once. Before, the group statement inserted its deliveries, taking their arrival,
+    before it upserted their conversations: the message committed second sorted first, and a reader that had read
+    past the first had skipped it."""
+    await accept_one(store, make_delivery(conversation="m|k", conversation_key="k"))
+    other = make_delivery(conversation="m|k", conversation_key="k")
+    admin = await asyncpg.connect(DSN, server_settings={"search_path": store.schema})
+    try:
+        async with admin.transaction():  # another process's accept, as accept_one writes it: the row, then the rest
+            await admin.execute("UPDATE conversations SET messages = messages + 1, stored = stored + 1 "
+                                "WHERE id = 'm|k'")
+            waiting = asyncio.ensure_future(accept_one(store, make_delivery(conversation="m|k", conversation_key="k")))
+            await eventually(lambda: each_waits_on_a_lock(admin, (store,)))
+            await admin.execute("INSERT INTO events (id, source, kind, channel, received_at, data, routed) "
+                                "VALUES ('evt_other', 'partner', 'json', 'webhook', 0, '{}'::bytea, 1)")
+            await admin.execute(
+                "INSERT INTO deliveries (id, event_id, source, mapping, mapping_version, destination, action, status, "
+                "options, next_attempt_at, created_at, updated_at, conversation) SELECT $1, 'evt_other', source, "
+                "mapping, mapping_version, destination, action, 'pending', options, 0, 0, 0, conversation "
+                "FROM deliveries WHERE conversation = 'm|k'", other.id)
+        _, (held,) = await waiting
+    finally:
+        await admin.close()
+    whole = await store.conversation_slice("m|k", 10)
+    assert [d.id for d in whole.deliveries][1:] == [other.id, held]
+    # A reader that read up to the other process's message, before the held one was committed, reads on after it.
+    after = await store.conversation_slice("m|k", 10, after=whole.arrivals[1])
+    assert [d.id for d in after.deliveries] == [held]
