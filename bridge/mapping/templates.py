@@ -63,6 +63,10 @@ from bridge.mapping.limits import (
 )
 
 MAX_RANGE = 10_000
+MAX_ROUND_DIGITS = 100
+"""The most digits `round` rounds to (or above the point, negative): its `ceil` and `floor` build 10**precision,
+one call of seconds past a million digits."""
+MAX_JSON_INDENT = 100
 MAX_RENDERED_CHARS = MAX_RESULT_CHARS
 MAX_EXPONENT = 1_000
 MAX_TEMPLATE_CHARS = 100_000
@@ -73,7 +77,15 @@ MAX_TEMPLATE_BLOCKS = 16
 MAX_TEMPLATE_DEPTH = 64
 MAX_TEMPLATE_BRACKETS = 24  # Jinja's parser recurses a dozen calls deep per bracket
 GLOBAL_NAMES = frozenset({"range"})
-_REMOVED_FILTERS = ("center", "indent", "wordwrap", "format", "random", "d")
+REMOVED_FILTERS = {
+    "center": "it pads to any width in one call; a text's center method (`payload.x.center(20)`) is bounded",
+    "indent": "it lays out text in one call of any size; write replace('\\n', '\\n    ')",
+    "wordwrap": "it lays out text in one call of any size; leave the wrapping to the destination",
+    "format": "it pads to any width in one call; write `'%s-%s' % (a, b)` or `'{}-{}'.format(a, b)`, which are "
+              "bounded",
+    "random": "a render must give the same result each time it runs (a replay, a test)",
+}
+"""Jinja's filters templates do not have, and why."""
 # Filters that never write their input as text (nor copy what it holds more than once), and `join`, which weighs
 # each item itself as it reads it: the others weigh their input first.
 _WRITE_NOTHING = frozenset({
@@ -196,7 +208,8 @@ def _indent_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
 
 
 # Arguments that set how much a filter builds: batch's and slice's counts, tojson's indent.
-_SIZE_ARGUMENTS = {"batch": ("linecount", MAX_RANGE), "slice": ("slices", MAX_RANGE), "tojson": ("indent", 100)}
+_SIZE_ARGUMENTS = {"batch": ("linecount", MAX_RANGE), "slice": ("slices", MAX_RANGE),
+                   "tojson": ("indent", MAX_JSON_INDENT)}
 
 
 def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -534,7 +547,7 @@ def _nesting(tree: nodes.Node) -> tuple[int, int]:
 def make_environment() -> BridgeEnvironment:
     env = BridgeEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, cache_size=0,
                             finalize=BridgeEnvironment.weigh_output)
-    for name in _REMOVED_FILTERS:
+    for name in REMOVED_FILTERS:
         env.filters.pop(name, None)
     env.filters.update(FILTERS)
     env.filters["d"] = FILTERS["default"]
