@@ -22,13 +22,19 @@ Bounds, because payloads come from strangers (limits.py holds them):
   nested blocks), is a compile error (`parse_checked`).
 Jinja's padding filters (center, indent, wordwrap, format) and `random` are removed. What would take time in the
 square of its input in one call no budget can stop is bounded before it runs: `strip` (filter and methods) and
-`trim` with many characters to strip (filters.stripped), `pprint` of a deep and heavy value (PPRINT_COST), and
-`encode`/`decode` with the idna or punycode codec (refused).
+`trim` with many characters to strip (filters.stripped), `pprint` of a deep and heavy value (PPRINT_COST),
+`encode`/`decode` with the idna or punycode codec (refused), and `urlize` on a long word (URLIZE_WORD). Jinja's
+filters that are one call no look at the clock can stop are bounded before it: a sort (`sort`, `dictsort`,
+`groupby`) by its count of items (MAX_SORTED, and limits.LOOP_SORTED on the loop), `round` by its digits
+(MAX_ROUND_DIGITS); and those that loop in Python without a look (`urlize`, `xmlattr`, `urlencode`, `tojson` with an
+indent) run on pieces of their input, with a look and their output counted between pieces. What each built-in's
+arguments must be is checked when a mapping loads (builtins.py).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,7 +44,7 @@ from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.filters import do_pprint
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markupsafe import soft_str
+from markupsafe import Markup, escape, soft_str
 
 from bridge.escaping import quoted_sent
 from bridge.mapping.filters import FEW_CHARS, FILTERS, stripped
@@ -52,6 +58,7 @@ from bridge.mapping.limits import (
     budget_iter,
     check_int,
     check_large,
+    check_large_sort,
     check_size,
     check_time,
     check_weight,
@@ -63,6 +70,9 @@ from bridge.mapping.limits import (
 )
 
 MAX_RANGE = 10_000
+MAX_SORTED = 10_000
+"""The most items `sort`, `dictsort` and `groupby` sort: Python's sort is one call no budget can stop (some 10 ms for
+10,000 items; a 1 MiB payload's half a million numbers: 0.2 s of one C call, holding the interpreter)."""
 MAX_ROUND_DIGITS = 100
 """The most digits `round` rounds to (or above the point, negative): its `ceil` and `floor` build 10**precision,
 one call of seconds past a million digits."""
@@ -97,6 +107,7 @@ _WRITE_NOTHING = frozenset({
 _ITERATING = frozenset({"map", "select", "reject", "selectattr", "rejectattr", "list", "sort", "unique",
                         "batch", "slice", "groupby", "min", "max"})
 _CONCATENATING = frozenset({"sum"})
+_SORTING = frozenset({"sort", "dictsort", "groupby"})  # their input read whole and counted first (_to_sort)
 _PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
 _REFUSED_METHODS = frozenset({"translate", "maketrans"})  # a table can map each character to a long text
 _STRIPPING_METHODS = frozenset({"strip", "lstrip", "rstrip"})
@@ -178,8 +189,9 @@ def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     it as text, read through a checking iterator when it iterates, size arguments checked, and its result
     weighed after."""
     skip = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0
-    wrap: Callable[[Iterable[Any]], Iterator[Any]] | None = (
-        budget_iter if name in _ITERATING else sized_iter if name in _CONCATENATING else None)
+    wrap: Callable[[Iterable[Any]], Iterable[Any]] | None = (
+        _to_sort if name in _SORTING else budget_iter if name in _ITERATING
+        else sized_iter if name in _CONCATENATING else None)
     writes = name not in _WRITE_NOTHING
 
     @functools.wraps(fn)
@@ -203,13 +215,24 @@ def _indent_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         return 1
     if name == "tojson":
         indent = args[0] if args else kwargs.get("indent")
-        return indent if isinstance(indent, int) and indent > 0 else 0
+        return indent if isinstance(indent, int) and indent > 0 else len(indent) if isinstance(indent, str) else 0
     return 0
 
 
-# Arguments that set how much a filter builds: batch's and slice's counts, tojson's indent.
+def _to_sort(value: Iterable[Any]) -> Iterable[Any]:
+    """What a sorting filter sorts, read under the budget (a table as it is: `dictsort` sorts its items), refused
+    past MAX_SORTED items, and not sorted on the loop past limits.LOOP_SORTED."""
+    items = value if isinstance(value, Mapping) else list(budget_iter(value))
+    if len(items) > MAX_SORTED:
+        raise BudgetExceeded(f"sorting {len(items):,} items is over the limit of {MAX_SORTED:,}")
+    check_large_sort(len(items))
+    return items
+
+
+# Arguments that set how much a filter builds or how long its one call takes: batch's and slice's counts, tojson's
+# indent (a number of spaces, or the text itself), round's digits.
 _SIZE_ARGUMENTS = {"batch": ("linecount", MAX_RANGE), "slice": ("slices", MAX_RANGE),
-                   "tojson": ("indent", MAX_JSON_INDENT)}
+                   "tojson": ("indent", MAX_JSON_INDENT), "round": ("precision", MAX_ROUND_DIGITS)}
 
 
 def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -217,8 +240,10 @@ def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         return
     key, limit = _SIZE_ARGUMENTS[name]
     value = args[0] if args else kwargs.get(key)
-    if isinstance(value, int) and value > limit:
-        raise BudgetExceeded(f"{name}: {key} of {value} is over the limit of {limit}")
+    size = abs(value) if isinstance(value, int) else len(value) if isinstance(value, str) else 0
+    if size > limit:
+        raise BudgetExceeded(f"{name}: {key} of {f'{size} characters' if isinstance(value, str) else value} is "
+                             f"over the limit of {limit}")
 
 
 class BridgeEnvironment(ImmutableSandboxedEnvironment):
@@ -553,10 +578,141 @@ def make_environment() -> BridgeEnvironment:
     env.filters["d"] = FILTERS["default"]
     env.filters["trim"] = _trim
     env.filters["pprint"] = _pprint
+    env.filters["urlize"] = _urlize_in_pieces(env.filters["urlize"])
+    env.filters["xmlattr"] = _xmlattr_in_pieces(env.filters["xmlattr"])
+    env.filters["urlencode"] = _urlencode_in_pieces(env.filters["urlencode"])
+    env.filters["tojson"] = _tojson_in_pieces(env.filters["tojson"])
     env.filters = {name: _guard_filter(name, fn) for name, fn in env.filters.items()}
     env.globals.clear()
     env.globals.update({"range": _bounded_range})
     return env
+
+
+# -- Jinja's filters that loop in Python with no look at the clock, run on pieces of their input ------------------
+# Each piece is what the filter gives for it on the whole, so the result is Jinja's; the clock is looked at, and the
+# result's size counted, between pieces.
+
+_PIECE_CHARS = 16_384
+_PIECE_ITEMS = 256
+URLIZE_WORD = 4_096
+"""The longest word (a run without whitespace) `urlize` makes a link of: longer ones, far past any real address, are
+written escaped as they are. Jinja's urlize takes time in the square of a word's length on some words (`a(a(…)))`:
+half a second for 480,000 characters)."""
+_WHITESPACE = re.compile(r"(\s+)")  # how Jinja's urlize splits a text into words
+
+
+def _urlize_in_pieces(urlize: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `urlize` on pieces of some _PIECE_CHARS characters cut between words, a word longer than
+    URLIZE_WORD left as text."""
+
+    @functools.wraps(urlize)
+    def pieces(eval_ctx: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        words = _WHITESPACE.split(escape(value))  # as Jinja's first step: it leaves the escaped text as it is
+        out: list[str] = []
+        size = 0
+        chunk: list[str] = []
+        held = 0
+
+        def flush() -> None:
+            nonlocal size, held
+            if chunk:
+                # Escaped text, which urlize would escape again as it begins, were it not marked so.
+                out.append(str(urlize(eval_ctx, Markup("".join(chunk)), *args, **kwargs)))  # noqa: S704
+                size += len(out[-1])
+                chunk.clear()
+                held = 0
+                check_time()
+                if size > MAX_RESULT_CHARS:
+                    raise too_long(size)
+
+        for word in words:
+            if len(word) > URLIZE_WORD:
+                flush()
+                out.append(word)
+                size += len(word)
+            else:
+                chunk.append(word)
+                held += len(word)
+                if held >= _PIECE_CHARS:
+                    flush()
+        flush()
+        text = "".join(out)
+        return Markup(text) if eval_ctx.autoescape else text  # noqa: S704 - escaped, as Jinja's urlize gives it
+
+    return pieces
+
+
+def _xmlattr_in_pieces(xmlattr: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `xmlattr` on pieces of _PIECE_ITEMS items of the table."""
+
+    @functools.wraps(xmlattr)
+    def pieces(eval_ctx: Any, d: Any, autospace: bool = True) -> Any:
+        if not isinstance(d, Mapping) or len(d) <= _PIECE_ITEMS:
+            return xmlattr(eval_ctx, d, autospace)
+        items = list(d.items())
+        parts = []
+        size = 0
+        for at in range(0, len(items), _PIECE_ITEMS):
+            part = str(xmlattr(eval_ctx, dict(items[at:at + _PIECE_ITEMS]), False))
+            size += len(part) + 1
+            check_time()
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+            if part:
+                parts.append(part)
+        text = " ".join(parts)
+        if autospace and text:
+            text = " " + text
+        return Markup(text) if eval_ctx.autoescape else text  # noqa: S704 - escaped, as Jinja's xmlattr gives it
+
+    return pieces
+
+
+def _urlencode_in_pieces(urlencode: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `urlencode` of a table or a list of pairs on pieces of _PIECE_ITEMS pairs."""
+
+    @functools.wraps(urlencode)
+    def pieces(value: Any) -> Any:
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            return urlencode(value)
+        pairs = list(budget_iter(value.items() if isinstance(value, dict) else value))
+        parts = []
+        size = 0
+        for at in range(0, len(pairs), _PIECE_ITEMS):
+            parts.append(urlencode(pairs[at:at + _PIECE_ITEMS]))
+            size += len(parts[-1]) + 1
+            check_time()
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+        return "&".join(parts)
+
+    return pieces
+
+
+def _tojson_in_pieces(tojson: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `tojson`; with an indent, which Python's JSON encoder writes in Python, not in one call, written
+    piece by piece, with a look at the clock every _PIECE_ITEMS pieces and refused once past the cap."""
+
+    @functools.wraps(tojson)
+    def pieces(eval_ctx: Any, value: Any, indent: Any = None) -> Any:
+        policies = eval_ctx.environment.policies
+        if indent is None or policies["json.dumps_function"] is not None:
+            return tojson(eval_ctx, value, indent)
+        encoder = json.JSONEncoder(**{**policies["json.dumps_kwargs"], "indent": indent})
+        out = []
+        size = 0
+        for n, part in enumerate(encoder.iterencode(value), 1):
+            size += len(part)
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+            if not n % _PIECE_ITEMS:
+                check_time()
+            out.append(part)
+        # As Jinja's htmlsafe_json_dumps: safe inside HTML, and in a <script>.
+        text = "".join(out).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        return Markup(text.replace("'", "\\u0027"))  # noqa: S704 - JSON, with nothing HTML reads as markup
+
+    return pieces
 
 
 def _bounded_range(*args: Any) -> range:

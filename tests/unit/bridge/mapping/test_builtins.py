@@ -1,23 +1,36 @@
-"""Jinja's own filters and tests in templates: their literal arguments checked when a mapping loads (builtins.py)."""
+"""Jinja's own filters and tests in templates: their literal arguments checked when a mapping loads (builtins.py),
+and the ones that loop or sort in one call bounded at render (templates.py)."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bridge.mapping import limits, templates
 from bridge.mapping.arguments import ALIASES
 from bridge.mapping.builtins import FILTER_ARGUMENTS, TEST_ARGUMENTS, params_of
 from bridge.mapping.compiled import compile_when
-from bridge.mapping.compiler import CompileError, compile_field
+from bridge.mapping.compiler import CompileError, RenderError, compile_field
 from bridge.mapping.filters import FILTERS
-from bridge.mapping.templates import ENV
+from bridge.mapping.templates import ENV, MAX_SORTED, URLIZE_WORD
 
 
 def ctx(payload: Any, **vars_: Any) -> dict[str, Any]:
     return {"payload": payload, "headers": {}, "event": {"id": "evt_1"}, "vars": vars_}
+
+
+@contextmanager
+def sliced(seconds: float) -> Iterator[None]:
+    token = limits.start_slice(seconds)
+    try:
+        yield
+    finally:
+        limits.end_slice(token)
 
 
 # -- checked at load ------------------------------------------------------------------------------------------------
@@ -213,3 +226,77 @@ def test_every_argument_of_every_builtin_is_declared() -> None:
     for name in apart:
         assert [p.kind for p in params_of(ENV.filters[name])] == [inspect.Parameter.VAR_POSITIONAL,
                                                                    inspect.Parameter.VAR_KEYWORD], name
+
+
+# -- bounded at render ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("template", ["{{ payload.xs | sort | length }}", "{{ payload.t | dictsort | length }}",
+                                      "{{ payload.rows | groupby('s') | length }}"])
+def test_a_sort_of_more_items_than_the_limit_is_refused_before_it_runs(template: str) -> None:
+    """Python's sort is one call no time budget can stop (0.2 s for half a million numbers): past MAX_SORTED items a
+    sort is a render error instead."""
+    n = MAX_SORTED + 1
+    payload = {"xs": list(range(n)), "t": {str(i): i for i in range(n)}, "rows": [{"s": i % 3} for i in range(n)]}
+    field = compile_field("f", template)
+    with pytest.raises(RenderError, match=f"sorting {n:,} items is over the limit of {MAX_SORTED:,}"):
+        field(ctx(payload))
+    smaller = {key: value[:MAX_SORTED] if isinstance(value, list) else dict(list(value.items())[:MAX_SORTED])
+               for key, value in payload.items()}
+    assert field(ctx(smaller)) in (str(MAX_SORTED), "3")
+
+
+def test_a_sort_too_long_for_a_loop_slice_ends_it_before_it_begins() -> None:
+    """On the loop, a sort of more than LOOP_SORTED items (small enough for the loop by weight) is not begun: the
+    render goes off the loop, where it sorts them."""
+    field = compile_field("f", "{{ payload.xs | sort | first }}")
+    xs = [1] * (limits.LOOP_SORTED + 1)
+    assert limits.text_weight(xs) <= limits.LOOP_BULK_CHARS
+    with sliced(60.0), pytest.raises(limits.SliceOver):
+        field(ctx({"xs": xs}))
+    with sliced(60.0):
+        assert field(ctx({"xs": xs[:limits.LOOP_SORTED]})) == "1"
+    assert field(ctx({"xs": xs})) == "1"
+
+
+def looks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the looks templates.py takes at the clock."""
+    seen: list[int] = []
+    check = templates.check_time
+
+    def counted() -> None:
+        seen.append(1)
+        check()
+
+    monkeypatch.setattr(templates, "check_time", counted)
+    return seen
+
+
+@pytest.mark.parametrize(("template", "payload", "pieces"), [
+    ("{{ payload.s | urlize | length }}", {"s": "see www.example.com/p " * 10_000}, 220_000 // 16_384),
+    ("{{ payload.t | xmlattr | length }}", {"t": {f"k{i}": i for i in range(5_000)}}, 5_000 // 256),
+    ("{{ payload.t | urlencode | length }}", {"t": {f"k{i}": i for i in range(5_000)}}, 5_000 // 256),
+    ("{{ payload.t | tojson(1) | length }}", {"t": {f"k{i}": i for i in range(5_000)}}, 10_000 // 256),
+])
+def test_builtins_that_loop_in_python_look_at_the_clock_as_they_go(
+        monkeypatch: pytest.MonkeyPatch, template: str, payload: dict[str, Any], pieces: int) -> None:
+    """urlize, xmlattr, urlencode and tojson with an indent loop over their input in Python without a look at the
+    clock (0.3 to 0.5 s on a 1 MiB payload): they run on pieces of it, with a look between each, and give what Jinja
+    gives on the whole."""
+    field = compile_field("f", template)
+    seen = looks(monkeypatch)
+    out = field(ctx(payload))
+    assert len(seen) >= pieces
+    assert out == ImmutableSandboxedEnvironment().from_string(template).render(ctx(payload))
+
+
+def test_urlize_leaves_a_word_longer_than_any_address_as_text() -> None:
+    """Jinja's urlize takes time in the square of a word's length on some words (`a(a(…)))`: half a second for
+    480,000 characters, in one call): a word over URLIZE_WORD characters is written as it is, escaped, even one that
+    reads as an address."""
+    word = "https://example.com/?q=<" + "a(" * URLIZE_WORD + ")" * URLIZE_WORD
+    text = f"see www.example.com and {word} then a@b.co"
+    out = compile_field("f", "{{ payload.s | urlize }}")(ctx({"s": text}))
+    assert out == ('see <a href="https://www.example.com" rel="noopener">www.example.com</a> and '
+                   f'{word.replace("<", "&lt;")} then <a href="mailto:a@b.co">a@b.co</a>')
+    linked = "https://example.com/" + "a" * (URLIZE_WORD - 20)
+    assert compile_field("f", "{{ payload.s | urlize }}")(ctx({"s": linked})).startswith(f'<a href="{linked}"')
