@@ -34,10 +34,11 @@ arguments must be is checked when a mapping loads (builtins.py).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
@@ -221,10 +222,13 @@ def _indent_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
 
 def _to_sort(value: Iterable[Any]) -> Iterable[Any]:
     """What a sorting filter sorts, read under the budget (a table as it is: `dictsort` sorts its items), refused
-    past MAX_SORTED items, and not sorted on the loop past limits.LOOP_SORTED."""
-    items = value if isinstance(value, Mapping) else list(budget_iter(value))
+    past MAX_SORTED items (counted before a list is read, and an iterator read no further), and not sorted on the
+    loop past limits.LOOP_SORTED."""
+    if isinstance(value, Sized) and len(value) > MAX_SORTED:
+        raise BudgetExceeded(f"sorting {len(value):,} items is over the limit of {MAX_SORTED:,}")
+    items = value if isinstance(value, Mapping) else list(itertools.islice(budget_iter(value), MAX_SORTED + 1))
     if len(items) > MAX_SORTED:
-        raise BudgetExceeded(f"sorting {len(items):,} items is over the limit of {MAX_SORTED:,}")
+        raise BudgetExceeded(f"sorting more than {MAX_SORTED:,} items is over the limit of {MAX_SORTED:,}")
     check_large_sort(len(items))
     return items
 

@@ -245,6 +245,14 @@ def test_a_sort_of_more_items_than_the_limit_is_refused_before_it_runs(template:
     assert field(ctx(smaller)) in (str(MAX_SORTED), "3")
 
 
+def test_a_sort_of_an_iterator_reads_no_further_than_the_limit() -> None:
+    """What is not a list (a filter's output) is read one item past the limit, no further."""
+    field = compile_field("f", "{{ payload.xs | map('abs') | sort | length }}")
+    with pytest.raises(RenderError, match=f"sorting more than {MAX_SORTED:,} items is over the limit"):
+        field(ctx({"xs": range(-10 * MAX_SORTED, 0)}))
+    assert field(ctx({"xs": range(-MAX_SORTED, 0)})) == str(MAX_SORTED)
+
+
 def test_a_sort_too_long_for_a_loop_slice_ends_it_before_it_begins() -> None:
     """On the loop, a sort of more than LOOP_SORTED items (small enough for the loop by weight) is not begun: the
     render goes off the loop, where it sorts them."""
