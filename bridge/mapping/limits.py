@@ -119,12 +119,13 @@ def check_large(value: Any) -> None:
 
 LOOP_SORTED = 2_048
 """The most items a sort (`sort`, `dictsort`, `groupby`: one call that may not stop part-way) may begin on under a
-loop slice: about a millisecond of it. More end the slice (`check_large_sort`), for the render to run off the loop."""
+loop slice: about a millisecond of it. More end the slice (`check_loop_count`), for the render to run off the loop."""
 
 
-def check_large_sort(count: int) -> None:
-    """Before a sort of `count` items: under a loop slice, more than LOOP_SORTED end the slice at once (SliceOver)."""
-    if count > LOOP_SORTED and _deadline.get()[3]:
+def check_loop_count(count: int, most: int) -> None:
+    """Before one call on `count` items that may not stop part-way (a sort, a pretty print): under a loop slice, more
+    than `most` end the slice at once (SliceOver)."""
+    if count > most and _deadline.get()[3]:
         raise SliceOver
 
 

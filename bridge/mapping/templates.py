@@ -50,6 +50,7 @@ from markupsafe import Markup, escape, soft_str
 from bridge.escaping import quoted_sent
 from bridge.mapping.filters import FEW_CHARS, FILTERS, stripped
 from bridge.mapping.limits import (
+    LOOP_SORTED,
     MAX_INT_BITS,
     MAX_INT_DIGITS,
     MAX_RESULT_CHARS,
@@ -59,7 +60,7 @@ from bridge.mapping.limits import (
     budget_iter,
     check_int,
     check_large,
-    check_large_sort,
+    check_loop_count,
     check_size,
     check_time,
     check_weight,
@@ -117,6 +118,12 @@ _SLOW_CODECS = frozenset({"idna", "punycode"})
 length (punycode's 16,000 distinct characters: 30 s in one call, which no budget stops; idna runs it on each label).
 Names are compared by their ASCII letters and digits alone, lower-cased: no spelling Python's codec look-up accepts
 slips past."""
+PPRINT_ITEMS = 2_000
+"""The most items (in all its lists and tables) a value `pprint` lays out may hold: it is Python's pprint, one call
+no look at the clock stops, some 15 µs an item of a table (a 3,600-key table held the loop 57 ms; 87,000 keys took
+1.8 s)."""
+LOOP_PPRINT_ITEMS = 256
+"""The most items a `pprint` may begin on under a loop slice (some 4 ms): more end the slice."""
 PPRINT_COST = 64 * MAX_RESULT_CHARS
 """`pprint` lays a nested value out by writing, at each level, all that lies below it (to see whether it fits a
 line), and building each of those texts from the level below: its cost grows with the value's weight times the
@@ -229,7 +236,7 @@ def _to_sort(value: Iterable[Any]) -> Iterable[Any]:
     items = value if isinstance(value, Mapping) else list(itertools.islice(budget_iter(value), MAX_SORTED + 1))
     if len(items) > MAX_SORTED:
         raise BudgetExceeded(f"sorting more than {MAX_SORTED:,} items is over the limit of {MAX_SORTED:,}")
-    check_large_sort(len(items))
+    check_loop_count(len(items), LOOP_SORTED)
     return items
 
 
@@ -422,9 +429,14 @@ def _trim(value: Any, chars: Any = None) -> str:
 
 
 def _pprint(value: Any) -> str:
-    """Jinja's `pprint`, refused when the value's weight times its depth squared passes PPRINT_COST."""
+    """Jinja's `pprint`, refused when the value holds more than PPRINT_ITEMS items, or its weight times its depth
+    squared passes PPRINT_COST; on the loop, not begun on more than LOOP_PPRINT_ITEMS items."""
     if isinstance(value, WEIGHED):
-        depth = _depth(value)
+        depth, items = _shape(value)
+        if items > PPRINT_ITEMS:
+            raise BudgetExceeded(f"pprint: a value of more than {PPRINT_ITEMS:,} items would take too long to lay out "
+                                 "(it is one call no time budget can stop); tojson writes it at once")
+        check_loop_count(items, LOOP_PPRINT_ITEMS)
         weight = text_weight(value, PPRINT_COST // max(depth * depth, 1), indent=1)
         if weight * depth * depth > PPRINT_COST:
             raise BudgetExceeded(f"pprint: a value {depth} levels deep weighing at least {weight} characters would "
@@ -433,18 +445,21 @@ def _pprint(value: Any) -> str:
     return do_pprint(value)
 
 
-def _depth(value: Any) -> int:
-    """How many lists, tuples, sets or tables deep `value` nests (1 for one that holds none), found by a walk under
-    the time budget."""
-    deepest = 0
+def _shape(value: Any) -> tuple[int, int]:
+    """How many lists, tuples, sets or tables deep `value` nests (1 for one that holds none), and how many items they
+    hold in all, found by a walk under the time budget that stops once past PPRINT_ITEMS items."""
+    deepest = items = 0
     todo: list[tuple[Any, int]] = [(value, 1)]
     while todo:
         container, depth = todo.pop()
         deepest = max(deepest, depth)
+        items += len(container)
+        if items > PPRINT_ITEMS:
+            break
         check_time()
         members = container.values() if isinstance(container, dict) else container
         todo += [(member, depth + 1) for member in members if isinstance(member, WEIGHED) and member]
-    return deepest
+    return deepest, items
 
 
 def _check_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
