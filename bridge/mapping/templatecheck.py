@@ -85,7 +85,7 @@ def _literal(node: nodes.Node) -> Any:
             items if isinstance(node, nodes.List) else tuple(items))
     if isinstance(node, nodes.Dict):
         pairs = [(_literal(pair.key), _literal(pair.value)) for pair in node.items]
-        if any(UNKNOWN in pair for pair in pairs) or not all(_hashable(key) for key, _ in pairs):
+        if any(key is UNKNOWN or value is UNKNOWN or not _hashable(key) for key, value in pairs):
             return UNKNOWN
         return dict(pairs)
     return UNKNOWN
