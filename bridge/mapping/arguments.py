@@ -115,7 +115,8 @@ ALIASES = {"d": "default", "trim": "strip"}
 as that filter."""
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """`value` as an error shows a literal: YAML's words for booleans and null, else quoted."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "null" if value is None else quoted(value)
@@ -143,17 +144,35 @@ def argument_problems(name: str, args: Sequence[Any], kwargs: Mapping[str, Any] 
     if fn is None:
         return []
     params = list(inspect.signature(fn).parameters.values())[1:]  # the first is the value filtered
-    declared = ARGUMENTS.get(name, {})
+    problems = call_problems(name, params, ARGUMENTS.get(name, {}), args, kwargs or {})
+    if problems:
+        return problems
+    return _cross_problems(name, {p.name: p.default for p in params} | dict(
+        zip([p.name for p in params], args, strict=False)) | dict(kwargs or {}))
+
+
+def call_problems(name: str, params: Sequence[inspect.Parameter], declared: Mapping[str, Arg], args: Sequence[Any],
+                  kwargs: Mapping[str, Any]) -> list[str]:
+    """What is wrong with `args` and `kwargs` given to `name`, whose parameters (after the value) are `params` and
+    whose arguments' rules are `declared`: too many, an unknown name, one given twice, one missing, or a value its
+    rule refuses. A parameter Python takes only in place (`/`) is not given by name."""
+    in_place = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    by_name = {p.name: p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                        inspect.Parameter.KEYWORD_ONLY)}
     names = [p.name for p in params]
     takes = (f"it takes {len(params)} argument{'' if len(params) == 1 else 's'} ({', '.join(names)})"
              if params else "it takes no arguments")
-    if len(args) > len(params):
-        return [f"{name} was given {len(args)} arguments, but {takes}"
+    if len(args) > len(in_place):
+        return [f"{name} was given {len(args)} argument{'' if len(args) == 1 else 's'}, but {takes}"
                 + (f": write e.g. {_first_example(declared)}" if params else f": write {name}")]
-    given = dict(zip(names, args, strict=False))
-    for key, value in (kwargs or {}).items():
-        if key not in names:
-            return [f"{name} has no argument {key!r}: {takes}"]
+    given = dict(zip([p.name for p in in_place], args, strict=False))
+    for key, value in kwargs.items():
+        if key in names and key not in by_name:
+            return [f"{name} takes its {key} in place, not by name: write e.g. {_first_example(declared)}"]
+        if key not in by_name:
+            return [f"{name} has no argument {key!r}: {takes}"
+                    + (f": write e.g. {_first_example(declared)}" if params else f": write {name}")]
         if key in given:
             return [f"{name} was given its {key} twice (in place and by name)"]
         given[key] = value
@@ -164,8 +183,8 @@ def argument_problems(name: str, args: Sequence[Any], kwargs: Mapping[str, Any] 
     for key, value in given.items():
         arg = declared.get(key)
         if arg is not None and value is not UNKNOWN and not arg.fits(value):
-            problems.append(f"{arg.role} must be {arg.takes}, not {_shown(value)}: write e.g. {arg.example}")
-    return problems or _cross_problems(name, {p.name: p.default for p in params} | given)
+            problems.append(f"{arg.role} must be {arg.takes}, not {shown(value)}: write e.g. {arg.example}")
+    return problems
 
 
 def _first_example(declared: Mapping[str, Arg]) -> str:

@@ -167,10 +167,10 @@ def compile_when(text: str, vars_: Mapping[str, Any] | None = None) -> Callable[
     except (RecursionError, MemoryError, SyntaxError) as exc:  # Python's limits on the code Jinja generates
         raise CompileError(too_deep("expression", exc)) from None
     except TemplateSyntaxError as exc:
-        # Jinja refuses an unknown filter here, as a syntax error; the template check names it with the
+        # Jinja refuses an unknown filter or test here, as a syntax error; the template check names it with the
         # nearest known one and the list, as for templates.
         named = [m for m in check_template(f"{{{{ {text} }}}}", vars_, kind="expression")
-                 if m.startswith("unknown filter")]
+                 if m.startswith(("unknown filter", "unknown test"))]
         if named:
             raise CompileError.collect([CompileError(m) for m in named]) from None
         raise CompileError(f"expression syntax error: {exc.message}") from None

@@ -117,6 +117,18 @@ def check_large(value: Any) -> None:
         raise SliceOver
 
 
+LOOP_SORTED = 2_048
+"""The most items a sort (`sort`, `dictsort`, `groupby`: one call that may not stop part-way) may begin on under a
+loop slice: about a millisecond of it. More end the slice (`check_loop_count`), for the render to run off the loop."""
+
+
+def check_loop_count(count: int, most: int) -> None:
+    """Before one call on `count` items that may not stop part-way (a sort, a pretty print): under a loop slice, more
+    than `most` end the slice at once (SliceOver)."""
+    if count > most and _deadline.get()[3]:
+        raise SliceOver
+
+
 def after_large(fn: Callable[..., T], value: Any, *args: Any) -> T:
     """`fn(value, *args)`, a filter on a value that is not small (see SMALL_CHARS): not begun on the loop when the
     value is too large for it (`check_large`), and followed by a look at the clock."""

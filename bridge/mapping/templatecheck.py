@@ -8,10 +8,11 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta, nodes
 
-from bridge.mapping.arguments import UNKNOWN, argument_problems
+from bridge.mapping.arguments import UNKNOWN
+from bridge.mapping.builtins import filter_problems, jinja_test_problems, known_tests
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.paths import ROOTS
-from bridge.mapping.templates import ENV, GLOBAL_NAMES, TemplateShapeError, parse_checked
+from bridge.mapping.templates import ENV, GLOBAL_NAMES, REMOVED_FILTERS, TemplateShapeError, parse_checked
 from bridge.yamlfile import did_you_mean
 
 
@@ -25,18 +26,25 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
     except TemplateSyntaxError as exc:
         return [f"template syntax error at template line {exc.lineno}: {exc.message}"]
     problems: list[str] = []
-    for node in tree.find_all(nodes.Filter):
-        if node.name not in ENV.filters:
-            problems.append(f"unknown filter {node.name!r} in the {kind}{did_you_mean(node.name, ENV.filters)}; "
-                            "known filters: "
-                            f"{', '.join(sorted(FILTERS))} and Jinja's built-ins (length, list, …)")
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        what = "filter" if isinstance(node, nodes.Filter) else "test"
+        known = ENV.filters if what == "filter" else ENV.tests
+        if what == "filter" and node.name in REMOVED_FILTERS:
+            problems.append(f"the {node.name} filter is not available in templates: {REMOVED_FILTERS[node.name]}")
+            continue
+        if node.name not in known:
+            problems.append(f"unknown {what} {node.name!r} in the {kind}{did_you_mean(node.name, known)}; "
+                            + (f"known filters: {', '.join(sorted(FILTERS))} and Jinja's built-ins (length, list, …)"
+                               if what == "filter" else f"known tests: {known_tests()}"))
             continue
         if node.dyn_args is not None or node.dyn_kwargs is not None:  # `f(*xs)`: the arguments are not known
             continue
-        found = argument_problems(node.name, [_literal(a) for a in node.args],
-                                  {str(kw.key): _literal(kw.value) for kw in node.kwargs})
+        args = [_literal(a) for a in node.args]
+        kwargs = {str(kw.key): _literal(kw.value) for kw in node.kwargs}
+        found = filter_problems(node.name, args, kwargs) if what == "filter" else \
+            jinja_test_problems(node.name, args, kwargs)
         if found:
-            problems.append(f"bad arguments to the {node.name} filter: {'; '.join(found)}")
+            problems.append(f"bad arguments to the {node.name} {what}: {'; '.join(found)}")
     if problems:
         return problems  # the name analysis below compiles the template, which needs known filters
     try:
@@ -63,14 +71,28 @@ def check_template(text: str, vars_: Mapping[str, Any] | None, kind: str = "temp
     return problems
 
 
-def _literal(node: nodes.Expr) -> Any:
-    """A filter argument's value when the template writes it as a literal (`100`, `-5`, `'x'`), else UNKNOWN."""
+def _literal(node: nodes.Node) -> Any:
+    """An argument's value when the template writes it as a literal (`100`, `-5`, `'x'`, `['a', 1]`, `{'k': 'v'}`),
+    else UNKNOWN."""
     if isinstance(node, nodes.Const):
         return node.value
     if isinstance(node, nodes.Neg) and isinstance(node.node, nodes.Const) \
             and isinstance(node.node.value, int | float) and not isinstance(node.node.value, bool):
         return -node.node.value
+    if isinstance(node, nodes.List | nodes.Tuple):
+        items = [_literal(item) for item in node.items]
+        return UNKNOWN if any(item is UNKNOWN for item in items) else (
+            items if isinstance(node, nodes.List) else tuple(items))
+    if isinstance(node, nodes.Dict):
+        pairs = [(_literal(pair.key), _literal(pair.value)) for pair in node.items]
+        if any(key is UNKNOWN or value is UNKNOWN or not _hashable(key) for key, value in pairs):
+            return UNKNOWN
+        return dict(pairs)
     return UNKNOWN
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool | type(None))
 
 
 def too_deep(kind: str, exc: BaseException) -> str:

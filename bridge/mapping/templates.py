@@ -22,27 +22,35 @@ Bounds, because payloads come from strangers (limits.py holds them):
   nested blocks), is a compile error (`parse_checked`).
 Jinja's padding filters (center, indent, wordwrap, format) and `random` are removed. What would take time in the
 square of its input in one call no budget can stop is bounded before it runs: `strip` (filter and methods) and
-`trim` with many characters to strip (filters.stripped), `pprint` of a deep and heavy value (PPRINT_COST), and
-`encode`/`decode` with the idna or punycode codec (refused).
+`trim` with many characters to strip (filters.stripped), `pprint` of a deep and heavy value (PPRINT_COST),
+`encode`/`decode` with the idna or punycode codec (refused), and `urlize` on a long word (URLIZE_WORD). Jinja's
+filters that are one call no look at the clock can stop are bounded before it: a sort (`sort`, `dictsort`,
+`groupby`) by its count of items (MAX_SORTED, and limits.LOOP_SORTED on the loop), `round` by its digits
+(MAX_ROUND_DIGITS); and those that loop in Python without a look (`urlize`, `xmlattr`, `urlencode`, `tojson` with an
+indent) run on pieces of their input, with a look and their output counted between pieces. What each built-in's
+arguments must be is checked when a mapping loads (builtins.py).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.filters import do_pprint
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markupsafe import soft_str
+from markupsafe import Markup, escape, soft_str
 
 from bridge.escaping import quoted_sent
 from bridge.mapping.filters import FEW_CHARS, FILTERS, stripped
 from bridge.mapping.limits import (
+    LOOP_SORTED,
     MAX_INT_BITS,
     MAX_INT_DIGITS,
     MAX_RESULT_CHARS,
@@ -52,6 +60,7 @@ from bridge.mapping.limits import (
     budget_iter,
     check_int,
     check_large,
+    check_loop_count,
     check_size,
     check_time,
     check_weight,
@@ -63,6 +72,13 @@ from bridge.mapping.limits import (
 )
 
 MAX_RANGE = 10_000
+MAX_SORTED = 10_000
+"""The most items `sort`, `dictsort` and `groupby` sort: Python's sort is one call no budget can stop (some 10 ms for
+10,000 items; a 1 MiB payload's half a million numbers: 0.2 s of one C call, holding the interpreter)."""
+MAX_ROUND_DIGITS = 100
+"""The most digits `round` rounds to (or above the point, negative): its `ceil` and `floor` build 10**precision,
+one call of seconds past a million digits."""
+MAX_JSON_INDENT = 100
 MAX_RENDERED_CHARS = MAX_RESULT_CHARS
 MAX_EXPONENT = 1_000
 MAX_TEMPLATE_CHARS = 100_000
@@ -73,7 +89,15 @@ MAX_TEMPLATE_BLOCKS = 16
 MAX_TEMPLATE_DEPTH = 64
 MAX_TEMPLATE_BRACKETS = 24  # Jinja's parser recurses a dozen calls deep per bracket
 GLOBAL_NAMES = frozenset({"range"})
-_REMOVED_FILTERS = ("center", "indent", "wordwrap", "format", "random", "d")
+REMOVED_FILTERS = {
+    "center": "it pads to any width in one call; a text's center method (`payload.x.center(20)`) is bounded",
+    "indent": "it lays out text in one call of any size; write replace('\\n', '\\n    ')",
+    "wordwrap": "it lays out text in one call of any size; leave the wrapping to the destination",
+    "format": "it pads to any width in one call; write `'%s-%s' % (a, b)` or `'{}-{}'.format(a, b)`, which are "
+              "bounded",
+    "random": "a render must give the same result each time it runs (a replay, a test)",
+}
+"""Jinja's filters templates do not have, and why."""
 # Filters that never write their input as text (nor copy what it holds more than once), and `join`, which weighs
 # each item itself as it reads it: the others weigh their input first.
 _WRITE_NOTHING = frozenset({
@@ -85,6 +109,7 @@ _WRITE_NOTHING = frozenset({
 _ITERATING = frozenset({"map", "select", "reject", "selectattr", "rejectattr", "list", "sort", "unique",
                         "batch", "slice", "groupby", "min", "max"})
 _CONCATENATING = frozenset({"sum"})
+_SORTING = frozenset({"sort", "dictsort", "groupby"})  # their input read whole and counted first (_to_sort)
 _PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
 _REFUSED_METHODS = frozenset({"translate", "maketrans"})  # a table can map each character to a long text
 _STRIPPING_METHODS = frozenset({"strip", "lstrip", "rstrip"})
@@ -93,6 +118,12 @@ _SLOW_CODECS = frozenset({"idna", "punycode"})
 length (punycode's 16,000 distinct characters: 30 s in one call, which no budget stops; idna runs it on each label).
 Names are compared by their ASCII letters and digits alone, lower-cased: no spelling Python's codec look-up accepts
 slips past."""
+PPRINT_ITEMS = 2_000
+"""The most items (in all its lists and tables) a value `pprint` lays out may hold: it is Python's pprint, one call
+no look at the clock stops, some 15 µs an item of a table (a 3,600-key table held the loop 57 ms; 87,000 keys took
+1.8 s)."""
+LOOP_PPRINT_ITEMS = 256
+"""The most items a `pprint` may begin on under a loop slice (some 4 ms): more end the slice."""
 PPRINT_COST = 64 * MAX_RESULT_CHARS
 """`pprint` lays a nested value out by writing, at each level, all that lies below it (to see whether it fits a
 line), and building each of those texts from the level below: its cost grows with the value's weight times the
@@ -166,8 +197,9 @@ def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     it as text, read through a checking iterator when it iterates, size arguments checked, and its result
     weighed after."""
     skip = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0
-    wrap: Callable[[Iterable[Any]], Iterator[Any]] | None = (
-        budget_iter if name in _ITERATING else sized_iter if name in _CONCATENATING else None)
+    wrap: Callable[[Iterable[Any]], Iterable[Any]] | None = (
+        _to_sort if name in _SORTING else budget_iter if name in _ITERATING
+        else sized_iter if name in _CONCATENATING else None)
     writes = name not in _WRITE_NOTHING
 
     @functools.wraps(fn)
@@ -191,12 +223,27 @@ def _indent_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         return 1
     if name == "tojson":
         indent = args[0] if args else kwargs.get("indent")
-        return indent if isinstance(indent, int) and indent > 0 else 0
+        return indent if isinstance(indent, int) and indent > 0 else len(indent) if isinstance(indent, str) else 0
     return 0
 
 
-# Arguments that set how much a filter builds: batch's and slice's counts, tojson's indent.
-_SIZE_ARGUMENTS = {"batch": ("linecount", MAX_RANGE), "slice": ("slices", MAX_RANGE), "tojson": ("indent", 100)}
+def _to_sort(value: Iterable[Any]) -> Iterable[Any]:
+    """What a sorting filter sorts, read under the budget (a table as it is: `dictsort` sorts its items), refused
+    past MAX_SORTED items (counted before a list is read, and an iterator read no further), and not sorted on the
+    loop past limits.LOOP_SORTED."""
+    if isinstance(value, Sized) and len(value) > MAX_SORTED:
+        raise BudgetExceeded(f"sorting {len(value):,} items is over the limit of {MAX_SORTED:,}")
+    items = value if isinstance(value, Mapping) else list(itertools.islice(budget_iter(value), MAX_SORTED + 1))
+    if len(items) > MAX_SORTED:
+        raise BudgetExceeded(f"sorting more than {MAX_SORTED:,} items is over the limit of {MAX_SORTED:,}")
+    check_loop_count(len(items), LOOP_SORTED)
+    return items
+
+
+# Arguments that set how much a filter builds or how long its one call takes: batch's and slice's counts, tojson's
+# indent (a number of spaces, or the text itself), round's digits.
+_SIZE_ARGUMENTS = {"batch": ("linecount", MAX_RANGE), "slice": ("slices", MAX_RANGE),
+                   "tojson": ("indent", MAX_JSON_INDENT), "round": ("precision", MAX_ROUND_DIGITS)}
 
 
 def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -204,8 +251,10 @@ def _check_filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
         return
     key, limit = _SIZE_ARGUMENTS[name]
     value = args[0] if args else kwargs.get(key)
-    if isinstance(value, int) and value > limit:
-        raise BudgetExceeded(f"{name}: {key} of {value} is over the limit of {limit}")
+    size = abs(value) if isinstance(value, int) else len(value) if isinstance(value, str) else 0
+    if size > limit:
+        raise BudgetExceeded(f"{name}: {key} of {f'{size} characters' if isinstance(value, str) else value} is "
+                             f"over the limit of {limit}")
 
 
 class BridgeEnvironment(ImmutableSandboxedEnvironment):
@@ -380,9 +429,14 @@ def _trim(value: Any, chars: Any = None) -> str:
 
 
 def _pprint(value: Any) -> str:
-    """Jinja's `pprint`, refused when the value's weight times its depth squared passes PPRINT_COST."""
+    """Jinja's `pprint`, refused when the value holds more than PPRINT_ITEMS items, or its weight times its depth
+    squared passes PPRINT_COST; on the loop, not begun on more than LOOP_PPRINT_ITEMS items."""
     if isinstance(value, WEIGHED):
-        depth = _depth(value)
+        depth, items = _shape(value)
+        if items > PPRINT_ITEMS:
+            raise BudgetExceeded(f"pprint: a value of more than {PPRINT_ITEMS:,} items would take too long to lay out "
+                                 "(it is one call no time budget can stop); tojson writes it at once")
+        check_loop_count(items, LOOP_PPRINT_ITEMS)
         weight = text_weight(value, PPRINT_COST // max(depth * depth, 1), indent=1)
         if weight * depth * depth > PPRINT_COST:
             raise BudgetExceeded(f"pprint: a value {depth} levels deep weighing at least {weight} characters would "
@@ -391,18 +445,21 @@ def _pprint(value: Any) -> str:
     return do_pprint(value)
 
 
-def _depth(value: Any) -> int:
-    """How many lists, tuples, sets or tables deep `value` nests (1 for one that holds none), found by a walk under
-    the time budget."""
-    deepest = 0
+def _shape(value: Any) -> tuple[int, int]:
+    """How many lists, tuples, sets or tables deep `value` nests (1 for one that holds none), and how many items they
+    hold in all, found by a walk under the time budget that stops once past PPRINT_ITEMS items."""
+    deepest = items = 0
     todo: list[tuple[Any, int]] = [(value, 1)]
     while todo:
         container, depth = todo.pop()
         deepest = max(deepest, depth)
+        items += len(container)
+        if items > PPRINT_ITEMS:
+            break
         check_time()
         members = container.values() if isinstance(container, dict) else container
         todo += [(member, depth + 1) for member in members if isinstance(member, WEIGHED) and member]
-    return deepest
+    return deepest, items
 
 
 def _check_method(owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -534,16 +591,147 @@ def _nesting(tree: nodes.Node) -> tuple[int, int]:
 def make_environment() -> BridgeEnvironment:
     env = BridgeEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True, cache_size=0,
                             finalize=BridgeEnvironment.weigh_output)
-    for name in _REMOVED_FILTERS:
+    for name in REMOVED_FILTERS:
         env.filters.pop(name, None)
     env.filters.update(FILTERS)
     env.filters["d"] = FILTERS["default"]
     env.filters["trim"] = _trim
     env.filters["pprint"] = _pprint
+    env.filters["urlize"] = _urlize_in_pieces(env.filters["urlize"])
+    env.filters["xmlattr"] = _xmlattr_in_pieces(env.filters["xmlattr"])
+    env.filters["urlencode"] = _urlencode_in_pieces(env.filters["urlencode"])
+    env.filters["tojson"] = _tojson_in_pieces(env.filters["tojson"])
     env.filters = {name: _guard_filter(name, fn) for name, fn in env.filters.items()}
     env.globals.clear()
     env.globals.update({"range": _bounded_range})
     return env
+
+
+# -- Jinja's filters that loop in Python with no look at the clock, run on pieces of their input ------------------
+# Each piece is what the filter gives for it on the whole, so the result is Jinja's; the clock is looked at, and the
+# result's size counted, between pieces.
+
+_PIECE_CHARS = 16_384
+_PIECE_ITEMS = 256
+URLIZE_WORD = 4_096
+"""The longest word (a run without whitespace) `urlize` makes a link of: longer ones, far past any real address, are
+written escaped as they are. Jinja's urlize takes time in the square of a word's length on some words (`a(a(…)))`:
+half a second for 480,000 characters)."""
+_WHITESPACE = re.compile(r"(\s+)")  # how Jinja's urlize splits a text into words
+
+
+def _urlize_in_pieces(urlize: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `urlize` on pieces of some _PIECE_CHARS characters cut between words, a word longer than
+    URLIZE_WORD left as text."""
+
+    @functools.wraps(urlize)
+    def pieces(eval_ctx: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        words = _WHITESPACE.split(escape(value))  # as Jinja's first step: it leaves the escaped text as it is
+        out: list[str] = []
+        size = 0
+        chunk: list[str] = []
+        held = 0
+
+        def flush() -> None:
+            nonlocal size, held
+            if chunk:
+                # Escaped text, which urlize would escape again as it begins, were it not marked so.
+                out.append(str(urlize(eval_ctx, Markup("".join(chunk)), *args, **kwargs)))  # noqa: S704
+                size += len(out[-1])
+                chunk.clear()
+                held = 0
+                check_time()
+                if size > MAX_RESULT_CHARS:
+                    raise too_long(size)
+
+        for word in words:
+            if len(word) > URLIZE_WORD:
+                flush()
+                out.append(word)
+                size += len(word)
+            else:
+                chunk.append(word)
+                held += len(word)
+                if held >= _PIECE_CHARS:
+                    flush()
+        flush()
+        text = "".join(out)
+        return Markup(text) if eval_ctx.autoescape else text  # noqa: S704 - escaped, as Jinja's urlize gives it
+
+    return pieces
+
+
+def _xmlattr_in_pieces(xmlattr: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `xmlattr` on pieces of _PIECE_ITEMS items of the table."""
+
+    @functools.wraps(xmlattr)
+    def pieces(eval_ctx: Any, d: Any, autospace: bool = True) -> Any:
+        if not isinstance(d, Mapping) or len(d) <= _PIECE_ITEMS:
+            return xmlattr(eval_ctx, d, autospace)
+        items = list(d.items())
+        parts = []
+        size = 0
+        for at in range(0, len(items), _PIECE_ITEMS):
+            part = str(xmlattr(eval_ctx, dict(items[at:at + _PIECE_ITEMS]), False))
+            size += len(part) + 1
+            check_time()
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+            if part:
+                parts.append(part)
+        text = " ".join(parts)
+        if autospace and text:
+            text = " " + text
+        return Markup(text) if eval_ctx.autoescape else text  # noqa: S704 - escaped, as Jinja's xmlattr gives it
+
+    return pieces
+
+
+def _urlencode_in_pieces(urlencode: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `urlencode` of a table or a list of pairs on pieces of _PIECE_ITEMS pairs."""
+
+    @functools.wraps(urlencode)
+    def pieces(value: Any) -> Any:
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            return urlencode(value)
+        pairs = list(budget_iter(value.items() if isinstance(value, dict) else value))
+        parts = []
+        size = 0
+        for at in range(0, len(pairs), _PIECE_ITEMS):
+            parts.append(urlencode(pairs[at:at + _PIECE_ITEMS]))
+            size += len(parts[-1]) + 1
+            check_time()
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+        return "&".join(parts)
+
+    return pieces
+
+
+def _tojson_in_pieces(tojson: Callable[..., Any]) -> Callable[..., Any]:
+    """Jinja's `tojson`; with an indent, which Python's JSON encoder writes in Python, not in one call, written
+    piece by piece, with a look at the clock every _PIECE_ITEMS pieces and refused once past the cap."""
+
+    @functools.wraps(tojson)
+    def pieces(eval_ctx: Any, value: Any, indent: Any = None) -> Any:
+        policies = eval_ctx.environment.policies
+        if indent is None or policies["json.dumps_function"] is not None:
+            return tojson(eval_ctx, value, indent)
+        encoder = json.JSONEncoder(**{**policies["json.dumps_kwargs"], "indent": indent})
+        out = []
+        size = 0
+        for n, part in enumerate(encoder.iterencode(value), 1):
+            size += len(part)
+            if size > MAX_RESULT_CHARS:
+                raise too_long(size)
+            if not n % _PIECE_ITEMS:
+                check_time()
+            out.append(part)
+        # As Jinja's htmlsafe_json_dumps: safe inside HTML, and in a <script>.
+        text = "".join(out).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        return Markup(text.replace("'", "\\u0027"))  # noqa: S704 - JSON, with nothing HTML reads as markup
+
+    return pieces
 
 
 def _bounded_range(*args: Any) -> range:

@@ -156,6 +156,32 @@ def test_check_test_and_render_place_a_template_nesting_too_deeply_at_its_line(
 
 # -- test -----------------------------------------------------------------------------------------
 
+def test_check_names_a_jinja_builtin_given_an_argument_no_render_could_use(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Jinja's own filters and tests are checked when the mappings load as ticketbridge's are: a literal argument no
+    render could use (a rounding method, a test's name, a divisor of 0) is an error at its file, line and field that
+    names the filter and the value, where it used to load and then fail every delivery of the mapping."""
+    cfg = setup(tmp_path, {"partner": PARTNER, "rounded": PARTNER.replace(
+        '"{{ payload.id }}"', '''"{{ payload.amount | round(2, 'sideways') }}"''').replace(
+        "action: create_ticket\n", "action: create_ticket\nwhen: \"payload.n is divisibleby(0) or "
+                                   "payload.tags | select('no_such_test') | list\"\n")})
+    rounded = tmp_path / "mappings" / "rounded.yaml"
+    code, out, err = run(capsys, "check", "-c", cfg)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[:2] == [
+        f"{rounded}:4:1: rounded.when: bad arguments to the divisibleby test: the number to divide by must be a "
+        "number other than 0, not 0: write e.g. divisibleby(3)",
+        f"{rounded}:4:1: rounded.when: bad arguments to the select filter: the test must be the name of a known "
+        "test, not 'no_such_test': write e.g. select('divisibleby', 3); known tests: boolean, callable, defined, "
+        "divisibleby, eq, equalto, escaped, even, false, filter, float, ge, greaterthan, gt, in, integer, iterable, "
+        "le, lessthan, lower, lt, mapping, ne, none, number, odd, sameas, sequence, string, test, true, undefined, "
+        "upper",
+    ]
+    assert f"{rounded}:8:3: rounded.source_ref: bad arguments to the round filter: the method must be 'common', " \
+           "'ceil' or 'floor', not 'sideways': write e.g. round(2, 'floor')" in err.splitlines()
+    assert out.startswith("check FAILED: ")
+
+
 
 def test_test_shows_a_diff_per_failure_and_ends_with_the_counts(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:

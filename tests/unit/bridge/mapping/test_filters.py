@@ -126,7 +126,7 @@ def test_phone_e164_writes_numbers_in_e164(value: Any, region: str | None, expec
         ("attachment_list(null)", "the heading must be text, not null: write e.g. attachment_list('Files:')"),
         ("truncate(1, '', 3)", "truncate was given 3 arguments, but it takes 2 arguments (length, end): write e.g. "
                                "truncate(100)"),
-        ("lower(1)", "lower was given 1 arguments, but it takes no arguments: write lower"),
+        ("lower(1)", "lower was given 1 argument, but it takes no arguments: write lower"),
     ],
 )
 def test_bad_filter_arguments_are_compile_errors(text: str, message: str) -> None:

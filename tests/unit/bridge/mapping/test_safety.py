@@ -334,9 +334,13 @@ def test_no_string_operation_builds_past_the_size_cap(template: str) -> None:
 
 
 @pytest.mark.parametrize(("template", "message"), [
-    ("{{ [1] | batch(1000000000, 'x') | list }}", "batch: linecount of 1000000000 is over the limit"),
-    ("{{ [1] | slice(1000000000, 'x') | list }}", "slice: slices of 1000000000 is over the limit"),
-    ("{{ payload | tojson(1000000000) }}", "tojson: indent of 1000000000 is over the limit"),
+    # From the payload: a literal past these bounds is a load error (builtins.py).
+    ("{{ [1] | batch(payload.n, 'x') | list }}", "batch: linecount of 1000000000 is over the limit"),
+    ("{{ [1] | slice(payload.n, 'x') | list }}", "slice: slices of 1000000000 is over the limit"),
+    ("{{ payload | tojson(payload.n) }}", "tojson: indent of 1000000000 is over the limit"),
+    ("{{ payload | tojson(payload.wide) }}", "tojson: indent of 200 characters is over the limit of 100"),
+    ("{{ 1.5 | round(payload.p, 'ceil') }}", "round: precision of 10000 is over the limit of 100"),
+    ("{{ 1.5 | round(-payload.n) }}", "round: precision of -1000000000 is over the limit of 100"),
     ("{{ 'abc'.translate({97: 'x' * 1000}) }}", "str.translate is not available"),
     ("{{ '{:{w}}'.format('x', w=5) }}", "a width or precision taken from an argument is not allowed"),
     ("{{ '%*s' % (5, 'x') }}", "a width taken from an argument"),
@@ -346,7 +350,7 @@ def test_no_string_operation_builds_past_the_size_cap(template: str) -> None:
 def test_arguments_that_set_how_much_is_built_are_bounded(template: str, message: str) -> None:
     """Counts, indents, translation tables and computed widths cannot make an operation build without bound."""
     with pytest.raises(RenderError, match=message):
-        compile_field("f", template)(ctx({"a": 1}))
+        compile_field("f", template)(ctx({"a": 1, "n": 10**9, "p": 10_000, "wide": " " * 200}))
 
 
 def test_transforms_are_bounded_too() -> None:
