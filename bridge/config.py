@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,9 @@ class AuthConfig(Base):
             raise ValueError("give exactly one of `basic: {username, password}` or `bearer: TOKEN`")
 
 
+_DOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
+
+
 class SourceConfig(Base):
     """The options every source takes; each handler kind extends it with its own."""
 
@@ -142,9 +146,26 @@ class SourceConfig(Base):
     dedup_window: str = "7d"
     reject_invalid: bool = False
     auth: AuthConfig | None = None
+    sender_domain_aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    """Domains whose mailboxes are another domain's (`contoso.onmicrosoft.com: contoso.com`, a Microsoft 365
+    tenant's own domain beside its custom one): a sender at either is one sender for the thread check
+    (bridge/conversations.py `message_sender`). The bridge cannot know them: the operator names them."""
 
     def __post_init__(self) -> None:
         check_duration(self.dedup_window, ("dedup_window",))
+        aliases = self.sender_domain_aliases
+        for alias, domain in aliases.items():
+            for value, what in ((alias, "alias"), (domain, "domain")):
+                if not _DOMAIN.fullmatch(value):
+                    raise KeyValueError(("sender_domain_aliases", alias), f"the {what} {{{what}}} is not a domain "
+                                        "name in lower case, such as contoso.onmicrosoft.com: contoso.com",
+                                        quotes={what: Quoted(("sender_domain_aliases", alias), value)})
+            if domain == alias:
+                raise KeyValueError(("sender_domain_aliases", alias), f"{VALUE} is an alias of itself", alias)
+            if domain in aliases:
+                raise KeyValueError(("sender_domain_aliases", alias), f"{VALUE} is an alias of {domain!r}, itself "
+                                    f"an alias (of {aliases[domain]!r}): name the domain they all stand for",
+                                    alias)
 
 
 class AttachmentsConfig(Base):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -113,13 +114,14 @@ def given_key(value: Any) -> ConversationKey | None:
     return _scalar_key("key", value)
 
 
-def message_sender(payload: dict[str, Any]) -> str:
+def message_sender(payload: dict[str, Any], aliases: Mapping[str, str] | None = None) -> str:
     """The sender a conversation remembers and compares: the bare, lower-cased address of `from`, read as the
     email handlers read a From (handlers/email.py `sender`: an email's payload has it so already; a JSON
     source's `Bob <Bob@X.io>` is `bob@x.io`, as its `bob@x.io` is; an address's case carries no meaning in
-    practice); a `from` naming no one address (a name, a phone number, several mailboxes, an unreadable list,
-    an address only inside an encoded word), or longer than MAX_SENDER_CHARS (not parsed), trimmed and
-    lower-cased as written; "" when the message names none."""
+    practice), at the domain its domain is an alias of in `aliases` (the source's `sender_domain_aliases`:
+    `jo@contoso.onmicrosoft.com` is `jo@contoso.com`); a `from` naming no one address (a name, a phone number,
+    several mailboxes, an unreadable list, an address only inside an encoded word), or longer than
+    MAX_SENDER_CHARS (not parsed), trimmed and lower-cased as written; "" when the message names none."""
     value = payload.get("from")
     if not isinstance(value, str):
         return ""
@@ -129,8 +131,22 @@ def message_sender(payload: dict[str, Any]) -> str:
         except Rejected:  # over the address caps: not one sender's address
             address = None
         if address is not None:
+            if aliases:
+                local, _at, domain = address.rpartition("@")
+                if domain in aliases:
+                    return f"{local}@{aliases[domain]}"
             return address
     return value.strip().lower()
+
+
+def sender_aliases(sender: str, aliases: Mapping[str, str] | None) -> tuple[str, ...]:
+    """The other forms of a `message_sender` address under `aliases` (`jo@contoso.onmicrosoft.com` for
+    `jo@contoso.com`): a conversation whose first sender was written so (opened before the alias was named) is
+    this sender's too. None but for an address at a domain `aliases` maps to."""
+    if not aliases or "@" not in sender:
+        return ()
+    local, _at, domain = sender.rpartition("@")
+    return tuple(f"{local}@{alias}" for alias, canonical in aliases.items() if canonical == domain)
 
 
 EMAIL_KEY_PREFIXES = ("mail:", "ticket:", "split:")

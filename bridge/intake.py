@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -167,7 +167,8 @@ async def _escape_event(rt: Runtime, source: Source, event: Event, mappings: Map
         event.dedup_key = escape_text(event.dedup_key)
     rt.count("escaped", source=source.name, where="payload")
     log.warning("intake.escaped", source=source.name, event_id=event.id, where="payload", strings=changed)
-    [(deliveries, _errors)] = _plan_on_loop(rt, source, [event], mappings) or await _plan_off(rt, [event], mappings)
+    [(deliveries, _errors)] = (_plan_on_loop(rt, source, [event], mappings)
+                               or await _plan_off(rt, source, [event], mappings))
     return deliveries
 
 
@@ -407,9 +408,9 @@ async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, bo
     return await offload.in_parser(step, request, body)
 
 
-def _plan_each(events: list[Event], mappings: MappingSet,
-               vars_: dict[str, Any]) -> list[tuple[list[NewDelivery], list[str]]]:
-    return [plan_deliveries(mappings, event, vars_) for event in events]
+def _plan_each(events: list[Event], mappings: MappingSet, vars_: dict[str, Any],
+               aliases: Mapping[str, str]) -> list[tuple[list[NewDelivery], list[str]]]:
+    return [plan_deliveries(mappings, event, vars_, aliases) for event in events]
 
 
 def weighed(event: Event, deliveries: list[NewDelivery], rest: int) -> int:
@@ -434,9 +435,9 @@ def weighed(event: Event, deliveries: list[NewDelivery], rest: int) -> int:
     return total
 
 
-def _plan_weighed(events: list[Event], mappings: MappingSet, vars_: dict[str, Any],
+def _plan_weighed(events: list[Event], mappings: MappingSet, vars_: dict[str, Any], aliases: Mapping[str, str],
                   rest: int) -> tuple[list[tuple[list[NewDelivery], list[str]]], list[int]]:
-    planned = _plan_each(events, mappings, vars_)
+    planned = _plan_each(events, mappings, vars_, aliases)
     return planned, [weighed(event, deliveries, rest) for event, (deliveries, _) in zip(events, planned, strict=True)]
 
 
@@ -452,7 +453,7 @@ def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: Ma
     held = hold_logs()  # a render failure is logged by the run kept: this one, or _plan_off's
     kept = False
     try:
-        planned = _plan_each(events, mappings, rt.config.vars)
+        planned = _plan_each(events, mappings, rt.config.vars, source.handler.options.sender_domain_aliases)
         kept = True
         return planned
     except SliceOver:
@@ -464,20 +465,22 @@ def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: Ma
         end_slice(token)
 
 
-async def _plan_off(rt: Runtime, events: list[Event],
+async def _plan_off(rt: Runtime, source: Source, events: list[Event],
                     mappings: MappingSet) -> list[tuple[list[NewDelivery], list[str]]]:
     """The same in the parser thread, under the whole render budget: a large request's from the start (its parse
     ran there too), any other's once it ran past its loop slice. The loop is held for at most the slice, whatever
     the mappings and the payload."""
-    return await offload.in_parser(_plan_each, events, mappings, rt.config.vars)
+    return await offload.in_parser(_plan_each, events, mappings, rt.config.vars,
+                                   source.handler.options.sender_domain_aliases)
 
 
-async def _plan_weighed_off(rt: Runtime, events: list[Event], mappings: MappingSet,
+async def _plan_weighed_off(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
                             made_from: int) -> tuple[list[tuple[list[NewDelivery], list[str]]], list[int]]:
     """`_plan_off`, with each event's weight, weighed there too (`weighed`: past what it looks at, its share of the
     `made_from` bytes of its request's body and of what was fetched for it). (Planned on the loop, a request is
     small, and its events are light: they are not weighed.)"""
-    return await offload.in_parser(_plan_weighed, events, mappings, rt.config.vars, made_from // max(len(events), 1))
+    return await offload.in_parser(_plan_weighed, events, mappings, rt.config.vars,
+                                   source.handler.options.sender_domain_aliases, made_from // max(len(events), 1))
 
 
 def _planned(source: Source, events: list[Event], plans: list[tuple[list[NewDelivery], list[str]]],
@@ -573,7 +576,7 @@ async def _hook_post(request: web.Request, rt: Runtime, name: str) -> web.Stream
     plans = _plan_on_loop(rt, source, events, mappings, off)
     weights = None  # planned on the loop: a small request, whose events are light
     if plans is None:
-        plans, weights = await _plan_weighed_off(rt, events, mappings, len(body) + fetched_bytes(request))
+        plans, weights = await _plan_weighed_off(rt, source, events, mappings, len(body) + fetched_bytes(request))
     planned, invalid = _planned(source, events, plans, mappings)
     if invalid and handler.options.reject_invalid:
         rt.count("intake.rejected.422", source=source.name)

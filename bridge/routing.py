@@ -4,13 +4,21 @@ failure into a dead delivery that names its reason, so a bad mapping never fails
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from typing import Any, cast
 
 import msgspec
 import structlog
 
-from bridge.conversations import ConversationKey, channel_key, given_key, message_sender, scoped
+from bridge.conversations import (
+    ConversationKey,
+    channel_key,
+    given_key,
+    message_sender,
+    scoped,
+    sender_aliases,
+)
 from bridge.errors import MappingError, NotFound
 from bridge.events import Event
 from bridge.ids import new_id
@@ -84,8 +92,10 @@ def render_event(mapping: CompiledMapping, ctx: dict[str, Any], event_id: str) -
 _UNREAD = object()
 
 
-def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -> tuple[list[NewDelivery], list[str]]:
-    """The deliveries for `event`, and the render errors among them (each also a dead delivery)."""
+def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any],
+                    aliases: Mapping[str, str] | None = None) -> tuple[list[NewDelivery], list[str]]:
+    """The deliveries for `event`, and the render errors among them (each also a dead delivery). `aliases`: its
+    source's `sender_domain_aliases`, for the sender a thread is checked by."""
     if event.spam:
         return [], []
     candidates = mappings.for_source(event.source)
@@ -105,7 +115,7 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
         sender = None
         if found is not None:
             if event_sender is _UNREAD:  # read once per event, for its first threaded mapping
-                event_sender = message_sender(event.payload)
+                event_sender = message_sender(event.payload, aliases)
             sender = cast(str | None, event_sender)
             if found.by_sender and not sender:
                 found = sender = None  # a key any sender may write, from a message naming none: it joins no thread
@@ -121,6 +131,7 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any]) -
             # for conversations older than the sender column, which any sender may join.
             sender=sender,
             sender_checked=found is not None and found.by_sender,
+            sender_also=sender_aliases(sender, aliases) if found is not None and found.by_sender and sender else (),
         ))
     return deliveries, errors
 

@@ -77,6 +77,46 @@ def decode_words(value: str) -> str:
     return "".join(out)
 
 
+# A value's parts as an address list parse meets them, for `_shield_encoded_words`: a quoted string, an angle-addr,
+# a comment's "(", an encoded word, a run of anything else, or a lone "=".
+_SHIELD_PART = re.compile(r'("(?:[^"\\]++|\\[\s\S])*+"?)|(<[^<>"]*+>?)|(\()|(=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=)'
+                          r'|[^"<(=]++|=')
+_WORD_SPECIALS = frozenset('()<>@,;:\\".[]')
+_BEFORE_WORD = frozenset(" \t\r\n,:;")
+_AFTER_WORD = frozenset(" \t\r\n<,;(")
+
+
+def _shield_encoded_words(text: str) -> str:
+    """`text` with each encoded word of a display name that holds a special (`=?utf-8?q?M=C3=BCller,_J=C3=B6rg?=
+    <j@b.example>`: mailers write a name's comma, parentheses or colon in a Q word unencoded) made a quoted string,
+    so that the list parse reads it as one word, as RFC 2047 readers (the email package's header parser) do, rather
+    than splitting the mailbox at its comma or reading an address in it; `decode_words` then decodes the name's
+    text. Words inside quoted strings, comments and angle-addrs, and words run into other text, are left as they
+    are. One pass: each part is matched once, and an encoded word ends at its third "?"."""
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    at, end = 0, len(text)
+    while at < end:
+        part = _SHIELD_PART.match(text, at)
+        assert part is not None  # the last alternatives take any character
+        if part[3] is not None:  # a comment, to its ")" (an open one is left as it is, to its end)
+            close = _comment_end(text, part.end())
+            stop = end if close is None else close
+            out.append(text[at:stop])
+            at = stop
+            continue
+        word = part[4]
+        if (word is not None and not _WORD_SPECIALS.isdisjoint(word)
+                and (at == 0 or text[at - 1] in _BEFORE_WORD)
+                and (part.end() == end or text[part.end()] in _AFTER_WORD)):
+            out.append('"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            out.append(part[0])
+        at = part.end()
+    return "".join(out)
+
+
 def _texts(value: object) -> list[str]:
     """The strings in a header value or a list of them. Providers' JSON is read as it comes: anything else in
     its place (a number, an object) counts as absent rather than failing the request."""
@@ -106,7 +146,7 @@ def _mailboxes(texts: list[str], field: str, *, encoded_addresses: bool = True) 
         # handed to the parser thread.
         spend_on_loop(sum(len(t) for t in texts), f"the {field} field is read by the full address parser")
         try:
-            pairs = getaddresses(texts)
+            pairs = getaddresses([_shield_encoded_words(t) for t in texts])
         except RecursionError:  # comments nested a thousand deep
             raise Rejected(400, f"{field} is not an address list: comments are nested too deep",
                            check="email") from None

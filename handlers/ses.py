@@ -46,6 +46,8 @@ from handlers.sns import (
     https_get,
     is_sns_url,
     signed,
+    topic_arn_problem,
+    topic_host,
     verify_signature,
 )
 from handlers.sns_certificates import CertificateCache
@@ -79,9 +81,8 @@ class SesOptions(SourceConfig, kw_only=True, forbid_unknown_fields=True):
         if not self.topic_arns:
             raise ValueError("`topic_arns` is empty: list the SNS topics whose messages this source takes")
         for i, arn in enumerate(self.topic_arns):
-            if not arn.startswith(("arn:aws:sns:", "arn:aws-cn:sns:", "arn:aws-us-gov:sns:")):
-                raise KeyValueError(("topic_arns", i), f"{VALUE} is not an SNS topic ARN "
-                                    "(arn:aws:sns:REGION:ACCOUNT:TOPIC)", arn)
+            if (problem := topic_arn_problem(arn)) is not None:
+                raise KeyValueError(("topic_arns", i), f"{VALUE} {problem}", arn)
         check_duration(self.max_age, ("max_age",))
         check_dedup_covers(self.dedup_window, parse_duration(self.max_age) + FUTURE_SKEW_S,
                            f"`max_age` {{made}}, and {FUTURE_SKEW_S:.0f}s ahead",
@@ -110,6 +111,8 @@ class SesHandler(Handler):
         super().__init__(*args, **kwargs)
         self.fetch: Fetcher = https_get
         self.certificates = CertificateCache(source=self.name)
+        # Each topic's messages name a certificate on its region's SNS host, the only one fetched for them.
+        self.hosts = {arn: host for arn in self.ses.topic_arns if (host := topic_host(arn)) is not None}
         s3 = self.ses.s3
         self.s3: ObjectReader | None = S3Client(s3, _topic_region(self.ses.topic_arns)) if s3 is not None else None
 
@@ -133,13 +136,15 @@ class SesHandler(Handler):
         """Every check that needs no I/O, so that a message they refuse has no certificate fetched: the topic, the
         certificate's URL, the age, and the signed fields; the signature itself is checked in `intercept`."""
         message = self._message(request, body)
-        if message.get("TopicArn") not in self.ses.topic_arns:
-            raise Rejected(401, f"SNS topic {repr(message.get('TopicArn'))[:300]} is not in this source's "
-                                "topic_arns", check="topic_arn")
+        topic = message.get("TopicArn")
+        host = self.hosts.get(topic) if isinstance(topic, str) else None
+        if host is None:
+            raise Rejected(401, f"SNS topic {repr(topic)[:300]} is not in this source's topic_arns",
+                           check="topic_arn")
         cert_url = message.get("SigningCertURL") or message.get("SigningCertUrl")
         if not isinstance(cert_url, str):
             raise Rejected(401, "the SNS message has no SigningCertURL", check="certificate")
-        if (problem := certificate_url_problem(cert_url)) is not None:
+        if (problem := certificate_url_problem(cert_url, host)) is not None:
             raise Rejected(401, problem, check="certificate")
         sent = _timestamp(message.get("Timestamp")).timestamp()
         now = self.clock()
@@ -229,8 +234,10 @@ class SesHandler(Handler):
 
     async def _confirm(self, message: dict[str, Any]) -> Intercepted:
         url = message.get("SubscribeURL")
-        if not isinstance(url, str) or not is_sns_url(url):
-            raise Rejected(401, "SubscribeURL is not an https URL on an SNS host", check="subscribe_url")
+        host = self.hosts.get(str(message.get("TopicArn")), "")  # `verify` took only a message of one of them
+        if not isinstance(url, str) or not host or not is_sns_url(url, host):
+            raise Rejected(401, f"SubscribeURL is not an https URL on {host}, the SNS host of the topic's region",
+                           check="subscribe_url")
         try:
             await self.fetch(url)
         except FetchError as exc:

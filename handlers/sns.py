@@ -25,18 +25,49 @@ from bridge.escaping import quoted_sent
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
 
-REGION = r"[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}"
-"""An AWS region's name: us-east-1, eu-central-2, us-gov-west-1, cn-northwest-1."""
-SNS_HOST = re.compile(rf"sns\.(?:(?!cn-){REGION}\.amazonaws\.com|cn-[a-z]+-[0-9]{{1,2}}\.amazonaws\.com\.cn)")
-"""SNS's host in a region: sns.<region>.amazonaws.com, or in China's regions (cn-) .amazonaws.com.cn. Only a
-region's name: one DNS label of anything was also the host of an S3 bucket named `sns` (sns.s3.amazonaws.com)."""
+
+class Partition(NamedTuple):
+    """An AWS partition as SNS's hosts in it are named: sns.<region>.<suffix>."""
+
+    name: str
+    """As in an ARN: arn:<name>:sns:<region>:<account>:<topic>."""
+    regions: str
+    """A pattern of its regions' names (botocore's `regionRegex`, with letters for `\\w`)."""
+    suffix: str
+    """Its DNS suffix."""
+    example: str
+    """One of its regions, for messages."""
+
+
+PARTITIONS = (
+    Partition("aws", r"(?:us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-[0-9]{1,2}", "amazonaws.com", "us-east-1"),
+    Partition("aws-us-gov", r"us-gov-[a-z]+-[0-9]{1,2}", "amazonaws.com", "us-gov-west-1"),
+    Partition("aws-cn", r"cn-[a-z]+-[0-9]{1,2}", "amazonaws.com.cn", "cn-north-1"),
+    Partition("aws-eusc", r"eusc-de-[a-z]+-[0-9]{1,2}", "amazonaws.eu", "eusc-de-east-1"),
+    Partition("aws-iso", r"us-iso-[a-z]+-[0-9]{1,2}", "c2s.ic.gov", "us-iso-east-1"),
+    Partition("aws-iso-b", r"us-isob-[a-z]+-[0-9]{1,2}", "sc2s.sgov.gov", "us-isob-east-1"),
+    Partition("aws-iso-e", r"eu-isoe-[a-z]+-[0-9]{1,2}", "cloud.adc-e.uk", "eu-isoe-west-1"),
+    Partition("aws-iso-f", r"us-isof-[a-z]+-[0-9]{1,2}", "csp.hci.ic.gov", "us-isof-south-1"),
+)
+"""Every partition SNS runs in, from botocore's endpoint data (`botocore/data/partitions.json`, `endpoints.json`):
+the commercial regions, GovCloud, China, the European Sovereign Cloud and the ISO partitions. The patterns do not
+overlap (`us-gov-west-1`, `us-iso-east-1` and `eu-isoe-west-1` are no commercial region's name), so each region
+has one SNS host, the one AWS's own validator (aws-sdk-java-v2's sns-message-manager) takes for it."""
+_PARTITION = {p.name: p for p in PARTITIONS}
+SNS_HOST = re.compile("|".join(rf"sns\.(?:{p.regions})\.{re.escape(p.suffix)}" for p in PARTITIONS))
+"""SNS's host in a region of any partition, sns.<region>.<suffix>: a region's name of that partition, nothing
+else in its place (one DNS label of anything was also the host of an S3 bucket named `sns`, sns.s3.amazonaws.com),
+and the partition's own suffix (no `sns.us-iso-east-1.amazonaws.com`)."""
 CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{1,64}\.pem")
-CERTIFICATE_URL = re.compile(r"https://" + SNS_HOST.pattern + CERTIFICATE_PATH.pattern)
-CERTIFICATE_SHAPE = "https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
+CERTIFICATE_URL = re.compile(r"https://(?:" + SNS_HOST.pattern + ")" + CERTIFICATE_PATH.pattern)
+CERTIFICATE_NAME = "SimpleNotificationService-<hex digits>.pem"
+CERTIFICATE_SHAPE = f"https://sns.<region>.<the partition's DNS suffix>/{CERTIFICATE_NAME}"
 """Where SNS publishes its signing certificates: each one so far is named SimpleNotificationService- and 32
 lower-case hex digits (any number of them up to 64 is taken). AWS's own validators check only https, the host
 and `.pem`; the name is checked too, so that a sender can neither make one certificate many URLs (a query, a
-fragment, a port, another spelling of the host or path) nor have a path of its choosing fetched."""
+fragment, a port, another spelling of the host or path) nor have a path of its choosing fetched. A source names
+its topics, and a topic's messages are signed by its region's SNS: the host must be that region's
+(`topic_host`), so that a sender cannot have another region's host, or one this machine cannot reach, fetched."""
 FETCH_TIMEOUT_S = 10.0
 MAX_FETCH_BYTES = 65_536
 
@@ -82,8 +113,38 @@ def _said(value: Any) -> str:
     """A field of the message as an error quotes it: text cut short (`quoted_sent`), else its kind."""
     return quoted_sent(value) if isinstance(value, str) else "None" if value is None else f"a {type(value).__name__}"
 
-def is_sns_url(url: str) -> bool:
-    """Whether `url` is https on an SNS host (sns.<region>.amazonaws.com or .com.cn), with no user or port."""
+def topic_host(arn: str) -> str | None:
+    """The SNS host of an SNS topic's region (`arn:aws:sns:eu-west-1:123456789012:inbound` is on
+    sns.eu-west-1.amazonaws.com), or None when `arn` is no SNS topic's ARN in a partition and region SNS runs in."""
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sns" or not parts[4] or not parts[5]:
+        return None
+    partition = _PARTITION.get(parts[1])
+    if partition is None or not re.fullmatch(partition.regions, parts[3]):
+        return None
+    return f"sns.{parts[3]}.{partition.suffix}"
+
+
+def topic_arn_problem(arn: str) -> str | None:
+    """What makes `arn` no SNS topic's ARN that `topic_host` places (naming the part and what would be right),
+    or None."""
+    parts = arn.split(":", 5)
+    shape = "expected arn:PARTITION:sns:REGION:ACCOUNT:TOPIC, such as arn:aws:sns:eu-west-1:123456789012:inbound"
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sns" or not parts[4] or not parts[5]:
+        return f"is not an SNS topic ARN; {shape}"
+    partition = _PARTITION.get(parts[1])
+    if partition is None:
+        return (f"names the partition {parts[1]!r}, which is none SNS runs in "
+                f"({', '.join(p.name for p in PARTITIONS)}); {shape}")
+    if not re.fullmatch(partition.regions, parts[3]):
+        return (f"names the region {parts[3]!r}, which is no region of the partition {partition.name!r} "
+                f"(such as {partition.example}); {shape}")
+    return None
+
+
+def is_sns_url(url: str, host: str | None = None) -> bool:
+    """Whether `url` is https on an SNS host (`host` when given, else any: sns.<region>.<partition's suffix>),
+    with no user or port."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -91,24 +152,36 @@ def is_sns_url(url: str) -> bool:
         return False
     if parts.scheme != "https" or parts.username is not None or port not in (None, 443):
         return False
+    if host is not None:
+        return parts.hostname == host
     return SNS_HOST.fullmatch(parts.hostname or "") is not None
 
 
-def certificate_url_problem(url: str) -> str | None:
+def certificate_url_problem(url: str, host: str | None = None) -> str | None:
     """What makes `url` not the URL of an SNS signing certificate (naming the part, and what it should be), or
-    None when it is one. Checked before anything is fetched."""
-    if CERTIFICATE_URL.fullmatch(url):
-        return None
-    expected = f"expected {CERTIFICATE_SHAPE}"
+    None when it is one: on `host` when given (the topic's region's, `topic_host`), else on any SNS host.
+    Checked before anything is fetched."""
+    if host is None:
+        if CERTIFICATE_URL.fullmatch(url):
+            return None
+        expected = f"expected {CERTIFICATE_SHAPE}"
+    else:
+        if url.startswith(f"https://{host}/") and CERTIFICATE_PATH.fullmatch(url, len(host) + 8):
+            return None
+        expected = f"expected https://{host}/{CERTIFICATE_NAME}"
     try:
         parts = urlsplit(url)
     except ValueError:
         return f"SigningCertURL {quoted_sent(url)} is not a URL; {expected}"
     if parts.scheme != "https":
         return f"SigningCertURL's scheme {quoted_sent(parts.scheme)} is not https; {expected}"
+    if host is not None and parts.netloc != host:
+        return (f"SigningCertURL's host {quoted_sent(parts.netloc)} is not the SNS host of the topic's region, "
+                f"{host} (SNS signs a topic's messages there; in lower case, with no user or port); {expected}")
     if not SNS_HOST.fullmatch(parts.netloc):
         return (f"SigningCertURL's host {quoted_sent(parts.netloc)} is not an SNS host (sns.<region>.amazonaws.com, "
-                f"the region such as us-east-1, in lower case, with no user or port); {expected}")
+                f"the region such as us-east-1, in lower case, with no user or port; in other partitions their "
+                f"regions and DNS suffix); {expected}")
     if not CERTIFICATE_PATH.fullmatch(parts.path):
         return f"SigningCertURL's path {quoted_sent(parts.path)} is not an SNS certificate's; {expected}"
     if parts.query or parts.fragment:

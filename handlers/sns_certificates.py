@@ -1,8 +1,12 @@
 """SNS signing certificates by URL, and a bound on the fetches a sender can cause by naming URLs: a certificate
 is fetched once and kept (concurrent requests share one fetch); a fetch that failed is remembered for a while,
-so that naming its URL again costs nothing outbound; and fetches are bounded: a few at once, a few more waiting
-their turn (for at most a fetch's timeout), past which a request is answered 503 with Retry-After at once (SNS
-sends it again).
+so that naming its URL again costs nothing outbound, and a host that did not answer (or answered 5xx or 429)
+is remembered briefly too, so that other URLs on it cost nothing meanwhile; and fetches are bounded: a few at
+once, a few more waiting their turn (for at most a fetch's timeout), past which a request is answered 503 with
+Retry-After at once (SNS sends it again). Only the SNS host of a source's topic's region is ever named here
+(handlers/ses.py checks each message's URL against its topic first): a sender cannot name a host that never
+answers (a made-up region's, another partition's unreachable from here) to hold a turn for a whole timeout per
+URL it makes up.
 
 There is no budget of new URLs over time: anyone holding the topic's ARN (it is in every message) could spend
 it with a few messages naming made-up URLs, and every genuine message naming a certificate not yet kept (after a
@@ -39,8 +43,8 @@ WAITING = 8
 REFUSED_FOR_S = 600.0
 """How long a definite failure is remembered: the URL answered 4xx or a redirect, or held no certificate."""
 UNAVAILABLE_FOR_S = 15.0
-"""How long a failure that may pass is remembered (5xx, 429, no answer): less than the 20 s SNS waits between
-retries by default, so that each retry of a message fetches again."""
+"""How long a failure that may pass is remembered (5xx, 429, no answer), for its URL and for its host: less than
+the 20 s SNS waits between retries by default, so that each retry of a message fetches again."""
 LOG_EVERY_S = 60.0
 """A remembered failure is logged at most once per URL in this time, and refusals by the bound once in all."""
 
@@ -77,6 +81,7 @@ class CertificateCache:
         self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._proven: set[str] = set()
         self._failures: OrderedDict[str, _Failure] = OrderedDict()
+        self._hosts_down: OrderedDict[str, _Failure] = OrderedDict()
         self._pending: dict[str, asyncio.Future[x509.Certificate]] = {}
         self._turns: asyncio.Semaphore | None = None
         self._refused = 0
@@ -92,7 +97,8 @@ class CertificateCache:
             return cert
         pending = self._pending.get(url)
         if pending is None:
-            self._check_remembered(url)
+            self._check_remembered(url, self._failures)
+            self._check_remembered(_host(url), self._hosts_down, url)
             self._admit(url)
             pending = asyncio.ensure_future(self._fetch(url, fetch))
             pending.add_done_callback(_retrieved)  # when every waiter went away, its failure is still taken
@@ -105,6 +111,8 @@ class CertificateCache:
         try:
             turns = await self._turn(url)
             try:
+                # The host may have failed another URL's fetch while this one waited: it is not asked again yet.
+                self._check_remembered(_host(url), self._hosts_down, url)
                 cert = await self._load(url, fetch)
             finally:
                 turns.release()
@@ -127,18 +135,20 @@ class CertificateCache:
             del self._certs[victim]
             self._proven.discard(victim)
 
-    def _check_remembered(self, url: str) -> None:
-        """Raise the failure remembered for `url`, if one is; logged at most once per LOG_EVERY_S."""
-        failure = self._failures.get(url)
+    def _check_remembered(self, key: str, failures: OrderedDict[str, _Failure], url: str | None = None) -> None:
+        """Raise the failure remembered for `key` (a URL, or the host of `url`) in `failures`, if one is; logged
+        at most once per LOG_EVERY_S."""
+        failure = failures.get(key)
         if failure is None:
             return
         now = self._clock()
         if now >= failure.until:
-            del self._failures[url]
+            del failures[key]
             return
         failure.hits += 1
         if now - failure.logged_at >= LOG_EVERY_S:
-            log.info("sns.certificate_failure_remembered", source=self._source, url=url, reason=failure.reason,
+            where = {"url": key} if url is None else {"url": url, "host": key}
+            log.info("sns.certificate_failure_remembered", source=self._source, **where, reason=failure.reason,
                      status=failure.status, hits=failure.hits, remembered_s=math.ceil(failure.until - now))
             failure.hits, failure.logged_at = 0, now
         raise _rejection(failure, now)
@@ -192,13 +202,26 @@ class CertificateCache:
         now = self._clock()
         status, remembered = (503, UNAVAILABLE_FOR_S) if may_pass else (401, REFUSED_FOR_S)
         failure = _Failure(status, reason, now + remembered, logged_at=now)
-        self._failures[url] = failure
-        self._failures.move_to_end(url)
-        while len(self._failures) > self.failures_limit:
-            self._failures.popitem(last=False)
+        _remember(self._failures, url, failure, self.failures_limit)
+        if may_pass:  # the host is down or busy, for every URL on it
+            # Logged at its first use: the failure's own log names only its URL.
+            host_failure = _Failure(status, f"{_host(url)} failed on another URL just now: {reason}", failure.until)
+            _remember(self._hosts_down, _host(url), host_failure, self.failures_limit)
         log.warning("sns.certificate_fetch_failed", source=self._source, url=url, reason=reason, status=status,
                     remembered_s=remembered)
         return _rejection(failure, now)
+
+
+def _host(url: str) -> str:
+    """The host of a URL already checked to be an SNS certificate's (https://<host>/…)."""
+    return url.split("/", 3)[2]
+
+
+def _remember(failures: OrderedDict[str, _Failure], key: str, failure: _Failure, limit: int) -> None:
+    failures[key] = failure
+    failures.move_to_end(key)
+    while len(failures) > limit:
+        failures.popitem(last=False)
 
 
 def _rejection(failure: _Failure, now: float) -> Rejected:

@@ -44,6 +44,9 @@ class NewDelivery(msgspec.Struct, kw_only=True):
     it names, only when `sender` is the conversation's first sender (or the conversation predates the column);
     otherwise it opens a conversation of its own (conversations.split_key) and `conversation.sender_mismatch`
     is logged."""
+    sender_also: tuple[str, ...] = ()
+    """Other forms of `sender` (its address at the domains its source names as aliases of its domain,
+    conversations.sender_aliases): a conversation first sent by one of them is `sender`'s too."""
 
 
 class Nonce(msgspec.Struct, kw_only=True, frozen=True):

@@ -180,13 +180,14 @@ class MemoryStore(Store):
         assert d.conversation is not None
         c = self.conversations.get(d.conversation)
         sender = d.sender or ""
+        senders = (None, sender, *d.sender_also)  # None: a conversation older than the sender column
         if d.sender_checked and (
-                (c is not None and c.sender is not None and c.sender != sender)
+                (c is not None and c.sender not in senders)
                 or (d.known_ticket is not None and (c is None or now - c.last_message_at_ms > d.reopen_after_ms)
                     and not any(o.destination == d.destination and o.ticket_id == d.known_ticket
-                                and o.sender in (None, sender) for o in self.conversations.values()))):
+                                and o.sender in senders for o in self.conversations.values()))):
             own, key = split_conversation_id(d)
-            sender_mismatch(d, "conversation" if c is not None and c.sender not in (None, sender) else "ticket",
+            sender_mismatch(d, "conversation" if c is not None and c.sender not in senders else "ticket",
                             sender, None if c is None else c.sender, own)
             self.conversations[own] = ConversationRow(
                 id=own, key=key, mapping=d.mapping, destination=d.destination, messages=1, started_at_ms=now,

@@ -581,7 +581,7 @@ _JOIN_CHECKED = (
     "ticket_uuid = CASE WHEN $5 - c.last_message_at > $7 THEN NULL ELSE c.ticket_uuid END, "
     "ticket_at = CASE WHEN $5 - c.last_message_at > $7 THEN EXCLUDED.ticket_at ELSE c.ticket_at END, "
     "last_message_at = GREATEST(c.last_message_at, $5) "
-    "WHERE c.sender IS NULL OR c.sender = $8 RETURNING 1")
+    "WHERE c.sender IS NULL OR c.sender = $8 OR c.sender = ANY($9::text[]) RETURNING 1")
 """One message counted in a conversation whose key any sender may write, as _conversations counts one, but only
 when the conversation's first sender is the message's (or it has none, being older than the column): the row a
 conflict locks is left as it was, and nothing is returned, otherwise."""
@@ -593,13 +593,15 @@ async def _join_checked(conn: Any, d: NewDelivery, now: int) -> str | None:
     sender = d.sender or ""
     named = "conversation"
     if d.known_ticket is not None and not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND (sender IS NULL OR sender = $2) "
-            "AND $3 - last_message_at <= $4) OR EXISTS (SELECT 1 FROM conversations WHERE destination = $5 "
-            "AND ticket_id = $6 AND (sender IS NULL OR sender = $2))",
-            d.conversation, sender, now, d.reopen_after_ms, d.destination, d.known_ticket):
+            "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND (sender IS NULL OR sender = $2 "
+            "OR sender = ANY($7::text[])) AND $3 - last_message_at <= $4) OR EXISTS (SELECT 1 FROM conversations "
+            "WHERE destination = $5 AND ticket_id = $6 AND (sender IS NULL OR sender = $2 "
+            "OR sender = ANY($7::text[])))",
+            d.conversation, sender, now, d.reopen_after_ms, d.destination, d.known_ticket, list(d.sender_also)):
         named = "ticket"
     elif await conn.fetchval(_JOIN_CHECKED, d.conversation, d.conversation_key or d.conversation, d.mapping,
-                             d.destination, now, d.known_ticket, d.reopen_after_ms, sender) is not None:
+                             d.destination, now, d.known_ticket, d.reopen_after_ms, sender,
+                             list(d.sender_also)) is not None:
         return None
     first = await conn.fetchval("SELECT sender FROM conversations WHERE id = $1", d.conversation)
     own, key = split_conversation_id(d)

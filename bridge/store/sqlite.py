@@ -1803,17 +1803,19 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> st
     (`stored`, migration 0025)."""
     checked = d.sender_checked
     sender = d.sender or ""
-    same_sender = " AND (sender IS NULL OR sender = ?4)" if checked else ""
+    also = d.sender_also if checked else ()
+    same_sender = f" AND (sender IS NULL OR {_sender_in(4, also)})" if checked else ""
     counted = conn.execute(
         "UPDATE conversations SET messages = messages + 1, stored = stored + 1, "  # noqa: S608
         "last_message_at = max(last_message_at, ?1) "
         f"WHERE id = ?2 AND ?1 - last_message_at <= ?3{same_sender}",
-        (now, d.conversation, d.reopen_after_ms, *((sender,) if checked else ()))).rowcount
+        (now, d.conversation, d.reopen_after_ms, *((sender, *also) if checked else ()))).rowcount
     if counted:
         return None
     if checked and d.known_ticket is not None and conn.execute(
-            "SELECT 1 FROM conversations WHERE destination = ? AND ticket_id = ? AND (sender IS NULL OR sender = ?) "
-            "LIMIT 1", (d.destination, d.known_ticket, sender)).fetchone() is None:
+            "SELECT 1 FROM conversations WHERE destination = ?1 AND ticket_id = ?2 "  # noqa: S608
+            f"AND (sender IS NULL OR {_sender_in(3, also)}) LIMIT 1",
+            (d.destination, d.known_ticket, sender, *also)).fetchone() is None:
         return _split_conversation(conn, d, now, sender, "ticket")
     opened = conn.execute(
         "INSERT INTO conversations (id, key, mapping, destination, messages, stored, started_at, last_message_at, "  # noqa: S608
@@ -1826,12 +1828,20 @@ def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> st
         "ticket_uuid = CASE WHEN ?5 - last_message_at > ?7 THEN NULL ELSE ticket_uuid END, "
         "ticket_at = CASE WHEN ?5 - last_message_at > ?7 THEN excluded.ticket_at ELSE ticket_at END, "
         "last_message_at = max(last_message_at, ?5)"
-        + (" WHERE sender IS NULL OR sender = ?8" if checked else "") + " RETURNING 1",
+        + (f" WHERE sender IS NULL OR {_sender_in(8, also)}" if checked else "") + " RETURNING 1",
         (d.conversation, d.conversation_key or d.conversation, d.mapping, d.destination, now, d.known_ticket,
-         d.reopen_after_ms, sender if checked else d.sender)).fetchone()
+         d.reopen_after_ms, sender if checked else d.sender, *also)).fetchone()
     if opened is None:
         return _split_conversation(conn, d, now, sender, "conversation")
     return None
+
+
+def _sender_in(first: int, also: tuple[str, ...]) -> str:
+    """`sender = ?first`, or with the sender's other forms (`NewDelivery.sender_also`, bound after it) `sender IN
+    (?first, ?first+1, …)`."""
+    if not also:
+        return f"sender = ?{first}"
+    return "sender IN (" + ", ".join(f"?{first + i}" for i in range(len(also) + 1)) + ")"
 
 
 def _split_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int, sender: str, named: str) -> str:

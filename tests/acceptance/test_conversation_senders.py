@@ -214,3 +214,63 @@ async def test_a_from_naming_the_customer_beside_another_mailbox_or_only_encoded
     assert sorted(t["detail"] for t in now.values() if t["ticketId"] != ceo["ticketId"]) == ["ATTACKER 0",
                                                                                               "ATTACKER 1"]
     assert len([e for e in logs if e["event"] == "conversation.sender_mismatch"]) == 2
+
+
+ALIASED = CONFIG.replace("  support-mail: {kind: json}\n", "  support-mail: {kind: json, sender_domain_aliases: "
+                         "{contoso.onmicrosoft.com: contoso.com, contoso.de: contoso.com}}\n")
+
+
+@pytest.mark.parametrize("aliased", [True, False])
+async def test_a_tenants_onmicrosoft_address_keeps_its_thread_when_the_source_names_the_alias(
+        write_config: ConfigFactory, bridge_client: AppClient, aliased: bool) -> None:
+    """Microsoft 365 mail may come from a mailbox's `tenant.onmicrosoft.com` address or its custom domain's. With
+    `sender_domain_aliases` naming the two domains one, a reply from either form of the address (any case)
+    comments on the ticket the other opened, by References and by `[#id]` token alike; another mailbox of the
+    tenant does not. Without it the two addresses are two senders, as before: each reply opens a ticket."""
+    client = await bridge_client(write_config(ALIASED if aliased else CONFIG, {"mail": MAPPING}))
+    await post(client, **{"from": "Jo <jo@contoso.com>", "subject": "VPN", "message_id": "<c1@contoso.com>",
+                          "stripped_text": "vpn down"})
+    await settled(client, 1)
+    (ticket,) = await tickets(client)
+    tid = ticket["ticketId"]
+    with capture_logs() as logs:
+        await post(client, **{"from": "Jo <Jo@Contoso.onmicrosoft.com>", "subject": "Re: VPN",
+                              "message_id": "<c2@contoso.onmicrosoft.com>", "references": ["<c1@contoso.com>"],
+                              "stripped_text": "still down"})
+        await post(client, **{"from": "jo@contoso.de", "subject": f"Re: VPN [#{tid}]",
+                              "message_id": "<c3@contoso.de>", "stripped_text": "any news"})
+        await post(client, **{"from": "ann@contoso.onmicrosoft.com", "subject": "Re: VPN",
+                              "message_id": "<c4@contoso.onmicrosoft.com>", "references": ["<c1@contoso.com>"],
+                              "stripped_text": "ANN"})
+        await settled(client, 4)
+    now = {t["ticketId"]: t for t in await tickets(client)}
+    others = sorted(t["detail"] for t in now.values() if t["ticketId"] != tid)
+    if aliased:
+        assert now[tid]["comments"] == ["still down (first sender jo@contoso.com)",
+                                        "any news (first sender jo@contoso.com)"]
+        assert others == ["ANN"]
+        assert [e["named"] for e in logs if e["event"] == "conversation.sender_mismatch"] == ["conversation"]
+    else:
+        assert now[tid]["comments"] == []
+        assert others == ["ANN", "any news", "still down"]
+
+
+async def test_a_thread_opened_before_the_alias_was_named_is_kept(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """A thread opened from the onmicrosoft address before the source named the alias keeps that address as
+    its first sender; once the alias is named (a restart with it), replies from it or from the custom domain's
+    address join it rather than opening conversations of their own."""
+    client = await bridge_client(write_config(CONFIG, {"mail": MAPPING}))
+    await post(client, **{"from": "jo@contoso.onmicrosoft.com", "subject": "VPN",
+                          "message_id": "<c1@contoso.onmicrosoft.com>", "stripped_text": "vpn down"})
+    await settled(client, 1)
+    await client.close()
+    client = await bridge_client(write_config(ALIASED, {"mail": MAPPING}))
+    with capture_logs() as logs:
+        for n, sender in enumerate(["jo@contoso.onmicrosoft.com", "jo@contoso.com", "ann@contoso.com"]):
+            await post(client, **{"from": sender, "subject": "Re: VPN", "message_id": f"<r{n}@x>",
+                                  "references": ["<c1@contoso.onmicrosoft.com>"], "stripped_text": f"reply {n}"})
+        await settled(client, 4)
+    (thread,) = await runtime(client).store.get_conversations("mail:c1@contoso.onmicrosoft.com")
+    assert (thread.conversation.sender, thread.conversation.messages) == ("jo@contoso.onmicrosoft.com", 3)
+    assert [e["named"] for e in logs if e["event"] == "conversation.sender_mismatch"] == ["conversation"]

@@ -80,8 +80,11 @@ async def post(client: Any, message: dict[str, Any]) -> tuple[int, dict[str, Any
     ({"timestamp": NOW - 3601}, "timestamp", "SNS Timestamp is 3601s old"),
     ({"SigningCertURL": CERT_URL + "?x=1"}, "certificate", "SigningCertURL has a query ('x=1')"),
     ({"SigningCertURL": "https://sns.us-east-1.amazonaws.com/x1.pem"}, "certificate",
-     "SigningCertURL's path '/x1.pem' is not an SNS certificate's; expected https://sns.<region>.amazonaws.com[.cn]"
+     "SigningCertURL's path '/x1.pem' is not an SNS certificate's; expected https://sns.us-east-1.amazonaws.com"
      "/SimpleNotificationService-<hex digits>.pem"),
+    ({"SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-00.pem"}, "certificate",
+     "SigningCertURL's host 'sns.eu-west-1.amazonaws.com' is not the SNS host of the topic's region, "
+     "sns.us-east-1.amazonaws.com"),
     ({"unsigned": {"SignatureVersion": "3"}}, "signature", "unsupported SNS SignatureVersion '3'"),
     ({"unsigned": {"MessageId": None}}, "signature", "SNS message has no MessageId"),
 ])

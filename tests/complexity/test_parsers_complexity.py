@@ -132,6 +132,11 @@ CASES: dict[str, tuple[Any, Any, int]] = {
     "header block: n fields, the last an envelope line": (
         Headers.from_block, lambda n: "X: y\r\n" * min(n, 900) + "Y:" + " " * n + "\r\nFrom x\r\n", 2_000),
     "encoded words: n unterminated words": (decode_words, lambda n: "=?a?q?x" * n, 1_000),
+    "encoded-word shield: n unterminated words": (email_module._shield_encoded_words, lambda n: "=?a?q?x" * n, 1_000),
+    "encoded-word shield: n words with commas, then an open comment": (
+        email_module._shield_encoded_words, lambda n: "=?a?q?x,y?= <a@b>, " * n + "(" * n, 300),
+    "address_list: a To of n encoded names holding commas": (
+        address_list, lambda n: ", ".join(f"=?utf-8?q?Doe,_J{i}?= <j{i}@b.example>" for i in range(n)), 100),
     "MIME: n attachment parts": (parse_mime, mime_parts, 25),
     "MIME: n nested multipart sections, 50 lines each": (parse_mime, mime_nested, 40),
     "MIME: a Content-Type of n parameters": (parse_mime, mime_long_content_type, 1_000),

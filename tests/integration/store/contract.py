@@ -1298,6 +1298,41 @@ class StoreContract:
         (joined,) = await store.get_conversations("ticket:713")
         assert [d.id for d in joined.deliveries] == [owner.id]
 
+    async def test_a_senders_other_forms_join_its_conversation_and_ticket(self, store: Store) -> None:
+        """A message whose sender has other forms (`sender_also`: its address at the domains its source names as
+        aliases of its own) joins a conversation, or by token a ticket, first sent by any of them, as by itself;
+        no one else's, and its other forms name no one else."""
+        conv, key = "m|mail:jo1@contoso.com", "mail:jo1@contoso.com"
+        first = make_delivery(conversation=conv, conversation_key=key, sender="jo@contoso.onmicrosoft.com",
+                              sender_checked=True)
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-9"), role="create"))
+
+        def mail(sender: str, *also: str, **kw: Any) -> NewDelivery:
+            return make_delivery(conversation=conv, conversation_key=key, sender=sender, sender_checked=True,
+                                 sender_also=also, **kw)
+
+        reply = mail("jo@contoso.com", "jo@contoso.onmicrosoft.com", "jo@contoso.de")
+        other = mail("ann@contoso.com", "ann@contoso.onmicrosoft.com")
+        plain = mail("jo@contoso.com")  # no aliases named: another sender
+        token = make_delivery(conversation="m|ticket:T-9", conversation_key="ticket:T-9", known_ticket="T-9",
+                              sender="jo@contoso.com", sender_checked=True, sender_also=("jo@contoso.onmicrosoft.com",))
+        stranger = make_delivery(conversation="m|ticket:T-9", conversation_key="ticket:T-9", known_ticket="T-9",
+                                 sender="ann@contoso.com", sender_checked=True,
+                                 sender_also=("ann@contoso.onmicrosoft.com",))
+        for d in (reply, other, plain, token, stranger):
+            await accept_one(store, d)
+        (found,) = await store.get_conversations(key)
+        assert (found.conversation.sender, found.conversation.ticket_id) == ("jo@contoso.onmicrosoft.com", "T-9")
+        assert [d.id for d in found.deliveries] == [first.id, reply.id]
+        for d in (other, plain, stranger):
+            assert (await row(store, d.id)).conversation == f"contact-to-kapture|split:{d.id}"
+        got = {c.id: c for c in (await store.claim("kapture-support", 10, "w", 30)).items}
+        assert got[reply.id].ticket is not None and got[reply.id].ticket["id"] == "T-9"
+        assert got[token.id].ticket is not None and got[token.id].ticket["id"] == "T-9"
+        assert got[stranger.id].ticket is None and got[other.id].ticket is None
+
     async def test_a_conversation_without_a_first_sender_is_joined_as_before(self, store: Store) -> None:
         """A conversation opened before the sender was kept (no sender) takes every sender's message."""
         old = make_delivery(conversation="m|mail:old@x", conversation_key="mail:old@x")

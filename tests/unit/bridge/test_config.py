@@ -1039,3 +1039,38 @@ def test_a_bad_value_from_an_environment_variable_is_never_shown(tmp_path: Path,
     assert (err.line, err.path, err.message) == (case.line, case.path, case.env_message)
     said = err.render().replace(str(err.file), "")
     assert [secret for secret in case.hidden if secret in said] == []
+
+
+def test_sender_domain_aliases_are_taken_on_any_source(tmp_path: Path) -> None:
+    """A source names the domains whose mailboxes are another domain's, for the thread's sender check."""
+    config = load(tmp_path, """\
+        sources:
+          mail: {kind: json, sender_domain_aliases: {contoso.onmicrosoft.com: contoso.com, contoso.de: contoso.com}}
+          ses: {kind: ses, topic_arns: ["arn:aws:sns:eu-west-1:123456789012:inbound"]}
+        """)
+    assert config.sources["mail"].sender_domain_aliases == {"contoso.onmicrosoft.com": "contoso.com",
+                                                            "contoso.de": "contoso.com"}
+    assert config.sources["ses"].sender_domain_aliases == {}
+
+
+ALIASES_AT = "sources.mail.sender_domain_aliases"
+
+
+@pytest.mark.parametrize(("aliases", "path", "message"), [
+    ("{Contoso.onmicrosoft.com: contoso.com}", f'{ALIASES_AT}["Contoso.onmicrosoft.com"]',
+     "the alias 'Contoso.onmicrosoft.com' is not a domain name in lower case, such as contoso.onmicrosoft.com: "
+     "contoso.com"),
+    ("{contoso.onmicrosoft.com: '@contoso.com'}", f'{ALIASES_AT}["contoso.onmicrosoft.com"]',
+     "the domain '@contoso.com' is not a domain name in lower case"),
+    ("{contoso: contoso.com}", f"{ALIASES_AT}.contoso", "the alias 'contoso' is not a domain"),
+    ("{contoso.com: contoso.com}", f'{ALIASES_AT}["contoso.com"]', "'contoso.com' is an alias of itself"),
+    ("{a.onmicrosoft.com: contoso.de, contoso.de: contoso.com}", f'{ALIASES_AT}["a.onmicrosoft.com"]',
+     "'a.onmicrosoft.com' is an alias of 'contoso.de', itself an alias (of 'contoso.com'): name the domain they all "
+     "stand for"),
+])
+def test_bad_sender_domain_aliases_are_named(tmp_path: Path, aliases: str, path: str, message: str) -> None:
+    """An alias or domain that is no lower-case domain name, a domain its own alias, or an alias of an alias is
+    refused at load, naming the source's key and the value."""
+    err = only_error(tmp_path, f"sources:\n  mail: {{kind: json, sender_domain_aliases: {aliases}}}\n")
+    assert err.path == path
+    assert message in err.message

@@ -8,7 +8,9 @@ from bridge.conversations import (
     chat_key,
     email_key,
     given_key,
+    message_sender,
     normalise_message_id,
+    sender_aliases,
     ticket_context,
 )
 
@@ -75,3 +77,28 @@ def test_a_long_key_keeps_a_prefix_and_the_hash_of_the_whole_value() -> None:
     ref = "<" + "r" * 600 + "@x.io>"
     one, two = email_key({"references": [ref]}), email_key({"references": [ref.replace("r@", "s@")]})
     assert one is not None and two is not None and one.key != two.key and len(one.key) <= len("mail:") + 512
+
+
+ALIASES = {"contoso.onmicrosoft.com": "contoso.com", "contoso.de": "contoso.com"}
+
+
+def test_a_sender_at_an_alias_domain_is_the_sender_at_its_domain() -> None:
+    """With a source's `sender_domain_aliases`, an address at an alias domain is the sender at the domain it
+    stands for; the local part is kept, and other domains, subdomains and values naming no address are as they
+    were."""
+    assert message_sender({"from": "Jo <Jo@Contoso.OnMicrosoft.com>"}, ALIASES) == "jo@contoso.com"
+    assert message_sender({"from": "jo@contoso.de"}, ALIASES) == "jo@contoso.com"
+    assert message_sender({"from": "jo@contoso.com"}, ALIASES) == "jo@contoso.com"
+    assert message_sender({"from": "jo@mail.contoso.de"}, ALIASES) == "jo@mail.contoso.de"
+    assert message_sender({"from": "jo@evilcontoso.de"}, ALIASES) == "jo@evilcontoso.de"
+    assert message_sender({"from": "jo@contoso.onmicrosoft.com"}) == "jo@contoso.onmicrosoft.com"
+    assert message_sender({"from": "=?utf-8?q?jo=40contoso.de?="}, ALIASES) == "=?utf-8?q?jo=40contoso.de?="
+    assert message_sender({"from": "+15550100"}, ALIASES) == "+15550100"
+
+
+def test_a_senders_other_forms_are_its_address_at_each_alias_of_its_domain() -> None:
+    """The other forms a conversation's first sender may have been written in: the address at each alias."""
+    assert sender_aliases("jo@contoso.com", ALIASES) == ("jo@contoso.onmicrosoft.com", "jo@contoso.de")
+    assert sender_aliases("jo@fabrikam.com", ALIASES) == ()
+    assert sender_aliases("jo@contoso.com", {}) == ()
+    assert sender_aliases("+15550100", ALIASES) == ()

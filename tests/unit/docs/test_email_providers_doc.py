@@ -15,12 +15,20 @@ KINDS = ["brevo", "mailjet", "mandrill", "sparkpost", "resend", "mailersend", "p
 
 def test_documented_sources_load(write_config: ConfigFactory) -> None:
     """The doc's `sources:` block loads unchanged, with its secrets from the environment, one source per kind."""
-    [block] = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    [block, _aliases] = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
     names = re.findall(r"\$\{(\w+)\}", block)
     env = {name: "secret-value" for name in names} | {"RESEND_WEBHOOK_SECRET": "whsec_c2VjcmV0",
                                                       "POSTAL_PUBLIC_KEY": postal_public_key()}
     config = write_config(block, {}, env)
     assert sorted(s.kind for s in config.sources.values()) == sorted(KINDS)
+
+
+def test_the_documented_sender_domain_aliases_load(write_config: ConfigFactory) -> None:
+    """The page's `sender_domain_aliases` example loads as written."""
+    [_kinds, block] = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    config = write_config(block, {}, {"MAILGUN_SIGNING_KEY": "secret-value"})
+    assert config.sources["support-mail"].sender_domain_aliases == {"contoso.onmicrosoft.com": "contoso.com",
+                                                                    "contoso.de": "contoso.com"}
 
 
 def test_every_documented_kind_is_registered_and_in_the_table() -> None:

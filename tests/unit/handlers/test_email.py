@@ -528,6 +528,76 @@ def test_display_names_stand_beside_the_addresses() -> None:
         (["j@x.org", "k@x.org"], ["Jörg", ""], ["ops@x.org"], ["Ops, Team"])
 
 
+# Encoded display names as mailers write them: B, or Q with a name's specials (comma, parentheses, colon, quote,
+# "@", brackets) left unencoded, which RFC 2047 5(3) forbids in a phrase and the email package reads all the same.
+_Q_RAW = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789()<>@,;:\".[]!*+-/")
+
+
+def q_word(name: str) -> str:
+    text = "".join("_" if c == " " else c if c in _Q_RAW else "".join(f"={b:02X}" for b in c.encode())
+                   for c in name)
+    return f"=?utf-8?q?{text}?="
+
+
+def b_word(name: str) -> str:
+    return f"=?UTF-8?B?{base64.b64encode(name.encode()).decode()}?="
+
+
+def package_mailboxes(value: str) -> list[tuple[str, str]]:
+    """(display name, lower-cased address) of a To value as the email package's header parser reads it, the
+    name's whitespace runs made single spaces as the payload writes them."""
+    header = BytesParser(policy=default_policy).parsebytes(f"To: {value}\r\n\r\n".encode())["To"]
+    return [(" ".join(a.display_name.split()), a.addr_spec.lower()) for a in header.addresses]
+
+
+@pytest.mark.parametrize("value", [
+    "=?UTF-8?B?SsO2cmcgTcO8bGxlcg==?= <a@b.example>",
+    "=?utf-8?q?J=C3=B6rg?= <j@b.example>",
+    "=?utf-8?Q?M=C3=BCller,_J=C3=B6rg?= <j@b.example>",
+    "=?utf-8?q?J=C3=B6rg_(Sales)?= <j@b.example>, =?utf-8?q?Ana:?= <a@b.example>",
+    "=?utf-8?q?Support_[EU]?= <s@b.example>",
+    "=?utf-8?q?a@b?= <j@b.example>",
+    '=?utf-8?q?Jo_"JJ"?= <j@b.example>',
+    "=?utf-8?q?M=C3=BCller,_J=C3=B6rg?=<j@b.example>,=?utf-8?q?x;y?= <x@b.example>",
+    '"=?utf-8?q?J=C3=B6rg?=" <j@b.example>, Dr. =?utf-8?q?Ana,_M.?= <a@b.example>',
+    "=?utf-8?q?M=C3=BCller,_J=C3=B6rg?= <j@b.example> (=?utf-8?q?a,b?=)",
+    "team: =?utf-8?q?M=C3=BCller,_J=C3=B6rg?= <j@b.example>;",
+])
+def test_encoded_names_in_to_and_cc_read_as_the_email_package_reads_them(value: str) -> None:
+    """To and Cc mailboxes whose display names are encoded words (B, or Q with the name's comma, parentheses,
+    colon or "@" unencoded, as mailers write them) give the addresses and decoded names the email package
+    gives: an encoded word is one word, which no comma inside splits and no "@" inside makes an address."""
+    out = payload(to=value, cc=value)
+    expected = package_mailboxes(value)
+    assert list(zip(out["to_names"], out["to"], strict=True)) == expected  # type: ignore[call-overload]
+    assert list(zip(out["cc_names"], out["cc"], strict=True)) == expected  # type: ignore[call-overload]
+    assert address_list(value) == [a for _n, a in expected]
+
+
+_name_chars = st.sampled_from([*'abcXYZ09 ,()<>@:;.[]\\"éöüß€-', "Jörg", "Müller", "李"])
+_names = st.lists(_name_chars, min_size=1, max_size=12).map("".join).filter(lambda n: n.strip() == n and n.strip())
+
+
+@given(st.lists(st.tuples(_names, st.sampled_from([q_word, b_word]), st.sampled_from(["j", "ana.m", "ops"])),
+                min_size=1, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_any_encoded_names_read_as_the_email_package_reads_them(mailboxes: list[tuple[str, Any, str]]) -> None:
+    """Differential: a To of mailboxes named by encoded words, of any text, reads as the email package reads it."""
+    value = ", ".join(f"{encode(name)} <{local}{i}@b.example>" for i, (name, encode, local) in enumerate(mailboxes))
+    out = payload(to=value)
+    assert list(zip(out["to_names"], out["to"], strict=True)) == package_mailboxes(value)  # type: ignore[call-overload]
+
+
+def test_a_raw_message_keeps_its_encoded_to_and_cc_names() -> None:
+    """A raw message's To and Cc, folded, with encoded names holding commas, are its addresses and names."""
+    raw = (b"From: a@x.org\r\nTo: =?utf-8?Q?M=C3=BCller,_J=C3=B6rg?= <j@b.example>,\r\n"
+           b" =?UTF-8?B?QW5hIE1hcsOtYQ==?= <ana@b.example>\r\nCc: =?utf-8?q?Ops_(EU)?= <ops@b.example>\r\n"
+           b"Subject: s\r\n\r\nbody\r\n")
+    out = payload(mime=parse_mime(raw))
+    assert (out["to"], out["to_names"], out["cc"], out["cc_names"]) == (
+        ["j@b.example", "ana@b.example"], ["Müller, Jörg", "Ana María"], ["ops@b.example"], ["Ops (EU)"])
+
+
 @pytest.mark.parametrize(("pairs", "spam"), [
     ([("X-Spam-Status", "No"), ("X-Spam-Score", "-0.1")], Spam("ham", -0.1)),
     ([("X-Spam-Status", "Yes, score=7.2 required=5.0 tests=BAYES_99")], Spam("spam", 7.2)),

@@ -46,7 +46,7 @@ SNS = {"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-message-type": "N
 
 
 def handler(fake: FakeSns | None = None, **options: Any) -> SesHandler:
-    h: SesHandler = build("ses", topic_arns=[TOPIC], **options)
+    h: SesHandler = build("ses", **{"topic_arns": [TOPIC], **options})
     h.fetch = fake or FakeSns()
     return h
 
@@ -215,6 +215,69 @@ def test_certificate_off_the_sns_host_is_401(url: str) -> None:
     assert rejected_by_verify(ses_notification(SigningCertURL=url)).check == "certificate"
 
 
+@pytest.mark.parametrize("url", [
+    "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem",
+    "https://sns.us-iso-east-1.c2s.ic.gov/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem",
+    "https://sns.zz-east-9.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem",
+])
+async def test_a_certificate_on_another_sns_host_than_the_topics_is_never_fetched(url: str) -> None:
+    """SNS signs a topic's messages on its region's host: a message of a us-east-1 topic naming a certificate on
+    another region's SNS host (or a made-up region's, which may never answer) is a 401 naming the host
+    expected, and nothing is fetched."""
+    fake = FakeSns()
+    with pytest.raises(Rejected) as info:
+        await run(handler(fake), ses_notification(SigningCertURL=url))
+    assert (info.value.status, info.value.check) == (401, "certificate")
+    assert "is not the SNS host of the topic's region, sns.us-east-1.amazonaws.com" in str(info.value)
+    assert fake.fetched == []
+
+
+@pytest.mark.parametrize(("topic", "cert_url"), [
+    ("arn:aws-eusc:sns:eusc-de-east-1:123456789012:inbound",
+     "https://sns.eusc-de-east-1.amazonaws.eu/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"),
+    ("arn:aws-iso:sns:us-iso-east-1:123456789012:inbound",
+     "https://sns.us-iso-east-1.c2s.ic.gov/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"),
+    ("arn:aws-iso-b:sns:us-isob-east-1:123456789012:inbound",
+     "https://sns.us-isob-east-1.sc2s.sgov.gov/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"),
+    ("arn:aws-iso-e:sns:eu-isoe-west-1:123456789012:inbound",
+     "https://sns.eu-isoe-west-1.cloud.adc-e.uk/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"),
+    ("arn:aws-iso-f:sns:us-isof-south-1:123456789012:inbound",
+     "https://sns.us-isof-south-1.csp.hci.ic.gov/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"),
+    ("arn:aws-cn:sns:cn-north-1:123456789012:inbound",
+     "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"),
+])
+async def test_topics_of_every_partition_are_verified_on_their_hosts(topic: str, cert_url: str) -> None:
+    """A topic in the European Sovereign Cloud, an ISO partition or China has its messages' certificate fetched
+    from its region's SNS host, and its messages and subscriptions are taken; another host is refused."""
+    fake = FakeSns()
+    h = handler(fake, topic_arns=[topic])
+    [inbound] = await run(h, ses_notification(TopicArn=topic, SigningCertURL=cert_url))
+    assert inbound.payload["provider"]["sns"]["TopicArn"] == topic
+    host = cert_url.split("/")[2]
+    subscription = sns_sign({**load("ses/sns_subscription.json"), "Timestamp": iso(NOW), "TopicArn": topic,
+                             "SigningCertURL": cert_url,
+                             "SubscribeURL": f"https://{host}/?Action=ConfirmSubscription&TopicArn={topic}"}, "2")
+    early = await run(h, subscription)
+    assert (early.outcome, early.response.status) == ("handshake", 200)
+    assert fake.fetched == [cert_url, subscription["SubscribeURL"]]
+    elsewhere = cert_url.replace(host, "sns.us-east-1.amazonaws.com")
+    err = rejected_by_verify(ses_notification(TopicArn=topic, SigningCertURL=elsewhere), topic_arns=[topic])
+    assert f"is not the SNS host of the topic's region, {host}" in str(err)
+
+
+async def test_a_subscribe_url_on_another_regions_sns_host_is_refused() -> None:
+    """A signed SubscriptionConfirmation is confirmed only on its topic's region's SNS host."""
+    fake = FakeSns()
+    message = sns_sign({**load("ses/sns_subscription.json"), "Timestamp": iso(NOW),
+                        "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription"}, "2")
+    with pytest.raises(Rejected) as info:
+        await run(handler(fake), message)
+    assert (info.value.status, info.value.check) == (401, "subscribe_url")
+    assert "is not an https URL on sns.us-east-1.amazonaws.com, the SNS host of the topic's region" in str(info.value)
+    assert fake.fetched == [CERT_URL]
+
+
 @pytest.mark.parametrize(("change", "check"), [
     ({"SignatureVersion": "3"}, "signature"),
     ({"Signature": "not base64!"}, "signature"),
@@ -261,6 +324,10 @@ def test_max_age_is_configurable() -> None:
     ({}, "missing required field `topic_arns`"),
     ({"topic_arns": []}, "`topic_arns` is empty"),
     ({"topic_arns": ["acme-inbound"]}, "is not an SNS topic ARN"),
+    ({"topic_arns": [TOPIC, "arn:aws:sns:us-iso-east-1:1:t"]},
+     r"'arn:aws:sns:us-iso-east-1:1:t' names the region 'us-iso-east-1', which is no region of "
+     r"the partition 'aws' \(such as us-east-1\)"),
+    ({"topic_arns": ["arn:aws-eu:sns:eu-west-1:1:t"]}, "names the partition 'aws-eu', which is none SNS runs in"),
     ({"topic_arns": [TOPIC], "max_age": "old"}, "not a duration"),
 ])
 def test_invalid_options(options: dict[str, Any], reason: str) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +13,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import Rejected
-from handlers.sns import certificate_url_problem, is_sns_url, signed, string_to_sign, verify_signature
+from handlers.sns import (
+    PARTITIONS,
+    certificate_url_problem,
+    is_sns_url,
+    signed,
+    string_to_sign,
+    topic_arn_problem,
+    topic_host,
+    verify_signature,
+)
 from tests.fixtures.providers import CERT_URL, NOW, load, passes, sns_key, sns_sign
 
 WHEN = datetime.fromtimestamp(NOW, UTC)
@@ -25,14 +37,21 @@ WHEN = datetime.fromtimestamp(NOW, UTC)
     "https://sns.ap-southeast-4.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.il-central-1.amazonaws.com/SimpleNotificationService-abc.pem",
     "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    "https://sns.eusc-de-east-1.amazonaws.eu/SimpleNotificationService-abc.pem",
+    "https://sns.us-iso-east-1.c2s.ic.gov/SimpleNotificationService-abc.pem",
+    "https://sns.us-iso-west-1.c2s.ic.gov/SimpleNotificationService-abc.pem",
+    "https://sns.us-isob-east-1.sc2s.sgov.gov/SimpleNotificationService-abc.pem",
+    "https://sns.eu-isoe-west-1.cloud.adc-e.uk/SimpleNotificationService-abc.pem",
+    "https://sns.us-isof-south-1.csp.hci.ic.gov/SimpleNotificationService-abc.pem",
 ])
 def test_certificate_urls_are_taken(url: str) -> None:
-    """https URLs of SimpleNotificationService-<hex>.pem on sns.<region>.amazonaws.com, or for a China region
-    .amazonaws.com.cn, are certificates'."""
+    """https URLs of SimpleNotificationService-<hex>.pem on sns.<region>.<suffix>, the region one of a partition
+    and the suffix that partition's (China's .amazonaws.com.cn, the European Sovereign Cloud's .amazonaws.eu, the
+    ISO partitions' own), are certificates'."""
     assert certificate_url_problem(url) is None
 
 
-SHAPE = "expected https://sns.<region>.amazonaws.com[.cn]/SimpleNotificationService-<hex digits>.pem"
+SHAPE = "expected https://sns.<region>.<the partition's DNS suffix>/SimpleNotificationService-<hex digits>.pem"
 GOOD = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
 
 
@@ -54,6 +73,31 @@ GOOD = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
     ("https://sns.us-east.amazonaws.com/SimpleNotificationService-abc.pem", "host 'sns.us-east.amazonaws.com'"),
     (GOOD.replace(".com/", ".com.cn/"), "host 'sns.us-east-1.amazonaws.com.cn'"),
     (GOOD.replace("us-east-1", "cn-north-1"), "host 'sns.cn-north-1.amazonaws.com'"),
+    # Each partition's regions on its own suffix only, and only names its regions have.
+    (GOOD.replace("us-east-1", "zz-east-1"), "host 'sns.zz-east-1.amazonaws.com'"),
+    (GOOD.replace("us-east-1", "xx-gov-west-1"), "host 'sns.xx-gov-west-1.amazonaws.com'"),
+    (GOOD.replace("us-east-1", "us-iso-east-1"), "host 'sns.us-iso-east-1.amazonaws.com'"),
+    (GOOD.replace("us-east-1", "eusc-de-east-1"), "host 'sns.eusc-de-east-1.amazonaws.com'"),
+    ("https://sns.us-east-1.amazonaws.eu/SimpleNotificationService-abc.pem", "host 'sns.us-east-1.amazonaws.eu'"),
+    ("https://sns.eusc-fr-east-1.amazonaws.eu/SimpleNotificationService-abc.pem",
+     "host 'sns.eusc-fr-east-1.amazonaws.eu'"),
+    ("https://sns.us-east-1.c2s.ic.gov/SimpleNotificationService-abc.pem", "host 'sns.us-east-1.c2s.ic.gov'"),
+    ("https://sns.us-isob-east-1.c2s.ic.gov/SimpleNotificationService-abc.pem",
+     "host 'sns.us-isob-east-1.c2s.ic.gov'"),
+    ("https://sns.us-iso-east-1.sc2s.sgov.gov/SimpleNotificationService-abc.pem",
+     "host 'sns.us-iso-east-1.sc2s.sgov.gov'"),
+    ("https://sns.c2s.ic.gov/SimpleNotificationService-abc.pem", "host 'sns.c2s.ic.gov'"),
+    ("https://sns.eu-isoe-west-1.adc-e.uk/SimpleNotificationService-abc.pem", "host 'sns.eu-isoe-west-1.adc-e.uk'"),
+    ("https://sns.us-isof-south-1.hci.ic.gov/SimpleNotificationService-abc.pem",
+     "host 'sns.us-isof-south-1.hci.ic.gov'"),
+    ("https://sns.us-iso-east-1.c2s.ic.gov.evil.example/SimpleNotificationService-abc.pem",
+     "host 'sns.us-iso-east-1.c2s.ic.gov.evil.example'"),
+    ("https://sns.s3.c2s.ic.gov/SimpleNotificationService-abc.pem", "host 'sns.s3.c2s.ic.gov'"),
+    ("https://sns.eusc-de-east-1.amazonaws.eu.evil.example/SimpleNotificationService-abc.pem",
+     "host 'sns.eusc-de-east-1.amazonaws.eu.evil.example'"),
+    ("https://sns-fips.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+     "host 'sns-fips.us-east-1.amazonaws.com'"),
+    ("https://sns.us-east-1.api.aws/SimpleNotificationService-abc.pem", "host 'sns.us-east-1.api.aws'"),
     ("https://sns.us-east-1.amazonaws.com/x.pem", "path '/x.pem'"),
     (GOOD.replace(".pem", ".txt"), "path '/SimpleNotificationService-abc.txt'"),
     (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
@@ -92,6 +136,103 @@ def test_subscribe_urls_are_on_an_sns_host(url: str, taken: bool) -> None:
     """A SubscribeURL is any https URL on an SNS host, with no user or other port; a bucket named `sns` is no
     SNS host (`sns.s3.amazonaws.com`)."""
     assert is_sns_url(url) is taken
+
+
+def botocore_data(name: str) -> Any:
+    """botocore's endpoint data (installed with aiobotocore, the `ses-s3` extra, and by the test extra)."""
+    import botocore
+
+    return json.loads((Path(botocore.__file__).parent / "data" / name).read_text())
+
+
+def test_the_partitions_are_botocores() -> None:
+    """The partitions SNS runs in are botocore's, each with its DNS suffix and every region it lists: a botocore
+    that knows a partition or region these do not fails here, rather than its messages failing in service."""
+    partitions = {p["id"]: p for p in botocore_data("partitions.json")["partitions"]}
+    assert {p.name for p in PARTITIONS} == set(partitions)
+    for ours in PARTITIONS:
+        theirs = partitions[ours.name]
+        assert ours.suffix == theirs["outputs"]["dnsSuffix"]
+        regions = [r for r in theirs["regions"] if not r.endswith("-global")]
+        assert ours.example in regions
+        for region in regions:
+            assert re.fullmatch(ours.regions, region), (ours.name, region)
+            assert re.fullmatch(theirs["regionRegex"], region)
+            for other in PARTITIONS:  # one partition's region is no other's: one host for each
+                assert other is ours or not re.fullmatch(other.regions, region), (other.name, region)
+
+
+def test_every_sns_region_of_botocore_has_its_host_taken() -> None:
+    """Each region botocore lists an SNS endpoint in, in each partition, has sns.<region>.<suffix> taken as
+    a certificate's host and as its topics' host (the host AWS's own validator resolves for the region)."""
+    seen = 0
+    for partition in botocore_data("endpoints.json")["partitions"]:
+        for region in partition["services"]["sns"]["endpoints"]:
+            if region.startswith("fips-") or region.endswith("-fips"):
+                continue
+            host = f"sns.{region}.{partition['dnsSuffix']}"
+            arn = f"arn:{partition['partition']}:sns:{region}:123456789012:inbound"
+            assert certificate_url_problem(f"https://{host}/SimpleNotificationService-abc.pem") is None, host
+            assert topic_host(arn) == host
+            assert topic_arn_problem(arn) is None
+            seen += 1
+    assert seen > 40
+
+
+@pytest.mark.parametrize(("arn", "named"), [
+    ("arn:aws:sns:us-east-1:123456789012", "is not an SNS topic ARN"),
+    ("arn:aws:sqs:us-east-1:123456789012:inbound", "is not an SNS topic ARN"),
+    ("arn:aws:sns:us-east-1::inbound", "is not an SNS topic ARN"),
+    ("urn:aws:sns:us-east-1:123456789012:inbound", "is not an SNS topic ARN"),
+    ("arn:aws-xx:sns:us-east-1:123456789012:inbound", "the partition 'aws-xx', which is none SNS runs in"),
+    ("arn:aws:sns:us-iso-east-1:123456789012:inbound",
+     "the region 'us-iso-east-1', which is no region of the partition 'aws' (such as us-east-1)"),
+    ("arn:aws-iso:sns:us-east-1:123456789012:inbound",
+     "the region 'us-east-1', which is no region of the partition 'aws-iso' (such as us-iso-east-1)"),
+    ("arn:aws:sns:cn-north-1:123456789012:inbound", "no region of the partition 'aws'"),
+    ("arn:aws:sns:s3:123456789012:inbound", "the region 's3'"),
+])
+def test_a_topic_not_in_a_partition_and_region_sns_runs_in_has_no_host(arn: str, named: str) -> None:
+    """A topic ARN whose partition SNS does not run in, or whose region is none of its partition's, has no SNS
+    host; the reason names the part and what would be right."""
+    assert topic_host(arn) is None
+    problem = topic_arn_problem(arn)
+    assert problem is not None and named in problem
+    assert problem.endswith("expected arn:PARTITION:sns:REGION:ACCOUNT:TOPIC, such as "
+                            "arn:aws:sns:eu-west-1:123456789012:inbound")
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+     "host 'sns.eu-west-1.amazonaws.com' is not the SNS host of the topic's region, sns.us-east-1.amazonaws.com"),
+    ("https://sns.us-iso-east-1.c2s.ic.gov/SimpleNotificationService-abc.pem",
+     "host 'sns.us-iso-east-1.c2s.ic.gov' is not the SNS host"),
+    ("https://sns.zz-east-9.amazonaws.com/SimpleNotificationService-abc.pem", "host 'sns.zz-east-9.amazonaws.com'"),
+    (GOOD.replace("//", "//user@"), "host 'user@sns.us-east-1.amazonaws.com'"),
+    (GOOD.replace(".com/", ".com:443/"), "host 'sns.us-east-1.amazonaws.com:443'"),
+    (GOOD.replace("sns.", "SNS."), "host 'SNS.us-east-1.amazonaws.com'"),
+    (GOOD.replace("https", "http"), "scheme 'http' is not https"),
+    (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
+    (GOOD + "?x=1", "query ('x=1')"),
+])
+def test_with_the_topics_host_only_that_host_is_taken(url: str, named: str) -> None:
+    """A message's certificate is on its topic's region's SNS host: any other, SNS's own in another region
+    included, is refused naming the host expected; the rest of the URL is checked as ever."""
+    host = "sns.us-east-1.amazonaws.com"
+    assert certificate_url_problem(GOOD, host) is None
+    problem = certificate_url_problem(url, host)
+    assert problem is not None and named in problem
+    assert problem.endswith(f"expected https://{host}/SimpleNotificationService-<hex digits>.pem")
+
+
+def test_subscribe_urls_on_the_topics_host() -> None:
+    """With the topic's host, a SubscribeURL is taken on that host only."""
+    host = "sns.eusc-de-east-1.amazonaws.eu"
+    assert is_sns_url(f"https://{host}/?Action=ConfirmSubscription", host)
+    assert is_sns_url(f"https://{host}:443/?Action=ConfirmSubscription", host)
+    assert not is_sns_url("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription", host)
+    assert not is_sns_url(f"https://user@{host}/", host)
+    assert not is_sns_url(f"http://{host}/", host)
 
 
 def test_string_to_sign_for_a_notification() -> None:

@@ -170,6 +170,65 @@ async def test_a_failure_that_may_pass_is_remembered_briefly() -> None:
     assert UNAVAILABLE_FOR_S < 20
 
 
+@pytest.mark.parametrize("status", [None, 500, 429])
+async def test_a_host_that_failed_is_not_asked_for_other_urls_briefly(status: int | None) -> None:
+    """A host that did not answer (or answered 5xx or 429) is not asked for any other URL for UNAVAILABLE_FOR_S:
+    a sender naming new URLs on it has them answered 503 from memory, none fetched, none holding a turn; a 404
+    on one URL says nothing of the others; another host is asked; after the while, the host is asked again."""
+    clock = ManualClock()
+    fake, c = FakeSns(), cache(clock)
+
+    async def down(address: str) -> bytes:
+        fake.fetched.append(address)
+        raise FetchError("no answer" if status is None else f"HTTP {status}", status)
+
+    await refused(c, url(0), down)
+    clock.now += 5
+    with capture_logs() as logs:
+        answers = [await refused(c, url(i), down) for i in range(1, 40)]
+    assert {(a.status, a.retry_after) for a in answers} == {(503, UNAVAILABLE_FOR_S - 5)}
+    assert "sns.us-east-1.amazonaws.com failed on another URL just now" in str(answers[0])
+    assert fake.fetched == [url(0)]
+    [remembered] = [e for e in logs if e["event"] == "sns.certificate_failure_remembered"]
+    assert (remembered["host"], remembered["url"]) == ("sns.us-east-1.amazonaws.com", url(1))
+    other_region = url(1).replace("us-east-1", "eu-west-1")
+    await c.get(other_region, fake)
+    clock.now += UNAVAILABLE_FOR_S - 5
+    await c.get(url(1), fake)
+    assert fake.fetched == [url(0), other_region, url(1)]
+
+
+async def test_a_definite_failure_leaves_the_host_to_other_urls() -> None:
+    """A 404 (a made-up name) is remembered for its URL only: the next URL on the host is fetched."""
+    fake, c = FakeSns(status=404), cache()
+    await refused(c, url(0), fake)
+    fake.status = 200
+    await c.get(url(1), fake)
+    assert fake.fetched == [url(0), url(1)]
+
+
+async def test_urls_waiting_on_a_host_that_fails_are_not_fetched_when_their_turn_comes() -> None:
+    """Fetches waiting for a turn while one on their host fails (no answer within the timeout) are answered 503
+    when their turn comes, without a fetch each: a host that never answers holds a turn once per
+    UNAVAILABLE_FOR_S, not once per URL a sender makes up."""
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def silent(address: str) -> bytes:
+        started.append(address)
+        await release.wait()
+        raise FetchError("TimeoutError: no answer")
+
+    c = cache(at_once=1)
+    tasks = [asyncio.create_task(c.get(url(i), silent)) for i in range(5)]
+    await eventually(lambda: started == [url(0)])
+    release.set()
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [(a.status, a.check) for a in answers if isinstance(a, Rejected)] == [(503, "certificate")] * 5
+    assert started == [url(0)]
+    assert c.fetches == 1
+
+
 async def test_remembered_failures_are_bounded() -> None:
     """Only the newest `failures` failed URLs are remembered."""
     fake, c = FakeSns(status=404), cache(failures=2)
