@@ -275,7 +275,8 @@ def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) 
     return Dispatcher(store, session, build_destinations(rt), on_attempt=attempt_observer(rt),
                       coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
                       follow_ups=follow_ups, creates=creates, instance=instance_name(rt.config.server.port),
-                      on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name))
+                      on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name),
+                      on_ticket_missing=lambda name: rt.count("delivery.ticket_id_missing", destination=name))
 
 
 def delivery_context(rt: Runtime) -> CleanupCtx:

@@ -972,6 +972,28 @@ class Lane:
                           "id, so the delivery keeps none")
         return f"{why}; the delivery keeps no ticket id"
 
+    def _ticket_missing(self, item: Claimed, where: str, outcome: Outcome, sent: Sent, blog: Any) -> str:
+        """Make visible, and count (`Dispatcher.on_ticket_missing`), a success whose answer gave no ticket id at all
+        (null or nothing at `where`) for a request whose answer gives one (`Adapter.ticket_id_at`): logged
+        `delivery.ticket_id_missing` as a warning. Still a success: the vendor made the ticket, and sending it again
+        would make a second one. A conversation's create so answered leaves its thread without a ticket: its next
+        message is sent as a create, a new ticket (docs/vendors.md). The attempt's error: what is missing, and what
+        follows."""
+        if self.dispatcher.on_ticket_missing is not None:
+            self.dispatcher.on_ticket_missing(self.dest.name)
+        why = f"the vendor's answer gave no ticket id (at `{where}`)"
+        if outcome.error:
+            why = f"{why}; {outcome.error}"
+        if item.conversation is not None:
+            follows = ("the conversation has no ticket, so its next message will be sent as a new ticket; to join "
+                       "them, find the ticket at the vendor")
+        else:
+            follows = "the delivery keeps no ticket id"
+        blog.warning("delivery.ticket_id_missing", where=where, status=sent.http_status,
+                     conversation=item.conversation, action=item.action,
+                     note=f"the vendor took the request (a success, not sent again) but named no ticket: {follows}")
+        return f"{why}: {follows}"
+
     def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
         outcome = sent.outcome
         if outcome.classification == "skipped":
@@ -1001,7 +1023,12 @@ class Lane:
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
             if outcome.ticket_id_dropped:
-                result = msgspec.structs.replace(result, error=self._ticket_dropped(item, outcome, sent, blog))
+                result = msgspec.structs.replace(result, error=self._ticket_dropped(item, outcome, sent, blog),
+                                                 ticket_missing=item.ticket is None)
+            elif (outcome.ticket_id is None and outcome.classification == "success" and item.ticket is None
+                  and (where := self.dest.adapter.ticket_id_at(item.action)) is not None):
+                result = msgspec.structs.replace(result, error=self._ticket_missing(item, where, outcome, sent, blog),
+                                                 ticket_missing=True)
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
                                            ticket_uuid=outcome.ticket_uuid, next_status="succeeded")
         if sent.resend_unsent:
@@ -1096,8 +1123,12 @@ class Dispatcher:
                  lease_s: float = LEASE_SECONDS,
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
                  instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None,
+                 on_ticket_missing: Callable[[str], None] | None = None,
                  creates: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
         self.on_ticket_dropped = on_ticket_dropped
+        self.on_ticket_missing = on_ticket_missing
+        """Told the destination's name for each success that named no ticket where its vendor names one
+        (`delivery.ticket_id_missing`)."""
         """Called with the destination's name for each success whose ticket id is not kept: the vendor's answer
         held no id there (an object, `true`…), or the store refused the attempt's record and the minimal record left
         the id out (not every store takes it). For the metrics."""

@@ -223,7 +223,8 @@ class MemoryStore(Store):
             o.row.conversation == d.row.conversation and o.arrival < d.arrival
             and o.row.status in ("pending", "in_flight")
             for o in self.deliveries.values()) or self._behind_held_create(d))
-        return msgspec.structs.replace(d.row, waiting=waiting)
+        return msgspec.structs.replace(d.row, waiting=waiting,
+                                       ticket_missing=d.row.ticket_missing and d.row.status == "succeeded")
 
     def _ticket(self, d: _Delivery) -> dict[str, Any] | None:
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
@@ -274,6 +275,7 @@ class MemoryStore(Store):
                 ticket_id=r.ticket_id if r.ticket_id is not None else d.row.ticket_id,
                 ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key,
                 ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid,
+                ticket_missing=r.ticket_missing,
             )
             d.lease_until_ms = None
             unknown, duplicates = doubt_after(r)
@@ -396,7 +398,8 @@ class MemoryStore(Store):
         n = d.row.attempts + 1
         self._update(d, status="succeeded", attempts=n, last_error=r.error, ticket_id=r.ticket_id,
                      ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key, in_doubt_since_ms=None,
-                     ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid)
+                     ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid,
+                     ticket_missing=False)
         d.attempts.append(AttemptRow(n=n, started_at_ms=r.started_at_ms, duration_ms=0.0, http_status=None,
                                      response_excerpt=None, classification=r.classification, error=r.error))
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None

@@ -691,7 +691,8 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = $1, "
                 "last_error = $2, ticket_id = $3, ticket_key = COALESCE($4, ticket_key), in_doubt_since = NULL, "
-                "ticket_uuid = COALESCE($6, ticket_uuid) WHERE id = $5 AND status IN ('pending', 'dead') "
+                "ticket_uuid = COALESCE($6, ticket_uuid), ticket_missing = false WHERE id = $5 "
+                "AND status IN ('pending', 'dead') "
                 "RETURNING attempts, conversation, role, destination",
                 now, r.error, r.ticket_id, r.ticket_key, delivery_id, r.ticket_uuid)
             if row is None:

@@ -85,10 +85,10 @@ def row_columns(arrival: str) -> str:
             "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
             f"WHERE h.conversation = deliveries.conversation AND {before(arrival, 'h', 'deliveries')} "
             "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
-            "AND h.created_at >= c.started_at)))), in_doubt_since, unknowns, duplicates, ticket_uuid")
+            "AND h.created_at >= c.started_at)))), in_doubt_since, unknowns, duplicates, ticket_uuid, ticket_missing")
 
 
-ROW_WIDTH = 23
+ROW_WIDTH = 24
 
 
 def head_of_conversation(arrival: str) -> str:
@@ -222,7 +222,7 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
         action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
         updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15], conversation=r[16],
         role=r[17], waiting=bool(r[18]), in_doubt_since_ms=r[19], unknowns=r[20], duplicates=r[21],
-        ticket_uuid=r[22],
+        ticket_uuid=r[22], ticket_missing=bool(r[23]) and r[7] == "succeeded",
     )
 
 

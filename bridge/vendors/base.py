@@ -174,6 +174,13 @@ class Adapter(ABC):
         to retry later. The default needs nothing."""
         return fields
 
+    def ticket_id_at(self, action: str) -> str | None:
+        """Where a success of `action` gives the ticket id the bridge keeps (the answer's path, as the vendor writes
+        it), or None when its answer gives none the bridge needs. A success of such an action whose answer holds no id
+        there is a ticket the bridge cannot name (`AttemptResult.ticket_missing`). The default: a create, whose
+        answer gives the conversation its ticket, at a place each vendor names."""
+        return None
+
     def reconciles(self, action: str) -> bool:
         """Whether a delivery of `action` whose outcome is unknown can be looked up at the vendor (`find`)."""
         return False

@@ -368,6 +368,9 @@ class NetgrootAdapter(Adapter):
                              fix="set base_url to the CRM's address (the one its /api/v1/… pages are under)")
         return Diagnosis(ok=False, said=f"HTTP {status}: {message}")
 
+    def ticket_id_at(self, action: str) -> str | None:
+        return "data.ticket_id" if action == "create_ticket" else None
+
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         data, message = _parsed_answer(body)
         if status in (401, 403) or (data.get("success") is False and message.lower() == "unauthorized"):

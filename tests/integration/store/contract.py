@@ -1024,6 +1024,32 @@ class StoreContract:
         (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert nxt.id == second.id and nxt.ticket is None
 
+    async def test_a_create_answered_without_a_ticket_id_is_marked_and_its_next_message_creates(
+            self, store: Store) -> None:
+        """A conversation's create recorded succeeded with no ticket id and `ticket_missing` shows it on the delivery
+        (listed and shown); the conversation has no ticket, so its next message is claimed as a create; a later
+        attempt's record, or an operator's mark-succeeded, clears it; a delivery not succeeded never shows it."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", error="no ticket id"),
+                                                   role="create", ticket_missing=True), owner="w")
+        assert (await row(store, first.id)).ticket_missing is True
+        listed = await store.list_deliveries(DeliveryFilter(limit=10))
+        assert {r.id: r.ticket_missing for r in listed} == {first.id: True, second.id: False}
+        (conv,) = await store.get_conversations("k")
+        assert conv.conversation.ticket_id is None
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and nxt.ticket is None
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded", ticket_id="T-2"), role="create"))
+        assert (await row(store, second.id)).ticket_missing is False
+        assert await store.replay([first.id]) == [first.id]
+        assert (await row(store, first.id)).ticket_missing is False  # pending again: it names no ticket yet
+        marked = result(first.id, "succeeded", http_status=None, classification="marked", ticket_id="T-1")
+        assert await store.mark_succeeded(first.id, marked) is True
+        assert (await row(store, first.id)).ticket_missing is False
+
     async def _held_create(self, store: Store) -> tuple[NewDelivery, NewDelivery]:
         """A conversation whose create was held (its send's outcome unknown, then dead: on_unknown hold), and its
         next message."""
