@@ -277,7 +277,9 @@ def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) 
                       coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
                       follow_ups=follow_ups, creates=creates, instance=instance_name(rt.config.server.port),
                       on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name),
-                      on_ticket_missing=lambda name: rt.count("delivery.ticket_id_missing", destination=name))
+                      on_ticket_missing=lambda name: rt.count("delivery.ticket_id_missing", destination=name),
+                      on_follow_up_in_doubt=lambda name, handling: rt.count("delivery.follow_up_in_doubt",
+                                                                            destination=name, handling=handling))
 
 
 def delivery_context(rt: Runtime) -> CleanupCtx:

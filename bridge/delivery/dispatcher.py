@@ -119,6 +119,10 @@ READ_GRACE_S = 0.25
 then: SearchStopped); its requests end at the deadline itself."""
 HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
         "(send again) or `mark-succeeded` (with the ticket id)")
+FOLLOW_UP_HELD = ("held: an earlier send of this follow-up had an unknown outcome, so ticket {ticket} may already "
+                  "hold it, and no vendor's API lets ticketbridge find a reply or update again (on_unknown: {policy}); "
+                  "check the ticket at the vendor, then `replay` (send it) or `mark-succeeded` (it is there)")
+"""The error of a follow-up held in doubt (`Lane._follow_up_in_doubt`): not looked up, never sent twice unasked."""
 
 
 @dataclass(frozen=True)
@@ -811,13 +815,15 @@ class Lane:
     async def _settle_doubt(self, item: Claimed, role: str | None, blog: Any) -> tuple[Outcome | None, bool]:
         """What a delivery in doubt (an earlier send's outcome unknown) does before it is sent again, by the
         destination's `on_unknown`: (the outcome that settles it unsent, or None to send; whether that send is
-        a resend that may duplicate). `reconcile` looks the ticket up where the adapter can (a create) and
-        resends otherwise (a follow-up); what cannot be looked up is held."""
+        a resend that may duplicate). A follow-up is never looked up (`_follow_up_in_doubt`); `reconcile` looks a
+        create's ticket up where the adapter can and resends it otherwise; what cannot be looked up is held."""
         policy = self.dest.config.unknown_policy
         adapter = self.dest.adapter
+        if role == "follow_up":
+            return self._follow_up_in_doubt(item, policy, blog)
         if policy == "hold":
             return Outcome(classification="held", error=HELD), False
-        if policy == "resend" or not adapter.reconciles(item.action) or role == "follow_up":
+        if policy == "resend" or not adapter.reconciles(item.action):
             return None, True
         budget = self.dest.config.reconcile_timeout_s
         deadline = Deadline(at=asyncio.get_running_loop().time() + budget, seconds=budget)
@@ -845,6 +851,27 @@ class Lane:
         return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
                        ticket_uuid=found.ticket_uuid,
                        error=f"found at the vendor after an unknown outcome: {found.detail}"), False
+
+    def _follow_up_in_doubt(self, item: Claimed, policy: str, blog: Any) -> tuple[Outcome | None, bool]:
+        """A follow-up (a reply, an update on the conversation's ticket) whose earlier send's outcome is unknown. No
+        vendor's API lets the bridge find a reply again (docs/vendors.md, "Unknown outcomes"), so no look-up is made:
+        under `resend` it is sent again, a possible duplicate (one more comment on the ticket); under `hold` and
+        `reconcile` (which looks up what it can and never guesses) it is held for an operator, the error saying why.
+        Either way logged (`delivery.follow_up_in_doubt`, a warning) and counted
+        (`Dispatcher.on_follow_up_in_doubt`: `ticketbridge_delivery_follow_ups_in_doubt_total`)."""
+        ticket = (item.ticket or {}).get("id")
+        handling = "resent" if policy == "resend" else "held"
+        if self.dispatcher.on_follow_up_in_doubt is not None:
+            self.dispatcher.on_follow_up_in_doubt(self.dest.name, handling)
+        blog.warning("delivery.follow_up_in_doubt", handling=handling, on_unknown=policy, ticket_id=ticket,
+                     in_doubt_since_ms=item.in_doubt_since_ms,
+                     note="an earlier send of this follow-up had an unknown outcome and no vendor lets a reply be "
+                          "found again: " + ("sent again, a possible duplicate on the ticket" if handling == "resent"
+                                             else "held for an operator, who checks the ticket, then replays it or "
+                                                  "marks it succeeded"))
+        if handling == "resent":
+            return None, True
+        return Outcome(classification="held", error=FOLLOW_UP_HELD.format(ticket=ticket, policy=policy)), False
 
     async def _looking_up(self, look: Callable[[Call], Awaitable[T]], deadline: Deadline | None = None) -> T:
         """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
@@ -1124,9 +1151,13 @@ class Dispatcher:
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
                  instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None,
                  on_ticket_missing: Callable[[str], None] | None = None,
+                 on_follow_up_in_doubt: Callable[[str, str], None] | None = None,
                  creates: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None) -> None:
         self.on_ticket_dropped = on_ticket_dropped
         self.on_ticket_missing = on_ticket_missing
+        self.on_follow_up_in_doubt = on_follow_up_in_doubt
+        """Told the destination's name and what was done (`held`, `resent`) for each follow-up in doubt that is
+        about to be sent again (`delivery.follow_up_in_doubt`)."""
         """Told the destination's name for each success that named no ticket where its vendor names one
         (`delivery.ticket_id_missing`)."""
         """Called with the destination's name for each success whose ticket id is not kept: the vendor's answer

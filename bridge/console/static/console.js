@@ -310,8 +310,12 @@ async function delivery(id) {
     d.conversation ? h("p", { id: "conversation" }, "Conversation ", conversationLink(d.conversation), ` · ${kindOf(d)}`,
       d.waiting ? " (an earlier message of it is not sent yet)" : "") : null,
     d.in_doubt_since_ms ? h("p", { class: "warn", id: "in-doubt" }, `In doubt since ${when(d.in_doubt_since_ms)}: `,
-      `${d.unknowns} send(s) had an unknown outcome, so the vendor may hold its ticket. Check at the vendor, then `,
-      "replay it (send again) or mark it succeeded with the ticket found.") : null,
+      d.role === "follow_up"
+        ? [`${d.unknowns} send(s) of this follow-up had an unknown outcome, so its ticket may already hold it (no `,
+          "vendor lets ticketbridge find a reply again). Check the ticket at the vendor, then replay it (send it) or ",
+          "mark it succeeded (it is there)."]
+        : [`${d.unknowns} send(s) had an unknown outcome, so the vendor may hold its ticket. Check at the vendor, then `,
+          "replay it (send again) or mark it succeeded with the ticket found."]) : null,
     d.duplicates ? h("p", { class: "warn", id: "duplicates" }, `Possible duplicate: sent again ${d.duplicates} time(s) after an `,
       "unknown outcome; the vendor may hold more than one ticket for it.") : null,
     d.ticket_missing ? h("p", { class: "warn", id: "ticket-missing" }, "No ticket id: the vendor took it but its answer ",
