@@ -47,6 +47,7 @@ from bridge.store.rows import (
     held_create_blocks,
     lease_lost,
     leases,
+    lookup,
     sender_mismatch,
     settled,
     split_conversation_id,
@@ -459,14 +460,14 @@ class MemoryStore(Store):
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         self._check_open()
-        key = storable(key)
+        key = lookup(key)
         return [ConversationDetail(conversation=c, deliveries=[
                     self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id][:limit])
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
         self._check_open()
-        key = storable(key)
+        key = lookup(key)
         found = sorted((c for c in self.conversations.values() if key in (c.key, c.id)), key=lambda c: c.id)
         for c in found:
             self.conversations[c.id] = msgspec.structs.replace(c, ticket_id=None, ticket_key=None, ticket_uuid=None,

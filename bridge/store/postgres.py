@@ -95,6 +95,7 @@ from bridge.store.rows import (
     head_of_conversation,
     kept_condition,
     leases,
+    lookup,
     now_ms,
     row_columns,
     settled,
@@ -775,7 +776,7 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
-        key = storable(key)
+        key = lookup(key)
 
         async def op(conn: Any) -> list[ConversationDetail]:
             out = []
@@ -790,7 +791,7 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
-        key = storable(key)
+        key = lookup(key)
 
         async def op(conn: Any) -> list[ConversationRow]:
             found = [conversation_row(c) for c in await conn.fetch(

@@ -103,6 +103,7 @@ from bridge.store.rows import (
     kept_condition,
     lease_lost,
     leases,
+    lookup,
     now_ms,
     row_columns,
     sender_mismatch,
@@ -1309,7 +1310,7 @@ class SqliteStore(Store):
         return found
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
-        key = storable(key)
+        key = lookup(key)
 
         def run(conn: sqlite3.Connection) -> list[ConversationDetail]:
             out = []
@@ -1325,7 +1326,7 @@ class SqliteStore(Store):
         return found
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
-        key = storable(key)
+        key = lookup(key)
 
         def op(conn: sqlite3.Connection) -> list[ConversationRow]:
             found = [conversation_row(c) for c in conn.execute(
