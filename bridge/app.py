@@ -41,6 +41,7 @@ from bridge.store import open_store
 from bridge.store.base import Claimed, Store
 from bridge.tracing import build_tracing
 from bridge.vendors.base import Adapter, Outcome
+from bridge.vendors.credentials import Admit
 from bridge.vendors.files import multipart_preview
 from bridge.vendors.registry import adapter_class
 from handlers.registry import build_handler
@@ -282,6 +283,9 @@ def build_dispatcher(rt: Runtime, store: Store, session: aiohttp.ClientSession) 
                       coordination=store.coordination(), lease_s=rt.config.store.lease_seconds,
                       follow_ups=follow_ups, creates=creates, instance=instance_name(rt.config.server.port),
                       on_ticket_dropped=lambda name: rt.count("delivery.ticket_id_dropped", destination=name),
+                      on_ticket_missing=lambda name: rt.count("delivery.ticket_id_missing", destination=name),
+                      on_follow_up_in_doubt=lambda name, handling: rt.count("delivery.follow_up_in_doubt",
+                                                                            destination=name, handling=handling),
                       sandbox_check=sandbox_check)
 
 
@@ -307,21 +311,28 @@ def delivery_context(rt: Runtime) -> CleanupCtx:
         finally:
             await dispatcher.stop(rt.config.server.shutdown_grace_seconds)
             rt.dispatcher = None
-            await close_adapters(dispatcher.destinations, session)
+            await close_adapters(dispatcher.destinations, session,
+                                 admits={name: lane.gate.admit_request for name, lane in dispatcher.lanes.items()})
             await session.close()
 
     return ctx
 
 
 async def close_adapters(destinations: Mapping[str, Destination], session: aiohttp.ClientSession,
-                         timeout_s: float = 5.0) -> None:
+                         timeout_s: float = 5.0, admits: Mapping[str, Admit] | None = None) -> None:
     """Give back each destination's credentials (a log-out), all at once and within `timeout_s`; a failure
-    is logged, never raised, so that shutdown goes on."""
+    is logged, never raised, so that shutdown goes on. A destination's request waits for its slot at the
+    destination's gate (`admits`: its rate limit, a 429's pause), as every other request to the vendor does; one
+    that gets none within `timeout_s` is not sent (`vendor.close_timed_out`: the token is left to expire)."""
 
     async def close(name: str, dest: Destination) -> None:
         try:
             async with asyncio.timeout(timeout_s):
-                await dest.adapter.close(session)
+                await dest.adapter.close(session, None if admits is None else admits.get(name))
+        except TimeoutError:
+            log.warning("vendor.close_timed_out", destination=name, timeout_s=timeout_s,
+                        note="no rate-limit slot, or no answer, within the time shutdown gives it: the log-out is "
+                             "not made, and the token is left to expire")
         except Exception as exc:
             log.warning("vendor.close_failed", destination=name, error=f"{type(exc).__name__}: {exc}")
 

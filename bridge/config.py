@@ -17,7 +17,7 @@ from bridge.conversions import convert_all
 from bridge.durations import parse_duration
 from bridge.errors import VALUE, ErrorList, Located, ValueProblem
 from bridge.escaping import header_problem
-from bridge.names import name_problem
+from bridge.names import alike, escaped, name_problem
 from bridge.pg_schema import split_schema
 from bridge.yamlfile import (
     Document,
@@ -601,6 +601,10 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
             problem = name_problem(name, what)
             if problem is not None:  # kept on every event and delivery, and by the store's gates
                 errors.append(doc.error((section, name), problem))
+        for name, other in alike(getattr(raw, section)).items():
+            errors.append(doc.error((section, name), f"{what} {escaped(name)} reads as the {what} {escaped(other)}: "
+                                                     "they differ only in a no-break space; give them names that "
+                                                     "read apart"))
     sources: dict[str, SourceConfig] = {}
     for name, table in raw.sources.items():
         opts = _typed_entry(doc, ("sources", name), table, "kind", registries.source_options, errors=errors)

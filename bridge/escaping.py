@@ -8,8 +8,13 @@ bytes), so the text is kept with each bad code point written out: an undecodable
 lone surrogate as `\\uNNNN`. The checks cost an ASCII scan in C on ordinary text.
 
 PostgreSQL's `text` refuses the NUL character, which JSON carries as `\\u0000` and a raw body as a zero byte:
-text a store keeps as text (keys, ids, errors; not the JSON it keeps as bytes) has each NUL written `\\x00`
-(`write_nul`), by every backend alike, on the way in and in look-ups.
+text a store keeps as text (keys, ids, errors; not the JSON it keeps as bytes) that holds a NUL is kept written
+out (`write_nul`), by every backend alike, on the way in and in look-ups: NUL_MARK, then the text with each
+backslash doubled and each NUL written `\\x00`. So the written form reads back unambiguously (`read_nul`): a
+literal `\\x00` in text (which holds no NUL) is kept as it is, never taken for a NUL. Text holding no NUL is kept
+unchanged, unless it begins with NUL_MARK, which is then written out the same way. Before this, a NUL was written
+`\\x00` without the mark or a doubled backslash; such a row reads as it always did (`read_nul` leaves text without
+the mark alone).
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ from typing import Any
 _SURROGATE = re.compile("[\ud800-\udfff]")
 NUL = "\x00"
 NUL_WRITTEN = "\\x00"
+NUL_MARK = "\\0~"
+"""What text kept with its NUL written out begins with: a backslash, a zero and a tilde, printable ASCII (every
+database encoding holds it); the earlier write-out never began so for a NUL (it wrote `\\x00`), and text hardly
+does by itself (one that does is written out too)."""
+_WRITTEN = re.compile(r"\\(?:x00|\\)")
+_WELL_WRITTEN = re.compile(r"(?:[^\\\x00]|\\\\|\\x00)*+")
+"""What follows NUL_MARK in `write_nul`'s output: no NUL, and each backslash doubled or starting `\\x00`. Each
+character decides its branch (a backslash by the next one): a linear match."""
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -46,8 +59,32 @@ def quoted_sent(text: str, limit: int = 80) -> str:
 
 
 def write_nul(text: str) -> str:
-    """`text` with each NUL character written out as `\\x00` (itself when it holds none: one scan in C)."""
-    return text.replace(NUL, NUL_WRITTEN) if NUL in text else text
+    """`text` as a text column keeps it: itself when it holds no NUL and does not begin with NUL_MARK (one scan in
+    C), else NUL_MARK and the text with each backslash doubled and each NUL written `\\x00`. One text, one written
+    form: `read_nul` gives the text back."""
+    if NUL not in text and not text.startswith(NUL_MARK):
+        return text
+    return NUL_MARK + text.replace("\\", "\\\\").replace(NUL, NUL_WRITTEN)
+
+
+def read_nul(text: str) -> str:
+    """The text `write_nul` wrote as `text`. Text without NUL_MARK is as it was written: text that never held a NUL,
+    or a row written before the mark, whose NUL reads `\\x00` as it always did."""
+    if not text.startswith(NUL_MARK):
+        return text
+    return _WRITTEN.sub(lambda m: NUL if m.group() == NUL_WRITTEN else "\\", text[len(NUL_MARK):])
+
+
+def written_nul(text: str) -> bool:
+    """Whether `text` is a form `write_nul` gives (NUL_MARK, then only doubled backslashes and `\\x00`): shown by
+    the store, so a look-up given it means that stored text."""
+    return text.startswith(NUL_MARK) and _WELL_WRITTEN.fullmatch(text, len(NUL_MARK)) is not None
+
+
+def lookup_nul(text: str) -> str:
+    """What a look-up by `text` (an operator's: a conversation key or id) matches in a text column: `text` itself
+    when it is a written form the store shows (`written_nul`), else `text` written as a write keeps it."""
+    return text if written_nul(text) else write_nul(text)
 
 
 def escape_values(mapping: dict[str, Any]) -> int:

@@ -56,6 +56,8 @@ LABELLED: dict[str, tuple[str, tuple[str, ...]]] = {
     "retention.purged": ("purged", ("kind",)),
     "delivery.attempt": ("attempts", ("destination", "classification")),
     "delivery.ticket_id_dropped": ("ticket_ids_dropped", ("destination",)),
+    "delivery.ticket_id_missing": ("ticket_ids_missing", ("destination",)),
+    "delivery.follow_up_in_doubt": ("follow_ups_in_doubt", ("destination", "handling")),
     "events.unmatched": ("unmatched", ("source", "reason")),
     "render.failed": ("render_failures", ("mapping",)),
     "render.offloaded": ("render_offloaded", ("source",)),
@@ -132,6 +134,16 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
                    "array, a boolean, a fraction, empty text, text or a number over 256 characters), or a minimal "
                    "record left out one not every store takes. A conversation's create so answered leaves its "
                    "thread without a ticket, and its next message creates another.", samples["ticket_ids_dropped"])
+    out += _family("ticketbridge_delivery_ticket_ids_missing_total", "counter",
+                   "Successes whose answer named no ticket (no id where the vendor gives one: a create's), by "
+                   "destination: the vendor made a ticket the delivery cannot name. A conversation's create so "
+                   "answered leaves its thread without a ticket, and its next message is sent as a new ticket.",
+                   samples["ticket_ids_missing"])
+    out += _family("ticketbridge_delivery_follow_ups_in_doubt_total", "counter",
+                   "Follow-ups (replies, updates) whose earlier send's outcome was unknown, by destination and what "
+                   "was done: held (for an operator: on_unknown hold or reconcile, as no vendor lets a reply be "
+                   "found again) or resent (on_unknown resend: a possible duplicate on the ticket).",
+                   samples["follow_ups_in_doubt"])
     out += _histogram("ticketbridge_delivery_attempt_duration_seconds",
                       "How long each request to a destination took, by destination.", latencies.attempt)
     out += _histogram("ticketbridge_delivery_latency_seconds",

@@ -258,6 +258,10 @@ def run_show(args: argparse.Namespace) -> int:
         if d.duplicates:
             print(f"POSSIBLE DUPLICATE: sent again {d.duplicates} time(s) after an unknown outcome "
                   "(on_unknown: resend); the vendor may hold more than one ticket for it")
+        if d.ticket_missing:
+            print("NO TICKET ID: the vendor took it but its answer named no ticket"
+                  + ("; the conversation has none, so its next message is sent as a new ticket" if d.conversation
+                     else ""))
         print("body:")
         print(msgspec.json.format(msgspec.json.encode(detail.body), indent=2).decode())
         print("payload:")

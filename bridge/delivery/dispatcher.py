@@ -122,6 +122,10 @@ READ_GRACE_S = 0.25
 then: SearchStopped); its requests end at the deadline itself."""
 HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
         "(send again) or `mark-succeeded` (with the ticket id)")
+FOLLOW_UP_HELD = ("held: an earlier send of this follow-up had an unknown outcome, so ticket {ticket} may already "
+                  "hold it, and no vendor's API lets ticketbridge find a reply or update again (on_unknown: {policy}); "
+                  "check the ticket at the vendor, then `replay` (send it) or `mark-succeeded` (it is there)")
+"""The error of a follow-up held in doubt (`Lane._follow_up_in_doubt`): not looked up, never sent twice unasked."""
 
 
 @dataclass(frozen=True)
@@ -845,13 +849,15 @@ class Lane:
     async def _settle_doubt(self, item: Claimed, role: str | None, blog: Any) -> tuple[Outcome | None, bool]:
         """What a delivery in doubt (an earlier send's outcome unknown) does before it is sent again, by the
         destination's `on_unknown`: (the outcome that settles it unsent, or None to send; whether that send is
-        a resend that may duplicate). `reconcile` looks the ticket up where the adapter can (a create) and
-        resends otherwise (a follow-up); what cannot be looked up is held."""
+        a resend that may duplicate). A follow-up is never looked up (`_follow_up_in_doubt`); `reconcile` looks a
+        create's ticket up where the adapter can and resends it otherwise; what cannot be looked up is held."""
         policy = self.dest.config.unknown_policy
         adapter = self.dest.adapter
+        if role == "follow_up":
+            return self._follow_up_in_doubt(item, policy, blog)
         if policy == "hold":
             return Outcome(classification="held", error=HELD), False
-        if policy == "resend" or not adapter.reconciles(item.action) or role == "follow_up":
+        if policy == "resend" or not adapter.reconciles(item.action):
             return None, True
         budget = self.dest.config.reconcile_timeout_s
         deadline = Deadline(at=asyncio.get_running_loop().time() + budget, seconds=budget)
@@ -879,6 +885,27 @@ class Lane:
         return Outcome(classification="reconciled", ticket_id=found.ticket_id, ticket_key=found.ticket_key,
                        ticket_uuid=found.ticket_uuid,
                        error=f"found at the vendor after an unknown outcome: {found.detail}"), False
+
+    def _follow_up_in_doubt(self, item: Claimed, policy: str, blog: Any) -> tuple[Outcome | None, bool]:
+        """A follow-up (a reply, an update on the conversation's ticket) whose earlier send's outcome is unknown. No
+        vendor's API lets the bridge find a reply again (docs/vendors.md, "Unknown outcomes"), so no look-up is made:
+        under `resend` it is sent again, a possible duplicate (one more comment on the ticket); under `hold` and
+        `reconcile` (which looks up what it can and never guesses) it is held for an operator, the error saying why.
+        Either way logged (`delivery.follow_up_in_doubt`, a warning) and counted
+        (`Dispatcher.on_follow_up_in_doubt`: `ticketbridge_delivery_follow_ups_in_doubt_total`)."""
+        ticket = (item.ticket or {}).get("id")
+        handling = "resent" if policy == "resend" else "held"
+        if self.dispatcher.on_follow_up_in_doubt is not None:
+            self.dispatcher.on_follow_up_in_doubt(self.dest.name, handling)
+        blog.warning("delivery.follow_up_in_doubt", handling=handling, on_unknown=policy, ticket_id=ticket,
+                     in_doubt_since_ms=item.in_doubt_since_ms,
+                     note="an earlier send of this follow-up had an unknown outcome and no vendor lets a reply be "
+                          "found again: " + ("sent again, a possible duplicate on the ticket" if handling == "resent"
+                                             else "held for an operator, who checks the ticket, then replays it or "
+                                                  "marks it succeeded"))
+        if handling == "resent":
+            return None, True
+        return Outcome(classification="held", error=FOLLOW_UP_HELD.format(ticket=ticket, policy=policy)), False
 
     async def _looking_up(self, look: Callable[[Call], Awaitable[T]], deadline: Deadline | None = None) -> T:
         """`look` (a reconciliation, a ticket check) with the destination's credentials on each request it
@@ -1006,6 +1033,28 @@ class Lane:
                           "id, so the delivery keeps none")
         return f"{why}; the delivery keeps no ticket id"
 
+    def _ticket_missing(self, item: Claimed, where: str, outcome: Outcome, sent: Sent, blog: Any) -> str:
+        """Make visible, and count (`Dispatcher.on_ticket_missing`), a success whose answer gave no ticket id at all
+        (null or nothing at `where`) for a request whose answer gives one (`Adapter.ticket_id_at`): logged
+        `delivery.ticket_id_missing` as a warning. Still a success: the vendor made the ticket, and sending it again
+        would make a second one. A conversation's create so answered leaves its thread without a ticket: its next
+        message is sent as a create, a new ticket (docs/vendors.md). The attempt's error: what is missing, and what
+        follows."""
+        if self.dispatcher.on_ticket_missing is not None:
+            self.dispatcher.on_ticket_missing(self.dest.name)
+        why = f"the vendor's answer gave no ticket id (at `{where}`)"
+        if outcome.error:
+            why = f"{why}; {outcome.error}"
+        if item.conversation is not None:
+            follows = ("the conversation has no ticket, so its next message will be sent as a new ticket; to join "
+                       "them, find the ticket at the vendor")
+        else:
+            follows = "the delivery keeps no ticket id"
+        blog.warning("delivery.ticket_id_missing", where=where, status=sent.http_status,
+                     conversation=item.conversation, action=item.action,
+                     note=f"the vendor took the request (a success, not sent again) but named no ticket: {follows}")
+        return f"{why}: {follows}"
+
     def _decide(self, item: Claimed, sent: Sent, blog: Any) -> AttemptResult:
         outcome = sent.outcome
         if outcome.classification == "skipped":
@@ -1035,7 +1084,12 @@ class Lane:
             blog.info("delivery.sent", ticket_id=outcome.ticket_id, status=sent.http_status,
                       duration_ms=round(sent.duration_ms, 1), attempt=item.attempts + 1, **key)
             if outcome.ticket_id_dropped:
-                result = msgspec.structs.replace(result, error=self._ticket_dropped(item, outcome, sent, blog))
+                result = msgspec.structs.replace(result, error=self._ticket_dropped(item, outcome, sent, blog),
+                                                 ticket_missing=item.ticket is None)
+            elif (outcome.ticket_id is None and outcome.classification == "success" and item.ticket is None
+                  and (where := self.dest.adapter.ticket_id_at(item.action)) is not None):
+                result = msgspec.structs.replace(result, error=self._ticket_missing(item, where, outcome, sent, blog),
+                                                 ticket_missing=True)
             return msgspec.structs.replace(result, ticket_id=outcome.ticket_id, ticket_key=outcome.ticket_key,
                                            ticket_uuid=outcome.ticket_uuid, next_status="succeeded")
         if sent.resend_unsent:
@@ -1130,6 +1184,8 @@ class Dispatcher:
                  lease_s: float = LEASE_SECONDS,
                  follow_ups: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
                  instance: str | None = None, on_ticket_dropped: Callable[[str], None] | None = None,
+                 on_ticket_missing: Callable[[str], None] | None = None,
+                 on_follow_up_in_doubt: Callable[[str, str], None] | None = None,
                  creates: Callable[[Claimed], Awaitable[Claimed | Outcome]] | None = None,
                  sandbox_check: Callable[[Destination], Awaitable[str | None]] | None = None) -> None:
         self.sandbox_check = sandbox_check
@@ -1139,6 +1195,12 @@ class Dispatcher:
         """Called with the destination's name for each success whose ticket id is not kept: the vendor's answer
         held no id there (an object, `true`…), or the store refused the attempt's record and the minimal record left
         the id out (not every store takes it). For the metrics."""
+        self.on_ticket_missing = on_ticket_missing
+        """Told the destination's name for each success that named no ticket where its vendor names one
+        (`delivery.ticket_id_missing`)."""
+        self.on_follow_up_in_doubt = on_follow_up_in_doubt
+        """Told the destination's name and what was done (`held`, `resent`) for each follow-up in doubt that is
+        about to be sent again (`delivery.follow_up_in_doubt`)."""
         self.follow_ups = follow_ups
         """Renders a conversation's follow-up at send time (its ticket known); None: sent as stored."""
         self.creates = creates

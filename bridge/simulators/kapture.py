@@ -2,12 +2,12 @@
 listing of what it holds. Serves `sandbox: true` destinations in-process, and tests and benchmarks standalone.
 
 Custom fields sent with a create (keys beyond the documented ones) come back in the pull answer's
-`additional_info`. The fault knob `hang_after_count` makes a create, then holds its answer (a timeout after
-the ticket exists). Failures come as `{"message": …, "status": "failed"}` with HTTP 200
-(`failure_http_status` changes that), with the documented messages where Kapture documents one. Pull reads
-`end_date` as inclusive (one day is start_date = end_date, the documented body) unless
-`end_date_inclusive=False` (the curl example's reading); a range over 24 hours fails. With
-`pagination_enabled`, `limit` numbers pages of `page_size` tickets.
+`additional_info`. The fault knob `hang_after_count` makes a create (or applies an update and its comment),
+then holds its answer (a timeout after the ticket, or the comment, exists). Failures come as
+`{"message": …, "status": "failed"}` with HTTP 200 (`failure_http_status` changes that), with the documented
+messages where Kapture documents one. Pull reads `end_date` as inclusive (one day is start_date = end_date,
+the documented body) unless `end_date_inclusive=False` (the curl example's reading); a range over 24 hours
+fails. With `pagination_enabled`, `limit` numbers pages of `page_size` tickets.
 With the knob `auth_key_expired: true` (`/_knobs`) every call answers the legacy pages' expired key,
 `{"Message": "Auth Key Expired", "Status": "Fail"}`.
 """
@@ -168,6 +168,7 @@ class KaptureSimulator(VendorSimulator):
         if item.get("comment"):
             self.add_history(found, "comments", [item["comment"]])
             self.received.note(request, ticket_id=ticket_id, comment=item["comment"])
+        await hang_after(self.faults)  # the comment is on the ticket; its answer may be held (a follow-up in doubt)
         return web.json_response({"ticket": self._ticket_json(found), "Additional_details": {},
                                   "message": "Status and Comment have been updated.\n", "status": "success"})
 

@@ -141,6 +141,11 @@ class AttemptResult(msgspec.Struct, kw_only=True):
     unsent: bool = False
     """Settled without a request (before sending, such as a reconciliation that stopped before it could tell): an
     `unknown` one leaves the doubt as it was and is not counted in `unknowns`, which counts sends."""
+    ticket_missing: bool = False
+    """A success whose answer gave no ticket id (none where the adapter reads one, or what is no id there) for a
+    request the vendor answers one to (`Adapter.answers_ticket_id`): the vendor made the ticket, the delivery does not
+    know which. Kept on the delivery (`DeliveryRow.ticket_missing`) until its next attempt or an operator's
+    mark-succeeded."""
     uses_try: bool = True
     """The attempt counts against the retry schedule (`tries`; `attempts` counts every attempt). False for one our
     store cut short before the vendor could act on it: a request refused for its credentials whose resend the store
@@ -183,6 +188,10 @@ class DeliveryRow(msgspec.Struct, kw_only=True):
     too): each a possible duplicate ticket at the vendor, exactly so when every unknown send made one."""
     ticket_uuid: str | None = None
     """A third reference the vendor gave beside the id and key (LeadSquared's `TicketId`)."""
+    ticket_missing: bool = False
+    """Succeeded, but the vendor's answer gave no ticket id for a request it answers one to (migration 0026): the
+    vendor holds a ticket the delivery cannot name; a conversation's create so answered leaves its thread without a
+    ticket, and the thread's next message is sent as a new ticket (docs/vendors.md)."""
 
 
 class ConversationRow(msgspec.Struct, kw_only=True):

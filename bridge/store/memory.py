@@ -49,6 +49,7 @@ from bridge.store.rows import (
     held_create_blocks,
     lease_lost,
     leases,
+    lookup,
     sender_mismatch,
     settled,
     split_conversation_id,
@@ -226,7 +227,8 @@ class MemoryStore(Store):
             o.row.conversation == d.row.conversation and o.arrival < d.arrival
             and o.row.status in ("pending", "in_flight")
             for o in self.deliveries.values()) or self._behind_held_create(d))
-        return msgspec.structs.replace(d.row, waiting=waiting)
+        return msgspec.structs.replace(d.row, waiting=waiting,
+                                       ticket_missing=d.row.ticket_missing and d.row.status == "succeeded")
 
     def _ticket(self, d: _Delivery) -> dict[str, Any] | None:
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
@@ -277,6 +279,7 @@ class MemoryStore(Store):
                 ticket_id=r.ticket_id if r.ticket_id is not None else d.row.ticket_id,
                 ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key,
                 ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid,
+                ticket_missing=r.ticket_missing,
             )
             d.lease_until_ms = None
             unknown, duplicates = doubt_after(r)
@@ -399,7 +402,8 @@ class MemoryStore(Store):
         n = d.row.attempts + 1
         self._update(d, status="succeeded", attempts=n, last_error=r.error, ticket_id=r.ticket_id,
                      ticket_key=r.ticket_key if r.ticket_key is not None else d.row.ticket_key, in_doubt_since_ms=None,
-                     ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid)
+                     ticket_uuid=r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid,
+                     ticket_missing=False)
         d.attempts.append(AttemptRow(n=n, started_at_ms=r.started_at_ms, duration_ms=0.0, http_status=None,
                                      response_excerpt=None, classification=r.classification, error=r.error))
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
@@ -459,7 +463,7 @@ class MemoryStore(Store):
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         self._check_open()
-        key = storable(key)
+        key = lookup(key)
         return [ConversationDetail(conversation=c, deliveries=[
                     self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id][:limit])
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
@@ -484,7 +488,7 @@ class MemoryStore(Store):
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
         self._check_open()
-        key = storable(key)
+        key = lookup(key)
         found = sorted((c for c in self.conversations.values() if key in (c.key, c.id)), key=lambda c: c.id)
         for c in found:
             self.conversations[c.id] = msgspec.structs.replace(c, ticket_id=None, ticket_key=None, ticket_uuid=None,

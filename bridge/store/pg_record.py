@@ -47,7 +47,8 @@ RECORD = (
     "ticket_uuid = COALESCE($16, ticket_uuid), role = COALESCE($7, role), action = COALESCE($8, action), "
     "body = COALESCE($9, body), in_doubt_since = CASE WHEN $1 = 'succeeded' THEN NULL "
     "WHEN $12::boolean THEN COALESCE(in_doubt_since, $13) ELSE in_doubt_since END, "
-    "unknowns = unknowns + $14, duplicates = duplicates + $15 WHERE id = $10 AND status = 'in_flight' "
+    "unknowns = unknowns + $14, duplicates = duplicates + $15, ticket_missing = $25 WHERE id = $10 "
+    "AND status = 'in_flight' "
     "AND ($11::text IS NULL OR lease_owner = $11) AND ($24::bigint IS NULL OR lease_token = $24) "
     "RETURNING id, attempts, conversation), "
     "a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, "
@@ -63,9 +64,9 @@ RECORDS = (
     "WITH v AS (SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], "
     "$8::text[], $9::bytea[], $10::text[], $11::text[], $12::boolean[], $13::bigint[], $14::int[], $15::int[], "
     "$16::text[], $17::float8[], $18::int[], $19::text[], $20::text[], $21::bytea[], $22::boolean[], "
-    "$23::int[], $24::bigint[]) WITH ORDINALITY AS v (status, next_at, error, ticket_id, ticket_key, role, action, "
-    "body, id, owner, unknown, started, unknowns, duplicates, ticket_uuid, duration, http_status, excerpt, "
-    "classification, exchange, gives, tried, token, o)), "
+    "$23::int[], $24::bigint[], $25::boolean[]) WITH ORDINALITY AS v (status, next_at, error, ticket_id, ticket_key, "
+    "role, action, body, id, owner, unknown, started, unknowns, duplicates, ticket_uuid, duration, http_status, "
+    "excerpt, classification, exchange, gives, tried, token, missing, o)), "
     "u AS (UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1, tries = d.tries + v.tried, "
     "next_attempt_at = COALESCE(v.next_at, d.next_attempt_at), lease_owner = NULL, lease_until = NULL, "
     "updated_at = $1, last_error = v.error, ticket_id = COALESCE(v.ticket_id, d.ticket_id), "
@@ -73,7 +74,7 @@ RECORDS = (
     "role = COALESCE(v.role, d.role), action = COALESCE(v.action, d.action), body = COALESCE(v.body, d.body), "
     "in_doubt_since = CASE WHEN v.status = 'succeeded' THEN NULL "
     "WHEN v.unknown THEN COALESCE(d.in_doubt_since, v.started) ELSE d.in_doubt_since END, "
-    "unknowns = d.unknowns + v.unknowns, duplicates = d.duplicates + v.duplicates FROM v "
+    "unknowns = d.unknowns + v.unknowns, duplicates = d.duplicates + v.duplicates, ticket_missing = v.missing FROM v "
     "WHERE d.id = v.id AND d.status = 'in_flight' AND (v.owner IS NULL OR d.lease_owner = v.owner) "
     "AND (v.token IS NULL OR d.lease_token = v.token) RETURNING d.id, d.attempts, d.conversation, v.o), "
     "a AS (INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, response_excerpt, "
@@ -90,7 +91,7 @@ conversation given tickets by two creates of the group (which one conversation's
 time does not allow) keeps the one with the larger delivery id. Returns the ordinals (from 1) of the attempts
 written."""
 
-WIDTH = 23
+WIDTH = 24
 """How many values each record gives RECORDS (one array each): RECORD's arguments without its time."""
 class PendingRecord:
     """One attempt's record waiting for its group: the values of its statement, encoded before it queues."""
@@ -109,7 +110,7 @@ class PendingRecord:
             None if role_body is None else encode(role_body), r.delivery_id, owner, unknown, r.started_at_ms,
             int(unknown), duplicates, r.ticket_uuid, r.duration_ms, r.http_status, r.response_excerpt,
             r.classification, None if r.exchange is None else encode(r.exchange), gives_ticket(r),
-            int(r.uses_try), token)
+            int(r.uses_try), token, r.ticket_missing)
         """RECORD's arguments without the time ($3), in order."""
         a = self.args
         self.size = len(a[2] or "") + len(a[7] or b"") + len(a[17] or "") + len(a[19] or b"")

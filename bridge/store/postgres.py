@@ -97,6 +97,7 @@ from bridge.store.rows import (
     head_of_conversation,
     kept_condition,
     leases,
+    lookup,
     now_ms,
     row_columns,
     settled,
@@ -706,7 +707,8 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = $1, "
                 "last_error = $2, ticket_id = $3, ticket_key = COALESCE($4, ticket_key), in_doubt_since = NULL, "
-                "ticket_uuid = COALESCE($6, ticket_uuid) WHERE id = $5 AND status IN ('pending', 'dead') "
+                "ticket_uuid = COALESCE($6, ticket_uuid), ticket_missing = false WHERE id = $5 "
+                "AND status IN ('pending', 'dead') "
                 "RETURNING attempts, conversation, role, destination",
                 now, r.error, r.ticket_id, r.ticket_key, delivery_id, r.ticket_uuid)
             if row is None:
@@ -789,7 +791,7 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
-        key = storable(key)
+        key = lookup(key)
 
         async def op(conn: Any) -> list[ConversationDetail]:
             out = []
@@ -831,7 +833,7 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
-        key = storable(key)
+        key = lookup(key)
 
         async def op(conn: Any) -> list[ConversationRow]:
             found = [conversation_row(c) for c in await conn.fetch(

@@ -12,7 +12,7 @@ import structlog
 
 from bridge.conversations import EMAIL_KEY_PREFIXES, scoped, split_key, ticket_context
 from bridge.errors import StoreRefused
-from bridge.escaping import NUL, write_nul
+from bridge.escaping import NUL, NUL_MARK, lookup_nul, write_nul
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -85,10 +85,10 @@ def row_columns(arrival: str) -> str:
             "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
             f"WHERE h.conversation = deliveries.conversation AND {before(arrival, 'h', 'deliveries')} "
             "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
-            "AND h.created_at >= c.started_at)))), in_doubt_since, unknowns, duplicates, ticket_uuid")
+            "AND h.created_at >= c.started_at)))), in_doubt_since, unknowns, duplicates, ticket_uuid, ticket_missing")
 
 
-ROW_WIDTH = 23
+ROW_WIDTH = 24
 
 
 def head_of_conversation(arrival: str) -> str:
@@ -161,18 +161,31 @@ def storable(text: None) -> None: ...
 @overload
 def storable(text: str | None) -> str | None: ...
 def storable(text: str | None) -> str | None:
-    """Text as every backend keeps it in a text column: each NUL written `\\x00` (PostgreSQL's `text` refuses
-    NUL, and the others keep what it keeps, so that a value reads back the same from each). Applied alike to what
-    is written and to what is looked up, so that a key holding a NUL still finds itself."""
-    return text if text is None or NUL not in text else write_nul(text)
+    """Text as every backend keeps it in a text column: one holding a NUL written out (`escaping.write_nul`:
+    PostgreSQL's `text` refuses NUL, and the others keep what it keeps, so that a value reads back the same from
+    each). Applied to what is written, and to what intake and a record look up, so that a key holding a NUL still
+    finds itself; an operator's look-up takes `lookup` (the written form it was shown finds itself too)."""
+    return text if text is None else write_nul(text)
+
+
+@overload
+def lookup(text: str) -> str: ...
+@overload
+def lookup(text: None) -> None: ...
+@overload
+def lookup(text: str | None) -> str | None: ...
+def lookup(text: str | None) -> str | None:
+    """What an operator's look-up by `text` (a conversation's key or id) matches: the text as `storable` writes it,
+    or `text` itself when it is the written form the store shows (`escaping.lookup_nul`)."""
+    return text if text is None else lookup_nul(text)
 
 
 def _storable_fields(record: S, names: tuple[str, ...]) -> S:
-    """`record` with its text fields `names` storable: itself when none holds a NUL (the usual case, checked
+    """`record` with its text fields `names` storable: itself when none needs writing out (the usual case, checked
     without building anything)."""
     for name in names:
         value = getattr(record, name)
-        if value is not None and NUL in value:
+        if value is not None and (NUL in value or value.startswith(NUL_MARK)):
             return msgspec.structs.replace(record, **{n: write_nul(v) for n in names
                                                       if (v := getattr(record, n)) is not None})
     return record
@@ -186,7 +199,6 @@ _DELIVERY_TEXT = ("error", "conversation", "conversation_key", "known_ticket")
 _RESULT_TEXT = ("error", "response_excerpt", "ticket_id", "ticket_key", "ticket_uuid")
 _NONCE_TEXT = ("value",)
 _AUDIT_TEXT = ("actor", "target")
-_FILTER_TEXT = ("conversation",)
 
 
 def storable_accept(event: Event, deliveries: list[NewDelivery], nonce: Nonce | None,
@@ -207,8 +219,11 @@ def storable_audit(entry: AuditEntry) -> AuditEntry:
 
 
 def storable_filter(flt: DeliveryFilter) -> DeliveryFilter:
-    """A listing's filter as the values it matches are kept: a conversation holding a NUL finds itself."""
-    return _storable_fields(flt, _FILTER_TEXT)
+    """A listing's filter as the values it matches are kept: a conversation holding a NUL finds itself, by its key
+    as it came or as the store shows it (`lookup`)."""
+    asked = flt.conversation
+    return flt if asked is None or (found := lookup_nul(asked)) is asked else msgspec.structs.replace(
+        flt, conversation=found)
 
 
 def now_ms() -> int:
@@ -222,7 +237,7 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
         action=r[6], status=r[7], attempts=r[8], tries=r[9], next_attempt_at_ms=r[10], created_at_ms=r[11],
         updated_at_ms=r[12], last_error=r[13], ticket_id=r[14], ticket_key=r[15], conversation=r[16],
         role=r[17], waiting=bool(r[18]), in_doubt_since_ms=r[19], unknowns=r[20], duplicates=r[21],
-        ticket_uuid=r[22],
+        ticket_uuid=r[22], ticket_missing=bool(r[23]) and r[7] == "succeeded",
     )
 
 

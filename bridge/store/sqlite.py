@@ -105,6 +105,7 @@ from bridge.store.rows import (
     kept_condition,
     lease_lost,
     leases,
+    lookup,
     now_ms,
     row_columns,
     sender_mismatch,
@@ -223,7 +224,7 @@ _RECORD = NullsWritten(
     "ticket_key = COALESCE({3}, ticket_key), role = COALESCE({4}, role), action = COALESCE({5}, action), "
     "body = COALESCE({6}, body), in_doubt_since = CASE WHEN ?1 = 'succeeded' THEN NULL "
     "WHEN ?3 THEN COALESCE(in_doubt_since, ?4) ELSE in_doubt_since END, unknowns = unknowns + ?3, "
-    "duplicates = duplicates + ?5 "
+    "duplicates = duplicates + ?5, ticket_missing = ?8 "
     "WHERE id = ?6 AND status = 'in_flight' AND ({7} IS NULL OR lease_owner = {7}) "
     "AND ({8} IS NULL OR lease_token = {8}) RETURNING attempts, conversation")
 _INSERT_ATTEMPT = NullsWritten(
@@ -1029,7 +1030,8 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> None:
             now = now_ms()
             updated = conn.execute(*_RECORD.bind(
-                (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id, int(r.uses_try)),
+                (r.next_status, now, int(unknown), r.started_at_ms, duplicates, r.delivery_id, int(r.uses_try),
+                 int(r.ticket_missing)),
                 (r.next_attempt_at_ms, r.error, r.ticket_id, r.ticket_key, r.role, role_action,
                  None if apart is not None else body, owner, token)),
             ).fetchone()
@@ -1226,7 +1228,7 @@ class SqliteStore(Store):
             row = conn.execute(
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, updated_at = ?, last_error = ?, "
                 "ticket_id = ?, ticket_key = COALESCE(?, ticket_key), ticket_uuid = COALESCE(?, ticket_uuid), "
-                "in_doubt_since = NULL WHERE id = ? AND status IN ('pending', 'dead') "
+                "in_doubt_since = NULL, ticket_missing = 0 WHERE id = ? AND status IN ('pending', 'dead') "
                 "RETURNING attempts, conversation, role, destination",
                 (now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)).fetchone()
             if row is None:
@@ -1320,7 +1322,7 @@ class SqliteStore(Store):
         return found
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
-        key = storable(key)
+        key = lookup(key)
 
         def run(conn: sqlite3.Connection) -> list[ConversationDetail]:
             out = []
@@ -1364,7 +1366,7 @@ class SqliteStore(Store):
         return found
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
-        key = storable(key)
+        key = lookup(key)
 
         def op(conn: sqlite3.Connection) -> list[ConversationRow]:
             found = [conversation_row(c) for c in conn.execute(

@@ -20,7 +20,7 @@ from bridge.config import DestinationConfig
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
 from bridge.escaping import NUL
-from bridge.vendors.credentials import Credentials
+from bridge.vendors.credentials import Admit, Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
 from bridge.vendors.failures import VendorAuthFailed as VendorAuthFailed  # noqa: PLC0414
@@ -134,10 +134,11 @@ class Adapter(ABC):
         `path`), redacted from its attempts beside the configured ones. The default: none."""
         return ()
 
-    async def close(self, session: aiohttp.ClientSession) -> None:
-        """Give back what the destination's credentials obtained (a log-out), at shutdown."""
+    async def close(self, session: aiohttp.ClientSession, admit: Admit | None = None) -> None:
+        """Give back what the destination's credentials obtained (a log-out), at shutdown; its request waits for
+        `admit` (the destination's gate: its rate limit, a 429's pause) first, as every request to the vendor does."""
         if self.credentials is not None:
-            await self.credentials.close(session)
+            await self.credentials.close(session, admit)
 
     def secret_headers(self) -> frozenset[str]:
         """Lower-case names of the headers the destination's configuration puts on its requests that may hold
@@ -173,6 +174,13 @@ class Adapter(ABC):
         names to ids), through `fetch`. Raise MappingError for a permanent problem, VendorUnavailable
         to retry later. The default needs nothing."""
         return fields
+
+    def ticket_id_at(self, action: str) -> str | None:
+        """Where a success of `action` gives the ticket id the bridge keeps (the answer's path, as the vendor writes
+        it), or None when its answer gives none the bridge needs. A success of such an action whose answer holds no id
+        there is a ticket the bridge cannot name (`AttemptResult.ticket_missing`). The default: a create, whose
+        answer gives the conversation its ticket, at a place each vendor names."""
+        return None
 
     def reconciles(self, action: str) -> bool:
         """Whether a delivery of `action` whose outcome is unknown can be looked up at the vendor (`find`)."""

@@ -71,8 +71,10 @@ class Credentials(ABC):
         request made to obtain them waits for `admit` first)."""
         return False
 
-    async def close(self, session: aiohttp.ClientSession) -> None:  # noqa: B027 - most credentials hold nothing
-        """Give back what was obtained (a log-out), at shutdown."""
+    async def close(self, session: aiohttp.ClientSession,  # noqa: B027 - most credentials hold nothing
+                    admit: Admit | None = None) -> None:
+        """Give back what was obtained (a log-out), at shutdown; a request it makes waits for `admit` first, as
+        every other request to the vendor does."""
 
     def held(self) -> frozenset[str]:
         """The secrets these credentials send now (header values, an obtained token), for redaction by value."""
@@ -124,8 +126,9 @@ class TokenCredentials(Credentials):
             raise VendorAuthFailed(f"{self.token_named()} {problem}: no request can carry it, so it is not used")
         return token
 
-    async def revoke(self, session: aiohttp.ClientSession, token: Token) -> None:
-        """Invalidate `token` at the vendor; the default has nothing to call."""
+    async def revoke(self, session: aiohttp.ClientSession, token: Token, admit: Admit | None = None) -> None:
+        """Invalidate `token` at the vendor, its request let out by `admit` (the destination's gate); the default has
+        nothing to call, and takes no slot."""
 
     def header_for(self, token: Token) -> dict[str, str]:
         return {"Authorization": f"Bearer {token.value}"}
@@ -188,12 +191,12 @@ class TokenCredentials(Credentials):
         return frozenset(value for token in (self.token, self.replaced) if token is not None
                          for value in (token.value, *self.header_for(token).values()))
 
-    async def close(self, session: aiohttp.ClientSession) -> None:
+    async def close(self, session: aiohttp.ClientSession, admit: Admit | None = None) -> None:
         token, self.token = self.token, None
         if token is not None:
             self.replaced = token  # still redacted from what answers to it say
         if token is not None and self.fresh(token):
-            await self.revoke(session, token)
+            await self.revoke(session, token, admit)
             log.info("vendor.token_revoked", destination=self.destination)
 
 

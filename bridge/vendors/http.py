@@ -383,6 +383,10 @@ class HttpAdapter(Adapter):
                 out.append(quote(str(value), safe=""))
         return "".join(out)
 
+    def ticket_id_at(self, action: str) -> str | None:
+        """Only where the destination says where its answer holds the id (`ticket_id_path`)."""
+        return self.options.ticket_id_path if action == "create_ticket" else None
+
     def reconciles(self, action: str) -> bool:
         return action == "create_ticket" and self.options.lookup is not None
 

@@ -271,6 +271,9 @@ class KaptureAdapter(Adapter):
         return VendorRequest(method="POST", url=self.base_url + path, headers=self.headers_for(OPERATIONS[action]),
                              body=msgspec.json.encode(item if shape == "object" else [item]))
 
+    def ticket_id_at(self, action: str) -> str | None:
+        return "ticket_id (or Ticket Id, ticket.ticketId)" if action == "create_ticket" else None
+
     def reconciles(self, action: str) -> bool:
         return action == "create_ticket" and bool(self.options.reference_field)
 

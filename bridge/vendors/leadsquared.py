@@ -328,6 +328,9 @@ class LeadSquaredAdapter(Adapter):
         body, content_type = multipart_body([Part(name="ticketDTO", content=encoded), *parts])
         return VendorRequest(method=method, url=url, headers=self._headers(content_type), body=body)
 
+    def ticket_id_at(self, action: str) -> str | None:
+        return "Id (or TicketId)" if action == "create_ticket" else None
+
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         parsed = decode_json(body)
         data = lower_keys(parsed) if isinstance(parsed, dict) else {}

@@ -35,7 +35,14 @@ from bridge.vendors.base import (
     succeeded,
     text_or_none,
 )
-from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials, jwt_expiry
+from bridge.vendors.credentials import (
+    Admit,
+    Credentials,
+    StaticCredentials,
+    Token,
+    TokenCredentials,
+    jwt_expiry,
+)
 from bridge.vendors.files import split_files
 from bridge.yamlfile import KeyPath, KeyValueError
 
@@ -249,7 +256,12 @@ class NetgrootLoginCredentials(TokenCredentials):
         now = self.clock()
         return Token(value=token, expires_at=jwt_expiry(token), obtained_at=now)
 
-    async def revoke(self, session: aiohttp.ClientSession, token: Token) -> None:
+    async def revoke(self, session: aiohttp.ClientSession, token: Token, admit: Admit | None = None) -> None:
+        """Logout, once the destination's rate limit lets it out (`admit`): it counts against the vendor's limit as
+        any request does, so a shutdown beside a busy lane does not make one request more than the limit allows. The
+        wait is bounded by the caller (`app.close_adapters`); a token not revoked expires by itself."""
+        if admit is not None:
+            await admit()
         try:
             async with session.post(self.base_url() + LOGOUT_PATH, headers=self.header_for(token),
                                     timeout=aiohttp.ClientTimeout(total=self.timeout_s), allow_redirects=False) as resp:
@@ -367,6 +379,9 @@ class NetgrootAdapter(Adapter):
             return Diagnosis(ok=False, said=f"HTTP 404: {message}: this host does not serve the ISP CRM API",
                              fix="set base_url to the CRM's address (the one its /api/v1/… pages are under)")
         return Diagnosis(ok=False, said=f"HTTP {status}: {message}")
+
+    def ticket_id_at(self, action: str) -> str | None:
+        return "data.ticket_id" if action == "create_ticket" else None
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         data, message = _parsed_answer(body)

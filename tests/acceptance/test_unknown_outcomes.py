@@ -9,6 +9,8 @@ from collections import Counter
 from typing import Any
 from urllib.parse import quote
 
+import structlog
+
 from bridge.cli import main
 from bridge.cli.remote import TOKEN_ENV
 from bridge.simulators.faults import Faults
@@ -204,6 +206,83 @@ async def test_a_follow_up_checks_its_ticket_still_exists(write_config: ConfigFa
     latest = (await rows(client))[0]
     assert f"ticket {ticket['ticketId']} no longer exists" in (latest.last_error or "")
     assert len(sim.gets) == 2 and ticket["comments"] == ["still down"]
+
+
+CHAT_WITH_REFERENCE = {"chat": threaded_mapping().replace("fields:\n  title:",
+                                                           "fields:\n  bridge_ref: \"{{ event.id }}\"\n  title:", 1)}
+
+
+async def test_a_follow_up_in_doubt_is_held_not_resent_under_reconcile(write_config: ConfigFactory,
+                                                                       bridge_client: AppClient) -> None:
+    """Under `on_unknown: reconcile`, a thread's follow-up whose comment Kapture applied but answered too late is not
+    sent again (Kapture cannot find a comment again, and reconcile never guesses): it is held for an operator, dead
+    and in doubt, its error naming the ticket and what to do; `delivery.follow_up_in_doubt` is logged as a warning,
+    /metrics counts it (`handling="held"`), and the ticket holds the comment once. The operator's mark-succeeded
+    settles it."""
+    client = await bridge_client(write_config(config("reconcile", REFERENCE), CHAT_WITH_REFERENCE))
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "c-doubt", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    await say("router down")
+    await eventually(lambda: all_settled(client, 1, "succeeded"))
+    ticket = sim.tickets[0]["ticketId"]
+    sim.faults = Faults(hang_after_count=1, hang_seconds=2)
+    with structlog.testing.capture_logs() as logs:
+        await say("still down")
+
+        async def follow_up_held() -> bool:
+            return [r.status for r in await rows(client)] == ["dead", "succeeded"]
+
+        await eventually(follow_up_held)
+    held = (await rows(client))[0]
+    assert (held.role, held.unknowns, held.duplicates) == ("follow_up", 1, 0)
+    assert held.in_doubt_since_ms is not None
+    assert held.last_error == (
+        f"held: an earlier send of this follow-up had an unknown outcome, so ticket {ticket} may already hold it, "
+        "and no vendor's API lets ticketbridge find a reply or update again (on_unknown: reconcile); check the "
+        "ticket at the vendor, then `replay` (send it) or `mark-succeeded` (it is there)")
+    assert sim.tickets[0]["comments"] == ["still down"]
+    (said,) = [e for e in logs if e["event"] == "delivery.follow_up_in_doubt"]
+    assert (said["log_level"], said["handling"], said["ticket_id"], said["delivery_id"]) == (
+        "warning", "held", ticket, held.id)
+    auth = {"Authorization": "Bearer t0k"}
+    metrics = await (await client.get("/metrics", headers=auth)).text()
+    assert ('ticketbridge_delivery_follow_ups_in_doubt_total{destination="kapture",handling="held"} 1'
+            in metrics)
+    resp = await client.post(f"/admin/api/deliveries/{held.id}/mark-succeeded", headers=auth,
+                             json={"ticket_id": ticket, "note": "the comment is on the ticket"})
+    assert resp.status == 200, await resp.text()
+    assert [r.status for r in await rows(client)] == ["succeeded", "succeeded"]
+
+
+async def test_a_follow_up_in_doubt_is_resent_and_counted_under_resend(write_config: ConfigFactory,
+                                                                        bridge_client: AppClient) -> None:
+    """Under `on_unknown: resend`, the same follow-up in doubt is sent again, as the destination asks: the ticket
+    holds the comment twice, the delivery counts a possible duplicate, and `delivery.follow_up_in_doubt` and
+    /metrics (`handling="resent"`) say so."""
+    client = await bridge_client(write_config(config("resend"), CHAT))
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "c-resent", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    await say("router down")
+    await eventually(lambda: all_settled(client, 1, "succeeded"))
+    sim.faults = Faults(hang_after_count=1, hang_seconds=2)
+    with structlog.testing.capture_logs() as logs:
+        await say("still down")
+        await eventually(lambda: all_settled(client, 2, "succeeded"))
+    resent = (await rows(client))[0]
+    assert (resent.role, resent.unknowns, resent.duplicates) == ("follow_up", 1, 1)
+    assert sim.tickets[0]["comments"] == ["still down", "still down"]
+    assert [e["handling"] for e in logs if e["event"] == "delivery.follow_up_in_doubt"] == ["resent"]
+    metrics = await (await client.get("/metrics", headers={"Authorization": "Bearer t0k"})).text()
+    assert ('ticketbridge_delivery_follow_ups_in_doubt_total{destination="kapture",handling="resent"} 1'
+            in metrics)
 
 
 async def test_a_held_create_keeps_its_thread_waiting_for_the_operator(write_config: ConfigFactory,

@@ -166,3 +166,48 @@ async def test_a_create_whose_ticket_id_is_an_object_succeeds_loudly_without_it(
     assert (second.delivery.role, paths) == ("create", ["/tickets", "/tickets"])
     metrics = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert 'ticketbridge_delivery_ticket_ids_dropped_total{destination="api"} 2' in (await metrics.text())
+
+
+async def test_a_create_answered_without_a_ticket_id_is_counted_logged_shown_and_its_next_message_creates(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """A conversation's create answered 201 with no `data.id` at all (the destination's `ticket_id_path`) is a
+    success without a ticket id, not silently: the attempt's error says what is missing and what follows,
+    `delivery.ticket_id_missing` is logged as a warning with the delivery's and event's ids, /metrics counts it in
+    `ticketbridge_delivery_ticket_ids_missing_total`, the admin API shows `ticket_missing` on the delivery, and the
+    conversation's next message is sent as a new ticket (a create), whose id the conversation then keeps."""
+    paths: list[str] = []
+
+    async def tickets(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        return web.json_response({"data": {} if len(paths) == 1 else {"id": 8}}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/tickets", tickets)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    dest = f"api: {{vendor: http, base_url: '{base}', path: /tickets, ticket_id_path: data.id}}"
+    client = await bridge_client(write_config(config(dest), THREADED))
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Router down"})
+        assert resp.status == 202, await resp.text()
+        await settled(client, 1)
+        resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Still down"})
+        assert resp.status == 202, await resp.text()
+        first, second = await settled(client, 2)
+    row = first.delivery
+    assert (row.status, row.ticket_id, row.role, row.ticket_missing) == ("succeeded", None, "create", True)
+    assert row.last_error == (
+        "the vendor's answer gave no ticket id (at `data.id`): the conversation has no ticket, so its next message "
+        "will be sent as a new ticket; to join them, find the ticket at the vendor")
+    (missing,) = [e for e in logs if e["event"] == "delivery.ticket_id_missing"]
+    assert (missing["log_level"], missing["delivery_id"], missing["event_id"], missing["conversation"]) == (
+        "warning", row.id, row.event_id, row.conversation)
+    assert (second.delivery.role, second.delivery.ticket_id, second.delivery.ticket_missing) == ("create", "8", False)
+    assert paths == ["/tickets", "/tickets"]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    shown = await (await client.get(f"/admin/api/deliveries/{row.id}", headers=auth)).json()
+    assert shown["delivery"]["ticket_missing"] is True
+    metrics = await (await client.get("/metrics", headers=auth)).text()
+    assert 'ticketbridge_delivery_ticket_ids_missing_total{destination="api"} 1' in metrics
+    assert "ticketbridge_delivery_ticket_ids_dropped_total{" not in metrics

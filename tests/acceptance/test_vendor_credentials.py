@@ -128,6 +128,26 @@ async def test_shutdown_logs_out(write_config: ConfigFactory, bridge_client: App
     assert (sim.logouts, sim.jwts) == (1, {})
 
 
+async def test_the_logout_at_shutdown_waits_for_its_slot_in_the_rate_limit(write_config: ConfigFactory,
+                                                                           bridge_client: AppClient) -> None:
+    """The Logout made at shutdown counts against the destination's rate limit, as every other request does: with
+    one request allowed in 0.3 s, the CRM sees the CreateTicket and the Logout at least 0.3 s apart, not back to
+    back, and the token is revoked."""
+    dest = ISP.replace("type_id: 1,", "type_id: 1, rate_limit: {requests: 1, per_seconds: 0.3},")
+    mapping = {"m": MAPPING["m"].replace('subject: "{{ payload.subject }}"', "subject_id: 2")}  # no look-up
+    client = await bridge_client(write_config(CONFIG.replace(f"isp: {ISP}", f"isp: {dest}"), mapping,
+                                              environ={"ISP_PASSWORD": "sandbox-password"}))
+    sim: NetgrootSimulator = runtime(client).simulators["netgroot"]
+    await post(client, 1, 0)
+    (detail,) = await all_settled(client, 1)
+    assert detail.delivery.status == "succeeded"
+    await client.close()
+    arrived = [(e["path"].rsplit("/", 1)[-1], e["t"]) for e in sim.received.entries]
+    assert [path for path, _ in arrived] == ["Login", "CreateTicket", "Logout"]
+    assert arrived[2][1] - arrived[1][1] >= 0.3
+    assert (sim.logouts, sim.jwts) == (1, {})
+
+
 async def test_kapture_expired_key_is_auth(write_config: ConfigFactory, bridge_client: AppClient) -> None:
     """With the simulator answering the legacy "Auth Key Expired" / `Fail`, the delivery is auth (one attempt,
     the breaker told), not a permanent rejection of the ticket."""

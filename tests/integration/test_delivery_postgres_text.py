@@ -49,15 +49,15 @@ async def test_a_failure_message_holding_a_nul_is_kept_written_out(
     write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
 ) -> None:
     """Kapture refuses the ticket with a message holding `\\u0000`: the delivery is dead at once, its error and
-    its attempt's error keeping the message with the NUL written `\\x00`; the store stays ready."""
+    its attempt's error keeping the message written out (`\\0~`, the NUL `\\x00`); the store stays ready."""
     async def answer(request: web.Request) -> web.Response:
         return web.json_response([{"status": "failed", "message": "bad\u0000field"}])
 
     client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
     assert detail.delivery.status == "dead"
-    assert detail.delivery.last_error == "kapture: HTTP 200: bad\\x00field"
+    assert detail.delivery.last_error == "\\0~kapture: HTTP 200: bad\\x00field"
     (attempt,) = detail.attempts
-    assert (attempt.classification, attempt.error) == ("permanent", "kapture: HTTP 200: bad\\x00field")
+    assert (attempt.classification, attempt.error) == ("permanent", "\\0~kapture: HTTP 200: bad\\x00field")
     assert runtime(client).store.problem() is None
 
 
@@ -65,15 +65,15 @@ async def test_an_answer_holding_a_nul_byte_is_kept_written_out(
     write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, pg_schema: str,
 ) -> None:
     """Kapture answers 400 with a body holding a NUL byte (not JSON): the delivery is dead, the attempt's excerpt
-    and error keeping that body with the NUL written `\\x00`; the store stays ready."""
+    and error keeping that body written out (`\\0~`, the NUL `\\x00`); the store stays ready."""
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=400, body=b"no\x00pe", content_type="text/plain")
 
     client, detail = await delivered(write_config, bridge_client, aiohttp_server, pg_schema, answer)
     assert detail.delivery.status == "dead"
     (attempt,) = detail.attempts
-    assert attempt.response_excerpt == "no\\x00pe"
-    assert attempt.error is not None and attempt.error.endswith("no\\x00pe")
+    assert attempt.response_excerpt == "\\0~no\\x00pe"
+    assert attempt.error is not None and attempt.error.startswith("\\0~") and attempt.error.endswith("no\\x00pe")
     assert runtime(client).store.problem() is None
 
 

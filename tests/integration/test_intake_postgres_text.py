@@ -55,13 +55,13 @@ async def client(write_config: ConfigFactory, bridge_client: AppClient, pg_schem
 
 
 async def test_nul_in_a_dedup_key_is_stored_written_out(client: Any) -> None:
-    """A Postmark MessageID (the dedup key) holding `\\u0000` is stored with the NUL written `\\x00`, and the
-    same message again is its duplicate; the JSON payload keeps its NUL as it came."""
+    """A Postmark MessageID (the dedup key) holding `\\u0000` is stored written out (`\\0~`, the NUL `\\x00`), and
+    the same message again is its duplicate; the JSON payload keeps its NUL as it came."""
     data = {**load("postmark/inbound.json"), "MessageID": "id-\u0000-1", "Subject": "Router\u0000down"}
     resp = await client.post("/hooks/postmark", data=compact(data), headers={"Content-Type": "application/json"})
     assert resp.status == 202, await resp.text()
     event = await runtime(client).store.get_event((await resp.json())["event_id"])
-    assert event.dedup_key == "id-\\x00-1"
+    assert event.dedup_key == "\\0~id-\\x00-1"
     assert event.payload["subject"] == "Router\u0000down"
     again = await client.post("/hooks/postmark", data=compact(data), headers={"Content-Type": "application/json"})
     assert (again.status, (await again.json())["duplicate"]) == (200, True)
@@ -104,7 +104,8 @@ async def conversation_of(client: Any, event_id: str) -> str | None:
 
 async def test_nul_in_a_message_id_is_one_conversation_written_out(threaded: Any) -> None:
     """A mail whose Message-ID holds `\\u0000` and a reply whose References name it are accepted on PostgreSQL
-    and are one conversation, its key holding the NUL written `\\x00`; the payload keeps the NUL as it came."""
+    and are one conversation, its key written out (`\\0~`, the NUL `\\x00`), found by the key as it came and as
+    it is shown; the payload keeps the NUL as it came."""
     root = "<root\u0000.1@Mail.Example.com>"
     ids = []
     for mail in (postmark_mail(0, root), postmark_mail(1, "<reply.2@mail.example.com>", root)):
@@ -112,16 +113,17 @@ async def test_nul_in_a_message_id_is_one_conversation_written_out(threaded: Any
         assert resp.status == 202, await resp.text()
         ids.append((await resp.json())["event_id"])
     key = "mail:root\\x00.1@mail.example.com"
-    assert [await conversation_of(threaded, i) for i in ids] == [f"email|{key}"] * 2
-    (conversation,) = await runtime(threaded).store.get_conversations(key)
-    assert (conversation.conversation.key, conversation.conversation.messages) == (key, 2)
+    assert [await conversation_of(threaded, i) for i in ids] == [f"\\0~email|{key}"] * 2
+    for asked in ("mail:root\x00.1@mail.example.com", f"\\0~{key}"):
+        (conversation,) = await runtime(threaded).store.get_conversations(asked)
+        assert (conversation.conversation.key, conversation.conversation.messages) == (f"\\0~{key}", 2)
     first = await runtime(threaded).store.get_event(ids[0])
     assert first.payload["message_id"] == root
 
 
 async def test_nul_in_a_chat_conversation_id_is_one_conversation_written_out(threaded: Any) -> None:
     """Two Slack messages from one person in a channel whose id holds `\\u0000` are accepted on PostgreSQL and
-    are one conversation, its key holding the NUL written `\\x00`."""
+    are one conversation, its key written out (`\\0~`, the NUL `\\x00`)."""
     ids = []
     for n in range(2):
         data = load("slack/message.json")
@@ -133,6 +135,6 @@ async def test_nul_in_a_chat_conversation_id_is_one_conversation_written_out(thr
         assert resp.status == 202, await resp.text()
         ids.append((await resp.json())["event_id"])
     key = "chat:D024\\x00BE91L/U061F7AUR"
-    assert [await conversation_of(threaded, i) for i in ids] == [f"chat|{key}"] * 2
-    (conversation,) = await runtime(threaded).store.get_conversations(key)
+    assert [await conversation_of(threaded, i) for i in ids] == [f"\\0~chat|{key}"] * 2
+    (conversation,) = await runtime(threaded).store.get_conversations(f"\\0~{key}")
     assert conversation.conversation.messages == 2

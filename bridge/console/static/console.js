@@ -28,7 +28,8 @@ const badge = (text) => h("span", { class: `badge ${text}` }, String(text).repla
 // resend after one may have made a second (possible duplicate).
 const doubtFlags = (d) => [
   d.in_doubt_since_ms ? [" ", h("span", { class: "badge doubt", title: `in doubt since ${when(d.in_doubt_since_ms)}` }, "in doubt")] : null,
-  d.duplicates ? [" ", h("span", { class: "badge duplicate" }, `possible duplicate ×${d.duplicates}`)] : null];
+  d.duplicates ? [" ", h("span", { class: "badge duplicate" }, `possible duplicate ×${d.duplicates}`)] : null,
+  d.ticket_missing ? [" ", h("span", { class: "badge missing", title: "the vendor made a ticket but named none" }, "no ticket id")] : null];
 const SETTLED = ["success", "reconciled", "marked"]; // attempt classifications whose note is no failure
 const ticketRefs = (d) => [d.ticket_key ? `key ${d.ticket_key}` : null, d.ticket_uuid ? `uuid ${d.ticket_uuid}` : null].filter(Boolean).join(", ");
 const when = (ms) => (ms ? new Date(ms).toLocaleString() : "—");
@@ -321,10 +322,17 @@ async function delivery(id) {
     d.conversation ? h("p", { id: "conversation" }, "Conversation ", conversationLink(d.conversation), ` · ${kindOf(d)}`,
       d.waiting ? " (an earlier message of it is not sent yet)" : "") : null,
     d.in_doubt_since_ms ? h("p", { class: "warn", id: "in-doubt" }, `In doubt since ${when(d.in_doubt_since_ms)}: `,
-      `${d.unknowns} send(s) had an unknown outcome, so the vendor may hold its ticket. Check at the vendor, then `,
-      "replay it (send again) or mark it succeeded with the ticket found.") : null,
+      d.role === "follow_up"
+        ? [`${d.unknowns} send(s) of this follow-up had an unknown outcome, so its ticket may already hold it (no `,
+          "vendor lets ticketbridge find a reply again). Check the ticket at the vendor, then replay it (send it) or ",
+          "mark it succeeded (it is there)."]
+        : [`${d.unknowns} send(s) had an unknown outcome, so the vendor may hold its ticket. Check at the vendor, then `,
+          "replay it (send again) or mark it succeeded with the ticket found."]) : null,
     d.duplicates ? h("p", { class: "warn", id: "duplicates" }, `Possible duplicate: sent again ${d.duplicates} time(s) after an `,
       "unknown outcome; the vendor may hold more than one ticket for it.") : null,
+    d.ticket_missing ? h("p", { class: "warn", id: "ticket-missing" }, "No ticket id: the vendor took it but its answer ",
+      "named no ticket, so ", d.conversation ? "the conversation has none, and its next message is sent as a new ticket."
+        : "this delivery cannot name the ticket it made.") : null,
     d.status === "pending" && v.destination && v.destination.paused ? h("p", {}, "The destination is paused: this waits until it is resumed.") : null,
     d.last_error ? h("p", { class: d.status === "succeeded" ? "muted" : "error" }, d.last_error) : null,
     h("div", { class: "row" },

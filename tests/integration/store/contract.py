@@ -1032,6 +1032,32 @@ class StoreContract:
         (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert nxt.id == second.id and nxt.ticket is None
 
+    async def test_a_create_answered_without_a_ticket_id_is_marked_and_its_next_message_creates(
+            self, store: Store) -> None:
+        """A conversation's create recorded succeeded with no ticket id and `ticket_missing` shows it on the delivery
+        (listed and shown); the conversation has no ticket, so its next message is claimed as a create; a later
+        attempt's record, or an operator's mark-succeeded, clears it; a delivery not succeeded never shows it."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", error="no ticket id"),
+                                                   role="create", ticket_missing=True), owner="w")
+        assert (await row(store, first.id)).ticket_missing is True
+        listed = await store.list_deliveries(DeliveryFilter(limit=10))
+        assert {r.id: r.ticket_missing for r in listed} == {first.id: True, second.id: False}
+        (conv,) = await store.get_conversations("k")
+        assert conv.conversation.ticket_id is None
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and nxt.ticket is None
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded", ticket_id="T-2"), role="create"))
+        assert (await row(store, second.id)).ticket_missing is False
+        assert await store.replay([first.id]) == [first.id]
+        assert (await row(store, first.id)).ticket_missing is False  # pending again: it names no ticket yet
+        marked = result(first.id, "succeeded", http_status=None, classification="marked", ticket_id="T-1")
+        assert await store.mark_succeeded(first.id, marked) is True
+        assert (await row(store, first.id)).ticket_missing is False
+
     async def _held_create(self, store: Store) -> tuple[NewDelivery, NewDelivery]:
         """A conversation whose create was held (its send's outcome unknown, then dead: on_unknown hold), and its
         next message."""
@@ -1452,14 +1478,17 @@ class StoreContract:
     # -- text holding a NUL (PostgreSQL's text refuses it) ---------------------------------------
 
     async def test_a_dedup_key_holding_a_nul_is_kept_written_out_and_still_matches(self, store: Store) -> None:
-        """A dedup key holding a NUL is stored with it written `\\x00` (in its event too), and the same key again
-        is a duplicate of that event; the payload keeps its NUL as it came."""
+        """A dedup key holding a NUL is stored written out (`\\0~`, the NUL `\\x00`; in its event too), and the same
+        key again is a duplicate of that event, while a key holding `\\x00` as text is not; the payload keeps its NUL
+        as it came."""
         first = make_event(dedup_key="id-\x00-1", subject="Router\x00down")
         await accept_one(store, event=first)
         stored = await store.get_event(first.id)
-        assert (stored.dedup_key, stored.payload) == ("id-\\x00-1", {"subject": "Router\x00down"})
+        assert (stored.dedup_key, stored.payload) == ("\\0~id-\\x00-1", {"subject": "Router\x00down"})
         res = await store.accept(make_event(dedup_key="id-\x00-1"), [make_delivery()], WEEK)
         assert (res.duplicate, res.event_id) == (True, first.id)
+        literal = await store.accept(make_event(dedup_key="id-\\x00-1"), [make_delivery()], WEEK)
+        assert literal.duplicate is False
 
     async def test_a_conversation_key_holding_a_nul_is_kept_written_out_and_finds_itself(self, store: Store) -> None:
         """Two messages of a conversation whose key holds a NUL (a Message-ID, a chat id) are one conversation,
@@ -1470,23 +1499,43 @@ class StoreContract:
                          for _ in range(2))
         await accept_one(store, first)
         await accept_one(store, second)
-        for asked in (key, "mail:r\\x00t@x", conv):
+        for asked in (key, "\\0~mail:r\\x00t@x", conv, "\\0~m|mail:r\\x00t@x"):
             (found,) = await store.get_conversations(asked)
             assert (found.conversation.id, found.conversation.key, found.conversation.messages) == (
-                "m|mail:r\\x00t@x", "mail:r\\x00t@x", 2)
-            assert found.conversation.ticket_id == "7\\x001"
+                "\\0~m|mail:r\\x00t@x", "\\0~mail:r\\x00t@x", 2)
+            assert found.conversation.ticket_id == "\\0~7\\x001"
             assert [d.id for d in found.deliveries] == [first.id, second.id]
-        listed = await store.list_deliveries(DeliveryFilter(conversation=conv))
-        assert sorted(r.id for r in listed) == sorted([first.id, second.id])
-        assert {r.conversation for r in listed} == {"m|mail:r\\x00t@x"}
+        for shown in (conv, "\\0~m|mail:r\\x00t@x"):
+            listed = await store.list_deliveries(DeliveryFilter(conversation=shown))
+            assert sorted(r.id for r in listed) == sorted([first.id, second.id])
+            assert {r.conversation for r in listed} == {"\\0~m|mail:r\\x00t@x"}
+        assert await store.get_conversations("mail:r\\x00t@x") == []  # the text `\\x00` is another key
         (head,) = (await store.claim("kapture-support", 10, "w", 30)).items
-        assert head.id == first.id and head.ticket is not None and head.ticket["id"] == "7\\x001"
+        assert head.id == first.id and head.ticket is not None and head.ticket["id"] == "\\0~7\\x001"
+
+    async def test_a_key_holding_a_nul_and_one_holding_its_written_form_are_two_conversations(
+            self, store: Store) -> None:
+        """A conversation key holding a NUL and one holding the text `\\x00` where the NUL was (a Message-ID a
+        sender wrote so) are kept apart: two conversations, each message the head of its own;
+        so is a key beginning with the written form's mark."""
+        keys = ("mail:r\x00t@x", "mail:r\\x00t@x", "\\0~mail:r\\x00t@x")
+        made = [make_delivery(conversation=f"m|{key}", conversation_key=key) for key in keys]
+        for d in made:
+            await accept_one(store, d)
+        claimed = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert sorted(c.id for c in claimed) == sorted(d.id for d in made)  # each the head of its own
+        ids = {(await row(store, d.id)).conversation for d in made}
+        assert ids == {"\\0~m|mail:r\\x00t@x", "m|mail:r\\x00t@x", "m|\\0~mail:r\\x00t@x"}
+        (marked,) = await store.get_conversations("\\0~mail:r\\x00t@x")  # as the store shows a written key: the first
+        assert marked.conversation.id == "\\0~m|mail:r\\x00t@x"
+        (own,) = await store.get_conversations("\\0~\\\\0~mail:r\\\\x00t@x")  # the third key, as it is kept
+        assert own.conversation.id == "m|\\0~mail:r\\x00t@x"
 
     async def test_a_render_error_holding_a_nul_is_kept_written_out(self, store: Store) -> None:
         """A dead delivery's error quoting a NUL of the payload is stored with it written `\\x00`."""
         dead = make_delivery(body=None, status="dead", error="title: bad value 'a\x00b'")
         await accept_one(store, dead)
-        assert (await row(store, dead.id)).last_error == "title: bad value 'a\\x00b'"
+        assert (await row(store, dead.id)).last_error == "\\0~title: bad value 'a\\x00b'"
 
     async def test_what_a_vendor_answers_holding_a_nul_is_recorded_written_out(self, store: Store) -> None:
         """An attempt whose error, answer excerpt and ticket references hold a NUL is recorded with each written
@@ -1501,13 +1550,13 @@ class StoreContract:
         detail = await store.get_delivery(d.id)
         got = detail.delivery
         assert (got.last_error, got.ticket_id, got.ticket_key, got.ticket_uuid) == (
-            "vendor said \\x00", "T\\x001", "#\\x00", "u\\x00")
+            "\\0~vendor said \\x00", "\\0~T\\x001", "\\0~#\\x00", "\\0~u\\x00")
         (attempt,) = detail.attempts
         assert (attempt.error, attempt.response_excerpt, attempt.exchange) == (
-            "vendor said \\x00", '{"id": "T\\x001"}', sent)
+            "\\0~vendor said \\x00", '\\0~{"id": "T\\x001"}', sent)
         (conv,) = await store.get_conversations("k")
         assert (conv.conversation.ticket_id, conv.conversation.ticket_key, conv.conversation.ticket_uuid) == (
-            "T\\x001", "#\\x00", "u\\x00")
+            "\\0~T\\x001", "\\0~#\\x00", "\\0~u\\x00")
 
     async def test_an_operators_mark_holding_a_nul_is_kept_written_out(self, store: Store) -> None:
         """A delivery marked succeeded with a ticket and note holding a NUL keeps them written `\\x00`; so does an
@@ -1518,12 +1567,12 @@ class StoreContract:
         assert await store.mark_succeeded(d, marked) is True
         detail = await store.get_delivery(d)
         assert (detail.delivery.ticket_id, detail.delivery.last_error, detail.attempts[-1].error) == (
-            "T\\x00", "by ops: \\x00", "by ops: \\x00")
+            "\\0~T\\x00", "\\0~by ops: \\x00", "\\0~by ops: \\x00")
         entry = AuditEntry(id=new_id("aud"), at_ms=now_ms(), actor="o\x00ps", action="mark_succeeded",
                            target=f"{d}\x00", detail={"note": "\x00"})
         await store.add_audit(entry)
         (kept,) = await store.list_audit()
-        assert (kept.actor, kept.target, kept.detail) == ("o\\x00ps", f"{d}\\x00", {"note": "\x00"})
+        assert (kept.actor, kept.target, kept.detail) == ("\\0~o\\x00ps", f"\\0~{d}\\x00", {"note": "\x00"})
 
     async def test_a_nonce_holding_a_nul_is_kept_written_out_and_still_matches(self, store: Store) -> None:
         """A nonce holding a NUL is taken again by its own request and refused to another one."""

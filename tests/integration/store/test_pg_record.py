@@ -393,3 +393,17 @@ async def test_a_group_closes_at_group_bytes_and_a_larger_record_goes_alone(stor
         detail = await store.get_delivery(d)
         assert (detail.delivery.status, [a.n for a in detail.attempts]) == ("succeeded", [1])
         assert detail.body == {"comment": "x" * n}
+
+
+async def test_a_group_keeps_each_records_ticket_missing(store: PostgresStore, trips: RoundTrips) -> None:
+    """Records written by one statement each keep their own `ticket_missing`: the success that named no ticket shows
+    it, the one beside it that named its ticket does not."""
+    named, unnamed = await claimed(store, 2)
+    trips.counting = True
+    outcomes = await record_all(store, [
+        (result(named, "succeeded", ticket_id="T-1"), "me"),
+        (msgspec.structs.replace(result(unnamed, "succeeded"), ticket_missing=True), "me")])
+    trips.counting = False
+    assert outcomes == [None, None]
+    assert sum(trips.statements.values()) == 1, trips.statements
+    assert ((await row(store, named)).ticket_missing, (await row(store, unnamed)).ticket_missing) == (False, True)

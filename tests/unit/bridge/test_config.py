@@ -867,8 +867,9 @@ def test_read_tokens_refuse_an_empty_token_or_the_admin_one(tmp_path: Path, text
     assert says in err.message
 
 
-ALLOWED = ("1 to 200 printable characters (letters, digits, punctuation, symbols and spaces; no NUL, tab, newline or "
-           "other control or format character)")
+ALLOWED = ("1 to 200 printable characters (letters, digits, punctuation, symbols and spaces, a no-break space among "
+           "them; a zero-width joiner or non-joiner only where it joins letters: after a virama, or between two "
+           "letters of a joining script such as Arabic; no NUL, tab, newline or other control or format character)")
 
 
 @pytest.mark.parametrize(("section", "written", "shown", "why"), [
@@ -877,7 +878,14 @@ ALLOWED = ("1 to 200 printable characters (letters, digits, punctuation, symbols
     ("destinations", '"kap\\nture"', "'kap\\nture'", "holds \\n (U+000A)"),
     ("sources", "x" * 201, "'" + "x" * 201 + "'", "is 201 characters long"),
     ("sources", '"  "', "'  '", "is only spaces"),
-], ids=["nul", "surrogate", "newline", "long", "blank"])
+    ("sources", '"\\xa0\\u202f"', "'\\xa0\\u202f'", "is only spaces"),
+    ("sources", '"support\\u200cteam"', "'support\\u200cteam'", "holds \\u200c (U+200C) where it joins no letters"),
+    ("destinations", '"\\u0645\\u200c"', "'\\u0645\\u200c'", "holds \\u200c (U+200C) where it joins no letters"),
+    ("destinations", '"a\\u200db"', "'a\\u200db'", "holds \\u200d (U+200D) where it joins no letters"),
+    ("sources", '"web\\u200bform"', "'web\\u200bform'", "holds \\u200b (U+200B)"),
+    ("sources", '"\\u202eabc"', "'\\u202eabc'", "holds \\u202e (U+202E)"),
+], ids=["nul", "surrogate", "newline", "long", "blank", "no-break-blank", "zwnj-latin", "zwnj-at-end", "zwj-latin",
+        "zero-width-space", "direction-override"])
 def test_a_name_no_store_can_keep_is_an_error_naming_its_line_and_value(
         tmp_path: Path, section: str, written: str, shown: str, why: str) -> None:
     """A source or destination name holding a NUL (YAML's "\\0"), a lone surrogate or another character that is
@@ -901,6 +909,27 @@ def test_names_of_printable_characters_in_any_script_load(tmp_path: Path) -> Non
     cfg = load(tmp_path, 'sources:\n  "Kundendienst Süd / été": {kind: json}\ndestinations:\n'
                          '  "サポート.kapture": {vendor: kapture, sandbox: true}\n')
     assert list(cfg.sources) == ["Kundendienst Süd / été"] and list(cfg.destinations) == ["サポート.kapture"]
+
+
+def test_names_with_no_break_spaces_and_joiners_where_a_script_needs_them_load(tmp_path: Path) -> None:
+    """A no-break space (French typography's narrow one too) is a space in a name, and a zero-width non-joiner or
+    joiner stands where the script needs it: between Persian letters (a mark beside it passed over), after a
+    Devanagari virama."""
+    persian = "\u067e\u0634\u062a\u06cc\u0628\u0627\u0646\u06cc \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    names = ["Service\u00a0client", "Réclamations\u202f: fibre", persian, "\u0645\u064b\u200c\u062e",
+             "\u0915\u094d\u200d\u0937 \u0915\u094d\u200c\u0937"]
+    text = "sources:\n" + "".join(f'  "{n}": {{kind: json}}\n' for n in names)
+    assert list(load(tmp_path, text).sources) == names
+
+
+def test_two_names_that_differ_only_in_a_no_break_space_are_an_error(tmp_path: Path) -> None:
+    """Two destinations whose names differ only in a no-break space read alike: the second is refused at its line,
+    naming both."""
+    err = only_error(tmp_path, "destinations:\n  Service client: {vendor: kapture, sandbox: true}\n"
+                               '  "Service\\u00a0client": {vendor: kapture, sandbox: true}\n')
+    assert (err.line, err.path) == (3, 'destinations["Service\xa0client"]')
+    assert err.message == ("destination name 'Service\\xa0client' reads as the destination name 'Service client': "
+                           "they differ only in a no-break space; give them names that read apart")
 
 
 @pytest.mark.parametrize(("destination", "line", "path", "said"), [

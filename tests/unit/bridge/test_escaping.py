@@ -1,10 +1,28 @@
-"""Text that cannot be encoded as UTF-8 (lone surrogates) written out as visible escapes, everywhere in a value."""
+"""Text that cannot be encoded as UTF-8 (lone surrogates) written out as visible escapes, everywhere in a value; and
+text holding a NUL written out for a text column, unambiguously and readable back."""
 
 from __future__ import annotations
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge.escaping import encodable, escape_text, escape_tree, escape_values, quoted_sent
+from bridge.escaping import (
+    NUL_MARK,
+    encodable,
+    escape_text,
+    escape_tree,
+    escape_values,
+    lookup_nul,
+    quoted_sent,
+    read_nul,
+    write_nul,
+    written_nul,
+)
+
+# Text made mostly of what the write-out is about: NUL, backslashes, the mark's characters, `x00`.
+TRICKY = st.text(alphabet=st.sampled_from(["\x00", "\\", "0", "~", "x", "a", "\u00e9"]), max_size=40)
+TRICKY_OR_MARKED = st.one_of(TRICKY, TRICKY.map(lambda t: NUL_MARK + t), st.text(max_size=40))
 
 
 def test_bytes_read_with_surrogateescape_are_written_as_hex_escapes() -> None:
@@ -64,3 +82,42 @@ def test_a_senders_text_is_quoted_cut_with_its_length_and_its_bytes_written_out(
     assert quoted_sent("x" * 81) == repr("x" * 80) + "… (81 characters)"
     assert quoted_sent("envelope[a]", 8) == "'envelope'… (11 characters)"
     assert quoted_sent(b"caf\xff".decode("utf-8", "surrogateescape")) == "'caf\\\\xff'"
+
+
+@settings(max_examples=500, deadline=None)
+@given(TRICKY_OR_MARKED)
+def test_text_written_out_reads_back_the_same_and_holds_no_nul(text: str) -> None:
+    """Any text, written out, holds no NUL, reads back as it was, is recognised as a written form when it was
+    written out at all, and is what a look-up by the text or by that form matches."""
+    written = write_nul(text)
+    assert "\x00" not in written
+    assert read_nul(written) == text
+    assert written_nul(written) == (written is not text and written != text)
+    assert lookup_nul(written) == written
+    if not written_nul(text):
+        assert lookup_nul(text) == written
+
+
+@settings(max_examples=500, deadline=None)
+@given(TRICKY_OR_MARKED, TRICKY_OR_MARKED)
+def test_two_texts_are_never_written_out_alike(a: str, b: str) -> None:
+    """The write-out is one to one: a NUL and the text `\\x00` (or any two texts) never share a written form."""
+    if a != b:
+        assert write_nul(a) != write_nul(b)
+
+
+def test_a_nul_and_its_old_written_form_are_kept_apart() -> None:
+    """The case the mark is for: `a<NUL>b` and the text `a\\x00b` were both kept as `a\\x00b`; now the first is
+    kept marked, its backslashes doubled, and the second as it is."""
+    assert (write_nul("a\x00b"), write_nul("a\\x00b")) == ("\\0~a\\x00b", "a\\x00b")
+    assert (write_nul("a\\b\x00"), write_nul("\\0~b")) == ("\\0~a\\\\b\\x00", "\\0~\\\\0~b")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(max_size=40).filter(lambda t: not t.startswith(NUL_MARK)))
+def test_a_row_kept_before_the_mark_reads_as_it_always_did(original: str) -> None:
+    """A row written before the mark (each NUL written `\\x00`, nothing else changed) reads back as the very text it
+    was kept as: nothing stored changes meaning."""
+    old = original.replace("\x00", "\\x00")
+    assert read_nul(old) == old
+

@@ -373,8 +373,9 @@ def test_a_mapping_name_or_field_key_no_store_can_keep_is_an_error_naming_its_li
     shows the name escaped too."""
     write(tmp_path, "contact.yaml", 'name: "contact\\0"\n' + CONTACT.replace("  email_id:", '  "email\\tid":'))
     write(tmp_path, "partner.yaml", PARTNER.replace("  Title:", '  "Ti\\0tle":'))
-    allowed = ("printable characters (letters, digits, punctuation, symbols and spaces; no NUL, tab, newline or other "
-               "control or format character)")
+    allowed = ("printable characters (letters, digits, punctuation, symbols and spaces, a no-break space among them; a "
+               "zero-width joiner or non-joiner only where it joins letters: after a virama, or between two letters of "
+               "a joining script such as Arabic; no NUL, tab, newline or other control or format character)")
     assert errors_of(tmp_path) == [
         f"{tmp_path / 'contact.yaml'}:1:1: 'contact\\x00'.name: mapping name 'contact\\x00' holds \\x00 (U+0000): a "
         f"mapping name is 1 to 200 {allowed}",

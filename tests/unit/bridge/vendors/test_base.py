@@ -359,3 +359,23 @@ def test_adapter_is_abstract() -> None:
 
     with pytest.raises(TypeError, match="abstract"):
         Partial("p", DestinationConfig(vendor="partial", sandbox=True), "http://x")  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize("vendor", ANSWERS)
+def test_each_adapter_names_where_a_creates_ticket_id_is_and_a_follow_up_has_none(vendor: str) -> None:
+    """Each adapter says where a create's answer holds the ticket id (so that a success with none there is made
+    visible: `ticket_missing`), and that a follow-up's answer is not read for one; its create answered with null
+    there is a success without an id and without the dropped mark (nothing there is not something wrong there)."""
+    make, where, answer = ANSWERS[vendor]
+    adapter = make()
+    found = adapter.ticket_id_at("create_ticket")
+    assert found is not None and found.startswith(where)
+    assert adapter.ticket_id_at("update_ticket") is None
+    outcome = adapter.classify("create_ticket", 200, {}, msgspec.json.encode(answer(None)))
+    assert (outcome.classification, outcome.ticket_id, outcome.ticket_id_dropped) == ("success", None, False)
+
+
+def test_an_http_destination_without_a_ticket_id_path_expects_no_id() -> None:
+    """An `http` destination that names no `ticket_id_path` gets no id from any answer, so none is missing."""
+    opts = msgspec.convert({"vendor": "http", "base_url": "http://h.test"}, HttpOptions)
+    assert HttpAdapter("h", opts, "http://h.test").ticket_id_at("create_ticket") is None

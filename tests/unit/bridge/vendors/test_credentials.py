@@ -12,6 +12,7 @@ import pytest
 
 from bridge.vendors.credentials import (
     REFUSAL_HOLD_SECONDS,
+    Admit,
     StaticCredentials,
     Token,
     TokenCredentials,
@@ -38,7 +39,7 @@ class CountingTokens(TokenCredentials):
         return Token(value=f"tok-{self.obtained + 1}", obtained_at=now,
                      expires_at=None if self.life is None else now + self.life)
 
-    async def revoke(self, session: aiohttp.ClientSession, token: Token) -> None:
+    async def revoke(self, session: aiohttp.ClientSession, token: Token, admit: Admit | None = None) -> None:
         self.revoked.append(token.value)
 
 

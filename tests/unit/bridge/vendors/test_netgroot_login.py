@@ -3,6 +3,7 @@ its `exp`, refused log-ins named, and Logout at close."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,9 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from bridge.app import close_adapters
+from bridge.delivery.dispatcher import Destination
+from bridge.delivery.retry import RetryPolicy
 from bridge.simulators.faults import Faults
 from bridge.simulators.netgroot import SANDBOX_PASSWORD, SANDBOX_USERNAME, NetgrootSimulator
 from bridge.vendors.base import VendorAuthFailed, VendorUnavailable
@@ -77,6 +81,38 @@ async def test_close_logs_out(aiohttp_server: Any) -> None:
         await creds.headers(session)
         await creds.close(session)
     assert (sim.logouts, sim.jwts) == (1, {})
+
+
+async def test_a_logout_that_gets_no_rate_limit_slot_is_not_sent(aiohttp_server: Any) -> None:
+    """At shutdown the Logout waits for its slot at the destination's gate, within the time shutdown gives it: a
+    gate that lets nothing out in that time leaves the token unrevoked (`vendor.close_timed_out`), no request
+    sent, and shutdown goes on; a gate that lets it out sends it."""
+    sim, creds, _ = await login_against(aiohttp_server)
+    options = NetgrootOptions(vendor="netgroot", sandbox=True, type_id=1, status_id=1, priority_id=2,
+                              group_id=1)
+    adapter = NetgrootAdapter("isp", options, "http://unused")
+    adapter.credentials = creds
+    destination = Destination(name="isp", config=options, adapter=adapter, policy=RetryPolicy(delays=()))
+    closed = asyncio.Event()
+
+    async def never() -> None:
+        await closed.wait()
+
+    async with aiohttp.ClientSession() as session:
+        await creds.headers(session)
+        with capture_logs() as logs:
+            await close_adapters({"isp": destination}, session, timeout_s=0.05, admits={"isp": never})
+        assert sim.logouts == 0 and len(sim.jwts) == 1
+        assert [(e["destination"], e["log_level"]) for e in logs if e["event"] == "vendor.close_timed_out"] == [
+            ("isp", "warning")]
+        admitted: list[int] = []
+
+        async def gate() -> None:
+            admitted.append(sim.logouts)
+
+        creds.token = creds.replaced  # as if still held: the first close gave it up unrevoked
+        await close_adapters({"isp": destination}, session, admits={"isp": gate})
+    assert (admitted, sim.logouts, sim.jwts) == ([0], 1, {})
 
 
 async def test_a_redirected_logout_is_not_followed(aiohttp_server: Any) -> None:
