@@ -110,9 +110,46 @@ class VendorResponse(aiohttp.ClientResponse):
 
 @functools.lru_cache(maxsize=64)
 def send_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
-    """A send's timeouts: `timeout_s` in all, the connection within CONNECT_TIMEOUT_S of it. Made once per value (a
-    destination's `timeout_seconds`), not per attempt: a ClientTimeout is frozen, and shared."""
-    return aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S))
+    """A send's timeouts: `timeout_s` in all, the connection (the host name's look-up, the socket's connect and a TLS
+    handshake: `connect`) within CONNECT_TIMEOUT_S of it. Made once per value (a destination's `timeout_seconds`),
+    not per attempt: a ClientTimeout is frozen, and shared."""
+    connect = min(timeout_s, CONNECT_TIMEOUT_S)
+    return aiohttp.ClientTimeout(total=timeout_s, connect=connect, sock_connect=connect)
+
+
+class Written:
+    """Whether a request's head was written (`WRITTEN` traces it, given this as the request's `trace_request_ctx`):
+    `traced` once the request started on a session that traces it; `written` once its head was handed to the
+    connection. A failure before that (the host name's look-up, the connect, the TLS handshake, the wait for a
+    connection) sent nothing."""
+
+    __slots__ = ("traced", "written")
+
+    def __init__(self) -> None:
+        self.traced = False
+        self.written = False
+
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether the vendor may have seen the request: its head written, or not traced (not known: assumed)."""
+        return self.written or not self.traced
+
+
+async def _request_started(_session: aiohttp.ClientSession, ctx: Any, _params: aiohttp.TraceRequestStartParams) -> None:
+    if isinstance(ctx.trace_request_ctx, Written):
+        ctx.trace_request_ctx.traced = True
+
+
+async def _head_written(_session: aiohttp.ClientSession, ctx: Any, _params: aiohttp.TraceRequestHeadersSentParams,
+                        ) -> None:
+    if isinstance(ctx.trace_request_ctx, Written):
+        ctx.trace_request_ctx.written = True
+
+
+WRITTEN = aiohttp.TraceConfig()
+"""The delivery session's trace (`delivery_session`): marks a request's `Written` as its head goes out."""
+WRITTEN.on_request_start.append(_request_started)
+WRITTEN.on_request_headers_sent.append(_head_written)
 
 
 def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
@@ -122,11 +159,18 @@ def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
     return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
 
 
-def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
-    """What a send's transport failure means: a retry when the connection was never made (nothing reached the
-    vendor); otherwise `unknown`, as the request may have been written and acted on before the answer was
-    lost (a timeout once connected, a reset, a connection closed before the answer, an answer that cannot be
-    parsed)."""
+def send_failure(exc: BaseException, timeout_s: float, *, maybe_sent: bool = True) -> Outcome:
+    """What a send's transport failure means: a retry when the connection was never made or the request's head
+    never written to it (`maybe_sent` false: nothing reached the vendor); otherwise `unknown`, as the request may
+    have been written and acted on before the answer was lost (a timeout once written, a reset, a connection
+    closed before the answer, an answer that cannot be parsed)."""
+    if not maybe_sent and isinstance(exc, TimeoutError):
+        return Outcome(classification="retry", error=f"timed out after {timeout_s:g}s before the request was written "
+                                                     "(resolving the host name, connecting, or the TLS handshake): "
+                                                     "nothing reached the vendor")
+    if not maybe_sent:
+        return Outcome(classification="retry", error=f"connection failed before the request was written: "
+                                                     f"{type(exc).__name__}: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError):
@@ -353,11 +397,12 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome. The
     adapter crashing on an answer whose status alone says what became of the request (`classify_status`: 5xx,
     429, 401…) gives that status's outcome (`classified_anyway`); on any other, the crash is raised."""
+    written = Written()
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request_data(request.body),
             timeout=send_timeout(timeout_s),
-            allow_redirects=False,
+            allow_redirects=False, trace_request_ctx=written,
         ) as response:
             if response.status < 200 and (interim := interim_answer(response.status)) is not None:
                 # a 101 (VendorResponse has closed its connection): no body, no adapter's say
@@ -378,7 +423,7 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
             return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
                     outcome)
     except TRANSPORT_ERRORS as exc:
-        return None, None, None, send_failure(exc, timeout_s)
+        return None, None, None, send_failure(exc, timeout_s, maybe_sent=written.maybe_sent)
 
 
 def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, delivery_id: str | None) -> Outcome:
