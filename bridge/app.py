@@ -30,6 +30,7 @@ from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, l
 from bridge.metrics import metrics
 from bridge.offload import render_sliced
 from bridge.reload import MappingReloader, reload_context, serve_last_good, serve_last_good_if_empty
+from bridge.resolver import BoundedResolver
 from bridge.retention import longest_reopen_after, run_retention
 from bridge.routing import render_create_again, render_follow_up
 from bridge.runtime import Runtime, Source
@@ -252,10 +253,12 @@ def delivery_session(config: Config) -> aiohttp.ClientSession:
     pool adds no cap of its own per host (a vendor holding one destination's requests would stall every other
     destination on its host), and holds every destination's max_in_flight in total (fdlimit.delivery_pool, which
     serve's open-file check counts). A connection that brought an interim status (1xx) as the answer is closed, never
-    pooled (`VendorResponse`). Whether a request's head was written is traced (`WRITTEN`: a timeout before it is a
-    plain retry)."""
+    pooled (`VendorResponse`). Host names are resolved in threads of their own (`BoundedResolver`), never in the
+    event loop's default executor; whether a request's head was written is traced (`WRITTEN`: a timeout before it
+    is a plain retry)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300),
+        connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300,
+                                       resolver=BoundedResolver()),
         headers={"User-Agent": USER_AGENT}, response_class=VendorResponse, trace_configs=[WRITTEN],
     )
 
