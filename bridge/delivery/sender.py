@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -179,13 +180,26 @@ def send_failure(exc: BaseException, timeout_s: float, *, maybe_sent: bool = Tru
     if isinstance(exc, aiohttp.ClientResponseError):
         # The answer's head came and could not be parsed (thousands of headers, a header or status line past
         # aiohttp's 8 KiB, a content encoding it cannot decode): the request was written. Its message, not its
-        # str(), which adds the request's URL.
-        return Outcome(classification="unknown", error=f"the vendor's answer could not be read: {exc.message}: "
-                                                       "the vendor may have acted on it")
+        # str(), which adds the request's URL; without the vendor's bytes it quotes (`head_problem`).
+        return Outcome(classification="unknown", error=f"the vendor's answer could not be read: "
+                                                       f"{head_problem(exc.message)}: the vendor may have acted on it")
     if isinstance(exc, LOST_ANSWER):
         return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
                                                        f"{exc}: the vendor may have acted on it")
     return transport_failure(exc, timeout_s)
+
+
+# What aiohttp's parser quotes of an answer's head (`b'session=…'`, `'…'`), to its end when cut.
+_QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*(?:'|$)|b?"(?:[^"\\]|\\.)*(?:"|$)""")
+NOT_KEPT = "<the vendor's text, not kept>"
+
+
+def head_problem(message: str) -> str:
+    """Why aiohttp could not parse an answer's head (`message`), fit to store and log: its first line, each piece of
+    the answer it quotes left out. A line over the limit is quoted from its start, and that may be a header's
+    value (a session cookie, a token); which header it was, aiohttp does not say."""
+    first = str(message).split("\n", 1)[0].strip()
+    return _QUOTED.sub(NOT_KEPT, first)[:200].rstrip(": .") or "malformed answer"
 
 
 def bounded(outcome: Outcome) -> Outcome:

@@ -246,7 +246,11 @@ async def raw_vendor(answer: bytes, *, endless: bytes = b"") -> AsyncIterator[st
     (b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * (1 << 20) + b"\r\nContent-Length: 2\r\n\r\n{}", b"",
      "Got more than 8190 bytes"),
     (b"HTTP/1.1 200 ", b"x" * 4096, "Got more than 8190 bytes"),
-], ids=["thousands-of-headers", "1mb-header", "endless-status-line"])
+    (b"HTTP/1.1 201 Created\r\nSet-Cookie: session=" + b"S3CRET" * 2000 + b"\r\nContent-Length: 2\r\n\r\n{}", b"",
+     "Got more than 8190 bytes when reading: <the vendor's text, not kept>"),
+    (b"HTTP/1.1 201 Created\r\nX-Session\x01Token: S3CRET\r\nContent-Length: 2\r\n\r\n{}", b"",
+     "Invalid header"),
+], ids=["thousands-of-headers", "1mb-header", "endless-status-line", "long-cookie", "bad-header-line"])
 async def test_an_answer_whose_head_cannot_be_read_is_unknown(
     session: aiohttp.ClientSession, answer: bytes, endless: bytes, said: str,
 ) -> None:
@@ -259,6 +263,7 @@ async def test_an_answer_whose_head_cannot_be_read_is_unknown(
     assert error.startswith("the vendor's answer could not be read: ") and said in error, error
     assert error.endswith(": the vendor may have acted on it")
     assert base not in error and len(error) < 400
+    assert "S3CRET" not in error and "vvv" not in error and "xxx" not in error  # nothing of the vendor's head
 
 
 @contextlib.asynccontextmanager
