@@ -8,7 +8,8 @@ look-up runs in LOOKUPS (LOOKUP_THREADS threads, used by nothing else), and look
 a second look-up of a name still being resolved waits for the first one's answer instead of taking another
 thread, whoever asked, whether the first asker is still waiting or has given up (its send timed out). A hanging
 name thus holds one thread however many sends wait on it, and it takes LOOKUP_THREADS names hanging at once to make
-the look-up of a healthy one wait for a thread.
+the look-up of a healthy one wait for a thread. The threads are daemon threads (DaemonPool): a stop does not wait
+for a look-up that hangs.
 
 Not aiodns (c-ares): it is another native dependency, and it reads /etc/hosts and resolv.conf only, not what the
 system's resolver is configured to use (nsswitch: mDNS, LDAP, a container's or a cluster's own rules), so a host
@@ -18,25 +19,70 @@ the operator can reach with curl could fail here.
 from __future__ import annotations
 
 import asyncio
+import functools
+import queue
 import socket
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 LOOKUP_THREADS = 32
 """How many different host names may be resolving at once; each more waits for a thread."""
 
+T = TypeVar("T")
 _Key = tuple[str, int, int, int]
 _Infos = list[tuple[Any, ...]]
+
+
+class DaemonPool(Executor):
+    """Up to `threads` daemon threads, started as work comes and kept. A ThreadPoolExecutor's threads are joined
+    when the interpreter exits, after what they run: a stop would wait until every hanging look-up gave up (20 s
+    and more). A look-up holds nothing to clean up, so these are left behind at exit."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._max = threads
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._started = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, functools.partial(fn, **kwargs) if kwargs else fn, args))
+        if self._idle.acquire(blocking=False):
+            return future  # a thread waits for work: it takes this
+        with self._lock:
+            if self._started < self._max:
+                self._started += 1
+                threading.Thread(target=self._work, name=f"{self._name}_{self._started}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to whoever awaits the future
+                    future.set_exception(exc)
+            del future, fn, args
+            self._idle.release()
+
+    def threads(self) -> int:
+        """How many threads it has started."""
+        with self._lock:
+            return self._started
 
 
 class Lookups:
     """getaddrinfo() calls in a pool of their own, one at a time per name (host, port, family, flags)."""
 
     def __init__(self, threads: int, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._pool = DaemonPool(threads, name)
         self._lock = threading.Lock()
         self._running: dict[_Key, Future[_Infos]] = {}
 

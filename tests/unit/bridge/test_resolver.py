@@ -4,11 +4,16 @@ the event loop's default executor, and leave a healthy name's look-up free."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -89,6 +94,8 @@ async def test_hanging_names_leave_the_default_executor_and_a_healthy_name_free(
     assert (found["hostname"], found["host"], found["port"]) == ("vendor.test", "127.0.0.1", 443)
     assert await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), 5) == "ran"
     assert {name: hanging_names.calls[name] for name in names} == dict.fromkeys(names, 1)
+    pool = [t for t in threading.enumerate() if t.name.startswith("test-dns_")]
+    assert len(pool) == len(names) + 1 and all(t.daemon for t in pool)  # the hanging names' and the healthy one's
     hanging_names.release.set()
     failed = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(exc, socket.gaierror) for exc in failed)
@@ -151,3 +158,26 @@ async def test_a_session_sends_through_it(hanging_names: HangingNames, aiohttp_s
             session.get(f"http://vendor.test:{server.port}/") as resp:
         assert await resp.text() == "hello"
     assert hanging_names.calls["vendor.test"] == 1
+
+
+def test_a_process_exits_while_a_lookup_hangs() -> None:
+    """The look-ups' threads are not joined at exit: a process stopping while a name's look-up hangs ends at once,
+    not when the system resolver gives up."""
+    script = textwrap.dedent("""
+        import asyncio, socket, threading
+        from bridge.resolver import LOOKUPS, BoundedResolver
+        started = threading.Event()
+        def hang(*args, **kwargs):
+            started.set()
+            threading.Event().wait()
+        socket.getaddrinfo = hang
+        async def main():
+            lookup = asyncio.ensure_future(BoundedResolver().resolve("v1.hang.test", 443))
+            await asyncio.to_thread(started.wait, 10)
+            lookup.cancel()
+        asyncio.run(main())
+        print("stopping")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])}, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "stopping"), done.stderr
