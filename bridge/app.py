@@ -21,7 +21,7 @@ from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
 from bridge.delivery.orphans import log_orphaned
 from bridge.delivery.redaction import MIN_SECRET_CHARS
-from bridge.delivery.sender import VendorResponse
+from bridge.delivery.sender import WRITTEN, VendorResponse
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.fdlimit import delivery_pool
 from bridge.intake import hook_get, hook_options, hook_post
@@ -30,6 +30,7 @@ from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, l
 from bridge.metrics import metrics
 from bridge.offload import render_sliced
 from bridge.reload import MappingReloader, reload_context, serve_last_good, serve_last_good_if_empty
+from bridge.resolver import BoundedResolver
 from bridge.retention import longest_reopen_after, run_retention
 from bridge.routing import render_create_again, render_follow_up
 from bridge.runtime import Runtime, Source
@@ -256,10 +257,13 @@ def delivery_session(config: Config) -> aiohttp.ClientSession:
     pool adds no cap of its own per host (a vendor holding one destination's requests would stall every other
     destination on its host), and holds every destination's max_in_flight in total (fdlimit.delivery_pool, which
     serve's open-file check counts). A connection that brought an interim status (1xx) as the answer is closed, never
-    pooled (`VendorResponse`)."""
+    pooled (`VendorResponse`). Host names are resolved in threads of their own (`BoundedResolver`), never in the
+    event loop's default executor; whether a request's head was written is traced (`WRITTEN`: a timeout before it
+    is a plain retry)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300),
-        headers={"User-Agent": USER_AGENT}, response_class=VendorResponse,
+        connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300,
+                                       resolver=BoundedResolver()),
+        headers={"User-Agent": USER_AGENT}, response_class=VendorResponse, trace_configs=[WRITTEN],
     )
 
 

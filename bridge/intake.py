@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -186,7 +185,8 @@ def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamR
 async def _save_attachments(rt: Runtime, source: Source, files: list[Attachment]) -> web.Response | None:
     """Write the requests' attachment content before the event is stored; a 503 when the disk fails."""
     try:
-        await asyncio.to_thread(save_attachments, files, rt.config.attachments_dir, rt.config.attachments.max_bytes)
+        await offload.in_parser(save_attachments, files, rt.config.attachments_dir, rt.config.attachments.max_bytes,
+                                 pool=offload.FILES)
     except OSError as exc:
         rt.count("intake.attachments_unavailable", source=source.name)
         log.error("intake.attachments_unavailable", source=source.name, folder=str(rt.config.attachments_dir),
@@ -282,7 +282,7 @@ async def _nonce(signed: SignedNonce, source: str, body: bytes) -> Nonce:
     within its tolerance (plus NONCE_MARGIN_S for the clocks of processes sharing a store)."""
     hashed = hashlib.sha256(source.encode("utf-8", "surrogatepass") + b"\0")
     if len(body) > HASH_ON_LOOP_BYTES:
-        await asyncio.to_thread(hashed.update, body)
+        await offload.in_parser(hashed.update, body, pool=offload.FILES)
     else:
         hashed.update(body)
     digest = hashed.hexdigest()[:32]  # 128 bits: no other request can be made to match, and the row stays small

@@ -66,6 +66,10 @@ PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-pars
 CONSOLE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ticketbridge-console")
 """The console's own thread (explanations an operator or a read token asks for): what it queues never delays
 intake's parses and renders, nor a follow-up's."""
+FILES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ticketbridge-files")
+"""Intake's file work (a request's attachments written to disk, a large body's nonce digest) and a delivery's
+attachments read: threads of their own, not the event loop's default executor, so that a slow disk delays only
+this work, and nothing else queued on a shared pool delays it."""
 LOOKUPS = DaemonWorker("ticketbridge-lookup")
 """Where a vendor's look-up answer (a reconciliation's day of tickets, up to 32 MiB) is decoded and scanned when
 it is not small: its own thread, so that a look-up never queues behind intake's parses, nor they behind it. A

@@ -10,6 +10,7 @@ import aiohttp
 from bridge import USER_AGENT
 from bridge.bodies import read_capped
 from bridge.errors import VALUE
+from bridge.resolver import BoundedResolver
 from bridge.yamlfile import KeyValueError
 
 Getter = Callable[[str, dict[str, str], float, int], Awaitable[bytes]]
@@ -35,6 +36,7 @@ async def http_get(url: str, headers: dict[str, str], timeout_s: float, max_byte
     of a busy loop), so none outlives a request or needs closing at shutdown."""
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                         connector=aiohttp.TCPConnector(resolver=BoundedResolver()),
                                          headers={"User-Agent": USER_AGENT}) as session, \
                 session.get(url, headers=headers, allow_redirects=False) as resp:
             if resp.status != 200:

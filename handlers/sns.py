@@ -21,6 +21,7 @@ from bridge import USER_AGENT
 from bridge.bodies import read_capped
 from bridge.errors import Rejected
 from bridge.escaping import quoted_sent
+from bridge.resolver import BoundedResolver
 
 Fetcher = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return its body; raises FetchError."""
@@ -96,7 +97,8 @@ async def https_get(url: str) -> bytes:
     subscriptions are confirmed once), so no session outlives a request and none needs closing at shutdown."""
     timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
     try:
-        async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session, \
+        async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT},
+                                         connector=aiohttp.TCPConnector(resolver=BoundedResolver())) as session, \
                 session.get(url, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise FetchError(f"HTTP {resp.status}", resp.status)

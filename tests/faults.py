@@ -1,15 +1,20 @@
-"""Faults the tests cause on purpose: a small filesystem to fill up."""
+"""Faults the tests cause on purpose: a small filesystem to fill up, the event loop's default executor held."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import eventually
 
 
 @contextmanager
@@ -40,3 +45,24 @@ def fill(folder: Path) -> Path:
                 if exc.errno != errno.ENOSPC:
                     raise
                 return filler
+
+
+@asynccontextmanager
+async def default_executor_held() -> AsyncIterator[None]:
+    """The running event loop's default executor given one thread, held busy until the block ends: what runs there
+    (asyncio.to_thread, loop.getaddrinfo) waits meanwhile, as when hung host name look-ups fill it."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1, thread_name_prefix="default-held"))
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(60)
+
+    held = loop.run_in_executor(None, hold)
+    await eventually(started.is_set)
+    try:
+        yield
+    finally:
+        release.set()
+        await held

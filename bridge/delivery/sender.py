@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -110,9 +111,46 @@ class VendorResponse(aiohttp.ClientResponse):
 
 @functools.lru_cache(maxsize=64)
 def send_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
-    """A send's timeouts: `timeout_s` in all, the connection within CONNECT_TIMEOUT_S of it. Made once per value (a
-    destination's `timeout_seconds`), not per attempt: a ClientTimeout is frozen, and shared."""
-    return aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S))
+    """A send's timeouts: `timeout_s` in all, the connection (the host name's look-up, the socket's connect and a TLS
+    handshake: `connect`) within CONNECT_TIMEOUT_S of it. Made once per value (a destination's `timeout_seconds`),
+    not per attempt: a ClientTimeout is frozen, and shared."""
+    connect = min(timeout_s, CONNECT_TIMEOUT_S)
+    return aiohttp.ClientTimeout(total=timeout_s, connect=connect, sock_connect=connect)
+
+
+class Written:
+    """Whether a request's head was written (`WRITTEN` traces it, given this as the request's `trace_request_ctx`):
+    `traced` once the request started on a session that traces it; `written` once its head was handed to the
+    connection. A failure before that (the host name's look-up, the connect, the TLS handshake, the wait for a
+    connection) sent nothing."""
+
+    __slots__ = ("traced", "written")
+
+    def __init__(self) -> None:
+        self.traced = False
+        self.written = False
+
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether the vendor may have seen the request: its head written, or not traced (not known: assumed)."""
+        return self.written or not self.traced
+
+
+async def _request_started(_session: aiohttp.ClientSession, ctx: Any, _params: aiohttp.TraceRequestStartParams) -> None:
+    if isinstance(ctx.trace_request_ctx, Written):
+        ctx.trace_request_ctx.traced = True
+
+
+async def _head_written(_session: aiohttp.ClientSession, ctx: Any, _params: aiohttp.TraceRequestHeadersSentParams,
+                        ) -> None:
+    if isinstance(ctx.trace_request_ctx, Written):
+        ctx.trace_request_ctx.written = True
+
+
+WRITTEN = aiohttp.TraceConfig()
+"""The delivery session's trace (`delivery_session`): marks a request's `Written` as its head goes out."""
+WRITTEN.on_request_start.append(_request_started)
+WRITTEN.on_request_headers_sent.append(_head_written)
 
 
 def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
@@ -122,11 +160,18 @@ def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:
     return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
 
 
-def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
-    """What a send's transport failure means: a retry when the connection was never made (nothing reached the
-    vendor); otherwise `unknown`, as the request may have been written and acted on before the answer was
-    lost (a timeout once connected, a reset, a connection closed before the answer, an answer that cannot be
-    parsed)."""
+def send_failure(exc: BaseException, timeout_s: float, *, maybe_sent: bool = True) -> Outcome:
+    """What a send's transport failure means: a retry when the connection was never made or the request's head
+    never written to it (`maybe_sent` false: nothing reached the vendor); otherwise `unknown`, as the request may
+    have been written and acted on before the answer was lost (a timeout once written, a reset, a connection
+    closed before the answer, an answer that cannot be parsed)."""
+    if not maybe_sent and isinstance(exc, TimeoutError):
+        return Outcome(classification="retry", error=f"timed out after {timeout_s:g}s before the request was written "
+                                                     "(resolving the host name, connecting, or the TLS handshake): "
+                                                     "nothing reached the vendor")
+    if not maybe_sent:
+        return Outcome(classification="retry", error=f"connection failed before the request was written: "
+                                                     f"{type(exc).__name__}: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return Outcome(classification="retry", error=f"connection failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError):
@@ -135,13 +180,26 @@ def send_failure(exc: BaseException, timeout_s: float) -> Outcome:
     if isinstance(exc, aiohttp.ClientResponseError):
         # The answer's head came and could not be parsed (thousands of headers, a header or status line past
         # aiohttp's 8 KiB, a content encoding it cannot decode): the request was written. Its message, not its
-        # str(), which adds the request's URL.
-        return Outcome(classification="unknown", error=f"the vendor's answer could not be read: {exc.message}: "
-                                                       "the vendor may have acted on it")
+        # str(), which adds the request's URL; without the vendor's bytes it quotes (`head_problem`).
+        return Outcome(classification="unknown", error=f"the vendor's answer could not be read: "
+                                                       f"{head_problem(exc.message)}: the vendor may have acted on it")
     if isinstance(exc, LOST_ANSWER):
         return Outcome(classification="unknown", error=f"connection lost before the answer: {type(exc).__name__}: "
                                                        f"{exc}: the vendor may have acted on it")
     return transport_failure(exc, timeout_s)
+
+
+# What aiohttp's parser quotes of an answer's head (`b'session=…'`, `'…'`), to its end when cut.
+_QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*(?:'|$)|b?"(?:[^"\\]|\\.)*(?:"|$)""")
+NOT_KEPT = "<the vendor's text, not kept>"
+
+
+def head_problem(message: str) -> str:
+    """Why aiohttp could not parse an answer's head (`message`), fit to store and log: its first line, each piece of
+    the answer it quotes left out. A line over the limit is quoted from its start, and that may be a header's
+    value (a session cookie, a token); which header it was, aiohttp does not say."""
+    first = str(message).split("\n", 1)[0].strip()
+    return _QUOTED.sub(NOT_KEPT, first)[:200].rstrip(": .") or "malformed answer"
 
 
 def bounded(outcome: Outcome) -> Outcome:
@@ -353,11 +411,12 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     """Send `request` once: the answer's status, excerpt and headers (None when none came), and its outcome. The
     adapter crashing on an answer whose status alone says what became of the request (`classify_status`: 5xx,
     429, 401…) gives that status's outcome (`classified_anyway`); on any other, the crash is raised."""
+    written = Written()
     try:
         async with session.request(
             request.method, request.url, headers=request.headers, data=request_data(request.body),
             timeout=send_timeout(timeout_s),
-            allow_redirects=False,
+            allow_redirects=False, trace_request_ctx=written,
         ) as response:
             if response.status < 200 and (interim := interim_answer(response.status)) is not None:
                 # a 101 (VendorResponse has closed its connection): no body, no adapter's say
@@ -378,7 +437,7 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
             return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
                     outcome)
     except TRANSPORT_ERRORS as exc:
-        return None, None, None, send_failure(exc, timeout_s)
+        return None, None, None, send_failure(exc, timeout_s, maybe_sent=written.maybe_sent)
 
 
 def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, delivery_id: str | None) -> Outcome:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import functools
 import os
@@ -388,7 +389,11 @@ class SqliteStore(Store):
         from then before it begins another transaction."""
         self._off_loop: ThreadPoolExecutor | None = None
         """The thread the off-loop writes run on (_run_off_loop): the store's own, so that no other work queued on
-        a shared pool (the loop's default executor: reads, attachment saves, DNS look-ups) keeps them waiting."""
+        a shared pool (the loop's default executor) keeps them waiting."""
+        self._reading: ThreadPoolExecutor | None = None
+        """The thread reads run on (_read; one at a time, on the one reader connection, anyway): the store's own, so
+        that a read (a follow-up's event, the admin API's) never queues behind other work on a shared pool (the
+        loop's default executor, which a slow disk or anything else may fill)."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -399,6 +404,7 @@ class SqliteStore(Store):
         self._committer = threading.Thread(target=self._commit_worker, name="sqlite-commit", daemon=True)
         self._committer.start()
         self._off_loop = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-write")
+        self._reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
 
     def _connect(self) -> sqlite3.Connection:
         # Statements are kept prepared per text: an attempt's record writes its NULLs into its text (sqlite_binds),
@@ -549,6 +555,9 @@ class SqliteStore(Store):
                     reader.close()
 
             await asyncio.to_thread(close_reader)
+        if self._reading is not None:
+            self._reading.shutdown(wait=False)  # no read left to run: the reader is closed
+            self._reading = None
         self._drop_lock()
 
     # -- the writer thread ------------------------------------------------------------------------
@@ -896,9 +905,10 @@ class SqliteStore(Store):
         return results
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._closed or self._reader is None:
+        if self._closed or self._reader is None or self._reading is None:
             raise StoreUnavailable("the store is closed")
         reader = self._reader
+        reading = self._reading
 
         def run() -> Any:
             with self._read_lock:
@@ -909,7 +919,7 @@ class SqliteStore(Store):
                 except _STORE_ERRORS as exc:
                     raise _failure(exc) from exc
 
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(reading, contextvars.copy_context().run, run)
 
     # -- intake ---------------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ ticket text instead. Vendors without a file endpoint list every file's name and 
 
 from __future__ import annotations
 
-import asyncio
 import email.parser
 import email.policy
 import hashlib
@@ -28,6 +27,7 @@ from bridge.config import DestinationAttachments
 from bridge.errors import MappingError
 from bridge.mapping.base import describe as shown
 from bridge.mapping.limits import check_time
+from bridge.offload import FILES, in_parser
 from handlers.attachments import content_path
 
 FILES_FIELD = "files"
@@ -176,7 +176,7 @@ async def read_files(fields: dict[str, Any], folder: Path | None, caps: Destinat
     if FILES_FIELD not in fields or (isinstance(fields[FILES_FIELD], FileSet) and fields[FILES_FIELD].loaded):
         return fields
     metas = as_metas(fields[FILES_FIELD])
-    loaded = await asyncio.to_thread(load_files, metas, folder, caps) if metas else FileSet(metas=[], loaded=True)
+    loaded = await in_parser(load_files, metas, folder, caps, pool=FILES) if metas else FileSet(metas=[], loaded=True)
     return {**fields, FILES_FIELD: loaded}
 
 

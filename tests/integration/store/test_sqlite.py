@@ -37,6 +37,7 @@ from bridge.store.sqlite import (
 )
 from bridge.store.sqlite_rewrites import CODE_MIGRATIONS, STATUS_COMPARED, STATUS_IN_LIST, rewrite_table
 from tests.conftest import eventually
+from tests.faults import default_executor_held
 from tests.integration.store.contract import (
     WEEK,
     StoreContract,
@@ -429,6 +430,15 @@ async def test_close_waits_for_a_read_running_on_its_thread_and_later_reads_are_
     assert s._reader is None
     with pytest.raises(StoreUnavailable, match="closed"):
         await s.load_mapping_set()
+
+
+async def test_reads_run_on_the_stores_own_thread(store: SqliteStore) -> None:
+    """A read (a follow-up's event, the admin API's list) is answered while the event loop's default executor is
+    held (as hung host name look-ups once held it): the store reads on a thread of its own."""
+    event, [delivery_id] = await accept_one(store)
+    async with default_executor_held():
+        assert (await asyncio.wait_for(store.get_event(event.id), 5)).id == event.id
+        assert [r.id for r in await asyncio.wait_for(store.list_deliveries(DeliveryFilter()), 5)] == [delivery_id]
 
 
 async def test_concurrent_accepts_of_one_dedup_key_store_one_event(store: SqliteStore, tmp_path: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar, cast
 from urllib.parse import urlencode
 
@@ -19,18 +22,23 @@ from bridge.config import ServerConfig, SourceConfig
 from bridge.events import Event
 from bridge.intake import (
     EVENTS_ON_LOOP,
+    HASH_ON_LOOP_BYTES,
     OFFLOAD_BYTES,
     OFFLOAD_MIME_LINES,
     WEIGHED_VALUES,
     _new_events,
+    _nonce,
+    _save_attachments,
     offloaded,
     run_handler,
     weighed,
 )
 from bridge.runtime import Runtime, Source
 from bridge.store.base import NewDelivery
+from handlers.attachments import Attachment
 from handlers.base import Handler, Inbound, Intercepted, SignedNonce, count_fetched
 from handlers.limits import LOOP_PARAMS
+from tests.faults import default_executor_held
 
 
 def test_small_ordinary_bodies_stay_on_the_loop() -> None:
@@ -157,6 +165,28 @@ class Noncing(Recording):
 
     def nonce(self, request: Request, body: bytes) -> SignedNonce | None:
         return SignedNonce(name="the token", value="tok-1", valid_for_s=300.0)
+
+
+async def test_a_large_bodys_nonce_digest_needs_no_default_executor_thread() -> None:
+    """A body too large to hash on the loop is hashed in intake's own file thread: with the event loop's default
+    executor held (hung host name look-ups once held it), the request's nonce is still made."""
+    body = b"x" * (HASH_ON_LOOP_BYTES + 1)
+    async with default_executor_held():
+        made = await asyncio.wait_for(_nonce(SignedNonce(name="the token", value="tok-1", valid_for_s=300.0), "src",
+                                             body), 5)
+    assert made.digest == hashlib.sha256(b"src\0" + body).hexdigest()[:32]
+
+
+async def test_attachments_are_saved_without_a_default_executor_thread(tmp_path: Path) -> None:
+    """A request's attachments are written in intake's own file thread: with the event loop's default executor held,
+    they are still saved."""
+    content = b"report"
+    item = Attachment(meta={"sha256": hashlib.sha256(content).hexdigest()}, content=content)
+    rt = cast(Runtime, SimpleNamespace(config=SimpleNamespace(attachments_dir=tmp_path,
+                                                              attachments=SimpleNamespace(max_bytes=1024))))
+    async with default_executor_held():
+        assert await asyncio.wait_for(_save_attachments(rt, Source("src", Noncing(), None, 0.0), [item]), 5) is None
+    assert item.meta["stored"] is True
 
 
 async def test_the_nonce_is_asked_of_the_handlers_that_give_one() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Mapping
@@ -16,6 +17,7 @@ import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aioresponses import aioresponses
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -244,7 +246,11 @@ async def raw_vendor(answer: bytes, *, endless: bytes = b"") -> AsyncIterator[st
     (b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * (1 << 20) + b"\r\nContent-Length: 2\r\n\r\n{}", b"",
      "Got more than 8190 bytes"),
     (b"HTTP/1.1 200 ", b"x" * 4096, "Got more than 8190 bytes"),
-], ids=["thousands-of-headers", "1mb-header", "endless-status-line"])
+    (b"HTTP/1.1 201 Created\r\nSet-Cookie: session=" + b"S3CRET" * 2000 + b"\r\nContent-Length: 2\r\n\r\n{}", b"",
+     "Got more than 8190 bytes when reading: <the vendor's text, not kept>"),
+    (b"HTTP/1.1 201 Created\r\nX-Session\x01Token: S3CRET\r\nContent-Length: 2\r\n\r\n{}", b"",
+     "Invalid header"),
+], ids=["thousands-of-headers", "1mb-header", "endless-status-line", "long-cookie", "bad-header-line"])
 async def test_an_answer_whose_head_cannot_be_read_is_unknown(
     session: aiohttp.ClientSession, answer: bytes, endless: bytes, said: str,
 ) -> None:
@@ -257,6 +263,7 @@ async def test_an_answer_whose_head_cannot_be_read_is_unknown(
     assert error.startswith("the vendor's answer could not be read: ") and said in error, error
     assert error.endswith(": the vendor may have acted on it")
     assert base not in error and len(error) < 400
+    assert "S3CRET" not in error and "vvv" not in error and "xxx" not in error  # nothing of the vendor's head
 
 
 @contextlib.asynccontextmanager
@@ -443,6 +450,89 @@ async def test_slow_vendor_times_out_on_a_real_connection(
     assert sent.http_status is None
     assert sent.duration_ms >= 150
     assert real.classified == []
+
+
+class UnansweredResolver(AbstractResolver):
+    """A resolver whose name servers never answer: every look-up waits until it is given up."""
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def traced_session(resolver: AbstractResolver | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session tracing whether a request's head was written, as the delivery session does."""
+    connector = aiohttp.TCPConnector(resolver=resolver) if resolver is not None else aiohttp.TCPConnector()
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[sender.WRITTEN]) as traced:
+        yield traced
+
+
+async def test_a_timeout_while_the_host_name_resolves_is_a_retry() -> None:
+    """The whole send's timeout running out while the vendor's host name is still being looked up (its name
+    servers do not answer) sent nothing: a plain retry, not an unknown outcome held for an operator."""
+    real = RecordingKapture("http://vendor.test:8080")
+    async with traced_session(UnansweredResolver()) as traced:
+        sent = await asyncio.wait_for(send_once(traced, real, claimed(), 0.2), timeout=10.0)
+    assert sent.outcome.classification == "retry"
+    assert sent.outcome.error == ("timed out after 0.2s before the request was written (resolving the host name, "
+                                  "connecting, or the TLS handshake): nothing reached the vendor")
+    assert sent.http_status is None
+    assert real.classified == []
+
+
+async def test_a_timeout_in_the_tls_handshake_is_a_retry() -> None:
+    """A vendor's port that takes the connection and never answers the TLS handshake: nothing of the request was
+    written, so its timeout is a plain retry."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # the ClientHello and nothing else, until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        real = RecordingKapture(f"https://127.0.0.1:{port}")
+        async with traced_session() as traced:
+            sent = await asyncio.wait_for(send_once(traced, real, claimed(), 0.3), timeout=10.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert sent.outcome.classification == "retry"
+    assert (sent.outcome.error or "").startswith("timed out after 0.3s before the request was written")
+
+
+async def test_a_timeout_once_the_request_was_written_stays_unknown(aiohttp_server: Any) -> None:
+    """On the traced session too, a vendor that took the request and does not answer in time may have acted on it:
+    unknown."""
+    release = asyncio.Event()
+    app = web.Application()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    app.router.add_post(CREATE_PATH, hang)
+    server = await aiohttp_server(app)
+    real = RecordingKapture(str(server.make_url("")))
+    try:
+        async with traced_session() as traced:
+            sent = await asyncio.wait_for(send_once(traced, real, claimed(), 0.2), timeout=10.0)
+    finally:
+        release.set()
+    assert sent.outcome.classification == "unknown"
+    assert sent.outcome.error == "timed out after 0.2s once connected: the vendor may have acted on it"
+
+
+def test_a_sends_connection_has_its_own_timeout_below_the_whole() -> None:
+    """The host name's look-up, the connect and a TLS handshake (aiohttp's `connect`) within CONNECT_TIMEOUT_S; a
+    destination's shorter timeout bounds them all."""
+    assert sender.send_timeout(30.0) == aiohttp.ClientTimeout(total=30.0, connect=sender.CONNECT_TIMEOUT_S,
+                                                              sock_connect=sender.CONNECT_TIMEOUT_S)
+    assert sender.send_timeout(2.0) == aiohttp.ClientTimeout(total=2.0, connect=2.0, sock_connect=2.0)
 
 
 async def test_small_body_is_read_whole(session: aiohttp.ClientSession, adapter: RecordingKapture) -> None:
