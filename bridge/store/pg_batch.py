@@ -20,9 +20,10 @@ may write in that same order (`_lock_conversations`). Both take the dedup keys o
 checked delivery before any conversation, so that such an accept and a provider's retry of it, in two processes'
 groups of either kind, take the key and the conversation in one order. A row not yet made cannot be locked
 before it is inserted: two groups opening the same new threads in opposite orders can still deadlock, and the
-server then fails one statement (40P01). The whole group is then rolled back and run once more from its start,
-in queue order, in a new transaction (none of its callers was answered yet): its accepts keep their arrival
-order, so a thread's first message stays first. A deadlock in that second run fails the accepts it hits (503).
+server then fails one statement (40P01). The whole group is then rolled back and run again from its start,
+in queue order, in a new transaction (none of its callers was answered yet), up to DEADLOCK_RUNS runs in all: its
+accepts keep their arrival order, so a thread's first message stays first. A deadlock in the last run fails the
+accepts it hits (503).
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ CUT_OFF_ALONE_MAX = 2
 cut off by a statement timeout (in all) before the rest are failed untried: one item slow by itself (its row locked
 by another transaction) costs only itself, and a server too slow for every item (a table locked, a stalled disk)
 fails the group within three timeouts rather than one per item, its callers waiting hours."""
+DEADLOCK_RUNS = 3
+"""Runs of a group, in all, while its statements deadlock with other transactions (40P01: the server fails one of
+them). Two processes opening the same new email threads in opposite orders deadlock; one of them runs again, and
+meets the other's committed rows. Under bursts of replies across several processes that run can meet a third
+process's group, so it gets one more: a deadlock in the last run fails the accepts it hits (503, retried by the
+provider)."""
 
 
 def cut_off(exc: BaseException | None) -> bool:
@@ -399,16 +406,18 @@ async def store_group(conn: Any, group: list[PendingAccept], channel: str, sweep
     (`refused`) comes to StoreRefused, another failed statement (one cancelled by a timeout, say) to StoreUnavailable.
     Connection failures propagate (the group fails as a whole), and so does the failure of a group of one. A
     statement that deadlocked with another transaction (`deadlocked`) rolls the whole group back, and the group is
-    run once more from its start, in queue order, in a new transaction: its accepts keep the order they arrived in
-    (a conversation's first message stays first), and none was answered yet, so none is lost or stored twice. In
-    that second run a deadlock fails the accepts it hits alone (503), as any other failed statement does."""
-    try:
-        return await _store_group(conn, group, channel, sweep_due, first_run=True)
-    except DB_ERRORS as exc:
-        if not deadlocked(exc):
-            raise
-    _retrying(len(group))
-    return await _store_group(conn, group, channel, sweep_due, first_run=False)
+    run again from its start, in queue order, in a new transaction, up to DEADLOCK_RUNS runs in all: its accepts
+    keep the order they arrived in (a conversation's first message stays first), and none was answered yet, so none
+    is lost or stored twice. In the last run a deadlock fails the accepts it hits alone (503), as any other failed
+    statement does."""
+    for run in range(1, DEADLOCK_RUNS):
+        try:
+            return await _store_group(conn, group, channel, sweep_due, last_run=False)
+        except DB_ERRORS as exc:
+            if not deadlocked(exc):
+                raise
+        _retrying(len(group), run)
+    return await _store_group(conn, group, channel, sweep_due, last_run=True)
 
 
 def deadlocked(exc: BaseException | None) -> bool:
@@ -416,19 +425,20 @@ def deadlocked(exc: BaseException | None) -> bool:
     return asyncpg is not None and isinstance(exc, asyncpg.exceptions.DeadlockDetectedError)
 
 
-def _retrying(count: int) -> None:
-    log.warning("store.deadlock_retried", accepts=count,
+def _retrying(count: int, run: int) -> None:
+    log.warning("store.deadlock_retried", accepts=count, run=run,
                 note="a statement of a group deadlocked with another transaction: the group was rolled back and is "
-                     "stored once more from its start, in arrival order; a second deadlock fails the accepts it "
-                     "hits (503)")
+                     f"stored again from its start, in arrival order; a deadlock in its run {DEADLOCK_RUNS} fails the "
+                     "accepts it hits (503)")
 
 
 async def _store_group(conn: Any, group: list[PendingAccept], channel: str, sweep_due: Callable[[], bool], *,
-                       first_run: bool) -> list[Outcome]:
-    """`store_group` without its second run. `first_run`: a deadlock, wherever it is met, propagates (rolling back
-    everything of the group) for `store_group` to run the group again; else it fails the accept it hits."""
+                       last_run: bool) -> list[Outcome]:
+    """One run of `store_group`. Unless `last_run`, a deadlock, wherever it is met, propagates (rolling back
+    everything of the group) for `store_group` to run the group again; in the last run it fails the accept it
+    hits."""
     def in_savepoint(item: PendingAccept) -> Awaitable[Outcome]:
-        return _in_savepoint(conn, item, channel, sweep_due, deadlock_raises=first_run)
+        return _in_savepoint(conn, item, channel, sweep_due, deadlock_raises=not last_run)
 
     try:
         if all(item.nonce is None and not item.checked for item in group):
@@ -450,7 +460,7 @@ async def _store_group(conn: Any, group: list[PendingAccept], channel: str, swee
                     out[i] = await in_savepoint(item)
         return [out[i] for i in range(len(group))]
     except DB_ERRORS as exc:
-        if lost_connection(exc) or len(group) == 1 or (first_run and deadlocked(exc)):
+        if lost_connection(exc) or len(group) == 1 or (not last_run and deadlocked(exc)):
             raise  # the connection's failure, the only accept's own, or a deadlock: the group is run again
         # Cut off by a timeout, most likely waiting for a row another transaction holds: locking the group's rows
         # first would wait for it once more, and the accept that writes it meets that wait anyway.

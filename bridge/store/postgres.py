@@ -55,6 +55,7 @@ from bridge.store.base import (
 )
 from bridge.store.pg_batch import (
     DB_ERRORS,
+    DEADLOCK_RUNS,
     NONCE_SWEEP,
     NONCE_SWEEP_EVERY,
     AcceptBatcher,
@@ -285,9 +286,10 @@ class PostgresStore(Store):
         `autocommit`: `fn` writes with statements that each commit by themselves (one statement, which needs no
         BEGIN and COMMIT of its own, or transactions it opens), its failures the store's as a transaction's are.
         `again` (what `fn` does, for the log): a transaction that one of its statements deadlocked in (40P01: the
-        server rolled it back whole) is run once more from its start (`store.deadlock_retried`), which only a
-        transaction that answers nobody until it commits, and whose second run finds what the first would have
-        (a replay, a purge's batch), may be; a second deadlock fails it as any other error does."""
+        server rolled it back whole) is run again from its start (`store.deadlock_retried`), up to DEADLOCK_RUNS runs
+        in all, which only a transaction that answers nobody until it commits, and whose next run finds what the
+        first would have (a replay, a purge's batch), may be; a deadlock in its last run fails it as any other error
+        does."""
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         try:
@@ -297,17 +299,7 @@ class PostgresStore(Store):
                 if autocommit:
                     out = await fn(conn)
                 else:
-                    try:
-                        async with conn.transaction():
-                            out = await fn(conn)
-                    except DB_ERRORS as exc:
-                        if again is None or not deadlocked(exc):
-                            raise
-                        log.warning("store.deadlock_retried", write=again,
-                                    note="a statement deadlocked with another transaction: it was rolled back and is "
-                                         "run once more from its start; a second deadlock fails it")
-                        async with conn.transaction():
-                            out = await fn(conn)
+                    out = await self._deadlock_runs(conn, fn, again)
         except DB_ERRORS as exc:
             if refused(exc):  # the data's problem: the store is not failing, and a retry would meet it again
                 raise refusal(exc) from exc
@@ -316,6 +308,23 @@ class PostgresStore(Store):
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
         self._succeeded()
         return out
+
+    @staticmethod
+    async def _deadlock_runs(conn: Any, fn: Callable[[Any], Awaitable[T]], again: str | None) -> T:
+        """`fn(conn)` in a transaction; with `again`, run from its start while a statement deadlocks, up to
+        DEADLOCK_RUNS runs in all (the last run's deadlock propagates)."""
+        run = 1
+        while True:
+            try:
+                async with conn.transaction():
+                    return await fn(conn)
+            except DB_ERRORS as exc:
+                if again is None or not deadlocked(exc) or run == DEADLOCK_RUNS:
+                    raise
+                log.warning("store.deadlock_retried", write=again, run=run,
+                            note="a statement deadlocked with another transaction: it was rolled back and is run "
+                                 f"again from its start; a deadlock in its run {DEADLOCK_RUNS} fails it")
+                run += 1
 
     async def _failed(self, exc: BaseException, count: int = 1) -> None:
         self.commit_failures += count

@@ -16,7 +16,7 @@ from bridge.errors import NotFound, StoreUnavailable
 from bridge.events import Event
 from bridge.store import pg_batch
 from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
-from bridge.store.pg_batch import PendingAccept
+from bridge.store.pg_batch import DEADLOCK_RUNS, PendingAccept
 from bridge.store.postgres import PostgresStore, channel_for
 from bridge.store.rows import GROUP_BYTES
 from tests.conftest import eventually
@@ -493,35 +493,39 @@ async def test_a_deadlock_retry_keeps_a_thread_in_arrival_order(
     assert [d.id for d in batch.items] == [messages[0].id, messages[1].id]  # alice's reply waits for her first
 
 
-async def test_a_group_is_run_once_more_after_a_deadlock_and_a_second_fails_the_accept_it_hits(
+async def test_a_group_is_run_again_after_each_deadlock_and_one_in_its_last_run_fails_the_accept_it_hits(
         store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deadlock (40P01) rolls its whole group back, and the group is run once more from its start; a deadlock in
-    that second run fails the accept it hits alone (StoreUnavailable: 503), nothing of it stored, the rest of its
-    group stored. So for a group of one."""
+    """A deadlock (40P01) rolls its whole group back, and the group is run again from its start, up to DEADLOCK_RUNS
+    runs in all (a run that meets a third process's group after the first deadlock is not the last); a deadlock in
+    the last run fails the accept it hits alone (StoreUnavailable: 503), nothing of it stored, the rest of its group
+    stored. So for a group of one."""
+    assert DEADLOCK_RUNS == 3
     deadlocks, tries = deadlocking_accepts(monkeypatch)
-    once, twice, never = make_event(), make_event(), make_event()
-    deadlocks.update({once.id: 1, twice.id: 2})
+    once, twice, thrice, never = make_event(), make_event(), make_event(), make_event()
+    deadlocks.update({once.id: 1, twice.id: 1, thrice.id: 1})
     with capture_logs() as logs:
         results = await asyncio.gather(*(store.accept(e, [mail(t)], WEEK)
-                                         for e, t in ((once, "a"), (twice, "b"), (never, "c"))),
+                                         for e, t in ((once, "a"), (twice, "b"), (thrice, "c"), (never, "d"))),
                                        return_exceptions=True)
     assert store.batcher.groups == 1
-    assert [type(r).__name__ for r in results] == ["AcceptResult", "StoreUnavailable", "AcceptResult"]
-    assert "deadlock detected" in str(results[1])
-    assert [e["accepts"] for e in logs if e["event"] == "store.deadlock_retried"] == [3]  # the whole group
-    # once's deadlock ended the first run before the others were tried; in the second, twice's ended only its own
-    assert (tries[once.id], tries[twice.id], tries[never.id]) == (2, 1, 1)
+    assert [type(r).__name__ for r in results] == ["AcceptResult", "AcceptResult", "StoreUnavailable", "AcceptResult"]
+    assert "deadlock detected" in str(results[2])
+    retried = [(e["accepts"], e["run"]) for e in logs if e["event"] == "store.deadlock_retried"]
+    assert retried == [(4, 1), (4, 2)]  # the whole group, twice
+    # once's deadlock ended the first run before the others were tried, twice's (its first) the second; in the
+    # third, thrice's ended only its own
+    assert (tries[once.id], tries[twice.id], tries[thrice.id], tries[never.id]) == (3, 2, 1, 1)
     with pytest.raises(NotFound):
-        await store.get_event(twice.id)
-    assert [await store.get_event(e.id) for e in (once, never)] == [once, never]
-    for alone, times in ((make_event(), 1), (make_event(), 2)):
+        await store.get_event(thrice.id)
+    assert [await store.get_event(e.id) for e in (once, twice, never)] == [once, twice, never]
+    for alone, times in ((make_event(), 2), (make_event(), 3)):
         deadlocks[alone.id] = times
-        if times == 1:
-            assert (await store.accept(alone, [mail("d")], WEEK)).event_id == alone.id
+        if times < DEADLOCK_RUNS:
+            assert (await store.accept(alone, [mail("e")], WEEK)).event_id == alone.id
         else:
             with pytest.raises(StoreUnavailable, match="deadlock detected"):
-                await store.accept(alone, [mail("e")], WEEK)
-        assert tries[alone.id] == 2
+                await store.accept(alone, [mail("f")], WEEK)
+        assert tries[alone.id] == min(times + 1, DEADLOCK_RUNS)
 
 
 async def test_a_message_held_behind_its_conversation_takes_its_place_after_the_one_committed_first(

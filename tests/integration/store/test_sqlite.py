@@ -560,19 +560,21 @@ async def test_the_event_loop_stays_responsive_during_a_burst_of_large_accepts(s
                                                                                  tmp_path: Path) -> None:
     """A group's statements run on the event loop's thread: 256 accepts of 1 MiB queued together (a burst of large
     mails, held up by another writer) are written in groups of GROUP_BYTES, so that no turn of the loop waits on
-    more than a few of them. A ticker measures the longest gap between its turns from when they are all queued:
-    a few milliseconds (30-45 ms when a full garbage collection falls in it); one group of them all held the loop
-    for a few milliseconds per MiB, over half a second."""
+    more than a few of them. A ticker measures the longest gap between its turns from when they are all queued, in
+    the process's CPU time (every thread's: the loop's, and the writer thread's, which holds the loop while it holds
+    the GIL), which time other processes take from this one on a busy machine does not add to: a few milliseconds
+    (30-45 ms when a full garbage collection falls in it); one group of them all held the loop for a few
+    milliseconds per MiB, over half a second."""
     text = "p" * (512 * 1024)  # one string for every event and body: the test holds 256 MiB of encoded rows only
     accepts = [(make_event(text=text), make_delivery(body={"comment": text})) for _ in range(256)]
     gaps: list[float] = []
     stop = asyncio.Event()
 
     async def tick() -> None:
-        last = time.monotonic()
+        last = time.process_time()
         while not stop.is_set():
             await asyncio.sleep(0)
-            now = time.monotonic()
+            now = time.process_time()
             gaps.append(now - last)
             last = now
 
@@ -587,7 +589,7 @@ async def test_the_event_loop_stays_responsive_during_a_burst_of_large_accepts(s
         stop.set()
         await ticker
     assert [r.event_id for r in results] == [e.id for e, _ in accepts]
-    assert max(gaps) < 0.2, f"the loop was held {max(gaps) * 1000:.0f} ms"
+    assert max(gaps) < 0.2, f"the loop was held {max(gaps) * 1000:.0f} ms of CPU"
     assert store.batches - batches >= 128
 
 

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
+import pytest
 from structlog.testing import capture_logs
 
 from bridge.errors import StoreUnavailable
 from bridge.store.base import AcceptResult
 from bridge.store.pg_batch import (
     CUT_OFF_ALONE_MAX,
+    DEADLOCK_RUNS,
     AcceptBatcher,
     Outcome,
     PendingAccept,
     each_alone,
 )
+from bridge.store.postgres import PostgresStore
 from bridge.store.rows import GROUP_BYTES, encode
 from tests.integration.store.contract import make_delivery, make_event
 
@@ -197,3 +203,40 @@ async def test_the_default_bound_is_group_bytes() -> None:
         return [item.stored() for item in group]
 
     assert AcceptBatcher(run, 512).group_bytes == GROUP_BYTES == 2 * 1024 * 1024
+
+
+class _Connection:
+    """A connection whose transactions do nothing: `fn` alone decides what a run does."""
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        yield
+
+    def transaction(self) -> Any:
+        return self._transaction()
+
+
+async def test_a_write_outside_intake_is_run_again_while_it_deadlocks_up_to_its_last_run() -> None:
+    """A replay or a purge's batch (`again` given) is run from its start after each deadlock, up to DEADLOCK_RUNS
+    runs in all, each logged with its number; the last run's deadlock propagates. Without `again`, the first."""
+    deadlock = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    runs: list[int] = []
+
+    def deadlocking(times: int) -> Callable[[Any], Awaitable[str]]:
+        async def fn(conn: Any) -> str:
+            runs.append(len(runs) + 1)
+            if len(runs) <= times:
+                raise deadlock
+            return "done"
+        return fn
+
+    with capture_logs() as logs:
+        assert await PostgresStore._deadlock_runs(_Connection(), deadlocking(DEADLOCK_RUNS - 1), "replay") == "done"
+    assert len(runs) == DEADLOCK_RUNS == 3
+    assert [(e["write"], e["run"]) for e in logs if e["event"] == "store.deadlock_retried"] == [("replay", 1),
+                                                                                              ("replay", 2)]
+    for again, times in (("purge", DEADLOCK_RUNS), (None, 1)):
+        runs.clear()
+        with pytest.raises(asyncpg.exceptions.DeadlockDetectedError):
+            await PostgresStore._deadlock_runs(_Connection(), deadlocking(times), again)
+        assert len(runs) == times
