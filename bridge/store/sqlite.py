@@ -38,7 +38,6 @@ import fcntl
 import functools
 import os
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -73,6 +72,7 @@ from bridge.store.base import (
     StoredMappingSet,
     StoreProblem,
 )
+from bridge.store.pieces import json_chunks
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -167,12 +167,6 @@ large mail's text two or three times over in its event and once more in a body t
 written on the store's writer thread, in a write by itself (see SqliteStore.accept), its long strings a piece at a
 time. Below it, the loop encodes it and writes it with its group (about 1 ms per MiB to encode, 3 to write: a few
 milliseconds at most, a group bounded by GROUP_BYTES), and such accepts keep sharing their groups' commits."""
-PIECE_CHARS = 256 * 1024
-"""How much of a long string a heavy accept encodes in one call (_json_pieces): a few tenths of a millisecond holding
-the GIL."""
-PIECE_DEPTH = 8
-"""How deep in a heavy accept's values their long strings are looked for (a mail's text is one or two levels down:
-the payload's `text`, the provider's own field of it; a delivery's body's field, one)."""
 WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
@@ -182,9 +176,7 @@ needs, ten a second cost an idle server about 8 CPU seconds an hour."""
 # 3k instructions each, six per accepted event). So a JSON column is bound as a bytearray (stored as the same
 # BLOB), and the NULLs of an ordinary event and delivery are written in the statement: its dedup key, and its
 # delivery's last error and conversation.
-_encoder = msgspec.json.Encoder()
-_encode_into = _encoder.encode_into
-_encode_piece = _encoder.encode
+_encode_into = msgspec.json.Encoder().encode_into
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 _INSERT_EVENT_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, zeroblob(?), ?)"
@@ -278,7 +270,7 @@ class _Pieces:
 
     __slots__ = ("chunks", "size")
 
-    def __init__(self, chunks: list[bytes | memoryview]) -> None:
+    def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
         self.size = sum(len(chunk) for chunk in chunks)
 
@@ -1548,70 +1540,11 @@ def _json_blob(value: Any) -> bytearray:
 
 
 def _json_pieces(value: Any) -> _Json:
-    """`value` as `_json_blob` encodes it, byte for byte, each string of it longer than PIECE_CHARS (within PIECE_DEPTH
-    of its top) encoded a slice at a time: then in _Pieces, written a piece at a time too. msgspec encodes a value in
-    one call into C, which holds the GIL throughout, about 1 ms per MiB: a worker thread encoding a large mail's
-    event at once (its text kept two or three times over) kept the event loop from running for as long, 50-70 ms for
-    a 20 MiB mail. Between two pieces the interpreter may hand the GIL to the loop, which so waits at most a piece
-    (a few tenths of a millisecond) past its switch interval. The rest of `value` is encoded at once, each long
-    string standing in it as a marker no text holds (a random token), between whose quotes the string's pieces go.
-    A value with no long string is encoded at once, as `_json_blob` does."""
-    found: list[str] = []
-    mark = secrets.token_hex(16)
-    skeleton = _swapped(value, found, mark, PIECE_DEPTH)
-    if not found:
-        return _json_blob(value)
-    encoded = _json_blob(skeleton)
-    markers = [f'"{mark}{n}"'.encode() for n in range(len(found))]
-    places = sorted((encoded.find(marker), n) for n, marker in enumerate(markers))
-    if places[0][0] < 0:  # a marker not written as the string it is: no value the store is given does that
-        return _json_blob(value)
-    whole = memoryview(encoded)
-    chunks: list[bytes | memoryview] = []
-    at = 0
-    for where, n in places:
-        chunks.append(whole[at:where + 1])  # up to the marker's opening quote
-        text = found[n]
-        for start in range(0, len(text), PIECE_CHARS):
-            chunks.append(memoryview(_encode_piece(text[start:start + PIECE_CHARS]))[1:-1])  # without its quotes
-        at = where + len(markers[n]) - 1  # from its closing quote
-    chunks.append(whole[at:])
-    return _Pieces(chunks)
-
-
-def _swapped(value: Any, found: list[str], mark: str, depth: int) -> Any:
-    """`value` with each string longer than PIECE_CHARS, `depth` levels down at most (dicts', lists' and structs'
-    values), replaced by `mark` and its index in `found`, where it is added; the containers holding none are
-    `value`'s own, not copies."""
-    kind = type(value)
-    if kind is str:
-        if len(value) <= PIECE_CHARS:
-            return value
-        found.append(value)
-        return f"{mark}{len(found) - 1}"
-    if depth == 0:
-        return value
-    if kind is dict:
-        changed: dict[Any, Any] | None = None
-        for key, item in value.items():
-            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
-                if changed is None:
-                    changed = dict(value)
-                changed[key] = swapped
-        return value if changed is None else changed
-    if kind is list:
-        items: list[Any] | None = None
-        for n, item in enumerate(value):
-            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
-                if items is None:
-                    items = list(value)
-                items[n] = swapped
-        return value if items is None else items
-    if isinstance(value, msgspec.Struct):
-        fields = {name: swapped for name in value.__struct_fields__
-                  if (swapped := _swapped(item := getattr(value, name), found, mark, depth - 1)) is not item}
-        return msgspec.structs.replace(value, **fields) if fields else value
-    return value
+    """`value` as `_json_blob` encodes it, byte for byte, each string of it longer than a piece encoded a slice at a
+    time (pieces.json_chunks): then in _Pieces, written a piece at a time too. A value with no long string is encoded
+    at once, as `_json_blob` does."""
+    chunks = json_chunks(value, _json_blob)
+    return _json_blob(value) if chunks is None else _Pieces(chunks)
 
 
 def _event_row(event: Event, received_ms: int, deliveries: int, blob: Callable[[Any], _Json]) -> tuple[Any, ...]:

@@ -23,6 +23,7 @@ from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
 from bridge.retention import purge_store
+from bridge.store import pieces
 from bridge.store import sqlite as sqlite_store
 from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.rows import GROUP_BYTES, MAPPING_CONVERSATIONS
@@ -1202,14 +1203,14 @@ def test_a_long_string_encoded_in_pieces_is_the_json_encoded_at_once(
     """Each string longer than a piece, down to PIECE_DEPTH, is encoded a piece at a time, and the whole is the
     same JSON, byte for byte, as the value encoded at once: whatever it escapes (a quote, a control character),
     whatever its characters (a piece ends between two code points, never within one)."""
-    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 16)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 16)
     assert joined(sqlite_store._json_pieces(value)) == bytes(sqlite_store._json_blob(value))
 
 
 def test_a_long_string_no_store_takes_is_refused_in_pieces_as_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Text that is not UTF-8 (a lone surrogate) raises UnicodeEncodeError from its piece as from the whole value,
     so that intake stores the event again escaped."""
-    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 16)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 16)
     value = {"text": "fine " * 10 + "\udc80" + "fine " * 10}
     with pytest.raises(UnicodeEncodeError):
         sqlite_store._json_blob(value)
@@ -1220,7 +1221,7 @@ def test_a_long_string_no_store_takes_is_refused_in_pieces_as_at_once(monkeypatc
 def encoded_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """What each call to msgspec's encoder gives the SQLite store, from now on."""
     calls: list[bytes] = []
-    encode_into, encode_piece = sqlite_store._encode_into, sqlite_store._encode_piece
+    encode_into, encode_piece = sqlite_store._encode_into, pieces._encode_piece
 
     def into(value: Any, buffer: bytearray, *offset: int) -> None:
         encode_into(value, buffer, *offset)
@@ -1231,7 +1232,7 @@ def encoded_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         return calls[-1]
 
     monkeypatch.setattr(sqlite_store, "_encode_into", into)
-    monkeypatch.setattr(sqlite_store, "_encode_piece", piece)
+    monkeypatch.setattr(pieces, "_encode_piece", piece)
     return calls
 
 
@@ -1243,7 +1244,7 @@ async def test_a_heavy_accept_encodes_and_writes_its_long_strings_a_piece_at_a_t
     PIECE_CHARS at a time and written into its row so (incremental blob I/O), so that no one call holds the event
     loop for the whole of it (each value was encoded and bound at once before). It reads back as it was given,
     with a dedup key or without."""
-    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
     store.large_accept_bytes = 1000
     calls = encoded_calls(monkeypatch)
     heavy, delivery = make_event(text="~" * 10_000, dedup_key=key), make_delivery(body={"comment": "~" * 10_000})
