@@ -1153,7 +1153,7 @@ class SqliteStore(Store):
             functools.partial(_bodies_in_rows, delivery_ids=[i for i in delivery_ids if i not in fresh]))
         moved: list[str] = []
         rest = delivery_ids
-        carried: dict[str, bytearray] = {}
+        carried: dict[str, _Json] = {}
         while rest:
             # Its size is found as its bodies are encoded, off the loop; the part goes alone whatever it is.
             done, taken, carried = await self._write(_Staged(
@@ -1438,30 +1438,31 @@ class SqliteStore(Store):
         return entries
 
 
-_Replayed = tuple[list[str], int, dict[str, bytearray]]
+_Replayed = tuple[list[str], int, dict[str, _Json]]
 
 
 def _replay(*, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], str]], kept: dict[str, int],
-            carried: dict[str, bytearray], renamed: str | None, max_items: int,
+            carried: dict[str, _Json], renamed: str | None, max_items: int,
             max_bytes: int) -> Callable[[sqlite3.Connection], _Replayed]:
     """SqliteStore.replay's write of one part (a _Staged write's preparation, on the writer thread): the first of
     `delivery_ids` that fit in a part (at most `max_items`, and `max_bytes` of their sizes, the first whatever its
     size), in order, each succeeded or dead one back to pending, with its new body (`fresh`, encoded here, before
-    the write lock is taken, unless `carried` holds it encoded; and its mapping version, and mapping when renamed)
+    the write lock is taken, its long strings a piece at a time as a heavy accept's, _json_pieces, unless `carried`
+    holds it encoded; and its mapping version, and mapping when renamed)
     when it has one, else only if it has a body (whose size, when kept in its row, `kept` gives). The write returns
     those moved, how many of `delivery_ids` the part took, and the new body encoded and found not to fit (the next
     part's first), by id."""
-    part: dict[str, bytearray | None] = {}
+    part: dict[str, _Json | None] = {}
     total = 0
-    left: dict[str, bytearray] = {}
+    left: dict[str, _Json] = {}
     for i in delivery_ids:
         if len(part) >= max_items:
             break
-        body: bytearray | None = None
+        body: _Json | None = None
         if i in fresh:
             body = carried.get(i)
             if body is None:
-                body = _json_blob(fresh[i][0])
+                body = _json_pieces(fresh[i][0])
         size = len(body) if body is not None else kept.get(i, 0)
         if part and total + size > max_bytes:
             if body is not None:
@@ -1472,9 +1473,9 @@ def _replay(*, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], s
     return functools.partial(_replay_part, part=part, fresh=fresh, renamed=renamed, left=left)
 
 
-def _replay_part(conn: sqlite3.Connection, *, part: dict[str, bytearray | None],
+def _replay_part(conn: sqlite3.Connection, *, part: dict[str, _Json | None],
                  fresh: dict[str, tuple[dict[str, Any], str]], renamed: str | None,
-                 left: dict[str, bytearray]) -> _Replayed:
+                 left: dict[str, _Json]) -> _Replayed:
     """The statements of a replay's part (_replay), in order."""
     now = now_ms()
     moved = []
@@ -1484,7 +1485,8 @@ def _replay_part(conn: sqlite3.Connection, *, part: dict[str, bytearray | None],
                 "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
                 "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ?, "
                 "mapping = COALESCE(?, mapping) WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
-                (now, now, body if len(body) <= BODY_INLINE else None, fresh[i][1], renamed, i)).fetchone()
+                (now, now, body if isinstance(body, bytearray) and len(body) <= BODY_INLINE else None, fresh[i][1],
+                 renamed, i)).fetchone()
             if row is not None:
                 _put_body(conn, i, body)
         else:
@@ -1508,13 +1510,19 @@ def _bodies_in_rows(conn: sqlite3.Connection, *, delivery_ids: list[str]) -> dic
     return out
 
 
-def _put_body(conn: sqlite3.Connection, delivery_id: str, body: bytearray) -> None:
+def _put_body(conn: sqlite3.Connection, delivery_id: str, body: _Json) -> None:
     """What keeps a body just written where BODY_INLINE says: a small one, written in the row, loses any kept apart
-    before; a large one, written NULL in the row (or not at all), is kept apart, and the row loses any it held."""
-    if len(body) <= BODY_INLINE:
+    before; a large one, written NULL in the row (or not at all), is kept apart, and the row loses any it held. One
+    encoded in pieces (_Pieces) is written a piece at a time, into a zeroblob of its size."""
+    if isinstance(body, bytearray) and len(body) <= BODY_INLINE:
         conn.execute("DELETE FROM delivery_bodies WHERE id = ?", (delivery_id,))
         return
     conn.execute("UPDATE deliveries SET body = NULL WHERE id = ? AND body IS NOT NULL", (delivery_id,))
+    if isinstance(body, _Pieces):
+        body.write(conn, "delivery_bodies", "body", conn.execute(
+            "INSERT OR REPLACE INTO delivery_bodies (id, body) VALUES (?, zeroblob(?))", (delivery_id, body.size),
+        ).lastrowid)
+        return
     conn.execute("INSERT OR REPLACE INTO delivery_bodies (id, body) VALUES (?, ?)", (delivery_id, body))
 
 

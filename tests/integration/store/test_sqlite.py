@@ -1077,6 +1077,33 @@ async def test_a_replay_encodes_its_new_bodies_off_the_event_loop_each_once(
         assert (await store.get_delivery(i)).body == new[i][0]
 
 
+async def test_a_replay_encodes_and_writes_a_long_new_body_a_piece_at_a_time(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A re-rendered body's long strings (a large mail's text, quoted) are encoded PIECE_CHARS at a time and written
+    into delivery_bodies so (incremental blob I/O), as a heavy accept's are: no one call holds the GIL for a whole
+    body, however many large ones a replay writes (each was encoded and bound whole before). A body carried to the
+    next part is written so too; a small one stays in its row. Each reads back as it was given."""
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
+    store.group_bytes = 15_000
+    olds = [dead({"title": str(n)}) for n in range(3)]
+    await accept_one(store, *olds)
+    ids = [d.id for d in olds]
+    new = {ids[0]: ({"comment": "~" * 10_000}, "v2"), ids[1]: ({"comment": "~" * 10_000}, "v2"),
+           ids[2]: ({"title": "small"}, "v2")}
+    calls = encoded_calls(monkeypatch)
+    with traced(store) as seen:
+        assert await store.replay(ids, new) == ids
+    assert [len(p) for p in transactions(seen, REPLAYED)] == [1, 2]  # the second body carried to the next part
+    assert sum(call.count(b"~") for call in calls) == 20_000
+    assert max(call.count(b"~") for call in calls) == 1000
+    assert not [sql for _, sql in seen if "7E" * 1001 in sql.upper() or "~" * 1001 in sql]
+    assert len([sql for _, sql in seen if "zeroblob(" in sql]) == 2
+    for i in ids:
+        detail = await store.get_delivery(i)
+        assert (detail.delivery.status, detail.body) == ("pending", new[i][0])
+    assert query(tmp_path / "s.db", "SELECT count(*) FROM delivery_bodies") == [(2,)]
+
+
 INSERT_EVENT = "INSERT INTO events"
 
 
