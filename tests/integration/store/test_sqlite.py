@@ -1625,3 +1625,50 @@ async def test_a_server_starting_while_a_cli_looks_for_it_still_starts(
         await accept_one(server)
     finally:
         await server.close()
+
+
+def decoded_pieces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
+    """Each string piece the stores give msgspec to decode from now on (pieces.decode_in_pieces), with its thread."""
+    calls: list[tuple[int, bytes]] = []
+    decode = pieces._decode_str
+
+    def noted(piece: Any) -> Any:
+        calls.append((threading.get_ident(), bytes(piece)))
+        return decode(piece)
+
+    monkeypatch.setattr(pieces, "_decode_str", noted)
+    return calls
+
+
+async def test_a_large_event_is_read_back_and_decoded_a_piece_at_a_time(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large mail's event, read back for each follow-up of its thread, is read from its row a piece at a time
+    (blob I/O) and its long strings decoded a piece at a time: fetched in its row and decoded in one call, 60 MiB
+    held the GIL, and so the loop, some 200 ms. A small one is read and decoded at once."""
+    monkeypatch.setattr(sqlite_store, "DECODE_AT_ONCE_BYTES", 1000)
+    monkeypatch.setattr(pieces, "DECODE_AT_ONCE_BYTES", 1000)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(pieces, "_PROBE_BYTES", 100)
+    read: list[int] = []
+    blob_read = sqlite_store._blob_read
+
+    def noted(conn: sqlite3.Connection, *where: Any) -> bytes:
+        data = blob_read(conn, *where)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(sqlite_store, "_blob_read", noted)
+    monkeypatch.setattr(sqlite_store, "PIECE_READ_BYTES", 1000)
+    large = make_event(text="~" * 5000, stripped_text="~" * 5000, provider={"TextBody": "~" * 5000})
+    small = make_event(text="~" * 100)
+    await accept_one(store, event=large)
+    await accept_one(store, event=small)
+    calls = decoded_pieces(monkeypatch)
+    assert await store.get_event(large.id) == large
+    assert len(read) == 1 and read[0] > 15_000
+    assert max(piece.count(b"~") for _, piece in calls) == 1000  # a piece (and the next one looked at) at most
+    calls.clear()
+    assert await store.get_event(small.id) == small
+    assert (calls, len(read)) == ([], 1)
+    with pytest.raises(NotFound):
+        await store.get_event("evt_none")
