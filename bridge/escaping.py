@@ -41,14 +41,35 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
+SLICE_CHARS = 256 * 1024
+"""How much of a long text one search or substitution of lone surrogates reads (`encodable`, `escape_text`): `re`
+holds the GIL for all of one call, some 50 ms on a 20 MiB mail's text, so a worker thread escaping a large payload
+(intake's net for a refused one) lets the event loop run between two slices. A surrogate is one code point: no
+match spans two slices."""
+
+
 def encodable(text: str) -> bool:
-    """Whether `text` encodes as UTF-8 (it holds no lone surrogate)."""
-    return text.isascii() or _SURROGATE.search(text) is None
+    """Whether `text` encodes as UTF-8 (it holds no lone surrogate); a long text looked at a slice at a time."""
+    if text.isascii():
+        return True
+    if len(text) <= SLICE_CHARS:
+        return _SURROGATE.search(text) is None
+    return all(_SURROGATE.search(text, start, start + SLICE_CHARS) is None
+               for start in range(0, len(text), SLICE_CHARS))
 
 
 def escape_text(text: str) -> str:
-    """`text` with each lone surrogate written out (`\\xff` for a byte read with surrogateescape)."""
-    return text if encodable(text) else _SURROGATE.sub(_escape, text)
+    """`text` with each lone surrogate written out (`\\xff` for a byte read with surrogateescape); a long text
+    escaped a slice at a time."""
+    return text if encodable(text) else _substituted(text)
+
+
+def _substituted(text: str) -> str:
+    """`text` with each lone surrogate written out, a slice at a time when it is long."""
+    if len(text) <= SLICE_CHARS:
+        return _SURROGATE.sub(_escape, text)
+    return "".join([_SURROGATE.sub(_escape, text[start:start + SLICE_CHARS])
+                    for start in range(0, len(text), SLICE_CHARS)])
 
 
 def quoted_sent(text: str, limit: int = 80) -> str:
@@ -92,7 +113,7 @@ def escape_values(mapping: dict[str, Any]) -> int:
     changed = 0
     for key, value in mapping.items():
         if isinstance(value, str) and not value.isascii() and not encodable(value):  # ASCII: no call
-            mapping[key] = _SURROGATE.sub(_escape, value)
+            mapping[key] = _substituted(value)
             changed += 1
     return changed
 
@@ -124,7 +145,7 @@ def escape_tree(value: Any) -> tuple[Any, int]:
         for k, v in entries:  # replacing the value of a key or index seen is safe while iterating
             if isinstance(v, str):
                 if not encodable(v):
-                    node[k] = _SURROGATE.sub(_escape, v)
+                    node[k] = _substituted(v)
                     changed += 1
             elif isinstance(v, dict | list):
                 stack.append(v)

@@ -155,20 +155,44 @@ def _kept(rt: Runtime, source: Source, request: web.Request) -> tuple[dict[str, 
     return headers, meta
 
 
-async def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet) -> list[NewDelivery]:
+async def _escape_event(rt: Runtime, source: Source, event: Event, mappings: MappingSet,
+                        off: bool) -> list[NewDelivery]:
     """Make the event's payload and dedup key storable, and plan its deliveries again from the escaped payload.
     The store refused text that is not UTF-8: lone surrogates, such as the 8-bit bytes of a raw MIME header the
     email package could not parse (kept raw, read with surrogateescape). Parsers escape what they decode
     themselves; this is the net for what they hand over unchanged. Only run when the store refused the event,
-    so ordinary requests never pay for the walk."""
-    event.payload, changed = escape_tree(event.payload)
-    if event.dedup_key is not None:
-        event.dedup_key = escape_text(event.dedup_key)
+    so ordinary requests never pay for the walk. `off`: the request was planned in the parser thread (a large one,
+    or one whose render ran past its loop slice); the walk, as long as the payload (a large mail's: tens of
+    milliseconds), and the plan run there too."""
+    planned: list[NewDelivery] | None = None
+    if off:
+        changed, planned = await offload.in_parser(_escaped_planned, event, mappings, rt.config.vars,
+                                                   source.handler.options.sender_domain_aliases)
+    else:
+        changed = _escaped(event)
     rt.count("escaped", source=source.name, where="payload")
     log.warning("intake.escaped", source=source.name, event_id=event.id, where="payload", strings=changed)
+    if planned is not None:
+        return planned
     [(deliveries, _errors)] = (_plan_on_loop(rt, source, [event], mappings)
                                or await _plan_off(rt, source, [event], mappings))
     return deliveries
+
+
+def _escaped(event: Event) -> int:
+    """Escape the event's payload and dedup key in place (`_escape_event`); how many of its strings changed."""
+    event.payload, changed = escape_tree(event.payload)
+    if event.dedup_key is not None:
+        event.dedup_key = escape_text(event.dedup_key)
+    return changed
+
+
+def _escaped_planned(event: Event, mappings: MappingSet, vars_: dict[str, Any],
+                     aliases: Mapping[str, str]) -> tuple[int, list[NewDelivery]]:
+    """`_escaped`, then the event's deliveries planned again from it: both in the parser thread."""
+    changed = _escaped(event)
+    [(deliveries, _errors)] = _plan_each([event], mappings, vars_, aliases)
+    return changed, deliveries
 
 
 def _intercepted(rt: Runtime, source: Source, early: Intercepted) -> web.StreamResponse:
@@ -338,7 +362,7 @@ async def _accept_all(rt: Runtime, source: Source, planned: list[tuple[Event, li
             try:
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce, weight=weight)
             except UnicodeEncodeError:
-                deliveries = await _escape_event(rt, source, event, mappings)
+                deliveries = await _escape_event(rt, source, event, mappings, off=weights is not None)
                 result = await store.accept(event, deliveries, source.dedup_window_s, nonce, weight=weight)
         except StoreRefused as exc:
             raise _Refused(event, exc, results) from exc

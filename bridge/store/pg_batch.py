@@ -38,6 +38,7 @@ import structlog
 from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
+from bridge.store.pieces import json_in_pieces
 from bridge.store.rows import (
     GROUP_BYTES,
     NEW_DELIVERY_COLUMNS,
@@ -247,16 +248,21 @@ class PendingAccept:
     __slots__ = ("checked", "created", "data", "event", "expires", "future", "nonce", "received", "rows", "size",
                  "threads", "wake")
 
-    def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,
-                 nonce: Nonce | None) -> None:
+    def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,  # noqa: PLR0917
+                 nonce: Nonce | None, blob: Callable[[Any], bytes] = encode,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`blob` encodes the event and its deliveries' bodies (a heavy accept's, `heavy_accept`, a piece at a time);
+        `loop`: the event loop its caller waits on, when it is made on another thread (by default, the running one).
+        Both are positional: a keyword-only default is looked up in a dict on every call, some 240 instructions
+        more on each light accept, which takes the defaults."""
         event, deliveries, nonce = storable_accept(event, deliveries, nonce)
         self.event = event
         self.nonce = nonce
-        self.data = encode(event)
+        self.data = blob(event)
         self.received = int(event.received_at.timestamp() * 1000)
         self.created = now_ms()
         self.expires = self.created + int(dedup_window_s * 1000)
-        self.rows = new_delivery_rows(event, deliveries, self.created)
+        self.rows = new_delivery_rows(event, deliveries, self.created, blob)
         size = len(self.data)
         for row in self.rows:
             if (body := row[8]) is not None:
@@ -273,7 +279,8 @@ class PendingAccept:
         """The deliveries whose conversation depends on its first sender (_join_checked): stored by accept_one, one
         conversation at a time, never by the group's statements."""
         self.wake = sorted({d.destination for d in deliveries if d.status == "pending"})
-        self.future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[AcceptResult] = (asyncio.get_running_loop() if loop is None
+                                                      else loop).create_future()
 
     @property
     def key(self) -> tuple[str, str] | None:
@@ -281,6 +288,19 @@ class PendingAccept:
 
     def stored(self) -> AcceptResult:
         return AcceptResult(event_id=self.event.id, duplicate=False, deliveries=len(self.rows))
+
+
+def heavy_accept(event: Event, deliveries: list[NewDelivery], dedup_window_s: float, nonce: Nonce | None,
+                 loop: asyncio.AbstractEventLoop) -> PendingAccept:
+    """The PendingAccept of a heavy accept (one that weighs more than the store's `large_accept_bytes`), made on a
+    worker thread: its event's JSON and its deliveries' bodies encoded with their long strings a piece at a time and
+    joined without the GIL (pieces.json_in_pieces), so that neither the loop nor the GIL is held for the whole of a
+    large mail's text. `loop`: the event loop its caller waits on."""
+    return PendingAccept(event, deliveries, dedup_window_s, nonce, _in_pieces, loop)
+
+
+def _in_pieces(value: Any) -> bytes:
+    return json_in_pieces(value, encode)
 
 
 Outcome = AcceptResult | BaseException

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
@@ -272,14 +272,16 @@ def attempt_row(a: Sequence[Any]) -> AttemptRow:
                       classification=a[5], error=a[6], exchange=decode_dict(bytes(a[7])) if a[7] is not None else None)
 
 
-def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int) -> list[tuple[Any, ...]]:
-    """The NEW_DELIVERY_COLUMNS values of `event`'s deliveries, created (and due) at `created_ms`."""
-    return [
-        (d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
-         None if d.body is None else encode(d.body), encode(d.options), created_ms, created_ms, created_ms, d.error,
-         d.conversation)
-        for d in deliveries
-    ]
+def new_delivery_rows(event: Event, deliveries: list[NewDelivery], created_ms: int,
+                      blob: Callable[[Any], bytes] = encode) -> list[tuple[Any, ...]]:
+    """The NEW_DELIVERY_COLUMNS values of `event`'s deliveries, created (and due) at `created_ms`, their bodies
+    encoded by `blob`. (A loop, not a comprehension: one would hold `blob` in a cell made on every call.)"""
+    rows = []
+    for d in deliveries:
+        rows.append((d.id, event.id, event.source, d.mapping, d.mapping_version, d.destination, d.action, d.status,
+                     None if d.body is None else blob(d.body), encode(d.options), created_ms, created_ms,
+                     created_ms, d.error, d.conversation))
+    return rows
 
 
 def claimed_items(rows: Sequence[Sequence[Any]], token: int) -> list[Claimed]:

@@ -39,7 +39,6 @@ import fcntl
 import functools
 import os
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -76,6 +75,7 @@ from bridge.store.base import (
     StoredMappingSet,
     StoreProblem,
 )
+from bridge.store.pieces import DECODE_AT_ONCE_BYTES, PIECE_READ_BYTES, decode_in_pieces, json_chunks
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -181,12 +181,6 @@ large mail's text two or three times over in its event and once more in a body t
 written on the store's writer thread, in a write by itself (see SqliteStore.accept), its long strings a piece at a
 time. Below it, the loop encodes it and writes it with its group (about 1 ms per MiB to encode, 3 to write: a few
 milliseconds at most, a group bounded by GROUP_BYTES), and such accepts keep sharing their groups' commits."""
-PIECE_CHARS = 256 * 1024
-"""How much of a long string a heavy accept encodes in one call (_json_pieces): a few tenths of a millisecond holding
-the GIL."""
-PIECE_DEPTH = 8
-"""How deep in a heavy accept's values their long strings are looked for (a mail's text is one or two levels down:
-the payload's `text`, the provider's own field of it; a delivery's body's field, one)."""
 WATCH_SECONDS = 0.1
 """How often the owner looks for a commit made by another process (the CLI), so that a replay run beside the server
 is sent within about this long. A look reads a counter from the WAL's shared memory (4 us); with the wake-up it
@@ -196,9 +190,7 @@ needs, ten a second cost an idle server about 8 CPU seconds an hour."""
 # 3k instructions each, six per accepted event). So a JSON column is bound as a bytearray (stored as the same
 # BLOB), and the NULLs of an ordinary event and delivery are written in the statement: its dedup key, and its
 # delivery's last error and conversation.
-_encoder = msgspec.json.Encoder()
-_encode_into = _encoder.encode_into
-_encode_piece = _encoder.encode
+_encode_into = msgspec.json.Encoder().encode_into
 _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 _INSERT_EVENT_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, zeroblob(?), ?)"
@@ -292,7 +284,7 @@ class _Pieces:
 
     __slots__ = ("chunks", "size")
 
-    def __init__(self, chunks: list[bytes | memoryview]) -> None:
+    def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
         self.size = sum(len(chunk) for chunk in chunks)
 
@@ -1160,10 +1152,23 @@ class SqliteStore(Store):
 
     async def get_event(self, event_id: str) -> Event:
         def run(conn: sqlite3.Connection) -> Event:
-            row = conn.execute("SELECT data FROM events WHERE id = ?", (event_id,)).fetchone()
+            row = conn.execute("SELECT CASE WHEN length(data) <= ? THEN data END FROM events WHERE id = ?",
+                               (DECODE_AT_ONCE_BYTES, event_id)).fetchone()
             if row is None:
                 raise NotFound(f"no event {named(event_id)}")
-            return decode_event(row[0])
+            if row[0] is not None:
+                return decode_event(row[0])
+            # A large mail's, read back for each follow-up of its thread: fetched whole, sqlite3 reads its pages and
+            # copies it with the GIL held (60 MiB: about 200 ms); read a piece at a time, and decoded so, it is not.
+            conn.execute("BEGIN")
+            try:
+                found = conn.execute("SELECT rowid FROM events WHERE id = ?", (event_id,)).fetchone()
+                if found is None:
+                    raise NotFound(f"no event {named(event_id)}")
+                data = _blob_read(conn, "events", "data", found[0])
+            finally:
+                conn.execute("COMMIT")
+            return decode_in_pieces(data, decode_event)
 
         event: Event = await self._read(run)
         return event
@@ -1185,7 +1190,7 @@ class SqliteStore(Store):
             functools.partial(_bodies_in_rows, delivery_ids=[i for i in delivery_ids if i not in fresh]))
         moved: list[str] = []
         rest = delivery_ids
-        carried: dict[str, bytearray] = {}
+        carried: dict[str, _Json] = {}
         while rest:
             # Its size is found as its bodies are encoded, off the loop; the part goes alone whatever it is.
             done, taken, carried = await self._write(_Staged(
@@ -1498,30 +1503,31 @@ class SqliteStore(Store):
         return entries
 
 
-_Replayed = tuple[list[str], int, dict[str, bytearray]]
+_Replayed = tuple[list[str], int, dict[str, _Json]]
 
 
 def _replay(*, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], str]], kept: dict[str, int],
-            carried: dict[str, bytearray], renamed: str | None, max_items: int,
+            carried: dict[str, _Json], renamed: str | None, max_items: int,
             max_bytes: int) -> Callable[[sqlite3.Connection], _Replayed]:
     """SqliteStore.replay's write of one part (a _Staged write's preparation, on the writer thread): the first of
     `delivery_ids` that fit in a part (at most `max_items`, and `max_bytes` of their sizes, the first whatever its
     size), in order, each succeeded or dead one back to pending, with its new body (`fresh`, encoded here, before
-    the write lock is taken, unless `carried` holds it encoded; and its mapping version, and mapping when renamed)
+    the write lock is taken, its long strings a piece at a time as a heavy accept's, _json_pieces, unless `carried`
+    holds it encoded; and its mapping version, and mapping when renamed)
     when it has one, else only if it has a body (whose size, when kept in its row, `kept` gives). The write returns
     those moved, how many of `delivery_ids` the part took, and the new body encoded and found not to fit (the next
     part's first), by id."""
-    part: dict[str, bytearray | None] = {}
+    part: dict[str, _Json | None] = {}
     total = 0
-    left: dict[str, bytearray] = {}
+    left: dict[str, _Json] = {}
     for i in delivery_ids:
         if len(part) >= max_items:
             break
-        body: bytearray | None = None
+        body: _Json | None = None
         if i in fresh:
             body = carried.get(i)
             if body is None:
-                body = _json_blob(fresh[i][0])
+                body = _json_pieces(fresh[i][0])
         size = len(body) if body is not None else kept.get(i, 0)
         if part and total + size > max_bytes:
             if body is not None:
@@ -1532,9 +1538,9 @@ def _replay(*, delivery_ids: list[str], fresh: dict[str, tuple[dict[str, Any], s
     return functools.partial(_replay_part, part=part, fresh=fresh, renamed=renamed, left=left)
 
 
-def _replay_part(conn: sqlite3.Connection, *, part: dict[str, bytearray | None],
+def _replay_part(conn: sqlite3.Connection, *, part: dict[str, _Json | None],
                  fresh: dict[str, tuple[dict[str, Any], str]], renamed: str | None,
-                 left: dict[str, bytearray]) -> _Replayed:
+                 left: dict[str, _Json]) -> _Replayed:
     """The statements of a replay's part (_replay), in order."""
     now = now_ms()
     moved = []
@@ -1544,7 +1550,8 @@ def _replay_part(conn: sqlite3.Connection, *, part: dict[str, bytearray | None],
                 "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = ?, updated_at = ?, "
                 "last_error = NULL, in_doubt_since = NULL, body = ?, mapping_version = ?, "
                 "mapping = COALESCE(?, mapping) WHERE id = ? AND status IN ('succeeded', 'dead') RETURNING id",
-                (now, now, body if len(body) <= BODY_INLINE else None, fresh[i][1], renamed, i)).fetchone()
+                (now, now, body if isinstance(body, bytearray) and len(body) <= BODY_INLINE else None, fresh[i][1],
+                 renamed, i)).fetchone()
             if row is not None:
                 _put_body(conn, i, body)
         else:
@@ -1568,13 +1575,19 @@ def _bodies_in_rows(conn: sqlite3.Connection, *, delivery_ids: list[str]) -> dic
     return out
 
 
-def _put_body(conn: sqlite3.Connection, delivery_id: str, body: bytearray) -> None:
+def _put_body(conn: sqlite3.Connection, delivery_id: str, body: _Json) -> None:
     """What keeps a body just written where BODY_INLINE says: a small one, written in the row, loses any kept apart
-    before; a large one, written NULL in the row (or not at all), is kept apart, and the row loses any it held."""
-    if len(body) <= BODY_INLINE:
+    before; a large one, written NULL in the row (or not at all), is kept apart, and the row loses any it held. One
+    encoded in pieces (_Pieces) is written a piece at a time, into a zeroblob of its size."""
+    if isinstance(body, bytearray) and len(body) <= BODY_INLINE:
         conn.execute("DELETE FROM delivery_bodies WHERE id = ?", (delivery_id,))
         return
     conn.execute("UPDATE deliveries SET body = NULL WHERE id = ? AND body IS NOT NULL", (delivery_id,))
+    if isinstance(body, _Pieces):
+        body.write(conn, "delivery_bodies", "body", conn.execute(
+            "INSERT OR REPLACE INTO delivery_bodies (id, body) VALUES (?, zeroblob(?))", (delivery_id, body.size),
+        ).lastrowid)
+        return
     conn.execute("INSERT OR REPLACE INTO delivery_bodies (id, body) VALUES (?, ?)", (delivery_id, body))
 
 
@@ -1589,6 +1602,17 @@ def _with_bodies(conn: sqlite3.Connection, rows: list[Any], at: int) -> list[Any
     return [(*r[:at], found[r[0]], *r[at + 1:]) if r[0] in found else r for r in rows]
 
 
+def _blob_read(conn: sqlite3.Connection, table: str, column: str, rowid: int) -> bytes:
+    """The blob in `column` of the row `rowid` of `table`, read by incremental blob I/O a piece at a time (each read
+    runs without the GIL) and joined by bytes.join, which copies without it too: no call holds the GIL for the
+    whole of a large value, as fetching it in a row does."""
+    chunks: list[bytes] = []
+    with conn.blobopen(table, column, rowid, readonly=True) as blob:
+        while chunk := blob.read(PIECE_READ_BYTES):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _json_blob(value: Any) -> bytearray:
     """`value` as JSON (as rows.encode writes it), encoded straight into a bytearray: no copy of a large mail's."""
     blob = bytearray()
@@ -1600,70 +1624,11 @@ def _json_blob(value: Any) -> bytearray:
 
 
 def _json_pieces(value: Any) -> _Json:
-    """`value` as `_json_blob` encodes it, byte for byte, each string of it longer than PIECE_CHARS (within PIECE_DEPTH
-    of its top) encoded a slice at a time: then in _Pieces, written a piece at a time too. msgspec encodes a value in
-    one call into C, which holds the GIL throughout, about 1 ms per MiB: a worker thread encoding a large mail's
-    event at once (its text kept two or three times over) kept the event loop from running for as long, 50-70 ms for
-    a 20 MiB mail. Between two pieces the interpreter may hand the GIL to the loop, which so waits at most a piece
-    (a few tenths of a millisecond) past its switch interval. The rest of `value` is encoded at once, each long
-    string standing in it as a marker no text holds (a random token), between whose quotes the string's pieces go.
-    A value with no long string is encoded at once, as `_json_blob` does."""
-    found: list[str] = []
-    mark = secrets.token_hex(16)
-    skeleton = _swapped(value, found, mark, PIECE_DEPTH)
-    if not found:
-        return _json_blob(value)
-    encoded = _json_blob(skeleton)
-    markers = [f'"{mark}{n}"'.encode() for n in range(len(found))]
-    places = sorted((encoded.find(marker), n) for n, marker in enumerate(markers))
-    if places[0][0] < 0:  # a marker not written as the string it is: no value the store is given does that
-        return _json_blob(value)
-    whole = memoryview(encoded)
-    chunks: list[bytes | memoryview] = []
-    at = 0
-    for where, n in places:
-        chunks.append(whole[at:where + 1])  # up to the marker's opening quote
-        text = found[n]
-        for start in range(0, len(text), PIECE_CHARS):
-            chunks.append(memoryview(_encode_piece(text[start:start + PIECE_CHARS]))[1:-1])  # without its quotes
-        at = where + len(markers[n]) - 1  # from its closing quote
-    chunks.append(whole[at:])
-    return _Pieces(chunks)
-
-
-def _swapped(value: Any, found: list[str], mark: str, depth: int) -> Any:
-    """`value` with each string longer than PIECE_CHARS, `depth` levels down at most (dicts', lists' and structs'
-    values), replaced by `mark` and its index in `found`, where it is added; the containers holding none are
-    `value`'s own, not copies."""
-    kind = type(value)
-    if kind is str:
-        if len(value) <= PIECE_CHARS:
-            return value
-        found.append(value)
-        return f"{mark}{len(found) - 1}"
-    if depth == 0:
-        return value
-    if kind is dict:
-        changed: dict[Any, Any] | None = None
-        for key, item in value.items():
-            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
-                if changed is None:
-                    changed = dict(value)
-                changed[key] = swapped
-        return value if changed is None else changed
-    if kind is list:
-        items: list[Any] | None = None
-        for n, item in enumerate(value):
-            if (swapped := _swapped(item, found, mark, depth - 1)) is not item:
-                if items is None:
-                    items = list(value)
-                items[n] = swapped
-        return value if items is None else items
-    if isinstance(value, msgspec.Struct):
-        fields = {name: swapped for name in value.__struct_fields__
-                  if (swapped := _swapped(item := getattr(value, name), found, mark, depth - 1)) is not item}
-        return msgspec.structs.replace(value, **fields) if fields else value
-    return value
+    """`value` as `_json_blob` encodes it, byte for byte, each string of it longer than a piece encoded a slice at a
+    time (pieces.json_chunks): then in _Pieces, written a piece at a time too. A value with no long string is encoded
+    at once, as `_json_blob` does."""
+    chunks = json_chunks(value, _json_blob)
+    return _json_blob(value) if chunks is None else _Pieces(chunks)
 
 
 def _event_row(event: Event, received_ms: int, deliveries: int, blob: Callable[[Any], _Json]) -> tuple[Any, ...]:

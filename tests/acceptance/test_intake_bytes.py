@@ -7,11 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge import intake
 from bridge.store.base import DeliveryFilter
 from handlers.base import MAX_JSON_CONTAINERS
 from tests.acceptance.rawhttp import RawClient
@@ -327,6 +329,36 @@ async def test_payload_the_store_refuses_is_stored_escaped(client: Any, monkeypa
     assert (delivery.status, delivery.last_error) == ("pending", None)
     counted = await metrics(client)
     assert counted['ticketbridge_intake_escaped_total{source="partner",where="payload"}'] == 1
+
+
+async def test_a_refused_payload_of_a_request_planned_off_the_loop_is_escaped_off_it(
+        client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A request planned in the parser thread (a large one, or one whose render ran past its loop slice) whose
+    payload the store refuses has it escaped, and its deliveries planned again, in that thread too: the walk is as
+    long as the payload (a large mail's), and ran on the loop before. Stored as on the loop."""
+    from handlers.base import Inbound
+
+    handler = runtime(client).sources["partner"].handler
+    payload = {"type": "invoice.\udcff", "lines": [{"note\ud800": "x"}]}
+    monkeypatch.setattr(handler, "parse", lambda *_args: [Inbound(payload=payload, dedup_key="msg_\udcff")])
+    monkeypatch.setattr(intake, "_plan_on_loop", lambda *_args, **_kw: None)  # as for a request planned off it
+    walked: list[int] = []
+    escape_tree = intake.escape_tree
+
+    def noted(value: Any) -> tuple[Any, int]:
+        walked.append(threading.get_ident())
+        return escape_tree(value)
+
+    monkeypatch.setattr(intake, "escape_tree", noted)
+    path, body, headers = CASES["partner"].valid()
+    resp = await client.post(path, data=body, headers=headers)
+    assert resp.status == 202, await resp.text()
+    assert walked and threading.get_ident() not in walked
+    [row] = stored_rows(tmp_path)
+    assert row["payload"] == {"type": "invoice.\\xff", "lines": [{"note\\ud800": "x"}]}
+    assert row["dedup_key"] == "msg_\\xff"
+    [delivery] = await runtime(client).store.list_deliveries(DeliveryFilter(limit=10))
+    assert (delivery.status, delivery.last_error) == ("pending", None)
 
 
 async def test_raw_email_with_8bit_header_bytes_is_stored(client: Any, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ had alone (dedup, nonces, a failure of its own)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections import Counter
 from typing import Any
@@ -12,9 +13,10 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from bridge import offload
 from bridge.errors import NotFound, StoreUnavailable
 from bridge.events import Event
-from bridge.store import pg_batch
+from bridge.store import pg_batch, pieces, postgres
 from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery
 from bridge.store.pg_batch import DEADLOCK_RUNS, PendingAccept
 from bridge.store.postgres import PostgresStore, channel_for
@@ -560,3 +562,107 @@ async def test_a_message_held_behind_its_conversation_takes_its_place_after_the_
     # A reader that read up to the other process's message, before the held one was committed, reads on after it.
     after = await store.conversation_slice("m|k", 10, after=whole.arrivals[1])
     assert [d.id for d in after.deliveries] == [held]
+
+
+def encoding_threads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, int]], list[int]]:
+    """From now on: each piece of a long string the store encodes (its thread, its length), and the thread of each
+    value it encodes at once (an event's or a body's JSON, a delivery's options, a heavy value's rest)."""
+    pieced: list[tuple[int, int]] = []
+    whole: list[int] = []
+    encode_piece, encode = pieces._encode_piece, pg_batch.encode
+
+    def piece(text: str) -> bytes:
+        pieced.append((threading.get_ident(), len(text)))
+        return encode_piece(text)
+
+    def at_once(value: Any) -> bytes:
+        whole.append(threading.get_ident())
+        return encode(value)
+
+    monkeypatch.setattr(pieces, "_encode_piece", piece)
+    monkeypatch.setattr(pg_batch, "encode", at_once)
+    return pieced, whole
+
+
+@pytest.mark.parametrize("key", [None, "k"])
+async def test_a_heavy_accept_is_encoded_off_the_loop_a_piece_at_a_time(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch, key: str | None) -> None:
+    """An accept weighing more than large_accept_bytes (a large mail's) has its event and its deliveries' bodies
+    encoded in the parser thread, their long strings PIECE_CHARS at a time (msgspec holds the GIL for all of one
+    call): no step of it holds the loop, nor the GIL, for the whole text. They were encoded at once on the loop
+    before. It reads back as it was given, and a second accept of its dedup key is a duplicate."""
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
+    store.large_accept_bytes = 1000
+    pieced, whole = encoding_threads(monkeypatch)
+    heavy = make_event(text="~" * 10_000, dedup_key=key)
+    long_body, small_body = make_delivery(body={"comment": "~" * 10_000}), make_delivery(body={"title": "small"})
+    assert (await store.accept(heavy, [long_body, small_body], WEEK, weight=20_000)).event_id == heavy.id
+    loop_thread = threading.get_ident()
+    assert sum(length for _, length in pieced) == 20_000 and max(length for _, length in pieced) == 1000
+    assert loop_thread not in {thread for thread, _ in pieced} | set(whole)
+    assert await store.get_event(heavy.id) == heavy
+    assert [(await store.get_delivery(d.id)).body for d in (long_body, small_body)] == [long_body.body,
+                                                                                         small_body.body]
+    again = make_event(text="~" * 10_000, dedup_key=key)
+    assert (await store.accept(again, [make_delivery()], WEEK, weight=20_000)).duplicate is (key is not None)
+
+
+async def test_a_light_accept_is_encoded_on_the_loop_with_no_hand_off(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accept weighing large_accept_bytes or less (a form post's) is encoded at once on the loop, where it costs
+    less than a hand-off to a thread would: nothing of it goes to the parser thread."""
+    store.large_accept_bytes = 1000
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
+    pieced, _ = encoding_threads(monkeypatch)
+    handed: list[Any] = []
+    monkeypatch.setattr(offload, "in_parser", lambda fn, *args: handed.append(fn))
+    light = make_event(text="~" * 5000)
+    assert (await store.accept(light, [make_delivery(body={"comment": "~" * 5000})], WEEK, weight=1000)).event_id \
+        == light.id
+    assert (pieced, handed) == ([], [])
+    assert await store.get_event(light.id) == light
+
+
+async def test_a_heavy_accept_whose_text_is_refused_raises_as_on_the_loop(store: PostgresStore) -> None:
+    """Text that is not UTF-8 (a lone surrogate) raises UnicodeEncodeError from the parser thread that encodes it,
+    as it does on the loop, so that intake stores the event again escaped; nothing of it is stored, and the store
+    is not taken for failing."""
+    store.large_accept_bytes = 0
+    refused, fine = make_event(text="\udc80" * 10), make_event()
+    with pytest.raises(UnicodeEncodeError):
+        await store.accept(refused, [make_delivery()], WEEK, weight=1)
+    assert (await store.accept(fine, [make_delivery()], WEEK, weight=1)).event_id == fine.id
+    with pytest.raises(NotFound):
+        await store.get_event(refused.id)
+    assert store.problem() is None
+
+
+async def test_a_large_event_read_back_is_decoded_off_the_loop_a_piece_at_a_time(
+        store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large mail's event, read back for each follow-up of its thread, is decoded in the parser thread, its long
+    strings a piece at a time: decoded on the loop in one call, 60 MiB held it 65 ms. A small one is decoded on the
+    loop, with no hand-off."""
+    monkeypatch.setattr(postgres, "DECODE_AT_ONCE_BYTES", 1000)
+    monkeypatch.setattr(pieces, "DECODE_AT_ONCE_BYTES", 1000)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(pieces, "_PROBE_BYTES", 100)
+    large = make_event(text="~" * 5000, stripped_text="~" * 5000, provider={"TextBody": "~" * 5000})
+    small = make_event(text="~" * 100)
+    await accept_one(store, event=large)
+    await accept_one(store, event=small)
+    calls: list[tuple[int, int]] = []
+    decode = pieces._decode_str
+
+    def noted(piece: Any) -> Any:
+        calls.append((threading.get_ident(), bytes(piece).count(b"~")))
+        return decode(piece)
+
+    monkeypatch.setattr(pieces, "_decode_str", noted)
+    assert await store.get_event(large.id) == large
+    assert calls and threading.get_ident() not in {thread for thread, _ in calls}
+    assert max(tildes for _, tildes in calls) == 1000
+    calls.clear()
+    handed: list[Any] = []
+    monkeypatch.setattr(offload, "in_parser", lambda fn, *args: handed.append(fn))
+    assert await store.get_event(small.id) == small
+    assert (calls, handed) == ([], [])

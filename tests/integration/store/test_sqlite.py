@@ -23,6 +23,7 @@ from bridge.delivery.replay import mark_succeeded
 from bridge.errors import NotFound, StoreLocked, StoreUnavailable
 from bridge.events import Event
 from bridge.retention import purge_store
+from bridge.store import pieces
 from bridge.store import sqlite as sqlite_store
 from bridge.store.base import AttemptResult, ClaimBatch, Cutoffs, DeliveryFilter, NewDelivery
 from bridge.store.rows import GROUP_BYTES, MAPPING_CONVERSATIONS
@@ -1088,6 +1089,33 @@ async def test_a_replay_encodes_its_new_bodies_off_the_event_loop_each_once(
         assert (await store.get_delivery(i)).body == new[i][0]
 
 
+async def test_a_replay_encodes_and_writes_a_long_new_body_a_piece_at_a_time(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A re-rendered body's long strings (a large mail's text, quoted) are encoded PIECE_CHARS at a time and written
+    into delivery_bodies so (incremental blob I/O), as a heavy accept's are: no one call holds the GIL for a whole
+    body, however many large ones a replay writes (each was encoded and bound whole before). A body carried to the
+    next part is written so too; a small one stays in its row. Each reads back as it was given."""
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
+    store.group_bytes = 15_000
+    olds = [dead({"title": str(n)}) for n in range(3)]
+    await accept_one(store, *olds)
+    ids = [d.id for d in olds]
+    new = {ids[0]: ({"comment": "~" * 10_000}, "v2"), ids[1]: ({"comment": "~" * 10_000}, "v2"),
+           ids[2]: ({"title": "small"}, "v2")}
+    calls = encoded_calls(monkeypatch)
+    with traced(store) as seen:
+        assert await store.replay(ids, new) == ids
+    assert [len(p) for p in transactions(seen, REPLAYED)] == [1, 2]  # the second body carried to the next part
+    assert sum(call.count(b"~") for call in calls) == 20_000
+    assert max(call.count(b"~") for call in calls) == 1000
+    assert not [sql for _, sql in seen if "7E" * 1001 in sql.upper() or "~" * 1001 in sql]
+    assert len([sql for _, sql in seen if "zeroblob(" in sql]) == 2
+    for i in ids:
+        detail = await store.get_delivery(i)
+        assert (detail.delivery.status, detail.body) == ("pending", new[i][0])
+    assert query(tmp_path / "s.db", "SELECT count(*) FROM delivery_bodies") == [(2,)]
+
+
 INSERT_EVENT = "INSERT INTO events"
 
 
@@ -1214,14 +1242,14 @@ def test_a_long_string_encoded_in_pieces_is_the_json_encoded_at_once(
     """Each string longer than a piece, down to PIECE_DEPTH, is encoded a piece at a time, and the whole is the
     same JSON, byte for byte, as the value encoded at once: whatever it escapes (a quote, a control character),
     whatever its characters (a piece ends between two code points, never within one)."""
-    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 16)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 16)
     assert joined(sqlite_store._json_pieces(value)) == bytes(sqlite_store._json_blob(value))
 
 
 def test_a_long_string_no_store_takes_is_refused_in_pieces_as_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Text that is not UTF-8 (a lone surrogate) raises UnicodeEncodeError from its piece as from the whole value,
     so that intake stores the event again escaped."""
-    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 16)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 16)
     value = {"text": "fine " * 10 + "\udc80" + "fine " * 10}
     with pytest.raises(UnicodeEncodeError):
         sqlite_store._json_blob(value)
@@ -1232,7 +1260,7 @@ def test_a_long_string_no_store_takes_is_refused_in_pieces_as_at_once(monkeypatc
 def encoded_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """What each call to msgspec's encoder gives the SQLite store, from now on."""
     calls: list[bytes] = []
-    encode_into, encode_piece = sqlite_store._encode_into, sqlite_store._encode_piece
+    encode_into, encode_piece = sqlite_store._encode_into, pieces._encode_piece
 
     def into(value: Any, buffer: bytearray, *offset: int) -> None:
         encode_into(value, buffer, *offset)
@@ -1243,7 +1271,7 @@ def encoded_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         return calls[-1]
 
     monkeypatch.setattr(sqlite_store, "_encode_into", into)
-    monkeypatch.setattr(sqlite_store, "_encode_piece", piece)
+    monkeypatch.setattr(pieces, "_encode_piece", piece)
     return calls
 
 
@@ -1255,7 +1283,7 @@ async def test_a_heavy_accept_encodes_and_writes_its_long_strings_a_piece_at_a_t
     PIECE_CHARS at a time and written into its row so (incremental blob I/O), so that no one call holds the event
     loop for the whole of it (each value was encoded and bound at once before). It reads back as it was given,
     with a dedup key or without."""
-    monkeypatch.setattr(sqlite_store, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
     store.large_accept_bytes = 1000
     calls = encoded_calls(monkeypatch)
     heavy, delivery = make_event(text="~" * 10_000, dedup_key=key), make_delivery(body={"comment": "~" * 10_000})
@@ -1609,3 +1637,50 @@ async def test_a_server_starting_while_a_cli_looks_for_it_still_starts(
         await accept_one(server)
     finally:
         await server.close()
+
+
+def decoded_pieces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
+    """Each string piece the stores give msgspec to decode from now on (pieces.decode_in_pieces), with its thread."""
+    calls: list[tuple[int, bytes]] = []
+    decode = pieces._decode_str
+
+    def noted(piece: Any) -> Any:
+        calls.append((threading.get_ident(), bytes(piece)))
+        return decode(piece)
+
+    monkeypatch.setattr(pieces, "_decode_str", noted)
+    return calls
+
+
+async def test_a_large_event_is_read_back_and_decoded_a_piece_at_a_time(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large mail's event, read back for each follow-up of its thread, is read from its row a piece at a time
+    (blob I/O) and its long strings decoded a piece at a time: fetched in its row and decoded in one call, 60 MiB
+    held the GIL, and so the loop, some 200 ms. A small one is read and decoded at once."""
+    monkeypatch.setattr(sqlite_store, "DECODE_AT_ONCE_BYTES", 1000)
+    monkeypatch.setattr(pieces, "DECODE_AT_ONCE_BYTES", 1000)
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(pieces, "_PROBE_BYTES", 100)
+    read: list[int] = []
+    blob_read = sqlite_store._blob_read
+
+    def noted(conn: sqlite3.Connection, *where: Any) -> bytes:
+        data = blob_read(conn, *where)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(sqlite_store, "_blob_read", noted)
+    monkeypatch.setattr(sqlite_store, "PIECE_READ_BYTES", 1000)
+    large = make_event(text="~" * 5000, stripped_text="~" * 5000, provider={"TextBody": "~" * 5000})
+    small = make_event(text="~" * 100)
+    await accept_one(store, event=large)
+    await accept_one(store, event=small)
+    calls = decoded_pieces(monkeypatch)
+    assert await store.get_event(large.id) == large
+    assert len(read) == 1 and read[0] > 15_000
+    assert max(piece.count(b"~") for _, piece in calls) == 1000  # a piece (and the next one looked at) at most
+    calls.clear()
+    assert await store.get_event(small.id) == small
+    assert (calls, len(read)) == ([], 1)
+    with pytest.raises(NotFound):
+        await store.get_event("evt_none")
