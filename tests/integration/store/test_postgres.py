@@ -634,11 +634,19 @@ BLOCKED_BY = ("WITH RECURSIVE chain (pid) AS (SELECT $1::int UNION SELECT a.pid 
 """How many sessions wait, directly or behind another waiting one, for a lock the session $1 holds."""
 
 
-async def waiting_behind(conn: asyncpg.Connection, count: int) -> None:
-    """Until `count` sessions wait for the locks `conn` holds (or behind those that do)."""
+async def waiting_behind(conn: asyncpg.Connection, count: int, *tasks: asyncio.Task[Any]) -> None:
+    """Until `count` sessions wait for the locks `conn` holds (or behind those that do). Fails at once when one of
+    `tasks` (those that should be waiting) ended meanwhile, saying how, and after a minute in any case: never a
+    test that hangs."""
     pid = await conn.fetchval("SELECT pg_backend_pid()")
-    while await conn.fetchval(BLOCKED_BY, pid) != count:
-        await asyncio.sleep(0.01)  # polling for the sessions to be waiting on the row locks
+
+    async def waiting() -> bool:
+        for task in tasks:
+            if task.done():
+                raise AssertionError(f"a task ended instead of waiting: {task!r}")
+        return bool(await conn.fetchval(BLOCKED_BY, pid) == count)
+
+    await eventually_async(waiting, timeout=60, interval=0.01)
 
 
 async def test_a_replay_and_a_purge_take_their_rows_in_one_order(two: tuple[PostgresStore, PostgresStore],
@@ -658,9 +666,9 @@ async def test_a_replay_and_a_purge_take_their_rows_in_one_order(two: tuple[Post
             await tx.start()
             await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", older)  # both wait behind it
             purge = asyncio.create_task(a.purge(Cutoffs(events_ms=now_ms() + 1000), 500))
-            await waiting_behind(conn, 1)
+            await waiting_behind(conn, 1, purge)
             replay = asyncio.create_task(b.replay([newer, older]))
-            await waiting_behind(conn, 2)
+            await waiting_behind(conn, 2, purge, replay)
             await tx.commit()
             purged, moved = await asyncio.gather(purge, replay)
         assert (purged.events, moved) == (2, [])
@@ -672,7 +680,7 @@ async def test_a_replay_and_a_purge_take_their_rows_in_one_order(two: tuple[Post
 
 async def test_a_replay_a_deadlock_rolled_back_is_run_again_whole(store: PostgresStore, pg_schema: str) -> None:
     """A replay whose statement deadlocked with another transaction (here one taking the rows in the opposite order)
-    is run once more from its start, since nothing of it was answered or kept: it moves every delivery, logging
+    is run again from its start, since nothing of it was answered or kept: it moves every delivery, logging
     store.deadlock_retried, and the store is not marked failing."""
     _, older = await settled_event(store)
     _, newer = await settled_event(store)
@@ -684,9 +692,9 @@ async def test_a_replay_a_deadlock_rolled_back_is_run_again_whole(store: Postgre
             await tx.start()
             await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", newer)
             replay = asyncio.create_task(store.replay([newer, older]))
-            await waiting_behind(conn, 1)  # the replay holds the older, and waits for the newer
+            await waiting_behind(conn, 1, replay)  # the replay holds the older, and waits for the newer
             await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", older)  # the replay is undone
-            await waiting_behind(conn, 1)  # run again, it waits for both
+            await waiting_behind(conn, 1, replay)  # run again, it waits for both
             await tx.commit()
             assert sorted(await replay) == sorted([newer, older])
         assert [e.get("write") for e in logs if e["event"] == "store.deadlock_retried"] == ["replay"]
