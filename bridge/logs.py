@@ -46,29 +46,44 @@ _SEPARATOR = ("[ ()._+/\\-\x00-\x1f\x7f-\x9f\xa0\xad\u1680\u180e\u2000-\u200f\u2
               f"|{_ESCAPED}")
 _ESCAPE = re.compile(_ESCAPED)
 # A calendar date where a run begins, its separators alike (`2024-04-19`, `2024_04_19`, `19/04/2024`, `04/19/2024`),
-# or a compact one (`20240419`) that an id goes on from with `_` or `/` (`20240419_0001`): not a phone number, and
-# the search goes on after it, so that a number written after a date (`2024-04-19 98765 43210`) is still masked.
+# or a compact one (`20240419`) that an id goes on from with `_` and a group of up to 7 digits (`20240419_0001`);
+# else 8 digits that read as a date are a number as any others (`20110517/40404040`, a Danish mobile and another;
+# `20240419_9876543210`). A date goes on in the groups of an id (`2024_04_19_0001`). Not a phone number, and the
+# search goes on after it, so that a number written after a date (`2024-04-19 98765 43210`) is still masked.
 # Fixed lengths: each costs a constant whatever the input.
 _YEAR = "(?:19|20)\\d\\d"
 _MONTH = "(?:0[1-9]|1[0-2])"
 _DAY = "(?:0[1-9]|[12]\\d|3[01])"
-_DATE_SHAPED = (f"{_YEAR}(?P<ymd>[-./_]){_MONTH}(?P=ymd){_DAY}(?!\\d)"
+# A group of an id: `_` or `/` and up to 7 digits, not run on into a number by another separator (`2024/07911
+# 123456` is no id and a number: the group is left to the number after the id). Taken possessively, each read once.
+_ID_GROUP = f"[_/]\\d{{1,7}}+(?!\\d|(?![_/])(?:{_SEPARATOR})\\d)"
+_DATE_SHAPED = (f"(?:{_YEAR}(?P<ymd>[-./_]){_MONTH}(?P=ymd){_DAY}(?!\\d)"
                 f"|{_DAY}(?P<dmy>[-./_]){_DAY}(?P=dmy){_YEAR}(?!\\d)"
-                f"|{_YEAR}{_MONTH}{_DAY}(?=[_/]\\d)")
-# An id that begins with a year and goes on in groups joined by `_` or `/` (`2024/000123`, an order or invoice
-# number, `INV/2024/000123` read from its digits; `2024_0419_0001_03`): not a phone number. Each group at most 7
-# digits, so that a number of 8 or more written after one (`2024/9876543210`) is no part of it and is masked; taken
-# possessively, each group read once.
-_YEAR_ID = f"{_YEAR}(?:[_/]\\d{{1,7}}+(?!\\d))++"
+                f"|{_YEAR}{_MONTH}{_DAY}(?=_\\d{{1,7}}(?!\\d)))(?:{_ID_GROUP})*+")
+# An id that begins with a year and goes on in groups joined by `_` or `/`, one of them padded with a leading zero
+# (`2024/000123`, an order or invoice number, `INV/2024/000123` read from its digits; `2024_0419_0001_03`): not a
+# phone number. Each group at most 7 digits, so that a number of 8 or more written after one (`2024/9876543210`) is
+# no part of it and is masked. Groups with no leading zero (`2012/3456789`, `2012/345/6789`) read as a phone number
+# written in groups as well as an id: masked.
+_YEAR_ID = f"{_YEAR}(?=(?:[_/][1-9]\\d{{0,6}}+(?!\\d))*+[_/]0)(?:{_ID_GROUP})++"
+
+
+def _number(prefix: str) -> str:
+    """A run of 8 or more digits and separators, maybe after a `+`, its parts named with `prefix`."""
+    return f"(?P<{prefix}plus>\\+?)(?P<{prefix}digits>\\d(?:\\d|{_SEPARATOR}){{7,}}+)"
+
+
 # Where a phone number may begin: right after an escape (`\n9876543210`: the `n` is not a word before it), or not
 # after a word character, `.` or `-` (the tail of an id, a version or a UUID), nor after `13:23:` (the seconds and
-# fraction of a time, `13:23:45.123400+00:00`). There a date or a year-led id is taken alone (and left as it is);
-# else the match runs to the end of the digits and separators, possessively (no backtracking), so that each run of
-# them is read once and the search goes on after it; a run of fewer than 8 (no number) is not matched, and costs no
-# call of _mask_phone. `(?=[+\d])` first: most places fail on it before any look-behind is tried.
+# fraction of a time, `13:23:45.123400+00:00`). There a date or a year-led id is taken (and left as it is) with the
+# number that goes on from it after a `_` or `/` (`2024_04_19_9876543210`, `INV/2024/000123_07911123456`: masked;
+# no number may begin after `_`, a word character, so it is taken here); else the match runs to the end of the
+# digits and separators, possessively (no backtracking), so that each run of them is read once and the search goes
+# on after it; a run of fewer than 8 (no number) is not matched, and costs no call of _mask_phone. `(?=[+\d])`
+# first: most places fail on it before any look-behind is tried.
 _PHONE_RUN = re.compile(r"(?=[+\d])(?:(?<=\\[tnrbf])|(?<=\\x[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4})"
                         r"|(?<![\w.-])(?<!\d\d:\d\d:))"
-                        f"(?:{_DATE_SHAPED}|{_YEAR_ID}|(?P<plus>\\+?)(?P<digits>\\d(?:\\d|{_SEPARATOR}){{7,}}+))")
+                        f"(?:(?:{_DATE_SHAPED}|{_YEAR_ID})(?:[_/]{_number('tail_')})?|{_number('')})")
 # Where the number ends in its run: the last digit that is not before a digit or `-` (a UUID's first group), nor
 # before two word characters (an id or hex digest that begins with digits, `20240419T1419`), but may be before one
 # letter, as a typed O for 0 (`98765+4321O`). Matched once from the run's first digit, so it backtracks over that
@@ -81,26 +96,36 @@ _SAFE_KEYS = frozenset({"timestamp", "event", "level", "logger", "ticket_id", "e
 
 def _mask_phone(run: re.Match[str]) -> str:
     """The run of digits and separators with the phone number it begins with masked, or as it is when it holds
-    none (8 to 15 digits: E.164 allows 15) or is a date or a year-led id (`_DATE_SHAPED`, `_YEAR_ID`)."""
-    plus = run.group("plus")
-    if plus is None:  # a date or an id
-        return run.group(0)
-    body = _PHONE_BODY.match(run.string, run.start("digits"))
+    none (8 to 15 digits: E.164 allows 15); a date or a year-led id (`_DATE_SHAPED`, `_YEAR_ID`) as it is, and the
+    number that goes on from it masked so."""
+    if run.group("plus") is None:  # a date or an id
+        if run.group("tail_plus") is None:
+            return run.group(0)
+        tail = run.start("tail_plus")
+        return run.string[run.start():tail] + _mask_number(run.string, tail, run.start("tail_digits"), run.end())
+    return _mask_number(run.string, run.start(), run.start("digits"), run.end())
+
+
+def _mask_number(text: str, start: int, digits_start: int, end: int) -> str:
+    """`text[start:end]`, a run of digits and separators (after a `+` when `digits_start` is past `start`), with
+    the phone number it begins with masked."""
+    plus = text[start:digits_start]
+    body = _PHONE_BODY.match(text, digits_start)
     if body is None:
-        return run.group(0)
-    text = body.group()
-    digits = re.sub(r"\D", "", _ESCAPE.sub("", text))
-    if len(digits) > 15 and _BETWEEN.search(text):
-        return plus + _mask_joined(text) + run.string[body.end():run.end()]
+        return text[start:end]
+    number = body.group()
+    digits = re.sub(r"\D", "", _ESCAPE.sub("", number))
+    if len(digits) > 15 and _BETWEEN.search(number):
+        return plus + _mask_joined(number) + text[body.end():end]
     if not 8 <= len(digits) <= 15:
-        return run.group(0)
-    return plus + "*" * (len(digits) - 2) + digits[-2:] + run.string[body.end():run.end()]
+        return text[start:end]
+    return plus + "*" * (len(digits) - 2) + digits[-2:] + text[body.end():end]
 
 
 # A body's pieces: an escape (a separator, though it holds hex digits), a run of digits, or another character.
 _PIECES = re.compile(f"{_ESCAPED}|(\\d+)|\\D")
-# Between two numbers rather than inside one: a `/`, a `+`, a `,` or `;`, or two spaces or more.
-_BETWEEN = re.compile(r"[/+,;]| {2}")
+# Between two numbers rather than inside one: a `/`, a `_`, a `+`, a `,` or `;`, or two spaces or more.
+_BETWEEN = re.compile(r"[/_+,;]| {2}")
 
 
 def _mask_joined(body: str) -> str:

@@ -1,7 +1,9 @@
 """SNS signing certificates by URL, and a bound on the fetches a sender can cause by naming URLs: a certificate
 is fetched once and kept (concurrent requests share one fetch); a fetch that failed is remembered for a while,
-so that naming its URL again costs nothing outbound, and a host that did not answer (or answered 5xx or 429)
-is remembered briefly too, so that other URLs on it cost nothing meanwhile; and fetches are bounded: a few at
+so that naming its URL again costs nothing outbound, and a host that did not answer (or answered 429 or 503: it is
+throttling or unavailable, for any URL) is remembered briefly too, so that other URLs on it cost nothing meanwhile
+(another 5xx is remembered for its URL alone: it says nothing of the others, and a URL a sender made up answered
+so must not keep the host from the genuine ones); and fetches are bounded: a few at
 once, a few more waiting their turn (for at most a fetch's timeout), past which a request is answered 503 with
 Retry-After at once (SNS sends it again). Only the SNS host of a source's topic's region is ever named here
 (handlers/ses.py checks each message's URL against its topic first): a sender cannot name a host that never
@@ -43,8 +45,11 @@ WAITING = 8
 REFUSED_FOR_S = 600.0
 """How long a definite failure is remembered: the URL answered 4xx or a redirect, or held no certificate."""
 UNAVAILABLE_FOR_S = 15.0
-"""How long a failure that may pass is remembered (5xx, 429, no answer), for its URL and for its host: less than
-the 20 s SNS waits between retries by default, so that each retry of a message fetches again."""
+"""How long a failure that may pass is remembered (5xx, 429, no answer), for its URL, and for its host when it is the
+host's (HOST_WIDE, no answer): less than the 20 s SNS waits between retries by default, so that each retry of a
+message fetches again."""
+HOST_WIDE = frozenset({429, 503})
+"""Answers that speak for the host, whatever the URL: too many requests, unavailable (also how S3 says `SlowDown`)."""
 LOG_EVERY_S = 60.0
 """A remembered failure is logged at most once per URL in this time, and refusals by the bound once in all."""
 
@@ -191,19 +196,21 @@ class CertificateCache:
             pem = await fetch(url)
         except FetchError as exc:
             may_pass = exc.status is None or exc.status >= 500 or exc.status == 429
-            raise self._failed(url, str(exc), may_pass) from None
+            raise self._failed(url, str(exc), may_pass, host_wide=exc.status is None or exc.status in HOST_WIDE) \
+                from None
         try:
             return x509.load_pem_x509_certificate(pem)
         except ValueError:
             raise self._failed(url, "the answer is not a PEM certificate", may_pass=False) from None
 
-    def _failed(self, url: str, reason: str, may_pass: bool) -> Rejected:
-        """Remember a failed fetch, log it, and return the request's answer."""
+    def _failed(self, url: str, reason: str, may_pass: bool, host_wide: bool = False) -> Rejected:
+        """Remember a failed fetch (for its host too when `host_wide`: no answer, or one of HOST_WIDE), log it,
+        and return the request's answer."""
         now = self._clock()
         status, remembered = (503, UNAVAILABLE_FOR_S) if may_pass else (401, REFUSED_FOR_S)
         failure = _Failure(status, reason, now + remembered, logged_at=now)
         _remember(self._failures, url, failure, self.failures_limit)
-        if may_pass:  # the host is down or busy, for every URL on it
+        if may_pass and host_wide:  # the host is down or busy, for every URL on it
             # Logged at its first use: the failure's own log names only its URL.
             host_failure = _Failure(status, f"{_host(url)} failed on another URL just now: {reason}", failure.until)
             _remember(self._hosts_down, _host(url), host_failure, self.failures_limit)

@@ -235,9 +235,12 @@ class ConversationView(msgspec.Struct, kw_only=True):
         if not found:
             raise BadCursor("a cursor of another conversation than the key names")
         c = found[0]
+        got = await store.conversation_slice(c.id, limit, **{place.way: place.at})
+        if got.stale:
+            raise BadCursor("a stale cursor: the delivery it reads from is no longer stored (retention deleted it) "
+                            "and its place may since be another's; start again from the first page")
         if place.way == "after":
-            return [cls.page(c, await store.conversation_slice(c.id, limit, after=place.at), place.offset, place)]
-        got = await store.conversation_slice(c.id, limit, before=place.at)
+            return [cls.page(c, got, place.offset, place)]
         if not got.deliveries:  # nothing comes before it (any more): the first page
             return [cls.page(c, await store.conversation_slice(c.id, limit), 0, None)]
         return [cls.page(c, got, 0 if not got.earlier else max(place.offset - len(got.deliveries), 0), None)]

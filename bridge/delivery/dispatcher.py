@@ -276,13 +276,24 @@ class Lane:
         """Until the shared sandbox's base_url answers as a ticketbridge sandbox (or the dispatcher stops): the lane
         claims nothing, so its deliveries wait pending, keeping their tries, and are sent once it does. Each failed
         check is logged (`sandbox.unverified`, an error) and asked again later, the wait doubling up to
-        `sandbox_retry_max_s`; startup and intake do not wait for it."""
+        `sandbox_retry_max_s`; startup and intake do not wait for it. A check that raises (a bug, the session
+        closed) is such a failure too, its traceback logged once (`sandbox.check_failed`): it never ends the lane;
+        one that raises once the dispatcher is stopping (the session closed under it) ends the wait quietly."""
         d = self.dispatcher
         assert d.sandbox_check is not None
         wait = d.timings.sandbox_retry_s
         shown = redact_url(self.dest.config.base_url or "")
+        raised = False
         while not d.stopping:
-            why = await d.sandbox_check(self.dest)
+            try:
+                why = await d.sandbox_check(self.dest)
+            except Exception as exc:
+                if d.stopping:
+                    return
+                if not raised:
+                    self.log.exception("sandbox.check_failed", base_url=shown)
+                    raised = True
+                why = f"the check failed: {type(exc).__name__}: {exc}"
             if why is None:
                 self.sandbox_verified = True
                 self.log.info("sandbox.verified", base_url=shown)

@@ -219,7 +219,10 @@ Arrival = tuple[int, str]
 """A delivery's place in its conversation's order, as the store keeps it (rows.head_of_conversation): the number the
 store gave it as it took it (SQLite's rowid, PostgreSQL's `arrival`, the memory store's count), then its id, which
 orders only PostgreSQL's deliveries stored before migration 0022 (all of arrival 0). A later delivery of the
-conversation has a larger one, so a page that starts after (or ends before) one is stable while others arrive."""
+conversation has a larger one while the delivery at that place is stored, so a page that starts after (or ends
+before) one is stable while others arrive. On SQLite, not once it is gone: the rowids of the deleted rows with the
+largest ones (retention emptying the table, or deleting its newest rows) are given again to deliveries stored after,
+so a place whose delivery is gone is stale (ConversationSlice.stale)."""
 
 
 class ConversationSlice(msgspec.Struct, kw_only=True):
@@ -230,6 +233,9 @@ class ConversationSlice(msgspec.Struct, kw_only=True):
     arrivals: list[Arrival]
     earlier: bool
     later: bool
+    stale: bool = False
+    """The place the slice was asked from (`after`, `before`) no longer names a stored delivery, and deliveries stored
+    since may hold places before it (SQLite, Arrival): nothing read; the reader starts again from the first page."""
 
 
 class AttemptRow(msgspec.Struct, kw_only=True):

@@ -144,6 +144,12 @@ starts, never counted from the conversation's first message."""
 SLICE_PROBE = {op: f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE conversation = ?1 AND rowid {op} ?2)"  # noqa: S608
                for op in ("<", "<=", ">", ">=")}
 """Whether the conversation has a delivery before (or after) a place: one look-up in the same index."""
+SLICE_PLACE = "SELECT 1 FROM deliveries WHERE rowid = ?1 AND id = ?2 AND conversation = ?3"
+"""Whether the delivery a slice starts after (or ends before) is still there. A rowid is one more than the largest
+when its row is inserted, and `deliveries` has no AUTOINCREMENT: once a purge has deleted the rows with the largest
+rowids (retention emptying the table, or its newest rows), their rowids are given again, to deliveries that came
+later. While a place's row is there, every row inserted since has a larger rowid, so the slice is sound; once it is
+gone, the conversation's later deliveries may hold rowids below it (or its own), and the place is stale."""
 WRITABLE = "store.url must name a file in a folder this process can write"
 BUSY_SECONDS = 10.0
 BUSY_DELAY_MAX = 0.05
@@ -1363,6 +1369,8 @@ class SqliteStore(Store):
             return bool(conn.execute(SLICE_PROBE[op], (conversation, at)).fetchone()[0])
 
         def run(conn: sqlite3.Connection) -> ConversationSlice:
+            if place is not None and conn.execute(SLICE_PLACE, (place[0], place[1], conversation)).fetchone() is None:
+                return ConversationSlice(deliveries=[], arrivals=[], earlier=False, later=False, stale=True)
             found = conn.execute(statement, args).fetchall()
             rows = found[:limit]
             if before is not None:

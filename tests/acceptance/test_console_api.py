@@ -4,6 +4,8 @@ and audited, destinations paused and resumed, events explained, and the playgrou
 from __future__ import annotations
 
 import base64
+import sqlite3
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -835,6 +837,50 @@ async def test_a_conversation_is_paged_by_cursor_in_arrival_order_while_messages
     assert (params["limit"]["schema"]["maximum"], params["limit"]["schema"]["default"]) == (500, 100)
     view = served["components"]["schemas"]["ConversationView"]["properties"]
     assert {"more", "offset", "next_cursor", "prev_cursor"} <= set(view)
+
+
+def forget(root: Path, where: str) -> None:
+    """Delete the deliveries `where` says, their attempts and events, from the store under `root`, as retention
+    does once they have aged out."""
+    [db] = list(root.rglob("bridge.db"))
+    with sqlite3.connect(db) as conn:
+        gone = [r[0] for r in conn.execute(f"SELECT event_id FROM deliveries WHERE {where}")]
+        conn.executemany("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?)",
+                         [(e,) for e in gone])
+        conn.executemany("DELETE FROM deliveries WHERE event_id = ?", [(e,) for e in gone])
+        conn.executemany("DELETE FROM events WHERE id = ?", [(e,) for e in gone])
+    conn.close()
+
+
+@pytest.mark.parametrize("where", ["1", "rowid = (SELECT max(rowid) FROM deliveries)"],
+                         ids=["table-emptied", "newest-deleted"])
+async def test_a_cursor_whose_delivery_retention_deleted_is_refused_as_stale(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path, where: str) -> None:
+    """SQLite gives the rowids of deleted rows again once the rows with the largest are gone (retention emptying the
+    table, or deleting its newest rows): a cursor whose delivery is gone is refused (400, saying to start from the
+    first page) rather than read from a place later messages may now sit before. Before, it read an empty page with
+    `more` false and the messages stored since were skipped."""
+    client = await bridge_client(write_config(CONFIG, {"chat": threaded_mapping()}))
+    await post(client, "/admin/api/destinations/kapture/pause", {})
+    path = "/admin/api/conversations/chat%3AC9"
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "C9", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    for n in range(3):
+        await say(f"message {n}")
+    kept = (await get(client, path))["items"][0]["next_cursor"]  # a reader following the conversation keeps it
+    forget(tmp_path, where)
+    for n in range(3, 5):
+        await say(f"message {n}")
+    [whole] = (await get(client, path))["items"]
+    resp = await client.get(path, params={"cursor": kept}, headers=ADMIN)
+    assert resp.status == 400, (await resp.text(), len(whole["deliveries"]))
+    said = (await resp.json())["error"]
+    assert said.startswith("query.cursor: a stale cursor: the delivery it reads from is no longer stored"), said
+    assert "start again from the first page" in said
+    assert len(whole["deliveries"]) == (2 if where == "1" else 4)  # the first page reads the messages stored since
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

@@ -1197,6 +1197,28 @@ class StoreContract:
         assert read == ids
         assert not got.later and got.earlier
 
+    async def test_a_slice_after_a_place_a_purge_deleted_is_stale_or_takes_all_stored_since(
+            self, store: Store) -> None:
+        """A place whose delivery a purge has deleted either still orders every delivery stored since after it
+        (PostgreSQL's sequence, the memory store's count), or is said to be stale (SQLite, whose rowids are given
+        again once the rows with the largest are gone): never a slice that skips the deliveries stored since."""
+        first = make_delivery(destination="d-gone", conversation="m|k", conversation_key="k")
+        await accept_one(store, first)
+        place = (await store.conversation_slice("m|k", 5)).arrivals[-1]
+        await settle(store, first.id, "succeeded", "d-gone")
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).deliveries == 1
+        since = []
+        for _ in range(2):
+            d = make_delivery(conversation="m|k", conversation_key="k")
+            await accept_one(store, d)
+            since.append(d.id)
+        after = await store.conversation_slice("m|k", 5, after=place)
+        assert after.stale or [d.id for d in after.deliveries] == since
+        before = await store.conversation_slice("m|k", 5, before=place)
+        assert before.stale or before.deliveries == []
+        still = await store.conversation_slice("m|k", 5, after=(await store.conversation_slice("m|k", 1)).arrivals[0])
+        assert ([d.id for d in still.deliveries], still.stale) == (since[1:], False)
+
     async def test_a_held_create_keeps_a_reply_with_a_smaller_id_waiting(self, store: Store) -> None:
         """A create held in doubt keeps the conversation's next message waiting even when that message's id sorts
         before the create's (accepted later by a process whose clock is behind): sent, it would be a second create,

@@ -108,8 +108,15 @@ def test_ids_and_times_with_the_new_separators_are_left_alone(text: str) -> None
     lambda n: "2024/000123/" * n + "9876543210",
     lambda n: "2024-04-19 " * n + "ab",
     lambda n: "20240419_" * n + "ab",
+    lambda n: "2024/000123_" * n + "ab",
+    lambda n: "2024_04_19_0001_" * n + "ab",
+    lambda n: "20240419_0001_" * n + "ab",
+    lambda n: "2024/1/" * n + "ab",
+    lambda n: "2024/07911 " * n + "ab",
+    lambda n: "2024/04/19/" * n + "9876543210",
 ], ids=["dashes", "digits", "spaces", "underscores", "dashed-groups", "dates-joined", "years-joined", "year-ids",
-        "dates-spaced", "compact-dates"])
+        "dates-spaced", "compact-dates", "year-ids-underscored", "date-ids", "compact-date-ids", "unpadded-ids",
+        "ids-spaced", "dates-slashed"])
 def test_masking_phones_grows_linearly(make: Any) -> None:
     """A long run of digits and separators that ends where no number may (before `-` or a word) costs masking
     about as much more as it is longer."""
@@ -123,11 +130,11 @@ def test_masking_phones_grows_linearly(make: Any) -> None:
     "batch 2024_04_19",
     "04/19/2024",  # a US date: month first
     "ref 20240419_0001",
-    "20240419/0001",
     "invoice 2024/0001/17",
     "INV/2024/000123",
     "shipment 2024_0419_0001_03",
-    "1999/1234567",
+    "order 2024_04_19_0001_0002",
+    "20240419_0001_03",
 ])
 def test_date_and_year_led_ids_joined_by_underscores_or_slashes_stay_readable(text: str) -> None:
     """Ids joined by `_` or `/` that begin with a date (`2024_04_19_0001`, `20240419_0001`) or a year (an order or
@@ -141,7 +148,7 @@ def test_date_and_year_led_ids_joined_by_underscores_or_slashes_stay_readable(te
     ("on 19/04/2024 98765 43210", "on 19/04/2024 ********10"),
     ("2024/04/19/9876543210", "2024/04/19/********10"),
     ("2024/000123/9876543210", "2024/000123/********10"),
-    ("20240419/9876543210", "20240419/********10"),
+    ("20240419/9876543210", "******19/********10"),
     ("2024/9876543210", "************10"),  # a group of 8 digits or more is no id's: the whole run is a number
     ("9876_54_3210", "********10"),  # no month 54: no date
     ("5551-23-45", "******45"),  # no month 23: no date
@@ -150,6 +157,53 @@ def test_a_number_beside_a_date_or_an_id_is_still_masked(text: str, masked: str)
     """A date or a year-led id is left alone, not the run it begins: a phone number written after it is masked, as
     is a run shaped like a date whose month or day cannot be one. Before, a date took its whole run with it
     (`2024-04-19 9876543210` in clear)."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("Tlf. 20110517/40404040", "Tlf. ******17/******40"),  # two Danish mobiles: the first reads as a date
+    ("Tlf. 20110517/20110518", "Tlf. ******17/******18"),
+    ("20240419/0001", "**********01"),  # a compact date goes on in an id with `_` alone
+    ("20240419_9876543210", "******19_********10"),  # no id-sized group after it: 8 digits as any others
+])
+def test_eight_digits_that_read_as_a_date_are_masked_before_a_slash(text: str, masked: str) -> None:
+    """8 digits that begin with 19 or 20 and go on as a month and a day are a compact date only before `_` and a
+    group of up to 7 digits (`20240419_0001`); before a `/` (a common way to write two numbers) or a longer group
+    they are a number and masked. Before, `20110517/40404040` left the first mobile in clear."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("INV/2024/000123_07911123456", "INV/2024/000123_*********56"),
+    ("ref 2024/0001_07911123456", "ref 2024/0001_*********56"),
+    ("INV/2024/000123_+447911123456", "INV/2024/000123_+**********56"),
+    ("2024_04_19_9876543210", "2024_04_19_********10"),
+    ("2024-04-19_9876543210", "2024-04-19_********10"),
+    ("20240419_0001_9876543210", "20240419_0001_********10"),
+    ("2024_04_19_0001_98765 43210", "2024_04_19_0001_********10"),
+])
+def test_a_number_joined_by_an_underscore_after_a_date_or_an_id_is_masked(text: str, masked: str) -> None:
+    """A number written after a date or a year-led id with `_` is masked, the date or id left readable. Before, it
+    was left in clear: the search went on at the `_`, and no number may begin after a word character."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("call me on 2012/3456789", "call me on *********89"),
+    ("Tel. 2015/5550123", "Tel. *********23"),
+    ("Handy: 1976/1234567", "Handy: *********67"),
+    ("1999/1234567", "*********67"),
+    ("tel 2012_345_6789", "tel *********89"),
+    ("tel 2012/345/6789", "tel *********89"),
+    ("2024/987/6543210", "************10"),
+    ("ref 2024/07911 123456", "ref *************56"),
+    ("ref 2024/0001/07911 123456", "ref 2024/0001/*********56"),
+])
+def test_year_led_groups_a_phone_number_could_be_are_masked(text: str, masked: str) -> None:
+    """A year and groups of digits is an id only when a group is padded with a leading zero (`INV/2024/000123`),
+    and none runs on into more digits with another separator: a year and a 7-digit group (`2012/3456789`) or groups
+    with no padding are as much a phone number written in groups as an id, and masked; so is `2024/07911 123456`,
+    whose last group begins a UK mobile. Before, these were left in clear."""
     assert mask_text(text) == masked
 
 
@@ -556,9 +610,10 @@ def test_an_unset_format_is_console_on_a_terminal_and_json_elsewhere(restore_str
     ("9876543210, 9876543211; 9876543212", "********10, ********11; ********12"),
     ("9876543210  9876543211", "********10  ********11"),
     ("ext 12/9876543210/3456789", "ext **********10/3456789"),
+    ("9876543210_9876543211", "********10_********11"),
 ])
 def test_numbers_written_one_after_another_are_each_masked(text: str, masked: str) -> None:
-    """Numbers joined by a `/`, a `+`, a `,` or `;` or two spaces make a run of more than 15 digits, which is no
+    """Numbers joined by a `/`, a `_`, a `+`, a `,` or `;` or two spaces make a run of more than 15 digits, which is no
     single number: each is masked as it would be alone, never the whole run left in clear."""
     assert mask_text(text) == masked
 

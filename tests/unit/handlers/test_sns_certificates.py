@@ -170,9 +170,9 @@ async def test_a_failure_that_may_pass_is_remembered_briefly() -> None:
     assert UNAVAILABLE_FOR_S < 20
 
 
-@pytest.mark.parametrize("status", [None, 500, 429])
+@pytest.mark.parametrize("status", [None, 503, 429])
 async def test_a_host_that_failed_is_not_asked_for_other_urls_briefly(status: int | None) -> None:
-    """A host that did not answer (or answered 5xx or 429) is not asked for any other URL for UNAVAILABLE_FOR_S:
+    """A host that did not answer (or answered 503 or 429) is not asked for any other URL for UNAVAILABLE_FOR_S:
     a sender naming new URLs on it has them answered 503 from memory, none fetched, none holding a turn; a 404
     on one URL says nothing of the others; another host is asked; after the while, the host is asked again."""
     clock = ManualClock()
@@ -196,6 +196,23 @@ async def test_a_host_that_failed_is_not_asked_for_other_urls_briefly(status: in
     clock.now += UNAVAILABLE_FOR_S - 5
     await c.get(url(1), fake)
     assert fake.fetched == [url(0), other_region, url(1)]
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_a_server_error_on_one_url_leaves_the_host_to_other_urls(status: int) -> None:
+    """A 5xx other than 503 is remembered for its URL alone (503 for UNAVAILABLE_FOR_S): a made-up name the host
+    answers so does not keep a genuine message's certificate from being fetched. Before, any 5xx marked the host
+    down for every URL on it."""
+    clock = ManualClock()
+    fake, c = FakeSns(status=status), cache(clock)
+    made_up = await refused(c, url(0), fake)
+    assert (made_up.status, made_up.retry_after) == (503, UNAVAILABLE_FOR_S)
+    fake.status = 200
+    await c.get(url(1), fake)
+    clock.now += 1
+    again = await refused(c, url(0), fake)
+    assert (again.status, again.retry_after) == (503, UNAVAILABLE_FOR_S - 1)
+    assert fake.fetched == [url(0), url(1)]
 
 
 async def test_a_definite_failure_leaves_the_host_to_other_urls() -> None:

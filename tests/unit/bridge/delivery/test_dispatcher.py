@@ -1404,3 +1404,70 @@ async def test_a_probe_whose_task_fails_after_it_went_out_opens_the_breaker_agai
                 await d.stop(0.0)
         assert requests_to(m) == 1
     assert [e["delivery_id"] for e in logs if e["event"] == "delivery.task_failed"] == [first]
+
+
+def sandbox_destination() -> Destination:
+    """A destination on a shared sandbox (`sandbox: true` with a base_url): its lane sends once the check passes."""
+    dest = destination()
+    dest.config.sandbox = True  # set past the config's checks: its credential is the test vendor's
+    return dest
+
+
+async def test_a_sandbox_check_that_raises_is_retried_with_the_backoff_and_never_ends_the_lane() -> None:
+    """A sandbox check that raises something other than what it answers for (a bug, `Session is closed`) is a
+    check that failed: its traceback logged once, `sandbox.unverified` at each try with the wait doubling, and the
+    lane sends once the check passes. Before, the exception left `Lane.run` before its `try`: a `lane_crashed` each
+    time, the supervisor's store retry between (an hour here) instead of the sandbox's backoff."""
+    store = RecordingStore()
+    await store.add("kapture")
+    calls: list[int] = []
+
+    async def check(dest: Destination) -> str | None:
+        calls.append(1)
+        if len(calls) <= 3:
+            raise RuntimeError("Session is closed")
+        return None
+
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        mock_vendor(m, payload=OK_BODY)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": sandbox_destination()}, sandbox_check=check,
+                           timings=Timings(store_retry_s=3600, poll_s=3600, sandbox_retry_s=0.001,
+                                           sandbox_retry_max_s=0.002))
+            d.start()
+            try:
+                await eventually(lambda: len(store.records) == 1)
+            finally:
+                await d.stop(0)
+    assert len(calls) == 4
+    assert [e["event"] for e in logs if e["event"].startswith(("sandbox.", "delivery.lane"))] == [
+        "sandbox.check_failed", "sandbox.unverified", "sandbox.unverified", "sandbox.unverified", "sandbox.verified"]
+    unverified = [e for e in logs if e["event"] == "sandbox.unverified"]
+    assert [e["retry_in_s"] for e in unverified] == [0.001, 0.002, 0.002]
+    assert unverified[0]["error"] == "the check failed: RuntimeError: Session is closed"
+    assert store.records[0].next_status == "succeeded"
+
+
+async def test_a_sandbox_check_that_raises_at_shutdown_is_quiet() -> None:
+    """A check still out when the dispatcher stops, raising as the session closes under it, ends the lane's wait
+    with nothing logged: no traceback, no `sandbox.unverified`."""
+    store = RecordingStore()
+    asked = asyncio.Event()
+    d: Dispatcher | None = None
+
+    async def check(dest: Destination) -> str | None:
+        asked.set()
+        assert d is not None
+        await d.stop_event.wait()
+        raise RuntimeError("Session is closed")
+
+    with structlog.testing.capture_logs() as logs:
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": sandbox_destination()}, sandbox_check=check,
+                           timings=Timings(store_retry_s=3600, poll_s=3600))
+            d.start()
+            await asyncio.wait_for(asked.wait(), 10)
+            await d.stop(0)
+            assert all(t.done() and not t.cancelled() and t.exception() is None for t in d.tasks)
+    assert [e["event"] for e in logs if e["log_level"] in ("error", "warning", "critical")] == []
+    assert not any(e["event"].startswith("sandbox.") for e in logs)
