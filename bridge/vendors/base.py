@@ -17,9 +17,10 @@ import msgspec
 from bridge.bodies import read_bounded as read_bounded  # noqa: PLC0414
 from bridge.bodies import read_capped as read_capped  # noqa: PLC0414
 from bridge.config import DestinationConfig
+from bridge.delivery.exchange import redacted_json
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
-from bridge.escaping import NUL
+from bridge.escaping import NUL, escape_text
 from bridge.vendors.credentials import Admit, Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
@@ -326,6 +327,23 @@ def decode_json(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
+
+
+TOKEN_ANSWER_CHARS = 200
+"""The most of a token endpoint's answer (its JSON, the token-bearing values redacted) an error quotes."""
+
+
+def token_answer_said(raw: bytes, content_type: str | None, parsed: Any) -> str:
+    """What a token endpoint's answer (`raw`, decoded as `parsed`) says, for an error a human reads, without any
+    token it carries: a JSON object with the value of each credential-named key (`access_token`, `refresh_token`,
+    `id_token`, `token`, … as exchange.secret_name tells) redacted, at any depth, cut at TOKEN_ANSWER_CHARS; any
+    other answer (text, HTML, a JSON string that may be the token itself) only by its content type and length,
+    never quoted. The bridge's value redaction knows only tokens it holds; this answer's are not held yet."""
+    if isinstance(parsed, dict):
+        text = msgspec.json.encode(redacted_json(parsed)).decode()
+        return text if len(text) <= TOKEN_ANSWER_CHARS else text[:TOKEN_ANSWER_CHARS - 1] + "…"
+    kind = escape_text((content_type or "no content type").split(";")[0].strip()[:60]) or "no content type"
+    return f"a body of {len(raw):,} bytes ({kind}), not quoted: not a JSON object"
 
 
 def lower_keys(body: Mapping[Any, Any]) -> dict[str, Any]:
