@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import json
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -319,14 +321,58 @@ def too_many_containers(body: bytes, what: str) -> str | None:
             f"{len(body):,} bytes), the most a look-up answer is read with")
 
 
+LENIENT_BYTES = 256 * 1024
+"""The longest body `decode_json` reads leniently when the strict decode refuses it: an answer to a send or a token
+request (capped at this size when read); a larger look-up answer is read strictly only."""
+
+
 def decode_json(body: bytes) -> Any:
-    """The body as JSON, or None when it is not JSON: malformed, a number out of range, text that is not UTF-8
-    (msgspec's UnicodeDecodeError) or nesting too deep to follow (its RecursionError), as a hostile or broken
-    vendor may answer."""
+    """The body as JSON, or None when it is not JSON: malformed, a number out of range, or nesting too deep to
+    follow (msgspec's RecursionError), as a hostile or broken vendor may answer. A body of at most LENIENT_BYTES
+    that msgspec refuses only for its text is read leniently (`decode_lenient`): a vendor that echoes a title cut
+    inside an emoji (`"\\ud83d"`) or one Latin-1 byte has still made the ticket its answer names."""
     try:
         return msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+    except RecursionError:
         return None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return decode_lenient(body) if len(body) <= LENIENT_BYTES else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, refused as msgspec refuses it when out of range (`1e400`)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def decode_lenient(body: bytes) -> Any:
+    """The body as JSON read by Python's decoder, which takes what msgspec refuses in text alone: a byte that is not
+    UTF-8 (read with surrogateescape) and an escaped lone surrogate (`"\\ud83d"`); each such code point in its text
+    (keys too) then written out as the store keeps text (`escape_text`: `\\xe9`, `\\ud83d`). None when it is
+    still not JSON (NaN, Infinity and a number out of range are not, as for msgspec); linear in the body."""
+    try:
+        value = json.loads(body.decode("utf-8", "surrogateescape"), parse_constant=_no_constant,
+                           parse_float=_finite)
+        return _escaped(value)
+    except (ValueError, RecursionError):  # JSONDecodeError, digits past Python's limit; nesting too deep
+        return None
+
+
+def _escaped(value: Any) -> Any:
+    """`value` (decoded JSON) with every text in it (keys too) encodable (`escape_text`)."""
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, dict):
+        return {escape_text(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
 
 
 TOKEN_ANSWER_CHARS = 200
@@ -344,6 +390,14 @@ def token_answer_said(raw: bytes, content_type: str | None, parsed: Any) -> str:
         return text if len(text) <= TOKEN_ANSWER_CHARS else text[:TOKEN_ANSWER_CHARS - 1] + "…"
     kind = escape_text((content_type or "no content type").split(";")[0].strip()[:60]) or "no content type"
     return f"a body of {len(raw):,} bytes ({kind}), not quoted: not a JSON object"
+
+
+def unreadable_success(vendor: str, status: int, body: bytes, what: str = "a JSON object") -> Outcome:
+    """The outcome of a 2xx whose answer cannot be read (not `what`, even leniently): `unknown`, not `permanent`.
+    The vendor said it acted and may have made the ticket its answer would name: it is held (or looked up) as any
+    outcome in doubt, never dropped, nor sent again as a second ticket."""
+    said = f"{vendor}: HTTP {status} but the answer is not {what}, so no ticket is named"
+    return Outcome(classification="unknown", error=f"{said}: {excerpt(body)}")
 
 
 def lower_keys(body: Mapping[Any, Any]) -> dict[str, Any]:

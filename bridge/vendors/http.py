@@ -49,6 +49,7 @@ from bridge.vendors.base import (
     succeeded,
     text_or_none,
     ticket_ref,
+    unreadable_success,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
 from bridge.vendors.http_auth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, HttpAuth, basic, http_credentials
@@ -470,6 +471,9 @@ class HttpAdapter(Adapter):
         said = text_or_none(self._error.get(root)) if self._error is not None else None
         detail = said or excerpt(body)
         if status in self.options.success_statuses:
+            if parsed is None and body.strip() and (self._success is not None or self._ticket_id is not None):
+                # What the answer says (success_path) or names (ticket_id_path) cannot be read, even leniently.
+                return unreadable_success("http", status, body, "JSON")
             if self._success is not None:
                 got = self._success.get(root)
                 if got is MISSING or got != self.options.success_value:

@@ -35,6 +35,7 @@ from bridge.vendors.base import (
     succeeded,
     text_or_none,
     token_answer_said,
+    unreadable_success,
 )
 from bridge.vendors.credentials import (
     Admit,
@@ -403,4 +404,6 @@ class NetgrootAdapter(Adapter):
             ticket = data.get("data")
             return succeeded(answer_id(ticket.get("ticket_id"), "data.ticket_id") if isinstance(ticket, dict)
                              else NO_ID)
+        if 200 <= status < 300 and not isinstance(decode_json(body), dict):
+            return unreadable_success("netgroot", status, body)
         return Outcome(classification="permanent", error=f"netgroot: HTTP {status}: {message}")

@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from bridge.config import DestinationConfig
 from bridge.vendors.base import (
     ID_CHARS,
+    LENIENT_BYTES,
     NO_ID,
     Adapter,
     AnswerId,
@@ -277,13 +278,41 @@ def test_decode_json_reads_json(body: bytes, expected: Any) -> None:
 
 @pytest.mark.parametrize("body", [
     b"", b"<html>502 Bad Gateway</html>", b"{", b"\xff\xfe", b"OK",
-    b'{"id": "\xff\xfe"}',  # not UTF-8 inside a string: msgspec raises UnicodeDecodeError
     b"[" * 100_000 + b"]" * 100_000,  # nested past what msgspec follows: RecursionError
     b'{"id": 1e400}', b'{"id": ' + b"9" * 5000 + b"}",  # numbers out of range
-], ids=["empty", "html", "cut", "bytes", "text", "bad-utf8-string", "deep", "huge-float", "huge-int"])
+    # msgspec refuses the text, and the lenient read then the rest: still not JSON
+    b'{"id": "\xff", "n": 1e400}', b'{"id": "\xff", "n": NaN}', b'{"id": "\xff", "n": -Infinity}',
+    b'{"id": "\xff", "n": ' + b"9" * 5000 + b"}", b'{"id": "\xff",}', b'{"id": "\\ud83d"',
+    b'["\xff", ' + b"[" * 100_000 + b"]" * 100_000 + b"]",
+], ids=["empty", "html", "cut", "bytes", "text", "deep", "huge-float", "huge-int", "bytes-huge-float", "bytes-nan",
+        "bytes-infinity", "bytes-huge-int", "bytes-trailing-comma", "surrogate-cut", "bytes-deep"])
 def test_decode_json_returns_none_for_non_json(body: bytes) -> None:
     """A body that is not JSON gives None instead of raising."""
     assert decode_json(body) is None
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"id": "\xff\xfe"}', {"id": "\\xff\\xfe"}),  # not UTF-8: msgspec's UnicodeDecodeError
+    (b'{"id": "T-1", "title": "Caf\xe9 \\u00e9"}', {"id": "T-1", "title": "Caf\\xe9 \u00e9"}),
+    (b'{"t": "\\ud83d", "u": "\\ud83d\\ude00", "v": "\\udc00x"}',  # escaped lone surrogates: msgspec's DecodeError
+     {"t": "\\ud83d", "u": "\U0001f600", "v": "\\udc00x"}),
+    (b'{"\xe9\\ud800": ["\\udfff", {"k": 1.5}], "n": null}', {"\\xe9\\ud800": ["\\udfff", {"k": 1.5}], "n": None}),
+])
+def test_decode_json_reads_text_msgspec_refuses_leniently(body: bytes, expected: Any) -> None:
+    """A body msgspec refuses only for its text (a byte that is not UTF-8, an escaped lone surrogate) is read, each
+    such code point written out as the store keeps text (`escape_text`), keys too: what it gives can be stored,
+    logged and encoded again."""
+    decoded = decode_json(body)
+    assert decoded == expected
+    msgspec.json.encode(decoded)
+
+
+def test_a_long_body_is_not_read_leniently() -> None:
+    """Past LENIENT_BYTES (what an answer to a send is read to), only the strict decode: a look-up's answer may be
+    32 MiB, and Python's decoder is several times slower."""
+    body = b'{"id": "\xff", "pad": "' + b"x" * LENIENT_BYTES + b'"}'
+    assert decode_json(body) is None
+    assert decode_json(body[:LENIENT_BYTES - 20] + b'"}') is not None
 
 
 def test_excerpt_keeps_short_bodies() -> None:

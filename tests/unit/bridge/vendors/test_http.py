@@ -139,8 +139,31 @@ def test_success_path_must_hold_the_value() -> None:
     assert classify(200, {"ok": "yes"}, **rules).classification == "success"
     outcome = classify(200, {"ok": "no", "error": {"message": "duplicate"}}, **rules)
     assert outcome == Outcome(classification="permanent", error="http: HTTP 200 but ok is 'no', not 'yes': duplicate")
-    missing = classify(200, b"<html>", success_path="ok")
-    assert missing.error == "http: HTTP 200 but ok is nothing, not True: <html>"
+    missing = classify(200, b"[]", success_path="ok")
+    assert missing.error == "http: HTTP 200 but ok is nothing, not True: []"
+
+
+@pytest.mark.parametrize("rules", [{"success_path": "ok"}, {"ticket_id_path": "id"}])
+@pytest.mark.parametrize("body", [b"<html>", b'{"id": "T-777", "title": "Caf\xe9"', b"{'id': 'T-777'}"])
+def test_a_success_status_whose_answer_cannot_be_read_is_unknown(rules: dict[str, str], body: bytes) -> None:
+    """With `success_path` or `ticket_id_path`, a success status whose answer is not JSON (even read leniently) is
+    in doubt: the vendor may have made a ticket that cannot be named. Not a quiet success without the id (a thread's
+    next message would be sent as a second create), nor a permanent failure (a replay would make one)."""
+    outcome = classify(201, body, **rules)
+    assert outcome == Outcome(classification="unknown",
+                              error="http: HTTP 201 but the answer is not JSON, so no ticket "
+                                    f"is named: {body.decode('utf-8', 'replace')}")
+
+
+@pytest.mark.parametrize("body", [b'{"id": "T-777", "title": "Caf\xe9"}', b'{"id": "T-777", "title": "\\ud83d"}'])
+def test_a_success_msgspec_cannot_decode_is_read_leniently(body: bytes) -> None:
+    """A success echoing a Latin-1 byte or a title cut inside an emoji still gives its ticket id."""
+    assert classify(201, body, ticket_id_path="id") == Outcome(classification="success", ticket_id="T-777")
+
+
+def test_a_success_without_a_body_is_a_success_without_an_id() -> None:
+    """An empty answer (204) is read: it names no ticket (counted as such), and is no doubt."""
+    assert classify(204, b"", ticket_id_path="id") == Outcome(classification="success", ticket_id=None)
 
 
 @pytest.mark.parametrize(("status", "classification"), [(401, "auth"), (403, "auth"), (429, "retry"),
