@@ -355,7 +355,7 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     429, 401…) gives that status's outcome (`classified_anyway`); on any other, the crash is raised."""
     try:
         async with session.request(
-            request.method, request.url, headers=request.headers, data=request_data(request.body),
+            request.method, request.target(), headers=request.headers, data=request_data(request.body),
             timeout=send_timeout(timeout_s),
             allow_redirects=False,
         ) as response:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
 from bridge.bodies import read_bounded as read_bounded  # noqa: PLC0414
@@ -60,6 +61,13 @@ class VendorRequest(msgspec.Struct, kw_only=True):
     url: str
     headers: dict[str, str]
     body: bytes
+    encoded: bool = False
+    """Whether `url` is sent exactly as written (its parts percent-encoded by the adapter): never requoted nor
+    normalised (yarl would remove a `..` segment and decode `%2E`), so the request goes to the path it names."""
+
+    def target(self) -> str | URL:
+        """The URL to hand aiohttp: `url`, or with `encoded` a yarl URL taken as already encoded."""
+        return URL(self.url, encoded=True) if self.encoded else self.url
 
 
 # Make a vendor request: request -> (status, body); the delivery loop supplies one bound to its session.
