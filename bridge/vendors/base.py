@@ -240,14 +240,18 @@ class Adapter(ABC):
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date); None when it is neither, or
-    names a date no calendar holds (year 9999999999: the retry schedule decides then)."""
+    names a date no calendar holds (year 9999999999: the retry schedule decides then). A number that is negative
+    or not finite (`-5`, `nan`, `inf`, `1e400`) is no delta (RFC 9110 §10.2.3: a non-negative integer) and reads
+    as None, as any garbage does (a 429 then pauses for the limiter's window, not 0 s); a date already past is 0."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, OverflowError):

@@ -42,23 +42,29 @@ NOW = datetime(2024, 4, 19, 14, 19, 11, tzinfo=UTC).timestamp()
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("120", 120.0), ("0", 0.0), (" 5 ", 5.0), ("1.5", 1.5), ("-3", 0.0)],
+    [("120", 120.0), ("0", 0.0), (" 5 ", 5.0), ("1.5", 1.5), ("-0", 0.0)],
 )
 def test_retry_after_delta_seconds(value: str, expected: float) -> None:
-    """A number of seconds is read as such, and never below zero."""
+    """A number of seconds is read as such."""
     assert parse_retry_after(value, now=NOW) == expected
 
 
 @pytest.mark.parametrize("value", [None, "", "soon", "Fri, 99 Foo 2024 25:61:00 GMT", "12 apples",
-                                   "Fri, 01 Jan 9999999999 00:00:00 GMT"])
+                                   "Fri, 01 Jan 9999999999 00:00:00 GMT", "-3", "-5", "-0.5", "nan", "NaN", "-nan",
+                                   "inf", "Infinity", "-inf", "1e400"])
 def test_retry_after_absent_or_unreadable_is_none(value: str | None) -> None:
-    """No header, or one that is neither seconds nor an HTTP date, gives None."""
+    """No header, or one that is neither seconds nor an HTTP date, gives None: a negative or non-finite number
+    too (not a wait of 0 s, which would send again at once)."""
     assert parse_retry_after(value, now=NOW) is None
 
 
-def test_retry_after_http_date_is_seconds_from_now() -> None:
-    """An HTTP date is turned into the seconds between now and then."""
-    assert parse_retry_after("Fri, 19 Apr 2024 14:21:11 GMT", now=NOW) == 120.0
+@pytest.mark.parametrize("value", ["Fri, 19 Apr 2024 14:21:11 GMT",  # IMF-fixdate, the preferred form
+                                   "Friday, 19-Apr-24 14:21:11 GMT",  # the obsolete RFC 850 form
+                                   "Fri Apr 19 14:21:11 2024"])  # the obsolete asctime() form
+def test_retry_after_http_date_is_seconds_from_now(value: str) -> None:
+    """An HTTP date, in any of the three forms RFC 9110 §5.6.7 has a recipient read, is turned into the seconds
+    between now and then."""
+    assert parse_retry_after(value, now=NOW) == 120.0
 
 
 def test_retry_after_http_date_in_the_past_is_zero() -> None:
