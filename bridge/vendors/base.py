@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
@@ -293,11 +294,49 @@ def look_up_limited(status: int, headers: Mapping[str, str], what: str) -> None:
         raise VendorRateLimited(f"{what} was rate limited (HTTP {status}{said})", wait)
 
 
+LOCATION_CHARS = 120
+"""The most of a redirect's `Location` an error names."""
+
+
+def redirect_target(headers: Mapping[str, str]) -> str:
+    """A redirect's `Location` as an error names it: without its user info, query string and fragment (they may
+    hold a token), cut at LOCATION_CHARS, its text written out (`escape_text`); `no Location` without one."""
+    location = (headers.get("Location") or "").strip()
+    if not location:
+        return "no Location"
+    try:
+        parts = urlsplit(location)
+        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    except ValueError:  # a bracketed host that is no IPv6 address, a port that is no number
+        shown = location.split("?")[0].split("#")[0]
+    shown = escape_text(shown)
+    return repr(shown if len(shown) <= LOCATION_CHARS else shown[:LOCATION_CHARS - 1] + "…")
+
+
+def redirect_answer(status: int, headers: Mapping[str, str]) -> Outcome:
+    """What a redirect (3xx) as the answer means; ticketbridge follows none (the request and its credentials would
+    go to another URL). A 303 See Other after a create is how some APIs say "done, see there": the vendor acted, so
+    it is `unknown` (held or looked up, never sent again blindly). Any other (301, 302, 307, 308, …) says the URL is
+    not where the API answers: the request was not acted on, and every request of the destination will be answered
+    so until its URL is fixed. It is a `retry` that counts against the destination (after 5 the lane pauses and
+    probes, its deliveries keeping their tries), not a `permanent` failure that would kill the whole backlog: fix
+    `base_url` (or `path`), and what waits is sent (what died meanwhile is replayed)."""
+    where = redirect_target(headers)
+    if status == 303:
+        return Outcome(classification="unknown",
+                       error=f"HTTP 303 See Other to {where} (not followed): the vendor may have acted on the request")
+    return Outcome(classification="retry",
+                   error=f"HTTP {status} redirect to {where} (not followed): the destination's URL is not where the "
+                         "API answers; fix its base_url or path")
+
+
 def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     """The classification an HTTP status alone decides, or None when the body must be read. An interim status
-    (1xx) is `unknown` (`interim_answer`)."""
+    (1xx) is `unknown` (`interim_answer`), a redirect (3xx) as `redirect_answer` says."""
     if status < 200:  # a status line aiohttp read has three digits: 1xx (a call only then: this runs per answer)
         return interim_answer(status)
+    if 300 <= status < 400:
+        return redirect_answer(status, headers)
     if status in (408, 425, 429) or status >= 500:
         wait = parse_retry_after(headers.get("Retry-After"))
         return Outcome(classification="retry", error=f"HTTP {status}", retry_after=wait, rate_limited=status == 429)

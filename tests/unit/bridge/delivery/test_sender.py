@@ -518,7 +518,7 @@ async def test_a_look_up_redirected_elsewhere_is_not_followed(session: aiohttp.C
     item = claimed({"subject": "Internet down", "message": "No internet"})
     sent = await send_once(session, netgroot, item, 5.0)
     assert admin_calls == []
-    assert sent.outcome.classification == "permanent"
+    assert sent.outcome.classification == "retry"
     assert "HTTP 302" in (sent.outcome.error or "") and "internal-secret" not in (sent.outcome.error or "")
 
 

@@ -121,10 +121,38 @@ def test_auth_statuses(status: int) -> None:
     assert outcome == Outcome(classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
 
 
-@pytest.mark.parametrize("status", [200, 201, 204, 301, 400, 404, 409, 422])
+@pytest.mark.parametrize("status", [200, 201, 204, 400, 404, 409, 422])
 def test_other_statuses_leave_it_to_the_body(status: int) -> None:
     """Success and other client errors are decided by the vendor's body, so the status alone says nothing."""
     assert classify_status(status, {}) is None
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 307, 308, 399])
+@pytest.mark.parametrize(("location", "shown"), [
+    ("https://new.example/v2/tickets?access_token=LIVE-1#frag", "'https://new.example/v2/tickets'"),
+    ("https://user:pw@new.example/t", "'https://new.example/t'"),
+    ("/v2/tickets?sig=abc", "'/v2/tickets'"),
+    ("https://new.example/" + "a" * 300, "'https://new.example/" + "a" * 99 + "…'"),
+    ("http://[bad/x?k=v", "'http://[bad/x'"),
+    ("", "no Location"),
+])
+def test_a_redirect_is_a_retry_of_the_destination_naming_where(status: int, location: str, shown: str) -> None:
+    """A redirect is not followed, and says the destination's URL is wrong: every request will be answered so, so
+    it is a `retry` that counts against the destination (the breaker pauses it after 5), not a `permanent` failure
+    per delivery that kills the backlog. The error names the Location, without its query string, fragment or
+    user info (they may hold a token) and cut short."""
+    outcome = classify_status(status, {"Location": location} if location else {})
+    assert outcome == Outcome(classification="retry",
+                              error=f"HTTP {status} redirect to {shown} (not followed): the destination's URL is not "
+                                    "where the API answers; fix its base_url or path")
+    assert "LIVE" not in (outcome.error or "") and "pw" not in (outcome.error or "")
+
+
+def test_a_see_other_is_in_doubt() -> None:
+    """A 303 See Other after a create is how some APIs say it was made: `unknown`, never sent again blindly."""
+    assert classify_status(303, {"Location": "/tickets/77"}) == Outcome(
+        classification="unknown",
+        error="HTTP 303 See Other to '/tickets/77' (not followed): the vendor may have acted on the request")
 
 
 @pytest.mark.parametrize("status", [100, 101, 102, 103, 199])

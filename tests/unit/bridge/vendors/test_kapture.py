@@ -206,10 +206,12 @@ def test_anything_but_success_is_permanent(body: dict[str, Any], reason: str) ->
     assert classify(200, body) == Outcome(classification="permanent", error=f"kapture: HTTP 200: {reason}")
 
 
-@pytest.mark.parametrize("status", [400, 404, 422, 301])
-def test_success_body_with_a_non_2xx_status_is_permanent(status: int) -> None:
-    """A success body under a non-2xx status is not trusted as a success."""
-    assert classify(status, {"status": "success", "ticket_id": "1"}).classification == "permanent"
+@pytest.mark.parametrize(("status", "classification"), [(400, "permanent"), (404, "permanent"),
+                                                        (422, "permanent"), (301, "retry")])
+def test_success_body_with_a_non_2xx_status_is_not_a_success(status: int, classification: str) -> None:
+    """A success body under a non-2xx status is not trusted as a success (a redirect: the destination's URL is
+    wrong, a retry that counts against it)."""
+    assert classify(status, {"status": "success", "ticket_id": "1"}).classification == classification
 
 
 @pytest.mark.parametrize("status", [200, 400, 401, 500])
