@@ -532,9 +532,9 @@ class HttpAdapter(Adapter):
             return succeeded(answer_id(value, str(self.options.ticket_id_path)))
         by_status = classify_status(status, headers)
         if by_status is not None:
-            by_status.error = f"http: {by_status.error}: {detail}"
+            by_status.error = f"http: {by_status.error}" + (f": {detail}" if detail else "")
             return by_status
-        return Outcome(classification="permanent", error=f"http: HTTP {status}: {detail}")
+        return Outcome(classification="permanent", error=f"http: HTTP {status}" + (f": {detail}" if detail else ""))
 
 
 def _looked_up(body: bytes, path: Path) -> Any:

@@ -184,6 +184,17 @@ def test_other_statuses(status: int, classification: str) -> None:
     assert outcome.error.endswith("nope")
 
 
+@pytest.mark.parametrize(("status", "error"), [
+    (301, "http: HTTP 301 redirect to 'https://moved.example/t' (not followed): the destination's URL is not where "
+          "the API answers; fix its base_url or path"),
+    (500, "http: HTTP 500"), (404, "http: HTTP 404")])
+def test_an_empty_failure_s_error_ends_with_what_it_says(status: int, error: str) -> None:
+    """A failure with an empty body is named without a dangling `: `."""
+    made = adapter()
+    outcome = made.classify("create_ticket", status, {"Location": "https://moved.example/t?sig=1"}, b"")
+    assert outcome.error == error
+
+
 def test_success_statuses_can_be_narrowed() -> None:
     """With success_statuses [201], a 200 is not a success."""
     assert classify(200, {}, success_statuses=[201]).classification == "permanent"
