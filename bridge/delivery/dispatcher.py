@@ -150,7 +150,7 @@ async def _call(session: aiohttp.ClientSession, timeout_s: float, auth: dict[str
     try:
         async with asyncio.timeout_at(None if deadline is None else deadline.at) as bound:
             await admit()
-            async with session.request(request.method, request.url, headers=headers,
+            async with session.request(request.method, request.target(), headers=headers,
                                        data=request_data(request.body),
                                        timeout=aiohttp.ClientTimeout(total=timeout_s),
                                        allow_redirects=False) as response:

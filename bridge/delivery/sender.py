@@ -414,7 +414,7 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     written = Written()
     try:
         async with session.request(
-            request.method, request.url, headers=request.headers, data=request_data(request.body),
+            request.method, request.target(), headers=request.headers, data=request_data(request.body),
             timeout=send_timeout(timeout_s),
             allow_redirects=False, trace_request_ctx=written,
         ) as response:

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import email.utils
+import json
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
 from bridge.bodies import read_bounded as read_bounded  # noqa: PLC0414
 from bridge.bodies import read_capped as read_capped  # noqa: PLC0414
 from bridge.config import DestinationConfig
+from bridge.delivery.exchange import redacted_json
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
-from bridge.escaping import NUL
+from bridge.escaping import NUL, escape_text
 from bridge.vendors.credentials import Admit, Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
@@ -57,6 +62,13 @@ class VendorRequest(msgspec.Struct, kw_only=True):
     url: str
     headers: dict[str, str]
     body: bytes
+    encoded: bool = False
+    """Whether `url` is sent exactly as written (its parts percent-encoded by the adapter): never requoted nor
+    normalised (yarl would remove a `..` segment and decode `%2E`), so the request goes to the path it names."""
+
+    def target(self) -> str | URL:
+        """The URL to hand aiohttp: `url`, or with `encoded` a yarl URL taken as already encoded."""
+        return URL(self.url, encoded=True) if self.encoded else self.url
 
 
 # Make a vendor request: request -> (status, body); the delivery loop supplies one bound to its session.
@@ -229,14 +241,18 @@ class Adapter(ABC):
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date); None when it is neither, or
-    names a date no calendar holds (year 9999999999: the retry schedule decides then)."""
+    names a date no calendar holds (year 9999999999: the retry schedule decides then). A number that is negative
+    or not finite (`-5`, `nan`, `inf`, `1e400`) is no delta (RFC 9110 §10.2.3: a non-negative integer) and reads
+    as None, as any garbage does (a 429 then pauses for the limiter's window, not 0 s); a date already past is 0."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, OverflowError):
@@ -278,11 +294,49 @@ def look_up_limited(status: int, headers: Mapping[str, str], what: str) -> None:
         raise VendorRateLimited(f"{what} was rate limited (HTTP {status}{said})", wait)
 
 
+LOCATION_CHARS = 120
+"""The most of a redirect's `Location` an error names."""
+
+
+def redirect_target(headers: Mapping[str, str]) -> str:
+    """A redirect's `Location` as an error names it: without its user info, query string and fragment (they may
+    hold a token), cut at LOCATION_CHARS, its text written out (`escape_text`); `no Location` without one."""
+    location = (headers.get("Location") or "").strip()
+    if not location:
+        return "no Location"
+    try:
+        parts = urlsplit(location)
+        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    except ValueError:  # a bracketed host that is no IPv6 address, a port that is no number
+        shown = location.split("?")[0].split("#")[0]
+    shown = escape_text(shown)
+    return repr(shown if len(shown) <= LOCATION_CHARS else shown[:LOCATION_CHARS - 1] + "…")
+
+
+def redirect_answer(status: int, headers: Mapping[str, str]) -> Outcome:
+    """What a redirect (3xx) as the answer means; ticketbridge follows none (the request and its credentials would
+    go to another URL). A 303 See Other after a create is how some APIs say "done, see there": the vendor acted, so
+    it is `unknown` (held or looked up, never sent again blindly). Any other (301, 302, 307, 308, …) says the URL is
+    not where the API answers: the request was not acted on, and every request of the destination will be answered
+    so until its URL is fixed. It is a `retry` that counts against the destination (after 5 the lane pauses and
+    probes, its deliveries keeping their tries), not a `permanent` failure that would kill the whole backlog: fix
+    `base_url` (or `path`), and what waits is sent (what died meanwhile is replayed)."""
+    where = redirect_target(headers)
+    if status == 303:
+        return Outcome(classification="unknown",
+                       error=f"HTTP 303 See Other to {where} (not followed): the vendor may have acted on the request")
+    return Outcome(classification="retry",
+                   error=f"HTTP {status} redirect to {where} (not followed): the destination's URL is not where the "
+                         "API answers; fix its base_url or path")
+
+
 def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
     """The classification an HTTP status alone decides, or None when the body must be read. An interim status
-    (1xx) is `unknown` (`interim_answer`)."""
+    (1xx) is `unknown` (`interim_answer`), a redirect (3xx) as `redirect_answer` says."""
     if status < 200:  # a status line aiohttp read has three digits: 1xx (a call only then: this runs per answer)
         return interim_answer(status)
+    if 300 <= status < 400:
+        return redirect_answer(status, headers)
     if status in (408, 425, 429) or status >= 500:
         wait = parse_retry_after(headers.get("Retry-After"))
         return Outcome(classification="retry", error=f"HTTP {status}", retry_after=wait, rate_limited=status == 429)
@@ -318,14 +372,83 @@ def too_many_containers(body: bytes, what: str) -> str | None:
             f"{len(body):,} bytes), the most a look-up answer is read with")
 
 
+LENIENT_BYTES = 256 * 1024
+"""The longest body `decode_json` reads leniently when the strict decode refuses it: an answer to a send or a token
+request (capped at this size when read); a larger look-up answer is read strictly only."""
+
+
 def decode_json(body: bytes) -> Any:
-    """The body as JSON, or None when it is not JSON: malformed, a number out of range, text that is not UTF-8
-    (msgspec's UnicodeDecodeError) or nesting too deep to follow (its RecursionError), as a hostile or broken
-    vendor may answer."""
+    """The body as JSON, or None when it is not JSON: malformed, a number out of range, or nesting too deep to
+    follow (msgspec's RecursionError), as a hostile or broken vendor may answer. A body of at most LENIENT_BYTES
+    that msgspec refuses only for its text is read leniently (`decode_lenient`): a vendor that echoes a title cut
+    inside an emoji (`"\\ud83d"`) or one Latin-1 byte has still made the ticket its answer names."""
     try:
         return msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+    except RecursionError:
         return None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return decode_lenient(body) if len(body) <= LENIENT_BYTES else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, refused as msgspec refuses it when out of range (`1e400`)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def decode_lenient(body: bytes) -> Any:
+    """The body as JSON read by Python's decoder, which takes what msgspec refuses in text alone: a byte that is not
+    UTF-8 (read with surrogateescape) and an escaped lone surrogate (`"\\ud83d"`); each such code point in its text
+    (keys too) then written out as the store keeps text (`escape_text`: `\\xe9`, `\\ud83d`). None when it is
+    still not JSON (NaN, Infinity and a number out of range are not, as for msgspec); linear in the body."""
+    try:
+        value = json.loads(body.decode("utf-8", "surrogateescape"), parse_constant=_no_constant,
+                           parse_float=_finite)
+        return _escaped(value)
+    except (ValueError, RecursionError):  # JSONDecodeError, digits past Python's limit; nesting too deep
+        return None
+
+
+def _escaped(value: Any) -> Any:
+    """`value` (decoded JSON) with every text in it (keys too) encodable (`escape_text`)."""
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, dict):
+        return {escape_text(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
+TOKEN_ANSWER_CHARS = 200
+"""The most of a token endpoint's answer (its JSON, the token-bearing values redacted) an error quotes."""
+
+
+def token_answer_said(raw: bytes, content_type: str | None, parsed: Any) -> str:
+    """What a token endpoint's answer (`raw`, decoded as `parsed`) says, for an error a human reads, without any
+    token it carries: a JSON object with the value of each credential-named key (`access_token`, `refresh_token`,
+    `id_token`, `token`, … as exchange.secret_name tells) redacted, at any depth, cut at TOKEN_ANSWER_CHARS; any
+    other answer (text, HTML, a JSON string that may be the token itself) only by its content type and length,
+    never quoted. The bridge's value redaction knows only tokens it holds; this answer's are not held yet."""
+    if isinstance(parsed, dict):
+        text = msgspec.json.encode(redacted_json(parsed)).decode()
+        return text if len(text) <= TOKEN_ANSWER_CHARS else text[:TOKEN_ANSWER_CHARS - 1] + "…"
+    kind = escape_text((content_type or "no content type").split(";")[0].strip()[:60]) or "no content type"
+    return f"a body of {len(raw):,} bytes ({kind}), not quoted: not a JSON object"
+
+
+def unreadable_success(vendor: str, status: int, body: bytes, what: str = "a JSON object") -> Outcome:
+    """The outcome of a 2xx whose answer cannot be read (not `what`, even leniently): `unknown`, not `permanent`.
+    The vendor said it acted and may have made the ticket its answer would name: it is held (or looked up) as any
+    outcome in doubt, never dropped, nor sent again as a second ticket."""
+    said = f"{vendor}: HTTP {status} but the answer is not {what}, so no ticket is named"
+    return Outcome(classification="unknown", error=f"{said}: {excerpt(body)}")
 
 
 def lower_keys(body: Mapping[Any, Any]) -> dict[str, Any]:

@@ -20,9 +20,10 @@ import pathlib
 import string
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import msgspec
+from yarl import URL
 
 from bridge.config import Base, DestinationConfig
 from bridge.delivery.redaction import MIN_SECRET_CHARS, base_url_secrets, url_secrets
@@ -49,6 +50,7 @@ from bridge.vendors.base import (
     succeeded,
     text_or_none,
     ticket_ref,
+    unreadable_success,
 )
 from bridge.vendors.files import FILES_FIELD, Part, file_parts, multipart_body, read_files, split_files
 from bridge.vendors.http_auth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, HttpAuth, basic, http_credentials
@@ -117,6 +119,34 @@ def _mapping_path_secrets(template: str) -> tuple[str, ...]:
 
 NOT_SHOWN = "(not shown: url_secret)"
 """What a config error says for a path that may be the credential (`url_secret`)."""
+
+
+LITERAL_SAFE = "/?&=%:@!$'()*+,;~#[]"
+"""What a path template's literal text keeps as written (it is the operator's: reserved characters and its own
+percent-escapes); anything else (a space, a non-ASCII letter) is percent-encoded, as the URL is sent encoded."""
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def _refuse_dot_segments(template: str, path: str, filled: list[tuple[int, int, str, str]]) -> None:
+    """MappingError when a segment of `path` (before its query) reads `.` or `..` once percent-decoded: naming the
+    placeholder whose value made it (`filled`: its span, name and value), else the template itself."""
+    end = path.find("?")
+    start = 0
+    for segment in path[:len(path) if end < 0 else end].split("/"):
+        stop = start + len(segment)
+        if unquote(segment) in DOT_SEGMENTS:
+            for begin, finish, where, value in filled:
+                if begin < stop and finish > start:
+                    if where.startswith("{"):
+                        raise MappingError(f"the path {template!r} would read the segment {segment!r} from "
+                                           f"{where} {value!r}: a dot segment would send the request to another "
+                                           "path of the API, so it is not sent", path="options.path")
+                    raise MappingError(f"the path {template!r} would read the segment {segment!r} from this "
+                                       f"field's value {value!r}: a dot segment would send the request to another "
+                                       "path of the API; give a value that is not `.` or `..`", path=where)
+            raise MappingError(f"the path {template!r} holds the dot segment {segment!r}: write the path the API "
+                               "takes, without `.` or `..` segments", path="options.path")
+        start = stop + 1
 
 
 def _check_path(template: str) -> None:
@@ -361,13 +391,23 @@ class HttpAdapter(Adapter):
         return self.config
 
     def _url(self, template: str, fields: Mapping[str, Any], ticket: Mapping[str, Any] | None = None) -> str:
-        out = [self.base_url]
+        """The base URL and `template` filled: each placeholder's value percent-encoded whole (`/` too), and no
+        segment of the path `.` or `..` (a sender's value, or a vendor's ticket id, would move the request to
+        another path of the API, with the destination's credentials): MappingError naming where it came from.
+        The URL is sent as it is written here (`VendorRequest.encoded`), never normalised."""
         try:
             parts = template_parts(template)
         except ValueError as exc:
             raise MappingError(str(exc), path="options.path") from None
+        out: list[str] = []
+        filled: list[tuple[int, int, str, str]] = []  # (start, end, where, value) of each placeholder's text
+        at = 0
         for literal, name in parts:
-            out.append(literal)
+            text = quote(literal, safe=LITERAL_SAFE)
+            out.append(text)
+            at += len(text)
+            if name is None:
+                continue
             if name in TICKET_PLACEHOLDERS:
                 found = ticket_ref(ticket, TICKET_PLACEHOLDERS[name])
                 if found is None:
@@ -375,13 +415,19 @@ class HttpAdapter(Adapter):
                                        + ("this message has no ticket yet" if ticket is None
                                           else f"the ticket has no {TICKET_PLACEHOLDERS[name]}"),
                                        path="options.path")
-                out.append(quote(found, safe=""))
-            elif name is not None:
-                value = fields.get(name)
-                if value is None or value == "" or isinstance(value, dict | list | bool):
-                    raise MappingError(f"the path {template!r} needs this field as text, got {value!r}", path=name)
-                out.append(quote(str(value), safe=""))
-        return "".join(out)
+                value, where = found, f"{{{name}}} (the vendor's ticket {TICKET_PLACEHOLDERS[name]})"
+            else:
+                raw = fields.get(name)
+                if raw is None or raw == "" or isinstance(raw, dict | list | bool):
+                    raise MappingError(f"the path {template!r} needs this field as text, got {raw!r}", path=name)
+                value, where = str(raw), name
+            text = quote(value, safe="")
+            out.append(text)
+            filled.append((at, at + len(text), where, value))
+            at += len(text)
+        path = "".join(out)
+        _refuse_dot_segments(template, path, filled)
+        return str(URL(self.base_url)) + path
 
     def ticket_id_at(self, action: str) -> str | None:
         """Only where the destination says where its answer holds the id (`ticket_id_path`)."""
@@ -399,7 +445,7 @@ class HttpAdapter(Adapter):
         except MappingError as exc:
             raise CannotReconcile(f"http: the look-up path cannot be filled: {exc}") from None
         headers = {k: v for k, v in self.options.headers.items() if k.lower() != "content-type"}
-        status, body = await call(VendorRequest(method="GET", url=url, headers=headers, body=b""))
+        status, body = await call(VendorRequest(method="GET", url=url, headers=headers, body=b"", encoded=True))
         if status in lookup.not_found_statuses:
             return None
         if 200 <= status < 300:
@@ -432,7 +478,8 @@ class HttpAdapter(Adapter):
         url = self._url(str(options.get("path", self.options.path)), fields, ticket)
         headers = {"Content-Type": "application/json", **self.options.headers}
         if self.options.body == "json":
-            return VendorRequest(method=method, url=url, headers=headers, body=msgspec.json.encode(fields))
+            return VendorRequest(method=method, url=url, headers=headers, body=msgspec.json.encode(fields),
+                                 encoded=True)
         data, files = split_files(fields)
         self.note_files(data, files, NOTE_KEY, sent=True)
         body, content_type = multipart_body([
@@ -441,7 +488,7 @@ class HttpAdapter(Adapter):
             *file_parts(files, self.options.multipart_files_part),
         ])
         headers = {**{k: v for k, v in headers.items() if k.lower() != "content-type"}, "Content-Type": content_type}
-        return VendorRequest(method=method, url=url, headers=headers, body=body)
+        return VendorRequest(method=method, url=url, headers=headers, body=body, encoded=True)
 
     def doctor_request(self) -> VendorRequest | str:
         """The destination's `doctor:` request; without one the check is skipped (any other call might create)."""
@@ -470,6 +517,9 @@ class HttpAdapter(Adapter):
         said = text_or_none(self._error.get(root)) if self._error is not None else None
         detail = said or excerpt(body)
         if status in self.options.success_statuses:
+            if parsed is None and body.strip() and (self._success is not None or self._ticket_id is not None):
+                # What the answer says (success_path) or names (ticket_id_path) cannot be read, even leniently.
+                return unreadable_success("http", status, body, "JSON")
             if self._success is not None:
                 got = self._success.get(root)
                 if got is MISSING or got != self.options.success_value:
@@ -482,9 +532,9 @@ class HttpAdapter(Adapter):
             return succeeded(answer_id(value, str(self.options.ticket_id_path)))
         by_status = classify_status(status, headers)
         if by_status is not None:
-            by_status.error = f"http: {by_status.error}: {detail}"
+            by_status.error = f"http: {by_status.error}" + (f": {detail}" if detail else "")
             return by_status
-        return Outcome(classification="permanent", error=f"http: HTTP {status}: {detail}")
+        return Outcome(classification="permanent", error=f"http: HTTP {status}" + (f": {detail}" if detail else ""))
 
 
 def _looked_up(body: bytes, path: Path) -> Any:

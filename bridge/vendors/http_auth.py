@@ -18,9 +18,9 @@ from bridge.vendors.base import (
     VendorAuthFailed,
     VendorUnavailable,
     decode_json,
-    excerpt,
     read_bounded,
     text_or_none,
+    token_answer_said,
 )
 from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials
 from bridge.yamlfile import KeyValueError
@@ -126,15 +126,20 @@ class OAuth2Credentials(TokenCredentials):
         async with session.post(self.token_url, data=form, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
             status, raw = resp.status, await read_bounded(resp, TOKEN_ANSWER_BYTES)
+            content_type = resp.headers.get("Content-Type")
         parsed = decode_json(raw)
         data = parsed if isinstance(parsed, dict) else {}
+        # Never the answer as it came: it may carry a live token, which no redaction knows yet.
         said = ": ".join(p for p in (text_or_none(data.get("error")), text_or_none(data.get("error_description")))
-                         if p) or excerpt(raw)
+                         if p) or token_answer_said(raw, content_type, parsed)
         if status in (400, 401, 403):
             raise VendorAuthFailed(f"http: the token endpoint {self.token_url} refused the client "
                                    f"(HTTP {status}: {said}): check auth.oauth2.client_id, client_secret and scope")
+        if not 200 <= status < 300:
+            raise VendorUnavailable(f"http: the token endpoint {self.token_url} answered HTTP {status}: {said}")
+        # RFC 6749 §5.1 answers 200; any 2xx with a token is taken as its answer (some servers say 201).
         token = text_or_none(data.get("access_token"))
-        if status != 200 or token is None:
+        if token is None:
             raise VendorUnavailable(f"http: the token endpoint {self.token_url} answered HTTP {status} without an "
                                     f"access_token: {said}")
         now = self.clock()

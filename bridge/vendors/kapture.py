@@ -29,6 +29,7 @@ from bridge.vendors.base import (
     lower_keys,
     succeeded,
     ticket_id_from,
+    unreadable_success,
 )
 from bridge.vendors.files import split_files
 from bridge.vendors.json_steps import decode_lookup, release
@@ -154,6 +155,8 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes,
         if message:
             by_status.error = f"{by_status.error}: {message}"
         return by_status, parsed
+    if data is None and 200 <= status < 300:
+        return unreadable_success("kapture", status, body), parsed
     if data is None:
         return Outcome(classification="permanent",
                        error=f"kapture: HTTP {status} with a body that is not a JSON object: {excerpt(body)}"), parsed

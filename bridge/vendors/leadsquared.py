@@ -33,6 +33,7 @@ from bridge.vendors.base import (
     succeeded,
     text_or_none,
     ticket_id_from,
+    unreadable_success,
 )
 from bridge.vendors.files import FileSet, Part, file_parts, multipart_body, read_files, split_files
 from bridge.yamlfile import KeyPath, KeyValueError, Quoted, did_you_mean
@@ -370,6 +371,8 @@ class LeadSquaredAdapter(Adapter):
                 if ticket.text == uuid.text:  # the id is the uuid (or neither is kept): its problem is said once
                     uuid = AnswerId(uuid.text)
                 return succeeded(ticket, key=answer_id(data.get("key"), "Key", "ticket key"), uuid=uuid)
+        if not isinstance(parsed, dict) and 200 <= status < 300:
+            return unreadable_success("leadsquared", status, body)
         if not data:
             return Outcome(classification="permanent",
                            error=f"leadsquared: HTTP {status} with a body that is not a JSON object: {excerpt(body)}")

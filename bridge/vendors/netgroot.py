@@ -34,6 +34,8 @@ from bridge.vendors.base import (
     read_bounded,
     succeeded,
     text_or_none,
+    token_answer_said,
+    unreadable_success,
 )
 from bridge.vendors.credentials import (
     Admit,
@@ -242,13 +244,19 @@ class NetgrootLoginCredentials(TokenCredentials):
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                                 allow_redirects=False) as resp:
             status, raw = resp.status, await read_bounded(resp, ANSWER_BYTES)
-        data, message = _parsed_answer(raw)
+            content_type = resp.headers.get("Content-Type")
+        parsed = decode_json(raw)
+        data = parsed if isinstance(parsed, dict) else {}
+        # Never the answer as it came: it may carry a live JWT, which no redaction knows yet.
+        message = text_or_none(data.get("message")) or token_answer_said(raw, content_type, parsed)
         if status in (400, 401, 403, 404):
             # The username is not repeated: it is often an email address, and this text is stored and shown.
             raise VendorAuthFailed(f"netgroot: Login: HTTP {status}: {message}: check auth.login.username and "
                                    "password (the subscriber's portal log-in)")
         token = text_or_none(data.get("token"))
-        if status != 200 or token is None:
+        if not 200 <= status < 300:
+            raise VendorUnavailable(f"netgroot: Login: HTTP {status}: {message}")
+        if token is None:  # any 2xx with a token is the log-in's answer (the CRM's page shows no status)
             raise VendorUnavailable(f"netgroot: Login: HTTP {status} without a token: {message}")
         subscriber = data.get("subscriber")
         if isinstance(subscriber, dict):
@@ -396,4 +404,6 @@ class NetgrootAdapter(Adapter):
             ticket = data.get("data")
             return succeeded(answer_id(ticket.get("ticket_id"), "data.ticket_id") if isinstance(ticket, dict)
                              else NO_ID)
+        if 200 <= status < 300 and not isinstance(decode_json(body), dict):
+            return unreadable_success("netgroot", status, body)
         return Outcome(classification="permanent", error=f"netgroot: HTTP {status}: {message}")

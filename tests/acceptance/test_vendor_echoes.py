@@ -283,16 +283,17 @@ async def test_a_webhook_secret_written_in_the_path_is_shown_nowhere(
 async def test_a_secret_cut_off_inside_an_error_shows_no_part(
     write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A token endpoint refusing the client with a page that echoes the form it was sent: the error quotes the
-    page's first 200 bytes, cut with `…` inside the client secret, in the middle of the error (`(HTTP 401:
-    …client_secret=cs-77aa88b…): check …`). The start of the secret before that cut is redacted too, in the
-    attempt and in the log lines."""
+    """A token endpoint refusing the client with a JSON answer that echoes the form it was sent: the error quotes
+    the answer's first 200 characters (its token-named keys redacted), cut with `…` inside the client secret, in
+    the middle of the error (`(HTTP 401: …client_secret=cs-77aa88b…): check …`). The start of the secret before that
+    cut is redacted too, in the attempt and in the log lines."""
     secret = "cs-77aa88bb99cc"
 
     async def token(request: web.Request) -> web.Response:
         form = await request.post()
-        page = "x" * 176 + f"client_secret={form['client_secret']}&client_id=acme"  # the cut: 10 characters in
-        return web.Response(status=401, text=page)
+        # {"echo":" and 180 characters, then the cut: 10 characters into the secret
+        page = "x" * 166 + f"client_secret={form['client_secret']}&client_id=acme"
+        return web.json_response({"echo": page}, status=401)
 
     app = web.Application()
     app.router.add_post("/oauth/token", token)

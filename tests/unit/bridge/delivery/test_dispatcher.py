@@ -892,6 +892,26 @@ async def test_a_down_vendor_is_probed_not_hammered() -> None:
     assert all(store.status(i) == "pending" and store.tries(i) == 0 for i in untouched)
 
 
+async def test_a_vendor_that_redirects_every_send_pauses_the_lane_and_kills_no_backlog() -> None:
+    """A vendor answering every send with a 301 (its URL moved) is a failure of the destination: the breaker opens
+    after a few, and the backlog waits with its tries for the URL to be fixed, rather than each delivery dying as a
+    permanent failure (a replay of all of them); the error names where the redirect pointed."""
+    store = RecordingStore()
+    ids = [await store.add("kapture") for _ in range(30)]
+    with aioresponses() as m:
+        mock_vendor(m, status=301, body="", headers={"Location": "https://moved.example/v2/add?token=LIVE-1"})
+        async with running(store, destination(schedule=["10ms"] * 10)) as d:
+            d.lanes["kapture"].breaker = Breaker(threshold=5, base_cooldown=30)
+            await eventually(lambda: d.lanes["kapture"].breaker.state == "open"
+                             and len(store.records) == requests_to(m))
+    assert requests_to(m) <= 5 + 4  # the threshold, plus sends already under way when it opened
+    assert not any(store.status(i) == "dead" for i in ids)
+    assert {r.classification for r in store.records} == {"retry"}
+    assert {r.error for r in store.records} == {
+        "HTTP 301 redirect to 'https://moved.example/v2/add' (not followed): the destination's URL is not where the "
+        "API answers; fix its base_url or path"}
+
+
 async def test_the_breaker_probes_then_resumes_when_the_vendor_is_back() -> None:
     """After the cooldown one probe goes out; its success resumes the lane and every delivery lands."""
     store = RecordingStore()

@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from bridge.config import DestinationConfig
 from bridge.vendors.base import (
     ID_CHARS,
+    LENIENT_BYTES,
     NO_ID,
     Adapter,
     AnswerId,
@@ -41,23 +42,29 @@ NOW = datetime(2024, 4, 19, 14, 19, 11, tzinfo=UTC).timestamp()
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("120", 120.0), ("0", 0.0), (" 5 ", 5.0), ("1.5", 1.5), ("-3", 0.0)],
+    [("120", 120.0), ("0", 0.0), (" 5 ", 5.0), ("1.5", 1.5), ("-0", 0.0)],
 )
 def test_retry_after_delta_seconds(value: str, expected: float) -> None:
-    """A number of seconds is read as such, and never below zero."""
+    """A number of seconds is read as such."""
     assert parse_retry_after(value, now=NOW) == expected
 
 
 @pytest.mark.parametrize("value", [None, "", "soon", "Fri, 99 Foo 2024 25:61:00 GMT", "12 apples",
-                                   "Fri, 01 Jan 9999999999 00:00:00 GMT"])
+                                   "Fri, 01 Jan 9999999999 00:00:00 GMT", "-3", "-5", "-0.5", "nan", "NaN", "-nan",
+                                   "inf", "Infinity", "-inf", "1e400"])
 def test_retry_after_absent_or_unreadable_is_none(value: str | None) -> None:
-    """No header, or one that is neither seconds nor an HTTP date, gives None."""
+    """No header, or one that is neither seconds nor an HTTP date, gives None: a negative or non-finite number
+    too (not a wait of 0 s, which would send again at once)."""
     assert parse_retry_after(value, now=NOW) is None
 
 
-def test_retry_after_http_date_is_seconds_from_now() -> None:
-    """An HTTP date is turned into the seconds between now and then."""
-    assert parse_retry_after("Fri, 19 Apr 2024 14:21:11 GMT", now=NOW) == 120.0
+@pytest.mark.parametrize("value", ["Fri, 19 Apr 2024 14:21:11 GMT",  # IMF-fixdate, the preferred form
+                                   "Friday, 19-Apr-24 14:21:11 GMT",  # the obsolete RFC 850 form
+                                   "Fri Apr 19 14:21:11 2024"])  # the obsolete asctime() form
+def test_retry_after_http_date_is_seconds_from_now(value: str) -> None:
+    """An HTTP date, in any of the three forms RFC 9110 §5.6.7 has a recipient read, is turned into the seconds
+    between now and then."""
+    assert parse_retry_after(value, now=NOW) == 120.0
 
 
 def test_retry_after_http_date_in_the_past_is_zero() -> None:
@@ -114,10 +121,38 @@ def test_auth_statuses(status: int) -> None:
     assert outcome == Outcome(classification="auth", error=f"HTTP {status}: the vendor refused the credentials")
 
 
-@pytest.mark.parametrize("status", [200, 201, 204, 301, 400, 404, 409, 422])
+@pytest.mark.parametrize("status", [200, 201, 204, 400, 404, 409, 422])
 def test_other_statuses_leave_it_to_the_body(status: int) -> None:
     """Success and other client errors are decided by the vendor's body, so the status alone says nothing."""
     assert classify_status(status, {}) is None
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 307, 308, 399])
+@pytest.mark.parametrize(("location", "shown"), [
+    ("https://new.example/v2/tickets?access_token=LIVE-1#frag", "'https://new.example/v2/tickets'"),
+    ("https://user:pw@new.example/t", "'https://new.example/t'"),
+    ("/v2/tickets?sig=abc", "'/v2/tickets'"),
+    ("https://new.example/" + "a" * 300, "'https://new.example/" + "a" * 99 + "…'"),
+    ("http://[bad/x?k=v", "'http://[bad/x'"),
+    ("", "no Location"),
+])
+def test_a_redirect_is_a_retry_of_the_destination_naming_where(status: int, location: str, shown: str) -> None:
+    """A redirect is not followed, and says the destination's URL is wrong: every request will be answered so, so
+    it is a `retry` that counts against the destination (the breaker pauses it after 5), not a `permanent` failure
+    per delivery that kills the backlog. The error names the Location, without its query string, fragment or
+    user info (they may hold a token) and cut short."""
+    outcome = classify_status(status, {"Location": location} if location else {})
+    assert outcome == Outcome(classification="retry",
+                              error=f"HTTP {status} redirect to {shown} (not followed): the destination's URL is not "
+                                    "where the API answers; fix its base_url or path")
+    assert "LIVE" not in (outcome.error or "") and "pw" not in (outcome.error or "")
+
+
+def test_a_see_other_is_in_doubt() -> None:
+    """A 303 See Other after a create is how some APIs say it was made: `unknown`, never sent again blindly."""
+    assert classify_status(303, {"Location": "/tickets/77"}) == Outcome(
+        classification="unknown",
+        error="HTTP 303 See Other to '/tickets/77' (not followed): the vendor may have acted on the request")
 
 
 @pytest.mark.parametrize("status", [100, 101, 102, 103, 199])
@@ -277,13 +312,41 @@ def test_decode_json_reads_json(body: bytes, expected: Any) -> None:
 
 @pytest.mark.parametrize("body", [
     b"", b"<html>502 Bad Gateway</html>", b"{", b"\xff\xfe", b"OK",
-    b'{"id": "\xff\xfe"}',  # not UTF-8 inside a string: msgspec raises UnicodeDecodeError
     b"[" * 100_000 + b"]" * 100_000,  # nested past what msgspec follows: RecursionError
     b'{"id": 1e400}', b'{"id": ' + b"9" * 5000 + b"}",  # numbers out of range
-], ids=["empty", "html", "cut", "bytes", "text", "bad-utf8-string", "deep", "huge-float", "huge-int"])
+    # msgspec refuses the text, and the lenient read then the rest: still not JSON
+    b'{"id": "\xff", "n": 1e400}', b'{"id": "\xff", "n": NaN}', b'{"id": "\xff", "n": -Infinity}',
+    b'{"id": "\xff", "n": ' + b"9" * 5000 + b"}", b'{"id": "\xff",}', b'{"id": "\\ud83d"',
+    b'["\xff", ' + b"[" * 100_000 + b"]" * 100_000 + b"]",
+], ids=["empty", "html", "cut", "bytes", "text", "deep", "huge-float", "huge-int", "bytes-huge-float", "bytes-nan",
+        "bytes-infinity", "bytes-huge-int", "bytes-trailing-comma", "surrogate-cut", "bytes-deep"])
 def test_decode_json_returns_none_for_non_json(body: bytes) -> None:
     """A body that is not JSON gives None instead of raising."""
     assert decode_json(body) is None
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"id": "\xff\xfe"}', {"id": "\\xff\\xfe"}),  # not UTF-8: msgspec's UnicodeDecodeError
+    (b'{"id": "T-1", "title": "Caf\xe9 \\u00e9"}', {"id": "T-1", "title": "Caf\\xe9 \u00e9"}),
+    (b'{"t": "\\ud83d", "u": "\\ud83d\\ude00", "v": "\\udc00x"}',  # escaped lone surrogates: msgspec's DecodeError
+     {"t": "\\ud83d", "u": "\U0001f600", "v": "\\udc00x"}),
+    (b'{"\xe9\\ud800": ["\\udfff", {"k": 1.5}], "n": null}', {"\\xe9\\ud800": ["\\udfff", {"k": 1.5}], "n": None}),
+])
+def test_decode_json_reads_text_msgspec_refuses_leniently(body: bytes, expected: Any) -> None:
+    """A body msgspec refuses only for its text (a byte that is not UTF-8, an escaped lone surrogate) is read, each
+    such code point written out as the store keeps text (`escape_text`), keys too: what it gives can be stored,
+    logged and encoded again."""
+    decoded = decode_json(body)
+    assert decoded == expected
+    msgspec.json.encode(decoded)
+
+
+def test_a_long_body_is_not_read_leniently() -> None:
+    """Past LENIENT_BYTES (what an answer to a send is read to), only the strict decode: a look-up's answer may be
+    32 MiB, and Python's decoder is several times slower."""
+    body = b'{"id": "\xff", "pad": "' + b"x" * LENIENT_BYTES + b'"}'
+    assert decode_json(body) is None
+    assert decode_json(body[:LENIENT_BYTES - 20] + b'"}') is not None
 
 
 def test_excerpt_keeps_short_bodies() -> None:

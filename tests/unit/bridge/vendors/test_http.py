@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 
 from bridge.config import load_config
+from bridge.delivery.sender import send_once
 from bridge.errors import ErrorList, MappingError
 from bridge.registries import REGISTRIES
+from bridge.store.base import Claimed
 from bridge.vendors.base import Outcome
 from bridge.vendors.files import parse_multipart
 from bridge.vendors.http import HttpAdapter, HttpOptions, body_path, placeholders
@@ -139,19 +145,54 @@ def test_success_path_must_hold_the_value() -> None:
     assert classify(200, {"ok": "yes"}, **rules).classification == "success"
     outcome = classify(200, {"ok": "no", "error": {"message": "duplicate"}}, **rules)
     assert outcome == Outcome(classification="permanent", error="http: HTTP 200 but ok is 'no', not 'yes': duplicate")
-    missing = classify(200, b"<html>", success_path="ok")
-    assert missing.error == "http: HTTP 200 but ok is nothing, not True: <html>"
+    missing = classify(200, b"[]", success_path="ok")
+    assert missing.error == "http: HTTP 200 but ok is nothing, not True: []"
+
+
+@pytest.mark.parametrize("rules", [{"success_path": "ok"}, {"ticket_id_path": "id"}])
+@pytest.mark.parametrize("body", [b"<html>", b'{"id": "T-777", "title": "Caf\xe9"', b"{'id': 'T-777'}"])
+def test_a_success_status_whose_answer_cannot_be_read_is_unknown(rules: dict[str, str], body: bytes) -> None:
+    """With `success_path` or `ticket_id_path`, a success status whose answer is not JSON (even read leniently) is
+    in doubt: the vendor may have made a ticket that cannot be named. Not a quiet success without the id (a thread's
+    next message would be sent as a second create), nor a permanent failure (a replay would make one)."""
+    outcome = classify(201, body, **rules)
+    assert outcome == Outcome(classification="unknown",
+                              error="http: HTTP 201 but the answer is not JSON, so no ticket "
+                                    f"is named: {body.decode('utf-8', 'replace')}")
+
+
+@pytest.mark.parametrize("body", [b'{"id": "T-777", "title": "Caf\xe9"}', b'{"id": "T-777", "title": "\\ud83d"}'])
+def test_a_success_msgspec_cannot_decode_is_read_leniently(body: bytes) -> None:
+    """A success echoing a Latin-1 byte or a title cut inside an emoji still gives its ticket id."""
+    assert classify(201, body, ticket_id_path="id") == Outcome(classification="success", ticket_id="T-777")
+
+
+def test_a_success_without_a_body_is_a_success_without_an_id() -> None:
+    """An empty answer (204) is read: it names no ticket (counted as such), and is no doubt."""
+    assert classify(204, b"", ticket_id_path="id") == Outcome(classification="success", ticket_id=None)
 
 
 @pytest.mark.parametrize(("status", "classification"), [(401, "auth"), (403, "auth"), (429, "retry"),
                                                         (500, "retry"), (408, "retry"), (400, "permanent"),
-                                                        (404, "permanent"), (302, "permanent")])
+                                                        (404, "permanent"), (302, "retry")])
 def test_other_statuses(status: int, classification: str) -> None:
-    """Statuses outside the success list: 401/403 auth, 408/429/5xx retry, anything else permanent."""
+    """Statuses outside the success list: 401/403 auth, 408/429/5xx and a redirect retry, anything else
+    permanent."""
     outcome = classify(status, {"error": "nope"}, error_path="error")
     assert outcome.classification == classification
     assert outcome.error is not None
     assert outcome.error.endswith("nope")
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    (301, "http: HTTP 301 redirect to 'https://moved.example/t' (not followed): the destination's URL is not where "
+          "the API answers; fix its base_url or path"),
+    (500, "http: HTTP 500"), (404, "http: HTTP 404")])
+def test_an_empty_failure_s_error_ends_with_what_it_says(status: int, error: str) -> None:
+    """A failure with an empty body is named without a dangling `: `."""
+    made = adapter()
+    outcome = made.classify("create_ticket", status, {"Location": "https://moved.example/t?sig=1"}, b"")
+    assert outcome.error == error
 
 
 def test_success_statuses_can_be_narrowed() -> None:
@@ -178,6 +219,70 @@ def test_a_ticket_path_without_a_ticket_is_a_mapping_error() -> None:
     """A first message has no ticket: a path naming one is refused, saying so."""
     with pytest.raises(MappingError, match="names the follow-up's ticket, but this message has no ticket yet"):
         adapter(path="/tickets/{ticket.id}").build_request("update_ticket", {"c": 1}, {})
+
+
+@pytest.mark.parametrize(("acct", "segment"), [("..", ".."), (".", "."), ("x", None), ("...", None),
+                                              ("%2E%2E", None), ("../tickets", None)])
+def test_a_sender_s_dot_segment_in_a_path_is_refused(acct: str, segment: str | None) -> None:
+    """A field filling a whole path segment with `.` or `..` would move the request to another path of the API
+    (`/accounts/../tickets` is `/tickets`), with the destination's credentials: a mapping error naming the field
+    and its value. Anything else is one segment, percent-encoded whole (`/` and `%` too)."""
+    made = adapter(path="/accounts/{acct}/tickets")
+    if segment is None:
+        request = made.build_request("create_ticket", {"acct": acct}, {})
+        assert request.url == BASE + "/accounts/" + quote(acct, safe="") + "/tickets"
+        return
+    with pytest.raises(MappingError) as info:
+        made.build_request("create_ticket", {"acct": acct}, {})
+    assert info.value.path == "acct"
+    assert str(info.value) == (f"acct: the path '/accounts/{{acct}}/tickets' would read the segment {segment!r} from "
+                               f"this field's value {acct!r}: a dot segment would send the request to another path "
+                               "of the API; give a value that is not `.` or `..`")
+
+
+def test_a_dot_segment_made_with_the_template_s_text_is_refused() -> None:
+    """A value that makes `..` with the literal text beside it (`/a/.{x}`) is refused too, naming the field."""
+    said = "would read the segment '..' from this field's value '.'"
+    with pytest.raises(MappingError, match=re.escape(said)) as info:
+        adapter(path="/a/.{x}/t").build_request("create_ticket", {"x": "."}, {})
+    assert info.value.path == "x"
+    with pytest.raises(MappingError, match="holds the dot segment '%2E'") as info:
+        adapter(path="/a/%2E/{x}").build_request("create_ticket", {"x": "y"}, {})
+    assert info.value.path == "options.path"
+
+
+@pytest.mark.parametrize("ticket_id", ["..", "."])
+def test_a_vendor_s_dot_ticket_id_in_a_follow_up_path_is_refused(ticket_id: str) -> None:
+    """A ticket id the vendor gave that is `.` or `..` is not sent in a follow-up's path: the attempt fails,
+    naming the ticket's id, nothing sent."""
+    with pytest.raises(MappingError) as info:
+        adapter(path="/tickets/{ticket.id}/comments").build_request("update_ticket", {"c": 1}, {},
+                                                                    ticket={**TICKET, "id": ticket_id})
+    assert str(info.value) == (f"options.path: the path '/tickets/{{ticket.id}}/comments' would read the segment "
+                               f"{ticket_id!r} from {{ticket.id}} (the vendor's ticket id) {ticket_id!r}: a dot "
+                               "segment would send the request to another path of the API, so it is not sent")
+
+
+async def test_the_url_is_sent_as_written(aiohttp_server: Any) -> None:
+    """The URL goes out as the adapter wrote it: not normalised nor requoted by yarl (which would decode the
+    template's `%7E` and drop dot segments), each value percent-encoded whole."""
+    seen: list[str] = []
+    app = web.Application()
+
+    async def tickets(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({"id": "T-1"}, status=201)
+
+    app.router.add_post("/{tail:.*}", tickets)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    opts = msgspec.convert({"vendor": "http", "base_url": base, "path": "/accounts/%7E{acct}/tickets"}, HttpOptions)
+    made = HttpAdapter("partner", opts, base)
+    item = Claimed(id="dlv_1", event_id="evt_1", mapping="m", destination="partner", action="create_ticket",
+                   body={"acct": "a b/..?#%2E"}, options={}, tries=0, attempts=0)
+    async with aiohttp.ClientSession() as session:
+        sent = await send_once(session, made, item, 5.0)
+    assert sent.outcome.classification == "success"
+    assert seen == ["/accounts/%7Ea%20b%2F..%3F%23%252E/tickets"]
 
 
 def test_ticket_placeholders_pass_the_static_check() -> None:

@@ -15,7 +15,7 @@ from bridge.delivery.sender import send_once
 from bridge.simulators.faults import Faults
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
 from bridge.store.base import Claimed
-from bridge.vendors.base import VendorAuthFailed
+from bridge.vendors.base import VendorAuthFailed, VendorUnavailable
 from bridge.vendors.credentials import StaticCredentials, TokenCredentials
 from bridge.vendors.http import HttpAdapter, HttpOptions
 from bridge.vendors.http_auth import OAuth2ClientCredentials, OAuth2Credentials
@@ -282,3 +282,64 @@ async def test_a_send_lets_its_token_requests_out_as_look_ups(aiohttp_server: An
     assert (first.outcome.classification, renewed.outcome.classification) == ("success", "success")
     assert let_out == ["look-up 0", "send", "send", "look-up 1", "send"]
     assert sim.token_requests == 2
+
+
+def token_creds(vendor: str, base: str) -> TokenCredentials:
+    if vendor == "oauth2":
+        return OAuth2Credentials("api", OAuth2ClientCredentials(token_url=TOKEN_PATH, client_id="c",
+                                                                client_secret="s"), lambda: base, 5.0)
+    return NetgrootLoginCredentials("isp", NetgrootLogin(username="u", password="p"), lambda: base, 5.0)
+
+
+async def token_server(aiohttp_server: Any, vendor: str, status: int, body: bytes,
+                       content_type: str = "application/json") -> str:
+    app = web.Application()
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    app.router.add_post(TOKEN_PATH if vendor == "oauth2" else LOGIN_PATH, token)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.mark.parametrize("vendor", ["oauth2", "netgroot-login"])
+@pytest.mark.parametrize("status", [200, 201, 202])
+async def test_any_2xx_carrying_a_token_is_the_token_answer(aiohttp_server: Any, vendor: str, status: int) -> None:
+    """RFC 6749 §5.1 answers a token with 200; a server that says 201 (or another 2xx) still gave the token, which
+    is used, never refused and quoted as an answer without one."""
+    key = "access_token" if vendor == "oauth2" else "token"
+    base = await token_server(aiohttp_server, vendor, status, msgspec.json.encode({key: "LIVE-TOKEN-0123456789"}))
+    async with aiohttp.ClientSession() as session:
+        assert await token_creds(vendor, base).headers(session) == {"Authorization": "Bearer LIVE-TOKEN-0123456789"}
+
+
+@pytest.mark.parametrize("vendor", ["oauth2", "netgroot-login"])
+@pytest.mark.parametrize(("status", "body", "content_type", "said"), [
+    # a 2xx whose token is under a name the bridge does not read: every credential-named key's value redacted
+    (200, b'{"token_type":"bearer","refresh_token":"LIVE-R","id_token":"LIVE-I","data":{"access_token":"LIVE-A",'
+          b'"jwt_token":"LIVE-J","api_key":"LIVE-K"}}', "application/json",
+     '{"token_type":"[redacted]","refresh_token":"[redacted]","id_token":"[redacted]","data":{"access_token":'
+     '"[redacted]","jwt_token":"[redacted]","api_key":"[redacted]"}}'),
+    # a 5xx repeating the token: redacted too
+    (503, b'{"access_token":"LIVE-A","token":"LIVE-T","state":"busy"}', "application/json",
+     '{"access_token":"[redacted]","token":"[redacted]","state":"busy"}'),
+    # not JSON: never quoted, only its type and length
+    (201, b"access_token=LIVE-A&token_type=bearer", "application/x-www-form-urlencoded; charset=utf-8",
+     "a body of 37 bytes (application/x-www-form-urlencoded), not quoted: not a JSON object"),
+    (200, b'"LIVE-A"', "application/json", "a body of 8 bytes (application/json), not quoted: not a JSON object"),
+    (500, b"<html>token LIVE-A</html>", "text/html", "a body of 25 bytes (text/html), not quoted: not a JSON object"),
+])
+async def test_a_token_endpoint_answer_is_never_quoted_with_a_token(
+        aiohttp_server: Any, vendor: str, status: int, body: bytes, content_type: str, said: str) -> None:
+    """An answer from a token endpoint that is not used as one (no token where it is read, or not a 2xx) is named
+    in the error, which the attempt keeps, logs and shows, without any token it carries: the bridge's redaction of
+    values knows only the tokens it holds, and this one it never took. A JSON object is quoted with each
+    credential-named key's value redacted; anything else only by its content type and length."""
+    base = await token_server(aiohttp_server, vendor, status, body, content_type)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(VendorUnavailable) as info:
+            await token_creds(vendor, base).headers(session)
+    assert "LIVE-" not in str(info.value)
+    assert str(info.value).endswith(said)
+    assert f"HTTP {status}" in str(info.value)

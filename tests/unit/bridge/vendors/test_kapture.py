@@ -16,6 +16,7 @@ from bridge.vendors.kapture import (
     UPDATE_PATH,
     KaptureAdapter,
     KaptureOptions,
+    read_answer,
     ticket_id_of,
 )
 from bridge.vendors.registry import adapter_class, vendor_options
@@ -205,10 +206,12 @@ def test_anything_but_success_is_permanent(body: dict[str, Any], reason: str) ->
     assert classify(200, body) == Outcome(classification="permanent", error=f"kapture: HTTP 200: {reason}")
 
 
-@pytest.mark.parametrize("status", [400, 404, 422, 301])
-def test_success_body_with_a_non_2xx_status_is_permanent(status: int) -> None:
-    """A success body under a non-2xx status is not trusted as a success."""
-    assert classify(status, {"status": "success", "ticket_id": "1"}).classification == "permanent"
+@pytest.mark.parametrize(("status", "classification"), [(400, "permanent"), (404, "permanent"),
+                                                        (422, "permanent"), (301, "retry")])
+def test_success_body_with_a_non_2xx_status_is_not_a_success(status: int, classification: str) -> None:
+    """A success body under a non-2xx status is not trusted as a success (a redirect: the destination's URL is
+    wrong, a retry that counts against it)."""
+    assert classify(status, {"status": "success", "ticket_id": "1"}).classification == classification
 
 
 @pytest.mark.parametrize("status", [200, 400, 401, 500])
@@ -277,13 +280,38 @@ def test_auth_statuses(status: int) -> None:
 
 
 @pytest.mark.parametrize("body", [b"OK", b"", b"<html>ok</html>", b"[1, 2]", b"[]", b'"success"', b"null"])
-def test_non_json_object_under_200_is_permanent(body: bytes) -> None:
-    """A 200 whose body is not a JSON object cannot be trusted as a ticket, so it is a failure."""
+def test_non_json_object_under_200_is_unknown(body: bytes) -> None:
+    """A 200 whose body is not a JSON object names no ticket, but Kapture said it acted: the outcome is in doubt
+    (held, or looked up), never a permanent failure whose replay would make a second ticket."""
     outcome = classify(200, body)
-    assert outcome.classification == "permanent"
+    assert outcome.classification == "unknown"
     assert outcome.error is not None
-    assert outcome.error.startswith("kapture: HTTP 200 with a body that is not a JSON object: ")
+    assert outcome.error.startswith("kapture: HTTP 200 but the answer is not a JSON object, so no ticket "
+                                    "is named: ")
     assert outcome.error.endswith(body.decode())
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_non_json_object_under_a_4xx_is_permanent(status: int) -> None:
+    """A refusal whose body is not a JSON object is a failure, naming the body."""
+    outcome = classify(status, b"<html>bad</html>")
+    assert outcome == Outcome(classification="permanent",
+                              error=f"kapture: HTTP {status} with a body that is not a JSON object: <html>bad</html>")
+
+
+@pytest.mark.parametrize(("body", "title"), [
+    # a title cut inside an emoji: an escaped lone surrogate, which msgspec refuses
+    (b'{"status":"success","message":"Ticket created","ticket_id":"713516551148","title":"Router \\ud83d"}',
+     "Router \\ud83d"),
+    # one Latin-1 byte: not UTF-8
+    (b'{"status":"success","ticket_id":"713516551148","title":"Caf\xe9"}', "Caf\\xe9"),
+])
+def test_a_success_msgspec_cannot_decode_is_read_leniently(body: bytes, title: str) -> None:
+    """A success echoing text that is not valid JSON text (a lone surrogate, a byte that is not UTF-8) still made
+    the ticket: its id is read, the text written out as the store keeps it."""
+    assert classify(200, body) == Outcome(classification="success", ticket_id="713516551148")
+    _, parsed = read_answer(200, {}, body)
+    assert parsed["title"] == title
 
 
 def test_permanent_error_excerpt_is_bounded() -> None:

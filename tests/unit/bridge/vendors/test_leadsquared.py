@@ -270,11 +270,27 @@ def test_bad_request_and_not_found_are_permanent(status: int) -> None:
 
 
 def test_a_2xx_without_success_is_permanent() -> None:
-    """A 200 whose Status is not Success, or whose body is not JSON, is not a success."""
+    """A 200 whose Status is not Success is not a success."""
     assert classify(200, {"Status": "Pending"}).classification == "permanent"
-    outcome = classify(200, b"OK")
-    assert outcome == Outcome(classification="permanent",
-                              error="leadsquared: HTTP 200 with a body that is not a JSON object: OK")
+
+
+@pytest.mark.parametrize("body", [b"OK", b"", b"[]", b"null"])
+def test_a_2xx_whose_body_is_not_a_json_object_is_unknown(body: bytes) -> None:
+    """A 200 whose body is not a JSON object names no ticket, but LeadSquared said it acted: in doubt (held, or
+    looked up), never permanent, whose replay would make a second ticket."""
+    assert classify(200, body) == Outcome(
+        classification="unknown", error="leadsquared: HTTP 200 but the answer is not a JSON object, so no "
+                                        f"ticket is named: {body.decode()}")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"Status":"Success","Id":"1001","TicketId":"9d1c","Subject":"Router \\ud83d"}',
+    b'{"Status":"Success","Id":"1001","TicketId":"9d1c","Subject":"Caf\xe9"}',
+])
+def test_a_success_msgspec_cannot_decode_is_read_leniently(body: bytes) -> None:
+    """A success echoing a subject cut inside an emoji, or with a Latin-1 byte, still names its ticket."""
+    assert classify(200, body) == classify(200, body.replace(b"\\ud83d", b"x").replace(b"\xe9", b"e"))
+    assert classify(200, body).ticket_id == "1001"
 
 
 # -- follow-ups and attachments ----------------------------------------------------------------------

@@ -340,3 +340,18 @@ def test_a_follow_up_is_a_new_ticket_and_needs_no_ticket() -> None:
     made = adapter()
     with_ticket = made.build_request("create_ticket", {"subject_id": 1, "message": "m"}, {}, ticket={"id": "101"})
     assert with_ticket == made.build_request("create_ticket", {"subject_id": 1, "message": "m"}, {})
+
+
+@pytest.mark.parametrize("body", [b"<html>ok</html>", b"", b"[]"])
+def test_a_2xx_whose_body_is_not_a_json_object_is_unknown(body: bytes) -> None:
+    """A 200 whose answer is not a JSON object names no ticket, but the CRM said it acted: in doubt, not permanent."""
+    assert classify(200, body) == Outcome(
+        classification="unknown", error="netgroot: HTTP 200 but the answer is not a JSON object, so no ticket "
+                                        f"is named: {body.decode()}")
+
+
+@pytest.mark.parametrize("title", [b"Caf\xe9", b"Router \\ud83d"])
+def test_a_success_msgspec_cannot_decode_is_read_leniently(title: bytes) -> None:
+    """A success echoing a Latin-1 byte or a subject cut inside an emoji still names its ticket."""
+    body = b'{"success": true, "data": {"ticket_id": 101, "subject": "' + title + b'"}}'
+    assert classify(200, body) == Outcome(classification="success", ticket_id="101")
