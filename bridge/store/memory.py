@@ -49,7 +49,7 @@ from bridge.store.rows import (
     held_create_blocks,
     lease_lost,
     leases,
-    lookup,
+    lookups,
     sender_mismatch,
     settled,
     split_conversation_id,
@@ -463,10 +463,10 @@ class MemoryStore(Store):
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         self._check_open()
-        key = lookup(key)
+        forms = lookups(key)
         return [ConversationDetail(conversation=c, deliveries=[
                     self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id][:limit])
-                for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
+                for c in sorted(self.conversations.values(), key=lambda c: c.id) if c.key in forms or c.id in forms]
 
     async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
                                  before: Arrival | None = None) -> ConversationSlice:
@@ -488,8 +488,9 @@ class MemoryStore(Store):
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
         self._check_open()
-        key = lookup(key)
-        found = sorted((c for c in self.conversations.values() if key in (c.key, c.id)), key=lambda c: c.id)
+        forms = lookups(key)
+        found = sorted((c for c in self.conversations.values() if c.key in forms or c.id in forms),
+                       key=lambda c: c.id)
         for c in found:
             self.conversations[c.id] = msgspec.structs.replace(c, ticket_id=None, ticket_key=None, ticket_uuid=None,
                                                                ticket_at_ms=None, started_at_ms=self.clock())

@@ -12,7 +12,7 @@ import structlog
 
 from bridge.conversations import EMAIL_KEY_PREFIXES, scoped, split_key, ticket_context
 from bridge.errors import StoreRefused
-from bridge.escaping import NUL, NUL_MARK, lookup_nul, write_nul
+from bridge.escaping import NUL, NUL_MARK, legacy_nul, lookup_forms, lookup_nul, write_nul
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -168,16 +168,13 @@ def storable(text: str | None) -> str | None:
     return text if text is None else write_nul(text)
 
 
-@overload
-def lookup(text: str) -> str: ...
-@overload
-def lookup(text: None) -> None: ...
-@overload
-def lookup(text: str | None) -> str | None: ...
-def lookup(text: str | None) -> str | None:
-    """What an operator's look-up by `text` (a conversation's key or id) matches: the text as `storable` writes it,
-    or `text` itself when it is the written form the store shows (`escaping.lookup_nul`)."""
-    return text if text is None else lookup_nul(text)
+def lookups(text: str) -> tuple[str, str, str]:
+    """What an operator's look-up by `text` (a conversation's key or id) matches, as three values (the first
+    repeated when there are fewer forms, so that one statement serves): the text as `storable` writes it, as a row
+    written before NUL_MARK keeps it, and `text` itself when it is the written form the store shows or merely
+    begins with NUL_MARK (`escaping.lookup_forms`)."""
+    forms = lookup_forms(text)
+    return forms[0], forms[1 % len(forms)], forms[2 % len(forms)]
 
 
 def _storable_fields(record: S, names: tuple[str, ...]) -> S:
@@ -207,6 +204,15 @@ def storable_accept(event: Event, deliveries: list[NewDelivery], nonce: Nonce | 
     the deliveries' errors, conversations and the tickets their messages name, the nonce."""
     return (_storable_fields(event, _EVENT_TEXT), [_storable_fields(d, _DELIVERY_TEXT) for d in deliveries],
             None if nonce is None else _storable_fields(nonce, _NONCE_TEXT))
+
+
+def in_legacy_conversation(d: NewDelivery, legacy: str) -> NewDelivery:
+    """`d` counted in the conversation a row written before NUL_MARK keeps as `legacy` (its id, `legacy_nul` of
+    the written one): that row is the conversation, so the message joins it under its stored id, its key in the
+    same form."""
+    key = d.conversation_key
+    return msgspec.structs.replace(d, conversation=legacy,
+                                   conversation_key=None if key is None else legacy_nul(key) or key)
 
 
 def storable_result(result: AttemptResult) -> AttemptResult:
