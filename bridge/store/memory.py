@@ -42,6 +42,7 @@ from bridge.store.base import (
 )
 from bridge.store.rows import (
     attachment_hashes,
+    conversation_forms,
     decode_dict,
     decode_event,
     doubt_after,
@@ -56,7 +57,6 @@ from bridge.store.rows import (
     storable,
     storable_accept,
     storable_audit,
-    storable_filter,
     storable_result,
 )
 
@@ -344,7 +344,7 @@ class MemoryStore(Store):
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
         self._check_open()
-        flt = storable_filter(flt)
+        forms = conversation_forms(flt)
         if flt.status is not None and flt.status not in STATUSES:
             raise ValueError(f"unknown delivery status {flt.status!r}; known: {', '.join(STATUSES)}")
         rows = [d.row for d in self.deliveries.values()
@@ -352,7 +352,7 @@ class MemoryStore(Store):
                 and (flt.destination is None or d.row.destination == flt.destination)
                 and (flt.source is None or d.row.source == flt.source)
                 and (flt.mapping is None or d.row.mapping == flt.mapping)
-                and (flt.conversation is None or d.row.conversation == flt.conversation)
+                and (forms is None or d.row.conversation in forms)
                 and (flt.before_id is None or d.row.id < flt.before_id)]
         rows = sorted(rows, key=lambda r: r.id, reverse=True)[:flt.limit]
         return [self._listed(self.deliveries[r.id]) for r in rows]

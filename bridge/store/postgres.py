@@ -92,6 +92,7 @@ from bridge.store.rows import (
     attempt_row,
     audit_entry,
     claimed_items,
+    conversation_forms,
     conversation_row,
     decode_dict,
     decode_event,
@@ -108,7 +109,6 @@ from bridge.store.rows import (
     status_condition,
     storable,
     storable_audit,
-    storable_filter,
     storable_result,
     tickets_of_claimed,
     with_tickets,
@@ -641,16 +641,18 @@ class PostgresStore(Store):
     # -- inspection and replay ------------------------------------------------------------------
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
-        flt = storable_filter(flt)
         where: list[str] = []
         args: list[Any] = []
         if flt.status is not None:
             where.append(status_condition(flt.status))
-        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping),
-                              ("conversation", flt.conversation)):
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
+        if (forms := conversation_forms(flt)) is not None:
+            args.extend(forms)
+            where.append(f"conversation = ${len(args)}" if len(forms) == 1 else
+                         f"conversation IN (${len(args) - 1}, ${len(args)})")
         if flt.before_id is not None:
             args.append(flt.before_id)
             where.append(f"id < ${len(args)}")

@@ -12,7 +12,7 @@ import structlog
 
 from bridge.conversations import EMAIL_KEY_PREFIXES, scoped, split_key, ticket_context
 from bridge.errors import StoreRefused
-from bridge.escaping import NUL, NUL_MARK, legacy_nul, lookup_forms, lookup_nul, write_nul
+from bridge.escaping import NUL, NUL_MARK, legacy_nul, lookup_forms, write_nul
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -224,12 +224,11 @@ def storable_audit(entry: AuditEntry) -> AuditEntry:
     return _storable_fields(entry, _AUDIT_TEXT)
 
 
-def storable_filter(flt: DeliveryFilter) -> DeliveryFilter:
-    """A listing's filter as the values it matches are kept: a conversation holding a NUL finds itself, by its key
-    as it came or as the store shows it (`lookup`)."""
-    asked = flt.conversation
-    return flt if asked is None or (found := lookup_nul(asked)) is asked else msgspec.structs.replace(
-        flt, conversation=found)
+def conversation_forms(flt: DeliveryFilter) -> tuple[str, ...] | None:
+    """The values a listing's conversation filter matches (`escaping.lookup_forms`): the conversation as it came
+    (a key holding a NUL as a write keeps it, and as a row kept before the mark holds it) or as the store shows it;
+    one for an ordinary id. None without the filter."""
+    return None if flt.conversation is None else lookup_forms(flt.conversation)
 
 
 def now_ms() -> int:

@@ -95,6 +95,7 @@ from bridge.store.rows import (
     attempt_row,
     audit_entry,
     claimed_items,
+    conversation_forms,
     conversation_row,
     decode_dict,
     decode_event,
@@ -117,7 +118,6 @@ from bridge.store.rows import (
     storable,
     storable_accept,
     storable_audit,
-    storable_filter,
     storable_result,
     take_group,
     tickets_of_claimed,
@@ -1118,15 +1118,16 @@ class SqliteStore(Store):
     # -- inspection and replay ------------------------------------------------------------------
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
-        flt = storable_filter(flt)
         where, args = [], []
         if flt.status is not None:
             where.append(status_condition(flt.status))
-        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping),
-                              ("conversation", flt.conversation)):
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
+        if (forms := conversation_forms(flt)) is not None:
+            where.append("conversation = ?" if len(forms) == 1 else "conversation IN (?, ?)")
+            args.extend(forms)
         if flt.before_id is not None:
             where.append("id < ?")
             args.append(flt.before_id)

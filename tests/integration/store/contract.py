@@ -168,6 +168,8 @@ async def legacy_nul_rows_still_match(store: Store) -> None:
     (found,) = await store.get_conversations("thread\x00A")
     assert (found.conversation.id, found.conversation.messages, found.conversation.ticket_id) == (
         "contact-to-kapture|thread\\x00A", 2, "T-old")
+    listed = await store.list_deliveries(DeliveryFilter(conversation="contact-to-kapture|thread\x00A"))
+    assert [r.id for r in listed] == [thread.id]
     claimed = (await store.claim("kapture-support", 10, "w", 30)).items
     (head,) = [c for c in claimed if c.id == thread.id]
     assert head.ticket is not None and head.ticket["id"] == "T-old"
