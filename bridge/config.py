@@ -17,7 +17,7 @@ from bridge.conversions import convert_all
 from bridge.durations import parse_duration
 from bridge.errors import VALUE, ErrorList, Located, ValueProblem
 from bridge.escaping import header_problem
-from bridge.names import alike, escaped, name_problem
+from bridge.names import alike, as_read, escaped, name_problem
 from bridge.pg_schema import split_schema
 from bridge.yamlfile import (
     Document,
@@ -83,6 +83,7 @@ class AdminConfig(Base):
     read_tokens: dict[str, str] = {}  # name → token: read-only access, audited and shown by that name
 
     def __post_init__(self) -> None:
+        read_as: dict[str, str] = {}
         for name, token in self.read_tokens.items():
             problem = name_problem(name, "read token name")  # the audit log's actor
             if problem is not None and name.strip():
@@ -90,6 +91,10 @@ class AdminConfig(Base):
             if not name.strip() or not token.strip():
                 raise KeyValueError(("read_tokens", name), "`read_tokens` needs a name and a non-empty token for "
                                     f"each entry; {name!r} has none")
+            if (other := read_as.setdefault(as_read(name), name)) != name:
+                raise KeyValueError(("read_tokens", name), f"read token name {escaped(name)} reads as the read token "
+                                    f"name {escaped(other)}: they differ only in a no-break space; give them names "
+                                    "that read apart")
             if self.token and token == self.token:
                 raise KeyValueError(("read_tokens", name),
                                     f"read token {name!r} is the admin token; a read-only token must differ")

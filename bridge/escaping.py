@@ -96,6 +96,29 @@ def read_nul(text: str) -> str:
     return _WRITTEN.sub(lambda m: NUL if m.group() == NUL_WRITTEN else "\\", text[len(NUL_MARK):])
 
 
+def legacy_nul(written: str) -> str | None:
+    """The form a row written before NUL_MARK keeps for the text `write_nul` wrote as `written` (each NUL written
+    `\\x00`, nothing else changed), or None when `written` is no written-out form (text that never held a NUL and
+    does not begin with NUL_MARK, kept the same by both): what a key is also matched by while such rows can exist
+    (a thread begun, an event or a nonce accepted, before the upgrade; an older process during a rolling one).
+    One `startswith` for ordinary text."""
+    if not written.startswith(NUL_MARK):
+        return None
+    return read_nul(written).replace(NUL, NUL_WRITTEN)
+
+
+def lookup_forms(text: str) -> tuple[str, ...]:
+    """Every form a look-up by `text` (an operator's: a conversation key or id) matches in a text column: `text` as
+    a write keeps it (`write_nul`), and `text` with each NUL written `\\x00`: `text` itself when it holds none (a
+    written form the store shows, or raw text that merely begins with NUL_MARK, which a write keeps written out:
+    both are looked for) and, when it holds one, the form a row written before NUL_MARK keeps. Ordinary text:
+    itself alone."""
+    written = write_nul(text)
+    if written is text:
+        return (text,)
+    return written, text.replace(NUL, NUL_WRITTEN)
+
+
 def written_nul(text: str) -> bool:
     """Whether `text` is a form `write_nul` gives (NUL_MARK, then only doubled backslashes and `\\x00`): shown by
     the store, so a look-up given it means that stored text."""

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 NAME_MAX_CHARS = 200
 """As long as the admin API takes a name to filter by."""
 ALLOWED = (f"1 to {NAME_MAX_CHARS} printable characters (letters, digits, punctuation, symbols and spaces, a "
-           "no-break space among them; a zero-width joiner or non-joiner only where it joins letters: after a "
-           "virama, or between two letters of a joining script such as Arabic; no NUL, tab, newline or other control "
-           "or format character)")
+           "no-break space among them, though no space at either end; a zero-width joiner or non-joiner only where "
+           "it joins letters: after a virama, or between two letters of a joining script such as Arabic; no NUL, "
+           "tab, newline or other control or format character)")
 SPACES = frozenset("\u00a0\u202f")
 """No-break spaces, taken as spaces: the plain one and French typography's narrow one."""
 ZWNJ, ZWJ = "\u200c", "\u200d"
@@ -97,11 +97,23 @@ def _refused(name: str) -> tuple[int, str] | None:
     return None
 
 
-def name_problem(name: str, what: str, *, bounded: bool = True) -> str | None:
+def _spaced_end(name: str) -> str | None:
+    """How `name` begins or ends with a space (a plain one, or a no-break one, which YAML keeps at the end of an
+    unquoted key and no reader sees), or None when it does neither."""
+    for side, char in (("begins", name[0]), ("ends", name[-1])):
+        if char.isspace():
+            kind = "a space" if char == " " else f"a no-break space (U+{ord(char):04X})" if char in SPACES else \
+                f"a space character (U+{ord(char):04X})"
+            return f"{side} with {kind}, which no reader sees"
+    return None
+
+
+def name_problem(name: str, what: str, *, bounded: bool = True, ends: bool = True) -> str | None:
     """Why `name` cannot be a `what` (`source name`, `field key`…) the stores keep, naming it escaped and saying
     what is allowed; None when it can. PostgreSQL refuses NUL in text; SQLite takes no lone surrogate (which YAML's
     `"\\ud800"` makes); control and format characters make names that read alike and print badly (see the module's
-    text for the no-break spaces and joiners allowed); `bounded`: at most NAME_MAX_CHARS."""
+    text for the no-break spaces and joiners allowed); `ends`: no space at either end (`support` and `support`
+    with a trailing no-break space would read alike); `bounded`: at most NAME_MAX_CHARS."""
     refused = _refused(name)
     if refused is not None:
         at, where = refused
@@ -109,9 +121,13 @@ def name_problem(name: str, what: str, *, bounded: bool = True) -> str | None:
         why = f"holds {escaped(bad)[1:-1]} (U+{ord(bad):04X})" + (f" {where}" if where else "")
     elif not name.strip():
         why = "is empty" if not name else "is only spaces"
+    elif ends and (end := _spaced_end(name)) is not None:
+        why = end
     elif bounded and len(name) > NAME_MAX_CHARS:
         why = f"is {len(name)} characters long"
     else:
         return None
     allowed = ALLOWED if bounded else ALLOWED.replace(f"1 to {NAME_MAX_CHARS} ", "")
+    if not ends:
+        allowed = allowed.replace(", though no space at either end", "")
     return f"{what} {escaped(name)} {why}: a {what} is {allowed}"

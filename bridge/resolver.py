@@ -6,10 +6,13 @@ waits (seconds, tens of them), and every send to that vendor, each retry, starts
 every thread, and whatever else queued there (a store's reads, intake's file work) waited behind them. Here a
 look-up runs in LOOKUPS (LOOKUP_THREADS threads, used by nothing else), and look-ups of one name share one thread:
 a second look-up of a name still being resolved waits for the first one's answer instead of taking another
-thread, whoever asked, whether the first asker is still waiting or has given up (its send timed out). A hanging
-name thus holds one thread however many sends wait on it, and it takes LOOKUP_THREADS names hanging at once to make
-the look-up of a healthy one wait for a thread. The threads are daemon threads (DaemonPool): a stop does not wait
-for a look-up that hangs.
+thread, whoever asked, whether the first asker is still waiting or has given up (its send timed out), as long as
+that look-up is younger than JOIN_FOR_S: one older than a send waits to connect is taken for stuck (a getaddrinfo
+that never returns), and the next asker starts a fresh one, which it and later askers join; the stuck one keeps its
+thread until it ends. A hanging name thus holds one thread however many sends wait on it, one more each JOIN_FOR_S
+while it hangs for longer (the system resolver gives up after some seconds), and it takes LOOKUP_THREADS look-ups
+hanging at once to make the look-up of a healthy name wait for a thread. The threads are daemon threads
+(DaemonPool): a stop does not wait for a look-up that hangs.
 
 Not aiodns (c-ares): it is another native dependency, and it reads /etc/hosts and resolv.conf only, not what the
 system's resolver is configured to use (nsswitch: mDNS, LDAP, a container's or a cluster's own rules), so a host
@@ -23,6 +26,7 @@ import functools
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
@@ -31,6 +35,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 LOOKUP_THREADS = 32
 """How many different host names may be resolving at once; each more waits for a thread."""
+JOIN_FOR_S = 10.0
+"""How long a look-up under way is joined by the next look-up of its name: as long as a send waits to connect
+(delivery/sender.py's CONNECT_TIMEOUT_S), the look-up included. One still running after that is taken for stuck,
+and a fresh one is started: otherwise a getaddrinfo that never returned would hold its name, process-wide, for
+good."""
 
 T = TypeVar("T")
 _Key = tuple[str, int, int, int]
@@ -81,20 +90,25 @@ class DaemonPool(Executor):
 class Lookups:
     """getaddrinfo() calls in a pool of their own, one at a time per name (host, port, family, flags)."""
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(self, threads: int, name: str, join_for_s: float = JOIN_FOR_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = DaemonPool(threads, name)
         self._lock = threading.Lock()
-        self._running: dict[_Key, Future[_Infos]] = {}
+        self._running: dict[_Key, tuple[Future[_Infos], float]] = {}
+        self._join_for_s = join_for_s
+        self._clock = clock
 
     def getaddrinfo(self, host: str, port: int, family: int, flags: int) -> Future[_Infos]:
-        """The look-up of `host` under way, joined, or one begun."""
+        """The look-up of `host` under way, joined while it is younger than `join_for_s`, or one begun (which
+        takes the place of one older: that one is left to end by itself)."""
         key = (host, port, family, flags)
+        now = self._clock()
         with self._lock:
             running = self._running.get(key)
-            if running is not None:
-                return running
+            if running is not None and now - running[1] < self._join_for_s:
+                return running[0]
             future = self._pool.submit(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, 0, flags)
-            self._running[key] = future
+            self._running[key] = (future, now)
         future.add_done_callback(lambda done: self._forget(key, done))
         return future
 
@@ -103,7 +117,8 @@ class Lookups:
 
     def _forget(self, key: _Key, done: Future[_Infos]) -> None:
         with self._lock:
-            if self._running.get(key) is done:
+            running = self._running.get(key)
+            if running is not None and running[0] is done:
                 del self._running[key]
 
     def in_flight(self) -> int:

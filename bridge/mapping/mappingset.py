@@ -28,7 +28,7 @@ from bridge.mapping.model import (
     MappingTest,
 )
 from bridge.mapping.templatecheck import too_deep
-from bridge.names import escaped, name_problem
+from bridge.names import as_read, escaped, name_problem
 from bridge.yamlfile import Document, KeyPath, format_mapping_path, load_yaml
 
 MAPPING_SUFFIXES = (".yaml", ".yml")
@@ -118,7 +118,7 @@ def load_mapping_files(
 ) -> LoadResult:
     """Load and check each file, keeping going past broken ones; each named as `named` names it."""
     result = LoadResult()
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
     for path in paths:
         try:
             text = path.read_bytes()
@@ -137,7 +137,7 @@ def load_mapping_texts(
     """Compile `files` (file name → text, as a folder held them) exactly as `load_mapping_folder` would
     compile those files in `folder`; raise ErrorList with every error of every file."""
     result = LoadResult()
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
     for name in sorted(files):
         _load_one(folder / name, files[name].encode("utf-8"), result, seen, sources=sources,
                   destinations=destinations, vars_=vars_, named=named)
@@ -146,7 +146,7 @@ def load_mapping_texts(
     return MappingSet.build(result.mappings, result.files)
 
 
-def _load_one(path: Path, text: bytes, result: LoadResult, seen: dict[str, str], *, sources: set[str],
+def _load_one(path: Path, text: bytes, result: LoadResult, seen: dict[str, tuple[str, str]], *, sources: set[str],
               destinations: Destinations, vars_: Mapping[str, Any] | None, named: FileNamer) -> None:
     shown = named(path)
     try:
@@ -166,15 +166,18 @@ def _load_one(path: Path, text: bytes, result: LoadResult, seen: dict[str, str],
         result.errors.append(MappingError(too_deep("mapping", exc), file=shown))
         result.broken.append(shown)
         return
-    if mapping is not None and mapping.name in seen:
+    if mapping is not None and (earlier := seen.get(as_read(mapping.name))) is not None:
+        other, where = earlier
         file_errors.append(_Checker(doc, mapping.name).error(
-            ("name",), f"mapping name {mapping.name!r} is already used by {seen[mapping.name]}"))
+            ("name",), f"mapping name {mapping.name!r} is already used by {where}" if other == mapping.name else
+            f"mapping name {escaped(mapping.name)} reads as the mapping name {escaped(other)} of {where}: they "
+            "differ only in a no-break space; give them names that read apart"))
     if file_errors:
         result.errors.extend(file_errors)
         result.broken.append(shown)
         return
     assert mapping is not None
-    seen[mapping.name] = shown
+    seen[as_read(mapping.name)] = (mapping.name, shown)
     result.mappings.append(mapping)
     result.files[path.name] = text.decode("utf-8")
 
@@ -360,7 +363,7 @@ def _compile_body(check: _Checker, at: KeyPath, when_text: str | None, raw_field
             check.add((*at, "when"), too_deep("expression", exc))
     fields: list[CompiledField] = []
     for field_name, raw in raw_fields.items():
-        problem = name_problem(field_name, "field key", bounded=False)
+        problem = name_problem(field_name, "field key", bounded=False, ends=False)
         if problem is not None:  # named in the render errors kept on deliveries; placed at its line, shown escaped
             line, col = check.doc.where((*at, "fields", field_name))
             check.errors.append(MappingError(problem, file=check.doc.file, line=line, col=col,

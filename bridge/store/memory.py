@@ -42,6 +42,7 @@ from bridge.store.base import (
 )
 from bridge.store.rows import (
     attachment_hashes,
+    conversation_forms,
     decode_dict,
     decode_event,
     doubt_after,
@@ -49,14 +50,13 @@ from bridge.store.rows import (
     held_create_blocks,
     lease_lost,
     leases,
-    lookup,
+    lookups,
     sender_mismatch,
     settled,
     split_conversation_id,
     storable,
     storable_accept,
     storable_audit,
-    storable_filter,
     storable_result,
 )
 
@@ -344,7 +344,7 @@ class MemoryStore(Store):
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
         self._check_open()
-        flt = storable_filter(flt)
+        forms = conversation_forms(flt)
         if flt.status is not None and flt.status not in STATUSES:
             raise ValueError(f"unknown delivery status {flt.status!r}; known: {', '.join(STATUSES)}")
         rows = [d.row for d in self.deliveries.values()
@@ -352,7 +352,7 @@ class MemoryStore(Store):
                 and (flt.destination is None or d.row.destination == flt.destination)
                 and (flt.source is None or d.row.source == flt.source)
                 and (flt.mapping is None or d.row.mapping == flt.mapping)
-                and (flt.conversation is None or d.row.conversation == flt.conversation)
+                and (forms is None or d.row.conversation in forms)
                 and (flt.before_id is None or d.row.id < flt.before_id)]
         rows = sorted(rows, key=lambda r: r.id, reverse=True)[:flt.limit]
         return [self._listed(self.deliveries[r.id]) for r in rows]
@@ -463,10 +463,10 @@ class MemoryStore(Store):
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
         self._check_open()
-        key = lookup(key)
+        forms = lookups(key)
         return [ConversationDetail(conversation=c, deliveries=[
                     self._listed(d) for d in self.deliveries.values() if d.row.conversation == c.id][:limit])
-                for c in sorted(self.conversations.values(), key=lambda c: c.id) if key in (c.key, c.id)]
+                for c in sorted(self.conversations.values(), key=lambda c: c.id) if c.key in forms or c.id in forms]
 
     async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
                                  before: Arrival | None = None) -> ConversationSlice:
@@ -488,8 +488,9 @@ class MemoryStore(Store):
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
         self._check_open()
-        key = lookup(key)
-        found = sorted((c for c in self.conversations.values() if key in (c.key, c.id)), key=lambda c: c.id)
+        forms = lookups(key)
+        found = sorted((c for c in self.conversations.values() if c.key in forms or c.id in forms),
+                       key=lambda c: c.id)
         for c in found:
             self.conversations[c.id] = msgspec.structs.replace(c, ticket_id=None, ticket_key=None, ticket_uuid=None,
                                                                ticket_at_ms=None, started_at_ms=self.clock())

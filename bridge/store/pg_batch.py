@@ -36,6 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import structlog
 
 from bridge.errors import StoreRefused, StoreUnavailable
+from bridge.escaping import NUL_MARK, legacy_nul
 from bridge.events import Event
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
 from bridge.store.pieces import json_in_pieces
@@ -43,6 +44,7 @@ from bridge.store.rows import (
     GROUP_BYTES,
     NEW_DELIVERY_COLUMNS,
     encode,
+    in_legacy_conversation,
     new_delivery_rows,
     now_ms,
     sender_mismatch,
@@ -245,8 +247,8 @@ another transaction held, and committed a delivery numbered before that transact
 class PendingAccept:
     """One accept waiting for its group: everything its statements need, encoded before it queues."""
 
-    __slots__ = ("checked", "created", "data", "event", "expires", "future", "nonce", "received", "rows", "size",
-                 "threads", "wake")
+    __slots__ = ("alone", "checked", "created", "data", "event", "expires", "future", "legacy", "nonce", "received",
+                 "rows", "size", "threads", "wake")
 
     def __init__(self, event: Event, deliveries: list[NewDelivery], dedup_window_s: float,  # noqa: PLR0917
                  nonce: Nonce | None, blob: Callable[[Any], bytes] = encode,
@@ -278,6 +280,15 @@ class PendingAccept:
         self.checked = [d for d in deliveries if d.conversation is not None and d.sender_checked]
         """The deliveries whose conversation depends on its first sender (_join_checked): stored by accept_one, one
         conversation at a time, never by the group's statements."""
+        self.legacy = ((event.dedup_key is not None and event.dedup_key.startswith(NUL_MARK))
+                       or (nonce is not None and nonce.value.startswith(NUL_MARK))
+                       or any(d.conversation.startswith(NUL_MARK) for d in deliveries if d.conversation is not None))
+        """Whether a key of the accept holds a NUL (is written out: escaping.write_nul), so that a row written before
+        NUL_MARK may hold it in its earlier form (`_legacy`): the accept is then stored by accept_one, which looks
+        that form up too, never by the group's statements."""
+        self.alone = nonce is not None or bool(self.checked) or self.legacy
+        """Whether the accept is stored by accept_one, one at a time in a savepoint (a nonce, a sender-checked
+        delivery, a key written out), not by the group's statements."""
         self.wake = sorted({d.destination for d in deliveries if d.status == "pending"})
         self.future: asyncio.Future[AcceptResult] = (asyncio.get_running_loop() if loop is None
                                                       else loop).create_future()
@@ -461,13 +472,13 @@ async def _store_group(conn: Any, group: list[PendingAccept], channel: str, swee
         return _in_savepoint(conn, item, channel, sweep_due, deadlock_raises=not last_run)
 
     try:
-        if all(item.nonce is None and not item.checked for item in group):
+        if not any(item.alone for item in group):
             return list(await _one_statement(conn, group, channel))
         if len(group) == 1:
             return [await _alone(conn, group[0], channel, sweep_due)]
         out: dict[int, Outcome] = {}
         async with conn.transaction():
-            plain = [(i, item) for i, item in enumerate(group) if item.nonce is None and not item.checked]
+            plain = [(i, item) for i, item in enumerate(group) if not item.alone]
             # The plain accepts' dedup keys before the conversations, as the group statement (_GROUP) takes them:
             # a provider's retry of one of them may be in another process's group statement.
             keys = await _claim_keys(conn, [item for _, item in plain])
@@ -476,7 +487,7 @@ async def _store_group(conn: Any, group: list[PendingAccept], channel: str, swee
                 out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel,
                                                                      keys), strict=True))
             for i, item in enumerate(group):
-                if item.nonce is not None or item.checked:
+                if item.alone:
                     out[i] = await in_savepoint(item)
         return [out[i] for i in range(len(group))]
     except DB_ERRORS as exc:
@@ -564,6 +575,8 @@ async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due:
 async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> AcceptResult:
     """The statements of one accept, in the open transaction; raises _Replayed when its nonce is taken."""
     event = item.event
+    if item.legacy and (first := await _legacy_duplicate(conn, item)) is not None:
+        return AcceptResult(event_id=first, duplicate=True, deliveries=0)
     if event.dedup_key is not None:
         # A concurrent insert of the same key waits for this row's transaction, then sees it.
         fresh = await conn.fetchval(
@@ -581,12 +594,14 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
     await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id, event.source,
                        event.kind, event.channel, item.received, event.dedup_key, event.spam, item.data,
                        len(item.rows))
-    if item.threads:
-        await conn.execute(_CONVERSATIONS, *_thread_args(item.threads))
-    rows = item.rows
-    if item.checked:
+    threads, checked, rows = item.threads, item.checked, item.rows
+    if item.legacy:
+        threads, checked, rows = await _in_legacy_conversations(conn, item)
+    if threads:
+        await conn.execute(_CONVERSATIONS, *_thread_args(threads))
+    if checked:
         moved = {}
-        for d in item.checked:
+        for d in checked:
             if (own := await _join_checked(conn, d, item.created)) is not None:
                 moved[d.id] = own
         if moved:
@@ -597,6 +612,47 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
     if item.wake:
         await conn.execute(_NOTIFY, channel, item.wake)
     return item.stored()
+
+
+async def _legacy_duplicate(conn: Any, item: PendingAccept) -> str | None:
+    """The event whose dedup key, kept as a row written before NUL_MARK keeps it (a NUL written `\\x00`), `item`'s
+    repeats within its window; raises _Replayed when such a row of another request holds its nonce. A dedup key's
+    row in the earlier form does not conflict with an insert of the written one, so it is looked up first."""
+    event, nonce = item.event, item.nonce
+    if event.dedup_key is not None and (key := legacy_nul(event.dedup_key)) is not None:
+        first: str | None = await conn.fetchval(
+            "SELECT event_id FROM dedup_keys WHERE source = $1 AND key = $2 AND expires_at > $3",
+            event.source, key, item.created)
+        if first is not None:
+            return first
+    if nonce is not None and (value := legacy_nul(nonce.value)) is not None and await conn.fetchval(
+            "SELECT 1 FROM nonces WHERE (source = $1 OR source = $2) AND nonce = $3 AND expires_at > $4 "
+            "AND digest <> $5", nonce.scope_for(event.source), nonce.unscoped_for(event.source), value,
+            item.created, nonce.digest) is not None:
+        raise _Replayed
+    return None
+
+
+async def _in_legacy_conversations(conn: Any, item: PendingAccept) -> tuple[list[tuple[Any, ...]], list[NewDelivery],
+                                                                           list[tuple[Any, ...]]]:
+    """`item`'s threads, sender-checked deliveries and delivery rows, each message whose conversation is kept as a
+    row written before NUL_MARK (its key held a NUL, kept `\\x00` then) moved to that row, which is the
+    conversation: its stored id, its key in the same form."""
+    legacy = {c: old for t in item.threads if (old := legacy_nul(c := t[1])) is not None}
+    legacy.update((c, old) for d in item.checked if d.conversation is not None
+                  and (old := legacy_nul(c := d.conversation)) is not None)
+    if not legacy:
+        return item.threads, item.checked, item.rows
+    kept = set(await conn.fetchval("SELECT array_agg(id) FROM conversations WHERE id = ANY($1::text[])",
+                                   list(legacy.values())) or ())
+    moved = {c: old for c, old in legacy.items() if old in kept}
+    if not moved:
+        return item.threads, item.checked, item.rows
+    threads = [(t[0], moved[t[1]], legacy_nul(t[2]) or t[2], *t[3:]) if t[1] in moved else t for t in item.threads]
+    checked = [in_legacy_conversation(d, moved[d.conversation]) if d.conversation in moved else d
+               for d in item.checked]
+    rows = [(*row[:-1], moved[row[-1]]) if row[-1] in moved else row for row in item.rows]
+    return threads, checked, rows
 
 
 _JOIN_CHECKED = (

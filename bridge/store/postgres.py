@@ -92,6 +92,7 @@ from bridge.store.rows import (
     attempt_row,
     audit_entry,
     claimed_items,
+    conversation_forms,
     conversation_row,
     decode_dict,
     decode_event,
@@ -101,14 +102,13 @@ from bridge.store.rows import (
     head_of_conversation,
     kept_condition,
     leases,
-    lookup,
+    lookups,
     now_ms,
     row_columns,
     settled,
     status_condition,
     storable,
     storable_audit,
-    storable_filter,
     storable_result,
     tickets_of_claimed,
     with_tickets,
@@ -137,6 +137,8 @@ SLICE_BEFORE = _SLICE + "AND (arrival, id) < ($3, $4) ORDER BY arrival DESC, id 
 """A conversation's deliveries in arrival order (Store.conversation_slice): a range of the index
 deliveries_conversation (conversation, arrival, id), read from where the slice starts (the row comparison is the
 index's own order), never counted from the conversation's first message."""
+_KEY_OR_ID = "(key = ANY($1::text[]) OR id = ANY($1::text[]))"
+"""A conversation looked up by any form of an operator's key or id (rows.lookups)."""
 SLICE_PROBE = {op: "SELECT 1 FROM deliveries WHERE conversation = $1 "  # noqa: S608 - constants
                    f"AND (arrival, id) {op} ($2, $3) ORDER BY arrival {way}, id {way} LIMIT 1"
                for op, way in (("<", "DESC"), ("<=", "DESC"), (">", "ASC"), (">=", "ASC"))}
@@ -639,16 +641,18 @@ class PostgresStore(Store):
     # -- inspection and replay ------------------------------------------------------------------
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
-        flt = storable_filter(flt)
         where: list[str] = []
         args: list[Any] = []
         if flt.status is not None:
             where.append(status_condition(flt.status))
-        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping),
-                              ("conversation", flt.conversation)):
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
+        if (forms := conversation_forms(flt)) is not None:
+            args.extend(forms)
+            where.append(f"conversation = ${len(args)}" if len(forms) == 1 else
+                         f"conversation IN (${len(args) - 1}, ${len(args)})")
         if flt.before_id is not None:
             args.append(flt.before_id)
             where.append(f"id < ${len(args)}")
@@ -822,12 +826,12 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
-        key = lookup(key)
+        forms = list(lookups(key))
 
         async def op(conn: Any) -> list[ConversationDetail]:
             out = []
             for c in await conn.fetch(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
-                                      "WHERE key = $1 OR id = $1 ORDER BY id", key):
+                                      f"WHERE {_KEY_OR_ID} ORDER BY id", forms):
                 rows = [delivery_row(r) for r in await conn.fetch(
                     f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = $1 ORDER BY arrival, id "  # noqa: S608
                     "LIMIT $2", c[0], limit)]
@@ -864,13 +868,13 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
-        key = lookup(key)
+        forms = list(lookups(key))
 
         async def op(conn: Any) -> list[ConversationRow]:
             found = [conversation_row(c) for c in await conn.fetch(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = $1 OR id = $1 "  # noqa: S608
-                "ORDER BY id FOR UPDATE", key)]
-            await conn.execute(RESET_CONVERSATION.format(now="$2") + "WHERE key = $1 OR id = $1", key, now_ms())
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {_KEY_OR_ID} "  # noqa: S608
+                "ORDER BY id FOR UPDATE", forms)]
+            await conn.execute(RESET_CONVERSATION.format(now="$2") + f"WHERE {_KEY_OR_ID}", forms, now_ms())
             return found
 
         return await self._run(op)

@@ -12,7 +12,7 @@ import structlog
 
 from bridge.conversations import EMAIL_KEY_PREFIXES, scoped, split_key, ticket_context
 from bridge.errors import StoreRefused
-from bridge.escaping import NUL, NUL_MARK, lookup_nul, write_nul
+from bridge.escaping import NUL, NUL_MARK, legacy_nul, lookup_forms, write_nul
 from bridge.events import Event
 from bridge.store.base import (
     STATUSES,
@@ -168,16 +168,13 @@ def storable(text: str | None) -> str | None:
     return text if text is None else write_nul(text)
 
 
-@overload
-def lookup(text: str) -> str: ...
-@overload
-def lookup(text: None) -> None: ...
-@overload
-def lookup(text: str | None) -> str | None: ...
-def lookup(text: str | None) -> str | None:
-    """What an operator's look-up by `text` (a conversation's key or id) matches: the text as `storable` writes it,
-    or `text` itself when it is the written form the store shows (`escaping.lookup_nul`)."""
-    return text if text is None else lookup_nul(text)
+def lookups(text: str) -> tuple[str, str, str]:
+    """What an operator's look-up by `text` (a conversation's key or id) matches, as three values (the first
+    repeated when there are fewer forms, so that one statement serves): the text as `storable` writes it, as a row
+    written before NUL_MARK keeps it, and `text` itself when it is the written form the store shows or merely
+    begins with NUL_MARK (`escaping.lookup_forms`)."""
+    forms = lookup_forms(text)
+    return forms[0], forms[1 % len(forms)], forms[2 % len(forms)]
 
 
 def _storable_fields(record: S, names: tuple[str, ...]) -> S:
@@ -209,6 +206,15 @@ def storable_accept(event: Event, deliveries: list[NewDelivery], nonce: Nonce | 
             None if nonce is None else _storable_fields(nonce, _NONCE_TEXT))
 
 
+def in_legacy_conversation(d: NewDelivery, legacy: str) -> NewDelivery:
+    """`d` counted in the conversation a row written before NUL_MARK keeps as `legacy` (its id, `legacy_nul` of
+    the written one): that row is the conversation, so the message joins it under its stored id, its key in the
+    same form."""
+    key = d.conversation_key
+    return msgspec.structs.replace(d, conversation=legacy,
+                                   conversation_key=None if key is None else legacy_nul(key) or key)
+
+
 def storable_result(result: AttemptResult) -> AttemptResult:
     """An attempt as it is recorded: the vendor's error, answer excerpt and ticket references storable."""
     return _storable_fields(result, _RESULT_TEXT)
@@ -218,12 +224,11 @@ def storable_audit(entry: AuditEntry) -> AuditEntry:
     return _storable_fields(entry, _AUDIT_TEXT)
 
 
-def storable_filter(flt: DeliveryFilter) -> DeliveryFilter:
-    """A listing's filter as the values it matches are kept: a conversation holding a NUL finds itself, by its key
-    as it came or as the store shows it (`lookup`)."""
-    asked = flt.conversation
-    return flt if asked is None or (found := lookup_nul(asked)) is asked else msgspec.structs.replace(
-        flt, conversation=found)
+def conversation_forms(flt: DeliveryFilter) -> tuple[str, ...] | None:
+    """The values a listing's conversation filter matches (`escaping.lookup_forms`): the conversation as it came
+    (a key holding a NUL as a write keeps it, and as a row kept before the mark holds it) or as the store shows it;
+    one for an ordinary id. None without the filter."""
+    return None if flt.conversation is None else lookup_forms(flt.conversation)
 
 
 def now_ms() -> int:

@@ -52,6 +52,7 @@ import msgspec
 import structlog
 
 from bridge.errors import LeaseLost, NotFound, StoreLocked, StoreRefused, StoreUnavailable, named
+from bridge.escaping import legacy_nul
 from bridge.events import Event
 from bridge.folders import folder_problem
 from bridge.store.base import (
@@ -94,6 +95,7 @@ from bridge.store.rows import (
     attempt_row,
     audit_entry,
     claimed_items,
+    conversation_forms,
     conversation_row,
     decode_dict,
     decode_event,
@@ -103,10 +105,11 @@ from bridge.store.rows import (
     encode,
     gives_ticket,
     head_of_conversation,
+    in_legacy_conversation,
     kept_condition,
     lease_lost,
     leases,
-    lookup,
+    lookups,
     now_ms,
     row_columns,
     sender_mismatch,
@@ -115,7 +118,6 @@ from bridge.store.rows import (
     storable,
     storable_accept,
     storable_audit,
-    storable_filter,
     storable_result,
     take_group,
     tickets_of_claimed,
@@ -141,6 +143,8 @@ SLICE_BEFORE = _SLICE + "AND rowid < ?3 ORDER BY rowid DESC LIMIT ?2"
 """A conversation's deliveries in arrival order (Store.conversation_slice): a range of the index
 deliveries_conversation, which holds each delivery's rowid after its conversation, read from where the slice
 starts, never counted from the conversation's first message."""
+_KEY_OR_ID = "(key IN (?1, ?2, ?3) OR id IN (?1, ?2, ?3))"
+"""A conversation looked up by any form of an operator's key or id (rows.lookups)."""
 SLICE_PROBE = {op: f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE conversation = ?1 AND rowid {op} ?2)"  # noqa: S608
                for op in ("<", "<=", ">", ">=")}
 """Whether the conversation has a delivery before (or after) a place: one look-up in the same index."""
@@ -969,6 +973,11 @@ class SqliteStore(Store):
                                     (event.source, event.dedup_key)).fetchone()
                 if seen is not None and seen[1] > created:
                     return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
+                if (legacy := legacy_nul(event.dedup_key)) is not None:  # a key holding a NUL, kept so before 0026
+                    seen = conn.execute("SELECT event_id FROM dedup_keys WHERE source = ? AND key = ? "
+                                        "AND expires_at > ?", (event.source, legacy, created)).fetchone()
+                    if seen is not None:
+                        return AcceptResult(event_id=seen[0], duplicate=True, deliveries=0)
             # Checked before anything is written, so that a replay leaves the transaction as it found it.
             if nonce is not None:
                 if not _claim_nonce(conn, event.source, nonce, created):
@@ -1115,15 +1124,16 @@ class SqliteStore(Store):
     # -- inspection and replay ------------------------------------------------------------------
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRow]:
-        flt = storable_filter(flt)
         where, args = [], []
         if flt.status is not None:
             where.append(status_condition(flt.status))
-        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping),
-                              ("conversation", flt.conversation)):
+        for column, value in (("destination", flt.destination), ("source", flt.source), ("mapping", flt.mapping)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
+        if (forms := conversation_forms(flt)) is not None:
+            where.append("conversation = ?" if len(forms) == 1 else "conversation IN (?, ?)")
+            args.extend(forms)
         if flt.before_id is not None:
             where.append("id < ?")
             args.append(flt.before_id)
@@ -1343,12 +1353,12 @@ class SqliteStore(Store):
         return found
 
     async def get_conversations(self, key: str, limit: int | None = None) -> list[ConversationDetail]:
-        key = lookup(key)
+        forms = lookups(key)
 
         def run(conn: sqlite3.Connection) -> list[ConversationDetail]:
             out = []
             for c in conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608 - constants
-                                  "WHERE key = ? OR id = ? ORDER BY id", (key, key)).fetchall():
+                                  f"WHERE {_KEY_OR_ID} ORDER BY id", forms).fetchall():
                 rows = [delivery_row(r) for r in conn.execute(
                     f"SELECT {ROW_COLUMNS} FROM deliveries WHERE conversation = ? ORDER BY rowid "  # noqa: S608
                     "LIMIT ?", (c[0], -1 if limit is None else limit))]
@@ -1389,13 +1399,13 @@ class SqliteStore(Store):
         return found
 
     async def reset_conversation(self, key: str) -> list[ConversationRow]:
-        key = lookup(key)
+        forms = lookups(key)
 
         def op(conn: sqlite3.Connection) -> list[ConversationRow]:
             found = [conversation_row(c) for c in conn.execute(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE key = ? OR id = ? ORDER BY id",  # noqa: S608
-                (key, key)).fetchall()]
-            conn.execute(RESET_CONVERSATION.format(now="?1") + "WHERE key = ?2 OR id = ?2", (now_ms(), key))
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {_KEY_OR_ID} ORDER BY id",  # noqa: S608
+                forms).fetchall()]
+            conn.execute(RESET_CONVERSATION.format(now="?4") + f"WHERE {_KEY_OR_ID}", (*forms, now_ms()))
             return found
 
         found: list[ConversationRow] = await self._write(op)
@@ -1680,6 +1690,9 @@ def _insert(conn: sqlite3.Connection, events: list[tuple[Any, ...]], joins: list
                                          for row in events])
     moved: dict[str, str] = {}
     for d, created in joins:
+        if (legacy := _legacy_conversation(conn, d)) is not None:
+            d = in_legacy_conversation(d, legacy)  # noqa: PLW2901 - the message joins the row as it is kept
+            moved[d.id] = legacy
         if (own := _join_conversation(conn, d, created)) is not None:
             moved[d.id] = own
     if not deliveries:
@@ -1760,6 +1773,10 @@ def _claim_nonce(conn: sqlite3.Connection, source: str, nonce: Nonce, now: int) 
     there, or (a scoped nonce) under `source` alone (Nonce.unscoped_for). One statement: an insert of nothing
     when the unscoped row holds it (NULL, for an unscoped nonce, matches no row), else an upsert whose update
     applies only to an expired row or one of the same digest."""
+    if (legacy := legacy_nul(nonce.value)) is not None and conn.execute(
+            "SELECT 1 FROM nonces WHERE source IN (?1, ?2) AND nonce = ?3 AND expires_at > ?4 AND digest <> ?5",
+            (nonce.scope_for(source), nonce.unscoped_for(source), legacy, now, nonce.digest)).fetchone() is not None:
+        return False  # held by a request accepted before 0026, which kept a NUL in the nonce as `\x00`
     claimed = conn.execute(
         "INSERT INTO nonces SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM nonces WHERE source = ?6 "
         "AND nonce = ?2 AND expires_at > ?5 AND digest <> ?3) ON CONFLICT (source, nonce) DO UPDATE "
@@ -1775,6 +1792,16 @@ def _sweep_nonces(conn: sqlite3.Connection, now: int) -> None:
     conn.execute("DELETE FROM nonces WHERE (source, nonce) IN "
                  "(SELECT source, nonce FROM nonces WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
                  (now, NONCE_SWEEP))
+
+
+def _legacy_conversation(conn: sqlite3.Connection, d: NewDelivery) -> str | None:
+    """The id of the conversation `d` names as a row written before NUL_MARK keeps it (its key held a NUL, kept
+    `\\x00` then), when that row exists: the conversation the message belongs to. None, without a look-up, for
+    the usual conversation, whose id holds no NUL."""
+    if d.conversation is None or (legacy := legacy_nul(d.conversation)) is None:
+        return None
+    found = conn.execute("SELECT 1 FROM conversations WHERE id = ?", (legacy,)).fetchone()
+    return None if found is None else legacy
 
 
 def _join_conversation(conn: sqlite3.Connection, d: NewDelivery, now: int) -> str | None:

@@ -136,6 +136,47 @@ def tick() -> int:
 
 
 @pytest.mark.integration
+def legacy_nul_rows(now: int) -> list[str]:
+    """Rows as the store wrote them before 0026, when a NUL in a key was written `\\x00` without NUL_MARK: a
+    conversation whose key held a NUL, with its ticket; a dedup key and a nonce that held one (SQL literals: a
+    backslash is itself in both databases)."""
+    later = now + 600_000
+    return [
+        "INSERT INTO conversations (id, key, mapping, destination, messages, stored, started_at, last_message_at, "
+        f"ticket_id, ticket_at) VALUES ('contact-to-kapture|thread\\x00A', 'thread\\x00A', 'contact-to-kapture', "
+        f"'kapture-support', 1, 0, {now}, {now}, 'T-old', {now})",
+        f"INSERT INTO dedup_keys VALUES ('website-contact', 'evt\\x00-1', 'evt_before', {later})",
+        f"INSERT INTO nonces VALUES ('website-contact', 'tok\\x00-1', 'body-before', {later})",
+    ]
+
+
+async def legacy_nul_rows_still_match(store: Store) -> None:
+    """After legacy_nul_rows: a thread begun before the upgrade goes on in its conversation (a follow-up of its
+    ticket, under the id it was kept by), a provider's redelivery of the event accepted before is a duplicate of it,
+    and another request with the nonce taken before is a replay; an operator finds the conversation by its key as it
+    came. Several accepts at once, so that a store which stores a group together meets these among others."""
+    thread = make_delivery(conversation="contact-to-kapture|thread\x00A", conversation_key="thread\x00A")
+    plain = [store.accept(make_event(dedup_key=f"evt-{i}"), [make_delivery()], WEEK) for i in range(3)]
+    redelivered, replayed, joined, *others = await asyncio.gather(
+        store.accept(make_event(dedup_key="evt\x00-1"), [make_delivery()], WEEK),
+        store.accept(make_event(), [make_delivery()], WEEK, nonce("tok\x00-1", "body-other")),
+        store.accept(make_event(), [thread], WEEK), *plain)
+    assert (redelivered.duplicate, redelivered.event_id) == (True, "evt_before")
+    assert replayed.replayed
+    assert joined.duplicate is False and not any(o.duplicate for o in others)
+    assert (await row(store, thread.id)).conversation == "contact-to-kapture|thread\\x00A"
+    (found,) = await store.get_conversations("thread\x00A")
+    assert (found.conversation.id, found.conversation.messages, found.conversation.ticket_id) == (
+        "contact-to-kapture|thread\\x00A", 2, "T-old")
+    listed = await store.list_deliveries(DeliveryFilter(conversation="contact-to-kapture|thread\x00A"))
+    assert [r.id for r in listed] == [thread.id]
+    claimed = (await store.claim("kapture-support", 10, "w", 30)).items
+    (head,) = [c for c in claimed if c.id == thread.id]
+    assert head.ticket is not None and head.ticket["id"] == "T-old"
+    again = await store.accept(make_event(dedup_key="evt\x00-1"), [make_delivery()], WEEK)
+    assert again.duplicate
+
+
 class StoreContract:
     """Store semantics shared by every backend."""
 
@@ -1548,8 +1589,9 @@ class StoreContract:
         assert sorted(c.id for c in claimed) == sorted(d.id for d in made)  # each the head of its own
         ids = {(await row(store, d.id)).conversation for d in made}
         assert ids == {"\\0~m|mail:r\\x00t@x", "m|mail:r\\x00t@x", "m|\\0~mail:r\\x00t@x"}
-        (marked,) = await store.get_conversations("\\0~mail:r\\x00t@x")  # as the store shows a written key: the first
-        assert marked.conversation.id == "\\0~m|mail:r\\x00t@x"
+        # As the store shows a written key: the first; and as the third came, which is the same text.
+        marked = await store.get_conversations("\\0~mail:r\\x00t@x")
+        assert [c.conversation.id for c in marked] == ["\\0~m|mail:r\\x00t@x", "m|\\0~mail:r\\x00t@x"]
         (own,) = await store.get_conversations("\\0~\\\\0~mail:r\\\\x00t@x")  # the third key, as it is kept
         assert own.conversation.id == "m|\\0~mail:r\\x00t@x"
 

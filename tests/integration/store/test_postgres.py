@@ -36,6 +36,8 @@ from tests.integration.store.contract import (
     conversations_burst_and_purge,
     id_made_behind,
     kept,
+    legacy_nul_rows,
+    legacy_nul_rows_still_match,
     make_delivery,
     make_event,
     nonce,
@@ -210,6 +212,19 @@ async def test_expired_nonces_are_swept_a_few_at_a_time(store: PostgresStore, pg
         assert await conn.fetchval("SELECT count(*) FROM nonces") == NONCE_SWEEP_EVERY + 2
     finally:
         await conn.close()
+
+
+async def test_rows_kept_before_nul_mark_still_match_their_keys(store: PostgresStore, pg_schema: str) -> None:
+    """A thread, a dedup key and a nonce whose key held a NUL, written as the store kept them before 0026 (the NUL
+    `\\x00`, no mark), are still theirs: no second conversation, no second event, no second use of the nonce;
+    among a group of accepts stored together too."""
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        for statement in legacy_nul_rows(now_ms()):
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+    await legacy_nul_rows_still_match(store)
 
 
 async def _hold_purge_lock(conn: asyncpg.Connection, schema: str) -> None:

@@ -44,6 +44,8 @@ from tests.integration.store.contract import (
     StoreContract,
     accept_one,
     conversations_burst_and_purge,
+    legacy_nul_rows,
+    legacy_nul_rows_still_match,
     make_delivery,
     make_event,
     nonce,
@@ -87,6 +89,15 @@ async def handed_over(writes: list[Awaitable[T]]) -> list[asyncio.Task[T]]:
 def query(path: Path, sql: str) -> list[tuple[object, ...]]:
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute(sql).fetchall()
+
+
+async def test_rows_kept_before_nul_mark_still_match_their_keys(store: SqliteStore, tmp_path: Path) -> None:
+    """A thread, a dedup key and a nonce whose key held a NUL, written as the store kept them before 0026 (the NUL
+    `\\x00`, no mark), are still theirs: no second conversation, no second event, no second use of the nonce."""
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn, conn:
+        for statement in legacy_nul_rows(now_ms()):
+            conn.execute(statement)
+    await legacy_nul_rows_still_match(store)
 
 
 @contextmanager

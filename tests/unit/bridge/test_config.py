@@ -868,8 +868,9 @@ def test_read_tokens_refuse_an_empty_token_or_the_admin_one(tmp_path: Path, text
 
 
 ALLOWED = ("1 to 200 printable characters (letters, digits, punctuation, symbols and spaces, a no-break space among "
-           "them; a zero-width joiner or non-joiner only where it joins letters: after a virama, or between two "
-           "letters of a joining script such as Arabic; no NUL, tab, newline or other control or format character)")
+           "them, though no space at either end; a zero-width joiner or non-joiner only where it joins letters: "
+           "after a virama, or between two letters of a joining script such as Arabic; no NUL, tab, newline or other "
+           "control or format character)")
 
 
 @pytest.mark.parametrize(("section", "written", "shown", "why"), [
@@ -884,8 +885,11 @@ ALLOWED = ("1 to 200 printable characters (letters, digits, punctuation, symbols
     ("destinations", '"a\\u200db"', "'a\\u200db'", "holds \\u200d (U+200D) where it joins no letters"),
     ("sources", '"web\\u200bform"', "'web\\u200bform'", "holds \\u200b (U+200B)"),
     ("sources", '"\\u202eabc"', "'\\u202eabc'", "holds \\u202e (U+202E)"),
+    ("destinations", '"support\\xa0"', "'support\\xa0'", "ends with a no-break space (U+00A0), which no reader sees"),
+    ("sources", '"\\u202fsupport"', "'\\u202fsupport'", "begins with a no-break space (U+202F), which no reader sees"),
+    ("sources", '"support "', "'support '", "ends with a space, which no reader sees"),
 ], ids=["nul", "surrogate", "newline", "long", "blank", "no-break-blank", "zwnj-latin", "zwnj-at-end", "zwj-latin",
-        "zero-width-space", "direction-override"])
+        "zero-width-space", "direction-override", "trailing-nbsp", "leading-narrow-nbsp", "trailing-space"])
 def test_a_name_no_store_can_keep_is_an_error_naming_its_line_and_value(
         tmp_path: Path, section: str, written: str, shown: str, why: str) -> None:
     """A source or destination name holding a NUL (YAML's "\\0"), a lone surrogate or another character that is
@@ -930,6 +934,24 @@ def test_two_names_that_differ_only_in_a_no_break_space_are_an_error(tmp_path: P
     assert (err.line, err.path) == (3, 'destinations["Service\xa0client"]')
     assert err.message == ("destination name 'Service\\xa0client' reads as the destination name 'Service client': "
                            "they differ only in a no-break space; give them names that read apart")
+
+
+def test_a_name_that_reads_as_another_by_a_trailing_no_break_space_is_an_error(tmp_path: Path) -> None:
+    """YAML keeps a no-break space at the end of an unquoted key (it is no YAML white space): `support` and
+    `support` with one after it read the same in the file, and would be two destinations. The second is refused
+    at its line, the space named."""
+    err = only_error(tmp_path, "destinations:\n  support: {vendor: kapture, sandbox: true}\n"
+                               "  support\u00a0: {vendor: kapture, sandbox: true}\n")
+    assert (err.line, err.path) == (3, 'destinations["support\xa0"]')
+    assert err.message.startswith("destination name 'support\\xa0' ends with a no-break space (U+00A0)")
+
+
+def test_two_read_token_names_that_differ_only_in_a_no_break_space_are_an_error(tmp_path: Path) -> None:
+    """Read token names are the audit log's actors: two that read alike are refused, naming both."""
+    err = only_error(tmp_path, 'admin: {token: a, read_tokens: {"graf ana": t, "graf\\u00a0ana": u}}\n')
+    assert err.path == 'admin.read_tokens["graf\xa0ana"]'
+    assert err.message == ("read token name 'graf\\xa0ana' reads as the read token name 'graf ana': they differ "
+                           "only in a no-break space; give them names that read apart")
 
 
 @pytest.mark.parametrize(("destination", "line", "path", "said"), [

@@ -20,6 +20,8 @@ from bridge.escaping import (
     escape_text,
     escape_tree,
     escape_values,
+    legacy_nul,
+    lookup_forms,
     lookup_nul,
     quoted_sent,
     read_nul,
@@ -103,6 +105,27 @@ def test_text_written_out_reads_back_the_same_and_holds_no_nul(text: str) -> Non
     assert lookup_nul(written) == written
     if not written_nul(text):
         assert lookup_nul(text) == written
+
+
+@given(TRICKY_OR_MARKED)
+def test_a_written_key_also_matches_the_form_kept_before_the_mark(text: str) -> None:
+    """A key's written form gives the form a row kept before NUL_MARK holds (each NUL `\\x00`, nothing else
+    changed), and only when the two differ; an operator's look-up by the key as it came matches the written form,
+    that earlier form and, when it holds no NUL, the key itself."""
+    written = write_nul(text)
+    legacy = text.replace("\x00", "\\x00")
+    assert legacy_nul(written) == (None if written == text else legacy)
+    forms = lookup_forms(text)
+    assert written in forms and legacy in forms and "\x00" not in "".join(forms)
+    assert len(forms) == len(set(forms)) <= 2
+
+
+def test_a_key_beginning_with_the_mark_is_looked_up_as_it_came_and_as_kept() -> None:
+    """A raw key that begins with `\\0~` (anyone may send one) is kept written out; a look-up by it as it came
+    finds that row, and the row it may name as shown; a key holding a NUL finds its row kept before the mark."""
+    assert lookup_forms("\\0~abc") == ("\\0~\\\\0~abc", "\\0~abc")
+    assert lookup_forms("thread\x00A") == ("\\0~thread\\x00A", "thread\\x00A")
+    assert lookup_forms("thread-B") == ("thread-B",)
 
 
 @settings(max_examples=500, deadline=None)

@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bridge.resolver import BoundedResolver, Lookups
+from bridge.delivery.sender import CONNECT_TIMEOUT_S
+from bridge.resolver import JOIN_FOR_S, BoundedResolver, Lookups
 from tests.conftest import eventually
 
 HANGING = ".hang.test"
@@ -133,6 +134,40 @@ async def test_a_lookup_given_up_is_joined_by_the_next(hanging_names: HangingNam
     with pytest.raises(socket.gaierror):
         await resolver.resolve(name, 80)
     assert hanging_names.calls[name] == 2
+
+
+async def test_a_lookup_that_never_returns_is_joined_only_as_long_as_a_connect_waits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A getaddrinfo that never returns (an NSS module stuck) is joined by the next look-ups of its name only while
+    it is younger than a send waits to connect; after that a fresh one is started, which answers, and the stuck one
+    is left to its thread. The clock is the test's."""
+    stuck, calls = threading.Event(), []
+
+    def first_hangs(host: Any, port: Any, *args: Any) -> Any:
+        calls.append(host)
+        if len(calls) == 1:
+            stuck.wait(60)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", int(port)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", first_hangs)
+    now = [100.0]
+    lookups = Lookups(4, "test-dns", clock=lambda: now[0])
+    key = ("vendor.test", 443, socket.AF_INET, socket.AI_ADDRCONFIG)  # as BoundedResolver asks by default
+    try:
+        first = lookups.getaddrinfo(*key)
+        await eventually(lambda: len(calls) == 1)
+        now[0] += JOIN_FOR_S - 0.5
+        assert lookups.getaddrinfo(*key) is first  # still young: joined
+        now[0] += 1.0
+        fresh = lookups.getaddrinfo(*key)
+        assert fresh is not first
+        assert (await asyncio.wait_for(asyncio.wrap_future(fresh), 5))[0][4] == ("127.0.0.1", 443)
+        [found] = await asyncio.wait_for(BoundedResolver(lookups).resolve("vendor.test", 443), 5)
+        assert found["host"] == "127.0.0.1" and not first.done()  # the stuck one left to its thread
+    finally:
+        stuck.set()
+    await asyncio.wait_for(asyncio.wrap_future(first), 5)
+    assert JOIN_FOR_S == CONNECT_TIMEOUT_S
 
 
 async def test_real_names_resolve_as_aiohttp_wants_them() -> None:

@@ -194,6 +194,18 @@ def test_duplicate_names_are_errors(tmp_path: Path) -> None:
     ]
 
 
+def test_two_mapping_names_that_differ_only_in_a_no_break_space_are_an_error(tmp_path: Path) -> None:
+    """A mapping name is kept on every delivery it makes: two that read alike (a no-break space where the other has
+    a space) are refused, naming both and the file that had the first."""
+    write(tmp_path, "a.yaml", PARTNER.replace("partner-tickets", "partner tickets"))
+    write(tmp_path, "b.yaml", PARTNER.replace("partner-tickets", "partner\u00a0tickets"))
+    assert errors_of(tmp_path) == [
+        f"{tmp_path / 'b.yaml'}:1:1: partner\xa0tickets.name: mapping name 'partner\\xa0tickets' reads as the mapping "
+        f"name 'partner tickets' of {tmp_path / 'a.yaml'}: they differ only in a no-break space; give them names "
+        "that read apart"
+    ]
+
+
 def test_duplicate_default_names_from_yaml_and_yml(tmp_path: Path) -> None:
     """`x.yaml` and `x.yml` both default to the name `x`, which is a duplicate."""
     write(tmp_path, "x.yaml", CONTACT)
@@ -376,9 +388,10 @@ def test_a_mapping_name_or_field_key_no_store_can_keep_is_an_error_naming_its_li
     allowed = ("printable characters (letters, digits, punctuation, symbols and spaces, a no-break space among them; a "
                "zero-width joiner or non-joiner only where it joins letters: after a virama, or between two letters of "
                "a joining script such as Arabic; no NUL, tab, newline or other control or format character)")
+    named = allowed.replace("among them;", "among them, though no space at either end;")
     assert errors_of(tmp_path) == [
         f"{tmp_path / 'contact.yaml'}:1:1: 'contact\\x00'.name: mapping name 'contact\\x00' holds \\x00 (U+0000): a "
-        f"mapping name is 1 to 200 {allowed}",
+        f"mapping name is 1 to 200 {named}",
         f"{tmp_path / 'contact.yaml'}:7:3: 'contact\\x00'.fields: field key 'email\\tid' holds \\t (U+0009): a field "
         f"key is {allowed}",
         f"{tmp_path / 'partner.yaml'}:6:3: partner-tickets.fields: field key 'Ti\\x00tle' holds \\x00 (U+0000): a "
