@@ -21,7 +21,7 @@ from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
 from bridge.delivery.orphans import log_orphaned
 from bridge.delivery.redaction import MIN_SECRET_CHARS
-from bridge.delivery.sender import WRITTEN, VendorResponse
+from bridge.delivery.sender import VendorResponse, WrittenRequest
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.fdlimit import delivery_pool
 from bridge.intake import hook_get, hook_options, hook_post
@@ -258,12 +258,12 @@ def delivery_session(config: Config) -> aiohttp.ClientSession:
     destination on its host), and holds every destination's max_in_flight in total (fdlimit.delivery_pool, which
     serve's open-file check counts). A connection that brought an interim status (1xx) as the answer is closed, never
     pooled (`VendorResponse`). Host names are resolved in threads of their own (`BoundedResolver`), never in the
-    event loop's default executor; whether a request's head was written is traced (`WRITTEN`: a timeout before it
-    is a plain retry)."""
+    event loop's default executor; whether a request's head was written is marked (`WrittenRequest`: a timeout
+    before it is a plain retry)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300,
                                        resolver=BoundedResolver()),
-        headers={"User-Agent": USER_AGENT}, response_class=VendorResponse, trace_configs=[WRITTEN],
+        headers={"User-Agent": USER_AGENT}, request_class=WrittenRequest, response_class=VendorResponse,
     )
 
 

@@ -466,9 +466,9 @@ class UnansweredResolver(AbstractResolver):
 
 @contextlib.asynccontextmanager
 async def traced_session(resolver: AbstractResolver | None = None) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session tracing whether a request's head was written, as the delivery session does."""
+    """A session marking whether a request's head was written, as the delivery session does."""
     connector = aiohttp.TCPConnector(resolver=resolver) if resolver is not None else aiohttp.TCPConnector()
-    async with aiohttp.ClientSession(connector=connector, trace_configs=[sender.WRITTEN]) as traced:
+    async with aiohttp.ClientSession(connector=connector, request_class=sender.WrittenRequest) as traced:
         yield traced
 
 
