@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AppClient, ConfigFactory, eventually
+from tests.fixtures.threads import commented_thread
 from tests.unit.bridge.test_resolver import HANGING, HangingNames, hang_names
 
 TOKEN = "admintoken-0123456789"
@@ -52,17 +53,7 @@ MAPPINGS = {
     action: create_ticket
     fields: {{title: "{{{{ payload.subject }}}}"}}
     """ for i in range(HUNG)},
-    "api": """
-    source: chat
-    destination: api
-    action: create_ticket
-    conversation: "{{ payload.case }}"
-    fields: {title: "{{ payload.text }}"}
-    follow_up:
-      action: update_ticket
-      options: {method: POST, path: "/tickets/{ticket.id}/comments"}
-      fields: {comment: "{{ payload.text }}"}
-    """,
+    "api": commented_thread("chat"),
 }
 
 

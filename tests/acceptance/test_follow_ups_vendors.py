@@ -8,6 +8,7 @@ from typing import Any
 
 from bridge.store.base import DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.fixtures.threads import commented_thread
 
 CONFIG = """
 store: {url: "sqlite:///var/bridge.db"}
@@ -49,17 +50,7 @@ MAPPINGS = {
     "update": lsq_mapping("chat-update", """
       action: update_ticket
       fields: {Status: Reopened, Title: "{{ payload.text }}"}"""),
-    "api": """
-    source: partner
-    destination: api
-    action: create_ticket
-    conversation: "{{ payload.case }}"
-    fields: {title: "{{ payload.text }}"}
-    follow_up:
-      action: update_ticket
-      options: {method: POST, path: "/tickets/{ticket.id}/comments"}
-      fields: {comment: "{{ payload.text }}"}
-    """,
+    "api": commented_thread("partner"),
 }
 
 

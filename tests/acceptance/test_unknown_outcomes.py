@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -71,6 +72,15 @@ async def rows(client: Any) -> list[DeliveryRow]:
 async def all_settled(client: Any, n: int, status: str) -> bool:
     found = await rows(client)
     return len(found) == n and all(r.status == status for r in found)
+
+
+def speaker(client: Any, conversation: str) -> Callable[[str], Awaitable[None]]:
+    """What posts a text as the next message of `conversation` to `partner`, each accepted (202)."""
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": conversation, "text": text})
+        assert resp.status == 202, await resp.text()
+
+    return say
 
 
 async def test_reconcile_finds_each_ticket_made_before_the_timeout(write_config: ConfigFactory,
@@ -185,11 +195,7 @@ async def test_a_follow_up_checks_its_ticket_still_exists(write_config: ConfigFa
       kapture: {vendor: kapture, sandbox: true, check_ticket: true, retry: {schedule: [50ms]}}
     """, CHAT))
     sim: KaptureSimulator = runtime(client).simulators["kapture"]
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/partner", json={"conversation_id": "c-1", "text": text})
-        assert resp.status == 202, await resp.text()
-
+    say = speaker(client, "c-1")
     await say("router down")
     await eventually(lambda: all_settled(client, 1, "succeeded"))
     await say("still down")
@@ -221,11 +227,7 @@ async def test_a_follow_up_in_doubt_is_held_not_resent_under_reconcile(write_con
     settles it."""
     client = await bridge_client(write_config(config("reconcile", REFERENCE), CHAT_WITH_REFERENCE))
     sim: KaptureSimulator = runtime(client).simulators["kapture"]
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/partner", json={"conversation_id": "c-doubt", "text": text})
-        assert resp.status == 202, await resp.text()
-
+    say = speaker(client, "c-doubt")
     await say("router down")
     await eventually(lambda: all_settled(client, 1, "succeeded"))
     ticket = sim.tickets[0]["ticketId"]
@@ -265,11 +267,7 @@ async def test_a_follow_up_in_doubt_is_resent_and_counted_under_resend(write_con
     /metrics (`handling="resent"`) say so."""
     client = await bridge_client(write_config(config("resend"), CHAT))
     sim: KaptureSimulator = runtime(client).simulators["kapture"]
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/partner", json={"conversation_id": "c-resent", "text": text})
-        assert resp.status == 202, await resp.text()
-
+    say = speaker(client, "c-resent")
     await say("router down")
     await eventually(lambda: all_settled(client, 1, "succeeded"))
     sim.faults = Faults(hang_after_count=1, hang_seconds=2)
@@ -293,11 +291,7 @@ async def test_a_held_create_keeps_its_thread_waiting_for_the_operator(write_con
     client = await bridge_client(write_config(config("hold"), CHAT))
     sim: KaptureSimulator = runtime(client).simulators["kapture"]
     sim.faults = Faults(hang_after_count=1, hang_seconds=2)
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/partner", json={"conversation_id": "c-held", "text": text})
-        assert resp.status == 202, await resp.text()
-
+    say = speaker(client, "c-held")
     await say("router down")
     await eventually(lambda: all_settled(client, 1, "dead"))
     await say("still down")
@@ -326,11 +320,7 @@ async def test_an_operator_resets_a_conversation_whose_ticket_is_gone(write_conf
     client = await bridge_client(write_config(config("hold"), CHAT))
     sim: KaptureSimulator = runtime(client).simulators["kapture"]
     headers = {"Authorization": "Bearer t0k"}
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/partner", json={"conversation_id": "c-gone", "text": text})
-        assert resp.status == 202, await resp.text()
-
+    say = speaker(client, "c-gone")
     await say("router down")
     await eventually(lambda: all_settled(client, 1, "succeeded"))
     gone = sim.tickets[0]["ticketId"]

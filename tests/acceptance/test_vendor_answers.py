@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ from aiohttp import web
 from bridge.store.base import DeliveryDetail, DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.kapture_answering import MAPPING as KAPTURE_MAPPING
+from tests.fixtures.threads import commented_thread
 
 TOKEN = "letmein"
 SUCCESS = json.dumps([{"status": "success", "ticket_id": "713516551148"}]).encode()
@@ -111,17 +112,30 @@ async def test_an_unrequested_101_is_an_unknown_outcome_and_its_connection_is_no
     assert not [e for e in logs if e["event"] == "delivery.dead"]
 
 
-THREADED = {"chat": """
-    source: events
-    destination: api
-    action: create_ticket
-    conversation: "{{ payload.case }}"
-    fields: {title: "{{ payload.text }}"}
-    follow_up:
-      action: update_ticket
-      options: {path: "/tickets/{ticket.id}/comments"}
-      fields: {comment: "{{ payload.text }}"}
-"""}
+THREADED = {"chat": commented_thread("events")}
+
+
+async def threaded_app(write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+                       tickets: Callable[[web.Request], Awaitable[web.Response]]) -> Any:
+    """The app threading `events` by case to an `http` destination (ticket id at `data.id`) on a stand-in vendor
+    whose `POST /tickets` is `tickets`."""
+    app = web.Application()
+    app.router.add_post("/tickets", tickets)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    dest = f"api: {{vendor: http, base_url: '{base}', path: /tickets, ticket_id_path: data.id}}"
+    return await bridge_client(write_config(config(dest), THREADED))
+
+
+async def two_messages(client: Any) -> list[DeliveryDetail]:
+    """Two messages of conversation `c-1`, each accepted, the second posted once the first's delivery is settled;
+    both deliveries once settled, oldest first."""
+    resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Router down"})
+    assert resp.status == 202, await resp.text()
+    await settled(client, 1)
+    resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Still down"})
+    assert resp.status == 202, await resp.text()
+    return await settled(client, 2)
 
 
 async def test_a_create_whose_ticket_id_is_an_object_succeeds_loudly_without_it(
@@ -138,19 +152,9 @@ async def test_a_create_whose_ticket_id_is_an_object_succeeds_loudly_without_it(
         paths.append(request.path)
         return web.json_response({"data": {"id": {"number": 5, "prefix": "T"}}}, status=201)
 
-    app = web.Application()
-    app.router.add_post("/tickets", tickets)
-    server = await aiohttp_server(app)
-    base = str(server.make_url("")).rstrip("/")
-    dest = f"api: {{vendor: http, base_url: '{base}', path: /tickets, ticket_id_path: data.id}}"
-    client = await bridge_client(write_config(config(dest), THREADED))
+    client = await threaded_app(write_config, bridge_client, aiohttp_server, tickets)
     with structlog.testing.capture_logs() as logs:
-        resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Router down"})
-        assert resp.status == 202, await resp.text()
-        await settled(client, 1)
-        resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Still down"})
-        assert resp.status == 202, await resp.text()
-        first, second = await settled(client, 2)
+        first, second = await two_messages(client)
     row = first.delivery
     assert (row.status, row.ticket_id, row.role) == ("succeeded", None, "create")
     (attempt,) = first.attempts
@@ -182,19 +186,9 @@ async def test_a_create_answered_without_a_ticket_id_is_counted_logged_shown_and
         paths.append(request.path)
         return web.json_response({"data": {} if len(paths) == 1 else {"id": 8}}, status=201)
 
-    app = web.Application()
-    app.router.add_post("/tickets", tickets)
-    server = await aiohttp_server(app)
-    base = str(server.make_url("")).rstrip("/")
-    dest = f"api: {{vendor: http, base_url: '{base}', path: /tickets, ticket_id_path: data.id}}"
-    client = await bridge_client(write_config(config(dest), THREADED))
+    client = await threaded_app(write_config, bridge_client, aiohttp_server, tickets)
     with structlog.testing.capture_logs() as logs:
-        resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Router down"})
-        assert resp.status == 202, await resp.text()
-        await settled(client, 1)
-        resp = await client.post("/hooks/events", json={"case": "c-1", "text": "Still down"})
-        assert resp.status == 202, await resp.text()
-        first, second = await settled(client, 2)
+        first, second = await two_messages(client)
     row = first.delivery
     assert (row.status, row.ticket_id, row.role, row.ticket_missing) == ("succeeded", None, "create", True)
     assert row.last_error == (

@@ -32,8 +32,17 @@ MAPPING = {"m": """
 """}
 
 
-async def start(write_config: ConfigFactory, bridge_client: AppClient) -> tuple[Any, NetgrootSimulator]:
-    client = await bridge_client(write_config(CONFIG, MAPPING, environ={"ISP_PASSWORD": "sandbox-password"}))
+async def start(write_config: ConfigFactory, bridge_client: AppClient,
+                rate_limit_seconds: float | None = None) -> tuple[Any, NetgrootSimulator]:
+    """The app delivering `events` to the Netgroot simulator. With `rate_limit_seconds`, the destination allows one
+    request in that many seconds and the mapping names its subject by id (no look-up among the requests)."""
+    config, mapping = CONFIG, MAPPING
+    if rate_limit_seconds is not None:
+        limit = f"rate_limit: {{requests: 1, per_seconds: {rate_limit_seconds}}},"
+        dest = ISP.replace("type_id: 1,", f"type_id: 1, {limit}")
+        config = CONFIG.replace(f"isp: {ISP}", f"isp: {dest}")
+        mapping = {"m": MAPPING["m"].replace('subject: "{{ payload.subject }}"', "subject_id: 2")}
+    client = await bridge_client(write_config(config, mapping, environ={"ISP_PASSWORD": "sandbox-password"}))
     sim: NetgrootSimulator = runtime(client).simulators["netgroot"]
     return client, sim
 
@@ -95,11 +104,7 @@ async def test_a_log_in_waits_for_its_slot_in_the_rate_limit(write_config: Confi
     """The Login a delivery makes for its token counts against the destination's rate limit, as the ticket it
     files does: with one request allowed in 0.2 s, the CRM sees the Login and the CreateTicket at least 0.2 s
     apart, not back to back."""
-    dest = ISP.replace("type_id: 1,", "type_id: 1, rate_limit: {requests: 1, per_seconds: 0.2},")
-    mapping = {"m": MAPPING["m"].replace('subject: "{{ payload.subject }}"', "subject_id: 2")}  # no look-up
-    client = await bridge_client(write_config(CONFIG.replace(f"isp: {ISP}", f"isp: {dest}"), mapping,
-                                              environ={"ISP_PASSWORD": "sandbox-password"}))
-    sim: NetgrootSimulator = runtime(client).simulators["netgroot"]
+    client, sim = await start(write_config, bridge_client, rate_limit_seconds=0.2)
     await post(client, 1, 0)
     (detail,) = await all_settled(client, 1)
     assert detail.delivery.status == "succeeded"
@@ -133,11 +138,7 @@ async def test_the_logout_at_shutdown_waits_for_its_slot_in_the_rate_limit(write
     """The Logout made at shutdown counts against the destination's rate limit, as every other request does: with
     one request allowed in 0.3 s, the CRM sees the CreateTicket and the Logout at least 0.3 s apart, not back to
     back, and the token is revoked."""
-    dest = ISP.replace("type_id: 1,", "type_id: 1, rate_limit: {requests: 1, per_seconds: 0.3},")
-    mapping = {"m": MAPPING["m"].replace('subject: "{{ payload.subject }}"', "subject_id: 2")}  # no look-up
-    client = await bridge_client(write_config(CONFIG.replace(f"isp: {ISP}", f"isp: {dest}"), mapping,
-                                              environ={"ISP_PASSWORD": "sandbox-password"}))
-    sim: NetgrootSimulator = runtime(client).simulators["netgroot"]
+    client, sim = await start(write_config, bridge_client, rate_limit_seconds=0.3)
     await post(client, 1, 0)
     (detail,) = await all_settled(client, 1)
     assert detail.delivery.status == "succeeded"

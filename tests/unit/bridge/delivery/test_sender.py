@@ -427,10 +427,9 @@ async def test_a_body_over_a_mebibyte_is_sent_whole_without_a_warning(
     assert (length, content_type) == (str(len(data)), "application/json")
 
 
-async def test_slow_vendor_times_out_on_a_real_connection(
-    session: aiohttp.ClientSession, aiohttp_server: Any,
-) -> None:
-    """A vendor that does not answer within timeout_s gives an unknown "timed out", not a hang or an exception."""
+@contextlib.asynccontextmanager
+async def hanging_vendor(aiohttp_server: Any) -> AsyncIterator[RecordingKapture]:
+    """A Kapture on a real server whose create takes the request and answers only once the block has ended."""
     release = asyncio.Event()
     app = web.Application()
 
@@ -440,11 +439,18 @@ async def test_slow_vendor_times_out_on_a_real_connection(
 
     app.router.add_post(CREATE_PATH, hang)
     server = await aiohttp_server(app)
-    real = RecordingKapture(str(server.make_url("")))
     try:
-        sent = await asyncio.wait_for(send_once(session, real, claimed(), 0.2), timeout=10.0)
+        yield RecordingKapture(str(server.make_url("")))
     finally:
         release.set()
+
+
+async def test_slow_vendor_times_out_on_a_real_connection(
+    session: aiohttp.ClientSession, aiohttp_server: Any,
+) -> None:
+    """A vendor that does not answer within timeout_s gives an unknown "timed out", not a hang or an exception."""
+    async with hanging_vendor(aiohttp_server) as real:
+        sent = await asyncio.wait_for(send_once(session, real, claimed(), 0.2), timeout=10.0)
     assert sent.outcome.classification == "unknown"
     assert sent.outcome.error == "timed out after 0.2s once connected: the vendor may have acted on it"
     assert sent.http_status is None
@@ -508,21 +514,8 @@ async def test_a_timeout_in_the_tls_handshake_is_a_retry() -> None:
 async def test_a_timeout_once_the_request_was_written_stays_unknown(aiohttp_server: Any) -> None:
     """On the traced session too, a vendor that took the request and does not answer in time may have acted on it:
     unknown."""
-    release = asyncio.Event()
-    app = web.Application()
-
-    async def hang(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(text="late")
-
-    app.router.add_post(CREATE_PATH, hang)
-    server = await aiohttp_server(app)
-    real = RecordingKapture(str(server.make_url("")))
-    try:
-        async with traced_session() as traced:
-            sent = await asyncio.wait_for(send_once(traced, real, claimed(), 0.2), timeout=10.0)
-    finally:
-        release.set()
+    async with hanging_vendor(aiohttp_server) as real, traced_session() as traced:
+        sent = await asyncio.wait_for(send_once(traced, real, claimed(), 0.2), timeout=10.0)
     assert sent.outcome.classification == "unknown"
     assert sent.outcome.error == "timed out after 0.2s once connected: the vendor may have acted on it"
 

@@ -4,8 +4,6 @@ and the ones that loop or sort in one call bounded at render (templates.py)."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,19 +16,11 @@ from bridge.mapping.compiled import compile_when
 from bridge.mapping.compiler import CompileError, RenderError, compile_field
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.templates import ENV, MAX_SORTED, URLIZE_WORD
+from tests.unit.bridge.mapping.test_loop_slice import sliced
 
 
 def ctx(payload: Any, **vars_: Any) -> dict[str, Any]:
     return {"payload": payload, "headers": {}, "event": {"id": "evt_1"}, "vars": vars_}
-
-
-@contextmanager
-def sliced(seconds: float) -> Iterator[None]:
-    token = limits.start_slice(seconds)
-    try:
-        yield
-    finally:
-        limits.end_slice(token)
 
 
 # -- checked at load ------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def ctx(payload: Any) -> dict[str, Any]:
 
 @contextmanager
 def sliced(seconds: float) -> Iterator[None]:
+    """The block runs under a loop slice of `seconds`, as a render on the event loop does."""
     token = limits.start_slice(seconds)
     try:
         yield
