@@ -337,15 +337,17 @@ class _Stderr:
 
 @contextmanager
 def cli_logging() -> Iterator[None]:
-    """While a command that prints its results runs (every verb but `serve` and `sandbox`): its log lines
-    (`render.offloaded`, `store.opened`, …) on stderr, masked, at info, for a person on a terminal and as JSON
-    lines otherwise; never on stdout, where what it prints (a rendered body piped on, JSON lines) is all there is.
+    """While a command that prints its results runs (every verb but `serve` and `sandbox`): its log lines on
+    stderr, masked, warnings and errors only (a command's own output says what it did; `store.opened`,
+    `render.offloaded` and other info lines would bury a refusal a script reads on stderr), for a person on a
+    terminal and as JSON lines otherwise; never on stdout, where what it prints (a rendered body piped on, JSON
+    lines) is all there is.
     The configuration before it is put back after (the command may run inside another program's process). Stdlib
     records are left as they are: Python writes their warnings to stderr (and an in-process simulator's access
     lines stay out)."""
     before = structlog.get_config()
     debug = LEVEL.debug
-    configure_logging("info", None, cast(TextIO, _Stderr()), cache=False, stdlib=False)
+    configure_logging("warning", None, cast(TextIO, _Stderr()), cache=False, stdlib=False)
     try:
         yield
     finally:

@@ -44,12 +44,12 @@ def test_raw_body_shows_each_mappings_decision_and_vendor_body(tmp_path: Path,
     assert not (tmp_path / "var").exists()
 
 
-def test_a_render_offloaded_logs_on_stderr_and_leaves_stdout_to_the_body(
+def test_a_render_offloaded_leaves_stdout_to_the_body(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A render that runs past its loop slice (a busy machine; here a slice already over) is begun again in a
-    thread and logged `render.offloaded`: on stderr, as every log line of a command that prints its results, so
-    that stdout holds the body alone (what a user pipes on). Before, the line came out on stdout, before the
-    body."""
+    thread and logs `render.offloaded`, an info line, which a command that prints its results does not print
+    (its warnings go to stderr), so that stdout holds the body alone (what a user pipes on). Before, the line came
+    out on stdout, before the body."""
     monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)
     cfg = setup(tmp_path, {"partner": PARTNER})
     raw = body(tmp_path, {"id": "p-8", "title": "Outage"})
@@ -57,7 +57,7 @@ def test_a_render_offloaded_logs_on_stderr_and_leaves_stdout_to_the_body(
                          "--header", JSON)
     assert code == 0, err
     assert json.loads(out) == [{"title": "Outage", "priority": "P2", "source_ref": "p-8"}]
-    assert "render.offloaded" in err and "render.offloaded" not in out
+    assert "render.offloaded" not in out and "render.offloaded" not in err
 
 
 def test_raw_body_with_a_mapping_prints_its_body_and_explains(tmp_path: Path,

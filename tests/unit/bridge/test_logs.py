@@ -620,12 +620,14 @@ def test_numbers_written_one_after_another_are_each_masked(text: str, masked: st
 
 def test_cli_logging_writes_masked_lines_on_stderr_and_puts_the_config_back(
         capsys: pytest.CaptureFixture[str]) -> None:
-    """While a command runs, its log lines go to stderr (the stderr of that moment), masked, never to stdout;
-    after it, the logging configuration is what it was (a command run inside another program's process, a test's,
-    leaves its logging alone)."""
+    """While a command runs, its warnings and errors go to stderr (the stderr of that moment), masked, never to
+    stdout, and its info lines nowhere (they would bury a refusal a script reads on stderr); after it, the logging
+    configuration is what it was (a command run inside another program's process, a test's, leaves its logging
+    alone)."""
     before, debug = structlog.get_config(), LEVEL.debug
     with cli_logging():
-        structlog.get_logger("t").info("cli.said", to="asha.rao@example.com")
+        structlog.get_logger("t").warning("cli.said", to="asha.rao@example.com")
+        structlog.get_logger("t").info("store.opened")
         structlog.get_logger("t").debug("cli.chatter")
     out, err = capsys.readouterr()
     assert out == ""
