@@ -483,12 +483,13 @@ async def _store_group(conn: Any, group: list[PendingAccept], channel: str, swee
             # a provider's retry of one of them may be in another process's group statement.
             keys = await _claim_keys(conn, [item for _, item in plain])
             await _lock_conversations(conn, group)
-            if plain:
-                out.update(zip((i for i, _ in plain), await _batched(conn, [item for _, item in plain], channel,
-                                                                     keys), strict=True))
-            for i, item in enumerate(group):
-                if item.alone:
+            for run in _runs(group):
+                if run[0][1].alone:
+                    ((i, item),) = run
                     out[i] = await in_savepoint(item)
+                else:
+                    out.update(zip((i for i, _ in run), await _batched(conn, [item for _, item in run], channel,
+                                                                       keys), strict=True))
         return [out[i] for i in range(len(group))]
     except DB_ERRORS as exc:
         if lost_connection(exc) or len(group) == 1 or (not last_run and deadlocked(exc)):
@@ -500,6 +501,41 @@ async def _store_group(conn: Any, group: list[PendingAccept], channel: str, swee
         if lock_first:
             await _lock_conversations(conn, group, alone=True)
         return await each_alone(group, in_savepoint)
+
+
+def _conversation_ids(item: PendingAccept) -> set[str]:
+    """The ids of the conversations `item` counts a message in."""
+    ids = {t[1] for t in item.threads}
+    ids.update(d.conversation for d in item.checked if d.conversation is not None)
+    return ids
+
+
+def _runs(group: list[PendingAccept]) -> list[list[tuple[int, PendingAccept]]]:
+    """The order a mixed group (accepts stored alone beside plain ones) is stored in, as runs of (place, accept):
+    a run of plain accepts in one statement each, an accept stored alone in a run of its own. All the plain ones
+    first, then those stored alone, in one statement fewer; but when an accept stored alone comes before a plain one
+    of the same conversation, in arrival order (consecutive plain accepts still together), so that a conversation's
+    first message stays its first, the one that opens its ticket."""
+    plain = [(i, item) for i, item in enumerate(group) if not item.alone]
+    alone = [(i, item) for i, item in enumerate(group) if item.alone]
+    later: set[str] = set()  # the conversations of the plain accepts after the place being read
+    crossed = False
+    for item in reversed(group):
+        if item.alone:
+            if not later.isdisjoint(_conversation_ids(item)):
+                crossed = True
+                break
+        else:
+            later |= _conversation_ids(item)
+    if not crossed:
+        return ([plain] if plain else []) + [[pair] for pair in alone]
+    runs: list[list[tuple[int, PendingAccept]]] = []
+    for i, item in enumerate(group):
+        if item.alone or not runs or runs[-1][0][1].alone:
+            runs.append([(i, item)])
+        else:
+            runs[-1].append((i, item))
+    return runs
 
 
 _LOCK_CONVERSATIONS = "SELECT 1 FROM conversations WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"

@@ -283,6 +283,38 @@ async def test_a_group_counts_each_message_in_its_conversation(store: PostgresSt
     assert [c.id for c in (await store.claim("kapture-support", 10, "w", 30)).items] == [first[0].id]
 
 
+@pytest.mark.parametrize("alone", ["nul-dedup-key", "nonce"])
+async def test_a_message_stored_alone_keeps_its_place_before_a_later_one_of_its_conversation(
+        store: PostgresStore, alone: str) -> None:
+    """An accept stored alone in its group (a dedup key holding a NUL, a nonce) and a plain one after it, of one
+    conversation, are stored in the order they were accepted: the first is the conversation's head and opens its
+    ticket. Before, the group stored its plain accepts first and the second message became the head."""
+    first = make_delivery(conversation="contact-to-kapture|thread-C", conversation_key="thread-C")
+    second = make_delivery(conversation="contact-to-kapture|thread-C", conversation_key="thread-C")
+    if alone == "nonce":
+        stored_alone = store.accept(make_event(dedup_key="msg-1"), [first], WEEK, nonce("tok", "body"))
+    else:
+        stored_alone = store.accept(make_event(dedup_key="msg\x00-1"), [first], WEEK)
+    await asyncio.gather(stored_alone, store.accept(make_event(dedup_key="msg-2"), [second], WEEK))
+    assert store.batcher.groups == 1
+    (found,) = await store.get_conversations("thread-C")
+    assert [d.id for d in found.deliveries] == [first.id, second.id]
+    assert [c.id for c in (await store.claim("kapture-support", 10, "w", 30)).items] == [first.id]
+
+
+async def test_a_message_stored_alone_after_its_conversations_plain_ones_takes_its_place(
+        store: PostgresStore) -> None:
+    """Plain accepts stored in one statement and, after them, one stored alone of the same conversation keep their
+    order too."""
+    deliveries = [make_delivery(conversation="m|t", conversation_key="t") for _ in range(3)]
+    await asyncio.gather(store.accept(make_event(), [deliveries[0]], WEEK),
+                         store.accept(make_event(), [deliveries[1]], WEEK),
+                         store.accept(make_event(dedup_key="x\x00y"), [deliveries[2]], WEEK))
+    assert store.batcher.groups == 1
+    (found,) = await store.get_conversations("t")
+    assert [d.id for d in found.deliveries] == [d.id for d in deliveries]
+
+
 async def test_a_burst_of_large_accepts_is_stored_in_groups_of_at_most_group_bytes(store: PostgresStore) -> None:
     """Accepts made together are grouped up to GROUP_BYTES of what they send, not only up to group_commit_max:
     accepts over a third of it each (event payload and delivery body) go two to a group, one over the bound by

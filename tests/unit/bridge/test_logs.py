@@ -114,9 +114,11 @@ def test_ids_and_times_with_the_new_separators_are_left_alone(text: str) -> None
     lambda n: "2024/1/" * n + "ab",
     lambda n: "2024/07911 " * n + "ab",
     lambda n: "2024/04/19/" * n + "9876543210",
+    lambda n: "2024/000123 " * n + "ab",
+    lambda n: "2024/0001 1" + " " * n + "ab",
 ], ids=["dashes", "digits", "spaces", "underscores", "dashed-groups", "dates-joined", "years-joined", "year-ids",
         "dates-spaced", "compact-dates", "year-ids-underscored", "date-ids", "compact-date-ids", "unpadded-ids",
-        "ids-spaced", "dates-slashed"])
+        "ids-spaced", "dates-slashed", "padded-ids-spaced", "id-before-spaces"])
 def test_masking_phones_grows_linearly(make: Any) -> None:
     """A long run of digits and separators that ends where no number may (before `-` or a word) costs masking
     about as much more as it is longer."""
@@ -204,6 +206,22 @@ def test_year_led_groups_a_phone_number_could_be_are_masked(text: str, masked: s
     and none runs on into more digits with another separator: a year and a 7-digit group (`2012/3456789`) or groups
     with no padding are as much a phone number written in groups as an id, and masked; so is `2024/07911 123456`,
     whose last group begins a UK mobile. Before, these were left in clear."""
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("order 2024/000123 07911 123456", "order 2024/000123 *********56"),
+    ("2024/000123 415 555 0100", "2024/000123 ********00"),
+    ("2024_0001 2011 0517", "2024_0001 ******17"),
+    ("2024/0001 98765 43210", "2024/0001 ********10"),
+    ("INV/2024/000123 07911 123456", "INV/2024/000123 *********56"),
+    ("2024/000123 20110517", "2024/000123 ******17"),
+    ("2024-04-19_0001 07911 123456", "2024-04-19_0001 *********56"),
+])
+def test_a_number_in_groups_after_a_year_led_id_and_a_space_is_masked_alone(text: str, masked: str) -> None:
+    """A year-led id followed by a space and a number (in groups or not) ends before the number, which is masked as
+    any other, all its digits but the last two. Before, the id ran on into the number and the whole run was masked
+    as one mis-split number, most of the number's digits left in clear (`order *************11 123456`)."""
     assert mask_text(text) == masked
 
 
