@@ -19,6 +19,14 @@ from bridge.mapping.templates import ENV, MAX_SORTED, URLIZE_WORD
 from tests.unit.bridge.mapping.test_loop_slice import sliced
 
 
+@pytest.fixture(autouse=True)
+def no_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renders here run on payloads of hundreds of kilobytes (tens of milliseconds each on a quiet machine): under the
+    render's 250 ms of wall time, a busy machine's would fail. What these tests check are counts and outputs, never
+    the budget: a minute of it."""
+    monkeypatch.setattr(limits, "TIME_BUDGET_S", 60.0)
+
+
 def ctx(payload: Any, **vars_: Any) -> dict[str, Any]:
     return {"payload": payload, "headers": {}, "event": {"id": "evt_1"}, "vars": vars_}
 
