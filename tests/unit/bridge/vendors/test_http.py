@@ -174,10 +174,10 @@ def test_a_success_without_a_body_is_a_success_without_an_id() -> None:
 
 @pytest.mark.parametrize(("status", "classification"), [(401, "auth"), (403, "auth"), (429, "retry"),
                                                         (500, "retry"), (408, "retry"), (400, "permanent"),
-                                                        (404, "permanent"), (302, "retry")])
+                                                        (404, "permanent"), (307, "retry"), (302, "unknown")])
 def test_other_statuses(status: int, classification: str) -> None:
-    """Statuses outside the success list: 401/403 auth, 408/429/5xx and a redirect retry, anything else
-    permanent."""
+    """Statuses outside the success list: 401/403 auth, 408/429/5xx and a redirect asking for the same request
+    elsewhere retry, a 302 after a send (Post/Redirect/Get) unknown, anything else permanent."""
     outcome = classify(status, {"error": "nope"}, error_path="error")
     assert outcome.classification == classification
     assert outcome.error is not None
