@@ -298,17 +298,30 @@ LOCATION_CHARS = 120
 """The most of a redirect's `Location` an error names."""
 
 
+def _first_segment(path: str) -> str:
+    """`path` cut after its first segment (without its `;` parameters), `…` standing for what followed: a
+    Location's path may hold a token (`;jsessionid=`, a signed segment, a webhook's `/services/T/B/SECRET`)."""
+    lead = "/" if path.startswith("/") else ""
+    first, slash, rest = path[len(lead):].partition("/")
+    first, semicolon, _ = first.partition(";")
+    return lead + first + (";…" if semicolon else "/…" if rest else slash)
+
+
 def redirect_target(headers: Mapping[str, str]) -> str:
-    """A redirect's `Location` as an error names it: without its user info, query string and fragment (they may
-    hold a token), cut at LOCATION_CHARS, its text written out (`escape_text`); `no Location` without one."""
+    """A redirect's `Location` as an error names it: its scheme, host, port and first path segment, `…` for what
+    followed (`_first_segment`), without its user info, query string and fragment (they may hold a token), cut at
+    LOCATION_CHARS, its text written out (`escape_text`); `no Location` without one."""
     location = (headers.get("Location") or "").strip()
     if not location:
         return "no Location"
     try:
         parts = urlsplit(location)
-        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], _first_segment(parts.path), "", ""))
     except ValueError:  # a bracketed host that is no IPv6 address, a port that is no number
-        shown = location.split("?")[0].split("#")[0]
+        bare = location.split("?")[0].split("#")[0]
+        scheme, slashes, rest = bare.partition("//") if "//" in bare else ("", "", bare)
+        authority, slash, path = rest.partition("/") if slashes else ("", "", rest)
+        shown = scheme + slashes + authority.rpartition("@")[2] + _first_segment(slash + path)
     shown = escape_text(shown)
     return repr(shown if len(shown) <= LOCATION_CHARS else shown[:LOCATION_CHARS - 1] + "…")
 

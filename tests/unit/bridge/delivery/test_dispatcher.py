@@ -908,7 +908,7 @@ async def test_a_vendor_that_redirects_every_send_pauses_the_lane_and_kills_no_b
     assert not any(store.status(i) == "dead" for i in ids)
     assert {r.classification for r in store.records} == {"retry"}
     assert {r.error for r in store.records} == {
-        "HTTP 301 redirect to 'https://moved.example/v2/add' (not followed): the destination's URL is not where the "
+        "HTTP 301 redirect to 'https://moved.example/v2/…' (not followed): the destination's URL is not where the "
         "API answers; fix its base_url or path"}
 
 
