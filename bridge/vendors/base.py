@@ -21,7 +21,6 @@ from yarl import URL
 from bridge.bodies import read_bounded as read_bounded  # noqa: PLC0414
 from bridge.bodies import read_capped as read_capped  # noqa: PLC0414
 from bridge.config import DestinationConfig
-from bridge.delivery.exchange import redacted_json
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
 from bridge.escaping import NUL, escape_text
@@ -455,18 +454,43 @@ def _escaped(value: Any) -> Any:
 
 
 TOKEN_ANSWER_CHARS = 200
-"""The most of a token endpoint's answer (its JSON, the token-bearing values redacted) an error quotes."""
+"""The most of a token endpoint's answer (the names of its JSON object's keys) an error quotes."""
+
+
+def _key_names(answer: dict[Any, Any]) -> Iterable[str]:
+    """The names of `answer`'s keys, those of an object under one dotted after it (`data.access_token`), an
+    array's written `name[…]`, depth first and lazily (the caller stops at TOKEN_ANSWER_CHARS), never a value."""
+    stack: list[tuple[str, Iterable[tuple[Any, Any]]]] = [("", iter(answer.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        for key, value in items:
+            name = prefix + escape_text(str(key))
+            if isinstance(value, dict) and value:
+                stack.append((name + ".", iter(value.items())))
+                break
+            yield name + "[…]" if isinstance(value, list) else name
+        else:
+            stack.pop()
 
 
 def token_answer_said(raw: bytes, content_type: str | None, parsed: Any) -> str:
     """What a token endpoint's answer (`raw`, decoded as `parsed`) says, for an error a human reads, without any
-    token it carries: a JSON object with the value of each credential-named key (`access_token`, `refresh_token`,
-    `id_token`, `token`, … as exchange.secret_name tells) redacted, at any depth, cut at TOKEN_ANSWER_CHARS; any
-    other answer (text, HTML, a JSON string that may be the token itself) only by its content type and length,
-    never quoted. The bridge's value redaction knows only tokens it holds; this answer's are not held yet."""
+    token it carries: a JSON object by the names of its keys alone (`_key_names`), cut at TOKEN_ANSWER_CHARS, no
+    value quoted (a token may be under any name: `jwt`, `sid`, `result`); any other answer (text, HTML, a JSON
+    string that may be the token itself) only by its content type and length, never quoted. The bridge's value
+    redaction knows only tokens it holds; this answer's are not held yet. What the endpoint said of a refusal its
+    caller quotes from the keys that say it (`error`, `error_description`, `message`)."""
     if isinstance(parsed, dict):
-        text = msgspec.json.encode(redacted_json(parsed)).decode()
-        return text if len(text) <= TOKEN_ANSWER_CHARS else text[:TOKEN_ANSWER_CHARS - 1] + "…"
+        names: list[str] = []
+        length = 0
+        for name in _key_names(parsed):
+            names.append(name)
+            length += len(name) + 2
+            if length > TOKEN_ANSWER_CHARS:
+                break
+        listed = ", ".join(names)
+        listed = listed if len(listed) <= TOKEN_ANSWER_CHARS else listed[:TOKEN_ANSWER_CHARS - 1] + "…"
+        return f"a JSON object with the keys {listed or '(none)'}, values not quoted"
     kind = escape_text((content_type or "no content type").split(";")[0].strip()[:60]) or "no content type"
     return f"a body of {len(raw):,} bytes ({kind}), not quoted: not a JSON object"
 
