@@ -63,6 +63,8 @@ METHODS = ("POST", "PUT", "PATCH")
 MAPPING_OPTIONS = ("method", "path")
 # Placeholders a path may hold beside field names: the follow-up's ticket.
 TICKET_PLACEHOLDERS = {"ticket.id": "id", "ticket.key": "key"}
+JSON_WHITESPACE = b" \t\r\n"
+"""What JSON allows around a value (RFC 8259 §2)."""
 NOTE_KEY = "attachments_note"  # where the names of unsent files go unless `attachments.note_field` says
 
 
@@ -540,8 +542,10 @@ class HttpAdapter(Adapter):
         said = text_or_none(self._error.get(root)) if self._error is not None else None
         detail = said or excerpt(body)
         if status in self.options.success_statuses:
-            if parsed is None and body.strip() and (self._success is not None or self._ticket_id is not None):
-                # What the answer says (success_path) or names (ticket_id_path) cannot be read, even leniently.
+            if (parsed is None and body.strip() and body.strip(JSON_WHITESPACE) != b"null"
+                    and (self._success is not None or self._ticket_id is not None)):
+                # What the answer says (success_path) or names (ticket_id_path) cannot be read, even leniently
+                # (a JSON null is read: it holds nothing at either path, as `[]` does not).
                 return unreadable_success("http", status, body, "JSON")
             if self._success is not None:
                 got = self._success.get(root)

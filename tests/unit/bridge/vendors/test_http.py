@@ -167,6 +167,16 @@ def test_a_success_msgspec_cannot_decode_is_read_leniently(body: bytes) -> None:
     assert classify(201, body, ticket_id_path="id") == Outcome(classification="success", ticket_id="T-777")
 
 
+@pytest.mark.parametrize("body", [b"null", b" null\r\n", b"[]"])
+def test_a_json_null_is_read_as_json(body: bytes) -> None:
+    """A success answering JSON `null` is JSON, read as `[]` is: it names no ticket (`ticket_id_path`: a success
+    without an id) and says nothing at `success_path` (permanent, saying so), never "the answer is not JSON"."""
+    assert classify(200, body, ticket_id_path="id") == Outcome(classification="success", ticket_id=None)
+    outcome = classify(200, body, success_path="ok")
+    assert outcome.classification == "permanent"
+    assert (outcome.error or "").startswith("http: HTTP 200 but ok is nothing, not True: ")
+
+
 def test_a_success_without_a_body_is_a_success_without_an_id() -> None:
     """An empty answer (204) is read: it names no ticket (counted as such), and is no doubt."""
     assert classify(204, b"", ticket_id_path="id") == Outcome(classification="success", ticket_id=None)
