@@ -21,7 +21,6 @@ from yarl import URL
 from bridge.bodies import read_bounded as read_bounded  # noqa: PLC0414
 from bridge.bodies import read_capped as read_capped  # noqa: PLC0414
 from bridge.config import DestinationConfig
-from bridge.delivery.exchange import redacted_json
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
 from bridge.escaping import NUL, escape_text
@@ -298,45 +297,73 @@ LOCATION_CHARS = 120
 """The most of a redirect's `Location` an error names."""
 
 
+def _first_segment(path: str) -> str:
+    """`path` cut after its first segment (without its `;` parameters), `…` standing for what followed: a
+    Location's path may hold a token (`;jsessionid=`, a signed segment, a webhook's `/services/T/B/SECRET`)."""
+    lead = "/" if path.startswith("/") else ""
+    first, slash, rest = path[len(lead):].partition("/")
+    first, semicolon, _ = first.partition(";")
+    return lead + first + (";…" if semicolon else "/…" if rest else slash)
+
+
 def redirect_target(headers: Mapping[str, str]) -> str:
-    """A redirect's `Location` as an error names it: without its user info, query string and fragment (they may
-    hold a token), cut at LOCATION_CHARS, its text written out (`escape_text`); `no Location` without one."""
+    """A redirect's `Location` as an error names it: its scheme, host, port and first path segment, `…` for what
+    followed (`_first_segment`), without its user info, query string and fragment (they may hold a token), cut at
+    LOCATION_CHARS, its text written out (`escape_text`); `no Location` without one."""
     location = (headers.get("Location") or "").strip()
     if not location:
         return "no Location"
     try:
         parts = urlsplit(location)
-        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], _first_segment(parts.path), "", ""))
     except ValueError:  # a bracketed host that is no IPv6 address, a port that is no number
-        shown = location.split("?")[0].split("#")[0]
+        bare = location.split("?")[0].split("#")[0]
+        scheme, slashes, rest = bare.partition("//") if "//" in bare else ("", "", bare)
+        authority, slash, path = rest.partition("/") if slashes else ("", "", rest)
+        shown = scheme + slashes + authority.rpartition("@")[2] + _first_segment(slash + path)
     shown = escape_text(shown)
     return repr(shown if len(shown) <= LOCATION_CHARS else shown[:LOCATION_CHARS - 1] + "…")
 
 
-def redirect_answer(status: int, headers: Mapping[str, str]) -> Outcome:
-    """What a redirect (3xx) as the answer means; ticketbridge follows none (the request and its credentials would
-    go to another URL). A 303 See Other after a create is how some APIs say "done, see there": the vendor acted, so
-    it is `unknown` (held or looked up, never sent again blindly). Any other (301, 302, 307, 308, …) says the URL is
-    not where the API answers: the request was not acted on, and every request of the destination will be answered
-    so until its URL is fixed. It is a `retry` that counts against the destination (after 5 the lane pauses and
-    probes, its deliveries keeping their tries), not a `permanent` failure that would kill the whole backlog: fix
-    `base_url` (or `path`), and what waits is sent (what died meanwhile is replayed)."""
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+"""The methods whose request may be sent twice to the same effect (RFC 9110 9.2.2); POST and PATCH are not."""
+
+SAME_REQUEST_REDIRECTS = frozenset({301, 307, 308})
+"""The redirects that ask for the same request at another URL (a moved base_url, http to https): the vendor did
+not act on it. A 302 or 303 after a POST is a Post/Redirect/Get: "done, see there"."""
+
+
+def redirect_answer(status: int, headers: Mapping[str, str], method: str = "POST") -> Outcome:
+    """What a redirect (3xx) as the answer to a `method` request means; ticketbridge follows none (the request and
+    its credentials would go to another URL). A 303 See Other, and any redirect but 301, 307 and 308 to a request
+    that is not idempotent (POST, PATCH), is how many APIs say "done, see there" after a create (Post/Redirect/Get):
+    the vendor may have acted, so it is `unknown` (held or looked up, never sent again blindly). A 301, 307 or 308
+    (or any but 303 to an idempotent PUT) says the URL is not where the API answers: the request was not acted on,
+    and every request of the destination will be answered so until its URL is fixed. It is a `retry` that counts
+    against the destination (after 5 the lane pauses and probes, its deliveries keeping their tries), not a
+    `permanent` failure that would kill the whole backlog: fix `base_url` (or `path`), and what waits is sent (what
+    died meanwhile is replayed)."""
     where = redirect_target(headers)
     if status == 303:
         return Outcome(classification="unknown",
                        error=f"HTTP 303 See Other to {where} (not followed): the vendor may have acted on the request")
+    if status not in SAME_REQUEST_REDIRECTS and method.upper() not in IDEMPOTENT_METHODS:
+        return Outcome(classification="unknown",
+                       error=f"HTTP {status} redirect to {where} after a {method.upper()} (not followed): the vendor "
+                             "may have acted on the request")
     return Outcome(classification="retry",
                    error=f"HTTP {status} redirect to {where} (not followed): the destination's URL is not where the "
                          "API answers; fix its base_url or path")
 
 
-def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
-    """The classification an HTTP status alone decides, or None when the body must be read. An interim status
-    (1xx) is `unknown` (`interim_answer`), a redirect (3xx) as `redirect_answer` says."""
+def classify_status(status: int, headers: Mapping[str, str], method: str = "POST") -> Outcome | None:
+    """The classification an HTTP status alone decides for the answer to a `method` request, or None when the body
+    must be read. An interim status (1xx) is `unknown` (`interim_answer`), a redirect (3xx) as `redirect_answer`
+    says (a send whose method is not known is taken as a POST: never sent again on a Post/Redirect/Get)."""
     if status < 200:  # a status line aiohttp read has three digits: 1xx (a call only then: this runs per answer)
         return interim_answer(status)
     if 300 <= status < 400:
-        return redirect_answer(status, headers)
+        return redirect_answer(status, headers, method)
     if status in (408, 425, 429) or status >= 500:
         wait = parse_retry_after(headers.get("Retry-After"))
         return Outcome(classification="retry", error=f"HTTP {status}", retry_after=wait, rate_limited=status == 429)
@@ -427,18 +454,43 @@ def _escaped(value: Any) -> Any:
 
 
 TOKEN_ANSWER_CHARS = 200
-"""The most of a token endpoint's answer (its JSON, the token-bearing values redacted) an error quotes."""
+"""The most of a token endpoint's answer (the names of its JSON object's keys) an error quotes."""
+
+
+def _key_names(answer: dict[Any, Any]) -> Iterable[str]:
+    """The names of `answer`'s keys, those of an object under one dotted after it (`data.access_token`), an
+    array's written `name[…]`, depth first and lazily (the caller stops at TOKEN_ANSWER_CHARS), never a value."""
+    stack: list[tuple[str, Iterable[tuple[Any, Any]]]] = [("", iter(answer.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        for key, value in items:
+            name = prefix + escape_text(str(key))
+            if isinstance(value, dict) and value:
+                stack.append((name + ".", iter(value.items())))
+                break
+            yield name + "[…]" if isinstance(value, list) else name
+        else:
+            stack.pop()
 
 
 def token_answer_said(raw: bytes, content_type: str | None, parsed: Any) -> str:
     """What a token endpoint's answer (`raw`, decoded as `parsed`) says, for an error a human reads, without any
-    token it carries: a JSON object with the value of each credential-named key (`access_token`, `refresh_token`,
-    `id_token`, `token`, … as exchange.secret_name tells) redacted, at any depth, cut at TOKEN_ANSWER_CHARS; any
-    other answer (text, HTML, a JSON string that may be the token itself) only by its content type and length,
-    never quoted. The bridge's value redaction knows only tokens it holds; this answer's are not held yet."""
+    token it carries: a JSON object by the names of its keys alone (`_key_names`), cut at TOKEN_ANSWER_CHARS, no
+    value quoted (a token may be under any name: `jwt`, `sid`, `result`); any other answer (text, HTML, a JSON
+    string that may be the token itself) only by its content type and length, never quoted. The bridge's value
+    redaction knows only tokens it holds; this answer's are not held yet. What the endpoint said of a refusal its
+    caller quotes from the keys that say it (`error`, `error_description`, `message`)."""
     if isinstance(parsed, dict):
-        text = msgspec.json.encode(redacted_json(parsed)).decode()
-        return text if len(text) <= TOKEN_ANSWER_CHARS else text[:TOKEN_ANSWER_CHARS - 1] + "…"
+        names: list[str] = []
+        length = 0
+        for name in _key_names(parsed):
+            names.append(name)
+            length += len(name) + 2
+            if length > TOKEN_ANSWER_CHARS:
+                break
+        listed = ", ".join(names)
+        listed = listed if len(listed) <= TOKEN_ANSWER_CHARS else listed[:TOKEN_ANSWER_CHARS - 1] + "…"
+        return f"a JSON object with the keys {listed or '(none)'}, values not quoted"
     kind = escape_text((content_type or "no content type").split(";")[0].strip()[:60]) or "no content type"
     return f"a body of {len(raw):,} bytes ({kind}), not quoted: not a JSON object"
 

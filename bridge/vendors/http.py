@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import re
 import string
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
@@ -62,6 +63,8 @@ METHODS = ("POST", "PUT", "PATCH")
 MAPPING_OPTIONS = ("method", "path")
 # Placeholders a path may hold beside field names: the follow-up's ticket.
 TICKET_PLACEHOLDERS = {"ticket.id": "id", "ticket.key": "key"}
+JSON_WHITESPACE = b" \t\r\n"
+"""What JSON allows around a value (RFC 8259 §2)."""
 NOTE_KEY = "attachments_note"  # where the names of unsent files go unless `attachments.note_field` says
 
 
@@ -149,6 +152,26 @@ def _refuse_dot_segments(template: str, path: str, filled: list[tuple[int, int, 
         start = stop + 1
 
 
+STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+"""A `%` that starts no percent-escape: a path template's literal text keeps `%` as written (LITERAL_SAFE)."""
+
+
+def _check_literal_text(template: str) -> None:
+    """ValueProblem when `template`'s literal text holds a `%` not followed by two hex digits (it would go out
+    as written, a malformed URL each server reads its own way), or when a whole segment before its query (one
+    with no placeholder) is `.` or `..`, percent-decoded: it would be refused by each delivery
+    (`_refuse_dot_segments`), the backlog dying, while the config loads."""
+    for literal, _ in template_parts(template):
+        if STRAY_PERCENT.search(literal):
+            raise ValueProblem(f"`path` {VALUE} holds a `%` that starts no percent-escape (two hex digits): "
+                               "write %25 for a literal %", template)
+    for segment in template.split("?", 1)[0].split("/"):
+        if "{" not in segment and unquote(segment) in DOT_SEGMENTS:
+            raise ValueProblem(f"`path` {VALUE} holds the dot segment {segment!r}: write the path the API takes, "
+                               "without `.` or `..` segments (e.g. /v1/./tickets/../tickets is /v1/tickets)",
+                               template)
+
+
 def _check_path(template: str) -> None:
     """ValueProblem, about `template` (or the part of it checked), when it cannot be a path."""
     if not template.startswith("/"):
@@ -157,6 +180,7 @@ def _check_path(template: str) -> None:
         raise ValueProblem(f"`path` {VALUE} holds a template: path placeholders take single braces, "
                            "e.g. /tickets/{ticket.id} or /tickets/{ticket_ref}", template)
     placeholders(template)
+    _check_literal_text(template)
 
 
 class HttpDoctor(Base):
@@ -176,6 +200,7 @@ def _check_doctor_path(path: str) -> None:
 def _check_lookup_path(path: str) -> None:
     _check_path(path.split("?", 1)[0])
     placeholders(path)
+    _check_literal_text(path)
 
 
 class HttpLookup(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -517,8 +542,10 @@ class HttpAdapter(Adapter):
         said = text_or_none(self._error.get(root)) if self._error is not None else None
         detail = said or excerpt(body)
         if status in self.options.success_statuses:
-            if parsed is None and body.strip() and (self._success is not None or self._ticket_id is not None):
-                # What the answer says (success_path) or names (ticket_id_path) cannot be read, even leniently.
+            if (parsed is None and body.strip() and body.strip(JSON_WHITESPACE) != b"null"
+                    and (self._success is not None or self._ticket_id is not None)):
+                # What the answer says (success_path) or names (ticket_id_path) cannot be read, even leniently
+                # (a JSON null is read: it holds nothing at either path, as `[]` does not).
                 return unreadable_success("http", status, body, "JSON")
             if self._success is not None:
                 got = self._success.get(root)

@@ -67,11 +67,12 @@ ANSWER_BYTES = 64 * 1024  # the most of a Login answer read
 Subjects = dict[str, tuple[int, str]]  # folded name → (id, name as the CRM writes it)
 
 
-def _parsed_answer(body: bytes) -> tuple[dict[str, Any], str]:
-    """An answer's JSON object (empty when it is not one) and what it says: its `message`, else an excerpt."""
+def _parsed_answer(body: bytes) -> tuple[dict[str, Any], str, bool]:
+    """An answer's JSON object (empty when it is not one), what it says (its `message`, else an excerpt), and
+    whether it is a JSON object: the body decoded once (an unreadable one may be read leniently, at a cost)."""
     parsed = decode_json(body)
     data = parsed if isinstance(parsed, dict) else {}
-    return data, text_or_none(data.get("message")) or excerpt(body)
+    return data, text_or_none(data.get("message")) or excerpt(body), isinstance(parsed, dict)
 
 
 class NetgrootLogin(Base):
@@ -368,7 +369,7 @@ class NetgrootAdapter(Adapter):
         return VendorRequest(method="GET", url=self.base_url + TICKETS_PATH, headers={}, body=b"")
 
     def diagnose(self, status: int, headers: Mapping[str, str], body: bytes) -> Diagnosis:
-        data, message = _parsed_answer(body)
+        data, message, _ = _parsed_answer(body)
         login = self.options.auth.login if self.options.auth is not None else None
         who = f"subscriber {mask_text(login.username)!r}" if login is not None else "the token's subscriber"
         if status == 200 and data.get("success") is True:
@@ -392,7 +393,7 @@ class NetgrootAdapter(Adapter):
         return "data.ticket_id" if action == "create_ticket" else None
 
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
-        data, message = _parsed_answer(body)
+        data, message, an_object = _parsed_answer(body)
         if status in (401, 403) or (data.get("success") is False and message.lower() == "unauthorized"):
             return Outcome(classification="auth", error=f"netgroot: HTTP {status}: {message}: check the destination's "
                                                         "auth (the log-in, or the API token)")
@@ -404,6 +405,6 @@ class NetgrootAdapter(Adapter):
             ticket = data.get("data")
             return succeeded(answer_id(ticket.get("ticket_id"), "data.ticket_id") if isinstance(ticket, dict)
                              else NO_ID)
-        if 200 <= status < 300 and not isinstance(decode_json(body), dict):
+        if 200 <= status < 300 and not an_object:
             return unreadable_success("netgroot", status, body)
         return Outcome(classification="permanent", error=f"netgroot: HTTP {status}: {message}")

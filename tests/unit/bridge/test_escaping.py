@@ -34,6 +34,51 @@ TRICKY = st.text(alphabet=st.sampled_from(["\x00", "\\", "0", "~", "x", "a", "\u
 TRICKY_OR_MARKED = st.one_of(TRICKY, TRICKY.map(lambda t: NUL_MARK + t), st.text(max_size=40))
 
 
+def written_out_one_at_a_time(text: str) -> str:
+    """The write-out as it is defined: each lone surrogate, found by a pattern, written `\\xNN` when it is a byte
+    read with surrogateescape (U+DC80 to U+DCFF), else `\\uNNNN`; everything else as it is."""
+    def one(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+    return re.sub("[\ud800-\udfff]", one, text)
+
+
+# Text made mostly of lone surrogates (escaped bytes that may read together as UTF-8: U+DCC3 U+DCA9 is `é`'s
+# bytes; escaped continuation bytes after a valid letter), valid letters and backslashes.
+SURROGATE_HEAVY = st.text(alphabet=st.one_of(
+    st.sampled_from(["\udcc3", "\udca9", "\udce2", "\udc82", "\udcac", "\udcf0", "\udc9f", "\udc80",
+                     "\udcff", "\udc7f", "\udd00", "\ud83d", "\ude00", "\ud800", "\udfff", "\\", "x", "é",
+                     "€", "\U0001f600", "\x00", "\u00c3"]),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.characters()), max_size=60)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(SURROGATE_HEAVY)
+def test_the_write_out_in_c_is_the_write_out_one_surrogate_at_a_time(text: str) -> None:
+    """`escape_text` writes lone surrogates out with a table in C: exactly what writing each out
+    one at a time gives, whatever sits beside them, and a long text escaped a slice at a time the same."""
+    assert escape_text(text) == written_out_one_at_a_time(text)
+    long = text * (escaping.SLICE_CHARS // max(len(text), 1) + 2)
+    assert escape_text(long) == written_out_one_at_a_time(long)
+
+
+@pytest.mark.parametrize(("codes", "written"), [
+    ([0xDCC3, 0xDCA9], "\\xc3\\xa9"),  # é's two bytes, each escaped: not é
+    ([0xDCE2, 0xDC82, 0xDCAC], "\\xe2\\x82\\xac"),  # €'s three
+    ([0xDCF0, 0xDC9F, 0xDC98, 0xDC80], "\\xf0\\x9f\\x98\\x80"),  # 😀's four
+    ([0xE9, 0xDCA9], "é\\xa9"),
+    ([0x5C, 0xDCE9], "\\\\xe9"),
+    ([0xD83D, 0xDE00, 0xDC80, 0xDCFF, 0xD800, 0xDFFF], "\\ud83d\\ude00\\x80\\xff\\ud800\\udfff"),
+])
+def test_escaped_bytes_that_read_together_as_utf8_stay_bytes(codes: list[int], written: str) -> None:
+    """Bytes read with surrogateescape were not UTF-8 where they came from: they are written out each, even when
+    side by side they would read as a letter."""
+    text = "".join(map(chr, codes))
+    assert escape_text(text) == written == written_out_one_at_a_time(text)
+    assert escape_text(text * 1000) == written * 1000
+
+
 def test_bytes_read_with_surrogateescape_are_written_as_hex_escapes() -> None:
     """Each byte aiohttp could not read as UTF-8 becomes `\\xNN`; valid text around it is left as it is."""
     header = b"caf\xc3\xa9 \xff\xfe".decode("utf-8", "surrogateescape")

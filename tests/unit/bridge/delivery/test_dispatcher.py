@@ -908,8 +908,23 @@ async def test_a_vendor_that_redirects_every_send_pauses_the_lane_and_kills_no_b
     assert not any(store.status(i) == "dead" for i in ids)
     assert {r.classification for r in store.records} == {"retry"}
     assert {r.error for r in store.records} == {
-        "HTTP 301 redirect to 'https://moved.example/v2/add' (not followed): the destination's URL is not where the "
+        "HTTP 301 redirect to 'https://moved.example/v2/…' (not followed): the destination's URL is not where the "
         "API answers; fix its base_url or path"}
+
+
+async def test_a_create_answered_with_a_302_is_not_posted_again() -> None:
+    """Many APIs answer a create they made with a 302 to the new ticket (Post/Redirect/Get): the delivery is in
+    doubt (unknown, here held for an operator), and the ticket is never POSTed again, as a retry would."""
+    store = RecordingStore()
+    delivery_id = await store.add("kapture")
+    dest = destination(schedule=["10ms"] * 3)
+    dest.config.on_unknown = "hold"
+    with aioresponses() as m:
+        mock_vendor(m, status=302, body="", headers={"Location": "https://app.kapture.example/ticket/4711"})
+        async with running(store, dest):
+            await eventually(lambda: len(store.records) >= 1 and store.status(delivery_id) != "pending")
+        assert requests_to(m) == 1
+    assert [r.classification for r in store.records] == ["unknown"]
 
 
 async def test_the_breaker_probes_then_resumes_when_the_vendor_is_back() -> None:

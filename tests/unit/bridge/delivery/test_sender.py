@@ -841,6 +841,20 @@ def test_only_a_status_that_says_the_vendor_did_not_act_decides_an_unread_body()
     assert sender.unread_refusal(400, {}, cut, 5.0) is None
 
 
+@pytest.mark.parametrize(("status", "method", "classification"), [
+    (302, "POST", "unknown"), (302, "PATCH", "unknown"), (303, "PUT", "unknown"), (302, "PUT", "retry"),
+    (301, "POST", "retry"), (307, "POST", "retry"), (308, "PATCH", "retry")])
+def test_an_unread_redirect_is_read_by_the_method_it_answered(status: int, method: str, classification: str) -> None:
+    """A redirect whose body could not be read is what its status says of a request of that method: a 302 after a
+    POST (Post/Redirect/Get: the vendor made the ticket) is unknown, never sent again; a 301, 307 or 308 asks for
+    the same request elsewhere (a retry)."""
+    cut = aiohttp.ClientPayloadError("Response payload is not completed")
+    refused = sender.unread_refusal(status, {"Location": "https://app.example/ticket/4711"}, cut, 5.0, method)
+    assert refused is not None and refused.classification == classification
+    assert refused.error is not None and refused.error.endswith(
+        "; its body could not be read: ClientPayloadError: Response payload is not completed")
+
+
 ZLIB_BOMB_BYTES = 64 << 20
 """What the gzip and deflate bombs below inflate to (zeros): 256 times the read cap, and made in a fraction of a
 second; zlib's ratio is at most about 1000:1, so these take 64 KB on the wire."""

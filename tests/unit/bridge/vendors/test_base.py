@@ -127,32 +127,54 @@ def test_other_statuses_leave_it_to_the_body(status: int) -> None:
     assert classify_status(status, {}) is None
 
 
-@pytest.mark.parametrize("status", [300, 301, 302, 307, 308, 399])
+@pytest.mark.parametrize(("status", "method"), [(301, "POST"), (307, "POST"), (308, "PATCH"), (300, "PUT"),
+                                               (302, "PUT"), (399, "PUT")])
 @pytest.mark.parametrize(("location", "shown"), [
-    ("https://new.example/v2/tickets?access_token=LIVE-1#frag", "'https://new.example/v2/tickets'"),
+    ("https://new.example/v2/tickets?access_token=LIVE-1#frag", "'https://new.example/v2/…'"),
     ("https://user:pw@new.example/t", "'https://new.example/t'"),
-    ("/v2/tickets?sig=abc", "'/v2/tickets'"),
+    ("/v2/tickets?sig=abc", "'/v2/…'"),
     ("https://new.example/" + "a" * 300, "'https://new.example/" + "a" * 99 + "…'"),
     ("http://[bad/x?k=v", "'http://[bad/x'"),
+    ("http://user:pw@[bad/x/LIVE-1", "'http://[bad/x/…'"),
+    ("https://app.example:8443/login;jsessionid=LIVE-1", "'https://app.example:8443/login;…'"),
+    ("https://hooks.example/services/T0/B0/LIVE-1", "'https://hooks.example/services/…'"),
+    ("https://new.example/v2/", "'https://new.example/v2/'"),
     ("", "no Location"),
 ])
-def test_a_redirect_is_a_retry_of_the_destination_naming_where(status: int, location: str, shown: str) -> None:
-    """A redirect is not followed, and says the destination's URL is wrong: every request will be answered so, so
-    it is a `retry` that counts against the destination (the breaker pauses it after 5), not a `permanent` failure
-    per delivery that kills the backlog. The error names the Location, without its query string, fragment or
-    user info (they may hold a token) and cut short."""
-    outcome = classify_status(status, {"Location": location} if location else {})
+def test_a_redirect_is_a_retry_of_the_destination_naming_where(status: int, method: str, location: str,
+                                                                shown: str) -> None:
+    """A redirect that asks for the same request elsewhere (301, 307, 308; any but 303 to an idempotent PUT) is
+    not followed, and says the destination's URL is wrong: every request will be answered so, so it is a `retry`
+    that counts against the destination (the breaker pauses it after 5), not a `permanent` failure per delivery
+    that kills the backlog. The error names the Location, without its query string, fragment or user info (they
+    may hold a token), nor its path past the first segment (`;jsessionid=`, a webhook's secret segment), cut
+    short."""
+    outcome = classify_status(status, {"Location": location} if location else {}, method)
     assert outcome == Outcome(classification="retry",
                               error=f"HTTP {status} redirect to {shown} (not followed): the destination's URL is not "
                                     "where the API answers; fix its base_url or path")
     assert "LIVE" not in (outcome.error or "") and "pw" not in (outcome.error or "")
 
 
+@pytest.mark.parametrize(("status", "method"), [(302, "POST"), (302, "PATCH"), (302, "post"), (300, "POST"),
+                                               (399, "PATCH")])
+def test_a_post_redirect_get_is_in_doubt(status: int, method: str) -> None:
+    """A 302 (or any redirect but 301, 307, 308) to a POST or PATCH is how many APIs answer a create they made
+    (Post/Redirect/Get): `unknown` (held or looked up), never sent again blindly; a send of no stated method is
+    taken as a POST."""
+    expected = Outcome(classification="unknown",
+                       error=f"HTTP {status} redirect to 'https://app.example/ticket/…' after a {method.upper()} "
+                             "(not followed): the vendor may have acted on the request")
+    assert classify_status(status, {"Location": "https://app.example/ticket/4711"}, method) == expected
+    if method == "POST":
+        assert classify_status(status, {"Location": "https://app.example/ticket/4711"}) == expected
+
+
 def test_a_see_other_is_in_doubt() -> None:
     """A 303 See Other after a create is how some APIs say it was made: `unknown`, never sent again blindly."""
     assert classify_status(303, {"Location": "/tickets/77"}) == Outcome(
         classification="unknown",
-        error="HTTP 303 See Other to '/tickets/77' (not followed): the vendor may have acted on the request")
+        error="HTTP 303 See Other to '/tickets/…' (not followed): the vendor may have acted on the request")
 
 
 @pytest.mark.parametrize("status", [100, 101, 102, 103, 199])

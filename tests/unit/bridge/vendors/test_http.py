@@ -167,6 +167,16 @@ def test_a_success_msgspec_cannot_decode_is_read_leniently(body: bytes) -> None:
     assert classify(201, body, ticket_id_path="id") == Outcome(classification="success", ticket_id="T-777")
 
 
+@pytest.mark.parametrize("body", [b"null", b" null\r\n", b"[]"])
+def test_a_json_null_is_read_as_json(body: bytes) -> None:
+    """A success answering JSON `null` is JSON, read as `[]` is: it names no ticket (`ticket_id_path`: a success
+    without an id) and says nothing at `success_path` (permanent, saying so), never "the answer is not JSON"."""
+    assert classify(200, body, ticket_id_path="id") == Outcome(classification="success", ticket_id=None)
+    outcome = classify(200, body, success_path="ok")
+    assert outcome.classification == "permanent"
+    assert (outcome.error or "").startswith("http: HTTP 200 but ok is nothing, not True: ")
+
+
 def test_a_success_without_a_body_is_a_success_without_an_id() -> None:
     """An empty answer (204) is read: it names no ticket (counted as such), and is no doubt."""
     assert classify(204, b"", ticket_id_path="id") == Outcome(classification="success", ticket_id=None)
@@ -174,10 +184,10 @@ def test_a_success_without_a_body_is_a_success_without_an_id() -> None:
 
 @pytest.mark.parametrize(("status", "classification"), [(401, "auth"), (403, "auth"), (429, "retry"),
                                                         (500, "retry"), (408, "retry"), (400, "permanent"),
-                                                        (404, "permanent"), (302, "retry")])
+                                                        (404, "permanent"), (307, "retry"), (302, "unknown")])
 def test_other_statuses(status: int, classification: str) -> None:
-    """Statuses outside the success list: 401/403 auth, 408/429/5xx and a redirect retry, anything else
-    permanent."""
+    """Statuses outside the success list: 401/403 auth, 408/429/5xx and a redirect asking for the same request
+    elsewhere retry, a 302 after a send (Post/Redirect/Get) unknown, anything else permanent."""
     outcome = classify(status, {"error": "nope"}, error_path="error")
     assert outcome.classification == classification
     assert outcome.error is not None
@@ -247,8 +257,37 @@ def test_a_dot_segment_made_with_the_template_s_text_is_refused() -> None:
         adapter(path="/a/.{x}/t").build_request("create_ticket", {"x": "."}, {})
     assert info.value.path == "x"
     with pytest.raises(MappingError, match="holds the dot segment '%2E'") as info:
-        adapter(path="/a/%2E/{x}").build_request("create_ticket", {"x": "y"}, {})
+        adapter().build_request("create_ticket", {"x": "y"}, {"path": "/a/%2E/{x}"})
     assert info.value.path == "options.path"
+
+
+@pytest.mark.parametrize(("path", "said"), [
+    ("/v1/./tickets/../tickets", "holds the dot segment '.'"),
+    ("/v1/tickets/..", "holds the dot segment '..'"),
+    ("/a/%2e%2E/{x}", "holds the dot segment '%2e%2E'"),
+    ("/a/%zz/{x}", "holds a `%` that starts no percent-escape"),
+    ("/a/100%", "holds a `%` that starts no percent-escape"),
+    ("/a/x%{x}", "holds a `%` that starts no percent-escape"),
+])
+def test_a_path_every_delivery_would_refuse_is_refused_at_load(path: str, said: str) -> None:
+    """A literal `.` or `..` segment (which every send refuses, the whole backlog dying) or a `%` that starts no
+    percent-escape (which would go out raw) is refused when the config loads: the destination's `path`, a
+    look-up's, and a mapping's `options.path` (by `ticketbridge check`), naming the field and the value."""
+    with pytest.raises(ValueError, match=re.escape(said)) as info:
+        adapter(path=path)
+    assert "path" in str(info.value) and path in str(info.value)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        adapter(lookup={"path": path + "?ref={x}", "ticket_id_path": "id"})
+    [problem] = HttpAdapter.static_check("create_ticket", ["x"], {"path": path})
+    assert problem.startswith("options.path: ") and said in problem and repr(path) in problem
+
+
+def test_a_dotted_name_and_an_escape_are_no_dot_segment_nor_stray_percent() -> None:
+    """A segment that only holds dots beside other text (`v1.2`, `...`, `{x}.json`) and a whole escape
+    (`%7E`, `%25`) pass."""
+    for path in ("/v1.2/tickets", "/a/.../b", "/t/{x}.json", "/%7Eme/%25/{x}", "/t?a=.."):
+        adapter(path=path)
+        assert HttpAdapter.static_check("create_ticket", ["x"], {"path": path}) == []
 
 
 @pytest.mark.parametrize("ticket_id", ["..", "."])

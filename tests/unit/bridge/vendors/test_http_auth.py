@@ -316,14 +316,18 @@ async def test_any_2xx_carrying_a_token_is_the_token_answer(aiohttp_server: Any,
 
 @pytest.mark.parametrize("vendor", ["oauth2", "netgroot-login"])
 @pytest.mark.parametrize(("status", "body", "content_type", "said"), [
-    # a 2xx whose token is under a name the bridge does not read: every credential-named key's value redacted
+    # a 2xx whose token is under a name the bridge does not read: its keys named, no value quoted
     (200, b'{"token_type":"bearer","refresh_token":"LIVE-R","id_token":"LIVE-I","data":{"access_token":"LIVE-A",'
           b'"jwt_token":"LIVE-J","api_key":"LIVE-K"}}', "application/json",
-     '{"token_type":"[redacted]","refresh_token":"[redacted]","id_token":"[redacted]","data":{"access_token":'
-     '"[redacted]","jwt_token":"[redacted]","api_key":"[redacted]"}}'),
-    # a 5xx repeating the token: redacted too
+     "a JSON object with the keys token_type, refresh_token, id_token, data.access_token, data.jwt_token, "
+     "data.api_key, values not quoted"),
+    # names no redaction knows for a token: never quoted either
+    (200, b'{"jwt":"LIVE-J","sid":"LIVE-S","result":"LIVE-R","scopes":["LIVE-X"],"meta":{}}', "application/json",
+     "a JSON object with the keys jwt, sid, result, scopes[…], meta, values not quoted"),
+    (200, b'{}', "application/json", "a JSON object with the keys (none), values not quoted"),
+    # a 5xx repeating the token: not quoted either
     (503, b'{"access_token":"LIVE-A","token":"LIVE-T","state":"busy"}', "application/json",
-     '{"access_token":"[redacted]","token":"[redacted]","state":"busy"}'),
+     "a JSON object with the keys access_token, token, state, values not quoted"),
     # not JSON: never quoted, only its type and length
     (201, b"access_token=LIVE-A&token_type=bearer", "application/x-www-form-urlencoded; charset=utf-8",
      "a body of 37 bytes (application/x-www-form-urlencoded), not quoted: not a JSON object"),
@@ -334,8 +338,8 @@ async def test_a_token_endpoint_answer_is_never_quoted_with_a_token(
         aiohttp_server: Any, vendor: str, status: int, body: bytes, content_type: str, said: str) -> None:
     """An answer from a token endpoint that is not used as one (no token where it is read, or not a 2xx) is named
     in the error, which the attempt keeps, logs and shows, without any token it carries: the bridge's redaction of
-    values knows only the tokens it holds, and this one it never took. A JSON object is quoted with each
-    credential-named key's value redacted; anything else only by its content type and length."""
+    values knows only the tokens it holds, and this one it never took, under any name. A JSON object is named by
+    its keys alone; anything else only by its content type and length."""
     base = await token_server(aiohttp_server, vendor, status, body, content_type)
     async with aiohttp.ClientSession() as session:
         with pytest.raises(VendorUnavailable) as info:

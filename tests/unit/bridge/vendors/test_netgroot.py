@@ -12,7 +12,8 @@ import pytest
 import structlog
 
 from bridge.errors import MappingError
-from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable
+from bridge.vendors import netgroot
+from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable, decode_json
 from bridge.vendors.netgroot import (
     CREATE_PATH,
     SUBJECTS_PATH,
@@ -167,6 +168,23 @@ def test_documented_failures_are_permanent(status: int, message: str) -> None:
     """404, 400 and `success: false` (whatever the status) are permanent, with the vendor's message."""
     assert classify(status, {"success": False, "message": message}) == Outcome(
         classification="permanent", error=f"netgroot: HTTP {status}: {message}")
+
+
+@pytest.mark.parametrize(("body", "classification"), [
+    (b'{"success": true, "data": {"ticket_id": 7}, "note": "caf\xe9"}', "success"),
+    (b'["caf\xe9"]', "unknown"), (b"caf\xe9 <html>", "unknown")])
+def test_an_answer_is_decoded_once(monkeypatch: pytest.MonkeyPatch, body: bytes, classification: str) -> None:
+    """An answer is decoded once per classification: one that only the lenient decode reads (a Latin-1 byte)
+    costs its time once, not twice."""
+    decoded: list[bytes] = []
+
+    def counted(raw: bytes) -> Any:
+        decoded.append(raw)
+        return decode_json(raw)
+
+    monkeypatch.setattr(netgroot, "decode_json", counted)
+    assert classify(200, body).classification == classification
+    assert decoded == [body]
 
 
 @pytest.mark.parametrize("status", [401, 200])
