@@ -57,9 +57,10 @@ _DAY = "(?:0[1-9]|[12]\\d|3[01])"
 # A group of an id: `_` or `/` and up to 7 digits, not run on by another separator into digits too few to be a
 # number of their own (`2024/07911 123456` is no id and a number: the group is left to the number after the id).
 # Before a number of 8 digits or more the id ends there, and that number is a run of its own, masked
-# (`2024/000123 07911 123456`). Taken possessively, each read once; the look-ahead reads at most 8 digits and the
-# separators between them.
-_ID_GROUP = f"[_/]\\d{{1,7}}+(?!\\d|(?![_/])(?:{_SEPARATOR})(?!(?:\\d(?:{_SEPARATOR})*+){{7}}\\d)\\d)"
+# (`2024/000123 07911 123456`). A group followed by `-` or `.` and a digit is no id group: a number cannot begin
+# after those (`_PHONE_RUN`), so the whole run is read as one number (`2024/000123/1-800-555-0199`). Taken
+# possessively, each read once; the look-ahead reads at most 8 digits and the separators between them.
+_ID_GROUP = f"[_/]\\d{{1,7}}+(?!\\d|[-.]\\d|(?![_/])(?:{_SEPARATOR})(?!(?:\\d(?:{_SEPARATOR})*+){{7}}\\d)\\d)"
 _DATE_SHAPED = (f"(?:{_YEAR}(?P<ymd>[-./_]){_MONTH}(?P=ymd){_DAY}(?!\\d)"
                 f"|{_DAY}(?P<dmy>[-./_]){_DAY}(?P=dmy){_YEAR}(?!\\d)"
                 f"|{_YEAR}{_MONTH}{_DAY}(?=_\\d{{1,7}}(?!\\d)))(?:{_ID_GROUP})*+")

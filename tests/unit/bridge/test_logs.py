@@ -225,6 +225,19 @@ def test_a_number_in_groups_after_a_year_led_id_and_a_space_is_masked_alone(text
     assert mask_text(text) == masked
 
 
+@pytest.mark.parametrize(("text", "masked"), [
+    ("order 2024/000123_91-98765-43210", "order 2024/000123_**********10"),
+    ("INV/2024/000123/1-800-555-0199", "INV/2024/000123/*********99"),
+    ("2024/000123_44.20.7946.0958", "2024/000123_**********58"),
+    ("ref 2024/000123/1-555-123-4567 call", "ref 2024/000123/*********67 call"),
+])
+def test_a_number_written_with_dashes_or_dots_after_a_year_led_id_is_masked(text: str, masked: str) -> None:
+    """A number after an id and a `_` or `/`, written with `-` or `.` between its groups: its first group is no
+    group of the id (a number cannot begin after a `-` or a `.`, so the rest would be left to no run), and the number
+    is masked whole. Before, the id took the number's first group and the rest stayed in clear."""
+    assert mask_text(text) == masked
+
+
 def test_masks_phone_in_parentheses_format() -> None:
     """`(555) 123-4567` shows no digit but the last two."""
     out = mask_text("call (555) 123-4567 now")
