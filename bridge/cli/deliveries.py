@@ -411,10 +411,7 @@ def run_conversation(args: argparse.Namespace) -> int:
 
         try:
             return await _show_conversations(args, read)
-        except BadCursor as exc:
-            if not await store.get_conversations(args.key, limit=0):
-                args.cursor = None
-                return await _show_conversations(args, read)  # no such conversation: said as without a cursor
+        except BadCursor as exc:  # `read` answers an unknown key with none, whatever the cursor
             print(f"--cursor {args.cursor[:100]!r}: {exc}; give one that `conversations show {args.key}` printed, "
                   "or none for the first page", file=sys.stderr)
             return 2
