@@ -78,9 +78,10 @@ def decode_words(value: str) -> str:
 
 
 # A value's parts as an address list parse meets them, for `_shield_encoded_words`: a quoted string, an angle-addr,
-# a comment's "(", an encoded word, a run of anything else, or a lone "=".
-_SHIELD_PART = re.compile(r'("(?:[^"\\]++|\\[\s\S])*+"?)|(<[^<>"]*+>?)|(\()|(=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=)'
-                          r'|[^"<(=]++|=')
+# a comment's "(", an encoded word (group 4: `_ENCODED_WORD`, as `decode_words` reads one), a run of anything
+# else, or a lone "=".
+_SHIELD_PART = re.compile(r'("(?:[^"\\]++|\\[\s\S])*+"?)|(<[^<>"]*+>?)|(\()|(' + _ENCODED_WORD.pattern
+                          + r')|[^"<(=]++|=')
 _WORD_SPECIALS = frozenset('()<>@,;:\\".[]')
 _BEFORE_WORD = frozenset(" \t\r\n,:;")
 _AFTER_WORD = frozenset(" \t\r\n<,;(")

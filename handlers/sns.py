@@ -115,32 +115,38 @@ def _said(value: Any) -> str:
     """A field of the message as an error quotes it: text cut short (`quoted_sent`), else its kind."""
     return quoted_sent(value) if isinstance(value, str) else "None" if value is None else f"a {type(value).__name__}"
 
+def _topic_host(arn: str) -> str:
+    """The SNS host of an SNS topic's region; ValueError naming the part that is wrong and what would be right."""
+    parts = arn.split(":", 5)
+    shape = "expected arn:PARTITION:sns:REGION:ACCOUNT:TOPIC, such as arn:aws:sns:eu-west-1:123456789012:inbound"
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sns" or not parts[4] or not parts[5]:
+        raise ValueError(f"is not an SNS topic ARN; {shape}")
+    partition = _PARTITION.get(parts[1])
+    if partition is None:
+        raise ValueError(f"names the partition {parts[1]!r}, which is none SNS runs in "
+                         f"({', '.join(p.name for p in PARTITIONS)}); {shape}")
+    if not re.fullmatch(partition.regions, parts[3]):
+        raise ValueError(f"names the region {parts[3]!r}, which is no region of the partition {partition.name!r} "
+                         f"(such as {partition.example}); {shape}")
+    return f"sns.{parts[3]}.{partition.suffix}"
+
+
 def topic_host(arn: str) -> str | None:
     """The SNS host of an SNS topic's region (`arn:aws:sns:eu-west-1:123456789012:inbound` is on
     sns.eu-west-1.amazonaws.com), or None when `arn` is no SNS topic's ARN in a partition and region SNS runs in."""
-    parts = arn.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sns" or not parts[4] or not parts[5]:
+    try:
+        return _topic_host(arn)
+    except ValueError:
         return None
-    partition = _PARTITION.get(parts[1])
-    if partition is None or not re.fullmatch(partition.regions, parts[3]):
-        return None
-    return f"sns.{parts[3]}.{partition.suffix}"
 
 
 def topic_arn_problem(arn: str) -> str | None:
     """What makes `arn` no SNS topic's ARN that `topic_host` places (naming the part and what would be right),
     or None."""
-    parts = arn.split(":", 5)
-    shape = "expected arn:PARTITION:sns:REGION:ACCOUNT:TOPIC, such as arn:aws:sns:eu-west-1:123456789012:inbound"
-    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sns" or not parts[4] or not parts[5]:
-        return f"is not an SNS topic ARN; {shape}"
-    partition = _PARTITION.get(parts[1])
-    if partition is None:
-        return (f"names the partition {parts[1]!r}, which is none SNS runs in "
-                f"({', '.join(p.name for p in PARTITIONS)}); {shape}")
-    if not re.fullmatch(partition.regions, parts[3]):
-        return (f"names the region {parts[3]!r}, which is no region of the partition {partition.name!r} "
-                f"(such as {partition.example}); {shape}")
+    try:
+        _topic_host(arn)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

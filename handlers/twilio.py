@@ -34,7 +34,7 @@ SID_LENGTH = 34
 ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
 MESSAGE_SIDS = ("MessageSid", "SmsMessageSid", "SmsSid")
 """The names Twilio gives a message's SID (the last two are legacy copies of the first), in dedup-key order."""
-_SID_TEXT = re.compile(r"(?:MessageSid|SmsSid)(?=[A-Z]{2}[0-9a-f]{32})|MessageStatus(?=[a-z])")
+_SID_TEXT = re.compile(rf"(?:MessageSid|SmsSid)(?={SID.pattern})|MessageStatus(?=[a-z])")
 """Signed text that reads as a message's SID, or a status callback's status: the parameters it may belong to
 are `_OWNERS`'."""
 _OWNERS = {"MessageSid": frozenset({*MESSAGE_SIDS, "OriginalRepliedMessageSid"}), "SmsSid": frozenset({"SmsSid"}),

@@ -367,7 +367,12 @@ async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
     """`conversations show`: each conversation's page (with --all, every page after it, each printed as it is
     read, so that a conversation of any length takes one page of memory), and the cursors of the pages around."""
     limit = args.limit or (MAX_PAGE if args.all else CONVERSATION_PAGE)
-    found: list[ConversationView] = await read(args.key, limit, args.cursor)
+    try:
+        found: list[ConversationView] = await read(args.key, limit, args.cursor)
+    except BadCursor as exc:  # `read` answers an unknown key with none, whatever the cursor
+        print(f"--cursor {args.cursor[:100]!r}: {exc}; give one that `conversations show {args.key}` printed, "
+              "or none for the first page", file=sys.stderr)
+        return 2
     if not found:
         print(f"no conversation {named(args.key)}; keys look like mail:<root message id>, chat:<id>, "
               "ticket:<id>, key:<value>, or mapping|key (see `deliveries list`)", file=sys.stderr)
@@ -385,7 +390,13 @@ async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
             _print_page(args, page)
             if not (args.all and page.more and page.next_cursor):
                 break
-            page = next((v for v in await read(c.id, limit, page.next_cursor) if v.conversation.id == c.id), None)
+            try:
+                got = await read(c.id, limit, page.next_cursor)
+            except BadCursor as exc:  # stale: retention deleted the delivery the page read up to, meanwhile
+                print(f"conversation {c.id}: the deliveries after the {page.offset + len(page.deliveries)} printed "
+                      f"cannot be read: {exc}", file=sys.stderr)
+                return 2
+            page = next((v for v in got if v.conversation.id == c.id), None)
         if page is not None and not args.json and not args.all:
             id_ = shlex.quote(c.id)
             if page.prev_cursor:
@@ -409,15 +420,7 @@ def run_conversation(args: argparse.Namespace) -> int:
         async def read(key: str, limit: int, cursor: str | None) -> list[ConversationView]:
             return await ConversationView.read(store, key, limit, cursor)
 
-        try:
-            return await _show_conversations(args, read)
-        except BadCursor as exc:
-            if not await store.get_conversations(args.key, limit=0):
-                args.cursor = None
-                return await _show_conversations(args, read)  # no such conversation: said as without a cursor
-            print(f"--cursor {args.cursor[:100]!r}: {exc}; give one that `conversations show {args.key}` printed, "
-                  "or none for the first page", file=sys.stderr)
-            return 2
+        return await _show_conversations(args, read)
 
     async def remote(client: AdminClient) -> int:
         async def read(key: str, limit: int, cursor: str | None) -> list[ConversationView]:

@@ -601,9 +601,7 @@ async def get_conversation(call: Call) -> ConversationList:
     try:
         with blame(400, "path.key", _given(q.cursor, "query.cursor")):
             found = await ConversationView.read(_store(call.rt), key, q.limit, q.cursor)
-    except BadCursor as exc:
-        if not await _store(call.rt).get_conversations(key, limit=0):
-            raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}") from None
+    except BadCursor as exc:  # `read` answers an unknown key with none, whatever the cursor: below
         raise ApiError(400, f"query.cursor: {exc}: {_shown(q.cursor)}; give the next_cursor or prev_cursor of "
                             f"a conversation in an answer for path.key {_shown(key)}, or none for the first "
                             "page") from None

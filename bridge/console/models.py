@@ -226,11 +226,12 @@ class ConversationView(msgspec.Struct, kw_only=True):
     async def read(cls, store: Store, key: str, limit: int, cursor: str | None = None) -> list[ConversationView]:
         """The conversations with that key or id, each with its first `limit` deliveries; with `cursor`, the
         conversation it was given for alone, with the `limit` after or before its place (BadCursor for a cursor not
-        given for one of them). What `conversations show` and `GET /admin/api/conversations/{key}` answer."""
-        place = None if cursor is None else read_cursor(cursor)
+        given for one of them). None when no conversation has the key, whatever the cursor: the key is what is
+        wrong. What `conversations show` and `GET /admin/api/conversations/{key}` answer."""
         found = [c.conversation for c in await store.get_conversations(key, limit=0)]
-        if place is None:
+        if cursor is None or not found:
             return [cls.page(c, await store.conversation_slice(c.id, limit), 0, None) for c in found]
+        place = read_cursor(cursor)
         found = [c for c in found if conversation_tag(c.id) == place.tag]
         if not found:
             raise BadCursor("a cursor of another conversation than the key names")

@@ -297,3 +297,5 @@ def test_conversations_show_through_the_server_prints_what_it_prints_on_the_stor
         assert printed(capsys.readouterr().out) == shown[form], form
     assert main(["conversations", "show", "chat:other", "-c", str(root / "bridge.yaml"), "--cursor", after]) == 2
     assert "--cursor" in (err := capsys.readouterr().err) and "a cursor of another conversation than the key" in err
+    assert main(["conversations", "show", "chat:nothing", "-c", str(root / "bridge.yaml"), "--cursor", "nope"]) == 1
+    assert "no conversation 'chat:nothing'; keys look like" in capsys.readouterr().err

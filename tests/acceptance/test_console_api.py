@@ -828,8 +828,10 @@ async def test_a_conversation_is_paged_by_cursor_in_arrival_order_while_messages
         resp = await client.get(path, params={"cursor": cursor}, headers=ADMIN)
         assert resp.status == 400, await resp.text()
         assert said in (await resp.json())["error"], cursor
-    missing = await client.get("/admin/api/conversations/chat%3Anothing", params={"cursor": other}, headers=ADMIN)
-    assert missing.status == 404, await missing.text()
+    for cursor in (other, "nope"):  # an unknown key is what is wrong, whatever the cursor
+        missing = await client.get("/admin/api/conversations/chat%3Anothing", params={"cursor": cursor},
+                                   headers=ADMIN)
+        assert missing.status == 404, await missing.text()
     served = await get(client, "/admin/openapi.json")
     params = {p["name"]: p for p in served["paths"]["/admin/api/conversations/{key}"]["get"]["parameters"]}
     (given, _) = params["cursor"]["schema"]["anyOf"]

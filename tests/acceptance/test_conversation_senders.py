@@ -64,11 +64,17 @@ async def tickets(client: Any) -> list[dict[str, Any]]:
     return found
 
 
-async def test_another_sender_cannot_comment_on_a_customers_ticket(client: Any) -> None:
-    await post(client, **{"from": "Victim@Corp.example", "subject": "Invoice", "message_id": "<v1@corp.example>",
-                          "stripped_text": "victim private"})
+async def opened(client: Any, **first: Any) -> dict[str, Any]:
+    """Post a thread's first message; once it is delivered, the one ticket it made."""
+    await post(client, **first)
     await settled(client, 1)
-    (victim,) = await tickets(client)
+    (ticket,) = await tickets(client)
+    return ticket
+
+
+async def test_another_sender_cannot_comment_on_a_customers_ticket(client: Any) -> None:
+    victim = await opened(client, **{"from": "Victim@Corp.example", "subject": "Invoice",
+                                     "message_id": "<v1@corp.example>", "stripped_text": "victim private"})
     tid = victim["ticketId"]
     with capture_logs() as logs:
         await post(client, **{"from": "attacker@evil.example", "subject": f"hi [#{tid}]",
@@ -174,10 +180,8 @@ async def test_a_customer_whose_client_writes_the_address_as_the_name_keeps_the_
     From whose display text is another address names no sender, whichever of the two is the customer's: a
     lenient parse (`parseaddr`) reads the display text's, so a provider's DMARC check may have passed for it;
     such a message gets a ticket of its own."""
-    await post(client, **{"from": "'john@x.com' <John@X.com>", "subject": "Invoice", "message_id": "<j1@x.com>",
-                          "stripped_text": "invoice wrong"})
-    await settled(client, 1)
-    (john,) = await tickets(client)
+    john = await opened(client, **{"from": "'john@x.com' <John@X.com>", "subject": "Invoice",
+                                   "message_id": "<j1@x.com>", "stripped_text": "invoice wrong"})
     tid = john["ticketId"]
     with capture_logs() as logs:
         for n, from_ in enumerate(["'john@x.com' <john@x.com>", "john@x.com", "JOHN@x.com <john@X.com>"]):
@@ -198,10 +202,8 @@ async def test_a_from_naming_the_customer_beside_another_mailbox_or_only_encoded
         client: Any) -> None:
     """A `from` of two mailboxes, the customer's in angle brackets, or naming the customer's address only inside
     an encoded word, is not the customer: its message gets a ticket of its own rather than the customer's."""
-    await post(client, **{"from": "CEO <ceo@corp.example>", "subject": "Payroll", "message_id": "<c1@corp.example>",
-                          "stripped_text": "payroll question"})
-    await settled(client, 1)
-    (ceo,) = await tickets(client)
+    ceo = await opened(client, **{"from": "CEO <ceo@corp.example>", "subject": "Payroll",
+                                  "message_id": "<c1@corp.example>", "stripped_text": "payroll question"})
     with capture_logs() as logs:
         for n, from_ in enumerate(["x@evil.example, <ceo@corp.example>",
                                    "=?utf-8?q?=3Cceo=40corp.example=3E?= (via x@evil.example)"]):
@@ -228,10 +230,8 @@ async def test_a_tenants_onmicrosoft_address_keeps_its_thread_when_the_source_na
     comments on the ticket the other opened, by References and by `[#id]` token alike; another mailbox of the
     tenant does not. Without it the two addresses are two senders, as before: each reply opens a ticket."""
     client = await bridge_client(write_config(ALIASED if aliased else CONFIG, {"mail": MAPPING}))
-    await post(client, **{"from": "Jo <jo@contoso.com>", "subject": "VPN", "message_id": "<c1@contoso.com>",
-                          "stripped_text": "vpn down"})
-    await settled(client, 1)
-    (ticket,) = await tickets(client)
+    ticket = await opened(client, **{"from": "Jo <jo@contoso.com>", "subject": "VPN",
+                                     "message_id": "<c1@contoso.com>", "stripped_text": "vpn down"})
     tid = ticket["ticketId"]
     with capture_logs() as logs:
         await post(client, **{"from": "Jo <Jo@Contoso.onmicrosoft.com>", "subject": "Re: VPN",

@@ -53,10 +53,23 @@ def test_certificate_urls_are_taken(url: str) -> None:
 
 SHAPE = "expected https://sns.<region>.<the partition's DNS suffix>/SimpleNotificationService-<hex digits>.pem"
 GOOD = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
+OTHER_PARTS = [
+    (GOOD.replace("https", "http"), "scheme 'http' is not https"),
+    ("https://sns.us-east-1.amazonaws.com/x.pem", "path '/x.pem'"),
+    (GOOD.replace(".pem", ".txt"), "path '/SimpleNotificationService-abc.txt'"),
+    (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
+    (GOOD.replace(".com/", ".com//"), "path '//SimpleNotificationService-abc.pem'"),
+    (GOOD.replace(".com/", ".com/a/../"), "path '/a/../SimpleNotificationService-abc.pem'"),
+    (GOOD.replace("/Simple", "/%53imple"), "path '/%53impleNotificationService-abc.pem'"),
+    (GOOD + "?x=1", "query ('x=1')"),
+    (GOOD + "#1", "fragment ('1')"),
+    (GOOD + "?", "'https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?' is not"),
+    (GOOD.replace("abc", "a" * 300), "path '/SimpleNotificationService-aaaaaaaa"),
+]
+"""URLs on the host, refused for another part: with or without the topic's host given."""
 
 
 @pytest.mark.parametrize(("url", "named"), [
-    (GOOD.replace("https", "http"), "scheme 'http' is not https"),
     ("not a url", "scheme '' is not https"),
     ("https://[::1/x.pem", "'https://[::1/x.pem' is not a URL"),
     (GOOD.replace(".com/", ".com.evil.example/"), "host 'sns.us-east-1.amazonaws.com.evil.example'"),
@@ -98,16 +111,7 @@ GOOD = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem"
     ("https://sns-fips.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
      "host 'sns-fips.us-east-1.amazonaws.com'"),
     ("https://sns.us-east-1.api.aws/SimpleNotificationService-abc.pem", "host 'sns.us-east-1.api.aws'"),
-    ("https://sns.us-east-1.amazonaws.com/x.pem", "path '/x.pem'"),
-    (GOOD.replace(".pem", ".txt"), "path '/SimpleNotificationService-abc.txt'"),
-    (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
-    (GOOD.replace(".com/", ".com//"), "path '//SimpleNotificationService-abc.pem'"),
-    (GOOD.replace(".com/", ".com/a/../"), "path '/a/../SimpleNotificationService-abc.pem'"),
-    (GOOD.replace("/Simple", "/%53imple"), "path '/%53impleNotificationService-abc.pem'"),
-    (GOOD + "?x=1", "query ('x=1')"),
-    (GOOD + "#1", "fragment ('1')"),
-    (GOOD + "?", "'https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?' is not"),
-    (GOOD.replace("abc", "a" * 300), "path '/SimpleNotificationService-aaaaaaaa"),
+    *OTHER_PARTS,
 ])
 def test_other_urls_are_refused_naming_the_part(url: str, named: str) -> None:
     """Plain http, look-alike hosts, user info, any port, another spelling, another path, a query or fragment are
@@ -211,9 +215,7 @@ def test_a_topic_not_in_a_partition_and_region_sns_runs_in_has_no_host(arn: str,
     (GOOD.replace("//", "//user@"), "host 'user@sns.us-east-1.amazonaws.com'"),
     (GOOD.replace(".com/", ".com:443/"), "host 'sns.us-east-1.amazonaws.com:443'"),
     (GOOD.replace("sns.", "SNS."), "host 'SNS.us-east-1.amazonaws.com'"),
-    (GOOD.replace("https", "http"), "scheme 'http' is not https"),
-    (GOOD.replace("-abc", "-xyz"), "path '/SimpleNotificationService-xyz.pem'"),
-    (GOOD + "?x=1", "query ('x=1')"),
+    *OTHER_PARTS,
 ])
 def test_with_the_topics_host_only_that_host_is_taken(url: str, named: str) -> None:
     """A message's certificate is on its topic's region's SNS host: any other, SNS's own in another region
