@@ -17,7 +17,7 @@ from bridge.conversions import convert_all
 from bridge.durations import parse_duration
 from bridge.errors import VALUE, ErrorList, Located, ValueProblem
 from bridge.escaping import header_problem
-from bridge.names import alike, as_read, escaped, name_problem
+from bridge.names import alike, escaped, name_problem
 from bridge.pg_schema import split_schema
 from bridge.yamlfile import (
     Document,
@@ -78,12 +78,18 @@ class StoreConfig(Base):
                                 quotes={"pool_max": Quoted(("pool_max",), self.pool_max)})
 
 
+def _reads_alike(what: str, name: str, other: str) -> str:
+    """The error for `name`, which reads as the earlier `other` (`alike`), both names of `what`."""
+    return (f"{what} {escaped(name)} reads as the {what} {escaped(other)}: they differ only in a no-break space; give "
+            "them names that read apart")
+
+
 class AdminConfig(Base):
     token: str = ""  # the admin token: reads and changes, audited as "admin"
     read_tokens: dict[str, str] = {}  # name → token: read-only access, audited and shown by that name
 
     def __post_init__(self) -> None:
-        read_as: dict[str, str] = {}
+        clashes = alike(self.read_tokens)
         for name, token in self.read_tokens.items():
             problem = name_problem(name, "read token name")  # the audit log's actor
             if problem is not None and name.strip():
@@ -91,10 +97,8 @@ class AdminConfig(Base):
             if not name.strip() or not token.strip():
                 raise KeyValueError(("read_tokens", name), "`read_tokens` needs a name and a non-empty token for "
                                     f"each entry; {name!r} has none")
-            if (other := read_as.setdefault(as_read(name), name)) != name:
-                raise KeyValueError(("read_tokens", name), f"read token name {escaped(name)} reads as the read token "
-                                    f"name {escaped(other)}: they differ only in a no-break space; give them names "
-                                    "that read apart")
+            if name in clashes:
+                raise KeyValueError(("read_tokens", name), _reads_alike("read token name", name, clashes[name]))
             if self.token and token == self.token:
                 raise KeyValueError(("read_tokens", name),
                                     f"read token {name!r} is the admin token; a read-only token must differ")
@@ -607,9 +611,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None, cwd
             if problem is not None:  # kept on every event and delivery, and by the store's gates
                 errors.append(doc.error((section, name), problem))
         for name, other in alike(getattr(raw, section)).items():
-            errors.append(doc.error((section, name), f"{what} {escaped(name)} reads as the {what} {escaped(other)}: "
-                                                     "they differ only in a no-break space; give them names that "
-                                                     "read apart"))
+            errors.append(doc.error((section, name), _reads_alike(what, name, other)))
     sources: dict[str, SourceConfig] = {}
     for name, table in raw.sources.items():
         opts = _typed_entry(doc, ("sources", name), table, "kind", registries.source_options, errors=errors)

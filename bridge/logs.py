@@ -70,11 +70,7 @@ _DATE_SHAPED = (f"(?:{_YEAR}(?P<ymd>[-./_]){_MONTH}(?P=ymd){_DAY}(?!\\d)"
 # no part of it and is masked. Groups with no leading zero (`2012/3456789`, `2012/345/6789`) read as a phone number
 # written in groups as well as an id: masked.
 _YEAR_ID = f"{_YEAR}(?=(?:[_/][1-9]\\d{{0,6}}+(?!\\d))*+[_/]0)(?:{_ID_GROUP})++"
-
-
-def _number(prefix: str) -> str:
-    """A run of 8 or more digits and separators, maybe after a `+`, its parts named with `prefix`."""
-    return f"(?P<{prefix}plus>\\+?)(?P<{prefix}digits>\\d(?:\\d|{_SEPARATOR}){{7,}}+)"
+_NUMBER = f"\\+?\\d(?:\\d|{_SEPARATOR}){{7,}}+"  # a run of 8 or more digits and separators, maybe after a `+`
 
 
 # Where a phone number may begin: right after an escape (`\n9876543210`: the `n` is not a word before it), or not
@@ -87,7 +83,7 @@ def _number(prefix: str) -> str:
 # first: most places fail on it before any look-behind is tried.
 _PHONE_RUN = re.compile(r"(?=[+\d])(?:(?<=\\[tnrbf])|(?<=\\x[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4})"
                         r"|(?<![\w.-])(?<!\d\d:\d\d:))"
-                        f"(?:(?:{_DATE_SHAPED}|{_YEAR_ID})(?:[_/]{_number('tail_')})?|{_number('')})")
+                        f"(?:(?P<id>{_DATE_SHAPED}|{_YEAR_ID})(?:[_/]{_NUMBER})?|{_NUMBER})")
 # Where the number ends in its run: the last digit that is not before a digit or `-` (a UUID's first group), nor
 # before two word characters (an id or hex digest that begins with digits, `20240419T1419`), but may be before one
 # letter, as a typed O for 0 (`98765+4321O`). Matched once from the run's first digit, so it backtracks over that
@@ -102,28 +98,23 @@ def _mask_phone(run: re.Match[str]) -> str:
     """The run of digits and separators with the phone number it begins with masked, or as it is when it holds
     none (8 to 15 digits: E.164 allows 15); a date or a year-led id (`_DATE_SHAPED`, `_YEAR_ID`) as it is, and the
     number that goes on from it masked so."""
-    if run.group("plus") is None:  # a date or an id
-        if run.group("tail_plus") is None:
+    text, start, end = run.string, run.start(), run.end()
+    if run.group("id") is not None:  # the number, if any, begins after the id and its `_` or `/`
+        start = run.end("id") + 1
+        if start > end:
             return run.group(0)
-        tail = run.start("tail_plus")
-        return run.string[run.start():tail] + _mask_number(run.string, tail, run.start("tail_digits"), run.end())
-    return _mask_number(run.string, run.start(), run.start("digits"), run.end())
-
-
-def _mask_number(text: str, start: int, digits_start: int, end: int) -> str:
-    """`text[start:end]`, a run of digits and separators (after a `+` when `digits_start` is past `start`), with
-    the phone number it begins with masked."""
-    plus = text[start:digits_start]
-    body = _PHONE_BODY.match(text, digits_start)
+    start += text[start] == "+"
+    body = _PHONE_BODY.match(text, start)
     if body is None:
-        return text[start:end]
+        return run.group(0)
     number = body.group()
     digits = re.sub(r"\D", "", _ESCAPE.sub("", number))
+    kept = text[run.start():start]  # the date or id and its `_` or `/`, and a `+`
     if len(digits) > 15 and _BETWEEN.search(number):
-        return plus + _mask_joined(number) + text[body.end():end]
+        return kept + _mask_joined(number) + text[body.end():end]
     if not 8 <= len(digits) <= 15:
-        return text[start:end]
-    return plus + "*" * (len(digits) - 2) + digits[-2:] + text[body.end():end]
+        return run.group(0)
+    return kept + "*" * (len(digits) - 2) + digits[-2:] + text[body.end():end]
 
 
 # A body's pieces: an escape (a separator, though it holds hex digits), a run of digits, or another character.

@@ -44,7 +44,7 @@ def _some_text(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
 
-def _text_or_null(value: Any) -> bool:
+def text_or_null(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
@@ -56,11 +56,11 @@ def _length(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _boolean(value: Any) -> bool:
+def boolean(value: Any) -> bool:
     return isinstance(value, bool)
 
 
-def _anything(value: Any) -> bool:
+def anything(value: Any) -> bool:
     return True
 
 
@@ -78,7 +78,7 @@ def _order(value: Any) -> bool:
 
 ARGUMENTS: dict[str, dict[str, Arg]] = {
     "strip": {"chars": Arg("the characters to strip", "text (each of its characters is stripped), or null for "
-                           "whitespace", _text_or_null, "strip(' -')")},
+                           "whitespace", text_or_null, "strip(' -')")},
     "truncate": {
         "length": Arg("the length", "a whole number of characters, 1 or more", _length, "truncate(100)"),
         "end": Arg("the end (written after a cut text)", "text", _text, "truncate(100, '…')"),
@@ -91,9 +91,9 @@ ARGUMENTS: dict[str, dict[str, Arg]] = {
     "split": {"sep": Arg("the separator", "text of at least one character, or null for any run of whitespace",
                          _some_text_or_null, "split(';')")},
     "default": {
-        "default_value": Arg("the default", "any value", _anything, "default('none')"),
+        "default_value": Arg("the default", "any value", anything, "default('none')"),
         "boolean": Arg("the second argument (whether an empty or false value is replaced too)", "true or false",
-                       _boolean, "default('none', true)"),
+                       boolean, "default('none', true)"),
     },
     "date": {
         "fmt": Arg("the format", "iso, epoch, epoch_ms or a strftime format such as '%Y-%m-%d'", _some_text,
@@ -105,7 +105,7 @@ ARGUMENTS: dict[str, dict[str, Arg]] = {
     },
     "phone_e164": {"region": Arg("the region", "a two-letter country code such as IN, GB or US, or null",
                                  _region, "phone_e164('IN')")},
-    "strip_quoted": {"subject": Arg("the subject", "text or null", _text_or_null,
+    "strip_quoted": {"subject": Arg("the subject", "text or null", text_or_null,
                                     "strip_quoted(payload.subject)")},
     "attachment_list": {"heading": Arg("the heading", "text", _text, "attachment_list('Files:')")},
 }

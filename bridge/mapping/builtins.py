@@ -17,18 +17,20 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from bridge.mapping.arguments import ALIASES, UNKNOWN, Arg, argument_problems, call_problems, shown
+from bridge.mapping.arguments import (
+    ALIASES,
+    UNKNOWN,
+    Arg,
+    anything,
+    argument_problems,
+    boolean,
+    call_problems,
+    shown,
+    text_or_null,
+)
 from bridge.mapping.filters import FILTERS
 from bridge.mapping.templates import ENV, MAX_JSON_INDENT, MAX_RANGE, MAX_ROUND_DIGITS
 from bridge.yamlfile import did_you_mean
-
-
-def _flag(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _anything(value: Any) -> bool:
-    return True
 
 
 def _whole(value: Any) -> bool:
@@ -51,10 +53,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _text_or_null(value: Any) -> bool:
-    return value is None or isinstance(value, str)
-
-
 _URI_SCHEME = re.compile(r"[\w.+-]{2,}:(/){0,2}")  # Jinja's own test of urlize's extra schemes
 
 
@@ -68,7 +66,7 @@ _COUNT = f"a whole number from 1 to {MAX_RANGE:,}"
 
 
 def _case(example: str) -> Arg:
-    return Arg("case_sensitive", "true or false", _flag, example)
+    return Arg("case_sensitive", "true or false", boolean, example)
 
 
 def _attr(example: str, null: bool = True) -> Arg:
@@ -81,18 +79,18 @@ FILTER_ARGUMENTS: dict[str, dict[str, Arg]] = {
                          "attr('name')")},
     "batch": {
         "linecount": Arg("the count (items in each batch)", _COUNT, _count, "batch(3)"),
-        "fill_with": Arg("the filler (for the last batch)", "any value", _anything, "batch(3, '')"),
+        "fill_with": Arg("the filler (for the last batch)", "any value", anything, "batch(3, '')"),
     },
     "dictsort": {
         "case_sensitive": _case("dictsort(case_sensitive=true)"),
         "by": Arg("by (what it sorts by)", "'key' or 'value'", lambda v: v in ("key", "value"),
                   "dictsort(by='value')"),
-        "reverse": Arg("reverse", "true or false", _flag, "dictsort(reverse=true)"),
+        "reverse": Arg("reverse", "true or false", boolean, "dictsort(reverse=true)"),
     },
-    "filesizeformat": {"binary": Arg("binary (powers of 1024)", "true or false", _flag, "filesizeformat(true)")},
+    "filesizeformat": {"binary": Arg("binary (powers of 1024)", "true or false", boolean, "filesizeformat(true)")},
     "groupby": {
         "attribute": _attr("groupby('status')", null=False),
-        "default": Arg("the default (for an item without the attribute)", "any value", _anything,
+        "default": Arg("the default (for an item without the attribute)", "any value", anything,
                        "groupby('status', default='none')"),
         "case_sensitive": _case("groupby('status', case_sensitive=true)"),
     },
@@ -107,10 +105,10 @@ FILTER_ARGUMENTS: dict[str, dict[str, Arg]] = {
     },
     "slice": {
         "slices": Arg("the count (of slices)", _COUNT, _count, "slice(3)"),
-        "fill_with": Arg("the filler (for the short slices)", "any value", _anything, "slice(3, '')"),
+        "fill_with": Arg("the filler (for the short slices)", "any value", anything, "slice(3, '')"),
     },
     "sort": {
-        "reverse": Arg("reverse", "true or false", _flag, "sort(reverse=true)"),
+        "reverse": Arg("reverse", "true or false", boolean, "sort(reverse=true)"),
         "case_sensitive": _case("sort(case_sensitive=true)"),
         "attribute": _attr("sort(attribute='name')"),
     },
@@ -125,24 +123,24 @@ FILTER_ARGUMENTS: dict[str, dict[str, Arg]] = {
     "urlize": {
         "trim_url_limit": Arg("the length links are cut at", "a whole number of characters, 1 or more, or null",
                               lambda v: v is None or (_whole(v) and v >= 1), "urlize(40)"),
-        "nofollow": Arg("nofollow", "true or false", _flag, "urlize(nofollow=true)"),
-        "target": Arg("the target", "text or null", _text_or_null, "urlize(target='_blank')"),
-        "rel": Arg("the rel", "text or null", _text_or_null, "urlize(rel='noopener')"),
+        "nofollow": Arg("nofollow", "true or false", boolean, "urlize(nofollow=true)"),
+        "target": Arg("the target", "text or null", text_or_null, "urlize(target='_blank')"),
+        "rel": Arg("the rel", "text or null", text_or_null, "urlize(rel='noopener')"),
         "extra_schemes": Arg("the extra schemes", "a list of URI schemes such as ['tel:', 'ftp://'], or null",
                              _schemes, "urlize(extra_schemes=['tel:'])"),
     },
-    "xmlattr": {"autospace": Arg("autospace", "true or false", _flag, "xmlattr(false)")},
+    "xmlattr": {"autospace": Arg("autospace", "true or false", boolean, "xmlattr(false)")},
 }
 """Jinja's filters' arguments (ticketbridge's own, and `d` and `trim`, are in arguments.ARGUMENTS); `map`, `select`,
 `reject`, `selectattr` and `rejectattr` take another filter's or test's, and are checked apart."""
 
-_COMPARED = Arg("the value compared with", "any value", _anything, "eq(3)")
+_COMPARED = Arg("the value compared with", "any value", anything, "eq(3)")
 TEST_ARGUMENTS: dict[str, dict[str, Arg]] = {
     "divisibleby": {"num": Arg("the number to divide by", "a number other than 0", lambda v: _number(v) and v != 0,
                                "divisibleby(3)")},
     "in": {"seq": Arg("what it looks in", "text, a list or a table", lambda v: isinstance(v, str | list | tuple | dict),
                       "in(['a', 'b'])")},
-    "sameas": {"other": Arg("the value compared with", "any value", _anything, "sameas(none)")},
+    "sameas": {"other": Arg("the value compared with", "any value", anything, "sameas(none)")},
     **{name: {"b": _COMPARED} for name in ("!=", "<", "<=", "==", ">", ">=", "eq", "equalto", "ge", "greaterthan", "gt",
                                            "le", "lessthan", "lt", "ne")},
 }
