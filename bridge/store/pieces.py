@@ -104,10 +104,10 @@ def _swapped(value: Any, found: list[str], mark: str, depth: int) -> Any:
 
 
 DECODE_AT_ONCE_BYTES = 1 << 20
+"""A stored value up to this long is decoded in one call (about 1 ms); a longer one by `decode_in_pieces`."""
 PIECE_READ_BYTES = 256 * 1024
 """How much of a large stored value a store reads in one call when it reads it a piece at a time (SQLite's blob
 I/O)."""
-"""A stored value up to this long is decoded in one call (about 1 ms); a longer one by `decode_in_pieces`."""
 DECODE_STRINGS = 4096
 """The most strings `decode_in_pieces` looks through before it decodes the value whole instead: a large mail's event
 holds a few hundred (its headers, addresses, texts); each costs a few microseconds to step over."""
