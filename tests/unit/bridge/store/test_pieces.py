@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bridge.store import pieces
 from bridge.store.rows import decode_event, encode
 from tests.integration.store.contract import make_event
+from tests.spies import calls_through
 
 PIECE = 16
 """PIECE_CHARS in these tests: a string of more than 16 bytes is decoded in pieces."""
@@ -27,13 +28,7 @@ def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
 def decoded_strings(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Each string piece decode_in_pieces gives msgspec from now on (its bytes, quotes included)."""
     calls: list[bytes] = []
-    decode = pieces._decode_str
-
-    def noted(piece: Any) -> Any:
-        calls.append(bytes(piece))
-        return decode(piece)
-
-    monkeypatch.setattr(pieces, "_decode_str", noted)
+    calls_through(monkeypatch, pieces, "_decode_str", lambda piece: calls.append(bytes(piece)))
     return calls
 
 
