@@ -175,14 +175,15 @@ def _string(data: bytes, start: int) -> tuple[int, str | None]:
     than PIECE_CHARS bytes, its text, decoded a piece at a time (each piece cut where no escape or character is
     split, `_cut`), else None."""
     view = memoryview(data)
+    probe = view[start:start + _PROBE_BYTES]
     try:
-        _decode_piece(view[start:start + _PROBE_BYTES])
+        _decode_piece(probe)
     except msgspec.DecodeError as exc:
         end = _end(data, exc, start)
         if end is not None:
             return end, None
-    else:
-        raise _AtOnce  # a string at the data's top, not in a value a store keeps
+    else:  # its closing quote is the probe's last byte: a string no longer than the probe, shorter than a piece
+        return start + len(probe), None
     pieces: list[str] = []
     at = start + 1
     while True:
