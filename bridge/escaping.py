@@ -31,9 +31,6 @@ NUL_MARK = "\\0~"
 database encoding holds it); the earlier write-out never began so for a NUL (it wrote `\\x00`), and text hardly
 does by itself (one that does is written out too)."""
 _WRITTEN = re.compile(r"\\(?:x00|\\)")
-_WELL_WRITTEN = re.compile(r"(?:[^\\\x00]|\\\\|\\x00)*+")
-"""What follows NUL_MARK in `write_nul`'s output: no NUL, and each backslash doubled or starting `\\x00`. Each
-character decides its branch (a backslash by the next one): a linear match."""
 
 
 def _escaped_code(code: int) -> str:
@@ -123,18 +120,6 @@ def lookup_forms(text: str) -> tuple[str, ...]:
     if written is text:
         return (text,)
     return written, text.replace(NUL, NUL_WRITTEN)
-
-
-def written_nul(text: str) -> bool:
-    """Whether `text` is a form `write_nul` gives (NUL_MARK, then only doubled backslashes and `\\x00`): shown by
-    the store, so a look-up given it means that stored text."""
-    return text.startswith(NUL_MARK) and _WELL_WRITTEN.fullmatch(text, len(NUL_MARK)) is not None
-
-
-def lookup_nul(text: str) -> str:
-    """What a look-up by `text` (an operator's: a conversation key or id) matches in a text column: `text` itself
-    when it is a written form the store shows (`written_nul`), else `text` written as a write keeps it."""
-    return text if written_nul(text) else write_nul(text)
 
 
 def escape_values(mapping: dict[str, Any]) -> int:

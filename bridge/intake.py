@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -166,8 +166,7 @@ async def _escape_event(rt: Runtime, source: Source, event: Event, mappings: Map
     milliseconds), and the plan run there too."""
     planned: list[NewDelivery] | None = None
     if off:
-        changed, planned = await offload.in_parser(_escaped_planned, event, mappings, rt.config.vars,
-                                                   source.handler.options.sender_domain_aliases)
+        changed, planned = await offload.in_parser(_escaped_planned, source, event, mappings, rt.config.vars)
     else:
         changed = _escaped(event)
     rt.count("escaped", source=source.name, where="payload")
@@ -187,11 +186,11 @@ def _escaped(event: Event) -> int:
     return changed
 
 
-def _escaped_planned(event: Event, mappings: MappingSet, vars_: dict[str, Any],
-                     aliases: Mapping[str, str]) -> tuple[int, list[NewDelivery]]:
+def _escaped_planned(source: Source, event: Event, mappings: MappingSet,
+                     vars_: dict[str, Any]) -> tuple[int, list[NewDelivery]]:
     """`_escaped`, then the event's deliveries planned again from it: both in the parser thread."""
     changed = _escaped(event)
-    [(deliveries, _errors)] = _plan_each([event], mappings, vars_, aliases)
+    [(deliveries, _errors)] = _plan_each(source, [event], mappings, vars_)
     return changed, deliveries
 
 
@@ -432,8 +431,10 @@ async def _run(step: Callable[[web.Request, bytes], T], request: web.Request, bo
     return await offload.in_parser(step, request, body)
 
 
-def _plan_each(events: list[Event], mappings: MappingSet, vars_: dict[str, Any],
-               aliases: Mapping[str, str]) -> list[tuple[list[NewDelivery], list[str]]]:
+def _plan_each(source: Source, events: list[Event], mappings: MappingSet,
+               vars_: dict[str, Any]) -> list[tuple[list[NewDelivery], list[str]]]:
+    """Each event's deliveries from `source` (its `sender_domain_aliases`), and their render errors."""
+    aliases = source.handler.options.sender_domain_aliases
     return [plan_deliveries(mappings, event, vars_, aliases) for event in events]
 
 
@@ -459,9 +460,9 @@ def weighed(event: Event, deliveries: list[NewDelivery], rest: int) -> int:
     return total
 
 
-def _plan_weighed(events: list[Event], mappings: MappingSet, vars_: dict[str, Any], aliases: Mapping[str, str],
+def _plan_weighed(source: Source, events: list[Event], mappings: MappingSet, vars_: dict[str, Any],
                   rest: int) -> tuple[list[tuple[list[NewDelivery], list[str]]], list[int]]:
-    planned = _plan_each(events, mappings, vars_, aliases)
+    planned = _plan_each(source, events, mappings, vars_)
     return planned, [weighed(event, deliveries, rest) for event, (deliveries, _) in zip(events, planned, strict=True)]
 
 
@@ -477,7 +478,7 @@ def _plan_on_loop(rt: Runtime, source: Source, events: list[Event], mappings: Ma
     held = hold_logs()  # a render failure is logged by the run kept: this one, or _plan_off's
     kept = False
     try:
-        planned = _plan_each(events, mappings, rt.config.vars, source.handler.options.sender_domain_aliases)
+        planned = _plan_each(source, events, mappings, rt.config.vars)
         kept = True
         return planned
     except SliceOver:
@@ -494,8 +495,7 @@ async def _plan_off(rt: Runtime, source: Source, events: list[Event],
     """The same in the parser thread, under the whole render budget: a large request's from the start (its parse
     ran there too), any other's once it ran past its loop slice. The loop is held for at most the slice, whatever
     the mappings and the payload."""
-    return await offload.in_parser(_plan_each, events, mappings, rt.config.vars,
-                                   source.handler.options.sender_domain_aliases)
+    return await offload.in_parser(_plan_each, source, events, mappings, rt.config.vars)
 
 
 async def _plan_weighed_off(rt: Runtime, source: Source, events: list[Event], mappings: MappingSet,
@@ -503,8 +503,8 @@ async def _plan_weighed_off(rt: Runtime, source: Source, events: list[Event], ma
     """`_plan_off`, with each event's weight, weighed there too (`weighed`: past what it looks at, its share of the
     `made_from` bytes of its request's body and of what was fetched for it). (Planned on the loop, a request is
     small, and its events are light: they are not weighed.)"""
-    return await offload.in_parser(_plan_weighed, events, mappings, rt.config.vars,
-                                   source.handler.options.sender_domain_aliases, made_from // max(len(events), 1))
+    return await offload.in_parser(_plan_weighed, source, events, mappings, rt.config.vars,
+                                   made_from // max(len(events), 1))
 
 
 def _planned(source: Source, events: list[Event], plans: list[tuple[list[NewDelivery], list[str]]],

@@ -284,8 +284,8 @@ class PendingAccept:
                        or (nonce is not None and nonce.value.startswith(NUL_MARK))
                        or any(d.conversation.startswith(NUL_MARK) for d in deliveries if d.conversation is not None))
         """Whether a key of the accept holds a NUL (is written out: escaping.write_nul), so that a row written before
-        NUL_MARK may hold it in its earlier form (`_legacy`): the accept is then stored by accept_one, which looks
-        that form up too, never by the group's statements."""
+        NUL_MARK may hold it in its earlier form: the accept is then stored by accept_one, which looks that form up
+        too (`_legacy_duplicate`, `_in_legacy_conversations`), never by the group's statements."""
         self.alone = nonce is not None or bool(self.checked) or self.legacy
         """Whether the accept is stored by accept_one, one at a time in a savepoint (a nonce, a sender-checked
         delivery, a key written out), not by the group's statements."""

@@ -104,10 +104,10 @@ def _swapped(value: Any, found: list[str], mark: str, depth: int) -> Any:
 
 
 DECODE_AT_ONCE_BYTES = 1 << 20
+"""A stored value up to this long is decoded in one call (about 1 ms); a longer one by `decode_in_pieces`."""
 PIECE_READ_BYTES = 256 * 1024
 """How much of a large stored value a store reads in one call when it reads it a piece at a time (SQLite's blob
 I/O)."""
-"""A stored value up to this long is decoded in one call (about 1 ms); a longer one by `decode_in_pieces`."""
 DECODE_STRINGS = 4096
 """The most strings `decode_in_pieces` looks through before it decodes the value whole instead: a large mail's event
 holds a few hundred (its headers, addresses, texts); each costs a few microseconds to step over."""
@@ -175,14 +175,15 @@ def _string(data: bytes, start: int) -> tuple[int, str | None]:
     than PIECE_CHARS bytes, its text, decoded a piece at a time (each piece cut where no escape or character is
     split, `_cut`), else None."""
     view = memoryview(data)
+    probe = view[start:start + _PROBE_BYTES]
     try:
-        _decode_piece(view[start:start + _PROBE_BYTES])
+        _decode_piece(probe)
     except msgspec.DecodeError as exc:
         end = _end(data, exc, start)
         if end is not None:
             return end, None
-    else:
-        raise _AtOnce  # a string at the data's top, not in a value a store keeps
+    else:  # its closing quote is the probe's last byte: a string no longer than the probe, shorter than a piece
+        return start + len(probe), None
     pieces: list[str] = []
     at = start + 1
     while True:

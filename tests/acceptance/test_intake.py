@@ -22,6 +22,7 @@ from bridge.logs import LEVEL
 from bridge.store.base import AcceptResult, DeliveryFilter, NewDelivery, Nonce
 from bridge.store.sqlite import SqliteStore
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.spies import calls_through
 
 CONFIG = """
 server: {max_body_bytes: 4096}
@@ -456,21 +457,9 @@ async def test_a_render_past_its_slice_of_the_loop_is_done_again_in_the_parser_t
     if past_slice:
         monkeypatch.setattr(offload, "LOOP_SLICE_S", -1.0)  # over before it starts
     threads: list[str] = []
-    plan_each = intake._plan_each
-
-    def recording(*args: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return plan_each(*args)
-
+    calls_through(monkeypatch, intake, "_plan_each", lambda *_: threads.append(threading.current_thread().name))
     looks: list[int] = []
-    offloaded = intake.offloaded
-
-    def counting(body: bytes) -> bool:
-        looks.append(len(body))
-        return offloaded(body)
-
-    monkeypatch.setattr(intake, "_plan_each", recording)
-    monkeypatch.setattr(intake, "offloaded", counting)
+    calls_through(monkeypatch, intake, "offloaded", lambda body: looks.append(len(body)))
     client = await bridge_client(write_config(LOOPING_CONFIG, LOOPING))
     resp = await client.post("/hooks/orders", json={"lines": [{"sku": "A1"}, {"sku": "B2"}]})
     assert resp.status == 202, await resp.text()

@@ -1,4 +1,4 @@
-"""Text kept with its NUL written out (bridge/escaping.py) is read back and recognised in linear time: 8x the text
+"""Text kept with its NUL written out (bridge/escaping.py) is read back and looked up in linear time: 8x the text
 costs at most ~16x the time, whatever mix of backslashes, NULs and near-escapes it holds."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge.escaping import NUL_MARK, read_nul, write_nul, written_nul
+from bridge.escaping import NUL_MARK, lookup_forms, read_nul, write_nul
 from tests.complexity.scaling import assert_linear
 
 CASES: dict[str, tuple[Callable[[int], str], int]] = {
@@ -18,7 +18,7 @@ CASES: dict[str, tuple[Callable[[int], str], int]] = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_written_form_is_recognised_and_read_in_linear_time(case: str) -> None:
-    """Recognising and reading back 8x the written text costs at most ~16x the time."""
+def test_a_written_form_is_looked_up_and_read_in_linear_time(case: str) -> None:
+    """Looking up and reading back 8x the written text costs at most ~16x the time."""
     make, n = CASES[case]
-    assert_linear(lambda text: (written_nul(text), read_nul(text)), make, n)
+    assert_linear(lambda text: (lookup_forms(text), read_nul(text)), make, n)

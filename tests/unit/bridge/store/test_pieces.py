@@ -6,12 +6,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.store import pieces
 from bridge.store.rows import decode_event, encode
 from tests.integration.store.contract import make_event
+from tests.spies import calls_through
 
 PIECE = 16
 """PIECE_CHARS in these tests: a string of more than 16 bytes is decoded in pieces."""
@@ -27,13 +28,7 @@ def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
 def decoded_strings(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Each string piece decode_in_pieces gives msgspec from now on (its bytes, quotes included)."""
     calls: list[bytes] = []
-    decode = pieces._decode_str
-
-    def noted(piece: Any) -> Any:
-        calls.append(bytes(piece))
-        return decode(piece)
-
-    monkeypatch.setattr(pieces, "_decode_str", noted)
+    calls_through(monkeypatch, pieces, "_decode_str", lambda piece: calls.append(bytes(piece)))
     return calls
 
 
@@ -68,15 +63,31 @@ def test_an_event_decoded_in_pieces_is_the_event_decoded_at_once(text: str, monk
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=30), inner,
                                                                                  max_size=4),
                     max_leaves=12))
+@example({"\x80\U00010000": None, "x" * 20: None})  # a string as long as the probe (8 bytes), then a long one
 def test_any_json_value_decodes_in_pieces_as_at_once(value: Any) -> None:
-    """Any JSON value msgspec writes decodes in pieces to what it decodes to at once."""
+    """Any JSON value msgspec writes decodes in pieces to what it decodes to at once, and is decoded in pieces
+    (never whole, as a value the steps cannot read is) when it holds a string longer than a piece."""
     data = msgspec.json.encode({"payload": value, "more": [value]})
     decode = msgspec.json.Decoder(dict[str, Any]).decode
+    given: list[bytes] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pieces, "PIECE_CHARS", PIECE)
         patch.setattr(pieces, "DECODE_AT_ONCE_BYTES", 0)
         patch.setattr(pieces, "_PROBE_BYTES", 8)
-        assert pieces.decode_in_pieces(data, decode) == decode(data)
+        assert pieces.decode_in_pieces(data, lambda part: given.append(bytes(part)) or decode(part)) == decode(data)
+    long_string = any(len(msgspec.json.encode(text)) > PIECE for text in _strings(value))  # quotes included
+    assert (data not in given) if long_string else (given == [data]), given
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string of a JSON value: its strings, its dicts' keys."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in [key, *_strings(item)]]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 @pytest.mark.parametrize("data", [
