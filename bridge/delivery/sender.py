@@ -120,21 +120,15 @@ def send_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
 
 
 class Written:
-    """Whether a request's head was written (the delivery session's `WrittenRequest` marks the one its send set in
-    `_WRITING`): `traced` once the request was made on a session whose requests mark it; `written` once its head was
-    handed to the connection. A failure before that (the host name's look-up, the connect, the TLS handshake, the
-    wait for a connection) sent nothing."""
+    """Whether the vendor may have seen a request (`maybe_sent`), as the delivery session's `WrittenRequest` marks
+    the one its send set in `_WRITING`: made on such a session, it is not yet (false); its head handed to the
+    connection, it may have (true). A failure before that (the host name's look-up, the connect, the TLS handshake,
+    the wait for a connection) sent nothing. A request made on another session marks nothing: it may have (true)."""
 
-    __slots__ = ("traced", "written")
+    __slots__ = ("maybe_sent",)
 
     def __init__(self) -> None:
-        self.traced = False
-        self.written = False
-
-    @property
-    def maybe_sent(self) -> bool:
-        """Whether the vendor may have seen the request: its head written, or not traced (not known: assumed)."""
-        return self.written or not self.traced
+        self.maybe_sent = True
 
 
 _WRITING: ContextVar[Written | None] = ContextVar("ticketbridge_written", default=None)
@@ -144,19 +138,19 @@ asked for it."""
 
 class WrittenRequest(aiohttp.ClientRequest):
     """The delivery session's request class (`delivery_session`): made before its connection is looked for, it marks
-    its send's `Written` traced; sent once the connection is made (`send` buffers the head, then writes it), it marks
-    it written, before any byte of it can reach the vendor. (aiohttp's own tracing, a TraceConfig on the session,
-    told the same through `on_request_headers_sent` at about 75k instructions a delivered event: a session with a
-    trace config traces every step of every request.)"""
+    its send's `Written` not sent; sent once the connection is made (`send` buffers the head, then writes it), it
+    marks it maybe sent, before any byte of it can reach the vendor. (aiohttp's own tracing, a TraceConfig on the
+    session, told the same through `on_request_headers_sent` at about 75k instructions a delivered event: a session
+    with a trace config traces every step of every request.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if (written := _WRITING.get()) is not None:
-            written.traced = True
+            written.maybe_sent = False
 
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
         if (written := _WRITING.get()) is not None:
-            written.written = True
+            written.maybe_sent = True
         return await super().send(conn)
 
 
