@@ -491,6 +491,16 @@ def token_answer_said(raw: bytes, content_type: str | None, parsed: Any) -> str:
     return f"a body of {len(raw):,} bytes ({kind}), not quoted: not a JSON object"
 
 
+def token_answer(raw: bytes, content_type: str | None, *said_by: str) -> tuple[dict[str, Any], str]:
+    """A token endpoint's answer (`raw`, of `content_type`): its JSON object (empty when it is not one), and what it
+    says for an error a human reads: the texts under the keys `said_by` names (`error`, `error_description`), else
+    `token_answer_said`; never the answer as it came, which may carry a live token no redaction knows yet."""
+    parsed = decode_json(raw)
+    data = parsed if isinstance(parsed, dict) else {}
+    said = ": ".join(text for key in said_by if (text := text_or_none(data.get(key))))
+    return data, said or token_answer_said(raw, content_type, parsed)
+
+
 def unreadable_success(vendor: str, status: int, body: bytes, what: str = "a JSON object") -> Outcome:
     """The outcome of a 2xx whose answer cannot be read (not `what`, even leniently): `unknown`, not `permanent`.
     The vendor said it acted and may have made the ticket its answer would name: it is held (or looked up) as any

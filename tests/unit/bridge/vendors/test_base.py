@@ -31,6 +31,7 @@ from bridge.vendors.base import (
     lower_keys,
     parse_retry_after,
     succeeded,
+    token_answer,
 )
 from bridge.vendors.http import HttpAdapter, HttpOptions
 from bridge.vendors.kapture import KaptureAdapter, KaptureOptions
@@ -458,3 +459,18 @@ def test_an_http_destination_without_a_ticket_id_path_expects_no_id() -> None:
     """An `http` destination that names no `ticket_id_path` gets no id from any answer, so none is missing."""
     opts = msgspec.convert({"vendor": "http", "base_url": "http://h.test"}, HttpOptions)
     assert HttpAdapter("h", opts, "http://h.test").ticket_id_at("create_ticket") is None
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    (b'{"error": "invalid_client", "error_description": "no such client", "access_token": "LIVE-A"}',
+     "invalid_client: no such client"),
+    (b'{"error_description": "no such client", "token": "LIVE-A"}', "no such client"),
+    (b'{"error": null, "token": "LIVE-A"}', "a JSON object with the keys error, token, values not quoted"),
+    (b'"LIVE-A"', "a body of 8 bytes (application/json), not quoted: not a JSON object"),
+])
+def test_a_token_answer_says_its_error_keys_else_only_its_shape(raw: bytes, said: str) -> None:
+    """A token endpoint's answer is quoted by the texts under the keys its caller names, joined, else described
+    (`token_answer_said`): never a token it carries."""
+    data, got = token_answer(raw, "application/json; charset=utf-8", "error", "error_description")
+    assert got == said
+    assert data == (msgspec.json.decode(raw) if raw.startswith(b"{") else {})
