@@ -81,11 +81,6 @@ class DaemonPool(Executor):
             del future, fn, args
             self._idle.release()
 
-    def threads(self) -> int:
-        """How many threads it has started."""
-        with self._lock:
-            return self._started
-
 
 class Lookups:
     """getaddrinfo() calls in a pool of their own, one at a time per name (host, port, family, flags)."""

@@ -10,6 +10,7 @@ import msgspec
 
 from bridge.bodies import read_capped
 from bridge.delivery.exchange import redact_url
+from bridge.vendors.base import decode_json
 
 IDENTITY_PATH = "/_sandbox"
 """Where, under its mount (`/kapture`), a simulator says what it is."""
@@ -46,10 +47,6 @@ async def sandbox_problem(session: aiohttp.ClientSession, base_url: str, vendor:
         return f"{asked} failed: {type(exc).__name__}: {exc}"
     if status != 200:
         return f"{asked} answered {status}, where a ticketbridge sandbox answers 200 and {expected}"
-    try:
-        said = None if cut else msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        said = None
-    if said != identity(vendor):
+    if cut or decode_json(body) != identity(vendor):
         return f"{asked} answered 200 but not {expected}: not a ticketbridge sandbox's {vendor} simulator"
     return None

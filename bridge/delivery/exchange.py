@@ -68,11 +68,6 @@ def _redact_json(value: Any) -> Any:
     return value
 
 
-def redacted_json(value: Any) -> Any:
-    """`value` (decoded JSON) with the values of credential-named keys redacted, at any depth (`secret_name`)."""
-    return _redact_json(value)
-
-
 def redact_url(url: str) -> str:
     """`url` with the password of its user info (`https://user:pw@host/`) and its credential-named query
     parameters redacted, its fragment dropped."""

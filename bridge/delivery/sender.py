@@ -120,21 +120,15 @@ def send_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
 
 
 class Written:
-    """Whether a request's head was written (the delivery session's `WrittenRequest` marks the one its send set in
-    `_WRITING`): `traced` once the request was made on a session whose requests mark it; `written` once its head was
-    handed to the connection. A failure before that (the host name's look-up, the connect, the TLS handshake, the
-    wait for a connection) sent nothing."""
+    """Whether the vendor may have seen a request (`maybe_sent`), as the delivery session's `WrittenRequest` marks
+    the one its send set in `_WRITING`: made on such a session, it is not yet (false); its head handed to the
+    connection, it may have (true). A failure before that (the host name's look-up, the connect, the TLS handshake,
+    the wait for a connection) sent nothing. A request made on another session marks nothing: it may have (true)."""
 
-    __slots__ = ("traced", "written")
+    __slots__ = ("maybe_sent",)
 
     def __init__(self) -> None:
-        self.traced = False
-        self.written = False
-
-    @property
-    def maybe_sent(self) -> bool:
-        """Whether the vendor may have seen the request: its head written, or not traced (not known: assumed)."""
-        return self.written or not self.traced
+        self.maybe_sent = True
 
 
 _WRITING: ContextVar[Written | None] = ContextVar("ticketbridge_written", default=None)
@@ -144,19 +138,19 @@ asked for it."""
 
 class WrittenRequest(aiohttp.ClientRequest):
     """The delivery session's request class (`delivery_session`): made before its connection is looked for, it marks
-    its send's `Written` traced; sent once the connection is made (`send` buffers the head, then writes it), it marks
-    it written, before any byte of it can reach the vendor. (aiohttp's own tracing, a TraceConfig on the session,
-    told the same through `on_request_headers_sent` at about 75k instructions a delivered event: a session with a
-    trace config traces every step of every request.)"""
+    its send's `Written` not sent; sent once the connection is made (`send` buffers the head, then writes it), it
+    marks it maybe sent, before any byte of it can reach the vendor. (aiohttp's own tracing, a TraceConfig on the
+    session, told the same through `on_request_headers_sent` at about 75k instructions a delivered event: a session
+    with a trace config traces every step of every request.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if (written := _WRITING.get()) is not None:
-            written.traced = True
+            written.maybe_sent = False
 
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
         if (written := _WRITING.get()) is not None:
-            written.written = True
+            written.maybe_sent = True
         return await super().send(conn)
 
 
@@ -431,14 +425,14 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
             try:
                 body, cut = await read_capped(response, MAX_RESPONSE_BYTES)
             except TRANSPORT_ERRORS as exc:
-                refused = unread_refusal(response.status, response.headers, exc, timeout_s, request.method)
+                refused = unread_refusal(response.status, response.headers, exc, timeout_s)
                 if refused is None:
                     raise
                 return response.status, None, dict(response.headers), refused
             try:
                 outcome = adapter.classify(action, response.status, response.headers, body)
             except Exception as exc:
-                outcome = classified_anyway(response.status, response.headers, exc, delivery_id, request.method)
+                outcome = classified_anyway(response.status, response.headers, exc, delivery_id)
             if cut:
                 outcome = cut_answer(response.status, outcome)
             return (response.status, body[:EXCERPT_CHARS].decode("utf-8", "replace"), dict(response.headers),
@@ -449,12 +443,11 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
         _WRITING.reset(writing)
 
 
-def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, delivery_id: str | None,
-                      method: str = "POST") -> Outcome:
+def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, delivery_id: str | None) -> Outcome:
     """The outcome of an answer whose classification crashed with `exc` (a bug): what its status alone says
     (`classify_status`) when it says the vendor did not act, its error naming the crash, logged; else `exc` is raised
     (the delivery loop records the outcome as unknown: the vendor may have acted on it)."""
-    by_status = classify_status(status, headers, method)
+    by_status = classify_status(status, headers)
     if by_status is None or by_status.classification == "unknown":
         raise exc
     log.error("delivery.classify_crashed", delivery_id=delivery_id, status=status,
@@ -463,14 +456,12 @@ def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, d
                                                    f"{type(exc).__name__}: {exc}")
 
 
-def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, timeout_s: float,
-                   method: str = "POST") -> Outcome | None:
-    """What an answer to a `method` request whose body could not be read to its end (cut off, or in an encoding
-    that cannot be decoded) means when its status line already said what became of the request (5xx, 429, 408,
-    425, a 301/307/308: a retry; 401, 403: refused credentials; a 302 or 303 after a POST: unknown, as
-    `redirect_answer` says), the error naming the status and why the body could not be read; None when only the
-    body could tell (the outcome is then unknown)."""
-    by_status = classify_status(status, headers, method)
+def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, timeout_s: float) -> Outcome | None:
+    """What an answer whose body could not be read to its end (cut off, or in an encoding that cannot be decoded)
+    means when its status line already said what became of the request (5xx, 429, 408, 425, a 301/307/308: a
+    retry; 401, 403: refused credentials; another 3xx: unknown, as `redirect_answer` says), the error naming the
+    status and why the body could not be read; None when only the body could tell (the outcome is then unknown)."""
+    by_status = classify_status(status, headers)
     if by_status is None:
         return None
     reason = f"timed out after {timeout_s:g}s" if isinstance(exc, TimeoutError) else \

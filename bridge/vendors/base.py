@@ -325,45 +325,41 @@ def redirect_target(headers: Mapping[str, str]) -> str:
     return repr(shown if len(shown) <= LOCATION_CHARS else shown[:LOCATION_CHARS - 1] + "…")
 
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-"""The methods whose request may be sent twice to the same effect (RFC 9110 9.2.2); POST and PATCH are not."""
-
 SAME_REQUEST_REDIRECTS = frozenset({301, 307, 308})
 """The redirects that ask for the same request at another URL (a moved base_url, http to https): the vendor did
-not act on it. A 302 or 303 after a POST is a Post/Redirect/Get: "done, see there"."""
+not act on it. Any other, after a send, may be a Post/Redirect/Get: "done, see there"."""
 
 
-def redirect_answer(status: int, headers: Mapping[str, str], method: str = "POST") -> Outcome:
-    """What a redirect (3xx) as the answer to a `method` request means; ticketbridge follows none (the request and
-    its credentials would go to another URL). A 303 See Other, and any redirect but 301, 307 and 308 to a request
-    that is not idempotent (POST, PATCH), is how many APIs say "done, see there" after a create (Post/Redirect/Get):
-    the vendor may have acted, so it is `unknown` (held or looked up, never sent again blindly). A 301, 307 or 308
-    (or any but 303 to an idempotent PUT) says the URL is not where the API answers: the request was not acted on,
-    and every request of the destination will be answered so until its URL is fixed. It is a `retry` that counts
-    against the destination (after 5 the lane pauses and probes, its deliveries keeping their tries), not a
-    `permanent` failure that would kill the whole backlog: fix `base_url` (or `path`), and what waits is sent (what
-    died meanwhile is replayed)."""
+def redirect_answer(status: int, headers: Mapping[str, str]) -> Outcome:
+    """What a redirect (3xx) as the answer to a send means; ticketbridge follows none (the request and its
+    credentials would go to another URL). A 303 See Other, and any redirect but 301, 307 and 308, is how many APIs
+    say "done, see there" after a create (Post/Redirect/Get): the vendor may have acted, so it is `unknown` (held or
+    looked up, never sent again blindly), whatever the request's method (an adapter classifies an answer without
+    it). A 301, 307 or 308 says the URL is not where the API answers: the request was not acted on, and every
+    request of the destination will be answered so until its URL is fixed. It is a `retry` that counts against the
+    destination (after 5 the lane pauses and probes, its deliveries keeping their tries), not a `permanent` failure
+    that would kill the whole backlog: fix `base_url` (or `path`), and what waits is sent (what died meanwhile is
+    replayed)."""
     where = redirect_target(headers)
     if status == 303:
         return Outcome(classification="unknown",
                        error=f"HTTP 303 See Other to {where} (not followed): the vendor may have acted on the request")
-    if status not in SAME_REQUEST_REDIRECTS and method.upper() not in IDEMPOTENT_METHODS:
+    if status not in SAME_REQUEST_REDIRECTS:
         return Outcome(classification="unknown",
-                       error=f"HTTP {status} redirect to {where} after a {method.upper()} (not followed): the vendor "
-                             "may have acted on the request")
+                       error=f"HTTP {status} redirect to {where} (not followed): the vendor may have acted on the "
+                             "request")
     return Outcome(classification="retry",
                    error=f"HTTP {status} redirect to {where} (not followed): the destination's URL is not where the "
                          "API answers; fix its base_url or path")
 
 
-def classify_status(status: int, headers: Mapping[str, str], method: str = "POST") -> Outcome | None:
-    """The classification an HTTP status alone decides for the answer to a `method` request, or None when the body
-    must be read. An interim status (1xx) is `unknown` (`interim_answer`), a redirect (3xx) as `redirect_answer`
-    says (a send whose method is not known is taken as a POST: never sent again on a Post/Redirect/Get)."""
+def classify_status(status: int, headers: Mapping[str, str]) -> Outcome | None:
+    """The classification an HTTP status alone decides, or None when the body must be read. An interim status
+    (1xx) is `unknown` (`interim_answer`), a redirect (3xx) as `redirect_answer` says."""
     if status < 200:  # a status line aiohttp read has three digits: 1xx (a call only then: this runs per answer)
         return interim_answer(status)
     if 300 <= status < 400:
-        return redirect_answer(status, headers, method)
+        return redirect_answer(status, headers)
     if status in (408, 425, 429) or status >= 500:
         wait = parse_retry_after(headers.get("Retry-After"))
         return Outcome(classification="retry", error=f"HTTP {status}", retry_after=wait, rate_limited=status == 429)
@@ -493,6 +489,16 @@ def token_answer_said(raw: bytes, content_type: str | None, parsed: Any) -> str:
         return f"a JSON object with the keys {listed or '(none)'}, values not quoted"
     kind = escape_text((content_type or "no content type").split(";")[0].strip()[:60]) or "no content type"
     return f"a body of {len(raw):,} bytes ({kind}), not quoted: not a JSON object"
+
+
+def token_answer(raw: bytes, content_type: str | None, *said_by: str) -> tuple[dict[str, Any], str]:
+    """A token endpoint's answer (`raw`, of `content_type`): its JSON object (empty when it is not one), and what it
+    says for an error a human reads: the texts under the keys `said_by` names (`error`, `error_description`), else
+    `token_answer_said`; never the answer as it came, which may carry a live token no redaction knows yet."""
+    parsed = decode_json(raw)
+    data = parsed if isinstance(parsed, dict) else {}
+    said = ": ".join(text for key in said_by if (text := text_or_none(data.get(key))))
+    return data, said or token_answer_said(raw, content_type, parsed)
 
 
 def unreadable_success(vendor: str, status: int, body: bytes, what: str = "a JSON object") -> Outcome:

@@ -17,10 +17,9 @@ from bridge.errors import VALUE
 from bridge.vendors.base import (
     VendorAuthFailed,
     VendorUnavailable,
-    decode_json,
     read_bounded,
     text_or_none,
-    token_answer_said,
+    token_answer,
 )
 from bridge.vendors.credentials import Credentials, StaticCredentials, Token, TokenCredentials
 from bridge.yamlfile import KeyValueError
@@ -127,11 +126,7 @@ class OAuth2Credentials(TokenCredentials):
                                 timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
             status, raw = resp.status, await read_bounded(resp, TOKEN_ANSWER_BYTES)
             content_type = resp.headers.get("Content-Type")
-        parsed = decode_json(raw)
-        data = parsed if isinstance(parsed, dict) else {}
-        # Never the answer as it came: it may carry a live token, which no redaction knows yet.
-        said = ": ".join(p for p in (text_or_none(data.get("error")), text_or_none(data.get("error_description")))
-                         if p) or token_answer_said(raw, content_type, parsed)
+        data, said = token_answer(raw, content_type, "error", "error_description")
         if status in (400, 401, 403):
             raise VendorAuthFailed(f"http: the token endpoint {self.token_url} refused the client "
                                    f"(HTTP {status}: {said}): check auth.oauth2.client_id, client_secret and scope")

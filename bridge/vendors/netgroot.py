@@ -34,7 +34,7 @@ from bridge.vendors.base import (
     read_bounded,
     succeeded,
     text_or_none,
-    token_answer_said,
+    token_answer,
     unreadable_success,
 )
 from bridge.vendors.credentials import (
@@ -246,10 +246,7 @@ class NetgrootLoginCredentials(TokenCredentials):
                                 allow_redirects=False) as resp:
             status, raw = resp.status, await read_bounded(resp, ANSWER_BYTES)
             content_type = resp.headers.get("Content-Type")
-        parsed = decode_json(raw)
-        data = parsed if isinstance(parsed, dict) else {}
-        # Never the answer as it came: it may carry a live JWT, which no redaction knows yet.
-        message = text_or_none(data.get("message")) or token_answer_said(raw, content_type, parsed)
+        data, message = token_answer(raw, content_type, "message")
         if status in (400, 401, 403, 404):
             # The username is not repeated: it is often an email address, and this text is stored and shown.
             raise VendorAuthFailed(f"netgroot: Login: HTTP {status}: {message}: check auth.login.username and "

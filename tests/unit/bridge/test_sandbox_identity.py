@@ -21,6 +21,8 @@ async def _impostor(request: web.Request) -> web.StreamResponse:
         "/html": web.Response(text="<html>welcome</html>", content_type="text/html"),
         "/big": web.json_response({"sandbox": "ticketbridge", "vendor": "kapture", "pad": "x" * 10_000}),
         "/moved": web.Response(status=302, headers={"Location": "/kapture/_sandbox"}),
+        "/not-utf8": web.Response(body=b'{"sandbox": "ticketbridge\xff"}', content_type="application/json"),
+        "/deep": web.Response(body=b"[" * 4000, content_type="application/json"),
     }
     return answers.get(request.path.removesuffix(IDENTITY_PATH), web.Response(status=404))
 
@@ -55,13 +57,16 @@ async def test_each_simulator_answers_as_the_sandbox_of_its_vendor(servers: tupl
     ("/wrong-vendor", "answered 200 but not"),
     ("/html", "answered 200 but not"),
     ("/big", "answered 200 but not"),
+    ("/not-utf8", "answered 200 but not"),
+    ("/deep", "answered 200 but not"),
     ("/moved", "answered 302"),
     ("/nothing", "answered 404"),
 ])
 async def test_a_server_that_is_not_a_sandbox_is_named_with_what_it_answered(servers: tuple[str, str], path: str,
                                                                             said: str) -> None:
     """Anything but the identity of a sandbox's simulator of the destination's vendor is a problem naming the URL
-    asked and what it answered: another body, another vendor's simulator, a redirect (not followed), an error."""
+    asked and what it answered: another body (one that is not UTF-8, or nested past what a decoder follows, too),
+    another vendor's simulator, a redirect (not followed), an error."""
     _, impostor = servers
     async with aiohttp.ClientSession() as session:
         problem = await sandbox_problem(session, f"{impostor}{path}", "kapture")
