@@ -117,8 +117,10 @@ FILTER_ARGUMENTS: dict[str, dict[str, Arg]] = {
         "start": Arg("the start (what the items are added to)", "a number, or a list to add lists to",
                      lambda v: _number(v) or isinstance(v, list | tuple), "sum(start=0)"),
     },
-    "tojson": {"indent": Arg("the indent", f"a whole number from 0 to {MAX_JSON_INDENT}, or null",
-                             lambda v: v is None or (_whole(v) and 0 <= v <= MAX_JSON_INDENT), "tojson(2)")},
+    "tojson": {"indent": Arg("the indent", f"a whole number from 0 to {MAX_JSON_INDENT}, text of at most "
+                             f"{MAX_JSON_INDENT} characters (written once per level, e.g. '\\t'), or null",
+                             lambda v: v is None or (_whole(v) and 0 <= v <= MAX_JSON_INDENT)
+                             or (isinstance(v, str) and len(v) <= MAX_JSON_INDENT), "tojson(2)")},
     "unique": {"case_sensitive": _case("unique(case_sensitive=true)"), "attribute": _attr("unique(attribute='id')")},
     "urlize": {
         "trim_url_limit": Arg("the length links are cut at", "a whole number of characters, 1 or more, or null",

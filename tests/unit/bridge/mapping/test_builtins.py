@@ -102,8 +102,12 @@ def ctx(payload: Any, **vars_: Any) -> dict[str, Any]:
     ("{{ payload.x | sum(start='a') }}", "the start (what the items are added to) must be a number, or a list to add "
                                         "lists to, not 'a'"),
     ("{{ payload.x | sum(start=none) }}", "must be a number, or a list to add lists to, not null"),
-    ("{{ payload.x | tojson(indent='x') }}", "the indent must be a whole number from 0 to 100, or null, not 'x'"),
-    ("{{ payload.x | tojson(101) }}", "the indent must be a whole number from 0 to 100, or null, not 101"),
+    ("{{ payload.x | tojson(indent=[2]) }}", "the indent must be a whole number from 0 to 100, text of at most 100 "
+                                            "characters (written once per level, e.g. '\\t'), or null, not [2]"),
+    ("{{ payload.x | tojson(101) }}", "the indent must be a whole number from 0 to 100, text of at most 100 "
+                                     "characters"),
+    ("{{ payload.x | tojson('" + " " * 101 + "') }}",
+     "the indent must be a whole number from 0 to 100, text of at most 100 characters"),
     ("{{ payload.x | urlize(0) }}", "the length links are cut at must be a whole number of characters, 1 or more, or "
                                    "null, not 0"),
     ("{{ payload.x | urlize(nofollow='yes') }}", "nofollow must be true or false, not 'yes'"),
@@ -174,6 +178,7 @@ GOOD = [
     ("{{ payload | attr('keys') is callable }} {{ payload.xs | first }} {{ payload.xs | last }}", {"xs": [1, 2]}),
     ("{{ payload | tojson }} {{ payload | tojson(2) }} {{ payload | tojson(indent=none) }}",
      {"b": [1, {"c": "<&'>"}], "a": None}),
+    ("{{ payload | tojson('\t') }} {{ payload | tojson(indent='--') }}", {"b": [1, {"c": "<"}], "a": None}),
     ("{{ payload.s | urlize }} {{ payload.s | urlize(10, true, target='_blank') }}",
      {"s": "see www.example.com/a/long/path and (https://x.org/p). or mail a@b.co"}),
     ("{{ payload.s | urlize(rel='noopener', extra_schemes=['tel:']) }}", {"s": "call tel:+911234 now"}),
