@@ -131,12 +131,21 @@ def store_arguments(args: argparse.Namespace) -> str:
     return ", ".join(given)
 
 
+def migrated_note(names: tuple[str, ...]) -> str:
+    """What a verb says on stderr when opening the store brought its schema up to date: a server of the older
+    version beside it goes on, but the migrations' locks and what an older server does not keep are the upgrade's
+    (docs/operations.md, "Upgrades and migrations")."""
+    return (f"the store's schema was brought up to this version by {len(names)} "
+            f"migration{'s' if len(names) > 1 else ''}: {', '.join(names)} (see docs/operations.md, "
+            '"Upgrades and migrations", for what a server of the older version running on this store does beside it)')
+
+
 async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], given: str = "", *,
                      changes: bool = False, mappings: MappingSet | None = None) -> int:
     """Open the config's store beside a running server (not as its owner), run `body` on it and close it; the
     exit code `body` gives, or 2 with the reason on stderr when the store cannot be opened, or when it refuses a
     value given on the command line for its data (one of `given`, the arguments handed to it): the same value is
-    refused on every try.
+    refused on every try. A store whose schema its opening migrated says so on stderr first (`migrated_note`).
 
     Once open, the names the store keeps are checked as `serve` checks them (`kept_names`: the config's sources,
     destinations and read tokens, and the names of `mappings` when the verb loaded them): a name the database's
@@ -150,6 +159,8 @@ async def with_store(config: Config, body: Callable[[Store], Awaitable[int]], gi
     except (StoreUnavailable, StoreLocked) as exc:
         print(f"cannot open the store: {exc}", file=sys.stderr)
         return 2
+    if store.migrated:
+        print(migrated_note(store.migrated), file=sys.stderr)
     try:
         if not await names_kept(store, config, mappings, changes=changes):
             return 2

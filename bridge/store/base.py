@@ -356,6 +356,8 @@ class Store(ABC):
     """Durable events, deliveries and attempts. Every method may raise StoreUnavailable."""
 
     commit_failures: int = 0  # commits that failed, for /metrics
+    migrated: tuple[str, ...] = ()
+    """The migrations (their names, in order) this store's `open` applied: none when the schema was up to date."""
     encoding: str = "UTF8"
     """The encoding the store keeps text in, as the database names it (a PostgreSQL database's `server_encoding`,
     read when it opens)."""

@@ -524,6 +524,7 @@ class SqliteStore(Store):
             except sqlite3.Error:
                 conn.execute("ROLLBACK")
                 raise
+            self.migrated = (*self.migrated, name)
             log.info("store.migrated", version=version, name=name)
 
     async def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 from pathlib import Path
 
@@ -244,3 +245,26 @@ def test_an_argument_that_is_not_utf8_is_named_and_exits_2(
     code, out, err = run(capsys, *verb, "dlv_\udcff", "-c", str(config_file))
     assert (code, out) == (2, "")
     assert err == "ticketbridge: 'dlv_\\xff': not valid UTF-8; ids, filters and notes are UTF-8 text\n"
+
+
+def test_a_verb_that_migrates_the_store_says_so_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A verb that opens a store whose schema is behind (a new one; one a version behind, run by the new version
+    before its server restarts) brings it up to date itself and says which migrations it applied, on stderr, where
+    stdout's listing is not mixed with it; the next run, on a store up to date, says nothing of it."""
+    config = tmp_path / "bridge.yaml"
+    config.write_text(CONFIG)
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "partner.yaml").write_text(MAPPING)
+    note = ("the store's schema was brought up to this version by {}: {} (see docs/operations.md, \"Upgrades and "
+            "migrations\", for what a server of the older version running on this store does beside it)\n")
+    code, out, err = run(capsys, "deliveries", "list", "-c", str(config))
+    with sqlite3.connect(tmp_path / "var" / "bridge.db") as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
+        conn.execute("ALTER TABLE deliveries DROP COLUMN ticket_missing")  # as the version before 0026 left it
+        conn.execute("DELETE FROM schema_migrations WHERE version = 26")
+    assert (code, out) == (0, "")
+    assert err == note.format(f"{len(names)} migrations", ", ".join(names)) + "no deliveries match\n"
+    code, out, err = run(capsys, "deliveries", "list", "-c", str(config))
+    assert (code, out) == (0, "")
+    assert err == note.format("1 migration", "0026_ticket_missing.sql") + "no deliveries match\n"
+    assert run(capsys, "deliveries", "list", "-c", str(config)) == (0, "", "no deliveries match\n")

@@ -579,6 +579,7 @@ async def test_a_database_of_the_previous_version_opens_and_is_migrated(pg_schem
     store = PostgresStore(DSN, schema=pg_schema)
     try:
         await store.open()
+        assert store.migrated == ("0017_conversation_sender.sql",)
         await accept_one(store)
         assert len(await store.list_deliveries(DeliveryFilter())) == 1
     finally:
