@@ -852,7 +852,8 @@ class PostgresStore(Store):
             async def tail(conn: Any) -> ConversationSlice:
                 found = await conn.fetch(SLICE_LAST, conversation, limit + 1)
                 rows = found[:limit][::-1]
-                ahead = max(rows[0][ROW_WIDTH + 1] - len(rows), 0) if rows else 0
+                stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
+                ahead = None if stored is None else max(stored - len(rows), 0)
                 return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
                                          arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
                                          later=False, ahead=ahead)

@@ -1386,7 +1386,8 @@ class SqliteStore(Store):
         def run_last(conn: sqlite3.Connection) -> ConversationSlice:
             found = conn.execute(SLICE_LAST, (conversation, limit + 1)).fetchall()
             rows = found[:limit][::-1]
-            ahead = max(rows[0][ROW_WIDTH + 1] - len(rows), 0) if rows else 0
+            stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
+            ahead = None if stored is None else max(stored - len(rows), 0)
             return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
                                      arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
                                      later=False, ahead=ahead)
