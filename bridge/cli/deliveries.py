@@ -22,6 +22,7 @@ from bridge.cli.remote import TOKEN_ENV, AdminClient, DeliveryReader, RemoteErro
 from bridge.config import Config
 from bridge.console.models import (
     CONVERSATION_PAGE,
+    LAST,
     MAX_PAGE,
     REPLAY_MOST,
     BadCursor,
@@ -104,8 +105,12 @@ def _add_conversations(sub: Any, common: argparse.ArgumentParser) -> None:
     cshow.add_argument("--limit", type=between(1, MAX_PAGE),
                        help=f"how many of each conversation's deliveries a page lists (default {CONVERSATION_PAGE}, "
                             f"or {MAX_PAGE} with --all; at most {MAX_PAGE})")
-    cshow.add_argument("--cursor", help="the page a cursor printed by an earlier `conversations show` reads (its "
+    place = cshow.add_mutually_exclusive_group()
+    place.add_argument("--cursor", help="the page a cursor printed by an earlier `conversations show` reads (its "
                                         "conversation's next or previous page)")
+    place.add_argument("--last", action="store_true",
+                       help="each conversation's last page, its newest deliveries (the cursor it prints reads the "
+                            "page before)")
     cshow.add_argument("--all", action="store_true",
                        help="every delivery of each conversation (from --cursor's page on, when given): page after "
                             "page, each printed as it is read")
@@ -366,9 +371,13 @@ Pages = Callable[[str, int, str | None], Awaitable[list[ConversationView]]]
 async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
     """`conversations show`: each conversation's page (with --all, every page after it, each printed as it is
     read, so that a conversation of any length takes one page of memory), and the cursors of the pages around."""
+    if args.last and args.all:
+        print("--last lists each conversation's last page and --all every page from its first (or from --cursor's): "
+              "give one of them", file=sys.stderr)
+        return 2
     limit = args.limit or (MAX_PAGE if args.all else CONVERSATION_PAGE)
     try:
-        found: list[ConversationView] = await read(args.key, limit, args.cursor)
+        found: list[ConversationView] = await read(args.key, limit, LAST if args.last else args.cursor)
     except BadCursor as exc:  # `read` answers an unknown key with none, whatever the cursor
         print(f"--cursor {args.cursor[:100]!r}: {exc}; give one that `conversations show {args.key}` printed, "
               "or none for the first page", file=sys.stderr)
@@ -403,7 +412,7 @@ async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
                 print(f"earlier deliveries: `ticketbridge conversations show {id_} --cursor {page.prev_cursor}`")
             if page.more and page.next_cursor:
                 print(f"more deliveries follow: `ticketbridge conversations show {id_} --cursor "
-                      f"{page.next_cursor}` (the next {limit}), or --all for every one")
+                      f"{page.next_cursor}` (the next {limit}), --last for the newest, or --all for every one")
     return 0
 
 

@@ -153,8 +153,8 @@ class AdminClient:
 
     async def get_conversations(self, key: str, limit: int, cursor: str | None = None) -> list[ConversationView]:
         """The conversations with that key (or id), each with its first `limit` deliveries (at most MAX_PAGE) in the
-        order they are sent in; with `cursor`, the page it reads of the conversation it was given for. NotFound
-        when none has the key."""
+        order they are sent in; with `cursor`, the page it reads of the conversation it was given for (LAST: each
+        one's last page). NotFound when none has the key."""
         found: ConversationList = await self._call(
             "GET", f"/admin/api/conversations/{segment(key, 'conversation')}", ConversationList,
             params={"limit": str(limit), **({} if cursor is None else {"cursor": cursor})})

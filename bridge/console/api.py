@@ -22,6 +22,7 @@ from bridge.config import Config
 from bridge.connections import content_encoding
 from bridge.console.auth import Caller, api_on, identify
 from bridge.console.models import (
+    LAST,
     REPLAY_MOST,
     AuditPage,
     AuditQuery,
@@ -595,7 +596,7 @@ CONVERSATION_KEYS = ("keys look like mail:<root message id>, chat:<id>, ticket:<
 async def get_conversation(call: Call) -> ConversationList:
     """The conversations with that key or id: each with its ticket and the first `limit` of its deliveries, in the
     order they are sent in; with `cursor`, the conversation it was given for alone, with the page after or before
-    the one that gave it."""
+    the one that gave it; with `cursor=last`, each one's last page."""
     q: ConversationQuery = call.query
     key = call.param("key")
     try:
@@ -603,8 +604,8 @@ async def get_conversation(call: Call) -> ConversationList:
             found = await ConversationView.read(_store(call.rt), key, q.limit, q.cursor)
     except BadCursor as exc:  # `read` answers an unknown key with none, whatever the cursor: below
         raise ApiError(400, f"query.cursor: {exc}: {_shown(q.cursor)}; give the next_cursor or prev_cursor of "
-                            f"a conversation in an answer for path.key {_shown(key)}, or none for the first "
-                            "page") from None
+                            f"a conversation in an answer for path.key {_shown(key)}, {LAST!r} for the last "
+                            "page, or none for the first") from None
     if not found:
         raise ApiError(404, f"path.key: no conversation {_shown(key)}; {CONVERSATION_KEYS}")
     return ConversationList(key=key, items=found)
@@ -860,7 +861,7 @@ ROUTES: list[Route] = [
           errors={**NOT_FOUND, 409: "the delivery is in flight or succeeded already"}),
     Route("GET", "/admin/api/conversations/{key}", get_conversation, "The conversations with a key (or id "
           "`mapping|key`): each one's ticket, once known, and a page of its deliveries in the order they are sent in "
-          "(`cursor`: the next or previous page of one)",
+          "(`cursor`: the next or previous page of one; `cursor=last`: each one's last page, its newest messages)",
           ConversationList, query=ConversationQuery, errors={404: "no conversation has that key"}),
     Route("POST", "/admin/api/conversations/{key}/reset", reset_conversation_ticket,
           "Detach a conversation from its ticket (gone at the vendor: deleted, merged): its next message, or a dead "

@@ -133,16 +133,21 @@ class DeliveryView(DeliveryDetail, kw_only=True):
 
 
 CONVERSATION_PAGE = 100
+LAST = "last"
+"""The `cursor` that asks for each conversation's last page (no cursor `write_cursor` makes reads so: each is the
+base64 of a JSON array)."""
 """The deliveries a page of a conversation holds unless `limit` says otherwise (at most MAX_PAGE)."""
 
 
 class ConversationQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     limit: Annotated[int, Meta(ge=1, le=MAX_PAGE, description="how many of each conversation's deliveries a page "
                                                               "holds")] = CONVERSATION_PAGE
-    cursor: Annotated[str, Meta(min_length=1, max_length=400, extra_json_schema=NO_NUL,
+    cursor: Annotated[str, Meta(min_length=1, max_length=400, extra_json_schema={**NO_NUL, "examples": [LAST]},
                                 description="a conversation's `next_cursor` or `prev_cursor` from an earlier "
                                             "answer: the page after or before that one, of that conversation "
-                                            "alone (absent: each conversation's first page)")] | None = None
+                                            f"alone; `{LAST}`: each conversation's last page, its newest "
+                                            "messages, whose `prev_cursor` reads back from there (absent: each "
+                                            "conversation's first page)")] | None = None
 
 
 class BadCursor(ValueError):
@@ -227,8 +232,12 @@ class ConversationView(msgspec.Struct, kw_only=True):
         """The conversations with that key or id, each with its first `limit` deliveries; with `cursor`, the
         conversation it was given for alone, with the `limit` after or before its place (BadCursor for a cursor not
         given for one of them). None when no conversation has the key, whatever the cursor: the key is what is
-        wrong. What `conversations show` and `GET /admin/api/conversations/{key}` answer."""
+        wrong. With `cursor` LAST, each conversation's last `limit` deliveries, numbered from how many come before
+        them. What `conversations show` and `GET /admin/api/conversations/{key}` answer."""
         found = [c.conversation for c in await store.get_conversations(key, limit=0)]
+        if cursor == LAST:
+            pages = [(c, await store.conversation_slice(c.id, limit, last=True)) for c in found]
+            return [cls.page(c, got, got.ahead or 0, None) for c, got in pages]
         if cursor is None or not found:
             return [cls.page(c, await store.conversation_slice(c.id, limit), 0, None) for c in found]
         place = read_cursor(cursor)
@@ -236,7 +245,8 @@ class ConversationView(msgspec.Struct, kw_only=True):
         if not found:
             raise BadCursor("a cursor of another conversation than the key names")
         c = found[0]
-        got = await store.conversation_slice(c.id, limit, **{place.way: place.at})
+        after, before = (place.at, None) if place.way == "after" else (None, place.at)
+        got = await store.conversation_slice(c.id, limit, after=after, before=before)
         if got.stale:
             raise BadCursor("a stale cursor: the delivery it reads from is no longer stored (retention deleted it) "
                             "and its place may since be another's; start again from the first page")

@@ -233,6 +233,9 @@ class ConversationSlice(msgspec.Struct, kw_only=True):
     arrivals: list[Arrival]
     earlier: bool
     later: bool
+    ahead: int | None = None
+    """How many of the conversation's deliveries come before the first listed, when the read knows it without counting
+    them: a last slice (`last`), from the count the conversation keeps of its deliveries. None for the others."""
     stale: bool = False
     """The place the slice was asked from (`after`, `before`) no longer names a stored delivery, and deliveries stored
     since may hold places before it (SQLite, Arrival): nothing read; the reader starts again from the first page."""
@@ -536,12 +539,13 @@ class Store(ABC):
 
     @abstractmethod
     async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
-                                 before: Arrival | None = None) -> ConversationSlice:
+                                 before: Arrival | None = None, last: bool = False) -> ConversationSlice:
         """Up to `limit` deliveries of the conversation whose id (`mapping|key`) is `conversation`, in arrival
         order: the first ones; with `after`, the first ones that came after that place; with `before`, the last
-        ones that came before it (not both). One range read of the conversation's index, however long its
-        history (never an offset counted from its first message); `earlier` and `later` are each known from that
-        read or from one probe of the index."""
+        ones that came before it; with `last`, its last ones, those that came latest, and how many come before them
+        (`ahead`) (one of the three at most). One range read of the conversation's index, however long its
+        history (never an offset counted from its first message, nor a count of its messages); `earlier` and
+        `later` are each known from that read or from one probe of the index."""
 
     @abstractmethod
     async def reset_conversation(self, key: str) -> list[ConversationRow]:

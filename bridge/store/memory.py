@@ -469,11 +469,15 @@ class MemoryStore(Store):
                 for c in sorted(self.conversations.values(), key=lambda c: c.id) if c.key in forms or c.id in forms]
 
     async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
-                                 before: Arrival | None = None) -> ConversationSlice:
+                                 before: Arrival | None = None, last: bool = False) -> ConversationSlice:
         self._check_open()
         conversation = storable(conversation)
         held = sorted(((d.arrival, d.row.id), d) for d in self.deliveries.values()
                       if d.row.conversation == conversation)
+        if last:
+            rows = held[-limit:]
+            return ConversationSlice(deliveries=[self._listed(d) for _, d in rows], arrivals=[a for a, _ in rows],
+                                     earlier=len(held) > limit, later=False, ahead=len(held) - len(rows))
         if before is not None:
             ahead = [x for x in held if x[0] < before]
             rows, earlier = ahead[-limit:], len(ahead) > limit

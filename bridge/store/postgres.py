@@ -137,6 +137,11 @@ SLICE_BEFORE = _SLICE + "AND (arrival, id) < ($3, $4) ORDER BY arrival DESC, id 
 """A conversation's deliveries in arrival order (Store.conversation_slice): a range of the index
 deliveries_conversation (conversation, arrival, id), read from where the slice starts (the row comparison is the
 index's own order), never counted from the conversation's first message."""
+SLICE_LAST = (f"SELECT {ROW_COLUMNS}, arrival, (SELECT stored FROM conversations WHERE id = $1) "  # noqa: S608
+              "FROM deliveries WHERE conversation = $1 ORDER BY arrival DESC, id DESC LIMIT $2")
+"""A conversation's last deliveries: the same index read from its end, each row with the count the conversation
+keeps of its deliveries (`conversations.stored`, migration 0025), read by its primary key in the same statement, so
+from the same snapshot: how many come before the slice, without counting them."""
 _KEY_OR_ID = "(key = ANY($1::text[]) OR id = ANY($1::text[]))"
 """A conversation looked up by any form of an operator's key or id (rows.lookups)."""
 SLICE_PROBE = {op: "SELECT 1 FROM deliveries WHERE conversation = $1 "  # noqa: S608 - constants
@@ -842,8 +847,19 @@ class PostgresStore(Store):
         return await self._run(op, transaction=False)
 
     async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
-                                 before: Arrival | None = None) -> ConversationSlice:
+                                 before: Arrival | None = None, last: bool = False) -> ConversationSlice:
         conversation = storable(conversation)
+        if last:
+            async def tail(conn: Any) -> ConversationSlice:
+                found = await conn.fetch(SLICE_LAST, conversation, limit + 1)
+                rows = found[:limit][::-1]
+                stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
+                ahead = None if stored is None else max(stored - len(rows), 0)
+                return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
+                                         arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
+                                         later=False, ahead=ahead)
+
+            return await self._run(tail, transaction=False)
         place = after or before
         statement = SLICE_FIRST if place is None else SLICE_AFTER if after is not None else SLICE_BEFORE
         args: tuple[Any, ...] = (conversation, limit + 1) + (() if place is None else (place[0], storable(place[1])))

@@ -143,6 +143,11 @@ SLICE_BEFORE = _SLICE + "AND rowid < ?3 ORDER BY rowid DESC LIMIT ?2"
 """A conversation's deliveries in arrival order (Store.conversation_slice): a range of the index
 deliveries_conversation, which holds each delivery's rowid after its conversation, read from where the slice
 starts, never counted from the conversation's first message."""
+SLICE_LAST = (f"SELECT {ROW_COLUMNS}, rowid, (SELECT stored FROM conversations WHERE id = ?1) "  # noqa: S608 - constants
+              "FROM deliveries WHERE conversation = ?1 ORDER BY rowid DESC LIMIT ?2")
+"""A conversation's last deliveries: the same index read from its end, each row with the count the conversation
+keeps of its deliveries (`conversations.stored`, migration 0025), read by its primary key in the same statement, so
+from the same snapshot: how many come before the slice, without counting them."""
 _KEY_OR_ID = "(key IN (?1, ?2, ?3) OR id IN (?1, ?2, ?3))"
 """A conversation looked up by any form of an operator's key or id (rows.lookups)."""
 SLICE_PROBE = {op: f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE conversation = ?1 AND rowid {op} ?2)"  # noqa: S608
@@ -1370,7 +1375,7 @@ class SqliteStore(Store):
         return found
 
     async def conversation_slice(self, conversation: str, limit: int, *, after: Arrival | None = None,
-                                 before: Arrival | None = None) -> ConversationSlice:
+                                 before: Arrival | None = None, last: bool = False) -> ConversationSlice:
         conversation = storable(conversation)
         place = after or before
         statement = SLICE_FIRST if place is None else SLICE_AFTER if after is not None else SLICE_BEFORE
@@ -1378,6 +1383,19 @@ class SqliteStore(Store):
 
         def probe(conn: sqlite3.Connection, op: str, at: int) -> bool:
             return bool(conn.execute(SLICE_PROBE[op], (conversation, at)).fetchone()[0])
+
+        def run_last(conn: sqlite3.Connection) -> ConversationSlice:
+            found = conn.execute(SLICE_LAST, (conversation, limit + 1)).fetchall()
+            rows = found[:limit][::-1]
+            stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
+            ahead = None if stored is None else max(stored - len(rows), 0)
+            return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
+                                     arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
+                                     later=False, ahead=ahead)
+
+        if last:
+            tail: ConversationSlice = await self._read(run_last)
+            return tail
 
         def run(conn: sqlite3.Connection) -> ConversationSlice:
             if place is not None and conn.execute(SLICE_PLACE, (place[0], place[1], conversation)).fetchone() is None:

@@ -231,14 +231,16 @@ def test_conversations_show_through_the_server_prints_what_it_prints_on_the_stor
     """`conversations show --url` prints what it prints on the store: the ticket, the messages and the first
     `--limit` deliveries in the order they are sent, saying when more follow and the cursor of the next page,
     which `--cursor` reads (and that page the cursor of the one before it), as text or JSON; `--all` every page;
-    an unknown key (or one no path segment carries) is named, exit 1; a cursor not given for the key, exit 2."""
+    `--last` the last page, numbered from its place, with the cursor of the one before it; an unknown key (or one no
+    path segment carries) is named, exit 1; a cursor not given for the key, exit 2."""
     root = tmp_path / "server"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
     key = "chat:C1/1700.1"
     shown: dict[str, str] = {}
     forms = {"all": [], "first two": ["--limit", "2"], "json": ["--json", "--limit", "2"],
-             "every page": ["--all", "--limit", "2"]}
+             "every page": ["--all", "--limit", "2"], "newest": ["--last", "--limit", "2"],
+             "newest json": ["--last", "--json", "--limit", "2"]}
     with serve_in_thread(root, console_app()[0], THREADED) as url:
         requests.post(f"{url}/admin/api/destinations/kapture/pause", headers=ADMIN, json={},
                       timeout=10).raise_for_status()  # the deliveries stay as they are between the two reads
@@ -257,6 +259,11 @@ def test_conversations_show_through_the_server_prints_what_it_prints_on_the_stor
         forms["back"] = ["--limit", "2", "--cursor", before]
         assert main(["conversations", "show", key, "--url", url, *forms["back"]]) == 0
         shown["back"] = printed(capsys.readouterr().out)
+        (before_newest,) = re.findall(r"earlier deliveries: `ticketbridge conversations show \S+ --cursor (\S+)`",
+                                      shown["newest"])
+        forms["before newest"] = ["--limit", "2", "--cursor", before_newest]
+        assert main(["conversations", "show", key, "--url", url, *forms["before newest"]]) == 0
+        shown["before newest"] = printed(capsys.readouterr().out)
         assert main(["conversations", "show", "chat:other", "--url", url, "--cursor", after]) == 1  # no such key
         capsys.readouterr()
         requests.post(f"{url}/hooks/partner", json={"conversation_id": "other", "text": "hi"},
@@ -280,7 +287,7 @@ def test_conversations_show_through_the_server_prints_what_it_prints_on_the_stor
     assert "deliveries 1-3, in the order they are sent in" in shown["all"]
     ids = [line.split()[0] for line in lines if line.startswith("dlv_")]
     assert f"more deliveries follow: `ticketbridge conversations show 'chat|chat:C1/1700.1' --cursor {after}` " \
-           "(the next 2), or --all for every one" in shown["first two"]
+           "(the next 2), --last for the newest, or --all for every one" in shown["first two"]
     assert "earlier deliveries" not in shown["first two"]
     assert [line.split()[0] for line in shown["next page"].splitlines() if line.startswith("dlv_")] == ids[2:]
     assert "deliveries 3-3, in the order they are sent in" in shown["next page"]
@@ -292,6 +299,18 @@ def test_conversations_show_through_the_server_prints_what_it_prints_on_the_stor
     assert "deliveries 1-2," in every and "deliveries 3-3," in every and "--cursor" not in every
     [view] = [json.loads(line) for line in rows(shown["json"])]
     assert (len(view["deliveries"]), view["more"], view["next_cursor"], view["offset"]) == (2, True, after, 0)
+    assert [line.split()[0] for line in shown["newest"].splitlines() if line.startswith("dlv_")] == ids[1:]
+    assert "deliveries 2-3, in the order they are sent in" in shown["newest"]
+    assert "more deliveries follow" not in shown["newest"]
+    assert [line.split()[0] for line in shown["before newest"].splitlines() if line.startswith("dlv_")] == ids[:1]
+    assert "deliveries 1-1," in shown["before newest"] and "earlier deliveries" not in shown["before newest"]
+    [newest] = [json.loads(line) for line in rows(shown["newest json"])]
+    assert ([d["id"] for d in newest["deliveries"]], newest["offset"], newest["more"]) == (ids[1:], 1, False)
+    with pytest.raises(SystemExit) as refused:
+        main(["conversations", "show", key, "-c", str(root / "bridge.yaml"), "--last", "--cursor", after])
+    assert refused.value.code == 2 and "argument --cursor: not allowed with argument --last" in capsys.readouterr().err
+    assert main(["conversations", "show", key, "-c", str(root / "bridge.yaml"), "--last", "--all"]) == 2
+    assert "--last lists each conversation's last page and --all every page" in capsys.readouterr().err
     for form, args in forms.items():
         assert main(["conversations", "show", key, "-c", str(root / "bridge.yaml"), *args]) == 0
         assert printed(capsys.readouterr().out) == shown[form], form

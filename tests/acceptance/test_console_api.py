@@ -841,6 +841,54 @@ async def test_a_conversation_is_paged_by_cursor_in_arrival_order_while_messages
     assert {"more", "offset", "next_cursor", "prev_cursor"} <= set(view)
 
 
+async def test_cursor_last_answers_each_conversation_s_newest_page_and_walks_back(
+        write_config: ConfigFactory, bridge_client: AppClient) -> None:
+    """`cursor=last` answers each conversation of the key with its last page, its newest messages in the order they
+    are sent in, numbered by `offset` from its first; `prev_cursor` walks back to the first page, `next_cursor`
+    reads what arrives later, and `cursor=last` again lists it. A cursor that is neither `last` nor one this API
+    gave is a 400 that says `last` is taken; an unknown key a 404."""
+    client = await bridge_client(write_config(CONFIG, {"chat": threaded_mapping(), "chat2": threaded_mapping()}))
+    await post(client, "/admin/api/destinations/kapture/pause", {})
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/partner", json={"conversation_id": "C9", "text": text})
+        assert resp.status == 202, await resp.text()
+
+    for n in range(7):
+        await say(f"message {n}")
+    path = "/admin/api/conversations/chat%3AC9"
+    [whole] = (await get(client, "/admin/api/conversations/chat%7Cchat%3AC9", limit=500))["items"]
+    ids = [d["id"] for d in whole["deliveries"]]
+    newest = (await get(client, path, limit=3, cursor="last"))["items"]
+    assert [v["conversation"]["id"] for v in newest] == ["chat2|chat:C9", "chat|chat:C9"]
+    view = newest[1]
+    assert ([d["id"] for d in view["deliveries"]], view["offset"], view["more"]) == (ids[4:], 4, False)
+    assert view["prev_cursor"] is not None and view["next_cursor"] is not None
+    read, offsets = [d["id"] for d in view["deliveries"]], [view["offset"]]
+    back = view
+    while back["prev_cursor"]:
+        [back] = (await get(client, path, limit=3, cursor=back["prev_cursor"]))["items"]
+        read[:0] = [d["id"] for d in back["deliveries"]]
+        offsets.append(back["offset"])
+    assert (read, offsets) == (ids, [4, 1, 0])
+    await say("message 7")
+    [later] = (await get(client, path, limit=3, cursor=view["next_cursor"]))["items"]
+    [again] = [v for v in (await get(client, path, limit=3, cursor="last"))["items"]
+               if v["conversation"]["id"] == "chat|chat:C9"]
+    assert ([d["id"] for d in again["deliveries"]][-1:], again["offset"]) == ([d["id"] for d in later["deliveries"]], 5)
+    for cursor in ("LAST", "newest", "last "):
+        resp = await client.get(path, params={"cursor": cursor}, headers=ADMIN)
+        assert resp.status == 400, await resp.text()
+        said = (await resp.json())["error"]
+        assert said.startswith("query.cursor: not a cursor this API gave") and "'last' for the last page" in said
+    missing = await client.get("/admin/api/conversations/chat%3Anothing", params={"cursor": "last"}, headers=ADMIN)
+    assert missing.status == 404, await missing.text()
+    served = await get(client, "/admin/openapi.json")
+    params = {p["name"]: p for p in served["paths"]["/admin/api/conversations/{key}"]["get"]["parameters"]}
+    (given, _) = params["cursor"]["schema"]["anyOf"]
+    assert "`last`" in given["description"] and given["examples"] == ["last"]
+
+
 def forget(root: Path, where: str) -> None:
     """Delete the deliveries `where` says, their attempts and events, from the store under `root`, as retention
     does once they have aged out."""

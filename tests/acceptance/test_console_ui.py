@@ -442,6 +442,84 @@ async def test_a_long_conversation_is_read_page_by_page_older_and_newer_while_me
         assert errors == []
 
 
+async def test_a_long_conversation_s_newest_page_is_one_click_away_and_kept_in_the_address(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """In Chromium: a conversation's first page links to its **Newest** page (`from=last` in the address), which
+    lists its last messages numbered from their place, with **Older messages** and **Oldest** but no **Newer
+    messages**; reloaded, it lists a message that arrived meanwhile; **Oldest** goes back to the first page, and
+    back and forward show the same pages."""
+    from playwright.async_api import expect
+
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
+    store = runtime(client).store
+    assert store is not None
+    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+
+    async def say(text: str) -> None:
+        resp = await client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
+        assert resp.status == 202, await resp.text()
+
+    for n in range(5):
+        await say(f"message {n}")
+    thread_id = f"chat|chat:{THREAD}"
+    base = str(client.make_url("/admin/"))
+    async with chromium_page(tmp_path) as (page, errors, shots):
+        rows = page.locator("section.conversation tbody tr")
+        nav = page.locator("section.conversation nav").first
+        newest = page.get_by_role("link", name="Newest ⇥")
+        oldest = page.get_by_role("link", name="⇤ Oldest")
+        older = page.get_by_role("link", name="← Older messages")
+        newer = page.get_by_role("link", name="Newer messages →")
+
+        async def listed() -> list[tuple[str, str]]:
+            return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
+                    for r in await rows.all()]
+
+        async def in_order() -> list[str]:
+            [thread] = await store.get_conversations(thread_id)
+            return [d.id for d in thread.deliveries]
+
+        await page.goto(f"{base}#/deliveries?{urlencode({'conversation': thread_id, 'limit': '2'})}")
+        await page.get_by_label("Admin token").fill("admin-secret")
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(nav).to_contain_text(f"Messages 1{DASH}2")
+        await expect(newest).to_have_count(2)  # above the table and below it
+        await expect(oldest).to_have_count(0)
+        first = page.url
+
+        await newest.first.click()
+        await expect(nav).to_contain_text(f"Messages 4{DASH}5")
+        assert "from=last" in page.url
+        ids = await in_order()
+        assert await listed() == [("4", ids[3]), ("5", ids[4])]
+        await expect(newer).to_have_count(0)
+        await expect(newest).to_have_count(0)
+        await expect(older).to_have_count(2)
+        await expect(oldest).to_have_count(2)
+        await page.screenshot(path=str(shots / "deliveries-conversation-newest.png"), full_page=True)
+
+        await say("message 5")  # arrives while the newest page is shown
+        await page.reload()
+        await expect(nav).to_contain_text(f"Messages 5{DASH}6")
+        ids = await in_order()
+        assert len(ids) == 6 and await listed() == [("5", ids[4]), ("6", ids[5])]
+        await older.first.click()
+        await expect(nav).to_contain_text(f"Messages 3{DASH}4")
+        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        await expect(newest).to_have_count(2)
+
+        await oldest.last.click()
+        await expect(nav).to_contain_text(f"Messages 1{DASH}2")
+        assert page.url == first and await listed() == [("1", ids[0]), ("2", ids[1])]
+        await page.go_back()
+        await expect(nav).to_contain_text(f"Messages 3{DASH}4")
+        await page.go_forward()
+        await expect(nav).to_contain_text(f"Messages 1{DASH}2")
+        assert errors == []
+
+
 async def test_a_view_named_after_an_object_built_in_shows_the_overview(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """`#/constructor`, `#/toString` and `#/__proto__` are no views: each shows the Overview, as any unknown view

@@ -1,5 +1,6 @@
-"""A page of a long conversation costs the same at its start and deep in it: each page is one range read of the
-conversation's index from the cursor's place, never an offset counted from its first message.
+"""A page of a long conversation costs the same at its start, deep in it and at its end: each page is one range read
+of the conversation's index from the cursor's place (the last page: from the index's end), never an offset counted
+from its first message nor a count of its messages.
 
 A chat kept for the retention window, or a thread that piled up while its vendor was down, holds tens of thousands
 of messages. On SQLite the page's cost is counted in the reader's virtual machine steps (as
@@ -23,10 +24,11 @@ import pytest
 from bridge.store.postgres import SLICE_AFTER as PG_AFTER
 from bridge.store.postgres import SLICE_BEFORE as PG_BEFORE
 from bridge.store.postgres import SLICE_FIRST as PG_FIRST
+from bridge.store.postgres import SLICE_LAST as PG_LAST
 from bridge.store.postgres import SLICE_PROBE as PG_PROBE
 from bridge.store.postgres import PostgresStore
 from bridge.store.rows import NEW_DELIVERY_COLUMNS
-from bridge.store.sqlite import SLICE_AFTER, SLICE_BEFORE, SLICE_FIRST, SLICE_PROBE, SqliteStore
+from bridge.store.sqlite import SLICE_AFTER, SLICE_BEFORE, SLICE_FIRST, SLICE_LAST, SLICE_PROBE, SqliteStore
 from tests.complexity.test_conversation_complexity import CONVERSATION, KEY, thread
 from tests.integration.processes import DSN
 from tests.integration.store.contract import accept_one, make_delivery
@@ -67,6 +69,7 @@ async def test_a_page_deep_in_a_long_sqlite_conversation_reads_as_little_as_its_
                 (SLICE_FIRST, (CONVERSATION, PAGE + 1), "(conversation=?)"),
                 (SLICE_AFTER, (CONVERSATION, PAGE + 1, at), "(conversation=? AND rowid>?)"),
                 (SLICE_BEFORE, (CONVERSATION, PAGE + 1, at), "(conversation=? AND rowid<?)"),
+                (SLICE_LAST, (CONVERSATION, PAGE + 1), "(conversation=?)"),
                 # SQLite shows `<=` as `<` (and `>=` as `>`) in a plan
                 *((SLICE_PROBE[op], (CONVERSATION, at), f"(conversation=? AND rowid{op[0]}?)") for op in SLICE_PROBE)):
             plan = [r[3] for r in reader.execute(f"EXPLAIN QUERY PLAN {statement}", args)]
@@ -74,6 +77,9 @@ async def test_a_page_deep_in_a_long_sqlite_conversation_reads_as_little_as_its_
             assert not scans and not [line for line in plan if "TEMP B-TREE" in line], plan
             index = "COVERING INDEX" if statement in SLICE_PROBE.values() else "INDEX"
             assert f"SEARCH deliveries USING {index} deliveries_conversation {bound}" in plan, plan
+            if statement == SLICE_LAST:  # the conversation's count, by its primary key
+                assert [line for line in plan if line.startswith("SEARCH conversations USING ")
+                        and line.endswith("(id=?)")], plan
 
         count = [0]
 
@@ -92,7 +98,11 @@ async def test_a_page_deep_in_a_long_sqlite_conversation_reads_as_little_as_its_
         first = await cost()
         deep = await cost(after=places[-2 * PAGE - 1])
         back = await cost(before=places[-PAGE])
-        for what, n in (("after a place near its end", deep), ("before a place near its end", back)):
+        last = await cost(last=True)
+        tail = await store.conversation_slice(CONVERSATION, PAGE, last=True)
+        assert (tail.arrivals, tail.ahead, tail.earlier, tail.later) == (places[-PAGE:], HISTORY - PAGE, True, False)
+        for what, n in (("after a place near its end", deep), ("before a place near its end", back),
+                        ("at its end (the last)", last)):
             assert n <= BOUND * first, (f"a page {what} of a {HISTORY}-message conversation took {n} steps, its "
                                         f"first page {first} ({n / first:.1f}x; at most {BOUND:g}x)")
     finally:
@@ -150,6 +160,7 @@ async def test_a_page_deep_in_a_long_postgres_conversation_is_one_bounded_index_
         for name, statement, args in (("first", PG_FIRST, (CONVERSATION, PAGE + 1)),
                                       ("after", PG_AFTER, (CONVERSATION, PAGE + 1, *at)),
                                       ("before", PG_BEFORE, (CONVERSATION, PAGE + 1, *at)),
+                                      ("last", PG_LAST, (CONVERSATION, PAGE + 1)),
                                       *((f"probe {op}", PG_PROBE[op], (CONVERSATION, *at)) for op in PG_PROBE)):
             explained = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", *args)
             out.append(("for the values", name, _nodes(json.loads(explained)[0]["Plan"])))
@@ -172,7 +183,10 @@ async def test_a_page_deep_in_a_long_postgres_conversation_is_one_bounded_index_
         assert not [n for n in nodes if n["Node Type"] in ("Sort", "Seq Scan", "Bitmap Heap Scan")
                     and n.get("Parent Relationship") != "SubPlan"], (where, [n["Node Type"] for n in nodes])
         scan = scans[0]
-        if name != "first":
+        if name not in ("first", "last"):
             assert "arrival" in scan.get("Index Cond", ""), (where, scan.get("Index Cond"))
+        if name == "last":  # the conversation's count, by its primary key
+            assert [n for n in nodes if n.get("Relation Name") == "conversations"
+                    and n.get("Index Name") == "conversations_pkey"], (where, nodes)
         most = 1 if name.startswith("probe") else PAGE + 1
         assert scan["Actual Rows"] <= most, (where, scan["Actual Rows"])

@@ -188,8 +188,11 @@ function matches(d, p) {
     && (!text || [d.id, d.event_id, d.ticket_id, d.ticket_key, d.ticket_uuid, d.last_error].some((v) => (v || "").toLowerCase().includes(text)));
 }
 const shellQuoted = (text) => `'${text.replaceAll("'", "'\\''")}'`;
+// The address's parameters without `from`: a conversation's first page.
+const withoutFrom = (p) => Object.fromEntries(Object.entries(p).filter(([k]) => k !== "from"));
 
-// A page of the conversations of a key (`from`: a cursor, the page after or before one of them), or null.
+// A page of the conversations of a key (`from`: a cursor, the page after or before one of them; "last": each one's
+// last page), or null.
 async function findConversation(id, from, limit) {
   if (id === "." || id === "..") return null; // a URL reads such a path segment as a step: no key is one
   try { return await api(`/admin/api/conversations/${encodeURIComponent(id)}`, { params: { limit: limit || THREAD_PAGE, cursor: from } }); }
@@ -197,16 +200,17 @@ async function findConversation(id, from, limit) {
 }
 
 // A conversation: its ticket once known, then a page of its messages in the order they are sent in, numbered from
-// its first, with links to the older and newer pages (a cursor each, kept in the address as `from`).
+// its first, with links to the older and newer pages (a cursor each, kept in the address as `from`) and to the
+// oldest (no `from`) and the newest (`from=last`), as a thread's latest reply is what an operator most often wants.
 function conversationSection(v, p) {
   const c = v.conversation;
   const shown = v.deliveries.map((d, i) => [v.offset + i + 1, d]).filter(([, d]) => matches(d, p));
-  const pageLink = (cursor, rel, text) => h("a", { href: deliveriesHref({ ...p, from: cursor }), rel, class: "button secondary" }, text);
+  const pageLink = (cursor, rel, text) => h("a", { href: deliveriesHref(cursor ? { ...p, from: cursor } : withoutFrom(p)), rel, class: "button secondary" }, text);
   const paged = v.prev_cursor || v.more;
   const pages = () => h("nav", { class: "row pages", "aria-label": `Pages of conversation ${c.id}` },
-    v.prev_cursor ? pageLink(v.prev_cursor, "prev", "← Older messages") : null,
+    v.prev_cursor ? [pageLink(null, "first", "⇤ Oldest"), pageLink(v.prev_cursor, "prev", "← Older messages")] : null,
     v.deliveries.length ? h("span", { class: "muted" }, `Messages ${v.offset + 1}–${v.offset + v.deliveries.length}`) : null,
-    v.more && v.next_cursor ? pageLink(v.next_cursor, "next", "Newer messages →") : null);
+    v.more && v.next_cursor ? [pageLink(v.next_cursor, "next", "Newer messages →"), pageLink("last", "last", "Newest ⇥")] : null);
   const rows = shown.map(([n, d]) => h("tr", {},
     h("td", {}, n), h("td", {}, h("a", { href: `#/delivery/${d.id}` }, d.id)),
     h("td", {}, badge(d.status), doubtFlags(d)), h("td", {}, kindOf(d)), h("td", { class: "wrap" }, d.ticket_id || "—"),

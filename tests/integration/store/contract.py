@@ -1216,6 +1216,34 @@ class StoreContract:
         assert ([d.id for d in whole.deliveries], whole.earlier, whole.later) == (ids, False, False)
         assert (await store.conversation_slice("m|nothing", 5)).deliveries == []
 
+    async def test_a_conversation_s_last_slice_is_its_newest_with_how_many_come_before(self, store: Store) -> None:
+        """`conversation_slice(..., last=True)` reads a conversation's last deliveries, those taken latest (a reply
+        with a smaller id taken later among them), in arrival order, with how many come before them (`ahead`);
+        the slice before its first reads back from there, and a purge of the conversation's first deliveries is
+        counted off. A conversation with none has an empty last slice."""
+        ids = []
+        for n in range(7):
+            d = make_delivery(destination="d-old" if n < 2 else "kapture-support", conversation="m|k",
+                              conversation_key="k", delivery_id=id_made_behind() if n == 6 else None)
+            await accept_one(store, d)
+            await accept_one(store, make_delivery(conversation="m|other", conversation_key="other"))
+            ids.append(d.id)
+        tail = await store.conversation_slice("m|k", 3, last=True)
+        assert ([d.id for d in tail.deliveries], tail.earlier, tail.later, tail.ahead) == (ids[4:], True, False, 4)
+        assert [a[1] for a in tail.arrivals] == ids[4:] and tail.arrivals == sorted(tail.arrivals)
+        back = await store.conversation_slice("m|k", 3, before=tail.arrivals[0])
+        assert ([d.id for d in back.deliveries], back.earlier, back.later) == (ids[1:4], True, True)
+        whole = await store.conversation_slice("m|k", 500, last=True)
+        assert ([d.id for d in whole.deliveries], whole.earlier, whole.later, whole.ahead) == (ids, False, False, 0)
+        for d in ids[:2]:  # sent in order: the second waits for the first's ticket
+            assert [c.id for c in (await store.claim("d-old", 10, "w", 30)).items] == [d]
+            await store.record(result(d, "succeeded", ticket_id="T-1"))
+        assert (await store.purge(Cutoffs(events_ms=after_now()), 500)).deliveries == 2
+        after_purge = await store.conversation_slice("m|k", 3, last=True)
+        assert ([d.id for d in after_purge.deliveries], after_purge.ahead) == (ids[4:], 2)
+        empty = await store.conversation_slice("m|nothing", 5, last=True)
+        assert (empty.deliveries, empty.arrivals, empty.earlier, empty.later, empty.ahead) == ([], [], False, False, 0)
+
     async def test_a_slice_read_after_a_place_takes_what_arrived_since_once(self, store: Store) -> None:
         """A conversation read slice after slice while messages arrive lists each of its deliveries once, in
         arrival order: a slice starts after the last one read, not at a count from the start, so a message

@@ -1699,3 +1699,19 @@ async def test_a_large_event_is_read_back_and_decoded_a_piece_at_a_time(
     assert (calls, len(read)) == ([], 1)
     with pytest.raises(NotFound):
         await store.get_event("evt_none")
+
+
+async def test_a_last_slice_whose_conversation_row_is_gone_reads_without_its_count(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """Deliveries whose conversation row is missing (nothing ties them: a row removed by hand, a store restored in
+    part) are still read as the conversation's last slice, with how many come before them unknown (None), rather
+    than failing the page."""
+    ids = []
+    for _ in range(3):
+        d = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, d)
+        ids.append(d.id)
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute("DELETE FROM conversations WHERE id = 'm|k'")
+    tail = await store.conversation_slice("m|k", 2, last=True)
+    assert ([d.id for d in tail.deliveries], tail.earlier, tail.ahead) == (ids[1:], True, None)
