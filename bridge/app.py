@@ -17,6 +17,7 @@ from aiohttp import web
 from bridge import USER_AGENT, __version__
 from bridge.admin import add_routes as add_admin_routes
 from bridge.appkeys import RUNTIME
+from bridge.bodies import ACCEPT_ENCODING
 from bridge.config import Config, DestinationConfig
 from bridge.delivery.dispatcher import Attempted, Destination, Dispatcher
 from bridge.delivery.orphans import log_orphaned
@@ -259,11 +260,13 @@ def delivery_session(config: Config) -> aiohttp.ClientSession:
     serve's open-file check counts). A connection that brought an interim status (1xx) as the answer is closed, never
     pooled (`VendorResponse`). Host names are resolved in threads of their own (`BoundedResolver`), never in the
     event loop's default executor; whether a request's head was written is marked (`WrittenRequest`: a timeout
-    before it is a plain retry)."""
+    before it is a plain retry). Vendors are offered the content codings a send's answer is read in
+    (ACCEPT_ENCODING: the sender decodes it itself), not aiohttp's offer, which grows with what is installed."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=delivery_pool(config.destinations), limit_per_host=0, ttl_dns_cache=300,
                                        resolver=BoundedResolver()),
-        headers={"User-Agent": USER_AGENT}, request_class=WrittenRequest, response_class=VendorResponse,
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING}, request_class=WrittenRequest,
+        response_class=VendorResponse,
     )
 
 

@@ -1,11 +1,16 @@
 """Reading an HTTP answer's body under a cap: a vendor's answer, a look-up, a provider's download, an SNS
-signing certificate. One reader for all, as `content.read(n)` gives what has arrived so far, not the body."""
+signing certificate. One reader for all, as `content.read(n)` gives what has arrived so far, not the body; and for a
+send's answer, which aiohttp hands over still encoded, one that decodes it under the same cap (`read_decoding`)."""
 
 from __future__ import annotations
 
 import io
+import zlib
 
 import aiohttp
+import brotli
+
+from bridge.errors import BridgeError, quoted
 
 READ_CHUNK = 65536
 
@@ -32,3 +37,111 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The answer's body, to its end or its first `limit` bytes: `read_capped` without saying whether it was cut."""
     body, _cut = await read_capped(response, limit)
     return body
+
+
+ACCEPT_ENCODING = "gzip, deflate, br"
+"""What a vendor is offered (`Accept-Encoding` on the delivery session's requests): the content codings
+`read_decoding` reads, and no other. aiohttp's own offer grows with what is installed (`zstd` once
+`backports.zstd` is), which a send, reading its answer itself, would then be offered and not read."""
+_CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br"}
+_IDENTITY = frozenset({"", "identity"})
+ENCODED_FACTOR = 2
+"""An encoded answer is read to at most this many times the cap on its decoded body: no coding a vendor uses makes
+a body larger than it was (incompressible text grows by a few bytes per 16 KiB), so more is no answer (empty
+blocks without end), and it is cut there."""
+
+
+class UndecodableBody(BridgeError, ValueError):
+    """An answer's body is in a content coding ticketbridge does not read, or does not decode as its coding
+    says."""
+
+
+class _Inflater:
+    """One body's decoder (gzip, deflate or br), giving at most what it is asked for: a body that inflates to
+    gigabytes is inflated only as far as the reader's cap. gzip members one after another are read as one body,
+    as aiohttp reads them; a deflate body without its zlib header is read as raw deflate, as aiohttp reads it."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self._brotli = brotli.Decompressor() if coding == "br" else None
+        self._wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+        self._zlib: zlib._Decompress | None = None
+
+    def inflate(self, data: bytes, most: int) -> bytes:
+        """Up to `most` bytes (at least 1) of what `data`, the body's next bytes, inflates to, with what came
+        before; the input behind anything past `most` is dropped (the reader stops there). Raises zlib.error or
+        brotli.error."""
+        if self._brotli is not None:
+            out = self._brotli.process(data, output_buffer_limit=most)
+            parts, left = [out], most - len(out)
+            while left > 0 and not self._brotli.can_accept_more_data() and out:
+                out = self._brotli.process(b"", output_buffer_limit=left)
+                parts.append(out)
+                left -= len(out)
+            return b"".join(parts)
+        parts, left = [], most
+        while data and left > 0:
+            if self._zlib is None or self._zlib.eof:  # the first member, or the next one after a member's end
+                raw = self.coding == "deflate" and self._zlib is None and data[0] & 0xF != 8
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS if raw else self._wbits)
+            out = self._zlib.decompress(data, left)
+            parts.append(out)
+            left -= len(out)
+            data = self._zlib.unused_data if self._zlib.eof else self._zlib.unconsumed_tail
+        return b"".join(parts)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the body's stream has ended (its last member, for gzip)."""
+        if self._brotli is not None:
+            return bool(self._brotli.is_finished())
+        return self._zlib is not None and bool(self._zlib.eof)
+
+
+def body_coding(response: aiohttp.ClientResponse) -> str | None:
+    """The content coding an answer's body is in (`Content-Encoding`, all its values, lower-cased), None when it is
+    sent as it is (no coding, or `identity`)."""
+    values = response.headers.getall("Content-Encoding", ())
+    if not values:  # the usual answer: one look-up
+        return None
+    codings = [c.strip().lower() for value in values for c in value.split(",")]
+    codings = [c for c in codings if c not in _IDENTITY]
+    return ", ".join(codings) or None
+
+
+async def read_decoding(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """`read_capped` for an answer aiohttp hands over as it came (asked for with `auto_decompress=False`): its body
+    decoded here as its Content-Encoding says (gzip, deflate or br: what ACCEPT_ENCODING offers), only as far as
+    `limit` decoded bytes (a body that inflates to a gigabyte costs `limit`), and its encoded bytes read to at most
+    ENCODED_FACTOR times `limit`. Raises UndecodableBody when the body is in another coding (zstd, one made up,
+    several stacked) or does not decode as its coding says (a corrupt or unfinished stream); an empty body is empty
+    whatever its coding."""
+    coding = body_coding(response)
+    if coding is None:
+        return await read_capped(response, limit)
+    known = _CODINGS.get(coding)
+    inflater = None if known is None else _Inflater(known)
+    buffer = io.BytesIO()
+    encoded = 0
+    async for chunk in response.content.iter_chunked(READ_CHUNK):
+        if not chunk:
+            continue
+        if inflater is None:
+            raise UndecodableBody(f"its Content-Encoding is {quoted(coding)}, which ticketbridge does not read (it "
+                                  f"offers {ACCEPT_ENCODING})")
+        encoded += len(chunk)
+        room = limit - buffer.tell()
+        try:
+            out = inflater.inflate(chunk, room + 1)
+        except (zlib.error, brotli.error) as exc:
+            raise UndecodableBody(f"it does not decode as {inflater.coding}: {exc}") from None
+        del chunk
+        if len(out) > room:
+            buffer.write(memoryview(out)[:room])
+            return buffer.getvalue(), True
+        buffer.write(out)
+        if encoded > ENCODED_FACTOR * limit:
+            return buffer.getvalue(), True
+    if inflater is not None and encoded and not inflater.finished:
+        raise UndecodableBody(f"its {inflater.coding} stream ends before it is complete")
+    return buffer.getvalue(), False

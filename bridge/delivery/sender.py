@@ -20,6 +20,7 @@ from aiohttp.connector import Connection
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
+from bridge.bodies import UndecodableBody, read_decoding
 from bridge.delivery.exchange import clip, exchange
 from bridge.errors import BridgeError, MappingError, StoreUnavailable
 from bridge.escaping import NUL, header_problem
@@ -39,7 +40,6 @@ from bridge.vendors.base import (
     parse_retry_after,
     rate_limited,
     read_bounded,
-    read_capped,
 )
 from bridge.vendors.credentials import authorized
 
@@ -180,8 +180,9 @@ def send_failure(exc: BaseException, timeout_s: float, *, maybe_sent: bool = Tru
                        error=f"timed out after {timeout_s:g}s once connected: the vendor may have acted on it")
     if isinstance(exc, aiohttp.ClientResponseError):
         # The answer's head came and could not be parsed (thousands of headers, a header or status line past
-        # aiohttp's 8 KiB, a content encoding it cannot decode): the request was written. Its message, not its
-        # str(), which adds the request's URL; without the vendor's bytes it quotes (`head_problem`).
+        # aiohttp's 8 KiB; a send's body is decoded by `read_decoding`, not as the head is read): the request was
+        # written. Its message, not its str(), which adds the request's URL; without the vendor's bytes it quotes
+        # (`head_problem`).
         return Outcome(classification="unknown", error=f"the vendor's answer could not be read: "
                                                        f"{head_problem(exc.message)}: the vendor may have acted on it")
     if isinstance(exc, LOST_ANSWER):
@@ -415,15 +416,20 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
     written = Written()
     writing = _WRITING.set(written)
     try:
+        # Its body is decoded here (`read_decoding`), not by aiohttp: aiohttp refuses a coding it cannot decode (zstd)
+        # as it parses the head, before the status line that says what became of the request is known.
         async with session.request(
             request.method, request.target(), headers=request.headers, data=request_data(request.body),
-            timeout=send_timeout(timeout_s), allow_redirects=False,
+            timeout=send_timeout(timeout_s), allow_redirects=False, auto_decompress=False,
         ) as response:
             if response.status < 200 and (interim := interim_answer(response.status)) is not None:
                 # a 101 (VendorResponse has closed its connection): no body, no adapter's say
                 return response.status, None, dict(response.headers), interim
             try:
-                body, cut = await read_capped(response, MAX_RESPONSE_BYTES)
+                body, cut = await read_decoding(response, MAX_RESPONSE_BYTES)
+            except UndecodableBody as exc:
+                return response.status, None, dict(response.headers), undecodable_answer(response.status,
+                                                                                         response.headers, exc)
             except TRANSPORT_ERRORS as exc:
                 refused = unread_refusal(response.status, response.headers, exc, timeout_s)
                 if refused is None:
@@ -457,16 +463,32 @@ def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, d
 
 
 def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, timeout_s: float) -> Outcome | None:
-    """What an answer whose body could not be read to its end (cut off, or in an encoding that cannot be decoded)
-    means when its status line already said what became of the request (5xx, 429, 408, 425, a 301/307/308: a
-    retry; 401, 403: refused credentials; another 3xx: unknown, as `redirect_answer` says), the error naming the
-    status and why the body could not be read; None when only the body could tell (the outcome is then unknown)."""
+    """What an answer whose body could not be read to its end (cut off, or timed out) means when its status line
+    already said what became of the request (5xx, 429, 408, 425, a 301/307/308: a retry; 401, 403: refused
+    credentials; another 3xx: unknown, as `redirect_answer` says), the error naming the status and why the body
+    could not be read; None when only the body could tell (the outcome is then unknown). A body that cannot be
+    decoded is `undecodable_answer`'s."""
     by_status = classify_status(status, headers)
     if by_status is None:
         return None
     reason = f"timed out after {timeout_s:g}s" if isinstance(exc, TimeoutError) else \
         " ".join(f"{type(exc).__name__}: {exc}".split())
     return msgspec.structs.replace(by_status, error=f"{by_status.error}; its body could not be read: {reason}")
+
+
+def undecodable_answer(status: int, headers: Mapping[str, str], exc: UndecodableBody) -> Outcome:
+    """What an answer whose body cannot be decoded means (in a coding ticketbridge does not read, such as zstd, or
+    not decoding as its coding says): what its status line says, as for a body cut off (`unread_refusal`: 5xx, 429,
+    408, 425 a retry; 401, 403 auth; a 3xx as `redirect_answer`); a 2xx `unknown`, as a 2xx that cannot be read is
+    (the vendor said it acted, and only its body could name the ticket or say it failed: never a quiet success); any
+    other (a 4xx) `permanent`, the vendor's refusal of the request whatever its body said."""
+    by_status = classify_status(status, headers)
+    if by_status is not None:
+        return msgspec.structs.replace(by_status, error=f"{by_status.error}; its body could not be read: {exc}")
+    said = f"HTTP {status}; its body could not be read: {exc}"
+    if 200 <= status < 300:
+        return Outcome(classification="unknown", error=f"{said}: the vendor may have acted on it")
+    return Outcome(classification="permanent", error=said)
 
 
 def cut_answer(status: int, outcome: Outcome) -> Outcome:

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import msgspec
+import pytest
 import structlog
 from aiohttp import web
 
@@ -143,3 +144,48 @@ async def test_a_vendor_holding_every_request_does_not_stall_another_destination
         assert [a.classification for a in detail.attempts] == ["success"]
     finally:
         release.set()
+
+
+async def test_no_send_waits_for_a_pooled_connection_when_every_lane_is_full(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The delivery client's pool holds every destination's max_in_flight at once (here exactly: 3 + 1 on one host,
+    the pool's 256 floor lowered to 2 so that it is the lanes' total that sizes it), and a lane holds no more
+    connections than its max_in_flight: with a vendor holding every request, both lanes have all their sends at the
+    vendor, none waits in the pool (whose wait aiohttp counts in the connect timeout: a send that waited past it
+    would be a `retry` counted against the vendor, though nothing left), and each delivery succeeds on its first
+    attempt once released."""
+    monkeypatch.setattr("bridge.fdlimit.POOL_CONNECTIONS", 2)
+    held: dict[str, int] = {"/a": 0, "/b": 0}
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        held[request.path] += 1
+        await release.wait()
+        return web.json_response({"id": "T-1"})
+
+    app = web.Application()
+    app.router.add_post("/a", slow)
+    app.router.add_post("/b", slow)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    dests = (f"  a: {{vendor: http, base_url: '{base}', path: /a, max_in_flight: 3, timeout_seconds: 60}}\n"
+             f"      b: {{vendor: http, base_url: '{base}', path: /b, max_in_flight: 1, timeout_seconds: 60}}")
+    mappings = {name: f"source: {name}-events\ndestination: {name}\naction: create_ticket\n"
+                      "fields: {title: '{{ payload.title }}'}\n" for name in ("a", "b")}
+    conf = config(dests).replace("      events: {kind: json}", "      a-events: {kind: json}\n"
+                                 "      b-events: {kind: json}")
+    client = await bridge_client(write_config(conf, mappings))
+    rt = runtime(client)
+    assert rt.dispatcher is not None
+    connector = rt.dispatcher.session.connector
+    assert connector is not None and (connector.limit, connector.limit_per_host) == (4, 0)
+    try:
+        await asyncio.gather(*(post(client, f"a {n}", "a-events") for n in range(6)),
+                             *(post(client, f"b {n}", "b-events") for n in range(3)))
+        await eventually(lambda: held == {"/a": 3, "/b": 1})
+        assert not any(connector._waiters.values())  # aiohttp's queue of sends waiting for a connection
+    finally:
+        release.set()
+    done = await settled(client, 9)
+    assert [[a.classification for a in d.attempts] for d in done] == [["success"]] * 9

@@ -17,6 +17,7 @@ from aiohttp import web
 from bridge.store.base import DeliveryDetail, DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.kapture_answering import MAPPING as KAPTURE_MAPPING
+from tests.fixtures.kapture_answering import kapture_answering
 from tests.fixtures.threads import commented_thread
 
 TOKEN = "letmein"
@@ -205,3 +206,62 @@ async def test_a_create_answered_without_a_ticket_id_is_counted_logged_shown_and
     metrics = await (await client.get("/metrics", headers=auth)).text()
     assert 'ticketbridge_delivery_ticket_ids_missing_total{destination="api"} 1' in metrics
     assert "ticketbridge_delivery_ticket_ids_dropped_total{" not in metrics
+
+
+async def test_a_refusal_in_a_coding_not_offered_is_retried_not_held(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """A create answered `500` with `Content-Encoding: zstd` (a coding not offered: requests offer gzip, deflate and
+    br, what the sender reads) is the vendor's refusal its status says: a `retry` recording HTTP 500 and why its body
+    was not read, the delivery never in doubt, and the next try succeeds. It used to be `unknown` (aiohttp refused
+    the answer's head), the delivery in doubt and resent as a possible duplicate."""
+    offered: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        offered.append(request.headers.get("Accept-Encoding", ""))
+        if len(offered) == 1:
+            return web.Response(status=500, body=b"(\xb5/\xfd\x00X\x91\x00\x00busy",
+                                headers={"Content-Type": "text/plain", "Content-Encoding": "zstd"})
+        return web.Response(body=SUCCESS, content_type="application/json")
+
+    base = await kapture_answering(aiohttp_server, answer)
+    dest = f"kapture: {{vendor: kapture, base_url: '{base}', token: k3y, retry: {{schedule: [50ms], jitter: 0}}}}"
+    client = await bridge_client(write_config(config(dest), KAPTURE_MAPPING))
+    resp = await client.post("/hooks/events", json={"title": "Router down"})
+    assert resp.status == 202, await resp.text()
+    (detail,) = await settled(client, 1)
+    row = detail.delivery
+    assert (row.status, row.ticket_id, row.unknowns, row.duplicates) == ("succeeded", "713516551148", 0, 0)
+    refused, success = detail.attempts
+    assert (refused.classification, refused.http_status, success.classification) == ("retry", 500, "success")
+    assert refused.error == ("HTTP 500; its body could not be read: its Content-Encoding is 'zstd', which "
+                             "ticketbridge does not read (it offers gzip, deflate, br)")
+    assert offered == ["gzip, deflate, br"] * 2
+
+
+async def test_a_success_status_whose_body_cannot_be_decoded_is_never_a_quiet_success(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """An `http` destination that reads nothing from its answers, answered `201` with `Content-Encoding: x-foo`: the
+    body may say the request failed, and cannot be read, so the outcome is `unknown` and the delivery held (the
+    destination offers no look-up), never a success. It used to be a success: aiohttp handed the bytes over as they
+    came, and the adapter, reading no path in them, took the status alone."""
+    async def tickets(request: web.Request) -> web.Response:
+        return web.Response(status=201, body=b"\x1f\x8b garbled",
+                            headers={"Content-Type": "application/json", "Content-Encoding": "x-foo"})
+
+    app = web.Application()
+    app.router.add_post("/tickets", tickets)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    mapping = {"m": "source: events\ndestination: api\naction: create_ticket\nfields: {title: '{{ payload.title }}'}\n"}
+    client = await bridge_client(write_config(config(f"api: {{vendor: http, base_url: '{base}', path: /tickets}}"),
+                                              mapping))
+    resp = await client.post("/hooks/events", json={"title": "Router down"})
+    assert resp.status == 202, await resp.text()
+    (detail,) = await settled(client, 1)
+    assert detail.delivery.status == "dead" and detail.delivery.in_doubt_since_ms is not None
+    assert [(a.classification, a.http_status) for a in detail.attempts] == [("unknown", 201)]
+    assert (detail.attempts[0].error or "").startswith(
+        "HTTP 201; its body could not be read: its Content-Encoding is 'x-foo', which ticketbridge does not read (it "
+        "offers gzip, deflate, br): the vendor may have acted on it")
