@@ -278,7 +278,7 @@ def run_show(args: argparse.Namespace) -> int:
         if d.ticket_missing:
             print("NO TICKET ID: the vendor took it but its answer named no ticket"
                   + ("; the conversation has none, so its next message is sent as a new ticket" if d.conversation
-                     else ""))
+                     else "") + f"; found it at the vendor? `ticketbridge deliveries set-ticket {d.id} --ticket-id T`")
         print("body:")
         print(msgspec.json.format(msgspec.json.encode(detail.body), indent=2).decode())
         print("payload:")
