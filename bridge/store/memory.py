@@ -430,13 +430,15 @@ class MemoryStore(Store):
         if why_not is not None:
             return why_not
         n = d.row.attempts + 1
-        self._update(d, attempts=n, last_error=r.error, ticket_id=r.ticket_id, ticket_key=r.ticket_key,
-                     ticket_uuid=r.ticket_uuid, ticket_missing=False)
+        key = r.ticket_key if r.ticket_key is not None else d.row.ticket_key
+        uuid = r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid
+        self._update(d, attempts=n, last_error=r.error, ticket_id=r.ticket_id, ticket_key=key, ticket_uuid=uuid,
+                     ticket_missing=False)
         d.attempts.append(AttemptRow(n=n, started_at_ms=r.started_at_ms, duration_ms=0.0, http_status=None,
                                      response_excerpt=None, classification=r.classification, error=r.error))
         if c is not None:
             self.conversations[c.id] = msgspec.structs.replace(
-                c, ticket_id=r.ticket_id, ticket_key=r.ticket_key, ticket_uuid=r.ticket_uuid, ticket_at_ms=self.clock())
+                c, ticket_id=r.ticket_id, ticket_key=key, ticket_uuid=uuid, ticket_at_ms=self.clock())
             for callback in self._subscribers:  # the conversation's next message may go, as a follow-up
                 callback(d.row.destination)
         return None

@@ -788,9 +788,11 @@ class PostgresStore(Store):
             if why_not is not None:
                 return why_not
             now = now_ms()
-            n = await conn.fetchval(
+            # A key or uuid the answer gave beside an id that was dropped is kept unless one is given.
+            n, key, uuid = await conn.fetchrow(
                 "UPDATE deliveries SET attempts = attempts + 1, updated_at = $1, last_error = $2, ticket_id = $3, "
-                "ticket_key = $4, ticket_uuid = $5, ticket_missing = false WHERE id = $6 RETURNING attempts",
+                "ticket_key = COALESCE($4, ticket_key), ticket_uuid = COALESCE($5, ticket_uuid), "
+                "ticket_missing = false WHERE id = $6 RETURNING attempts, ticket_key, ticket_uuid",
                 now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)
             await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
                                "response_excerpt, classification, error, exchange) "
@@ -798,7 +800,7 @@ class PostgresStore(Store):
                                None, None, r.classification, r.error, None)
             if c is not None:
                 await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_uuid = $3, "
-                                   "ticket_at = $4 WHERE id = $5", r.ticket_id, r.ticket_key, r.ticket_uuid, now, c.id)
+                                   "ticket_at = $4 WHERE id = $5", r.ticket_id, key, uuid, now, c.id)
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, found[6])
             return None
 

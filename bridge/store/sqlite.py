@@ -1307,16 +1307,18 @@ class SqliteStore(Store):
             if why_not is not None:
                 return why_not
             now = now_ms()
-            (n,) = conn.execute(
+            # A key or uuid the answer gave beside an id that was dropped is kept unless one is given.
+            n, key, uuid = conn.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?, last_error = ?, ticket_id = ?, "
-                "ticket_key = ?, ticket_uuid = ?, ticket_missing = 0 WHERE id = ? RETURNING attempts",
+                "ticket_key = COALESCE(?, ticket_key), ticket_uuid = COALESCE(?, ticket_uuid), ticket_missing = 0 "
+                "WHERE id = ? RETURNING attempts, ticket_key, ticket_uuid",
                 (now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)).fetchone()
             conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
                          "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (delivery_id, n, r.started_at_ms, 0.0, None, None, r.classification, r.error, None))
             if c is not None:
                 conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_uuid = ?, ticket_at = ? "
-                             "WHERE id = ?", (r.ticket_id, r.ticket_key, r.ticket_uuid, now, c.id))
+                             "WHERE id = ?", (r.ticket_id, key, uuid, now, c.id))
                 woken.append(found[6])
             return None
 

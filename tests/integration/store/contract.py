@@ -2143,3 +2143,25 @@ class StoreContract:
         assert await store.set_ticket(d.id, self._given(d.id, ticket_key=None)) is None
         r = await row(store, d.id)
         assert (r.ticket_id, r.ticket_key, r.ticket_missing) == ("T-1", None, False)
+
+    async def test_set_ticket_keeps_the_key_and_uuid_an_answer_gave_beside_a_dropped_id(self, store: Store) -> None:
+        """A create whose answer's id was dropped but whose key and uuid were kept keeps them when the operator gives
+        only the id, and its conversation takes all three; a key given replaces the one kept."""
+        first = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded"), role="create", ticket_missing=True,
+                                                   ticket_key="K-0", ticket_uuid="U-0"))
+        assert await store.set_ticket(first.id, self._given(first.id, ticket_key=None)) is None
+        r = await row(store, first.id)
+        assert (r.ticket_id, r.ticket_key, r.ticket_uuid) == ("T-1", "K-0", "U-0")
+        (conv,) = await store.get_conversations("k")
+        c = conv.conversation
+        assert (c.ticket_id, c.ticket_key, c.ticket_uuid) == ("T-1", "K-0", "U-0")
+        second = make_delivery(destination="other")
+        await accept_one(store, second)
+        await store.claim("other", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded"), ticket_missing=True,
+                                                   ticket_key="K-0"))
+        assert await store.set_ticket(second.id, self._given(second.id, ticket_key="K-9")) is None
+        assert (await row(store, second.id)).ticket_key == "K-9"
