@@ -33,9 +33,17 @@ from bridge.console.models import (
     ReplayBody,
     ReplayResult,
     ResetConversationBody,
+    SetTicketBody,
 )
 from bridge.delivery.orphans import mark_dead
-from bridge.delivery.replay import REPLAY_CHUNK, mark_succeeded, replay_deliveries, reset_conversation, unknown_filter
+from bridge.delivery.replay import (
+    REPLAY_CHUNK,
+    mark_succeeded,
+    replay_deliveries,
+    reset_conversation,
+    set_ticket,
+    unknown_filter,
+)
 from bridge.errors import ErrorList, NotFound, named
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import run_tests
@@ -72,6 +80,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     mark.add_argument("--url", help=URL_HELP + " (the change is audited there)")
     mark.set_defaults(run=run_mark_succeeded)
     _add_mark_dead(dsub, common)
+    given = dsub.add_parser("set-ticket", parents=[common],
+                            help="give a succeeded create whose answer named no ticket (NO TICKET ID) the ticket found "
+                                 "at the vendor; its conversation takes it while it has none")
+    given.add_argument("id")
+    given.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
+    given.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
+    given.add_argument("--note", help="why, kept with the delivery's attempts and the audit log")
+    given.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    given.set_defaults(run=run_set_ticket)
     e = sub.add_parser("events", help="inspect events")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
     unmatched = esub.add_parser("unmatched", parents=[common],
@@ -266,7 +283,7 @@ def run_show(args: argparse.Namespace) -> int:
         if d.ticket_missing:
             print("NO TICKET ID: the vendor took it but its answer named no ticket"
                   + ("; the conversation has none, so its next message is sent as a new ticket" if d.conversation
-                     else ""))
+                     else "") + f"; found it at the vendor? `ticketbridge deliveries set-ticket {d.id} --ticket-id T`")
         print("body:")
         print(msgspec.json.format(msgspec.json.encode(detail.body), indent=2).decode())
         print("payload:")
@@ -279,6 +296,43 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, body)
+
+
+def run_set_ticket(args: argparse.Namespace) -> int:
+    def done(conversation: str | None) -> int:
+        print(f"{args.id}: ticket {args.ticket_id} set"
+              + (f"; conversation {conversation} follows up on it from now on" if conversation else ""))
+        return 0
+
+    async def local(store: Store) -> int:
+        try:
+            why_not = await set_ticket(store, args.id, args.ticket_id, ticket_key=args.ticket_key,
+                                       by=f"cli:{getpass.getuser()}", note=args.note, audit=True)
+            if why_not is None:
+                return done((await store.get_delivery(args.id)).delivery.conversation)
+        except NotFound as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{args.id}: ticket {args.ticket_id} not set: {why_not}", file=sys.stderr)
+        return 1
+
+    async def remote(client: AdminClient) -> int:
+        try:
+            view = await client.set_ticket(args.id, SetTicketBody(ticket_id=args.ticket_id, ticket_key=args.ticket_key,
+                                                                  note=args.note))
+        except NotFound as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        except RemoteError as exc:
+            if exc.status != 409:  # not a refusal for the delivery's state: the server could not be asked (2)
+                raise
+            print(str(exc), file=sys.stderr)  # refused for its state: exit 1, as when run on the store
+            return 1
+        return done(view.delivery.conversation)
+
+    if args.url:
+        return _with_server(args.url, remote)
+    return _with_store(args, local, changes=True)
 
 
 def run_mark_succeeded(args: argparse.Namespace) -> int:

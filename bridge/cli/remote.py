@@ -25,6 +25,7 @@ from bridge.console.models import (
     ReplayResult,
     ResetConversationBody,
     ResetConversationResult,
+    SetTicketBody,
 )
 from bridge.errors import NotFound, named
 from bridge.store.base import DeliveryDetail, DeliveryFilter, DeliveryRow
@@ -144,6 +145,11 @@ class AdminClient:
 
     async def mark_succeeded(self, delivery_id: str, body: MarkSucceededBody) -> DeliveryView:
         view: DeliveryView = await self._call("POST", f"/admin/api/deliveries/{segment(delivery_id)}/mark-succeeded",
+                                              DeliveryView, body=body)
+        return view
+
+    async def set_ticket(self, delivery_id: str, body: SetTicketBody) -> DeliveryView:
+        view: DeliveryView = await self._call("POST", f"/admin/api/deliveries/{segment(delivery_id)}/set-ticket",
                                               DeliveryView, body=body)
         return view
 

@@ -54,6 +54,7 @@ from bridge.console.models import (
     ResetConversationBody,
     ResetConversationResult,
     ResetTicket,
+    SetTicketBody,
 )
 from bridge.console.playground import decisions, run_playground
 from bridge.delivery.coordination import Gate
@@ -64,6 +65,8 @@ from bridge.delivery.replay import (
     replay_deliveries,
     reset_conversation,
     reset_detail,
+    set_ticket,
+    ticket_detail,
     unknown_filter,
 )
 from bridge.errors import NotFound, StoreRefused, StoreUnavailable, named
@@ -817,6 +820,23 @@ async def mark_delivery_succeeded(call: Call) -> DeliveryView:
     return await get_delivery(call)
 
 
+async def set_delivery_ticket(call: Call) -> DeliveryView:
+    """A succeeded create whose answer named no ticket takes the ticket found at the vendor, and so does its
+    conversation while it has none: the thread's next message follows up on it; audited."""
+    given: SetTicketBody = call.body
+    delivery_id = call.param("delivery_id")
+    store = _store(call.rt)
+    with blame(400, "path.delivery_id"):  # looked up alone first, so that a refusal of the write is the body's
+        await store.get_delivery(delivery_id)
+    with blame(422, "body.ticket_id", _given(given.ticket_key, "body.ticket_key"), _given(given.note, "body.note")):
+        why_not = await set_ticket(store, delivery_id, given.ticket_id, ticket_key=given.ticket_key,
+                                   by=call.caller.name, note=given.note)
+    if why_not is not None:
+        raise ApiError(409, f"delivery {delivery_id} cannot take ticket {given.ticket_id!r}: {why_not}")
+    await _audit(call, "delivery.set_ticket", delivery_id, ticket_detail(given.ticket_id, given.ticket_key, given.note))
+    return await get_delivery(call)
+
+
 async def reset_conversation_ticket(call: Call) -> ResetConversationResult:
     """The conversation's ticket is gone at the vendor: it loses it, so its next message is a create; audited."""
     given: ResetConversationBody = call.body
@@ -859,6 +879,13 @@ ROUTES: list[Route] = [
           "Record that a delivery (e.g. one held after an unknown outcome) reached the vendor as the given ticket",
           DeliveryView, change=True, body=MarkSucceededBody,
           errors={**NOT_FOUND, 409: "the delivery is in flight or succeeded already"}),
+    Route("POST", "/admin/api/deliveries/{delivery_id}/set-ticket", set_delivery_ticket,
+          "Give a succeeded create whose answer named no ticket (`ticket_missing`) the ticket found at the vendor; its "
+          "conversation takes it too while it has none, so the thread's next message follows up on it",
+          DeliveryView, change=True, body=SetTicketBody,
+          errors={**NOT_FOUND, 409: "the delivery is no succeeded create without a ticket, its conversation has a "
+                                    "ticket already (named) or started again since, or a message of it is being "
+                                    "sent"}),
     Route("GET", "/admin/api/conversations/{key}", get_conversation, "The conversations with a key (or id "
           "`mapping|key`): each one's ticket, once known, and a page of its deliveries in the order they are sent in "
           "(`cursor`: the next or previous page of one; `cursor=last`: each one's last page, its newest messages)",

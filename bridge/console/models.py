@@ -366,6 +366,11 @@ class MarkSucceededBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """Why (e.g. "found in the Kapture console"), kept with the attempt and the audit entry."""
 
 
+class SetTicketBody(MarkSucceededBody, kw_only=True, forbid_unknown_fields=True):
+    """An operator's word that a succeeded create whose answer named no ticket made this ticket at the vendor (its
+    conversation takes it while it has none)."""
+
+
 class MarkDeadBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An operator's word that a destination's deliveries are not to be sent (it is no longer configured)."""
 

@@ -120,6 +120,9 @@ LOOKUP_MAX_BYTES = 32 * 1024 * 1024  # a reconciliation's answer (a day's ticket
 READ_GRACE_S = 0.25
 """How long past a reconciliation's deadline the reading of an answer that came in time may run (it is stopped
 then: SearchStopped); its requests end at the deadline itself."""
+SET_TICKET = "ticketbridge deliveries set-ticket ID --ticket-id T"
+"""The operator's command that gives a create whose answer named no ticket (and its conversation) the ticket."""
+
 HELD = ("held: an earlier send's outcome is unknown and the vendor may hold its ticket; check, then `replay` "
         "(send again) or `mark-succeeded` (with the ticket id)")
 FOLLOW_UP_HELD = ("held: an earlier send of this follow-up had an unknown outcome, so ticket {ticket} may already "
@@ -1032,7 +1035,8 @@ class Lane:
         self._ticket_id_dropped()
         why = outcome.error or "the answer's ticket id is no id, not kept"
         if item.conversation is not None and item.ticket is None:
-            error = f"{why}; the conversation has no ticket, so its next message will create a new ticket"
+            error = (f"{why}; the conversation has no ticket, so its next message will create a new ticket; find "
+                     f"the ticket at the vendor and give it with `{SET_TICKET}`")
             blog.error("conversation.ticket_lost", conversation=item.conversation, error=why,
                          status=sent.http_status,
                          note="the vendor made the ticket (a success, not sent again) but its answer's ticket id is no "
@@ -1057,8 +1061,8 @@ class Lane:
         if outcome.error:
             why = f"{why}; {outcome.error}"
         if item.conversation is not None:
-            follows = ("the conversation has no ticket, so its next message will be sent as a new ticket; to join "
-                       "them, find the ticket at the vendor")
+            follows = ("the conversation has no ticket, so its next message will be sent as a new ticket; find the "
+                       f"ticket at the vendor and give it with `{SET_TICKET}`")
         else:
             follows = "the delivery keeps no ticket id"
         blog.warning("delivery.ticket_id_missing", where=where, status=sent.http_status,

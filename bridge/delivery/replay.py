@@ -143,6 +143,34 @@ async def mark_succeeded(store: Store, delivery_id: str, ticket_id: str, *, tick
     return f"it is {status}" + (": wait for its attempt to be recorded" if status == "in_flight" else "")
 
 
+async def set_ticket(store: Store, delivery_id: str, ticket_id: str, *, ticket_key: str | None, by: str,
+                     note: str | None = None, audit: bool = False) -> str | None:
+    """An operator's word that `delivery_id`, a succeeded create whose answer named no ticket (or whose id was
+    dropped), made `ticket_id` at the vendor: the delivery takes it, an attempt recorded saying who and why, and
+    its conversation takes it while it has none, so the thread's later messages follow up on it
+    (`Store.set_ticket`). None when done, else why not. Logged; with `audit`, also kept in the audit log (the
+    admin API audits its own changes). Raises NotFound."""
+    text = f"ticket {ticket_id} set by {by}" + (f": {note}" if note else "")
+    why_not = await store.set_ticket(delivery_id, AttemptResult(
+        delivery_id=delivery_id, started_at_ms=time.time_ns() // 1_000_000, duration_ms=0.0, http_status=None,
+        response_excerpt=None, classification=MARKED, error=text, ticket_id=ticket_id, ticket_key=ticket_key,
+        next_status="succeeded"))
+    if why_not is not None:
+        return why_not
+    log.warning("delivery.ticket_set", delivery_id=delivery_id, ticket_id=ticket_id, ticket_key=ticket_key, by=by,
+                note=note)
+    if audit:
+        await store.add_audit(AuditEntry(
+            id=new_id("aud"), at_ms=time.time_ns() // 1_000_000, actor=by, action="delivery.set_ticket",
+            target=delivery_id, detail=ticket_detail(ticket_id, ticket_key, note)))
+    return None
+
+
+def ticket_detail(ticket_id: str, ticket_key: str | None, note: str | None) -> dict[str, Any]:
+    """What the audit log keeps of a ticket an operator gave a delivery."""
+    return {"ticket_id": ticket_id, "ticket_key": ticket_key, "note": note}
+
+
 async def reset_conversation(store: Store, key: str, *, by: str, reason: str | None = None,
                              audit: bool = False) -> list[ConversationRow]:
     """An operator's word that the ticket of conversation `key` (its key or scoped id) is gone at the vendor:

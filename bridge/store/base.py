@@ -436,6 +436,16 @@ class Store(ABC):
         the ticket and its destination announced to `subscribe`'s callbacks). False when it is in flight or
         succeeded already; raises NotFound."""
 
+    @abstractmethod
+    async def set_ticket(self, delivery_id: str, attempt: AttemptResult) -> str | None:
+        """An operator's word that a succeeded create whose answer named no ticket (`ticket_missing`, or its id
+        dropped) made ticket `attempt.ticket_id` (`ticket_key`, `ticket_uuid` beside it): the delivery takes it, its
+        `ticket_missing` cleared, with `attempt` recorded, and its conversation takes it too, its destination
+        announced to `subscribe`'s callbacks (the thread's next message follows up on it). One change: none of it is
+        made unless all of it may be (rows.ticket_refusal): None when done, else why not (the delivery is no such
+        create, its conversation has a ticket already or has started again since, or a delivery of it is being
+        sent). Raises NotFound."""
+
     def recovered_at_open(self) -> int:
         """How many deliveries in flight the store gave back (due now, in doubt) when it opened: a store that one
         process owns gives back every delivery its previous process left in flight (it died or was killed before

@@ -41,6 +41,7 @@ from bridge.store.base import (
     StoredMappingSet,
 )
 from bridge.store.rows import (
+    TicketTarget,
     attachment_hashes,
     conversation_forms,
     decode_dict,
@@ -58,6 +59,7 @@ from bridge.store.rows import (
     storable_accept,
     storable_audit,
     storable_result,
+    ticket_refusal,
 )
 
 
@@ -414,6 +416,32 @@ class MemoryStore(Store):
             for callback in self._subscribers:
                 callback(d.row.destination)
         return True
+
+    async def set_ticket(self, delivery_id: str, attempt: AttemptResult) -> str | None:
+        self._check_open()
+        d = self._get(delivery_id)
+        r = storable_result(attempt)
+        c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
+        busy = next((o.row.id for o in self.deliveries.values()
+                     if c is not None and o.row.conversation == c.id and o.row.status == "in_flight"), None)
+        why_not = ticket_refusal(TicketTarget(
+            d.row.status, d.row.role, d.row.ticket_id, d.row.ticket_missing, d.row.created_at_ms, d.row.conversation),
+            c, busy)
+        if why_not is not None:
+            return why_not
+        n = d.row.attempts + 1
+        key = r.ticket_key if r.ticket_key is not None else d.row.ticket_key
+        uuid = r.ticket_uuid if r.ticket_uuid is not None else d.row.ticket_uuid
+        self._update(d, attempts=n, last_error=r.error, ticket_id=r.ticket_id, ticket_key=key, ticket_uuid=uuid,
+                     ticket_missing=False)
+        d.attempts.append(AttemptRow(n=n, started_at_ms=r.started_at_ms, duration_ms=0.0, http_status=None,
+                                     response_excerpt=None, classification=r.classification, error=r.error))
+        if c is not None:
+            self.conversations[c.id] = msgspec.structs.replace(
+                c, ticket_id=r.ticket_id, ticket_key=key, ticket_uuid=uuid, ticket_at_ms=self.clock())
+            for callback in self._subscribers:  # the conversation's next message may go, as a follow-up
+                callback(d.row.destination)
+        return None
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:
         self._subscribers.append(callback)

@@ -88,6 +88,7 @@ from bridge.store.rows import (
     REFS_PAGE,
     RESET_CONVERSATION,
     ROW_WIDTH,
+    TicketTarget,
     attachment_hashes,
     attempt_row,
     audit_entry,
@@ -110,6 +111,7 @@ from bridge.store.rows import (
     storable,
     storable_audit,
     storable_result,
+    ticket_refusal,
     tickets_of_claimed,
     with_tickets,
 )
@@ -770,6 +772,62 @@ class PostgresStore(Store):
 
         done: bool = await self._run(op)
         return done
+
+    async def set_ticket(self, delivery_id: str, attempt: AttemptResult) -> str | None:
+        r = storable_result(attempt)
+
+        async def op(conn: Any) -> str | None:
+            # The delivery, then its conversation, locked in the order a record, a mark_succeeded and a purge take
+            # them; the conversation's lock keeps an accept from adding a message to it until this commits.
+            found = await conn.fetchrow("SELECT status, role, ticket_id, ticket_missing, created_at, conversation, "
+                                        "destination FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+            if found is None:
+                raise NotFound(f"no delivery {named(delivery_id)}")
+            d = TicketTarget(found[0], found[1], found[2], bool(found[3]), found[4], found[5])
+            c, busy = None, None
+            if d.conversation is not None:
+                got = await conn.fetchrow(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608
+                                          "WHERE id = $1 FOR NO KEY UPDATE", d.conversation)
+                c = None if got is None else conversation_row(got)
+                busy = await self._busy_in(conn, d.conversation)
+            why_not = ticket_refusal(d, c, busy)
+            if why_not is not None:
+                return why_not
+            now = now_ms()
+            # A key or uuid the answer gave beside an id that was dropped is kept unless one is given.
+            n, key, uuid = await conn.fetchrow(
+                "UPDATE deliveries SET attempts = attempts + 1, updated_at = $1, last_error = $2, ticket_id = $3, "
+                "ticket_key = COALESCE($4, ticket_key), ticket_uuid = COALESCE($5, ticket_uuid), "
+                "ticket_missing = false WHERE id = $6 RETURNING attempts, ticket_key, ticket_uuid",
+                now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)
+            await conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                               "response_excerpt, classification, error, exchange) "
+                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", delivery_id, n, r.started_at_ms, 0.0,
+                               None, None, r.classification, r.error, None)
+            if c is not None:
+                await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_uuid = $3, "
+                                   "ticket_at = $4 WHERE id = $5", r.ticket_id, key, uuid, now, c.id)
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, found[6])
+            return None
+
+        why_not: str | None = await self._run(op)
+        return why_not
+
+    @staticmethod
+    async def _busy_in(conn: Any, conversation: str) -> str | None:
+        """A delivery of `conversation` (whose row the caller has locked) that is being sent or claimed now, else
+        None; the conversation's other unsettled deliveries are left locked, so that no claim takes one (as a create,
+        the conversation having no ticket) until the caller commits. Locked with SKIP LOCKED: a record holding one
+        of them waits for the conversation's lock, and waiting for its row in turn would deadlock; one locked by
+        another is counted busy (a claim in progress, or a record about to write)."""
+        locked = {row[0] for row in await conn.fetch(
+            "SELECT id FROM deliveries WHERE conversation = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED",
+            conversation)}
+        for i, status in await conn.fetch("SELECT id, status FROM deliveries WHERE conversation = $1 "
+                                          "AND status IN ('pending', 'in_flight') ORDER BY id", conversation):
+            if status == "in_flight" or i not in locked:
+                return str(i)
+        return None
 
     async def mapping_backlog(self, open_since_ms: dict[str, int]) -> dict[str, dict[str, int]]:
         since = {storable(name): at for name, at in open_since_ms.items()}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar, overload
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 import msgspec
 import structlog
@@ -249,6 +250,52 @@ def delivery_row(r: Sequence[Any]) -> DeliveryRow:
 def gives_ticket(r: AttemptResult) -> bool:
     """Whether this attempt (recorded under its lease) gives its conversation a ticket: a create that succeeded."""
     return r.role == "create" and r.next_status == "succeeded" and r.ticket_id is not None
+
+
+class TicketTarget(NamedTuple):
+    """What `Store.set_ticket` reads of the delivery it is asked to give a ticket, under its write."""
+
+    status: str
+    role: str | None
+    ticket_id: str | None
+    ticket_missing: bool
+    created_at_ms: int
+    conversation: str | None
+
+
+def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None, busy: str | None) -> str | None:
+    """Why `Store.set_ticket` gives `d` no ticket (None: it may): `d` is not a succeeded create that names no
+    ticket, or its conversation (`conversation`, read under the same write) has a ticket already, or started again
+    after `d` (a quiet period of `reopen_after`, an operator's reset: `d`'s ticket is an earlier round's), or has a
+    delivery being sent or claimed now (`busy`: its id), which, the conversation having no ticket, goes as a create
+    whose success would replace the one given here. Each reason says what would be right."""
+    if d.status != "succeeded":
+        hint = {"in_flight": "it is being sent now: wait for its attempt to be recorded",
+                "pending": "one not yet succeeded takes its ticket with `mark-succeeded`",
+                "dead": "one not succeeded takes its ticket with `mark-succeeded`"}.get(d.status, "")
+        return f"it is {d.status}, not succeeded" + (f": {hint}" if hint else "")
+    if d.role == "follow_up":
+        return "it is a follow-up on its conversation's ticket, not a create: it made no ticket of its own"
+    if d.ticket_id is not None:
+        return f"it has ticket {d.ticket_id!r} already"
+    if not d.ticket_missing and d.role != "create":
+        return ("its vendor's answer was not one to name a ticket (it shows no missing ticket id, and it is no "
+                "conversation's create)")
+    if conversation is None:
+        return None
+    if conversation.ticket_id is not None:
+        return (f"its conversation {conversation.id} has ticket {conversation.ticket_id!r} already (a later message "
+                "made it, or an operator gave it), which its messages follow up on: nothing was changed; to join "
+                "the two tickets, merge them at the vendor")
+    if d.created_at_ms < conversation.started_at_ms:
+        return (f"its conversation {conversation.id} started again after it (at "
+                f"{datetime.fromtimestamp(conversation.started_at_ms / 1000, UTC).isoformat(timespec='seconds')}: "
+                "a message after its quiet period `reopen_after`, or an operator's reset), so its ticket is not the "
+                "conversation's now: nothing was changed")
+    if busy is not None:
+        return (f"delivery {busy} of its conversation {conversation.id} is being sent now, as a new ticket (the "
+                "conversation has none): wait for its attempt to be recorded, then run this again")
+    return None
 
 
 def conversation_row(r: Sequence[Any]) -> ConversationRow:

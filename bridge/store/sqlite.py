@@ -91,6 +91,7 @@ from bridge.store.rows import (
     REFS_PAGE,
     RESET_CONVERSATION,
     ROW_WIDTH,
+    TicketTarget,
     attachment_hashes,
     attempt_row,
     audit_entry,
@@ -120,6 +121,7 @@ from bridge.store.rows import (
     storable_audit,
     storable_result,
     take_group,
+    ticket_refusal,
     tickets_of_claimed,
     too_deep,
     with_tickets,
@@ -1288,6 +1290,49 @@ class SqliteStore(Store):
             for callback in self._subscribers:
                 callback(destination)
         return done
+
+    async def set_ticket(self, delivery_id: str, attempt: AttemptResult) -> str | None:
+        r = storable_result(attempt)
+        woken: list[str] = []  # the destination whose conversation's next message may now go
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            found = conn.execute("SELECT status, role, ticket_id, ticket_missing, created_at, conversation, "
+                                 "destination FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if found is None:
+                raise NotFound(f"no delivery {named(delivery_id)}")
+            d = TicketTarget(found[0], found[1], found[2], bool(found[3]), found[4], found[5])
+            c, busy = None, None
+            if d.conversation is not None:
+                got = conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?",  # noqa: S608
+                                   (d.conversation,)).fetchone()
+                c = None if got is None else conversation_row(got)
+                sent = conn.execute("SELECT id FROM deliveries WHERE conversation = ? AND status = 'in_flight' "
+                                    "LIMIT 1", (d.conversation,)).fetchone()
+                busy = None if sent is None else sent[0]
+            why_not = ticket_refusal(d, c, busy)
+            if why_not is not None:
+                return why_not
+            now = now_ms()
+            # A key or uuid the answer gave beside an id that was dropped is kept unless one is given.
+            n, key, uuid = conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?, last_error = ?, ticket_id = ?, "
+                "ticket_key = COALESCE(?, ticket_key), ticket_uuid = COALESCE(?, ticket_uuid), ticket_missing = 0 "
+                "WHERE id = ? RETURNING attempts, ticket_key, ticket_uuid",
+                (now, r.error, r.ticket_id, r.ticket_key, r.ticket_uuid, delivery_id)).fetchone()
+            conn.execute("INSERT INTO attempts (delivery_id, n, started_at, duration_ms, http_status, "
+                         "response_excerpt, classification, error, exchange) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (delivery_id, n, r.started_at_ms, 0.0, None, None, r.classification, r.error, None))
+            if c is not None:
+                conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_uuid = ?, ticket_at = ? "
+                             "WHERE id = ?", (r.ticket_id, key, uuid, now, c.id))
+                woken.append(found[6])
+            return None
+
+        why_not: str | None = await self._write(op)
+        for destination in woken:  # committed: wake its lane, as PostgreSQL's NOTIFY does
+            for callback in self._subscribers:
+                callback(destination)
+        return why_not
 
     async def mapping_backlog(self, open_since_ms: dict[str, int]) -> dict[str, dict[str, int]]:
         since = {storable(name): at for name, at in open_since_ms.items()}

@@ -98,6 +98,7 @@ BODIES: dict[str, tuple[bytes, int]] = {
     "/admin/api/destinations/{destination}/mark-dead": (b'{"reason": "retired"}', 409),  # a configured destination
     "/admin/api/replay": (b'{"ids": ["dlv_x"], "dry_run": true}', 200),
     "/admin/api/deliveries/{delivery_id}/mark-succeeded": (b'{"ticket_id": "T-1"}', 404),
+    "/admin/api/deliveries/{delivery_id}/set-ticket": (b'{"ticket_id": "T-1"}', 404),
     "/admin/api/playground": (b'{"source": "partner", "body": "{}"}', 200),
     "/admin/api/conversations/{key}/reset": (b'{"reason": "merged"}', 404),  # no such conversation
 }
@@ -442,6 +443,8 @@ NUL_REQUESTS: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", "/admin/api/replay", {"source": "part\x00ner", "dry_run": True}, "body.source"),
     ("POST", "/admin/api/deliveries/dlv_%00/mark-succeeded", {"ticket_id": "1"}, "path.delivery_id"),
     ("POST", "/admin/api/deliveries/dlv_x/mark-succeeded", {"ticket_id": "1", "note": "a\x00b"}, "body.note"),
+    ("POST", "/admin/api/deliveries/dlv_%00/set-ticket", {"ticket_id": "1"}, "path.delivery_id"),
+    ("POST", "/admin/api/deliveries/dlv_x/set-ticket", {"ticket_id": "1", "note": "a\x00b"}, "body.note"),
     ("POST", "/admin/api/destinations/kapture/pause", {"reason": "\x00"}, "body.reason"),
 ]
 
@@ -750,7 +753,8 @@ async def test_a_conversation_lists_its_ticket_and_messages_in_the_order_they_ar
 
 
 ID_ROUTES = [("GET", "/admin/api/deliveries/{}"), ("GET", "/admin/api/events/{}"),
-             ("POST", "/admin/api/deliveries/{}/mark-succeeded"), ("POST", "/admin/api/destinations/{}/pause"),
+             ("POST", "/admin/api/deliveries/{}/mark-succeeded"), ("POST", "/admin/api/deliveries/{}/set-ticket"),
+             ("POST", "/admin/api/destinations/{}/pause"),
              ("POST", "/admin/api/destinations/{}/resume"), ("GET", "/admin/static/{}")]
 
 
@@ -762,7 +766,7 @@ async def test_an_unknown_id_from_the_path_is_quoted_cut_in_the_404(write_config
     quoted in the 404 cut to 100 characters, its length said, never echoed whole."""
     client = await start(write_config, bridge_client, workers=False)
     given = "dlv_" + "x" * 6000
-    body = {"ticket_id": "T-1"} if path.endswith("mark-succeeded") else {}
+    body = {"ticket_id": "T-1"} if path.endswith(("mark-succeeded", "set-ticket")) else {}
     resp = await client.request(method, path.format(given), headers=ADMIN, json=body)
     assert resp.status == 404, await resp.text()
     text = await resp.text()

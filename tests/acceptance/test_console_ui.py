@@ -14,8 +14,10 @@ from urllib.parse import urlencode
 
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
+from bridge.store.base import DeliveryFilter
 from tests.acceptance.console_app import ADMIN, console_app, threaded_mapping
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
+from tests.fixtures.threads import commented_thread
 
 CHROMIUM = "/usr/bin/chromium"
 DASH = "\N{EN DASH}"  # between the first and last numbers of a page the console lists
@@ -213,6 +215,78 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
     [entry] = [e for e in (await store.list_audit(limit=10)) if e.action == "delivery.mark_succeeded"]
     assert (entry.actor, entry.target, entry.detail["note"]) == ("admin", row.id, "found in the Kapture console")
     assert len(sim.tickets) == 1  # marked, never sent again
+
+
+NO_ID_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
+sources:
+  events: {kind: json}
+destinations:
+  api: {vendor: http, sandbox: true, path: /tickets, ticket_id_path: data.reference}
+"""
+"""The http sandbox answers each create `{"data": {"id": ...}}`: read at `data.reference`, it names no ticket."""
+
+
+async def test_a_create_whose_answer_named_no_ticket_is_given_one_and_its_thread_follows_up(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """In Chromium: a conversation's create whose answer named no ticket shows "No ticket id" and a Set ticket
+    button (disabled for a read-only token); the admin sets the ticket found at the vendor, after a dialog asking
+    for it, and the page shows the ticket and no longer the warning; the thread's next message follows up on it."""
+    from playwright.async_api import expect
+
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+    client = await bridge_client(write_config(NO_ID_CONFIG, {"thread": commented_thread("events")}))
+    store = runtime(client).store
+    assert store is not None
+    assert (await client.post("/hooks/events", json={"case": "c-1", "text": "Router down"})).status == 202
+
+    async def answered() -> bool:
+        rows = await store.list_deliveries(DeliveryFilter())
+        return len(rows) == 1 and rows[0].ticket_missing
+
+    await eventually(answered)
+    [row] = await store.list_deliveries(DeliveryFilter())
+    base = str(client.make_url("/admin/"))
+    async with chromium_page(tmp_path) as (page, errors, shots):
+
+        async def sign_in(token: str) -> None:
+            await page.get_by_label("Admin token").fill(token)
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+        await page.goto(base)
+        await sign_in("grafana-secret")
+        await page.goto(f"{base}#/delivery/{row.id}")
+        await expect(page.locator("#ticket-missing")).to_contain_text("named no ticket")
+        await expect(page.get_by_role("button", name="Set ticket")).to_be_disabled()
+        await expect(page.get_by_role("button", name="Mark succeeded")).to_have_count(0)
+        await page.get_by_role("button", name="Sign out").click()
+        await sign_in("admin-secret")
+        await page.goto(f"{base}#/delivery/{row.id}")
+        await page.get_by_role("button", name="Set ticket").click()
+        dialog = page.get_by_role("dialog")
+        await expect(dialog).to_contain_text(f"Which ticket did delivery {row.id} make at api?")
+        await dialog.get_by_label("Ticket id at the vendor").fill("T-5")
+        await dialog.get_by_label("Note (optional, kept in the audit log)").fill("found in the vendor's inbox")
+        await dialog.get_by_role("button", name="Set ticket").click()
+        await expect(page.locator("main")).to_contain_text("ticket T-5")
+        await expect(page.locator("#ticket-missing")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Set ticket")).to_have_count(0)
+        await page.screenshot(path=str(shots / "delivery-ticket-set.png"), full_page=True)
+        assert errors == []
+    [entry] = [e for e in await store.list_audit(limit=10) if e.action == "delivery.set_ticket"]
+    assert (entry.actor, entry.target, entry.detail["note"]) == ("admin", row.id, "found in the vendor's inbox")
+    assert (await client.post("/hooks/events", json={"case": "c-1", "text": "Still down"})).status == 202
+
+    async def followed_up() -> bool:
+        rows = await store.list_deliveries(DeliveryFilter())
+        return len(rows) == 2 and rows[0].status == "succeeded"
+
+    await eventually(followed_up)
+    later = await store.get_delivery((await store.list_deliveries(DeliveryFilter()))[0].id)
+    assert later.delivery.role == "follow_up"
+    assert (later.attempts[-1].exchange or {})["request"]["url"].endswith("/tickets/T-5/comments")
 
 
 def _dead() -> Any:

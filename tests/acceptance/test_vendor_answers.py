@@ -163,7 +163,8 @@ async def test_a_create_whose_ticket_id_is_an_object_succeeds_loudly_without_it(
     assert attempt.error == (
         "the answer's ticket id at `data.id` is an object ({\"number\":5,\"prefix\":\"T\"}), not kept (an id is a "
         "whole number or non-blank text of at most 256 characters, no NUL); the conversation has no ticket, so its "
-        "next message will create a new ticket")
+        "next message will create a new ticket; find the ticket at the vendor and give it with `ticketbridge "
+        "deliveries set-ticket ID --ticket-id T`")
     assert row.last_error == attempt.error
     lost = [e for e in logs if e["event"] == "conversation.ticket_lost"]
     assert len(lost) == 2 and all(e["log_level"] == "error" for e in lost)
@@ -194,7 +195,8 @@ async def test_a_create_answered_without_a_ticket_id_is_counted_logged_shown_and
     assert (row.status, row.ticket_id, row.role, row.ticket_missing) == ("succeeded", None, "create", True)
     assert row.last_error == (
         "the vendor's answer gave no ticket id (at `data.id`): the conversation has no ticket, so its next message "
-        "will be sent as a new ticket; to join them, find the ticket at the vendor")
+        "will be sent as a new ticket; find the ticket at the vendor and give it with `ticketbridge deliveries "
+        "set-ticket ID --ticket-id T`")
     (missing,) = [e for e in logs if e["event"] == "delivery.ticket_id_missing"]
     assert (missing["log_level"], missing["delivery_id"], missing["event_id"], missing["conversation"]) == (
         "warning", row.id, row.event_id, row.conversation)

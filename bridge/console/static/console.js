@@ -84,8 +84,11 @@ async function caller() {
   return signedIn;
 }
 
-function markDialog(d) {
-  // The operator's word that the delivery reached the vendor: the ticket found there (id required).
+function markDialog(d, how = {
+  question: `Record that delivery ${d.id} reached ${d.destination} as the ticket below? It will not be sent again.`,
+  submit: "Mark succeeded" }) {
+  // The operator's word about the ticket the delivery made at the vendor (id required): that it reached the vendor
+  // (mark succeeded), or which ticket a create whose answer named none made (set ticket).
   return new Promise((resolve) => {
     const input = (id, label, attrs) => h("label", { for: id }, label, h("input", { id, name: id, autocomplete: "off", ...attrs }));
     let answer = null;
@@ -102,9 +105,8 @@ function markDialog(d) {
     input("mark-note", "Note (optional, kept in the audit log)", { maxlength: 500 }),
     h("div", { class: "row" },
       h("button", { type: "button", class: "secondary", onclick: () => dlg.close() }, "Cancel"),
-      h("button", { type: "submit" }, "Mark succeeded")));
-    const dlg = h("dialog", { "aria-labelledby": "mark-q" },
-      h("p", { id: "mark-q" }, `Record that delivery ${d.id} reached ${d.destination} as the ticket below? It will not be sent again.`), form);
+      h("button", { type: "submit" }, how.submit)));
+    const dlg = h("dialog", { "aria-labelledby": "mark-q" }, h("p", { id: "mark-q" }, how.question), form);
     document.body.append(dlg);
     dlg.addEventListener("close", () => { dlg.remove(); resolve(answer); });
     dlg.showModal();
@@ -304,6 +306,19 @@ async function delivery(id) {
       await route();
     } catch (x) { say(x.message); }
   };
+  const setTicket = async () => {
+    const given = await markDialog(d, {
+      question: `Which ticket did delivery ${d.id} make at ${d.destination}? Its answer named none; the ticket below ` +
+        (d.conversation ? "becomes its conversation's too (if it has none yet), so the conversation's next message follows up on it."
+          : "is kept on the delivery."),
+      submit: "Set ticket" });
+    if (!given) return;
+    try {
+      await api(`/admin/api/deliveries/${encodeURIComponent(d.id)}/set-ticket`, { method: "POST", body: given });
+      say(`Ticket ${given.ticket_id} set.`);
+      await route();
+    } catch (x) { say(x.message); }
+  };
   const replay = async (rerender) => {
     const what = rerender ? "Re-render this delivery with the mappings in force and send it again?" : "Send this delivery again?";
     if (!(await confirmDialog(what, rerender ? "Re-render and send" : "Replay"))) return;
@@ -336,7 +351,7 @@ async function delivery(id) {
       "unknown outcome; the vendor may hold more than one ticket for it.") : null,
     d.ticket_missing ? h("p", { class: "warn", id: "ticket-missing" }, "No ticket id: the vendor took it but its answer ",
       "named no ticket, so ", d.conversation ? "the conversation has none, and its next message is sent as a new ticket."
-        : "this delivery cannot name the ticket it made.") : null,
+        : "this delivery cannot name the ticket it made.", " Found the ticket at the vendor? Set it here (Set ticket).") : null,
     d.status === "pending" && v.destination && v.destination.paused ? h("p", {}, "The destination is paused: this waits until it is resumed.") : null,
     d.last_error ? h("p", { class: d.status === "succeeded" ? "muted" : "error" }, d.last_error) : null,
     h("div", { class: "row" },
@@ -344,8 +359,10 @@ async function delivery(id) {
       h("button", { type: "button", class: "secondary", id: "rerender", onclick: () => replay(true), disabled: !admin || busy }, "Re-render and replay"),
       d.status === "pending" || d.status === "dead"
         ? h("button", { type: "button", class: "secondary", id: "mark-succeeded", onclick: mark, disabled: !admin }, "Mark succeeded") : null,
+      d.status === "succeeded" && !d.ticket_id && d.role !== "follow_up" && (d.ticket_missing || d.role === "create")
+        ? h("button", { type: "button", class: "secondary", id: "set-ticket", onclick: setTicket, disabled: !admin }, "Set ticket") : null,
       h("a", { href: `#/event/${d.event_id}` }, "Event and mapping decisions")),
-    admin ? null : h("p", { class: "muted", id: "read-only" }, "This token is read-only: replaying and marking succeeded need the admin token."),
+    admin ? null : h("p", { class: "muted", id: "read-only" }, "This token is read-only: replaying, marking succeeded and setting a ticket need the admin token."),
     h("h2", {}, "Attempts"), v.attempts.length ? h("ol", { class: "timeline" }, attempts) : h("p", { class: "muted" }, "No attempt yet."),
     h("div", { class: "grid2" },
       h("section", {}, h("h2", {}, "Rendered body"), json(v.body)),

@@ -2064,3 +2064,132 @@ class StoreContract:
             assert await store.mark_succeeded(delivery_id, marked) is True
         await eventually(lambda: "kapture-support" in heard)
         assert heard == ["kapture-support"]
+
+    async def _ticketless_create(self, store: Store) -> tuple[NewDelivery, NewDelivery]:
+        """A conversation whose create succeeded with an answer naming no ticket (`ticket_missing`), and its next
+        message, pending."""
+        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
+        await accept_one(store, first)
+        await accept_one(store, second)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", error="no ticket id"),
+                                                   role="create", ticket_missing=True), owner="w")
+        return first, second
+
+    @staticmethod
+    def _given(delivery_id: str, ticket_id: str = "T-1", ticket_key: str | None = "K-1") -> AttemptResult:
+        return msgspec.structs.replace(
+            result(delivery_id, "succeeded", http_status=None, classification="marked",
+                   error="ticket T-1 set by ops: found at the vendor", ticket_id=ticket_id), ticket_key=ticket_key)
+
+    async def test_set_ticket_gives_a_ticketless_create_and_its_conversation_the_ticket(self, store: Store) -> None:
+        """set_ticket on a succeeded create whose answer named no ticket gives it the ticket (ticket_missing cleared,
+        the operator's attempt recorded, still succeeded) and gives its conversation the ticket, announcing its
+        destination: the thread's next message is claimed as a follow-up on it."""
+        first, second = await self._ticketless_create(store)
+        heard: list[str] = []
+        await store.subscribe(heard.append)
+        assert await store.set_ticket(first.id, self._given(first.id)) is None
+        detail = await store.get_delivery(first.id)
+        d = detail.delivery
+        assert (d.status, d.ticket_id, d.ticket_key, d.ticket_missing, d.attempts) == (
+            "succeeded", "T-1", "K-1", False, 2)
+        assert (detail.attempts[-1].classification, detail.attempts[-1].error) == (
+            "marked", "ticket T-1 set by ops: found at the vendor")
+        (conv,) = await store.get_conversations("k")
+        assert (conv.conversation.ticket_id, conv.conversation.ticket_key) == ("T-1", "K-1")
+        await eventually(lambda: "kapture-support" in heard)
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and (nxt.ticket or {}).get("id") == "T-1"
+
+    async def test_set_ticket_refuses_a_conversation_that_has_a_ticket_and_changes_nothing(
+            self, store: Store) -> None:
+        """When a later message made the conversation a ticket of its own, set_ticket refuses, naming the
+        conversation and its ticket, and changes neither the delivery nor the conversation."""
+        first, second = await self._ticketless_create(store)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded", ticket_id="T-2"), role="create"))
+        why_not = await store.set_ticket(first.id, self._given(first.id))
+        assert why_not is not None and "conversation m|k has ticket 'T-2' already" in why_not
+        d = await row(store, first.id)
+        assert (d.ticket_id, d.ticket_missing, d.attempts) == (None, True, 1)
+        (conv,) = await store.get_conversations("k")
+        assert conv.conversation.ticket_id == "T-2"
+
+    async def test_set_ticket_refuses_while_a_message_of_the_conversation_is_sent(self, store: Store) -> None:
+        """While the conversation's next message is in flight (as a create: the conversation has no ticket), set_ticket
+        refuses, naming it; once its attempt is recorded (retry later), the ticket is given and the message follows
+        up on it."""
+        first, second = await self._ticketless_create(store)
+        (sent,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert sent.id == second.id and sent.ticket is None
+        why_not = await store.set_ticket(first.id, self._given(first.id))
+        assert why_not is not None and f"delivery {second.id} of its conversation m|k is being sent now" in why_not
+        assert (await row(store, first.id)).ticket_id is None
+        await store.record(result(second.id, "pending", http_status=503, classification="retry",
+                                  next_attempt_at_ms=0))
+        assert await store.set_ticket(first.id, self._given(first.id)) is None
+        (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert nxt.id == second.id and (nxt.ticket or {}).get("id") == "T-1"
+
+    async def test_set_ticket_refuses_what_is_no_ticketless_create(self, store: Store) -> None:
+        """set_ticket takes only a succeeded create that names no ticket: a pending or dead delivery (mark-succeeded's),
+        one with a ticket, a follow-up, a create of a round the conversation has restarted since, or one again after
+        it was given a ticket are refused, each saying why; an unknown id raises NotFound."""
+        _, (pending,) = await accept_one(store, make_delivery(destination="other"))
+        assert "it is pending, not succeeded" in (await store.set_ticket(pending, self._given(pending)) or "")
+        _, dead = await settled_event(store, "dead")
+        assert "it is dead, not succeeded" in (await store.set_ticket(dead, self._given(dead)) or "")
+        _, done = await settled_event(store, "succeeded")
+        assert "not one to name a ticket" in (await store.set_ticket(done, self._given(done)) or "")
+        first, second = await self._ticketless_create(store)
+        assert await store.set_ticket(first.id, self._given(first.id)) is None
+        assert "has ticket 'T-1' already" in (await store.set_ticket(first.id, self._given(first.id, "T-9")) or "")
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded"), role="follow_up"))
+        assert "it is a follow-up" in (await store.set_ticket(second.id, self._given(second.id)) or "")
+        with pytest.raises(NotFound):
+            await store.set_ticket("dlv_none", self._given("dlv_none"))
+
+    async def test_set_ticket_refuses_a_create_of_an_earlier_round(self, store: Store) -> None:
+        """A create answered without a ticket id whose conversation an operator reset since (or a quiet period
+        restarted) is refused: its ticket is not the conversation's now."""
+        first, _ = await self._ticketless_create(store)
+        tick()
+        assert len(await store.reset_conversation("k")) == 1
+        why_not = await store.set_ticket(first.id, self._given(first.id))
+        assert why_not is not None and "its conversation m|k started again after it" in why_not
+        (conv,) = await store.get_conversations("k")
+        assert conv.conversation.ticket_id is None
+
+    async def test_set_ticket_gives_a_delivery_outside_conversations_its_ticket(self, store: Store) -> None:
+        """A delivery outside any conversation whose answer named no ticket takes the ticket given; nothing else."""
+        d = make_delivery()
+        await accept_one(store, d)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(d.id, "succeeded"), ticket_missing=True))
+        assert await store.set_ticket(d.id, self._given(d.id, ticket_key=None)) is None
+        r = await row(store, d.id)
+        assert (r.ticket_id, r.ticket_key, r.ticket_missing) == ("T-1", None, False)
+
+    async def test_set_ticket_keeps_the_key_and_uuid_an_answer_gave_beside_a_dropped_id(self, store: Store) -> None:
+        """A create whose answer's id was dropped but whose key and uuid were kept keeps them when the operator gives
+        only the id, and its conversation takes all three; a key given replaces the one kept."""
+        first = make_delivery(conversation="m|k", conversation_key="k")
+        await accept_one(store, first)
+        await store.claim("kapture-support", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded"), role="create", ticket_missing=True,
+                                                   ticket_key="K-0", ticket_uuid="U-0"))
+        assert await store.set_ticket(first.id, self._given(first.id, ticket_key=None)) is None
+        r = await row(store, first.id)
+        assert (r.ticket_id, r.ticket_key, r.ticket_uuid) == ("T-1", "K-0", "U-0")
+        (conv,) = await store.get_conversations("k")
+        c = conv.conversation
+        assert (c.ticket_id, c.ticket_key, c.ticket_uuid) == ("T-1", "K-0", "U-0")
+        second = make_delivery(destination="other")
+        await accept_one(store, second)
+        await store.claim("other", 10, "w", 30)
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded"), ticket_missing=True,
+                                                   ticket_key="K-0"))
+        assert await store.set_ticket(second.id, self._given(second.id, ticket_key="K-9")) is None
+        assert (await row(store, second.id)).ticket_key == "K-9"

@@ -718,3 +718,84 @@ async def test_a_replay_a_deadlock_rolled_back_is_run_again_whole(store: Postgre
         assert {(await row(store, i)).status for i in (older, newer)} == {"pending"}
     finally:
         await conn.close()
+
+
+async def _ticketless(store: PostgresStore, n: int) -> tuple[str, str, str]:
+    """Round `n`'s conversation (of a destination of its own): its create succeeded naming no ticket, its next message
+    pending. (create id, next id, destination)"""
+    dest = f"dest{n}"
+    first, second = (make_delivery(destination=dest, conversation=f"m|k{n}", conversation_key=f"k{n}")
+                     for _ in range(2))
+    await accept_one(store, first)
+    await accept_one(store, second)
+    await store.claim(dest, 10, "w", 30)
+    await store.record(msgspec.structs.replace(result(first.id, "succeeded"), role="create", ticket_missing=True),
+                       owner="w")
+    return first.id, second.id, dest
+
+
+def _given(delivery_id: str) -> Any:
+    return result(delivery_id, "succeeded", http_status=None, classification="marked", error="set by ops",
+                  ticket_id="T-1")
+
+
+async def test_set_ticket_counts_a_message_being_claimed_as_busy_without_waiting(
+        pg_store: PostgresStore, pg_schema: str) -> None:
+    """On PostgreSQL a message of the conversation locked by a claim in progress (another process's, not yet
+    committed) makes set_ticket refuse at once, naming it, rather than give the ticket that claim may be taking as a
+    create; once the claim is over, the ticket is given."""
+    first, second, _ = await _ticketless(pg_store, 1)
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        claim = conn.transaction()
+        await claim.start()
+        await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", second)
+        why_not = await asyncio.wait_for(pg_store.set_ticket(first, _given(first)), 10)
+        assert why_not is not None and f"delivery {second} of its conversation m|k1 is being sent now" in why_not
+        await claim.rollback()
+    finally:
+        await conn.close()
+    assert await pg_store.set_ticket(first, _given(first)) is None
+    assert (await row(pg_store, first)).ticket_id == "T-1"
+
+
+async def test_set_ticket_racing_another_process_claim_never_gives_a_create_in_flight_a_ticket(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Two processes: one gives a conversation's create its ticket while the other claims the conversation's next
+    message. Whichever goes first, the message is either claimed as a follow-up on the ticket given, or claimed as
+    a create and the ticket refused: never a create claimed while the conversation takes a ticket its record would
+    replace (two tickets, one lost)."""
+    a, b = two
+    outcomes = set()
+    for n in range(20):
+        first, second, dest = await _ticketless(a, n)
+        why_not, batch = await asyncio.gather(a.set_ticket(first, _given(first)), b.claim(dest, 10, "w2", 30))
+        claimed = {i.id: i for i in batch.items}
+        if why_not is None:
+            assert second not in claimed or (claimed[second].ticket or {}).get("id") == "T-1", n
+            outcomes.add("given")
+        else:
+            assert "is being sent now" in why_not, why_not
+            assert claimed[second].ticket is None
+            assert (await row(a, first)).ticket_id is None
+            outcomes.add("refused")
+    assert outcomes  # either order may win each round; each round's invariant is what matters
+
+
+async def test_set_ticket_racing_a_create_record_keeps_the_records_ticket(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """While the conversation's next message, claimed as a create, is recorded succeeded by another process, set_ticket
+    refuses (it is being sent, or the conversation has its ticket now), without a deadlock: the conversation keeps the
+    ticket its create made, and the ticketless create stays without one."""
+    a, b = two
+    for n in range(10):
+        first, second, dest = await _ticketless(a, n)
+        (item,) = (await b.claim(dest, 10, "w2", 30)).items
+        assert item.id == second and item.ticket is None
+        recorded = msgspec.structs.replace(result(second, "succeeded", ticket_id="T-2"), role="create")
+        why_not, _ = await asyncio.wait_for(asyncio.gather(
+            a.set_ticket(first, _given(first)), b.record(recorded, owner="w2", token=item.token)), 20)
+        assert why_not is not None and ("is being sent now" in why_not or "has ticket 'T-2' already" in why_not)
+        (conv,) = await a.get_conversations(f"k{n}")
+        assert conv.conversation.ticket_id == "T-2"
+        assert (await row(a, first)).ticket_id is None

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bridge.delivery import replay as replay_module
-from bridge.delivery.replay import replay_deliveries
+from bridge.delivery.replay import replay_deliveries, set_ticket
 from bridge.events import Event
 from bridge.store.base import NewDelivery
+from bridge.store.memory import MemoryStore
 from bridge.store.sqlite import SqliteStore
 from tests.integration.store.contract import result
 
@@ -129,3 +131,23 @@ async def test_a_delivery_another_replay_moved_first_is_refused_with_what_became
     moved, refused = await replay_deliveries(store, ["dlv_dead"], None, {}, destinations=["kapture"], dry_run=False,
                                              rerender_hint="--again")
     assert (moved, refused) == ([], {"dlv_dead": reason})
+
+
+async def test_set_ticket_records_who_and_why_and_audits_only_when_asked() -> None:
+    """set_ticket gives a create that named no ticket the operator's ticket, its attempt saying who and why, and
+    keeps an audit entry only with `audit`; a refusal says why and audits nothing."""
+    store = MemoryStore()
+    await store.open()
+    event = Event.new(source="partner", kind="json", channel="webhook", payload={"title": "t"})
+    await store.accept(event, [_delivery("dlv_a", {"title": "t"}, "pending")], 0)
+    await store.claim("kapture", 1, "w", 30)
+    await store.record(msgspec.structs.replace(result("dlv_a", "succeeded"), ticket_missing=True))
+    assert await set_ticket(store, "dlv_a", "T-1", ticket_key=None, by="cli:ops", note="found", audit=True) is None
+    detail = await store.get_delivery("dlv_a")
+    assert (detail.delivery.ticket_id, detail.attempts[-1].error) == ("T-1", "ticket T-1 set by cli:ops: found")
+    (entry,) = await store.list_audit()
+    assert (entry.action, entry.target, entry.actor, entry.detail) == (
+        "delivery.set_ticket", "dlv_a", "cli:ops", {"ticket_id": "T-1", "ticket_key": None, "note": "found"})
+    assert await set_ticket(store, "dlv_a", "T-2", ticket_key=None, by="cli:ops", audit=True) == (
+        "it has ticket 'T-1' already")
+    assert len(await store.list_audit()) == 1
