@@ -713,7 +713,11 @@ async def test_a_replay_a_deadlock_rolled_back_is_run_again_whole(store: Postgre
             await waiting_behind(conn, 1, replay)  # run again, it waits for both
             await tx.commit()
             assert sorted(await replay) == sorted([newer, older])
-        assert [e.get("write") for e in logs if e["event"] == "store.deadlock_retried"] == ["replay"]
+        # Once the first run is rolled back, its next run and this session race for the older row (a row lock is
+        # taken by looking at the row again, not granted in turn): when the next run takes it first, they deadlock
+        # once more, and the run after it goes through.
+        retried = [e.get("write") for e in logs if e["event"] == "store.deadlock_retried"]
+        assert retried in (["replay"], ["replay", "replay"]), retried
         assert store.problem() is None
         assert {(await row(store, i)).status for i in (older, newer)} == {"pending"}
     finally:
