@@ -168,7 +168,7 @@ _DEDUP_SEEN = ("SELECT d.source, d.key, d.event_id FROM dedup_keys d "
                "JOIN unnest($1::text[], $2::text[]) AS u (source, key) ON d.source = u.source AND d.key = u.key")
 _EVENT_COLUMNS = ("u.id, u.source, u.kind, u.channel, u.received_at, u.dedup_key, u.spam, "
                   f"{joined_pieces('u.data', 'u.id')}, u.routed")
-"""What the statements insert into events from the unnested arrays (aliased `u`, EVENT_ALIASES): the data as
+"""What the statements insert into events from the unnested arrays (aliased `u`, _EVENT_ALIASES): the data as
 sent, or joined from its staged pieces (pg_pieces)."""
 _EVENT_ALIASES = "AS u (id, source, kind, channel, received_at, dedup_key, spam, data, routed)"
 _DELIVERY_COLUMNS = ("u.id, u.event_id, u.source, u.mapping, u.mapping_version, u.destination, u.action, u.status, "
