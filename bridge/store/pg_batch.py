@@ -39,6 +39,7 @@ from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.escaping import NUL_MARK, legacy_nul
 from bridge.events import Event
 from bridge.store.base import AcceptResult, NewDelivery, Nonce
+from bridge.store.pg_pieces import SEND_AT_ONCE_BYTES, STAGED, joined_pieces
 from bridge.store.pieces import json_in_pieces
 from bridge.store.rows import (
     GROUP_BYTES,
@@ -165,11 +166,24 @@ _DEDUP = ("INSERT INTO dedup_keys AS d SELECT * FROM unnest($1::text[], $2::text
           "WHERE d.expires_at <= $5 RETURNING source, key")
 _DEDUP_SEEN = ("SELECT d.source, d.key, d.event_id FROM dedup_keys d "
                "JOIN unnest($1::text[], $2::text[]) AS u (source, key) ON d.source = u.source AND d.key = u.key")
-_EVENTS = ("INSERT INTO events SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
-           "$6::text[], $7::boolean[], $8::bytea[], $9::int[])")
-_DELIVERIES = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT * FROM unnest("  # noqa: S608 - constants
+_EVENT_COLUMNS = ("u.id, u.source, u.kind, u.channel, u.received_at, u.dedup_key, u.spam, "
+                  f"{joined_pieces('u.data', 'u.id')}, u.routed")
+"""What the statements insert into events from the unnested arrays (aliased `u`, _EVENT_ALIASES): the data as
+sent, or joined from its staged pieces (pg_pieces)."""
+_EVENT_ALIASES = "AS u (id, source, kind, channel, received_at, dedup_key, spam, data, routed)"
+_DELIVERY_COLUMNS = ("u.id, u.event_id, u.source, u.mapping, u.mapping_version, u.destination, u.action, u.status, "
+                     f"{joined_pieces('u.body', 'u.id')}, u.options, u.next_attempt_at, u.created_at, u.updated_at, "
+                     "u.last_error, u.conversation")
+"""What the statements insert into deliveries (NEW_DELIVERY_COLUMNS) from the unnested arrays (aliased `u`,
+_DELIVERY_ALIASES): the body as sent, or joined from its staged pieces (pg_pieces)."""
+_DELIVERY_ALIASES = ("AS u (id, event_id, source, mapping, mapping_version, destination, action, status, body, "
+                     "options, next_attempt_at, created_at, updated_at, last_error, conversation)")
+_EVENTS = (f"INSERT INTO events SELECT {_EVENT_COLUMNS} FROM unnest($1::text[], $2::text[], $3::text[], "  # noqa: S608 - constants
+           f"$4::text[], $5::bigint[], $6::text[], $7::boolean[], $8::bytea[], $9::int[]) {_EVENT_ALIASES}")
+_DELIVERIES = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} FROM unnest("  # noqa: S608 - constants
                "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
-               "$9::bytea[], $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[])")
+               "$9::bytea[], $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::text[]) "
+               f"{_DELIVERY_ALIASES}")
 
 
 def _conversations(first: int, where: str = "") -> str:
@@ -222,15 +236,14 @@ _GROUP = (
     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) "
     "ON CONFLICT (source, key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at "
     "WHERE d.expires_at <= $5 RETURNING event_id), "
-    "e AS (INSERT INTO events SELECT u.* FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], "
-    "$11::text[], $12::boolean[], $13::bytea[], $14::int[]) AS u (id, source, kind, channel, received_at, dedup_key, "
-    "spam, data, routed) WHERE u.dedup_key IS NULL OR u.id IN (SELECT event_id FROM k) RETURNING id), "
+    f"e AS (INSERT INTO events SELECT {_EVENT_COLUMNS} FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], "
+    f"$10::bigint[], $11::text[], $12::boolean[], $13::bytea[], $14::int[]) {_EVENT_ALIASES} "
+    "WHERE u.dedup_key IS NULL OR u.id IN (SELECT event_id FROM k) RETURNING id), "
     f"c AS ({_conversations(31, 'WHERE u.event_id IN (SELECT id FROM e)')} RETURNING 1), "
-    f"n AS (INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT u.* FROM unnest($15::text[], $16::text[], "
-    "$17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bytea[], $24::bytea[], "
-    "$25::bigint[], $26::bigint[], $27::bigint[], $28::text[], $29::text[]) AS u (id, event_id, source, mapping, "
-    "mapping_version, destination, action, status, body, options, next_attempt_at, created_at, updated_at, "
-    "last_error, conversation) WHERE u.event_id IN (SELECT id FROM e) AND (SELECT count(*) FROM c) >= 0 "
+    f"n AS (INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} FROM unnest($15::text[], "
+    "$16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bytea[], "
+    "$24::bytea[], $25::bigint[], $26::bigint[], $27::bigint[], $28::text[], $29::text[]) "
+    f"{_DELIVERY_ALIASES} WHERE u.event_id IN (SELECT id FROM e) AND (SELECT count(*) FROM c) >= 0 "
     "RETURNING destination, status) "
     "SELECT ARRAY(SELECT id FROM e) FROM (SELECT count(pg_notify($30, w.destination)) "
     "FROM (SELECT DISTINCT destination FROM n WHERE status = 'pending') AS w) AS notified")
@@ -299,6 +312,21 @@ class PendingAccept:
 
     def stored(self) -> AcceptResult:
         return AcceptResult(event_id=self.event.id, duplicate=False, deliveries=len(self.rows))
+
+    def take_large(self) -> list[tuple[str, bytes]]:
+        """This accept's values longer than SEND_AT_ONCE_BYTES (its event's data, its deliveries' bodies), taken out
+        of it, STAGED left in their place: (the event's or delivery's id, the value), for pg_pieces.stage to send a
+        piece at a time before the accept's statement, which joins them back. `size` is left as it was: the group
+        still closes on what the accept writes."""
+        taken = []
+        if len(self.data) > SEND_AT_ONCE_BYTES:
+            taken.append((self.event.id, self.data))
+            self.data = STAGED
+        for n, row in enumerate(self.rows):
+            if (body := row[8]) is not None and len(body) > SEND_AT_ONCE_BYTES:
+                taken.append((row[0], body))
+                self.rows[n] = (*row[:8], STAGED, *row[9:])
+        return taken
 
 
 def heavy_accept(event: Event, deliveries: list[NewDelivery], dedup_window_s: float, nonce: Nonce | None,
@@ -608,6 +636,14 @@ async def _in_savepoint(conn: Any, item: PendingAccept, channel: str, sweep_due:
         return failed
 
 
+_EVENT = ("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, "  # noqa: S608 - constants only
+          f"{joined_pieces('$8::bytea', '$1::text')}, $9)")
+_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "  # noqa: S608 - constants
+             f"{joined_pieces('$9::bytea', '$1::text')}, $10, $11, $12, $13, $14, $15)")
+"""One accept's event and deliveries (accept_one), a staged value joined from its pieces as the group's statements
+join it."""
+
+
 async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Callable[[], bool]) -> AcceptResult:
     """The statements of one accept, in the open transaction; raises _Replayed when its nonce is taken."""
     event = item.event
@@ -627,9 +663,8 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
         await _claim_nonce(conn, event.source, item.nonce, item.created)
         if sweep_due():
             await _sweep_nonces(conn, item.created)
-    await conn.execute("INSERT INTO events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", event.id, event.source,
-                       event.kind, event.channel, item.received, event.dedup_key, event.spam, item.data,
-                       len(item.rows))
+    await conn.execute(_EVENT, event.id, event.source, event.kind, event.channel, item.received, event.dedup_key,
+                       event.spam, item.data, len(item.rows))
     threads, checked, rows = item.threads, item.checked, item.rows
     if item.legacy:
         threads, checked, rows = await _in_legacy_conversations(conn, item)
@@ -643,8 +678,7 @@ async def accept_one(conn: Any, item: PendingAccept, channel: str, sweep_due: Ca
         if moved:
             rows = [(*row[:-1], moved[row[0]]) if row[0] in moved else row for row in rows]
     if rows:
-        await conn.executemany(f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)", rows)
+        await conn.executemany(_DELIVERY, rows)
     if item.wake:
         await conn.execute(_NOTIFY, channel, item.wake)
     return item.stored()

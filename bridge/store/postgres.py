@@ -72,9 +72,10 @@ from bridge.store.pg_batch import (
     warm_connection,
 )
 from bridge.store.pg_coordination import PgCoordination
+from bridge.store.pg_pieces import READ_HEAD, read_pieces, stage, unstage
 from bridge.store.pg_record import Outcome as RecordOutcome
 from bridge.store.pg_record import PendingRecord, RecordBatcher, record_group, warm_records
-from bridge.store.pieces import DECODE_AT_ONCE_BYTES, decode_in_pieces
+from bridge.store.pieces import DECODE_AT_ONCE_BYTES, decode_in_pieces, joined
 from bridge.store.rows import (
     ATTEMPT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -471,8 +472,46 @@ class PostgresStore(Store):
         if weight > self.large_accept_bytes:
             loop = asyncio.get_running_loop()
             pending = await offload.in_parser(heavy_accept, event, deliveries, dedup_window_s, nonce, loop)
-            return await self.batcher.submit(pending)
+            return await self._heavy(pending)
         return await self.batcher.submit(PendingAccept(event, deliveries, dedup_window_s, nonce))
+
+    async def _heavy(self, pending: PendingAccept) -> AcceptResult:
+        """A heavy accept's values longer than pg_pieces.SEND_AT_ONCE_BYTES are staged a piece at a time (a turn of
+        the loop each) before it joins a group, whose statement joins them back: bound to it whole, the driver
+        copied and sent 60 MiB in one turn of the loop, holding it 125-165 ms. Their pieces are deleted once it is
+        answered; not when its caller was cancelled meanwhile, since its group may still read them (a later heavy
+        accept deletes them)."""
+        large = pending.take_large()
+        if not large:
+            return await self.batcher.submit(pending)
+
+        async def send(conn: Any) -> None:
+            await stage(conn, large)
+
+        await self._run(send, autocommit=True)
+        large.clear()  # the values are in the server: not kept while the accept waits for its group
+        owners = [pending.event.id, *(row[0] for row in pending.rows)]
+        try:
+            result = await self.batcher.submit(pending)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await self._unstage(owners)
+            raise
+        await self._unstage(owners)
+        return result
+
+    async def _unstage(self, owners: list[str]) -> None:
+        """Delete the pieces `owners` staged; a failure is logged (a later heavy accept deletes them), not raised:
+        the accept's own outcome stands."""
+        async def delete(conn: Any) -> None:
+            await unstage(conn, owners)
+
+        try:
+            await self._run(delete, transaction=False)
+        except StoreUnavailable as exc:
+            log.warning("store.pieces_left", owners=len(owners), error=str(exc),
+                        note="a heavy accept's staged pieces were not deleted: a later heavy accept deletes them")
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -692,18 +731,23 @@ class PostgresStore(Store):
         return await self._run(op)
 
     async def get_event(self, event_id: str) -> Event:
-        """A large event (a large mail's, read back for each of its thread's follow-ups) is decoded in the parser
-        thread, a long string a piece at a time (pieces.decode_in_pieces): at once on the loop, 60 MiB held it
-        65 ms. A small one is decoded here."""
-        async def op(conn: Any) -> bytes:
-            data: bytes | None = await conn.fetchval("SELECT data FROM events WHERE id = $1", event_id)
-            if data is None:
+        """A large event (a large mail's, read back for each of its thread's follow-ups) is read as rows of a piece
+        each (pg_pieces.read_pieces: read as one value, the driver put 60 MiB together and decoded it in one turn of
+        the loop, 50-80 ms), then joined and decoded in the parser thread, a long string a piece at a time
+        (pieces.decode_in_pieces: at once on the loop, 60 MiB held it 65 ms). A small one is read in one round trip
+        and decoded here."""
+        async def op(conn: Any) -> bytes | list[bytes]:
+            row = await conn.fetchrow(READ_HEAD, event_id, DECODE_AT_ONCE_BYTES)
+            if row is not None and row[0] is not None:
+                return row[0]  # type: ignore[no-any-return]
+            pieces = None if row is None else await read_pieces(conn, event_id)
+            if pieces is None:
                 raise NotFound(f"no event {named(event_id)}")
-            return data
+            return pieces
 
         data = await self._run(op, transaction=False)
-        if len(data) > DECODE_AT_ONCE_BYTES:
-            return await offload.in_parser(decode_in_pieces, data, decode_event)
+        if isinstance(data, list):
+            return await offload.in_parser(_decoded_pieces, data)
         return decode_event(data)
 
     async def replay(
@@ -1063,6 +1107,12 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
+
+
+def _decoded_pieces(pieces: list[bytes]) -> Event:
+    """The event whose data `pieces` hold (pg_pieces.read_pieces), joined without the GIL held and decoded a long
+    string at a time: in the parser thread."""
+    return decode_in_pieces(joined(pieces), decode_event)
 
 
 async def _trim_attempts(conn: Any, cutoff_ms: int, limit: int, after: tuple[int, str, int] | None,

@@ -4,14 +4,9 @@ on a worker thread, so that no step of storing it holds the event loop, which an
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import gc
 import io
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -19,6 +14,7 @@ import pytest
 from bridge.store import sqlite as sqlite_store
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.providers import basic, compact, load
+from tests.loop_cpu import LoopCpu
 
 PASSWORD = "postmark-pw"
 CONFIG = """
@@ -43,44 +39,6 @@ MAPPINGS = {"email": """
 TEXT_BYTES = 6 * 1024 * 1024
 """About 24 MiB stored (the text three times in the event, once in the body)."""
 MAX_CALLBACK_CPU_MS = 20.0
-
-
-class LoopCpu:
-    """The CPU time (`time.thread_time`) of the longest callback the event loop runs while `measuring`: how long the
-    loop's own work held it without a turn for anyone else, whatever else the machine runs. (A ticker's lateness, in
-    wall time, would count the machine's other work too, and the worker threads' long calls into C, which hold the
-    GIL: the parser's JSON decode of the body, the encoding of the event's rows.)"""
-
-    def __init__(self) -> None:
-        self.longest_ms = 0.0
-        self.longest_what = ""
-        self.thread = threading.get_ident()
-
-    @contextmanager
-    def measuring(self) -> Iterator[LoopCpu]:
-        run = asyncio.events.Handle._run
-        meter = self
-
-        def timed(handle: asyncio.events.Handle) -> None:
-            start = time.thread_time()
-            try:
-                run(handle)
-            finally:
-                spent = (time.thread_time() - start) * 1000
-                if spent > meter.longest_ms:
-                    meter.longest_ms, meter.longest_what = spent, repr(handle)[:300]
-
-        # A full collection of the cyclic garbage collector, which may fall in any callback, is no part of it.
-        collecting = gc.isenabled()
-        gc.collect()
-        gc.disable()
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
-        try:
-            yield self
-        finally:
-            asyncio.events.Handle._run = run  # type: ignore[method-assign]
-            if collecting:
-                gc.enable()
 
 
 def inserting_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -1,0 +1,85 @@
+"""A heavy accept's large values sent to PostgreSQL a piece at a time, and a large event read back a piece at a time.
+
+asyncpg does all its work on the event loop: it copies a parameter into its message buffer and hands the whole
+message to the transport in one call, and it puts a row's column together and decodes it in the callback that reads
+the row's last bytes. A large mail's 60 MiB event so held the loop 125-165 ms when accepted and 50-80 ms when read
+back, while every other request waited. Here no turn of the loop handles more than a piece of such a value:
+
+- `stage` copies each value of an accept longer than SEND_AT_ONCE_BYTES (COPY, binary) into the table accept_pieces
+  (migration 0027), PIECE_SEND_BYTES a row, the loop getting a turn between two rows; the accept then binds STAGED
+  (an empty value, which no encoded event or body is) in its place, and its statement joins the pieces back in the
+  server (`joined_pieces`). The pieces are committed before the accept's group runs, so every run of it (a group
+  written again accept by accept, or after a deadlock) finds them; `unstage` deletes them once the accept is
+  answered, and what a process that stopped meanwhile left behind is deleted by a later `stage` (STAGED_KEEP_MS).
+- `read_pieces` reads a value longer than DECODE_AT_ONCE_BYTES as rows of PIECE_READ_BYTES, cut from it in the server
+  once it is decompressed whole (a substring of a compressed value decompresses it from its start: cut from the
+  column, 60 MiB in 256 KiB pieces took 16 s of the server's time); the caller joins them off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from bridge.store.pieces import PIECE_READ_BYTES
+from bridge.store.rows import now_ms
+
+SEND_AT_ONCE_BYTES = 1 << 20
+"""A value of an accept up to this long is bound to its statement as it is (the driver copies it, about 0.1-0.3 ms
+a MiB, on the loop); a longer one is staged in pieces."""
+PIECE_SEND_BYTES = 256 * 1024
+"""How much of a staged value one row of accept_pieces holds: what the driver copies in one turn of the loop."""
+STAGED = b""
+"""What an accept binds in place of a staged value: its statement joins the pieces (`joined_pieces`) instead."""
+STAGED_KEEP_MS = 3_600_000
+"""Pieces older than this are left over by a process that stopped before it deleted them: a later `stage` deletes
+them. Far longer than any accept waits for its group."""
+_STAGE_COLUMNS = ("owner", "n", "staged_at", "data")
+_SWEEP = "DELETE FROM accept_pieces WHERE staged_at < $1"
+_UNSTAGE = "DELETE FROM accept_pieces WHERE owner = ANY($1::text[])"
+READ_HEAD = "SELECT CASE WHEN octet_length(data) <= $2 THEN data END FROM events WHERE id = $1"
+"""An event's data when it is at most $2 bytes long, else NULL (and no row when there is no such event): one round
+trip for an ordinary event."""
+READ_PIECES = ("SELECT s, substring(e.d FROM s FOR $2) FROM (SELECT data || ''::bytea AS d FROM events WHERE id = $1 "
+               "OFFSET 0) AS e CROSS JOIN LATERAL generate_series(1, octet_length(e.d), $2) AS s")
+"""An event's data as rows of $2 bytes (its place, from 1, and the piece). The concatenation detoasts the value once
+(OFFSET 0 keeps the subquery, so it is computed once, not for each piece)."""
+
+
+def joined_pieces(value: str, owner: str) -> str:
+    """SQL for the value a statement writes: `value` (a bytea expression) itself, or, when it is STAGED, the pieces
+    `owner` (the event's or delivery's id) staged, joined. A NULL value (a delivery without a body) stays NULL."""
+    return (f"CASE WHEN {value} = ''::bytea THEN (SELECT string_agg(p.data, ''::bytea ORDER BY p.n) "  # noqa: S608 - the caller's SQL
+            f"FROM accept_pieces AS p WHERE p.owner = {owner}) ELSE {value} END")
+
+
+async def stage(conn: Any, values: Sequence[tuple[str, bytes]]) -> None:
+    """Copy `values` ((owner, value)) into accept_pieces, PIECE_SEND_BYTES a row, each committed with the COPY; first
+    delete what was left there longer than STAGED_KEEP_MS ago."""
+    now = now_ms()
+    await conn.execute(_SWEEP, now - STAGED_KEEP_MS)
+    await conn.copy_records_to_table("accept_pieces", records=_pieces(values, now), columns=_STAGE_COLUMNS)
+
+
+async def _pieces(values: Sequence[tuple[str, bytes]], now: int) -> AsyncIterator[tuple[str, int, int, memoryview]]:
+    """The rows of `values`' pieces, the loop given a turn before each: the driver encodes and writes the rows it is
+    given without one, as long as the connection takes them."""
+    for owner, value in values:
+        whole = memoryview(value)
+        for n, start in enumerate(range(0, len(value), PIECE_SEND_BYTES)):
+            await asyncio.sleep(0)
+            yield owner, n, now, whole[start:start + PIECE_SEND_BYTES]
+
+
+async def unstage(conn: Any, owners: Sequence[str]) -> None:
+    """Delete the pieces `owners` staged."""
+    await conn.execute(_UNSTAGE, list(owners))
+
+
+async def read_pieces(conn: Any, event_id: str) -> list[bytes] | None:
+    """An event's data as pieces of PIECE_READ_BYTES, in order; None when there is no such event."""
+    rows = await conn.fetch(READ_PIECES, event_id, PIECE_READ_BYTES)
+    if not rows:
+        return None
+    return [r[1] for r in sorted(rows, key=lambda r: r[0])]
