@@ -7,7 +7,7 @@ it), with the same config and mapping (this checkout's test_delivery_bench confi
 (A B, B A, …), each round `wrk -t1 -c32` for SECONDS, and prints each round's rate and CPU time per request (per
 delivered event end to end) and the medians, with B's rate and CPU ratios to A's.
 
-Usage: python -m tests.bench.compare_trees TREE_A TREE_B [--mode e2e|intake] [--rounds N] [--seconds S]
+Usage: python -m tests.bench.compare_trees TREE_A TREE_B [--mode e2e|intake] [--rounds N] [--seconds S] [--postgres]
 
 `e2e`: both servers deliver to one stand-in vendor (tests/bench/standin_vendor.py, a process of its own); a round
 lasts until the vendor has every event wrk's requests were answered for, and its rate is delivered events a second.
@@ -18,6 +18,7 @@ must read this checkout's config (a much older one may not). Nothing here is par
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
@@ -26,12 +27,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.bench.harness import CONNECTIONS, FORM, HERE, free_port, run_wrk, spawn, stop, wait_port
+from tests.bench.harness import CONNECTIONS, FORM, HERE, free_port, pg_events, run_wrk, spawn, stop, wait_port
 from tests.bench.harness import cpu_seconds as process_cpu
 from tests.bench.test_delivery_bench import config as bench_config
 from tests.bench.test_speed_table_bench import PATH, vendor_unique
+from tests.integration.processes import DSN
 
 DELIVERY_DEADLINE_S = 120
+SQLITE_URL = "sqlite:///var/bridge.db"
 
 
 @dataclass
@@ -43,10 +46,14 @@ class Tree:
     cpu_us: list[float] = field(default_factory=list)
 
 
-def start(tree: Tree, folder: Path, vendor_port: int) -> None:
-    """tree's `serve` from `folder`, on a free port, with the bench config (deliveries to `vendor_port`)."""
+def start(tree: Tree, folder: Path, vendor_port: int, store: str | None) -> None:
+    """tree's `serve` from `folder`, on a free port, with the bench config (deliveries to `vendor_port`), its store
+    `store` when given (else the config's SQLite file)."""
     folder.mkdir(parents=True)
     text = bench_config(folder, 0, vendor_port).read_text()
+    if store is not None:
+        assert SQLITE_URL in text
+        text = text.replace(SQLITE_URL, store)
     tree.port = free_port()
     (folder / "bridge.yaml").write_text(text.replace("port: 0", f"port: {tree.port}"))
     proc = spawn(["-m", "bridge", "serve", "-c", "bridge.yaml"], folder, {**os.environ, "PYTHONPATH": str(tree.path)})
@@ -84,21 +91,30 @@ def main() -> None:
     parser.add_argument("--mode", choices=("e2e", "intake"), default="e2e")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--postgres", action="store_true",
+                        help="store in PostgreSQL (the test database), each checkout in a fresh schema of its own, "
+                             "dropped at the end")
     args = parser.parse_args()
     a, b = (Tree(path.resolve()) for path in args.trees)
     tmp = Path(tempfile.mkdtemp(prefix="compare-trees-"))
+    schemas: list[str] = []
     vendor_port = free_port()
     vendor = spawn([str(HERE / "standin_vendor.py"), str(vendor_port)], tmp) if args.mode == "e2e" else None
     try:
         if vendor is not None:
             wait_port(vendor_port, vendor)
-        start(a, tmp / "a", vendor_port)
-        start(b, tmp / "b", vendor_port)
+        for tree, name in ((a, "a"), (b, "b")):
+            schema = f"compare_{name}_{os.getpid()}"
+            if args.postgres:
+                schemas.append(schema)
+            start(tree, tmp / name, vendor_port, f"{DSN}?schema={schema}" if args.postgres else None)
         for n in range(args.rounds):
             for tree in ((a, b) if n % 2 == 0 else (b, a)):
                 print(one_round(tree, args.mode, vendor_port, args.seconds, tmp / "wrk"), flush=True)
     finally:
         stop(vendor, a.proc, b.proc)
+        for schema in schemas:
+            asyncio.run(pg_events(schema, drop=True))
     rate_ratios = [y / x for x, y in zip(a.rates, b.rates, strict=True)]
     cpu_ratios = [x / y for x, y in zip(a.cpu_us, b.cpu_us, strict=True)]
     for label, tree in (("A", a), ("B", b)):
