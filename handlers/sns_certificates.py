@@ -10,11 +10,16 @@ Retry-After at once (SNS sends it again). Only the SNS host of a source's topic'
 answers (a made-up region's, another partition's unreachable from here) to hold a turn for a whole timeout per
 URL it makes up.
 
-There is no budget of new URLs over time: anyone holding the topic's ARN (it is in every message) could spend
-it with a few messages naming made-up URLs, and every genuine message naming a certificate not yet kept (after a
-restart, or when SNS rotates its certificate) would then be refused until SNS stopped retrying. Without one, a
-sender causes at most one fetch per URL it names, of SNS's own shape (the URL check), to SNS's own hosts; to keep
-a genuine message from its fetch it must keep every turn taken, which takes a steady stream of new URLs."""
+New URLs are also bounded over time, on each host: a bucket of NEW_BURST fetches, refilled at NEW_PER_S a second,
+so a sender naming made-up names on the topic's host (each fetched once, then remembered with its 404) makes at
+most about one request a second to AWS, not one per message it posts; past it a request is answered 503 with
+Retry-After, as when the host is unavailable (SNS sends it again, 20 s later by default). The turns alone let
+such a stream through as fast as AWS answers, and AWS throttling this machine (429, 503) would stop every fetch
+from that host, genuine ones too. The bucket refills within seconds, so a burst of made-up names delays a genuine
+message naming a certificate not yet kept (after a start, or when SNS rotates it) by at most that refill, well
+inside SNS's retries; only a sender keeping up more than NEW_PER_S new names a second, for as long as it wants
+the genuine message refused, keeps the bucket empty, and it could keep the turns taken as well. A budget refilled
+over minutes would let a few messages refuse such a genuine message for minutes."""
 
 from __future__ import annotations
 
@@ -24,12 +29,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import structlog
 from cryptography import x509
 
 from bridge.errors import Rejected
+from handlers.base import Count, not_counted
 from handlers.sns import FETCH_TIMEOUT_S, Fetcher, FetchError
 
 log = structlog.get_logger("ticketbridge.handlers.sns")
@@ -50,8 +56,19 @@ host's (HOST_WIDE, no answer): less than the 20 s SNS waits between retries by d
 message fetches again."""
 HOST_WIDE = frozenset({429, 503})
 """Answers that speak for the host, whatever the URL: too many requests, unavailable (also how S3 says `SlowDown`)."""
+NEW_BURST = 4
+"""Fetches of URLs not kept a host allows at once, after a quiet while: SNS signs a region's messages with one
+certificate at a time (two while it rotates), so a start has each fetched at once."""
+NEW_PER_S = 1.0
+"""Fetches of URLs not kept a host allows a second, once its NEW_BURST are spent."""
+HOSTS = 64
+"""Hosts whose bucket is kept, the least recently asked forgotten first (a forgotten bucket is full again): a
+source asks only its topics' regions' hosts."""
 LOG_EVERY_S = 60.0
-"""A remembered failure is logged at most once per URL in this time, and refusals by the bound once in all."""
+"""A remembered failure is logged at most once per URL in this time, and refusals by each bound once in all."""
+
+Bound = Literal["busy", "rate"]
+"""Which bound refused a fetch: `busy`, the turns (AT_ONCE under way, WAITING waiting); `rate`, the host's bucket."""
 
 
 @dataclass
@@ -64,33 +81,45 @@ class _Failure:
     logged_at: float = -math.inf
 
 
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
 def _retrieved(fetch: asyncio.Future[x509.Certificate]) -> None:
     if not fetch.cancelled():
         fetch.exception()
 
 
 class CertificateCache:
-    """Signing certificates by URL, with the failures of recent fetches and the bound on new ones. Times come
-    from `clock` (monotonic seconds); `source` names the source in logs."""
+    """Signing certificates by URL, with the failures of recent fetches and the bounds on new ones. Times come
+    from `clock` (monotonic seconds); `source` names the source in logs; `count` counts fetches and refusals for
+    /metrics (`sns.certificate_fetched` by result, `sns.certificate_refused` by reason)."""
 
     def __init__(self, limit: int = CERTIFICATES, *, failures: int = FAILURES, at_once: int = AT_ONCE,
-                 waiting: int = WAITING, turn_timeout: float = FETCH_TIMEOUT_S,
-                 clock: Callable[[], float] = time.monotonic, source: str | None = None) -> None:
+                 waiting: int = WAITING, turn_timeout: float = FETCH_TIMEOUT_S, burst: int = NEW_BURST,
+                 per_s: float = NEW_PER_S, clock: Callable[[], float] = time.monotonic, source: str | None = None,
+                 count: Count = not_counted) -> None:
         self.limit = limit
         self.failures_limit = failures
         self.at_once = at_once
         self.waiting = waiting
         self.turn_timeout = turn_timeout
-        self._clock = clock
+        self.burst = burst
+        self.per_s = per_s
+        self.clock = clock
+        self.count = count
         self._source = source
         self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._proven: set[str] = set()
         self._failures: OrderedDict[str, _Failure] = OrderedDict()
         self._hosts_down: OrderedDict[str, _Failure] = OrderedDict()
         self._pending: dict[str, asyncio.Future[x509.Certificate]] = {}
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._turns: asyncio.Semaphore | None = None
-        self._refused = 0
-        self._refused_logged_at = -math.inf
+        self._refused: dict[Bound, int] = {"busy": 0, "rate": 0}
+        self._refused_logged_at: dict[Bound, float] = {"busy": -math.inf, "rate": -math.inf}
         self.fetches = 0
 
     async def get(self, url: str, fetch: Fetcher) -> x509.Certificate:
@@ -105,6 +134,7 @@ class CertificateCache:
             self._check_remembered(url, self._failures)
             self._check_remembered(_host(url), self._hosts_down, url)
             self._admit(url)
+            self._take(url)
             pending = asyncio.ensure_future(self._fetch(url, fetch))
             pending.add_done_callback(_retrieved)  # when every waiter went away, its failure is still taken
             self._pending[url] = pending
@@ -146,10 +176,11 @@ class CertificateCache:
         failure = failures.get(key)
         if failure is None:
             return
-        now = self._clock()
+        now = self.clock()
         if now >= failure.until:
             del failures[key]
             return
+        self.count("sns.certificate_refused", reason="remembered")
         failure.hits += 1
         if now - failure.logged_at >= LOG_EVERY_S:
             where = {"url": key} if url is None else {"url": url, "host": key}
@@ -165,15 +196,36 @@ class CertificateCache:
             return
         why = (f"{len(self._pending)} certificates are being fetched or waiting, at most {self.at_once} at once and "
                f"{self.waiting} waiting")
-        self._refuse(url, why, math.ceil(self.turn_timeout))
+        self._refuse(url, "busy", why, math.ceil(self.turn_timeout))
 
-    def _refuse(self, url: str, why: str, wait: int) -> NoReturn:
-        self._refused += 1
-        now = self._clock()
-        if now - self._refused_logged_at >= LOG_EVERY_S:
-            log.warning("sns.certificate_fetch_refused", source=self._source, url=url, reason=why,
-                        refused=self._refused)
-            self._refused, self._refused_logged_at = 0, now
+    def _take(self, url: str) -> None:
+        """Take one of the fetches `url`'s host allows now (NEW_BURST, refilled at NEW_PER_S a second), or raise
+        Rejected(503) with Retry-After when none is left; never waits itself."""
+        host, now = _host(url), self.clock()
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            bucket = self._buckets[host] = _Bucket(self.burst, now)
+            while len(self._buckets) > HOSTS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(host)
+            bucket.tokens = min(self.burst, bucket.tokens + max(0.0, now - bucket.at) * self.per_s)
+            bucket.at = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return
+        why = (f"{host} is asked for at most {self.burst} certificates not yet kept at once, then {self.per_s:g} a "
+               "second, and none is left now")
+        self._refuse(url, "rate", why, max(1, math.ceil((1 - bucket.tokens) / self.per_s)))
+
+    def _refuse(self, url: str, bound: Bound, why: str, wait: int) -> NoReturn:
+        self.count("sns.certificate_refused", reason=bound)
+        self._refused[bound] += 1
+        now = self.clock()
+        if now - self._refused_logged_at[bound] >= LOG_EVERY_S:
+            log.warning("sns.certificate_fetch_refused", source=self._source, url=url, bound=bound, reason=why,
+                        refused=self._refused[bound])
+            self._refused[bound], self._refused_logged_at[bound] = 0, now
         raise Rejected(503, f"the signing certificate was not fetched: {why}; try again in {wait}s",
                        check="certificate", retry_after=wait)
 
@@ -187,7 +239,7 @@ class CertificateCache:
                 await self._turns.acquire()
         except TimeoutError:
             why = f"no turn to fetch it came within {self.turn_timeout:g}s ({self.at_once} at once)"
-            self._refuse(url, why, math.ceil(self.turn_timeout))
+            self._refuse(url, "busy", why, math.ceil(self.turn_timeout))
         return self._turns
 
     async def _load(self, url: str, fetch: Fetcher) -> x509.Certificate:
@@ -195,18 +247,22 @@ class CertificateCache:
         try:
             pem = await fetch(url)
         except FetchError as exc:
+            self.count("sns.certificate_fetched", result="failed")
             may_pass = exc.status is None or exc.status >= 500 or exc.status == 429
             raise self._failed(url, str(exc), may_pass, host_wide=exc.status is None or exc.status in HOST_WIDE) \
                 from None
         try:
-            return x509.load_pem_x509_certificate(pem)
+            cert = x509.load_pem_x509_certificate(pem)
         except ValueError:
+            self.count("sns.certificate_fetched", result="failed")
             raise self._failed(url, "the answer is not a PEM certificate", may_pass=False) from None
+        self.count("sns.certificate_fetched", result="ok")
+        return cert
 
     def _failed(self, url: str, reason: str, may_pass: bool, host_wide: bool = False) -> Rejected:
         """Remember a failed fetch (for its host too when `host_wide`: no answer, or one of HOST_WIDE), log it,
         and return the request's answer."""
-        now = self._clock()
+        now = self.clock()
         status, remembered = (503, UNAVAILABLE_FOR_S) if may_pass else (401, REFUSED_FOR_S)
         failure = _Failure(status, reason, now + remembered, logged_at=now)
         _remember(self._failures, url, failure, self.failures_limit)

@@ -1,5 +1,5 @@
-"""handlers/sns_certificates.py: certificates fetched once and kept, failed fetches remembered, and the bound
-on the fetches a sender can cause by naming certificate URLs."""
+"""handlers/sns_certificates.py: certificates fetched once and kept, failed fetches remembered, and the bounds
+on the fetches a sender can cause by naming certificate URLs (a few at once, a few a second per host)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from bridge.errors import Rejected
 from handlers.sns import FetchError
 from handlers.sns_certificates import (
     AT_ONCE,
+    HOSTS,
+    NEW_BURST,
+    NEW_PER_S,
     REFUSED_FOR_S,
     UNAVAILABLE_FOR_S,
     WAITING,
@@ -95,7 +98,7 @@ async def test_cache_is_bounded() -> None:
 async def test_a_certificate_that_verified_a_message_is_kept_first() -> None:
     """A certificate that verified a message stays while others (SNS publishes many, in every region, and a
     sender may name them) push each other out."""
-    fake, c = FakeSns(), cache(limit=2)
+    fake, c = FakeSns(), cache(limit=2, burst=10)
     await c.get(CERT_URL, fake)
     c.proven(CERT_URL)
     for i in range(5):
@@ -256,15 +259,101 @@ async def test_remembered_failures_are_bounded() -> None:
     assert fake.fetched == [url(0), url(1), url(2), url(0)]
 
 
-async def test_new_urls_have_no_budget_a_sender_can_spend() -> None:
-    """A sender naming forty made-up URLs in a row has each fetched once (and remembered): no budget over time is
-    spent by them, so a genuine message naming a certificate not yet kept has it fetched next."""
-    fake, c = FakeSns(status=404), cache()
-    answers = [await refused(c, url(i), fake) for i in range(40)]
-    assert {a.status for a in answers} == {401}
+class Counts:
+    """A `Count` that keeps what it was told: (name, labels) -> n."""
+
+    def __init__(self) -> None:
+        self.by: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+
+    def __call__(self, name: str, n: int = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        self.by[key] = self.by.get(key, 0) + n
+
+    def of(self, name: str, **labels: str) -> int:
+        return self.by.get((name, tuple(sorted(labels.items()))), 0)
+
+
+async def test_a_flood_of_made_up_names_costs_a_fetch_a_second() -> None:
+    """A sender naming a new made-up name in each of 1,000 requests a second, for ten seconds, on the topic's host
+    has NEW_BURST and then NEW_PER_S of them fetched a second (each a 404, remembered); the rest are answered 503
+    with Retry-After, nothing fetched. Before, each of the 10,000 was fetched."""
+    clock, counts = ManualClock(), Counts()
+    fake, c = FakeSns(status=404), cache(clock, count=counts)
+    answers = []
+    with capture_logs() as logs:
+        for second in range(10):
+            answers += [await refused(c, url(second * 1000 + i), fake) for i in range(1000)]
+            clock.now += 1
+    assert len(fake.fetched) == NEW_BURST + 9 * NEW_PER_S
+    assert sum(a.status == 401 for a in answers) == len(fake.fetched)
+    limited = [a for a in answers if a.status == 503]
+    assert len(limited) == 10_000 - len(fake.fetched)
+    assert {(a.check, a.retry_after) for a in limited} == {("certificate", 1)}
+    assert str(limited[0]) == (
+        "the signing certificate was not fetched: sns.us-east-1.amazonaws.com is asked for at most 4 certificates "
+        "not yet kept at once, then 1 a second, and none is left now; try again in 1s")
+    assert counts.of("sns.certificate_fetched", result="failed") == len(fake.fetched)
+    assert counts.of("sns.certificate_refused", reason="rate") == len(limited)
+    [logged] = [e for e in logs if e["event"] == "sns.certificate_fetch_refused"]  # once a minute at most
+    assert (logged["bound"], logged["url"], logged["refused"]) == ("rate", url(NEW_BURST), 1)
+    assert sum(e["event"] == "sns.certificate_fetch_failed" for e in logs) == len(fake.fetched)
+    assert len(c._failures) <= c.failures_limit
+
+
+async def test_a_genuine_certificate_is_fetched_once_the_flood_leaves_a_second() -> None:
+    """Right after a burst of made-up names has spent the host's bucket, a genuine message naming a certificate
+    not yet kept is answered 503 (SNS sends it again, 20 s later by default); a second later it is fetched."""
+    clock = ManualClock()
+    fake, c = FakeSns(status=404), cache(clock)
+    for i in range(50):
+        await refused(c, url(i), fake)
     fake.status = 200
+    waited = await refused(c, CERT_URL, fake)
+    assert (waited.status, waited.retry_after) == (503, 1)
+    clock.now += 1 / NEW_PER_S
     await c.get(CERT_URL, fake)
-    assert fake.fetched == [*(url(i) for i in range(40)), CERT_URL]
+    assert fake.fetched == [*(url(i) for i in range(NEW_BURST)), CERT_URL]
+
+
+async def test_the_bound_is_per_host_and_spares_kept_and_remembered_urls() -> None:
+    """With one host's bucket spent, another region's host still fetches; a kept certificate is answered, and a
+    remembered 404 is its 401, neither taking from the bucket; a URL already being fetched is shared."""
+    clock = ManualClock()
+    fake, c = FakeSns(), cache(clock, burst=2)
+    await c.get(CERT_URL, fake)
+    fake.status = 404
+    await refused(c, url(1), fake)
+    assert (await refused(c, url(2), fake)).status == 503
+    other_region = url(2).replace("us-east-1", "eu-west-1")
+    fake.status = 200
+    await c.get(other_region, fake)
+    for _ in range(5):
+        await c.get(CERT_URL, fake)
+        assert (await refused(c, url(1), fake)).status == 401
+    assert fake.fetched == [CERT_URL, url(1), other_region]
+
+
+async def test_a_fetch_refused_by_the_busy_bound_takes_nothing_from_the_bucket() -> None:
+    """A request refused because as many fetches are under way and waiting as allowed leaves the host's bucket as
+    it was: the next URL, once a turn is free, is fetched."""
+    held = Held()
+    c = cache(at_once=1, waiting=0, burst=2)
+    first = asyncio.create_task(c.get(url(0), held))
+    await eventually(lambda: held.started == [url(0)])
+    for i in range(1, 10):
+        assert (await refused(c, url(i), held)).status == 503
+    held.release.set()
+    await first
+    await c.get(url(1), held)
+    assert held.started == [url(0), url(1)]
+
+
+async def test_host_buckets_are_bounded() -> None:
+    """Only the HOSTS most recently asked hosts keep a bucket."""
+    fake, c = FakeSns(), cache()
+    for region in range(HOSTS + 10):
+        await c.get(url(region).replace("us-east-1", f"eu-west-{region}"), fake)
+    assert len(c._buckets) == HOSTS
 
 
 async def test_kept_and_remembered_urls_are_answered_whatever_is_under_way() -> None:
@@ -272,7 +361,7 @@ async def test_kept_and_remembered_urls_are_answered_whatever_is_under_way() -> 
     remembered failure is its 401."""
     held = Held()
     fake, started, release = held.sns, held.started, held.release
-    c = cache()
+    c = cache(burst=AT_ONCE + WAITING + 2)
     await c.get(CERT_URL, fake)
     fake.status = 404
     await refused(c, url(99), fake)
@@ -292,7 +381,7 @@ async def test_few_fetches_at_once_a_few_waiting_and_the_rest_refused_without_wa
     503 at once, not a wait; a request naming a URL being fetched shares that fetch."""
     held = Held()
     fake, started, release = held.sns, held.started, held.release
-    c = cache()
+    c = cache(burst=AT_ONCE + WAITING + 1)
     under_way = [asyncio.create_task(c.get(url(i), held)) for i in range(AT_ONCE + WAITING)]
     sharing = asyncio.create_task(c.get(url(0), held))
     await eventually(lambda: len(started) == AT_ONCE)
@@ -360,6 +449,7 @@ async def test_refusals_by_the_bound_are_logged_once_a_minute() -> None:
     refusals = [e for e in logs if e["event"] == "sns.certificate_fetch_refused"]
     assert [(e["url"], e["refused"]) for e in refusals] == [(url(1), 1), (url(99), 30)]
     assert refusals[0]["reason"] == "1 certificates are being fetched or waiting, at most 1 at once and 0 waiting"
+    assert {e["bound"] for e in refusals} == {"busy"}
     held.release.set()
     with pytest.raises(Rejected):
         await under_way
