@@ -17,9 +17,10 @@ Retry-After, as when the host is unavailable (SNS sends it again, 20 s later by 
 such a stream through as fast as AWS answers, and AWS throttling this machine (429, 503) would stop every fetch
 from that host, genuine ones too. The bucket refills within seconds, so a burst of made-up names delays a genuine
 message naming a certificate not yet kept (after a start, or when SNS rotates it) by at most that refill, well
-inside SNS's retries; only a sender keeping up more than NEW_PER_S new names a second, for as long as it wants
-the genuine message refused, keeps the bucket empty, and it could keep the turns taken as well. A budget refilled
-over minutes would let a few messages refuse such a genuine message for minutes."""
+inside SNS's retries. A sender keeping up more than NEW_PER_S new names a second keeps the bucket empty, and such
+a message refused, for as long as it keeps it up: a cheaper stream than keeping the turns taken (tens of names a
+second), the price of no longer sending AWS a request for each. A budget refilled over minutes would let a few
+messages refuse such a genuine message for minutes."""
 
 from __future__ import annotations
 
