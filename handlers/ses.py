@@ -167,7 +167,7 @@ class SesHandler(Handler):
         checked = signatures_checked(request)
         if checked:
             cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
-            cert = await self.certificates.get(cert_url, self.fetch)
+            cert = await self.certificates.get(cert_url, self.fetch, client=request.remote)
             verify_signature(self._signed(request, message), cert, datetime.fromtimestamp(self.clock(), UTC))
             self.certificates.proven(cert_url)
         kind = message.get("Type")

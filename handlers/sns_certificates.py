@@ -10,21 +10,24 @@ Retry-After at once (SNS sends it again). Only the SNS host of a source's topic'
 answers (a made-up region's, another partition's unreachable from here) to hold a turn for a whole timeout per
 URL it makes up.
 
-New URLs are also bounded over time, on each host: a bucket of NEW_BURST fetches, refilled at NEW_PER_S a second,
-so a sender naming made-up names on the topic's host (each fetched once, then remembered with its 404) makes at
-most about one request a second to AWS, not one per message it posts; past it a request is answered 503 with
-Retry-After, as when the host is unavailable (SNS sends it again, 20 s later by default). The turns alone let
-such a stream through as fast as AWS answers, and AWS throttling this machine (429, 503) would stop every fetch
-from that host, genuine ones too. The bucket refills within seconds, so a burst of made-up names delays a genuine
-message naming a certificate not yet kept (after a start, or when SNS rotates it) by at most that refill, well
-inside SNS's retries. A sender keeping up more than NEW_PER_S new names a second keeps the bucket empty, and such
-a message refused, for as long as it keeps it up: a cheaper stream than keeping the turns taken (tens of names a
-second), the price of no longer sending AWS a request for each. A budget refilled over minutes would let a few
-messages refuse such a genuine message for minutes."""
+New URLs are also bounded over time, for each client address (as the server sees it, `request.remote`; an IPv6
+address by its /64, which one subscriber holds whole): a bucket of NEW_BURST fetches, refilled at NEW_PER_S a
+second, so a sender naming made-up names on the topic's host (each fetched once, then remembered with its 404) from
+one address makes at most about one request a second to AWS, not one per message it posts; past it, its requests are
+answered 503 with Retry-After (SNS sends a genuine one again, 20 s later by default). The bucket is the address's,
+not the host's: a budget any sender could spend would let one address refuse, for as long as it kept it up, the
+genuine messages naming a certificate not yet kept (after a start, or when SNS rotates it), which come from AWS's
+own addresses, each with its own bucket. Many addresses at once (a botnet, or the many /64s of one IPv6 allocation)
+each have a bucket, and meet the turns only. Behind a reverse proxy every sender has the proxy's address (the server
+reads no forwarding header, which any client could write), so all share one bucket, and a flood through the proxy
+refuses the genuine messages coming through it as well. ADDRESSES buckets are kept, the least recently used
+forgotten first; a forgotten address starts again with a full bucket, which only lets through what a new address
+would have."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -58,18 +61,19 @@ message fetches again."""
 HOST_WIDE = frozenset({429, 503})
 """Answers that speak for the host, whatever the URL: too many requests, unavailable (also how S3 says `SlowDown`)."""
 NEW_BURST = 4
-"""Fetches of URLs not kept a host allows at once, after a quiet while: SNS signs a region's messages with one
-certificate at a time (two while it rotates), so a start has each fetched at once."""
+"""Fetches of URLs not kept that requests from one address may cause at once, after a quiet while: SNS signs a
+region's messages with one certificate at a time (two while it rotates), so a start has each fetched at once."""
 NEW_PER_S = 1.0
-"""Fetches of URLs not kept a host allows a second, once its NEW_BURST are spent."""
-HOSTS = 64
-"""Hosts whose bucket is kept, the least recently asked forgotten first (a forgotten bucket is full again): a
-source asks only its topics' regions' hosts."""
+"""Fetches of URLs not kept that requests from one address may cause a second, once its NEW_BURST are spent."""
+ADDRESSES = 4096
+"""Addresses whose bucket is kept (about 200 bytes each, under 1 MB in all), the least recently used forgotten
+first: a forgotten address has a full bucket again, as a new one would."""
 LOG_EVERY_S = 60.0
 """A remembered failure is logged at most once per URL in this time, and refusals by each bound once in all."""
 
 Bound = Literal["busy", "rate"]
-"""Which bound refused a fetch: `busy`, the turns (AT_ONCE under way, WAITING waiting); `rate`, the host's bucket."""
+"""Which bound refused a fetch: `busy`, the turns (AT_ONCE under way, WAITING waiting); `rate`, the bucket of the
+client's address."""
 
 
 @dataclass
@@ -82,7 +86,7 @@ class _Failure:
     logged_at: float = -math.inf
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     at: float
@@ -100,8 +104,8 @@ class CertificateCache:
 
     def __init__(self, limit: int = CERTIFICATES, *, failures: int = FAILURES, at_once: int = AT_ONCE,
                  waiting: int = WAITING, turn_timeout: float = FETCH_TIMEOUT_S, burst: int = NEW_BURST,
-                 per_s: float = NEW_PER_S, clock: Callable[[], float] = time.monotonic, source: str | None = None,
-                 count: Count = not_counted) -> None:
+                 per_s: float = NEW_PER_S, addresses: int = ADDRESSES, clock: Callable[[], float] = time.monotonic,
+                 source: str | None = None, count: Count = not_counted) -> None:
         self.limit = limit
         self.failures_limit = failures
         self.at_once = at_once
@@ -109,6 +113,7 @@ class CertificateCache:
         self.turn_timeout = turn_timeout
         self.burst = burst
         self.per_s = per_s
+        self.addresses = addresses
         self.clock = clock
         self.count = count
         self._source = source
@@ -123,9 +128,10 @@ class CertificateCache:
         self._refused_logged_at: dict[Bound, float] = {"busy": -math.inf, "rate": -math.inf}
         self.fetches = 0
 
-    async def get(self, url: str, fetch: Fetcher) -> x509.Certificate:
-        """The certificate at `url` (already checked to be an SNS certificate's URL); Rejected(401) when it
-        cannot be had, Rejected(503) with `retry_after` when it may be later."""
+    async def get(self, url: str, fetch: Fetcher, client: str | None = None) -> x509.Certificate:
+        """The certificate at `url` (already checked to be an SNS certificate's URL), for a request from `client`
+        (`request.remote`: the bucket a new fetch takes from; None, an address not known, has one of its own);
+        Rejected(401) when it cannot be had, Rejected(503) with `retry_after` when it may be later."""
         cert = self._certs.get(url)
         if cert is not None:
             self._certs.move_to_end(url)
@@ -135,7 +141,7 @@ class CertificateCache:
             self._check_remembered(url, self._failures)
             self._check_remembered(_host(url), self._hosts_down, url)
             self._admit(url)
-            self._take(url)
+            self._take(url, client)
             pending = asyncio.ensure_future(self._fetch(url, fetch))
             pending.add_done_callback(_retrieved)  # when every waiter went away, its failure is still taken
             self._pending[url] = pending
@@ -199,33 +205,33 @@ class CertificateCache:
                f"{self.waiting} waiting")
         self._refuse(url, "busy", why, math.ceil(self.turn_timeout))
 
-    def _take(self, url: str) -> None:
-        """Take one of the fetches `url`'s host allows now (NEW_BURST, refilled at NEW_PER_S a second), or raise
-        Rejected(503) with Retry-After when none is left; never waits itself."""
-        host, now = _host(url), self.clock()
-        bucket = self._buckets.get(host)
+    def _take(self, url: str, client: str | None) -> None:
+        """Take one of the fetches `client`'s address allows now (NEW_BURST, refilled at NEW_PER_S a second), or
+        raise Rejected(503) with Retry-After when none is left; never waits itself."""
+        address, now = client_address(client), self.clock()
+        bucket = self._buckets.get(address)
         if bucket is None:
-            bucket = self._buckets[host] = _Bucket(self.burst, now)
-            while len(self._buckets) > HOSTS:
+            bucket = self._buckets[address] = _Bucket(self.burst, now)
+            while len(self._buckets) > self.addresses:
                 self._buckets.popitem(last=False)
         else:
-            self._buckets.move_to_end(host)
+            self._buckets.move_to_end(address)
             bucket.tokens = min(self.burst, bucket.tokens + max(0.0, now - bucket.at) * self.per_s)
             bucket.at = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return
-        why = (f"{host} is asked for at most {self.burst} certificates not yet kept at once, then {self.per_s:g} a "
-               "second, and none is left now")
-        self._refuse(url, "rate", why, max(1, math.ceil((1 - bucket.tokens) / self.per_s)))
+        why = (f"requests from {address} may have at most {self.burst} certificates not yet kept fetched at once, "
+               f"then {self.per_s:g} a second, and none is left now")
+        self._refuse(url, "rate", why, max(1, math.ceil((1 - bucket.tokens) / self.per_s)), client=address)
 
-    def _refuse(self, url: str, bound: Bound, why: str, wait: int) -> NoReturn:
+    def _refuse(self, url: str, bound: Bound, why: str, wait: int, **where: str) -> NoReturn:
         self.count("sns.certificate_refused", reason=bound)
         self._refused[bound] += 1
         now = self.clock()
         if now - self._refused_logged_at[bound] >= LOG_EVERY_S:
-            log.warning("sns.certificate_fetch_refused", source=self._source, url=url, bound=bound, reason=why,
-                        refused=self._refused[bound])
+            log.warning("sns.certificate_fetch_refused", source=self._source, url=url, **where, bound=bound,
+                        reason=why, refused=self._refused[bound])
             self._refused[bound], self._refused_logged_at[bound] = 0, now
         raise Rejected(503, f"the signing certificate was not fetched: {why}; try again in {wait}s",
                        check="certificate", retry_after=wait)
@@ -274,6 +280,23 @@ class CertificateCache:
         log.warning("sns.certificate_fetch_failed", source=self._source, url=url, reason=reason, status=status,
                     remembered_s=remembered)
         return _rejection(failure, now)
+
+
+def client_address(remote: str | None) -> str:
+    """What a request's bucket is kept under: its IPv4 address (an IPv4-mapped IPv6 one's too), the /64 of its
+    IPv6 address (a subscriber is given a /64 or more, and picks any address in it), or, for what is no IP
+    address, `remote` itself, `unknown` when empty (a Unix socket's peer) or not known."""
+    if not remote:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])  # an IPv6 zone (`fe80::1%eth0`) names no client
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _host(url: str) -> str:
