@@ -295,7 +295,7 @@ def client_address(remote: str | None) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
+        return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"  # IPv6Network: twice the cost
     return str(address)
 
 
