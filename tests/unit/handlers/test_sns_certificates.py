@@ -1,5 +1,5 @@
 """handlers/sns_certificates.py: certificates fetched once and kept, failed fetches remembered, and the bounds
-on the fetches a sender can cause by naming certificate URLs (a few at once, a few a second per client
+on the fetches a sender can cause by naming certificate URLs (a few at once, a few a second per public client
 address)."""
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ async def test_cache_is_bounded() -> None:
 async def test_a_certificate_that_verified_a_message_is_kept_first() -> None:
     """A certificate that verified a message stays while others (SNS publishes many, in every region, and a
     sender may name them) push each other out."""
-    fake, c = FakeSns(), cache(limit=2, burst=10)
+    fake, c = FakeSns(), cache(limit=2)
     await c.get(CERT_URL, fake)
     c.proven(CERT_URL)
     for i in range(5):
@@ -275,7 +275,8 @@ class Counts:
         return self.by.get((name, tuple(sorted(labels.items()))), 0)
 
 
-FLOODER = "203.0.113.7"
+# Public addresses, as only those have a bucket (`ipaddress` counts the documentation ranges private).
+FLOODER = "8.8.8.8"
 AWS = "54.240.197.233"
 
 
@@ -296,7 +297,7 @@ async def test_a_flood_of_made_up_names_from_one_address_costs_a_fetch_a_second(
     assert len(limited) == 10_000 - len(fake.fetched)
     assert {(a.check, a.retry_after) for a in limited} == {("certificate", 1)}
     assert str(limited[0]) == (
-        "the signing certificate was not fetched: requests from 203.0.113.7 may have at most 4 certificates not yet "
+        "the signing certificate was not fetched: requests from 8.8.8.8 may have at most 4 certificates not yet "
         "kept fetched at once, then 1 a second, and none is left now; try again in 1s")
     assert counts.of("sns.certificate_fetched", result="failed") == len(fake.fetched)
     assert counts.of("sns.certificate_refused", reason="rate") == len(limited)
@@ -354,6 +355,38 @@ async def test_the_bound_is_per_address_and_spares_kept_and_remembered_urls() ->
     assert fake.fetched == [CERT_URL, url(1)]
 
 
+@pytest.mark.parametrize("client", ["127.0.0.1", "10.0.0.5", "::1", "100.64.0.1", None])
+async def test_a_flood_from_an_address_that_may_stand_for_many_senders_is_not_refused_by_rate(
+        client: str | None) -> None:
+    """Made-up names posted one after another from an address that is not public (a reverse proxy's, which every
+    sender behind it has) are each fetched, none refused by `rate`, and a genuine message through it then has its
+    certificate fetched: no one sender spends a budget the others share. Before, after NEW_BURST, all were 503."""
+    counts = Counts()
+    fake, c = FakeSns(status=404), cache(count=counts)
+    answers = [await refused(c, url(i), fake, client) for i in range(50)]
+    assert {(a.status, a.check) for a in answers} == {(401, "certificate")}
+    fake.status = 200
+    await c.get(CERT_URL, fake, client=client)
+    assert fake.fetched == [*(url(i) for i in range(50)), CERT_URL]
+    assert counts.of("sns.certificate_refused", reason="rate") == 0
+
+
+async def test_a_flood_at_once_through_a_proxy_meets_the_turns_only() -> None:
+    """Made-up names posted all at once through a proxy on 10.0.0.5: AT_ONCE are fetched at once and WAITING wait
+    their turn, more than an address's NEW_BURST; the rest are refused by `busy`, none by `rate`."""
+    held, counts = Held(FakeSns(status=404)), Counts()
+    c = cache(count=counts)
+    flood = [asyncio.create_task(c.get(url(i), held, client="10.0.0.5")) for i in range(AT_ONCE + WAITING + 20)]
+    await eventually(lambda: len(held.started) == AT_ONCE)
+    held.release.set()
+    answers = await asyncio.gather(*flood, return_exceptions=True)
+    assert [a.status for a in answers if isinstance(a, Rejected)] == [401] * (AT_ONCE + WAITING) + [503] * 20
+    assert held.started == [url(i) for i in range(AT_ONCE + WAITING)]
+    assert AT_ONCE + WAITING > NEW_BURST
+    assert (counts.of("sns.certificate_refused", reason="busy"), counts.of("sns.certificate_refused", reason="rate")) \
+        == (20, 0)
+
+
 async def test_a_request_sharing_a_fetch_under_way_takes_nothing_from_its_bucket() -> None:
     """A request from a spent address naming a URL another address's request is fetching waits for that fetch
     and has its certificate: nothing more is fetched."""
@@ -389,42 +422,52 @@ async def test_address_buckets_are_bounded_the_least_recently_used_forgotten() -
     """Only the `addresses` most recently used addresses keep a bucket; a forgotten one starts again with a full
     bucket, as a new address would. ADDRESSES, the default, holds: 5,000 addresses leave ADDRESSES buckets."""
     fake, c = FakeSns(status=404), cache(burst=1, addresses=2)
-    for i, client in enumerate(("192.0.2.1", "192.0.2.2", "192.0.2.1", "192.0.2.3")):
+    for i, client in enumerate(("8.8.4.1", "8.8.4.2", "8.8.4.1", "8.8.4.3")):
         await refused(c, url(i), fake, client)
-    assert list(c._buckets) == ["192.0.2.1", "192.0.2.3"]
-    assert (await refused(c, url(10), fake, "192.0.2.1")).status == 503  # kept: still spent
-    assert (await refused(c, url(11), fake, "192.0.2.2")).status == 401  # forgotten: a fetch again
+    assert list(c._buckets) == ["8.8.4.1", "8.8.4.3"]
+    assert (await refused(c, url(10), fake, "8.8.4.1")).status == 503  # kept: still spent
+    assert (await refused(c, url(11), fake, "8.8.4.2")).status == 401  # forgotten: a fetch again
     assert fake.fetched == [url(0), url(1), url(3), url(11)]
 
     fake, c = FakeSns(status=404), cache()
     for i in range(5000):
-        await refused(c, url(i), fake, f"10.0.{i // 256}.{i % 256}")
+        await refused(c, url(i), fake, f"9.9.{i // 256}.{i % 256}")
     assert len(c._buckets) == ADDRESSES <= 5000
 
 
 @pytest.mark.parametrize(("remote", "address"), [
-    ("203.0.113.7", "203.0.113.7"),
-    ("::ffff:203.0.113.7", "203.0.113.7"),
-    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
-    ("2001:DB8:1:2::ffff", "2001:db8:1:2::/64"),
-    ("fe80::1%eth0", "fe80::/64"),
-    ("", "unknown"),
-    (None, "unknown"),
-    ("not an address", "not an address"),
+    ("8.8.8.8", "8.8.8.8"),
+    ("::ffff:8.8.8.8", "8.8.8.8"),
+    ("2001:4860:1:2:3:4:5:6", "2001:4860:1:2::/64"),
+    ("2001:4860:1:2::FFFF", "2001:4860:1:2::/64"),
 ])
-def test_a_client_is_counted_by_its_ipv4_address_or_its_ipv6_64(remote: str | None, address: str) -> None:
-    """An IPv4 client has its address's bucket; an IPv6 client its /64's (a subscriber holds all of it); what is
-    no IP address is counted as itself, or as `unknown`."""
+def test_a_public_client_is_counted_by_its_ipv4_address_or_its_ipv6_64(remote: str, address: str) -> None:
+    """A public IPv4 client has its address's bucket (an IPv4-mapped one too); a public IPv6 client its /64's (a
+    subscriber holds all of it)."""
     assert client_address(remote) == address
+
+
+@pytest.mark.parametrize("remote", [
+    "127.0.0.1", "::1",  # loopback: a sidecar, a test client
+    "10.0.0.5", "172.18.0.3", "192.168.1.1", "fd00::5", "::ffff:10.0.0.5",  # private: a proxy, a load balancer
+    "100.64.0.1",  # shared: a carrier's NAT
+    "169.254.1.1", "fe80::1%eth0",  # link-local
+    "240.0.0.1", "0.0.0.0", "::",  # reserved, unspecified
+    "203.0.113.7", "2001:db8::1",  # documentation ranges, private to ipaddress
+    "", None, "not an address",  # a Unix socket's peer, not known
+])
+def test_an_address_that_may_stand_for_many_senders_has_no_bucket(remote: str | None) -> None:
+    """Only a public address names one sender: any other, and what is no IP address, is not budgeted."""
+    assert client_address(remote) is None
 
 
 async def test_addresses_of_one_ipv6_64_share_a_bucket_and_another_64_has_its_own() -> None:
     """A sender moving through the addresses of its /64 has the one bucket's fetches; an address in the next /64
     has its own."""
     fake, c = FakeSns(status=404), cache()
-    answers = [await refused(c, url(i), fake, f"2001:db8:0:7::{i:x}") for i in range(20)]
+    answers = [await refused(c, url(i), fake, f"2001:4860:0:7::{i:x}") for i in range(20)]
     assert [a.status for a in answers] == [401] * NEW_BURST + [503] * (20 - NEW_BURST)
-    assert (await refused(c, url(99), fake, "2001:db8:0:8::1")).status == 401
+    assert (await refused(c, url(99), fake, "2001:4860:0:8::1")).status == 401
     assert len(fake.fetched) == NEW_BURST + 1
 
 
@@ -433,7 +476,7 @@ async def test_kept_and_remembered_urls_are_answered_whatever_is_under_way() -> 
     remembered failure is its 401."""
     held = Held()
     fake, started, release = held.sns, held.started, held.release
-    c = cache(burst=AT_ONCE + WAITING + 2)
+    c = cache()
     await c.get(CERT_URL, fake)
     fake.status = 404
     await refused(c, url(99), fake)
@@ -453,7 +496,7 @@ async def test_few_fetches_at_once_a_few_waiting_and_the_rest_refused_without_wa
     503 at once, not a wait; a request naming a URL being fetched shares that fetch."""
     held = Held()
     fake, started, release = held.sns, held.started, held.release
-    c = cache(burst=AT_ONCE + WAITING + 1)
+    c = cache()
     under_way = [asyncio.create_task(c.get(url(i), held)) for i in range(AT_ONCE + WAITING)]
     sharing = asyncio.create_task(c.get(url(0), held))
     await eventually(lambda: len(started) == AT_ONCE)
