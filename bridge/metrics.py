@@ -122,9 +122,10 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
                    "requests this machine sent to AWS's SNS hosts.", samples["sns_certificate_fetches"])
     out += _family("ticketbridge_sns_certificate_refusals_total", "counter",
                    "SES requests answered without fetching the SNS certificate they named, by reason: remembered "
-                   "(the URL, or its host, failed just now), rate (requests from the client's address asked for "
-                   "more certificates not yet kept than an address is allowed a second), busy (as many fetches "
-                   "under way and waiting as allowed).",
+                   "(the URL, or its host, failed just now), rate (requests from the client's public address asked "
+                   "for more certificates not yet kept than an address is allowed a second; a private or loopback "
+                   "address, such as a reverse proxy's, has no such budget), busy (as many fetches under way and "
+                   "waiting as allowed: behind a proxy, the bound on a flood).",
                    samples["sns_certificate_refusals"])
     out += _histogram("ticketbridge_intake_duration_seconds",
                       "Time from a request to /hooks/{source} to its answer, by source.", latencies.intake)
