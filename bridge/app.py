@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -98,7 +99,10 @@ def load_stored_mappings(config: Config, files: dict[str, str]) -> MappingSet:
 def build_runtime(config: Config, mappings: MappingSet | None = None) -> Runtime:
     sources = {name: Source.build(name, build_handler(name, opts, config.server))
                for name, opts in config.sources.items()}
-    return Runtime(config=config, sources=sources, mappings=mappings or load_mappings(config))
+    rt = Runtime(config=config, sources=sources, mappings=mappings or load_mappings(config))
+    for name, source in sources.items():
+        source.handler.count = partial(rt.count, source=name)
+    return rt
 
 
 def build_destinations(rt: Runtime) -> dict[str, Destination]:

@@ -62,6 +62,8 @@ LABELLED: dict[str, tuple[str, tuple[str, ...]]] = {
     "render.failed": ("render_failures", ("mapping",)),
     "render.offloaded": ("render_offloaded", ("source",)),
     "leases.taken_over": ("takeovers", ()),
+    "sns.certificate_fetched": ("sns_certificate_fetches", ("source", "result")),
+    "sns.certificate_refused": ("sns_certificate_refusals", ("source", "reason")),
 }
 
 
@@ -115,6 +117,16 @@ def render(rt: Runtime, backlog: Backlog | None, lanes: list[LaneState]) -> str:
     out += _family("ticketbridge_intake_handler_errors_total", "counter",
                    "Requests a handler failed on unexpectedly, answered 400 and logged with the traceback: a bug "
                    "to report.", handler_errors)
+    out += _family("ticketbridge_sns_certificate_fetches_total", "counter",
+                   "SNS signing certificate fetches for SES sources, by source and result (ok, failed): the "
+                   "requests this machine sent to AWS's SNS hosts.", samples["sns_certificate_fetches"])
+    out += _family("ticketbridge_sns_certificate_refusals_total", "counter",
+                   "SES requests answered without fetching the SNS certificate they named, by reason: remembered "
+                   "(the URL, or its host, failed just now), rate (requests from the client's public address asked "
+                   "for more certificates not yet kept than an address is allowed a second; a private or loopback "
+                   "address, such as a reverse proxy's, has no such budget), busy (as many fetches under way and "
+                   "waiting as allowed: behind a proxy, the bound on a flood).",
+                   samples["sns_certificate_refusals"])
     out += _histogram("ticketbridge_intake_duration_seconds",
                       "Time from a request to /hooks/{source} to its answer, by source.", latencies.intake)
     out += _family("ticketbridge_events_unmatched_total", "counter",

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -23,6 +23,17 @@ KEEP_HEADERS = ("content-type", "user-agent", "referer", "origin", "x-request-id
 
 Clock = Callable[[], float]
 """Seconds since the epoch; handlers read time only through one, so tests can set it."""
+
+
+class Count(Protocol):
+    """Counts an event for /metrics (`Runtime.count`, the source's name added): `count(name, reason="rate")`."""
+
+    def __call__(self, name: str, n: int = 1, **labels: str) -> None: ...
+
+
+def not_counted(name: str, n: int = 1, **labels: str) -> None:
+    """The `Count` of a handler made outside an app (a unit test's): counts nowhere."""
+
 
 T = TypeVar("T")
 
@@ -239,6 +250,8 @@ class Handler(ABC):
         self.options = options
         self.server = server
         self.clock: Clock = time.time
+        self.count: Count = not_counted
+        """Counts the handler's own events for /metrics; the app sets it (`build_runtime`)."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Make what the handler keeps between requests (a client) as the app starts, before it serves: setup

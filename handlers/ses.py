@@ -110,7 +110,8 @@ class SesHandler(Handler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetch: Fetcher = https_get
-        self.certificates = CertificateCache(source=self.name)
+        self.certificates = CertificateCache(source=self.name,
+                                             count=lambda name, n=1, **labels: self.count(name, n, **labels))
         # Each topic's messages name a certificate on its region's SNS host, the only one fetched for them.
         self.hosts = {arn: host for arn in self.ses.topic_arns if (host := topic_host(arn)) is not None}
         s3 = self.ses.s3
@@ -166,7 +167,7 @@ class SesHandler(Handler):
         checked = signatures_checked(request)
         if checked:
             cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl"))
-            cert = await self.certificates.get(cert_url, self.fetch)
+            cert = await self.certificates.get(cert_url, self.fetch, client=request.remote)
             verify_signature(self._signed(request, message), cert, datetime.fromtimestamp(self.clock(), UTC))
             self.certificates.proven(cert_url)
         kind = message.get("Type")

@@ -10,26 +10,39 @@ Retry-After at once (SNS sends it again). Only the SNS host of a source's topic'
 answers (a made-up region's, another partition's unreachable from here) to hold a turn for a whole timeout per
 URL it makes up.
 
-There is no budget of new URLs over time: anyone holding the topic's ARN (it is in every message) could spend
-it with a few messages naming made-up URLs, and every genuine message naming a certificate not yet kept (after a
-restart, or when SNS rotates its certificate) would then be refused until SNS stopped retrying. Without one, a
-sender causes at most one fetch per URL it names, of SNS's own shape (the URL check), to SNS's own hosts; to keep
-a genuine message from its fetch it must keep every turn taken, which takes a steady stream of new URLs."""
+New URLs are also bounded over time for each public client address (as the server sees it, `request.remote`; an
+IPv6 address by its /64, which one subscriber holds whole): a bucket of NEW_BURST fetches, refilled at NEW_PER_S a
+second, so a sender naming made-up names on the topic's host (each fetched once, then remembered with its 404) from
+one address makes at most about one request a second to AWS, not one per message it posts; past it, its requests are
+answered 503 with Retry-After (SNS sends a genuine one again, 20 s later by default). The bucket is the address's,
+not the host's: a budget any sender could spend would let one address refuse, for as long as it kept it up, the
+genuine messages naming a certificate not yet kept (after a start, or when SNS rotates it), which come from AWS's
+own addresses, each with its own bucket. Many addresses at once (a botnet, or the many /64s of one IPv6 allocation)
+each have a bucket, and meet the turns only. Only a public address is budgeted, as only it names one sender: a
+private, loopback, link-local, reserved, unspecified or shared (100.64.0.0/10, a carrier's NAT) address, or none
+(a Unix socket's peer), may be a reverse proxy's, a load balancer's or a sidecar's, whose one address every sender
+behind it has (the server reads no forwarding header, which any client could write); one bucket there would let a
+sender refuse every genuine message coming through it, so those requests meet the turns only, and behind such a
+proxy the turns are the bound on a flood. ADDRESSES buckets are kept, the least recently used forgotten first; a
+forgotten address starts again with a full bucket, which only lets through what a new address would have."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import structlog
 from cryptography import x509
 
 from bridge.errors import Rejected
+from handlers.base import Count, not_counted
 from handlers.sns import FETCH_TIMEOUT_S, Fetcher, FetchError
 
 log = structlog.get_logger("ticketbridge.handlers.sns")
@@ -50,8 +63,23 @@ host's (HOST_WIDE, no answer): less than the 20 s SNS waits between retries by d
 message fetches again."""
 HOST_WIDE = frozenset({429, 503})
 """Answers that speak for the host, whatever the URL: too many requests, unavailable (also how S3 says `SlowDown`)."""
+NEW_BURST = 4
+"""Fetches of URLs not kept that requests from one address may cause at once, after a quiet while: SNS signs a
+region's messages with one certificate at a time (two while it rotates), so a start has each fetched at once."""
+NEW_PER_S = 1.0
+"""Fetches of URLs not kept that requests from one address may cause a second, once its NEW_BURST are spent."""
+ADDRESSES = 4096
+"""Addresses whose bucket is kept (about 200 bytes each, under 1 MB in all), the least recently used forgotten
+first: a forgotten address has a full bucket again, as a new one would."""
 LOG_EVERY_S = 60.0
-"""A remembered failure is logged at most once per URL in this time, and refusals by the bound once in all."""
+"""A remembered failure is logged at most once per URL in this time, and refusals by each bound once in all."""
+
+Bound = Literal["busy", "rate"]
+"""Which bound refused a fetch: `busy`, the turns (AT_ONCE under way, WAITING waiting); `rate`, the bucket of the
+client's public address."""
+SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+"""Shared address space (RFC 6598): a carrier's NAT, many subscribers behind each address; `ipaddress` counts it
+neither private nor global."""
 
 
 @dataclass
@@ -64,38 +92,52 @@ class _Failure:
     logged_at: float = -math.inf
 
 
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
 def _retrieved(fetch: asyncio.Future[x509.Certificate]) -> None:
     if not fetch.cancelled():
         fetch.exception()
 
 
 class CertificateCache:
-    """Signing certificates by URL, with the failures of recent fetches and the bound on new ones. Times come
-    from `clock` (monotonic seconds); `source` names the source in logs."""
+    """Signing certificates by URL, with the failures of recent fetches and the bounds on new ones. Times come
+    from `clock` (monotonic seconds); `source` names the source in logs; `count` counts fetches and refusals for
+    /metrics (`sns.certificate_fetched` by result, `sns.certificate_refused` by reason)."""
 
     def __init__(self, limit: int = CERTIFICATES, *, failures: int = FAILURES, at_once: int = AT_ONCE,
-                 waiting: int = WAITING, turn_timeout: float = FETCH_TIMEOUT_S,
-                 clock: Callable[[], float] = time.monotonic, source: str | None = None) -> None:
+                 waiting: int = WAITING, turn_timeout: float = FETCH_TIMEOUT_S, burst: int = NEW_BURST,
+                 per_s: float = NEW_PER_S, addresses: int = ADDRESSES, clock: Callable[[], float] = time.monotonic,
+                 source: str | None = None, count: Count = not_counted) -> None:
         self.limit = limit
         self.failures_limit = failures
         self.at_once = at_once
         self.waiting = waiting
         self.turn_timeout = turn_timeout
-        self._clock = clock
+        self.burst = burst
+        self.per_s = per_s
+        self.addresses = addresses
+        self.clock = clock
+        self.count = count
         self._source = source
         self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._proven: set[str] = set()
         self._failures: OrderedDict[str, _Failure] = OrderedDict()
         self._hosts_down: OrderedDict[str, _Failure] = OrderedDict()
         self._pending: dict[str, asyncio.Future[x509.Certificate]] = {}
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._turns: asyncio.Semaphore | None = None
-        self._refused = 0
-        self._refused_logged_at = -math.inf
+        self._refused: dict[Bound, int] = {"busy": 0, "rate": 0}
+        self._refused_logged_at: dict[Bound, float] = {"busy": -math.inf, "rate": -math.inf}
         self.fetches = 0
 
-    async def get(self, url: str, fetch: Fetcher) -> x509.Certificate:
-        """The certificate at `url` (already checked to be an SNS certificate's URL); Rejected(401) when it
-        cannot be had, Rejected(503) with `retry_after` when it may be later."""
+    async def get(self, url: str, fetch: Fetcher, client: str | None = None) -> x509.Certificate:
+        """The certificate at `url` (already checked to be an SNS certificate's URL), for a request from `client`
+        (`request.remote`: a public one's bucket is what a new fetch takes from; any other, or None, has none);
+        Rejected(401) when it cannot be had, Rejected(503) with `retry_after` when it may be later."""
         cert = self._certs.get(url)
         if cert is not None:
             self._certs.move_to_end(url)
@@ -105,6 +147,7 @@ class CertificateCache:
             self._check_remembered(url, self._failures)
             self._check_remembered(_host(url), self._hosts_down, url)
             self._admit(url)
+            self._take(url, client)
             pending = asyncio.ensure_future(self._fetch(url, fetch))
             pending.add_done_callback(_retrieved)  # when every waiter went away, its failure is still taken
             self._pending[url] = pending
@@ -146,10 +189,11 @@ class CertificateCache:
         failure = failures.get(key)
         if failure is None:
             return
-        now = self._clock()
+        now = self.clock()
         if now >= failure.until:
             del failures[key]
             return
+        self.count("sns.certificate_refused", reason="remembered")
         failure.hits += 1
         if now - failure.logged_at >= LOG_EVERY_S:
             where = {"url": key} if url is None else {"url": url, "host": key}
@@ -165,15 +209,40 @@ class CertificateCache:
             return
         why = (f"{len(self._pending)} certificates are being fetched or waiting, at most {self.at_once} at once and "
                f"{self.waiting} waiting")
-        self._refuse(url, why, math.ceil(self.turn_timeout))
+        self._refuse(url, "busy", why, math.ceil(self.turn_timeout))
 
-    def _refuse(self, url: str, why: str, wait: int) -> NoReturn:
-        self._refused += 1
-        now = self._clock()
-        if now - self._refused_logged_at >= LOG_EVERY_S:
-            log.warning("sns.certificate_fetch_refused", source=self._source, url=url, reason=why,
-                        refused=self._refused)
-            self._refused, self._refused_logged_at = 0, now
+    def _take(self, url: str, client: str | None) -> None:
+        """Take one of the fetches `client`'s public address allows now (NEW_BURST, refilled at NEW_PER_S a second),
+        or raise Rejected(503) with Retry-After when none is left; never waits itself. Any other address takes
+        nothing: it may be a proxy's, every sender's behind it."""
+        address = client_address(client)
+        if address is None:
+            return
+        now = self.clock()
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = _Bucket(self.burst, now)
+            while len(self._buckets) > self.addresses:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+            bucket.tokens = min(self.burst, bucket.tokens + max(0.0, now - bucket.at) * self.per_s)
+            bucket.at = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return
+        why = (f"requests from {address} may have at most {self.burst} certificates not yet kept fetched at once, "
+               f"then {self.per_s:g} a second, and none is left now")
+        self._refuse(url, "rate", why, max(1, math.ceil((1 - bucket.tokens) / self.per_s)), client=address)
+
+    def _refuse(self, url: str, bound: Bound, why: str, wait: int, **where: str) -> NoReturn:
+        self.count("sns.certificate_refused", reason=bound)
+        self._refused[bound] += 1
+        now = self.clock()
+        if now - self._refused_logged_at[bound] >= LOG_EVERY_S:
+            log.warning("sns.certificate_fetch_refused", source=self._source, url=url, **where, bound=bound,
+                        reason=why, refused=self._refused[bound])
+            self._refused[bound], self._refused_logged_at[bound] = 0, now
         raise Rejected(503, f"the signing certificate was not fetched: {why}; try again in {wait}s",
                        check="certificate", retry_after=wait)
 
@@ -187,7 +256,7 @@ class CertificateCache:
                 await self._turns.acquire()
         except TimeoutError:
             why = f"no turn to fetch it came within {self.turn_timeout:g}s ({self.at_once} at once)"
-            self._refuse(url, why, math.ceil(self.turn_timeout))
+            self._refuse(url, "busy", why, math.ceil(self.turn_timeout))
         return self._turns
 
     async def _load(self, url: str, fetch: Fetcher) -> x509.Certificate:
@@ -195,18 +264,22 @@ class CertificateCache:
         try:
             pem = await fetch(url)
         except FetchError as exc:
+            self.count("sns.certificate_fetched", result="failed")
             may_pass = exc.status is None or exc.status >= 500 or exc.status == 429
             raise self._failed(url, str(exc), may_pass, host_wide=exc.status is None or exc.status in HOST_WIDE) \
                 from None
         try:
-            return x509.load_pem_x509_certificate(pem)
+            cert = x509.load_pem_x509_certificate(pem)
         except ValueError:
+            self.count("sns.certificate_fetched", result="failed")
             raise self._failed(url, "the answer is not a PEM certificate", may_pass=False) from None
+        self.count("sns.certificate_fetched", result="ok")
+        return cert
 
     def _failed(self, url: str, reason: str, may_pass: bool, host_wide: bool = False) -> Rejected:
         """Remember a failed fetch (for its host too when `host_wide`: no answer, or one of HOST_WIDE), log it,
         and return the request's answer."""
-        now = self._clock()
+        now = self.clock()
         status, remembered = (503, UNAVAILABLE_FOR_S) if may_pass else (401, REFUSED_FOR_S)
         failure = _Failure(status, reason, now + remembered, logged_at=now)
         _remember(self._failures, url, failure, self.failures_limit)
@@ -217,6 +290,29 @@ class CertificateCache:
         log.warning("sns.certificate_fetch_failed", source=self._source, url=url, reason=reason, status=status,
                     remembered_s=remembered)
         return _rejection(failure, now)
+
+
+@functools.lru_cache(maxsize=1024)  # a flood's every refused post asks of its one address: parsed once
+def client_address(remote: str | None) -> str | None:
+    """What a request's bucket is kept under, for a public address: its IPv4 address (an IPv4-mapped IPv6 one's
+    too), or the /64 of its IPv6 address (a subscriber is given a /64 or more, and picks any address in it). None
+    for an address that may stand for many senders, which has no bucket: private, loopback, link-local, reserved,
+    unspecified or shared (SHARED), as `ipaddress` tells them (a proxy's, a load balancer's, a sidecar's, a
+    carrier's NAT), and what is no IP address (empty for a Unix socket's peer, or not known)."""
+    if not remote:
+        return None
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])  # a zone (`fe80::1%eth0`) is only link-local's
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
+            or address.is_unspecified or address in SHARED):
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"  # IPv6Network: twice the cost
+    return str(address)
 
 
 def _host(url: str) -> str:

@@ -1,7 +1,8 @@
 """SES's SNS signing certificates through the whole app: what a sender who knows an allowed topic can make the
 bridge fetch. A message refused on its own (topic, age, URL, signed fields) fetches nothing; a URL that failed
-is answered from memory; distinct URLs are fetched only within the bound, the rest answered 503 with
-Retry-After, while messages signed with the certificate already kept are still taken."""
+is answered from memory; distinct URLs are fetched only within the bounds (a few at once, and a few a second per
+public client address: none for the loopback address the test client has, as for a proxy's), the rest answered 503
+with Retry-After, while messages signed with the certificate already kept are still taken."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from handlers.sns import FetchError
+from handlers.sns_certificates import NEW_BURST
+from tests.acceptance.test_metrics import samples
 from tests.acceptance.test_providers import stored_events
 from tests.conftest import AppClient, ConfigFactory, runtime
+from tests.fixtures.clocks import ManualClock
 from tests.fixtures.providers import CERT_URL, NOW, TOPIC, FakeSns, compact, ses_notification
 
 MAPPINGS = {
@@ -49,6 +53,7 @@ class OnlySnsCertificate:
 async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
     config = write_config(f"""
         store: {{url: "sqlite:///var/bridge.db"}}
+        admin: {{token: letmein}}
         sources:
           ses: {{kind: ses, topic_arns: ["{TOPIC}"]}}
         destinations:
@@ -58,6 +63,7 @@ async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
     handler: Any = runtime(c).sources["ses"].handler
     handler.clock = lambda: float(NOW)
     handler.fetch = OnlySnsCertificate()
+    handler.certificates.clock = ManualClock()
     return c
 
 
@@ -118,13 +124,18 @@ async def test_a_missing_certificate_is_fetched_once(client: Any) -> None:
     assert [e["url"] for e in logs if e["event"] == "sns.certificate_fetch_failed"] == [url(1)]
 
 
-async def test_a_sender_naming_new_urls_does_not_keep_a_genuine_message_from_its_certificate(
+async def test_a_flood_from_loopback_is_not_refused_by_rate_and_a_genuine_message_is_taken(
         client: Any, tmp_path: Path) -> None:
-    """A sender naming a new made-up URL in each of 30 requests has each fetched once (a 401 each); a genuine
-    message then naming SNS's certificate, not yet kept (just after a start, or when SNS rotates it), has it
-    fetched and is taken."""
+    """A sender naming a new made-up URL in each of 30 requests from 127.0.0.1 (the address a reverse proxy on the
+    same machine gives every sender) has each fetched once (a 401 each, the 404 remembered), none refused by the
+    budget of one address, which only a public address has (the unit tests cover it); a genuine message then
+    naming SNS's certificate, not yet kept (just after a start, or when SNS rotates it), through the same address,
+    has it fetched and is taken; /metrics counts the fetches and no `rate` refusal."""
     answers = [await post(client, ses_notification(SigningCertURL=url(i))) for i in range(30)]
     assert [(status, answer["check"]) for status, answer, _h in answers] == [(401, "certificate")] * 30
+    assert fetched(client) == [url(i) for i in range(30)]
+    assert NEW_BURST < 30
+
     status, _answer, _headers = await post(client, ses_notification())
     assert status == 202
     assert fetched(client) == [*(url(i) for i in range(30)), CERT_URL]
@@ -132,7 +143,15 @@ async def test_a_sender_naming_new_urls_does_not_keep_a_genuine_message_from_its
 
     received = json.loads(ses_notification()["Message"])
     received["mail"]["messageId"] = "another"
+    # Signed with the certificate now kept: taken without a fetch.
     status, _answer, _headers = await post(client, ses_notification(Message=json.dumps(received),
                                                                     MessageId="another-sns-message"))
     assert status == 202
     assert stored_events(tmp_path) == 2
+    assert len(fetched(client)) == 31
+
+    got = samples(await (await client.get("/metrics", headers={"Authorization": "Bearer letmein"})).text())
+    assert {k: v for k, v in got.items() if k.startswith("ticketbridge_sns_")} == {
+        'ticketbridge_sns_certificate_fetches_total{source="ses",result="failed"}': 30,
+        'ticketbridge_sns_certificate_fetches_total{source="ses",result="ok"}': 1,
+    }
