@@ -360,7 +360,8 @@ class Store(ABC):
 
     commit_failures: int = 0  # commits that failed, for /metrics
     migrated: tuple[str, ...] = ()
-    """The migrations (their names, in order) this store's `open` applied: none when the schema was up to date."""
+    """The migrations (their names, in order) this store's `open` applied to a schema an earlier version made: none
+    when it was up to date, or when the open made the schema (a new store: nothing was there to upgrade)."""
     encoding: str = "UTF8"
     """The encoding the store keeps text in, as the database names it (a PostgreSQL database's `server_encoding`,
     read when it opens)."""

@@ -275,7 +275,8 @@ class PostgresStore(Store):
                     continue
                 await conn.execute(folder.joinpath(name).read_text(encoding="utf-8"))
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, now_ms())
-                self.migrated = (*self.migrated, name)
+                if done:  # an earlier version's schema, upgraded (a new one is made, not migrated)
+                    self.migrated = (*self.migrated, name)
                 log.info("store.migrated", version=version, name=name)
 
     async def _warm_pool(self) -> None:

@@ -531,7 +531,8 @@ class SqliteStore(Store):
             except sqlite3.Error:
                 conn.execute("ROLLBACK")
                 raise
-            self.migrated = (*self.migrated, name)
+            if done:  # an earlier version's schema, upgraded (a new one is made, not migrated)
+                self.migrated = (*self.migrated, name)
             log.info("store.migrated", version=version, name=name)
 
     async def close(self) -> None:

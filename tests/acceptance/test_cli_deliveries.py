@@ -248,9 +248,10 @@ def test_an_argument_that_is_not_utf8_is_named_and_exits_2(
 
 
 def test_a_verb_that_migrates_the_store_says_so_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A verb that opens a store whose schema is behind (a new one; one a version behind, run by the new version
-    before its server restarts) brings it up to date itself and says which migrations it applied, on stderr, where
-    stdout's listing is not mixed with it; the next run, on a store up to date, says nothing of it."""
+    """A verb that opens a store whose schema is a version behind (run by the new version before its server
+    restarts) brings it up to date itself and says which migrations it applied, on stderr, where stdout's listing is
+    not mixed with it; the next run, on a store up to date, says nothing of it, and nor does one that makes a new
+    store (nothing was there to upgrade)."""
     config = tmp_path / "bridge.yaml"
     config.write_text(CONFIG)
     (tmp_path / "mappings").mkdir()
@@ -262,8 +263,8 @@ def test_a_verb_that_migrates_the_store_says_so_on_stderr(tmp_path: Path, capsys
         names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
         conn.execute("ALTER TABLE deliveries DROP COLUMN ticket_missing")  # as the version before 0026 left it
         conn.execute("DELETE FROM schema_migrations WHERE version = 26")
-    assert (code, out) == (0, "")
-    assert err == note.format(f"{len(names)} migrations", ", ".join(names)) + "no deliveries match\n"
+    assert (code, out, err) == (0, "", "no deliveries match\n")
+    assert "0026_ticket_missing.sql" in names
     code, out, err = run(capsys, "deliveries", "list", "-c", str(config))
     assert (code, out) == (0, "")
     assert err == note.format("1 migration", "0026_ticket_missing.sql") + "no deliveries match\n"

@@ -252,8 +252,8 @@ def shipped_scripts() -> list[tuple[int, str]]:
 
 
 async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
-    """Each migration script runs and is recorded once, however often the store opens; the store names those its
-    own open applied (`migrated`: what a CLI verb says it did), none once the schema is up to date."""
+    """Each migration script runs and is recorded once, however often the store opens. A new store's open makes its
+    schema, which upgrades nothing (`migrated`, what a CLI verb says it did, is empty), as is a later open's."""
     path = tmp_path / "s.db"
     applied = []
     for _ in range(3):
@@ -263,7 +263,7 @@ async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
         applied.append(s.migrated)
     rows = query(path, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == shipped_scripts()
-    assert applied == [tuple(name for _version, name in rows), (), ()]
+    assert applied == [(), (), ()]
     assert (4, "0004_mapping_sets.sql") in rows
     tables = {r[0] for r in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"events", "dedup_keys", "deliveries", "attempts", "schema_migrations", "mapping_sets"} <= tables
