@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from bridge.bodies import (
     ACCEPT_ENCODING,
     ENCODED_FACTOR,
+    MEMBERS,
     UndecodableBody,
     read_bounded,
     read_capped,
@@ -176,3 +177,18 @@ async def test_an_encoded_body_that_inflates_to_nothing_is_read_to_twice_the_cap
     endless = response(blocks, "gzip", size=1024)
     assert await read_decoding(endless, 4096) == (b"x", True)
     assert cast(Encoded, endless).given == ENCODED_FACTOR * 4096 + 1024
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_an_answer_of_more_members_than_any_vendor_sends_is_undecodable(coding: str) -> None:
+    """Members (or deflate streams) one after another are read up to MEMBERS, and a body of more is refused, naming
+    the count, rather than decoded member by member: 26,000 empty 20-byte gzip members fit the 512 KiB read, each a
+    decoder and a copy of the rest of its chunk, which held the event loop 40 ms."""
+    wbits = 31 if coding == "gzip" else 15
+    most = _zlib(b"{}", wbits) * MEMBERS
+    assert await read_decoding(response(most, coding), 1 << 20) == (b"{}" * MEMBERS, False)
+    many = _zlib(b"", wbits) * (ENCODED_FACTOR * (256 * 1024) // len(_zlib(b"", wbits)))
+    with pytest.raises(UndecodableBody) as raised:
+        await read_decoding(response(many, coding), 256 * 1024)
+    assert str(raised.value) == (f"its {coding} body holds more than {MEMBERS} members (streams one after another), "
+                                 "which no vendor's answer is made of: read no further")
