@@ -46,6 +46,8 @@ ACCEPT_ENCODING = "gzip, deflate, br"
 `backports.zstd` is), which a send, reading its answer itself, would then be offered and not read."""
 _CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br"}
 _IDENTITY = frozenset({"", "identity"})
+READ_CODINGS = frozenset({*_CODINGS, "identity"})
+"""The content codings a send's answer may come in: those `read_decoding` decodes, and `identity`."""
 ENCODED_FACTOR = 2
 """An encoded answer is read to at most this many times the cap on its decoded body: no coding a vendor uses makes
 a body larger than it was (incompressible text grows by a few bytes per 16 KiB), so more is no answer (empty
