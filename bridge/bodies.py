@@ -11,6 +11,7 @@ import aiohttp
 import brotli
 
 from bridge.errors import BridgeError, quoted
+from bridge.offload import INFLATING, in_parser
 
 READ_CHUNK = 65536
 
@@ -45,10 +46,23 @@ ACCEPT_ENCODING = "gzip, deflate, br"
 `backports.zstd` is), which a send, reading its answer itself, would then be offered and not read."""
 _CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br"}
 _IDENTITY = frozenset({"", "identity"})
+READ_CODINGS = frozenset({*_CODINGS, "identity"})
+"""The content codings a send's answer may come in: those `read_decoding` decodes, and `identity`."""
 ENCODED_FACTOR = 2
 """An encoded answer is read to at most this many times the cap on its decoded body: no coding a vendor uses makes
 a body larger than it was (incompressible text grows by a few bytes per 16 KiB), so more is no answer (empty
 blocks without end), and it is cut there."""
+
+
+ON_LOOP_ENCODED = 64 * 1024
+"""An encoded answer's bytes decoded on the event loop: an answer's first 64 KiB (a vendor's answer is a few KiB);
+each chunk past them is decoded in the INFLATING thread. Decoding costs up to about 50 ns a byte for a body crafted
+of small blocks each with a header of its own (ten thousand dynamic deflate blocks in 512 KiB that inflate to
+nothing took 25 ms at once), against well under a millisecond for an ordinary 256 KiB: 64 KiB is 3 ms at most."""
+MEMBERS = 64
+"""At most this many gzip members (or deflate streams) one after another in one answer: each costs a decoder of its
+own and a copy of the rest of its chunk, so 26,000 empty 20-byte members in 512 KiB held the event loop 40 ms,
+against a fraction of a millisecond for a body of one. A vendor's answer is one member; more are refused."""
 
 
 class UndecodableBody(BridgeError, ValueError):
@@ -66,11 +80,12 @@ class _Inflater:
         self._brotli = brotli.Decompressor() if coding == "br" else None
         self._wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
         self._zlib: zlib._Decompress | None = None
+        self._members = 0
 
     def inflate(self, data: bytes, most: int) -> bytes:
         """Up to `most` bytes (at least 1) of what `data`, the body's next bytes, inflates to, with what came
         before; the input behind anything past `most` is dropped (the reader stops there). Raises zlib.error or
-        brotli.error."""
+        brotli.error, or UndecodableBody past MEMBERS members."""
         if self._brotli is not None:
             out = self._brotli.process(data, output_buffer_limit=most)
             parts, left = [out], most - len(out)
@@ -82,6 +97,10 @@ class _Inflater:
         parts, left = [], most
         while data and left > 0:
             if self._zlib is None or self._zlib.eof:  # the first member, or the next one after a member's end
+                self._members += 1
+                if self._members > MEMBERS:
+                    raise UndecodableBody(f"its {self.coding} body holds more than {MEMBERS} members (streams one "
+                                          "after another), which no vendor's answer is made of: read no further")
                 raw = self.coding == "deflate" and self._zlib is None and data[0] & 0xF != 8
                 self._zlib = zlib.decompressobj(-zlib.MAX_WBITS if raw else self._wbits)
             out = self._zlib.decompress(data, left)
@@ -113,9 +132,9 @@ async def read_decoding(response: aiohttp.ClientResponse, limit: int) -> tuple[b
     """`read_capped` for an answer aiohttp hands over as it came (asked for with `auto_decompress=False`): its body
     decoded here as its Content-Encoding says (gzip, deflate or br: what ACCEPT_ENCODING offers), only as far as
     `limit` decoded bytes (a body that inflates to a gigabyte costs `limit`), and its encoded bytes read to at most
-    ENCODED_FACTOR times `limit`. Raises UndecodableBody when the body is in another coding (zstd, one made up,
-    several stacked) or does not decode as its coding says (a corrupt or unfinished stream); an empty body is empty
-    whatever its coding."""
+    ENCODED_FACTOR times `limit`, those past its first ON_LOOP_ENCODED decoded off the event loop. Raises
+    UndecodableBody when the body is in another coding (zstd, one made up, several stacked) or does not decode as
+    its coding says (a corrupt or unfinished stream); an empty body is empty whatever its coding."""
     coding = body_coding(response)
     if coding is None:
         return await read_capped(response, limit)
@@ -132,7 +151,10 @@ async def read_decoding(response: aiohttp.ClientResponse, limit: int) -> tuple[b
         encoded += len(chunk)
         room = limit - buffer.tell()
         try:
-            out = inflater.inflate(chunk, room + 1)
+            if encoded <= ON_LOOP_ENCODED:
+                out = inflater.inflate(chunk, room + 1)
+            else:
+                out = await in_parser(inflater.inflate, chunk, room + 1, pool=INFLATING)
         except (zlib.error, brotli.error) as exc:
             raise UndecodableBody(f"it does not decode as {inflater.coding}: {exc}") from None
         del chunk

@@ -74,6 +74,9 @@ LOOKUPS = DaemonWorker("ticketbridge-lookup")
 """Where a vendor's look-up answer (a reconciliation's day of tickets, up to 32 MiB) is decoded and scanned when
 it is not small: its own thread, so that a look-up never queues behind intake's parses, nor they behind it. A
 daemon thread: a stop waits for no look-up still queued or being read."""
+INFLATING = DaemonWorker("ticketbridge-inflate")
+"""Where a send's encoded answer is decoded past its first ON_LOOP_ENCODED bytes (`bodies.read_decoding`): a thread
+of its own, so that a send never queues behind a look-up's read; zlib and brotli let go of the GIL as they work."""
 SMALL_ANSWER_BYTES = 64 * 1024
 """A look-up answer up to this long is read on the loop (well under a millisecond); a longer one in LOOKUPS."""
 LOOP_SLICE_S = 0.005

@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote
 import msgspec
 from yarl import URL
 
+from bridge.bodies import ACCEPT_ENCODING, READ_CODINGS
 from bridge.config import Base, DestinationConfig
 from bridge.delivery.redaction import MIN_SECRET_CHARS, base_url_secrets, url_secrets
 from bridge.errors import VALUE, MappingError, ValueProblem, quoted
@@ -327,6 +328,15 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
                 # the credential: the error says what is wrong without it, as for `base_url`.
                 said = NOT_SHOWN if self.url_secret else quoted(exc.value) if exc.quote is None else exc.quote
                 raise KeyValueError(where, exc.template, path, quote=said) from None
+        for name, offer in self.headers.items():
+            if name.lower() == "accept-encoding" and (unread := _codings_not_read(offer)):
+                # It replaces the offer every request makes (ACCEPT_ENCODING), and an answer in a coding a send
+                # cannot read is `unknown` at best (bodies.read_decoding). Named as an attempt's record shows the
+                # header (PLAIN_HEADERS): codings, never a secret.
+                raise KeyValueError(("headers", name), f"`headers.{name}` offers "
+                                    f"{', '.join(quoted(c) for c in unread)}, which a vendor's answer is not read in: "
+                                    f"offer only {ACCEPT_ENCODING} or identity, or leave the header out (every "
+                                    f"request offers {ACCEPT_ENCODING})")
         for key in ("multipart_json_part", "multipart_files_part"):
             if not getattr(self, key).strip():
                 raise ValueError(f"`{key}` must name a form part, e.g. data")
@@ -348,6 +358,18 @@ class HttpOptions(DestinationConfig, kw_only=True, forbid_unknown_fields=True):
                 raise KeyValueError(("success_statuses", i), f"`success_statuses` lists {VALUE}: an interim status "
                                     "(1xx) is no answer, so no success; list final statuses (200-599), e.g. [200, 201]",
                                     status)
+
+
+def _codings_not_read(offer: str) -> list[str]:
+    """The content codings an `Accept-Encoding` value offers (`*` included; one with `q=0` is refused, not
+    offered) that a send's answer is not read in (bodies.READ_CODINGS), as written."""
+    unread = []
+    for item in offer.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        refused = any(re.fullmatch(r"[qQ]\s*=\s*0(\.0{0,3})?", p) for p in params)
+        if coding and not refused and coding.lower() not in READ_CODINGS:
+            unread.append(coding)
+    return unread
 
 
 PLAIN_HEADERS = frozenset({"accept", "accept-encoding", "accept-language", "content-type", "user-agent"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import threading
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
@@ -12,9 +14,12 @@ import brotli
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+import bridge.bodies
 from bridge.bodies import (
     ACCEPT_ENCODING,
     ENCODED_FACTOR,
+    MEMBERS,
+    ON_LOOP_ENCODED,
     UndecodableBody,
     read_bounded,
     read_capped,
@@ -176,3 +181,44 @@ async def test_an_encoded_body_that_inflates_to_nothing_is_read_to_twice_the_cap
     endless = response(blocks, "gzip", size=1024)
     assert await read_decoding(endless, 4096) == (b"x", True)
     assert cast(Encoded, endless).given == ENCODED_FACTOR * 4096 + 1024
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_an_answer_of_more_members_than_any_vendor_sends_is_undecodable(coding: str) -> None:
+    """Members (or deflate streams) one after another are read up to MEMBERS, and a body of more is refused, naming
+    the count, rather than decoded member by member: 26,000 empty 20-byte gzip members fit the 512 KiB read, each a
+    decoder and a copy of the rest of its chunk, which held the event loop 40 ms."""
+    wbits = 31 if coding == "gzip" else 15
+    most = _zlib(b"{}", wbits) * MEMBERS
+    assert await read_decoding(response(most, coding), 1 << 20) == (b"{}" * MEMBERS, False)
+    many = _zlib(b"", wbits) * (ENCODED_FACTOR * (256 * 1024) // len(_zlib(b"", wbits)))
+    with pytest.raises(UndecodableBody) as raised:
+        await read_decoding(response(many, coding), 256 * 1024)
+    assert str(raised.value) == (f"its {coding} body holds more than {MEMBERS} members (streams one after another), "
+                                 "which no vendor's answer is made of: read no further")
+
+
+async def test_an_encoded_answer_past_its_first_64_kib_is_decoded_off_the_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encoded answer's first ON_LOOP_ENCODED bytes are decoded on the event loop, and each chunk after them in a
+    thread of its own: a body crafted of small blocks, each with its own header, costs up to about 50 ns a byte to
+    decode (25 ms for 512 KiB at once), which the loop would otherwise be held for."""
+    threads: list[int] = []
+    inflate = bridge.bodies._Inflater.inflate
+
+    def spied(self: bridge.bodies._Inflater, data: bytes, most: int) -> bytes:
+        threads.append(threading.get_ident())
+        return inflate(self, data, most)
+
+    monkeypatch.setattr(bridge.bodies._Inflater, "inflate", spied)
+    loop = threading.get_ident()
+    small = response(_zlib(ANSWER, 31), "gzip", size=7)
+    assert await read_decoding(small, 1 << 20) == (ANSWER, False)
+    assert set(threads) == {loop}
+    threads.clear()
+    text = random.Random(0).randbytes(512 * 1024)  # which gzip leaves about as long
+    encoded = _zlib(text, 31)
+    assert len(encoded) > 4 * ON_LOOP_ENCODED
+    assert await read_decoding(response(encoded, "gzip", size=ON_LOOP_ENCODED // 4), 1 << 20) == (text, False)
+    assert threads[:4] == [loop] * 4
+    assert loop not in threads[4:] and threads[4:]

@@ -96,12 +96,25 @@ def test_a_placeholder_without_a_usable_field_is_a_mapping_error(value: Any) -> 
     ({"success_statuses": []}, "`success_statuses` [] must list HTTP statuses"),
     ({"success_statuses": [20]}, "must list HTTP statuses"),
     ({"success_statuses": [200, 101]}, "`success_statuses` lists 101: an interim status (1xx) is no answer"),
+    ({"headers": {"accept-encoding": "gzip, deflate, br, zstd"}}, "`headers.accept-encoding` offers 'zstd', which a "
+     "vendor's answer is not read in: offer only gzip, deflate, br or identity, or leave the header out (every "
+     "request offers gzip, deflate, br)"),
+    ({"headers": {"Accept-Encoding": "*;q=0.5, x-foo"}}, "`headers.Accept-Encoding` offers '*', 'x-foo', which"),
 ])
 def test_options_are_checked_with_a_clear_error(table: dict[str, Any], message: str) -> None:
     """A bad path, method, body path or status list is refused when the config loads, saying what is wrong."""
     with pytest.raises(msgspec.ValidationError) as info:
         msgspec.convert({"vendor": "http", "base_url": BASE, **table}, HttpOptions)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("offer", ["gzip", "GZip, x-gzip, deflate, br, identity", "br;q=1.0, zstd;q=0, *;q=0.000",
+                                   "identity;q=1, *;Q=0"])
+def test_an_accept_encoding_of_codings_read_is_taken(offer: str) -> None:
+    """A configured Accept-Encoding (it replaces the one every request makes) may offer the codings a send's answer
+    is read in, and refuse any other with q=0."""
+    options = msgspec.convert({"vendor": "http", "base_url": BASE, "headers": {"Accept-Encoding": offer}}, HttpOptions)
+    assert options.headers == {"Accept-Encoding": offer}
 
 
 def test_config_errors_name_the_file_and_key(tmp_path: Any) -> None:
