@@ -1176,10 +1176,14 @@ def minimal(result: AttemptResult) -> AttemptResult:
     conversation its ticket, so that the thread's next message is a follow-up, not a second ticket), with none of
     the other text it was given from outside (a follow-up's action and body, the excerpt and exchange, the vendor's
     error) and none of the ticket ids that are not plainly storable, in case one of those is what the store refuses;
-    its error is MINIMAL_ERROR. A create's success whose ticket_id is so dropped gives its conversation no ticket."""
-    dropped = dict.fromkeys(unstorable_tickets(result))
+    its error is MINIMAL_ERROR. A success (not a follow-up's) whose ticket_id is so dropped is `ticket_missing`, as a
+    success whose answer named none is (the delivery shows it, and `deliveries set-ticket` takes it); a create's
+    gives its conversation no ticket."""
+    dropped: dict[str, Any] = dict.fromkeys(unstorable_tickets(result))
+    missing = result.ticket_missing or ("ticket_id" in dropped and result.next_status == "succeeded"
+                                        and result.role != "follow_up")
     return msgspec.structs.replace(result, response_excerpt=None, exchange=None, error=MINIMAL_ERROR, action=None,
-                                   body=None, **dropped)
+                                   body=None, ticket_missing=missing, **dropped)
 
 
 class Dispatcher:

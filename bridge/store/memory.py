@@ -422,8 +422,10 @@ class MemoryStore(Store):
         d = self._get(delivery_id)
         r = storable_result(attempt)
         c = self.conversations.get(d.row.conversation) if d.row.conversation is not None else None
-        busy = next((o.row.id for o in self.deliveries.values()
-                     if c is not None and o.row.conversation == c.id and o.row.status == "in_flight"), None)
+        unsettled = [o.row for o in self.deliveries.values() if c is not None and o.row.conversation == c.id and (
+            o.row.status == "in_flight" or (o.row.status == "pending" and o.row.in_doubt_since_ms is not None))]
+        busy = next(((o.id, False) for o in unsettled if o.status == "in_flight"),
+                    next(((o.id, True) for o in unsettled), None))
         why_not = ticket_refusal(TicketTarget(
             d.row.status, d.row.role, d.row.ticket_id, d.row.ticket_missing, d.row.created_at_ms, d.row.conversation),
             c, busy)

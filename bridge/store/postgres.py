@@ -859,20 +859,25 @@ class PostgresStore(Store):
         return why_not
 
     @staticmethod
-    async def _busy_in(conn: Any, conversation: str) -> str | None:
-        """A delivery of `conversation` (whose row the caller has locked) that is being sent or claimed now, else
-        None; the conversation's other unsettled deliveries are left locked, so that no claim takes one (as a create,
-        the conversation having no ticket) until the caller commits. Locked with SKIP LOCKED: a record holding one
-        of them waits for the conversation's lock, and waiting for its row in turn would deadlock; one locked by
-        another is counted busy (a claim in progress, or a record about to write)."""
+    async def _busy_in(conn: Any, conversation: str) -> tuple[str, bool] | None:
+        """A delivery of `conversation` (whose row the caller has locked) that is being sent or claimed now (its id,
+        False), else one pending whose earlier send's outcome is unknown (its id, True), else None
+        (`rows.ticket_refusal`); the conversation's other unsettled deliveries are left locked, so that no claim
+        takes one (as a create, the conversation having no ticket) until the caller commits. Locked with SKIP
+        LOCKED: a record holding one of them waits for the conversation's lock, and waiting for its row in turn
+        would deadlock; one locked by another is counted busy (a claim in progress, or a record about to write)."""
         locked = {row[0] for row in await conn.fetch(
             "SELECT id FROM deliveries WHERE conversation = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED",
             conversation)}
-        for i, status in await conn.fetch("SELECT id, status FROM deliveries WHERE conversation = $1 "
-                                          "AND status IN ('pending', 'in_flight') ORDER BY id", conversation):
+        doubt = None
+        for i, status, in_doubt in await conn.fetch(
+                "SELECT id, status, in_doubt_since IS NOT NULL FROM deliveries WHERE conversation = $1 "
+                "AND status IN ('pending', 'in_flight') ORDER BY id", conversation):
             if status == "in_flight" or i not in locked:
-                return str(i)
-        return None
+                return str(i), False
+            if in_doubt and doubt is None:
+                doubt = str(i), True
+        return doubt
 
     async def mapping_backlog(self, open_since_ms: dict[str, int]) -> dict[str, dict[str, int]]:
         since = {storable(name): at for name, at in open_since_ms.items()}

@@ -263,12 +263,15 @@ class TicketTarget(NamedTuple):
     conversation: str | None
 
 
-def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None, busy: str | None) -> str | None:
+def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None,
+                   busy: tuple[str, bool] | None) -> str | None:
     """Why `Store.set_ticket` gives `d` no ticket (None: it may): `d` is not a succeeded create that names no
     ticket, or its conversation (`conversation`, read under the same write) has a ticket already, or started again
     after `d` (a quiet period of `reopen_after`, an operator's reset: `d`'s ticket is an earlier round's), or has a
-    delivery being sent or claimed now (`busy`: its id), which, the conversation having no ticket, goes as a create
-    whose success would replace the one given here. Each reason says what would be right."""
+    delivery being sent or claimed now, or one to be sent again whose earlier send's outcome is unknown (`busy`: its
+    id, and whether it is that one, in doubt), which, the conversation having no ticket, went or goes as a create:
+    its success would replace the ticket given here, and a create in doubt may have made the conversation's ticket,
+    which it would not look up (under `reconcile`) once given this one. Each reason says what would be right."""
     if d.status != "succeeded":
         hint = {"in_flight": "it is being sent now: wait for its attempt to be recorded",
                 "pending": "one not yet succeeded takes its ticket with `mark-succeeded`",
@@ -293,7 +296,14 @@ def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None, busy: 
                 "a message after its quiet period `reopen_after`, or an operator's reset), so its ticket is not the "
                 "conversation's now: nothing was changed")
     if busy is not None:
-        return (f"delivery {busy} of its conversation {conversation.id} is being sent now, as a new ticket (the "
+        other, in_doubt = busy
+        if in_doubt:
+            return (f"delivery {other} of its conversation {conversation.id} was sent as a new ticket (the "
+                    "conversation has none) and its outcome is not known: it is to be looked up or sent again, and "
+                    "may have made the conversation's ticket; wait for it to settle (or settle it: `deliveries "
+                    f"mark-succeeded {other}` with the ticket it made), then run this again if the conversation "
+                    "still has no ticket")
+        return (f"delivery {other} of its conversation {conversation.id} is being sent now, as a new ticket (the "
                 "conversation has none): wait for its attempt to be recorded, then run this again")
     return None
 

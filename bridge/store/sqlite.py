@@ -1307,9 +1307,10 @@ class SqliteStore(Store):
                 got = conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?",  # noqa: S608
                                    (d.conversation,)).fetchone()
                 c = None if got is None else conversation_row(got)
-                sent = conn.execute("SELECT id FROM deliveries WHERE conversation = ? AND status = 'in_flight' "
-                                    "LIMIT 1", (d.conversation,)).fetchone()
-                busy = None if sent is None else sent[0]
+                sent = conn.execute("SELECT id, status = 'pending' FROM deliveries WHERE conversation = ? AND "
+                                    "(status = 'in_flight' OR (status = 'pending' AND in_doubt_since IS NOT NULL)) "
+                                    "ORDER BY status = 'pending' LIMIT 1", (d.conversation,)).fetchone()
+                busy = None if sent is None else (sent[0], bool(sent[1]))
             why_not = ticket_refusal(d, c, busy)
             if why_not is not None:
                 return why_not

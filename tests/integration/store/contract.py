@@ -2132,6 +2132,29 @@ class StoreContract:
         (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert nxt.id == second.id and (nxt.ticket or {}).get("id") == "T-1"
 
+    async def test_set_ticket_refuses_while_a_create_of_the_conversation_is_in_doubt(self, store: Store) -> None:
+        """The conversation's next message went as a create (it had no ticket) and its outcome is unknown, to be looked
+        up or sent again: set_ticket refuses, naming it (it may have made the conversation's ticket, which it would
+        not look up once claimed as a follow-up on the one given); once it settles with a ticket, the conversation has
+        that one."""
+        first, second = await self._ticketless_create(store)
+        (sent,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert sent.id == second.id and sent.ticket is None
+        await store.record(msgspec.structs.replace(
+            result(second.id, "pending", http_status=None, classification="unknown", error="timed out once written"),
+            next_attempt_at_ms=0), owner="w")
+        why_not = await store.set_ticket(first.id, self._given(first.id))
+        assert why_not is not None and (f"delivery {second.id} of its conversation m|k was sent as a new ticket" in
+                                        why_not and "its outcome is not known" in why_not), why_not
+        assert (await row(store, first.id)).ticket_id is None
+        (again,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert again.id == second.id and again.ticket is None
+        await store.record(msgspec.structs.replace(result(second.id, "succeeded", ticket_id="T-2"), role="create"),
+                           owner="w")
+        (conv,) = await store.get_conversations("k")
+        assert conv.conversation.ticket_id == "T-2"
+        assert "has ticket 'T-2' already" in (await store.set_ticket(first.id, self._given(first.id)) or "")
+
     async def test_set_ticket_refuses_what_is_no_ticketless_create(self, store: Store) -> None:
         """set_ticket takes only a succeeded create that names no ticket: a pending or dead delivery (mark-succeeded's),
         one with a ticket, a follow-up, a create of a round the conversation has restarted since, or one again after

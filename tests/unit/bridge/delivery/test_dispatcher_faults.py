@@ -365,13 +365,29 @@ def test_a_minimal_record_drops_only_the_ticket_ids_not_every_store_takes() -> N
                          ticket_key="K-\u2603", ticket_uuid="a" * ID_CHARS, next_status="succeeded",
                          exchange={"request": {}}, role="follow_up", action="update_ticket", body={"c": 1})
     kept = minimal(full)
-    assert (kept.ticket_id, kept.ticket_key, kept.ticket_uuid) == ("143", None, "a" * ID_CHARS)
+    assert (kept.ticket_id, kept.ticket_key, kept.ticket_uuid, kept.ticket_missing) == ("143", None, "a" * ID_CHARS,
+                                                                                       False)
     assert (kept.response_excerpt, kept.exchange, kept.action, kept.body, kept.error) == (
         None, None, None, None, MINIMAL_ERROR)
     assert (kept.classification, kept.http_status, kept.next_status, kept.role) == (
         "success", 200, "succeeded", "follow_up")
     assert [plainly_storable(t) for t in ("T-1 x", "~", "", "a" * (ID_CHARS + 1), "\x7f", "\t")] == [
         True, True, True, False, False, False]
+
+
+@pytest.mark.parametrize(("role", "next_status", "missing"), [
+    ("create", "succeeded", True), (None, "succeeded", True), ("follow_up", "succeeded", False),
+    ("create", "dead", False)])
+def test_a_success_whose_ticket_id_a_minimal_record_drops_shows_its_ticket_missing(
+        role: str | None, next_status: str, missing: bool) -> None:
+    """A success whose ticket id a minimal record leaves out names no ticket, as one whose answer named none: it is
+    `ticket_missing` (shown on the delivery; `deliveries set-ticket` gives it the ticket found at the vendor), but
+    a follow-up's (its answer names no ticket of its own) or a failure's is not."""
+    full = AttemptResult(delivery_id="d", started_at_ms=1, duration_ms=2.0, http_status=200, response_excerpt="ok",
+                         classification="success", error=None, ticket_id="caf\u00e9", next_status=next_status,
+                         role=role)
+    kept = minimal(full)
+    assert (kept.ticket_id, kept.ticket_missing) == (None, missing)
 
 
 async def test_a_minimal_record_refused_too_is_logged_and_left_to_its_lease() -> None:
