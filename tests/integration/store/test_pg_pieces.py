@@ -97,7 +97,7 @@ async def test_a_heavy_accepts_large_values_are_staged_and_joined_byte_exact(
     assert (result.event_id, result.deliveries) == (event.id, 3)
     assert sorted(owner for owner, _ in small_pieces) == sorted([event.id, large.id])
     read: list[str] = []
-    calls_through(monkeypatch, postgres, "read_pieces", lambda _conn, event_id: read.append(event_id))
+    calls_through(monkeypatch, postgres, "read_pieces", lambda _conn, key, *_value: read.append(key))
     assert await store.get_event(event.id) == event
     assert read == [event.id]
     assert [(await store.get_delivery(d.id)).body for d in (large, short, none)] == [large.body, short.body, None]
