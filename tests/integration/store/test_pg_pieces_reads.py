@@ -46,8 +46,8 @@ async def test_a_large_delivery_is_shown_without_holding_the_loop(store: Postgre
     event, body = large_event(), {"comment": TEXT + "\u20ac end"}
     delivery = make_delivery(body=body)
     await store.accept(event, [delivery], WEEK, weight=80 << 20)
-    with LoopCpu().measuring() as meter:
-        shown = await store.get_delivery(delivery.id)
+    meter = LoopCpu()
+    shown = await meter.running(store.get_delivery(delivery.id))
     measured("get_delivery", meter)
     assert shown.event == event
     assert shown.body == body
@@ -61,8 +61,8 @@ async def test_a_large_unmatched_event_is_listed_without_holding_the_loop(store:
     small, large, newer = make_event(subject="a"), large_event(), make_event(subject="b")
     for e in (small, large, newer):
         await store.accept(e, [], WEEK, weight=60 << 20 if e is large else 0)
-    with LoopCpu().measuring() as meter:
-        listed = await store.list_unmatched(10)
+    meter = LoopCpu()
+    listed = await meter.running(store.list_unmatched(10))
     measured("list_unmatched", meter)
     assert listed == [newer, large, small]
 
@@ -74,8 +74,8 @@ async def test_retentions_attachment_scan_reads_a_large_event_without_holding_th
     small = make_event(attachments=[{**ATTACHMENTS[0], "sha256": "cd" * 32}])
     for e in (large_event(), small):
         await store.accept(e, [], WEEK, weight=60 << 20)
-    with LoopCpu().measuring() as meter:
-        refs = await store.attachment_refs(2 ** 62)
+    meter = LoopCpu()
+    refs = await meter.running(store.attachment_refs(2 ** 62))
     measured("attachment_refs", meter)
     assert refs == {SHA, "cd" * 32}
 
@@ -86,8 +86,8 @@ async def test_a_claim_decodes_a_large_body_without_holding_the_loop(store: Post
     body = {"comment": TEXT, "html": "<p>" + TEXT + "</p>", "title": "Router down \u00e9"}
     large, small = make_delivery(body=body), make_delivery(body={"title": "short"})
     await store.accept(make_event(), [large, small], WEEK, weight=40 << 20)
-    with LoopCpu().measuring() as meter:
-        claimed = await store.claim("kapture-support", 10, "w", 30)
+    meter = LoopCpu()
+    claimed = await meter.running(store.claim("kapture-support", 10, "w", 30))
     measured("claim", meter)
     assert {c.id: c.body for c in claimed.items} == {large.id: body, small.id: small.body}
 
@@ -114,8 +114,8 @@ async def test_a_replay_writes_a_large_rerendered_body_without_holding_the_loop(
     await store.record(result(delivery.id, "dead", classification="permanent"), owner="w",
                        token=claimed.items[0].token)
     body = {"comment": TEXT + "\x00\u20ac", "title": "again"}
-    with LoopCpu().measuring() as meter:
-        moved = await store.replay([delivery.id], {delivery.id: (body, "v2")})
+    meter = LoopCpu()
+    moved = await meter.running(store.replay([delivery.id], {delivery.id: (body, "v2")}))
     measured("replay", meter)
     assert moved == [delivery.id]
     shown = await store.get_delivery(delivery.id)
