@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from bridge.store.pieces import PIECE_READ_BYTES
-from bridge.store.rows import now_ms
+from bridge.store.rows import SHA256_MARK, SHA256_SPAN, now_ms
 
 SEND_AT_ONCE_BYTES = 1 << 20
 """A value of an accept up to this long is bound to its statement as it is (the driver copies it, about 0.1-0.3 ms
@@ -64,9 +64,6 @@ _READ_PIECES = "SELECT s, substring(e.d FROM s FOR $2) " + _CUT  # noqa: S608 - 
 """A value as rows of $2 bytes (its place, from 1, and the piece). The concatenation detoasts the value once
 (OFFSET 0 keeps the subquery, so it is computed once, not for each piece)."""
 READ_PIECES = _READ_PIECES.format(table=EVENT[0], column=EVENT[1])
-SHA256_MARK = b'"sha256":"'
-"""What precedes an attachment's sha256 in a stored event's JSON (rows.attachment_hashes)."""
-SHA256_SPAN = len(SHA256_MARK) + 64 + 1
 _WITHIN = f"substring(e.d FROM s FOR $2 + {SHA256_SPAN})"
 _HASH_PIECES = (f"SELECT {_WITHIN} {_CUT.format(table=EVENT[0], column=EVENT[1])} "
                 f"WHERE position('\\x{SHA256_MARK.hex()}'::bytea IN {_WITHIN}) > 0")
