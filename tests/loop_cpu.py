@@ -6,8 +6,11 @@ import asyncio
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class LoopCpu:
@@ -46,3 +49,10 @@ class LoopCpu:
             asyncio.events.Handle._run = run  # type: ignore[method-assign]
             if collecting:
                 gc.enable()
+
+    async def running(self, call: Coroutine[Any, Any, T]) -> T:
+        """What `call` returns, measuring each callback it runs in, its last included: run as a task of its own.
+        (Awaited in the measuring block, its work after its last await would run in the callback that runs the
+        block's end, which is measured only once that callback returns, after the block has read the meter.)"""
+        with self.measuring():
+            return await asyncio.create_task(call)

@@ -460,7 +460,12 @@ def take_group(pending: list[W], pending_size: int, max_items: int, max_bytes: i
 NEVER = -1
 """A cutoff nothing is older than: a kind kept forever."""
 REFS_PAGE = 2000
-_SHA256 = re.compile(rb'"sha256":"([0-9a-f]{64})"')
+SHA256_MARK = b'"sha256":"'
+"""What precedes an attachment's sha256 in a stored event's JSON (`attachment_hashes`)."""
+SHA256_SPAN = len(SHA256_MARK) + 64 + 1
+"""How long the whole of one is, from SHA256_MARK to its closing quote: a store reading an event a piece at a time
+looks for them in each piece with this many bytes more (less one), so that one cut between two pieces is whole."""
+_SHA256 = re.compile(re.escape(SHA256_MARK) + rb'([0-9a-f]{64})"')
 
 
 def settled(status: str, updated_at: int, cutoffs: Cutoffs) -> bool:

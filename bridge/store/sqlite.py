@@ -91,6 +91,7 @@ from bridge.store.rows import (
     REFS_PAGE,
     RESET_CONVERSATION,
     ROW_WIDTH,
+    SHA256_SPAN,
     TicketTarget,
     attachment_hashes,
     attempt_row,
@@ -221,8 +222,6 @@ _PLAIN_DELIVERY_WIDTH = 13
 """A delivery row's values up to its last error and conversation, the two the plain statement writes NULL."""
 _INSERT_BODY = "INSERT INTO delivery_bodies (id, body) VALUES (?, ?)"
 _INSERT_BODY_ZEROBLOB = "INSERT INTO delivery_bodies (id, body) VALUES (?, zeroblob(?))"
-_BODY = "COALESCE(body, (SELECT b.body FROM delivery_bodies b WHERE b.id = deliveries.id))"
-"""A delivery's body, wherever it is kept (see BODY_INLINE)."""
 _HAS_BODY = "(body IS NOT NULL OR EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.id = deliveries.id))"
 # An attempt's record is bound in the same way, by NullsWritten: the values that may be None (an ordinary success's
 # error, next due time and role; a retry's ticket and role) are written NULL in the statement when they are, its
@@ -1006,39 +1005,55 @@ class SqliteStore(Store):
     # -- delivery -------------------------------------------------------------------------------
 
     async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> ClaimBatch:
+        """A body longer than DECODE_AT_ONCE_BYTES (quoting a large mail's text) is left out of the claim's write,
+        which runs on the loop, and read once it is committed, on the read thread, a piece at a time, and decoded so
+        (`_large_bodies`): read and decoded by the claim, a 40 MiB body held the loop 72-114 ms. Should that read fail,
+        the claim's leases are given back."""
         self._last_token += 1
         token = self._last_token
 
-        def op(conn: sqlite3.Connection) -> ClaimBatch:
+        def op(conn: sqlite3.Connection) -> tuple[ClaimBatch, list[str]]:
             now = now_ms()
             got = conn.execute(
                 "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ?, "  # noqa: S608
                 "lease_token = ? WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' "
                 f"AND destination = ? AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} "
                 "ORDER BY next_attempt_at, id LIMIT ?) "
-                "RETURNING id, event_id, mapping, destination, action, body, options, tries, attempts, "
-                "next_attempt_at, conversation, in_doubt_since, role",
-                (owner, now + int(lease_s * 1000), now, token, destination, now, limit),
+                "RETURNING id, event_id, mapping, destination, action, CASE WHEN length(body) <= ? THEN body END, "
+                "options, tries, attempts, next_attempt_at, conversation, in_doubt_since, role, length(body)",
+                (owner, now + int(lease_s * 1000), now, token, destination, now, limit, DECODE_AT_ONCE_BYTES),
             ).fetchall()
             if got:
-                if any(r[5] is None for r in got):  # a body kept apart, or none yet (a follow-up's)
-                    got = _with_bodies(conn, got, 5)
+                large = [r[0] for r in got if r[5] is None and r[13] is not None]  # a row's own (before 0021)
+                if any(r[5] is None and r[13] is None for r in got):  # a body kept apart, or none yet (a follow-up's)
+                    got, apart = _with_bodies(conn, got, 5, at_most=DECODE_AT_ONCE_BYTES)
+                    large += apart
                 items = claimed_items(got, token)
                 threaded = [i.id for i in items if i.conversation is not None]
                 if threaded:
                     found = conn.execute(TICKETS_OF_CLAIMED + f"({', '.join('?' * len(threaded))})",
                                          threaded).fetchall()
                     items = with_tickets(items, found)
-                return ClaimBatch(items=items)
+                return ClaimBatch(items=items), large
             # In due order, stopping at the first head: deliveries waiting behind another are not walked.
             first = conn.execute("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' "  # noqa: S608
                                  f"AND destination = ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1",
                                  (destination,)).fetchone()
             nxt = None if first is None else first[0]
-            return ClaimBatch(items=[], next_due_ms=nxt)
+            return ClaimBatch(items=[], next_due_ms=nxt), []
 
-        batch: ClaimBatch = await self._write(op, durable=False)
-        return batch
+        batch, large = await self._write(op, durable=False)
+        if large:
+            try:
+                bodies: dict[str, dict[str, Any]] = await self._read(functools.partial(_large_bodies, ids=large))
+            except BaseException:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.release([i.id for i in batch.items], owner=owner,
+                                       tokens=[token] * len(batch.items))
+                raise
+            batch.items = [msgspec.structs.replace(i, body=bodies.get(i.id, {})) if i.id in large else i
+                           for i in batch.items]
+        return batch  # type: ignore[no-any-return]
 
     async def record(self, result: AttemptResult, *, owner: str | None = None, token: int | None = None) -> None:
         r = storable_result(result)
@@ -1159,40 +1174,38 @@ class SqliteStore(Store):
         return rows
 
     async def get_delivery(self, delivery_id: str) -> DeliveryDetail:
+        """Its event and body, when longer than DECODE_AT_ONCE_BYTES (a large mail's, a body quoting its text), are
+        read a piece at a time and decoded so, as `get_event` reads an event: fetched whole and decoded at once, a
+        60 MiB event and a 40 MiB body held the GIL, and so the loop, 70 ms."""
         def run(conn: sqlite3.Connection) -> DeliveryDetail:
-            r = conn.execute(f"SELECT {ROW_COLUMNS}, {_BODY}, options FROM deliveries WHERE id = ?",  # noqa: S608
-                             (delivery_id,)).fetchone()
-            if r is None:
-                raise NotFound(f"no delivery {named(delivery_id)}")
-            event = conn.execute("SELECT data FROM events WHERE id = ?", (r[1],)).fetchone()
-            attempts = [attempt_row(a) for a in conn.execute(
-                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY n",  # noqa: S608
-                (delivery_id,))]
-            body, options = r[ROW_WIDTH], r[ROW_WIDTH + 1]
-            return DeliveryDetail(delivery=delivery_row(r), body=decode_dict(body) if body is not None else None,
-                                  options=decode_dict(options), event=decode_event(event[0]), attempts=attempts)
+            with _snapshot(conn):
+                r = conn.execute(f"SELECT {ROW_COLUMNS}, options FROM deliveries WHERE id = ?",  # noqa: S608
+                                 (delivery_id,)).fetchone()
+                if r is None:
+                    raise NotFound(f"no delivery {named(delivery_id)}")
+                body = _body_data(conn, delivery_id)
+                event = _event_data(conn, r[1])
+                attempts = [attempt_row(a) for a in conn.execute(
+                    f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY n",  # noqa: S608
+                    (delivery_id,))]
+            if event is None:
+                raise NotFound(f"no event {named(r[1])} for delivery {named(delivery_id)}")
+            return DeliveryDetail(delivery=delivery_row(r),
+                                  body=decode_in_pieces(body, decode_dict) if body is not None else None,
+                                  options=decode_dict(r[ROW_WIDTH]), event=decode_in_pieces(event, decode_event),
+                                  attempts=attempts)
 
         detail: DeliveryDetail = await self._read(run)
         return detail
 
     async def get_event(self, event_id: str) -> Event:
         def run(conn: sqlite3.Connection) -> Event:
-            row = conn.execute("SELECT CASE WHEN length(data) <= ? THEN data END FROM events WHERE id = ?",
-                               (DECODE_AT_ONCE_BYTES, event_id)).fetchone()
-            if row is None:
-                raise NotFound(f"no event {named(event_id)}")
-            if row[0] is not None:
-                return decode_event(row[0])
             # A large mail's, read back for each follow-up of its thread: fetched whole, sqlite3 reads its pages and
             # copies it with the GIL held (60 MiB: about 200 ms); read a piece at a time, and decoded so, it is not.
-            conn.execute("BEGIN")
-            try:
-                found = conn.execute("SELECT rowid FROM events WHERE id = ?", (event_id,)).fetchone()
-                if found is None:
-                    raise NotFound(f"no event {named(event_id)}")
-                data = _blob_read(conn, "events", "data", found[0])
-            finally:
-                conn.execute("COMMIT")
+            with _snapshot(conn):
+                data = _event_data(conn, event_id)
+            if data is None:
+                raise NotFound(f"no event {named(event_id)}")
             return decode_in_pieces(data, decode_event)
 
         event: Event = await self._read(run)
@@ -1398,9 +1411,14 @@ class SqliteStore(Store):
 
     async def list_unmatched(self, limit: int = 50, before_id: str | None = None) -> list[Event]:
         def run(conn: sqlite3.Connection) -> list[Event]:
-            return [decode_event(r[0]) for r in conn.execute(
-                "SELECT data FROM events WHERE routed = 0 AND id < ? ORDER BY id DESC LIMIT ?",
-                (before_id or "~", limit))]
+            # A large mail's read and decoded a piece at a time, as get_event reads it: whole, a 60 MiB one held the
+            # GIL, and so the loop, 58 ms.
+            with _snapshot(conn):
+                rows = conn.execute(f"SELECT rowid, {_AT_MOST.format('data')} FROM events WHERE routed = 0 "  # noqa: S608
+                                    "AND id < ? ORDER BY id DESC LIMIT ?",
+                                    (DECODE_AT_ONCE_BYTES, before_id or "~", limit)).fetchall()
+                data = [d if d is not None else _blob_read(conn, "events", "data", rowid) for rowid, d in rows]
+            return [decode_in_pieces(d, decode_event) for d in data]
 
         found: list[Event] = await self._read(run)
         return found
@@ -1547,15 +1565,23 @@ class SqliteStore(Store):
         refs: set[str] = set()
         position: tuple[int, str] = (NEVER, "")
         while True:
-            def page(conn: sqlite3.Connection, start: tuple[int, str] = position) -> list[tuple[int, str, bytes]]:
-                return conn.execute(
-                    "SELECT received_at, id, data FROM events WHERE received_at < ? AND received_at >= ? "
-                    "AND NOT (received_at = ? AND id <= ?) ORDER BY received_at, id LIMIT ?",
-                    (received_before_ms, start[0], start[0], start[1], REFS_PAGE)).fetchall()
+            def page(conn: sqlite3.Connection, start: tuple[int, str] = position) -> tuple[list[Any], set[str]]:
+                # Looked through on the read thread; a large mail's a piece at a time (_blob_hashes): whole, a
+                # 60 MiB one held the GIL, and so the loop, 34 ms.
+                found: set[str] = set()
+                with _snapshot(conn):
+                    rows = conn.execute(
+                        f"SELECT received_at, id, rowid, {_AT_MOST.format('data')} FROM events "  # noqa: S608
+                        "WHERE received_at < ? AND received_at >= ? AND NOT (received_at = ? AND id <= ?) "
+                        "ORDER BY received_at, id LIMIT ?",
+                        (DECODE_AT_ONCE_BYTES, received_before_ms, start[0], start[0], start[1], REFS_PAGE)).fetchall()
+                    for _, _, rowid, data in rows:
+                        found.update(attachment_hashes(data) if data is not None else
+                                     _blob_hashes(conn, "events", "data", rowid))
+                return rows, found
 
-            rows: list[tuple[int, str, bytes]] = await self._read(page)
-            for _, _, data in rows:
-                refs.update(attachment_hashes(data))
+            rows, found = await self._read(page)
+            refs |= found
             if len(rows) < REFS_PAGE:
                 return refs
             position = (rows[-1][0], rows[-1][1])
@@ -1675,15 +1701,75 @@ def _put_body(conn: sqlite3.Connection, delivery_id: str, body: _Json) -> None:
     conn.execute("INSERT OR REPLACE INTO delivery_bodies (id, body) VALUES (?, ?)", (delivery_id, body))
 
 
-def _with_bodies(conn: sqlite3.Connection, rows: list[Any], at: int) -> list[Any]:
+def _with_bodies(conn: sqlite3.Connection, rows: list[Any], at: int, at_most: int) -> tuple[list[Any], list[str]]:
     """`rows` (each a delivery's id first, its body at `at`) with the bodies kept apart filled in where the row's
-    own is NULL (BODY_INLINE); one look-up of them all."""
+    own is NULL (BODY_INLINE), one look-up of them all; and the ids of those longer than `at_most`, left NULL."""
     wanted = [r[0] for r in rows if r[at] is None]
-    found = dict(conn.execute(f"SELECT id, body FROM delivery_bodies WHERE id IN ({', '.join('?' * len(wanted))})",  # noqa: S608
-                              wanted).fetchall())
+    got = conn.execute(f"SELECT id, {_AT_MOST.format('body')} FROM delivery_bodies "  # noqa: S608
+                       f"WHERE id IN ({', '.join('?' * len(wanted))})", [at_most, *wanted]).fetchall()
+    found = {i: body for i, body in got if body is not None}
+    large = [i for i, body in got if body is None]
     if not found:
-        return rows
-    return [(*r[:at], found[r[0]], *r[at + 1:]) if r[0] in found else r for r in rows]
+        return rows, large
+    return [(*r[:at], found[r[0]], *r[at + 1:]) if r[0] in found else r for r in rows], large
+
+
+_AT_MOST = "CASE WHEN length({0}) <= ? THEN {0} END"
+"""SQL for a column (a blob) when it is at most ? bytes long, else NULL; its length read without its pages."""
+
+
+@contextlib.contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """A read transaction on the reader: what is read in it, a rowid then its blob, is of one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+def _event_data(conn: sqlite3.Connection, event_id: str) -> bytes | None:
+    """An event's data, one longer than DECODE_AT_ONCE_BYTES read a piece at a time (_blob_read); None when there is
+    no such event. In a `_snapshot`."""
+    row = conn.execute(f"SELECT rowid, {_AT_MOST.format('data')} FROM events WHERE id = ?",  # noqa: S608
+                       (DECODE_AT_ONCE_BYTES, event_id)).fetchone()
+    if row is None:
+        return None
+    return row[1] if row[1] is not None else _blob_read(conn, "events", "data", row[0])
+
+
+def _body_data(conn: sqlite3.Connection, delivery_id: str) -> bytes | None:
+    """A delivery's body (encoded), from its row or delivery_bodies (BODY_INLINE), one longer than
+    DECODE_AT_ONCE_BYTES read a piece at a time (_blob_read); None when it has none. In a `_snapshot`."""
+    for table in ("deliveries", "delivery_bodies"):
+        row = conn.execute(f"SELECT rowid, {_AT_MOST.format('body')}, length(body) FROM {table} "  # noqa: S608
+                           "WHERE id = ?", (DECODE_AT_ONCE_BYTES, delivery_id)).fetchone()
+        if row is not None and row[2] is not None:
+            return row[1] if row[1] is not None else _blob_read(conn, table, "body", row[0])
+    return None
+
+
+def _large_bodies(conn: sqlite3.Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The bodies of the deliveries `ids`, read a piece at a time and decoded so (on the read thread)."""
+    out = {}
+    with _snapshot(conn):
+        data = {i: _body_data(conn, i) for i in ids}
+    for i, body in data.items():
+        if body is not None:
+            out[i] = decode_in_pieces(body, decode_dict)
+    return out
+
+
+def _blob_hashes(conn: sqlite3.Connection, table: str, column: str, rowid: int) -> set[str]:
+    """The sha256 of each attachment the JSON in `column` of the row `rowid` names, looked for a piece at a time,
+    each with the end of the one before it, so that one cut between two is whole in the second."""
+    found: set[str] = set()
+    tail = b""
+    with conn.blobopen(table, column, rowid, readonly=True) as blob:
+        while chunk := blob.read(PIECE_READ_BYTES):
+            found.update(attachment_hashes(tail + chunk))
+            tail = chunk[-(SHA256_SPAN - 1):]
+    return found
 
 
 def _blob_read(conn: sqlite3.Connection, table: str, column: str, rowid: int) -> bytes:
