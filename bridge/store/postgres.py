@@ -117,6 +117,7 @@ from bridge.store.rows import (
     encode,
     head_of_conversation,
     kept_condition,
+    last_slice,
     leases,
     lookups,
     now_ms,
@@ -1018,13 +1019,7 @@ class PostgresStore(Store):
         conversation = storable(conversation)
         if last:
             async def tail(conn: Any) -> ConversationSlice:
-                found = await conn.fetch(SLICE_LAST, conversation, limit + 1)
-                rows = found[:limit][::-1]
-                stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
-                ahead = None if stored is None else max(stored - len(rows), 0)
-                return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
-                                         arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
-                                         later=False, ahead=ahead)
+                return last_slice(await conn.fetch(SLICE_LAST, conversation, limit + 1), limit)
 
             return await self._run(tail, transaction=False)
         place = after or before

@@ -109,6 +109,7 @@ from bridge.store.rows import (
     head_of_conversation,
     in_legacy_conversation,
     kept_condition,
+    last_slice,
     lease_lost,
     leases,
     lookups,
@@ -1450,13 +1451,7 @@ class SqliteStore(Store):
             return bool(conn.execute(SLICE_PROBE[op], (conversation, at)).fetchone()[0])
 
         def run_last(conn: sqlite3.Connection) -> ConversationSlice:
-            found = conn.execute(SLICE_LAST, (conversation, limit + 1)).fetchall()
-            rows = found[:limit][::-1]
-            stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
-            ahead = None if stored is None else max(stored - len(rows), 0)
-            return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
-                                     arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
-                                     later=False, ahead=ahead)
+            return last_slice(conn.execute(SLICE_LAST, (conversation, limit + 1)).fetchall(), limit)
 
         if last:
             tail: ConversationSlice = await self._read(run_last)
