@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -48,6 +48,8 @@ from bridge.errors import ErrorList, NotFound, named
 from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import run_tests
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store, StoredMappingSet
+
+T = TypeVar("T")
 
 URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
@@ -298,6 +300,22 @@ def run_show(args: argparse.Namespace) -> int:
     return _with_store(args, body)
 
 
+async def _refusable(call: Awaitable[T]) -> T | None:
+    """The server's answer to an operator's change of one delivery, or None where it refused it, said on stderr:
+    no such delivery (404), or not for the delivery's state (409): exit 1, as when run on the store. Any other
+    error is raised: the server could not be asked (exit 2)."""
+    try:
+        return await call
+    except NotFound as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+    except RemoteError as exc:
+        if exc.status != 409:
+            raise
+        print(str(exc), file=sys.stderr)
+        return None
+
+
 def run_set_ticket(args: argparse.Namespace) -> int:
     def done(conversation: str | None) -> int:
         print(f"{args.id}: ticket {args.ticket_id} set"
@@ -317,18 +335,9 @@ def run_set_ticket(args: argparse.Namespace) -> int:
         return 1
 
     async def remote(client: AdminClient) -> int:
-        try:
-            view = await client.set_ticket(args.id, SetTicketBody(ticket_id=args.ticket_id, ticket_key=args.ticket_key,
-                                                                  note=args.note))
-        except NotFound as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        except RemoteError as exc:
-            if exc.status != 409:  # not a refusal for the delivery's state: the server could not be asked (2)
-                raise
-            print(str(exc), file=sys.stderr)  # refused for its state: exit 1, as when run on the store
-            return 1
-        return done(view.delivery.conversation)
+        view = await _refusable(client.set_ticket(args.id, SetTicketBody(ticket_id=args.ticket_id,
+                                                                         ticket_key=args.ticket_key, note=args.note)))
+        return 1 if view is None else done(view.delivery.conversation)
 
     if args.url:
         return _with_server(args.url, remote)
@@ -350,16 +359,8 @@ def run_mark_succeeded(args: argparse.Namespace) -> int:
         return 0
 
     async def remote(client: AdminClient) -> int:
-        try:
-            await client.mark_succeeded(args.id, MarkSucceededBody(ticket_id=args.ticket_id,
-                                                                   ticket_key=args.ticket_key, note=args.note))
-        except NotFound as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        except RemoteError as exc:
-            if exc.status != 409:  # not a refusal for the delivery's state: the server could not be asked (2)
-                raise
-            print(str(exc), file=sys.stderr)  # refused for its state: exit 1, as when run on the store
+        if await _refusable(client.mark_succeeded(args.id, MarkSucceededBody(
+                ticket_id=args.ticket_id, ticket_key=args.ticket_key, note=args.note))) is None:
             return 1
         print(f"{args.id}: marked succeeded with ticket {args.ticket_id}")
         return 0
