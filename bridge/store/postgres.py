@@ -103,7 +103,7 @@ from bridge.store.rows import (
     REFS_PAGE,
     RESET_CONVERSATION,
     ROW_WIDTH,
-    TicketTarget,
+    TICKET_TARGET_COLUMNS,
     attachment_hashes,
     attempt_row,
     audit_entry,
@@ -128,6 +128,7 @@ from bridge.store.rows import (
     storable_audit,
     storable_result,
     ticket_refusal,
+    ticket_target,
     tickets_of_claimed,
     with_tickets,
 )
@@ -871,11 +872,11 @@ class PostgresStore(Store):
         async def op(conn: Any) -> str | None:
             # The delivery, then its conversation, locked in the order a record, a mark_succeeded and a purge take
             # them; the conversation's lock keeps an accept from adding a message to it until this commits.
-            found = await conn.fetchrow("SELECT status, role, ticket_id, ticket_missing, created_at, conversation, "
-                                        "destination FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+            found = await conn.fetchrow(f"SELECT {TICKET_TARGET_COLUMNS} FROM deliveries "  # noqa: S608 - constants
+                                        "WHERE id = $1 FOR UPDATE", delivery_id)
             if found is None:
                 raise NotFound(f"no delivery {named(delivery_id)}")
-            d = TicketTarget(found[0], found[1], found[2], bool(found[3]), found[4], found[5])
+            d = ticket_target(found)
             c, busy = None, None
             if d.conversation is not None:
                 got = await conn.fetchrow(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608

@@ -264,6 +264,16 @@ class TicketTarget(NamedTuple):
     conversation: str | None
 
 
+TICKET_TARGET_COLUMNS = "status, role, ticket_id, ticket_missing, created_at, conversation, destination"
+"""What `Store.set_ticket` selects of its delivery: a TicketTarget (`ticket_target`), then the destination whose
+lanes it wakes."""
+
+
+def ticket_target(r: Sequence[Any]) -> TicketTarget:
+    """A row selected with TICKET_TARGET_COLUMNS."""
+    return TicketTarget(r[0], r[1], r[2], bool(r[3]), r[4], r[5])
+
+
 def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None,
                    busy: tuple[str, bool] | None) -> str | None:
     """Why `Store.set_ticket` gives `d` no ticket (None: it may): `d` is not a succeeded create that names no

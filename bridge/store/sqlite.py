@@ -92,7 +92,7 @@ from bridge.store.rows import (
     RESET_CONVERSATION,
     ROW_WIDTH,
     SHA256_SPAN,
-    TicketTarget,
+    TICKET_TARGET_COLUMNS,
     attachment_hashes,
     attempt_row,
     audit_entry,
@@ -124,6 +124,7 @@ from bridge.store.rows import (
     storable_result,
     take_group,
     ticket_refusal,
+    ticket_target,
     tickets_of_claimed,
     too_deep,
     with_tickets,
@@ -1311,11 +1312,11 @@ class SqliteStore(Store):
         woken: list[str] = []  # the destination whose conversation's next message may now go
 
         def op(conn: sqlite3.Connection) -> str | None:
-            found = conn.execute("SELECT status, role, ticket_id, ticket_missing, created_at, conversation, "
-                                 "destination FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            found = conn.execute(f"SELECT {TICKET_TARGET_COLUMNS} FROM deliveries WHERE id = ?",  # noqa: S608
+                                 (delivery_id,)).fetchone()
             if found is None:
                 raise NotFound(f"no delivery {named(delivery_id)}")
-            d = TicketTarget(found[0], found[1], found[2], bool(found[3]), found[4], found[5])
+            d = ticket_target(found)
             c, busy = None, None
             if d.conversation is not None:
                 got = conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?",  # noqa: S608
