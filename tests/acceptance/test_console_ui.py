@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -26,7 +27,7 @@ DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 CONFIG, MAPPINGS = console_app("website")
 
 if TYPE_CHECKING:
-    from playwright.async_api import Page
+    from playwright.async_api import Locator, Page
 
 
 @asynccontextmanager
@@ -298,6 +299,57 @@ def _dead() -> Any:
 CHAT_CONFIG = CONFIG.replace("  website: {kind: json}\n", "  website: {kind: json}\n  chat: {kind: json}\n")
 CHAT_MAPPINGS = {**MAPPINGS, "chat": threaded_mapping("chat")}
 THREAD = "C0123/1700000000.000100"  # a Slack channel and thread
+
+
+@dataclass
+class PausedThread:
+    """A chat thread (THREAD) whose messages wait, unsent: its destination is paused."""
+
+    client: Any
+    id: str = f"chat|chat:{THREAD}"
+
+    async def say(self, text: str) -> None:
+        resp = await self.client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
+        assert resp.status == 202, await resp.text()
+
+    async def in_order(self) -> list[str]:
+        """The ids of the thread's deliveries, in their order in the conversation, as the store lists them."""
+        store = runtime(self.client).store
+        assert store is not None
+        [thread] = await store.get_conversations(self.id)
+        return [d.id for d in thread.deliveries]
+
+    def page(self, limit: int) -> str:
+        """The address of the console's list of the thread, `limit` a page."""
+        query = urlencode({"conversation": self.id, "limit": str(limit)})
+        return f"{self.client.make_url('/admin/')}#/deliveries?{query}"
+
+
+async def paused_thread(write_config: ConfigFactory, bridge_client: AppClient, messages: int) -> PausedThread:
+    """The app with the chat source, its destination paused, and a thread of `messages` messages posted to it."""
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
+    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    thread = PausedThread(client)
+    for n in range(messages):
+        await thread.say(f"message {n}")
+    return thread
+
+
+async def sign_in_at(page: Page, url: str) -> None:
+    """Go to `url` and sign in there as the admin."""
+    await page.goto(url)
+    await page.get_by_label("Admin token").fill("admin-secret")
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def listed(rows: Locator) -> list[tuple[str, str]]:
+    """The first two cells of each of `rows`: a conversation's place of each message, and its delivery's id."""
+    return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
+            for r in await rows.all()]
+
+
 # A chat id as a sender may write it: markup that would run if parsed, and every character a URL gives a meaning.
 HOSTILE_CHAT = ("<img src=x onerror=\"window.__pwned='img'\"><script>window.__pwned='script'</script>"
                 " a&b=c?d#e/f|g'h%41+i")
@@ -353,9 +405,7 @@ async def test_a_conversation_is_filtered_to_by_its_id_in_order_with_its_ticket_
             await expect(rows).to_have_count(2)
             await expect(field).to_have_value(thread_id)
 
-        await page.goto(base)
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, base)
         await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
         await page.get_by_role("link", name="Deliveries").click()
         await expect(rows).to_have_count(4)
@@ -391,9 +441,7 @@ async def test_a_conversation_is_filtered_to_by_its_id_in_order_with_its_ticket_
         browser = page.context.browser
         assert browser is not None
         tab = await browser.new_page()  # a link shared: another tab signs in, then shows the same
-        await tab.goto(shared)
-        await tab.get_by_label("Admin token").fill("admin-secret")
-        await tab.get_by_role("button", name="Sign in").click()
+        await sign_in_at(tab, shared)
         await expect(tab.locator("section.conversation h2")).to_have_text(f"Conversation {thread_id}")
         await expect(tab.locator("tbody tr")).to_have_count(2)
         await tab.close()
@@ -445,67 +493,43 @@ async def test_a_long_conversation_is_read_page_by_page_older_and_newer_while_me
     why."""
     from playwright.async_api import expect
 
-    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
-    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
-    store = runtime(client).store
-    assert store is not None
-    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
-    assert resp.status == 200, await resp.text()
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
-        assert resp.status == 202, await resp.text()
-
-    for n in range(5):
-        await say(f"message {n}")
-    thread_id = f"chat|chat:{THREAD}"
-    base = str(client.make_url("/admin/"))
+    thread = await paused_thread(write_config, bridge_client, 5)
     async with chromium_page(tmp_path) as (page, errors, shots):
         rows = page.locator("section.conversation tbody tr")
         older = page.get_by_role("link", name="← Older messages")
         newer = page.get_by_role("link", name="Newer messages →")
 
-        async def listed() -> list[tuple[str, str]]:
-            return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
-                    for r in await rows.all()]
-
-        async def in_order() -> list[str]:
-            [thread] = await store.get_conversations(thread_id)
-            return [d.id for d in thread.deliveries]
-
-        await page.goto(f"{base}#/deliveries?{urlencode({'conversation': thread_id, 'limit': '2'})}")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, thread.page(limit=2))
         await expect(rows).to_have_count(2)
-        ids = await in_order()
-        assert await listed() == [("1", ids[0]), ("2", ids[1])]
+        ids = await thread.in_order()
+        assert await listed(rows) == [("1", ids[0]), ("2", ids[1])]
         await expect(older).to_have_count(0)
         await expect(newer).to_have_count(2)  # above the table and below it
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 1{DASH}2")
 
         await newer.first.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 3{DASH}4")
-        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        assert await listed(rows) == [("3", ids[2]), ("4", ids[3])]
         await expect(older).to_have_count(2)
         second = page.url
-        await say("message 5")  # arrives while the conversation is read
+        await thread.say("message 5")  # arrives while the conversation is read
         await newer.last.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
-        ids = await in_order()
-        assert len(ids) == 6 and await listed() == [("5", ids[4]), ("6", ids[5])]
+        ids = await thread.in_order()
+        assert len(ids) == 6 and await listed(rows) == [("5", ids[4]), ("6", ids[5])]
         await expect(newer).to_have_count(0)
         await expect(older).to_have_count(2)
         await page.screenshot(path=str(shots / "deliveries-conversation-paged.png"), full_page=True)
 
         await older.first.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 3{DASH}4")
-        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        assert await listed(rows) == [("3", ids[2]), ("4", ids[3])]
         await expect(newer).to_have_count(2)
         await page.go_back()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
         await page.reload()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
-        assert await listed() == [("5", ids[4]), ("6", ids[5])]
+        assert await listed(rows) == [("5", ids[4]), ("6", ids[5])]
         await older.first.click()
         await older.first.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 1{DASH}2")
@@ -524,21 +548,7 @@ async def test_a_long_conversation_s_newest_page_is_one_click_away_and_kept_in_t
     back and forward show the same pages."""
     from playwright.async_api import expect
 
-    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
-    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
-    store = runtime(client).store
-    assert store is not None
-    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
-    assert resp.status == 200, await resp.text()
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
-        assert resp.status == 202, await resp.text()
-
-    for n in range(5):
-        await say(f"message {n}")
-    thread_id = f"chat|chat:{THREAD}"
-    base = str(client.make_url("/admin/"))
+    thread = await paused_thread(write_config, bridge_client, 5)
     async with chromium_page(tmp_path) as (page, errors, shots):
         rows = page.locator("section.conversation tbody tr")
         nav = page.locator("section.conversation nav").first
@@ -547,17 +557,7 @@ async def test_a_long_conversation_s_newest_page_is_one_click_away_and_kept_in_t
         older = page.get_by_role("link", name="← Older messages")
         newer = page.get_by_role("link", name="Newer messages →")
 
-        async def listed() -> list[tuple[str, str]]:
-            return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
-                    for r in await rows.all()]
-
-        async def in_order() -> list[str]:
-            [thread] = await store.get_conversations(thread_id)
-            return [d.id for d in thread.deliveries]
-
-        await page.goto(f"{base}#/deliveries?{urlencode({'conversation': thread_id, 'limit': '2'})}")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, thread.page(limit=2))
         await expect(nav).to_contain_text(f"Messages 1{DASH}2")
         await expect(newest).to_have_count(2)  # above the table and below it
         await expect(oldest).to_have_count(0)
@@ -566,27 +566,27 @@ async def test_a_long_conversation_s_newest_page_is_one_click_away_and_kept_in_t
         await newest.first.click()
         await expect(nav).to_contain_text(f"Messages 4{DASH}5")
         assert "from=last" in page.url
-        ids = await in_order()
-        assert await listed() == [("4", ids[3]), ("5", ids[4])]
+        ids = await thread.in_order()
+        assert await listed(rows) == [("4", ids[3]), ("5", ids[4])]
         await expect(newer).to_have_count(0)
         await expect(newest).to_have_count(0)
         await expect(older).to_have_count(2)
         await expect(oldest).to_have_count(2)
         await page.screenshot(path=str(shots / "deliveries-conversation-newest.png"), full_page=True)
 
-        await say("message 5")  # arrives while the newest page is shown
+        await thread.say("message 5")  # arrives while the newest page is shown
         await page.reload()
         await expect(nav).to_contain_text(f"Messages 5{DASH}6")
-        ids = await in_order()
-        assert len(ids) == 6 and await listed() == [("5", ids[4]), ("6", ids[5])]
+        ids = await thread.in_order()
+        assert len(ids) == 6 and await listed(rows) == [("5", ids[4]), ("6", ids[5])]
         await older.first.click()
         await expect(nav).to_contain_text(f"Messages 3{DASH}4")
-        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        assert await listed(rows) == [("3", ids[2]), ("4", ids[3])]
         await expect(newest).to_have_count(2)
 
         await oldest.last.click()
         await expect(nav).to_contain_text(f"Messages 1{DASH}2")
-        assert page.url == first and await listed() == [("1", ids[0]), ("2", ids[1])]
+        assert page.url == first and await listed(rows) == [("1", ids[0]), ("2", ids[1])]
         await page.go_back()
         await expect(nav).to_contain_text(f"Messages 3{DASH}4")
         await page.go_forward()
@@ -604,9 +604,7 @@ async def test_a_view_named_after_an_object_built_in_shows_the_overview(
     client = await bridge_client(write_config(CONFIG, MAPPINGS))
     base = str(client.make_url("/admin/"))
     async with chromium_page(tmp_path) as (page, errors, _):
-        await page.goto(f"{base}#/constructor")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, f"{base}#/constructor")
         await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
         for name in ("toString", "__proto__", "hasOwnProperty"):
             await page.goto(f"{base}#/deliveries")
