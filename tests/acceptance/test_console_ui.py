@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.store.base import DeliveryFilter
-from tests.acceptance.console_app import ADMIN, console_app, threaded_mapping
+from tests.acceptance.console_app import ADMIN, NO_ID_CONFIG, console_app, threaded_mapping
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.threads import commented_thread
 
@@ -216,17 +216,6 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
     [entry] = [e for e in (await store.list_audit(limit=10)) if e.action == "delivery.mark_succeeded"]
     assert (entry.actor, entry.target, entry.detail["note"]) == ("admin", row.id, "found in the Kapture console")
     assert len(sim.tickets) == 1  # marked, never sent again
-
-
-NO_ID_CONFIG = """
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
-sources:
-  events: {kind: json}
-destinations:
-  api: {vendor: http, sandbox: true, path: /tickets, ticket_id_path: data.reference}
-"""
-"""The http sandbox answers each create `{"data": {"id": ...}}`: read at `data.reference`, it names no ticket."""
 
 
 async def test_a_create_whose_answer_named_no_ticket_is_given_one_and_its_thread_follows_up(
