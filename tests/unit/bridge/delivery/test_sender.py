@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import re
 import socket
-import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from bridge.vendors.base import Outcome, VendorAuthFailed, VendorRequest, Vendor
 from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
+from tests.allocations import peak_of
 
 BASE = "http://kapture.test"
 URL_CREATE = BASE + CREATE_PATH
@@ -962,12 +962,8 @@ async def test_an_answer_that_inflates_without_end_is_read_to_the_cap_in_bounded
               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     async with raw_vendor(answer) as base:
         adapter = RecordingKapture(base)
-        tracemalloc.start()
-        try:
-            sent = await asyncio.wait_for(send_once(session, adapter, claimed(), 30.0), timeout=60.0)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        sent, peak = await peak_of(lambda: asyncio.wait_for(send_once(session, adapter, claimed(), 30.0),
+                                                            timeout=60.0))
     assert [len(b) for _, b in adapter.classified] == [MAX_RESPONSE_BYTES]
     assert (sent.outcome.classification, sent.http_status) == ("unknown", 200)
     assert peak < 16 << 20, f"{peak / (1 << 20):.1f} MiB allocated"
