@@ -5,7 +5,6 @@ decoded whole in one call on the read thread (which holds the GIL, and so the lo
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "s.db")
-    await opened.open()
-    yield opened
-    await opened.close()
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    return sqlite_store
 
 
 async def test_a_claim_decodes_a_large_body_off_the_loop(store: SqliteStore) -> None:
