@@ -75,13 +75,10 @@ async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
             await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
         await page.goto(base)
-        await page.get_by_label("Admin token").fill("wrong")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in(page, "wrong")
         await expect(page.get_by_role("alert")).to_contain_text("not known")
         await shot("sign-in")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
-        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        await sign_in_to_overview(page, "admin-secret")
         await expect(page.locator(".card").filter(has_text="dead letters")).to_contain_text("2")
         await shot("overview")
 
@@ -175,14 +172,8 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
     [ticket] = sim.tickets
     base = str(client.make_url("/admin/"))
     async with chromium_page(tmp_path) as (page, errors, shots):
-
-        async def sign_in(token: str) -> None:
-            await page.get_by_label("Admin token").fill(token)
-            await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-
         await page.goto(base)
-        await sign_in("grafana-secret")
+        await sign_in_to_overview(page, "grafana-secret")
         await page.get_by_role("link", name="Deliveries").click()
         await expect(page.locator("tbody tr")).to_have_count(1)
         await expect(page.locator("tbody tr")).to_contain_text("in doubt")
@@ -192,7 +183,7 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
         await expect(page.locator("#read-only")).to_be_visible()
 
         await page.get_by_role("button", name="Sign out").click()
-        await sign_in("admin-secret")
+        await sign_in_to_overview(page, "admin-secret")
         await page.goto(f"{base}#/delivery/{row.id}")
         await expect(page.locator("#in-doubt")).to_be_visible()
         await page.screenshot(path=str(shots / "delivery-held.png"), full_page=True)
@@ -239,20 +230,14 @@ async def test_a_create_whose_answer_named_no_ticket_is_given_one_and_its_thread
     [row] = await store.list_deliveries(DeliveryFilter())
     base = str(client.make_url("/admin/"))
     async with chromium_page(tmp_path) as (page, errors, shots):
-
-        async def sign_in(token: str) -> None:
-            await page.get_by_label("Admin token").fill(token)
-            await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-
         await page.goto(base)
-        await sign_in("grafana-secret")
+        await sign_in_to_overview(page, "grafana-secret")
         await page.goto(f"{base}#/delivery/{row.id}")
         await expect(page.locator("#ticket-missing")).to_contain_text("named no ticket")
         await expect(page.get_by_role("button", name="Set ticket")).to_be_disabled()
         await expect(page.get_by_role("button", name="Mark succeeded")).to_have_count(0)
         await page.get_by_role("button", name="Sign out").click()
-        await sign_in("admin-secret")
+        await sign_in_to_overview(page, "admin-secret")
         await page.goto(f"{base}#/delivery/{row.id}")
         await page.get_by_role("button", name="Set ticket").click()
         dialog = page.get_by_role("dialog")
@@ -326,11 +311,24 @@ async def paused_thread(write_config: ConfigFactory, bridge_client: AppClient, m
     return thread
 
 
+async def sign_in(page: Page, token: str = "admin-secret") -> None:
+    """Sign in with `token` on the page's sign-in form (the admin's, unless told)."""
+    await page.get_by_label("Admin token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
 async def sign_in_at(page: Page, url: str) -> None:
     """Go to `url` and sign in there as the admin."""
     await page.goto(url)
-    await page.get_by_label("Admin token").fill("admin-secret")
-    await page.get_by_role("button", name="Sign in").click()
+    await sign_in(page)
+
+
+async def sign_in_to_overview(page: Page, token: str) -> None:
+    """Sign in with `token`, and wait for the Overview it shows."""
+    from playwright.async_api import expect
+
+    await sign_in(page, token)
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 
 async def listed(rows: Locator) -> list[tuple[str, str]]:
