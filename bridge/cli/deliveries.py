@@ -75,21 +75,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(run=run_show)
     mark = dsub.add_parser("mark-succeeded", parents=[common],
                            help="record that a delivery (e.g. one held after an unknown outcome) reached the vendor")
-    mark.add_argument("id")
-    mark.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
-    mark.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
-    mark.add_argument("--note", help="why, kept with the delivery's attempts (and the audit log, with --url)")
-    mark.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    _add_ticket_arguments(mark, "why, kept with the delivery's attempts (and the audit log, with --url)")
     mark.set_defaults(run=run_mark_succeeded)
     _add_mark_dead(dsub, common)
     given = dsub.add_parser("set-ticket", parents=[common],
                             help="give a succeeded create whose answer named no ticket (NO TICKET ID) the ticket found "
                                  "at the vendor; its conversation takes it while it has none")
-    given.add_argument("id")
-    given.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
-    given.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
-    given.add_argument("--note", help="why, kept with the delivery's attempts and the audit log")
-    given.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    _add_ticket_arguments(given, "why, kept with the delivery's attempts and the audit log")
     given.set_defaults(run=run_set_ticket)
     e = sub.add_parser("events", help="inspect events")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -143,6 +135,16 @@ def _add_conversations(sub: Any, common: argparse.ArgumentParser) -> None:
     reset.add_argument("--reason", help="why, kept in the audit log")
     reset.add_argument("--url", help=URL_HELP + " (the change is audited there)")
     reset.set_defaults(run=run_reset_conversation)
+
+
+def _add_ticket_arguments(parser: argparse.ArgumentParser, note_help: str) -> None:
+    """The arguments of an operator's ticket for one delivery (mark-succeeded, set-ticket): what the admin API's
+    body takes (MarkSucceededBody), and --url."""
+    parser.add_argument("id")
+    parser.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
+    parser.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
+    parser.add_argument("--note", help=note_help)
+    parser.add_argument("--url", help=URL_HELP + " (the change is audited there)")
 
 
 def _add_mark_dead(dsub: Any, common: argparse.ArgumentParser) -> None:
