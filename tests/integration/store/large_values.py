@@ -1,6 +1,6 @@
 """What the tests of large values read and written a piece at a time share across SQLite and PostgreSQL
-(test_sqlite_pieces, test_pg_pieces, test_pg_pieces_reads): a large mail's text, the bound on a callback of the loop,
-and the cases both stores must meet alike."""
+(test_sqlite_pieces, test_pg_pieces, test_pg_pieces_reads): a large mail's text, and the cases both stores must meet
+alike. The bound on a callback of the loop, and its check, are tests/loop_cpu.py's."""
 
 from __future__ import annotations
 
@@ -9,21 +9,14 @@ import hashlib
 
 from bridge.store.base import Store
 from tests.integration.store.contract import WEEK, make_delivery, make_event
-from tests.loop_cpu import LoopCpu
+from tests.loop_cpu import LoopCpu, measured
 
-MAX_CALLBACK_CPU_MS = 20.0
 LINE = "le routeur clignote en rouge, la ligne tombe toutes les minutes, aidez-moi s'il vous pla\u00eet\n"
 TEXT = LINE * (20 * 2 ** 20 // len(LINE.encode()))
 """20 MiB of UTF-8, with a two-byte character in each line: kept three times in the event, 60 MiB. (Latin-1, so that
 Python keeps it a byte a character: the test's memory stays under a gigabyte.)"""
 SHA = "ab" * 32
 ATTACHMENTS = [{"name": "photo.jpg", "content_type": "image/jpeg", "size": 123, "sha256": SHA}]
-
-
-def measured(what: str, meter: LoopCpu) -> None:
-    """Print the longest callback `meter` saw while `what` ran, and fail when it took MAX_CALLBACK_CPU_MS or more."""
-    print(f"\n{what}: longest callback on the loop {meter.longest_ms:.1f} ms of CPU ({meter.longest_what})")
-    assert meter.longest_ms < MAX_CALLBACK_CPU_MS, meter.longest_what
 
 
 async def claim_of_a_large_body(store: Store) -> None:

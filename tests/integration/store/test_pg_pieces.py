@@ -14,8 +14,8 @@ from bridge.store.postgres import PostgresStore
 from bridge.store.rows import now_ms
 from tests.integration.processes import DSN
 from tests.integration.store.contract import WEEK, make_delivery, make_event, nonce
-from tests.integration.store.large_values import TEXT, measured
-from tests.loop_cpu import LoopCpu
+from tests.integration.store.large_values import TEXT
+from tests.loop_cpu import LoopCpu, measured
 from tests.spies import calls_through
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,10 @@ from tests.integration.store.large_values import (
     SHA,
     TEXT,
     claim_of_a_large_body,
-    measured,
     sha256_cut_between_pieces,
 )
 from tests.integration.store.test_pg_pieces import pieces_left
-from tests.loop_cpu import LoopCpu
+from tests.loop_cpu import LoopCpu, measured
 from tests.spies import calls_through
 
 pytestmark = pytest.mark.integration

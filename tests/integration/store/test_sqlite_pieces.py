@@ -21,10 +21,9 @@ from tests.integration.store.large_values import (
     SHA,
     TEXT,
     claim_of_a_large_body,
-    measured,
     sha256_cut_between_pieces,
 )
-from tests.loop_cpu import LoopCpu
+from tests.loop_cpu import LoopCpu, measured
 from tests.spies import calls_through
 
 pytestmark = pytest.mark.integration
