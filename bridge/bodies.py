@@ -40,11 +40,12 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return body
 
 
-ACCEPT_ENCODING = "gzip, deflate, br"
-"""What a vendor is offered (`Accept-Encoding` on the delivery session's requests): the content codings
-`read_decoding` reads, and no other. aiohttp's own offer grows with what is installed (`zstd` once
-`backports.zstd` is), which a send, reading its answer itself, would then be offered and not read."""
 _CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br"}
+"""The content codings `read_decoding` reads, by name (`x-gzip` is gzip's old name), and the decoder each takes."""
+ACCEPT_ENCODING = ", ".join(dict.fromkeys(_CODINGS.values()))
+"""What a vendor is offered (`Accept-Encoding` on the delivery session's requests), `gzip, deflate, br`: the content
+codings `read_decoding` reads, and no other. aiohttp's own offer grows with what is installed (`zstd` once
+`backports.zstd` is), which a send, reading its answer itself, would then be offered and not read."""
 _IDENTITY = frozenset({"", "identity"})
 READ_CODINGS = frozenset({*_CODINGS, "identity"})
 """The content codings a send's answer may come in: those `read_decoding` decodes, and `identity`."""

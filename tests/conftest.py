@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from bridge.appkeys import RUNTIME
 from bridge.config import Config, load_config
 from bridge.registries import REGISTRIES
 from bridge.runtime import Runtime
+from bridge.store.sqlite import SqliteStore
 
 ConfigFactory = Callable[..., Config]
 
@@ -36,6 +37,15 @@ def write_config(tmp_path: Path) -> ConfigFactory:
         return load_config(tmp_path / "bridge.yaml", environ or {}, registries=REGISTRIES)
 
     return make
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An opened SQLite store, its file `s.db` in the test's folder, closed after the test."""
+    opened = SqliteStore(tmp_path / "s.db")
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 AppClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]

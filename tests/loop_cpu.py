@@ -56,3 +56,14 @@ class LoopCpu:
         block's end, which is measured only once that callback returns, after the block has read the meter.)"""
         with self.measuring():
             return await asyncio.create_task(call)
+
+
+MAX_CALLBACK_CPU_MS = 20.0
+"""The most CPU one callback of the loop may take while a large value (a large mail's event or body) is read,
+written or decoded: an ordinary callback takes well under a millisecond, a large value handled whole 40-175 ms."""
+
+
+def measured(what: str, meter: LoopCpu, most_ms: float = MAX_CALLBACK_CPU_MS) -> None:
+    """Print the longest callback `meter` saw while `what` ran, and fail unless it took under `most_ms` of CPU."""
+    print(f"\n{what}: longest callback on the loop {meter.longest_ms:.1f} ms of CPU ({meter.longest_what})")
+    assert meter.longest_ms < most_ms, meter.longest_what

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -49,6 +49,8 @@ from bridge.mapping.mappingset import MappingSet
 from bridge.mapping.testing import run_tests
 from bridge.store.base import STATUSES, DeliveryFilter, DeliveryRow, Store, StoredMappingSet
 
+T = TypeVar("T")
+
 URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
 
@@ -73,21 +75,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(run=run_show)
     mark = dsub.add_parser("mark-succeeded", parents=[common],
                            help="record that a delivery (e.g. one held after an unknown outcome) reached the vendor")
-    mark.add_argument("id")
-    mark.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
-    mark.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
-    mark.add_argument("--note", help="why, kept with the delivery's attempts (and the audit log, with --url)")
-    mark.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    _add_ticket_arguments(mark, "why, kept with the delivery's attempts (and the audit log, with --url)")
     mark.set_defaults(run=run_mark_succeeded)
     _add_mark_dead(dsub, common)
     given = dsub.add_parser("set-ticket", parents=[common],
                             help="give a succeeded create whose answer named no ticket (NO TICKET ID) the ticket found "
                                  "at the vendor; its conversation takes it while it has none")
-    given.add_argument("id")
-    given.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
-    given.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
-    given.add_argument("--note", help="why, kept with the delivery's attempts and the audit log")
-    given.add_argument("--url", help=URL_HELP + " (the change is audited there)")
+    _add_ticket_arguments(given, "why, kept with the delivery's attempts and the audit log")
     given.set_defaults(run=run_set_ticket)
     e = sub.add_parser("events", help="inspect events")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -141,6 +135,16 @@ def _add_conversations(sub: Any, common: argparse.ArgumentParser) -> None:
     reset.add_argument("--reason", help="why, kept in the audit log")
     reset.add_argument("--url", help=URL_HELP + " (the change is audited there)")
     reset.set_defaults(run=run_reset_conversation)
+
+
+def _add_ticket_arguments(parser: argparse.ArgumentParser, note_help: str) -> None:
+    """The arguments of an operator's ticket for one delivery (mark-succeeded, set-ticket): what the admin API's
+    body takes (MarkSucceededBody), and --url."""
+    parser.add_argument("id")
+    parser.add_argument("--ticket-id", required=True, help="the ticket it made at the vendor")
+    parser.add_argument("--ticket-key", help="the vendor's second reference, where it has one (LeadSquared's Key)")
+    parser.add_argument("--note", help=note_help)
+    parser.add_argument("--url", help=URL_HELP + " (the change is audited there)")
 
 
 def _add_mark_dead(dsub: Any, common: argparse.ArgumentParser) -> None:
@@ -298,6 +302,22 @@ def run_show(args: argparse.Namespace) -> int:
     return _with_store(args, body)
 
 
+async def _refusable(call: Awaitable[T]) -> T | None:
+    """The server's answer to an operator's change of one delivery, or None where it refused it, said on stderr:
+    no such delivery (404), or not for the delivery's state (409): exit 1, as when run on the store. Any other
+    error is raised: the server could not be asked (exit 2)."""
+    try:
+        return await call
+    except NotFound as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+    except RemoteError as exc:
+        if exc.status != 409:
+            raise
+        print(str(exc), file=sys.stderr)
+        return None
+
+
 def run_set_ticket(args: argparse.Namespace) -> int:
     def done(conversation: str | None) -> int:
         print(f"{args.id}: ticket {args.ticket_id} set"
@@ -317,18 +337,9 @@ def run_set_ticket(args: argparse.Namespace) -> int:
         return 1
 
     async def remote(client: AdminClient) -> int:
-        try:
-            view = await client.set_ticket(args.id, SetTicketBody(ticket_id=args.ticket_id, ticket_key=args.ticket_key,
-                                                                  note=args.note))
-        except NotFound as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        except RemoteError as exc:
-            if exc.status != 409:  # not a refusal for the delivery's state: the server could not be asked (2)
-                raise
-            print(str(exc), file=sys.stderr)  # refused for its state: exit 1, as when run on the store
-            return 1
-        return done(view.delivery.conversation)
+        view = await _refusable(client.set_ticket(args.id, SetTicketBody(ticket_id=args.ticket_id,
+                                                                         ticket_key=args.ticket_key, note=args.note)))
+        return 1 if view is None else done(view.delivery.conversation)
 
     if args.url:
         return _with_server(args.url, remote)
@@ -350,16 +361,8 @@ def run_mark_succeeded(args: argparse.Namespace) -> int:
         return 0
 
     async def remote(client: AdminClient) -> int:
-        try:
-            await client.mark_succeeded(args.id, MarkSucceededBody(ticket_id=args.ticket_id,
-                                                                   ticket_key=args.ticket_key, note=args.note))
-        except NotFound as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        except RemoteError as exc:
-            if exc.status != 409:  # not a refusal for the delivery's state: the server could not be asked (2)
-                raise
-            print(str(exc), file=sys.stderr)  # refused for its state: exit 1, as when run on the store
+        if await _refusable(client.mark_succeeded(args.id, MarkSucceededBody(
+                ticket_id=args.ticket_id, ticket_key=args.ticket_key, note=args.note))) is None:
             return 1
         print(f"{args.id}: marked succeeded with ticket {args.ticket_id}")
         return 0

@@ -803,19 +803,28 @@ async def replay(call: Call) -> ReplayResult:
                         mappings_version=mappings.version if mappings is not None else None, next_cursor=more)
 
 
-async def mark_delivery_succeeded(call: Call) -> DeliveryView:
+async def _give_ticket(call: Call, write: Callable[..., Awaitable[str | None]]) -> str | None:
+    """An operator's ticket for the path's delivery (`mark_succeeded`, `set_ticket`): None when given, else why
+    not. A delivery the path names that is not stored is the path's error (400), a write's refusal the body's."""
     given: MarkSucceededBody = call.body
     delivery_id = call.param("delivery_id")
     store = _store(call.rt)
     with blame(400, "path.delivery_id"):  # looked up alone first, so that a refusal of the write is the body's
         await store.get_delivery(delivery_id)
     with blame(422, "body.ticket_id", _given(given.ticket_key, "body.ticket_key"), _given(given.note, "body.note")):
-        why_not = await mark_succeeded(store, delivery_id, given.ticket_id, ticket_key=given.ticket_key,
-                                       by=call.caller.name, note=given.note)
+        why_not: str | None = await write(store, delivery_id, given.ticket_id, ticket_key=given.ticket_key,
+                                          by=call.caller.name, note=given.note)
+    return why_not
+
+
+async def mark_delivery_succeeded(call: Call) -> DeliveryView:
+    given: MarkSucceededBody = call.body
+    delivery_id = call.param("delivery_id")
+    why_not = await _give_ticket(call, mark_succeeded)
     if why_not is not None:
         raise ApiError(409, f"delivery {delivery_id} cannot be marked succeeded: {why_not}")
     await _audit(call, "delivery.mark_succeeded", delivery_id,
-                 {"ticket_id": given.ticket_id, "ticket_key": given.ticket_key, "note": given.note})
+                 ticket_detail(given.ticket_id, given.ticket_key, given.note))
     # A conversation's follow-ups may now go: the store announces the create's destination to the lanes.
     return await get_delivery(call)
 
@@ -825,12 +834,7 @@ async def set_delivery_ticket(call: Call) -> DeliveryView:
     conversation while it has none: the thread's next message follows up on it; audited."""
     given: SetTicketBody = call.body
     delivery_id = call.param("delivery_id")
-    store = _store(call.rt)
-    with blame(400, "path.delivery_id"):  # looked up alone first, so that a refusal of the write is the body's
-        await store.get_delivery(delivery_id)
-    with blame(422, "body.ticket_id", _given(given.ticket_key, "body.ticket_key"), _given(given.note, "body.note")):
-        why_not = await set_ticket(store, delivery_id, given.ticket_id, ticket_key=given.ticket_key,
-                                   by=call.caller.name, note=given.note)
+    why_not = await _give_ticket(call, set_ticket)
     if why_not is not None:
         raise ApiError(409, f"delivery {delivery_id} cannot take ticket {given.ticket_id!r}: {why_not}")
     await _audit(call, "delivery.set_ticket", delivery_id, ticket_detail(given.ticket_id, given.ticket_key, given.note))

@@ -127,16 +127,22 @@ MARKED = "marked"
 """The classification of the attempt an operator's mark-succeeded records (no request is made)."""
 
 
+def _marked(delivery_id: str, ticket_id: str, ticket_key: str | None, text: str) -> AttemptResult:
+    """The attempt an operator's word records (no request made): succeeded with `ticket_id`, `text` saying who
+    and why."""
+    return AttemptResult(
+        delivery_id=delivery_id, started_at_ms=time.time_ns() // 1_000_000, duration_ms=0.0, http_status=None,
+        response_excerpt=None, classification=MARKED, error=text, ticket_id=ticket_id, ticket_key=ticket_key,
+        next_status="succeeded")
+
+
 async def mark_succeeded(store: Store, delivery_id: str, ticket_id: str, *, ticket_key: str | None, by: str,
                          note: str | None = None) -> str | None:
     """An operator's word that `delivery_id` reached the vendor as `ticket_id` (e.g. a held delivery whose
     ticket they found): it becomes succeeded with that ticket, its doubt cleared, an attempt recorded saying
     who and why. None when done, else why not (a delivery in flight, or succeeded already). Raises NotFound."""
     text = f"marked succeeded by {by}" + (f": {note}" if note else "")
-    done = await store.mark_succeeded(delivery_id, AttemptResult(
-        delivery_id=delivery_id, started_at_ms=time.time_ns() // 1_000_000, duration_ms=0.0, http_status=None,
-        response_excerpt=None, classification=MARKED, error=text, ticket_id=ticket_id, ticket_key=ticket_key,
-        next_status="succeeded"))
+    done = await store.mark_succeeded(delivery_id, _marked(delivery_id, ticket_id, ticket_key, text))
     if done:
         return None
     status = (await store.get_delivery(delivery_id)).delivery.status
@@ -151,10 +157,7 @@ async def set_ticket(store: Store, delivery_id: str, ticket_id: str, *, ticket_k
     (`Store.set_ticket`). None when done, else why not. Logged; with `audit`, also kept in the audit log (the
     admin API audits its own changes). Raises NotFound."""
     text = f"ticket {ticket_id} set by {by}" + (f": {note}" if note else "")
-    why_not = await store.set_ticket(delivery_id, AttemptResult(
-        delivery_id=delivery_id, started_at_ms=time.time_ns() // 1_000_000, duration_ms=0.0, http_status=None,
-        response_excerpt=None, classification=MARKED, error=text, ticket_id=ticket_id, ticket_key=ticket_key,
-        next_status="succeeded"))
+    why_not = await store.set_ticket(delivery_id, _marked(delivery_id, ticket_id, ticket_key, text))
     if why_not is not None:
         return why_not
     log.warning("delivery.ticket_set", delivery_id=delivery_id, ticket_id=ticket_id, ticket_key=ticket_key, by=by,

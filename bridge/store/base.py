@@ -445,7 +445,7 @@ class Store(ABC):
         announced to `subscribe`'s callbacks (the thread's next message follows up on it). One change: none of it is
         made unless all of it may be (rows.ticket_refusal): None when done, else why not (the delivery is no such
         create, its conversation has a ticket already or has started again since, or a delivery of it is being
-        sent). Raises NotFound."""
+        sent, or is to be sent again after a send whose outcome is unknown). Raises NotFound."""
 
     def recovered_at_open(self) -> int:
         """How many deliveries in flight the store gave back (due now, in doubt) when it opened: a store that one

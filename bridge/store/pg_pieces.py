@@ -63,7 +63,7 @@ _CUT = ("FROM (SELECT {column} || ''::bytea AS d FROM {table} WHERE id = $1 OFFS
 _READ_PIECES = "SELECT s, substring(e.d FROM s FOR $2) " + _CUT  # noqa: S608 - constants
 """A value as rows of $2 bytes (its place, from 1, and the piece). The concatenation detoasts the value once
 (OFFSET 0 keeps the subquery, so it is computed once, not for each piece)."""
-READ_PIECES = _READ_PIECES.format(table=EVENT[0], column=EVENT[1])
+_READS = {value: _READ_PIECES.format(table=value[0], column=value[1]) for value in (EVENT, BODY)}
 _WITHIN = f"substring(e.d FROM s FOR $2 + {SHA256_SPAN})"
 _HASH_PIECES = (f"SELECT {_WITHIN} {_CUT.format(table=EVENT[0], column=EVENT[1])} "
                 f"WHERE position('\\x{SHA256_MARK.hex()}'::bytea IN {_WITHIN}) > 0")
@@ -104,8 +104,7 @@ async def unstage(conn: Any, owners: Sequence[str]) -> None:
 async def read_pieces(conn: Any, key: str, value: tuple[str, str] = EVENT) -> list[bytes] | None:
     """`value` (EVENT, BODY) of the row `key` as pieces of PIECE_READ_BYTES, in order; None when there is no such
     row, or the value is NULL or empty."""
-    sql = READ_PIECES if value == EVENT else _READ_PIECES.format(table=value[0], column=value[1])
-    rows = await conn.fetch(sql, key, PIECE_READ_BYTES)
+    rows = await conn.fetch(_READS[value], key, PIECE_READ_BYTES)
     if not rows:
         return None
     return [r[1] for r in sorted(rows, key=lambda r: r[0])]

@@ -103,7 +103,7 @@ from bridge.store.rows import (
     REFS_PAGE,
     RESET_CONVERSATION,
     ROW_WIDTH,
-    TicketTarget,
+    TICKET_TARGET_COLUMNS,
     attachment_hashes,
     attempt_row,
     audit_entry,
@@ -117,6 +117,7 @@ from bridge.store.rows import (
     encode,
     head_of_conversation,
     kept_condition,
+    last_slice,
     leases,
     lookups,
     now_ms,
@@ -127,6 +128,7 @@ from bridge.store.rows import (
     storable_audit,
     storable_result,
     ticket_refusal,
+    ticket_target,
     tickets_of_claimed,
     with_tickets,
 )
@@ -870,11 +872,11 @@ class PostgresStore(Store):
         async def op(conn: Any) -> str | None:
             # The delivery, then its conversation, locked in the order a record, a mark_succeeded and a purge take
             # them; the conversation's lock keeps an accept from adding a message to it until this commits.
-            found = await conn.fetchrow("SELECT status, role, ticket_id, ticket_missing, created_at, conversation, "
-                                        "destination FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+            found = await conn.fetchrow(f"SELECT {TICKET_TARGET_COLUMNS} FROM deliveries "  # noqa: S608 - constants
+                                        "WHERE id = $1 FOR UPDATE", delivery_id)
             if found is None:
                 raise NotFound(f"no delivery {named(delivery_id)}")
-            d = TicketTarget(found[0], found[1], found[2], bool(found[3]), found[4], found[5])
+            d = ticket_target(found)
             c, busy = None, None
             if d.conversation is not None:
                 got = await conn.fetchrow(f"SELECT {CONVERSATION_COLUMNS} FROM conversations "  # noqa: S608
@@ -1018,13 +1020,7 @@ class PostgresStore(Store):
         conversation = storable(conversation)
         if last:
             async def tail(conn: Any) -> ConversationSlice:
-                found = await conn.fetch(SLICE_LAST, conversation, limit + 1)
-                rows = found[:limit][::-1]
-                stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
-                ahead = None if stored is None else max(stored - len(rows), 0)
-                return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
-                                         arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
-                                         later=False, ahead=ahead)
+                return last_slice(await conn.fetch(SLICE_LAST, conversation, limit + 1), limit)
 
             return await self._run(tail, transaction=False)
         place = after or before

@@ -23,6 +23,7 @@ from bridge.store.base import (
     AuditEntry,
     Claimed,
     ConversationRow,
+    ConversationSlice,
     Cutoffs,
     DeliveryFilter,
     DeliveryRow,
@@ -263,6 +264,16 @@ class TicketTarget(NamedTuple):
     conversation: str | None
 
 
+TICKET_TARGET_COLUMNS = "status, role, ticket_id, ticket_missing, created_at, conversation, destination"
+"""What `Store.set_ticket` selects of its delivery: a TicketTarget (`ticket_target`), then the destination whose
+lanes it wakes."""
+
+
+def ticket_target(r: Sequence[Any]) -> TicketTarget:
+    """A row selected with TICKET_TARGET_COLUMNS."""
+    return TicketTarget(r[0], r[1], r[2], bool(r[3]), r[4], r[5])
+
+
 def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None,
                    busy: tuple[str, bool] | None) -> str | None:
     """Why `Store.set_ticket` gives `d` no ticket (None: it may): `d` is not a succeeded create that names no
@@ -306,6 +317,17 @@ def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None,
         return (f"delivery {other} of its conversation {conversation.id} is being sent now, as a new ticket (the "
                 "conversation has none): wait for its attempt to be recorded, then run this again")
     return None
+
+
+def last_slice(found: Sequence[Sequence[Any]], limit: int) -> ConversationSlice:
+    """The slice of a conversation's last `limit` deliveries from `found`, the rows of a store's SLICE_LAST (newest
+    first, at most `limit + 1`: each a delivery row, then its arrival, then the conversation's `stored` count, None
+    where there is no conversation row): in arrival order, with how many come before them."""
+    rows = found[:limit][::-1]
+    stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
+    ahead = None if stored is None else max(stored - len(rows), 0)
+    return ConversationSlice(deliveries=[delivery_row(r) for r in rows], arrivals=[(r[ROW_WIDTH], r[0]) for r in rows],
+                             earlier=len(found) > limit, later=False, ahead=ahead)
 
 
 def conversation_row(r: Sequence[Any]) -> ConversationRow:

@@ -92,7 +92,7 @@ from bridge.store.rows import (
     RESET_CONVERSATION,
     ROW_WIDTH,
     SHA256_SPAN,
-    TicketTarget,
+    TICKET_TARGET_COLUMNS,
     attachment_hashes,
     attempt_row,
     audit_entry,
@@ -109,6 +109,7 @@ from bridge.store.rows import (
     head_of_conversation,
     in_legacy_conversation,
     kept_condition,
+    last_slice,
     lease_lost,
     leases,
     lookups,
@@ -123,6 +124,7 @@ from bridge.store.rows import (
     storable_result,
     take_group,
     ticket_refusal,
+    ticket_target,
     tickets_of_claimed,
     too_deep,
     with_tickets,
@@ -1310,11 +1312,11 @@ class SqliteStore(Store):
         woken: list[str] = []  # the destination whose conversation's next message may now go
 
         def op(conn: sqlite3.Connection) -> str | None:
-            found = conn.execute("SELECT status, role, ticket_id, ticket_missing, created_at, conversation, "
-                                 "destination FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            found = conn.execute(f"SELECT {TICKET_TARGET_COLUMNS} FROM deliveries WHERE id = ?",  # noqa: S608
+                                 (delivery_id,)).fetchone()
             if found is None:
                 raise NotFound(f"no delivery {named(delivery_id)}")
-            d = TicketTarget(found[0], found[1], found[2], bool(found[3]), found[4], found[5])
+            d = ticket_target(found)
             c, busy = None, None
             if d.conversation is not None:
                 got = conn.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?",  # noqa: S608
@@ -1450,13 +1452,7 @@ class SqliteStore(Store):
             return bool(conn.execute(SLICE_PROBE[op], (conversation, at)).fetchone()[0])
 
         def run_last(conn: sqlite3.Connection) -> ConversationSlice:
-            found = conn.execute(SLICE_LAST, (conversation, limit + 1)).fetchall()
-            rows = found[:limit][::-1]
-            stored = rows[0][ROW_WIDTH + 1] if rows else 0  # None: no conversation row (nothing counted it)
-            ahead = None if stored is None else max(stored - len(rows), 0)
-            return ConversationSlice(deliveries=[delivery_row(r) for r in rows],
-                                     arrivals=[(r[ROW_WIDTH], r[0]) for r in rows], earlier=len(found) > limit,
-                                     later=False, ahead=ahead)
+            return last_slice(conn.execute(SLICE_LAST, (conversation, limit + 1)).fetchall(), limit)
 
         if last:
             tail: ConversationSlice = await self._read(run_last)

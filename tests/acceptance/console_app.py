@@ -5,6 +5,16 @@ from __future__ import annotations
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 READ = {"Authorization": "Bearer grafana-secret"}
+NO_ID_CONFIG = """
+store: {url: "sqlite:///var/bridge.db"}
+admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
+sources:
+  events: {kind: json}
+destinations:
+  api: {vendor: http, sandbox: true, path: /tickets, ticket_id_path: data.reference}
+"""
+"""The console's app with a JSON source `events` delivering to the http sandbox, which answers each create
+`{"data": {"id": ...}}`: read at `data.reference`, it names no ticket (set-ticket's case)."""
 
 
 def console_app(source: str = "partner") -> tuple[str, dict[str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -15,7 +16,7 @@ from urllib.parse import urlencode
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
 from bridge.store.base import DeliveryFilter
-from tests.acceptance.console_app import ADMIN, console_app, threaded_mapping
+from tests.acceptance.console_app import ADMIN, NO_ID_CONFIG, console_app, threaded_mapping
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.threads import commented_thread
 
@@ -26,7 +27,7 @@ DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 CONFIG, MAPPINGS = console_app("website")
 
 if TYPE_CHECKING:
-    from playwright.async_api import Page
+    from playwright.async_api import Locator, Page
 
 
 @asynccontextmanager
@@ -74,13 +75,10 @@ async def test_sign_in_replay_a_dead_delivery_pause_and_use_the_playground(
             await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
         await page.goto(base)
-        await page.get_by_label("Admin token").fill("wrong")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in(page, "wrong")
         await expect(page.get_by_role("alert")).to_contain_text("not known")
         await shot("sign-in")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
-        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        await sign_in_to_overview(page, "admin-secret")
         await expect(page.locator(".card").filter(has_text="dead letters")).to_contain_text("2")
         await shot("overview")
 
@@ -174,14 +172,8 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
     [ticket] = sim.tickets
     base = str(client.make_url("/admin/"))
     async with chromium_page(tmp_path) as (page, errors, shots):
-
-        async def sign_in(token: str) -> None:
-            await page.get_by_label("Admin token").fill(token)
-            await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-
         await page.goto(base)
-        await sign_in("grafana-secret")
+        await sign_in_to_overview(page, "grafana-secret")
         await page.get_by_role("link", name="Deliveries").click()
         await expect(page.locator("tbody tr")).to_have_count(1)
         await expect(page.locator("tbody tr")).to_contain_text("in doubt")
@@ -191,7 +183,7 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
         await expect(page.locator("#read-only")).to_be_visible()
 
         await page.get_by_role("button", name="Sign out").click()
-        await sign_in("admin-secret")
+        await sign_in_to_overview(page, "admin-secret")
         await page.goto(f"{base}#/delivery/{row.id}")
         await expect(page.locator("#in-doubt")).to_be_visible()
         await page.screenshot(path=str(shots / "delivery-held.png"), full_page=True)
@@ -217,17 +209,6 @@ async def test_a_held_delivery_is_flagged_and_marked_succeeded_by_the_admin_only
     assert len(sim.tickets) == 1  # marked, never sent again
 
 
-NO_ID_CONFIG = """
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
-sources:
-  events: {kind: json}
-destinations:
-  api: {vendor: http, sandbox: true, path: /tickets, ticket_id_path: data.reference}
-"""
-"""The http sandbox answers each create `{"data": {"id": ...}}`: read at `data.reference`, it names no ticket."""
-
-
 async def test_a_create_whose_answer_named_no_ticket_is_given_one_and_its_thread_follows_up(
         write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
     """In Chromium: a conversation's create whose answer named no ticket shows "No ticket id" and a Set ticket
@@ -249,20 +230,14 @@ async def test_a_create_whose_answer_named_no_ticket_is_given_one_and_its_thread
     [row] = await store.list_deliveries(DeliveryFilter())
     base = str(client.make_url("/admin/"))
     async with chromium_page(tmp_path) as (page, errors, shots):
-
-        async def sign_in(token: str) -> None:
-            await page.get_by_label("Admin token").fill(token)
-            await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-
         await page.goto(base)
-        await sign_in("grafana-secret")
+        await sign_in_to_overview(page, "grafana-secret")
         await page.goto(f"{base}#/delivery/{row.id}")
         await expect(page.locator("#ticket-missing")).to_contain_text("named no ticket")
         await expect(page.get_by_role("button", name="Set ticket")).to_be_disabled()
         await expect(page.get_by_role("button", name="Mark succeeded")).to_have_count(0)
         await page.get_by_role("button", name="Sign out").click()
-        await sign_in("admin-secret")
+        await sign_in_to_overview(page, "admin-secret")
         await page.goto(f"{base}#/delivery/{row.id}")
         await page.get_by_role("button", name="Set ticket").click()
         dialog = page.get_by_role("dialog")
@@ -298,6 +273,70 @@ def _dead() -> Any:
 CHAT_CONFIG = CONFIG.replace("  website: {kind: json}\n", "  website: {kind: json}\n  chat: {kind: json}\n")
 CHAT_MAPPINGS = {**MAPPINGS, "chat": threaded_mapping("chat")}
 THREAD = "C0123/1700000000.000100"  # a Slack channel and thread
+
+
+@dataclass
+class PausedThread:
+    """A chat thread (THREAD) whose messages wait, unsent: its destination is paused."""
+
+    client: Any
+    id: str = f"chat|chat:{THREAD}"
+
+    async def say(self, text: str) -> None:
+        resp = await self.client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
+        assert resp.status == 202, await resp.text()
+
+    async def in_order(self) -> list[str]:
+        """The ids of the thread's deliveries, in their order in the conversation, as the store lists them."""
+        store = runtime(self.client).store
+        assert store is not None
+        [thread] = await store.get_conversations(self.id)
+        return [d.id for d in thread.deliveries]
+
+    def page(self, limit: int) -> str:
+        """The address of the console's list of the thread, `limit` a page."""
+        query = urlencode({"conversation": self.id, "limit": str(limit)})
+        return f"{self.client.make_url('/admin/')}#/deliveries?{query}"
+
+
+async def paused_thread(write_config: ConfigFactory, bridge_client: AppClient, messages: int) -> PausedThread:
+    """The app with the chat source, its destination paused, and a thread of `messages` messages posted to it."""
+    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
+    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
+    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    thread = PausedThread(client)
+    for n in range(messages):
+        await thread.say(f"message {n}")
+    return thread
+
+
+async def sign_in(page: Page, token: str = "admin-secret") -> None:
+    """Sign in with `token` on the page's sign-in form (the admin's, unless told)."""
+    await page.get_by_label("Admin token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def sign_in_at(page: Page, url: str) -> None:
+    """Go to `url` and sign in there as the admin."""
+    await page.goto(url)
+    await sign_in(page)
+
+
+async def sign_in_to_overview(page: Page, token: str) -> None:
+    """Sign in with `token`, and wait for the Overview it shows."""
+    from playwright.async_api import expect
+
+    await sign_in(page, token)
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+async def listed(rows: Locator) -> list[tuple[str, str]]:
+    """The first two cells of each of `rows`: a conversation's place of each message, and its delivery's id."""
+    return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
+            for r in await rows.all()]
+
+
 # A chat id as a sender may write it: markup that would run if parsed, and every character a URL gives a meaning.
 HOSTILE_CHAT = ("<img src=x onerror=\"window.__pwned='img'\"><script>window.__pwned='script'</script>"
                 " a&b=c?d#e/f|g'h%41+i")
@@ -353,9 +392,7 @@ async def test_a_conversation_is_filtered_to_by_its_id_in_order_with_its_ticket_
             await expect(rows).to_have_count(2)
             await expect(field).to_have_value(thread_id)
 
-        await page.goto(base)
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, base)
         await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
         await page.get_by_role("link", name="Deliveries").click()
         await expect(rows).to_have_count(4)
@@ -391,9 +428,7 @@ async def test_a_conversation_is_filtered_to_by_its_id_in_order_with_its_ticket_
         browser = page.context.browser
         assert browser is not None
         tab = await browser.new_page()  # a link shared: another tab signs in, then shows the same
-        await tab.goto(shared)
-        await tab.get_by_label("Admin token").fill("admin-secret")
-        await tab.get_by_role("button", name="Sign in").click()
+        await sign_in_at(tab, shared)
         await expect(tab.locator("section.conversation h2")).to_have_text(f"Conversation {thread_id}")
         await expect(tab.locator("tbody tr")).to_have_count(2)
         await tab.close()
@@ -445,67 +480,43 @@ async def test_a_long_conversation_is_read_page_by_page_older_and_newer_while_me
     why."""
     from playwright.async_api import expect
 
-    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
-    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
-    store = runtime(client).store
-    assert store is not None
-    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
-    assert resp.status == 200, await resp.text()
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
-        assert resp.status == 202, await resp.text()
-
-    for n in range(5):
-        await say(f"message {n}")
-    thread_id = f"chat|chat:{THREAD}"
-    base = str(client.make_url("/admin/"))
+    thread = await paused_thread(write_config, bridge_client, 5)
     async with chromium_page(tmp_path) as (page, errors, shots):
         rows = page.locator("section.conversation tbody tr")
         older = page.get_by_role("link", name="← Older messages")
         newer = page.get_by_role("link", name="Newer messages →")
 
-        async def listed() -> list[tuple[str, str]]:
-            return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
-                    for r in await rows.all()]
-
-        async def in_order() -> list[str]:
-            [thread] = await store.get_conversations(thread_id)
-            return [d.id for d in thread.deliveries]
-
-        await page.goto(f"{base}#/deliveries?{urlencode({'conversation': thread_id, 'limit': '2'})}")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, thread.page(limit=2))
         await expect(rows).to_have_count(2)
-        ids = await in_order()
-        assert await listed() == [("1", ids[0]), ("2", ids[1])]
+        ids = await thread.in_order()
+        assert await listed(rows) == [("1", ids[0]), ("2", ids[1])]
         await expect(older).to_have_count(0)
         await expect(newer).to_have_count(2)  # above the table and below it
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 1{DASH}2")
 
         await newer.first.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 3{DASH}4")
-        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        assert await listed(rows) == [("3", ids[2]), ("4", ids[3])]
         await expect(older).to_have_count(2)
         second = page.url
-        await say("message 5")  # arrives while the conversation is read
+        await thread.say("message 5")  # arrives while the conversation is read
         await newer.last.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
-        ids = await in_order()
-        assert len(ids) == 6 and await listed() == [("5", ids[4]), ("6", ids[5])]
+        ids = await thread.in_order()
+        assert len(ids) == 6 and await listed(rows) == [("5", ids[4]), ("6", ids[5])]
         await expect(newer).to_have_count(0)
         await expect(older).to_have_count(2)
         await page.screenshot(path=str(shots / "deliveries-conversation-paged.png"), full_page=True)
 
         await older.first.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 3{DASH}4")
-        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        assert await listed(rows) == [("3", ids[2]), ("4", ids[3])]
         await expect(newer).to_have_count(2)
         await page.go_back()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
         await page.reload()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 5{DASH}6")
-        assert await listed() == [("5", ids[4]), ("6", ids[5])]
+        assert await listed(rows) == [("5", ids[4]), ("6", ids[5])]
         await older.first.click()
         await older.first.click()
         await expect(page.locator("section.conversation nav").first).to_contain_text(f"Messages 1{DASH}2")
@@ -524,21 +535,7 @@ async def test_a_long_conversation_s_newest_page_is_one_click_away_and_kept_in_t
     back and forward show the same pages."""
     from playwright.async_api import expect
 
-    assert os.access(CHROMIUM, os.X_OK), f"these tests drive Debian's Chromium: apt-get install chromium ({CHROMIUM})"
-    client = await bridge_client(write_config(CHAT_CONFIG, CHAT_MAPPINGS))
-    store = runtime(client).store
-    assert store is not None
-    resp = await client.post("/admin/api/destinations/kapture/pause", json={}, headers=ADMIN)
-    assert resp.status == 200, await resp.text()
-
-    async def say(text: str) -> None:
-        resp = await client.post("/hooks/chat", json={"conversation_id": THREAD, "text": text})
-        assert resp.status == 202, await resp.text()
-
-    for n in range(5):
-        await say(f"message {n}")
-    thread_id = f"chat|chat:{THREAD}"
-    base = str(client.make_url("/admin/"))
+    thread = await paused_thread(write_config, bridge_client, 5)
     async with chromium_page(tmp_path) as (page, errors, shots):
         rows = page.locator("section.conversation tbody tr")
         nav = page.locator("section.conversation nav").first
@@ -547,17 +544,7 @@ async def test_a_long_conversation_s_newest_page_is_one_click_away_and_kept_in_t
         older = page.get_by_role("link", name="← Older messages")
         newer = page.get_by_role("link", name="Newer messages →")
 
-        async def listed() -> list[tuple[str, str]]:
-            return [(await r.locator("td").nth(0).inner_text(), await r.locator("td").nth(1).inner_text())
-                    for r in await rows.all()]
-
-        async def in_order() -> list[str]:
-            [thread] = await store.get_conversations(thread_id)
-            return [d.id for d in thread.deliveries]
-
-        await page.goto(f"{base}#/deliveries?{urlencode({'conversation': thread_id, 'limit': '2'})}")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, thread.page(limit=2))
         await expect(nav).to_contain_text(f"Messages 1{DASH}2")
         await expect(newest).to_have_count(2)  # above the table and below it
         await expect(oldest).to_have_count(0)
@@ -566,27 +553,27 @@ async def test_a_long_conversation_s_newest_page_is_one_click_away_and_kept_in_t
         await newest.first.click()
         await expect(nav).to_contain_text(f"Messages 4{DASH}5")
         assert "from=last" in page.url
-        ids = await in_order()
-        assert await listed() == [("4", ids[3]), ("5", ids[4])]
+        ids = await thread.in_order()
+        assert await listed(rows) == [("4", ids[3]), ("5", ids[4])]
         await expect(newer).to_have_count(0)
         await expect(newest).to_have_count(0)
         await expect(older).to_have_count(2)
         await expect(oldest).to_have_count(2)
         await page.screenshot(path=str(shots / "deliveries-conversation-newest.png"), full_page=True)
 
-        await say("message 5")  # arrives while the newest page is shown
+        await thread.say("message 5")  # arrives while the newest page is shown
         await page.reload()
         await expect(nav).to_contain_text(f"Messages 5{DASH}6")
-        ids = await in_order()
-        assert len(ids) == 6 and await listed() == [("5", ids[4]), ("6", ids[5])]
+        ids = await thread.in_order()
+        assert len(ids) == 6 and await listed(rows) == [("5", ids[4]), ("6", ids[5])]
         await older.first.click()
         await expect(nav).to_contain_text(f"Messages 3{DASH}4")
-        assert await listed() == [("3", ids[2]), ("4", ids[3])]
+        assert await listed(rows) == [("3", ids[2]), ("4", ids[3])]
         await expect(newest).to_have_count(2)
 
         await oldest.last.click()
         await expect(nav).to_contain_text(f"Messages 1{DASH}2")
-        assert page.url == first and await listed() == [("1", ids[0]), ("2", ids[1])]
+        assert page.url == first and await listed(rows) == [("1", ids[0]), ("2", ids[1])]
         await page.go_back()
         await expect(nav).to_contain_text(f"Messages 3{DASH}4")
         await page.go_forward()
@@ -604,9 +591,7 @@ async def test_a_view_named_after_an_object_built_in_shows_the_overview(
     client = await bridge_client(write_config(CONFIG, MAPPINGS))
     base = str(client.make_url("/admin/"))
     async with chromium_page(tmp_path) as (page, errors, _):
-        await page.goto(f"{base}#/constructor")
-        await page.get_by_label("Admin token").fill("admin-secret")
-        await page.get_by_role("button", name="Sign in").click()
+        await sign_in_at(page, f"{base}#/constructor")
         await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
         for name in ("toString", "__proto__", "hasOwnProperty"):
             await page.goto(f"{base}#/deliveries")

@@ -32,6 +32,15 @@ def config(destinations: str) -> str:
     """
 
 
+def config_per_destination(destinations: str, *names: str) -> tuple[str, dict[str, str]]:
+    """`config(destinations)` with a JSON source `<name>-events` for each destination named, in place of `events`,
+    and the mappings making a ticket of each source's bodies at its destination."""
+    mappings = {name: f"source: {name}-events\ndestination: {name}\naction: create_ticket\n"
+                      "fields: {title: '{{ payload.title }}'}\n" for name in names}
+    sources = "\n".join(f"      {name}-events: {{kind: json}}" for name in names)
+    return config(destinations).replace("      events: {kind: json}", sources), mappings
+
+
 async def post(client: Any, title: str, source: str = "events") -> None:
     resp = await client.post(f"/hooks/{source}", json={"title": title})
     assert resp.status == 202, await resp.text()
@@ -123,10 +132,7 @@ async def test_a_vendor_holding_every_request_does_not_stall_another_destination
     dests = (f"  slow: {{vendor: http, base_url: '{base}', path: /slow, max_in_flight: 70, timeout_seconds: 60}}\n"
              f"      fast: {{vendor: http, base_url: '{base}', path: /fast, ticket_id_path: id, timeout_seconds: 5,"
              f" {FAST_RETRY}}}")
-    mappings = {name: f"source: {name}-events\ndestination: {name}\naction: create_ticket\n"
-                      "fields: {title: '{{ payload.title }}'}\n" for name in ("slow", "fast")}
-    conf = config(dests).replace("      events: {kind: json}", "      slow-events: {kind: json}\n"
-                                 "      fast-events: {kind: json}")
+    conf, mappings = config_per_destination(dests, "slow", "fast")
     client = await bridge_client(write_config(conf, mappings))
     try:
         await asyncio.gather(*(post(client, f"held {n}", "slow-events") for n in range(70)))
@@ -171,10 +177,7 @@ async def test_no_send_waits_for_a_pooled_connection_when_every_lane_is_full(
     base = str(server.make_url("")).rstrip("/")
     dests = (f"  a: {{vendor: http, base_url: '{base}', path: /a, max_in_flight: 3, timeout_seconds: 60}}\n"
              f"      b: {{vendor: http, base_url: '{base}', path: /b, max_in_flight: 1, timeout_seconds: 60}}")
-    mappings = {name: f"source: {name}-events\ndestination: {name}\naction: create_ticket\n"
-                      "fields: {title: '{{ payload.title }}'}\n" for name in ("a", "b")}
-    conf = config(dests).replace("      events: {kind: json}", "      a-events: {kind: json}\n"
-                                 "      b-events: {kind: json}")
+    conf, mappings = config_per_destination(dests, "a", "b")
     client = await bridge_client(write_config(conf, mappings))
     rt = runtime(client)
     assert rt.dispatcher is not None

@@ -16,7 +16,7 @@ from aiohttp import web
 from bridge.cli import main
 from bridge.store.base import AuditEntry
 from bridge.store.sqlite import SqliteStore
-from tests.acceptance.console_app import ADMIN
+from tests.acceptance.console_app import ADMIN, NO_ID_CONFIG
 from tests.acceptance.test_vendor_answers import THREADED, TOKEN, config, settled
 from tests.acceptance.threaded import serve_in_thread
 from tests.conftest import AppClient, ConfigFactory, runtime
@@ -116,17 +116,6 @@ async def test_a_conversation_a_later_message_gave_a_ticket_is_not_given_another
     assert conv.conversation.ticket_id == "8"
 
 
-SANDBOX_NO_ID = """
-store: {url: "sqlite:///var/bridge.db"}
-admin: {token: admin-secret, read_tokens: {grafana: grafana-secret}}
-sources:
-  events: {kind: json}
-destinations:
-  api: {vendor: http, sandbox: true, path: /tickets, ticket_id_path: data.reference}
-"""
-"""The http sandbox answers each create `{"data": {"id": ...}}`: read at `data.reference`, it names no ticket."""
-
-
 def delivered(url: str, n: int) -> list[dict[str, Any]]:
     """The server's first `n` deliveries, oldest first, once each is settled (its sandbox answers at once)."""
     deadline = time.monotonic() + 10
@@ -143,7 +132,7 @@ def test_set_ticket_goes_through_the_server_and_the_next_message_follows_up(
     """`deliveries set-ticket --url` against a server whose sandbox vendor named no ticket: the create takes the
     ticket (exit 0, saying the conversation follows up on it), the thread's next message is a follow-up on it,
     asking again is the server's 409 (exit 1), an unknown id its 404 (exit 1), a read token its 403 (exit 2)."""
-    with serve_in_thread(tmp_path / "server", SANDBOX_NO_ID, {"thread": commented_thread("events")}) as url:
+    with serve_in_thread(tmp_path / "server", NO_ID_CONFIG, {"thread": commented_thread("events")}) as url:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
         post = {"case": "c-9", "text": "Router down"}
@@ -174,7 +163,7 @@ def test_set_ticket_on_the_store_file_is_audited_and_refuses_with_why(
     """`deliveries set-ticket -c bridge.yaml` works on the store file (no server): the create takes the ticket and
     the change is in the audit log under the user's name; a delivery that is no ticketless create is refused with
     why (exit 1), an unknown id too."""
-    with serve_in_thread(tmp_path, SANDBOX_NO_ID, {"thread": commented_thread("events")}) as url:
+    with serve_in_thread(tmp_path, NO_ID_CONFIG, {"thread": commented_thread("events")}) as url:
         requests.post(f"{url}/hooks/events", json={"case": "c-1", "text": "Router down"},
                       timeout=10).raise_for_status()
         (first,) = delivered(url, 1)

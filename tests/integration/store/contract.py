@@ -1078,12 +1078,7 @@ class StoreContract:
         """A conversation's create recorded succeeded with no ticket id and `ticket_missing` shows it on the delivery
         (listed and shown); the conversation has no ticket, so its next message is claimed as a create; a later
         attempt's record, or an operator's mark-succeeded, clears it; a delivery not succeeded never shows it."""
-        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
-        await accept_one(store, first)
-        await accept_one(store, second)
-        await store.claim("kapture-support", 10, "w", 30)
-        await store.record(msgspec.structs.replace(result(first.id, "succeeded", error="no ticket id"),
-                                                   role="create", ticket_missing=True), owner="w")
+        first, second = await self._ticketless_create(store)
         assert (await row(store, first.id)).ticket_missing is True
         listed = await store.list_deliveries(DeliveryFilter(limit=10))
         assert {r.id: r.ticket_missing for r in listed} == {first.id: True, second.id: False}

@@ -4,8 +4,6 @@ decodes or sends the whole of one."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from typing import Any
 
 import pytest
@@ -13,14 +11,18 @@ import pytest
 from bridge.store import pg_pieces, postgres
 from bridge.store.postgres import PostgresStore
 from tests.integration.store.contract import WEEK, make_delivery, make_event, result
-from tests.integration.store.test_pg_pieces import MAX_CALLBACK_CPU_MS, TEXT, pieces_left
-from tests.loop_cpu import LoopCpu
+from tests.integration.store.large_values import (
+    ATTACHMENTS,
+    SHA,
+    TEXT,
+    claim_of_a_large_body,
+    sha256_cut_between_pieces,
+)
+from tests.integration.store.test_pg_pieces import pieces_left
+from tests.loop_cpu import LoopCpu, measured
 from tests.spies import calls_through
 
 pytestmark = pytest.mark.integration
-
-SHA = "ab" * 32
-ATTACHMENTS = [{"name": "photo.jpg", "content_type": "image/jpeg", "size": 123, "sha256": SHA}]
 
 
 @pytest.fixture
@@ -32,11 +34,6 @@ def large_event() -> Any:
     """A large mail's event: 20 MiB of text three times over (60 MiB), an attachment named."""
     return make_event(text=TEXT + "\x00 after a NUL", stripped_text=TEXT, provider={"TextBody": TEXT},
                       attachments=ATTACHMENTS)
-
-
-def measured(what: str, meter: LoopCpu) -> None:
-    print(f"\n{what}: longest callback on the loop {meter.longest_ms:.1f} ms of CPU ({meter.longest_what})")
-    assert meter.longest_ms < MAX_CALLBACK_CPU_MS, meter.longest_what
 
 
 async def test_a_large_delivery_is_shown_without_holding_the_loop(store: PostgresStore) -> None:
@@ -83,13 +80,7 @@ async def test_retentions_attachment_scan_reads_a_large_event_without_holding_th
 async def test_a_claim_decodes_a_large_body_without_holding_the_loop(store: PostgresStore) -> None:
     """A claim that takes a delivery whose body quotes a large mail's text (40 MiB: its text and its html) does not
     hold the loop over 20 ms of CPU; the body reads back exactly, beside an ordinary one claimed with it."""
-    body = {"comment": TEXT, "html": "<p>" + TEXT + "</p>", "title": "Router down \u00e9"}
-    large, small = make_delivery(body=body), make_delivery(body={"title": "short"})
-    await store.accept(make_event(), [large, small], WEEK, weight=40 << 20)
-    meter = LoopCpu()
-    claimed = await meter.running(store.claim("kapture-support", 10, "w", 30))
-    measured("claim", meter)
-    assert {c.id: c.body for c in claimed.items} == {large.id: body, small.id: small.body}
+    await claim_of_a_large_body(store)
 
 
 async def test_an_ordinary_claim_reads_no_pieces(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,8 +172,4 @@ async def test_an_attachments_sha256_cut_between_two_pieces_is_found(store: Post
                                                                      small_pieces: None) -> None:
     """Retention's scan finds each large event's attachment wherever the cut between two pieces falls in its sha256
     (or just before or after it): one event for each place of it relative to the cut."""
-    hashes = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(pg_pieces.PIECE_READ_BYTES)]
-    events = [make_event(pad="p" * (2500 + k), attachments=[{**ATTACHMENTS[0], "sha256": h}])
-              for k, h in enumerate(hashes)]
-    await asyncio.gather(*(store.accept(e, [], WEEK) for e in events))
-    assert await store.attachment_refs(2 ** 62) == set(hashes)
+    await sha256_cut_between_pieces(store, pg_pieces.PIECE_READ_BYTES)

@@ -4,10 +4,7 @@ decoded whole in one call on the read thread (which holds the GIL, and so the lo
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,40 +16,29 @@ from bridge.errors import StoreUnavailable
 from bridge.store import sqlite as sqlite_store
 from bridge.store.sqlite import SqliteStore
 from tests.integration.store.contract import WEEK, make_delivery, make_event
-from tests.integration.store.test_pg_pieces import MAX_CALLBACK_CPU_MS, TEXT
-from tests.loop_cpu import LoopCpu
+from tests.integration.store.large_values import (
+    ATTACHMENTS,
+    SHA,
+    TEXT,
+    claim_of_a_large_body,
+    sha256_cut_between_pieces,
+)
+from tests.loop_cpu import LoopCpu, measured
 from tests.spies import calls_through
 
 pytestmark = pytest.mark.integration
 
-SHA = "ab" * 32
-ATTACHMENTS = [{"name": "photo.jpg", "content_type": "image/jpeg", "size": 123, "sha256": SHA}]
-
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "s.db")
-    await opened.open()
-    yield opened
-    await opened.close()
-
-
-def measured(what: str, meter: LoopCpu) -> None:
-    print(f"\n{what}: longest callback on the loop {meter.longest_ms:.1f} ms of CPU ({meter.longest_what})")
-    assert meter.longest_ms < MAX_CALLBACK_CPU_MS, meter.longest_what
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    return sqlite_store
 
 
 async def test_a_claim_decodes_a_large_body_off_the_loop(store: SqliteStore) -> None:
     """A claim that takes a delivery whose body quotes a large mail's text (40 MiB: its text and its html) does not
     hold the loop over 20 ms of CPU: the claim's write, which runs on the loop, read and decoded it, 72-114 ms. The body
     reads back exactly, beside an ordinary one claimed with it."""
-    body = {"comment": TEXT, "html": "<p>" + TEXT + "</p>", "title": "Router down \u00e9"}
-    large, small = make_delivery(body=body), make_delivery(body={"title": "short"})
-    await store.accept(make_event(), [large, small], WEEK, weight=40 << 20)
-    meter = LoopCpu()
-    claimed = await meter.running(store.claim("kapture-support", 10, "w", 30))
-    measured("claim", meter)
-    assert {c.id: c.body for c in claimed.items} == {large.id: body, small.id: small.body}
+    await claim_of_a_large_body(store)
 
 
 async def test_retentions_attachment_scan_looks_through_large_events_off_the_loop(store: SqliteStore) -> None:
@@ -133,8 +119,4 @@ async def test_an_attachments_sha256_cut_between_two_pieces_is_found(store: Sqli
                                                                      small_pieces: list[tuple[str, str]]) -> None:
     """Retention's scan finds each large event's attachment wherever the cut between two pieces falls in its sha256
     (or just before or after it): one event for each place of it relative to the cut."""
-    hashes = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(sqlite_store.PIECE_READ_BYTES)]
-    events = [make_event(pad="p" * (2500 + k), attachments=[{**ATTACHMENTS[0], "sha256": h}])
-              for k, h in enumerate(hashes)]
-    await asyncio.gather(*(store.accept(e, [], WEEK) for e in events))
-    assert await store.attachment_refs(2 ** 62) == set(hashes)
+    await sha256_cut_between_pieces(store, sqlite_store.PIECE_READ_BYTES)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from typing import cast
@@ -25,6 +24,7 @@ from bridge.bodies import (
     read_capped,
     read_decoding,
 )
+from tests.allocations import peak_of
 
 
 class BigChunks:
@@ -49,12 +49,7 @@ async def test_the_bounded_reader_holds_at_most_its_limit_and_one_chunk(chunk: i
     limit: every chunk read, their join, and the join cut."""
     limit = 4 << 20
     response = cast(aiohttp.ClientResponse, BigChunks(chunk, count))
-    tracemalloc.start()
-    try:
-        body, cut = await read_capped(response, limit)
-        _now, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (body, cut), peak = await peak_of(lambda: read_capped(response, limit))
     assert cut and len(body) == limit
     assert body[:chunk] == b"A" * chunk and body[-1:] == bytes([65 + (limit - 1) // chunk])
     assert peak <= limit + chunk + margin + 16 * 1024, f"held {peak / (1 << 20):.1f} MiB"
@@ -162,12 +157,7 @@ async def test_a_gigabyte_of_gzip_is_inflated_only_to_the_cap() -> None:
     member = _zlib(bytes(1 << 20), 31)
     bomb = response(member * 1024, "gzip")
     limit = 256 * 1024
-    tracemalloc.start()
-    try:
-        body, cut = await read_decoding(bomb, limit)
-        _now, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (body, cut), peak = await peak_of(lambda: read_decoding(bomb, limit))
     assert (body, cut) == (bytes(limit), True)
     assert cast(Encoded, bomb).given == 65536
     assert peak < 3 * limit, f"held {peak / 1024:.0f} KiB"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,11 +24,8 @@ DAY = 86400
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "s.db")
-    await opened.open()
-    yield opened
-    await opened.close()
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    return sqlite_store
 
 
 def test_policy_defaults_keep_what_replay_needs() -> None:

@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import re
 import socket
-import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +29,7 @@ from bridge.vendors.base import Outcome, VendorAuthFailed, VendorRequest, Vendor
 from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
+from tests.allocations import peak_of
 
 BASE = "http://kapture.test"
 URL_CREATE = BASE + CREATE_PATH
@@ -58,6 +58,15 @@ class RecordingKapture(KaptureAdapter):
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         self.classified.append((status, body))
         return super().classify(action, status, headers, body)
+
+
+async def kapture_answering(aiohttp_server: Any, create: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                            ) -> RecordingKapture:
+    """A RecordingKapture whose creates a real server answers with `create`."""
+    app = web.Application()
+    app.router.add_post(CREATE_PATH, create)
+    server = await aiohttp_server(app)
+    return RecordingKapture(str(server.make_url("")))
 
 
 def claimed(body: dict[str, Any] | None = None, action: str = "create_ticket") -> Claimed:
@@ -389,14 +398,11 @@ async def test_response_body_is_bounded_on_a_real_connection(
     session: aiohttp.ClientSession, adapter: RecordingKapture, aiohttp_server: Any,
 ) -> None:
     """Against a real server sending 4 MiB, only MAX_RESPONSE_BYTES are read and classified."""
-    app = web.Application()
 
     async def huge(request: web.Request) -> web.Response:
         return web.Response(status=500, body=b"y" * (4 * 1024 * 1024))
 
-    app.router.add_post(CREATE_PATH, huge)
-    server = await aiohttp_server(app)
-    real = RecordingKapture(str(server.make_url("")))
+    real = await kapture_answering(aiohttp_server, huge)
     sent = await send_once(session, real, claimed(), 10.0)
     assert [len(body) for _, body in real.classified] == [MAX_RESPONSE_BYTES]
     assert sent.outcome.classification == "retry"
@@ -562,14 +568,11 @@ async def test_an_answer_json_cannot_read_is_classified_not_a_crash(
     string, nesting 100k deep) is classified, never a crash out of the send: bytes that are not UTF-8 are read
     leniently (a success with its ticket), a body that still cannot be read is in doubt (`unknown`), naming the
     status."""
-    app = web.Application()
 
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=200, body=body, content_type="application/json")
 
-    app.router.add_post(CREATE_PATH, answer)
-    server = await aiohttp_server(app)
-    sent = await send_once(session, RecordingKapture(str(server.make_url(""))), claimed(), 5.0)
+    sent = await send_once(session, await kapture_answering(aiohttp_server, answer), claimed(), 5.0)
     assert sent.outcome.classification == classification
     assert (sent.outcome.error or "").startswith(error)
     assert sent.http_status == 200
@@ -608,15 +611,12 @@ async def test_a_look_up_redirected_elsewhere_is_not_followed(session: aiohttp.C
 async def test_on_send_is_called_just_before_the_request(session: aiohttp.ClientSession, aiohttp_server: Any) -> None:
     """The rate limiter's hook runs once per attempt, before the request reaches the vendor."""
     calls: list[str] = []
-    app = web.Application()
 
     async def answer(request: web.Request) -> web.Response:
         calls.append("vendor")
         return web.json_response({"status": "success", "ticket_id": "T-1"})
 
-    app.router.add_post(CREATE_PATH, answer)
-    server = await aiohttp_server(app)
-    real = RecordingKapture(str(server.make_url("")))
+    real = await kapture_answering(aiohttp_server, answer)
 
     async def on_send() -> None:
         calls.append("on_send")
@@ -832,10 +832,7 @@ async def test_a_send_decodes_its_answer_itself(
         body = zlib.compress(b'[{"status": "success", "ticket_id": "T-9"}]', wbits=31)
         return web.Response(body=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
 
-    app = web.Application()
-    app.router.add_post(CREATE_PATH, created)
-    server = await aiohttp_server(app)
-    sent = await send_once(session, RecordingKapture(str(server.make_url(""))), claimed(), 5.0)
+    sent = await send_once(session, await kapture_answering(aiohttp_server, created), claimed(), 5.0)
     assert (sent.outcome.classification, sent.outcome.ticket_id) == ("success", "T-9")
     assert sent.excerpt == '[{"status": "success", "ticket_id": "T-9"}]'
 
@@ -879,15 +876,12 @@ async def test_a_success_status_whose_answer_passes_the_read_limit_is_unknown_no
     """A 200 longer than MAX_RESPONSE_BYTES cannot be judged on its first part (it is no JSON object there): it
     is unknown, its error saying the answer passed the read limit and naming the limit, not a permanent failure
     as though the vendor had refused."""
-    app = web.Application()
 
     async def long_success(request: web.Request) -> web.Response:
         pad = "p" * (300 * 1024)
         return web.json_response([{"status": "success", "ticket_id": "T-1", "pad": pad}])
 
-    app.router.add_post(CREATE_PATH, long_success)
-    server = await aiohttp_server(app)
-    real = RecordingKapture(str(server.make_url("")))
+    real = await kapture_answering(aiohttp_server, long_success)
     sent = await send_once(session, real, claimed(), 10.0)
     assert [len(body) for _, body in real.classified] == [MAX_RESPONSE_BYTES]
     assert (sent.outcome.classification, sent.http_status) == ("unknown", 200)
@@ -962,12 +956,8 @@ async def test_an_answer_that_inflates_without_end_is_read_to_the_cap_in_bounded
               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     async with raw_vendor(answer) as base:
         adapter = RecordingKapture(base)
-        tracemalloc.start()
-        try:
-            sent = await asyncio.wait_for(send_once(session, adapter, claimed(), 30.0), timeout=60.0)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        sent, peak = await peak_of(lambda: asyncio.wait_for(send_once(session, adapter, claimed(), 30.0),
+                                                            timeout=60.0))
     assert [len(b) for _, b in adapter.classified] == [MAX_RESPONSE_BYTES]
     assert (sent.outcome.classification, sent.http_status) == ("unknown", 200)
     assert peak < 16 << 20, f"{peak / (1 << 20):.1f} MiB allocated"
@@ -989,10 +979,7 @@ async def test_a_brotli_answer_is_read_and_its_refusal_classified_by_its_status(
         offered.append(request.headers.get("Accept-Encoding", ""))
         return web.Response(body=BR_SUCCESS, headers={"Content-Type": "application/json", "Content-Encoding": "br"})
 
-    app = web.Application()
-    app.router.add_post(CREATE_PATH, created)
-    server = await aiohttp_server(app)
-    sent = await send_once(session, RecordingKapture(str(server.make_url(""))), claimed(), 5.0)
+    sent = await send_once(session, await kapture_answering(aiohttp_server, created), claimed(), 5.0)
     assert (sent.outcome.classification, sent.outcome.ticket_id) == ("success", "713516551148")
     assert "br" in [e.strip() for e in offered[0].split(",")], offered
     limited = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Encoding: br\r\n"
@@ -1015,7 +1002,6 @@ async def test_a_resend_after_a_refused_token_goes_through_on_send_again(session
     """The vendor counts a refused request against its rate limit as any other: the resend made with a new token
     is announced to `on_send` (the rate limit) like the first request, each time just before it goes out."""
     calls: list[str] = []
-    app = web.Application()
 
     async def answer(request: web.Request) -> web.Response:
         calls.append(f"vendor {request.headers['Authorization']}")
@@ -1023,9 +1009,7 @@ async def test_a_resend_after_a_refused_token_goes_through_on_send_again(session
             return web.json_response({"status": "failed", "message": "token expired"}, status=401)
         return web.json_response({"status": "success", "ticket_id": "T-1"}, status=201)
 
-    app.router.add_post(CREATE_PATH, answer)
-    server = await aiohttp_server(app)
-    real = RecordingKapture(str(server.make_url("")))
+    real = await kapture_answering(aiohttp_server, answer)
     real.credentials = NumberedTokens("kapture")
 
     async def on_send() -> None:

@@ -17,6 +17,7 @@ from bridge.simulators.kapture import KaptureSimulator
 from bridge.vendors.base import LOOKUP_MAX_CONTAINERS, CannotReconcile, SearchStopped, VendorAuthFailed, VendorRequest
 from bridge.vendors.kapture import KaptureAdapter, KaptureKeys, KaptureOptions
 from bridge.vendors.kapture_pull import find_created, parse_pull, pull_request, reference_at
+from tests.allocations import peak_of
 
 BASE = "https://acme.kapturecrm.com"
 NOW = datetime(2024, 4, 19, 14, 19, 11)
@@ -236,12 +237,8 @@ async def test_find_created_holds_one_page_at_a_time_and_stops_at_the_match() ->
     pulls = PagedDay(pages=30, per_page=100, pad=10_000, wanted_at=(0, 25, 7))
     a = adapter(reference_field="ref")
     since = int(NOW.timestamp() * 1000)
-    tracemalloc.start()
-    try:
-        found = await find_created(a, {"title": "t", "ref": "evt_wanted"}, since, pulls, now_ms=since)
-        _now, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    found, peak = await peak_of(lambda: find_created(a, {"title": "t", "ref": "evt_wanted"}, since, pulls,
+                                                     now_ms=since))
     page_bytes = 100 * 10_000
     assert found is not None and found.ticket_id == "2024-04-18-25-7"
     assert peak < 6 * page_bytes, f"held {peak / page_bytes:.1f} pages"
