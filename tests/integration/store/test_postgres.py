@@ -431,9 +431,9 @@ async def test_a_reply_accepted_by_a_host_whose_clock_is_behind_waits_behind_a_h
 
 
 async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their_id_order(pg_schema: str) -> None:
-    """A database from before 0022 (no `arrival`): its deliveries get arrival 0 without the table being rewritten,
-    so a conversation's stored deliveries keep the id order that decided when they were stored, and come before
-    every delivery accepted after the migration, whatever its id."""
+    """A database from before 0022 (no `arrival`, nor what 0028 adds after it): its deliveries get arrival 0 without
+    the table being rewritten, so a conversation's stored deliveries keep the id order that decided when they were
+    stored, and come before every delivery accepted after the migration, whatever its id."""
     store = PostgresStore(DSN, schema=pg_schema)
     await store.open()
     try:
@@ -450,7 +450,9 @@ async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their
             "CREATE INDEX deliveries_conversation ON deliveries (conversation, id) WHERE conversation IS NOT NULL; "
             "CREATE INDEX deliveries_open_conversation ON deliveries (conversation, id) "
             "WHERE conversation IS NOT NULL AND status IN ('pending', 'in_flight'); "
-            "DELETE FROM schema_migrations WHERE version = 22")
+            "DROP FUNCTION deliveries_joined, deliveries_finished CASCADE; DROP INDEX deliveries_sending_conversation; "
+            "ALTER TABLE deliveries DROP COLUMN queued; ALTER TABLE conversations DROP COLUMN unsettled; "
+            "DELETE FROM schema_migrations WHERE version IN (22, 28)")
         stored_at = await conn.fetchval("SELECT relfilenode FROM pg_class WHERE relname = 'deliveries'")
     finally:
         await conn.close()
