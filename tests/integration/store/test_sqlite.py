@@ -978,6 +978,44 @@ async def test_migration_0025_counts_the_deliveries_each_conversation_holds(tmp_
         await s.close()
 
 
+async def test_migration_0028_queues_the_messages_waiting_in_each_conversation(tmp_path: Path) -> None:
+    """A database from before 0028 (no `queued`, no `unsettled`, no triggers): the migration queues the pending
+    messages stored behind an unfinished one and counts each conversation's unfinished messages, so that claims go
+    on in arrival order, a follow-up counting its messages as before."""
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    await s.open()
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(4)]
+    other = make_delivery(destination="lsq-service", conversation="m|other", conversation_key="other")
+    try:
+        for d in (*thread, other):
+            await accept_one(s, d)
+        assert [c.id for c in (await s.claim("kapture-support", 10, "w", 30)).items] == [thread[0].id]
+        await s.record(msgspec.structs.replace(result(thread[0].id, "succeeded", ticket_id="T-1"), role="create"))
+    finally:
+        await s.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for trigger in ("joined", "finished", "reopened", "unfinished_deleted"):
+            conn.execute(f"DROP TRIGGER deliveries_{trigger}")
+        for index in ("ready", "sending_conversation", "settled_conversation"):
+            conn.execute(f"DROP INDEX deliveries_{index}")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN queued")
+        conn.execute("ALTER TABLE conversations DROP COLUMN unsettled")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 28")
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        assert dict(query(path, "SELECT id, unsettled FROM conversations")) == {"m|k": 3, "m|other": 1}
+        assert dict(query(path, "SELECT id, queued FROM deliveries WHERE status = 'pending'")) == {
+            thread[1].id: 0, thread[2].id: 1, thread[3].id: 1, other.id: 0}
+        for n, d in enumerate(thread[1:], start=2):
+            (got_one,) = (await s.claim("kapture-support", 10, "w", 30)).items
+            assert got_one.id == d.id and got_one.ticket is not None and got_one.ticket["messages"] == n
+            await s.record(result(d.id, "succeeded"))
+    finally:
+        await s.close()
+
+
 async def test_a_conversation_made_before_the_sender_column_keeps_working(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Migration 0017 on a store with conversations: their rows stay, without a first sender, and take the next
