@@ -83,13 +83,16 @@ def in_order(arrival: str, a: str) -> str:
 
 def row_columns(arrival: str) -> str:
     """The columns a listed delivery is selected with (`delivery_row` reads them), given the backend's order key
-    (see `head_of_conversation`): `waiting` compares the conversation's deliveries by it."""
+    (see `head_of_conversation`): `waiting` compares the conversation's deliveries by it. A pending delivery waits
+    when it is not its conversation's first unfinished delivery, read as the first entry of
+    deliveries_open_conversation (as the head's test reads it: an EXISTS of an earlier one was planned by PostgreSQL
+    as a scan of the table, every row of a long backlog matching the conversation)."""
     return ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "  # noqa: S608 - constants
             "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
-            "(status = 'pending' AND conversation IS NOT NULL AND (EXISTS (SELECT 1 FROM deliveries w "
+            "(status = 'pending' AND conversation IS NOT NULL AND ((SELECT w.id FROM deliveries w "
             "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
-            f"AND {before(arrival, 'w', 'deliveries')}) OR EXISTS (SELECT 1 FROM conversations c WHERE c.id = "
-            "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
+            f"ORDER BY {in_order(arrival, 'w')} LIMIT 1) <> deliveries.id OR EXISTS (SELECT 1 FROM conversations c "
+            "WHERE c.id = deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
             f"WHERE h.conversation = deliveries.conversation AND {before(arrival, 'h', 'deliveries')} "
             "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
             "AND h.created_at >= c.started_at)))), in_doubt_since, unknowns, duplicates, ticket_uuid, ticket_missing")
