@@ -184,6 +184,19 @@ UNICODE_ENCODINGS = ("UTF8", "SQL_ASCII")
 DB_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 """The database's clock, in ms: what leases are set and reaped by (`lease_until`), one clock for every process
 whatever their hosts' clocks say, as the gates' (pg_coordination)."""
+CLAIM = (f"UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, "  # noqa: S608
+         "updated_at = $3, lease_token = $6 "
+         "FROM (SELECT id FROM deliveries d WHERE status = 'pending' AND queued = 0 AND destination = $4 "
+         f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
+         "FOR UPDATE SKIP LOCKED) due "
+         f"WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, "
+         f"{at_most('x.body', '$7')}, x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, "
+         "x.in_doubt_since, x.role, octet_length(x.body)")
+NEXT_DUE = ("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' AND queued = 0 "  # noqa: S608
+            f"AND destination = $1 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1")
+"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_ready, which
+leaves out the deliveries queued behind an earlier one of their conversation (migration 0028), so that a
+conversation's backlog is not walked; then, when none is due, when the first will be."""
 TOKEN_BLOCK = 1024
 """How many claim tokens (`Claimed.token`) a process takes at a time: each value v of the sequence lease_tokens
 (migration 0023) stands for the tokens v * TOKEN_BLOCK to v * TOKEN_BLOCK + TOKEN_BLOCK - 1, which the process
@@ -546,16 +559,8 @@ class PostgresStore(Store):
             # A conversation's head only (HEAD_OF_CONVERSATION): a process whose snapshot still shows an earlier
             # delivery pending, or one in flight, does not take a later one; two that both see the head
             # pending cannot both lock it (SKIP LOCKED). So one conversation is worked by one sender at a time.
-            got = await conn.fetch(
-                f"UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, "  # noqa: S608
-                "updated_at = $3, lease_token = $6 "
-                "FROM (SELECT id FROM deliveries d WHERE status = 'pending' AND destination = $4 "
-                f"AND next_attempt_at <= $3 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at, id LIMIT $5 "
-                "FOR UPDATE SKIP LOCKED) due "
-                f"WHERE x.id = due.id RETURNING x.id, x.event_id, x.mapping, x.destination, x.action, {CLAIMED_BODY}, "
-                "x.options, x.tries, x.attempts, x.next_attempt_at, x.conversation, x.in_doubt_since, x.role, "
-                "octet_length(x.body)",
-                owner, int(lease_s * 1000), now, destination, limit, token, DECODE_AT_ONCE_BYTES)
+            got = await conn.fetch(CLAIM, owner, int(lease_s * 1000), now, destination, limit, token,
+                                   DECODE_AT_ONCE_BYTES)
             if got:
                 items = claimed_items(got, token)
                 if large := [r[0] for r in got if r[5] is None and r[13] is not None]:
@@ -565,9 +570,7 @@ class PostgresStore(Store):
                     found = await conn.fetch(TICKETS_OF_CLAIMED + "(SELECT unnest($1::text[]))", threaded)
                     items = with_tickets(items, found)
                 return ClaimBatch(items=items)
-            nxt = await conn.fetchval("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' "  # noqa: S608
-                                      f"AND destination = $1 AND {HEAD_OF_CONVERSATION} "
-                                      "ORDER BY next_attempt_at LIMIT 1", destination)
+            nxt = await conn.fetchval(NEXT_DUE, destination)
             return ClaimBatch(items=[], next_due_ms=nxt)
 
         try:
@@ -1182,9 +1185,6 @@ class PostgresStore(Store):
 
 
 
-CLAIMED_BODY = at_most("x.body", "$7")
-"""What a claim returns of a body: the body when it is at most DECODE_AT_ONCE_BYTES long, else NULL (its length
-comes beside it, and its pieces apart)."""
 REPLAY_RERENDERED = (
     "UPDATE deliveries SET status = 'pending', tries = 0, next_attempt_at = $1, updated_at = $1, "  # noqa: S608
     f"last_error = NULL, in_doubt_since = NULL, body = {joined_pieces('$2::bytea', '$6::text')}, "

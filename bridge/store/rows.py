@@ -76,15 +76,24 @@ def before(arrival: str, a: str, b: str, op: str = "<") -> str:
     return f"{arrival.format(t=a)} {op} {arrival.format(t=b)}"
 
 
+def in_order(arrival: str, a: str) -> str:
+    """An ORDER BY list putting the deliveries aliased `a` in arrival order (see `before`), as the conversation
+    indexes hold them after the conversation."""
+    return arrival.format(t=a).removeprefix("(").removesuffix(")")
+
+
 def row_columns(arrival: str) -> str:
     """The columns a listed delivery is selected with (`delivery_row` reads them), given the backend's order key
-    (see `head_of_conversation`): `waiting` compares the conversation's deliveries by it."""
+    (see `head_of_conversation`): `waiting` compares the conversation's deliveries by it. A pending delivery waits
+    when it is not its conversation's first unfinished delivery, read as the first entry of
+    deliveries_open_conversation (as the head's test reads it: an EXISTS of an earlier one was planned by PostgreSQL
+    as a scan of the table, every row of a long backlog matching the conversation)."""
     return ("id, event_id, source, mapping, mapping_version, destination, action, status, attempts, tries, "  # noqa: S608 - constants
             "next_attempt_at, created_at, updated_at, last_error, ticket_id, ticket_key, conversation, role, "
-            "(status = 'pending' AND conversation IS NOT NULL AND (EXISTS (SELECT 1 FROM deliveries w "
+            "(status = 'pending' AND conversation IS NOT NULL AND ((SELECT w.id FROM deliveries w "
             "WHERE w.conversation = deliveries.conversation AND w.status IN ('pending', 'in_flight') "
-            f"AND {before(arrival, 'w', 'deliveries')}) OR EXISTS (SELECT 1 FROM conversations c WHERE c.id = "
-            "deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
+            f"ORDER BY {in_order(arrival, 'w')} LIMIT 1) <> deliveries.id OR EXISTS (SELECT 1 FROM conversations c "
+            "WHERE c.id = deliveries.conversation AND c.ticket_id IS NULL AND EXISTS (SELECT 1 FROM deliveries h "
             f"WHERE h.conversation = deliveries.conversation AND {before(arrival, 'h', 'deliveries')} "
             "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
             "AND h.created_at >= c.started_at)))), in_doubt_since, unknowns, duplicates, ticket_uuid, ticket_missing")
@@ -108,17 +117,23 @@ def head_of_conversation(arrival: str) -> str:
     second create (a held create of an earlier round, before a quiet period restarted the conversation or an
     operator reset it, holds nothing: that round's ticket is not this one's). It waits until an operator settles
     the held create (`mark-succeeded` with the ticket gives the conversation its ticket; a replay makes it pending
-    again, the head). The first test's `status IN (…)`, as in `row_columns`' `waiting`, is the condition of the
-    partial index deliveries_open_conversation, spelt so that both databases use it: a conversation's settled
-    history is never walked. The second looks the conversation up by its key and, only while it has no ticket,
+    again, the head). The first test reads the conversation's first unfinished delivery, the first entry of the
+    partial index deliveries_open_conversation (its `status IN (…)`, as in `row_columns`' `waiting`, is the index's
+    condition, spelt so that both databases use it), and whether one is in flight, from the partial index
+    deliveries_sending_conversation (migration 0028): neither its settled history nor the messages waiting behind its
+    head are walked (an EXISTS of an earlier unfinished delivery, every row of a long backlog matching its
+    conversation, was planned by PostgreSQL as a scan of the table; and the in-flight test, joined to it, read the
+    backlog after the head). The claim reads only deliveries that may be heads (deliveries_ready leaves out those
+    queued behind another, migration 0028), and this test settles the rest. The second looks the conversation up by
+    its key and, only while it has no ticket,
     looks for an earlier held create in the partial index deliveries_held_create (migration 0024, by conversation
     and arrival), whose condition is the test's own terms: it holds the held creates alone, so that a long thread
     restarted without a ticket is not read back to its first message. A conversation with a ticket, the usual
     case for a follow-up, costs one look-up."""
     return (
-        "(d.conversation IS NULL OR (NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation "  # noqa: S608
-        "AND o.status IN ('pending', 'in_flight') AND o.id <> d.id "
-        f"AND (o.status = 'in_flight' OR {before(arrival, 'o', 'd')})) "
+        "(d.conversation IS NULL OR ((SELECT o.id FROM deliveries o WHERE o.conversation = d.conversation "  # noqa: S608
+        f"AND o.status IN ('pending', 'in_flight') ORDER BY {in_order(arrival, 'o')} LIMIT 1) = d.id "
+        "AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.conversation = d.conversation AND f.status = 'in_flight') "
         "AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.id = d.conversation AND c.ticket_id IS NULL "
         f"AND EXISTS (SELECT 1 FROM deliveries h WHERE h.conversation = d.conversation AND {before(arrival, 'h', 'd')} "
         "AND h.status = 'dead' AND h.in_doubt_since IS NOT NULL AND h.role = 'create' "
@@ -410,13 +425,16 @@ def tickets_of_claimed(arrival: str) -> str:
     conversation holds a ticket (`with_tickets` takes no other), so that a create's claim counts nothing.
 
     The messages up to the delivery are those the conversation holds (`conversations.stored`, migration 0025: one
-    more for each delivery an accept makes in it, one fewer for each a purge deletes) less those that came after it,
-    counted from deliveries_conversation: the head of a conversation has none after it but the messages waiting
-    behind it. Counting those before it read the whole thread at each follow-up's claim, a cost growing with the
-    thread (a chat of thousands of messages). Both are read by one statement, so from one snapshot."""
+    more for each delivery an accept makes in it, one fewer for each a purge deletes) less those that came after it.
+    A claimed delivery was its conversation's head: every unfinished delivery of the conversation but itself comes
+    after it, counted by `conversations.unsettled` (migration 0028, kept by triggers), and the finished ones after it
+    (none, unless an operator replayed it after later ones were sent) are counted from
+    deliveries_settled_conversation. Counting those before it read the whole thread at each follow-up's claim, and
+    counting all those after it the whole backlog waiting behind it (a chat flood of thousands of messages). All are
+    read by one statement, so from one snapshot."""
     return ("SELECT c.id, c.ticket_id, c.ticket_key, c.destination, c.ticket_at, c.last_message_at, "  # noqa: S608
-            "c.stored - (SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation "
-            f"AND {before(arrival, 'd', 'o')}), d.id, c.ticket_uuid, c.sender "
+            "c.stored - (c.unsettled - 1) - (SELECT COUNT(*) FROM deliveries o WHERE o.conversation = d.conversation "
+            f"AND o.status IN ('succeeded', 'dead') AND {before(arrival, 'd', 'o')}), d.id, c.ticket_uuid, c.sender "
             "FROM deliveries d JOIN conversations c ON c.id = d.conversation AND c.ticket_id IS NOT NULL "
             "WHERE d.id IN ")
 

@@ -141,6 +141,18 @@ with them); migration 0022 indexes a conversation's deliveries by it."""
 HEAD_OF_CONVERSATION = head_of_conversation(ARRIVAL)
 ROW_COLUMNS = row_columns(ARRIVAL)
 TICKETS_OF_CLAIMED = tickets_of_claimed(ARRIVAL)
+CLAIM = ("UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ?, "  # noqa: S608
+         "lease_token = ? WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' AND queued = 0 "
+         f"AND destination = ? AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} "
+         "ORDER BY next_attempt_at, id LIMIT ?) "
+         "RETURNING id, event_id, mapping, destination, action, CASE WHEN length(body) <= ? THEN body END, "
+         "options, tries, attempts, next_attempt_at, conversation, in_doubt_since, role, length(body)")
+NEXT_DUE = ("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' AND queued = 0 "  # noqa: S608
+            f"AND destination = ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1")
+"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_ready, which
+leaves out the deliveries queued behind an earlier one of their conversation (migration 0028), so that a
+conversation's backlog is not walked; then, when none is due, when the first will be, in due order, stopping at the
+first head."""
 _SLICE = f"SELECT {ROW_COLUMNS}, rowid FROM deliveries WHERE conversation = ?1 "  # noqa: S608 - constants
 SLICE_FIRST = _SLICE + "ORDER BY rowid LIMIT ?2"
 SLICE_AFTER = _SLICE + "AND rowid > ?3 ORDER BY rowid LIMIT ?2"
@@ -1016,15 +1028,8 @@ class SqliteStore(Store):
 
         def op(conn: sqlite3.Connection) -> tuple[ClaimBatch, list[str]]:
             now = now_ms()
-            got = conn.execute(
-                "UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ?, "  # noqa: S608
-                "lease_token = ? WHERE id IN (SELECT id FROM deliveries d WHERE status = 'pending' "
-                f"AND destination = ? AND next_attempt_at <= ? AND {HEAD_OF_CONVERSATION} "
-                "ORDER BY next_attempt_at, id LIMIT ?) "
-                "RETURNING id, event_id, mapping, destination, action, CASE WHEN length(body) <= ? THEN body END, "
-                "options, tries, attempts, next_attempt_at, conversation, in_doubt_since, role, length(body)",
-                (owner, now + int(lease_s * 1000), now, token, destination, now, limit, DECODE_AT_ONCE_BYTES),
-            ).fetchall()
+            got = conn.execute(CLAIM, (owner, now + int(lease_s * 1000), now, token, destination, now,
+                                       limit, DECODE_AT_ONCE_BYTES)).fetchall()
             if got:
                 large = [r[0] for r in got if r[5] is None and r[13] is not None]  # a row's own (before 0021)
                 if any(r[5] is None and r[13] is None for r in got):  # a body kept apart, or none yet (a follow-up's)
@@ -1037,10 +1042,7 @@ class SqliteStore(Store):
                                          threaded).fetchall()
                     items = with_tickets(items, found)
                 return ClaimBatch(items=items), large
-            # In due order, stopping at the first head: deliveries waiting behind another are not walked.
-            first = conn.execute("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' "  # noqa: S608
-                                 f"AND destination = ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1",
-                                 (destination,)).fetchone()
+            first = conn.execute(NEXT_DUE, (destination,)).fetchone()
             nxt = None if first is None else first[0]
             return ClaimBatch(items=[], next_due_ms=nxt), []
 

@@ -17,6 +17,7 @@ from bridge.ids import id_floor, new_id
 from bridge.store.base import (
     AttemptResult,
     AuditEntry,
+    Claimed,
     Cutoffs,
     DeliveryFilter,
     DeliveryRow,
@@ -1140,6 +1141,64 @@ class StoreContract:
         await accept_one(store, other)
         (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert got.id == other.id
+
+    async def test_a_replayed_message_goes_before_those_waiting_and_counts_those_sent_after_it(
+            self, store: Store) -> None:
+        """A conversation's backlog keeps its order through a message gone dead and replayed: the next waiting one
+        goes on once it is dead; replayed, it is claimed before the messages still waiting behind it, its
+        `ticket.messages` counting those before it alone (also when a message after it was sent meanwhile), and
+        each message behind it follows in arrival order."""
+        def message() -> NewDelivery:
+            return make_delivery(conversation="m|k", conversation_key="k")
+
+        first, second, third, fourth = message(), message(), message(), message()
+        for d in (first, second, third, fourth):
+            await accept_one(store, d)
+
+        async def claimed() -> Claimed:
+            (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+            return got
+
+        assert (await claimed()).id == first.id
+        await store.record(msgspec.structs.replace(result(first.id, "succeeded", ticket_id="T-1"), role="create"))
+        assert (await claimed()).id == second.id
+        await store.record(result(second.id, "dead", http_status=400, classification="permanent"))
+        got = await claimed()
+        assert got.id == third.id and got.ticket is not None and got.ticket["messages"] == 3
+        await store.record(result(third.id, "succeeded"))
+        assert await store.replay([second.id]) == [second.id]  # before fourth, which has not gone yet
+        assert (await row(store, fourth.id)).waiting is True
+        got = await claimed()
+        assert got.id == second.id and got.ticket is not None and got.ticket["messages"] == 2
+        assert (await store.claim("kapture-support", 10, "w", 30)).items == []
+        await store.record(result(second.id, "succeeded"))
+        got = await claimed()
+        assert got.id == fourth.id and got.ticket is not None and got.ticket["messages"] == 4
+
+    async def test_a_backlog_marked_dead_lets_the_next_message_go(self, store: Store) -> None:
+        """Every pending message of a destination marked dead (its mapping gone), the conversation's next message is
+        its head, and claimed at once; one marked dead while the head is in flight leaves the head's successor
+        waiting only on the head."""
+        def message() -> NewDelivery:
+            return make_delivery(conversation="m|k", conversation_key="k")
+
+        waiting = [message() for _ in range(3)]
+        for d in waiting:
+            await accept_one(store, d)
+        assert await store.mark_dead("kapture-support", "mapping gone", 10) == 3
+        nxt = message()
+        await accept_one(store, nxt)
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == nxt.id
+        behind, last = message(), message()
+        await accept_one(store, behind)
+        await accept_one(store, last)
+        assert await store.mark_dead("kapture-support", "mapping gone", 1) == 1  # the earlier of those pending
+        assert (await row(store, behind.id)).status == "dead"
+        assert (await store.claim("kapture-support", 10, "w", 30)).items == []  # the head still in flight
+        await store.record(msgspec.structs.replace(result(nxt.id, "succeeded", ticket_id="T-1"), role="create"))
+        (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+        assert got.id == last.id and got.ticket is not None
 
     async def test_a_conversation_goes_in_arrival_order_whatever_its_ids_say(self, store: Store) -> None:
         """A conversation's order is the order the store took its messages in, not their ids' (which hold the clock

@@ -431,9 +431,9 @@ async def test_a_reply_accepted_by_a_host_whose_clock_is_behind_waits_behind_a_h
 
 
 async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their_id_order(pg_schema: str) -> None:
-    """A database from before 0022 (no `arrival`): its deliveries get arrival 0 without the table being rewritten,
-    so a conversation's stored deliveries keep the id order that decided when they were stored, and come before
-    every delivery accepted after the migration, whatever its id."""
+    """A database from before 0022 (no `arrival`, nor what 0028 adds after it): its deliveries get arrival 0 without
+    the table being rewritten, so a conversation's stored deliveries keep the id order that decided when they were
+    stored, and come before every delivery accepted after the migration, whatever its id."""
     store = PostgresStore(DSN, schema=pg_schema)
     await store.open()
     try:
@@ -450,7 +450,9 @@ async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their
             "CREATE INDEX deliveries_conversation ON deliveries (conversation, id) WHERE conversation IS NOT NULL; "
             "CREATE INDEX deliveries_open_conversation ON deliveries (conversation, id) "
             "WHERE conversation IS NOT NULL AND status IN ('pending', 'in_flight'); "
-            "DELETE FROM schema_migrations WHERE version = 22")
+            "DROP FUNCTION deliveries_joined, deliveries_finished CASCADE; DROP INDEX deliveries_sending_conversation; "
+            "ALTER TABLE deliveries DROP COLUMN queued; ALTER TABLE conversations DROP COLUMN unsettled; "
+            "DELETE FROM schema_migrations WHERE version IN (22, 28)")
         stored_at = await conn.fetchval("SELECT relfilenode FROM pg_class WHERE relname = 'deliveries'")
     finally:
         await conn.close()
@@ -561,6 +563,49 @@ async def test_a_process_stalled_past_its_lease_does_not_send_what_another_took_
         assert requests(m) == 0
     done = await row(b, delivery_id)
     assert (done.status, done.ticket_id, done.attempts) == ("succeeded", "T-B", 1)
+
+
+async def test_migration_0028_queues_the_messages_waiting_in_each_conversation(pg_schema: str) -> None:
+    """A database from before 0028 (no `queued`, no `unsettled`, no triggers): the migration queues the pending
+    messages stored behind an unfinished one and counts each conversation's unfinished messages, so that claims go
+    on in arrival order, a follow-up counting its messages as before."""
+    store = PostgresStore(DSN, schema=pg_schema)
+    await store.open()
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(4)]
+    other = make_delivery(destination="lsq-service", conversation="m|other", conversation_key="other")
+    try:
+        for d in (*thread, other):
+            await accept_one(store, d)
+        assert [c.id for c in (await store.claim("kapture-support", 10, "w", 30)).items] == [thread[0].id]
+        await store.record(msgspec.structs.replace(result(thread[0].id, "succeeded", ticket_id="T-1"),
+                                                   role="create"))
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+    try:
+        await conn.execute("DROP FUNCTION deliveries_joined, deliveries_finished CASCADE; "
+                           "DROP INDEX deliveries_sending_conversation, deliveries_settled_conversation; "
+                           "ALTER TABLE deliveries DROP COLUMN queued; "
+                           "ALTER TABLE conversations DROP COLUMN unsettled; "
+                           "DELETE FROM schema_migrations WHERE version = 28")
+    finally:
+        await conn.close()
+    store = PostgresStore(DSN, schema=pg_schema)
+    try:
+        await store.open()
+        conn = await asyncpg.connect(DSN, server_settings={"search_path": pg_schema})
+        try:
+            assert dict(await conn.fetch("SELECT id, unsettled FROM conversations")) == {"m|k": 3, "m|other": 1}
+            assert dict(await conn.fetch("SELECT id, queued FROM deliveries WHERE status = 'pending'")) == {
+                thread[1].id: 0, thread[2].id: 1, thread[3].id: 1, other.id: 0}
+        finally:
+            await conn.close()
+        for n, d in enumerate(thread[1:], start=2):
+            (got,) = (await store.claim("kapture-support", 10, "w", 30)).items
+            assert got.id == d.id and got.ticket is not None and got.ticket["messages"] == n
+            await store.record(result(d.id, "succeeded"))
+    finally:
+        await store.close()
 
 
 async def test_a_database_of_the_previous_version_opens_and_is_migrated(pg_schema: str) -> None:

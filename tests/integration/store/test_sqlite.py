@@ -764,19 +764,26 @@ async def test_a_conversations_head_and_waiting_are_found_without_walking_its_hi
 async def test_a_conversations_earlier_deliveries_are_read_by_arrival_from_an_index(
         store: SqliteStore, tmp_path: Path) -> None:
     """What compares a conversation's deliveries by arrival (the rowid) reads a range of an index by conversation,
-    then rowid: the messages after a follow-up (which its count of messages takes off those the conversation holds,
-    0025), deliveries_conversation (0022); the look-up of an earlier held create (the head's second test, and
-    `waiting`), deliveries_held_create (0024), which holds the held creates alone, so that a thread without a ticket
-    is not read back to its first message."""
+    then rowid: the finished messages after a follow-up (which its count of messages takes off those the
+    conversation holds, 0025, with its unfinished ones, 0028), deliveries_settled_conversation (0028); the first
+    unfinished delivery (the head's first test, and `waiting`), deliveries_open_conversation, and one in
+    flight, deliveries_sending_conversation (0028), so that the messages waiting behind the head are not read; the
+    look-up of an earlier held create (the head's second test, and `waiting`), deliveries_held_create (0024), which
+    holds the held creates alone, so that a thread without a ticket is not read back to its first message."""
     with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
         counted = " / ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {TICKETS_OF_CLAIMED}(?)", ("x",)))
         head = " / ".join(r[3] for r in conn.execute(
             f"EXPLAIN QUERY PLAN SELECT id FROM deliveries d WHERE id = ? AND {HEAD_OF_CONVERSATION}", ("x",)))
         waiting = " / ".join(r[3] for r in conn.execute(
             f"EXPLAIN QUERY PLAN SELECT {ROW_COLUMNS} FROM deliveries WHERE id = ?", ("x",)))
-    assert "USING COVERING INDEX deliveries_conversation (conversation=? AND rowid>?)" in counted, counted
+    assert "USING INDEX deliveries_settled_conversation (conversation=? AND rowid>?)" in counted, counted
     for plan in (head, waiting):
         assert "USING INDEX deliveries_held_create (conversation=? AND rowid<?)" in plan, plan
+    # the head's first test and `waiting` read the conversation's first unfinished delivery: the index's first
+    # entry, no sort
+    for plan in (head, waiting):
+        assert "USING INDEX deliveries_open_conversation (conversation=?)" in plan and "TEMP B-TREE" not in plan, plan
+    assert "USING INDEX deliveries_sending_conversation (conversation=?)" in head, head
 
 
 async def test_marking_an_in_doubt_create_succeeded_sends_the_waiting_follow_up_at_once(store: SqliteStore) -> None:
@@ -969,6 +976,44 @@ async def test_migration_0025_counts_the_deliveries_each_conversation_holds(tmp_
         await s.close()
 
 
+async def test_migration_0028_queues_the_messages_waiting_in_each_conversation(tmp_path: Path) -> None:
+    """A database from before 0028 (no `queued`, no `unsettled`, no triggers): the migration queues the pending
+    messages stored behind an unfinished one and counts each conversation's unfinished messages, so that claims go
+    on in arrival order, a follow-up counting its messages as before."""
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    await s.open()
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(4)]
+    other = make_delivery(destination="lsq-service", conversation="m|other", conversation_key="other")
+    try:
+        for d in (*thread, other):
+            await accept_one(s, d)
+        assert [c.id for c in (await s.claim("kapture-support", 10, "w", 30)).items] == [thread[0].id]
+        await s.record(msgspec.structs.replace(result(thread[0].id, "succeeded", ticket_id="T-1"), role="create"))
+    finally:
+        await s.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for trigger in ("joined", "finished", "reopened", "unfinished_deleted"):
+            conn.execute(f"DROP TRIGGER deliveries_{trigger}")
+        for index in ("ready", "sending_conversation", "settled_conversation"):
+            conn.execute(f"DROP INDEX deliveries_{index}")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN queued")
+        conn.execute("ALTER TABLE conversations DROP COLUMN unsettled")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 28")
+    s = SqliteStore(path)
+    await s.open()
+    try:
+        assert dict(query(path, "SELECT id, unsettled FROM conversations")) == {"m|k": 3, "m|other": 1}
+        assert dict(query(path, "SELECT id, queued FROM deliveries WHERE status = 'pending'")) == {
+            thread[1].id: 0, thread[2].id: 1, thread[3].id: 1, other.id: 0}
+        for n, d in enumerate(thread[1:], start=2):
+            (got_one,) = (await s.claim("kapture-support", 10, "w", 30)).items
+            assert got_one.id == d.id and got_one.ticket is not None and got_one.ticket["messages"] == n
+            await s.record(result(d.id, "succeeded"))
+    finally:
+        await s.close()
+
+
 async def test_a_conversation_made_before_the_sender_column_keeps_working(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Migration 0017 on a store with conversations: their rows stay, without a first sender, and take the next
@@ -1020,10 +1065,17 @@ def dead(body: dict[str, Any] | None) -> NewDelivery:
 
 @contextmanager
 def traced(store: SqliteStore) -> Iterator[list[tuple[int, str]]]:
-    """Each statement the store's writer runs meanwhile, with the thread that runs it."""
+    """Each statement the store's writer runs meanwhile, with the thread that runs it. SQLite reports each trigger a
+    statement fires (migration 0028's, on a delivery's status) with the statement's own text again, its values
+    filled in: such a repeat is the same statement, and left out."""
     seen: list[tuple[int, str]] = []
     assert store._writer is not None
-    store._writer.set_trace_callback(lambda sql: seen.append((threading.get_ident(), sql)))
+
+    def trace(sql: str) -> None:
+        if not seen or seen[-1] != (threading.get_ident(), sql):
+            seen.append((threading.get_ident(), sql))
+
+    store._writer.set_trace_callback(trace)
     try:
         yield seen
     finally:
