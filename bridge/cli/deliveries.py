@@ -428,10 +428,6 @@ Pages = Callable[[str, int, str | None], Awaitable[list[ConversationView]]]
 async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
     """`conversations show`: each conversation's page (with --all, every page after it, each printed as it is
     read, so that a conversation of any length takes one page of memory), and the cursors of the pages around."""
-    if args.last and args.all:
-        print("--last lists each conversation's last page and --all every page from its first (or from --cursor's): "
-              "give one of them", file=sys.stderr)
-        return 2
     limit = args.limit or (MAX_PAGE if args.all else CONVERSATION_PAGE)
     try:
         found: list[ConversationView] = await read(args.key, limit, LAST if args.last else args.cursor)
@@ -482,6 +478,11 @@ def _print_page(args: argparse.Namespace, page: ConversationView) -> None:
 
 
 def run_conversation(args: argparse.Namespace) -> int:
+    if args.last and args.all:  # said before the store is opened (it may be migrated) or the server asked
+        print("--last lists each conversation's last page and --all every page from its first (or from --cursor's): "
+              "give one of them", file=sys.stderr)
+        return 2
+
     async def local(store: Store) -> int:
         async def read(key: str, limit: int, cursor: str | None) -> list[ConversationView]:
             return await ConversationView.read(store, key, limit, cursor)
