@@ -303,14 +303,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 async def _refusable(call: Awaitable[T]) -> T | None:
-    """The server's answer to an operator's change of one delivery, or None where it refused it, said on stderr:
-    no such delivery (404), or not for the delivery's state (409): exit 1, as when run on the store. Any other
-    error is raised: the server could not be asked (exit 2)."""
+    """The server's answer to an operator's change, or None where it refused it for the state of what it changes
+    (409), said on stderr: exit 1, as when run on the store. Any other error is raised: no such record (NotFound,
+    exit 1, `_with_server`), or the server could not be asked (exit 2)."""
     try:
         return await call
-    except NotFound as exc:
-        print(str(exc), file=sys.stderr)
-        return None
     except RemoteError as exc:
         if exc.status != 409:
             raise
@@ -380,14 +377,10 @@ def run_mark_dead(args: argparse.Namespace) -> int:
         return 0
 
     async def remote(client: AdminClient) -> int:
-        try:
-            result = await client.mark_dead(args.destination, MarkDeadBody(reason=args.reason, status=args.status))
-        except RemoteError as exc:
-            if exc.status != 409:
-                raise
-            print(str(exc), file=sys.stderr)  # the destination is configured: refused, as on the store
-            return 1
-        return done(result.marked)
+        # Refused (409) when the destination is configured, as on the store.
+        result = await _refusable(client.mark_dead(args.destination, MarkDeadBody(reason=args.reason,
+                                                                                   status=args.status)))
+        return 1 if result is None else done(result.marked)
 
     if args.url:
         return _with_server(args.url, remote)
