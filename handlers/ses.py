@@ -110,6 +110,7 @@ class SesHandler(Handler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetch: Fetcher = https_get
+        # Looked up at each count: the app sets `self.count` once the handler is made (`build_runtime`).
         self.certificates = CertificateCache(source=self.name,
                                              count=lambda name, n=1, **labels: self.count(name, n, **labels))
         # Each topic's messages name a certificate on its region's SNS host, the only one fetched for them.

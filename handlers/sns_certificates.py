@@ -36,7 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import Literal, NoReturn, TypeVar
 
 import structlog
 from cryptography import x509
@@ -46,6 +46,7 @@ from handlers.base import Count, not_counted
 from handlers.sns import FETCH_TIMEOUT_S, Fetcher, FetchError
 
 log = structlog.get_logger("ticketbridge.handlers.sns")
+V = TypeVar("V")
 
 CERTIFICATES = 16
 """Certificates kept: SNS signs with one per region at a time, and publishes a new one under a new URL."""
@@ -221,9 +222,8 @@ class CertificateCache:
         now = self.clock()
         bucket = self._buckets.get(address)
         if bucket is None:
-            bucket = self._buckets[address] = _Bucket(self.burst, now)
-            while len(self._buckets) > self.addresses:
-                self._buckets.popitem(last=False)
+            bucket = _Bucket(self.burst, now)
+            _remember(self._buckets, address, bucket, self.addresses)
         else:
             self._buckets.move_to_end(address)
             bucket.tokens = min(self.burst, bucket.tokens + max(0.0, now - bucket.at) * self.per_s)
@@ -264,21 +264,20 @@ class CertificateCache:
         try:
             pem = await fetch(url)
         except FetchError as exc:
-            self.count("sns.certificate_fetched", result="failed")
             may_pass = exc.status is None or exc.status >= 500 or exc.status == 429
             raise self._failed(url, str(exc), may_pass, host_wide=exc.status is None or exc.status in HOST_WIDE) \
                 from None
         try:
             cert = x509.load_pem_x509_certificate(pem)
         except ValueError:
-            self.count("sns.certificate_fetched", result="failed")
             raise self._failed(url, "the answer is not a PEM certificate", may_pass=False) from None
         self.count("sns.certificate_fetched", result="ok")
         return cert
 
     def _failed(self, url: str, reason: str, may_pass: bool, host_wide: bool = False) -> Rejected:
-        """Remember a failed fetch (for its host too when `host_wide`: no answer, or one of HOST_WIDE), log it,
-        and return the request's answer."""
+        """Remember a failed fetch (for its host too when `host_wide`: no answer, or one of HOST_WIDE), count and
+        log it, and return the request's answer."""
+        self.count("sns.certificate_fetched", result="failed")
         now = self.clock()
         status, remembered = (503, UNAVAILABLE_FOR_S) if may_pass else (401, REFUSED_FOR_S)
         failure = _Failure(status, reason, now + remembered, logged_at=now)
@@ -320,11 +319,12 @@ def _host(url: str) -> str:
     return url.split("/", 3)[2]
 
 
-def _remember(failures: OrderedDict[str, _Failure], key: str, failure: _Failure, limit: int) -> None:
-    failures[key] = failure
-    failures.move_to_end(key)
-    while len(failures) > limit:
-        failures.popitem(last=False)
+def _remember(kept: OrderedDict[str, V], key: str, value: V, limit: int) -> None:
+    """Keep `value` under `key` as the most recently used, forgetting the least recently used past `limit`."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > limit:
+        kept.popitem(last=False)
 
 
 def _rejection(failure: _Failure, now: float) -> Rejected:

@@ -303,14 +303,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 async def _refusable(call: Awaitable[T]) -> T | None:
-    """The server's answer to an operator's change of one delivery, or None where it refused it, said on stderr:
-    no such delivery (404), or not for the delivery's state (409): exit 1, as when run on the store. Any other
-    error is raised: the server could not be asked (exit 2)."""
+    """The server's answer to an operator's change, or None where it refused it for the state of what it changes
+    (409), said on stderr: exit 1, as when run on the store. Any other error is raised: no such record (NotFound,
+    exit 1, `_with_server`), or the server could not be asked (exit 2)."""
     try:
         return await call
-    except NotFound as exc:
-        print(str(exc), file=sys.stderr)
-        return None
     except RemoteError as exc:
         if exc.status != 409:
             raise
@@ -380,14 +377,10 @@ def run_mark_dead(args: argparse.Namespace) -> int:
         return 0
 
     async def remote(client: AdminClient) -> int:
-        try:
-            result = await client.mark_dead(args.destination, MarkDeadBody(reason=args.reason, status=args.status))
-        except RemoteError as exc:
-            if exc.status != 409:
-                raise
-            print(str(exc), file=sys.stderr)  # the destination is configured: refused, as on the store
-            return 1
-        return done(result.marked)
+        # Refused (409) when the destination is configured, as on the store.
+        result = await _refusable(client.mark_dead(args.destination, MarkDeadBody(reason=args.reason,
+                                                                                   status=args.status)))
+        return 1 if result is None else done(result.marked)
 
     if args.url:
         return _with_server(args.url, remote)
@@ -428,10 +421,6 @@ Pages = Callable[[str, int, str | None], Awaitable[list[ConversationView]]]
 async def _show_conversations(args: argparse.Namespace, read: Pages) -> int:
     """`conversations show`: each conversation's page (with --all, every page after it, each printed as it is
     read, so that a conversation of any length takes one page of memory), and the cursors of the pages around."""
-    if args.last and args.all:
-        print("--last lists each conversation's last page and --all every page from its first (or from --cursor's): "
-              "give one of them", file=sys.stderr)
-        return 2
     limit = args.limit or (MAX_PAGE if args.all else CONVERSATION_PAGE)
     try:
         found: list[ConversationView] = await read(args.key, limit, LAST if args.last else args.cursor)
@@ -482,6 +471,11 @@ def _print_page(args: argparse.Namespace, page: ConversationView) -> None:
 
 
 def run_conversation(args: argparse.Namespace) -> int:
+    if args.last and args.all:  # said before the store is opened (it may be migrated) or the server asked
+        print("--last lists each conversation's last page and --all every page from its first (or from --cursor's): "
+              "give one of them", file=sys.stderr)
+        return 2
+
     async def local(store: Store) -> int:
         async def read(key: str, limit: int, cursor: str | None) -> list[ConversationView]:
             return await ConversationView.read(store, key, limit, cursor)

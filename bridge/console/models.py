@@ -133,10 +133,10 @@ class DeliveryView(DeliveryDetail, kw_only=True):
 
 
 CONVERSATION_PAGE = 100
+"""The deliveries a page of a conversation holds unless `limit` says otherwise (at most MAX_PAGE)."""
 LAST = "last"
 """The `cursor` that asks for each conversation's last page (no cursor `write_cursor` makes reads so: each is the
 base64 of a JSON array)."""
-"""The deliveries a page of a conversation holds unless `limit` says otherwise (at most MAX_PAGE)."""
 
 
 class ConversationQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -231,7 +231,7 @@ class ConversationView(msgspec.Struct, kw_only=True):
     async def read(cls, store: Store, key: str, limit: int, cursor: str | None = None) -> list[ConversationView]:
         """The conversations with that key or id, each with its first `limit` deliveries; with `cursor`, the
         conversation it was given for alone, with the `limit` after or before its place (BadCursor for a cursor not
-        given for one of them). None when no conversation has the key, whatever the cursor: the key is what is
+        given for one of them). Empty when no conversation has the key, whatever the cursor: the key is what is
         wrong. With `cursor` LAST, each conversation's last `limit` deliveries, numbered from how many come before
         them. What `conversations show` and `GET /admin/api/conversations/{key}` answer."""
         found = [c.conversation for c in await store.get_conversations(key, limit=0)]

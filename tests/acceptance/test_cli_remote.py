@@ -160,6 +160,18 @@ def test_mark_succeeded_goes_through_the_server(server: str, monkeypatch: pytest
     assert "403" in capsys.readouterr().err
 
 
+def test_mark_dead_of_a_configured_destination_is_refused_by_the_server(
+        server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`deliveries mark-dead --url` for a destination the server has configured gets its 409 and why: exit 1, as
+    when run on the store; a read token its 403 (2: it could not run)."""
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "admin-secret")
+    assert main(["deliveries", "mark-dead", "--url", server, "--destination", "kapture", "--reason", "x"]) == 1
+    assert "answered 409" in capsys.readouterr().err
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "grafana-secret")
+    assert main(["deliveries", "mark-dead", "--url", server, "--destination", "kapture", "--reason", "x"]) == 2
+    assert "403" in capsys.readouterr().err
+
+
 def test_an_id_is_one_path_segment_never_another_route(server: str, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """An id given to `show` or `mark-succeeded` with `/`, `..`, `?` or `#` in it names no delivery (404, exit 1):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -27,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.cli.common import between
 from tests.bench.harness import CONNECTIONS, FORM, HERE, free_port, pg_events, run_wrk, spawn, stop, wait_port
 from tests.bench.harness import cpu_seconds as process_cpu
 from tests.bench.test_delivery_bench import config as bench_config
@@ -89,12 +91,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs=2, type=Path, help="two checkouts: A (the baseline) and B")
     parser.add_argument("--mode", choices=("e2e", "intake"), default="e2e")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=between(1, 100), default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--postgres", action="store_true",
                         help="store in PostgreSQL (the test database), each checkout in a fresh schema of its own, "
                              "dropped at the end")
     args = parser.parse_args()
+    for path in args.trees:  # else `-m bridge` imports the checkout the venv has installed, without a word
+        if not (path / "bridge" / "__init__.py").is_file():
+            parser.error(f"{str(path)!r} is no checkout of ticketbridge (it has no bridge/__init__.py)")
     a, b = (Tree(path.resolve()) for path in args.trees)
     tmp = Path(tempfile.mkdtemp(prefix="compare-trees-"))
     schemas: list[str] = []
@@ -115,6 +120,7 @@ def main() -> None:
         stop(vendor, a.proc, b.proc)
         for schema in schemas:
             asyncio.run(pg_events(schema, drop=True))
+        shutil.rmtree(tmp, ignore_errors=True)  # the stores and wrk's files: no server output is kept to read
     rate_ratios = [y / x for x, y in zip(a.rates, b.rates, strict=True)]
     cpu_ratios = [x / y for x, y in zip(a.cpu_us, b.cpu_us, strict=True)]
     for label, tree in (("A", a), ("B", b)):

@@ -297,28 +297,22 @@ async function delivery(id) {
   const d = v.delivery;
   const admin = (await caller()).role === "admin";
   const busy = d.status === "pending" || d.status === "in_flight";
-  const mark = async () => {
-    const given = await markDialog(d);
+  // The operator's ticket for this delivery, asked for in `markDialog` (`how`), posted to its `action` route.
+  const giveTicket = (action, done, how) => async () => {
+    const given = await markDialog(d, how);
     if (!given) return;
     try {
-      await api(`/admin/api/deliveries/${encodeURIComponent(d.id)}/mark-succeeded`, { method: "POST", body: given });
-      say(`Marked succeeded with ticket ${given.ticket_id}.`);
+      await api(`/admin/api/deliveries/${encodeURIComponent(d.id)}/${action}`, { method: "POST", body: given });
+      say(done(given.ticket_id));
       await route();
     } catch (x) { say(x.message); }
   };
-  const setTicket = async () => {
-    const given = await markDialog(d, {
-      question: `Which ticket did delivery ${d.id} make at ${d.destination}? Its answer named none; the ticket below ` +
-        (d.conversation ? "becomes its conversation's too (if it has none yet), so the conversation's next message follows up on it."
-          : "is kept on the delivery."),
-      submit: "Set ticket" });
-    if (!given) return;
-    try {
-      await api(`/admin/api/deliveries/${encodeURIComponent(d.id)}/set-ticket`, { method: "POST", body: given });
-      say(`Ticket ${given.ticket_id} set.`);
-      await route();
-    } catch (x) { say(x.message); }
-  };
+  const mark = giveTicket("mark-succeeded", (t) => `Marked succeeded with ticket ${t}.`);
+  const setTicket = giveTicket("set-ticket", (t) => `Ticket ${t} set.`, {
+    question: `Which ticket did delivery ${d.id} make at ${d.destination}? Its answer named none; the ticket below ` +
+      (d.conversation ? "becomes its conversation's too (if it has none yet), so the conversation's next message follows up on it."
+        : "is kept on the delivery."),
+    submit: "Set ticket" });
   const replay = async (rerender) => {
     const what = rerender ? "Re-render this delivery with the mappings in force and send it again?" : "Send this delivery again?";
     if (!(await confirmDialog(what, rerender ? "Re-render and send" : "Replay"))) return;

@@ -125,10 +125,13 @@ async def test_fetch_failures(status: int | None, expected: int, retry_after: fl
 
 
 async def test_not_a_pem_is_401() -> None:
-    """A URL that does not serve a PEM certificate is refused."""
-    err = await refused(cache(), CERT_URL, FakeSns(pem=b"<html>"))
+    """A URL that does not serve a PEM certificate is refused, and counted a failed fetch."""
+    counts = Counts()
+    err = await refused(cache(count=counts), CERT_URL, FakeSns(pem=b"<html>"))
     assert (err.status, err.check) == (401, "certificate")
     assert "not a PEM certificate" in str(err)
+    assert (counts.of("sns.certificate_fetched", result="failed"), counts.of("sns.certificate_fetched", result="ok")) \
+        == (1, 0)
 
 
 async def test_requests_naming_a_missing_certificate_make_one_fetch() -> None:

@@ -36,3 +36,18 @@ def test_a_page_gone_stale_under_all_is_said_naming_the_conversation(
     assert reads == [given[1] if given else None, "c1"]
     err = capsys.readouterr().err
     assert err == f"conversation chat|chat:C1: the deliveries after the 2 printed cannot be read: {STALE}\n", err
+
+
+@pytest.mark.parametrize("where", [["-c", "bridge.yaml"], ["--url", "http://127.0.0.1:9"]])
+def test_last_with_all_is_refused_before_the_store_or_server_is_opened(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: list[str]) -> None:
+    """`--last` with `--all` is a usage error, said (exit 2) before the store is opened (which may migrate it) or
+    the server asked (which needs the token): not another error of the store's or the server's in its place."""
+    def opened(*_args: Any, **_kwargs: Any) -> int:
+        raise AssertionError("the store or the server was opened")
+
+    monkeypatch.setattr(deliveries, "_with_store", opened)
+    monkeypatch.setattr(deliveries, "_with_server", opened)
+    assert main(["conversations", "show", "chat:C1", "--last", "--all", *where]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("--last lists each conversation's last page and --all every page"), err
