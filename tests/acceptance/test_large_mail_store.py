@@ -53,12 +53,12 @@ def inserting_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return inserted
 
 
-def large_text_mail() -> bytes:
-    """Postmark's inbound JSON with a plain text of TEXT_BYTES and no stripped reply of Postmark's: the bridge strips
-    it itself (nothing to strip: `stripped_text` is the text again)."""
-    line = "the router blinks red and the line drops every few minutes, please help\n"
+def large_text_mail(line: str = "the router blinks red and the line drops every few minutes, please help\n",
+                    end: str = "") -> bytes:
+    """Postmark's inbound JSON with a plain text of TEXT_BYTES (`line` over and over, then `end`) and no stripped
+    reply of Postmark's: the bridge strips it itself (nothing to strip: `stripped_text` is the text again)."""
     mail = load("postmark/inbound.json")
-    mail.update(TextBody=line * (TEXT_BYTES // len(line)), HtmlBody="", StrippedTextReply="", Attachments=[])
+    mail.update(TextBody=line * (TEXT_BYTES // len(line)) + end, HtmlBody="", StrippedTextReply="", Attachments=[])
     return compact(mail)
 
 
