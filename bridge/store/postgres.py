@@ -897,7 +897,7 @@ class PostgresStore(Store):
             if c is not None:
                 await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_uuid = $3, "
                                    "ticket_at = $4 WHERE id = $5", r.ticket_id, key, uuid, now, c.id)
-                await conn.execute("SELECT pg_notify($1, $2)", self.channel, found[6])
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, d.destination)
             return None
 
         why_not: str | None = await self._run(op)
