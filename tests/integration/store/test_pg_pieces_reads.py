@@ -116,10 +116,10 @@ async def test_a_replay_of_a_large_body_left_a_delivery_already_pending_as_it_wa
 
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Values over 2,000 bytes read, and sent, in pieces of 700 bytes (cutting characters' UTF-8 apart)."""
+    """Values over 2,000 bytes read, and a replay's new bodies over 2,000 bytes sent, in pieces of 700 bytes (cutting
+    characters' UTF-8 apart); an accept's values are sent as they are."""
     monkeypatch.setattr(pg_pieces, "PIECE_SEND_BYTES", 700)
     monkeypatch.setattr(pg_pieces, "PIECE_READ_BYTES", 700)
-    monkeypatch.setattr(pg_pieces, "SEND_AT_ONCE_BYTES", 2000)
     monkeypatch.setattr(postgres, "SEND_AT_ONCE_BYTES", 2000)
     monkeypatch.setattr(postgres, "DECODE_AT_ONCE_BYTES", 2000)
 
