@@ -4,7 +4,6 @@ a piece at a time, so that no turn of the event loop, which answers every other 
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import msgspec
@@ -12,12 +11,10 @@ import pytest
 
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
-from tests.acceptance.test_large_mail_store import CONFIG, ENV, MAPPINGS, PASSWORD, large_text_mail
+from tests.acceptance.test_large_mail_store import CONFIG, ENV, MAPPINGS, large_text_mail, posted_without_stalling
 from tests.conftest import AppClient, ConfigFactory, runtime
-from tests.fixtures.providers import basic
 from tests.integration.processes import DSN
 from tests.integration.store.large_values import LINE
-from tests.loop_cpu import LoopCpu, measured
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +32,9 @@ async def test_a_large_text_mail_is_stored_on_postgresql_without_holding_the_eve
     non-ASCII text and a NUL included."""
     mail = large_text_mail(LINE, "a NUL: \x00.")
     text = msgspec.json.decode(mail)["TextBody"]
-    headers = {"Content-Type": "application/json", "Authorization": basic("postmark", PASSWORD)}
-    with LoopCpu().measuring() as meter:
-        resp = await client.post("/hooks/postmark", data=io.BytesIO(mail), headers=headers)
-        answer = await resp.json()
-    assert resp.status == 202, answer
-    measured("accept", meter)
+    event_id, _ = await posted_without_stalling(client, mail)
     store = runtime(client).store
-    event = await store.get_event(answer["event_id"])
+    event = await store.get_event(event_id)
     assert event.payload["text"] == text
     (row,) = await store.list_deliveries(DeliveryFilter())
     assert (await store.get_delivery(row.id)).body["ticket_details"] == event.payload["stripped_text"]
