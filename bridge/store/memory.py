@@ -427,8 +427,8 @@ class MemoryStore(Store):
         busy = next(((o.id, False) for o in unsettled if o.status == "in_flight"),
                     next(((o.id, True) for o in unsettled), None))
         why_not = ticket_refusal(TicketTarget(
-            d.row.status, d.row.role, d.row.ticket_id, d.row.ticket_missing, d.row.created_at_ms, d.row.conversation),
-            c, busy)
+            d.row.status, d.row.role, d.row.ticket_id, d.row.ticket_missing, d.row.created_at_ms, d.row.conversation,
+            d.row.destination), c, busy)
         if why_not is not None:
             return why_not
         n = d.row.attempts + 1

@@ -514,13 +514,9 @@ class PostgresStore(Store):
         large = pending.take_large()
         if not large:
             return await self.batcher.submit(pending)
-
-        async def send(conn: Any) -> None:
-            await stage(conn, large)
-
-        await self._run(send, autocommit=True)
+        owners = [owner for owner, _ in large]
+        await self._stage(large)
         large.clear()  # the values are in the server: not kept while the accept waits for its group
-        owners = [pending.event.id, *(row[0] for row in pending.rows)]
         try:
             result = await self.batcher.submit(pending)
         except asyncio.CancelledError:
@@ -530,6 +526,14 @@ class PostgresStore(Store):
             raise
         await self._unstage(owners)
         return result
+
+    async def _stage(self, values: list[tuple[str, bytes]]) -> None:
+        """Send `values` ((owner, value)) a piece at a time (pg_pieces.stage), committed before the statement that
+        joins them (`joined_pieces`) runs: a heavy accept's, a replay's new bodies."""
+        async def send(conn: Any) -> None:
+            await stage(conn, values)
+
+        await self._run(send, autocommit=True)
 
     async def _unstage(self, owners: list[str]) -> None:
         """Delete the pieces `owners` staged; a failure is logged (a later heavy accept deletes them), not raised:
@@ -795,20 +799,6 @@ class PostgresStore(Store):
         encoded = await offload.in_parser(_encoded_bodies, new) if new else {}
         owners = {i: f"replay.{secrets.token_hex(8)}.{i}" for i, data in encoded.items()
                   if len(data) > SEND_AT_ONCE_BYTES}
-        if owners:
-            large = [(owners[i], encoded[i]) for i in owners]
-
-            async def send(conn: Any) -> None:
-                await stage(conn, large)
-
-            try:
-                await self._run(send, autocommit=True)
-            except BaseException:
-                await self._unstage(list(owners.values()))
-                raise
-            del large
-            for i in owners:
-                encoded[i] = STAGED
 
         async def op(conn: Any) -> list[str]:
             now = now_ms()
@@ -833,8 +823,12 @@ class PostgresStore(Store):
             return moved
 
         try:
+            if owners:
+                await self._stage([(owners[i], encoded[i]) for i in owners])
+                for i in owners:
+                    encoded[i] = STAGED
             return await self._run(op, again="replay")
-        finally:
+        finally:  # staged or not, moved or not: what was staged is deleted
             if owners:
                 await self._unstage(list(owners.values()))
 
@@ -903,7 +897,7 @@ class PostgresStore(Store):
             if c is not None:
                 await conn.execute("UPDATE conversations SET ticket_id = $1, ticket_key = $2, ticket_uuid = $3, "
                                    "ticket_at = $4 WHERE id = $5", r.ticket_id, key, uuid, now, c.id)
-                await conn.execute("SELECT pg_notify($1, $2)", self.channel, found[6])
+                await conn.execute("SELECT pg_notify($1, $2)", self.channel, d.destination)
             return None
 
         why_not: str | None = await self._run(op)

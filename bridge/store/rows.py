@@ -277,16 +277,17 @@ class TicketTarget(NamedTuple):
     ticket_missing: bool
     created_at_ms: int
     conversation: str | None
+    destination: str
+    """Whose lanes are woken once its conversation has the ticket."""
 
 
 TICKET_TARGET_COLUMNS = "status, role, ticket_id, ticket_missing, created_at, conversation, destination"
-"""What `Store.set_ticket` selects of its delivery: a TicketTarget (`ticket_target`), then the destination whose
-lanes it wakes."""
+"""What `Store.set_ticket` selects of its delivery: a TicketTarget (`ticket_target`)."""
 
 
 def ticket_target(r: Sequence[Any]) -> TicketTarget:
     """A row selected with TICKET_TARGET_COLUMNS."""
-    return TicketTarget(r[0], r[1], r[2], bool(r[3]), r[4], r[5])
+    return TicketTarget(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6])
 
 
 def ticket_refusal(d: TicketTarget, conversation: ConversationRow | None,

@@ -1344,7 +1344,7 @@ class SqliteStore(Store):
             if c is not None:
                 conn.execute("UPDATE conversations SET ticket_id = ?, ticket_key = ?, ticket_uuid = ?, ticket_at = ? "
                              "WHERE id = ?", (r.ticket_id, key, uuid, now, c.id))
-                woken.append(found[6])
+                woken.append(d.destination)
             return None
 
         why_not: str | None = await self._write(op)

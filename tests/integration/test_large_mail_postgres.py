@@ -4,46 +4,25 @@ a piece at a time, so that no turn of the event loop, which answers every other 
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
+import msgspec
 import pytest
 
 from bridge.store.base import DeliveryFilter
 from bridge.store.postgres import PostgresStore
+from tests.acceptance.test_large_mail_store import CONFIG, ENV, MAPPINGS, large_text_mail, posted_without_stalling
 from tests.conftest import AppClient, ConfigFactory, runtime
-from tests.fixtures.providers import basic, compact, load
 from tests.integration.processes import DSN
-from tests.loop_cpu import LoopCpu, measured
+from tests.integration.store.large_values import LINE
 
 pytestmark = pytest.mark.integration
-
-PASSWORD = "postmark-pw"
-CONFIG = """
-server: {max_body_bytes: 16777216}
-store: {url: "sqlite:///var/unused.db"}
-sources:
-  postmark: {kind: postmark, auth: {basic: {username: postmark, password: "${POSTMARK_PW}"}}}
-destinations:
-  kapture: {vendor: kapture, sandbox: true}
-"""
-MAPPINGS = {"email": """
-    source: postmark
-    destination: kapture
-    action: create_ticket
-    fields:
-      title: "{{ payload.subject }}"
-      email_id: {from: payload.from, required: true}
-      ticket_details: {from: payload.stripped_text}
-"""}
-LINE = "le routeur clignote en rouge, la ligne tombe toutes les minutes, aidez-moi s'il vous pla\u00eet\n"
-TEXT_BYTES = 6 * 1024 * 1024
 
 
 @pytest.fixture
 async def client(write_config: ConfigFactory, bridge_client: AppClient, pg_schema: str) -> Any:
     store = PostgresStore(DSN, schema=pg_schema)
-    return await bridge_client(write_config(CONFIG, MAPPINGS, {"POSTMARK_PW": PASSWORD}), store=store, workers=False)
+    return await bridge_client(write_config(CONFIG, MAPPINGS, ENV), store=store, workers=False)
 
 
 async def test_a_large_text_mail_is_stored_on_postgresql_without_holding_the_event_loop(client: Any) -> None:
@@ -51,17 +30,11 @@ async def test_a_large_text_mail_is_stored_on_postgresql_without_holding_the_eve
     callback the loop runs meanwhile taking more than a few milliseconds of its CPU (reading the body: 5-6 ms); the
     driver, given its values whole, held the loop about 60 ms. Event and body read back as they were sent, their
     non-ASCII text and a NUL included."""
-    mail = load("postmark/inbound.json")
-    text = LINE * (TEXT_BYTES // len(LINE)) + "a NUL: \x00."
-    mail.update(TextBody=text, HtmlBody="", StrippedTextReply="", Attachments=[])
-    headers = {"Content-Type": "application/json", "Authorization": basic("postmark", PASSWORD)}
-    with LoopCpu().measuring() as meter:
-        resp = await client.post("/hooks/postmark", data=io.BytesIO(compact(mail)), headers=headers)
-        answer = await resp.json()
-    assert resp.status == 202, answer
-    measured("accept", meter)
+    mail = large_text_mail(LINE, "a NUL: \x00.")
+    text = msgspec.json.decode(mail)["TextBody"]
+    event_id, _ = await posted_without_stalling(client, mail)
     store = runtime(client).store
-    event = await store.get_event(answer["event_id"])
+    event = await store.get_event(event_id)
     assert event.payload["text"] == text
     (row,) = await store.list_deliveries(DeliveryFilter())
     assert (await store.get_delivery(row.id)).body["ticket_details"] == event.payload["stripped_text"]

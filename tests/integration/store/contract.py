@@ -67,6 +67,27 @@ async def accept_one(store: Store, *deliveries: NewDelivery, event: Event | None
     return ev, [d.id for d in ds]
 
 
+async def ticketless_create(store: Store, destination: str = "kapture-support",
+                            key: str = "k") -> tuple[NewDelivery, NewDelivery]:
+    """A conversation (`m|key`, to `destination`) whose create succeeded with an answer naming no ticket
+    (`ticket_missing`), and its next message, pending."""
+    first, second = (make_delivery(destination=destination, conversation=f"m|{key}", conversation_key=key)
+                     for _ in range(2))
+    await accept_one(store, first)
+    await accept_one(store, second)
+    await store.claim(destination, 10, "w", 30)
+    await store.record(msgspec.structs.replace(result(first.id, "succeeded", error="no ticket id"),
+                                               role="create", ticket_missing=True), owner="w")
+    return first, second
+
+
+def ticket_given(delivery_id: str, ticket_id: str = "T-1", ticket_key: str | None = "K-1") -> AttemptResult:
+    """The attempt an operator's `set_ticket` records, giving `delivery_id` that ticket."""
+    return msgspec.structs.replace(
+        result(delivery_id, "succeeded", http_status=None, classification="marked",
+               error="ticket T-1 set by ops: found at the vendor", ticket_id=ticket_id), ticket_key=ticket_key)
+
+
 def nonce(value: str = "tok-1", digest: str = "body-a", ttl_ms: int = 600_000, scope: str | None = None) -> Nonce:
     return Nonce(value=value, digest=digest, expires_at_ms=now_ms() + ttl_ms, scope=scope)
 
@@ -1079,7 +1100,7 @@ class StoreContract:
         """A conversation's create recorded succeeded with no ticket id and `ticket_missing` shows it on the delivery
         (listed and shown); the conversation has no ticket, so its next message is claimed as a create; a later
         attempt's record, or an operator's mark-succeeded, clears it; a delivery not succeeded never shows it."""
-        first, second = await self._ticketless_create(store)
+        first, second = await ticketless_create(store)
         assert (await row(store, first.id)).ticket_missing is True
         listed = await store.list_deliveries(DeliveryFilter(limit=10))
         assert {r.id: r.ticket_missing for r in listed} == {first.id: True, second.id: False}
@@ -2119,31 +2140,14 @@ class StoreContract:
         await eventually(lambda: "kapture-support" in heard)
         assert heard == ["kapture-support"]
 
-    async def _ticketless_create(self, store: Store) -> tuple[NewDelivery, NewDelivery]:
-        """A conversation whose create succeeded with an answer naming no ticket (`ticket_missing`), and its next
-        message, pending."""
-        first, second = (make_delivery(conversation="m|k", conversation_key="k") for _ in range(2))
-        await accept_one(store, first)
-        await accept_one(store, second)
-        await store.claim("kapture-support", 10, "w", 30)
-        await store.record(msgspec.structs.replace(result(first.id, "succeeded", error="no ticket id"),
-                                                   role="create", ticket_missing=True), owner="w")
-        return first, second
-
-    @staticmethod
-    def _given(delivery_id: str, ticket_id: str = "T-1", ticket_key: str | None = "K-1") -> AttemptResult:
-        return msgspec.structs.replace(
-            result(delivery_id, "succeeded", http_status=None, classification="marked",
-                   error="ticket T-1 set by ops: found at the vendor", ticket_id=ticket_id), ticket_key=ticket_key)
-
     async def test_set_ticket_gives_a_ticketless_create_and_its_conversation_the_ticket(self, store: Store) -> None:
         """set_ticket on a succeeded create whose answer named no ticket gives it the ticket (ticket_missing cleared,
         the operator's attempt recorded, still succeeded) and gives its conversation the ticket, announcing its
         destination: the thread's next message is claimed as a follow-up on it."""
-        first, second = await self._ticketless_create(store)
+        first, second = await ticketless_create(store)
         heard: list[str] = []
         await store.subscribe(heard.append)
-        assert await store.set_ticket(first.id, self._given(first.id)) is None
+        assert await store.set_ticket(first.id, ticket_given(first.id)) is None
         detail = await store.get_delivery(first.id)
         d = detail.delivery
         assert (d.status, d.ticket_id, d.ticket_key, d.ticket_missing, d.attempts) == (
@@ -2160,10 +2164,10 @@ class StoreContract:
             self, store: Store) -> None:
         """When a later message made the conversation a ticket of its own, set_ticket refuses, naming the
         conversation and its ticket, and changes neither the delivery nor the conversation."""
-        first, second = await self._ticketless_create(store)
+        first, second = await ticketless_create(store)
         await store.claim("kapture-support", 10, "w", 30)
         await store.record(msgspec.structs.replace(result(second.id, "succeeded", ticket_id="T-2"), role="create"))
-        why_not = await store.set_ticket(first.id, self._given(first.id))
+        why_not = await store.set_ticket(first.id, ticket_given(first.id))
         assert why_not is not None and "conversation m|k has ticket 'T-2' already" in why_not
         d = await row(store, first.id)
         assert (d.ticket_id, d.ticket_missing, d.attempts) == (None, True, 1)
@@ -2174,15 +2178,15 @@ class StoreContract:
         """While the conversation's next message is in flight (as a create: the conversation has no ticket), set_ticket
         refuses, naming it; once its attempt is recorded (retry later), the ticket is given and the message follows
         up on it."""
-        first, second = await self._ticketless_create(store)
+        first, second = await ticketless_create(store)
         (sent,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert sent.id == second.id and sent.ticket is None
-        why_not = await store.set_ticket(first.id, self._given(first.id))
+        why_not = await store.set_ticket(first.id, ticket_given(first.id))
         assert why_not is not None and f"delivery {second.id} of its conversation m|k is being sent now" in why_not
         assert (await row(store, first.id)).ticket_id is None
         await store.record(result(second.id, "pending", http_status=503, classification="retry",
                                   next_attempt_at_ms=0))
-        assert await store.set_ticket(first.id, self._given(first.id)) is None
+        assert await store.set_ticket(first.id, ticket_given(first.id)) is None
         (nxt,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert nxt.id == second.id and (nxt.ticket or {}).get("id") == "T-1"
 
@@ -2191,13 +2195,13 @@ class StoreContract:
         up or sent again: set_ticket refuses, naming it (it may have made the conversation's ticket, which it would
         not look up once claimed as a follow-up on the one given); once it settles with a ticket, the conversation has
         that one."""
-        first, second = await self._ticketless_create(store)
+        first, second = await ticketless_create(store)
         (sent,) = (await store.claim("kapture-support", 10, "w", 30)).items
         assert sent.id == second.id and sent.ticket is None
         await store.record(msgspec.structs.replace(
             result(second.id, "pending", http_status=None, classification="unknown", error="timed out once written"),
             next_attempt_at_ms=0), owner="w")
-        why_not = await store.set_ticket(first.id, self._given(first.id))
+        why_not = await store.set_ticket(first.id, ticket_given(first.id))
         assert why_not is not None and (f"delivery {second.id} of its conversation m|k was sent as a new ticket" in
                                         why_not and "its outcome is not known" in why_not), why_not
         assert (await row(store, first.id)).ticket_id is None
@@ -2207,34 +2211,34 @@ class StoreContract:
                            owner="w")
         (conv,) = await store.get_conversations("k")
         assert conv.conversation.ticket_id == "T-2"
-        assert "has ticket 'T-2' already" in (await store.set_ticket(first.id, self._given(first.id)) or "")
+        assert "has ticket 'T-2' already" in (await store.set_ticket(first.id, ticket_given(first.id)) or "")
 
     async def test_set_ticket_refuses_what_is_no_ticketless_create(self, store: Store) -> None:
         """set_ticket takes only a succeeded create that names no ticket: a pending or dead delivery (mark-succeeded's),
         one with a ticket, a follow-up, a create of a round the conversation has restarted since, or one again after
         it was given a ticket are refused, each saying why; an unknown id raises NotFound."""
         _, (pending,) = await accept_one(store, make_delivery(destination="other"))
-        assert "it is pending, not succeeded" in (await store.set_ticket(pending, self._given(pending)) or "")
+        assert "it is pending, not succeeded" in (await store.set_ticket(pending, ticket_given(pending)) or "")
         _, dead = await settled_event(store, "dead")
-        assert "it is dead, not succeeded" in (await store.set_ticket(dead, self._given(dead)) or "")
+        assert "it is dead, not succeeded" in (await store.set_ticket(dead, ticket_given(dead)) or "")
         _, done = await settled_event(store, "succeeded")
-        assert "not one to name a ticket" in (await store.set_ticket(done, self._given(done)) or "")
-        first, second = await self._ticketless_create(store)
-        assert await store.set_ticket(first.id, self._given(first.id)) is None
-        assert "has ticket 'T-1' already" in (await store.set_ticket(first.id, self._given(first.id, "T-9")) or "")
+        assert "not one to name a ticket" in (await store.set_ticket(done, ticket_given(done)) or "")
+        first, second = await ticketless_create(store)
+        assert await store.set_ticket(first.id, ticket_given(first.id)) is None
+        assert "has ticket 'T-1' already" in (await store.set_ticket(first.id, ticket_given(first.id, "T-9")) or "")
         await store.claim("kapture-support", 10, "w", 30)
         await store.record(msgspec.structs.replace(result(second.id, "succeeded"), role="follow_up"))
-        assert "it is a follow-up" in (await store.set_ticket(second.id, self._given(second.id)) or "")
+        assert "it is a follow-up" in (await store.set_ticket(second.id, ticket_given(second.id)) or "")
         with pytest.raises(NotFound):
-            await store.set_ticket("dlv_none", self._given("dlv_none"))
+            await store.set_ticket("dlv_none", ticket_given("dlv_none"))
 
     async def test_set_ticket_refuses_a_create_of_an_earlier_round(self, store: Store) -> None:
         """A create answered without a ticket id whose conversation an operator reset since (or a quiet period
         restarted) is refused: its ticket is not the conversation's now."""
-        first, _ = await self._ticketless_create(store)
+        first, _ = await ticketless_create(store)
         tick()
         assert len(await store.reset_conversation("k")) == 1
-        why_not = await store.set_ticket(first.id, self._given(first.id))
+        why_not = await store.set_ticket(first.id, ticket_given(first.id))
         assert why_not is not None and "its conversation m|k started again after it" in why_not
         (conv,) = await store.get_conversations("k")
         assert conv.conversation.ticket_id is None
@@ -2245,7 +2249,7 @@ class StoreContract:
         await accept_one(store, d)
         await store.claim("kapture-support", 10, "w", 30)
         await store.record(msgspec.structs.replace(result(d.id, "succeeded"), ticket_missing=True))
-        assert await store.set_ticket(d.id, self._given(d.id, ticket_key=None)) is None
+        assert await store.set_ticket(d.id, ticket_given(d.id, ticket_key=None)) is None
         r = await row(store, d.id)
         assert (r.ticket_id, r.ticket_key, r.ticket_missing) == ("T-1", None, False)
 
@@ -2257,7 +2261,7 @@ class StoreContract:
         await store.claim("kapture-support", 10, "w", 30)
         await store.record(msgspec.structs.replace(result(first.id, "succeeded"), role="create", ticket_missing=True,
                                                    ticket_key="K-0", ticket_uuid="U-0"))
-        assert await store.set_ticket(first.id, self._given(first.id, ticket_key=None)) is None
+        assert await store.set_ticket(first.id, ticket_given(first.id, ticket_key=None)) is None
         r = await row(store, first.id)
         assert (r.ticket_id, r.ticket_key, r.ticket_uuid) == ("T-1", "K-0", "U-0")
         (conv,) = await store.get_conversations("k")
@@ -2268,5 +2272,5 @@ class StoreContract:
         await store.claim("other", 10, "w", 30)
         await store.record(msgspec.structs.replace(result(second.id, "succeeded"), ticket_missing=True,
                                                    ticket_key="K-0"))
-        assert await store.set_ticket(second.id, self._given(second.id, ticket_key="K-9")) is None
+        assert await store.set_ticket(second.id, ticket_given(second.id, ticket_key="K-9")) is None
         assert (await row(store, second.id)).ticket_key == "K-9"

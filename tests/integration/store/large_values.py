@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from bridge.events import Event
 from bridge.store.base import Store
 from tests.integration.store.contract import WEEK, make_delivery, make_event
 from tests.loop_cpu import LoopCpu, measured
@@ -17,6 +18,24 @@ TEXT = LINE * (20 * 2 ** 20 // len(LINE.encode()))
 Python keeps it a byte a character: the test's memory stays under a gigabyte.)"""
 SHA = "ab" * 32
 ATTACHMENTS = [{"name": "photo.jpg", "content_type": "image/jpeg", "size": 123, "sha256": SHA}]
+
+
+def large_event(sha: str = SHA) -> Event:
+    """A large mail's event: 20 MiB of text three times over (60 MiB, a NUL in it), an attachment (`sha`) named."""
+    return make_event(text=TEXT + "\x00 after a NUL", stripped_text=TEXT, provider={"TextBody": TEXT},
+                      attachments=[{**ATTACHMENTS[0], "sha256": sha}])
+
+
+async def attachment_scan_of_large_events(store: Store) -> None:
+    """Retention's attachment scan finds the attachments two large mails' events name, and a small event's, with no
+    callback of the loop MAX_CALLBACK_CPU_MS."""
+    events = [large_event(), large_event("cd" * 32), make_event(attachments=[{**ATTACHMENTS[0], "sha256": "ef" * 32}])]
+    for e in events:
+        await store.accept(e, [], WEEK, weight=60 << 20)
+    meter = LoopCpu()
+    refs = await meter.running(store.attachment_refs(2 ** 62))
+    measured("attachment_refs", meter)
+    assert refs == {SHA, "cd" * 32, "ef" * 32}
 
 
 async def claim_of_a_large_body(store: Store) -> None:

@@ -15,7 +15,9 @@ from tests.integration.store.large_values import (
     ATTACHMENTS,
     SHA,
     TEXT,
+    attachment_scan_of_large_events,
     claim_of_a_large_body,
+    large_event,
     sha256_cut_between_pieces,
 )
 from tests.integration.store.test_pg_pieces import pieces_left
@@ -28,12 +30,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store(pg_store: PostgresStore) -> PostgresStore:
     return pg_store
-
-
-def large_event() -> Any:
-    """A large mail's event: 20 MiB of text three times over (60 MiB), an attachment named."""
-    return make_event(text=TEXT + "\x00 after a NUL", stripped_text=TEXT, provider={"TextBody": TEXT},
-                      attachments=ATTACHMENTS)
 
 
 async def test_a_large_delivery_is_shown_without_holding_the_loop(store: PostgresStore) -> None:
@@ -64,17 +60,11 @@ async def test_a_large_unmatched_event_is_listed_without_holding_the_loop(store:
     assert listed == [newer, large, small]
 
 
-async def test_retentions_attachment_scan_reads_a_large_event_without_holding_the_loop(
+async def test_retentions_attachment_scan_reads_large_events_without_holding_the_loop(
         store: PostgresStore) -> None:
-    """Retention's attachment scan finds the attachments a large mail's event names with no callback of the loop
+    """Retention's attachment scan finds the attachments large mails' events name with no callback of the loop
     over 20 ms of its CPU, besides a small event's."""
-    small = make_event(attachments=[{**ATTACHMENTS[0], "sha256": "cd" * 32}])
-    for e in (large_event(), small):
-        await store.accept(e, [], WEEK, weight=60 << 20)
-    meter = LoopCpu()
-    refs = await meter.running(store.attachment_refs(2 ** 62))
-    measured("attachment_refs", meter)
-    assert refs == {SHA, "cd" * 32}
+    await attachment_scan_of_large_events(store)
 
 
 async def test_a_claim_decodes_a_large_body_without_holding_the_loop(store: PostgresStore) -> None:
@@ -126,10 +116,10 @@ async def test_a_replay_of_a_large_body_left_a_delivery_already_pending_as_it_wa
 
 @pytest.fixture
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Values over 2,000 bytes read, and sent, in pieces of 700 bytes (cutting characters' UTF-8 apart)."""
+    """Values over 2,000 bytes read, and a replay's new bodies over 2,000 bytes sent, in pieces of 700 bytes (cutting
+    characters' UTF-8 apart); an accept's values are sent as they are."""
     monkeypatch.setattr(pg_pieces, "PIECE_SEND_BYTES", 700)
     monkeypatch.setattr(pg_pieces, "PIECE_READ_BYTES", 700)
-    monkeypatch.setattr(pg_pieces, "SEND_AT_ONCE_BYTES", 2000)
     monkeypatch.setattr(postgres, "SEND_AT_ONCE_BYTES", 2000)
     monkeypatch.setattr(postgres, "DECODE_AT_ONCE_BYTES", 2000)
 

@@ -45,6 +45,8 @@ from tests.integration.store.contract import (
     result,
     row,
     settled_event,
+    ticket_given,
+    ticketless_create,
 )
 from tests.unit.bridge.delivery.test_dispatcher_faults import (
     URL_CREATE,
@@ -772,20 +774,8 @@ async def test_a_replay_a_deadlock_rolled_back_is_run_again_whole(store: Postgre
 async def _ticketless(store: PostgresStore, n: int) -> tuple[str, str, str]:
     """Round `n`'s conversation (of a destination of its own): its create succeeded naming no ticket, its next message
     pending. (create id, next id, destination)"""
-    dest = f"dest{n}"
-    first, second = (make_delivery(destination=dest, conversation=f"m|k{n}", conversation_key=f"k{n}")
-                     for _ in range(2))
-    await accept_one(store, first)
-    await accept_one(store, second)
-    await store.claim(dest, 10, "w", 30)
-    await store.record(msgspec.structs.replace(result(first.id, "succeeded"), role="create", ticket_missing=True),
-                       owner="w")
-    return first.id, second.id, dest
-
-
-def _given(delivery_id: str) -> Any:
-    return result(delivery_id, "succeeded", http_status=None, classification="marked", error="set by ops",
-                  ticket_id="T-1")
+    first, second = await ticketless_create(store, f"dest{n}", f"k{n}")
+    return first.id, second.id, f"dest{n}"
 
 
 async def test_set_ticket_counts_a_message_being_claimed_as_busy_without_waiting(
@@ -799,12 +789,12 @@ async def test_set_ticket_counts_a_message_being_claimed_as_busy_without_waiting
         claim = conn.transaction()
         await claim.start()
         await conn.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", second)
-        why_not = await asyncio.wait_for(pg_store.set_ticket(first, _given(first)), 10)
+        why_not = await asyncio.wait_for(pg_store.set_ticket(first, ticket_given(first)), 10)
         assert why_not is not None and f"delivery {second} of its conversation m|k1 is being sent now" in why_not
         await claim.rollback()
     finally:
         await conn.close()
-    assert await pg_store.set_ticket(first, _given(first)) is None
+    assert await pg_store.set_ticket(first, ticket_given(first)) is None
     assert (await row(pg_store, first)).ticket_id == "T-1"
 
 
@@ -818,7 +808,7 @@ async def test_set_ticket_racing_another_process_claim_never_gives_a_create_in_f
     outcomes = set()
     for n in range(20):
         first, second, dest = await _ticketless(a, n)
-        why_not, batch = await asyncio.gather(a.set_ticket(first, _given(first)), b.claim(dest, 10, "w2", 30))
+        why_not, batch = await asyncio.gather(a.set_ticket(first, ticket_given(first)), b.claim(dest, 10, "w2", 30))
         claimed = {i.id: i for i in batch.items}
         if why_not is None:
             assert second not in claimed or (claimed[second].ticket or {}).get("id") == "T-1", n
@@ -843,7 +833,7 @@ async def test_set_ticket_racing_a_create_record_keeps_the_records_ticket(
         assert item.id == second and item.ticket is None
         recorded = msgspec.structs.replace(result(second, "succeeded", ticket_id="T-2"), role="create")
         why_not, _ = await asyncio.wait_for(asyncio.gather(
-            a.set_ticket(first, _given(first)), b.record(recorded, owner="w2", token=item.token)), 20)
+            a.set_ticket(first, ticket_given(first)), b.record(recorded, owner="w2", token=item.token)), 20)
         assert why_not is not None and ("is being sent now" in why_not or "has ticket 'T-2' already" in why_not)
         (conv,) = await a.get_conversations(f"k{n}")
         assert conv.conversation.ticket_id == "T-2"
