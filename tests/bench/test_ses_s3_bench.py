@@ -23,6 +23,7 @@ from tests.acceptance.test_ses_s3 import MAPPINGS, big_email, big_text_email, no
 from tests.conftest import AppClient, ConfigFactory, runtime
 from tests.fixtures.providers import NOW, TOPIC, FakeSns
 from tests.fixtures.s3 import S3Process, S3Server, s3_serving
+from tests.loop_cpu import LoopCpu
 
 pytestmark = pytest.mark.bench
 
@@ -33,28 +34,6 @@ MAX_CALLBACK_CPU_MS = 30.0
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     yield from s3_serving(monkeypatch, S3Process)
-
-
-class LoopCpu:
-    """Times the CPU of each callback the loop runs, on the loop's thread (`time.thread_time`)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.longest_ms = 0.0
-        self.longest_what = ""
-        self.counting = False
-        original = asyncio.events.Handle._run
-        meter = self
-
-        def timed(handle: asyncio.events.Handle) -> None:
-            start = time.thread_time()
-            try:
-                original(handle)
-            finally:
-                spent = (time.thread_time() - start) * 1000
-                if meter.counting and spent > meter.longest_ms:
-                    meter.longest_ms, meter.longest_what = spent, repr(handle)[:200]
-
-        monkeypatch.setattr(asyncio.events.Handle, "_run", timed)
 
 
 class Ticker:
@@ -80,7 +59,7 @@ class Ticker:
 
 
 async def test_large_mail_from_s3_leaves_the_loop_free(write_config: ConfigFactory, bridge_client: AppClient,
-                                                       s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       s3: S3Server) -> None:
     """Reading, parsing and storing 2 MB messages from S3, of text or with an attachment, never holds the event
     loop for 30 ms: a 2 MB text message parsed on the loop held it for 45 ms, and storing the event (some 3 ms per
     MiB it holds, a text message's text kept twice, as `text` and `stripped_text`) 11-13 ms, until an accept of
@@ -103,14 +82,12 @@ async def test_large_mail_from_s3_leaves_the_loop_free(write_config: ConfigFacto
 
     with Ticker() as idle:
         await asyncio.sleep(0.5)
-    meter = LoopCpu(monkeypatch)
-    meter.counting = True
+    meter = LoopCpu()
     started = time.perf_counter()
-    with Ticker() as busy:
+    with meter.measuring(), Ticker() as busy:
         for number, message in enumerate(messages):
             resp = await send(client, notification(f"inbound/m{number}", message, MessageId=f"bench-{number}"))
             assert resp.status == 202, await resp.text()
-    meter.counting = False
     per_message_ms = (time.perf_counter() - started) * 1000 / MESSAGES
     print(f"\n2 MB via S3: {per_message_ms:.0f} ms per message (read, parse, store); longest callback on the "
           f"loop {meter.longest_ms:.1f} ms of CPU ({meter.longest_what}); ticker's longest wait "
