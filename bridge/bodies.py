@@ -1,6 +1,6 @@
 """Reading an HTTP answer's body under a cap: a vendor's answer, a look-up, a provider's download, an SNS
-signing certificate. One reader for all, as `content.read(n)` gives what has arrived so far, not the body; and for a
-send's answer, which aiohttp hands over still encoded, one that decodes it under the same cap (`read_decoding`)."""
+signing certificate. One reader for all, as `content.read(n)` gives what has arrived so far, not the body; a send's
+answer, which aiohttp hands over still encoded, goes through the same reader with a decoder (`read_decoding`)."""
 
 from __future__ import annotations
 
@@ -16,21 +16,29 @@ from bridge.offload import INFLATING, in_parser
 READ_CHUNK = 65536
 
 
-async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def read_capped(response: aiohttp.ClientResponse, limit: int,
+                      inflater: _Inflater | None = None) -> tuple[bytes, bool]:
     """The answer's body, to its end or its first `limit` bytes (decompressed as they arrive, so an encoded
     body that inflates to gigabytes costs `limit`), and whether it went on past `limit` (then cut there).
     Unlike `content.read(limit)`, which gives what has arrived so far, an answer that comes in several pieces
     is read whole. At most `limit` bytes and the chunk being read are held: each chunk goes into one buffer
     (the last one cut to fit) and the buffer becomes the result without a copy. (The buffer's growth may reserve
-    up to an eighth more than it holds, reserved, not written, and given back when it becomes the result.)"""
+    up to an eighth more than it holds, reserved, not written, and given back when it becomes the result.)
+    With an `inflater` (`read_decoding`'s), each chunk is decoded by it first, to at most the room left and one
+    byte, and the body is also cut once its encoded bytes pass ENCODED_FACTOR times `limit`."""
     buffer = io.BytesIO()
-    async for chunk in response.content.iter_chunked(READ_CHUNK):
+    async for piece in response.content.iter_chunked(READ_CHUNK):
+        chunk = piece if inflater is None else await inflater.decode(piece, limit - buffer.tell() + 1)
         room = limit - buffer.tell()
         if len(chunk) > room:
             buffer.write(memoryview(chunk)[:room])
             return buffer.getvalue(), True
         buffer.write(chunk)
-        del chunk  # not held while the next one is read
+        del chunk, piece  # not held while the next one is read
+        if inflater is not None and inflater.encoded > ENCODED_FACTOR * limit:
+            return buffer.getvalue(), True
+    if inflater is not None:
+        inflater.finish()
     return buffer.getvalue(), False
 
 
@@ -82,6 +90,19 @@ class _Inflater:
         self._wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
         self._zlib: zlib._Decompress | None = None
         self._members = 0
+        self.encoded = 0
+        """The body's encoded bytes given to `decode` so far."""
+
+    async def decode(self, data: bytes, most: int) -> bytes:
+        """`inflate(data, most)`, on the event loop for the body's first ON_LOOP_ENCODED encoded bytes, in the
+        INFLATING thread for each chunk past them; a body that does not decode raises UndecodableBody."""
+        self.encoded += len(data)
+        try:
+            if self.encoded <= ON_LOOP_ENCODED:
+                return self.inflate(data, most)
+            return await in_parser(self.inflate, data, most, pool=INFLATING)
+        except (zlib.error, brotli.error) as exc:
+            raise UndecodableBody(f"it does not decode as {self.coding}: {exc}") from None
 
     def inflate(self, data: bytes, most: int) -> bytes:
         """Up to `most` bytes (at least 1) of what `data`, the body's next bytes, inflates to, with what came
@@ -110,12 +131,15 @@ class _Inflater:
             data = self._zlib.unused_data if self._zlib.eof else self._zlib.unconsumed_tail
         return b"".join(parts)
 
-    @property
-    def finished(self) -> bool:
-        """Whether the body's stream has ended (its last member, for gzip)."""
+    def finish(self) -> None:
+        """At the body's end: UndecodableBody unless its stream has ended (its last member, for gzip) or it was
+        empty."""
         if self._brotli is not None:
-            return bool(self._brotli.is_finished())
-        return self._zlib is not None and bool(self._zlib.eof)
+            finished = bool(self._brotli.is_finished())
+        else:
+            finished = self._zlib is not None and bool(self._zlib.eof)
+        if self.encoded and not finished:
+            raise UndecodableBody(f"its {self.coding} stream ends before it is complete")
 
 
 def body_coding(response: aiohttp.ClientResponse) -> str | None:
@@ -139,32 +163,9 @@ async def read_decoding(response: aiohttp.ClientResponse, limit: int) -> tuple[b
     coding = body_coding(response)
     if coding is None:
         return await read_capped(response, limit)
-    known = _CODINGS.get(coding)
-    inflater = None if known is None else _Inflater(known)
-    buffer = io.BytesIO()
-    encoded = 0
-    async for chunk in response.content.iter_chunked(READ_CHUNK):
-        if not chunk:
-            continue
-        if inflater is None:
-            raise UndecodableBody(f"its Content-Encoding is {quoted(coding)}, which ticketbridge does not read (it "
-                                  f"offers {ACCEPT_ENCODING})")
-        encoded += len(chunk)
-        room = limit - buffer.tell()
-        try:
-            if encoded <= ON_LOOP_ENCODED:
-                out = inflater.inflate(chunk, room + 1)
-            else:
-                out = await in_parser(inflater.inflate, chunk, room + 1, pool=INFLATING)
-        except (zlib.error, brotli.error) as exc:
-            raise UndecodableBody(f"it does not decode as {inflater.coding}: {exc}") from None
-        del chunk
-        if len(out) > room:
-            buffer.write(memoryview(out)[:room])
-            return buffer.getvalue(), True
-        buffer.write(out)
-        if encoded > ENCODED_FACTOR * limit:
-            return buffer.getvalue(), True
-    if inflater is not None and encoded and not inflater.finished:
-        raise UndecodableBody(f"its {inflater.coding} stream ends before it is complete")
-    return buffer.getvalue(), False
+    if (known := _CODINGS.get(coding)) is not None:
+        return await read_capped(response, limit, _Inflater(known))
+    async for _chunk in response.content.iter_chunked(READ_CHUNK):
+        raise UndecodableBody(f"its Content-Encoding is {quoted(coding)}, which ticketbridge does not read (it "
+                              f"offers {ACCEPT_ENCODING})")
+    return b"", False

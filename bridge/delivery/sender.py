@@ -449,46 +449,48 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
         _WRITING.reset(writing)
 
 
+def status_says(status: int, headers: Mapping[str, str], why: str) -> Outcome | None:
+    """What an answer's status line alone decides (`classify_status`: 5xx, 429, 408, 425 a retry; 401, 403 auth; a
+    3xx as `redirect_answer` says), its error followed by `why` its body had no say; None when only the body could
+    tell."""
+    by_status = classify_status(status, headers)
+    return None if by_status is None else msgspec.structs.replace(by_status, error=f"{by_status.error}; {why}")
+
+
 def classified_anyway(status: int, headers: Mapping[str, str], exc: Exception, delivery_id: str | None) -> Outcome:
     """The outcome of an answer whose classification crashed with `exc` (a bug): what its status alone says
-    (`classify_status`) when it says the vendor did not act, its error naming the crash, logged; else `exc` is raised
+    (`status_says`) when it says the vendor did not act, its error naming the crash, logged; else `exc` is raised
     (the delivery loop records the outcome as unknown: the vendor may have acted on it)."""
-    by_status = classify_status(status, headers)
+    by_status = status_says(status, headers, f"internal error classifying its answer: {type(exc).__name__}: {exc}")
     if by_status is None or by_status.classification == "unknown":
         raise exc
     log.error("delivery.classify_crashed", delivery_id=delivery_id, status=status,
               classification=by_status.classification, exc_info=exc, note="recorded as its status alone says")
-    return msgspec.structs.replace(by_status, error=f"{by_status.error}; internal error classifying its answer: "
-                                                   f"{type(exc).__name__}: {exc}")
+    return by_status
 
 
 def unread_refusal(status: int, headers: Mapping[str, str], exc: BaseException, timeout_s: float) -> Outcome | None:
     """What an answer whose body could not be read to its end (cut off, or timed out) means when its status line
-    already said what became of the request (5xx, 429, 408, 425, a 301/307/308: a retry; 401, 403: refused
-    credentials; another 3xx: unknown, as `redirect_answer` says), the error naming the status and why the body
-    could not be read; None when only the body could tell (the outcome is then unknown). A body that cannot be
-    decoded is `undecodable_answer`'s."""
-    by_status = classify_status(status, headers)
-    if by_status is None:
-        return None
+    already said what became of the request (`status_says`), the error naming the status and why the body could not
+    be read; None when only the body could tell (the outcome is then unknown). A body that cannot be decoded is
+    `undecodable_answer`'s."""
     reason = f"timed out after {timeout_s:g}s" if isinstance(exc, TimeoutError) else \
         " ".join(f"{type(exc).__name__}: {exc}".split())
-    return msgspec.structs.replace(by_status, error=f"{by_status.error}; its body could not be read: {reason}")
+    return status_says(status, headers, f"its body could not be read: {reason}")
 
 
 def undecodable_answer(status: int, headers: Mapping[str, str], exc: UndecodableBody) -> Outcome:
     """What an answer whose body cannot be decoded means (in a coding ticketbridge does not read, such as zstd, or
-    not decoding as its coding says): what its status line says, as for a body cut off (`unread_refusal`: 5xx, 429,
-    408, 425 a retry; 401, 403 auth; a 3xx as `redirect_answer`); a 2xx `unknown`, as a 2xx that cannot be read is
-    (the vendor said it acted, and only its body could name the ticket or say it failed: never a quiet success); any
-    other (a 4xx) `permanent`, the vendor's refusal of the request whatever its body said."""
-    by_status = classify_status(status, headers)
-    if by_status is not None:
-        return msgspec.structs.replace(by_status, error=f"{by_status.error}; its body could not be read: {exc}")
-    said = f"HTTP {status}; its body could not be read: {exc}"
+    not decoding as its coding says): what its status line says, as for a body cut off (`status_says`); a 2xx
+    `unknown`, as a 2xx that cannot be read is (the vendor said it acted, and only its body could name the ticket or
+    say it failed: never a quiet success); any other (a 4xx) `permanent`, the vendor's refusal of the request
+    whatever its body said."""
+    why = f"its body could not be read: {exc}"
+    if (by_status := status_says(status, headers, why)) is not None:
+        return by_status
     if 200 <= status < 300:
-        return Outcome(classification="unknown", error=f"{said}: the vendor may have acted on it")
-    return Outcome(classification="permanent", error=said)
+        return Outcome(classification="unknown", error=f"HTTP {status}; {why}: the vendor may have acted on it")
+    return Outcome(classification="permanent", error=f"HTTP {status}; {why}")
 
 
 def cut_answer(status: int, outcome: Outcome) -> Outcome:

@@ -16,7 +16,7 @@ from aiohttp import web
 from bridge.delivery.sender import ERROR_CHARS
 from bridge.store.base import DeliveryDetail, DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
-from tests.fixtures.kapture_answering import MAPPING, kapture_answering
+from tests.fixtures.kapture_answering import MAPPING, answering, kapture_answering
 
 FAST_RETRY = "retry: {schedule: [50ms], jitter: 0}"
 
@@ -124,11 +124,7 @@ async def test_a_vendor_holding_every_request_does_not_stall_another_destination
     async def fast(request: web.Request) -> web.Response:
         return web.json_response({"id": "F-1"})
 
-    app = web.Application()
-    app.router.add_post("/slow", slow)
-    app.router.add_post("/fast", fast)
-    server = await aiohttp_server(app)
-    base = str(server.make_url("")).rstrip("/")
+    base = await answering(aiohttp_server, {"/slow": slow, "/fast": fast})
     dests = (f"  slow: {{vendor: http, base_url: '{base}', path: /slow, max_in_flight: 70, timeout_seconds: 60}}\n"
              f"      fast: {{vendor: http, base_url: '{base}', path: /fast, ticket_id_path: id, timeout_seconds: 5,"
              f" {FAST_RETRY}}}")
@@ -170,11 +166,7 @@ async def test_no_send_waits_for_a_pooled_connection_when_every_lane_is_full(
         await release.wait()
         return web.json_response({"id": "T-1"})
 
-    app = web.Application()
-    app.router.add_post("/a", slow)
-    app.router.add_post("/b", slow)
-    server = await aiohttp_server(app)
-    base = str(server.make_url("")).rstrip("/")
+    base = await answering(aiohttp_server, {"/a": slow, "/b": slow})
     dests = (f"  a: {{vendor: http, base_url: '{base}', path: /a, max_in_flight: 3, timeout_seconds: 60}}\n"
              f"      b: {{vendor: http, base_url: '{base}', path: /b, max_in_flight: 1, timeout_seconds: 60}}")
     conf, mappings = config_per_destination(dests, "a", "b")

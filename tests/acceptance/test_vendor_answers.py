@@ -17,7 +17,7 @@ from aiohttp import web
 from bridge.store.base import DeliveryDetail, DeliveryFilter
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.kapture_answering import MAPPING as KAPTURE_MAPPING
-from tests.fixtures.kapture_answering import kapture_answering
+from tests.fixtures.kapture_answering import answering, kapture_answering
 from tests.fixtures.threads import commented_thread
 
 TOKEN = "letmein"
@@ -120,10 +120,7 @@ async def threaded_app(write_config: ConfigFactory, bridge_client: AppClient, ai
                        tickets: Callable[[web.Request], Awaitable[web.Response]]) -> Any:
     """The app threading `events` by case to an `http` destination (ticket id at `data.id`) on a stand-in vendor
     whose `POST /tickets` is `tickets`."""
-    app = web.Application()
-    app.router.add_post("/tickets", tickets)
-    server = await aiohttp_server(app)
-    base = str(server.make_url("")).rstrip("/")
+    base = await answering(aiohttp_server, {"/tickets": tickets})
     dest = f"api: {{vendor: http, base_url: '{base}', path: /tickets, ticket_id_path: data.id}}"
     return await bridge_client(write_config(config(dest), THREADED))
 
@@ -252,10 +249,7 @@ async def test_a_success_status_whose_body_cannot_be_decoded_is_never_a_quiet_su
         return web.Response(status=201, body=b"\x1f\x8b garbled",
                             headers={"Content-Type": "application/json", "Content-Encoding": "x-foo"})
 
-    app = web.Application()
-    app.router.add_post("/tickets", tickets)
-    server = await aiohttp_server(app)
-    base = str(server.make_url("")).rstrip("/")
+    base = await answering(aiohttp_server, {"/tickets": tickets})
     mapping = {"m": "source: events\ndestination: api\naction: create_ticket\nfields: {title: '{{ payload.title }}'}\n"}
     client = await bridge_client(write_config(config(f"api: {{vendor: http, base_url: '{base}', path: /tickets}}"),
                                               mapping))

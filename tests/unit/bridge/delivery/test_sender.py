@@ -7,7 +7,7 @@ import contextlib
 import re
 import socket
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +30,7 @@ from bridge.vendors.credentials import Token, TokenCredentials
 from bridge.vendors.kapture import CREATE_PATH, KaptureAdapter, KaptureOptions
 from bridge.vendors.netgroot import NetgrootAdapter, NetgrootOptions
 from tests.allocations import peak_of
+from tests.fixtures.kapture_answering import kapture_answering
 
 BASE = "http://kapture.test"
 URL_CREATE = BASE + CREATE_PATH
@@ -58,15 +59,6 @@ class RecordingKapture(KaptureAdapter):
     def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
         self.classified.append((status, body))
         return super().classify(action, status, headers, body)
-
-
-async def kapture_answering(aiohttp_server: Any, create: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                            ) -> RecordingKapture:
-    """A RecordingKapture whose creates a real server answers with `create`."""
-    app = web.Application()
-    app.router.add_post(CREATE_PATH, create)
-    server = await aiohttp_server(app)
-    return RecordingKapture(str(server.make_url("")))
 
 
 def claimed(body: dict[str, Any] | None = None, action: str = "create_ticket") -> Claimed:
@@ -402,7 +394,7 @@ async def test_response_body_is_bounded_on_a_real_connection(
     async def huge(request: web.Request) -> web.Response:
         return web.Response(status=500, body=b"y" * (4 * 1024 * 1024))
 
-    real = await kapture_answering(aiohttp_server, huge)
+    real = RecordingKapture(await kapture_answering(aiohttp_server, huge))
     sent = await send_once(session, real, claimed(), 10.0)
     assert [len(body) for _, body in real.classified] == [MAX_RESPONSE_BYTES]
     assert sent.outcome.classification == "retry"
@@ -572,7 +564,7 @@ async def test_an_answer_json_cannot_read_is_classified_not_a_crash(
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=200, body=body, content_type="application/json")
 
-    sent = await send_once(session, await kapture_answering(aiohttp_server, answer), claimed(), 5.0)
+    sent = await send_once(session, RecordingKapture(await kapture_answering(aiohttp_server, answer)), claimed(), 5.0)
     assert sent.outcome.classification == classification
     assert (sent.outcome.error or "").startswith(error)
     assert sent.http_status == 200
@@ -616,7 +608,7 @@ async def test_on_send_is_called_just_before_the_request(session: aiohttp.Client
         calls.append("vendor")
         return web.json_response({"status": "success", "ticket_id": "T-1"})
 
-    real = await kapture_answering(aiohttp_server, answer)
+    real = RecordingKapture(await kapture_answering(aiohttp_server, answer))
 
     async def on_send() -> None:
         calls.append("on_send")
@@ -832,7 +824,7 @@ async def test_a_send_decodes_its_answer_itself(
         body = zlib.compress(b'[{"status": "success", "ticket_id": "T-9"}]', wbits=31)
         return web.Response(body=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
 
-    sent = await send_once(session, await kapture_answering(aiohttp_server, created), claimed(), 5.0)
+    sent = await send_once(session, RecordingKapture(await kapture_answering(aiohttp_server, created)), claimed(), 5.0)
     assert (sent.outcome.classification, sent.outcome.ticket_id) == ("success", "T-9")
     assert sent.excerpt == '[{"status": "success", "ticket_id": "T-9"}]'
 
@@ -881,7 +873,7 @@ async def test_a_success_status_whose_answer_passes_the_read_limit_is_unknown_no
         pad = "p" * (300 * 1024)
         return web.json_response([{"status": "success", "ticket_id": "T-1", "pad": pad}])
 
-    real = await kapture_answering(aiohttp_server, long_success)
+    real = RecordingKapture(await kapture_answering(aiohttp_server, long_success))
     sent = await send_once(session, real, claimed(), 10.0)
     assert [len(body) for _, body in real.classified] == [MAX_RESPONSE_BYTES]
     assert (sent.outcome.classification, sent.http_status) == ("unknown", 200)
@@ -979,7 +971,7 @@ async def test_a_brotli_answer_is_read_and_its_refusal_classified_by_its_status(
         offered.append(request.headers.get("Accept-Encoding", ""))
         return web.Response(body=BR_SUCCESS, headers={"Content-Type": "application/json", "Content-Encoding": "br"})
 
-    sent = await send_once(session, await kapture_answering(aiohttp_server, created), claimed(), 5.0)
+    sent = await send_once(session, RecordingKapture(await kapture_answering(aiohttp_server, created)), claimed(), 5.0)
     assert (sent.outcome.classification, sent.outcome.ticket_id) == ("success", "713516551148")
     assert "br" in [e.strip() for e in offered[0].split(",")], offered
     limited = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Encoding: br\r\n"
@@ -1009,7 +1001,7 @@ async def test_a_resend_after_a_refused_token_goes_through_on_send_again(session
             return web.json_response({"status": "failed", "message": "token expired"}, status=401)
         return web.json_response({"status": "success", "ticket_id": "T-1"}, status=201)
 
-    real = await kapture_answering(aiohttp_server, answer)
+    real = RecordingKapture(await kapture_answering(aiohttp_server, answer))
     real.credentials = NumberedTokens("kapture")
 
     async def on_send() -> None:
