@@ -149,9 +149,9 @@ CLAIM = ("UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_unt
          "options, tries, attempts, next_attempt_at, conversation, in_doubt_since, role, length(body)")
 NEXT_DUE = ("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' AND queued = 0 "  # noqa: S608
             f"AND destination = ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1")
-"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_ready, which
-leaves out the deliveries queued behind an earlier one of their conversation (migration 0028), so that a
-conversation's backlog is not walked; then, when none is due, when the first will be, in due order, stopping at the
+"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_due's entries
+with `queued = 0` (migration 0028), so that the deliveries queued behind an earlier one of their conversation, a
+conversation's backlog, are not walked; then, when none is due, when the first will be, in due order, stopping at the
 first head."""
 _SLICE = f"SELECT {ROW_COLUMNS}, rowid FROM deliveries WHERE conversation = ?1 "  # noqa: S608 - constants
 SLICE_FIRST = _SLICE + "ORDER BY rowid LIMIT ?2"

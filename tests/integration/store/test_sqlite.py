@@ -995,9 +995,11 @@ async def test_migration_0028_queues_the_messages_waiting_in_each_conversation(t
     with closing(sqlite3.connect(path)) as conn, conn:
         for trigger in ("joined", "finished", "reopened", "unfinished_deleted"):
             conn.execute(f"DROP TRIGGER deliveries_{trigger}")
-        for index in ("ready", "sending_conversation", "settled_conversation"):
+        for index in ("due", "sending_conversation", "settled_conversation"):
             conn.execute(f"DROP INDEX deliveries_{index}")
         conn.execute("ALTER TABLE deliveries DROP COLUMN queued")
+        conn.execute("CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at) "
+                     "WHERE status = 'pending'")  # as before 0028, which makes it again
         conn.execute("ALTER TABLE conversations DROP COLUMN unsettled")
         conn.execute("DELETE FROM schema_migrations WHERE version = 28")
     s = SqliteStore(path)
