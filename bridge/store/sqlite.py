@@ -227,8 +227,13 @@ _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 _INSERT_EVENT_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, zeroblob(?), ?)"
 _INSERT_EVENT_NO_KEY_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, zeroblob(?), ?)"
-_INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}, queued) "  # noqa: S608 - constants
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?8 = 'pending' AND "
+                    "EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = ?15 AND o.status IN ('pending', "
+                    "'in_flight')))")
+"""A delivery that may be in a conversation is stored `queued` (migration 0028) when an unfinished delivery of its
+conversation is stored already: written so by its insert, where a trigger, which on SQLite cannot set the row it
+fires for, wrote the row a second time (and moved its index entry) for every message accepted behind another."""
 _INSERT_PLAIN_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)")
 _EVENT_WIDTH_NO_KEY = 8

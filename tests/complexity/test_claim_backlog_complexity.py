@@ -66,8 +66,9 @@ async def backlog(store: Store, waiting: int, *, ticket: bool) -> tuple[str, str
         assert conn is not None
         copied = ", ".join("'dlv_copy' || i" if c == "id" else c for c in NEW_DELIVERY_COLUMNS.split(", "))
         conn.execute("BEGIN IMMEDIATE")
+        # queued behind the head, as the accept's insert stores them on SQLite (a trigger does on PostgreSQL)
         conn.execute(f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-                     f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT {copied} FROM n, deliveries "
+                     f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}, queued) SELECT {copied}, 1 FROM n, deliveries "
                      "WHERE deliveries.id = ?", (waiting, head.id))
         conn.execute("UPDATE conversations SET stored = stored + ?, ticket_id = CASE WHEN ? THEN ticket_id END, "
                      "ticket_at = CASE WHEN ? THEN ticket_at END WHERE id = ?",

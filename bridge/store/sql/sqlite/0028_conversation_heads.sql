@@ -19,8 +19,11 @@
 -- deliveries_sending_conversation whether one of the conversation is in flight, without reading those waiting.
 --
 -- Kept by triggers, so that every statement that changes a delivery's status keeps them (an accept, a record, a
--- replay, a purge, an operator's verb). A trigger's statements end with "; " rather than a line's end: the migration
--- runner splits a script at each ";" that ends a line.
+-- replay, a purge, an operator's verb), but for the `queued` of a delivery being stored: a trigger cannot set the row
+-- it fires for, and writing it again cost every message accepted behind another a second write of its row, so the
+-- accept's insert sets it (sqlite._INSERT_DELIVERY). A delivery stored otherwise is not queued: it is read by the
+-- claim, whose own test keeps it waiting, as before this migration. A trigger's statements end with "; " rather than a
+-- line's end: the migration runner splits a script at each ";" that ends a line.
 ALTER TABLE deliveries ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE conversations ADD COLUMN unsettled INTEGER NOT NULL DEFAULT 0;
 UPDATE conversations SET unsettled = (SELECT count(*) FROM deliveries d WHERE d.conversation = conversations.id
@@ -37,9 +40,7 @@ CREATE INDEX deliveries_settled_conversation ON deliveries (conversation)
 CREATE TRIGGER deliveries_joined AFTER INSERT ON deliveries
     WHEN NEW.conversation IS NOT NULL AND (NEW.status = 'pending' OR NEW.status = 'in_flight')
 BEGIN
-    UPDATE deliveries SET queued = 1 WHERE rowid = NEW.rowid AND status = 'pending' AND EXISTS (SELECT 1
-        FROM deliveries o WHERE o.conversation = NEW.conversation AND o.status IN ('pending', 'in_flight')
-        AND o.rowid < NEW.rowid); UPDATE conversations SET unsettled = unsettled + 1 WHERE id = NEW.conversation; END;
+    UPDATE conversations SET unsettled = unsettled + 1 WHERE id = NEW.conversation; END;
 CREATE TRIGGER deliveries_finished AFTER UPDATE OF status ON deliveries
     WHEN NEW.conversation IS NOT NULL AND (OLD.status = 'pending' OR OLD.status = 'in_flight')
     AND NEW.status <> 'pending' AND NEW.status <> 'in_flight'
