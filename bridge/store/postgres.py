@@ -194,9 +194,9 @@ CLAIM = (f"UPDATE deliveries x SET status = 'in_flight', lease_owner = $1, lease
          "x.in_doubt_since, x.role, octet_length(x.body)")
 NEXT_DUE = ("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' AND queued = 0 "  # noqa: S608
             f"AND destination = $1 AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1")
-"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_ready, which
-leaves out the deliveries queued behind an earlier one of their conversation (migration 0028), so that a
-conversation's backlog is not walked; then, when none is due, when the first will be."""
+"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_due's entries
+with `queued = 0` (migration 0028), so that the deliveries queued behind an earlier one of their conversation, a
+conversation's backlog, are not walked; then, when none is due, when the first will be."""
 TOKEN_BLOCK = 1024
 """How many claim tokens (`Claimed.token`) a process takes at a time: each value v of the sequence lease_tokens
 (migration 0023) stands for the tokens v * TOKEN_BLOCK to v * TOKEN_BLOCK + TOKEN_BLOCK - 1, which the process

@@ -123,9 +123,9 @@ def head_of_conversation(arrival: str) -> str:
     deliveries_sending_conversation (migration 0028): neither its settled history nor the messages waiting behind its
     head are walked (an EXISTS of an earlier unfinished delivery, every row of a long backlog matching its
     conversation, was planned by PostgreSQL as a scan of the table; and the in-flight test, joined to it, read the
-    backlog after the head). The claim reads only deliveries that may be heads (deliveries_ready leaves out those
-    queued behind another, migration 0028), and this test settles the rest. The second looks the conversation up by
-    its key and, only while it has no ticket,
+    backlog after the head). The claim reads only deliveries that may be heads (deliveries_due's entries with
+    `queued = 0`: not those queued behind another, migration 0028), and this test settles the rest. The second
+    looks the conversation up by its key and, only while it has no ticket,
     looks for an earlier held create in the partial index deliveries_held_create (migration 0024, by conversation
     and arrival), whose condition is the test's own terms: it holds the held creates alone, so that a long thread
     restarted without a ticket is not read back to its first message. A conversation with a ticket, the usual

@@ -149,9 +149,9 @@ CLAIM = ("UPDATE deliveries SET status = 'in_flight', lease_owner = ?, lease_unt
          "options, tries, attempts, next_attempt_at, conversation, in_doubt_since, role, length(body)")
 NEXT_DUE = ("SELECT next_attempt_at FROM deliveries d WHERE status = 'pending' AND queued = 0 "  # noqa: S608
             f"AND destination = ? AND {HEAD_OF_CONVERSATION} ORDER BY next_attempt_at LIMIT 1")
-"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_ready, which
-leaves out the deliveries queued behind an earlier one of their conversation (migration 0028), so that a
-conversation's backlog is not walked; then, when none is due, when the first will be, in due order, stopping at the
+"""A claim: a destination's due heads of conversations (and deliveries outside any), read from deliveries_due's entries
+with `queued = 0` (migration 0028), so that the deliveries queued behind an earlier one of their conversation, a
+conversation's backlog, are not walked; then, when none is due, when the first will be, in due order, stopping at the
 first head."""
 _SLICE = f"SELECT {ROW_COLUMNS}, rowid FROM deliveries WHERE conversation = ?1 "  # noqa: S608 - constants
 SLICE_FIRST = _SLICE + "ORDER BY rowid LIMIT ?2"
@@ -227,8 +227,13 @@ _INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT_NO_KEY = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 _INSERT_EVENT_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, zeroblob(?), ?)"
 _INSERT_EVENT_NO_KEY_ZEROBLOB = "INSERT INTO events VALUES (?, ?, ?, ?, ?, NULL, ?, zeroblob(?), ?)"
-_INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}, queued) "  # noqa: S608 - constants
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?8 = 'pending' AND "
+                    "EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = ?15 AND o.status IN ('pending', "
+                    "'in_flight')))")
+"""A delivery that may be in a conversation is stored `queued` (migration 0028) when an unfinished delivery of its
+conversation is stored already: written so by its insert, where a trigger, which on SQLite cannot set the row it
+fires for, wrote the row a second time (and moved its index entry) for every message accepted behind another."""
 _INSERT_PLAIN_DELIVERY = (f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) "  # noqa: S608 - constants
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)")
 _EVENT_WIDTH_NO_KEY = 8

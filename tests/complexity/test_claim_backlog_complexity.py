@@ -9,8 +9,9 @@ make long on purpose: it is keyed by the sender's headers), holds thousands of p
 conversation; a claim that walked them paid for the whole backlog on every claim of the destination. On SQLite the
 cost is counted in the writer's virtual machine steps (as test_conversation_complexity counts them); on PostgreSQL
 the claim's statements are read under EXPLAIN (ANALYZE, BUFFERS), with the planner's plan for the values and the
-generic plan a prepared statement falls back to: the due deliveries are read from deliveries_ready, which leaves the
-queued messages out, and the buffers each statement touches do not grow with the backlog."""
+generic plan a prepared statement falls back to: the due deliveries are read from deliveries_due's entries
+with `queued = 0`, never stepping over the queued messages, and the buffers each statement touches do not grow
+with the backlog."""
 
 from __future__ import annotations
 
@@ -65,8 +66,9 @@ async def backlog(store: Store, waiting: int, *, ticket: bool) -> tuple[str, str
         assert conn is not None
         copied = ", ".join("'dlv_copy' || i" if c == "id" else c for c in NEW_DELIVERY_COLUMNS.split(", "))
         conn.execute("BEGIN IMMEDIATE")
+        # queued behind the head, as the accept's insert stores them on SQLite (a trigger does on PostgreSQL)
         conn.execute(f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-                     f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) SELECT {copied} FROM n, deliveries "
+                     f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}, queued) SELECT {copied}, 1 FROM n, deliveries "
                      "WHERE deliveries.id = ?", (waiting, head.id))
         conn.execute("UPDATE conversations SET stored = stored + ?, ticket_id = CASE WHEN ? THEN ticket_id END, "
                      "ticket_at = CASE WHEN ? THEN ticket_at END WHERE id = ?",
@@ -211,7 +213,7 @@ async def _claim_plans(conn: Any, head: str) -> list[tuple[str, list[dict[str, A
 
 async def test_a_claim_on_postgres_does_not_read_a_conversations_backlog(pg_stores: list[PostgresStore]) -> None:
     """The claim's statements (its update, the next due time when nothing is due, the claimed follow-ups' tickets)
-    read the due deliveries from deliveries_ready, never the index of every pending delivery nor the table, and
+    read the due deliveries from deliveries_due's entries with `queued = 0` (not the queued ones), never the table, and
     touch as many buffers with 8n messages waiting behind a conversation's head as with n; so does the listing of
     the head (whether it waits)."""
     measured: dict[str, list[int]] = {}
@@ -220,13 +222,16 @@ async def test_a_claim_on_postgres_does_not_read_a_conversations_backlog(pg_stor
 
         for what, nodes in await store._run(functools.partial(_claim_plans, head=head), transaction=False):
             scans = [n for n in nodes if n.get("Relation Name") == "deliveries" and (n.get("Index Name") in (
-                "deliveries_due", "deliveries_ready") or n["Node Type"] in ("Seq Scan", "Bitmap Heap Scan"))]
+                "deliveries_due",) or n["Node Type"] in ("Seq Scan", "Bitmap Heap Scan"))]
             if what.startswith("claiming") or what.startswith("the next due"):
-                assert [n.get("Index Name") for n in scans] == ["deliveries_ready"], (what, [
+                assert [(n.get("Index Name"), "queued = 0" in n.get("Index Cond", "")) for n in scans] == [
+                    ("deliveries_due", True)], (what, [
                     (n["Node Type"], n.get("Relation Name"), n.get("Index Name"), n.get("Parent Relationship"))
                     for n in nodes])
             measured.setdefault(what, []).append(_buffers(nodes[0]))
     for what, (small, large) in measured.items():
-        assert large <= BOUND * max(small, 1), (
+        # A statement of a buffer or two (the next due time) may read one more: the queued messages, in
+        # deliveries_due beside the heads, give the index one more level at 8n. A walk of them reads 8x.
+        assert large <= max(BOUND * small, small + 1), (
             f"{what}: {small} buffers with {N} messages waiting, {large} with {GROWTH * N} "
-            f"({large / max(small, 1):.1f}x; at most {BOUND:g}x)")
+            f"({large / max(small, 1):.1f}x; at most {BOUND:g}x, or one buffer more)")

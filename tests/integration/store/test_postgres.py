@@ -60,6 +60,9 @@ from tests.unit.bridge.delivery.test_dispatcher_faults import (
 
 pytestmark = pytest.mark.integration
 
+PRE_0028_DUE = "CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at) WHERE status = 'pending'"
+"""deliveries_due as it was before migration 0028 (which made it again, and which dropping `queued` drops)."""
+
 
 @pytest.fixture
 def store(pg_store: PostgresStore) -> PostgresStore:
@@ -454,7 +457,7 @@ async def test_after_migration_0022_a_conversations_stored_deliveries_keep_their
             "WHERE conversation IS NOT NULL AND status IN ('pending', 'in_flight'); "
             "DROP FUNCTION deliveries_joined, deliveries_finished CASCADE; DROP INDEX deliveries_sending_conversation; "
             "ALTER TABLE deliveries DROP COLUMN queued; ALTER TABLE conversations DROP COLUMN unsettled; "
-            "DELETE FROM schema_migrations WHERE version IN (22, 28)")
+            f"{PRE_0028_DUE}; DELETE FROM schema_migrations WHERE version IN (22, 28)")
         stored_at = await conn.fetchval("SELECT relfilenode FROM pg_class WHERE relname = 'deliveries'")
     finally:
         await conn.close()
@@ -589,7 +592,7 @@ async def test_migration_0028_queues_the_messages_waiting_in_each_conversation(p
                            "DROP INDEX deliveries_sending_conversation, deliveries_settled_conversation; "
                            "ALTER TABLE deliveries DROP COLUMN queued; "
                            "ALTER TABLE conversations DROP COLUMN unsettled; "
-                           "DELETE FROM schema_migrations WHERE version = 28")
+                           f"{PRE_0028_DUE}; DELETE FROM schema_migrations WHERE version = 28")
     finally:
         await conn.close()
     store = PostgresStore(DSN, schema=pg_schema)

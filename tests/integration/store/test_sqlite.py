@@ -976,6 +976,34 @@ async def test_migration_0025_counts_the_deliveries_each_conversation_holds(tmp_
         await s.close()
 
 
+async def test_a_message_accepted_behind_an_unfinished_one_is_stored_queued_by_its_insert(tmp_path: Path) -> None:
+    """A message accepted while an earlier one of its conversation is unfinished is stored `queued` (migration 0028)
+    by the accept's insert: its row is written once, not written again to queue it. Another conversation's first
+    message is not queued; the head's record makes the next message the head."""
+    s = SqliteStore(tmp_path / "s.db")
+    await s.open()
+    conn = s._writer
+    assert conn is not None
+    conn.execute("CREATE TEMP TABLE rewritten (id TEXT)")
+    conn.execute("CREATE TEMP TRIGGER rewrite_counted AFTER UPDATE ON main.deliveries "
+                 "BEGIN INSERT INTO rewritten VALUES (NEW.id); END")
+    thread = [make_delivery(conversation="m|k", conversation_key="k") for _ in range(3)]
+    other = make_delivery(destination="lsq-service", conversation="m|other", conversation_key="other")
+    try:
+        for d in (*thread, other):
+            await accept_one(s, d)
+        assert conn.execute("SELECT id FROM rewritten").fetchall() == []
+        assert dict(conn.execute("SELECT id, queued FROM deliveries").fetchall()) == {
+            thread[0].id: 0, thread[1].id: 1, thread[2].id: 1, other.id: 0}
+        (head,) = (await s.claim("kapture-support", 10, "w", 30)).items
+        assert head.id == thread[0].id
+        await s.record(msgspec.structs.replace(result(head.id, "succeeded", ticket_id="T-1"), role="create"))
+        assert dict(conn.execute("SELECT id, queued FROM deliveries WHERE status = 'pending'").fetchall()) == {
+            thread[1].id: 0, thread[2].id: 1, other.id: 0}
+    finally:
+        await s.close()
+
+
 async def test_migration_0028_queues_the_messages_waiting_in_each_conversation(tmp_path: Path) -> None:
     """A database from before 0028 (no `queued`, no `unsettled`, no triggers): the migration queues the pending
     messages stored behind an unfinished one and counts each conversation's unfinished messages, so that claims go
@@ -995,9 +1023,11 @@ async def test_migration_0028_queues_the_messages_waiting_in_each_conversation(t
     with closing(sqlite3.connect(path)) as conn, conn:
         for trigger in ("joined", "finished", "reopened", "unfinished_deleted"):
             conn.execute(f"DROP TRIGGER deliveries_{trigger}")
-        for index in ("ready", "sending_conversation", "settled_conversation"):
+        for index in ("due", "sending_conversation", "settled_conversation"):
             conn.execute(f"DROP INDEX deliveries_{index}")
         conn.execute("ALTER TABLE deliveries DROP COLUMN queued")
+        conn.execute("CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at) "
+                     "WHERE status = 'pending'")  # as before 0028, which makes it again
         conn.execute("ALTER TABLE conversations DROP COLUMN unsettled")
         conn.execute("DELETE FROM schema_migrations WHERE version = 28")
     s = SqliteStore(path)

@@ -4,11 +4,14 @@
 -- vendor was down) every claim of the destination read them all, and found one.
 --
 -- `queued` is 1 on a pending delivery stored while an earlier delivery of its conversation (by arrival) was not
--- finished (pending or in flight): it is not its conversation's head, and deliveries_ready, the index the claim reads,
--- leaves it out. When a delivery of a conversation is finished (succeeded, dead) or deleted, the conversation's first
--- unfinished delivery is its head (or will be, once nothing is in flight): its `queued` is cleared. A delivery made
--- pending again (a replay) has it cleared too. So a head is never queued; a delivery not queued may still wait (a
--- replayed delivery earlier than it, a held create), which the claim's own test (head_of_conversation) says, as before.
+-- finished (pending or in flight): it is not its conversation's head. deliveries_due, the index of the pending
+-- deliveries, is made again with `queued` before the due time: the claim reads a destination's deliveries not queued,
+-- in due order, without stepping over those queued, and the readers of every pending delivery (the gauges, mark_dead)
+-- read it as before. A pending delivery keeps one index entry, so that an accept writes no more than before.
+-- When a delivery of a conversation is finished (succeeded, dead) or deleted, the conversation's first unfinished
+-- delivery is its head (or will be, once nothing is in flight): its `queued` is cleared. A delivery made pending again
+-- (a replay) has it cleared too. So a head is never queued; a delivery not queued may still wait (a replayed delivery
+-- earlier than it, a held create), which the claim's own test (head_of_conversation) says, as before.
 --
 -- `conversations.unsettled` counts a conversation's unfinished deliveries, so that a claimed follow-up's
 -- `ticket.messages` counts those after it without reading them (rows.tickets_of_claimed); deliveries_settled_conversation
@@ -30,7 +33,8 @@ UPDATE conversations c SET unsettled = g.n FROM (SELECT conversation, count(*)::
 UPDATE deliveries d SET queued = 1 WHERE status = 'pending' AND conversation IS NOT NULL AND EXISTS (SELECT 1
     FROM deliveries o WHERE o.conversation = d.conversation AND o.status IN ('pending', 'in_flight')
     AND (o.arrival, o.id) < (d.arrival, d.id));
-CREATE INDEX deliveries_ready ON deliveries (destination, next_attempt_at) WHERE status = 'pending' AND queued = 0;
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries (destination, queued, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_sending_conversation ON deliveries (conversation)
     WHERE conversation IS NOT NULL AND status = 'in_flight';
 CREATE INDEX deliveries_settled_conversation ON deliveries (conversation, arrival, id)
