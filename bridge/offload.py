@@ -75,10 +75,17 @@ LOOKUPS = DaemonWorker("ticketbridge-lookup")
 it is not small: its own thread, so that a look-up never queues behind intake's parses, nor they behind it. A
 daemon thread: a stop waits for no look-up still queued or being read."""
 INFLATING = DaemonWorker("ticketbridge-inflate")
-"""Where a send's encoded answer is decoded past its first ON_LOOP_ENCODED bytes (`bodies.read_decoding`): a thread
-of its own, so that a send never queues behind a look-up's read; zlib and brotli let go of the GIL as they work."""
+"""Where a send's encoded answer is decoded past its first ON_LOOP_ENCODED bytes (`bodies.read_decoding`), and a
+send's answer longer than LOOP_ANSWER_BYTES classified (`sender._exchange`): a thread of its own, so that a send
+never queues behind a look-up's read nor intake's parses; zlib and brotli let go of the GIL as they work."""
 SMALL_ANSWER_BYTES = 64 * 1024
 """A look-up answer up to this long is read on the loop (well under a millisecond); a longer one in LOOKUPS."""
+LOOP_ANSWER_BYTES = 16 * 1024
+"""A send's answer up to this long is classified on the loop (a vendor's answer is a few KiB: no thread hop); a
+longer one (up to the 256 KiB read) in INFLATING. The adapter decodes it (`vendors.base.decode_json`), and when
+msgspec refuses its text, again leniently with Python's decoder, escaping every text in it: about 0.2 µs a byte
+(0.4 on a busy machine) for a body crafted of empty objects or keys each with a byte that is not UTF-8, so 16 KiB
+holds the loop about 3 ms at most, as ON_LOOP_ENCODED does, where 256 KiB held it 40-130 ms (and 64 KiB 12 ms)."""
 LOOP_SLICE_S = 0.005
 """How long a render may hold the event loop before it is run again, from the start, in the parser thread."""
 LOOP_BYTES = 64 * 1024

@@ -24,6 +24,7 @@ from bridge.bodies import UndecodableBody, read_decoding
 from bridge.delivery.exchange import clip, exchange
 from bridge.errors import BridgeError, MappingError, StoreUnavailable
 from bridge.escaping import NUL, header_problem
+from bridge.offload import INFLATING, LOOP_ANSWER_BYTES, in_parser
 from bridge.store.base import Claimed
 from bridge.vendors.base import ID_CHARS as ID_CHARS  # noqa: PLC0414 - where the delivery loop has imported it from
 from bridge.vendors.base import (
@@ -436,7 +437,11 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
                     raise
                 return response.status, None, dict(response.headers), refused
             try:
-                outcome = adapter.classify(action, response.status, response.headers, body)
+                # An answer past LOOP_ANSWER_BYTES is classified in a thread: decoding it (leniently at worst) would
+                # hold the loop.
+                outcome = adapter.classify(action, response.status, response.headers, body) \
+                    if len(body) <= LOOP_ANSWER_BYTES else await in_parser(
+                        adapter.classify, action, response.status, response.headers, body, pool=INFLATING)
             except Exception as exc:
                 outcome = classified_anyway(response.status, response.headers, exc, delivery_id)
             if cut:

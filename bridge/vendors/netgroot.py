@@ -17,6 +17,7 @@ from bridge.config import Base, DestinationConfig, check_duration
 from bridge.durations import parse_duration
 from bridge.errors import MappingError
 from bridge.logs import mask_text
+from bridge.offload import read_answer_off_loop
 from bridge.vendors.base import (
     NO_ID,
     Adapter,
@@ -326,7 +327,8 @@ class NetgrootAdapter(Adapter):
 
         async def load() -> Subjects:
             status, body = await fetch(self.base_url + SUBJECTS_PATH, {})
-            return parse_subjects(status, body)
+            # Up to 256 KiB, read off the loop unless small (its decode, lenient at worst, is the costly part).
+            return await read_answer_off_loop(lambda answer: parse_subjects(status, answer), body)
 
         subject_id = await self.subjects.resolve(str(name), load, self.name)
         return {"subject_id": subject_id, **{k: v for k, v in fields.items() if k != "subject"}}

@@ -13,12 +13,15 @@ import pytest
 import structlog
 from aiohttp import web
 
-from bridge.delivery.sender import ERROR_CHARS
+from bridge.delivery.sender import ERROR_CHARS, MAX_RESPONSE_BYTES
 from bridge.store.base import DeliveryDetail, DeliveryFilter
+from bridge.vendors.base import decode_json
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.fixtures.kapture_answering import MAPPING, answering, kapture_answering
+from tests.loop_cpu import LoopCpu, measured
 
 FAST_RETRY = "retry: {schedule: [50ms], jitter: 0}"
+SUCCESS = json.dumps([{"status": "success", "ticket_id": "713516551147"}]).encode()
 
 
 def config(destinations: str) -> str:
@@ -184,3 +187,43 @@ async def test_no_send_waits_for_a_pooled_connection_when_every_lane_is_full(
         release.set()
     done = await settled(client, 9)
     assert [[a.classification for a in d.attempts] for d in done] == [["success"]] * 9
+
+
+LENIENT_TICKET = "713516551148"
+
+
+def lenient_answer(limit: int) -> bytes:
+    """A Kapture success of at most `limit` bytes that msgspec refuses (one byte that is not UTF-8, at its end) and
+    Python's decoder reads: its ticket id, then as many empty objects as fit (each a value `_escaped` walks), the
+    costliest shape to read leniently."""
+    head = b'[{"status": "success", "ticket_id": "%s", "echo": [' % LENIENT_TICKET.encode()
+    tail = b'"\xe9"]}]'
+    return head + b"{}," * ((limit - len(head) - len(tail)) // 3) + tail
+
+
+async def test_a_crafted_answer_read_leniently_does_not_hold_the_event_loop(
+    write_config: ConfigFactory, bridge_client: AppClient, aiohttp_server: Any,
+) -> None:
+    """A success of 256 KiB (the most of an answer read) that msgspec refuses for one byte that is not UTF-8 and
+    Python's decoder reads, made of 87,000 empty objects (the costliest shape to read leniently: 40-130 ms of CPU
+    on the event loop, once per such answer), is classified as before (a success naming its ticket) without any
+    callback of the loop taking more than MAX_CALLBACK_CPU_MS of CPU: it is classified in a thread. (A first
+    delivery answered as usual warms the app's paths first.)"""
+    crafted = lenient_answer(MAX_RESPONSE_BYTES)
+    assert len(crafted) <= MAX_RESPONSE_BYTES and decode_json(crafted) is not None
+    answers = iter([SUCCESS, crafted])
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=next(answers), content_type="application/json")
+
+    base = await kapture_answering(aiohttp_server, answer)
+    dest = f"  kapture: {{vendor: kapture, base_url: '{base}', token: k3y, {FAST_RETRY}}}"
+    client = await bridge_client(write_config(config(dest), MAPPING))
+    await post(client, "first")
+    await settled(client, 1)
+    with LoopCpu().measuring() as meter:
+        await post(client, "second")
+        _, second = await settled(client, 2)
+    assert (second.delivery.status, second.delivery.ticket_id) == ("succeeded", LENIENT_TICKET)
+    assert [(a.classification, a.http_status) for a in second.attempts] == [("success", 200)]
+    measured("a delivery answered with a crafted answer read leniently", meter)

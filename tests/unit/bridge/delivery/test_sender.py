@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import threading
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aioresponses import aioresponses
@@ -24,6 +26,7 @@ from yarl import URL
 
 from bridge.delivery import sender
 from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
+from bridge.offload import LOOP_ANSWER_BYTES
 from bridge.store.base import Claimed
 from bridge.vendors.base import Outcome, VendorAuthFailed, VendorRequest, VendorUnavailable, answer_id, succeeded
 from bridge.vendors.credentials import Token, TokenCredentials
@@ -535,6 +538,64 @@ async def test_small_body_is_read_whole(session: aiohttp.ClientSession, adapter:
     assert adapter.classified == [(200, body)]
     assert sent.excerpt == body.decode()
     assert sent.outcome.ticket_id == "T-7"
+
+
+class ThreadNotingKapture(RecordingKapture):
+    """The real Kapture adapter, noting the thread each answer is classified in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        self.threads.append(threading.current_thread().name)
+        return super().classify(action, status, headers, body)
+
+
+@pytest.mark.parametrize(("extra", "where"), [(0, "MainThread"), (1, "ticketbridge-inflate")], ids=["at", "past"])
+@pytest.mark.parametrize("last", [b'"e"', b'"\xe9"'], ids=["strict", "lenient"])
+async def test_an_answer_past_the_loop_s_share_is_classified_in_a_thread_as_on_the_loop(
+    session: aiohttp.ClientSession, extra: int, where: str, last: bytes,
+) -> None:
+    """An answer of at most LOOP_ANSWER_BYTES is classified on the loop (no thread hop for a vendor's usual answer of
+    a few KiB); one byte more, in the INFLATING thread, where decoding it (leniently at worst: a byte that is not
+    UTF-8, read with Python's decoder) holds no callback of the loop. Either way it is classified the same."""
+    head = b'[{"status": "success", "ticket_id": "T-7", "pad": ['
+    end = last + b"]}]"
+    body = head + b"{}," * ((LOOP_ANSWER_BYTES - len(head) - len(end)) // 3)
+    body += b" " * (LOOP_ANSWER_BYTES + extra - len(body) - len(end)) + end
+    assert len(body) == LOOP_ANSWER_BYTES + extra
+    noting = ThreadNotingKapture()
+    with aioresponses() as m:
+        mock_post(m, status=200, body=body)
+        sent = await send_once(session, noting, claimed(), 5.0)
+    assert noting.threads == [where]
+    assert (sent.outcome.classification, sent.outcome.ticket_id) == ("success", "T-7")
+
+
+class CrashingKapture(ThreadNotingKapture):
+    """The Kapture adapter crashing (a bug) on every answer it classifies."""
+
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        super().classify(action, status, headers, body)
+        raise KeyError("boom")
+
+
+@pytest.mark.parametrize(("size", "where"), [(100, "MainThread"), (LOOP_ANSWER_BYTES + 1, "ticketbridge-inflate")],
+                         ids=["on-the-loop", "in-a-thread"])
+async def test_a_classification_crashing_in_a_thread_is_what_its_status_says_as_on_the_loop(
+    session: aiohttp.ClientSession, size: int, where: str,
+) -> None:
+    """An adapter crashing on a 503 gives what the status says (`classified_anyway`), its error naming the crash,
+    whether the answer was classified on the loop or, past LOOP_ANSWER_BYTES, in a thread."""
+    crashing = CrashingKapture()
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        mock_post(m, status=503, body=b"x" * size)
+        sent = await send_once(session, crashing, claimed(), 5.0)
+    assert crashing.threads == [where]
+    assert sent.outcome.classification == "retry"
+    assert sent.outcome.error == "HTTP 503; internal error classifying its answer: KeyError: 'boom'"
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["delivery.classify_crashed"]
 
 
 async def test_excerpt_survives_invalid_utf8(session: aiohttp.ClientSession, adapter: RecordingKapture) -> None:

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 import structlog
 
+from bridge.delivery.sender import MAX_RESPONSE_BYTES
 from bridge.errors import MappingError
 from bridge.vendors import netgroot
 from bridge.vendors.base import Outcome, VendorAuthFailed, VendorUnavailable, decode_json
@@ -25,6 +26,7 @@ from bridge.vendors.netgroot import (
 )
 from bridge.vendors.registry import adapter_class
 from bridge.yamlfile import KeyValueError
+from tests.loop_cpu import LoopCpu, measured
 
 BASE = "https://crm.example-isp.net"
 SUBJECTS: dict[str, Any] = {"success": True, "data": [{"subject_id": 1, "name": "Technical Support"},
@@ -244,6 +246,23 @@ async def test_prepare_resolves_a_name_to_its_id() -> None:
     fields = await made.prepare("create_ticket", {"message": "m", "subject": " billing  ISSUE"}, vendor.fetch)
     assert fields == {"subject_id": 2, "message": "m"}
     assert vendor.calls == [(BASE + SUBJECTS_PATH, {})]
+
+
+async def test_a_long_subject_list_read_leniently_does_not_hold_the_event_loop() -> None:
+    """getSubjects answering 256 KiB (the most a look-up of a send reads) that msgspec refuses for one byte that is
+    not UTF-8, made of 87,000 empty items (the costliest shape to read leniently: 40-130 ms of CPU), is read off the
+    loop (`read_answer_off_loop`), no callback of it taking more than MAX_CALLBACK_CPU_MS, and resolves the name as
+    before."""
+    head = b'{"success": true, "data": [{"subject_id": 2, "name": "Billing Issue"}, '
+    tail = b'"\xe9"]}'
+    body = head + b"{}," * ((MAX_RESPONSE_BYTES - len(head) - len(tail)) // 3) + tail
+    assert len(body) <= MAX_RESPONSE_BYTES and decode_json(body) is not None
+    made = adapter()
+    meter = LoopCpu()
+    fields = await meter.running(made.prepare("create_ticket", {"message": "m", "subject": "Billing Issue"},
+                                              FakeVendor((200, body)).fetch))
+    assert fields == {"subject_id": 2, "message": "m"}
+    measured("a subject list read leniently", meter)
 
 
 async def test_prepare_leaves_a_subject_id_alone() -> None:
