@@ -19,12 +19,12 @@ not the host's: a budget any sender could spend would let one address refuse, fo
 genuine messages naming a certificate not yet kept (after a start, or when SNS rotates it), which come from AWS's
 own addresses, each with its own bucket. Many addresses at once (a botnet, or the many /64s of one IPv6 allocation)
 each have a bucket, and meet the turns only. Only a public address is budgeted, as only it names one sender: a
-private, loopback, link-local, reserved, unspecified or shared (100.64.0.0/10, a carrier's NAT) address, or none
-(a Unix socket's peer), may be a reverse proxy's, a load balancer's or a sidecar's, whose one address every sender
-behind it has (the server reads no forwarding header, which any client could write); one bucket there would let a
-sender refuse every genuine message coming through it, so those requests meet the turns only, and behind such a
-proxy the turns are the bound on a flood. ADDRESSES buckets are kept, the least recently used forgotten first; a
-forgotten address starts again with a full bucket, which only lets through what a new address would have."""
+private, loopback, link-local, site-local (fec0::/10), reserved, unspecified or shared (100.64.0.0/10, a carrier's
+NAT) address, or none (a Unix socket's peer), may be a reverse proxy's, a load balancer's or a sidecar's, whose one
+address every sender behind it has (the server reads no forwarding header, which any client could write); one bucket
+there would let a sender refuse every genuine message coming through it, so those requests meet the turns only, and
+behind such a proxy the turns are the bound on a flood. ADDRESSES buckets are kept, the least recently used forgotten
+first; a forgotten address starts again with a full bucket, which only lets through what a new address would have."""
 
 from __future__ import annotations
 
@@ -81,6 +81,9 @@ client's public address."""
 SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 """Shared address space (RFC 6598): a carrier's NAT, many subscribers behind each address; `ipaddress` counts it
 neither private nor global."""
+SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+"""IPv6 site-local addresses (deprecated by RFC 3879, still routed privately where used): `ipaddress` counts them
+neither private nor reserved, and global."""
 
 
 @dataclass
@@ -296,8 +299,9 @@ def client_address(remote: str | None) -> str | None:
     """What a request's bucket is kept under, for a public address: its IPv4 address (an IPv4-mapped IPv6 one's
     too), or the /64 of its IPv6 address (a subscriber is given a /64 or more, and picks any address in it). None
     for an address that may stand for many senders, which has no bucket: private, loopback, link-local, reserved,
-    unspecified or shared (SHARED), as `ipaddress` tells them (a proxy's, a load balancer's, a sidecar's, a
-    carrier's NAT), and what is no IP address (empty for a Unix socket's peer, or not known)."""
+    unspecified, shared (SHARED) or site-local (SITE_LOCAL), as `ipaddress` tells them (a proxy's, a load
+    balancer's, a sidecar's, a carrier's NAT), and what is no IP address (empty for a Unix socket's peer, or not
+    known)."""
     if not remote:
         return None
     try:
@@ -307,7 +311,7 @@ def client_address(remote: str | None) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
-            or address.is_unspecified or address in SHARED):
+            or address.is_unspecified or address in SHARED or address in SITE_LOCAL):
         return None
     if isinstance(address, ipaddress.IPv6Address):
         return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"  # IPv6Network: twice the cost
