@@ -40,6 +40,8 @@ Past them the peer's address stands; a header's entries further left are never s
 LONGEST_ENTRY = 64
 """The most characters an entry may have and be read as an address (`[` an IPv6 address with a zone `]:` port)."""
 HEADER = "X-Forwarded-For"
+ENTRIES_KEPT = 4096
+"""Addresses whose reading is kept (a few hundred bytes each), the least recently seen forgotten first."""
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -98,8 +100,11 @@ class TrustedProxies:
 
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in networks)
-        # A peer is looked up once per request: its verdict kept (the peers are few: the proxies, and anyone else).
-        self.trusts_peer = functools.lru_cache(maxsize=1024)(self._trusts_peer)
+        # Parsing an address costs more than the rest of the walk: the peers (the proxies, and anyone else) and the
+        # entries the walk reads (the proxies, and the senders behind them, each appended by a proxy: never what a
+        # sender wrote left of its own) are read once while they keep coming, the least recently seen forgotten.
+        self.trusts_peer = functools.lru_cache(maxsize=ENTRIES_KEPT)(self._trusts_peer)
+        self._read = functools.lru_cache(maxsize=ENTRIES_KEPT)(self._read_entry)
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -107,6 +112,12 @@ class TrustedProxies:
     def trusts(self, address: Address) -> bool:
         """Whether `address` (IPv4-mapped IPv6 read as IPv4) is in one of the networks."""
         return any(address in network for network in self.networks)
+
+    def _read_entry(self, entry: str) -> tuple[str, bool] | None:
+        """One X-Forwarded-For entry (blanks around it stripped) as the address it names, written as `ipaddress`
+        writes it, and whether that is a trusted proxy; None when it is no address."""
+        address = parse_entry(entry)
+        return None if address is None else (str(address), self.trusts(address))
 
     def _trusts_peer(self, peer: str | None) -> bool:
         """Whether the connection's peer (`request.remote` as the socket gives it: an address, possibly with a zone,
@@ -122,7 +133,7 @@ class TrustedProxies:
         it is not trusted, when there is no header, when an entry walked is no address, or past MAX_HOPS."""
         if not forwarded_for or not self.trusts_peer(peer):
             return peer
-        leftmost: Address | None = None
+        leftmost: str | None = None
         hops = 0
         for line in reversed(forwarded_for):
             # At most the entries still to walk are split off; the rest stays one part, met only past MAX_HOPS.
@@ -130,13 +141,14 @@ class TrustedProxies:
                 hops += 1
                 if hops > MAX_HOPS:
                     return peer
-                address = parse_entry(entry)
-                if address is None:
+                read = self._read(entry.strip(" \t"))
+                if read is None:
                     return peer
-                if not self.trusts(address):
-                    return str(address)
+                address, trusted = read
+                if not trusted:
+                    return address
                 leftmost = address
-        return peer if leftmost is None else str(leftmost)
+        return peer if leftmost is None else leftmost
 
 
 def behind_proxies(handler: Handler, proxies: TrustedProxies) -> Handler:

@@ -63,7 +63,7 @@ def test_garbage_left_of_the_client_is_never_read() -> None:
 
 def test_the_walk_stops_past_max_hops_and_leaves_the_peer(monkeypatch: pytest.MonkeyPatch) -> None:
     """MAX_HOPS trusted entries, then the client: past the bound, the peer stands; a header of 100,000 entries
-    has at most MAX_HOPS of them read, however many lines it comes in."""
+    has only its last MAX_HOPS read, however many lines it comes in."""
     within = ", ".join(["8.8.4.4", *(f"10.0.0.{i}" for i in range(MAX_HOPS - 1))])
     assert PROXIES.client("10.0.0.2", [within]) == "8.8.4.4"
     past = ", ".join(["8.8.4.4", *(f"10.0.0.{i}" for i in range(MAX_HOPS))])
@@ -76,11 +76,12 @@ def test_the_walk_stops_past_max_hops_and_leaves_the_peer(monkeypatch: pytest.Mo
         return parse_entry(text)
 
     monkeypatch.setattr(forwarded, "parse_entry", counted)
-    assert PROXIES.client("10.0.0.2", [", ".join(["10.0.0.1"] * 100_000)]) == "10.0.0.2"
-    assert len(read) == MAX_HOPS
+    entries = [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(100_000)]
+    assert TrustedProxies(["10.0.0.0/8"]).client("10.0.0.2", [", ".join(entries)]) == "10.0.0.2"
+    assert read == ["10.0.0.2", *entries[-MAX_HOPS:][::-1]]  # the peer, then the entries walked
     read.clear()
-    assert PROXIES.client("10.0.0.2", ["10.0.0.1"] * 1000) == "10.0.0.2"
-    assert len(read) == MAX_HOPS
+    assert TrustedProxies(["10.0.0.0/8"]).client("10.0.0.2", entries[:1000]) == "10.0.0.2"
+    assert read == ["10.0.0.2", *entries[1000 - MAX_HOPS:1000][::-1]]
 
 
 @pytest.mark.parametrize("peer", ["8.8.4.4", "127.0.0.1", "", None, "not an address",
