@@ -137,11 +137,13 @@ class TrustedProxies:
         hops = 0
         for line in reversed(forwarded_for):
             # At most the entries still to walk are split off; the rest stays one part, met only past MAX_HOPS.
-            for entry in reversed(line.rsplit(",", MAX_HOPS - hops)):
+            for written in reversed(line.rsplit(",", MAX_HOPS - hops)):
                 hops += 1
                 if hops > MAX_HOPS:
                     return peer
-                read = self._read(entry.strip(" \t"))
+                entry = written.strip(" \t")
+                # Too long to be an address: not kept (what is kept is bounded in bytes too).
+                read = self._read(entry) if len(entry) <= LONGEST_ENTRY else None
                 if read is None:
                     return peer
                 address, trusted = read

@@ -56,6 +56,15 @@ def test_an_entry_walked_that_is_no_address_leaves_the_peer(header: list[str]) -
     assert PROXIES.client("10.0.0.2", header) == "10.0.0.2"
 
 
+def test_an_entry_too_long_to_be_an_address_is_not_kept() -> None:
+    """An entry over LONGEST_ENTRY characters (a header line may hold 8 KiB) leaves the peer and is not kept: the
+    readings kept stay small whatever a proxy that appends nothing passes on."""
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    assert proxies.client("10.0.0.2", ["8" * 8000]) == "10.0.0.2"
+    assert proxies.client("10.0.0.2", ["8.8.4.4"]) == "8.8.4.4"
+    assert proxies._read.cache_info().currsize == 1
+
+
 def test_garbage_left_of_the_client_is_never_read() -> None:
     """What a client wrote left of the entry its proxy appended does not matter, whatever it is."""
     assert PROXIES.client("10.0.0.2", ["garbage, , unknown, 8.8.4.4"]) == "8.8.4.4"
