@@ -14,6 +14,7 @@ import aiohttp
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bridge import USER_AGENT, __version__
 from bridge.admin import add_routes as add_admin_routes
@@ -26,6 +27,7 @@ from bridge.delivery.redaction import MIN_SECRET_CHARS
 from bridge.delivery.sender import VendorResponse, WrittenRequest
 from bridge.errors import ErrorList, MappingError, StoreUnavailable
 from bridge.fdlimit import delivery_pool
+from bridge.forwarded import TrustedProxies, behind_proxies
 from bridge.intake import hook_get, hook_options, hook_post
 from bridge.kept_names import config_names, mapping_names, unheld_names
 from bridge.mapping.mappingset import MappingSet, Target, load_mapping_folder, load_mapping_texts
@@ -462,8 +464,13 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     name_the_server()
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[RUNTIME] = rt
-    app.router.add_post("/hooks/{source}", hook_post)
-    app.router.add_get("/hooks/{source}", hook_get)
+    post: Handler = hook_post
+    get: Handler = hook_get
+    proxies = TrustedProxies(config.server.trusted_proxies)
+    if proxies:  # else mounted bare: not one test more on intake's path
+        post, get = behind_proxies(post, proxies), behind_proxies(get, proxies)
+    app.router.add_post("/hooks/{source}", post)
+    app.router.add_get("/hooks/{source}", get)
     app.router.add_route("OPTIONS", "/hooks/{source}", hook_options)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -17,6 +17,7 @@ from bridge.conversions import convert_all
 from bridge.durations import parse_duration
 from bridge.errors import VALUE, ErrorList, Located, ValueProblem
 from bridge.escaping import header_problem
+from bridge.forwarded import network_problem
 from bridge.names import alike, escaped, name_problem
 from bridge.pg_schema import split_schema
 from bridge.yamlfile import (
@@ -58,6 +59,15 @@ class ServerConfig(Base):
     max_connections: Annotated[int, Meta(ge=1)] = 1000
     event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
     """`uvloop` needs the `fast` extra; `auto`: uvloop when it is installed, else asyncio's own loop."""
+    trusted_proxies: list[str] = []
+    """Addresses and CIDR networks of the reverse proxies in front: a request from one has its client's address
+    read from X-Forwarded-For (bridge/forwarded.py). Empty: the connection's peer is the client."""
+
+    def __post_init__(self) -> None:
+        for i, entry in enumerate(self.trusted_proxies):
+            problem = network_problem(entry)
+            if problem is not None:
+                raise KeyValueError.of(("trusted_proxies", i), problem)
 
 
 class StoreConfig(Base):

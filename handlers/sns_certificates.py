@@ -10,20 +10,22 @@ Retry-After at once (SNS sends it again). Only the SNS host of a source's topic'
 answers (a made-up region's, another partition's unreachable from here) to hold a turn for a whole timeout per
 URL it makes up.
 
-New URLs are also bounded over time for each public client address (as the server sees it, `request.remote`; an
-IPv6 address by its /64, which one subscriber holds whole): a bucket of NEW_BURST fetches, refilled at NEW_PER_S a
-second, so a sender naming made-up names on the topic's host (each fetched once, then remembered with its 404) from
-one address makes at most about one request a second to AWS, not one per message it posts; past it, its requests are
-answered 503 with Retry-After (SNS sends a genuine one again, 20 s later by default). The bucket is the address's,
-not the host's: a budget any sender could spend would let one address refuse, for as long as it kept it up, the
-genuine messages naming a certificate not yet kept (after a start, or when SNS rotates it), which come from AWS's
-own addresses, each with its own bucket. Many addresses at once (a botnet, or the many /64s of one IPv6 allocation)
+New URLs are also bounded over time for each public client address (as the server sees it, `request.remote`: the
+connection's peer, or the client a trusted reverse proxy forwarded, `server.trusted_proxies`; an IPv6 address by
+its /64, which one subscriber holds whole): a bucket of NEW_BURST fetches, refilled at NEW_PER_S a second, so a
+sender naming made-up names on the topic's host (each fetched once, then remembered with its 404) from one address
+makes at most about one request a second to AWS, not one per message it posts; past it, its requests are answered
+503 with Retry-After (SNS sends a genuine one again, 20 s later by default). The bucket is the address's, not the
+host's: a budget any sender could spend would let one address refuse, for as long as it kept it up, the genuine
+messages naming a certificate not yet kept (after a start, or when SNS rotates it), which come from AWS's own
+addresses, each with its own bucket. Many addresses at once (a botnet, or the many /64s of one IPv6 allocation)
 each have a bucket, and meet the turns only. Only a public address is budgeted, as only it names one sender: a
-private, loopback, link-local, reserved, unspecified or shared (100.64.0.0/10, a carrier's NAT) address, or none
-(a Unix socket's peer), may be a reverse proxy's, a load balancer's or a sidecar's, whose one address every sender
-behind it has (the server reads no forwarding header, which any client could write); one bucket there would let a
-sender refuse every genuine message coming through it, so those requests meet the turns only, and behind such a
-proxy the turns are the bound on a flood. ADDRESSES buckets are kept, the least recently used forgotten first; a
+private, loopback, link-local, site-local (fec0::/10), reserved, unspecified or shared (100.64.0.0/10, a carrier's
+NAT) address, or none (a Unix socket's peer), may be a reverse proxy's, a load balancer's or a sidecar's, whose one
+address every sender behind it has (a forwarding header is read only from a proxy named in
+`server.trusted_proxies`: from anyone else a client could write it); one bucket there would let a sender refuse
+every genuine message coming through it, so those requests meet the turns only, and behind such a proxy not
+trusted the turns are the bound on a flood. ADDRESSES buckets are kept, the least recently used forgotten first; a
 forgotten address starts again with a full bucket, which only lets through what a new address would have."""
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ client's public address."""
 SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 """Shared address space (RFC 6598): a carrier's NAT, many subscribers behind each address; `ipaddress` counts it
 neither private nor global."""
+SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+"""IPv6 site-local addresses (deprecated by RFC 3879, still routed privately where used): `ipaddress` counts them
+neither private nor reserved, and global."""
 
 
 @dataclass
@@ -137,7 +142,8 @@ class CertificateCache:
 
     async def get(self, url: str, fetch: Fetcher, client: str | None = None) -> x509.Certificate:
         """The certificate at `url` (already checked to be an SNS certificate's URL), for a request from `client`
-        (`request.remote`: a public one's bucket is what a new fetch takes from; any other, or None, has none);
+        (`request.remote`, the forwarded client's behind a trusted proxy: a public one's bucket is what a new fetch
+        takes from; any other, or None, has none);
         Rejected(401) when it cannot be had, Rejected(503) with `retry_after` when it may be later."""
         cert = self._certs.get(url)
         if cert is not None:
@@ -296,8 +302,9 @@ def client_address(remote: str | None) -> str | None:
     """What a request's bucket is kept under, for a public address: its IPv4 address (an IPv4-mapped IPv6 one's
     too), or the /64 of its IPv6 address (a subscriber is given a /64 or more, and picks any address in it). None
     for an address that may stand for many senders, which has no bucket: private, loopback, link-local, reserved,
-    unspecified or shared (SHARED), as `ipaddress` tells them (a proxy's, a load balancer's, a sidecar's, a
-    carrier's NAT), and what is no IP address (empty for a Unix socket's peer, or not known)."""
+    unspecified, shared (SHARED) or site-local (SITE_LOCAL), as `ipaddress` tells them (a proxy's, a load
+    balancer's, a sidecar's, a carrier's NAT), and what is no IP address (empty for a Unix socket's peer, or not
+    known)."""
     if not remote:
         return None
     try:
@@ -307,7 +314,7 @@ def client_address(remote: str | None) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
-            or address.is_unspecified or address in SHARED):
+            or address.is_unspecified or address in SHARED or address in SITE_LOCAL):
         return None
     if isinstance(address, ipaddress.IPv6Address):
         return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"  # IPv6Network: twice the cost

@@ -19,6 +19,7 @@ from bridge.vendors.kapture import CREATE_PATH, SANDBOX_TOKEN
 from tests.conftest import ConfigFactory, eventually, runtime
 
 CONFIG = """
+server: {server}
 store: {{url: "sqlite:///var/bridge.db"}}
 admin: {{token: "{token}"}}
 sources:
@@ -62,11 +63,11 @@ class RemoteClient:
 @pytest.fixture
 async def start(write_config: ConfigFactory, aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Start]:
     """The whole app on a real server: on loopback TCP, or (remote=True) on a Unix socket, with `token` as
-    admin.token."""
+    admin.token and `server` as its server table."""
     opened: list[RemoteClient] = []
 
-    async def run(token: str = "", remote: bool = False) -> Any:
-        app = build_app(write_config(CONFIG.format(token=token), {"web": MAPPING}))
+    async def run(token: str = "", remote: bool = False, server: str = "{}") -> Any:
+        app = build_app(write_config(CONFIG.format(token=token, server=server), {"web": MAPPING}))
         if not remote:
             return await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
         runner = web.AppRunner(app)
@@ -133,6 +134,16 @@ async def test_a_proxy_on_this_machine_does_not_make_its_clients_local(start: St
     client = await start()
     for header in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"}, {"X-Real-IP": "127.0.0.1"}):
         assert await every_route(client, header) == [403] * 5
+
+
+async def test_a_trusted_proxys_forwarded_loopback_address_does_not_make_its_client_local(start: Start) -> None:
+    """With the loopback proxy in `server.trusted_proxies`, a request it forwards for a loopback address (which
+    `request.remote` then is) is still no local one: the sandbox reads the connection's own peer and its forwarding
+    headers, never the forwarded address, so a proxy's client cannot name itself local."""
+    client = await start(server="{trusted_proxies: [127.0.0.0/8, '::1']}")
+    for forwarded_for in ("127.0.0.1", "::1", "203.0.113.9, 127.0.0.1"):
+        assert await every_route(client, {"X-Forwarded-For": forwarded_for}) == [403] * 5
+    assert await every_route(client) == [200] * 5  # the proxy's own requests, forwarding nothing, are local
 
 
 async def test_deliveries_still_reach_the_sandbox_on_its_own_loopback_port(start: Start) -> None:

@@ -49,9 +49,10 @@ class OnlySnsCertificate:
         return await self.sns(url)
 
 
-@pytest.fixture
-async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+async def start(write_config: ConfigFactory, bridge_client: AppClient, server: str = "{}") -> Any:
+    """The app with an SES source, SNS's hosts faked (OnlySnsCertificate); `server`: its server table."""
     config = write_config(f"""
+        server: {server}
         store: {{url: "sqlite:///var/bridge.db"}}
         admin: {{token: letmein}}
         sources:
@@ -67,6 +68,11 @@ async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
     return c
 
 
+@pytest.fixture
+async def client(write_config: ConfigFactory, bridge_client: AppClient) -> Any:
+    return await start(write_config, bridge_client)
+
+
 def fetched(client: Any) -> list[str]:
     fetch: OnlySnsCertificate = runtime(client).sources["ses"].handler.fetch  # type: ignore[attr-defined]
     return fetch.fetched
@@ -76,8 +82,10 @@ def url(i: int) -> str:
     return f"https://sns.us-east-1.amazonaws.com/SimpleNotificationService-{i:032x}.pem"
 
 
-async def post(client: Any, message: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
-    resp = await client.post("/hooks/ses", data=compact(message), headers=SNS)
+async def post(client: Any, message: dict[str, Any], forwarded_for: str | None = None
+               ) -> tuple[int, dict[str, Any], Any]:
+    headers = SNS if forwarded_for is None else {**SNS, "X-Forwarded-For": forwarded_for}
+    resp = await client.post("/hooks/ses", data=compact(message), headers=headers)
     return resp.status, await resp.json(), resp.headers
 
 
@@ -155,3 +163,51 @@ async def test_a_flood_from_loopback_is_not_refused_by_rate_and_a_genuine_messag
         'ticketbridge_sns_certificate_fetches_total{source="ses",result="failed"}': 30,
         'ticketbridge_sns_certificate_fetches_total{source="ses",result="ok"}': 1,
     }
+
+
+FLOODER = "8.8.4.9"
+"""A public address naming made-up certificate URLs, behind the proxy."""
+AWS = "54.240.197.9"
+"""A public address posting SNS's genuine messages, behind the same proxy."""
+
+
+async def test_behind_a_trusted_proxy_the_budget_is_the_forwarded_clients(
+        write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path) -> None:
+    """With the test client's loopback address in `server.trusted_proxies`, the address the proxy appended to
+    X-Forwarded-For is the client's: a sender naming made-up URLs has NEW_BURST fetched, then is refused by `rate`
+    (503 with Retry-After), whatever it wrote left of its address (AWS's, to spend that one's budget); a genuine
+    message forwarded for another address then has its certificate fetched and is taken, stored with that address
+    as its `remote`, and the refusals are logged under the flooder's address. Before, the key was unknown, and behind
+    a proxy every sender had its address, which has no budget."""
+    client = await start(write_config, bridge_client, "{trusted_proxies: [127.0.0.0/8, '::1']}")
+    with capture_logs() as logs:
+        answers = [await post(client, ses_notification(SigningCertURL=url(i)), f"{AWS}, {FLOODER}")
+                   for i in range(10)]
+    assert [status for status, _a, _h in answers] == [401] * NEW_BURST + [503] * (10 - NEW_BURST)
+    refused, headers = answers[-1][1], answers[-1][2]
+    assert refused["check"] == "certificate"
+    assert f"requests from {FLOODER} may have at most {NEW_BURST} certificates" in refused["error"]
+    assert int(headers["Retry-After"]) >= 1
+    assert fetched(client) == [url(i) for i in range(NEW_BURST)]
+    assert {e["remote"] for e in logs if e["event"] == "intake.rejected"} == {FLOODER}
+    assert [e["client"] for e in logs if e["event"] == "sns.certificate_fetch_refused"] == [FLOODER]
+
+    status, answer, _headers = await post(client, ses_notification(), AWS)
+    assert status == 202
+    assert fetched(client) == [*(url(i) for i in range(NEW_BURST)), CERT_URL]
+    assert (await runtime(client).store.get_event(answer["event_id"])).meta["remote"] == AWS
+
+
+@pytest.mark.parametrize("server", ["{}", "{trusted_proxies: [10.0.0.0/8, 'fd00::/8']}"])
+async def test_a_peer_that_is_no_trusted_proxy_has_its_forwarding_header_ignored(
+        write_config: ConfigFactory, bridge_client: AppClient, server: str) -> None:
+    """With no trusted proxy, or none that is the test client's loopback address, the X-Forwarded-For it sends
+    (naming one public address) is ignored: the client is its loopback address, which has no budget, so 30 made-up
+    URLs are all fetched and none is refused by `rate`; the event's `remote` is the loopback address."""
+    client = await start(write_config, bridge_client, server)
+    answers = [await post(client, ses_notification(SigningCertURL=url(i)), FLOODER) for i in range(30)]
+    assert [(status, answer["check"]) for status, answer, _h in answers] == [(401, "certificate")] * 30
+    assert fetched(client) == [url(i) for i in range(30)]
+    status, answer, _headers = await post(client, ses_notification(), FLOODER)
+    assert status == 202
+    assert (await runtime(client).store.get_event(answer["event_id"])).meta["remote"] == "127.0.0.1"

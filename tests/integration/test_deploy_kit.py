@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import yaml
 
 from bridge.app import load_mappings, per_process_sandboxes
 from bridge.config import Config, load_config
+from bridge.forwarded import TrustedProxies
 from bridge.registries import REGISTRIES
 from tests.integration.processes import DSN, free_port, spawn, stop, wait_http
 
@@ -55,11 +57,17 @@ def kube_docs() -> dict[str, dict[str, Any]]:
     return {name: yaml.safe_load((KUBE / name).read_text()) for name in KUBE_FILES}
 
 
-def compose_services() -> dict[str, Any]:
-    """The compose file's services as `docker-compose config` resolves them (anchors, defaults, the env above)."""
+def compose_resolved() -> dict[str, Any]:
+    """The compose file as `docker-compose config` resolves it (anchors, defaults, the env above)."""
     done = run(tool("docker-compose"), "-f", "deploy/compose.yaml", "config", env=ENV)
     assert done.returncode == 0, done.stderr
-    services: dict[str, Any] = yaml.safe_load(done.stdout)["services"]
+    resolved: dict[str, Any] = yaml.safe_load(done.stdout)
+    return resolved
+
+
+def compose_services() -> dict[str, Any]:
+    """The compose file's services as `docker-compose config` resolves them."""
+    services: dict[str, Any] = compose_resolved()["services"]
     return services
 
 
@@ -119,6 +127,51 @@ def test_compose_replicas_send_to_one_shared_sandbox(tmp_path: Path) -> None:
     for name, d in sandboxes.items():
         assert d.base_url == f"http://sandbox:{port}/{d.vendor}", name
     assert per_process_sandboxes(config, load_mappings(config)) == {}
+
+
+def haproxy_sections() -> dict[str, list[str]]:
+    """deploy/compose/haproxy.cfg's sections (`frontend hooks`, `defaults`, …) and the settings in each."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in (DEPLOY / "compose" / "haproxy.cfg").read_text().splitlines():
+        text = line.split("#", 1)[0].rstrip()
+        if not text:
+            continue
+        if not text[0].isspace():
+            current = sections.setdefault(" ".join(text.split()), [])
+        else:
+            current.append(" ".join(text.split()))
+    return sections
+
+
+def test_compose_replicas_read_the_client_from_the_balancer_alone(tmp_path: Path) -> None:
+    """HAProxy appends each sender's address to X-Forwarded-For (`option forwardfor` where its hooks come in); the
+    balancer has a fixed address on the compose network's fixed subnet, and the replicas' `trusted_proxies` are
+    that address and the subnet's gateway (the host's side of the published port), nothing else: a forwarded
+    address from the balancer is the client, one from another container on the network is ignored. Before, the
+    replicas saw every sender as the balancer."""
+    sections = haproxy_sections()
+    assert "option forwardfor" in sections["frontend hooks"] + sections["defaults"]
+    resolved = compose_resolved()
+    [ipam] = resolved["networks"]["default"]["ipam"]["config"]
+    subnet = ipaddress.ip_network(ipam["subnet"])
+    balancer = resolved["services"]["balancer"]["networks"]["default"]["ipv4_address"]
+    assert [name for name, service in resolved["services"].items()
+            if "ipv4_address" in str(service.get("networks", ""))] == ["balancer"]
+    trusted = kit_config(tmp_path, "compose").server.trusted_proxies
+    assert sorted(trusted) == sorted([balancer, ipam["gateway"]])
+    assert all(ipaddress.ip_address(address) in subnet for address in trusted)
+    proxies = TrustedProxies(trusted)
+    assert proxies.client(balancer, ["8.8.4.4"]) == "8.8.4.4"
+    neighbour = str(subnet[20])
+    assert proxies.client(neighbour, ["8.8.4.4"]) == neighbour
+
+
+def test_kubernetes_config_trusts_no_proxy_until_told_which() -> None:
+    """The Kubernetes kit ships no ingress, so it trusts no proxy; its config says how to name the controller's."""
+    text = kit_config_text("kubernetes")
+    assert "trusted_proxies" not in yaml.safe_load(text)["server"]
+    assert "# trusted_proxies:" in text
 
 
 def test_prometheus_config_passes_promtool() -> None:

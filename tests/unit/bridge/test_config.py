@@ -840,6 +840,27 @@ def test_pool_min_above_pool_max_is_an_error_at_pool_min(tmp_path: Path) -> None
     assert "pool_min (12) is above pool_max (5)" in err.message
 
 
+def test_trusted_proxies_are_addresses_and_networks(tmp_path: Path) -> None:
+    """`server.trusted_proxies` is empty unless set, and takes IPv4 and IPv6 addresses and CIDR networks."""
+    assert load(tmp_path, "").server.trusted_proxies == []
+    cfg = load(tmp_path, "server: {trusted_proxies: [10.0.0.0/8, 192.0.2.7, 'fd00::/8', '::1']}\n")
+    assert cfg.server.trusted_proxies == ["10.0.0.0/8", "192.0.2.7", "fd00::/8", "::1"]
+
+
+@pytest.mark.parametrize(("entry", "said"), [
+    ("10.0.0.1/8", "'10.0.0.1/8' has bits set past its prefix length: write the network's own address (10.0.0.0/8, "
+                   "not 10.0.0.1/8), or the one address without a prefix"),
+    ("'fd00::/129'", "'fd00::/129' is not an IP address or network: write an address (192.0.2.7, 2001:db8::7) or a "
+                     "network in CIDR form (10.0.0.0/8, fd00::/8)"),
+    ("10", "got 10, expected text"),
+])
+def test_a_bad_trusted_proxy_is_an_error_at_its_index(tmp_path: Path, entry: str, said: str) -> None:
+    """An entry that is no address nor network is refused at its index, on its line, quoting it and saying what
+    would be right."""
+    err = only_error(tmp_path, f"server:\n  port: 8080\n  trusted_proxies:\n    - 10.0.0.0/8\n    - {entry}\n")
+    assert (err.line, err.path, err.message) == (5, "server.trusted_proxies[1]", said)
+
+
 def test_store_lease_seconds_defaults_to_ten_and_is_bounded(tmp_path: Path) -> None:
     """`store.lease_seconds` is 10 unless set; a value under a second is an error naming the key and value."""
     assert load(tmp_path, "").store.lease_seconds == 10.0

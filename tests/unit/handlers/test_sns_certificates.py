@@ -455,6 +455,7 @@ def test_a_public_client_is_counted_by_its_ipv4_address_or_its_ipv6_64(remote: s
     "10.0.0.5", "172.18.0.3", "192.168.1.1", "fd00::5", "::ffff:10.0.0.5",  # private: a proxy, a load balancer
     "100.64.0.1",  # shared: a carrier's NAT
     "169.254.1.1", "fe80::1%eth0",  # link-local
+    "fec0::5", "feff::1", "fec0::ffff:8.8.8.8",  # site-local: deprecated, still routed privately where used
     "240.0.0.1", "0.0.0.0", "::",  # reserved, unspecified
     "203.0.113.7", "2001:db8::1",  # documentation ranges, private to ipaddress
     "", None, "not an address",  # a Unix socket's peer, not known
