@@ -567,7 +567,7 @@ class PostgresStore(Store):
             got = await conn.fetch(CLAIM, owner, int(lease_s * 1000), now, destination, limit, token,
                                    DECODE_AT_ONCE_BYTES)
             if got:
-                items = claimed_items(got, token)
+                items = await claimed_items(got, token)
                 if large := [r[0] for r in got if r[5] is None and r[13] is not None]:
                     items = await _with_large_bodies(conn, items, large)
                 threaded = [i.id for i in items if i.conversation is not None]

@@ -117,3 +117,17 @@ async def attachment_scan_of_events_under_a_mib(store: Store) -> None:
     measured("attachment_refs of events under 1 MiB", meter)
     assert refs == {sha_of(n) for n in range(SCAN_PAGE)}
 
+
+async def claim_of_bodies_under_a_mib(store: Store) -> None:
+    """A claim of PAGE deliveries whose bodies are two thirds of DECODE_AT_ONCE_BYTES each (read with the claim's
+    statement, decoded on the loop) holds no callback of the loop MAX_CALLBACK_CPU_MS; each body reads back
+    exactly."""
+    bodies = [{"comment": under_a_mib(n) * 2, "title": f"Router down {n}"} for n in range(PAGE)]
+    deliveries = [make_delivery(body=b) for b in bodies]
+    for d in deliveries:
+        assert len(encode(d.body)) <= DECODE_AT_ONCE_BYTES
+        await store.accept(make_event(), [d], WEEK)
+    meter = LoopCpu()
+    claimed = await meter.running(store.claim("kapture-support", PAGE, "w", 30))
+    measured("claim of bodies under 1 MiB", meter)
+    assert {c.id: c.body for c in claimed.items} == {d.id: d.body for d in deliveries}
