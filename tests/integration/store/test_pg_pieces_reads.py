@@ -15,10 +15,13 @@ from tests.integration.store.large_values import (
     ATTACHMENTS,
     SHA,
     TEXT,
+    attachment_scan_of_events_under_a_mib,
     attachment_scan_of_large_events,
     claim_of_a_large_body,
+    claim_of_bodies_under_a_mib,
     large_event,
     sha256_cut_between_pieces,
+    unmatched_page_of_events_under_a_mib,
 )
 from tests.integration.store.test_pg_pieces import pieces_left
 from tests.loop_cpu import LoopCpu, measured
@@ -163,3 +166,22 @@ async def test_an_attachments_sha256_cut_between_two_pieces_is_found(store: Post
     """Retention's scan finds each large event's attachment wherever the cut between two pieces falls in its sha256
     (or just before or after it): one event for each place of it relative to the cut."""
     await sha256_cut_between_pieces(store, pg_pieces.PIECE_READ_BYTES)
+
+
+async def test_a_page_of_unmatched_events_under_a_mib_is_listed_without_holding_the_loop(
+        store: PostgresStore) -> None:
+    """The unmatched list of 40 events just under 1 MiB each, read with its statement and decoded on the loop, gives
+    the loop a turn between them: decoded one after another, they held it 49-53 ms."""
+    await unmatched_page_of_events_under_a_mib(store)
+
+
+async def test_retentions_attachment_scan_of_events_under_a_mib_does_not_hold_the_loop(store: PostgresStore) -> None:
+    """Retention's attachment scan of 100 events just under 1 MiB each, read with its statement and scanned on the
+    loop, gives the loop a turn between them: scanned one after another, they held it 41-44 ms."""
+    await attachment_scan_of_events_under_a_mib(store)
+
+
+async def test_a_claim_of_bodies_under_a_mib_does_not_hold_the_loop(store: PostgresStore) -> None:
+    """A claim of 40 deliveries whose bodies are 0.7 MiB each, read with the claim's statement and decoded on the
+    loop, gives the loop a turn between them: decoded one after another, they held it 37-53 ms."""
+    await claim_of_bodies_under_a_mib(store)
