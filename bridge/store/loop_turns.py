@@ -28,10 +28,17 @@ class Turns:
     def __init__(self) -> None:
         self._taken = 0
 
-    async def take(self, size: int) -> None:
-        """Before `size` more bytes are decoded or scanned on the loop: a turn of the loop first when they would
-        take the bytes since its last turn past TURN_BYTES (never before a page's first value)."""
+    def due(self, size: int) -> bool:
+        """Whether the loop is to have a turn before `size` more bytes are decoded or scanned on it (they would take
+        the bytes since its last turn past TURN_BYTES; never before a page's first value): counted as taken either
+        way. A test, not a coroutine, for a page whose every value costs a call (a claim's)."""
         if self._taken and self._taken + size > TURN_BYTES:
-            await asyncio.sleep(0)
-            self._taken = 0
+            self._taken = size
+            return True
         self._taken += size
+        return False
+
+    async def take(self, size: int) -> None:
+        """Before `size` more bytes are decoded or scanned on the loop: a turn of the loop first when `due`."""
+        if self.due(size):
+            await asyncio.sleep(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -394,7 +395,8 @@ async def claimed_items(rows: Sequence[Sequence[Any]], token: int) -> list[Claim
     turns = Turns()
     items = []
     for r in sorted(rows, key=lambda r: (r[9], r[0])):
-        await turns.take(len(r[6]) + (0 if r[5] is None else len(r[5])))
+        if turns.due(len(r[6]) + (0 if r[5] is None else len(r[5]))):
+            await asyncio.sleep(0)
         items.append(Claimed(id=r[0], event_id=r[1], mapping=r[2], destination=r[3], action=r[4],
                              body=decode_dict(r[5]) if r[5] is not None else {}, options=decode_dict(r[6]),
                              tries=r[7], attempts=r[8], conversation=r[10], in_doubt_since_ms=r[11], role=r[12],
