@@ -12,7 +12,13 @@ connections are kept from one round to the next, as a running server keeps them.
 Every attempt must succeed, and at the end the vendor must have received every event once.
 
 Usage: python -m tests.bench.delivery_cpu [--events N] [--rounds R] [--max-in-flight M] [--profile FILE]
-                                         [--store sqlite|postgres] [--round-trips]
+                                         [--store sqlite|postgres] [--round-trips] [--mixed]
+
+`--mixed` asks whether intake and delivery cost more together than apart, as they run in `serve`: each round
+also measures intake alone (the N events seeded, this process's CPU per request) and then both at once (N more
+requests fed while the delivery loop runs and is told of each accept, as `serve` tells it), from the start of the
+delivery loop until the last of those N is delivered and recorded, per event; it prints the three figures and the
+ratio of the last to the sum of the first two. With `--callgrind`, only the rounds' mixed phases are counted.
 
 `--store postgres` stores the events in PostgreSQL instead (the test database, tests/integration/processes.py's
 DSN, in a fresh schema dropped at the end). Only this process's CPU is counted, not the server's: `--round-trips`
@@ -30,12 +36,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import ClientSession
@@ -58,9 +67,12 @@ GC_DEFAULTS = gc.get_threshold()
 
 
 async def deliver_all(rt: Runtime, session: ClientSession, events: int, counted: bool,
-                      profile: cProfile.Profile | None) -> float:
+                      profile: cProfile.Profile | None,
+                      intake: Callable[[], Awaitable[float]] | None = None) -> float:
     """Start a delivery loop on the store, wait until `events` attempts have succeeded and been recorded, and stop
-    it; the CPU seconds from its start to the last record. `counted`: callgrind counts those instructions."""
+    it; the CPU seconds from its start to the last record. `counted`: callgrind counts those instructions.
+    `intake`: run once the loop has started, the loop told of each accept (`rt.dispatcher`, as `serve` sets it):
+    the `events` it accepts are delivered as they come (the mixed phase of --mixed)."""
     assert rt.store is not None
     dispatcher = build_dispatcher(rt, rt.store, session)
     observe = dispatcher.on_attempt
@@ -82,6 +94,12 @@ async def deliver_all(rt: Runtime, session: ClientSession, events: int, counted:
         profile.enable()
     started = time.process_time()
     dispatcher.start()
+    if intake is not None:
+        rt.dispatcher = dispatcher
+        try:
+            await intake()
+        finally:
+            rt.dispatcher = None
     await sent
     for lane in dispatcher.lanes.values():  # the last results' records
         while lane.inflight:
@@ -96,11 +114,22 @@ async def deliver_all(rt: Runtime, session: ClientSession, events: int, counted:
     return used
 
 
+@dataclass
+class Figures:
+    """Each measured round's CPU microseconds per event: delivery alone; with --mixed, intake alone (the seeding)
+    and both at once."""
+
+    delivery: list[float] = field(default_factory=list)
+    intake: list[float] = field(default_factory=list)
+    mixed: list[float] = field(default_factory=list)
+
+
 async def drive(folder: Path, vendor_port: int, events: int, rounds: int, max_in_flight: int, counted: bool,
                 profile: cProfile.Profile | None, store: str | None = None,
-                trips: RoundTrips | None = None) -> list[float]:
+                trips: RoundTrips | None = None, mixed: bool = False) -> Figures:
     """Each round's CPU microseconds per delivered event, after one round that warms up. `store`: the store url in
-    place of the SQLite file; `trips`: counts the measured rounds' deliveries' round trips."""
+    place of the SQLite file; `trips`: counts the measured rounds' deliveries' round trips; `mixed`: each round
+    also measures intake alone and intake and delivery at once (`--mixed`), and only those are counted."""
     path = bench_config(folder, 0, vendor_port, max_in_flight)
     if store is not None:
         path.write_text(path.read_text().replace("sqlite:///var/bridge.db", store))
@@ -116,17 +145,26 @@ async def drive(folder: Path, vendor_port: int, events: int, rounds: int, max_in
     gc.freeze()  # the collector's settings `serve` makes once started
     gc.set_threshold(20_000, 20, 20)
     raw = request_bytes()
-    results = []
+    results = Figures()
     try:
         for n in range(rounds + 1):
-            await one_round(runner.server, raw, events, 32)  # N events accepted and stored, none delivered yet
+            seeded = await one_round(runner.server, raw, events, 32)  # N events accepted and stored, none delivered yet
             if trips is not None:
                 trips.counting = n > 0
-            used = await deliver_all(rt, session, events, counted and n > 0, profile if n > 0 else None)
+            used = await deliver_all(rt, session, events, counted and n > 0 and not mixed, profile if n > 0 else None)
             if trips is not None:
                 trips.counting = False
+            both = None
+            if mixed:
+                assert runner.server is not None
+                server = runner.server
+                both = await deliver_all(rt, session, events, counted and n > 0, None,
+                                         functools.partial(one_round, server, raw, events, 32))
             if n > 0:
-                results.append(used / events * 1e6)
+                results.delivery.append(used / events * 1e6)
+                if both is not None:
+                    results.intake.append(seeded / events * 1e6)
+                    results.mixed.append(both / events * 1e6)
     finally:
         await session.close()
         await runner.cleanup()
@@ -146,6 +184,8 @@ def main() -> None:
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--round-trips", action="store_true",
                         help="with --store postgres: print the statements sent per delivered event")
+    parser.add_argument("--mixed", action="store_true",
+                        help="also intake alone, and intake and delivery at once (as serve runs them), per event")
     args = parser.parse_args()
     profile = None if args.profile is None else cProfile.Profile()
     schema = fresh_schema() if args.store == "postgres" else None
@@ -162,21 +202,29 @@ def main() -> None:
             if trips is not None:
                 with trips:
                     runs = asyncio.run(drive(folder, vendor_port, args.events, args.rounds, args.max_in_flight,
-                                             args.callgrind, profile, url, trips))
+                                             args.callgrind, profile, url, trips, args.mixed))
             else:
                 runs = asyncio.run(drive(folder, vendor_port, args.events, args.rounds, args.max_in_flight,
-                                         args.callgrind, profile, url))
+                                         args.callgrind, profile, url, mixed=args.mixed))
             got = get_json(f"http://127.0.0.1:{vendor_port}/count")
         finally:
             stop(vendor)
             if schema is not None:
                 drop_schema(schema)
-    total = args.events * (args.rounds + 1)
+    total = args.events * (args.rounds + 1) * (2 if args.mixed else 1)
     assert got == {"count": total, "unique": total}, f"the vendor received {got}, not each of {total} events once"
     if profile is not None:
         profile.dump_stats(args.profile)
-    print(f"delivery {statistics.median(runs):7.1f} us/delivered event (rounds {min(runs):.1f}-{max(runs):.1f}; "
-          f"{args.events} events a round, max_in_flight {args.max_in_flight}; {args.store})", flush=True)
+    print(f"delivery {statistics.median(runs.delivery):7.1f} us/delivered event (rounds {min(runs.delivery):.1f}-"
+          f"{max(runs.delivery):.1f}; {args.events} events a round, max_in_flight {args.max_in_flight}; {args.store})",
+          flush=True)
+    if args.mixed:
+        for label, values in (("intake", runs.intake), ("mixed", runs.mixed)):
+            print(f"{label:8s} {statistics.median(values):7.1f} us/event (rounds {min(values):.1f}-{max(values):.1f})",
+                  flush=True)
+        ratios = [m / (i + d) for i, d, m in zip(runs.intake, runs.delivery, runs.mixed, strict=True)]
+        print(f"mixed over intake + delivery {statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-"
+              f"{max(ratios):.3f})", flush=True)
     if trips is not None:
         print(trips.report(args.events * args.rounds, "delivered event"), flush=True)
 
