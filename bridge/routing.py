@@ -23,6 +23,7 @@ from bridge.errors import MappingError, NotFound
 from bridge.events import Event
 from bridge.ids import new_id
 from bridge.mapping.compiled import CompiledMapping
+from bridge.mapping.limits import text_weight
 from bridge.mapping.mappingset import MappingSet
 from bridge.offload import render_sliced
 from bridge.store.base import Claimed, NewDelivery, Store
@@ -137,14 +138,19 @@ def plan_deliveries(mappings: MappingSet, event: Event, vars_: dict[str, Any],
 
 
 async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, vars_: dict[str, Any],
-                          with_mapping: str | None = None,
-                          ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str]]:
-    """New bodies (and the mapping version they came from) for `ids`, and why the others cannot have one. Each is
-    rendered with its own mapping, or with `with_mapping` when given (a renamed mapping's stranded deliveries:
-    that mapping must take the event's source and feed the delivery's destination and action)."""
+                          with_mapping: str | None = None, *, max_chars: int | None = None,
+                          ) -> tuple[dict[str, tuple[dict[str, Any], str]], dict[str, str], int]:
+    """New bodies (and the mapping version they came from) for `ids`, why the others cannot have one, and how many
+    of `ids` were taken: all of them, or with `max_chars`, those up to the one whose body takes the bodies' weight as
+    text (`text_weight`) past it (the first whatever its weight). Each is rendered with its own mapping, or with
+    `with_mapping` when given (a renamed mapping's stranded deliveries: that mapping must take the event's source
+    and feed the delivery's destination and action)."""
     bodies: dict[str, tuple[dict[str, Any], str]] = {}
     refused: dict[str, str] = {}
-    for i in ids:
+    weight = 0
+    for taken, i in enumerate(ids, 1):
+        if max_chars is not None and weight > max_chars:
+            return bodies, refused, taken - 1
         try:
             detail = await store.get_delivery(i)
         except NotFound:
@@ -175,7 +181,9 @@ async def rerender_bodies(store: Store, ids: list[str], mappings: MappingSet, va
             refused[i] = f"it does not render with the current mapping: {rendered.error}"
         else:
             bodies[i] = (rendered.body, mapping.version)
-    return bodies, refused
+            if max_chars is not None:
+                weight += text_weight(rendered.body, max_chars - weight)
+    return bodies, refused, len(ids)
 
 
 def render_create_again(mappings: MappingSet, vars_: dict[str, Any], event: Event,

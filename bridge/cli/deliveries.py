@@ -398,16 +398,30 @@ def run_mark_dead(args: argparse.Namespace) -> int:
     return _with_store(args, local, config, changes=True)
 
 
+UNMATCHED_PAGE = 16
+"""The most events `events unmatched` reads from the store at a time, each page printed before the next is read:
+the store reads a page's events at once (each up to DECODE_AT_ONCE_BYTES in its rows, then decoded), so that
+--limit 1000 over large mails held a gigabyte or two; a page of 16 holds 16 MiB of rows at most."""
+
+
 def run_unmatched(args: argparse.Namespace) -> int:
     async def body(store: Store) -> int:
-        events = await store.list_unmatched(args.limit, args.before)
-        if args.json:
-            _json_lines(events)
-        elif events:
-            for ev in events:
-                print(f"{ev.id}  {ev.received_at.strftime('%Y-%m-%d %H:%M:%S')}  {ev.source}  "
-                      f"{ev.meta.get('unmatched', 'no delivery')}")
-        else:
+        left, before, shown = args.limit, args.before, 0
+        while left > 0:
+            asked = min(left, UNMATCHED_PAGE)
+            events = await store.list_unmatched(asked, before)
+            if args.json:
+                _json_lines(events)
+            else:
+                for ev in events:
+                    print(f"{ev.id}  {ev.received_at.strftime('%Y-%m-%d %H:%M:%S')}  {ev.source}  "
+                          f"{ev.meta.get('unmatched', 'no delivery')}")
+            shown += len(events)
+            if len(events) < asked:
+                break
+            left -= asked
+            before = events[-1].id
+        if not shown and not args.json:
             print("no unmatched events", file=sys.stderr)
         return 0
 

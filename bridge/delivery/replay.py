@@ -16,6 +16,11 @@ from bridge.routing import rerender_bodies
 from bridge.store.base import AttemptResult, AuditEntry, ConversationRow, DeliveryDetail, Store
 
 REPLAY_CHUNK = 500
+REPLAY_RENDERED_CHARS = 8 << 20
+"""The most a re-rendered part of a chunk's new bodies weighs as text (`text_weight`: a character each, about a
+byte in the store) before the store is given them, the part ending with the body that takes it past this (one
+heavier alone). A chunk's 500 bodies were held at once, each up to a million characters a field (a mail's text
+quoted): hundreds of MiB."""
 
 
 UNDER_WAY = "it was under way when this replay came (replayed meanwhile, or retrying) and "
@@ -98,22 +103,25 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
         if to_gone:
             refused.update(to_gone)
             chunk = [i for i in chunk if i not in to_gone]
-        bodies = None
-        if mappings is not None:
-            bodies, not_rendered = await rerender_bodies(store, chunk, mappings, vars_, with_mapping)
-            refused.update(not_rendered)
-            chunk = [i for i in chunk if i in bodies]
-        if dry_run:
-            for i in chunk:
-                try:
-                    d = await store.get_delivery(i)
-                except NotFound:
-                    refused[i] = "no such delivery"
-                    continue
-                if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
-                    refused[i] = _stuck(d, rerender_hint)
-        else:
-            moved.extend(await store.replay(chunk, bodies, mapping=with_mapping if bodies is not None else None))
+        while chunk:  # re-rendered, a part at a time: its new bodies REPLAY_RENDERED_CHARS at most
+            part, chunk, bodies = chunk, [], None
+            if mappings is not None:
+                bodies, not_rendered, taken = await rerender_bodies(store, part, mappings, vars_, with_mapping,
+                                                                    max_chars=REPLAY_RENDERED_CHARS)
+                part, chunk = part[:taken], part[taken:]
+                refused.update(not_rendered)
+                part = [i for i in part if i in bodies]
+            if dry_run:
+                for i in part:
+                    try:
+                        d = await store.get_delivery(i)
+                    except NotFound:
+                        refused[i] = "no such delivery"
+                        continue
+                    if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
+                        refused[i] = _stuck(d, rerender_hint)
+            elif part:
+                moved.extend(await store.replay(part, bodies, mapping=with_mapping if bodies is not None else None))
         if progress is not None:
             progress(min(start + REPLAY_CHUNK, len(ids)))
     if not dry_run:

@@ -102,6 +102,7 @@ from bridge.store.rows import (
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
+    REFS_PAGE_BYTES,
     RESET_CONVERSATION,
     ROW_WIDTH,
     TICKET_TARGET_COLUMNS,
@@ -1139,27 +1140,27 @@ class PostgresStore(Store):
         the loop 75 ms for a 60 MiB event. The others, read with the page's statement, are looked through here with
         a turn of the loop between them once they pass TURN_BYTES (`Turns`): looked through one after another, a
         page (REFS_PAGE events, each up to DECODE_AT_ONCE_BYTES) held it about 0.5 ms per MiB, 41-44 ms for 100
-        events just under 1 MiB."""
+        events just under 1 MiB. A page's rows, fetched at once, are bounded by their bytes as well (REFS_PAGE_SQL,
+        REFS_PAGE_BYTES); the next starts after its last event by (received_at, id), so that each event before the
+        cutoff is looked through once, however many share its time."""
         refs: set[str] = set()
         turns = Turns()
         position: tuple[int, str] = (NEVER, "")
         while True:
             async def page(conn: Any, start: tuple[int, str] = position) -> list[Any]:
-                rows: list[Any] = await conn.fetch(
-                    f"SELECT received_at, id, {at_most('data', '$5')} FROM events WHERE received_at < $1 "  # noqa: S608
-                    "AND (received_at, id) > ($2, $3) ORDER BY received_at, id LIMIT $4", received_before_ms,
-                    start[0], start[1], REFS_PAGE, DECODE_AT_ONCE_BYTES)
+                rows: list[Any] = await conn.fetch(REFS_PAGE_SQL, received_before_ms, start[0], start[1], REFS_PAGE,
+                                                   DECODE_AT_ONCE_BYTES, REFS_PAGE_BYTES)
                 return rows
 
             rows = await self._run(page, transaction=False)
-            last = len(rows) < REFS_PAGE
+            last = len(rows) < REFS_PAGE and sum(r[2] for r in rows) < REFS_PAGE_BYTES
             if not last:
                 position = (rows[-1][0], rows[-1][1])
             while rows:  # from the page's end, each row let go once looked through (see loop_turns)
                 r = rows.pop()
-                if r[2] is not None:
-                    await turns.take(len(r[2]))
-                    refs.update(attachment_hashes(r[2]))
+                if r[3] is not None:
+                    await turns.take(len(r[3]))
+                    refs.update(attachment_hashes(r[3]))
                     continue
 
                 async def named_pieces(conn: Any, event_id: str = r[1]) -> list[bytes]:
@@ -1196,6 +1197,18 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
+
+
+REFS_PAGE_SQL = (
+    "SELECT received_at, id, n, CASE WHEN n <= $5 THEN data END FROM (SELECT received_at, id, n, data, "
+    "sum(n) OVER (ORDER BY received_at, id ROWS UNBOUNDED PRECEDING) - n AS earlier FROM (SELECT received_at, id, "
+    "octet_length(data) AS n, data FROM events WHERE received_at < $1 AND (received_at, id) > ($2, $3) "
+    "ORDER BY received_at, id LIMIT $4) AS p) AS w WHERE earlier < $6 ORDER BY received_at, id")
+"""A page of retention's attachment scan: the events received before $1 after ($2, $3) by (received_at, id), at most
+$4 of them, and ended by the one whose data takes the page's to $6 bytes (REFS_PAGE_BYTES: the rows are fetched at
+once), each with its length and its data when that is at most $5 bytes long. The lengths, read from the values'
+headers (a TOASTed one is not fetched for it), are added up over the rows in order (`earlier`: those before each);
+only the data of the rows kept is fetched."""
 
 
 REPLAY_RERENDERED = (

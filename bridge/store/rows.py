@@ -509,6 +509,16 @@ def take_group(pending: list[W], pending_size: int, max_items: int, max_bytes: i
 NEVER = -1
 """A cutoff nothing is older than: a kind kept forever."""
 REFS_PAGE = 2000
+"""The most events in a page of retention's attachment scan (`attachment_refs`)."""
+REFS_PAGE_BYTES = 8 << 20
+"""The most bytes of events' data a page of retention's attachment scan reads before its last event: the page ends
+with the event that takes it to this (one larger comes all the same, and ends it), as well as at REFS_PAGE events.
+Its rows are held at once (asyncpg's fetch reads them all), and REFS_PAGE events just under DECODE_AT_ONCE_BYTES were
+2 GiB of them, on a server whose budget is about 100 MiB (README, "Memory and scale"). 8 MiB keeps a page to a tenth
+of that, with the rows of a page of ordinary events (a form's or a short mail's, a few KiB each) whole: only pages of
+large mails are cut, each 8 MiB of them one more statement (about a millisecond, against the 4 ms their scan takes).
+SQLite's page lets each row go once looked through: its bound keeps the read transaction, and the read thread, to
+8 MiB of looking through at a time."""
 SHA256_MARK = b'"sha256":"'
 """What precedes an attachment's sha256 in a stored event's JSON (`attachment_hashes`)."""
 SHA256_SPAN = len(SHA256_MARK) + 64 + 1

@@ -89,6 +89,7 @@ from bridge.store.rows import (
     OLDEST_UNSETTLED,
     REAPED_IN_DOUBT,
     REFS_PAGE,
+    REFS_PAGE_BYTES,
     RESET_CONVERSATION,
     ROW_WIDTH,
     SHA256_SPAN,
@@ -1569,29 +1570,16 @@ class SqliteStore(Store):
         return out
 
     async def attachment_refs(self, received_before_ms: int) -> set[str]:
+        """A page at a time, each a read on the read thread (`_refs_page`): REFS_PAGE events at most, and ended by
+        the event whose data takes it to REFS_PAGE_BYTES. The next page starts after the last event looked through,
+        by (received_at, id): each event before the cutoff is looked through once, however many share its time."""
         refs: set[str] = set()
-        position: tuple[int, str] = (NEVER, "")
-        while True:
-            def page(conn: sqlite3.Connection, start: tuple[int, str] = position) -> tuple[list[Any], set[str]]:
-                # Looked through on the read thread; a large mail's a piece at a time (_blob_hashes): whole, a
-                # 60 MiB one held the GIL, and so the loop, 34 ms.
-                found: set[str] = set()
-                with _snapshot(conn):
-                    rows = conn.execute(
-                        f"SELECT received_at, id, rowid, {_AT_MOST.format('data')} FROM events "  # noqa: S608
-                        "WHERE received_at < ? AND received_at >= ? AND NOT (received_at = ? AND id <= ?) "
-                        "ORDER BY received_at, id LIMIT ?",
-                        (DECODE_AT_ONCE_BYTES, received_before_ms, start[0], start[0], start[1], REFS_PAGE)).fetchall()
-                    for _, _, rowid, data in rows:
-                        found.update(attachment_hashes(data) if data is not None else
-                                     _blob_hashes(conn, "events", "data", rowid))
-                return rows, found
-
-            rows, found = await self._read(page)
+        position: tuple[int, str] | None = (NEVER, "")
+        while position is not None:
+            found, position = await self._read(functools.partial(_refs_page, before_ms=received_before_ms,
+                                                                 start=position))
             refs |= found
-            if len(rows) < REFS_PAGE:
-                return refs
-            position = (rows[-1][0], rows[-1][1])
+        return refs
 
     async def oldest_pending(self) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
@@ -1775,6 +1763,34 @@ def _large_bodies(conn: sqlite3.Connection, ids: list[str]) -> dict[str, dict[st
         if body is not None:
             out[i] = decode_in_pieces(body, decode_dict)
     return out
+
+
+_REFS_PAGE = (f"SELECT received_at, id, rowid, length(data), {_AT_MOST.format('data')} FROM events "  # noqa: S608
+              "WHERE received_at < ? AND received_at >= ? AND NOT (received_at = ? AND id <= ?) "
+              "ORDER BY received_at, id LIMIT ?")
+"""A page of retention's attachment scan: the events received before ?2 after (?3, ?5) by (received_at, id), at most
+?6 of them, each with its length and its data when that is at most ?1 bytes long."""
+
+
+def _refs_page(conn: sqlite3.Connection, *, before_ms: int,
+               start: tuple[int, str]) -> tuple[set[str], tuple[int, str] | None]:
+    """The attachments a page of retention's scan names (see SqliteStore.attachment_refs), and the position of its
+    last event when a page may follow it (None: none does). Its rows are taken from the cursor one at a time, each
+    let go once looked through (fetched all at once, a page of events just under DECODE_AT_ONCE_BYTES was 2 GiB of
+    them); a large mail's is looked through a piece at a time (_blob_hashes): whole, a 60 MiB one held the GIL, and
+    so the loop, 34 ms. On the read thread, in a `_snapshot`."""
+    found: set[str] = set()
+    rows = size = 0
+    with _snapshot(conn), contextlib.closing(conn.execute(_REFS_PAGE, (
+            DECODE_AT_ONCE_BYTES, before_ms, start[0], start[0], start[1], REFS_PAGE))) as cursor:
+        for received_at, event_id, rowid, length, data in cursor:
+            found.update(attachment_hashes(data) if data is not None else _blob_hashes(conn, "events", "data", rowid))
+            del data  # let go before the next row is fetched
+            rows += 1
+            size += length
+            if rows >= REFS_PAGE or size >= REFS_PAGE_BYTES:
+                return found, (received_at, event_id)
+    return found, None
 
 
 def _blob_hashes(conn: sqlite3.Connection, table: str, column: str, rowid: int) -> set[str]:

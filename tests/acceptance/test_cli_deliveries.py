@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
+from bridge.cli.deliveries import UNMATCHED_PAGE
 from bridge.events import Event
 from bridge.store.base import AttemptResult, NewDelivery
 from bridge.store.sqlite import SqliteStore
 from tests.acceptance.cli_store import run, seeded_config
+from tests.spies import calls_through
 
 CONFIG = """
 store: {url: "sqlite:///var/bridge.db"}
@@ -225,16 +227,48 @@ def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFi
     assert "nope.yaml: no such config file" in err
 
 
-@pytest.mark.parametrize("verb", [["deliveries", "list"], ["events", "unmatched"]], ids=" ".join)
-def test_a_value_the_store_refuses_is_named_and_exits_2(
-        config_file: Path, capsys: pytest.CaptureFixture[str], verb: list[str]) -> None:
+def test_a_value_the_store_refuses_is_named_and_exits_2(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An int past 64 bits, which SQLite refuses (its IntegrityError or OverflowError): the arguments the store was
-    given and the refusal are named, no traceback, exit 2."""
-    code, out, err = run(capsys, *verb, "-c", str(config_file), "--limit", str(2**70))
+    given and the refusal are named, no traceback, exit 2. (`events unmatched` asks the store for a page at a time,
+    never more than UNMATCHED_PAGE: such a limit lists every event, below.)"""
+    code, out, err = run(capsys, "deliveries", "list", "-c", str(config_file), "--limit", str(2**70))
     assert (code, out) == (2, "")
     assert err.startswith(f"the store refused a value given: --limit {2**70} (SQLite ")
     assert err.endswith("it can be neither kept nor looked up as given, and is refused the same way on every try; "
                         "nothing was changed\n")
+
+
+UNMATCHED = 40
+
+
+async def seed_unmatched(db: Path) -> None:
+    """UNMATCHED events no mapping took."""
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        for n in range(UNMATCHED):
+            await store.accept(Event.new(source="partner", kind="json", channel="webhook",
+                                         payload={"title": f"u{n}"}), [], 0)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("limit", [35, 2**70])
+def test_unmatched_events_are_read_from_the_store_a_page_at_a_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """`events unmatched` asks the store for UNMATCHED_PAGE events at most at a time, printing each page before
+    it reads the next: the store holds a read's events at once (each up to 1 MiB in its rows, then decoded), and
+    --limit 1000 over large mails held gigabytes. It prints the events asked for, newest first, each once; a limit
+    past what the store could take (an int past 64 bits) lists them all."""
+    config = seeded_config(tmp_path, CONFIG, MAPPING, seed_unmatched)
+    asked: list[int] = []
+    calls_through(monkeypatch, SqliteStore, "list_unmatched", lambda _store, n, _before: asked.append(n))
+    code, out, err = run(capsys, "events", "unmatched", "-c", str(config), "--limit", str(limit), "--json")
+    ids = [json.loads(line)["id"] for line in out.splitlines() if line.startswith("{")]  # the seed's logs before
+    assert (code, err) == (0, "")
+    assert ids == sorted(set(ids), reverse=True)
+    assert len(ids) == min(limit, UNMATCHED)
+    assert asked and max(asked) <= UNMATCHED_PAGE < UNMATCHED
 
 
 @pytest.mark.parametrize("verb", [["deliveries", "show"], ["deliveries", "list", "--destination"]], ids=" ".join)

@@ -11,10 +11,13 @@ import pytest
 from bridge.delivery import replay as replay_module
 from bridge.delivery.replay import replay_deliveries, set_ticket
 from bridge.events import Event
+from bridge.mapping.mappingset import MappingSet, compile_document
 from bridge.store.base import NewDelivery
 from bridge.store.memory import MemoryStore
 from bridge.store.sqlite import SqliteStore
+from bridge.yamlfile import load_yaml
 from tests.integration.store.contract import result
+from tests.spies import calls_through
 
 IDS = ["dlv_dead", "dlv_unrendered", "dlv_pending", "dlv_missing"]
 PENDING = "it is pending (waiting for its next try, or replayed already): it is sent without another replay"
@@ -101,6 +104,53 @@ async def test_a_removed_destination_costs_one_look_up_per_chunk_not_one_per_id(
     assert list(refused) == ["dlv_retired"] and "'retired' is no longer configured" in refused["dlv_retired"]
     assert calls == ["destinations_of", "destinations_of"]  # 7 ids, chunks of 4
     assert (await store.get_delivery("dlv_retired")).delivery.status == "dead"
+
+
+MAIL_MAPPING = """\
+name: partner
+source: partner
+destination: kapture
+action: create_ticket
+fields:
+  title: "{{ payload.title }}"
+  comment: "{{ payload.text }}"
+"""
+LONG = 100_000
+"""Characters of each event's text, quoted by its re-rendered body."""
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_re_rendered_bodies_are_handed_to_the_store_a_part_at_a_time(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, dry_run: bool) -> None:
+    """A chunk's re-rendered bodies are held a part at a time, each part ended by the body that takes their weight
+    as text past REPLAY_RENDERED_CHARS (here two and a half bodies'): the chunk's 500 were rendered, and held,
+    all at once, each up to a million characters a field (a mail's text quoted). Every delivery is moved, with its
+    new body; a dry run renders each and moves none."""
+    doc = load_yaml(MAIL_MAPPING, "partner.yaml")
+    mapping, errors = compile_document(doc, "partner", "v2", {"partner"}, {"kapture": frozenset({"create_ticket"})})
+    assert errors == [] and mapping is not None
+    ids = [f"dlv_long{n}" for n in range(7)]
+    for n, i in enumerate(ids):
+        event = Event.new(source="partner", kind="json", channel="webhook",
+                          payload={"title": f"t{n}", "text": str(n) * LONG})
+        await store.accept(event, [_delivery(i, {"title": "old"}, "dead")], 0)
+    monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", LONG * 5 // 2)
+    parts: list[list[str]] = []
+    calls_through(monkeypatch, store, "replay", lambda part, *_args, **_kw: parts.append(list(part)))
+    rendered: list[str] = []
+    calls_through(monkeypatch, replay_module, "rerender_bodies", lambda _store, part, *_args, **_kw: rendered.append(
+        part[0]))
+    moved, refused = await replay_deliveries(store, ids, MappingSet.build([mapping]), {}, destinations=["kapture"],
+                                             dry_run=dry_run, rerender_hint="--again")
+    assert refused == {}
+    assert rendered == [ids[0], ids[3], ids[6]]
+    if dry_run:
+        assert (moved, parts) == ([], [])
+        return
+    assert parts == [ids[:3], ids[3:6], ids[6:]]
+    assert moved == ids
+    for n, i in enumerate(ids):
+        assert (await store.get_delivery(i)).body == {"title": f"t{n}", "comment": str(n) * LONG}
 
 
 @pytest.mark.parametrize(("outcome", "reason"), [
