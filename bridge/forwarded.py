@@ -91,6 +91,17 @@ def parse_entry(text: str) -> Address | None:
     return address
 
 
+def _unmapped(network: Network) -> Network:
+    """An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`, `::ffff:192.0.2.7`) as the IPv4 network it names
+    (10.0.0.0/8, 192.0.2.7/32), as peers and entries are read (`parse_entry`): kept as it is written, it would
+    never hold one of them. Any other network as it is."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 def _is_port(text: str) -> bool:
     return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
 
@@ -99,7 +110,7 @@ class TrustedProxies:
     """The addresses and networks of `server.trusted_proxies` (each already checked: `network_problem`)."""
 
     def __init__(self, networks: Iterable[str]) -> None:
-        self.networks: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in networks)
+        self.networks: tuple[Network, ...] = tuple(_unmapped(ipaddress.ip_network(n)) for n in networks)
         # Parsing an address costs more than the rest of the walk: the peers (the proxies, and anyone else) and the
         # entries the walk reads (the proxies, and the senders behind them, each appended by a proxy: never what a
         # sender wrote left of its own) are read once while they keep coming, the least recently seen forgotten.

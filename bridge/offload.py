@@ -85,7 +85,9 @@ LOOP_ANSWER_BYTES = 16 * 1024
 longer one (up to the 256 KiB read) in INFLATING. The adapter decodes it (`vendors.base.decode_json`), and when
 msgspec refuses its text, again leniently with Python's decoder, escaping every text in it: about 0.2 µs a byte
 (0.4 on a busy machine) for a body crafted of empty objects or keys each with a byte that is not UTF-8, so 16 KiB
-holds the loop about 3 ms at most, as ON_LOOP_ENCODED does, where 256 KiB held it 40-130 ms (and 64 KiB 12 ms)."""
+holds the loop about 3 ms at most, as ON_LOOP_ENCODED does, where 256 KiB held it 40-130 ms (and 64 KiB 12 ms).
+Also the longest look-up or token answer read leniently on the loop: one longer, up to SMALL_ANSWER_BYTES, is
+decoded there strictly only (`read_answer_off_loop`); should msgspec refuse it, it is read again in LOOKUPS."""
 LOOP_SLICE_S = 0.005
 """How long a render may hold the event loop before it is run again, from the start, in the parser thread."""
 LOOP_BYTES = 64 * 1024
@@ -199,11 +201,40 @@ async def render_sliced(fn: Callable[..., T], *args: Any, what: str, pool: Execu
     return await in_parser(fn, *args, pool=pool)
 
 
+class LenientOffLoop(OffLoop):
+    """A vendor's answer read on the loop for its length (`read_answer_off_loop`) that msgspec refused, too long to
+    be read again leniently there (`lenient_here`): it is read again, from the start, in the LOOKUPS thread."""
+
+
+_STRICT_ON_LOOP: ContextVar[bool] = ContextVar("strict_on_loop", default=False)
+"""While `read_answer_off_loop` reads an answer longer than LOOP_ANSWER_BYTES on the loop. A thread (LOOKUPS,
+INFLATING) does not carry the loop's context: there it is false."""
+
+
+def lenient_here(size: int) -> None:
+    """Before `vendors.base.decode_json` reads `size` bytes leniently (msgspec refused them): LenientOffLoop when
+    that read would be on the loop, in a read `read_answer_off_loop` placed there, and `size` is over
+    LOOP_ANSWER_BYTES. Nothing elsewhere: in a thread, or in a send's classification (which its length placed)."""
+    if size > LOOP_ANSWER_BYTES and _STRICT_ON_LOOP.get():
+        raise LenientOffLoop(f"an answer of {size} bytes that msgspec refused is read leniently off the loop")
+
+
 async def read_answer_off_loop(fn: Callable[..., T], body: bytes, *args: Any) -> T:
-    """`fn(body, *args)`, reading a vendor's look-up answer: on the loop when `body` is at most SMALL_ANSWER_BYTES,
-    else in the LOOKUPS thread, the cyclic collector paused meanwhile (`_uncollected`)."""
-    if len(body) <= SMALL_ANSWER_BYTES:
+    """`fn(body, *args)`, reading a vendor's look-up (or token) answer: on the loop when `body` is at most
+    SMALL_ANSWER_BYTES, else in the LOOKUPS thread, the cyclic collector paused meanwhile (`_uncollected`). On the
+    loop, a body longer than LOOP_ANSWER_BYTES is decoded strictly only (`lenient_here`): when msgspec refuses it,
+    `fn` is run again in LOOKUPS, where it is read leniently (up to 12 ms for 64 KiB, not on the loop). `fn` is
+    plain code that decodes `body` before it acts on it, so that it may be begun again."""
+    if len(body) <= LOOP_ANSWER_BYTES:
         return fn(body, *args)
+    if len(body) <= SMALL_ANSWER_BYTES:
+        token = _STRICT_ON_LOOP.set(True)
+        try:
+            return fn(body, *args)
+        except LenientOffLoop:
+            pass  # read again, from the start, below
+        finally:
+            _STRICT_ON_LOOP.reset(token)
     return await in_parser(_uncollected, fn, body, *args, pool=LOOKUPS)
 
 

@@ -440,8 +440,8 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
                 # An answer past LOOP_ANSWER_BYTES is classified in a thread: decoding it (leniently at worst) would
                 # hold the loop.
                 outcome = adapter.classify(action, response.status, response.headers, body) \
-                    if len(body) <= LOOP_ANSWER_BYTES else await in_parser(
-                        adapter.classify, action, response.status, response.headers, body, pool=INFLATING)
+                    if len(body) <= LOOP_ANSWER_BYTES else await _classified_apart(
+                        adapter, action, response.status, response.headers, body)
             except Exception as exc:
                 outcome = classified_anyway(response.status, response.headers, exc, delivery_id)
             if cut:
@@ -452,6 +452,25 @@ async def _exchange(session: aiohttp.ClientSession, adapter: Adapter, action: st
         return None, None, None, send_failure(exc, timeout_s, maybe_sent=written.maybe_sent)
     finally:
         _WRITING.reset(writing)
+
+
+async def _classified_apart(adapter: Adapter, action: str, status: int, headers: Mapping[str, str],
+                            body: bytes) -> Outcome:
+    """`adapter.classify` of an answer past LOOP_ANSWER_BYTES, in the INFLATING thread. The vendor has answered: a
+    stop that cancels the send meanwhile waits for the classification (one answer's read, 130 ms at worst) rather
+    than lose it, and is raised again at the task's next wait, where the delivery loop records the answer before it
+    stops (`Lane._answer_gate`, `Lane._record`). Cut off here, the send was recorded `unknown`, "stopped before the
+    vendor answered", and a success's ticket was held in doubt or looked up (or, `on_unknown: resend`, made twice)."""
+    classifying = asyncio.ensure_future(in_parser(adapter.classify, action, status, headers, body, pool=INFLATING))
+    try:
+        return await asyncio.shield(classifying)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        try:
+            return await classifying  # a second stop gives it up
+        finally:
+            if task is not None:
+                task.cancel()  # the stop, raised again at the next wait
 
 
 def status_says(status: int, headers: Mapping[str, str], why: str) -> Outcome | None:

@@ -24,6 +24,7 @@ from bridge.config import DestinationConfig
 from bridge.delivery.redaction import Matcher, Redactor
 from bridge.errors import BridgeError, MappingError
 from bridge.escaping import NUL, escape_text
+from bridge.offload import lenient_here
 from bridge.vendors.credentials import Admit, Credentials
 
 # Re-exported where adapters and the delivery loop have always imported them from (mypy's strict mode wants `as`).
@@ -399,7 +400,8 @@ LENIENT_BYTES = 256 * 1024
 """The longest body `decode_json` reads leniently when the strict decode refuses it: an answer to a send or a token
 request (capped at this size when read); a larger look-up answer is read strictly only. A lenient read costs up to
 0.2-0.4 µs a byte (40-130 ms for 256 KiB): a send's answer over `offload.LOOP_ANSWER_BYTES` is classified off
-the event loop, a look-up's over `offload.SMALL_ANSWER_BYTES` read off it."""
+the event loop, a look-up's over `offload.SMALL_ANSWER_BYTES` read off it, and a look-up's or token's answer over
+`offload.LOOP_ANSWER_BYTES` read on it is read there strictly only (`offload.lenient_here`)."""
 
 
 def decode_json(body: bytes) -> Any:
@@ -412,7 +414,10 @@ def decode_json(body: bytes) -> Any:
     except RecursionError:
         return None
     except (msgspec.DecodeError, UnicodeDecodeError):
-        return decode_lenient(body) if len(body) <= LENIENT_BYTES else None
+        if len(body) > LENIENT_BYTES:
+            return None
+        lenient_here(len(body))  # on the loop past its share: raises, and the answer is read again in a thread
+        return decode_lenient(body)
 
 
 def _no_constant(name: str) -> Any:

@@ -14,6 +14,7 @@ import msgspec
 
 from bridge.config import Base
 from bridge.errors import VALUE
+from bridge.offload import read_answer_off_loop
 from bridge.vendors.base import (
     VendorAuthFailed,
     VendorUnavailable,
@@ -126,7 +127,8 @@ class OAuth2Credentials(TokenCredentials):
                                 timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
             status, raw = resp.status, await read_bounded(resp, TOKEN_ANSWER_BYTES)
             content_type = resp.headers.get("Content-Type")
-        data, said = token_answer(raw, content_type, "error", "error_description")
+        # Up to 64 KiB, read on the loop, leniently there only when short (`read_answer_off_loop`).
+        data, said = await read_answer_off_loop(token_answer, raw, content_type, "error", "error_description")
         if status in (400, 401, 403):
             raise VendorAuthFailed(f"http: the token endpoint {self.token_url} refused the client "
                                    f"(HTTP {status}: {said}): check auth.oauth2.client_id, client_secret and scope")

@@ -247,7 +247,8 @@ class NetgrootLoginCredentials(TokenCredentials):
                                 allow_redirects=False) as resp:
             status, raw = resp.status, await read_bounded(resp, ANSWER_BYTES)
             content_type = resp.headers.get("Content-Type")
-        data, message = token_answer(raw, content_type, "message")
+        # Up to 64 KiB, read on the loop, leniently there only when short (`read_answer_off_loop`).
+        data, message = await read_answer_off_loop(token_answer, raw, content_type, "message")
         if status in (400, 401, 403, 404):
             # The username is not repeated: it is often an email address, and this text is stored and shown.
             raise VendorAuthFailed(f"netgroot: Login: HTTP {status}: {message}: check auth.login.username and "

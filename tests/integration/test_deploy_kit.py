@@ -161,6 +161,11 @@ def test_compose_replicas_read_the_client_from_the_balancer_alone(tmp_path: Path
     trusted = kit_config(tmp_path, "compose").server.trusted_proxies
     assert sorted(trusted) == sorted([balancer, ipam["gateway"]])
     assert all(ipaddress.ip_address(address) in subnet for address in trusted)
+    # The other containers' addresses, handed out in turn, come from a range that holds none of the trusted ones:
+    # given the balancer's, a container would keep the balancer from starting, or be trusted in its place.
+    dynamic = ipaddress.ip_network(ipam["ip_range"])
+    assert dynamic.network_address in subnet and dynamic.broadcast_address in subnet
+    assert not any(ipaddress.ip_address(address) in dynamic for address in trusted)
     proxies = TrustedProxies(trusted)
     assert proxies.client(balancer, ["8.8.4.4"]) == "8.8.4.4"
     neighbour = str(subnet[20])

@@ -4,6 +4,7 @@ decoded whole in one call on the read thread (which holds the GIL, and so the lo
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -13,6 +14,7 @@ import msgspec
 import pytest
 
 from bridge.errors import StoreUnavailable
+from bridge.store import loop_turns, rows
 from bridge.store import sqlite as sqlite_store
 from bridge.store.sqlite import SqliteStore
 from tests.integration.store.contract import WEEK, make_delivery, make_event
@@ -109,6 +111,34 @@ async def test_a_claim_whose_large_body_cannot_be_read_gives_its_leases_back(
     monkeypatch.undo()
     claimed = await store.claim("kapture-support", 10, "w", 30)
     assert sorted(c.id for c in claimed.items) == sorted([large.id, small.id])
+
+
+@pytest.mark.parametrize("how", ["cancelled", "undecodable"])
+async def test_a_claim_stopped_while_its_bodies_are_decoded_gives_its_leases_back(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A claim whose bodies are decoded once its write is committed (`rows.claimed_items`, on the loop, a turn of it
+    between them: here after each) and that is cancelled meanwhile (a stop, raised at the turn), or meets a body it
+    cannot decode, leaves no lease behind: its deliveries are pending again at once, and the next claim takes them,
+    bodies whole."""
+    deliveries = [make_delivery(body={"title": f"t{n}", "comment": "c" * 5000}) for n in range(3)]
+    await store.accept(make_event(), deliveries, WEEK)
+    monkeypatch.setattr(loop_turns, "TURN_BYTES", 1000)
+    decode_dict = rows.decode_dict
+
+    def stopped(data: Any) -> Any:
+        if how == "cancelled":
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # raised at the claim's next await
+            return decode_dict(data)
+        raise msgspec.DecodeError("truncated")
+
+    monkeypatch.setattr(rows, "decode_dict", stopped)
+    with pytest.raises(asyncio.CancelledError if how == "cancelled" else msgspec.DecodeError):
+        await asyncio.get_running_loop().create_task(store.claim("kapture-support", 10, "w", 30))
+    monkeypatch.undo()
+    claimed = await store.claim("kapture-support", 10, "w", 30)
+    assert {c.id: c.body for c in claimed.items} == {d.id: d.body for d in deliveries}
 
 
 async def test_an_attachments_sha256_cut_between_two_pieces_is_found(store: SqliteStore,

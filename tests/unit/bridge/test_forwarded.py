@@ -161,3 +161,15 @@ def test_the_hooks_are_mounted_bare_unless_a_proxy_is_trusted(write_config: Conf
                 if route.resource is not None and route.resource.canonical == "/hooks/{source}"}
     assert (handlers["POST"] is not hook_post, handlers["GET"] is not hook_get) == (wrapped, wrapped)
     assert getattr(handlers["POST"], "__wrapped__", handlers["POST"]) is hook_post
+
+
+@pytest.mark.parametrize("network", ["::ffff:10.0.0.0/104", "::ffff:0:0/96", "::ffff:10.0.0.2"])
+@pytest.mark.parametrize("peer", ["10.0.0.2", "::ffff:10.0.0.2"])
+def test_an_ipv4_mapped_network_trusts_the_ipv4_addresses_it_names(network: str, peer: str) -> None:
+    """A trusted network written IPv4-mapped (as a dual-stack socket shows an IPv4 peer) holds the IPv4 addresses it
+    names, as a peer and as an entry walked past: peers and entries are read as IPv4, so kept as IPv6 it held none
+    and the proxy's header was never read."""
+    proxies = TrustedProxies([network])
+    assert proxies.client(peer, ["8.8.4.4"]) == "8.8.4.4"
+    assert proxies.client(peer, ["8.8.4.4, ::ffff:10.0.0.2"]) == "8.8.4.4"
+    assert proxies.client("192.0.2.9", ["8.8.4.4"]) == ("8.8.4.4" if network == "::ffff:0:0/96" else "192.0.2.9")

@@ -18,6 +18,7 @@ from bridge.mapping import limits
 from bridge.mapping.compiler import compile_field
 from bridge.mapping.mappingset import compile_document
 from bridge.routing import Rendered, render_event
+from bridge.vendors import base
 from bridge.yamlfile import load_yaml
 
 LOOP = compile_field("f", "{% for i in range(3) %}{{ i }}{% endfor %}")
@@ -145,3 +146,49 @@ async def test_a_lookup_read_runs_in_the_lookups_thread_and_gives_its_value_or_i
     assert await offload.read_answer_off_loop(read, b"x" * (offload.SMALL_ANSWER_BYTES + 1)) == "ticketbridge-lookup"
     with pytest.raises(ValueError, match="bad answer"):
         await offload.read_answer_off_loop(read, b"!" * (offload.SMALL_ANSWER_BYTES + 1))
+
+
+def answer_of(size: int, last: bytes) -> bytes:
+    """A JSON object of `size` bytes whose one text ends with `last`: `"e"` reads strictly, `"\\xe9"` (a Latin-1
+    byte, not UTF-8) only leniently."""
+    head, end = b'{"ticket_id": "T-7", "pad": "', last + b'"}'
+    return head + b"x" * (size - len(head) - len(end)) + end
+
+
+@pytest.mark.parametrize(("size", "lenient_in"), [
+    (offload.LOOP_ANSWER_BYTES, "MainThread"),
+    (offload.LOOP_ANSWER_BYTES + 1, "ticketbridge-lookup"),
+    (offload.SMALL_ANSWER_BYTES, "ticketbridge-lookup"),
+], ids=["at-the-loop-s-share", "past-it", "small-answer-bound"])
+async def test_a_lookup_answer_msgspec_refuses_is_read_leniently_on_the_loop_only_when_short(
+        monkeypatch: pytest.MonkeyPatch, size: int, lenient_in: str) -> None:
+    """A look-up (or token) answer read on the loop for its length (up to SMALL_ANSWER_BYTES) is read leniently
+    there only up to LOOP_ANSWER_BYTES (about 3 ms at most); a longer one msgspec refuses is read again, from the
+    start, in the LOOKUPS thread, where the lenient read (up to 12 ms for 64 KiB) holds no callback of the loop.
+    Either way its value is the same."""
+    lenient: list[str] = []
+    decode_lenient = base.decode_lenient
+
+    def noted(body: bytes) -> Any:
+        lenient.append(threading.current_thread().name)
+        return decode_lenient(body)
+
+    monkeypatch.setattr(base, "decode_lenient", noted)
+    body = answer_of(size, b"\xe9")
+    assert len(body) == size
+    value = await offload.read_answer_off_loop(base.decode_json, body)
+    assert lenient == [lenient_in]
+    assert value == {"ticket_id": "T-7", "pad": "x" * body.count(b"x") + "\\xe9"}
+
+
+async def test_a_lookup_answer_read_strictly_on_the_loop_takes_no_thread() -> None:
+    """An answer up to SMALL_ANSWER_BYTES that msgspec reads is read once, on the loop: no thread hop."""
+    threads: list[str] = []
+
+    def read(body: bytes) -> Any:
+        threads.append(threading.current_thread().name)
+        return base.decode_json(body)
+
+    body = answer_of(offload.SMALL_ANSWER_BYTES, b"e")
+    assert (await offload.read_answer_off_loop(read, body))["ticket_id"] == "T-7"
+    assert threads == ["MainThread"]

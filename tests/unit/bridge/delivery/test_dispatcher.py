@@ -7,6 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
 from bridge.delivery.sender import lookup_failure
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
+from bridge.offload import LOOP_ANSWER_BYTES
 from bridge.store.base import AttemptResult, ClaimBatch, NewDelivery
 from bridge.store.memory import MemoryStore
 from bridge.vendors.base import Outcome, VendorAuthFailed, VendorRateLimited, VendorRequest, VendorUnavailable
@@ -611,6 +613,37 @@ async def test_stop_lets_in_flight_sends_finish_within_the_grace() -> None:
     assert [r.next_status for r in store.records] == ["succeeded"]
     assert store.released == []
     assert d.in_flight() == 0
+
+
+async def test_stop_records_an_answer_being_classified_in_a_thread_as_the_vendor_gave_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send cut off by the stop's grace while its answer (past LOOP_ANSWER_BYTES) is classified in the INFLATING
+    thread has had its answer: the stop waits for the classification, and the success is recorded with its ticket,
+    not as `unknown` ("stopped before the vendor answered")."""
+    store = RecordingStore()
+    await store.add("kapture")
+    started, go = threading.Event(), threading.Event()
+    classify = KaptureAdapter.classify
+
+    def held(self: KaptureAdapter, action: str, status: int, headers: Any, body: bytes) -> Any:
+        started.set()
+        assert go.wait(10)
+        return classify(self, action, status, headers, body)
+
+    monkeypatch.setattr(KaptureAdapter, "classify", held)
+    answer = msgspec.json.encode({**OK_BODY, "pad": "x" * LOOP_ANSWER_BYTES})
+    with aioresponses() as m:
+        mock_vendor(m, body=answer)
+        async with running(store, destination()) as d:
+            assert await asyncio.to_thread(started.wait, 10)
+            stopping = asyncio.create_task(d.stop(0.2))
+            # the grace ran out: the send's task is cancelled (or, cut off at once, gone)
+            await eventually(lambda: all(t.cancelling() for lane in d.lanes.values()
+                                         for t in lane.inflight.values()))
+            go.set()
+            await asyncio.wait_for(stopping, timeout=10.0)
+    assert [(r.classification, r.next_status, r.ticket_id) for r in store.records] == [
+        ("success", "succeeded", "T-1")]
 
 
 async def test_stop_records_sends_cancelled_after_the_grace_as_unknown() -> None:

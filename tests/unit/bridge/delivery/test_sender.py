@@ -598,6 +598,45 @@ async def test_a_classification_crashing_in_a_thread_is_what_its_status_says_as_
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["delivery.classify_crashed"]
 
 
+class HeldKapture(ThreadNotingKapture):
+    """The Kapture adapter, its classification held in its thread until `go` is set (`started` once it is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def classify(self, action: str, status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+        self.started.set()
+        assert self.go.wait(10)
+        return super().classify(action, status, headers, body)
+
+
+async def test_a_stop_while_an_answer_is_classified_in_a_thread_keeps_the_answer(
+        session: aiohttp.ClientSession) -> None:
+    """A send cancelled (a stop) while its answer, past LOOP_ANSWER_BYTES, is classified in the INFLATING thread
+    waits for the classification and gives it, the stop raised again at the task's next wait: the vendor answered,
+    and the delivery loop records that answer (a success and its ticket) before it stops, not `unknown`."""
+    body = b'[{"status": "success", "ticket_id": "T-7", "pad": "' + b"x" * LOOP_ANSWER_BYTES + b'"}]'
+    held = HeldKapture()
+    got: list[Any] = []
+
+    async def sending() -> None:
+        got.append(await send_once(session, held, claimed(), 5.0))
+        await asyncio.sleep(0)  # the task's next wait: the stop is raised here
+
+    with aioresponses() as m:
+        mock_post(m, status=200, body=body)
+        task = asyncio.get_running_loop().create_task(sending())
+        assert await asyncio.to_thread(held.started.wait, 10)
+        task.cancel()
+        held.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert held.threads == ["ticketbridge-inflate"]
+    [sent] = got
+    assert (sent.outcome.classification, sent.outcome.ticket_id) == ("success", "T-7")
+
+
 async def test_excerpt_survives_invalid_utf8(session: aiohttp.ClientSession, adapter: RecordingKapture) -> None:
     """A body that is not UTF-8 still gives a text excerpt, with replacement characters."""
     with aioresponses() as m:

@@ -4,6 +4,7 @@ simulator's local token endpoint (the token cached, obtained again on expiry and
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import aiohttp
@@ -12,9 +13,11 @@ import pytest
 from aiohttp import web
 
 from bridge.delivery.sender import send_once
+from bridge.offload import LOOP_ANSWER_BYTES
 from bridge.simulators.faults import Faults
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
 from bridge.store.base import Claimed
+from bridge.vendors import base
 from bridge.vendors.base import VendorAuthFailed, VendorUnavailable
 from bridge.vendors.credentials import StaticCredentials, TokenCredentials
 from bridge.vendors.http import HttpAdapter, HttpOptions
@@ -347,3 +350,25 @@ async def test_a_token_endpoint_answer_is_never_quoted_with_a_token(
     assert "LIVE-" not in str(info.value)
     assert str(info.value).endswith(said)
     assert f"HTTP {status}" in str(info.value)
+
+
+@pytest.mark.parametrize("vendor", ["oauth2", "netgroot-login"])
+async def test_a_long_token_answer_msgspec_refuses_is_read_leniently_off_the_loop(
+        aiohttp_server: Any, vendor: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token answer (read up to 64 KiB) longer than LOOP_ANSWER_BYTES that msgspec refuses for a byte that is not
+    UTF-8 is read leniently in the look-up thread, not on the loop (up to 12 ms for 64 KiB there): its token is
+    used all the same."""
+    lenient: list[str] = []
+    decode_lenient = base.decode_lenient
+
+    def noted(body: bytes) -> Any:
+        lenient.append(threading.current_thread().name)
+        return decode_lenient(body)
+
+    monkeypatch.setattr(base, "decode_lenient", noted)
+    key = "access_token" if vendor == "oauth2" else "token"
+    body = b'{"%s": "tok-1", "note": "' % key.encode() + b"x" * LOOP_ANSWER_BYTES + b'\xe9"}'
+    base_url = await token_server(aiohttp_server, vendor, 200, body)
+    async with aiohttp.ClientSession() as session:
+        assert await token_creds(vendor, base_url).headers(session) == {"Authorization": "Bearer tok-1"}
+    assert lenient == ["ticketbridge-lookup"]
