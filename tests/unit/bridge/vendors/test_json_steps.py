@@ -259,9 +259,11 @@ def test_the_steps_read_each_byte_a_bounded_number_of_times(shape: str, monkeypa
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_steps_cost_grows_linearly_with_the_body(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """8 times the body costs about 8 times the time, not 64, on each adversarial shape (each read bounded as
-    above, so that a quadratic read fails fast)."""
+    above, so that a quadratic read fails fast). From 600 KiB: each body is then read in steps (STEP_BYTES), where
+    from 300 KiB the smaller one was read in two and `tiny, no cut` grew 13-14x on a quiet machine, within the
+    noise of the bound (16x) on a busy one; from 600 KiB every shape grows 2.4-9x."""
     reads = Reads(monkeypatch)
-    assert_linear(reads.of, lambda kib: adversarial(shape, kib), 300)
+    assert_linear(reads.of, lambda kib: adversarial(shape, kib), 600)
 
 
 FRAGMENTS = ['},{"tat":', '"},{\\"tat\\":', "\\", '\\"', "\\u00e9", "\\ud83d\\ude00", "\\ud800", "é✓\u2028", "]", "[",
