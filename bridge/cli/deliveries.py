@@ -38,6 +38,7 @@ from bridge.console.models import (
 from bridge.delivery.orphans import mark_dead
 from bridge.delivery.replay import (
     REPLAY_CHUNK,
+    ReplayStopped,
     mark_succeeded,
     replay_deliveries,
     reset_conversation,
@@ -592,10 +593,20 @@ def run_replay(args: argparse.Namespace) -> int:
                 print(f"--destination {args.destination}: {unknown[1]}", file=sys.stderr)
                 return 2
         started = time.monotonic()
-        moved, refused = await replay_deliveries(store, ids, mappings, vars_, destinations=config.destinations,
-                                                 dry_run=args.dry_run, rerender_hint="--rerender",
-                                                 progress=lambda done: _progress(done, len(ids), started),
-                                                 with_mapping=args.mapping)
+        try:
+            moved, refused = await replay_deliveries(store, ids, mappings, vars_, destinations=config.destinations,
+                                                     dry_run=args.dry_run, rerender_hint="--rerender",
+                                                     progress=lambda done: _progress(done, len(ids), started),
+                                                     with_mapping=args.mapping)
+        except ReplayStopped as stopped:  # those moved before the error stand: said first
+            _report(ReplayResult(dry_run=False, matched=ids, replayed=stopped.moved,
+                                 refused=[Refusal(id=i, reason=r) for i, r in sorted(stopped.refused.items())],
+                                 mappings_version=mappings.version if mappings is not None else None),
+                    "a running server", used)
+            left = len(ids) - len(stopped.moved) - len(stopped.refused)
+            print(f"the replay stopped there: {stopped.cause}; the other {left} deliveries were not replayed "
+                  "(run it again for them: those replayed above are refused as pending)", file=sys.stderr)
+            return 2
         return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
                                     refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],
                                     mappings_version=mappings.version if mappings is not None else None),

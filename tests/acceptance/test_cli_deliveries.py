@@ -6,11 +6,14 @@ import json
 import sqlite3
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridge.cli import main
 from bridge.cli.deliveries import UNMATCHED_PAGE
+from bridge.delivery import replay as replay_module
+from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AttemptResult, NewDelivery
 from bridge.store.sqlite import SqliteStore
@@ -236,6 +239,30 @@ def test_a_value_the_store_refuses_is_named_and_exits_2(config_file: Path, capsy
     assert err.startswith(f"the store refused a value given: --limit {2**70} (SQLite ")
     assert err.endswith("it can be neither kept nor looked up as given, and is refused the same way on every try; "
                         "nothing was changed\n")
+
+
+def test_a_replay_an_error_stops_after_a_part_says_what_it_replayed(
+        config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-rendered replay goes to the store a part at a time, each its own change: when the store fails on the
+    second part, the first part's delivery stays replayed, and the replay says so, then the error, and exits 2
+    (the error alone said nothing of what was replayed)."""
+    monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", 1)  # a part for each body
+    original = SqliteStore.replay
+    parts: list[list[str]] = []
+
+    async def failing_second(store: SqliteStore, part: list[str], *args: Any, **kwargs: Any) -> list[str]:
+        parts.append(list(part))
+        if len(parts) == 2:
+            raise StoreUnavailable("the disk is full")
+        return await original(store, part, *args, **kwargs)
+
+    monkeypatch.setattr(SqliteStore, "replay", failing_second)
+    code, out, err = run(capsys, "replay", "-c", str(config_file), "--rerender", "dlv_2", "dlv_3")
+    assert parts == [["dlv_2"], ["dlv_3"]]
+    assert code == 2
+    assert out.startswith("replayed 1 of 2 deliveries")
+    assert ("the replay stopped there: the disk is full; the other 1 deliveries were not replayed (run it again "
+            "for them: those replayed above are refused as pending)\n") in err
 
 
 UNMATCHED = 40
